@@ -1,0 +1,70 @@
+# Sluice: the two commands are `make demo` and `make test`. See README.md.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+INSTALLED := $(VENV)/.installed
+
+.PHONY: help setup stack stack-down stack-status control-plane demo test test-unit lint format bench clean
+
+help:
+	@echo "make demo        run Sluice on the embedded stack (web, worker, beat)"
+	@echo "make test        lint, type-check and run the whole test suite on the real stack"
+	@echo "make setup       create $(VENV)/ with the pinned requirements"
+	@echo "make stack       start the embedded stack in the background; then: . .stack/env"
+	@echo "make stack-down  stop it"
+	@echo "make bench       run the benchmarks under bench/"
+
+$(PY):
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip==25.3
+
+# Re-installs only when a requirements file changed since the last install.
+$(INSTALLED): $(PY) requirements.txt requirements-dev.txt constraints.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
+	@touch $@
+
+setup: $(INSTALLED)
+
+control-plane:
+	bash scripts/build-control-plane.sh >/dev/null
+
+stack: setup
+	$(PY) -m devstack up
+
+stack-down: setup
+	$(PY) -m devstack down
+
+stack-status: setup
+	$(PY) -m devstack status
+
+demo: setup
+	bash scripts/demo.sh
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy gitops
+
+test: setup lint
+	$(BIN)/pytest
+
+test-unit: setup
+	$(BIN)/pytest tests/unit
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: setup
+	@for script in bench/*.py; do echo "== $$script"; $(PY) $$script; done
+
+clean:
+	-$(PY) -m devstack down
+	rm -rf $(VENV) .stack .pytest_cache .mypy_cache .ruff_cache

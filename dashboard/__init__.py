@@ -1,0 +1,1 @@
+"""Sluice's web dashboard. It calls gitops services; gitops never imports it."""

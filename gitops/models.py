@@ -1,0 +1,1 @@
+"""Persistent state of the reconciler. Models arrive with the reconcile core."""

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Runs Sluice on the embedded stack: starts the stack, migrates, creates a demo
+# login, then runs a Celery worker, beat and the web server until interrupted.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+py=.venv/bin/python
+port=${SLUICE_DEMO_PORT:-8000}
+
+$py -m devstack up
+# shellcheck disable=SC1091
+. .stack/env
+export DEBUG=1 DJANGO_SETTINGS_MODULE=sluice.settings
+export SLUICE_DATA_DIR=$PWD/.stack/data
+mkdir -p "$SLUICE_DATA_DIR"
+
+$py manage.py migrate --no-input
+$py manage.py shell -c '
+from django.contrib.auth import get_user_model
+User = get_user_model()
+user, _ = User.objects.get_or_create(username="demo", defaults={"is_staff": True, "is_superuser": True})
+user.set_password("demo")
+user.save()
+'
+
+pids=()
+stop() {
+  trap - INT TERM EXIT
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  wait || true
+  if [[ ${SLUICE_DEMO_KEEP_STACK:-0} != 1 ]]; then $py -m devstack down; fi
+}
+trap stop INT TERM EXIT
+
+.venv/bin/celery -A gitops worker --loglevel=INFO --concurrency=2 --hostname "demo-worker@%h" &
+pids+=($!)
+.venv/bin/celery -A gitops beat --loglevel=INFO --schedule "$SLUICE_DATA_DIR/celerybeat-schedule" &
+pids+=($!)
+$py manage.py runserver "127.0.0.1:$port" --noreload &
+pids+=($!)
+
+echo
+echo "Sluice is running at http://127.0.0.1:$port/  (log in as demo / demo)"
+echo "kubectl for the embedded cluster: . .stack/env && kubectl get configmaps -A"
+echo "Press Ctrl-C to stop."
+wait -n "${pids[@]}"

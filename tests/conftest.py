@@ -1,0 +1,125 @@
+"""Shared fixtures.
+
+Tests under tests/unit need nothing. Tests under tests/integration get the real
+stack: it is started once per run (or reused when `make stack` already started
+it), and the Django settings and the Celery app of this process are pointed at it.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from tests.workers import WorkerProcess
+
+INTEGRATION_DIR = Path(__file__).parent / "integration"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if INTEGRATION_DIR in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.integration)
+
+
+def _point_django_at(env: dict[str, str]) -> None:
+    import dj_database_url
+    from django.conf import settings
+
+    from gitops.celery import app
+
+    parsed = dj_database_url.parse(env["DATABASE_URL"])
+    # Connections share this dict, so update it in place rather than replace it.
+    database = settings.DATABASES["default"]
+    for key in ("ENGINE", "NAME", "USER", "PASSWORD", "HOST", "PORT"):
+        database[key] = parsed.get(key, "")
+    settings.KUBECONFIG = env["KUBECONFIG"]
+    settings.REDIS_URL = env["REDIS_URL"]
+    settings.CELERY_BROKER_URL = env["CELERY_BROKER_URL"]
+    settings.CELERY_RESULT_BACKEND = env["REDIS_URL"]
+    app.conf.update(broker_url=env["CELERY_BROKER_URL"], result_backend=env["REDIS_URL"])
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[dict[str, str]]:
+    from devstack import Stack
+
+    local_stack = Stack()
+    started_here = not local_stack.is_up()
+    env = local_stack.up()
+    os.environ.update(env)
+    _point_django_at(env)
+    yield env
+    if started_here and os.environ.get("SLUICE_KEEP_STACK") != "1":
+        local_stack.down()
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(stack: dict[str, str]) -> None:
+    """pytest-django calls this just before it creates the test database."""
+
+
+@pytest.fixture(scope="session")
+def test_database_url(stack: dict[str, str], django_db_setup: None) -> str:
+    """DATABASE_URL of the test database pytest-django created, for worker processes."""
+    from django.db import connection
+
+    parts = urlsplit(stack["DATABASE_URL"])
+    return urlunsplit(parts._replace(path="/" + connection.settings_dict["NAME"]))
+
+
+@pytest.fixture(scope="session")
+def worker_env(
+    stack: dict[str, str], test_database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    return {
+        **os.environ,
+        **stack,
+        "DATABASE_URL": test_database_url,
+        "DJANGO_SETTINGS_MODULE": "sluice.settings_test",
+        "SLUICE_DATA_DIR": str(tmp_path_factory.mktemp("worker-data")),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+@pytest.fixture(scope="session")
+def celery_worker(worker_env: dict[str, str]) -> Iterator[WorkerProcess]:
+    """One real worker process shared by the run."""
+    worker = WorkerProcess(worker_env).start()
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def start_worker(worker_env: dict[str, str]) -> Iterator:
+    """Starts extra workers a test can kill or restart; all are stopped afterwards."""
+    started: list[WorkerProcess] = []
+
+    def start(**options) -> WorkerProcess:
+        worker = WorkerProcess(worker_env, **options).start()
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.kill()
+
+
+@pytest.fixture(scope="session")
+def cluster(stack: dict[str, str]):
+    from gitops.cluster import Cluster
+
+    with Cluster(stack["KUBECONFIG"]) as connected:
+        yield connected
+
+
+@pytest.fixture
+def namespace(cluster) -> str:
+    """A fresh namespace. None is deleted: without a controller-manager it would never finish terminating."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    cluster.create_namespace(name)
+    return name

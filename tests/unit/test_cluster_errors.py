@@ -1,0 +1,56 @@
+"""How kube-apiserver failures map onto retryable and permanent errors."""
+
+import json
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from gitops.cluster import FieldConflictError, NotFoundError, _translate
+from gitops.errors import PermanentError, TemporaryError
+
+
+def api_exception(status: int, message: str = "boom", headers: dict | None = None) -> ApiException:
+    exc = ApiException(status=status, reason="Reason")
+    exc.body = json.dumps({"kind": "Status", "message": message})
+    exc.headers = headers or {}
+    return exc
+
+
+@pytest.mark.parametrize("status", [0, 429, 500, 502, 503, 504])
+def test_server_side_and_throttling_failures_are_temporary(status):
+    error = _translate(api_exception(status))
+    assert isinstance(error, TemporaryError)
+
+
+def test_retry_after_header_sets_the_delay():
+    error = _translate(api_exception(429, headers={"Retry-After": "7"}))
+    assert isinstance(error, TemporaryError)
+    assert error.delay == 7.0
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 422])
+def test_client_errors_are_permanent(status):
+    error = _translate(api_exception(status, "configmaps is forbidden"))
+    assert isinstance(error, PermanentError)
+    assert not isinstance(error, TemporaryError)
+    assert "configmaps is forbidden" in str(error)
+
+
+def test_a_409_from_server_side_apply_is_a_field_conflict():
+    error = _translate(api_exception(409, "Apply failed with 1 conflict"), applying=True)
+    assert isinstance(error, FieldConflictError)
+    assert "1 conflict" in str(error)
+
+
+def test_a_409_outside_apply_is_a_race_worth_retrying():
+    assert isinstance(_translate(api_exception(409)), TemporaryError)
+
+
+def test_not_found_is_its_own_permanent_error():
+    assert isinstance(_translate(api_exception(404)), NotFoundError)
+
+
+def test_a_body_that_is_not_json_falls_back_to_the_reason():
+    exc = ApiException(status=500, reason="Internal Server Error")
+    exc.body = "<html>oops</html>"
+    assert "Internal Server Error" in str(_translate(exc))

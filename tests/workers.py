@@ -1,0 +1,98 @@
+"""Real Celery worker processes for the integration tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+def poll(check, *, timeout: float, interval: float = 0.05, what: str = "condition"):
+    """Calls ``check`` until it returns something truthy, or fails after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class WorkerProcess:
+    env: dict[str, str]
+    concurrency: int = 2
+    queues: str = "celery"
+    name: str = field(default_factory=lambda: f"test-{uuid.uuid4().hex[:8]}")
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def hostname(self) -> str:
+        return f"{self.name}@localhost"
+
+    @property
+    def log_path(self) -> Path:
+        return ARTIFACTS / "workers" / f"{self.name}.log"
+
+    def start(self, *, timeout: float = 60) -> WorkerProcess:
+        from gitops.celery import app
+
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "gitops",
+                    "worker",
+                    "--loglevel=INFO",
+                    f"--concurrency={self.concurrency}",
+                    f"--hostname={self.hostname}",
+                    f"--queues={self.queues}",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "--without-heartbeat",
+                ],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+        def answers() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(f"worker exited with {self.process.returncode}; see {self.log_path}")
+            replies = app.control.ping(destination=[self.hostname], timeout=0.5)
+            return any(self.hostname in reply for reply in replies)
+
+        poll(answers, timeout=timeout, what=f"worker {self.hostname} to answer a ping")
+        return self
+
+    def stop(self, *, timeout: float = 30) -> None:
+        """Warm shutdown: the worker finishes what it is running, then exits."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        """A crash: the worker and its pool children die at once."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
