@@ -78,7 +78,9 @@ def _api_errors(*, applying: bool = False) -> Iterator[None]:
 class Cluster:
     """A connection to one cluster, from a kubeconfig file or the in-cluster service account."""
 
-    def __init__(self, kubeconfig: str | None = None, *, context: str | None = None) -> None:
+    def __init__(
+        self, kubeconfig: str | None = None, *, context: str | None = None, pool_size: int = 32
+    ) -> None:
         configuration = client.Configuration()
         if kubeconfig:
             config.load_kube_config(
@@ -86,6 +88,8 @@ class Cluster:
             )
         else:
             config.load_incluster_config(client_configuration=configuration)
+        # Applies run in parallel threads; each needs its own pooled connection.
+        configuration.connection_pool_maxsize = pool_size
         self._api_client = client.ApiClient(configuration)
         self._core = client.CoreV1Api(self._api_client)
         self._version = client.VersionApi(self._api_client)
@@ -169,6 +173,31 @@ class Cluster:
         except NotFoundError:
             return False
         return True
+
+    def remove_configmap_keys(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        data: list[str],
+        binary_data: list[str],
+        field_manager: str = "sluice",
+    ) -> None:
+        """Removes keys whatever manager owns them (a JSON merge patch sets them to null)."""
+        patch: dict[str, Any] = {}
+        if data:
+            patch["data"] = dict.fromkeys(data)
+        if binary_data:
+            patch["binaryData"] = dict.fromkeys(binary_data)
+        with _api_errors():
+            self._core.patch_namespaced_config_map(
+                name,
+                namespace,
+                patch,
+                field_manager=field_manager,
+                _content_type="application/merge-patch+json",
+                _request_timeout=REQUEST_TIMEOUT,
+            )
 
     def namespace_exists(self, namespace: str) -> bool:
         try:

@@ -1,1 +1,257 @@
-"""Persistent state of the reconciler. Models arrive with the reconcile core."""
+"""Persistent state of the reconciler."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Any, ClassVar
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import models
+from django.utils import timezone
+
+SOURCE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def validate_source_name(value: str) -> None:
+    # The name becomes a label value on every object the source manages.
+    if len(value) > 63 or not SOURCE_NAME.match(value):
+        raise DjangoValidationError(
+            f"{value!r} is not a valid source name (lowercase letters, digits and '-', at most 63)"
+        )
+
+
+class Source(models.Model):
+    name = models.CharField(max_length=63, unique=True, validators=[validate_source_name])
+    url = models.CharField(max_length=2000, help_text="Git URL, without credentials")
+    branch = models.CharField(max_length=255, default="main")
+    path = models.CharField(
+        max_length=1000, blank=True, default="", help_text="directory within the repository"
+    )
+    poll_interval = models.DurationField(default=timedelta(seconds=60))
+    credentials_ref = models.CharField(
+        max_length=500,
+        blank=True,
+        default="",
+        help_text='where the secret lives: "env:VAR", "file:/path" or "ssh-key:/path"; never the secret',
+    )
+    allowed_namespaces = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="namespace globs this source may ever touch; empty means the policy decides",
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    # Reconcile bookkeeping.
+    next_poll_at = models.DateTimeField(default=timezone.now, db_index=True)
+    sync_requested_at = models.DateTimeField(null=True, blank=True)
+    last_fetched_at = models.DateTimeField(null=True, blank=True)
+    last_synced_at = models.DateTimeField(null=True, blank=True)
+    last_commit = models.CharField(max_length=40, blank=True, default="")
+    last_error = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering: ClassVar[list[str]] = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Revision(models.Model):
+    class Outcome(models.TextChoices):
+        PENDING = "pending", "Pending"
+        VALID = "valid", "Valid"
+        REJECTED = "rejected", "Rejected"
+        APPLIED = "applied", "Applied"
+        FAILED = "failed", "Failed"
+
+    source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="revisions")
+    commit = models.CharField(max_length=40)
+    author_name = models.CharField(max_length=500, blank=True, default="")
+    author_email = models.CharField(max_length=500, blank=True, default="")
+    message = models.TextField(blank=True, default="")
+    committed_at = models.DateTimeField(null=True, blank=True)
+    fetched_at = models.DateTimeField(default=timezone.now)
+    outcome = models.CharField(max_length=16, choices=Outcome.choices, default=Outcome.PENDING)
+    errors = models.JSONField(default=list, blank=True)
+    # Set when this commit replaced a tip it does not descend from.
+    force_pushed_over = models.CharField(max_length=40, blank=True, default="")
+    summary = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        constraints: ClassVar[list[Any]] = [
+            models.UniqueConstraint(fields=["source", "commit"], name="revision_unique_commit")
+        ]
+        ordering: ClassVar[list[str]] = ["-fetched_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.source.name}@{self.commit[:12]}"
+
+    @property
+    def short_commit(self) -> str:
+        return self.commit[:12]
+
+
+class Rollout(models.Model):
+    """Applying one revision, step by step. Without rollout steps it has a single step."""
+
+    class Phase(models.TextChoices):
+        PROGRESSING = "Progressing"
+        PAUSED = "Paused"
+        COMPLETED = "Completed"
+        ABORTED = "Aborted"
+        FAILED = "Failed"
+        SUPERSEDED = "Superseded"
+
+    ACTIVE_PHASES: ClassVar[tuple[str, ...]] = (Phase.PROGRESSING, Phase.PAUSED)
+
+    source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="rollouts")
+    revision = models.ForeignKey(Revision, on_delete=models.CASCADE, related_name="rollouts")
+    phase = models.CharField(max_length=16, choices=Phase.choices, default=Phase.PROGRESSING, db_index=True)
+    step_index = models.PositiveIntegerField(default=0)
+    weight = models.PositiveSmallIntegerField(default=0)
+    steps = models.JSONField(default=list, blank=True)
+    message = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering: ClassVar[list[str]] = ["-created_at", "-id"]
+        indexes: ClassVar[list[Any]] = [models.Index(fields=["source", "phase"])]
+
+    def __str__(self) -> str:
+        return f"rollout {self.pk} of {self.revision}"
+
+
+class ApplyIntent(models.Model):
+    """What a step is about to do to one object, written before it is done.
+
+    Bookkeeping, not history: a crash between applying and logging leaves a
+    pending intent, and the next run finishes it. The change log is ``Change``.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        DONE = "done"
+        FAILED = "failed"
+
+    rollout = models.ForeignKey(Rollout, on_delete=models.CASCADE, related_name="intents")
+    source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="intents")
+    step_index = models.PositiveIntegerField(default=0)
+    weight = models.PositiveSmallIntegerField(default=100)
+    namespace = models.CharField(max_length=63)
+    name = models.CharField(max_length=253)
+    kind = models.CharField(max_length=32, default="ConfigMap")
+    action = models.CharField(max_length=16)
+    commit = models.CharField(max_length=40, help_text="the commit the applied content came from")
+    manifest = models.JSONField(null=True, blank=True, help_text="what is applied; null for a delete")
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+    before_hash = models.CharField(max_length=64, blank=True, default="")
+    after_hash = models.CharField(max_length=64, blank=True, default="")
+    diff = models.JSONField(default=list, blank=True)
+    force = models.BooleanField(default=False)
+    origin = models.CharField(max_length=1000, blank=True, default="")
+    actor = models.CharField(max_length=150, default="sluice")
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING, db_index=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering: ClassVar[list[str]] = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.namespace}/{self.name} ({self.status})"
+
+
+class ChangeQuerySet(models.QuerySet["Change"]):
+    def update(self, **kwargs: Any) -> int:
+        raise TypeError("the change log is append-only")
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        raise TypeError("the change log is append-only")
+
+
+class Change(models.Model):
+    """One change applied to a cluster: append-only, after netbox's ObjectChange.
+
+    ``before`` and ``after`` hold the full content, so a rollback can restore
+    exactly what was there. PostgreSQL triggers (see the migration) refuse
+    UPDATE and DELETE on this table.
+    """
+
+    class Action(models.TextChoices):
+        CREATE = "create"
+        UPDATE = "update"
+        DELETE = "delete"
+        SELF_HEAL = "self-heal"
+        REPLACE = "replace"
+        ROLLBACK = "rollback"
+
+    class Result(models.TextChoices):
+        OK = "ok"
+        ERROR = "error"
+
+    intent = models.OneToOneField(ApplyIntent, on_delete=models.PROTECT, related_name="change")
+    source = models.ForeignKey(Source, on_delete=models.PROTECT, related_name="changes")
+    rollout = models.ForeignKey(
+        Rollout, on_delete=models.PROTECT, related_name="changes", null=True, blank=True
+    )
+    commit = models.CharField(max_length=40, db_index=True)
+    cluster = models.CharField(max_length=253, default="default")
+    namespace = models.CharField(max_length=63)
+    kind = models.CharField(max_length=32, default="ConfigMap")
+    name = models.CharField(max_length=253)
+    action = models.CharField(max_length=16, choices=Action.choices)
+    before_hash = models.CharField(max_length=64, blank=True, default="")
+    after_hash = models.CharField(max_length=64, blank=True, default="")
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+    diff = models.JSONField(default=list, blank=True)
+    actor = models.CharField(max_length=150)
+    step_index = models.PositiveIntegerField(default=0)
+    weight = models.PositiveSmallIntegerField(default=100)
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    result = models.CharField(max_length=8, choices=Result.choices)
+    error = models.TextField(blank=True, default="")
+
+    objects = ChangeQuerySet.as_manager()
+
+    class Meta:
+        ordering: ClassVar[list[str]] = ["-at", "-id"]
+        indexes: ClassVar[list[Any]] = [
+            models.Index(fields=["source", "-at"]),
+            models.Index(fields=["namespace", "name"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.namespace}/{self.name} @ {self.commit[:12]}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.pk is not None and not self._state.adding:
+            raise TypeError("the change log is append-only")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        raise TypeError("the change log is append-only")
+
+
+class ManagedObject(models.Model):
+    """The inventory: what each source applied, so prune knows where to look."""
+
+    source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="managed_objects")
+    namespace = models.CharField(max_length=63)
+    name = models.CharField(max_length=253)
+    kind = models.CharField(max_length=32, default="ConfigMap")
+    commit = models.CharField(max_length=40)
+    content_hash = models.CharField(max_length=64)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints: ClassVar[list[Any]] = [
+            models.UniqueConstraint(fields=["kind", "namespace", "name"], name="managed_object_unique")
+        ]
+        ordering: ClassVar[list[str]] = ["namespace", "name"]
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"

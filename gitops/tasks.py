@@ -1,12 +1,60 @@
-"""Celery tasks. Each is thin: it takes ids, calls a service and returns plain data."""
+"""Celery tasks. Each is thin: it takes ids, calls a service and returns plain data.
 
+Only temporary errors are retried; a busy source is retried quickly, since the
+run holding it finishes soon and also picks up the request.
+"""
+
+import logging
 import os
 import socket
+from typing import Any
 
+from celery import Task
+
+from gitops import services
 from gitops.celery import app
+from gitops.errors import PermanentError, TemporaryError
+
+log = logging.getLogger(__name__)
+
+BUSY_RETRY_SECONDS = 1
+BUSY_MAX_RETRIES = 600
+TEMPORARY_MAX_RETRIES = 8
+
+
+def backoff(retries: int, delay: float | None = None) -> float:
+    return delay if delay is not None else float(min(2**retries, 300))
 
 
 @app.task(name="gitops.ping")
 def ping(payload: str) -> dict[str, str | int]:
     """Round-trips through a worker; used by health checks and the smoke tests."""
     return {"payload": payload, "hostname": socket.gethostname(), "pid": os.getpid()}
+
+
+@app.task(name="gitops.sync_source", bind=True, max_retries=None)
+def sync_source(
+    self: Task[Any, Any], source_id: int, actor: str = "sluice", retry_failed: bool = False
+) -> dict[str, Any]:
+    try:
+        return services.sync_source(source_id, actor=actor, retry_failed=retry_failed).as_dict()
+    except services.SourceBusy as exc:
+        if self.request.retries >= BUSY_MAX_RETRIES:
+            raise
+        raise self.retry(exc=exc, countdown=BUSY_RETRY_SECONDS) from exc
+    except TemporaryError as exc:
+        if self.request.retries >= TEMPORARY_MAX_RETRIES:
+            return services.record_sync_failure(source_id, exc).as_dict()
+        log.warning("sync of source %s failed temporarily, retrying: %s", source_id, exc)
+        raise self.retry(exc=exc, countdown=backoff(self.request.retries, exc.delay)) from exc
+    except PermanentError as exc:
+        return services.record_sync_failure(source_id, exc).as_dict()
+
+
+@app.task(name="gitops.poll_sources")
+def poll_sources() -> list[int]:
+    """Beat runs this every few seconds; it enqueues the sources whose poll is due."""
+    claimed = services.claim_due_sources()
+    for source_id in claimed:
+        sync_source.delay(source_id)
+    return claimed

@@ -118,6 +118,14 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 KUBECONFIG = env.get("KUBECONFIG") or None
 SLUICE_DATA_DIR = Path(env.get("SLUICE_DATA_DIR", BASE_DIR / ".data"))
 SLUICE_FIELD_MANAGER = "sluice"
+# The name recorded in the change log for the cluster this deployment manages.
+SLUICE_CLUSTER_NAME = env.get("SLUICE_CLUSTER_NAME", "default")
+SLUICE_APPLY_CONCURRENCY = int(env.get("SLUICE_APPLY_CONCURRENCY", "16"))
+SLUICE_POLL_SWEEP_SECONDS = float(env.get("SLUICE_POLL_SWEEP_SECONDS", "5"))
+
+CELERY_BEAT_SCHEDULE = {
+    "poll-sources": {"task": "gitops.poll_sources", "schedule": SLUICE_POLL_SWEEP_SECONDS},
+}
 
 LOGGING = {
     "version": 1,

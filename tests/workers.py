@@ -33,6 +33,7 @@ class WorkerProcess:
     concurrency: int = 2
     queues: str = "celery"
     name: str = field(default_factory=lambda: f"test-{uuid.uuid4().hex[:8]}")
+    env_overrides: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -64,7 +65,7 @@ class WorkerProcess:
                     "--without-mingle",
                     "--without-heartbeat",
                 ],
-                env=self.env,
+                env={**self.env, **self.env_overrides},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

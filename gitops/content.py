@@ -1,0 +1,156 @@
+"""What Sluice owns on a ConfigMap, and the metadata that ties it to Git.
+
+``Content`` is the comparable part of an object: data, binaryData, the labels
+and annotations Sluice sets, and ``immutable``. Provenance (source, commit,
+content hash) lives in reserved labels and annotations beside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY_VALUE = "sluice"
+SOURCE_LABEL = "sluice.dev/source"
+KIND_LABEL = "sluice.dev/kind"
+COMMIT_ANNOTATION = "sluice.dev/commit"
+CONTENT_HASH_ANNOTATION = "sluice.dev/content-hash"
+ORIGIN_ANNOTATION = "sluice.dev/origin"
+RESERVED_PREFIX = "sluice.dev/"
+
+
+def is_reserved(key: str) -> bool:
+    return key == MANAGED_BY_LABEL or key.startswith(RESERVED_PREFIX)
+
+
+@dataclass(frozen=True)
+class Content:
+    data: Mapping[str, str] = field(default_factory=dict)
+    binary_data: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    immutable: bool | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        result: dict[str, Any] = {
+            "data": dict(sorted(self.data.items())),
+            "binaryData": dict(sorted(self.binary_data.items())),
+            "labels": dict(sorted(self.labels.items())),
+            "annotations": dict(sorted(self.annotations.items())),
+        }
+        if self.immutable is not None:
+            result["immutable"] = self.immutable
+        return result
+
+    @classmethod
+    def from_dict(cls, value: Mapping[str, Any]) -> Content:
+        return cls(
+            data=dict(value.get("data") or {}),
+            binary_data=dict(value.get("binaryData") or {}),
+            labels=dict(value.get("labels") or {}),
+            annotations=dict(value.get("annotations") or {}),
+            immutable=value.get("immutable"),
+        )
+
+    @property
+    def hash(self) -> str:
+        canonical = json.dumps(self.as_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def owned_keys(live: Mapping[str, Any], manager: str) -> dict[str, set[str]]:
+    """Keys of data, binaryData, labels and annotations that ``manager`` applied, from managedFields."""
+    owned: dict[str, set[str]] = {"data": set(), "binaryData": set(), "labels": set(), "annotations": set()}
+    for entry in live.get("metadata", {}).get("managedFields") or ():
+        if entry.get("manager") != manager or entry.get("operation") != "Apply":
+            continue
+        fields = entry.get("fieldsV1") or {}
+        for section in ("data", "binaryData"):
+            owned[section].update(_field_names(fields.get(f"f:{section}")))
+        metadata = fields.get("f:metadata") or {}
+        for section in ("labels", "annotations"):
+            owned[section].update(_field_names(metadata.get(f"f:{section}")))
+    return owned
+
+
+def _field_names(fields: Mapping[str, Any] | None) -> Iterable[str]:
+    return (name[2:] for name in (fields or {}) if name.startswith("f:"))
+
+
+def live_content(
+    live: Mapping[str, Any],
+    *,
+    desired_labels: Iterable[str] = (),
+    desired_annotations: Iterable[str] = (),
+    manager: str = MANAGED_BY_VALUE,
+) -> Content:
+    """The part of a live object that Sluice compares with Git.
+
+    data and binaryData are compared whole: an extra key is drift. Of labels and
+    annotations, only keys Git sets or Sluice applied before count, since other
+    controllers legitimately add their own.
+    """
+    metadata = live.get("metadata", {})
+    owned = owned_keys(live, manager)
+    labels = metadata.get("labels") or {}
+    annotations = metadata.get("annotations") or {}
+    label_keys = (set(desired_labels) | owned["labels"]) - {MANAGED_BY_LABEL}
+    annotation_keys = set(desired_annotations) | owned["annotations"]
+    return Content(
+        data=dict(live.get("data") or {}),
+        binary_data=dict(live.get("binaryData") or {}),
+        labels={k: labels[k] for k in label_keys if k in labels and not is_reserved(k)},
+        annotations={k: annotations[k] for k in annotation_keys if k in annotations and not is_reserved(k)},
+        immutable=live.get("immutable"),
+    )
+
+
+@dataclass(frozen=True)
+class Provenance:
+    source: str
+    commit: str
+    content_hash: str
+    origin: str
+    kind: str = "configmap"
+
+
+def manifest(namespace: str, name: str, content: Content, provenance: Provenance) -> dict[str, Any]:
+    """The object Sluice applies with server-side apply: content plus provenance."""
+    labels = {
+        **content.labels,
+        MANAGED_BY_LABEL: MANAGED_BY_VALUE,
+        SOURCE_LABEL: provenance.source,
+        KIND_LABEL: provenance.kind,
+    }
+    annotations = {
+        **content.annotations,
+        COMMIT_ANNOTATION: provenance.commit,
+        CONTENT_HASH_ANNOTATION: provenance.content_hash,
+        ORIGIN_ANNOTATION: provenance.origin,
+    }
+    body: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels, "annotations": annotations},
+    }
+    # Omitted sections release their fields, so keys removed in Git disappear.
+    if content.data:
+        body["data"] = dict(content.data)
+    if content.binary_data:
+        body["binaryData"] = dict(content.binary_data)
+    if content.immutable is not None:
+        body["immutable"] = content.immutable
+    return body
+
+
+def live_provenance(live: Mapping[str, Any]) -> tuple[str | None, str | None, str | None]:
+    """(source, commit, content hash) recorded on a live object; None where absent."""
+    metadata = live.get("metadata", {})
+    labels = metadata.get("labels") or {}
+    annotations = metadata.get("annotations") or {}
+    source = labels.get(SOURCE_LABEL) if labels.get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE else None
+    return source, annotations.get(COMMIT_ANNOTATION), annotations.get(CONTENT_HASH_ANNOTATION)

@@ -1,0 +1,665 @@
+"""Feature-flag sets in the OpenFeature flagd format: loading, validation, publishing.
+
+A flag set is one file under ``flags/`` (JSON or YAML) in flagd's flag-definition
+format. The rules of flagd's JSON schema (``flags.json`` and ``targeting.json``,
+v0.2.x) are written out here by hand rather than run through a schema validator,
+so that every problem names its file, line and field and says what to do. On top
+of the schema come the checks it cannot express: variant names that the
+targeting returns, ``$ref``s naming evaluators that do not exist, values JSON
+cannot hold (YAML dates, NaN). Where the schema is looser than flagd's evaluator or
+JsonLogic itself (several operators in one rule object, ``fractional`` with no
+buckets, a non-string ``version``), the stricter rule applies: anything accepted
+here also passes the official schema.
+
+Pure: no Django, no I/O.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import difflib
+import json
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final
+
+from gitops.desired.documents import Document, PathKey, load_json, load_yaml
+from gitops.desired.errors import ValidationError
+
+MetadataValue = str | int | float | bool
+
+COMMIT_METADATA_KEY: Final = "sluiceCommit"
+SOURCE_METADATA_KEY: Final = "sluiceSource"
+
+_FLAG_SET_FIELDS: Final = ("$schema", "flags", "$evaluators", "metadata")
+_FLAG_FIELDS: Final = ("state", "variants", "defaultVariant", "targeting", "metadata")
+_STATES: Final = ("ENABLED", "DISABLED")
+_VARIANT_TYPES: Final = ("boolean", "string", "number", "object")
+# The schema's metadata allows any key, but means these two as strings.
+_STRING_METADATA: Final = ("flagSetId", "version")
+_STAMPED_METADATA: Final = (COMMIT_METADATA_KEY, SOURCE_METADATA_KEY)
+
+# Context properties flagd injects; any other "$flagd." name evaluates to nothing.
+_FLAGD_PROPERTIES: Final = ("$flagd.timestamp", "$flagd.flagKey")
+_SEM_VER_COMPARATORS: Final = ("=", "!=", ">", "<", ">=", "<=", "~", "^")
+# The semver.org grammar, which is what the schema's semVerString pattern encodes.
+_SEM_VER: Final = re.compile(
+    r"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)"
+    r"(?:-((?:0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
+    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?"
+)
+# flagd sums the fractional weights in a 32-bit signed integer.
+_MAX_TOTAL_WEIGHT: Final = 2**31 - 1
+# The schema's key pattern is ^.{1,}$, and "." matches no line terminator.
+_LINE_TERMINATOR: Final = re.compile("[\n\r\u2028\u2029]")
+
+# Operators whose operand is a list of JsonLogic arguments, with the fewest and the
+# most arguments targeting.json allows (None: no upper limit).
+_ARGUMENT_COUNTS: Final[Mapping[str, tuple[int, int | None]]] = {
+    **dict.fromkeys(("==", "===", "!=", "!==", ">", ">=", "%", "/"), (2, 2)),
+    **dict.fromkeys(("map", "filter", "all", "none", "some", "in"), (2, 2)),
+    **dict.fromkeys(("substr", "<", "<="), (2, 3)),
+    **dict.fromkeys(("if", "or", "and", "+", "-", "max", "min", "merge", "cat"), (1, None)),
+    "*": (2, None),
+    "reduce": (3, 3),
+}
+
+_YAML_BOOLEAN_HINT: Final = " (YAML reads unquoted on/off/yes/no/true/false as booleans: quote it)"
+
+
+@dataclass(frozen=True)
+class FlagSet:
+    """One validated flag-set file; the fields are parts of ``document``, not copies."""
+
+    file: str
+    flags: dict[str, dict[str, Any]]
+    evaluators: dict[str, Any]
+    metadata: dict[str, MetadataValue]
+    document: dict[str, Any]
+
+
+def load_flag_set(file: str, content: bytes) -> tuple[FlagSet | None, list[ValidationError]]:
+    """Parse and validate one flag-set file; the flag set is None when there are errors.
+
+    ``.json`` files are read as JSON and ``.yaml``/``.yml`` files as YAML, which must
+    hold exactly one document. Loader errors (syntax, duplicate keys) come first.
+    """
+    name = file.lower()
+    if name.endswith(".json"):
+        documents, errors = load_json(file, content)
+    elif name.endswith((".yaml", ".yml")):
+        documents, errors = load_yaml(file, content)
+    else:
+        return None, [ValidationError(file, None, "", "a flag set is a .json, .yaml or .yml file")]
+    if not documents:
+        return None, errors or [
+            ValidationError(file, None, "", 'the file is empty: a flag set needs "flags"')
+        ]
+    if len(documents) > 1:
+        errors = [
+            *errors,
+            ValidationError(
+                file,
+                documents[1].line_of(),
+                "",
+                f"a flag set file holds one YAML document, this one has {len(documents)}",
+            ),
+        ]
+    document = documents[0]
+    errors = [*errors, *validate_flag_set(document)]
+    if errors:
+        return None, errors
+    data: dict[str, Any] = document.data
+    return FlagSet(
+        file=file,
+        flags=data["flags"],
+        evaluators=data.get("$evaluators", {}),
+        metadata=data.get("metadata", {}),
+        document=data,
+    ), []
+
+
+def validate_flag_set(document: Document) -> list[ValidationError]:
+    """Every problem in one flag-set document, in file order."""
+    try:
+        return _FlagSetValidator(document).run()
+    except RecursionError:
+        # Rules nested hundreds deep: no real flag set, but no reason to crash a reconcile.
+        return [ValidationError(document.file, None, "", "the document is nested too deeply to validate")]
+
+
+def published_flag_set(flag_set: FlagSet, *, commit: str, source: str) -> dict[str, Any]:
+    """The document flagd is given: the flag set with its origin in the flag-set metadata.
+
+    A new document; ``flag_set`` is left as it was. Metadata values must be strings,
+    numbers or booleans, so the commit and source are stamped as strings.
+    """
+    document = copy.deepcopy(flag_set.document)
+    document["metadata"] = {
+        **document.get("metadata", {}),
+        COMMIT_METADATA_KEY: commit,
+        SOURCE_METADATA_KEY: source,
+    }
+    return document
+
+
+def canonical_json(document: dict[str, Any]) -> str:
+    """The one serialization of ``document`` that is hashed and published."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+class _FlagSetValidator:
+    def __init__(self, document: Document) -> None:
+        self.document = document
+        self.errors: list[ValidationError] = []
+        self.from_yaml = document.file.lower().endswith((".yaml", ".yml"))
+        self.evaluators: Mapping[str, Any] = {}
+        # Values JSON cannot hold are reported once, as such, not again by the
+        # structural checks that would also trip over them.
+        self._not_json: set[PathKey] = set()
+
+    def report(self, path: PathKey, message: str) -> None:
+        if path not in self._not_json:
+            self.errors.append(self.document.error(path, message))
+
+    def yaml_boolean_hint(self, value: object) -> str:
+        return _YAML_BOOLEAN_HINT if self.from_yaml and isinstance(value, bool) else ""
+
+    def run(self) -> list[ValidationError]:
+        data = self.document.data
+        self._report_non_json_values(data, ())
+        if not isinstance(data, dict):
+            self.report((), f'a flag set is an object with "flags", got {_describe(data)}')
+            return self.errors
+        self._check_known_fields(data, (), _FLAG_SET_FIELDS, "a flag set has")
+        if "$schema" in data and not isinstance(data["$schema"], str):
+            self.report(("$schema",), f"must be the URL of the schema, got {_describe(data['$schema'])}")
+        if "metadata" in data:
+            self._check_metadata(data["metadata"], ("metadata",), flag_set=True)
+        if "$evaluators" in data:
+            self._check_evaluators(data["$evaluators"])
+        if "flags" not in data:
+            self.report(("flags",), '"flags" is required: an object of flag definitions by flag key')
+        else:
+            self._check_flags(data["flags"])
+        self.errors.sort(key=lambda error: (error.line or 0, error.field))
+        return self.errors
+
+    def _report_non_json_values(self, value: object, path: PathKey) -> None:
+        # YAML can produce dates, binary and non-finite floats; JSON's NaN too.
+        if isinstance(value, dict):
+            for key, item in value.items():
+                self._report_non_json_values(item, (*path, key))
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                self._report_non_json_values(item, (*path, index))
+        elif isinstance(value, float) and not math.isfinite(value):
+            self.report(path, f"{value} is not a number JSON can hold")
+            self._not_json.add(path)
+        elif isinstance(value, datetime.date):  # datetimes too
+            self.report(path, f"YAML read {value.isoformat()} as a date, which JSON cannot hold: quote it")
+            self._not_json.add(path)
+        elif value is not None and not isinstance(value, str | int | float):
+            self.report(path, f"a {type(value).__name__} value cannot be published as JSON")
+            self._not_json.add(path)
+
+    def _check_known_fields(
+        self, value: dict[str, Any], path: PathKey, known: tuple[str, ...], owner: str
+    ) -> None:
+        for key in value:
+            if key not in known:
+                self.report(
+                    (*path, key),
+                    f"unknown field {_quoted(key)}{_did_you_mean(key, known)}; {owner} {_listing(known)}",
+                )
+
+    def _check_name(self, name: str, path: PathKey, what: str) -> None:
+        if not name or _LINE_TERMINATOR.search(name):
+            self.report(path, f"{what} must be non-empty and on one line, got {_quoted(name)}")
+
+    def _check_metadata(self, metadata: object, path: PathKey, *, flag_set: bool) -> None:
+        if not isinstance(metadata, dict):
+            self.report(
+                path, f"must be an object of string, number or boolean values, got {_describe(metadata)}"
+            )
+            return
+        for key, value in metadata.items():
+            value_path = (*path, key)
+            if not isinstance(value, str | int | float):
+                self.report(
+                    value_path, f"metadata values are strings, numbers or booleans, got {_describe(value)}"
+                )
+            elif flag_set and key in _STRING_METADATA and not isinstance(value, str):
+                self.report(value_path, f"must be a string, got {_describe(value)}: quote it")
+            elif flag_set and key in _STAMPED_METADATA:
+                self.report(value_path, "is set by Sluice when it publishes the flag set: remove it")
+
+    def _check_evaluators(self, evaluators: object) -> None:
+        path: PathKey = ("$evaluators",)
+        if not isinstance(evaluators, dict):
+            self.report(path, f"must be an object of JsonLogic rules by name, got {_describe(evaluators)}")
+            return
+        self.evaluators = evaluators
+        # Evaluators are shared by flags with different variants: no variant checks.
+        checker = _TargetingChecker(self, variants=None)
+        for name, rule in evaluators.items():
+            self._check_name(name, (*path, name), "an evaluator name")
+            checker.check(rule, (*path, name))
+
+    def _check_flags(self, flags: object) -> None:
+        path: PathKey = ("flags",)
+        if isinstance(flags, list):
+            self.report(
+                path, 'must be an object of flag definitions by flag key (not a list of flags with "key")'
+            )
+        elif not isinstance(flags, dict):
+            self.report(path, f"must be an object of flag definitions by flag key, got {_describe(flags)}")
+        else:
+            for key, flag in flags.items():
+                self._check_name(key, (*path, key), "a flag key")
+                self._check_flag(flag, (*path, key))
+
+    def _check_flag(self, flag: object, path: PathKey) -> None:
+        if not isinstance(flag, dict):
+            self.report(path, f"a flag is an object with state and variants, got {_describe(flag)}")
+            return
+        self._check_known_fields(flag, path, _FLAG_FIELDS, "a flag has")
+        self._check_state(flag, (*path, "state"))
+        variants = self._check_variants(flag, (*path, "variants"))
+        if "defaultVariant" in flag:
+            self._check_default_variant(flag["defaultVariant"], (*path, "defaultVariant"), variants)
+        if "targeting" in flag:
+            _TargetingChecker(self, variants).check(flag["targeting"], (*path, "targeting"))
+        if "metadata" in flag:
+            self._check_metadata(flag["metadata"], (*path, "metadata"), flag_set=False)
+
+    def _check_state(self, flag: dict[str, Any], path: PathKey) -> None:
+        if "state" not in flag:
+            self.report(path, '"state" is required: ENABLED or DISABLED')
+        elif flag["state"] not in _STATES:
+            state = flag["state"]
+            suggestion = _did_you_mean(state, _STATES) if isinstance(state, str) else ""
+            self.report(path, f"must be ENABLED or DISABLED, got {_describe(state)}{suggestion}")
+
+    def _check_variants(self, flag: dict[str, Any], path: PathKey) -> dict[str, Any] | None:
+        """The flag's variants when they can be used to check names against, else None."""
+        variants = flag.get("variants")
+        if "variants" not in flag:
+            self.report(path, '"variants" is required: an object of variant values by name')
+            return None
+        if not isinstance(variants, dict):
+            self.report(path, f"must be an object of variant values by name, got {_describe(variants)}")
+            return None
+        if not variants:
+            self.report(path, "must define at least one variant")
+            return None
+        first: tuple[str, str] | None = None
+        for name, value in variants.items():
+            value_path = (*path, name)
+            self._check_name(name, value_path, "a variant name")
+            kind = _json_type(value)
+            if kind not in _VARIANT_TYPES:
+                advice = " (wrap the array in an object)" if kind == "array" else ""
+                self.report(
+                    value_path,
+                    f"a variant is a boolean, string, number or object, got {_describe(value)}{advice}",
+                )
+            elif first is None:
+                first = (name, kind)
+            elif kind != first[1]:
+                self.report(
+                    value_path,
+                    f"is {_a(kind)} but variant {_quoted(first[0])} is {_a(first[1])}: "
+                    "all variants of a flag have the same type",
+                )
+        return variants
+
+    def _check_default_variant(
+        self, default: object, path: PathKey, variants: Mapping[str, Any] | None
+    ) -> None:
+        if default is None:
+            return  # null: the application's own default value is served
+        if not isinstance(default, str):
+            self.report(
+                path,
+                f"must be a variant name or null, got {_describe(default)}{self.yaml_boolean_hint(default)}",
+            )
+        elif variants is not None and default not in variants:
+            self.report(path, f"{_quoted(default)} is not one of the variants ({', '.join(variants)})")
+
+
+class _TargetingChecker:
+    """Checks one JsonLogic targeting rule against targeting.json and flagd's semantics.
+
+    Objects are operations only where targeting.json says so (arguments of
+    operations, fractional's bucketing value and weights, string comparisons);
+    lists in argument positions are literal data and are not looked into, nor is
+    the operand of "var". A "result position" is one whose value flagd uses as the
+    variant name: the rule itself, "if"'s then/else branches, fractional's bucket
+    variants. Literal names there must be variants of the flag.
+    """
+
+    def __init__(self, validator: _FlagSetValidator, variants: Mapping[str, Any] | None) -> None:
+        self.validator = validator
+        self.variants = variants  # None: unknown (an evaluator, or the flag's variants are broken)
+
+    def report(self, path: PathKey, message: str) -> None:
+        self.validator.report(path, message)
+
+    def check(self, targeting: object, path: PathKey) -> None:
+        if not isinstance(targeting, dict):
+            self.report(path, f"must be a JsonLogic rule (an object), got {_describe(targeting)}")
+        elif targeting:  # {} is "no targeting"
+            self.rule(targeting, path, in_result=True)
+
+    def rule(self, rule: dict[str, Any], path: PathKey, in_result: bool) -> None:
+        if not rule:
+            self.report(path, "an empty object is not a JsonLogic rule")
+            return
+        if len(rule) > 1:
+            operators = _listing(tuple(_quoted(key) for key in rule))
+            self.report(path, f"a JsonLogic rule has exactly one operator, this one has {operators}")
+            return
+        ((operator, operand),) = rule.items()
+        operator_path = (*path, operator)
+        if operator == "$ref":
+            self.report(
+                operator_path,
+                '"$ref" is not allowed here; flagd substitutes evaluators only as arguments of an operation, '
+                'e.g. {"if": [{"$ref": "name"}, "on", "off"]}',
+            )
+        elif operator in self._SPECIAL_OPERATIONS:
+            self._SPECIAL_OPERATIONS[operator](self, operator, operand, operator_path, in_result)
+        elif operator in _ARGUMENT_COUNTS:
+            self._check_argument_count(operator, operand, operator_path)
+            # The arguments are checked even when there are too many or too few.
+            if isinstance(operand, list):
+                for index, argument in enumerate(operand):
+                    self.argument(argument, (*operator_path, index), in_result=False)
+        else:
+            self.report(
+                operator_path,
+                f"unknown JsonLogic operator {_quoted(operator)}{_did_you_mean(operator, _OPERATORS)}",
+            )
+
+    def argument(self, value: object, path: PathKey, in_result: bool) -> None:
+        if isinstance(value, dict):
+            if "$ref" in value:
+                self.reference(value, path)
+            else:
+                self.rule(value, path, in_result)
+        elif in_result and isinstance(value, str | bool):
+            self.variant_name(value, path)
+
+    def reference(self, value: dict[str, Any], path: PathKey) -> None:
+        others = [key for key in value if key != "$ref"]
+        if others:
+            self.report(
+                path, f'a "$ref" stands alone in its object; remove {_listing(tuple(map(_quoted, others)))}'
+            )
+        name = value["$ref"]
+        names = self.validator.evaluators
+        if not isinstance(name, str):
+            self.report((*path, "$ref"), f"must name an evaluator in $evaluators, got {_describe(name)}")
+        elif name not in names:
+            known = f" (defined: {', '.join(names)})" if names else " ($evaluators defines none)"
+            self.report(
+                (*path, "$ref"),
+                f"no evaluator {_quoted(name)} in $evaluators{_did_you_mean(name, names) or known}",
+            )
+
+    def variant_name(self, value: str | bool, path: PathKey) -> None:
+        if self.variants is None:
+            return
+        # flagd looks a boolean result up as the variant "true" or "false".
+        name = json.dumps(value) if isinstance(value, bool) else value
+        if name not in self.variants:
+            returned = (
+                f"{name} selects the variant {_quoted(name)}, which"
+                if isinstance(value, bool)
+                else _quoted(name)
+            )
+            self.report(
+                path,
+                f"{returned} is not one of the variants ({', '.join(self.variants)})"
+                f"{self.validator.yaml_boolean_hint(value)}",
+            )
+
+    def _check_argument_count(self, operator: str, operand: object, path: PathKey) -> None:
+        fewest, most = _ARGUMENT_COUNTS[operator]
+        if not isinstance(operand, list):
+            self.report(
+                path, f"{_quoted(operator)} takes a list of arguments, e.g. {{{_quoted(operator)}: [...]}}"
+            )
+        elif len(operand) < fewest or (most is not None and len(operand) > most):
+            self.report(path, f"{_quoted(operator)} takes {_count(fewest, most)}, got {len(operand)}")
+
+    def _if(self, operator: str, operand: object, path: PathKey, in_result: bool) -> None:
+        self._check_argument_count(operator, operand, path)
+        if isinstance(operand, list):
+            # [condition, then, condition, then, ..., else]; a lone condition is its own result.
+            last = len(operand) - 1
+            for index, argument in enumerate(operand):
+                is_branch = index % 2 == 1 or (index == last and index > 0)
+                self.argument(argument, (*path, index), in_result=in_result and is_branch)
+
+    def _var(self, operator: str, operand: object, path: PathKey, in_result: bool) -> None:
+        # targeting.json accepts any operand but a "$flagd." name flagd does not inject.
+        name, name_path = (
+            (operand[0], (*path, 0)) if isinstance(operand, list) and operand else (operand, path)
+        )
+        if isinstance(name, str) and name.startswith("$flagd.") and name not in _FLAGD_PROPERTIES:
+            self.report(
+                name_path, f"flagd provides no {_quoted(name)}; it provides {_listing(_FLAGD_PROPERTIES)}"
+            )
+
+    def _missing(self, operator: str, operand: object, path: PathKey, in_result: bool) -> None:
+        if isinstance(operand, list):
+            self._data_keys(operand, path)
+        else:
+            self.report(path, '"missing" takes a list of data keys, e.g. {"missing": ["email"]}')
+
+    def _missing_some(self, operator: str, operand: object, path: PathKey, in_result: bool) -> None:
+        if not isinstance(operand, list) or len(operand) != 2:
+            self.report(
+                path, '"missing_some" takes [how many, [data keys]], e.g. {"missing_some": [1, ["a", "b"]]}'
+            )
+            return
+        minimum, keys = operand
+        if not _is_number(minimum):
+            self.report((*path, 0), f"must be the number of keys needed, got {_describe(minimum)}")
+        if isinstance(keys, list):
+            self._data_keys(keys, (*path, 1))
+        else:
+            self.report((*path, 1), f"must be a list of data keys, got {_describe(keys)}")
+
+    def _data_keys(self, keys: list[Any], path: PathKey) -> None:
+        for index, key in enumerate(keys):
+            if not isinstance(key, str):
+                self.report((*path, index), f"must be a data key (a string), got {_describe(key)}")
+
+    def _unary(self, operator: str, operand: object, path: PathKey, in_result: bool) -> None:
+        # The argument itself or a list holding it; a longer list is literal data.
+        if not isinstance(operand, list):
+            self.argument(operand, path, in_result=False)
+        elif len(operand) == 1:
+            self.argument(operand[0], (*path, 0), in_result=False)
+
+    def _string_comparison(self, operator: str, operand: object, path: PathKey, in_result: bool) -> None:
+        if not isinstance(operand, list) or len(operand) != 2:
+            self.report(
+                path,
+                f"{_quoted(operator)} takes 2 arguments, e.g. "
+                f'{{{_quoted(operator)}: [{{"var": "email"}}, "@example.com"]}}',
+            )
+            return
+        for index, argument in enumerate(operand):
+            if isinstance(argument, dict):
+                self.rule(argument, (*path, index), in_result=False)
+            elif not isinstance(argument, str):
+                self.report(
+                    (*path, index), f"must be a string or a JsonLogic rule, got {_describe(argument)}"
+                )
+
+    def _sem_ver(self, operator: str, operand: object, path: PathKey, in_result: bool) -> None:
+        if not isinstance(operand, list) or len(operand) != 3:
+            self.report(
+                path,
+                '"sem_ver" takes [version, comparator, version], '
+                'e.g. {"sem_ver": [{"var": "appVersion"}, ">=", "1.2.0"]}',
+            )
+            return
+        for index in (0, 2):
+            self._version(operand[index], (*path, index))
+        if not isinstance(operand[1], str) or operand[1] not in _SEM_VER_COMPARATORS:
+            self.report(
+                (*path, 1),
+                f"{_describe(operand[1])} is not a comparator; use {_listing(_SEM_VER_COMPARATORS)}",
+            )
+
+    def _version(self, version: object, path: PathKey) -> None:
+        if isinstance(version, str):
+            if not _SEM_VER.fullmatch(version):
+                self.report(path, f'{_quoted(version)} is not a semantic version such as "1.2.3"')
+        elif isinstance(version, dict) and list(version) == ["var"]:
+            self._var("var", version["var"], (*path, "var"), in_result=False)
+        else:
+            self.report(
+                path, f'must be a version such as "1.2.3" or {{"var": ...}}, got {_describe(version)}'
+            )
+
+    def _fractional(self, operator: str, operand: object, path: PathKey, in_result: bool) -> None:
+        if not isinstance(operand, list) or not operand:
+            self.report(
+                path, '"fractional" takes a list of buckets, e.g. {"fractional": [["on", 10], ["off", 90]]}'
+            )
+            return
+        first = 0
+        if isinstance(operand[0], dict):
+            # A leading rule computes the value hashed into a bucket (default: flag key + targeting key).
+            self.rule(operand[0], (*path, 0), in_result=False)
+            first = 1
+        elif not isinstance(operand[0], list):
+            self.report(
+                (*path, 0),
+                'must be a bucket ["variant", weight] or a rule computing the bucketing value, '
+                f'such as {{"var": "email"}}; got {_describe(operand[0])}',
+            )
+            first = 1
+        if len(operand) == first:
+            self.report(path, '"fractional" needs at least one bucket ["variant", weight]')
+        total = sum(
+            self._bucket(bucket, (*path, index), in_result)
+            for index, bucket in enumerate(operand[first:], first)
+        )
+        if total > _MAX_TOTAL_WEIGHT:
+            self.report(
+                path, f"the weights add up to {total}, more than flagd's limit of {_MAX_TOTAL_WEIGHT}"
+            )
+
+    def _bucket(self, bucket: object, path: PathKey, in_result: bool) -> int:
+        """Checks one [variant, weight] bucket; returns its literal weight (0 when computed or wrong)."""
+        if not isinstance(bucket, list) or not 1 <= len(bucket) <= 2:
+            self.report(
+                path, f'a bucket is ["variant", weight] (the weight defaults to 1), got {_describe(bucket)}'
+            )
+            return 0
+        self.argument(bucket[0], (*path, 0), in_result)
+        return 1 if len(bucket) == 1 else self._weight(bucket[1], (*path, 1))
+
+    def _weight(self, weight: object, path: PathKey) -> int:
+        if isinstance(weight, dict):
+            # Computed weights drive time-based rollouts; flagd clamps negative results to 0.
+            self.rule(weight, path, in_result=False)
+            return 0
+        # JSON Schema's "integer" includes 25.0, but not 12.5, true or "10".
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not float(weight).is_integer():
+            unquote = " (remove the quotes)" if isinstance(weight, str) and weight.strip().isdigit() else ""
+            self.report(
+                path,
+                "a weight is a whole number (0 or more) or a JsonLogic rule computing one, "
+                f"got {_describe(weight)}{unquote}",
+            )
+            return 0
+        if weight < 0:
+            self.report(path, f"the weight {weight} is negative; weights are whole numbers, 0 or more")
+            return 0
+        return int(weight)
+
+    _SPECIAL_OPERATIONS: ClassVar[dict[str, Callable[[_TargetingChecker, str, Any, PathKey, bool], None]]] = {
+        "if": _if,
+        "var": _var,
+        "missing": _missing,
+        "missing_some": _missing_some,
+        "!": _unary,
+        "!!": _unary,
+        "starts_with": _string_comparison,
+        "ends_with": _string_comparison,
+        "sem_ver": _sem_ver,
+        "fractional": _fractional,
+    }
+
+
+# Every operator targeting.json knows: JsonLogic's own and flagd's custom ones.
+_OPERATORS: Final = frozenset(_ARGUMENT_COUNTS) | frozenset(_TargetingChecker._SPECIAL_OPERATIONS)
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list):
+        return "array"
+    return "null" if value is None else type(value).__name__
+
+
+def _is_number(value: object) -> bool:
+    return _json_type(value) == "number"
+
+
+def _describe(value: object) -> str:
+    """A value as a message shows it: scalars literally, containers by their type."""
+    kind = _json_type(value)
+    if kind == "string":
+        return f"the string {_quoted(str(value))}"
+    if kind in ("object", "array"):
+        return _a(kind)
+    if kind in ("boolean", "number", "null"):
+        return json.dumps(value)
+    return _a(kind)
+
+
+def _a(noun: str) -> str:
+    return f"an {noun}" if noun[0] in "aeiou" else f"a {noun}"
+
+
+def _quoted(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _listing(names: tuple[str, ...]) -> str:
+    return ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else "".join(names)
+
+
+def _count(fewest: int, most: int | None) -> str:
+    arguments = "argument" if (most or fewest) == 1 else "arguments"
+    if most is None:
+        return f"at least {fewest} {arguments}"
+    if most == fewest:
+        return f"exactly {fewest} {arguments}"
+    return f"{fewest} to {most} {arguments}"
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean "x"?)`` for a near miss among ``choices``, ignoring case, else ``""``."""
+    by_lower = {choice.lower(): choice for choice in choices}
+    matches = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=0.6)
+    return f" (did you mean {_quoted(by_lower[matches[0]])}?)" if matches else ""

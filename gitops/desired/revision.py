@@ -1,0 +1,277 @@
+"""A whole revision: every file at one commit becomes a ``DesiredState`` or is rejected.
+
+Per-file parsing is cached on (path, blob id), so a commit that changes one
+file of ten thousand parses one file. Checks that span files (duplicates,
+namespaces the policy allows) run on the parsed results every time.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+from gitops.content import Content
+from gitops.desired.configmaps import ConfigMapManifest, dns_subdomain_problem, parse_configmap
+from gitops.desired.documents import load_yaml
+from gitops.desired.errors import RevisionRejected, ValidationError
+from gitops.desired.flags import FlagSet, load_flag_set, published_flag_set
+from gitops.desired.policy import POLICY_FILE, Policy, load_policy
+
+CONFIGMAPS_DIR = "configmaps/"
+FLAGS_DIR = "flags/"
+MANIFEST_SUFFIXES = (".yaml", ".yml")
+FLAG_SUFFIXES = (".json", ".yaml", ".yml")
+FLAG_KEY_SUFFIX = ".flagd.json"
+
+ParsedFile = tuple[list[ConfigMapManifest | FlagSet], list[ValidationError]]
+BlobReader = Callable[[list[str]], Mapping[str, bytes]]
+
+
+class ParseCache:
+    """Parsed files keyed on (path, blob id), least recently used out first."""
+
+    def __init__(self, max_entries: int = 200_000) -> None:
+        self._entries: OrderedDict[tuple[str, str], ParsedFile] = OrderedDict()
+        self.max_entries = max_entries
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, path: str, blob: str) -> ParsedFile | None:
+        entry = self._entries.get((path, blob))
+        if entry is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._entries.move_to_end((path, blob))
+        return entry
+
+    def put(self, path: str, blob: str, parsed: ParsedFile) -> None:
+        self._entries[(path, blob)] = parsed
+        self._entries.move_to_end((path, blob))
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+
+@dataclass(frozen=True)
+class DesiredObject:
+    """One ConfigMap in one namespace, as Git wants it."""
+
+    namespace: str
+    name: str
+    content: Content
+    origin: str
+    line: int | None
+    kind: str  # "configmap" or "flagset"
+    # A manifest without a namespace goes to several targets; ``rank`` is this
+    # target's place in the policy's order, which decides canary order.
+    group: str
+    rank: int
+    flag_set: FlagSet | None = field(default=None, compare=False)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    def rendered(self, *, commit: str, source: str) -> Content:
+        """The content as applied at ``commit``; flag sets carry the commit inside them."""
+        if self.flag_set is None:
+            return self.content
+        published = published_flag_set(self.flag_set, commit=commit, source=source)
+        return Content(
+            data={flag_set_key(self.name): flag_set_json(published)},
+            labels=self.content.labels,
+            annotations=self.content.annotations,
+        )
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    policy: Policy
+    objects: tuple[DesiredObject, ...]
+
+    def by_key(self) -> dict[tuple[str, str], DesiredObject]:
+        return {obj.key: obj for obj in self.objects}
+
+    @property
+    def namespaces(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(obj.namespace for obj in self.objects))
+
+
+def flag_set_key(name: str) -> str:
+    return f"{name}{FLAG_KEY_SUFFIX}"
+
+
+def flag_set_json(document: Mapping[str, Any]) -> str:
+    # Indented so that kubectl output and line diffs stay readable.
+    return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def flag_set_name(path: str) -> str:
+    """flags/team-a/Checkout.json -> team-a-checkout"""
+    relative = PurePosixPath(path).relative_to(FLAGS_DIR.rstrip("/"))
+    stem = "-".join((*relative.parent.parts, relative.stem))
+    return re.sub(r"[^a-z0-9.-]+", "-", stem.lower()).strip("-.")
+
+
+def relevant(path: str) -> bool:
+    return (
+        path == POLICY_FILE
+        or (path.startswith(CONFIGMAPS_DIR) and path.endswith(MANIFEST_SUFFIXES))
+        or (path.startswith(FLAGS_DIR) and path.endswith(FLAG_SUFFIXES))
+    )
+
+
+def parse_file(path: str, content: bytes) -> ParsedFile:
+    if path.startswith(FLAGS_DIR):
+        flag_set, errors = load_flag_set(path, content)
+        return ([flag_set] if flag_set else []), errors
+    documents, errors = load_yaml(path, content)
+    manifests: list[ConfigMapManifest | FlagSet] = []
+    for document in documents:
+        manifest, problems = parse_configmap(document)
+        errors.extend(problems)
+        if manifest:
+            manifests.append(manifest)
+    return manifests, errors
+
+
+def load_revision(
+    files: Mapping[str, str],
+    read_blobs: BlobReader,
+    *,
+    cache: ParseCache | None = None,
+    operator_namespaces: Iterable[str] = (),
+) -> DesiredState:
+    """Turns the files of one commit (path -> blob id) into desired state.
+
+    ``operator_namespaces`` are globs an administrator set on the source; the
+    repository's own policy can narrow them but never widen them.
+    Raises ``RevisionRejected`` with every error found.
+    """
+    cache = cache if cache is not None else ParseCache()
+    wanted = {path: blob for path, blob in files.items() if relevant(path)}
+    parsed: dict[str, ParsedFile] = {}
+    missing: list[str] = []
+    for path, blob in wanted.items():
+        if path == POLICY_FILE:
+            continue
+        hit = cache.get(path, blob)
+        if hit is None:
+            missing.append(path)
+        else:
+            parsed[path] = hit
+    blobs_needed = [wanted[path] for path in missing]
+    if POLICY_FILE in wanted:
+        blobs_needed.append(wanted[POLICY_FILE])
+    contents = read_blobs(blobs_needed) if blobs_needed else {}
+    for path in missing:
+        result = parse_file(path, contents[wanted[path]])
+        cache.put(path, wanted[path], result)
+        parsed[path] = result
+
+    policy, errors = load_policy(contents[wanted[POLICY_FILE]] if POLICY_FILE in wanted else None)
+    errors = list(errors)
+    for path in sorted(parsed):
+        errors.extend(parsed[path][1])
+    objects = _expand(parsed, policy, tuple(operator_namespaces), errors)
+    if errors:
+        raise RevisionRejected(errors)
+    return DesiredState(policy=policy, objects=tuple(objects))
+
+
+def _expand(
+    parsed: Mapping[str, ParsedFile],
+    policy: Policy,
+    operator_namespaces: tuple[str, ...],
+    errors: list[ValidationError],
+) -> list[DesiredObject]:
+    def permitted(namespace: str) -> str | None:
+        if not policy.allows(namespace):
+            allowed = ", ".join(policy.allowed_namespaces)
+            return f"namespace {namespace!r} is not allowed by {POLICY_FILE} (allowedNamespaces: {allowed})"
+        if operator_namespaces and not any(fnmatch.fnmatchcase(namespace, p) for p in operator_namespaces):
+            allowed = ", ".join(operator_namespaces)
+            return f"namespace {namespace!r} is outside the namespaces this source may manage ({allowed})"
+        return None
+
+    objects: list[DesiredObject] = []
+    seen: dict[tuple[str, str], tuple[str, int | None]] = {}
+
+    def add(obj: DesiredObject, field_name: str) -> None:
+        first = seen.get(obj.key)
+        if first is not None:
+            errors.append(
+                ValidationError(
+                    obj.origin,
+                    obj.line,
+                    field_name,
+                    f"ConfigMap {obj.namespace}/{obj.name} is already defined in {first[0]}"
+                    + (f" line {first[1]}" if first[1] else ""),
+                )
+            )
+            return
+        seen[obj.key] = (obj.origin, obj.line)
+        objects.append(obj)
+
+    for path in sorted(parsed):
+        for index, item in enumerate(parsed[path][0]):
+            if isinstance(item, ConfigMapManifest):
+                targets = (item.namespace,) if item.namespace else policy.target_namespaces
+                for rank, namespace in enumerate(targets):
+                    if problem := permitted(namespace):
+                        errors.append(ValidationError(path, item.line, "metadata.namespace", problem))
+                        continue
+                    content = Content(
+                        data=item.data,
+                        binary_data=item.binary_data,
+                        labels=item.labels,
+                        annotations=item.annotations,
+                        immutable=item.immutable,
+                    )
+                    add(
+                        DesiredObject(
+                            namespace=namespace,
+                            name=item.name,
+                            content=content,
+                            origin=path,
+                            line=item.line,
+                            kind="configmap",
+                            group=f"{path}#{index}",
+                            rank=rank,
+                        ),
+                        "metadata.name",
+                    )
+            else:
+                name = flag_set_name(path)
+                if problem := dns_subdomain_problem(name):
+                    errors.append(
+                        ValidationError(path, None, "", f"flag set name from the file name: {problem}")
+                    )
+                    continue
+                namespace = policy.flags_namespace
+                if problem := permitted(namespace):
+                    errors.append(ValidationError(POLICY_FILE, None, "flags.namespace", problem))
+                    continue
+                # The content hash covers the flags as Git has them, without the commit stamp.
+                unstamped = Content(data={flag_set_key(name): flag_set_json(item.document)})
+                add(
+                    DesiredObject(
+                        namespace=namespace,
+                        name=name,
+                        content=unstamped,
+                        origin=path,
+                        line=None,
+                        kind="flagset",
+                        group=path,
+                        rank=0,
+                        flag_set=item,
+                    ),
+                    "",
+                )
+    return objects

@@ -1,0 +1,251 @@
+"""``python manage.py gitops``: Sluice's command line.
+
+gitops add-source NAME --url URL [--branch B] [--path P] [--interval 60s]
+gitops sync NAME [--wait]
+gitops diff NAME
+gitops status [NAME] [--json]
+gitops log [--source NAME] [--commit SHA] [--limit N] [--json]
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from argparse import ArgumentParser, ArgumentTypeError
+from datetime import timedelta
+from typing import Any
+
+from celery.exceptions import TimeoutError as CeleryTimeoutError
+from celery.result import AsyncResult
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+
+from gitops import selectors, services
+from gitops.errors import GitopsError
+from gitops.models import Source
+from gitops.plan import DiffItem, Plan
+
+DURATION = re.compile(r"^(\d+)(s|m|h)?$")
+
+
+def duration(text: str) -> timedelta:
+    match = DURATION.match(text.strip())
+    if not match:
+        raise ArgumentTypeError(f"{text!r} is not a duration like 30s, 5m or 1h")
+    amount, unit = int(match.group(1)), match.group(2) or "s"
+    seconds = amount * {"s": 1, "m": 60, "h": 3600}[unit]
+    if seconds < 5:
+        raise ArgumentTypeError("the poll interval must be at least 5s")
+    return timedelta(seconds=seconds)
+
+
+class Command(BaseCommand):
+    help = "Manage Sluice sources, syncs and the change log."
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+        add = commands.add_parser("add-source", help="register a Git repository")
+        add.add_argument("name")
+        add.add_argument("--url", required=True)
+        add.add_argument("--branch", default="main")
+        add.add_argument("--path", default="", help="directory within the repository")
+        add.add_argument(
+            "--interval", type=duration, default=timedelta(seconds=60), help="poll interval, e.g. 60s"
+        )
+        add.add_argument(
+            "--credentials",
+            default="",
+            help="where the token or key lives: env:VAR, file:/path or ssh-key:/path",
+        )
+        add.add_argument(
+            "--allow-namespace",
+            action="append",
+            default=[],
+            help="a namespace glob this source may touch (repeatable); the repo's policy only narrows it",
+        )
+
+        sync = commands.add_parser("sync", help="reconcile a source now, through a Celery worker")
+        sync.add_argument("name")
+        sync.add_argument(
+            "--wait", action="store_true", help="block until done; non-zero exit unless applied"
+        )
+        sync.add_argument("--timeout", type=float, default=600)
+        sync.add_argument(
+            "--retry-failed", action="store_true", help="also retry changes the cluster refused"
+        )
+
+        diff = commands.add_parser("diff", help="print the plan; applies nothing")
+        diff.add_argument("name")
+        diff.add_argument("--json", action="store_true")
+
+        status = commands.add_parser("status", help="show sources, their revision and active rollout")
+        status.add_argument("name", nargs="?")
+        status.add_argument("--json", action="store_true")
+
+        log = commands.add_parser("log", help="show the change log, newest first")
+        log.add_argument("--source")
+        log.add_argument("--commit")
+        log.add_argument("--namespace")
+        log.add_argument("--limit", type=int, default=50)
+        log.add_argument("--json", action="store_true")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        handler = getattr(self, "do_" + options["command"].replace("-", "_"))
+        try:
+            handler(**options)
+        except Source.DoesNotExist as exc:
+            raise CommandError("no such source") from exc
+        except (GitopsError, DjangoValidationError) as exc:
+            raise CommandError(str(exc)) from exc
+
+    def _source(self, name: str) -> Source:
+        try:
+            return Source.objects.get(name=name)
+        except Source.DoesNotExist as exc:
+            raise CommandError(f"no source named {name!r}") from exc
+
+    def do_add_source(self, **options: Any) -> None:
+        source = services.add_source(
+            name=options["name"],
+            url=options["url"],
+            branch=options["branch"],
+            path=options["path"],
+            poll_interval=options["interval"],
+            credentials_ref=options["credentials"],
+            allowed_namespaces=options["allow_namespace"],
+        )
+        self.stdout.write(f"added source {source.name} ({source.url} @ {source.branch})")
+
+    def do_sync(self, **options: Any) -> None:
+        source = self._source(options["name"])
+        with transaction.atomic():
+            task_ids = services.enqueue_sync(source, retry_failed=options["retry_failed"])
+        self.stdout.write(f"sync of {source.name} queued as task {task_ids[0]}")
+        if not options["wait"]:
+            return
+        try:
+            result: Any = AsyncResult(task_ids[0]).get(timeout=options["timeout"], propagate=False)
+        except CeleryTimeoutError as exc:
+            raise CommandError(f"no result within {options['timeout']:.0f}s; is a worker running?") from exc
+        if not isinstance(result, dict):
+            raise CommandError(f"sync failed: {result}")
+        self._print_sync(result)
+        if result["outcome"] not in ("applied", "unchanged"):
+            sys.exit(1)
+
+    def _print_sync(self, result: dict[str, Any]) -> None:
+        commit = result.get("commit", "")[:12]
+        summary = ", ".join(
+            f"{count} {action}" for action, count in sorted(result.get("summary", {}).items())
+        )
+        self.stdout.write(
+            f"{result['source']} @ {commit}: {result['outcome']}" + (f" ({summary})" if summary else "")
+        )
+        if result.get("forced_push"):
+            self.stdout.write("warning: the branch was force-pushed")
+        for error in result.get("errors", []):
+            self.stdout.write(f"  {error}")
+
+    def do_diff(self, **options: Any) -> None:
+        source = self._source(options["name"])
+        revision, plan = services.preview(source)
+        if plan is None:
+            if options["json"]:
+                self.stdout.write(
+                    json.dumps({"commit": revision.commit, "rejected": revision.errors}, indent=2)
+                )
+            else:
+                self.stdout.write(f"{source.name} @ {revision.short_commit}: rejected")
+                for line in selectors.source_status(source)["revision"]["errors"]:
+                    self.stdout.write(f"  {line}")
+            sys.exit(1)
+        if options["json"]:
+            payload = {
+                "commit": plan.commit,
+                "summary": plan.summary(),
+                "items": [i.as_dict() for i in plan.items],
+            }
+            self.stdout.write(json.dumps(payload, indent=2))
+            return
+        self._print_plan(plan)
+
+    def _print_plan(self, plan: Plan) -> None:
+        self.stdout.write(f"plan for {plan.source} @ {plan.commit[:12]}: " + _counts(plan.summary()))
+        for item in plan.items:
+            if item.action.value == "unchanged":
+                continue
+            origin = f"  ({item.desired.origin})" if item.desired else ""
+            self.stdout.write(f"{item.action.value:>9} configmap {item.namespace}/{item.name}{origin}")
+            if item.reason:
+                self.stdout.write(f"          {item.reason}")
+            for change in item.diff:
+                self._print_diff_item(change)
+
+    def _print_diff_item(self, change: DiffItem) -> None:
+        rendered = change.as_dict()
+        mark = {"add": "+", "remove": "-"}.get(change.op, "~")
+        label = f"{change.field}.{change.key}"
+        if rendered.get("unified"):
+            self.stdout.write(f"          {mark} {label}:")
+            for line in rendered["unified"].splitlines():
+                self.stdout.write(f"              {line}")
+        elif change.op == "add":
+            self.stdout.write(f"          + {label}: {_short(rendered['new'])}")
+        elif change.op == "remove":
+            self.stdout.write(f"          - {label}: {_short(rendered['old'])}")
+        else:
+            self.stdout.write(f"          ~ {label}: {_short(rendered['old'])} -> {_short(rendered['new'])}")
+
+    def do_status(self, **options: Any) -> None:
+        sources = [self._source(options["name"])] if options["name"] else list(Source.objects.all())
+        statuses = [selectors.source_status(source) for source in sources]
+        if options["json"]:
+            self.stdout.write(json.dumps(statuses if not options["name"] else statuses[0], indent=2))
+            return
+        for status in statuses:
+            revision = status["revision"] or {}
+            self.stdout.write(
+                f"{status['name']}: {revision.get('outcome', 'never fetched')}"
+                f" @ {(status['commit'] or '-')[:12]}  ({status['url']} {status['branch']})"
+            )
+            self.stdout.write(
+                f"  managed objects: {status['managed_objects']}, drift: {status['drift']},"
+                f" conflicts: {status['conflicts']}, last sync: {status['last_synced_at'] or 'never'}"
+            )
+            for error in revision.get("errors", []):
+                self.stdout.write(f"  error: {error}")
+            if status["last_error"]:
+                self.stdout.write(f"  last error: {status['last_error']}")
+            rollout = status["active_rollout"]
+            if rollout:
+                self.stdout.write(
+                    f"  rollout {rollout['id']}: {rollout['phase']}"
+                    f" step {rollout['step']}, weight {rollout['weight']}%"
+                )
+
+    def do_log(self, **options: Any) -> None:
+        changes = selectors.change_log(
+            source=options["source"], commit=options["commit"], namespace=options["namespace"]
+        )[: max(0, options["limit"])]
+        entries = [selectors.change_as_dict(change) for change in changes]
+        if options["json"]:
+            self.stdout.write(json.dumps(entries, indent=2))
+            return
+        for entry in entries:
+            result = "" if entry["result"] == "ok" else f"  ERROR: {entry['error']}"
+            self.stdout.write(
+                f"{entry['at'][:19]}  {entry['commit'][:12]}  {entry['source']:<16} {entry['action']:<9}"
+                f" {entry['namespace']}/{entry['name']}  by {entry['actor']}{result}"
+            )
+
+
+def _counts(summary: dict[str, int]) -> str:
+    return ", ".join(f"{count} {action}" for action, count in sorted(summary.items())) or "nothing"
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

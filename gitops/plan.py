@@ -1,0 +1,335 @@
+"""Desired state + live objects -> a plan of key-level changes. Pure: no I/O.
+
+Every desired object and every object this source manages gets one
+``PlanItem``. Items whose action changes the cluster are *actionable*; the
+others (unchanged, drift left alone, conflicts, orphans) are reported only.
+"""
+
+from __future__ import annotations
+
+import base64
+import difflib
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from gitops.content import Content, live_content, live_provenance
+from gitops.desired.revision import DesiredObject, DesiredState
+
+
+class Action(StrEnum):
+    CREATE = "create"
+    UPDATE = "update"
+    DELETE = "delete"
+    SELF_HEAL = "self-heal"
+    REPLACE = "replace"  # an immutable object whose content changes: delete, then create
+    UNCHANGED = "unchanged"
+    DRIFT = "drift"  # edited in the cluster; reported, left alone (selfHeal is off)
+    CONFLICT = "conflict"  # exists but is not ours; never taken over silently
+    ORPHAN = "orphan"  # ours, gone from Git, kept because prune is off
+
+    @property
+    def changes_cluster(self) -> bool:
+        return self in ACTIONABLE
+
+
+ACTIONABLE = frozenset({Action.CREATE, Action.UPDATE, Action.DELETE, Action.SELF_HEAL, Action.REPLACE})
+
+
+@dataclass(frozen=True)
+class DiffItem:
+    """One key-level difference, after kopf's diff items."""
+
+    op: str  # "add", "remove" or "change"
+    field: str  # "data", "binaryData", "labels", "annotations" or "immutable"
+    key: str
+    old: Any = None
+    new: Any = None
+
+    def as_dict(self) -> dict[str, Any]:
+        result: dict[str, Any] = {"op": self.op, "field": self.field, "key": self.key}
+        if self.field == "binaryData":
+            result["old"] = summarize_binary(self.old)
+            result["new"] = summarize_binary(self.new)
+        else:
+            result["old"] = self.old
+            result["new"] = self.new
+            unified = self.unified()
+            if unified:
+                result["unified"] = unified
+        return result
+
+    def unified(self) -> str | None:
+        """A unified text diff when either side spans lines; JSON is pretty-printed first."""
+        if not isinstance(self.old, str | None) or not isinstance(self.new, str | None):
+            return None
+        old, new = self.old or "", self.new or ""
+        if "\n" not in old.rstrip("\n") and "\n" not in new.rstrip("\n"):
+            return None
+        lines = difflib.unified_diff(
+            _readable(old).splitlines(keepends=True),
+            _readable(new).splitlines(keepends=True),
+            fromfile=f"{self.field}/{self.key} (live)",
+            tofile=f"{self.field}/{self.key} (git)",
+        )
+        return "".join(line if line.endswith("\n") else line + "\n" for line in lines)
+
+
+def _readable(text: str) -> str:
+    stripped = text.lstrip()
+    if stripped.startswith(("{", "[")):
+        try:
+            return json.dumps(json.loads(text), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        except ValueError:
+            return text
+    return text
+
+
+def summarize_binary(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        raw = base64.b64decode(value)
+    except ValueError:
+        return "<invalid base64>"
+    return f"<{len(raw)} bytes, sha256:{hashlib.sha256(raw).hexdigest()[:12]}>"
+
+
+def diff_content(old: Content | None, new: Content | None) -> list[DiffItem]:
+    old = old or Content()
+    new = new or Content()
+    items: list[DiffItem] = []
+    for field_name, before, after in (
+        ("data", old.data, new.data),
+        ("binaryData", old.binary_data, new.binary_data),
+        ("labels", old.labels, new.labels),
+        ("annotations", old.annotations, new.annotations),
+    ):
+        for key in sorted(before.keys() | after.keys()):
+            if key not in before:
+                items.append(DiffItem("add", field_name, key, None, after[key]))
+            elif key not in after:
+                items.append(DiffItem("remove", field_name, key, before[key], None))
+            elif before[key] != after[key]:
+                items.append(DiffItem("change", field_name, key, before[key], after[key]))
+    if bool(old.immutable) != bool(new.immutable):
+        items.append(DiffItem("change", "immutable", "immutable", old.immutable, new.immutable))
+    return items
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    namespace: str
+    name: str
+    action: Action
+    diff: tuple[DiffItem, ...] = ()
+    desired: DesiredObject | None = field(default=None, compare=False)
+    before: Content | None = None  # live content now, None when absent
+    after: Content | None = None  # content once applied, None for a delete
+    live_commit: str | None = None
+    reason: str = ""
+    # Set when Sluice must take fields back from another field manager.
+    force: bool = False
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    @property
+    def before_hash(self) -> str:
+        return self.before.hash if self.before is not None else ""
+
+    @property
+    def after_hash(self) -> str:
+        return self.after.hash if self.after is not None else ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "namespace": self.namespace,
+            "name": self.name,
+            "kind": "ConfigMap",
+            "action": self.action.value,
+            "reason": self.reason,
+            "origin": self.desired.origin if self.desired else None,
+            "diff": [item.as_dict() for item in self.diff],
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    source: str
+    commit: str
+    items: tuple[PlanItem, ...]
+
+    @property
+    def actionable(self) -> tuple[PlanItem, ...]:
+        return tuple(item for item in self.items if item.action.changes_cluster)
+
+    def count(self, action: Action) -> int:
+        return sum(1 for item in self.items if item.action is action)
+
+    def summary(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for item in self.items:
+            counts[item.action.value] = counts.get(item.action.value, 0) + 1
+        return counts
+
+    @property
+    def drifted(self) -> tuple[PlanItem, ...]:
+        return tuple(i for i in self.items if i.action in (Action.DRIFT, Action.SELF_HEAL))
+
+
+def plan(
+    desired: DesiredState,
+    live_by_namespace: Mapping[str, Iterable[Mapping[str, Any]]],
+    *,
+    source: str,
+    commit: str,
+) -> Plan:
+    """Compares Git with the cluster. ``live_by_namespace`` holds one LIST per namespace."""
+    live_index: dict[tuple[str, str], Mapping[str, Any]] = {}
+    for namespace, objects in live_by_namespace.items():
+        for obj in objects:
+            live_index[(namespace, obj["metadata"]["name"])] = obj
+
+    items: list[PlanItem] = []
+    wanted = desired.by_key()
+    for wanted_object in desired.objects:
+        live = live_index.get(wanted_object.key)
+        items.append(_plan_object(wanted_object, live, desired, source=source, commit=commit))
+
+    for key, live in sorted(live_index.items()):
+        owner, live_commit, _ = live_provenance(live)
+        if owner != source or key in wanted:
+            continue
+        before = live_content(live)
+        if desired.policy.prune:
+            items.append(
+                PlanItem(
+                    key[0],
+                    key[1],
+                    Action.DELETE,
+                    tuple(diff_content(before, None)),
+                    before=before,
+                    live_commit=live_commit,
+                    reason="no longer in Git; prune is on",
+                )
+            )
+        else:
+            items.append(
+                PlanItem(
+                    key[0],
+                    key[1],
+                    Action.ORPHAN,
+                    before=before,
+                    live_commit=live_commit,
+                    reason="no longer in Git; kept because prune is off",
+                )
+            )
+    return Plan(source=source, commit=commit, items=tuple(items))
+
+
+def _plan_object(
+    obj: DesiredObject,
+    live: Mapping[str, Any] | None,
+    desired: DesiredState,
+    *,
+    source: str,
+    commit: str,
+) -> PlanItem:
+    wanted = obj.rendered(commit=commit, source=source)
+    if live is None:
+        return PlanItem(
+            obj.namespace,
+            obj.name,
+            Action.CREATE,
+            tuple(diff_content(None, wanted)),
+            obj,
+            None,
+            wanted,
+            reason="not in the cluster",
+        )
+
+    owner, live_commit, applied_hash = live_provenance(live)
+    current = live_content(
+        live, desired_labels=obj.content.labels, desired_annotations=obj.content.annotations
+    )
+    if owner != source:
+        holder = f"source {owner!r}" if owner else "nobody in Sluice (created outside it)"
+        return PlanItem(
+            obj.namespace,
+            obj.name,
+            Action.CONFLICT,
+            tuple(diff_content(current, wanted)),
+            obj,
+            current,
+            wanted,
+            live_commit=live_commit,
+            reason=f"exists and is managed by {holder}; not taken over",
+        )
+
+    git_changed = applied_hash != obj.content.hash
+    # Compare with what Sluice applied last time: for flag sets that includes
+    # the commit stamped at that time, which is not a change in itself.
+    expected_now = obj.rendered(commit=live_commit or commit, source=source)
+    drift = tuple(diff_content(expected_now, current))
+
+    if not git_changed and not drift:
+        return PlanItem(
+            obj.namespace, obj.name, Action.UNCHANGED, (), obj, current, current, live_commit=live_commit
+        )
+
+    changes = tuple(diff_content(current, wanted if git_changed else expected_now))
+    immutable_live = bool(live.get("immutable"))
+    if immutable_live and changes:
+        return PlanItem(
+            obj.namespace,
+            obj.name,
+            Action.REPLACE,
+            changes,
+            obj,
+            current,
+            wanted,
+            live_commit=live_commit,
+            reason="immutable in the cluster: deleted and created again",
+        )
+    if git_changed:
+        return PlanItem(
+            obj.namespace,
+            obj.name,
+            Action.UPDATE,
+            changes,
+            obj,
+            current,
+            wanted,
+            live_commit=live_commit,
+            reason="changed in Git" + ("; also edited in the cluster" if drift else ""),
+            force=bool(drift) and desired.policy.self_heal,
+        )
+    if desired.policy.self_heal:
+        return PlanItem(
+            obj.namespace,
+            obj.name,
+            Action.SELF_HEAL,
+            changes,
+            obj,
+            current,
+            expected_now,
+            live_commit=live_commit,
+            reason="edited in the cluster; selfHeal restores Git's content",
+            force=True,
+        )
+    return PlanItem(
+        obj.namespace,
+        obj.name,
+        Action.DRIFT,
+        changes,
+        obj,
+        current,
+        expected_now,
+        live_commit=live_commit,
+        reason="edited in the cluster; left alone because selfHeal is off",
+    )

@@ -1,0 +1,119 @@
+"""Read-only queries shared by the CLI, the dashboard and the API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import Count, QuerySet
+
+from gitops.desired.errors import ValidationError
+from gitops.models import Change, ManagedObject, Revision, Rollout, Source
+from gitops.sources import redact_url
+
+
+def source_status(source: Source) -> dict[str, Any]:
+    latest = source.revisions.order_by("-fetched_at", "-id").first()
+    applied = source.revisions.filter(outcome=Revision.Outcome.APPLIED).order_by("-fetched_at", "-id").first()
+    active = (
+        Rollout.objects.filter(source=source, phase__in=Rollout.ACTIVE_PHASES)
+        .select_related("revision")
+        .first()
+    )
+    summary = (latest.summary if latest else {}) or {}
+    return {
+        "name": source.name,
+        "url": redact_url(source.url),
+        "branch": source.branch,
+        "path": source.path,
+        "poll_interval_seconds": int(source.poll_interval.total_seconds()),
+        "last_fetched_at": _iso(source.last_fetched_at),
+        "last_synced_at": _iso(source.last_synced_at),
+        "commit": source.last_commit,
+        "applied_commit": applied.commit if applied else "",
+        "revision": _revision(latest) if latest else None,
+        "managed_objects": ManagedObject.objects.filter(source=source).count(),
+        "drift": summary.get("drift", 0) + summary.get("self-heal", 0),
+        "conflicts": summary.get("conflict", 0),
+        "active_rollout": rollout_status(active) if active else None,
+        "last_error": source.last_error,
+    }
+
+
+def _revision(revision: Revision) -> dict[str, Any]:
+    return {
+        "commit": revision.commit,
+        "author": revision.author_email,
+        "message": revision.message.splitlines()[0] if revision.message else "",
+        "outcome": revision.outcome,
+        "errors": [str(ValidationError.from_dict(e)) for e in revision.errors],
+        "force_pushed_over": revision.force_pushed_over,
+        "summary": revision.summary,
+    }
+
+
+def rollout_status(rollout: Rollout) -> dict[str, Any]:
+    return {
+        "id": rollout.pk,
+        "commit": rollout.revision.commit,
+        "phase": rollout.phase,
+        "step": rollout.step_index,
+        "steps": len(rollout.steps),
+        "weight": rollout.weight,
+        "waiting_for": rollout.message,
+    }
+
+
+def change_log(
+    *,
+    source: str | None = None,
+    commit: str | None = None,
+    namespace: str | None = None,
+    name: str | None = None,
+    action: str | None = None,
+    actor: str | None = None,
+) -> QuerySet[Change]:
+    changes = Change.objects.select_related("source").order_by("-at", "-id")
+    if source:
+        changes = changes.filter(source__name=source)
+    if commit:
+        changes = changes.filter(commit__startswith=commit.lower())
+    if namespace:
+        changes = changes.filter(namespace=namespace)
+    if name:
+        changes = changes.filter(name=name)
+    if action:
+        changes = changes.filter(action=action)
+    if actor:
+        changes = changes.filter(actor=actor)
+    return changes
+
+
+def change_as_dict(change: Change) -> dict[str, Any]:
+    return {
+        "id": change.pk,
+        "at": _iso(change.at),
+        "source": change.source.name,
+        "commit": change.commit,
+        "cluster": change.cluster,
+        "namespace": change.namespace,
+        "kind": change.kind,
+        "name": change.name,
+        "action": change.action,
+        "actor": change.actor,
+        "step": change.step_index,
+        "weight": change.weight,
+        "result": change.result,
+        "error": change.error,
+        "before_hash": change.before_hash,
+        "after_hash": change.after_hash,
+        "diff": change.diff,
+    }
+
+
+def changes_per_object(source: Source) -> dict[tuple[str, str], int]:
+    rows = Change.objects.filter(source=source).values("namespace", "name").annotate(n=Count("id"))
+    return {(row["namespace"], row["name"]): row["n"] for row in rows}
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value else None

@@ -1,0 +1,119 @@
+"""The user-facing command line, run as a real process against the worker and the stack."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.gitrepo import configmap, policy
+
+pytestmark = pytest.mark.django_db(transaction=True)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def gitops(worker_env, tmp_path):
+    env = {**worker_env, "SLUICE_DATA_DIR": str(tmp_path / "cli-data")}
+
+    def run(*args: str, expect: int = 0) -> str:
+        done = subprocess.run(
+            [sys.executable, "manage.py", "gitops", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        assert done.returncode == expect, (
+            f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+        )
+        return done.stdout + done.stderr
+
+    return run
+
+
+def test_add_source_sync_diff_status_and_log(gitops, repo, make_namespaces, celery_worker, cluster):
+    canary, team = make_namespaces("canary", "team")
+    repo.write_all(
+        {
+            "sluice.yaml": policy([canary, team]),
+            "configmaps/app.yaml": configmap("app", {"LOG_LEVEL": "info", "GREETING": "hello\nworld\n"}),
+        }
+    )
+    first = repo.commit("first")
+
+    assert "added source shop" in gitops(
+        "add-source", "shop", "--url", repo.url, "--branch", "main", "--interval", "60s"
+    )
+    # Applies nothing: the plan is printed, the cluster stays empty.
+    planned = gitops("diff", "shop")
+    assert f"plan for shop @ {first[:12]}: 2 create" in planned
+    assert f"create configmap {canary}/app  (configmaps/app.yaml)" in planned
+    assert "+ data.LOG_LEVEL: 'info'" in planned
+    assert cluster.get_configmap(canary, "app") is None
+
+    synced = gitops("sync", "shop", "--wait")
+    assert f"shop @ {first[:12]}: applied (2 create)" in synced
+    assert cluster.get_configmap(team, "app")["data"]["LOG_LEVEL"] == "info"
+
+    repo.write("configmaps/app.yaml", configmap("app", {"LOG_LEVEL": "info", "GREETING": "hello\nthere\n"}))
+    second = repo.commit("second")
+    planned = gitops("diff", "shop")
+    assert "~ data.GREETING:" in planned
+    assert "-world" in planned
+    assert "+there" in planned
+    gitops("sync", "shop", "--wait")
+
+    status = json.loads(gitops("status", "shop", "--json"))
+    assert status["commit"] == second
+    assert status["revision"]["outcome"] == "applied"
+    assert status["managed_objects"] == 2
+
+    entries = json.loads(gitops("log", "--source", "shop", "--json"))
+    assert len(entries) == 4
+    assert {"commit", "source", "namespace", "kind", "name", "action", "actor", "at"} <= set(entries[0])
+    assert [e["commit"] for e in entries[:2]] == [second, second]
+    assert len(json.loads(gitops("log", "--commit", first[:10], "--json"))) == 2
+    assert len(json.loads(gitops("log", "--source", "shop", "--limit", "1", "--json"))) == 1
+    assert f"{first[:12]}  shop" in gitops("log")
+
+
+def test_sync_wait_fails_on_a_rejected_revision_and_status_shows_why(
+    gitops, repo, make_namespaces, celery_worker
+):
+    (namespace,) = make_namespaces("app")
+    repo.write_all(
+        {
+            "sluice.yaml": policy([namespace]),
+            "configmaps/app.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\n"
+            "data:\n  port: 8080\n",
+        }
+    )
+    repo.commit()
+    gitops("add-source", "broken", "--url", repo.url)
+
+    output = gitops("sync", "broken", "--wait", expect=1)
+    assert "rejected" in output
+    assert (
+        'configmaps/app.yaml:6: data.port: value must be a string, not a number; quote it: "8080"' in output
+    )
+
+    status = gitops("status", "broken")
+    assert "broken: rejected" in status
+    assert "error: configmaps/app.yaml:6: data.port" in status
+    assert json.loads(gitops("status", "--json"))[0]["revision"]["outcome"] == "rejected"
+    gitops("diff", "broken", expect=1)
+
+
+def test_bad_arguments_get_clear_errors(gitops, repo):
+    assert "no source named 'ghost'" in gitops("sync", "ghost", expect=1)
+    assert "not a duration" in gitops("add-source", "x", "--url", repo.url, "--interval", "soon", expect=2)
+    assert "not a valid source name" in gitops("add-source", "Not_Valid", "--url", repo.url, expect=1)
+    leaked = gitops("add-source", "leaky", "--url", "https://user:hunter2@git.example.com/x.git", expect=1)
+    assert "must not contain credentials" in leaked
+    assert "hunter2" not in leaked

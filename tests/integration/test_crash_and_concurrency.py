@@ -1,0 +1,88 @@
+"""A worker killed mid-apply, and two workers given the same source: the log stays exact."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from gitops.models import ApplyIntent, Change
+from tests.gitrepo import configmap, policy
+from tests.workers import poll
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def many_configmaps(repo, count: int) -> None:
+    for index in range(count):
+        repo.write(f"configmaps/cm-{index:04d}.yaml", configmap(f"cm-{index:04d}", {"index": str(index)}))
+
+
+def test_a_worker_killed_mid_apply_leaves_state_the_next_run_completes(
+    repo, make_namespaces, make_source, start_worker, cluster, worker_env
+):
+    from gitops.tasks import sync_source
+
+    first_ns, second_ns = make_namespaces("a", "b")
+    repo.write("sluice.yaml", policy([first_ns, second_ns]))
+    many_configmaps(repo, 300)
+    commit = repo.commit("600 objects")
+    source = make_source()
+    # Only these workers consume this queue, so the kill hits the run doing the apply;
+    # a slow apply makes the kill land while objects are going out.
+    queue = f"crash-{source.pk}"
+    doomed = start_worker(concurrency=1, queues=queue, env_overrides={"SLUICE_APPLY_CONCURRENCY": "1"})
+    sync_source.apply_async((source.pk,), queue=queue)
+
+    poll(
+        lambda: (
+            ApplyIntent.objects.filter(source=source).exists()
+            and len(cluster.list_configmaps(first_ns)) + len(cluster.list_configmaps(second_ns)) >= 20
+        ),
+        timeout=60,
+        interval=0.02,
+        what="the apply to be under way",
+    )
+    doomed.kill()
+    applied_before_crash = len(cluster.list_configmaps(first_ns)) + len(cluster.list_configmaps(second_ns))
+    assert 0 < applied_before_crash < 600, "the kill must land mid-apply"
+    assert ApplyIntent.objects.filter(source=source, status="pending").count() == 600
+    assert Change.objects.filter(source=source).count() == 0
+
+    start_worker(queues=queue)
+    result = sync_source.apply_async((source.pk,), queue=queue).get(timeout=180)
+
+    assert result["outcome"] == "unchanged", result
+    assert result["summary"].get("resumed") == 600, result
+    assert len(cluster.list_configmaps(first_ns)) + len(cluster.list_configmaps(second_ns)) == 600
+    logged = Counter((c.namespace, c.name) for c in Change.objects.filter(source=source))
+    assert len(logged) == 600
+    assert set(logged.values()) == {1}, "each change is logged exactly once"
+    assert set(Change.objects.filter(source=source).values_list("commit", "action", "result")) == {
+        (commit, "create", "ok")
+    }
+    assert not ApplyIntent.objects.filter(source=source, status="pending").exists()
+
+
+def test_two_workers_given_the_same_source_log_each_change_once(
+    repo, make_namespaces, make_source, start_worker, cluster
+):
+    from gitops.tasks import sync_source
+
+    (namespace,) = make_namespaces("app")
+    repo.write("sluice.yaml", policy([namespace]))
+    many_configmaps(repo, 200)
+    repo.commit()
+    source = make_source()
+    queue = f"race-{source.pk}"
+    start_worker(concurrency=2, queues=queue)
+    start_worker(concurrency=2, queues=queue)
+
+    results = [sync_source.apply_async((source.pk,), queue=queue) for _ in range(6)]
+    outcomes = [r.get(timeout=180) for r in results]
+
+    assert sorted(o["outcome"] for o in outcomes).count("applied") == 1, outcomes
+    assert len(cluster.list_configmaps(namespace)) == 200
+    logged = Counter((c.namespace, c.name) for c in Change.objects.filter(source=source))
+    assert len(logged) == 200
+    assert set(logged.values()) == {1}

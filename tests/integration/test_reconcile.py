@@ -1,0 +1,470 @@
+"""Git -> validated desired state -> key-level diff -> server-side apply -> change log, on the real stack."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from gitops.models import Change, Revision, Source
+from tests.gitrepo import configmap, policy
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+NGINX_CONF = """server {
+    listen 8080;
+    location / {
+        proxy_pass http://app:9000;
+    }
+}
+"""
+
+FLAGS = {
+    "flags": {
+        "new-checkout": {
+            "state": "ENABLED",
+            "variants": {"on": True, "off": False},
+            "defaultVariant": "off",
+        }
+    }
+}
+
+
+def managed(cluster, namespace: str, name: str) -> dict:
+    live = cluster.get_configmap(namespace, name)
+    assert live is not None, f"{namespace}/{name} is missing"
+    return live
+
+
+def test_a_revision_is_applied_with_provenance_and_logged_with_its_commit(
+    repo, make_namespaces, make_source, sync, cluster
+):
+    canary, team_a, flags_ns = make_namespaces("canary", "team-a", "flags")
+    repo.write_all(
+        {
+            "sluice.yaml": policy([canary, team_a], flags={"namespace": flags_ns}),
+            "configmaps/nginx.yaml": configmap("nginx", {"nginx.conf": NGINX_CONF}),
+            "configmaps/only-canary.yaml": configmap("probe", {"enabled": "true"}, namespace=canary),
+            "flags/checkout.json": json.dumps(FLAGS),
+            "README.md": "ignored",
+        }
+    )
+    first = repo.commit("initial config")
+    source = make_source()
+
+    result = sync(source)
+
+    assert result["outcome"] == "applied", result
+    assert result["summary"] == {"create": 4}
+    for namespace in (canary, team_a):
+        live = managed(cluster, namespace, "nginx")
+        assert live["data"] == {"nginx.conf": NGINX_CONF}
+        assert live["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "sluice"
+        assert live["metadata"]["labels"]["sluice.dev/source"] == source.name
+        assert live["metadata"]["annotations"]["sluice.dev/commit"] == first
+        assert any(e["manager"] == "sluice" for e in live["metadata"]["managedFields"])
+    assert managed(cluster, canary, "probe")["data"] == {"enabled": "true"}
+    assert cluster.get_configmap(team_a, "probe") is None
+
+    flag_set = json.loads(managed(cluster, flags_ns, "checkout")["data"]["checkout.flagd.json"])
+    assert flag_set["flags"] == FLAGS["flags"]
+    assert flag_set["metadata"]["sluiceCommit"] == first
+
+    changes = list(Change.objects.filter(source=source).order_by("namespace", "name"))
+    assert len(changes) == 4
+    assert {(c.namespace, c.name, c.action, c.commit, c.actor, c.result) for c in changes} == {
+        (canary, "nginx", "create", first, "sluice", "ok"),
+        (team_a, "nginx", "create", first, "sluice", "ok"),
+        (canary, "probe", "create", first, "sluice", "ok"),
+        (flags_ns, "checkout", "create", first, "sluice", "ok"),
+    }
+    assert Revision.objects.get(source=source, commit=first).outcome == "applied"
+
+    # Nothing changed: nothing is applied or logged.
+    assert sync(source)["outcome"] == "unchanged"
+    assert Change.objects.filter(source=source).count() == 4
+
+    # One key changes: only that object is updated, key by key, and only its commit annotation moves.
+    repo.write(
+        "configmaps/nginx.yaml", configmap("nginx", {"nginx.conf": NGINX_CONF.replace("8080", "8081")})
+    )
+    second = repo.commit("listen on 8081")
+    result = sync(source)
+    assert result["summary"] == {"update": 2, "unchanged": 2}
+    assert managed(cluster, team_a, "nginx")["metadata"]["annotations"]["sluice.dev/commit"] == second
+    assert managed(cluster, canary, "probe")["metadata"]["annotations"]["sluice.dev/commit"] == first
+    assert (
+        json.loads(managed(cluster, flags_ns, "checkout")["data"]["checkout.flagd.json"])["metadata"][
+            "sluiceCommit"
+        ]
+        == first
+    ), "an unchanged flag set keeps the commit its content came from"
+    update = Change.objects.get(source=source, commit=second, namespace=team_a)
+    assert update.action == "update"
+    assert [(d["op"], d["field"], d["key"]) for d in update.diff] == [("change", "data", "nginx.conf")]
+    assert "-    listen 8080;" in update.diff[0]["unified"]
+    assert "+    listen 8081;" in update.diff[0]["unified"]
+    assert update.before["data"]["nginx.conf"] == NGINX_CONF
+
+
+def _good_repo(repo, canary: str, team: str) -> None:
+    repo.write_all(
+        {
+            "sluice.yaml": policy([canary, team], allowedNamespaces=[canary, team]),
+            "configmaps/app.yaml": configmap("app", {"LOG_LEVEL": "info"}),
+        }
+    )
+
+
+BAD_INPUTS = {
+    "yaml syntax": (
+        {"configmaps/broken.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: [oops\n"},
+        "configmaps/broken.yaml:5: YAML syntax error",
+    ),
+    "a secret": (
+        {"configmaps/secret.yaml": {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"}}},
+        "configmaps/secret.yaml:2: kind: Secrets are never managed by Sluice",
+    ),
+    "a deployment": (
+        {
+            "configmaps/deploy.yaml": {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": "x"},
+            }
+        },
+        "configmaps/deploy.yaml:2: kind: only v1 ConfigMap documents are allowed here, found apps/v1 Deploy",
+    ),
+    "defined twice": (
+        {"configmaps/again.yaml": configmap("app", {"LOG_LEVEL": "debug"})},
+        "is already defined in configmaps/again.yaml",
+    ),
+    "invalid name": (
+        {"configmaps/bad-name.yaml": configmap("Bad_Name", {"a": "b"})},
+        "configmaps/bad-name.yaml:4: metadata.name: 'Bad_Name' is not a valid object name",
+    ),
+    "invalid data key": (
+        {"configmaps/bad-key.yaml": configmap("bad-key", {"no spaces": "b"})},
+        "configmaps/bad-key.yaml:6: data[\"no spaces\"]: 'no spaces' is not a valid key",
+    ),
+    "non-string value": (
+        {
+            "configmaps/number.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: number\n"
+            "data:\n  replicas: 3\n"
+        },
+        'configmaps/number.yaml:6: data.replicas: value must be a string, not a number; quote it: "3"',
+    ),
+    "invalid base64": (
+        {"configmaps/bin.yaml": configmap("bin", binaryData={"logo.png": "not base64!"})},
+        'configmaps/bin.yaml:6: binaryData["logo.png"]: value is not valid base64',
+    ),
+    "over 1 MiB": (
+        {"configmaps/huge.yaml": configmap("huge", {"blob": "x" * (1024 * 1024)})},
+        "a ConfigMap holds at most 1048576",
+    ),
+    "namespace not allowed": (
+        {"configmaps/elsewhere.yaml": configmap("x", {"a": "b"}, namespace="kube-system")},
+        "configmaps/elsewhere.yaml:1: metadata.namespace: namespace 'kube-system' is not allowed by",
+    ),
+    "unknown policy field": (
+        {"sluice.yaml": {"targets": {"namespaces": ["default"]}, "selfHeel": True}},
+        "sluice.yaml:4: selfHeel: unknown field 'selfHeel'; did you mean 'selfHeal'?",
+    ),
+    "flag default variant missing": (
+        {
+            "flags/bad.json": json.dumps(
+                {"flags": {"f": {"state": "ENABLED", "variants": {"on": True}, "defaultVariant": "blue"}}}
+            )
+        },
+        "flags/bad.json:1: flags.f.defaultVariant",
+    ),
+    "flag fractional variant missing": (
+        {
+            "flags/frac.yaml": {
+                "flags": {
+                    "color": {
+                        "state": "ENABLED",
+                        "variants": {"red": "red", "blue": "blue"},
+                        "defaultVariant": "red",
+                        "targeting": {"fractional": [["red", 50], ["green", 50]]},
+                    }
+                }
+            }
+        },
+        "flags/frac.yaml",
+    ),
+    "flag mixed variant types": (
+        {
+            "flags/mixed.yaml": {
+                "flags": {
+                    "m": {"state": "ENABLED", "variants": {"a": True, "b": "yes"}, "defaultVariant": "a"}
+                }
+            }
+        },
+        "flags/mixed.yaml",
+    ),
+    "flag non-integer weight": (
+        {
+            "flags/weights.yaml": {
+                "flags": {
+                    "w": {
+                        "state": "ENABLED",
+                        "variants": {"a": "a", "b": "b"},
+                        "defaultVariant": "a",
+                        "targeting": {"fractional": [["a", 12.5], ["b", 87.5]]},
+                    }
+                }
+            }
+        },
+        "flags/weights.yaml",
+    ),
+    "flag key twice": (
+        {
+            "flags/twice.json": '{"flags": {\n'
+            '"f": {"state": "ENABLED", "variants": {"on": true}, "defaultVariant": "on"},\n'
+            '"f": {"state": "DISABLED", "variants": {"on": true}, "defaultVariant": "on"}}}'
+        },
+        "flags/twice.json:3: flags.f: duplicate key 'f'",
+    ),
+}
+
+
+@pytest.mark.parametrize("files, expected", list(BAD_INPUTS.values()), ids=list(BAD_INPUTS))
+def test_a_bad_revision_is_rejected_whole_and_applies_nothing(
+    files, expected, repo, make_namespaces, make_source, sync, cluster
+):
+    canary, team = make_namespaces("canary", "team")
+    _good_repo(repo, canary, team)
+    good = repo.commit("good")
+    source = make_source()
+    assert sync(source)["outcome"] == "applied"
+    before = {ns: cluster.list_configmaps(ns) for ns in (canary, team)}
+
+    # The bad commit also carries a valid change, which must not go out either.
+    repo.write("configmaps/app.yaml", configmap("app", {"LOG_LEVEL": "debug"}))
+    repo.write_all(files)
+    bad = repo.commit("bad")
+    result = sync(source)
+
+    assert result["outcome"] == "rejected"
+    assert result["commit"] == bad
+    assert any(expected in error for error in result["errors"]), result["errors"]
+    after = {ns: cluster.list_configmaps(ns) for ns in (canary, team)}
+    assert after == before, "a rejected revision must leave the cluster untouched"
+    assert not Change.objects.filter(commit=bad).exists()
+    revision = Revision.objects.get(source=source, commit=bad)
+    assert revision.outcome == "rejected"
+    assert revision.errors
+    assert managed(cluster, canary, "app")["metadata"]["annotations"]["sluice.dev/commit"] == good
+
+
+def _drift_setup(repo, make_namespaces, make_source, sync, *, self_heal: bool):
+    (namespace,) = make_namespaces("app")
+    repo.write_all(
+        {
+            "sluice.yaml": policy([namespace], selfHeal=self_heal),
+            "configmaps/app.yaml": configmap("app", {"LOG_LEVEL": "info", "MODE": "safe"}),
+        }
+    )
+    repo.commit()
+    source = make_source()
+    assert sync(source)["outcome"] == "applied"
+    return namespace, source
+
+
+def _edit_in_cluster(cluster, namespace: str) -> None:
+    # Someone runs `kubectl edit` or `kubectl apply` with their own field manager.
+    edited = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "app", "namespace": namespace},
+        "data": {"LOG_LEVEL": "debug", "EXTRA": "added by hand"},
+    }
+    cluster.apply_configmap(edited, field_manager="kubectl-edit", force=True)
+
+
+def test_drift_is_healed_and_logged_when_self_heal_is_on(repo, make_namespaces, make_source, sync, cluster):
+    namespace, source = _drift_setup(repo, make_namespaces, make_source, sync, self_heal=True)
+    commit = repo.head()
+    _edit_in_cluster(cluster, namespace)
+
+    result = sync(source)
+
+    assert result["outcome"] == "applied"
+    assert result["summary"] == {"self-heal": 1}
+    live = managed(cluster, namespace, "app")
+    assert live["data"] == {"LOG_LEVEL": "info", "MODE": "safe"}
+    assert live["metadata"]["annotations"]["sluice.dev/commit"] == commit
+    heal = Change.objects.get(source=source, action="self-heal")
+    assert heal.commit == commit
+    assert {(d["op"], d["key"]) for d in heal.diff} == {("change", "LOG_LEVEL"), ("remove", "EXTRA")}
+    assert heal.before["data"]["EXTRA"] == "added by hand"
+    assert sync(source)["outcome"] == "unchanged"
+
+
+def test_drift_is_reported_and_left_alone_when_self_heal_is_off(
+    repo, make_namespaces, make_source, sync, cluster
+):
+    namespace, source = _drift_setup(repo, make_namespaces, make_source, sync, self_heal=False)
+    _edit_in_cluster(cluster, namespace)
+
+    result = sync(source)
+
+    assert result["outcome"] == "unchanged"
+    assert result["summary"] == {"drift": 1}
+    assert managed(cluster, namespace, "app")["data"]["LOG_LEVEL"] == "debug"
+    assert Change.objects.filter(source=source).count() == 1
+
+    # A Git change on top of drift conflicts with the other field manager: reported, never overwritten.
+    repo.write("configmaps/app.yaml", configmap("app", {"LOG_LEVEL": "warn", "MODE": "safe"}))
+    repo.commit()
+    result = sync(source)
+    assert result["outcome"] == "failed"
+    assert "conflict" in result["errors"][0]
+    assert managed(cluster, namespace, "app")["data"]["LOG_LEVEL"] == "debug"
+    refused = Change.objects.get(source=source, result="error")
+    assert "conflict" in refused.error
+
+
+def test_prune_deletes_only_what_the_source_applied(repo, make_namespaces, make_source, sync, cluster):
+    (namespace,) = make_namespaces("app")
+    repo.write_all(
+        {
+            "sluice.yaml": policy([namespace], prune=True),
+            "configmaps/keep.yaml": configmap("keep", {"a": "1"}),
+            "configmaps/drop.yaml": configmap("drop", {"b": "2"}),
+        }
+    )
+    repo.commit()
+    source = make_source()
+    sync(source)
+    cluster.apply_configmap(configmap("not-ours", {"c": "3"}, namespace=namespace), field_manager="someone")
+
+    repo.remove("configmaps/drop.yaml")
+    commit = repo.commit("drop one")
+    result = sync(source)
+
+    assert result["summary"] == {"delete": 1, "unchanged": 1}
+    assert cluster.get_configmap(namespace, "drop") is None
+    assert cluster.get_configmap(namespace, "keep") is not None
+    assert cluster.get_configmap(namespace, "not-ours") is not None
+    deletion = Change.objects.get(source=source, action="delete")
+    assert (deletion.commit, deletion.name, deletion.before["data"]) == (commit, "drop", {"b": "2"})
+
+
+def test_without_prune_a_removed_object_stays_and_is_reported(
+    repo, make_namespaces, make_source, sync, cluster
+):
+    (namespace,) = make_namespaces("app")
+    repo.write_all(
+        {"sluice.yaml": policy([namespace]), "configmaps/drop.yaml": configmap("drop", {"b": "2"})}
+    )
+    repo.commit()
+    source = make_source()
+    sync(source)
+    repo.remove("configmaps/drop.yaml")
+    repo.commit()
+
+    assert sync(source)["summary"] == {"orphan": 1}
+    assert cluster.get_configmap(namespace, "drop") is not None
+
+
+def test_an_object_sluice_does_not_manage_is_not_taken_over(
+    repo, make_namespaces, make_source, sync, cluster
+):
+    (namespace,) = make_namespaces("app")
+    cluster.apply_configmap(
+        configmap("app", {"owner": "platform"}, namespace=namespace), field_manager="helm"
+    )
+    repo.write_all(
+        {"sluice.yaml": policy([namespace]), "configmaps/app.yaml": configmap("app", {"owner": "git"})}
+    )
+    repo.commit()
+    source = make_source()
+
+    result = sync(source)
+
+    assert result["summary"] == {"conflict": 1}
+    assert managed(cluster, namespace, "app")["data"] == {"owner": "platform"}
+    assert not Change.objects.filter(source=source).exists()
+
+
+def test_an_immutable_configmap_is_replaced_when_its_content_changes(
+    repo, make_namespaces, make_source, sync, cluster
+):
+    (namespace,) = make_namespaces("app")
+    repo.write_all(
+        {
+            "sluice.yaml": policy([namespace]),
+            "configmaps/frozen.yaml": configmap("frozen", {"v": "1"}, immutable=True),
+        }
+    )
+    repo.commit()
+    source = make_source()
+    sync(source)
+    first_uid = managed(cluster, namespace, "frozen")["metadata"]["uid"]
+
+    repo.write("configmaps/frozen.yaml", configmap("frozen", {"v": "2"}, immutable=True))
+    repo.commit()
+    result = sync(source)
+
+    assert result["summary"] == {"replace": 1}
+    live = managed(cluster, namespace, "frozen")
+    assert live["data"] == {"v": "2"}
+    assert live["immutable"] is True
+    assert live["metadata"]["uid"] != first_uid
+    assert Change.objects.get(source=source, action="replace").before["data"] == {"v": "1"}
+
+
+def test_binary_data_is_applied_and_summarised_in_the_diff(repo, make_namespaces, make_source, sync, cluster):
+    (namespace,) = make_namespaces("app")
+    payload = bytes(range(256))
+    repo.write_all(
+        {
+            "sluice.yaml": policy([namespace]),
+            "configmaps/bin.yaml": configmap("bin", binaryData={"blob": base64.b64encode(payload).decode()}),
+        }
+    )
+    repo.commit()
+    source = make_source()
+    sync(source)
+
+    assert base64.b64decode(managed(cluster, namespace, "bin")["binaryData"]["blob"]) == payload
+    diff = Change.objects.get(source=source).diff
+    assert diff[0]["new"].startswith("<256 bytes, sha256:")
+
+
+def test_a_force_push_is_detected_and_recorded(repo, make_namespaces, make_source, sync, cluster):
+    (namespace,) = make_namespaces("app")
+    repo.write_all({"sluice.yaml": policy([namespace]), "configmaps/app.yaml": configmap("app", {"v": "1"})})
+    base = repo.commit("base")
+    repo.write("configmaps/app.yaml", configmap("app", {"v": "2"}))
+    bad = repo.commit("oops")
+    source = make_source()
+    sync(source)
+
+    repo.git("reset", "--quiet", "--hard", base)
+    repo.write("configmaps/app.yaml", configmap("app", {"v": "3"}))
+    rewritten = repo.commit("rewrite", push=False)
+    repo.push(force=True)
+    result = sync(source)
+
+    assert result["forced_push"] is True
+    assert Revision.objects.get(source=source, commit=rewritten).force_pushed_over == bad
+    assert managed(cluster, namespace, "app")["data"] == {"v": "3"}
+
+
+def test_a_temporary_git_failure_is_retried_with_backoff(make_source, celery_worker):
+    from gitops.tasks import sync_source
+    from tests.workers import poll
+
+    unreachable = make_source(url="http://127.0.0.1:9/nothing-listens-here.git")
+    queued = sync_source.delay(unreachable.pk)
+
+    poll(lambda: queued.state == "RETRY", timeout=30, what="the task to be retried")
+    last_error = Source.objects.get(pk=unreachable.pk).last_error
+    assert "network error" in last_error
+    assert "Failed to connect to 127.0.0.1 port 9" in last_error
+    assert Revision.objects.filter(source=unreachable).count() == 0
+    queued.revoke()

@@ -1,0 +1,1325 @@
+"""Flag sets in flagd's format: loading, validation with file/line/field, publishing."""
+
+from __future__ import annotations
+
+import copy
+import json
+from textwrap import dedent
+
+import pytest
+
+from gitops.desired.documents import load_json
+from gitops.desired.errors import ValidationError
+from gitops.desired.flags import FlagSet, canonical_json, load_flag_set, published_flag_set, validate_flag_set
+
+CHECKOUT_JSON = """\
+{
+  "$schema": "https://flagd.dev/schema/v0/flags.json",
+  "metadata": {"flagSetId": "checkout", "version": "3", "team": "payments"},
+  "$evaluators": {
+    "internal-users": {"ends_with": [{"var": "email"}, "@example.com"]}
+  },
+  "flags": {
+    "new-checkout": {
+      "state": "ENABLED",
+      "variants": {"on": true, "off": false},
+      "defaultVariant": "off",
+      "targeting": {"if": [{"$ref": "internal-users"}, "on", "off"]},
+      "metadata": {"owner": "payments", "ticket": 4321, "temporary": true}
+    },
+    "header-color": {
+      "state": "ENABLED",
+      "variants": {"red": "#c00", "blue": "#00c", "green": "#0c0"},
+      "defaultVariant": "red",
+      "targeting": {
+        "fractional": [
+          {"cat": [{"var": "$flagd.flagKey"}, {"var": "email"}]},
+          ["red", 50], ["blue", 25], ["green", 25]
+        ]
+      }
+    },
+    "checkout-limits": {
+      "state": "DISABLED",
+      "variants": {
+        "standard": {"maxItems": 50, "currencies": ["EUR", "USD"]},
+        "holiday": {"maxItems": 200, "currencies": ["EUR", "USD", "GBP"]}
+      },
+      "defaultVariant": "standard"
+    }
+  }
+}
+"""
+
+# The same flag set as YAML, the way people write it: "on"/"off" quoted, since
+# YAML 1.1 reads them as booleans.
+CHECKOUT_YAML = """\
+$schema: https://flagd.dev/schema/v0/flags.json
+metadata: {flagSetId: checkout, version: "3", team: payments}
+$evaluators:
+  internal-users:
+    ends_with: [{var: email}, "@example.com"]
+flags:
+  new-checkout:
+    state: ENABLED
+    variants: {"on": true, "off": false}
+    defaultVariant: "off"
+    targeting:
+      if: [{$ref: internal-users}, "on", "off"]
+    metadata: {owner: payments, ticket: 4321, temporary: true}
+  header-color:
+    state: ENABLED
+    variants: {red: "#c00", blue: "#00c", green: "#0c0"}
+    defaultVariant: red
+    targeting:
+      fractional:
+        - cat: [{var: $flagd.flagKey}, {var: email}]
+        - [red, 50]
+        - [blue, 25]
+        - [green, 25]
+  checkout-limits:
+    state: DISABLED
+    variants:
+      standard: {maxItems: 50, currencies: [EUR, USD]}
+      holiday: {maxItems: 200, currencies: [EUR, USD, GBP]}
+    defaultVariant: standard
+"""
+
+# Semantic versions, a time-based progressive rollout (computed weights) and a
+# computed result.
+SEARCH_YAML = """\
+metadata:
+  flagSetId: search
+$evaluators:
+  beta-testers:
+    in: [{var: email}, [alice@example.com, bob@example.com]]
+  new-app:
+    sem_ver: [{var: appVersion}, ">=", "4.2.0-rc.1"]
+flags:
+  semantic-search:
+    state: ENABLED
+    variants: {"on": true, "off": false}
+    defaultVariant: "off"
+    targeting:
+      if:
+        - $ref: beta-testers
+        - "on"
+        - fractional:
+            - ["on", {"-": [{var: $flagd.timestamp}, 1767225600]}]
+            - ["off", {"-": [1769904000, {var: $flagd.timestamp}]}]
+  results-per-page:
+    state: ENABLED
+    variants: {compact: 10, comfortable: 25}
+    defaultVariant: null
+    targeting:
+      if: [{$ref: new-app}, compact, {var: preferredDensity}]
+"""
+
+
+def load(file: str, text: str) -> tuple[FlagSet | None, list[ValidationError]]:
+    return load_flag_set(file, dedent(text).encode())
+
+
+def loaded(file: str, text: str) -> FlagSet:
+    flag_set, errors = load(file, text)
+    assert errors == []
+    assert flag_set is not None
+    return flag_set
+
+
+# --- good flag sets -------------------------------------------------------------
+
+
+def test_a_realistic_json_flag_set_loads_with_its_parts() -> None:
+    flag_set = loaded("flags/checkout.json", CHECKOUT_JSON)
+
+    assert flag_set.file == "flags/checkout.json"
+    assert list(flag_set.flags) == ["new-checkout", "header-color", "checkout-limits"]
+    assert flag_set.flags["new-checkout"]["variants"] == {"on": True, "off": False}
+    assert flag_set.flags["checkout-limits"]["variants"]["holiday"]["maxItems"] == 200
+    assert flag_set.evaluators == {"internal-users": {"ends_with": [{"var": "email"}, "@example.com"]}}
+    assert flag_set.metadata == {"flagSetId": "checkout", "version": "3", "team": "payments"}
+    assert flag_set.document == json.loads(CHECKOUT_JSON)
+
+
+def test_the_same_flag_set_in_yaml_loads_to_the_same_document() -> None:
+    from_yaml = loaded("flags/checkout.yaml", CHECKOUT_YAML)
+    from_json = loaded("flags/checkout.json", CHECKOUT_JSON)
+
+    assert from_yaml.document == from_json.document
+    assert canonical_json(from_yaml.document) == canonical_json(from_json.document)
+
+
+def test_rollouts_with_computed_weights_and_semantic_versions_load() -> None:
+    flag_set = loaded("flags/search.yml", SEARCH_YAML)
+
+    assert set(flag_set.evaluators) == {"beta-testers", "new-app"}
+    assert flag_set.flags["results-per-page"]["defaultVariant"] is None
+
+
+def test_unquoted_on_and_off_are_variant_names_in_yaml_keys() -> None:
+    flag_set = loaded(
+        "flags/checkout.yaml",
+        """\
+        flags:
+          new-checkout:
+            state: ENABLED
+            variants:
+              on: true
+              off: false
+            defaultVariant: "off"
+        """,
+    )
+
+    assert flag_set.flags["new-checkout"]["variants"] == {"on": True, "off": False}
+
+
+def test_optional_parts_default_to_empty() -> None:
+    flag_set = loaded(
+        "flags/minimal.json",
+        '{"flags": {"maintenance-mode": {"state": "DISABLED", "variants": {"on": true, "off": false}}}}',
+    )
+
+    assert flag_set.evaluators == {}
+    assert flag_set.metadata == {}
+
+
+def test_validate_flag_set_takes_a_loaded_document() -> None:
+    documents, errors = load_json("flags/checkout.json", CHECKOUT_JSON)
+    assert errors == []
+
+    assert validate_flag_set(documents[0]) == []
+
+
+def with_targeting(targeting: str) -> str:
+    return dedent(
+        """\
+        {
+          "$evaluators": {
+            "internal-users": {"ends_with": [{"var": "email"}, "@example.com"]},
+            "staff": {"or": [{"$ref": "internal-users"}, {"in": [{"var": "role"}, ["admin", "support"]]}]}
+          },
+          "flags": {
+            "new-checkout": {
+              "state": "ENABLED",
+              "variants": {"on": true, "off": false},
+              "defaultVariant": "off",
+              "targeting": %s
+            }
+          }
+        }
+        """
+    ).replace("%s", targeting)
+
+
+@pytest.mark.parametrize(
+    "targeting",
+    [
+        pytest.param("{}", id="empty-targeting"),
+        pytest.param('{"if": [{"$ref": "staff"}, "on", null]}', id="null-result-serves-the-default"),
+        pytest.param(
+            '{"if": [{"==": [{"var": "plan"}, "pro"]}, "on", "off"]}', id="condition-literals-are-not-results"
+        ),
+        pytest.param('{"if": [false, "on", "off"]}', id="literal-condition-is-not-a-result"),
+        pytest.param('{"if": [{"var": "beta"}]}', id="lone-condition"),
+        pytest.param('{"if": [{"var": "beta"}, "on"]}', id="then-without-else"),
+        pytest.param('{"if": [{"var": "beta"}, {"var": "variantName"}, "off"]}', id="computed-result"),
+        pytest.param('{"cat": ["o", {"var": "suffix"}]}', id="computed-root-result"),
+        pytest.param('{"in": [{"var": "country"}, ["DE", "AT", "CH"]]}', id="literal-list"),
+        pytest.param(
+            '{"some": [{"var": "orders"}, {">": [{"var": "total"}, 100]}]}',
+            id="var-inside-array-operation",
+        ),
+        pytest.param(
+            '{"in": [{"var": "region"}, [{"name": "eu-west", "if": "ignored"}]]}',
+            id="objects-in-literal-lists-are-data",
+        ),
+        pytest.param('{"if": [{"var": ["tier", "free"]}, "on", "off"]}', id="var-with-default"),
+        pytest.param('{"if": [{"var": "$flagd.timestamp"}, "on", "off"]}', id="flagd-timestamp"),
+        pytest.param('{"fractional": [["on", 10], ["off", 90]]}', id="fractional-shorthand"),
+        pytest.param(
+            '{"fractional": [{"var": "userId"}, ["on"], ["off", 25.0]]}', id="default-and-whole-float-weight"
+        ),
+        pytest.param(
+            '{"if": [{"==": [{"fractional": [["a", 50], ["b", 50]]}, "a"]}, "on", "off"]}',
+            id="fractional-as-a-condition-buckets-are-not-variants",
+        ),
+        pytest.param(
+            '{"fractional": [["on", {"-": [{"var": "$flagd.timestamp"}, 1767225600]}], ["off", 0]]}',
+            id="computed-weight",
+        ),
+        pytest.param('{"!": true}', id="unary-without-list"),
+        pytest.param('{"!!": [{"missing_some": [1, ["email", "phone"]]}]}', id="unary-with-list"),
+        pytest.param(
+            '{"if": [{"sem_ver": [{"var": "appVersion"}, "^", "2.0.0-beta.1+exp.5114f85"]}, "on", "off"]}',
+            id="semantic-version-with-prerelease",
+        ),
+        pytest.param(
+            '{"if": [{"starts_with": [{"cat": [{"var": "a"}, "b"]}, "ab"]}, "on", "off"]}',
+            id="rule-in-string-op",
+        ),
+        pytest.param('{"if": [{"<": [1, {"var": "age"}, 65]}, "on", "off"]}', id="between"),
+    ],
+)
+def test_targeting_that_flagd_accepts_is_accepted(targeting: str) -> None:
+    _, errors = load("flags/checkout.json", with_targeting(targeting))
+
+    assert errors == []
+
+
+def test_keys_outside_operator_positions_are_not_taken_for_operators() -> None:
+    # Variant values, metadata and evaluator names may use any keys, operator-like or not.
+    loaded(
+        "flags/layout.json",
+        """\
+        {
+          "metadata": {"if": "x", "fractionl": 1},
+          "$evaluators": {"fractionl": {"var": "x"}},
+          "flags": {
+            "layout": {
+              "state": "ENABLED",
+              "variants": {"grid": {"if": [1, 2], "fractionl": {"var": "x"}}, "list": {"cat": "x"}},
+              "targeting": {"if": [{"$ref": "fractionl"}, "grid", "list"]},
+              "metadata": {"var": "x"}
+            }
+          }
+        }
+        """,
+    )
+
+
+# --- errors: one per case, with its exact field and line ------------------------
+
+
+def case(
+    name: str, text: str, field: str, line: int | None, message: str, file: str = "flags/checkout.json"
+) -> object:
+    return pytest.param(file, text, field, line, message, id=name)
+
+
+REQUIRED_CHECKS = [
+    case(
+        "default-variant-not-a-variant",
+        """\
+        {"flags": {
+          "new-checkout": {
+            "state": "ENABLED",
+            "variants": {"on": true, "off": false},
+            "defaultVariant": "blue"
+          }
+        }}
+        """,
+        "flags.new-checkout.defaultVariant",
+        5,
+        '"blue" is not one of the variants (on, off)',
+    ),
+    case(
+        "fractional-bucket-not-a-variant",
+        """\
+        {"flags": {
+          "header-color": {
+            "state": "ENABLED",
+            "variants": {"red": "#c00", "blue": "#00c"},
+            "targeting": {"fractional": [
+              {"var": "email"},
+              ["red", 50],
+              ["bleu", 50]
+            ]}
+          }
+        }}
+        """,
+        "flags.header-color.targeting.fractional[2][0]",
+        8,
+        '"bleu" is not one of the variants (red, blue)',
+    ),
+    case(
+        "nested-fractional-bucket-not-a-variant",
+        """\
+        {"flags": {
+          "header-color": {
+            "state": "ENABLED",
+            "variants": {"red": "#c00", "blue": "#00c"},
+            "targeting": {"if": [{"var": "beta"}, {"fractional": [["red", 1], ["green", 1]]}, "red"]}
+          }
+        }}
+        """,
+        "flags.header-color.targeting.if[1].fractional[1][0]",
+        5,
+        '"green" is not one of the variants (red, blue)',
+    ),
+    case(
+        "mixed-variant-types",
+        """\
+        {"flags": {
+          "max-items": {
+            "state": "ENABLED",
+            "variants": {
+              "small": 10,
+              "large": "100"
+            }
+          }
+        }}
+        """,
+        "flags.max-items.variants.large",
+        6,
+        'is a string but variant "small" is a number',
+    ),
+    case(
+        "boolean-and-object-variants",
+        """\
+        {"flags": {
+          "checkout-limits": {
+            "state": "ENABLED",
+            "variants": {
+              "off": false,
+              "standard": {"maxItems": 50}
+            }
+          }
+        }}
+        """,
+        "flags.checkout-limits.variants.standard",
+        6,
+        'is an object but variant "off" is a boolean',
+    ),
+    case(
+        "array-variant",
+        """\
+        {"flags": {
+          "currencies": {
+            "state": "ENABLED",
+            "variants": {"eu": ["EUR", "USD"]}
+          }
+        }}
+        """,
+        "flags.currencies.variants.eu",
+        4,
+        "got an array (wrap the array in an object)",
+    ),
+    case(
+        "decimal-weight",
+        """\
+        {"flags": {
+          "new-checkout": {
+            "state": "ENABLED",
+            "variants": {"on": true, "off": false},
+            "targeting": {"fractional": [
+              ["on", 12.5],
+              ["off", 87]
+            ]}
+          }
+        }}
+        """,
+        "flags.new-checkout.targeting.fractional[0][1]",
+        6,
+        "a weight is a whole number (0 or more) or a JsonLogic rule computing one, got 12.5",
+    ),
+    case(
+        "quoted-weight",
+        """\
+        {"flags": {
+          "new-checkout": {
+            "state": "ENABLED",
+            "variants": {"on": true, "off": false},
+            "targeting": {"fractional": [
+              ["on", 10],
+              ["off", "90"]
+            ]}
+          }
+        }}
+        """,
+        "flags.new-checkout.targeting.fractional[1][1]",
+        7,
+        'got the string "90" (remove the quotes)',
+    ),
+    case(
+        "negative-weight",
+        """\
+        {"flags": {
+          "new-checkout": {
+            "state": "ENABLED",
+            "variants": {"on": true, "off": false},
+            "targeting": {"fractional": [
+              ["on", -10],
+              ["off", 110]
+            ]}
+          }
+        }}
+        """,
+        "flags.new-checkout.targeting.fractional[0][1]",
+        6,
+        "the weight -10 is negative",
+    ),
+    case(
+        "boolean-weight",
+        """\
+        {"flags": {
+          "new-checkout": {
+            "state": "ENABLED",
+            "variants": {"on": true, "off": false},
+            "targeting": {"fractional": [["on", true], ["off", 1]]}
+          }
+        }}
+        """,
+        "flags.new-checkout.targeting.fractional[0][1]",
+        5,
+        "got true",
+    ),
+    case(
+        "duplicate-flag-key-json",
+        """\
+        {"flags": {
+          "new-checkout": {"state": "ENABLED", "variants": {"on": true, "off": false}},
+          "header-color": {"state": "ENABLED", "variants": {"red": "#c00"}},
+          "new-checkout": {"state": "DISABLED", "variants": {"on": true, "off": false}}
+        }}
+        """,
+        "flags.new-checkout",
+        4,
+        "duplicate key 'new-checkout' (first defined on line 2)",
+    ),
+    case(
+        "duplicate-flag-key-yaml",
+        """\
+        flags:
+          new-checkout:
+            state: ENABLED
+            variants: {"on": true, "off": false}
+          new-checkout:
+            state: DISABLED
+            variants: {"on": true, "off": false}
+        """,
+        "flags.new-checkout",
+        5,
+        "duplicate key 'new-checkout' (first defined on line 2)",
+        file="flags/checkout.yaml",
+    ),
+    case(
+        "ref-to-missing-evaluator",
+        """\
+        {
+          "$evaluators": {"internal-users": {"ends_with": [{"var": "email"}, "@example.com"]}},
+          "flags": {
+            "new-checkout": {
+              "state": "ENABLED",
+              "variants": {"on": true, "off": false},
+              "targeting": {"if": [{"$ref": "internal-user"}, "on", "off"]}
+            }
+          }
+        }
+        """,
+        'flags.new-checkout.targeting.if[0]["$ref"]',
+        7,
+        'no evaluator "internal-user" in $evaluators (did you mean "internal-users"?)',
+    ),
+    case(
+        "ref-without-evaluators",
+        """\
+        {"flags": {
+          "new-checkout": {
+            "state": "ENABLED",
+            "variants": {"on": true, "off": false},
+            "targeting": {"if": [{"$ref": "internal-users"}, "on", "off"]}
+          }
+        }}
+        """,
+        'flags.new-checkout.targeting.if[0]["$ref"]',
+        5,
+        'no evaluator "internal-users" in $evaluators ($evaluators defines none)',
+    ),
+    case(
+        "ref-between-evaluators",
+        """\
+        {
+          "$evaluators": {
+            "internal-users": {"ends_with": [{"var": "email"}, "@example.com"]},
+            "staff": {"or": [{"$ref": "contractors"}, {"$ref": "internal-users"}]}
+          },
+          "flags": {}
+        }
+        """,
+        '["$evaluators"].staff.or[0]["$ref"]',
+        4,
+        'no evaluator "contractors" in $evaluators (defined: internal-users, staff)',
+    ),
+    case(
+        "operator-typo",
+        """\
+        {"flags": {
+          "header-color": {
+            "state": "ENABLED",
+            "variants": {"red": "#c00", "blue": "#00c"},
+            "targeting": {
+              "fractionl": [["red", 50], ["blue", 50]]
+            }
+          }
+        }}
+        """,
+        "flags.header-color.targeting.fractionl",
+        6,
+        'unknown JsonLogic operator "fractionl" (did you mean "fractional"?)',
+    ),
+    case(
+        "nested-operator-typo",
+        """\
+        {"flags": {
+          "new-checkout": {
+            "state": "ENABLED",
+            "variants": {"on": true, "off": false},
+            "targeting": {"if": [
+              {"and": [{"var": "beta"}, {"startsWith": [{"var": "email"}, "qa-"]}]},
+              "on",
+              "off"
+            ]}
+          }
+        }}
+        """,
+        "flags.new-checkout.targeting.if[0].and[1].startsWith",
+        6,
+        'unknown JsonLogic operator "startsWith" (did you mean "starts_with"?)',
+    ),
+    case(
+        "operator-typo-in-evaluator",
+        """\
+        {
+          "$evaluators": {
+            "internal-users": {"end_with": [{"var": "email"}, "@example.com"]}
+          },
+          "flags": {}
+        }
+        """,
+        '["$evaluators"].internal-users.end_with',
+        3,
+        'unknown JsonLogic operator "end_with" (did you mean "ends_with"?)',
+    ),
+    case(
+        "then-branch-not-a-variant",
+        """\
+        {"flags": {
+          "new-checkout": {
+            "state": "ENABLED",
+            "variants": {"on": true, "off": false},
+            "targeting": {"if": [
+              {"var": "beta"},
+              "enabled",
+              "off"
+            ]}
+          }
+        }}
+        """,
+        "flags.new-checkout.targeting.if[1]",
+        7,
+        '"enabled" is not one of the variants (on, off)',
+    ),
+    case(
+        "else-if-chain-result-not-a-variant",
+        """\
+        {"flags": {
+          "header-color": {
+            "state": "ENABLED",
+            "variants": {"red": "#c00", "blue": "#00c"},
+            "targeting": {"if": [
+              {"var": "vip"}, "red",
+              {"var": "beta"}, "blue",
+              "gray"
+            ]}
+          }
+        }}
+        """,
+        "flags.header-color.targeting.if[4]",
+        8,
+        '"gray" is not one of the variants (red, blue)',
+    ),
+    case(
+        "nested-else-not-a-variant",
+        """\
+        {"flags": {
+          "header-color": {
+            "state": "ENABLED",
+            "variants": {"red": "#c00", "blue": "#00c"},
+            "targeting": {"if": [{"var": "vip"}, "red", {"if": [{"var": "beta"}, "blue", "Red"]}]}
+          }
+        }}
+        """,
+        "flags.header-color.targeting.if[2].if[2]",
+        5,
+        '"Red" is not one of the variants (red, blue)',
+    ),
+    case(
+        "boolean-result-is-looked-up-as-true",
+        """\
+        {"flags": {
+          "new-checkout": {
+            "state": "ENABLED",
+            "variants": {"on": true, "off": false},
+            "targeting": {"if": [{"var": "beta"}, true, "off"]}
+          }
+        }}
+        """,
+        "flags.new-checkout.targeting.if[1]",
+        5,
+        'true selects the variant "true", which is not one of the variants (on, off)',
+    ),
+]
+
+FORMAT_CHECKS = [
+    case(
+        "not-an-object",
+        """\
+        ["new-checkout", "header-color"]
+        """,
+        "",
+        1,
+        'a flag set is an object with "flags", got an array',
+    ),
+    case(
+        "flags-missing",
+        """\
+        {
+          "metadata": {"flagSetId": "checkout"}
+        }
+        """,
+        "flags",
+        1,
+        '"flags" is required',
+    ),
+    case(
+        "unknown-top-level-key",
+        """\
+        {
+          "flags": {},
+          "evaluators": {}
+        }
+        """,
+        "evaluators",
+        3,
+        'unknown field "evaluators" (did you mean "$evaluators"?); '
+        "a flag set has $schema, flags, $evaluators and metadata",
+    ),
+    case(
+        "unknown-top-level-key-far-off",
+        """\
+        {
+          "flags": {},
+          "owner": "payments"
+        }
+        """,
+        "owner",
+        3,
+        'unknown field "owner"; a flag set has',
+    ),
+    case(
+        "schema-not-a-string",
+        """\
+        {
+          "$schema": 7,
+          "flags": {}
+        }
+        """,
+        '["$schema"]',
+        2,
+        "must be the URL of the schema, got 7",
+    ),
+    case(
+        "flags-as-a-list",
+        """\
+        {
+          "flags": [
+            {"key": "new-checkout", "state": "ENABLED", "variants": {"on": true}}
+          ]
+        }
+        """,
+        "flags",
+        2,
+        'must be an object of flag definitions by flag key (not a list of flags with "key")',
+    ),
+    case(
+        "flag-not-an-object",
+        """\
+        {"flags": {
+          "new-checkout": true
+        }}
+        """,
+        "flags.new-checkout",
+        2,
+        "a flag is an object with state and variants, got true",
+    ),
+    case(
+        "empty-flag-key",
+        """\
+        {"flags": {
+          "": {"state": "ENABLED", "variants": {"on": true}}
+        }}
+        """,
+        'flags[""]',
+        2,
+        'a flag key must be non-empty and on one line, got ""',
+    ),
+    case(
+        "state-missing",
+        """\
+        {"flags": {
+          "new-checkout": {
+            "variants": {"on": true, "off": false}
+          }
+        }}
+        """,
+        "flags.new-checkout.state",
+        2,
+        '"state" is required: ENABLED or DISABLED',
+    ),
+    case(
+        "state-lowercase",
+        """\
+        {"flags": {
+          "new-checkout": {
+            "state": "enabled",
+            "variants": {"on": true, "off": false}
+          }
+        }}
+        """,
+        "flags.new-checkout.state",
+        3,
+        'must be ENABLED or DISABLED, got the string "enabled" (did you mean "ENABLED"?)',
+    ),
+    case(
+        "variants-missing",
+        """\
+        {"flags": {
+          "new-checkout": {
+            "state": "ENABLED",
+            "defaultVariant": "on"
+          }
+        }}
+        """,
+        "flags.new-checkout.variants",
+        2,
+        '"variants" is required',
+    ),
+    case(
+        "variants-empty",
+        """\
+        {"flags": {
+          "new-checkout": {
+            "state": "ENABLED",
+            "variants": {}
+          }
+        }}
+        """,
+        "flags.new-checkout.variants",
+        4,
+        "must define at least one variant",
+    ),
+    case(
+        "null-variant",
+        """\
+        {"flags": {
+          "new-checkout": {
+            "state": "ENABLED",
+            "variants": {
+              "on": true,
+              "off": null
+            }
+          }
+        }}
+        """,
+        "flags.new-checkout.variants.off",
+        6,
+        "a variant is a boolean, string, number or object, got null",
+    ),
+    case(
+        "default-variant-not-a-string",
+        """\
+        {"flags": {
+          "max-items": {
+            "state": "ENABLED",
+            "variants": {"10": 10, "50": 50},
+            "defaultVariant": 10
+          }
+        }}
+        """,
+        "flags.max-items.defaultVariant",
+        5,
+        "must be a variant name or null, got 10",
+    ),
+    case(
+        "unknown-flag-field",
+        """\
+        {"flags": {
+          "new-checkout": {
+            "state": "ENABLED",
+            "variants": {"on": true, "off": false},
+            "defaultvariant": "off"
+          }
+        }}
+        """,
+        "flags.new-checkout.defaultvariant",
+        5,
+        'unknown field "defaultvariant" (did you mean "defaultVariant"?); '
+        "a flag has state, variants, defaultVariant, targeting and metadata",
+    ),
+    case(
+        "targeting-not-an-object",
+        """\
+        {"flags": {
+          "new-checkout": {
+            "state": "ENABLED",
+            "variants": {"on": true, "off": false},
+            "targeting": "on"
+          }
+        }}
+        """,
+        "flags.new-checkout.targeting",
+        5,
+        'must be a JsonLogic rule (an object), got the string "on"',
+    ),
+    case(
+        "flag-metadata-object-value",
+        """\
+        {"flags": {
+          "new-checkout": {
+            "state": "ENABLED",
+            "variants": {"on": true, "off": false},
+            "metadata": {
+              "owner": {"team": "payments"}
+            }
+          }
+        }}
+        """,
+        "flags.new-checkout.metadata.owner",
+        6,
+        "metadata values are strings, numbers or booleans, got an object",
+    ),
+    case(
+        "flag-set-metadata-null-value",
+        """\
+        {
+          "metadata": {
+            "owner": null
+          },
+          "flags": {}
+        }
+        """,
+        "metadata.owner",
+        3,
+        "metadata values are strings, numbers or booleans, got null",
+    ),
+    case(
+        "flag-set-metadata-array-value",
+        """\
+        {
+          "metadata": {
+            "flagSetId": "checkout",
+            "owners": ["ana", "bo"]
+          },
+          "flags": {}
+        }
+        """,
+        "metadata.owners",
+        4,
+        "metadata values are strings, numbers or booleans, got an array",
+    ),
+    case(
+        "flag-set-metadata-not-an-object",
+        """\
+        {
+          "metadata": "checkout",
+          "flags": {}
+        }
+        """,
+        "metadata",
+        2,
+        "must be an object of string, number or boolean values, got the string",
+    ),
+    case(
+        "flag-set-version-not-a-string",
+        """\
+        {
+          "metadata": {
+            "version": 3
+          },
+          "flags": {}
+        }
+        """,
+        "metadata.version",
+        3,
+        "must be a string, got 3: quote it",
+    ),
+    case(
+        "metadata-that-sluice-stamps",
+        """\
+        {
+          "metadata": {
+            "sluiceCommit": "3f2a9c1"
+          },
+          "flags": {}
+        }
+        """,
+        "metadata.sluiceCommit",
+        3,
+        "is set by Sluice when it publishes the flag set: remove it",
+    ),
+    case(
+        "evaluators-not-an-object",
+        """\
+        {
+          "$evaluators": [{"var": "email"}],
+          "flags": {}
+        }
+        """,
+        '["$evaluators"]',
+        2,
+        "must be an object of JsonLogic rules by name, got an array",
+    ),
+    case(
+        "not-a-number-in-json",
+        """\
+        {"flags": {
+          "sample-rate": {
+            "state": "ENABLED",
+            "variants": {"some": NaN, "all": 1.0}
+          }
+        }}
+        """,
+        "flags.sample-rate.variants.some",
+        None,  # the loader keeps no lines for JSON that YAML reads differently
+        "nan is not a number JSON can hold",
+    ),
+]
+
+
+def targeting_case(name: str, targeting: str, field: str, message: str) -> object:
+    """A case whose problem is in the targeting of flag "new-checkout", on line 6."""
+    text = dedent(
+        """\
+        {"$evaluators": {"beta-testers": {"in": [{"var": "email"}, ["ana@example.com"]]}},
+         "flags": {
+          "new-checkout": {
+            "state": "ENABLED",
+            "variants": {"on": true, "off": false},
+            "targeting": %s
+          }
+        }}
+        """
+    ).replace("%s", targeting)
+    return case(name, text, f"flags.new-checkout.targeting{field}", 6, message)
+
+
+TARGETING_CHECKS = [
+    targeting_case(
+        "unknown-flagd-property",
+        '{"if": [{">": [{"var": "$flagd.now"}, 1767225600]}, "on", "off"]}',
+        '.if[0][">"][0].var',
+        'flagd provides no "$flagd.now"; it provides $flagd.timestamp and $flagd.flagKey',
+    ),
+    targeting_case(
+        "semantic-version-with-four-parts",
+        '{"if": [{"sem_ver": [{"var": "appVersion"}, ">=", "4.2.0.1"]}, "on", "off"]}',
+        ".if[0].sem_ver[2]",
+        '"4.2.0.1" is not a semantic version such as "1.2.3"',
+    ),
+    targeting_case(
+        "semantic-version-comparator",
+        '{"if": [{"sem_ver": [{"var": "appVersion"}, "=>", "4.2.0"]}, "on", "off"]}',
+        ".if[0].sem_ver[1]",
+        'the string "=>" is not a comparator; use =, !=, >, <, >=, <=, ~ and ^',
+    ),
+    targeting_case(
+        "string-comparison-with-a-number",
+        '{"if": [{"starts_with": [{"var": "zip"}, 10]}, "on", "off"]}',
+        ".if[0].starts_with[1]",
+        "must be a string or a JsonLogic rule, got 10",
+    ),
+    targeting_case(
+        "too-many-arguments",
+        '{"if": [{"==": [{"var": "plan"}, "pro", "team"]}, "on", "off"]}',
+        '.if[0]["=="]',
+        '"==" takes exactly 2 arguments, got 3',
+    ),
+    targeting_case(
+        "arguments-not-a-list",
+        '{"if": [{"in": [{"cat": {"var": "email"}}, ["ana@example.com"]]}, "on", "off"]}',
+        ".if[0].in[0].cat",
+        '"cat" takes a list of arguments',
+    ),
+    targeting_case(
+        "two-operators-in-one-rule",
+        '{"if": [{"==": [{"var": "a"}, 1], "!=": [{"var": "b"}, 2]}, "on", "off"]}',
+        ".if[0]",
+        'a JsonLogic rule has exactly one operator, this one has "==" and "!="',
+    ),
+    targeting_case(
+        "empty-object-as-an-argument",
+        '{"if": [{}, "on", "off"]}',
+        ".if[0]",
+        "an empty object is not a JsonLogic rule",
+    ),
+    targeting_case(
+        "ref-as-the-whole-targeting",
+        '{"$ref": "beta-testers"}',
+        '["$ref"]',
+        '"$ref" is not allowed here; flagd substitutes evaluators only as arguments of an operation',
+    ),
+    targeting_case(
+        "ref-with-other-keys",
+        '{"if": [{"$ref": "beta-testers", "var": "beta"}, "on", "off"]}',
+        ".if[0]",
+        'a "$ref" stands alone in its object; remove "var"',
+    ),
+    targeting_case(
+        "ref-that-is-not-a-name",
+        '{"if": [{"$ref": ["beta-testers"]}, "on", "off"]}',
+        '.if[0]["$ref"]',
+        "must name an evaluator in $evaluators, got an array",
+    ),
+    targeting_case(
+        "fractional-bucketing-value-not-a-rule",
+        '{"fractional": ["email", ["on", 50], ["off", 50]]}',
+        ".fractional[0]",
+        'must be a bucket ["variant", weight] or a rule computing the bucketing value',
+    ),
+    targeting_case(
+        "fractional-without-buckets",
+        '{"fractional": [{"var": "email"}]}',
+        ".fractional",
+        '"fractional" needs at least one bucket',
+    ),
+    targeting_case(
+        "bucket-with-three-items",
+        '{"fractional": [["on", 50, "x"], ["off", 50]]}',
+        ".fractional[0]",
+        'a bucket is ["variant", weight] (the weight defaults to 1), got an array',
+    ),
+    targeting_case(
+        "weights-over-flagds-limit",
+        '{"fractional": [["on", 2000000000], ["off", 2000000000]]}',
+        ".fractional",
+        "the weights add up to 4000000000, more than flagd's limit of 2147483647",
+    ),
+    targeting_case(
+        "unknown-operator-in-a-computed-weight",
+        '{"fractional": [["on", {"minus": [{"var": "$flagd.timestamp"}, 1767225600]}], ["off", 0]]}',
+        ".fractional[0][1].minus",
+        'unknown JsonLogic operator "minus"',
+    ),
+]
+
+YAML_CHECKS = [
+    case(
+        "unquoted-on-as-default-variant",
+        """\
+        flags:
+          new-checkout:
+            state: ENABLED
+            variants: {"on": true, "off": false}
+            defaultVariant: off
+        """,
+        "flags.new-checkout.defaultVariant",
+        5,
+        "must be a variant name or null, got false (YAML reads unquoted on/off/yes/no/true/false as booleans",
+        file="flags/checkout.yaml",
+    ),
+    case(
+        "unquoted-on-as-a-result",
+        """\
+        flags:
+          new-checkout:
+            state: ENABLED
+            variants: {"on": true, "off": false}
+            targeting:
+              if: [{var: beta}, "on", off]
+        """,
+        "flags.new-checkout.targeting.if[2]",
+        6,
+        'false selects the variant "false", which is not one of the variants (on, off) (YAML reads',
+        file="flags/checkout.yaml",
+    ),
+    case(
+        "date-in-metadata",
+        """\
+        metadata:
+          flagSetId: checkout
+          reviewed: 2025-03-01
+        flags: {}
+        """,
+        "metadata.reviewed",
+        3,
+        "YAML read 2025-03-01 as a date, which JSON cannot hold: quote it",
+        file="flags/checkout.yml",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("file", "text", "field", "line", "message"),
+    REQUIRED_CHECKS + FORMAT_CHECKS + TARGETING_CHECKS + YAML_CHECKS,
+)
+def test_each_problem_is_reported_once_with_its_file_line_and_field(
+    file: str, text: str, field: str, line: int | None, message: str
+) -> None:
+    flag_set, errors = load(file, text)
+
+    assert flag_set is None
+    assert [(error.file, error.line, error.field) for error in errors] == [(file, line, field)], errors
+    assert message in errors[0].message
+
+
+def test_all_problems_of_a_file_are_reported_in_file_order() -> None:
+    _, errors = load(
+        "flags/checkout.json",
+        """\
+        {"flags": {
+          "new-checkout": {
+            "state": "ON",
+            "variants": {"on": true, "off": false},
+            "defaultVariant": "of",
+            "targeting": {"if": [{"var": "beta"}, "onn", "off"]}
+          }
+        }}
+        """,
+    )
+
+    assert [(error.line, error.field) for error in errors] == [
+        (3, "flags.new-checkout.state"),
+        (5, "flags.new-checkout.defaultVariant"),
+        (6, "flags.new-checkout.targeting.if[1]"),
+    ]
+
+
+def test_absurdly_deep_nesting_is_an_error_not_a_crash() -> None:
+    depth = 450  # deeper than the validator's recursion allows, not the JSON parser's
+    targeting = '{"!": [' * depth + "true" + "]}" * depth
+
+    flag_set, errors = load("flags/deep.json", with_targeting(targeting))
+
+    assert flag_set is None
+    assert errors == [
+        ValidationError("flags/deep.json", None, "", "the document is nested too deeply to validate")
+    ]
+
+
+def test_a_duplicate_key_fails_the_file_even_when_both_definitions_are_valid() -> None:
+    flag_set, errors = load(
+        "flags/checkout.json",
+        """\
+        {"flags": {"new-checkout": {"state": "ENABLED", "variants": {"on": true}}},
+         "flags": {"new-checkout": {"state": "ENABLED", "variants": {"on": true}}}}
+        """,
+    )
+
+    assert flag_set is None
+    assert [(error.line, error.field) for error in errors] == [(2, "flags")]
+
+
+@pytest.mark.parametrize(
+    ("file", "content", "line", "message"),
+    [
+        pytest.param("flags/checkout.yaml", "", None, "the file is empty", id="empty-yaml"),
+        pytest.param(
+            "flags/checkout.yaml", "# nothing yet\n", None, "the file is empty", id="comment-only-yaml"
+        ),
+        pytest.param(
+            "flags/checkout.yaml",
+            "flags: {}\n---\nflags: {}\n",
+            3,
+            "a flag set file holds one YAML document, this one has 2",
+            id="two-yaml-documents",
+        ),
+        pytest.param(
+            "flags/checkout.json", '{"flags": {},\n}\n', 2, "JSON syntax error", id="json-syntax-error"
+        ),
+        pytest.param("flags/checkout.yaml", "flags: {\n", 2, "YAML syntax error", id="yaml-syntax-error"),
+        pytest.param(
+            "flags/checkout.toml", "[flags]\n", None, "a .json, .yaml or .yml file", id="other-extension"
+        ),
+    ],
+)
+def test_files_that_are_not_one_flag_set_document_are_rejected(
+    file: str, content: str, line: int | None, message: str
+) -> None:
+    flag_set, errors = load_flag_set(file, content.encode())
+
+    assert flag_set is None
+    assert [(error.file, error.line, error.field) for error in errors] == [(file, line, "")]
+    assert message in errors[0].message
+
+
+# --- publishing -----------------------------------------------------------------
+
+COMMIT = "3f2a9c1d8e7b6a5f4e3d2c1b0a9f8e7d6c5b4a39"
+SOURCE = "https://git.example.com/platform/flags.git"
+
+
+def test_published_flag_set_stamps_commit_and_source_and_keeps_everything_else() -> None:
+    flag_set = loaded("flags/checkout.json", CHECKOUT_JSON)
+
+    published = published_flag_set(flag_set, commit=COMMIT, source=SOURCE)
+
+    assert published["metadata"] == {
+        "flagSetId": "checkout",
+        "version": "3",
+        "team": "payments",
+        "sluiceCommit": COMMIT,
+        "sluiceSource": SOURCE,
+    }
+    assert {key: value for key, value in published.items() if key != "metadata"} == {
+        key: value for key, value in json.loads(CHECKOUT_JSON).items() if key != "metadata"
+    }
+
+
+def test_published_flag_set_adds_metadata_when_the_file_has_none() -> None:
+    flag_set = loaded(
+        "flags/minimal.json", '{"flags": {"kill-switch": {"state": "ENABLED", "variants": {"on": true}}}}'
+    )
+
+    published = published_flag_set(flag_set, commit=COMMIT, source=SOURCE)
+
+    assert published == {
+        "flags": {"kill-switch": {"state": "ENABLED", "variants": {"on": True}}},
+        "metadata": {"sluiceCommit": COMMIT, "sluiceSource": SOURCE},
+    }
+
+
+def test_publishing_leaves_the_flag_set_untouched() -> None:
+    flag_set = loaded("flags/checkout.json", CHECKOUT_JSON)
+    before = copy.deepcopy(flag_set.document)
+
+    published = published_flag_set(flag_set, commit=COMMIT, source=SOURCE)
+    published["flags"]["new-checkout"]["state"] = "DISABLED"
+
+    assert flag_set.document == before
+    assert "sluiceCommit" not in flag_set.metadata
+
+
+def test_the_published_document_is_a_valid_flag_set_apart_from_the_stamp() -> None:
+    flag_set = loaded("flags/checkout.json", CHECKOUT_JSON)
+    published = canonical_json(published_flag_set(flag_set, commit=COMMIT, source=SOURCE))
+
+    _, errors = load_flag_set("flags/checkout.json", published.encode())
+
+    # Users may not write the stamp themselves; everything else still validates.
+    assert [error.field for error in errors] == ["metadata.sluiceCommit", "metadata.sluiceSource"]
+
+
+# --- canonical JSON -------------------------------------------------------------
+
+
+def test_canonical_json_is_sorted_compact_and_keeps_unicode() -> None:
+    document = {"flags": {"größe": {"variants": {"s": 1, "m": 2}, "state": "ENABLED"}}, "$schema": "x"}
+
+    assert (
+        canonical_json(document)
+        == '{"$schema":"x","flags":{"größe":{"state":"ENABLED","variants":{"m":2,"s":1}}}}'
+    )
+
+
+def test_canonical_json_does_not_depend_on_key_order() -> None:
+    document = json.loads(CHECKOUT_JSON)
+    reordered = json.loads(json.dumps(document, sort_keys=True))
+    assert list(reordered) != list(document)
+
+    assert canonical_json(reordered) == canonical_json(document)
+    assert json.loads(canonical_json(document)) == document
+
+
+def test_canonical_json_refuses_values_json_cannot_hold() -> None:
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        canonical_json({"metadata": {"ratio": float("nan")}})

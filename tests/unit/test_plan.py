@@ -1,0 +1,149 @@
+"""The planner, on hand-made live objects: every classification and key-level diff."""
+
+from __future__ import annotations
+
+import pytest
+
+from gitops.content import Content, Provenance, manifest
+from gitops.desired.policy import Policy
+from gitops.desired.revision import DesiredObject, DesiredState
+from gitops.plan import Action, DiffItem, diff_content, plan
+
+SOURCE = "shop"
+OLD, NEW = "a" * 40, "b" * 40
+
+
+def desired_object(name: str = "app", namespace: str = "team-a", **data: str) -> DesiredObject:
+    return DesiredObject(
+        namespace=namespace,
+        name=name,
+        content=Content(data=data or {"LOG_LEVEL": "info"}),
+        origin=f"configmaps/{name}.yaml",
+        line=1,
+        kind="configmap",
+        group=f"configmaps/{name}.yaml#0",
+        rank=0,
+    )
+
+
+def state(*objects: DesiredObject, prune: bool = False, self_heal: bool = False) -> DesiredState:
+    return DesiredState(Policy(("team-a",), ("team-a",), prune, self_heal, "team-a"), tuple(objects))
+
+
+def applied(obj: DesiredObject, *, commit: str = OLD, data: dict | None = None, source: str = SOURCE) -> dict:
+    """A live object as Sluice left it, optionally edited afterwards."""
+    body = manifest(
+        obj.namespace, obj.name, obj.content, Provenance(source, commit, obj.content.hash, obj.origin)
+    )
+    if data is not None:
+        body["data"] = data
+    body["metadata"]["managedFields"] = [
+        {
+            "manager": "sluice",
+            "operation": "Apply",
+            "fieldsV1": {"f:data": {f"f:{k}": {} for k in obj.content.data}, "f:metadata": {"f:labels": {}}},
+        }
+    ]
+    return body
+
+
+def only_item(desired: DesiredState, live: list[dict]):
+    result = plan(desired, {"team-a": live}, source=SOURCE, commit=NEW)
+    assert len(result.items) == 1
+    return result.items[0]
+
+
+def test_an_object_missing_from_the_cluster_is_created():
+    item = only_item(state(desired_object()), [])
+    assert item.action is Action.CREATE
+    assert item.diff == (DiffItem("add", "data", "LOG_LEVEL", None, "info"),)
+
+
+def test_an_object_as_applied_is_unchanged():
+    obj = desired_object()
+    item = only_item(state(obj), [applied(obj)])
+    assert item.action is Action.UNCHANGED
+    assert item.diff == ()
+
+
+def test_a_change_in_git_is_an_update_with_key_level_diff():
+    before = desired_object(LOG_LEVEL="info", MODE="safe")
+    after = desired_object(LOG_LEVEL="debug", NEW_KEY="1")
+    item = only_item(state(after), [applied(before)])
+    assert item.action is Action.UPDATE
+    assert [(d.op, d.key, d.old, d.new) for d in item.diff] == [
+        ("change", "LOG_LEVEL", "info", "debug"),
+        ("remove", "MODE", "safe", None),
+        ("add", "NEW_KEY", None, "1"),
+    ]
+    assert item.force is False
+
+
+def test_an_edit_in_the_cluster_is_drift_left_alone_without_self_heal():
+    obj = desired_object()
+    item = only_item(state(obj), [applied(obj, data={"LOG_LEVEL": "debug"})])
+    assert item.action is Action.DRIFT
+    assert not item.action.changes_cluster
+    assert item.diff == (DiffItem("change", "data", "LOG_LEVEL", "debug", "info"),)
+
+
+def test_an_edit_in_the_cluster_is_healed_with_self_heal_keeping_the_original_commit():
+    obj = desired_object()
+    item = only_item(state(obj, self_heal=True), [applied(obj, data={"LOG_LEVEL": "debug", "EXTRA": "x"})])
+    assert item.action is Action.SELF_HEAL
+    assert item.force is True
+    assert item.live_commit == OLD
+    assert {(d.op, d.key) for d in item.diff} == {("change", "LOG_LEVEL"), ("remove", "EXTRA")}
+
+
+def test_an_object_of_another_source_or_of_nobody_is_a_conflict():
+    obj = desired_object()
+    theirs = only_item(state(obj), [applied(obj, source="other")])
+    assert theirs.action is Action.CONFLICT
+    assert "source 'other'" in theirs.reason
+    foreign = {"metadata": {"name": "app", "namespace": "team-a"}, "data": {"LOG_LEVEL": "info"}}
+    unmanaged = only_item(state(obj), [foreign])
+    assert unmanaged.action is Action.CONFLICT
+    assert "created outside it" in unmanaged.reason
+
+
+@pytest.mark.parametrize("prune, action", [(True, Action.DELETE), (False, Action.ORPHAN)])
+def test_an_object_gone_from_git_is_pruned_or_reported(prune, action):
+    gone = desired_object("gone")
+    item = only_item(state(prune=prune), [applied(gone)])
+    assert item.action is action
+    assert item.key == ("team-a", "gone")
+
+
+def test_objects_of_other_sources_are_never_pruned():
+    other = desired_object("theirs")
+    result = plan(state(prune=True), {"team-a": [applied(other, source="other")]}, source=SOURCE, commit=NEW)
+    assert result.items == ()
+
+
+def test_an_immutable_object_whose_content_changes_is_replaced():
+    before = desired_object(v="1")
+    live = applied(before)
+    live["immutable"] = True
+    item = only_item(state(desired_object(v="2")), [live])
+    assert item.action is Action.REPLACE
+
+
+def test_labels_sluice_never_set_do_not_count_as_drift():
+    obj = desired_object()
+    live = applied(obj)
+    live["metadata"]["labels"]["added-by-a-controller"] = "yes"
+    assert only_item(state(obj), [live]).action is Action.UNCHANGED
+
+
+def test_multi_line_values_get_a_unified_diff_and_json_is_pretty_printed():
+    text = DiffItem("change", "data", "nginx.conf", "a\nb\n", "a\nc\n").as_dict()
+    assert "-b\n" in text["unified"]
+    assert "+c\n" in text["unified"]
+    as_json = DiffItem("change", "data", "f.json", '{"a": 1,\n"b": 2}', '{"a": 1,\n"b": 3}').unified()
+    assert '-  "b": 2\n' in as_json
+
+
+def test_binary_data_is_summarised_never_shown():
+    item = diff_content(Content(), Content(binary_data={"k": "AAEC"}))[0].as_dict()
+    assert item["new"].startswith("<3 bytes, sha256:")

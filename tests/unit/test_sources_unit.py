@@ -1,0 +1,249 @@
+"""The pure parts of gitops.sources: redaction, credential references, error classification, argv."""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+
+from gitops.errors import PermanentError, TemporaryError
+from gitops.sources import (
+    Credentials,
+    GitMirror,
+    build_fetch_invocation,
+    classify_git_error,
+    redact_url,
+    resolve_credentials,
+)
+
+SECRET = "ghp_s3cr3tT0ken"
+
+
+@pytest.mark.parametrize(
+    ("url", "redacted"),
+    [
+        ("https://user:secret@host/x.git", "https://user:***@host/x.git"),
+        ("https://token@host", "https://***@host"),
+        ("http://token@host:8080/x.git", "http://***@host:8080/x.git"),
+        ("https://user:p@ss@host/x.git", "https://user:***@host/x.git"),
+        ("ssh://git:secret@host/x.git", "ssh://git:***@host/x.git"),
+        ("ssh://git@host/x.git", "ssh://git@host/x.git"),
+        ("git@github.com:org/repo.git", "git@github.com:org/repo.git"),
+        ("file:///srv/git/repo.git", "file:///srv/git/repo.git"),
+        ("https://host/x.git", "https://host/x.git"),
+        ("https://host/path@with-at", "https://host/path@with-at"),
+        ("", ""),
+        (
+            "fatal: unable to access 'https://u:secret@host/x/': 403",
+            "fatal: unable to access 'https://u:***@host/x/': 403",
+        ),
+    ],
+)
+def test_redact_url(url, redacted):
+    assert redact_url(url) == redacted
+
+
+def test_credentials_repr_hides_the_token():
+    credentials = Credentials(token=SECRET, username="oauth2")
+
+    assert SECRET not in repr(credentials)
+    assert SECRET not in str(credentials)
+    assert "oauth2" in repr(credentials)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"token": SECRET, "ssh_key_file": "/key"},
+        {"token": f"{SECRET}\r\nX-Injected: 1"},
+        {"token": ""},
+        {"token": SECRET, "username": "a:b"},
+    ],
+)
+def test_credentials_refuse_ambiguous_or_unsafe_values(kwargs):
+    with pytest.raises(ValueError) as raised:  # noqa: PT011 (the message is checked below)
+        Credentials(**kwargs)
+    assert SECRET not in str(raised.value)
+
+
+def test_resolve_an_empty_reference_is_no_credentials():
+    assert resolve_credentials("") is None
+    assert resolve_credentials("  ") is None
+
+
+def test_resolve_env(monkeypatch):
+    monkeypatch.setenv("SLUICE_TEST_TOKEN", f"{SECRET}\n")
+
+    assert resolve_credentials("env:SLUICE_TEST_TOKEN") == Credentials(token=SECRET)
+    assert resolve_credentials("env:SLUICE_TEST_TOKEN", username="oauth2") == Credentials(
+        token=SECRET, username="oauth2"
+    )
+
+
+def test_resolve_file(tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text(f"{SECRET}\n")
+
+    assert resolve_credentials(f"file:{token_file}") == Credentials(token=SECRET)
+
+
+def test_resolve_ssh_key(tmp_path):
+    key = tmp_path / "id_ed25519"
+    key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+
+    assert resolve_credentials(f"ssh-key:{key}") == Credentials(ssh_key_file=str(key))
+
+
+@pytest.mark.parametrize(
+    ("reference", "named"),
+    [
+        ("env:SLUICE_TEST_UNSET_VARIABLE", "SLUICE_TEST_UNSET_VARIABLE"),
+        ("file:/nonexistent/sluice-token", "/nonexistent/sluice-token"),
+        ("ssh-key:/nonexistent/id_ed25519", "/nonexistent/id_ed25519"),
+        ("env:SLUICE_TEST_EMPTY", "is empty"),
+        ("vault:secret/git", "'vault'"),
+        ("env:", "expected env:VAR"),
+    ],
+)
+def test_unresolvable_references_are_permanent_and_named(monkeypatch, reference, named):
+    monkeypatch.delenv("SLUICE_TEST_UNSET_VARIABLE", raising=False)
+    monkeypatch.setenv("SLUICE_TEST_EMPTY", "")
+
+    with pytest.raises(PermanentError, match="credentials") as raised:
+        resolve_credentials(reference)
+    assert named in str(raised.value)
+
+
+@pytest.mark.parametrize("pasted", [SECRET, f"token:{SECRET}", f"Bearer {SECRET}"])
+def test_a_token_pasted_as_the_reference_is_not_echoed(pasted):
+    with pytest.raises(PermanentError) as raised:
+        resolve_credentials(pasted)
+    assert SECRET not in str(raised.value)
+
+
+def test_a_token_file_is_never_echoed_when_it_is_not_text(tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_bytes(b"\xff" + SECRET.encode())
+
+    with pytest.raises(PermanentError, match="not UTF-8") as raised:
+        resolve_credentials(f"file:{token_file}")
+    assert SECRET not in str(raised.value)
+
+
+# What git 2.39 and common servers print, with the class each must land in.
+PERMANENT = [
+    "fatal: couldn't find remote ref refs/heads/nope",
+    "fatal: '/srv/none' does not appear to be a git repository\n"
+    "fatal: Could not read from remote repository.\n\nPlease make sure you have the correct access rights",
+    "remote: Repository not found.\nfatal: repository 'https://github.com/o/r.git/' not found",
+    "ERROR: The project you were looking for could not be found or you don't have permission to view it.\n"
+    "fatal: Could not read from remote repository.",
+    "fatal: unable to access 'https://h/r/': The requested URL returned error: 404",
+    "remote: HTTP Basic: Access denied\nfatal: Authentication failed for 'https://gitlab.com/o/r.git/'",
+    "fatal: could not read Username for 'https://github.com': terminal prompts disabled",
+    "git@github.com: Permission denied (publickey).\r\nfatal: Could not read from remote repository.",
+    "Host key verification failed.\r\nfatal: Could not read from remote repository.",
+    "fatal: unable to access 'https://h/r/': The requested URL returned error: 403",
+    "fatal: unable to access 'https://h/': SSL certificate problem: unable to get local issuer certificate",
+    "fatal: unable to find remote helper for 'htps'",
+    "git: 'remote-htps' is not a git command. See 'git --help'.",
+    "fatal: unable to access 'https://h:99999/r/': URL using bad/illegal format or missing URL",
+    "fatal: invalid refspec '+refs/heads/x y:refs/x'",
+]
+TEMPORARY = [
+    "ssh: connect to host github.com port 22: Connection timed out\r\n"
+    "fatal: Could not read from remote repository.",
+    "fatal: unable to access 'https://h/': Failed to connect to h port 443 after 2 ms: Connection refused",
+    "fatal: unable to access 'https://h/': Could not resolve host: h",
+    "ssh: Could not resolve hostname h: Temporary failure in name resolution",
+    "error: RPC failed; curl 56 Recv failure: Connection reset by peer\nfatal: early EOF",
+    "fatal: the remote end hung up unexpectedly",
+    "error: cannot lock ref 'refs/sluice/heads/main': Unable to create '/m/refs/sluice/heads/main.lock': "
+    "File exists.",
+    "error: could not lock ref 'refs/sluice/heads/main'",
+    "fatal: unable to access 'https://h/r/': The requested URL returned error: 503",
+    "fatal: unable to access 'https://h/r/': The requested URL returned error: 429",
+    "fatal: unable to access 'https://h/': gnutls_handshake() failed: The TLS connection was non-properly "
+    "terminated.",
+    "fatal: unable to access 'https://h/': Operation timed out after 300000 milliseconds",
+]
+
+
+@pytest.mark.parametrize("stderr", PERMANENT)
+def test_permanent_git_failures(stderr):
+    error, reason = classify_git_error(stderr, 128)
+    assert error is PermanentError
+    assert reason
+
+
+@pytest.mark.parametrize("stderr", TEMPORARY)
+def test_temporary_git_failures(stderr):
+    error, _ = classify_git_error(stderr, 128)
+    assert error is TemporaryError
+
+
+def test_unforeseen_failures_are_retried_and_usage_errors_are_not():
+    assert classify_git_error("", -9)[0] is TemporaryError
+    assert classify_git_error("fatal: something new", 128)[0] is TemporaryError
+    assert classify_git_error("error: unknown option `frobnicate'", 129)[0] is PermanentError
+
+
+def test_a_token_invocation_keeps_the_token_out_of_argv(tmp_path):
+    invocation = build_fetch_invocation(
+        tmp_path, "https://git.example.com/o/r.git", "main", Credentials(token=SECRET)
+    )
+
+    assert all(SECRET not in arg for arg in invocation.argv)
+    assert SECRET in invocation.secrets
+    assert invocation.env["GIT_TERMINAL_PROMPT"] == "0"
+    assert "--no-tags" in invocation.argv
+    assert invocation.argv[-1] == "+refs/heads/main:refs/sluice/heads/main"
+
+
+def test_inherited_git_variables_do_not_leak_into_the_invocation(tmp_path, monkeypatch):
+    monkeypatch.setenv("GIT_DIR", "/somewhere/else")
+    monkeypatch.setenv("GIT_TRACE_CURL", "1")
+    monkeypatch.setenv("GIT_CONFIG_COUNT", "5")
+
+    invocation = build_fetch_invocation(tmp_path, "file:///r", "main", None)
+
+    assert "GIT_DIR" not in invocation.env
+    assert "GIT_TRACE_CURL" not in invocation.env
+    assert invocation.env["GIT_CONFIG_COUNT"] == "2"
+
+
+@pytest.mark.parametrize("url", ["ssh://git@host/o/r.git", "git@host:o/r.git"])
+def test_an_ssh_key_goes_into_the_ssh_command(tmp_path, url):
+    key = tmp_path / "my keys" / "id_ed25519"
+
+    invocation = build_fetch_invocation(tmp_path, url, "main", Credentials(ssh_key_file=str(key)))
+
+    command = shlex.split(invocation.env["GIT_SSH_COMMAND"])
+    assert command[:3] == ["ssh", "-i", str(key)]
+    assert "IdentitiesOnly=yes" in command
+    assert "BatchMode=yes" in command
+
+
+def test_credentials_that_do_not_fit_the_url_are_permanent(tmp_path):
+    with pytest.raises(PermanentError, match="needs an http"):
+        build_fetch_invocation(tmp_path, "git@host:o/r.git", "main", Credentials(token=SECRET))
+    with pytest.raises(PermanentError, match="needs an SSH URL"):
+        build_fetch_invocation(tmp_path, "https://host/r.git", "main", Credentials(ssh_key_file="/k"))
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (f"https://x-access-token:{SECRET}@host/r.git", "embeds credentials"),
+        (f"https://{SECRET}@host/r.git", "embeds credentials"),
+        ("ext::sh -c touch% /tmp/pwned", "remote helper"),
+        ("--upload-pack=touch /tmp/pwned", "malformed"),
+        ("https://host/r.git\n", "malformed"),
+    ],
+)
+def test_unsafe_urls_are_refused_before_git_runs(tmp_path, url, message):
+    mirror = GitMirror(tmp_path / "mirror")
+    with pytest.raises(PermanentError, match=message) as raised:
+        mirror.fetch(url, "main")
+    assert SECRET not in str(raised.value)
+    assert not (tmp_path / "mirror").exists()
