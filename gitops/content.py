@@ -11,6 +11,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -56,7 +57,7 @@ class Content:
             immutable=value.get("immutable"),
         )
 
-    @property
+    @cached_property
     def hash(self) -> str:
         canonical = json.dumps(self.as_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(canonical.encode()).hexdigest()[:32]

@@ -1168,19 +1168,21 @@ def test_all_problems_of_a_file_are_reported_in_file_order() -> None:
         """\
         {"flags": {
           "new-checkout": {
+            "targeting": {"if": [{"var": "beta"}, "onn", "off"]},
             "state": "ON",
             "variants": {"on": true, "off": false},
-            "defaultVariant": "of",
-            "targeting": {"if": [{"var": "beta"}, "onn", "off"]}
+            "defaultVariant": "of"
           }
-        }}
+        },
+        "metadata": {"version": 3}}
         """,
     )
 
     assert [(error.line, error.field) for error in errors] == [
-        (3, "flags.new-checkout.state"),
-        (5, "flags.new-checkout.defaultVariant"),
-        (6, "flags.new-checkout.targeting.if[1]"),
+        (3, "flags.new-checkout.targeting.if[1]"),
+        (4, "flags.new-checkout.state"),
+        (6, "flags.new-checkout.defaultVariant"),
+        (9, "metadata.version"),
     ]
 
 

@@ -1,0 +1,254 @@
+"""Reconcile benchmark: Sluice through a real Celery worker against kubectl, on the embedded stack.
+
+For each size (ConfigMaps spread over 10 namespaces) it measures:
+  - cold apply: the first sync of a fresh source;
+  - no-op reconcile: a sync when nothing changed (median of 3);
+  - one-file change: a commit that changes one manifest (median of 3);
+  - worker peak RSS (VmHWM of the worker's processes);
+and the same manifests through `kubectl apply --server-side` and `kubectl diff --server-side`.
+
+Usage: python bench/reconcile.py [--sizes 1000,10000]
+Targets (issue #3): no-op of 10,000 objects <= 2 s; >= 5x kubectl's apply throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+NAMESPACES = 10
+PROPERTIES = "\n".join(f"app.setting.{i}=value-{i}" for i in range(12)) + "\n"
+
+
+def manifest(name: str, namespace: str, index: int, revision: int = 0) -> str:
+    body = PROPERTIES.replace("value-3", f"value-3-r{revision}")
+    indented = "".join(f"    {line}\n" for line in body.splitlines())
+    return (
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n"
+        f"  name: {name}\n  namespace: {namespace}\n  labels:\n    app: bench\n"
+        f'data:\n  INDEX: "{index}"\n  LOG_LEVEL: info\n  application.properties: |\n{indented}'
+    )
+
+
+def git(cwd: Path, *args: str) -> str:
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "Bench",
+        "GIT_AUTHOR_EMAIL": "bench@example.com",
+        "GIT_COMMITTER_NAME": "Bench",
+        "GIT_COMMITTER_EMAIL": "bench@example.com",
+    }
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
+
+
+def peak_rss_mib(pid: int) -> float:
+    """Largest VmHWM among a process and its children."""
+    peaks = []
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(p) for p in children.read_text().split()]
+    for candidate in pids:
+        try:
+            for line in Path(f"/proc/{candidate}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks.append(int(line.split()[1]) / 1024)
+        except OSError:
+            continue
+    return max(peaks, default=0.0)
+
+
+class Bench:
+    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+        self.env = env
+        self.workdir = workdir
+        self.run_id = uuid.uuid4().hex[:5]
+
+    def setup_django(self) -> None:
+        os.environ.update(self.env)
+        import django
+
+        django.setup()
+
+    def namespaces(self, prefix: str) -> list[str]:
+        from gitops.services import get_cluster
+
+        names = [f"{prefix}-{self.run_id}-{i}" for i in range(NAMESPACES)]
+        for name in names:
+            get_cluster().create_namespace(name)
+        return names
+
+    def write_repo(self, size: int, namespaces: list[str], path: Path) -> Path:
+        remote, work = path / "remote.git", path / "work"
+        path.mkdir(parents=True)
+        git(path, "init", "--quiet", "--bare", "--initial-branch=main", str(remote))
+        git(path, "init", "--quiet", "--initial-branch=main", str(work))
+        policy = "targets:\n  namespaces: [" + ", ".join(namespaces) + "]\n"
+        (work / "sluice.yaml").write_text(policy)
+        for index in range(size):
+            namespace = namespaces[index % NAMESPACES]
+            target = work / "configmaps" / namespace / f"cm-{index:05d}.yaml"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(manifest(f"cm-{index:05d}", namespace, index))
+        git(work, "add", "--all")
+        git(work, "commit", "--quiet", "-m", f"{size} configmaps")
+        git(work, "remote", "add", "origin", str(remote))
+        git(work, "push", "--quiet", "origin", "HEAD:refs/heads/main")
+        return work
+
+    def sluice(self, size: int) -> dict[str, float]:
+        from gitops import services
+        from gitops.tasks import sync_source
+        from tests.workers import WorkerProcess
+
+        namespaces = self.namespaces(f"s{size}")
+        work = self.write_repo(size, namespaces, self.workdir / f"sluice-{size}")
+        source = services.add_source(
+            name=f"bench-{size}-{self.run_id}", url=f"file://{work.parent / 'remote.git'}"
+        )
+        worker = WorkerProcess(
+            {**self.env, "SLUICE_DATA_DIR": str(self.workdir / "data")}, concurrency=1
+        ).start()
+        try:
+
+            def timed_sync() -> tuple[float, dict]:
+                started = time.perf_counter()
+                result = sync_source.delay(source.pk).get(timeout=1800)
+                return time.perf_counter() - started, result
+
+            cold, result = timed_sync()
+            assert result["outcome"] == "applied", result
+            noops = []
+            for _ in range(3):
+                elapsed, result = timed_sync()
+                assert result["outcome"] == "unchanged", result
+                noops.append(elapsed)
+            changes = []
+            for revision in range(1, 4):
+                index = revision * 7
+                namespace = namespaces[index % NAMESPACES]
+                path = work / "configmaps" / namespace / f"cm-{index:05d}.yaml"
+                path.write_text(manifest(f"cm-{index:05d}", namespace, index, revision))
+                git(work, "commit", "--quiet", "-am", f"change {index}")
+                git(work, "push", "--quiet", "origin", "HEAD:refs/heads/main")
+                elapsed, result = timed_sync()
+                assert result["summary"].get("update") == 1, result
+                changes.append(elapsed)
+            assert worker.process is not None
+            rss = peak_rss_mib(worker.process.pid)
+        finally:
+            worker.stop()
+        return {
+            "cold": cold,
+            "noop": statistics.median(noops),
+            "one_file": statistics.median(changes),
+            "rss_mib": rss,
+        }
+
+    def kubectl(self, size: int) -> dict[str, float]:
+        namespaces = self.namespaces(f"k{size}")
+        directory = self.workdir / f"kubectl-{size}"
+        for index in range(size):
+            namespace = namespaces[index % NAMESPACES]
+            target = directory / namespace / f"cm-{index:05d}.yaml"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(manifest(f"cm-{index:05d}", namespace, index))
+
+        def timed(*args: str, ok: tuple[int, ...] = (0,)) -> float:
+            started = time.perf_counter()
+            done = subprocess.run(
+                ["kubectl", *args], env=self.env, capture_output=True, text=True, check=False
+            )
+            if done.returncode not in ok:
+                raise RuntimeError(f"kubectl {' '.join(args)} failed: {done.stderr[-2000:]}")
+            return time.perf_counter() - started
+
+        apply = ("apply", "--server-side", "--field-manager=kubectl-bench", "-R", "-f", str(directory))
+        cold = timed(*apply)
+        # kubectl diff exits 1 when there are differences; here there are none.
+        diff = timed(
+            "diff", "--server-side", "--field-manager=kubectl-bench", "-R", "-f", str(directory), ok=(0, 1)
+        )
+        noop_apply = timed(*apply)
+        return {"cold": cold, "diff": diff, "noop_apply": noop_apply}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", default="1000,10000")
+    args = parser.parse_args()
+    sizes = [int(size) for size in args.sizes.split(",")]
+
+    from devstack import Stack
+
+    stack = Stack()
+    started_stack = not stack.is_up()
+    stack_env = stack.up()
+    workdir = Path(tempfile.mkdtemp(prefix="sluice-bench-"))
+    database = f"sluice_bench_{uuid.uuid4().hex[:6]}"
+    base_url = stack_env["DATABASE_URL"].rsplit("/", 1)[0]
+    env = {
+        **os.environ,
+        **stack_env,
+        "DATABASE_URL": f"{base_url}/{database}",
+        "DJANGO_SETTINGS_MODULE": "sluice.settings",
+        "DEBUG": "1",
+        "LOG_LEVEL": "WARNING",
+        "PYTHONPATH": str(ROOT),
+    }
+    try:
+        import psycopg
+
+        with psycopg.connect(stack_env["DATABASE_URL"], autocommit=True) as connection:
+            connection.execute(f'CREATE DATABASE "{database}"')
+        subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+        bench = Bench(env, workdir)
+        bench.setup_django()
+        rows = []
+        for size in sizes:
+            print(f"-- {size} ConfigMaps across {NAMESPACES} namespaces", flush=True)
+            ours = bench.sluice(size)
+            theirs = bench.kubectl(size)
+            rows.append((size, ours, theirs))
+            print_rows([rows[-1]])
+        print("\n== summary")
+        print_rows(rows)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        if started_stack:
+            stack.down()
+    return 0
+
+
+def print_rows(rows: list[tuple[int, dict[str, float], dict[str, float]]]) -> None:
+    header = (
+        f"{'objects':>8} {'cold apply':>11} {'no-op':>8} {'1-file':>8} {'RSS MiB':>8} | "
+        f"{'kubectl apply':>13} {'kubectl diff':>12} {'kubectl no-op':>13} | {'apply x':>8} {'no-op x':>8}"
+    )
+    print(header)
+    for size, ours, theirs in rows:
+        print(
+            f"{size:>8} {ours['cold']:>10.2f}s {ours['noop']:>7.2f}s {ours['one_file']:>7.2f}s"
+            f" {ours['rss_mib']:>8.0f} | {theirs['cold']:>12.2f}s {theirs['diff']:>11.2f}s"
+            f" {theirs['noop_apply']:>12.2f}s | {theirs['cold'] / ours['cold']:>7.1f}x"
+            f" {theirs['diff'] / ours['noop']:>7.1f}x"
+        )
+    print("apply x = kubectl apply --server-side time / Sluice cold apply time (higher is better for Sluice)")
+    print("no-op x = kubectl diff --server-side time / Sluice no-op reconcile time")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

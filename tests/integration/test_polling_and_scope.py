@@ -1,0 +1,112 @@
+"""Polling through beat, the compare-and-swap claim, and what a source may touch and read."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from gitops import services
+from gitops.cluster import Cluster
+from gitops.models import Source
+from tests.gitrepo import configmap, policy
+from tests.workers import ARTIFACTS, poll
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_beat_polls_a_source_and_a_new_commit_arrives_without_a_manual_sync(
+    repo, make_namespaces, make_source, celery_worker, worker_env, cluster, tmp_path
+):
+    (namespace,) = make_namespaces("app")
+    repo.write_all({"sluice.yaml": policy([namespace]), "configmaps/app.yaml": configmap("app", {"v": "1"})})
+    repo.commit()
+    make_source(poll_interval=timedelta(seconds=5))
+    log_path = ARTIFACTS / "beat-polling.log"
+    with open(log_path, "wb") as log:
+        beat = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "gitops", "beat", f"--schedule={tmp_path / 'schedule'}"],
+            env={**worker_env, "SLUICE_POLL_SWEEP_SECONDS": "1"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        poll(lambda: cluster.get_configmap(namespace, "app"), timeout=60, interval=0.2, what="the first poll")
+        repo.write("configmaps/app.yaml", configmap("app", {"v": "2"}))
+        repo.commit()
+        poll(
+            lambda: (cluster.get_configmap(namespace, "app") or {}).get("data") == {"v": "2"},
+            timeout=60,
+            interval=0.2,
+            what="the next poll to apply the new commit",
+        )
+    finally:
+        beat.terminate()
+        beat.wait(timeout=30)
+
+
+def test_a_due_source_is_claimed_once_even_when_two_sweeps_race(make_source):
+    source = make_source(poll_interval=timedelta(seconds=60))
+    Source.objects.filter(pk=source.pk).update(next_poll_at=timezone.now() - timedelta(seconds=1))
+
+    first = services.claim_due_sources()
+    second = services.claim_due_sources()
+
+    assert first == [source.pk]
+    assert second == []
+    assert Source.objects.get(pk=source.pk).next_poll_at > timezone.now() + timedelta(seconds=50)
+
+
+def test_the_plan_reads_live_state_with_one_list_per_namespace(
+    repo, make_namespaces, make_source, monkeypatch, cluster
+):
+    namespaces = make_namespaces("a", "b", "c")
+    repo.write("sluice.yaml", policy(namespaces))
+    for index in range(30):
+        repo.write(f"configmaps/cm-{index}.yaml", configmap(f"cm-{index}", {"i": str(index)}))
+    repo.commit()
+    source = make_source()
+    services.sync_source(source.pk)
+
+    lists: list[str] = []
+    real_list = Cluster.list_configmaps
+
+    def counting_list(self, namespace, **kwargs):
+        lists.append(namespace)
+        return real_list(self, namespace, **kwargs)
+
+    def no_get(self, namespace, name):
+        raise AssertionError(f"GET {namespace}/{name}: the plan must not read objects one by one")
+
+    monkeypatch.setattr(Cluster, "list_configmaps", counting_list)
+    monkeypatch.setattr(Cluster, "get_configmap", no_get)
+    result = services.sync_source(source.pk)
+
+    assert result.summary == {"unchanged": 90}
+    assert sorted(lists) == sorted(namespaces)
+
+
+def test_an_administrator_allowlist_rejects_namespaces_the_repository_wants(
+    repo, make_namespaces, make_source, cluster
+):
+    allowed, forbidden = make_namespaces("allowed", "forbidden")
+    repo.write_all(
+        {
+            "sluice.yaml": policy([allowed, forbidden]),
+            "configmaps/app.yaml": configmap("app", {"v": "1"}),
+        }
+    )
+    repo.commit()
+    source = make_source(allowed_namespaces=[allowed])
+
+    result = services.sync_source(source.pk)
+
+    assert result.outcome == "rejected"
+    assert (
+        f"namespace '{forbidden}' is outside the namespaces this source may manage ({allowed})"
+        in result.errors[0]
+    )
+    assert cluster.get_configmap(allowed, "app") is None

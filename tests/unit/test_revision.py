@@ -1,0 +1,109 @@
+"""Loading a whole revision: expansion to targets, cross-file checks, and parsing once per blob."""
+
+import json
+
+import pytest
+
+from gitops.desired.errors import RevisionRejected
+from gitops.desired.revision import ParseCache, flag_set_name, load_revision
+
+POLICY = (
+    b"targets:\n  namespaces: [canary, team-a, team-b]\n"
+    b"flags:\n  namespace: flags\n"
+    b"allowedNamespaces: [canary, 'team-*', flags]\n"
+)
+
+
+def configmap(name: str, value: str = "1", namespace: str | None = None) -> bytes:
+    ns = f"\n  namespace: {namespace}" if namespace else ""
+    return f"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}{ns}\ndata:\n  v: '{value}'\n".encode()
+
+
+class Repo:
+    """Files addressed by blob id, like a Git tree, with a counter of blob reads."""
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        self.files = dict(files)
+        self.reads = 0
+
+    def tree(self) -> dict[str, str]:
+        return {path: f"blob-{hash((path, content))}" for path, content in self.files.items()}
+
+    def read_blobs(self, blob_ids: list[str]) -> dict[str, bytes]:
+        self.reads += len(blob_ids)
+        by_id = {f"blob-{hash((p, c))}": c for p, c in self.files.items()}
+        return {blob: by_id[blob] for blob in blob_ids}
+
+
+def test_manifests_expand_to_targets_in_policy_order():
+    repo = Repo({"sluice.yaml": POLICY, "configmaps/app.yaml": configmap("app"), "docs/README.md": b"x"})
+    state = load_revision(repo.tree(), repo.read_blobs)
+    assert [(o.namespace, o.name, o.rank) for o in state.objects] == [
+        ("canary", "app", 0),
+        ("team-a", "app", 1),
+        ("team-b", "app", 2),
+    ]
+    assert len({o.group for o in state.objects}) == 1
+
+
+def test_a_one_file_commit_parses_one_file():
+    files = {"sluice.yaml": POLICY} | {
+        f"configmaps/cm-{i}.yaml": configmap(f"cm-{i}", namespace="canary") for i in range(500)
+    }
+    repo = Repo(files)
+    cache = ParseCache()
+    load_revision(repo.tree(), repo.read_blobs, cache=cache)
+    assert (cache.misses, cache.hits) == (500, 0)
+
+    repo.files["configmaps/cm-7.yaml"] = configmap("cm-7", "2", namespace="canary")
+    repo.reads = 0
+    state = load_revision(repo.tree(), repo.read_blobs, cache=cache)
+
+    assert cache.misses == 501, "only the changed file is parsed again"
+    assert cache.hits == 499
+    assert repo.reads == 2, "the changed blob and the policy are the only blobs read"
+    assert state.by_key()[("canary", "cm-7")].content.data == {"v": "2"}
+
+
+def test_a_cached_file_still_takes_part_in_cross_file_checks():
+    repo = Repo({"sluice.yaml": POLICY, "configmaps/a.yaml": configmap("app", namespace="canary")})
+    cache = ParseCache()
+    load_revision(repo.tree(), repo.read_blobs, cache=cache)
+    repo.files["configmaps/b.yaml"] = configmap("app", namespace="canary")
+    with pytest.raises(RevisionRejected) as rejected:
+        load_revision(repo.tree(), repo.read_blobs, cache=cache)
+    assert [str(e) for e in rejected.value.errors] == [
+        "configmaps/b.yaml:1: metadata.name: ConfigMap canary/app is already defined in"
+        " configmaps/a.yaml line 1"
+    ]
+
+
+def test_the_operator_allowlist_narrows_what_the_policy_allows():
+    repo = Repo({"sluice.yaml": POLICY, "configmaps/app.yaml": configmap("app", namespace="team-b")})
+    with pytest.raises(RevisionRejected) as rejected:
+        load_revision(repo.tree(), repo.read_blobs, operator_namespaces=["canary", "team-a"])
+    assert "namespace 'team-b' is outside the namespaces this source may manage (canary, team-a)" in str(
+        rejected.value.errors[0]
+    )
+
+
+def test_flag_sets_are_published_in_the_flags_namespace_with_the_commit_stamped():
+    flags = {
+        "flags": {"f": {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "on"}}
+    }
+    repo = Repo({"sluice.yaml": POLICY, "flags/team/Checkout.json": json.dumps(flags).encode()})
+    (flag_set,) = load_revision(repo.tree(), repo.read_blobs).objects
+    assert (flag_set.namespace, flag_set.name, flag_set.kind) == ("flags", "team-checkout", "flagset")
+    rendered = flag_set.rendered(commit="c" * 40, source="shop")
+    published = json.loads(rendered.data["team-checkout.flagd.json"])
+    assert published["metadata"] == {"sluiceCommit": "c" * 40, "sluiceSource": "shop"}
+    assert published["flags"] == flags["flags"]
+    assert flag_set.content.hash != rendered.hash, "the content hash leaves the commit stamp out"
+
+
+@pytest.mark.parametrize(
+    "path, name",
+    [("flags/checkout.json", "checkout"), ("flags/a/b/C_D.yaml", "a-b-c-d"), ("flags/x.y.json", "x.y")],
+)
+def test_flag_set_names_come_from_the_path(path, name):
+    assert flag_set_name(path) == name
