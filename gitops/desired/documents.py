@@ -183,10 +183,12 @@ def load_json(file: str, content: bytes | str) -> tuple[list[Document], list[Val
         return [], [
             ValidationError(file, exc.lineno, "", f"JSON syntax error: {exc.msg} (column {exc.colno})")
         ]
+    except RecursionError:
+        return [], [ValidationError(file, None, "", "JSON is nested too deeply")]
     try:
         # Positions (and duplicate keys with their lines) from the YAML composer.
         documents, errors = load_yaml(file, text)
-    except RecursionError:  # pragma: no cover - absurdly deep nesting
+    except RecursionError:
         documents, errors = [], []
     # A duplicate key makes the two parsers keep different values; the revision is
     # rejected either way, so keep the version that knows its lines.
