@@ -6,6 +6,7 @@ import re
 from datetime import timedelta
 from typing import Any, ClassVar
 
+from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import models
 from django.utils import timezone
@@ -77,6 +78,7 @@ class Revision(models.Model):
         REJECTED = "rejected", "Rejected"
         APPLIED = "applied", "Applied"
         FAILED = "failed", "Failed"
+        QUEUED = "queued", "Queued behind a running rollout"
 
     source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="revisions")
     commit = models.CharField(max_length=40)
@@ -106,7 +108,12 @@ class Revision(models.Model):
 
 
 class Rollout(models.Model):
-    """Applying one revision, step by step. Without rollout steps it has a single step."""
+    """Applying one revision, step by step. Without rollout steps it has a single step.
+
+    Every transition is stored before the next action, and moves with a
+    compare-and-swap ``update()`` on the phase and step, so a promote racing a
+    reconcile cannot be lost or applied twice.
+    """
 
     class Phase(models.TextChoices):
         PROGRESSING = "Progressing"
@@ -116,15 +123,33 @@ class Rollout(models.Model):
         FAILED = "Failed"
         SUPERSEDED = "Superseded"
 
+    class Waiting(models.TextChoices):
+        NOTHING = "", "nothing"
+        APPROVAL = "approval", "approval"
+        TIMER = "timer", "timer"
+        ANALYSIS = "analysis", "analysis"
+
     ACTIVE_PHASES: ClassVar[tuple[str, ...]] = (Phase.PROGRESSING, Phase.PAUSED)
+    ENDED_PHASES: ClassVar[tuple[str, ...]] = (Phase.COMPLETED, Phase.ABORTED, Phase.FAILED, Phase.SUPERSEDED)
 
     source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="rollouts")
     revision = models.ForeignKey(Revision, on_delete=models.CASCADE, related_name="rollouts")
     phase = models.CharField(max_length=16, choices=Phase.choices, default=Phase.PROGRESSING, db_index=True)
+    waiting_for = models.CharField(max_length=16, choices=Waiting.choices, blank=True, default="")
+    pause_until = models.DateTimeField(null=True, blank=True, db_index=True)
     step_index = models.PositiveIntegerField(default=0)
     weight = models.PositiveSmallIntegerField(default=0)
     steps = models.JSONField(default=list, blank=True)
+    analysis_failures = models.PositiveIntegerField(default=0)
+    # Policy at the time the rollout started: a later commit cannot loosen it.
+    approvals_required = models.PositiveSmallIntegerField(default=1)
+    forbid_self_approval = models.BooleanField(default=False)
+    content_hash = models.CharField(max_length=64, blank=True, default="")
+    promoted_by = models.CharField(max_length=150, blank=True, default="")
+    abort_requested_by = models.CharField(max_length=150, blank=True, default="")
+    abort_reason = models.TextField(blank=True, default="")
     message = models.TextField(blank=True, default="")
+    created_by = models.CharField(max_length=150, default="sluice")
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -132,9 +157,55 @@ class Rollout(models.Model):
     class Meta:
         ordering: ClassVar[list[str]] = ["-created_at", "-id"]
         indexes: ClassVar[list[Any]] = [models.Index(fields=["source", "phase"])]
+        permissions = (("approve_rollout", "Can promote, abort and retry rollouts"),)
 
     def __str__(self) -> str:
         return f"rollout {self.pk} of {self.revision}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.phase in self.ACTIVE_PHASES
+
+
+class Approval(models.Model):
+    """One person's approval of one gate (step) of one rollout, tied to the exact content."""
+
+    rollout = models.ForeignKey(Rollout, on_delete=models.CASCADE, related_name="approvals")
+    commit = models.CharField(max_length=40)
+    step_index = models.PositiveIntegerField()
+    content_hash = models.CharField(max_length=64)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="approvals")
+    username = models.CharField(max_length=150)
+    comment = models.TextField(blank=True, default="")
+    at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints: ClassVar[list[Any]] = [
+            models.UniqueConstraint(fields=["rollout", "step_index", "user"], name="approval_once_per_gate")
+        ]
+        ordering: ClassVar[list[str]] = ["at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.username} approved step {self.step_index} of rollout {self.rollout_id}"
+
+
+class RolloutEvent(models.Model):
+    """The rollout's timeline: steps applied, pauses, analysis runs, approvals, aborts."""
+
+    rollout = models.ForeignKey(Rollout, on_delete=models.CASCADE, related_name="events")
+    at = models.DateTimeField(default=timezone.now)
+    kind = models.CharField(max_length=32)
+    step_index = models.PositiveIntegerField(default=0)
+    weight = models.PositiveSmallIntegerField(default=0)
+    actor = models.CharField(max_length=150, default="sluice")
+    message = models.TextField(blank=True, default="")
+    data = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering: ClassVar[list[str]] = ["at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} at step {self.step_index} of rollout {self.rollout_id}"
 
 
 class ApplyIntent(models.Model):
@@ -163,8 +234,13 @@ class ApplyIntent(models.Model):
     after = ContentJSONField(null=True, blank=True)
     before_hash = models.CharField(max_length=64, blank=True, default="")
     after_hash = models.CharField(max_length=64, blank=True, default="")
+    # Provenance the object carried before, so a rollback restores it exactly.
+    before_commit = models.CharField(max_length=40, blank=True, default="")
+    before_content_hash = models.CharField(max_length=64, blank=True, default="")
     diff = ContentJSONField(default=list, blank=True)
     force = models.BooleanField(default=False)
+    # Delete before applying: an immutable object cannot take new content.
+    recreate = models.BooleanField(default=False)
     origin = models.CharField(max_length=1000, blank=True, default="")
     actor = models.CharField(max_length=150, default="sluice")
     status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING, db_index=True)

@@ -12,7 +12,7 @@ import difflib
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -30,6 +30,7 @@ class Action(StrEnum):
     DRIFT = "drift"  # edited in the cluster; reported, left alone (selfHeal is off)
     CONFLICT = "conflict"  # exists but is not ours; never taken over silently
     ORPHAN = "orphan"  # ours, gone from Git, kept because prune is off
+    HELD = "held"  # a rollout target a later step reaches
 
     @property
     def changes_cluster(self) -> bool:
@@ -130,6 +131,7 @@ class PlanItem:
     before: Content | None = None  # live content now, None when absent
     after: Content | None = None  # content once applied, None for a delete
     live_commit: str | None = None
+    live_content_hash: str | None = None
     reason: str = ""
     # Set when Sluice must take fields back from another field manager.
     force: bool = False
@@ -188,8 +190,14 @@ def plan(
     *,
     source: str,
     commit: str,
+    held: frozenset[tuple[str, str]] = frozenset(),
+    prune_allowed: bool = True,
 ) -> Plan:
-    """Compares Git with the cluster. ``live_by_namespace`` holds one LIST per namespace."""
+    """Compares Git with the cluster. ``live_by_namespace`` holds one LIST per namespace.
+
+    ``held`` objects keep what they have (a rollout reaches them later);
+    ``prune_allowed`` is False until a rollout reaches 100%.
+    """
     live_index: dict[tuple[str, str], Mapping[str, Any]] = {}
     for namespace, objects in live_by_namespace.items():
         for obj in objects:
@@ -199,14 +207,29 @@ def plan(
     wanted = desired.by_key()
     for wanted_object in desired.objects:
         live = live_index.get(wanted_object.key)
-        items.append(_plan_object(wanted_object, live, desired, source=source, commit=commit))
+        item = _plan_object(wanted_object, live, desired, source=source, commit=commit)
+        if wanted_object.key in held and item.action in (Action.CREATE, Action.UPDATE, Action.REPLACE):
+            item = replace(item, action=Action.HELD, reason="a later rollout step reaches this target")
+        items.append(item)
 
     for key, live in sorted(live_index.items()):
-        owner, live_commit, _ = live_provenance(live)
+        owner, live_commit, live_hash = live_provenance(live)
         if owner != source or key in wanted:
             continue
         before = live_content(live)
-        if desired.policy.prune:
+        if desired.policy.prune and not prune_allowed:
+            items.append(
+                PlanItem(
+                    key[0],
+                    key[1],
+                    Action.HELD,
+                    before=before,
+                    live_commit=live_commit,
+                    live_content_hash=live_hash,
+                    reason="gone from Git; pruned when the rollout reaches 100%",
+                )
+            )
+        elif desired.policy.prune:
             items.append(
                 PlanItem(
                     key[0],
@@ -268,6 +291,7 @@ def _plan_object(
             current,
             wanted,
             live_commit=live_commit,
+            live_content_hash=applied_hash,
             reason=f"exists and is managed by {holder}; not taken over",
         )
 
@@ -279,7 +303,15 @@ def _plan_object(
 
     if not git_changed and not drift:
         return PlanItem(
-            obj.namespace, obj.name, Action.UNCHANGED, (), obj, current, current, live_commit=live_commit
+            obj.namespace,
+            obj.name,
+            Action.UNCHANGED,
+            (),
+            obj,
+            current,
+            current,
+            live_commit=live_commit,
+            live_content_hash=applied_hash,
         )
 
     changes = tuple(diff_content(current, wanted if git_changed else expected_now))
@@ -294,6 +326,7 @@ def _plan_object(
             current,
             wanted,
             live_commit=live_commit,
+            live_content_hash=applied_hash,
             reason="immutable in the cluster: deleted and created again",
         )
     if git_changed:
@@ -306,6 +339,7 @@ def _plan_object(
             current,
             wanted,
             live_commit=live_commit,
+            live_content_hash=applied_hash,
             reason="changed in Git" + ("; also edited in the cluster" if drift else ""),
             force=bool(drift) and desired.policy.self_heal,
         )
@@ -319,6 +353,7 @@ def _plan_object(
             current,
             expected_now,
             live_commit=live_commit,
+            live_content_hash=applied_hash,
             reason="edited in the cluster; selfHeal restores Git's content",
             force=True,
         )
@@ -331,5 +366,6 @@ def _plan_object(
         current,
         expected_now,
         live_commit=live_commit,
+        live_content_hash=applied_hash,
         reason="edited in the cluster; left alone because selfHeal is off",
     )

@@ -54,12 +54,19 @@ def _revision(revision: Revision) -> dict[str, Any]:
 def rollout_status(rollout: Rollout) -> dict[str, Any]:
     return {
         "id": rollout.pk,
+        "source": rollout.source.name,
         "commit": rollout.revision.commit,
         "phase": rollout.phase,
         "step": rollout.step_index,
         "steps": len(rollout.steps),
         "weight": rollout.weight,
-        "waiting_for": rollout.message,
+        "waiting_for": rollout.waiting_for,
+        "pause_until": _iso(rollout.pause_until),
+        "approvals": rollout.approvals.count(),
+        "approvals_required": rollout.approvals_required,
+        "message": rollout.message,
+        "created_at": _iso(rollout.created_at),
+        "finished_at": _iso(rollout.finished_at),
     }
 
 

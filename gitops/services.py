@@ -8,10 +8,8 @@ drops the connection and with it the lock.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -20,17 +18,14 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Q
 from django.utils import timezone
 
-from gitops import content as content_module
-from gitops.cluster import Cluster, FieldConflictError
-from gitops.content import Content, Provenance
+from gitops import apply, rollouts
 from gitops.desired.errors import RevisionRejected, ValidationError
 from gitops.desired.revision import DesiredState, ParseCache, load_revision
 from gitops.errors import PermanentError, TemporaryError
-from gitops.models import ApplyIntent, Change, ManagedObject, Revision, Rollout, Source
-from gitops.plan import Action, Plan, PlanItem, plan
+from gitops.models import Revision, Rollout, Source
+from gitops.plan import Plan, plan
 from gitops.sources import GitMirror, redact_url, resolve_credentials
 
 log = logging.getLogger(__name__)
@@ -54,6 +49,7 @@ class SyncResult:
     summary: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     forced_push: bool = False
+    rollout: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -64,23 +60,14 @@ class SyncResult:
             "summary": self.summary,
             "errors": self.errors,
             "forced_push": self.forced_push,
+            "rollout": self.rollout,
         }
 
 
 # -- process-wide resources ------------------------------------------------------
 
-_cluster: Cluster | None = None
-_cluster_lock = threading.Lock()
 _parse_caches: dict[int, ParseCache] = {}
 _desired_cache: dict[int, tuple[str, tuple[str, ...], DesiredState]] = {}
-
-
-def get_cluster() -> Cluster:
-    global _cluster  # noqa: PLW0603 - one client per process, created on first use
-    with _cluster_lock:
-        if _cluster is None:
-            _cluster = Cluster.from_settings()
-        return _cluster
 
 
 def mirror_for(source: Source) -> GitMirror:
@@ -141,7 +128,7 @@ def request_sync(source: Source) -> None:
 
 
 def sync_source(source_id: int, *, actor: str = SYSTEM_ACTOR, retry_failed: bool = False) -> SyncResult:
-    """Fetch, validate, plan, apply and record one source. Raises SourceBusy when another run holds it."""
+    """Fetch, validate, plan, roll out and record one source. Raises SourceBusy when another run holds it."""
     source = Source.objects.get(pk=source_id)
     with source_lock(source) as acquired:
         if not acquired:
@@ -175,59 +162,68 @@ def _combine(runs: Sequence[SyncResult]) -> SyncResult:
 
 def _reconcile(source: Source, *, actor: str, retry_failed: bool) -> SyncResult:
     started = time.monotonic()
-    resumed = finish_pending_intents(source)
+    resumed = apply.finish_pending_intents(source)
     try:
-        revision, forced = _fetch(source)
+        head, forced = _fetch(source)
     except (TemporaryError, PermanentError) as exc:
         Source.objects.filter(pk=source.pk).update(last_error=str(exc))
         raise
-    result = SyncResult(source.name, "unchanged", revision.commit, revision.pk, forced_push=forced)
-    if revision.outcome == Revision.Outcome.REJECTED:
+    result = SyncResult(source.name, "unchanged", head.commit, head.pk, forced_push=forced)
+    head_desired = _desired_state(source, head)
+    if head_desired is None:
+        head.refresh_from_db()
         result.outcome = "rejected"
-        result.errors = [_format_error(e) for e in revision.errors]
+        result.errors = [_format_error(e) for e in head.errors]
+        _finish(source, [])
         return result
 
-    desired = _desired_state(source, revision)
-    if desired is None:
-        revision.refresh_from_db()
-        result.outcome = "rejected"
-        result.errors = [_format_error(e) for e in revision.errors]
+    rollout, note = rollouts.choose(source, head, head_desired)
+    if rollout is None:  # pragma: no cover - choose always returns one for a valid head
         return result
-
-    current_plan = _plan(source, revision, desired)
-    result.summary = current_plan.summary()
-    rollout = _rollout_for(source, revision)
-    intents = _write_intents(source, rollout, current_plan, actor=actor, retry_failed=retry_failed)
-    failures = execute_intents(intents)
+    # A queued head waits: the running rollout goes on with its own revision.
+    desired = head_desired if rollout.revision_id == head.pk else _desired_state(source, rollout.revision)
+    if desired is None:  # pragma: no cover - a revision with a rollout was valid
+        raise PermanentError(f"revision {rollout.revision.commit} of rollout {rollout.pk} no longer loads")
+    outcome = rollouts.drive(rollout, desired, actor=actor, retry_failed=retry_failed)
+    rollout.refresh_from_db()
+    result.outcome = note or outcome.outcome
+    result.summary = outcome.summary
+    result.errors = outcome.failures
+    result.rollout = rollout_summary(rollout)
     if resumed:
         result.summary["resumed"] = resumed
-
-    now = timezone.now()
-    with transaction.atomic():
-        outcome = Revision.Outcome.FAILED if failures else Revision.Outcome.APPLIED
-        Revision.objects.filter(pk=revision.pk).update(outcome=outcome, summary=result.summary)
-        if rollout.phase in Rollout.ACTIVE_PHASES:
-            Rollout.objects.filter(pk=rollout.pk).update(
-                phase=Rollout.Phase.FAILED if failures else Rollout.Phase.COMPLETED,
-                weight=100,
-                updated_at=now,
-                finished_at=now,
-                message="; ".join(failures[:5]),
-            )
-        Source.objects.filter(pk=source.pk).update(
-            last_synced_at=now, last_error="; ".join(failures[:5]), next_poll_at=now + source.poll_interval
-        )
-    result.outcome = "failed" if failures else ("applied" if intents else "unchanged")
-    result.errors = failures
+    Revision.objects.filter(pk=head.pk).update(summary=result.summary)
+    _finish(source, outcome.failures)
     log.info(
-        "reconciled source=%s commit=%s outcome=%s applied=%d in %.2fs",
+        "reconciled source=%s commit=%s rollout=%s outcome=%s in %.2fs",
         source.name,
-        revision.commit,
+        head.commit,
+        rollout.pk,
         result.outcome,
-        len(intents),
         time.monotonic() - started,
     )
     return result
+
+
+def _finish(source: Source, failures: list[str]) -> None:
+    now = timezone.now()
+    Source.objects.filter(pk=source.pk).update(
+        last_synced_at=now, last_error="; ".join(failures[:5]), next_poll_at=now + source.poll_interval
+    )
+
+
+def rollout_summary(rollout: Rollout) -> dict[str, Any]:
+    return {
+        "id": rollout.pk,
+        "commit": rollout.revision.commit,
+        "phase": rollout.phase,
+        "step": rollout.step_index,
+        "steps": len(rollout.steps),
+        "weight": rollout.weight,
+        "waiting_for": rollout.waiting_for,
+        "pause_until": rollout.pause_until.isoformat() if rollout.pause_until else None,
+        "message": rollout.message,
+    }
 
 
 def _format_error(error: Mapping[str, Any]) -> str:
@@ -288,18 +284,8 @@ def _desired_state(source: Source, revision: Revision) -> DesiredState | None:
     return desired
 
 
-def live_objects(source: Source, desired: DesiredState) -> dict[str, list[dict[str, Any]]]:
-    """One LIST per namespace Git targets or the source applied to before."""
-    inventory = ManagedObject.objects.filter(source=source).values_list("namespace", flat=True).distinct()
-    namespaces = sorted(set(desired.namespaces) | set(inventory))
-    cluster = get_cluster()
-    with ThreadPoolExecutor(max_workers=min(8, max(1, len(namespaces)))) as pool:
-        listed = pool.map(cluster.list_configmaps, namespaces)
-        return dict(zip(namespaces, listed, strict=True))
-
-
 def _plan(source: Source, revision: Revision, desired: DesiredState) -> Plan:
-    return plan(desired, live_objects(source, desired), source=source.name, commit=revision.commit)
+    return plan(desired, apply.live_objects(source, desired), source=source.name, commit=revision.commit)
 
 
 def preview(source: Source) -> tuple[Revision, Plan | None]:
@@ -314,189 +300,6 @@ def preview(source: Source) -> tuple[Revision, Plan | None]:
     return revision, _plan(source, revision, desired)
 
 
-def _rollout_for(source: Source, revision: Revision) -> Rollout:
-    rollout = Rollout.objects.filter(source=source, revision=revision).order_by("-id").first()
-    if rollout is not None:
-        return rollout
-    return Rollout.objects.create(
-        source=source, revision=revision, phase=Rollout.Phase.PROGRESSING, steps=[{"setWeight": 100}]
-    )
-
-
-def _write_intents(
-    source: Source, rollout: Rollout, current_plan: Plan, *, actor: str, retry_failed: bool
-) -> list[ApplyIntent]:
-    items = list(current_plan.actionable)
-    if not retry_failed and items:
-        # A change the cluster refused for good is not retried on every poll;
-        # a new commit, or an explicit sync, tries again.
-        refused = set(
-            ApplyIntent.objects.filter(
-                rollout=rollout, status=ApplyIntent.Status.FAILED, change__error__contains="conflict"
-            ).values_list("namespace", "name", "after_hash")
-        )
-        items = [item for item in items if (item.namespace, item.name, item.after_hash) not in refused]
-    intents = [_intent_for(source, rollout, item, current_plan.commit, actor) for item in items]
-    with transaction.atomic():
-        return ApplyIntent.objects.bulk_create(intents, batch_size=1000)
-
-
-def _intent_for(source: Source, rollout: Rollout, item: PlanItem, commit: str, actor: str) -> ApplyIntent:
-    applied_commit = item.live_commit if item.action is Action.SELF_HEAL and item.live_commit else commit
-    manifest = None
-    if item.after is not None and item.desired is not None:
-        manifest = content_module.manifest(
-            item.namespace,
-            item.name,
-            item.after,
-            Provenance(
-                source=source.name,
-                commit=applied_commit,
-                content_hash=item.desired.content.hash,
-                origin=item.desired.origin,
-                kind=item.desired.kind,
-            ),
-        )
-    return ApplyIntent(
-        rollout=rollout,
-        source=source,
-        step_index=rollout.step_index,
-        weight=100,
-        namespace=item.namespace,
-        name=item.name,
-        action=item.action.value,
-        commit=applied_commit,
-        manifest=manifest,
-        before=item.before.as_dict() if item.before is not None else None,
-        after=item.after.as_dict() if item.after is not None else None,
-        before_hash=item.before_hash,
-        after_hash=item.after_hash,
-        diff=[d.as_dict() for d in item.diff],
-        force=item.force,
-        origin=item.desired.origin if item.desired else "",
-        actor=actor,
-    )
-
-
-def finish_pending_intents(source: Source) -> int:
-    """Completes intents a crashed run left behind. Returns how many it finished."""
-    pending = list(ApplyIntent.objects.filter(source=source, status=ApplyIntent.Status.PENDING))
-    if pending:
-        log.warning("resuming %d pending changes of source=%s", len(pending), source.name)
-        execute_intents(pending)
-    return len(pending)
-
-
-def execute_intents(intents: Sequence[ApplyIntent]) -> list[str]:
-    """Applies intents with bounded parallelism, then logs each exactly once. Returns failure texts."""
-    if not intents:
-        return []
-    cluster = get_cluster()
-    concurrency = int(getattr(settings, "SLUICE_APPLY_CONCURRENCY", 16))
-    with ThreadPoolExecutor(max_workers=min(concurrency, len(intents))) as pool:
-        outcomes = list(pool.map(lambda intent: _apply_one(cluster, intent), intents))
-    failures: list[str] = []
-    changes: list[Change] = []
-    done: list[int] = []
-    failed: list[int] = []
-    now = timezone.now()
-    for intent, error in zip(intents, outcomes, strict=True):
-        if error:
-            failures.append(f"{intent.namespace}/{intent.name}: {error}")
-            failed.append(intent.pk)
-        else:
-            done.append(intent.pk)
-        changes.append(
-            Change(
-                intent=intent,
-                source_id=intent.source_id,
-                rollout_id=intent.rollout_id,
-                commit=intent.commit,
-                cluster=settings.SLUICE_CLUSTER_NAME,
-                namespace=intent.namespace,
-                kind=intent.kind,
-                name=intent.name,
-                action=intent.action,
-                before_hash=intent.before_hash,
-                after_hash=intent.after_hash,
-                before=intent.before,
-                after=intent.after,
-                diff=intent.diff,
-                actor=intent.actor,
-                step_index=intent.step_index,
-                weight=intent.weight,
-                at=now,
-                result=Change.Result.ERROR if error else Change.Result.OK,
-                error=error or "",
-            )
-        )
-    with transaction.atomic():
-        # The one-to-one on intent makes a second log of the same intent impossible.
-        Change.objects.bulk_create(changes, batch_size=1000, ignore_conflicts=True)
-        ApplyIntent.objects.filter(pk__in=done).update(status=ApplyIntent.Status.DONE)
-        ApplyIntent.objects.filter(pk__in=failed).update(status=ApplyIntent.Status.FAILED)
-        _update_inventory([i for i in intents if i.pk in set(done)])
-    return failures
-
-
-def _apply_one(cluster: Cluster, intent: ApplyIntent) -> str | None:
-    manager = settings.SLUICE_FIELD_MANAGER
-    try:
-        if intent.action in (Action.DELETE, Action.REPLACE):
-            cluster.delete_configmap(intent.namespace, intent.name)
-        if intent.manifest is not None:
-            applied = cluster.apply_configmap(intent.manifest, field_manager=manager, force=intent.force)
-            _drop_foreign_keys(cluster, intent, applied)
-    except FieldConflictError as exc:
-        return f"conflict with another field manager: {exc}"
-    except PermanentError as exc:
-        return str(exc)
-    return None
-
-
-def _drop_foreign_keys(cluster: Cluster, intent: ApplyIntent, applied: Mapping[str, Any]) -> None:
-    """Self-heal also removes data keys another manager added, which apply alone leaves in place."""
-    if intent.action != Action.SELF_HEAL or intent.after is None:
-        return
-    wanted = Content.from_dict(intent.after)
-    extra_data = sorted(set(applied.get("data") or {}) - set(wanted.data))
-    extra_binary = sorted(set(applied.get("binaryData") or {}) - set(wanted.binary_data))
-    if extra_data or extra_binary:
-        cluster.remove_configmap_keys(
-            intent.namespace, intent.name, data=extra_data, binary_data=extra_binary
-        )
-
-
-def _update_inventory(intents: Sequence[ApplyIntent]) -> None:
-    now = timezone.now()
-    deleted = [i for i in intents if i.action == Action.DELETE]
-    present = [i for i in intents if i.action != Action.DELETE]
-    if deleted:
-        condition = Q()
-        for intent in deleted:
-            condition |= Q(namespace=intent.namespace, name=intent.name, kind=intent.kind)
-        ManagedObject.objects.filter(condition).delete()
-    if present:
-        ManagedObject.objects.bulk_create(
-            [
-                ManagedObject(
-                    source_id=i.source_id,
-                    namespace=i.namespace,
-                    name=i.name,
-                    kind=i.kind,
-                    commit=i.commit,
-                    content_hash=i.after_hash,
-                    updated_at=now,
-                )
-                for i in present
-            ],
-            update_conflicts=True,
-            unique_fields=["kind", "namespace", "name"],
-            update_fields=["source", "commit", "content_hash", "updated_at"],
-            batch_size=1000,
-        )
-
-
 def record_sync_failure(source_id: int, error: Exception) -> SyncResult:
     source = Source.objects.get(pk=source_id)
     Source.objects.filter(pk=source_id).update(
@@ -504,6 +307,25 @@ def record_sync_failure(source_id: int, error: Exception) -> SyncResult:
     )
     log.error("sync failed source=%s: %s", source.name, error)
     return SyncResult(source.name, "failed", errors=[str(error)])
+
+
+def due_rollout_sources(now: Any = None) -> list[int]:
+    """Sources whose paused rollout's timer (or analysis back-off) has run out."""
+    now = now or timezone.now()
+    return sorted(
+        set(
+            Rollout.objects.filter(
+                phase=Rollout.Phase.PAUSED,
+                waiting_for__in=(Rollout.Waiting.TIMER, Rollout.Waiting.ANALYSIS),
+                pause_until__lte=now,
+            ).values_list("source_id", flat=True)
+        )
+        | set(
+            Rollout.objects.filter(phase__in=Rollout.ACTIVE_PHASES)
+            .exclude(abort_requested_by="")
+            .values_list("source_id", flat=True)
+        )
+    )
 
 
 def claim_due_sources(now: Any = None) -> list[int]:

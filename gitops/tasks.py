@@ -34,11 +34,19 @@ def ping(payload: str) -> dict[str, str | int]:
 
 @app.task(name="gitops.sync_source", bind=True, max_retries=None)
 def sync_source(
-    self: Task[Any, Any], source_id: int, actor: str = "sluice", retry_failed: bool = False
+    self: Task[Any, Any],
+    source_id: int,
+    actor: str = "sluice",
+    retry_failed: bool = False,
+    wait_if_busy: bool = True,
 ) -> dict[str, Any]:
     try:
         return services.sync_source(source_id, actor=actor, retry_failed=retry_failed).as_dict()
     except services.SourceBusy as exc:
+        # The running reconcile takes the request over (it is coalesced); only a
+        # caller that waits for this task's own result needs it to run again.
+        if not wait_if_busy:
+            return {"source_id": source_id, "outcome": "coalesced"}
         if self.request.retries >= BUSY_MAX_RETRIES:
             raise
         raise self.retry(exc=exc, countdown=BUSY_RETRY_SECONDS) from exc
@@ -54,7 +62,7 @@ def sync_source(
 @app.task(name="gitops.poll_sources")
 def poll_sources() -> list[int]:
     """Beat runs this every few seconds; it enqueues the sources whose poll is due."""
-    claimed = services.claim_due_sources()
+    claimed = sorted(set(services.claim_due_sources()) | set(services.due_rollout_sources()))
     for source_id in claimed:
-        sync_source.delay(source_id)
+        sync_source.delay(source_id, wait_if_busy=False)
     return claimed

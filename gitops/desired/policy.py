@@ -25,13 +25,63 @@ NAMESPACE_GLOB_PATTERN = re.compile(r"^[a-z0-9*?\[\]-]+$")
 
 
 @dataclass(frozen=True)
+class SetWeight:
+    weight: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {"setWeight": self.weight}
+
+
+@dataclass(frozen=True)
+class Pause:
+    seconds: int | None  # None waits until someone promotes
+
+    def as_json(self) -> dict[str, Any]:
+        return {"pause": {} if self.seconds is None else {"duration": self.seconds}}
+
+
+@dataclass(frozen=True)
+class Analysis:
+    url: str
+    timeout_seconds: float = 5.0
+    failure_limit: int = 1
+    interval_seconds: int = 10
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "analysis": {
+                "http": {"url": self.url, "timeoutSeconds": self.timeout_seconds},
+                "failureLimit": self.failure_limit,
+                "interval": self.interval_seconds,
+            }
+        }
+
+
+Step = SetWeight | Pause | Analysis
+ON_NEW_REVISION = ("supersede", "queue")
+
+
+@dataclass(frozen=True)
+class RolloutSpec:
+    steps: tuple[Step, ...] = (SetWeight(100),)
+    on_new_revision: str = "supersede"
+
+
+@dataclass(frozen=True)
+class ApprovalSpec:
+    required: int = 1
+    forbid_self_approval: bool = False
+
+
+@dataclass(frozen=True)
 class Policy:
     target_namespaces: tuple[str, ...] = (DEFAULT_NAMESPACE,)
     allowed_namespaces: tuple[str, ...] = ()
     prune: bool = False
     self_heal: bool = False
     flags_namespace: str = DEFAULT_NAMESPACE
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    rollout: RolloutSpec = field(default_factory=RolloutSpec)
+    approvals: ApprovalSpec = field(default_factory=ApprovalSpec)
 
     def allows(self, namespace: str) -> bool:
         return any(fnmatch.fnmatchcase(namespace, pattern) for pattern in self.allowed_namespaces)
@@ -123,10 +173,141 @@ def namespace_glob_problem(pattern: str) -> str | None:
     return None
 
 
-TOP_LEVEL_FIELDS = ("targets", "allowedNamespaces", "prune", "selfHeal", "flags")
-ExtensionReader = Callable[[_Reader, dict[str, Any]], dict[str, Any]]
-# Later stages (rollout steps, approvals) register their sections here.
-EXTENSIONS: dict[str, ExtensionReader] = {}
+TOP_LEVEL_FIELDS = ("targets", "allowedNamespaces", "prune", "selfHeal", "flags", "rollout", "approvals")
+DURATION = re.compile(r"^(\d+)(s|m|h)?$")
+MAX_PAUSE_SECONDS = 7 * 24 * 3600
+
+
+def parse_duration(value: Any) -> int | None:
+    """30 -> 30, "30s" -> 30, "5m" -> 300, "1h" -> 3600; None when not a duration."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, str) and (match := DURATION.match(value.strip())):
+        return int(match.group(1)) * {"s": 1, "m": 60, "h": 3600}[match.group(2) or "s"]
+    return None
+
+
+def _read_steps(reader: _Reader, value: Any) -> tuple[Step, ...]:
+    path: PathKey = ("rollout", "steps")
+    if value is None:
+        return (SetWeight(100),)
+    if not isinstance(value, list) or not value:
+        reader.error(path, "must be a non-empty list of steps")
+        return (SetWeight(100),)
+    steps: list[Step] = []
+    last_weight = 0
+    for index, raw in enumerate(value):
+        here = (*path, index)
+        if not isinstance(raw, dict) or len(raw) != 1:
+            reader.error(here, "each step is a mapping with exactly one of setWeight, pause, analysis")
+            continue
+        kind, body = next(iter(raw.items()))
+        step: Step | None = None
+        if kind == "setWeight":
+            step = _read_set_weight(reader, body, (*here, kind), last_weight)
+            last_weight = step.weight if step else last_weight
+        elif kind == "pause":
+            step = _read_pause(reader, body, (*here, kind))
+        elif kind == "analysis":
+            step = _read_analysis(reader, body, (*here, kind))
+        else:
+            reader.error(
+                (*here, kind), f"unknown step {kind!r}{suggestion(kind, ('setWeight', 'pause', 'analysis'))}"
+            )
+        if step is not None:
+            steps.append(step)
+    # Like Argo Rollouts, a rollout that never reaches 100% finishes there.
+    if last_weight < 100:
+        steps.append(SetWeight(100))
+    return tuple(steps)
+
+
+def _read_set_weight(reader: _Reader, body: Any, path: PathKey, last_weight: int) -> SetWeight | None:
+    if isinstance(body, bool) or not isinstance(body, int) or not 0 <= body <= 100:
+        reader.error(path, "must be a whole number from 0 to 100")
+        return None
+    if body < last_weight:
+        reader.error(path, f"weights only grow: {body} comes after {last_weight}")
+        return None
+    return SetWeight(body)
+
+
+def _read_pause(reader: _Reader, body: Any, path: PathKey) -> Pause | None:
+    fields = reader.mapping(body, path, ("duration",))
+    if "duration" not in fields:
+        return Pause(None)
+    seconds = parse_duration(fields["duration"])
+    if seconds is None or seconds > MAX_PAUSE_SECONDS:
+        reader.error((*path, "duration"), "must be a duration like 30s, 5m or 1h (at most 7 days)")
+        return None
+    return Pause(seconds)
+
+
+def _read_analysis(reader: _Reader, body: Any, path: PathKey) -> Analysis | None:
+    fields = reader.mapping(body, path, ("http", "failureLimit", "interval"))
+    http = reader.mapping(fields.get("http"), (*path, "http"), ("url", "timeoutSeconds"))
+    url = http.get("url")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        reader.error((*path, "http", "url"), "an http:// or https:// URL is required")
+        return None
+    timeout = http.get("timeoutSeconds", 5)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 60:
+        reader.error((*path, "http", "timeoutSeconds"), "must be a number of seconds, above 0 and at most 60")
+        return None
+    failure_limit = fields.get("failureLimit", 1)
+    if isinstance(failure_limit, bool) or not isinstance(failure_limit, int) or failure_limit < 1:
+        reader.error((*path, "failureLimit"), "must be a whole number, at least 1")
+        return None
+    interval = parse_duration(fields.get("interval", 10))
+    if interval is None or interval < 1:
+        reader.error((*path, "interval"), "must be a duration like 10s")
+        return None
+    return Analysis(url, float(timeout), failure_limit, interval)
+
+
+def _read_rollout(reader: _Reader, value: Any) -> RolloutSpec:
+    fields = reader.mapping(value, ("rollout",), ("steps", "onNewRevision"))
+    on_new = fields.get("onNewRevision", "supersede")
+    if on_new not in ON_NEW_REVISION:
+        reader.error(("rollout", "onNewRevision"), "must be supersede or queue")
+        on_new = "supersede"
+    return RolloutSpec(steps=_read_steps(reader, fields.get("steps")), on_new_revision=on_new)
+
+
+def _read_approvals(reader: _Reader, value: Any) -> ApprovalSpec:
+    fields = reader.mapping(value, ("approvals",), ("required", "forbidSelfApproval"))
+    required = fields.get("required", 1)
+    if isinstance(required, bool) or not isinstance(required, int) or not 1 <= required <= 10:
+        reader.error(("approvals", "required"), "must be a whole number from 1 to 10")
+        required = 1
+    forbid = reader.boolean(
+        fields.get("forbidSelfApproval"), ("approvals", "forbidSelfApproval"), default=False
+    )
+    return ApprovalSpec(required=required, forbid_self_approval=forbid)
+
+
+def steps_from_json(steps: list[dict[str, Any]]) -> tuple[Step, ...]:
+    """Steps as stored on a rollout (``Step.as_json``) back into values."""
+    result: list[Step] = []
+    for raw in steps:
+        if "setWeight" in raw:
+            result.append(SetWeight(int(raw["setWeight"])))
+        elif "pause" in raw:
+            duration = raw["pause"].get("duration")
+            result.append(Pause(None if duration is None else int(duration)))
+        else:
+            body = raw["analysis"]
+            result.append(
+                Analysis(
+                    body["http"]["url"],
+                    float(body["http"].get("timeoutSeconds", 5)),
+                    int(body.get("failureLimit", 1)),
+                    int(body.get("interval", 10)),
+                )
+            )
+    return tuple(result)
 
 
 def load_policy(content: bytes | None, file: str = POLICY_FILE) -> tuple[Policy, list[ValidationError]]:
@@ -147,7 +328,7 @@ def load_policy(content: bytes | None, file: str = POLICY_FILE) -> tuple[Policy,
 
 def read_policy(document: Document) -> tuple[Policy, list[ValidationError]]:
     reader = _Reader(document)
-    top = reader.mapping(document.data, (), TOP_LEVEL_FIELDS + tuple(EXTENSIONS))
+    top = reader.mapping(document.data, (), TOP_LEVEL_FIELDS)
 
     targets = reader.mapping(top.get("targets"), ("targets",), ("namespaces",))
     target_namespaces = reader.string_list(
@@ -167,7 +348,8 @@ def read_policy(document: Document) -> tuple[Policy, list[ValidationError]]:
         reader.error(("flags", "namespace"), problem or f"must be a string, not {type_name(flags_namespace)}")
         flags_namespace = None
 
-    extra = {name: read(reader, top) for name, read in EXTENSIONS.items()}
+    rollout = _read_rollout(reader, top.get("rollout"))
+    approvals = _read_approvals(reader, top.get("approvals"))
     policy = _with_defaults(
         Policy(
             target_namespaces=target_namespaces or (DEFAULT_NAMESPACE,),
@@ -175,7 +357,8 @@ def read_policy(document: Document) -> tuple[Policy, list[ValidationError]]:
             prune=reader.boolean(top.get("prune"), ("prune",), default=False),
             self_heal=reader.boolean(top.get("selfHeal"), ("selfHeal",), default=False),
             flags_namespace=flags_namespace or "",
-            extra=extra,
+            rollout=rollout,
+            approvals=approvals,
         )
     )
     if allowed is not None:
@@ -199,5 +382,6 @@ def _with_defaults(policy: Policy) -> Policy:
         prune=policy.prune,
         self_heal=policy.self_heal,
         flags_namespace=flags_namespace,
-        extra=policy.extra,
+        rollout=policy.rollout,
+        approvals=policy.approvals,
     )

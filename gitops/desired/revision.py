@@ -7,6 +7,7 @@ namespaces the policy allows) run on the parsed results every time.
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import json
 import re
@@ -20,7 +21,13 @@ from gitops.content import Content
 from gitops.desired.configmaps import ConfigMapManifest, dns_subdomain_problem, parse_configmap
 from gitops.desired.documents import load_yaml
 from gitops.desired.errors import RevisionRejected, ValidationError
-from gitops.desired.flags import FlagSet, load_flag_set, published_flag_set
+from gitops.desired.flags import (
+    COMMIT_METADATA_KEY,
+    SOURCE_METADATA_KEY,
+    FlagSet,
+    load_flag_set,
+    published_flag_set,
+)
 from gitops.desired.policy import POLICY_FILE, Policy, load_policy
 
 CONFIGMAPS_DIR = "configmaps/"
@@ -73,6 +80,8 @@ class DesiredObject:
     group: str
     rank: int
     flag_set: FlagSet | None = field(default=None, compare=False)
+    # During a rollout, the canary-wrapped flag set published instead of Git's.
+    canary_document: dict[str, Any] | None = field(default=None, compare=False)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -82,7 +91,10 @@ class DesiredObject:
         """The content as applied at ``commit``; flag sets carry the commit inside them."""
         if self.flag_set is None:
             return self.content
-        published = published_flag_set(self.flag_set, commit=commit, source=source)
+        if self.canary_document is not None:
+            published = stamped(self.canary_document, commit=commit, source=source)
+        else:
+            published = published_flag_set(self.flag_set, commit=commit, source=source)
         return Content(
             data={flag_set_key(self.name): flag_set_json(published)},
             labels=self.content.labels,
@@ -101,6 +113,32 @@ class DesiredState:
     @property
     def namespaces(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(obj.namespace for obj in self.objects))
+
+
+# Metadata Sluice writes into published flag sets; never part of Git's content.
+SLUICE_METADATA_KEYS = (COMMIT_METADATA_KEY, SOURCE_METADATA_KEY, "sluiceCanaryWeight")
+
+
+def stamped(document: Mapping[str, Any], *, commit: str, source: str) -> dict[str, Any]:
+    """A flag-set document with its origin in the flag-set metadata, as ``published_flag_set`` does."""
+    result = copy.deepcopy(dict(document))
+    result["metadata"] = {
+        **result.get("metadata", {}),
+        COMMIT_METADATA_KEY: commit,
+        SOURCE_METADATA_KEY: source,
+    }
+    return result
+
+
+def unstamped(document: Mapping[str, Any]) -> dict[str, Any]:
+    """The document as Git had it: the origin stamps (and canary markers) removed."""
+    result = copy.deepcopy(dict(document))
+    metadata = {k: v for k, v in result.get("metadata", {}).items() if k not in SLUICE_METADATA_KEYS}
+    if metadata:
+        result["metadata"] = metadata
+    else:
+        result.pop("metadata", None)
+    return result
 
 
 def flag_set_key(name: str) -> str:

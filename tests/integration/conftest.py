@@ -50,3 +50,67 @@ def sync(celery_worker):
         return sync_source.delay(source.pk, **options).get(timeout=timeout)
 
     return run
+
+
+class AnalysisEndpoint:
+    """A real HTTP server for analysis steps; answers with ``status`` and records what it was sent."""
+
+    def __init__(self) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        endpoint = self
+        self.status = 200
+        self.received: list[dict] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                endpoint.received.append(json.loads(self.rfile.read(length) or b"{}"))
+                body = b'{"verdict": "%s"}' % (b"pass" if endpoint.status < 300 else b"fail")
+                self.send_response(endpoint.status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/check"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def analysis_endpoint():
+    endpoint = AnalysisEndpoint()
+    yield endpoint
+    endpoint.close()
+
+
+@pytest.fixture
+def people(db):
+    """Users in each role; ``ada`` is an approver who also writes the commits (tests.gitrepo.AUTHOR)."""
+    from django.contrib.auth.models import Group, User
+
+    def user(name: str, role: str | None, email: str) -> User:
+        created = User.objects.create_user(name, email=email, password="x")
+        if role:
+            created.groups.add(Group.objects.get(name=role))
+        return User.objects.get(pk=created.pk)  # fresh: permission caches start empty
+
+    return {
+        "viewer": user("vera", "viewer", "vera@example.com"),
+        "approver": user("otto", "approver", "otto@example.com"),
+        "second_approver": user("pia", "approver", "pia@example.com"),
+        "author": user("ada", "approver", "ada@example.com"),
+    }

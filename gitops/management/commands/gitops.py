@@ -12,22 +12,28 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 from argparse import ArgumentParser, ArgumentTypeError
 from datetime import timedelta
 from typing import Any
 
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
+from django.contrib.auth.models import Group
+from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from gitops import selectors, services
+from gitops import rollouts, selectors, services
 from gitops.errors import GitopsError
-from gitops.models import Source
+from gitops.models import Rollout, Source
 from gitops.plan import DiffItem, Plan
+from gitops.roles import ROLES
 
 DURATION = re.compile(r"^(\d+)(s|m|h)?$")
+# A sync that leaves a rollout paused or queued did what it should.
+SUCCESSFUL_OUTCOMES = ("applied", "unchanged", "completed", "paused", "queued")
 
 
 def duration(text: str) -> timedelta:
@@ -92,13 +98,43 @@ class Command(BaseCommand):
         log.add_argument("--limit", type=int, default=50)
         log.add_argument("--json", action="store_true")
 
+        rollouts_parser = commands.add_parser("rollouts", help="list rollouts, newest first")
+        rollouts_parser.add_argument("--source")
+        rollouts_parser.add_argument("--limit", type=int, default=20)
+        rollouts_parser.add_argument("--json", action="store_true")
+
+        promote = commands.add_parser("promote", help="approve the gate a paused rollout waits at")
+        promote.add_argument("rollout", type=int)
+        promote.add_argument("--full", action="store_true", help="skip the remaining steps and go to 100%%")
+        promote.add_argument("--user", required=True)
+        promote.add_argument("--comment", default="")
+
+        abort_parser = commands.add_parser(
+            "abort", help="roll every target back to its content before the rollout"
+        )
+        abort_parser.add_argument("rollout", type=int)
+        abort_parser.add_argument("--user", required=True)
+        abort_parser.add_argument("--reason", default="")
+        abort_parser.add_argument(
+            "--no-wait", action="store_true", help="do not wait for the rollback to finish"
+        )
+        abort_parser.add_argument("--timeout", type=float, default=300)
+
+        retry_parser = commands.add_parser("retry", help="run an aborted or failed rollout again from step 0")
+        retry_parser.add_argument("rollout", type=int)
+        retry_parser.add_argument("--user", required=True)
+
+        grant = commands.add_parser("grant", help="give a user a role (viewer, approver or admin)")
+        grant.add_argument("username")
+        grant.add_argument("--role", required=True, choices=ROLES)
+
     def handle(self, *args: Any, **options: Any) -> None:
         handler = getattr(self, "do_" + options["command"].replace("-", "_"))
         try:
             handler(**options)
         except Source.DoesNotExist as exc:
             raise CommandError("no such source") from exc
-        except (GitopsError, DjangoValidationError) as exc:
+        except (GitopsError, DjangoValidationError, PermissionDenied) as exc:
             raise CommandError(str(exc)) from exc
 
     def _source(self, name: str) -> Source:
@@ -133,7 +169,7 @@ class Command(BaseCommand):
         if not isinstance(result, dict):
             raise CommandError(f"sync failed: {result}")
         self._print_sync(result)
-        if result["outcome"] not in ("applied", "unchanged"):
+        if result["outcome"] not in SUCCESSFUL_OUTCOMES:
             sys.exit(1)
 
     def _print_sync(self, result: dict[str, Any]) -> None:
@@ -240,6 +276,63 @@ class Command(BaseCommand):
                 f"{entry['at'][:19]}  {entry['commit'][:12]}  {entry['source']:<16} {entry['action']:<9}"
                 f" {entry['namespace']}/{entry['name']}  by {entry['actor']}{result}"
             )
+
+    def do_rollouts(self, **options: Any) -> None:
+        found = Rollout.objects.select_related("source", "revision").order_by("-id")
+        if options["source"]:
+            found = found.filter(source__name=options["source"])
+        entries = [selectors.rollout_status(rollout) for rollout in found[: max(0, options["limit"])]]
+        if options["json"]:
+            self.stdout.write(json.dumps(entries, indent=2))
+            return
+        for entry in entries:
+            waiting = f", waiting for {entry['waiting_for']}" if entry["waiting_for"] else ""
+            self.stdout.write(
+                f"{entry['id']:>5}  {entry['source']:<16} {entry['commit'][:12]}  {entry['phase']:<11}"
+                f" step {entry['step']}/{entry['steps']}  weight {entry['weight']}%{waiting}"
+                + (f"  ({entry['message']})" if entry["message"] else "")
+            )
+
+    def do_promote(self, **options: Any) -> None:
+        rollout = rollouts.promote(
+            options["rollout"],
+            user=rollouts.user_named(options["user"]),
+            full=options["full"],
+            comment=options["comment"],
+        )
+        if rollout.phase == Rollout.Phase.PAUSED:
+            self.stdout.write(f"rollout {rollout.pk}: approval recorded; {rollout.message}")
+        else:
+            target = "100%" if options["full"] else f"step {rollout.step_index}"
+            self.stdout.write(f"rollout {rollout.pk} promoted to {target} by {options['user']}")
+
+    def do_abort(self, **options: Any) -> None:
+        rollout = rollouts.abort(
+            options["rollout"], user=rollouts.user_named(options["user"]), reason=options["reason"]
+        )
+        self.stdout.write(f"rollout {rollout.pk}: abort requested by {options['user']}; rolling back")
+        if options["no_wait"]:
+            return
+        deadline = time.monotonic() + options["timeout"]
+        while rollout.is_active and time.monotonic() < deadline:
+            time.sleep(0.2)  # polling the database for the worker's result, with a deadline
+            rollout.refresh_from_db()
+        if rollout.is_active:
+            raise CommandError(
+                f"the rollback did not finish within {options['timeout']:.0f}s; is a worker running?"
+            )
+        self.stdout.write(f"rollout {rollout.pk}: {rollout.phase.lower()}: {rollout.message}")
+        if rollout.phase != Rollout.Phase.ABORTED:
+            sys.exit(1)
+
+    def do_retry(self, **options: Any) -> None:
+        again = rollouts.retry(options["rollout"], user=rollouts.user_named(options["user"]))
+        self.stdout.write(f"rollout {options['rollout']} retried as rollout {again.pk}, from step 0")
+
+    def do_grant(self, **options: Any) -> None:
+        user = rollouts.user_named(options["username"])
+        user.groups.add(Group.objects.get(name=options["role"]))
+        self.stdout.write(f"{options['username']} is now {options['role']}")
 
 
 def _counts(summary: dict[str, int]) -> str:

@@ -1,0 +1,83 @@
+"""Which targets a step covers. Pure: values in, values out.
+
+ConfigMaps: after ``setWeight: w`` an object with N targets has its new content
+in the first ceil(w% x N) of them, in policy order, so the first targets listed
+are the canaries; a single-target object changes at the first weight above 0.
+
+Flag sets: the set is published canary-wrapped at w, so flagd itself serves the
+new definitions to a sticky w% of users (see ``flag_canary``).
+
+Deletes (prune) wait for 100%.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from gitops.desired.revision import (
+    SLUICE_METADATA_KEYS,
+    DesiredObject,
+    DesiredState,
+    flag_set_json,
+    flag_set_key,
+)
+from gitops.rollout.flag_canary import canary_flag_set
+
+CANARY_WEIGHT_KEY = SLUICE_METADATA_KEYS[2]
+
+
+def target_cutoff(weight: int, targets: int) -> int:
+    """How many of an object's targets hold the new content at ``weight``."""
+    return math.ceil(weight * targets / 100)
+
+
+def held_keys(desired: DesiredState, weight: int) -> frozenset[tuple[str, str]]:
+    """ConfigMap targets that keep their content before the rollout at ``weight``."""
+    if weight >= 100:
+        return frozenset()
+    groups: dict[str, list[DesiredObject]] = defaultdict(list)
+    for obj in desired.objects:
+        if obj.kind == "configmap":
+            groups[obj.group].append(obj)
+    held: set[tuple[str, str]] = set()
+    for members in groups.values():
+        cutoff = target_cutoff(weight, len(members))
+        held.update(obj.key for obj in members if obj.rank >= cutoff)
+    return frozenset(held)
+
+
+def desired_at_weight(
+    desired: DesiredState, weight: int, baselines: Mapping[tuple[str, str], dict[str, Any] | None]
+) -> DesiredState:
+    """Git's state with each flag set replaced by its canary at ``weight``.
+
+    ``baselines`` holds each flag set's document as published before the
+    rollout (None when it did not exist). At 100 the flag sets are Git's own.
+    """
+    if weight >= 100:
+        return desired
+    objects = []
+    for obj in desired.objects:
+        if obj.flag_set is None:
+            objects.append(obj)
+            continue
+        canary = canary_flag_set(
+            baselines.get(obj.key), obj.flag_set.document, weight, metadata={CANARY_WEIGHT_KEY: weight}
+        )
+        content = replace(obj.content, data={flag_set_key(obj.name): flag_set_json(canary)})
+        objects.append(replace(obj, canary_document=canary, content=content))
+    return DesiredState(policy=desired.policy, objects=tuple(objects))
+
+
+def desired_hash(desired: DesiredState) -> str:
+    """One hash over the whole revision's content: what an approval approves."""
+    digest = hashlib.sha256()
+    for obj in sorted(desired.objects, key=lambda o: o.key):
+        digest.update(json.dumps([obj.namespace, obj.name, obj.content.hash]).encode())
+    return digest.hexdigest()[:32]

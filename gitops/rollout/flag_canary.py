@@ -1,0 +1,387 @@
+"""The flag set published at each weight of a flag-set rollout. Pure: no Django, no I/O.
+
+A rollout of a flagd flag set goes from ``old`` (as published before) to ``new``
+(Git's) in ``setWeight`` steps. At weight w, flagd itself must serve the new
+definition of every changed flag to about w% of evaluation contexts and the old
+definition to the rest, sticky and growing from step to step. At 0 the published
+document is exactly ``old``, at 100 exactly ``new``.
+
+How a changed flag is published in between::
+
+    {"state": "ENABLED", "variants": <old and new variants>, "defaultVariant": null,
+     "targeting": {"if": [<split>, <new side>, <old side>]}}
+
+The split is ``fractional`` with the new side as the FIRST bucket, weight w, and
+the old side second, weight 100 - w. flagd maps a context to bucket
+``(hash * 100) >> 32`` and walks the buckets in order, so whoever lands in the
+new bucket at one weight stays there at every higher weight. The bucket labels
+are only compared with ``===``, never returned, and are chosen apart from the
+flag's variant names all the same.
+
+The split hashes ``"sluice-canary/" + flagKey + "/" + targetingKey`` instead of
+fractional's default key (flagKey and targetingKey). With the default key a flag
+whose own targeting is a ``fractional`` would be split along the same hash: going
+from ``[["on", 10], ["off", 90]]`` to ``[["on", 60], ["off", 40]]``, step 25 would
+hold 30% of the users whose result changes and step 50 all of them. The prefix
+makes the split independent of the flag's own buckets. A context without a
+targeting key cannot be bucketed and keeps the old result until 100.
+
+Each side is a JsonLogic expression that yields the name of the canary variant
+that side's definition selects, or null for "the caller's code default": the
+flag is missing or DISABLED on that side, its targeting yields null and it has no
+``defaultVariant``, or it selects a name that is not one of its variants (flagd
+reports an error and the caller gets its default). With ``defaultVariant: null``
+flagd resolves a null from either side to the code default, as it does a missing
+or disabled flag; only the reason differs (DEFAULT, not FLAG_NOT_FOUND or DISABLED).
+
+Building a side, with the flag's ``$ref`` evaluators inlined first (so an old and
+a new evaluator of the same name cannot clash, and the published ``$evaluators``
+can stay ``new``'s for the unchanged flags):
+
+- No targeting: the default variant's canary name, or null.
+- Targeting whose results are all literals (the rule itself, ``if`` branches and
+  ``fractional`` buckets, nested): the literals are rewritten in place to canary
+  names (null becomes the default variant; a name that is not a variant becomes
+  null), an ``if`` with no else gets the default as its else, and a
+  ``fractional`` that can find no bucket (no targeting key) is mapped to the
+  default. The rule is evaluated once, as before.
+- Targeting with a computed result (``{"var": "plan"}`` as a variant name,
+  ``or``, ``cat``...): a lookup chain that compares the rule's result with each
+  variant name, ``{"if": [{"===": [rule, null]}, default, {"in": [rule, ["a"]]},
+  "a", ..., null]}``. JsonLogic has no way to bind a value, so the rule is
+  evaluated once per comparison; that is only slower, as a rule is a pure
+  function of the context (flagd fixes ``$flagd.timestamp`` per evaluation).
+  A computed result that is a number is not matched to a variant name.
+
+Variants: the published variants are those of the sides that can serve a value
+(present and ENABLED). ``new``'s names are kept; an ``old`` variant whose name
+is also ``new``'s with a different value is renamed ``<name>~old`` (then
+``<name>~old~2``... if taken) in the canary only, so the new side reports its real
+variant names and only the outgoing side reports synthetic ones.
+
+A flag whose variant type changes (say boolean to string) while both sides serve
+values cannot be served mixed: the application reads it as one type, and the
+other half would get type errors. It keeps its old definition (inlined) until
+100, where the whole set switches to ``new``.
+
+A changed flag whose two sides come out identical (only its metadata changed, or
+it is disabled on both sides) is published as in ``new``. Flag metadata cannot be
+split by user: a canary flag carries ``new``'s, or ``old``'s for a removed flag.
+Likewise the set's metadata and ``$schema`` are ``new``'s from the first step.
+
+Output is deterministic: the same inputs give the same document, key order aside
+(canonical JSON sorts keys), and it shares no objects with the inputs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+MetadataValue = str | int | float | bool
+
+SPLIT_BUCKET_NEW: Final = "sluice-canary-new"
+SPLIT_BUCKET_OLD: Final = "sluice-canary-old"
+SPLIT_KEY_PREFIX: Final = "sluice-canary/"
+OLD_VARIANT_SUFFIX: Final = "~old"
+
+# The split buckets: fractional's weights are relative, so 100 makes w a percentage.
+_TOTAL_WEIGHT: Final = 100
+
+
+def canary_flag_set(
+    old: Mapping[str, Any] | None,
+    new: Mapping[str, Any],
+    weight: int,
+    *,
+    metadata: Mapping[str, MetadataValue] | None = None,
+) -> dict[str, Any]:
+    """The flag set to publish at ``weight`` (0..100) while rolling out from ``old`` to ``new``.
+
+    ``old`` and ``new`` are whole flagd documents; ``old`` is None when the flag set
+    is new. At 100 the result is ``new``, at 0 ``old`` (or a set without flags when
+    ``old`` is None); in between, unchanged flags are as in ``new`` and each
+    changed flag is split between its new and old definitions as the module
+    docstring describes. ``metadata`` is merged into the set-level metadata.
+    """
+    if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= _TOTAL_WEIGHT:
+        raise ValueError(f"weight must be a whole number from 0 to 100, got {weight!r}")
+    if weight == _TOTAL_WEIGHT:
+        document: Mapping[str, Any] = new
+    elif weight == 0:
+        document = old if old is not None else {"flags": {}}
+    else:
+        document = _split_document(old, new, weight)
+    result: dict[str, Any] = _fresh(document)
+    if metadata:
+        result["metadata"] = {**result.get("metadata", {}), **_fresh(metadata)}
+    return result
+
+
+def changed_flags(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> set[str]:
+    """Flag keys whose effective definition differs ($ref evaluators inlined), added and removed ones too."""
+    return _changed(_effective_flags(old), _effective_flags(new))
+
+
+def _changed(old_flags: Mapping[str, Any], new_flags: Mapping[str, Any]) -> set[str]:
+    return {
+        key
+        for key in old_flags.keys() | new_flags.keys()
+        if _canonical(old_flags.get(key)) != _canonical(new_flags.get(key))
+    }
+
+
+def _split_document(old: Mapping[str, Any] | None, new: Mapping[str, Any], weight: int) -> dict[str, Any]:
+    old_flags, new_flags = _effective_flags(old), _effective_flags(new)
+    published: dict[str, Any] = dict(new.get("flags") or {})
+    for key in _changed(old_flags, new_flags):
+        flag = _split_flag(old_flags.get(key), new_flags.get(key), published.get(key), weight)
+        if flag is None:
+            published.pop(key, None)
+        else:
+            published[key] = flag
+    return {**new, "flags": {key: published[key] for key in sorted(published)}}
+
+
+def _split_flag(
+    old: Mapping[str, Any] | None,
+    new: Mapping[str, Any] | None,
+    new_as_written: Any,
+    weight: int,
+) -> Any:
+    """The published definition of one changed flag; None: no flag.
+
+    ``old`` and ``new`` have their evaluators inlined; ``new_as_written`` is the
+    flag as ``new`` has it, which resolves against ``new``'s ``$evaluators``.
+    """
+    old_serves, new_serves = _serves(old), _serves(new)
+    if old_serves and new_serves and _variant_types(old) != _variant_types(new):
+        return old
+    variants, old_names, new_names = _merge_variants(
+        _variants(old) if old_serves else {}, _variants(new) if new_serves else {}
+    )
+    old_side = _side_expression(old, old_names) if old_serves else None
+    new_side = _side_expression(new, new_names) if new_serves else None
+    if _canonical(old_side) == _canonical(new_side):
+        return new_as_written
+    flag: dict[str, Any] = {
+        "state": "ENABLED",
+        "variants": variants,
+        "defaultVariant": None,
+        "targeting": {"if": [_split(weight, variants), new_side, old_side]},
+    }
+    described = new if new is not None else old
+    if described is not None and described.get("metadata"):
+        flag["metadata"] = described["metadata"]
+    return flag
+
+
+def _split(weight: int, variants: Mapping[str, Any]) -> dict[str, Any]:
+    """A condition true for the contexts in the new bucket at ``weight``."""
+    new_bucket = _unused(SPLIT_BUCKET_NEW, set(variants))
+    old_bucket = _unused(SPLIT_BUCKET_OLD, {*variants, new_bucket})
+    bucket_key = {"cat": [SPLIT_KEY_PREFIX, {"var": "$flagd.flagKey"}, "/", {"var": "targetingKey"}]}
+    fractional = {"fractional": [bucket_key, [new_bucket, weight], [old_bucket, _TOTAL_WEIGHT - weight]]}
+    return {"and": [{"var": "targetingKey"}, {"===": [fractional, new_bucket]}]}
+
+
+def _serves(flag: Mapping[str, Any] | None) -> bool:
+    """Whether the flag can serve one of its variants (flagd serves a DISABLED flag as the code default)."""
+    return flag is not None and flag.get("state") != "DISABLED"
+
+
+def _variants(flag: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    variants = flag.get("variants") if flag is not None else None
+    return variants if isinstance(variants, Mapping) else {}
+
+
+def _variant_types(flag: Mapping[str, Any] | None) -> frozenset[str]:
+    return frozenset(_value_type(value) for value in _variants(flag).values())
+
+
+def _value_type(value: object) -> str:
+    # The types an OpenFeature application reads a flag as.
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "object"
+
+
+def _merge_variants(
+    old: Mapping[str, Any], new: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, str], dict[str, str]]:
+    """The canary's variants, and each side's map from its variant names to the canary's."""
+    variants = dict(new)
+    new_names = {name: name for name in new}
+    old_names: dict[str, str] = {}
+    for name in sorted(old):
+        if name not in new or _canonical(new[name]) == _canonical(old[name]):
+            variants[name] = old[name]
+            old_names[name] = name
+    taken = {*new, *old}
+    for name in sorted(old):
+        if name not in old_names:
+            renamed = _unused(f"{name}{OLD_VARIANT_SUFFIX}", taken)
+            taken.add(renamed)
+            variants[renamed] = old[name]
+            old_names[name] = renamed
+    return {name: variants[name] for name in sorted(variants)}, old_names, new_names
+
+
+def _unused(name: str, taken: set[str]) -> str:
+    candidate, number = name, 1
+    while candidate in taken:
+        number += 1
+        candidate = f"{name}~{number}"
+    return candidate
+
+
+def _side_expression(flag: Mapping[str, Any] | None, names: Mapping[str, str]) -> Any:
+    """JsonLogic yielding the canary variant name this serving flag selects, or null (code default)."""
+    if flag is None:
+        return None
+    default = _default_name(flag, names)
+    targeting = flag.get("targeting")
+    if not targeting:  # flagd: no targeting, or {}, serves the default variant
+        return default
+    if not isinstance(targeting, dict):
+        return None  # flagd fails the evaluation: the caller gets its default
+    try:
+        expression, _ = _ResultRewriter(names, default).result(targeting)
+    except _ComputedResultError:
+        return _lookup_chain(targeting, names, default)
+    return expression
+
+
+def _default_name(flag: Mapping[str, Any], names: Mapping[str, str]) -> str | None:
+    default = flag.get("defaultVariant")
+    # flagd reads "" (like null or absent) as "no default"; a boolean is looked up as "true"/"false".
+    if not isinstance(default, str | bool) or default == "":
+        return None
+    return names.get(_variant_key(default))
+
+
+def _variant_key(result: object) -> str:
+    """The variant name flagd looks up for a targeting result."""
+    if isinstance(result, bool):
+        return "true" if result else "false"
+    return result if isinstance(result, str) else str(result)
+
+
+class _ComputedResultError(Exception):
+    """A result position holds a rule whose value is not known statically."""
+
+
+@dataclass(frozen=True)
+class _ResultRewriter:
+    """Rewrites the literal results of a rule to canary names; raises _ComputedResultError if not all are."""
+
+    names: Mapping[str, str]
+    default: str | None
+
+    def result(self, node: Any) -> tuple[Any, bool]:
+        """The rewritten node, and whether it can yield null for "not a variant" (not "no result")."""
+        if node is None:
+            return self.default, False
+        if isinstance(node, dict):
+            if len(node) != 1:
+                # JsonLogic returns such an object as it is: never a variant name.
+                return None, True
+            ((operator, operand),) = node.items()
+            if operator == "if":
+                return self._if(operand if isinstance(operand, list) else [operand])
+            if operator == "fractional":
+                return self._fractional(operand)
+            raise _ComputedResultError
+        if isinstance(node, list):
+            return None, True
+        name = self.names.get(_variant_key(node))
+        return name, name is None
+
+    def _if(self, arguments: list[Any]) -> tuple[Any, bool]:
+        # [condition, then, condition, then, ..., else]: the odd positions and a trailing else
+        # are results; with no else (an even count, or nothing) the result is null.
+        if not arguments:
+            return self.default, False
+        rewritten, unknown = [], False
+        last = len(arguments) - 1
+        for index, argument in enumerate(arguments):
+            if index % 2 == 1 or index == last:
+                branch, branch_unknown = self.result(argument)
+                unknown = unknown or branch_unknown
+                rewritten.append(branch)
+            else:
+                rewritten.append(argument)
+        if len(arguments) % 2 == 0 and self.default is not None:
+            rewritten.append(self.default)
+        return {"if": rewritten}, unknown
+
+    def _fractional(self, operand: Any) -> tuple[Any, bool]:
+        if not isinstance(operand, list) or not operand:
+            raise _ComputedResultError
+        first_bucket = 0 if isinstance(operand[0], list) else 1  # else a bucketing expression leads
+        rewritten, unknown = list(operand[:first_bucket]), False
+        for bucket in operand[first_bucket:]:
+            if isinstance(bucket, list) and 1 <= len(bucket) <= 2:
+                variant, variant_unknown = self.result(bucket[0])
+                unknown = unknown or variant_unknown
+                rewritten.append([variant, *bucket[1:]])
+            else:
+                rewritten.append(bucket)
+        expression = {"fractional": rewritten}
+        if self.default is None:
+            return expression, unknown
+        if unknown:
+            # A null could then mean "no bucket" (the default variant) or "not a variant"
+            # (the code default); the lookup chain keeps them apart.
+            raise _ComputedResultError
+        # fractional yields null when it cannot bucket (no targeting key): flagd serves the default.
+        return {"if": [{"===": [expression, None]}, self.default, expression]}, False
+
+
+def _lookup_chain(targeting: dict[str, Any], names: Mapping[str, str], default: str | None) -> dict[str, Any]:
+    branches: list[Any] = []
+    if default is not None:
+        branches += [{"===": [targeting, None]}, default]
+    for name in sorted(names):
+        # flagd looks a boolean result up as "true"/"false".
+        spellings: list[str | bool] = [name, name == "true"] if name in ("true", "false") else [name]
+        branches += [{"in": [targeting, spellings]}, names[name]]
+    branches.append(None)
+    return {"if": branches}
+
+
+def _effective_flags(document: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Each flag with the set's ``$ref`` evaluators substituted, as flagd does before evaluating."""
+    if document is None:
+        return {}
+    evaluators = document.get("$evaluators") or {}
+    flags = document.get("flags") or {}
+    return {key: _inline(flag, evaluators, frozenset()) for key, flag in flags.items()}
+
+
+def _inline(value: Any, evaluators: Mapping[str, Any], resolving: frozenset[str]) -> Any:
+    if isinstance(value, dict):
+        # flagd substitutes objects that hold nothing but "$ref", anywhere in a flag.
+        name = value.get("$ref") if len(value) == 1 else None
+        if isinstance(name, str) and name in evaluators and name not in resolving:
+            return _inline(evaluators[name], evaluators, resolving | {name})
+        return {key: _inline(item, evaluators, resolving) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_inline(item, evaluators, resolving) for item in value]
+    return value
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _fresh(value: Any) -> Any:
+    # A JSON round trip rather than deepcopy: the result must not share objects with the
+    # inputs nor within itself (an evaluator inlined twice), and must be JSON.
+    return json.loads(json.dumps(value, allow_nan=False))

@@ -1,0 +1,357 @@
+"""Weighted canary rollouts on the real stack, driven by real workers."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from django.core.exceptions import PermissionDenied
+
+from gitops import rollouts
+from gitops.models import Approval, Change, Revision, Rollout, RolloutEvent
+from gitops.rollouts import RolloutError
+from tests.gitrepo import configmap, policy
+from tests.workers import poll
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def data_of(cluster, namespace: str, name: str = "app") -> dict | None:
+    live = cluster.get_configmap(namespace, name)
+    return None if live is None else live.get("data")
+
+
+def versions(cluster, namespaces: list[str], name: str = "app") -> list[str | None]:
+    return [(data_of(cluster, ns, name) or {}).get("VERSION") for ns in namespaces]
+
+
+def rollout_of(source) -> Rollout:
+    return Rollout.objects.filter(source=source).order_by("-id").first()
+
+
+def wait_for(source, *, timeout: float = 60, **expected) -> Rollout:
+    def reached():
+        current = rollout_of(source)
+        return current if current and all(getattr(current, k) == v for k, v in expected.items()) else None
+
+    return poll(reached, timeout=timeout, interval=0.1, what=f"rollout of {source.name} to reach {expected}")
+
+
+def start_rollout(
+    repo, make_source, sync, namespaces, steps, *, approvals=None, extra_files=None, **policy_extra
+):
+    """v1 goes out in one step; v2 comes with the rollout policy and changes VERSION."""
+    repo.write_all(
+        {"sluice.yaml": policy(namespaces), "configmaps/app.yaml": configmap("app", {"VERSION": "1"})}
+    )
+    repo.write_all(extra_files or {})
+    v1 = repo.commit("v1")
+    source = make_source()
+    assert sync(source)["outcome"] == "applied"
+    rollout_policy = policy(
+        namespaces,
+        rollout={"steps": steps, **policy_extra},
+        **({"approvals": approvals} if approvals else {}),
+    )
+    repo.write_all({"sluice.yaml": rollout_policy, "configmaps/app.yaml": configmap("app", {"VERSION": "2"})})
+    v2 = repo.commit("v2")
+    return source, v1, v2
+
+
+def test_a_configmap_rollout_goes_through_every_kind_of_step(
+    repo, make_namespaces, make_source, sync, cluster, analysis_endpoint, people
+):
+    targets = make_namespaces("canary", "team-a", "team-b", "team-c")
+    steps = [
+        {"setWeight": 25},
+        {"pause": {"duration": "2s"}},
+        {"setWeight": 50},
+        {"analysis": {"http": {"url": analysis_endpoint.url, "timeoutSeconds": 5}, "failureLimit": 1}},
+        {"pause": {}},
+        {"setWeight": 100},
+    ]
+    source, _v1, v2 = start_rollout(repo, make_source, sync, targets, steps)
+
+    result = sync(source)
+
+    assert result["outcome"] == "paused"
+    assert result["rollout"]["waiting_for"] == "timer"
+    assert versions(cluster, targets) == ["2", "1", "1", "1"], "the first listed target is the canary"
+
+    # The timed pause ends by itself; the analysis passes; the rollout waits for approval.
+    paused = wait_for(source, phase="Paused", waiting_for="approval")
+    assert (paused.step_index, paused.weight) == (4, 50)
+    assert versions(cluster, targets) == ["2", "2", "1", "1"]
+    assert analysis_endpoint.received == [
+        {"source": source.name, "rollout": paused.pk, "revision": v2, "step": 3, "weight": 50}
+    ]
+
+    rollouts.promote(paused.pk, user=people["approver"], comment="canary looks healthy")
+    done = wait_for(source, phase="Completed")
+
+    assert done.weight == 100
+    assert versions(cluster, targets) == ["2", "2", "2", "2"]
+    assert Revision.objects.get(source=source, commit=v2).outcome == "applied"
+    changes = list(Change.objects.filter(source=source, commit=v2).order_by("id"))
+    assert [(c.namespace, c.step_index, c.weight, c.actor, c.action) for c in changes] == [
+        (targets[0], 0, 25, "sluice", "update"),
+        (targets[1], 2, 50, "sluice", "update"),
+        (targets[2], 5, 100, "otto", "update"),
+        (targets[3], 5, 100, "otto", "update"),
+    ]
+    approval = Approval.objects.get(rollout=done)
+    assert (approval.commit, approval.step_index, approval.username, approval.comment) == (
+        v2,
+        4,
+        "otto",
+        "canary looks healthy",
+    )
+    assert approval.content_hash == done.content_hash != ""
+    kinds = list(RolloutEvent.objects.filter(rollout=done).values_list("kind", flat=True))
+    assert kinds == [
+        "started",
+        "step",
+        "paused",
+        "resumed",
+        "step",
+        "analysis",
+        "paused",
+        "approved",
+        "promoted",
+        "step",
+        "completed",
+    ]
+
+
+def test_promote_needs_the_role_distinct_approvers_and_not_the_author(
+    repo, make_namespaces, make_source, sync, cluster, people
+):
+    targets = make_namespaces("canary", "rest")
+    source, _, _v2 = start_rollout(
+        repo,
+        make_source,
+        sync,
+        targets,
+        [{"setWeight": 50}, {"pause": {}}],
+        approvals={"required": 2, "forbidSelfApproval": True},
+    )
+    sync(source)
+    paused = wait_for(source, phase="Paused", waiting_for="approval")
+
+    with pytest.raises(PermissionDenied, match="vera may not promote"):
+        rollouts.promote(paused.pk, user=people["viewer"])
+    with pytest.raises(PermissionDenied, match="ada wrote commit"):
+        rollouts.promote(paused.pk, user=people["author"])
+
+    assert rollouts.promote(paused.pk, user=people["approver"]).message == "1 of 2 approvals"
+    with pytest.raises(RolloutError, match="otto already approved step 1"):
+        rollouts.promote(paused.pk, user=people["approver"])
+    assert rollout_of(source).phase == "Paused"
+    assert versions(cluster, targets) == ["2", "1"]
+
+    rollouts.promote(paused.pk, user=people["second_approver"])
+    wait_for(source, phase="Completed")
+    assert versions(cluster, targets) == ["2", "2"]
+    assert Approval.objects.filter(rollout=paused).count() == 2
+    with pytest.raises(RolloutError, match="completed; there is nothing to promote"):
+        rollouts.promote(paused.pk, user=people["second_approver"])
+
+
+def test_an_approval_never_carries_over_to_another_revision(
+    repo, make_namespaces, make_source, sync, cluster, people
+):
+    targets = make_namespaces("canary", "rest")
+    source, _, _v2 = start_rollout(
+        repo, make_source, sync, targets, [{"setWeight": 50}, {"pause": {}}], approvals={"required": 2}
+    )
+    sync(source)
+    first = wait_for(source, phase="Paused", waiting_for="approval")
+    rollouts.promote(first.pk, user=people["approver"])
+
+    repo.write("configmaps/app.yaml", configmap("app", {"VERSION": "3"}))
+    v3 = repo.commit("v3")
+    sync(source)
+    second = wait_for(source, phase="Paused", waiting_for="approval")
+
+    assert second.pk != first.pk
+    assert second.revision.commit == v3
+    assert Rollout.objects.get(pk=first.pk).phase == "Superseded"
+    assert not Approval.objects.filter(rollout=second).exists()
+    assert rollouts.promote(second.pk, user=people["approver"]).message == "1 of 2 approvals"
+
+
+def test_a_timed_pause_resumes_after_the_worker_restarts(
+    repo, make_namespaces, make_source, sync, cluster, celery_worker, worker_env, tmp_path
+):
+    import subprocess
+    import sys
+
+    from tests.workers import ARTIFACTS
+
+    targets = make_namespaces("canary", "rest")
+    source, _, _ = start_rollout(
+        repo,
+        make_source,
+        sync,
+        targets,
+        [{"setWeight": 50}, {"pause": {"duration": "4s"}}, {"setWeight": 100}],
+    )
+    assert sync(source)["rollout"]["waiting_for"] == "timer"
+
+    # The worker holding the timer's ETA task dies; beat's sweep must pick the rollout up.
+    celery_worker.kill()
+    log_path = ARTIFACTS / "beat-rollout-timer.log"
+    with open(log_path, "wb") as log:
+        beat = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "gitops", "beat", f"--schedule={tmp_path / 'schedule'}"],
+            env={**worker_env, "SLUICE_POLL_SWEEP_SECONDS": "1"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        celery_worker.start()
+        wait_for(source, phase="Completed", timeout=60)
+    finally:
+        beat.terminate()
+        beat.wait(timeout=30)
+    assert versions(cluster, targets) == ["2", "2"]
+
+
+def test_a_failing_analysis_aborts_and_rolls_back(
+    repo, make_namespaces, make_source, sync, cluster, analysis_endpoint
+):
+    targets = make_namespaces("canary", "team-a", "team-b", "team-c")
+    analysis_endpoint.status = 503
+    source, v1, _ = start_rollout(
+        repo,
+        make_source,
+        sync,
+        targets,
+        [{"setWeight": 50}, {"analysis": {"http": {"url": analysis_endpoint.url}, "failureLimit": 1}}],
+    )
+
+    result = sync(source)
+
+    assert result["outcome"] == "aborted"
+    aborted = rollout_of(source)
+    assert aborted.phase == "Aborted"
+    assert "analysis failed: HTTP 503" in aborted.message
+    assert versions(cluster, targets) == ["1", "1", "1", "1"]
+    assert all(
+        cluster.get_configmap(ns, "app")["metadata"]["annotations"]["sluice.dev/commit"] == v1
+        for ns in targets
+    )
+    rollbacks = Change.objects.filter(source=source, action="rollback")
+    assert sorted(c.namespace for c in rollbacks) == sorted(targets[:2])
+    assert {c.actor for c in rollbacks} == {"sluice"}
+    # Nothing restarts the aborted revision by itself.
+    assert sync(source)["outcome"] == "aborted"
+    assert versions(cluster, targets) == ["1", "1", "1", "1"]
+
+
+def test_abort_restores_the_exact_previous_contents_and_retry_runs_again(
+    repo, make_namespaces, make_source, sync, cluster, people
+):
+    targets = make_namespaces("canary", "rest")
+    logo = base64.b64encode(bytes(range(64))).decode()
+    repo.write_all(
+        {
+            "sluice.yaml": policy(targets),
+            "configmaps/app.yaml": configmap(
+                "app", {"VERSION": "1", "conf": "a\nb\n"}, binaryData={"logo.png": logo}
+            ),
+        }
+    )
+    repo.commit("v1")
+    source = make_source()
+    sync(source)
+    before = {ns: cluster.get_configmap(ns, "app") for ns in targets}
+
+    new_logo = base64.b64encode(b"new logo").decode()
+    repo.write_all(
+        {
+            "sluice.yaml": policy(targets, rollout={"steps": [{"setWeight": 100}, {"pause": {}}]}),
+            "configmaps/app.yaml": configmap(
+                "app", {"VERSION": "2", "added": "x"}, binaryData={"logo.png": new_logo}
+            ),
+            "configmaps/new.yaml": configmap("brand-new", {"k": "v"}),
+        }
+    )
+    repo.commit("v2")
+    sync(source)
+    paused = wait_for(source, phase="Paused", waiting_for="approval")
+    assert versions(cluster, targets) == ["2", "2"]
+    assert cluster.get_configmap(targets[0], "brand-new") is not None
+
+    with pytest.raises(PermissionDenied):
+        rollouts.abort(paused.pk, user=people["viewer"])
+    rollouts.abort(paused.pk, user=people["approver"], reason="errors in the canary")
+    aborted = wait_for(source, phase="Aborted")
+
+    for ns in targets:
+        restored = cluster.get_configmap(ns, "app")
+        assert restored["data"] == before[ns]["data"]
+        assert restored["binaryData"] == before[ns]["binaryData"] == {"logo.png": logo}
+        assert restored["metadata"]["labels"] == before[ns]["metadata"]["labels"]
+        assert restored["metadata"]["annotations"] == before[ns]["metadata"]["annotations"]
+        assert cluster.get_configmap(ns, "brand-new") is None, "an object the rollout created is removed"
+    rollbacks = Change.objects.filter(source=source, action="rollback")
+    assert rollbacks.count() == 4
+    assert {c.actor for c in rollbacks} == {"otto"}
+    assert aborted.message == "errors in the canary"
+    with pytest.raises(RolloutError, match="aborted; only an active rollout"):
+        rollouts.abort(paused.pk, user=people["approver"])
+
+    again = rollouts.retry(aborted.pk, user=people["approver"])
+    resumed = wait_for(source, phase="Paused", waiting_for="approval")
+    assert resumed.pk == again.pk
+    assert versions(cluster, targets) == ["2", "2"]
+    rollouts.promote(again.pk, user=people["approver"])
+    wait_for(source, phase="Completed")
+
+
+def test_a_new_commit_supersedes_a_running_rollout(repo, make_namespaces, make_source, sync, cluster):
+    targets = make_namespaces("canary", "team-a", "team-b", "team-c")
+    steps = [{"setWeight": 25}, {"setWeight": 50}, {"pause": {}}]
+    source, v1, _v2 = start_rollout(repo, make_source, sync, targets, steps)
+    sync(source)
+    first = wait_for(source, phase="Paused", waiting_for="approval")
+    assert versions(cluster, targets) == ["2", "2", "1", "1"]
+
+    repo.write("configmaps/app.yaml", configmap("app", {"VERSION": "3"}))
+    v3 = repo.commit("v3")
+    sync(source)
+
+    second = wait_for(source, phase="Paused", waiting_for="approval")
+    assert Rollout.objects.get(pk=first.pk).phase == "Superseded"
+    assert second.revision.commit == v3
+    # Between the two, targets hold the last completed revision; the new canaries get v3.
+    assert versions(cluster, targets) == ["3", "3", "1", "1"]
+    superseded = Change.objects.filter(rollout=first, action="rollback")
+    assert sorted(c.namespace for c in superseded) == sorted(targets[:2])
+    assert {c.commit for c in superseded} == {v1}
+
+
+def test_a_new_commit_queues_behind_a_running_rollout(
+    repo, make_namespaces, make_source, sync, cluster, people
+):
+    targets = make_namespaces("canary", "rest")
+    source, _, _v2 = start_rollout(
+        repo, make_source, sync, targets, [{"setWeight": 50}, {"pause": {}}], onNewRevision="queue"
+    )
+    sync(source)
+    first = wait_for(source, phase="Paused", waiting_for="approval")
+
+    repo.write("configmaps/app.yaml", configmap("app", {"VERSION": "3"}))
+    v3 = repo.commit("v3")
+    assert sync(source)["outcome"] == "queued"
+    assert Revision.objects.get(source=source, commit=v3).outcome == "queued"
+    assert rollout_of(source).pk == first.pk
+    assert versions(cluster, targets) == ["2", "1"]
+
+    rollouts.promote(first.pk, user=people["approver"])
+    poll(lambda: Rollout.objects.get(pk=first.pk).phase == "Completed", timeout=60, what="v2 to complete")
+    sync(source)
+    queued = wait_for(source, phase="Paused", waiting_for="approval")
+    assert queued.revision.commit == v3
+    assert versions(cluster, targets) == ["3", "2"]

@@ -1,0 +1,465 @@
+"""Canary flag sets, checked with the real evaluator.
+
+Each published document is served by its own openfeature-provider-flagd provider,
+in-process and file-based (the evaluator of openfeature-flagd-core; no daemon, no
+network), and evaluated for 10,000 targeting keys. The "old result" and the "new
+result" of a key are what the pure old and new flag sets serve it: the documents
+published at 0 and at 100, which are asserted to be exactly ``old`` and ``new``.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import math
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openfeature import api
+from openfeature.client import OpenFeatureClient
+from openfeature.contrib.provider.flagd import FlagdProvider
+from openfeature.contrib.provider.flagd.config import ResolverType
+from openfeature.evaluation_context import EvaluationContext
+from openfeature.exception import ErrorCode
+from openfeature.flag_evaluation import FlagEvaluationDetails
+from openfeature.provider import ProviderStatus
+
+from gitops.desired.flags import canonical_json
+from gitops.rollout.flag_canary import (
+    OLD_VARIANT_SUFFIX,
+    SPLIT_BUCKET_NEW,
+    SPLIT_BUCKET_OLD,
+    canary_flag_set,
+    changed_flags,
+)
+
+WEIGHTS = (0, 25, 50, 75, 100)
+TOLERANCE = 2.0  # percentage points, which is 4 standard errors of a 50% share of 10,000 keys
+KEYS = tuple(f"user-{i}" for i in range(10_000))
+PLANS = ("free", "pro", "enterprise")
+
+
+def _context(index: int, targeting_key: str | None) -> EvaluationContext:
+    # Attributes vary with the key so that rule changes affect a large share of keys.
+    domain = "corp.example" if index % 2 == 0 else "mail.example"
+    attributes = {
+        "plan": PLANS[index % 3],
+        "email": f"user-{index}@{domain}",
+        "appVersion": f"2.{index % 4}.0",
+    }
+    return EvaluationContext(targeting_key=targeting_key, attributes=attributes)
+
+
+CONTEXTS = {key: _context(index, key) for index, key in enumerate(KEYS)}
+# Contexts without a targeting key cannot be bucketed.
+KEYLESS_CONTEXTS = {f"keyless-{index}": _context(index, None) for index in range(6)}
+
+# What each kind of flag is read with, and a code default no variant has.
+Reader = Callable[[OpenFeatureClient, str, Any, EvaluationContext], FlagEvaluationDetails[Any]]
+READERS: dict[str, tuple[Reader, Any]] = {
+    "boolean": (OpenFeatureClient.get_boolean_details, False),
+    "string": (OpenFeatureClient.get_string_details, "code default"),
+    "number": (OpenFeatureClient.get_float_details, -1.0),
+    "object": (OpenFeatureClient.get_object_details, {"codeDefault": True}),
+}
+
+# A key's result: None for the caller's code default, else the served value as JSON.
+Result = str | None
+
+
+class Published:
+    """One published document, served by its own in-process, file-based flagd provider."""
+
+    def __init__(self, document: Mapping[str, Any], directory: Path) -> None:
+        name = uuid.uuid4().hex
+        path = directory / f"{name}.json"
+        path.write_text(canonical_json(dict(document)), encoding="utf-8")
+        self.provider = FlagdProvider(resolver_type=ResolverType.FILE, offline_flag_source_path=str(path))
+        api.set_provider(self.provider, name)
+        self.client = api.get_client(name)
+        # The provider loads the file on a thread: before READY every evaluation
+        # silently returns the code default.
+        deadline = time.monotonic() + 10
+        while (status := self.client.get_provider_status()) is not ProviderStatus.READY:
+            assert time.monotonic() < deadline, f"the provider is {status.value} after 10 s: {path}"
+            time.sleep(0.01)
+
+    def results(self, flag: str, kind: str, contexts: Mapping[str, EvaluationContext]) -> dict[str, Result]:
+        read, code_default = READERS[kind]
+        results: dict[str, Result] = {}
+        for key, context in contexts.items():
+            details = read(self.client, flag, code_default, context)
+            # A missing flag is the code default too; any other error is a broken document.
+            assert details.error_code in (None, ErrorCode.FLAG_NOT_FOUND), (flag, key, details)
+            results[key] = None if details.variant is None else json.dumps(details.value, sort_keys=True)
+        return results
+
+    def close(self) -> None:
+        self.provider.shutdown()
+
+
+def keys_by_result(
+    published: Published, flag: str, kind: str, contexts: Mapping[str, EvaluationContext]
+) -> dict[Result, set[str]]:
+    """The keys that got each result (None: the code default)."""
+    by_result: dict[Result, set[str]] = defaultdict(set)
+    for key, result in published.results(flag, kind, contexts).items():
+        by_result[result].add(key)
+    return dict(by_result)
+
+
+@pytest.fixture(scope="module")
+def publish(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[Mapping[str, Any]], Published]]:
+    directory = tmp_path_factory.mktemp("published")
+    served: list[Published] = []
+
+    def serve(document: Mapping[str, Any]) -> Published:
+        served.append(Published(document, directory))
+        return served[-1]
+
+    yield serve
+    for published in served:
+        published.close()
+
+
+def _flag(
+    variants: dict[str, Any], default: str | None, targeting: Any = None, **extra: Any
+) -> dict[str, Any]:
+    flag: dict[str, Any] = {"state": "ENABLED", "variants": variants, "defaultVariant": default, **extra}
+    if targeting is not None:
+        flag["targeting"] = targeting
+    return flag
+
+
+ON_OFF = {"on": True, "off": False}
+IS_ENTERPRISE = {"==": [{"var": "plan"}, "enterprise"]}
+IS_CORP = {"ends_with": [{"var": "email"}, "@corp.example"]}
+PAID = {"in": [{"var": "plan"}, ["pro", "enterprise"]]}
+
+# One flag per kind of change, with its type. Each change alters the result of at
+# least half of the keys, so that the share of new results is measured on
+# thousands of keys.
+CHANGES: dict[str, tuple[str, dict[str, Any] | None, dict[str, Any] | None]] = {
+    "default-variant": ("boolean", _flag(ON_OFF, "off"), _flag(ON_OFF, "on")),
+    "targeting-rule": (
+        "string",
+        _flag(
+            {"standard": "S", "premium": "P", "internal": "I"},
+            "standard",
+            {"if": [IS_ENTERPRISE, "premium", None]},
+        ),
+        _flag(
+            {"standard": "S", "premium": "P", "internal": "I"},
+            "standard",
+            {"if": [IS_CORP, "internal", PAID, "premium"]},
+        ),
+    ),
+    # The split must not follow the flag's own buckets: with fractional's default
+    # key the new bucket at 25 would hold 30% of the changed keys, at 50 all of them.
+    "fractional-rollout": (
+        "boolean",
+        _flag(ON_OFF, "off", {"fractional": [["on", 10], ["off", 90]]}),
+        _flag(ON_OFF, "off", {"fractional": [["on", 60], ["off", 40]]}),
+    ),
+    "fractional-to-rule": (
+        "string",
+        _flag(
+            {"light": "#fff", "dark": "#000"},
+            "light",
+            {"fractional": [{"var": "email"}, ["light", 50], ["dark", 50]]},
+        ),
+        _flag(
+            {"light": "#fff", "dark": "#000"},
+            "light",
+            {"if": [{"sem_ver": [{"var": "appVersion"}, ">=", "2.2.0"]}, "dark", "light"]},
+        ),
+    ),
+    # "a" changes its value, so the old "a" is renamed inside the fractional buckets.
+    "fractional-buckets": (
+        "string",
+        _flag({"a": "A", "b": "B"}, "a", {"fractional": [["a", 50], ["b", 50]]}),
+        _flag({"a": "A2", "b": "B", "c": "C"}, "a", {"fractional": [["b", 50], ["a", 25], ["c", 25]]}),
+    ),
+    "variant-value": (
+        "number",
+        _flag({"small": 10, "large": 100}, "small", {"if": [IS_ENTERPRISE, "large", "small"]}),
+        _flag({"small": 20, "large": 100}, "small", {"if": [IS_ENTERPRISE, "large", "small"]}),
+    ),
+    "variant-added": (
+        "object",
+        _flag(
+            {"basic": {"methods": ["card"]}, "extended": {"methods": ["card", "invoice"]}},
+            "basic",
+            {"if": [PAID, "extended"]},
+        ),
+        _flag(
+            {
+                "basic": {"methods": ["card"]},
+                "extended": {"methods": ["card", "invoice"]},
+                "wallet": {"methods": ["card", "wallet"]},
+            },
+            "wallet",
+            {"if": [IS_ENTERPRISE, "extended"]},
+        ),
+    ),
+    "variant-removed": (
+        "string",
+        _flag({"legacy": "solr", "v2": "opensearch", "v3": "vespa"}, "legacy", {"if": [IS_ENTERPRISE, "v3"]}),
+        _flag({"v2": "opensearch", "v3": "vespa"}, "v2", {"if": [IS_ENTERPRISE, "v3"]}),
+    ),
+    "disabled": ("boolean", _flag(ON_OFF, "on"), {**_flag(ON_OFF, "on"), "state": "DISABLED"}),
+    "enabled": ("string", {**_flag({"v1": "one"}, "v1"), "state": "DISABLED"}, _flag({"v1": "one"}, "v1")),
+    "added": ("string", None, _flag({"spring": "Spring sale", "summer": "Summer sale"}, "spring")),
+    "removed": ("number", _flag({"five": 5, "ten": 10}, "five", {"if": [IS_CORP, "ten"]}), None),
+    # Same targeting, but the evaluator it references changes under the same name.
+    "evaluator-change": (
+        "boolean",
+        _flag(ON_OFF, "off", {"if": [{"$ref": "staff"}, "on", "off"]}),
+        _flag(ON_OFF, "off", {"if": [{"$ref": "staff"}, "on", "off"]}),
+    ),
+    # Computed variant names: the lookup chain, with renamed old variants.
+    "computed-variant": (
+        "string",
+        _flag({"free": "Free", "pro": "Pro", "enterprise": "Enterprise"}, None, {"var": "plan"}),
+        _flag({"free": "Free plan", "pro": "Pro plan", "enterprise": "Enterprise"}, "free", {"var": "plan"}),
+    ),
+    # A boolean computed result selects the variant "true" or "false".
+    "computed-boolean": (
+        "boolean",
+        _flag({"true": True, "false": False}, "false", PAID),
+        _flag({"true": True, "false": False}, "false", IS_CORP),
+    ),
+}
+
+UNCHANGED: dict[str, tuple[str, dict[str, Any]]] = {
+    "steady": ("boolean", _flag(ON_OFF, "off", {"if": [{"$ref": "beta"}, "on", "off"]})),
+    "steady-rollout": ("string", _flag({"a": "A", "b": "B"}, "a", {"fractional": [["a", 30], ["b", 70]]})),
+}
+
+
+def _flag_set(side: int, evaluators: dict[str, Any], metadata: dict[str, Any]) -> dict[str, Any]:
+    flags = {key: flag for key, change in CHANGES.items() if (flag := change[1 + side]) is not None}
+    flags |= {key: flag for key, (_, flag) in UNCHANGED.items()}
+    return {"$evaluators": evaluators, "flags": flags, "metadata": metadata}
+
+
+OLD = _flag_set(
+    0, {"beta": {"in": [{"var": "plan"}, ["pro"]]}, "staff": IS_CORP}, {"flagSetId": "shop", "version": "1"}
+)
+NEW = _flag_set(
+    1, {"beta": {"in": [{"var": "plan"}, ["pro"]]}, "staff": PAID}, {"flagSetId": "shop", "version": "2"}
+)
+
+
+def _kind(flag: str) -> str:
+    return CHANGES[flag][0] if flag in CHANGES else UNCHANGED[flag][0]
+
+
+@pytest.fixture(scope="module")
+def served(publish: Callable[[Mapping[str, Any]], Published]) -> dict[int, Published]:
+    return {weight: publish(canary_flag_set(OLD, NEW, weight)) for weight in WEIGHTS}
+
+
+@pytest.fixture(scope="module")
+def results(served: dict[int, Published]) -> dict[str, dict[int, dict[str, Result]]]:
+    """results[flag][weight][key], for every flag of OLD and NEW at every weight."""
+    flags = sorted(CHANGES.keys() | UNCHANGED.keys())
+    return {
+        flag: {weight: served[weight].results(flag, _kind(flag), CONTEXTS) for weight in WEIGHTS}
+        for flag in flags
+    }
+
+
+def tolerance(weight: int, keys: int) -> float:
+    """TOLERANCE, or 4 standard errors of the share when fewer keys are measured.
+
+    Where a change alters the result of only some keys, the share is measured on
+    those, and its sampling error grows as their number shrinks.
+    """
+    return max(TOLERANCE, 4 * 100 * math.sqrt(weight / 100 * (1 - weight / 100) / keys))
+
+
+def new_result_keys(at_weight: dict[int, dict[str, Result]]) -> dict[int, set[str]]:
+    """At each weight, the keys whose result is the new one where old and new differ.
+
+    Also checks that every key gets its old or its new result.
+    """
+    old, new = at_weight[0], at_weight[100]
+    differing = {key for key in KEYS if old[key] != new[key]}
+    assert len(differing) >= len(KEYS) // 3, "the change must affect thousands of keys to measure shares"
+    new_keys = {}
+    for weight, got in at_weight.items():
+        strays = [key for key in KEYS if got[key] not in (old[key], new[key])]
+        assert not strays, f"at {weight}, {strays[:5]} get neither their old nor their new result"
+        new_keys[weight] = {key for key in differing if got[key] == new[key]}
+    return new_keys
+
+
+@pytest.mark.parametrize("flag", sorted(CHANGES))
+def test_changed_flag_serves_new_results_to_a_sticky_weighted_share(
+    flag: str, results: dict[str, dict[int, dict[str, Result]]]
+) -> None:
+    new_keys = new_result_keys(results[flag])
+    changed = len(new_keys[100])
+    shares = {weight: 100 * len(keys) / changed for weight, keys in new_keys.items()}
+    for weight, share in shares.items():
+        assert abs(share - weight) <= tolerance(weight, changed), (
+            f"{flag}: {changed} keys change, {share:.2f}% get the new result at {weight}: {shares}"
+        )
+    for lower, higher in itertools.pairwise(WEIGHTS):
+        lost = new_keys[lower] - new_keys[higher]
+        assert not lost, f"{flag}: {sorted(lost)[:5]} had the new result at {lower} but not at {higher}"
+
+
+@pytest.mark.parametrize("flag", sorted(UNCHANGED))
+def test_unchanged_flags_serve_the_new_results_at_every_weight(
+    flag: str, results: dict[str, dict[int, dict[str, Result]]]
+) -> None:
+    for weight in WEIGHTS:
+        assert results[flag][weight] == results[flag][100], f"{flag} at {weight}"
+
+
+def test_the_ends_are_exactly_old_and_new() -> None:
+    assert canary_flag_set(OLD, NEW, 0) == OLD
+    assert canary_flag_set(OLD, NEW, 100) == NEW
+    assert canary_flag_set(None, NEW, 0) == {"flags": {}}
+
+
+def test_unchanged_flags_are_published_as_written() -> None:
+    published = canary_flag_set(OLD, NEW, 50)
+    assert published["$evaluators"] == NEW["$evaluators"]
+    assert published["metadata"] == NEW["metadata"]
+    for flag, (_, definition) in UNCHANGED.items():
+        assert published["flags"][flag] == definition
+
+
+def test_contexts_without_a_targeting_key_keep_the_old_results(served: dict[int, Published]) -> None:
+    for flag in sorted(CHANGES):
+        old = served[0].results(flag, _kind(flag), KEYLESS_CONTEXTS)
+        for weight in (25, 50, 75):
+            assert served[weight].results(flag, _kind(flag), KEYLESS_CONTEXTS) == old, f"{flag} at {weight}"
+
+
+def test_changed_flags() -> None:
+    assert changed_flags(OLD, NEW) == set(CHANGES)
+    assert changed_flags(None, NEW) == set(NEW["flags"])
+    assert changed_flags(NEW, NEW) == set()
+
+
+def test_changed_flags_compares_definitions_with_evaluators_inlined() -> None:
+    rule = {"if": [{"$ref": "segment"}, "on", "off"]}
+    old = {"$evaluators": {"segment": IS_CORP}, "flags": {"a": _flag(ON_OFF, "off", rule)}}
+    renamed = {
+        "$evaluators": {"staff": IS_CORP},
+        "flags": {"a": _flag(ON_OFF, "off", {"if": [{"$ref": "staff"}, "on", "off"]})},
+    }
+    inlined = {"flags": {"a": _flag(ON_OFF, "off", {"if": [IS_CORP, "on", "off"]})}}
+    unused = {**old, "$evaluators": {**old["$evaluators"], "unused": PAID}}
+    assert changed_flags(old, renamed) == set()
+    assert changed_flags(old, inlined) == set()
+    assert changed_flags(old, unused) == set()
+    assert changed_flags(old, {**old, "$evaluators": {"segment": PAID}}) == {"a"}
+    with_metadata = {**old, "flags": {"a": {**old["flags"]["a"], "metadata": {"owner": "shop"}}}}
+    assert changed_flags(old, with_metadata) == {"a"}
+
+
+def test_a_new_flag_set_rolls_out_from_missing_flags(
+    publish: Callable[[Mapping[str, Any]], Published],
+) -> None:
+    new = {
+        "flags": {
+            "welcome": _flag(ON_OFF, "on"),
+            "limits": _flag({"low": {"max": 1}, "high": {"max": 9}}, "low", {"if": [PAID, "high"]}),
+        }
+    }
+    served = {weight: publish(canary_flag_set(None, new, weight)) for weight in WEIGHTS}
+    for flag, kind in (("welcome", "boolean"), ("limits", "object")):
+        assert keys_by_result(served[0], flag, kind, CONTEXTS) == {None: set(KEYS)}
+        at_weight = {weight: published.results(flag, kind, CONTEXTS) for weight, published in served.items()}
+        new_keys = new_result_keys(at_weight)
+        for weight, keys in new_keys.items():
+            assert abs(100 * len(keys) / len(KEYS) - weight) <= TOLERANCE, (flag, weight, len(keys))
+        for lower, higher in itertools.pairwise(WEIGHTS):
+            assert new_keys[lower] <= new_keys[higher]
+
+
+def test_a_changed_variant_type_switches_at_100_only(
+    publish: Callable[[Mapping[str, Any]], Published],
+) -> None:
+    old = {
+        "$evaluators": {"paid": PAID},
+        "flags": {"mode": _flag(ON_OFF, "off", {"if": [{"$ref": "paid"}, "on"]})},
+    }
+    new = {"flags": {"mode": _flag({"fast": "fast", "safe": "safe"}, "safe")}}
+    inlined = _flag(ON_OFF, "off", {"if": [PAID, "on"]})
+    expected = publish(old).results("mode", "boolean", CONTEXTS)
+    assert keys_by_result(publish(new), "mode", "string", CONTEXTS).keys() == {'"safe"'}
+    for weight in (25, 50, 75):
+        published = canary_flag_set(old, new, weight)
+        assert published["flags"]["mode"] == inlined
+        assert publish(published).results("mode", "boolean", CONTEXTS) == expected
+    assert canary_flag_set(old, new, 100) == new
+
+
+def test_split_buckets_are_not_variant_names() -> None:
+    variants = {SPLIT_BUCKET_NEW: "x", SPLIT_BUCKET_OLD: "y"}
+    old = {"flags": {"f": _flag(variants, SPLIT_BUCKET_NEW)}}
+    new = {"flags": {"f": _flag(variants, SPLIT_BUCKET_OLD)}}
+    split = canary_flag_set(old, new, 50)["flags"]["f"]["targeting"]["if"][0]
+    fractional = split["and"][1]["==="][0]["fractional"]
+    buckets = [bucket[0] for bucket in fractional[1:]]
+    assert len(set(buckets)) == 2
+    assert not set(buckets) & set(variants)
+
+
+def test_conflicting_variants_rename_the_old_one() -> None:
+    old = {"flags": {"f": _flag({"a": 1, f"a{OLD_VARIANT_SUFFIX}": 2, "b": 3}, "a")}}
+    new = {"flags": {"f": _flag({"a": 10, "b": 3}, "a")}}
+    flag = canary_flag_set(old, new, 50)["flags"]["f"]
+    assert flag["variants"] == {"a": 10, "a~old": 2, "a~old~2": 1, "b": 3}
+    assert flag["defaultVariant"] is None
+    assert flag["targeting"]["if"][1:] == ["a", "a~old~2"]
+
+
+def test_a_change_that_serves_the_same_results_is_published_as_new() -> None:
+    old = {"flags": {"f": _flag(ON_OFF, "on")}}
+    new = {"flags": {"f": _flag(ON_OFF, "on", metadata={"owner": "shop"})}}
+    assert changed_flags(old, new) == {"f"}
+    assert canary_flag_set(old, new, 50) == new
+
+
+def test_output_is_deterministic_and_independent_of_the_inputs() -> None:
+    old, new = copy.deepcopy(OLD), copy.deepcopy(NEW)
+    first = canary_flag_set(old, new, 25, metadata={"sluiceCanaryWeight": 25})
+    second = canary_flag_set(old, new, 25, metadata={"sluiceCanaryWeight": 25})
+    assert canonical_json(first) == canonical_json(second)
+    assert (old, new) == (OLD, NEW)
+    first["flags"]["steady"]["variants"]["on"] = "changed"
+    first["flags"]["default-variant"]["variants"]["on"] = "changed"
+    assert canonical_json(
+        canary_flag_set(old, new, 25, metadata={"sluiceCanaryWeight": 25})
+    ) == canonical_json(second)
+    assert (old, new) == (OLD, NEW)
+
+
+@pytest.mark.parametrize("weight", [0, 50, 100])
+def test_metadata_is_merged_into_the_set_metadata(weight: int) -> None:
+    published = canary_flag_set(OLD, NEW, weight, metadata={"sluiceCommit": "abc123", "version": "9"})
+    base = OLD if weight == 0 else NEW
+    assert published["metadata"] == {**base["metadata"], "sluiceCommit": "abc123", "version": "9"}
+    assert canary_flag_set(None, NEW, 0, metadata={"sluiceCanaryWeight": 0}) == {
+        "flags": {},
+        "metadata": {"sluiceCanaryWeight": 0},
+    }
+
+
+@pytest.mark.parametrize("weight", [-1, 101, 12.5, True, "50"])
+def test_a_weight_is_a_whole_percentage(weight: Any) -> None:
+    with pytest.raises(ValueError, match="weight"):
+        canary_flag_set(OLD, NEW, weight)
