@@ -117,3 +117,66 @@ def test_bad_arguments_get_clear_errors(gitops, repo):
     leaked = gitops("add-source", "leaky", "--url", "https://user:hunter2@git.example.com/x.git", expect=1)
     assert "must not contain credentials" in leaked
     assert "hunter2" not in leaked
+
+
+def test_rollout_commands(gitops, repo, make_namespaces, celery_worker, cluster, people):
+    canary, rest = make_namespaces("canary", "rest")
+    repo.write_all(
+        {"sluice.yaml": policy([canary, rest]), "configmaps/app.yaml": configmap("app", {"V": "1"})}
+    )
+    repo.commit("v1")
+    gitops("add-source", "shop", "--url", repo.url)
+    gitops("sync", "shop", "--wait")
+    repo.write_all(
+        {
+            "sluice.yaml": policy([canary, rest], rollout={"steps": [{"setWeight": 50}, {"pause": {}}]}),
+            "configmaps/app.yaml": configmap("app", {"V": "2"}),
+        }
+    )
+    v2 = repo.commit("v2")
+
+    assert "paused" in gitops("sync", "shop", "--wait")
+    status = json.loads(gitops("status", "shop", "--json"))
+    active = status["active_rollout"]
+    assert (active["phase"], active["step"], active["weight"], active["waiting_for"]) == (
+        "Paused",
+        1,
+        50,
+        "approval",
+    )
+    listed = json.loads(gitops("rollouts", "--source", "shop", "--json"))
+    assert listed[0]["commit"] == v2
+    assert f"{active['id']:>5}  shop" in gitops("rollouts")
+
+    refused = gitops("promote", str(active["id"]), "--user", "vera", expect=1)
+    assert "vera may not promote" in refused
+    assert "no user named 'nobody'" in gitops("promote", str(active["id"]), "--user", "nobody", expect=1)
+
+    aborted = gitops("abort", str(active["id"]), "--user", "otto", "--reason", "bad canary")
+    assert "aborted: bad canary" in aborted
+    assert cluster.get_configmap(canary, "app")["data"] == {"V": "1"}
+
+    retried = gitops("retry", str(active["id"]), "--user", "otto")
+    assert "retried as rollout" in retried
+    again = int(retried.split("retried as rollout ")[1].split(",")[0])
+    from tests.workers import poll
+
+    poll(
+        lambda: json.loads(gitops("status", "shop", "--json"))["active_rollout"]["waiting_for"] == "approval",
+        timeout=60,
+        what="the retry to reach its gate",
+    )
+    assert f"rollout {again} promoted to 100% by otto" in gitops(
+        "promote", str(again), "--full", "--user", "otto"
+    )
+    poll(
+        lambda: cluster.get_configmap(rest, "app")["data"] == {"V": "2"}, timeout=60, what="the full promote"
+    )
+
+
+def test_grant_gives_a_role(gitops, people):
+    from django.contrib.auth.models import User
+
+    assert "vera is now approver" in gitops("grant", "vera", "--role", "approver")
+    assert User.objects.get(username="vera").has_perm("gitops.approve_rollout")
+    assert "invalid choice" in gitops("grant", "vera", "--role", "superhero", expect=2)

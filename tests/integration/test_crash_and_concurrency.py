@@ -88,3 +88,56 @@ def test_two_workers_given_the_same_source_log_each_change_once(
     logged = Counter((c.namespace, c.name) for c in Change.objects.filter(source=source))
     assert len(logged) == 200
     assert set(logged.values()) == {1}
+
+
+def test_a_worker_killed_during_a_rollout_step_then_the_rollout_finishes_logging_each_change_once(
+    repo, make_namespaces, make_source, start_worker, celery_worker, cluster, people
+):
+    from gitops import rollouts
+    from gitops.models import Rollout
+    from gitops.tasks import sync_source
+
+    canary, rest = make_namespaces("canary", "rest")
+    repo.write("sluice.yaml", policy([canary, rest]))
+    many_configmaps(repo, 250)
+    repo.commit("v1")
+    source = make_source()
+    queue = f"crash-step-{source.pk}"
+    start_worker(queues=queue)
+    assert sync_source.apply_async((source.pk,), queue=queue).get(timeout=180)["outcome"] == "applied"
+
+    repo.write("sluice.yaml", policy([canary, rest], rollout={"steps": [{"setWeight": 50}, {"pause": {}}]}))
+    for index in range(250):
+        repo.write(
+            f"configmaps/cm-{index:04d}.yaml", configmap(f"cm-{index:04d}", {"index": str(index), "v": "2"})
+        )
+    v2 = repo.commit("v2")
+    doomed = start_worker(concurrency=1, queues=queue, env_overrides={"SLUICE_APPLY_CONCURRENCY": "1"})
+
+    def updated_in_canary() -> int:
+        return sum(1 for cm in cluster.list_configmaps(canary) if cm.get("data", {}).get("v") == "2")
+
+    sync_source.apply_async((source.pk,), queue=queue)
+    poll(lambda: updated_in_canary() >= 20, timeout=60, interval=0.02, what="the canary step to be under way")
+    doomed.kill()
+    assert 0 < updated_in_canary() < 250, "the kill must land inside the step"
+
+    start_worker(queues=queue)
+    result = sync_source.apply_async((source.pk,), queue=queue).get(timeout=180)
+    assert result["rollout"]["phase"] == "Paused"
+    assert updated_in_canary() == 250
+    assert not any(cm.get("data", {}).get("v") == "2" for cm in cluster.list_configmaps(rest))
+
+    rollout = Rollout.objects.get(source=source, revision__commit=v2)
+    rollouts.promote(rollout.pk, user=people["approver"])
+    poll(
+        lambda: Rollout.objects.get(pk=rollout.pk).phase == "Completed",
+        timeout=120,
+        what="the rollout to finish",
+    )
+
+    logged = Counter((c.namespace, c.name) for c in Change.objects.filter(source=source, commit=v2))
+    assert len(logged) == 500
+    assert set(logged.values()) == {1}, "each change of the rollout is logged exactly once"
+    steps = Counter((c.namespace, c.step_index, c.weight, c.actor) for c in Change.objects.filter(commit=v2))
+    assert steps == {(canary, 0, 50, "sluice"): 250, (rest, 2, 100, "otto"): 250}

@@ -399,6 +399,7 @@ def test_a_changed_variant_type_switches_at_100_only(
     new = {"flags": {"mode": _flag({"fast": "fast", "safe": "safe"}, "safe")}}
     inlined = _flag(ON_OFF, "off", {"if": [PAID, "on"]})
     expected = publish(old).results("mode", "boolean", CONTEXTS)
+    assert set(expected.values()) == {"true", "false"}
     assert keys_by_result(publish(new), "mode", "string", CONTEXTS).keys() == {'"safe"'}
     for weight in (25, 50, 75):
         published = canary_flag_set(old, new, weight)

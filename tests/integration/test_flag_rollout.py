@@ -1,0 +1,121 @@
+"""A flag rollout checked with the real flagd evaluator, reading what Sluice published to the cluster."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gitops import rollouts
+from tests.flagd import KEYS, Evaluator, evaluate
+from tests.gitrepo import policy
+from tests.integration.test_rollouts import wait_for
+from tests.workers import ARTIFACTS
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+OLD = {
+    "flags": {
+        "new-checkout": {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "off"},
+        "banner": {
+            "state": "ENABLED",
+            "variants": {"blue": "blue", "green": "green"},
+            "defaultVariant": "blue",
+        },
+        "untouched": {"state": "ENABLED", "variants": {"a": "a", "b": "b"}, "defaultVariant": "b"},
+    }
+}
+NEW = {
+    "flags": {
+        # The default flips, for everyone.
+        "new-checkout": {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "on"},
+        # Targeting arrives, with its own fractional split.
+        "banner": {
+            "state": "ENABLED",
+            "variants": {"blue": "blue", "green": "green", "red": "red"},
+            "defaultVariant": "blue",
+            "targeting": {"fractional": [["green", 50], ["red", 50]]},
+        },
+        "untouched": {"state": "ENABLED", "variants": {"a": "a", "b": "b"}, "defaultVariant": "b"},
+    }
+}
+WEIGHTS = (10, 50, 90)
+
+
+def published(cluster, namespace: str) -> str:
+    return cluster.get_configmap(namespace, "checkout")["data"]["checkout.flagd.json"]
+
+
+def test_flag_changes_reach_a_sticky_growing_share_of_users(
+    repo, make_namespaces, make_source, sync, cluster, people, tmp_path
+):
+    app, flags_ns = make_namespaces("app", "flags")
+    repo.write_all(
+        {"sluice.yaml": policy([app], flags={"namespace": flags_ns}), "flags/checkout.json": json.dumps(OLD)}
+    )
+    v1 = repo.commit("v1")
+    source = make_source()
+    assert sync(source)["outcome"] == "applied"
+
+    steps = []
+    for weight in WEIGHTS:
+        steps += [{"setWeight": weight}, {"pause": {}}]
+    repo.write_all(
+        {
+            "sluice.yaml": policy([app], flags={"namespace": flags_ns}, rollout={"steps": steps}),
+            "flags/checkout.json": json.dumps(NEW),
+        }
+    )
+    v2 = repo.commit("v2")
+
+    old_results = {
+        flag: evaluate(OLD, flag, default, tmp_path)
+        for flag, default in (("new-checkout", False), ("banner", ""))
+    }
+    new_results = {
+        flag: evaluate(NEW, flag, default, tmp_path)
+        for flag, default in (("new-checkout", False), ("banner", ""))
+    }
+    differing = {
+        flag: {k for k in KEYS if old_results[flag][k] != new_results[flag][k]} for flag in old_results
+    }
+    assert len(differing["new-checkout"]) == 10_000
+    assert len(differing["banner"]) == 10_000  # new targeting sends every key to green or red
+
+    sync(source)
+    measured: list[str] = []
+    previous: dict[str, set[str]] = {flag: set() for flag in old_results}
+    for weight in WEIGHTS:
+        paused = wait_for(source, phase="Paused", waiting_for="approval", weight=weight)
+        evaluator = Evaluator(published(cluster, flags_ns), tmp_path)
+        try:
+            for flag, default in (("new-checkout", False), ("banner", "")):
+                served = evaluator.values(flag, default)
+                for key in KEYS:
+                    assert served[key] in (old_results[flag][key], new_results[flag][key]), (flag, key)
+                got_new = {k for k in differing[flag] if served[k] == new_results[flag][k]}
+                share = 100 * len(got_new) / len(differing[flag])
+                measured.append(f"{flag} at {weight}%: {share:.2f}% of 10,000 keys got the new result")
+                assert abs(share - weight) <= 2, f"{flag} at {weight}%: {share:.2f}% got the new result"
+                assert previous[flag] <= got_new, f"{flag}: users who had the new result lost it at {weight}%"
+                previous[flag] = got_new
+            assert evaluator.values("untouched", "") == evaluate(NEW, "untouched", "", tmp_path)
+        finally:
+            evaluator.close()
+        rollouts.promote(paused.pk, user=people["approver"])
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "flag-rollout-shares.txt").write_text("\n".join(measured) + "\n")
+    done = wait_for(source, phase="Completed")
+    assert done.weight == 100
+    final = json.loads(published(cluster, flags_ns))
+    assert final["flags"] == NEW["flags"], "at 100% the published flag set is exactly Git's"
+    assert final["metadata"] == {"sluiceCommit": v2, "sluiceSource": source.name}
+    evaluator = Evaluator(published(cluster, flags_ns), tmp_path)
+    try:
+        details = evaluator.details("new-checkout", False)
+        assert details.value is True
+        assert details.flag_metadata["sluiceCommit"] == v2, "every evaluation names the commit it came from"
+    finally:
+        evaluator.close()
+    assert v1 != v2
