@@ -20,7 +20,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from gitops import apply, rollouts
+from gitops import apply, rollouts, selectors
 from gitops.desired.errors import RevisionRejected, ValidationError
 from gitops.desired.revision import DesiredState, ParseCache, load_revision
 from gitops.errors import PermanentError, TemporaryError
@@ -189,7 +189,7 @@ def _reconcile(source: Source, *, actor: str, retry_failed: bool) -> SyncResult:
     result.outcome = note or outcome.outcome
     result.summary = outcome.summary
     result.errors = outcome.failures
-    result.rollout = rollout_summary(rollout)
+    result.rollout = selectors.rollout_status(rollout)
     if resumed:
         result.summary["resumed"] = resumed
     Revision.objects.filter(pk=head.pk).update(summary=result.summary)
@@ -210,20 +210,6 @@ def _finish(source: Source, failures: list[str]) -> None:
     Source.objects.filter(pk=source.pk).update(
         last_synced_at=now, last_error="; ".join(failures[:5]), next_poll_at=now + source.poll_interval
     )
-
-
-def rollout_summary(rollout: Rollout) -> dict[str, Any]:
-    return {
-        "id": rollout.pk,
-        "commit": rollout.revision.commit,
-        "phase": rollout.phase,
-        "step": rollout.step_index,
-        "steps": len(rollout.steps),
-        "weight": rollout.weight,
-        "waiting_for": rollout.waiting_for,
-        "pause_until": rollout.pause_until.isoformat() if rollout.pause_until else None,
-        "message": rollout.message,
-    }
 
 
 def _format_error(error: Mapping[str, Any]) -> str:

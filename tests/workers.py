@@ -97,3 +97,31 @@ class WorkerProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def running_beat(env: dict[str, str], schedule: Path, *, sweep_seconds: float = 1, name: str = "beat"):
+    """A real ``celery beat`` whose sweep runs every ``sweep_seconds``; stopped on exit."""
+    log_path = ARTIFACTS / f"{name}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as log:
+        beat = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "gitops",
+                "beat",
+                "--loglevel=INFO",
+                f"--schedule={schedule}",
+            ],
+            env={**env, "SLUICE_POLL_SWEEP_SECONDS": str(sweep_seconds)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield beat, log_path
+    finally:
+        beat.terminate()
+        beat.wait(timeout=30)

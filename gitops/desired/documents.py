@@ -130,12 +130,20 @@ def _syntax_error(file: str, exc: yaml.YAMLError) -> ValidationError:
     return ValidationError(file, mark.line + 1 if mark else None, "", message)
 
 
+def _decode(file: str, content: bytes | str) -> tuple[str, ValidationError | None]:
+    if isinstance(content, str):
+        return content, None
+    try:
+        return content.decode("utf-8"), None
+    except UnicodeDecodeError as exc:
+        return "", ValidationError(file, None, "", f"not UTF-8 text: {exc.reason} at byte {exc.start}")
+
+
 def load_yaml(file: str, content: bytes | str) -> tuple[list[Document], list[ValidationError]]:
     """All documents of a (multi-document) YAML file; empty documents are dropped."""
-    try:
-        text = content.decode("utf-8") if isinstance(content, bytes) else content
-    except UnicodeDecodeError as exc:
-        return [], [ValidationError(file, None, "", f"not UTF-8 text: {exc.reason} at byte {exc.start}")]
+    text, problem = _decode(file, content)
+    if problem:
+        return [], [problem]
     documents: list[Document] = []
     errors: list[ValidationError] = []
     try:
@@ -163,10 +171,9 @@ def _compose_all(text: str) -> Iterator[yaml.Node | None]:
 
 def load_json(file: str, content: bytes | str) -> tuple[list[Document], list[ValidationError]]:
     """One JSON document, with JSON's own syntax rules and YAML-derived line numbers."""
-    try:
-        text = content.decode("utf-8") if isinstance(content, bytes) else content
-    except UnicodeDecodeError as exc:
-        return [], [ValidationError(file, None, "", f"not UTF-8 text: {exc.reason} at byte {exc.start}")]
+    text, problem = _decode(file, content)
+    if problem:
+        return [], [problem]
     duplicates: list[str] = []
 
     def reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

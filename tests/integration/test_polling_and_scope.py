@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from datetime import timedelta
 
 import pytest
@@ -13,7 +11,7 @@ from gitops import services
 from gitops.cluster import Cluster
 from gitops.models import Source
 from tests.gitrepo import configmap, policy
-from tests.workers import ARTIFACTS, poll
+from tests.workers import poll, running_beat
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -25,15 +23,7 @@ def test_beat_polls_a_source_and_a_new_commit_arrives_without_a_manual_sync(
     repo.write_all({"sluice.yaml": policy([namespace]), "configmaps/app.yaml": configmap("app", {"v": "1"})})
     repo.commit()
     make_source(poll_interval=timedelta(seconds=5))
-    log_path = ARTIFACTS / "beat-polling.log"
-    with open(log_path, "wb") as log:
-        beat = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "gitops", "beat", f"--schedule={tmp_path / 'schedule'}"],
-            env={**worker_env, "SLUICE_POLL_SWEEP_SECONDS": "1"},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
+    with running_beat(worker_env, tmp_path / "schedule", name="beat-polling"):
         poll(lambda: cluster.get_configmap(namespace, "app"), timeout=60, interval=0.2, what="the first poll")
         repo.write("configmaps/app.yaml", configmap("app", {"v": "2"}))
         repo.commit()
@@ -43,9 +33,6 @@ def test_beat_polls_a_source_and_a_new_commit_arrives_without_a_manual_sync(
             interval=0.2,
             what="the next poll to apply the new commit",
         )
-    finally:
-        beat.terminate()
-        beat.wait(timeout=30)
 
 
 def test_a_due_source_is_claimed_once_even_when_two_sweeps_race(make_source):

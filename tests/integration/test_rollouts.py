@@ -11,7 +11,7 @@ from gitops import rollouts
 from gitops.models import Approval, Change, Revision, Rollout, RolloutEvent
 from gitops.rollouts import RolloutError
 from tests.gitrepo import configmap, policy
-from tests.workers import poll
+from tests.workers import poll, running_beat
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -183,11 +183,6 @@ def test_an_approval_never_carries_over_to_another_revision(
 def test_a_timed_pause_resumes_after_the_worker_restarts(
     repo, make_namespaces, make_source, sync, cluster, celery_worker, worker_env, tmp_path
 ):
-    import subprocess
-    import sys
-
-    from tests.workers import ARTIFACTS
-
     targets = make_namespaces("canary", "rest")
     source, _, _ = start_rollout(
         repo,
@@ -200,20 +195,9 @@ def test_a_timed_pause_resumes_after_the_worker_restarts(
 
     # The worker holding the timer's ETA task dies; beat's sweep must pick the rollout up.
     celery_worker.kill()
-    log_path = ARTIFACTS / "beat-rollout-timer.log"
-    with open(log_path, "wb") as log:
-        beat = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "gitops", "beat", f"--schedule={tmp_path / 'schedule'}"],
-            env={**worker_env, "SLUICE_POLL_SWEEP_SECONDS": "1"},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
+    with running_beat(worker_env, tmp_path / "schedule", name="beat-rollout-timer"):
         celery_worker.start()
         wait_for(source, phase="Completed", timeout=60)
-    finally:
-        beat.terminate()
-        beat.wait(timeout=30)
     assert versions(cluster, targets) == ["2", "2"]
 
 
