@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help setup stack stack-down stack-status control-plane demo test test-unit lint format bench clean
+.PHONY: help setup stack stack-down stack-status control-plane browser demo test test-unit lint format bench clean
 
 help:
 	@echo "make demo        run Sluice on the embedded stack (web, worker, beat)"
@@ -52,7 +52,10 @@ lint: setup
 	$(BIN)/lint-imports
 	$(BIN)/mypy gitops
 
-test: setup lint
+browser:
+	bash scripts/ensure-chromium.sh
+
+test: setup lint browser
 	$(BIN)/pytest
 
 test-unit: setup

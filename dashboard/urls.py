@@ -2,12 +2,19 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from dashboard import views
+from dashboard.api import api
 
 app_name = "dashboard"
 
 urlpatterns = [
     path("", views.overview, name="overview"),
     path("healthz", views.healthz, name="healthz"),
+    path("sources/<slug:name>/", views.source_detail, name="source"),
+    path("sources/<slug:name>/sync", views.source_sync, name="source-sync"),
+    path("rollouts/<int:rollout_id>/", views.rollout_detail, name="rollout"),
+    path("rollouts/<int:rollout_id>/<slug:action>", views.rollout_action, name="rollout-action"),
+    path("changes/", views.change_log, name="changes"),
     path("login/", auth_views.LoginView.as_view(template_name="dashboard/login.html"), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("api/", api.urls),
 ]

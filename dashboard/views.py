@@ -1,7 +1,36 @@
-from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import render
-from django.views.decorators.http import require_GET
+"""Dashboard pages. Reads go through gitops.selectors; every action calls a gitops service.
+
+Every page needs a login; every POST is CSRF-checked by Django's middleware and
+checked for its permission here, on the server, whatever the page showed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required, permission_required
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
+from django.views.decorators.http import require_GET, require_POST
+
+from gitops import rollouts, selectors, services
+from gitops.errors import GitopsError
+from gitops.models import Approval, Change, ManagedObject, Rollout, RolloutEvent, Source
+from gitops.sources import redact_url
+
+PAGE_SIZE = 50
+EXPORT_LIMIT = 100_000
+CHANGE_FILTERS = ("source", "commit", "namespace", "name", "action", "actor")
 
 
 @require_GET
@@ -9,6 +38,225 @@ def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
+def can_act(user: Any) -> bool:
+    return bool(user.has_perm(rollouts.APPROVE_PERMISSION))
+
+
+def can_sync(user: Any) -> bool:
+    return can_act(user) or bool(user.has_perm("gitops.change_source"))
+
+
+# -- overview ----------------------------------------------------------------------
+
+
 @login_required
+@permission_required("gitops.view_source", raise_exception=True)
 def overview(request: HttpRequest) -> HttpResponse:
-    return render(request, "dashboard/overview.html")
+    search = request.GET.get("q", "").strip()[:100]
+    page = int(request.GET["page"]) if request.GET.get("page", "").isdigit() else 1
+    rows, total = selectors.overview_rows(search=search, page=page)
+    pages = max(1, -(-total // selectors.OVERVIEW_PAGE))
+    context = {
+        "rows": rows,
+        "total": total,
+        "search": search,
+        "page": min(page, pages),
+        "pages": pages,
+        "previous_page": page - 1 if page > 1 else None,
+        "next_page": page + 1 if page < pages else None,
+    }
+    template = "dashboard/_sources.html" if request.headers.get("HX-Request") else "dashboard/overview.html"
+    return render(request, template, context)
+
+
+# -- source ---------------------------------------------------------------------------
+
+
+@login_required
+@permission_required("gitops.view_source", raise_exception=True)
+def source_detail(request: HttpRequest, name: str) -> HttpResponse:
+    source = get_object_or_404(Source, name=name)
+    context = {
+        "source": source,
+        "url": redact_url(source.url),
+        "revisions": list(source.revisions.order_by("-fetched_at", "-id")[:20]),
+        "plan": source.last_plan or {},
+        "managed": list(ManagedObject.objects.filter(source=source).order_by("namespace", "name")[:500]),
+        "rollouts": list(source.rollouts.select_related("revision").order_by("-id")[:10]),
+        "can_sync": can_sync(request.user),
+    }
+    return render(request, "dashboard/source.html", context)
+
+
+@login_required
+@require_POST
+def source_sync(request: HttpRequest, name: str) -> HttpResponse:
+    if not can_sync(request.user):
+        raise PermissionDenied("you may not sync sources")
+    source = get_object_or_404(Source, name=name)
+    with transaction.atomic():
+        services.enqueue_sync(source, actor=request.user.get_username())
+    messages.success(request, f"Sync of {source.name} queued.")
+    return redirect("dashboard:source", name=source.name)
+
+
+# -- rollout --------------------------------------------------------------------------
+
+
+def _rollout_context(request: HttpRequest, rollout: Rollout) -> dict[str, Any]:
+    now = timezone.now()
+    return {
+        "rollout": rollout,
+        "source": rollout.source,
+        "revision": rollout.revision,
+        "steps": list(enumerate(rollout.steps)),
+        "targets": selectors.rollout_targets(rollout),
+        "events": list(RolloutEvent.objects.filter(rollout=rollout).order_by("at", "id")),
+        "approvals": list(Approval.objects.filter(rollout=rollout).order_by("at")),
+        "seconds_left": max(0, int((rollout.pause_until - now).total_seconds()))
+        if rollout.pause_until
+        else None,
+        "can_act": can_act(request.user),
+        "at_gate": rollout.phase == Rollout.Phase.PAUSED and rollout.waiting_for == Rollout.Waiting.APPROVAL,
+    }
+
+
+@login_required
+@permission_required("gitops.view_rollout", raise_exception=True)
+def rollout_detail(request: HttpRequest, rollout_id: int) -> HttpResponse:
+    rollout = get_object_or_404(Rollout.objects.select_related("source", "revision"), pk=rollout_id)
+    template = (
+        "dashboard/_rollout_live.html" if request.headers.get("HX-Request") else "dashboard/rollout.html"
+    )
+    return render(request, template, _rollout_context(request, rollout))
+
+
+@login_required
+@require_POST
+def rollout_action(request: HttpRequest, rollout_id: int, action: str) -> HttpResponse:
+    """Promote, promote to 100%, abort or retry: the same services as the CLI and the API."""
+    user = request.user
+    comment = request.POST.get("comment", "").strip()[:2000]
+    try:
+        if action == "promote":
+            rollouts.promote(rollout_id, user=user, comment=comment)  # type: ignore[arg-type]
+            messages.success(request, "Approval recorded.")
+        elif action == "promote-full":
+            rollouts.promote(rollout_id, user=user, full=True, comment=comment)  # type: ignore[arg-type]
+            messages.success(request, "Promotion to 100% recorded.")
+        elif action == "abort":
+            rollouts.abort(rollout_id, user=user, reason=comment)  # type: ignore[arg-type]
+            messages.success(request, "Abort requested: rolling back.")
+        elif action == "retry":
+            again = rollouts.retry(rollout_id, user=user)  # type: ignore[arg-type]
+            messages.success(request, f"Retried as rollout {again.pk}.")
+            return _go_to_rollout(request, again.pk)
+        else:
+            return HttpResponse(status=404)
+    except GitopsError as exc:
+        messages.error(request, str(exc))
+    if request.headers.get("HX-Request"):
+        # htmx swaps the live block in place: the page is never reloaded.
+        rollout = get_object_or_404(Rollout.objects.select_related("source", "revision"), pk=rollout_id)
+        return render(request, "dashboard/_rollout_live.html", _rollout_context(request, rollout))
+    return redirect("dashboard:rollout", rollout_id=rollout_id)
+
+
+def _go_to_rollout(request: HttpRequest, rollout_id: int) -> HttpResponse:
+    if request.headers.get("HX-Request"):
+        response = HttpResponse(status=204)
+        response["HX-Redirect"] = reverse("dashboard:rollout", args=[rollout_id])
+        return response
+    return redirect("dashboard:rollout", rollout_id=rollout_id)
+
+
+# -- change log -------------------------------------------------------------------------
+
+
+def _filtered_changes(request: HttpRequest) -> tuple[Any, dict[str, str]]:
+    filters = {key: request.GET.get(key, "").strip() for key in (*CHANGE_FILTERS, "since", "until")}
+    changes = selectors.change_log(**{key: filters[key] or None for key in CHANGE_FILTERS})
+    since, until = _moment(filters["since"]), _moment(filters["until"], end_of_day=True)
+    if since:
+        changes = changes.filter(at__gte=since)
+    if until:
+        changes = changes.filter(at__lte=until)
+    return changes, filters
+
+
+def _moment(text: str, *, end_of_day: bool = False) -> datetime | None:
+    if not text:
+        return None
+    moment = parse_datetime(text)
+    if moment is None and (day := parse_date(text)):
+        moment = datetime.combine(day, datetime.max.time() if end_of_day else datetime.min.time())
+    if moment is not None and timezone.is_naive(moment):
+        moment = timezone.make_aware(moment)
+    return moment
+
+
+@login_required
+@permission_required("gitops.view_change", raise_exception=True)
+def change_log(request: HttpRequest) -> HttpResponse:
+    changes, filters = _filtered_changes(request)
+    export = request.GET.get("format")
+    if export in ("csv", "json"):
+        return _export(changes, export)
+    # Keyset pagination: a deep page costs what the first one does.
+    before = request.GET.get("before", "")
+    if before.isdigit():
+        changes = changes.filter(id__lt=int(before))
+    page = list(changes.order_by("-id").select_related("source")[: PAGE_SIZE + 1])
+    has_more = len(page) > PAGE_SIZE
+    page = page[:PAGE_SIZE]
+    query = "&".join(f"{key}={value}" for key, value in filters.items() if value)
+    context = {
+        "changes": page,
+        "filters": filters,
+        "query": query,
+        "next_before": page[-1].pk if has_more and page else None,
+        "actions": Change.Action.values,
+        "sources": list(Source.objects.order_by("name").values_list("name", flat=True)),
+    }
+    return render(request, "dashboard/changes.html", context)
+
+
+def _export(changes: Any, kind: str) -> HttpResponse:
+    rows = changes.order_by("-id").select_related("source")[:EXPORT_LIMIT]
+    if kind == "json":
+        return JsonResponse([selectors.change_as_dict(change) for change in rows], safe=False)
+
+    class Echo:
+        def write(self, value: str) -> str:
+            return value
+
+    writer = csv.writer(Echo())
+    columns = [
+        "at",
+        "source",
+        "commit",
+        "cluster",
+        "namespace",
+        "kind",
+        "name",
+        "action",
+        "actor",
+        "step",
+        "weight",
+        "result",
+        "error",
+        "before_hash",
+        "after_hash",
+    ]
+
+    def lines() -> Iterator[str]:
+        yield writer.writerow(columns)
+        for change in rows.iterator(chunk_size=2000):
+            entry = selectors.change_as_dict(change)
+            yield writer.writerow(
+                [entry[c] if not isinstance(entry[c], dict | list) else json.dumps(entry[c]) for c in columns]
+            )
+
+    response = StreamingHttpResponse(lines(), content_type="text/csv")
+    response["Content-Disposition"] = 'attachment; filename="sluice-changes.csv"'
+    return response

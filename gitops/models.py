@@ -63,6 +63,10 @@ class Source(models.Model):
     last_synced_at = models.DateTimeField(null=True, blank=True)
     last_commit = models.CharField(max_length=40, blank=True, default="")
     last_error = models.TextField(blank=True, default="")
+    # The plan the last reconcile computed (items that were not unchanged), for pages and the API.
+    last_plan = ContentJSONField(default=dict, blank=True)
+    # A Git host page for a commit, e.g. https://github.com/org/repo/commit/{commit}
+    commit_url_template = models.CharField(max_length=500, blank=True, default="")
 
     class Meta:
         ordering: ClassVar[list[str]] = ["name"]

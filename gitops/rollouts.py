@@ -27,7 +27,7 @@ from gitops.desired.policy import Analysis, Pause, SetWeight, steps_from_json
 from gitops.desired.revision import DesiredState, flag_set_key, unstamped
 from gitops.errors import PermanentError
 from gitops.models import ApplyIntent, Approval, Change, Revision, Rollout, RolloutEvent, Source
-from gitops.plan import plan
+from gitops.plan import Plan, plan
 from gitops.rollout.analysis import run_analysis
 from gitops.rollout.engine import desired_at_weight, desired_hash, held_keys
 
@@ -330,11 +330,23 @@ def apply_weight(
         held=held_keys(desired, weight),
         prune_allowed=weight >= 100,
     )
+    Source.objects.filter(pk=source.pk).update(last_plan=plan_snapshot(current, weight=weight))
     intents = apply.write_intents(
         source, rollout, current, actor=actor, step_index=step_index, weight=weight, retry_failed=retry_failed
     )
     failures = apply.execute_intents(intents)
     return StepOutcome("applied" if intents else "unchanged", current.summary(), failures)
+
+
+def plan_snapshot(current: Plan, *, weight: int) -> dict[str, Any]:
+    """What pages show as the current plan: every item that is not unchanged, key by key."""
+    return {
+        "commit": current.commit,
+        "weight": weight,
+        "computed_at": timezone.now().isoformat(),
+        "summary": current.summary(),
+        "items": [item.as_dict() for item in current.items if item.action.value != "unchanged"],
+    }
 
 
 def flag_baselines(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from django.db.models import Count, QuerySet
+from django.db.models.fields.json import KeyTransform
 
 from gitops.desired.errors import ValidationError
 from gitops.models import Change, ManagedObject, Revision, Rollout, Source
@@ -124,3 +126,117 @@ def changes_per_object(source: Source) -> dict[tuple[str, str], int]:
 
 def _iso(value: Any) -> str | None:
     return value.isoformat() if value else None
+
+
+# -- dashboard ------------------------------------------------------------------------
+
+SYNC_STATES = ("Synced", "OutOfSync", "Progressing", "Paused", "Degraded", "Error")
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    source: Source
+    state: str
+    revision: Revision | None
+    active: Rollout | None
+    drift: int
+
+    @property
+    def errors(self) -> list[ValidationError]:
+        if self.revision is None or self.revision.outcome != Revision.Outcome.REJECTED:
+            return []
+        return [ValidationError.from_dict(e) for e in self.revision.errors]
+
+
+def sync_state(
+    source: Source, revision: Revision | None, active: Rollout | None, last: Rollout | None
+) -> str:
+    """One word for a source, as Argo CD users expect it."""
+    if (revision is not None and revision.outcome == Revision.Outcome.REJECTED) or source.last_error:
+        return "Error"
+    if active is not None:
+        return "Paused" if active.phase == Rollout.Phase.PAUSED else "Progressing"
+    if last is not None and last.phase in (Rollout.Phase.ABORTED, Rollout.Phase.FAILED):
+        return "Degraded"
+    summary = (source.last_plan or {}).get("summary", {})
+    out_of_sync = any(summary.get(action) for action in ("drift", "conflict", "orphan", "held"))
+    if revision is None or last is None or out_of_sync:
+        return "OutOfSync"
+    return "Synced"
+
+
+OVERVIEW_PAGE = 100
+
+
+def overview_rows(*, search: str = "", page: int = 1) -> tuple[list[SourceRow], int]:
+    """One page of sources with their state, in a fixed number of queries; and how many sources match."""
+    matching = Source.objects.order_by("name")
+    if search:
+        matching = matching.filter(name__icontains=search)
+    total = matching.count()
+    start = (max(page, 1) - 1) * OVERVIEW_PAGE
+    # Only the plan's summary is needed here, not every item of every plan.
+    sources = list(
+        matching.defer("last_plan").annotate(plan_summary=KeyTransform("summary", "last_plan"))[
+            start : start + OVERVIEW_PAGE
+        ]
+    )
+    ids = [source.pk for source in sources]
+    latest_revisions = {
+        r.source_id: r
+        for r in Revision.objects.filter(source_id__in=ids)
+        .defer("summary")
+        .order_by("source_id", "-fetched_at", "-id")
+        .distinct("source_id")
+    }
+    latest_rollouts = {
+        r.source_id: r
+        for r in Rollout.objects.filter(source_id__in=ids)
+        .select_related("revision")
+        .only(
+            "id",
+            "source_id",
+            "phase",
+            "step_index",
+            "weight",
+            "waiting_for",
+            "steps",
+            "revision__commit",
+        )
+        .order_by("source_id", "-id")
+        .distinct("source_id")
+    }
+    rows = []
+    for source in sources:
+        last = latest_rollouts.get(source.pk)
+        active = last if last is not None and last.is_active else None
+        summary = getattr(source, "plan_summary", None) or {}
+        source.last_plan = {"summary": summary}
+        rows.append(
+            SourceRow(
+                source=source,
+                state=sync_state(source, latest_revisions.get(source.pk), active, last),
+                revision=latest_revisions.get(source.pk),
+                active=active,
+                drift=summary.get("drift", 0) + summary.get("self-heal", 0),
+            )
+        )
+    return rows, total
+
+
+def rollout_targets(rollout: Rollout) -> list[dict[str, Any]]:
+    """Each object the rollout has changed so far, with the step and weight that changed it."""
+    changed: dict[tuple[str, str], dict[str, Any]] = {}
+    rows = Change.objects.filter(rollout=rollout).order_by("id")
+    for row in rows.values("namespace", "name", "action", "step_index", "weight", "result", "at", "actor"):
+        changed[(row["namespace"], row["name"])] = {
+            "namespace": row["namespace"],
+            "name": row["name"],
+            "action": row["action"],
+            "step": row["step_index"],
+            "weight": row["weight"],
+            "result": row["result"],
+            "at": row["at"],
+            "actor": row["actor"],
+        }
+    return sorted(changed.values(), key=lambda t: (t["namespace"], t["name"]))

@@ -102,6 +102,7 @@ def add_source(
     poll_interval: timedelta = timedelta(seconds=60),
     credentials_ref: str = "",
     allowed_namespaces: Sequence[str] = (),
+    commit_url_template: str = "",
 ) -> Source:
     if redact_url(url) != url:
         raise PermanentError("the URL must not contain credentials; use --credentials env:VAR or file:/path")
@@ -113,6 +114,7 @@ def add_source(
         poll_interval=poll_interval,
         credentials_ref=credentials_ref,
         allowed_namespaces=list(allowed_namespaces),
+        commit_url_template=commit_url_template,
     )
     source.full_clean()
     source.save()

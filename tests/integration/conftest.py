@@ -5,7 +5,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.gitrepo import GitRepo
+from tests.gitrepo import GitRepo, configmap, policy
 
 
 @pytest.fixture
@@ -114,3 +114,24 @@ def people(db):
         "second_approver": user("pia", "approver", "pia@example.com"),
         "author": user("ada", "approver", "ada@example.com"),
     }
+
+
+@pytest.fixture
+def paused_rollout(repo, make_namespaces, make_source, sync, people):
+    """A source whose second commit waits for approval at 50%."""
+    targets = make_namespaces("canary", "rest")
+    repo.write_all({"sluice.yaml": policy(targets), "configmaps/app.yaml": configmap("app", {"V": "1"})})
+    repo.commit("v1")
+    source = make_source(commit_url_template="https://git.example.com/shop/commit/{commit}")
+    sync(source)
+    repo.write_all(
+        {
+            "sluice.yaml": policy(targets, rollout={"steps": [{"setWeight": 50}, {"pause": {}}]}),
+            "configmaps/app.yaml": configmap("app", {"V": "2", "GREETING": "hello\nworld\n"}),
+        }
+    )
+    repo.commit("v2: greet")
+    sync(source)
+    from tests.rollouts import wait_for
+
+    return wait_for(source, phase="Paused", waiting_for="approval")

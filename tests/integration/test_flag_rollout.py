@@ -9,7 +9,7 @@ import pytest
 from gitops import rollouts
 from tests.flagd import KEYS, Evaluator, evaluate
 from tests.gitrepo import policy
-from tests.integration.test_rollouts import wait_for
+from tests.rollouts import wait_for
 from tests.workers import ARTIFACTS
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -11,6 +11,7 @@ from gitops import rollouts
 from gitops.models import Approval, Change, Revision, Rollout, RolloutEvent
 from gitops.rollouts import RolloutError
 from tests.gitrepo import configmap, policy
+from tests.rollouts import rollout_of, wait_for
 from tests.workers import poll, running_beat
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -23,18 +24,6 @@ def data_of(cluster, namespace: str, name: str = "app") -> dict | None:
 
 def versions(cluster, namespaces: list[str], name: str = "app") -> list[str | None]:
     return [(data_of(cluster, ns, name) or {}).get("VERSION") for ns in namespaces]
-
-
-def rollout_of(source) -> Rollout:
-    return Rollout.objects.filter(source=source).order_by("-id").first()
-
-
-def wait_for(source, *, timeout: float = 60, **expected) -> Rollout:
-    def reached():
-        current = rollout_of(source)
-        return current if current and all(getattr(current, k) == v for k, v in expected.items()) else None
-
-    return poll(reached, timeout=timeout, interval=0.1, what=f"rollout of {source.name} to reach {expected}")
 
 
 def start_rollout(

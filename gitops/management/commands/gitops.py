@@ -67,6 +67,11 @@ class Command(BaseCommand):
             help="where the token or key lives: env:VAR, file:/path or ssh-key:/path",
         )
         add.add_argument(
+            "--commit-url",
+            default="",
+            help="the Git host's page for a commit, e.g. https://github.com/org/repo/commit/{commit}",
+        )
+        add.add_argument(
             "--allow-namespace",
             action="append",
             default=[],
@@ -152,6 +157,7 @@ class Command(BaseCommand):
             poll_interval=options["interval"],
             credentials_ref=options["credentials"],
             allowed_namespaces=options["allow_namespace"],
+            commit_url_template=options["commit_url"],
         )
         self.stdout.write(f"added source {source.name} ({source.url} @ {source.branch})")
 

@@ -1,0 +1,743 @@
+"""The JSON API (django-ninja), mounted at /api/.
+
+Every endpoint needs a caller: an API token (``Authorization: Bearer sluice_…``,
+see ``python manage.py api-token``) or a logged-in dashboard session. Session
+requests that change something must carry Django's CSRF token; token requests
+need none (nothing a browser sends by itself authenticates them).
+
+Callers have the permissions of their user's role (Django groups, see
+``gitops.roles``): reading needs the ``view_*`` permissions of the viewer role;
+promote, abort and retry need ``gitops.approve_rollout``; a sync needs that or
+the admin's ``gitops.change_source``. The use cases in ``gitops`` check and
+record who acted; this module only maps HTTP onto them.
+
+The OpenAPI document (/api/openapi.json) and its page (/api/docs) need a caller
+too: they hold no secret, but everything they describe needs one, so nobody
+who may use the API is kept from them, and they advertise nothing to others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from enum import StrEnum
+from functools import wraps
+from typing import Annotated, Any, cast
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import ObjectDoesNotExist, PermissionDenied
+from django.db import transaction
+from django.db.models import Count, QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
+from ninja import Field, NinjaAPI, Path, Query, Schema
+from ninja.errors import AuthenticationError, HttpError
+from ninja.security.apikey import APIKeyCookie
+from ninja.security.http import HttpBearer
+from pydantic import field_validator
+
+from dashboard.models import ApiToken
+from gitops import rollouts, selectors, services
+from gitops.desired.errors import ValidationError as RevisionError
+from gitops.errors import PermanentError, TemporaryError
+from gitops.models import Change, ManagedObject, Revision, Rollout, Source
+from gitops.sources import redact_url
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 200
+MAX_OFFSET = 1_000_000_000
+MAX_ID = 2**63 - 1  # PostgreSQL bigint
+
+APPROVE = "gitops.approve_rollout"
+CHANGE_SOURCE = "gitops.change_source"
+
+# Patterns keep what reaches the database to what can exist (no NUL bytes, no out-of-range ids).
+SOURCE_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+NAMESPACE = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+OBJECT_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+COMMIT_PREFIX = r"^[0-9a-fA-F]{1,40}$"
+NO_NUL = r"^[^\u0000]*$"
+
+
+# -- authentication ---------------------------------------------------------------------
+
+
+class TokenAuth(HttpBearer):
+    """``Authorization: Bearer <token>``; a token that is presented and not valid is a 401 at once."""
+
+    openapi_bearerFormat = "sluice API token"
+
+    def __call__(self, request: HttpRequest) -> User | None:
+        # Overridden so that nothing (ninja logs a malformed header when DEBUG is on) echoes the token.
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        return self.authenticate(request, token.strip())
+
+    def authenticate(self, request: HttpRequest, token: str) -> User | None:
+        row = ApiToken.objects.authenticate(token)
+        if row is None:
+            raise AuthenticationError(message="invalid, expired or revoked API token")
+        return cast(User, row.user)
+
+
+class SessionAuth(APIKeyCookie):
+    """The dashboard's login session. Checks CSRF, but only when the session authenticates someone:
+    an anonymous request has nothing a forged request could borrow, and gets a 401, not a 403."""
+
+    param_name = settings.SESSION_COOKIE_NAME
+
+    def __init__(self) -> None:
+        super().__init__(csrf=True)
+
+    def _get_key(self, request: HttpRequest) -> str | None:
+        if not request.user.is_authenticated:
+            return None
+        return super()._get_key(request)  # raises a 403 when the CSRF check fails
+
+    def authenticate(self, request: HttpRequest, key: str | None) -> User | None:
+        return cast(User, request.user) if request.user.is_authenticated else None
+
+
+def docs_access(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """The OpenAPI document and its page: for callers only (a session or a token)."""
+
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not request.user.is_authenticated:
+            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or ApiToken.objects.authenticate(token.strip()) is None:
+                if "text/html" in request.headers.get("Accept", ""):
+                    return redirect_to_login(request.get_full_path())
+                return unauthorized(request, AuthenticationError())
+        return view(request, *args, **kwargs)
+
+    return wrapped
+
+
+api = NinjaAPI(
+    title="Sluice API",
+    version="1",
+    description=(
+        "Sources, revisions, plans, rollouts and the change log of Sluice, and the actions approvers "
+        "take on them. Authenticate with `Authorization: Bearer <token>` "
+        "(`python manage.py api-token create USERNAME --name NAME`) or a dashboard session (with CSRF)."
+    ),
+    urls_namespace="dashboard:api",  # dashboard/urls.py includes it inside the dashboard namespace
+    auth=[TokenAuth(), SessionAuth()],
+    docs_decorator=docs_access,
+)
+
+
+def caller(request: HttpRequest) -> User:
+    return cast(User, request.auth)  # type: ignore[attr-defined]
+
+
+def require(request: HttpRequest, *permissions: str) -> User:
+    """The caller, when they hold every one of ``permissions``; else a 403."""
+    user = caller(request)
+    if not user.is_active or not user.has_perms(permissions):
+        raise PermissionDenied(f"{user.get_username()} may not do this")
+    return user
+
+
+# -- errors -------------------------------------------------------------------------------
+
+
+@api.exception_handler(AuthenticationError)
+def unauthorized(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
+    response = api.create_response(request, {"detail": exc.message}, status=401)
+    response["WWW-Authenticate"] = 'Bearer realm="sluice"'
+    return response
+
+
+@api.exception_handler(PermissionDenied)
+def forbidden(request: HttpRequest, exc: PermissionDenied) -> HttpResponse:
+    return api.create_response(request, {"detail": str(exc) or "Forbidden"}, status=403)
+
+
+@api.exception_handler(ObjectDoesNotExist)
+def not_found(request: HttpRequest, exc: ObjectDoesNotExist) -> HttpResponse:
+    return api.create_response(request, {"detail": "Not found"}, status=404)
+
+
+@api.exception_handler(PermanentError)
+def conflict(request: HttpRequest, exc: PermanentError) -> HttpResponse:
+    """RolloutError and other permanent failures: the request cannot succeed in the current state."""
+    return api.create_response(request, {"detail": redact_url(str(exc))}, status=409)
+
+
+@api.exception_handler(TemporaryError)
+def unavailable(request: HttpRequest, exc: TemporaryError) -> HttpResponse:
+    response = api.create_response(request, {"detail": redact_url(str(exc))}, status=503)
+    response["Retry-After"] = str(int(exc.delay or 5))
+    return response
+
+
+# -- schemas ------------------------------------------------------------------------------
+
+
+class ErrorOut(Schema):
+    detail: str
+
+
+class ValidationErrorOut(Schema):
+    detail: list[dict[str, Any]]
+
+
+class PageIn(Schema):
+    limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description=f"at most {MAX_LIMIT}")
+    offset: int = Field(0, ge=0, le=MAX_OFFSET)
+
+
+class RolloutOut(Schema):
+    """A rollout's state, as ``gitops status --json`` shows it."""
+
+    id: int
+    source: str
+    commit: str
+    phase: str
+    step: int
+    steps: int
+    weight: int
+    waiting_for: str
+    pause_until: datetime | None
+    approvals: int
+    approvals_required: int
+    message: str
+    created_at: datetime | None
+    finished_at: datetime | None
+
+
+class RevisionStatusOut(Schema):
+    commit: str
+    author: str
+    message: str
+    outcome: str
+    errors: list[str]
+    force_pushed_over: str
+    summary: dict[str, int]
+
+
+class PlanSummaryOut(Schema):
+    commit: str
+    weight: int
+    computed_at: datetime | None
+    summary: dict[str, int]
+
+
+class SourceOut(Schema):
+    name: str
+    url: str
+    branch: str
+    path: str
+    poll_interval_seconds: int
+    credentials_ref: str = Field(description="where the credentials live (env:VAR, file:/path); never them")
+    last_fetched_at: datetime | None
+    last_synced_at: datetime | None
+    commit: str
+    revision_outcome: str | None
+    managed_objects: int
+    drift: int
+    conflicts: int
+    active_rollout: RolloutOut | None
+    last_error: str
+
+
+class SourceDetailOut(SourceOut):
+    allowed_namespaces: list[str]
+    applied_commit: str
+    revision: RevisionStatusOut | None
+    plan: PlanSummaryOut | None
+
+
+class SourcePage(Schema):
+    items: list[SourceOut]
+    count: int
+    limit: int
+    offset: int
+
+
+class RevisionErrorOut(Schema):
+    file: str
+    line: int | None
+    field: str
+    message: str
+
+
+class RevisionOut(Schema):
+    id: int
+    commit: str
+    author_name: str
+    author_email: str
+    message: str
+    committed_at: datetime | None
+    fetched_at: datetime
+    outcome: str
+    errors: list[RevisionErrorOut]
+    force_pushed_over: str
+    summary: dict[str, int]
+
+
+class RevisionPage(Schema):
+    items: list[RevisionOut]
+    count: int
+    limit: int
+    offset: int
+
+
+class DiffOut(Schema):
+    op: str
+    field: str
+    key: str | None = None
+    old: Any = None
+    new: Any = None
+    unified: str | None = None
+
+
+class PlanItemOut(Schema):
+    namespace: str
+    name: str
+    kind: str
+    action: str
+    reason: str
+    origin: str | None
+    diff: list[DiffOut]
+
+
+class PlanOut(PlanSummaryOut):
+    source: str
+    items: list[PlanItemOut]
+
+
+class ApprovalOut(Schema):
+    username: str
+    step: int
+    commit: str
+    content_hash: str
+    comment: str
+    at: datetime
+
+
+class EventOut(Schema):
+    at: datetime
+    kind: str
+    step: int
+    weight: int
+    actor: str
+    message: str
+    data: dict[str, Any]
+
+
+class RolloutRevisionOut(Schema):
+    commit: str
+    author_name: str
+    author_email: str
+    message: str
+
+
+class RolloutDetailOut(RolloutOut):
+    revision: RolloutRevisionOut
+    created_by: str
+    promoted_by: str
+    abort_requested_by: str
+    abort_reason: str
+    content_hash: str
+    forbid_self_approval: bool
+    step_definitions: list[dict[str, Any]]
+    approved_by: list[ApprovalOut]
+    events: list[EventOut]
+
+
+class RolloutPage(Schema):
+    items: list[RolloutOut]
+    count: int
+    limit: int
+    offset: int
+
+
+class ChangeOut(Schema):
+    id: int
+    at: datetime
+    source: str
+    commit: str
+    cluster: str
+    namespace: str
+    kind: str
+    name: str
+    action: str
+    actor: str
+    step: int
+    weight: int
+    result: str
+    error: str
+    before_hash: str
+    after_hash: str
+    diff: list[DiffOut]
+
+
+class ChangePage(Schema):
+    items: list[ChangeOut]
+    count: int
+    limit: int
+    offset: int
+
+
+class RolloutPhase(StrEnum):
+    PROGRESSING = Rollout.Phase.PROGRESSING.value
+    PAUSED = Rollout.Phase.PAUSED.value
+    COMPLETED = Rollout.Phase.COMPLETED.value
+    ABORTED = Rollout.Phase.ABORTED.value
+    FAILED = Rollout.Phase.FAILED.value
+    SUPERSEDED = Rollout.Phase.SUPERSEDED.value
+
+
+class ChangeAction(StrEnum):
+    CREATE = Change.Action.CREATE.value
+    UPDATE = Change.Action.UPDATE.value
+    DELETE = Change.Action.DELETE.value
+    SELF_HEAL = Change.Action.SELF_HEAL.value
+    REPLACE = Change.Action.REPLACE.value
+    ROLLBACK = Change.Action.ROLLBACK.value
+
+
+class RolloutFilters(Schema):
+    source: str | None = Field(None, max_length=63, pattern=SOURCE_NAME)
+    phase: RolloutPhase | None = None
+
+
+class ChangeFilters(Schema):
+    source: str | None = Field(None, max_length=63, pattern=SOURCE_NAME)
+    commit: str | None = Field(None, pattern=COMMIT_PREFIX, description="a full hash or a prefix")
+    namespace: str | None = Field(None, max_length=63, pattern=NAMESPACE)
+    name: str | None = Field(None, max_length=253, pattern=OBJECT_NAME)
+    action: ChangeAction | None = None
+    actor: str | None = Field(None, max_length=150, pattern=NO_NUL)
+    since: datetime | None = Field(None, description="changes at or after this time (ISO 8601)")
+    until: datetime | None = Field(None, description="changes before this time (ISO 8601)")
+
+    @field_validator("since", "until")
+    @classmethod
+    def aware(cls, value: datetime | None) -> datetime | None:
+        """A time without an offset is taken as UTC."""
+        if value is not None and timezone.is_naive(value):
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class PromoteIn(Schema):
+    full: bool = Field(False, description="skip the remaining steps and go to 100%")
+    comment: str = Field("", max_length=2000, pattern=NO_NUL)
+
+
+class AbortIn(Schema):
+    reason: str = Field("", max_length=2000, pattern=NO_NUL)
+
+
+class SyncOut(Schema):
+    source: str
+    task_id: str
+    actor: str
+
+
+SourceName = Annotated[str, Path(..., max_length=63, pattern=SOURCE_NAME)]
+RolloutId = Annotated[int, Path(..., ge=1, le=MAX_ID)]
+
+AUTH_ERRORS: dict[int, Any] = {401: ErrorOut, 403: ErrorOut, 422: ValidationErrorOut}
+READ_ONE_ERRORS: dict[int, Any] = {**AUTH_ERRORS, 404: ErrorOut}
+ACTION_ERRORS: dict[int, Any] = {**READ_ONE_ERRORS, 409: ErrorOut}
+
+
+# -- presenting ---------------------------------------------------------------------------
+
+
+def page(items: list[Any], count: int, paging: PageIn) -> dict[str, Any]:
+    return {"items": items, "count": count, "limit": paging.limit, "offset": paging.offset}
+
+
+def window(queryset: QuerySet[Any], paging: PageIn) -> QuerySet[Any]:
+    return queryset[paging.offset : paging.offset + paging.limit]
+
+
+def source_or_404(name: str) -> Source:
+    source = Source.objects.filter(name=name).first()
+    if source is None:
+        raise HttpError(404, f"no source named {name!r}")
+    return source
+
+
+def rollout_or_404(rollout_id: int) -> Rollout:
+    rollout = (
+        Rollout.objects.select_related("source", "revision")
+        .prefetch_related("approvals", "events")
+        .filter(pk=rollout_id)
+        .first()
+    )
+    if rollout is None:
+        raise HttpError(404, f"no rollout {rollout_id}")
+    return rollout
+
+
+def source_rows(sources: list[Source]) -> list[dict[str, Any]]:
+    """List entries for ``sources`` in a fixed number of queries, however many there are.
+
+    ``selectors.source_status`` runs several queries per source; a list cannot afford that.
+    """
+    ids = [source.pk for source in sources]
+    latest = {
+        revision.source_id: revision
+        for revision in Revision.objects.filter(source_id__in=ids)
+        .order_by("source_id", "-fetched_at", "-id")
+        .distinct("source_id")
+        .only("source_id", "outcome", "summary")
+    }
+    active = {
+        rollout.source_id: rollout
+        for rollout in Rollout.objects.filter(source_id__in=ids, phase__in=Rollout.ACTIVE_PHASES)
+        .select_related("revision")
+        .prefetch_related("approvals")
+        .order_by("source_id", "-id")
+        .distinct("source_id")
+    }
+    managed = dict(
+        ManagedObject.objects.filter(source_id__in=ids)
+        .values("source_id")
+        .annotate(n=Count("id"))
+        .values_list("source_id", "n")
+    )
+    rows = []
+    for source in sources:
+        revision = latest.get(source.pk)
+        rollout = active.get(source.pk)
+        if rollout is not None:
+            rollout.source = source  # rollout_status reads its name; no query
+        summary = (revision.summary if revision else {}) or {}
+        rows.append(
+            {
+                "name": source.name,
+                "url": redact_url(source.url),
+                "branch": source.branch,
+                "path": source.path,
+                "poll_interval_seconds": int(source.poll_interval.total_seconds()),
+                "credentials_ref": source.credentials_ref,
+                "last_fetched_at": source.last_fetched_at,
+                "last_synced_at": source.last_synced_at,
+                "commit": source.last_commit,
+                "revision_outcome": revision.outcome if revision else None,
+                "managed_objects": managed.get(source.pk, 0),
+                "drift": summary.get("drift", 0) + summary.get("self-heal", 0),
+                "conflicts": summary.get("conflict", 0),
+                "active_rollout": selectors.rollout_status(rollout) if rollout else None,
+                "last_error": redact_url(source.last_error),
+            }
+        )
+    return rows
+
+
+def source_detail(source: Source) -> dict[str, Any]:
+    status = selectors.source_status(source)
+    plan = source.last_plan or {}
+    revision = status["revision"]
+    return {
+        **status,
+        "credentials_ref": source.credentials_ref,
+        "allowed_namespaces": list(source.allowed_namespaces or []),
+        "revision_outcome": revision["outcome"] if revision else None,
+        "last_error": redact_url(status["last_error"]),
+        "plan": {key: plan.get(key) for key in ("commit", "weight", "computed_at", "summary")}
+        if plan
+        else None,
+    }
+
+
+def revision_row(revision: Revision) -> dict[str, Any]:
+    return {
+        "id": revision.pk,
+        "commit": revision.commit,
+        "author_name": revision.author_name,
+        "author_email": revision.author_email,
+        "message": revision.message,
+        "committed_at": revision.committed_at,
+        "fetched_at": revision.fetched_at,
+        "outcome": revision.outcome,
+        "errors": [RevisionError.from_dict(error).as_dict() for error in revision.errors],
+        "force_pushed_over": revision.force_pushed_over,
+        "summary": revision.summary or {},
+    }
+
+
+def redacted_steps(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rollout steps as stored; an analysis URL loses any credentials it carries."""
+    shown = []
+    for step in steps:
+        analysis = step.get("analysis")
+        http = analysis.get("http") if isinstance(analysis, dict) else None
+        if isinstance(analysis, dict) and isinstance(http, dict) and isinstance(http.get("url"), str):
+            http = {**http, "url": redact_url(http["url"])}
+            shown.append({**step, "analysis": {**analysis, "http": http}})
+        else:
+            shown.append(step)
+    return shown
+
+
+def rollout_detail(rollout: Rollout) -> dict[str, Any]:
+    revision = rollout.revision
+    approvals = list(rollout.approvals.all())
+    return {
+        **selectors.rollout_status(rollout),
+        "message": redact_url(rollout.message),
+        "revision": {
+            "commit": revision.commit,
+            "author_name": revision.author_name,
+            "author_email": revision.author_email,
+            "message": revision.message.splitlines()[0] if revision.message else "",
+        },
+        "created_by": rollout.created_by,
+        "promoted_by": rollout.promoted_by,
+        "abort_requested_by": rollout.abort_requested_by,
+        "abort_reason": rollout.abort_reason,
+        "content_hash": rollout.content_hash,
+        "forbid_self_approval": rollout.forbid_self_approval,
+        "step_definitions": redacted_steps(rollout.steps),
+        "approved_by": [
+            {
+                "username": approval.username,
+                "step": approval.step_index,
+                "commit": approval.commit,
+                "content_hash": approval.content_hash,
+                "comment": approval.comment,
+                "at": approval.at,
+            }
+            for approval in approvals
+        ],
+        "events": [
+            {
+                "at": event.at,
+                "kind": event.kind,
+                "step": event.step_index,
+                "weight": event.weight,
+                "actor": event.actor,
+                "message": redact_url(event.message),
+                "data": event.data or {},
+            }
+            for event in rollout.events.all()
+        ],
+    }
+
+
+# -- reading ------------------------------------------------------------------------------
+
+
+@api.get("/sources", response={200: SourcePage, **AUTH_ERRORS}, tags=["sources"])
+def list_sources(request: HttpRequest, paging: Query[PageIn]) -> dict[str, Any]:
+    """Every source with its latest revision's outcome and its active rollout, by name."""
+    require(request, "gitops.view_source", "gitops.view_rollout")
+    sources = list(window(Source.objects.order_by("name"), paging))
+    return page(source_rows(sources), Source.objects.count(), paging)
+
+
+@api.get("/sources/{name}", response={200: SourceDetailOut, **READ_ONE_ERRORS}, tags=["sources"])
+def get_source(request: HttpRequest, name: SourceName) -> dict[str, Any]:
+    """One source's status: latest and applied revision, active rollout, the last plan's summary."""
+    require(request, "gitops.view_source", "gitops.view_rollout")
+    return source_detail(source_or_404(name))
+
+
+@api.get("/sources/{name}/revisions", response={200: RevisionPage, **READ_ONE_ERRORS}, tags=["sources"])
+def list_revisions(request: HttpRequest, name: SourceName, paging: Query[PageIn]) -> dict[str, Any]:
+    """The commits Sluice fetched for a source, newest first, with validation errors by file and line."""
+    require(request, "gitops.view_source", "gitops.view_revision")
+    revisions = Revision.objects.filter(source=source_or_404(name)).order_by("-fetched_at", "-id")
+    return page([revision_row(r) for r in window(revisions, paging)], revisions.count(), paging)
+
+
+@api.get("/sources/{name}/plan", response={200: PlanOut, **READ_ONE_ERRORS}, tags=["sources"])
+def get_plan(request: HttpRequest, name: SourceName) -> dict[str, Any]:
+    """The plan the last reconcile computed: every object that is not unchanged, key by key."""
+    require(request, "gitops.view_source")
+    source = source_or_404(name)
+    if not source.last_plan:
+        raise HttpError(404, f"{source.name} has no plan yet; it has not been reconciled")
+    return {**source.last_plan, "source": source.name}
+
+
+@api.get("/rollouts", response={200: RolloutPage, **AUTH_ERRORS}, tags=["rollouts"])
+def list_rollouts(
+    request: HttpRequest, filters: Query[RolloutFilters], paging: Query[PageIn]
+) -> dict[str, Any]:
+    """Rollouts, newest first."""
+    require(request, "gitops.view_rollout")
+    found = Rollout.objects.select_related("source", "revision").prefetch_related("approvals")
+    if filters.source:
+        found = found.filter(source__name=filters.source)
+    if filters.phase:
+        found = found.filter(phase=filters.phase.value)
+    found = found.order_by("-created_at", "-id")
+    return page([selectors.rollout_status(r) for r in window(found, paging)], found.count(), paging)
+
+
+@api.get("/rollouts/{rollout_id}", response={200: RolloutDetailOut, **READ_ONE_ERRORS}, tags=["rollouts"])
+def get_rollout(request: HttpRequest, rollout_id: RolloutId) -> dict[str, Any]:
+    """One rollout with its approvals and its timeline."""
+    require(request, "gitops.view_rollout", "gitops.view_approval", "gitops.view_rolloutevent")
+    return rollout_detail(rollout_or_404(rollout_id))
+
+
+@api.get("/changes", response={200: ChangePage, **AUTH_ERRORS}, tags=["changes"])
+def list_changes(
+    request: HttpRequest, filters: Query[ChangeFilters], paging: Query[PageIn]
+) -> dict[str, Any]:
+    """The change log, newest first. ``since`` is inclusive, ``until`` exclusive."""
+    require(request, "gitops.view_change")
+    changes = selectors.change_log(
+        source=filters.source,
+        commit=filters.commit,
+        namespace=filters.namespace,
+        name=filters.name,
+        action=filters.action.value if filters.action else None,
+        actor=filters.actor,
+    ).defer("before", "after")  # full contents: large, and not part of a list entry
+    if filters.since is not None:
+        changes = changes.filter(at__gte=filters.since)
+    if filters.until is not None:
+        changes = changes.filter(at__lt=filters.until)
+    return page([selectors.change_as_dict(c) for c in window(changes, paging)], changes.count(), paging)
+
+
+# -- acting -------------------------------------------------------------------------------
+
+
+@api.post("/sources/{name}/sync", response={202: SyncOut, **READ_ONE_ERRORS}, tags=["sources"])
+def sync_source(request: HttpRequest, name: SourceName) -> tuple[int, dict[str, Any]]:
+    """Queues a sync of the source on a worker (approvers and admins); the task id comes back."""
+    user = caller(request)
+    if not user.is_active or not (user.has_perm(APPROVE) or user.has_perm(CHANGE_SOURCE)):
+        raise PermissionDenied(f"{user.get_username()} may not sync sources")
+    source = source_or_404(name)
+    with transaction.atomic():
+        task_ids = services.enqueue_sync(source, actor=user.get_username())
+    # on_commit ran when the block above committed, so the task is queued and its id known.
+    return 202, {"source": source.name, "task_id": task_ids[0], "actor": user.get_username()}
+
+
+@api.post("/rollouts/{rollout_id}/promote", response={200: RolloutOut, **ACTION_ERRORS}, tags=["rollouts"])
+def promote_rollout(request: HttpRequest, rollout_id: RolloutId, body: PromoteIn) -> dict[str, Any]:
+    """Approves the gate the rollout waits at; with enough approvals it goes on (``full``: to 100%)."""
+    rollout = rollouts.promote(rollout_id, user=caller(request), full=body.full, comment=body.comment)
+    return selectors.rollout_status(rollout)
+
+
+@api.post("/rollouts/{rollout_id}/abort", response={202: RolloutOut, **ACTION_ERRORS}, tags=["rollouts"])
+def abort_rollout(request: HttpRequest, rollout_id: RolloutId, body: AbortIn) -> tuple[int, dict[str, Any]]:
+    """Asks for a rollback; a worker restores every target the rollout changed."""
+    rollout = rollouts.abort(rollout_id, user=caller(request), reason=body.reason)
+    return 202, selectors.rollout_status(rollout)
+
+
+@api.post("/rollouts/{rollout_id}/retry", response={201: RolloutOut, **ACTION_ERRORS}, tags=["rollouts"])
+def retry_rollout(request: HttpRequest, rollout_id: RolloutId) -> tuple[int, dict[str, Any]]:
+    """Starts an aborted or failed rollout's revision again from step 0: a new rollout."""
+    rollout = rollouts.retry(rollout_id, user=caller(request))
+    return 201, selectors.rollout_status(rollout)

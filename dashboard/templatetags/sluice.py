@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django import template
+from django.utils.html import format_html
+
+register = template.Library()
+
+
+@register.simple_tag
+def commit_link(source: Any, commit: str) -> str:
+    """The short hash, linked to the Git host's page when the source has a URL template."""
+    short = commit[:12]
+    template_url = getattr(source, "commit_url_template", "")
+    if template_url and "{commit}" in template_url:
+        return format_html(
+            '<a class="commit" href="{}" title="{}">{}</a>',
+            template_url.replace("{commit}", commit),
+            commit,
+            short,
+        )
+    return format_html('<code class="commit" title="{}">{}</code>', commit, short)
+
+
+@register.filter
+def step_label(step: dict[str, Any]) -> str:
+    if "setWeight" in step:
+        return f"setWeight {step['setWeight']}"
+    if "pause" in step:
+        duration = step["pause"].get("duration")
+        return f"pause {duration}s" if duration is not None else "pause until promoted"
+    return "analysis"
+
+
+@register.filter
+def first_line(text: str) -> str:
+    return (text or "").splitlines()[0] if text else ""
