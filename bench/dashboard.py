@@ -89,8 +89,10 @@ def fill(changes: int, sources: int) -> dict[str, object]:
             FROM gitops_applyintent i
             """
         )
-        cursor.execute("INSERT INTO gitops_rolloutevent (rollout_id, at, kind, step_index, weight, actor, message, data)"
-                       " SELECT id, now(), 'completed', 3, 100, 'sluice', 'all targets', '{}' FROM gitops_rollout")
+        cursor.execute(
+            "INSERT INTO gitops_rolloutevent (rollout_id, at, kind, step_index, weight, actor, message, data)"
+            " SELECT id, now(), 'completed', 3, 100, 'sluice', 'all targets', '{}' FROM gitops_rollout"
+        )
         cursor.execute("ANALYZE")
         cursor.execute("SELECT count(*) FROM gitops_change")
         total = cursor.fetchone()[0]
@@ -121,7 +123,9 @@ def measure(client, url: str, runs: int) -> tuple[float, float, int]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--changes", type=int, default=1_000_000)
     parser.add_argument("--sources", type=int, default=500)
     parser.add_argument("--runs", type=int, default=40)
@@ -159,7 +163,9 @@ def main() -> int:
 
         started = time.perf_counter()
         filled = fill(args.changes, args.sources)
-        print(f"filled {filled['changes']:,} changes across {args.sources} sources in {time.perf_counter() - started:.0f}s")
+        print(
+            f"filled {filled['changes']:,} changes across {args.sources} sources in {time.perf_counter() - started:.0f}s"
+        )
 
         viewer = User.objects.create_user("bench-viewer", password="x")
         viewer.groups.add(Group.objects.get(name="viewer"))

@@ -105,12 +105,14 @@ def source_sync(request: HttpRequest, name: str) -> HttpResponse:
 
 def _rollout_context(request: HttpRequest, rollout: Rollout) -> dict[str, Any]:
     now = timezone.now()
+    targets, targets_total = selectors.rollout_targets(rollout)
     return {
         "rollout": rollout,
         "source": rollout.source,
         "revision": rollout.revision,
         "steps": list(enumerate(rollout.steps)),
-        "targets": selectors.rollout_targets(rollout),
+        "targets": targets,
+        "targets_total": targets_total,
         "events": list(RolloutEvent.objects.filter(rollout=rollout).order_by("at", "id")),
         "approvals": list(Approval.objects.filter(rollout=rollout).order_by("at")),
         "seconds_left": max(0, int((rollout.pause_until - now).total_seconds()))

@@ -1,5 +1,6 @@
 from django.apps import AppConfig
-from django.db.models.signals import post_migrate
+from django.conf import settings
+from django.db.models.signals import post_migrate, post_save
 
 
 class GitopsConfig(AppConfig):
@@ -9,6 +10,7 @@ class GitopsConfig(AppConfig):
 
     def ready(self) -> None:
         # Models are importable only once the app registry is ready.
-        from gitops.roles import ensure_roles  # noqa: PLC0415
+        from gitops.roles import ensure_roles, make_new_users_viewers  # noqa: PLC0415
 
         post_migrate.connect(ensure_roles, sender=self)
+        post_save.connect(make_new_users_viewers, sender=settings.AUTH_USER_MODEL)

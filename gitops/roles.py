@@ -44,3 +44,11 @@ def ensure_roles(**_: Any) -> None:
             if permission is not None:
                 permissions.append(permission)
         group.permissions.set(permissions)
+
+
+def make_new_users_viewers(sender: Any, instance: Any, created: bool, **_: Any) -> None:
+    """Every new account starts as a viewer: read-only until someone grants more."""
+    if created:
+        group = Group.objects.filter(name=VIEWER).first()
+        if group is not None:
+            instance.groups.add(group)

@@ -224,12 +224,22 @@ def overview_rows(*, search: str = "", page: int = 1) -> tuple[list[SourceRow], 
     return rows, total
 
 
-def rollout_targets(rollout: Rollout) -> list[dict[str, Any]]:
-    """Each object the rollout has changed so far, with the step and weight that changed it."""
-    changed: dict[tuple[str, str], dict[str, Any]] = {}
-    rows = Change.objects.filter(rollout=rollout).order_by("id")
-    for row in rows.values("namespace", "name", "action", "step_index", "weight", "result", "at", "actor"):
-        changed[(row["namespace"], row["name"])] = {
+ROLLOUT_TARGETS_SHOWN = 200
+
+
+def rollout_targets(
+    rollout: Rollout, *, limit: int = ROLLOUT_TARGETS_SHOWN
+) -> tuple[list[dict[str, Any]], int]:
+    """The objects the rollout changed, each with its latest change: at most ``limit``, and the total."""
+    changes = Change.objects.filter(rollout=rollout)
+    total = changes.values("namespace", "name").distinct().count()
+    latest = (
+        changes.order_by("namespace", "name", "-id")
+        .distinct("namespace", "name")
+        .values("namespace", "name", "action", "step_index", "weight", "result", "at", "actor")[:limit]
+    )
+    rows = [
+        {
             "namespace": row["namespace"],
             "name": row["name"],
             "action": row["action"],
@@ -239,4 +249,6 @@ def rollout_targets(rollout: Rollout) -> list[dict[str, Any]]:
             "at": row["at"],
             "actor": row["actor"],
         }
-    return sorted(changed.values(), key=lambda t: (t["namespace"], t["name"]))
+        for row in latest
+    ]
+    return rows, total

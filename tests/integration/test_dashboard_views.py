@@ -189,3 +189,15 @@ def test_pages_run_a_bounded_number_of_queries(paused_rollout, people, make_sour
 
     assert few == many, "the number of queries must not grow with the number of sources"
     assert max(many.values()) <= 20, many
+
+
+def test_a_new_account_is_a_viewer_by_default(paused_rollout):
+    from django.contrib.auth.models import User
+
+    newcomer = User.objects.create_user("newcomer", password="x")
+    client = client_for(User.objects.get(pk=newcomer.pk))
+    assert client.get(reverse("dashboard:overview")).status_code == 200
+    assert (
+        client.post(reverse("dashboard:rollout-action", args=[paused_rollout.pk, "promote"])).status_code
+        == 403
+    )
