@@ -21,12 +21,14 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from gitops import rollouts, selectors, services
 from gitops.errors import GitopsError
 from gitops.models import Approval, Change, ManagedObject, Rollout, RolloutEvent, Source
 from gitops.sources import redact_url
+from gitops.webhooks import MAX_BODY_BYTES
 
 PAGE_SIZE = 50
 EXPORT_LIMIT = 100_000
@@ -84,6 +86,9 @@ def source_detail(request: HttpRequest, name: str) -> HttpResponse:
         "managed": list(ManagedObject.objects.filter(source=source).order_by("namespace", "name")[:500]),
         "rollouts": list(source.rollouts.select_related("revision").order_by("-id")[:10]),
         "can_sync": can_sync(request.user),
+        "deliveries": list(source.deliveries.order_by("-received_at", "-id")[:20]),
+        "webhook_url": request.build_absolute_uri(reverse("dashboard:webhook", args=[source.name])),
+        "has_webhook_secret": bool(source.webhook_secret_encrypted),
     }
     return render(request, "dashboard/source.html", context)
 
@@ -262,3 +267,19 @@ def _export(changes: Any, kind: str) -> HttpResponse:
     response = StreamingHttpResponse(lines(), content_type="text/csv")
     response["Content-Disposition"] = 'attachment; filename="sluice-changes.csv"'
     return response
+
+
+# -- webhooks -----------------------------------------------------------------------------
+
+
+@csrf_exempt  # signed by the Git server instead; there is no browser session here
+@require_POST
+def git_webhook(request: HttpRequest, name: str) -> JsonResponse:
+    declared = request.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        return JsonResponse({"status": "rejected", "reason": "body too large"}, status=413)
+    body = request.read(MAX_BODY_BYTES + 1)
+    if len(body) > MAX_BODY_BYTES:
+        return JsonResponse({"status": "rejected", "reason": "body too large"}, status=413)
+    answer = services.receive_webhook(name, request.headers, body)
+    return JsonResponse(answer.body, status=answer.status)

@@ -67,6 +67,10 @@ class Source(models.Model):
     last_plan = ContentJSONField(default=dict, blank=True)
     # A Git host page for a commit, e.g. https://github.com/org/repo/commit/{commit}
     commit_url_template = models.CharField(max_length=500, blank=True, default="")
+    # Encrypted with a key derived from SECRET_KEY (see gitops.secrets); never shown.
+    webhook_secret_encrypted = models.TextField(blank=True, default="")
+    # True while a sync task is queued and not yet started: a burst of pushes queues one.
+    sync_queued = models.BooleanField(default=False)
 
     class Meta:
         ordering: ClassVar[list[str]] = ["name"]
@@ -348,3 +352,38 @@ class ManagedObject(models.Model):
 
     def __str__(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+
+class WebhookDelivery(models.Model):
+    """One push notification received, accepted or not, and why."""
+
+    class Outcome(models.TextChoices):
+        ACCEPTED = "accepted"
+        IGNORED = "ignored"
+        REJECTED = "rejected"
+        DUPLICATE = "duplicate"
+
+    source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="deliveries")
+    delivery_id = models.CharField(max_length=100)
+    provider = models.CharField(max_length=16)
+    event = models.CharField(max_length=32, blank=True, default="")
+    ref = models.CharField(max_length=255, blank=True, default="")
+    commit = models.CharField(max_length=64, blank=True, default="")
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    reason = models.CharField(max_length=300, blank=True, default="")
+    received_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering: ClassVar[list[str]] = ["-received_at", "-id"]
+        constraints: ClassVar[list[Any]] = [
+            # A replayed delivery id is recognised and ignored; rejected attempts do not count.
+            models.UniqueConstraint(
+                fields=["source", "delivery_id"],
+                condition=models.Q(outcome__in=["accepted", "ignored"]),
+                name="delivery_once",
+            )
+        ]
+        indexes: ClassVar[list[Any]] = [models.Index(fields=["source", "-received_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.provider} delivery {self.delivery_id} for {self.source_id}: {self.outcome}"

@@ -8,7 +8,9 @@ drops the connection and with it the lock.
 from __future__ import annotations
 
 import logging
+import re
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,14 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from gitops import apply, rollouts, selectors
+from gitops import apply, rollouts, selectors, webhooks
+from gitops import secrets as secrets_module
 from gitops.desired.errors import RevisionRejected, ValidationError
 from gitops.desired.revision import DesiredState, ParseCache, load_revision
 from gitops.errors import PermanentError, TemporaryError
-from gitops.models import Revision, Rollout, Source
+from gitops.models import Revision, Rollout, Source, WebhookDelivery
 from gitops.plan import Plan, plan
 from gitops.sources import GitMirror, redact_url, resolve_credentials
 
@@ -130,21 +133,44 @@ def request_sync(source: Source) -> None:
 
 
 def sync_source(source_id: int, *, actor: str = SYSTEM_ACTOR, retry_failed: bool = False) -> SyncResult:
-    """Fetch, validate, plan, roll out and record one source. Raises SourceBusy when another run holds it."""
+    """Fetch, validate, plan, roll out and record one source. Raises SourceBusy when another run holds it.
+
+    Requests never get lost between two workers: a holder looks for new requests
+    only after it released the lock, and a caller that finds the source busy
+    records its request and then tries the lock once more. Whichever comes last
+    sees the other, so one of them runs the request.
+    """
     source = Source.objects.get(pk=source_id)
-    with source_lock(source) as acquired:
+    runs: list[SyncResult] = []
+    requested = False
+    while len(runs) < MAX_COALESCED_RUNS:
+        started = timezone.now()
+        with source_lock(source) as acquired:
+            if acquired:
+                Source.objects.filter(pk=source.pk).update(sync_requested_at=None, sync_queued=False)
+                runs.append(_reconcile(source, actor=actor, retry_failed=retry_failed))
         if not acquired:
+            if runs:
+                break  # another worker took the lock after us; it runs what was requested
+            if requested:
+                raise SourceBusy(f"source {source.name} is being reconciled by another worker")
             request_sync(source)
-            raise SourceBusy(f"source {source.name} is being reconciled by another worker")
-        runs: list[SyncResult] = []
-        for _ in range(MAX_COALESCED_RUNS):
-            started = timezone.now()
-            Source.objects.filter(pk=source.pk).update(sync_requested_at=None)
-            runs.append(_reconcile(source, actor=actor, retry_failed=retry_failed))
-            requested_again = Source.objects.filter(pk=source.pk, sync_requested_at__gt=started).exists()
-            if not requested_again:
-                break
-        return _combine(runs)
+            requested = True
+            continue
+        if not Source.objects.filter(pk=source.pk, sync_requested_at__gt=started).exists():
+            break
+    else:
+        # Still wanted after the last allowed run: a fresh task carries on, so a
+        # stream of pushes neither starves other sources nor gets dropped.
+        _hand_off(source, actor=actor)
+    return _combine(runs)
+
+
+def _hand_off(source: Source, *, actor: str) -> None:
+    from gitops.tasks import sync_source as sync_task  # noqa: PLC0415 - tasks imports this module
+
+    source_id = source.pk
+    transaction.on_commit(lambda: sync_task.delay(source_id, actor=actor, wait_if_busy=False))
 
 
 def _combine(runs: Sequence[SyncResult]) -> SyncResult:
@@ -345,3 +371,144 @@ def enqueue_sync(source: Source, *, actor: str = SYSTEM_ACTOR, retry_failed: boo
 
     transaction.on_commit(send)
     return task_ids
+
+
+# -- webhooks ---------------------------------------------------------------------------
+
+DELIVERY_ID = re.compile(r"[^A-Za-z0-9._:-]")
+
+
+@dataclass(frozen=True)
+class WebhookAnswer:
+    status: int
+    body: dict[str, Any]
+
+
+def set_webhook_secret(source: Source, secret: str) -> None:
+    if len(secret) < 16:
+        raise PermanentError("a webhook secret needs at least 16 characters")
+    Source.objects.filter(pk=source.pk).update(webhook_secret_encrypted=secrets_module.encrypt(secret))
+
+
+def rotate_webhook_secret(source: Source) -> str:
+    """A new random secret, stored encrypted and returned once for the user to copy."""
+    secret = secrets_module.generate()
+    set_webhook_secret(source, secret)
+    return secret
+
+
+def queue_sync_once(source: Source, *, actor: str) -> bool:
+    """Queues a sync unless one is queued: a burst of pushes makes one reconcile of the newest commit."""
+    if not Source.objects.filter(pk=source.pk, sync_queued=False).update(sync_queued=True):
+        return False
+    from gitops.tasks import sync_source as sync_task  # noqa: PLC0415 - tasks imports this module
+
+    source_id = source.pk
+    transaction.on_commit(lambda: sync_task.delay(source_id, actor=actor, wait_if_busy=False))
+    return True
+
+
+def receive_webhook(source_name: str, headers: Mapping[str, str], body: bytes) -> WebhookAnswer:
+    """Checks a push notification and queues a reconcile. Answers within milliseconds: no Git, no cluster."""
+    source = Source.objects.filter(name=source_name).first()
+    if source is None:
+        return WebhookAnswer(404, {"status": "rejected", "reason": "no such source"})
+    provider = "unknown"
+    try:
+        provider = webhooks.identify(headers)
+        webhooks.verify(provider, headers, body, secrets_module.decrypt(source.webhook_secret_encrypted))
+        event = webhooks.parse(provider, headers, body)
+    except webhooks.WebhookRejected as rejected:
+        _record_delivery(
+            source, provider=provider, headers=headers, outcome="rejected", reason=rejected.reason
+        )
+        return WebhookAnswer(rejected.status, {"status": "rejected", "reason": rejected.reason})
+    delivery_id = DELIVERY_ID.sub("", event.delivery_id)[:100] or uuid.uuid4().hex
+    if event.event == "ping":
+        _record_delivery(
+            source,
+            provider=provider,
+            headers=headers,
+            outcome="ignored",
+            reason="ping",
+            delivery_id=delivery_id,
+            event="ping",
+        )
+        return WebhookAnswer(200, {"status": "pong", "delivery": delivery_id})
+    if event.event != "push":
+        reason = f"{event.event} events do not trigger a sync"
+    elif event.branch != source.branch:
+        reason = f"push to {event.ref}; {source.name} follows {source.branch}"
+    else:
+        reason = ""
+    try:
+        with transaction.atomic():
+            WebhookDelivery.objects.create(
+                source=source,
+                delivery_id=delivery_id,
+                provider=provider,
+                event=event.event[:32],
+                ref=event.ref[:255],
+                commit=event.commit,
+                outcome="ignored" if reason else "accepted",
+                reason=reason[:300],
+            )
+    except IntegrityError:
+        _record_delivery(
+            source,
+            provider=provider,
+            headers=headers,
+            outcome="duplicate",
+            reason="already received",
+            ref=event.ref,
+            commit=event.commit,
+            delivery_id=delivery_id,
+            event=event.event,
+        )
+        return WebhookAnswer(200, {"status": "duplicate", "delivery": delivery_id})
+    if reason:
+        return WebhookAnswer(202, {"status": "ignored", "reason": reason, "delivery": delivery_id})
+    queued = queue_sync_once(source, actor=f"webhook:{provider}")
+    log.info(
+        "webhook accepted source=%s provider=%s delivery=%s commit=%s queued=%s",
+        source.name,
+        provider,
+        delivery_id,
+        event.commit,
+        queued,
+    )
+    return WebhookAnswer(202, {"status": "accepted", "delivery": delivery_id, "commit": event.commit})
+
+
+def _record_delivery(
+    source: Source,
+    *,
+    provider: str,
+    headers: Mapping[str, str],
+    outcome: str,
+    reason: str,
+    ref: str = "",
+    commit: str = "",
+    delivery_id: str = "",
+    event: str = "",
+) -> None:
+    # Nothing from an unverified body is kept; the delivery id header is reduced to safe characters.
+    raw_id = delivery_id or next(
+        (
+            value
+            for key, value in headers.items()
+            if key.lower().endswith("delivery") or key.lower().endswith("uuid")
+        ),
+        "",
+    )
+    WebhookDelivery.objects.create(
+        source=source,
+        delivery_id=DELIVERY_ID.sub("", raw_id)[:100] or "-",
+        provider=provider,
+        event=event[:32],
+        ref=ref[:255],
+        commit=commit[:64],
+        outcome=outcome,
+        reason=reason[:300],
+    )
+    log.warning("webhook %s source=%s provider=%s reason=%r", outcome, source.name, provider, reason)

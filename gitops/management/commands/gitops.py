@@ -129,6 +129,12 @@ class Command(BaseCommand):
         retry_parser.add_argument("rollout", type=int)
         retry_parser.add_argument("--user", required=True)
 
+        secret = commands.add_parser("webhook-secret", help="set or rotate a source's webhook secret")
+        secret.add_argument("name")
+        choice = secret.add_mutually_exclusive_group(required=True)
+        choice.add_argument("--set", dest="secret", metavar="SECRET")
+        choice.add_argument("--rotate", action="store_true", help="generate a secret and print it once")
+
         grant = commands.add_parser("grant", help="give a user a role (viewer, approver or admin)")
         grant.add_argument("username")
         grant.add_argument("--role", required=True, choices=ROLES)
@@ -334,6 +340,17 @@ class Command(BaseCommand):
     def do_retry(self, **options: Any) -> None:
         again = rollouts.retry(options["rollout"], user=rollouts.user_named(options["user"]))
         self.stdout.write(f"rollout {options['rollout']} retried as rollout {again.pk}, from step 0")
+
+    def do_webhook_secret(self, **options: Any) -> None:
+        source = self._source(options["name"])
+        if options["rotate"]:
+            secret = services.rotate_webhook_secret(source)
+            self.stdout.write(f"new webhook secret for {source.name} (shown once, copy it now):")
+            self.stdout.write(secret)
+        else:
+            services.set_webhook_secret(source, options["secret"])
+            self.stdout.write(f"webhook secret for {source.name} set")
+        self.stdout.write(f"webhook URL path: /webhooks/git/{source.name}")
 
     def do_grant(self, **options: Any) -> None:
         user = rollouts.user_named(options["username"])

@@ -1,0 +1,192 @@
+"""The webhook endpoint on the real stack: signatures, branches, replays, bursts, and a real git push."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.test import Client
+
+from gitops import services
+from gitops.models import Revision, Source, WebhookDelivery
+from gitops.webhooks import sign
+from tests.gitrepo import configmap, policy
+from tests.workers import poll
+
+pytestmark = pytest.mark.django_db(transaction=True)
+SECRET = "push-secret-for-tests-0123456789"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def hooked_source(repo, make_namespaces, make_source):
+    (namespace,) = make_namespaces("app")
+    repo.write_all({"sluice.yaml": policy([namespace]), "configmaps/app.yaml": configmap("app", {"v": "1"})})
+    repo.commit("v1")
+    source = make_source(poll_interval=__import__("datetime").timedelta(hours=1))
+    services.set_webhook_secret(source, SECRET)
+    return source, namespace
+
+
+def post(source: Source, body: bytes, headers: dict[str, str]):
+    extra = {f"HTTP_{key.upper().replace('-', '_')}": value for key, value in headers.items()}
+    return Client().post(f"/webhooks/git/{source.name}", data=body, content_type="application/json", **extra)
+
+
+def github_push(repo, *, branch: str = "main", delivery: str = "d-1") -> tuple[bytes, dict[str, str]]:
+    body = json.dumps({"ref": f"refs/heads/{branch}", "before": "0" * 40, "after": repo.head()}).encode()
+    return body, {
+        "X-GitHub-Event": "push",
+        "X-GitHub-Delivery": delivery,
+        "X-Hub-Signature-256": sign(SECRET, body),
+    }
+
+
+def test_a_signed_push_is_accepted_and_reconciled(hooked_source, repo, celery_worker, cluster):
+    source, namespace = hooked_source
+    body, headers = github_push(repo)
+
+    response = post(source, body, headers)
+
+    assert response.status_code == 202
+    assert response.json() == {"status": "accepted", "delivery": "d-1", "commit": repo.head()}
+    poll(lambda: cluster.get_configmap(namespace, "app"), timeout=60, what="the push to be reconciled")
+    delivery = WebhookDelivery.objects.get(source=source)
+    assert (delivery.provider, delivery.outcome, delivery.commit) == ("github", "accepted", repo.head())
+
+
+def test_a_bad_signature_is_401_and_triggers_nothing(hooked_source, repo):
+    source, _ = hooked_source
+    body, headers = github_push(repo)
+    response = post(source, body, {**headers, "X-Hub-Signature-256": sign("not the secret!!", body)})
+    assert response.status_code == 401
+    assert response.json()["reason"] == "signature does not match"
+    assert post(source, body, {"X-GitHub-Event": "push"}).status_code == 401
+    assert not Source.objects.get(pk=source.pk).sync_queued
+    assert not Revision.objects.filter(source=source).exists()
+    assert (
+        list(WebhookDelivery.objects.filter(source=source).values_list("outcome", flat=True))
+        == ["rejected"] * 2
+    )
+
+
+def test_another_branch_is_ignored_and_a_replay_is_recognised(hooked_source, repo):
+    source, _ = hooked_source
+    body, headers = github_push(repo, branch="feature", delivery="d-9")
+    response = post(source, body, headers)
+    assert response.status_code == 202
+    assert response.json()["status"] == "ignored"
+    assert "follows main" in response.json()["reason"]
+    assert not Source.objects.get(pk=source.pk).sync_queued
+
+    replay = post(source, body, headers)
+    assert replay.status_code == 200
+    assert replay.json()["status"] == "duplicate"
+
+
+def test_malformed_and_oversized_bodies(hooked_source):
+    source, _ = hooked_source
+    body = b"{not json"
+    assert (
+        post(source, body, {"X-Sluice-Event": "push", "X-Sluice-Signature": sign(SECRET, body)}).status_code
+        == 400
+    )
+    huge = b"{" + b" " * (1024 * 1024) + b"}"
+    assert (
+        post(source, huge, {"X-Sluice-Event": "push", "X-Sluice-Signature": sign(SECRET, huge)}).status_code
+        == 413
+    )
+    assert (
+        Client().post("/webhooks/git/no-such-source", data=b"{}", content_type="application/json").status_code
+        == 404
+    )
+
+
+def test_a_burst_of_pushes_coalesces_into_the_newest_commit(hooked_source, repo, celery_worker, cluster):
+    source, namespace = hooked_source
+    commits = []
+    for index in range(20):
+        repo.write("configmaps/app.yaml", configmap("app", {"v": str(index)}))
+        commits.append(repo.commit(f"push {index}", push=False))
+    repo.push()
+
+    # Twenty deliveries arrive faster than one reconcile takes.
+    for index, commit in enumerate(commits):
+        body = json.dumps({"ref": "refs/heads/main", "after": commit}).encode()
+        headers = {"X-GitHub-Event": "push", "X-GitHub-Delivery": f"burst-{index}"}
+        assert post(source, body, {**headers, "X-Hub-Signature-256": sign(SECRET, body)}).status_code == 202
+
+    poll(
+        lambda: (cluster.get_configmap(namespace, "app") or {}).get("data") == {"v": "19"},
+        timeout=60,
+        what="the newest commit to arrive",
+    )
+    assert WebhookDelivery.objects.filter(source=source, outcome="accepted").count() == 20
+    reconciled = list(Revision.objects.filter(source=source).values_list("commit", flat=True))
+    assert reconciled == [commits[-1]], "only the newest commit is reconciled"
+
+
+def test_the_cli_sets_and_rotates_the_secret_and_shows_it_once(hooked_source, worker_env):
+    source, _ = hooked_source
+
+    def gitops(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "manage.py", "gitops", *args],
+            cwd=ROOT,
+            env=worker_env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return done.stdout
+
+    rotated = gitops("webhook-secret", source.name, "--rotate")
+    secret = rotated.splitlines()[1]
+    assert len(secret) >= 32
+    body = b'{"ref": "refs/heads/main", "after": "' + b"a" * 40 + b'"}'
+    assert (
+        post(source, body, {"X-Sluice-Event": "push", "X-Sluice-Signature": sign(secret, body)}).status_code
+        == 202
+    )
+    assert secret not in Source.objects.get(pk=source.pk).webhook_secret_encrypted
+    assert "set" in gitops("webhook-secret", source.name, "--set", "another-secret-of-length-16+")
+
+
+def test_a_git_push_through_the_shipped_post_receive_hook_reaches_the_cluster(
+    hooked_source, repo, live_server, celery_worker, cluster
+):
+    source, namespace = hooked_source
+    hook = repo.remote / "hooks" / "post-receive"
+    shutil.copy(ROOT / "scripts" / "post-receive", hook)
+    hook.chmod(0o755)
+    subprocess.run(
+        ["git", "config", "sluice.url", f"{live_server.url}/webhooks/git/{source.name}"],
+        cwd=repo.remote,
+        check=True,
+    )
+    subprocess.run(["git", "config", "sluice.secret", SECRET], cwd=repo.remote, check=True)
+
+    repo.write("configmaps/app.yaml", configmap("app", {"v": "pushed"}))
+    repo.git("add", "--all")
+    repo.git("commit", "--quiet", "-m", "through the hook")
+    pushed = subprocess.run(
+        ["git", "push", "origin", "HEAD:refs/heads/main"],
+        cwd=repo.work,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "GIT_CONFIG_GLOBAL": "/dev/null"},
+        check=True,
+    )
+
+    assert "sluice: refs/heads/main" in pushed.stderr and "accepted" in pushed.stderr, pushed.stderr
+    poll(
+        lambda: (cluster.get_configmap(namespace, "app") or {}).get("data") == {"v": "pushed"},
+        timeout=60,
+        what="the pushed change to reach the apiserver",
+    )
+    assert WebhookDelivery.objects.get(source=source, outcome="accepted").provider == "generic"
