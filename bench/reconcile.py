@@ -82,7 +82,7 @@ class Bench:
         django.setup()
 
     def namespaces(self, prefix: str) -> list[str]:
-        from gitops.services import get_cluster
+        from gitops.apply import get_cluster
 
         names = [f"{prefix}-{self.run_id}-{i}" for i in range(NAMESPACES)]
         for name in names:

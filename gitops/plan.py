@@ -184,6 +184,27 @@ class Plan:
         return tuple(i for i in self.items if i.action in (Action.DRIFT, Action.SELF_HEAL))
 
 
+class PlanMemo:
+    """Verdicts of the last plan, keyed by object, kept while neither side changes.
+
+    A live object whose resourceVersion is the one seen last time has not been
+    written since; if Git's content for it is also the same, so is the verdict.
+    That turns a no-op plan of thousands of objects into dictionary lookups.
+    """
+
+    def __init__(self) -> None:
+        self._verdicts: dict[tuple[str, str], tuple[str, str, PlanItem]] = {}
+
+    def get(self, key: tuple[str, str], resource_version: str, content_hash: str) -> PlanItem | None:
+        entry = self._verdicts.get(key)
+        if entry is not None and entry[:2] == (resource_version, content_hash):
+            return entry[2]
+        return None
+
+    def put(self, key: tuple[str, str], resource_version: str, content_hash: str, item: PlanItem) -> None:
+        self._verdicts[key] = (resource_version, content_hash, item)
+
+
 def plan(
     desired: DesiredState,
     live_by_namespace: Mapping[str, Iterable[Mapping[str, Any]]],
@@ -192,6 +213,7 @@ def plan(
     commit: str,
     held: frozenset[tuple[str, str]] = frozenset(),
     prune_allowed: bool = True,
+    memo: PlanMemo | None = None,
 ) -> Plan:
     """Compares Git with the cluster. ``live_by_namespace`` holds one LIST per namespace.
 
@@ -207,7 +229,7 @@ def plan(
     wanted = desired.by_key()
     for wanted_object in desired.objects:
         live = live_index.get(wanted_object.key)
-        item = _plan_object(wanted_object, live, desired, source=source, commit=commit)
+        item = _memoized_plan_object(wanted_object, live, desired, source=source, commit=commit, memo=memo)
         if wanted_object.key in held and item.action in (Action.CREATE, Action.UPDATE, Action.REPLACE):
             item = replace(item, action=Action.HELD, reason="a later rollout step reaches this target")
         items.append(item)
@@ -253,6 +275,29 @@ def plan(
                 )
             )
     return Plan(source=source, commit=commit, items=tuple(items))
+
+
+def _memoized_plan_object(
+    obj: DesiredObject,
+    live: Mapping[str, Any] | None,
+    desired: DesiredState,
+    *,
+    source: str,
+    commit: str,
+    memo: PlanMemo | None,
+) -> PlanItem:
+    version = (live or {}).get("metadata", {}).get("resourceVersion")
+    if memo is None or not version:
+        return _plan_object(obj, live, desired, source=source, commit=commit)
+    # Only "nothing to do" is remembered: it depends on the live object and on
+    # Git's content for it, not on the commit or the policy. Anything else is recomputed.
+    remembered = memo.get(obj.key, version, obj.content.hash)
+    if remembered is not None:
+        return replace(remembered, desired=obj)
+    item = _plan_object(obj, live, desired, source=source, commit=commit)
+    if item.action is Action.UNCHANGED:
+        memo.put(obj.key, version, obj.content.hash, item)
+    return item
 
 
 def _plan_object(

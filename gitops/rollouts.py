@@ -27,7 +27,7 @@ from gitops.desired.policy import Analysis, Pause, SetWeight, steps_from_json
 from gitops.desired.revision import DesiredState, flag_set_key, unstamped
 from gitops.errors import PermanentError
 from gitops.models import ApplyIntent, Approval, Change, Revision, Rollout, RolloutEvent, Source
-from gitops.plan import Plan, plan
+from gitops.plan import Plan, PlanMemo, plan
 from gitops.rollout.analysis import run_analysis
 from gitops.rollout.engine import desired_at_weight, desired_hash, held_keys
 
@@ -329,6 +329,7 @@ def apply_weight(
         commit=rollout.revision.commit,
         held=held_keys(desired, weight),
         prune_allowed=weight >= 100,
+        memo=plan_memo(source),
     )
     Source.objects.filter(pk=source.pk).update(last_plan=plan_snapshot(current, weight=weight))
     intents = apply.write_intents(
@@ -336,6 +337,14 @@ def apply_weight(
     )
     failures = apply.execute_intents(intents)
     return StepOutcome("applied" if intents else "unchanged", current.summary(), failures)
+
+
+_plan_memos: dict[int, PlanMemo] = {}
+
+
+def plan_memo(source: Source) -> PlanMemo:
+    """One memo per source and worker process."""
+    return _plan_memos.setdefault(source.pk, PlanMemo())
 
 
 def plan_snapshot(current: Plan, *, weight: int) -> dict[str, Any]:

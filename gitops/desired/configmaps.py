@@ -10,9 +10,10 @@ import base64
 import binascii
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
-from gitops.content import is_reserved
+from gitops.content import Content, is_reserved
 from gitops.desired.documents import Document, PathKey
 from gitops.desired.errors import ValidationError
 from gitops.desired.policy import namespace_problem, suggestion, type_name
@@ -53,6 +54,18 @@ class ConfigMapManifest:
     labels: dict[str, str]
     annotations: dict[str, str]
     immutable: bool | None
+
+    @cached_property
+    def content(self) -> Content:
+        # Built once per parsed file: the parse cache hands the same manifest to
+        # every later revision, so its content hash is computed once too.
+        return Content(
+            data=self.data,
+            binary_data=self.binary_data,
+            labels=self.labels,
+            annotations=self.annotations,
+            immutable=self.immutable,
+        )
 
 
 def dns_subdomain_problem(name: str) -> str | None:

@@ -265,13 +265,7 @@ def _expand(
                     if problem := permitted(namespace):
                         errors.append(ValidationError(path, item.line, "metadata.namespace", problem))
                         continue
-                    content = Content(
-                        data=item.data,
-                        binary_data=item.binary_data,
-                        labels=item.labels,
-                        annotations=item.annotations,
-                        immutable=item.immutable,
-                    )
+                    content = item.content
                     add(
                         DesiredObject(
                             namespace=namespace,
