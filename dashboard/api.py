@@ -32,7 +32,7 @@ from django.db import transaction
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
-from ninja import Field, NinjaAPI, Path, Query, Schema
+from ninja import Field, NinjaAPI, Path, Query, Schema, Status
 from ninja.errors import AuthenticationError, HttpError
 from ninja.security.apikey import APIKeyCookie
 from ninja.security.http import HttpBearer
@@ -80,7 +80,7 @@ class TokenAuth(HttpBearer):
         row = ApiToken.objects.authenticate(token)
         if row is None:
             raise AuthenticationError(message="invalid, expired or revoked API token")
-        return cast(User, row.user)
+        return row.user
 
 
 class SessionAuth(APIKeyCookie):
@@ -98,7 +98,8 @@ class SessionAuth(APIKeyCookie):
         return super()._get_key(request)  # raises a 403 when the CSRF check fails
 
     def authenticate(self, request: HttpRequest, key: str | None) -> User | None:
-        return cast(User, request.user) if request.user.is_authenticated else None
+        user = request.user
+        return user if isinstance(user, User) and user.is_authenticated else None
 
 
 def docs_access(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
@@ -448,6 +449,7 @@ RolloutId = Annotated[int, Path(..., ge=1, le=MAX_ID)]
 AUTH_ERRORS: dict[int, Any] = {401: ErrorOut, 403: ErrorOut, 422: ValidationErrorOut}
 READ_ONE_ERRORS: dict[int, Any] = {**AUTH_ERRORS, 404: ErrorOut}
 ACTION_ERRORS: dict[int, Any] = {**READ_ONE_ERRORS, 409: ErrorOut}
+BODY_ACTION_ERRORS: dict[int, Any] = {**ACTION_ERRORS, 400: ErrorOut}  # a body that is not JSON
 
 
 # -- presenting ---------------------------------------------------------------------------
@@ -710,7 +712,7 @@ def list_changes(
 
 
 @api.post("/sources/{name}/sync", response={202: SyncOut, **READ_ONE_ERRORS}, tags=["sources"])
-def sync_source(request: HttpRequest, name: SourceName) -> tuple[int, dict[str, Any]]:
+def sync_source(request: HttpRequest, name: SourceName) -> Status[dict[str, Any]]:
     """Queues a sync of the source on a worker (approvers and admins); the task id comes back."""
     user = caller(request)
     if not user.is_active or not (user.has_perm(APPROVE) or user.has_perm(CHANGE_SOURCE)):
@@ -719,25 +721,27 @@ def sync_source(request: HttpRequest, name: SourceName) -> tuple[int, dict[str, 
     with transaction.atomic():
         task_ids = services.enqueue_sync(source, actor=user.get_username())
     # on_commit ran when the block above committed, so the task is queued and its id known.
-    return 202, {"source": source.name, "task_id": task_ids[0], "actor": user.get_username()}
+    return Status(202, {"source": source.name, "task_id": task_ids[0], "actor": user.get_username()})
 
 
-@api.post("/rollouts/{rollout_id}/promote", response={200: RolloutOut, **ACTION_ERRORS}, tags=["rollouts"])
+@api.post(
+    "/rollouts/{rollout_id}/promote", response={200: RolloutOut, **BODY_ACTION_ERRORS}, tags=["rollouts"]
+)
 def promote_rollout(request: HttpRequest, rollout_id: RolloutId, body: PromoteIn) -> dict[str, Any]:
     """Approves the gate the rollout waits at; with enough approvals it goes on (``full``: to 100%)."""
     rollout = rollouts.promote(rollout_id, user=caller(request), full=body.full, comment=body.comment)
     return selectors.rollout_status(rollout)
 
 
-@api.post("/rollouts/{rollout_id}/abort", response={202: RolloutOut, **ACTION_ERRORS}, tags=["rollouts"])
-def abort_rollout(request: HttpRequest, rollout_id: RolloutId, body: AbortIn) -> tuple[int, dict[str, Any]]:
+@api.post("/rollouts/{rollout_id}/abort", response={202: RolloutOut, **BODY_ACTION_ERRORS}, tags=["rollouts"])
+def abort_rollout(request: HttpRequest, rollout_id: RolloutId, body: AbortIn) -> Status[dict[str, Any]]:
     """Asks for a rollback; a worker restores every target the rollout changed."""
     rollout = rollouts.abort(rollout_id, user=caller(request), reason=body.reason)
-    return 202, selectors.rollout_status(rollout)
+    return Status(202, selectors.rollout_status(rollout))
 
 
 @api.post("/rollouts/{rollout_id}/retry", response={201: RolloutOut, **ACTION_ERRORS}, tags=["rollouts"])
-def retry_rollout(request: HttpRequest, rollout_id: RolloutId) -> tuple[int, dict[str, Any]]:
+def retry_rollout(request: HttpRequest, rollout_id: RolloutId) -> Status[dict[str, Any]]:
     """Starts an aborted or failed rollout's revision again from step 0: a new rollout."""
     rollout = rollouts.retry(rollout_id, user=caller(request))
-    return 201, selectors.rollout_status(rollout)
+    return Status(201, selectors.rollout_status(rollout))

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import ClassVar
 
 from django.conf import settings
-from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import models
 from django.utils import timezone
 
@@ -42,9 +42,7 @@ def split_token(token: str) -> str | None:
 
 
 class ApiTokenQuerySet(models.QuerySet["ApiToken"]):
-    def issue(
-        self, user: AbstractBaseUser, *, name: str, expires_at: datetime | None = None
-    ) -> tuple[ApiToken, str]:
+    def issue(self, user: User, *, name: str, expires_at: datetime | None = None) -> tuple[ApiToken, str]:
         """Creates a token for ``user``; returns the row and the token, which is never stored."""
         while True:
             prefix = secrets.token_hex(PREFIX_BYTES)
