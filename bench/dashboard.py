@@ -33,10 +33,11 @@ def fill(changes: int, sources: int) -> dict[str, object]:
         cursor.execute(
             """
             INSERT INTO gitops_source (name, url, branch, path, poll_interval, credentials_ref, allowed_namespaces,
-                created_at, next_poll_at, last_commit, last_error, last_plan, commit_url_template)
+                created_at, next_poll_at, last_commit, last_error, last_plan, commit_url_template,
+                webhook_secret_encrypted, sync_queued)
             SELECT 'source-' || lpad(i::text, 3, '0'), 'https://git.example.com/team/repo-' || i || '.git', 'main', '',
                 interval '60 seconds', '', '[]', now(), now() + interval '1 day', md5(i::text) || '00000000', '',
-                '{}', 'https://git.example.com/team/repo-' || i || '/commit/{commit}'
+                '{}', 'https://git.example.com/team/repo-' || i || '/commit/{commit}', '', false
             FROM generate_series(1, %s) AS i
             """,
             [sources],
