@@ -9,6 +9,7 @@ app_name = "dashboard"
 urlpatterns = [
     path("", views.overview, name="overview"),
     path("healthz", views.healthz, name="healthz"),
+    path("readyz", views.readyz, name="readyz"),
     path("sources/<slug:name>/", views.source_detail, name="source"),
     path("sources/<slug:name>/sync", views.source_sync, name="source-sync"),
     path("rollouts/<int:rollout_id>/", views.rollout_detail, name="rollout"),

@@ -24,7 +24,7 @@ from django.utils.dateparse import parse_date, parse_datetime
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from gitops import rollouts, selectors, services
+from gitops import health, rollouts, selectors, services
 from gitops.errors import GitopsError
 from gitops.models import Approval, Change, ManagedObject, Rollout, RolloutEvent, Source
 from gitops.sources import redact_url
@@ -37,7 +37,18 @@ CHANGE_FILTERS = ("source", "commit", "namespace", "name", "action", "actor")
 
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
+    """The process is alive. Touches nothing else, so a slow database never restarts web pods."""
     return JsonResponse({"status": "ok"})
+
+
+@require_GET
+def readyz(request: HttpRequest) -> JsonResponse:
+    """Database, broker and kube-apiserver reachable; 503 names the one that is not."""
+    checks = health.readiness()
+    ready = all(result == "ok" for result in checks.values())
+    return JsonResponse(
+        {"status": "ready" if ready else "not ready", "checks": checks}, status=200 if ready else 503
+    )
 
 
 def can_act(user: Any) -> bool:

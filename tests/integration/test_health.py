@@ -1,0 +1,32 @@
+"""/healthz and /readyz against the real database, broker and kube-apiserver."""
+
+import pytest
+from django.test import Client
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_healthz_needs_no_login_and_nothing_else():
+    response = Client().get("/healthz")
+    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+
+
+def test_readyz_checks_database_broker_and_apiserver(stack):
+    response = Client().get("/readyz")
+    assert response.status_code == 200, response.json()
+    assert response.json() == {
+        "status": "ready",
+        "checks": {"database": "ok", "broker": "ok", "kube-apiserver": "ok"},
+    }
+
+
+def test_readyz_names_what_is_unreachable_without_leaking_the_url(stack, settings):
+    settings.CELERY_BROKER_URL = "redis://:hunter2@127.0.0.1:9/0"
+    response = Client().get("/readyz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "not ready"
+    assert body["checks"]["database"] == "ok"
+    assert body["checks"]["kube-apiserver"] == "ok"
+    assert body["checks"]["broker"].startswith("ConnectionError")
+    assert "hunter2" not in response.content.decode()
