@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help setup stack stack-down stack-status control-plane browser demo test test-unit lint format bench clean
+.PHONY: help setup stack stack-down stack-status control-plane browser demo demo-smoke test test-unit lint format bench clean
 
 help:
 	@echo "make demo        run Sluice on the embedded stack (web, worker, beat)"
@@ -45,6 +45,9 @@ stack-status: setup
 
 demo: setup
 	bash scripts/demo.sh
+
+demo-smoke: setup
+	bash scripts/demo-smoke.sh
 
 lint: setup
 	$(BIN)/ruff check .

@@ -15,13 +15,8 @@ export SLUICE_DATA_DIR=$PWD/.stack/data
 mkdir -p "$SLUICE_DATA_DIR"
 
 $py manage.py migrate --no-input
-$py manage.py shell -c '
-from django.contrib.auth import get_user_model
-User = get_user_model()
-user, _ = User.objects.get_or_create(username="demo", defaults={"is_staff": True, "is_superuser": True})
-user.set_password("demo")
-user.save()
-'
+# A sample repository, a source, and a rollout waiting for the visitor's approval.
+$py scripts/demo_seed.py
 
 pids=()
 stop() {
@@ -41,6 +36,7 @@ pids+=($!)
 
 echo
 echo "Sluice is running at http://127.0.0.1:$port/  (log in as demo / demo)"
+echo "A canary of the shop configuration is paused, waiting for your approval."
 echo "kubectl for the embedded cluster: . .stack/env && kubectl get configmaps -A"
 echo "Press Ctrl-C to stop."
 wait -n "${pids[@]}"

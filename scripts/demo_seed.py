@@ -1,0 +1,182 @@
+"""Seeds `make demo`: a sample repository, a source, and a rollout waiting for the visitor's approval.
+
+Run with the stack's environment loaded and Django settings configured (scripts/demo.sh does both).
+Safe to run again: it reuses what exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import django
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+django.setup()
+
+from django.contrib.auth.models import Group, User  # noqa: E402
+
+from gitops import services  # noqa: E402
+from gitops.apply import get_cluster  # noqa: E402
+from gitops.models import Rollout, Source  # noqa: E402
+
+NAMESPACES = ["demo-canary", "demo-team-a", "demo-team-b", "demo-flags"]
+AUTHOR = {
+    "GIT_AUTHOR_NAME": "Dana Developer",
+    "GIT_AUTHOR_EMAIL": "dana@example.com",
+    "GIT_COMMITTER_NAME": "Dana Developer",
+    "GIT_COMMITTER_EMAIL": "dana@example.com",
+}
+
+NGINX = """worker_processes auto;
+events {{ worker_connections {connections}; }}
+http {{
+    upstream shop {{ server shop:8080; }}
+    server {{
+        listen 80;
+        location / {{ proxy_pass http://shop; }}
+        location /healthz {{ return 200 "ok"; }}
+    }}
+}}
+"""
+PROPERTIES = """server.port=8080
+shop.currency=EUR
+shop.cart.max-items={max_items}
+payments.timeout-ms=3000
+"""
+
+
+def policy(with_rollout: bool) -> str:
+    text = """targets:
+  namespaces: [demo-canary, demo-team-a, demo-team-b]
+allowedNamespaces: ["demo-*"]
+prune: true
+selfHeal: true
+flags:
+  namespace: demo-flags
+"""
+    if with_rollout:
+        text += """rollout:
+  steps:
+    - setWeight: 34          # the canary namespace first
+    - pause: {}              # waits for an approver
+    - setWeight: 67
+    - pause: {duration: 20s}
+    - setWeight: 100
+approvals:
+  required: 1
+  forbidSelfApproval: true
+"""
+    return text
+
+
+def flags(default: str) -> str:
+    return json.dumps(
+        {
+            "flags": {
+                "new-checkout": {
+                    "state": "ENABLED",
+                    "variants": {"on": True, "off": False},
+                    "defaultVariant": default,
+                },
+                "banner-color": {
+                    "state": "ENABLED",
+                    "variants": {"blue": "#1f6feb", "green": "#2da44e"},
+                    "defaultVariant": "blue",
+                    "targeting": {"if": [{"ends_with": [{"var": "email"}, "@example.com"]}, "green", None]},
+                },
+            }
+        },
+        indent=2,
+    )
+
+
+def settings_json(retries: int) -> str:
+    return json.dumps(
+        {"search": {"page_size": 24, "retries": retries}, "features": ["wishlist", "gift-cards"]}, indent=2
+    )
+
+
+def manifest(name: str, key: str, value: str) -> str:
+    indented = "".join(f"    {line}\n" for line in value.splitlines())
+    header = f"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  labels:\n    app: shop\n"
+    return header + f"data:\n  {key}: |\n{indented}"
+
+
+def git(cwd: Path, *args: str) -> str:
+    env = {**os.environ, **AUTHOR, "GIT_CONFIG_GLOBAL": "/dev/null"}
+    return subprocess.run(
+        ["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def write(
+    work: Path, *, connections: int, max_items: int, retries: int, checkout: str, with_rollout: bool
+) -> None:
+    files = {
+        "sluice.yaml": policy(with_rollout),
+        "configmaps/nginx.yaml": manifest("nginx", "nginx.conf", NGINX.format(connections=connections)),
+        "configmaps/shop.yaml": manifest(
+            "shop", "application.properties", PROPERTIES.format(max_items=max_items)
+        ),
+        "configmaps/search.yaml": manifest("search", "settings.json", settings_json(retries)),
+        "flags/checkout.json": flags(checkout),
+        "README.md": "Sample configuration repository for the Sluice demo.\n",
+    }
+    for path, content in files.items():
+        target = work / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content)
+
+
+def main() -> int:
+    data = Path(os.environ.get("SLUICE_DATA_DIR", ROOT / ".stack" / "data"))
+    repo = data / "demo-repo"
+    remote, work = repo / "remote.git", repo / "work"
+    cluster = get_cluster()
+    for namespace in NAMESPACES:
+        cluster.create_namespace(namespace)
+
+    if not remote.exists():
+        repo.mkdir(parents=True, exist_ok=True)
+        git(repo, "init", "--quiet", "--bare", "--initial-branch=main", str(remote))
+        git(repo, "init", "--quiet", "--initial-branch=main", str(work))
+        git(work, "remote", "add", "origin", str(remote))
+        write(work, connections=1024, max_items=50, retries=2, checkout="off", with_rollout=False)
+        git(work, "add", "--all")
+        git(work, "commit", "--quiet", "-m", "Initial shop configuration")
+        git(work, "push", "--quiet", "origin", "HEAD:refs/heads/main")
+
+    source = Source.objects.filter(name="shop-config").first()
+    if source is None:
+        source = services.add_source(
+            name="shop-config", url=f"file://{remote}", allowed_namespaces=["demo-*"]
+        )
+        first = services.sync_source(source.pk, actor="demo")
+        print(f"demo: applied the first commit: {first.outcome}")
+
+        write(work, connections=4096, max_items=100, retries=3, checkout="on", with_rollout=True)
+        git(work, "add", "--all")
+        git(work, "commit", "--quiet", "-m", "Raise limits and turn on the new checkout, as a canary")
+        git(work, "push", "--quiet", "origin", "HEAD:refs/heads/main")
+        second = services.sync_source(source.pk, actor="demo")
+        print(f"demo: the second commit rolls out as a canary: {second.outcome}")
+
+    user, _created = User.objects.get_or_create(username="demo", defaults={"email": "demo@example.com"})
+    user.set_password("demo")
+    user.is_staff = True
+    user.save()
+    user.groups.add(Group.objects.get(name="approver"))
+    rollout = Rollout.objects.filter(source=source).order_by("-id").first()
+    if rollout is not None:
+        waiting = f", waiting for {rollout.waiting_for}" if rollout.waiting_for else ""
+        print(f"demo: rollout {rollout.pk} is {rollout.phase}{waiting} at {rollout.weight}%")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
