@@ -10,6 +10,7 @@ urlpatterns = [
     path("", views.overview, name="overview"),
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),
+    path("metrics", views.prometheus_metrics, name="metrics"),
     path("sources/<slug:name>/", views.source_detail, name="source"),
     path("sources/<slug:name>/sync", views.source_sync, name="source-sync"),
     path("rollouts/<int:rollout_id>/", views.rollout_detail, name="rollout"),

@@ -7,11 +7,13 @@ checked for its permission here, on the server, whatever the page showed.
 from __future__ import annotations
 
 import csv
+import hmac
 import json
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import PermissionDenied
@@ -24,7 +26,7 @@ from django.utils.dateparse import parse_date, parse_datetime
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from gitops import health, rollouts, selectors, services
+from gitops import health, metrics, rollouts, selectors, services
 from gitops.errors import GitopsError
 from gitops.models import Approval, Change, ManagedObject, Rollout, RolloutEvent, Source
 from gitops.sources import redact_url
@@ -39,6 +41,18 @@ CHANGE_FILTERS = ("source", "commit", "namespace", "name", "action", "actor")
 def healthz(request: HttpRequest) -> JsonResponse:
     """The process is alive. Touches nothing else, so a slow database never restarts web pods."""
     return JsonResponse({"status": "ok"})
+
+
+@require_GET
+def prometheus_metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus text format; with SLUICE_METRICS_TOKEN set, a matching bearer token is required."""
+    token = getattr(settings, "SLUICE_METRICS_TOKEN", "")
+    if token:
+        sent = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(sent.encode(), token.encode()):
+            return HttpResponse("unauthorized\n", status=401, content_type="text/plain")
+    payload, content_type = metrics.render()
+    return HttpResponse(payload, content_type=content_type)
 
 
 @require_GET

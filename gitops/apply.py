@@ -20,6 +20,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from gitops import content as content_module
+from gitops import metrics
 from gitops.cluster import Cluster, FieldConflictError
 from gitops.content import Content, Provenance
 from gitops.desired.revision import DesiredState
@@ -180,6 +181,11 @@ def execute_intents(intents: Sequence[ApplyIntent]) -> list[str]:
                 error=error or "",
             )
         )
+    if failures:
+        names = dict(Source.objects.filter(pk__in={i.source_id for i in intents}).values_list("pk", "name"))
+        for intent in intents:
+            if intent.pk in failed:
+                metrics.APPLY_ERRORS.labels(names.get(intent.source_id, "?")).inc()
     with transaction.atomic():
         # The one-to-one on intent makes a second log of the same intent impossible.
         Change.objects.bulk_create(changes, batch_size=1000, ignore_conflicts=True)

@@ -22,7 +22,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from gitops import apply, rollouts, selectors, webhooks
+from gitops import apply, metrics, rollouts, selectors, webhooks
 from gitops import secrets as secrets_module
 from gitops.desired.errors import RevisionRejected, ValidationError
 from gitops.desired.revision import DesiredState, ParseCache, load_revision
@@ -190,6 +190,17 @@ def _combine(runs: Sequence[SyncResult]) -> SyncResult:
 
 def _reconcile(source: Source, *, actor: str, retry_failed: bool) -> SyncResult:
     started = time.monotonic()
+    try:
+        result = _reconcile_once(source, actor=actor, retry_failed=retry_failed, started=started)
+    except (TemporaryError, PermanentError):
+        metrics.RECONCILES.labels(source.name, "error").inc()
+        raise
+    metrics.RECONCILES.labels(source.name, result.outcome).inc()
+    metrics.RECONCILE_SECONDS.labels(source.name).observe(time.monotonic() - started)
+    return result
+
+
+def _reconcile_once(source: Source, *, actor: str, retry_failed: bool, started: float) -> SyncResult:
     resumed = apply.finish_pending_intents(source)
     try:
         head, forced = _fetch(source)
@@ -246,7 +257,7 @@ def _format_error(error: Mapping[str, Any]) -> str:
 
 def _fetch(source: Source) -> tuple[Revision, bool]:
     credentials = resolve_credentials(source.credentials_ref)
-    with mirror_for(source) as mirror:
+    with mirror_for(source) as mirror, metrics.FETCH_SECONDS.labels(source.name).time():
         fetched = mirror.fetch(source.url, source.branch, credentials)
         revision = Revision.objects.filter(source=source, commit=fetched.commit).first()
         if revision is None:
@@ -382,6 +393,7 @@ DELIVERY_ID = re.compile(r"[^A-Za-z0-9._:-]")
 class WebhookAnswer:
     status: int
     body: dict[str, Any]
+    provider: str = "unknown"
 
 
 def set_webhook_secret(source: Source, secret: str) -> None:
@@ -410,6 +422,12 @@ def queue_sync_once(source: Source, *, actor: str) -> bool:
 
 def receive_webhook(source_name: str, headers: Mapping[str, str], body: bytes) -> WebhookAnswer:
     """Checks a push notification and queues a reconcile. Answers within milliseconds: no Git, no cluster."""
+    answer = _receive_webhook(source_name, headers, body)
+    metrics.WEBHOOK_DELIVERIES.labels(answer.provider, answer.body.get("status", "unknown")).inc()
+    return answer
+
+
+def _receive_webhook(source_name: str, headers: Mapping[str, str], body: bytes) -> WebhookAnswer:
     source = Source.objects.filter(name=source_name).first()
     if source is None:
         return WebhookAnswer(404, {"status": "rejected", "reason": "no such source"})
@@ -422,7 +440,9 @@ def receive_webhook(source_name: str, headers: Mapping[str, str], body: bytes) -
         _record_delivery(
             source, provider=provider, headers=headers, outcome="rejected", reason=rejected.reason
         )
-        return WebhookAnswer(rejected.status, {"status": "rejected", "reason": rejected.reason})
+        return WebhookAnswer(
+            provider=provider, status=rejected.status, body={"status": "rejected", "reason": rejected.reason}
+        )
     delivery_id = DELIVERY_ID.sub("", event.delivery_id)[:100] or uuid.uuid4().hex
     if event.event == "ping":
         _record_delivery(
@@ -434,7 +454,7 @@ def receive_webhook(source_name: str, headers: Mapping[str, str], body: bytes) -
             delivery_id=delivery_id,
             event="ping",
         )
-        return WebhookAnswer(200, {"status": "pong", "delivery": delivery_id})
+        return WebhookAnswer(200, {"status": "pong", "delivery": delivery_id}, provider)
     if event.event != "push":
         reason = f"{event.event} events do not trigger a sync"
     elif event.branch != source.branch:
@@ -465,9 +485,9 @@ def receive_webhook(source_name: str, headers: Mapping[str, str], body: bytes) -
             delivery_id=delivery_id,
             event=event.event,
         )
-        return WebhookAnswer(200, {"status": "duplicate", "delivery": delivery_id})
+        return WebhookAnswer(200, {"status": "duplicate", "delivery": delivery_id}, provider)
     if reason:
-        return WebhookAnswer(202, {"status": "ignored", "reason": reason, "delivery": delivery_id})
+        return WebhookAnswer(202, {"status": "ignored", "reason": reason, "delivery": delivery_id}, provider)
     queued = queue_sync_once(source, actor=f"webhook:{provider}")
     log.info(
         "webhook accepted source=%s provider=%s delivery=%s commit=%s queued=%s",
@@ -477,7 +497,9 @@ def receive_webhook(source_name: str, headers: Mapping[str, str], body: bytes) -
         event.commit,
         queued,
     )
-    return WebhookAnswer(202, {"status": "accepted", "delivery": delivery_id, "commit": event.commit})
+    return WebhookAnswer(
+        202, {"status": "accepted", "delivery": delivery_id, "commit": event.commit}, provider
+    )
 
 
 def _record_delivery(

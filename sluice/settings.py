@@ -123,6 +123,8 @@ SLUICE_FIELD_MANAGER = "sluice"
 SLUICE_CLUSTER_NAME = env.get("SLUICE_CLUSTER_NAME", "default")
 SLUICE_APPLY_CONCURRENCY = int(env.get("SLUICE_APPLY_CONCURRENCY", "16"))
 SLUICE_POLL_SWEEP_SECONDS = float(env.get("SLUICE_POLL_SWEEP_SECONDS", "5"))
+# When set, /metrics wants "Authorization: Bearer <token>".
+SLUICE_METRICS_TOKEN = env.get("SLUICE_METRICS_TOKEN", "")
 
 CELERY_BEAT_SCHEDULE = {
     "poll-sources": {"task": "gitops.poll_sources", "schedule": SLUICE_POLL_SWEEP_SECONDS},

@@ -8,6 +8,7 @@ it), and the Django settings and the Celery app of this process are pointed at i
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,8 @@ import pytest
 from tests.workers import WorkerProcess
 
 INTEGRATION_DIR = Path(__file__).parent / "integration"
+# Worker processes inherit this, so their metrics reach this process's /metrics.
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="sluice-metrics-"))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,0 +1,87 @@
+"""Prometheus metrics, shared by web and worker processes (prometheus_client's multiprocess mode).
+
+Every process writes its samples under PROMETHEUS_MULTIPROC_DIR; the web
+process's /metrics adds them up, so what workers do reaches the scrape. The
+directory must be set before prometheus_client is first imported: here.
+State that lives in the database (rollout phases, drift) is read at scrape time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from django.conf import settings
+
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(Path(settings.SLUICE_DATA_DIR) / "metrics"))
+Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
+
+from prometheus_client import (  # noqa: E402
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily  # noqa: E402
+from prometheus_client.registry import Collector  # noqa: E402
+
+RECONCILES = Counter("sluice_reconcile_total", "Reconciles of a source, by result", ["source", "result"])
+RECONCILE_SECONDS = Histogram(
+    "sluice_reconcile_duration_seconds",
+    "Time to fetch, validate, plan, apply and record",
+    ["source"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
+)
+FETCH_SECONDS = Histogram(
+    "sluice_git_fetch_duration_seconds",
+    "Time to fetch a source's branch",
+    ["source"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+)
+APPLY_ERRORS = Counter("sluice_apply_errors_total", "Changes the cluster refused", ["source"])
+WEBHOOK_DELIVERIES = Counter(
+    "sluice_webhook_deliveries_total", "Push notifications received, by outcome", ["provider", "result"]
+)
+
+
+class DatabaseCollector(Collector):
+    """Gauges read from the database when scraped: one query each, however many sources."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        from gitops.models import Rollout, Source  # noqa: PLC0415 - needs the app registry
+
+        phases = GaugeMetricFamily(
+            "sluice_rollout_phase",
+            "1 for the phase of each source's latest rollout",
+            labels=["source", "phase"],
+        )
+        latest = (
+            Rollout.objects.order_by("source_id", "-id")
+            .distinct("source_id")
+            .values_list("source__name", "phase")
+        )
+        for source, phase in latest:
+            phases.add_metric([source, phase], 1)
+        yield phases
+        drift = GaugeMetricFamily(
+            "sluice_drift_objects", "Objects edited in the cluster, per source", labels=["source"]
+        )
+        for name, plan in Source.objects.values_list("name", "last_plan"):
+            summary = (plan or {}).get("summary", {})
+            drift.add_metric([name], summary.get("drift", 0) + summary.get("self-heal", 0))
+        yield drift
+
+
+def render() -> tuple[bytes, str]:
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    registry.register(DatabaseCollector())
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def process_exited(pid: int) -> None:
+    """Drops a dead process's live gauges (counters and histograms stay summed)."""
+    multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

@@ -1,0 +1,177 @@
+"""deploy/kubernetes against the real kube-apiserver (RBAC authorization on).
+
+The rendered manifests must pass a server-side dry run and apply; then, as the
+`sluice` ServiceAccount itself (a TokenRequest token, no admin rights), Sluice can
+do exactly what it needs: server-side apply ConfigMaps in the listed namespaces
+and read namespaces, and nothing else: no Secrets, no ConfigMaps elsewhere.
+
+Namespaces are never deleted (no controller-manager: they would never finish
+terminating); every run uses fresh ones. `sluice-system` and the cluster-wide RBAC
+objects are applied idempotently and shared by runs on a reused stack.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gitops.cluster import Cluster
+from gitops.errors import PermanentError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def kubectl(stack: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        ["kubectl", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env={"PATH": stack["PATH"], "KUBECONFIG": stack["KUBECONFIG"], "HOME": str(ROOT)},
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, f"kubectl {' '.join(args)} failed:\n{result.stderr}"
+    return result
+
+
+def render(*namespaces: str) -> str:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "deploy" / "render.py"), "--namespaces", ",".join(namespaces)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout
+
+
+def service_account_kubeconfig(admin_kubeconfig: str, token: str, path: Path) -> Path:
+    """A kubeconfig for the ServiceAccount: the admin's server and CA, the SA's bearer token."""
+    admin = yaml.safe_load(Path(admin_kubeconfig).read_text())
+    current = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])
+    cluster = next(c for c in admin["clusters"] if c["name"] == current["context"]["cluster"])
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "stack", "cluster": cluster["cluster"]}],
+                "users": [{"name": "sluice", "user": {"token": token}}],
+                "contexts": [{"name": "sluice", "context": {"cluster": "stack", "user": "sluice"}}],
+                "current-context": "sluice",
+            }
+        )
+    )
+    return path
+
+
+def configmap(namespace: str, name: str) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": {"GREETING": "hello"},
+    }
+
+
+@pytest.fixture
+def deployed(stack, make_namespaces) -> dict[str, list[str]]:
+    """Sluice's manifests applied for two fresh namespaces; a third one is left out."""
+    allowed = make_namespaces("team-a", "team-b")
+    (outside,) = make_namespaces("other")
+    manifests = render(*allowed)
+
+    # A dry run creates nothing, so objects inside a namespace that does not exist
+    # yet would be rejected: create sluice-system on its own first (idempotent).
+    namespace_doc = next(d for d in yaml.safe_load_all(manifests) if d["kind"] == "Namespace")
+    kubectl(stack, "apply", "-f", "-", stdin=yaml.safe_dump(namespace_doc))
+
+    dry_run = kubectl(stack, "apply", "--dry-run=server", "-f", "-", stdin=manifests)
+    assert "(server dry run)" in dry_run.stdout
+    # The namespace enforces the "restricted" Pod Security Standard and warns about
+    # Deployments whose pods it would refuse.
+    assert "PodSecurity" not in dry_run.stderr, dry_run.stderr
+
+    kubectl(stack, "apply", "-f", "-", stdin=manifests)
+    return {"allowed": allowed, "outside": [outside]}
+
+
+@pytest.fixture
+def sluice_kubeconfig(stack, deployed, tmp_path) -> Path:
+    """A kubeconfig for the `sluice` ServiceAccount, with a token from the TokenRequest API."""
+    token = kubectl(stack, "create", "token", "sluice", "-n", "sluice-system").stdout.strip()
+    return service_account_kubeconfig(stack["KUBECONFIG"], token, tmp_path / "sluice.kubeconfig")
+
+
+@pytest.fixture
+def as_sluice(sluice_kubeconfig) -> Iterator[Cluster]:
+    with Cluster(str(sluice_kubeconfig)) as connected:
+        yield connected
+
+
+def test_rendered_manifests_are_accepted_and_applied(stack, deployed) -> None:
+    for namespace in deployed["allowed"]:
+        role = yaml.safe_load(
+            kubectl(stack, "get", "role", "sluice-configmaps", "-n", namespace, "-o", "yaml").stdout
+        )
+        assert role["rules"] == [
+            {
+                "apiGroups": [""],
+                "resources": ["configmaps"],
+                "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
+            }
+        ]
+    beat = yaml.safe_load(
+        kubectl(stack, "get", "deploy", "sluice-beat", "-n", "sluice-system", "-o", "yaml").stdout
+    )
+    assert beat["spec"]["replicas"] == 1
+    assert beat["spec"]["strategy"]["type"] == "Recreate"
+    kubectl(
+        stack, "get", "deploy/sluice-web", "deploy/sluice-worker", "svc/sluice-web", "-n", "sluice-system"
+    )
+
+
+def test_service_account_can_apply_configmaps_in_listed_namespaces(as_sluice, deployed) -> None:
+    for namespace in deployed["allowed"]:
+        applied = as_sluice.apply_configmap(configmap(namespace, "app"), field_manager="sluice")
+        assert applied["data"] == {"GREETING": "hello"}
+        assert as_sluice.get_configmap(namespace, "app")["data"] == {"GREETING": "hello"}
+        assert as_sluice.list_configmaps(namespace)
+        assert as_sluice.delete_configmap(namespace, "app")
+
+
+def test_service_account_can_read_namespaces(as_sluice, deployed) -> None:
+    for namespace in [*deployed["allowed"], *deployed["outside"]]:
+        assert as_sluice.namespace_exists(namespace)
+
+
+def test_service_account_cannot_read_secrets(stack, sluice_kubeconfig, deployed) -> None:
+    # gitops.cluster has no Secret methods at all (Sluice never touches them), so
+    # ask the API directly with the ServiceAccount's credentials.
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+
+    namespace = deployed["allowed"][0]
+    kubectl(stack, "create", "secret", "generic", "db", "-n", namespace, "--from-literal=password=hunter2")
+    with config.new_client_from_config(config_file=str(sluice_kubeconfig)) as api_client:
+        core = client.CoreV1Api(api_client)
+        with pytest.raises(ApiException) as read:
+            core.read_namespaced_secret("db", namespace)
+        assert read.value.status == 403
+        with pytest.raises(ApiException) as listed:
+            core.list_namespaced_secret(namespace)
+        assert listed.value.status == 403
+
+
+def test_service_account_cannot_write_configmaps_elsewhere(as_sluice, deployed) -> None:
+    (outside,) = deployed["outside"]
+    with pytest.raises(PermanentError) as refused:
+        as_sluice.apply_configmap(configmap(outside, "app"), field_manager="sluice")
+    assert "answered 403" in str(refused.value)
+    with pytest.raises(PermanentError):
+        as_sluice.apply_configmap(configmap("sluice-system", "app"), field_manager="sluice")

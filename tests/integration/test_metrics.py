@@ -1,0 +1,54 @@
+"""/metrics: what workers did reaches the web process's scrape."""
+
+import re
+
+import pytest
+from django.test import Client
+
+from tests.gitrepo import configmap, policy
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+        if all(found.get(key) == value for key, value in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_worker_metrics_and_database_gauges_reach_the_scrape(repo, make_namespaces, make_source, sync):
+    (namespace,) = make_namespaces("app")
+    repo.write_all({"sluice.yaml": policy([namespace]), "configmaps/app.yaml": configmap("app", {"v": "1"})})
+    repo.commit()
+    source = make_source()
+    assert sync(source)["outcome"] == "applied"
+    assert sync(source)["outcome"] == "unchanged"
+    Client().post(
+        f"/webhooks/git/{source.name}",
+        data=b"{}",
+        content_type="application/json",
+        HTTP_X_GITHUB_EVENT="push",
+    )
+
+    response = Client().get("/metrics")
+
+    assert response.status_code == 200
+    text = response.content.decode()
+    assert sample(text, "sluice_reconcile_total", source=source.name, result="applied") == 1
+    assert sample(text, "sluice_reconcile_total", source=source.name, result="unchanged") == 1
+    assert sample(text, "sluice_git_fetch_duration_seconds_count", source=source.name) == 2
+    assert sample(text, "sluice_reconcile_duration_seconds_count", source=source.name) == 2
+    assert sample(text, "sluice_rollout_phase", source=source.name, phase="Completed") == 1
+    assert sample(text, "sluice_drift_objects", source=source.name) == 0
+    assert sample(text, "sluice_webhook_deliveries_total", provider="github", result="rejected") >= 1
+
+
+def test_a_metrics_token_is_required_when_set(settings):
+    settings.SLUICE_METRICS_TOKEN = "scrape-token-0123456789"
+    assert Client().get("/metrics").status_code == 401
+    assert Client().get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
+    assert Client().get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-token-0123456789").status_code == 200
