@@ -22,7 +22,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from gitops import apply, metrics, rollouts, selectors, webhooks
+from gitops import apply, logs, metrics, rollouts, selectors, webhooks
 from gitops import secrets as secrets_module
 from gitops.desired.errors import RevisionRejected, ValidationError
 from gitops.desired.revision import DesiredState, ParseCache, load_revision
@@ -141,6 +141,11 @@ def sync_source(source_id: int, *, actor: str = SYSTEM_ACTOR, retry_failed: bool
     sees the other, so one of them runs the request.
     """
     source = Source.objects.get(pk=source_id)
+    with logs.log_context(source=source.name):
+        return _sync_coalesced(source, actor=actor, retry_failed=retry_failed)
+
+
+def _sync_coalesced(source: Source, *, actor: str, retry_failed: bool) -> SyncResult:
     runs: list[SyncResult] = []
     requested = False
     while len(runs) < MAX_COALESCED_RUNS:
@@ -207,6 +212,7 @@ def _reconcile_once(source: Source, *, actor: str, retry_failed: bool, started: 
     except (TemporaryError, PermanentError) as exc:
         Source.objects.filter(pk=source.pk).update(last_error=str(exc))
         raise
+    logs.add_context(commit=head.commit)
     result = SyncResult(source.name, "unchanged", head.commit, head.pk, forced_push=forced)
     head_desired = _desired_state(source, head)
     if head_desired is None:
@@ -217,6 +223,7 @@ def _reconcile_once(source: Source, *, actor: str, retry_failed: bool, started: 
         return result
 
     rollout, note = rollouts.choose(source, head, head_desired)
+    logs.add_context(rollout=rollout.pk if rollout else None)
     if rollout is None:  # pragma: no cover - choose always returns one for a valid head
         return result
     # A queued head waits: the running rollout goes on with its own revision.

@@ -130,13 +130,23 @@ CELERY_BEAT_SCHEDULE = {
     "poll-sources": {"task": "gitops.poll_sources", "schedule": SLUICE_POLL_SWEEP_SECONDS},
 }
 
+# JSON lines in production, readable text in development (LOG_FORMAT=json|text overrides).
+LOG_FORMAT = env.get("LOG_FORMAT") or ("text" if DEBUG else "json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"context": {"()": "gitops.logs.ContextFilter"}},
+    "formatters": {
+        "json": {"()": "gitops.logs.JsonFormatter"},
+        "text": {"()": "gitops.logs.TextFormatter"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["context"]},
+    },
     "root": {"handlers": ["console"], "level": env.get("LOG_LEVEL", "INFO")},
 }
+# Workers log through the same configuration instead of Celery's own.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 LOGIN_URL = "dashboard:login"
 LOGIN_REDIRECT_URL = "dashboard:overview"
 LOGOUT_REDIRECT_URL = "dashboard:login"
