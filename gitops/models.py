@@ -71,6 +71,8 @@ class Source(models.Model):
     webhook_secret_encrypted = models.TextField(blank=True, default="")
     # True while a sync task is queued and not yet started: a burst of pushes queues one.
     sync_queued = models.BooleanField(default=False)
+    # Where rollout and revision events go, as CloudEvents (HTTP, structured mode).
+    notify_urls = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering: ClassVar[list[str]] = ["name"]
@@ -387,3 +389,27 @@ class WebhookDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider} delivery {self.delivery_id} for {self.source_id}: {self.outcome}"
+
+
+class Notification(models.Model):
+    """An outbox of CloudEvents: written with the event, delivered by a task that retries."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        DELIVERED = "delivered"
+        GAVE_UP = "gave-up"
+
+    source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="notifications")
+    url = models.CharField(max_length=2000)
+    event = models.JSONField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.CharField(max_length=500, blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering: ClassVar[list[str]] = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.event.get('type')} to {self.url}: {self.status}"

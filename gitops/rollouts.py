@@ -20,7 +20,7 @@ from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from gitops import apply
+from gitops import apply, notifiers
 from gitops import content as content_module
 from gitops.content import Content, Provenance, live_content, live_provenance
 from gitops.desired.policy import Analysis, Pause, SetWeight, steps_from_json
@@ -208,6 +208,20 @@ def event(
         actor=actor,
         message=message,
         data=data or {},
+    )
+    notifiers.emit(
+        kind,
+        source=rollout.source,
+        subject=f"rollouts/{rollout.pk}",
+        data={
+            "rollout": rollout.pk,
+            "revision": rollout.revision.commit,
+            "phase": rollout.phase,
+            "step": rollout.step_index if step is None else step,
+            "weight": rollout.weight if weight is None else weight,
+            "actor": actor,
+            "message": message,
+        },
     )
     log.info(
         "rollout %s source=%s commit=%s %s step=%s: %s",

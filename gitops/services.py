@@ -22,7 +22,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from gitops import apply, logs, metrics, rollouts, selectors, webhooks
+from gitops import apply, logs, metrics, notifiers, rollouts, selectors, webhooks
 from gitops import secrets as secrets_module
 from gitops.desired.errors import RevisionRejected, ValidationError
 from gitops.desired.revision import DesiredState, ParseCache, load_revision
@@ -106,6 +106,7 @@ def add_source(
     credentials_ref: str = "",
     allowed_namespaces: Sequence[str] = (),
     commit_url_template: str = "",
+    notify_urls: Sequence[str] = (),
 ) -> Source:
     if redact_url(url) != url:
         raise PermanentError("the URL must not contain credentials; use --credentials env:VAR or file:/path")
@@ -118,7 +119,10 @@ def add_source(
         credentials_ref=credentials_ref,
         allowed_namespaces=list(allowed_namespaces),
         commit_url_template=commit_url_template,
+        notify_urls=list(notify_urls),
     )
+    if any(not url.startswith(("http://", "https://")) for url in source.notify_urls):
+        raise PermanentError("notification URLs must be http:// or https://")
     source.full_clean()
     source.save()
     return source
@@ -308,6 +312,12 @@ def _desired_state(source: Source, revision: Revision) -> DesiredState | None:
                 source.name,
                 revision.commit,
                 len(rejected.errors),
+            )
+            notifiers.emit(
+                "rejected",
+                source=source,
+                subject=f"revisions/{revision.commit}",
+                data={"revision": revision.commit, "errors": [str(e) for e in rejected.errors[:50]]},
             )
             return None
     if revision.outcome == Revision.Outcome.PENDING:

@@ -11,7 +11,7 @@ from typing import Any
 
 from celery import Task
 
-from gitops import services
+from gitops import notifiers, services
 from gitops.celery import app
 from gitops.errors import PermanentError, TemporaryError
 
@@ -66,3 +66,17 @@ def poll_sources() -> list[int]:
     for source_id in claimed:
         sync_source.delay(source_id, wait_if_busy=False)
     return claimed
+
+
+NOTIFY_MAX_RETRIES = 8
+
+
+@app.task(name="gitops.deliver_notification", bind=True, max_retries=NOTIFY_MAX_RETRIES)
+def deliver_notification(self: Task[Any, Any], notification_id: int) -> bool:
+    """Delivers one CloudEvent, retrying with exponential backoff; never blocks a rollout."""
+    if notifiers.deliver(notification_id):
+        return True
+    if self.request.retries >= NOTIFY_MAX_RETRIES:
+        notifiers.give_up(notification_id)
+        return False
+    raise self.retry(countdown=backoff(self.request.retries))

@@ -72,6 +72,13 @@ class Command(BaseCommand):
             help="the Git host's page for a commit, e.g. https://github.com/org/repo/commit/{commit}",
         )
         add.add_argument(
+            "--notify",
+            action="append",
+            default=[],
+            metavar="URL",
+            help="send rollout and revision events here as CloudEvents (repeatable)",
+        )
+        add.add_argument(
             "--allow-namespace",
             action="append",
             default=[],
@@ -164,6 +171,7 @@ class Command(BaseCommand):
             credentials_ref=options["credentials"],
             allowed_namespaces=options["allow_namespace"],
             commit_url_template=options["commit_url"],
+            notify_urls=options["notify"],
         )
         self.stdout.write(f"added source {source.name} ({source.url} @ {source.branch})")
 

@@ -1,0 +1,140 @@
+"""Rollout and revision events leave as CloudEvents, delivered with retries, never blocking a rollout."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from gitops import rollouts
+from gitops.models import Notification
+from tests.gitrepo import configmap, policy
+from tests.rollouts import wait_for
+from tests.workers import poll
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class Receiver:
+    """A real HTTP endpoint that fails the first ``failures`` requests, then records CloudEvents."""
+
+    def __init__(self, failures: int = 0) -> None:
+        receiver = self
+        self.failures = failures
+        self.events: list[dict] = []
+        self.content_types: list[str] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if receiver.failures > 0:
+                    receiver.failures -= 1
+                    self.send_response(503)
+                else:
+                    receiver.events.append(json.loads(body))
+                    receiver.content_types.append(self.headers.get("Content-Type", ""))
+                    self.send_response(202)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/events"
+
+    def types(self) -> list[str]:
+        return [event["type"].removeprefix("dev.sluice.") for event in self.events]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    made = Receiver()
+    yield made
+    made.close()
+
+
+def test_a_rollout_and_a_rejected_revision_are_announced(
+    repo, make_namespaces, make_source, sync, receiver, people
+):
+    targets = make_namespaces("canary", "rest")
+    repo.write_all({"sluice.yaml": policy(targets), "configmaps/app.yaml": configmap("app", {"v": "1"})})
+    repo.commit("v1")
+    source = make_source(notify_urls=[receiver.url])
+    sync(source)
+    repo.write_all(
+        {
+            "sluice.yaml": policy(targets, rollout={"steps": [{"setWeight": 50}, {"pause": {}}]}),
+            "configmaps/app.yaml": configmap("app", {"v": "2"}),
+        }
+    )
+    repo.commit("v2")
+    sync(source)
+    paused = wait_for(source, phase="Paused", waiting_for="approval")
+    rollouts.promote(paused.pk, user=people["approver"])
+    wait_for(source, phase="Completed")
+    repo.write(
+        "configmaps/app.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\ndata:\n  v: 3\n"
+    )
+    repo.commit("broken")
+    assert sync(source)["outcome"] == "rejected"
+
+    expected = [
+        "rollout.started",
+        "rollout.step.applied",
+        "rollout.completed",
+        "rollout.started",
+        "rollout.step.applied",
+        "rollout.paused",
+        "rollout.promoted",
+        "rollout.step.applied",
+        "rollout.completed",
+        "revision.rejected",
+    ]
+    poll(lambda: len(receiver.events) >= len(expected), timeout=30, what="every event to be delivered")
+    assert sorted(receiver.types()) == sorted(expected)
+    assert set(receiver.content_types) == {"application/cloudevents+json; charset=utf-8"}
+    event = next(e for e in receiver.events if e["type"] == "dev.sluice.rollout.promoted")
+    assert event["specversion"] == "1.0"
+    assert event["source"] == f"/sluice/sources/{source.name}"
+    assert event["subject"] == f"rollouts/{paused.pk}"
+    assert (event["data"]["actor"], event["data"]["rollout"]) == ("otto", paused.pk)
+    rejected = next(e for e in receiver.events if e["type"] == "dev.sluice.revision.rejected")
+    assert "data.v: value must be a string" in rejected["data"]["errors"][0]
+    assert len({e["id"] for e in receiver.events}) == len(receiver.events)
+
+
+def test_a_failing_receiver_is_retried_with_backoff_and_never_blocks_the_rollout(
+    repo, make_namespaces, make_source, sync
+):
+    flaky = Receiver(failures=2)
+    try:
+        (namespace,) = make_namespaces("app")
+        repo.write_all(
+            {"sluice.yaml": policy([namespace]), "configmaps/app.yaml": configmap("app", {"v": "1"})}
+        )
+        repo.commit()
+        source = make_source(notify_urls=[flaky.url])
+
+        assert sync(source)["outcome"] == "applied", (
+            "the rollout finishes while notifications are still failing"
+        )
+        poll(
+            lambda: not Notification.objects.filter(source=source, status="pending").exists(),
+            timeout=60,
+            what="the notifications to be delivered after retries",
+        )
+        assert set(Notification.objects.filter(source=source).values_list("status", flat=True)) == {
+            "delivered"
+        }
+        assert max(Notification.objects.filter(source=source).values_list("attempts", flat=True)) >= 2
+        assert len(flaky.events) == Notification.objects.filter(source=source).count()
+    finally:
+        flaky.close()
