@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from gitops.cluster import Cluster
 from gitops.errors import PermanentError
 
 ROOT = Path(__file__).resolve().parents[2]
+KUBECTL_HOME = tempfile.mkdtemp(prefix="sluice-kubectl-")
 
 
 def kubectl(stack: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -32,7 +34,8 @@ def kubectl(stack: dict[str, str], *args: str, stdin: str | None = None) -> subp
         input=stdin,
         capture_output=True,
         text=True,
-        env={"PATH": stack["PATH"], "KUBECONFIG": stack["KUBECONFIG"], "HOME": str(ROOT)},
+        # kubectl caches discovery under $HOME/.kube; keep that out of the checkout.
+        env={"PATH": stack["PATH"], "KUBECONFIG": stack["KUBECONFIG"], "HOME": KUBECTL_HOME},
         timeout=60,
         check=False,
     )

@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""Print Sluice's Kubernetes manifests for the namespaces it should manage.
+
+    python deploy/render.py --namespaces team-a,team-b [--image registry/sluice:0.1.0] | kubectl apply -f -
+
+The fixed part (namespace, ServiceAccount, read-only ClusterRole, Deployments, Service)
+lives as plain YAML in deploy/kubernetes/. What depends on your cluster is generated:
+one Role and RoleBinding in each listed namespace, letting the `sluice` ServiceAccount
+manage ConfigMaps there and nowhere else. List every target namespace of every source,
+the flag-set namespaces included. Nothing grants access to Secrets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MANIFESTS = Path(__file__).resolve().parent / "kubernetes"
+SYSTEM_NAMESPACE = "sluice-system"
+SERVICE_ACCOUNT = "sluice"
+DEFAULT_IMAGE = "sluice:0.1.0"
+ROLE_NAME = "sluice-configmaps"
+# RFC 1123 label, what Kubernetes accepts as a namespace name.
+NAMESPACE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+LABELS = {"app.kubernetes.io/name": "sluice"}
+
+
+def namespace_list(value: str) -> list[str]:
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("name at least one namespace")
+    for name in names:
+        if not NAMESPACE_NAME.match(name):
+            raise argparse.ArgumentTypeError(f"{name!r} is not a valid namespace name")
+    return list(dict.fromkeys(names))  # drop repeats, keep the order
+
+
+def static_manifests(image: str) -> Iterator[dict[str, Any]]:
+    for path in sorted(MANIFESTS.glob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            if document:
+                yield with_image(document, image)
+
+
+def with_image(document: dict[str, Any], image: str) -> dict[str, Any]:
+    pod = document.get("spec", {}).get("template", {}).get("spec", {})
+    for container in [*pod.get("initContainers", []), *pod.get("containers", [])]:
+        container["image"] = image
+    return document
+
+
+def namespace_access(namespace: str) -> Iterator[dict[str, Any]]:
+    """Full control of ConfigMaps in one namespace: the only thing Sluice writes."""
+    yield {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": ROLE_NAME, "namespace": namespace, "labels": dict(LABELS)},
+        "rules": [
+            {
+                "apiGroups": [""],
+                "resources": ["configmaps"],
+                "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
+            }
+        ],
+    }
+    yield {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": ROLE_NAME, "namespace": namespace, "labels": dict(LABELS)},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": ROLE_NAME},
+        "subjects": [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": SYSTEM_NAMESPACE}],
+    }
+
+
+def render(namespaces: list[str], image: str = DEFAULT_IMAGE) -> str:
+    documents = list(static_manifests(image))
+    for namespace in namespaces:
+        documents.extend(namespace_access(namespace))
+    return yaml.dump_all(documents, Dumper=_PlainDumper, sort_keys=False, default_flow_style=False)
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """Writes shared sub-objects out in full rather than as YAML anchors and aliases."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--namespaces",
+        required=True,
+        type=namespace_list,
+        help="comma-separated namespaces Sluice may write ConfigMaps to",
+    )
+    parser.add_argument("--image", default=DEFAULT_IMAGE, help=f"Sluice image (default {DEFAULT_IMAGE})")
+    args = parser.parse_args(argv)
+    sys.stdout.write(render(args.namespaces, args.image))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+#!/bin/sh
+# Entrypoint of the Sluice image: the first argument is the role, the rest is
+# passed on to the process of that role.
+#
+#   web      gunicorn serving sluice.wsgi:application on 0.0.0.0:8000
+#   worker   celery -A gitops worker
+#   beat     celery -A gitops beat (exactly one per deployment)
+#   migrate  python manage.py migrate --no-input (run once per release)
+#   manage   python manage.py ... (e.g. `manage gitops add-source ...`)
+#
+# Every role `exec`s, so the process of the role replaces this shell and gets
+# SIGTERM directly (gunicorn and celery both shut down gracefully on it).
+set -eu
+
+role="${1:-}"
+[ "$#" -gt 0 ] && shift
+
+case "$role" in
+  web)
+    # Workers: gunicorn reads WEB_CONCURRENCY itself. The heartbeat files go to
+    # /dev/shm (tmpfs) so a read-only or slow root filesystem cannot stall them.
+    exec gunicorn sluice.wsgi:application \
+      --bind 0.0.0.0:8000 \
+      --worker-tmp-dir /dev/shm \
+      --access-logfile - \
+      "$@"
+    ;;
+  worker)
+    exec celery -A gitops worker --loglevel "${LOG_LEVEL:-INFO}" "$@"
+    ;;
+  beat)
+    # Beat persists its schedule; the image's /app is read-only for this user, so
+    # it goes to the data dir (a volume / emptyDir) unless told otherwise.
+    exec celery -A gitops beat --loglevel "${LOG_LEVEL:-INFO}" \
+      --schedule "${SLUICE_BEAT_SCHEDULE:-${SLUICE_DATA_DIR:-/var/lib/sluice}/celerybeat-schedule}" \
+      "$@"
+    ;;
+  migrate)
+    exec python manage.py migrate --no-input "$@"
+    ;;
+  manage)
+    exec python manage.py "$@"
+    ;;
+  *)
+    echo "sluice-entrypoint: unknown role '${role}'; expected one of: web, worker, beat, migrate, manage" >&2
+    exit 64
+    ;;
+esac
