@@ -1,6 +1,8 @@
 """Settings for the test suite: the production settings with test-only defaults."""
 
 import os
+import tempfile
+from pathlib import Path
 
 os.environ.setdefault("SECRET_KEY", "test-only-secret-key")
 os.environ.setdefault("ALLOWED_HOSTS", "localhost,127.0.0.1,testserver")
@@ -8,3 +10,7 @@ os.environ.setdefault("ALLOWED_HOSTS", "localhost,127.0.0.1,testserver")
 from sluice.settings import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# Tests never run collectstatic: WhiteNoise serves the apps' static files through the finders.
+STATIC_ROOT = Path(tempfile.mkdtemp(prefix="sluice-static-"))
+WHITENOISE_USE_FINDERS = True
