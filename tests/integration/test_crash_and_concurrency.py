@@ -141,3 +141,41 @@ def test_a_worker_killed_during_a_rollout_step_then_the_rollout_finishes_logging
     assert set(logged.values()) == {1}, "each change of the rollout is logged exactly once"
     steps = Counter((c.namespace, c.step_index, c.weight, c.actor) for c in Change.objects.filter(commit=v2))
     assert steps == {(canary, 0, 50, "sluice"): 250, (rest, 2, 100, "otto"): 250}
+
+
+def test_a_worker_given_sigterm_mid_step_finishes_what_it_applies_and_records_it(
+    repo, make_namespaces, make_source, start_worker, cluster
+):
+    import signal
+
+    from gitops.tasks import sync_source
+
+    first_ns, second_ns = make_namespaces("a", "b")
+    repo.write("sluice.yaml", policy([first_ns, second_ns]))
+    many_configmaps(repo, 150)
+    commit = repo.commit("300 objects")
+    source = make_source()
+    queue = f"term-{source.pk}"
+    stopping = start_worker(concurrency=1, queues=queue, env_overrides={"SLUICE_APPLY_CONCURRENCY": "1"})
+    sync_source.apply_async((source.pk,), queue=queue)
+    poll(
+        lambda: len(cluster.list_configmaps(first_ns)) + len(cluster.list_configmaps(second_ns)) >= 20,
+        timeout=60,
+        interval=0.02,
+        what="the apply to be under way",
+    )
+
+    # Warm shutdown: the running reconcile is finished before the worker exits.
+    stopping.process.send_signal(signal.SIGTERM)
+    assert stopping.process.wait(timeout=120) == 0
+
+    assert len(cluster.list_configmaps(first_ns)) + len(cluster.list_configmaps(second_ns)) == 300
+    assert not ApplyIntent.objects.filter(source=source, status="pending").exists(), (
+        "nothing is half-recorded"
+    )
+    logged = Counter((c.namespace, c.name) for c in Change.objects.filter(source=source, commit=commit))
+    assert len(logged) == 300
+    assert set(logged.values()) == {1}
+
+    start_worker(queues=queue)
+    assert sync_source.apply_async((source.pk,), queue=queue).get(timeout=120)["outcome"] == "unchanged"
