@@ -56,7 +56,7 @@ lint: setup
 	$(BIN)/mypy gitops
 
 browser:
-	bash scripts/ensure-chromium.sh
+	bash scripts/ensure-system-packages.sh
 
 test: setup lint browser
 	$(BIN)/pytest

@@ -242,3 +242,26 @@ def test_dockerfile_builds_in_stages_and_runs_unprivileged() -> None:
             path = copied.rstrip("/")
             assert (ROOT / path).exists(), path
             assert f"!{path}" in ignore.replace("/\n", "\n"), path
+
+
+def test_docker_compose_config_accepts_the_file_and_names_what_is_missing():
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}
+    required = {"SECRET_KEY": "x" * 50, "POSTGRES_PASSWORD": "pw", "SLUICE_KUBECONFIG": "/etc/kubeconfig"}
+    ok = subprocess.run(
+        ["docker-compose", "-f", str(DOCKER / "docker-compose.yml"), "config"],
+        env={**env, **required},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert {"web:", "worker:", "beat:", "migrate:", "postgres:", "redis:"} <= set(ok.stdout.split())
+    missing = subprocess.run(
+        ["docker-compose", "-f", str(DOCKER / "docker-compose.yml"), "config"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert missing.returncode != 0
+    assert "set POSTGRES_PASSWORD" in missing.stderr or "SECRET_KEY" in missing.stderr
