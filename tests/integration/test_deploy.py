@@ -178,3 +178,30 @@ def test_service_account_cannot_write_configmaps_elsewhere(as_sluice, deployed) 
     assert "answered 403" in str(refused.value)
     with pytest.raises(PermanentError):
         as_sluice.apply_configmap(configmap("sluice-system", "app"), field_manager="sluice")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_reconcile_with_the_service_accounts_own_token_succeeds(
+    deployed, sluice_kubeconfig, repo, make_source, start_worker, cluster
+) -> None:
+    from gitops.tasks import sync_source
+    from tests.gitrepo import configmap as manifest
+    from tests.gitrepo import policy
+
+    allowed = deployed["allowed"]
+    repo.write_all(
+        {"sluice.yaml": policy(allowed), "configmaps/app.yaml": manifest("app", {"LOG_LEVEL": "info"})}
+    )
+    repo.commit()
+    source = make_source()
+    queue = f"service-account-{source.pk}"
+    # This worker's only credential is the ServiceAccount's token.
+    start_worker(queues=queue, env_overrides={"KUBECONFIG": str(sluice_kubeconfig)})
+
+    result = sync_source.apply_async((source.pk,), queue=queue).get(timeout=120)
+
+    assert result["outcome"] == "applied", result
+    for namespace in allowed:
+        live = cluster.get_configmap(namespace, "app")
+        assert live["data"] == {"LOG_LEVEL": "info"}
+        assert any(entry["manager"] == "sluice" for entry in live["metadata"]["managedFields"])
