@@ -17,7 +17,10 @@ from enum import StrEnum
 from typing import Any
 
 from gitops.content import Content, live_content, live_provenance
-from gitops.desired.revision import DesiredObject, DesiredState
+from gitops.desired.flags import COMMIT_METADATA_KEY, SOURCE_METADATA_KEY
+from gitops.desired.revision import DesiredObject, DesiredState, flag_set_json, flag_set_key
+
+ORIGIN_STAMPS = (COMMIT_METADATA_KEY, SOURCE_METADATA_KEY)
 
 
 class Action(StrEnum):
@@ -277,6 +280,27 @@ def plan(
     return Plan(source=source, commit=commit, items=tuple(items))
 
 
+# Stands for "edited in the cluster" when the old content is known only by its hash.
+DRIFTED = DiffItem("change", "content", "*", "edited in the cluster", None)
+
+
+def _applied_hash_of(obj: DesiredObject, current: Content) -> str:
+    """The content hash Sluice would have recorded for ``current``: flag sets without their origin stamps."""
+    if obj.flag_set is None:
+        return current.hash
+    key = flag_set_key(obj.name)
+    try:
+        document = json.loads(current.data.get(key, ""))
+    except ValueError:
+        return current.hash
+    metadata = {k: v for k, v in document.get("metadata", {}).items() if k not in ORIGIN_STAMPS}
+    if metadata:
+        document["metadata"] = metadata
+    else:
+        document.pop("metadata", None)
+    return replace(current, data={**current.data, key: flag_set_json(document)}).hash
+
+
 def _memoized_plan_object(
     obj: DesiredObject,
     live: Mapping[str, Any] | None,
@@ -344,7 +368,12 @@ def _plan_object(
     # Compare with what Sluice applied last time: for flag sets that includes
     # the commit stamped at that time, which is not a change in itself.
     expected_now = obj.rendered(commit=live_commit or commit, source=source)
-    drift = tuple(diff_content(expected_now, current))
+    if git_changed:
+        # Git moved on, so Git's content says nothing about edits in the cluster:
+        # the live object is drifted when it no longer hashes to what was applied.
+        drift: tuple[DiffItem, ...] = () if _applied_hash_of(obj, current) == applied_hash else (DRIFTED,)
+    else:
+        drift = tuple(diff_content(expected_now, current))
 
     if not git_changed and not drift:
         return PlanItem(

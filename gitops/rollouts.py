@@ -345,11 +345,16 @@ def apply_weight(
         prune_allowed=weight >= 100,
         memo=plan_memo(source),
     )
-    Source.objects.filter(pk=source.pk).update(last_plan=plan_snapshot(current, weight=weight))
     intents = apply.write_intents(
         source, rollout, current, actor=actor, step_index=step_index, weight=weight, retry_failed=retry_failed
     )
     failures = apply.execute_intents(intents)
+    applied = {(i.namespace, i.name) for i in intents} - {
+        tuple(f.split(":", 1)[0].split("/", 1)) for f in failures
+    }
+    Source.objects.filter(pk=source.pk).update(
+        last_plan=plan_snapshot(current, weight=weight, applied=applied)
+    )
     return StepOutcome("applied" if intents else "unchanged", current.summary(), failures)
 
 
@@ -361,14 +366,20 @@ def plan_memo(source: Source) -> PlanMemo:
     return _plan_memos.setdefault(source.pk, PlanMemo())
 
 
-def plan_snapshot(current: Plan, *, weight: int) -> dict[str, Any]:
-    """What pages show as the current plan: every item that is not unchanged, key by key."""
+def plan_snapshot(current: Plan, *, weight: int, applied: set[Any]) -> dict[str, Any]:
+    """What pages show as the current plan: what still differs from Git after this step, key by key."""
+    pending = [item for item in current.items if item.action.value != "unchanged" and item.key not in applied]
+    summary: dict[str, int] = {}
+    for item in pending:
+        summary[item.action.value] = summary.get(item.action.value, 0) + 1
+    if applied:
+        summary["applied"] = len(applied)
     return {
         "commit": current.commit,
         "weight": weight,
         "computed_at": timezone.now().isoformat(),
-        "summary": current.summary(),
-        "items": [item.as_dict() for item in current.items if item.action.value != "unchanged"],
+        "summary": summary,
+        "items": [item.as_dict() for item in pending],
     }
 
 

@@ -147,3 +147,22 @@ def test_multi_line_values_get_a_unified_diff_and_json_is_pretty_printed():
 def test_binary_data_is_summarised_never_shown():
     item = diff_content(Content(), Content(binary_data={"k": "AAEC"}))[0].as_dict()
     assert item["new"].startswith("<3 bytes, sha256:")
+
+
+def test_a_change_in_git_alone_is_not_drift():
+    before = desired_object(LOG_LEVEL="info")
+    after = desired_object(LOG_LEVEL="debug")
+    item = only_item(state(after, self_heal=True), [applied(before)])
+    assert item.action is Action.UPDATE
+    assert item.reason == "changed in Git"
+    assert item.force is False, "nothing to take back from other managers"
+
+
+def test_a_change_in_git_on_top_of_an_edit_in_the_cluster_is_flagged_and_forced_with_self_heal():
+    before = desired_object(LOG_LEVEL="info")
+    after = desired_object(LOG_LEVEL="debug")
+    edited = applied(before, data={"LOG_LEVEL": "trace"})
+    assert only_item(state(after, self_heal=True), [edited]).force is True
+    plain = only_item(state(after), [edited])
+    assert plain.reason == "changed in Git; also edited in the cluster"
+    assert plain.force is False
