@@ -189,8 +189,11 @@ def test_a_viewer_reads_every_endpoint_and_may_not_act(as_role, paused, people):
 
     plan = viewer.get(f"/sources/{name}/plan").json()
     assert (plan["source"], plan["commit"], plan["weight"]) == (name, paused.v2, 50)
-    canary = next(item for item in plan["items"] if item["namespace"] == paused.targets[0])
-    assert any(d["key"] == "VERSION" and d["new"] == "2" for d in canary["diff"])
+    # The plan is what still differs from Git: the canary has v2, the other target waits.
+    assert [item["namespace"] for item in plan["items"]] == [paused.targets[1]]
+    held = plan["items"][0]
+    assert held["action"] == "held"
+    assert any(d["key"] == "VERSION" and d["new"] == "2" for d in held["diff"])
 
     rollouts = viewer.get("/rollouts", source=name).json()
     assert rollouts["count"] == 2
