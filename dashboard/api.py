@@ -386,22 +386,9 @@ class ChangePage(Schema):
     offset: int
 
 
-class RolloutPhase(StrEnum):
-    PROGRESSING = Rollout.Phase.PROGRESSING.value
-    PAUSED = Rollout.Phase.PAUSED.value
-    COMPLETED = Rollout.Phase.COMPLETED.value
-    ABORTED = Rollout.Phase.ABORTED.value
-    FAILED = Rollout.Phase.FAILED.value
-    SUPERSEDED = Rollout.Phase.SUPERSEDED.value
-
-
-class ChangeAction(StrEnum):
-    CREATE = Change.Action.CREATE.value
-    UPDATE = Change.Action.UPDATE.value
-    DELETE = Change.Action.DELETE.value
-    SELF_HEAL = Change.Action.SELF_HEAL.value
-    REPLACE = Change.Action.REPLACE.value
-    ROLLBACK = Change.Action.ROLLBACK.value
+# Typed query parameters for the OpenAPI document, derived from the models' choices.
+RolloutPhase = StrEnum("RolloutPhase", {phase.name: phase.value for phase in Rollout.Phase})  # type: ignore[misc]
+ChangeAction = StrEnum("ChangeAction", {action.name: action.value for action in Change.Action})  # type: ignore[misc]
 
 
 class RolloutFilters(Schema):

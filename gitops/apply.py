@@ -191,6 +191,9 @@ def execute_intents(intents: Sequence[ApplyIntent]) -> list[str]:
         Change.objects.bulk_create(changes, batch_size=1000, ignore_conflicts=True)
         ApplyIntent.objects.filter(pk__in=done).update(status=ApplyIntent.Status.DONE)
         ApplyIntent.objects.filter(pk__in=failed).update(status=ApplyIntent.Status.FAILED)
+    # Callers read the outcome from the intents themselves.
+    for intent in intents:
+        intent.status = ApplyIntent.Status.FAILED if intent.pk in failed else ApplyIntent.Status.DONE
         _update_inventory([i for i in intents if i.pk in set(done)])
     return failures
 

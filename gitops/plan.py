@@ -242,41 +242,29 @@ def plan(
         if owner != source or key in wanted:
             continue
         before = live_content(live)
+        diff: tuple[DiffItem, ...]
         if desired.policy.prune and not prune_allowed:
-            items.append(
-                PlanItem(
-                    key[0],
-                    key[1],
-                    Action.HELD,
-                    before=before,
-                    live_commit=live_commit,
-                    live_content_hash=live_hash,
-                    reason="gone from Git; pruned when the rollout reaches 100%",
-                )
-            )
+            action, diff, reason = Action.HELD, (), "gone from Git; pruned when the rollout reaches 100%"
         elif desired.policy.prune:
-            items.append(
-                PlanItem(
-                    key[0],
-                    key[1],
-                    Action.DELETE,
-                    tuple(diff_content(before, None)),
-                    before=before,
-                    live_commit=live_commit,
-                    reason="no longer in Git; prune is on",
-                )
+            action, diff, reason = (
+                Action.DELETE,
+                tuple(diff_content(before, None)),
+                "no longer in Git; prune is on",
             )
         else:
-            items.append(
-                PlanItem(
-                    key[0],
-                    key[1],
-                    Action.ORPHAN,
-                    before=before,
-                    live_commit=live_commit,
-                    reason="no longer in Git; kept because prune is off",
-                )
+            action, diff, reason = Action.ORPHAN, (), "no longer in Git; kept because prune is off"
+        items.append(
+            PlanItem(
+                key[0],
+                key[1],
+                action,
+                diff,
+                before=before,
+                live_commit=live_commit,
+                live_content_hash=live_hash,
+                reason=reason,
             )
+        )
     return Plan(source=source, commit=commit, items=tuple(items))
 
 

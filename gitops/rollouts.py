@@ -349,9 +349,7 @@ def apply_weight(
         source, rollout, current, actor=actor, step_index=step_index, weight=weight, retry_failed=retry_failed
     )
     failures = apply.execute_intents(intents)
-    applied = {(i.namespace, i.name) for i in intents} - {
-        tuple(f.split(":", 1)[0].split("/", 1)) for f in failures
-    }
+    applied = {(i.namespace, i.name) for i in intents if i.status == ApplyIntent.Status.DONE}
     Source.objects.filter(pk=source.pk).update(
         last_plan=plan_snapshot(current, weight=weight, applied=applied)
     )

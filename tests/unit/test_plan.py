@@ -166,3 +166,13 @@ def test_a_change_in_git_on_top_of_an_edit_in_the_cluster_is_flagged_and_forced_
     plain = only_item(state(after), [edited])
     assert plain.reason == "changed in Git; also edited in the cluster"
     assert plain.force is False
+
+
+@pytest.mark.parametrize("prune, allowed", [(True, True), (True, False), (False, True)])
+def test_objects_gone_from_git_keep_their_provenance_for_a_rollback(prune, allowed):
+    gone = desired_object("gone")
+    result = plan(
+        state(prune=prune), {"team-a": [applied(gone)]}, source=SOURCE, commit=NEW, prune_allowed=allowed
+    )
+    (item,) = result.items
+    assert (item.live_commit, item.live_content_hash) == (OLD, gone.content.hash)
