@@ -24,8 +24,20 @@ grep -q "waiting for approval" "$log" || { echo "the demo has no rollout waiting
 kill -TERM -- "-$demo"
 wait "$demo" || true
 trap - EXIT
-if pgrep -f "celery -A gitops worker.*demo-worker" >/dev/null || pgrep -f "runserver 127.0.0.1:$port" >/dev/null; then
-  echo "demo left processes behind" >&2
-  exit 1
-fi
+# make exits on the signal at once; the demo's own trap then stops the worker,
+# beat, web server and stack. Give that a deadline instead of racing it.
+still_running() {
+  pgrep -f "celery -A gitops (worker|beat)" >/dev/null \
+    || pgrep -f "runserver 127.0.0.1:$port" >/dev/null \
+    || .venv/bin/python -m devstack status >/dev/null 2>&1
+}
+deadline=$((SECONDS + 90))
+while still_running; do
+  if (( SECONDS > deadline )); then
+    echo "demo left processes behind:" >&2
+    pgrep -fa "celery -A gitops|runserver|kube-apiserver|redis-server" >&2 || true
+    exit 1
+  fi
+  sleep 0.5  # polling for a clean shutdown, with a deadline
+done
 echo "demo smoke: ok"

@@ -20,7 +20,10 @@ $py scripts/demo_seed.py
 
 pids=()
 stop() {
-  trap - INT TERM EXIT
+  # Ignore, not reset: a second SIGTERM (from make, or the process group) must not cut the
+  # shutdown short before the stack is stopped.
+  trap "" INT TERM
+  trap - EXIT
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   wait || true
   if [[ ${SLUICE_DEMO_KEEP_STACK:-0} != 1 ]]; then $py -m devstack down; fi
