@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help setup stack stack-down stack-status control-plane browser demo demo-smoke test test-unit lint format bench clean
+.PHONY: help setup stack stack-down stack-status control-plane browser demo demo-smoke test test-unit lint format bench bench-smoke clean
 
 help:
 	@echo "make demo        run Sluice on the embedded stack (web, worker, beat)"
@@ -18,6 +18,7 @@ help:
 	@echo "make stack       start the embedded stack in the background; then: . .stack/env"
 	@echo "make stack-down  stop it"
 	@echo "make bench       run the benchmarks under bench/"
+	@echo "make bench-smoke the reconcile benchmark at 1,000 objects; fails if Sluice is slower than kubectl"
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
@@ -70,6 +71,11 @@ format: setup
 
 bench: setup
 	@for script in bench/*.py; do echo "== $$script"; $(PY) $$script; done
+
+# CI runs this after the tests: a hot-path regression (a query or an upsert per
+# object) shows up as Sluice falling behind kubectl on the same manifests.
+bench-smoke: setup
+	$(PY) bench/reconcile.py --sizes 1000 --fail-if-slower
 
 clean:
 	-$(PY) -m devstack down

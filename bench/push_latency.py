@@ -119,7 +119,7 @@ def main() -> int:
         git(work, "remote", "add", "origin", str(remote))
         git(work, "push", "--quiet", "origin", "HEAD:refs/heads/main")
 
-        source = services.add_source(name=f"push-{run}", url=f"file://{remote}")
+        source = services.add_source(name=f"push-{run}", url=f"file://{remote}", allowed_namespaces=["*"])
         secret = services.rotate_webhook_secret(source)
         port = free_port()
         logs = workdir / "logs"

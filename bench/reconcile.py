@@ -115,7 +115,9 @@ class Bench:
         namespaces = self.namespaces(f"s{size}")
         work = self.write_repo(size, namespaces, self.workdir / f"sluice-{size}")
         source = services.add_source(
-            name=f"bench-{size}-{self.run_id}", url=f"file://{work.parent / 'remote.git'}"
+            name=f"bench-{size}-{self.run_id}",
+            url=f"file://{work.parent / 'remote.git'}",
+            allowed_namespaces=[f"s{size}-{self.run_id}-*"],
         )
         worker = WorkerProcess(
             {**self.env, "SLUICE_DATA_DIR": str(self.workdir / "data")}, concurrency=1
@@ -189,6 +191,11 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", default="1000,10000")
+    parser.add_argument(
+        "--fail-if-slower",
+        action="store_true",
+        help="exit 1 when Sluice is slower than kubectl on the same manifests (make bench-smoke)",
+    )
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
 
@@ -226,11 +233,26 @@ def main() -> int:
             print_rows([rows[-1]])
         print("\n== summary")
         print_rows(rows)
+        if args.fail_if_slower:
+            return slower_than_kubectl(rows)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         if started_stack:
             stack.down()
     return 0
+
+
+def slower_than_kubectl(rows: list[tuple[int, dict[str, float], dict[str, float]]]) -> int:
+    """1 when Sluice took longer than kubectl for a cold apply or a no-op, on the same manifests."""
+    slower = [
+        f"{size} objects: {what} {ours[mine]:.2f}s vs kubectl {theirs[peer]:.2f}s"
+        for size, ours, theirs in rows
+        for what, mine, peer in (("cold apply", "cold", "cold"), ("no-op", "noop", "diff"))
+        if ours[mine] > theirs[peer]
+    ]
+    for line in slower:
+        print(f"SLOWER THAN KUBECTL: {line}")
+    return 1 if slower else 0
 
 
 def print_rows(rows: list[tuple[int, dict[str, float], dict[str, float]]]) -> None:

@@ -57,7 +57,7 @@ CHANGE_SOURCE = "gitops.change_source"
 SOURCE_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 NAMESPACE = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 OBJECT_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
-COMMIT_PREFIX = r"^[0-9a-fA-F]{1,40}$"
+COMMIT_PREFIX = r"^[0-9a-fA-F]{1,64}$"
 NO_NUL = r"^[^\u0000]*$"
 
 
@@ -245,10 +245,14 @@ class SourceOut(Schema):
     conflicts: int
     active_rollout: RolloutOut | None
     last_error: str
+    consecutive_failures: int = Field(description="reconciles that failed in a row; the source backs off")
 
 
 class SourceDetailOut(SourceOut):
     allowed_namespaces: list[str]
+    analysis_url_prefixes: list[str]
+    required_approvals: int = Field(description="approvers an administrator requires past the first step")
+    next_try_at: datetime | None
     applied_commit: str
     revision: RevisionStatusOut | None
     plan: PlanSummaryOut | None
@@ -520,6 +524,7 @@ def source_rows(sources: list[Source]) -> list[dict[str, Any]]:
                 "conflicts": summary.get("conflict", 0),
                 "active_rollout": selectors.rollout_status(rollout) if rollout else None,
                 "last_error": redact_url(source.last_error),
+                "consecutive_failures": source.consecutive_failures,
             }
         )
     return rows
@@ -533,6 +538,8 @@ def source_detail(source: Source) -> dict[str, Any]:
         **status,
         "credentials_ref": source.credentials_ref,
         "allowed_namespaces": list(source.allowed_namespaces or []),
+        "analysis_url_prefixes": list(source.analysis_url_prefixes or []),
+        "required_approvals": source.required_approvals,
         "revision_outcome": revision["outcome"] if revision else None,
         "last_error": redact_url(status["last_error"]),
         "plan": {key: plan.get(key) for key in ("commit", "weight", "computed_at", "summary")}

@@ -12,6 +12,11 @@ from django.db import models
 from django.utils import timezone
 
 SOURCE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# SHA-1 object ids have 40 hex digits, SHA-256 ones 64.
+COMMIT_LENGTH = 64
+# Commit metadata is the pusher's to choose: long values are cut to fit, never refused.
+PERSON_LENGTH = 500
+MAX_REQUIRED_APPROVALS = 10
 
 
 class ContentJSONField(models.JSONField):
@@ -52,8 +57,12 @@ class Source(models.Model):
     allowed_namespaces = models.JSONField(
         default=list,
         blank=True,
-        help_text="namespace globs this source may ever touch; empty means the policy decides",
+        help_text="namespace globs this source may ever touch; empty means none, until an admin sets some",
     )
+    # URL prefixes the repository's analysis steps may call; empty means no analysis step is allowed.
+    analysis_url_prefixes = models.JSONField(default=list, blank=True)
+    # A floor the repository cannot lower: approvers needed before a change goes past its first step.
+    required_approvals = models.PositiveSmallIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now)
 
     # Reconcile bookkeeping.
@@ -61,8 +70,10 @@ class Source(models.Model):
     sync_requested_at = models.DateTimeField(null=True, blank=True)
     last_fetched_at = models.DateTimeField(null=True, blank=True)
     last_synced_at = models.DateTimeField(null=True, blank=True)
-    last_commit = models.CharField(max_length=40, blank=True, default="")
+    last_commit = models.CharField(max_length=COMMIT_LENGTH, blank=True, default="")
     last_error = models.TextField(blank=True, default="")
+    # Reconciles that failed in a row; the next poll backs off exponentially while it is above 0.
+    consecutive_failures = models.PositiveIntegerField(default=0)
     # The plan the last reconcile computed (items that were not unchanged), for pages and the API.
     last_plan = ContentJSONField(default=dict, blank=True)
     # A Git host page for a commit, e.g. https://github.com/org/repo/commit/{commit}
@@ -91,16 +102,16 @@ class Revision(models.Model):
         QUEUED = "queued", "Queued behind a running rollout"
 
     source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="revisions")
-    commit = models.CharField(max_length=40)
-    author_name = models.CharField(max_length=500, blank=True, default="")
-    author_email = models.CharField(max_length=500, blank=True, default="")
+    commit = models.CharField(max_length=COMMIT_LENGTH)
+    author_name = models.CharField(max_length=PERSON_LENGTH, blank=True, default="")
+    author_email = models.CharField(max_length=PERSON_LENGTH, blank=True, default="")
     message = models.TextField(blank=True, default="")
     committed_at = models.DateTimeField(null=True, blank=True)
     fetched_at = models.DateTimeField(default=timezone.now)
     outcome = models.CharField(max_length=16, choices=Outcome.choices, default=Outcome.PENDING)
     errors = models.JSONField(default=list, blank=True)
     # Set when this commit replaced a tip it does not descend from.
-    force_pushed_over = models.CharField(max_length=40, blank=True, default="")
+    force_pushed_over = models.CharField(max_length=COMMIT_LENGTH, blank=True, default="")
     summary = models.JSONField(default=dict, blank=True)
 
     class Meta:
@@ -154,6 +165,8 @@ class Rollout(models.Model):
     # Policy at the time the rollout started: a later commit cannot loosen it.
     approvals_required = models.PositiveSmallIntegerField(default=1)
     forbid_self_approval = models.BooleanField(default=False)
+    # Authors' and committers' emails of every commit this rollout brings (lower case): none may approve it.
+    commit_identities = models.JSONField(default=list, blank=True)
     content_hash = models.CharField(max_length=64, blank=True, default="")
     promoted_by = models.CharField(max_length=150, blank=True, default="")
     abort_requested_by = models.CharField(max_length=150, blank=True, default="")
@@ -181,7 +194,7 @@ class Approval(models.Model):
     """One person's approval of one gate (step) of one rollout, tied to the exact content."""
 
     rollout = models.ForeignKey(Rollout, on_delete=models.CASCADE, related_name="approvals")
-    commit = models.CharField(max_length=40)
+    commit = models.CharField(max_length=COMMIT_LENGTH)
     step_index = models.PositiveIntegerField()
     content_hash = models.CharField(max_length=64)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="approvals")
@@ -238,14 +251,14 @@ class ApplyIntent(models.Model):
     name = models.CharField(max_length=253)
     kind = models.CharField(max_length=32, default="ConfigMap")
     action = models.CharField(max_length=16)
-    commit = models.CharField(max_length=40, help_text="the commit the applied content came from")
+    commit = models.CharField(max_length=COMMIT_LENGTH, help_text="the commit the applied content came from")
     manifest = ContentJSONField(null=True, blank=True, help_text="what is applied; null for a delete")
     before = ContentJSONField(null=True, blank=True)
     after = ContentJSONField(null=True, blank=True)
     before_hash = models.CharField(max_length=64, blank=True, default="")
     after_hash = models.CharField(max_length=64, blank=True, default="")
     # Provenance the object carried before, so a rollback restores it exactly.
-    before_commit = models.CharField(max_length=40, blank=True, default="")
+    before_commit = models.CharField(max_length=COMMIT_LENGTH, blank=True, default="")
     before_content_hash = models.CharField(max_length=64, blank=True, default="")
     diff = ContentJSONField(default=list, blank=True)
     force = models.BooleanField(default=False)
@@ -296,7 +309,7 @@ class Change(models.Model):
     rollout = models.ForeignKey(
         Rollout, on_delete=models.PROTECT, related_name="changes", null=True, blank=True
     )
-    commit = models.CharField(max_length=40, db_index=True)
+    commit = models.CharField(max_length=COMMIT_LENGTH, db_index=True)
     cluster = models.CharField(max_length=253, default="default")
     namespace = models.CharField(max_length=63)
     kind = models.CharField(max_length=32, default="ConfigMap")
@@ -342,7 +355,7 @@ class ManagedObject(models.Model):
     namespace = models.CharField(max_length=63)
     name = models.CharField(max_length=253)
     kind = models.CharField(max_length=32, default="ConfigMap")
-    commit = models.CharField(max_length=40)
+    commit = models.CharField(max_length=COMMIT_LENGTH)
     content_hash = models.CharField(max_length=64)
     updated_at = models.DateTimeField(default=timezone.now)
 
@@ -413,3 +426,17 @@ class Notification(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event.get('type')} to {self.url}: {self.status}"
+
+
+class VerifiedEmail(models.Model):
+    """An email an administrator confirmed belongs to a user: the only one self-approval checks trust."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="verified_email"
+    )
+    email = models.EmailField(max_length=254)
+    verified_by = models.CharField(max_length=150)
+    verified_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.email} (verified by {self.verified_by})"

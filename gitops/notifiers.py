@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -20,6 +18,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from gitops import outbound
 from gitops.models import Notification, Source
 
 log = logging.getLogger(__name__)
@@ -63,14 +62,15 @@ def emit(kind: str, *, source: Source, subject: str, data: Mapping[str, Any]) ->
         transaction.on_commit(partial(deliver_notification.delay, notification.pk))
 
 
+class DeliveryFailed(Exception):
+    """The receiver did not take the event: no answer, or not a 2xx."""
+
+
 def post_cloud_event(url: str, event: Mapping[str, Any], timeout: float = 5) -> None:
-    """Raises on anything but a 2xx answer."""
-    request = urllib.request.Request(  # noqa: S310 - URLs are set by administrators, http(s) only
-        url, data=json.dumps(event).encode(), method="POST", headers={"Content-Type": CONTENT_TYPE}
-    )
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-        if not 200 <= response.status < 300:
-            raise urllib.error.HTTPError(url, response.status, "not a 2xx", response.headers, None)
+    """Raises ``DeliveryFailed`` on anything but a 2xx answer; follows no redirect, keeps no answer body."""
+    answer = outbound.post(url, json.dumps(event).encode(), content_type=CONTENT_TYPE, timeout=timeout)
+    if not answer.ok:
+        raise DeliveryFailed(answer.describe(url))
 
 
 NOTIFIERS: dict[str, Callable[[str, Mapping[str, Any]], None]] = {"cloudevents": post_cloud_event}
@@ -84,7 +84,7 @@ def deliver(notification_id: int) -> bool:
     Notification.objects.filter(pk=notification.pk).update(attempts=notification.attempts + 1)
     try:
         NOTIFIERS["cloudevents"](notification.url, notification.event)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except DeliveryFailed as exc:
         Notification.objects.filter(pk=notification.pk).update(last_error=str(exc)[:500])
         log.warning("notification %s to %s failed: %s", notification.pk, notification.url, exc)
         return False

@@ -11,7 +11,7 @@ import base64
 import difflib
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -214,14 +214,18 @@ def plan(
     *,
     source: str,
     commit: str,
+    managed: Collection[tuple[str, str]],
     held: frozenset[tuple[str, str]] = frozenset(),
     prune_allowed: bool = True,
     memo: PlanMemo | None = None,
 ) -> Plan:
     """Compares Git with the cluster. ``live_by_namespace`` holds one LIST per namespace.
 
-    ``held`` objects keep what they have (a rollout reaches them later);
-    ``prune_allowed`` is False until a rollout reaches 100%.
+    ``managed`` is the source's inventory: what Sluice itself applied for it.
+    Labels alone never make an object the source's to prune, since anyone who
+    may label a ConfigMap could write them. ``held`` objects keep what they have
+    (a rollout reaches them later); ``prune_allowed`` is False until a rollout
+    reaches 100%.
     """
     live_index: dict[tuple[str, str], Mapping[str, Any]] = {}
     for namespace, objects in live_by_namespace.items():
@@ -240,6 +244,9 @@ def plan(
     for key, live in sorted(live_index.items()):
         owner, live_commit, live_hash = live_provenance(live)
         if owner != source or key in wanted:
+            continue
+        if key not in managed:
+            items.append(_foreign(key, live, "carries this source's labels, but Sluice never applied it"))
             continue
         before = live_content(live)
         diff: tuple[DiffItem, ...]
@@ -266,6 +273,18 @@ def plan(
             )
         )
     return Plan(source=source, commit=commit, items=tuple(items))
+
+
+def _foreign(key: tuple[str, str], live: Mapping[str, Any], why: str) -> PlanItem:
+    """An object that is not this source's: say that it exists and who writes it, never what it holds.
+
+    Its content may be anybody's configuration, and plans are shown to every viewer.
+    """
+    managers = sorted(
+        {entry.get("manager", "?") for entry in live.get("metadata", {}).get("managedFields") or ()}
+    )
+    written_by = f" (written by {', '.join(managers)})" if managers else ""
+    return PlanItem(key[0], key[1], Action.CONFLICT, reason=f"{why}{written_by}; not taken over")
 
 
 # Stands for "edited in the cluster" when the old content is known only by its hash.
@@ -334,23 +353,12 @@ def _plan_object(
         )
 
     owner, live_commit, applied_hash = live_provenance(live)
+    if owner != source:
+        holder = f"source {owner!r}" if owner else "nobody in Sluice (created outside it)"
+        return replace(_foreign(obj.key, live, f"exists and is managed by {holder}"), desired=obj)
     current = live_content(
         live, desired_labels=obj.content.labels, desired_annotations=obj.content.annotations
     )
-    if owner != source:
-        holder = f"source {owner!r}" if owner else "nobody in Sluice (created outside it)"
-        return PlanItem(
-            obj.namespace,
-            obj.name,
-            Action.CONFLICT,
-            tuple(diff_content(current, wanted)),
-            obj,
-            current,
-            wanted,
-            live_commit=live_commit,
-            live_content_hash=applied_hash,
-            reason=f"exists and is managed by {holder}; not taken over",
-        )
 
     git_changed = applied_hash != obj.content.hash
     # Compare with what Sluice applied last time: for flag sets that includes

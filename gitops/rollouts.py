@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -25,11 +26,21 @@ from gitops import content as content_module
 from gitops.content import Content, Provenance, live_content, live_provenance
 from gitops.desired.policy import Analysis, Pause, SetWeight, steps_from_json
 from gitops.desired.revision import DesiredState, flag_set_key, unstamped
+from gitops.desired.scope import AdminScope
 from gitops.errors import PermanentError
-from gitops.models import ApplyIntent, Approval, Change, Revision, Rollout, RolloutEvent, Source
+from gitops.models import (
+    ApplyIntent,
+    Approval,
+    Change,
+    Revision,
+    Rollout,
+    RolloutEvent,
+    Source,
+    VerifiedEmail,
+)
 from gitops.plan import Plan, PlanMemo, plan
 from gitops.rollout.analysis import run_analysis
-from gitops.rollout.engine import desired_at_weight, desired_hash, held_keys
+from gitops.rollout.engine import desired_at_weight, desired_hash, held_keys, with_approval_gate
 
 log = logging.getLogger(__name__)
 SYSTEM_ACTOR = "sluice"
@@ -50,8 +61,18 @@ class StepOutcome:
 # -- choosing which rollout a reconcile drives ---------------------------------------
 
 
-def choose(source: Source, head: Revision, head_desired: DesiredState) -> tuple[Rollout | None, str]:
-    """The rollout this reconcile moves, and a note (``queued`` when the head waits)."""
+def choose(
+    source: Source,
+    head: Revision,
+    head_desired: DesiredState,
+    *,
+    commit_identities: Callable[[], Sequence[str]] = list,
+) -> tuple[Rollout, str]:
+    """The rollout this reconcile moves, and a note (``queued`` when the head waits).
+
+    ``commit_identities`` gives the authors and committers of the commits a new
+    rollout would bring; it is asked only when one starts.
+    """
     active = Rollout.objects.filter(source=source, phase__in=Rollout.ACTIVE_PHASES).order_by("-id").first()
     if active is not None and (active.revision_id == head.pk or active.abort_requested_by):
         return active, ""
@@ -70,18 +91,29 @@ def choose(source: Source, head: Revision, head_desired: DesiredState) -> tuple[
     latest = Rollout.objects.filter(source=source, revision=head).order_by("-id").first()
     if latest is not None and latest.phase != Rollout.Phase.SUPERSEDED:
         return latest, ""
-    return start(source, head, head_desired, actor=SYSTEM_ACTOR), ""
+    return start(source, head, head_desired, actor=SYSTEM_ACTOR, commit_identities=commit_identities()), ""
 
 
-def start(source: Source, revision: Revision, desired: DesiredState, *, actor: str) -> Rollout:
+def start(
+    source: Source,
+    revision: Revision,
+    desired: DesiredState,
+    *,
+    actor: str,
+    commit_identities: Sequence[str] = (),
+) -> Rollout:
     policy = desired.policy
+    # The administrator's floor comes on top of whatever the repository asks for.
+    floor = source.required_approvals
+    steps = with_approval_gate(policy.rollout.steps) if floor else policy.rollout.steps
     rollout = Rollout.objects.create(
         source=source,
         revision=revision,
         phase=Rollout.Phase.PROGRESSING,
-        steps=[step.as_json() for step in policy.rollout.steps],
-        approvals_required=policy.approvals.required,
-        forbid_self_approval=policy.approvals.forbid_self_approval,
+        steps=[step.as_json() for step in steps],
+        approvals_required=max(policy.approvals.required, floor),
+        forbid_self_approval=policy.approvals.forbid_self_approval or floor > 0,
+        commit_identities=sorted({identity.lower() for identity in commit_identities}),
         content_hash=desired_hash(desired),
         created_by=actor,
     )
@@ -287,7 +319,10 @@ def _analyse(rollout: Rollout, step: Analysis) -> bool:
         "step": rollout.step_index,
         "weight": rollout.weight,
     }
-    result = run_analysis(step, payload)
+    source = rollout.source
+    result = run_analysis(
+        step, payload, AdminScope.of(source.allowed_namespaces, source.analysis_url_prefixes)
+    )
     failures = 0 if result.passed else rollout.analysis_failures + 1
     event(rollout, "analysis", message=result.detail, data={"passed": result.passed, "failures": failures})
     if result.passed:
@@ -341,6 +376,7 @@ def apply_weight(
         live,
         source=source.name,
         commit=rollout.revision.commit,
+        managed=apply.managed_keys(source),
         held=held_keys(desired, weight),
         prune_allowed=weight >= 100,
         memo=plan_memo(source),
@@ -546,11 +582,8 @@ def promote(rollout_id: int, *, user: User, full: bool = False, comment: str = "
                 + (f", waiting for {rollout.waiting_for}" if rollout.waiting_for else "")
                 + "); use --full to go to 100% now"
             )
-        email = (getattr(user, "email", "") or "").strip().lower()
-        if rollout.forbid_self_approval and email and email == rollout.revision.author_email.strip().lower():
-            raise PermissionDenied(
-                f"{username} wrote commit {rollout.revision.commit[:12]} and may not approve it"
-            )
+        if rollout.forbid_self_approval:
+            _check_not_an_author(rollout, user)
         gate = rollout.step_index
         try:
             with transaction.atomic():
@@ -597,6 +630,37 @@ def promote(rollout_id: int, *, user: User, full: bool = False, comment: str = "
     return rollout
 
 
+def _check_not_an_author(rollout: Rollout, user: User) -> None:
+    """Nobody who wrote or committed a commit of the rollout approves it, by an email an admin verified.
+
+    A commit's emails are whatever its pusher typed, and so is a user's own
+    email field; only an address an administrator verified identifies a person.
+    """
+    username = user.get_username()
+    verified = VerifiedEmail.objects.filter(user=user).values_list("email", flat=True).first()
+    if not verified:
+        raise PermissionDenied(
+            f"{username} has no verified email, and this rollout forbids self-approval; an administrator "
+            "verifies one with `gitops verify-email`"
+        )
+    authors = set(rollout.commit_identities) or {rollout.revision.author_email.strip().lower()}
+    if verified.strip().lower() in authors:
+        raise PermissionDenied(
+            f"{username} wrote or committed a commit that rollout {rollout.pk} brings and may not approve it"
+        )
+
+
+def verify_email(user: User, email: str, *, verified_by: str) -> VerifiedEmail:
+    """Records that an administrator confirmed ``email`` is ``user``'s."""
+    verified = VerifiedEmail.objects.filter(user=user).first() or VerifiedEmail(user=user)
+    verified.email = email.strip().lower()
+    verified.verified_by = verified_by
+    verified.verified_at = timezone.now()
+    verified.full_clean()
+    verified.save()
+    return verified
+
+
 def abort(rollout_id: int, *, user: User, reason: str = "") -> Rollout:
     """Asks for a rollback; the source's next reconcile (queued now) restores every target."""
     _check_permission(user)
@@ -641,6 +705,7 @@ def retry(rollout_id: int, *, user: User) -> Rollout:
             steps=rollout.steps,
             approvals_required=rollout.approvals_required,
             forbid_self_approval=rollout.forbid_self_approval,
+            commit_identities=rollout.commit_identities,
             content_hash=rollout.content_hash,
             created_by=username,
         )

@@ -38,6 +38,14 @@ def source_status(source: Source) -> dict[str, Any]:
         "conflicts": summary.get("conflict", 0),
         "active_rollout": rollout_status(active) if active else None,
         "last_error": source.last_error,
+        # A failing source backs off: how many failures in a row, and when it tries again.
+        "consecutive_failures": source.consecutive_failures,
+        "next_try_at": _iso(source.next_poll_at),
+        "scope": {
+            "namespaces": source.allowed_namespaces,
+            "analysis_url_prefixes": source.analysis_url_prefixes,
+            "required_approvals": source.required_approvals,
+        },
     }
 
 

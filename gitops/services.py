@@ -25,9 +25,11 @@ from django.utils import timezone
 from gitops import apply, logs, metrics, notifiers, rollouts, selectors, webhooks
 from gitops import secrets as secrets_module
 from gitops.desired.errors import RevisionRejected, ValidationError
+from gitops.desired.policy import namespace_glob_problem
 from gitops.desired.revision import DesiredState, ParseCache, load_revision
+from gitops.desired.scope import AdminScope, url_prefix_problem
 from gitops.errors import PermanentError, TemporaryError
-from gitops.models import Revision, Rollout, Source, WebhookDelivery
+from gitops.models import MAX_REQUIRED_APPROVALS, PERSON_LENGTH, Revision, Rollout, Source, WebhookDelivery
 from gitops.plan import Plan, plan
 from gitops.sources import GitMirror, redact_url, resolve_credentials
 
@@ -70,7 +72,7 @@ class SyncResult:
 # -- process-wide resources ------------------------------------------------------
 
 _parse_caches: dict[int, ParseCache] = {}
-_desired_cache: dict[int, tuple[str, tuple[str, ...], DesiredState]] = {}
+_desired_cache: dict[int, tuple[str, AdminScope, DesiredState]] = {}
 
 
 def mirror_for(source: Source) -> GitMirror:
@@ -100,16 +102,21 @@ def add_source(
     *,
     name: str,
     url: str,
+    allowed_namespaces: Sequence[str],
     branch: str = "main",
     path: str = "",
     poll_interval: timedelta = timedelta(seconds=60),
     credentials_ref: str = "",
-    allowed_namespaces: Sequence[str] = (),
     commit_url_template: str = "",
     notify_urls: Sequence[str] = (),
+    analysis_url_prefixes: Sequence[str] = (),
+    required_approvals: int = 0,
 ) -> Source:
+    """Registers a source. Its scope is an administrator's to give: without namespaces, nowhere."""
     if redact_url(url) != url:
         raise PermanentError("the URL must not contain credentials; use --credentials env:VAR or file:/path")
+    if not allowed_namespaces:
+        raise PermanentError("a source needs at least one allowed namespace glob (--allow-namespace)")
     source = Source(
         name=name,
         url=url,
@@ -117,15 +124,70 @@ def add_source(
         path=path.strip("/"),
         poll_interval=poll_interval,
         credentials_ref=credentials_ref,
-        allowed_namespaces=list(allowed_namespaces),
         commit_url_template=commit_url_template,
-        notify_urls=list(notify_urls),
     )
-    if any(not url.startswith(("http://", "https://")) for url in source.notify_urls):
-        raise PermanentError("notification URLs must be http:// or https://")
+    _set_scope(
+        source,
+        allowed_namespaces=allowed_namespaces,
+        analysis_url_prefixes=analysis_url_prefixes,
+        required_approvals=required_approvals,
+        notify_urls=notify_urls,
+    )
     source.full_clean()
     source.save()
     return source
+
+
+def update_source_scope(
+    source: Source,
+    *,
+    allowed_namespaces: Sequence[str] | None = None,
+    analysis_url_prefixes: Sequence[str] | None = None,
+    required_approvals: int | None = None,
+    notify_urls: Sequence[str] | None = None,
+) -> Source:
+    """Changes what an administrator allows a source; what is not given stays as it is."""
+    _set_scope(
+        source,
+        allowed_namespaces=source.allowed_namespaces if allowed_namespaces is None else allowed_namespaces,
+        analysis_url_prefixes=(
+            source.analysis_url_prefixes if analysis_url_prefixes is None else analysis_url_prefixes
+        ),
+        required_approvals=source.required_approvals if required_approvals is None else required_approvals,
+        notify_urls=source.notify_urls if notify_urls is None else notify_urls,
+    )
+    source.full_clean()
+    source.save()
+    return source
+
+
+def _set_scope(
+    source: Source,
+    *,
+    allowed_namespaces: Sequence[str],
+    analysis_url_prefixes: Sequence[str],
+    required_approvals: int,
+    notify_urls: Sequence[str],
+) -> None:
+    for pattern in allowed_namespaces:
+        if problem := namespace_glob_problem(pattern):
+            raise PermanentError(f"--allow-namespace: {problem}")
+    for prefix in analysis_url_prefixes:
+        if problem := url_prefix_problem(prefix):
+            raise PermanentError(f"--allow-analysis-url: {problem}")
+    for url in notify_urls:
+        if problem := url_prefix_problem(url):
+            raise PermanentError(f"--notify: {problem}")
+    if not 0 <= required_approvals <= MAX_REQUIRED_APPROVALS:
+        raise PermanentError(f"--require-approvals must be from 0 to {MAX_REQUIRED_APPROVALS}")
+    source.allowed_namespaces = list(dict.fromkeys(allowed_namespaces))
+    source.analysis_url_prefixes = list(dict.fromkeys(analysis_url_prefixes))
+    source.required_approvals = required_approvals
+    source.notify_urls = list(dict.fromkeys(notify_urls))
+
+
+def admin_scope(source: Source) -> AdminScope:
+    return AdminScope.of(source.allowed_namespaces or (), source.analysis_url_prefixes or ())
 
 
 def request_sync(source: Source) -> None:
@@ -215,6 +277,9 @@ def _reconcile_once(source: Source, *, actor: str, retry_failed: bool, started: 
         head, forced = _fetch(source)
     except (TemporaryError, PermanentError) as exc:
         Source.objects.filter(pk=source.pk).update(last_error=str(exc))
+        # Git is out of reach, but decisions already stored (an abort, a pause that
+        # ran out, an analysis retry) are carried out from the database and the mirror.
+        _drive_active_rollout(source, actor=actor, retry_failed=retry_failed)
         raise
     logs.add_context(commit=head.commit)
     result = SyncResult(source.name, "unchanged", head.commit, head.pk, forced_push=forced)
@@ -223,18 +288,22 @@ def _reconcile_once(source: Source, *, actor: str, retry_failed: bool, started: 
         head.refresh_from_db()
         result.outcome = "rejected"
         result.errors = [_format_error(e) for e in head.errors]
+        # A bad new commit stops nothing already under way with an earlier, valid one.
+        _drive_active_rollout(source, actor=actor, retry_failed=retry_failed)
         _finish(source, [])
         return result
 
-    rollout, note = rollouts.choose(source, head, head_desired)
-    logs.add_context(rollout=rollout.pk if rollout else None)
-    if rollout is None:  # pragma: no cover - choose always returns one for a valid head
-        return result
+    rollout, note = rollouts.choose(
+        source, head, head_desired, commit_identities=lambda: _commit_identities(source, head)
+    )
+    logs.add_context(rollout=rollout.pk)
     # A queued head waits: the running rollout goes on with its own revision.
     desired = head_desired if rollout.revision_id == head.pk else _desired_state(source, rollout.revision)
-    if desired is None:  # pragma: no cover - a revision with a rollout was valid
-        raise PermanentError(f"revision {rollout.revision.commit} of rollout {rollout.pk} no longer loads")
-    outcome = rollouts.drive(rollout, desired, actor=actor, retry_failed=retry_failed)
+    if desired is None:
+        _roll_back_invalid(rollout)
+        outcome = rollouts.StepOutcome("failed", {}, [rollout.message])
+    else:
+        outcome = rollouts.drive(rollout, desired, actor=actor, retry_failed=retry_failed)
     rollout.refresh_from_db()
     result.outcome = note or outcome.outcome
     result.summary = outcome.summary
@@ -255,11 +324,86 @@ def _reconcile_once(source: Source, *, actor: str, retry_failed: bool, started: 
     return result
 
 
+def _drive_active_rollout(source: Source, *, actor: str, retry_failed: bool) -> None:
+    """Moves the active rollout with its own, already validated revision; Git is not asked."""
+    rollout = (
+        Rollout.objects.filter(source=source, phase__in=Rollout.ACTIVE_PHASES)
+        .select_related("revision", "source")
+        .order_by("-id")
+        .first()
+    )
+    if rollout is None:
+        return
+    logs.add_context(rollout=rollout.pk)
+    if rollout.abort_requested_by:
+        # A rollback needs nothing from Git: the intents hold what every target had before.
+        rollouts.rollback(
+            rollout,
+            actor=rollout.abort_requested_by,
+            reason=rollout.abort_reason or "aborted",
+            phase=Rollout.Phase.ABORTED,
+        )
+        return
+    try:
+        desired = _desired_state(source, rollout.revision)
+    except (TemporaryError, PermanentError) as exc:
+        log.warning("rollout %s waits: its revision cannot be read from the mirror: %s", rollout.pk, exc)
+        return
+    if desired is None:
+        _roll_back_invalid(rollout)
+    else:
+        rollouts.drive(rollout, desired, actor=actor, retry_failed=retry_failed)
+
+
+def _roll_back_invalid(rollout: Rollout) -> None:
+    """A rollout whose revision the source's scope no longer allows (an admin narrowed it) is undone."""
+    rollout.revision.refresh_from_db()
+    errors = [_format_error(e) for e in rollout.revision.errors[:3]]
+    rollouts.rollback(
+        rollout,
+        actor=SYSTEM_ACTOR,
+        reason=f"revision {rollout.revision.short_commit} is no longer valid for this source: "
+        + "; ".join(errors),
+        phase=Rollout.Phase.FAILED,
+    )
+
+
+def _commit_identities(source: Source, head: Revision) -> list[str]:
+    """Authors and committers of every commit a rollout of ``head`` brings, since the last completed one."""
+    last = (
+        Rollout.objects.filter(source=source, phase=Rollout.Phase.COMPLETED)
+        .exclude(revision=head)
+        .select_related("revision")
+        .order_by("-finished_at", "-id")
+        .first()
+    )
+    with mirror_for(source) as mirror:
+        return sorted(mirror.commit_identities(head.commit, since=last.revision.commit if last else None))
+
+
 def _finish(source: Source, failures: list[str]) -> None:
     now = timezone.now()
     Source.objects.filter(pk=source.pk).update(
-        last_synced_at=now, last_error="; ".join(failures[:5]), next_poll_at=now + source.poll_interval
+        last_synced_at=now,
+        last_error="; ".join(failures[:5]),
+        consecutive_failures=0,
+        next_poll_at=now + source.poll_interval,
     )
+
+
+def _fit(text: str, length: int) -> str:
+    return text if len(text) <= length else text[: length - 1] + "…"
+
+
+MAX_BACKOFF = timedelta(hours=1)
+
+
+def retry_delay(poll_interval: timedelta, failures: int) -> timedelta:
+    """How long a failing source waits for its next try: the poll interval, doubled per failure in a row."""
+    if failures <= 0:
+        return poll_interval
+    doubled: timedelta = poll_interval * 2 ** min(failures - 1, 16)
+    return min(doubled, max(MAX_BACKOFF, poll_interval))
 
 
 def _format_error(error: Mapping[str, Any]) -> str:
@@ -277,8 +421,9 @@ def _fetch(source: Source) -> tuple[Revision, bool]:
                 source=source,
                 commit=fetched.commit,
                 defaults={
-                    "author_name": info.author_name,
-                    "author_email": info.author_email,
+                    # A pusher chooses these: cut to fit rather than fail every poll on a long one.
+                    "author_name": _fit(info.author_name, PERSON_LENGTH),
+                    "author_email": _fit(info.author_email, PERSON_LENGTH),
                     "message": info.message,
                     "committed_at": info.committed_at,
                     "force_pushed_over": (fetched.previous or "") if fetched.forced else "",
@@ -294,15 +439,15 @@ def _fetch(source: Source) -> tuple[Revision, bool]:
 
 def _desired_state(source: Source, revision: Revision) -> DesiredState | None:
     """Loads and validates a revision, or records it as rejected and returns None."""
-    namespaces = tuple(source.allowed_namespaces or ())
+    scope = admin_scope(source)
     cached = _desired_cache.get(source.pk)
-    if cached and cached[0] == revision.commit and cached[1] == namespaces:
+    if cached and cached[0] == revision.commit and cached[1] == scope:
         return cached[2]
     cache = _parse_caches.setdefault(source.pk, ParseCache())
     with mirror_for(source) as mirror:
         files = mirror.list_files(revision.commit, source.path)
         try:
-            desired = load_revision(files, mirror.read_blobs, cache=cache, operator_namespaces=namespaces)
+            desired = load_revision(files, mirror.read_blobs, cache=cache, scope=scope)
         except RevisionRejected as rejected:
             Revision.objects.filter(pk=revision.pk).update(
                 outcome=Revision.Outcome.REJECTED, errors=[e.as_dict() for e in rejected.errors]
@@ -322,12 +467,18 @@ def _desired_state(source: Source, revision: Revision) -> DesiredState | None:
             return None
     if revision.outcome == Revision.Outcome.PENDING:
         Revision.objects.filter(pk=revision.pk).update(outcome=Revision.Outcome.VALID)
-    _desired_cache[source.pk] = (revision.commit, namespaces, desired)
+    _desired_cache[source.pk] = (revision.commit, scope, desired)
     return desired
 
 
 def _plan(source: Source, revision: Revision, desired: DesiredState) -> Plan:
-    return plan(desired, apply.live_objects(source, desired), source=source.name, commit=revision.commit)
+    return plan(
+        desired,
+        apply.live_objects(source, desired),
+        source=source.name,
+        commit=revision.commit,
+        managed=apply.managed_keys(source),
+    )
 
 
 def preview(source: Source) -> tuple[Revision, Plan | None]:
@@ -342,32 +493,56 @@ def preview(source: Source) -> tuple[Revision, Plan | None]:
     return revision, _plan(source, revision, desired)
 
 
-def record_sync_failure(source_id: int, error: Exception) -> SyncResult:
+def record_sync_failure(source_id: int, error: BaseException) -> SyncResult:
+    """Records a failed reconcile on the source, where pages and `gitops status` show it, and backs off.
+
+    A failing Git host or cluster is asked again after the poll interval,
+    doubled for every failure in a row (at most an hour), not every sweep.
+    """
     source = Source.objects.get(pk=source_id)
+    failures = source.consecutive_failures + 1
+    delay = retry_delay(source.poll_interval, failures)
+    message = str(error) or type(error).__name__
     Source.objects.filter(pk=source_id).update(
-        last_error=str(error), next_poll_at=timezone.now() + source.poll_interval
+        last_error=message[:2000], consecutive_failures=failures, next_poll_at=timezone.now() + delay
     )
-    log.error("sync failed source=%s: %s", source.name, error)
-    return SyncResult(source.name, "failed", errors=[str(error)])
+    log.error(
+        "sync failed source=%s failures_in_a_row=%d next_try_in=%ds: %s",
+        source.name,
+        failures,
+        delay.total_seconds(),
+        message,
+    )
+    return SyncResult(source.name, "failed", errors=[message])
 
 
 def due_rollout_sources(now: Any = None) -> list[int]:
-    """Sources whose paused rollout's timer (or analysis back-off) has run out."""
+    """Sources whose paused rollout's timer (or analysis back-off) has run out, or whose abort waits.
+
+    A source that is backing off after failures waits for its next try, and one
+    with a sync already queued is not queued again, so a failing Git host or
+    cluster is not asked every sweep.
+    """
     now = now or timezone.now()
-    return sorted(
-        set(
-            Rollout.objects.filter(
-                phase=Rollout.Phase.PAUSED,
-                waiting_for__in=(Rollout.Waiting.TIMER, Rollout.Waiting.ANALYSIS),
-                pause_until__lte=now,
-            ).values_list("source_id", flat=True)
-        )
-        | set(
-            Rollout.objects.filter(phase__in=Rollout.ACTIVE_PHASES)
-            .exclude(abort_requested_by="")
-            .values_list("source_id", flat=True)
-        )
+    timers = Rollout.objects.filter(
+        phase=Rollout.Phase.PAUSED,
+        waiting_for__in=(Rollout.Waiting.TIMER, Rollout.Waiting.ANALYSIS),
+        pause_until__lte=now,
     )
+    aborts = Rollout.objects.filter(phase__in=Rollout.ACTIVE_PHASES).exclude(abort_requested_by="")
+    candidates = set(timers.values_list("source_id", flat=True)) | set(
+        aborts.values_list("source_id", flat=True)
+    )
+    backing_off = set(
+        Source.objects.filter(
+            pk__in=candidates, consecutive_failures__gt=0, next_poll_at__gt=now
+        ).values_list("pk", flat=True)
+    )
+    due = []
+    for source_id in sorted(candidates - backing_off):
+        if Source.objects.filter(pk=source_id, sync_queued=False).update(sync_queued=True):
+            due.append(source_id)
+    return due
 
 
 def claim_due_sources(now: Any = None) -> list[int]:

@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import threading
@@ -29,8 +30,6 @@ from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import IO
 
-from git import Repo
-from git.objects import Commit
 
 from gitops.errors import GitopsError, PermanentError, TemporaryError
 
@@ -42,6 +41,8 @@ MIRROR_REF_PREFIX = "refs/sluice/heads/"
 LOCAL_TIMEOUT = 60.0
 
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+OBJECT_FORMATS = ("sha1", "sha256")
+_MISMATCHED_FORMAT = re.compile(r"mismatched algorithms: client \w+; server (\w+)")
 _OBJECT_ID = re.compile(r"[0-9a-fA-F]{4,64}")
 # Userinfo runs from "://" to the last "@" before the path; a greedy class that
 # stops at "/", whitespace and quotes finds it in URLs and inside git's messages.
@@ -463,7 +464,7 @@ class ObjectNotFoundError(PermanentError):
 
 @dataclass(frozen=True)
 class FetchResult:
-    commit: str  # full 40-hex sha of the branch tip after fetch
+    commit: str  # full sha of the branch tip after fetch (40 hex digits, 64 for SHA-256)
     previous: str | None  # tip before this fetch (None on first fetch)
     forced: bool  # True when previous is not an ancestor of commit (a force push)
 
@@ -490,7 +491,6 @@ class GitMirror:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._repo: Repo | None = None
         self._cat_file: _CatFileBatch | None = None
 
     def __enter__(self) -> GitMirror:
@@ -505,9 +505,6 @@ class GitMirror:
         if self._cat_file is not None:
             self._cat_file.close()
             self._cat_file = None
-        if self._repo is not None:
-            self._repo.close()
-            self._repo = None
 
     def fetch(
         self, url: str, branch: str, credentials: Credentials | None = None, *, timeout: float = 120
@@ -527,6 +524,10 @@ class GitMirror:
             raise TemporaryError(f"fetching {where} timed out after {timeout:g}s") from None
         if completed.returncode != 0:
             stderr = completed.stderr.decode("utf-8", "replace")
+            server_format = _MISMATCHED_FORMAT.search(stderr)
+            if server_format and self._recreate_with_format(server_format.group(1)):
+                # The repository uses other object ids (SHA-256): a mirror of its kind takes it.
+                return self.fetch(url, branch, credentials, timeout=timeout)
             error, reason = classify_git_error(stderr, completed.returncode)
             detail = _stderr_summary(stderr, invocation.secrets)
             if reason == AUTHENTICATION_FAILED:
@@ -598,34 +599,84 @@ class GitMirror:
         return contents
 
     def commit_info(self, commit: str) -> CommitInfo:
+        # git's own formatting: GitPython's object parser (no longer used) assumes
+        # 40-hex ids and cannot read SHA-256 repositories.
         object_id = _check_object_id(commit, "commit")
-        repo = self._open()
-        try:
-            header_sha, type_name, _ = repo.git.get_object_header(object_id)
-        except ValueError:
-            raise ObjectNotFoundError(f"commit {commit} is not in the mirror at {self.path}") from None
-        full_sha = _ascii(header_sha)
-        if (kind := _ascii(type_name)) != "commit":
-            raise PermanentError(f"{commit} is a {kind}, not a commit")
-        parsed = Commit(repo, bytes.fromhex(full_sha))
-        message = parsed.message
-        return CommitInfo(
-            sha=full_sha,
-            author_name=parsed.author.name or "",
-            author_email=parsed.author.email or "",
-            message=message if isinstance(message, str) else message.decode("utf-8", "replace"),
-            committed_at=datetime.fromtimestamp(parsed.committed_date, tz=UTC),
+        self._require_commit(object_id)
+        completed = self._local(
+            _git(
+                self.path,
+                "log",
+                "-1",
+                "--no-show-signature",
+                "--format=%H%x00%an%x00%ae%x00%ct%x00%B",
+                object_id,
+            )
         )
+        if completed.returncode != 0:
+            raise ObjectNotFoundError(f"commit {commit} is not in the mirror at {self.path}")
+        full_sha, author_name, author_email, timestamp, message = completed.stdout.decode(
+            "utf-8", "replace"
+        ).split("\0", 4)
+        return CommitInfo(
+            sha=full_sha.strip(),
+            author_name=author_name,
+            author_email=author_email,
+            message=message.rstrip("\n") + "\n" if message.strip() else "",
+            committed_at=datetime.fromtimestamp(int(timestamp), tz=UTC),
+        )
+
+    def commit_identities(self, commit: str, *, since: str | None = None, limit: int = 1000) -> set[str]:
+        """Author and committer emails (lower case) of commits reachable from ``commit`` but not ``since``.
+
+        Bounded to the newest ``limit`` commits: a first rollout of a long history
+        is judged by its recent authors.
+        """
+        commit = _check_object_id(commit, "commit")
+        revisions = [commit]
+        if (
+            since
+            and since != commit
+            and self._local(_git(self.path, "cat-file", "-e", since)).returncode == 0
+        ):
+            revisions.append(f"^{_check_object_id(since, 'commit')}")
+        completed = self._local(
+            _git(self.path, "log", f"--max-count={limit}", "--format=%ae%x00%ce", *revisions, "--")
+        )
+        if completed.returncode != 0:
+            self._require_commit(commit)
+            raise PermanentError(f"cannot list the commits of {commit}")
+        identities: set[str] = set()
+        for line in completed.stdout.decode("utf-8", "replace").splitlines():
+            identities.update(email.strip().lower() for email in line.split("\0") if email.strip())
+        return identities
 
     # --- internals ---
 
-    def _ensure_initialized(self) -> None:
+    def _recreate_with_format(self, object_format: str) -> bool:
+        """Starts the mirror again with ``object_format``; False when it already has it (nothing to gain)."""
+        if object_format not in OBJECT_FORMATS or self._object_format() == object_format:
+            return False
+        logger.warning("recreating the mirror at %s for %s object ids", self.path, object_format)
+        self.close()
+        shutil.rmtree(self.path, ignore_errors=True)
+        self._ensure_initialized(object_format)
+        return True
+
+    def _object_format(self) -> str:
+        completed = self._local(_git(self.path, "rev-parse", "--show-object-format"))
+        return completed.stdout.decode("ascii", "replace").strip() or "sha1"
+
+    def _ensure_initialized(self, object_format: str = "sha1") -> None:
         if (self.path / "HEAD").is_file():
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Two processes initialising at once is harmless: git init only adds what is missing.
         completed = _run(
-            GitInvocation(["git", "init", "--bare", "--quiet", str(self.path)], _base_env()),
+            GitInvocation(
+                ["git", "init", "--bare", "--quiet", f"--object-format={object_format}", str(self.path)],
+                _base_env(),
+            ),
             timeout=LOCAL_TIMEOUT,
         )
         if completed.returncode != 0:
@@ -658,20 +709,6 @@ class GitMirror:
         # Exit 1 means "not an ancestor"; anything else (the old tip pruned, say)
         # leaves the ancestry unproven, which counts as a forced update too.
         return completed.returncode == 0
-
-    def _open(self) -> Repo:
-        if self._repo is None:
-            self._require_mirror()
-            repo = Repo(self.path)
-            # GitPython starts its cat-file processes with os.environ; pin them to this mirror.
-            repo.git.update_environment(GIT_DIR=str(self.path), LC_ALL="C")
-            self._repo = repo
-        return self._repo
-
-
-def _ascii(value: str | bytes) -> str:
-    # GitPython annotates cat-file headers as str but hands back the bytes it read.
-    return value.decode("ascii") if isinstance(value, bytes) else value
 
 
 def _normalize_subpath(subpath: str) -> str:

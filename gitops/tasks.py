@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 BUSY_RETRY_SECONDS = 1
 BUSY_MAX_RETRIES = 600
-TEMPORARY_MAX_RETRIES = 8
+TEMPORARY_MAX_RETRIES = 2
 
 
 def backoff(retries: int, delay: float | None = None) -> float:
@@ -51,11 +51,18 @@ def sync_source(
             raise
         raise self.retry(exc=exc, countdown=BUSY_RETRY_SECONDS) from exc
     except TemporaryError as exc:
+        # A blip is retried here a few times; past that the source backs off (see
+        # record_sync_failure), so a host that stays down is not asked every sweep.
         if self.request.retries >= TEMPORARY_MAX_RETRIES:
             return services.record_sync_failure(source_id, exc).as_dict()
         log.warning("sync of source %s failed temporarily, retrying: %s", source_id, exc)
         raise self.retry(exc=exc, countdown=backoff(self.request.retries, exc.delay)) from exc
     except PermanentError as exc:
+        return services.record_sync_failure(source_id, exc).as_dict()
+    except Exception as exc:
+        # Anything unforeseen (a database error on odd input, a bug) is shown on the
+        # source instead of failing silently on every poll.
+        log.exception("sync of source %s failed unexpectedly", source_id)
         return services.record_sync_failure(source_id, exc).as_dict()
 
 

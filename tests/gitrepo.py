@@ -12,14 +12,15 @@ AUTHOR = ("Ada Lovelace", "ada@example.com")
 
 
 class GitRepo:
-    def __init__(self, root: Path, branch: str = "main") -> None:
+    def __init__(self, root: Path, branch: str = "main", *, object_format: str = "sha1") -> None:
         self.root = root
         self.branch = branch
         self.remote = root / "remote.git"
         self.work = root / "work"
         root.mkdir(parents=True, exist_ok=True)
-        self._git(root, "init", "--quiet", "--bare", f"--initial-branch={branch}", str(self.remote))
-        self._git(root, "init", "--quiet", f"--initial-branch={branch}", str(self.work))
+        init = ("init", "--quiet", f"--object-format={object_format}", f"--initial-branch={branch}")
+        self._git(root, *init, "--bare", str(self.remote))
+        self._git(root, *init, str(self.work))
         self.git("remote", "add", "origin", str(self.remote))
 
     @property

@@ -46,6 +46,8 @@ class Analysis:
     timeout_seconds: float = 5.0
     failure_limit: int = 1
     interval_seconds: int = 10
+    # Where the URL is written in sluice.yaml, for errors about it; not part of the step.
+    line: int | None = field(default=None, compare=False)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -176,6 +178,11 @@ def namespace_glob_problem(pattern: str) -> str | None:
 TOP_LEVEL_FIELDS = ("targets", "allowedNamespaces", "prune", "selfHeal", "flags", "rollout", "approvals")
 DURATION = re.compile(r"^(\d+)(s|m|h)?$")
 MAX_PAUSE_SECONDS = 7 * 24 * 3600
+# An analysis holds its source's reconcile while it waits: each call and the whole check are bounded.
+MAX_ANALYSIS_TIMEOUT_SECONDS = 30
+MAX_FAILURE_LIMIT = 10
+MAX_ANALYSIS_INTERVAL_SECONDS = 600
+MAX_URL_LENGTH = 2000
 
 
 def parse_duration(value: Any) -> int | None:
@@ -249,22 +256,37 @@ def _read_analysis(reader: _Reader, body: Any, path: PathKey) -> Analysis | None
     fields = reader.mapping(body, path, ("http", "failureLimit", "interval"))
     http = reader.mapping(fields.get("http"), (*path, "http"), ("url", "timeoutSeconds"))
     url = http.get("url")
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        reader.error((*path, "http", "url"), "an http:// or https:// URL is required")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url) > MAX_URL_LENGTH:
+        reader.error(
+            (*path, "http", "url"),
+            f"an http:// or https:// URL is required (at most {MAX_URL_LENGTH} characters)",
+        )
         return None
     timeout = http.get("timeoutSeconds", 5)
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 60:
-        reader.error((*path, "http", "timeoutSeconds"), "must be a number of seconds, above 0 and at most 60")
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not 0 < timeout <= MAX_ANALYSIS_TIMEOUT_SECONDS
+    ):
+        reader.error(
+            (*path, "http", "timeoutSeconds"),
+            f"must be a number of seconds, above 0 and at most {MAX_ANALYSIS_TIMEOUT_SECONDS}",
+        )
         return None
     failure_limit = fields.get("failureLimit", 1)
-    if isinstance(failure_limit, bool) or not isinstance(failure_limit, int) or failure_limit < 1:
-        reader.error((*path, "failureLimit"), "must be a whole number, at least 1")
+    if (
+        isinstance(failure_limit, bool)
+        or not isinstance(failure_limit, int)
+        or not 1 <= failure_limit <= MAX_FAILURE_LIMIT
+    ):
+        reader.error((*path, "failureLimit"), f"must be a whole number from 1 to {MAX_FAILURE_LIMIT}")
         return None
     interval = parse_duration(fields.get("interval", 10))
-    if interval is None or interval < 1:
-        reader.error((*path, "interval"), "must be a duration like 10s")
+    if interval is None or not 1 <= interval <= MAX_ANALYSIS_INTERVAL_SECONDS:
+        reader.error((*path, "interval"), "must be a duration like 10s, at most 10m")
         return None
-    return Analysis(url, float(timeout), failure_limit, interval)
+    line = reader.document.line_of(*path, "http", "url")
+    return Analysis(url, float(timeout), failure_limit, interval, line=line)
 
 
 def _read_rollout(reader: _Reader, value: Any) -> RolloutSpec:

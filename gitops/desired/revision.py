@@ -8,11 +8,10 @@ namespaces the policy allows) run on the parsed results every time.
 from __future__ import annotations
 
 import copy
-import fnmatch
 import json
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -28,7 +27,8 @@ from gitops.desired.flags import (
     load_flag_set,
     published_flag_set,
 )
-from gitops.desired.policy import POLICY_FILE, Policy, load_policy
+from gitops.desired.policy import POLICY_FILE, Analysis, Policy, load_policy
+from gitops.desired.scope import AdminScope
 
 CONFIGMAPS_DIR = "configmaps/"
 FLAGS_DIR = "flags/"
@@ -184,14 +184,16 @@ def load_revision(
     read_blobs: BlobReader,
     *,
     cache: ParseCache | None = None,
-    operator_namespaces: Iterable[str] = (),
+    scope: AdminScope | None = None,
 ) -> DesiredState:
     """Turns the files of one commit (path -> blob id) into desired state.
 
-    ``operator_namespaces`` are globs an administrator set on the source; the
-    repository's own policy can narrow them but never widen them.
+    ``scope`` is what an administrator allowed the source (namespaces, analysis
+    URLs); the repository's own policy can narrow it but never widen it. Without
+    one nothing is checked against an administrator (offline validation).
     Raises ``RevisionRejected`` with every error found.
     """
+    scope = scope if scope is not None else AdminScope()
     cache = cache if cache is not None else ParseCache()
     wanted = {path: blob for path, blob in files.items() if relevant(path)}
     parsed: dict[str, ParsedFile] = {}
@@ -215,28 +217,37 @@ def load_revision(
 
     policy, errors = load_policy(contents[wanted[POLICY_FILE]] if POLICY_FILE in wanted else None)
     errors = list(errors)
+    errors.extend(_analysis_url_errors(policy, scope))
     for path in sorted(parsed):
         errors.extend(parsed[path][1])
-    objects = _expand(parsed, policy, tuple(operator_namespaces), errors)
+    objects = _expand(parsed, policy, scope, errors)
     if errors:
         raise RevisionRejected(errors)
     return DesiredState(policy=policy, objects=tuple(objects))
 
 
+def _analysis_url_errors(policy: Policy, scope: AdminScope) -> list[ValidationError]:
+    """Analysis steps may call only URLs under the prefixes an administrator allowed the source."""
+    errors = []
+    for index, step in enumerate(policy.rollout.steps):
+        if isinstance(step, Analysis) and (problem := scope.analysis_url_problem(step.url)):
+            field_name = f"rollout.steps[{index}].analysis.http.url"
+            errors.append(ValidationError(POLICY_FILE, step.line, field_name, problem))
+    return errors
+
+
 def _expand(
     parsed: Mapping[str, ParsedFile],
     policy: Policy,
-    operator_namespaces: tuple[str, ...],
+    scope: AdminScope,
     errors: list[ValidationError],
 ) -> list[DesiredObject]:
     def permitted(namespace: str) -> str | None:
         if not policy.allows(namespace):
             allowed = ", ".join(policy.allowed_namespaces)
             return f"namespace {namespace!r} is not allowed by {POLICY_FILE} (allowedNamespaces: {allowed})"
-        if operator_namespaces and not any(fnmatch.fnmatchcase(namespace, p) for p in operator_namespaces):
-            allowed = ", ".join(operator_namespaces)
-            return f"namespace {namespace!r} is outside the namespaces this source may manage ({allowed})"
-        return None
+        # The administrator's list is the only thing that widens scope: a repository's "*" reaches no further.
+        return scope.namespace_problem(namespace)
 
     objects: list[DesiredObject] = []
     seen: dict[tuple[str, str], tuple[str, int | None]] = {}

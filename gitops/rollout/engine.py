@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
+from gitops.desired.policy import Pause, SetWeight, Step
 from gitops.desired.revision import (
     SLUICE_METADATA_KEYS,
     DesiredObject,
@@ -35,6 +36,25 @@ CANARY_WEIGHT_KEY = SLUICE_METADATA_KEYS[2]
 def target_cutoff(weight: int, targets: int) -> int:
     """How many of an object's targets hold the new content at ``weight``."""
     return math.ceil(weight * targets / 100)
+
+
+def with_approval_gate(steps: tuple[Step, ...]) -> tuple[Step, ...]:
+    """The steps with an approval gate an administrator requires: nothing goes past the first step unapproved.
+
+    The gate is an indefinite pause right after the first step that changes
+    anything; when that step already goes to 100% there is no canary to stop
+    after, so the gate comes before it. A pause the repository put there counts.
+    """
+    changing = [
+        (i, step.weight) for i, step in enumerate(steps) if isinstance(step, SetWeight) and step.weight
+    ]
+    if not changing:
+        return (Pause(None), *steps)
+    first, weight = changing[0]
+    gate = first if weight >= 100 else first + 1
+    if gate < len(steps) and steps[gate] == Pause(None):
+        return steps
+    return (*steps[:gate], Pause(None), *steps[gate:])
 
 
 def held_keys(desired: DesiredState, weight: int) -> frozenset[tuple[str, str]]:

@@ -36,6 +36,8 @@ def make_source(repo: GitRepo, settings, tmp_path):
     def make(**options):
         options.setdefault("name", f"src-{uuid.uuid4().hex[:8]}")
         options.setdefault("url", repo.url)
+        # Every test namespace starts with "t" (make_namespaces, namespace); kube-system does not.
+        options.setdefault("allowed_namespaces", ["t*"])
         return services.add_source(**options)
 
     return make
@@ -102,10 +104,13 @@ def people(db):
     """Users in each role; ``ada`` is an approver who also writes the commits (tests.gitrepo.AUTHOR)."""
     from django.contrib.auth.models import Group, User
 
+    from gitops.rollouts import verify_email
+
     def user(name: str, role: str | None, email: str) -> User:
         created = User.objects.create_user(name, email=email, password="x")
         if role:
             created.groups.add(Group.objects.get(name=role))
+        verify_email(created, email, verified_by="admin")
         return User.objects.get(pk=created.pk)  # fresh: permission caches start empty
 
     return {

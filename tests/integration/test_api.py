@@ -242,7 +242,7 @@ def test_an_approver_promotes_and_the_worker_completes_the_rollout(as_role, paus
 
     refused = author.post(path, {"comment": "mine"})
     assert refused.status_code == 403
-    assert "ada wrote commit" in refused.json()["detail"]
+    assert "ada wrote or committed a commit" in refused.json()["detail"]
 
     promoted = approver.post(path, {"comment": "canary looks healthy"})
     assert promoted.status_code == 200, promoted.content

@@ -48,7 +48,16 @@ def test_add_source_sync_diff_status_and_log(gitops, repo, make_namespaces, cele
     first = repo.commit("first")
 
     assert "added source shop" in gitops(
-        "add-source", "shop", "--url", repo.url, "--branch", "main", "--interval", "60s"
+        "add-source",
+        "shop",
+        "--url",
+        repo.url,
+        "--branch",
+        "main",
+        "--interval",
+        "60s",
+        "--allow-namespace",
+        "t*",
     )
     # Applies nothing: the plan is printed, the cluster stays empty.
     planned = gitops("diff", "shop")
@@ -95,7 +104,7 @@ def test_sync_wait_fails_on_a_rejected_revision_and_status_shows_why(
         }
     )
     repo.commit()
-    gitops("add-source", "broken", "--url", repo.url)
+    gitops("add-source", "broken", "--url", repo.url, "--allow-namespace", "t*")
 
     output = gitops("sync", "broken", "--wait", expect=1)
     assert "rejected" in output
@@ -112,9 +121,37 @@ def test_sync_wait_fails_on_a_rejected_revision_and_status_shows_why(
 
 def test_bad_arguments_get_clear_errors(gitops, repo):
     assert "no source named 'ghost'" in gitops("sync", "ghost", expect=1)
-    assert "not a duration" in gitops("add-source", "x", "--url", repo.url, "--interval", "soon", expect=2)
-    assert "not a valid source name" in gitops("add-source", "Not_Valid", "--url", repo.url, expect=1)
-    leaked = gitops("add-source", "leaky", "--url", "https://user:hunter2@git.example.com/x.git", expect=1)
+    # Scope is the administrator's to give: a source without namespaces could write nowhere.
+    assert "--allow-namespace" in gitops("add-source", "unscoped", "--url", repo.url, expect=2)
+    assert "not a namespace name or glob" in gitops(
+        "add-source", "bad-glob", "--url", repo.url, "--allow-namespace", "Team A", expect=1
+    )
+    assert "not an http:// or https:// URL" in gitops(
+        "add-source",
+        "bad-prefix",
+        "--url",
+        repo.url,
+        "--allow-namespace",
+        "t*",
+        "--allow-analysis-url",
+        "ftp://x",
+        expect=1,
+    )
+    assert "not a duration" in gitops(
+        "add-source", "x", "--allow-namespace", "t*", "--url", repo.url, "--interval", "soon", expect=2
+    )
+    assert "not a valid source name" in gitops(
+        "add-source", "Not_Valid", "--allow-namespace", "t*", "--url", repo.url, expect=1
+    )
+    leaked = gitops(
+        "add-source",
+        "leaky",
+        "--allow-namespace",
+        "t*",
+        "--url",
+        "https://user:hunter2@git.example.com/x.git",
+        expect=1,
+    )
     assert "must not contain credentials" in leaked
     assert "hunter2" not in leaked
 
@@ -125,7 +162,7 @@ def test_rollout_commands(gitops, repo, make_namespaces, celery_worker, cluster,
         {"sluice.yaml": policy([canary, rest]), "configmaps/app.yaml": configmap("app", {"V": "1"})}
     )
     repo.commit("v1")
-    gitops("add-source", "shop", "--url", repo.url)
+    gitops("add-source", "shop", "--url", repo.url, "--allow-namespace", "t*")
     gitops("sync", "shop", "--wait")
     repo.write_all(
         {
@@ -180,3 +217,28 @@ def test_grant_gives_a_role(gitops, people):
     assert "vera is now approver" in gitops("grant", "vera", "--role", "approver")
     assert User.objects.get(username="vera").has_perm("gitops.approve_rollout")
     assert "invalid choice" in gitops("grant", "vera", "--role", "superhero", expect=2)
+
+
+def test_update_source_and_verify_email(gitops, repo, people):
+    gitops("add-source", "scoped", "--url", repo.url, "--allow-namespace", "team-*")
+    updated = gitops(
+        "update-source",
+        "scoped",
+        "--allow-analysis-url",
+        "https://checks.example.com/sluice/",
+        "--require-approvals",
+        "2",
+    )
+    assert "namespaces: team-*" in updated, "an option left out keeps its value"
+    assert "analysis URLs: https://checks.example.com/sluice/" in updated
+    assert "approvals required past the first step: 2" in updated
+    assert "analysis URLs: none" in gitops("update-source", "scoped", "--allow-analysis-url", "")
+    assert "from 0 to 10" in gitops("update-source", "scoped", "--require-approvals", "11", expect=1)
+
+    assert "is verified" in gitops("verify-email", "vera", "Vera@Example.com", "--by", "root")
+    from gitops.models import VerifiedEmail
+
+    assert VerifiedEmail.objects.get(user=people["viewer"]).email == "vera@example.com"
+    assert "no user named 'nobody'" in gitops(
+        "verify-email", "nobody", "x@example.com", "--by", "root", expect=1
+    )

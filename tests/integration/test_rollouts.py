@@ -27,7 +27,16 @@ def versions(cluster, namespaces: list[str], name: str = "app") -> list[str | No
 
 
 def start_rollout(
-    repo, make_source, sync, namespaces, steps, *, approvals=None, extra_files=None, **policy_extra
+    repo,
+    make_source,
+    sync,
+    namespaces,
+    steps,
+    *,
+    approvals=None,
+    extra_files=None,
+    source_options=None,
+    **policy_extra,
 ):
     """v1 goes out in one step; v2 comes with the rollout policy and changes VERSION."""
     repo.write_all(
@@ -35,7 +44,7 @@ def start_rollout(
     )
     repo.write_all(extra_files or {})
     v1 = repo.commit("v1")
-    source = make_source()
+    source = make_source(**(source_options or {}))
     assert sync(source)["outcome"] == "applied"
     rollout_policy = policy(
         namespaces,
@@ -59,7 +68,14 @@ def test_a_configmap_rollout_goes_through_every_kind_of_step(
         {"pause": {}},
         {"setWeight": 100},
     ]
-    source, _v1, v2 = start_rollout(repo, make_source, sync, targets, steps)
+    source, _v1, v2 = start_rollout(
+        repo,
+        make_source,
+        sync,
+        targets,
+        steps,
+        source_options={"analysis_url_prefixes": [analysis_endpoint.url]},
+    )
 
     result = sync(source)
 
@@ -129,7 +145,7 @@ def test_promote_needs_the_role_distinct_approvers_and_not_the_author(
 
     with pytest.raises(PermissionDenied, match="vera may not promote"):
         rollouts.promote(paused.pk, user=people["viewer"])
-    with pytest.raises(PermissionDenied, match="ada wrote commit"):
+    with pytest.raises(PermissionDenied, match="ada wrote or committed a commit"):
         rollouts.promote(paused.pk, user=people["author"])
 
     assert rollouts.promote(paused.pk, user=people["approver"]).message == "1 of 2 approvals"
@@ -201,6 +217,7 @@ def test_a_failing_analysis_aborts_and_rolls_back(
         sync,
         targets,
         [{"setWeight": 50}, {"analysis": {"http": {"url": analysis_endpoint.url}, "failureLimit": 1}}],
+        source_options={"analysis_url_prefixes": [analysis_endpoint.url]},
     )
 
     result = sync(source)

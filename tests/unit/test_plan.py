@@ -47,8 +47,17 @@ def applied(obj: DesiredObject, *, commit: str = OLD, data: dict | None = None, 
     return body
 
 
+def inventory(live: list[dict]) -> frozenset[tuple[str, str]]:
+    """What Sluice applied: here, every live object labelled as this source's."""
+    return frozenset(
+        ("team-a", obj["metadata"]["name"])
+        for obj in live
+        if (obj["metadata"].get("labels") or {}).get("sluice.dev/source") == SOURCE
+    )
+
+
 def only_item(desired: DesiredState, live: list[dict]):
-    result = plan(desired, {"team-a": live}, source=SOURCE, commit=NEW)
+    result = plan(desired, {"team-a": live}, source=SOURCE, commit=NEW, managed=inventory(live))
     assert len(result.items) == 1
     return result.items[0]
 
@@ -117,7 +126,8 @@ def test_an_object_gone_from_git_is_pruned_or_reported(prune, action):
 
 def test_objects_of_other_sources_are_never_pruned():
     other = desired_object("theirs")
-    result = plan(state(prune=True), {"team-a": [applied(other, source="other")]}, source=SOURCE, commit=NEW)
+    live = [applied(other, source="other")]
+    result = plan(state(prune=True), {"team-a": live}, source=SOURCE, commit=NEW, managed=inventory(live))
     assert result.items == ()
 
 
@@ -171,8 +181,37 @@ def test_a_change_in_git_on_top_of_an_edit_in_the_cluster_is_flagged_and_forced_
 @pytest.mark.parametrize("prune, allowed", [(True, True), (True, False), (False, True)])
 def test_objects_gone_from_git_keep_their_provenance_for_a_rollback(prune, allowed):
     gone = desired_object("gone")
+    live = [applied(gone)]
     result = plan(
-        state(prune=prune), {"team-a": [applied(gone)]}, source=SOURCE, commit=NEW, prune_allowed=allowed
+        state(prune=prune),
+        {"team-a": live},
+        source=SOURCE,
+        commit=NEW,
+        managed=inventory(live),
+        prune_allowed=allowed,
     )
     (item,) = result.items
     assert (item.live_commit, item.live_content_hash) == (OLD, gone.content.hash)
+
+
+def test_an_object_labelled_as_ours_but_never_applied_by_sluice_is_not_pruned():
+    forged = applied(desired_object("coredns"))
+    result = plan(state(prune=True), {"team-a": [forged]}, source=SOURCE, commit=NEW, managed=frozenset())
+    (item,) = result.items
+    assert item.action is Action.CONFLICT
+    assert "never applied it" in item.reason
+    assert not item.action.changes_cluster
+
+
+def test_a_conflict_shows_who_writes_the_object_never_its_data():
+    theirs = applied(desired_object("app", v="secret-value"), source="other")
+    theirs["metadata"]["managedFields"].append({"manager": "kubectl-edit", "operation": "Update"})
+    item = only_item(state(desired_object("app", v="ours")), [theirs])
+    assert item.action is Action.CONFLICT
+    assert (
+        item.reason
+        == "exists and is managed by source 'other' (written by kubectl-edit, sluice); not taken over"
+    )
+    assert item.diff == ()
+    assert item.before is None
+    assert "secret-value" not in repr(item.as_dict())

@@ -6,6 +6,7 @@ import pytest
 
 from gitops.desired.errors import RevisionRejected
 from gitops.desired.revision import ParseCache, flag_set_name, load_revision
+from gitops.desired.scope import AdminScope
 
 POLICY = (
     b"targets:\n  namespaces: [canary, team-a, team-b]\n"
@@ -81,7 +82,7 @@ def test_a_cached_file_still_takes_part_in_cross_file_checks():
 def test_the_operator_allowlist_narrows_what_the_policy_allows():
     repo = Repo({"sluice.yaml": POLICY, "configmaps/app.yaml": configmap("app", namespace="team-b")})
     with pytest.raises(RevisionRejected) as rejected:
-        load_revision(repo.tree(), repo.read_blobs, operator_namespaces=["canary", "team-a"])
+        load_revision(repo.tree(), repo.read_blobs, scope=AdminScope.of(["canary", "team-a"], []))
     assert "namespace 'team-b' is outside the namespaces this source may manage (canary, team-a)" in str(
         rejected.value.errors[0]
     )

@@ -71,19 +71,21 @@ class Command(BaseCommand):
             default="",
             help="the Git host's page for a commit, e.g. https://github.com/org/repo/commit/{commit}",
         )
-        add.add_argument(
-            "--notify",
-            action="append",
-            default=[],
-            metavar="URL",
-            help="send rollout and revision events here as CloudEvents (repeatable)",
+        _scope_arguments(add, required=True)
+
+        update = commands.add_parser(
+            "update-source", help="change what an administrator allows a source (what is not given stays)"
         )
-        add.add_argument(
-            "--allow-namespace",
-            action="append",
-            default=[],
-            help="a namespace glob this source may touch (repeatable); the repo's policy only narrows it",
+        update.add_argument("name")
+        _scope_arguments(update, required=False)
+
+        verify = commands.add_parser(
+            "verify-email",
+            help="record a user's email as verified: the only one self-approval checks trust",
         )
+        verify.add_argument("username")
+        verify.add_argument("email")
+        verify.add_argument("--by", required=True, metavar="ADMIN", help="the administrator who verified it")
 
         sync = commands.add_parser("sync", help="reconcile a source now, through a Celery worker")
         sync.add_argument("name")
@@ -171,9 +173,34 @@ class Command(BaseCommand):
             credentials_ref=options["credentials"],
             allowed_namespaces=options["allow_namespace"],
             commit_url_template=options["commit_url"],
-            notify_urls=options["notify"],
+            notify_urls=options["notify"] or (),
+            analysis_url_prefixes=options["allow_analysis_url"] or (),
+            required_approvals=options["require_approvals"] or 0,
         )
         self.stdout.write(f"added source {source.name} ({source.url} @ {source.branch})")
+        self._print_scope(source)
+
+    def do_update_source(self, **options: Any) -> None:
+        source = services.update_source_scope(
+            self._source(options["name"]),
+            allowed_namespaces=_listed(options["allow_namespace"]),
+            analysis_url_prefixes=_listed(options["allow_analysis_url"]),
+            required_approvals=options["require_approvals"],
+            notify_urls=_listed(options["notify"]),
+        )
+        self.stdout.write(f"updated source {source.name}")
+        self._print_scope(source)
+
+    def _print_scope(self, source: Source) -> None:
+        self.stdout.write(f"  namespaces: {', '.join(source.allowed_namespaces) or 'none'}")
+        self.stdout.write(f"  analysis URLs: {', '.join(source.analysis_url_prefixes) or 'none'}")
+        floor = source.required_approvals
+        self.stdout.write(f"  approvals required past the first step: {floor or 'as the repository says'}")
+
+    def do_verify_email(self, **options: Any) -> None:
+        user = rollouts.user_named(options["username"])
+        rollouts.verify_email(user, options["email"], verified_by=options["by"])
+        self.stdout.write(f"{options['username']}'s email {options['email']} is verified")
 
     def do_sync(self, **options: Any) -> None:
         source = self._source(options["name"])
@@ -275,6 +302,11 @@ class Command(BaseCommand):
                 self.stdout.write(f"  error: {error}")
             if status["last_error"]:
                 self.stdout.write(f"  last error: {status['last_error']}")
+            if status["consecutive_failures"]:
+                self.stdout.write(
+                    f"  backing off: {status['consecutive_failures']} failures in a row,"
+                    f" next try at {status['next_try_at']}"
+                )
             rollout = status["active_rollout"]
             if rollout:
                 self.stdout.write(
@@ -364,6 +396,42 @@ class Command(BaseCommand):
         user = rollouts.user_named(options["username"])
         user.groups.add(Group.objects.get(name=options["role"]))
         self.stdout.write(f"{options['username']} is now {options['role']}")
+
+
+def _scope_arguments(parser: ArgumentParser, *, required: bool) -> None:
+    """What an administrator allows a source; the repository's own policy can only narrow it."""
+    # With ``required`` off, an option left out keeps its value; an empty list is given as "".
+    many: dict[str, Any] = {"action": "append", "default": None}
+    parser.add_argument(
+        "--allow-namespace",
+        required=required,
+        metavar="GLOB",
+        help="a namespace glob this source may write to (repeatable; at least one for a new source)",
+        **many,
+    )
+    parser.add_argument(
+        "--allow-analysis-url",
+        metavar="PREFIX",
+        help="a URL prefix the repository's analysis steps may call (repeatable; default: none)",
+        **many,
+    )
+    parser.add_argument(
+        "--require-approvals",
+        type=int,
+        metavar="N",
+        help="approvers (none an author or committer of the change) needed past the first step",
+    )
+    parser.add_argument(
+        "--notify",
+        metavar="URL",
+        help="send rollout and revision events here as CloudEvents (repeatable)",
+        **many,
+    )
+
+
+def _listed(values: list[str] | None) -> list[str] | None:
+    """None keeps what the source has; ``--option ""`` empties the list."""
+    return None if values is None else [value for value in values if value]
 
 
 def _counts(summary: dict[str, int]) -> str:

@@ -1,0 +1,123 @@
+"""What an administrator allowed a source. Pure: no Django.
+
+A repository is written by whoever can push to it, so its own policy can only
+narrow what an administrator allowed, never widen it: the namespaces it may
+write and the URLs its analysis steps may call.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import SplitResult, unquote, urlsplit
+
+HTTP_SCHEMES = ("http", "https")
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+@dataclass(frozen=True)
+class AdminScope:
+    """``None`` means "not checked here" (offline validation has no administrator); empty allows nothing."""
+
+    namespaces: tuple[str, ...] | None = None
+    analysis_url_prefixes: tuple[str, ...] | None = None
+
+    @classmethod
+    def of(cls, namespaces: Iterable[str], analysis_url_prefixes: Iterable[str]) -> AdminScope:
+        return cls(tuple(namespaces), tuple(analysis_url_prefixes))
+
+    def namespace_problem(self, namespace: str) -> str | None:
+        if self.namespaces is None:
+            return None
+        if not self.namespaces:
+            return (
+                f"namespace {namespace!r}: this source may not write to any namespace yet; an administrator "
+                "must allow some (gitops update-source NAME --allow-namespace GLOB)"
+            )
+        if any(fnmatch.fnmatchcase(namespace, pattern) for pattern in self.namespaces):
+            return None
+        allowed = ", ".join(self.namespaces)
+        return f"namespace {namespace!r} is outside the namespaces this source may manage ({allowed})"
+
+    def analysis_url_problem(self, url: str) -> str | None:
+        if self.analysis_url_prefixes is None:
+            return None
+        if url_allowed(url, self.analysis_url_prefixes):
+            return None
+        if not self.analysis_url_prefixes:
+            return (
+                "this source may not call any analysis URL; an administrator must allow a prefix "
+                "(gitops update-source NAME --allow-analysis-url PREFIX)"
+            )
+        allowed = ", ".join(self.analysis_url_prefixes)
+        return f"{url!r} is not under an analysis URL prefix this source may call ({allowed})"
+
+
+def url_prefix_problem(prefix: str) -> str | None:
+    """Why an administrator's URL prefix is unusable, or None."""
+    parts = _split(prefix)
+    if parts is None or parts.scheme not in HTTP_SCHEMES or not parts.hostname:
+        return f"{prefix!r} is not an http:// or https:// URL with a host"
+    if parts.username is not None or parts.password is not None:
+        return f"{prefix!r} must not carry credentials"
+    if parts.query or parts.fragment:
+        return f"{prefix!r} must not have a query or a fragment"
+    if _unsafe_path(parts.path):
+        return f"{prefix!r} has a path with '.', '..' or escaped separators"
+    return None
+
+
+def url_allowed(url: str, prefixes: Iterable[str]) -> bool:
+    """Whether ``url`` lies under one of ``prefixes``: same scheme, host and port, and a path below.
+
+    Compared parsed, not as text, so "https://checks.example.com.evil.test/" is not
+    under "https://checks.example.com", nor "/checks-admin" under "/checks".
+    """
+    target = _split(url)
+    if (
+        target is None
+        or target.scheme not in HTTP_SCHEMES
+        or not target.hostname
+        or target.username is not None
+        or target.password is not None
+        or _unsafe_path(target.path)
+    ):
+        return False
+    return any(_under(target, prefix) for prefix in prefixes)
+
+
+def _under(target: SplitResult, prefix: str) -> bool:
+    allowed = _split(prefix)
+    if allowed is None or url_prefix_problem(prefix) is not None:
+        return False
+    if (target.scheme, target.hostname) != (allowed.scheme, allowed.hostname):
+        return False
+    if _port(target) != _port(allowed):
+        return False
+    base = allowed.path or "/"
+    path = target.path or "/"
+    if base.endswith("/"):
+        return path.startswith(base)
+    return path == base or path.startswith(base + "/")
+
+
+def _split(url: str) -> SplitResult | None:
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 - raises ValueError for a malformed port
+    except ValueError:
+        return None
+    return parts
+
+
+def _port(parts: SplitResult) -> int | None:
+    return parts.port or DEFAULT_PORTS.get(parts.scheme)
+
+
+def _unsafe_path(path: str) -> bool:
+    """Dot segments and escaped separators would let a URL leave the prefix once the server resolves it."""
+    lowered = path.lower()
+    if "%2f" in lowered or "%5c" in lowered or "\\" in path:
+        return True
+    return any(segment in (".", "..") for segment in unquote(path).split("/"))

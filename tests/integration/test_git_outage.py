@@ -1,0 +1,121 @@
+"""Abort, timed pauses and analysis go on from stored state when Git does not answer (issue 10, section 3)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from gitops import rollouts, services
+from gitops.models import Rollout, Source
+from tests.gitrepo import configmap, policy
+from tests.rollouts import rollout_of, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def versions(cluster, namespaces: list[str]) -> list[str | None]:
+    return [((cluster.get_configmap(ns, "app") or {}).get("data") or {}).get("V") for ns in namespaces]
+
+
+def paused_at_half(repo, make_namespaces, make_source, sync, steps=None):
+    targets = make_namespaces("canary", "rest")
+    repo.write_all({"sluice.yaml": policy(targets), "configmaps/app.yaml": configmap("app", {"V": "1"})})
+    repo.commit("v1")
+    source = make_source()
+    sync(source)
+    steps = steps or [{"setWeight": 50}, {"pause": {}}]
+    repo.write_all(
+        {
+            "sluice.yaml": policy(targets, rollout={"steps": steps}),
+            "configmaps/app.yaml": configmap("app", {"V": "2"}),
+        }
+    )
+    repo.commit("v2")
+    sync(source)
+    return source, targets
+
+
+def break_remote(repo) -> None:
+    shutil.rmtree(repo.remote)
+
+
+def delete_branch(repo) -> None:
+    subprocess.run(
+        ["git", f"--git-dir={repo.remote}", "update-ref", "-d", f"refs/heads/{repo.branch}"], check=True
+    )
+
+
+def push_invalid_head(repo) -> None:
+    repo.write(
+        "configmaps/app.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: app}\ndata: {V: 3}\n"
+    )
+    repo.commit("v3: not valid")
+
+
+@pytest.mark.parametrize("git_trouble", [break_remote, delete_branch, push_invalid_head])
+def test_abort_rolls_back_whatever_git_does(
+    git_trouble, repo, make_namespaces, make_source, sync, cluster, people
+):
+    source, targets = paused_at_half(repo, make_namespaces, make_source, sync)
+    paused = wait_for(source, phase="Paused", waiting_for="approval")
+    assert versions(cluster, targets) == ["2", "1"]
+    git_trouble(repo)
+
+    rollouts.abort(paused.pk, user=people["approver"], reason="incident")
+
+    aborted = wait_for(source, phase="Aborted", timeout=60)
+    assert aborted.message.startswith("incident")
+    assert versions(cluster, targets) == ["1", "1"]
+
+
+def test_a_timed_pause_ends_and_the_rollout_completes_while_git_is_down(
+    repo, make_namespaces, make_source, sync, cluster, celery_worker
+):
+    source, targets = paused_at_half(
+        repo, make_namespaces, make_source, sync, steps=[{"setWeight": 50}, {"pause": {"duration": "2s"}}]
+    )
+    assert rollout_of(source).waiting_for == "timer"
+    break_remote(repo)
+
+    # The ETA task that ends the pause finds Git gone and goes on from the mirror.
+    wait_for(source, phase="Completed", timeout=60)
+    assert versions(cluster, targets) == ["2", "2"]
+    assert "does not appear to be a git repository" in Source.objects.get(pk=source.pk).last_error
+
+
+def test_a_failing_source_backs_off_visibly(make_source, sync):
+    source = make_source(url="file:///nonexistent/repository.git")
+    seen = []
+    for _ in range(3):
+        before = timezone.now()
+        assert sync(source)["outcome"] == "failed"
+        failing = Source.objects.get(pk=source.pk)
+        seen.append((failing.consecutive_failures, failing.next_poll_at - before))
+    assert [failures for failures, _ in seen] == [1, 2, 3]
+    # The poll interval (60 s), doubled per failure in a row.
+    delays = [delay for _, delay in seen]
+    assert timedelta(seconds=59) < delays[0] <= timedelta(seconds=61)
+    assert timedelta(seconds=119) < delays[1] <= timedelta(seconds=121)
+    assert timedelta(seconds=239) < delays[2] <= timedelta(seconds=241)
+    assert "repository not found" in failing.last_error or "does not appear" in failing.last_error
+
+
+def test_beat_does_not_hammer_a_backing_off_source_with_a_due_rollout(
+    repo, make_namespaces, make_source, sync, people
+):
+    source, _ = paused_at_half(repo, make_namespaces, make_source, sync)
+    paused = wait_for(source, phase="Paused", waiting_for="approval")
+    Rollout.objects.filter(pk=paused.pk).update(abort_requested_by="otto")
+    Source.objects.filter(pk=source.pk).update(
+        consecutive_failures=3, next_poll_at=timezone.now() + timedelta(minutes=4), sync_queued=False
+    )
+    assert source.pk not in services.due_rollout_sources()
+
+    Source.objects.filter(pk=source.pk).update(next_poll_at=timezone.now() - timedelta(seconds=1))
+    assert source.pk in services.due_rollout_sources()
+    # Queued once: the next sweep leaves it alone until that sync has started.
+    assert source.pk not in services.due_rollout_sources()

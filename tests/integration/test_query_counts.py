@@ -1,0 +1,69 @@
+"""Hot paths issue a number of queries that does not grow with the number of objects.
+
+Deterministic guards, not timings: a query inside a per-object loop (an
+inventory upsert per intent once made 2,000 applies take minutes) shows up
+here as a count that differs between a small and a larger repository.
+"""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from tests.gitrepo import configmap, policy
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+SMALL, LARGE = 4, 40
+
+
+def _queries(action) -> tuple[int, object]:
+    with CaptureQueriesContext(connection) as captured:
+        result = action()
+    return len(captured.captured_queries), result
+
+
+def _repository(repo, namespaces: list[str], count: int, revision: str = "1") -> None:
+    repo.write_all({"sluice.yaml": policy(namespaces, prune=True)})
+    for index in range(count):
+        repo.write(f"configmaps/cm-{index:03d}.yaml", configmap(f"cm-{index:03d}", {"REVISION": revision}))
+    repo.commit(f"{count} objects, revision {revision}")
+
+
+def _counts(tmp_path_factory, make_namespaces, settings, count: int) -> dict[str, int]:
+    from gitops import services
+    from tests.gitrepo import GitRepo
+
+    repo = GitRepo(tmp_path_factory.mktemp(f"repo-{count}"))
+    namespaces = make_namespaces("a", "b")
+    _repository(repo, namespaces, count)
+    settings.SLUICE_DATA_DIR = tmp_path_factory.mktemp(f"data-{count}")
+    source = services.add_source(name=f"count-{count}", url=repo.url, allowed_namespaces=["t*"])
+
+    counts: dict[str, int] = {}
+    counts["cold apply"], result = _queries(lambda: services.sync_source(source.pk))
+    assert result.outcome == "applied", result
+    assert result.summary["create"] == 2 * count
+    counts["no-op"], result = _queries(lambda: services.sync_source(source.pk))
+    assert result.outcome == "unchanged", result
+
+    _repository(repo, namespaces, count, revision="2")
+    counts["update every object"], result = _queries(lambda: services.sync_source(source.pk))
+    assert result.summary["update"] == 2 * count, result
+
+    repo.remove("configmaps")
+    repo.commit("prune everything")
+    counts["prune every object"], result = _queries(lambda: services.sync_source(source.pk))
+    assert result.summary["delete"] == 2 * count, result
+    return counts
+
+
+def test_reconcile_query_counts_do_not_grow_with_the_number_of_objects(
+    tmp_path_factory, make_namespaces, settings
+):
+    small = _counts(tmp_path_factory, make_namespaces, settings, SMALL)
+    large = _counts(tmp_path_factory, make_namespaces, settings, LARGE)
+    assert large == small, f"queries with {SMALL} objects: {small}; with {LARGE}: {large}"
+    # And they stay small in absolute terms.
+    assert max(small.values()) <= 60, small

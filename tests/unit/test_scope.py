@@ -1,0 +1,128 @@
+"""What an administrator allowed a source: the repository's policy narrows it, never widens it."""
+
+import pytest
+
+from gitops.desired.errors import RevisionRejected
+from gitops.desired.revision import load_revision
+from gitops.desired.scope import AdminScope, url_allowed, url_prefix_problem
+
+
+class Repo:
+    def __init__(self, files: dict[str, bytes]) -> None:
+        self.files = files
+
+    def tree(self) -> dict[str, str]:
+        return {path: f"{index:040x}" for index, path in enumerate(self.files)}
+
+    def read_blobs(self, shas: list[str]) -> dict[str, bytes]:
+        by_sha = {f"{index:040x}": content for index, content in enumerate(self.files.values())}
+        return {sha: by_sha[sha] for sha in shas}
+
+
+CONFIGMAP = b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\ndata:\n  v: '1'\n"
+
+
+def rejected(files: dict[str, bytes], scope: AdminScope) -> list[str]:
+    repo = Repo(files)
+    with pytest.raises(RevisionRejected) as caught:
+        load_revision(repo.tree(), repo.read_blobs, scope=scope)
+    return [str(error) for error in caught.value.errors]
+
+
+def test_a_repository_wildcard_does_not_reach_beyond_the_administrators_namespaces():
+    policy = b"targets:\n  namespaces: [kube-system]\nallowedNamespaces: ['*']\n"
+    errors = rejected({"sluice.yaml": policy, "configmaps/a.yaml": CONFIGMAP}, AdminScope.of(["team-*"], []))
+    assert errors == [
+        "configmaps/a.yaml:1: metadata.namespace: namespace 'kube-system' is outside the namespaces"
+        " this source may manage (team-*)"
+    ]
+
+
+def test_a_source_without_allowed_namespaces_may_write_nowhere():
+    policy = b"targets:\n  namespaces: [team-a]\n"
+    errors = rejected({"sluice.yaml": policy, "configmaps/a.yaml": CONFIGMAP}, AdminScope.of([], []))
+    assert "may not write to any namespace yet" in errors[0]
+    assert errors[0].startswith("configmaps/a.yaml:1: metadata.namespace:")
+
+
+def test_flag_set_namespaces_obey_the_administrators_list():
+    policy = b"targets:\n  namespaces: [team-a]\nflags:\n  namespace: kube-public\nallowedNamespaces: ['*']\n"
+    flags = b'{"flags": {"f": {"state": "ENABLED", "variants": {"on": true}, "defaultVariant": "on"}}}'
+    errors = rejected({"sluice.yaml": policy, "flags/f.json": flags}, AdminScope.of(["team-*"], []))
+    assert errors == [
+        "sluice.yaml: flags.namespace: namespace 'kube-public' is outside the namespaces this source may"
+        " manage (team-*)"
+    ]
+
+
+ANALYSIS_POLICY = b"""targets:
+  namespaces: [team-a]
+rollout:
+  steps:
+    - setWeight: 50
+    - analysis:
+        http:
+          url: http://169.254.169.254/latest/meta-data
+"""
+
+
+def test_analysis_urls_outside_the_administrators_prefixes_reject_the_revision_with_file_and_line():
+    files = {"sluice.yaml": ANALYSIS_POLICY, "configmaps/a.yaml": CONFIGMAP}
+    errors = rejected(files, AdminScope.of(["team-*"], ["https://checks.example.com/sluice/"]))
+    assert errors == [
+        "sluice.yaml:8: rollout.steps[1].analysis.http.url: 'http://169.254.169.254/latest/meta-data' is not"
+        " under an analysis URL prefix this source may call (https://checks.example.com/sluice/)"
+    ]
+    errors = rejected(files, AdminScope.of(["team-*"], []))
+    assert "may not call any analysis URL" in errors[0]
+
+
+def test_an_allowed_analysis_url_loads():
+    policy = ANALYSIS_POLICY.replace(
+        b"http://169.254.169.254/latest/meta-data", b"http://checks:8080/v1/gate"
+    )
+    repo = Repo({"sluice.yaml": policy, "configmaps/a.yaml": CONFIGMAP})
+    desired = load_revision(
+        repo.tree(), repo.read_blobs, scope=AdminScope.of(["team-*"], ["http://checks:8080/v1"])
+    )
+    assert len(desired.objects) == 1
+
+
+@pytest.mark.parametrize(
+    "url, allowed",
+    [
+        ("https://checks.example.com/sluice/gate", True),
+        ("https://checks.example.com/sluice/", True),
+        ("https://CHECKS.example.com/sluice/gate?x=1", True),
+        ("https://checks.example.com:443/sluice/gate", True),
+        ("https://checks.example.com/sluice-admin", False),
+        ("https://checks.example.com/other", False),
+        ("https://checks.example.com.evil.test/sluice/gate", False),
+        ("https://checks.example.com:8443/sluice/gate", False),
+        ("http://checks.example.com/sluice/gate", False),
+        ("https://user:pw@checks.example.com/sluice/gate", False),
+        ("https://checks.example.com/sluice/../admin", False),
+        ("https://checks.example.com/sluice/%2e%2e/admin", False),
+        ("https://checks.example.com/sluice/%2fadmin", False),
+        ("https://checks.example.com:99999/sluice/", False),
+        ("file:///etc/passwd", False),
+    ],
+)
+def test_url_prefixes_compare_scheme_host_port_and_path(url, allowed):
+    assert url_allowed(url, ["https://checks.example.com/sluice"]) is allowed
+
+
+@pytest.mark.parametrize(
+    "prefix, problem",
+    [
+        ("https://checks.example.com/", None),
+        ("http://10.0.0.5:9090", None),
+        ("ftp://checks.example.com/", "is not an http:// or https:// URL with a host"),
+        ("https:///path", "is not an http:// or https:// URL with a host"),
+        ("https://u:p@checks.example.com/", "must not carry credentials"),
+        ("https://checks.example.com/?a=b", "must not have a query"),
+    ],
+)
+def test_administrator_prefixes_are_checked(prefix, problem):
+    found = url_prefix_problem(prefix)
+    assert (found is None) if problem is None else (problem in (found or ""))
