@@ -30,7 +30,6 @@ from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import IO
 
-
 from gitops.errors import GitopsError, PermanentError, TemporaryError
 
 logger = logging.getLogger("gitops.sources")
