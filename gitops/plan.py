@@ -331,6 +331,33 @@ def _memoized_plan_object(
     return item
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """What to do with an object that exists and is this source's: one row of the decision table."""
+
+    action: Action
+    reason: str = ""
+    force: bool = False
+    # Whether the object ends with Git's new content, or with what Sluice applied before.
+    to_git: bool = True
+
+
+def decide(*, git_changed: bool, drifted: bool, immutable: bool, self_heal: bool) -> Verdict:
+    """The decision table. ``immutable``: the live object is immutable and its content would change."""
+    if not git_changed and not drifted:
+        return Verdict(Action.UNCHANGED, to_git=False)
+    if immutable:
+        return Verdict(Action.REPLACE, "immutable in the cluster: deleted and created again")
+    if git_changed:
+        also = "; also edited in the cluster" if drifted else ""
+        return Verdict(Action.UPDATE, "changed in Git" + also, force=drifted and self_heal)
+    if self_heal:
+        return Verdict(
+            Action.SELF_HEAL, "edited in the cluster; selfHeal restores Git's content", True, False
+        )
+    return Verdict(Action.DRIFT, "edited in the cluster; left alone because selfHeal is off", to_git=False)
+
+
 def _plan_object(
     obj: DesiredObject,
     live: Mapping[str, Any] | None,
@@ -341,17 +368,10 @@ def _plan_object(
 ) -> PlanItem:
     wanted = obj.rendered(commit=commit, source=source)
     if live is None:
+        diff = tuple(diff_content(None, wanted))
         return PlanItem(
-            obj.namespace,
-            obj.name,
-            Action.CREATE,
-            tuple(diff_content(None, wanted)),
-            obj,
-            None,
-            wanted,
-            reason="not in the cluster",
+            obj.namespace, obj.name, Action.CREATE, diff, obj, None, wanted, reason="not in the cluster"
         )
-
     owner, live_commit, applied_hash = live_provenance(live)
     if owner != source:
         holder = f"source {owner!r}" if owner else "nobody in Sluice (created outside it)"
@@ -359,7 +379,6 @@ def _plan_object(
     current = live_content(
         live, desired_labels=obj.content.labels, desired_annotations=obj.content.annotations
     )
-
     git_changed = applied_hash != obj.content.hash
     # Compare with what Sluice applied last time: for flag sets that includes
     # the commit stamped at that time, which is not a change in itself.
@@ -370,72 +389,26 @@ def _plan_object(
         drift: tuple[DiffItem, ...] = () if _applied_hash_of(obj, current) == applied_hash else (DRIFTED,)
     else:
         drift = tuple(diff_content(expected_now, current))
-
-    if not git_changed and not drift:
-        return PlanItem(
-            obj.namespace,
-            obj.name,
-            Action.UNCHANGED,
-            (),
-            obj,
-            current,
-            current,
-            live_commit=live_commit,
-            live_content_hash=applied_hash,
-        )
-
-    changes = tuple(diff_content(current, wanted if git_changed else expected_now))
-    immutable_live = bool(live.get("immutable"))
-    if immutable_live and changes:
-        return PlanItem(
-            obj.namespace,
-            obj.name,
-            Action.REPLACE,
-            changes,
-            obj,
-            current,
-            wanted,
-            live_commit=live_commit,
-            live_content_hash=applied_hash,
-            reason="immutable in the cluster: deleted and created again",
-        )
-    if git_changed:
-        return PlanItem(
-            obj.namespace,
-            obj.name,
-            Action.UPDATE,
-            changes,
-            obj,
-            current,
-            wanted,
-            live_commit=live_commit,
-            live_content_hash=applied_hash,
-            reason="changed in Git" + ("; also edited in the cluster" if drift else ""),
-            force=bool(drift) and desired.policy.self_heal,
-        )
-    if desired.policy.self_heal:
-        return PlanItem(
-            obj.namespace,
-            obj.name,
-            Action.SELF_HEAL,
-            changes,
-            obj,
-            current,
-            expected_now,
-            live_commit=live_commit,
-            live_content_hash=applied_hash,
-            reason="edited in the cluster; selfHeal restores Git's content",
-            force=True,
-        )
+    changes = (
+        tuple(diff_content(current, wanted if git_changed else expected_now)) if git_changed or drift else ()
+    )
+    verdict = decide(
+        git_changed=git_changed,
+        drifted=bool(drift),
+        immutable=bool(live.get("immutable")) and bool(changes),
+        self_heal=desired.policy.self_heal,
+    )
+    after = current if verdict.action is Action.UNCHANGED else (wanted if verdict.to_git else expected_now)
     return PlanItem(
         obj.namespace,
         obj.name,
-        Action.DRIFT,
+        verdict.action,
         changes,
         obj,
         current,
-        expected_now,
+        after,
         live_commit=live_commit,
         live_content_hash=applied_hash,
-        reason="edited in the cluster; left alone because selfHeal is off",
+        reason=verdict.reason,
+        force=verdict.force,
     )

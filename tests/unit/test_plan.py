@@ -7,7 +7,7 @@ import pytest
 from gitops.content import Content, Provenance, manifest
 from gitops.desired.policy import Policy
 from gitops.desired.revision import DesiredObject, DesiredState
-from gitops.plan import Action, DiffItem, diff_content, plan
+from gitops.plan import Action, DiffItem, decide, diff_content, plan
 
 SOURCE = "shop"
 OLD, NEW = "a" * 40, "b" * 40
@@ -215,3 +215,23 @@ def test_a_conflict_shows_who_writes_the_object_never_its_data():
     assert item.diff == ()
     assert item.before is None
     assert "secret-value" not in repr(item.as_dict())
+
+
+@pytest.mark.parametrize(
+    "git_changed, drifted, immutable, self_heal, action, force, to_git",
+    [
+        (False, False, False, False, Action.UNCHANGED, False, False),
+        (False, False, False, True, Action.UNCHANGED, False, False),
+        (True, False, False, False, Action.UPDATE, False, True),
+        (True, True, False, False, Action.UPDATE, False, True),
+        (True, True, False, True, Action.UPDATE, True, True),
+        (False, True, False, False, Action.DRIFT, False, False),
+        (False, True, False, True, Action.SELF_HEAL, True, False),
+        (True, False, True, False, Action.REPLACE, False, True),
+        (False, True, True, True, Action.REPLACE, False, True),
+    ],
+)
+def test_the_decision_table(git_changed, drifted, immutable, self_heal, action, force, to_git):
+    verdict = decide(git_changed=git_changed, drifted=drifted, immutable=immutable, self_heal=self_heal)
+    assert (verdict.action, verdict.force, verdict.to_git) == (action, force, to_git)
+    assert bool(verdict.reason) is (action is not Action.UNCHANGED)
