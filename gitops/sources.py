@@ -601,7 +601,12 @@ class GitMirror:
         # git's own formatting: GitPython's object parser (no longer used) assumes
         # 40-hex ids and cannot read SHA-256 repositories.
         object_id = _check_object_id(commit, "commit")
-        self._require_commit(object_id)
+        self._require_mirror()
+        kind = self._local(_git(self.path, "cat-file", "-t", object_id))
+        if kind.returncode != 0:
+            raise ObjectNotFoundError(f"commit {commit} is not in the mirror at {self.path}")
+        if (type_name := kind.stdout.decode("ascii", "replace").strip()) != "commit":
+            raise PermanentError(f"{commit} is a {type_name}, not a commit")
         completed = self._local(
             _git(
                 self.path,
