@@ -7,7 +7,7 @@ KUBECONFIG           kubeconfig path; unset means the in-cluster service account
 SECRET_KEY           required unless DEBUG=1
 SECRET_KEY_FALLBACKS earlier keys, comma-separated, still accepted while you rotate SECRET_KEY
 ALLOWED_HOSTS        comma-separated host names
-SLUICE_ALLOW_HTTP    1 turns off HTTPS-only cookies, HSTS and the HTTPS redirect; only for local runs without TLS
+SLUICE_ALLOW_HTTP    1 turns off HTTPS-only cookies, HSTS and the redirect; local runs without TLS only
 SLUICE_TRUST_X_FORWARDED_PROTO  1 behind a TLS-terminating proxy that sets X-Forwarded-Proto
 """
 
