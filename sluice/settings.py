@@ -172,6 +172,8 @@ LOGGING = {
         "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["context"]},
     },
     "root": {"handlers": ["console"], "level": env.get("LOG_LEVEL", "INFO")},
+    # django-axes logs every login's bookkeeping at INFO; its lockouts come at WARNING.
+    "loggers": {"axes": {"level": "WARNING"}},
 }
 # Workers log through the same configuration instead of Celery's own.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
