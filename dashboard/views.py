@@ -43,23 +43,34 @@ def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
+def _has_metrics_token(request: HttpRequest) -> bool:
+    token = getattr(settings, "SLUICE_METRICS_TOKEN", "")
+    if not token:
+        return False
+    sent = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    return hmac.compare_digest(sent.encode(), token.encode())
+
+
 @require_GET
 def prometheus_metrics(request: HttpRequest) -> HttpResponse:
     """Prometheus text format; with SLUICE_METRICS_TOKEN set, a matching bearer token is required."""
-    token = getattr(settings, "SLUICE_METRICS_TOKEN", "")
-    if token:
-        sent = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(sent.encode(), token.encode()):
-            return HttpResponse("unauthorized\n", status=401, content_type="text/plain")
+    if getattr(settings, "SLUICE_METRICS_TOKEN", "") and not _has_metrics_token(request):
+        return HttpResponse("unauthorized\n", status=401, content_type="text/plain")
     payload, content_type = metrics.render()
     return HttpResponse(payload, content_type=content_type)
 
 
 @require_GET
 def readyz(request: HttpRequest) -> JsonResponse:
-    """Database, broker and kube-apiserver reachable; 503 names the one that is not."""
+    """Database, broker and kube-apiserver reachable; 503 names the one that is not.
+
+    Anyone (a load balancer) learns which check fails; only a logged-in user or a
+    caller with the metrics token learns why, since error texts describe internals.
+    """
     checks = health.readiness()
     ready = all(result == "ok" for result in checks.values())
+    if not (request.user.is_authenticated or _has_metrics_token(request)):
+        checks = {name: "ok" if result == "ok" else "failing" for name, result in checks.items()}
     return JsonResponse(
         {"status": "ready" if ready else "not ready", "checks": checks}, status=200 if ready else 503
     )
@@ -233,12 +244,15 @@ def change_log(request: HttpRequest) -> HttpResponse:
     changes, filters = _filtered_changes(request)
     export = request.GET.get("format")
     if export in ("csv", "json"):
-        return _export(changes, export)
+        return _export(changes, export, bodies=request.GET.get("bodies") == "1")
     # Keyset pagination: a deep page costs what the first one does.
     before = request.GET.get("before", "")
     if before.isdigit():
         changes = changes.filter(id__lt=int(before))
-    page = list(changes.order_by("-id").select_related("source")[: PAGE_SIZE + 1])
+    # The page shows no content bodies; leave them (up to 1 MiB a row) in the database.
+    page = list(
+        changes.order_by("-id").select_related("source").defer("before", "after", "diff")[: PAGE_SIZE + 1]
+    )
     has_more = len(page) > PAGE_SIZE
     page = page[:PAGE_SIZE]
     query = "&".join(f"{key}={value}" for key, value in filters.items() if value)
@@ -253,45 +267,72 @@ def change_log(request: HttpRequest) -> HttpResponse:
     return render(request, "dashboard/changes.html", context)
 
 
-def _export(changes: Any, kind: str) -> HttpResponse:
-    rows = changes.order_by("-id").select_related("source")[:EXPORT_LIMIT]
-    if kind == "json":
-        return JsonResponse([selectors.change_as_dict(change) for change in rows], safe=False)
+EXPORT_COLUMNS = [
+    "at",
+    "source",
+    "commit",
+    "cluster",
+    "namespace",
+    "kind",
+    "name",
+    "action",
+    "actor",
+    "step",
+    "weight",
+    "result",
+    "error",
+    "before_hash",
+    "after_hash",
+]
+# Rows fetched per round trip. Bodies (full before/after content, up to 1 MiB each) are
+# only read when asked for, in smaller chunks, so an export's memory stays bounded.
+EXPORT_CHUNK = 500
+EXPORT_CHUNK_WITH_BODIES = 50
 
+
+def _export_rows(changes: Any, *, bodies: bool) -> Iterator[dict[str, Any]]:
+    rows = changes.order_by("-id").select_related("source")
+    if not bodies:
+        rows = rows.defer("before", "after")
+    chunk = EXPORT_CHUNK_WITH_BODIES if bodies else EXPORT_CHUNK
+    for change in rows[:EXPORT_LIMIT].iterator(chunk_size=chunk):
+        entry = selectors.change_as_dict(change)
+        if bodies:
+            entry["before"], entry["after"] = change.before, change.after
+        yield entry
+
+
+def _export(changes: Any, kind: str, *, bodies: bool) -> StreamingHttpResponse:
+    """Streams the change log as CSV or a JSON array, a chunk of rows at a time."""
+    entries = _export_rows(changes, bodies=bodies)
+    if kind == "json":
+        response = StreamingHttpResponse(_json_array(entries), content_type="application/json")
+        response["Content-Disposition"] = 'attachment; filename="sluice-changes.json"'
+        return response
+    response = StreamingHttpResponse(_csv_lines(entries, bodies=bodies), content_type="text/csv")
+    response["Content-Disposition"] = 'attachment; filename="sluice-changes.csv"'
+    return response
+
+
+def _json_array(entries: Iterator[dict[str, Any]]) -> Iterator[str]:
+    yield "["
+    for index, entry in enumerate(entries):
+        yield ("," if index else "") + json.dumps(entry)
+    yield "]"
+
+
+def _csv_lines(entries: Iterator[dict[str, Any]], *, bodies: bool) -> Iterator[str]:
     class Echo:
         def write(self, value: str) -> str:
             return value
 
     writer = csv.writer(Echo())
-    columns = [
-        "at",
-        "source",
-        "commit",
-        "cluster",
-        "namespace",
-        "kind",
-        "name",
-        "action",
-        "actor",
-        "step",
-        "weight",
-        "result",
-        "error",
-        "before_hash",
-        "after_hash",
-    ]
-
-    def lines() -> Iterator[str]:
-        yield writer.writerow(columns)
-        for change in rows.iterator(chunk_size=2000):
-            entry = selectors.change_as_dict(change)
-            yield writer.writerow(
-                [entry[c] if not isinstance(entry[c], dict | list) else json.dumps(entry[c]) for c in columns]
-            )
-
-    response = StreamingHttpResponse(lines(), content_type="text/csv")
-    response["Content-Disposition"] = 'attachment; filename="sluice-changes.csv"'
-    return response
+    columns = [*EXPORT_COLUMNS, "before", "after"] if bodies else EXPORT_COLUMNS
+    yield writer.writerow(columns)
+    for entry in entries:
+        yield writer.writerow(
+            [json.dumps(entry[c]) if isinstance(entry[c], dict | list) else entry[c] for c in columns]
+        )
 
 
 # -- webhooks -----------------------------------------------------------------------------

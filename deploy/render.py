@@ -3,11 +3,12 @@
 
     python deploy/render.py --namespaces team-a,team-b [--image registry/sluice:0.1.0] | kubectl apply -f -
 
-The fixed part (namespace, ServiceAccount, read-only ClusterRole, Deployments, Service)
-lives as plain YAML in deploy/kubernetes/. What depends on your cluster is generated:
-one Role and RoleBinding in each listed namespace, letting the `sluice` ServiceAccount
-manage ConfigMaps there and nowhere else. List every target namespace of every source,
-the flag-set namespaces included. Nothing grants access to Secrets.
+The fixed part (namespace, ServiceAccounts, read-only ClusterRole, Deployments, Service,
+NetworkPolicies) lives as plain YAML in deploy/kubernetes/. What depends on your cluster
+is generated: one Role and RoleBinding in each listed namespace, letting the worker's
+`sluice` ServiceAccount manage ConfigMaps there and nowhere else. List every target
+namespace of every source, the flag-set namespaces included. Nothing grants access to
+Secrets, and the web pods' `sluice-web` ServiceAccount is granted nothing.
 """
 
 from __future__ import annotations

@@ -219,7 +219,7 @@ class Cluster:
             if not self.namespace_exists(namespace):
                 raise
 
-    def healthy(self) -> bool:
+    def healthy(self, timeout: float = 3) -> bool:
         try:
             with _api_errors():
                 body = self._api_client.call_api(
@@ -227,7 +227,7 @@ class Cluster:
                     "GET",
                     auth_settings=["BearerToken"],
                     _preload_content=False,
-                    _request_timeout=REQUEST_TIMEOUT,
+                    _request_timeout=(timeout, timeout),
                 )
         except (TemporaryError, PermanentError):
             return False

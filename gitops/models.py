@@ -420,9 +420,21 @@ class Notification(models.Model):
     last_error = models.CharField(max_length=500, blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)
     delivered_at = models.DateTimeField(null=True, blank=True)
+    # When the next attempt is due. A pending row overdue by a minute lost its task (the
+    # broker failed), and the sweeper enqueues it again.
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    # An attempt in flight holds the row until then, so two tasks never post it twice.
+    lease_until = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering: ClassVar[list[str]] = ["id"]
+        indexes: ClassVar[list[Any]] = [
+            models.Index(
+                fields=["next_attempt_at"],
+                condition=models.Q(status="pending"),
+                name="notification_due",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.event.get('type')} to {self.url}: {self.status}"

@@ -12,10 +12,12 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
 from django.db import transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
 from gitops import outbound
@@ -59,7 +61,9 @@ def emit(kind: str, *, source: Source, subject: str, data: Mapping[str, Any]) ->
     from gitops.tasks import deliver_notification  # noqa: PLC0415 - tasks imports this module
 
     for notification in created:
-        transaction.on_commit(partial(deliver_notification.delay, notification.pk))
+        # robust: a broker that is down must not fail the rollout that already committed;
+        # the row stays pending and the sweeper enqueues it once the broker is back.
+        transaction.on_commit(partial(deliver_notification.delay, notification.pk), robust=True)
 
 
 class DeliveryFailed(Exception):
@@ -76,22 +80,70 @@ def post_cloud_event(url: str, event: Mapping[str, Any], timeout: float = 5) -> 
 NOTIFIERS: dict[str, Callable[[str, Mapping[str, Any]], None]] = {"cloudevents": post_cloud_event}
 
 
-def deliver(notification_id: int) -> bool:
-    """One delivery attempt; True when delivered (or nothing is left to do)."""
-    notification = Notification.objects.filter(pk=notification_id, status=Notification.Status.PENDING).first()
-    if notification is None:
+# One attempt holds its row this long: well over a POST's timeout, short enough that a
+# worker killed mid-attempt delays the notification by minutes, not forever.
+ATTEMPT_LEASE = timedelta(minutes=2)
+# A pending row whose attempt is this overdue lost its task (the broker failed).
+SWEEP_AFTER = timedelta(minutes=1)
+SWEEP_BATCH = 500
+
+
+def _claim(notification_id: int, now: datetime) -> bool:
+    """Compare-and-swap: only one attempt at a time holds a pending notification."""
+    return bool(
+        Notification.objects.filter(pk=notification_id, status=Notification.Status.PENDING)
+        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
+        .update(lease_until=now + ATTEMPT_LEASE, attempts=F("attempts") + 1)
+    )
+
+
+def deliver(notification_id: int, *, retry_in: float = 0) -> bool:
+    """One delivery attempt; True when delivered or nothing is left to do for this caller.
+
+    Nothing is left when the notification was delivered or given up, or when another
+    attempt holds it right now (that one carries on). On failure the next attempt is
+    due in ``retry_in`` seconds; the sweeper takes over if that attempt never comes.
+    """
+    if not _claim(notification_id, timezone.now()):
         return True
-    Notification.objects.filter(pk=notification.pk).update(attempts=notification.attempts + 1)
+    notification = Notification.objects.get(pk=notification_id)
     try:
         NOTIFIERS["cloudevents"](notification.url, notification.event)
     except DeliveryFailed as exc:
-        Notification.objects.filter(pk=notification.pk).update(last_error=str(exc)[:500])
+        Notification.objects.filter(pk=notification.pk).update(
+            last_error=str(exc)[:500],
+            lease_until=None,
+            next_attempt_at=timezone.now() + timedelta(seconds=retry_in),
+        )
         log.warning("notification %s to %s failed: %s", notification.pk, notification.url, exc)
         return False
     Notification.objects.filter(pk=notification.pk).update(
-        status=Notification.Status.DELIVERED, delivered_at=timezone.now(), last_error=""
+        status=Notification.Status.DELIVERED, delivered_at=timezone.now(), last_error="", lease_until=None
     )
     return True
+
+
+def claim_overdue(now: datetime | None = None) -> list[int]:
+    """Pending notifications whose delivery task never ran, claimed for one re-enqueue each.
+
+    Each is claimed with a compare-and-swap on ``next_attempt_at``, so two sweeps
+    never enqueue the same row twice; the attempt lease in ``deliver`` keeps a
+    re-enqueued task and a late original from both posting it.
+    """
+    now = now or timezone.now()
+    overdue = (
+        Notification.objects.filter(status=Notification.Status.PENDING, next_attempt_at__lt=now - SWEEP_AFTER)
+        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
+        .order_by("next_attempt_at")
+        .values_list("pk", "next_attempt_at")[:SWEEP_BATCH]
+    )
+    claimed = []
+    for pk, due in overdue:
+        if Notification.objects.filter(pk=pk, status=Notification.Status.PENDING, next_attempt_at=due).update(
+            next_attempt_at=now
+        ):
+            claimed.append(pk)
+    return claimed
 
 
 def give_up(notification_id: int) -> None:

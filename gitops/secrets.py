@@ -1,16 +1,19 @@
-"""Secrets Sluice must keep (webhook secrets), encrypted at rest with a key derived from SECRET_KEY.
+"""Secrets Sluice must keep (webhook secrets), encrypted at rest with keys derived from SECRET_KEY.
 
 HMAC verification needs the secret itself, so it cannot be hashed like a
-password. Rotating SECRET_KEY makes stored webhook secrets unreadable: set them
-again with ``gitops webhook-secret NAME --rotate``.
+password. Encryption uses SECRET_KEY; decryption also accepts every key in
+SECRET_KEY_FALLBACKS, so a rotated SECRET_KEY keeps stored secrets readable
+(``cryptography``'s MultiFernet). Re-encryption rewrites them under the new
+key (`gitops reencrypt-secrets`), after which the old one can leave SECRET_KEY_FALLBACKS.
 """
 
 from __future__ import annotations
 
 import base64
 import secrets
+from collections.abc import Iterable
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from django.conf import settings
@@ -18,11 +21,21 @@ from django.conf import settings
 from gitops.errors import PermanentError
 
 
-def _fernet() -> Fernet:
+def _fernet_for(secret_key: str) -> Fernet:
     key = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"sluice-webhook-secrets", info=b"v1").derive(
-        settings.SECRET_KEY.encode()
+        secret_key.encode()
     )
     return Fernet(base64.urlsafe_b64encode(key))
+
+
+def _keys() -> list[str]:
+    fallbacks: Iterable[str] = getattr(settings, "SECRET_KEY_FALLBACKS", ())
+    return [settings.SECRET_KEY, *fallbacks]
+
+
+def _fernet() -> MultiFernet:
+    # The first key encrypts; every one of them decrypts.
+    return MultiFernet([_fernet_for(key) for key in _keys()])
 
 
 def encrypt(secret: str) -> str:
@@ -35,7 +48,18 @@ def decrypt(token: str) -> str:
     try:
         return _fernet().decrypt(token.encode()).decode()
     except InvalidToken as exc:
-        raise PermanentError("the stored webhook secret cannot be read (was SECRET_KEY changed?)") from exc
+        raise PermanentError(
+            "the stored webhook secret cannot be read: it was encrypted with a SECRET_KEY that is "
+            "neither SECRET_KEY nor in SECRET_KEY_FALLBACKS"
+        ) from exc
+
+
+def reencrypt(token: str) -> str:
+    """The same secret encrypted under the current SECRET_KEY; raises PermanentError if unreadable."""
+    try:
+        return _fernet().rotate(token.encode()).decode()
+    except InvalidToken as exc:
+        raise PermanentError("the stored webhook secret cannot be read with any configured key") from exc
 
 
 def generate() -> str:

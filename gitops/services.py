@@ -612,6 +612,27 @@ def queue_sync_once(source: Source, *, actor: str) -> bool:
     return True
 
 
+def reencrypt_webhook_secrets() -> tuple[int, list[str]]:
+    """Re-encrypts every stored webhook secret under the current SECRET_KEY.
+
+    Returns how many were rewritten and the names of sources whose secret no
+    configured key can read (those need ``webhook-secret --rotate``).
+    """
+    rewritten, unreadable = 0, []
+    for source in Source.objects.exclude(webhook_secret_encrypted="").only(
+        "pk", "name", "webhook_secret_encrypted"
+    ):
+        try:
+            token = secrets_module.reencrypt(source.webhook_secret_encrypted)
+        except PermanentError:
+            unreadable.append(source.name)
+            continue
+        rewritten += Source.objects.filter(
+            pk=source.pk, webhook_secret_encrypted=source.webhook_secret_encrypted
+        ).update(webhook_secret_encrypted=token)
+    return rewritten, unreadable
+
+
 def receive_webhook(source_name: str, headers: Mapping[str, str], body: bytes) -> WebhookAnswer:
     """Checks a push notification and queues a reconcile. Answers within milliseconds: no Git, no cluster."""
     answer = _receive_webhook(source_name, headers, body)
@@ -619,22 +640,64 @@ def receive_webhook(source_name: str, headers: Mapping[str, str], body: bytes) -
     return answer
 
 
+# A decoy secret per SECRET_KEY, encrypted like a real one and known to nobody.
+_decoy_tokens: dict[str, str] = {}
+
+
+def _decoy_token() -> str:
+    token = _decoy_tokens.get(settings.SECRET_KEY)
+    if token is None:
+        token = _decoy_tokens.setdefault(
+            settings.SECRET_KEY, secrets_module.encrypt(secrets_module.generate())
+        )
+    return token
+
+
+def _secret_for(source: Source | None) -> tuple[str, str]:
+    """The secret to check a request against, and why it cannot match ("" when it is real).
+
+    A stranger must not learn which sources exist or which have a secret: an unknown
+    name, a source without a secret and one whose secret cannot be read are all checked
+    against a decoy through the same steps (one decryption, one HMAC), and so are
+    answered exactly like a wrong signature.
+    """
+    if source is None:
+        return secrets_module.decrypt(_decoy_token()), "no such source"
+    if not source.webhook_secret_encrypted:
+        return secrets_module.decrypt(_decoy_token()), "no webhook secret is set for this source"
+    try:
+        return secrets_module.decrypt(source.webhook_secret_encrypted), ""
+    except PermanentError as exc:
+        return secrets_module.decrypt(_decoy_token()), str(exc)
+
+
 def _receive_webhook(source_name: str, headers: Mapping[str, str], body: bytes) -> WebhookAnswer:
     source = Source.objects.filter(name=source_name).first()
-    if source is None:
-        return WebhookAnswer(404, {"status": "rejected", "reason": "no such source"})
+    secret, unusable = _secret_for(source)
     provider = "unknown"
     try:
         provider = webhooks.identify(headers)
-        webhooks.verify(provider, headers, body, secrets_module.decrypt(source.webhook_secret_encrypted))
+        webhooks.verify(provider, headers, body, secret)
+        if source is None or unusable:  # nobody knows the decoy: this guards the impossible
+            raise webhooks.WebhookRejected(401, "signature does not match")
         event = webhooks.parse(provider, headers, body)
     except webhooks.WebhookRejected as rejected:
-        _record_delivery(
-            source, provider=provider, headers=headers, outcome="rejected", reason=rejected.reason
+        _record_bounded(
+            source,
+            provider=provider,
+            headers=headers,
+            outcome=WebhookDelivery.Outcome.REJECTED,
+            reason=unusable or rejected.reason,
         )
         return WebhookAnswer(
             provider=provider, status=rejected.status, body={"status": "rejected", "reason": rejected.reason}
         )
+    return _accept(source, provider, headers, event)
+
+
+def _accept(
+    source: Source, provider: str, headers: Mapping[str, str], event: webhooks.PushEvent
+) -> WebhookAnswer:
     delivery_id = DELIVERY_ID.sub("", event.delivery_id)[:100] or uuid.uuid4().hex
     if event.event == "ping":
         _record_delivery(
@@ -666,11 +729,12 @@ def _receive_webhook(source_name: str, headers: Mapping[str, str], body: bytes) 
                 reason=reason[:300],
             )
     except IntegrityError:
-        _record_delivery(
+        # A replayed request carries a valid signature: bound its rows like rejections.
+        _record_bounded(
             source,
             provider=provider,
             headers=headers,
-            outcome="duplicate",
+            outcome=WebhookDelivery.Outcome.DUPLICATE,
             reason="already received",
             ref=event.ref,
             commit=event.commit,
@@ -692,6 +756,26 @@ def _receive_webhook(source_name: str, headers: Mapping[str, str], body: bytes) 
     return WebhookAnswer(
         202, {"status": "accepted", "delivery": delivery_id, "commit": event.commit}, provider
     )
+
+
+# An id no source has: an unknown name runs the same bounded count as a known one.
+_NO_SOURCE_ID = -1
+
+
+def _record_bounded(source: Source | None, *, outcome: str, **details: Any) -> None:
+    """Records a rejected or replayed delivery, at most SLUICE_WEBHOOK_REJECTED_ROWS_PER_MINUTE a minute.
+
+    Anyone can send these, so past the bound they are only counted (in
+    sluice_webhook_deliveries_total); rows of unknown names are never kept.
+    """
+    limit = settings.SLUICE_WEBHOOK_REJECTED_ROWS_PER_MINUTE
+    recent = WebhookDelivery.objects.filter(
+        source_id=source.pk if source is not None else _NO_SOURCE_ID,
+        outcome=outcome,
+        received_at__gte=timezone.now() - timedelta(minutes=1),
+    )[:limit].count()
+    if source is not None and recent < limit:
+        _record_delivery(source, outcome=outcome, **details)
 
 
 def _record_delivery(

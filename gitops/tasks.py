@@ -81,9 +81,29 @@ NOTIFY_MAX_RETRIES = 8
 @app.task(name="gitops.deliver_notification", bind=True, max_retries=NOTIFY_MAX_RETRIES)
 def deliver_notification(self: Task[Any, Any], notification_id: int) -> bool:
     """Delivers one CloudEvent, retrying with exponential backoff; never blocks a rollout."""
-    if notifiers.deliver(notification_id):
+    if notifiers.deliver(notification_id, retry_in=backoff(self.request.retries)):
         return True
     if self.request.retries >= NOTIFY_MAX_RETRIES:
         notifiers.give_up(notification_id)
         return False
     raise self.retry(countdown=backoff(self.request.retries))
+
+
+# -- housekeeping (beat) ------------------------------------------------------------------
+
+
+@app.task(name="gitops.sweep_notifications")
+def sweep_notifications() -> list[int]:
+    """Re-enqueues pending notifications whose delivery task never ran (the broker failed)."""
+    claimed = notifiers.claim_overdue()
+    for notification_id in claimed:
+        deliver_notification.delay(notification_id)
+    return claimed
+
+
+@app.task(name="gitops.purge_old_records")
+def purge_old_records() -> dict[str, int]:
+    """Deletes what is past its retention (see gitops.retention); the change log is never touched."""
+    from gitops import retention  # noqa: PLC0415 - keeps this housekeeping block self-contained
+
+    return retention.purge().as_dict()

@@ -10,7 +10,8 @@ port=${SLUICE_DEMO_PORT:-8000}
 $py -m devstack up
 # shellcheck disable=SC1091
 . .stack/env
-export DEBUG=1 DJANGO_SETTINGS_MODULE=sluice.settings
+# Plain http://127.0.0.1 without TLS: a local run, so HTTPS-only cookies and redirects are off.
+export DEBUG=1 SLUICE_ALLOW_HTTP=1 DJANGO_SETTINGS_MODULE=sluice.settings
 export SLUICE_DATA_DIR=$PWD/.stack/data
 mkdir -p "$SLUICE_DATA_DIR"
 

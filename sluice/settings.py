@@ -5,10 +5,14 @@ CELERY_BROKER_URL    Celery broker; falls back to REDIS_URL
 REDIS_URL            Redis for results, locks and caches
 KUBECONFIG           kubeconfig path; unset means the in-cluster service account
 SECRET_KEY           required unless DEBUG=1
+SECRET_KEY_FALLBACKS earlier keys, comma-separated, still accepted while you rotate SECRET_KEY
 ALLOWED_HOSTS        comma-separated host names
+SLUICE_ALLOW_HTTP    1 turns off HTTPS-only cookies, HSTS and the redirect; local runs without TLS only
+SLUICE_TRUST_X_FORWARDED_PROTO  1 behind a TLS-terminating proxy that sets X-Forwarded-Proto
 """
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -35,6 +39,16 @@ if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
     SECRET_KEY = "development-only-insecure-key"  # noqa: S105 - only with DEBUG=1
+# Keys a deployment must never run with: the placeholders shipped in docker/env.example.
+PLACEHOLDER_SECRET_KEYS = frozenset({"change-me-to-a-long-random-string", "change-me"})
+if SECRET_KEY in PLACEHOLDER_SECRET_KEYS:
+    raise ImproperlyConfigured(
+        "SECRET_KEY is still the placeholder from docker/env.example; set a long random value, e.g. "
+        "python -c 'import secrets; print(secrets.token_urlsafe(50))'"
+    )
+# Rotation: the new key goes into SECRET_KEY, the old one here until sessions and stored
+# webhook secrets made with it are gone or re-encrypted (`gitops reencrypt-secrets`).
+SECRET_KEY_FALLBACKS = env_list("SECRET_KEY_FALLBACKS")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1" if DEBUG else "")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 
@@ -46,6 +60,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "ninja",
+    "axes",
     "gitops",
     "dashboard",
 ]
@@ -59,6 +74,14 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into its lockout answer.
+    "axes.middleware.AxesMiddleware",
+]
+
+# django-axes first: it refuses a locked-out username+address before any password is checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 ROOT_URLCONF = "sluice.urls"
@@ -86,6 +109,10 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
+# A dead database fails a connection within seconds instead of hanging a request (or /readyz).
+DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+    "connect_timeout", int(env.get("DATABASE_CONNECT_TIMEOUT", "5"))
+)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -145,9 +172,71 @@ LOGGING = {
         "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["context"]},
     },
     "root": {"handlers": ["console"], "level": env.get("LOG_LEVEL", "INFO")},
+    # django-axes logs every login's bookkeeping at INFO; its lockouts come at WARNING.
+    "loggers": {"axes": {"level": "WARNING"}},
 }
 # Workers log through the same configuration instead of Celery's own.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 LOGIN_URL = "dashboard:login"
 LOGIN_REDIRECT_URL = "dashboard:overview"
 LOGOUT_REDIRECT_URL = "dashboard:login"
+
+# -- HTTPS ------------------------------------------------------------------------------
+# Production serves HTTPS only: secure cookies, HSTS and a redirect from http://. DEBUG or
+# SLUICE_ALLOW_HTTP=1 (local runs on loopback without TLS, never a deployment) turn it off.
+SLUICE_ALLOW_HTTP = env_bool("SLUICE_ALLOW_HTTP")
+HTTPS_ONLY = not (DEBUG or SLUICE_ALLOW_HTTP)
+SESSION_COOKIE_SECURE = HTTPS_ONLY
+CSRF_COOKIE_SECURE = HTTPS_ONLY
+SECURE_SSL_REDIRECT = HTTPS_ONLY
+SECURE_HSTS_SECONDS = int(env.get("SLUICE_HSTS_SECONDS", "31536000")) if HTTPS_ONLY else 0
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SLUICE_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = env_bool("SLUICE_HSTS_PRELOAD")
+# Probes (kubelet, compose, load balancers) call these over plain HTTP inside the network.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+# Only behind a proxy that terminates TLS and overwrites X-Forwarded-Proto; trusting the
+# header without one would let any client claim HTTPS.
+if env_bool("SLUICE_TRUST_X_FORWARDED_PROTO"):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SILENCED_SYSTEM_CHECKS = [
+    # HSTS preload is a commitment for the whole domain (browser preload lists), for its
+    # owner to make: SLUICE_HSTS_PRELOAD=1 sends it.
+    "security.W021",
+]
+
+# -- login throttling (django-axes) -----------------------------------------------------
+# After SLUICE_LOGIN_FAILURE_LIMIT failed logins for one username from one address, that
+# pair is locked out (HTTP 429) for SLUICE_LOGIN_COOLOFF_MINUTES. API tokens are unaffected.
+AXES_FAILURE_LIMIT = int(env.get("SLUICE_LOGIN_FAILURE_LIMIT", "5"))
+AXES_COOLOFF_TIME = timedelta(minutes=float(env.get("SLUICE_LOGIN_COOLOFF_MINUTES", "15")))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "dashboard/locked_out.html"
+# Successful logins are not kept (that table would grow without bound); failures are, per
+# username+address, until the cool-off ends.
+AXES_DISABLE_ACCESS_LOG = True
+AXES_ENABLE_ACCESS_FAILURE_LOG = False
+AXES_VERBOSE = False
+
+# -- retention ----------------------------------------------------------------------------
+# Days to keep each kind of record; `gitops purge` and a daily beat task delete older ones.
+# The change log is never purged: `gitops archive-changes` moves old entries out on request.
+SLUICE_RETAIN_WEBHOOK_DELIVERIES_DAYS = float(env.get("SLUICE_RETAIN_WEBHOOK_DELIVERIES_DAYS", "30"))
+SLUICE_RETAIN_NOTIFICATIONS_DAYS = float(env.get("SLUICE_RETAIN_NOTIFICATIONS_DAYS", "30"))
+SLUICE_RETAIN_INTENTS_DAYS = float(env.get("SLUICE_RETAIN_INTENTS_DAYS", "14"))
+SLUICE_RETAIN_ROLLOUT_EVENTS_DAYS = float(env.get("SLUICE_RETAIN_ROLLOUT_EVENTS_DAYS", "180"))
+# At most this many rejected webhook deliveries are recorded per source and minute; the
+# rest are only counted in sluice_webhook_deliveries_total.
+SLUICE_WEBHOOK_REJECTED_ROWS_PER_MINUTE = int(env.get("SLUICE_WEBHOOK_REJECTED_ROWS_PER_MINUTE", "20"))
+# Hourly rather than daily: beat forgets its last run when it restarts, and a purge with
+# nothing to delete costs a few indexed queries.
+SLUICE_PURGE_INTERVAL_SECONDS = float(env.get("SLUICE_PURGE_INTERVAL_SECONDS", "3600"))
+SLUICE_NOTIFICATION_SWEEP_SECONDS = float(env.get("SLUICE_NOTIFICATION_SWEEP_SECONDS", "60"))
+CELERY_BEAT_SCHEDULE["purge-old-records"] = {
+    "task": "gitops.purge_old_records",
+    "schedule": SLUICE_PURGE_INTERVAL_SECONDS,
+}
+CELERY_BEAT_SCHEDULE["sweep-notifications"] = {
+    "task": "gitops.sweep_notifications",
+    "schedule": SLUICE_NOTIFICATION_SWEEP_SECONDS,
+}

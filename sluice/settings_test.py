@@ -6,6 +6,8 @@ from pathlib import Path
 
 os.environ.setdefault("SECRET_KEY", "test-only-secret-key")
 os.environ.setdefault("ALLOWED_HOSTS", "localhost,127.0.0.1,testserver")
+# The test client, the browser tests and the workers talk plain HTTP on loopback.
+os.environ.setdefault("SLUICE_ALLOW_HTTP", "1")
 
 from sluice.settings import *  # noqa: F403
 

@@ -143,7 +143,9 @@ def test_the_change_log_filters_paginates_and_exports(paused_rollout, people, se
     rows = list(csv.DictReader(io.StringIO(b"".join(exported.streaming_content).decode())))
     assert len(rows) == 3
     assert {"at", "commit", "namespace", "name", "action", "actor"} <= set(rows[0])
-    as_json = json.loads(client.get(reverse("dashboard:changes"), {"format": "json"}).content)
+    as_json = json.loads(
+        b"".join(client.get(reverse("dashboard:changes"), {"format": "json"}).streaming_content)
+    )
     assert len(as_json) == 3
 
     import dashboard.views

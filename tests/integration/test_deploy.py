@@ -205,3 +205,48 @@ def test_a_reconcile_with_the_service_accounts_own_token_succeeds(
         live = cluster.get_configmap(namespace, "app")
         assert live["data"] == {"LOG_LEVEL": "info"}
         assert any(entry["manager"] == "sluice" for entry in live["metadata"]["managedFields"])
+
+
+# -- the web pods' identity (issue 10, section 5) ------------------------------------------
+
+
+@pytest.fixture
+def web_kubeconfig(stack, deployed, tmp_path) -> Path:
+    """A kubeconfig for the `sluice-web` ServiceAccount, with a token from the TokenRequest API."""
+    token = kubectl(stack, "create", "token", "sluice-web", "-n", "sluice-system").stdout.strip()
+    return service_account_kubeconfig(stack["KUBECONFIG"], token, tmp_path / "web.kubeconfig")
+
+
+def test_web_pods_run_as_their_own_service_account(stack, deployed) -> None:
+    web = yaml.safe_load(
+        kubectl(stack, "get", "deploy", "sluice-web", "-n", "sluice-system", "-o", "yaml").stdout
+    )
+    assert web["spec"]["template"]["spec"]["serviceAccountName"] == "sluice-web"
+    worker = yaml.safe_load(
+        kubectl(stack, "get", "deploy", "sluice-worker", "-n", "sluice-system", "-o", "yaml").stdout
+    )
+    assert worker["spec"]["template"]["spec"]["serviceAccountName"] == "sluice"
+
+
+def test_the_web_service_account_cannot_write_configmaps_but_reads_readyz(web_kubeconfig, deployed) -> None:
+    with Cluster(str(web_kubeconfig)) as as_web:
+        assert as_web.healthy(), "the web's /readyz asks the API server's /readyz"
+        for namespace in [*deployed["allowed"], "sluice-system"]:
+            with pytest.raises(PermanentError) as refused:
+                as_web.apply_configmap(configmap(namespace, "app"), field_manager="sluice")
+            assert "answered 403" in str(refused.value)
+            with pytest.raises(PermanentError) as listed:
+                as_web.list_configmaps(namespace)
+            assert "answered 403" in str(listed.value)
+
+
+def test_network_policies_close_sluice_system_to_everything_but_the_web_port(stack, deployed) -> None:
+    policies = yaml.safe_load(
+        kubectl(stack, "get", "networkpolicy", "-n", "sluice-system", "-o", "yaml").stdout
+    )["items"]
+    by_name = {policy["metadata"]["name"]: policy["spec"] for policy in policies}
+    assert by_name["sluice-deny-ingress"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
+    web_ingress = by_name["sluice-web-ingress"]
+    assert web_ingress["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "web"
+    assert web_ingress["ingress"] == [{"ports": [{"protocol": "TCP", "port": 8000}]}]
+    assert "Egress" in by_name["sluice-web-beat-egress"]["policyTypes"]

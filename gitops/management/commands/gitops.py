@@ -5,6 +5,9 @@ gitops sync NAME [--wait]
 gitops diff NAME
 gitops status [NAME] [--json]
 gitops log [--source NAME] [--commit SHA] [--limit N] [--json]
+gitops purge [--dry-run]
+gitops archive-changes --before DATE --output FILE
+gitops reencrypt-secrets
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import re
 import sys
 import time
 from argparse import ArgumentParser, ArgumentTypeError
-from datetime import timedelta
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from celery.exceptions import TimeoutError as CeleryTimeoutError
@@ -24,8 +28,10 @@ from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
+from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
 
-from gitops import rollouts, selectors, services
+from gitops import retention, rollouts, selectors, services
 from gitops.errors import GitopsError
 from gitops.models import Rollout, Source
 from gitops.plan import DiffItem, Plan
@@ -147,6 +153,8 @@ class Command(BaseCommand):
         grant = commands.add_parser("grant", help="give a user a role (viewer, approver or admin)")
         grant.add_argument("username")
         grant.add_argument("--role", required=True, choices=ROLES)
+
+        _add_housekeeping_parsers(commands)
 
     def handle(self, *args: Any, **options: Any) -> None:
         handler = getattr(self, "do_" + options["command"].replace("-", "_"))
@@ -396,6 +404,61 @@ class Command(BaseCommand):
         user = rollouts.user_named(options["username"])
         user.groups.add(Group.objects.get(name=options["role"]))
         self.stdout.write(f"{options['username']} is now {options['role']}")
+
+    # -- housekeeping: retention, the change log's archival, secret re-encryption ------------
+
+    def do_purge(self, **options: Any) -> None:
+        counts = retention.purge(dry_run=options["dry_run"]).as_dict()
+        verb = "would remove" if options["dry_run"] else "removed"
+        self.stdout.write(
+            f"{verb}: " + ", ".join(f"{count} {kind.replace('_', ' ')}" for kind, count in counts.items())
+        )
+
+    def do_archive_changes(self, **options: Any) -> None:
+        before = _moment(options["before"])
+        moved = retention.archive_changes(before, Path(options["output"]))
+        if moved:
+            self.stdout.write(
+                f"archived {moved} change-log entries before {before.isoformat()} to {options['output']}"
+            )
+        else:
+            self.stdout.write(f"no change-log entries before {before.isoformat()}; nothing written")
+
+    def do_reencrypt_secrets(self, **options: Any) -> None:
+        rewritten, unreadable = services.reencrypt_webhook_secrets()
+        self.stdout.write(f"re-encrypted {rewritten} webhook secrets under the current SECRET_KEY")
+        if unreadable:
+            raise CommandError(
+                "no configured key reads the webhook secret of: "
+                + ", ".join(unreadable)
+                + "; set them again with `gitops webhook-secret NAME --rotate`"
+            )
+
+
+def _add_housekeeping_parsers(commands: Any) -> None:
+    purge = commands.add_parser(
+        "purge", help="delete webhook deliveries, notifications, intents and rollout events past retention"
+    )
+    purge.add_argument("--dry-run", action="store_true", help="only count what would go")
+
+    archive = commands.add_parser(
+        "archive-changes", help="move change-log entries older than a date into a JSON-lines file"
+    )
+    archive.add_argument("--before", required=True, help="a date (2026-01-31) or an ISO time")
+    archive.add_argument("--output", required=True, help="the archive file to create (never overwritten)")
+
+    commands.add_parser(
+        "reencrypt-secrets", help="rewrite stored webhook secrets under the current SECRET_KEY"
+    )
+
+
+def _moment(text: str) -> datetime:
+    moment = parse_datetime(text)
+    if moment is None and (day := parse_date(text)):
+        moment = datetime.combine(day, datetime.min.time())
+    if moment is None:
+        raise CommandError(f"{text!r} is not a date like 2026-01-31 or an ISO time")
+    return timezone.make_aware(moment) if timezone.is_naive(moment) else moment
 
 
 def _scope_arguments(parser: ArgumentParser, *, required: bool) -> None:

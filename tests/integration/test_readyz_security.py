@@ -1,0 +1,112 @@
+"""/readyz tells a stranger only what fails, and gives up within seconds (issue 10, section 4).
+
+The dead dependencies are real sockets on loopback that accept a connection and
+never answer, the worst case for a client without a timeout.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from django.test import Client
+
+from gitops import apply
+from gitops.cluster import Cluster
+
+pytestmark = pytest.mark.django_db(transaction=True)
+METRICS_TOKEN = "metrics-token-for-tests-0123456789"
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A TCP port that accepts connections and never sends a byte."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join(timeout=5)
+    for connection in accepted:
+        connection.close()
+    listener.close()
+
+
+@pytest.fixture
+def broken_broker(settings):
+    settings.CELERY_BROKER_URL = "redis://:hunter2@127.0.0.1:9/0"
+
+
+def test_an_anonymous_caller_learns_which_check_fails_but_not_why(stack, broken_broker):
+    response = Client().get("/readyz")
+    assert response.status_code == 503
+    assert response.json() == {
+        "status": "not ready",
+        "checks": {"database": "ok", "broker": "failing", "kube-apiserver": "ok"},
+    }
+    assert b"Error" not in response.content
+
+
+def test_a_logged_in_user_or_the_metrics_token_gets_the_details(stack, broken_broker, settings, people):
+    settings.SLUICE_METRICS_TOKEN = METRICS_TOKEN
+    session = Client()
+    session.force_login(people["viewer"])
+    scraper = Client(headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    wrong_token = Client(headers={"Authorization": "Bearer not-the-token"})
+
+    for caller in (session, scraper):
+        checks = caller.get("/readyz").json()["checks"]
+        assert checks["broker"].startswith("ConnectionError"), checks
+        assert "hunter2" not in checks["broker"]
+    assert wrong_token.get("/readyz").json()["checks"]["broker"] == "failing"
+
+
+def test_a_silent_apiserver_and_broker_fail_the_check_within_seconds(
+    stack, settings, silent_server, tmp_path
+):
+    settings.CELERY_BROKER_URL = f"redis://127.0.0.1:{silent_server}/0"
+    kubeconfig = yaml.safe_load(Path(stack["KUBECONFIG"]).read_text())
+    for entry in kubeconfig["clusters"]:
+        entry["cluster"]["server"] = f"https://127.0.0.1:{silent_server}"
+    path = tmp_path / "silent.kubeconfig"
+    path.write_text(yaml.safe_dump(kubeconfig))
+    saved, apply._cluster = apply._cluster, Cluster(str(path))
+    try:
+        started = time.monotonic()
+        response = Client().get("/readyz")
+        elapsed = time.monotonic() - started
+    finally:
+        apply._cluster = saved
+
+    assert response.status_code == 503
+    assert response.json()["checks"] == {"database": "ok", "broker": "failing", "kube-apiserver": "failing"}
+    # Each check gives up after 3 s and they run side by side; today's client waited 60 s.
+    assert elapsed < 15, f"/readyz took {elapsed:.1f}s"
+
+
+def test_a_silent_database_fails_the_connection_within_seconds(silent_server):
+    from django.db import OperationalError, connection
+    from django.db.backends.postgresql.base import DatabaseWrapper
+
+    # Django's own connection, with the production settings' OPTIONS, to a server that never answers.
+    silent = DatabaseWrapper({**connection.settings_dict, "HOST": "127.0.0.1", "PORT": silent_server})
+    started = time.monotonic()
+    with pytest.raises(OperationalError):
+        silent.ensure_connection()
+    assert time.monotonic() - started < 15

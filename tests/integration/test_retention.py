@@ -1,0 +1,210 @@
+"""Retention (`gitops purge`, a beat task) and the change log's explicit archival (issue 10, section 5)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.db import DatabaseError, connection, transaction
+from django.utils import timezone
+
+from gitops import retention
+from gitops.models import ApplyIntent, Change, Notification, Rollout, RolloutEvent, WebhookDelivery
+from tests import history
+
+pytestmark = pytest.mark.django_db(transaction=True)
+ROOT = Path(__file__).resolve().parents[2]
+LONG_AGO = timedelta(days=400)
+
+
+@pytest.fixture
+def aged(make_source):
+    """Old and recent records of every kind, for a finished and an active rollout."""
+    source = make_source()
+    old = timezone.now() - LONG_AGO
+    finished = history.rollout(source, finished_at=old)
+    active = history.rollout(source, phase=Rollout.Phase.PAUSED)
+    records = {
+        "source": source,
+        "finished": finished,
+        "active": active,
+        "old_logged": history.changes(finished, 3, at=old),
+        "old_unlogged": history.changes(finished, 2, at=old, logged=False),
+        "active_intents": history.changes(active, 2, at=old),
+        "recent": history.changes(history.rollout(source), 2),
+    }
+    history.events(finished, 4, at=old)
+    history.events(active, 3, at=old)
+    history.events(finished, 1, at=timezone.now())
+    for received_at in (old, timezone.now()):
+        WebhookDelivery.objects.create(
+            source=source, delivery_id="-", provider="github", outcome="rejected", received_at=received_at
+        )
+    for status in (Notification.Status.DELIVERED, Notification.Status.GAVE_UP, Notification.Status.PENDING):
+        Notification.objects.create(
+            source=source, url="http://127.0.0.1:9/", event={}, status=status, created_at=old
+        )
+    Notification.objects.create(source=source, url="http://127.0.0.1:9/", event={}, status="delivered")
+    return records
+
+
+EXPECTED = {
+    "webhook_deliveries": 1,
+    "notifications": 2,
+    "intents_cleared": 3,
+    "intents_deleted": 2,
+    "rollout_events": 4,
+}
+
+
+def test_a_dry_run_counts_and_changes_nothing(aged):
+    assert retention.purge(dry_run=True).as_dict() == EXPECTED
+    assert retention.purge(dry_run=True).as_dict() == EXPECTED
+
+
+def test_purge_removes_what_is_past_retention_and_keeps_the_rest(aged):
+    changes_before = Change.objects.count()
+
+    assert retention.purge().as_dict() == EXPECTED
+    assert retention.purge().as_dict() == dict.fromkeys(EXPECTED, 0), "a second purge finds nothing"
+
+    assert WebhookDelivery.objects.count() == 1
+    assert list(Notification.objects.values_list("status", flat=True).order_by("id")) == [
+        "pending",
+        "delivered",
+    ]
+    # Intents of the finished rollout: logged ones keep their row, emptied; unlogged ones are gone.
+    for intent in ApplyIntent.objects.filter(pk__in=[i.pk for i in aged["old_logged"]]):
+        assert (intent.manifest, intent.before, intent.after, intent.diff) == (None, None, None, [])
+        assert intent.change.after == {"data": {"blob": "a" * 100}}, "the change log keeps its own copy"
+    assert not ApplyIntent.objects.filter(pk__in=[i.pk for i in aged["old_unlogged"]]).exists()
+    # An active rollout needs its intents' content to roll back, however old they are.
+    for intent in ApplyIntent.objects.filter(
+        pk__in=[i.pk for i in [*aged["active_intents"], *aged["recent"]]]
+    ):
+        assert intent.before == {"data": {"blob": "b" * 100}}
+    assert RolloutEvent.objects.filter(rollout=aged["finished"]).count() == 1
+    assert RolloutEvent.objects.filter(rollout=aged["active"]).count() == 3
+    assert Change.objects.count() == changes_before, "the change log is never purged"
+
+
+def test_each_retention_is_a_setting(aged, settings):
+    settings.SLUICE_RETAIN_WEBHOOK_DELIVERIES_DAYS = 1000
+    settings.SLUICE_RETAIN_ROLLOUT_EVENTS_DAYS = 1000
+    counts = retention.purge(dry_run=True).as_dict()
+    assert counts["webhook_deliveries"] == 0
+    assert counts["rollout_events"] == 0
+    assert counts["notifications"] == 2
+
+
+def test_the_cli_purges_and_a_beat_task_does_too(aged, worker_env, celery_worker):
+    from gitops.tasks import purge_old_records
+
+    dry = subprocess.run(
+        [sys.executable, "manage.py", "gitops", "purge", "--dry-run"],
+        cwd=ROOT,
+        env=worker_env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert "would remove: 1 webhook deliveries, 2 notifications, 3 intents cleared" in dry.stdout
+    assert WebhookDelivery.objects.count() == 2
+
+    assert purge_old_records.delay().get(timeout=60) == EXPECTED
+    assert WebhookDelivery.objects.count() == 1
+
+
+# -- the change log stays append-only; archival is explicit -------------------------------
+
+
+def in_one_transaction(*statements: str) -> None:
+    with transaction.atomic(), connection.cursor() as cursor:
+        for statement in statements:
+            cursor.execute(statement)
+
+
+def test_ordinary_updates_and_deletes_of_the_change_log_are_still_refused(aged):
+    change = Change.objects.first()
+    with pytest.raises(TypeError):
+        change.delete()
+    with pytest.raises(TypeError):
+        Change.objects.all().delete()
+    for statement in ("DELETE FROM gitops_change", "UPDATE gitops_change SET actor = 'mallory'"):
+        with pytest.raises(DatabaseError, match="append-only"):
+            in_one_transaction(statement)
+    # The archive command's setting lets deletes through, never updates.
+    with pytest.raises(DatabaseError, match="append-only"):
+        in_one_transaction("SET LOCAL sluice.archive_changes = 'on'", "UPDATE gitops_change SET actor = 'x'")
+    # The setting is transaction-local: the next transaction is refused again.
+    in_one_transaction("SET LOCAL sluice.archive_changes = 'on'", "SELECT 1")
+    with pytest.raises(DatabaseError, match="append-only"):
+        in_one_transaction("DELETE FROM gitops_change")
+    assert Change.objects.count() == 7
+
+
+def test_archive_changes_moves_old_entries_to_a_file_in_one_transaction(aged, tmp_path, worker_env):
+    archive = tmp_path / "changes-2025.jsonl"
+    cutoff = (timezone.now() - timedelta(days=30)).date().isoformat()
+    old_ids = sorted(
+        Change.objects.filter(at__lt=timezone.now() - timedelta(days=30)).values_list("pk", flat=True)
+    )
+    assert len(old_ids) == 5
+
+    moved = subprocess.run(
+        [
+            sys.executable,
+            "manage.py",
+            "gitops",
+            "archive-changes",
+            "--before",
+            cutoff,
+            "--output",
+            str(archive),
+        ],
+        cwd=ROOT,
+        env=worker_env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+    assert moved.returncode == 0, moved.stderr
+    assert f"archived 5 change-log entries before {cutoff}" in moved.stdout
+    lines = [json.loads(line) for line in archive.read_text().splitlines()]
+    assert [line["id"] for line in lines] == old_ids
+    assert lines[0]["after"] == {"data": {"blob": "a" * 100}}
+    assert {"commit", "namespace", "name", "action", "actor", "at", "rollout", "intent"} <= set(lines[0])
+    assert not Change.objects.filter(pk__in=old_ids).exists()
+    assert Change.objects.count() == 2
+
+    # An existing file is never overwritten, and then nothing is deleted.
+    again = subprocess.run(
+        [
+            sys.executable,
+            "manage.py",
+            "gitops",
+            "archive-changes",
+            "--before",
+            "2999-01-01",
+            "--output",
+            str(archive),
+        ],
+        cwd=ROOT,
+        env=worker_env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert again.returncode != 0
+    assert "never overwrites" in again.stderr
+    assert Change.objects.count() == 2
+    assert len(archive.read_text().splitlines()) == 5
