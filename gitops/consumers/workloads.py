@@ -1,0 +1,191 @@
+"""Deployments, StatefulSets and DaemonSets as values: what they consume and how healthy they are. Pure.
+
+A workload *consumes* a ConfigMap when its pod template refers to it through
+``env[].valueFrom.configMapKeyRef``, ``envFrom[].configMapRef``,
+``volumes[].configMap`` or ``volumes[].projected.sources[].configMap``, in a
+container or an init container.
+
+*Healthy* means the workload's own controller has finished rolling out its
+current pod template, judged the way ``kubectl rollout status`` judges it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+CONFIG_HASH_ANNOTATION = "sluice.dev/config-hash"
+COMMIT_ANNOTATION = "sluice.dev/commit"
+RESTART_ANNOTATION = "sluice.dev/restart"
+KINDS = ("Deployment", "StatefulSet", "DaemonSet")
+API_VERSION = "apps/v1"
+
+
+class Health(StrEnum):
+    HEALTHY = "healthy"
+    PROGRESSING = "progressing"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class WorkloadHealth:
+    health: Health
+    detail: str  # "3/3 available", "updating 1/2", "ProgressDeadlineExceeded: ..."
+
+
+@dataclass(frozen=True)
+class Workload:
+    kind: str
+    namespace: str
+    name: str
+    consumes: frozenset[str]  # names of ConfigMaps in its namespace
+    config_hash: str  # the stamp on its pod template, "" when never stamped
+    restartable: bool  # False when annotated sluice.dev/restart: "false"
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.kind, self.namespace, self.name)
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind.lower()}/{self.name}"
+
+
+def workload_from(obj: Mapping[str, Any]) -> Workload:
+    metadata = obj.get("metadata") or {}
+    template = (obj.get("spec") or {}).get("template") or {}
+    template_annotations = (template.get("metadata") or {}).get("annotations") or {}
+    restart = str((metadata.get("annotations") or {}).get(RESTART_ANNOTATION, "true")).strip().lower()
+    return Workload(
+        kind=str(obj.get("kind", "")),
+        namespace=str(metadata.get("namespace", "")),
+        name=str(metadata.get("name", "")),
+        consumes=configmaps_referenced(template.get("spec") or {}),
+        config_hash=str(template_annotations.get(CONFIG_HASH_ANNOTATION, "")),
+        restartable=restart != "false",
+    )
+
+
+def configmaps_referenced(pod_spec: Mapping[str, Any]) -> frozenset[str]:
+    """Every ConfigMap a pod spec reads, by name: env, envFrom, volumes and projected volumes."""
+    return frozenset(name for name in _references(pod_spec) if isinstance(name, str) and name)
+
+
+def _references(pod_spec: Mapping[str, Any]) -> Iterator[Any]:
+    for container in (*(pod_spec.get("containers") or ()), *(pod_spec.get("initContainers") or ())):
+        for variable in container.get("env") or ():
+            yield ((variable.get("valueFrom") or {}).get("configMapKeyRef") or {}).get("name")
+        for source in container.get("envFrom") or ():
+            yield (source.get("configMapRef") or {}).get("name")
+    for volume in pod_spec.get("volumes") or ():
+        yield (volume.get("configMap") or {}).get("name")
+        for projected in (volume.get("projected") or {}).get("sources") or ():
+            yield (projected.get("configMap") or {}).get("name")
+
+
+def config_hash(contents: Mapping[str, str]) -> str:
+    """One hash over the content hashes of the ConfigMaps a workload consumes (name -> content hash)."""
+    canonical = json.dumps(sorted(contents.items()), separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def consumed_hash(workload: Workload, managed: Mapping[str, str]) -> str:
+    """The stamp a workload should carry: over the managed ConfigMaps it reads (name -> content hash)."""
+    consumed = {name: managed[name] for name in workload.consumes if name in managed}
+    return config_hash(consumed) if consumed else ""
+
+
+def stamp(workload: Workload, *, config_hash_value: str, commit: str) -> dict[str, Any]:
+    """The server-side apply body that stamps a pod template, and nothing else.
+
+    Applied as field manager ``sluice``, it owns just these two annotations, so
+    applying it again changes nothing, and applying it without them (an empty
+    hash) releases and removes them: the template is what it was before Sluice.
+    """
+    annotations = (
+        {CONFIG_HASH_ANNOTATION: config_hash_value, COMMIT_ANNOTATION: commit} if config_hash_value else {}
+    )
+    template_metadata: dict[str, Any] = {"annotations": annotations} if annotations else {}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": workload.kind,
+        "metadata": {"name": workload.name, "namespace": workload.namespace},
+        "spec": {"template": {"metadata": template_metadata}},
+    }
+
+
+def health_of(obj: Mapping[str, Any]) -> WorkloadHealth:
+    kind = obj.get("kind")
+    if kind == "Deployment":
+        return _deployment_health(obj)
+    if kind == "StatefulSet":
+        return _statefulset_health(obj)
+    if kind == "DaemonSet":
+        return _daemonset_health(obj)
+    return WorkloadHealth(Health.FAILED, f"unknown kind {kind!r}")
+
+
+def _observed(obj: Mapping[str, Any]) -> bool:
+    generation = int((obj.get("metadata") or {}).get("generation") or 0)
+    return int((obj.get("status") or {}).get("observedGeneration") or 0) >= generation
+
+
+def _deployment_health(obj: Mapping[str, Any]) -> WorkloadHealth:
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    for condition in status.get("conditions") or ():
+        if condition.get("type") == "Progressing" and condition.get("reason") == "ProgressDeadlineExceeded":
+            return WorkloadHealth(
+                Health.FAILED, f"ProgressDeadlineExceeded: {condition.get('message', '')}".strip()
+            )
+    wanted = int(spec.get("replicas", 1))
+    updated, available = int(status.get("updatedReplicas") or 0), int(status.get("availableReplicas") or 0)
+    total = int(status.get("replicas") or 0)
+    if not _observed(obj):
+        return WorkloadHealth(Health.PROGRESSING, f"updating 0/{wanted}")
+    if updated == available == total == wanted:
+        return WorkloadHealth(Health.HEALTHY, f"{available}/{wanted} available")
+    return WorkloadHealth(Health.PROGRESSING, f"updating {min(updated, available)}/{wanted}")
+
+
+def _statefulset_health(obj: Mapping[str, Any]) -> WorkloadHealth:
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    wanted = int(spec.get("replicas", 1))
+    ready, updated = int(status.get("readyReplicas") or 0), int(status.get("updatedReplicas") or 0)
+    strategy = spec.get("updateStrategy") or {}
+    partition = int((strategy.get("rollingUpdate") or {}).get("partition") or 0)
+    if not _observed(obj):
+        return WorkloadHealth(Health.PROGRESSING, f"updating 0/{wanted}")
+    if strategy.get("type") == "OnDelete":
+        # Its pods change only when someone deletes them: ready is all that can be asked.
+        done = ready == wanted
+    elif partition:
+        done = ready == wanted and updated >= wanted - partition
+    else:
+        done = ready == wanted and status.get("currentRevision") == status.get("updateRevision")
+    if done:
+        return WorkloadHealth(Health.HEALTHY, f"{ready}/{wanted} ready")
+    return WorkloadHealth(Health.PROGRESSING, f"updating {min(updated, ready)}/{wanted}")
+
+
+def _daemonset_health(obj: Mapping[str, Any]) -> WorkloadHealth:
+    status = obj.get("status") or {}
+    wanted = int(status.get("desiredNumberScheduled") or 0)
+    updated, available = (
+        int(status.get("updatedNumberScheduled") or 0),
+        int(status.get("numberAvailable") or 0),
+    )
+    if not _observed(obj):
+        return WorkloadHealth(Health.PROGRESSING, f"updating 0/{wanted}")
+    if updated == wanted and available == wanted:
+        return WorkloadHealth(Health.HEALTHY, f"{available}/{wanted} available")
+    return WorkloadHealth(Health.PROGRESSING, f"updating {min(updated, available)}/{wanted}")
+
+
+def consumers_of(workloads: Iterable[Workload], configmaps: Iterable[str]) -> list[Workload]:
+    """The workloads that read any of ``configmaps`` (names in the workloads' namespace)."""
+    wanted = frozenset(configmaps)
+    return sorted((w for w in workloads if w.consumes & wanted), key=lambda w: w.key)

@@ -1,0 +1,196 @@
+"""Which workloads read a ConfigMap, their restart stamp, and when their rollout is done."""
+
+import pytest
+
+from gitops.consumers.workloads import (
+    CONFIG_HASH_ANNOTATION,
+    Health,
+    config_hash,
+    configmaps_referenced,
+    consumed_hash,
+    consumers_of,
+    health_of,
+    stamp,
+    workload_from,
+)
+
+
+def deployment(pod_spec: dict, *, annotations: dict | None = None, template_annotations: dict | None = None):
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "team-a", "annotations": annotations or {}},
+        "spec": {"template": {"metadata": {"annotations": template_annotations or {}}, "spec": pod_spec}},
+    }
+
+
+EVERY_REFERENCE = {
+    "initContainers": [{"name": "init", "envFrom": [{"configMapRef": {"name": "from-init"}}]}],
+    "containers": [
+        {
+            "name": "app",
+            "env": [
+                {"name": "A", "valueFrom": {"configMapKeyRef": {"name": "by-key", "key": "a"}}},
+                {"name": "B", "value": "plain"},
+                {"name": "C", "valueFrom": {"secretKeyRef": {"name": "a-secret", "key": "c"}}},
+            ],
+            "envFrom": [{"configMapRef": {"name": "whole"}}, {"secretRef": {"name": "other-secret"}}],
+        }
+    ],
+    "volumes": [
+        {"name": "v1", "configMap": {"name": "mounted"}},
+        {
+            "name": "v2",
+            "projected": {"sources": [{"configMap": {"name": "projected"}}, {"secret": {"name": "s"}}]},
+        },
+        {"name": "v3", "emptyDir": {}},
+    ],
+}
+
+
+def test_every_kind_of_reference_counts_and_secrets_do_not():
+    assert configmaps_referenced(EVERY_REFERENCE) == {"from-init", "by-key", "whole", "mounted", "projected"}
+
+
+def test_odd_specs_do_not_crash_the_reader():
+    assert configmaps_referenced({}) == frozenset()
+    assert (
+        configmaps_referenced({"containers": [{"env": [{"valueFrom": {"configMapKeyRef": {}}}]}]})
+        == frozenset()
+    )
+    assert configmaps_referenced({"volumes": [{"configMap": {"name": 7}}]}) == frozenset()
+
+
+def test_a_workload_knows_what_it_consumes_its_stamp_and_whether_it_may_be_restarted():
+    workload = workload_from(
+        deployment(
+            EVERY_REFERENCE,
+            annotations={"sluice.dev/restart": "false"},
+            template_annotations={CONFIG_HASH_ANNOTATION: "abc"},
+        )
+    )
+    assert workload.key == ("Deployment", "team-a", "web")
+    assert workload.config_hash == "abc"
+    assert workload.restartable is False
+    assert workload_from(deployment({})).restartable is True
+
+
+def test_the_stamp_covers_only_managed_configmaps_and_changes_with_their_content():
+    workload = workload_from(deployment(EVERY_REFERENCE))
+    before = consumed_hash(workload, {"whole": "h1", "mounted": "h2", "unrelated": "h9"})
+    assert before == config_hash({"whole": "h1", "mounted": "h2"})
+    assert consumed_hash(workload, {"whole": "h1", "mounted": "h2-new"}) != before
+    assert consumed_hash(workload, {"unrelated": "h9"}) == ""
+
+
+def test_the_stamp_body_holds_two_annotations_and_nothing_else():
+    workload = workload_from(deployment(EVERY_REFERENCE))
+    body = stamp(workload, config_hash_value="abc", commit="c" * 40)
+    assert body == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "team-a"},
+        "spec": {
+            "template": {
+                "metadata": {"annotations": {"sluice.dev/config-hash": "abc", "sluice.dev/commit": "c" * 40}}
+            }
+        },
+    }
+    # Stamping back to "never stamped" releases the annotations.
+    assert stamp(workload, config_hash_value="", commit="c" * 40)["spec"] == {"template": {"metadata": {}}}
+
+
+def test_consumers_of_a_set_of_configmaps():
+    web = workload_from(deployment({"volumes": [{"configMap": {"name": "app"}}]}))
+    other = workload_from({**deployment({"volumes": [{"configMap": {"name": "db"}}]}), "kind": "StatefulSet"})
+    assert consumers_of([other, web], ["app"]) == [web]
+    assert consumers_of([other, web], ["app", "db"]) == [web, other]
+
+
+def with_status(obj: dict, *, wanted: int = 3, generation: int = 2, **status) -> dict:
+    obj = {**obj, "metadata": {**obj["metadata"], "generation": generation}}
+    obj["spec"] = {**obj["spec"], "replicas": wanted}
+    obj["status"] = status
+    return obj
+
+
+@pytest.mark.parametrize(
+    "status, health, detail",
+    [
+        (
+            {"observedGeneration": 2, "replicas": 3, "updatedReplicas": 3, "availableReplicas": 3},
+            "healthy",
+            "3/3 available",
+        ),
+        (
+            {"observedGeneration": 1, "replicas": 3, "updatedReplicas": 3, "availableReplicas": 3},
+            "progressing",
+            "updating 0/3",
+        ),
+        (
+            {"observedGeneration": 2, "replicas": 4, "updatedReplicas": 1, "availableReplicas": 3},
+            "progressing",
+            "updating 1/3",
+        ),
+        (
+            {"observedGeneration": 2, "replicas": 3, "updatedReplicas": 3, "availableReplicas": 2},
+            "progressing",
+            "updating 2/3",
+        ),
+        (
+            {
+                "observedGeneration": 2,
+                "conditions": [
+                    {
+                        "type": "Progressing",
+                        "status": "False",
+                        "reason": "ProgressDeadlineExceeded",
+                        "message": "ReplicaSet web-1 has timed out progressing.",
+                    }
+                ],
+            },
+            "failed",
+            "ProgressDeadlineExceeded: ReplicaSet web-1 has timed out progressing.",
+        ),
+    ],
+)
+def test_deployment_health(status, health, detail):
+    result = health_of(with_status(deployment({}), **status))
+    assert (result.health, result.detail) == (Health(health), detail)
+
+
+def statefulset(**status) -> dict:
+    return with_status({**deployment({}), "kind": "StatefulSet"}, **status)
+
+
+def test_statefulset_health_waits_for_the_update_revision():
+    rolling = {"observedGeneration": 2, "readyReplicas": 3, "updatedReplicas": 3}
+    assert (
+        health_of(statefulset(**rolling, currentRevision="r1", updateRevision="r2")).health
+        is Health.PROGRESSING
+    )
+    assert (
+        health_of(statefulset(**rolling, currentRevision="r2", updateRevision="r2")).health is Health.HEALTHY
+    )
+    assert (
+        health_of(
+            statefulset(observedGeneration=2, readyReplicas=2, currentRevision="r2", updateRevision="r2")
+        ).health
+        is Health.PROGRESSING
+    )
+
+
+def test_daemonset_health_counts_scheduled_pods():
+    daemon = {
+        **deployment({}),
+        "kind": "DaemonSet",
+        "metadata": {"name": "agent", "namespace": "n", "generation": 3},
+    }
+    done = {
+        "observedGeneration": 3,
+        "desiredNumberScheduled": 2,
+        "updatedNumberScheduled": 2,
+        "numberAvailable": 2,
+    }
+    assert health_of({**daemon, "status": done}).detail == "2/2 available"
+    assert health_of({**daemon, "status": {**done, "numberAvailable": 1}}).health is Health.PROGRESSING
