@@ -51,6 +51,16 @@ def _point_django_at(env: dict[str, str]) -> None:
     app.conf.update(broker_url=env["CELERY_BROKER_URL"], result_backend=env["REDIS_URL"])
 
 
+def _uncordon_simulated_nodes(env: dict[str, str]) -> None:
+    """A run killed inside `cordoned_nodes` leaves a reused stack's nodes cordoned; undo that."""
+    from kubernetes import client, config
+
+    from tests.workloads import set_unschedulable
+
+    with config.new_client_from_config(config_file=env["KUBECONFIG"]) as api_client:
+        set_unschedulable(client.CoreV1Api(api_client), False)
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[dict[str, str]]:
     from devstack import Stack
@@ -60,6 +70,8 @@ def stack() -> Iterator[dict[str, str]]:
     env = local_stack.up()
     os.environ.update(env)
     _point_django_at(env)
+    if not started_here:
+        _uncordon_simulated_nodes(env)
     yield env
     if started_here and os.environ.get("SLUICE_KEEP_STACK") != "1":
         local_stack.down()

@@ -180,7 +180,8 @@ def test_member_clusters_are_separate_clusters(cluster_for, member_kubeconfig_co
                 assert held is None, f"{owner}'s ConfigMap is visible in {context}"
                 assert not cluster_for(context).namespace_exists(namespace)
 
-    # Each member has its own controllers: its namespaces get a ServiceAccount and can be deleted.
+    # Each member has its own controllers: its namespaces get a ServiceAccount, a long-lived
+    # token Secret is filled in, and a namespace can be deleted.
     from kubernetes import client
 
     member = client.CoreV1Api(kube_client("member-1"))
@@ -189,6 +190,21 @@ def test_member_clusters_are_separate_clusters(cluster_for, member_kubeconfig_co
         lambda: member.list_namespaced_service_account(namespace).items,
         timeout=30,
         what="the default ServiceAccount in member-1",
+    )
+    member.create_namespaced_secret(
+        namespace,
+        {
+            "metadata": {
+                "name": "default-token",
+                "annotations": {"kubernetes.io/service-account.name": "default"},
+            },
+            "type": "kubernetes.io/service-account-token",
+        },
+    )
+    poll(
+        lambda: (member.read_namespaced_secret("default-token", namespace).data or {}).get("token"),
+        timeout=30,
+        what="member-1's token controller to fill in a token Secret",
     )
     member.delete_namespace(namespace)
     poll(
