@@ -140,7 +140,7 @@ def cluster(stack: dict[str, str]):
 def namespace(cluster) -> str:
     """A fresh namespace, left in place: the stack's namespace controller could delete it, but
     emptying a namespace costs it a LIST and a DELETE per resource type, on two shared cores,
-    for a cluster that is thrown away anyway."""
+    for a stack that `down` discards anyway."""
     name = f"t-{uuid.uuid4().hex[:10]}"
     cluster.create_namespace(name)
     return name
