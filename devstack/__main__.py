@@ -22,7 +22,7 @@ def main() -> int:
             print("stack stopped")
         elif args.command == "status":
             for name, alive in stack.process_status().items():
-                print(f"{name:16} {'running' if alive else 'stopped'}")
+                print(f"{name:34} {'running' if alive else 'stopped'}")
             return 0 if stack.is_up() else 1
         elif args.command == "env":
             print(stack.env_file.read_text(), end="")

@@ -1,34 +1,72 @@
-"""Certificates for the embedded kube-apiserver, in the shape controller-runtime's envtest uses.
+"""Certificates for the embedded clusters, in the shape controller-runtime's envtest uses.
 
-A throwaway CA signs the serving certificate and an admin client certificate in
-the ``system:masters`` group, so the kubeconfig authenticates with RBAC enabled.
+One throwaway CA signs everything: a serving certificate and a service-account
+signing key per cluster (so a token of one cluster is worthless in another),
+and the client certificates of the parts that talk to them. The admin is in
+``system:masters``. kube-scheduler is ``system:kube-scheduler``, with the rights
+bootstrap RBAC gives it on any cluster. kube-controller-manager is
+``system:kube-controller-manager`` in ``system:masters``: it runs all its
+controllers as itself, without a ServiceAccount per controller (see
+``controlplane.controller_manager_argv``), and that user alone may not do their work.
+
+Every key is ECDSA P-256: an RSA key costs about 0.2 s to generate, and the
+stack generates a dozen on each start. kube-apiserver signs ES256 tokens with it.
 """
 
 import datetime as dt
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 VALIDITY = dt.timedelta(days=30)
+SERVING_NAMES = ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"]
+_SAN: list[x509.GeneralName] = [
+    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+    *(x509.DNSName(name) for name in SERVING_NAMES),
+]
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class ClusterCerts:
+    """What one kube-apiserver serves with and signs ServiceAccount tokens with."""
+
+    serving: KeyPair
+    service_account_public: Path
+    service_account_private: Path
 
 
 @dataclass(frozen=True)
 class Pki:
     ca_cert: Path
-    serving_cert: Path
-    serving_key: Path
-    admin_cert: Path
-    admin_key: Path
-    service_account_public: Path
-    service_account_private: Path
+    admin: KeyPair
+    controller_manager: KeyPair
+    scheduler: KeyPair
+    kwok: KeyPair
+    # kube-controller-manager and kube-scheduler serve /healthz with it; left to
+    # themselves they would each generate a self-signed RSA certificate on start.
+    components: KeyPair
+    clusters: dict[str, ClusterCerts]
 
 
-def _pem_key(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
+@dataclass(frozen=True)
+class _Authority:
+    name: x509.Name
+    key: ec.EllipticCurvePrivateKey
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -36,18 +74,18 @@ def _pem_key(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
     )
 
 
-def _issue(
-    subject: x509.Name,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: x509.Name,
-    issuer_key: ec.EllipticCurvePrivateKey,
-    *,
-    is_ca: bool = False,
-    usage: list[x509.ObjectIdentifier] | None = None,
-    san: list[x509.GeneralName] | None = None,
-) -> x509.Certificate:
+def _name(common_name: str, organization: str | None = None) -> x509.Name:
+    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    if organization:
+        attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
+    return x509.Name(attributes)
+
+
+def _builder(
+    subject: x509.Name, key: ec.EllipticCurvePrivateKey, issuer: x509.Name
+) -> x509.CertificateBuilder:
     now = dt.datetime.now(dt.UTC)
-    builder = (
+    return (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(issuer)
@@ -55,10 +93,16 @@ def _issue(
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
     )
-    if is_ca:
-        builder = builder.add_extension(
+
+
+def _new_authority() -> tuple[_Authority, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = _name("sluice-devstack-ca")
+    certificate = (
+        _builder(name, key, name)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
             x509.KeyUsage(
                 digital_signature=True,
                 key_cert_sign=True,
@@ -72,70 +116,81 @@ def _issue(
             ),
             critical=True,
         )
-    if usage:
-        builder = builder.add_extension(x509.ExtendedKeyUsage(usage), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return _Authority(name, key), certificate
+
+
+def _write_pair(
+    authority: _Authority,
+    target: KeyPair,
+    subject: x509.Name,
+    usage: x509.ObjectIdentifier,
+    san: list[x509.GeneralName] | None = None,
+) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = (
+        _builder(subject, key, authority.name)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    )
     if san:
         builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-def _name(common_name: str, organization: str | None = None) -> x509.Name:
-    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
-    if organization:
-        attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
-    return x509.Name(attributes)
-
-
-def generate(directory: Path) -> Pki:
-    directory.mkdir(parents=True, exist_ok=True)
-    pki = Pki(
-        ca_cert=directory / "ca.crt",
-        serving_cert=directory / "apiserver.crt",
-        serving_key=directory / "apiserver.key",
-        admin_cert=directory / "admin.crt",
-        admin_key=directory / "admin.key",
-        service_account_public=directory / "sa.pub",
-        service_account_private=directory / "sa.key",
+    target.cert.write_bytes(
+        builder.sign(authority.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
     )
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = _name("sluice-devstack-ca")
-    ca = _issue(ca_name, ca_key, ca_name, ca_key, is_ca=True)
+    target.key.write_bytes(_pem_key(key))
+    target.key.chmod(0o600)
 
-    serving_key = ec.generate_private_key(ec.SECP256R1())
-    serving = _issue(
-        _name("kube-apiserver"),
-        serving_key,
-        ca_name,
-        ca_key,
-        usage=[ExtendedKeyUsageOID.SERVER_AUTH],
-        san=[
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-            x509.DNSName("localhost"),
-            x509.DNSName("kubernetes"),
-            x509.DNSName("kubernetes.default.svc"),
-        ],
-    )
-    admin_key = ec.generate_private_key(ec.SECP256R1())
-    admin = _issue(
-        _name("sluice-admin", "system:masters"),
-        admin_key,
-        ca_name,
-        ca_key,
-        usage=[ExtendedKeyUsageOID.CLIENT_AUTH],
-    )
-    sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
-    pki.ca_cert.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    pki.serving_cert.write_bytes(serving.public_bytes(serialization.Encoding.PEM))
-    pki.serving_key.write_bytes(_pem_key(serving_key))
-    pki.admin_cert.write_bytes(admin.public_bytes(serialization.Encoding.PEM))
-    pki.admin_key.write_bytes(_pem_key(admin_key))
-    pki.service_account_private.write_bytes(_pem_key(sa_key))
-    pki.service_account_public.write_bytes(
-        sa_key.public_key().public_bytes(
+def _client(
+    authority: _Authority, directory: Path, stem: str, user: str, group: str | None = None
+) -> KeyPair:
+    pair = KeyPair(directory / f"{stem}.crt", directory / f"{stem}.key")
+    _write_pair(authority, pair, _name(user, group), ExtendedKeyUsageOID.CLIENT_AUTH)
+    return pair
+
+
+def _cluster(authority: _Authority, directory: Path, cluster: str) -> ClusterCerts:
+    certs = ClusterCerts(
+        serving=KeyPair(directory / f"apiserver-{cluster}.crt", directory / f"apiserver-{cluster}.key"),
+        service_account_public=directory / f"sa-{cluster}.pub",
+        service_account_private=directory / f"sa-{cluster}.key",
+    )
+    _write_pair(
+        authority, certs.serving, _name(f"kube-apiserver-{cluster}"), ExtendedKeyUsageOID.SERVER_AUTH, _SAN
+    )
+    signing_key = ec.generate_private_key(ec.SECP256R1())
+    certs.service_account_private.write_bytes(_pem_key(signing_key))
+    certs.service_account_private.chmod(0o600)
+    certs.service_account_public.write_bytes(
+        signing_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
-    for private in (pki.serving_key, pki.admin_key, pki.service_account_private):
-        private.chmod(0o600)
-    return pki
+    return certs
+
+
+def _components(authority: _Authority, directory: Path) -> KeyPair:
+    pair = KeyPair(directory / "components.crt", directory / "components.key")
+    _write_pair(authority, pair, _name("sluice-devstack-components"), ExtendedKeyUsageOID.SERVER_AUTH, _SAN)
+    return pair
+
+
+def generate(directory: Path, clusters: Iterable[str]) -> Pki:
+    directory.mkdir(parents=True, exist_ok=True)
+    authority, ca = _new_authority()
+    ca_cert = directory / "ca.crt"
+    ca_cert.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    return Pki(
+        ca_cert=ca_cert,
+        admin=_client(authority, directory, "admin", "sluice-admin", "system:masters"),
+        controller_manager=_client(
+            authority, directory, "controller-manager", "system:kube-controller-manager", "system:masters"
+        ),
+        scheduler=_client(authority, directory, "scheduler", "system:kube-scheduler"),
+        # kwok writes the status of nodes and pods, which no bootstrap role grants.
+        kwok=_client(authority, directory, "kwok", "kwok", "system:masters"),
+        components=_components(authority, directory),
+        clusters={cluster: _cluster(authority, directory, cluster) for cluster in clusters},
+    )

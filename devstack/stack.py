@@ -3,37 +3,54 @@
 Every process gets its own session, so ``down`` can stop it with its children,
 and its pid is kept in ``state.json`` together with the ports and paths that
 ``.stack/env`` exports.
+
+Start-up overlaps what it can on two cores: the three kube-apiservers boot while
+PostgreSQL runs initdb, and the controllers, the scheduler and kwok start as soon
+as the default cluster answers, while the member clusters finish booting.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import json
 import os
 import pwd
+import secrets
 import shlex
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devstack import controlplane
 from devstack import pki as pki_module
+from devstack.controlplane import CLUSTERS, DEFAULT_CLUSTER, MEMBER_CLUSTERS, SIMULATED_NODES, Api
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = ROOT / "scripts" / "build-control-plane.sh"
 POSTGRES_USER_WHEN_ROOT = "nobody"
 DATABASE_NAME = "sluice"
+# Bumped whenever the stack gains or loses a part: a running stack of another layout is restarted.
+LAYOUT = 2
+# down stops one tier at a time, clients before the servers they write to.
+STOP_ORDER = (
+    (
+        "kwok",
+        "kube-scheduler",
+        "kube-controller-manager",
+        *(f"kube-controller-manager-{m}" for m in MEMBER_CLUSTERS),
+    ),
+    ("kube-apiserver", *(f"kube-apiserver-{member}" for member in MEMBER_CLUSTERS)),
+    ("etcd", "redis", "postgres"),
+)
 
 
 class StackError(RuntimeError):
@@ -80,8 +97,11 @@ def process_alive(pid: int, expected_exe: str) -> bool:
 @dataclass
 class Binaries:
     kube_apiserver: str
+    kube_controller_manager: str
+    kube_scheduler: str
     kubectl: str
     etcd: str
+    kwok: str
     redis_server: str
     postgres_bin: str | None
 
@@ -93,8 +113,11 @@ class Binaries:
         paths = dict(line.split("=", 1) for line in built.stdout.splitlines() if "=" in line)
         return cls(
             kube_apiserver=paths["KUBE_APISERVER"],
+            kube_controller_manager=paths["KUBE_CONTROLLER_MANAGER"],
+            kube_scheduler=paths["KUBE_SCHEDULER"],
             kubectl=paths["KUBECTL"],
             etcd=paths["ETCD"],
+            kwok=paths["KWOK"],
             redis_server=_redis_server(),
             postgres_bin=_postgres_bin() if need_postgres else None,
         )
@@ -173,7 +196,8 @@ class Stack:
 
     def is_up(self) -> bool:
         status = self.process_status()
-        return bool(status) and all(status.values()) and self.env_file.exists()
+        current = self._state().get("layout") == LAYOUT
+        return current and bool(status) and all(status.values()) and self.env_file.exists()
 
     def environment(self) -> dict[str, str]:
         return dict(self._state().get("env", {}))
@@ -189,27 +213,59 @@ class Stack:
         shutil.rmtree(self.directory, ignore_errors=True)
         self.directory.mkdir(parents=True)
         (self.directory / ".gitignore").write_text("*\n")
-        state: dict = {"processes": {}, "env": {}}
+        state: dict = {"layout": LAYOUT, "processes": {}, "env": {}, "clusters": {}}
         try:
-            self._start_etcd(binaries, state)
-            self._start_redis(binaries, state)
-            if external_database:
-                state["env"]["DATABASE_URL"] = external_database
-            else:
-                self._start_postgres(binaries, state)
-            self._start_apiserver(binaries, state)
-            self._wait_for_apiserver(state)
+            self._start_everything(binaries, state, external_database)
         except BaseException:
             self._save(state)
             self.down()
             raise
-        state["env"]["PATH"] = f"{Path(binaries.kubectl).parent}:{os.environ.get('PATH', '')}"
-        state["env"]["SLUICE_STACK_DIR"] = str(self.directory)
-        self._save(state)
-        self.env_file.write_text(
-            "".join(f"export {key}={shlex.quote(value)}\n" for key, value in state["env"].items())
-        )
+        self._finish_env(binaries, state)
         return self.environment()
+
+    def _start_everything(self, binaries: Binaries, state: dict, external_database: str | None) -> None:
+        self._spawn_etcd(binaries, state)
+        self._spawn_redis(binaries, state)
+        certs = pki_module.generate(self.directory / "pki", CLUSTERS)
+        # kube-apiserver waits for etcd by itself; booting three of them is the longest step.
+        for cluster in CLUSTERS:
+            self._spawn_apiserver(binaries, state, certs, cluster)
+        self._write_admin_kubeconfig(state, certs)
+        self._wait_for_etcd(state)
+        if external_database:
+            state["env"]["DATABASE_URL"] = external_database
+        else:
+            self._start_postgres(binaries, state)
+        self._wait_for_redis(state)
+        self._wait_for_apiserver(state, DEFAULT_CLUSTER)
+        self._start_local_controllers(binaries, state, certs)
+        for member in MEMBER_CLUSTERS:
+            self._wait_for_apiserver(state, member)
+            self._spawn_controller_manager(binaries, state, certs, member, controlplane.MEMBER_CONTROLLERS)
+        self._wait_for_controllers(state, certs)
+
+    def _finish_env(self, binaries: Binaries, state: dict) -> None:
+        path = [str(Path(binaries.kubectl).parent)]
+        if sys.prefix != sys.base_prefix:
+            # The virtualenv that started the stack, so `python manage.py ...` works after `. .stack/env`.
+            path.append(str(Path(sys.executable).parent))
+        state["env"]["PATH"] = ":".join([*path, os.environ.get("PATH", "")])
+        state["env"]["SLUICE_STACK_DIR"] = str(self.directory)
+        state["env"]["SLUICE_MEMBER_CLUSTERS"] = ",".join(MEMBER_CLUSTERS)
+        # Only in the env file, never in environment(): the test suite sets its own SECRET_KEY, and
+        # its worker processes must keep the key of the process that encrypts what they read.
+        state["developer_env"] = {
+            "SECRET_KEY": secrets.token_urlsafe(48),
+            "SLUICE_ALLOW_HTTP": "1",
+        }
+        self._save(state)
+        exported = {**state["env"], **state["developer_env"]}
+        self.env_file.write_text(
+            "# Written by `python -m devstack up`; load it with: . .stack/env\n"
+            + "".join(f"export {key}={shlex.quote(value)}\n" for key, value in exported.items())
+        )
+        for secret in (self.env_file, self.state_file):
+            secret.chmod(0o600)
 
     def _save(self, state: dict) -> None:
         if self.directory.exists():
@@ -240,7 +296,7 @@ class Stack:
             tail = "\n".join(Path(process["log"]).read_text(errors="replace").splitlines()[-25:])
             raise StackError(f"{name} exited during start-up:\n{tail}")
 
-    def _start_etcd(self, binaries: Binaries, state: dict) -> None:
+    def _spawn_etcd(self, binaries: Binaries, state: dict) -> None:
         client, peer = free_port(), free_port()
         self._spawn(
             state,
@@ -260,6 +316,7 @@ class Stack:
         )
         state["etcd_url"] = f"http://127.0.0.1:{client}"
 
+    def _wait_for_etcd(self, state: dict) -> None:
         def healthy() -> bool:
             self._check_alive(state, "etcd")
             try:
@@ -270,7 +327,7 @@ class Stack:
 
         wait_until(healthy, timeout=30, what="etcd /health")
 
-    def _start_redis(self, binaries: Binaries, state: dict) -> None:
+    def _spawn_redis(self, binaries: Binaries, state: dict) -> None:
         port = free_port()
         (self.directory / "redis").mkdir()
         self._spawn(
@@ -290,14 +347,16 @@ class Stack:
                 str(self.directory / "redis"),
             ],
         )
+        state["redis_port"] = port
         url = f"redis://127.0.0.1:{port}/0"
         state["env"]["CELERY_BROKER_URL"] = url
         state["env"]["REDIS_URL"] = url
 
+    def _wait_for_redis(self, state: dict) -> None:
         def ponged() -> bool:
             self._check_alive(state, "redis")
             try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                with socket.create_connection(("127.0.0.1", state["redis_port"]), timeout=1) as sock:
                     sock.sendall(b"PING\r\n")
                     return sock.recv(16).startswith(b"+PONG")
             except OSError:
@@ -305,29 +364,23 @@ class Stack:
 
         wait_until(ponged, timeout=20, what="redis PING")
 
-    def _start_postgres(self, binaries: Binaries, state: dict) -> None:
-        if binaries.postgres_bin is None:
-            raise StackError("no PostgreSQL binaries")
-        bin_dir = Path(binaries.postgres_bin)
-        port = free_port()
-        run_as: str | None = None
-        if os.geteuid() == 0:
-            run_as = POSTGRES_USER_WHEN_ROOT
-            # The unprivileged server cannot always traverse the checkout's parents.
-            data_root = (
-                Path("/var/tmp")
-                / f"sluice-pgdata-{hashlib.sha256(str(self.directory).encode()).hexdigest()[:12]}"
-            )
-            shutil.rmtree(data_root, ignore_errors=True)
-            data_root.mkdir(mode=0o700)
-            account = pwd.getpwnam(run_as)
-            os.chown(data_root, account.pw_uid, account.pw_gid)
-        else:
+    def _postgres_data_root(self) -> tuple[str | None, Path]:
+        """Where PostgreSQL keeps its data, and the user it runs as (it refuses to run as root)."""
+        if os.geteuid() != 0:
             data_root = self.directory / "postgres"
             data_root.mkdir(mode=0o700)
-        data = data_root / "data"
-        state["postgres_data_root"] = str(data_root)
-        self._save(state)
+            return None, data_root
+        # The unprivileged server cannot always traverse the checkout's parents.
+        digest = hashlib.sha256(str(self.directory).encode()).hexdigest()[:12]
+        data_root = Path("/var/tmp") / f"sluice-pgdata-{digest}"
+        shutil.rmtree(data_root, ignore_errors=True)
+        data_root.mkdir(mode=0o700)
+        account = pwd.getpwnam(POSTGRES_USER_WHEN_ROOT)
+        os.chown(data_root, account.pw_uid, account.pw_gid)
+        return POSTGRES_USER_WHEN_ROOT, data_root
+
+    @staticmethod
+    def _initdb(bin_dir: Path, data: Path, run_as: str | None) -> None:
         initdb = subprocess.run(
             [
                 str(bin_dir / "initdb"),
@@ -343,10 +396,21 @@ class Stack:
             text=True,
             check=False,
             user=run_as,
-            cwd=data_root,
+            cwd=data.parent,
         )
         if initdb.returncode != 0:
             raise StackError(f"initdb failed:\n{initdb.stdout}\n{initdb.stderr}")
+
+    def _start_postgres(self, binaries: Binaries, state: dict) -> None:
+        if binaries.postgres_bin is None:
+            raise StackError("no PostgreSQL binaries")
+        bin_dir = Path(binaries.postgres_bin)
+        port = free_port()
+        run_as, data_root = self._postgres_data_root()
+        data = data_root / "data"
+        state["postgres_data_root"] = str(data_root)
+        self._save(state)
+        self._initdb(bin_dir, data, run_as)
         self._spawn(
             state,
             "postgres",
@@ -373,7 +437,9 @@ class Stack:
             user=run_as,
             cwd=data_root,
         )
+        self._create_database(bin_dir, port, state)
 
+    def _create_database(self, bin_dir: Path, port: int, state: dict) -> None:
         def accepting() -> bool:
             self._check_alive(state, "postgres")
             ready = subprocess.run(
@@ -399,108 +465,178 @@ class Stack:
             raise StackError(f"createdb failed: {created.stderr}")
         state["env"]["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:{port}/{DATABASE_NAME}"
 
-    def _start_apiserver(self, binaries: Binaries, state: dict) -> None:
+    @staticmethod
+    def _process_name(component: str, cluster: str) -> str:
+        return component if cluster == DEFAULT_CLUSTER else f"{component}-{cluster}"
+
+    def _spawn_apiserver(self, binaries: Binaries, state: dict, certs: pki_module.Pki, cluster: str) -> None:
         port = free_port()
-        certs = pki_module.generate(self.directory / "pki")
-        server = f"https://127.0.0.1:{port}"
-        self._spawn(
-            state,
-            "kube-apiserver",
-            [
-                binaries.kube_apiserver,
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
-                f"--secure-port={port}",
-                f"--cert-dir={self.directory / 'pki'}",
-                f"--tls-cert-file={certs.serving_cert}",
-                f"--tls-private-key-file={certs.serving_key}",
-                f"--client-ca-file={certs.ca_cert}",
-                f"--etcd-servers={state['etcd_url']}",
-                "--service-cluster-ip-range=10.0.0.0/24",
-                "--allow-privileged=true",
-                "--authorization-mode=RBAC",
-                f"--service-account-key-file={certs.service_account_public}",
-                f"--service-account-signing-key-file={certs.service_account_private}",
-                f"--service-account-issuer={server}",
-                # There is no controller-manager to create the tokens this plugin expects.
-                "--disable-admission-plugins=ServiceAccount",
-                "--v=1",
-            ],
+        argv = controlplane.apiserver_argv(
+            binaries.kube_apiserver,
+            cluster=cluster,
+            port=port,
+            etcd_url=state["etcd_url"],
+            ca_cert=certs.ca_cert,
+            certs=certs.clusters[cluster],
         )
+        self._spawn(state, self._process_name("kube-apiserver", cluster), argv)
+        state["clusters"][cluster] = {
+            "server": f"https://127.0.0.1:{port}",
+            "context": cluster,
+            "etcd_prefix": controlplane.etcd_prefix(cluster),
+        }
+        self._save(state)
+
+    def _write_admin_kubeconfig(self, state: dict, certs: pki_module.Pki) -> None:
         kubeconfig = self.directory / "kubeconfig"
-
-        def b64(path: Path) -> str:
-            return base64.b64encode(path.read_bytes()).decode()
-
-        kubeconfig.write_text(
-            json.dumps(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Config",
-                    "clusters": [
-                        {
-                            "name": "devstack",
-                            "cluster": {"server": server, "certificate-authority-data": b64(certs.ca_cert)},
-                        }
-                    ],
-                    "users": [
-                        {
-                            "name": "sluice-admin",
-                            "user": {
-                                "client-certificate-data": b64(certs.admin_cert),
-                                "client-key-data": b64(certs.admin_key),
-                            },
-                        }
-                    ],
-                    "contexts": [
-                        {"name": "devstack", "context": {"cluster": "devstack", "user": "sluice-admin"}}
-                    ],
-                    "current-context": "devstack",
-                },
-                indent=2,
-            )
+        controlplane.write_kubeconfig(
+            kubeconfig,
+            ca_cert=certs.ca_cert,
+            user=certs.admin,
+            servers={name: cluster["server"] for name, cluster in state["clusters"].items()},
+            current=DEFAULT_CLUSTER,
         )
-        kubeconfig.chmod(0o600)
-        state["apiserver_url"] = server
-        state["pki"] = {"ca": str(certs.ca_cert), "cert": str(certs.admin_cert), "key": str(certs.admin_key)}
+        state["pki"] = {"ca": str(certs.ca_cert), "cert": str(certs.admin.cert), "key": str(certs.admin.key)}
         state["env"]["KUBECONFIG"] = str(kubeconfig)
 
-    def _wait_for_apiserver(self, state: dict) -> None:
-        context = ssl.create_default_context(cafile=state["pki"]["ca"])
-        context.load_cert_chain(state["pki"]["cert"], state["pki"]["key"])
+    def _admin_api(self, state: dict, cluster: str) -> Api:
+        return Api(
+            state["clusters"][cluster]["server"],
+            ca_cert=Path(state["pki"]["ca"]),
+            client=pki_module.KeyPair(Path(state["pki"]["cert"]), Path(state["pki"]["key"])),
+        )
 
-        def get(path: str) -> int:
-            try:
-                with urllib.request.urlopen(
-                    state["apiserver_url"] + path, timeout=2, context=context
-                ) as response:
-                    return int(response.status)
-            except urllib.error.HTTPError as exc:
-                return exc.code
-            except OSError:
-                return 0
-
-        log = Path(state["processes"]["kube-apiserver"]["log"])
+    def _wait_for_apiserver(self, state: dict, cluster: str) -> None:
+        api = self._admin_api(state, cluster)
+        name = self._process_name("kube-apiserver", cluster)
 
         def ready() -> bool:
-            self._check_alive(state, "kube-apiserver")
-            return get("/readyz") == 200 and get("/api/v1/namespaces/default") == 200
+            self._check_alive(state, name)
+            return api.status("/readyz") == 200 and api.status("/api/v1/namespaces/default") == 200
 
-        wait_until(ready, timeout=120, what="kube-apiserver /readyz and the default namespace", log=log)
+        log = Path(state["processes"][name]["log"])
+        wait_until(ready, timeout=120, what=f"{name} /readyz and the default namespace", log=log)
+
+    def _component_kubeconfig(
+        self, state: dict, certs: pki_module.Pki, user: pki_module.KeyPair, cluster: str
+    ) -> Path:
+        path = self.directory / "kubeconfigs" / f"{user.cert.stem}-{cluster}.kubeconfig"
+        controlplane.write_kubeconfig(
+            path,
+            ca_cert=certs.ca_cert,
+            user=user,
+            servers={cluster: state["clusters"][cluster]["server"]},
+            current=cluster,
+        )
+        return path
+
+    def _start_local_controllers(self, binaries: Binaries, state: dict, certs: pki_module.Pki) -> None:
+        api = self._admin_api(state, DEFAULT_CLUSTER)
+        for node in SIMULATED_NODES:
+            code, body = api.request("POST", "/api/v1/nodes", controlplane.simulated_node(node))
+            if code != 201:
+                raise StackError(f"registering the simulated node {node} failed ({code}): {body}")
+        kwok_config = self.directory / "kwok.yaml"
+        kwok_config.write_text(controlplane.KWOK_CONFIG)
+        kwok_kubeconfig = self._component_kubeconfig(state, certs, certs.kwok, DEFAULT_CLUSTER)
+        self._spawn(
+            state,
+            "kwok",
+            controlplane.kwok_argv(binaries.kwok, kubeconfig=kwok_kubeconfig, config=kwok_config),
+        )
+        port = free_port()
+        state["health_ports"] = {"kube-scheduler": port}
+        scheduler_kubeconfig = self._component_kubeconfig(state, certs, certs.scheduler, DEFAULT_CLUSTER)
+        self._spawn(
+            state,
+            "kube-scheduler",
+            controlplane.scheduler_argv(
+                binaries.kube_scheduler, kubeconfig=scheduler_kubeconfig, port=port, pki=certs
+            ),
+        )
+        self._spawn_controller_manager(
+            binaries, state, certs, DEFAULT_CLUSTER, controlplane.LOCAL_CONTROLLERS
+        )
+
+    def _spawn_controller_manager(
+        self,
+        binaries: Binaries,
+        state: dict,
+        certs: pki_module.Pki,
+        cluster: str,
+        controllers: tuple[str, ...],
+    ) -> None:
+        name = self._process_name("kube-controller-manager", cluster)
+        port = free_port()
+        state.setdefault("health_ports", {})[name] = port
+        kubeconfig = self._component_kubeconfig(state, certs, certs.controller_manager, cluster)
+        argv = controlplane.controller_manager_argv(
+            binaries.kube_controller_manager,
+            kubeconfig=kubeconfig,
+            port=port,
+            pki=certs,
+            certs=certs.clusters[cluster],
+            controllers=controllers,
+        )
+        self._spawn(state, name, argv)
+
+    def _wait_for_controllers(self, state: dict, certs: pki_module.Pki) -> None:
+        """Ready means working: nodes Ready, the `default` ServiceAccount made, /healthz answered."""
+        for name, port in state["health_ports"].items():
+            health = Api(f"https://127.0.0.1:{port}", ca_cert=certs.ca_cert)
+
+            def healthy(name: str = name, health: Api = health) -> bool:
+                self._check_alive(state, name)
+                return health.status("/healthz") == 200
+
+            wait_until(healthy, timeout=60, what=f"{name} /healthz", log=self._log(state, name))
+        for cluster in state["clusters"]:
+            api = self._admin_api(state, cluster)
+            name = self._process_name("kube-controller-manager", cluster)
+            wait_until(
+                lambda api=api: api.status("/api/v1/namespaces/default/serviceaccounts/default") == 200,
+                timeout=60,
+                what=f"{name} to create the default ServiceAccount",
+                log=self._log(state, name),
+            )
+        api = self._admin_api(state, DEFAULT_CLUSTER)
+
+        def nodes_ready() -> bool:
+            self._check_alive(state, "kwok")
+            return controlplane.ready_nodes(api) >= set(SIMULATED_NODES)
+
+        wait_until(
+            nodes_ready,
+            timeout=60,
+            what="kwok to make the simulated nodes Ready",
+            log=self._log(state, "kwok"),
+        )
+
+    @staticmethod
+    def _log(state: dict, name: str) -> Path:
+        return Path(state["processes"][name]["log"])
 
     # -- stopping ----------------------------------------------------------------
 
     def down(self) -> None:
         state = self._state()
         processes = state.get("processes", {})
-        # Stop clients before the stores they write to.
-        for name in ("kube-apiserver", "etcd", "redis", "postgres"):
-            process = processes.get(name)
-            if process and process_alive(process["pid"], process["exe"]):
+        known = {name for tier in STOP_ORDER for name in tier}
+        # Whatever an older layout of the stack started goes first, with the clients.
+        tiers = [[*STOP_ORDER[0], *(name for name in processes if name not in known)], *STOP_ORDER[1:]]
+        for tier in tiers:
+            running = [
+                processes[name]
+                for name in tier
+                if name in processes and process_alive(processes[name]["pid"], processes[name]["exe"])
+            ]
+            for process in running:
                 # SIGINT is PostgreSQL's fast shutdown; SIGTERM would wait for clients to leave.
-                self._stop(
-                    process["pid"], process["exe"], signal.SIGINT if name == "postgres" else signal.SIGTERM
-                )
+                first = signal.SIGINT if Path(process["exe"]).name == "postgres" else signal.SIGTERM
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process["pid"], first)
+            for process in running:
+                self._stop(process["pid"], process["exe"])
         data_root = state.get("postgres_data_root")
         if data_root and data_root.startswith("/var/tmp/"):
             shutil.rmtree(data_root, ignore_errors=True)
@@ -510,9 +646,8 @@ class Stack:
             self.state_file.unlink()
 
     @staticmethod
-    def _stop(pid: int, exe: str, first_signal: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, first_signal)
+    def _stop(pid: int, exe: str) -> None:
+        """Waits for a process group already signalled; kills it when it takes too long."""
         try:
             wait_until(lambda: not _group_alive(pid), timeout=15, what=f"{exe} (pid {pid}) to stop")
         except StackError:

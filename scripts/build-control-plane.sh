@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kubectl and etcd from the Go module proxy and caches
-# them under ~/.cache/sluice/. Nothing is built when the binaries are present.
+# Builds kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd
+# and kwok from the Go module proxy and caches them under ~/.cache/sluice/.
+# Only what is missing is built: a cache that already holds kube-apiserver keeps it.
+# A lock serialises concurrent runs (two test sessions starting at once).
 #
 # Kubernetes' own go.mod requires its staging modules (k8s.io/api, ...) at
 # v0.0.0 and replaces them with paths inside its repo, which a module consumer
@@ -15,7 +17,10 @@ here=$(cd "$(dirname "$0")" && pwd)
 cache=${SLUICE_CACHE:-$HOME/.cache/sluice}
 k8s_dir=$cache/kubernetes-$KUBERNETES_VERSION
 etcd_dir=$cache/etcd-$ETCD_VERSION
-mkdir -p "$k8s_dir" "$etcd_dir"
+kwok_dir=$cache/kwok-$KWOK_VERSION
+mkdir -p "$k8s_dir" "$etcd_dir" "$kwok_dir"
+# Every binary of k8s.io/kubernetes the stack runs, all from one wrapper module.
+k8s_commands=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
 
 export GOFLAGS="-mod=mod -buildvcs=false"
 export CGO_ENABLED=0
@@ -24,7 +29,11 @@ ldflags="-s -w"
 log() { printf '[build-control-plane] %s\n' "$*" >&2; }
 
 build_kubernetes() {
-  if [[ -x $k8s_dir/kube-apiserver && -x $k8s_dir/kubectl ]]; then
+  local missing=() command
+  for command in "${k8s_commands[@]}"; do
+    [[ -x $k8s_dir/$command ]] || missing+=("$command")
+  done
+  if (( ${#missing[@]} == 0 )); then
     return
   fi
   local work=$cache/build/kubernetes-$KUBERNETES_VERSION
@@ -46,23 +55,18 @@ build_kubernetes() {
     awk '$1 ~ /^k8s\.io\// && $2 == "v0.0.0" {print $1}' "$upstream_mod" | sort -u |
       while read -r staged; do echo "replace $staged => $staged $staging_version"; done
   } >"$work/go.mod"
-  cat >"$work/tools.go" <<'GO'
-//go:build tools
-
-package controlplane
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kubectl"
-)
-GO
+  {
+    printf '//go:build tools\n\npackage controlplane\n\nimport (\n'
+    for command in "${k8s_commands[@]}"; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$command"; done
+    printf ')\n'
+  } >"$work/tools.go"
   (cd "$work" && go mod tidy -e >/dev/null 2>&1 || true)
-  log "building kube-apiserver $KUBERNETES_VERSION (several minutes on 2 cores)"
-  (cd "$work" && go build -trimpath -ldflags "$ldflags $(version_ldflags)" -o "$k8s_dir/kube-apiserver.tmp" k8s.io/kubernetes/cmd/kube-apiserver)
-  log "building kubectl $KUBERNETES_VERSION"
-  (cd "$work" && go build -trimpath -ldflags "$ldflags $(version_ldflags)" -o "$k8s_dir/kubectl.tmp" k8s.io/kubernetes/cmd/kubectl)
-  mv "$k8s_dir/kube-apiserver.tmp" "$k8s_dir/kube-apiserver"
-  mv "$k8s_dir/kubectl.tmp" "$k8s_dir/kubectl"
+  for command in "${missing[@]}"; do
+    log "building $command $KUBERNETES_VERSION (minutes on 2 cores)"
+    (cd "$work" && go build -trimpath -ldflags "$ldflags $(version_ldflags)" \
+      -o "$k8s_dir/$command.tmp" "k8s.io/kubernetes/cmd/$command")
+    mv "$k8s_dir/$command.tmp" "$k8s_dir/$command"
+  done
 }
 
 # Without these the binaries report v0.0.0, which breaks client version skew checks.
@@ -103,10 +107,32 @@ GO
   mv "$etcd_dir/etcd.tmp" "$etcd_dir/etcd"
 }
 
+# kwok's own go.mod has no replace directives, so `go install module@version` builds
+# exactly the release, with the dependency versions kwok chose.
+build_kwok() {
+  if [[ -x $kwok_dir/kwok ]]; then
+    return
+  fi
+  local gobin=$cache/build/kwok-$KWOK_VERSION
+  mkdir -p "$gobin"
+  log "building kwok $KWOK_VERSION"
+  # -mod=mod is refused with module@version; kwok's go.mod and go.sum are complete.
+  GOFLAGS=-buildvcs=false GOBIN=$gobin go install -trimpath -ldflags "$ldflags" \
+    "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+  mv "$gobin/kwok" "$kwok_dir/kwok"
+}
+
+exec 9>"$cache/.build.lock"
+flock 9
+
 started=$(date +%s)
 build_etcd
 build_kubernetes
+build_kwok
 log "binaries ready in $(( $(date +%s) - started ))s under $cache"
 echo "KUBE_APISERVER=$k8s_dir/kube-apiserver"
+echo "KUBE_CONTROLLER_MANAGER=$k8s_dir/kube-controller-manager"
+echo "KUBE_SCHEDULER=$k8s_dir/kube-scheduler"
 echo "KUBECTL=$k8s_dir/kubectl"
 echo "ETCD=$etcd_dir/etcd"
+echo "KWOK=$kwok_dir/kwok"

@@ -10,13 +10,17 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from tests.workers import WorkerProcess
+
+if TYPE_CHECKING:
+    from gitops.cluster import Cluster
 
 INTEGRATION_DIR = Path(__file__).parent / "integration"
 # Worker processes inherit this, so their metrics reach this process's /metrics.
@@ -47,6 +51,16 @@ def _point_django_at(env: dict[str, str]) -> None:
     app.conf.update(broker_url=env["CELERY_BROKER_URL"], result_backend=env["REDIS_URL"])
 
 
+def _uncordon_simulated_nodes(env: dict[str, str]) -> None:
+    """A run killed inside `cordoned_nodes` leaves a reused stack's nodes cordoned; undo that."""
+    from kubernetes import client, config
+
+    from tests.workloads import set_unschedulable
+
+    with config.new_client_from_config(config_file=env["KUBECONFIG"]) as api_client:
+        set_unschedulable(client.CoreV1Api(api_client), False)
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[dict[str, str]]:
     from devstack import Stack
@@ -56,6 +70,8 @@ def stack() -> Iterator[dict[str, str]]:
     env = local_stack.up()
     os.environ.update(env)
     _point_django_at(env)
+    if not started_here:
+        _uncordon_simulated_nodes(env)
     yield env
     if started_here and os.environ.get("SLUICE_KEEP_STACK") != "1":
         local_stack.down()
@@ -122,7 +138,104 @@ def cluster(stack: dict[str, str]):
 
 @pytest.fixture
 def namespace(cluster) -> str:
-    """A fresh namespace. None is deleted: without a controller-manager it would never finish terminating."""
+    """A fresh namespace, left in place: the stack's namespace controller could delete it, but
+    emptying a namespace costs it a LIST and a DELETE per resource type, on two shared cores,
+    for a stack that `down` discards anyway."""
     name = f"t-{uuid.uuid4().hex[:10]}"
     cluster.create_namespace(name)
     return name
+
+
+# -- several clusters and real workloads ---------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def member_kubeconfig_contexts(stack: dict[str, str]) -> list[str]:
+    """The contexts of the member clusters in the stack's kubeconfig (``member-1``, ``member-2``)."""
+    return stack["SLUICE_MEMBER_CLUSTERS"].split(",")
+
+
+@pytest.fixture(scope="session")
+def cluster_for(stack: dict[str, str]) -> Iterator[Callable[[str], Cluster]]:
+    """``cluster_for(context)``: a gitops Cluster for one context of the stack's kubeconfig."""
+    from gitops.cluster import Cluster
+
+    connected: dict[str, Cluster] = {}
+
+    def connect(context: str) -> Cluster:
+        if context not in connected:
+            connected[context] = Cluster(stack["KUBECONFIG"], context=context)
+        return connected[context]
+
+    yield connect
+    for opened in connected.values():
+        opened.close()
+
+
+@pytest.fixture(scope="session")
+def kube_client(stack: dict[str, str]) -> Iterator[Callable[..., Any]]:
+    """``kube_client(context=None)``: an official kubernetes ApiClient for a context (default: local)."""
+    from kubernetes import config
+
+    clients: dict[str | None, Any] = {}
+
+    def connect(context: str | None = None) -> Any:
+        if context not in clients:
+            clients[context] = config.new_client_from_config(config_file=stack["KUBECONFIG"], context=context)
+        return clients[context]
+
+    yield connect
+    for opened in clients.values():
+        opened.close()
+
+
+@pytest.fixture(scope="session")
+def core_api(kube_client):
+    from kubernetes import client
+
+    return client.CoreV1Api(kube_client())
+
+
+@pytest.fixture(scope="session")
+def apps_api(kube_client):
+    from kubernetes import client
+
+    return client.AppsV1Api(kube_client())
+
+
+@pytest.fixture
+def deploy_consumer(apps_api, cluster):
+    """Creates a Deployment on the default cluster that reads a ConfigMap through ``envFrom``
+    (the ConfigMap is created when missing) and, unless ``wait=False``, waits for its rollout."""
+    from tests.workloads import consumer_deployment, wait_for_rollout
+
+    def deploy(namespace: str, name: str = "web", *, configmap: str = "app", wait: bool = True, **options):
+        if cluster.get_configmap(namespace, configmap) is None:
+            cluster.apply_configmap(
+                {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": {"name": configmap, "namespace": namespace},
+                    "data": {"GREETING": "hello"},
+                },
+                field_manager="tests",
+            )
+        apps_api.create_namespaced_deployment(namespace, consumer_deployment(name, configmap, **options))
+        if wait:
+            return wait_for_rollout(apps_api, namespace, name)
+        return apps_api.read_namespaced_deployment(name, namespace)
+
+    return deploy
+
+
+@pytest.fixture
+def cordoned_nodes(core_api) -> Iterator[list[str]]:
+    """Every simulated node cordoned for the test, so no new pod can be scheduled.
+
+    The stack is shared by the whole run: the nodes are uncordoned afterwards whatever happens."""
+    from tests.workloads import set_unschedulable
+
+    try:
+        yield set_unschedulable(core_api, True)
+    finally:
+        set_unschedulable(core_api, False)
