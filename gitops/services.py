@@ -25,7 +25,8 @@ from django.utils import timezone
 from gitops import apply, logs, metrics, notifiers, rollouts, selectors, webhooks
 from gitops import secrets as secrets_module
 from gitops.desired.errors import RevisionRejected, ValidationError
-from gitops.desired.revision import DesiredState, ParseCache, load_revision
+from gitops.desired.limits import Limits
+from gitops.desired.revision import READ_PATHS, DesiredState, ParseCache, load_revision
 from gitops.errors import PermanentError, TemporaryError
 from gitops.models import Revision, Rollout, Source, WebhookDelivery
 from gitops.plan import Plan, plan
@@ -299,10 +300,23 @@ def _desired_state(source: Source, revision: Revision) -> DesiredState | None:
     if cached and cached[0] == revision.commit and cached[1] == namespaces:
         return cached[2]
     cache = _parse_caches.setdefault(source.pk, ParseCache())
+    limits = Limits.from_settings(settings)
     with mirror_for(source) as mirror:
-        files = mirror.list_files(revision.commit, source.path)
+        # Sizes come with the listing, so limits reject a revision before any blob is read.
+        tree = mirror.list_tree(
+            revision.commit, source.path, paths=READ_PATHS, max_entries=limits.max_files + 1
+        )
+        files = {path: entry.blob for path, entry in tree.items()}
+        sizes = {path: entry.size for path, entry in tree.items()}
         try:
-            desired = load_revision(files, mirror.read_blobs, cache=cache, operator_namespaces=namespaces)
+            desired = load_revision(
+                files,
+                mirror.read_blobs,
+                sizes=sizes,
+                limits=limits,
+                cache=cache,
+                operator_namespaces=namespaces,
+            )
         except RevisionRejected as rejected:
             Revision.objects.filter(pk=revision.pk).update(
                 outcome=Revision.Outcome.REJECTED, errors=[e.as_dict() for e in rejected.errors]

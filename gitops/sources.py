@@ -20,6 +20,7 @@ import re
 import shlex
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -462,6 +463,12 @@ class ObjectNotFoundError(PermanentError):
 
 
 @dataclass(frozen=True)
+class TreeFile:
+    blob: str  # the blob's sha
+    size: int  # in bytes, from the tree listing: known before the blob is read
+
+
+@dataclass(frozen=True)
 class FetchResult:
     commit: str  # full 40-hex sha of the branch tip after fetch
     previous: str | None  # tip before this fetch (None on first fetch)
@@ -551,26 +558,40 @@ class GitMirror:
     def list_files(self, commit: str, subpath: str = "") -> dict[str, str]:
         """Every blob under ``subpath`` at ``commit`` -> its blob sha; keys relative to ``subpath``, with "/"
         separators; symlinks and submodules skipped."""
+        return {path: entry.blob for path, entry in self.list_tree(commit, subpath).items()}
+
+    def list_tree(
+        self,
+        commit: str,
+        subpath: str = "",
+        *,
+        paths: Sequence[str] = (),
+        max_entries: int | None = None,
+    ) -> dict[str, TreeFile]:
+        """Like ``list_files``, with each blob's size, so that limits apply before any blob is read.
+
+        ``paths`` (relative to ``subpath``) restricts the listing to those files and directories, so a
+        huge tree elsewhere in the repository is never listed. With ``max_entries``, git is stopped
+        after that many entries: a hostile tree of millions of files costs what ``max_entries`` do.
+        """
         commit = _check_object_id(commit, "commit")
         subpath = _normalize_subpath(subpath)
         self._require_mirror()
-        completed = self._local(_git(self.path, "ls-tree", "-r", "-z", f"{commit}:{subpath}"))
-        if completed.returncode != 0:
+        invocation = _git(self.path, "ls-tree", "-r", "-l", "-z", f"{commit}:{subpath}", "--", *paths)
+        records, returncode, stderr = self._local_records(invocation, max_records=max_entries)
+        if returncode != 0:
             self._require_commit(commit)
-            stderr = completed.stderr.decode("utf-8", "replace")
             if "not a tree object" in stderr:
                 raise PermanentError(f"{subpath!r} is not a directory at commit {commit}")
             raise PermanentError(f"{subpath!r} does not exist at commit {commit}")
-        files: dict[str, str] = {}
-        for entry in completed.stdout.split(b"\0"):
-            if not entry:
-                continue
-            meta, _, name = entry.partition(b"\t")
-            mode, kind, sha = meta.split(b" ")
+        files: dict[str, TreeFile] = {}
+        for record in records:
+            meta, _, name = record.partition(b"\t")
+            mode, kind, sha, size = meta.split()
             # Symlinks are blobs too, but their content is a path, not a file.
             if kind == b"blob" and mode != b"120000":
                 # surrogateescape keeps a name that is not UTF-8 round-trippable.
-                files[name.decode("utf-8", "surrogateescape")] = sha.decode("ascii")
+                files[name.decode("utf-8", "surrogateescape")] = TreeFile(sha.decode("ascii"), int(size))
         return files
 
     def read_blob(self, sha: str) -> bytes:
@@ -641,6 +662,40 @@ class GitMirror:
         if exists.returncode != 0:
             raise ObjectNotFoundError(f"commit {commit} is not in the mirror at {self.path}")
 
+    def _local_records(
+        self, invocation: GitInvocation, *, max_records: int | None
+    ) -> tuple[list[bytes], int, str]:
+        """The NUL-terminated records a local git command prints, read as they come; git is stopped
+        once ``max_records`` are read. Returns the records, the exit code (0 when stopped) and stderr."""
+        timed_out = threading.Event()
+        with tempfile.TemporaryFile() as stderr:
+            process = subprocess.Popen(
+                invocation.argv,
+                env=invocation.env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+            )
+
+            def stop() -> None:
+                timed_out.set()
+                process.kill()
+
+            timer = threading.Timer(LOCAL_TIMEOUT, stop)
+            timer.start()
+            try:
+                records, stopped = _read_records(process, max_records)
+            finally:
+                timer.cancel()
+                if process.poll() is None:
+                    process.kill()
+                returncode = process.wait()
+            if timed_out.is_set():
+                raise TemporaryError(f"git took longer than {LOCAL_TIMEOUT:g}s reading {self.path}")
+            stderr.seek(0)
+            message = stderr.read(64 * 1024).decode("utf-8", "replace")
+        return records, 0 if stopped else returncode, message
+
     def _local(self, invocation: GitInvocation) -> subprocess.CompletedProcess[bytes]:
         try:
             return _run(invocation, timeout=LOCAL_TIMEOUT)
@@ -667,6 +722,20 @@ class GitMirror:
             repo.git.update_environment(GIT_DIR=str(self.path), LC_ALL="C")
             self._repo = repo
         return self._repo
+
+
+def _read_records(process: subprocess.Popen[bytes], max_records: int | None) -> tuple[list[bytes], bool]:
+    """Records up to ``max_records``, and whether there were more (then git is left unread)."""
+    if process.stdout is None:
+        raise RuntimeError("git was started without a stdout pipe")
+    records: list[bytes] = []
+    pending = b""
+    while chunk := os.read(process.stdout.fileno(), 64 * 1024):
+        *complete, pending = (pending + chunk).split(b"\0")
+        records.extend(complete)
+        if max_records is not None and len(records) > max_records:
+            return records[:max_records], True
+    return records, False
 
 
 def _ascii(value: str | bytes) -> str:

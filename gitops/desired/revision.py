@@ -187,6 +187,14 @@ def flag_set_name(path: str) -> str:
     return re.sub(r"[^a-z0-9.-]+", "-", stem.lower()).strip("-.")
 
 
+# What Sluice looks at in a repository: the Git listing can be restricted to these.
+READ_PATHS = (POLICY_FILE, CONFIGMAPS_DIR.rstrip("/"), FLAGS_DIR.rstrip("/"))
+
+
+def in_read_paths(path: str) -> bool:
+    return path == POLICY_FILE or path.startswith((CONFIGMAPS_DIR, FLAGS_DIR))
+
+
 def relevant(path: str) -> bool:
     return (
         path == POLICY_FILE
@@ -232,7 +240,10 @@ def load_revision(
     cache.use(limits)
     wanted = {path: blob for path, blob in files.items() if relevant(path)}
     known_sizes = sizes if sizes is not None else {}
-    if problems := size_problems({path: known_sizes.get(path, 0) for path in wanted}, limits):
+    problems = size_problems({path: known_sizes.get(path, 0) for path in wanted}, limits)
+    if too_many := file_count_problem([path for path in files if in_read_paths(path)], limits):
+        problems.insert(0, too_many)
+    if problems:
         raise RevisionRejected(problems)
     parsed, policy_content, errors = _parse_files(
         wanted, read_blobs, cache, limits, check_sizes=sizes is None
@@ -252,20 +263,24 @@ def load_revision(
     return DesiredState(policy=policy, objects=tuple(objects))
 
 
+def file_count_problem(paths: Iterable[str], limits: Limits) -> ValidationError | None:
+    """Too many files in sluice.yaml, configmaps/ and flags/ (including those Sluice ignores there)."""
+    ordered = sorted(paths)
+    if len(ordered) <= limits.max_files:
+        return None
+    return ValidationError(
+        ordered[limits.max_files],
+        None,
+        "",
+        f"more than {limits.max_files:,} files in {POLICY_FILE}, {CONFIGMAPS_DIR} and {FLAGS_DIR}; "
+        f"this one is past the limit{setting_hint('max_files')}",
+    )
+
+
 def size_problems(sizes: Mapping[str, int], limits: Limits) -> list[ValidationError]:
-    """What the number and sizes of a revision's files (path -> bytes) break, in path order."""
+    """What the sizes of the files Sluice reads (path -> bytes) break, in path order."""
     paths = sorted(sizes)
     problems: list[ValidationError] = []
-    if len(paths) > limits.max_files:
-        problems.append(
-            ValidationError(
-                paths[limits.max_files],
-                None,
-                "",
-                f"the revision has {len(paths):,} files Sluice reads ({POLICY_FILE}, {CONFIGMAPS_DIR}, "
-                f"{FLAGS_DIR}); at most {limits.max_files:,} are read{setting_hint('max_files')}",
-            )
-        )
     total = 0
     for path in paths:
         size = sizes[path]
