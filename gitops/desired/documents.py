@@ -49,6 +49,7 @@ _MERGE_TAG: Final = _YAML_TAG + "merge"
 _SCALAR_TAGS: Final = frozenset(
     _YAML_TAG + name for name in ("null", "bool", "int", "float", "str", "binary", "timestamp")
 )
+_COLLECTION_TAGS: Final = frozenset((None, "!", _YAML_TAG + "seq", _YAML_TAG + "map"))
 _SCALAR_BUILDER: Final = yaml.constructor.SafeConstructor()
 
 _RESOLVER: Final = yaml.resolver.Resolver()
@@ -59,6 +60,7 @@ MAX_NUMBER_CHARS: Final = 100
 # without a line. JSON forbids the C0 controls other than tab, LF and CR.
 _NOT_YAML: Final = re.compile("[^\t\n\r\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _NOT_JSON: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f]")
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
 
 
 def dotted(path: PathKey) -> str:
@@ -348,6 +350,9 @@ class _Builder:
             path = self._child_path()
             if path is not None:
                 self.lines.setdefault(path, line)
+        if event.tag not in _COLLECTION_TAGS and path is not None:
+            problem = f"the tag {event.tag!r} is not supported; write a plain list or mapping"
+            self.errors.append(ValidationError(self.file, line, dotted(path), problem))
         if event.anchor is not None:
             self.open_anchors.add(event.anchor)
         value: list[Any] | dict[str, Any] = [] if isinstance(event, yaml.SequenceStartEvent) else {}
@@ -501,16 +506,22 @@ def load_json(
             return [], [problem]
     data, duplicates, problem = _json_data(file, text)
     if problem:
-        return [], [problem]
-    if not documents and (problem := _measure(file, data, limits, usage)):
-        return [], [problem]
+        # A number too long for Python is a value error; the YAML pass has it with its line.
+        return [], (errors if problem.line is None and errors else [problem])
     # A duplicate key makes the two parsers keep different values; the revision is
     # rejected either way, so keep the version that knows its lines.
     if len(documents) == 1 and (documents[0].data == data or (duplicates and errors)):
         return documents, errors
-    # Valid JSON that YAML 1.1 reads differently: keep the data, lose the lines.
+    # Valid JSON that YAML 1.1 reads differently, or cannot read: keep json's data, lose the lines.
+    nodes, problem = _check_json_data(file, data, limits)
+    if problem:
+        return [], [problem]
+    if not documents:
+        usage.nodes += nodes
     errors = [ValidationError(file, None, "", f"duplicate key {_clip(key)!r}") for key in duplicates]
-    return [Document(file, 0, data, {})], errors
+    # Where YAML read the same shape (NaN or 1e5 read as text, say), its lines still hold.
+    lines = documents[0].lines if len(documents) == 1 and not duplicates else {}
+    return [Document(file, 0, data, lines)], errors
 
 
 def _too_many_json_values(file: str, text: str, limits: Limits) -> ValidationError | None:
@@ -560,28 +571,29 @@ def _json_data(file: str, text: str) -> tuple[Any, list[str], ValidationError | 
         return None, duplicates, ValidationError(file, None, "", f"JSON value error: {_clip(str(exc), 120)}")
 
 
-def _measure(file: str, data: Any, limits: Limits, usage: Usage) -> ValidationError | None:
-    """The limits, applied to data json built on its own (without a line to point at)."""
+def _check_json_data(file: str, data: Any, limits: Limits) -> tuple[int, ValidationError | None]:
+    """The values json built on its own (no YAML pass vouched for them), and what of the limits
+    they break; also the lone surrogates JSON's escapes allow and no UTF-8 text can hold."""
+    nodes = 0
     pending: list[tuple[Any, int]] = [(data, 0)]
     while pending:
         value, depth = pending.pop()
-        usage.nodes += 1
-        if usage.nodes > limits.max_file_nodes:
-            return ValidationError(
-                file,
-                None,
-                "",
-                f"the file holds more than {limits.max_file_nodes:,} values{setting_hint('max_file_nodes')}",
+        nodes += 1
+        problem = None
+        if nodes > limits.max_file_nodes:
+            problem = (
+                f"the file holds more than {limits.max_file_nodes:,} values{setting_hint('max_file_nodes')}"
             )
-        if isinstance(value, dict | list):
-            if depth + 1 > limits.max_depth:
-                return ValidationError(
-                    file,
-                    None,
-                    "",
-                    f"lists and mappings are nested more than {limits.max_depth} deep"
-                    f"{setting_hint('max_depth')}",
-                )
-            children = value.values() if isinstance(value, dict) else value
-            pending.extend((child, depth + 1) for child in children)
-    return None
+        elif isinstance(value, str) and _SURROGATE.search(value):
+            problem = f"{_clip(value)!r} holds a lone UTF-16 surrogate escape (\\ud800-\\udfff)"
+        elif isinstance(value, dict | list) and depth + 1 > limits.max_depth:
+            problem = (
+                f"lists and mappings are nested more than {limits.max_depth} deep{setting_hint('max_depth')}"
+            )
+        if problem:
+            return nodes, ValidationError(file, None, "", problem)
+        if isinstance(value, dict):
+            pending.extend((child, depth + 1) for child in (*value, *value.values()))
+        elif isinstance(value, list):
+            pending.extend((child, depth + 1) for child in value)
+    return nodes, None

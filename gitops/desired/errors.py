@@ -14,8 +14,12 @@ MAX_MESSAGE_CHARS: Final = 1000
 
 
 def clipped(text: str, limit: int) -> str:
-    """``text`` cut to ``limit`` characters, the cut marked with an ellipsis."""
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """``text`` cut to ``limit`` characters from its middle, where a quoted value usually is:
+    the start says what is wrong, the end how to fix it."""
+    if len(text) <= limit:
+        return text
+    tail = limit // 3
+    return text[: limit - tail - 3] + " … " + text[-tail:]
 
 
 @dataclass(frozen=True, order=True)

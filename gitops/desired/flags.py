@@ -19,10 +19,11 @@ from __future__ import annotations
 import copy
 import datetime
 import difflib
+import itertools
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
@@ -668,21 +669,15 @@ def _count(fewest: int, most: int | None) -> str:
     return f"{fewest} to {most} {arguments}"
 
 
-def _some(names: Iterable[str]) -> str:
+def _some(names: Collection[str]) -> str:
     """The first few names, comma-separated, and how many more there are."""
-    listed: list[str] = []
-    more = 0
-    for name in names:
-        if len(listed) < _MAX_LISTED_NAMES:
-            listed.append(name)
-        else:
-            more += 1
-    return ", ".join(listed) + (f" and {more:,} more" if more else "")
+    listed = ", ".join(itertools.islice(names, _MAX_LISTED_NAMES))
+    more = len(names) - _MAX_LISTED_NAMES
+    return listed + (f" and {more:,} more" if more > 0 else "")
 
 
-def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+def _did_you_mean(word: str, choices: Collection[str]) -> str:
     """`` (did you mean "x"?)`` for a near miss among ``choices``, ignoring case, else ``""``."""
-    choices = list(choices)
     if len(word) > _MAX_SUGGESTION_CHARS or len(choices) > _MAX_SUGGESTION_CHOICES:
         return ""
     by_lower = {choice.lower(): choice for choice in choices if len(choice) <= _MAX_SUGGESTION_CHARS}

@@ -30,7 +30,7 @@ class Limits:
     # whole anchored value again. This is what bounds a "billion laughs" alias bomb.
     max_file_nodes: int = 100_000
     # The same, added up over the revision: what a revision may keep in a worker's memory.
-    max_revision_nodes: int = 1_000_000
+    max_revision_nodes: int = 500_000
     # Alias uses (*name) per file.
     max_aliases: int = 1_000
     # Lists and mappings nested in each other (flow, block and JSON alike).

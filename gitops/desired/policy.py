@@ -348,10 +348,12 @@ def load_policy(
     if content is None:
         return _with_defaults(Policy()), []
     documents, errors = load_yaml(file, content, limits=limits, usage=usage)
+    # A broken policy still gets the defaults, so that the rest of the revision is judged
+    # against something sensible rather than against no allowed namespace at all.
     if errors:
-        return Policy(), errors
+        return _with_defaults(Policy()), errors
     if len(documents) > 1:
-        return Policy(), [
+        return _with_defaults(Policy()), [
             ValidationError(file, documents[1].line_of(), "", "must hold a single YAML document")
         ]
     if not documents:

@@ -240,7 +240,8 @@ def load_revision(
     cache.use(limits)
     wanted = {path: blob for path, blob in files.items() if relevant(path)}
     known_sizes = sizes if sizes is not None else {}
-    problems = size_problems({path: known_sizes.get(path, 0) for path in wanted}, limits)
+    problems = name_problems(wanted)
+    problems += size_problems({path: known_sizes.get(path, 0) for path in wanted}, limits)
     if too_many := file_count_problem([path for path in files if in_read_paths(path)], limits):
         problems.insert(0, too_many)
     if problems:
@@ -263,13 +264,37 @@ def load_revision(
     return DesiredState(policy=policy, objects=tuple(objects))
 
 
+_UNPRINTABLE_NAME = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+def shown_path(path: str) -> str:
+    """A path as errors show it: bytes that are not UTF-8 and control characters escaped."""
+    text = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return _UNPRINTABLE_NAME.sub(lambda match: match[0].encode("unicode_escape").decode("ascii"), text)
+
+
+def name_problems(paths: Iterable[str]) -> list[ValidationError]:
+    """Files whose names are not printable UTF-8: they would break every log line, page and
+    database row that names them, so they are rejected rather than read."""
+    return [
+        ValidationError(
+            shown_path(path),
+            None,
+            "",
+            "the file name is not UTF-8 text or holds control characters; rename it",
+        )
+        for path in sorted(paths)
+        if _UNPRINTABLE_NAME.search(path)
+    ]
+
+
 def file_count_problem(paths: Iterable[str], limits: Limits) -> ValidationError | None:
     """Too many files in sluice.yaml, configmaps/ and flags/ (including those Sluice ignores there)."""
     ordered = sorted(paths)
     if len(ordered) <= limits.max_files:
         return None
     return ValidationError(
-        ordered[limits.max_files],
+        shown_path(ordered[limits.max_files]),
         None,
         "",
         f"more than {limits.max_files:,} files in {POLICY_FILE}, {CONFIGMAPS_DIR} and {FLAGS_DIR}; "
@@ -287,7 +312,7 @@ def size_problems(sizes: Mapping[str, int], limits: Limits) -> list[ValidationEr
         if size > limits.max_file_bytes:
             problems.append(
                 ValidationError(
-                    path,
+                    shown_path(path),
                     None,
                     "",
                     f"the file is {size:,} bytes; files are read up to {limits.max_file_bytes:,} bytes"
@@ -297,7 +322,7 @@ def size_problems(sizes: Mapping[str, int], limits: Limits) -> list[ValidationEr
         if total <= limits.max_revision_bytes < total + size:
             problems.append(
                 ValidationError(
-                    path,
+                    shown_path(path),
                     None,
                     "",
                     f"with this file the files Sluice reads add up to more than "
