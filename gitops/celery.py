@@ -3,7 +3,7 @@ import os
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import worker_process_shutdown
+from celery.signals import task_postrun, worker_process_shutdown
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sluice.settings")
 
@@ -13,7 +13,7 @@ app.autodiscover_tasks(["gitops"])
 
 log = logging.getLogger(__name__)
 
-# Long enough to outlive any redelivery, short enough that Redis forgets old tasks.
+# Long enough to outlive any redelivery, short enough that Redis forgets tasks it never saw finish.
 STARTS_TTL_SECONDS = 24 * 3600
 _REDIS_TIMEOUT_SECONDS = 2
 
@@ -26,28 +26,38 @@ def _forget_exited_process(pid: int | None = None, **_: object) -> None:
     metrics.process_exited(pid or os.getpid())
 
 
-def starts_of_this_delivery(task: Task[Any, Any]) -> int:
-    """How many times this delivery of ``task`` has started, this start included (1 the first time).
-
-    Tasks are acknowledged late and rejected back onto the queue when their worker
-    process dies, so a task that kills its worker (out of memory, a segfault, a
-    SIGKILL) would start again, on one worker after another, forever. Its starts are
-    counted in Redis under its id and retry number (a retry is a new delivery, a
-    redelivery is not); a caller compares the count with SLUICE_MAX_TASK_DELIVERIES.
-    When Redis cannot be reached the task is let through (0): the broker is Redis
-    too, so that failure shows everywhere else.
-    """
+def _redis() -> Any:
     import redis  # noqa: PLC0415 - only workers need it
     from django.conf import settings  # noqa: PLC0415 - settings are configured when tasks run
 
-    if task.request.id is None:  # called directly, not through a worker
-        return 1
-    key = f"sluice:task-starts:{task.request.id}:{task.request.retries or 0}"
-    client = redis.Redis.from_url(
+    return redis.Redis.from_url(
         settings.REDIS_URL,
         socket_timeout=_REDIS_TIMEOUT_SECONDS,
         socket_connect_timeout=_REDIS_TIMEOUT_SECONDS,
     )
+
+
+def _unfinished_key(task_id: str) -> str:
+    return f"sluice:task-unfinished:{task_id}"
+
+
+def unfinished_starts(task: Task[Any, Any]) -> int:
+    """How many times ``task`` has started without finishing, this start included (1 normally).
+
+    Tasks are acknowledged late and put back on the queue when their worker process
+    dies, so a task that kills its worker (out of memory, a segfault, a SIGKILL)
+    would start again, on one worker after another, forever. Each start is counted
+    in Redis under the task's id, and the count is cleared when the task finishes in
+    any way, a retry included (``_forget_finished_task``): what remains counts the
+    starts whose worker died. When Redis cannot be reached the task is let through
+    (0): the broker is Redis too, so that failure shows everywhere else.
+    """
+    import redis  # noqa: PLC0415 - only workers need it
+
+    if task.request.id is None:  # called directly, not through a worker
+        return 1
+    key = _unfinished_key(task.request.id)
+    client = _redis()
     try:
         with client.pipeline() as pipeline:
             pipeline.incr(key)
@@ -61,15 +71,29 @@ def starts_of_this_delivery(task: Task[Any, Any]) -> int:
     return int(starts)
 
 
+@task_postrun.connect
+def _forget_finished_task(task_id: str | None = None, **_: object) -> None:
+    import redis  # noqa: PLC0415 - only workers need it
+
+    if task_id is None:
+        return
+    client = _redis()
+    try:
+        client.delete(_unfinished_key(task_id))
+    except redis.RedisError as exc:
+        log.warning("cannot clear the start count of task %s: %s", task_id, exc)
+    finally:
+        client.close()
+
+
 def redelivered_too_often(task: Task[Any, Any]) -> int:
-    """When this start of ``task`` is past SLUICE_MAX_TASK_DELIVERIES: how many earlier starts there
-    were (each ended with its worker process dead), and the task must not run. Otherwise 0."""
+    """When ``task`` has already started SLUICE_MAX_TASK_DELIVERIES times without finishing (its
+    worker process died each time): that number, and the task must not run. Otherwise 0."""
     from django.conf import settings  # noqa: PLC0415 - settings are configured when tasks run
 
-    starts = starts_of_this_delivery(task)
-    if starts <= settings.SLUICE_MAX_TASK_DELIVERIES:
+    died = unfinished_starts(task) - 1
+    if died < settings.SLUICE_MAX_TASK_DELIVERIES:
         return 0
-    died = starts - 1
     log.error(
         "task %s[%s] is not started again: its worker process died %d times running it",
         task.name,

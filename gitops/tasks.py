@@ -2,8 +2,8 @@
 
 Only temporary errors are retried; a busy source is retried quickly, since the
 run holding it finishes soon and also picks up the request. A task whose worker
-process keeps dying while it runs it is stopped after SLUICE_MAX_TASK_DELIVERIES
-starts (``gitops.celery.redelivered_too_often``), and its failure is recorded.
+process died SLUICE_MAX_TASK_DELIVERIES times while running it is not started
+again (``gitops.celery.redelivered_too_often``), and its failure is recorded.
 """
 
 import logging

@@ -147,8 +147,8 @@ SLUICE_MAX_REVISION_NODES = env_int("SLUICE_MAX_REVISION_NODES", 500_000)
 SLUICE_MAX_ALIASES = env_int("SLUICE_MAX_ALIASES", 1_000)
 SLUICE_MAX_DEPTH = env_int("SLUICE_MAX_DEPTH", 64)
 SLUICE_MAX_OBJECTS = env_int("SLUICE_MAX_OBJECTS", 100_000)
-# A task whose worker process died this many times (killed, out of memory, crashed) is not
-# started again: acks_late would otherwise hand it to the next worker forever.
+# A task whose worker process died this many times while running it (killed, out of memory,
+# crashed) is not started again: acks_late would otherwise hand it to the next worker forever.
 SLUICE_MAX_TASK_DELIVERIES = env_int("SLUICE_MAX_TASK_DELIVERIES", 3)
 # When set, /metrics wants "Authorization: Bearer <token>".
 SLUICE_METRICS_TOKEN = env.get("SLUICE_METRICS_TOKEN", "")

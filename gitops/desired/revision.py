@@ -390,32 +390,16 @@ def _expand(
     errors: list[ValidationError],
     limits: Limits = DEFAULT_LIMITS,
 ) -> list[DesiredObject]:
-    # Many objects share few namespaces: each namespace is judged once.
-    @functools.cache
-    def permitted(namespace: str) -> str | None:
-        if not policy.allows(namespace):
-            allowed = ", ".join(policy.allowed_namespaces)
-            return f"namespace {namespace!r} is not allowed by {POLICY_FILE} (allowedNamespaces: {allowed})"
-        if operator_namespaces and not any(fnmatch.fnmatchcase(namespace, p) for p in operator_namespaces):
-            allowed = ", ".join(operator_namespaces)
-            return f"namespace {namespace!r} is outside the namespaces this source may manage ({allowed})"
-        return None
-
+    permitted = _namespace_check(policy, operator_namespaces)
     objects: list[DesiredObject] = []
     seen: dict[tuple[str, str], tuple[str, int | None]] = {}
 
     def add(obj: DesiredObject, field_name: str) -> None:
         first = seen.get(obj.key)
         if first is not None:
-            errors.append(
-                ValidationError(
-                    obj.origin,
-                    obj.line,
-                    field_name,
-                    f"ConfigMap {obj.namespace}/{obj.name} is already defined in {first[0]}"
-                    + (f" line {first[1]}" if first[1] else ""),
-                )
-            )
+            where = first[0] + (f" line {first[1]}" if first[1] else "")
+            message = f"ConfigMap {obj.namespace}/{obj.name} is already defined in {where}"
+            errors.append(ValidationError(obj.origin, obj.line, field_name, message))
             return
         if len(objects) >= limits.max_objects:
             raise _TooManyObjects(obj.origin)
@@ -448,16 +432,29 @@ def _expand(
                         "metadata.name",
                     )
     except _TooManyObjects as too_many:
-        errors.append(
-            ValidationError(
-                too_many.path,
-                None,
-                "",
-                f"with this file the revision expands to more than {limits.max_objects:,} ConfigMaps "
-                f"(one per target namespace){setting_hint('max_objects')}",
-            )
+        message = (
+            f"with this file the revision expands to more than {limits.max_objects:,} ConfigMaps "
+            f"(one per target namespace){setting_hint('max_objects')}"
         )
+        errors.append(ValidationError(too_many.path, None, "", message))
     return objects
+
+
+def _namespace_check(policy: Policy, operator_namespaces: tuple[str, ...]) -> Callable[[str], str | None]:
+    """Why a namespace may not be written to, or None; each namespace is judged once, since
+    many objects share few namespaces."""
+
+    @functools.cache
+    def permitted(namespace: str) -> str | None:
+        if not policy.allows(namespace):
+            allowed = ", ".join(policy.allowed_namespaces)
+            return f"namespace {namespace!r} is not allowed by {POLICY_FILE} (allowedNamespaces: {allowed})"
+        if operator_namespaces and not any(fnmatch.fnmatchcase(namespace, p) for p in operator_namespaces):
+            allowed = ", ".join(operator_namespaces)
+            return f"namespace {namespace!r} is outside the namespaces this source may manage ({allowed})"
+        return None
+
+    return permitted
 
 
 def _flag_set_object(

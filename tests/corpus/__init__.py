@@ -59,6 +59,11 @@ class Case:
         return {path: _fill(content, namespaces) for path, content in files.items()}
 
 
+def baseline_revision(namespaces: tuple[str, str] = ("team-a", "team-b")) -> dict[str, bytes]:
+    """The good revision every case starts from, with the namespaces filled in."""
+    return {path: _fill(content, namespaces) for path, content in BASELINE.items()}
+
+
 def _fill(content: bytes, namespaces: tuple[str, str]) -> bytes:
     for placeholder, namespace in zip(PLACEHOLDERS, namespaces, strict=True):
         content = content.replace(placeholder.encode(), namespace.encode())
@@ -92,24 +97,35 @@ def all_cases(limits: Limits = DEFAULT_LIMITS) -> list[Case]:
 
 
 def generated_cases(limits: Limits = DEFAULT_LIMITS) -> list[Case]:
-    return [generate(limits) for generate in GENERATORS]
+    return [generate(limits) for generate in GENERATORS.values()]
+
+
+def case_named(name: str, limits: Limits = DEFAULT_LIMITS) -> Case:
+    """One case, built alone (a generated one without building the others)."""
+    if name in GENERATORS:
+        return GENERATORS[name](limits)
+    (case,) = [case for case in static_cases() if case.name == name]
+    return case
 
 
 # -- generated cases ------------------------------------------------------------------------------
 
-GENERATORS: list[Callable[[Limits], Case]] = []
+GENERATORS: dict[str, Callable[[Limits], Case]] = {}
 
 
-def generator(function: Callable[[Limits], Case]) -> Callable[[Limits], Case]:
-    GENERATORS.append(function)
-    return function
+def generator(name: str) -> Callable[[Callable[[Limits], Case]], Callable[[Limits], Case]]:
+    def register(function: Callable[[Limits], Case]) -> Callable[[Limits], Case]:
+        GENERATORS[name] = function
+        return function
+
+    return register
 
 
 def _configmap(name: str, data: str = "") -> bytes:
     return f"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n{data or '  A: x'}\n".encode()
 
 
-@generator
+@generator("size-file-over-limit")
 def file_too_big(limits: Limits) -> Case:
     content = b"# padding\n" * (limits.max_file_bytes // 10 + 1)
     return Case(
@@ -123,7 +139,7 @@ def file_too_big(limits: Limits) -> Case:
     )
 
 
-@generator
+@generator("size-too-many-files")
 def too_many_files(limits: Limits) -> Case:
     # One content for all: Git stores one blob, and the count alone must refuse the revision.
     files = {f"configmaps/many/cm-{index:06d}.yaml": b"# empty\n" for index in range(limits.max_files)}
@@ -140,7 +156,7 @@ def too_many_files(limits: Limits) -> Case:
     )
 
 
-@generator
+@generator("size-revision-over-limit")
 def revision_too_big(limits: Limits) -> Case:
     per_file = min(limits.max_file_bytes, limits.max_revision_bytes)
     content = (b"# padding\n" * (per_file // 10))[:per_file]
@@ -165,7 +181,7 @@ def revision_too_big(limits: Limits) -> Case:
     )
 
 
-@generator
+@generator("values-file-over-limit")
 def file_with_too_many_values(limits: Limits) -> Case:
     # A root list (value 1) of items; item k is value k + 1, on line k.
     content = b"- a\n" * (limits.max_file_nodes + 1)
@@ -180,7 +196,7 @@ def file_with_too_many_values(limits: Limits) -> Case:
     )
 
 
-@generator
+@generator("values-empty-documents")
 def many_empty_documents(limits: Limits) -> Case:
     # Each empty document is a null value: the count stops them too.
     return Case(
@@ -194,7 +210,7 @@ def many_empty_documents(limits: Limits) -> Case:
     )
 
 
-@generator
+@generator("values-revision-over-limit")
 def revision_with_too_many_values(limits: Limits) -> Case:
     # Files each within max_file_nodes that cross max_revision_nodes only with the last one,
     # whatever the (few hundred) values of the baseline add.
@@ -213,7 +229,7 @@ def revision_with_too_many_values(limits: Limits) -> Case:
     )
 
 
-@generator
+@generator("aliases-over-limit")
 def too_many_aliases(limits: Limits) -> Case:
     # Line 1 anchors a scalar; line k + 1 holds alias k.
     content = b"- &a x\n" + b"- *a\n" * (limits.max_aliases + 1)
@@ -228,7 +244,7 @@ def too_many_aliases(limits: Limits) -> Case:
     )
 
 
-@generator
+@generator("aliases-doubling-chain")
 def alias_chain(limits: Limits) -> Case:
     # Each line doubles the last: 2**n values from n short lines, refused at the value count.
     lines = ["a0: &a0 [x, x]"] + [f"a{n}: &a{n} [*a{n - 1}, *a{n - 1}]" for n in range(1, 64)]
@@ -264,7 +280,7 @@ def _deep(
     )
 
 
-@generator
+@generator("depth-flow-sequence")
 def deep_flow_sequence(limits: Limits) -> Case:
     return _deep(
         "depth-flow-sequence",
@@ -277,7 +293,7 @@ def deep_flow_sequence(limits: Limits) -> Case:
     )
 
 
-@generator
+@generator("depth-flow-mapping")
 def deep_flow_mapping(limits: Limits) -> Case:
     return _deep(
         "depth-flow-mapping",
@@ -290,7 +306,7 @@ def deep_flow_mapping(limits: Limits) -> Case:
     )
 
 
-@generator
+@generator("depth-block-sequence")
 def deep_block_sequence(limits: Limits) -> Case:
     return _deep(
         "depth-block-sequence",
@@ -303,14 +319,14 @@ def deep_block_sequence(limits: Limits) -> Case:
     )
 
 
-@generator
+@generator("depth-json")
 def deep_json(limits: Limits) -> Case:
     return _deep(
         "depth-json", "a JSON flag set nested 50,000 deep", FLAGS, b'{"flags": ', b"{}", b"}", limits
     )
 
 
-@generator
+@generator("values-json-without-yaml")
 def json_values_without_lines(limits: Limits) -> Case:
     # A leading tab makes libyaml give up, so json's own parse would have to build it all.
     content = b"\t[" + b"[]," * (limits.max_file_nodes + 1) + b"[]]"
@@ -325,7 +341,7 @@ def json_values_without_lines(limits: Limits) -> Case:
     )
 
 
-@generator
+@generator("key-one-megabyte")
 def huge_key(limits: Limits) -> Case:
     size = min(1024 * 1024, limits.max_file_bytes // 2)
     return Case(
@@ -340,7 +356,7 @@ def huge_key(limits: Limits) -> Case:
     )
 
 
-@generator
+@generator("configmap-over-1mib")
 def configmap_over_one_mebibyte(limits: Limits) -> Case:
     size = 1024 * 1024 + 1
     return Case(
@@ -354,7 +370,7 @@ def configmap_over_one_mebibyte(limits: Limits) -> Case:
     )
 
 
-@generator
+@generator("annotations-over-256kib")
 def annotations_over_limit(limits: Limits) -> Case:
     value = "y" * (256 * 1024 + 1)
     content = (
@@ -372,7 +388,7 @@ def annotations_over_limit(limits: Limits) -> Case:
     )
 
 
-@generator
+@generator("errors-five-hundred")
 def many_errors(limits: Limits) -> Case:
     data = "\n".join(f"  K{index}: {index}" for index in range(500))
     return Case(
@@ -386,7 +402,7 @@ def many_errors(limits: Limits) -> Case:
     )
 
 
-@generator
+@generator("policy-too-many-namespaces")
 def policy_too_many_namespaces(limits: Limits) -> Case:
     names = ", ".join(f'"ns-{index:04d}"' for index in range(1001))
     return Case(
@@ -400,7 +416,7 @@ def policy_too_many_namespaces(limits: Limits) -> Case:
     )
 
 
-@generator
+@generator("policy-too-many-steps")
 def policy_too_many_steps(limits: Limits) -> Case:
     steps = "".join("    - pause: {duration: 1s}\n" for _ in range(101))
     return Case(
@@ -414,7 +430,7 @@ def policy_too_many_steps(limits: Limits) -> Case:
     )
 
 
-@generator
+@generator("objects-over-limit")
 def too_many_objects(limits: Limits) -> Case:
     targets = min(1000, limits.max_objects)
     names = ", ".join(f'"ns-{index:04d}"' for index in range(targets))
@@ -435,7 +451,7 @@ def too_many_objects(limits: Limits) -> Case:
     )
 
 
-@generator
+@generator("flags-many-missing-references")
 def many_bad_references(limits: Limits) -> Case:
     # Thousands of evaluators and thousands of $refs to missing ones: each miss once compared
     # itself with every evaluator name (quadratic), and listed them all.
@@ -460,7 +476,7 @@ def many_bad_references(limits: Limits) -> Case:
     )
 
 
-@generator
+@generator("file-name-not-utf8")
 def name_not_utf8(limits: Limits) -> Case:
     return Case(
         "file-name-not-utf8",
@@ -473,7 +489,7 @@ def name_not_utf8(limits: Limits) -> Case:
     )
 
 
-@generator
+@generator("file-name-newline")
 def name_with_newline(limits: Limits) -> Case:
     return Case(
         "file-name-newline",

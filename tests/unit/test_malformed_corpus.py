@@ -9,7 +9,7 @@ import pytest
 from gitops.desired.errors import RevisionRejected, ValidationError
 from gitops.desired.limits import DEFAULT_LIMITS, Limits
 from gitops.desired.revision import ParseCache, load_revision
-from tests.corpus import MALFORMED, Case, all_cases, generated_cases, static_cases
+from tests.corpus import GENERATORS, MALFORMED, Case, all_cases, case_named, generated_cases, static_cases
 
 CASES = all_cases(DEFAULT_LIMITS)
 
@@ -47,6 +47,7 @@ def test_the_corpus_holds_at_least_100_revisions_each_listed_in_its_readme():
     assert [name for name in names if f"`{name}`" not in readme] == []
     directories = {path.name for path in MALFORMED.iterdir() if path.is_dir()}
     assert directories == {case.name for case in static_cases()}
+    assert [case_named(name).name for name in GENERATORS] == list(GENERATORS)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
