@@ -43,6 +43,8 @@ MIRROR_REF_PREFIX = "refs/sluice/heads/"
 LOCAL_TIMEOUT = 60.0
 
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+# Tree entries of regular files (and executable ones); symlinks are 120000, submodules 160000.
+_FILE_MODES = (b"100644 ", b"100755 ")
 _OBJECT_ID = re.compile(r"[0-9a-fA-F]{4,64}")
 # Userinfo runs from "://" to the last "@" before the path; a greedy class that
 # stops at "/", whitespace and quotes finds it in URLs and inside git's messages.
@@ -572,13 +574,14 @@ class GitMirror:
 
         ``paths`` (relative to ``subpath``) restricts the listing to those files and directories, so a
         huge tree elsewhere in the repository is never listed. With ``max_entries``, git is stopped
-        after that many entries: a hostile tree of millions of files costs what ``max_entries`` do.
+        after that many files: a hostile tree of millions of files costs what ``max_entries`` do, and
+        a caller that asks for one more than it accepts can tell a cut listing from a complete one.
         """
         commit = _check_object_id(commit, "commit")
         subpath = _normalize_subpath(subpath)
         self._require_mirror()
         invocation = _git(self.path, "ls-tree", "-r", "-l", "-z", f"{commit}:{subpath}", "--", *paths)
-        records, returncode, stderr = self._local_records(invocation, max_records=max_entries)
+        records, returncode, stderr = self._local_records(invocation, max_files=max_entries)
         if returncode != 0:
             self._require_commit(commit)
             if "not a tree object" in stderr:
@@ -663,10 +666,10 @@ class GitMirror:
             raise ObjectNotFoundError(f"commit {commit} is not in the mirror at {self.path}")
 
     def _local_records(
-        self, invocation: GitInvocation, *, max_records: int | None
+        self, invocation: GitInvocation, *, max_files: int | None
     ) -> tuple[list[bytes], int, str]:
-        """The NUL-terminated records a local git command prints, read as they come; git is stopped
-        once ``max_records`` are read. Returns the records, the exit code (0 when stopped) and stderr."""
+        """The records ``git ls-tree -z`` prints, read as they come; git is stopped once ``max_files``
+        files are listed. Returns the records, the exit code (0 when stopped) and stderr."""
         timed_out = threading.Event()
         with tempfile.TemporaryFile() as stderr:
             process = subprocess.Popen(
@@ -684,7 +687,7 @@ class GitMirror:
             timer = threading.Timer(LOCAL_TIMEOUT, stop)
             timer.start()
             try:
-                records, stopped = _read_records(process, max_records)
+                records, stopped = _read_records(process, max_files)
             finally:
                 timer.cancel()
                 if process.poll() is None:
@@ -724,17 +727,22 @@ class GitMirror:
         return self._repo
 
 
-def _read_records(process: subprocess.Popen[bytes], max_records: int | None) -> tuple[list[bytes], bool]:
-    """Records up to ``max_records``, and whether there were more (then git is left unread)."""
+def _read_records(process: subprocess.Popen[bytes], max_files: int | None) -> tuple[list[bytes], bool]:
+    """``ls-tree`` records up to the one listing file number ``max_files``, and whether git had more
+    (then the rest is left unread). Only regular files count: symlinks and submodules, which the
+    listing skips, must not make a cut listing look complete."""
     if process.stdout is None:
         raise RuntimeError("git was started without a stdout pipe")
     records: list[bytes] = []
+    files = 0
     pending = b""
     while chunk := os.read(process.stdout.fileno(), 64 * 1024):
         *complete, pending = (pending + chunk).split(b"\0")
-        records.extend(complete)
-        if max_records is not None and len(records) > max_records:
-            return records[:max_records], True
+        for record in complete:
+            if max_files is not None and files == max_files:
+                return records, True
+            records.append(record)
+            files += record.startswith(_FILE_MODES)
     return records, False
 
 

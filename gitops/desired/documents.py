@@ -132,7 +132,6 @@ class _Frame:
 
     value: list[Any] | dict[str, Any]
     path: PathKey | None
-    line: int
     anchor: str | None
     nodes_before: int
     height: int = 1
@@ -356,7 +355,7 @@ class _Builder:
         if event.anchor is not None:
             self.open_anchors.add(event.anchor)
         value: list[Any] | dict[str, Any] = [] if isinstance(event, yaml.SequenceStartEvent) else {}
-        self.stack.append(_Frame(value, path, line, event.anchor, self.usage.nodes))
+        self.stack.append(_Frame(value, path, event.anchor, self.usage.nodes))
 
     def _close(self, _: yaml.CollectionEndEvent) -> None:
         frame = self.stack.pop()

@@ -13,6 +13,7 @@ benchmark), and it shows that the settings reach the worker.
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import time
 import uuid
@@ -90,6 +91,38 @@ def check(case: Case, code: int, output: str, before: dict, after: dict) -> str 
     if after != before:
         return f"{case.name}: the cluster changed"
     return None
+
+
+def test_the_tree_listing_gives_sizes_stays_in_the_read_paths_and_stops_at_its_limit(repo, tmp_path):
+    from gitops.desired.revision import READ_PATHS
+    from gitops.sources import GitMirror, TreeFile
+
+    repo.write_all(
+        {
+            "sluice.yaml": b"prune: true\n",
+            "configmaps/a.yaml": b"x" * 3000,
+            "configmaps/b.yaml": b"y",
+            "configmaps-old/c.yaml": b"z",
+            "docs/huge.bin": b"0" * 100_000,
+        }
+    )
+    # Symlinks come first in the listing and are skipped: they must not count as files.
+    for index in range(3):
+        os.symlink("a.yaml", repo.work / "configmaps" / f"0-link-{index}.yaml")
+    commit = repo.commit("tree")
+    with GitMirror(tmp_path / "mirror.git") as mirror:
+        mirror.fetch(repo.url, "main")
+
+        listed = mirror.list_tree(commit, paths=READ_PATHS)
+        cut = mirror.list_tree(commit, paths=READ_PATHS, max_entries=2)
+
+    assert {path: entry.size for path, entry in listed.items()} == {
+        "sluice.yaml": 12,
+        "configmaps/a.yaml": 3000,
+        "configmaps/b.yaml": 1,
+    }
+    assert isinstance(listed["sluice.yaml"], TreeFile)
+    assert sorted(cut) == ["configmaps/a.yaml", "configmaps/b.yaml"]
 
 
 def test_each_malformed_revision_is_refused_by_the_cli_and_the_next_good_one_applies(
