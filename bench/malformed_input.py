@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -55,7 +56,7 @@ def largest_allowed_revision() -> dict[str, bytes]:
     return files
 
 
-def measure(name: str) -> dict[str, object]:
+def measure(name: str) -> dict[str, Any]:
     """Runs in the child process: loads one case and reports what it cost."""
     from gitops.desired.errors import RevisionRejected
     from gitops.desired.revision import ParseCache, load_revision
@@ -90,17 +91,16 @@ def measure(name: str) -> dict[str, object]:
     }
 
 
-def run_case(name: str) -> dict[str, object]:
+def run_case(name: str) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, __file__, "--case", name], capture_output=True, text=True, check=False, timeout=300
     )
     if done.returncode != 0:
         return {"case": name, "error": done.stderr[-2000:]}
-    result: dict[str, object] = json.loads(done.stdout)
-    return result
+    return dict(json.loads(done.stdout))
 
 
-def problems_of(result: dict[str, object]) -> list[str]:
+def problems_of(result: dict[str, Any]) -> list[str]:
     if "error" in result:
         return [f"crashed: {result['error']}"]
     if result["case"] == LARGEST_ALLOWED:
@@ -113,19 +113,19 @@ def problems_of(result: dict[str, object]) -> list[str]:
         found.append("accepted")
     if not result["names_file"]:
         found.append("the errors do not name the offending file")
-    if float(result["seconds"]) > seconds_bound:  # type: ignore[arg-type]
+    if float(result["seconds"]) > seconds_bound:
         found.append(f"took {result['seconds']:.2f} s (bound {seconds_bound:g} s)")
-    if float(result["extra_mib"]) > mib_bound:  # type: ignore[arg-type]
+    if float(result["extra_mib"]) > mib_bound:
         found.append(f"used {result['extra_mib']:.1f} MiB (bound {mib_bound:g} MiB)")
     return found
 
 
-def report(results: list[dict[str, object]]) -> int:
+def report(results: list[dict[str, Any]]) -> int:
     cases = [r for r in results if r["case"] != LARGEST_ALLOWED and "error" not in r]
     for title, wide in (("file cases", False), ("revision-wide cases", True)):
         group = [r for r in cases if r["revision_wide"] == wide]
-        slowest = max(group, key=lambda r: float(r["seconds"]))  # type: ignore[arg-type]
-        biggest = max(group, key=lambda r: float(r["extra_mib"]))  # type: ignore[arg-type]
+        slowest = max(group, key=lambda r: float(r["seconds"]))
+        biggest = max(group, key=lambda r: float(r["extra_mib"]))
         print(
             f"{title}: {len(group)}; worst time {slowest['seconds']:.3f} s ({slowest['case']}); "
             f"worst extra memory {biggest['extra_mib']:.1f} MiB ({biggest['case']})"
@@ -135,14 +135,14 @@ def report(results: list[dict[str, object]]) -> int:
         ", ".join(
             f"{r['case']} {r['seconds']:.2f}s" for r in sorted(cases, key=lambda r: -float(r["seconds"]))[:5]
         ),
-    )  # type: ignore[arg-type]
+    )
     print(
         "biggest five:",
         ", ".join(
             f"{r['case']} {r['extra_mib']:.1f}MiB"
             for r in sorted(cases, key=lambda r: -float(r["extra_mib"]))[:5]
         ),
-    )  # type: ignore[arg-type]
+    )
     for result in results:
         if result["case"] == LARGEST_ALLOWED and "error" not in result:
             print(

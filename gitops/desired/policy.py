@@ -288,8 +288,9 @@ def _read_analysis(reader: _Reader, body: Any, path: PathKey) -> Analysis | None
         reader.error((*path, "failureLimit"), "must be a whole number, at least 1")
         return None
     interval = parse_duration(fields.get("interval", 10))
-    if interval is None or interval < 1:
-        reader.error((*path, "interval"), "must be a duration like 10s")
+    # Bounded like a pause: the wait is added to the clock, which overflows past year 9999.
+    if interval is None or not 1 <= interval <= MAX_PAUSE_SECONDS:
+        reader.error((*path, "interval"), "must be a duration like 10s (at least 1s, at most 7 days)")
         return None
     return Analysis(url, float(timeout), failure_limit, interval)
 
