@@ -47,10 +47,17 @@ def limited_worker(start_worker):
     queue = f"malformed-{uuid.uuid4().hex[:8]}"
     environment = {setting: str(getattr(LIMITS, name)) for name, setting in SETTINGS.items()}
     worker = start_worker(queues=queue, env_overrides=environment)
-    routes = app.conf.task_routes
-    app.conf.task_routes = {"gitops.sync_source": {"queue": queue}}
+    previous = app.conf.task_routes
+    route(app, {"gitops.sync_source": {"queue": queue}})
     yield worker
+    route(app, previous)
+
+
+def route(app, routes) -> None:
     app.conf.task_routes = routes
+    app.amqp.flush_routes()
+    # The router keeps the table it was built with, and an earlier test has built it.
+    app.amqp.router = app.amqp.Router()
 
 
 def lay_out(repo, files: dict[str, bytes]) -> None:
@@ -128,6 +135,9 @@ def test_the_tree_listing_gives_sizes_stays_in_the_read_paths_and_stops_at_its_l
 def test_each_malformed_revision_is_refused_by_the_cli_and_the_next_good_one_applies(
     repo, make_namespaces, make_source, cluster, limited_worker
 ):
+    from gitops.celery import app
+
+    assert app.amqp.router.route({}, "gitops.sync_source")["queue"].name in limited_worker.queues
     namespaces = tuple(make_namespaces("a", "b"))
     lay_out(repo, baseline_revision(namespaces))
     repo.commit("baseline")
