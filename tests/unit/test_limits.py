@@ -160,3 +160,23 @@ def test_allowed_namespaces_match_as_fnmatch_would(namespace: str):
         fnmatch.fnmatchcase(namespace, glob) for glob in globs
     )
     assert not Policy(allowed_namespaces=()).allows(namespace)
+
+
+def test_loading_keeps_nothing_once_the_documents_are_dropped():
+    import gc
+    import tracemalloc
+
+    text = ("data:\n" + "".join(f"  key{index}: value-{index}\n" for index in range(1000))).encode()
+    load_yaml("a.yaml", text)  # warm-up: caches of the re module and the like
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(20):
+            load_yaml("a.yaml", text)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # PyYAML's constructor, used on its own, remembered every scalar it ever built (several MB here).
+    assert grown < 100_000
