@@ -1,13 +1,21 @@
+import logging
 import os
+from typing import Any
 
-from celery import Celery
-from celery.signals import worker_process_shutdown
+from celery import Celery, Task
+from celery.signals import task_postrun, worker_process_shutdown
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sluice.settings")
 
 app = Celery("gitops")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks(["gitops"])
+
+log = logging.getLogger(__name__)
+
+# Long enough to outlive any redelivery, short enough that Redis forgets tasks it never saw finish.
+STARTS_TTL_SECONDS = 24 * 3600
+_REDIS_TIMEOUT_SECONDS = 2
 
 
 @worker_process_shutdown.connect
@@ -16,3 +24,80 @@ def _forget_exited_process(pid: int | None = None, **_: object) -> None:
     from gitops import metrics  # noqa: PLC0415 - needs Django settings
 
     metrics.process_exited(pid or os.getpid())
+
+
+def _redis() -> Any:
+    import redis  # noqa: PLC0415 - only workers need it
+    from django.conf import settings  # noqa: PLC0415 - settings are configured when tasks run
+
+    return redis.Redis.from_url(
+        settings.REDIS_URL,
+        socket_timeout=_REDIS_TIMEOUT_SECONDS,
+        socket_connect_timeout=_REDIS_TIMEOUT_SECONDS,
+    )
+
+
+def _unfinished_key(task_id: str) -> str:
+    return f"sluice:task-unfinished:{task_id}"
+
+
+def unfinished_starts(task: Task[Any, Any]) -> int:
+    """How many times ``task`` has started without finishing, this start included (1 normally).
+
+    Tasks are acknowledged late and put back on the queue when their worker process
+    dies, so a task that kills its worker (out of memory, a segfault, a SIGKILL)
+    would start again, on one worker after another, forever. Each start is counted
+    in Redis under the task's id, and the count is cleared when the task finishes in
+    any way, a retry included (``_forget_finished_task``): what remains counts the
+    starts whose worker died. When Redis cannot be reached the task is let through
+    (0): the broker is Redis too, so that failure shows everywhere else.
+    """
+    import redis  # noqa: PLC0415 - only workers need it
+
+    if task.request.id is None:  # called directly, not through a worker
+        return 1
+    key = _unfinished_key(task.request.id)
+    client = _redis()
+    try:
+        with client.pipeline() as pipeline:
+            pipeline.incr(key)
+            pipeline.expire(key, STARTS_TTL_SECONDS)
+            starts, _ = pipeline.execute()
+    except redis.RedisError as exc:
+        log.warning("cannot count the starts of task %s (%s); running it", task.request.id, exc)
+        return 0
+    finally:
+        client.close()
+    return int(starts)
+
+
+@task_postrun.connect
+def _forget_finished_task(task_id: str | None = None, **_: object) -> None:
+    import redis  # noqa: PLC0415 - only workers need it
+
+    if task_id is None:
+        return
+    client = _redis()
+    try:
+        client.delete(_unfinished_key(task_id))
+    except redis.RedisError as exc:
+        log.warning("cannot clear the start count of task %s: %s", task_id, exc)
+    finally:
+        client.close()
+
+
+def redelivered_too_often(task: Task[Any, Any]) -> int:
+    """When ``task`` has already started SLUICE_MAX_TASK_DELIVERIES times without finishing (its
+    worker process died each time): that number, and the task must not run. Otherwise 0."""
+    from django.conf import settings  # noqa: PLC0415 - settings are configured when tasks run
+
+    died = unfinished_starts(task) - 1
+    if died < settings.SLUICE_MAX_TASK_DELIVERIES:
+        return 0
+    log.error(
+        "task %s[%s] is not started again: its worker process died %d times running it",
+        task.name,
+        task.request.id,
+        died,
+    )
+    return died

@@ -25,8 +25,9 @@ from django.utils import timezone
 from gitops import apply, logs, metrics, notifiers, rollouts, selectors, webhooks
 from gitops import secrets as secrets_module
 from gitops.desired.errors import RevisionRejected, ValidationError
+from gitops.desired.limits import Limits
 from gitops.desired.policy import namespace_glob_problem
-from gitops.desired.revision import DesiredState, ParseCache, load_revision
+from gitops.desired.revision import READ_PATHS, DesiredState, ParseCache, load_revision
 from gitops.desired.scope import AdminScope, url_prefix_problem
 from gitops.errors import PermanentError, TemporaryError
 from gitops.models import MAX_REQUIRED_APPROVALS, PERSON_LENGTH, Revision, Rollout, Source, WebhookDelivery
@@ -444,10 +445,18 @@ def _desired_state(source: Source, revision: Revision) -> DesiredState | None:
     if cached and cached[0] == revision.commit and cached[1] == scope:
         return cached[2]
     cache = _parse_caches.setdefault(source.pk, ParseCache())
+    limits = Limits.from_settings(settings)
     with mirror_for(source) as mirror:
-        files = mirror.list_files(revision.commit, source.path)
+        # Sizes come with the listing, so limits reject a revision before any blob is read.
+        tree = mirror.list_tree(
+            revision.commit, source.path, paths=READ_PATHS, max_entries=limits.max_files + 1
+        )
+        files = {path: entry.blob for path, entry in tree.items()}
+        sizes = {path: entry.size for path, entry in tree.items()}
         try:
-            desired = load_revision(files, mirror.read_blobs, cache=cache, scope=scope)
+            desired = load_revision(
+                files, mirror.read_blobs, sizes=sizes, limits=limits, cache=cache, scope=scope
+            )
         except RevisionRejected as rejected:
             Revision.objects.filter(pk=revision.pk).update(
                 outcome=Revision.Outcome.REJECTED, errors=[e.as_dict() for e in rejected.errors]

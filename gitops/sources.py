@@ -21,6 +21,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -42,6 +43,8 @@ LOCAL_TIMEOUT = 60.0
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 OBJECT_FORMATS = ("sha1", "sha256")
 _MISMATCHED_FORMAT = re.compile(r"mismatched algorithms: client \w+; server (\w+)")
+# Tree entries of regular files (and executable ones); symlinks are 120000, submodules 160000.
+_FILE_MODES = (b"100644 ", b"100755 ")
 _OBJECT_ID = re.compile(r"[0-9a-fA-F]{4,64}")
 # Userinfo runs from "://" to the last "@" before the path; a greedy class that
 # stops at "/", whitespace and quotes finds it in URLs and inside git's messages.
@@ -462,6 +465,12 @@ class ObjectNotFoundError(PermanentError):
 
 
 @dataclass(frozen=True)
+class TreeFile:
+    blob: str  # the blob's sha
+    size: int  # in bytes, from the tree listing: known before the blob is read
+
+
+@dataclass(frozen=True)
 class FetchResult:
     commit: str  # full sha of the branch tip after fetch (40 hex digits, 64 for SHA-256)
     previous: str | None  # tip before this fetch (None on first fetch)
@@ -551,26 +560,41 @@ class GitMirror:
     def list_files(self, commit: str, subpath: str = "") -> dict[str, str]:
         """Every blob under ``subpath`` at ``commit`` -> its blob sha; keys relative to ``subpath``, with "/"
         separators; symlinks and submodules skipped."""
+        return {path: entry.blob for path, entry in self.list_tree(commit, subpath).items()}
+
+    def list_tree(
+        self,
+        commit: str,
+        subpath: str = "",
+        *,
+        paths: Sequence[str] = (),
+        max_entries: int | None = None,
+    ) -> dict[str, TreeFile]:
+        """Like ``list_files``, with each blob's size, so that limits apply before any blob is read.
+
+        ``paths`` (relative to ``subpath``) restricts the listing to those files and directories, so a
+        huge tree elsewhere in the repository is never listed. With ``max_entries``, git is stopped
+        after that many files: a hostile tree of millions of files costs what ``max_entries`` do, and
+        a caller that asks for one more than it accepts can tell a cut listing from a complete one.
+        """
         commit = _check_object_id(commit, "commit")
         subpath = _normalize_subpath(subpath)
         self._require_mirror()
-        completed = self._local(_git(self.path, "ls-tree", "-r", "-z", f"{commit}:{subpath}"))
-        if completed.returncode != 0:
+        invocation = _git(self.path, "ls-tree", "-r", "-l", "-z", f"{commit}:{subpath}", "--", *paths)
+        records, returncode, stderr = self._local_records(invocation, max_files=max_entries)
+        if returncode != 0:
             self._require_commit(commit)
-            stderr = completed.stderr.decode("utf-8", "replace")
             if "not a tree object" in stderr:
                 raise PermanentError(f"{subpath!r} is not a directory at commit {commit}")
             raise PermanentError(f"{subpath!r} does not exist at commit {commit}")
-        files: dict[str, str] = {}
-        for entry in completed.stdout.split(b"\0"):
-            if not entry:
-                continue
-            meta, _, name = entry.partition(b"\t")
-            mode, kind, sha = meta.split(b" ")
+        files: dict[str, TreeFile] = {}
+        for record in records:
+            meta, _, name = record.partition(b"\t")
+            mode, kind, sha, size = meta.split()
             # Symlinks are blobs too, but their content is a path, not a file.
             if kind == b"blob" and mode != b"120000":
                 # surrogateescape keeps a name that is not UTF-8 round-trippable.
-                files[name.decode("utf-8", "surrogateescape")] = sha.decode("ascii")
+                files[name.decode("utf-8", "surrogateescape")] = TreeFile(sha.decode("ascii"), int(size))
         return files
 
     def read_blob(self, sha: str) -> bytes:
@@ -696,6 +720,40 @@ class GitMirror:
         if exists.returncode != 0:
             raise ObjectNotFoundError(f"commit {commit} is not in the mirror at {self.path}")
 
+    def _local_records(
+        self, invocation: GitInvocation, *, max_files: int | None
+    ) -> tuple[list[bytes], int, str]:
+        """The records ``git ls-tree -z`` prints, read as they come; git is stopped once ``max_files``
+        files are listed. Returns the records, the exit code (0 when stopped) and stderr."""
+        timed_out = threading.Event()
+        with tempfile.TemporaryFile() as stderr:
+            process = subprocess.Popen(
+                invocation.argv,
+                env=invocation.env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+            )
+
+            def stop() -> None:
+                timed_out.set()
+                process.kill()
+
+            timer = threading.Timer(LOCAL_TIMEOUT, stop)
+            timer.start()
+            try:
+                records, stopped = _read_records(process, max_files)
+            finally:
+                timer.cancel()
+                if process.poll() is None:
+                    process.kill()
+                returncode = process.wait()
+            if timed_out.is_set():
+                raise TemporaryError(f"git took longer than {LOCAL_TIMEOUT:g}s reading {self.path}")
+            stderr.seek(0)
+            message = stderr.read(64 * 1024).decode("utf-8", "replace")
+        return records, 0 if stopped else returncode, message
+
     def _local(self, invocation: GitInvocation) -> subprocess.CompletedProcess[bytes]:
         try:
             return _run(invocation, timeout=LOCAL_TIMEOUT)
@@ -713,6 +771,25 @@ class GitMirror:
         # Exit 1 means "not an ancestor"; anything else (the old tip pruned, say)
         # leaves the ancestry unproven, which counts as a forced update too.
         return completed.returncode == 0
+
+
+def _read_records(process: subprocess.Popen[bytes], max_files: int | None) -> tuple[list[bytes], bool]:
+    """``ls-tree`` records up to the one listing file number ``max_files``, and whether git had more
+    (then the rest is left unread). Only regular files count: symlinks and submodules, which the
+    listing skips, must not make a cut listing look complete."""
+    if process.stdout is None:
+        raise RuntimeError("git was started without a stdout pipe")
+    records: list[bytes] = []
+    files = 0
+    pending = b""
+    while chunk := os.read(process.stdout.fileno(), 64 * 1024):
+        *complete, pending = (pending + chunk).split(b"\0")
+        for record in complete:
+            if max_files is not None and files == max_files:
+                return records, True
+            records.append(record)
+            files += record.startswith(_FILE_MODES)
+    return records, False
 
 
 def _normalize_subpath(subpath: str) -> str:

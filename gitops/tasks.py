@@ -1,7 +1,9 @@
 """Celery tasks. Each is thin: it takes ids, calls a service and returns plain data.
 
 Only temporary errors are retried; a busy source is retried quickly, since the
-run holding it finishes soon and also picks up the request.
+run holding it finishes soon and also picks up the request. A task whose worker
+process died SLUICE_MAX_TASK_DELIVERIES times while running it is not started
+again (``gitops.celery.redelivered_too_often``), and its failure is recorded.
 """
 
 import logging
@@ -12,7 +14,7 @@ from typing import Any
 from celery import Task
 
 from gitops import notifiers, services
-from gitops.celery import app
+from gitops.celery import app, redelivered_too_often
 from gitops.errors import PermanentError, TemporaryError
 
 log = logging.getLogger(__name__)
@@ -20,6 +22,17 @@ log = logging.getLogger(__name__)
 BUSY_RETRY_SECONDS = 1
 BUSY_MAX_RETRIES = 600
 TEMPORARY_MAX_RETRIES = 2
+
+
+class WorkerDied(PermanentError):
+    """The worker process running a task died (killed, out of memory, crashed) each time it ran it."""
+
+    def __init__(self, deaths: int) -> None:
+        super().__init__(
+            f"the sync was stopped: the worker process running it died {deaths} times "
+            "(killed, out of memory or crashed), so it was not started again; "
+            "the next sync (a push, a poll or `gitops sync`) tries anew"
+        )
 
 
 def backoff(retries: int, delay: float | None = None) -> float:
@@ -40,6 +53,8 @@ def sync_source(
     retry_failed: bool = False,
     wait_if_busy: bool = True,
 ) -> dict[str, Any]:
+    if died := redelivered_too_often(self):
+        return services.record_sync_failure(source_id, WorkerDied(died)).as_dict()
     try:
         return services.sync_source(source_id, actor=actor, retry_failed=retry_failed).as_dict()
     except services.SourceBusy as exc:
@@ -66,9 +81,11 @@ def sync_source(
         return services.record_sync_failure(source_id, exc).as_dict()
 
 
-@app.task(name="gitops.poll_sources")
-def poll_sources() -> list[int]:
+@app.task(name="gitops.poll_sources", bind=True)
+def poll_sources(self: Task[Any, Any]) -> list[int]:
     """Beat runs this every few seconds; it enqueues the sources whose poll is due."""
+    if redelivered_too_often(self):
+        return []  # the next sweep comes within seconds
     claimed = sorted(set(services.claim_due_sources()) | set(services.due_rollout_sources()))
     for source_id in claimed:
         sync_source.delay(source_id, wait_if_busy=False)
@@ -81,6 +98,9 @@ NOTIFY_MAX_RETRIES = 8
 @app.task(name="gitops.deliver_notification", bind=True, max_retries=NOTIFY_MAX_RETRIES)
 def deliver_notification(self: Task[Any, Any], notification_id: int) -> bool:
     """Delivers one CloudEvent, retrying with exponential backoff; never blocks a rollout."""
+    if redelivered_too_often(self):
+        notifiers.give_up(notification_id)
+        return False
     if notifiers.deliver(notification_id, retry_in=backoff(self.request.retries)):
         return True
     if self.request.retries >= NOTIFY_MAX_RETRIES:

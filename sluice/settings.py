@@ -29,6 +29,19 @@ def env_bool(name: str, default: bool = False) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
+def env_int(name: str, default: int, *, minimum: int = 1) -> int:
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = int(value.replace("_", ""))
+    except ValueError:
+        number = minimum - 1
+    if number < minimum:
+        raise ImproperlyConfigured(f"{name} must be a whole number of at least {minimum}, not {value!r}")
+    return number
+
+
 def env_list(name: str, default: str = "") -> list[str]:
     return [item.strip() for item in env.get(name, default).split(",") if item.strip()]
 
@@ -151,6 +164,19 @@ SLUICE_FIELD_MANAGER = "sluice"
 SLUICE_CLUSTER_NAME = env.get("SLUICE_CLUSTER_NAME", "default")
 SLUICE_APPLY_CONCURRENCY = int(env.get("SLUICE_APPLY_CONCURRENCY", "16"))
 SLUICE_POLL_SWEEP_SECONDS = float(env.get("SLUICE_POLL_SWEEP_SECONDS", "5"))
+# What a repository may make a worker read (README, "Limits"); gitops.desired.limits.Limits
+# holds the same defaults and reads these names.
+SLUICE_MAX_FILE_BYTES = env_int("SLUICE_MAX_FILE_BYTES", 2 * 1024 * 1024)
+SLUICE_MAX_FILES = env_int("SLUICE_MAX_FILES", 20_000)
+SLUICE_MAX_REVISION_BYTES = env_int("SLUICE_MAX_REVISION_BYTES", 64 * 1024 * 1024)
+SLUICE_MAX_FILE_NODES = env_int("SLUICE_MAX_FILE_NODES", 100_000)
+SLUICE_MAX_REVISION_NODES = env_int("SLUICE_MAX_REVISION_NODES", 500_000)
+SLUICE_MAX_ALIASES = env_int("SLUICE_MAX_ALIASES", 1_000)
+SLUICE_MAX_DEPTH = env_int("SLUICE_MAX_DEPTH", 64)
+SLUICE_MAX_OBJECTS = env_int("SLUICE_MAX_OBJECTS", 100_000)
+# A task whose worker process died this many times while running it (killed, out of memory,
+# crashed) is not started again: acks_late would otherwise hand it to the next worker forever.
+SLUICE_MAX_TASK_DELIVERIES = env_int("SLUICE_MAX_TASK_DELIVERIES", 3)
 # When set, /metrics wants "Authorization: Bearer <token>".
 SLUICE_METRICS_TOKEN = env.get("SLUICE_METRICS_TOKEN", "")
 

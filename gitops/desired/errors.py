@@ -1,6 +1,25 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Final
+
+# A rejected revision reports this many errors at most, and says how many it left out:
+# enough to fix a revision by, little enough to store, show and notify.
+MAX_REPORTED_ERRORS: Final = 100
+# Keys and values quoted in messages come from the repository; a megabyte-long key must not
+# become a megabyte-long error in the database, on the dashboard and in every notification.
+MAX_FILE_CHARS: Final = 300
+MAX_FIELD_CHARS: Final = 200
+MAX_MESSAGE_CHARS: Final = 1000
+
+
+def clipped(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters from its middle, where a quoted value usually is:
+    the start says what is wrong, the end how to fix it."""
+    if len(text) <= limit:
+        return text
+    tail = limit // 3
+    return text[: limit - tail - 3] + " … " + text[-tail:]
 
 
 @dataclass(frozen=True, order=True)
@@ -15,6 +34,16 @@ class ValidationError:
     line: int | None
     field: str
     message: str
+
+    def __post_init__(self) -> None:
+        for name, limit in (
+            ("file", MAX_FILE_CHARS),
+            ("field", MAX_FIELD_CHARS),
+            ("message", MAX_MESSAGE_CHARS),
+        ):
+            value = getattr(self, name)
+            if len(value) > limit:
+                object.__setattr__(self, name, clipped(value, limit))
 
     def __str__(self) -> str:
         location = self.file if self.line is None else f"{self.file}:{self.line}"
@@ -39,4 +68,12 @@ class RevisionRejected(Exception):
 
     def __init__(self, errors: list[ValidationError]) -> None:
         super().__init__(f"{len(errors)} validation error(s)")
-        self.errors = sorted(errors, key=lambda e: (e.file, e.line or 0, e.field, e.message))
+        ordered = sorted(errors, key=lambda e: (e.file, e.line or 0, e.field, e.message))
+        if len(ordered) > MAX_REPORTED_ERRORS:
+            last = ordered[MAX_REPORTED_ERRORS - 1]
+            left_out = len(ordered) - MAX_REPORTED_ERRORS
+            ordered = [
+                *ordered[:MAX_REPORTED_ERRORS],
+                ValidationError(last.file, last.line, "", f"... and {left_out:,} more errors not shown"),
+            ]
+        self.errors = ordered

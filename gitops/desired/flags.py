@@ -19,15 +19,17 @@ from __future__ import annotations
 import copy
 import datetime
 import difflib
+import itertools
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
-from gitops.desired.documents import Document, PathKey, load_json, load_yaml
+from gitops.desired.documents import Document, PathKey, Usage, load_json, load_yaml
 from gitops.desired.errors import ValidationError
+from gitops.desired.limits import DEFAULT_LIMITS, Limits
 
 MetadataValue = str | int | float | bool
 
@@ -51,6 +53,13 @@ _SEM_VER: Final = re.compile(
     r"(?:-((?:0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
     r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?"
 )
+# Versions are short; the bound keeps the regular expression's work linear in practice.
+_MAX_VERSION_CHARS: Final = 256
+# Suggestions and listings in messages: the names compared and listed come from the
+# repository, so both are bounded (difflib is quadratic in the worst case).
+_MAX_SUGGESTION_CHOICES: Final = 200
+_MAX_SUGGESTION_CHARS: Final = 100
+_MAX_LISTED_NAMES: Final = 10
 # flagd sums the fractional weights in a 32-bit signed integer.
 _MAX_TOTAL_WEIGHT: Final = 2**31 - 1
 # The schema's key pattern is ^.{1,}$, and "." matches no line terminator.
@@ -81,7 +90,9 @@ class FlagSet:
     document: dict[str, Any]
 
 
-def load_flag_set(file: str, content: bytes) -> tuple[FlagSet | None, list[ValidationError]]:
+def load_flag_set(
+    file: str, content: bytes, *, limits: Limits = DEFAULT_LIMITS, usage: Usage | None = None
+) -> tuple[FlagSet | None, list[ValidationError]]:
     """Parse and validate one flag-set file; the flag set is None when there are errors.
 
     ``.json`` files are read as JSON and ``.yaml``/``.yml`` files as YAML, which must
@@ -89,9 +100,9 @@ def load_flag_set(file: str, content: bytes) -> tuple[FlagSet | None, list[Valid
     """
     name = file.lower()
     if name.endswith(".json"):
-        documents, errors = load_json(file, content)
+        documents, errors = load_json(file, content, limits=limits, usage=usage)
     elif name.endswith((".yaml", ".yml")):
-        documents, errors = load_yaml(file, content)
+        documents, errors = load_yaml(file, content, limits=limits, usage=usage)
     else:
         return None, [ValidationError(file, None, "", "a flag set is a .json, .yaml or .yml file")]
     if not documents:
@@ -328,7 +339,7 @@ class _FlagSetValidator:
                 f"must be a variant name or null, got {_describe(default)}{self.yaml_boolean_hint(default)}",
             )
         elif variants is not None and default not in variants:
-            self.report(path, f"{_quoted(default)} is not one of the variants ({', '.join(variants)})")
+            self.report(path, f"{_quoted(default)} is not one of the variants ({_some(variants)})")
 
 
 class _TargetingChecker:
@@ -405,7 +416,7 @@ class _TargetingChecker:
         if not isinstance(name, str):
             self.report((*path, "$ref"), f"must name an evaluator in $evaluators, got {_describe(name)}")
         elif name not in names:
-            known = f" (defined: {', '.join(names)})" if names else " ($evaluators defines none)"
+            known = f" (defined: {_some(names)})" if names else " ($evaluators defines none)"
             self.report(
                 (*path, "$ref"),
                 f"no evaluator {_quoted(name)} in $evaluators{_did_you_mean(name, names) or known}",
@@ -424,7 +435,7 @@ class _TargetingChecker:
             )
             self.report(
                 path,
-                f"{returned} is not one of the variants ({', '.join(self.variants)})"
+                f"{returned} is not one of the variants ({_some(self.variants)})"
                 f"{self.validator.yaml_boolean_hint(value)}",
             )
 
@@ -522,7 +533,7 @@ class _TargetingChecker:
 
     def _version(self, version: object, path: PathKey) -> None:
         if isinstance(version, str):
-            if not _SEM_VER.fullmatch(version):
+            if len(version) > _MAX_VERSION_CHARS or not _SEM_VER.fullmatch(version):
                 self.report(path, f'{_quoted(version)} is not a semantic version such as "1.2.3"')
         elif isinstance(version, dict) and list(version) == ["var"]:
             self._var("var", version["var"], (*path, "var"), in_result=False)
@@ -658,8 +669,17 @@ def _count(fewest: int, most: int | None) -> str:
     return f"{fewest} to {most} {arguments}"
 
 
-def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+def _some(names: Collection[str]) -> str:
+    """The first few names, comma-separated, and how many more there are."""
+    listed = ", ".join(itertools.islice(names, _MAX_LISTED_NAMES))
+    more = len(names) - _MAX_LISTED_NAMES
+    return listed + (f" and {more:,} more" if more > 0 else "")
+
+
+def _did_you_mean(word: str, choices: Collection[str]) -> str:
     """`` (did you mean "x"?)`` for a near miss among ``choices``, ignoring case, else ``""``."""
-    by_lower = {choice.lower(): choice for choice in choices}
+    if len(word) > _MAX_SUGGESTION_CHARS or len(choices) > _MAX_SUGGESTION_CHOICES:
+        return ""
+    by_lower = {choice.lower(): choice for choice in choices if len(choice) <= _MAX_SUGGESTION_CHARS}
     matches = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=0.6)
     return f" (did you mean {_quoted(by_lower[matches[0]])}?)" if matches else ""

@@ -11,10 +11,12 @@ import fnmatch
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cached_property
+from typing import Any, Final
 
-from gitops.desired.documents import Document, PathKey, load_yaml
+from gitops.desired.documents import Document, PathKey, Usage, load_yaml
 from gitops.desired.errors import ValidationError
+from gitops.desired.limits import DEFAULT_LIMITS, Limits
 
 POLICY_FILE = "sluice.yaml"
 DEFAULT_NAMESPACE = "default"
@@ -22,6 +24,11 @@ DEFAULT_NAMESPACE = "default"
 # RFC 1123 label: what Kubernetes accepts as a namespace name.
 NAMESPACE_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 NAMESPACE_GLOB_PATTERN = re.compile(r"^[a-z0-9*?\[\]-]+$")
+# A policy is small; these bounds keep a hostile one from costing quadratic time
+# (every object is checked against every glob) or an endless rollout.
+MAX_NAMESPACES: Final = 1_000  # in targets.namespaces and in allowedNamespaces
+MAX_STEPS: Final = 100
+MAX_SUGGESTION_CHARS: Final = 100
 
 
 @dataclass(frozen=True)
@@ -86,7 +93,14 @@ class Policy:
     approvals: ApprovalSpec = field(default_factory=ApprovalSpec)
 
     def allows(self, namespace: str) -> bool:
-        return any(fnmatch.fnmatchcase(namespace, pattern) for pattern in self.allowed_namespaces)
+        return self._allowed.match(namespace) is not None
+
+    @cached_property
+    def _allowed(self) -> re.Pattern[str]:
+        # One expression for all globs: a namespace costs one match, however many globs there are.
+        return re.compile(
+            "|".join(fnmatch.translate(pattern) for pattern in self.allowed_namespaces) or "(?!)"
+        )
 
 
 @dataclass
@@ -126,7 +140,10 @@ class _Reader:
         if not isinstance(value, list):
             self.error(path, f"must be a list of strings, not {type_name(value)}")
             return None
-        items: list[str] = []
+        if len(value) > MAX_NAMESPACES:
+            self.error(path, f"lists {len(value):,} namespaces; at most {MAX_NAMESPACES:,} are allowed")
+            return None
+        items: dict[str, None] = {}  # a dict: ordered, and "listed twice" costs one lookup
         for index, item in enumerate(value):
             if not isinstance(item, str):
                 self.error((*path, index), f"must be a string, not {type_name(item)}")
@@ -138,7 +155,7 @@ class _Reader:
             if item in items:
                 self.error((*path, index), f"{item!r} is listed twice")
                 continue
-            items.append(item)
+            items[item] = None
         return tuple(items)
 
 
@@ -156,6 +173,8 @@ def type_name(value: Any) -> str:
 
 
 def suggestion(key: str, known: tuple[str, ...]) -> str:
+    if len(key) > MAX_SUGGESTION_CHARS:
+        return f" (known fields: {', '.join(known)})"
     by_lower = {k.lower(): k for k in known}
     if key.lower() in by_lower:
         return f"; did you mean {by_lower[key.lower()]!r}?"
@@ -170,13 +189,18 @@ def namespace_problem(name: str) -> str | None:
 
 
 def namespace_glob_problem(pattern: str) -> str | None:
-    if not NAMESPACE_GLOB_PATTERN.match(pattern):
-        return f"{pattern!r} is not a namespace name or glob (letters, digits, '-', '*', '?', [...])"
+    if len(pattern) > 253 or not NAMESPACE_GLOB_PATTERN.match(pattern):
+        return (
+            f"{pattern!r} is not a namespace name or glob "
+            "(letters, digits, '-', '*', '?', [...]; at most 253 characters)"
+        )
     return None
 
 
 TOP_LEVEL_FIELDS = ("targets", "allowedNamespaces", "prune", "selfHeal", "flags", "rollout", "approvals")
-DURATION = re.compile(r"^(\d+)(s|m|h)?$")
+# Nine digits are more than 7 days in seconds; more would only cost time (or exceed
+# Python's limit on converting long digit strings).
+DURATION = re.compile(r"^(\d{1,9})(s|m|h)?$")
 MAX_PAUSE_SECONDS = 7 * 24 * 3600
 # An analysis holds its source's reconcile while it waits: each call and the whole check are bounded.
 MAX_ANALYSIS_TIMEOUT_SECONDS = 30
@@ -202,6 +226,9 @@ def _read_steps(reader: _Reader, value: Any) -> tuple[Step, ...]:
         return (SetWeight(100),)
     if not isinstance(value, list) or not value:
         reader.error(path, "must be a non-empty list of steps")
+        return (SetWeight(100),)
+    if len(value) > MAX_STEPS:
+        reader.error(path, f"has {len(value):,} steps; a rollout has at most {MAX_STEPS}")
         return (SetWeight(100),)
     steps: list[Step] = []
     last_weight = 0
@@ -332,15 +359,23 @@ def steps_from_json(steps: list[dict[str, Any]]) -> tuple[Step, ...]:
     return tuple(result)
 
 
-def load_policy(content: bytes | None, file: str = POLICY_FILE) -> tuple[Policy, list[ValidationError]]:
+def load_policy(
+    content: bytes | None,
+    file: str = POLICY_FILE,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    usage: Usage | None = None,
+) -> tuple[Policy, list[ValidationError]]:
     """The policy at a commit; defaults apply when the file is missing."""
     if content is None:
         return _with_defaults(Policy()), []
-    documents, errors = load_yaml(file, content)
+    documents, errors = load_yaml(file, content, limits=limits, usage=usage)
+    # A broken policy still gets the defaults, so that the rest of the revision is judged
+    # against something sensible rather than against no allowed namespace at all.
     if errors:
-        return Policy(), errors
+        return _with_defaults(Policy()), errors
     if len(documents) > 1:
-        return Policy(), [
+        return _with_defaults(Policy()), [
             ValidationError(file, documents[1].line_of(), "", "must hold a single YAML document")
         ]
     if not documents:

@@ -3,22 +3,28 @@
 Per-file parsing is cached on (path, blob id), so a commit that changes one
 file of ten thousand parses one file. Checks that span files (duplicates,
 namespaces the policy allows) run on the parsed results every time.
+
+Everything here is bounded by ``Limits``: the number and sizes of the files are
+checked from the Git tree before a blob is read, and what parsing builds is
+counted per file and per revision, so a hostile push costs a bounded amount of
+time and memory before it is rejected.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, NamedTuple
 
 from gitops.content import Content
 from gitops.desired.configmaps import ConfigMapManifest, dns_subdomain_problem, parse_configmap
-from gitops.desired.documents import load_yaml
+from gitops.desired.documents import Usage, load_yaml
 from gitops.desired.errors import RevisionRejected, ValidationError
 from gitops.desired.flags import (
     COMMIT_METADATA_KEY,
@@ -27,6 +33,7 @@ from gitops.desired.flags import (
     load_flag_set,
     published_flag_set,
 )
+from gitops.desired.limits import DEFAULT_LIMITS, Limits, setting_hint
 from gitops.desired.policy import POLICY_FILE, Analysis, Policy, load_policy
 from gitops.desired.scope import AdminScope
 
@@ -35,19 +42,39 @@ FLAGS_DIR = "flags/"
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 FLAG_SUFFIXES = (".json", ".yaml", ".yml")
 FLAG_KEY_SUFFIX = ".flagd.json"
-
-ParsedFile = tuple[list[ConfigMapManifest | FlagSet], list[ValidationError]]
 BlobReader = Callable[[list[str]], Mapping[str, bytes]]
 
 
-class ParseCache:
-    """Parsed files keyed on (path, blob id), least recently used out first."""
+class ParsedFile(NamedTuple):
+    items: list[ConfigMapManifest | FlagSet]
+    errors: list[ValidationError]
+    nodes: int = 0  # values parsing built: what keeping the result costs
 
-    def __init__(self, max_entries: int = 200_000) -> None:
+
+class ParseCache:
+    """Parsed files keyed on (path, blob id), least recently used out first.
+
+    Bounded by entries and by the values the entries hold, so a stream of pushes of
+    new content cannot grow a worker's memory without end.
+    """
+
+    def __init__(
+        self, max_entries: int = 200_000, max_nodes: int = 2 * DEFAULT_LIMITS.max_revision_nodes
+    ) -> None:
         self._entries: OrderedDict[tuple[str, str], ParsedFile] = OrderedDict()
         self.max_entries = max_entries
+        self.max_nodes = max_nodes
+        self.nodes = 0
         self.hits = 0
         self.misses = 0
+        self._limits: Limits | None = None
+
+    def use(self, limits: Limits) -> None:
+        """Results parsed under other limits may differ: they are dropped."""
+        if limits != self._limits:
+            self._entries.clear()
+            self.nodes = 0
+            self._limits = limits
 
     def get(self, path: str, blob: str) -> ParsedFile | None:
         entry = self._entries.get((path, blob))
@@ -59,10 +86,13 @@ class ParseCache:
         return entry
 
     def put(self, path: str, blob: str, parsed: ParsedFile) -> None:
+        replaced = self._entries.get((path, blob))
+        self.nodes += parsed.nodes - (replaced.nodes if replaced else 0)
         self._entries[(path, blob)] = parsed
         self._entries.move_to_end((path, blob))
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        while self._entries and (len(self._entries) > self.max_entries or self.nodes > self.max_nodes):
+            _, evicted = self._entries.popitem(last=False)
+            self.nodes -= evicted.nodes
 
 
 @dataclass(frozen=True)
@@ -157,6 +187,14 @@ def flag_set_name(path: str) -> str:
     return re.sub(r"[^a-z0-9.-]+", "-", stem.lower()).strip("-.")
 
 
+# What Sluice looks at in a repository: the Git listing can be restricted to these.
+READ_PATHS = (POLICY_FILE, CONFIGMAPS_DIR.rstrip("/"), FLAGS_DIR.rstrip("/"))
+
+
+def in_read_paths(path: str) -> bool:
+    return path == POLICY_FILE or path.startswith((CONFIGMAPS_DIR, FLAGS_DIR))
+
+
 def relevant(path: str) -> bool:
     return (
         path == POLICY_FILE
@@ -165,37 +203,143 @@ def relevant(path: str) -> bool:
     )
 
 
-def parse_file(path: str, content: bytes) -> ParsedFile:
+def parse_file(path: str, content: bytes, limits: Limits = DEFAULT_LIMITS) -> ParsedFile:
+    usage = Usage()
     if path.startswith(FLAGS_DIR):
-        flag_set, errors = load_flag_set(path, content)
-        return ([flag_set] if flag_set else []), errors
-    documents, errors = load_yaml(path, content)
+        flag_set, errors = load_flag_set(path, content, limits=limits, usage=usage)
+        return ParsedFile([flag_set] if flag_set else [], errors, usage.nodes)
+    documents, errors = load_yaml(path, content, limits=limits, usage=usage)
     manifests: list[ConfigMapManifest | FlagSet] = []
     for document in documents:
         manifest, problems = parse_configmap(document)
         errors.extend(problems)
         if manifest:
             manifests.append(manifest)
-    return manifests, errors
+    return ParsedFile(manifests, errors, usage.nodes)
 
 
 def load_revision(
     files: Mapping[str, str],
     read_blobs: BlobReader,
     *,
+    sizes: Mapping[str, int] | None = None,
+    limits: Limits = DEFAULT_LIMITS,
     cache: ParseCache | None = None,
     scope: AdminScope | None = None,
 ) -> DesiredState:
     """Turns the files of one commit (path -> blob id) into desired state.
 
-    ``scope`` is what an administrator allowed the source (namespaces, analysis
-    URLs); the repository's own policy can narrow it but never widen it. Without
-    one nothing is checked against an administrator (offline validation).
-    Raises ``RevisionRejected`` with every error found.
+    ``sizes`` (path -> bytes, from the Git tree) let the limits on file count and
+    sizes reject a revision before any blob is read; without them the sizes are
+    checked once the blobs are read. ``scope`` is what an administrator allowed
+    the source (namespaces, analysis URLs); the repository's own policy can
+    narrow it but never widen it. Without one nothing is checked against an
+    administrator (offline validation). Raises ``RevisionRejected`` with every
+    error found (at most ``MAX_REPORTED_ERRORS``).
     """
     scope = scope if scope is not None else AdminScope()
     cache = cache if cache is not None else ParseCache()
+    cache.use(limits)
     wanted = {path: blob for path, blob in files.items() if relevant(path)}
+    known_sizes = sizes if sizes is not None else {}
+    problems = name_problems(wanted)
+    problems += size_problems({path: known_sizes.get(path, 0) for path in wanted}, limits)
+    if too_many := file_count_problem([path for path in files if in_read_paths(path)], limits):
+        problems.insert(0, too_many)
+    if problems:
+        raise RevisionRejected(problems)
+    parsed, policy_content, errors = _parse_files(
+        wanted, read_blobs, cache, limits, check_sizes=sizes is None
+    )
+    if errors:  # a limit was hit: what was parsed is partial, so cross-file checks would mislead
+        raise RevisionRejected(errors)
+    policy_usage = Usage()
+    policy, policy_errors = load_policy(policy_content, limits=limits, usage=policy_usage)
+    errors = list(policy_errors)
+    errors.extend(_analysis_url_errors(policy, scope))
+    if sum(result.nodes for result in parsed.values()) + policy_usage.nodes > limits.max_revision_nodes:
+        errors.append(_too_many_nodes(POLICY_FILE, limits))
+    for path in sorted(parsed):
+        errors.extend(parsed[path].errors)
+    objects = _expand(parsed, policy, scope, errors, limits)
+    if errors:
+        raise RevisionRejected(errors)
+    return DesiredState(policy=policy, objects=tuple(objects))
+
+
+_UNPRINTABLE_NAME = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+def shown_path(path: str) -> str:
+    """A path as errors show it: bytes that are not UTF-8 and control characters escaped."""
+    text = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return _UNPRINTABLE_NAME.sub(lambda match: match[0].encode("unicode_escape").decode("ascii"), text)
+
+
+def name_problems(paths: Iterable[str]) -> list[ValidationError]:
+    """Files whose names are not printable UTF-8: they would break every log line, page and
+    database row that names them, so they are rejected rather than read."""
+    return [
+        ValidationError(
+            shown_path(path),
+            None,
+            "",
+            "the file name is not UTF-8 text or holds control characters; rename it",
+        )
+        for path in sorted(paths)
+        if _UNPRINTABLE_NAME.search(path)
+    ]
+
+
+def file_count_problem(paths: Iterable[str], limits: Limits) -> ValidationError | None:
+    """Too many files in sluice.yaml, configmaps/ and flags/ (including those Sluice ignores there)."""
+    ordered = sorted(paths)
+    if len(ordered) <= limits.max_files:
+        return None
+    return ValidationError(
+        shown_path(ordered[limits.max_files]),
+        None,
+        "",
+        f"more than {limits.max_files:,} files in {POLICY_FILE}, {CONFIGMAPS_DIR} and {FLAGS_DIR}; "
+        f"this one is past the limit{setting_hint('max_files')}",
+    )
+
+
+def size_problems(sizes: Mapping[str, int], limits: Limits) -> list[ValidationError]:
+    """What the sizes of the files Sluice reads (path -> bytes) break, in path order."""
+    paths = sorted(sizes)
+    problems: list[ValidationError] = []
+    total = 0
+    for path in paths:
+        size = sizes[path]
+        if size > limits.max_file_bytes:
+            problems.append(
+                ValidationError(
+                    shown_path(path),
+                    None,
+                    "",
+                    f"the file is {size:,} bytes; files are read up to {limits.max_file_bytes:,} bytes"
+                    f"{setting_hint('max_file_bytes')}",
+                )
+            )
+        if total <= limits.max_revision_bytes < total + size:
+            problems.append(
+                ValidationError(
+                    shown_path(path),
+                    None,
+                    "",
+                    f"with this file the files Sluice reads add up to more than "
+                    f"{limits.max_revision_bytes:,} bytes{setting_hint('max_revision_bytes')}",
+                )
+            )
+        total += size
+    return problems
+
+
+def _parse_files(
+    wanted: Mapping[str, str], read_blobs: BlobReader, cache: ParseCache, limits: Limits, *, check_sizes: bool
+) -> tuple[dict[str, ParsedFile], bytes | None, list[ValidationError]]:
+    """Every wanted file parsed (from the cache where it can be), the policy's bytes, and limit errors."""
     parsed: dict[str, ParsedFile] = {}
     missing: list[str] = []
     for path, blob in wanted.items():
@@ -210,20 +354,108 @@ def load_revision(
     if POLICY_FILE in wanted:
         blobs_needed.append(wanted[POLICY_FILE])
     contents = read_blobs(blobs_needed) if blobs_needed else {}
-    for path in missing:
-        result = parse_file(path, contents[wanted[path]])
+    if check_sizes and (
+        problems := size_problems({path: len(contents[wanted[path]]) for path in missing}, limits)
+    ):
+        return parsed, None, problems
+    nodes = sum(result.nodes for result in parsed.values())
+    for path in sorted(missing):
+        result = parse_file(path, contents[wanted[path]], limits)
         cache.put(path, wanted[path], result)
         parsed[path] = result
+        nodes += result.nodes
+        if nodes > limits.max_revision_nodes:
+            return parsed, None, [_too_many_nodes(path, limits)]
+    policy_content = contents[wanted[POLICY_FILE]] if POLICY_FILE in wanted else None
+    return parsed, policy_content, []
 
-    policy, errors = load_policy(contents[wanted[POLICY_FILE]] if POLICY_FILE in wanted else None)
-    errors = list(errors)
-    errors.extend(_analysis_url_errors(policy, scope))
-    for path in sorted(parsed):
-        errors.extend(parsed[path][1])
-    objects = _expand(parsed, policy, scope, errors)
-    if errors:
-        raise RevisionRejected(errors)
-    return DesiredState(policy=policy, objects=tuple(objects))
+
+def _too_many_nodes(path: str, limits: Limits) -> ValidationError:
+    return ValidationError(
+        path,
+        None,
+        "",
+        f"with this file the revision builds more than {limits.max_revision_nodes:,} values"
+        f"{setting_hint('max_revision_nodes')}",
+    )
+
+
+class _TooManyObjects(Exception):
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.path = path
+
+
+def _expand(
+    parsed: Mapping[str, ParsedFile],
+    policy: Policy,
+    scope: AdminScope,
+    errors: list[ValidationError],
+    limits: Limits = DEFAULT_LIMITS,
+) -> list[DesiredObject]:
+    permitted = _namespace_check(policy, scope)
+    objects: list[DesiredObject] = []
+    seen: dict[tuple[str, str], tuple[str, int | None]] = {}
+
+    def add(obj: DesiredObject, field_name: str) -> None:
+        first = seen.get(obj.key)
+        if first is not None:
+            where = first[0] + (f" line {first[1]}" if first[1] else "")
+            message = f"ConfigMap {obj.namespace}/{obj.name} is already defined in {where}"
+            errors.append(ValidationError(obj.origin, obj.line, field_name, message))
+            return
+        if len(objects) >= limits.max_objects:
+            raise _TooManyObjects(obj.origin)
+        seen[obj.key] = (obj.origin, obj.line)
+        objects.append(obj)
+
+    try:
+        for path in sorted(parsed):
+            for index, item in enumerate(parsed[path].items):
+                if isinstance(item, FlagSet):
+                    if flag_set := _flag_set_object(path, item, policy.flags_namespace, permitted, errors):
+                        add(flag_set, "")
+                    continue
+                targets = (item.namespace,) if item.namespace else policy.target_namespaces
+                for rank, namespace in enumerate(targets):
+                    if problem := permitted(namespace):
+                        errors.append(ValidationError(path, item.line, "metadata.namespace", problem))
+                        continue
+                    add(
+                        DesiredObject(
+                            namespace=namespace,
+                            name=item.name,
+                            content=item.content,
+                            origin=path,
+                            line=item.line,
+                            kind="configmap",
+                            group=f"{path}#{index}",
+                            rank=rank,
+                        ),
+                        "metadata.name",
+                    )
+    except _TooManyObjects as too_many:
+        message = (
+            f"with this file the revision expands to more than {limits.max_objects:,} ConfigMaps "
+            f"(one per target namespace){setting_hint('max_objects')}"
+        )
+        errors.append(ValidationError(too_many.path, None, "", message))
+    return objects
+
+
+def _namespace_check(policy: Policy, scope: AdminScope) -> Callable[[str], str | None]:
+    """Why a namespace may not be written to, or None; each namespace is judged once, since
+    many objects share few namespaces."""
+
+    @functools.cache
+    def permitted(namespace: str) -> str | None:
+        if not policy.allows(namespace):
+            allowed = ", ".join(policy.allowed_namespaces)
+            return f"namespace {namespace!r} is not allowed by {POLICY_FILE} (allowedNamespaces: {allowed})"
+        # The administrator's list is the only thing that widens scope: a repository's "*" reaches no further.
+        return scope.namespace_problem(namespace)
+
+    return permitted
 
 
 def _analysis_url_errors(policy: Policy, scope: AdminScope) -> list[ValidationError]:
@@ -236,85 +468,30 @@ def _analysis_url_errors(policy: Policy, scope: AdminScope) -> list[ValidationEr
     return errors
 
 
-def _expand(
-    parsed: Mapping[str, ParsedFile],
-    policy: Policy,
-    scope: AdminScope,
+def _flag_set_object(
+    path: str,
+    flag_set: FlagSet,
+    namespace: str,
+    permitted: Callable[[str], str | None],
     errors: list[ValidationError],
-) -> list[DesiredObject]:
-    def permitted(namespace: str) -> str | None:
-        if not policy.allows(namespace):
-            allowed = ", ".join(policy.allowed_namespaces)
-            return f"namespace {namespace!r} is not allowed by {POLICY_FILE} (allowedNamespaces: {allowed})"
-        # The administrator's list is the only thing that widens scope: a repository's "*" reaches no further.
-        return scope.namespace_problem(namespace)
-
-    objects: list[DesiredObject] = []
-    seen: dict[tuple[str, str], tuple[str, int | None]] = {}
-
-    def add(obj: DesiredObject, field_name: str) -> None:
-        first = seen.get(obj.key)
-        if first is not None:
-            errors.append(
-                ValidationError(
-                    obj.origin,
-                    obj.line,
-                    field_name,
-                    f"ConfigMap {obj.namespace}/{obj.name} is already defined in {first[0]}"
-                    + (f" line {first[1]}" if first[1] else ""),
-                )
-            )
-            return
-        seen[obj.key] = (obj.origin, obj.line)
-        objects.append(obj)
-
-    for path in sorted(parsed):
-        for index, item in enumerate(parsed[path][0]):
-            if isinstance(item, ConfigMapManifest):
-                targets = (item.namespace,) if item.namespace else policy.target_namespaces
-                for rank, namespace in enumerate(targets):
-                    if problem := permitted(namespace):
-                        errors.append(ValidationError(path, item.line, "metadata.namespace", problem))
-                        continue
-                    content = item.content
-                    add(
-                        DesiredObject(
-                            namespace=namespace,
-                            name=item.name,
-                            content=content,
-                            origin=path,
-                            line=item.line,
-                            kind="configmap",
-                            group=f"{path}#{index}",
-                            rank=rank,
-                        ),
-                        "metadata.name",
-                    )
-            else:
-                name = flag_set_name(path)
-                if problem := dns_subdomain_problem(name):
-                    errors.append(
-                        ValidationError(path, None, "", f"flag set name from the file name: {problem}")
-                    )
-                    continue
-                namespace = policy.flags_namespace
-                if problem := permitted(namespace):
-                    errors.append(ValidationError(POLICY_FILE, None, "flags.namespace", problem))
-                    continue
-                # The content hash covers the flags as Git has them, without the commit stamp.
-                unstamped = Content(data={flag_set_key(name): flag_set_json(item.document)})
-                add(
-                    DesiredObject(
-                        namespace=namespace,
-                        name=name,
-                        content=unstamped,
-                        origin=path,
-                        line=None,
-                        kind="flagset",
-                        group=path,
-                        rank=0,
-                        flag_set=item,
-                    ),
-                    "",
-                )
-    return objects
+) -> DesiredObject | None:
+    name = flag_set_name(path)
+    if problem := dns_subdomain_problem(name):
+        errors.append(ValidationError(path, None, "", f"flag set name from the file name: {problem}"))
+        return None
+    if problem := permitted(namespace):
+        errors.append(ValidationError(POLICY_FILE, None, "flags.namespace", problem))
+        return None
+    # The content hash covers the flags as Git has them, without the commit stamp.
+    unstamped = Content(data={flag_set_key(name): flag_set_json(flag_set.document)})
+    return DesiredObject(
+        namespace=namespace,
+        name=name,
+        content=unstamped,
+        origin=path,
+        line=None,
+        kind="flagset",
+        group=path,
+        rank=0,
+        flag_set=flag_set,
+    )

@@ -1,0 +1,182 @@
+"""The limits on what a repository can make a worker read, and the loader's behaviour at them."""
+
+from __future__ import annotations
+
+import fnmatch
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gitops.desired.documents import Usage, load_json, load_yaml
+from gitops.desired.errors import MAX_MESSAGE_CHARS, RevisionRejected, ValidationError
+from gitops.desired.limits import DEFAULT_LIMITS, SETTINGS, Limits
+from gitops.desired.policy import Policy
+from gitops.desired.revision import ParseCache, ParsedFile, load_revision
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_settings_hold_the_same_defaults_as_the_loader():
+    from django.conf import settings
+
+    assert Limits.from_settings(settings) == DEFAULT_LIMITS
+    assert set(SETTINGS.values()) <= set(dir(settings))
+
+
+def test_an_administrator_sets_each_limit_from_the_environment():
+    script = (
+        "from django.conf import settings\n"
+        "from gitops.desired.limits import Limits\n"
+        "print(Limits.from_settings(settings).max_file_bytes, settings.SLUICE_MAX_TASK_DELIVERIES)\n"
+    )
+    env = {
+        "DJANGO_SETTINGS_MODULE": "sluice.settings",
+        "SECRET_KEY": "x" * 50,
+        "PATH": "/usr/bin:/bin",
+        "SLUICE_MAX_FILE_BYTES": "1_000",
+        "SLUICE_MAX_TASK_DELIVERIES": "5",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1000", "5"]
+
+    env["SLUICE_MAX_DEPTH"] = "0"
+    refused = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert "SLUICE_MAX_DEPTH must be a whole number of at least 1" in refused.stderr
+
+
+def test_limits_refuse_nonsense():
+    with pytest.raises(ValueError, match="SLUICE_MAX_FILES"):
+        Limits(max_files=0)
+
+
+def test_an_alias_builds_a_copy_of_its_value_and_points_at_the_alias_line():
+    (document,), errors = load_yaml("a.yaml", b"base: &b {x: '1'}\nother: *b\n")
+    assert errors == []
+    assert document.data == {"base": {"x": "1"}, "other": {"x": "1"}}
+    assert document.data["base"] is not document.data["other"]
+    assert document.line_of("other", "x") == 2
+
+
+def test_a_scalar_anchor_serves_as_a_key_and_anchors_belong_to_their_document():
+    (document,), errors = load_yaml("a.yaml", b"name: &k port\nvalues:\n  *k : '80'\n")
+    assert errors == []
+    assert document.data["values"] == {"port": "80"}
+
+    _, errors = load_yaml("a.yaml", b"a: &x 1\n---\nb: *x\n")
+    assert [str(error) for error in errors] == [
+        "a.yaml:3: the alias *x refers to no anchor &x defined before it"
+    ]
+
+
+def test_usage_counts_values_and_aliases():
+    usage = Usage()
+    load_yaml("a.yaml", b"a: &x [1, 2]\nb: *x\nc: *x\n", usage=usage)
+    # root, three keys, the list and its two items, and two aliases of three values each
+    assert (usage.nodes, usage.aliases) == (1 + 3 + 3 + 3 + 3, 2)
+
+
+def test_a_depth_of_the_limit_is_accepted_and_one_more_is_not():
+    limits = Limits(max_depth=5)
+    assert load_yaml("a.yaml", b"[[[[[1]]]]]", limits=limits)[1] == []
+    _, errors = load_yaml("a.yaml", b"[[[[[[1]]]]]]", limits=limits)
+    assert [error.message for error in errors] == [
+        "lists and mappings are nested more than 5 deep (setting SLUICE_MAX_DEPTH)"
+    ]
+
+
+def test_an_alias_cannot_nest_its_value_past_the_depth_limit():
+    limits = Limits(max_depth=4)
+    _, errors = load_yaml("a.yaml", b"a: &x [[1]]\nb: [[*x]]\n", limits=limits)
+    assert [(error.line, error.message) for error in errors] == [
+        (2, "lists and mappings are nested more than 4 deep (setting SLUICE_MAX_DEPTH)")
+    ]
+
+
+def test_nul_bytes_and_broken_utf8_are_located():
+    _, errors = load_yaml("a.yaml", b"a: 1\nb: 'x\x00'\n")
+    assert [str(error) for error in errors] == [
+        "a.yaml:2: the character U+0000 at column 6 is not allowed in this file "
+        "(control characters and NUL bytes never are)"
+    ]
+    _, errors = load_json("a.json", b'{\n"a":\n"\xc3"}')
+    assert [(error.line, error.message) for error in errors] == [
+        (3, "not UTF-8 text: invalid continuation byte at byte 8")
+    ]
+
+
+def test_a_json_number_too_long_for_python_is_refused_with_its_line():
+    _, errors = load_json("a.json", b'{\n  "a": ' + b"1" * 5000 + b"\n}")
+    assert [(error.line, error.field) for error in errors] == [(2, "a")]
+
+
+def test_long_repository_text_is_clipped_in_the_middle_of_a_message():
+    error = ValidationError("a.yaml", 1, "data", f"{'k' * 10_000!r} is not a valid key (letters, digits)")
+    assert len(error.message) == MAX_MESSAGE_CHARS
+    assert error.message.startswith("'kkk")
+    assert error.message.endswith("is not a valid key (letters, digits)")
+    assert " … " in error.message
+
+
+def test_a_rejection_reports_at_most_100_errors_and_how_many_it_left_out():
+    errors = [ValidationError("a.yaml", line, "", "bad") for line in range(1, 501)]
+    reported = RevisionRejected(errors).errors
+    assert len(reported) == 101
+    assert reported[-1] == ValidationError("a.yaml", 100, "", "... and 400 more errors not shown")
+
+
+def test_the_parse_cache_is_bounded_by_the_values_it_holds():
+    cache = ParseCache(max_nodes=1_000)
+    for index in range(5):
+        cache.put(f"f{index}", "blob", ParsedFile([], [], nodes=400))
+    assert cache.nodes == 800
+    assert cache.get("f0", "blob") is None
+    assert cache.get("f4", "blob") is not None
+
+
+def test_changing_the_limits_empties_the_parse_cache():
+    cache = ParseCache()
+    files = {"configmaps/a.yaml": b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndata: {A: x}\n"}
+    load_revision({"configmaps/a.yaml": "1"}, lambda ids: {"1": files["configmaps/a.yaml"]}, cache=cache)
+    with pytest.raises(RevisionRejected):
+        load_revision(
+            {"configmaps/a.yaml": "1"},
+            lambda ids: {"1": files["configmaps/a.yaml"]},
+            cache=cache,
+            limits=Limits(max_file_nodes=3),
+        )
+
+
+@pytest.mark.parametrize("namespace", ["team-a", "team-b", "canary", "flags", "other", "team-", "teams-x"])
+def test_allowed_namespaces_match_as_fnmatch_would(namespace: str):
+    globs = ("team-?", "canary", "fl[a-z]gs", "*-x")
+    assert Policy(allowed_namespaces=globs).allows(namespace) == any(
+        fnmatch.fnmatchcase(namespace, glob) for glob in globs
+    )
+    assert not Policy(allowed_namespaces=()).allows(namespace)
+
+
+def test_loading_keeps_nothing_once_the_documents_are_dropped():
+    import gc
+    import tracemalloc
+
+    text = ("data:\n" + "".join(f"  key{index}: value-{index}\n" for index in range(1000))).encode()
+    load_yaml("a.yaml", text)  # warm-up: caches of the re module and the like
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(20):
+            load_yaml("a.yaml", text)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # PyYAML's constructor, used on its own, remembered every scalar it ever built (several MB here).
+    assert grown < 100_000
