@@ -39,11 +39,14 @@ from ninja.security.http import HttpBearer
 from pydantic import field_validator
 
 from dashboard.models import ApiToken
-from gitops import rollouts, selectors, services
+from gitops import schedule, selectors
 from gitops.desired.errors import ValidationError as RevisionError
 from gitops.errors import PermanentError, TemporaryError
-from gitops.models import Change, ManagedObject, Revision, Rollout, Source
-from gitops.sources import redact_url
+from gitops.models import ManagedObject, Revision, Rollout, Source
+from gitops.plan import drift_count
+from gitops.redaction import redact_url
+from gitops.rollout import decisions
+from gitops.vocabulary import ChangeAction
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
@@ -390,9 +393,8 @@ class ChangePage(Schema):
     offset: int
 
 
-# Typed query parameters for the OpenAPI document, derived from the models' choices.
+# Typed query parameters for the OpenAPI document: the shared vocabulary, and the models' choices.
 RolloutPhase = StrEnum("RolloutPhase", {phase.name: phase.value for phase in Rollout.Phase})  # type: ignore[misc]
-ChangeAction = StrEnum("ChangeAction", {action.name: action.value for action in Change.Action})  # type: ignore[misc]
 
 
 class RolloutFilters(Schema):
@@ -520,7 +522,7 @@ def source_rows(sources: list[Source]) -> list[dict[str, Any]]:
                 "commit": source.last_commit,
                 "revision_outcome": revision.outcome if revision else None,
                 "managed_objects": managed.get(source.pk, 0),
-                "drift": summary.get("drift", 0) + summary.get("self-heal", 0),
+                "drift": drift_count(summary),
                 "conflicts": summary.get("conflict", 0),
                 "active_rollout": selectors.rollout_status(rollout) if rollout else None,
                 "last_error": redact_url(source.last_error),
@@ -713,7 +715,7 @@ def sync_source(request: HttpRequest, name: SourceName) -> Status[dict[str, Any]
         raise PermissionDenied(f"{user.get_username()} may not sync sources")
     source = source_or_404(name)
     with transaction.atomic():
-        task_ids = services.enqueue_sync(source, actor=user.get_username())
+        task_ids = schedule.source_sync(source.pk, actor=user.get_username())
     # on_commit ran when the block above committed, so the task is queued and its id known.
     return Status(202, {"source": source.name, "task_id": task_ids[0], "actor": user.get_username()})
 
@@ -723,19 +725,20 @@ def sync_source(request: HttpRequest, name: SourceName) -> Status[dict[str, Any]
 )
 def promote_rollout(request: HttpRequest, rollout_id: RolloutId, body: PromoteIn) -> dict[str, Any]:
     """Approves the gate the rollout waits at; with enough approvals it goes on (``full``: to 100%)."""
-    rollout = rollouts.promote(rollout_id, user=caller(request), full=body.full, comment=body.comment)
+    user = caller(request)
+    rollout = decisions.rollout_promote(rollout_id, user=user, full=body.full, comment=body.comment)
     return selectors.rollout_status(rollout)
 
 
 @api.post("/rollouts/{rollout_id}/abort", response={202: RolloutOut, **BODY_ACTION_ERRORS}, tags=["rollouts"])
 def abort_rollout(request: HttpRequest, rollout_id: RolloutId, body: AbortIn) -> Status[dict[str, Any]]:
     """Asks for a rollback; a worker restores every target the rollout changed."""
-    rollout = rollouts.abort(rollout_id, user=caller(request), reason=body.reason)
+    rollout = decisions.rollout_abort(rollout_id, user=caller(request), reason=body.reason)
     return Status(202, selectors.rollout_status(rollout))
 
 
 @api.post("/rollouts/{rollout_id}/retry", response={201: RolloutOut, **ACTION_ERRORS}, tags=["rollouts"])
 def retry_rollout(request: HttpRequest, rollout_id: RolloutId) -> Status[dict[str, Any]]:
     """Starts an aborted or failed rollout's revision again from step 0: a new rollout."""
-    rollout = rollouts.retry(rollout_id, user=caller(request))
+    rollout = decisions.rollout_retry(rollout_id, user=caller(request))
     return Status(201, selectors.rollout_status(rollout))

@@ -26,11 +26,14 @@ from django.utils.dateparse import parse_date, parse_datetime
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from gitops import health, metrics, rollouts, selectors, services
+from gitops import health, metrics, schedule, selectors
 from gitops.errors import GitopsError
-from gitops.models import Approval, Change, ManagedObject, Rollout, RolloutEvent, Source
-from gitops.sources import redact_url
-from gitops.webhooks import MAX_BODY_BYTES
+from gitops.intake import receive
+from gitops.intake.webhooks import MAX_BODY_BYTES
+from gitops.models import Approval, ManagedObject, Rollout, RolloutEvent, Source
+from gitops.redaction import redact_url
+from gitops.rollout import decisions
+from gitops.vocabulary import ChangeAction
 
 PAGE_SIZE = 50
 EXPORT_LIMIT = 100_000
@@ -77,7 +80,7 @@ def readyz(request: HttpRequest) -> JsonResponse:
 
 
 def can_act(user: Any) -> bool:
-    return bool(user.has_perm(rollouts.APPROVE_PERMISSION))
+    return bool(user.has_perm(decisions.APPROVE_PERMISSION))
 
 
 def can_sync(user: Any) -> bool:
@@ -136,7 +139,7 @@ def source_sync(request: HttpRequest, name: str) -> HttpResponse:
         raise PermissionDenied("you may not sync sources")
     source = get_object_or_404(Source, name=name)
     with transaction.atomic():
-        services.enqueue_sync(source, actor=request.user.get_username())
+        schedule.source_sync(source.pk, actor=request.user.get_username())
     messages.success(request, f"Sync of {source.name} queued.")
     return redirect("dashboard:source", name=source.name)
 
@@ -182,16 +185,16 @@ def rollout_action(request: HttpRequest, rollout_id: int, action: str) -> HttpRe
     comment = request.POST.get("comment", "").strip()[:2000]
     try:
         if action == "promote":
-            rollouts.promote(rollout_id, user=user, comment=comment)  # type: ignore[arg-type]
+            decisions.rollout_promote(rollout_id, user=user, comment=comment)  # type: ignore[arg-type]
             messages.success(request, "Approval recorded.")
         elif action == "promote-full":
-            rollouts.promote(rollout_id, user=user, full=True, comment=comment)  # type: ignore[arg-type]
+            decisions.rollout_promote(rollout_id, user=user, full=True, comment=comment)  # type: ignore[arg-type]
             messages.success(request, "Promotion to 100% recorded.")
         elif action == "abort":
-            rollouts.abort(rollout_id, user=user, reason=comment)  # type: ignore[arg-type]
+            decisions.rollout_abort(rollout_id, user=user, reason=comment)  # type: ignore[arg-type]
             messages.success(request, "Abort requested: rolling back.")
         elif action == "retry":
-            again = rollouts.retry(rollout_id, user=user)  # type: ignore[arg-type]
+            again = decisions.rollout_retry(rollout_id, user=user)  # type: ignore[arg-type]
             messages.success(request, f"Retried as rollout {again.pk}.")
             return _go_to_rollout(request, again.pk)
         else:
@@ -261,7 +264,7 @@ def change_log(request: HttpRequest) -> HttpResponse:
         "filters": filters,
         "query": query,
         "next_before": page[-1].pk if has_more and page else None,
-        "actions": Change.Action.values,
+        "actions": [action.value for action in ChangeAction],
         "sources": list(Source.objects.order_by("name").values_list("name", flat=True)),
     }
     return render(request, "dashboard/changes.html", context)
@@ -347,5 +350,5 @@ def git_webhook(request: HttpRequest, name: str) -> JsonResponse:
     body = request.read(MAX_BODY_BYTES + 1)
     if len(body) > MAX_BODY_BYTES:
         return JsonResponse({"status": "rejected", "reason": "body too large"}, status=413)
-    answer = services.receive_webhook(name, request.headers, body)
+    answer = receive.webhook_receive(name, request.headers, body)
     return JsonResponse(answer.body, status=answer.status)

@@ -14,7 +14,7 @@ import redis
 from django.conf import settings
 from django.db import connection, transaction
 
-from gitops.apply import get_cluster
+from gitops.cluster import get_cluster
 
 CHECK_TIMEOUT_SECONDS = 3
 

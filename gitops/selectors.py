@@ -10,7 +10,8 @@ from django.db.models.fields.json import KeyTransform
 
 from gitops.desired.errors import ValidationError
 from gitops.models import Change, ManagedObject, Revision, Rollout, Source
-from gitops.sources import redact_url
+from gitops.plan import drift_count, out_of_sync
+from gitops.redaction import redact_url
 
 
 def source_status(source: Source) -> dict[str, Any]:
@@ -34,7 +35,7 @@ def source_status(source: Source) -> dict[str, Any]:
         "applied_commit": applied.commit if applied else "",
         "revision": _revision(latest) if latest else None,
         "managed_objects": ManagedObject.objects.filter(source=source).count(),
-        "drift": summary.get("drift", 0) + summary.get("self-heal", 0),
+        "drift": drift_count(summary),
         "conflicts": summary.get("conflict", 0),
         "active_rollout": rollout_status(active) if active else None,
         "last_error": source.last_error,
@@ -167,8 +168,7 @@ def sync_state(
     if last is not None and last.phase in (Rollout.Phase.ABORTED, Rollout.Phase.FAILED):
         return "Degraded"
     summary = (source.last_plan or {}).get("summary", {})
-    out_of_sync = any(summary.get(action) for action in ("drift", "conflict", "orphan", "held"))
-    if revision is None or last is None or out_of_sync:
+    if revision is None or last is None or out_of_sync(summary):
         return "OutOfSync"
     return "Synced"
 
@@ -226,7 +226,7 @@ def overview_rows(*, search: str = "", page: int = 1) -> tuple[list[SourceRow], 
                 state=sync_state(source, latest_revisions.get(source.pk), active, last),
                 revision=latest_revisions.get(source.pk),
                 active=active,
-                drift=summary.get("drift", 0) + summary.get("self-heal", 0),
+                drift=drift_count(summary),
             )
         )
     return rows, total

@@ -20,8 +20,8 @@ django.setup()
 
 from django.contrib.auth.models import Group, User  # noqa: E402
 
-from gitops import services  # noqa: E402
-from gitops.apply import get_cluster  # noqa: E402
+from gitops import reconcile, source_admin  # noqa: E402
+from gitops.cluster import get_cluster  # noqa: E402
 from gitops.models import Rollout, Source  # noqa: E402
 
 NAMESPACES = ["demo-canary", "demo-team-a", "demo-team-b", "demo-flags"]
@@ -153,17 +153,17 @@ def main() -> int:
 
     source = Source.objects.filter(name="shop-config").first()
     if source is None:
-        source = services.add_source(
+        source = source_admin.source_add(
             name="shop-config", url=f"file://{remote}", allowed_namespaces=["demo-*"]
         )
-        first = services.sync_source(source.pk, actor="demo")
+        first = reconcile.source_sync(source.pk, actor="demo")
         print(f"demo: applied the first commit: {first.outcome}")
 
         write(work, connections=4096, max_items=100, retries=3, checkout="on", with_rollout=True)
         git(work, "add", "--all")
         git(work, "commit", "--quiet", "-m", "Raise limits and turn on the new checkout, as a canary")
         git(work, "push", "--quiet", "origin", "HEAD:refs/heads/main")
-        second = services.sync_source(source.pk, actor="demo")
+        second = reconcile.source_sync(source.pk, actor="demo")
         print(f"demo: the second commit rolls out as a canary: {second.outcome}")
 
     user, _created = User.objects.get_or_create(username="demo", defaults={"email": "demo@example.com"})

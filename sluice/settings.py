@@ -159,6 +159,12 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 KUBECONFIG = env.get("KUBECONFIG") or None
 SLUICE_DATA_DIR = Path(env.get("SLUICE_DATA_DIR", BASE_DIR / ".data"))
+# Web and worker processes of a host share their metrics through this directory
+# (prometheus_client's multiprocess mode). The client reads the variable when it
+# is first imported, so it is settled here, before any app code runs.
+PROMETHEUS_MULTIPROC_DIR = Path(env.get("PROMETHEUS_MULTIPROC_DIR") or SLUICE_DATA_DIR / "metrics")
+PROMETHEUS_MULTIPROC_DIR.mkdir(parents=True, exist_ok=True)
+env["PROMETHEUS_MULTIPROC_DIR"] = str(PROMETHEUS_MULTIPROC_DIR)
 SLUICE_FIELD_MANAGER = "sluice"
 # The name recorded in the change log for the cluster this deployment manages.
 SLUICE_CLUSTER_NAME = env.get("SLUICE_CLUSTER_NAME", "default")

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, NamedTuple
 
-from gitops.content import Content
 from gitops.desired.configmaps import ConfigMapManifest, dns_subdomain_problem, parse_configmap
+from gitops.desired.content import Content
 from gitops.desired.documents import Usage, load_yaml
 from gitops.desired.errors import RevisionRejected, ValidationError
 from gitops.desired.flags import (

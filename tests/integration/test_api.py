@@ -26,7 +26,7 @@ from django.utils import timezone
 from django.utils.crypto import get_random_string
 
 from dashboard.models import ApiToken
-from gitops import services
+from gitops.intake import webhook_secrets
 from gitops.models import (
     ApplyIntent,
     Approval,
@@ -466,7 +466,7 @@ def test_no_secret_appears_in_any_response(as_role, monkeypatch):
         credentials_ref="env:SLUICE_TEST_GIT_TOKEN",
         last_error=f"fetch https://deploy:{secret}@git.example.com/org/config.git: 503",
     )
-    webhook_secret = services.rotate_webhook_secret(Source.objects.get(name="legacy"))
+    webhook_secret = webhook_secrets.webhook_secret_rotate(Source.objects.get(name="legacy"))
     viewer = as_role["viewer"]
     responses = [viewer.get(path) for path in ("/sources", "/sources/legacy", "/sources/legacy/revisions")]
     responses += [viewer.get("/openapi.json"), viewer.get("/rollouts"), viewer.get("/changes")]

@@ -14,9 +14,10 @@ import pytest
 from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied
 
-from gitops import rollouts
-from gitops.content import MANAGED_BY_LABEL, SOURCE_LABEL
+from gitops import source_admin
+from gitops.desired.content import MANAGED_BY_LABEL, SOURCE_LABEL
 from gitops.models import Change, Revision, Source
+from gitops.rollout import decisions
 from tests.gitrepo import GitRepo, configmap, policy
 from tests.rollouts import rollout_of, wait_for
 from tests.workers import poll
@@ -195,10 +196,10 @@ def test_an_analysis_prefix_removed_after_validation_is_not_called(
     sync(source)
     paused = wait_for(source, phase="Paused", waiting_for="approval")
 
-    from gitops import services
+    from gitops.rollout import decisions
 
-    services.update_source_scope(source, analysis_url_prefixes=[])
-    rollouts.promote(paused.pk, user=people["approver"])
+    source_admin.source_update_scope(source, analysis_url_prefixes=[])
+    decisions.rollout_promote(paused.pk, user=people["approver"])
     # The revision no longer passes validation under the narrower scope: it is undone, never called.
     failed = wait_for(source, phase="Failed")
     assert "is no longer valid for this source" in failed.message
@@ -243,8 +244,8 @@ def test_an_approval_floor_holds_even_when_the_repository_has_no_steps(
     assert sync(source)["outcome"] == "paused"
     assert cluster.get_configmap(canary, "app") is None
     first = rollout_of(source)
-    rollouts.promote(first.pk, user=people["approver"])
-    rollouts.promote(first.pk, user=people["second_approver"])
+    decisions.rollout_promote(first.pk, user=people["approver"])
+    decisions.rollout_promote(first.pk, user=people["second_approver"])
     wait_for(source, phase="Completed")
 
     # Otto commits an intermediate change, Ada the tip: neither may approve the range.
@@ -257,16 +258,16 @@ def test_an_approval_floor_holds_even_when_the_repository_has_no_steps(
     assert (gated.approvals_required, gated.forbid_self_approval) == (2, True)
     assert {"ada@example.com", "otto@example.com"} <= set(gated.commit_identities)
     with pytest.raises(PermissionDenied, match="otto wrote or committed"):
-        rollouts.promote(gated.pk, user=people["approver"])
+        decisions.rollout_promote(gated.pk, user=people["approver"])
     with pytest.raises(PermissionDenied, match="ada wrote or committed"):
-        rollouts.promote(gated.pk, user=people["author"])
+        decisions.rollout_promote(gated.pk, user=people["author"])
     # Without an email an administrator verified, nobody is trusted not to be an author.
     unverified = django_user_model.objects.create_user("uma", email="uma@example.com", password="x")
     unverified.groups.add(Group.objects.get(name="approver"))
     with pytest.raises(PermissionDenied, match="uma has no verified email"):
-        rollouts.promote(gated.pk, user=django_user_model.objects.get(pk=unverified.pk))
+        decisions.rollout_promote(gated.pk, user=django_user_model.objects.get(pk=unverified.pk))
     # A single approver cannot skip the gate with --full either.
-    rollouts.promote(gated.pk, user=people["second_approver"], full=True)
+    decisions.rollout_promote(gated.pk, user=people["second_approver"], full=True)
     assert rollout_of(source).phase == "Paused"
     assert cluster.get_configmap(canary, "app")["data"] == {"v": "1"}
 

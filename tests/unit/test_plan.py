@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from gitops.content import Content, Provenance, manifest
+from gitops.desired.content import Content
 from gitops.desired.policy import Policy
 from gitops.desired.revision import DesiredObject, DesiredState
 from gitops.plan import Action, DiffItem, decide, diff_content, plan
+from gitops.plan.provenance import Provenance, manifest
 
 SOURCE = "shop"
 OLD, NEW = "a" * 40, "b" * 40
