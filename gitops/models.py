@@ -13,11 +13,12 @@ from django.db import models
 from django.utils import timezone
 
 from gitops.desired.content import KIND_LABEL, Content
+from gitops.desired.policy import DEFAULT_HEALTH_TIMEOUT_SECONDS, ConsumerMode
 from gitops.desired.scope import AdminScope
 from gitops.plan import Action, PlanItem, diff_content
 from gitops.plan.provenance import Provenance, live_content, live_provenance
 from gitops.plan.provenance import manifest as configmap_manifest
-from gitops.vocabulary import ChangeAction
+from gitops.vocabulary import ChangeAction, Waiting
 
 SOURCE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # SHA-1 object ids have 40 hex digits, SHA-256 ones 64.
@@ -86,6 +87,9 @@ class Source(models.Model):
     last_synced_at = models.DateTimeField(null=True, blank=True)
     last_commit = models.CharField(max_length=COMMIT_LENGTH, blank=True, default="")
     last_error = models.TextField(blank=True, default="")
+    # Which workloads read which of the source's ConfigMaps, as last seen: {"ns/kind/name": [configmaps]}.
+    consumer_map = models.JSONField(default=dict, blank=True)
+    consumer_map_at = models.DateTimeField(null=True, blank=True)
     # Reconciles that failed in a row; the next poll backs off exponentially while it is above 0.
     consecutive_failures = models.PositiveIntegerField(default=0)
     # The plan the last reconcile computed (items that were not unchanged), for pages and the API.
@@ -163,11 +167,7 @@ class Rollout(models.Model):
         FAILED = "Failed"
         SUPERSEDED = "Superseded"
 
-    class Waiting(models.TextChoices):
-        NOTHING = "", "nothing"
-        APPROVAL = "approval", "approval"
-        TIMER = "timer", "timer"
-        ANALYSIS = "analysis", "analysis"
+    Waiting = Waiting
 
     ACTIVE_PHASES: ClassVar[tuple[str, ...]] = (Phase.PROGRESSING, Phase.PAUSED)
     ENDED_PHASES: ClassVar[tuple[str, ...]] = (Phase.COMPLETED, Phase.ABORTED, Phase.FAILED, Phase.SUPERSEDED)
@@ -175,7 +175,9 @@ class Rollout(models.Model):
     source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="rollouts")
     revision = models.ForeignKey(Revision, on_delete=models.CASCADE, related_name="rollouts")
     phase = models.CharField(max_length=16, choices=Phase.choices, default=Phase.PROGRESSING, db_index=True)
-    waiting_for = models.CharField(max_length=16, choices=Waiting.choices, blank=True, default="")
+    waiting_for = models.CharField(
+        max_length=16, choices=[(w.value, w.value or "nothing") for w in Waiting], blank=True, default=""
+    )
     pause_until = models.DateTimeField(null=True, blank=True, db_index=True)
     step_index = models.PositiveIntegerField(default=0)
     weight = models.PositiveSmallIntegerField(default=0)
@@ -186,6 +188,13 @@ class Rollout(models.Model):
     forbid_self_approval = models.BooleanField(default=False)
     # Authors' and committers' emails of every commit this rollout brings (lower case): none may approve it.
     commit_identities = models.JSONField(default=list, blank=True)
+    # What a ConfigMap step does to the workloads that read it, and how long they may take to be healthy.
+    consumers = models.CharField(
+        max_length=8, choices=[(mode.value, mode.value) for mode in ConsumerMode], default=ConsumerMode.IGNORE
+    )
+    health_timeout_seconds = models.PositiveIntegerField(default=DEFAULT_HEALTH_TIMEOUT_SECONDS)
+    # The consumers of the current wave and their state as the step gate last saw them, for pages.
+    consumer_states = models.JSONField(default=list, blank=True)
     content_hash = models.CharField(max_length=64, blank=True, default="")
     promoted_by = models.CharField(max_length=150, blank=True, default="")
     abort_requested_by = models.CharField(max_length=150, blank=True, default="")
@@ -216,6 +225,8 @@ class Rollout(models.Model):
         "approvals_required",
         "forbid_self_approval",
         "commit_identities",
+        "consumers",
+        "health_timeout_seconds",
         "content_hash",
     )
 

@@ -26,8 +26,11 @@ def sources_with_due_rollouts(now: Any = None) -> list[int]:
         waiting_for__in=(Rollout.Waiting.TIMER, Rollout.Waiting.ANALYSIS),
         pause_until__lte=now,
     )
+    # A step waiting for its consumers is watched a slice per pass; a pass lost to a crash is redone.
+    consumers = Rollout.objects.filter(phase=Rollout.Phase.PAUSED, waiting_for=Rollout.Waiting.CONSUMERS)
     aborts = Rollout.objects.filter(phase__in=Rollout.ACTIVE_PHASES).exclude(abort_requested_by="")
-    candidates = set(timers.values_list("source_id", flat=True)) | set(
+    candidates = set(timers.values_list("source_id", flat=True))
+    candidates |= set(consumers.values_list("source_id", flat=True)) | set(
         aborts.values_list("source_id", flat=True)
     )
     backing_off = set(

@@ -39,6 +39,7 @@ class ChangeAction(StrEnum):
     SELF_HEAL = "self-heal"
     REPLACE = "replace"  # an immutable object: deleted, then created
     ROLLBACK = "rollback"  # restored to what it held before a rollout
+    RESTART = "restart"  # a workload that reads a changed ConfigMap got a new pod template stamp
 
 
 class RolloutEventKind(StrEnum):
@@ -56,6 +57,7 @@ class RolloutEventKind(StrEnum):
     ROLLBACK_FAILED = "rollback-failed"
     COMPLETED = "completed"
     FAILED = "failed"
+    CONSUMERS = "consumers"  # a step's workloads were restarted, or became healthy, or failed
 
 
 class Waiting(StrEnum):
@@ -65,3 +67,4 @@ class Waiting(StrEnum):
     APPROVAL = "approval"
     TIMER = "timer"
     ANALYSIS = "analysis"
+    CONSUMERS = "consumers"  # the workloads that read a step's ConfigMaps, to be healthy

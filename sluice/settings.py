@@ -169,6 +169,10 @@ SLUICE_FIELD_MANAGER = "sluice"
 # The name recorded in the change log for the cluster this deployment manages.
 SLUICE_CLUSTER_NAME = env.get("SLUICE_CLUSTER_NAME", "default")
 SLUICE_APPLY_CONCURRENCY = int(env.get("SLUICE_APPLY_CONCURRENCY", "16"))
+# A step waiting for its consumers watches them this long per pass, holding the source's lock.
+SLUICE_CONSUMER_GATE_SLICE_SECONDS = float(env.get("SLUICE_CONSUMER_GATE_SLICE_SECONDS", "30"))
+# Sources a worker process remembers parsed files and plan verdicts of (least recently used out first).
+SLUICE_CACHED_SOURCES = int(env.get("SLUICE_CACHED_SOURCES", "256"))
 SLUICE_POLL_SWEEP_SECONDS = float(env.get("SLUICE_POLL_SWEEP_SECONDS", "5"))
 # What a repository may make a worker read (README, "Limits"); gitops.desired.limits.Limits
 # holds the same defaults and reads these names.

@@ -8,7 +8,7 @@ from typing import Any
 
 from django.conf import settings
 
-from gitops.cluster.client import Cluster, FieldConflictError
+from gitops.cluster.client import WORKLOAD_KINDS, Cluster, FieldConflictError, NotFoundError
 from gitops.desired.content import Content
 from gitops.errors import PermanentError
 from gitops.models import ApplyIntent
@@ -29,6 +29,8 @@ def intents_apply(cluster: Cluster, intents: Sequence[ApplyIntent]) -> list[str 
 
 
 def _apply_one(cluster: Cluster, intent: ApplyIntent) -> str | None:
+    if intent.kind in WORKLOAD_KINDS:
+        return _stamp_workload(cluster, intent)
     try:
         if (
             intent.action in (ChangeAction.DELETE, ChangeAction.REPLACE)
@@ -43,6 +45,19 @@ def _apply_one(cluster: Cluster, intent: ApplyIntent) -> str | None:
             _drop_foreign_keys(cluster, intent, applied)
     except FieldConflictError as exc:
         return f"conflict with another field manager: {exc}"
+    except PermanentError as exc:
+        return str(exc)
+    return None
+
+
+def _stamp_workload(cluster: Cluster, intent: ApplyIntent) -> str | None:
+    """A restart (or its rollback): server-side apply of the pod template's stamp, and nothing else."""
+    if intent.manifest is None:
+        return None
+    try:
+        cluster.apply_workload(intent.manifest, field_manager=settings.SLUICE_FIELD_MANAGER, force=True)
+    except NotFoundError:
+        return f"{intent.kind.lower()} {intent.namespace}/{intent.name} is gone"
     except PermanentError as exc:
         return str(exc)
     return None

@@ -19,6 +19,8 @@ from gitops.models import ApplyIntent, Change, Rollout, Source
 from gitops.plan import Plan
 from gitops.record.inventory import inventory_update
 
+CONFIGMAP = "ConfigMap"
+
 
 def intents_write(
     rollout: Rollout,
@@ -88,5 +90,6 @@ def changes_record(intents: Sequence[ApplyIntent], errors: Sequence[str | None])
     for intent in intents:
         intent.status = ApplyIntent.Status.FAILED if intent.pk in failed else ApplyIntent.Status.DONE
     # Once per batch, never per intent: inside a loop, 2,000 intents cost millions of upserts.
-    inventory_update([intent for intent in intents if intent.pk not in failed])
+    # The inventory is of ConfigMaps (what prune may delete); a restarted workload is not Sluice's.
+    inventory_update([i for i in intents if i.pk not in failed and i.kind == CONFIGMAP])
     return failures

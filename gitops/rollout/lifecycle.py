@@ -13,8 +13,10 @@ from django.utils import timezone
 
 from gitops.desired.policy import Analysis, Pause, SetWeight, Step, steps_from_json
 from gitops.desired.revision import DesiredState
+from gitops.failpoints import failpoint
 from gitops.models import Revision, Rollout, Source
 from gitops.record.events import rollout_event
+from gitops.rollout.consumers import wave_gate_close, wave_gate_pass, wave_restart
 from gitops.rollout.engine import desired_hash, with_approval_gate
 from gitops.rollout.gates import analyse, pause, pause_is_over
 from gitops.rollout.rollback import rollout_rollback
@@ -72,6 +74,8 @@ def rollout_start(
         phase=Rollout.Phase.PROGRESSING,
         steps=[step.as_json() for step in steps],
         approvals_required=max(policy.approvals.required, floor),
+        consumers=policy.rollout.consumers,
+        health_timeout_seconds=policy.rollout.health_timeout_seconds,
         forbid_self_approval=policy.approvals.forbid_self_approval or floor > 0,
         commit_identities=sorted({identity.lower() for identity in commit_identities}),
         content_hash=desired_hash(desired),
@@ -124,6 +128,13 @@ def _settled(
     if not rollout.is_active:
         outcome.outcome = Outcome(rollout.phase.lower())
         return True
+    if rollout.phase == Rollout.Phase.PAUSED and rollout.waiting_for == Waiting.CONSUMERS:
+        opened = wave_gate_pass(rollout)
+        rollout.refresh_from_db()
+        if opened:  # on to the next step, or the end
+            return _settled(rollout, desired, steps, outcome, actor=actor, retry_failed=retry_failed)
+        outcome.outcome = Outcome.PAUSED if rollout.is_active else Outcome(rollout.phase.lower())
+        return True
     if rollout.phase == Rollout.Phase.PAUSED and not pause_is_over(rollout):
         outcome.outcome = Outcome.FAILED if outcome.failures else Outcome.PAUSED
         return True
@@ -157,6 +168,11 @@ def _set_weight(
 ) -> bool:
     step_actor = rollout.promoted_by or actor
     result = weight_apply(rollout, desired, step.weight, rollout.step_index, step_actor)
+    failpoint("before-restart")
+    consumers, refused = wave_restart(
+        rollout, step_index=rollout.step_index, weight=step.weight, actor=step_actor
+    )
+    result.failures.extend(refused)
     outcome.merge(result)
     if result.failures:
         message = "; ".join(result.failures[:5])
@@ -164,18 +180,28 @@ def _set_weight(
         rollout_event(rollout, RolloutEventKind.FAILED, actor=step_actor, message=message)
         outcome.outcome = Outcome.FAILED
         return False
+    if consumers:
+        _step_event(rollout, step, result, step_actor, step_index=rollout.step_index)
+        wave_gate_close(rollout, consumers, weight=step.weight, actor=step_actor)
+        return True
     transition(rollout, weight=step.weight, step_index=rollout.step_index + 1, promoted_by="", message="")
+    _step_event(rollout, step, result, step_actor, step_index=rollout.step_index - 1)
+    return True
+
+
+def _step_event(
+    rollout: Rollout, step: SetWeight, result: StepOutcome, actor: str, *, step_index: int
+) -> None:
     counts = ", ".join(f"{n} {action}" for action, n in sorted(result.summary.items())) or "nothing to change"
     rollout_event(
         rollout,
         RolloutEventKind.STEP,
-        actor=step_actor,
-        step=rollout.step_index - 1,
+        actor=actor,
+        step=step_index,
         weight=step.weight,
         message=f"setWeight {step.weight}: {counts}",
         data=result.summary,
     )
-    return True
 
 
 def _complete(rollout: Rollout) -> None:
