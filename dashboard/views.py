@@ -296,10 +296,11 @@ EXPORT_CHUNK_WITH_BODIES = 50
 def _export_rows(changes: Any, *, bodies: bool) -> Iterator[dict[str, Any]]:
     rows = changes.order_by("-id").select_related("source")
     if not bodies:
-        rows = rows.defer("before", "after")
+        # The key-level diff holds old and new values too: as large as the bodies, and as private.
+        rows = rows.defer("before", "after", "diff")
     chunk = EXPORT_CHUNK_WITH_BODIES if bodies else EXPORT_CHUNK
     for change in rows[:EXPORT_LIMIT].iterator(chunk_size=chunk):
-        entry = selectors.change_as_dict(change)
+        entry = selectors.change_as_dict(change, with_diff=bodies)
         if bodies:
             entry["before"], entry["after"] = change.before, change.after
         yield entry

@@ -241,6 +241,8 @@ class Approval(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="approvals")
     username = models.CharField(max_length=150)
     comment = models.TextField(blank=True, default="")
+    # Approved going to 100% at once; a full release needs as many of these as the gate needs approvals.
+    full = models.BooleanField(default=False)
     at = models.DateTimeField(default=timezone.now)
 
     class Meta:

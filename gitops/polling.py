@@ -56,6 +56,8 @@ def sources_claim_due(now: Any = None) -> list[int]:
     for source_id, due_at, interval in Source.objects.filter(next_poll_at__lte=now).values_list(
         "pk", "next_poll_at", "poll_interval"
     ):
-        if Source.objects.filter(pk=source_id, next_poll_at=due_at).update(next_poll_at=now + interval):
+        # A due poll queues a sync whatever sync_queued says, so a lost task never silences pushes for long.
+        claim = Source.objects.filter(pk=source_id, next_poll_at=due_at)
+        if claim.update(next_poll_at=now + interval, sync_queued=False):
             claimed.append(source_id)
     return claimed

@@ -76,6 +76,7 @@ class SyncResult:
 
 def _reconcile(source: Source, *, actor: str, retry_failed: bool) -> SyncResult:
     resumed = intents_finish_pending(source)  # what a crashed run left behind
+    _abort_if_requested(source)  # before Git: nothing a new commit does can hold an abort up
     try:
         head, forced = revision_fetch(source)
     except (TemporaryError, PermanentError) as exc:
@@ -141,6 +142,18 @@ def _drive_active(source: Source, *, actor: str, retry_failed: bool) -> None:
         _drive(rollout, None, actor, retry_failed)
     except (TemporaryError, PermanentError) as exc:
         log.warning("rollout %s waits: its revision cannot be read from the mirror: %s", rollout.pk, exc)
+
+
+def _abort_if_requested(source: Source) -> None:
+    """Carries out a requested abort. A rollback needs nothing from Git: the intents hold what was there."""
+    requested = Rollout.objects.filter(source=source, phase__in=Rollout.ACTIVE_PHASES).exclude(
+        abort_requested_by=""
+    )
+    for rollout in requested.select_related("revision", "source"):
+        reason = rollout.abort_reason or "aborted"
+        rollout_rollback(
+            rollout, actor=rollout.abort_requested_by, reason=reason, phase=Rollout.Phase.ABORTED
+        )
 
 
 def _roll_back_invalid(rollout: Rollout) -> None:
@@ -264,8 +277,12 @@ def sync_failure_record(source_id: int, error: BaseException) -> SyncResult:
     failures = source.consecutive_failures + 1
     delay = retry_delay(source.poll_interval, failures)
     message = str(error) or type(error).__name__
+    # sync_queued goes too: a push must queue the next try, not be refused as "already queued".
     Source.objects.filter(pk=source_id).update(
-        last_error=message[:2000], consecutive_failures=failures, next_poll_at=timezone.now() + delay
+        last_error=message[:2000],
+        consecutive_failures=failures,
+        next_poll_at=timezone.now() + delay,
+        sync_queued=False,
     )
     log.error(
         "sync failed source=%s failures_in_a_row=%d next_try_in=%ds: %s",

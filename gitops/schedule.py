@@ -7,10 +7,11 @@ tasks are sent by name, so nothing here (or anywhere in the domain) imports
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import transaction
+from django.utils import timezone
 
 from gitops.celery import app
 from gitops.models import Source
@@ -46,10 +47,16 @@ def source_sync_once(source_id: int, *, actor: str) -> bool:
     return True
 
 
+# A task held for a later time stays unacknowledged in Redis, which hands it out again after an hour
+# (its visibility timeout): wakes further away are made in steps, and beat's sweep covers them anyway.
+MAX_WAKE_AHEAD = timedelta(minutes=30)
+
+
 def source_sync_at(source_id: int, when: datetime) -> None:
     """Wakes a source at ``when`` (a pause ends). Beat's sweep does it too: a lost wake loses nothing."""
     kwargs = {"source_id": source_id, "wait_if_busy": False}
-    transaction.on_commit(lambda: _send(SYNC_TASK, kwargs=kwargs, eta=when))
+    eta = min(when, timezone.now() + MAX_WAKE_AHEAD)
+    transaction.on_commit(lambda: _send(SYNC_TASK, kwargs=kwargs, eta=eta))
 
 
 def notification_delivery(notification_id: int) -> None:

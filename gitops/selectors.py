@@ -106,8 +106,8 @@ def change_log(
     return changes
 
 
-def change_as_dict(change: Change) -> dict[str, Any]:
-    return {
+def change_as_dict(change: Change, *, with_diff: bool = True) -> dict[str, Any]:
+    entry = {
         "id": change.pk,
         "at": _iso(change.at),
         "source": change.source.name,
@@ -124,8 +124,10 @@ def change_as_dict(change: Change) -> dict[str, Any]:
         "error": change.error,
         "before_hash": change.before_hash,
         "after_hash": change.after_hash,
-        "diff": change.diff,
     }
+    if with_diff:
+        entry["diff"] = change.diff
+    return entry
 
 
 def changes_per_object(source: Source) -> dict[tuple[str, str], int]:

@@ -10,12 +10,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import timedelta
 
+from django.db import transaction
+
 from gitops import caches
-from gitops.desired.policy import namespace_glob_problem
+from gitops.desired.policy import Pause, namespace_glob_problem, steps_from_json
 from gitops.desired.scope import url_prefix_problem
 from gitops.errors import PermanentError
-from gitops.models import MAX_REQUIRED_APPROVALS, Source
+from gitops.models import MAX_REQUIRED_APPROVALS, Rollout, Source
 from gitops.redaction import redact_url
+from gitops.vocabulary import Waiting
 
 
 def source_add(
@@ -67,6 +70,7 @@ def source_update_scope(
     notify_urls: Sequence[str] | None = None,
 ) -> Source:
     """Changes what an administrator allows a source; what is not given stays as it is."""
+    raised = required_approvals is not None and required_approvals > source.required_approvals
     _set_scope(
         source,
         allowed_namespaces=source.allowed_namespaces if allowed_namespaces is None else allowed_namespaces,
@@ -79,7 +83,27 @@ def source_update_scope(
     source.full_clean()
     source.save()
     caches.drop(source.pk)
+    if raised:
+        _gate_active_rollouts(source)
     return source
+
+
+def _gate_active_rollouts(source: Source) -> None:
+    """A raised approval floor holds rollouts already under way too: each stops at its next step."""
+    with transaction.atomic():
+        for rollout in Rollout.objects.select_for_update().filter(
+            source=source, phase__in=Rollout.ACTIVE_PHASES
+        ):
+            steps = steps_from_json(rollout.steps)
+            at_gate = rollout.phase == Rollout.Phase.PAUSED and rollout.waiting_for == Waiting.APPROVAL
+            position = rollout.step_index + 1
+            if not at_gate and not (position < len(steps) and steps[position] == Pause(None)):
+                steps = (*steps[:position], Pause(None), *steps[position:])
+            Rollout.objects.filter(pk=rollout.pk).update(
+                steps=[step.as_json() for step in steps],
+                approvals_required=max(rollout.approvals_required, source.required_approvals),
+                forbid_self_approval=True,
+            )
 
 
 def _set_scope(

@@ -18,6 +18,8 @@ from gitops.celery import app, redelivered_too_often
 from gitops.errors import PermanentError, TemporaryError
 from gitops.reconcile import SourceBusy, source_sync, sync_failure_record
 from gitops.record import notifications
+from gitops.rollout.state import SYSTEM_ACTOR
+from gitops.vocabulary import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,7 @@ def sync_source(
         # The running reconcile takes the request over (it is coalesced); only a
         # caller that waits for this task's own result needs it to run again.
         if not wait_if_busy:
-            return {"source_id": source_id, "outcome": "coalesced"}
+            return {"source_id": source_id, "outcome": Outcome.COALESCED}
         if self.request.retries >= BUSY_MAX_RETRIES:
             raise
         raise self.retry(exc=exc, countdown=BUSY_RETRY_SECONDS) from exc
@@ -90,7 +92,7 @@ def poll_sources(self: Task[Any, Any]) -> list[int]:
         return []  # the next sweep comes within seconds
     claimed = sorted(set(polling.sources_claim_due()) | set(polling.sources_with_due_rollouts()))
     for source_id in claimed:
-        schedule.source_sync(source_id, actor="sluice", wait_if_busy=False)
+        schedule.source_sync(source_id, actor=SYSTEM_ACTOR, wait_if_busy=False)
     return claimed
 
 

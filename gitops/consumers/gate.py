@@ -22,6 +22,7 @@ from gitops.consumers.workloads import Health, WorkloadHealth, health_of
 from gitops.errors import TemporaryError
 
 WorkloadKey = tuple[str, str, str]  # (kind, namespace, name)
+RELIST = "RELIST"
 
 
 class GateResult(StrEnum):
@@ -53,34 +54,56 @@ def gate_wait(
     changed: Callable[[dict[WorkloadKey, WorkloadHealth]], None] = lambda states: None,
 ) -> Verdict:
     """Waits up to ``seconds`` for every workload to be healthy; ``changed`` hears each new state."""
-    wanted = set(workloads)
-    groups: dict[tuple[str, str], set[str]] = {}
-    for kind, namespace, name in wanted:
-        groups.setdefault((kind, namespace), set()).add(name)
-    states: dict[WorkloadKey, WorkloadHealth] = {}
-    versions: dict[tuple[str, str], str] = {}
-    for (kind, namespace), names in groups.items():
-        items, versions[(kind, namespace)] = cluster.list_workloads(kind, namespace)
-        present = {item["metadata"]["name"]: item for item in items}
-        for name in names:
-            states[(kind, namespace, name)] = _judge(present.get(name))
-    changed(dict(states))
-    deadline = time.monotonic() + seconds
-    events: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
-    for group, version in versions.items():
-        _watch_in_background(cluster, group, version, seconds, events)
-    while (verdict := _verdict(states)) is None:
-        if time.monotonic() >= deadline or stop():
-            return Verdict(GateResult.WAITING, states)
+    wave = _WaveWatch(cluster, workloads, deadline=time.monotonic() + seconds)
+    changed(dict(wave.states))
+    while (verdict := _verdict(wave.states)) is None:
+        if wave.remaining() <= 0 or stop():
+            return Verdict(GateResult.WAITING, wave.states)
+        if wave.next_event():
+            changed(dict(wave.states))
+    return Verdict(verdict, wave.states)
+
+
+class _WaveWatch:
+    """The wave's workloads, listed once per (kind, namespace) and watched from there."""
+
+    def __init__(self, cluster: Cluster, workloads: Iterable[WorkloadKey], *, deadline: float) -> None:
+        self.cluster, self.deadline = cluster, deadline
+        self.wanted = set(workloads)
+        self.groups: dict[tuple[str, str], set[str]] = {}
+        for kind, namespace, name in self.wanted:
+            self.groups.setdefault((kind, namespace), set()).add(name)
+        self.states: dict[WorkloadKey, WorkloadHealth] = {}
+        self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        for group in self.groups:
+            self._list_and_watch(group)
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def next_event(self) -> bool:
+        """Takes in the next change (waiting a second at most); True when a state may have changed."""
         try:
-            kind_and_type, obj = events.get(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+            event_type, payload = self.events.get(timeout=min(1.0, max(0.0, self.remaining())))
         except queue.Empty:
-            continue
-        key = (obj.get("kind", ""), obj["metadata"]["namespace"], obj["metadata"]["name"])
-        if key in wanted:
-            states[key] = _judge(None if kind_and_type == "DELETED" else obj)
-            changed(dict(states))
-    return Verdict(verdict, states)
+            return False
+        if event_type == RELIST:  # a watch broke off: list that group again and watch on
+            self._list_and_watch(payload)
+            return True
+        key = (payload.get("kind", ""), payload["metadata"]["namespace"], payload["metadata"]["name"])
+        if key not in self.wanted:
+            return False
+        self.states[key] = _judge(None if event_type == "DELETED" else payload)
+        return True
+
+    def _list_and_watch(self, group: tuple[str, str]) -> None:
+        kind, namespace = group
+        items, version = self.cluster.list_workloads(kind, namespace)
+        present = {item["metadata"]["name"]: item for item in items}
+        for name in self.groups[group]:
+            self.states[(kind, namespace, name)] = _judge(present.get(name))
+        if (remaining := self.remaining()) > 0:
+            _watch_in_background(self.cluster, group, version, remaining, self.events)
 
 
 def _judge(obj: dict[str, Any] | None) -> WorkloadHealth:
@@ -100,13 +123,16 @@ def _watch_in_background(
     group: tuple[str, str],
     version: str,
     seconds: float,
-    events: queue.Queue[tuple[str, dict[str, Any]]],
+    events: queue.Queue[tuple[str, Any]],
 ) -> None:
     """Feeds the changes of one (kind, namespace) into ``events`` until the watch times out.
 
-    The thread outlives an early return by at most ``seconds``: a watch ends when the server closes it.
+    A watch that breaks off early (the connection drops, ``410 Gone``) asks for a
+    relist, so no change is missed. The thread outlives an early return by at most
+    ``seconds``: a watch ends when the server closes it.
     """
     kind, namespace = group
+    started = time.monotonic()
 
     def run() -> None:
         try:
@@ -116,6 +142,9 @@ def _watch_in_background(
                 if event_type in ("ADDED", "MODIFIED", "DELETED"):
                     events.put((event_type, obj))
         except TemporaryError:
-            return  # the next pass lists again
+            events.put((RELIST, group))
+            return
+        if time.monotonic() - started < seconds:
+            events.put((RELIST, group))  # the server ended it before its time
 
     threading.Thread(target=run, name=f"watch-{kind}-{namespace}", daemon=True).start()

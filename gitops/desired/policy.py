@@ -68,7 +68,13 @@ class Analysis:
 
 
 Step = SetWeight | Pause | Analysis
-ON_NEW_REVISION = ("supersede", "queue")
+
+
+class OnNewRevision(StrEnum):
+    """What a new commit does to a rollout still under way."""
+
+    SUPERSEDE = "supersede"  # roll it back and start the new one
+    QUEUE = "queue"  # let it finish; the newest commit goes next
 
 
 class ConsumerMode(StrEnum):
@@ -86,7 +92,7 @@ MAX_HEALTH_TIMEOUT_SECONDS = 3600
 @dataclass(frozen=True)
 class RolloutSpec:
     steps: tuple[Step, ...] = (SetWeight(100),)
-    on_new_revision: str = "supersede"
+    on_new_revision: OnNewRevision = OnNewRevision.SUPERSEDE
     consumers: ConsumerMode = ConsumerMode.IGNORE
     health_timeout_seconds: int = DEFAULT_HEALTH_TIMEOUT_SECONDS
 
@@ -333,10 +339,10 @@ def _read_analysis(reader: _Reader, body: Any, path: PathKey) -> Analysis | None
 
 def _read_rollout(reader: _Reader, value: Any) -> RolloutSpec:
     fields = reader.mapping(value, ("rollout",), ("steps", "onNewRevision", "consumers", "healthTimeout"))
-    on_new = fields.get("onNewRevision", "supersede")
-    if on_new not in ON_NEW_REVISION:
+    on_new = fields.get("onNewRevision", OnNewRevision.SUPERSEDE.value)
+    if on_new not in tuple(OnNewRevision):
         reader.error(("rollout", "onNewRevision"), "must be supersede or queue")
-        on_new = "supersede"
+        on_new = OnNewRevision.SUPERSEDE
     consumers = fields.get("consumers", ConsumerMode.IGNORE.value)
     if consumers not in tuple(ConsumerMode):
         reader.error(("rollout", "consumers"), "must be ignore, watch or restart")
@@ -347,7 +353,7 @@ def _read_rollout(reader: _Reader, value: Any) -> RolloutSpec:
         timeout = DEFAULT_HEALTH_TIMEOUT_SECONDS
     return RolloutSpec(
         steps=_read_steps(reader, fields.get("steps")),
-        on_new_revision=on_new,
+        on_new_revision=OnNewRevision(on_new),
         consumers=ConsumerMode(consumers),
         health_timeout_seconds=timeout,
     )

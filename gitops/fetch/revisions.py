@@ -84,16 +84,20 @@ def revision_desired_state(source: Source, revision: Revision) -> DesiredState |
         except RevisionRejected as rejected:
             _reject(source, revision, rejected)
             return None
-    if revision.outcome == Revision.Outcome.PENDING:
-        Revision.objects.filter(pk=revision.pk).update(outcome=Revision.Outcome.VALID)
+    if revision.outcome in (Revision.Outcome.PENDING, Revision.Outcome.REJECTED):
+        # Rejected before, valid now: the administrator widened the source's scope.
+        Revision.objects.filter(pk=revision.pk).update(outcome=Revision.Outcome.VALID, errors=[])
     cache.desired = (revision.commit, scope, desired)
     return desired
 
 
 def _reject(source: Source, revision: Revision, rejected: RevisionRejected) -> None:
+    newly = Revision.objects.filter(pk=revision.pk).exclude(outcome=Revision.Outcome.REJECTED).exists()
     Revision.objects.filter(pk=revision.pk).update(
         outcome=Revision.Outcome.REJECTED, errors=[e.as_dict() for e in rejected.errors]
     )
+    if not newly:
+        return  # known already: announced once, not on every poll
     log.warning(
         "revision rejected source=%s commit=%s errors=%d", source.name, revision.commit, len(rejected.errors)
     )

@@ -114,7 +114,7 @@ def _accept(
             source,
             provider=provider,
             headers=headers,
-            outcome="ignored",
+            outcome=WebhookDelivery.Outcome.IGNORED,
             reason="ping",
             delivery_id=delivery_id,
             event="ping",
@@ -130,7 +130,7 @@ def _accept(
                 event=event.event[:32],
                 ref=event.ref[:255],
                 commit=event.commit,
-                outcome="ignored" if reason else "accepted",
+                outcome=WebhookDelivery.Outcome.IGNORED if reason else WebhookDelivery.Outcome.ACCEPTED,
                 reason=reason[:300],
             )
     except IntegrityError:

@@ -20,6 +20,7 @@ from gitops.plan.diff import DiffItem, DiffOp, diff_content
 from gitops.plan.provenance import live_content, live_provenance
 
 ORIGIN_STAMPS = (COMMIT_METADATA_KEY, SOURCE_METADATA_KEY)
+UNAPPLIED = "carries this source's labels, but Sluice never applied it"
 
 
 class Action(StrEnum):
@@ -136,6 +137,14 @@ class PlanMemo:
     def put(self, key: tuple[str, str], resource_version: str, content_hash: str, item: PlanItem) -> None:
         self._verdicts[key] = (resource_version, content_hash, item)
 
+    def keep_only(self, keys: Collection[tuple[str, str]]) -> None:
+        """Forgets objects the last plan did not have: the memo never outgrows the revision."""
+        for key in self._verdicts.keys() - set(keys):
+            del self._verdicts[key]
+
+    def __len__(self) -> int:
+        return len(self._verdicts)
+
 
 def plan(
     desired: DesiredState,
@@ -163,8 +172,15 @@ def plan(
 
     items: list[PlanItem] = []
     wanted = desired.by_key()
+    if memo is not None:
+        memo.keep_only(wanted)
     for wanted_object in desired.objects:
         live = live_index.get(wanted_object.key)
+        if live is not None and wanted_object.key not in managed and live_provenance(live)[0] == source:
+            # Labels anyone may write do not make an object this source's: only what Sluice applied does.
+            forged = _foreign(wanted_object.key, live, UNAPPLIED)
+            items.append(replace(forged, desired=wanted_object))
+            continue
         item = _memoized_plan_object(wanted_object, live, desired, source=source, commit=commit, memo=memo)
         if wanted_object.key in held and item.action in (Action.CREATE, Action.UPDATE, Action.REPLACE):
             item = replace(item, action=Action.HELD, reason="a later rollout step reaches this target")
@@ -183,7 +199,7 @@ def _gone(
 ) -> PlanItem:
     """An object this source applied that Git no longer has: pruned, held until 100%, or an orphan."""
     if not managed:
-        return _foreign(key, live, "carries this source's labels, but Sluice never applied it")
+        return _foreign(key, live, UNAPPLIED)
     _, live_commit, live_hash = live_provenance(live)
     before = live_content(live)
     diff: tuple[DiffItem, ...] = ()

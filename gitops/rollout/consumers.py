@@ -20,10 +20,10 @@ from django.utils import timezone
 from gitops import schedule
 from gitops.cluster import get_cluster
 from gitops.consumers.gate import GateResult, WorkloadKey, gate_wait
-from gitops.consumers.wave import restart_intents, wave_consumers
+from gitops.consumers.wave import consumer_map, restart_intents, wave_consumers
 from gitops.consumers.workloads import Health, WorkloadHealth
 from gitops.desired.policy import ConsumerMode
-from gitops.models import ApplyIntent, ManagedObject, Rollout
+from gitops.models import ApplyIntent, ManagedObject, Rollout, Source
 from gitops.record.events import rollout_event
 from gitops.rollout.rollback import rollout_rollback
 from gitops.rollout.state import SYSTEM_ACTOR, transition
@@ -79,6 +79,15 @@ def wave_restart(
         for w in workloads
     ]
     return states, failures
+
+
+def consumer_map_refresh(rollout: Rollout) -> None:
+    """Records which workloads read which of the source's ConfigMaps, for the source page."""
+    if rollout.consumers == ConsumerMode.IGNORE:
+        return
+    managed = list(ManagedObject.objects.filter(source_id=rollout.source_id).values_list("namespace", "name"))
+    mapping = consumer_map(get_cluster(), {namespace for namespace, _ in managed}, managed)
+    Source.objects.filter(pk=rollout.source_id).update(consumer_map=mapping, consumer_map_at=timezone.now())
 
 
 def wave_gate_close(rollout: Rollout, states: list[dict[str, object]], *, weight: int, actor: str) -> None:

@@ -16,10 +16,11 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from gitops import schedule
-from gitops.desired.policy import SetWeight
+from gitops.desired.policy import SetWeight, steps_from_json
 from gitops.errors import PermanentError
 from gitops.models import Approval, Rollout, VerifiedEmail, copied
 from gitops.record.events import rollout_event
+from gitops.rollout.engine import with_approval_gate
 from gitops.vocabulary import RolloutEventKind, Waiting
 
 APPROVE_PERMISSION = "gitops.approve_rollout"
@@ -62,7 +63,16 @@ def rollout_promote(rollout_id: int, *, user: User, full: bool = False, comment:
             message = f"{approvers} of {rollout.approvals_required} approvals"
             Rollout.objects.filter(pk=rollout.pk).update(message=message)
         else:
-            _release(rollout, user.get_username(), at_gate=at_gate, full=full)
+            # Skipping the later gates takes as many approvers who asked for it as a gate takes approvals.
+            wanted_full = Approval.objects.filter(
+                rollout=rollout, step_index=rollout.step_index, full=True
+            ).count()
+            full_release = full and wanted_full >= rollout.approvals_required
+            if at_gate or full_release:
+                _release(rollout, user.get_username(), at_gate=at_gate, full=full_release)
+            else:  # asked to skip ahead between gates: only as many full approvals do that
+                message = f"{wanted_full} of {rollout.approvals_required} approvals to go to 100%"
+                Rollout.objects.filter(pk=rollout.pk).update(message=message)
     rollout.refresh_from_db()
     return rollout
 
@@ -94,6 +104,7 @@ def _approve(rollout: Rollout, user: User, *, full: bool, comment: str) -> int:
                 user=user,
                 username=username,
                 comment=comment,
+                full=full,
             )
     except IntegrityError as exc:
         raise RolloutError(f"{username} already approved step {gate} of rollout {rollout.pk}") from exc
@@ -166,12 +177,28 @@ def rollout_retry(rollout_id: int, *, user: User) -> Rollout:
             )
         if Rollout.objects.filter(source=source, phase__in=Rollout.ACTIVE_PHASES).exists():
             raise RolloutError(f"{source.name} already has an active rollout")
-        again = Rollout.objects.create(**copied(rollout, Rollout.REPEATED_FIELDS), created_by=username)
+        again = Rollout.objects.create(
+            **gated(source, copied(rollout, Rollout.REPEATED_FIELDS)), created_by=username
+        )
         rollout_event(
             again, RolloutEventKind.STARTED, actor=username, message=f"retry of rollout {rollout.pk}"
         )
         schedule.source_sync(source.pk, actor=username)
     return again
+
+
+def gated(source: Any, fields: dict[str, Any]) -> dict[str, Any]:
+    """A rollout's steps and approvals under the source's approval floor as it is now (maybe raised)."""
+    floor = source.required_approvals
+    if not floor:
+        return fields
+    steps = with_approval_gate(steps_from_json(fields["steps"]))
+    return {
+        **fields,
+        "steps": [step.as_json() for step in steps],
+        "approvals_required": max(fields["approvals_required"], floor),
+        "forbid_self_approval": True,
+    }
 
 
 def _check_permission(user: User) -> None:

@@ -11,12 +11,12 @@ from collections.abc import Callable, Sequence
 
 from django.utils import timezone
 
-from gitops.desired.policy import Analysis, Pause, SetWeight, Step, steps_from_json
+from gitops.desired.policy import Analysis, OnNewRevision, Pause, SetWeight, Step, steps_from_json
 from gitops.desired.revision import DesiredState
 from gitops.failpoints import failpoint
 from gitops.models import Revision, Rollout, Source
 from gitops.record.events import rollout_event
-from gitops.rollout.consumers import wave_gate_close, wave_gate_pass, wave_restart
+from gitops.rollout.consumers import consumer_map_refresh, wave_gate_close, wave_gate_pass, wave_restart
 from gitops.rollout.engine import desired_hash, with_approval_gate
 from gitops.rollout.gates import analyse, pause, pause_is_over
 from gitops.rollout.rollback import rollout_rollback
@@ -41,7 +41,7 @@ def rollout_choose(
     if active is not None and (active.revision_id == head.pk or active.abort_requested_by):
         return active, None
     if active is not None:
-        if head_desired.policy.rollout.on_new_revision == "queue":
+        if head_desired.policy.rollout.on_new_revision == OnNewRevision.QUEUE:
             Revision.objects.filter(pk=head.pk, outcome=Revision.Outcome.VALID).update(
                 outcome=Revision.Outcome.QUEUED
             )
@@ -49,7 +49,10 @@ def rollout_choose(
         reason = f"superseded by {head.commit[:12]}"
         rollout_rollback(active, actor=SYSTEM_ACTOR, reason=reason, phase=Rollout.Phase.SUPERSEDED)
     latest = Rollout.objects.filter(source=source, revision=head).order_by("-id").first()
-    if latest is not None and latest.phase != Rollout.Phase.SUPERSEDED:
+    newest = Rollout.objects.filter(source=source).order_by("-id").values_list("pk", flat=True).first()
+    # A rollout of the head is taken up again only while nothing came after it: a branch moved
+    # back to an older commit goes out anew, through its steps and gates, never at once.
+    if latest is not None and latest.phase != Rollout.Phase.SUPERSEDED and latest.pk == newest:
         return latest, None
     return rollout_start(
         source, head, head_desired, actor=SYSTEM_ACTOR, commit_identities=commit_identities()
@@ -94,9 +97,9 @@ def rollout_drive(
 ) -> StepOutcome:
     """Moves the rollout as far as it can go now: until a pause, an end, or a failure."""
     outcome = StepOutcome()
-    steps = steps_from_json(rollout.steps)
     while True:
         rollout.refresh_from_db()
+        steps = steps_from_json(rollout.steps)  # an administrator may add a gate while it runs
         if _settled(rollout, desired, steps, outcome, actor=actor, retry_failed=retry_failed):
             return outcome
         if not _take_step(rollout, steps[rollout.step_index], desired, outcome, actor=actor):
@@ -180,6 +183,8 @@ def _set_weight(
         rollout_event(rollout, RolloutEventKind.FAILED, actor=step_actor, message=message)
         outcome.outcome = Outcome.FAILED
         return False
+    if result.outcome is Outcome.APPLIED:
+        consumer_map_refresh(rollout)
     if consumers:
         _step_event(rollout, step, result, step_actor, step_index=rollout.step_index)
         wave_gate_close(rollout, consumers, weight=step.weight, actor=step_actor)

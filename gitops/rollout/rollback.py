@@ -21,7 +21,7 @@ from gitops.vocabulary import ChangeAction, RolloutEventKind
 ObjectKey = tuple[str, str, str]  # (kind, namespace, name)
 
 
-def rollout_rollback(rollout: Rollout, *, actor: str, reason: str, phase: str) -> list[str]:
+def rollout_rollback(rollout: Rollout, *, actor: str, reason: str, phase: Rollout.Phase) -> list[str]:
     """Restores every target this rollout changed, then ends it in ``phase`` (Failed if a restore failed)."""
     first_intents: dict[ObjectKey, ApplyIntent] = {}
     for intent in rollout.intents.filter(status=ApplyIntent.Status.DONE).exclude(

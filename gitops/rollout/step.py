@@ -39,7 +39,9 @@ def weight_apply(
 ) -> StepOutcome:
     """Brings every target to what ``weight`` asks for; returns what it did and what the cluster refused."""
     source = rollout.source
-    live = live_configmaps(get_cluster(), {*desired.namespaces, *managed_namespaces(source)})
+    live = live_configmaps(
+        get_cluster(), {*desired.namespaces, *in_scope(source, managed_namespaces(source))}
+    )
     weighted = desired_at_weight(desired, weight, flag_baselines(rollout, desired, live))
     current = plan(
         weighted,
@@ -60,6 +62,11 @@ def weight_apply(
         last_plan=plan_snapshot(current, weight=weight, applied=applied)
     )
     return StepOutcome(Outcome.APPLIED if intents else Outcome.UNCHANGED, current.summary(), failures)
+
+
+def in_scope(source: Source, namespaces: set[str]) -> set[str]:
+    """The namespaces the administrator still allows: one taken out of scope is neither written nor pruned."""
+    return {namespace for namespace in namespaces if source.scope.namespace_problem(namespace) is None}
 
 
 def intents_execute(intents: Sequence[ApplyIntent]) -> list[str]:

@@ -7,9 +7,12 @@ whose pods are scheduled and become Ready, or stay Pending when no node takes th
 
 from __future__ import annotations
 
-import pytest
+import io
 
-from gitops.models import Change, Rollout
+import pytest
+from django.core.management import call_command
+
+from gitops.models import Change, Rollout, Source
 from gitops.rollout import decisions
 from tests.gitrepo import configmap, policy
 from tests.rollouts import rollout_of, wait_for
@@ -68,6 +71,12 @@ def deployment(name: str, pod_spec: dict, *, replicas: int = 1, annotations=None
     }
 
 
+def diff(source) -> str:
+    out = io.StringIO()
+    call_command("gitops", "diff", source.name, stdout=out)
+    return out.getvalue()
+
+
 def generations(apps_api, namespace: str) -> dict[str, int]:
     return {
         d.metadata.name: d.metadata.generation for d in apps_api.list_namespaced_deployment(namespace).items
@@ -113,11 +122,18 @@ def test_restart_goes_wave_by_wave_through_every_kind_of_reference(
         for name in [*POD_SPECS, "pinned"]:
             wait_for_rollout(apps_api, namespace, name)
     repo.commit("v2")
+    first, rest = targets[0], targets[1:]
+    planned = diff(source)
+    for namespace in targets:
+        for name in POD_SPECS:
+            if name != "unrelated":
+                assert f"  restart deployment {namespace}/{name}  (reads app)" in planned
+        assert f" wait for deployment {namespace}/pinned  (reads app)" in planned
+    assert "unrelated" not in planned
 
     result = sync(source, timeout=180)
 
     assert result["outcome"] == "paused", result
-    first, rest = targets[0], targets[1:]
     restarted = {name: 2 for name in POD_SPECS if name != "unrelated"}
     assert generations(apps_api, first) == {**restarted, "unrelated": 1, "pinned": 1}
     for namespace in rest:
@@ -134,6 +150,10 @@ def test_restart_goes_wave_by_wave_through_every_kind_of_reference(
     ]
     assert all(c.commit == paused.revision.commit and c.step_index == 0 and c.weight == 33 for c in restarts)
     assert all(c.before_hash == "" and c.after_hash for c in restarts)
+
+    consumer_map = Source.objects.get(pk=source.pk).consumer_map
+    assert consumer_map[f"{first}/Deployment/by-init"] == ["app"]
+    assert consumer_map[f"{first}/Deployment/unrelated"] == ["other"]
 
     decisions.rollout_promote(paused.pk, user=people["approver"])
     wait_for(source, phase="Completed", timeout=180)

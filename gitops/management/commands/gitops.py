@@ -246,7 +246,8 @@ class Command(BaseCommand):
 
     def do_diff(self, **options: Any) -> None:
         source = self._source(options["name"])
-        revision, plan = preview.source_preview(source)
+        previewed = preview.source_preview(source)
+        revision, plan = previewed.revision, previewed.plan
         if plan is None:
             if options["json"]:
                 self.stdout.write(
@@ -262,10 +263,18 @@ class Command(BaseCommand):
                 "commit": plan.commit,
                 "summary": plan.summary(),
                 "items": [i.as_dict() for i in plan.items],
+                "consumers": [effect.as_dict() for effect in previewed.consumers],
             }
             self.stdout.write(json.dumps(payload, indent=2))
             return
         self._print_plan(plan)
+        for effect in previewed.consumers:
+            workload = effect.workload
+            verb = "restart" if effect.restart else "wait for"
+            self.stdout.write(
+                f"{verb:>9} {workload.kind.lower()} {workload.namespace}/{workload.name}"
+                f"  (reads {', '.join(effect.reads)})"
+            )
 
     def _print_plan(self, plan: Plan) -> None:
         self.stdout.write(f"plan for {plan.source} @ {plan.commit[:12]}: " + _counts(plan.summary()))
