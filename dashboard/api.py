@@ -234,7 +234,7 @@ class RolloutOut(Schema):
     consumers: ConsumerMode = Field(description="what a ConfigMap step does to the workloads that read it")
     health_timeout_seconds: int = Field(description="how long a wave's consumers may take to be healthy")
     consumer_states: list[ConsumerStateOut] = Field(
-        description="the consumers of the current (or last) wave; while the rollout waits for consumers, "
+        description="the consumers of the latest step that had any; while the rollout waits for them, "
         "updated as their controllers report"
     )
 
