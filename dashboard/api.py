@@ -40,7 +40,10 @@ from pydantic import field_validator
 
 from dashboard.models import ApiToken
 from gitops import schedule, selectors
+from gitops.consumers.workloads import KINDS as WORKLOAD_KINDS
+from gitops.consumers.workloads import Health
 from gitops.desired.errors import ValidationError as RevisionError
+from gitops.desired.policy import ConsumerMode
 from gitops.errors import PermanentError, TemporaryError
 from gitops.models import ManagedObject, Revision, Rollout, Source
 from gitops.plan import drift_count
@@ -196,6 +199,21 @@ class PageIn(Schema):
     offset: int = Field(0, ge=0, le=MAX_OFFSET)
 
 
+WorkloadKind = StrEnum("WorkloadKind", {kind.upper(): kind for kind in WORKLOAD_KINDS})  # type: ignore[misc]
+
+
+class ConsumerStateOut(Schema):
+    """A workload that reads a ConfigMap the last step changed, as its controller last reported it."""
+
+    kind: WorkloadKind
+    namespace: str
+    name: str
+    restarted: bool = Field(description="this step stamped its pod template, so its pods were replaced")
+    restartable: bool = Field(description='false when annotated sluice.dev/restart: "false" (only watched)')
+    health: Health
+    detail: str = Field(description='"3/3 available", "updating 1/2", "ProgressDeadlineExceeded: ..."')
+
+
 class RolloutOut(Schema):
     """A rollout's state, as ``gitops status --json`` shows it."""
 
@@ -213,6 +231,12 @@ class RolloutOut(Schema):
     message: str
     created_at: datetime | None
     finished_at: datetime | None
+    consumers: ConsumerMode = Field(description="what a ConfigMap step does to the workloads that read it")
+    health_timeout_seconds: int = Field(description="how long a wave's consumers may take to be healthy")
+    consumer_states: list[ConsumerStateOut] = Field(
+        description="the consumers of the latest step that had any; while the rollout waits for them, "
+        "updated as their controllers report"
+    )
 
 
 class RevisionStatusOut(Schema):
@@ -259,6 +283,11 @@ class SourceDetailOut(SourceOut):
     applied_commit: str
     revision: RevisionStatusOut | None
     plan: PlanSummaryOut | None
+    consumer_map: dict[str, list[str]] = Field(
+        description='which workloads read which of the source\'s ConfigMaps: {"namespace/Kind/name": '
+        "[configmap, ...]}; empty until Sluice has looked"
+    )
+    consumer_map_at: datetime | None = Field(description="when the consumer map was made")
 
 
 class SourcePage(Schema):

@@ -26,7 +26,9 @@ from django.utils.dateparse import parse_date, parse_datetime
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
+from dashboard.consumers import CONSUMERS_SHOWN, PINNED_HINT, configmap_readers, consumers_by_target
 from gitops import health, metrics, schedule, selectors
+from gitops.consumers.workloads import KINDS as WORKLOAD_KINDS
 from gitops.errors import GitopsError
 from gitops.intake import receive
 from gitops.intake.webhooks import MAX_BODY_BYTES
@@ -117,6 +119,7 @@ def overview(request: HttpRequest) -> HttpResponse:
 @permission_required("gitops.view_source", raise_exception=True)
 def source_detail(request: HttpRequest, name: str) -> HttpResponse:
     source = get_object_or_404(Source, name=name)
+    readers = configmap_readers(source.consumer_map or {})
     context = {
         "source": source,
         "url": redact_url(source.url),
@@ -128,6 +131,8 @@ def source_detail(request: HttpRequest, name: str) -> HttpResponse:
         "deliveries": list(source.deliveries.order_by("-received_at", "-id")[:20]),
         "webhook_url": request.build_absolute_uri(reverse("dashboard:webhook", args=[source.name])),
         "has_webhook_secret": bool(source.webhook_secret_encrypted),
+        "readers": readers[:CONSUMERS_SHOWN],
+        "readers_total": len(readers),
     }
     return render(request, "dashboard/source.html", context)
 
@@ -150,6 +155,10 @@ def source_sync(request: HttpRequest, name: str) -> HttpResponse:
 def _rollout_context(request: HttpRequest, rollout: Rollout) -> dict[str, Any]:
     now = timezone.now()
     targets, targets_total = selectors.rollout_targets(rollout)
+    waiting_for_consumers = (
+        rollout.phase == Rollout.Phase.PAUSED and rollout.waiting_for == Rollout.Waiting.CONSUMERS
+    )
+    consumer_targets = consumers_by_target((rollout.consumer_states or [])[:CONSUMERS_SHOWN])
     return {
         "rollout": rollout,
         "source": rollout.source,
@@ -159,9 +168,15 @@ def _rollout_context(request: HttpRequest, rollout: Rollout) -> dict[str, Any]:
         "targets_total": targets_total,
         "events": list(RolloutEvent.objects.filter(rollout=rollout).order_by("at", "id")),
         "approvals": list(Approval.objects.filter(rollout=rollout).order_by("at")),
+        # A timed pause resumes at pause_until; a consumer gate fails there instead (shown as a deadline).
         "seconds_left": max(0, int((rollout.pause_until - now).total_seconds()))
-        if rollout.pause_until
+        if rollout.pause_until and not waiting_for_consumers
         else None,
+        "waiting_for_consumers": waiting_for_consumers,
+        "consumer_targets": consumer_targets,
+        "consumers_total": len(rollout.consumer_states or []),
+        "consumers_shown": CONSUMERS_SHOWN,
+        "pinned_hint": PINNED_HINT,
         "can_act": can_act(request.user),
         "at_gate": rollout.phase == Rollout.Phase.PAUSED and rollout.waiting_for == Rollout.Waiting.APPROVAL,
     }
@@ -265,6 +280,7 @@ def change_log(request: HttpRequest) -> HttpResponse:
         "query": query,
         "next_before": page[-1].pk if has_more and page else None,
         "actions": [action.value for action in ChangeAction],
+        "workload_kinds": WORKLOAD_KINDS,
         "sources": list(Source.objects.order_by("name").values_list("name", flat=True)),
     }
     return render(request, "dashboard/changes.html", context)

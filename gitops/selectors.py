@@ -38,6 +38,9 @@ def source_status(source: Source) -> dict[str, Any]:
         "drift": drift_count(summary),
         "conflicts": summary.get("conflict", 0),
         "active_rollout": rollout_status(active) if active else None,
+        # Which workloads read which of the source's ConfigMaps, as the worker last saw them.
+        "consumer_map": dict(source.consumer_map or {}),
+        "consumer_map_at": _iso(source.consumer_map_at),
         "last_error": source.last_error,
         # A failing source backs off: how many failures in a row, and when it tries again.
         "consecutive_failures": source.consecutive_failures,
@@ -78,6 +81,10 @@ def rollout_status(rollout: Rollout) -> dict[str, Any]:
         "message": rollout.message,
         "created_at": _iso(rollout.created_at),
         "finished_at": _iso(rollout.finished_at),
+        # What a ConfigMap step does to the workloads that read it, and their state in the last wave.
+        "consumers": rollout.consumers,
+        "health_timeout_seconds": rollout.health_timeout_seconds,
+        "consumer_states": [dict(state) for state in rollout.consumer_states or []],
     }
 
 
@@ -240,17 +247,21 @@ ROLLOUT_TARGETS_SHOWN = 200
 def rollout_targets(
     rollout: Rollout, *, limit: int = ROLLOUT_TARGETS_SHOWN
 ) -> tuple[list[dict[str, Any]], int]:
-    """The objects the rollout changed, each with its latest change: at most ``limit``, and the total."""
+    """The objects the rollout changed (ConfigMaps, restarted workloads), each with its latest change:
+    at most ``limit``, and the total."""
     changes = Change.objects.filter(rollout=rollout)
-    total = changes.values("namespace", "name").distinct().count()
+    total = changes.values("namespace", "kind", "name").distinct().count()
     latest = (
-        changes.order_by("namespace", "name", "-id")
-        .distinct("namespace", "name")
-        .values("namespace", "name", "action", "step_index", "weight", "result", "at", "actor")[:limit]
+        changes.order_by("namespace", "kind", "name", "-id")
+        .distinct("namespace", "kind", "name")
+        .values("namespace", "kind", "name", "action", "step_index", "weight", "result", "at", "actor")[
+            :limit
+        ]
     )
     rows = [
         {
             "namespace": row["namespace"],
+            "kind": row["kind"],
             "name": row["name"],
             "action": row["action"],
             "step": row["step_index"],
