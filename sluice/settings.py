@@ -174,6 +174,12 @@ SLUICE_CONSUMER_GATE_SLICE_SECONDS = float(env.get("SLUICE_CONSUMER_GATE_SLICE_S
 # Sources a worker process remembers parsed files and plan verdicts of (least recently used out first).
 SLUICE_CACHED_SOURCES = int(env.get("SLUICE_CACHED_SOURCES", "256"))
 SLUICE_POLL_SWEEP_SECONDS = float(env.get("SLUICE_POLL_SWEEP_SECONDS", "5"))
+# The live cache (`gitops live-cache`): a namespace is stale, and read instead, after this long
+# without an event, a bookmark or a watch ending on time; watches end every WATCH seconds.
+SLUICE_LIVE_CACHE_STALE_SECONDS = env_int("SLUICE_LIVE_CACHE_STALE_SECONDS", 30)
+SLUICE_LIVE_CACHE_WATCH_SECONDS = env_int("SLUICE_LIVE_CACHE_WATCH_SECONDS", 10)
+SLUICE_LIVE_CACHE_RELIST_SECONDS = env_int("SLUICE_LIVE_CACHE_RELIST_SECONDS", 600)
+SLUICE_LIVE_CACHE_RESCAN_SECONDS = env_int("SLUICE_LIVE_CACHE_RESCAN_SECONDS", 5)
 # What a repository may make a worker read (README, "Limits"); gitops.desired.limits.Limits
 # holds the same defaults and reads these names.
 SLUICE_MAX_FILE_BYTES = env_int("SLUICE_MAX_FILE_BYTES", 2 * 1024 * 1024)

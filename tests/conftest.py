@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from tests.workers import WorkerProcess
+from tests.workers import LiveCacheProcess, WorkerProcess, poll
 
 if TYPE_CHECKING:
     from gitops.cluster import Cluster
@@ -126,6 +126,36 @@ def start_worker(worker_env: dict[str, str]) -> Iterator:
     yield start
     for worker in started:
         worker.kill()
+
+
+# Quick to pick new namespaces up, as the tests make fresh ones all the time.
+LIVE_CACHE_TEST_ENV = {"SLUICE_LIVE_CACHE_RESCAN_SECONDS": "1"}
+
+
+@pytest.fixture
+def start_live_cache(worker_env: dict[str, str]) -> Iterator[Callable[..., LiveCacheProcess]]:
+    """Starts ``gitops live-cache`` processes a test can stop, kill or restart; all stop afterwards.
+
+    Tests without it run with no live cache: planning then reads the cluster, and nothing
+    wakes a source when its objects change, so their reconciles happen only when asked."""
+    started: list[LiveCacheProcess] = []
+
+    def start(*, wait: bool = True, **overrides: str) -> LiveCacheProcess:
+        cache = LiveCacheProcess(worker_env, env_overrides={**LIVE_CACHE_TEST_ENV, **overrides}).start()
+        started.append(cache)
+        if wait:
+            poll(cache.serving, timeout=60, what="the live cache to take its lease")
+        return cache
+
+    yield start
+    for cache in started:
+        cache.stop()
+
+
+@pytest.fixture
+def live_cache(start_live_cache) -> LiveCacheProcess:
+    """One live-cache process for the test, serving."""
+    return start_live_cache()
 
 
 @pytest.fixture(scope="session")

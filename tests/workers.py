@@ -125,3 +125,55 @@ def running_beat(env: dict[str, str], schedule: Path, *, sweep_seconds: float = 
     finally:
         beat.terminate()
         beat.wait(timeout=30)
+
+
+@dataclass
+class LiveCacheProcess:
+    """A real ``manage.py gitops live-cache`` process: it watches the managed ConfigMaps, stores
+    their stamps in Redis and wakes sources whose objects someone else changed."""
+
+    env: dict[str, str]
+    env_overrides: dict[str, str] = field(default_factory=dict)
+    name: str = field(default_factory=lambda: f"live-cache-{uuid.uuid4().hex[:8]}")
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return ARTIFACTS / "workers" / f"{self.name}.log"
+
+    def start(self) -> LiveCacheProcess:
+        manage = Path(__file__).resolve().parent.parent / "manage.py"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, str(manage), "gitops", "live-cache"],
+                env={**self.env, **self.env_overrides},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self
+
+    def serving(self) -> bool:
+        """Whether it holds the cluster's lease (it may stand by while an earlier one's runs out)."""
+        if self.process is not None and self.process.poll() is not None:
+            raise AssertionError(f"live cache exited with {self.process.returncode}; see {self.log_path}")
+        return "serving" in self.log_path.read_text(errors="replace")
+
+    def stop(self, *, timeout: float = 30) -> None:
+        """A clean stop: it gives its lease up, so every namespace is stale at once."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        """A crash: nothing is cleaned up; the lease runs out by itself."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)

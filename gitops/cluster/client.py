@@ -34,6 +34,10 @@ class NotFoundError(PermanentError):
     pass
 
 
+class ResourceGone(TemporaryError):
+    """410 Gone: the resourceVersion asked for is older than the apiserver keeps; list again."""
+
+
 @dataclass(frozen=True)
 class ServerVersion:
     git_version: str
@@ -51,6 +55,8 @@ def _translate(exc: ApiException, *, applying: bool = False) -> Exception:
         return TemporaryError(f"kube-apiserver answered {status}: {reason}", delay=retry_after)
     if status == 404:
         return NotFoundError(reason)
+    if status == 410:
+        return ResourceGone(f"kube-apiserver answered 410: {reason}")
     if status == 409:
         # With server-side apply a 409 is a field conflict with another manager;
         # anywhere else it is a create or update race that a retry resolves.
@@ -77,6 +83,24 @@ def _api_errors(*, applying: bool = False) -> Iterator[None]:
         raise TemporaryError(f"kube-apiserver unreachable: {exc}") from exc
 
 
+def _lines(response: Any) -> Iterator[bytes]:
+    """The lines of a streamed response (one watch event each), as they arrive."""
+    pending = b""
+    for chunk in response.stream(amt=None, decode_content=False):
+        lines = (pending + chunk).split(b"\n")
+        pending = lines.pop()
+        yield from (line for line in lines if line.strip())
+
+
+def _watch_error(namespace: str, status: Mapping[str, Any]) -> Exception:
+    """An ERROR event's Status as the error it stands for: 410 lists again, anything else retries."""
+    code, why = status.get("code"), status.get("message", "")
+    message = f"the watch of ConfigMaps in {namespace} ended ({code}): {why}"
+    if code == 410:
+        return ResourceGone(message)
+    return TemporaryError(message)
+
+
 class Cluster:
     """A connection to one cluster, from a kubeconfig file or the in-cluster service account."""
 
@@ -99,8 +123,8 @@ class Cluster:
         self.server = configuration.host
 
     @classmethod
-    def from_settings(cls) -> Cluster:
-        return cls(settings.KUBECONFIG)
+    def from_settings(cls, *, pool_size: int = 32) -> Cluster:
+        return cls(settings.KUBECONFIG, pool_size=pool_size)
 
     def close(self) -> None:
         self._api_client.close()
@@ -128,6 +152,53 @@ class Cluster:
         # Skipping the generated models keeps a 10,000-object LIST cheap.
         items: list[dict[str, Any]] = json.loads(response.data)["items"]
         return items
+
+    def list_configmap_page(
+        self, namespace: str, *, label_selector: str, limit: int, continue_token: str = ""
+    ) -> tuple[list[dict[str, Any]], str, str]:
+        """One page of a LIST: (objects, the list's resourceVersion, the token of the next page or "")."""
+        with _api_errors():
+            response = self._core.list_namespaced_config_map(
+                namespace,
+                label_selector=label_selector or None,
+                limit=limit,
+                _continue=continue_token or None,
+                _preload_content=False,
+                _request_timeout=REQUEST_TIMEOUT,
+            )
+        body = json.loads(response.data)
+        metadata = body.get("metadata") or {}
+        return body["items"], str(metadata.get("resourceVersion", "")), str(metadata.get("continue") or "")
+
+    def watch_configmaps(
+        self, namespace: str, *, resource_version: str, label_selector: str, timeout_seconds: int
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(event type, object) for each change after ``resource_version``, BOOKMARKs included.
+
+        The server ends the watch after ``timeout_seconds``; a connection silent
+        for 5 s longer fails as a TemporaryError. ``ResourceGone`` (410) means
+        the version is too old: list again.
+        """
+        with _api_errors():
+            response = self._core.list_namespaced_config_map(
+                namespace,
+                watch=True,
+                resource_version=resource_version,
+                allow_watch_bookmarks=True,
+                label_selector=label_selector or None,
+                timeout_seconds=timeout_seconds,
+                _preload_content=False,
+                _request_timeout=(REQUEST_TIMEOUT[0], timeout_seconds + 5),
+            )
+            try:
+                for line in _lines(response):
+                    event = json.loads(line)
+                    kind, obj = str(event.get("type", "")), event.get("object") or {}
+                    if kind == "ERROR":
+                        raise _watch_error(namespace, obj)
+                    yield kind, obj
+            finally:
+                response.release_conn()
 
     def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:

@@ -13,12 +13,14 @@ from gitops.plan.planner import (
     out_of_sync,
     plan,
 )
+from gitops.plan.stamps import LiveStamp, settles, stamp_of
 
 __all__ = [
     "ACTIONABLE",
     "Action",
     "DiffItem",
     "DiffOp",
+    "LiveStamp",
     "Plan",
     "PlanItem",
     "PlanMemo",
@@ -28,5 +30,7 @@ __all__ = [
     "drift_count",
     "out_of_sync",
     "plan",
+    "settles",
+    "stamp_of",
     "summarize_binary",
 ]

@@ -7,19 +7,17 @@ others (unchanged, drift left alone, conflicts, orphans) are reported only.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
 from gitops.desired.content import Content
-from gitops.desired.flags import COMMIT_METADATA_KEY, SOURCE_METADATA_KEY
-from gitops.desired.revision import DesiredObject, DesiredState, flag_set_json, flag_set_key
+from gitops.desired.revision import DesiredObject, DesiredState
 from gitops.plan.diff import DiffItem, DiffOp, diff_content
 from gitops.plan.provenance import live_content, live_provenance
+from gitops.plan.stamps import LiveStamp, applied_hash_of, settles
 
-ORIGIN_STAMPS = (COMMIT_METADATA_KEY, SOURCE_METADATA_KEY)
 UNAPPLIED = "carries this source's labels, but Sluice never applied it"
 
 
@@ -156,14 +154,17 @@ def plan(
     held: frozenset[tuple[str, str]] = frozenset(),
     prune_allowed: bool = True,
     memo: PlanMemo | None = None,
+    settled: Mapping[tuple[str, str], LiveStamp] | None = None,
 ) -> Plan:
-    """Compares Git with the cluster. ``live_by_namespace`` holds one LIST per namespace.
+    """Compares Git with the cluster. ``live_by_namespace`` holds the live objects read.
 
     ``managed`` is the source's inventory: what Sluice itself applied for it.
     Labels alone never make an object the source's to prune, since anyone who
     may label a ConfigMap could write them. ``held`` objects keep what they have
     (a rollout reaches them later); ``prune_allowed`` is False until a rollout
-    reaches 100%.
+    reaches 100%. ``settled`` objects were not read: the live cache's stamp of
+    each proves it unchanged (``stamps.settles``), and the plan says so. Every
+    other object of the source in those namespaces must be in ``live_by_namespace``.
     """
     live_index: dict[tuple[str, str], Mapping[str, Any]] = {}
     for namespace, objects in live_by_namespace.items():
@@ -176,6 +177,10 @@ def plan(
         memo.keep_only(wanted)
     for wanted_object in desired.objects:
         live = live_index.get(wanted_object.key)
+        stamp = (settled or {}).get(wanted_object.key) if live is None else None
+        if stamp is not None:
+            items.append(_settled(wanted_object, stamp, source=source, managed=managed))
+            continue
         if live is not None and wanted_object.key not in managed and live_provenance(live)[0] == source:
             # Labels anyone may write do not make an object this source's: only what Sluice applied does.
             forged = _foreign(wanted_object.key, live, UNAPPLIED)
@@ -192,6 +197,24 @@ def plan(
             prune = desired.policy.prune
             items.append(_gone(key, live, managed=key in managed, prune=prune, prune_allowed=prune_allowed))
     return Plan(source=source, commit=commit, items=tuple(items))
+
+
+def _settled(
+    obj: DesiredObject, stamp: LiveStamp, *, source: str, managed: Collection[tuple[str, str]]
+) -> PlanItem:
+    """An object the live cache vouches for: as Sluice applied it, and what Sluice applied is Git's now."""
+    if obj.key not in managed or not settles(stamp, obj, source=source):
+        raise ValueError(f"{obj.namespace}/{obj.name}: the live cache's stamp does not settle it; read it")
+    return PlanItem(
+        obj.namespace,
+        obj.name,
+        Action.UNCHANGED,
+        desired=obj,
+        before=obj.content,
+        after=obj.content,
+        live_commit=stamp.commit or None,
+        live_content_hash=stamp.applied_hash,
+    )
 
 
 def _gone(
@@ -240,19 +263,7 @@ DRIFTED = DiffItem(DiffOp.CHANGE, "content", "*", "edited in the cluster", None)
 
 def _applied_hash_of(obj: DesiredObject, current: Content) -> str:
     """The content hash Sluice would have recorded for ``current``: flag sets without their origin stamps."""
-    if obj.flag_set is None:
-        return current.hash
-    key = flag_set_key(obj.name)
-    try:
-        document = json.loads(current.data.get(key, ""))
-    except ValueError:
-        return current.hash
-    metadata = {k: v for k, v in document.get("metadata", {}).items() if k not in ORIGIN_STAMPS}
-    if metadata:
-        document["metadata"] = metadata
-    else:
-        document.pop("metadata", None)
-    return replace(current, data={**current.data, key: flag_set_json(document)}).hash
+    return applied_hash_of(obj.name, flag_set=obj.flag_set is not None, current=current)
 
 
 def _memoized_plan_object(

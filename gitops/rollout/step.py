@@ -12,17 +12,18 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from django.conf import settings
 from django.utils import timezone
 
 from gitops import caches
 from gitops.cluster import get_cluster
 from gitops.cluster.apply import intents_apply
-from gitops.cluster.live import live_configmaps, live_index
+from gitops.cluster.live import live_index, live_view
 from gitops.desired.revision import DesiredState, flag_set_key, unstamped
 from gitops.models import ApplyIntent, Rollout, Source
 from gitops.plan import Action, Plan, plan
 from gitops.record.changelog import changes_record, intents_pending, intents_write
-from gitops.record.inventory import managed_keys, managed_namespaces
+from gitops.record.inventory import managed_keys
 from gitops.rollout.engine import desired_at_weight, held_keys
 from gitops.rollout.state import StepOutcome
 from gitops.vocabulary import ChangeAction, Outcome
@@ -39,28 +40,35 @@ def weight_apply(
 ) -> StepOutcome:
     """Brings every target to what ``weight`` asks for; returns what it did and what the cluster refused."""
     source = rollout.source
-    live = live_configmaps(
-        get_cluster(), {*desired.namespaces, *in_scope(source, managed_namespaces(source))}
+    managed = managed_keys(source)
+    live = live_view(
+        get_cluster(),
+        {*desired.namespaces, *in_scope(source, {namespace for namespace, _ in managed})},
+        cluster_name=settings.SLUICE_CLUSTER_NAME,
+        source=source.name,
+        desired=desired,
+        managed=managed,
     )
-    weighted = desired_at_weight(desired, weight, flag_baselines(rollout, desired, live))
+    weighted = desired_at_weight(desired, weight, flag_baselines(rollout, desired, live.objects))
     current = plan(
         weighted,
-        live,
+        live.objects,
         source=source.name,
         commit=rollout.revision.commit,
-        managed=managed_keys(source),
+        managed=managed,
         held=held_keys(desired, weight),
         prune_allowed=weight >= 100,
         memo=caches.for_source(source.pk).plan_memo,
+        settled=live.settled,
     )
     intents = intents_write(
         rollout, current, actor=actor, step_index=step_index, weight=weight, retry_failed=retry_failed
     )
     failures = intents_execute(intents)
     applied = {(i.namespace, i.name) for i in intents if i.status == ApplyIntent.Status.DONE}
-    Source.objects.filter(pk=source.pk).update(
-        last_plan=plan_snapshot(current, weight=weight, applied=applied)
-    )
+    snapshot = plan_snapshot(current, weight=weight, applied=applied)
+    snapshot["reads"] = live.reads
+    Source.objects.filter(pk=source.pk).update(last_plan=snapshot)
     return StepOutcome(Outcome.APPLIED if intents else Outcome.UNCHANGED, current.summary(), failures)
 
 

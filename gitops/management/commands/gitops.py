@@ -8,6 +8,7 @@ gitops log [--source NAME] [--commit SHA] [--limit N] [--json]
 gitops purge [--dry-run]
 gitops archive-changes --before DATE --output FILE
 gitops reencrypt-secrets
+gitops live-cache [--cluster NAME]
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
-from gitops import preview, retention, schedule, selectors, source_admin
+from gitops import livecache, preview, retention, schedule, selectors, source_admin
 from gitops.errors import GitopsError
 from gitops.intake import webhook_secrets
 from gitops.models import Rollout, Source
@@ -156,6 +157,11 @@ class Command(BaseCommand):
         grant.add_argument("username")
         grant.add_argument("--role", required=True, choices=ROLES)
 
+        live = commands.add_parser(
+            "live-cache", help="run the live cache: watch managed ConfigMaps, wake sources on drift"
+        )
+        live.add_argument("--cluster", help="the cluster to watch (default: SLUICE_CLUSTER_NAME)")
+
         _add_housekeeping_parsers(commands)
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -166,6 +172,9 @@ class Command(BaseCommand):
             raise CommandError("no such source") from exc
         except (GitopsError, DjangoValidationError, PermissionDenied) as exc:
             raise CommandError(str(exc)) from exc
+
+    def do_live_cache(self, **options: Any) -> None:
+        livecache.live_cache_run(options["cluster"])
 
     def _source(self, name: str) -> Source:
         try:

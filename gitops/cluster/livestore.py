@@ -1,0 +1,201 @@
+"""The live cache in Redis: stamps per (cluster, namespace), freshness, and the cache process's lease.
+
+Layout, per cluster (the braces make every key of a cluster one Redis Cluster slot):
+
+    sluice:live:{CLUSTER}:alive            the running cache process's epoch; expires unless renewed
+    sluice:live:{CLUSTER}:fresh:NS         that epoch, while NS's watch is proven healthy; expires
+    sluice:live:{CLUSTER}:objects:NS       hash: ConfigMap name -> its stamp (gitops.plan.stamps)
+    sluice:live:{CLUSTER}:resume:NS        the resourceVersion the objects hash is complete up to
+
+A namespace is *fresh* when its ``fresh`` key holds the epoch that ``alive``
+holds. Anything else is stale, and planning reads the cluster instead:
+
+- the cache process stopped (it deletes ``alive``) or died (``alive`` expires
+  after ``LEASE_SECONDS``), or another process took over (a new epoch);
+- the namespace's watch broke, or it is being listed again (``fresh`` deleted);
+- no event, bookmark or on-time end of a watch came for ``SLUICE_LIVE_CACHE_STALE_SECONDS``
+  (``fresh`` expires): a connection that went silent is never trusted for long.
+
+Every write of the cache process is fenced by its epoch (a Lua script checks
+``alive`` first), so a process that was paused and lost its lease never
+overwrites what its successor wrote.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import redis
+from django.conf import settings
+
+log = logging.getLogger("gitops.livecache")
+
+PREFIX = "sluice:live"
+LEASE_SECONDS = 2.0
+REDIS_TIMEOUT_SECONDS = 2.0
+
+# KEYS: alive, objects, resume, fresh.  ARGV: epoch, freshness ("keep", "drop" or milliseconds),
+# resourceVersion ("" keeps it), reset ("1" empties the objects first), then name, stamp pairs
+# (an empty stamp deletes the name). Returns 0, changing nothing, unless ``alive`` holds epoch.
+_WRITE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[4] == '1' then redis.call('DEL', KEYS[2]) end
+for i = 5, #ARGV, 2 do
+  if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[2], ARGV[i])
+  else redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+end
+if ARGV[3] ~= '' then redis.call('SET', KEYS[3], ARGV[3]) end
+if ARGV[2] == 'drop' then redis.call('DEL', KEYS[4])
+elseif ARGV[2] ~= 'keep' then redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[2]) end
+return 1
+"""
+# KEYS: alive. ARGV: epoch, milliseconds ("0" releases). 1 while the lease is this epoch's.
+_RENEW = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '0' then redis.call('DEL', KEYS[1]) else redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 1
+"""
+
+
+def _key(cluster: str, *parts: str) -> str:
+    return ":".join((PREFIX, "{" + cluster + "}", *parts))
+
+
+_client: redis.Redis | None = None
+_client_lock = threading.Lock()
+
+
+def redis_client() -> redis.Redis:
+    """One connection pool per process, to ``REDIS_URL``, with bounded call times."""
+    global _client  # noqa: PLW0603 - one pool per process, made on first use
+    with _client_lock:
+        if _client is None:
+            _client = redis.Redis.from_url(
+                settings.REDIS_URL,
+                socket_timeout=REDIS_TIMEOUT_SECONDS,
+                socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+                decode_responses=True,
+            )
+        return _client
+
+
+def forget_client() -> None:
+    """Drops the pool; the next use connects to ``REDIS_URL`` again (tests point settings elsewhere)."""
+    global _client  # noqa: PLW0603
+    with _client_lock:
+        _client = None
+
+
+# -- reading: what planning asks --------------------------------------------------------------
+
+
+def fresh_stamps(cluster: str, namespaces: Iterable[str]) -> dict[str, dict[str, str]]:
+    """The stored stamps of each fresh namespace (name -> stamp text); stale ones are left out.
+
+    Redis being unreachable counts as no cache at all: planning then reads the cluster.
+    """
+    ordered = sorted(set(namespaces))
+    if not ordered:
+        return {}
+    client = redis_client()
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            pipe.get(_key(cluster, "alive"))
+            for namespace in ordered:
+                pipe.get(_key(cluster, "fresh", namespace))
+            alive, *epochs = pipe.execute()
+        fresh = [ns for ns, epoch in zip(ordered, epochs, strict=True) if alive and epoch == alive]
+        if not fresh:
+            return {}
+        # One transaction: the stamps and the freshness come from the same moment.
+        with client.pipeline(transaction=True) as pipe:
+            pipe.get(_key(cluster, "alive"))
+            for namespace in fresh:
+                pipe.get(_key(cluster, "fresh", namespace))
+                pipe.hgetall(_key(cluster, "objects", namespace))
+            answers = pipe.execute()
+    except redis.RedisError as exc:
+        log.warning("the live cache is out of reach, reading the cluster instead: %s", exc)
+        return {}
+    alive = answers[0]
+    result: dict[str, dict[str, str]] = {}
+    for index, namespace in enumerate(fresh):
+        epoch, stamps = answers[1 + 2 * index], answers[2 + 2 * index]
+        if alive and epoch == alive:
+            result[namespace] = stamps
+    return result
+
+
+# -- writing: the cache process ---------------------------------------------------------------
+
+
+class LiveStore:
+    """The cache process's side: its lease, and fenced writes of one cluster's stamps."""
+
+    def __init__(self, cluster: str, epoch: str, *, stale_seconds: float) -> None:
+        if "{" in cluster or "}" in cluster:
+            raise ValueError(f"cluster name {cluster!r} may not contain braces")
+        self.cluster, self.epoch = cluster, epoch
+        self.stale_ms = str(int(stale_seconds * 1000))
+        self.client = redis_client()
+        self._write = self.client.register_script(_WRITE)
+        self._renew = self.client.register_script(_RENEW)
+
+    def _keys(self, namespace: str) -> list[str]:
+        return [
+            _key(self.cluster, "alive"),
+            _key(self.cluster, "objects", namespace),
+            _key(self.cluster, "resume", namespace),
+            _key(self.cluster, "fresh", namespace),
+        ]
+
+    def claim(self) -> bool:
+        """Takes the cluster's lease unless another live process holds it."""
+        lease_ms = int(LEASE_SECONDS * 1000)
+        return bool(self.client.set(_key(self.cluster, "alive"), self.epoch, nx=True, px=lease_ms))
+
+    def renew(self) -> bool:
+        """Keeps the lease for another ``LEASE_SECONDS``; False when it is no longer this process's."""
+        lease_ms = int(LEASE_SECONDS * 1000)
+        return bool(self._renew(keys=[_key(self.cluster, "alive")], args=[self.epoch, lease_ms]))
+
+    def release(self) -> None:
+        """Gives the lease up: every namespace is stale at once, and a standby may take over."""
+        self._renew(keys=[_key(self.cluster, "alive")], args=[self.epoch, 0])
+
+    def load(self, namespace: str) -> tuple[dict[str, str], str]:
+        """What an earlier process stored for a namespace: stamps, and the version they are complete at."""
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hgetall(_key(self.cluster, "objects", namespace))
+            pipe.get(_key(self.cluster, "resume", namespace))
+            stamps, resume = pipe.execute()
+        return dict(stamps), str(resume or "")
+
+    def write(
+        self,
+        namespace: str,
+        changes: Mapping[str, str | None],
+        *,
+        resource_version: str = "",
+        fresh: bool | None = None,
+        reset: bool = False,
+    ) -> bool:
+        """Stores stamps (None deletes one) and the resume version, and renews (True) or drops
+        (False) the namespace's freshness; None leaves it. False when the lease is not this process's."""
+        freshness = "keep" if fresh is None else (self.stale_ms if fresh else "drop")
+        args: list[Any] = [self.epoch, freshness, resource_version, "1" if reset else "0"]
+        for name, stamp in changes.items():
+            args += [name, stamp or ""]
+        return bool(self._write(keys=self._keys(namespace), args=args))
+
+    def forget(self, namespace: str) -> None:
+        """Removes a namespace the cache no longer watches."""
+        self.client.delete(*self._keys(namespace)[1:])
+
+    def stored_namespaces(self) -> set[str]:
+        """Namespaces with stamps stored, by this process or an earlier one."""
+        prefix = _key(self.cluster, "objects", "")
+        return {key[len(prefix) :] for key in self.client.scan_iter(match=prefix + "*", count=1000)}

@@ -1,0 +1,367 @@
+"""The live-cache process (``python manage.py gitops live-cache``): watches, stamps in Redis, drift wakes.
+
+One process per deployment holds a cluster's lease in Redis (a second one
+waits as a standby and takes over when the lease runs out). For every namespace
+in the inventory it runs an informer (``gitops.cluster.informer``) over the
+ConfigMaps labelled ``app.kubernetes.io/managed-by=sluice``, and keeps each
+object's stamp in Redis, where planning reads it (``gitops.cluster.live``).
+
+When an object changes away from what Sluice applied (``stamps.sources_to_wake``)
+the source it belongs to is reconciled at once, through ``gitops.schedule``;
+a burst of events makes one reconcile, since a source already queued is not
+queued again. Sluice's own writes leave objects as applied and wake nobody.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections
+
+from gitops import schedule
+from gitops.cluster.client import Cluster
+from gitops.cluster.informer import DELETED, NamespaceInformer, WatchOptions
+from gitops.cluster.livestore import LEASE_SECONDS, LiveStore
+from gitops.desired.content import MANAGED_BY_LABEL, MANAGED_BY_VALUE
+from gitops.errors import TemporaryError
+from gitops.models import ManagedObject, Source
+from gitops.plan.stamps import LiveStamp, sources_to_wake, stamp_of
+from gitops.rollout.state import SYSTEM_ACTOR
+
+log = logging.getLogger("gitops.livecache")
+
+LABEL_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
+RENEW_SECONDS = LEASE_SECONDS / 3
+# Idle connections kept per cluster: each watched namespace holds one for its watch.
+WATCH_POOL_SIZE = 4096
+
+
+class LeaseLost(TemporaryError):
+    """Another live-cache process holds the cluster's lease now; this one must stop writing."""
+
+
+@dataclass(frozen=True)
+class LiveCacheOptions:
+    stale_seconds: float = 30.0
+    watch_seconds: int = 10
+    relist_seconds: float = 600.0
+    rescan_seconds: float = 5.0
+
+    @classmethod
+    def from_settings(cls) -> LiveCacheOptions:
+        options = cls(
+            stale_seconds=float(getattr(settings, "SLUICE_LIVE_CACHE_STALE_SECONDS", cls.stale_seconds)),
+            watch_seconds=int(getattr(settings, "SLUICE_LIVE_CACHE_WATCH_SECONDS", cls.watch_seconds)),
+            relist_seconds=float(getattr(settings, "SLUICE_LIVE_CACHE_RELIST_SECONDS", cls.relist_seconds)),
+            rescan_seconds=float(getattr(settings, "SLUICE_LIVE_CACHE_RESCAN_SECONDS", cls.rescan_seconds)),
+        )
+        # A watch that ends on time renews freshness; it must end well before freshness runs out.
+        if options.watch_seconds + 5 >= options.stale_seconds:
+            raise ValueError(
+                "SLUICE_LIVE_CACHE_WATCH_SECONDS must be at least 5 s below SLUICE_LIVE_CACHE_STALE_SECONDS"
+            )
+        return options
+
+
+def cluster_client(name: str) -> Cluster:
+    """The client of the cluster called ``name``, with room for a watch per namespace.
+
+    One cluster today, ``SLUICE_CLUSTER_NAME`` (``KUBECONFIG`` or the in-cluster
+    account); with a registry of clusters this becomes its lookup by name.
+    """
+    if name != settings.SLUICE_CLUSTER_NAME:
+        managed = settings.SLUICE_CLUSTER_NAME
+        raise ValueError(f"unknown cluster {name!r}; this deployment manages {managed!r}")
+    return Cluster.from_settings(pool_size=WATCH_POOL_SIZE)
+
+
+def watched_namespaces(cluster: str) -> set[str]:
+    """The namespaces to watch on ``cluster``: those the inventory holds ConfigMaps in.
+
+    A namespace a source has not applied anything to yet is not watched: planning
+    reads it, as it must for the first apply anyway, and the next rescan adds it.
+    """
+    close_old_connections()
+    rows = ManagedObject.objects.filter(kind="ConfigMap").values_list("namespace", flat=True).distinct()
+    return set(rows)
+
+
+# -- waking sources -------------------------------------------------------------------------
+
+
+class Waker:
+    """Reconciles sources whose objects changed, from one thread (one database connection)."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+        self.pending: queue.Queue[str] = queue.Queue()
+
+    def wake(self, sources: Iterable[str]) -> None:
+        for source in sources:
+            self.pending.put(source)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                names = {self.pending.get(timeout=0.5)}
+            except queue.Empty:
+                continue
+            while not self.pending.empty():
+                names.add(self.pending.get_nowait())
+            try:
+                self._enqueue(names)
+            except Exception:  # the next change wakes them again; the waker must live on
+                log.exception("could not wake sources %s", sorted(names))
+
+    @staticmethod
+    def _enqueue(names: set[str]) -> None:
+        close_old_connections()
+        for source_id, name in Source.objects.filter(name__in=names).values_list("pk", "name"):
+            if schedule.source_sync_once(source_id, actor=SYSTEM_ACTOR):
+                log.info("source=%s changed in the cluster: reconcile queued", name)
+
+
+# -- stamps from events ---------------------------------------------------------------------
+
+
+class StampSink:
+    """Turns an informer's news into stored stamps and wakes. Each namespace is one informer's thread."""
+
+    def __init__(self, store: LiveStore, wake: Callable[[set[str]], None]) -> None:
+        self.store, self.wake = store, wake
+        self.known: dict[str, dict[str, LiveStamp]] = {}
+        self.synced: set[str] = set()
+
+    def adopt(self, namespace: str, stored: dict[str, str]) -> None:
+        """What an earlier process stored: the starting point that changes are compared with."""
+        decoded = {name: LiveStamp.decode(text) for name, text in stored.items()}
+        self.known[namespace] = {name: stamp for name, stamp in decoded.items() if stamp is not None}
+        self.synced.discard(namespace)
+
+    def drop(self, namespace: str) -> None:
+        self.known.pop(namespace, None)
+        self.synced.discard(namespace)
+
+    def relisted(self, namespace: str, objects: list[dict[str, Any]], resource_version: str) -> None:
+        stamps = {str(obj["metadata"]["name"]): stamp_of(obj) for obj in objects}
+        encoded: dict[str, str | None] = {name: stamp.encode() for name, stamp in stamps.items()}
+        self._write(namespace, encoded, resource_version=resource_version, fresh=True, reset=True)
+        before = self.known.get(namespace, {})
+        self.known[namespace] = stamps
+        self.synced.add(namespace)
+        woken: set[str] = set()
+        for name in before.keys() | stamps.keys():
+            woken |= sources_to_wake(before.get(name), stamps.get(name))
+        self.wake(woken)
+
+    def changed(self, namespace: str, event: str, obj: dict[str, Any]) -> None:
+        metadata = obj.get("metadata") or {}
+        name = str(metadata.get("name", ""))
+        stamp = None if event == DELETED else stamp_of(obj)
+        self._write(
+            namespace,
+            {name: stamp.encode() if stamp is not None else None},
+            resource_version=str(metadata.get("resourceVersion", "")),
+            fresh=True if namespace in self.synced else None,
+        )
+        known = self.known.setdefault(namespace, {})
+        before = known.pop(name, None)
+        if stamp is not None:
+            known[name] = stamp
+        self.wake(sources_to_wake(before, stamp))
+
+    def alive(self, namespace: str, resource_version: str) -> None:
+        self._write(namespace, {}, resource_version=resource_version, fresh=True)
+        self.synced.add(namespace)
+
+    def lost(self, namespace: str, why: str) -> None:
+        self.synced.discard(namespace)
+        try:
+            self._write(namespace, {}, fresh=False)
+        except (LeaseLost, redis.RedisError) as exc:
+            log.warning("ConfigMaps in %s: could not mark them stale (%s): %s", namespace, why, exc)
+
+    def _write(self, namespace: str, changes: dict[str, str | None], **options: Any) -> None:
+        try:
+            written = self.store.write(namespace, changes, **options)
+        except redis.RedisError as exc:
+            raise TemporaryError(f"Redis: {exc}") from exc
+        if not written:
+            raise LeaseLost(f"the live cache of {self.store.cluster} is another process's now")
+
+
+# -- the process ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Watch:
+    stop: threading.Event
+    thread: threading.Thread
+
+
+class _Term:
+    """One hold of the lease: an epoch, its fenced store and sink, and its informers.
+
+    A process that loses its lease (paused past it, or Redis lost the key) starts
+    a new term with a new epoch. Informers of the old term may still be blocked
+    on a watch, but their writes carry the old epoch, so Redis refuses them.
+    """
+
+    def __init__(self, cache: LiveCache) -> None:
+        self.cache = cache
+        self.epoch = uuid.uuid4().hex
+        self.store = LiveStore(cache.cluster_name, self.epoch, stale_seconds=cache.options.stale_seconds)
+        self.sink = StampSink(self.store, cache.waker.wake)
+        self.over = threading.Event()
+        self.watches: dict[str, _Watch] = {}
+        self.retiring: set[str] = set()
+        self._lock = threading.Lock()
+
+    def rescan(self) -> None:
+        wanted = watched_namespaces(self.cache.cluster_name)
+        with self._lock:
+            running, retiring = set(self.watches), set(self.retiring)
+        for namespace in sorted(wanted - running - retiring):
+            self._watch(namespace)
+        for namespace in sorted(running - wanted):
+            self._retire(namespace)
+
+    def end(self) -> None:
+        self.over.set()
+        with self._lock:
+            for watch in self.watches.values():
+                watch.stop.set()
+
+    def _watch(self, namespace: str) -> None:
+        # What Redis holds is complete up to its resume version (each write stores both at once),
+        # so a new term, or a new process, resumes the watch from there.
+        stored, resume_from = self.store.load(namespace)
+        self.sink.adopt(namespace, stored)
+        stop = threading.Event()
+        informer = NamespaceInformer(
+            self.cache.cluster,
+            namespace,
+            self.sink,
+            self.cache.watch_options,
+            stop=stop,
+            resume_from=resume_from,
+        )
+        thread = threading.Thread(target=informer.run, name=f"live-cache-{namespace}", daemon=True)
+        with self._lock:
+            self.watches[namespace] = _Watch(stop, thread)
+        thread.start()
+
+    def _retire(self, namespace: str) -> None:
+        """Stops watching a namespace; its stamps go once its informer has ended (in the background)."""
+        with self._lock:
+            watch = self.watches.pop(namespace)
+            self.retiring.add(namespace)
+        watch.stop.set()
+
+        def finish() -> None:
+            watch.thread.join(timeout=self.cache.options.watch_seconds + 10)
+            self.sink.drop(namespace)
+            if not self.over.is_set():
+                self.store.forget(namespace)
+            with self._lock:
+                self.retiring.discard(namespace)
+
+        threading.Thread(target=finish, name=f"live-cache-retire-{namespace}", daemon=True).start()
+
+
+class LiveCache:
+    """One cluster's live cache: terms of the lease, each with an informer per watched namespace."""
+
+    def __init__(self, cluster: str, options: LiveCacheOptions) -> None:
+        self.cluster_name, self.options = cluster, options
+        self.cluster = cluster_client(cluster)
+        self.stopping = threading.Event()
+        self.waker = Waker(self.stopping)
+        self.watch_options = WatchOptions(
+            label_selector=LABEL_SELECTOR,
+            watch_seconds=options.watch_seconds,
+            relist_seconds=options.relist_seconds,
+        )
+
+    def run(self) -> None:
+        """Serves until SIGTERM or SIGINT, starting a new term whenever the lease was lost."""
+        threading.Thread(target=self.waker.run, name="live-cache-waker", daemon=True).start()
+        while not self.stopping.is_set():
+            term = _Term(self)
+            if not self._take_lease(term):
+                break
+            log.info("live cache of cluster %s serving (epoch %s)", self.cluster_name, term.epoch)
+            try:
+                self._serve(term)
+            finally:
+                term.end()
+        log.info("live cache of cluster %s stopped", self.cluster_name)
+
+    def _take_lease(self, term: _Term) -> bool:
+        """Waits, as a standby, until no other live-cache process holds the cluster's lease."""
+        told = False
+        while not self.stopping.is_set():
+            try:
+                if term.store.claim():
+                    return True
+                if not told:
+                    log.info("another live-cache process holds cluster %s; standing by", self.cluster_name)
+                    told = True
+            except redis.RedisError as exc:
+                log.warning("Redis is out of reach, trying again: %s", exc)
+            self.stopping.wait(RENEW_SECONDS)
+        return False
+
+    def _serve(self, term: _Term) -> None:
+        """Renews the lease and rescans the inventory until stopped (then releases) or the lease is lost."""
+        forget_unwatched(term.store, self.cluster_name)
+        next_scan = 0.0
+        while not self.stopping.is_set():
+            try:
+                if not term.store.renew():
+                    log.error("the live cache of cluster %s lost its lease; starting over", self.cluster_name)
+                    return
+            except redis.RedisError as exc:
+                log.warning("could not renew the live cache's lease: %s", exc)
+            if time.monotonic() >= next_scan:
+                try:
+                    term.rescan()
+                except Exception:  # the database may be away for a moment; watches go on meanwhile
+                    log.exception("could not read the namespaces to watch")
+                next_scan = time.monotonic() + self.options.rescan_seconds
+            self.stopping.wait(RENEW_SECONDS)
+        try:
+            term.store.release()  # every namespace is stale at once: planning reads the cluster
+        except redis.RedisError as exc:
+            log.warning("could not release the live cache's lease (it runs out by itself): %s", exc)
+
+
+def forget_unwatched(store: LiveStore, cluster: str) -> None:
+    """Drops stamps an earlier process left for namespaces no longer in the inventory."""
+    try:
+        for namespace in store.stored_namespaces() - watched_namespaces(cluster):
+            store.forget(namespace)
+    except (redis.RedisError, DatabaseError) as exc:
+        log.warning("could not drop stamps of namespaces no longer watched: %s", exc)
+
+
+def live_cache_run(cluster: str | None = None) -> None:
+    """Runs the live cache of ``cluster`` (default: ``SLUICE_CLUSTER_NAME``) until SIGTERM or SIGINT."""
+    cache = LiveCache(cluster or settings.SLUICE_CLUSTER_NAME, LiveCacheOptions.from_settings())
+
+    def stop(signum: int, frame: object) -> None:
+        cache.stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    cache.run()

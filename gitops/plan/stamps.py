@@ -1,0 +1,144 @@
+"""Live stamps: what the live cache keeps of an object, and when a stamp settles a plan item. Pure.
+
+A stamp holds an object's resourceVersion, its provenance (source, commit, the
+content hash Sluice applied) and one bit: whether the object still holds what
+Sluice applied (``as_applied``), that is whether the content Sluice compares
+(data, binaryData, immutable, and the labels and annotations Sluice's own
+server-side apply owns) hashes to the ``sluice.dev/content-hash`` Sluice wrote
+beside it. An edit by anyone else, to data or to a label or annotation Sluice
+set, breaks that bit, because an edit either changes a compared value or takes
+its ownership away from Sluice.
+
+``settles`` says when a stamp alone proves the planner's verdict "unchanged":
+the object is this source's, in its inventory, as Sluice applied it, and what
+Sluice applied is Git's content now. Flag sets are always read: their published
+document carries stamps the planner compares too.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from gitops.desired.content import KIND_LABEL, Content
+from gitops.desired.flags import COMMIT_METADATA_KEY, SOURCE_METADATA_KEY
+from gitops.desired.revision import DesiredObject, flag_set_json, flag_set_key
+from gitops.plan.provenance import live_content, live_provenance
+
+ORIGIN_STAMPS = (COMMIT_METADATA_KEY, SOURCE_METADATA_KEY)
+FLAG_SET_KIND = "flagset"
+# Separates a stamp's fields in its stored form; never part of a label value or a hash.
+FIELD_SEPARATOR = "\x1f"
+
+
+@dataclass(frozen=True)
+class LiveStamp:
+    resource_version: str
+    source: str  # the sluice.dev/source label of an object managed by Sluice, else ""
+    commit: str  # the sluice.dev/commit annotation
+    applied_hash: str  # the sluice.dev/content-hash annotation
+    as_applied: bool  # the compared content still hashes to applied_hash
+
+    def encode(self) -> str:
+        fields = (self.resource_version, self.source, self.commit, self.applied_hash)
+        cleaned = [value.replace(FIELD_SEPARATOR, "") for value in fields]
+        return FIELD_SEPARATOR.join([*cleaned, "1" if self.as_applied else "0"])
+
+    @classmethod
+    def decode(cls, text: str) -> LiveStamp | None:
+        """The stamp ``encode`` wrote; None for anything else (it is then read from the cluster)."""
+        fields = text.split(FIELD_SEPARATOR)
+        if len(fields) != 5 or fields[4] not in ("0", "1"):
+            return None
+        return cls(fields[0], fields[1], fields[2], fields[3], fields[4] == "1")
+
+
+def stamp_of(live: Mapping[str, Any]) -> LiveStamp:
+    """The stamp of a live object, as the apiserver returned it."""
+    metadata = live.get("metadata") or {}
+    source, commit, applied_hash = live_provenance(live)
+    as_applied = bool(source) and applied_hash is not None and _holds_what_was_applied(live, applied_hash)
+    return LiveStamp(
+        resource_version=str(metadata.get("resourceVersion", "")),
+        source=source or "",
+        commit=commit or "",
+        applied_hash=applied_hash or "",
+        as_applied=as_applied,
+    )
+
+
+def _holds_what_was_applied(live: Mapping[str, Any], applied_hash: str) -> bool:
+    current = live_content(live)
+    metadata = live.get("metadata") or {}
+    if (metadata.get("labels") or {}).get(KIND_LABEL) != FLAG_SET_KIND:
+        return current.hash == applied_hash
+    # A published flag set carries its origin inside the document: it must be the one Sluice wrote.
+    document = _flag_document(str(metadata.get("name", "")), current)
+    if document is None:
+        return False
+    stamps = document.get("metadata")
+    source, commit, _ = live_provenance(live)
+    if not isinstance(stamps, dict) or (
+        stamps.get(COMMIT_METADATA_KEY),
+        stamps.get(SOURCE_METADATA_KEY),
+    ) != (commit, source):
+        return False
+    return applied_hash_of(str(metadata.get("name", "")), flag_set=True, current=current) == applied_hash
+
+
+def _flag_document(name: str, current: Content) -> dict[str, Any] | None:
+    try:
+        document = json.loads(current.data.get(flag_set_key(name), ""))
+    except ValueError:
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def applied_hash_of(name: str, *, flag_set: bool, current: Content) -> str:
+    """The content hash Sluice would have recorded for ``current``: flag sets without their origin stamps."""
+    document = _flag_document(name, current) if flag_set else None
+    if document is None:
+        return current.hash
+    metadata = document.get("metadata")
+    kept = {k: v for k, v in metadata.items() if k not in ORIGIN_STAMPS} if isinstance(metadata, dict) else {}
+    if kept:
+        document["metadata"] = kept
+    else:
+        document.pop("metadata", None)
+    return replace(current, data={**current.data, flag_set_key(name): flag_set_json(document)}).hash
+
+
+def settles(stamp: LiveStamp, obj: DesiredObject, *, source: str) -> bool:
+    """Whether ``stamp`` proves that planning ``obj`` would find it unchanged, without reading it.
+
+    The caller also checks that the object is in the source's inventory: labels
+    alone never make an object the source's.
+    """
+    return (
+        stamp.as_applied
+        and stamp.source == source
+        and obj.flag_set is None
+        and obj.canary_document is None
+        and stamp.applied_hash == obj.content.hash
+    )
+
+
+def sources_to_wake(old: LiveStamp | None, new: LiveStamp | None) -> set[str]:
+    """The sources to reconcile now that an object went from ``old`` to ``new`` (None: absent).
+
+    Sluice's own writes leave an object as applied, so they wake nobody. An
+    edit that breaks ``as_applied``, a deletion, or labels that move the object
+    to another source or out of Sluice wake each source it belonged to.
+    """
+    if old == new:
+        return set()
+    owners: set[str] = set()
+    if new is None:
+        owners.add(old.source if old is not None else "")
+    elif not new.as_applied:
+        owners.add(new.source)
+    if old is not None and new is not None and old.source != new.source:
+        owners |= {old.source, new.source}
+    return owners - {""}

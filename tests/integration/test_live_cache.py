@@ -1,0 +1,226 @@
+"""The live cache on the real stack: a `gitops live-cache` process, real watches, Redis, a real worker.
+
+Every source here polls once an hour, and no beat runs: a reconcile that nobody
+asked for can only come from the live cache waking the source.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from datetime import timedelta
+
+import pytest
+from django.conf import settings
+
+from gitops.cluster import livestore
+from gitops.models import Change, Source
+from gitops.vocabulary import ChangeAction
+from tests.gitrepo import configmap, policy
+from tests.replica import apiserver_replica
+from tests.workers import poll
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+HOURLY = timedelta(hours=1)
+HEAL_DEADLINE = 10.0  # seconds; the poll interval is an hour
+FLAGS = {
+    "flags": {"beta": {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "off"}}
+}
+
+
+def fresh(*namespaces: str) -> bool:
+    """Whether the live cache vouches for every one of ``namespaces`` now."""
+    return set(livestore.fresh_stamps(settings.SLUICE_CLUSTER_NAME, namespaces)) == set(namespaces)
+
+
+def kubectl_edit(namespace: str, name: str, sed: str) -> None:
+    """`kubectl edit`, with sed as the editor: a person changing a managed object by hand."""
+    subprocess.run(
+        ["kubectl", "edit", "configmap", name, "-n", namespace],
+        env={**os.environ, "KUBE_EDITOR": f"sed -i -e '{sed}'"},
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+def heals(source: Source) -> int:
+    return Change.objects.filter(source=source, action=ChangeAction.SELF_HEAL, error="").count()
+
+
+def last_plan(source: Source) -> dict:
+    return Source.objects.get(pk=source.pk).last_plan or {}
+
+
+def synced_source(repo, make_namespaces, make_source, sync, *, self_heal: bool = True, objects: int = 1):
+    (namespace,) = make_namespaces("live")
+    repo.write_all({"sluice.yaml": policy([namespace], selfHeal=self_heal, prune=True)})
+    for index in range(objects):
+        repo.write(f"configmaps/app-{index}.yaml", configmap(f"app-{index}", {"LOG_LEVEL": "info"}))
+    repo.commit("v1")
+    source = make_source(poll_interval=HOURLY)
+    assert sync(source)["outcome"] == "applied"
+    return namespace, source
+
+
+def test_a_kubectl_edit_is_healed_without_waiting_for_a_poll(
+    repo, make_namespaces, make_source, sync, cluster, live_cache
+):
+    namespace, source = synced_source(repo, make_namespaces, make_source, sync)
+    poll(lambda: fresh(namespace), timeout=30, what="the live cache to watch the namespace")
+
+    started = time.monotonic()
+    kubectl_edit(namespace, "app-0", "s/LOG_LEVEL: info/LOG_LEVEL: debug/")
+    poll(lambda: heals(source) == 1, timeout=HEAL_DEADLINE, what="the edit to be healed")
+    healed_in = time.monotonic() - started
+
+    assert cluster.get_configmap(namespace, "app-0")["data"] == {"LOG_LEVEL": "info"}
+    change = Change.objects.get(source=source, action=ChangeAction.SELF_HEAL)
+    assert change.actor == "sluice"
+    assert change.diff == [
+        {"op": "change", "section": "data", "key": "LOG_LEVEL", "old": "debug", "new": "info"}
+    ]
+    assert healed_in < HEAL_DEADLINE
+
+
+def test_drift_is_reported_at_once_and_left_alone_without_self_heal(
+    repo, make_namespaces, make_source, sync, cluster, live_cache
+):
+    namespace, source = synced_source(repo, make_namespaces, make_source, sync, self_heal=False)
+    poll(lambda: fresh(namespace), timeout=30, what="the live cache to watch the namespace")
+
+    kubectl_edit(namespace, "app-0", "s/LOG_LEVEL: info/LOG_LEVEL: debug/")
+
+    reported = lambda: last_plan(source).get("summary") == {"drift": 1}  # noqa: E731
+    poll(reported, timeout=HEAL_DEADLINE, what="the drift to be reported")
+    assert cluster.get_configmap(namespace, "app-0")["data"] == {"LOG_LEVEL": "debug"}
+    assert heals(source) == 0
+
+
+def test_a_plan_reads_only_what_the_cache_cannot_vouch_for(
+    repo, make_namespaces, make_source, sync, cluster, live_cache
+):
+    namespace, source = synced_source(repo, make_namespaces, make_source, sync, objects=4)
+    repo.write("flags/beta.json", json.dumps(FLAGS))
+    repo.commit("a flag set")
+    assert sync(source)["summary"] == {"create": 1, "unchanged": 4}
+    poll(lambda: fresh(namespace), timeout=30, what="the live cache to watch the namespace")
+
+    assert sync(source)["outcome"] == "unchanged"
+    # Four ConfigMaps as applied are never read; a flag set always is.
+    assert last_plan(source)["reads"] == {"cache": 4, "get": 1, "list": 0}
+
+    kubectl_edit(namespace, "app-3", "s/LOG_LEVEL: info/LOG_LEVEL: debug/")
+    poll(lambda: heals(source) == 1, timeout=HEAL_DEADLINE, what="the edit to be healed")
+    cluster.apply_configmap(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "app-4", "namespace": namespace}},
+        field_manager="someone",
+    )
+    repo.write("configmaps/app-1.yaml", configmap("app-1", {"LOG_LEVEL": "warn"}))
+    repo.write("configmaps/app-4.yaml", configmap("app-4", {"LOG_LEVEL": "info"}))
+    repo.commit("app-1 changed, and app-4 that someone else made first")
+
+    result = sync(source)
+
+    assert result["summary"] == {"update": 1, "conflict": 1, "unchanged": 4}, result
+    # Healed, app-3 is as applied again. Git changed app-1, app-4 is someone else's, the flag set is read.
+    assert last_plan(source)["reads"] == {"cache": 3, "get": 3, "list": 0}
+    assert cluster.get_configmap(namespace, "app-1")["data"] == {"LOG_LEVEL": "warn"}
+
+
+def test_what_the_cache_says_is_the_sources_and_git_dropped_is_read_and_pruned(
+    repo, make_namespaces, make_source, sync, cluster, live_cache
+):
+    namespace, source = synced_source(repo, make_namespaces, make_source, sync, objects=2)
+    poll(lambda: fresh(namespace), timeout=30, what="the live cache to watch the namespace")
+    repo.remove("configmaps/app-1.yaml")
+    repo.commit("app-1 goes")
+
+    assert sync(source)["summary"] == {"delete": 1, "unchanged": 1}
+    assert cluster.get_configmap(namespace, "app-1") is None
+
+
+def test_a_stopped_cache_is_stale_at_once_and_plans_read_the_cluster(
+    repo, make_namespaces, make_source, sync, cluster, live_cache
+):
+    namespace, source = synced_source(repo, make_namespaces, make_source, sync)
+    poll(lambda: fresh(namespace), timeout=30, what="the live cache to watch the namespace")
+
+    live_cache.stop()
+    assert not fresh(namespace)
+    kubectl_edit(namespace, "app-0", "s/LOG_LEVEL: info/LOG_LEVEL: stale/")
+
+    result = sync(source)
+
+    assert result["summary"] == {"self-heal": 1}, result
+    assert last_plan(source)["reads"] == {"cache": 0, "get": 0, "list": 1}
+    assert cluster.get_configmap(namespace, "app-0")["data"] == {"LOG_LEVEL": "info"}
+
+
+def test_a_frozen_cache_goes_stale_when_its_lease_runs_out_and_catches_up_when_it_thaws(
+    repo, make_namespaces, make_source, sync, cluster, live_cache
+):
+    namespace, source = synced_source(repo, make_namespaces, make_source, sync)
+    poll(lambda: fresh(namespace), timeout=30, what="the live cache to watch the namespace")
+
+    os.killpg(live_cache.process.pid, signal.SIGSTOP)
+    try:
+        # No renewal: within the lease (2 s) the namespace is no longer vouched for.
+        poll(lambda: not fresh(namespace), timeout=livestore.LEASE_SECONDS + 3, what="the lease to run out")
+        kubectl_edit(namespace, "app-0", "s/LOG_LEVEL: info/LOG_LEVEL: frozen/")
+        assert sync(source)["summary"] == {"self-heal": 1}
+        assert last_plan(source)["reads"]["list"] == 1
+        kubectl_edit(namespace, "app-0", "s/LOG_LEVEL: info/LOG_LEVEL: while-frozen/")
+    finally:
+        os.killpg(live_cache.process.pid, signal.SIGCONT)
+
+    # Thawed, it finds its lease gone, takes a new one, resumes its watch from where it
+    # was and meets the second edit on the way: the source is woken and heals it.
+    poll(lambda: heals(source) == 2, timeout=30, what="the edit made while frozen to be healed")
+    poll(lambda: fresh(namespace), timeout=30, what="the live cache to vouch for the namespace again")
+    assert cluster.get_configmap(namespace, "app-0")["data"] == {"LOG_LEVEL": "info"}
+
+
+def test_a_killed_cache_is_trusted_no_longer_than_its_lease_and_a_restart_catches_up(
+    repo, make_namespaces, make_source, sync, cluster, live_cache, start_live_cache
+):
+    namespace, source = synced_source(repo, make_namespaces, make_source, sync)
+    poll(lambda: fresh(namespace), timeout=30, what="the live cache to watch the namespace")
+
+    live_cache.kill()
+    poll(lambda: not fresh(namespace), timeout=livestore.LEASE_SECONDS + 3, what="the lease to run out")
+    kubectl_edit(namespace, "app-0", "s/LOG_LEVEL: info/LOG_LEVEL: dead/")
+    assert sync(source)["summary"] == {"self-heal": 1}
+    kubectl_edit(namespace, "app-0", "s/LOG_LEVEL: info/LOG_LEVEL: still-dead/")
+
+    start_live_cache()
+
+    # The new process resumes from the version stored with the stamps; the edit is in what it replays.
+    poll(lambda: heals(source) == 2, timeout=30, what="the edit made while it was down to be healed")
+    poll(lambda: fresh(namespace), timeout=30, what="the restarted cache to vouch for the namespace")
+    assert sync(source)["outcome"] == "unchanged"
+    assert last_plan(source)["reads"] == {"cache": 1, "get": 0, "list": 0}
+
+
+def test_a_watch_too_old_for_the_apiserver_lists_again_and_wakes_what_changed(
+    repo, make_namespaces, make_source, sync, cluster, stack, live_cache, start_live_cache
+):
+    namespace, source = synced_source(repo, make_namespaces, make_source, sync, objects=2)
+    poll(lambda: fresh(namespace), timeout=30, what="the live cache to watch the namespace")
+    live_cache.stop()
+    kubectl_edit(namespace, "app-1", "s/LOG_LEVEL: info/LOG_LEVEL: gone/")
+
+    # A replica started after the edit keeps no history from before it: resuming from the
+    # stored resourceVersion is answered 410 Gone, and the new process lists again.
+    with apiserver_replica(stack) as replica_kubeconfig:
+        restarted = start_live_cache(KUBECONFIG=str(replica_kubeconfig))
+        poll(lambda: heals(source) == 1, timeout=30, what="the edit found by the relist to be healed")
+        poll(lambda: fresh(namespace), timeout=30, what="the relisted namespace to be vouched for")
+        assert "410" in restarted.log_path.read_text()
+        assert sync(source)["outcome"] == "unchanged"
+        assert last_plan(source)["reads"] == {"cache": 2, "get": 0, "list": 0}
+    assert cluster.get_configmap(namespace, "app-1")["data"] == {"LOG_LEVEL": "info"}

@@ -1,0 +1,238 @@
+"""Live stamps, on hand-made live objects: when a stamp settles a plan item, and whom a change wakes.
+
+The safety property is checked for many edits (hypothesis): whenever a stamp
+settles an object, the planner, given the object itself, finds it unchanged;
+and whenever the planner finds drift, the stamp is not as applied, so the
+change wakes the source.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gitops.desired.content import Content
+from gitops.desired.flags import FlagSet
+from gitops.desired.policy import Policy
+from gitops.desired.revision import DesiredObject, DesiredState, flag_set_json, flag_set_key
+from gitops.plan import Action, plan
+from gitops.plan.provenance import Provenance, manifest
+from gitops.plan.stamps import LiveStamp, settles, sources_to_wake, stamp_of
+
+SOURCE = "shop"
+COMMIT = "c" * 40
+
+
+def desired(data: dict[str, str] | None = None, labels: dict[str, str] | None = None) -> DesiredObject:
+    return DesiredObject(
+        namespace="team-a",
+        name="app",
+        content=Content(data=data or {"LOG_LEVEL": "info", "MODE": "safe"}, labels=labels or {"team": "a"}),
+        origin="configmaps/app.yaml",
+        line=1,
+        kind="configmap",
+        group="configmaps/app.yaml#0",
+        rank=0,
+    )
+
+
+def as_applied(obj: DesiredObject, *, source: str = SOURCE, resource_version: str = "7") -> dict:
+    """The object as Sluice's server-side apply leaves it, managedFields included."""
+    body = manifest(
+        obj.namespace, obj.name, obj.content, Provenance(source, COMMIT, obj.content.hash, obj.origin)
+    )
+    metadata = body["metadata"]
+    metadata["resourceVersion"] = resource_version
+    metadata["managedFields"] = [
+        {
+            "manager": "sluice",
+            "operation": "Apply",
+            "fieldsV1": {
+                "f:data": {f"f:{key}": {} for key in body.get("data", {})},
+                "f:metadata": {
+                    "f:labels": {f"f:{key}": {} for key in metadata["labels"]},
+                    "f:annotations": {f"f:{key}": {} for key in metadata["annotations"]},
+                },
+            },
+        }
+    ]
+    return body
+
+
+def edited_by_hand(live: dict, *, section: str, key: str, value: str | None) -> dict:
+    """What `kubectl edit` (an Update by another manager) leaves: the value, and its ownership moved."""
+    edited = copy.deepcopy(live)
+    where = edited if section in ("data", "binaryData") else edited["metadata"]
+    values = where.setdefault(section, {})
+    if value is None:
+        values.pop(key, None)
+    else:
+        values[key] = value
+    sluice = edited["metadata"]["managedFields"][0]["fieldsV1"]
+    owned = (
+        sluice.get(f"f:{section}")
+        if section in ("data", "binaryData")
+        else sluice["f:metadata"].get(f"f:{section}")
+    )
+    if owned is not None:
+        owned.pop(f"f:{key}", None)
+    edited["metadata"]["managedFields"].append(
+        {"manager": "kubectl-edit", "operation": "Update", "fieldsV1": {}}
+    )
+    edited["metadata"]["resourceVersion"] = str(int(live["metadata"]["resourceVersion"]) + 1)
+    return edited
+
+
+def planned(obj: DesiredObject, live: dict, *, self_heal: bool = False):
+    state = DesiredState(Policy(("team-a",), ("team-a",), False, self_heal, "team-a"), (obj,))
+    result = plan(state, {"team-a": [live]}, source=SOURCE, commit=COMMIT, managed={obj.key})
+    return result.items[0]
+
+
+def test_an_object_as_sluice_applied_it_is_settled_by_its_stamp():
+    obj = desired()
+    stamp = stamp_of(as_applied(obj))
+    assert stamp == LiveStamp("7", SOURCE, COMMIT, obj.content.hash, as_applied=True)
+    assert settles(stamp, obj, source=SOURCE)
+
+
+def test_the_settled_plan_item_is_the_one_a_read_would_give():
+    obj = desired()
+    live = as_applied(obj)
+    state = DesiredState(Policy(("team-a",), ("team-a",), False, False, "team-a"), (obj,))
+    from_cache = plan(
+        state, {}, source=SOURCE, commit=COMMIT, managed={obj.key}, settled={obj.key: stamp_of(live)}
+    )
+    from_read = plan(state, {"team-a": [live]}, source=SOURCE, commit=COMMIT, managed={obj.key})
+    assert from_cache.items == from_read.items
+    assert from_cache.items[0].action is Action.UNCHANGED
+
+
+@pytest.mark.parametrize(
+    "section, key, value",
+    [
+        ("data", "LOG_LEVEL", "debug"),  # a value changed
+        ("data", "EXTRA", "1"),  # a key added
+        ("data", "MODE", None),  # a key removed
+        ("labels", "team", "b"),  # a label Git sets, changed
+        ("labels", "team", None),  # ... removed
+        ("annotations", "sluice.dev/content-hash", "0" * 32),  # provenance tampered with
+    ],
+)
+def test_an_edit_by_someone_else_breaks_the_stamp_and_wakes_the_source(section, key, value):
+    obj = desired()
+    before = as_applied(obj)
+    after = edited_by_hand(before, section=section, key=key, value=value)
+    stamp = stamp_of(after)
+    assert not stamp.as_applied
+    assert not settles(stamp, obj, source=SOURCE)
+    assert sources_to_wake(stamp_of(before), stamp) == {SOURCE}
+
+
+def test_labels_and_annotations_other_controllers_add_are_not_drift():
+    obj = desired()
+    live = as_applied(obj)
+    live["metadata"]["labels"]["pod-template-hash"] = "abc"
+    live["metadata"]["annotations"]["other.example.com/seen"] = "yes"
+    live["metadata"]["resourceVersion"] = "8"
+    stamp = stamp_of(live)
+    assert stamp.as_applied and settles(stamp, obj, source=SOURCE)
+    assert planned(obj, live).action is Action.UNCHANGED
+    assert sources_to_wake(stamp_of(as_applied(obj)), stamp) == set()
+
+
+def test_a_stamp_does_not_settle_a_change_in_git_another_source_or_a_flag_set():
+    obj = desired()
+    stamp = stamp_of(as_applied(obj))
+    assert not settles(stamp, desired(data={"LOG_LEVEL": "debug", "MODE": "safe"}), source=SOURCE)
+    assert not settles(stamp, obj, source="other")
+    flag_set = FlagSet("flags/app.json", {}, {}, {}, {"flags": {}})
+    assert not settles(stamp, replace(obj, flag_set=flag_set), source=SOURCE)
+
+
+def test_a_published_flag_set_is_as_applied_only_with_its_own_origin_stamps():
+    document = {"flags": {}, "metadata": {"sluiceCommit": COMMIT, "sluiceSource": SOURCE}}
+    git = {"flags": {}}
+    content = Content(data={flag_set_key("checkout"): flag_set_json(git)})
+    published = Content(data={flag_set_key("checkout"): flag_set_json(document)})
+    body = manifest(
+        "flags",
+        "checkout",
+        published,
+        Provenance(SOURCE, COMMIT, content.hash, "flags/checkout.json", "flagset"),
+    )
+    body["metadata"]["managedFields"] = [
+        {
+            "manager": "sluice",
+            "operation": "Apply",
+            "fieldsV1": {"f:data": {f"f:{flag_set_key('checkout')}": {}}},
+        }
+    ]
+    assert stamp_of(body).as_applied
+    document["metadata"]["sluiceCommit"] = "d" * 40  # someone changed the stamp inside the document
+    body["data"] = {flag_set_key("checkout"): flag_set_json(document)}
+    assert not stamp_of(body).as_applied
+
+
+def test_stamps_survive_their_stored_form_and_garbage_is_not_a_stamp():
+    stamp = LiveStamp("12", SOURCE, "com\x1fmit", "h" * 32, as_applied=True)
+    assert LiveStamp.decode(stamp.encode()) == LiveStamp("12", SOURCE, "commit", "h" * 32, as_applied=True)
+    assert LiveStamp.decode("nonsense") is None
+    assert LiveStamp.decode("a\x1fb\x1fc\x1fd\x1fmaybe") is None
+
+
+def test_who_wakes():
+    ours = LiveStamp("1", SOURCE, COMMIT, "h", as_applied=True)
+    theirs = LiveStamp("2", "other", COMMIT, "h", as_applied=True)
+    edited = LiveStamp("2", SOURCE, COMMIT, "h", as_applied=False)
+    assert (
+        sources_to_wake(ours, LiveStamp("2", SOURCE, COMMIT, "h", as_applied=True)) == set()
+    )  # Sluice's write
+    assert sources_to_wake(None, ours) == set()  # Sluice created it
+    assert sources_to_wake(ours, edited) == {SOURCE}
+    assert sources_to_wake(ours, None) == {SOURCE}  # deleted, or no longer labelled as Sluice's
+    assert sources_to_wake(ours, theirs) == {SOURCE, "other"}
+    assert sources_to_wake(None, LiveStamp("1", "", "", "", as_applied=False)) == set()
+
+
+# -- the safety property, over many edits --------------------------------------------------
+
+KEYS = st.sampled_from(["LOG_LEVEL", "MODE", "EXTRA", "team", "tier", "note", "sluice.dev/commit"])
+VALUES = st.one_of(st.none(), st.sampled_from(["info", "safe", "a", "b", "debug", ""]))
+EDITS = st.lists(
+    st.tuples(st.sampled_from(["data", "labels", "annotations"]), KEYS, VALUES, st.booleans()), max_size=4
+)
+
+
+def apply_edits(live: dict, edits) -> dict:
+    for section, key, value, takes_ownership in edits:
+        if takes_ownership:
+            live = edited_by_hand(live, section=section, key=key, value=value)
+            continue
+        # A change another controller makes with its own apply: ownership of the key is shared.
+        live = copy.deepcopy(live)
+        where = live if section == "data" else live["metadata"]
+        if value is None:
+            where.setdefault(section, {}).pop(key, None)
+        else:
+            where.setdefault(section, {})[key] = value
+    return live
+
+
+@settings(max_examples=400, deadline=None)
+@given(edits=EDITS, self_heal=st.booleans())
+def test_a_settled_object_is_always_one_the_planner_finds_unchanged(edits, self_heal):
+    obj = desired()
+    live = apply_edits(as_applied(obj), edits)
+    stamp = stamp_of(live)
+    item = planned(obj, live, self_heal=self_heal)
+    if settles(stamp, obj, source=SOURCE):
+        assert item.action is Action.UNCHANGED, edits
+        assert item.before == obj.content
+    if item.action in (Action.DRIFT, Action.SELF_HEAL):
+        assert not stamp.as_applied, edits
+        assert sources_to_wake(stamp_of(as_applied(obj)), stamp) == {SOURCE}
