@@ -197,7 +197,7 @@ class StampSink:
         except redis.RedisError as exc:
             raise TemporaryError(f"Redis: {exc}") from exc
         if not written:
-            raise LeaseLost(f"the live cache of {self.store.cluster} is another process's now")
+            raise LeaseLost(f"the lease of the live cache of {self.store.cluster} is no longer this term's")
 
 
 # -- the process ----------------------------------------------------------------------------

@@ -82,7 +82,7 @@ def test_a_kubectl_edit_is_healed_without_waiting_for_a_poll(
     change = Change.objects.get(source=source, action=ChangeAction.SELF_HEAL)
     assert change.actor == "sluice"
     assert change.diff == [
-        {"op": "change", "section": "data", "key": "LOG_LEVEL", "old": "debug", "new": "info"}
+        {"op": "change", "field": "data", "key": "LOG_LEVEL", "old": "debug", "new": "info"}
     ]
     assert healed_in < HEAL_DEADLINE
 
@@ -223,4 +223,5 @@ def test_a_watch_too_old_for_the_apiserver_lists_again_and_wakes_what_changed(
         assert "410" in restarted.log_path.read_text()
         assert sync(source)["outcome"] == "unchanged"
         assert last_plan(source)["reads"] == {"cache": 2, "get": 0, "list": 0}
+        restarted.stop()
     assert cluster.get_configmap(namespace, "app-1")["data"] == {"LOG_LEVEL": "info"}
