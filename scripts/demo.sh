@@ -35,6 +35,9 @@ trap stop INT TERM EXIT
 pids+=($!)
 .venv/bin/celery -A gitops beat --loglevel=INFO --schedule "$SLUICE_DATA_DIR/celerybeat-schedule" &
 pids+=($!)
+# Watches the demo's ConfigMaps: a `kubectl edit` of one is reported (or healed) within a second.
+$py manage.py gitops live-cache &
+pids+=($!)
 $py manage.py runserver "127.0.0.1:$port" --noreload &
 pids+=($!)
 

@@ -82,13 +82,6 @@ def redis_client() -> redis.Redis:
         return _client
 
 
-def forget_client() -> None:
-    """Drops the pool; the next use connects to ``REDIS_URL`` again (tests point settings elsewhere)."""
-    global _client  # noqa: PLW0603
-    with _client_lock:
-        _client = None
-
-
 # -- reading: what planning asks --------------------------------------------------------------
 
 

@@ -58,7 +58,7 @@ def compose(variables: dict[str, str] = VARIABLES) -> dict:
 
 def test_compose_file_has_the_services_and_their_order() -> None:
     services = compose()["services"]
-    assert set(services) == {"web", "worker", "beat", "migrate", "postgres", "redis"}
+    assert set(services) == {"web", "worker", "beat", "live-cache", "migrate", "postgres", "redis"}
     assert services["postgres"]["image"].startswith("postgres:")
     assert services["redis"]["image"].startswith("redis:")
     assert services["migrate"]["command"] == ["migrate"]
@@ -76,6 +76,10 @@ def test_compose_file_has_the_services_and_their_order() -> None:
         assert "/home/me/.kube/config:/etc/sluice/kubeconfig:ro" in services[name]["volumes"]
         assert "sluice-data:/var/lib/sluice" in services[name]["volumes"]
     assert set(compose()["volumes"]) >= {"postgres-data", "sluice-data"}
+    live_cache = services["live-cache"]
+    assert live_cache["command"] == ["manage", "gitops", "live-cache"]
+    assert live_cache["depends_on"] == services["worker"]["depends_on"]
+    assert "sluice-data:/var/lib/sluice" in live_cache["volumes"]
 
 
 def test_compose_healthchecks() -> None:
@@ -88,6 +92,7 @@ def test_compose_healthchecks() -> None:
     assert "inspect ping" in checks["worker"]
     assert "celery@$HOSTNAME" in checks["worker"]
     assert "beat" in checks["beat"]
+    assert "gitops\\x00live-cache" in checks["live-cache"]
 
 
 def test_beat_healthcheck_finds_a_running_beat(tmp_path) -> None:
