@@ -116,13 +116,14 @@ def _settle(
     unread: list[Key] = []
     names = set()
     for obj in wanted:
+        key = obj.key
         names.add(obj.name)
         text = texts.get(obj.name)
         stamp = LiveStamp.decode(text) if text is not None else None
-        if stamp is not None and obj.key in managed and settles(stamp, obj, source=source):
-            settled[obj.key] = stamp
+        if stamp is not None and key in managed and settles(stamp, obj, source=source):
+            settled[key] = stamp
         else:
-            unread.append(obj.key)
+            unread.append(key)
     for name, text in texts.items():
         if name not in names:
             stamp = LiveStamp.decode(text)

@@ -125,6 +125,8 @@ class PlanMemo:
 
     def __init__(self) -> None:
         self._verdicts: dict[tuple[str, str], tuple[str, str, PlanItem]] = {}
+        # Items the live cache settled: the same stamp and the same desired object give the same item.
+        self._settled: dict[tuple[str, str], tuple[LiveStamp, DesiredObject, PlanItem]] = {}
 
     def get(self, key: tuple[str, str], resource_version: str, content_hash: str) -> PlanItem | None:
         entry = self._verdicts.get(key)
@@ -135,10 +137,22 @@ class PlanMemo:
     def put(self, key: tuple[str, str], resource_version: str, content_hash: str, item: PlanItem) -> None:
         self._verdicts[key] = (resource_version, content_hash, item)
 
+    def settled(self, key: tuple[str, str], stamp: LiveStamp, obj: DesiredObject) -> PlanItem | None:
+        entry = self._settled.get(key)
+        if entry is not None and entry[1] is obj and entry[0] == stamp:
+            return entry[2]
+        return None
+
+    def put_settled(self, key: tuple[str, str], stamp: LiveStamp, obj: DesiredObject, item: PlanItem) -> None:
+        self._settled[key] = (stamp, obj, item)
+
     def keep_only(self, keys: Collection[tuple[str, str]]) -> None:
         """Forgets objects the last plan did not have: the memo never outgrows the revision."""
-        for key in self._verdicts.keys() - set(keys):
+        kept = set(keys)
+        for key in self._verdicts.keys() - kept:
             del self._verdicts[key]
+        for key in self._settled.keys() - kept:
+            del self._settled[key]
 
     def __len__(self) -> int:
         return len(self._verdicts)
@@ -179,7 +193,7 @@ def plan(
         live = live_index.get(wanted_object.key)
         stamp = (settled or {}).get(wanted_object.key) if live is None else None
         if stamp is not None:
-            items.append(_settled(wanted_object, stamp, source=source, managed=managed))
+            items.append(_memoized_settled(wanted_object, stamp, source=source, managed=managed, memo=memo))
             continue
         if live is not None and wanted_object.key not in managed and live_provenance(live)[0] == source:
             # Labels anyone may write do not make an object this source's: only what Sluice applied does.
@@ -197,6 +211,23 @@ def plan(
             prune = desired.policy.prune
             items.append(_gone(key, live, managed=key in managed, prune=prune, prune_allowed=prune_allowed))
     return Plan(source=source, commit=commit, items=tuple(items))
+
+
+def _memoized_settled(
+    obj: DesiredObject,
+    stamp: LiveStamp,
+    *,
+    source: str,
+    managed: Collection[tuple[str, str]],
+    memo: PlanMemo | None,
+) -> PlanItem:
+    remembered = memo.settled(obj.key, stamp, obj) if memo is not None else None
+    if remembered is not None:
+        return remembered
+    item = _settled(obj, stamp, source=source, managed=managed)
+    if memo is not None:
+        memo.put_settled(obj.key, stamp, obj, item)
+    return item
 
 
 def _settled(
