@@ -188,7 +188,7 @@ class StampSink:
         self.synced.discard(namespace)
         try:
             self._write(namespace, {}, fresh=False)
-        except (LeaseLost, redis.RedisError) as exc:
+        except TemporaryError as exc:  # Redis away, or the lease gone: then nothing vouches for it anyway
             log.warning("ConfigMaps in %s: could not mark them stale (%s): %s", namespace, why, exc)
 
     def _write(self, namespace: str, changes: dict[str, str | None], **options: Any) -> None:
