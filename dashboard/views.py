@@ -27,7 +27,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from dashboard.consumers import CONSUMERS_SHOWN, PINNED_HINT, configmap_readers, consumers_by_target
-from gitops import health, metrics, schedule, selectors
+from gitops import cluster_admin, health, metrics, schedule, selectors
 from gitops.consumers.workloads import KINDS as WORKLOAD_KINDS
 from gitops.errors import GitopsError
 from gitops.intake import receive
@@ -254,6 +254,16 @@ def _go_to_rollout(request: HttpRequest, rollout_id: int) -> HttpResponse:
         response["HX-Redirect"] = reverse("dashboard:rollout", args=[rollout_id])
         return response
     return redirect("dashboard:rollout", rollout_id=rollout_id)
+
+
+# -- clusters ---------------------------------------------------------------------------
+
+
+@login_required
+@permission_required("gitops.view_source", raise_exception=True)
+def clusters(request: HttpRequest) -> HttpResponse:
+    """Each cluster: reachability and version (asked now, bounded), the sources targeting it, its objects."""
+    return render(request, "dashboard/clusters.html", {"clusters": cluster_admin.clusters_status()})
 
 
 # -- change log -------------------------------------------------------------------------

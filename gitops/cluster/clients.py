@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
+from gitops import metrics
 from gitops.cluster.client import Cluster
 from gitops.errors import GitopsError, PermanentError
 from gitops.models import Cluster as ClusterRecord
@@ -83,7 +84,8 @@ class ClusterClients:
         self._down: dict[str, tuple[float, GitopsError]] = {}
 
     def mark_unreachable(self, name: str, error: GitopsError) -> None:
-        """Remembers for a few seconds that ``name`` did not answer (or refused)."""
+        """Remembers for a few seconds that ``name`` did not answer (or refused), and counts it."""
+        metrics.CLUSTER_UNREACHABLE.labels(name).inc()
         with self._lock:
             self._down[name] = (time.monotonic() + UNREACHABLE_MEMORY_SECONDS, error)
 

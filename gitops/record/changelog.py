@@ -75,7 +75,7 @@ def changes_record(intents: Sequence[ApplyIntent], errors: Sequence[str | None])
         names = dict(Source.objects.filter(pk__in={i.source_id for i in intents}).values_list("pk", "name"))
         for intent in intents:
             if intent.pk in failed:
-                metrics.APPLY_ERRORS.labels(names.get(intent.source_id, "?")).inc()
+                metrics.APPLY_ERRORS.labels(names.get(intent.source_id, "?"), intent.cluster).inc()
     with transaction.atomic():
         # The one-to-one on intent makes a second log of the same intent impossible.
         Change.objects.bulk_create(changes, batch_size=1000, ignore_conflicts=True)

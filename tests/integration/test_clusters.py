@@ -5,6 +5,7 @@ in every cluster, and a cluster that stops answering fails only its own targets.
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 import time
@@ -44,7 +45,9 @@ class FlakyKubeconfig:
         self.path = path
         config = yaml.safe_load(Path(stack_kubeconfig).read_text())
         named = next(entry["context"] for entry in config["contexts"] if entry["name"] == context)
-        self.cluster = next(entry["cluster"] for entry in config["clusters"] if entry["name"] == named["cluster"])
+        self.cluster = next(
+            entry["cluster"] for entry in config["clusters"] if entry["name"] == named["cluster"]
+        )
         self.user = next(entry for entry in config["users"] if entry["name"] == named["user"])
         self.real_server = self.cluster["server"]
         self.answer()
@@ -178,18 +181,21 @@ def test_a_flag_rollout_serves_the_new_result_to_the_same_users_in_every_cluster
 
     def flags(default: str) -> dict:
         variants = {"on": True, "off": False}
-        return {"flags": {"new-checkout": {"state": "ENABLED", "variants": variants, "defaultVariant": default}}}
+        return {
+            "flags": {"new-checkout": {"state": "ENABLED", "variants": variants, "defaultVariant": default}}
+        }
 
     def write(default: str, steps=None) -> None:
         document: dict = {"targets": targets(namespace, clusters), "flags": {"namespace": namespace}}
         if steps:
             document["rollout"] = {"steps": steps}
-        repo.write_all({"sluice.yaml": document, "flags/checkout.json": flags(default)})
+        repo.write_all({"sluice.yaml": document, "flags/checkout.json": json.dumps(flags(default))})
         repo.commit(f"checkout {default}")
 
     write("off")
     source = make_source(allowed_namespaces=SCOPE)
-    assert sync(source)["outcome"] == "applied"
+    first = sync(source)
+    assert first["outcome"] == "applied", first["errors"]
     write("on", [{"setWeight": 25}, {"pause": {}}])
     sync(source)
     wait_for(source, phase="Paused", waiting_for="approval")

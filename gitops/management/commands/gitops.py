@@ -559,7 +559,8 @@ def _scope_arguments(parser: ArgumentParser, *, required: bool) -> None:
         "--allow-namespace",
         required=required,
         metavar="GLOB",
-        help="a namespace glob this source may write to (repeatable; at least one for a new source)",
+        help="a namespace glob this source may write to: NAMESPACE in the default cluster, or "
+        "CLUSTER/NAMESPACE (repeatable; at least one for a new source)",
         **many,
     )
     parser.add_argument(
