@@ -205,6 +205,7 @@ WorkloadKind = StrEnum("WorkloadKind", {kind.upper(): kind for kind in WORKLOAD_
 class ConsumerStateOut(Schema):
     """A workload that reads a ConfigMap the last step changed, as its controller last reported it."""
 
+    cluster: str = Field("", description="the cluster it runs in (empty in states from before clusters)")
     kind: WorkloadKind
     namespace: str
     name: str
@@ -236,6 +237,9 @@ class RolloutOut(Schema):
     consumer_states: list[ConsumerStateOut] = Field(
         description="the consumers of the latest step that had any; while the rollout waits for them, "
         "updated as their controllers report"
+    )
+    rollback_pending_clusters: list[str] = Field(
+        description="clusters a rollback could not reach yet; each is restored as soon as it answers"
     )
 
 
@@ -335,6 +339,7 @@ class DiffOut(Schema):
 
 
 class PlanItemOut(Schema):
+    cluster: str = ""
     namespace: str
     name: str
     kind: str
@@ -375,6 +380,21 @@ class RolloutRevisionOut(Schema):
     message: str
 
 
+class RolloutTargetOut(Schema):
+    """An object the rollout changed (a ConfigMap or a restarted workload), with its latest change."""
+
+    cluster: str
+    namespace: str
+    kind: str
+    name: str
+    action: str
+    step: int
+    weight: int
+    result: str
+    at: datetime
+    actor: str
+
+
 class RolloutDetailOut(RolloutOut):
     revision: RolloutRevisionOut
     created_by: str
@@ -386,6 +406,11 @@ class RolloutDetailOut(RolloutOut):
     step_definitions: list[dict[str, Any]]
     approved_by: list[ApprovalOut]
     events: list[EventOut]
+    targets: list[RolloutTargetOut] = Field(
+        description=f"the objects it changed, by cluster, namespace, kind and name (at most "
+        f"{selectors.ROLLOUT_TARGETS_SHOWN}); targets_total counts them all"
+    )
+    targets_total: int
 
 
 class RolloutPage(Schema):
@@ -433,6 +458,7 @@ class RolloutFilters(Schema):
 
 class ChangeFilters(Schema):
     source: str | None = Field(None, max_length=63, pattern=SOURCE_NAME)
+    cluster: str | None = Field(None, max_length=63, pattern=SOURCE_NAME)
     commit: str | None = Field(None, pattern=COMMIT_PREFIX, description="a full hash or a prefix")
     namespace: str | None = Field(None, max_length=63, pattern=NAMESPACE)
     name: str | None = Field(None, max_length=253, pattern=OBJECT_NAME)
@@ -612,7 +638,10 @@ def redacted_steps(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def rollout_detail(rollout: Rollout) -> dict[str, Any]:
     revision = rollout.revision
     approvals = list(rollout.approvals.all())
+    targets, targets_total = selectors.rollout_targets(rollout)
     return {
+        "targets": targets,
+        "targets_total": targets_total,
         **selectors.rollout_status(rollout),
         "message": redact_url(rollout.message),
         "revision": {
@@ -720,6 +749,7 @@ def list_changes(
     require(request, "gitops.view_change")
     changes = selectors.change_log(
         source=filters.source,
+        cluster=filters.cluster,
         commit=filters.commit,
         namespace=filters.namespace,
         name=filters.name,

@@ -27,19 +27,19 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from dashboard.consumers import CONSUMERS_SHOWN, PINNED_HINT, configmap_readers, consumers_by_target
-from gitops import health, metrics, schedule, selectors
+from gitops import cluster_admin, health, metrics, schedule, selectors
 from gitops.consumers.workloads import KINDS as WORKLOAD_KINDS
 from gitops.errors import GitopsError
 from gitops.intake import receive
 from gitops.intake.webhooks import MAX_BODY_BYTES
-from gitops.models import Approval, ManagedObject, Rollout, RolloutEvent, Source
+from gitops.models import Approval, Cluster, ManagedObject, Rollout, RolloutEvent, Source
 from gitops.redaction import redact_url
 from gitops.rollout import decisions
 from gitops.vocabulary import ChangeAction
 
 PAGE_SIZE = 50
 EXPORT_LIMIT = 100_000
-CHANGE_FILTERS = ("source", "commit", "namespace", "name", "action", "actor")
+CHANGE_FILTERS = ("source", "cluster", "commit", "namespace", "name", "action", "actor")
 
 
 @require_GET
@@ -67,13 +67,14 @@ def prometheus_metrics(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 def readyz(request: HttpRequest) -> JsonResponse:
-    """Database, broker and kube-apiserver reachable; 503 names the one that is not.
+    """Database, broker and kube-apiserver reachable; 503 names the one that is not. Each registered
+    cluster is listed (``cluster:NAME``) without deciding readiness.
 
     Anyone (a load balancer) learns which check fails; only a logged-in user or a
     caller with the metrics token learns why, since error texts describe internals.
     """
     checks = health.readiness()
-    ready = all(result == "ok" for result in checks.values())
+    ready = health.ready(checks)
     if not (request.user.is_authenticated or _has_metrics_token(request)):
         checks = {name: "ok" if result == "ok" else "failing" for name, result in checks.items()}
     return JsonResponse(
@@ -120,12 +121,20 @@ def overview(request: HttpRequest) -> HttpResponse:
 def source_detail(request: HttpRequest, name: str) -> HttpResponse:
     source = get_object_or_404(Source, name=name)
     readers = configmap_readers(source.consumer_map or {})
+    cluster = request.GET.get("cluster", "").strip()[:63]
+    plan = dict(source.last_plan or {})
+    managed = ManagedObject.objects.filter(source=source).order_by("cluster", "namespace", "name")
+    if cluster:
+        plan["items"] = [item for item in plan.get("items", []) if item.get("cluster") == cluster]
+        managed = managed.filter(cluster=cluster)
     context = {
         "source": source,
         "url": redact_url(source.url),
         "revisions": list(source.revisions.order_by("-fetched_at", "-id")[:20]),
-        "plan": source.last_plan or {},
-        "managed": list(ManagedObject.objects.filter(source=source).order_by("namespace", "name")[:500]),
+        "plan": plan,
+        "managed": list(managed[:500]),
+        "cluster": cluster,
+        "clusters": _cluster_names(source.target_clusters or []),
         "rollouts": list(source.rollouts.select_related("revision").order_by("-id")[:10]),
         "can_sync": can_sync(request.user),
         "deliveries": list(source.deliveries.order_by("-received_at", "-id")[:20]),
@@ -152,9 +161,17 @@ def source_sync(request: HttpRequest, name: str) -> HttpResponse:
 # -- rollout --------------------------------------------------------------------------
 
 
+def _cluster_names(also: list[str]) -> list[str]:
+    """The clusters a filter offers: the default one, the registered ones, and any others named."""
+    return sorted({settings.SLUICE_CLUSTER_NAME, *Cluster.objects.values_list("name", flat=True), *also})
+
+
 def _rollout_context(request: HttpRequest, rollout: Rollout) -> dict[str, Any]:
     now = timezone.now()
     targets, targets_total = selectors.rollout_targets(rollout)
+    cluster = request.GET.get("cluster", "").strip()[:63]
+    target_clusters = sorted({target["cluster"] for target in targets})
+    shown = [target for target in targets if not cluster or target["cluster"] == cluster]
     waiting_for_consumers = (
         rollout.phase == Rollout.Phase.PAUSED and rollout.waiting_for == Rollout.Waiting.CONSUMERS
     )
@@ -164,13 +181,21 @@ def _rollout_context(request: HttpRequest, rollout: Rollout) -> dict[str, Any]:
         "source": rollout.source,
         "revision": rollout.revision,
         "steps": list(enumerate(rollout.steps)),
-        "targets": targets,
+        "targets": shown,
         "targets_total": targets_total,
+        # The rollout page groups the objects it changed by cluster, and filters on one.
+        "target_groups": [
+            (name, [target for target in shown if target["cluster"] == name])
+            for name in target_clusters
+            if any(target["cluster"] == name for target in shown)
+        ],
+        "target_clusters": target_clusters,
+        "cluster": cluster,
         "events": list(RolloutEvent.objects.filter(rollout=rollout).order_by("at", "id")),
         "approvals": list(Approval.objects.filter(rollout=rollout).order_by("at")),
         # A timed pause resumes at pause_until; a consumer gate fails there instead (shown as a deadline).
         "seconds_left": max(0, int((rollout.pause_until - now).total_seconds()))
-        if rollout.pause_until and not waiting_for_consumers
+        if rollout.pause_until and rollout.phase == Rollout.Phase.PAUSED and not waiting_for_consumers
         else None,
         "waiting_for_consumers": waiting_for_consumers,
         "consumer_targets": consumer_targets,
@@ -231,6 +256,16 @@ def _go_to_rollout(request: HttpRequest, rollout_id: int) -> HttpResponse:
     return redirect("dashboard:rollout", rollout_id=rollout_id)
 
 
+# -- clusters ---------------------------------------------------------------------------
+
+
+@login_required
+@permission_required("gitops.view_source", raise_exception=True)
+def clusters(request: HttpRequest) -> HttpResponse:
+    """Each cluster: reachability and version (asked now, bounded), the sources targeting it, its objects."""
+    return render(request, "dashboard/clusters.html", {"clusters": cluster_admin.clusters_status()})
+
+
 # -- change log -------------------------------------------------------------------------
 
 
@@ -282,6 +317,7 @@ def change_log(request: HttpRequest) -> HttpResponse:
         "actions": [action.value for action in ChangeAction],
         "workload_kinds": WORKLOAD_KINDS,
         "sources": list(Source.objects.order_by("name").values_list("name", flat=True)),
+        "clusters": _cluster_names([filters["cluster"]] if filters["cluster"] else []),
     }
     return render(request, "dashboard/changes.html", context)
 

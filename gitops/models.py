@@ -55,6 +55,48 @@ def validate_source_name(value: str) -> None:
         )
 
 
+def validate_cluster_name(value: str) -> None:
+    # The name is written into policies (targets[].cluster), scope globs (CLUSTER/NAMESPACE) and the log.
+    if len(value) > 63 or not SOURCE_NAME.match(value):
+        raise DjangoValidationError(
+            f"{value!r} is not a valid cluster name (lowercase letters, digits and '-', at most 63)"
+        )
+
+
+class Cluster(models.Model):
+    """A cluster an administrator registered. Credentials stay by reference, as for Git.
+
+    A kubeconfig path and context (read by the workers, on their filesystem), or the
+    in-cluster service account. Nothing secret is ever stored here or shown. The
+    cluster ``KUBECONFIG`` names is the default cluster (``SLUICE_CLUSTER_NAME``) and
+    has no row: single-cluster set-ups register nothing.
+    """
+
+    name = models.CharField(max_length=63, unique=True, validators=[validate_cluster_name])
+    kubeconfig = models.CharField(
+        max_length=1000,
+        blank=True,
+        default="",
+        help_text="a kubeconfig path on the workers; never its content",
+    )
+    context = models.CharField(max_length=253, blank=True, default="", help_text="empty: the current context")
+    in_cluster = models.BooleanField(default=False, help_text="the service account Sluice's pods run as")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering: ClassVar[list[str]] = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def credentials_ref(self) -> str:
+        """Where the credentials live, as shown to people: a path and a context, never their content."""
+        if self.in_cluster:
+            return "in-cluster service account"
+        return self.kubeconfig + (f" (context {self.context})" if self.context else "")
+
+
 class Source(models.Model):
     name = models.CharField(max_length=63, unique=True, validators=[validate_source_name])
     url = models.CharField(max_length=2000, help_text="Git URL, without credentials")
@@ -102,6 +144,8 @@ class Source(models.Model):
     sync_queued = models.BooleanField(default=False)
     # Where rollout and revision events go, as CloudEvents (HTTP, structured mode).
     notify_urls = models.JSONField(default=list, blank=True)
+    # The clusters the last validated revision targets, in policy order: a cluster is not removed under it.
+    target_clusters = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering: ClassVar[list[str]] = ["name"]
@@ -111,8 +155,21 @@ class Source(models.Model):
 
     @property
     def scope(self) -> AdminScope:
-        """What an administrator allows this source; its repository can only narrow it."""
-        return AdminScope.of(self.allowed_namespaces or (), self.analysis_url_prefixes or ())
+        """What an administrator allows this source; its repository can only narrow it.
+
+        Validation adds the clusters that exist (``known_cluster_names``); this
+        property asks the database nothing, since planning asks it per namespace.
+        """
+        return AdminScope.of(
+            self.allowed_namespaces or (),
+            self.analysis_url_prefixes or (),
+            default_cluster=settings.SLUICE_CLUSTER_NAME,
+        )
+
+
+def known_cluster_names() -> frozenset[str]:
+    """Every cluster a policy may name: the default one and the registered ones (one query)."""
+    return frozenset({settings.SLUICE_CLUSTER_NAME, *Cluster.objects.values_list("name", flat=True)})
 
 
 class Revision(models.Model):
@@ -199,6 +256,9 @@ class Rollout(models.Model):
     promoted_by = models.CharField(max_length=150, blank=True, default="")
     abort_requested_by = models.CharField(max_length=150, blank=True, default="")
     abort_reason = models.TextField(blank=True, default="")
+    # Clusters a rollback could not reach yet: they still hold this rollout's content and are
+    # restored as soon as they answer (retried at pause_until, by the source's reconciles).
+    rollback_pending_clusters = models.JSONField(default=list, blank=True)
     message = models.TextField(blank=True, default="")
     created_by = models.CharField(max_length=150, default="sluice")
     created_at = models.DateTimeField(default=timezone.now)
@@ -290,6 +350,7 @@ class ApplyIntent(models.Model):
     source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="intents")
     step_index = models.PositiveIntegerField(default=0)
     weight = models.PositiveSmallIntegerField(default=100)
+    cluster = models.CharField(max_length=63)
     namespace = models.CharField(max_length=63)
     name = models.CharField(max_length=253)
     kind = models.CharField(max_length=32, default="ConfigMap")
@@ -316,7 +377,11 @@ class ApplyIntent(models.Model):
         ordering: ClassVar[list[str]] = ["id"]
 
     def __str__(self) -> str:
-        return f"{self.action} {self.namespace}/{self.name} ({self.status})"
+        return f"{self.action} {self.cluster}/{self.namespace}/{self.name} ({self.status})"
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.cluster, self.namespace, self.name)
 
     @classmethod
     def for_item(
@@ -340,6 +405,7 @@ class ApplyIntent(models.Model):
             source_id=rollout.source_id,
             step_index=step_index,
             weight=weight,
+            cluster=item.cluster,
             namespace=item.namespace,
             name=item.name,
             action=ChangeAction(item.action.value),
@@ -384,6 +450,7 @@ class ApplyIntent(models.Model):
             source_id=rollout.source_id,
             step_index=rollout.step_index,
             weight=rollout.weight,
+            cluster=first.cluster,
             namespace=first.namespace,
             name=first.name,
             action=ChangeAction.ROLLBACK,
@@ -414,6 +481,7 @@ LOGGED_FROM_INTENT = (
     "source_id",
     "rollout_id",
     "commit",
+    "cluster",
     "namespace",
     "kind",
     "name",
@@ -495,11 +563,10 @@ class Change(models.Model):
         raise TypeError("the change log is append-only")
 
     @classmethod
-    def from_intent(cls, intent: ApplyIntent, *, cluster: str, at: datetime, error: str | None) -> Change:
-        """The log entry of an applied intent: what it did, as it meant to, and how it went."""
+    def from_intent(cls, intent: ApplyIntent, *, at: datetime, error: str | None) -> Change:
+        """The log entry of an applied intent: what it did, in which cluster, and how it went."""
         return cls(
             intent=intent,
-            cluster=cluster,
             at=at,
             result=cls.Result.ERROR if error else cls.Result.OK,
             error=error or "",
@@ -511,6 +578,7 @@ class ManagedObject(models.Model):
     """The inventory: what each source applied, so prune knows where to look."""
 
     source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="managed_objects")
+    cluster = models.CharField(max_length=63)
     namespace = models.CharField(max_length=63)
     name = models.CharField(max_length=253)
     kind = models.CharField(max_length=32, default="ConfigMap")
@@ -520,17 +588,20 @@ class ManagedObject(models.Model):
 
     class Meta:
         constraints: ClassVar[list[Any]] = [
-            models.UniqueConstraint(fields=["kind", "namespace", "name"], name="managed_object_unique")
+            models.UniqueConstraint(
+                fields=["cluster", "kind", "namespace", "name"], name="managed_object_unique_per_cluster"
+            )
         ]
-        ordering: ClassVar[list[str]] = ["namespace", "name"]
+        indexes: ClassVar[list[Any]] = [models.Index(fields=["source", "cluster"])]
+        ordering: ClassVar[list[str]] = ["cluster", "namespace", "name"]
 
     def __str__(self) -> str:
-        return f"{self.namespace}/{self.name}"
+        return f"{self.cluster}/{self.namespace}/{self.name}"
 
     @classmethod
     def applied_by(cls, intent: ApplyIntent, *, at: datetime) -> ManagedObject:
         """The inventory entry an applied intent leaves behind."""
-        fields = copied(intent, ("source_id", "namespace", "name", "kind", "commit"))
+        fields = copied(intent, ("source_id", "cluster", "namespace", "name", "kind", "commit"))
         return cls(**fields, content_hash=intent.after_hash, updated_at=at)
 
 

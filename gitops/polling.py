@@ -14,7 +14,8 @@ from gitops.models import Rollout, Source
 
 
 def sources_with_due_rollouts(now: Any = None) -> list[int]:
-    """Sources whose paused rollout's timer (or analysis back-off) has run out, or whose abort waits.
+    """Sources whose paused rollout's timer (analysis back-off, cluster retry) has run out, whose abort
+    waits, or that owe a cluster a rollback and may try it again.
 
     A source that is backing off after failures waits for its next try, and one
     with a sync already queued is not queued again, so a failing Git host or
@@ -23,13 +24,18 @@ def sources_with_due_rollouts(now: Any = None) -> list[int]:
     now = now or timezone.now()
     timers = Rollout.objects.filter(
         phase=Rollout.Phase.PAUSED,
-        waiting_for__in=(Rollout.Waiting.TIMER, Rollout.Waiting.ANALYSIS),
+        waiting_for__in=(Rollout.Waiting.TIMER, Rollout.Waiting.ANALYSIS, Rollout.Waiting.CLUSTER),
         pause_until__lte=now,
+    )
+    owed = Rollout.objects.filter(phase__in=Rollout.ENDED_PHASES, pause_until__lte=now).exclude(
+        rollback_pending_clusters=[]
     )
     # A step waiting for its consumers is watched a slice per pass; a pass lost to a crash is redone.
     consumers = Rollout.objects.filter(phase=Rollout.Phase.PAUSED, waiting_for=Rollout.Waiting.CONSUMERS)
     aborts = Rollout.objects.filter(phase__in=Rollout.ACTIVE_PHASES).exclude(abort_requested_by="")
-    candidates = set(timers.values_list("source_id", flat=True))
+    candidates = set(timers.values_list("source_id", flat=True)) | set(
+        owed.values_list("source_id", flat=True)
+    )
     candidates |= set(consumers.values_list("source_id", flat=True)) | set(
         aborts.values_list("source_id", flat=True)
     )

@@ -7,18 +7,18 @@ workload pinned with ``sluice.dev/restart: "false"``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gitops.cluster import get_cluster
-from gitops.cluster.live import live_configmaps
 from gitops.consumers.wave import wave_consumers
 from gitops.consumers.workloads import Workload, consumed_hash
 from gitops.desired.policy import ConsumerMode
+from gitops.errors import GitopsError
 from gitops.fetch.revisions import revision_desired_state, revision_fetch
 from gitops.models import ManagedObject, Revision, Source
 from gitops.plan import Plan, plan
-from gitops.record.inventory import managed_keys, managed_namespaces
-from gitops.rollout.step import in_scope
+from gitops.record.inventory import managed_keys
+from gitops.rollout.step import live_state
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class ConsumerEffect:
         w = self.workload
         action = "restart" if self.restart else "wait"
         return {
+            "cluster": w.cluster,
             "kind": w.kind,
             "namespace": w.namespace,
             "name": w.name,
@@ -46,8 +47,12 @@ class Preview:
     consumers: tuple[ConsumerEffect, ...] = ()
 
 
-def source_preview(source: Source) -> Preview:
-    """The branch tip, its plan against the cluster, and the workloads the change would reach."""
+def source_preview(source: Source, *, cluster: str | None = None) -> Preview:
+    """The branch tip, its plan against the clusters, and the workloads the change would reach.
+
+    ``cluster`` keeps only that cluster's part of the plan. A cluster that does not
+    answer shows its objects as ``unreachable``.
+    """
     revision, _ = revision_fetch(source)
     desired = (
         None if revision.outcome == Revision.Outcome.REJECTED else revision_desired_state(source, revision)
@@ -55,10 +60,17 @@ def source_preview(source: Source) -> Preview:
     if desired is None:
         revision.refresh_from_db()
         return Preview(revision, None)
-    live = live_configmaps(
-        get_cluster(), {*desired.namespaces, *in_scope(source, managed_namespaces(source))}
+    live = live_state(source, desired)
+    planned = plan(
+        desired,
+        live.objects,
+        source=source.name,
+        commit=revision.commit,
+        managed=managed_keys(source),
+        unreachable=live.reasons(),
     )
-    planned = plan(desired, live, source=source.name, commit=revision.commit, managed=managed_keys(source))
+    if cluster is not None:
+        planned = replace(planned, items=tuple(item for item in planned.items if item.cluster == cluster))
     mode = desired.policy.rollout.consumers
     return Preview(
         revision, planned, _consumer_effects(source, planned, mode) if mode != ConsumerMode.IGNORE else ()
@@ -70,23 +82,28 @@ def _consumer_effects(source: Source, planned: Plan, mode: ConsumerMode) -> tupl
     if not changed:
         return ()
     hashes = {
-        (namespace, name): content_hash
-        for namespace, name, content_hash in ManagedObject.objects.filter(source=source).values_list(
-            "namespace", "name", "content_hash"
+        (cluster, namespace, name): content_hash
+        for cluster, namespace, name, content_hash in ManagedObject.objects.filter(source=source).values_list(
+            "cluster", "namespace", "name", "content_hash"
         )
     }
     hashes.update({key: value for key, value in changed.items() if value})
+    by_cluster: dict[str, set[tuple[str, str]]] = {}
+    for cluster, namespace, name in changed:
+        by_cluster.setdefault(cluster, set()).add((namespace, name))
     effects = []
-    for workload in wave_consumers(get_cluster(), changed):
-        managed = {name: h for (namespace, name), h in hashes.items() if namespace == workload.namespace}
-        wanted = consumed_hash(workload, managed)
-        restart = mode == ConsumerMode.RESTART and workload.restartable and wanted != workload.config_hash
-        reads = tuple(
-            sorted(
-                name
-                for namespace, name in changed
-                if namespace == workload.namespace and name in workload.consumes
+    for cluster, keys in sorted(by_cluster.items()):
+        try:
+            workloads = wave_consumers(get_cluster(cluster), keys)
+        except GitopsError:
+            continue  # an unreachable cluster's objects are shown as such in the plan
+        for workload in workloads:
+            place = (cluster, workload.namespace)
+            managed = {name: h for (c, ns, name), h in hashes.items() if (c, ns) == place}
+            wanted = consumed_hash(workload, managed)
+            restart = mode == ConsumerMode.RESTART and workload.restartable and wanted != workload.config_hash
+            reads = tuple(
+                sorted(name for ns, name in keys if ns == workload.namespace and name in workload.consumes)
             )
-        )
-        effects.append(ConsumerEffect(workload, restart, reads))
+            effects.append(ConsumerEffect(workload, restart, reads))
     return tuple(effects)

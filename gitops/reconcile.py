@@ -25,12 +25,13 @@ from django.db import connection
 from django.utils import timezone
 
 from gitops import logs, metrics, schedule, selectors
+from gitops.cluster import clients
 from gitops.desired.errors import ValidationError
 from gitops.errors import PermanentError, TemporaryError
 from gitops.fetch.revisions import commit_identities, revision_desired_state, revision_fetch
 from gitops.models import Revision, Rollout, Source
 from gitops.rollout.lifecycle import rollout_choose, rollout_drive
-from gitops.rollout.rollback import rollout_rollback
+from gitops.rollout.rollback import rollbacks_owed_finish, rollout_rollback
 from gitops.rollout.state import SYSTEM_ACTOR, StepOutcome
 from gitops.rollout.step import intents_finish_pending
 from gitops.vocabulary import Outcome
@@ -75,7 +76,9 @@ class SyncResult:
 
 
 def _reconcile(source: Source, *, actor: str, retry_failed: bool) -> SyncResult:
-    resumed = intents_finish_pending(source)  # what a crashed run left behind
+    clients.refresh()  # clusters registered, removed or re-pointed since the last pass (one query)
+    resumed = intents_finish_pending(source)  # what a crashed run (or an unreachable cluster) left behind
+    rollbacks_owed_finish(source)  # clusters that did not answer an earlier rollback
     _abort_if_requested(source)  # before Git: nothing a new commit does can hold an abort up
     try:
         head, forced = revision_fetch(source)
@@ -102,12 +105,14 @@ def _reconcile(source: Source, *, actor: str, retry_failed: bool) -> SyncResult:
     outcome = _drive(rollout, head_desired if rollout.revision_id == head.pk else None, actor, retry_failed)
     rollout.refresh_from_db()
     result.outcome = queued or outcome.outcome
-    result.summary, result.errors = outcome.summary, outcome.failures
+    # A cluster that did not answer fails only its own targets: the pass reports it and goes on.
+    unreachable = [f"cluster {name} unreachable: {why}" for name, why in sorted(outcome.unreachable.items())]
+    result.summary, result.errors = outcome.summary, [*outcome.failures, *unreachable]
     result.rollout = selectors.rollout_status(rollout)
     if resumed:
         result.summary["resumed"] = resumed
     Revision.objects.filter(pk=head.pk).update(summary=result.summary)
-    _finish(source, outcome.failures)
+    _finish(source, result.errors)
     return result
 
 

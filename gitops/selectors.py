@@ -38,6 +38,15 @@ def source_status(source: Source) -> dict[str, Any]:
         "drift": drift_count(summary),
         "conflicts": summary.get("conflict", 0),
         "active_rollout": rollout_status(active) if active else None,
+        # Ended rollouts whose rollback some cluster has not answered yet.
+        "rollbacks_owed": [
+            rollout_status(owing)
+            for owing in Rollout.objects.filter(source=source)
+            .exclude(rollback_pending_clusters=[])
+            .select_related("revision", "source")
+            .order_by("-id")[:20]
+        ],
+        "target_clusters": list(source.target_clusters or []),
         # Which workloads read which of the source's ConfigMaps, as the worker last saw them.
         "consumer_map": dict(source.consumer_map or {}),
         "consumer_map_at": _iso(source.consumer_map_at),
@@ -85,6 +94,8 @@ def rollout_status(rollout: Rollout) -> dict[str, Any]:
         "consumers": rollout.consumers,
         "health_timeout_seconds": rollout.health_timeout_seconds,
         "consumer_states": [dict(state) for state in rollout.consumer_states or []],
+        # Clusters an abort (or a failure) could not restore yet; restored as soon as they answer.
+        "rollback_pending_clusters": list(rollout.rollback_pending_clusters or []),
     }
 
 
@@ -96,10 +107,13 @@ def change_log(
     name: str | None = None,
     action: str | None = None,
     actor: str | None = None,
+    cluster: str | None = None,
 ) -> QuerySet[Change]:
     changes = Change.objects.select_related("source").order_by("-at", "-id")
     if source:
         changes = changes.filter(source__name=source)
+    if cluster:
+        changes = changes.filter(cluster=cluster)
     if commit:
         changes = changes.filter(commit__startswith=commit.lower())
     if namespace:
@@ -137,9 +151,9 @@ def change_as_dict(change: Change, *, with_diff: bool = True) -> dict[str, Any]:
     return entry
 
 
-def changes_per_object(source: Source) -> dict[tuple[str, str], int]:
-    rows = Change.objects.filter(source=source).values("namespace", "name").annotate(n=Count("id"))
-    return {(row["namespace"], row["name"]): row["n"] for row in rows}
+def changes_per_object(source: Source) -> dict[tuple[str, str, str], int]:
+    rows = Change.objects.filter(source=source).values("cluster", "namespace", "name").annotate(n=Count("id"))
+    return {(row["cluster"], row["namespace"], row["name"]): row["n"] for row in rows}
 
 
 def _iso(value: Any) -> str | None:
@@ -250,16 +264,17 @@ def rollout_targets(
     """The objects the rollout changed (ConfigMaps, restarted workloads), each with its latest change:
     at most ``limit``, and the total."""
     changes = Change.objects.filter(rollout=rollout)
-    total = changes.values("namespace", "kind", "name").distinct().count()
+    total = changes.values("cluster", "namespace", "kind", "name").distinct().count()
     latest = (
-        changes.order_by("namespace", "kind", "name", "-id")
-        .distinct("namespace", "kind", "name")
-        .values("namespace", "kind", "name", "action", "step_index", "weight", "result", "at", "actor")[
-            :limit
-        ]
+        changes.order_by("cluster", "namespace", "kind", "name", "-id")
+        .distinct("cluster", "namespace", "kind", "name")
+        .values(
+            "cluster", "namespace", "kind", "name", "action", "step_index", "weight", "result", "at", "actor"
+        )[:limit]
     )
     rows = [
         {
+            "cluster": row["cluster"],
             "namespace": row["namespace"],
             "kind": row["kind"],
             "name": row["name"],

@@ -13,8 +13,8 @@ from datetime import timedelta
 from django.db import transaction
 
 from gitops import caches
-from gitops.desired.policy import Pause, namespace_glob_problem, steps_from_json
-from gitops.desired.scope import url_prefix_problem
+from gitops.desired.policy import Pause, steps_from_json
+from gitops.desired.scope import scope_glob_problem, url_prefix_problem
 from gitops.errors import PermanentError
 from gitops.models import MAX_REQUIRED_APPROVALS, Rollout, Source
 from gitops.redaction import redact_url
@@ -115,7 +115,7 @@ def _set_scope(
     notify_urls: Sequence[str],
 ) -> None:
     for pattern in allowed_namespaces:
-        if problem := namespace_glob_problem(pattern):
+        if problem := scope_glob_problem(pattern):
             raise PermanentError(f"--allow-namespace: {problem}")
     for prefix in analysis_url_prefixes:
         if problem := url_prefix_problem(prefix):

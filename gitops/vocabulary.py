@@ -68,3 +68,4 @@ class Waiting(StrEnum):
     TIMER = "timer"
     ANALYSIS = "analysis"
     CONSUMERS = "consumers"  # the workloads that read a step's ConfigMaps, to be healthy
+    CLUSTER = "cluster"  # a cluster the step needs, to answer again (tried every few seconds)

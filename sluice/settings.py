@@ -166,8 +166,15 @@ PROMETHEUS_MULTIPROC_DIR = Path(env.get("PROMETHEUS_MULTIPROC_DIR") or SLUICE_DA
 PROMETHEUS_MULTIPROC_DIR.mkdir(parents=True, exist_ok=True)
 env["PROMETHEUS_MULTIPROC_DIR"] = str(PROMETHEUS_MULTIPROC_DIR)
 SLUICE_FIELD_MANAGER = "sluice"
-# The name recorded in the change log for the cluster this deployment manages.
+# The name of the cluster KUBECONFIG names (the default cluster); others are registered (gitops add-cluster).
 SLUICE_CLUSTER_NAME = env.get("SLUICE_CLUSTER_NAME", "default")
+# Every call to a cluster is bounded: connect and read timeouts, and a deadline for listing all of a
+# pass's namespaces; a cluster that misses them is unreachable for that pass and tried again after
+# SLUICE_CLUSTER_RETRY_SECONDS (a rollout waiting for it, a rollback it still owes).
+SLUICE_CLUSTER_CONNECT_TIMEOUT = float(env.get("SLUICE_CLUSTER_CONNECT_TIMEOUT", "3"))
+SLUICE_CLUSTER_READ_TIMEOUT = float(env.get("SLUICE_CLUSTER_READ_TIMEOUT", "30"))
+SLUICE_CLUSTER_LIST_DEADLINE = float(env.get("SLUICE_CLUSTER_LIST_DEADLINE", "60"))
+SLUICE_CLUSTER_RETRY_SECONDS = float(env.get("SLUICE_CLUSTER_RETRY_SECONDS", "10"))
 SLUICE_APPLY_CONCURRENCY = int(env.get("SLUICE_APPLY_CONCURRENCY", "16"))
 # A step waiting for its consumers watches them this long per pass, holding the source's lock.
 SLUICE_CONSUMER_GATE_SLICE_SECONDS = float(env.get("SLUICE_CONSUMER_GATE_SLICE_SECONDS", "30"))

@@ -7,6 +7,7 @@ stored with every error (file, line, field) and announced.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from gitops.desired.limits import Limits
 from gitops.desired.revision import READ_PATHS, DesiredState, load_revision
 from gitops.fetch.credentials import resolve_credentials
 from gitops.fetch.mirror import GitMirror
-from gitops.models import PERSON_LENGTH, Revision, Rollout, Source
+from gitops.models import PERSON_LENGTH, Revision, Rollout, Source, known_cluster_names
 from gitops.record import notifications
 
 log = logging.getLogger("gitops.fetch")
@@ -64,8 +65,12 @@ def _fit(text: str, length: int) -> str:
 
 
 def revision_desired_state(source: Source, revision: Revision) -> DesiredState | None:
-    """Loads and validates a revision from the mirror, or records it as rejected and returns None."""
-    scope = source.scope
+    """Loads and validates a revision from the mirror, or records it as rejected and returns None.
+
+    The clusters that exist are part of the scope it is validated under, so registering or
+    removing a cluster validates the revision again.
+    """
+    scope = dataclasses.replace(source.scope, known_clusters=known_cluster_names())
     cache = caches.for_source(source.pk)
     if (known := cache.desired_for(revision.commit, scope)) is not None:
         return known
@@ -87,6 +92,9 @@ def revision_desired_state(source: Source, revision: Revision) -> DesiredState |
     if revision.outcome in (Revision.Outcome.PENDING, Revision.Outcome.REJECTED):
         # Rejected before, valid now: the administrator widened the source's scope.
         Revision.objects.filter(pk=revision.pk).update(outcome=Revision.Outcome.VALID, errors=[])
+    if list(desired.policy.clusters) != list(source.target_clusters or []):
+        # What `gitops clusters` and remove-cluster go by: a cluster is not removed under a source.
+        Source.objects.filter(pk=source.pk).update(target_clusters=list(desired.policy.clusters))
     cache.desired = (revision.commit, scope, desired)
     return desired
 

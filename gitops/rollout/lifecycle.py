@@ -18,7 +18,7 @@ from gitops.models import Revision, Rollout, Source
 from gitops.record.events import rollout_event
 from gitops.rollout.consumers import consumer_map_refresh, wave_gate_close, wave_gate_pass, wave_restart
 from gitops.rollout.engine import desired_hash, with_approval_gate
-from gitops.rollout.gates import analyse, pause, pause_is_over
+from gitops.rollout.gates import analyse, pause, pause_is_over, wait_for_clusters
 from gitops.rollout.rollback import rollout_rollback
 from gitops.rollout.state import SYSTEM_ACTOR, StepOutcome, transition
 from gitops.rollout.step import weight_apply
@@ -172,16 +172,22 @@ def _set_weight(
     step_actor = rollout.promoted_by or actor
     result = weight_apply(rollout, desired, step.weight, rollout.step_index, step_actor)
     failpoint("before-restart")
-    consumers, refused = wave_restart(
-        rollout, step_index=rollout.step_index, weight=step.weight, actor=step_actor
-    )
-    result.failures.extend(refused)
+    consumers: list[dict[str, object]] = []
+    if not result.unreachable:  # the wave's consumers restart once all of its clusters have it
+        wave = wave_restart(rollout, step_index=rollout.step_index, weight=step.weight, actor=step_actor)
+        consumers = wave.states
+        result.failures.extend(wave.failures)
+        result.unreachable.update(wave.unreachable)
     outcome.merge(result)
     if result.failures:
         message = "; ".join(result.failures[:5])
         transition(rollout, phase=Rollout.Phase.FAILED, finished_at=timezone.now(), message=message)
         rollout_event(rollout, RolloutEventKind.FAILED, actor=step_actor, message=message)
         outcome.outcome = Outcome.FAILED
+        return False
+    if result.unreachable:
+        wait_for_clusters(rollout, result.unreachable, weight=step.weight)
+        outcome.outcome = Outcome.PAUSED
         return False
     if result.outcome is Outcome.APPLIED:
         consumer_map_refresh(rollout)

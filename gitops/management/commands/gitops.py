@@ -1,10 +1,13 @@
 """``python manage.py gitops``: Sluice's command line.
 
 gitops add-source NAME --url URL [--branch B] [--path P] [--interval 60s]
+gitops add-cluster NAME (--kubeconfig PATH [--context CTX] | --in-cluster)
+gitops clusters [--json]
+gitops remove-cluster NAME
 gitops sync NAME [--wait]
-gitops diff NAME
+gitops diff NAME [--cluster C]
 gitops status [NAME] [--json]
-gitops log [--source NAME] [--commit SHA] [--limit N] [--json]
+gitops log [--source NAME] [--cluster C] [--commit SHA] [--limit N] [--json]
 gitops purge [--dry-run]
 gitops archive-changes --before DATE --output FILE
 gitops reencrypt-secrets
@@ -23,6 +26,7 @@ from typing import Any
 
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
+from django.conf import settings
 from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -31,7 +35,7 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
-from gitops import preview, retention, schedule, selectors, source_admin
+from gitops import cluster_admin, preview, retention, schedule, selectors, source_admin
 from gitops.errors import GitopsError
 from gitops.intake import webhook_secrets
 from gitops.models import Rollout, Source
@@ -107,6 +111,7 @@ class Command(BaseCommand):
 
         diff = commands.add_parser("diff", help="print the plan; applies nothing")
         diff.add_argument("name")
+        diff.add_argument("--cluster", help="only this cluster's part of the plan")
         diff.add_argument("--json", action="store_true")
 
         status = commands.add_parser("status", help="show sources, their revision and active rollout")
@@ -115,6 +120,7 @@ class Command(BaseCommand):
 
         log = commands.add_parser("log", help="show the change log, newest first")
         log.add_argument("--source")
+        log.add_argument("--cluster")
         log.add_argument("--commit")
         log.add_argument("--namespace")
         log.add_argument("--limit", type=int, default=50)
@@ -156,6 +162,7 @@ class Command(BaseCommand):
         grant.add_argument("username")
         grant.add_argument("--role", required=True, choices=ROLES)
 
+        _add_cluster_parsers(commands)
         _add_housekeeping_parsers(commands)
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -246,7 +253,7 @@ class Command(BaseCommand):
 
     def do_diff(self, **options: Any) -> None:
         source = self._source(options["name"])
-        previewed = preview.source_preview(source)
+        previewed = preview.source_preview(source, cluster=options["cluster"])
         revision, plan = previewed.revision, previewed.plan
         if plan is None:
             if options["json"]:
@@ -271,10 +278,8 @@ class Command(BaseCommand):
         for effect in previewed.consumers:
             workload = effect.workload
             verb = "restart" if effect.restart else "wait for"
-            self.stdout.write(
-                f"{verb:>9} {workload.kind.lower()} {workload.namespace}/{workload.name}"
-                f"  (reads {', '.join(effect.reads)})"
-            )
+            where = _where(workload.cluster, workload.namespace, workload.name)
+            self.stdout.write(f"{verb:>9} {workload.kind.lower()} {where}  (reads {', '.join(effect.reads)})")
 
     def _print_plan(self, plan: Plan) -> None:
         self.stdout.write(f"plan for {plan.source} @ {plan.commit[:12]}: " + _counts(plan.summary()))
@@ -282,7 +287,9 @@ class Command(BaseCommand):
             if item.action.value == "unchanged":
                 continue
             origin = f"  ({item.desired.origin})" if item.desired else ""
-            self.stdout.write(f"{item.action.value:>9} configmap {item.namespace}/{item.name}{origin}")
+            self.stdout.write(
+                f"{item.action.value:>9} configmap {_where(item.cluster, item.namespace, item.name)}{origin}"
+            )
             if item.reason:
                 self.stdout.write(f"          {item.reason}")
             for change in item.diff:
@@ -330,14 +337,23 @@ class Command(BaseCommand):
                 )
             rollout = status["active_rollout"]
             if rollout:
+                waiting = f", waiting for {rollout['waiting_for']}" if rollout["waiting_for"] else ""
                 self.stdout.write(
                     f"  rollout {rollout['id']}: {rollout['phase']}"
-                    f" step {rollout['step']}, weight {rollout['weight']}%"
+                    f" step {rollout['step']}, weight {rollout['weight']}%{waiting}"
                 )
+                if rollout["message"]:
+                    self.stdout.write(f"    {rollout['message']}")
+            for owed in status["rollbacks_owed"]:
+                clusters = ", ".join(owed["rollback_pending_clusters"])
+                self.stdout.write(f"  rollout {owed['id']} still owes a rollback on: {clusters}")
 
     def do_log(self, **options: Any) -> None:
         changes = selectors.change_log(
-            source=options["source"], commit=options["commit"], namespace=options["namespace"]
+            source=options["source"],
+            cluster=options["cluster"],
+            commit=options["commit"],
+            namespace=options["namespace"],
         )[: max(0, options["limit"])]
         entries = [selectors.change_as_dict(change) for change in changes]
         if options["json"]:
@@ -347,7 +363,7 @@ class Command(BaseCommand):
             result = "" if entry["result"] == "ok" else f"  ERROR: {entry['error']}"
             self.stdout.write(
                 f"{entry['at'][:19]}  {entry['commit'][:12]}  {entry['source']:<16} {entry['action']:<9}"
-                f" {entry['namespace']}/{entry['name']}  by {entry['actor']}{result}"
+                f" {_where(entry['cluster'], entry['namespace'], entry['name'])}  by {entry['actor']}{result}"
             )
 
     def do_rollouts(self, **options: Any) -> None:
@@ -402,6 +418,36 @@ class Command(BaseCommand):
         again = decisions.rollout_retry(options["rollout"], user=decisions.user_named(options["user"]))
         self.stdout.write(f"rollout {options['rollout']} retried as rollout {again.pk}, from step 0")
 
+    # -- clusters -------------------------------------------------------------------------------
+
+    def do_add_cluster(self, **options: Any) -> None:
+        record = cluster_admin.cluster_add(
+            name=options["name"],
+            kubeconfig=options["kubeconfig"] or "",
+            context=options["context"] or "",
+            in_cluster=options["in_cluster"],
+        )
+        self.stdout.write(f"added cluster {record.name} ({record.credentials_ref})")
+        status = next(s for s in cluster_admin.clusters_status() if s.name == record.name)
+        self.stdout.write("  " + _cluster_line(status))
+
+    def do_clusters(self, **options: Any) -> None:
+        statuses = cluster_admin.clusters_status()
+        if options["json"]:
+            self.stdout.write(json.dumps([status.as_dict() for status in statuses], indent=2))
+            return
+        for status in statuses:
+            default = " (default)" if status.default else ""
+            self.stdout.write(f"{status.name}{default}: {_cluster_line(status)}")
+            self.stdout.write(f"  credentials: {status.credentials}")
+            self.stdout.write(
+                f"  sources: {', '.join(status.sources) or 'none'}; objects Sluice applied: {status.objects}"
+            )
+
+    def do_remove_cluster(self, **options: Any) -> None:
+        cluster_admin.cluster_remove(options["name"])
+        self.stdout.write(f"removed cluster {options['name']}")
+
     def do_webhook_secret(self, **options: Any) -> None:
         source = self._source(options["name"])
         if options["rotate"]:
@@ -448,6 +494,37 @@ class Command(BaseCommand):
             )
 
 
+def _add_cluster_parsers(commands: Any) -> None:
+    add = commands.add_parser(
+        "add-cluster", help="register a cluster by where its credentials live (never the credentials)"
+    )
+    add.add_argument("name")
+    where = add.add_mutually_exclusive_group(required=True)
+    where.add_argument("--kubeconfig", metavar="PATH", help="a kubeconfig file on the workers")
+    where.add_argument("--in-cluster", action="store_true", help="the service account Sluice's pods run as")
+    add.add_argument("--context", metavar="CTX", help="the kubeconfig's context (default: its current one)")
+
+    listing = commands.add_parser("clusters", help="list clusters: server, reachability, version, sources")
+    listing.add_argument("--json", action="store_true")
+
+    remove = commands.add_parser(
+        "remove-cluster", help="forget a cluster (refused while a source targets it or holds objects there)"
+    )
+    remove.add_argument("name")
+
+
+def _where(cluster: str, namespace: str, name: str) -> str:
+    """``namespace/name`` in the default cluster, ``cluster/namespace/name`` in another."""
+    prefix = "" if cluster == settings.SLUICE_CLUSTER_NAME else f"{cluster}/"
+    return f"{prefix}{namespace}/{name}"
+
+
+def _cluster_line(status: cluster_admin.ClusterStatus) -> str:
+    if status.reachable:
+        return f"{status.server}, reachable, {status.version}"
+    return f"{status.server or 'no server'}, unreachable: {status.error}"
+
+
 def _add_housekeeping_parsers(commands: Any) -> None:
     purge = commands.add_parser(
         "purge", help="delete webhook deliveries, notifications, intents and rollout events past retention"
@@ -482,7 +559,8 @@ def _scope_arguments(parser: ArgumentParser, *, required: bool) -> None:
         "--allow-namespace",
         required=required,
         metavar="GLOB",
-        help="a namespace glob this source may write to (repeatable; at least one for a new source)",
+        help="a namespace glob this source may write to: NAMESPACE in the default cluster, or "
+        "CLUSTER/NAMESPACE (repeatable; at least one for a new source)",
         **many,
     )
     parser.add_argument(
