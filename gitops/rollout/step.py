@@ -102,6 +102,16 @@ def plan_snapshot(current: Plan, *, weight: int, applied: set[Any]) -> dict[str,
     }
 
 
+def plan_held(source: Source, desired: DesiredState, commit: str, *, held: str) -> None:
+    """Plans a revision a freeze or a sync window holds back, applying nothing: pages show what waits."""
+    live = live_configmaps(
+        get_cluster(), {*desired.namespaces, *in_scope(source, managed_namespaces(source))}
+    )
+    current = plan(desired, live, source=source.name, commit=commit, managed=managed_keys(source))
+    snapshot = plan_snapshot(current, weight=100, applied=set())
+    Source.objects.filter(pk=source.pk).update(last_plan={**snapshot, "held": held})
+
+
 def flag_baselines(
     rollout: Rollout, desired: DesiredState, live: dict[str, list[dict[str, Any]]]
 ) -> dict[tuple[str, str], dict[str, Any] | None]:
