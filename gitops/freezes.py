@@ -1,35 +1,26 @@
-"""Freezes and sync windows as administrators set them: the use cases, and each source's gate now.
+"""Freezes and sync windows as administrators set them: freeze, unfreeze, add and remove windows.
 
 What a gate means is decided in one pure place, ``gitops.windows.change_gate``;
-this module loads what it needs from the database, records who changed what,
-and wakes the sources a lifted freeze lets go. The CLI, the dashboard and the
-API call these; each checks the caller's permission when given a user.
+``gitops.selectors.rules_now`` loads what it needs. This module records who
+changed what, and wakes the sources a lifted freeze or a removed window lets
+go. The CLI, the dashboard and the API call these; each checks the caller's
+permission when given a user.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from gitops import schedule
 from gitops.errors import PermanentError
 from gitops.models import Freeze, Source, SyncWindow
-from gitops.windows import (
-    FreezeRule,
-    Gate,
-    WindowError,
-    WindowRule,
-    change_gate,
-    parse_duration,
-    window_rule,
-)
+from gitops.windows import WindowError, parse_duration, window_rule
 
 MANAGE_FREEZES = "gitops.add_freeze"
 MANAGE_WINDOWS = "gitops.add_syncwindow"
@@ -46,43 +37,6 @@ class FreezeError(PermanentError):
         super().__init__(f"{field_name}: {message}")
         self.field = field_name
         self.message = message
-
-
-# -- the gate of a source, now ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Rules:
-    """Every freeze in force and every sync window, loaded once: gates for many sources cost two queries."""
-
-    freezes: tuple[FreezeRule, ...]
-    windows: tuple[WindowRule, ...]
-    at: datetime
-
-    def gate(self, source: str) -> Gate:
-        return change_gate(source, self.at, self.freezes, self.windows)
-
-
-def freezes_in_force(at: datetime | None = None) -> list[Freeze]:
-    at = at or timezone.now()
-    return list(
-        Freeze.objects.filter(lifted_at__isnull=True, until__gt=at).select_related("source").order_by("until")
-    )
-
-
-def rules_now(at: datetime | None = None) -> Rules:
-    at = at or timezone.now()
-    windows = SyncWindow.objects.filter(removed_at__isnull=True)
-    return Rules(
-        freezes=tuple(freeze.as_rule() for freeze in freezes_in_force(at)),
-        windows=tuple(window.as_rule() for window in windows),
-        at=at,
-    )
-
-
-def source_gate(source: Source, at: datetime | None = None) -> Gate:
-    """May ``source``'s changes go out now? Automatic ones, and a person's sync."""
-    return rules_now(at).gate(source.name)
 
 
 # -- freezes --------------------------------------------------------------------------------------
@@ -123,8 +77,10 @@ def freeze_lift(source: Source | None, *, user: User | None = None, by: str = ""
     if source is not None:
         in_force = in_force.filter(source=source)
     with transaction.atomic():
-        lifted = list(in_force.select_for_update().select_related("source"))
+        lifted = list(in_force.select_for_update(of=("self",)).select_related("source"))
         Freeze.objects.filter(pk__in=[f.pk for f in lifted]).update(lifted_by=actor, lifted_at=now)
+        for freeze in lifted:
+            freeze.lifted_by, freeze.lifted_at = actor, now
         _wake(lifted)
     return lifted
 
@@ -214,14 +170,3 @@ def window_remove(window_id: int, *, user: User | None = None, by: str = "") -> 
             if rule.matches(name):
                 schedule.source_sync_once(source_id, actor=CLI_ACTOR)
     return window
-
-
-def windows_in_force() -> list[SyncWindow]:
-    return list(SyncWindow.objects.filter(removed_at__isnull=True).order_by("id"))
-
-
-def freeze_history(limit: int = 20) -> list[Freeze]:
-    """Recent freezes, lifted or run out, newest first."""
-    now = timezone.now()
-    ended = Q(lifted_at__isnull=False) | Q(until__lte=now)
-    return list(Freeze.objects.filter(ended).select_related("source").order_by("-created_at", "-id")[:limit])

@@ -25,7 +25,7 @@ from typing import Any
 from django.db import connection
 from django.utils import timezone
 
-from gitops import freezes, logs, metrics, schedule, selectors
+from gitops import logs, metrics, schedule, selectors
 from gitops.desired.errors import ValidationError
 from gitops.errors import PermanentError, TemporaryError
 from gitops.fetch.revisions import commit_identities, revision_desired_state, revision_fetch
@@ -81,7 +81,7 @@ class SyncResult:
 def _reconcile(source: Source, *, actor: str, retry_failed: bool, manual: bool = False) -> SyncResult:
     resumed = intents_finish_pending(source)  # what a crashed run left behind
     _abort_if_requested(source)  # before Git: nothing a new commit does can hold an abort up
-    gate = freezes.source_gate(source)
+    gate = selectors.source_gate(source)
     held = None if gate.allows(manual=manual) else gate  # a freeze, or outside the sync windows
     try:
         head, forced = revision_fetch(source)

@@ -15,7 +15,7 @@ from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from gitops import freezes, schedule
+from gitops import freezes, schedule, selectors
 from gitops.desired.policy import SetWeight, steps_from_json
 from gitops.errors import PermanentError
 from gitops.models import Approval, Rollout, VerifiedEmail, copied
@@ -104,7 +104,7 @@ def _check_override(rollout: Rollout, user: User, reason: str) -> str:
     Only an administrator promotes through one, and says why; the override is
     recorded on the rollout's timeline (and so in the audit trail) before the approval.
     """
-    gate = freezes.source_gate(rollout.source)
+    gate = selectors.source_gate(rollout.source)
     if gate.automatic:
         return ""
     name, username = rollout.source.name, user.get_username()
