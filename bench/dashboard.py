@@ -3,8 +3,9 @@
 Fills a fresh database with 500 sources and 1,000,000 change-log rows (with
 their intents, revisions and a rollout with a timeline), then times the server
 side of each page through Django's test client (no network, no browser):
-the overview, the change log (first page, a filtered page, a deep page) and a
-rollout page. Prints p50 and p95 and the number of queries per page.
+the overview, the change log (first page, a filtered page, a deep page), a
+rollout page, a source page and the Freezes page (with freezes in force, so
+every page carries the freeze banner). Prints p50 and p95 and the number of queries per page.
 
 Usage: python bench/dashboard.py [--changes 1000000] [--sources 500] [--runs 40]
 Target (issue #5): p95 <= 150 ms per page.
@@ -94,6 +95,33 @@ def fill(changes: int, sources: int) -> dict[str, object]:
             "INSERT INTO gitops_rolloutevent (rollout_id, at, kind, step_index, weight, actor, message, data)"
             " SELECT id, now(), 'completed', 3, 100, 'sluice', 'all targets', '{}' FROM gitops_rollout"
         )
+        # Freezes (one of every source in force, so every page shows the banner), their history,
+        # sync windows and overrides: what the Freezes page and the banner read.
+        cursor.execute(
+            """
+            INSERT INTO gitops_freeze (source_id, until, reason, created_by, created_at, lifted_by, lifted_at)
+            SELECT CASE WHEN n = 1 THEN NULL ELSE n END, now() + interval '1 day', 'freeze ' || n, 'ines',
+                now() - (n || ' hours')::interval, CASE WHEN n %% 2 = 0 THEN 'ines' ELSE '' END,
+                CASE WHEN n %% 2 = 0 THEN now() ELSE NULL END
+            FROM generate_series(1, %s) AS n
+            """,
+            [min(sources, 200)],
+        )
+        cursor.execute(
+            """
+            INSERT INTO gitops_syncwindow (kind, schedule, duration, time_zone, sources, manual_sync, created_by,
+                created_at, removed_by, removed_at)
+            SELECT CASE WHEN n %% 2 = 0 THEN 'deny' ELSE 'allow' END, (n %% 60) || ' ' || (n %% 24) || ' * * *',
+                interval '1 hour', 'UTC', jsonb_build_array('source-' || lpad(n::text, 3, '0'), 'billing-*'),
+                n %% 3 = 0, 'ines', now(), '', NULL
+            FROM generate_series(1, 20) AS n
+            """
+        )
+        cursor.execute(
+            "INSERT INTO gitops_rolloutevent (rollout_id, at, kind, step_index, weight, actor, message, data)"
+            " SELECT id, now(), 'override', 1, 25, 'ines', 'hotfix (overriding: frozen until ...)', '{}'"
+            " FROM gitops_rollout"
+        )
         cursor.execute("ANALYZE")
         cursor.execute("SELECT count(*) FROM gitops_change")
         total = cursor.fetchone()[0]
@@ -181,6 +209,7 @@ def main() -> int:
             "change log, deep page": f"/changes/?before={deep_before}",
             "rollout": f"/rollouts/{filled['rollout']}/",
             "source": "/sources/source-250/",
+            "freezes and windows": "/windows/",
         }
         print(f"{'page':<26} {'p50 ms':>8} {'p95 ms':>8} {'queries':>8}")
         worst = 0.0
