@@ -77,7 +77,7 @@ class WindowOut(Schema):
     open_now: bool
     opened_at: datetime | None
     closes_at: datetime | None
-    next_opening: datetime
+    next_opening: datetime | None = Field(description="null: its schedule never fires again")
     created_by: str
     created_at: datetime
 

@@ -27,7 +27,7 @@ from enum import StrEnum
 from fnmatch import fnmatchcase
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 
 ALL_SOURCES = "*"
 MAX_WINDOW_DURATION = timedelta(days=31)
@@ -93,15 +93,12 @@ class WindowRule:
         end excluded; occurrences may overlap, and the latest ends last.
         """
         # Absolute time: a window of 8h that spans a change to summer time lasts 8 hours.
-        ceiling = (at + timedelta(seconds=1)).astimezone(ZoneInfo(self.time_zone))
-        start: datetime = croniter(self.schedule, ceiling).get_prev(datetime)
-        return start.astimezone(UTC) if start <= at < start + self.duration else None
+        start = _firing(self.schedule, (at + timedelta(seconds=1)).astimezone(ZoneInfo(self.time_zone)), -1)
+        return start if start is not None and start <= at < start + self.duration else None
 
-    def next_opening(self, at: datetime) -> datetime:
-        """When this window next opens after ``at``."""
-        local = at.astimezone(ZoneInfo(self.time_zone))
-        start: datetime = croniter(self.schedule, local).get_next(datetime)
-        return start.astimezone(UTC)
+    def next_opening(self, at: datetime) -> datetime | None:
+        """When this window next opens after ``at`` (None: its schedule never fires again)."""
+        return _firing(self.schedule, at.astimezone(ZoneInfo(self.time_zone)), +1)
 
     def describe(self) -> str:
         sources = ", ".join(self.sources)
@@ -174,15 +171,26 @@ def _window_gate(source: str, at: datetime, matching: Sequence[WindowRule]) -> G
     allows = [window for window in matching if window.kind is WindowKind.ALLOW]
     if not allows or any(window in open_since for window in allows):
         return OPEN
-    opens = min(window.next_opening(at) for window in allows)
+    openings = [opening for window in allows if (opening := window.next_opening(at)) is not None]
+    opens = min(openings) if openings else None
+    when = f"the next opens at {_moment(opens)}" if opens else "none of them opens again"
     return Gate(
         GateKind.OUTSIDE_ALLOW,
         manual=all(window.manual_sync for window in allows),
-        reason=f"outside its sync windows; the next opens at {_moment(opens)}: "
-        + "; ".join(window.describe() for window in allows),
+        reason=f"outside its sync windows; {when}: " + "; ".join(window.describe() for window in allows),
         until=opens,
         windows=tuple(allows),
     )
+
+
+def _firing(schedule: str, start: datetime, direction: int) -> datetime | None:
+    """The schedule's firing after (``+1``) or before (``-1``) ``start``, in UTC; None when there is none."""
+    try:
+        moments = croniter(schedule, start)
+        found: datetime = moments.get_next(datetime) if direction > 0 else moments.get_prev(datetime)
+    except CroniterError:
+        return None  # e.g. "0 0 30 2 *": February has no 30th
+    return found.astimezone(UTC)
 
 
 # -- checking what an administrator asks for -----------------------------------------------
@@ -207,6 +215,8 @@ def window_rule(
         raise WindowError(
             "schedule", f"{schedule!r} is not a cron schedule of five fields (minute hour day month weekday)"
         )
+    if _firing(schedule, datetime.now(UTC), +1) is None:
+        raise WindowError("schedule", f"{schedule!r} never fires")
     if not MIN_WINDOW_DURATION <= duration <= MAX_WINDOW_DURATION:
         raise WindowError("duration", "must be between 1m and 31d")
     try:
@@ -217,6 +227,8 @@ def window_rule(
     globs = tuple(dict.fromkeys(pattern.strip() for pattern in sources if pattern.strip()))
     if not globs:
         raise WindowError("sources", "name at least one source or glob ('*' for every source)")
+    if any(not pattern.isprintable() for pattern in globs):
+        raise WindowError("sources", "globs are printable text")
     if len(globs) > MAX_SOURCE_GLOBS or any(len(pattern) > 63 for pattern in globs):
         raise WindowError("sources", f"at most {MAX_SOURCE_GLOBS} globs of at most 63 characters")
     return WindowRule(window_kind, schedule, duration, globs, manual_sync, time_zone)

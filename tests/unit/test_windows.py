@@ -165,6 +165,8 @@ def test_times_given_in_another_offset_are_the_same_instant():
         ({"time_zone": "../../etc/passwd"}, "time_zone"),
         ({"sources": [" ", ""]}, "sources"),
         ({"sources": ["x" * 64]}, "sources"),
+        ({"sources": ["shop\x00"]}, "sources"),
+        ({"schedule": "0 0 30 2 *"}, "schedule"),  # February has no 30th: it never fires
     ],
 )
 def test_a_window_that_cannot_work_is_refused_naming_the_field(options, field):
@@ -194,3 +196,12 @@ def test_durations(text, seconds):
 def test_bad_durations_are_refused(text):
     with pytest.raises(WindowError):
         parse_duration(text)
+
+
+def test_a_stored_window_whose_schedule_never_fires_is_never_open():
+    never = window("allow", "0 0 31 2 *", 1)
+    moment = at("2026-12-01T10:00:00")
+    assert never.opened_at(moment) is None and never.next_opening(moment) is None
+    gate = change_gate("shop", moment, [], [never])
+    assert not gate.automatic and gate.until is None
+    assert "none of them opens again" in gate.reason

@@ -513,7 +513,7 @@ class Command(BaseCommand):
             self.stdout.write("no sync windows: changes go out whenever they come")
         for window in windows:
             entry = selectors.window_as_dict(window, rules)
-            state = "open now" if entry["open_now"] else f"next opens {entry['next_opening']}"
+            state = "open now" if entry["open_now"] else f"next opens {entry['next_opening'] or 'never'}"
             manual = ", manual sync allowed" if window.manual_sync else ""
             self.stdout.write(f"{window.pk:>4}  {window}{manual}  ({state})")
 
