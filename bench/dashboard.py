@@ -3,8 +3,9 @@
 Fills a fresh database with 500 sources and 1,000,000 change-log rows (with
 their intents, revisions and a rollout with a timeline), then times the server
 side of each page through Django's test client (no network, no browser):
-the overview, the change log (first page, a filtered page, a deep page) and a
-rollout page. Prints p50 and p95 and the number of queries per page.
+the overview, the change log (first page, a filtered page, a deep page), a
+rollout page, a source page and the Freezes page (with freezes in force, so
+every page carries the freeze banner). Prints p50 and p95 and the number of queries per page.
 
 Usage: python bench/dashboard.py [--changes 1000000] [--sources 500] [--runs 40]
 Target (issue #5): p95 <= 150 ms per page.
@@ -34,10 +35,12 @@ def fill(changes: int, sources: int) -> dict[str, object]:
             """
             INSERT INTO gitops_source (name, url, branch, path, poll_interval, credentials_ref, allowed_namespaces,
                 created_at, next_poll_at, last_commit, last_error, last_plan, commit_url_template,
-                webhook_secret_encrypted, sync_queued)
+                webhook_secret_encrypted, sync_queued, notify_urls, analysis_url_prefixes, required_approvals,
+                consecutive_failures, consumer_map)
             SELECT 'source-' || lpad(i::text, 3, '0'), 'https://git.example.com/team/repo-' || i || '.git', 'main', '',
                 interval '60 seconds', '', '[]', now(), now() + interval '1 day', md5(i::text) || '00000000', '',
-                '{}', 'https://git.example.com/team/repo-' || i || '/commit/{commit}', '', false
+                '{}', 'https://git.example.com/team/repo-' || i || '/commit/{commit}', '', false, '[]', '[]', 0, 0,
+                '{}'
             FROM generate_series(1, %s) AS i
             """,
             [sources],
@@ -56,10 +59,11 @@ def fill(changes: int, sources: int) -> dict[str, object]:
             """
             INSERT INTO gitops_rollout (source_id, revision_id, phase, waiting_for, step_index, weight, steps,
                 analysis_failures, approvals_required, forbid_self_approval, content_hash, promoted_by,
-                abort_requested_by, abort_reason, message, created_by, created_at, updated_at)
+                abort_requested_by, abort_reason, message, created_by, created_at, updated_at, commit_identities,
+                consumers, health_timeout_seconds, consumer_states)
             SELECT DISTINCT ON (r.source_id) r.source_id, r.id, 'Completed', '', 3, 100,
                 '[{"setWeight": 25}, {"pause": {}}, {"setWeight": 100}]', 0, 1, false, 'hash', '', '', '', '',
-                'sluice', now(), now()
+                'sluice', now(), now(), '[]', 'ignore', 300, '[]'
             FROM gitops_revision r ORDER BY r.source_id, r.id
             """
         )
@@ -93,6 +97,33 @@ def fill(changes: int, sources: int) -> dict[str, object]:
         cursor.execute(
             "INSERT INTO gitops_rolloutevent (rollout_id, at, kind, step_index, weight, actor, message, data)"
             " SELECT id, now(), 'completed', 3, 100, 'sluice', 'all targets', '{}' FROM gitops_rollout"
+        )
+        # Freezes (one of every source in force, so every page shows the banner), their history,
+        # sync windows and overrides: what the Freezes page and the banner read.
+        cursor.execute(
+            """
+            INSERT INTO gitops_freeze (source_id, until, reason, created_by, created_at, lifted_by, lifted_at)
+            SELECT CASE WHEN n = 1 THEN NULL ELSE n END, now() + interval '1 day', 'freeze ' || n, 'ines',
+                now() - (n || ' hours')::interval, CASE WHEN n %% 2 = 0 THEN 'ines' ELSE '' END,
+                CASE WHEN n %% 2 = 0 THEN now() ELSE NULL END
+            FROM generate_series(1, %s) AS n
+            """,
+            [min(sources, 200)],
+        )
+        cursor.execute(
+            """
+            INSERT INTO gitops_syncwindow (kind, schedule, duration, time_zone, sources, manual_sync, created_by,
+                created_at, removed_by, removed_at)
+            SELECT CASE WHEN n % 2 = 0 THEN 'deny' ELSE 'allow' END, (n % 60) || ' ' || (n % 24) || ' * * *',
+                interval '1 hour', 'UTC', jsonb_build_array('source-' || lpad(n::text, 3, '0'), 'billing-*'),
+                n % 3 = 0, 'ines', now(), '', NULL
+            FROM generate_series(1, 20) AS n
+            """
+        )
+        cursor.execute(
+            "INSERT INTO gitops_rolloutevent (rollout_id, at, kind, step_index, weight, actor, message, data)"
+            " SELECT id, now(), 'override', 1, 25, 'ines', 'hotfix (overriding: frozen until ...)', '{}'"
+            " FROM gitops_rollout"
         )
         cursor.execute("ANALYZE")
         cursor.execute("SELECT count(*) FROM gitops_change")
@@ -181,6 +212,7 @@ def main() -> int:
             "change log, deep page": f"/changes/?before={deep_before}",
             "rollout": f"/rollouts/{filled['rollout']}/",
             "source": "/sources/source-250/",
+            "freezes and windows": "/windows/",
         }
         print(f"{'page':<26} {'p50 ms':>8} {'p95 ms':>8} {'queries':>8}")
         worst = 0.0

@@ -279,6 +279,16 @@ class SourceOut(Schema):
     consecutive_failures: int = Field(description="reconciles that failed in a row; the source backs off")
 
 
+class GateOut(Schema):
+    """Whether a source's changes may go out now."""
+
+    state: str = Field(description="open, frozen, deny-window or outside-allow")
+    automatic: bool = Field(description="polls, pushes, timed pauses and analysis go on by themselves")
+    manual: bool = Field(description="a person's sync may go out (a sync window's manualSync)")
+    reason: str = Field(description='"frozen until ... : reason", "outside its sync windows; ..."')
+    until: datetime | None = Field(description="when it opens again, as far as is known now")
+
+
 class SourceDetailOut(SourceOut):
     allowed_namespaces: list[str]
     analysis_url_prefixes: list[str]
@@ -292,6 +302,7 @@ class SourceDetailOut(SourceOut):
         "[configmap, ...]}; empty until Sluice has looked"
     )
     consumer_map_at: datetime | None = Field(description="when the consumer map was made")
+    gate: GateOut = Field(description="whether a freeze or a sync window holds the source's changes now")
 
 
 class SourcePage(Schema):
@@ -479,6 +490,12 @@ class ChangeFilters(Schema):
 class PromoteIn(Schema):
     full: bool = Field(False, description="skip the remaining steps and go to 100%")
     comment: str = Field("", max_length=2000, pattern=NO_NUL)
+    override: str = Field(
+        "",
+        max_length=2000,
+        pattern=NO_NUL,
+        description="while a freeze or a sync window holds the source: an administrator's reason to go on",
+    )
 
 
 class AbortIn(Schema):
@@ -774,7 +791,7 @@ def sync_source(request: HttpRequest, name: SourceName) -> Status[dict[str, Any]
         raise PermissionDenied(f"{user.get_username()} may not sync sources")
     source = source_or_404(name)
     with transaction.atomic():
-        task_ids = schedule.source_sync(source.pk, actor=user.get_username())
+        task_ids = schedule.source_sync(source.pk, actor=user.get_username(), manual=True)
     # on_commit ran when the block above committed, so the task is queued and its id known.
     return Status(202, {"source": source.name, "task_id": task_ids[0], "actor": user.get_username()})
 
@@ -785,7 +802,9 @@ def sync_source(request: HttpRequest, name: SourceName) -> Status[dict[str, Any]
 def promote_rollout(request: HttpRequest, rollout_id: RolloutId, body: PromoteIn) -> dict[str, Any]:
     """Approves the gate the rollout waits at; with enough approvals it goes on (``full``: to 100%)."""
     user = caller(request)
-    rollout = decisions.rollout_promote(rollout_id, user=user, full=body.full, comment=body.comment)
+    rollout = decisions.rollout_promote(
+        rollout_id, user=user, full=body.full, comment=body.comment, override=body.override
+    )
     return selectors.rollout_status(rollout)
 
 
@@ -801,3 +820,9 @@ def retry_rollout(request: HttpRequest, rollout_id: RolloutId) -> Status[dict[st
     """Starts an aborted or failed rollout's revision again from step 0: a new rollout."""
     rollout = decisions.rollout_retry(rollout_id, user=caller(request))
     return Status(201, selectors.rollout_status(rollout))
+
+
+# Freezes and sync windows live in their own module, on this API (it imports what it needs from here).
+from dashboard.api_freezes import router as freezes_router  # noqa: E402
+
+api.add_router("/", freezes_router)

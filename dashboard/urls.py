@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from dashboard import views
+from dashboard import freezes, views
 from dashboard.api import api
 
 app_name = "dashboard"
@@ -17,6 +17,11 @@ urlpatterns = [
     path("rollouts/<int:rollout_id>/<slug:action>", views.rollout_action, name="rollout-action"),
     path("changes/", views.change_log, name="changes"),
     path("clusters/", views.clusters, name="clusters"),
+    path("windows/", freezes.windows_page, name="windows"),
+    path("windows/new", freezes.window_create, name="window-add"),
+    path("windows/<int:window_id>/remove", freezes.window_delete, name="window-remove"),
+    path("freezes/new", freezes.freeze_create, name="freeze"),
+    path("freezes/lift", freezes.freeze_lift, name="unfreeze"),
     path("webhooks/git/<slug:name>", views.git_webhook, name="webhook"),
     path("login/", auth_views.LoginView.as_view(template_name="dashboard/login.html"), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),

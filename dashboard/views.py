@@ -26,6 +26,7 @@ from django.utils.dateparse import parse_date, parse_datetime
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
+from dashboard import freezes as freeze_views
 from dashboard.consumers import CONSUMERS_SHOWN, PINNED_HINT, configmap_readers, consumers_by_target
 from gitops import cluster_admin, health, metrics, schedule, selectors
 from gitops.consumers.workloads import KINDS as WORKLOAD_KINDS
@@ -142,6 +143,7 @@ def source_detail(request: HttpRequest, name: str) -> HttpResponse:
         "has_webhook_secret": bool(source.webhook_secret_encrypted),
         "readers": readers[:CONSUMERS_SHOWN],
         "readers_total": len(readers),
+        **freeze_views.source_gate_context(request, source),
     }
     return render(request, "dashboard/source.html", context)
 
@@ -153,7 +155,7 @@ def source_sync(request: HttpRequest, name: str) -> HttpResponse:
         raise PermissionDenied("you may not sync sources")
     source = get_object_or_404(Source, name=name)
     with transaction.atomic():
-        schedule.source_sync(source.pk, actor=request.user.get_username())
+        schedule.source_sync(source.pk, actor=request.user.get_username(), manual=True)
     messages.success(request, f"Sync of {source.name} queued.")
     return redirect("dashboard:source", name=source.name)
 
@@ -204,6 +206,7 @@ def _rollout_context(request: HttpRequest, rollout: Rollout) -> dict[str, Any]:
         "pinned_hint": PINNED_HINT,
         "can_act": can_act(request.user),
         "at_gate": rollout.phase == Rollout.Phase.PAUSED and rollout.waiting_for == Rollout.Waiting.APPROVAL,
+        **freeze_views.rollout_gate_context(request, rollout),
     }
 
 
@@ -223,12 +226,13 @@ def rollout_action(request: HttpRequest, rollout_id: int, action: str) -> HttpRe
     """Promote, promote to 100%, abort or retry: the same services as the CLI and the API."""
     user = request.user
     comment = request.POST.get("comment", "").strip()[:2000]
+    override = request.POST.get("override", "").strip()[:2000]  # while a freeze or a window holds it
     try:
         if action == "promote":
-            decisions.rollout_promote(rollout_id, user=user, comment=comment)  # type: ignore[arg-type]
+            decisions.rollout_promote(rollout_id, user=user, comment=comment, override=override)  # type: ignore[arg-type]
             messages.success(request, "Approval recorded.")
         elif action == "promote-full":
-            decisions.rollout_promote(rollout_id, user=user, full=True, comment=comment)  # type: ignore[arg-type]
+            decisions.rollout_promote(rollout_id, user=user, full=True, comment=comment, override=override)  # type: ignore[arg-type]
             messages.success(request, "Promotion to 100% recorded.")
         elif action == "abort":
             decisions.rollout_abort(rollout_id, user=user, reason=comment)  # type: ignore[arg-type]

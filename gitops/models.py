@@ -19,6 +19,7 @@ from gitops.plan import Action, PlanItem, diff_content
 from gitops.plan.provenance import Provenance, live_content, live_provenance
 from gitops.plan.provenance import manifest as configmap_manifest
 from gitops.vocabulary import ChangeAction, Waiting
+from gitops.windows import FreezeRule, WindowKind, WindowRule
 
 SOURCE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # SHA-1 object ids have 40 hex digits, SHA-256 ones 64.
@@ -688,3 +689,76 @@ class VerifiedEmail(models.Model):
 
     def __str__(self) -> str:
         return f"{self.email} (verified by {self.verified_by})"
+
+
+# -- freezes and sync windows (gitops.windows decides; these store what administrators set) ------
+
+
+class Freeze(models.Model):
+    """No automatic change goes out for a source (or every source, ``source`` null) until ``until``.
+
+    Lifting one keeps its row (who lifted it, when): the rows are the freezes' audit trail.
+    """
+
+    source = models.ForeignKey(
+        Source, on_delete=models.CASCADE, related_name="freezes", null=True, blank=True
+    )
+    until = models.DateTimeField(db_index=True)
+    reason = models.TextField()
+    created_by = models.CharField(max_length=150)
+    created_at = models.DateTimeField(default=timezone.now)
+    lifted_by = models.CharField(max_length=150, blank=True, default="")
+    lifted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering: ClassVar[list[str]] = ["-created_at", "-id"]
+        indexes: ClassVar[list[Any]] = [
+            models.Index(fields=["until"], condition=models.Q(lifted_at__isnull=True), name="freeze_in_force")
+        ]
+        permissions = (("override_freeze", "Can promote a rollout through a freeze or a closed sync window"),)
+
+    def __str__(self) -> str:
+        return f"freeze of {self.source.name if self.source else 'every source'} until {self.until}"
+
+    def as_rule(self) -> FreezeRule:
+        return FreezeRule(
+            until=self.until,
+            reason=self.reason,
+            source=self.source.name if self.source else None,
+            by=self.created_by,
+        )
+
+
+class SyncWindow(models.Model):
+    """A recurring window, as Argo CD's: ``kind`` for matching sources, from each cron firing for a duration.
+
+    Removing one keeps its row (who removed it, when), for the audit trail.
+    """
+
+    kind = models.CharField(max_length=8, choices=[(kind.value, kind.value) for kind in WindowKind])
+    schedule = models.CharField(max_length=100, help_text="cron: minute hour day-of-month month day-of-week")
+    duration = models.DurationField()
+    time_zone = models.CharField(max_length=64, default="UTC")
+    sources = models.JSONField(default=list, help_text='source names or globs; ["*"] for every source')
+    manual_sync = models.BooleanField(default=False, help_text="a person's sync may go out while it closes")
+    created_by = models.CharField(max_length=150)
+    created_at = models.DateTimeField(default=timezone.now)
+    removed_by = models.CharField(max_length=150, blank=True, default="")
+    removed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering: ClassVar[list[str]] = ["id"]
+
+    def __str__(self) -> str:
+        return self.as_rule().describe()
+
+    def as_rule(self) -> WindowRule:
+        return WindowRule(
+            kind=WindowKind(self.kind),
+            schedule=self.schedule,
+            duration=self.duration,
+            sources=tuple(self.sources or ()),
+            manual_sync=self.manual_sync,
+            time_zone=self.time_zone,
+            id=self.pk,
+        )

@@ -10,6 +10,7 @@ from typing import Any
 
 from django.utils import timezone
 
+from gitops import selectors
 from gitops.models import Rollout, Source
 
 
@@ -33,9 +34,9 @@ def sources_with_due_rollouts(now: Any = None) -> list[int]:
     # A step waiting for its consumers is watched a slice per pass; a pass lost to a crash is redone.
     consumers = Rollout.objects.filter(phase=Rollout.Phase.PAUSED, waiting_for=Rollout.Waiting.CONSUMERS)
     aborts = Rollout.objects.filter(phase__in=Rollout.ACTIVE_PHASES).exclude(abort_requested_by="")
-    candidates = set(timers.values_list("source_id", flat=True)) | set(
-        owed.values_list("source_id", flat=True)
-    )
+    # A held source's timers wait; what it owes a cluster in rollbacks does not: rollback always works.
+    candidates = _not_held(set(timers.values_list("source_id", flat=True)), now)
+    candidates |= set(owed.values_list("source_id", flat=True))
     candidates |= set(consumers.values_list("source_id", flat=True)) | set(
         aborts.values_list("source_id", flat=True)
     )
@@ -49,6 +50,20 @@ def sources_with_due_rollouts(now: Any = None) -> list[int]:
         if Source.objects.filter(pk=source_id, sync_queued=False).update(sync_queued=True):
             due.append(source_id)
     return due
+
+
+def _not_held(source_ids: set[int], now: Any) -> set[int]:
+    """The sources among ``source_ids`` no freeze or sync window holds: a held timer waits, unswept.
+
+    Without this, a timer that ran out during a freeze would wake its source every sweep.
+    """
+    if not source_ids:
+        return source_ids
+    rules = selectors.rules_now(now)
+    if not rules.freezes and not rules.windows:
+        return source_ids
+    names = Source.objects.filter(pk__in=source_ids).values_list("pk", "name")
+    return {source_id for source_id, name in names if rules.gate(name).automatic}
 
 
 def sources_claim_due(now: Any = None) -> list[int]:

@@ -4,6 +4,7 @@
     validate   gitops.desired            the whole revision, or every error with file and line
     choose     gitops.rollout.lifecycle  which rollout this pass moves (start, supersede, queue)
     drive      gitops.rollout            plan each step's weight, write intents, apply, record
+    hold       gitops.freezes            a freeze or a closed sync window: plan only; people's decisions go on
     finish     here                      the source's bookkeeping: errors, back-off, next poll
 
 A PostgreSQL advisory lock per source, held for the whole pass, means two
@@ -33,8 +34,9 @@ from gitops.models import Revision, Rollout, Source
 from gitops.rollout.lifecycle import rollout_choose, rollout_drive
 from gitops.rollout.rollback import rollbacks_owed_finish, rollout_rollback
 from gitops.rollout.state import SYSTEM_ACTOR, StepOutcome
-from gitops.rollout.step import intents_finish_pending
+from gitops.rollout.step import intents_finish_pending, plan_held
 from gitops.vocabulary import Outcome
+from gitops.windows import Gate
 
 log = logging.getLogger("gitops.reconcile")
 
@@ -58,6 +60,7 @@ class SyncResult:
     errors: list[str] = field(default_factory=list)
     forced_push: bool = False
     rollout: dict[str, Any] | None = None
+    held: str = ""  # why a freeze or a sync window holds the changes back
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -69,36 +72,41 @@ class SyncResult:
             "errors": self.errors,
             "forced_push": self.forced_push,
             "rollout": self.rollout,
+            "held": self.held,
         }
 
 
 # -- one pass -------------------------------------------------------------------------------
 
 
-def _reconcile(source: Source, *, actor: str, retry_failed: bool) -> SyncResult:
+def _reconcile(source: Source, *, actor: str, retry_failed: bool, manual: bool = False) -> SyncResult:
     clients.refresh()  # clusters registered, removed or re-pointed since the last pass (one query)
     resumed = intents_finish_pending(source)  # what a crashed run (or an unreachable cluster) left behind
-    rollbacks_owed_finish(source)  # clusters that did not answer an earlier rollback
+    rollbacks_owed_finish(source)  # clusters that did not answer an earlier rollback: a freeze holds none
     _abort_if_requested(source)  # before Git: nothing a new commit does can hold an abort up
+    gate = selectors.source_gate(source)
+    held = None if gate.allows(manual=manual) else gate  # a freeze, or outside the sync windows
     try:
         head, forced = revision_fetch(source)
     except (TemporaryError, PermanentError) as exc:
         Source.objects.filter(pk=source.pk).update(last_error=str(exc))
         # Git is out of reach, but decisions already stored (an abort, a pause that
         # ran out, an analysis retry) are carried out from the database and the mirror.
-        _drive_active(source, actor=actor, retry_failed=retry_failed)
+        _drive_active(source, actor=actor, retry_failed=retry_failed, held=held)
         raise
     logs.add_context(commit=head.commit)
     result = SyncResult(source.name, Outcome.UNCHANGED, head.commit, head.pk, forced_push=forced)
     head_desired = revision_desired_state(source, head)
     if head_desired is None:
         # A bad new commit stops nothing already under way with an earlier, valid one.
-        _drive_active(source, actor=actor, retry_failed=retry_failed)
+        _drive_active(source, actor=actor, retry_failed=retry_failed, held=held)
         head.refresh_from_db()
         result.outcome = Outcome.REJECTED
         result.errors = [_error_text(error) for error in head.errors]
         _finish(source, [])
         return result
+    if held is not None:
+        return _hold(source, head, head_desired, held, result)
     identities = lambda: commit_identities(source, head)  # noqa: E731 - asked only when a rollout starts
     rollout, queued = rollout_choose(source, head, head_desired, commit_identities=identities)
     logs.add_context(rollout=rollout.pk)
@@ -116,16 +124,38 @@ def _reconcile(source: Source, *, actor: str, retry_failed: bool) -> SyncResult:
     return result
 
 
-def _drive(rollout: Rollout, desired: Any, actor: str, retry_failed: bool) -> StepOutcome:
+def _hold(source: Source, head: Revision, desired: Any, gate: Gate, result: SyncResult) -> SyncResult:
+    """A freeze or a closed sync window: nothing starts, no step goes on by itself, the head is planned.
+
+    The active rollout still carries out what people decided (an abort, an
+    administrator's override); the plan of the head shows what waits.
+    """
+    moved = _drive_active(source, actor=SYSTEM_ACTOR, retry_failed=False, held=gate)
+    plan_held(source, desired, head.commit, held=gate.reason)
+    result.outcome = Outcome.HELD
+    if moved is not None and moved.outcome in (Outcome.ABORTED, Outcome.FAILED):
+        result.outcome = moved.outcome
+    if moved is not None:
+        result.summary, result.errors = moved.summary, moved.failures
+    result.held = gate.reason
+    _finish(source, moved.failures if moved is not None else [])
+    return result
+
+
+def _drive(
+    rollout: Rollout, desired: Any, actor: str, retry_failed: bool, held: Gate | None = None
+) -> StepOutcome:
     """Drives a rollout with its own revision (a queued head waits); undoes one that is no longer valid."""
     desired = desired or revision_desired_state(rollout.source, rollout.revision)
     if desired is None:
         _roll_back_invalid(rollout)
         return StepOutcome(Outcome.FAILED, {}, [rollout.message])
-    return rollout_drive(rollout, desired, actor=actor, retry_failed=retry_failed)
+    return rollout_drive(rollout, desired, actor=actor, retry_failed=retry_failed, held=held)
 
 
-def _drive_active(source: Source, *, actor: str, retry_failed: bool) -> None:
+def _drive_active(
+    source: Source, *, actor: str, retry_failed: bool, held: Gate | None = None
+) -> StepOutcome | None:
     """Moves the active rollout with its own, already validated revision; Git is not asked."""
     rollout = (
         Rollout.objects.filter(source=source, phase__in=Rollout.ACTIVE_PHASES)
@@ -134,7 +164,7 @@ def _drive_active(source: Source, *, actor: str, retry_failed: bool) -> None:
         .first()
     )
     if rollout is None:
-        return
+        return None
     logs.add_context(rollout=rollout.pk)
     if rollout.abort_requested_by:
         # A rollback needs nothing from Git: the intents hold what every target had before.
@@ -142,11 +172,12 @@ def _drive_active(source: Source, *, actor: str, retry_failed: bool) -> None:
         rollout_rollback(
             rollout, actor=rollout.abort_requested_by, reason=reason, phase=Rollout.Phase.ABORTED
         )
-        return
+        return StepOutcome(Outcome.ABORTED)
     try:
-        _drive(rollout, None, actor, retry_failed)
+        return _drive(rollout, None, actor, retry_failed, held)
     except (TemporaryError, PermanentError) as exc:
         log.warning("rollout %s waits: its revision cannot be read from the mirror: %s", rollout.pk, exc)
+        return None
 
 
 def _abort_if_requested(source: Source) -> None:
@@ -186,7 +217,9 @@ def _error_text(error: Mapping[str, Any]) -> str:
 # -- one source, one worker, no request lost ---------------------------------------------------
 
 
-def source_sync(source_id: int, *, actor: str = SYSTEM_ACTOR, retry_failed: bool = False) -> SyncResult:
+def source_sync(
+    source_id: int, *, actor: str = SYSTEM_ACTOR, retry_failed: bool = False, manual: bool = False
+) -> SyncResult:
     """Fetch, validate, plan, roll out and record one source. Raises SourceBusy when another run holds it.
 
     Requests never get lost between two workers: a holder looks for new requests
@@ -203,7 +236,7 @@ def source_sync(source_id: int, *, actor: str = SYSTEM_ACTOR, retry_failed: bool
             with _source_lock(source) as acquired:
                 if acquired:
                     Source.objects.filter(pk=source.pk).update(sync_requested_at=None, sync_queued=False)
-                    runs.append(_measured(source, actor=actor, retry_failed=retry_failed))
+                    runs.append(_measured(source, actor=actor, retry_failed=retry_failed, manual=manual))
             if not acquired:
                 if runs:
                     break  # another worker took the lock after us; it runs what was requested
@@ -235,10 +268,10 @@ def _source_lock(source: Source) -> Iterator[bool]:
                 cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [LOCK_CLASS, source.pk])
 
 
-def _measured(source: Source, *, actor: str, retry_failed: bool) -> SyncResult:
+def _measured(source: Source, *, actor: str, retry_failed: bool, manual: bool) -> SyncResult:
     started = time.monotonic()
     try:
-        result = _reconcile(source, actor=actor, retry_failed=retry_failed)
+        result = _reconcile(source, actor=actor, retry_failed=retry_failed, manual=manual)
     except (TemporaryError, PermanentError):
         metrics.RECONCILES.labels(source.name, "error").inc()
         raise

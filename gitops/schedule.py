@@ -25,15 +25,24 @@ def _send(name: str, *, kwargs: dict[str, Any], eta: datetime | None = None) -> 
 
 
 def source_sync(
-    source_id: int, *, actor: str, retry_failed: bool = False, wait_if_busy: bool = True
+    source_id: int,
+    *,
+    actor: str,
+    retry_failed: bool = False,
+    wait_if_busy: bool = True,
+    manual: bool = False,
 ) -> list[str]:
-    """Queues a sync once the transaction commits; the returned list receives the task's id then."""
+    """Queues a sync once the transaction commits; the returned list receives the task's id then.
+
+    ``manual``: a person asked for it, so a sync window's ``manualSync`` may let it through.
+    """
     task_ids: list[str] = []
     kwargs = {
         "source_id": source_id,
         "actor": actor,
         "retry_failed": retry_failed,
         "wait_if_busy": wait_if_busy,
+        "manual": manual,
     }
     transaction.on_commit(lambda: task_ids.append(_send(SYNC_TASK, kwargs=kwargs)))
     return task_ids

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.db.models.fields.json import KeyTransform
+from django.utils import timezone
 
 from gitops.desired.errors import ValidationError
-from gitops.models import Change, ManagedObject, Revision, Rollout, Source
+from gitops.models import Change, Freeze, ManagedObject, Revision, Rollout, Source, SyncWindow
 from gitops.plan import drift_count, out_of_sync
 from gitops.redaction import redact_url
+from gitops.windows import FreezeRule, Gate, WindowRule, change_gate
 
 
 def source_status(source: Source) -> dict[str, Any]:
@@ -54,6 +57,8 @@ def source_status(source: Source) -> dict[str, Any]:
         # A failing source backs off: how many failures in a row, and when it tries again.
         "consecutive_failures": source.consecutive_failures,
         "next_try_at": _iso(source.next_poll_at),
+        # A freeze or a sync window that holds the source's changes back now, and why.
+        "gate": source_gate(source).as_dict(),
         "scope": {
             "namespaces": source.allowed_namespaces,
             "analysis_url_prefixes": source.analysis_url_prefixes,
@@ -288,3 +293,83 @@ def rollout_targets(
         for row in latest
     ]
     return rows, total
+
+
+# -- freezes and sync windows: the gate of a source now ------------------------------------
+
+
+@dataclass(frozen=True)
+class Rules:
+    """Every freeze in force and every sync window, loaded once: gates for many sources cost two queries."""
+
+    freezes: tuple[FreezeRule, ...]
+    windows: tuple[WindowRule, ...]
+    at: datetime
+
+    def gate(self, source: str) -> Gate:
+        return change_gate(source, self.at, self.freezes, self.windows)
+
+
+def freezes_in_force(at: datetime | None = None) -> list[Freeze]:
+    at = at or timezone.now()
+    return list(
+        Freeze.objects.filter(lifted_at__isnull=True, until__gt=at).select_related("source").order_by("until")
+    )
+
+
+def windows_in_force() -> list[SyncWindow]:
+    return list(SyncWindow.objects.filter(removed_at__isnull=True).order_by("id"))
+
+
+def rules_now(at: datetime | None = None) -> Rules:
+    at = at or timezone.now()
+    return Rules(
+        freezes=tuple(freeze.as_rule() for freeze in freezes_in_force(at)),
+        windows=tuple(window.as_rule() for window in windows_in_force()),
+        at=at,
+    )
+
+
+def source_gate(source: Source, at: datetime | None = None) -> Gate:
+    """May ``source``'s changes go out now? Automatic ones, and a person's sync."""
+    return rules_now(at).gate(source.name)
+
+
+def freeze_history(limit: int = 20) -> list[Freeze]:
+    """Recent freezes that ended (lifted or run out), newest first."""
+    ended = Q(lifted_at__isnull=False) | Q(until__lte=timezone.now())
+    return list(Freeze.objects.filter(ended).select_related("source").order_by("-created_at", "-id")[:limit])
+
+
+def freeze_as_dict(freeze: Freeze) -> dict[str, Any]:
+    return {
+        "id": freeze.pk,
+        "source": freeze.source.name if freeze.source else None,
+        "all_sources": freeze.source_id is None,
+        "until": _iso(freeze.until),
+        "reason": freeze.reason,
+        "created_by": freeze.created_by,
+        "created_at": _iso(freeze.created_at),
+        "lifted_by": freeze.lifted_by,
+        "lifted_at": _iso(freeze.lifted_at),
+    }
+
+
+def window_as_dict(window: SyncWindow, rules: Rules) -> dict[str, Any]:
+    rule = window.as_rule()
+    opened = rule.opened_at(rules.at)
+    return {
+        "id": window.pk,
+        "kind": window.kind,
+        "schedule": window.schedule,
+        "duration_seconds": int(window.duration.total_seconds()),
+        "time_zone": window.time_zone,
+        "sources": list(window.sources or []),
+        "manual_sync": window.manual_sync,
+        "open_now": opened is not None,
+        "opened_at": _iso(opened),
+        "closes_at": _iso(opened + rule.duration) if opened else None,
+        "next_opening": _iso(rule.next_opening(rules.at)),
+        "created_by": window.created_by,
+        "created_at": _iso(window.created_at),
+    }

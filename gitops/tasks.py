@@ -56,11 +56,13 @@ def sync_source(
     actor: str = "sluice",
     retry_failed: bool = False,
     wait_if_busy: bool = True,
+    *,
+    manual: bool = False,
 ) -> dict[str, Any]:
     if died := redelivered_too_often(self):
         return sync_failure_record(source_id, WorkerDied(died)).as_dict()
     try:
-        return source_sync(source_id, actor=actor, retry_failed=retry_failed).as_dict()
+        return source_sync(source_id, actor=actor, retry_failed=retry_failed, manual=manual).as_dict()
     except SourceBusy as exc:
         # The running reconcile takes the request over (it is coalesced); only a
         # caller that waits for this task's own result needs it to run again.

@@ -18,6 +18,7 @@ class Outcome(StrEnum):
     ABORTED = "aborted"  # a rollout was rolled back on request or by its analysis
     SUPERSEDED = "superseded"  # a rollout was rolled back for a newer commit
     COALESCED = "coalesced"  # another worker runs the request
+    HELD = "held"  # a freeze or a sync window holds changes back: fetched and planned, nothing applied
 
     @property
     def successful(self) -> bool:
@@ -26,7 +27,7 @@ class Outcome(StrEnum):
 
 
 SUCCESSFUL_OUTCOMES = frozenset(
-    {Outcome.APPLIED, Outcome.UNCHANGED, Outcome.COMPLETED, Outcome.PAUSED, Outcome.QUEUED}
+    {Outcome.APPLIED, Outcome.UNCHANGED, Outcome.COMPLETED, Outcome.PAUSED, Outcome.QUEUED, Outcome.HELD}
 )
 
 
@@ -58,6 +59,7 @@ class RolloutEventKind(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CONSUMERS = "consumers"  # a step's workloads were restarted, or became healthy, or failed
+    OVERRIDE = "override"  # an administrator let a promote through a freeze or a closed sync window
 
 
 class Waiting(StrEnum):

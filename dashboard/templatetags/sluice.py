@@ -5,6 +5,8 @@ from typing import Any
 from django import template
 from django.utils.html import format_html
 
+from gitops import selectors
+
 register = template.Library()
 
 
@@ -46,3 +48,9 @@ def seconds_label(seconds: int) -> str:
         if value and value % size == 0:
             return f"{value // size}{unit}"
     return f"{value}s"
+
+
+@register.inclusion_tag("dashboard/_freeze_banner.html")
+def freeze_banner() -> dict[str, Any]:
+    """Every freeze in force, on every page: one query."""
+    return {"freezes": selectors.freezes_in_force()}

@@ -140,6 +140,21 @@ def plan_snapshot(current: Plan, *, weight: int, applied: set[Any]) -> dict[str,
     }
 
 
+def plan_held(source: Source, desired: DesiredState, commit: str, *, held: str) -> None:
+    """Plans a revision a freeze or a sync window holds back, applying nothing: pages show what waits."""
+    live = live_state(source, desired)
+    current = plan(
+        desired,
+        live.objects,
+        source=source.name,
+        commit=commit,
+        managed=managed_keys(source),
+        unreachable=live.reasons(),
+    )
+    snapshot = plan_snapshot(current, weight=100, applied=set())
+    Source.objects.filter(pk=source.pk).update(last_plan={**snapshot, "held": held})
+
+
 def flag_baselines(
     rollout: Rollout, desired: DesiredState, index: dict[ObjectKey, dict[str, Any]]
 ) -> dict[ObjectKey, dict[str, Any] | None]:

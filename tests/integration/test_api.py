@@ -57,6 +57,15 @@ ENDPOINTS = [
     ("post", "/rollouts/1/retry"),
 ]
 ACTIONS = [(method, path) for method, path in ENDPOINTS if method == "post"]
+# Freezes and sync windows (dashboard/api_freezes.py; roles and actions in test_freezes_ui.py).
+FREEZE_OPERATIONS = [
+    "GET /api/freezes",
+    "POST /api/freezes",
+    "POST /api/freezes/lift",
+    "GET /api/windows",
+    "POST /api/windows",
+    "DELETE /api/windows/{window_id}",
+]
 
 
 class Api:
@@ -753,8 +762,11 @@ def test_schemathesis_finds_no_server_error_and_no_contract_breach(as_role, paus
     schema.validate()  # against the OpenAPI 3.1 meta-schema
     operations = [result.ok() for result in schema.get_all_operations()]
     assert sorted(f"{op.method.upper()} {op.path}" for op in operations) == sorted(
-        f"{method.upper()} /api" + re.sub(r"shop", "{name}", re.sub(r"/1\b", "/{rollout_id}", path))
-        for method, path in ENDPOINTS
+        [
+            f"{method.upper()} /api" + re.sub(r"shop", "{name}", re.sub(r"/1\b", "/{rollout_id}", path))
+            for method, path in ENDPOINTS
+        ]
+        + FREEZE_OPERATIONS
     )
 
     conformance = [

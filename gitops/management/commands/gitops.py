@@ -11,6 +11,9 @@ gitops log [--source NAME] [--cluster C] [--commit SHA] [--limit N] [--json]
 gitops purge [--dry-run]
 gitops archive-changes --before DATE --output FILE
 gitops reencrypt-secrets
+gitops freeze NAME|--all --until WHEN --reason TEXT
+gitops unfreeze NAME|--all
+gitops window add|list|remove
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
-from gitops import cluster_admin, preview, retention, schedule, selectors, source_admin
+from gitops import cluster_admin, freezes, preview, retention, schedule, selectors, source_admin
 from gitops.errors import GitopsError
 from gitops.intake import webhook_secrets
 from gitops.models import Rollout, Source
@@ -44,6 +47,7 @@ from gitops.roles import ROLES
 from gitops.rollout import decisions
 from gitops.rollout.state import SYSTEM_ACTOR
 from gitops.vocabulary import SUCCESSFUL_OUTCOMES
+from gitops.windows import WindowError, WindowKind, parse_duration
 
 DURATION = re.compile(r"^(\d+)(s|m|h)?$")
 
@@ -136,6 +140,12 @@ class Command(BaseCommand):
         promote.add_argument("--full", action="store_true", help="skip the remaining steps and go to 100%%")
         promote.add_argument("--user", required=True)
         promote.add_argument("--comment", default="")
+        promote.add_argument(
+            "--override",
+            default="",
+            metavar="REASON",
+            help="while a freeze or a sync window holds the source: an administrator's reason to go on",
+        )
 
         abort_parser = commands.add_parser(
             "abort", help="roll every target back to its content before the rollout"
@@ -164,6 +174,7 @@ class Command(BaseCommand):
 
         _add_cluster_parsers(commands)
         _add_housekeeping_parsers(commands)
+        _add_freeze_parsers(commands)
 
     def handle(self, *args: Any, **options: Any) -> None:
         handler = getattr(self, "do_" + options["command"].replace("-", "_"))
@@ -223,7 +234,7 @@ class Command(BaseCommand):
         source = self._source(options["name"])
         with transaction.atomic():
             task_ids = schedule.source_sync(
-                source.pk, actor=SYSTEM_ACTOR, retry_failed=options["retry_failed"]
+                source.pk, actor=SYSTEM_ACTOR, retry_failed=options["retry_failed"], manual=True
             )
         self.stdout.write(f"sync of {source.name} queued as task {task_ids[0]}")
         if not options["wait"]:
@@ -248,6 +259,8 @@ class Command(BaseCommand):
         )
         if result.get("forced_push"):
             self.stdout.write("warning: the branch was force-pushed")
+        if result.get("held"):
+            self.stdout.write(f"held, nothing applied: {result['held']}")
         for error in result.get("errors", []):
             self.stdout.write(f"  {error}")
 
@@ -326,6 +339,8 @@ class Command(BaseCommand):
                 f"  managed objects: {status['managed_objects']}, drift: {status['drift']},"
                 f" conflicts: {status['conflicts']}, last sync: {status['last_synced_at'] or 'never'}"
             )
+            if status["gate"]["reason"]:
+                self.stdout.write(f"  held: {status['gate']['reason']}")
             for error in revision.get("errors", []):
                 self.stdout.write(f"  error: {error}")
             if status["last_error"]:
@@ -388,6 +403,7 @@ class Command(BaseCommand):
             user=decisions.user_named(options["user"]),
             full=options["full"],
             comment=options["comment"],
+            override=options["override"],
         )
         if rollout.phase == Rollout.Phase.PAUSED:
             self.stdout.write(f"rollout {rollout.pk}: approval recorded; {rollout.message}")
@@ -492,6 +508,109 @@ class Command(BaseCommand):
                 + ", ".join(unreadable)
                 + "; set them again with `gitops webhook-secret NAME --rotate`"
             )
+
+    # -- freezes and sync windows ----------------------------------------------------------------
+
+    def do_freeze(self, **options: Any) -> None:
+        source = None if options["all"] else self._source(options["name"])
+        until = freezes.parse_until(options["until"])
+        freeze = freezes.freeze_set(source, until=until, reason=options["reason"], by=options["user"])
+        scope = "every source" if source is None else source.name
+        self.stdout.write(
+            f"froze {scope} until {freeze.until.isoformat()} (freeze {freeze.pk}): {freeze.reason}"
+        )
+
+    def do_unfreeze(self, **options: Any) -> None:
+        source = None if options["all"] else self._source(options["name"])
+        lifted = freezes.freeze_lift(source, by=options["user"])
+        if not lifted:
+            self.stdout.write("no freeze in force" + (f" on {source.name}" if source else ""))
+        for freeze in lifted:
+            scope = freeze.source.name if freeze.source else "every source"
+            self.stdout.write(f"lifted freeze {freeze.pk} of {scope} (until {freeze.until.isoformat()})")
+
+    def do_window(self, **options: Any) -> None:
+        action = options["window_command"]
+        if action == "add":
+            window = freezes.window_add(
+                kind=options["kind"],
+                schedule_text=options["schedule"],
+                duration=_window_duration(options["duration"]),
+                sources=options["source"] or ["*"],
+                manual_sync=options["manual_sync"],
+                time_zone=options["time_zone"],
+                by=options["user"],
+            )
+            self.stdout.write(f"added sync window {window.pk}: {window}")
+        elif action == "remove":
+            window = freezes.window_remove(options["id"], by=options["user"])
+            self.stdout.write(f"removed sync window {window.pk}: {window}")
+        else:
+            self._print_windows(json_output=options["json"])
+
+    def _print_windows(self, *, json_output: bool) -> None:
+        windows = selectors.windows_in_force()
+        rules = selectors.rules_now()
+        if json_output:
+            entries = [selectors.window_as_dict(window, rules) for window in windows]
+            self.stdout.write(json.dumps(entries, indent=2))
+            return
+        if not windows:
+            self.stdout.write("no sync windows: changes go out whenever they come")
+        for window in windows:
+            entry = selectors.window_as_dict(window, rules)
+            state = "open now" if entry["open_now"] else f"next opens {entry['next_opening'] or 'never'}"
+            manual = ", manual sync allowed" if window.manual_sync else ""
+            self.stdout.write(f"{window.pk:>4}  {window}{manual}  ({state})")
+
+
+def _window_duration(text: str) -> timedelta:
+    try:
+        return parse_duration(text)
+    except WindowError as exc:
+        raise CommandError(str(exc)) from exc
+
+
+def _add_freeze_parsers(commands: Any) -> None:
+    freeze = commands.add_parser(
+        "freeze", help="stop automatic changes of a source (or every source) until a time, for a reason"
+    )
+    _name_or_all(freeze)
+    freeze.add_argument(
+        "--until", required=True, help="8h or 3d from now, a time with a zone (2026-12-24T18:00Z), a date"
+    )
+    freeze.add_argument("--reason", required=True, help="why; shown on every page while the freeze holds")
+    freeze.add_argument("--user", default="cli", help="who froze it, for the record (default: cli)")
+
+    unfreeze = commands.add_parser("unfreeze", help="lift the freezes of a source (--all: every freeze)")
+    _name_or_all(unfreeze)
+    unfreeze.add_argument("--user", default="cli", help="who lifted it, for the record (default: cli)")
+
+    window = commands.add_parser("window", help="recurring sync windows, as Argo CD's (add, list, remove)")
+    actions = window.add_subparsers(dest="window_command", required=True, metavar="ACTION")
+    add = actions.add_parser("add", help="add an allow or deny window")
+    add.add_argument("--kind", required=True, choices=[kind.value for kind in WindowKind])
+    add.add_argument("--schedule", required=True, help="cron, five fields: '0 22 * * *' opens at 22:00")
+    add.add_argument("--duration", required=True, help="how long it stays open: 30m, 8h, 2d, 1h30m")
+    add.add_argument(
+        "--source", action="append", metavar="GLOB", help="a source name or glob (repeatable; default: every)"
+    )
+    add.add_argument(
+        "--manual-sync", action="store_true", help="a person's sync may go out while this window closes"
+    )
+    add.add_argument("--time-zone", default="UTC", help="the schedule's time zone (default UTC)")
+    add.add_argument("--user", default="cli", help="who added it, for the record (default: cli)")
+    listing = actions.add_parser("list", help="the windows in force, and whether each is open now")
+    listing.add_argument("--json", action="store_true")
+    remove = actions.add_parser("remove", help="remove a window")
+    remove.add_argument("id", type=int)
+    remove.add_argument("--user", default="cli", help="who removed it, for the record (default: cli)")
+
+
+def _name_or_all(parser: ArgumentParser) -> None:
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("name", nargs="?", help="the source")
+    target.add_argument("--all", action="store_true", help="every source")
 
 
 def _add_cluster_parsers(commands: Any) -> None:
