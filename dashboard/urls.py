@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from dashboard import views
+from dashboard import flags, views
 from dashboard.api import api
 
 app_name = "dashboard"
@@ -16,6 +16,7 @@ urlpatterns = [
     path("rollouts/<int:rollout_id>/", views.rollout_detail, name="rollout"),
     path("rollouts/<int:rollout_id>/<slug:action>", views.rollout_action, name="rollout-action"),
     path("changes/", views.change_log, name="changes"),
+    path("flags/", flags.flag_list, name="flags"),
     path("webhooks/git/<slug:name>", views.git_webhook, name="webhook"),
     path("login/", auth_views.LoginView.as_view(template_name="dashboard/login.html"), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, QuerySet
+from django.conf import settings
+from django.db.models import Count, Q, QuerySet
 from django.db.models.fields.json import KeyTransform
 
 from gitops.desired.errors import ValidationError
-from gitops.models import Change, ManagedObject, Revision, Rollout, Source
+from gitops.models import Change, ManagedObject, PublishedFlag, Revision, Rollout, Source
 from gitops.plan import drift_count, out_of_sync
 from gitops.redaction import redact_url
+from gitops.vocabulary import Staleness, StaleReason
 
 
 def source_status(source: Source) -> dict[str, Any]:
@@ -273,3 +276,167 @@ def rollout_targets(
         for row in latest
     ]
     return rows, total
+
+
+# -- flags ------------------------------------------------------------------------------
+
+FLAGS_PAGE = 100
+FLAG_EXPORT_LIMIT = 100_000
+# The page's order, which its keyset pagination walks: a deep page costs what the first does.
+FLAG_ORDER = ("source__name", "cluster", "namespace", "flag_set", "key", "id")
+ROLLED_BACK_PHASES = (Rollout.Phase.ABORTED, Rollout.Phase.FAILED, Rollout.Phase.SUPERSEDED)
+
+
+_FLAG_COLUMNS = (
+    "source",
+    "cluster",
+    "namespace",
+    "flag_set",
+    "key",
+    "state",
+    "variants",
+    "variant_count",
+    "default_variant",
+    "targeting",
+    "serves_one_variant",
+    "removed",
+    "rollout",
+    "changed_commit",
+    "changed_at",
+)
+
+
+@dataclass(frozen=True)
+class FlagFilters:
+    source: str = ""
+    cluster: str = ""
+    staleness: Staleness = Staleness.ANY
+    key: str = ""  # part of the flag key
+
+
+@dataclass(frozen=True)
+class FlagRow:
+    """One flag as the Flags page and its CSV show it."""
+
+    flag: PublishedFlag
+    stale_reasons: tuple[StaleReason, ...]
+    share: int  # percent of users the flag's definition (or its removal) reaches
+
+    @property
+    def rollout(self) -> Rollout | None:
+        return self.flag.rollout
+
+    @property
+    def stale_words(self) -> list[str]:
+        return [
+            f"unchanged for over {stale_days()} days" if reason is StaleReason.UNCHANGED else reason.value
+            for reason in self.stale_reasons
+        ]
+
+    @property
+    def rolling_out(self) -> bool:
+        return self.flag.rollout is not None and self.flag.rollout.is_active
+
+    @property
+    def rolled_back(self) -> bool:
+        rollout = self.flag.rollout
+        return rollout is not None and rollout.phase in ROLLED_BACK_PHASES
+
+
+def stale_days() -> int:
+    return int(settings.SLUICE_STALE_FLAG_DAYS)
+
+
+def stale_before(now: datetime) -> datetime:
+    """Flags that last changed before this are stale (SLUICE_STALE_FLAG_DAYS)."""
+    return now - timedelta(days=stale_days())
+
+
+def _stale(now: datetime) -> Q:
+    return Q(removed=False) & (Q(serves_one_variant=True) | Q(changed_at__lt=stale_before(now)))
+
+
+def published_flags(filters: FlagFilters, *, now: datetime) -> QuerySet[PublishedFlag]:
+    flags = PublishedFlag.objects.select_related("source", "rollout").only(
+        *_FLAG_COLUMNS,
+        "source__name",
+        "source__commit_url_template",
+        "rollout__phase",
+        "rollout__weight",
+    )
+    if filters.source:
+        flags = flags.filter(source__name=filters.source)
+    if filters.cluster:
+        flags = flags.filter(cluster=filters.cluster)
+    if filters.key:
+        flags = flags.filter(key__icontains=filters.key)
+    if filters.staleness is Staleness.STALE:
+        flags = flags.filter(_stale(now))
+    elif filters.staleness is Staleness.FRESH:
+        flags = flags.exclude(_stale(now))
+    return flags.order_by(*FLAG_ORDER)
+
+
+def flag_page(
+    filters: FlagFilters, *, after: int | None = None, now: datetime, limit: int = FLAGS_PAGE
+) -> tuple[list[FlagRow], int | None]:
+    """One page of flags in FLAG_ORDER, after the flag with id ``after``; and the id to continue after."""
+    flags = published_flags(filters, now=now)
+    if after is not None:
+        last = PublishedFlag.objects.filter(pk=after).values_list(*FLAG_ORDER).first()
+        if last is not None:
+            flags = flags.filter(_after(dict(zip(FLAG_ORDER, last, strict=True))))
+    page = list(flags[: limit + 1])
+    rows = [flag_row(flag, now=now) for flag in page[:limit]]
+    return rows, (page[limit - 1].pk if len(page) > limit else None)
+
+
+def _after(last: dict[str, Any]) -> Q:
+    """Rows after ``last`` in FLAG_ORDER: (a > x) or (a = x and b > y) or ..."""
+    condition = Q()
+    equal = Q()
+    for name, value in last.items():
+        condition |= equal & Q(**{f"{name}__gt": value})
+        equal &= Q(**{name: value})
+    return condition
+
+
+def flag_row(flag: PublishedFlag, *, now: datetime) -> FlagRow:
+    reasons: list[StaleReason] = []
+    if not flag.removed:
+        if flag.serves_one_variant:
+            reasons.append(StaleReason.ONE_VARIANT)
+        if flag.changed_at is not None and flag.changed_at < stale_before(now):
+            reasons.append(StaleReason.UNCHANGED)
+    return FlagRow(flag=flag, stale_reasons=tuple(reasons), share=flag_share(flag))
+
+
+def flag_share(flag: PublishedFlag) -> int:
+    """The percent of users the flag's definition (or, for a removed flag, its removal) reaches now."""
+    rollout = flag.rollout
+    if rollout is None:
+        return 100  # recorded as Git has it, with no rollout of it running
+    if rollout.is_active:
+        # Not yet published (a step at weight 0, or a flag set Git no longer has, before 100%).
+        return rollout.weight if flag.changed_at is not None else 0
+    return 100 if rollout.phase == Rollout.Phase.COMPLETED else 0  # otherwise rolled back
+
+
+def flag_counts(filters: FlagFilters, *, now: datetime) -> dict[str, int]:
+    """How many flags match the filters, and how many of them are stale."""
+    counted = (
+        published_flags(filters, now=now)
+        .order_by()
+        .aggregate(total=Count("id"), stale=Count("id", filter=_stale(now)))
+    )
+    return {"total": counted["total"], "stale": counted["stale"]}
+
+
+def flag_filter_choices() -> dict[str, list[str]]:
+    """The sources and clusters the filters offer: those the catalog holds."""
+    sources = Source.objects.filter(published_flags__isnull=False).values_list("name", flat=True)
+    clusters = PublishedFlag.objects.values_list("cluster", flat=True)
+    return {
+        "sources": sorted(set(sources)),
+        "clusters": sorted(set(clusters.distinct())),
+    }
