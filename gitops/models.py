@@ -658,7 +658,12 @@ class PublishedFlag(models.Model):
                 name="published_flag_unique",
             )
         ]
-        indexes: ClassVar[list[Any]] = [models.Index(fields=["changed_at"], name="published_flag_changed")]
+        indexes: ClassVar[list[Any]] = [
+            # Counting stale flags reads this index alone, never the table.
+            models.Index(fields=["removed", "serves_one_variant", "changed_at"], name="published_flag_stale"),
+            # The cluster filter's choices are read from it one distinct value at a time.
+            models.Index(fields=["cluster"], name="published_flag_cluster"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.namespace}/{self.flag_set}: {self.key}"

@@ -7,7 +7,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, Q, QuerySet
+from django.db import connection
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.db.models.fields.json import KeyTransform
 
 from gitops.desired.errors import ValidationError
@@ -280,7 +281,7 @@ def rollout_targets(
 
 # -- flags ------------------------------------------------------------------------------
 
-FLAGS_PAGE = 100
+FLAGS_PAGE = 50
 FLAG_EXPORT_LIMIT = 100_000
 # The page's order, which its keyset pagination walks: a deep page costs what the first does.
 FLAG_ORDER = ("source__name", "cluster", "namespace", "flag_set", "key", "id")
@@ -434,9 +435,26 @@ def flag_counts(filters: FlagFilters, *, now: datetime) -> dict[str, int]:
 
 def flag_filter_choices() -> dict[str, list[str]]:
     """The sources and clusters the filters offer: those the catalog holds."""
-    sources = Source.objects.filter(published_flags__isnull=False).values_list("name", flat=True)
-    clusters = PublishedFlag.objects.values_list("cluster", flat=True)
-    return {
-        "sources": sorted(set(sources)),
-        "clusters": sorted(set(clusters.distinct())),
-    }
+    with_flags = PublishedFlag.objects.filter(source=OuterRef("pk"))
+    sources = Source.objects.filter(Exists(with_flags)).order_by("name").values_list("name", flat=True)
+    return {"sources": list(sources), "clusters": _distinct_clusters()}
+
+
+# A loose index scan: one probe of published_flag_cluster per distinct cluster, where
+# SELECT DISTINCT would read every row of the catalog.
+_DISTINCT_CLUSTERS = """
+    WITH RECURSIVE clusters AS (
+        SELECT min(cluster) AS cluster FROM gitops_publishedflag
+        UNION ALL
+        SELECT (SELECT min(cluster) FROM gitops_publishedflag WHERE cluster > clusters.cluster)
+        FROM clusters WHERE clusters.cluster IS NOT NULL
+    )
+    SELECT cluster FROM clusters WHERE cluster IS NOT NULL
+"""
+
+
+def _distinct_clusters() -> list[str]:
+    """The clusters the catalog holds."""
+    with connection.cursor() as cursor:
+        cursor.execute(_DISTINCT_CLUSTERS)
+        return [row[0] for row in cursor.fetchall()]

@@ -149,7 +149,8 @@ def test_flags_unchanged_for_longer_than_the_setting_are_stale(two_sources, peop
     client = client_for(people["viewer"])
     later = timezone.now() + timedelta(days=31)
     # The page's clock only, 31 days on (sessions and everything else keep the real one).
-    monkeypatch.setattr("dashboard.flags.timezone", SimpleNamespace(now=lambda: later))
+    clock = SimpleNamespace(now=lambda: later, localtime=timezone.localtime)
+    monkeypatch.setattr("dashboard.flags.timezone", clock)
     rows = rows_of(client.get(reverse("dashboard:flags")).content.decode())
     assert all('data-stale="yes"' in row for row in rows.values())
     assert "unchanged for over 30 days" in rows["new-checkout"]
