@@ -295,3 +295,26 @@ def test_a_flag_rollout_shows_its_share_the_new_commit_and_removed_flags(two_sou
     assert 'data-share="100"' in rows["new-checkout"], (
         "a flag the aborted rollout did not change is untouched"
     )
+
+
+def test_a_pass_that_changes_nothing_costs_one_query_and_a_lost_row_comes_back(two_sources):
+    from gitops.fetch.revisions import revision_desired_state, revision_fetch
+    from gitops.models import Rollout
+    from gitops.rollout.flag_catalog import flag_catalog_record
+
+    shop = two_sources["shop"]
+    rollout = Rollout.objects.filter(source=shop).latest("id")
+    head, _ = revision_fetch(shop)
+    desired = revision_desired_state(shop, head)
+    catalog = list(PublishedFlag.objects.filter(source=shop).order_by("id").values())
+    with CaptureQueriesContext(connection) as queries:
+        flag_catalog_record(rollout, desired, 100)
+    assert len(queries) == 1, [q["sql"] for q in queries.captured_queries]
+    assert list(PublishedFlag.objects.filter(source=shop).order_by("id").values()) == catalog
+
+    PublishedFlag.objects.filter(source=shop, key="beta").delete()
+    flag_catalog_record(rollout, desired, 100)
+    beta = PublishedFlag.objects.get(source=shop, key="beta")
+    first = Change.objects.get(source=shop, name="checkout")
+    assert (beta.changed_commit, beta.changed_at, beta.rollout_id) == (first.commit, first.at, rollout.pk)
+    assert beta.targeting == 'if email ends_with "@corp.example" → on; else off'
