@@ -88,10 +88,11 @@ def _row_html(row: selectors.FlagRow, links: dict[str, str]) -> SafeString:
     return format_html(
         '<tr data-flag="{}" data-stale="{}"{}>'
         '<th scope="row"><code class="flag-key">{}</code>{}{}</th>'
-        '<td><a href="{}">{}</a><div class="muted">{}</div></td>'
-        '<td><span class="state state-{}">{}</span></td>'
-        '<td>{}<div class="muted">default: {}</div></td>'
-        '<td class="targeting">{}</td><td>{}</td>{}<td>{}</td></tr>\n',
+        '<td data-label="Source"><a href="{}">{}</a><div class="muted">{}</div></td>'
+        '<td data-label="State"><span class="state state-{}">{}</span></td>'
+        '<td data-label="Variants">{}<div class="muted">default: {}</div></td>'
+        '<td data-label="Targeting" class="targeting">{}</td><td data-label="Rollout">{}</td>{}'
+        '<td data-label="Last changed">{}</td></tr>\n',
         flag.key,
         "yes" if row.stale_reasons else "no",
         STALE_CLASS if row.stale_reasons else "",
@@ -140,8 +141,8 @@ def _share_html(row: selectors.FlagRow) -> SafeString:
     elif row.rolling_out and flag.changed_at is None:
         note = "everyone keeps it until 100%" if flag.removed else "not published yet"
     return format_html(
-        '<td class="share" data-share="{}"><progress max="100" value="{}" aria-label="{}% of users on this'
-        ' definition of {}"></progress> {}%{}</td>',
+        '<td class="share" data-label="Users" data-share="{}"><progress max="100" value="{}"'
+        ' aria-label="{}% of users on this definition of {}"></progress> {}%{}</td>',
         row.share,
         row.share,
         row.share,
