@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -403,24 +404,77 @@ def _after(last: dict[str, Any]) -> Q:
 
 
 def flag_row(flag: PublishedFlag, *, now: datetime) -> FlagRow:
-    reasons: list[StaleReason] = []
-    if not flag.removed:
-        if flag.serves_one_variant:
-            reasons.append(StaleReason.ONE_VARIANT)
-        if flag.changed_at is not None and flag.changed_at < stale_before(now):
-            reasons.append(StaleReason.UNCHANGED)
-    return FlagRow(flag=flag, stale_reasons=tuple(reasons), share=flag_share(flag))
-
-
-def flag_share(flag: PublishedFlag) -> int:
-    """The percent of users the flag's definition (or, for a removed flag, its removal) reaches now."""
     rollout = flag.rollout
-    if rollout is None:
+    return FlagRow(
+        flag=flag,
+        stale_reasons=stale_reasons(
+            flag.serves_one_variant, flag.changed_at, flag.removed, stale_before(now)
+        ),
+        share=flag_share(
+            rollout.phase if rollout else None, rollout.weight if rollout else 0, flag.changed_at
+        ),
+    )
+
+
+def stale_reasons(
+    serves_one_variant: bool, changed_at: datetime | None, removed: bool, cutoff: datetime
+) -> tuple[StaleReason, ...]:
+    """Why a flag is stale (nothing: it is not); a flag that is being removed never is."""
+    if removed:
+        return ()
+    reasons = [StaleReason.ONE_VARIANT] if serves_one_variant else []
+    if changed_at is not None and changed_at < cutoff:
+        reasons.append(StaleReason.UNCHANGED)
+    return tuple(reasons)
+
+
+def flag_share(phase: str | None, weight: int, changed_at: datetime | None) -> int:
+    """The percent of users a flag's definition (or, for a removed flag, its removal) reaches now.
+
+    ``phase`` and ``weight`` are those of the rollout that brought or brings it (None: no rollout).
+    """
+    if phase is None:
         return 100  # recorded as Git has it, with no rollout of it running
-    if rollout.is_active:
+    if phase in Rollout.ACTIVE_PHASES:
         # Not yet published (a step at weight 0, or a flag set Git no longer has, before 100%).
-        return rollout.weight if flag.changed_at is not None else 0
-    return 100 if rollout.phase == Rollout.Phase.COMPLETED else 0  # otherwise rolled back
+        return weight if changed_at is not None else 0
+    return 100 if phase == Rollout.Phase.COMPLETED else 0  # otherwise rolled back
+
+
+# What the CSV export reads of each flag: plain values, no model instances (20,000 rows at a time).
+FLAG_EXPORT_FIELDS = (
+    "source__name",
+    "cluster",
+    "namespace",
+    "flag_set",
+    "key",
+    "state",
+    "variants",
+    "default_variant",
+    "targeting",
+    "rollout_id",
+    "rollout__phase",
+    "rollout__weight",
+    "removed",
+    "changed_commit",
+    "changed_at",
+    "serves_one_variant",
+)
+
+
+def flag_export(filters: FlagFilters, *, now: datetime) -> Iterator[dict[str, Any]]:
+    """Every matching flag (at most FLAG_EXPORT_LIMIT) as a plain record, read in chunks."""
+    cutoff = stale_before(now)
+    flags = published_flags(filters, now=now).values_list(*FLAG_EXPORT_FIELDS)[:FLAG_EXPORT_LIMIT]
+    for values in flags.iterator(chunk_size=2000):
+        record = dict(zip(FLAG_EXPORT_FIELDS, values, strict=True))
+        phase, changed_at = record.pop("rollout__phase"), record["changed_at"]
+        record["share"] = flag_share(phase, record.pop("rollout__weight") or 0, changed_at)
+        record["rollout_phase"] = phase or ""
+        record["stale_reasons"] = stale_reasons(
+            record.pop("serves_one_variant"), changed_at, record["removed"], cutoff
+        )
+        yield record
 
 
 def flag_counts(filters: FlagFilters, *, now: datetime) -> dict[str, int]:

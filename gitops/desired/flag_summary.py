@@ -37,6 +37,8 @@ NO_TARGETING: Final = "none"
 MAX_SUMMARY_CHARS: Final = 200
 MAX_VALUE_CHARS: Final = 40
 MAX_VARIANTS_CHARS: Final = 300
+# Raise it when a summary's wording or the one-variant rule changes, so recorded flags are summarised again.
+SUMMARY_VERSION: Final = 1
 _COMPARISONS: Final = frozenset(
     ("==", "===", "!=", "!==", "<", "<=", ">", ">=", "in", "starts_with", "ends_with")
 )
@@ -79,8 +81,9 @@ def _variant_text(name: str, value: Any) -> str:
 
 
 def definition_hash(effective: Mapping[str, Any]) -> str:
+    """A hash of the definition, and of how this module summarises it: new wording is recorded anew."""
     canonical = json.dumps(effective, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+    return hashlib.sha256(f"{SUMMARY_VERSION}:{canonical}".encode()).hexdigest()[:32]
 
 
 # -- one variant for everyone ---------------------------------------------------------------

@@ -318,3 +318,24 @@ def test_a_pass_that_changes_nothing_costs_one_query_and_a_lost_row_comes_back(t
     first = Change.objects.get(source=shop, name="checkout")
     assert (beta.changed_commit, beta.changed_at, beta.rollout_id) == (first.commit, first.at, rollout.pk)
     assert beta.targeting == 'if email ends_with "@corp.example" → on; else off'
+
+
+def test_the_api_lists_flags_with_the_same_filters(two_sources, people):
+    api = client_for(people["viewer"])
+    listed = api.get("/api/flags").json()
+    assert listed["count"] == 6
+    by_key = {item["key"]: item for item in listed["items"]}
+    checkout = by_key["new-checkout"]
+    assert checkout["source"] == two_sources["shop"].name
+    assert (checkout["flag_set"], checkout["state"]) == ("checkout", "ENABLED")
+    assert checkout["default_variant"] == "off"
+    assert checkout["targeting"] == "fractional 20/80 (on/off) on targetingKey"
+    assert (checkout["share_percent"], checkout["rollout_phase"]) == (100, "Completed")
+    assert checkout["changed_commit"] == two_sources["shop_commit"]
+    assert (checkout["stale"], checkout["stale_reasons"]) == (False, [])
+    assert by_key["banner"]["stale_reasons"] == ["serves one variant to everyone"]
+    stale = api.get("/api/flags", {"stale": "true"}).json()
+    assert {item["key"] for item in stale["items"]} == {"banner", "kill-switch", "=1+1"}
+    assert api.get("/api/flags", {"source": two_sources["search"].name}).json()["count"] == 1
+    assert api.get("/api/flags", {"limit": 2, "offset": 4}).json()["items"] == listed["items"][4:6]
+    assert client_for(None).get("/api/flags").status_code == 401
