@@ -8,6 +8,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 INSTALLED := $(VENV)/.installed
+# The JavaScript flagd evaluator the flag-canary tests check besides the Python one.
+JS_TESTS := tests/js
+JS_INSTALLED := $(JS_TESTS)/node_modules/.installed
 
 .PHONY: help setup stack stack-down stack-status control-plane browser demo demo-smoke test test-unit lint format bench bench-smoke clean
 
@@ -30,7 +33,13 @@ $(INSTALLED): $(PY) requirements.txt requirements-dev.txt constraints.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
 	@touch $@
 
-setup: $(INSTALLED)
+# npm ci installs exactly what package-lock.json pins (Node >= 20 with npm).
+$(JS_INSTALLED): $(JS_TESTS)/package.json $(JS_TESTS)/package-lock.json
+	@command -v npm >/dev/null || { echo "npm (Node.js >= 20) is required for tests/js"; exit 1; }
+	cd $(JS_TESTS) && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	@touch $@
+
+setup: $(INSTALLED) $(JS_INSTALLED)
 
 control-plane:
 	bash scripts/build-control-plane.sh >/dev/null
@@ -79,4 +88,4 @@ bench-smoke: setup
 
 clean:
 	-$(PY) -m devstack down
-	rm -rf $(VENV) .stack .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .stack .pytest_cache .mypy_cache .ruff_cache $(JS_TESTS)/node_modules

@@ -1,13 +1,16 @@
 """Dashboard benchmark: pages with a big history.
 
 Fills a fresh database with 500 sources and 1,000,000 change-log rows (with
-their intents, revisions and a rollout with a timeline), then times the server
-side of each page through Django's test client (no network, no browser):
-the overview, the change log (first page, a filtered page, a deep page), a
-rollout page, a source page and the Freezes page (with freezes in force, so
-every page carries the freeze banner). Prints p50 and p95 and the number of queries per page.
+their intents, revisions and a rollout with a timeline) and 40 published flags
+per source (20,000), then times the server side of each page through Django's
+test client (no network, no browser): the overview, the change log (first page,
+a filtered page, a deep page), a rollout page, a source page, the Freezes page
+(with freezes in force, so every page carries the freeze banner) and the Flags
+page (first page, filtered by source, stale only, by key, a deep page). Prints
+p50 and p95 and the number of queries per page, then the Flags CSV export of
+every flag (read to the end; an export, not a page, so outside the page budget).
 
-Usage: python bench/dashboard.py [--changes 1000000] [--sources 500] [--runs 40]
+Usage: python bench/dashboard.py [--changes 1000000] [--sources 500] [--flags 40] [--runs 40]
 Target (issue #5): p95 <= 150 ms per page.
 """
 
@@ -26,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def fill(changes: int, sources: int) -> dict[str, object]:
+def fill(changes: int, sources: int, flags: int) -> dict[str, object]:
     """Bulk-loads with INSERT ... SELECT generate_series: the database does the work."""
     from django.db import connection
 
@@ -125,6 +128,22 @@ def fill(changes: int, sources: int) -> dict[str, object]:
             " SELECT id, now(), 'override', 1, 25, 'ines', 'hotfix (overriding: frozen until ...)', '{}'"
             " FROM gitops_rollout"
         )
+        # The flag catalog: every fifth flag serves one variant, changes spread over 90 days.
+        cursor.execute(
+            """
+            INSERT INTO gitops_publishedflag (source_id, cluster, namespace, flag_set, key, key_hash, state,
+                variants, variant_count, default_variant, targeting, serves_one_variant, definition_hash,
+                removed, rollout_id, changed_commit, changed_at, recorded_at)
+            SELECT ro.source_id, 'default', 'flags', 'checkout', 'flag-' || lpad(f::text, 3, '0'),
+                md5('flag-' || f), CASE WHEN f %% 9 = 0 THEN 'DISABLED' ELSE 'ENABLED' END,
+                'on: true · off: false', 2, 'off',
+                CASE WHEN f %% 5 = 0 THEN 'none' ELSE 'fractional 20/80 (on/off) on targetingKey' END,
+                f %% 5 = 0 OR f %% 9 = 0, md5(f::text), false, ro.id, md5(ro.source_id::text || '-1') || '00000000',
+                now() - ((f * ro.source_id) %% 90 || ' days')::interval, now()
+            FROM gitops_rollout ro, generate_series(1, %s) AS f
+            """,
+            [flags],
+        )
         cursor.execute("ANALYZE")
         cursor.execute("SELECT count(*) FROM gitops_change")
         total = cursor.fetchone()[0]
@@ -132,7 +151,21 @@ def fill(changes: int, sources: int) -> dict[str, object]:
         newest, oldest = cursor.fetchone()
         cursor.execute("SELECT id FROM gitops_rollout ORDER BY id LIMIT 1")
         rollout_id = cursor.fetchone()[0]
-    return {"changes": total, "newest": newest, "oldest": oldest, "rollout": rollout_id}
+        cursor.execute(
+            "SELECT f.id FROM gitops_publishedflag f JOIN gitops_source s ON s.id = f.source_id"
+            " WHERE s.name = 'source-250' ORDER BY f.key LIMIT 1"
+        )
+        middle_flag = cursor.fetchone()[0]
+        cursor.execute("SELECT count(*) FROM gitops_publishedflag")
+        flag_total = cursor.fetchone()[0]
+    return {
+        "changes": total,
+        "newest": newest,
+        "oldest": oldest,
+        "rollout": rollout_id,
+        "middle_flag": middle_flag,
+        "flags": flag_total,
+    }
 
 
 def measure(client, url: str, runs: int) -> tuple[float, float, int]:
@@ -145,6 +178,8 @@ def measure(client, url: str, runs: int) -> tuple[float, float, int]:
         with CaptureQueriesContext(connection) as captured:
             started = time.perf_counter()
             response = client.get(url)
+            if response.streaming:
+                b"".join(response.streaming_content)  # an export costs what reading it to the end costs
             elapsed = (time.perf_counter() - started) * 1000
         assert response.status_code == 200, (url, response.status_code)
         if index >= 3:  # the first requests warm caches and connections
@@ -160,6 +195,7 @@ def main() -> int:
     )
     parser.add_argument("--changes", type=int, default=1_000_000)
     parser.add_argument("--sources", type=int, default=500)
+    parser.add_argument("--flags", type=int, default=40, help="published flags per source")
     parser.add_argument("--runs", type=int, default=40)
     args = parser.parse_args()
 
@@ -179,6 +215,8 @@ def main() -> int:
             "SECRET_KEY": "benchmark-only-" + uuid.uuid4().hex,
             "LOG_LEVEL": "WARNING",
             "ALLOWED_HOSTS": "testserver",
+            # The test client speaks plain HTTP; without this every page is a redirect to https.
+            "SLUICE_ALLOW_HTTP": "1",
         }
     )
     try:
@@ -194,9 +232,10 @@ def main() -> int:
         from django.test import Client
 
         started = time.perf_counter()
-        filled = fill(args.changes, args.sources)
+        filled = fill(args.changes, args.sources, args.flags)
         print(
-            f"filled {filled['changes']:,} changes across {args.sources} sources in {time.perf_counter() - started:.0f}s"
+            f"filled {filled['changes']:,} changes and {filled['flags']:,} flags across {args.sources} sources"
+            f" in {time.perf_counter() - started:.0f}s"
         )
 
         viewer = User.objects.create_user("bench-viewer", password="x")
@@ -213,6 +252,11 @@ def main() -> int:
             "rollout": f"/rollouts/{filled['rollout']}/",
             "source": "/sources/source-250/",
             "freezes and windows": "/windows/",
+            "flags, first page": "/flags/",
+            "flags, by source": "/flags/?source=source-250",
+            "flags, stale only": "/flags/?stale=stale",
+            "flags, by key": "/flags/?key=flag-01",
+            "flags, deep page": f"/flags/?after={filled['middle_flag']}",
         }
         print(f"{'page':<26} {'p50 ms':>8} {'p95 ms':>8} {'queries':>8}")
         worst = 0.0
@@ -221,6 +265,10 @@ def main() -> int:
             worst = max(worst, p95)
             print(f"{name:<26} {p50:>8.1f} {p95:>8.1f} {queries:>8}")
         print(f"worst p95: {worst:.1f} ms (target <= 150 ms)")
+        p50, p95, queries = measure(client, "/flags/?format=csv", max(5, args.runs // 4))
+        print(
+            f"{'flags CSV, every flag':<26} {p50:>8.1f} {p95:>8.1f} {queries:>8}  (an export of {filled['flags']:,} rows)"
+        )
     finally:
         from django.db import connections
 

@@ -49,7 +49,7 @@ from gitops.models import ManagedObject, Revision, Rollout, Source
 from gitops.plan import drift_count
 from gitops.redaction import redact_url
 from gitops.rollout import decisions
-from gitops.vocabulary import ChangeAction
+from gitops.vocabulary import ChangeAction, Staleness, StaleReason
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
@@ -458,6 +458,37 @@ class ChangePage(Schema):
     offset: int
 
 
+class FlagOut(Schema):
+    """A flag a source publishes, as the Flags page shows it (see the README's "The Flags page")."""
+
+    source: str
+    cluster: str
+    namespace: str
+    flag_set: str = Field(description="the ConfigMap the flag set is published as")
+    key: str
+    state: str = Field(description="ENABLED or DISABLED")
+    variants: str = Field(description='each variant and its value, "on: true · off: false" (cut at 300)')
+    variant_count: int
+    default_variant: str = Field(description="empty: none, the application's code default")
+    targeting: str = Field(description='in words: "none", "fractional 20/80 (on/off) on targetingKey"')
+    serves_one_variant: bool
+    removed: bool = Field(description="Git no longer has it; it leaves when its rollout reaches 100%")
+    rollout: int | None = Field(description="the rollout that brought or brings this definition")
+    rollout_phase: str | None
+    share_percent: int = Field(description="the share of users who get this definition (or its removal) now")
+    changed_commit: str = Field(description="the commit of the change that first published this definition")
+    changed_at: datetime | None
+    stale: bool
+    stale_reasons: list[StaleReason]
+
+
+class FlagPage(Schema):
+    items: list[FlagOut]
+    count: int
+    limit: int
+    offset: int
+
+
 # Typed query parameters for the OpenAPI document: the shared vocabulary, and the models' choices.
 RolloutPhase = StrEnum("RolloutPhase", {phase.name: phase.value for phase in Rollout.Phase})  # type: ignore[misc]
 
@@ -485,6 +516,13 @@ class ChangeFilters(Schema):
         if value is not None and timezone.is_naive(value):
             return value.replace(tzinfo=UTC)
         return value
+
+
+class FlagFilters(Schema):
+    source: str | None = Field(None, max_length=63, pattern=SOURCE_NAME)
+    cluster: str | None = Field(None, max_length=253, pattern=NO_NUL)
+    stale: bool | None = Field(None, description="true: stale flags only; false: the others")
+    key: str | None = Field(None, max_length=200, pattern=NO_NUL, description="part of the flag key")
 
 
 class PromoteIn(Schema):
@@ -778,6 +816,50 @@ def list_changes(
     if filters.until is not None:
         changes = changes.filter(at__lt=filters.until)
     return page([selectors.change_as_dict(c) for c in window(changes, paging)], changes.count(), paging)
+
+
+@api.get("/flags", response={200: FlagPage, **AUTH_ERRORS}, tags=["flags"])
+def list_flags(request: HttpRequest, filters: Query[FlagFilters], paging: Query[PageIn]) -> dict[str, Any]:
+    """Every flag every source publishes, in the Flags page's order, with staleness and rollout share."""
+    require(request, "gitops.view_source", "gitops.view_change")
+    now = timezone.now()
+    staleness = {True: Staleness.STALE, False: Staleness.FRESH, None: Staleness.ANY}[filters.stale]
+    chosen = selectors.FlagFilters(
+        source=filters.source or "", cluster=filters.cluster or "", staleness=staleness, key=filters.key or ""
+    )
+    flags = selectors.published_flags(chosen, now=now)
+    rows = [selectors.flag_row(flag, now=now) for flag in window(flags, paging)]
+    return page([flag_entry(row) for row in rows], flags.count(), paging)
+
+
+def flag_entry(row: selectors.FlagRow) -> dict[str, Any]:
+    flag, rollout = row.flag, row.flag.rollout
+    return {
+        **{name: getattr(flag, name) for name in FLAG_FIELDS},
+        "source": flag.source.name,
+        "rollout": rollout.pk if rollout else None,
+        "rollout_phase": rollout.phase if rollout else None,
+        "share_percent": row.share,
+        "stale": bool(row.stale_reasons),
+        "stale_reasons": list(row.stale_reasons),
+    }
+
+
+FLAG_FIELDS = (
+    "cluster",
+    "namespace",
+    "flag_set",
+    "key",
+    "state",
+    "variants",
+    "variant_count",
+    "default_variant",
+    "targeting",
+    "serves_one_variant",
+    "removed",
+    "changed_commit",
+    "changed_at",
+)
 
 
 # -- acting -------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from dashboard import freezes, views
+from dashboard import flags, freezes, views
 from dashboard.api import api
 
 app_name = "dashboard"
@@ -22,6 +22,7 @@ urlpatterns = [
     path("windows/<int:window_id>/remove", freezes.window_delete, name="window-remove"),
     path("freezes/new", freezes.freeze_create, name="freeze"),
     path("freezes/lift", freezes.freeze_lift, name="unfreeze"),
+    path("flags/", flags.flag_list, name="flags"),
     path("webhooks/git/<slug:name>", views.git_webhook, name="webhook"),
     path("login/", auth_views.LoginView.as_view(template_name="dashboard/login.html"), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),

@@ -762,3 +762,53 @@ class SyncWindow(models.Model):
             time_zone=self.time_zone,
             id=self.pk,
         )
+
+
+class PublishedFlag(models.Model):
+    """One flag a source publishes, as the revision it rolls out defines it: what the Flags page lists.
+
+    Written by the worker after each step (``gitops.rollout.flag_catalog``), so pages never
+    read the cluster or the change log to show flags. ``changed_commit`` and ``changed_at``
+    come from the change-log entry that first published this definition.
+    """
+
+    source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="published_flags")
+    cluster = models.CharField(max_length=253, default="default")
+    namespace = models.CharField(max_length=63)
+    flag_set = models.CharField(max_length=253, help_text="the ConfigMap the flag set is published as")
+    # Flag keys are any one-line text a repository chooses: unique by hash, never indexed whole.
+    key = models.TextField()
+    key_hash = models.CharField(max_length=32)
+    state = models.CharField(max_length=8)
+    variants = models.CharField(max_length=300, blank=True, default="")
+    variant_count = models.PositiveIntegerField(default=0)
+    default_variant = models.CharField(max_length=40, blank=True, default="")
+    targeting = models.CharField(max_length=200, default="none")
+    serves_one_variant = models.BooleanField(default=False)
+    definition_hash = models.CharField(max_length=32)
+    # Git no longer has it; those on the old side of its rollout still get it until 100%.
+    removed = models.BooleanField(default=False)
+    # The rollout that brought (or brings) this definition; its phase and weight give the share.
+    rollout = models.ForeignKey(
+        Rollout, on_delete=models.SET_NULL, null=True, blank=True, related_name="published_flags"
+    )
+    changed_commit = models.CharField(max_length=COMMIT_LENGTH, blank=True, default="")
+    changed_at = models.DateTimeField(null=True, blank=True)
+    recorded_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints: ClassVar[list[Any]] = [
+            models.UniqueConstraint(
+                fields=["source", "cluster", "namespace", "flag_set", "key_hash"],
+                name="published_flag_unique",
+            )
+        ]
+        indexes: ClassVar[list[Any]] = [
+            # Counting stale flags reads this index alone, never the table.
+            models.Index(fields=["removed", "serves_one_variant", "changed_at"], name="published_flag_stale"),
+            # The cluster filter's choices are read from it one distinct value at a time.
+            models.Index(fields=["cluster"], name="published_flag_cluster"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.flag_set}: {self.key}"

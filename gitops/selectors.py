@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, Q, QuerySet
+from django.conf import settings
+from django.db import connection
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.db.models.fields.json import KeyTransform
 from django.utils import timezone
 
 from gitops.desired.errors import ValidationError
-from gitops.models import Change, Freeze, ManagedObject, Revision, Rollout, Source, SyncWindow
+from gitops.models import Change, Freeze, ManagedObject, PublishedFlag, Revision, Rollout, Source, SyncWindow
 from gitops.plan import drift_count, out_of_sync
 from gitops.redaction import redact_url
+from gitops.vocabulary import Staleness, StaleReason
 from gitops.windows import FreezeRule, Gate, WindowRule, change_gate
 
 
@@ -373,3 +377,237 @@ def window_as_dict(window: SyncWindow, rules: Rules) -> dict[str, Any]:
         "created_by": window.created_by,
         "created_at": _iso(window.created_at),
     }
+
+
+# -- flags ------------------------------------------------------------------------------
+
+FLAGS_PAGE = 50
+FLAG_EXPORT_LIMIT = 100_000
+# The page's order, which its keyset pagination walks: a deep page costs what the first does.
+FLAG_ORDER = ("source__name", "cluster", "namespace", "flag_set", "key", "id")
+ROLLED_BACK_PHASES = (Rollout.Phase.ABORTED, Rollout.Phase.FAILED, Rollout.Phase.SUPERSEDED)
+
+
+_FLAG_COLUMNS = (
+    "source",
+    "cluster",
+    "namespace",
+    "flag_set",
+    "key",
+    "state",
+    "variants",
+    "variant_count",
+    "default_variant",
+    "targeting",
+    "serves_one_variant",
+    "removed",
+    "rollout",
+    "changed_commit",
+    "changed_at",
+)
+
+
+@dataclass(frozen=True)
+class FlagFilters:
+    source: str = ""
+    cluster: str = ""
+    staleness: Staleness = Staleness.ANY
+    key: str = ""  # part of the flag key
+
+
+@dataclass(frozen=True)
+class FlagRow:
+    """One flag as the Flags page and its CSV show it."""
+
+    flag: PublishedFlag
+    stale_reasons: tuple[StaleReason, ...]
+    share: int  # percent of users the flag's definition (or its removal) reaches
+
+    @property
+    def rollout(self) -> Rollout | None:
+        return self.flag.rollout
+
+    @property
+    def stale_words(self) -> list[str]:
+        return [
+            f"unchanged for over {stale_days()} days" if reason is StaleReason.UNCHANGED else reason.value
+            for reason in self.stale_reasons
+        ]
+
+    @property
+    def rolling_out(self) -> bool:
+        return self.flag.rollout is not None and self.flag.rollout.is_active
+
+    @property
+    def rolled_back(self) -> bool:
+        rollout = self.flag.rollout
+        return rollout is not None and rollout.phase in ROLLED_BACK_PHASES
+
+
+def stale_days() -> int:
+    return int(settings.SLUICE_STALE_FLAG_DAYS)
+
+
+def stale_before(now: datetime) -> datetime:
+    """Flags that last changed before this are stale (SLUICE_STALE_FLAG_DAYS)."""
+    return now - timedelta(days=stale_days())
+
+
+def _stale(now: datetime) -> Q:
+    return Q(removed=False) & (Q(serves_one_variant=True) | Q(changed_at__lt=stale_before(now)))
+
+
+def published_flags(filters: FlagFilters, *, now: datetime) -> QuerySet[PublishedFlag]:
+    flags = PublishedFlag.objects.select_related("source", "rollout").only(
+        *_FLAG_COLUMNS,
+        "source__name",
+        "source__commit_url_template",
+        "rollout__phase",
+        "rollout__weight",
+    )
+    if filters.source:
+        flags = flags.filter(source__name=filters.source)
+    if filters.cluster:
+        flags = flags.filter(cluster=filters.cluster)
+    if filters.key:
+        flags = flags.filter(key__icontains=filters.key)
+    if filters.staleness is Staleness.STALE:
+        flags = flags.filter(_stale(now))
+    elif filters.staleness is Staleness.FRESH:
+        flags = flags.exclude(_stale(now))
+    return flags.order_by(*FLAG_ORDER)
+
+
+def flag_page(
+    filters: FlagFilters, *, after: int | None = None, now: datetime, limit: int = FLAGS_PAGE
+) -> tuple[list[FlagRow], int | None]:
+    """One page of flags in FLAG_ORDER, after the flag with id ``after``; and the id to continue after."""
+    flags = published_flags(filters, now=now)
+    if after is not None:
+        last = PublishedFlag.objects.filter(pk=after).values_list(*FLAG_ORDER).first()
+        if last is not None:
+            flags = flags.filter(_after(dict(zip(FLAG_ORDER, last, strict=True))))
+    page = list(flags[: limit + 1])
+    rows = [flag_row(flag, now=now) for flag in page[:limit]]
+    return rows, (page[limit - 1].pk if len(page) > limit else None)
+
+
+def _after(last: dict[str, Any]) -> Q:
+    """Rows after ``last`` in FLAG_ORDER: (a > x) or (a = x and b > y) or ..."""
+    condition = Q()
+    equal = Q()
+    for name, value in last.items():
+        condition |= equal & Q(**{f"{name}__gt": value})
+        equal &= Q(**{name: value})
+    return condition
+
+
+def flag_row(flag: PublishedFlag, *, now: datetime) -> FlagRow:
+    rollout = flag.rollout
+    return FlagRow(
+        flag=flag,
+        stale_reasons=stale_reasons(
+            flag.serves_one_variant, flag.changed_at, flag.removed, stale_before(now)
+        ),
+        share=flag_share(
+            rollout.phase if rollout else None, rollout.weight if rollout else 0, flag.changed_at
+        ),
+    )
+
+
+def stale_reasons(
+    serves_one_variant: bool, changed_at: datetime | None, removed: bool, cutoff: datetime
+) -> tuple[StaleReason, ...]:
+    """Why a flag is stale (nothing: it is not); a flag that is being removed never is."""
+    if removed:
+        return ()
+    reasons = [StaleReason.ONE_VARIANT] if serves_one_variant else []
+    if changed_at is not None and changed_at < cutoff:
+        reasons.append(StaleReason.UNCHANGED)
+    return tuple(reasons)
+
+
+def flag_share(phase: str | None, weight: int, changed_at: datetime | None) -> int:
+    """The percent of users a flag's definition (or, for a removed flag, its removal) reaches now.
+
+    ``phase`` and ``weight`` are those of the rollout that brought or brings it (None: no rollout).
+    """
+    if phase is None:
+        return 100  # recorded as Git has it, with no rollout of it running
+    if phase in Rollout.ACTIVE_PHASES:
+        # Not yet published (a step at weight 0, or a flag set Git no longer has, before 100%).
+        return weight if changed_at is not None else 0
+    return 100 if phase == Rollout.Phase.COMPLETED else 0  # otherwise rolled back
+
+
+# What the CSV export reads of each flag: plain values, no model instances (20,000 rows at a time).
+FLAG_EXPORT_FIELDS = (
+    "source__name",
+    "cluster",
+    "namespace",
+    "flag_set",
+    "key",
+    "state",
+    "variants",
+    "default_variant",
+    "targeting",
+    "rollout_id",
+    "rollout__phase",
+    "rollout__weight",
+    "removed",
+    "changed_commit",
+    "changed_at",
+    "serves_one_variant",
+)
+
+
+def flag_export(filters: FlagFilters, *, now: datetime) -> Iterator[dict[str, Any]]:
+    """Every matching flag (at most FLAG_EXPORT_LIMIT) as a plain record, read in chunks."""
+    cutoff = stale_before(now)
+    flags = published_flags(filters, now=now).values_list(*FLAG_EXPORT_FIELDS)[:FLAG_EXPORT_LIMIT]
+    for values in flags.iterator(chunk_size=2000):
+        record = dict(zip(FLAG_EXPORT_FIELDS, values, strict=True))
+        phase, changed_at = record.pop("rollout__phase"), record["changed_at"]
+        record["share"] = flag_share(phase, record.pop("rollout__weight") or 0, changed_at)
+        record["rollout_phase"] = phase or ""
+        record["stale_reasons"] = stale_reasons(
+            record.pop("serves_one_variant"), changed_at, record["removed"], cutoff
+        )
+        yield record
+
+
+def flag_counts(filters: FlagFilters, *, now: datetime) -> dict[str, int]:
+    """How many flags match the filters, and how many of them are stale."""
+    counted = (
+        published_flags(filters, now=now)
+        .order_by()
+        .aggregate(total=Count("id"), stale=Count("id", filter=_stale(now)))
+    )
+    return {"total": counted["total"], "stale": counted["stale"]}
+
+
+def flag_filter_choices() -> dict[str, list[str]]:
+    """The sources and clusters the filters offer: those the catalog holds."""
+    with_flags = PublishedFlag.objects.filter(source=OuterRef("pk"))
+    sources = Source.objects.filter(Exists(with_flags)).order_by("name").values_list("name", flat=True)
+    return {"sources": list(sources), "clusters": _distinct_clusters()}
+
+
+# A loose index scan: one probe of published_flag_cluster per distinct cluster, where
+# SELECT DISTINCT would read every row of the catalog.
+_DISTINCT_CLUSTERS = """
+    WITH RECURSIVE clusters AS (
+        SELECT min(cluster) AS cluster FROM gitops_publishedflag
+        UNION ALL
+        SELECT (SELECT min(cluster) FROM gitops_publishedflag WHERE cluster > clusters.cluster)
+        FROM clusters WHERE clusters.cluster IS NOT NULL
+    )
+    SELECT cluster FROM clusters WHERE cluster IS NOT NULL
+"""
+
+
+def _distinct_clusters() -> list[str]:
+    """The clusters the catalog holds."""
+    with connection.cursor() as cursor:
+        cursor.execute(_DISTINCT_CLUSTERS)
+        return [row[0] for row in cursor.fetchall()]

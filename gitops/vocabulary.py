@@ -71,3 +71,18 @@ class Waiting(StrEnum):
     ANALYSIS = "analysis"
     CONSUMERS = "consumers"  # the workloads that read a step's ConfigMaps, to be healthy
     CLUSTER = "cluster"  # a cluster the step needs, to answer again (tried every few seconds)
+
+
+class StaleReason(StrEnum):
+    """Why the Flags page marks a flag stale (see gitops.desired.flag_summary for the first)."""
+
+    ONE_VARIANT = "serves one variant to everyone"
+    UNCHANGED = "unchanged for a long time"  # longer than SLUICE_STALE_FLAG_DAYS
+
+
+class Staleness(StrEnum):
+    """The Flags page's staleness filter."""
+
+    ANY = ""
+    STALE = "stale"
+    FRESH = "fresh"

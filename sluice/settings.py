@@ -194,6 +194,8 @@ SLUICE_MAX_OBJECTS = env_int("SLUICE_MAX_OBJECTS", 100_000)
 # A task whose worker process died this many times while running it (killed, out of memory,
 # crashed) is not started again: acks_late would otherwise hand it to the next worker forever.
 SLUICE_MAX_TASK_DELIVERIES = env_int("SLUICE_MAX_TASK_DELIVERIES", 3)
+# The Flags page marks a flag stale when it has not changed for this many days.
+SLUICE_STALE_FLAG_DAYS = env_int("SLUICE_STALE_FLAG_DAYS", 30)
 # When set, /metrics wants "Authorization: Bearer <token>".
 SLUICE_METRICS_TOKEN = env.get("SLUICE_METRICS_TOKEN", "")
 

@@ -24,6 +24,7 @@ from gitops.plan import Action, Plan, plan
 from gitops.record.changelog import changes_record, intents_pending, intents_write
 from gitops.record.inventory import managed_keys, managed_targets
 from gitops.rollout.engine import desired_at_weight, held_keys
+from gitops.rollout.flag_catalog import flag_catalog_record
 from gitops.rollout.state import StepOutcome
 from gitops.vocabulary import ChangeAction, Outcome
 
@@ -62,6 +63,7 @@ def weight_apply(
     Source.objects.filter(pk=source.pk).update(
         last_plan=plan_snapshot(current, weight=weight, applied=applied)
     )
+    flag_catalog_record(rollout, desired, weight)  # what the Flags page lists
     unreachable = {**needed(desired, held, live.reasons(), weight), **executed.unreachable}
     outcome = Outcome.APPLIED if intents else Outcome.UNCHANGED
     return StepOutcome(outcome, current.summary(), executed.failures, unreachable)

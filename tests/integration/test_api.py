@@ -51,6 +51,7 @@ ENDPOINTS = [
     ("get", "/rollouts"),
     ("get", "/rollouts/1"),
     ("get", "/changes"),
+    ("get", "/flags"),
     ("post", "/sources/shop/sync"),
     ("post", "/rollouts/1/promote"),
     ("post", "/rollouts/1/abort"),
