@@ -179,6 +179,7 @@ def main() -> int:
             "SECRET_KEY": "benchmark-only-" + uuid.uuid4().hex,
             "LOG_LEVEL": "WARNING",
             "ALLOWED_HOSTS": "testserver",
+            "SLUICE_ALLOW_HTTP": "1",  # the test client speaks plain HTTP
         }
     )
     try:
