@@ -314,11 +314,11 @@ class Rules:
         return change_gate(source, self.at, self.freezes, self.windows)
 
 
-def freezes_in_force(at: datetime | None = None) -> list[Freeze]:
+def freezes_in_force(at: datetime | None = None, *, limit: int | None = None) -> list[Freeze]:
     at = at or timezone.now()
-    return list(
-        Freeze.objects.filter(lifted_at__isnull=True, until__gt=at).select_related("source").order_by("until")
-    )
+    found = Freeze.objects.filter(lifted_at__isnull=True, until__gt=at).select_related("source")
+    found = found.order_by("until")
+    return list(found[:limit] if limit is not None else found)
 
 
 def windows_in_force() -> list[SyncWindow]:

@@ -50,7 +50,11 @@ def seconds_label(seconds: int) -> str:
     return f"{value}s"
 
 
+BANNER_FREEZES = 5
+
+
 @register.inclusion_tag("dashboard/_freeze_banner.html")
 def freeze_banner() -> dict[str, Any]:
-    """Every freeze in force, on every page: one query."""
-    return {"freezes": selectors.freezes_in_force()}
+    """The freezes in force, on every page (the first few; the Freezes page lists them all): one query."""
+    shown = selectors.freezes_in_force(limit=BANNER_FREEZES + 1)
+    return {"freezes": shown[:BANNER_FREEZES], "more": len(shown) > BANNER_FREEZES}
