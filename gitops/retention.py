@@ -57,7 +57,12 @@ def _cutoff(now: datetime, setting: str) -> datetime:
 
 
 def _finished_before(cutoff: datetime) -> Q:
-    return Q(rollout__finished_at__lt=cutoff) & ~Q(rollout__phase__in=Rollout.ACTIVE_PHASES)
+    # A rollout that still owes a cluster its rollback needs its intents' content to restore it.
+    return (
+        Q(rollout__finished_at__lt=cutoff)
+        & ~Q(rollout__phase__in=Rollout.ACTIVE_PHASES)
+        & Q(rollout__rollback_pending_clusters=[])
+    )
 
 
 def expired(now: datetime | None = None) -> dict[str, QuerySet[Any]]:

@@ -88,7 +88,24 @@ def _api_errors(*, applying: bool = False, reading: bool = False) -> Iterator[No
     except ApiException as exc:
         raise _translate(exc, applying=applying, reading=reading) from exc
     except (urllib3.exceptions.HTTPError, OSError) as exc:
-        raise TemporaryError(f"kube-apiserver unreachable: {exc}") from exc
+        raise TemporaryError(f"kube-apiserver unreachable: {_network_reason(exc)}") from exc
+
+
+def _network_reason(exc: BaseException) -> str:
+    """A short, stable reason (the same failure reads the same every time): "connection refused",
+    "read timed out"; never the request's URL."""
+    reason = getattr(exc, "reason", None)
+    cause: BaseException = reason if isinstance(reason, BaseException) else exc
+    if isinstance(cause, urllib3.exceptions.NewConnectionError):  # a subclass of ConnectTimeoutError
+        return str(cause).rpartition("Failed to establish a new connection: ")[2].split("] ")[-1].lower()
+    if isinstance(cause, urllib3.exceptions.ConnectTimeoutError):
+        return "connect timed out"
+    if isinstance(cause, urllib3.exceptions.ReadTimeoutError):
+        return "read timed out"
+    if isinstance(cause, urllib3.exceptions.SSLError):
+        return "TLS handshake failed"
+    first_line = (str(cause).splitlines() or [""])[0]
+    return f"{type(cause).__name__}: {first_line[:200]}"
 
 
 class Cluster:

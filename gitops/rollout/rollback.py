@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from gitops import schedule
@@ -71,11 +72,19 @@ def rollout_rollback(rollout: Rollout, *, actor: str, reason: str, phase: Rollou
 
 
 def rollbacks_owed_finish(source: Source) -> None:
-    """Restores the clusters that ended rollouts of ``source`` still owe a rollback, as far as they answer."""
+    """Restores the clusters that ended rollouts of ``source`` still owe a rollback, as far as they answer.
+
+    Each is tried when its retry is due (``pause_until``), and only that try schedules the next, so a
+    cluster that stays down is asked every ``SLUICE_CLUSTER_RETRY_SECONDS``, however often the source
+    is reconciled meanwhile.
+    """
     owing = (
-        Rollout.objects.filter(source=source).exclude(rollback_pending_clusters=[]).select_related("source")
+        Rollout.objects.filter(source=source)
+        .filter(Q(pause_until__isnull=True) | Q(pause_until__lte=timezone.now()))
+        .exclude(rollback_pending_clusters=[])
+        .select_related("source", "revision")
     )
-    for rollout in owing.select_related("revision"):
+    for rollout in owing:
         owed = set(rollout.rollback_pending_clusters)
         actor = rollout.abort_requested_by or "sluice"
         restored = _restore(rollout, actor, clusters=owed)
