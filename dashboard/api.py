@@ -512,10 +512,16 @@ class ChangeFilters(Schema):
     @field_validator("since", "until")
     @classmethod
     def aware(cls, value: datetime | None) -> datetime | None:
-        """A time without an offset is taken as UTC."""
-        if value is not None and timezone.is_naive(value):
-            return value.replace(tzinfo=UTC)
-        return value
+        """A time without an offset is taken as UTC; any time is passed on in UTC (PostgreSQL refuses
+        offsets past 15:59, which ISO 8601 allows)."""
+        if value is None:
+            return None
+        if timezone.is_naive(value):
+            value = value.replace(tzinfo=UTC)
+        try:
+            return value.astimezone(UTC)
+        except OverflowError as exc:
+            raise ValueError("out of the range of dates") from exc
 
 
 class FlagFilters(Schema):

@@ -649,6 +649,7 @@ def consumer_states(count: int) -> list[dict[str, Any]]:
     ]
     return [
         {
+            "cluster": "default",
             "kind": ("Deployment", "StatefulSet", "DaemonSet")[index % 3],
             "namespace": f"team-{index % 4}",
             "name": f"web-{index}",
@@ -725,7 +726,16 @@ def test_rollouts_and_sources_carry_their_consumers_in_a_fixed_number_of_queries
 def test_the_openapi_document_names_the_consumer_vocabulary(as_role):
     schemas = as_role["viewer"].get("/openapi.json").json()["components"]["schemas"]
     state = schemas["ConsumerStateOut"]["properties"]
-    assert set(state) == {"kind", "namespace", "name", "restarted", "restartable", "health", "detail"}
+    assert set(state) == {
+        "cluster",
+        "kind",
+        "namespace",
+        "name",
+        "restarted",
+        "restartable",
+        "health",
+        "detail",
+    }
     assert schemas["Health"]["enum"] == ["healthy", "progressing", "failed"]
     assert schemas["WorkloadKind"]["enum"] == ["Deployment", "StatefulSet", "DaemonSet"]
     assert schemas["ConsumerMode"]["enum"] == ["ignore", "watch", "restart"]
