@@ -166,7 +166,8 @@ def test_the_page_shows_a_wave_waiting_for_its_consumers_then_failing(
     set_unschedulable(core_api, True)  # the restarted pod finds no node: the real scheduler decides
     try:
         pending = sync_source.delay(source.pk)
-        # Generous: on a loaded machine the worker takes a while to reach the wave; the deadline only bounds it.
+        # Generous: on a loaded machine the worker takes a while to reach the wave;
+        # the deadline only bounds it.
         waiting = wait_for(source, phase="Paused", waiting_for="consumers", timeout=180)
         page = live_partial(client, waiting)
         deadline = waiting.pause_until.strftime("%H:%M:%S")
