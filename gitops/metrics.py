@@ -55,7 +55,8 @@ class DatabaseCollector(Collector):
             labels=["source", "phase"],
         )
         latest = (
-            Rollout.objects.order_by("source_id", "-id")
+            Rollout.objects.filter(source__deleted_at__isnull=True)
+            .order_by("source_id", "-id")
             .distinct("source_id")
             .values_list("source__name", "phase")
         )
@@ -65,10 +66,15 @@ class DatabaseCollector(Collector):
         drift = GaugeMetricFamily(
             "sluice_drift_objects", "Objects edited in the cluster, per source", labels=["source"]
         )
-        for name, plan in Source.objects.values_list("name", "last_plan"):
+        suspended = GaugeMetricFamily(
+            "sluice_source_suspended", "1 while a source's automatic syncs are suspended", labels=["source"]
+        )
+        for name, plan, is_suspended in Source.objects.values_list("name", "last_plan", "suspended"):
             summary = (plan or {}).get("summary", {})
             drift.add_metric([name], drift_count(summary))
+            suspended.add_metric([name], 1 if is_suspended else 0)
         yield drift
+        yield suspended
 
 
 def render() -> tuple[bytes, str]:

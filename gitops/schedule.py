@@ -18,6 +18,7 @@ from gitops.models import Source
 
 SYNC_TASK = "gitops.sync_source"
 DELIVER_TASK = "gitops.deliver_notification"
+REMOVE_TASK = "gitops.remove_source"
 
 
 def _send(name: str, *, kwargs: dict[str, Any], eta: datetime | None = None) -> str:
@@ -25,15 +26,25 @@ def _send(name: str, *, kwargs: dict[str, Any], eta: datetime | None = None) -> 
 
 
 def source_sync(
-    source_id: int, *, actor: str, retry_failed: bool = False, wait_if_busy: bool = True
+    source_id: int,
+    *,
+    actor: str,
+    retry_failed: bool = False,
+    wait_if_busy: bool = True,
+    automatic: bool = False,
 ) -> list[str]:
-    """Queues a sync once the transaction commits; the returned list receives the task's id then."""
+    """Queues a sync once the transaction commits; the returned list receives the task's id then.
+
+    ``automatic`` (a poll, a push, a timer) runs only while the source allows it (not suspended);
+    a sync someone asked for always runs.
+    """
     task_ids: list[str] = []
     kwargs = {
         "source_id": source_id,
         "actor": actor,
         "retry_failed": retry_failed,
         "wait_if_busy": wait_if_busy,
+        "automatic": automatic,
     }
     transaction.on_commit(lambda: task_ids.append(_send(SYNC_TASK, kwargs=kwargs)))
     return task_ids
@@ -43,7 +54,7 @@ def source_sync_once(source_id: int, *, actor: str) -> bool:
     """Queues a sync unless one is queued: a burst of pushes makes one reconcile of the newest commit."""
     if not Source.objects.filter(pk=source_id, sync_queued=False).update(sync_queued=True):
         return False
-    source_sync(source_id, actor=actor, wait_if_busy=False)
+    source_sync(source_id, actor=actor, wait_if_busy=False, automatic=True)
     return True
 
 
@@ -54,9 +65,15 @@ MAX_WAKE_AHEAD = timedelta(minutes=30)
 
 def source_sync_at(source_id: int, when: datetime) -> None:
     """Wakes a source at ``when`` (a pause ends). Beat's sweep does it too: a lost wake loses nothing."""
-    kwargs = {"source_id": source_id, "wait_if_busy": False}
+    kwargs = {"source_id": source_id, "wait_if_busy": False, "automatic": True}
     eta = min(when, timezone.now() + MAX_WAKE_AHEAD)
     transaction.on_commit(lambda: _send(SYNC_TASK, kwargs=kwargs, eta=eta))
+
+
+def source_removal(removal_id: int) -> None:
+    """Runs a source's removal (keep or prune each object, then delete the source) on a worker."""
+    kwargs = {"removal_id": removal_id}
+    transaction.on_commit(lambda: _send(REMOVE_TASK, kwargs=kwargs))
 
 
 def notification_delivery(notification_id: int) -> None:

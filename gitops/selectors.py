@@ -29,6 +29,10 @@ def source_status(source: Source) -> dict[str, Any]:
         "branch": source.branch,
         "path": source.path,
         "poll_interval_seconds": int(source.poll_interval.total_seconds()),
+        # Flux's suspend: polls, pushes and timers leave it alone; a sync someone asks for runs.
+        "suspended": source.suspended,
+        "suspended_at": _iso(source.suspended_at),
+        "suspended_by": source.suspended_by,
         "last_fetched_at": _iso(source.last_fetched_at),
         "last_synced_at": _iso(source.last_synced_at),
         "commit": source.last_commit,

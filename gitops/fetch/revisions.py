@@ -67,7 +67,9 @@ def revision_desired_state(source: Source, revision: Revision) -> DesiredState |
     """Loads and validates a revision from the mirror, or records it as rejected and returns None."""
     scope = source.scope
     cache = caches.for_source(source.pk)
-    if (known := cache.desired_for(revision.commit, scope)) is not None:
+    # An administrator may move a source to another directory: the same commit then means other files.
+    key = f"{revision.commit}:{source.path}"
+    if (known := cache.desired_for(key, scope)) is not None:
         return known
     limits = Limits.from_settings(settings)
     with mirror_for(source) as mirror:
@@ -87,7 +89,7 @@ def revision_desired_state(source: Source, revision: Revision) -> DesiredState |
     if revision.outcome in (Revision.Outcome.PENDING, Revision.Outcome.REJECTED):
         # Rejected before, valid now: the administrator widened the source's scope.
         Revision.objects.filter(pk=revision.pk).update(outcome=Revision.Outcome.VALID, errors=[])
-    cache.desired = (revision.commit, scope, desired)
+    cache.desired = (key, scope, desired)
     return desired
 
 
