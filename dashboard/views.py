@@ -27,6 +27,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from dashboard.consumers import CONSUMERS_SHOWN, PINNED_HINT, configmap_readers, consumers_by_target
+from dashboard.sources import source_admin_context
 from gitops import health, metrics, schedule, selectors
 from gitops.consumers.workloads import KINDS as WORKLOAD_KINDS
 from gitops.errors import GitopsError
@@ -133,6 +134,7 @@ def source_detail(request: HttpRequest, name: str) -> HttpResponse:
         "has_webhook_secret": bool(source.webhook_secret_encrypted),
         "readers": readers[:CONSUMERS_SHOWN],
         "readers_total": len(readers),
+        **source_admin_context(request, source),
     }
     return render(request, "dashboard/source.html", context)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta
@@ -700,9 +701,18 @@ def admin_settings(source: Source) -> dict[str, Any]:
         "analysis_url_prefixes": list(source.analysis_url_prefixes or []),
         "required_approvals": source.required_approvals,
         "commit_url_template": source.commit_url_template,
-        "notify_urls": [redact_url(url) for url in source.notify_urls or []],
+        "notify_urls": [masked_url(url) for url in source.notify_urls or []],
         "suspended": source.suspended,
     }
+
+
+def masked_url(url: str) -> str:
+    """A URL that may carry a token in its path (a chat webhook) as the audit trail and the API show it:
+    its scheme and host, and a fingerprint that tells one URL from another."""
+    scheme, _, rest = redact_url(url).partition("://")
+    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    fingerprint = hashlib.sha256(url.encode()).hexdigest()[:12]
+    return f"{scheme}://{host}/… #{fingerprint}"
 
 
 class AppendOnlyQuerySet(models.QuerySet[Any]):

@@ -104,10 +104,18 @@ def _listed(values: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(value.strip() for value in values if value.strip()))
 
 
+def _control_characters(value: Any) -> bool:
+    texts = value if isinstance(value, list | tuple) else [value]
+    return any(isinstance(text, str) and CONTROL_CHARACTERS.search(text) for text in texts)
+
+
 def _problems(settings: Mapping[str, Any]) -> dict[str, list[str]]:
     """Every problem of ``settings`` (a partial or full set of a source's fields), by field."""
     found: dict[str, list[str]] = {}
     for field, value in settings.items():
+        if _control_characters(value):  # a NUL byte would not even reach the database
+            found[field] = ["must not contain control characters"]
+            continue
         check = _CHECKS.get(field)
         problems = [problem for problem in (check(value) if check else []) if problem]
         if field in LISTS and len(value) > MAX_LISTED:
