@@ -12,6 +12,7 @@ from django import forms
 from dashboard.templatetags.sluice import seconds_label
 from gitops import source_admin
 from gitops.models import MAX_REQUIRED_APPROVALS, Source
+from gitops.redaction import redact_url
 from gitops.vocabulary import ObjectsOnRemoval
 
 
@@ -28,11 +29,29 @@ class LinesField(forms.CharField):
         return "\n".join(value) if isinstance(value, list | tuple) else value
 
 
+class DescribedErrors:
+    """Ties each field's errors to its widget (aria-describedby, aria-invalid), so a screen reader reads
+    the problem with the field; _field.html gives the error list that id."""
+
+    def describe_errors(self: Any) -> None:
+        for name, field in self.fields.items():
+            if name not in self.errors:
+                continue
+            bound = self[name]
+            described = [f"{bound.auto_id}_helptext"] if field.help_text else []
+            field.widget.attrs["aria-describedby"] = " ".join([*described, f"{bound.auto_id}_errors"])
+            field.widget.attrs["aria-invalid"] = "true"
+
+    def full_clean(self: Any) -> None:
+        super().full_clean()  # type: ignore[misc]
+        self.describe_errors()
+
+
 def _text(**attrs: str) -> forms.TextInput:
     return forms.TextInput(attrs={"spellcheck": "false", "autocomplete": "off", **attrs})
 
 
-class SourceForm(forms.Form):
+class SourceForm(DescribedErrors, forms.Form):
     """Every setting ``gitops add-source`` and ``update-source`` take; the name only when creating."""
 
     name = forms.CharField(
@@ -128,13 +147,18 @@ class SourceForm(forms.Form):
         return dict(self.cleaned_data)
 
     def add_problems(self, problems: Mapping[str, Sequence[str]]) -> None:
-        """The service's problems, each next to its field (or above the form)."""
+        """The service's problems, each next to its field (or above the form). A URL with a password in
+        it is shown back without the password."""
+        if "url" in problems and "url" in self.data:
+            self.data = self.data.copy()
+            self.data["url"] = redact_url(self.data["url"])
         for field, messages in problems.items():
             for message in messages:
                 self.add_error(field if field in self.fields else None, message)
+        self.describe_errors()
 
 
-class RemoveSourceForm(forms.Form):
+class RemoveSourceForm(DescribedErrors, forms.Form):
     """Deleting asks what happens to the objects, and for the name, so a slip of the hand deletes nothing."""
 
     objects = forms.ChoiceField(

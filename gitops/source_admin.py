@@ -138,7 +138,7 @@ def _url_problems(url: str) -> list[str | None]:
     if not url:
         return ["a repository URL is required"]
     if redact_url(url) != url:
-        return ["the URL must not contain credentials; use --credentials env:VAR or file:/path"]
+        return ["the URL must not contain credentials; give a credentials reference (env:VAR or file:/path)"]
     if len(url) > 2000:
         return ["at most 2000 characters"]
     return [repository_url_problem(url)]

@@ -18,3 +18,19 @@ def audit_value(values: dict[str, Any] | None, field: str) -> str:
     if value == "":
         return "none"
     return str(value)
+
+
+AUDIT_WORDS = {
+    "create": "registered",
+    "suspend": "automatic sync suspended",
+    "resume": "automatic sync resumed",
+    "delete": "deletion asked for",
+    "deleted": "deleted",
+}
+
+
+@register.filter
+def audit_summary(row: Any) -> str:
+    """What an audit row other than an update did, in words."""
+    words = AUDIT_WORDS.get(row.action, row.action)
+    return f"{words}; {row.message}" if row.message else words

@@ -439,3 +439,22 @@ def _admin(people):
     admin = User.objects.create_user("ada-admin", password="x")
     admin.groups.add(Group.objects.get(name="admin"))
     return User.objects.get(pk=admin.pk)
+
+
+def test_a_finished_removals_intents_are_emptied_after_their_retention(applied):
+    from gitops import retention
+    from gitops.models import ApplyIntent
+
+    source, _ = applied
+    done = removal_done(source_admin.source_remove(source, objects=ObjectsOnRemoval.PRUNE))
+    intents = ApplyIntent.objects.filter(removal=done)
+    assert intents.count() == 3 and all(intent.before for intent in intents)
+    assert not retention.expired()["intents_cleared"].filter(removal=done).exists(), "not yet"
+
+    month_ago = timezone.now() - timedelta(days=30)
+    SourceRemoval.objects.filter(pk=done.pk).update(finished_at=month_ago)
+    intents.update(created_at=month_ago)
+    retention.purge()
+
+    assert [intent.before for intent in intents] == [None, None, None]
+    assert Change.objects.filter(intent__removal=done).exclude(before=None).count() == 3, "the log keeps it"
