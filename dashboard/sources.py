@@ -25,7 +25,7 @@ from gitops.record.audit import Actor
 from gitops.source_admin import SourceRemovalRefused, SourceSettingsError
 from gitops.vocabulary import AuditVia, ObjectsOnRemoval
 
-OBJECTS_SHOWN = 500
+OBJECTS_SHOWN = 200
 AUDIT_SHOWN = 20
 
 
