@@ -66,12 +66,35 @@ def source_removal_run(removal_id: int) -> SourceRemoval:
             return source_removal_fail(
                 removal.pk, f"rollout {active.pk} started after the removal was asked for; abort it first"
             )
-        # A crash mid-run leaves written intents: finish them (applying or deleting again is harmless).
-        intents_execute(list(ApplyIntent.objects.filter(removal=removal, status=ApplyIntent.Status.PENDING)))
+        _settle_pending(removal, source)
         failures = _remove_objects(removal, source)
         if failures:
             return source_removal_fail(removal.pk, _failure_message(removal, failures))
         return _delete_source(removal, source)
+
+
+def _settle_pending(removal: SourceRemoval, source: Source) -> None:
+    """Intents a crash left pending. This removal's are finished (deleting or releasing again is
+    harmless). An earlier, failed removal's are logged only where the cluster shows they were carried
+    out; the others are dropped (never logged), so an object goes the way this removal says."""
+    pending = list(
+        ApplyIntent.objects.filter(source=source, rollout__isnull=True, status=ApplyIntent.Status.PENDING)
+    )
+    earlier = [intent for intent in pending if intent.removal_id != removal.pk]
+    live = live_index(live_configmaps(get_cluster(), {intent.namespace for intent in earlier}))
+    dropped = [
+        intent.pk
+        for intent in earlier
+        if not _carried_out(intent, live.get((intent.namespace, intent.name)), source)
+    ]
+    ApplyIntent.objects.filter(pk__in=dropped).update(status=ApplyIntent.Status.FAILED)
+    intents_execute([intent for intent in pending if intent.pk not in dropped])
+
+
+def _carried_out(intent: ApplyIntent, live: dict[str, Any] | None, source: Source) -> bool:
+    if intent.action == ChangeAction.DELETE:
+        return live is None
+    return live is None or live_provenance(live)[0] != source.name
 
 
 def _remove_objects(removal: SourceRemoval, source: Source) -> list[str]:

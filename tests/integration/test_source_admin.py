@@ -458,3 +458,32 @@ def test_a_finished_removals_intents_are_emptied_after_their_retention(applied):
 
     assert [intent.before for intent in intents] == [None, None, None]
     assert Change.objects.filter(intent__removal=done).exclude(before=None).count() == 3, "the log keeps it"
+
+
+def test_a_crashed_removal_leaves_nothing_a_sync_or_a_later_removal_would_do_wrongly(applied, sync, cluster):
+    from gitops.models import ApplyIntent
+
+    source, targets = applied
+    # A prune removal whose worker died for good: it had deleted one object and not yet another.
+    crashed = SourceRemoval.objects.create(
+        source=source, source_name=source.name, mode="prune", requested_by="root", via="cli", status="failed"
+    )
+    left = {"source": source, "removal": crashed, "rollout": None, "commit": "c", "action": "delete"}
+    deleted = ApplyIntent.objects.create(namespace=targets[1], name="app", **left)
+    not_yet = ApplyIntent.objects.create(namespace=targets[0], name="app", **left)
+
+    sync(source)  # a sync does not carry out a removal's intents
+    assert ApplyIntent.objects.filter(removal=crashed, status="pending").count() == 2
+    assert cluster.get_configmap(targets[0], "app") is not None
+    cluster.delete_configmap(targets[1], "app")  # what the crashed run had done
+
+    done = removal_done(source_admin.source_remove(source, objects=ObjectsOnRemoval.KEEP))
+
+    assert done.status == "done", done.message
+    kept = cluster.get_configmap(targets[0], "app")
+    assert kept is not None, "the later removal said keep"
+    assert "sluice.dev/source" not in (kept["metadata"].get("labels") or {})
+    assert ApplyIntent.objects.get(pk=not_yet.pk).status == "failed"
+    assert not Change.objects.filter(intent_id=not_yet.pk).exists(), "never carried out, never logged"
+    assert Change.objects.get(intent_id=deleted.pk).action == "delete", "what the crashed run did is logged"
+    assert Change.objects.get(intent__removal=done, namespace=targets[0], name="app").action == "release"
