@@ -12,7 +12,7 @@ from django.db import IntegrityError, connection, transaction
 from django.test import Client
 from django.utils import timezone
 
-from gitops import polling, source_admin
+from gitops import metrics, polling, source_admin
 from gitops.desired.content import COMMIT_ANNOTATION, MANAGED_BY_LABEL, SOURCE_LABEL
 from gitops.intake import webhook_secrets
 from gitops.intake.webhooks import sign
@@ -263,6 +263,8 @@ def test_a_push_to_a_suspended_source_is_ignored_and_a_manual_sync_still_runs(
     assert response.json()["status"] == "ignored"
     assert "is suspended" in response.json()["reason"]
     assert WebhookDelivery.objects.get(source=source).outcome == "ignored"
+    scraped = metrics.render()[0].decode()
+    assert f'sluice_source_suspended{{source="{source.name}"}} 1.0' in scraped
     assert not Source.objects.get(pk=source.pk).sync_queued
     # A timer's or a poll's task (automatic) does nothing; one someone asked for runs.
     assert sync(source, automatic=True)["outcome"] == "suspended"
