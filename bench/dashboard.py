@@ -5,10 +5,13 @@ their intents, revisions and a rollout with a timeline) and 40 published flags
 per source (20,000), then times the server side of each page through Django's
 test client (no network, no browser): the overview, the change log (first page,
 a filtered page, a deep page), a rollout page, a source page, the Freezes page
-(with freezes in force, so every page carries the freeze banner) and the Flags
-page (first page, filtered by source, stale only, by key, a deep page). Prints
-p50 and p95 and the number of queries per page, then the Flags CSV export of
-every flag (read to the end; an export, not a page, so outside the page budget).
+(with freezes in force, so every page carries the freeze banner), the Flags
+page (first page, filtered by source, stale only, by key, a deep page) and the
+source administration pages as an admin sees them (a source with 20
+settings-history rows, its edit and delete forms, its live status block, and a
+removal page of 1,000 objects). Prints p50 and p95 and the number of queries
+per page, then the Flags CSV export of every flag (read to the end; an export,
+not a page, so outside the page budget).
 
 Usage: python bench/dashboard.py [--changes 1000000] [--sources 500] [--flags 40] [--runs 40]
 Target (issue #5): p95 <= 150 ms per page.
@@ -37,13 +40,13 @@ def fill(changes: int, sources: int, flags: int) -> dict[str, object]:
         cursor.execute(
             """
             INSERT INTO gitops_source (name, url, branch, path, poll_interval, credentials_ref, allowed_namespaces,
-                created_at, next_poll_at, last_commit, last_error, last_plan, commit_url_template,
-                webhook_secret_encrypted, sync_queued, notify_urls, analysis_url_prefixes, required_approvals,
-                consecutive_failures, consumer_map)
+                analysis_url_prefixes, required_approvals, created_at, next_poll_at, last_commit, last_error,
+                consumer_map, consecutive_failures, last_plan, commit_url_template, webhook_secret_encrypted,
+                sync_queued, notify_urls, target_clusters)
             SELECT 'source-' || lpad(i::text, 3, '0'), 'https://git.example.com/team/repo-' || i || '.git', 'main', '',
-                interval '60 seconds', '', '[]', now(), now() + interval '1 day', md5(i::text) || '00000000', '',
-                '{}', 'https://git.example.com/team/repo-' || i || '/commit/{commit}', '', false, '[]', '[]', 0, 0,
-                '{}'
+                interval '60 seconds', '', '["team-*"]', '[]', 0, now(), now() + interval '1 day',
+                md5(i::text) || '00000000', '', '{}', 0, '{}',
+                'https://git.example.com/team/repo-' || i || '/commit/{commit}', '', false, '[]', '[]'
             FROM generate_series(1, %s) AS i
             """,
             [sources],
@@ -73,10 +76,10 @@ def fill(changes: int, sources: int, flags: int) -> dict[str, object]:
         per_source = max(1, changes // sources)
         cursor.execute(
             """
-            INSERT INTO gitops_applyintent (rollout_id, source_id, step_index, weight, namespace, name, kind, action,
-                commit, manifest, before, after, before_hash, after_hash, before_commit, before_content_hash, diff,
-                force, recreate, origin, actor, status, created_at)
-            SELECT ro.id, ro.source_id, 0, 100, 'team-' || (n %% 10), 'config-' || n, 'ConfigMap', 'update',
+            INSERT INTO gitops_applyintent (rollout_id, source_id, step_index, weight, cluster, namespace, name, kind,
+                action, commit, manifest, before, after, before_hash, after_hash, before_commit, before_content_hash,
+                diff, force, recreate, origin, actor, status, created_at)
+            SELECT ro.id, ro.source_id, 0, 100, 'default', 'team-' || (n %% 10), 'config-' || n, 'ConfigMap', 'update',
                 md5(ro.source_id::text || '-1') || '00000000', NULL,
                 jsonb_build_object('data', jsonb_build_object('LOG_LEVEL', 'info')),
                 jsonb_build_object('data', jsonb_build_object('LOG_LEVEL', 'debug')),
@@ -144,6 +147,7 @@ def fill(changes: int, sources: int, flags: int) -> dict[str, object]:
             """,
             [flags],
         )
+        removal_id = fill_administration(cursor)
         cursor.execute("ANALYZE")
         cursor.execute("SELECT count(*) FROM gitops_change")
         total = cursor.fetchone()[0]
@@ -165,7 +169,53 @@ def fill(changes: int, sources: int, flags: int) -> dict[str, object]:
         "rollout": rollout_id,
         "middle_flag": middle_flag,
         "flags": flag_total,
+        "removal": removal_id,
     }
+
+
+def fill_administration(cursor) -> int:
+    """20 audit rows per source, and a finished removal (keep) of 1,000 objects with their changes."""
+    cursor.execute(
+        """
+        INSERT INTO gitops_sourceaudit (source_id, source_name, action, actor, via, before, after, changed,
+            message, at)
+        SELECT s.id, s.name, 'update', 'ada', 'dashboard',
+            jsonb_build_object('branch', 'main', 'poll_interval_seconds', 60),
+            jsonb_build_object('branch', 'release', 'poll_interval_seconds', 60 + n),
+            '["branch", "poll_interval_seconds"]', '', now() - (n || ' minutes')::interval
+        FROM gitops_source s, generate_series(1, 20) AS n
+        """
+    )
+    cursor.execute(
+        """
+        INSERT INTO gitops_sourceremoval (source_id, source_name, mode, status, requested_by, via, requested_at,
+            started_at, finished_at, objects_total, objects_done, objects_failed, message)
+        SELECT id, name, 'keep', 'done', 'ada', 'dashboard', now(), now(), now(), 1000, 1000, 0, ''
+        FROM gitops_source WHERE name = 'source-499' RETURNING id
+        """
+    )
+    removal_id = cursor.fetchone()[0]
+    cursor.execute(
+        """
+        WITH intents AS (
+            INSERT INTO gitops_applyintent (rollout_id, removal_id, source_id, step_index, weight, cluster, namespace,
+                name, kind, action, commit, manifest, before, after, before_hash, after_hash, before_commit,
+                before_content_hash, diff, force, recreate, origin, actor, status, created_at)
+            SELECT NULL, r.id, r.source_id, 0, 0, 'default', 'team-' || (n %% 10), 'kept-' || n, 'ConfigMap', 'release',
+                md5(n::text) || '00000000', NULL, '{"data": {}}', '{"data": {}}', md5(n::text), md5(n::text),
+                '', '', '[]', false, false, '', 'ada', 'done', now()
+            FROM gitops_sourceremoval r, generate_series(1, 1000) AS n WHERE r.id = %s
+            RETURNING id, source_id, commit, namespace, name
+        )
+        INSERT INTO gitops_change (intent_id, source_id, rollout_id, commit, cluster, namespace, kind, name,
+            action, before_hash, after_hash, before, after, diff, actor, step_index, weight, at, result, error)
+        SELECT id, source_id, NULL, commit, 'default', namespace, 'ConfigMap', name, 'release', '', '', NULL,
+            NULL, '[]', 'ada', 0, 0, now(), 'ok', ''
+        FROM intents
+        """,
+        [removal_id],
+    )
+    return int(removal_id)
 
 
 def measure(client, url: str, runs: int) -> tuple[float, float, int]:
@@ -242,6 +292,10 @@ def main() -> int:
         viewer.groups.add(Group.objects.get(name="viewer"))
         client = Client()
         client.force_login(viewer)
+        admin = User.objects.create_user("bench-admin", password="x")
+        admin.groups.add(Group.objects.get(name="admin"))
+        admin_client = Client()
+        admin_client.force_login(admin)
         deep_before = int(filled["oldest"]) + 500  # type: ignore[call-overload]
         pages = {
             "overview": "/",
@@ -258,10 +312,18 @@ def main() -> int:
             "flags, by key": "/flags/?key=flag-01",
             "flags, deep page": f"/flags/?after={filled['middle_flag']}",
         }
+        admin_pages = {
+            "source, as an admin": "/sources/source-250/",
+            "source status block": "/sources/source-250/status",
+            "add a source": "/sources/new",
+            "edit a source": "/sources/source-250/edit",
+            "delete a source": "/sources/source-250/delete",
+            "removal, 1,000 objects": f"/removals/{filled['removal']}/",
+        }
         print(f"{'page':<26} {'p50 ms':>8} {'p95 ms':>8} {'queries':>8}")
         worst = 0.0
-        for name, url in pages.items():
-            p50, p95, queries = measure(client, url, args.runs)
+        for name, url in [*pages.items(), *admin_pages.items()]:
+            p50, p95, queries = measure(admin_client if name in admin_pages else client, url, args.runs)
             worst = max(worst, p95)
             print(f"{name:<26} {p50:>8.1f} {p95:>8.1f} {queries:>8}")
         print(f"worst p95: {worst:.1f} ms (target <= 150 ms)")

@@ -8,7 +8,9 @@ need none (nothing a browser sends by itself authenticates them).
 Callers have the permissions of their user's role (Django groups, see
 ``gitops.roles``): reading needs the ``view_*`` permissions of the viewer role;
 promote, abort and retry need ``gitops.approve_rollout``; a sync needs that or
-the admin's ``gitops.change_source``. The use cases in ``gitops`` check and
+the admin's ``gitops.change_source``; creating, changing, suspending, resuming
+and deleting a source need the admin's ``add_source``, ``change_source`` and
+``delete_source``. The use cases in ``gitops`` check and
 record who acted; this module only maps HTTP onto them.
 
 The OpenAPI document (/api/openapi.json) and its page (/api/docs) need a caller
@@ -19,7 +21,7 @@ who may use the API is kept from them, and they advertise nothing to others.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import wraps
 from typing import Annotated, Any, cast
@@ -36,20 +38,22 @@ from ninja import Field, NinjaAPI, Path, Query, Schema, Status
 from ninja.errors import AuthenticationError, HttpError
 from ninja.security.apikey import APIKeyCookie
 from ninja.security.http import HttpBearer
-from pydantic import field_validator
+from pydantic import ConfigDict, field_validator
 
 from dashboard.models import ApiToken
-from gitops import schedule, selectors
+from gitops import schedule, selectors, source_admin
 from gitops.consumers.workloads import KINDS as WORKLOAD_KINDS
 from gitops.consumers.workloads import Health
 from gitops.desired.errors import ValidationError as RevisionError
 from gitops.desired.policy import ConsumerMode
 from gitops.errors import PermanentError, TemporaryError
-from gitops.models import ManagedObject, Revision, Rollout, Source
+from gitops.models import ManagedObject, Revision, Rollout, Source, SourceRemoval, masked_url
 from gitops.plan import drift_count
+from gitops.record.audit import Actor
 from gitops.redaction import redact_url
 from gitops.rollout import decisions
-from gitops.vocabulary import ChangeAction, Staleness, StaleReason
+from gitops.source_admin import SourceSettingsError
+from gitops.vocabulary import AuditVia, ChangeAction, ObjectsOnRemoval, RemovalStatus, Staleness, StaleReason
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
@@ -57,7 +61,9 @@ MAX_OFFSET = 1_000_000_000
 MAX_ID = 2**63 - 1  # PostgreSQL bigint
 
 APPROVE = "gitops.approve_rollout"
+ADD_SOURCE = "gitops.add_source"
 CHANGE_SOURCE = "gitops.change_source"
+DELETE_SOURCE = "gitops.delete_source"
 
 # Patterns keep what reaches the database to what can exist (no NUL bytes, no out-of-range ids).
 SOURCE_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -170,6 +176,17 @@ def not_found(request: HttpRequest, exc: ObjectDoesNotExist) -> HttpResponse:
     return api.create_response(request, {"detail": "Not found"}, status=404)
 
 
+@api.exception_handler(SourceSettingsError)
+def invalid_settings(request: HttpRequest, exc: SourceSettingsError) -> HttpResponse:
+    """Settings a source cannot take: a 422 naming each field, as request validation does."""
+    detail = [
+        {"type": "value_error", "loc": ["body", "payload", field], "msg": message}
+        for field, messages in exc.problems.items()
+        for message in messages
+    ]
+    return api.create_response(request, {"detail": detail}, status=422)
+
+
 @api.exception_handler(PermanentError)
 def conflict(request: HttpRequest, exc: PermanentError) -> HttpResponse:
     """RolloutError and other permanent failures: the request cannot succeed in the current state."""
@@ -277,6 +294,29 @@ class SourceOut(Schema):
     active_rollout: RolloutOut | None
     last_error: str
     consecutive_failures: int = Field(description="reconciles that failed in a row; the source backs off")
+    suspended: bool = Field(
+        description="polls, pushes and timers do not sync it (Flux's suspend); a requested sync does"
+    )
+    suspended_at: datetime | None
+    suspended_by: str
+
+
+class RemovalOut(Schema):
+    """A source's deletion, run by a worker: each object kept (released) or pruned, then the source."""
+
+    id: int
+    source: str
+    objects: ObjectsOnRemoval = Field(description="keep: released, content left; prune: deleted")
+    status: RemovalStatus
+    requested_by: str
+    via: AuditVia
+    requested_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    objects_total: int
+    objects_done: int
+    objects_failed: int
+    message: str = Field(description="why it failed, when it did")
 
 
 class GateOut(Schema):
@@ -293,6 +333,11 @@ class SourceDetailOut(SourceOut):
     allowed_namespaces: list[str]
     analysis_url_prefixes: list[str]
     required_approvals: int = Field(description="approvers an administrator requires past the first step")
+    commit_url_template: str
+    notify_urls: list[str] = Field(
+        description="where events go, masked (scheme, host and a fingerprint): such URLs may carry a token"
+    )
+    removal: RemovalOut | None = Field(description="its latest removal, while it runs or when it failed")
     next_try_at: datetime | None
     applied_commit: str
     revision: RevisionStatusOut | None
@@ -546,6 +591,67 @@ class AbortIn(Schema):
     reason: str = Field("", max_length=2000, pattern=NO_NUL)
 
 
+# Lengths and types here; what a value means (a glob, a URL prefix, a reference) the service checks, so that
+# the API, the command line and the dashboard answer the same input the same way.
+Text = Annotated[str, Field(max_length=2000, pattern=NO_NUL)]
+ListedText = Annotated[list[Text], Field(max_length=source_admin.MAX_LISTED)]
+
+
+class SourcePatchIn(Schema):
+    """A source's settings to change; what is left out (or null) keeps its value, and [] empties a list."""
+
+    url: Text | None = Field(None, description="the Git URL, without credentials")
+    branch: Text | None = None
+    path: Text | None = Field(None, description="a directory within the repository")
+    poll_interval_seconds: int | None = Field(None, ge=1, le=10**6, description="5 to 86400")
+    credentials_ref: Text | None = Field(
+        None, description="env:VAR, file:/path or ssh-key:/path; never the secret"
+    )
+    allowed_namespaces: ListedText | None = Field(None, description="namespace globs it may write to")
+    analysis_url_prefixes: ListedText | None = None
+    required_approvals: int | None = Field(None, ge=-(10**6), le=10**6, description="0 to 10")
+    commit_url_template: Text | None = Field(
+        None, description="e.g. https://github.com/org/repo/commit/{commit}"
+    )
+    notify_urls: ListedText | None = None
+
+    def settings(self) -> dict[str, Any]:
+        values = self.model_dump(exclude_none=True)
+        if "poll_interval_seconds" in values:
+            values["poll_interval"] = timedelta(seconds=values.pop("poll_interval_seconds"))
+        return values
+
+
+class SourceIn(SourcePatchIn):
+    """A new source. ``name``, ``url`` and ``allowed_namespaces`` are required (a 422 names what is
+    missing, after the caller's role is checked); the rest has the command line's defaults."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "shop-config",
+                    "url": "https://git.example.invalid/team/shop-config.git",
+                    "allowed_namespaces": ["shop-*"],
+                    "credentials_ref": "env:SHOP_GIT_TOKEN",
+                    "poll_interval_seconds": 300,
+                }
+            ]
+        }
+    )
+
+    name: Annotated[str, Field(max_length=100, pattern=NO_NUL)] | None = Field(
+        None, description="lowercase letters, digits and '-', at most 63"
+    )
+
+    def settings(self) -> dict[str, Any]:
+        values = super().settings()
+        missing = [field for field in ("name", "url", "allowed_namespaces") if field not in values]
+        if missing:
+            raise SourceSettingsError({field: ["this field is required"] for field in missing})
+        return values
+
+
 class SyncOut(Schema):
     source: str
     task_id: str
@@ -554,6 +660,14 @@ class SyncOut(Schema):
 
 SourceName = Annotated[str, Path(..., max_length=63, pattern=SOURCE_NAME)]
 RolloutId = Annotated[int, Path(..., ge=1, le=MAX_ID)]
+RemovalId = Annotated[int, Path(..., ge=1, le=MAX_ID)]
+
+
+class RemoveQuery(Schema):
+    objects: ObjectsOnRemoval = Field(
+        description="what happens to the objects it manages: keep (labels and ownership removed) or prune"
+    )
+
 
 AUTH_ERRORS: dict[int, Any] = {401: ErrorOut, 403: ErrorOut, 422: ValidationErrorOut}
 READ_ONE_ERRORS: dict[int, Any] = {**AUTH_ERRORS, 404: ErrorOut}
@@ -643,6 +757,9 @@ def source_rows(sources: list[Source]) -> list[dict[str, Any]]:
                 "active_rollout": selectors.rollout_status(rollout) if rollout else None,
                 "last_error": redact_url(source.last_error),
                 "consecutive_failures": source.consecutive_failures,
+                "suspended": source.suspended,
+                "suspended_at": source.suspended_at,
+                "suspended_by": source.suspended_by,
             }
         )
     return rows
@@ -658,11 +775,32 @@ def source_detail(source: Source) -> dict[str, Any]:
         "allowed_namespaces": list(source.allowed_namespaces or []),
         "analysis_url_prefixes": list(source.analysis_url_prefixes or []),
         "required_approvals": source.required_approvals,
+        "commit_url_template": source.commit_url_template,
+        "notify_urls": [masked_url(url) for url in source.notify_urls or []],
+        "removal": removal_row(latest) if (latest := source.removals.order_by("-id").first()) else None,
         "revision_outcome": revision["outcome"] if revision else None,
         "last_error": redact_url(status["last_error"]),
         "plan": {key: plan.get(key) for key in ("commit", "weight", "computed_at", "summary")}
         if plan
         else None,
+    }
+
+
+def removal_row(removal: SourceRemoval) -> dict[str, Any]:
+    return {
+        "id": removal.pk,
+        "source": removal.source_name,
+        "objects": removal.mode,
+        "status": removal.status,
+        "requested_by": removal.requested_by,
+        "via": removal.via,
+        "requested_at": removal.requested_at,
+        "started_at": removal.started_at,
+        "finished_at": removal.finished_at,
+        "objects_total": removal.objects_total,
+        "objects_done": removal.objects_done,
+        "objects_failed": removal.objects_failed,
+        "message": redact_url(removal.message),
     }
 
 
@@ -908,6 +1046,72 @@ def retry_rollout(request: HttpRequest, rollout_id: RolloutId) -> Status[dict[st
     """Starts an aborted or failed rollout's revision again from step 0: a new rollout."""
     rollout = decisions.rollout_retry(rollout_id, user=caller(request))
     return Status(201, selectors.rollout_status(rollout))
+
+
+# -- administering sources (admin role) ------------------------------------------------------------
+
+
+@api.post("/sources", response={201: SourceDetailOut, 400: ErrorOut, **AUTH_ERRORS}, tags=["sources"])
+def create_source(request: HttpRequest, body: SourceIn) -> Status[dict[str, Any]]:
+    """Registers a source (admins) and queues its first sync. Settings are checked as `add-source` checks
+    them; a 422 names each field that is wrong."""
+    user = require(request, ADD_SOURCE)
+    settings = body.settings()
+    source = source_admin.source_add(actor=Actor.of_user(user, AuditVia.API), **settings)
+    with transaction.atomic():
+        schedule.source_sync(source.pk, actor=user.get_username())
+    return Status(201, source_detail(source))
+
+
+@api.patch("/sources/{name}", response={200: SourceDetailOut, **BODY_ACTION_ERRORS}, tags=["sources"])
+def update_source(request: HttpRequest, name: SourceName, body: SourcePatchIn) -> dict[str, Any]:
+    """Changes a source's settings (admins); what is left out keeps its value. The URL, branch and path
+    do not change while a rollout is active."""
+    user = require(request, CHANGE_SOURCE)
+    source = source_admin.source_update(
+        source_or_404(name), actor=Actor.of_user(user, AuditVia.API), **body.settings()
+    )
+    return source_detail(source)
+
+
+@api.post("/sources/{name}/suspend", response={200: SourceDetailOut, **ACTION_ERRORS}, tags=["sources"])
+def suspend_source(request: HttpRequest, name: SourceName) -> dict[str, Any]:
+    """Stops automatic syncs (polls, pushes, timers) of a source (admins); a requested sync still runs."""
+    user = require(request, CHANGE_SOURCE)
+    source = source_admin.source_suspend(source_or_404(name), actor=Actor.of_user(user, AuditVia.API))
+    return source_detail(source)
+
+
+@api.post("/sources/{name}/resume", response={200: SourceDetailOut, **ACTION_ERRORS}, tags=["sources"])
+def resume_source(request: HttpRequest, name: SourceName) -> dict[str, Any]:
+    """Lets automatic syncs run again (admins), and queues a sync now."""
+    user = require(request, CHANGE_SOURCE)
+    source = source_admin.source_resume(source_or_404(name), actor=Actor.of_user(user, AuditVia.API))
+    return source_detail(source)
+
+
+@api.delete("/sources/{name}", response={202: RemovalOut, **ACTION_ERRORS}, tags=["sources"])
+def delete_source(
+    request: HttpRequest, name: SourceName, query: Query[RemoveQuery]
+) -> Status[dict[str, Any]]:
+    """Deletes a source (admins), as a tracked removal a worker runs: each object it manages is kept
+    (Sluice's labels, annotations and field ownership removed) or pruned, and logged in the change log.
+    A 409 while a rollout is active: abort it first. Follow it at `/api/removals/{id}`."""
+    user = require(request, DELETE_SOURCE)
+    removal = source_admin.source_remove(
+        source_or_404(name), objects=query.objects, actor=Actor.of_user(user, AuditVia.API)
+    )
+    return Status(202, removal_row(removal))
+
+
+@api.get("/removals/{removal_id}", response={200: RemovalOut, **READ_ONE_ERRORS}, tags=["sources"])
+def get_removal(request: HttpRequest, removal_id: RemovalId) -> dict[str, Any]:
+    """A source's removal: queued, running, done or failed, and how many objects it kept or pruned."""
+    require(request, "gitops.view_source")
+    removal = SourceRemoval.objects.filter(pk=removal_id).first()
+    if removal is None:
+        raise HttpError(404, f"no removal {removal_id}")
+    return removal_row(removal)
 
 
 # Freezes and sync windows live in their own module, on this API (it imports what it needs from here).

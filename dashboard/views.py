@@ -28,6 +28,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from dashboard import freezes as freeze_views
 from dashboard.consumers import CONSUMERS_SHOWN, PINNED_HINT, configmap_readers, consumers_by_target
+from dashboard.sources import source_admin_context
 from gitops import cluster_admin, health, metrics, schedule, selectors
 from gitops.consumers.workloads import KINDS as WORKLOAD_KINDS
 from gitops.errors import GitopsError
@@ -144,6 +145,7 @@ def source_detail(request: HttpRequest, name: str) -> HttpResponse:
         "readers": readers[:CONSUMERS_SHOWN],
         "readers_total": len(readers),
         **freeze_views.source_gate_context(request, source),
+        **source_admin_context(request, source),
     }
     return render(request, "dashboard/source.html", context)
 

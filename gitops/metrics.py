@@ -63,7 +63,8 @@ class DatabaseCollector(Collector):
             labels=["source", "phase"],
         )
         latest = (
-            Rollout.objects.order_by("source_id", "-id")
+            Rollout.objects.filter(source__deleted_at__isnull=True)
+            .order_by("source_id", "-id")
             .distinct("source_id")
             .values_list("source__name", "phase")
         )
@@ -75,8 +76,12 @@ class DatabaseCollector(Collector):
             "Objects edited in the cluster, per source and cluster",
             labels=["source", "cluster"],
         )
+        suspended = GaugeMetricFamily(
+            "sluice_source_suspended", "1 while a source's automatic syncs are suspended", labels=["source"]
+        )
         default = str(settings.SLUICE_CLUSTER_NAME)
-        for name, plan, clusters in Source.objects.values_list("name", "last_plan", "target_clusters"):
+        sources = Source.objects.values_list("name", "last_plan", "target_clusters", "suspended")
+        for name, plan, clusters, is_suspended in sources:
             counts = dict.fromkeys(clusters or [default], 0)
             for item in (plan or {}).get("items", []):
                 if item.get("action") in DRIFT_ACTIONS:
@@ -84,7 +89,9 @@ class DatabaseCollector(Collector):
                     counts[cluster] = counts.get(cluster, 0) + 1
             for cluster, count in counts.items():
                 drift.add_metric([name, cluster], count)
+            suspended.add_metric([name], 1 if is_suspended else 0)
         yield drift
+        yield suspended
 
 
 def render() -> tuple[bytes, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta
@@ -18,7 +19,15 @@ from gitops.desired.scope import AdminScope
 from gitops.plan import Action, PlanItem, diff_content
 from gitops.plan.provenance import Provenance, live_content, live_provenance
 from gitops.plan.provenance import manifest as configmap_manifest
-from gitops.vocabulary import ChangeAction, Waiting
+from gitops.redaction import redact_url
+from gitops.vocabulary import (
+    AuditVia,
+    ChangeAction,
+    ObjectsOnRemoval,
+    RemovalStatus,
+    SourceAuditAction,
+    Waiting,
+)
 from gitops.windows import FreezeRule, WindowKind, WindowRule
 
 SOURCE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -98,8 +107,17 @@ class Cluster(models.Model):
         return self.kubeconfig + (f" (context {self.context})" if self.context else "")
 
 
+class LiveSources(models.Manager["Source"]):
+    """Sources that exist: a deleted source stays as a row (its change log and audit trail point at it),
+    and nothing that reads ``Source.objects`` sees it again."""
+
+    def get_queryset(self) -> models.QuerySet[Source]:
+        return super().get_queryset().filter(deleted_at__isnull=True)
+
+
 class Source(models.Model):
-    name = models.CharField(max_length=63, unique=True, validators=[validate_source_name])
+    # Unique among sources that exist (see Meta): a deleted source's name can be used again.
+    name = models.CharField(max_length=63, validators=[validate_source_name])
     url = models.CharField(max_length=2000, help_text="Git URL, without credentials")
     branch = models.CharField(max_length=255, default="main")
     path = models.CharField(
@@ -147,12 +165,36 @@ class Source(models.Model):
     notify_urls = models.JSONField(default=list, blank=True)
     # The clusters the last validated revision targets, in policy order: a cluster is not removed under it.
     target_clusters = models.JSONField(default=list, blank=True)
+    # Flux's suspend: no poll, push or timer syncs it; a sync someone asks for still runs.
+    suspended = models.BooleanField(default=False, db_default=False)
+    suspended_at = models.DateTimeField(null=True, blank=True)
+    suspended_by = models.CharField(max_length=150, blank=True, default="", db_default="")
+    # Set when a removal finished: the row stays for the change log and the audit trail.
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    # The first manager is the default one: every query of Source.objects leaves deleted sources out.
+    objects = LiveSources()
+    all_objects: models.Manager[Source] = models.Manager()
 
     class Meta:
         ordering: ClassVar[list[str]] = ["name"]
+        constraints: ClassVar[list[Any]] = [
+            models.UniqueConstraint(
+                fields=["name"],
+                condition=models.Q(deleted_at__isnull=True),
+                name="source_unique_live_name",
+                violation_error_message="a source with this name already exists",
+            )
+        ]
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def automatic_sync_allowed(self) -> bool:
+        """Whether polls, pushes and timers may sync this source; a sync someone asks for always may.
+        ``automatic_sync_filter`` is the same rule for queries: change both together."""
+        return not self.suspended and self.deleted_at is None
 
     @property
     def scope(self) -> AdminScope:
@@ -171,6 +213,11 @@ class Source(models.Model):
 def known_cluster_names() -> frozenset[str]:
     """Every cluster a policy may name: the default one and the registered ones (one query)."""
     return frozenset({settings.SLUICE_CLUSTER_NAME, *Cluster.objects.values_list("name", flat=True)})
+
+
+def automatic_sync_filter(prefix: str = "") -> models.Q:
+    """``Source.automatic_sync_allowed`` as a query filter; ``prefix="source__"`` from a related model."""
+    return models.Q(**{f"{prefix}suspended": False, f"{prefix}deleted_at__isnull": True})
 
 
 class Revision(models.Model):
@@ -347,7 +394,13 @@ class ApplyIntent(models.Model):
         DONE = "done"
         FAILED = "failed"
 
-    rollout = models.ForeignKey(Rollout, on_delete=models.CASCADE, related_name="intents")
+    # A rollout's step, or (rollout empty) a source's removal keeping or pruning what it managed.
+    rollout = models.ForeignKey(
+        Rollout, on_delete=models.CASCADE, related_name="intents", null=True, blank=True
+    )
+    removal = models.ForeignKey(
+        "SourceRemoval", on_delete=models.PROTECT, related_name="intents", null=True, blank=True
+    )
     source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="intents")
     step_index = models.PositiveIntegerField(default=0)
     weight = models.PositiveSmallIntegerField(default=100)
@@ -812,3 +865,138 @@ class PublishedFlag(models.Model):
 
     def __str__(self) -> str:
         return f"{self.namespace}/{self.flag_set}: {self.key}"
+
+
+# What an administrator sets on a source, as the audit trail records it (never a secret: credentials are
+# a reference, and the webhook secret is not among them).
+ADMIN_SETTINGS = (
+    "url",
+    "branch",
+    "path",
+    "poll_interval_seconds",
+    "credentials_ref",
+    "allowed_namespaces",
+    "analysis_url_prefixes",
+    "required_approvals",
+    "commit_url_template",
+    "notify_urls",
+    "suspended",
+)
+
+
+def admin_settings(source: Source) -> dict[str, Any]:
+    """A source's administrator-set fields as plain JSON values, for the audit trail and the API."""
+    return {
+        "url": redact_url(source.url),
+        "branch": source.branch,
+        "path": source.path,
+        "poll_interval_seconds": int(source.poll_interval.total_seconds()),
+        "credentials_ref": source.credentials_ref,
+        "allowed_namespaces": list(source.allowed_namespaces or []),
+        "analysis_url_prefixes": list(source.analysis_url_prefixes or []),
+        "required_approvals": source.required_approvals,
+        "commit_url_template": source.commit_url_template,
+        "notify_urls": [masked_url(url) for url in source.notify_urls or []],
+        "suspended": source.suspended,
+    }
+
+
+def masked_url(url: str) -> str:
+    """A URL that may carry a token in its path (a chat webhook) as the audit trail and the API show it:
+    its scheme and host, and a fingerprint that tells one URL from another."""
+    scheme, _, rest = redact_url(url).partition("://")
+    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    fingerprint = hashlib.sha256(url.encode()).hexdigest()[:12]
+    return f"{scheme}://{host}/… #{fingerprint}"
+
+
+class AppendOnlyQuerySet(models.QuerySet[Any]):
+    def update(self, **kwargs: Any) -> int:
+        raise TypeError(f"{self.model.__name__} is append-only")
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        raise TypeError(f"{self.model.__name__} is append-only")
+
+
+class SourceAudit(models.Model):
+    """One administrator's change to a source: append-only, after netbox's ObjectChange.
+
+    ``before`` and ``after`` hold the administrator-set fields (``ADMIN_SETTINGS``);
+    ``changed`` names those that differ. A PostgreSQL trigger (see the migration)
+    refuses UPDATE and DELETE, as it does for the change log.
+    """
+
+    Action = SourceAuditAction
+
+    source = models.ForeignKey(Source, on_delete=models.PROTECT, related_name="audit")
+    source_name = models.CharField(max_length=63)
+    action = models.CharField(max_length=16, choices=[(a.value, a.value) for a in SourceAuditAction])
+    actor = models.CharField(max_length=150)
+    via = models.CharField(max_length=16, choices=[(v.value, v.value) for v in AuditVia])
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+    changed = models.JSONField(default=list, blank=True)
+    message = models.TextField(blank=True, default="")
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    objects = AppendOnlyQuerySet.as_manager()
+
+    class Meta:
+        ordering: ClassVar[list[str]] = ["-at", "-id"]
+        indexes: ClassVar[list[Any]] = [models.Index(fields=["source", "-at"])]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.source_name} by {self.actor}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.pk is not None and not self._state.adding:
+            raise TypeError("the audit trail is append-only")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        raise TypeError("the audit trail is append-only")
+
+
+class SourceRemoval(models.Model):
+    """Deleting a source, as a tracked operation: its objects kept or pruned one by one, then the source."""
+
+    Status = RemovalStatus
+    ACTIVE_STATUSES: ClassVar[tuple[str, ...]] = (RemovalStatus.QUEUED, RemovalStatus.RUNNING)
+
+    source = models.ForeignKey(Source, on_delete=models.PROTECT, related_name="removals")
+    source_name = models.CharField(max_length=63)
+    mode = models.CharField(max_length=8, choices=[(m.value, m.value) for m in ObjectsOnRemoval])
+    status = models.CharField(
+        max_length=8,
+        choices=[(s.value, s.value) for s in RemovalStatus],
+        default=RemovalStatus.QUEUED,
+        db_index=True,
+    )
+    requested_by = models.CharField(max_length=150)
+    via = models.CharField(max_length=16, choices=[(v.value, v.value) for v in AuditVia])
+    requested_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Objects the source managed when the removal ran, and how each went.
+    objects_total = models.PositiveIntegerField(default=0)
+    objects_done = models.PositiveIntegerField(default=0)
+    objects_failed = models.PositiveIntegerField(default=0)
+    message = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering: ClassVar[list[str]] = ["-id"]
+        constraints: ClassVar[list[Any]] = [
+            # One removal at a time per source.
+            models.UniqueConstraint(
+                fields=["source"],
+                condition=models.Q(status__in=["queued", "running"]),
+                name="one_active_removal_per_source",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"removal {self.pk} of {self.source_name} ({self.mode}): {self.status}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE_STATUSES

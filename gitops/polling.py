@@ -11,7 +11,7 @@ from typing import Any
 from django.utils import timezone
 
 from gitops import selectors
-from gitops.models import Rollout, Source
+from gitops.models import Rollout, Source, automatic_sync_filter
 
 
 def sources_with_due_rollouts(now: Any = None) -> list[int]:
@@ -23,7 +23,9 @@ def sources_with_due_rollouts(now: Any = None) -> list[int]:
     cluster is not asked every sweep.
     """
     now = now or timezone.now()
+    # Timers and consumer waits are automatic steps: a suspended source's wait. Aborts never do.
     timers = Rollout.objects.filter(
+        automatic_sync_filter("source__"),
         phase=Rollout.Phase.PAUSED,
         waiting_for__in=(Rollout.Waiting.TIMER, Rollout.Waiting.ANALYSIS, Rollout.Waiting.CLUSTER),
         pause_until__lte=now,
@@ -32,7 +34,9 @@ def sources_with_due_rollouts(now: Any = None) -> list[int]:
         rollback_pending_clusters=[]
     )
     # A step waiting for its consumers is watched a slice per pass; a pass lost to a crash is redone.
-    consumers = Rollout.objects.filter(phase=Rollout.Phase.PAUSED, waiting_for=Rollout.Waiting.CONSUMERS)
+    consumers = Rollout.objects.filter(
+        automatic_sync_filter("source__"), phase=Rollout.Phase.PAUSED, waiting_for=Rollout.Waiting.CONSUMERS
+    )
     aborts = Rollout.objects.filter(phase__in=Rollout.ACTIVE_PHASES).exclude(abort_requested_by="")
     # A held source's timers wait; what it owes a cluster in rollbacks does not: rollback always works.
     candidates = _not_held(set(timers.values_list("source_id", flat=True)), now)
@@ -74,9 +78,8 @@ def sources_claim_due(now: Any = None) -> list[int]:
     """
     now = now or timezone.now()
     claimed: list[int] = []
-    for source_id, due_at, interval in Source.objects.filter(next_poll_at__lte=now).values_list(
-        "pk", "next_poll_at", "poll_interval"
-    ):
+    due = Source.objects.filter(automatic_sync_filter(), next_poll_at__lte=now)
+    for source_id, due_at, interval in due.values_list("pk", "next_poll_at", "poll_interval"):
         # A due poll queues a sync whatever sync_queued says, so a lost task never silences pushes for long.
         claim = Source.objects.filter(pk=source_id, next_poll_at=due_at)
         if claim.update(next_poll_at=now + interval, sync_queued=False):

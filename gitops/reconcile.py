@@ -218,22 +218,37 @@ def _error_text(error: Mapping[str, Any]) -> str:
 
 
 def source_sync(
-    source_id: int, *, actor: str = SYSTEM_ACTOR, retry_failed: bool = False, manual: bool = False
+    source_id: int,
+    *,
+    actor: str = SYSTEM_ACTOR,
+    retry_failed: bool = False,
+    manual: bool = False,
+    automatic: bool = False,
 ) -> SyncResult:
     """Fetch, validate, plan, roll out and record one source. Raises SourceBusy when another run holds it.
+
+    An ``automatic`` sync (a poll, a push, a timer) of a source that does not allow one
+    (``Source.automatic_sync_allowed``: suspended) does nothing; one someone asked for always runs.
 
     Requests never get lost between two workers: a holder looks for new requests
     only after it released the lock, and a caller that finds the source busy
     records its request and then tries the lock once more. Whichever comes last
     sees the other, so one of them runs the request.
     """
-    source = Source.objects.get(pk=source_id)
+    source = Source.objects.filter(pk=source_id).first()
+    if source is None:
+        gone = Source.all_objects.filter(pk=source_id).values_list("name", flat=True).first()
+        return SyncResult(gone or "", Outcome.GONE)
+    if automatic and not source.automatic_sync_allowed:
+        # A push marked it queued: let the next one through once the source is resumed.
+        Source.objects.filter(pk=source.pk).update(sync_queued=False)
+        return SyncResult(source.name, Outcome.SUSPENDED)
     with logs.log_context(source=source.name):
         runs: list[SyncResult] = []
         requested = False
         while len(runs) < MAX_COALESCED_RUNS:
             started = timezone.now()
-            with _source_lock(source) as acquired:
+            with source_lock(source) as acquired:
                 if acquired:
                     Source.objects.filter(pk=source.pk).update(sync_requested_at=None, sync_queued=False)
                     runs.append(_measured(source, actor=actor, retry_failed=retry_failed, manual=manual))
@@ -255,7 +270,7 @@ def source_sync(
 
 
 @contextmanager
-def _source_lock(source: Source) -> Iterator[bool]:
+def source_lock(source: Source) -> Iterator[bool]:
     """Yields whether this process now holds the source's reconcile lock."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [LOCK_CLASS, source.pk])

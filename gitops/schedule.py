@@ -18,6 +18,7 @@ from gitops.models import Source
 
 SYNC_TASK = "gitops.sync_source"
 DELIVER_TASK = "gitops.deliver_notification"
+REMOVE_TASK = "gitops.remove_source"
 
 
 def _send(name: str, *, kwargs: dict[str, Any], eta: datetime | None = None) -> str:
@@ -31,10 +32,13 @@ def source_sync(
     retry_failed: bool = False,
     wait_if_busy: bool = True,
     manual: bool = False,
+    automatic: bool = False,
 ) -> list[str]:
     """Queues a sync once the transaction commits; the returned list receives the task's id then.
 
     ``manual``: a person asked for it, so a sync window's ``manualSync`` may let it through.
+    ``automatic`` (a poll, a push, a timer) runs only while the source allows it (not suspended);
+    a sync someone asked for always runs.
     """
     task_ids: list[str] = []
     kwargs = {
@@ -43,6 +47,7 @@ def source_sync(
         "retry_failed": retry_failed,
         "wait_if_busy": wait_if_busy,
         "manual": manual,
+        "automatic": automatic,
     }
     transaction.on_commit(lambda: task_ids.append(_send(SYNC_TASK, kwargs=kwargs)))
     return task_ids
@@ -52,7 +57,7 @@ def source_sync_once(source_id: int, *, actor: str) -> bool:
     """Queues a sync unless one is queued: a burst of pushes makes one reconcile of the newest commit."""
     if not Source.objects.filter(pk=source_id, sync_queued=False).update(sync_queued=True):
         return False
-    source_sync(source_id, actor=actor, wait_if_busy=False)
+    source_sync(source_id, actor=actor, wait_if_busy=False, automatic=True)
     return True
 
 
@@ -63,9 +68,15 @@ MAX_WAKE_AHEAD = timedelta(minutes=30)
 
 def source_sync_at(source_id: int, when: datetime) -> None:
     """Wakes a source at ``when`` (a pause ends). Beat's sweep does it too: a lost wake loses nothing."""
-    kwargs = {"source_id": source_id, "wait_if_busy": False}
+    kwargs = {"source_id": source_id, "wait_if_busy": False, "automatic": True}
     eta = min(when, timezone.now() + MAX_WAKE_AHEAD)
     transaction.on_commit(lambda: _send(SYNC_TASK, kwargs=kwargs, eta=eta))
+
+
+def source_removal(removal_id: int) -> None:
+    """Runs a source's removal (keep or prune each object, then delete the source) on a worker."""
+    kwargs = {"removal_id": removal_id}
+    transaction.on_commit(lambda: _send(REMOVE_TASK, kwargs=kwargs))
 
 
 def notification_delivery(notification_id: int) -> None:

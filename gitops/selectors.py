@@ -36,6 +36,10 @@ def source_status(source: Source) -> dict[str, Any]:
         "branch": source.branch,
         "path": source.path,
         "poll_interval_seconds": int(source.poll_interval.total_seconds()),
+        # Flux's suspend: polls, pushes and timers leave it alone; a sync someone asks for runs.
+        "suspended": source.suspended,
+        "suspended_at": _iso(source.suspended_at),
+        "suspended_by": source.suspended_by,
         "last_fetched_at": _iso(source.last_fetched_at),
         "last_synced_at": _iso(source.last_synced_at),
         "commit": source.last_commit,
@@ -262,6 +266,23 @@ def overview_rows(*, search: str = "", page: int = 1) -> tuple[list[SourceRow], 
             )
         )
     return rows, total
+
+
+def source_row(source: Source) -> SourceRow:
+    """One source's overview row (its state in one word, its latest revision and rollout), in three
+    queries: the plan is read for its summary only."""
+    summary = (
+        Source.objects.filter(pk=source.pk)
+        .annotate(plan_summary=KeyTransform("summary", "last_plan"))
+        .values_list("plan_summary", flat=True)
+        .first()
+    ) or {}
+    revision = source.revisions.defer("summary").order_by("-fetched_at", "-id").first()
+    last = Rollout.objects.filter(source=source).select_related("revision").order_by("-id").first()
+    active = last if last is not None and last.is_active else None
+    source.last_plan = {"summary": summary}
+    state = sync_state(source, revision, active, last)
+    return SourceRow(source=source, state=state, revision=revision, active=active, drift=drift_count(summary))
 
 
 ROLLOUT_TARGETS_SHOWN = 200

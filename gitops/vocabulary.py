@@ -19,6 +19,8 @@ class Outcome(StrEnum):
     SUPERSEDED = "superseded"  # a rollout was rolled back for a newer commit
     COALESCED = "coalesced"  # another worker runs the request
     HELD = "held"  # a freeze or a sync window holds changes back: fetched and planned, nothing applied
+    SUSPENDED = "suspended"  # an automatic sync of a suspended source: nothing ran
+    GONE = "gone"  # the source was deleted before the sync ran
 
     @property
     def successful(self) -> bool:
@@ -41,6 +43,7 @@ class ChangeAction(StrEnum):
     REPLACE = "replace"  # an immutable object: deleted, then created
     ROLLBACK = "rollback"  # restored to what it held before a rollout
     RESTART = "restart"  # a workload that reads a changed ConfigMap got a new pod template stamp
+    RELEASE = "release"  # a deleted source let go of an object it kept: provenance and ownership removed
 
 
 class RolloutEventKind(StrEnum):
@@ -86,3 +89,38 @@ class Staleness(StrEnum):
     ANY = ""
     STALE = "stale"
     FRESH = "fresh"
+
+
+class SourceAuditAction(StrEnum):
+    """What an administrator did to a source (the audit trail, beside the change log)."""
+
+    CREATE = "create"
+    UPDATE = "update"
+    SUSPEND = "suspend"
+    RESUME = "resume"
+    DELETE = "delete"  # a removal was requested
+    DELETED = "deleted"  # the removal finished: the source is gone
+
+
+class AuditVia(StrEnum):
+    """Where an administrator's change came from."""
+
+    CLI = "cli"
+    DASHBOARD = "dashboard"
+    API = "api"
+
+
+class ObjectsOnRemoval(StrEnum):
+    """What deleting a source does to the objects it manages."""
+
+    KEEP = "keep"  # they stay; Sluice's labels, annotations and field ownership are removed
+    PRUNE = "prune"  # they are deleted
+
+
+class RemovalStatus(StrEnum):
+    """How far a source's removal has got."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"  # every object kept or pruned, the source deleted
+    FAILED = "failed"  # refused or some objects failed; the source stays (suspended) and can be deleted again

@@ -114,6 +114,11 @@ def _apply_one(cluster: Cluster, intent: ApplyIntent) -> str | None:
     if intent.kind in WORKLOAD_KINDS:
         return _stamp_workload(cluster, intent)
     try:
+        if intent.action == ChangeAction.RELEASE:
+            cluster.release_configmap(
+                intent.namespace, intent.name, field_manager=settings.SLUICE_FIELD_MANAGER
+            )
+            return None
         if (
             intent.action in (ChangeAction.DELETE, ChangeAction.REPLACE)
             or intent.recreate

@@ -22,9 +22,12 @@ from django.conf import settings
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
+from gitops.desired.content import is_reserved
 from gitops.errors import PermanentError, TemporaryError
 
 APPLY_PATCH = "application/apply-patch+yaml"
+JSON_PATCH = "application/json-patch+json"
+RELEASE_ATTEMPTS = 3
 # Workload kinds and the suffix of their calls in the generated AppsV1Api.
 WORKLOAD_KINDS = {"Deployment": "deployment", "StatefulSet": "stateful_set", "DaemonSet": "daemon_set"}
 REQUEST_TIMEOUT = (3.0, 30.0)  # connect, read (seconds), unless settings say otherwise
@@ -72,6 +75,26 @@ def _translate(exc: ApiException, *, applying: bool = False, reading: bool = Fal
             return FieldConflictError(reason)
         return TemporaryError(f"conflict: {reason}")
     return PermanentError(f"kube-apiserver answered {status}: {reason}")
+
+
+def _pointer(key: str) -> str:
+    """A key as a JSON-pointer segment (RFC 6901)."""
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def _release_patch(live: Mapping[str, Any], field_manager: str) -> list[dict[str, Any]]:
+    metadata = live.get("metadata", {})
+    operations: list[dict[str, Any]] = [
+        {"op": "test", "path": "/metadata/resourceVersion", "value": metadata.get("resourceVersion", "")}
+    ]
+    for section in ("labels", "annotations"):
+        for key in sorted(metadata.get(section) or {}):
+            if is_reserved(key):
+                operations.append({"op": "remove", "path": f"/metadata/{section}/{_pointer(key)}"})
+    others = [entry for entry in metadata.get("managedFields") or () if entry.get("manager") != field_manager]
+    # An empty list would keep managedFields as they are; a single empty entry clears them.
+    operations.append({"op": "replace", "path": "/metadata/managedFields", "value": others or [{}]})
+    return operations
 
 
 def _reason(exc: ApiException) -> str:
@@ -227,6 +250,34 @@ class Cluster:
         except NotFoundError:
             return False
         return True
+
+    def release_configmap(self, namespace: str, name: str, *, field_manager: str) -> bool:
+        """Lets go of an object and leaves its content: Sluice's labels and annotations go, and so does
+        ``field_manager``'s entry in managedFields, so no later apply of it can take the fields back.
+
+        One JSON patch that first tests the resourceVersion, so a concurrent writer's managedFields are
+        never overwritten; tried again on a race. False when the object is gone.
+        """
+        refused: PermanentError | None = None
+        for _attempt in range(RELEASE_ATTEMPTS):
+            live = self.get_configmap(namespace, name)
+            if live is None:
+                return False
+            try:
+                with _api_errors():
+                    self._core.patch_namespaced_config_map(
+                        name,
+                        namespace,
+                        _release_patch(live, field_manager),
+                        field_manager=f"{field_manager}-release",
+                        _content_type=JSON_PATCH,
+                        _request_timeout=REQUEST_TIMEOUT,
+                    )
+            except PermanentError as exc:  # a failed resourceVersion test is a 422 too: read it again
+                refused = exc
+                continue
+            return True
+        raise refused or PermanentError(f"{namespace}/{name} could not be released")
 
     def remove_configmap_keys(
         self,

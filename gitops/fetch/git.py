@@ -175,6 +175,20 @@ def check_url(url: str) -> None:
         )
 
 
+KNOWN_SCHEMES = frozenset({"http", "https", "git", "file", *_SSH_SCHEMES})
+
+
+def repository_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a source's repository, or None; checked when a source is registered."""
+    try:
+        check_url(url)
+    except PermanentError as exc:
+        return str(exc)
+    if _url_scheme(url) not in KNOWN_SCHEMES and not (_url_scheme(url) == "" and _SCP_LIKE.match(url)):
+        return f"{redact_url(url)!r} is not a Git URL (https://, ssh://, git://, file:// or user@host:path)"
+    return None
+
+
 def normalize_branch(branch: str) -> str:
     branch = branch.strip().removeprefix("refs/heads/")
     if not branch or branch.startswith("-") or CONTROL_CHARACTERS.search(branch):

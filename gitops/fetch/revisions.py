@@ -72,7 +72,9 @@ def revision_desired_state(source: Source, revision: Revision) -> DesiredState |
     """
     scope = dataclasses.replace(source.scope, known_clusters=known_cluster_names())
     cache = caches.for_source(source.pk)
-    if (known := cache.desired_for(revision.commit, scope)) is not None:
+    # An administrator may move a source to another directory: the same commit then means other files.
+    key = f"{revision.commit}:{source.path}"
+    if (known := cache.desired_for(key, scope)) is not None:
         return known
     limits = Limits.from_settings(settings)
     with mirror_for(source) as mirror:
@@ -95,7 +97,7 @@ def revision_desired_state(source: Source, revision: Revision) -> DesiredState |
     if list(desired.policy.clusters) != list(source.target_clusters or []):
         # What `gitops clusters` and remove-cluster go by: a cluster is not removed under a source.
         Source.objects.filter(pk=source.pk).update(target_clusters=list(desired.policy.clusters))
-    cache.desired = (revision.commit, scope, desired)
+    cache.desired = (key, scope, desired)
     return desired
 
 

@@ -52,8 +52,11 @@ def intents_write(
 
 
 def intents_pending(source: Source) -> list[ApplyIntent]:
-    """Intents a crashed run left behind: written, maybe applied, not yet logged."""
-    return list(ApplyIntent.objects.filter(source=source, status=ApplyIntent.Status.PENDING))
+    """Intents a crashed run left behind: written, maybe applied, not yet logged. A removal's intents
+    (no rollout) are its own to finish: a sync never deletes or releases what a removal meant to."""
+    return list(
+        ApplyIntent.objects.filter(source=source, status=ApplyIntent.Status.PENDING, rollout__isnull=False)
+    )
 
 
 def changes_record(intents: Sequence[ApplyIntent], errors: Sequence[str | None]) -> list[str]:

@@ -4,6 +4,9 @@ gitops add-source NAME --url URL [--branch B] [--path P] [--interval 60s]
 gitops add-cluster NAME (--kubeconfig PATH [--context CTX] | --in-cluster)
 gitops clusters [--json]
 gitops remove-cluster NAME
+gitops update-source NAME [--url URL] [--branch B] ... (what is left out stays)
+gitops suspend NAME | gitops resume NAME
+gitops remove-source NAME --objects keep|prune [--wait]
 gitops sync NAME [--wait]
 gitops diff NAME [--cluster C]
 gitops status [NAME] [--json]
@@ -19,7 +22,6 @@ gitops window add|list|remove
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from argparse import ArgumentParser, ArgumentTypeError
@@ -41,26 +43,22 @@ from django.utils.dateparse import parse_date, parse_datetime
 from gitops import cluster_admin, freezes, preview, retention, schedule, selectors, source_admin
 from gitops.errors import GitopsError
 from gitops.intake import webhook_secrets
-from gitops.models import Rollout, Source
+from gitops.models import Rollout, Source, SourceRemoval
 from gitops.plan import DiffItem, Plan
+from gitops.record.audit import Actor
 from gitops.roles import ROLES
 from gitops.rollout import decisions
 from gitops.rollout.state import SYSTEM_ACTOR
-from gitops.vocabulary import SUCCESSFUL_OUTCOMES
+from gitops.vocabulary import SUCCESSFUL_OUTCOMES, ObjectsOnRemoval, RemovalStatus
 from gitops.windows import WindowError, WindowKind, parse_duration
-
-DURATION = re.compile(r"^(\d+)(s|m|h)?$")
 
 
 def duration(text: str) -> timedelta:
-    match = DURATION.match(text.strip())
-    if not match:
-        raise ArgumentTypeError(f"{text!r} is not a duration like 30s, 5m or 1h")
-    amount, unit = int(match.group(1)), match.group(2) or "s"
-    seconds = amount * {"s": 1, "m": 60, "h": 3600}[unit]
-    if seconds < 5:
-        raise ArgumentTypeError("the poll interval must be at least 5s")
-    return timedelta(seconds=seconds)
+    """A poll interval as written on the command line (its bounds are the service's to check)."""
+    try:
+        return source_admin.parse_interval(text)
+    except source_admin.SourceSettingsError as exc:
+        raise ArgumentTypeError(exc.problems["poll_interval"][0]) from exc
 
 
 class Command(BaseCommand):
@@ -71,29 +69,39 @@ class Command(BaseCommand):
 
         add = commands.add_parser("add-source", help="register a Git repository")
         add.add_argument("name")
-        add.add_argument("--url", required=True)
-        add.add_argument("--branch", default="main")
-        add.add_argument("--path", default="", help="directory within the repository")
-        add.add_argument(
-            "--interval", type=duration, default=timedelta(seconds=60), help="poll interval, e.g. 60s"
-        )
-        add.add_argument(
-            "--credentials",
-            default="",
-            help="where the token or key lives: env:VAR, file:/path or ssh-key:/path",
-        )
-        add.add_argument(
-            "--commit-url",
-            default="",
-            help="the Git host's page for a commit, e.g. https://github.com/org/repo/commit/{commit}",
-        )
+        _location_arguments(add, creating=True)
         _scope_arguments(add, required=True)
+        _by_argument(add)
 
         update = commands.add_parser(
-            "update-source", help="change what an administrator allows a source (what is not given stays)"
+            "update-source", help="change a source's settings (what is not given stays as it is)"
         )
         update.add_argument("name")
+        _location_arguments(update, creating=False)
         _scope_arguments(update, required=False)
+        _by_argument(update)
+
+        for verb, what in (
+            ("suspend", "stop automatic syncs (polls, pushes, timers); `gitops sync` still runs"),
+            ("resume", "let automatic syncs run again, and sync now"),
+        ):
+            toggle = commands.add_parser(verb, help=what)
+            toggle.add_argument("name")
+            _by_argument(toggle)
+
+        remove = commands.add_parser(
+            "remove-source", help="delete a source; its objects are kept (labels removed) or pruned"
+        )
+        remove.add_argument("name")
+        remove.add_argument(
+            "--objects",
+            required=True,
+            choices=[mode.value for mode in ObjectsOnRemoval],
+            help="keep: they stay, without Sluice's labels, annotations and field ownership; prune: deleted",
+        )
+        remove.add_argument("--wait", action="store_true", help="block until the removal has finished")
+        remove.add_argument("--timeout", type=float, default=300)
+        _by_argument(remove)
 
         verify = commands.add_parser(
             "verify-email",
@@ -195,29 +203,86 @@ class Command(BaseCommand):
         source = source_admin.source_add(
             name=options["name"],
             url=options["url"],
-            branch=options["branch"],
-            path=options["path"],
-            poll_interval=options["interval"],
-            credentials_ref=options["credentials"],
+            branch=options["branch"] or "main",
+            path=options["path"] or "",
+            poll_interval=options["interval"] or timedelta(seconds=60),
+            credentials_ref=options["credentials"] or "",
             allowed_namespaces=options["allow_namespace"],
-            commit_url_template=options["commit_url"],
+            commit_url_template=options["commit_url"] or "",
             notify_urls=options["notify"] or (),
             analysis_url_prefixes=options["allow_analysis_url"] or (),
             required_approvals=options["require_approvals"] or 0,
+            actor=Actor.command_line(options["by"]),
         )
         self.stdout.write(f"added source {source.name} ({source.url} @ {source.branch})")
         self._print_scope(source)
 
     def do_update_source(self, **options: Any) -> None:
-        source = source_admin.source_update_scope(
+        source = source_admin.source_update(
             self._source(options["name"]),
+            actor=Actor.command_line(options["by"]),
+            url=options["url"],
+            branch=options["branch"],
+            path=options["path"],
+            poll_interval=options["interval"],
+            credentials_ref=options["credentials"],
+            commit_url_template=options["commit_url"],
             allowed_namespaces=_listed(options["allow_namespace"]),
             analysis_url_prefixes=_listed(options["allow_analysis_url"]),
             required_approvals=options["require_approvals"],
             notify_urls=_listed(options["notify"]),
         )
-        self.stdout.write(f"updated source {source.name}")
+        self.stdout.write(f"updated source {source.name} ({source.url} @ {source.branch})")
         self._print_scope(source)
+
+    def do_suspend(self, **options: Any) -> None:
+        source = source_admin.source_suspend(
+            self._source(options["name"]), actor=Actor.command_line(options["by"])
+        )
+        self.stdout.write(
+            f"{source.name} is suspended (since {source.suspended_at:%Y-%m-%d %H:%M:%S}, by"
+            f" {source.suspended_by}): polls, pushes and timers do not sync it; `gitops sync` does"
+        )
+
+    def do_resume(self, **options: Any) -> None:
+        source = source_admin.source_resume(
+            self._source(options["name"]), actor=Actor.command_line(options["by"])
+        )
+        self.stdout.write(f"{source.name} is resumed: automatic syncs run again, and a sync is queued")
+
+    def do_remove_source(self, **options: Any) -> None:
+        removal = source_admin.source_remove(
+            self._source(options["name"]),
+            objects=ObjectsOnRemoval(options["objects"]),
+            actor=Actor.command_line(options["by"]),
+        )
+        self.stdout.write(
+            f"removal {removal.pk} of {removal.source_name} queued (objects: {removal.mode});"
+            f" the source is suspended meanwhile"
+        )
+        if not options["wait"]:
+            return
+        deadline = time.monotonic() + options["timeout"]
+        while removal.is_active and time.monotonic() < deadline:
+            time.sleep(0.2)  # polling the database for the worker's result, with a deadline
+            removal.refresh_from_db()
+        if removal.is_active:
+            raise CommandError(
+                f"the removal did not finish within {options['timeout']:.0f}s; is a worker running?"
+            )
+        self._print_removal(removal)
+        if removal.status != RemovalStatus.DONE:
+            sys.exit(1)
+
+    def _print_removal(self, removal: SourceRemoval) -> None:
+        verb = "pruned" if removal.mode == ObjectsOnRemoval.PRUNE else "kept"
+        self.stdout.write(
+            f"removal {removal.pk} of {removal.source_name}: {removal.status};"
+            f" {removal.objects_done} of {removal.objects_total} objects {verb}"
+            + (f", {removal.objects_failed} failed" if removal.objects_failed else "")
+        )
+        if removal.message:
+            self.stdout.write(f"  {removal.message}")
 
     def _print_scope(self, source: Source) -> None:
         self.stdout.write(f"  namespaces: {', '.join(source.allowed_namespaces) or 'none'}")
@@ -331,8 +396,9 @@ class Command(BaseCommand):
             return
         for status in statuses:
             revision = status["revision"] or {}
+            suspended = " [suspended]" if status["suspended"] else ""
             self.stdout.write(
-                f"{status['name']}: {revision.get('outcome', 'never fetched')}"
+                f"{status['name']}{suspended}: {revision.get('outcome', 'never fetched')}"
                 f" @ {(status['commit'] or '-')[:12]}  ({status['url']} {status['branch']})"
             )
             self.stdout.write(
@@ -668,6 +734,30 @@ def _moment(text: str) -> datetime:
     if moment is None:
         raise CommandError(f"{text!r} is not a date like 2026-01-31 or an ISO time")
     return timezone.make_aware(moment) if timezone.is_naive(moment) else moment
+
+
+def _location_arguments(parser: ArgumentParser, *, creating: bool) -> None:
+    """Where the source's Git content is, and how to reach it. Left out on update: kept as it is."""
+    parser.add_argument("--url", required=creating, help="the Git URL, without credentials")
+    parser.add_argument("--branch", help="the branch to follow (default main)")
+    parser.add_argument("--path", help="directory within the repository")
+    parser.add_argument("--interval", type=duration, help="poll interval, e.g. 60s (5s to 24h; default 60s)")
+    parser.add_argument(
+        "--credentials", help="where the token or key lives: env:VAR, file:/path or ssh-key:/path"
+    )
+    parser.add_argument(
+        "--commit-url",
+        help="the Git host's page for a commit, e.g. https://github.com/org/repo/commit/{commit}",
+    )
+
+
+def _by_argument(parser: ArgumentParser) -> None:
+    parser.add_argument(
+        "--by",
+        default="",
+        metavar="NAME",
+        help="who makes the change, for the audit trail (default: cli:$USER)",
+    )
 
 
 def _scope_arguments(parser: ArgumentParser, *, required: bool) -> None:
