@@ -8,6 +8,7 @@ gitops log [--source NAME] [--commit SHA] [--limit N] [--json]
 gitops purge [--dry-run]
 gitops archive-changes --before DATE --output FILE
 gitops reencrypt-secrets
+gitops validate [PATH] [--git-ref REF | --staged]
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
+from django.conf import settings
 from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -31,7 +33,8 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
-from gitops import retention, rollouts, selectors, services
+from gitops import retention, rollouts, selectors, services, validate
+from gitops.desired.limits import Limits
 from gitops.errors import GitopsError
 from gitops.models import Rollout, Source
 from gitops.plan import DiffItem, Plan
@@ -155,6 +158,7 @@ class Command(BaseCommand):
         grant.add_argument("--role", required=True, choices=ROLES)
 
         _add_housekeeping_parsers(commands)
+        _add_validate_parser(commands)
 
     def handle(self, *args: Any, **options: Any) -> None:
         handler = getattr(self, "do_" + options["command"].replace("-", "_"))
@@ -424,6 +428,19 @@ class Command(BaseCommand):
         else:
             self.stdout.write(f"no change-log entries before {before.isoformat()}; nothing written")
 
+    def do_validate(self, **options: Any) -> None:
+        """The offline validator (gitops/validate.py) with this deployment's limits."""
+        verdict = validate.run(
+            options["path"],
+            git_ref=options["git_ref"],
+            staged=options["staged"],
+            limits=Limits.from_settings(settings),
+            stdout=self.stdout,
+            stderr=self.stderr,
+        )
+        if verdict != validate.Exit.VALID:
+            sys.exit(verdict)
+
     def do_reencrypt_secrets(self, **options: Any) -> None:
         rewritten, unreadable = services.reencrypt_webhook_secrets()
         self.stdout.write(f"re-encrypted {rewritten} webhook secrets under the current SECRET_KEY")
@@ -450,6 +467,15 @@ def _add_housekeeping_parsers(commands: Any) -> None:
     commands.add_parser(
         "reencrypt-secrets", help="rewrite stored webhook secrets under the current SECRET_KEY"
     )
+
+
+def _add_validate_parser(commands: Any) -> None:
+    checker = commands.add_parser(
+        "validate",
+        help="validate a checkout of a source repository offline (no database, no cluster); "
+        "python -m gitops.validate does the same without Django",
+    )
+    validate.add_arguments(checker)
 
 
 def _moment(text: str) -> datetime:
