@@ -98,8 +98,9 @@ def main() -> int:
         import django
 
         django.setup()
-        from gitops import services
-        from gitops.apply import get_cluster
+        from gitops import source_admin
+        from gitops.cluster import get_cluster
+        from gitops.intake import webhook_secrets
 
         run = uuid.uuid4().hex[:5]
         namespaces = [f"push-{run}-{i}" for i in range(NAMESPACE_COUNT)]
@@ -119,8 +120,8 @@ def main() -> int:
         git(work, "remote", "add", "origin", str(remote))
         git(work, "push", "--quiet", "origin", "HEAD:refs/heads/main")
 
-        source = services.add_source(name=f"push-{run}", url=f"file://{remote}", allowed_namespaces=["*"])
-        secret = services.rotate_webhook_secret(source)
+        source = source_admin.source_add(name=f"push-{run}", url=f"file://{remote}", allowed_namespaces=["*"])
+        secret = webhook_secrets.webhook_secret_rotate(source)
         port = free_port()
         logs = workdir / "logs"
         logs.mkdir()

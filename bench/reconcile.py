@@ -82,7 +82,7 @@ class Bench:
         django.setup()
 
     def namespaces(self, prefix: str) -> list[str]:
-        from gitops.apply import get_cluster
+        from gitops.cluster import get_cluster
 
         names = [f"{prefix}-{self.run_id}-{i}" for i in range(NAMESPACES)]
         for name in names:
@@ -108,13 +108,13 @@ class Bench:
         return work
 
     def sluice(self, size: int) -> dict[str, float]:
-        from gitops import services
+        from gitops import source_admin
         from gitops.tasks import sync_source
         from tests.workers import WorkerProcess
 
         namespaces = self.namespaces(f"s{size}")
         work = self.write_repo(size, namespaces, self.workdir / f"sluice-{size}")
-        source = services.add_source(
+        source = source_admin.source_add(
             name=f"bench-{size}-{self.run_id}",
             url=f"file://{work.parent / 'remote.git'}",
             allowed_namespaces=[f"s{size}-{self.run_id}-*"],

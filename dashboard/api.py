@@ -39,11 +39,17 @@ from ninja.security.http import HttpBearer
 from pydantic import field_validator
 
 from dashboard.models import ApiToken
-from gitops import rollouts, selectors, services
+from gitops import schedule, selectors
+from gitops.consumers.workloads import KINDS as WORKLOAD_KINDS
+from gitops.consumers.workloads import Health
 from gitops.desired.errors import ValidationError as RevisionError
+from gitops.desired.policy import ConsumerMode
 from gitops.errors import PermanentError, TemporaryError
-from gitops.models import Change, ManagedObject, Revision, Rollout, Source
-from gitops.sources import redact_url
+from gitops.models import ManagedObject, Revision, Rollout, Source
+from gitops.plan import drift_count
+from gitops.redaction import redact_url
+from gitops.rollout import decisions
+from gitops.vocabulary import ChangeAction
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
@@ -193,6 +199,21 @@ class PageIn(Schema):
     offset: int = Field(0, ge=0, le=MAX_OFFSET)
 
 
+WorkloadKind = StrEnum("WorkloadKind", {kind.upper(): kind for kind in WORKLOAD_KINDS})  # type: ignore[misc]
+
+
+class ConsumerStateOut(Schema):
+    """A workload that reads a ConfigMap the last step changed, as its controller last reported it."""
+
+    kind: WorkloadKind
+    namespace: str
+    name: str
+    restarted: bool = Field(description="this step stamped its pod template, so its pods were replaced")
+    restartable: bool = Field(description='false when annotated sluice.dev/restart: "false" (only watched)')
+    health: Health
+    detail: str = Field(description='"3/3 available", "updating 1/2", "ProgressDeadlineExceeded: ..."')
+
+
 class RolloutOut(Schema):
     """A rollout's state, as ``gitops status --json`` shows it."""
 
@@ -210,6 +231,12 @@ class RolloutOut(Schema):
     message: str
     created_at: datetime | None
     finished_at: datetime | None
+    consumers: ConsumerMode = Field(description="what a ConfigMap step does to the workloads that read it")
+    health_timeout_seconds: int = Field(description="how long a wave's consumers may take to be healthy")
+    consumer_states: list[ConsumerStateOut] = Field(
+        description="the consumers of the latest step that had any; while the rollout waits for them, "
+        "updated as their controllers report"
+    )
 
 
 class RevisionStatusOut(Schema):
@@ -256,6 +283,11 @@ class SourceDetailOut(SourceOut):
     applied_commit: str
     revision: RevisionStatusOut | None
     plan: PlanSummaryOut | None
+    consumer_map: dict[str, list[str]] = Field(
+        description='which workloads read which of the source\'s ConfigMaps: {"namespace/Kind/name": '
+        "[configmap, ...]}; empty until Sluice has looked"
+    )
+    consumer_map_at: datetime | None = Field(description="when the consumer map was made")
 
 
 class SourcePage(Schema):
@@ -390,9 +422,8 @@ class ChangePage(Schema):
     offset: int
 
 
-# Typed query parameters for the OpenAPI document, derived from the models' choices.
+# Typed query parameters for the OpenAPI document: the shared vocabulary, and the models' choices.
 RolloutPhase = StrEnum("RolloutPhase", {phase.name: phase.value for phase in Rollout.Phase})  # type: ignore[misc]
-ChangeAction = StrEnum("ChangeAction", {action.name: action.value for action in Change.Action})  # type: ignore[misc]
 
 
 class RolloutFilters(Schema):
@@ -520,7 +551,7 @@ def source_rows(sources: list[Source]) -> list[dict[str, Any]]:
                 "commit": source.last_commit,
                 "revision_outcome": revision.outcome if revision else None,
                 "managed_objects": managed.get(source.pk, 0),
-                "drift": summary.get("drift", 0) + summary.get("self-heal", 0),
+                "drift": drift_count(summary),
                 "conflicts": summary.get("conflict", 0),
                 "active_rollout": selectors.rollout_status(rollout) if rollout else None,
                 "last_error": redact_url(source.last_error),
@@ -713,7 +744,7 @@ def sync_source(request: HttpRequest, name: SourceName) -> Status[dict[str, Any]
         raise PermissionDenied(f"{user.get_username()} may not sync sources")
     source = source_or_404(name)
     with transaction.atomic():
-        task_ids = services.enqueue_sync(source, actor=user.get_username())
+        task_ids = schedule.source_sync(source.pk, actor=user.get_username())
     # on_commit ran when the block above committed, so the task is queued and its id known.
     return Status(202, {"source": source.name, "task_id": task_ids[0], "actor": user.get_username()})
 
@@ -723,19 +754,20 @@ def sync_source(request: HttpRequest, name: SourceName) -> Status[dict[str, Any]
 )
 def promote_rollout(request: HttpRequest, rollout_id: RolloutId, body: PromoteIn) -> dict[str, Any]:
     """Approves the gate the rollout waits at; with enough approvals it goes on (``full``: to 100%)."""
-    rollout = rollouts.promote(rollout_id, user=caller(request), full=body.full, comment=body.comment)
+    user = caller(request)
+    rollout = decisions.rollout_promote(rollout_id, user=user, full=body.full, comment=body.comment)
     return selectors.rollout_status(rollout)
 
 
 @api.post("/rollouts/{rollout_id}/abort", response={202: RolloutOut, **BODY_ACTION_ERRORS}, tags=["rollouts"])
 def abort_rollout(request: HttpRequest, rollout_id: RolloutId, body: AbortIn) -> Status[dict[str, Any]]:
     """Asks for a rollback; a worker restores every target the rollout changed."""
-    rollout = rollouts.abort(rollout_id, user=caller(request), reason=body.reason)
+    rollout = decisions.rollout_abort(rollout_id, user=caller(request), reason=body.reason)
     return Status(202, selectors.rollout_status(rollout))
 
 
 @api.post("/rollouts/{rollout_id}/retry", response={201: RolloutOut, **ACTION_ERRORS}, tags=["rollouts"])
 def retry_rollout(request: HttpRequest, rollout_id: RolloutId) -> Status[dict[str, Any]]:
     """Starts an aborted or failed rollout's revision again from step 0: a new rollout."""
-    rollout = rollouts.retry(rollout_id, user=caller(request))
+    rollout = decisions.rollout_retry(rollout_id, user=caller(request))
     return Status(201, selectors.rollout_status(rollout))

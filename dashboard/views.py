@@ -26,11 +26,16 @@ from django.utils.dateparse import parse_date, parse_datetime
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from gitops import health, metrics, rollouts, selectors, services
+from dashboard.consumers import CONSUMERS_SHOWN, PINNED_HINT, configmap_readers, consumers_by_target
+from gitops import health, metrics, schedule, selectors
+from gitops.consumers.workloads import KINDS as WORKLOAD_KINDS
 from gitops.errors import GitopsError
-from gitops.models import Approval, Change, ManagedObject, Rollout, RolloutEvent, Source
-from gitops.sources import redact_url
-from gitops.webhooks import MAX_BODY_BYTES
+from gitops.intake import receive
+from gitops.intake.webhooks import MAX_BODY_BYTES
+from gitops.models import Approval, ManagedObject, Rollout, RolloutEvent, Source
+from gitops.redaction import redact_url
+from gitops.rollout import decisions
+from gitops.vocabulary import ChangeAction
 
 PAGE_SIZE = 50
 EXPORT_LIMIT = 100_000
@@ -77,7 +82,7 @@ def readyz(request: HttpRequest) -> JsonResponse:
 
 
 def can_act(user: Any) -> bool:
-    return bool(user.has_perm(rollouts.APPROVE_PERMISSION))
+    return bool(user.has_perm(decisions.APPROVE_PERMISSION))
 
 
 def can_sync(user: Any) -> bool:
@@ -114,6 +119,7 @@ def overview(request: HttpRequest) -> HttpResponse:
 @permission_required("gitops.view_source", raise_exception=True)
 def source_detail(request: HttpRequest, name: str) -> HttpResponse:
     source = get_object_or_404(Source, name=name)
+    readers = configmap_readers(source.consumer_map or {})
     context = {
         "source": source,
         "url": redact_url(source.url),
@@ -125,6 +131,8 @@ def source_detail(request: HttpRequest, name: str) -> HttpResponse:
         "deliveries": list(source.deliveries.order_by("-received_at", "-id")[:20]),
         "webhook_url": request.build_absolute_uri(reverse("dashboard:webhook", args=[source.name])),
         "has_webhook_secret": bool(source.webhook_secret_encrypted),
+        "readers": readers[:CONSUMERS_SHOWN],
+        "readers_total": len(readers),
     }
     return render(request, "dashboard/source.html", context)
 
@@ -136,7 +144,7 @@ def source_sync(request: HttpRequest, name: str) -> HttpResponse:
         raise PermissionDenied("you may not sync sources")
     source = get_object_or_404(Source, name=name)
     with transaction.atomic():
-        services.enqueue_sync(source, actor=request.user.get_username())
+        schedule.source_sync(source.pk, actor=request.user.get_username())
     messages.success(request, f"Sync of {source.name} queued.")
     return redirect("dashboard:source", name=source.name)
 
@@ -147,6 +155,10 @@ def source_sync(request: HttpRequest, name: str) -> HttpResponse:
 def _rollout_context(request: HttpRequest, rollout: Rollout) -> dict[str, Any]:
     now = timezone.now()
     targets, targets_total = selectors.rollout_targets(rollout)
+    waiting_for_consumers = (
+        rollout.phase == Rollout.Phase.PAUSED and rollout.waiting_for == Rollout.Waiting.CONSUMERS
+    )
+    consumer_targets = consumers_by_target((rollout.consumer_states or [])[:CONSUMERS_SHOWN])
     return {
         "rollout": rollout,
         "source": rollout.source,
@@ -156,9 +168,15 @@ def _rollout_context(request: HttpRequest, rollout: Rollout) -> dict[str, Any]:
         "targets_total": targets_total,
         "events": list(RolloutEvent.objects.filter(rollout=rollout).order_by("at", "id")),
         "approvals": list(Approval.objects.filter(rollout=rollout).order_by("at")),
+        # A timed pause resumes at pause_until; a consumer gate fails there instead (shown as a deadline).
         "seconds_left": max(0, int((rollout.pause_until - now).total_seconds()))
-        if rollout.pause_until
+        if rollout.pause_until and not waiting_for_consumers
         else None,
+        "waiting_for_consumers": waiting_for_consumers,
+        "consumer_targets": consumer_targets,
+        "consumers_total": len(rollout.consumer_states or []),
+        "consumers_shown": CONSUMERS_SHOWN,
+        "pinned_hint": PINNED_HINT,
         "can_act": can_act(request.user),
         "at_gate": rollout.phase == Rollout.Phase.PAUSED and rollout.waiting_for == Rollout.Waiting.APPROVAL,
     }
@@ -182,16 +200,16 @@ def rollout_action(request: HttpRequest, rollout_id: int, action: str) -> HttpRe
     comment = request.POST.get("comment", "").strip()[:2000]
     try:
         if action == "promote":
-            rollouts.promote(rollout_id, user=user, comment=comment)  # type: ignore[arg-type]
+            decisions.rollout_promote(rollout_id, user=user, comment=comment)  # type: ignore[arg-type]
             messages.success(request, "Approval recorded.")
         elif action == "promote-full":
-            rollouts.promote(rollout_id, user=user, full=True, comment=comment)  # type: ignore[arg-type]
+            decisions.rollout_promote(rollout_id, user=user, full=True, comment=comment)  # type: ignore[arg-type]
             messages.success(request, "Promotion to 100% recorded.")
         elif action == "abort":
-            rollouts.abort(rollout_id, user=user, reason=comment)  # type: ignore[arg-type]
+            decisions.rollout_abort(rollout_id, user=user, reason=comment)  # type: ignore[arg-type]
             messages.success(request, "Abort requested: rolling back.")
         elif action == "retry":
-            again = rollouts.retry(rollout_id, user=user)  # type: ignore[arg-type]
+            again = decisions.rollout_retry(rollout_id, user=user)  # type: ignore[arg-type]
             messages.success(request, f"Retried as rollout {again.pk}.")
             return _go_to_rollout(request, again.pk)
         else:
@@ -261,7 +279,8 @@ def change_log(request: HttpRequest) -> HttpResponse:
         "filters": filters,
         "query": query,
         "next_before": page[-1].pk if has_more and page else None,
-        "actions": Change.Action.values,
+        "actions": [action.value for action in ChangeAction],
+        "workload_kinds": WORKLOAD_KINDS,
         "sources": list(Source.objects.order_by("name").values_list("name", flat=True)),
     }
     return render(request, "dashboard/changes.html", context)
@@ -293,10 +312,11 @@ EXPORT_CHUNK_WITH_BODIES = 50
 def _export_rows(changes: Any, *, bodies: bool) -> Iterator[dict[str, Any]]:
     rows = changes.order_by("-id").select_related("source")
     if not bodies:
-        rows = rows.defer("before", "after")
+        # The key-level diff holds old and new values too: as large as the bodies, and as private.
+        rows = rows.defer("before", "after", "diff")
     chunk = EXPORT_CHUNK_WITH_BODIES if bodies else EXPORT_CHUNK
     for change in rows[:EXPORT_LIMIT].iterator(chunk_size=chunk):
-        entry = selectors.change_as_dict(change)
+        entry = selectors.change_as_dict(change, with_diff=bodies)
         if bodies:
             entry["before"], entry["after"] = change.before, change.after
         yield entry
@@ -347,5 +367,5 @@ def git_webhook(request: HttpRequest, name: str) -> JsonResponse:
     body = request.read(MAX_BODY_BYTES + 1)
     if len(body) > MAX_BODY_BYTES:
         return JsonResponse({"status": "rejected", "reason": "body too large"}, status=413)
-    answer = services.receive_webhook(name, request.headers, body)
+    answer = receive.webhook_receive(name, request.headers, body)
     return JsonResponse(answer.body, status=answer.status)

@@ -5,10 +5,18 @@
 
 The fixed part (namespace, ServiceAccounts, read-only ClusterRole, Deployments, Service,
 NetworkPolicies) lives as plain YAML in deploy/kubernetes/. What depends on your cluster
-is generated: one Role and RoleBinding in each listed namespace, letting the worker's
-`sluice` ServiceAccount manage ConfigMaps there and nowhere else. List every target
-namespace of every source, the flag-set namespaces included. Nothing grants access to
-Secrets, and the web pods' `sluice-web` ServiceAccount is granted nothing.
+is generated: in each listed namespace, two Roles and their RoleBindings for the worker's
+`sluice` ServiceAccount, and nowhere else:
+
+- `sluice-configmaps`: manage ConfigMaps (the only objects Sluice creates);
+- `sluice-workloads`: get, list, watch and patch Deployments, StatefulSets and DaemonSets,
+  which a rollout with `consumers: watch|restart` waits on, and restarts by a server-side
+  apply of two pod-template annotations. No create or delete: Sluice never makes or removes
+  a workload (a server-side apply that would create one is refused).
+
+List every target namespace of every source, the flag-set namespaces included. Nothing
+grants access to Secrets or Pods, and the web pods' `sluice-web` ServiceAccount is granted
+nothing.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ SYSTEM_NAMESPACE = "sluice-system"
 SERVICE_ACCOUNT = "sluice"
 DEFAULT_IMAGE = "sluice:0.1.0"
 ROLE_NAME = "sluice-configmaps"
+WORKLOAD_ROLE_NAME = "sluice-workloads"
 # RFC 1123 label, what Kubernetes accepts as a namespace name.
 NAMESPACE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 LABELS = {"app.kubernetes.io/name": "sluice"}
@@ -56,27 +65,43 @@ def with_image(document: dict[str, Any], image: str) -> dict[str, Any]:
     return document
 
 
+# What the worker may do in each listed namespace, by Role name.
+NAMESPACE_RULES: dict[str, list[dict[str, list[str]]]] = {
+    # Full control of ConfigMaps: the only objects Sluice writes.
+    ROLE_NAME: [
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
+        }
+    ],
+    # The consumers of those ConfigMaps: watched for health, restarted by a pod-template stamp.
+    WORKLOAD_ROLE_NAME: [
+        {
+            "apiGroups": ["apps"],
+            "resources": ["deployments", "statefulsets", "daemonsets"],
+            "verbs": ["get", "list", "watch", "patch"],
+        }
+    ],
+}
+
+
 def namespace_access(namespace: str) -> Iterator[dict[str, Any]]:
-    """Full control of ConfigMaps in one namespace: the only thing Sluice writes."""
-    yield {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "Role",
-        "metadata": {"name": ROLE_NAME, "namespace": namespace, "labels": dict(LABELS)},
-        "rules": [
-            {
-                "apiGroups": [""],
-                "resources": ["configmaps"],
-                "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
-            }
-        ],
-    }
-    yield {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "RoleBinding",
-        "metadata": {"name": ROLE_NAME, "namespace": namespace, "labels": dict(LABELS)},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": ROLE_NAME},
-        "subjects": [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": SYSTEM_NAMESPACE}],
-    }
+    """The worker's Roles in one namespace, each bound to its ServiceAccount there."""
+    for role, rules in NAMESPACE_RULES.items():
+        yield {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": role, "namespace": namespace, "labels": dict(LABELS)},
+            "rules": rules,
+        }
+        yield {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": role, "namespace": namespace, "labels": dict(LABELS)},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+            "subjects": [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": SYSTEM_NAMESPACE}],
+        }
 
 
 def render(namespaces: list[str], image: str = DEFAULT_IMAGE) -> str:
@@ -101,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         "--namespaces",
         required=True,
         type=namespace_list,
-        help="comma-separated namespaces Sluice may write ConfigMaps to",
+        help="comma-separated namespaces Sluice may write ConfigMaps to (and restart their consumers in)",
     )
     parser.add_argument("--image", default=DEFAULT_IMAGE, help=f"Sluice image (default {DEFAULT_IMAGE})")
     args = parser.parse_args(argv)

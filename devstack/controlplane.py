@@ -107,6 +107,10 @@ def controller_manager_argv(
         f"--service-account-private-key-file={certs.service_account_private}",
         f"--root-ca-file={pki.ca_cert}",
         f"--controllers={','.join(controllers)}",
+        # kwok reports a node's status about once a minute and keeps no Lease: with the default
+        # 50 s grace the node lifecycle controller calls every node not-Ready now and then, and
+        # marks every pod not Ready with it, which would flap every Deployment's availability.
+        "--node-monitor-grace-period=10m",
         "--bind-address=127.0.0.1",
         f"--secure-port={port}",
         f"--tls-cert-file={pki.components.cert}",

@@ -8,13 +8,14 @@ a dead dependency makes /readyz answer 503 quickly instead of hanging a web work
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 
 import redis
 from django.conf import settings
 from django.db import connection, transaction
 
-from gitops.apply import get_cluster
+from gitops.cluster import get_cluster
 
 CHECK_TIMEOUT_SECONDS = 3
 
@@ -60,11 +61,23 @@ def _outcome(check: Callable[[], None]) -> str:
     return "ok"
 
 
+def _within(future: Future[str]) -> str:
+    try:
+        return future.result(timeout=CHECK_TIMEOUT_SECONDS + 2)
+    except FutureTimeout:
+        return "TimeoutError: no answer in time"
+
+
 def readiness() -> dict[str, str]:
     """Each dependency: "ok", or the kind of failure (the exception's type and first line)."""
-    with ThreadPoolExecutor(max_workers=len(CHECKS)) as pool:
+    # Not a with-block: leaving one waits for every thread, and a hung check would hang the page.
+    pool = ThreadPoolExecutor(max_workers=len(CHECKS))
+    try:
         pending = {name: pool.submit(_outcome, check) for name, check in CHECKS.items()}
         name, check = DATABASE_CHECK
         results = {name: _outcome(check)}
-        results.update({name: future.result() for name, future in pending.items()})
+        # Each check bounds itself; this bounds the page even if one of them does not.
+        results.update({name: _within(future) for name, future in pending.items()})
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
     return results

@@ -9,30 +9,15 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from gitops.sources import redact_url
+from gitops.redaction import redact
 
 CONTEXT_FIELDS = ("source", "commit", "rollout")
 _context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("sluice_log_context", default={})  # noqa: B039 - never mutated; always replaced
-
-# Secrets that may slip into a message: URL credentials are handled by redact_url.
-SECRET_PATTERNS = (
-    re.compile(r"(?i)(authorization:\s*(?:bearer|basic)\s+)\S+"),
-    re.compile(r"(?i)\b(token|secret|password)=([^\s&]+)"),
-    re.compile(r"\bsluice_[0-9a-f]{8}_\S+"),
-)
-
-
-def redact(text: str) -> str:
-    text = redact_url(text)
-    text = SECRET_PATTERNS[0].sub(r"\1***", text)
-    text = SECRET_PATTERNS[1].sub(r"\1=***", text)
-    return SECRET_PATTERNS[2].sub("sluice_***", text)
 
 
 @contextmanager

@@ -1,23 +1,17 @@
 """Prometheus metrics, shared by web and worker processes (prometheus_client's multiprocess mode).
 
 Every process writes its samples under PROMETHEUS_MULTIPROC_DIR; the web
-process's /metrics adds them up, so what workers do reaches the scrape. The
-directory must be set before prometheus_client is first imported: here.
+process's /metrics adds them up, so what workers do reaches the scrape.
+prometheus_client reads that variable when it is first imported, so the
+settings module sets it (``sluice.settings``), before any app code runs.
 State that lives in the database (rollout phases, drift) is read at scrape time.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from pathlib import Path
 
-from django.conf import settings
-
-os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(Path(settings.SLUICE_DATA_DIR) / "metrics"))
-Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
-
-from prometheus_client import (  # noqa: E402
+from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
@@ -25,8 +19,10 @@ from prometheus_client import (  # noqa: E402
     generate_latest,
     multiprocess,
 )
-from prometheus_client.core import GaugeMetricFamily  # noqa: E402
-from prometheus_client.registry import Collector  # noqa: E402
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from gitops.plan import drift_count
 
 RECONCILES = Counter("sluice_reconcile_total", "Reconciles of a source, by result", ["source", "result"])
 RECONCILE_SECONDS = Histogram(
@@ -71,7 +67,7 @@ class DatabaseCollector(Collector):
         )
         for name, plan in Source.objects.values_list("name", "last_plan"):
             summary = (plan or {}).get("summary", {})
-            drift.add_metric([name], summary.get("drift", 0) + summary.get("self-heal", 0))
+            drift.add_metric([name], drift_count(summary))
         yield drift
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from collections.abc import Mapping
+from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from django.conf import settings
@@ -11,12 +12,26 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import models
 from django.utils import timezone
 
+from gitops.desired.content import KIND_LABEL, Content
+from gitops.desired.policy import DEFAULT_HEALTH_TIMEOUT_SECONDS, ConsumerMode
+from gitops.desired.scope import AdminScope
+from gitops.plan import Action, PlanItem, diff_content
+from gitops.plan.provenance import Provenance, live_content, live_provenance
+from gitops.plan.provenance import manifest as configmap_manifest
+from gitops.vocabulary import ChangeAction, Waiting
+
 SOURCE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # SHA-1 object ids have 40 hex digits, SHA-256 ones 64.
 COMMIT_LENGTH = 64
 # Commit metadata is the pusher's to choose: long values are cut to fit, never refused.
 PERSON_LENGTH = 500
 MAX_REQUIRED_APPROVALS = 10
+CHANGE_ACTIONS = [(action.value, action.value) for action in ChangeAction]
+
+
+def copied(instance: models.Model, fields: tuple[str, ...]) -> dict[str, Any]:
+    """The named fields of ``instance``: one record built from another names what it takes, once."""
+    return {name: getattr(instance, name) for name in fields}
 
 
 class ContentJSONField(models.JSONField):
@@ -72,6 +87,9 @@ class Source(models.Model):
     last_synced_at = models.DateTimeField(null=True, blank=True)
     last_commit = models.CharField(max_length=COMMIT_LENGTH, blank=True, default="")
     last_error = models.TextField(blank=True, default="")
+    # Which workloads read which of the source's ConfigMaps, as last seen: {"ns/kind/name": [configmaps]}.
+    consumer_map = models.JSONField(default=dict, blank=True)
+    consumer_map_at = models.DateTimeField(null=True, blank=True)
     # Reconciles that failed in a row; the next poll backs off exponentially while it is above 0.
     consecutive_failures = models.PositiveIntegerField(default=0)
     # The plan the last reconcile computed (items that were not unchanged), for pages and the API.
@@ -90,6 +108,11 @@ class Source(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def scope(self) -> AdminScope:
+        """What an administrator allows this source; its repository can only narrow it."""
+        return AdminScope.of(self.allowed_namespaces or (), self.analysis_url_prefixes or ())
 
 
 class Revision(models.Model):
@@ -144,11 +167,7 @@ class Rollout(models.Model):
         FAILED = "Failed"
         SUPERSEDED = "Superseded"
 
-    class Waiting(models.TextChoices):
-        NOTHING = "", "nothing"
-        APPROVAL = "approval", "approval"
-        TIMER = "timer", "timer"
-        ANALYSIS = "analysis", "analysis"
+    Waiting = Waiting
 
     ACTIVE_PHASES: ClassVar[tuple[str, ...]] = (Phase.PROGRESSING, Phase.PAUSED)
     ENDED_PHASES: ClassVar[tuple[str, ...]] = (Phase.COMPLETED, Phase.ABORTED, Phase.FAILED, Phase.SUPERSEDED)
@@ -156,7 +175,9 @@ class Rollout(models.Model):
     source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="rollouts")
     revision = models.ForeignKey(Revision, on_delete=models.CASCADE, related_name="rollouts")
     phase = models.CharField(max_length=16, choices=Phase.choices, default=Phase.PROGRESSING, db_index=True)
-    waiting_for = models.CharField(max_length=16, choices=Waiting.choices, blank=True, default="")
+    waiting_for = models.CharField(
+        max_length=16, choices=[(w.value, w.value or "nothing") for w in Waiting], blank=True, default=""
+    )
     pause_until = models.DateTimeField(null=True, blank=True, db_index=True)
     step_index = models.PositiveIntegerField(default=0)
     weight = models.PositiveSmallIntegerField(default=0)
@@ -167,6 +188,13 @@ class Rollout(models.Model):
     forbid_self_approval = models.BooleanField(default=False)
     # Authors' and committers' emails of every commit this rollout brings (lower case): none may approve it.
     commit_identities = models.JSONField(default=list, blank=True)
+    # What a ConfigMap step does to the workloads that read it, and how long they may take to be healthy.
+    consumers = models.CharField(
+        max_length=8, choices=[(mode.value, mode.value) for mode in ConsumerMode], default=ConsumerMode.IGNORE
+    )
+    health_timeout_seconds = models.PositiveIntegerField(default=DEFAULT_HEALTH_TIMEOUT_SECONDS)
+    # The consumers of the current wave and their state as the step gate last saw them, for pages.
+    consumer_states = models.JSONField(default=list, blank=True)
     content_hash = models.CharField(max_length=64, blank=True, default="")
     promoted_by = models.CharField(max_length=150, blank=True, default="")
     abort_requested_by = models.CharField(max_length=150, blank=True, default="")
@@ -189,6 +217,19 @@ class Rollout(models.Model):
     def is_active(self) -> bool:
         return self.phase in self.ACTIVE_PHASES
 
+    # What running a revision again takes from an earlier rollout of it: the steps and gates it had.
+    REPEATED_FIELDS: ClassVar[tuple[str, ...]] = (
+        "source",
+        "revision",
+        "steps",
+        "approvals_required",
+        "forbid_self_approval",
+        "commit_identities",
+        "consumers",
+        "health_timeout_seconds",
+        "content_hash",
+    )
+
 
 class Approval(models.Model):
     """One person's approval of one gate (step) of one rollout, tied to the exact content."""
@@ -200,6 +241,8 @@ class Approval(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="approvals")
     username = models.CharField(max_length=150)
     comment = models.TextField(blank=True, default="")
+    # Approved going to 100% at once; a full release needs as many of these as the gate needs approvals.
+    full = models.BooleanField(default=False)
     at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -250,7 +293,7 @@ class ApplyIntent(models.Model):
     namespace = models.CharField(max_length=63)
     name = models.CharField(max_length=253)
     kind = models.CharField(max_length=32, default="ConfigMap")
-    action = models.CharField(max_length=16)
+    action = models.CharField(max_length=16, choices=CHANGE_ACTIONS)
     commit = models.CharField(max_length=COMMIT_LENGTH, help_text="the commit the applied content came from")
     manifest = ContentJSONField(null=True, blank=True, help_text="what is applied; null for a delete")
     before = ContentJSONField(null=True, blank=True)
@@ -275,6 +318,116 @@ class ApplyIntent(models.Model):
     def __str__(self) -> str:
         return f"{self.action} {self.namespace}/{self.name} ({self.status})"
 
+    @classmethod
+    def for_item(
+        cls, rollout: Rollout, item: PlanItem, *, commit: str, actor: str, step_index: int, weight: int
+    ) -> ApplyIntent:
+        """What applying one plan item at a step will do, before it is done."""
+        # Self-heal restores what was applied, so the object keeps the commit it came from.
+        applied_commit = item.live_commit if item.action is Action.SELF_HEAL and item.live_commit else commit
+        manifest = None
+        if item.after is not None and item.desired is not None:
+            provenance = Provenance(
+                source=rollout.source.name,
+                commit=applied_commit,
+                content_hash=item.desired.content.hash,
+                origin=item.desired.origin,
+                kind=item.desired.kind,
+            )
+            manifest = configmap_manifest(item.namespace, item.name, item.after, provenance)
+        return cls(
+            rollout=rollout,
+            source_id=rollout.source_id,
+            step_index=step_index,
+            weight=weight,
+            namespace=item.namespace,
+            name=item.name,
+            action=ChangeAction(item.action.value),
+            commit=applied_commit,
+            manifest=manifest,
+            before=item.before.as_dict() if item.before is not None else None,
+            after=item.after.as_dict() if item.after is not None else None,
+            before_hash=item.before_hash,
+            after_hash=item.after_hash,
+            before_commit=item.live_commit or "",
+            before_content_hash=item.live_content_hash or "",
+            diff=[change.as_dict() for change in item.diff],
+            force=item.force,
+            origin=item.desired.origin if item.desired else "",
+            actor=actor,
+        )
+
+    @classmethod
+    def restoring(
+        cls, rollout: Rollout, first: ApplyIntent, live: Mapping[str, Any] | None, *, actor: str
+    ) -> ApplyIntent | None:
+        """Puts an object back as it was before ``first``, a rollout's first change to it.
+
+        None when it already holds exactly that, content and provenance alike:
+        a rollback run again changes nothing.
+        """
+        baseline = Content.from_dict(first.before) if first.before is not None else None
+        if baseline is None and live is None:
+            return None
+        if baseline is not None and live is not None and _holds(live, baseline, first):
+            return None
+        current = live_content(live) if live is not None else None
+        manifest = None
+        if baseline is not None:
+            kind = (first.manifest or {}).get("metadata", {}).get("labels", {}).get(KIND_LABEL, "configmap")
+            provenance = Provenance(
+                rollout.source.name, first.before_commit, first.before_content_hash, first.origin, kind
+            )
+            manifest = configmap_manifest(first.namespace, first.name, baseline, provenance)
+        return cls(
+            rollout=rollout,
+            source_id=rollout.source_id,
+            step_index=rollout.step_index,
+            weight=rollout.weight,
+            namespace=first.namespace,
+            name=first.name,
+            action=ChangeAction.ROLLBACK,
+            commit=first.before_commit or rollout.revision.commit,
+            manifest=manifest,
+            before=current.as_dict() if current is not None else None,
+            after=baseline.as_dict() if baseline is not None else None,
+            before_hash=current.hash if current is not None else "",
+            after_hash=baseline.hash if baseline is not None else "",
+            diff=[change.as_dict() for change in diff_content(current, baseline)],
+            force=True,
+            recreate=bool(live and live.get("immutable")) and baseline is not None,
+            origin=first.origin,
+            actor=actor,
+        )
+
+
+def _holds(live: Mapping[str, Any], baseline: Content, first: ApplyIntent) -> bool:
+    _, live_commit, live_hash = live_provenance(live)
+    restored = live_content(live, desired_labels=baseline.labels, desired_annotations=baseline.annotations)
+    return (
+        restored == baseline and live_commit == first.before_commit and live_hash == first.before_content_hash
+    )
+
+
+# What a change-log entry keeps of the intent it records.
+LOGGED_FROM_INTENT = (
+    "source_id",
+    "rollout_id",
+    "commit",
+    "namespace",
+    "kind",
+    "name",
+    "action",
+    "before_hash",
+    "after_hash",
+    "before",
+    "after",
+    "diff",
+    "actor",
+    "step_index",
+    "weight",
+)
+
 
 class ChangeQuerySet(models.QuerySet["Change"]):
     def update(self, **kwargs: Any) -> int:
@@ -292,13 +445,7 @@ class Change(models.Model):
     UPDATE and DELETE on this table.
     """
 
-    class Action(models.TextChoices):
-        CREATE = "create"
-        UPDATE = "update"
-        DELETE = "delete"
-        SELF_HEAL = "self-heal"
-        REPLACE = "replace"
-        ROLLBACK = "rollback"
+    Action = ChangeAction
 
     class Result(models.TextChoices):
         OK = "ok"
@@ -314,7 +461,7 @@ class Change(models.Model):
     namespace = models.CharField(max_length=63)
     kind = models.CharField(max_length=32, default="ConfigMap")
     name = models.CharField(max_length=253)
-    action = models.CharField(max_length=16, choices=Action.choices)
+    action = models.CharField(max_length=16, choices=CHANGE_ACTIONS)
     before_hash = models.CharField(max_length=64, blank=True, default="")
     after_hash = models.CharField(max_length=64, blank=True, default="")
     before = ContentJSONField(null=True, blank=True)
@@ -347,6 +494,18 @@ class Change(models.Model):
     def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
         raise TypeError("the change log is append-only")
 
+    @classmethod
+    def from_intent(cls, intent: ApplyIntent, *, cluster: str, at: datetime, error: str | None) -> Change:
+        """The log entry of an applied intent: what it did, as it meant to, and how it went."""
+        return cls(
+            intent=intent,
+            cluster=cluster,
+            at=at,
+            result=cls.Result.ERROR if error else cls.Result.OK,
+            error=error or "",
+            **copied(intent, LOGGED_FROM_INTENT),
+        )
+
 
 class ManagedObject(models.Model):
     """The inventory: what each source applied, so prune knows where to look."""
@@ -367,6 +526,12 @@ class ManagedObject(models.Model):
 
     def __str__(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    @classmethod
+    def applied_by(cls, intent: ApplyIntent, *, at: datetime) -> ManagedObject:
+        """The inventory entry an applied intent leaves behind."""
+        fields = copied(intent, ("source_id", "namespace", "name", "kind", "commit"))
+        return cls(**fields, content_hash=intent.after_hash, updated_at=at)
 
 
 class WebhookDelivery(models.Model):

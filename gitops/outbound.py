@@ -8,6 +8,8 @@ internal address must not reach events, pages, logs or notifications.
 
 from __future__ import annotations
 
+import http.client
+import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -44,11 +46,26 @@ class Answer:
 
 
 def post(url: str, body: bytes, *, content_type: str, timeout: float) -> Answer:
-    """POSTs ``body``; the answer's status, or why there was none. Never raises for network trouble."""
+    """POSTs ``body``; the answer's status, or why there was none. Never raises for network trouble.
+
+    ``timeout`` bounds the whole call, not each read: a server that trickles its
+    answer a byte at a time is given up on all the same.
+    """
     if not url.startswith(("http://", "https://")):
         return Answer(0, "not an http:// or https:// URL")
     timeout = min(max(timeout, 0.1), MAX_TIMEOUT_SECONDS)
-    request = urllib.request.Request(  # noqa: S310 - the scheme is checked above
+    answers: list[Answer] = []
+    call = threading.Thread(
+        target=lambda: answers.append(_post(url, body, content_type, timeout)), name="outbound", daemon=True
+    )
+    call.start()
+    call.join(timeout)
+    # A trickling server keeps the thread until its socket times out; nobody waits for it.
+    return answers[0] if answers else Answer(0, f"no answer within {timeout:g}s")
+
+
+def _post(url: str, body: bytes, content_type: str, timeout: float) -> Answer:
+    request = urllib.request.Request(  # noqa: S310 - the scheme is checked by post()
         url, data=body, method="POST", headers={"Content-Type": content_type, "User-Agent": USER_AGENT}
     )
     try:
@@ -59,7 +76,7 @@ def post(url: str, body: bytes, *, content_type: str, timeout: float) -> Answer:
         return Answer(int(exc.code))
     except TimeoutError:
         return Answer(0, f"no answer within {timeout:g}s")
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
         if isinstance(reason, TimeoutError):
             return Answer(0, f"no answer within {timeout:g}s")

@@ -10,7 +10,8 @@ from django.db.models.fields.json import KeyTransform
 
 from gitops.desired.errors import ValidationError
 from gitops.models import Change, ManagedObject, Revision, Rollout, Source
-from gitops.sources import redact_url
+from gitops.plan import drift_count, out_of_sync
+from gitops.redaction import redact_url
 
 
 def source_status(source: Source) -> dict[str, Any]:
@@ -34,9 +35,12 @@ def source_status(source: Source) -> dict[str, Any]:
         "applied_commit": applied.commit if applied else "",
         "revision": _revision(latest) if latest else None,
         "managed_objects": ManagedObject.objects.filter(source=source).count(),
-        "drift": summary.get("drift", 0) + summary.get("self-heal", 0),
+        "drift": drift_count(summary),
         "conflicts": summary.get("conflict", 0),
         "active_rollout": rollout_status(active) if active else None,
+        # Which workloads read which of the source's ConfigMaps, as the worker last saw them.
+        "consumer_map": dict(source.consumer_map or {}),
+        "consumer_map_at": _iso(source.consumer_map_at),
         "last_error": source.last_error,
         # A failing source backs off: how many failures in a row, and when it tries again.
         "consecutive_failures": source.consecutive_failures,
@@ -77,6 +81,10 @@ def rollout_status(rollout: Rollout) -> dict[str, Any]:
         "message": rollout.message,
         "created_at": _iso(rollout.created_at),
         "finished_at": _iso(rollout.finished_at),
+        # What a ConfigMap step does to the workloads that read it, and their state in the last wave.
+        "consumers": rollout.consumers,
+        "health_timeout_seconds": rollout.health_timeout_seconds,
+        "consumer_states": [dict(state) for state in rollout.consumer_states or []],
     }
 
 
@@ -105,8 +113,8 @@ def change_log(
     return changes
 
 
-def change_as_dict(change: Change) -> dict[str, Any]:
-    return {
+def change_as_dict(change: Change, *, with_diff: bool = True) -> dict[str, Any]:
+    entry = {
         "id": change.pk,
         "at": _iso(change.at),
         "source": change.source.name,
@@ -123,8 +131,10 @@ def change_as_dict(change: Change) -> dict[str, Any]:
         "error": change.error,
         "before_hash": change.before_hash,
         "after_hash": change.after_hash,
-        "diff": change.diff,
     }
+    if with_diff:
+        entry["diff"] = change.diff
+    return entry
 
 
 def changes_per_object(source: Source) -> dict[tuple[str, str], int]:
@@ -167,8 +177,7 @@ def sync_state(
     if last is not None and last.phase in (Rollout.Phase.ABORTED, Rollout.Phase.FAILED):
         return "Degraded"
     summary = (source.last_plan or {}).get("summary", {})
-    out_of_sync = any(summary.get(action) for action in ("drift", "conflict", "orphan", "held"))
-    if revision is None or last is None or out_of_sync:
+    if revision is None or last is None or out_of_sync(summary):
         return "OutOfSync"
     return "Synced"
 
@@ -226,7 +235,7 @@ def overview_rows(*, search: str = "", page: int = 1) -> tuple[list[SourceRow], 
                 state=sync_state(source, latest_revisions.get(source.pk), active, last),
                 revision=latest_revisions.get(source.pk),
                 active=active,
-                drift=summary.get("drift", 0) + summary.get("self-heal", 0),
+                drift=drift_count(summary),
             )
         )
     return rows, total
@@ -238,17 +247,21 @@ ROLLOUT_TARGETS_SHOWN = 200
 def rollout_targets(
     rollout: Rollout, *, limit: int = ROLLOUT_TARGETS_SHOWN
 ) -> tuple[list[dict[str, Any]], int]:
-    """The objects the rollout changed, each with its latest change: at most ``limit``, and the total."""
+    """The objects the rollout changed (ConfigMaps, restarted workloads), each with its latest change:
+    at most ``limit``, and the total."""
     changes = Change.objects.filter(rollout=rollout)
-    total = changes.values("namespace", "name").distinct().count()
+    total = changes.values("namespace", "kind", "name").distinct().count()
     latest = (
-        changes.order_by("namespace", "name", "-id")
-        .distinct("namespace", "name")
-        .values("namespace", "name", "action", "step_index", "weight", "result", "at", "actor")[:limit]
+        changes.order_by("namespace", "kind", "name", "-id")
+        .distinct("namespace", "kind", "name")
+        .values("namespace", "kind", "name", "action", "step_index", "weight", "result", "at", "actor")[
+            :limit
+        ]
     )
     rows = [
         {
             "namespace": row["namespace"],
+            "kind": row["kind"],
             "name": row["name"],
             "action": row["action"],
             "step": row["step_index"],

@@ -13,9 +13,13 @@ from typing import Any
 
 from celery import Task
 
-from gitops import notifiers, services
+from gitops import polling, schedule
 from gitops.celery import app, redelivered_too_often
 from gitops.errors import PermanentError, TemporaryError
+from gitops.reconcile import SourceBusy, source_sync, sync_failure_record
+from gitops.record import notifications
+from gitops.rollout.state import SYSTEM_ACTOR
+from gitops.vocabulary import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +58,14 @@ def sync_source(
     wait_if_busy: bool = True,
 ) -> dict[str, Any]:
     if died := redelivered_too_often(self):
-        return services.record_sync_failure(source_id, WorkerDied(died)).as_dict()
+        return sync_failure_record(source_id, WorkerDied(died)).as_dict()
     try:
-        return services.sync_source(source_id, actor=actor, retry_failed=retry_failed).as_dict()
-    except services.SourceBusy as exc:
+        return source_sync(source_id, actor=actor, retry_failed=retry_failed).as_dict()
+    except SourceBusy as exc:
         # The running reconcile takes the request over (it is coalesced); only a
         # caller that waits for this task's own result needs it to run again.
         if not wait_if_busy:
-            return {"source_id": source_id, "outcome": "coalesced"}
+            return {"source_id": source_id, "outcome": Outcome.COALESCED}
         if self.request.retries >= BUSY_MAX_RETRIES:
             raise
         raise self.retry(exc=exc, countdown=BUSY_RETRY_SECONDS) from exc
@@ -69,16 +73,16 @@ def sync_source(
         # A blip is retried here a few times; past that the source backs off (see
         # record_sync_failure), so a host that stays down is not asked every sweep.
         if self.request.retries >= TEMPORARY_MAX_RETRIES:
-            return services.record_sync_failure(source_id, exc).as_dict()
+            return sync_failure_record(source_id, exc).as_dict()
         log.warning("sync of source %s failed temporarily, retrying: %s", source_id, exc)
         raise self.retry(exc=exc, countdown=backoff(self.request.retries, exc.delay)) from exc
     except PermanentError as exc:
-        return services.record_sync_failure(source_id, exc).as_dict()
+        return sync_failure_record(source_id, exc).as_dict()
     except Exception as exc:
         # Anything unforeseen (a database error on odd input, a bug) is shown on the
         # source instead of failing silently on every poll.
         log.exception("sync of source %s failed unexpectedly", source_id)
-        return services.record_sync_failure(source_id, exc).as_dict()
+        return sync_failure_record(source_id, exc).as_dict()
 
 
 @app.task(name="gitops.poll_sources", bind=True)
@@ -86,9 +90,9 @@ def poll_sources(self: Task[Any, Any]) -> list[int]:
     """Beat runs this every few seconds; it enqueues the sources whose poll is due."""
     if redelivered_too_often(self):
         return []  # the next sweep comes within seconds
-    claimed = sorted(set(services.claim_due_sources()) | set(services.due_rollout_sources()))
+    claimed = sorted(set(polling.sources_claim_due()) | set(polling.sources_with_due_rollouts()))
     for source_id in claimed:
-        sync_source.delay(source_id, wait_if_busy=False)
+        schedule.source_sync(source_id, actor=SYSTEM_ACTOR, wait_if_busy=False)
     return claimed
 
 
@@ -99,12 +103,12 @@ NOTIFY_MAX_RETRIES = 8
 def deliver_notification(self: Task[Any, Any], notification_id: int) -> bool:
     """Delivers one CloudEvent, retrying with exponential backoff; never blocks a rollout."""
     if redelivered_too_often(self):
-        notifiers.give_up(notification_id)
+        notifications.give_up(notification_id)
         return False
-    if notifiers.deliver(notification_id, retry_in=backoff(self.request.retries)):
+    if notifications.deliver(notification_id, retry_in=backoff(self.request.retries)):
         return True
     if self.request.retries >= NOTIFY_MAX_RETRIES:
-        notifiers.give_up(notification_id)
+        notifications.give_up(notification_id)
         return False
     raise self.retry(countdown=backoff(self.request.retries))
 
@@ -115,9 +119,9 @@ def deliver_notification(self: Task[Any, Any], notification_id: int) -> bool:
 @app.task(name="gitops.sweep_notifications")
 def sweep_notifications() -> list[int]:
     """Re-enqueues pending notifications whose delivery task never ran (the broker failed)."""
-    claimed = notifiers.claim_overdue()
+    claimed = notifications.claim_overdue()
     for notification_id in claimed:
-        deliver_notification.delay(notification_id)
+        schedule.notification_delivery(notification_id)
     return claimed
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# CI smoke test of `make demo`: it starts, the pages answer, a rollout waits for approval, and it stops cleanly.
+# CI smoke test of `make demo`: it starts, the pages answer, a rollout waits for approval with its first
+# wave's consumers restarted and healthy, and it stops cleanly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,22 +21,40 @@ done
 curl -fsS "http://127.0.0.1:$port/readyz"; echo
 curl -fsS -o /dev/null -w "login page: %{http_code}\n" "http://127.0.0.1:$port/login/"
 grep -q "waiting for approval" "$log" || { echo "the demo has no rollout waiting for approval" >&2; exit 1; }
+# The first wave (demo-canary) restarted its shop Deployment, which is available again; the others wait.
+status=$(. .stack/env && .venv/bin/python manage.py gitops status shop-config --json)
+.venv/bin/python - "$status" <<'PY' || { echo "the paused rollout's consumers are not as expected" >&2; exit 1; }
+import json, sys
+
+rollout = json.loads(sys.argv[1])["active_rollout"]
+states = rollout["consumer_states"]
+print("consumers of the first wave:", ", ".join(f"{s['namespace']}/{s['name']} {s['detail']}" for s in states))
+assert (rollout["waiting_for"], rollout["consumers"]) == ("approval", "restart"), rollout
+assert [(s["namespace"], s["name"]) for s in states] == [("demo-canary", "shop")], states
+assert all(s["restarted"] and s["health"] == "healthy" for s in states), states
+PY
+stamped=$(. .stack/env && kubectl get deployments -A -l app=shop \
+  -o jsonpath='{range .items[*]}{.metadata.namespace}={.spec.template.metadata.annotations.sluice\.dev/config-hash}{" "}{end}')
+echo "config-hash stamps: $stamped"
+[[ " $stamped" =~ \ demo-canary=[0-9a-f]+\  && " $stamped" == *" demo-team-a= "* && " $stamped" == *" demo-team-b= "* ]] \
+  || { echo "only demo-canary's shop should be restarted so far" >&2; exit 1; }
 
 kill -TERM -- "-$demo"
 wait "$demo" || true
 trap - EXIT
 # make exits on the signal at once; the demo's own trap then stops the worker,
 # beat, web server and stack. Give that a deadline instead of racing it.
+# The demo's own processes are those of the session setsid started (other Celery workers on
+# this machine are not ours); the stack's processes are its own, and devstack knows them.
 still_running() {
-  pgrep -f "celery -A gitops (worker|beat)" >/dev/null \
-    || pgrep -f "runserver 127.0.0.1:$port" >/dev/null \
-    || .venv/bin/python -m devstack status >/dev/null 2>&1
+  pgrep -s "$demo" >/dev/null || .venv/bin/python -m devstack status >/dev/null 2>&1
 }
 deadline=$((SECONDS + 90))
 while still_running; do
   if (( SECONDS > deadline )); then
     echo "demo left processes behind:" >&2
-    pgrep -fa "celery -A gitops|runserver|kube-apiserver|redis-server" >&2 || true
+    pgrep -a -s "$demo" >&2 || true
+    .venv/bin/python -m devstack status >&2 || true
     exit 1
   fi
   sleep 0.5  # polling for a clean shutdown, with a deadline

@@ -40,7 +40,8 @@ pids+=($!)
 
 echo
 echo "Sluice is running at http://127.0.0.1:$port/  (log in as demo / demo)"
-echo "A canary of the shop configuration is paused, waiting for your approval."
-echo "kubectl for the embedded cluster: . .stack/env && kubectl get configmaps -A"
+echo "A canary of the shop configuration is paused, waiting for your approval: its first wave"
+echo "restarted the shop Deployment in demo-canary, and each promote restarts the next namespaces'."
+echo "kubectl for the embedded cluster: . .stack/env && kubectl get configmaps,deployments -A -l app=shop"
 echo "Press Ctrl-C to stop."
 wait -n "${pids[@]}"

@@ -1,5 +1,9 @@
 """Seeds `make demo`: a sample repository, a source, and a rollout waiting for the visitor's approval.
 
+Each target namespace runs a `shop` Deployment that reads the sample ConfigMaps (`shop` through
+envFrom, `nginx` as a volume of its sidecar). The canary policy uses `consumers: restart`, so each
+wave restarts the Deployments of its namespaces and waits until they are available again.
+
 Run with the stack's environment loaded and Django settings configured (scripts/demo.sh does both).
 Safe to run again: it reuses what exists.
 """
@@ -10,7 +14,9 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import django
 
@@ -19,12 +25,19 @@ sys.path.insert(0, str(ROOT))
 django.setup()
 
 from django.contrib.auth.models import Group, User  # noqa: E402
+from kubernetes import client, config  # noqa: E402
+from kubernetes.client.exceptions import ApiException  # noqa: E402
 
-from gitops import services  # noqa: E402
-from gitops.apply import get_cluster  # noqa: E402
+from gitops import reconcile, source_admin  # noqa: E402
+from gitops.cluster import get_cluster  # noqa: E402
+from gitops.consumers.workloads import Health, health_of  # noqa: E402
 from gitops.models import Rollout, Source  # noqa: E402
 
-NAMESPACES = ["demo-canary", "demo-team-a", "demo-team-b", "demo-flags"]
+TARGETS = ["demo-canary", "demo-team-a", "demo-team-b"]
+NAMESPACES = [*TARGETS, "demo-flags"]
+CONSUMER = "shop"
+# kwok simulates the nodes: pods are scheduled and become Ready, no image is ever pulled.
+IMAGE = "registry.example.com/demo/shop:1.0"
 AUTHOR = {
     "GIT_AUTHOR_NAME": "Dana Developer",
     "GIT_AUTHOR_EMAIL": "dana@example.com",
@@ -61,10 +74,12 @@ flags:
 """
     if with_rollout:
         text += """rollout:
+  consumers: restart         # restart the Deployments that read a changed ConfigMap, wave by wave
+  healthTimeout: 2m          # and wait until they are available again
   steps:
-    - setWeight: 34          # the canary namespace first
+    - setWeight: 33          # the canary namespace first (33% of 3 targets: 1)
     - pause: {}              # waits for an approver
-    - setWeight: 67
+    - setWeight: 66          # demo-team-a too (66% of 3: 2)
     - pause: {duration: 20s}
     - setWeight: 100
 approvals:
@@ -133,6 +148,83 @@ def write(
         target.write_text(content)
 
 
+def shop_deployment(namespace: str) -> dict[str, Any]:
+    """The shop: its app reads the `shop` ConfigMap through envFrom, its nginx sidecar mounts `nginx`."""
+    labels = {"app": CONSUMER}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": CONSUMER, "namespace": namespace, "labels": labels},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "containers": [
+                        {"name": "shop", "image": IMAGE, "envFrom": [{"configMapRef": {"name": "shop"}}]},
+                        {
+                            "name": "nginx",
+                            "image": IMAGE,
+                            "volumeMounts": [{"name": "nginx-conf", "mountPath": "/etc/nginx"}],
+                        },
+                    ],
+                    "volumes": [{"name": "nginx-conf", "configMap": {"name": "nginx"}}],
+                    "terminationGracePeriodSeconds": 0,
+                },
+            },
+        },
+    }
+
+
+def deploy_consumers() -> None:
+    """A `shop` Deployment in each target namespace (kept when there), then waits until each is available."""
+    with config.new_client_from_config(config_file=os.environ["KUBECONFIG"]) as api_client:
+        apps = client.AppsV1Api(api_client)
+        for namespace in TARGETS:
+            try:
+                apps.create_namespaced_deployment(namespace, shop_deployment(namespace))
+            except ApiException as exc:
+                if exc.status != 409:  # 409: it is there already
+                    raise
+    cluster = get_cluster()
+    deadline = time.monotonic() + 120
+    waiting = list(TARGETS)
+    while waiting:
+        waiting = [
+            namespace
+            for namespace in waiting
+            if health_of(cluster.get_workload("Deployment", namespace, CONSUMER) or {}).health
+            is not Health.HEALTHY
+        ]
+        if waiting and time.monotonic() > deadline:
+            raise SystemExit(f"demo: the shop Deployment did not become available in {', '.join(waiting)}")
+        time.sleep(0.5)  # polling the cluster with a deadline
+    print(f"demo: a shop Deployment runs in {', '.join(TARGETS)}, reading the shop and nginx ConfigMaps")
+
+
+def settle(source: Source) -> Rollout | None:
+    """Syncs again while the canary's first wave waits for its consumers (each pass waits a while)."""
+    deadline = time.monotonic() + 180
+    rollout = Rollout.objects.filter(source=source).order_by("-id").first()
+    while rollout is not None and rollout.waiting_for == Rollout.Waiting.CONSUMERS:
+        if time.monotonic() > deadline:
+            break
+        reconcile.source_sync(source.pk, actor="demo")
+        rollout.refresh_from_db()
+    return rollout
+
+
+def describe(rollout: Rollout) -> None:
+    waiting = f", waiting for {rollout.waiting_for}" if rollout.waiting_for else ""
+    print(f"demo: rollout {rollout.pk} is {rollout.phase}{waiting} at {rollout.weight}%")
+    for state in rollout.consumer_states:
+        restarted = "restarted, " if state["restarted"] else ""
+        print(
+            f"demo:   {state['namespace']}: {state['name']} {restarted}{state['health']} ({state['detail']})"
+        )
+
+
 def main() -> int:
     data = Path(os.environ.get("SLUICE_DATA_DIR", ROOT / ".stack" / "data"))
     repo = data / "demo-repo"
@@ -153,17 +245,18 @@ def main() -> int:
 
     source = Source.objects.filter(name="shop-config").first()
     if source is None:
-        source = services.add_source(
+        source = source_admin.source_add(
             name="shop-config", url=f"file://{remote}", allowed_namespaces=["demo-*"]
         )
-        first = services.sync_source(source.pk, actor="demo")
+        first = reconcile.source_sync(source.pk, actor="demo")
         print(f"demo: applied the first commit: {first.outcome}")
+        deploy_consumers()
 
         write(work, connections=4096, max_items=100, retries=3, checkout="on", with_rollout=True)
         git(work, "add", "--all")
         git(work, "commit", "--quiet", "-m", "Raise limits and turn on the new checkout, as a canary")
         git(work, "push", "--quiet", "origin", "HEAD:refs/heads/main")
-        second = services.sync_source(source.pk, actor="demo")
+        second = reconcile.source_sync(source.pk, actor="demo")
         print(f"demo: the second commit rolls out as a canary: {second.outcome}")
 
     user, _created = User.objects.get_or_create(username="demo", defaults={"email": "demo@example.com"})
@@ -171,10 +264,9 @@ def main() -> int:
     user.is_staff = True
     user.save()
     user.groups.add(Group.objects.get(name="approver"))
-    rollout = Rollout.objects.filter(source=source).order_by("-id").first()
+    rollout = settle(source)
     if rollout is not None:
-        waiting = f", waiting for {rollout.waiting_for}" if rollout.waiting_for else ""
-        print(f"demo: rollout {rollout.pk} is {rollout.phase}{waiting} at {rollout.weight}%")
+        describe(rollout)
     return 0
 
 

@@ -159,10 +159,20 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 KUBECONFIG = env.get("KUBECONFIG") or None
 SLUICE_DATA_DIR = Path(env.get("SLUICE_DATA_DIR", BASE_DIR / ".data"))
+# Web and worker processes of a host share their metrics through this directory
+# (prometheus_client's multiprocess mode). The client reads the variable when it
+# is first imported, so it is settled here, before any app code runs.
+PROMETHEUS_MULTIPROC_DIR = Path(env.get("PROMETHEUS_MULTIPROC_DIR") or SLUICE_DATA_DIR / "metrics")
+PROMETHEUS_MULTIPROC_DIR.mkdir(parents=True, exist_ok=True)
+env["PROMETHEUS_MULTIPROC_DIR"] = str(PROMETHEUS_MULTIPROC_DIR)
 SLUICE_FIELD_MANAGER = "sluice"
 # The name recorded in the change log for the cluster this deployment manages.
 SLUICE_CLUSTER_NAME = env.get("SLUICE_CLUSTER_NAME", "default")
 SLUICE_APPLY_CONCURRENCY = int(env.get("SLUICE_APPLY_CONCURRENCY", "16"))
+# A step waiting for its consumers watches them this long per pass, holding the source's lock.
+SLUICE_CONSUMER_GATE_SLICE_SECONDS = float(env.get("SLUICE_CONSUMER_GATE_SLICE_SECONDS", "30"))
+# Sources a worker process remembers parsed files and plan verdicts of (least recently used out first).
+SLUICE_CACHED_SOURCES = int(env.get("SLUICE_CACHED_SOURCES", "256"))
 SLUICE_POLL_SWEEP_SECONDS = float(env.get("SLUICE_POLL_SWEEP_SECONDS", "5"))
 # What a repository may make a worker read (README, "Limits"); gitops.desired.limits.Limits
 # holds the same defaults and reads these names.

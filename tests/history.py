@@ -2,7 +2,7 @@
 
 Real reconciles make these rows one object at a time; tests of retention and
 exports need thousands, and old ones, so they are inserted here the way
-``gitops.apply`` inserts them (bulk, intents first).
+``gitops.record.changelog`` inserts them (bulk, intents first).
 """
 
 from __future__ import annotations

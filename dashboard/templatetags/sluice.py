@@ -36,3 +36,13 @@ def step_label(step: dict[str, Any]) -> str:
 @register.filter
 def first_line(text: str) -> str:
     return (text or "").splitlines()[0] if text else ""
+
+
+@register.filter
+def seconds_label(seconds: int) -> str:
+    """A duration as sluice.yaml writes it: 300 -> "5m", 90 -> "90s", 3600 -> "1h"."""
+    value = int(seconds or 0)
+    for unit, size in (("h", 3600), ("m", 60)):
+        if value and value % size == 0:
+            return f"{value // size}{unit}"
+    return f"{value}s"

@@ -44,6 +44,7 @@ class Workload:
     name: str
     consumes: frozenset[str]  # names of ConfigMaps in its namespace
     config_hash: str  # the stamp on its pod template, "" when never stamped
+    commit: str  # the commit of that stamp
     restartable: bool  # False when annotated sluice.dev/restart: "false"
 
     @property
@@ -66,6 +67,7 @@ def workload_from(obj: Mapping[str, Any]) -> Workload:
         name=str(metadata.get("name", "")),
         consumes=configmaps_referenced(template.get("spec") or {}),
         config_hash=str(template_annotations.get(CONFIG_HASH_ANNOTATION, "")),
+        commit=str(template_annotations.get(COMMIT_ANNOTATION, "")),
         restartable=restart != "false",
     )
 
@@ -136,17 +138,16 @@ def _observed(obj: Mapping[str, Any]) -> bool:
 
 def _deployment_health(obj: Mapping[str, Any]) -> WorkloadHealth:
     spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    wanted = int(spec.get("replicas", 1))
+    if not _observed(obj):
+        # A condition from before the newest template (a deadline missed earlier) says nothing about it.
+        return WorkloadHealth(Health.PROGRESSING, f"updating 0/{wanted}")
     for condition in status.get("conditions") or ():
         if condition.get("type") == "Progressing" and condition.get("reason") == "ProgressDeadlineExceeded":
-            return WorkloadHealth(
-                Health.FAILED, f"ProgressDeadlineExceeded: {condition.get('message', '')}".strip()
-            )
-    wanted = int(spec.get("replicas", 1))
+            detail = f"ProgressDeadlineExceeded: {condition.get('message', '')}".strip()
+            return WorkloadHealth(Health.FAILED, detail)
     updated, available = int(status.get("updatedReplicas") or 0), int(status.get("availableReplicas") or 0)
-    total = int(status.get("replicas") or 0)
-    if not _observed(obj):
-        return WorkloadHealth(Health.PROGRESSING, f"updating 0/{wanted}")
-    if updated == available == total == wanted:
+    if updated == available == int(status.get("replicas") or 0) == wanted:
         return WorkloadHealth(Health.HEALTHY, f"{available}/{wanted} available")
     return WorkloadHealth(Health.PROGRESSING, f"updating {min(updated, available)}/{wanted}")
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from gitops.content import Content, is_reserved
+from gitops.desired.content import Content, is_reserved
 from gitops.desired.documents import Document, PathKey
 from gitops.desired.errors import ValidationError
 from gitops.desired.policy import namespace_problem, suggestion, type_name

@@ -398,8 +398,16 @@ def _line(event: yaml.Event) -> int:
     return event.start_mark.line + 1 if event.start_mark else 0
 
 
+# No number, boolean, null or date is this long: longer plain scalars are text, and the resolver's
+# patterns (some backtrack, such as YAML 1.1's base-60 integers) never see megabytes of it.
+MAX_RESOLVED_CHARS = 1000
+_LONG_INTEGER = re.compile(r"[-+]?[0-9_]+")
+
+
 def _resolve(event: yaml.ScalarEvent) -> str:
     """The tag YAML 1.1 gives an untagged scalar (int for 8080, bool for on, str for text)."""
+    if len(event.value) > MAX_RESOLVED_CHARS:
+        return _INT_TAG if _LONG_INTEGER.fullmatch(event.value) else _STR_TAG
     tag: str = _RESOLVER.resolve(yaml.ScalarNode, event.value, event.implicit)  # type: ignore[no-untyped-call]
     return tag
 

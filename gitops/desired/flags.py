@@ -311,7 +311,7 @@ class _FlagSetValidator:
         for name, value in variants.items():
             value_path = (*path, name)
             self._check_name(name, value_path, "a variant name")
-            kind = _json_type(value)
+            kind = json_type(value)
             if kind not in _VARIANT_TYPES:
                 advice = " (wrap the array in an object)" if kind == "array" else ""
                 self.report(
@@ -618,7 +618,8 @@ class _TargetingChecker:
 _OPERATORS: Final = frozenset(_ARGUMENT_COUNTS) | frozenset(_TargetingChecker._SPECIAL_OPERATIONS)
 
 
-def _json_type(value: object) -> str:
+def json_type(value: object) -> str:
+    """The JSON type of a parsed value, by JSON's names: boolean, number, string, object, array, null."""
     if isinstance(value, bool):
         return "boolean"
     if isinstance(value, int | float):
@@ -633,12 +634,12 @@ def _json_type(value: object) -> str:
 
 
 def _is_number(value: object) -> bool:
-    return _json_type(value) == "number"
+    return json_type(value) == "number"
 
 
 def _describe(value: object) -> str:
     """A value as a message shows it: scalars literally, containers by their type."""
-    kind = _json_type(value)
+    kind = json_type(value)
     if kind == "string":
         return f"the string {_quoted(str(value))}"
     if kind in ("object", "array"):

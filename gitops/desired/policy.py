@@ -11,6 +11,7 @@ import fnmatch
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from functools import cached_property
 from typing import Any, Final
 
@@ -67,13 +68,33 @@ class Analysis:
 
 
 Step = SetWeight | Pause | Analysis
-ON_NEW_REVISION = ("supersede", "queue")
+
+
+class OnNewRevision(StrEnum):
+    """What a new commit does to a rollout still under way."""
+
+    SUPERSEDE = "supersede"  # roll it back and start the new one
+    QUEUE = "queue"  # let it finish; the newest commit goes next
+
+
+class ConsumerMode(StrEnum):
+    """What a ConfigMap step does to the workloads that read a changed ConfigMap."""
+
+    IGNORE = "ignore"  # nothing: a step writes objects
+    WATCH = "watch"  # the step waits until they are healthy
+    RESTART = "restart"  # the step restarts them (a stamp on their pod template), then waits
+
+
+DEFAULT_HEALTH_TIMEOUT_SECONDS = 300
+MAX_HEALTH_TIMEOUT_SECONDS = 3600
 
 
 @dataclass(frozen=True)
 class RolloutSpec:
     steps: tuple[Step, ...] = (SetWeight(100),)
-    on_new_revision: str = "supersede"
+    on_new_revision: OnNewRevision = OnNewRevision.SUPERSEDE
+    consumers: ConsumerMode = ConsumerMode.IGNORE
+    health_timeout_seconds: int = DEFAULT_HEALTH_TIMEOUT_SECONDS
 
 
 @dataclass(frozen=True)
@@ -317,12 +338,25 @@ def _read_analysis(reader: _Reader, body: Any, path: PathKey) -> Analysis | None
 
 
 def _read_rollout(reader: _Reader, value: Any) -> RolloutSpec:
-    fields = reader.mapping(value, ("rollout",), ("steps", "onNewRevision"))
-    on_new = fields.get("onNewRevision", "supersede")
-    if on_new not in ON_NEW_REVISION:
+    fields = reader.mapping(value, ("rollout",), ("steps", "onNewRevision", "consumers", "healthTimeout"))
+    on_new = fields.get("onNewRevision", OnNewRevision.SUPERSEDE.value)
+    if on_new not in tuple(OnNewRevision):
         reader.error(("rollout", "onNewRevision"), "must be supersede or queue")
-        on_new = "supersede"
-    return RolloutSpec(steps=_read_steps(reader, fields.get("steps")), on_new_revision=on_new)
+        on_new = OnNewRevision.SUPERSEDE
+    consumers = fields.get("consumers", ConsumerMode.IGNORE.value)
+    if consumers not in tuple(ConsumerMode):
+        reader.error(("rollout", "consumers"), "must be ignore, watch or restart")
+        consumers = ConsumerMode.IGNORE
+    timeout = parse_duration(fields.get("healthTimeout", DEFAULT_HEALTH_TIMEOUT_SECONDS))
+    if timeout is None or not 1 <= timeout <= MAX_HEALTH_TIMEOUT_SECONDS:
+        reader.error(("rollout", "healthTimeout"), "must be a duration like 90s or 5m, at most 1h")
+        timeout = DEFAULT_HEALTH_TIMEOUT_SECONDS
+    return RolloutSpec(
+        steps=_read_steps(reader, fields.get("steps")),
+        on_new_revision=OnNewRevision(on_new),
+        consumers=ConsumerMode(consumers),
+        health_timeout_seconds=timeout,
+    )
 
 
 def _read_approvals(reader: _Reader, value: Any) -> ApprovalSpec:

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, NamedTuple
 
-from gitops.content import Content
 from gitops.desired.configmaps import ConfigMapManifest, dns_subdomain_problem, parse_configmap
+from gitops.desired.content import Content
 from gitops.desired.documents import Usage, load_yaml
 from gitops.desired.errors import RevisionRejected, ValidationError
 from gitops.desired.flags import (
@@ -54,17 +54,23 @@ class ParsedFile(NamedTuple):
 class ParseCache:
     """Parsed files keyed on (path, blob id), least recently used out first.
 
-    Bounded by entries and by the values the entries hold, so a stream of pushes of
-    new content cannot grow a worker's memory without end.
+    Bounded by entries, by the values the entries hold and by the bytes of the files
+    they came from (a parsed file holds about what its blob did), so a stream of
+    pushes of new content cannot grow a worker's memory without end.
     """
 
     def __init__(
-        self, max_entries: int = 200_000, max_nodes: int = 2 * DEFAULT_LIMITS.max_revision_nodes
+        self,
+        max_entries: int = 200_000,
+        max_nodes: int = 2 * DEFAULT_LIMITS.max_revision_nodes,
+        max_bytes: int = 2 * DEFAULT_LIMITS.max_revision_bytes,
     ) -> None:
-        self._entries: OrderedDict[tuple[str, str], ParsedFile] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str], tuple[ParsedFile, int]] = OrderedDict()
         self.max_entries = max_entries
         self.max_nodes = max_nodes
+        self.max_bytes = max_bytes
         self.nodes = 0
+        self.bytes = 0
         self.hits = 0
         self.misses = 0
         self._limits: Limits | None = None
@@ -73,7 +79,7 @@ class ParseCache:
         """Results parsed under other limits may differ: they are dropped."""
         if limits != self._limits:
             self._entries.clear()
-            self.nodes = 0
+            self.nodes = self.bytes = 0
             self._limits = limits
 
     def get(self, path: str, blob: str) -> ParsedFile | None:
@@ -83,16 +89,25 @@ class ParseCache:
             return None
         self.hits += 1
         self._entries.move_to_end((path, blob))
-        return entry
+        return entry[0]
 
-    def put(self, path: str, blob: str, parsed: ParsedFile) -> None:
-        replaced = self._entries.get((path, blob))
-        self.nodes += parsed.nodes - (replaced.nodes if replaced else 0)
-        self._entries[(path, blob)] = parsed
+    def put(self, path: str, blob: str, parsed: ParsedFile, size: int = 0) -> None:
+        """Keeps ``parsed`` for the blob; ``size`` is the blob's length in bytes."""
+        if (replaced := self._entries.get((path, blob))) is not None:
+            self.nodes -= replaced[0].nodes
+            self.bytes -= replaced[1]
+        self.nodes += parsed.nodes
+        self.bytes += size
+        self._entries[(path, blob)] = (parsed, size)
         self._entries.move_to_end((path, blob))
-        while self._entries and (len(self._entries) > self.max_entries or self.nodes > self.max_nodes):
-            _, evicted = self._entries.popitem(last=False)
+        while self._entries and (
+            len(self._entries) > self.max_entries
+            or self.nodes > self.max_nodes
+            or self.bytes > self.max_bytes
+        ):
+            _, (evicted, evicted_size) = self._entries.popitem(last=False)
             self.nodes -= evicted.nodes
+            self.bytes -= evicted_size
 
 
 @dataclass(frozen=True)
@@ -361,7 +376,7 @@ def _parse_files(
     nodes = sum(result.nodes for result in parsed.values())
     for path in sorted(missing):
         result = parse_file(path, contents[wanted[path]], limits)
-        cache.put(path, wanted[path], result)
+        cache.put(path, wanted[path], result, len(contents[wanted[path]]))
         parsed[path] = result
         nodes += result.nodes
         if nodes > limits.max_revision_nodes:

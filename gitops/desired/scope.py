@@ -8,11 +8,13 @@ write and the URLs its analysis steps may call.
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import SplitResult, unquote, urlsplit
 
 HTTP_SCHEMES = ("http", "https")
+_UNSAFE_CHARACTERS = re.compile(r"[\s\x00-\x1f\x7f]")
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -103,12 +105,14 @@ def _under(target: SplitResult, prefix: str) -> bool:
 
 
 def _split(url: str) -> SplitResult | None:
+    if _UNSAFE_CHARACTERS.search(url):  # a space or a control character breaks the request line
+        return None
     try:
-        parts = urlsplit(url.strip())
-        parts.port  # noqa: B018 - raises ValueError for a malformed port
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError for a malformed port
     except ValueError:
         return None
-    return parts
+    return None if port == 0 else parts
 
 
 def _port(parts: SplitResult) -> int | None:
@@ -116,8 +120,12 @@ def _port(parts: SplitResult) -> int | None:
 
 
 def _unsafe_path(path: str) -> bool:
-    """Dot segments and escaped separators would let a URL leave the prefix once the server resolves it."""
+    """Dot segments and escaped separators would let a URL leave the prefix once the server resolves it.
+
+    Also refused: a double escape (``%25``, which some servers decode twice) and
+    ``..;`` segments (which some servlet containers read as ``..``).
+    """
     lowered = path.lower()
-    if "%2f" in lowered or "%5c" in lowered or "\\" in path:
+    if "%2f" in lowered or "%5c" in lowered or "%25" in lowered or "\\" in path:
         return True
-    return any(segment in (".", "..") for segment in unquote(path).split("/"))
+    return any(segment.split(";")[0] in (".", "..") for segment in unquote(path).split("/"))

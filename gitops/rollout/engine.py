@@ -38,20 +38,23 @@ def target_cutoff(weight: int, targets: int) -> int:
     return math.ceil(weight * targets / 100)
 
 
+# The most an administrator's approval floor lets go out before anyone approved: a canary, not a release.
+UNAPPROVED_CANARY_MAX_WEIGHT = 25
+
+
 def with_approval_gate(steps: tuple[Step, ...]) -> tuple[Step, ...]:
     """The steps with an approval gate an administrator requires: nothing goes past the first step unapproved.
 
     The gate is an indefinite pause right after the first step that changes
-    anything; when that step already goes to 100% there is no canary to stop
-    after, so the gate comes before it. A pause the repository put there counts.
+    anything, when that step is a canary of at most 25%. The repository chooses
+    the weights, so a larger first step (say 99%, which covers every target of
+    most objects) gets the gate before it instead. A pause already there counts.
     """
-    changing = [
-        (i, step.weight) for i, step in enumerate(steps) if isinstance(step, SetWeight) and step.weight
-    ]
+    changing = [(i, s.weight) for i, s in enumerate(steps) if isinstance(s, SetWeight) and s.weight]
     if not changing:
         return (Pause(None), *steps)
     first, weight = changing[0]
-    gate = first if weight >= 100 else first + 1
+    gate = first if weight > UNAPPROVED_CANARY_MAX_WEIGHT else first + 1
     if gate < len(steps) and steps[gate] == Pause(None):
         return steps
     return (*steps[:gate], Pause(None), *steps[gate:])

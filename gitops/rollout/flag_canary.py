@@ -80,6 +80,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from gitops.desired.flags import json_type
+
 MetadataValue = str | int | float | bool
 
 SPLIT_BUCKET_NEW: Final = "sluice-canary-new"
@@ -198,18 +200,8 @@ def _variants(flag: Mapping[str, Any] | None) -> Mapping[str, Any]:
 
 
 def _variant_types(flag: Mapping[str, Any] | None) -> frozenset[str]:
-    return frozenset(_value_type(value) for value in _variants(flag).values())
-
-
-def _value_type(value: object) -> str:
-    # The types an OpenFeature application reads a flag as.
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "object"
+    # The types an OpenFeature application reads a flag as; valid variants are never arrays or null.
+    return frozenset(json_type(value) for value in _variants(flag).values())
 
 
 def _merge_variants(

@@ -370,6 +370,21 @@ def configmap_over_one_mebibyte(limits: Limits) -> Case:
     )
 
 
+@generator("base60-plain-scalar")
+def base60_plain_scalar(limits: Limits) -> Case:
+    # YAML 1.1's base-60 integer pattern backtracks on "1:1:1:..."; such a value is text, and too big.
+    value = ":".join(["1"] * 700_000)
+    return Case(
+        "base60-plain-scalar",
+        "a 1.4 MB plain scalar shaped like a YAML 1.1 base-60 integer",
+        {CONFIGMAP: _configmap("app", f"  BIG: {value}")},
+        CONFIGMAP,
+        1,
+        "a ConfigMap holds at most",
+        generated=True,
+    )
+
+
 @generator("annotations-over-256kib")
 def annotations_over_limit(limits: Limits) -> Case:
     value = "y" * (256 * 1024 + 1)

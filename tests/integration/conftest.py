@@ -29,7 +29,7 @@ def make_namespaces(cluster) -> Callable[..., list[str]]:
 
 @pytest.fixture
 def make_source(repo: GitRepo, settings, tmp_path):
-    from gitops import services
+    from gitops import source_admin
 
     settings.SLUICE_DATA_DIR = tmp_path / "data"
 
@@ -38,7 +38,7 @@ def make_source(repo: GitRepo, settings, tmp_path):
         options.setdefault("url", repo.url)
         # Every test namespace starts with "t" (make_namespaces, namespace); kube-system does not.
         options.setdefault("allowed_namespaces", ["t*"])
-        return services.add_source(**options)
+        return source_admin.source_add(**options)
 
     return make
 
@@ -104,7 +104,7 @@ def people(db):
     """Users in each role; ``ada`` is an approver who also writes the commits (tests.gitrepo.AUTHOR)."""
     from django.contrib.auth.models import Group, User
 
-    from gitops.rollouts import verify_email
+    from gitops.rollout.decisions import user_email_verify as verify_email
 
     def user(name: str, role: str | None, email: str) -> User:
         created = User.objects.create_user(name, email=email, password="x")

@@ -26,7 +26,7 @@ from django.utils import timezone
 from django.utils.crypto import get_random_string
 
 from dashboard.models import ApiToken
-from gitops import services
+from gitops.intake import webhook_secrets
 from gitops.models import (
     ApplyIntent,
     Approval,
@@ -466,7 +466,7 @@ def test_no_secret_appears_in_any_response(as_role, monkeypatch):
         credentials_ref="env:SLUICE_TEST_GIT_TOKEN",
         last_error=f"fetch https://deploy:{secret}@git.example.com/org/config.git: 503",
     )
-    webhook_secret = services.rotate_webhook_secret(Source.objects.get(name="legacy"))
+    webhook_secret = webhook_secrets.webhook_secret_rotate(Source.objects.get(name="legacy"))
     viewer = as_role["viewer"]
     responses = [viewer.get(path) for path in ("/sources", "/sources/legacy", "/sources/legacy/revisions")]
     responses += [viewer.get("/openapi.json"), viewer.get("/rollouts"), viewer.get("/changes")]
@@ -627,6 +627,104 @@ def test_list_endpoints_run_a_fixed_number_of_queries(as_role, people):
     assert max(n for n, _ in many.values()) <= 12
 
 
+# -- the consumers of a ConfigMap step (issue 12) -----------------------------------------------
+
+
+def consumer_states(count: int) -> list[dict[str, Any]]:
+    """What the worker stores while a wave's consumers roll out: every health, a pinned one."""
+    healths = [
+        ("healthy", "2/2 available"),
+        ("progressing", "updating 1/2"),
+        ("failed", "ProgressDeadlineExceeded: x"),
+    ]
+    return [
+        {
+            "kind": ("Deployment", "StatefulSet", "DaemonSet")[index % 3],
+            "namespace": f"team-{index % 4}",
+            "name": f"web-{index}",
+            "restarted": index % 5 != 0,
+            "restartable": index % 5 != 0,
+            "health": healths[index % 3][0],
+            "detail": healths[index % 3][1],
+        }
+        for index in range(count)
+    ]
+
+
+def test_rollouts_and_sources_carry_their_consumers_in_a_fixed_number_of_queries(as_role, people):
+    (source,) = seed(1, people["approver"])
+    rollout = Rollout.objects.get(source=source)
+    Rollout.objects.filter(pk=rollout.pk).update(
+        consumers="restart",
+        health_timeout_seconds=90,
+        waiting_for="consumers",
+        consumer_states=consumer_states(1),
+    )
+    map_time = timezone.now()
+    Source.objects.filter(pk=source.pk).update(
+        consumer_map={"team-0/Deployment/web-0": ["app"]}, consumer_map_at=map_time
+    )
+    viewer = as_role["viewer"]
+    paths = [f"/rollouts/{rollout.pk}", "/rollouts", f"/sources/{source.name}", "/sources"]
+
+    def measure() -> tuple[dict[str, int], dict[str, Any]]:
+        counts, bodies = {}, {}
+        for path in paths:
+            with CaptureQueriesContext(connection) as queries:
+                response = viewer.get(path)
+            assert response.status_code == 200, response.content
+            counts[path], bodies[path] = len(queries), response.json()
+        return counts, bodies
+
+    viewer.get("/sources")  # the token's first use records last_used_at
+    few, bodies = measure()
+    detail = bodies[f"/rollouts/{rollout.pk}"]
+    assert (detail["consumers"], detail["health_timeout_seconds"], detail["waiting_for"]) == (
+        "restart",
+        90,
+        "consumers",
+    )
+    assert detail["consumer_states"] == consumer_states(1)
+    assert bodies["/rollouts"]["items"][0]["consumer_states"] == consumer_states(1)
+    source_detail = bodies[f"/sources/{source.name}"]
+    assert source_detail["consumer_map"] == {"team-0/Deployment/web-0": ["app"]}
+    assert source_detail["consumer_map_at"].startswith(map_time.isoformat()[:19])
+    assert source_detail["active_rollout"]["consumer_states"] == consumer_states(1)
+
+    Rollout.objects.filter(pk=rollout.pk).update(consumer_states=consumer_states(150))
+    Source.objects.filter(pk=source.pk).update(
+        consumer_map={f"team-{i % 4}/Deployment/web-{i}": ["app", "nginx"] for i in range(150)}
+    )
+    many, bodies = measure()
+    assert few == many, "the number of queries must not grow with the number of consumers"
+    assert bodies[f"/rollouts/{rollout.pk}"]["consumer_states"] == consumer_states(150)
+    assert len(bodies[f"/sources/{source.name}"]["consumer_map"]) == 150
+
+    # A rollout from before issue 12, and a source nobody has looked at yet.
+    (older,) = seed(1, people["approver"], start=1)
+    entry = viewer.get(f"/rollouts/{Rollout.objects.get(source=older).pk}").json()
+    assert (entry["consumers"], entry["health_timeout_seconds"], entry["consumer_states"]) == (
+        "ignore",
+        300,
+        [],
+    )
+    unknown = viewer.get(f"/sources/{older.name}").json()
+    assert (unknown["consumer_map"], unknown["consumer_map_at"]) == ({}, None)
+
+
+def test_the_openapi_document_names_the_consumer_vocabulary(as_role):
+    schemas = as_role["viewer"].get("/openapi.json").json()["components"]["schemas"]
+    state = schemas["ConsumerStateOut"]["properties"]
+    assert set(state) == {"kind", "namespace", "name", "restarted", "restartable", "health", "detail"}
+    assert schemas["Health"]["enum"] == ["healthy", "progressing", "failed"]
+    assert schemas["WorkloadKind"]["enum"] == ["Deployment", "StatefulSet", "DaemonSet"]
+    assert schemas["ConsumerMode"]["enum"] == ["ignore", "watch", "restart"]
+    assert {"consumers", "health_timeout_seconds", "consumer_states"} <= set(
+        schemas["RolloutOut"]["properties"]
+    )
+    assert {"consumer_map", "consumer_map_at"} <= set(schemas["SourceDetailOut"]["properties"])
+
+
 # -- the OpenAPI contract ------------------------------------------------------------------
 
 
@@ -645,6 +743,11 @@ def test_schemathesis_finds_no_server_error_and_no_contract_breach(as_role, paus
 
     from sluice.wsgi import application
 
+    # Consumers in every state, so that their schema is checked against real answers too.
+    Rollout.objects.filter(pk=paused.rollout.pk).update(consumer_states=consumer_states(6))
+    Source.objects.filter(pk=paused.source.pk).update(
+        consumer_map={f"{paused.targets[0]}/Deployment/web": ["app"]}, consumer_map_at=timezone.now()
+    )
     auth = {"Authorization": f"Bearer {as_role['approver'].token}"}
     schema = schemathesis.openapi.from_wsgi("/api/openapi.json", application, headers=auth)
     schema.validate()  # against the OpenAPI 3.1 meta-schema

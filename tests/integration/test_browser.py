@@ -119,3 +119,60 @@ def test_a_viewer_sees_no_buttons_and_dismissing_the_confirmation_changes_nothin
         pass
     assert posts == []
     assert Rollout.objects.get(pk=paused_rollout.pk).abort_requested_by == ""
+
+
+def test_the_rollout_page_follows_a_wave_of_consumers_from_updating_to_available_without_a_reload(
+    page: Page, repo, make_namespaces, make_source, sync, apps_api, core_api, people, celery_worker
+):
+    from gitops.tasks import sync_source
+    from tests.gitrepo import configmap, policy
+    from tests.rollouts import wait_for
+    from tests.workloads import consumer_deployment, set_unschedulable, wait_for_rollout
+
+    targets = make_namespaces("a", "b")
+    rollout_policy = {"consumers": "restart", "healthTimeout": "2m"}
+    repo.write_all(
+        {
+            "sluice.yaml": policy(targets, rollout=rollout_policy),
+            "configmaps/app.yaml": configmap("app", {"V": "1"}),
+        }
+    )
+    repo.commit("v1")
+    source = make_source()
+    sync(source)
+    apps_api.create_namespaced_deployment(targets[0], consumer_deployment("web", "app"))
+    wait_for_rollout(apps_api, targets[0], "web")
+    repo.write_all(
+        {
+            "sluice.yaml": policy(
+                targets, rollout={**rollout_policy, "steps": [{"setWeight": 50}, {"pause": {}}]}
+            ),
+            "configmaps/app.yaml": configmap("app", {"V": "2"}),
+        }
+    )
+    repo.commit("v2")
+    set_unschedulable(core_api, True)  # the restarted pods wait for a node
+    try:
+        sync_source.delay(source.pk)
+        waiting = wait_for(source, phase="Paused", waiting_for="consumers", timeout=60)
+        log_in(page, "vera")
+        page.goto(f"/rollouts/{waiting.pk}/")
+        web = page.locator(f'section[data-namespace="{targets[0]}"] li.consumer[data-name="web"]')
+        assert web.get_attribute("data-health") == "progressing"
+        assert page.locator("#waiting").inner_text() == "consumers"
+        assert page.locator("#health-deadline").inner_text() == waiting.pause_until.strftime("%H:%M:%S")
+        page.evaluate("window.sluiceMarker = 'still here'")
+        screenshot(page, "rollout-waiting-for-consumers")
+    finally:
+        set_unschedulable(core_api, False)
+
+    page.wait_for_selector(
+        f'section[data-namespace="{targets[0]}"] li.consumer[data-name="web"][data-health="healthy"]',
+        timeout=60_000,
+    )
+    assert page.evaluate("window.sluiceMarker") == "still here", "the page must update without a reload"
+    assert web.locator(".consumer-state").inner_text() == "web 2/2 available"
+    assert "restarted" in web.inner_text()
+    page.wait_for_function("document.querySelector('#waiting')?.innerText === 'approval'", timeout=30_000)
+    assert page.locator("#health-deadline").count() == 0
+    screenshot(page, "rollout-consumers-healthy")

@@ -93,8 +93,8 @@ def test_two_workers_given_the_same_source_log_each_change_once(
 def test_a_worker_killed_during_a_rollout_step_then_the_rollout_finishes_logging_each_change_once(
     repo, make_namespaces, make_source, start_worker, celery_worker, cluster, people
 ):
-    from gitops import rollouts
     from gitops.models import Rollout
+    from gitops.rollout import decisions
     from gitops.tasks import sync_source
 
     canary, rest = make_namespaces("canary", "rest")
@@ -129,7 +129,7 @@ def test_a_worker_killed_during_a_rollout_step_then_the_rollout_finishes_logging
     assert not any(cm.get("data", {}).get("v") == "2" for cm in cluster.list_configmaps(rest))
 
     rollout = Rollout.objects.get(source=source, revision__commit=v2)
-    rollouts.promote(rollout.pk, user=people["approver"])
+    decisions.rollout_promote(rollout.pk, user=people["approver"])
     poll(
         lambda: Rollout.objects.get(pk=rollout.pk).phase == "Completed",
         timeout=120,

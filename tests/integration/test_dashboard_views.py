@@ -203,3 +203,192 @@ def test_a_new_account_is_a_viewer_by_default(paused_rollout):
         client.post(reverse("dashboard:rollout-action", args=[paused_rollout.pk, "promote"])).status_code
         == 403
     )
+
+
+# -- the consumers of a ConfigMap step (issue 12) ---------------------------------------------------
+
+
+def consumer_state(namespace: str, name: str, health: str, detail: str, **extra) -> dict:
+    return {
+        "kind": "Deployment",
+        "namespace": namespace,
+        "name": name,
+        "restarted": True,
+        "restartable": True,
+        "health": health,
+        "detail": detail,
+        **extra,
+    }
+
+
+def rollout_with_consumers(states: list[dict], *, name: str = "shop", **fields) -> Rollout:
+    """A rollout stored as the worker leaves it, straight in the database: pages only read it."""
+    from gitops.models import Revision
+
+    source = Source.objects.create(name=name, url="file:///nowhere.git")
+    revision = Revision.objects.create(source=source, commit="c" * 40, outcome="valid")
+    values = {
+        "phase": "Paused",
+        "waiting_for": "consumers",
+        "consumers": "restart",
+        "health_timeout_seconds": 300,
+        "steps": [{"setWeight": 50}, {"setWeight": 100}],
+        "weight": 50,
+        **fields,
+    }
+    return Rollout.objects.create(source=source, revision=revision, consumer_states=states, **values)
+
+
+def restart_rows(rollout: Rollout, count: int, *, start: int = 0) -> None:
+    """Restart rows in the change log, as a step that restarted ``count`` workloads writes them."""
+    from gitops.models import ApplyIntent
+
+    for index in range(start, start + count):
+        intent = ApplyIntent.objects.create(
+            rollout=rollout,
+            source=rollout.source,
+            namespace="team-a",
+            kind="Deployment",
+            name=f"web-{index}",
+            action="restart",
+            commit=rollout.revision.commit,
+        )
+        Change.objects.create(
+            intent=intent,
+            source=rollout.source,
+            rollout=rollout,
+            commit=rollout.revision.commit,
+            namespace="team-a",
+            kind="Deployment",
+            name=f"web-{index}",
+            action="restart",
+            before_hash="",
+            after_hash=f"{index:032x}",
+            actor="sluice",
+            step_index=0,
+            weight=50,
+            result="ok",
+        )
+
+
+def test_a_wave_waiting_for_its_consumers_reads_like_the_issue(people):
+    from datetime import UTC, datetime
+
+    rollout = rollout_with_consumers(
+        [
+            consumer_state("team-a", "web", "healthy", "3/3 available"),
+            consumer_state("team-a", "worker", "progressing", "updating 1/2"),
+            consumer_state("team-a", "cron", "healthy", "1/1 available", restarted=False, restartable=False),
+            consumer_state(
+                "team-b",
+                "api",
+                "failed",
+                'ProgressDeadlineExceeded: ReplicaSet "api-5c" has timed out progressing. <script>x</script>',
+            ),
+            consumer_state("team-b", "db", "progressing", "updating 0/3", kind="StatefulSet"),
+        ],
+        pause_until=datetime(2031, 5, 4, 13, 7, 9, tzinfo=UTC),
+    )
+    for role, user in people.items():
+        assert client_for(user).get(reverse("dashboard:rollout", args=[rollout.pk])).status_code == 200, role
+    page = client_for(people["viewer"]).get(reverse("dashboard:rollout", args=[rollout.pk])).content.decode()
+
+    assert 'waiting for <strong id="waiting">consumers</strong> until' in page
+    assert 'datetime="2031-05-04T13:07:09+00:00">13:07:09</time>' in page
+    assert "resumes in" not in page, "the health deadline fails the wave; it does not resume it"
+    assert "consumers: <strong>restart</strong> · healthTimeout 5m" in page
+    team_a = page.split('data-namespace="team-a"', 1)[1].split("</section>", 1)[0]
+    team_b = page.split('data-namespace="team-b"', 1)[1].split("</section>", 1)[0]
+    for text in ("web 3/3 available", "worker updating 1/2", "cron 1/1 available", "2/3 healthy"):
+        assert text in team_a, text
+    for text in ("api failed: ProgressDeadlineExceeded", "db updating 0/3", "StatefulSet", "0/2 healthy"):
+        assert text in team_b, text
+    assert team_a.count('class="badge restarted"') == 2
+    assert team_a.count('class="badge pinned"') == 1
+    assert "<script>x</script>" not in page, "what a controller reports is escaped"
+    assert "&lt;script&gt;x&lt;/script&gt;" in team_b
+    assert 'id="promote"' not in page
+
+
+def test_a_rollout_whose_steps_reach_no_consumer_says_so_or_shows_nothing(people):
+    watched = rollout_with_consumers([], consumers="watch", phase="Progressing", waiting_for="")
+    page = client_for(people["viewer"]).get(reverse("dashboard:rollout", args=[watched.pk])).content.decode()
+    assert "No step has reached a workload that reads its ConfigMaps yet." in page
+    assert "consumers: <strong>watch</strong>" in page
+    ignored = rollout_with_consumers(
+        [], name="other", consumers="ignore", phase="Progressing", waiting_for=""
+    )
+    page = client_for(people["viewer"]).get(reverse("dashboard:rollout", args=[ignored.pk])).content.decode()
+    assert 'id="consumers"' not in page
+
+
+def test_the_source_page_lists_which_workloads_read_which_configmap(people):
+    from datetime import UTC, datetime
+
+    rollout = rollout_with_consumers([])
+    source = rollout.source
+    client = client_for(people["viewer"])
+
+    def consumer_section() -> str:
+        page = client.get(reverse("dashboard:source", args=[source.name])).content.decode()
+        return page.split('id="consumer-map"', 1)[1].split("</div>", 1)[0]
+
+    assert "Not known yet" in consumer_section()
+    Source.objects.filter(pk=source.pk).update(consumer_map_at=datetime(2031, 5, 4, 13, 7, 9, tzinfo=UTC))
+    assert "No Deployment, StatefulSet or DaemonSet" in consumer_section()
+    Source.objects.filter(pk=source.pk).update(
+        consumer_map={
+            "team-a/Deployment/web": ["app", "nginx"],
+            "team-a/StatefulSet/db": ["app"],
+            "team-b/DaemonSet/agent": ["app"],
+        }
+    )
+    section = consumer_section()
+    assert "as of 2031-05-04 13:07:09" in section
+    rows = {chunk.split('"', 1)[0]: chunk for chunk in section.split('data-configmap="')[1:]}
+    assert set(rows) == {"team-a/app", "team-a/nginx", "team-b/app"}
+    assert (
+        '<span class="reader">Deployment web</span>, <span class="reader">StatefulSet db</span>'
+        in rows["team-a/app"]
+    )
+    assert "Deployment web" in rows["team-a/nginx"] and "db" not in rows["team-a/nginx"]
+    assert "DaemonSet agent" in rows["team-b/app"]
+
+
+def test_consumer_pages_run_a_number_of_queries_that_does_not_grow_with_the_consumers(people):
+    rollout = rollout_with_consumers([consumer_state("team-a", "web-0", "healthy", "1/1 available")])
+    Source.objects.filter(pk=rollout.source.pk).update(consumer_map={"team-a/Deployment/web-0": ["app"]})
+    restart_rows(rollout, 1)
+    client = client_for(people["viewer"])
+    urls = [
+        reverse("dashboard:rollout", args=[rollout.pk]),
+        reverse("dashboard:source", args=[rollout.source.name]),
+        reverse("dashboard:changes") + "?action=restart",
+    ]
+
+    def count_queries() -> dict[str, int]:
+        counts = {}
+        for url in urls:
+            for headers in ({}, {"HX-Request": "true"}):
+                with CaptureQueriesContext(connection) as queries:
+                    response = client.get(url, headers=headers)
+                assert response.status_code == 200
+                counts[f"{url} {headers}"] = len(queries)
+        return counts
+
+    few = count_queries()
+    many_states = [
+        consumer_state(f"team-{index % 7}", f"web-{index}", "progressing", "updating 1/2")
+        for index in range(150)
+    ]
+    Rollout.objects.filter(pk=rollout.pk).update(consumer_states=many_states)
+    Source.objects.filter(pk=rollout.source.pk).update(
+        consumer_map={f"team-a/Deployment/web-{index}": ["app", "nginx"] for index in range(150)}
+    )
+    restart_rows(rollout, 149, start=1)
+    many = count_queries()
+
+    assert few == many, "the number of queries must not grow with the number of consumers"
+    page = client.get(urls[0]).content.decode()
+    assert page.count('class="consumer ') == 150
+    assert page.count("<td>Deployment</td>") == 150

@@ -2,12 +2,14 @@
 
 The rendered manifests must pass a server-side dry run and apply; then, as the
 `sluice` ServiceAccount itself (a TokenRequest token, no admin rights), Sluice can
-do exactly what it needs: server-side apply ConfigMaps in the listed namespaces
-and read namespaces, and nothing else: no Secrets, no ConfigMaps elsewhere.
+do exactly what it needs: server-side apply ConfigMaps in the listed namespaces,
+list, watch and stamp (restart) the Deployments, StatefulSets and DaemonSets there,
+and read namespaces, and nothing else: no Secrets, nothing in other namespaces, no
+workload created or deleted.
 
-Namespaces are never deleted (no controller-manager: they would never finish
-terminating); every run uses fresh ones. `sluice-system` and the cluster-wide RBAC
-objects are applied idempotently and shared by runs on a reused stack.
+Namespaces are never deleted (emptying one costs the namespace controller a LIST and
+a DELETE per resource type); every run uses fresh ones. `sluice-system` and the
+cluster-wide RBAC objects are applied idempotently and shared by runs on a reused stack.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import pytest
 import yaml
 
 from gitops.cluster import Cluster
+from gitops.consumers.workloads import CONFIG_HASH_ANNOTATION, stamp, workload_from
 from gitops.errors import PermanentError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -129,6 +132,19 @@ def test_rendered_manifests_are_accepted_and_applied(stack, deployed) -> None:
                 "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
             }
         ]
+        workloads = yaml.safe_load(
+            kubectl(stack, "get", "role", "sluice-workloads", "-n", namespace, "-o", "yaml").stdout
+        )
+        assert workloads["rules"] == [
+            {
+                "apiGroups": ["apps"],
+                "resources": ["deployments", "statefulsets", "daemonsets"],
+                "verbs": ["get", "list", "watch", "patch"],
+            }
+        ]
+    for namespace in deployed["outside"]:
+        roles = yaml.safe_load(kubectl(stack, "get", "roles", "-n", namespace, "-o", "yaml").stdout)
+        assert roles["items"] == []
     beat = yaml.safe_load(
         kubectl(stack, "get", "deploy", "sluice-beat", "-n", "sluice-system", "-o", "yaml").stdout
     )
@@ -178,6 +194,87 @@ def test_service_account_cannot_write_configmaps_elsewhere(as_sluice, deployed) 
     assert "answered 403" in str(refused.value)
     with pytest.raises(PermanentError):
         as_sluice.apply_configmap(configmap("sluice-system", "app"), field_manager="sluice")
+
+
+def restart_stamp(live: dict, config_hash: str) -> dict:
+    """The server-side apply body of a restart: two pod-template annotations, nothing else."""
+    return stamp(workload_from(live), config_hash_value=config_hash, commit="c" * 40)
+
+
+def test_service_account_watches_and_restarts_workloads_in_listed_namespaces(
+    as_sluice, deployed, deploy_consumer, apps_api
+) -> None:
+    namespace = deployed["allowed"][0]
+    deploy_consumer(namespace, "web")
+    for kind in ("Deployment", "StatefulSet", "DaemonSet"):
+        as_sluice.list_workloads(kind, namespace)  # no 403 for any kind
+    items, version = as_sluice.list_workloads("Deployment", namespace)
+    assert [item["metadata"]["name"] for item in items] == ["web"]
+    live = as_sluice.get_workload("Deployment", namespace, "web")
+    assert live is not None and "app" in workload_from(live).consumes
+
+    stamped = as_sluice.apply_workload(restart_stamp(live, "f" * 32), field_manager="sluice")
+
+    assert stamped["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION] == "f" * 32
+    assert stamped["metadata"]["generation"] == live["metadata"]["generation"] + 1, "a new pod template"
+    seen = next(
+        obj
+        for event, obj in as_sluice.watch_workloads(
+            "Deployment", namespace, resource_version=version, timeout_seconds=10
+        )
+        if event == "MODIFIED"
+        and CONFIG_HASH_ANNOTATION in obj["spec"]["template"]["metadata"]["annotations"]
+    )
+    assert seen["metadata"]["name"] == "web"
+    owners = {entry["manager"] for entry in stamped["metadata"]["managedFields"]}
+    assert "sluice" in owners
+    template = apps_api.read_namespaced_deployment("web", namespace).spec.template
+    assert template.spec.containers[0].env_from[0].config_map_ref.name == "app", "only the stamp changed"
+
+
+def test_service_account_cannot_touch_workloads_elsewhere_nor_create_or_delete_them(
+    as_sluice, sluice_kubeconfig, deployed, deploy_consumer
+) -> None:
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+
+    from tests.workloads import consumer_deployment
+
+    (outside,) = deployed["outside"]
+    deploy_consumer(outside, "web", wait=False)
+    live = {"kind": "Deployment", "metadata": {"name": "web", "namespace": outside}, "spec": {}}
+    for attempt in (
+        lambda: as_sluice.list_workloads("Deployment", outside),
+        lambda: as_sluice.get_workload("Deployment", outside, "web"),
+        lambda: as_sluice.apply_workload(restart_stamp(live, "f" * 32), field_manager="sluice"),
+        lambda: next(
+            iter(as_sluice.watch_workloads("Deployment", outside, resource_version="0", timeout_seconds=2))
+        ),
+    ):
+        with pytest.raises(PermanentError) as refused:
+            attempt()
+        assert "403" in str(refused.value)
+
+    # Where it may restart workloads, it still can neither make one nor remove one: a stamp of a
+    # workload that is gone creates nothing.
+    allowed = deployed["allowed"][0]
+    ghost = {"kind": "Deployment", "metadata": {"name": "ghost", "namespace": allowed}, "spec": {}}
+    with pytest.raises(PermanentError):
+        as_sluice.apply_workload(restart_stamp(ghost, "f" * 32), field_manager="sluice")
+    assert as_sluice.get_workload("Deployment", allowed, "ghost") is None
+    deploy_consumer(allowed, "web", wait=False)
+    with config.new_client_from_config(config_file=str(sluice_kubeconfig)) as api_client:
+        apps = client.AppsV1Api(api_client)
+        with pytest.raises(ApiException) as created:
+            apps.create_namespaced_deployment(allowed, consumer_deployment("made-by-sluice", "app"))
+        assert created.value.status == 403
+        with pytest.raises(ApiException) as deleted:
+            apps.delete_namespaced_deployment("web", allowed)
+        assert deleted.value.status == 403
+        with pytest.raises(ApiException) as pods:
+            client.CoreV1Api(api_client).list_namespaced_pod(allowed)
+        assert pods.value.status == 403
+    assert as_sluice.get_workload("Deployment", allowed, "web") is not None
 
 
 @pytest.mark.django_db(transaction=True)
@@ -238,6 +335,9 @@ def test_the_web_service_account_cannot_write_configmaps_but_reads_readyz(web_ku
             with pytest.raises(PermanentError) as listed:
                 as_web.list_configmaps(namespace)
             assert "answered 403" in str(listed.value)
+            with pytest.raises(PermanentError) as workloads:
+                as_web.list_workloads("Deployment", namespace)
+            assert "answered 403" in str(workloads.value)
 
 
 def test_network_policies_close_sluice_system_to_everything_but_the_web_port(stack, deployed) -> None:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gitops import rollouts
+from gitops.rollout import decisions
 from tests.flagd import KEYS, Evaluator, evaluate
 from tests.gitrepo import policy
 from tests.rollouts import wait_for
@@ -102,7 +102,7 @@ def test_flag_changes_reach_a_sticky_growing_share_of_users(
             assert evaluator.values("untouched", "") == evaluate(NEW, "untouched", "", tmp_path)
         finally:
             evaluator.close()
-        rollouts.promote(paused.pk, user=people["approver"])
+        decisions.rollout_promote(paused.pk, user=people["approver"])
 
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "flag-rollout-shares.txt").write_text("\n".join(measured) + "\n")

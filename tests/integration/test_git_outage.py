@@ -9,8 +9,9 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from gitops import rollouts, services
+from gitops import polling
 from gitops.models import Rollout, Source
+from gitops.rollout import decisions
 from tests.gitrepo import configmap, policy
 from tests.rollouts import rollout_of, wait_for
 
@@ -65,7 +66,7 @@ def test_abort_rolls_back_whatever_git_does(
     assert versions(cluster, targets) == ["2", "1"]
     git_trouble(repo)
 
-    rollouts.abort(paused.pk, user=people["approver"], reason="incident")
+    decisions.rollout_abort(paused.pk, user=people["approver"], reason="incident")
 
     aborted = wait_for(source, phase="Aborted", timeout=60)
     assert aborted.message.startswith("incident")
@@ -113,9 +114,9 @@ def test_beat_does_not_hammer_a_backing_off_source_with_a_due_rollout(
     Source.objects.filter(pk=source.pk).update(
         consecutive_failures=3, next_poll_at=timezone.now() + timedelta(minutes=4), sync_queued=False
     )
-    assert source.pk not in services.due_rollout_sources()
+    assert source.pk not in polling.sources_with_due_rollouts()
 
     Source.objects.filter(pk=source.pk).update(next_poll_at=timezone.now() - timedelta(seconds=1))
-    assert source.pk in services.due_rollout_sources()
+    assert source.pk in polling.sources_with_due_rollouts()
     # Queued once: the next sweep leaves it alone until that sync has started.
-    assert source.pk not in services.due_rollout_sources()
+    assert source.pk not in polling.sources_with_due_rollouts()

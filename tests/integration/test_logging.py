@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from gitops import services
+from gitops import reconcile
 from gitops.logs import ContextFilter, JsonFormatter
 from tests.gitrepo import configmap, policy
 
@@ -26,7 +26,7 @@ def test_reconcile_lines_carry_source_commit_and_rollout(repo, make_namespaces, 
     gitops_logger.addHandler(handler)
     gitops_logger.setLevel(logging.INFO)
     try:
-        services.sync_source(source.pk)
+        reconcile.source_sync(source.pk)
     finally:
         gitops_logger.removeHandler(handler)
 

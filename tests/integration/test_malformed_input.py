@@ -102,7 +102,7 @@ def check(case: Case, code: int, output: str, before: dict, after: dict) -> str 
 
 def test_the_tree_listing_gives_sizes_stays_in_the_read_paths_and_stops_at_its_limit(repo, tmp_path):
     from gitops.desired.revision import READ_PATHS
-    from gitops.sources import GitMirror, TreeFile
+    from gitops.fetch import GitMirror, TreeFile
 
     repo.write_all(
         {

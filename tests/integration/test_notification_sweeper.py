@@ -18,8 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from django.utils import timezone
 
-from gitops import notifiers
 from gitops.models import Notification
+from gitops.record import notifications
 from gitops.tasks import deliver_notification, sweep_notifications
 from tests.workers import poll
 
@@ -95,8 +95,8 @@ def test_the_sweeper_delivers_a_stranded_notification_once(make_source, receiver
 def test_a_claim_is_a_compare_and_swap_so_two_sweeps_never_both_enqueue(make_source, receiver):
     source = make_source()
     lost = stranded(source, receiver.url)
-    assert notifiers.claim_overdue() == [lost.pk]
-    assert notifiers.claim_overdue() == []
+    assert notifications.claim_overdue() == [lost.pk]
+    assert notifications.claim_overdue() == []
 
 
 def test_racing_deliveries_post_a_notification_exactly_once(make_source, receiver, celery_worker):

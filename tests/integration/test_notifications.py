@@ -8,8 +8,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from gitops import rollouts
 from gitops.models import Notification
+from gitops.rollout import decisions
 from tests.gitrepo import configmap, policy
 from tests.rollouts import wait_for
 from tests.workers import poll
@@ -78,7 +78,7 @@ def test_a_rollout_and_a_rejected_revision_are_announced(
     repo.commit("v2")
     sync(source)
     paused = wait_for(source, phase="Paused", waiting_for="approval")
-    rollouts.promote(paused.pk, user=people["approver"])
+    decisions.rollout_promote(paused.pk, user=people["approver"])
     wait_for(source, phase="Completed")
     repo.write(
         "configmaps/app.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\ndata:\n  v: 3\n"

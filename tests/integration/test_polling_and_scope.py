@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from gitops import services
+from gitops import polling, reconcile
 from gitops.cluster import Cluster
 from gitops.models import Source
 from tests.gitrepo import configmap, policy
@@ -39,8 +39,8 @@ def test_a_due_source_is_claimed_once_even_when_two_sweeps_race(make_source):
     source = make_source(poll_interval=timedelta(seconds=60))
     Source.objects.filter(pk=source.pk).update(next_poll_at=timezone.now() - timedelta(seconds=1))
 
-    first = services.claim_due_sources()
-    second = services.claim_due_sources()
+    first = polling.sources_claim_due()
+    second = polling.sources_claim_due()
 
     assert first == [source.pk]
     assert second == []
@@ -56,7 +56,7 @@ def test_the_plan_reads_live_state_with_one_list_per_namespace(
         repo.write(f"configmaps/cm-{index}.yaml", configmap(f"cm-{index}", {"i": str(index)}))
     repo.commit()
     source = make_source()
-    services.sync_source(source.pk)
+    reconcile.source_sync(source.pk)
 
     lists: list[str] = []
     real_list = Cluster.list_configmaps
@@ -70,7 +70,7 @@ def test_the_plan_reads_live_state_with_one_list_per_namespace(
 
     monkeypatch.setattr(Cluster, "list_configmaps", counting_list)
     monkeypatch.setattr(Cluster, "get_configmap", no_get)
-    result = services.sync_source(source.pk)
+    result = reconcile.source_sync(source.pk)
 
     assert result.summary == {"unchanged": 90}
     assert sorted(lists) == sorted(namespaces)
@@ -89,7 +89,7 @@ def test_an_administrator_allowlist_rejects_namespaces_the_repository_wants(
     repo.commit()
     source = make_source(allowed_namespaces=[allowed])
 
-    result = services.sync_source(source.pk)
+    result = reconcile.source_sync(source.pk)
 
     assert result.outcome == "rejected"
     assert (

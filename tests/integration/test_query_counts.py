@@ -32,29 +32,29 @@ def _repository(repo, namespaces: list[str], count: int, revision: str = "1") ->
 
 
 def _counts(tmp_path_factory, make_namespaces, settings, count: int) -> dict[str, int]:
-    from gitops import services
+    from gitops import reconcile, source_admin
     from tests.gitrepo import GitRepo
 
     repo = GitRepo(tmp_path_factory.mktemp(f"repo-{count}"))
     namespaces = make_namespaces("a", "b")
     _repository(repo, namespaces, count)
     settings.SLUICE_DATA_DIR = tmp_path_factory.mktemp(f"data-{count}")
-    source = services.add_source(name=f"count-{count}", url=repo.url, allowed_namespaces=["t*"])
+    source = source_admin.source_add(name=f"count-{count}", url=repo.url, allowed_namespaces=["t*"])
 
     counts: dict[str, int] = {}
-    counts["cold apply"], result = _queries(lambda: services.sync_source(source.pk))
+    counts["cold apply"], result = _queries(lambda: reconcile.source_sync(source.pk))
     assert result.outcome == "applied", result
     assert result.summary["create"] == 2 * count
-    counts["no-op"], result = _queries(lambda: services.sync_source(source.pk))
+    counts["no-op"], result = _queries(lambda: reconcile.source_sync(source.pk))
     assert result.outcome == "unchanged", result
 
     _repository(repo, namespaces, count, revision="2")
-    counts["update every object"], result = _queries(lambda: services.sync_source(source.pk))
+    counts["update every object"], result = _queries(lambda: reconcile.source_sync(source.pk))
     assert result.summary["update"] == 2 * count, result
 
     repo.remove("configmaps")
     repo.commit("prune everything")
-    counts["prune every object"], result = _queries(lambda: services.sync_source(source.pk))
+    counts["prune every object"], result = _queries(lambda: reconcile.source_sync(source.pk))
     assert result.summary["delete"] == 2 * count, result
     return counts
 

@@ -16,8 +16,8 @@ import pytest
 import yaml
 from django.test import Client
 
-from gitops import apply
 from gitops.cluster import Cluster
+from gitops.cluster.clients import clients
 
 pytestmark = pytest.mark.django_db(transaction=True)
 METRICS_TOKEN = "metrics-token-for-tests-0123456789"
@@ -86,13 +86,13 @@ def test_a_silent_apiserver_and_broker_fail_the_check_within_seconds(
         entry["cluster"]["server"] = f"https://127.0.0.1:{silent_server}"
     path = tmp_path / "silent.kubeconfig"
     path.write_text(yaml.safe_dump(kubeconfig))
-    saved, apply._cluster = apply._cluster, Cluster(str(path))
+    saved, clients._default = clients._default, Cluster(str(path))
     try:
         started = time.monotonic()
         response = Client().get("/readyz")
         elapsed = time.monotonic() - started
     finally:
-        apply._cluster = saved
+        clients._default = saved
 
     assert response.status_code == 503
     assert response.json()["checks"] == {"database": "ok", "broker": "failing", "kube-apiserver": "failing"}

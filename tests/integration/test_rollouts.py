@@ -7,9 +7,9 @@ import base64
 import pytest
 from django.core.exceptions import PermissionDenied
 
-from gitops import rollouts
 from gitops.models import Approval, Change, Revision, Rollout, RolloutEvent
-from gitops.rollouts import RolloutError
+from gitops.rollout import decisions
+from gitops.rollout.decisions import RolloutError
 from tests.gitrepo import configmap, policy
 from tests.rollouts import rollout_of, wait_for
 from tests.workers import poll, running_beat
@@ -91,7 +91,7 @@ def test_a_configmap_rollout_goes_through_every_kind_of_step(
         {"source": source.name, "rollout": paused.pk, "revision": v2, "step": 3, "weight": 50}
     ]
 
-    rollouts.promote(paused.pk, user=people["approver"], comment="canary looks healthy")
+    decisions.rollout_promote(paused.pk, user=people["approver"], comment="canary looks healthy")
     done = wait_for(source, phase="Completed")
 
     assert done.weight == 100
@@ -144,22 +144,22 @@ def test_promote_needs_the_role_distinct_approvers_and_not_the_author(
     paused = wait_for(source, phase="Paused", waiting_for="approval")
 
     with pytest.raises(PermissionDenied, match="vera may not promote"):
-        rollouts.promote(paused.pk, user=people["viewer"])
+        decisions.rollout_promote(paused.pk, user=people["viewer"])
     with pytest.raises(PermissionDenied, match="ada wrote or committed a commit"):
-        rollouts.promote(paused.pk, user=people["author"])
+        decisions.rollout_promote(paused.pk, user=people["author"])
 
-    assert rollouts.promote(paused.pk, user=people["approver"]).message == "1 of 2 approvals"
+    assert decisions.rollout_promote(paused.pk, user=people["approver"]).message == "1 of 2 approvals"
     with pytest.raises(RolloutError, match="otto already approved step 1"):
-        rollouts.promote(paused.pk, user=people["approver"])
+        decisions.rollout_promote(paused.pk, user=people["approver"])
     assert rollout_of(source).phase == "Paused"
     assert versions(cluster, targets) == ["2", "1"]
 
-    rollouts.promote(paused.pk, user=people["second_approver"])
+    decisions.rollout_promote(paused.pk, user=people["second_approver"])
     wait_for(source, phase="Completed")
     assert versions(cluster, targets) == ["2", "2"]
     assert Approval.objects.filter(rollout=paused).count() == 2
     with pytest.raises(RolloutError, match="completed; there is nothing to promote"):
-        rollouts.promote(paused.pk, user=people["second_approver"])
+        decisions.rollout_promote(paused.pk, user=people["second_approver"])
 
 
 def test_an_approval_never_carries_over_to_another_revision(
@@ -171,7 +171,7 @@ def test_an_approval_never_carries_over_to_another_revision(
     )
     sync(source)
     first = wait_for(source, phase="Paused", waiting_for="approval")
-    rollouts.promote(first.pk, user=people["approver"])
+    decisions.rollout_promote(first.pk, user=people["approver"])
 
     repo.write("configmaps/app.yaml", configmap("app", {"VERSION": "3"}))
     v3 = repo.commit("v3")
@@ -182,7 +182,7 @@ def test_an_approval_never_carries_over_to_another_revision(
     assert second.revision.commit == v3
     assert Rollout.objects.get(pk=first.pk).phase == "Superseded"
     assert not Approval.objects.filter(rollout=second).exists()
-    assert rollouts.promote(second.pk, user=people["approver"]).message == "1 of 2 approvals"
+    assert decisions.rollout_promote(second.pk, user=people["approver"]).message == "1 of 2 approvals"
 
 
 def test_a_timed_pause_resumes_after_the_worker_restarts(
@@ -274,8 +274,8 @@ def test_abort_restores_the_exact_previous_contents_and_retry_runs_again(
     assert cluster.get_configmap(targets[0], "brand-new") is not None
 
     with pytest.raises(PermissionDenied):
-        rollouts.abort(paused.pk, user=people["viewer"])
-    rollouts.abort(paused.pk, user=people["approver"], reason="errors in the canary")
+        decisions.rollout_abort(paused.pk, user=people["viewer"])
+    decisions.rollout_abort(paused.pk, user=people["approver"], reason="errors in the canary")
     aborted = wait_for(source, phase="Aborted")
 
     for ns in targets:
@@ -290,13 +290,13 @@ def test_abort_restores_the_exact_previous_contents_and_retry_runs_again(
     assert {c.actor for c in rollbacks} == {"otto"}
     assert aborted.message == "errors in the canary"
     with pytest.raises(RolloutError, match="aborted; only an active rollout"):
-        rollouts.abort(paused.pk, user=people["approver"])
+        decisions.rollout_abort(paused.pk, user=people["approver"])
 
-    again = rollouts.retry(aborted.pk, user=people["approver"])
+    again = decisions.rollout_retry(aborted.pk, user=people["approver"])
     resumed = wait_for(source, phase="Paused", waiting_for="approval")
     assert resumed.pk == again.pk
     assert versions(cluster, targets) == ["2", "2"]
-    rollouts.promote(again.pk, user=people["approver"])
+    decisions.rollout_promote(again.pk, user=people["approver"])
     wait_for(source, phase="Completed")
 
 
@@ -339,7 +339,7 @@ def test_a_new_commit_queues_behind_a_running_rollout(
     assert rollout_of(source).pk == first.pk
     assert versions(cluster, targets) == ["2", "1"]
 
-    rollouts.promote(first.pk, user=people["approver"])
+    decisions.rollout_promote(first.pk, user=people["approver"])
     poll(lambda: Rollout.objects.get(pk=first.pk).phase == "Completed", timeout=60, what="v2 to complete")
     sync(source)
     queued = wait_for(source, phase="Paused", waiting_for="approval")

@@ -23,7 +23,7 @@ from urllib.parse import unquote
 import pytest
 
 from gitops.errors import PermanentError, TemporaryError
-from gitops.sources import (
+from gitops.fetch import (
     MIRROR_REF_PREFIX,
     Credentials,
     GitMirror,
@@ -171,7 +171,7 @@ def test_branch_given_as_a_full_ref_is_accepted(upstream, mirror):
 
 
 def test_a_fetch_is_logged_with_both_tips(upstream, mirror, caplog):
-    with caplog.at_level(logging.INFO, logger="gitops.sources"):
+    with caplog.at_level(logging.INFO, logger="gitops.fetch"):
         result = mirror.fetch(upstream.url, "main")
 
     assert "branch 'main'" in caplog.text
@@ -521,7 +521,7 @@ def test_the_invocation_passes_the_token_only_through_the_environment(tmp_path):
 
 def test_a_wrong_token_is_permanent_and_never_shown(git_http_server, mirror, caplog):
     wrong = "wr0ng-t0ken-123456"
-    with caplog.at_level(logging.DEBUG, logger="gitops.sources"), pytest.raises(PermanentError) as raised:
+    with caplog.at_level(logging.DEBUG, logger="gitops.fetch"), pytest.raises(PermanentError) as raised:
         mirror.fetch(f"{git_http_server.url}/repo.git", "main", Credentials(token=wrong))
 
     message = str(raised.value)

@@ -13,10 +13,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied
+from django.utils import timezone
 
-from gitops import rollouts
-from gitops.content import MANAGED_BY_LABEL, SOURCE_LABEL
-from gitops.models import Change, Revision, Source
+from gitops import source_admin
+from gitops.desired.content import MANAGED_BY_LABEL, SOURCE_LABEL
+from gitops.models import Change, Revision, Rollout, Source
+from gitops.rollout import decisions
 from tests.gitrepo import GitRepo, configmap, policy
 from tests.rollouts import rollout_of, wait_for
 from tests.workers import poll
@@ -195,10 +197,10 @@ def test_an_analysis_prefix_removed_after_validation_is_not_called(
     sync(source)
     paused = wait_for(source, phase="Paused", waiting_for="approval")
 
-    from gitops import services
+    from gitops.rollout import decisions
 
-    services.update_source_scope(source, analysis_url_prefixes=[])
-    rollouts.promote(paused.pk, user=people["approver"])
+    source_admin.source_update_scope(source, analysis_url_prefixes=[])
+    decisions.rollout_promote(paused.pk, user=people["approver"])
     # The revision no longer passes validation under the narrower scope: it is undone, never called.
     failed = wait_for(source, phase="Failed")
     assert "is no longer valid for this source" in failed.message
@@ -243,8 +245,8 @@ def test_an_approval_floor_holds_even_when_the_repository_has_no_steps(
     assert sync(source)["outcome"] == "paused"
     assert cluster.get_configmap(canary, "app") is None
     first = rollout_of(source)
-    rollouts.promote(first.pk, user=people["approver"])
-    rollouts.promote(first.pk, user=people["second_approver"])
+    decisions.rollout_promote(first.pk, user=people["approver"])
+    decisions.rollout_promote(first.pk, user=people["second_approver"])
     wait_for(source, phase="Completed")
 
     # Otto commits an intermediate change, Ada the tip: neither may approve the range.
@@ -257,16 +259,16 @@ def test_an_approval_floor_holds_even_when_the_repository_has_no_steps(
     assert (gated.approvals_required, gated.forbid_self_approval) == (2, True)
     assert {"ada@example.com", "otto@example.com"} <= set(gated.commit_identities)
     with pytest.raises(PermissionDenied, match="otto wrote or committed"):
-        rollouts.promote(gated.pk, user=people["approver"])
+        decisions.rollout_promote(gated.pk, user=people["approver"])
     with pytest.raises(PermissionDenied, match="ada wrote or committed"):
-        rollouts.promote(gated.pk, user=people["author"])
+        decisions.rollout_promote(gated.pk, user=people["author"])
     # Without an email an administrator verified, nobody is trusted not to be an author.
     unverified = django_user_model.objects.create_user("uma", email="uma@example.com", password="x")
     unverified.groups.add(Group.objects.get(name="approver"))
     with pytest.raises(PermissionDenied, match="uma has no verified email"):
-        rollouts.promote(gated.pk, user=django_user_model.objects.get(pk=unverified.pk))
+        decisions.rollout_promote(gated.pk, user=django_user_model.objects.get(pk=unverified.pk))
     # A single approver cannot skip the gate with --full either.
-    rollouts.promote(gated.pk, user=people["second_approver"], full=True)
+    decisions.rollout_promote(gated.pk, user=people["second_approver"], full=True)
     assert rollout_of(source).phase == "Paused"
     assert cluster.get_configmap(canary, "app")["data"] == {"v": "1"}
 
@@ -353,3 +355,115 @@ def test_a_foreign_configmap_labelled_as_ours_is_not_pruned(repo, make_source, s
     assert cluster.get_configmap(namespace, "precious")["data"] == {"keep": "me"}
     assert "delete" not in result["summary"]
     assert result["summary"].get("conflict") == 1
+
+
+# -- findings of the review -----------------------------------------------------------------------
+
+
+def test_moving_the_branch_back_to_an_older_completed_commit_goes_out_anew_through_the_gate(
+    repo, make_namespaces, make_source, sync, cluster, people
+):
+    canary, rest = make_namespaces("canary", "rest")
+    repo.write_all(
+        {"sluice.yaml": policy([canary, rest]), "configmaps/app.yaml": configmap("app", {"v": "1"})}
+    )
+    old = repo.commit("v1")
+    source = make_source(required_approvals=1)
+    sync(source)
+    decisions.rollout_promote(rollout_of(source).pk, user=people["approver"])
+    wait_for(source, phase="Completed")
+    repo.write("configmaps/app.yaml", configmap("app", {"v": "2"}))
+    repo.commit("v2")
+    sync(source)
+    decisions.rollout_promote(rollout_of(source).pk, user=people["approver"])
+    wait_for(source, phase="Completed")
+    assert versions(cluster, [canary, rest]) == ["2", "2"]
+
+    repo.git("reset", "--quiet", "--hard", old)
+    repo.push(force=True)
+    assert sync(source)["outcome"] == "paused"
+
+    reverted = rollout_of(source)
+    assert reverted.revision.commit == old
+    assert reverted.waiting_for == "approval"
+    assert versions(cluster, [canary, rest]) == ["2", "2"], "nothing goes back unapproved"
+
+
+def test_a_raised_floor_holds_a_rollout_already_under_way_and_its_retry(
+    repo, make_namespaces, make_source, sync, cluster, people
+):
+    canary, rest = make_namespaces("canary", "rest")
+    repo.write_all(
+        {"sluice.yaml": policy([canary, rest]), "configmaps/app.yaml": configmap("app", {"v": "1"})}
+    )
+    repo.commit("v1")
+    source = make_source()
+    sync(source)
+    steps = [{"setWeight": 50}, {"pause": {"duration": "1h"}}, {"setWeight": 100}]
+    repo.write_all({"sluice.yaml": policy([canary, rest], rollout={"steps": steps})})
+    repo.write("configmaps/app.yaml", configmap("app", {"v": "2"}))
+    repo.commit("v2")
+    sync(source)
+    running = wait_for(source, phase="Paused", waiting_for="timer")
+
+    from gitops import source_admin
+
+    source_admin.source_update_scope(source, required_approvals=2)
+    gated = Rollout.objects.get(pk=running.pk)
+    assert (gated.approvals_required, gated.forbid_self_approval) == (2, True)
+    assert gated.steps[gated.step_index + 1] == {"pause": {}}, "a gate right after the current step"
+    # Ending the timer now, the rollout stops at the gate instead of going to 100%.
+    Rollout.objects.filter(pk=running.pk).update(pause_until=timezone.now())
+    sync(source)
+    assert wait_for(source, phase="Paused", waiting_for="approval").pk == running.pk
+    assert versions(cluster, [canary, rest]) == ["2", "1"]
+
+    decisions.rollout_abort(running.pk, user=people["approver"])
+    wait_for(source, phase="Aborted")
+    again = decisions.rollout_retry(running.pk, user=people["approver"])
+    assert again.approvals_required == 2
+    assert {"pause": {}} in again.steps
+
+
+def test_one_full_promote_does_not_turn_another_approvers_single_step_into_100_percent(
+    repo, make_namespaces, make_source, sync, cluster, people
+):
+    canary, middle, rest = make_namespaces("canary", "middle", "rest")
+    repo.write_all(
+        {"sluice.yaml": policy([canary, middle, rest]), "configmaps/app.yaml": configmap("app", {"v": "1"})}
+    )
+    repo.commit("v1")
+    source = make_source()
+    sync(source)
+    steps = [{"setWeight": 33}, {"pause": {}}, {"setWeight": 66}, {"pause": {}}, {"setWeight": 100}]
+    repo.write_all(
+        {
+            "sluice.yaml": policy(
+                [canary, middle, rest], rollout={"steps": steps}, approvals={"required": 2}
+            ),
+            "configmaps/app.yaml": configmap("app", {"v": "2"}),
+        }
+    )
+    repo.commit("v2")
+    sync(source)
+    paused = wait_for(source, phase="Paused", waiting_for="approval")
+
+    decisions.rollout_promote(paused.pk, user=people["approver"])
+    decisions.rollout_promote(paused.pk, user=people["second_approver"], full=True)
+
+    second_gate = wait_for(source, phase="Paused", waiting_for="approval", step_index=3)
+    assert second_gate.pk == paused.pk
+    assert versions(cluster, [canary, middle, rest]) == ["2", "2", "1"], "one step, not 100%"
+
+
+def test_a_failure_never_leaves_pushes_refused_as_already_queued(make_source, sync):
+    from gitops import schedule
+
+    source = make_source(url="file:///nonexistent/repository.git")
+    Source.objects.filter(pk=source.pk).update(sync_queued=True)
+    assert sync(source)["outcome"] == "failed"
+    assert Source.objects.get(pk=source.pk).sync_queued is False
+    from django.db import transaction
+
+    with transaction.atomic():
+        assert schedule.source_sync_once(source.pk, actor="webhook:github") is True

@@ -11,9 +11,10 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from gitops import metrics, services
+from gitops import metrics
+from gitops.intake import webhook_secrets
+from gitops.intake.webhooks import sign
 from gitops.models import WebhookDelivery
-from gitops.webhooks import sign
 
 pytestmark = pytest.mark.django_db(transaction=True)
 SECRET = "push-secret-for-tests-0123456789"
@@ -42,7 +43,7 @@ def post(name: str, headers: dict[str, str], body: bytes = BODY):
 @pytest.fixture
 def sources(make_source):
     with_secret = make_source(name="shop-config")
-    services.set_webhook_secret(with_secret, SECRET)
+    webhook_secrets.webhook_secret_set(with_secret, SECRET)
     without_secret = make_source(name="billing-config")
     return with_secret, without_secret
 

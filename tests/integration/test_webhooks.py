@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from django.test import Client
 
-from gitops import services
+from gitops.intake import webhook_secrets
+from gitops.intake.webhooks import sign
 from gitops.models import Revision, Source, WebhookDelivery
-from gitops.webhooks import sign
 from tests.gitrepo import configmap, policy
 from tests.workers import poll
 
@@ -29,7 +29,7 @@ def hooked_source(repo, make_namespaces, make_source):
     repo.write_all({"sluice.yaml": policy([namespace]), "configmaps/app.yaml": configmap("app", {"v": "1"})})
     repo.commit("v1")
     source = make_source(poll_interval=__import__("datetime").timedelta(hours=1))
-    services.set_webhook_secret(source, SECRET)
+    webhook_secrets.webhook_secret_set(source, SECRET)
     return source, namespace
 
 

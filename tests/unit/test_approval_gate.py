@@ -28,7 +28,11 @@ GATE = Pause(None)
         # The repository's own gate in that place counts.
         ((SetWeight(25), GATE, SetWeight(100)), (SetWeight(25), GATE, SetWeight(100))),
         # Weight 0 changes nothing, so the first step that counts is the next one.
-        ((SetWeight(0), SetWeight(50), SetWeight(100)), (SetWeight(0), SetWeight(50), GATE, SetWeight(100))),
+        ((SetWeight(0), SetWeight(20), SetWeight(100)), (SetWeight(0), SetWeight(20), GATE, SetWeight(100))),
+        # A first step over 25% is no canary (99% covers every target of most objects): gated before it.
+        ((SetWeight(99), SetWeight(100)), (GATE, SetWeight(99), SetWeight(100))),
+        ((SetWeight(0), SetWeight(50), SetWeight(100)), (SetWeight(0), GATE, SetWeight(50), SetWeight(100))),
+        ((SetWeight(26), SetWeight(100)), (GATE, SetWeight(26), SetWeight(100))),
     ],
 )
 def test_the_gate_comes_after_the_first_step_that_changes_anything(steps, expected):

@@ -5,7 +5,7 @@ import json
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from gitops.cluster import FieldConflictError, NotFoundError, _translate
+from gitops.cluster.client import FieldConflictError, NotFoundError, _translate
 from gitops.errors import PermanentError, TemporaryError
 
 

@@ -159,6 +159,15 @@ def test_deployment_health(status, health, detail):
     assert (result.health, result.detail) == (Health(health), detail)
 
 
+def test_a_missed_deadline_of_an_older_template_is_not_a_failure_of_the_new_one():
+    missed = {
+        "observedGeneration": 1,
+        "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}],
+    }
+    assert health_of(with_status(deployment({}), generation=2, **missed)).health is Health.PROGRESSING
+    assert health_of(with_status(deployment({}), generation=1, **missed)).health is Health.FAILED
+
+
 def statefulset(**status) -> dict:
     return with_status({**deployment({}), "kind": "StatefulSet"}, **status)
 

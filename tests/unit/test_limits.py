@@ -180,3 +180,14 @@ def test_loading_keeps_nothing_once_the_documents_are_dropped():
         tracemalloc.stop()
     # PyYAML's constructor, used on its own, remembered every scalar it ever built (several MB here).
     assert grown < 100_000
+
+
+def test_the_parse_cache_is_bounded_in_bytes_too():
+    from gitops.desired.revision import ParseCache, ParsedFile
+
+    cache = ParseCache(max_bytes=1000)
+    for index in range(10):
+        cache.put(f"configmaps/f{index}.yaml", f"{index:040x}", ParsedFile([], [], 1), 300)
+    assert cache.bytes == 900
+    assert cache.get("configmaps/f9.yaml", f"{9:040x}") is not None
+    assert cache.get("configmaps/f0.yaml", f"{0:040x}") is None, "the oldest went first"

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from gitops.content import Content, Provenance, manifest
+from gitops.desired.content import Content
 from gitops.desired.policy import Policy
 from gitops.desired.revision import DesiredObject, DesiredState
 from gitops.plan import Action, DiffItem, decide, diff_content, plan
+from gitops.plan.provenance import Provenance, manifest
 
 SOURCE = "shop"
 OLD, NEW = "a" * 40, "b" * 40
@@ -235,3 +236,34 @@ def test_the_decision_table(git_changed, drifted, immutable, self_heal, action, 
     verdict = decide(git_changed=git_changed, drifted=drifted, immutable=immutable, self_heal=self_heal)
     assert (verdict.action, verdict.force, verdict.to_git) == (action, force, to_git)
     assert bool(verdict.reason) is (action is not Action.UNCHANGED)
+
+
+def test_the_plan_memo_keeps_only_the_objects_of_the_last_plan():
+    from gitops.plan import PlanMemo
+
+    memo = PlanMemo()
+    for generation in range(5):
+        objects = [desired_object(f"g{generation}-{index}") for index in range(100)]
+        live = [
+            {
+                **applied(obj, commit=NEW),
+                "metadata": {**applied(obj, commit=NEW)["metadata"], "resourceVersion": "7"},
+            }
+            for obj in objects
+        ]
+        plan(state(*objects), {"team-a": live}, source=SOURCE, commit=NEW, managed=inventory(live), memo=memo)
+    assert len(memo) == 100
+
+
+def test_an_object_labelled_as_ours_but_never_applied_is_not_taken_over_nor_shown():
+    forged = applied(desired_object("app", v="hunter2"))
+    result = plan(
+        state(desired_object("app", v="ours")),
+        {"team-a": [forged]},
+        source=SOURCE,
+        commit=NEW,
+        managed=frozenset(),
+    )
+    (item,) = result.items
+    assert item.action is Action.CONFLICT
+    assert "hunter2" not in repr(item.as_dict())

@@ -106,6 +106,11 @@ def test_an_allowed_analysis_url_loads():
         ("https://checks.example.com/sluice/%2fadmin", False),
         ("https://checks.example.com:99999/sluice/", False),
         ("file:///etc/passwd", False),
+        ("https://checks.example.com/sluice/gate x", False),
+        ("https://checks.example.com/sluice/gate\r\nHost: evil", False),
+        ("https://checks.example.com:0/sluice/gate", False),
+        ("https://checks.example.com/sluice/..;/admin", False),
+        ("https://checks.example.com/sluice/%252e%252e/admin", False),
     ],
 )
 def test_url_prefixes_compare_scheme_host_port_and_path(url, allowed):

@@ -1,4 +1,4 @@
-"""The pure parts of gitops.sources: redaction, credential references, error classification, argv."""
+"""The pure parts of gitops.fetch: redaction, credential references, error classification, argv."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import shlex
 import pytest
 
 from gitops.errors import PermanentError, TemporaryError
-from gitops.sources import (
+from gitops.fetch import (
     Credentials,
     GitMirror,
     build_fetch_invocation,

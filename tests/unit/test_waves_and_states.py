@@ -2,7 +2,7 @@
 
 import pytest
 
-from gitops.content import Content
+from gitops.desired.content import Content
 from gitops.desired.policy import Policy
 from gitops.desired.revision import DesiredObject, DesiredState
 from gitops.models import Revision, Rollout, Source

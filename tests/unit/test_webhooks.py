@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from gitops.webhooks import WebhookRejected, identify, parse, sign, verify
+from gitops.intake.webhooks import WebhookRejected, identify, parse, sign, verify
 
 SECRET = "a-long-enough-webhook-secret"
 COMMIT = "6113728f27ae82c7b1a177c8d03f9e96e0adf246"

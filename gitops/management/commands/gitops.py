@@ -33,16 +33,18 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
-from gitops import retention, rollouts, selectors, services, validate
+from gitops import preview, retention, schedule, selectors, source_admin, validate
 from gitops.desired.limits import Limits
 from gitops.errors import GitopsError
+from gitops.intake import webhook_secrets
 from gitops.models import Rollout, Source
 from gitops.plan import DiffItem, Plan
 from gitops.roles import ROLES
+from gitops.rollout import decisions
+from gitops.rollout.state import SYSTEM_ACTOR
+from gitops.vocabulary import SUCCESSFUL_OUTCOMES
 
 DURATION = re.compile(r"^(\d+)(s|m|h)?$")
-# A sync that leaves a rollout paused or queued did what it should.
-SUCCESSFUL_OUTCOMES = ("applied", "unchanged", "completed", "paused", "queued")
 
 
 def duration(text: str) -> timedelta:
@@ -176,7 +178,7 @@ class Command(BaseCommand):
             raise CommandError(f"no source named {name!r}") from exc
 
     def do_add_source(self, **options: Any) -> None:
-        source = services.add_source(
+        source = source_admin.source_add(
             name=options["name"],
             url=options["url"],
             branch=options["branch"],
@@ -193,7 +195,7 @@ class Command(BaseCommand):
         self._print_scope(source)
 
     def do_update_source(self, **options: Any) -> None:
-        source = services.update_source_scope(
+        source = source_admin.source_update_scope(
             self._source(options["name"]),
             allowed_namespaces=_listed(options["allow_namespace"]),
             analysis_url_prefixes=_listed(options["allow_analysis_url"]),
@@ -210,14 +212,16 @@ class Command(BaseCommand):
         self.stdout.write(f"  approvals required past the first step: {floor or 'as the repository says'}")
 
     def do_verify_email(self, **options: Any) -> None:
-        user = rollouts.user_named(options["username"])
-        rollouts.verify_email(user, options["email"], verified_by=options["by"])
+        user = decisions.user_named(options["username"])
+        decisions.user_email_verify(user, options["email"], verified_by=options["by"])
         self.stdout.write(f"{options['username']}'s email {options['email']} is verified")
 
     def do_sync(self, **options: Any) -> None:
         source = self._source(options["name"])
         with transaction.atomic():
-            task_ids = services.enqueue_sync(source, retry_failed=options["retry_failed"])
+            task_ids = schedule.source_sync(
+                source.pk, actor=SYSTEM_ACTOR, retry_failed=options["retry_failed"]
+            )
         self.stdout.write(f"sync of {source.name} queued as task {task_ids[0]}")
         if not options["wait"]:
             return
@@ -246,7 +250,8 @@ class Command(BaseCommand):
 
     def do_diff(self, **options: Any) -> None:
         source = self._source(options["name"])
-        revision, plan = services.preview(source)
+        previewed = preview.source_preview(source)
+        revision, plan = previewed.revision, previewed.plan
         if plan is None:
             if options["json"]:
                 self.stdout.write(
@@ -262,10 +267,18 @@ class Command(BaseCommand):
                 "commit": plan.commit,
                 "summary": plan.summary(),
                 "items": [i.as_dict() for i in plan.items],
+                "consumers": [effect.as_dict() for effect in previewed.consumers],
             }
             self.stdout.write(json.dumps(payload, indent=2))
             return
         self._print_plan(plan)
+        for effect in previewed.consumers:
+            workload = effect.workload
+            verb = "restart" if effect.restart else "wait for"
+            self.stdout.write(
+                f"{verb:>9} {workload.kind.lower()} {workload.namespace}/{workload.name}"
+                f"  (reads {', '.join(effect.reads)})"
+            )
 
     def _print_plan(self, plan: Plan) -> None:
         self.stdout.write(f"plan for {plan.source} @ {plan.commit[:12]}: " + _counts(plan.summary()))
@@ -358,9 +371,9 @@ class Command(BaseCommand):
             )
 
     def do_promote(self, **options: Any) -> None:
-        rollout = rollouts.promote(
+        rollout = decisions.rollout_promote(
             options["rollout"],
-            user=rollouts.user_named(options["user"]),
+            user=decisions.user_named(options["user"]),
             full=options["full"],
             comment=options["comment"],
         )
@@ -371,8 +384,8 @@ class Command(BaseCommand):
             self.stdout.write(f"rollout {rollout.pk} promoted to {target} by {options['user']}")
 
     def do_abort(self, **options: Any) -> None:
-        rollout = rollouts.abort(
-            options["rollout"], user=rollouts.user_named(options["user"]), reason=options["reason"]
+        rollout = decisions.rollout_abort(
+            options["rollout"], user=decisions.user_named(options["user"]), reason=options["reason"]
         )
         self.stdout.write(f"rollout {rollout.pk}: abort requested by {options['user']}; rolling back")
         if options["no_wait"]:
@@ -390,22 +403,22 @@ class Command(BaseCommand):
             sys.exit(1)
 
     def do_retry(self, **options: Any) -> None:
-        again = rollouts.retry(options["rollout"], user=rollouts.user_named(options["user"]))
+        again = decisions.rollout_retry(options["rollout"], user=decisions.user_named(options["user"]))
         self.stdout.write(f"rollout {options['rollout']} retried as rollout {again.pk}, from step 0")
 
     def do_webhook_secret(self, **options: Any) -> None:
         source = self._source(options["name"])
         if options["rotate"]:
-            secret = services.rotate_webhook_secret(source)
+            secret = webhook_secrets.webhook_secret_rotate(source)
             self.stdout.write(f"new webhook secret for {source.name} (shown once, copy it now):")
             self.stdout.write(secret)
         else:
-            services.set_webhook_secret(source, options["secret"])
+            webhook_secrets.webhook_secret_set(source, options["secret"])
             self.stdout.write(f"webhook secret for {source.name} set")
         self.stdout.write(f"webhook URL path: /webhooks/git/{source.name}")
 
     def do_grant(self, **options: Any) -> None:
-        user = rollouts.user_named(options["username"])
+        user = decisions.user_named(options["username"])
         user.groups.add(Group.objects.get(name=options["role"]))
         self.stdout.write(f"{options['username']} is now {options['role']}")
 
@@ -442,7 +455,7 @@ class Command(BaseCommand):
             sys.exit(verdict)
 
     def do_reencrypt_secrets(self, **options: Any) -> None:
-        rewritten, unreadable = services.reencrypt_webhook_secrets()
+        rewritten, unreadable = webhook_secrets.webhook_secrets_reencrypt()
         self.stdout.write(f"re-encrypted {rewritten} webhook secrets under the current SECRET_KEY")
         if unreadable:
             raise CommandError(

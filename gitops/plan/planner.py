@@ -7,20 +7,20 @@ others (unchanged, drift left alone, conflicts, orphans) are reported only.
 
 from __future__ import annotations
 
-import base64
-import difflib
-import hashlib
 import json
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from gitops.content import Content, live_content, live_provenance
+from gitops.desired.content import Content
 from gitops.desired.flags import COMMIT_METADATA_KEY, SOURCE_METADATA_KEY
 from gitops.desired.revision import DesiredObject, DesiredState, flag_set_json, flag_set_key
+from gitops.plan.diff import DiffItem, DiffOp, diff_content
+from gitops.plan.provenance import live_content, live_provenance
 
 ORIGIN_STAMPS = (COMMIT_METADATA_KEY, SOURCE_METADATA_KEY)
+UNAPPLIED = "carries this source's labels, but Sluice never applied it"
 
 
 class Action(StrEnum):
@@ -41,87 +41,17 @@ class Action(StrEnum):
 
 
 ACTIONABLE = frozenset({Action.CREATE, Action.UPDATE, Action.DELETE, Action.SELF_HEAL, Action.REPLACE})
+# Plan items that leave a source out of sync with Git after a pass.
+OUT_OF_SYNC = (Action.DRIFT, Action.CONFLICT, Action.ORPHAN, Action.HELD)
 
 
-@dataclass(frozen=True)
-class DiffItem:
-    """One key-level difference, after kopf's diff items."""
-
-    op: str  # "add", "remove" or "change"
-    field: str  # "data", "binaryData", "labels", "annotations" or "immutable"
-    key: str
-    old: Any = None
-    new: Any = None
-
-    def as_dict(self) -> dict[str, Any]:
-        result: dict[str, Any] = {"op": self.op, "field": self.field, "key": self.key}
-        if self.field == "binaryData":
-            result["old"] = summarize_binary(self.old)
-            result["new"] = summarize_binary(self.new)
-        else:
-            result["old"] = self.old
-            result["new"] = self.new
-            unified = self.unified()
-            if unified:
-                result["unified"] = unified
-        return result
-
-    def unified(self) -> str | None:
-        """A unified text diff when either side spans lines; JSON is pretty-printed first."""
-        if not isinstance(self.old, str | None) or not isinstance(self.new, str | None):
-            return None
-        old, new = self.old or "", self.new or ""
-        if "\n" not in old.rstrip("\n") and "\n" not in new.rstrip("\n"):
-            return None
-        lines = difflib.unified_diff(
-            _readable(old).splitlines(keepends=True),
-            _readable(new).splitlines(keepends=True),
-            fromfile=f"{self.field}/{self.key} (live)",
-            tofile=f"{self.field}/{self.key} (git)",
-        )
-        return "".join(line if line.endswith("\n") else line + "\n" for line in lines)
+def drift_count(summary: Mapping[str, int]) -> int:
+    """Objects edited in the cluster, from a plan's summary: reported drift and drift being healed."""
+    return summary.get(Action.DRIFT, 0) + summary.get(Action.SELF_HEAL, 0)
 
 
-def _readable(text: str) -> str:
-    stripped = text.lstrip()
-    if stripped.startswith(("{", "[")):
-        try:
-            return json.dumps(json.loads(text), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-        except ValueError:
-            return text
-    return text
-
-
-def summarize_binary(value: str | None) -> str | None:
-    if value is None:
-        return None
-    try:
-        raw = base64.b64decode(value)
-    except ValueError:
-        return "<invalid base64>"
-    return f"<{len(raw)} bytes, sha256:{hashlib.sha256(raw).hexdigest()[:12]}>"
-
-
-def diff_content(old: Content | None, new: Content | None) -> list[DiffItem]:
-    old = old or Content()
-    new = new or Content()
-    items: list[DiffItem] = []
-    for field_name, before, after in (
-        ("data", old.data, new.data),
-        ("binaryData", old.binary_data, new.binary_data),
-        ("labels", old.labels, new.labels),
-        ("annotations", old.annotations, new.annotations),
-    ):
-        for key in sorted(before.keys() | after.keys()):
-            if key not in before:
-                items.append(DiffItem("add", field_name, key, None, after[key]))
-            elif key not in after:
-                items.append(DiffItem("remove", field_name, key, before[key], None))
-            elif before[key] != after[key]:
-                items.append(DiffItem("change", field_name, key, before[key], after[key]))
-    if bool(old.immutable) != bool(new.immutable):
-        items.append(DiffItem("change", "immutable", "immutable", old.immutable, new.immutable))
-    return items
+def out_of_sync(summary: Mapping[str, int]) -> bool:
+    return any(summary.get(action) for action in OUT_OF_SYNC)
 
 
 @dataclass(frozen=True)
@@ -207,6 +137,14 @@ class PlanMemo:
     def put(self, key: tuple[str, str], resource_version: str, content_hash: str, item: PlanItem) -> None:
         self._verdicts[key] = (resource_version, content_hash, item)
 
+    def keep_only(self, keys: Collection[tuple[str, str]]) -> None:
+        """Forgets objects the last plan did not have: the memo never outgrows the revision."""
+        for key in self._verdicts.keys() - set(keys):
+            del self._verdicts[key]
+
+    def __len__(self) -> int:
+        return len(self._verdicts)
+
 
 def plan(
     desired: DesiredState,
@@ -234,45 +172,54 @@ def plan(
 
     items: list[PlanItem] = []
     wanted = desired.by_key()
+    if memo is not None:
+        memo.keep_only(wanted)
     for wanted_object in desired.objects:
         live = live_index.get(wanted_object.key)
+        if live is not None and wanted_object.key not in managed and live_provenance(live)[0] == source:
+            # Labels anyone may write do not make an object this source's: only what Sluice applied does.
+            forged = _foreign(wanted_object.key, live, UNAPPLIED)
+            items.append(replace(forged, desired=wanted_object))
+            continue
         item = _memoized_plan_object(wanted_object, live, desired, source=source, commit=commit, memo=memo)
         if wanted_object.key in held and item.action in (Action.CREATE, Action.UPDATE, Action.REPLACE):
             item = replace(item, action=Action.HELD, reason="a later rollout step reaches this target")
         items.append(item)
 
     for key, live in sorted(live_index.items()):
-        owner, live_commit, live_hash = live_provenance(live)
-        if owner != source or key in wanted:
-            continue
-        if key not in managed:
-            items.append(_foreign(key, live, "carries this source's labels, but Sluice never applied it"))
-            continue
-        before = live_content(live)
-        diff: tuple[DiffItem, ...]
-        if desired.policy.prune and not prune_allowed:
-            action, diff, reason = Action.HELD, (), "gone from Git; pruned when the rollout reaches 100%"
-        elif desired.policy.prune:
-            action, diff, reason = (
-                Action.DELETE,
-                tuple(diff_content(before, None)),
-                "no longer in Git; prune is on",
-            )
-        else:
-            action, diff, reason = Action.ORPHAN, (), "no longer in Git; kept because prune is off"
-        items.append(
-            PlanItem(
-                key[0],
-                key[1],
-                action,
-                diff,
-                before=before,
-                live_commit=live_commit,
-                live_content_hash=live_hash,
-                reason=reason,
-            )
-        )
+        owner, _, _ = live_provenance(live)
+        if owner == source and key not in wanted:
+            prune = desired.policy.prune
+            items.append(_gone(key, live, managed=key in managed, prune=prune, prune_allowed=prune_allowed))
     return Plan(source=source, commit=commit, items=tuple(items))
+
+
+def _gone(
+    key: tuple[str, str], live: Mapping[str, Any], *, managed: bool, prune: bool, prune_allowed: bool
+) -> PlanItem:
+    """An object this source applied that Git no longer has: pruned, held until 100%, or an orphan."""
+    if not managed:
+        return _foreign(key, live, UNAPPLIED)
+    _, live_commit, live_hash = live_provenance(live)
+    before = live_content(live)
+    diff: tuple[DiffItem, ...] = ()
+    if prune and not prune_allowed:
+        action, reason = Action.HELD, "gone from Git; pruned when the rollout reaches 100%"
+    elif prune:
+        action, reason = Action.DELETE, "no longer in Git; prune is on"
+        diff = tuple(diff_content(before, None))
+    else:
+        action, reason = Action.ORPHAN, "no longer in Git; kept because prune is off"
+    return PlanItem(
+        key[0],
+        key[1],
+        action,
+        diff,
+        before=before,
+        live_commit=live_commit,
+        live_content_hash=live_hash,
+        reason=reason,
+    )
 
 
 def _foreign(key: tuple[str, str], live: Mapping[str, Any], why: str) -> PlanItem:
@@ -288,7 +235,7 @@ def _foreign(key: tuple[str, str], live: Mapping[str, Any], why: str) -> PlanIte
 
 
 # Stands for "edited in the cluster" when the old content is known only by its hash.
-DRIFTED = DiffItem("change", "content", "*", "edited in the cluster", None)
+DRIFTED = DiffItem(DiffOp.CHANGE, "content", "*", "edited in the cluster", None)
 
 
 def _applied_hash_of(obj: DesiredObject, current: Content) -> str:

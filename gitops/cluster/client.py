@@ -15,12 +15,14 @@ from typing import Any
 
 import urllib3
 from django.conf import settings
-from kubernetes import client, config
+from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
 from gitops.errors import PermanentError, TemporaryError
 
 APPLY_PATCH = "application/apply-patch+yaml"
+# Workload kinds and the suffix of their calls in the generated AppsV1Api.
+WORKLOAD_KINDS = {"Deployment": "deployment", "StatefulSet": "stateful_set", "DaemonSet": "daemon_set"}
 REQUEST_TIMEOUT = (5, 60)  # connect, read (seconds)
 
 
@@ -92,6 +94,7 @@ class Cluster:
         configuration.connection_pool_maxsize = pool_size
         self._api_client = client.ApiClient(configuration)
         self._core = client.CoreV1Api(self._api_client)
+        self._apps = client.AppsV1Api(self._api_client)
         self._version = client.VersionApi(self._api_client)
         self.server = configuration.host
 
@@ -198,6 +201,90 @@ class Cluster:
                 _content_type="application/merge-patch+json",
                 _request_timeout=REQUEST_TIMEOUT,
             )
+
+    # -- workloads: Deployments, StatefulSets and DaemonSets -------------------------------
+
+    def _workload_calls(self, kind: str) -> tuple[Any, Any, Any]:
+        """The list, read and patch calls of a workload kind."""
+        suffix = WORKLOAD_KINDS.get(kind)
+        if suffix is None:
+            raise PermanentError(f"{kind!r} is not a workload kind Sluice restarts")
+        return (
+            getattr(self._apps, f"list_namespaced_{suffix}"),
+            getattr(self._apps, f"read_namespaced_{suffix}"),
+            getattr(self._apps, f"patch_namespaced_{suffix}"),
+        )
+
+    def list_workloads(self, kind: str, namespace: str) -> tuple[list[dict[str, Any]], str]:
+        """Every workload of a kind in a namespace (each with its kind), and the list's resourceVersion."""
+        list_call, _, _ = self._workload_calls(kind)
+        with _api_errors():
+            response = list_call(namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
+        body = json.loads(response.data)
+        items: list[dict[str, Any]] = body["items"]
+        for item in items:
+            item.setdefault("kind", kind)
+        return items, str(body.get("metadata", {}).get("resourceVersion", ""))
+
+    def get_workload(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        _, read_call, _ = self._workload_calls(kind)
+        try:
+            with _api_errors():
+                response = read_call(
+                    name, namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
+                )
+        except NotFoundError:
+            return None
+        result: dict[str, Any] = json.loads(response.data)
+        result.setdefault("kind", kind)
+        return result
+
+    def apply_workload(
+        self, body: Mapping[str, Any], *, field_manager: str, force: bool = True
+    ) -> dict[str, Any]:
+        """Server-side apply of a partial workload (a restart stamp); returns the object as stored."""
+        _, _, patch_call = self._workload_calls(str(body["kind"]))
+        metadata = body["metadata"]
+        with _api_errors(applying=True):
+            response = patch_call(
+                metadata["name"],
+                metadata["namespace"],
+                dict(body),
+                field_manager=field_manager,
+                force=force,
+                _content_type=APPLY_PATCH,
+                _preload_content=False,
+                _request_timeout=REQUEST_TIMEOUT,
+            )
+        result: dict[str, Any] = json.loads(response.data)
+        return result
+
+    def watch_workloads(
+        self, kind: str, namespace: str, *, resource_version: str, timeout_seconds: int
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(event type, object) for each change of a kind in a namespace after ``resource_version``.
+
+        Ends after ``timeout_seconds`` (the server closes the watch). A ``410 Gone``
+        (the version is too old) leaves as a TemporaryError: list again.
+        """
+        list_call, _, _ = self._workload_calls(kind)
+        stream = watch.Watch().stream(
+            list_call,
+            namespace,
+            resource_version=resource_version,
+            timeout_seconds=timeout_seconds,
+            allow_watch_bookmarks=True,
+            _request_timeout=(REQUEST_TIMEOUT[0], timeout_seconds + 5),
+        )
+        with _api_errors():
+            for event in stream:
+                raw = event.get("raw_object") or {}
+                if event.get("type") == "ERROR":
+                    raise TemporaryError(
+                        f"the watch of {kind}s in {namespace} ended: {raw.get('message', '')}"
+                    )
+                raw.setdefault("kind", kind)
+                yield str(event.get("type")), raw
 
     def namespace_exists(self, namespace: str) -> bool:
         try:

@@ -1,66 +1,26 @@
-"""What Sluice owns on a ConfigMap, and the metadata that ties it to Git.
+"""Provenance: the labels and annotations that tie a live object to Git, and reading them back. Pure.
 
-``Content`` is the comparable part of an object: data, binaryData, the labels
-and annotations Sluice sets, and ``immutable``. Provenance (source, commit,
-content hash) lives in reserved labels and annotations beside it.
+Sluice applies ``manifest(...)``: content plus provenance. ``live_content``
+reads back the part of a live object Sluice compares with Git.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 from typing import Any
 
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-MANAGED_BY_VALUE = "sluice"
-SOURCE_LABEL = "sluice.dev/source"
-KIND_LABEL = "sluice.dev/kind"
-COMMIT_ANNOTATION = "sluice.dev/commit"
-CONTENT_HASH_ANNOTATION = "sluice.dev/content-hash"
-ORIGIN_ANNOTATION = "sluice.dev/origin"
-RESERVED_PREFIX = "sluice.dev/"
-
-
-def is_reserved(key: str) -> bool:
-    return key == MANAGED_BY_LABEL or key.startswith(RESERVED_PREFIX)
-
-
-@dataclass(frozen=True)
-class Content:
-    data: Mapping[str, str] = field(default_factory=dict)
-    binary_data: Mapping[str, str] = field(default_factory=dict)
-    labels: Mapping[str, str] = field(default_factory=dict)
-    annotations: Mapping[str, str] = field(default_factory=dict)
-    immutable: bool | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        result: dict[str, Any] = {
-            "data": dict(sorted(self.data.items())),
-            "binaryData": dict(sorted(self.binary_data.items())),
-            "labels": dict(sorted(self.labels.items())),
-            "annotations": dict(sorted(self.annotations.items())),
-        }
-        if self.immutable is not None:
-            result["immutable"] = self.immutable
-        return result
-
-    @classmethod
-    def from_dict(cls, value: Mapping[str, Any]) -> Content:
-        return cls(
-            data=dict(value.get("data") or {}),
-            binary_data=dict(value.get("binaryData") or {}),
-            labels=dict(value.get("labels") or {}),
-            annotations=dict(value.get("annotations") or {}),
-            immutable=value.get("immutable"),
-        )
-
-    @cached_property
-    def hash(self) -> str:
-        canonical = json.dumps(self.as_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+from gitops.desired.content import (
+    COMMIT_ANNOTATION,
+    CONTENT_HASH_ANNOTATION,
+    KIND_LABEL,
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+    ORIGIN_ANNOTATION,
+    SOURCE_LABEL,
+    Content,
+    is_reserved,
+)
 
 
 def owned_keys(live: Mapping[str, Any], manager: str) -> dict[str, set[str]]:

@@ -1,4 +1,4 @@
-"""Notifiers: rollout and revision events leave Sluice as CloudEvents 1.0 (HTTP, structured mode).
+"""Notifications: rollout and revision events leave Sluice as CloudEvents 1.0 (HTTP, structured mode).
 
 A registry keyed by name, like analysis checks; ``cloudevents`` is the one
 built in. Events go into an outbox in the same transaction as the change that
@@ -13,25 +13,26 @@ import logging
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
-from functools import partial
 from typing import Any
 
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from gitops import outbound
+from gitops import outbound, schedule
 from gitops.models import Notification, Source
+from gitops.vocabulary import RolloutEventKind
 
 log = logging.getLogger(__name__)
+REVISION_REJECTED = "rejected"
 EVENT_TYPES = {
-    "started": "dev.sluice.rollout.started",
-    "step": "dev.sluice.rollout.step.applied",
-    "paused": "dev.sluice.rollout.paused",
-    "promoted": "dev.sluice.rollout.promoted",
-    "rolled-back": "dev.sluice.rollout.rolledback",
-    "completed": "dev.sluice.rollout.completed",
-    "rejected": "dev.sluice.revision.rejected",
+    RolloutEventKind.STARTED: "dev.sluice.rollout.started",
+    RolloutEventKind.STEP: "dev.sluice.rollout.step.applied",
+    RolloutEventKind.PAUSED: "dev.sluice.rollout.paused",
+    RolloutEventKind.PROMOTED: "dev.sluice.rollout.promoted",
+    RolloutEventKind.ROLLED_BACK: "dev.sluice.rollout.rolledback",
+    RolloutEventKind.COMPLETED: "dev.sluice.rollout.completed",
+    REVISION_REJECTED: "dev.sluice.revision.rejected",
 }
 CONTENT_TYPE = "application/cloudevents+json; charset=utf-8"
 
@@ -58,12 +59,8 @@ def emit(kind: str, *, source: Source, subject: str, data: Mapping[str, Any]) ->
         created = Notification.objects.bulk_create(
             [Notification(source=source, url=url, event=event) for url in source.notify_urls]
         )
-    from gitops.tasks import deliver_notification  # noqa: PLC0415 - tasks imports this module
-
     for notification in created:
-        # robust: a broker that is down must not fail the rollout that already committed;
-        # the row stays pending and the sweeper enqueues it once the broker is back.
-        transaction.on_commit(partial(deliver_notification.delay, notification.pk), robust=True)
+        schedule.notification_delivery(notification.pk)
 
 
 class DeliveryFailed(Exception):

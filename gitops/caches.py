@@ -1,0 +1,80 @@
+"""What a worker process remembers between reconciles, per source: bounded, and droppable.
+
+Parsing, validating and planning a large repository again on every poll would
+cost seconds; these caches make a no-op reconcile of thousands of objects cost
+dictionary lookups. They are per process (a prefork child builds its own), hold
+at most ``SLUICE_CACHED_SOURCES`` sources, least recently used out first, and
+``drop(source_id)`` forgets one source entirely.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from django.conf import settings
+
+from gitops.desired.revision import DesiredState, ParseCache
+from gitops.desired.scope import AdminScope
+from gitops.plan import PlanMemo
+
+DEFAULT_CACHED_SOURCES = 256
+
+
+@dataclass
+class SourceCache:
+    """One source's parsed files, its last desired state and its plan verdicts."""
+
+    parsed: ParseCache = field(default_factory=ParseCache)
+    plan_memo: PlanMemo = field(default_factory=PlanMemo)
+    # The last revision loaded: (commit, the scope it was validated under, the result).
+    desired: tuple[str, AdminScope, DesiredState] | None = None
+
+    def desired_for(self, commit: str, scope: AdminScope) -> DesiredState | None:
+        if self.desired is not None and self.desired[:2] == (commit, scope):
+            return self.desired[2]
+        return None
+
+
+class SourceCaches:
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[int, SourceCache] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, source_id: int) -> SourceCache:
+        with self._lock:
+            entry = self._entries.get(source_id)
+            if entry is None:
+                entry = self._entries[source_id] = SourceCache()
+            self._entries.move_to_end(source_id)
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+            return entry
+
+    def drop(self, source_id: int) -> None:
+        with self._lock:
+            self._entries.pop(source_id, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+_caches: SourceCaches | None = None
+
+
+def caches() -> SourceCaches:
+    global _caches  # noqa: PLW0603 - one bounded set per process, sized from settings on first use
+    if _caches is None:
+        _caches = SourceCaches(int(getattr(settings, "SLUICE_CACHED_SOURCES", DEFAULT_CACHED_SOURCES)))
+    return _caches
+
+
+def for_source(source_id: int) -> SourceCache:
+    return caches().get(source_id)
+
+
+def drop(source_id: int) -> None:
+    """Forgets everything remembered about a source (its scope changed, it was deleted)."""
+    caches().drop(source_id)

@@ -1,0 +1,141 @@
+"""The workloads a step's ConfigMaps reach: find them, restart those whose content changed, and undo it.
+
+A restart is a server-side apply of two annotations on the workload's pod
+template (``sluice.dev/config-hash`` and ``sluice.dev/commit``), written as an
+intent like any change, so the same content never restarts a workload twice
+and a crash between a ConfigMap and its restart is finished by the next pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from gitops.cluster import Cluster
+from gitops.consumers.workloads import (
+    CONFIG_HASH_ANNOTATION,
+    KINDS,
+    Workload,
+    consumed_hash,
+    stamp,
+    workload_from,
+)
+from gitops.models import ApplyIntent, Rollout
+from gitops.vocabulary import ChangeAction
+
+ConfigMapKey = tuple[str, str]  # (namespace, name)
+
+
+def wave_consumers(cluster: Cluster, changed: Iterable[ConfigMapKey]) -> list[Workload]:
+    """The Deployments, StatefulSets and DaemonSets that read any of the ``changed`` ConfigMaps."""
+    names_by_namespace: dict[str, set[str]] = {}
+    for namespace, name in changed:
+        names_by_namespace.setdefault(namespace, set()).add(name)
+    found: list[Workload] = []
+    for namespace, names in sorted(names_by_namespace.items()):
+        for kind in KINDS:
+            items, _ = cluster.list_workloads(kind, namespace)
+            found.extend(w for w in map(workload_from, items) if w.consumes & names)
+    return sorted(found, key=lambda workload: workload.key)
+
+
+def consumer_map(
+    cluster: Cluster, namespaces: Iterable[str], managed: Iterable[ConfigMapKey]
+) -> dict[str, list[str]]:
+    """Which workload reads which of the source's ConfigMaps: {"namespace/kind/name": [configmap, ...]}."""
+    names_by_namespace: dict[str, set[str]] = {}
+    for namespace, name in managed:
+        names_by_namespace.setdefault(namespace, set()).add(name)
+    result: dict[str, list[str]] = {}
+    for namespace in sorted(set(namespaces)):
+        names = names_by_namespace.get(namespace, set())
+        for kind in KINDS:
+            for workload in map(workload_from, cluster.list_workloads(kind, namespace)[0]):
+                if read := sorted(workload.consumes & names):
+                    result[f"{namespace}/{kind}/{workload.name}"] = read
+    return result
+
+
+def restart_intents(
+    rollout: Rollout,
+    workloads: Iterable[Workload],
+    hashes: Mapping[ConfigMapKey, str],
+    *,
+    step_index: int,
+    weight: int,
+    actor: str,
+) -> list[ApplyIntent]:
+    """A restart for each workload whose stamp differs from what it consumes now; none when it is current.
+
+    ``hashes`` holds the content hash of every ConfigMap of the source, as the step leaves it.
+    """
+    commit = rollout.revision.commit
+    intents = []
+    for workload in workloads:
+        managed = {name: h for (namespace, name), h in hashes.items() if namespace == workload.namespace}
+        wanted = consumed_hash(workload, managed)
+        if not workload.restartable or not wanted or wanted == workload.config_hash:
+            continue
+        before = {"configHash": workload.config_hash, "commit": workload.commit}
+        after = {"configHash": wanted, "commit": commit}
+        position = (step_index, weight, actor)
+        restart = ChangeAction.RESTART
+        intents.append(
+            _workload_intent(rollout, workload, restart, before=before, after=after, position=position)
+        )
+    return intents
+
+
+def restoring_intent(
+    rollout: Rollout, first: ApplyIntent, live: Mapping[str, Any] | None, *, actor: str
+) -> ApplyIntent | None:
+    """Stamps a restarted workload back to what it carried before ``first`` restarted it.
+
+    None when it is gone or already carries that stamp; an empty stamp removes the
+    annotations, so the pod template is exactly what it was before Sluice.
+    """
+    if live is None:
+        return None
+    workload = workload_from(live)
+    before = first.before or {}
+    if workload.config_hash == before.get("configHash", "") and workload.commit == before.get("commit", ""):
+        return None
+    current = {"configHash": workload.config_hash, "commit": workload.commit}
+    position = (rollout.step_index, rollout.weight, actor)
+    return _workload_intent(
+        rollout, workload, ChangeAction.ROLLBACK, before=current, after=dict(before), position=position
+    )
+
+
+def _workload_intent(
+    rollout: Rollout,
+    workload: Workload,
+    action: ChangeAction,
+    *,
+    before: Mapping[str, str],
+    after: Mapping[str, str],
+    position: tuple[int, int, str],
+) -> ApplyIntent:
+    """``position``: the step index, weight and actor the intent is recorded with."""
+    step_index, weight, actor = position
+    old, new = before.get("configHash", ""), after.get("configHash", "")
+    change = {"op": "change", "field": "podTemplate", "key": CONFIG_HASH_ANNOTATION, "old": old, "new": new}
+    return ApplyIntent(
+        rollout=rollout,
+        source_id=rollout.source_id,
+        step_index=step_index,
+        weight=weight,
+        namespace=workload.namespace,
+        name=workload.name,
+        kind=workload.kind,
+        action=action,
+        commit=after.get("commit", "") or rollout.revision.commit,
+        manifest=stamp(workload, config_hash_value=new, commit=after.get("commit", "")),
+        before=dict(before),
+        after=dict(after),
+        before_hash=old,
+        after_hash=new,
+        diff=[change],
+        force=True,
+        actor=actor,
+    )

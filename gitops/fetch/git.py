@@ -1,0 +1,346 @@
+"""Running git for a mirror: command lines, environments, timeouts and what a failure means.
+
+Tokens never reach argv, URLs or messages: git gets them through environment
+variables of the one process that needs them, and everything git prints is
+redacted before it goes into an exception or a log line.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import os
+import re
+import shlex
+import signal
+import subprocess
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from gitops.errors import GitopsError, PermanentError, TemporaryError
+from gitops.fetch.credentials import CONTROL_CHARACTERS, Credentials
+from gitops.redaction import HTTP_SCHEMES, URL_USERINFO, redact_secrets, redact_url
+
+logger = logging.getLogger("gitops.fetch")
+
+MIRROR_REF_PREFIX = "refs/sluice/heads/"
+OBJECT_ID = re.compile(r"[0-9a-fA-F]{4,64}")
+_SSH_SCHEMES = frozenset({"ssh", "git+ssh", "ssh+git"})
+_SCP_LIKE = re.compile(r"^(?:[^@/:\s]+@)?[^/:\s]+:(?!//)")
+# Local reads of the object store; only a wedged disk makes them this slow.
+LOCAL_TIMEOUT = 60.0
+
+
+# --- what went wrong ------------------------------------------------------------------------------------
+
+AUTHENTICATION_FAILED = "authentication failed"
+
+# Searched in order against git's lower-cased stderr; the first match wins. The
+# permanent causes come first because git often follows them with a generic line
+# ("could not read from remote repository", "the remote end hung up") that alone
+# would look like a network failure.
+GIT_ERROR_RULES: tuple[tuple[str, type[GitopsError], str], ...] = (
+    (r"couldn't find remote ref", PermanentError, "branch not found on the remote"),
+    (
+        r"repository .*not found|does not appear to be a git repository|could not be found"
+        r"|returned error: 404",
+        PermanentError,
+        "repository not found",
+    ),
+    (
+        r"authentication failed|could not read (username|password)|terminal prompts disabled"
+        r"|permission denied \(|access denied|returned error: 40[13]|host key verification failed",
+        PermanentError,
+        AUTHENTICATION_FAILED,
+    ),
+    (
+        r"certificate problem|certificate verify failed|certificate verification failed",
+        PermanentError,
+        "the server's TLS certificate was rejected",
+    ),
+    (
+        r"unable to find remote helper|'remote-[^']*' is not a git command|protocol .*is not supported"
+        r"|unsupported protocol"
+        r"|bad/illegal format|port number|invalid (url|port)|not a valid (ref|branch)|invalid refspec",
+        PermanentError,
+        "malformed URL or branch",
+    ),
+    (
+        r"(could not|cannot|unable to) (lock|update local) ref|\.lock': file exists",
+        TemporaryError,
+        "another git process was updating the mirror",
+    ),
+    (r"timed out|timeout", TemporaryError, "network timeout"),
+    (
+        r"connection refused|connection reset|failed to connect|couldn't connect|network is unreachable"
+        r"|no route to host|could not resolve host|temporary failure in name resolution",
+        TemporaryError,
+        "network error",
+    ),
+    (
+        r"remote end hung up|early eof|rpc failed|unexpected disconnect|broken pipe|transfer closed"
+        r"|returned error: (429|5\d\d)|\bssl|openssl|\btls|gnutls",
+        TemporaryError,
+        "the connection broke off",
+    ),
+)
+_COMPILED_RULES = tuple((re.compile(pattern), error, reason) for pattern, error, reason in GIT_ERROR_RULES)
+_USAGE_ERROR = 129
+
+
+def classify_git_error(stderr: str, returncode: int) -> tuple[type[GitopsError], str]:
+    """The error class and a short reason for a failed git command."""
+    text = stderr.lower()
+    for pattern, error, reason in _COMPILED_RULES:
+        if pattern.search(text):
+            return error, reason
+    if returncode == _USAGE_ERROR:
+        return PermanentError, "git rejected the command line"
+    # Killed by a signal or an unforeseen message: worth another try, and the
+    # message stays visible to the operator if it keeps failing.
+    return TemporaryError, f"git failed with exit code {returncode}"
+
+
+def stderr_summary(stderr: str, secrets: Iterable[str], limit: int = 500) -> str:
+    lines = [line.strip() for line in stderr.splitlines()]
+    meaningful = [line for line in lines if line and not line.startswith("hint:")]
+    return redact_secrets(" | ".join(meaningful), secrets)[-limit:]
+
+
+# --- running git ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GitInvocation:
+    """A git command line and its environment; ``secrets`` are redacted from whatever git prints."""
+
+    argv: list[str]
+    env: dict[str, str]
+    secrets: tuple[str, ...] = ()
+
+
+def base_env() -> dict[str, str]:
+    # Inherited GIT_* variables (GIT_DIR from a hook, GIT_TRACE*, GIT_CONFIG_*) would
+    # redirect or log these commands, so none pass through.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("GIT_")}
+    env.pop("LANGUAGE", None)
+    env.update(
+        LC_ALL="C",  # classify_git_error matches git's English messages
+        GIT_TERMINAL_PROMPT="0",
+        GIT_ASKPASS="",  # empty, unlike unset, also skips core.askPass and SSH_ASKPASS
+    )
+    return env
+
+
+def _with_config(env: dict[str, str], config: Sequence[tuple[str, str]]) -> dict[str, str]:
+    env["GIT_CONFIG_COUNT"] = str(len(config))
+    for index, (key, value) in enumerate(config):
+        env[f"GIT_CONFIG_KEY_{index}"] = key
+        env[f"GIT_CONFIG_VALUE_{index}"] = value
+    return env
+
+
+def _is_ssh_url(url: str) -> bool:
+    scheme, separator, _ = url.partition("://")
+    if separator:
+        return scheme.lower() in _SSH_SCHEMES
+    return bool(_SCP_LIKE.match(url))
+
+
+def _url_scheme(url: str) -> str:
+    scheme, separator, _ = url.partition("://")
+    return scheme.lower() if separator else ""
+
+
+def _origin(url: str) -> str:
+    """scheme://host[:port] of an http(s) URL, for scoping the auth header to that server."""
+    scheme, _, rest = url.partition("://")
+    host = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    return f"{scheme.lower()}://{host.lower()}"
+
+
+def check_url(url: str) -> None:
+    if not url or url != url.strip() or CONTROL_CHARACTERS.search(url) or url.startswith("-"):
+        raise PermanentError(f"malformed repository URL {redact_url(url)!r}")
+    if "::" in url.split("://", 1)[0]:
+        # "<transport>::<address>" runs a remote helper; ext:: would run any command.
+        raise PermanentError(f"remote helper URLs are not allowed: {redact_url(url)!r}")
+    if _url_scheme(url) in HTTP_SCHEMES and URL_USERINFO.match(url):
+        raise PermanentError(
+            f"repository URL {redact_url(url)!r} embeds credentials; use a credentials reference instead"
+        )
+
+
+def normalize_branch(branch: str) -> str:
+    branch = branch.strip().removeprefix("refs/heads/")
+    if not branch or branch.startswith("-") or CONTROL_CHARACTERS.search(branch):
+        raise PermanentError(f"invalid branch name {branch!r}")
+    checked = subprocess.run(
+        ["git", "check-ref-format", f"refs/heads/{branch}"],
+        env=base_env(),
+        capture_output=True,
+        check=False,
+        timeout=LOCAL_TIMEOUT,
+    )
+    if checked.returncode != 0:
+        raise PermanentError(f"invalid branch name {branch!r}")
+    return branch
+
+
+def build_fetch_invocation(
+    git_dir: Path, url: str, branch: str, credentials: Credentials | None
+) -> GitInvocation:
+    """The ``git fetch`` of one branch into the mirror's private ref (no validation of url or branch)."""
+    config: list[tuple[str, str]] = [
+        # Only the token given here may authenticate, never one a helper stored for the host.
+        ("credential.helper", ""),
+        ("protocol.ext.allow", "never"),
+    ]
+    env = base_env()
+    secrets: tuple[str, ...] = ()
+    ssh_options = ["-o", "BatchMode=yes"]  # never wait for a passphrase or a host key confirmation
+    if credentials is not None and credentials.token is not None:
+        if _url_scheme(url) not in HTTP_SCHEMES:
+            raise PermanentError(f"a token needs an http(s) URL, not {redact_url(url)!r}")
+        if _url_scheme(url) == "http":
+            logger.warning("sending a token over plain HTTP to %s", _origin(url))
+        basic = base64.b64encode(f"{credentials.username}:{credentials.token}".encode()).decode("ascii")
+        # Scoped to the origin so that a redirect to another host does not carry it.
+        config.append((f"http.{_origin(url)}/.extraHeader", f"Authorization: Basic {basic}"))
+        secrets = (credentials.token, basic)
+    if credentials is not None and credentials.ssh_key_file is not None:
+        if not _is_ssh_url(url):
+            raise PermanentError(f"an SSH key needs an SSH URL, not {redact_url(url)!r}")
+        ssh_options = ["-i", credentials.ssh_key_file, "-o", "IdentitiesOnly=yes", *ssh_options]
+    if _is_ssh_url(url):
+        env["GIT_SSH_COMMAND"] = shlex.join(["ssh", *ssh_options])
+    argv = [
+        "git",
+        f"--git-dir={git_dir}",
+        "fetch",
+        "--quiet",
+        "--no-tags",
+        "--no-recurse-submodules",
+        # We read our own ref afterwards; a FETCH_HEAD left by an earlier or a
+        # concurrent fetch must not be mistaken for this one's result.
+        "--no-write-fetch-head",
+        "--end-of-options",
+        url,
+        f"+refs/heads/{branch}:{MIRROR_REF_PREFIX}{branch}",
+    ]
+    return GitInvocation(argv=argv, env=_with_config(env, config), secrets=secrets)
+
+
+def run(invocation: GitInvocation, *, timeout: float) -> subprocess.CompletedProcess[bytes]:
+    try:
+        # A session of its own: git has no terminal to prompt on, and a timeout
+        # can kill the helpers it started (git-remote-https, ssh) along with it.
+        process = subprocess.Popen(
+            invocation.argv,
+            env=invocation.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+    except FileNotFoundError:
+        raise PermanentError("the git executable was not found") from None
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):  # it may have finished in the meantime
+            os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(invocation.argv, process.returncode, stdout, stderr)
+
+
+def git_at(git_dir: Path, *args: str) -> GitInvocation:
+    return GitInvocation(argv=["git", f"--git-dir={git_dir}", *args], env=base_env())
+
+
+def check_object_id(value: str, what: str) -> str:
+    if not OBJECT_ID.fullmatch(value):
+        raise ValueError(f"{what} must be a hexadecimal object id, not {value!r}")
+    return value.lower()
+
+
+class CatFileBatch:
+    """A persistent ``git cat-file --batch`` with pipelined requests.
+
+    Asking for one object at a time costs a round trip each (about 0.9s for
+    10,000 blobs); a thread writes all the requests while the caller reads the
+    answers, which costs one. The thread is needed because git stops reading
+    requests once the answers fill the pipe that nobody would be draining yet.
+    """
+
+    def __init__(self, git_dir: Path) -> None:
+        self._process = subprocess.Popen(
+            ["git", f"--git-dir={git_dir}", "cat-file", "--batch"],
+            env=base_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def read(self, object_ids: Sequence[str]) -> list[tuple[str, bytes] | None]:
+        """(type, content) of each object in order, None for a missing one."""
+        stdin, stdout = self._process.stdin, self._process.stdout
+        if stdin is None or stdout is None:
+            raise RuntimeError("cat-file was started without pipes")
+        requests = "".join(f"{object_id}\n" for object_id in object_ids).encode("ascii")
+        write_error: list[OSError] = []
+
+        def write() -> None:
+            try:
+                stdin.write(requests)
+                stdin.flush()
+            except OSError as exc:
+                write_error.append(exc)
+
+        writer = threading.Thread(target=write, name="cat-file-requests", daemon=True)
+        writer.start()
+        try:
+            answers = [self._read_answer(stdout) for _ in object_ids]
+        except BaseException:
+            # Requests and answers are out of step now, and the writer may be blocked
+            # on a full pipe: only a dead process releases it.
+            self._process.kill()
+            raise
+        finally:
+            writer.join()
+        if write_error:
+            raise TemporaryError(f"git cat-file stopped reading requests: {write_error[0]}")
+        return answers
+
+    def _read_answer(self, stdout: IO[bytes]) -> tuple[str, bytes] | None:
+        header = stdout.readline().split()
+        if len(header) == 2:  # "<name> missing" or "<name> ambiguous"
+            return None
+        if len(header) != 3:
+            raise TemporaryError(f"git cat-file stopped answering (exit code {self._process.poll()})")
+        size = int(header[2])
+        content = stdout.read(size)
+        if len(content) != size or stdout.read(1) != b"\n":
+            raise TemporaryError("git cat-file answered with a truncated object")
+        return header[1].decode("ascii"), content
+
+    @property
+    def alive(self) -> bool:
+        return self._process.poll() is None
+
+    def close(self) -> None:
+        if self._process.stdin is not None:
+            with contextlib.suppress(OSError):
+                self._process.stdin.close()
+        try:
+            self._process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        if self._process.stdout is not None:
+            self._process.stdout.close()

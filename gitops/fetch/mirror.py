@@ -1,0 +1,390 @@
+"""One bare mirror per source: ``GitMirror.fetch`` brings one branch of a remote into a
+private ref of a bare repository; the other methods read files at a commit straight
+from the object store, so there is no working tree that a concurrent fetch could
+change under a reader.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from types import TracebackType
+
+from gitops.errors import PermanentError, TemporaryError
+from gitops.fetch.credentials import Credentials
+from gitops.fetch.git import (
+    AUTHENTICATION_FAILED,
+    LOCAL_TIMEOUT,
+    MIRROR_REF_PREFIX,
+    CatFileBatch,
+    GitInvocation,
+    base_env,
+    build_fetch_invocation,
+    check_object_id,
+    check_url,
+    classify_git_error,
+    git_at,
+    normalize_branch,
+    run,
+    stderr_summary,
+)
+from gitops.redaction import redact_url
+
+logger = logging.getLogger("gitops.fetch")
+
+OBJECT_FORMATS = ("sha1", "sha256")
+_MISMATCHED_FORMAT = re.compile(r"mismatched algorithms: client \w+; server (\w+)")
+# Tree entries of regular files (and executable ones); symlinks are 120000, submodules 160000.
+_FILE_MODES = (b"100644 ", b"100755 ")
+
+
+# --- the mirror ------------------------------------------------------------------------------------
+
+
+class ObjectNotFoundError(PermanentError):
+    """A commit or blob is not in the mirror (never fetched, or the mirror was recreated)."""
+
+
+@dataclass(frozen=True)
+class TreeFile:
+    blob: str  # the blob's sha
+    size: int  # in bytes, from the tree listing: known before the blob is read
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    commit: str  # full sha of the branch tip after fetch (40 hex digits, 64 for SHA-256)
+    previous: str | None  # tip before this fetch (None on first fetch)
+    forced: bool  # True when previous is not an ancestor of commit (a force push)
+
+    @property
+    def changed(self) -> bool:
+        return self.commit != self.previous
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    sha: str
+    author_name: str
+    author_email: str
+    message: str
+    committed_at: datetime  # tz-aware UTC
+
+
+class GitMirror:
+    """One bare mirror per source at `path`. Fetches incrementally and reads files at a commit straight
+    from the object store (no working tree, so nothing can race).
+
+    One instance is not thread-safe: it keeps a ``git cat-file --batch`` process open.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._cat_file: CatFileBatch | None = None
+
+    def __enter__(self) -> GitMirror:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._cat_file is not None:
+            self._cat_file.close()
+            self._cat_file = None
+
+    def fetch(
+        self, url: str, branch: str, credentials: Credentials | None = None, *, timeout: float = 120
+    ) -> FetchResult:
+        check_url(url)
+        branch = normalize_branch(branch)
+        where = f"branch {branch!r} of {redact_url(url)}"
+        started = time.monotonic()
+        invocation = build_fetch_invocation(self.path, url, branch, credentials)
+        self._ensure_initialized()
+        ref = f"{MIRROR_REF_PREFIX}{branch}"
+        previous = self._resolve(ref)
+        try:
+            completed = run(invocation, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            logger.info("fetch of %s timed out after %.1fs", where, timeout)
+            raise TemporaryError(f"fetching {where} timed out after {timeout:g}s") from None
+        if completed.returncode != 0:
+            stderr = completed.stderr.decode("utf-8", "replace")
+            server_format = _MISMATCHED_FORMAT.search(stderr)
+            if server_format and self._recreate_with_format(server_format.group(1)):
+                # The repository uses other object ids (SHA-256): a mirror of its kind takes it.
+                return self.fetch(url, branch, credentials, timeout=timeout)
+            error, reason = classify_git_error(stderr, completed.returncode)
+            detail = stderr_summary(stderr, invocation.secrets)
+            if reason == AUTHENTICATION_FAILED:
+                # git's own words ("could not read Username") hide which of the two it was.
+                reason += " (credentials rejected)" if credentials else " (credentials needed, none given)"
+            logger.info("fetch of %s failed after %.2fs: %s", where, time.monotonic() - started, reason)
+            raise error(f"cannot fetch {where}: {reason} ({detail})")
+        commit = self._resolve(ref)
+        if commit is None:
+            raise TemporaryError(f"fetching {where} left no {ref}")
+        forced = previous is not None and previous != commit and not self._is_ancestor(previous, commit)
+        logger.info(
+            "fetched %s: %s -> %s%s in %.2fs",
+            where,
+            previous or "(new)",
+            commit,
+            " (forced update)" if forced else "",
+            time.monotonic() - started,
+        )
+        return FetchResult(commit=commit, previous=previous, forced=forced)
+
+    def list_files(self, commit: str, subpath: str = "") -> dict[str, str]:
+        """Every blob under ``subpath`` at ``commit`` -> its blob sha; keys relative to ``subpath``, with "/"
+        separators; symlinks and submodules skipped."""
+        return {path: entry.blob for path, entry in self.list_tree(commit, subpath).items()}
+
+    def list_tree(
+        self,
+        commit: str,
+        subpath: str = "",
+        *,
+        paths: Sequence[str] = (),
+        max_entries: int | None = None,
+    ) -> dict[str, TreeFile]:
+        """Like ``list_files``, with each blob's size, so that limits apply before any blob is read.
+
+        ``paths`` (relative to ``subpath``) restricts the listing to those files and directories, so a
+        huge tree elsewhere in the repository is never listed. With ``max_entries``, git is stopped
+        after that many files: a hostile tree of millions of files costs what ``max_entries`` do, and
+        a caller that asks for one more than it accepts can tell a cut listing from a complete one.
+        """
+        commit = check_object_id(commit, "commit")
+        subpath = _normalize_subpath(subpath)
+        self._require_mirror()
+        invocation = git_at(self.path, "ls-tree", "-r", "-l", "-z", f"{commit}:{subpath}", "--", *paths)
+        records, returncode, stderr = self._local_records(invocation, max_files=max_entries)
+        if returncode != 0:
+            self._require_commit(commit)
+            if "not a tree object" in stderr:
+                raise PermanentError(f"{subpath!r} is not a directory at commit {commit}")
+            raise PermanentError(f"{subpath!r} does not exist at commit {commit}")
+        files: dict[str, TreeFile] = {}
+        for record in records:
+            meta, _, name = record.partition(b"\t")
+            mode, kind, sha, size = meta.split()
+            # Symlinks are blobs too, but their content is a path, not a file.
+            if kind == b"blob" and mode != b"120000":
+                # surrogateescape keeps a name that is not UTF-8 round-trippable.
+                files[name.decode("utf-8", "surrogateescape")] = TreeFile(sha.decode("ascii"), int(size))
+        return files
+
+    def read_blob(self, sha: str) -> bytes:
+        return self.read_blobs([sha])[sha]
+
+    def read_blobs(self, shas: Iterable[str]) -> dict[str, bytes]:
+        """The content of each blob, keyed by the sha as given."""
+        wanted = {sha: check_object_id(sha, "blob sha") for sha in shas}
+        if not wanted:
+            return {}
+        self._require_mirror()
+        if self._cat_file is None or not self._cat_file.alive:
+            if self._cat_file is not None:
+                self._cat_file.close()
+            self._cat_file = CatFileBatch(self.path)
+        found = self._cat_file.read(list(wanted.values()))
+        contents: dict[str, bytes] = {}
+        for (sha, object_id), answer in zip(wanted.items(), found, strict=True):
+            if answer is None:
+                raise ObjectNotFoundError(f"blob {sha} is not in the mirror at {self.path}")
+            kind, data = answer
+            if kind != "blob":
+                raise PermanentError(f"{object_id} is a {kind}, not a blob")
+            contents[sha] = data
+        return contents
+
+    def commit_info(self, commit: str) -> CommitInfo:
+        # git's own formatting: GitPython's object parser (no longer used) assumes
+        # 40-hex ids and cannot read SHA-256 repositories.
+        object_id = check_object_id(commit, "commit")
+        self._require_mirror()
+        kind = self._local(git_at(self.path, "cat-file", "-t", object_id))
+        if kind.returncode != 0:
+            raise ObjectNotFoundError(f"commit {commit} is not in the mirror at {self.path}")
+        if (type_name := kind.stdout.decode("ascii", "replace").strip()) != "commit":
+            raise PermanentError(f"{commit} is a {type_name}, not a commit")
+        completed = self._local(
+            git_at(
+                self.path,
+                "log",
+                "-1",
+                "--no-show-signature",
+                "--format=%H%x00%an%x00%ae%x00%ct%x00%B",
+                object_id,
+            )
+        )
+        if completed.returncode != 0:
+            raise ObjectNotFoundError(f"commit {commit} is not in the mirror at {self.path}")
+        full_sha, author_name, author_email, timestamp, message = completed.stdout.decode(
+            "utf-8", "replace"
+        ).split("\0", 4)
+        return CommitInfo(
+            sha=full_sha.strip(),
+            author_name=author_name,
+            author_email=author_email,
+            message=message.rstrip("\n") + "\n" if message.strip() else "",
+            committed_at=datetime.fromtimestamp(int(timestamp), tz=UTC),
+        )
+
+    def commit_identities(self, commit: str, *, since: str | None = None, limit: int = 1000) -> set[str]:
+        """Author and committer emails (lower case) of commits reachable from ``commit`` but not ``since``.
+
+        Bounded to the newest ``limit`` commits: a first rollout of a long history
+        is judged by its recent authors.
+        """
+        commit = check_object_id(commit, "commit")
+        revisions = [commit]
+        if (
+            since
+            and since != commit
+            and self._local(git_at(self.path, "cat-file", "-e", since)).returncode == 0
+        ):
+            revisions.append(f"^{check_object_id(since, 'commit')}")
+        completed = self._local(
+            git_at(self.path, "log", f"--max-count={limit}", "--format=%ae%x00%ce", *revisions, "--")
+        )
+        if completed.returncode != 0:
+            self._require_commit(commit)
+            raise PermanentError(f"cannot list the commits of {commit}")
+        identities: set[str] = set()
+        for line in completed.stdout.decode("utf-8", "replace").splitlines():
+            identities.update(email.strip().lower() for email in line.split("\0") if email.strip())
+        return identities
+
+    # --- internals ---
+
+    def _recreate_with_format(self, object_format: str) -> bool:
+        """Starts the mirror again with ``object_format``; False when it already has it (nothing to gain)."""
+        if object_format not in OBJECT_FORMATS or self._object_format() == object_format:
+            return False
+        logger.warning("recreating the mirror at %s for %s object ids", self.path, object_format)
+        self.close()
+        shutil.rmtree(self.path, ignore_errors=True)
+        self._ensure_initialized(object_format)
+        return True
+
+    def _object_format(self) -> str:
+        completed = self._local(git_at(self.path, "rev-parse", "--show-object-format"))
+        return completed.stdout.decode("ascii", "replace").strip() or "sha1"
+
+    def _ensure_initialized(self, object_format: str = "sha1") -> None:
+        if (self.path / "HEAD").is_file():
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Two processes initialising at once is harmless: git init only adds what is missing.
+        completed = run(
+            GitInvocation(
+                ["git", "init", "--bare", "--quiet", f"--object-format={object_format}", str(self.path)],
+                base_env(),
+            ),
+            timeout=LOCAL_TIMEOUT,
+        )
+        if completed.returncode != 0:
+            stderr = completed.stderr.decode("utf-8", "replace")
+            raise PermanentError(f"cannot create the mirror at {self.path}: {stderr_summary(stderr, ())}")
+
+    def _require_mirror(self) -> None:
+        if not (self.path / "HEAD").is_file():
+            raise ObjectNotFoundError(f"no mirror at {self.path}; fetch first")
+
+    def _require_commit(self, commit: str) -> None:
+        exists = self._local(git_at(self.path, "cat-file", "-e", f"{commit}^{{commit}}"))
+        if exists.returncode != 0:
+            raise ObjectNotFoundError(f"commit {commit} is not in the mirror at {self.path}")
+
+    def _local_records(
+        self, invocation: GitInvocation, *, max_files: int | None
+    ) -> tuple[list[bytes], int, str]:
+        """The records ``git ls-tree -z`` prints, read as they come; git is stopped once ``max_files``
+        files are listed. Returns the records, the exit code (0 when stopped) and stderr."""
+        timed_out = threading.Event()
+        with tempfile.TemporaryFile() as stderr:
+            process = subprocess.Popen(
+                invocation.argv,
+                env=invocation.env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+            )
+
+            def stop() -> None:
+                timed_out.set()
+                process.kill()
+
+            timer = threading.Timer(LOCAL_TIMEOUT, stop)
+            timer.start()
+            try:
+                records, stopped = _read_records(process, max_files)
+            finally:
+                timer.cancel()
+                if process.poll() is None:
+                    process.kill()
+                returncode = process.wait()
+            if timed_out.is_set():
+                raise TemporaryError(f"git took longer than {LOCAL_TIMEOUT:g}s reading {self.path}")
+            stderr.seek(0)
+            message = stderr.read(64 * 1024).decode("utf-8", "replace")
+        return records, 0 if stopped else returncode, message
+
+    def _local(self, invocation: GitInvocation) -> subprocess.CompletedProcess[bytes]:
+        try:
+            return run(invocation, timeout=LOCAL_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise TemporaryError(f"git took longer than {LOCAL_TIMEOUT:g}s reading {self.path}") from None
+
+    def _resolve(self, ref: str) -> str | None:
+        completed = self._local(git_at(self.path, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"))
+        if completed.returncode != 0:
+            return None
+        return completed.stdout.decode("ascii").strip()
+
+    def _is_ancestor(self, ancestor: str, descendant: str) -> bool:
+        completed = self._local(git_at(self.path, "merge-base", "--is-ancestor", ancestor, descendant))
+        # Exit 1 means "not an ancestor"; anything else (the old tip pruned, say)
+        # leaves the ancestry unproven, which counts as a forced update too.
+        return completed.returncode == 0
+
+
+def _read_records(process: subprocess.Popen[bytes], max_files: int | None) -> tuple[list[bytes], bool]:
+    """``ls-tree`` records up to the one listing file number ``max_files``, and whether git had more
+    (then the rest is left unread). Only regular files count: symlinks and submodules, which the
+    listing skips, must not make a cut listing look complete."""
+    if process.stdout is None:
+        raise RuntimeError("git was started without a stdout pipe")
+    records: list[bytes] = []
+    files = 0
+    pending = b""
+    while chunk := os.read(process.stdout.fileno(), 64 * 1024):
+        *complete, pending = (pending + chunk).split(b"\0")
+        for record in complete:
+            if max_files is not None and files == max_files:
+                return records, True
+            records.append(record)
+            files += record.startswith(_FILE_MODES)
+    return records, False
+
+
+def _normalize_subpath(subpath: str) -> str:
+    parts = [part for part in PurePosixPath(subpath.strip()).parts if part not in ("/", ".")]
+    if ".." in parts:
+        raise PermanentError(f"path {subpath!r} leaves the repository")
+    return "/".join(parts)

@@ -1,0 +1,122 @@
+"""Revisions of a source: fetch the branch tip and record it, then load and validate it (cached per worker).
+
+A revision is validated as a whole against the rules and the source's current
+administrator scope before anything touches a cluster; a rejected one is
+stored with every error (file, line, field) and announced.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from django.conf import settings
+from django.utils import timezone
+
+from gitops import caches, metrics
+from gitops.desired.errors import RevisionRejected
+from gitops.desired.limits import Limits
+from gitops.desired.revision import READ_PATHS, DesiredState, load_revision
+from gitops.fetch.credentials import resolve_credentials
+from gitops.fetch.mirror import GitMirror
+from gitops.models import PERSON_LENGTH, Revision, Rollout, Source
+from gitops.record import notifications
+
+log = logging.getLogger("gitops.fetch")
+
+
+def mirror_for(source: Source) -> GitMirror:
+    root = Path(settings.SLUICE_DATA_DIR) / "mirrors"
+    root.mkdir(parents=True, exist_ok=True)
+    return GitMirror(root / f"{source.pk}.git")
+
+
+def revision_fetch(source: Source) -> tuple[Revision, bool]:
+    """Fetches the branch and records its tip; also whether the branch was force-pushed."""
+    credentials = resolve_credentials(source.credentials_ref)
+    with mirror_for(source) as mirror, metrics.FETCH_SECONDS.labels(source.name).time():
+        fetched = mirror.fetch(source.url, source.branch, credentials)
+        revision = Revision.objects.filter(source=source, commit=fetched.commit).first()
+        if revision is None:
+            info = mirror.commit_info(fetched.commit)
+            revision, _ = Revision.objects.get_or_create(
+                source=source,
+                commit=fetched.commit,
+                defaults={
+                    # A pusher chooses these: cut to fit rather than fail every poll on a long one.
+                    "author_name": _fit(info.author_name, PERSON_LENGTH),
+                    "author_email": _fit(info.author_email, PERSON_LENGTH),
+                    "message": info.message,
+                    "committed_at": info.committed_at,
+                    "force_pushed_over": (fetched.previous or "") if fetched.forced else "",
+                },
+            )
+        if fetched.forced:
+            log.warning(
+                "force push detected source=%s from=%s to=%s", source.name, fetched.previous, fetched.commit
+            )
+    Source.objects.filter(pk=source.pk).update(last_fetched_at=timezone.now(), last_commit=fetched.commit)
+    return revision, fetched.forced
+
+
+def _fit(text: str, length: int) -> str:
+    return text if len(text) <= length else text[: length - 1] + "…"
+
+
+def revision_desired_state(source: Source, revision: Revision) -> DesiredState | None:
+    """Loads and validates a revision from the mirror, or records it as rejected and returns None."""
+    scope = source.scope
+    cache = caches.for_source(source.pk)
+    if (known := cache.desired_for(revision.commit, scope)) is not None:
+        return known
+    limits = Limits.from_settings(settings)
+    with mirror_for(source) as mirror:
+        # Sizes come with the listing, so limits reject a revision before any blob is read.
+        tree = mirror.list_tree(
+            revision.commit, source.path, paths=READ_PATHS, max_entries=limits.max_files + 1
+        )
+        files = {path: entry.blob for path, entry in tree.items()}
+        sizes = {path: entry.size for path, entry in tree.items()}
+        try:
+            desired = load_revision(
+                files, mirror.read_blobs, sizes=sizes, limits=limits, cache=cache.parsed, scope=scope
+            )
+        except RevisionRejected as rejected:
+            _reject(source, revision, rejected)
+            return None
+    if revision.outcome in (Revision.Outcome.PENDING, Revision.Outcome.REJECTED):
+        # Rejected before, valid now: the administrator widened the source's scope.
+        Revision.objects.filter(pk=revision.pk).update(outcome=Revision.Outcome.VALID, errors=[])
+    cache.desired = (revision.commit, scope, desired)
+    return desired
+
+
+def _reject(source: Source, revision: Revision, rejected: RevisionRejected) -> None:
+    newly = Revision.objects.filter(pk=revision.pk).exclude(outcome=Revision.Outcome.REJECTED).exists()
+    Revision.objects.filter(pk=revision.pk).update(
+        outcome=Revision.Outcome.REJECTED, errors=[e.as_dict() for e in rejected.errors]
+    )
+    if not newly:
+        return  # known already: announced once, not on every poll
+    log.warning(
+        "revision rejected source=%s commit=%s errors=%d", source.name, revision.commit, len(rejected.errors)
+    )
+    notifications.emit(
+        notifications.REVISION_REJECTED,
+        source=source,
+        subject=f"revisions/{revision.commit}",
+        data={"revision": revision.commit, "errors": [str(e) for e in rejected.errors[:50]]},
+    )
+
+
+def commit_identities(source: Source, head: Revision) -> list[str]:
+    """Authors and committers of every commit a rollout of ``head`` brings, since the last completed one."""
+    last = (
+        Rollout.objects.filter(source=source, phase=Rollout.Phase.COMPLETED)
+        .exclude(revision=head)
+        .select_related("revision")
+        .order_by("-finished_at", "-id")
+        .first()
+    )
+    with mirror_for(source) as mirror:
+        return sorted(mirror.commit_identities(head.commit, since=last.revision.commit if last else None))

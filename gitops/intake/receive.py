@@ -1,0 +1,217 @@
+"""Push webhooks in: check who sent them and queue a sync. Answers within milliseconds: no Git, no cluster.
+
+Nothing from an unverified body is kept, and a stranger learns nothing about
+which sources exist (see ``_secret_for``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from gitops import metrics, schedule
+from gitops import secrets as encryption
+from gitops.errors import PermanentError
+from gitops.intake import webhooks
+from gitops.models import Source, WebhookDelivery
+
+log = logging.getLogger("gitops.intake")
+
+DELIVERY_ID = re.compile(r"[^A-Za-z0-9._:-]")
+
+
+@dataclass(frozen=True)
+class WebhookAnswer:
+    status: int
+    body: dict[str, Any]
+    provider: str = "unknown"
+
+
+def webhook_receive(source_name: str, headers: Mapping[str, str], body: bytes) -> WebhookAnswer:
+    """Checks a push notification and queues a reconcile. Answers within milliseconds: no Git, no cluster."""
+    answer = _receive(source_name, headers, body)
+    metrics.WEBHOOK_DELIVERIES.labels(answer.provider, answer.body.get("status", "unknown")).inc()
+    return answer
+
+
+# A decoy secret per SECRET_KEY, encrypted like a real one and known to nobody.
+_decoy_tokens: dict[str, str] = {}
+
+
+def _decoy_token() -> str:
+    token = _decoy_tokens.get(settings.SECRET_KEY)
+    if token is None:
+        token = _decoy_tokens.setdefault(settings.SECRET_KEY, encryption.encrypt(encryption.generate()))
+    return token
+
+
+def _secret_for(source: Source | None) -> tuple[str, str]:
+    """The secret to check a request against, and why it cannot match ("" when it is real).
+
+    A stranger must not learn which sources exist or which have a secret: an unknown
+    name, a source without a secret and one whose secret cannot be read are all checked
+    against a decoy through the same steps (one decryption, one HMAC), and so are
+    answered exactly like a wrong signature.
+    """
+    if source is None:
+        return encryption.decrypt(_decoy_token()), "no such source"
+    if not source.webhook_secret_encrypted:
+        return encryption.decrypt(_decoy_token()), "no webhook secret is set for this source"
+    try:
+        return encryption.decrypt(source.webhook_secret_encrypted), ""
+    except PermanentError as exc:
+        return encryption.decrypt(_decoy_token()), str(exc)
+
+
+def _receive(source_name: str, headers: Mapping[str, str], body: bytes) -> WebhookAnswer:
+    source = Source.objects.filter(name=source_name).first()
+    secret, unusable = _secret_for(source)
+    provider = "unknown"
+    try:
+        provider = webhooks.identify(headers)
+        webhooks.verify(provider, headers, body, secret)
+        if source is None or unusable:  # nobody knows the decoy: this guards the impossible
+            raise webhooks.WebhookRejected(401, "signature does not match")
+        event = webhooks.parse(provider, headers, body)
+    except webhooks.WebhookRejected as rejected:
+        _record_bounded(
+            source,
+            provider=provider,
+            headers=headers,
+            outcome=WebhookDelivery.Outcome.REJECTED,
+            reason=unusable or rejected.reason,
+        )
+        return WebhookAnswer(
+            provider=provider, status=rejected.status, body={"status": "rejected", "reason": rejected.reason}
+        )
+    return _accept(source, provider, headers, event)
+
+
+def _ignore_reason(source: Source, event: webhooks.PushEvent) -> str:
+    """Why a verified event triggers no sync ("" when it does)."""
+    if event.event != "push":
+        return f"{event.event} events do not trigger a sync"
+    if event.branch != source.branch:
+        return f"push to {event.ref}; {source.name} follows {source.branch}"
+    return ""
+
+
+def _accept(
+    source: Source, provider: str, headers: Mapping[str, str], event: webhooks.PushEvent
+) -> WebhookAnswer:
+    delivery_id = DELIVERY_ID.sub("", event.delivery_id)[:100] or uuid.uuid4().hex
+    if event.event == "ping":
+        _record_delivery(
+            source,
+            provider=provider,
+            headers=headers,
+            outcome=WebhookDelivery.Outcome.IGNORED,
+            reason="ping",
+            delivery_id=delivery_id,
+            event="ping",
+        )
+        return WebhookAnswer(200, {"status": "pong", "delivery": delivery_id}, provider)
+    reason = _ignore_reason(source, event)
+    try:
+        with transaction.atomic():
+            WebhookDelivery.objects.create(
+                source=source,
+                delivery_id=delivery_id,
+                provider=provider,
+                event=event.event[:32],
+                ref=event.ref[:255],
+                commit=event.commit,
+                outcome=WebhookDelivery.Outcome.IGNORED if reason else WebhookDelivery.Outcome.ACCEPTED,
+                reason=reason[:300],
+            )
+    except IntegrityError:
+        # A replayed request carries a valid signature: bound its rows like rejections.
+        _record_bounded(
+            source,
+            provider=provider,
+            headers=headers,
+            outcome=WebhookDelivery.Outcome.DUPLICATE,
+            reason="already received",
+            ref=event.ref,
+            commit=event.commit,
+            delivery_id=delivery_id,
+            event=event.event,
+        )
+        return WebhookAnswer(200, {"status": "duplicate", "delivery": delivery_id}, provider)
+    if reason:
+        return WebhookAnswer(202, {"status": "ignored", "reason": reason, "delivery": delivery_id}, provider)
+    queued = schedule.source_sync_once(source.pk, actor=f"webhook:{provider}")
+    log.info(
+        "webhook accepted source=%s provider=%s delivery=%s commit=%s queued=%s",
+        source.name,
+        provider,
+        delivery_id,
+        event.commit,
+        queued,
+    )
+    return WebhookAnswer(
+        202, {"status": "accepted", "delivery": delivery_id, "commit": event.commit}, provider
+    )
+
+
+# An id no source has: an unknown name runs the same bounded count as a known one.
+_NO_SOURCE_ID = -1
+
+
+def _record_bounded(source: Source | None, *, outcome: str, **details: Any) -> None:
+    """Records a rejected or replayed delivery, at most SLUICE_WEBHOOK_REJECTED_ROWS_PER_MINUTE a minute.
+
+    Anyone can send these, so past the bound they are only counted (in
+    sluice_webhook_deliveries_total); rows of unknown names are never kept.
+    """
+    limit = settings.SLUICE_WEBHOOK_REJECTED_ROWS_PER_MINUTE
+    recent = WebhookDelivery.objects.filter(
+        source_id=source.pk if source is not None else _NO_SOURCE_ID,
+        outcome=outcome,
+        received_at__gte=timezone.now() - timedelta(minutes=1),
+    )[:limit].count()
+    if source is not None and recent < limit:
+        _record_delivery(source, outcome=outcome, **details)
+
+
+def _record_delivery(
+    source: Source,
+    *,
+    provider: str,
+    headers: Mapping[str, str],
+    outcome: str,
+    reason: str,
+    ref: str = "",
+    commit: str = "",
+    delivery_id: str = "",
+    event: str = "",
+) -> None:
+    # Nothing from an unverified body is kept; the delivery id header is reduced to safe characters.
+    raw_id = delivery_id or next(
+        (
+            value
+            for key, value in headers.items()
+            if key.lower().endswith("delivery") or key.lower().endswith("uuid")
+        ),
+        "",
+    )
+    WebhookDelivery.objects.create(
+        source=source,
+        delivery_id=DELIVERY_ID.sub("", raw_id)[:100] or "-",
+        provider=provider,
+        event=event[:32],
+        ref=ref[:255],
+        commit=commit[:64],
+        outcome=outcome,
+        reason=reason[:300],
+    )
+    log.warning("webhook %s source=%s provider=%s reason=%r", outcome, source.name, provider, reason)

@@ -1,0 +1,100 @@
+"""Key-level differences between two contents, after kopf's diff items. Pure."""
+
+from __future__ import annotations
+
+import base64
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from gitops.desired.content import Content
+
+
+class DiffOp(StrEnum):
+    ADD = "add"
+    REMOVE = "remove"
+    CHANGE = "change"
+
+
+@dataclass(frozen=True)
+class DiffItem:
+    """One key-level difference, after kopf's diff items."""
+
+    op: DiffOp
+    field: str  # "data", "binaryData", "labels", "annotations" or "immutable"
+    key: str
+    old: Any = None
+    new: Any = None
+
+    def as_dict(self) -> dict[str, Any]:
+        result: dict[str, Any] = {"op": self.op, "field": self.field, "key": self.key}
+        if self.field == "binaryData":
+            result["old"] = summarize_binary(self.old)
+            result["new"] = summarize_binary(self.new)
+        else:
+            result["old"] = self.old
+            result["new"] = self.new
+            unified = self.unified()
+            if unified:
+                result["unified"] = unified
+        return result
+
+    def unified(self) -> str | None:
+        """A unified text diff when either side spans lines; JSON is pretty-printed first."""
+        if not isinstance(self.old, str | None) or not isinstance(self.new, str | None):
+            return None
+        old, new = self.old or "", self.new or ""
+        if "\n" not in old.rstrip("\n") and "\n" not in new.rstrip("\n"):
+            return None
+        lines = difflib.unified_diff(
+            _readable(old).splitlines(keepends=True),
+            _readable(new).splitlines(keepends=True),
+            fromfile=f"{self.field}/{self.key} (live)",
+            tofile=f"{self.field}/{self.key} (git)",
+        )
+        return "".join(line if line.endswith("\n") else line + "\n" for line in lines)
+
+
+def _readable(text: str) -> str:
+    stripped = text.lstrip()
+    if stripped.startswith(("{", "[")):
+        try:
+            return json.dumps(json.loads(text), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        except ValueError:
+            return text
+    return text
+
+
+def summarize_binary(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        raw = base64.b64decode(value)
+    except ValueError:
+        return "<invalid base64>"
+    return f"<{len(raw)} bytes, sha256:{hashlib.sha256(raw).hexdigest()[:12]}>"
+
+
+def diff_content(old: Content | None, new: Content | None) -> list[DiffItem]:
+    old = old or Content()
+    new = new or Content()
+    items: list[DiffItem] = []
+    for field_name, before, after in (
+        ("data", old.data, new.data),
+        ("binaryData", old.binary_data, new.binary_data),
+        ("labels", old.labels, new.labels),
+        ("annotations", old.annotations, new.annotations),
+    ):
+        for key in sorted(before.keys() | after.keys()):
+            if key not in before:
+                items.append(DiffItem(DiffOp.ADD, field_name, key, None, after[key]))
+            elif key not in after:
+                items.append(DiffItem(DiffOp.REMOVE, field_name, key, before[key], None))
+            elif before[key] != after[key]:
+                items.append(DiffItem(DiffOp.CHANGE, field_name, key, before[key], after[key]))
+    if bool(old.immutable) != bool(new.immutable):
+        items.append(DiffItem(DiffOp.CHANGE, "immutable", "immutable", old.immutable, new.immutable))
+    return items

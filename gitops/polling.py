@@ -1,0 +1,63 @@
+"""What beat's sweep wakes: sources due for a poll, rollouts whose timer ran out or that wait for abort.
+
+Each is claimed with a compare-and-swap, so two beats (or a sweep racing a
+webhook) never enqueue the same source twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.utils import timezone
+
+from gitops.models import Rollout, Source
+
+
+def sources_with_due_rollouts(now: Any = None) -> list[int]:
+    """Sources whose paused rollout's timer (or analysis back-off) has run out, or whose abort waits.
+
+    A source that is backing off after failures waits for its next try, and one
+    with a sync already queued is not queued again, so a failing Git host or
+    cluster is not asked every sweep.
+    """
+    now = now or timezone.now()
+    timers = Rollout.objects.filter(
+        phase=Rollout.Phase.PAUSED,
+        waiting_for__in=(Rollout.Waiting.TIMER, Rollout.Waiting.ANALYSIS),
+        pause_until__lte=now,
+    )
+    # A step waiting for its consumers is watched a slice per pass; a pass lost to a crash is redone.
+    consumers = Rollout.objects.filter(phase=Rollout.Phase.PAUSED, waiting_for=Rollout.Waiting.CONSUMERS)
+    aborts = Rollout.objects.filter(phase__in=Rollout.ACTIVE_PHASES).exclude(abort_requested_by="")
+    candidates = set(timers.values_list("source_id", flat=True))
+    candidates |= set(consumers.values_list("source_id", flat=True)) | set(
+        aborts.values_list("source_id", flat=True)
+    )
+    backing_off = set(
+        Source.objects.filter(
+            pk__in=candidates, consecutive_failures__gt=0, next_poll_at__gt=now
+        ).values_list("pk", flat=True)
+    )
+    due = []
+    for source_id in sorted(candidates - backing_off):
+        if Source.objects.filter(pk=source_id, sync_queued=False).update(sync_queued=True):
+            due.append(source_id)
+    return due
+
+
+def sources_claim_due(now: Any = None) -> list[int]:
+    """Claims every source whose poll is due, with a compare-and-swap per source.
+
+    Two beat processes (or a sweep racing a webhook) can both see a source as
+    due; only the one whose update matches the old ``next_poll_at`` enqueues it.
+    """
+    now = now or timezone.now()
+    claimed: list[int] = []
+    for source_id, due_at, interval in Source.objects.filter(next_poll_at__lte=now).values_list(
+        "pk", "next_poll_at", "poll_interval"
+    ):
+        # A due poll queues a sync whatever sync_queued says, so a lost task never silences pushes for long.
+        claim = Source.objects.filter(pk=source_id, next_poll_at=due_at)
+        if claim.update(next_poll_at=now + interval, sync_queued=False):
+            claimed.append(source_id)
+    return claimed

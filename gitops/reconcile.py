@@ -1,0 +1,302 @@
+"""Reconciling one source, on one page: lock, coalesce, fetch → validate → choose → drive → finish.
+
+    fetch      gitops.fetch.revisions    the branch tip, into the source's bare mirror
+    validate   gitops.desired            the whole revision, or every error with file and line
+    choose     gitops.rollout.lifecycle  which rollout this pass moves (start, supersede, queue)
+    drive      gitops.rollout            plan each step's weight, write intents, apply, record
+    finish     here                      the source's bookkeeping: errors, back-off, next poll
+
+A PostgreSQL advisory lock per source, held for the whole pass, means two
+workers never reconcile the same source at once; a crash drops the connection
+and with it the lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from django.db import connection
+from django.utils import timezone
+
+from gitops import logs, metrics, schedule, selectors
+from gitops.desired.errors import ValidationError
+from gitops.errors import PermanentError, TemporaryError
+from gitops.fetch.revisions import commit_identities, revision_desired_state, revision_fetch
+from gitops.models import Revision, Rollout, Source
+from gitops.rollout.lifecycle import rollout_choose, rollout_drive
+from gitops.rollout.rollback import rollout_rollback
+from gitops.rollout.state import SYSTEM_ACTOR, StepOutcome
+from gitops.rollout.step import intents_finish_pending
+from gitops.vocabulary import Outcome
+
+log = logging.getLogger("gitops.reconcile")
+
+# Advisory locks are keyed by two integers: a constant for Sluice, then the source id.
+LOCK_CLASS = 0x51C3
+MAX_COALESCED_RUNS = 5
+MAX_BACKOFF = timedelta(hours=1)
+
+
+class SourceBusy(TemporaryError):
+    """Another worker is reconciling this source right now."""
+
+
+@dataclass
+class SyncResult:
+    source: str
+    outcome: Outcome
+    commit: str = ""
+    revision_id: int | None = None
+    summary: dict[str, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    forced_push: bool = False
+    rollout: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "outcome": self.outcome,
+            "commit": self.commit,
+            "revision": self.revision_id,
+            "summary": self.summary,
+            "errors": self.errors,
+            "forced_push": self.forced_push,
+            "rollout": self.rollout,
+        }
+
+
+# -- one pass -------------------------------------------------------------------------------
+
+
+def _reconcile(source: Source, *, actor: str, retry_failed: bool) -> SyncResult:
+    resumed = intents_finish_pending(source)  # what a crashed run left behind
+    _abort_if_requested(source)  # before Git: nothing a new commit does can hold an abort up
+    try:
+        head, forced = revision_fetch(source)
+    except (TemporaryError, PermanentError) as exc:
+        Source.objects.filter(pk=source.pk).update(last_error=str(exc))
+        # Git is out of reach, but decisions already stored (an abort, a pause that
+        # ran out, an analysis retry) are carried out from the database and the mirror.
+        _drive_active(source, actor=actor, retry_failed=retry_failed)
+        raise
+    logs.add_context(commit=head.commit)
+    result = SyncResult(source.name, Outcome.UNCHANGED, head.commit, head.pk, forced_push=forced)
+    head_desired = revision_desired_state(source, head)
+    if head_desired is None:
+        # A bad new commit stops nothing already under way with an earlier, valid one.
+        _drive_active(source, actor=actor, retry_failed=retry_failed)
+        head.refresh_from_db()
+        result.outcome = Outcome.REJECTED
+        result.errors = [_error_text(error) for error in head.errors]
+        _finish(source, [])
+        return result
+    identities = lambda: commit_identities(source, head)  # noqa: E731 - asked only when a rollout starts
+    rollout, queued = rollout_choose(source, head, head_desired, commit_identities=identities)
+    logs.add_context(rollout=rollout.pk)
+    outcome = _drive(rollout, head_desired if rollout.revision_id == head.pk else None, actor, retry_failed)
+    rollout.refresh_from_db()
+    result.outcome = queued or outcome.outcome
+    result.summary, result.errors = outcome.summary, outcome.failures
+    result.rollout = selectors.rollout_status(rollout)
+    if resumed:
+        result.summary["resumed"] = resumed
+    Revision.objects.filter(pk=head.pk).update(summary=result.summary)
+    _finish(source, outcome.failures)
+    return result
+
+
+def _drive(rollout: Rollout, desired: Any, actor: str, retry_failed: bool) -> StepOutcome:
+    """Drives a rollout with its own revision (a queued head waits); undoes one that is no longer valid."""
+    desired = desired or revision_desired_state(rollout.source, rollout.revision)
+    if desired is None:
+        _roll_back_invalid(rollout)
+        return StepOutcome(Outcome.FAILED, {}, [rollout.message])
+    return rollout_drive(rollout, desired, actor=actor, retry_failed=retry_failed)
+
+
+def _drive_active(source: Source, *, actor: str, retry_failed: bool) -> None:
+    """Moves the active rollout with its own, already validated revision; Git is not asked."""
+    rollout = (
+        Rollout.objects.filter(source=source, phase__in=Rollout.ACTIVE_PHASES)
+        .select_related("revision", "source")
+        .order_by("-id")
+        .first()
+    )
+    if rollout is None:
+        return
+    logs.add_context(rollout=rollout.pk)
+    if rollout.abort_requested_by:
+        # A rollback needs nothing from Git: the intents hold what every target had before.
+        reason = rollout.abort_reason or "aborted"
+        rollout_rollback(
+            rollout, actor=rollout.abort_requested_by, reason=reason, phase=Rollout.Phase.ABORTED
+        )
+        return
+    try:
+        _drive(rollout, None, actor, retry_failed)
+    except (TemporaryError, PermanentError) as exc:
+        log.warning("rollout %s waits: its revision cannot be read from the mirror: %s", rollout.pk, exc)
+
+
+def _abort_if_requested(source: Source) -> None:
+    """Carries out a requested abort. A rollback needs nothing from Git: the intents hold what was there."""
+    requested = Rollout.objects.filter(source=source, phase__in=Rollout.ACTIVE_PHASES).exclude(
+        abort_requested_by=""
+    )
+    for rollout in requested.select_related("revision", "source"):
+        reason = rollout.abort_reason or "aborted"
+        rollout_rollback(
+            rollout, actor=rollout.abort_requested_by, reason=reason, phase=Rollout.Phase.ABORTED
+        )
+
+
+def _roll_back_invalid(rollout: Rollout) -> None:
+    """A rollout whose revision the source's scope no longer allows (an admin narrowed it) is undone."""
+    rollout.revision.refresh_from_db()
+    errors = "; ".join(_error_text(error) for error in rollout.revision.errors[:3])
+    reason = f"revision {rollout.revision.short_commit} is no longer valid for this source: {errors}"
+    rollout_rollback(rollout, actor=SYSTEM_ACTOR, reason=reason, phase=Rollout.Phase.FAILED)
+
+
+def _finish(source: Source, failures: list[str]) -> None:
+    now = timezone.now()
+    Source.objects.filter(pk=source.pk).update(
+        last_synced_at=now,
+        last_error="; ".join(failures[:5]),
+        consecutive_failures=0,
+        next_poll_at=now + source.poll_interval,
+    )
+
+
+def _error_text(error: Mapping[str, Any]) -> str:
+    return str(ValidationError.from_dict(dict(error)))
+
+
+# -- one source, one worker, no request lost ---------------------------------------------------
+
+
+def source_sync(source_id: int, *, actor: str = SYSTEM_ACTOR, retry_failed: bool = False) -> SyncResult:
+    """Fetch, validate, plan, roll out and record one source. Raises SourceBusy when another run holds it.
+
+    Requests never get lost between two workers: a holder looks for new requests
+    only after it released the lock, and a caller that finds the source busy
+    records its request and then tries the lock once more. Whichever comes last
+    sees the other, so one of them runs the request.
+    """
+    source = Source.objects.get(pk=source_id)
+    with logs.log_context(source=source.name):
+        runs: list[SyncResult] = []
+        requested = False
+        while len(runs) < MAX_COALESCED_RUNS:
+            started = timezone.now()
+            with _source_lock(source) as acquired:
+                if acquired:
+                    Source.objects.filter(pk=source.pk).update(sync_requested_at=None, sync_queued=False)
+                    runs.append(_measured(source, actor=actor, retry_failed=retry_failed))
+            if not acquired:
+                if runs:
+                    break  # another worker took the lock after us; it runs what was requested
+                if requested:
+                    raise SourceBusy(f"source {source.name} is being reconciled by another worker")
+                Source.objects.filter(pk=source.pk).update(sync_requested_at=timezone.now())
+                requested = True
+                continue
+            if not Source.objects.filter(pk=source.pk, sync_requested_at__gt=started).exists():
+                break
+        else:
+            # Still wanted after the last allowed run: a fresh task carries on, so a
+            # stream of pushes neither starves other sources nor gets dropped.
+            schedule.source_sync(source.pk, actor=actor, wait_if_busy=False)
+        return _combined(runs)
+
+
+@contextmanager
+def _source_lock(source: Source) -> Iterator[bool]:
+    """Yields whether this process now holds the source's reconcile lock."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [LOCK_CLASS, source.pk])
+        acquired = bool(cursor.fetchone()[0])
+    try:
+        yield acquired
+    finally:
+        if acquired:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [LOCK_CLASS, source.pk])
+
+
+def _measured(source: Source, *, actor: str, retry_failed: bool) -> SyncResult:
+    started = time.monotonic()
+    try:
+        result = _reconcile(source, actor=actor, retry_failed=retry_failed)
+    except (TemporaryError, PermanentError):
+        metrics.RECONCILES.labels(source.name, "error").inc()
+        raise
+    elapsed = time.monotonic() - started
+    metrics.RECONCILES.labels(source.name, result.outcome).inc()
+    metrics.RECONCILE_SECONDS.labels(source.name).observe(elapsed)
+    log.info(
+        "reconciled source=%s commit=%s outcome=%s in %.2fs",
+        source.name,
+        result.commit,
+        result.outcome,
+        elapsed,
+    )
+    return result
+
+
+def _combined(runs: list[SyncResult]) -> SyncResult:
+    """One result for coalesced runs: the last run's state, with what earlier runs applied."""
+    last = runs[-1]
+    if len(runs) == 1:
+        return last
+    if last.outcome is Outcome.UNCHANGED and any(run.outcome is Outcome.APPLIED for run in runs[:-1]):
+        last.outcome = Outcome.APPLIED
+    resumed = sum(run.summary.get("resumed", 0) for run in runs)
+    if resumed:
+        last.summary["resumed"] = resumed
+    last.forced_push = any(run.forced_push for run in runs)
+    return last
+
+
+# -- failures ---------------------------------------------------------------------------------
+
+
+def sync_failure_record(source_id: int, error: BaseException) -> SyncResult:
+    """Records a failed reconcile on the source, where pages and `gitops status` show it, and backs off.
+
+    A failing Git host or cluster is asked again after the poll interval,
+    doubled for every failure in a row (at most an hour), not every sweep.
+    """
+    source = Source.objects.get(pk=source_id)
+    failures = source.consecutive_failures + 1
+    delay = retry_delay(source.poll_interval, failures)
+    message = str(error) or type(error).__name__
+    # sync_queued goes too: a push must queue the next try, not be refused as "already queued".
+    Source.objects.filter(pk=source_id).update(
+        last_error=message[:2000],
+        consecutive_failures=failures,
+        next_poll_at=timezone.now() + delay,
+        sync_queued=False,
+    )
+    log.error(
+        "sync failed source=%s failures_in_a_row=%d next_try_in=%ds: %s",
+        source.name,
+        failures,
+        delay.total_seconds(),
+        message,
+    )
+    return SyncResult(source.name, Outcome.FAILED, errors=[message])
+
+
+def retry_delay(poll_interval: timedelta, failures: int) -> timedelta:
+    """How long a failing source waits for its next try: the poll interval, doubled per failure in a row."""
+    if failures <= 0:
+        return poll_interval
+    doubled: timedelta = poll_interval * 2 ** min(failures - 1, 16)
+    return min(doubled, max(MAX_BACKOFF, poll_interval))

@@ -1,0 +1,1 @@
+"""Record: what happened, in the database: change log, intents, inventory, events, notifications."""

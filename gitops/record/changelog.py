@@ -1,0 +1,95 @@
+"""Intents before applies, then one append-only change-log entry per applied intent.
+
+An ``ApplyIntent`` is written before an object is touched. Applying is
+idempotent (server-side apply of the same content changes nothing), and a
+``Change`` row is tied one-to-one to its intent, so a run that dies between
+applying and logging is finished by the next one without logging twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from gitops import metrics
+from gitops.models import ApplyIntent, Change, Rollout, Source
+from gitops.plan import Plan
+from gitops.record.inventory import inventory_update
+
+CONFIGMAP = "ConfigMap"
+
+
+def intents_write(
+    rollout: Rollout,
+    current_plan: Plan,
+    *,
+    actor: str,
+    step_index: int,
+    weight: int,
+    retry_failed: bool = False,
+) -> list[ApplyIntent]:
+    """Writes what this step is about to do, before anything is done."""
+    items = list(current_plan.actionable)
+    if not retry_failed and items:
+        # A change the cluster refused for good is not retried on every poll;
+        # a new commit, or an explicit retry, tries again.
+        refused = set(
+            ApplyIntent.objects.filter(
+                rollout=rollout, status=ApplyIntent.Status.FAILED, change__error__contains="conflict"
+            ).values_list("namespace", "name", "after_hash")
+        )
+        items = [item for item in items if (item.namespace, item.name, item.after_hash) not in refused]
+    intents = [
+        ApplyIntent.for_item(
+            rollout, item, commit=current_plan.commit, actor=actor, step_index=step_index, weight=weight
+        )
+        for item in items
+    ]
+    with transaction.atomic():
+        return ApplyIntent.objects.bulk_create(intents, batch_size=1000)
+
+
+def intents_pending(source: Source) -> list[ApplyIntent]:
+    """Intents a crashed run left behind: written, maybe applied, not yet logged."""
+    return list(ApplyIntent.objects.filter(source=source, status=ApplyIntent.Status.PENDING))
+
+
+def changes_record(intents: Sequence[ApplyIntent], errors: Sequence[str | None]) -> list[str]:
+    """Logs each applied intent exactly once and marks it done or failed. Returns the failure texts.
+
+    ``errors`` holds, for each intent in order, why the cluster refused it, or None.
+    """
+    now = timezone.now()
+    cluster = settings.SLUICE_CLUSTER_NAME
+    changes = [
+        Change.from_intent(intent, cluster=cluster, at=now, error=error)
+        for intent, error in zip(intents, errors, strict=True)
+    ]
+    failed = {intent.pk for intent, error in zip(intents, errors, strict=True) if error}
+    failures = [
+        f"{intent.namespace}/{intent.name}: {error}"
+        for intent, error in zip(intents, errors, strict=True)
+        if error
+    ]
+    if failed:
+        names = dict(Source.objects.filter(pk__in={i.source_id for i in intents}).values_list("pk", "name"))
+        for intent in intents:
+            if intent.pk in failed:
+                metrics.APPLY_ERRORS.labels(names.get(intent.source_id, "?")).inc()
+    with transaction.atomic():
+        # The one-to-one on intent makes a second log of the same intent impossible.
+        Change.objects.bulk_create(changes, batch_size=1000, ignore_conflicts=True)
+        ApplyIntent.objects.filter(pk__in=[i.pk for i in intents if i.pk not in failed]).update(
+            status=ApplyIntent.Status.DONE
+        )
+        ApplyIntent.objects.filter(pk__in=failed).update(status=ApplyIntent.Status.FAILED)
+    # Callers read the outcome from the intents themselves.
+    for intent in intents:
+        intent.status = ApplyIntent.Status.FAILED if intent.pk in failed else ApplyIntent.Status.DONE
+    # Once per batch, never per intent: inside a loop, 2,000 intents cost millions of upserts.
+    # The inventory is of ConfigMaps (what prune may delete); a restarted workload is not Sluice's.
+    inventory_update([i for i in intents if i.pk not in failed and i.kind == CONFIGMAP])
+    return failures

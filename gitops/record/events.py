@@ -1,0 +1,59 @@
+"""A rollout's timeline: each event is stored, logged, and sent to the source's notification URLs."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from gitops.models import Rollout, RolloutEvent
+from gitops.record import notifications
+from gitops.vocabulary import RolloutEventKind
+
+log = logging.getLogger("gitops.rollout")
+SYSTEM_ACTOR = "sluice"
+
+
+def rollout_event(
+    rollout: Rollout,
+    kind: RolloutEventKind,
+    *,
+    actor: str = SYSTEM_ACTOR,
+    step: int | None = None,
+    weight: int | None = None,
+    message: str = "",
+    data: dict[str, Any] | None = None,
+) -> None:
+    step = rollout.step_index if step is None else step
+    weight = rollout.weight if weight is None else weight
+    RolloutEvent.objects.create(
+        rollout=rollout,
+        kind=kind,
+        step_index=step,
+        weight=weight,
+        actor=actor,
+        message=message,
+        data=data or {},
+    )
+    notifications.emit(
+        kind,
+        source=rollout.source,
+        subject=f"rollouts/{rollout.pk}",
+        data={
+            "rollout": rollout.pk,
+            "revision": rollout.revision.commit,
+            "phase": rollout.phase,
+            "step": step,
+            "weight": weight,
+            "actor": actor,
+            "message": message,
+        },
+    )
+    log.info(
+        "rollout %s source=%s commit=%s %s step=%s: %s",
+        rollout.pk,
+        rollout.source.name,
+        rollout.revision.commit,
+        kind,
+        step,
+        message,
+    )

@@ -1,0 +1,39 @@
+"""The inventory: what Sluice applied for each source, so that prune knows what is its own to delete."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from django.db.models import Q
+from django.utils import timezone
+
+from gitops.models import ApplyIntent, ManagedObject, Source
+
+
+def managed_keys(source: Source) -> frozenset[tuple[str, str]]:
+    """(namespace, name) of every object Sluice applied for the source."""
+    return frozenset(ManagedObject.objects.filter(source=source).values_list("namespace", "name"))
+
+
+def managed_namespaces(source: Source) -> set[str]:
+    return set(ManagedObject.objects.filter(source=source).values_list("namespace", flat=True).distinct())
+
+
+def inventory_update(applied: Sequence[ApplyIntent]) -> None:
+    """Records what applied intents left in the cluster: one query for the deletes, batches for the rest."""
+    now = timezone.now()
+    deleted = [intent for intent in applied if intent.manifest is None]
+    present = [intent for intent in applied if intent.manifest is not None]
+    if deleted:
+        condition = Q()
+        for intent in deleted:
+            condition |= Q(namespace=intent.namespace, name=intent.name, kind=intent.kind)
+        ManagedObject.objects.filter(condition).delete()
+    if present:
+        ManagedObject.objects.bulk_create(
+            [ManagedObject.applied_by(intent, at=now) for intent in present],
+            update_conflicts=True,
+            unique_fields=["kind", "namespace", "name"],
+            update_fields=["source", "commit", "content_hash", "updated_at"],
+            batch_size=1000,
+        )

@@ -1,0 +1,55 @@
+"""Secrets out of text: credentials in URLs, tokens and passwords in messages. Pure.
+
+Everything Sluice writes where people read it (logs, pages, the API, exceptions)
+passes through here first.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+HTTP_SCHEMES = frozenset({"http", "https"})
+# Userinfo runs from "://" to the last "@" before the path; a greedy class that
+# stops at "/", whitespace and quotes finds it in URLs and inside git's messages.
+URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*)://(?P<userinfo>[^\s/?#'\"]*)@")
+
+# Secrets that may slip into a message: URL credentials are handled by redact_url.
+SECRET_PATTERNS = (
+    re.compile(r"(?i)(authorization:\s*(?:bearer|basic)\s+)\S+"),
+    re.compile(r"(?i)\b(token|secret|password)=([^\s&]+)"),
+    re.compile(r"\bsluice_[0-9a-f]{8}_\S+"),
+)
+
+
+def redact_url(url: str) -> str:
+    """https://user:secret@host/x.git -> https://user:***@host/x.git ;
+    https://token@host -> https://***@host ; scp-like and file URLs unchanged."""
+    return URL_USERINFO.sub(_redact_userinfo, url)
+
+
+def _redact_userinfo(match: re.Match[str]) -> str:
+    scheme, userinfo = match["scheme"], match["userinfo"]
+    user, has_password, _ = userinfo.partition(":")
+    if has_password:
+        return f"{scheme}://{user}:***@"
+    # Over HTTP a lone user part is where tokens usually go; over SSH it is just a login.
+    if scheme.lower() in HTTP_SCHEMES:
+        return f"{scheme}://***@"
+    return match[0]
+
+
+def redact_secrets(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with each of ``secrets`` and any URL credentials replaced by ***."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return redact_url(text)
+
+
+def redact(text: str) -> str:
+    """A message with URL credentials, authorization headers, tokens and passwords replaced by ***."""
+    text = redact_url(text)
+    text = SECRET_PATTERNS[0].sub(r"\1***", text)
+    text = SECRET_PATTERNS[1].sub(r"\1=***", text)
+    return SECRET_PATTERNS[2].sub("sluice_***", text)

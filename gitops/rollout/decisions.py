@@ -1,0 +1,226 @@
+"""Decisions by people: promote, abort, retry. Checked, audited, stored; a reconcile carries them out.
+
+These only record a decision in the database and queue the source's reconcile,
+so one code path (``lifecycle.rollout_drive``) moves rollouts and touches the
+cluster. The CLI, the dashboard and the API all call these.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import User
+from django.core.exceptions import PermissionDenied
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from gitops import schedule
+from gitops.desired.policy import SetWeight, steps_from_json
+from gitops.errors import PermanentError
+from gitops.models import Approval, Rollout, VerifiedEmail, copied
+from gitops.record.events import rollout_event
+from gitops.rollout.engine import with_approval_gate
+from gitops.vocabulary import RolloutEventKind, Waiting
+
+APPROVE_PERMISSION = "gitops.approve_rollout"
+
+
+class RolloutError(PermanentError):
+    """A rollout action that cannot be done in the rollout's current state."""
+
+
+def user_named(username: str) -> User:
+    model = get_user_model()
+    try:
+        user: User = model.objects.get(**{model.USERNAME_FIELD: username})
+    except model.DoesNotExist as exc:
+        raise RolloutError(f"no user named {username!r}") from exc
+    return user
+
+
+def user_email_verify(user: User, email: str, *, verified_by: str) -> VerifiedEmail:
+    """Records that an administrator confirmed ``email`` is ``user``'s."""
+    verified = VerifiedEmail.objects.filter(user=user).first() or VerifiedEmail(user=user)
+    verified.email = email.strip().lower()
+    verified.verified_by = verified_by
+    verified.verified_at = timezone.now()
+    verified.full_clean()
+    verified.save()
+    return verified
+
+
+def rollout_promote(rollout_id: int, *, user: User, full: bool = False, comment: str = "") -> Rollout:
+    """Approves the gate the rollout waits at; with enough approvers it goes on (``full``: to 100%)."""
+    _check_permission(user)
+    with transaction.atomic():
+        rollout = Rollout.objects.select_for_update().select_related("revision", "source").get(pk=rollout_id)
+        at_gate = _check_promotable(rollout, full=full)
+        if rollout.forbid_self_approval:
+            _check_not_an_author(rollout, user)
+        approvers = _approve(rollout, user, full=full, comment=comment)
+        if approvers < rollout.approvals_required:
+            message = f"{approvers} of {rollout.approvals_required} approvals"
+            Rollout.objects.filter(pk=rollout.pk).update(message=message)
+        else:
+            # Skipping the later gates takes as many approvers who asked for it as a gate takes approvals.
+            wanted_full = Approval.objects.filter(
+                rollout=rollout, step_index=rollout.step_index, full=True
+            ).count()
+            full_release = full and wanted_full >= rollout.approvals_required
+            if at_gate or full_release:
+                _release(rollout, user.get_username(), at_gate=at_gate, full=full_release)
+            else:  # asked to skip ahead between gates: only as many full approvals do that
+                message = f"{wanted_full} of {rollout.approvals_required} approvals to go to 100%"
+                Rollout.objects.filter(pk=rollout.pk).update(message=message)
+    rollout.refresh_from_db()
+    return rollout
+
+
+def _check_promotable(rollout: Rollout, *, full: bool) -> bool:
+    """Refuses a promote the rollout's state does not allow; whether it waits at an approval gate."""
+    if not rollout.is_active or rollout.abort_requested_by:
+        raise RolloutError(f"rollout {rollout.pk} is {rollout.phase.lower()}; there is nothing to promote")
+    at_gate = rollout.phase == Rollout.Phase.PAUSED and rollout.waiting_for == Waiting.APPROVAL
+    if not at_gate and not full:
+        raise RolloutError(
+            f"rollout {rollout.pk} is not waiting for approval ({rollout.phase.lower()}"
+            + (f", waiting for {rollout.waiting_for}" if rollout.waiting_for else "")
+            + "); use --full to go to 100% now"
+        )
+    return at_gate
+
+
+def _approve(rollout: Rollout, user: User, *, full: bool, comment: str) -> int:
+    """Records one person's approval of the current gate; how many distinct approvers it has now."""
+    username, gate = user.get_username(), rollout.step_index
+    try:
+        with transaction.atomic():
+            Approval.objects.create(
+                rollout=rollout,
+                commit=rollout.revision.commit,
+                step_index=gate,
+                content_hash=rollout.content_hash,
+                user=user,
+                username=username,
+                comment=comment,
+                full=full,
+            )
+    except IntegrityError as exc:
+        raise RolloutError(f"{username} already approved step {gate} of rollout {rollout.pk}") from exc
+    approvers = Approval.objects.filter(rollout=rollout, step_index=gate).count()
+    rollout_event(
+        rollout,
+        RolloutEventKind.APPROVED,
+        actor=username,
+        message=comment or f"approval {approvers} of {rollout.approvals_required}",
+        data={"full": full, "approvals": approvers},
+    )
+    return approvers
+
+
+def _release(rollout: Rollout, username: str, *, at_gate: bool, full: bool) -> None:
+    gate = rollout.step_index
+    next_step = gate + 1 if at_gate else gate
+    changes: dict[str, Any] = {
+        "phase": Rollout.Phase.PROGRESSING,
+        "waiting_for": Waiting.NOTHING,
+        "pause_until": None,
+        "promoted_by": username,
+        "message": "",
+        "updated_at": timezone.now(),
+        "step_index": next_step,
+    }
+    if full:
+        changes["steps"] = [*rollout.steps[:next_step], SetWeight(100).as_json()]
+    Rollout.objects.filter(pk=rollout.pk).update(**changes)
+    message = "to 100%" if full else f"past step {gate}"
+    rollout_event(rollout, RolloutEventKind.PROMOTED, actor=username, message=message)
+    schedule.source_sync(rollout.source_id, actor=username)
+
+
+def rollout_abort(rollout_id: int, *, user: User, reason: str = "") -> Rollout:
+    """Asks for a rollback; the source's next reconcile (queued now) restores every target."""
+    _check_permission(user)
+    username = user.get_username()
+    with transaction.atomic():
+        marked = Rollout.objects.filter(
+            pk=rollout_id, phase__in=Rollout.ACTIVE_PHASES, abort_requested_by=""
+        ).update(
+            abort_requested_by=username,
+            abort_reason=reason or f"aborted by {username}",
+            updated_at=timezone.now(),
+        )
+        rollout = Rollout.objects.select_related("source", "revision").get(pk=rollout_id)
+        if not marked:
+            state = "already being aborted" if rollout.abort_requested_by else rollout.phase.lower()
+            raise RolloutError(f"rollout {rollout.pk} is {state}; only an active rollout can be aborted")
+        rollout_event(rollout, RolloutEventKind.ABORT_REQUESTED, actor=username, message=reason)
+        schedule.source_sync(rollout.source_id, actor=username)
+    return rollout
+
+
+def rollout_retry(rollout_id: int, *, user: User) -> Rollout:
+    """Runs an aborted or failed revision again from step 0, with fresh approvals."""
+    _check_permission(user)
+    username = user.get_username()
+    with transaction.atomic():
+        rollout = Rollout.objects.select_for_update().select_related("source", "revision").get(pk=rollout_id)
+        if rollout.phase not in (Rollout.Phase.ABORTED, Rollout.Phase.FAILED):
+            raise RolloutError(
+                f"rollout {rollout.pk} is {rollout.phase.lower()}; only an aborted or failed one is retried"
+            )
+        source = rollout.source
+        if source.last_commit and source.last_commit != rollout.revision.commit:
+            raise RolloutError(
+                f"{source.name} has moved on to {source.last_commit[:12]}; retry that revision instead"
+            )
+        if Rollout.objects.filter(source=source, phase__in=Rollout.ACTIVE_PHASES).exists():
+            raise RolloutError(f"{source.name} already has an active rollout")
+        again = Rollout.objects.create(
+            **gated(source, copied(rollout, Rollout.REPEATED_FIELDS)), created_by=username
+        )
+        rollout_event(
+            again, RolloutEventKind.STARTED, actor=username, message=f"retry of rollout {rollout.pk}"
+        )
+        schedule.source_sync(source.pk, actor=username)
+    return again
+
+
+def gated(source: Any, fields: dict[str, Any]) -> dict[str, Any]:
+    """A rollout's steps and approvals under the source's approval floor as it is now (maybe raised)."""
+    floor = source.required_approvals
+    if not floor:
+        return fields
+    steps = with_approval_gate(steps_from_json(fields["steps"]))
+    return {
+        **fields,
+        "steps": [step.as_json() for step in steps],
+        "approvals_required": max(fields["approvals_required"], floor),
+        "forbid_self_approval": True,
+    }
+
+
+def _check_permission(user: User) -> None:
+    if not user.is_active or not user.has_perm(APPROVE_PERMISSION):
+        raise PermissionDenied(f"{user.get_username()} may not promote, abort or retry rollouts")
+
+
+def _check_not_an_author(rollout: Rollout, user: User) -> None:
+    """Nobody who wrote or committed a commit of the rollout approves it, by an email an admin verified.
+
+    A commit's emails are whatever its pusher typed, and so is a user's own
+    email field; only an address an administrator verified identifies a person.
+    """
+    username = user.get_username()
+    verified = VerifiedEmail.objects.filter(user=user).values_list("email", flat=True).first()
+    if not verified:
+        raise PermissionDenied(
+            f"{username} has no verified email, and this rollout forbids self-approval; an administrator "
+            "verifies one with `gitops verify-email`"
+        )
+    authors = set(rollout.commit_identities) or {rollout.revision.author_email.strip().lower()}
+    if verified.strip().lower() in authors:
+        raise PermissionDenied(
+            f"{username} wrote or committed a commit that rollout {rollout.pk} brings and may not approve it"
+        )

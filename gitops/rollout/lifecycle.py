@@ -1,0 +1,218 @@
+"""The rollout lifecycle: choose which rollout a reconcile moves, start one, and drive it step by step.
+
+``rollout_drive`` runs inside a source's reconcile, under its lock, and is the
+only code that moves a rollout and touches the cluster. People's decisions
+(promote, abort, retry) are stored by ``decisions`` and carried out here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from django.utils import timezone
+
+from gitops.desired.policy import Analysis, OnNewRevision, Pause, SetWeight, Step, steps_from_json
+from gitops.desired.revision import DesiredState
+from gitops.failpoints import failpoint
+from gitops.models import Revision, Rollout, Source
+from gitops.record.events import rollout_event
+from gitops.rollout.consumers import consumer_map_refresh, wave_gate_close, wave_gate_pass, wave_restart
+from gitops.rollout.engine import desired_hash, with_approval_gate
+from gitops.rollout.gates import analyse, pause, pause_is_over
+from gitops.rollout.rollback import rollout_rollback
+from gitops.rollout.state import SYSTEM_ACTOR, StepOutcome, transition
+from gitops.rollout.step import weight_apply
+from gitops.vocabulary import Outcome, RolloutEventKind, Waiting
+
+
+def rollout_choose(
+    source: Source,
+    head: Revision,
+    head_desired: DesiredState,
+    *,
+    commit_identities: Callable[[], Sequence[str]] = list,
+) -> tuple[Rollout, Outcome | None]:
+    """The rollout this reconcile moves, and ``Outcome.QUEUED`` when the head waits behind it.
+
+    ``commit_identities`` gives the authors and committers of the commits a new
+    rollout would bring; it is asked only when one starts.
+    """
+    active = Rollout.objects.filter(source=source, phase__in=Rollout.ACTIVE_PHASES).order_by("-id").first()
+    if active is not None and (active.revision_id == head.pk or active.abort_requested_by):
+        return active, None
+    if active is not None:
+        if head_desired.policy.rollout.on_new_revision == OnNewRevision.QUEUE:
+            Revision.objects.filter(pk=head.pk, outcome=Revision.Outcome.VALID).update(
+                outcome=Revision.Outcome.QUEUED
+            )
+            return active, Outcome.QUEUED
+        reason = f"superseded by {head.commit[:12]}"
+        rollout_rollback(active, actor=SYSTEM_ACTOR, reason=reason, phase=Rollout.Phase.SUPERSEDED)
+    latest = Rollout.objects.filter(source=source, revision=head).order_by("-id").first()
+    newest = Rollout.objects.filter(source=source).order_by("-id").values_list("pk", flat=True).first()
+    # A rollout of the head is taken up again only while nothing came after it: a branch moved
+    # back to an older commit goes out anew, through its steps and gates, never at once.
+    if latest is not None and latest.phase != Rollout.Phase.SUPERSEDED and latest.pk == newest:
+        return latest, None
+    return rollout_start(
+        source, head, head_desired, actor=SYSTEM_ACTOR, commit_identities=commit_identities()
+    ), None
+
+
+def rollout_start(
+    source: Source,
+    revision: Revision,
+    desired: DesiredState,
+    *,
+    actor: str,
+    commit_identities: Sequence[str] = (),
+) -> Rollout:
+    policy = desired.policy
+    # The administrator's floor comes on top of whatever the repository asks for.
+    floor = source.required_approvals
+    steps = with_approval_gate(policy.rollout.steps) if floor else policy.rollout.steps
+    rollout = Rollout.objects.create(
+        source=source,
+        revision=revision,
+        phase=Rollout.Phase.PROGRESSING,
+        steps=[step.as_json() for step in steps],
+        approvals_required=max(policy.approvals.required, floor),
+        consumers=policy.rollout.consumers,
+        health_timeout_seconds=policy.rollout.health_timeout_seconds,
+        forbid_self_approval=policy.approvals.forbid_self_approval or floor > 0,
+        commit_identities=sorted({identity.lower() for identity in commit_identities}),
+        content_hash=desired_hash(desired),
+        created_by=actor,
+    )
+    Revision.objects.filter(pk=revision.pk).exclude(outcome=Revision.Outcome.REJECTED).update(
+        outcome=Revision.Outcome.VALID
+    )
+    message = f"rollout of {revision.commit[:12]} in {len(rollout.steps)} steps"
+    rollout_event(rollout, RolloutEventKind.STARTED, actor=actor, message=message)
+    return rollout
+
+
+def rollout_drive(
+    rollout: Rollout, desired: DesiredState, *, actor: str, retry_failed: bool = False
+) -> StepOutcome:
+    """Moves the rollout as far as it can go now: until a pause, an end, or a failure."""
+    outcome = StepOutcome()
+    while True:
+        rollout.refresh_from_db()
+        steps = steps_from_json(rollout.steps)  # an administrator may add a gate while it runs
+        if _settled(rollout, desired, steps, outcome, actor=actor, retry_failed=retry_failed):
+            return outcome
+        if not _take_step(rollout, steps[rollout.step_index], desired, outcome, actor=actor):
+            return outcome
+
+
+def _settled(
+    rollout: Rollout,
+    desired: DesiredState,
+    steps: tuple[Step, ...],
+    outcome: StepOutcome,
+    *,
+    actor: str,
+    retry_failed: bool,
+) -> bool:
+    """Whether the rollout stops here: aborted, ended, waiting, or past its last step. Sets the outcome."""
+    if rollout.abort_requested_by and rollout.is_active:
+        reason = rollout.abort_reason or "aborted"
+        rollout_rollback(
+            rollout, actor=rollout.abort_requested_by, reason=reason, phase=Rollout.Phase.ABORTED
+        )
+        outcome.outcome = Outcome.ABORTED
+        return True
+    if rollout.phase == Rollout.Phase.COMPLETED:
+        # Keep the finished revision in place: drift, self-heal, prune.
+        last = max(len(steps) - 1, 0)
+        outcome.merge(weight_apply(rollout, desired, 100, last, actor, retry_failed=retry_failed))
+        return True
+    if not rollout.is_active:
+        outcome.outcome = Outcome(rollout.phase.lower())
+        return True
+    if rollout.phase == Rollout.Phase.PAUSED and rollout.waiting_for == Waiting.CONSUMERS:
+        opened = wave_gate_pass(rollout)
+        rollout.refresh_from_db()
+        if opened:  # on to the next step, or the end
+            return _settled(rollout, desired, steps, outcome, actor=actor, retry_failed=retry_failed)
+        outcome.outcome = Outcome.PAUSED if rollout.is_active else Outcome(rollout.phase.lower())
+        return True
+    if rollout.phase == Rollout.Phase.PAUSED and not pause_is_over(rollout):
+        outcome.outcome = Outcome.FAILED if outcome.failures else Outcome.PAUSED
+        return True
+    if rollout.phase == Rollout.Phase.PAUSED:  # the pause just ended: look again, as stored now
+        rollout.refresh_from_db()
+        return _settled(rollout, desired, steps, outcome, actor=actor, retry_failed=retry_failed)
+    if rollout.step_index >= len(steps):
+        _complete(rollout)
+        outcome.outcome = Outcome.APPLIED if outcome.outcome is Outcome.APPLIED else Outcome.COMPLETED
+        return True
+    return False
+
+
+def _take_step(
+    rollout: Rollout, step: Step, desired: DesiredState, outcome: StepOutcome, *, actor: str
+) -> bool:
+    """Runs one step; False when the rollout stops (it failed, pauses, or its analysis did not pass)."""
+    if isinstance(step, SetWeight):
+        return _set_weight(rollout, step, desired, outcome, actor=actor)
+    if isinstance(step, Pause):
+        pause(rollout, step)
+        return True
+    if isinstance(step, Analysis) and not analyse(rollout, step):
+        outcome.outcome = Outcome.ABORTED if rollout.phase == Rollout.Phase.ABORTED else Outcome.PAUSED
+        return False
+    return True
+
+
+def _set_weight(
+    rollout: Rollout, step: SetWeight, desired: DesiredState, outcome: StepOutcome, *, actor: str
+) -> bool:
+    step_actor = rollout.promoted_by or actor
+    result = weight_apply(rollout, desired, step.weight, rollout.step_index, step_actor)
+    failpoint("before-restart")
+    consumers, refused = wave_restart(
+        rollout, step_index=rollout.step_index, weight=step.weight, actor=step_actor
+    )
+    result.failures.extend(refused)
+    outcome.merge(result)
+    if result.failures:
+        message = "; ".join(result.failures[:5])
+        transition(rollout, phase=Rollout.Phase.FAILED, finished_at=timezone.now(), message=message)
+        rollout_event(rollout, RolloutEventKind.FAILED, actor=step_actor, message=message)
+        outcome.outcome = Outcome.FAILED
+        return False
+    if result.outcome is Outcome.APPLIED:
+        consumer_map_refresh(rollout)
+    if consumers:
+        _step_event(rollout, step, result, step_actor, step_index=rollout.step_index)
+        wave_gate_close(rollout, consumers, weight=step.weight, actor=step_actor)
+        return True
+    transition(rollout, weight=step.weight, step_index=rollout.step_index + 1, promoted_by="", message="")
+    _step_event(rollout, step, result, step_actor, step_index=rollout.step_index - 1)
+    return True
+
+
+def _step_event(
+    rollout: Rollout, step: SetWeight, result: StepOutcome, actor: str, *, step_index: int
+) -> None:
+    counts = ", ".join(f"{n} {action}" for action, n in sorted(result.summary.items())) or "nothing to change"
+    rollout_event(
+        rollout,
+        RolloutEventKind.STEP,
+        actor=actor,
+        step=step_index,
+        weight=step.weight,
+        message=f"setWeight {step.weight}: {counts}",
+        data=result.summary,
+    )
+
+
+def _complete(rollout: Rollout) -> None:
+    now = timezone.now()
+    if transition(
+        rollout, phase=Rollout.Phase.COMPLETED, finished_at=now, waiting_for=Waiting.NOTHING, message=""
+    ):
+        Revision.objects.filter(pk=rollout.revision_id).update(outcome=Revision.Outcome.APPLIED)
+        rollout_event(rollout, RolloutEventKind.COMPLETED, message="all targets have the new content")

@@ -1,0 +1,66 @@
+"""The one place that puts work on the queue. Everything is sent after the surrounding transaction commits.
+
+Domain code decides *that* something should run; this module decides *how*:
+tasks are sent by name, so nothing here (or anywhere in the domain) imports
+``gitops.tasks``, and a task never sees a row its sender had not committed.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from gitops.celery import app
+from gitops.models import Source
+
+SYNC_TASK = "gitops.sync_source"
+DELIVER_TASK = "gitops.deliver_notification"
+
+
+def _send(name: str, *, kwargs: dict[str, Any], eta: datetime | None = None) -> str:
+    return str(app.send_task(name, kwargs=kwargs, eta=eta).id)
+
+
+def source_sync(
+    source_id: int, *, actor: str, retry_failed: bool = False, wait_if_busy: bool = True
+) -> list[str]:
+    """Queues a sync once the transaction commits; the returned list receives the task's id then."""
+    task_ids: list[str] = []
+    kwargs = {
+        "source_id": source_id,
+        "actor": actor,
+        "retry_failed": retry_failed,
+        "wait_if_busy": wait_if_busy,
+    }
+    transaction.on_commit(lambda: task_ids.append(_send(SYNC_TASK, kwargs=kwargs)))
+    return task_ids
+
+
+def source_sync_once(source_id: int, *, actor: str) -> bool:
+    """Queues a sync unless one is queued: a burst of pushes makes one reconcile of the newest commit."""
+    if not Source.objects.filter(pk=source_id, sync_queued=False).update(sync_queued=True):
+        return False
+    source_sync(source_id, actor=actor, wait_if_busy=False)
+    return True
+
+
+# A task held for a later time stays unacknowledged in Redis, which hands it out again after an hour
+# (its visibility timeout): wakes further away are made in steps, and beat's sweep covers them anyway.
+MAX_WAKE_AHEAD = timedelta(minutes=30)
+
+
+def source_sync_at(source_id: int, when: datetime) -> None:
+    """Wakes a source at ``when`` (a pause ends). Beat's sweep does it too: a lost wake loses nothing."""
+    kwargs = {"source_id": source_id, "wait_if_busy": False}
+    eta = min(when, timezone.now() + MAX_WAKE_AHEAD)
+    transaction.on_commit(lambda: _send(SYNC_TASK, kwargs=kwargs, eta=eta))
+
+
+def notification_delivery(notification_id: int) -> None:
+    """Delivers an outbox entry. ``robust``: a broker that is down must not fail what already committed;
+    the entry stays pending and the sweeper sends it once the broker is back."""
+    kwargs = {"notification_id": notification_id}
+    transaction.on_commit(lambda: _send(DELIVER_TASK, kwargs=kwargs), robust=True)

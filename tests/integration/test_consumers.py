@@ -1,0 +1,258 @@
+"""A ConfigMap canary that changes running software (issue 12), on the real control plane.
+
+kube-scheduler and kube-controller-manager run on the default cluster and kwok
+simulates its nodes, so a restarted Deployment really gets a new ReplicaSet
+whose pods are scheduled and become Ready, or stay Pending when no node takes them.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from django.core.management import call_command
+
+from gitops.models import Change, Rollout, Source
+from gitops.rollout import decisions
+from tests.gitrepo import configmap, policy
+from tests.rollouts import rollout_of, wait_for
+from tests.workers import poll
+from tests.workloads import IMAGE, set_unschedulable, wait_for_rollout
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CONFIG_HASH = "sluice.dev/config-hash"
+
+
+def container(**reads) -> dict:
+    return {"name": "app", "image": IMAGE, **reads}
+
+
+# One consumer per kind of reference, one that reads something else, and one that must not be restarted.
+POD_SPECS = {
+    "by-env": {
+        "containers": [
+            container(env=[{"name": "V", "valueFrom": {"configMapKeyRef": {"name": "app", "key": "V"}}}])
+        ]
+    },
+    "by-envfrom": {"containers": [container(envFrom=[{"configMapRef": {"name": "app"}}])]},
+    "by-volume": {
+        "containers": [container()],
+        "volumes": [{"name": "config", "configMap": {"name": "app"}}],
+    },
+    "by-projected": {
+        "containers": [container()],
+        "volumes": [{"name": "config", "projected": {"sources": [{"configMap": {"name": "app"}}]}}],
+    },
+    "by-init": {
+        "initContainers": [{"name": "init", "image": IMAGE, "envFrom": [{"configMapRef": {"name": "app"}}]}],
+        "containers": [container()],
+    },
+    "unrelated": {"containers": [container(envFrom=[{"configMapRef": {"name": "other"}}])]},
+}
+
+
+def deployment(name: str, pod_spec: dict, *, replicas: int = 1, annotations=None, deadline=None) -> dict:
+    spec = {
+        "replicas": replicas,
+        "selector": {"matchLabels": {"app": name}},
+        "template": {
+            "metadata": {"labels": {"app": name}},
+            "spec": {**pod_spec, "terminationGracePeriodSeconds": 0},
+        },
+    }
+    if deadline is not None:
+        spec["progressDeadlineSeconds"] = deadline
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "annotations": annotations or {}},
+        "spec": spec,
+    }
+
+
+def diff(source) -> str:
+    out = io.StringIO()
+    call_command("gitops", "diff", source.name, stdout=out)
+    return out.getvalue()
+
+
+def generations(apps_api, namespace: str) -> dict[str, int]:
+    return {
+        d.metadata.name: d.metadata.generation for d in apps_api.list_namespaced_deployment(namespace).items
+    }
+
+
+def start(repo, make_source, sync, targets, *, consumers="restart", steps=None, **extra) -> object:
+    """v1 of app and other, applied everywhere in one step (nothing consumes them yet)."""
+    rollout = {"consumers": consumers, "healthTimeout": "2m"}
+    repo.write_all(
+        {
+            "sluice.yaml": policy(targets, rollout=rollout),
+            "configmaps/app.yaml": configmap("app", {"V": "1"}),
+            "configmaps/other.yaml": configmap("other", {"X": "1"}),
+        }
+    )
+    repo.commit("v1")
+    source = make_source(**extra)
+    assert sync(source)["outcome"] == "applied"
+    repo.write_all(
+        {
+            "sluice.yaml": policy(
+                targets, rollout={**rollout, "steps": steps or [{"setWeight": 33}, {"pause": {}}]}
+            ),
+            "configmaps/app.yaml": configmap("app", {"V": "2"}),
+        }
+    )
+    return source
+
+
+def test_restart_goes_wave_by_wave_through_every_kind_of_reference(
+    repo, make_namespaces, make_source, sync, apps_api, people
+):
+    targets = make_namespaces("a", "b", "c")
+    source = start(repo, make_source, sync, targets)
+    for namespace in targets:
+        for name, pod_spec in POD_SPECS.items():
+            apps_api.create_namespaced_deployment(namespace, deployment(name, pod_spec))
+        apps_api.create_namespaced_deployment(
+            namespace,
+            deployment("pinned", POD_SPECS["by-envfrom"], annotations={"sluice.dev/restart": "false"}),
+        )
+        for name in [*POD_SPECS, "pinned"]:
+            wait_for_rollout(apps_api, namespace, name)
+    repo.commit("v2")
+    first, rest = targets[0], targets[1:]
+    planned = diff(source)
+    for namespace in targets:
+        for name in POD_SPECS:
+            if name != "unrelated":
+                assert f"  restart deployment {namespace}/{name}  (reads app)" in planned
+        assert f" wait for deployment {namespace}/pinned  (reads app)" in planned
+    assert "unrelated" not in planned
+
+    result = sync(source, timeout=180)
+
+    assert result["outcome"] == "paused", result
+    restarted = {name: 2 for name in POD_SPECS if name != "unrelated"}
+    assert generations(apps_api, first) == {**restarted, "unrelated": 1, "pinned": 1}
+    for namespace in rest:
+        assert set(generations(apps_api, namespace).values()) == {1}, "later waves keep their pods"
+    for name in [*POD_SPECS, "pinned"]:
+        wait_for_rollout(apps_api, first, name, timeout=5)  # the gate opened on available workloads
+    paused = rollout_of(source)
+    assert (paused.phase, paused.waiting_for, paused.weight) == ("Paused", "approval", 33)
+    assert {s["name"] for s in paused.consumer_states} == set(restarted) | {"pinned"}
+    assert all(s["health"] == "healthy" for s in paused.consumer_states)
+    restarts = Change.objects.filter(source=source, action="restart")
+    assert sorted((c.kind, c.namespace, c.name) for c in restarts) == [
+        ("Deployment", first, name) for name in sorted(restarted)
+    ]
+    assert all(c.commit == paused.revision.commit and c.step_index == 0 and c.weight == 33 for c in restarts)
+    assert all(c.before_hash == "" and c.after_hash for c in restarts)
+
+    consumer_map = Source.objects.get(pk=source.pk).consumer_map
+    assert consumer_map[f"{first}/Deployment/by-init"] == ["app"]
+    assert consumer_map[f"{first}/Deployment/unrelated"] == ["other"]
+
+    decisions.rollout_promote(paused.pk, user=people["approver"])
+    wait_for(source, phase="Completed", timeout=180)
+    for namespace in rest:
+        assert generations(apps_api, namespace) == {**restarted, "unrelated": 1, "pinned": 1}
+    # The same content never restarts twice.
+    assert sync(source)["outcome"] in ("unchanged", "completed")
+    assert generations(apps_api, first) == {**restarted, "unrelated": 1, "pinned": 1}
+
+
+def test_watch_gates_a_step_on_health_without_restarting(
+    repo, make_namespaces, make_source, sync, apps_api, core_api, cordoned_nodes
+):
+    targets = make_namespaces("a", "b")
+    source = start(repo, make_source, sync, targets, consumers="watch", steps=[{"setWeight": 50}])
+    # A consumer still rolling out (no node takes its pod) holds the step.
+    apps_api.create_namespaced_deployment(targets[0], deployment("web", POD_SPECS["by-envfrom"]))
+    repo.commit("v2")
+    from gitops.tasks import sync_source
+
+    pending = sync_source.delay(source.pk)
+    waiting = wait_for(source, phase="Paused", waiting_for="consumers", timeout=60)
+    assert waiting.consumer_states[0]["name"] == "web"
+    set_unschedulable(core_api, False)
+    wait_for_rollout(apps_api, targets[0], "web")
+    wait_for(source, phase="Completed", timeout=90)
+    pending.get(timeout=60)
+    assert generations(apps_api, targets[0]) == {"web": 1}, "watch never restarts"
+    assert not Change.objects.filter(source=source, action="restart").exists()
+
+
+def test_a_failing_wave_rolls_back_configmaps_and_stamps_and_retry_succeeds(
+    repo, make_namespaces, make_source, sync, apps_api, core_api, cluster, people
+):
+    targets = make_namespaces("a", "b")
+    source = start(repo, make_source, sync, targets, steps=[{"setWeight": 50}])
+    apps_api.create_namespaced_deployment(targets[0], deployment("web", POD_SPECS["by-envfrom"], deadline=5))
+    wait_for_rollout(apps_api, targets[0], "web")
+    repo.commit("v2")
+    set_unschedulable(core_api, True)
+    try:
+        result = sync(source, timeout=180)
+    finally:
+        set_unschedulable(core_api, False)
+
+    assert result["outcome"] == "failed", result
+    failed = rollout_of(source)
+    assert failed.phase == "Failed"
+    assert "ProgressDeadlineExceeded" in failed.message
+    assert cluster.get_configmap(targets[0], "app")["data"] == {"V": "1"}, "the ConfigMap is restored"
+    web = apps_api.read_namespaced_deployment("web", targets[0])
+    assert CONFIG_HASH not in (web.spec.template.metadata.annotations or {}), "the stamp is taken back"
+    wait_for_rollout(apps_api, targets[0], "web")
+    actions = list(
+        Change.objects.filter(source=source, kind="Deployment")
+        .order_by("id")
+        .values_list("action", flat=True)
+    )
+    assert actions == ["restart", "rollback"]
+
+    retried = decisions.rollout_retry(failed.pk, user=people["approver"])
+    wait_for(source, phase="Completed", timeout=180)
+    assert Rollout.objects.get(pk=retried.pk).phase == "Completed"
+    assert cluster.get_configmap(targets[0], "app")["data"] == {"V": "2"}
+    wait_for_rollout(apps_api, targets[0], "web")
+    assert apps_api.read_namespaced_deployment("web", targets[0]).spec.template.metadata.annotations[
+        CONFIG_HASH
+    ]
+
+
+def test_a_worker_killed_between_a_configmap_and_its_restart_restarts_exactly_once(
+    repo, make_namespaces, make_source, apps_api, cluster, start_worker, celery_worker
+):
+    from gitops.tasks import sync_source
+
+    targets = make_namespaces("a")
+    source = start(
+        repo,
+        make_source,
+        lambda s: sync_source.delay(s.pk).get(timeout=120),
+        targets,
+        steps=[{"setWeight": 100}],
+    )
+    apps_api.create_namespaced_deployment(targets[0], deployment("web", POD_SPECS["by-envfrom"]))
+    wait_for_rollout(apps_api, targets[0], "web")
+    repo.commit("v2")
+    held = start_worker(queues="held", env_overrides={"SLUICE_FAILPOINTS": "before-restart=60"})
+    sync_source.apply_async((source.pk,), queue="held")
+    poll(
+        lambda: (cluster.get_configmap(targets[0], "app") or {}).get("data") == {"V": "2"},
+        timeout=60,
+        what="v2 applied",
+    )
+    assert generations(apps_api, targets[0]) == {"web": 1}, "held before the restart"
+    held.kill()
+
+    sync_source.delay(source.pk).get(timeout=120)
+
+    wait_for(source, phase="Completed", timeout=120)
+    assert generations(apps_api, targets[0]) == {"web": 2}, "restarted exactly once"
+    assert Change.objects.filter(source=source, action="restart").count() == 1
+    wait_for_rollout(apps_api, targets[0], "web")
