@@ -142,6 +142,15 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env.get("STATIC_ROOT", BASE_DIR / "staticfiles"))
+# WhiteNoise serves the dashboard's CSS and htmx on every documented path (sluice/staticfiles.py):
+# what collectstatic wrote (the image: hashed names, gzip copies, cached for ever), or,
+# when STATIC_ROOT holds no manifest (a checkout), the apps' own files, indexed once at start-up.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "sluice.staticfiles.CollectedOrAppStaticFiles"},
+}
+WHITENOISE_USE_FINDERS = not (STATIC_ROOT / "staticfiles.json").is_file()
+WHITENOISE_AUTOREFRESH = DEBUG  # re-reading the apps' files on every request is for development only
 
 REDIS_URL = env.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 CELERY_BROKER_URL = env.get("CELERY_BROKER_URL") or REDIS_URL

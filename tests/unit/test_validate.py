@@ -12,7 +12,7 @@ import pytest
 from gitops.desired.errors import RevisionRejected, ValidationError
 from gitops.desired.limits import DEFAULT_LIMITS, Limits
 from gitops.desired.revision import READ_PATHS, load_revision
-from gitops.sources import GitMirror
+from gitops.fetch.mirror import GitMirror
 from gitops.validate import (
     CheckoutError,
     Exit,
