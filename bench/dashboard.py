@@ -4,7 +4,8 @@ Fills a fresh database with 500 sources and 1,000,000 change-log rows (with
 their intents, revisions and a rollout with a timeline), then times the server
 side of each page through Django's test client (no network, no browser):
 the overview, the change log (first page, a filtered page, a deep page) and a
-rollout page. Prints p50 and p95 and the number of queries per page.
+rollout page, a source page, and the "Preview a revision" page (empty, and with a worker's answer of
+500 changed objects in the result backend). Prints p50 and p95 and the number of queries per page.
 
 Usage: python bench/dashboard.py [--changes 1000000] [--sources 500] [--runs 40]
 Target (issue #5): p95 <= 150 ms per page.
@@ -104,6 +105,61 @@ def fill(changes: int, sources: int) -> dict[str, object]:
     return {"changes": total, "newest": newest, "oldest": oldest, "rollout": rollout_id}
 
 
+def stored_preview(source_name: str, items: int = 500) -> str:
+    """A worker's answer to a preview of a pull request that changes ``items`` objects, stored in the
+    result backend as a worker stores it; returns the preview page's address (with its signed ticket)."""
+    import time as clock
+    from urllib.parse import urlencode
+
+    from django.core import signing
+
+    from dashboard.previews import TICKET_SALT
+    from gitops.celery import app
+    from gitops.models import Source
+
+    source = Source.objects.get(name=source_name)
+    item = {
+        "kind": "ConfigMap",
+        "action": "update",
+        "reason": "changed in Git",
+        "origin": "configmaps/app.yaml",
+        "diff": [
+            {"op": "change", "field": "data", "key": "LOG_LEVEL", "old": "info", "new": "debug"},
+            {
+                "op": "add",
+                "field": "data",
+                "key": "config.yaml",
+                "old": None,
+                "new": "a: 1\nb: 2\n",
+                "unified": "--- data/config.yaml (live)\n+++ data/config.yaml (git)\n@@ -0,0 +1,2 @@\n+a: 1\n+b: 2\n",
+            },
+        ],
+    }
+    answer = {
+        "source": source_name,
+        "revision": "refs/pull/7/head",
+        "outcome": "planned",
+        "detail": "",
+        "commit": "0" * 40,
+        "author_name": "Ada",
+        "author_email": "ada@example.com",
+        "message": "PR 7",
+        "committed_at": None,
+        "computed_at": None,
+        "weight": 100,
+        "errors": [],
+        "summary": {"update": items},
+        "items_total": items,
+        "consumers": [],
+        "items": [{**item, "namespace": f"team-{index}", "name": "app"} for index in range(items)],
+    }
+    task_id = f"bench-preview-{uuid.uuid4().hex}"
+    app.backend.store_result(task_id, answer, "SUCCESS")
+    ticket = {"task": task_id, "source": source.pk, "revision": "refs/pull/7/head", "at": int(clock.time())}
+    token = signing.dumps(ticket, salt=TICKET_SALT)
+    return f"/sources/{source_name}/preview/?{urlencode({'revision': 'refs/pull/7/head', 'task': token})}"
+
+
 def measure(client, url: str, runs: int) -> tuple[float, float, int]:
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
@@ -181,6 +237,8 @@ def main() -> int:
             "change log, deep page": f"/changes/?before={deep_before}",
             "rollout": f"/rollouts/{filled['rollout']}/",
             "source": "/sources/source-250/",
+            "preview form": "/sources/source-250/preview/",
+            "preview, 500 objects": stored_preview("source-250"),
         }
         print(f"{'page':<26} {'p50 ms':>8} {'p95 ms':>8} {'queries':>8}")
         worst = 0.0

@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from dashboard import views
+from dashboard import previews, views
 from dashboard.api import api
 
 app_name = "dashboard"
@@ -13,6 +13,7 @@ urlpatterns = [
     path("metrics", views.prometheus_metrics, name="metrics"),
     path("sources/<slug:name>/", views.source_detail, name="source"),
     path("sources/<slug:name>/sync", views.source_sync, name="source-sync"),
+    path("sources/<slug:name>/preview/", previews.source_preview, name="source-preview"),
     path("rollouts/<int:rollout_id>/", views.rollout_detail, name="rollout"),
     path("rollouts/<int:rollout_id>/<slug:action>", views.rollout_action, name="rollout-action"),
     path("changes/", views.change_log, name="changes"),

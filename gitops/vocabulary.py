@@ -68,3 +68,14 @@ class Waiting(StrEnum):
     TIMER = "timer"
     ANALYSIS = "analysis"
     CONSUMERS = "consumers"  # the workloads that read a step's ConfigMaps, to be healthy
+
+
+class PreviewOutcome(StrEnum):
+    """How a preview of a revision (``gitops diff --revision``, the dashboard, the API) ended."""
+
+    PLANNED = "planned"  # valid: the plan against the cluster as it is now; nothing applied
+    REJECTED = "rejected"  # the revision is invalid: its errors, file by file
+    INVALID_REVISION = "invalid-revision"  # not a ref or commit a preview may ask for; nothing fetched
+    NOT_FOUND = "not-found"  # the remote has no such ref or commit
+    UNAVAILABLE = "unavailable"  # Git or the cluster did not answer; worth trying again
+    FAILED = "failed"  # anything else that kept the revision from being planned

@@ -196,6 +196,9 @@ SLUICE_MAX_OBJECTS = env_int("SLUICE_MAX_OBJECTS", 100_000)
 # A task whose worker process died this many times while running it (killed, out of memory,
 # crashed) is not started again: acks_late would otherwise hand it to the next worker forever.
 SLUICE_MAX_TASK_DELIVERIES = env_int("SLUICE_MAX_TASK_DELIVERIES", 3)
+# A preview of any revision (gitops diff --revision, the dashboard, the API): a worker's fetch of the
+# ref is bounded by this, and the web waits this long (and a little more) for the worker's answer.
+SLUICE_PREVIEW_TIMEOUT_SECONDS = env_int("SLUICE_PREVIEW_TIMEOUT_SECONDS", 60)
 # When set, /metrics wants "Authorization: Bearer <token>".
 SLUICE_METRICS_TOKEN = env.get("SLUICE_METRICS_TOKEN", "")
 

@@ -8,17 +8,19 @@ stored with every error (file, line, field) and announced.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
 from django.utils import timezone
 
 from gitops import caches, metrics
-from gitops.desired.errors import RevisionRejected
+from gitops.desired.errors import RevisionRejected, ValidationError
 from gitops.desired.limits import Limits
 from gitops.desired.revision import READ_PATHS, DesiredState, load_revision
 from gitops.fetch.credentials import resolve_credentials
-from gitops.fetch.mirror import GitMirror
+from gitops.fetch.mirror import CommitInfo, GitMirror
+from gitops.fetch.refs import RequestedRevision
 from gitops.models import PERSON_LENGTH, Revision, Rollout, Source
 from gitops.record import notifications
 
@@ -69,18 +71,9 @@ def revision_desired_state(source: Source, revision: Revision) -> DesiredState |
     cache = caches.for_source(source.pk)
     if (known := cache.desired_for(revision.commit, scope)) is not None:
         return known
-    limits = Limits.from_settings(settings)
     with mirror_for(source) as mirror:
-        # Sizes come with the listing, so limits reject a revision before any blob is read.
-        tree = mirror.list_tree(
-            revision.commit, source.path, paths=READ_PATHS, max_entries=limits.max_files + 1
-        )
-        files = {path: entry.blob for path, entry in tree.items()}
-        sizes = {path: entry.size for path, entry in tree.items()}
         try:
-            desired = load_revision(
-                files, mirror.read_blobs, sizes=sizes, limits=limits, cache=cache.parsed, scope=scope
-            )
+            desired = _load(mirror, source, revision.commit)
         except RevisionRejected as rejected:
             _reject(source, revision, rejected)
             return None
@@ -89,6 +82,48 @@ def revision_desired_state(source: Source, revision: Revision) -> DesiredState |
         Revision.objects.filter(pk=revision.pk).update(outcome=Revision.Outcome.VALID, errors=[])
     cache.desired = (revision.commit, scope, desired)
     return desired
+
+
+def _load(mirror: GitMirror, source: Source, commit: str) -> DesiredState:
+    """The source's files at ``commit``, validated against its current scope; raises RevisionRejected."""
+    limits = Limits.from_settings(settings)
+    # Sizes come with the listing, so limits reject a revision before any blob is read.
+    tree = mirror.list_tree(commit, source.path, paths=READ_PATHS, max_entries=limits.max_files + 1)
+    files = {path: entry.blob for path, entry in tree.items()}
+    sizes = {path: entry.size for path, entry in tree.items()}
+    parsed = caches.for_source(source.pk).parsed  # keyed by blob id: a preview parses what a sync would
+    return load_revision(
+        files, mirror.read_blobs, sizes=sizes, limits=limits, cache=parsed, scope=source.scope
+    )
+
+
+@dataclass(frozen=True)
+class LoadedRevision:
+    """Any revision of a source's remote, loaded for a preview: valid (``desired``) or not (``errors``)."""
+
+    info: CommitInfo
+    desired: DesiredState | None
+    errors: tuple[ValidationError, ...] = ()
+
+
+def revision_load(source: Source, requested: RequestedRevision) -> LoadedRevision:
+    """Fetches what ``requested`` names when the mirror lacks it, and validates it against the
+    source's current scope, as a sync would.
+
+    Records nothing: no Revision row, no rejection notice, and the followed branch's ref does not move
+    (the fetched ref is deleted once read). Raises InvalidRevision, RevisionNotFound, or what a fetch raises.
+    """
+    credentials = resolve_credentials(source.credentials_ref)
+    timeout = settings.SLUICE_PREVIEW_TIMEOUT_SECONDS
+    with (
+        mirror_for(source) as mirror,
+        mirror.held_revision(source.url, requested, credentials, timeout=timeout) as commit,
+    ):
+        info = mirror.commit_info(commit)
+        try:
+            return LoadedRevision(info, _load(mirror, source, commit))
+        except RevisionRejected as rejected:
+            return LoadedRevision(info, None, tuple(rejected.errors))
 
 
 def _reject(source: Source, revision: Revision, rejected: RevisionRejected) -> None:

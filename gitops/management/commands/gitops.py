@@ -2,7 +2,7 @@
 
 gitops add-source NAME --url URL [--branch B] [--path P] [--interval 60s]
 gitops sync NAME [--wait]
-gitops diff NAME
+gitops diff NAME [--revision REF] [--json]
 gitops status [NAME] [--json]
 gitops log [--source NAME] [--commit SHA] [--limit N] [--json]
 gitops purge [--dry-run]
@@ -42,7 +42,7 @@ from gitops.plan import DiffItem, Plan
 from gitops.roles import ROLES
 from gitops.rollout import decisions
 from gitops.rollout.state import SYSTEM_ACTOR
-from gitops.vocabulary import SUCCESSFUL_OUTCOMES
+from gitops.vocabulary import SUCCESSFUL_OUTCOMES, PreviewOutcome
 
 DURATION = re.compile(r"^(\d+)(s|m|h)?$")
 
@@ -111,6 +111,13 @@ class Command(BaseCommand):
         diff = commands.add_parser("diff", help="print the plan; applies nothing")
         diff.add_argument("name")
         diff.add_argument("--json", action="store_true")
+        diff.add_argument(
+            "--revision",
+            metavar="REF",
+            help="plan this revision of the remote instead of the followed branch: refs/heads/NAME, "
+            "refs/tags/NAME, refs/pull/N/head, refs/merge-requests/N/head or a commit SHA; "
+            "records nothing and leaves the followed branch alone",
+        )
 
         status = commands.add_parser("status", help="show sources, their revision and active rollout")
         status.add_argument("name", nargs="?")
@@ -250,6 +257,9 @@ class Command(BaseCommand):
 
     def do_diff(self, **options: Any) -> None:
         source = self._source(options["name"])
+        if options["revision"] is not None:
+            self._diff_revision(source, options["revision"], as_json=options["json"])
+            return
         previewed = preview.source_preview(source)
         revision, plan = previewed.revision, previewed.plan
         if plan is None:
@@ -272,7 +282,33 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(payload, indent=2))
             return
         self._print_plan(plan)
-        for effect in previewed.consumers:
+        self._print_consumer_effects(previewed.consumers)
+
+    def _diff_revision(self, source: Source, revision: str, *, as_json: bool) -> None:
+        """``diff --revision``: exit 0 when planned, 1 when rejected, not found or not a revision."""
+        try:
+            previewed = preview.revision_preview(source, revision)
+        except GitopsError as failure:
+            if not as_json:
+                raise
+            previewed = preview.revision_not_planned(source, revision, failure)
+        if as_json:
+            self.stdout.write(json.dumps(previewed.as_dict(), indent=2))
+        elif previewed.plan is None:
+            info = previewed.info
+            where = f"{previewed.revision} ({info.sha[:12]})" if info else previewed.revision
+            self.stdout.write(f"{source.name} @ {where}: rejected")
+            for problem in previewed.errors:
+                self.stdout.write(f"  {problem}")
+        else:
+            self.stdout.write(f"preview of {previewed.revision}; nothing is applied")
+            self._print_plan(previewed.plan)
+            self._print_consumer_effects(previewed.consumers)
+        if previewed.outcome != PreviewOutcome.PLANNED:
+            sys.exit(1)
+
+    def _print_consumer_effects(self, effects: tuple[preview.ConsumerEffect, ...]) -> None:
+        for effect in effects:
             workload = effect.workload
             verb = "restart" if effect.restart else "wait for"
             self.stdout.write(
