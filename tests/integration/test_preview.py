@@ -31,6 +31,11 @@ from gitops.models import (
 )
 from tests.gitrepo import GitRepo, configmap, policy
 from tests.integration.test_api import Api, issue_token
+from tests.integration.test_browser import (
+    browser,  # noqa: F401 - the module-scoped Chromium fixture
+    log_in,
+    screenshot,
+)
 from tests.workers import poll
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -389,3 +394,56 @@ def test_preview_needs_a_login_a_role_csrf_and_a_ticket_for_this_source(
     forged = viewer.get(f"/sources/{name}/preview/", {"task": ticket["task"][0][:-2] + "xx"}).content.decode()
     assert 'data-outcome="invalid-ticket"' in forged
     assert preview_answer(viewer, f"/sources/{name}/preview/?task={ticket['task'][0]}")
+
+
+# -- in Chromium ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def page(browser, live_server):  # noqa: F811 - test_browser's module-scoped Chromium
+    context = browser.new_context(base_url=live_server.url, viewport={"width": 1280, "height": 900})
+    opened = context.new_page()
+    yield opened
+    context.close()
+
+
+def test_a_viewer_previews_a_pull_request_in_the_browser_with_the_keyboard(
+    page, remote: Remote, people, celery_worker, core_api
+):
+    log_in(page, "vera")
+    page.goto(f"/sources/{remote.source.name}/")
+    before = footprint(remote, core_api)
+
+    field = page.get_by_label("Ref or commit")
+    field.fill("refs/pull/7/head")
+    field.press("Enter")  # the form submits from the keyboard
+
+    page.wait_for_selector('#preview-result[data-outcome="planned"]', timeout=60_000)
+    assert page.locator("#preview-commit").inner_text().startswith(f"refs/pull/7/head is {remote.pull[:12]}")
+    assert (
+        page.locator("#preview-summary")
+        .inner_text()
+        .startswith("Applying it now would change 4 objects: 2 update, 2 create.")
+    )
+    headings = page.locator("#preview-plan .plan-item h3").all_inner_texts()
+    assert sorted(headings) == sorted(
+        f"{action} ConfigMap {namespace}/{name} (configmaps/{name}.yaml)"
+        for namespace in remote.targets
+        for action, name in (("update", "app"), ("create", "extra"))
+    )
+    screenshot(page, "preview-pull-request")
+
+    field = page.get_by_label("Ref or commit")
+    field.fill("refs/merge-requests/3/head")
+    page.get_by_role("button", name="Preview").click()
+    page.wait_for_selector('#preview-result[data-outcome="rejected"]', timeout=60_000)
+    assert page.locator("#preview-errors li").all_inner_texts() == [INVALID_PORT]
+
+    page.get_by_label("Ref or commit").fill("main")
+    page.get_by_role("button", name="Preview").click()
+    error = page.locator("#preview-error")
+    assert "use refs/heads/main for a branch" in error.inner_text()
+    assert page.get_by_label("Ref or commit").get_attribute("aria-invalid") == "true"
+    assert page.get_by_label("Ref or commit").input_value() == "main"
+
+    assert footprint(remote, core_api) == before, "previews in the browser apply nothing"
