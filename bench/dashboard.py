@@ -35,10 +35,12 @@ def fill(changes: int, sources: int) -> dict[str, object]:
             """
             INSERT INTO gitops_source (name, url, branch, path, poll_interval, credentials_ref, allowed_namespaces,
                 created_at, next_poll_at, last_commit, last_error, last_plan, commit_url_template,
-                webhook_secret_encrypted, sync_queued)
+                webhook_secret_encrypted, sync_queued, notify_urls, analysis_url_prefixes, required_approvals,
+                consecutive_failures, consumer_map)
             SELECT 'source-' || lpad(i::text, 3, '0'), 'https://git.example.com/team/repo-' || i || '.git', 'main', '',
                 interval '60 seconds', '', '[]', now(), now() + interval '1 day', md5(i::text) || '00000000', '',
-                '{}', 'https://git.example.com/team/repo-' || i || '/commit/{commit}', '', false
+                '{}', 'https://git.example.com/team/repo-' || i || '/commit/{commit}', '', false, '[]', '[]', 0, 0,
+                '{}'
             FROM generate_series(1, %s) AS i
             """,
             [sources],
@@ -57,10 +59,11 @@ def fill(changes: int, sources: int) -> dict[str, object]:
             """
             INSERT INTO gitops_rollout (source_id, revision_id, phase, waiting_for, step_index, weight, steps,
                 analysis_failures, approvals_required, forbid_self_approval, content_hash, promoted_by,
-                abort_requested_by, abort_reason, message, created_by, created_at, updated_at)
+                abort_requested_by, abort_reason, message, created_by, created_at, updated_at, commit_identities,
+                consumers, health_timeout_seconds, consumer_states)
             SELECT DISTINCT ON (r.source_id) r.source_id, r.id, 'Completed', '', 3, 100,
                 '[{"setWeight": 25}, {"pause": {}}, {"setWeight": 100}]', 0, 1, false, 'hash', '', '', '', '',
-                'sluice', now(), now()
+                'sluice', now(), now(), '[]', 'ignore', 300, '[]'
             FROM gitops_revision r ORDER BY r.source_id, r.id
             """
         )
@@ -201,6 +204,7 @@ def main() -> int:
             "DJANGO_SETTINGS_MODULE": "sluice.settings",
             # Production settings: DEBUG off, so templates come from the cached loader.
             "DEBUG": "0",
+            "SLUICE_ALLOW_HTTP": "1",  # the test client speaks plain HTTP: no redirect to https
             "SECRET_KEY": "benchmark-only-" + uuid.uuid4().hex,
             "LOG_LEVEL": "WARNING",
             "ALLOWED_HOSTS": "testserver",

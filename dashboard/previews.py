@@ -32,6 +32,9 @@ TICKET_SALT = "sluice.dashboard.preview"
 # Beyond the fetch's own bound: the worker still loads, validates and plans the revision.
 ANSWER_MARGIN_SECONDS = 30
 NO_ANSWER = "no-answer"
+# The page renders this many of the (up to 500) objects a worker's answer holds: each is a section with
+# its key-level diff, and the page stays within the dashboard's budget (bench/dashboard.py).
+ITEMS_ON_PAGE = 50
 PENDING = "pending"
 
 
@@ -85,7 +88,8 @@ def _answer_context(source: Source, token: str) -> dict[str, Any]:
         context["deadline"] = answer_deadline_seconds()
         return context
     errors = [ValidationError.from_dict(error) for error in answer.get("errors", [])]
-    context.update(answer=answer, outcome=answer.get("outcome"), errors=errors)
+    items = answer.get("items") or []
+    context.update(answer=answer, outcome=answer.get("outcome"), errors=errors, items=items[:ITEMS_ON_PAGE])
     context["planned"] = answer.get("outcome") == PreviewOutcome.PLANNED
     summary = answer.get("summary") or {}
     context["changed_summary"] = [

@@ -12,6 +12,7 @@ SLUICE_TRUST_X_FORWARDED_PROTO  1 behind a TLS-terminating proxy that sets X-For
 """
 
 import os
+import warnings
 from datetime import timedelta
 from pathlib import Path
 
@@ -150,6 +151,8 @@ STORAGES = {
     "staticfiles": {"BACKEND": "sluice.staticfiles.CollectedOrAppStaticFiles"},
 }
 WHITENOISE_USE_FINDERS = not (STATIC_ROOT / "staticfiles.json").is_file()
+# A checkout that never ran collectstatic has no STATIC_ROOT; that is expected, not worth a warning.
+warnings.filterwarnings("ignore", message=r"No directory at: ", category=UserWarning)
 WHITENOISE_AUTOREFRESH = DEBUG  # re-reading the apps' files on every request is for development only
 
 REDIS_URL = env.get("REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -71,9 +71,18 @@ def revision_desired_state(source: Source, revision: Revision) -> DesiredState |
     cache = caches.for_source(source.pk)
     if (known := cache.desired_for(revision.commit, scope)) is not None:
         return known
+    limits = Limits.from_settings(settings)
     with mirror_for(source) as mirror:
+        # Sizes come with the listing, so limits reject a revision before any blob is read.
+        tree = mirror.list_tree(
+            revision.commit, source.path, paths=READ_PATHS, max_entries=limits.max_files + 1
+        )
+        files = {path: entry.blob for path, entry in tree.items()}
+        sizes = {path: entry.size for path, entry in tree.items()}
         try:
-            desired = _load(mirror, source, revision.commit)
+            desired = load_revision(
+                files, mirror.read_blobs, sizes=sizes, limits=limits, cache=cache.parsed, scope=scope
+            )
         except RevisionRejected as rejected:
             _reject(source, revision, rejected)
             return None
@@ -85,7 +94,8 @@ def revision_desired_state(source: Source, revision: Revision) -> DesiredState |
 
 
 def _load(mirror: GitMirror, source: Source, commit: str) -> DesiredState:
-    """The source's files at ``commit``, validated against its current scope; raises RevisionRejected."""
+    """The source's files at ``commit``, validated as ``revision_desired_state`` validates them, recording
+    nothing; raises RevisionRejected."""
     limits = Limits.from_settings(settings)
     # Sizes come with the listing, so limits reject a revision before any blob is read.
     tree = mirror.list_tree(commit, source.path, paths=READ_PATHS, max_entries=limits.max_files + 1)
