@@ -12,7 +12,7 @@ INSTALLED := $(VENV)/.installed
 JS_TESTS := tests/js
 JS_INSTALLED := $(JS_TESTS)/node_modules/.installed
 
-.PHONY: help setup stack stack-down stack-status control-plane browser demo demo-smoke test test-unit lint format bench bench-smoke clean
+.PHONY: help setup stack stack-down stack-status control-plane browser demo demo-smoke test test-unit lint format bench bench-smoke screenshots clean
 
 help:
 	@echo "make demo        run Sluice on the embedded stack (web, worker, beat)"
@@ -20,6 +20,7 @@ help:
 	@echo "make setup       create $(VENV)/ with the pinned requirements"
 	@echo "make stack       start the embedded stack in the background; then: . .stack/env"
 	@echo "make stack-down  stop it"
+	@echo "make screenshots every dashboard page at 1280 and 390 px wide, in test-artifacts/screenshots/"
 	@echo "make bench       run the benchmarks under bench/"
 	@echo "make bench-smoke the reconcile benchmark at 1,000 objects; fails if Sluice is slower than kubectl"
 
@@ -73,6 +74,10 @@ test: setup lint browser
 
 test-unit: setup
 	$(BIN)/pytest tests/unit
+
+# Every dashboard page in Chromium at 1280 and 390 px: test-artifacts/screenshots/<page>-<width>.png
+screenshots: setup browser
+	$(BIN)/pytest tests/integration/test_screenshots.py
 
 format: setup
 	$(BIN)/ruff check --fix .

@@ -4,14 +4,15 @@ Fills a fresh database with 500 sources and 1,000,000 change-log rows (with
 their intents, revisions and a rollout with a timeline) and 40 published flags
 per source (20,000), then times the server side of each page through Django's
 test client (no network, no browser): the overview, the change log (first page,
-a filtered page, a deep page), a rollout page, a source page, the Freezes page
-(with freezes in force, so every page carries the freeze banner), the Flags
-page (first page, filtered by source, stale only, by key, a deep page) and the
-source administration pages as an admin sees them (a source with 20
-settings-history rows, its edit and delete forms, its live status block, and a
-removal page of 1,000 objects). Prints p50 and p95 and the number of queries
-per page, then the Flags CSV export of every flag (read to the end; an export,
-not a page, so outside the page budget).
+a filtered page, a deep page), a rollout page, a source page, the "Preview a
+revision" page (empty, and with a worker's answer of 500 changed objects in the
+result backend), the Freezes page (with freezes in force, so every page carries
+the freeze banner), the Flags page (first page, filtered by source, stale only,
+by key, a deep page) and the source administration pages as an admin sees them
+(a source with 20 settings-history rows, its edit and delete forms, its live
+status block, and a removal page of 1,000 objects). Prints p50 and p95 and the
+number of queries per page, then the Flags CSV export of every flag (read to
+the end; an export, not a page, so outside the page budget).
 
 Usage: python bench/dashboard.py [--changes 1000000] [--sources 500] [--flags 40] [--runs 40]
 Target (issue #5): p95 <= 150 ms per page.
@@ -218,6 +219,61 @@ def fill_administration(cursor) -> int:
     return int(removal_id)
 
 
+def stored_preview(source_name: str, items: int = 500) -> str:
+    """A worker's answer to a preview of a pull request that changes ``items`` objects, stored in the
+    result backend as a worker stores it; returns the preview page's address (with its signed ticket)."""
+    import time as clock
+    from urllib.parse import urlencode
+
+    from django.core import signing
+
+    from dashboard.previews import TICKET_SALT
+    from gitops.celery import app
+    from gitops.models import Source
+
+    source = Source.objects.get(name=source_name)
+    item = {
+        "kind": "ConfigMap",
+        "action": "update",
+        "reason": "changed in Git",
+        "origin": "configmaps/app.yaml",
+        "diff": [
+            {"op": "change", "field": "data", "key": "LOG_LEVEL", "old": "info", "new": "debug"},
+            {
+                "op": "add",
+                "field": "data",
+                "key": "config.yaml",
+                "old": None,
+                "new": "a: 1\nb: 2\n",
+                "unified": "--- data/config.yaml (live)\n+++ data/config.yaml (git)\n@@ -0,0 +1,2 @@\n+a: 1\n+b: 2\n",
+            },
+        ],
+    }
+    answer = {
+        "source": source_name,
+        "revision": "refs/pull/7/head",
+        "outcome": "planned",
+        "detail": "",
+        "commit": "0" * 40,
+        "author_name": "Ada",
+        "author_email": "ada@example.com",
+        "message": "PR 7",
+        "committed_at": None,
+        "computed_at": None,
+        "weight": 100,
+        "errors": [],
+        "summary": {"update": items},
+        "items_total": items,
+        "consumers": [],
+        "items": [{**item, "namespace": f"team-{index}", "name": "app"} for index in range(items)],
+    }
+    task_id = f"bench-preview-{uuid.uuid4().hex}"
+    app.backend.store_result(task_id, answer, "SUCCESS")
+    ticket = {"task": task_id, "source": source.pk, "revision": "refs/pull/7/head", "at": int(clock.time())}
+    token = signing.dumps(ticket, salt=TICKET_SALT)
+    return f"/sources/{source_name}/preview/?{urlencode({'revision': 'refs/pull/7/head', 'task': token})}"
+
+
 def measure(client, url: str, runs: int) -> tuple[float, float, int]:
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
@@ -262,11 +318,10 @@ def main() -> int:
             "DJANGO_SETTINGS_MODULE": "sluice.settings",
             # Production settings: DEBUG off, so templates come from the cached loader.
             "DEBUG": "0",
+            "SLUICE_ALLOW_HTTP": "1",  # the test client speaks plain HTTP: no redirect to https
             "SECRET_KEY": "benchmark-only-" + uuid.uuid4().hex,
             "LOG_LEVEL": "WARNING",
             "ALLOWED_HOSTS": "testserver",
-            # The test client speaks plain HTTP; without this every page is a redirect to https.
-            "SLUICE_ALLOW_HTTP": "1",
         }
     )
     try:
@@ -306,6 +361,8 @@ def main() -> int:
             "rollout": f"/rollouts/{filled['rollout']}/",
             "source": "/sources/source-250/",
             "freezes and windows": "/windows/",
+            "preview form": "/sources/source-250/preview/",
+            "preview, 500 objects": stored_preview("source-250"),
             "flags, first page": "/flags/",
             "flags, by source": "/flags/?source=source-250",
             "flags, stale only": "/flags/?stale=stale",

@@ -47,18 +47,29 @@ from gitops.consumers.workloads import Health
 from gitops.desired.errors import ValidationError as RevisionError
 from gitops.desired.policy import ConsumerMode
 from gitops.errors import PermanentError, TemporaryError
+from gitops.fetch.refs import ACCEPTED_FORMS, MAX_REVISION_LENGTH, InvalidRevision, parse_revision
 from gitops.models import ManagedObject, Revision, Rollout, Source, SourceRemoval, masked_url
 from gitops.plan import drift_count
 from gitops.record.audit import Actor
 from gitops.redaction import redact_url
 from gitops.rollout import decisions
 from gitops.source_admin import SourceSettingsError
-from gitops.vocabulary import AuditVia, ChangeAction, ObjectsOnRemoval, RemovalStatus, Staleness, StaleReason
+from gitops.vocabulary import (
+    AuditVia,
+    ChangeAction,
+    ObjectsOnRemoval,
+    PreviewOutcome,
+    RemovalStatus,
+    Staleness,
+    StaleReason,
+)
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 MAX_OFFSET = 1_000_000_000
 MAX_ID = 2**63 - 1  # PostgreSQL bigint
+# A preview's worker fetches within SLUICE_PREVIEW_TIMEOUT_SECONDS, then validates and plans.
+PREVIEW_MARGIN_SECONDS = 30
 
 APPROVE = "gitops.approve_rollout"
 ADD_SOURCE = "gitops.add_source"
@@ -405,9 +416,47 @@ class PlanItemOut(Schema):
     diff: list[DiffOut]
 
 
+class PlanConsumerOut(Schema):
+    kind: WorkloadKind
+    namespace: str
+    name: str
+    action: str = Field(description="restart, or wait (consumers: watch, or pinned)")
+    reads: list[str] = Field(description="the changed ConfigMaps it reads")
+
+
 class PlanOut(PlanSummaryOut):
     source: str
     items: list[PlanItemOut]
+    revision: str | None = Field(
+        None, description="the revision asked for with ?revision=; absent for the last reconcile's plan"
+    )
+    valid: bool = Field(True, description="false: the revision is invalid, see errors; nothing is planned")
+    errors: list[RevisionErrorOut] = Field([], description="why the revision is invalid, file by file")
+    items_total: int | None = Field(
+        None, description="with ?revision=: how many objects would change (items holds the first 500)"
+    )
+    consumers: list[PlanConsumerOut] = Field(
+        [], description="with ?revision=: the workloads the change would restart or wait for"
+    )
+
+
+class PlanQuery(Schema):
+    revision: str | None = Field(
+        None,
+        max_length=MAX_REVISION_LENGTH,
+        description="plan this revision of the remote instead: " + ACCEPTED_FORMS + ". A worker fetches "
+        "it, validates it and plans it against the cluster as it is now; nothing is applied or recorded",
+    )
+
+    @field_validator("revision")
+    @classmethod
+    def previewable(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return parse_revision(value).text
+        except InvalidRevision as invalid:
+            raise ValueError(str(invalid)) from None
 
 
 class ApprovalOut(Schema):
@@ -908,14 +957,41 @@ def list_revisions(request: HttpRequest, name: SourceName, paging: Query[PageIn]
     return page([revision_row(r) for r in window(revisions, paging)], revisions.count(), paging)
 
 
-@api.get("/sources/{name}/plan", response={200: PlanOut, **READ_ONE_ERRORS}, tags=["sources"])
-def get_plan(request: HttpRequest, name: SourceName) -> dict[str, Any]:
-    """The plan the last reconcile computed: every object that is not unchanged, key by key."""
-    require(request, "gitops.view_source")
+@api.get(
+    "/sources/{name}/plan",
+    response={200: PlanOut, **READ_ONE_ERRORS, 409: ErrorOut, 503: ErrorOut},
+    tags=["sources"],
+)
+def get_plan(request: HttpRequest, name: SourceName, query: Query[PlanQuery]) -> dict[str, Any]:
+    """The plan the last reconcile computed: every object that is not unchanged, key by key.
+
+    With ``revision``, the plan of that revision instead (a pull request's head, say), computed now by
+    a worker: 404 when the remote has no such ref, 503 when Git or the cluster did not answer.
+    """
+    user = require(request, "gitops.view_source")
     source = source_or_404(name)
+    if query.revision is not None:
+        return previewed_plan(source, query.revision, actor=user.get_username())
     if not source.last_plan:
         raise HttpError(404, f"{source.name} has no plan yet; it has not been reconciled")
     return {**source.last_plan, "source": source.name}
+
+
+def previewed_plan(source: Source, revision: str, *, actor: str) -> dict[str, Any]:
+    """A worker's preview of ``revision`` (the web has no mirror and no access to ConfigMaps)."""
+    task_id = schedule.revision_preview(source.pk, revision, actor=actor)
+    waited = settings.SLUICE_PREVIEW_TIMEOUT_SECONDS + PREVIEW_MARGIN_SECONDS
+    answer = schedule.revision_preview_answer(task_id, wait=waited)
+    if answer is None:
+        raise TemporaryError(f"no worker answered within {waited}s", delay=10)
+    outcome = answer.get("outcome")
+    if outcome == PreviewOutcome.NOT_FOUND:
+        raise HttpError(404, answer["detail"])
+    if outcome == PreviewOutcome.UNAVAILABLE:
+        raise TemporaryError(answer["detail"])
+    if outcome not in (PreviewOutcome.PLANNED, PreviewOutcome.REJECTED):
+        raise PermanentError(answer.get("detail") or "the preview failed")
+    return {**answer, "valid": outcome == PreviewOutcome.PLANNED}
 
 
 @api.get("/rollouts", response={200: RolloutPage, **AUTH_ERRORS}, tags=["rollouts"])

@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from dashboard import flags, freezes, sources, views
+from dashboard import flags, freezes, previews, sources, views
 from dashboard.api import api
 
 app_name = "dashboard"
@@ -20,6 +20,7 @@ urlpatterns = [
     path("sources/<slug:name>/resume", sources.source_resume, name="source-resume"),
     path("sources/<slug:name>/delete", sources.source_delete, name="source-delete"),
     path("removals/<int:removal_id>/", sources.removal_detail, name="removal"),
+    path("sources/<slug:name>/preview/", previews.source_preview, name="source-preview"),
     path("rollouts/<int:rollout_id>/", views.rollout_detail, name="rollout"),
     path("rollouts/<int:rollout_id>/<slug:action>", views.rollout_action, name="rollout-action"),
     path("changes/", views.change_log, name="changes"),

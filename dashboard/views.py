@@ -159,6 +159,8 @@ def source_sync(request: HttpRequest, name: str) -> HttpResponse:
     with transaction.atomic():
         schedule.source_sync(source.pk, actor=request.user.get_username(), manual=True)
     messages.success(request, f"Sync of {source.name} queued.")
+    if request.headers.get("HX-Request"):
+        return render(request, "dashboard/_message_area.html")  # swapped in place of #messages
     return redirect("dashboard:source", name=source.name)
 
 
@@ -248,9 +250,10 @@ def rollout_action(request: HttpRequest, rollout_id: int, action: str) -> HttpRe
     except GitopsError as exc:
         messages.error(request, str(exc))
     if request.headers.get("HX-Request"):
-        # htmx swaps the live block in place: the page is never reloaded.
+        # htmx swaps the live block in place and the message into the page's message area (once:
+        # the live block's polling never carries messages): the page is never reloaded.
         rollout = get_object_or_404(Rollout.objects.select_related("source", "revision"), pk=rollout_id)
-        return render(request, "dashboard/_rollout_live.html", _rollout_context(request, rollout))
+        return render(request, "dashboard/_rollout_action.html", _rollout_context(request, rollout))
     return redirect("dashboard:rollout", rollout_id=rollout_id)
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from celery.exceptions import TimeoutError as CeleryTimeoutError
+from celery.result import AsyncResult
 from django.db import transaction
 from django.utils import timezone
 
@@ -19,6 +21,7 @@ from gitops.models import Source
 SYNC_TASK = "gitops.sync_source"
 DELIVER_TASK = "gitops.deliver_notification"
 REMOVE_TASK = "gitops.remove_source"
+PREVIEW_TASK = "gitops.preview_revision"
 
 
 def _send(name: str, *, kwargs: dict[str, Any], eta: datetime | None = None) -> str:
@@ -84,3 +87,24 @@ def notification_delivery(notification_id: int) -> None:
     the entry stays pending and the sweeper sends it once the broker is back."""
     kwargs = {"notification_id": notification_id}
     transaction.on_commit(lambda: _send(DELIVER_TASK, kwargs=kwargs), robust=True)
+
+
+def revision_preview(source_id: int, revision: str, *, actor: str) -> str:
+    """Asks a worker to plan any revision of a source (the web has no mirror and no cluster access);
+    the task id is returned at once. Nothing is written, so there is no transaction to wait for."""
+    kwargs = {"source_id": source_id, "revision": revision, "actor": actor}
+    return _send(PREVIEW_TASK, kwargs=kwargs)
+
+
+def revision_preview_answer(task_id: str, *, wait: float = 0) -> dict[str, Any] | None:
+    """A preview's answer (``gitops.preview.RevisionPreview.as_dict``); None while no worker gave one
+    (within ``wait`` seconds), or once the result backend forgot it (CELERY_RESULT_EXPIRES)."""
+    result: AsyncResult[Any] = AsyncResult(task_id, app=app)
+    if wait:
+        try:
+            result.get(timeout=wait, propagate=False)
+        except CeleryTimeoutError:
+            return None
+    if not result.ready() or not isinstance(result.result, dict):
+        return None
+    return result.result

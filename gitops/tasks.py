@@ -13,14 +13,14 @@ from typing import Any
 
 from celery import Task
 
-from gitops import polling, schedule
+from gitops import polling, preview, schedule
 from gitops.celery import app, redelivered_too_often
 from gitops.errors import PermanentError, TemporaryError
 from gitops.reconcile import SourceBusy, source_sync, sync_failure_record
 from gitops.record import notifications
 from gitops.rollout.state import SYSTEM_ACTOR
 from gitops.source_removal import source_removal_fail, source_removal_run
-from gitops.vocabulary import Outcome
+from gitops.vocabulary import Outcome, PreviewOutcome
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,19 @@ def remove_source(self: Task[Any, Any], removal_id: int) -> dict[str, Any]:
 
 def _removal_state(removal: Any) -> dict[str, Any]:
     return {"removal": removal.pk, "source": removal.source_name, "status": removal.status}
+
+
+@app.task(name="gitops.preview_revision", bind=True)
+def preview_revision(self: Task[Any, Any], source_id: int, revision: str, actor: str) -> dict[str, Any]:
+    """Plans any revision of a source for the web (dashboard, API); applies and records nothing.
+    Never retried: whoever asked is waiting, and asks again."""
+    if redelivered_too_often(self):
+        return {"outcome": PreviewOutcome.FAILED.value, "detail": "the worker running it died"}
+    try:
+        return preview.revision_preview_answer(source_id, revision, actor=actor)
+    except Exception:
+        log.exception("preview of source %s failed unexpectedly", source_id)
+        return {"outcome": PreviewOutcome.FAILED.value, "detail": "the preview failed; see the worker's log"}
 
 
 NOTIFY_MAX_RETRIES = 8

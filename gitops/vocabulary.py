@@ -124,3 +124,14 @@ class RemovalStatus(StrEnum):
     RUNNING = "running"
     DONE = "done"  # every object kept or pruned, the source deleted
     FAILED = "failed"  # refused or some objects failed; the source stays (suspended) and can be deleted again
+
+
+class PreviewOutcome(StrEnum):
+    """How a preview of a revision (``gitops diff --revision``, the dashboard, the API) ended."""
+
+    PLANNED = "planned"  # valid: the plan against the cluster as it is now; nothing applied
+    REJECTED = "rejected"  # the revision is invalid: its errors, file by file
+    INVALID_REVISION = "invalid-revision"  # not a ref or commit a preview may ask for; nothing fetched
+    NOT_FOUND = "not-found"  # the remote has no such ref or commit
+    UNAVAILABLE = "unavailable"  # Git or the cluster did not answer; worth trying again
+    FAILED = "failed"  # anything else that kept the revision from being planned

@@ -12,6 +12,7 @@ SLUICE_TRUST_X_FORWARDED_PROTO  1 behind a TLS-terminating proxy that sets X-For
 """
 
 import os
+import warnings
 from datetime import timedelta
 from pathlib import Path
 
@@ -142,6 +143,17 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env.get("STATIC_ROOT", BASE_DIR / "staticfiles"))
+# WhiteNoise serves the dashboard's CSS and htmx on every documented path (sluice/staticfiles.py):
+# what collectstatic wrote (the image: hashed names, gzip copies, cached for ever), or,
+# when STATIC_ROOT holds no manifest (a checkout), the apps' own files, indexed once at start-up.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "sluice.staticfiles.CollectedOrAppStaticFiles"},
+}
+WHITENOISE_USE_FINDERS = not (STATIC_ROOT / "staticfiles.json").is_file()
+# A checkout that never ran collectstatic has no STATIC_ROOT; that is expected, not worth a warning.
+warnings.filterwarnings("ignore", message=r"No directory at: ", category=UserWarning)
+WHITENOISE_AUTOREFRESH = DEBUG  # re-reading the apps' files on every request is for development only
 
 REDIS_URL = env.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 CELERY_BROKER_URL = env.get("CELERY_BROKER_URL") or REDIS_URL
@@ -196,6 +208,9 @@ SLUICE_MAX_OBJECTS = env_int("SLUICE_MAX_OBJECTS", 100_000)
 SLUICE_MAX_TASK_DELIVERIES = env_int("SLUICE_MAX_TASK_DELIVERIES", 3)
 # The Flags page marks a flag stale when it has not changed for this many days.
 SLUICE_STALE_FLAG_DAYS = env_int("SLUICE_STALE_FLAG_DAYS", 30)
+# A preview of any revision (gitops diff --revision, the dashboard, the API): a worker's fetch of the
+# ref is bounded by this, and the web waits this long (and a little more) for the worker's answer.
+SLUICE_PREVIEW_TIMEOUT_SECONDS = env_int("SLUICE_PREVIEW_TIMEOUT_SECONDS", 60)
 # When set, /metrics wants "Authorization: Bearer <token>".
 SLUICE_METRICS_TOKEN = env.get("SLUICE_METRICS_TOKEN", "")
 

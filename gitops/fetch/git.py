@@ -206,9 +206,10 @@ def normalize_branch(branch: str) -> str:
 
 
 def build_fetch_invocation(
-    git_dir: Path, url: str, branch: str, credentials: Credentials | None
+    git_dir: Path, url: str, branch: str, credentials: Credentials | None, *, refspec: str | None = None
 ) -> GitInvocation:
-    """The ``git fetch`` of one branch into the mirror's private ref (no validation of url or branch)."""
+    """The ``git fetch`` of one branch into the mirror's private ref (no validation of url or branch);
+    with ``refspec``, of that instead (a preview's ref or commit, see gitops.fetch.refs)."""
     config: list[tuple[str, str]] = [
         # Only the token given here may authenticate, never one a helper stored for the host.
         ("credential.helper", ""),
@@ -244,7 +245,7 @@ def build_fetch_invocation(
         "--no-write-fetch-head",
         "--end-of-options",
         url,
-        f"+refs/heads/{branch}:{MIRROR_REF_PREFIX}{branch}",
+        refspec or f"+refs/heads/{branch}:{MIRROR_REF_PREFIX}{branch}",
     ]
     return GitInvocation(argv=argv, env=_with_config(env, config), secrets=secrets)
 

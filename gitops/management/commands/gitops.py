@@ -8,7 +8,7 @@ gitops update-source NAME [--url URL] [--branch B] ... (what is left out stays)
 gitops suspend NAME | gitops resume NAME
 gitops remove-source NAME --objects keep|prune [--wait]
 gitops sync NAME [--wait]
-gitops diff NAME [--cluster C]
+gitops diff NAME [--cluster C] [--revision REF] [--json]
 gitops status [NAME] [--json]
 gitops log [--source NAME] [--cluster C] [--commit SHA] [--limit N] [--json]
 gitops purge [--dry-run]
@@ -17,6 +17,7 @@ gitops reencrypt-secrets
 gitops freeze NAME|--all --until WHEN --reason TEXT
 gitops unfreeze NAME|--all
 gitops window add|list|remove
+gitops validate [PATH] [--git-ref REF | --staged]
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
-from gitops import cluster_admin, freezes, preview, retention, schedule, selectors, source_admin
+from gitops import cluster_admin, freezes, preview, retention, schedule, selectors, source_admin, validate
+from gitops.desired.limits import Limits
 from gitops.errors import GitopsError
 from gitops.intake import webhook_secrets
 from gitops.models import Rollout, Source, SourceRemoval
@@ -49,7 +51,7 @@ from gitops.record.audit import Actor
 from gitops.roles import ROLES
 from gitops.rollout import decisions
 from gitops.rollout.state import SYSTEM_ACTOR
-from gitops.vocabulary import SUCCESSFUL_OUTCOMES, ObjectsOnRemoval, RemovalStatus
+from gitops.vocabulary import SUCCESSFUL_OUTCOMES, ObjectsOnRemoval, PreviewOutcome, RemovalStatus
 from gitops.windows import WindowError, WindowKind, parse_duration
 
 
@@ -125,6 +127,13 @@ class Command(BaseCommand):
         diff.add_argument("name")
         diff.add_argument("--cluster", help="only this cluster's part of the plan")
         diff.add_argument("--json", action="store_true")
+        diff.add_argument(
+            "--revision",
+            metavar="REF",
+            help="plan this revision of the remote instead of the followed branch: refs/heads/NAME, "
+            "refs/tags/NAME, refs/pull/N/head, refs/merge-requests/N/head or a commit SHA; "
+            "records nothing and leaves the followed branch alone",
+        )
 
         status = commands.add_parser("status", help="show sources, their revision and active rollout")
         status.add_argument("name", nargs="?")
@@ -183,6 +192,7 @@ class Command(BaseCommand):
         _add_cluster_parsers(commands)
         _add_housekeeping_parsers(commands)
         _add_freeze_parsers(commands)
+        _add_validate_parser(commands)
 
     def handle(self, *args: Any, **options: Any) -> None:
         handler = getattr(self, "do_" + options["command"].replace("-", "_"))
@@ -331,6 +341,9 @@ class Command(BaseCommand):
 
     def do_diff(self, **options: Any) -> None:
         source = self._source(options["name"])
+        if options["revision"] is not None:
+            self._diff_revision(source, options["revision"], as_json=options["json"])
+            return
         previewed = preview.source_preview(source, cluster=options["cluster"])
         revision, plan = previewed.revision, previewed.plan
         if plan is None:
@@ -353,7 +366,33 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(payload, indent=2))
             return
         self._print_plan(plan)
-        for effect in previewed.consumers:
+        self._print_consumer_effects(previewed.consumers)
+
+    def _diff_revision(self, source: Source, revision: str, *, as_json: bool) -> None:
+        """``diff --revision``: exit 0 when planned, 1 when rejected, not found or not a revision."""
+        try:
+            previewed = preview.revision_preview(source, revision)
+        except GitopsError as failure:
+            if not as_json:
+                raise
+            previewed = preview.revision_not_planned(source, revision, failure)
+        if as_json:
+            self.stdout.write(json.dumps(previewed.as_dict(), indent=2))
+        elif previewed.plan is None:
+            info = previewed.info
+            where = f"{previewed.revision} ({info.sha[:12]})" if info else previewed.revision
+            self.stdout.write(f"{source.name} @ {where}: rejected")
+            for problem in previewed.errors:
+                self.stdout.write(f"  {problem}")
+        else:
+            self.stdout.write(f"preview of {previewed.revision}; nothing is applied")
+            self._print_plan(previewed.plan)
+            self._print_consumer_effects(previewed.consumers)
+        if previewed.outcome != PreviewOutcome.PLANNED:
+            sys.exit(1)
+
+    def _print_consumer_effects(self, effects: tuple[preview.ConsumerEffect, ...]) -> None:
+        for effect in effects:
             workload = effect.workload
             verb = "restart" if effect.restart else "wait for"
             where = _where(workload.cluster, workload.namespace, workload.name)
@@ -565,6 +604,19 @@ class Command(BaseCommand):
         else:
             self.stdout.write(f"no change-log entries before {before.isoformat()}; nothing written")
 
+    def do_validate(self, **options: Any) -> None:
+        """The offline validator (gitops/validate.py) with this deployment's limits."""
+        verdict = validate.run(
+            options["path"],
+            git_ref=options["git_ref"],
+            staged=options["staged"],
+            limits=Limits.from_settings(settings),
+            stdout=self.stdout,
+            stderr=self.stderr,
+        )
+        if verdict != validate.Exit.VALID:
+            sys.exit(verdict)
+
     def do_reencrypt_secrets(self, **options: Any) -> None:
         rewritten, unreadable = webhook_secrets.webhook_secrets_reencrypt()
         self.stdout.write(f"re-encrypted {rewritten} webhook secrets under the current SECRET_KEY")
@@ -725,6 +777,15 @@ def _add_housekeeping_parsers(commands: Any) -> None:
     commands.add_parser(
         "reencrypt-secrets", help="rewrite stored webhook secrets under the current SECRET_KEY"
     )
+
+
+def _add_validate_parser(commands: Any) -> None:
+    checker = commands.add_parser(
+        "validate",
+        help="validate a checkout of a source repository offline (no database, no cluster); "
+        "python -m gitops.validate does the same without Django",
+    )
+    validate.add_arguments(checker)
 
 
 def _moment(text: str) -> datetime:
