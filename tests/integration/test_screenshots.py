@@ -62,6 +62,13 @@ PAGES: list[Shot] = [
     Shot("changes", lambda scene: "/changes/", "#changes"),
     Shot("preview", lambda scene: scene.preview_url, '#preview-result[data-outcome="planned"]'),
     Shot("preview-form", lambda scene: f"/sources/{scene.source.name}/preview/", "#preview-form"),
+    Shot("clusters", lambda scene: "/clusters/", "#clusters"),
+    Shot("flags", lambda scene: "/flags/", "#flag-filters"),
+    Shot("freezes", lambda scene: "/windows/", "#freeze-form", user="ines"),
+    Shot("source-admin", lambda scene: f"/sources/{scene.source.name}/", "#plan", user="ines"),
+    Shot("source-new", lambda scene: "/sources/new", "#source-form", user="ines"),
+    Shot("source-edit", lambda scene: f"/sources/{scene.source.name}/edit", "#source-form", user="ines"),
+    Shot("source-delete", lambda scene: f"/sources/{scene.source.name}/delete", "form", user="ines"),
 ]
 
 # Runs in the page: what keeps it from reading well at this width, described for a person.
@@ -129,6 +136,10 @@ def scene(
     repo.git("checkout", "--quiet", "main")
     assert sync(broken)["outcome"] == "rejected"
 
+    from django.contrib.auth.models import Group, User
+
+    admin = User.objects.create_user("ines", email="ines@example.com", password="x")
+    admin.groups.add(Group.objects.get(name="admin"))  # the administration pages
     client = Client()
     client.force_login(people["approver"])
     asked = client.post(f"/sources/{source.name}/preview/", {"revision": "refs/pull/7/head"})
