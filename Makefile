@@ -8,8 +8,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 INSTALLED := $(VENV)/.installed
+# The JavaScript flagd evaluator the flag-canary tests check besides the Python one.
+JS_TESTS := tests/js
+JS_INSTALLED := $(JS_TESTS)/node_modules/.installed
 
-.PHONY: help setup stack stack-down stack-status control-plane browser demo demo-smoke test test-unit lint format bench bench-smoke clean
+.PHONY: help setup stack stack-down stack-status control-plane browser demo demo-smoke test test-unit lint format bench bench-smoke screenshots clean
 
 help:
 	@echo "make demo        run Sluice on the embedded stack (web, worker, beat)"
@@ -17,6 +20,7 @@ help:
 	@echo "make setup       create $(VENV)/ with the pinned requirements"
 	@echo "make stack       start the embedded stack in the background; then: . .stack/env"
 	@echo "make stack-down  stop it"
+	@echo "make screenshots every dashboard page at 1280 and 390 px wide, in test-artifacts/screenshots/"
 	@echo "make bench       run the benchmarks under bench/"
 	@echo "make bench-smoke the reconcile benchmark at 1,000 objects; fails if Sluice is slower than kubectl"
 
@@ -30,7 +34,13 @@ $(INSTALLED): $(PY) requirements.txt requirements-dev.txt constraints.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
 	@touch $@
 
-setup: $(INSTALLED)
+# npm ci installs exactly what package-lock.json pins (Node >= 20 with npm).
+$(JS_INSTALLED): $(JS_TESTS)/package.json $(JS_TESTS)/package-lock.json
+	@command -v npm >/dev/null || { echo "npm (Node.js >= 20) is required for tests/js"; exit 1; }
+	cd $(JS_TESTS) && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	@touch $@
+
+setup: $(INSTALLED) $(JS_INSTALLED)
 
 control-plane:
 	bash scripts/build-control-plane.sh >/dev/null
@@ -65,6 +75,10 @@ test: setup lint browser
 test-unit: setup
 	$(BIN)/pytest tests/unit
 
+# Every dashboard page in Chromium at 1280 and 390 px: test-artifacts/screenshots/<page>-<width>.png
+screenshots: setup browser
+	$(BIN)/pytest tests/integration/test_screenshots.py
+
 format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
@@ -79,4 +93,4 @@ bench-smoke: setup
 
 clean:
 	-$(PY) -m devstack down
-	rm -rf $(VENV) .stack .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .stack .pytest_cache .mypy_cache .ruff_cache $(JS_TESTS)/node_modules

@@ -8,7 +8,9 @@ need none (nothing a browser sends by itself authenticates them).
 Callers have the permissions of their user's role (Django groups, see
 ``gitops.roles``): reading needs the ``view_*`` permissions of the viewer role;
 promote, abort and retry need ``gitops.approve_rollout``; a sync needs that or
-the admin's ``gitops.change_source``. The use cases in ``gitops`` check and
+the admin's ``gitops.change_source``; creating, changing, suspending, resuming
+and deleting a source need the admin's ``add_source``, ``change_source`` and
+``delete_source``. The use cases in ``gitops`` check and
 record who acted; this module only maps HTTP onto them.
 
 The OpenAPI document (/api/openapi.json) and its page (/api/docs) need a caller
@@ -19,7 +21,7 @@ who may use the API is kept from them, and they advertise nothing to others.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import wraps
 from typing import Annotated, Any, cast
@@ -36,28 +38,43 @@ from ninja import Field, NinjaAPI, Path, Query, Schema, Status
 from ninja.errors import AuthenticationError, HttpError
 from ninja.security.apikey import APIKeyCookie
 from ninja.security.http import HttpBearer
-from pydantic import field_validator
+from pydantic import ConfigDict, field_validator
 
 from dashboard.models import ApiToken
-from gitops import schedule, selectors
+from gitops import schedule, selectors, source_admin
 from gitops.consumers.workloads import KINDS as WORKLOAD_KINDS
 from gitops.consumers.workloads import Health
 from gitops.desired.errors import ValidationError as RevisionError
 from gitops.desired.policy import ConsumerMode
 from gitops.errors import PermanentError, TemporaryError
-from gitops.models import ManagedObject, Revision, Rollout, Source
+from gitops.fetch.refs import ACCEPTED_FORMS, MAX_REVISION_LENGTH, InvalidRevision, parse_revision
+from gitops.models import ManagedObject, Revision, Rollout, Source, SourceRemoval, masked_url
 from gitops.plan import drift_count
+from gitops.record.audit import Actor
 from gitops.redaction import redact_url
 from gitops.rollout import decisions
-from gitops.vocabulary import ChangeAction
+from gitops.source_admin import SourceSettingsError
+from gitops.vocabulary import (
+    AuditVia,
+    ChangeAction,
+    ObjectsOnRemoval,
+    PreviewOutcome,
+    RemovalStatus,
+    Staleness,
+    StaleReason,
+)
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 MAX_OFFSET = 1_000_000_000
 MAX_ID = 2**63 - 1  # PostgreSQL bigint
+# A preview's worker fetches within SLUICE_PREVIEW_TIMEOUT_SECONDS, then validates and plans.
+PREVIEW_MARGIN_SECONDS = 30
 
 APPROVE = "gitops.approve_rollout"
+ADD_SOURCE = "gitops.add_source"
 CHANGE_SOURCE = "gitops.change_source"
+DELETE_SOURCE = "gitops.delete_source"
 
 # Patterns keep what reaches the database to what can exist (no NUL bytes, no out-of-range ids).
 SOURCE_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -170,6 +187,17 @@ def not_found(request: HttpRequest, exc: ObjectDoesNotExist) -> HttpResponse:
     return api.create_response(request, {"detail": "Not found"}, status=404)
 
 
+@api.exception_handler(SourceSettingsError)
+def invalid_settings(request: HttpRequest, exc: SourceSettingsError) -> HttpResponse:
+    """Settings a source cannot take: a 422 naming each field, as request validation does."""
+    detail = [
+        {"type": "value_error", "loc": ["body", "payload", field], "msg": message}
+        for field, messages in exc.problems.items()
+        for message in messages
+    ]
+    return api.create_response(request, {"detail": detail}, status=422)
+
+
 @api.exception_handler(PermanentError)
 def conflict(request: HttpRequest, exc: PermanentError) -> HttpResponse:
     """RolloutError and other permanent failures: the request cannot succeed in the current state."""
@@ -205,6 +233,7 @@ WorkloadKind = StrEnum("WorkloadKind", {kind.upper(): kind for kind in WORKLOAD_
 class ConsumerStateOut(Schema):
     """A workload that reads a ConfigMap the last step changed, as its controller last reported it."""
 
+    cluster: str = Field("", description="the cluster it runs in (empty in states from before clusters)")
     kind: WorkloadKind
     namespace: str
     name: str
@@ -236,6 +265,9 @@ class RolloutOut(Schema):
     consumer_states: list[ConsumerStateOut] = Field(
         description="the consumers of the latest step that had any; while the rollout waits for them, "
         "updated as their controllers report"
+    )
+    rollback_pending_clusters: list[str] = Field(
+        description="clusters a rollback could not reach yet; each is restored as soon as it answers"
     )
 
 
@@ -273,12 +305,50 @@ class SourceOut(Schema):
     active_rollout: RolloutOut | None
     last_error: str
     consecutive_failures: int = Field(description="reconciles that failed in a row; the source backs off")
+    suspended: bool = Field(
+        description="polls, pushes and timers do not sync it (Flux's suspend); a requested sync does"
+    )
+    suspended_at: datetime | None
+    suspended_by: str
+
+
+class RemovalOut(Schema):
+    """A source's deletion, run by a worker: each object kept (released) or pruned, then the source."""
+
+    id: int
+    source: str
+    objects: ObjectsOnRemoval = Field(description="keep: released, content left; prune: deleted")
+    status: RemovalStatus
+    requested_by: str
+    via: AuditVia
+    requested_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    objects_total: int
+    objects_done: int
+    objects_failed: int
+    message: str = Field(description="why it failed, when it did")
+
+
+class GateOut(Schema):
+    """Whether a source's changes may go out now."""
+
+    state: str = Field(description="open, frozen, deny-window or outside-allow")
+    automatic: bool = Field(description="polls, pushes, timed pauses and analysis go on by themselves")
+    manual: bool = Field(description="a person's sync may go out (a sync window's manualSync)")
+    reason: str = Field(description='"frozen until ... : reason", "outside its sync windows; ..."')
+    until: datetime | None = Field(description="when it opens again, as far as is known now")
 
 
 class SourceDetailOut(SourceOut):
     allowed_namespaces: list[str]
     analysis_url_prefixes: list[str]
     required_approvals: int = Field(description="approvers an administrator requires past the first step")
+    commit_url_template: str
+    notify_urls: list[str] = Field(
+        description="where events go, masked (scheme, host and a fingerprint): such URLs may carry a token"
+    )
+    removal: RemovalOut | None = Field(description="its latest removal, while it runs or when it failed")
     next_try_at: datetime | None
     applied_commit: str
     revision: RevisionStatusOut | None
@@ -288,6 +358,7 @@ class SourceDetailOut(SourceOut):
         "[configmap, ...]}; empty until Sluice has looked"
     )
     consumer_map_at: datetime | None = Field(description="when the consumer map was made")
+    gate: GateOut = Field(description="whether a freeze or a sync window holds the source's changes now")
 
 
 class SourcePage(Schema):
@@ -335,6 +406,7 @@ class DiffOut(Schema):
 
 
 class PlanItemOut(Schema):
+    cluster: str = ""
     namespace: str
     name: str
     kind: str
@@ -344,9 +416,47 @@ class PlanItemOut(Schema):
     diff: list[DiffOut]
 
 
+class PlanConsumerOut(Schema):
+    kind: WorkloadKind
+    namespace: str
+    name: str
+    action: str = Field(description="restart, or wait (consumers: watch, or pinned)")
+    reads: list[str] = Field(description="the changed ConfigMaps it reads")
+
+
 class PlanOut(PlanSummaryOut):
     source: str
     items: list[PlanItemOut]
+    revision: str | None = Field(
+        None, description="the revision asked for with ?revision=; absent for the last reconcile's plan"
+    )
+    valid: bool = Field(True, description="false: the revision is invalid, see errors; nothing is planned")
+    errors: list[RevisionErrorOut] = Field([], description="why the revision is invalid, file by file")
+    items_total: int | None = Field(
+        None, description="with ?revision=: how many objects would change (items holds the first 500)"
+    )
+    consumers: list[PlanConsumerOut] = Field(
+        [], description="with ?revision=: the workloads the change would restart or wait for"
+    )
+
+
+class PlanQuery(Schema):
+    revision: str | None = Field(
+        None,
+        max_length=MAX_REVISION_LENGTH,
+        description="plan this revision of the remote instead: " + ACCEPTED_FORMS + ". A worker fetches "
+        "it, validates it and plans it against the cluster as it is now; nothing is applied or recorded",
+    )
+
+    @field_validator("revision")
+    @classmethod
+    def previewable(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return parse_revision(value).text
+        except InvalidRevision as invalid:
+            raise ValueError(str(invalid)) from None
 
 
 class ApprovalOut(Schema):
@@ -375,6 +485,21 @@ class RolloutRevisionOut(Schema):
     message: str
 
 
+class RolloutTargetOut(Schema):
+    """An object the rollout changed (a ConfigMap or a restarted workload), with its latest change."""
+
+    cluster: str
+    namespace: str
+    kind: str
+    name: str
+    action: str
+    step: int
+    weight: int
+    result: str
+    at: datetime
+    actor: str
+
+
 class RolloutDetailOut(RolloutOut):
     revision: RolloutRevisionOut
     created_by: str
@@ -386,6 +511,11 @@ class RolloutDetailOut(RolloutOut):
     step_definitions: list[dict[str, Any]]
     approved_by: list[ApprovalOut]
     events: list[EventOut]
+    targets: list[RolloutTargetOut] = Field(
+        description=f"the objects it changed, by cluster, namespace, kind and name (at most "
+        f"{selectors.ROLLOUT_TARGETS_SHOWN}); targets_total counts them all"
+    )
+    targets_total: int
 
 
 class RolloutPage(Schema):
@@ -422,6 +552,37 @@ class ChangePage(Schema):
     offset: int
 
 
+class FlagOut(Schema):
+    """A flag a source publishes, as the Flags page shows it (see the README's "The Flags page")."""
+
+    source: str
+    cluster: str
+    namespace: str
+    flag_set: str = Field(description="the ConfigMap the flag set is published as")
+    key: str
+    state: str = Field(description="ENABLED or DISABLED")
+    variants: str = Field(description='each variant and its value, "on: true · off: false" (cut at 300)')
+    variant_count: int
+    default_variant: str = Field(description="empty: none, the application's code default")
+    targeting: str = Field(description='in words: "none", "fractional 20/80 (on/off) on targetingKey"')
+    serves_one_variant: bool
+    removed: bool = Field(description="Git no longer has it; it leaves when its rollout reaches 100%")
+    rollout: int | None = Field(description="the rollout that brought or brings this definition")
+    rollout_phase: str | None
+    share_percent: int = Field(description="the share of users who get this definition (or its removal) now")
+    changed_commit: str = Field(description="the commit of the change that first published this definition")
+    changed_at: datetime | None
+    stale: bool
+    stale_reasons: list[StaleReason]
+
+
+class FlagPage(Schema):
+    items: list[FlagOut]
+    count: int
+    limit: int
+    offset: int
+
+
 # Typed query parameters for the OpenAPI document: the shared vocabulary, and the models' choices.
 RolloutPhase = StrEnum("RolloutPhase", {phase.name: phase.value for phase in Rollout.Phase})  # type: ignore[misc]
 
@@ -433,6 +594,7 @@ class RolloutFilters(Schema):
 
 class ChangeFilters(Schema):
     source: str | None = Field(None, max_length=63, pattern=SOURCE_NAME)
+    cluster: str | None = Field(None, max_length=63, pattern=SOURCE_NAME)
     commit: str | None = Field(None, pattern=COMMIT_PREFIX, description="a full hash or a prefix")
     namespace: str | None = Field(None, max_length=63, pattern=NAMESPACE)
     name: str | None = Field(None, max_length=253, pattern=OBJECT_NAME)
@@ -444,19 +606,99 @@ class ChangeFilters(Schema):
     @field_validator("since", "until")
     @classmethod
     def aware(cls, value: datetime | None) -> datetime | None:
-        """A time without an offset is taken as UTC."""
-        if value is not None and timezone.is_naive(value):
-            return value.replace(tzinfo=UTC)
-        return value
+        """A time without an offset is taken as UTC; any time is passed on in UTC (PostgreSQL refuses
+        offsets past 15:59, which ISO 8601 allows)."""
+        if value is None:
+            return None
+        if timezone.is_naive(value):
+            value = value.replace(tzinfo=UTC)
+        try:
+            return value.astimezone(UTC)
+        except OverflowError as exc:
+            raise ValueError("out of the range of dates") from exc
+
+
+class FlagFilters(Schema):
+    source: str | None = Field(None, max_length=63, pattern=SOURCE_NAME)
+    cluster: str | None = Field(None, max_length=253, pattern=NO_NUL)
+    stale: bool | None = Field(None, description="true: stale flags only; false: the others")
+    key: str | None = Field(None, max_length=200, pattern=NO_NUL, description="part of the flag key")
 
 
 class PromoteIn(Schema):
     full: bool = Field(False, description="skip the remaining steps and go to 100%")
     comment: str = Field("", max_length=2000, pattern=NO_NUL)
+    override: str = Field(
+        "",
+        max_length=2000,
+        pattern=NO_NUL,
+        description="while a freeze or a sync window holds the source: an administrator's reason to go on",
+    )
 
 
 class AbortIn(Schema):
     reason: str = Field("", max_length=2000, pattern=NO_NUL)
+
+
+# Lengths and types here; what a value means (a glob, a URL prefix, a reference) the service checks, so that
+# the API, the command line and the dashboard answer the same input the same way.
+Text = Annotated[str, Field(max_length=2000, pattern=NO_NUL)]
+ListedText = Annotated[list[Text], Field(max_length=source_admin.MAX_LISTED)]
+
+
+class SourcePatchIn(Schema):
+    """A source's settings to change; what is left out (or null) keeps its value, and [] empties a list."""
+
+    url: Text | None = Field(None, description="the Git URL, without credentials")
+    branch: Text | None = None
+    path: Text | None = Field(None, description="a directory within the repository")
+    poll_interval_seconds: int | None = Field(None, ge=1, le=10**6, description="5 to 86400")
+    credentials_ref: Text | None = Field(
+        None, description="env:VAR, file:/path or ssh-key:/path; never the secret"
+    )
+    allowed_namespaces: ListedText | None = Field(None, description="namespace globs it may write to")
+    analysis_url_prefixes: ListedText | None = None
+    required_approvals: int | None = Field(None, ge=-(10**6), le=10**6, description="0 to 10")
+    commit_url_template: Text | None = Field(
+        None, description="e.g. https://github.com/org/repo/commit/{commit}"
+    )
+    notify_urls: ListedText | None = None
+
+    def settings(self) -> dict[str, Any]:
+        values = self.model_dump(exclude_none=True)
+        if "poll_interval_seconds" in values:
+            values["poll_interval"] = timedelta(seconds=values.pop("poll_interval_seconds"))
+        return values
+
+
+class SourceIn(SourcePatchIn):
+    """A new source. ``name``, ``url`` and ``allowed_namespaces`` are required (a 422 names what is
+    missing, after the caller's role is checked); the rest has the command line's defaults."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "shop-config",
+                    "url": "https://git.example.invalid/team/shop-config.git",
+                    "allowed_namespaces": ["shop-*"],
+                    "credentials_ref": "env:SHOP_GIT_TOKEN",
+                    "poll_interval_seconds": 300,
+                }
+            ]
+        }
+    )
+
+    name: Annotated[str, Field(max_length=100, pattern=NO_NUL)] | None = Field(
+        None, description="lowercase letters, digits and '-', at most 63"
+    )
+
+    def settings(self) -> dict[str, Any]:
+        values = super().settings()
+        missing = [field for field in ("name", "url", "allowed_namespaces") if field not in values]
+        if missing:
+            raise SourceSettingsError({field: ["this field is required"] for field in missing})
+        return values
 
 
 class SyncOut(Schema):
@@ -467,6 +709,14 @@ class SyncOut(Schema):
 
 SourceName = Annotated[str, Path(..., max_length=63, pattern=SOURCE_NAME)]
 RolloutId = Annotated[int, Path(..., ge=1, le=MAX_ID)]
+RemovalId = Annotated[int, Path(..., ge=1, le=MAX_ID)]
+
+
+class RemoveQuery(Schema):
+    objects: ObjectsOnRemoval = Field(
+        description="what happens to the objects it manages: keep (labels and ownership removed) or prune"
+    )
+
 
 AUTH_ERRORS: dict[int, Any] = {401: ErrorOut, 403: ErrorOut, 422: ValidationErrorOut}
 READ_ONE_ERRORS: dict[int, Any] = {**AUTH_ERRORS, 404: ErrorOut}
@@ -556,6 +806,9 @@ def source_rows(sources: list[Source]) -> list[dict[str, Any]]:
                 "active_rollout": selectors.rollout_status(rollout) if rollout else None,
                 "last_error": redact_url(source.last_error),
                 "consecutive_failures": source.consecutive_failures,
+                "suspended": source.suspended,
+                "suspended_at": source.suspended_at,
+                "suspended_by": source.suspended_by,
             }
         )
     return rows
@@ -571,11 +824,32 @@ def source_detail(source: Source) -> dict[str, Any]:
         "allowed_namespaces": list(source.allowed_namespaces or []),
         "analysis_url_prefixes": list(source.analysis_url_prefixes or []),
         "required_approvals": source.required_approvals,
+        "commit_url_template": source.commit_url_template,
+        "notify_urls": [masked_url(url) for url in source.notify_urls or []],
+        "removal": removal_row(latest) if (latest := source.removals.order_by("-id").first()) else None,
         "revision_outcome": revision["outcome"] if revision else None,
         "last_error": redact_url(status["last_error"]),
         "plan": {key: plan.get(key) for key in ("commit", "weight", "computed_at", "summary")}
         if plan
         else None,
+    }
+
+
+def removal_row(removal: SourceRemoval) -> dict[str, Any]:
+    return {
+        "id": removal.pk,
+        "source": removal.source_name,
+        "objects": removal.mode,
+        "status": removal.status,
+        "requested_by": removal.requested_by,
+        "via": removal.via,
+        "requested_at": removal.requested_at,
+        "started_at": removal.started_at,
+        "finished_at": removal.finished_at,
+        "objects_total": removal.objects_total,
+        "objects_done": removal.objects_done,
+        "objects_failed": removal.objects_failed,
+        "message": redact_url(removal.message),
     }
 
 
@@ -612,7 +886,10 @@ def redacted_steps(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def rollout_detail(rollout: Rollout) -> dict[str, Any]:
     revision = rollout.revision
     approvals = list(rollout.approvals.all())
+    targets, targets_total = selectors.rollout_targets(rollout)
     return {
+        "targets": targets,
+        "targets_total": targets_total,
         **selectors.rollout_status(rollout),
         "message": redact_url(rollout.message),
         "revision": {
@@ -680,14 +957,41 @@ def list_revisions(request: HttpRequest, name: SourceName, paging: Query[PageIn]
     return page([revision_row(r) for r in window(revisions, paging)], revisions.count(), paging)
 
 
-@api.get("/sources/{name}/plan", response={200: PlanOut, **READ_ONE_ERRORS}, tags=["sources"])
-def get_plan(request: HttpRequest, name: SourceName) -> dict[str, Any]:
-    """The plan the last reconcile computed: every object that is not unchanged, key by key."""
-    require(request, "gitops.view_source")
+@api.get(
+    "/sources/{name}/plan",
+    response={200: PlanOut, **READ_ONE_ERRORS, 409: ErrorOut, 503: ErrorOut},
+    tags=["sources"],
+)
+def get_plan(request: HttpRequest, name: SourceName, query: Query[PlanQuery]) -> dict[str, Any]:
+    """The plan the last reconcile computed: every object that is not unchanged, key by key.
+
+    With ``revision``, the plan of that revision instead (a pull request's head, say), computed now by
+    a worker: 404 when the remote has no such ref, 503 when Git or the cluster did not answer.
+    """
+    user = require(request, "gitops.view_source")
     source = source_or_404(name)
+    if query.revision is not None:
+        return previewed_plan(source, query.revision, actor=user.get_username())
     if not source.last_plan:
         raise HttpError(404, f"{source.name} has no plan yet; it has not been reconciled")
     return {**source.last_plan, "source": source.name}
+
+
+def previewed_plan(source: Source, revision: str, *, actor: str) -> dict[str, Any]:
+    """A worker's preview of ``revision`` (the web has no mirror and no access to ConfigMaps)."""
+    task_id = schedule.revision_preview(source.pk, revision, actor=actor)
+    waited = settings.SLUICE_PREVIEW_TIMEOUT_SECONDS + PREVIEW_MARGIN_SECONDS
+    answer = schedule.revision_preview_answer(task_id, wait=waited)
+    if answer is None:
+        raise TemporaryError(f"no worker answered within {waited}s", delay=10)
+    outcome = answer.get("outcome")
+    if outcome == PreviewOutcome.NOT_FOUND:
+        raise HttpError(404, answer["detail"])
+    if outcome == PreviewOutcome.UNAVAILABLE:
+        raise TemporaryError(answer["detail"])
+    if outcome not in (PreviewOutcome.PLANNED, PreviewOutcome.REJECTED):
+        raise PermanentError(answer.get("detail") or "the preview failed")
+    return {**answer, "valid": outcome == PreviewOutcome.PLANNED}
 
 
 @api.get("/rollouts", response={200: RolloutPage, **AUTH_ERRORS}, tags=["rollouts"])
@@ -720,6 +1024,7 @@ def list_changes(
     require(request, "gitops.view_change")
     changes = selectors.change_log(
         source=filters.source,
+        cluster=filters.cluster,
         commit=filters.commit,
         namespace=filters.namespace,
         name=filters.name,
@@ -733,6 +1038,50 @@ def list_changes(
     return page([selectors.change_as_dict(c) for c in window(changes, paging)], changes.count(), paging)
 
 
+@api.get("/flags", response={200: FlagPage, **AUTH_ERRORS}, tags=["flags"])
+def list_flags(request: HttpRequest, filters: Query[FlagFilters], paging: Query[PageIn]) -> dict[str, Any]:
+    """Every flag every source publishes, in the Flags page's order, with staleness and rollout share."""
+    require(request, "gitops.view_source", "gitops.view_change")
+    now = timezone.now()
+    staleness = {True: Staleness.STALE, False: Staleness.FRESH, None: Staleness.ANY}[filters.stale]
+    chosen = selectors.FlagFilters(
+        source=filters.source or "", cluster=filters.cluster or "", staleness=staleness, key=filters.key or ""
+    )
+    flags = selectors.published_flags(chosen, now=now)
+    rows = [selectors.flag_row(flag, now=now) for flag in window(flags, paging)]
+    return page([flag_entry(row) for row in rows], flags.count(), paging)
+
+
+def flag_entry(row: selectors.FlagRow) -> dict[str, Any]:
+    flag, rollout = row.flag, row.flag.rollout
+    return {
+        **{name: getattr(flag, name) for name in FLAG_FIELDS},
+        "source": flag.source.name,
+        "rollout": rollout.pk if rollout else None,
+        "rollout_phase": rollout.phase if rollout else None,
+        "share_percent": row.share,
+        "stale": bool(row.stale_reasons),
+        "stale_reasons": list(row.stale_reasons),
+    }
+
+
+FLAG_FIELDS = (
+    "cluster",
+    "namespace",
+    "flag_set",
+    "key",
+    "state",
+    "variants",
+    "variant_count",
+    "default_variant",
+    "targeting",
+    "serves_one_variant",
+    "removed",
+    "changed_commit",
+    "changed_at",
+)
+
+
 # -- acting -------------------------------------------------------------------------------
 
 
@@ -744,7 +1093,7 @@ def sync_source(request: HttpRequest, name: SourceName) -> Status[dict[str, Any]
         raise PermissionDenied(f"{user.get_username()} may not sync sources")
     source = source_or_404(name)
     with transaction.atomic():
-        task_ids = schedule.source_sync(source.pk, actor=user.get_username())
+        task_ids = schedule.source_sync(source.pk, actor=user.get_username(), manual=True)
     # on_commit ran when the block above committed, so the task is queued and its id known.
     return Status(202, {"source": source.name, "task_id": task_ids[0], "actor": user.get_username()})
 
@@ -755,7 +1104,9 @@ def sync_source(request: HttpRequest, name: SourceName) -> Status[dict[str, Any]
 def promote_rollout(request: HttpRequest, rollout_id: RolloutId, body: PromoteIn) -> dict[str, Any]:
     """Approves the gate the rollout waits at; with enough approvals it goes on (``full``: to 100%)."""
     user = caller(request)
-    rollout = decisions.rollout_promote(rollout_id, user=user, full=body.full, comment=body.comment)
+    rollout = decisions.rollout_promote(
+        rollout_id, user=user, full=body.full, comment=body.comment, override=body.override
+    )
     return selectors.rollout_status(rollout)
 
 
@@ -771,3 +1122,75 @@ def retry_rollout(request: HttpRequest, rollout_id: RolloutId) -> Status[dict[st
     """Starts an aborted or failed rollout's revision again from step 0: a new rollout."""
     rollout = decisions.rollout_retry(rollout_id, user=caller(request))
     return Status(201, selectors.rollout_status(rollout))
+
+
+# -- administering sources (admin role) ------------------------------------------------------------
+
+
+@api.post("/sources", response={201: SourceDetailOut, 400: ErrorOut, **AUTH_ERRORS}, tags=["sources"])
+def create_source(request: HttpRequest, body: SourceIn) -> Status[dict[str, Any]]:
+    """Registers a source (admins) and queues its first sync. Settings are checked as `add-source` checks
+    them; a 422 names each field that is wrong."""
+    user = require(request, ADD_SOURCE)
+    settings = body.settings()
+    source = source_admin.source_add(actor=Actor.of_user(user, AuditVia.API), **settings)
+    with transaction.atomic():
+        schedule.source_sync(source.pk, actor=user.get_username())
+    return Status(201, source_detail(source))
+
+
+@api.patch("/sources/{name}", response={200: SourceDetailOut, **BODY_ACTION_ERRORS}, tags=["sources"])
+def update_source(request: HttpRequest, name: SourceName, body: SourcePatchIn) -> dict[str, Any]:
+    """Changes a source's settings (admins); what is left out keeps its value. The URL, branch and path
+    do not change while a rollout is active."""
+    user = require(request, CHANGE_SOURCE)
+    source = source_admin.source_update(
+        source_or_404(name), actor=Actor.of_user(user, AuditVia.API), **body.settings()
+    )
+    return source_detail(source)
+
+
+@api.post("/sources/{name}/suspend", response={200: SourceDetailOut, **ACTION_ERRORS}, tags=["sources"])
+def suspend_source(request: HttpRequest, name: SourceName) -> dict[str, Any]:
+    """Stops automatic syncs (polls, pushes, timers) of a source (admins); a requested sync still runs."""
+    user = require(request, CHANGE_SOURCE)
+    source = source_admin.source_suspend(source_or_404(name), actor=Actor.of_user(user, AuditVia.API))
+    return source_detail(source)
+
+
+@api.post("/sources/{name}/resume", response={200: SourceDetailOut, **ACTION_ERRORS}, tags=["sources"])
+def resume_source(request: HttpRequest, name: SourceName) -> dict[str, Any]:
+    """Lets automatic syncs run again (admins), and queues a sync now."""
+    user = require(request, CHANGE_SOURCE)
+    source = source_admin.source_resume(source_or_404(name), actor=Actor.of_user(user, AuditVia.API))
+    return source_detail(source)
+
+
+@api.delete("/sources/{name}", response={202: RemovalOut, **ACTION_ERRORS}, tags=["sources"])
+def delete_source(
+    request: HttpRequest, name: SourceName, query: Query[RemoveQuery]
+) -> Status[dict[str, Any]]:
+    """Deletes a source (admins), as a tracked removal a worker runs: each object it manages is kept
+    (Sluice's labels, annotations and field ownership removed) or pruned, and logged in the change log.
+    A 409 while a rollout is active: abort it first. Follow it at `/api/removals/{id}`."""
+    user = require(request, DELETE_SOURCE)
+    removal = source_admin.source_remove(
+        source_or_404(name), objects=query.objects, actor=Actor.of_user(user, AuditVia.API)
+    )
+    return Status(202, removal_row(removal))
+
+
+@api.get("/removals/{removal_id}", response={200: RemovalOut, **READ_ONE_ERRORS}, tags=["sources"])
+def get_removal(request: HttpRequest, removal_id: RemovalId) -> dict[str, Any]:
+    """A source's removal: queued, running, done or failed, and how many objects it kept or pruned."""
+    require(request, "gitops.view_source")
+    removal = SourceRemoval.objects.filter(pk=removal_id).first()
+    if removal is None:
+        raise HttpError(404, f"no removal {removal_id}")
+    return removal_row(removal)
+
+
+# Freezes and sync windows live in their own module, on this API (it imports what it needs from here).
+from dashboard.api_freezes import router as freezes_router  # noqa: E402
+
+api.add_router("/", freezes_router)

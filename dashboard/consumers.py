@@ -24,6 +24,7 @@ PINNED_HINT = f'{RESTART_ANNOTATION}: "false": watched, never restarted'
 class ConsumerLine:
     """One workload of a wave and the state its controller last reported."""
 
+    cluster: str  # "" in states stored before clusters: the default cluster
     namespace: str
     kind: str
     name: str
@@ -68,6 +69,7 @@ def consumer_lines(states: Iterable[Mapping[str, Any]]) -> list[ConsumerLine]:
     """Every stored consumer state as a line, by namespace, kind and name."""
     lines = [
         ConsumerLine(
+            cluster=str(state.get("cluster") or ""),
             namespace=str(state.get("namespace", "")),
             kind=str(state.get("kind", "")),
             name=str(state.get("name", "")),
@@ -79,15 +81,16 @@ def consumer_lines(states: Iterable[Mapping[str, Any]]) -> list[ConsumerLine]:
         for state in states
         if isinstance(state, Mapping)
     ]
-    return sorted(lines, key=lambda line: (line.namespace, line.kind, line.name))
+    return sorted(lines, key=lambda line: (line.cluster, line.namespace, line.kind, line.name))
 
 
 @dataclass(frozen=True)
 class TargetConsumers:
-    """The consumers of one target namespace."""
+    """The consumers of one target namespace of one cluster."""
 
     namespace: str
     lines: list[ConsumerLine]
+    cluster: str = ""
 
     @property
     def healthy(self) -> int:
@@ -95,10 +98,10 @@ class TargetConsumers:
 
 
 def consumers_by_target(states: Iterable[Mapping[str, Any]]) -> list[TargetConsumers]:
-    groups: dict[str, list[ConsumerLine]] = {}
+    groups: dict[tuple[str, str], list[ConsumerLine]] = {}
     for line in consumer_lines(states):
-        groups.setdefault(line.namespace, []).append(line)
-    return [TargetConsumers(namespace, lines) for namespace, lines in groups.items()]
+        groups.setdefault((line.cluster, line.namespace), []).append(line)
+    return [TargetConsumers(namespace, lines, cluster) for (cluster, namespace), lines in groups.items()]
 
 
 @dataclass(frozen=True)
@@ -109,27 +112,32 @@ class Reader:
 
 @dataclass(frozen=True)
 class ConfigMapReaders:
-    """The workloads in one namespace that read one of the source's ConfigMaps."""
+    """The workloads in one namespace (of one cluster) that read one of the source's ConfigMaps."""
 
     namespace: str
     configmap: str
     readers: list[Reader]
+    cluster: str = ""  # "": the default cluster
 
 
 def configmap_readers(consumer_map: Mapping[str, Iterable[str]]) -> list[ConfigMapReaders]:
     """``{"namespace/Kind/name": [configmap, ...]}`` turned around: per ConfigMap, the workloads that read it.
 
-    A key that is not ``namespace/Kind/name`` with a workload kind is left out.
+    Keys of another cluster than the default one read ``cluster/namespace/Kind/name``. A key
+    that is neither, with a workload kind, is left out.
     """
-    readers: dict[tuple[str, str], list[Reader]] = {}
+    readers: dict[tuple[str, str, str], list[Reader]] = {}
     for key, configmaps in consumer_map.items():
-        namespace, _, rest = str(key).partition("/")
-        kind, _, name = rest.partition("/")
+        parts = str(key).split("/")
+        if len(parts) not in (3, 4):
+            continue
+        cluster = parts[0] if len(parts) == 4 else ""
+        namespace, kind, name = parts[-3:]
         if not (namespace and name and kind in KINDS) or isinstance(configmaps, str | bytes):
             continue
         for configmap in configmaps:
-            readers.setdefault((namespace, str(configmap)), []).append(Reader(kind, name))
+            readers.setdefault((cluster, namespace, str(configmap)), []).append(Reader(kind, name))
     return [
-        ConfigMapReaders(namespace, configmap, sorted(found, key=lambda r: (r.kind, r.name)))
-        for (namespace, configmap), found in sorted(readers.items())
+        ConfigMapReaders(namespace, configmap, sorted(found, key=lambda r: (r.kind, r.name)), cluster)
+        for (cluster, namespace, configmap), found in sorted(readers.items())
     ]

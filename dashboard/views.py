@@ -26,20 +26,22 @@ from django.utils.dateparse import parse_date, parse_datetime
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
+from dashboard import freezes as freeze_views
 from dashboard.consumers import CONSUMERS_SHOWN, PINNED_HINT, configmap_readers, consumers_by_target
-from gitops import health, metrics, schedule, selectors
+from dashboard.sources import source_admin_context
+from gitops import cluster_admin, health, metrics, schedule, selectors
 from gitops.consumers.workloads import KINDS as WORKLOAD_KINDS
 from gitops.errors import GitopsError
 from gitops.intake import receive
 from gitops.intake.webhooks import MAX_BODY_BYTES
-from gitops.models import Approval, ManagedObject, Rollout, RolloutEvent, Source
+from gitops.models import Approval, Cluster, ManagedObject, Rollout, RolloutEvent, Source
 from gitops.redaction import redact_url
 from gitops.rollout import decisions
 from gitops.vocabulary import ChangeAction
 
 PAGE_SIZE = 50
 EXPORT_LIMIT = 100_000
-CHANGE_FILTERS = ("source", "commit", "namespace", "name", "action", "actor")
+CHANGE_FILTERS = ("source", "cluster", "commit", "namespace", "name", "action", "actor")
 
 
 @require_GET
@@ -67,13 +69,14 @@ def prometheus_metrics(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 def readyz(request: HttpRequest) -> JsonResponse:
-    """Database, broker and kube-apiserver reachable; 503 names the one that is not.
+    """Database, broker and kube-apiserver reachable; 503 names the one that is not. Each registered
+    cluster is listed (``cluster:NAME``) without deciding readiness.
 
     Anyone (a load balancer) learns which check fails; only a logged-in user or a
     caller with the metrics token learns why, since error texts describe internals.
     """
     checks = health.readiness()
-    ready = all(result == "ok" for result in checks.values())
+    ready = health.ready(checks)
     if not (request.user.is_authenticated or _has_metrics_token(request)):
         checks = {name: "ok" if result == "ok" else "failing" for name, result in checks.items()}
     return JsonResponse(
@@ -120,12 +123,20 @@ def overview(request: HttpRequest) -> HttpResponse:
 def source_detail(request: HttpRequest, name: str) -> HttpResponse:
     source = get_object_or_404(Source, name=name)
     readers = configmap_readers(source.consumer_map or {})
+    cluster = request.GET.get("cluster", "").strip()[:63]
+    plan = dict(source.last_plan or {})
+    managed = ManagedObject.objects.filter(source=source).order_by("cluster", "namespace", "name")
+    if cluster:
+        plan["items"] = [item for item in plan.get("items", []) if item.get("cluster") == cluster]
+        managed = managed.filter(cluster=cluster)
     context = {
         "source": source,
         "url": redact_url(source.url),
         "revisions": list(source.revisions.order_by("-fetched_at", "-id")[:20]),
-        "plan": source.last_plan or {},
-        "managed": list(ManagedObject.objects.filter(source=source).order_by("namespace", "name")[:500]),
+        "plan": plan,
+        "managed": list(managed[:500]),
+        "cluster": cluster,
+        "clusters": _cluster_names(source.target_clusters or []),
         "rollouts": list(source.rollouts.select_related("revision").order_by("-id")[:10]),
         "can_sync": can_sync(request.user),
         "deliveries": list(source.deliveries.order_by("-received_at", "-id")[:20]),
@@ -133,6 +144,8 @@ def source_detail(request: HttpRequest, name: str) -> HttpResponse:
         "has_webhook_secret": bool(source.webhook_secret_encrypted),
         "readers": readers[:CONSUMERS_SHOWN],
         "readers_total": len(readers),
+        **freeze_views.source_gate_context(request, source),
+        **source_admin_context(request, source),
     }
     return render(request, "dashboard/source.html", context)
 
@@ -144,17 +157,27 @@ def source_sync(request: HttpRequest, name: str) -> HttpResponse:
         raise PermissionDenied("you may not sync sources")
     source = get_object_or_404(Source, name=name)
     with transaction.atomic():
-        schedule.source_sync(source.pk, actor=request.user.get_username())
+        schedule.source_sync(source.pk, actor=request.user.get_username(), manual=True)
     messages.success(request, f"Sync of {source.name} queued.")
+    if request.headers.get("HX-Request"):
+        return render(request, "dashboard/_message_area.html")  # swapped in place of #messages
     return redirect("dashboard:source", name=source.name)
 
 
 # -- rollout --------------------------------------------------------------------------
 
 
+def _cluster_names(also: list[str]) -> list[str]:
+    """The clusters a filter offers: the default one, the registered ones, and any others named."""
+    return sorted({settings.SLUICE_CLUSTER_NAME, *Cluster.objects.values_list("name", flat=True), *also})
+
+
 def _rollout_context(request: HttpRequest, rollout: Rollout) -> dict[str, Any]:
     now = timezone.now()
     targets, targets_total = selectors.rollout_targets(rollout)
+    cluster = request.GET.get("cluster", "").strip()[:63]
+    target_clusters = sorted({target["cluster"] for target in targets})
+    shown = [target for target in targets if not cluster or target["cluster"] == cluster]
     waiting_for_consumers = (
         rollout.phase == Rollout.Phase.PAUSED and rollout.waiting_for == Rollout.Waiting.CONSUMERS
     )
@@ -164,13 +187,21 @@ def _rollout_context(request: HttpRequest, rollout: Rollout) -> dict[str, Any]:
         "source": rollout.source,
         "revision": rollout.revision,
         "steps": list(enumerate(rollout.steps)),
-        "targets": targets,
+        "targets": shown,
         "targets_total": targets_total,
+        # The rollout page groups the objects it changed by cluster, and filters on one.
+        "target_groups": [
+            (name, [target for target in shown if target["cluster"] == name])
+            for name in target_clusters
+            if any(target["cluster"] == name for target in shown)
+        ],
+        "target_clusters": target_clusters,
+        "cluster": cluster,
         "events": list(RolloutEvent.objects.filter(rollout=rollout).order_by("at", "id")),
         "approvals": list(Approval.objects.filter(rollout=rollout).order_by("at")),
         # A timed pause resumes at pause_until; a consumer gate fails there instead (shown as a deadline).
         "seconds_left": max(0, int((rollout.pause_until - now).total_seconds()))
-        if rollout.pause_until and not waiting_for_consumers
+        if rollout.pause_until and rollout.phase == Rollout.Phase.PAUSED and not waiting_for_consumers
         else None,
         "waiting_for_consumers": waiting_for_consumers,
         "consumer_targets": consumer_targets,
@@ -179,6 +210,7 @@ def _rollout_context(request: HttpRequest, rollout: Rollout) -> dict[str, Any]:
         "pinned_hint": PINNED_HINT,
         "can_act": can_act(request.user),
         "at_gate": rollout.phase == Rollout.Phase.PAUSED and rollout.waiting_for == Rollout.Waiting.APPROVAL,
+        **freeze_views.rollout_gate_context(request, rollout),
     }
 
 
@@ -198,12 +230,13 @@ def rollout_action(request: HttpRequest, rollout_id: int, action: str) -> HttpRe
     """Promote, promote to 100%, abort or retry: the same services as the CLI and the API."""
     user = request.user
     comment = request.POST.get("comment", "").strip()[:2000]
+    override = request.POST.get("override", "").strip()[:2000]  # while a freeze or a window holds it
     try:
         if action == "promote":
-            decisions.rollout_promote(rollout_id, user=user, comment=comment)  # type: ignore[arg-type]
+            decisions.rollout_promote(rollout_id, user=user, comment=comment, override=override)  # type: ignore[arg-type]
             messages.success(request, "Approval recorded.")
         elif action == "promote-full":
-            decisions.rollout_promote(rollout_id, user=user, full=True, comment=comment)  # type: ignore[arg-type]
+            decisions.rollout_promote(rollout_id, user=user, full=True, comment=comment, override=override)  # type: ignore[arg-type]
             messages.success(request, "Promotion to 100% recorded.")
         elif action == "abort":
             decisions.rollout_abort(rollout_id, user=user, reason=comment)  # type: ignore[arg-type]
@@ -217,9 +250,10 @@ def rollout_action(request: HttpRequest, rollout_id: int, action: str) -> HttpRe
     except GitopsError as exc:
         messages.error(request, str(exc))
     if request.headers.get("HX-Request"):
-        # htmx swaps the live block in place: the page is never reloaded.
+        # htmx swaps the live block in place and the message into the page's message area (once:
+        # the live block's polling never carries messages): the page is never reloaded.
         rollout = get_object_or_404(Rollout.objects.select_related("source", "revision"), pk=rollout_id)
-        return render(request, "dashboard/_rollout_live.html", _rollout_context(request, rollout))
+        return render(request, "dashboard/_rollout_action.html", _rollout_context(request, rollout))
     return redirect("dashboard:rollout", rollout_id=rollout_id)
 
 
@@ -229,6 +263,16 @@ def _go_to_rollout(request: HttpRequest, rollout_id: int) -> HttpResponse:
         response["HX-Redirect"] = reverse("dashboard:rollout", args=[rollout_id])
         return response
     return redirect("dashboard:rollout", rollout_id=rollout_id)
+
+
+# -- clusters ---------------------------------------------------------------------------
+
+
+@login_required
+@permission_required("gitops.view_source", raise_exception=True)
+def clusters(request: HttpRequest) -> HttpResponse:
+    """Each cluster: reachability and version (asked now, bounded), the sources targeting it, its objects."""
+    return render(request, "dashboard/clusters.html", {"clusters": cluster_admin.clusters_status()})
 
 
 # -- change log -------------------------------------------------------------------------
@@ -282,6 +326,7 @@ def change_log(request: HttpRequest) -> HttpResponse:
         "actions": [action.value for action in ChangeAction],
         "workload_kinds": WORKLOAD_KINDS,
         "sources": list(Source.objects.order_by("name").values_list("name", flat=True)),
+        "clusters": _cluster_names([filters["cluster"]] if filters["cluster"] else []),
     }
     return render(request, "dashboard/changes.html", context)
 

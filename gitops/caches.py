@@ -28,11 +28,11 @@ class SourceCache:
 
     parsed: ParseCache = field(default_factory=ParseCache)
     plan_memo: PlanMemo = field(default_factory=PlanMemo)
-    # The last revision loaded: (commit, the scope it was validated under, the result).
+    # The last revision loaded: ("commit:path", the scope it was validated under, the result).
     desired: tuple[str, AdminScope, DesiredState] | None = None
 
-    def desired_for(self, commit: str, scope: AdminScope) -> DesiredState | None:
-        if self.desired is not None and self.desired[:2] == (commit, scope):
+    def desired_for(self, key: str, scope: AdminScope) -> DesiredState | None:
+        if self.desired is not None and self.desired[:2] == (key, scope):
             return self.desired[2]
         return None
 

@@ -3,21 +3,28 @@
 Every check gives up within a few seconds (CHECK_TIMEOUT_SECONDS; the database's
 connect timeout is DATABASE_CONNECT_TIMEOUT), and the checks run side by side, so
 a dead dependency makes /readyz answer 503 quickly instead of hanging a web worker.
+
+Each registered cluster is listed too (``cluster:NAME``), but only the default
+cluster's kube-apiserver decides readiness: a member cluster that is down fails
+its own targets, not Sluice.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
 import redis
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 
-from gitops.cluster import get_cluster
+from gitops.cluster import clients, get_cluster
 
 CHECK_TIMEOUT_SECONDS = 3
+CLUSTER_CHECK_PREFIX = "cluster:"
+MAX_CHECK_THREADS = 16
 
 
 def _database() -> None:
@@ -39,9 +46,26 @@ def _broker() -> None:
         client.close()
 
 
-def _apiserver() -> None:
-    if not get_cluster().healthy(timeout=CHECK_TIMEOUT_SECONDS):
+def _apiserver(name: str | None = None) -> None:
+    if not get_cluster(name).healthy(timeout=CHECK_TIMEOUT_SECONDS):
         raise ConnectionError("kube-apiserver /readyz did not answer 200")
+
+
+def _registered_clusters() -> dict[str, Callable[[], None]]:
+    """A check per registered cluster; none when the registry cannot be read (the database check says why)."""
+    try:
+        clients.refresh()
+        names = clients.names()[1:]
+    except DatabaseError:  # a database that is down is reported by its own check
+        return {}
+    return {f"{CLUSTER_CHECK_PREFIX}{name}": functools.partial(_apiserver, name) for name in names}
+
+
+def ready(results: dict[str, str]) -> bool:
+    """Ready when every check but the member clusters' is ok."""
+    return all(
+        result == "ok" for name, result in results.items() if not name.startswith(CLUSTER_CHECK_PREFIX)
+    )
 
 
 # The database check runs on the caller's thread: Django's connections belong to a thread.
@@ -71,11 +95,13 @@ def _within(future: Future[str]) -> str:
 def readiness() -> dict[str, str]:
     """Each dependency: "ok", or the kind of failure (the exception's type and first line)."""
     # Not a with-block: leaving one waits for every thread, and a hung check would hang the page.
-    pool = ThreadPoolExecutor(max_workers=len(CHECKS))
+    pool = ThreadPoolExecutor(max_workers=MAX_CHECK_THREADS)
     try:
         pending = {name: pool.submit(_outcome, check) for name, check in CHECKS.items()}
         name, check = DATABASE_CHECK
         results = {name: _outcome(check)}
+        if results[name] == "ok":  # the registry lives in the database
+            pending |= {name: pool.submit(_outcome, check) for name, check in _registered_clusters().items()}
         # Each check bounds itself; this bounds the page even if one of them does not.
         results.update({name: _within(future) for name, future in pending.items()})
     finally:

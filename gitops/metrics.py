@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from django.conf import settings
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -22,7 +23,9 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from gitops.plan import drift_count
+from gitops.plan import Action
+
+DRIFT_ACTIONS = (Action.DRIFT.value, Action.SELF_HEAL.value)
 
 RECONCILES = Counter("sluice_reconcile_total", "Reconciles of a source, by result", ["source", "result"])
 RECONCILE_SECONDS = Histogram(
@@ -37,7 +40,12 @@ FETCH_SECONDS = Histogram(
     ["source"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
 )
-APPLY_ERRORS = Counter("sluice_apply_errors_total", "Changes the cluster refused", ["source"])
+APPLY_ERRORS = Counter("sluice_apply_errors_total", "Changes the cluster refused", ["source", "cluster"])
+CLUSTER_UNREACHABLE = Counter(
+    "sluice_cluster_unreachable_total",
+    "Times a cluster did not answer, answered with errors or refused Sluice's credentials",
+    ["cluster"],
+)
 WEBHOOK_DELIVERIES = Counter(
     "sluice_webhook_deliveries_total", "Push notifications received, by outcome", ["provider", "result"]
 )
@@ -55,7 +63,8 @@ class DatabaseCollector(Collector):
             labels=["source", "phase"],
         )
         latest = (
-            Rollout.objects.order_by("source_id", "-id")
+            Rollout.objects.filter(source__deleted_at__isnull=True)
+            .order_by("source_id", "-id")
             .distinct("source_id")
             .values_list("source__name", "phase")
         )
@@ -63,12 +72,26 @@ class DatabaseCollector(Collector):
             phases.add_metric([source, phase], 1)
         yield phases
         drift = GaugeMetricFamily(
-            "sluice_drift_objects", "Objects edited in the cluster, per source", labels=["source"]
+            "sluice_drift_objects",
+            "Objects edited in the cluster, per source and cluster",
+            labels=["source", "cluster"],
         )
-        for name, plan in Source.objects.values_list("name", "last_plan"):
-            summary = (plan or {}).get("summary", {})
-            drift.add_metric([name], drift_count(summary))
+        suspended = GaugeMetricFamily(
+            "sluice_source_suspended", "1 while a source's automatic syncs are suspended", labels=["source"]
+        )
+        default = str(settings.SLUICE_CLUSTER_NAME)
+        sources = Source.objects.values_list("name", "last_plan", "target_clusters", "suspended")
+        for name, plan, clusters, is_suspended in sources:
+            counts = dict.fromkeys(clusters or [default], 0)
+            for item in (plan or {}).get("items", []):
+                if item.get("action") in DRIFT_ACTIONS:
+                    cluster = item.get("cluster") or default
+                    counts[cluster] = counts.get(cluster, 0) + 1
+            for cluster, count in counts.items():
+                drift.add_metric([name, cluster], count)
+            suspended.add_metric([name], 1 if is_suspended else 0)
         yield drift
+        yield suspended
 
 
 def render() -> tuple[bytes, str]:

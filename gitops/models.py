@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta
@@ -18,7 +19,16 @@ from gitops.desired.scope import AdminScope
 from gitops.plan import Action, PlanItem, diff_content
 from gitops.plan.provenance import Provenance, live_content, live_provenance
 from gitops.plan.provenance import manifest as configmap_manifest
-from gitops.vocabulary import ChangeAction, Waiting
+from gitops.redaction import redact_url
+from gitops.vocabulary import (
+    AuditVia,
+    ChangeAction,
+    ObjectsOnRemoval,
+    RemovalStatus,
+    SourceAuditAction,
+    Waiting,
+)
+from gitops.windows import FreezeRule, WindowKind, WindowRule
 
 SOURCE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # SHA-1 object ids have 40 hex digits, SHA-256 ones 64.
@@ -55,8 +65,59 @@ def validate_source_name(value: str) -> None:
         )
 
 
+def validate_cluster_name(value: str) -> None:
+    # The name is written into policies (targets[].cluster), scope globs (CLUSTER/NAMESPACE) and the log.
+    if len(value) > 63 or not SOURCE_NAME.match(value):
+        raise DjangoValidationError(
+            f"{value!r} is not a valid cluster name (lowercase letters, digits and '-', at most 63)"
+        )
+
+
+class Cluster(models.Model):
+    """A cluster an administrator registered. Credentials stay by reference, as for Git.
+
+    A kubeconfig path and context (read by the workers, on their filesystem), or the
+    in-cluster service account. Nothing secret is ever stored here or shown. The
+    cluster ``KUBECONFIG`` names is the default cluster (``SLUICE_CLUSTER_NAME``) and
+    has no row: single-cluster set-ups register nothing.
+    """
+
+    name = models.CharField(max_length=63, unique=True, validators=[validate_cluster_name])
+    kubeconfig = models.CharField(
+        max_length=1000,
+        blank=True,
+        default="",
+        help_text="a kubeconfig path on the workers; never its content",
+    )
+    context = models.CharField(max_length=253, blank=True, default="", help_text="empty: the current context")
+    in_cluster = models.BooleanField(default=False, help_text="the service account Sluice's pods run as")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering: ClassVar[list[str]] = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def credentials_ref(self) -> str:
+        """Where the credentials live, as shown to people: a path and a context, never their content."""
+        if self.in_cluster:
+            return "in-cluster service account"
+        return self.kubeconfig + (f" (context {self.context})" if self.context else "")
+
+
+class LiveSources(models.Manager["Source"]):
+    """Sources that exist: a deleted source stays as a row (its change log and audit trail point at it),
+    and nothing that reads ``Source.objects`` sees it again."""
+
+    def get_queryset(self) -> models.QuerySet[Source]:
+        return super().get_queryset().filter(deleted_at__isnull=True)
+
+
 class Source(models.Model):
-    name = models.CharField(max_length=63, unique=True, validators=[validate_source_name])
+    # Unique among sources that exist (see Meta): a deleted source's name can be used again.
+    name = models.CharField(max_length=63, validators=[validate_source_name])
     url = models.CharField(max_length=2000, help_text="Git URL, without credentials")
     branch = models.CharField(max_length=255, default="main")
     path = models.CharField(
@@ -102,17 +163,61 @@ class Source(models.Model):
     sync_queued = models.BooleanField(default=False)
     # Where rollout and revision events go, as CloudEvents (HTTP, structured mode).
     notify_urls = models.JSONField(default=list, blank=True)
+    # The clusters the last validated revision targets, in policy order: a cluster is not removed under it.
+    target_clusters = models.JSONField(default=list, blank=True)
+    # Flux's suspend: no poll, push or timer syncs it; a sync someone asks for still runs.
+    suspended = models.BooleanField(default=False, db_default=False)
+    suspended_at = models.DateTimeField(null=True, blank=True)
+    suspended_by = models.CharField(max_length=150, blank=True, default="", db_default="")
+    # Set when a removal finished: the row stays for the change log and the audit trail.
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    # The first manager is the default one: every query of Source.objects leaves deleted sources out.
+    objects = LiveSources()
+    all_objects: models.Manager[Source] = models.Manager()
 
     class Meta:
         ordering: ClassVar[list[str]] = ["name"]
+        constraints: ClassVar[list[Any]] = [
+            models.UniqueConstraint(
+                fields=["name"],
+                condition=models.Q(deleted_at__isnull=True),
+                name="source_unique_live_name",
+                violation_error_message="a source with this name already exists",
+            )
+        ]
 
     def __str__(self) -> str:
         return self.name
 
     @property
+    def automatic_sync_allowed(self) -> bool:
+        """Whether polls, pushes and timers may sync this source; a sync someone asks for always may.
+        ``automatic_sync_filter`` is the same rule for queries: change both together."""
+        return not self.suspended and self.deleted_at is None
+
+    @property
     def scope(self) -> AdminScope:
-        """What an administrator allows this source; its repository can only narrow it."""
-        return AdminScope.of(self.allowed_namespaces or (), self.analysis_url_prefixes or ())
+        """What an administrator allows this source; its repository can only narrow it.
+
+        Validation adds the clusters that exist (``known_cluster_names``); this
+        property asks the database nothing, since planning asks it per namespace.
+        """
+        return AdminScope.of(
+            self.allowed_namespaces or (),
+            self.analysis_url_prefixes or (),
+            default_cluster=settings.SLUICE_CLUSTER_NAME,
+        )
+
+
+def known_cluster_names() -> frozenset[str]:
+    """Every cluster a policy may name: the default one and the registered ones (one query)."""
+    return frozenset({settings.SLUICE_CLUSTER_NAME, *Cluster.objects.values_list("name", flat=True)})
+
+
+def automatic_sync_filter(prefix: str = "") -> models.Q:
+    """``Source.automatic_sync_allowed`` as a query filter; ``prefix="source__"`` from a related model."""
+    return models.Q(**{f"{prefix}suspended": False, f"{prefix}deleted_at__isnull": True})
 
 
 class Revision(models.Model):
@@ -199,6 +304,9 @@ class Rollout(models.Model):
     promoted_by = models.CharField(max_length=150, blank=True, default="")
     abort_requested_by = models.CharField(max_length=150, blank=True, default="")
     abort_reason = models.TextField(blank=True, default="")
+    # Clusters a rollback could not reach yet: they still hold this rollout's content and are
+    # restored as soon as they answer (retried at pause_until, by the source's reconciles).
+    rollback_pending_clusters = models.JSONField(default=list, blank=True)
     message = models.TextField(blank=True, default="")
     created_by = models.CharField(max_length=150, default="sluice")
     created_at = models.DateTimeField(default=timezone.now)
@@ -286,10 +394,17 @@ class ApplyIntent(models.Model):
         DONE = "done"
         FAILED = "failed"
 
-    rollout = models.ForeignKey(Rollout, on_delete=models.CASCADE, related_name="intents")
+    # A rollout's step, or (rollout empty) a source's removal keeping or pruning what it managed.
+    rollout = models.ForeignKey(
+        Rollout, on_delete=models.CASCADE, related_name="intents", null=True, blank=True
+    )
+    removal = models.ForeignKey(
+        "SourceRemoval", on_delete=models.PROTECT, related_name="intents", null=True, blank=True
+    )
     source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="intents")
     step_index = models.PositiveIntegerField(default=0)
     weight = models.PositiveSmallIntegerField(default=100)
+    cluster = models.CharField(max_length=63)
     namespace = models.CharField(max_length=63)
     name = models.CharField(max_length=253)
     kind = models.CharField(max_length=32, default="ConfigMap")
@@ -316,7 +431,11 @@ class ApplyIntent(models.Model):
         ordering: ClassVar[list[str]] = ["id"]
 
     def __str__(self) -> str:
-        return f"{self.action} {self.namespace}/{self.name} ({self.status})"
+        return f"{self.action} {self.cluster}/{self.namespace}/{self.name} ({self.status})"
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.cluster, self.namespace, self.name)
 
     @classmethod
     def for_item(
@@ -340,6 +459,7 @@ class ApplyIntent(models.Model):
             source_id=rollout.source_id,
             step_index=step_index,
             weight=weight,
+            cluster=item.cluster,
             namespace=item.namespace,
             name=item.name,
             action=ChangeAction(item.action.value),
@@ -384,6 +504,7 @@ class ApplyIntent(models.Model):
             source_id=rollout.source_id,
             step_index=rollout.step_index,
             weight=rollout.weight,
+            cluster=first.cluster,
             namespace=first.namespace,
             name=first.name,
             action=ChangeAction.ROLLBACK,
@@ -414,6 +535,7 @@ LOGGED_FROM_INTENT = (
     "source_id",
     "rollout_id",
     "commit",
+    "cluster",
     "namespace",
     "kind",
     "name",
@@ -495,11 +617,10 @@ class Change(models.Model):
         raise TypeError("the change log is append-only")
 
     @classmethod
-    def from_intent(cls, intent: ApplyIntent, *, cluster: str, at: datetime, error: str | None) -> Change:
-        """The log entry of an applied intent: what it did, as it meant to, and how it went."""
+    def from_intent(cls, intent: ApplyIntent, *, at: datetime, error: str | None) -> Change:
+        """The log entry of an applied intent: what it did, in which cluster, and how it went."""
         return cls(
             intent=intent,
-            cluster=cluster,
             at=at,
             result=cls.Result.ERROR if error else cls.Result.OK,
             error=error or "",
@@ -511,6 +632,7 @@ class ManagedObject(models.Model):
     """The inventory: what each source applied, so prune knows where to look."""
 
     source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="managed_objects")
+    cluster = models.CharField(max_length=63)
     namespace = models.CharField(max_length=63)
     name = models.CharField(max_length=253)
     kind = models.CharField(max_length=32, default="ConfigMap")
@@ -520,17 +642,20 @@ class ManagedObject(models.Model):
 
     class Meta:
         constraints: ClassVar[list[Any]] = [
-            models.UniqueConstraint(fields=["kind", "namespace", "name"], name="managed_object_unique")
+            models.UniqueConstraint(
+                fields=["cluster", "kind", "namespace", "name"], name="managed_object_unique_per_cluster"
+            )
         ]
-        ordering: ClassVar[list[str]] = ["namespace", "name"]
+        indexes: ClassVar[list[Any]] = [models.Index(fields=["source", "cluster"])]
+        ordering: ClassVar[list[str]] = ["cluster", "namespace", "name"]
 
     def __str__(self) -> str:
-        return f"{self.namespace}/{self.name}"
+        return f"{self.cluster}/{self.namespace}/{self.name}"
 
     @classmethod
     def applied_by(cls, intent: ApplyIntent, *, at: datetime) -> ManagedObject:
         """The inventory entry an applied intent leaves behind."""
-        fields = copied(intent, ("source_id", "namespace", "name", "kind", "commit"))
+        fields = copied(intent, ("source_id", "cluster", "namespace", "name", "kind", "commit"))
         return cls(**fields, content_hash=intent.after_hash, updated_at=at)
 
 
@@ -617,3 +742,261 @@ class VerifiedEmail(models.Model):
 
     def __str__(self) -> str:
         return f"{self.email} (verified by {self.verified_by})"
+
+
+# -- freezes and sync windows (gitops.windows decides; these store what administrators set) ------
+
+
+class Freeze(models.Model):
+    """No automatic change goes out for a source (or every source, ``source`` null) until ``until``.
+
+    Lifting one keeps its row (who lifted it, when): the rows are the freezes' audit trail.
+    """
+
+    source = models.ForeignKey(
+        Source, on_delete=models.CASCADE, related_name="freezes", null=True, blank=True
+    )
+    until = models.DateTimeField(db_index=True)
+    reason = models.TextField()
+    created_by = models.CharField(max_length=150)
+    created_at = models.DateTimeField(default=timezone.now)
+    lifted_by = models.CharField(max_length=150, blank=True, default="")
+    lifted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering: ClassVar[list[str]] = ["-created_at", "-id"]
+        indexes: ClassVar[list[Any]] = [
+            models.Index(fields=["until"], condition=models.Q(lifted_at__isnull=True), name="freeze_in_force")
+        ]
+        permissions = (("override_freeze", "Can promote a rollout through a freeze or a closed sync window"),)
+
+    def __str__(self) -> str:
+        return f"freeze of {self.source.name if self.source else 'every source'} until {self.until}"
+
+    def as_rule(self) -> FreezeRule:
+        return FreezeRule(
+            until=self.until,
+            reason=self.reason,
+            source=self.source.name if self.source else None,
+            by=self.created_by,
+        )
+
+
+class SyncWindow(models.Model):
+    """A recurring window, as Argo CD's: ``kind`` for matching sources, from each cron firing for a duration.
+
+    Removing one keeps its row (who removed it, when), for the audit trail.
+    """
+
+    kind = models.CharField(max_length=8, choices=[(kind.value, kind.value) for kind in WindowKind])
+    schedule = models.CharField(max_length=100, help_text="cron: minute hour day-of-month month day-of-week")
+    duration = models.DurationField()
+    time_zone = models.CharField(max_length=64, default="UTC")
+    sources = models.JSONField(default=list, help_text='source names or globs; ["*"] for every source')
+    manual_sync = models.BooleanField(default=False, help_text="a person's sync may go out while it closes")
+    created_by = models.CharField(max_length=150)
+    created_at = models.DateTimeField(default=timezone.now)
+    removed_by = models.CharField(max_length=150, blank=True, default="")
+    removed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering: ClassVar[list[str]] = ["id"]
+
+    def __str__(self) -> str:
+        return self.as_rule().describe()
+
+    def as_rule(self) -> WindowRule:
+        return WindowRule(
+            kind=WindowKind(self.kind),
+            schedule=self.schedule,
+            duration=self.duration,
+            sources=tuple(self.sources or ()),
+            manual_sync=self.manual_sync,
+            time_zone=self.time_zone,
+            id=self.pk,
+        )
+
+
+class PublishedFlag(models.Model):
+    """One flag a source publishes, as the revision it rolls out defines it: what the Flags page lists.
+
+    Written by the worker after each step (``gitops.rollout.flag_catalog``), so pages never
+    read the cluster or the change log to show flags. ``changed_commit`` and ``changed_at``
+    come from the change-log entry that first published this definition.
+    """
+
+    source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="published_flags")
+    cluster = models.CharField(max_length=253, default="default")
+    namespace = models.CharField(max_length=63)
+    flag_set = models.CharField(max_length=253, help_text="the ConfigMap the flag set is published as")
+    # Flag keys are any one-line text a repository chooses: unique by hash, never indexed whole.
+    key = models.TextField()
+    key_hash = models.CharField(max_length=32)
+    state = models.CharField(max_length=8)
+    variants = models.CharField(max_length=300, blank=True, default="")
+    variant_count = models.PositiveIntegerField(default=0)
+    default_variant = models.CharField(max_length=40, blank=True, default="")
+    targeting = models.CharField(max_length=200, default="none")
+    serves_one_variant = models.BooleanField(default=False)
+    definition_hash = models.CharField(max_length=32)
+    # Git no longer has it; those on the old side of its rollout still get it until 100%.
+    removed = models.BooleanField(default=False)
+    # The rollout that brought (or brings) this definition; its phase and weight give the share.
+    rollout = models.ForeignKey(
+        Rollout, on_delete=models.SET_NULL, null=True, blank=True, related_name="published_flags"
+    )
+    changed_commit = models.CharField(max_length=COMMIT_LENGTH, blank=True, default="")
+    changed_at = models.DateTimeField(null=True, blank=True)
+    recorded_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints: ClassVar[list[Any]] = [
+            models.UniqueConstraint(
+                fields=["source", "cluster", "namespace", "flag_set", "key_hash"],
+                name="published_flag_unique",
+            )
+        ]
+        indexes: ClassVar[list[Any]] = [
+            # Counting stale flags reads this index alone, never the table.
+            models.Index(fields=["removed", "serves_one_variant", "changed_at"], name="published_flag_stale"),
+            # The cluster filter's choices are read from it one distinct value at a time.
+            models.Index(fields=["cluster"], name="published_flag_cluster"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.flag_set}: {self.key}"
+
+
+# What an administrator sets on a source, as the audit trail records it (never a secret: credentials are
+# a reference, and the webhook secret is not among them).
+ADMIN_SETTINGS = (
+    "url",
+    "branch",
+    "path",
+    "poll_interval_seconds",
+    "credentials_ref",
+    "allowed_namespaces",
+    "analysis_url_prefixes",
+    "required_approvals",
+    "commit_url_template",
+    "notify_urls",
+    "suspended",
+)
+
+
+def admin_settings(source: Source) -> dict[str, Any]:
+    """A source's administrator-set fields as plain JSON values, for the audit trail and the API."""
+    return {
+        "url": redact_url(source.url),
+        "branch": source.branch,
+        "path": source.path,
+        "poll_interval_seconds": int(source.poll_interval.total_seconds()),
+        "credentials_ref": source.credentials_ref,
+        "allowed_namespaces": list(source.allowed_namespaces or []),
+        "analysis_url_prefixes": list(source.analysis_url_prefixes or []),
+        "required_approvals": source.required_approvals,
+        "commit_url_template": source.commit_url_template,
+        "notify_urls": [masked_url(url) for url in source.notify_urls or []],
+        "suspended": source.suspended,
+    }
+
+
+def masked_url(url: str) -> str:
+    """A URL that may carry a token in its path (a chat webhook) as the audit trail and the API show it:
+    its scheme and host, and a fingerprint that tells one URL from another."""
+    scheme, _, rest = redact_url(url).partition("://")
+    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    fingerprint = hashlib.sha256(url.encode()).hexdigest()[:12]
+    return f"{scheme}://{host}/… #{fingerprint}"
+
+
+class AppendOnlyQuerySet(models.QuerySet[Any]):
+    def update(self, **kwargs: Any) -> int:
+        raise TypeError(f"{self.model.__name__} is append-only")
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        raise TypeError(f"{self.model.__name__} is append-only")
+
+
+class SourceAudit(models.Model):
+    """One administrator's change to a source: append-only, after netbox's ObjectChange.
+
+    ``before`` and ``after`` hold the administrator-set fields (``ADMIN_SETTINGS``);
+    ``changed`` names those that differ. A PostgreSQL trigger (see the migration)
+    refuses UPDATE and DELETE, as it does for the change log.
+    """
+
+    Action = SourceAuditAction
+
+    source = models.ForeignKey(Source, on_delete=models.PROTECT, related_name="audit")
+    source_name = models.CharField(max_length=63)
+    action = models.CharField(max_length=16, choices=[(a.value, a.value) for a in SourceAuditAction])
+    actor = models.CharField(max_length=150)
+    via = models.CharField(max_length=16, choices=[(v.value, v.value) for v in AuditVia])
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+    changed = models.JSONField(default=list, blank=True)
+    message = models.TextField(blank=True, default="")
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    objects = AppendOnlyQuerySet.as_manager()
+
+    class Meta:
+        ordering: ClassVar[list[str]] = ["-at", "-id"]
+        indexes: ClassVar[list[Any]] = [models.Index(fields=["source", "-at"])]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.source_name} by {self.actor}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.pk is not None and not self._state.adding:
+            raise TypeError("the audit trail is append-only")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        raise TypeError("the audit trail is append-only")
+
+
+class SourceRemoval(models.Model):
+    """Deleting a source, as a tracked operation: its objects kept or pruned one by one, then the source."""
+
+    Status = RemovalStatus
+    ACTIVE_STATUSES: ClassVar[tuple[str, ...]] = (RemovalStatus.QUEUED, RemovalStatus.RUNNING)
+
+    source = models.ForeignKey(Source, on_delete=models.PROTECT, related_name="removals")
+    source_name = models.CharField(max_length=63)
+    mode = models.CharField(max_length=8, choices=[(m.value, m.value) for m in ObjectsOnRemoval])
+    status = models.CharField(
+        max_length=8,
+        choices=[(s.value, s.value) for s in RemovalStatus],
+        default=RemovalStatus.QUEUED,
+        db_index=True,
+    )
+    requested_by = models.CharField(max_length=150)
+    via = models.CharField(max_length=16, choices=[(v.value, v.value) for v in AuditVia])
+    requested_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Objects the source managed when the removal ran, and how each went.
+    objects_total = models.PositiveIntegerField(default=0)
+    objects_done = models.PositiveIntegerField(default=0)
+    objects_failed = models.PositiveIntegerField(default=0)
+    message = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering: ClassVar[list[str]] = ["-id"]
+        constraints: ClassVar[list[Any]] = [
+            # One removal at a time per source.
+            models.UniqueConstraint(
+                fields=["source"],
+                condition=models.Q(status__in=["queued", "running"]),
+                name="one_active_removal_per_source",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"removal {self.pk} of {self.source_name} ({self.mode}): {self.status}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE_STATUSES

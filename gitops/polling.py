@@ -10,26 +10,37 @@ from typing import Any
 
 from django.utils import timezone
 
-from gitops.models import Rollout, Source
+from gitops import selectors
+from gitops.models import Rollout, Source, automatic_sync_filter
 
 
 def sources_with_due_rollouts(now: Any = None) -> list[int]:
-    """Sources whose paused rollout's timer (or analysis back-off) has run out, or whose abort waits.
+    """Sources whose paused rollout's timer (analysis back-off, cluster retry) has run out, whose abort
+    waits, or that owe a cluster a rollback and may try it again.
 
     A source that is backing off after failures waits for its next try, and one
     with a sync already queued is not queued again, so a failing Git host or
     cluster is not asked every sweep.
     """
     now = now or timezone.now()
+    # Timers and consumer waits are automatic steps: a suspended source's wait. Aborts never do.
     timers = Rollout.objects.filter(
+        automatic_sync_filter("source__"),
         phase=Rollout.Phase.PAUSED,
-        waiting_for__in=(Rollout.Waiting.TIMER, Rollout.Waiting.ANALYSIS),
+        waiting_for__in=(Rollout.Waiting.TIMER, Rollout.Waiting.ANALYSIS, Rollout.Waiting.CLUSTER),
         pause_until__lte=now,
     )
+    owed = Rollout.objects.filter(phase__in=Rollout.ENDED_PHASES, pause_until__lte=now).exclude(
+        rollback_pending_clusters=[]
+    )
     # A step waiting for its consumers is watched a slice per pass; a pass lost to a crash is redone.
-    consumers = Rollout.objects.filter(phase=Rollout.Phase.PAUSED, waiting_for=Rollout.Waiting.CONSUMERS)
+    consumers = Rollout.objects.filter(
+        automatic_sync_filter("source__"), phase=Rollout.Phase.PAUSED, waiting_for=Rollout.Waiting.CONSUMERS
+    )
     aborts = Rollout.objects.filter(phase__in=Rollout.ACTIVE_PHASES).exclude(abort_requested_by="")
-    candidates = set(timers.values_list("source_id", flat=True))
+    # A held source's timers wait; what it owes a cluster in rollbacks does not: rollback always works.
+    candidates = _not_held(set(timers.values_list("source_id", flat=True)), now)
+    candidates |= set(owed.values_list("source_id", flat=True))
     candidates |= set(consumers.values_list("source_id", flat=True)) | set(
         aborts.values_list("source_id", flat=True)
     )
@@ -45,6 +56,20 @@ def sources_with_due_rollouts(now: Any = None) -> list[int]:
     return due
 
 
+def _not_held(source_ids: set[int], now: Any) -> set[int]:
+    """The sources among ``source_ids`` no freeze or sync window holds: a held timer waits, unswept.
+
+    Without this, a timer that ran out during a freeze would wake its source every sweep.
+    """
+    if not source_ids:
+        return source_ids
+    rules = selectors.rules_now(now)
+    if not rules.freezes and not rules.windows:
+        return source_ids
+    names = Source.objects.filter(pk__in=source_ids).values_list("pk", "name")
+    return {source_id for source_id, name in names if rules.gate(name).automatic}
+
+
 def sources_claim_due(now: Any = None) -> list[int]:
     """Claims every source whose poll is due, with a compare-and-swap per source.
 
@@ -53,9 +78,8 @@ def sources_claim_due(now: Any = None) -> list[int]:
     """
     now = now or timezone.now()
     claimed: list[int] = []
-    for source_id, due_at, interval in Source.objects.filter(next_poll_at__lte=now).values_list(
-        "pk", "next_poll_at", "poll_interval"
-    ):
+    due = Source.objects.filter(automatic_sync_filter(), next_poll_at__lte=now)
+    for source_id, due_at, interval in due.values_list("pk", "next_poll_at", "poll_interval"):
         # A due poll queues a sync whatever sync_queued says, so a lost task never silences pushes for long.
         claim = Source.objects.filter(pk=source_id, next_poll_at=due_at)
         if claim.update(next_poll_at=now + interval, sync_queued=False):

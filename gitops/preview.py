@@ -3,22 +3,43 @@
 Besides the ConfigMaps, a preview names the workloads the change reaches: those
 a step would restart (``consumers: restart``) or wait for (``watch``, or a
 workload pinned with ``sluice.dev/restart: "false"``).
+
+``source_preview`` plans the followed branch's tip (``gitops diff NAME``). ``revision_preview`` plans
+any revision the remote has, a pull request's head say (``gitops diff NAME --revision REF``, the
+dashboard's "Preview a revision", the API's ``revision`` parameter): it writes nothing at all, not
+even a Revision row, and leaves the followed branch where it was.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
+from typing import Any
+
+from django.utils import timezone
 
 from gitops.cluster import get_cluster
-from gitops.cluster.live import live_configmaps
 from gitops.consumers.wave import wave_consumers
 from gitops.consumers.workloads import Workload, consumed_hash
+from gitops.desired.errors import ValidationError
 from gitops.desired.policy import ConsumerMode
-from gitops.fetch.revisions import revision_desired_state, revision_fetch
+from gitops.desired.revision import DesiredState
+from gitops.errors import GitopsError, TemporaryError
+from gitops.fetch.mirror import CommitInfo
+from gitops.fetch.refs import InvalidRevision, RevisionNotFound, parse_revision
+from gitops.fetch.revisions import revision_desired_state, revision_fetch, revision_load
+from gitops.logs import log_context
 from gitops.models import ManagedObject, Revision, Source
-from gitops.plan import Plan, plan
-from gitops.record.inventory import managed_keys, managed_namespaces
-from gitops.rollout.step import in_scope
+from gitops.plan import Action, Plan, plan
+from gitops.record.inventory import managed_keys
+from gitops.redaction import redact_url
+from gitops.rollout.step import live_state
+from gitops.vocabulary import PreviewOutcome
+
+log = logging.getLogger("gitops.preview")
+
+# A preview's answer travels through the result backend and onto a page: the first objects only.
+PREVIEW_ITEMS_SHOWN = 500
 
 
 @dataclass(frozen=True)
@@ -31,6 +52,7 @@ class ConsumerEffect:
         w = self.workload
         action = "restart" if self.restart else "wait"
         return {
+            "cluster": w.cluster,
             "kind": w.kind,
             "namespace": w.namespace,
             "name": w.name,
@@ -46,8 +68,12 @@ class Preview:
     consumers: tuple[ConsumerEffect, ...] = ()
 
 
-def source_preview(source: Source) -> Preview:
-    """The branch tip, its plan against the cluster, and the workloads the change would reach."""
+def source_preview(source: Source, *, cluster: str | None = None) -> Preview:
+    """The branch tip, its plan against the clusters, and the workloads the change would reach.
+
+    ``cluster`` keeps only that cluster's part of the plan. A cluster that does not
+    answer shows its objects as ``unreachable``.
+    """
     revision, _ = revision_fetch(source)
     desired = (
         None if revision.outcome == Revision.Outcome.REJECTED else revision_desired_state(source, revision)
@@ -55,14 +81,30 @@ def source_preview(source: Source) -> Preview:
     if desired is None:
         revision.refresh_from_db()
         return Preview(revision, None)
-    live = live_configmaps(
-        get_cluster(), {*desired.namespaces, *in_scope(source, managed_namespaces(source))}
+    planned, consumers = _plan_against_clusters(source, desired, revision.commit, cluster=cluster)
+    return Preview(revision, planned, consumers)
+
+
+def _plan_against_clusters(
+    source: Source, desired: DesiredState, commit: str, *, cluster: str | None = None
+) -> tuple[Plan, tuple[ConsumerEffect, ...]]:
+    """The plan of ``desired`` against the live clusters, and the workloads it would reach. Reads only."""
+    managed = managed_keys(source)
+    # The live cache's stamps vouch for a preview as they do for a sync: it reads only the rest.
+    live = live_state(source, desired, managed=managed)
+    planned = plan(
+        desired,
+        live.objects,
+        source=source.name,
+        commit=commit,
+        managed=managed,
+        unreachable=live.reasons(),
+        settled=live.settled,
     )
-    planned = plan(desired, live, source=source.name, commit=revision.commit, managed=managed_keys(source))
+    if cluster is not None:
+        planned = replace(planned, items=tuple(item for item in planned.items if item.cluster == cluster))
     mode = desired.policy.rollout.consumers
-    return Preview(
-        revision, planned, _consumer_effects(source, planned, mode) if mode != ConsumerMode.IGNORE else ()
-    )
+    return planned, _consumer_effects(source, planned, mode) if mode != ConsumerMode.IGNORE else ()
 
 
 def _consumer_effects(source: Source, planned: Plan, mode: ConsumerMode) -> tuple[ConsumerEffect, ...]:
@@ -70,23 +112,118 @@ def _consumer_effects(source: Source, planned: Plan, mode: ConsumerMode) -> tupl
     if not changed:
         return ()
     hashes = {
-        (namespace, name): content_hash
-        for namespace, name, content_hash in ManagedObject.objects.filter(source=source).values_list(
-            "namespace", "name", "content_hash"
+        (cluster, namespace, name): content_hash
+        for cluster, namespace, name, content_hash in ManagedObject.objects.filter(source=source).values_list(
+            "cluster", "namespace", "name", "content_hash"
         )
     }
     hashes.update({key: value for key, value in changed.items() if value})
+    by_cluster: dict[str, set[tuple[str, str]]] = {}
+    for cluster, namespace, name in changed:
+        by_cluster.setdefault(cluster, set()).add((namespace, name))
     effects = []
-    for workload in wave_consumers(get_cluster(), changed):
-        managed = {name: h for (namespace, name), h in hashes.items() if namespace == workload.namespace}
-        wanted = consumed_hash(workload, managed)
-        restart = mode == ConsumerMode.RESTART and workload.restartable and wanted != workload.config_hash
-        reads = tuple(
-            sorted(
-                name
-                for namespace, name in changed
-                if namespace == workload.namespace and name in workload.consumes
+    for cluster, keys in sorted(by_cluster.items()):
+        try:
+            workloads = wave_consumers(get_cluster(cluster), keys)
+        except GitopsError:
+            continue  # an unreachable cluster's objects are shown as such in the plan
+        for workload in workloads:
+            place = (cluster, workload.namespace)
+            managed = {name: h for (c, ns, name), h in hashes.items() if (c, ns) == place}
+            wanted = consumed_hash(workload, managed)
+            restart = mode == ConsumerMode.RESTART and workload.restartable and wanted != workload.config_hash
+            reads = tuple(
+                sorted(name for ns, name in keys if ns == workload.namespace and name in workload.consumes)
             )
-        )
-        effects.append(ConsumerEffect(workload, restart, reads))
+            effects.append(ConsumerEffect(workload, restart, reads))
     return tuple(effects)
+
+
+# -- any revision -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RevisionPreview:
+    source: str
+    revision: str  # as asked: a ref or a commit id
+    outcome: PreviewOutcome
+    detail: str = ""  # why, when it was not planned
+    info: CommitInfo | None = None
+    plan: Plan | None = None
+    errors: tuple[ValidationError, ...] = ()
+    consumers: tuple[ConsumerEffect, ...] = ()
+
+    def as_dict(self, *, items_shown: int | None = None) -> dict[str, Any]:
+        """Plain data (the API's plan, ``gitops diff --revision --json``, a task's result): the objects
+        that would change (``items``, the first ``items_shown``), by action in ``summary``."""
+        changed = [
+            item for item in (self.plan.items if self.plan else ()) if item.action is not Action.UNCHANGED
+        ]
+        info = self.info
+        return {
+            "source": self.source,
+            "revision": self.revision,
+            "outcome": self.outcome.value,
+            "detail": self.detail,
+            "commit": info.sha if info else "",
+            "author_name": info.author_name if info else "",
+            "author_email": info.author_email if info else "",
+            "message": info.message.splitlines()[0] if info and info.message else "",
+            "committed_at": info.committed_at.isoformat() if info else None,
+            "computed_at": timezone.now().isoformat(),
+            "weight": 100,
+            "errors": [error.as_dict() for error in self.errors],
+            "summary": self.plan.summary() if self.plan else {},
+            "items_total": len(changed),
+            "items": [item.as_dict() for item in changed[:items_shown]],
+            "consumers": [effect.as_dict() for effect in self.consumers],
+        }
+
+
+def revision_preview(source: Source, revision: str) -> RevisionPreview:
+    """Plans any revision the source's remote has against the clusters as they are now; applies nothing.
+
+    Raises InvalidRevision (nothing fetched), RevisionNotFound, or what a fetch or the cluster raises.
+    """
+    requested = parse_revision(revision)
+    loaded = revision_load(source, requested)
+    if loaded.desired is None:
+        return RevisionPreview(
+            source.name, requested.text, PreviewOutcome.REJECTED, info=loaded.info, errors=loaded.errors
+        )
+    planned, consumers = _plan_against_clusters(source, loaded.desired, loaded.info.sha)
+    return RevisionPreview(
+        source.name,
+        requested.text,
+        PreviewOutcome.PLANNED,
+        info=loaded.info,
+        plan=planned,
+        consumers=consumers,
+    )
+
+
+def revision_preview_answer(source_id: int, revision: str, *, actor: str) -> dict[str, Any]:
+    """A preview as plain data, whatever happened: what a worker hands back to the web."""
+    source = Source.objects.filter(pk=source_id).first()
+    if source is None:
+        return {"outcome": PreviewOutcome.FAILED.value, "detail": "the source no longer exists"}
+    try:
+        with log_context(source=source.name):
+            # The audit of a preview: it changes nothing, so a log line is its only record.
+            log.info("preview of %r requested by %s", revision[:300], actor)
+            previewed = revision_preview(source, revision)
+    except GitopsError as error:
+        return revision_not_planned(source, revision, error).as_dict()
+    return previewed.as_dict(items_shown=PREVIEW_ITEMS_SHOWN)
+
+
+def revision_not_planned(source: Source, revision: str, why: GitopsError) -> RevisionPreview:
+    """What a preview that could not plan the revision says, and why."""
+    outcome = PreviewOutcome.FAILED
+    if isinstance(why, InvalidRevision):
+        outcome = PreviewOutcome.INVALID_REVISION
+    elif isinstance(why, RevisionNotFound):
+        outcome = PreviewOutcome.NOT_FOUND
+    elif isinstance(why, TemporaryError):
+        outcome = PreviewOutcome.UNAVAILABLE
+    return RevisionPreview(source.name, revision[:300], outcome, detail=redact_url(str(why)))

@@ -4,6 +4,7 @@
     validate   gitops.desired            the whole revision, or every error with file and line
     choose     gitops.rollout.lifecycle  which rollout this pass moves (start, supersede, queue)
     drive      gitops.rollout            plan each step's weight, write intents, apply, record
+    hold       gitops.freezes            a freeze or a closed sync window: plan only; people's decisions go on
     finish     here                      the source's bookkeeping: errors, back-off, next poll
 
 A PostgreSQL advisory lock per source, held for the whole pass, means two
@@ -25,15 +26,17 @@ from django.db import connection
 from django.utils import timezone
 
 from gitops import logs, metrics, schedule, selectors
+from gitops.cluster import clients
 from gitops.desired.errors import ValidationError
 from gitops.errors import PermanentError, TemporaryError
 from gitops.fetch.revisions import commit_identities, revision_desired_state, revision_fetch
 from gitops.models import Revision, Rollout, Source
 from gitops.rollout.lifecycle import rollout_choose, rollout_drive
-from gitops.rollout.rollback import rollout_rollback
+from gitops.rollout.rollback import rollbacks_owed_finish, rollout_rollback
 from gitops.rollout.state import SYSTEM_ACTOR, StepOutcome
-from gitops.rollout.step import intents_finish_pending
+from gitops.rollout.step import intents_finish_pending, plan_held
 from gitops.vocabulary import Outcome
+from gitops.windows import Gate
 
 log = logging.getLogger("gitops.reconcile")
 
@@ -57,6 +60,7 @@ class SyncResult:
     errors: list[str] = field(default_factory=list)
     forced_push: bool = False
     rollout: dict[str, Any] | None = None
+    held: str = ""  # why a freeze or a sync window holds the changes back
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -68,59 +72,90 @@ class SyncResult:
             "errors": self.errors,
             "forced_push": self.forced_push,
             "rollout": self.rollout,
+            "held": self.held,
         }
 
 
 # -- one pass -------------------------------------------------------------------------------
 
 
-def _reconcile(source: Source, *, actor: str, retry_failed: bool) -> SyncResult:
-    resumed = intents_finish_pending(source)  # what a crashed run left behind
+def _reconcile(source: Source, *, actor: str, retry_failed: bool, manual: bool = False) -> SyncResult:
+    clients.refresh()  # clusters registered, removed or re-pointed since the last pass (one query)
+    resumed = intents_finish_pending(source)  # what a crashed run (or an unreachable cluster) left behind
+    rollbacks_owed_finish(source)  # clusters that did not answer an earlier rollback: a freeze holds none
     _abort_if_requested(source)  # before Git: nothing a new commit does can hold an abort up
+    gate = selectors.source_gate(source)
+    held = None if gate.allows(manual=manual) else gate  # a freeze, or outside the sync windows
     try:
         head, forced = revision_fetch(source)
     except (TemporaryError, PermanentError) as exc:
         Source.objects.filter(pk=source.pk).update(last_error=str(exc))
         # Git is out of reach, but decisions already stored (an abort, a pause that
         # ran out, an analysis retry) are carried out from the database and the mirror.
-        _drive_active(source, actor=actor, retry_failed=retry_failed)
+        _drive_active(source, actor=actor, retry_failed=retry_failed, held=held)
         raise
     logs.add_context(commit=head.commit)
     result = SyncResult(source.name, Outcome.UNCHANGED, head.commit, head.pk, forced_push=forced)
     head_desired = revision_desired_state(source, head)
     if head_desired is None:
         # A bad new commit stops nothing already under way with an earlier, valid one.
-        _drive_active(source, actor=actor, retry_failed=retry_failed)
+        _drive_active(source, actor=actor, retry_failed=retry_failed, held=held)
         head.refresh_from_db()
         result.outcome = Outcome.REJECTED
         result.errors = [_error_text(error) for error in head.errors]
         _finish(source, [])
         return result
+    if held is not None:
+        return _hold(source, head, head_desired, held, result)
     identities = lambda: commit_identities(source, head)  # noqa: E731 - asked only when a rollout starts
     rollout, queued = rollout_choose(source, head, head_desired, commit_identities=identities)
     logs.add_context(rollout=rollout.pk)
     outcome = _drive(rollout, head_desired if rollout.revision_id == head.pk else None, actor, retry_failed)
     rollout.refresh_from_db()
     result.outcome = queued or outcome.outcome
-    result.summary, result.errors = outcome.summary, outcome.failures
+    # A cluster that did not answer fails only its own targets: the pass reports it and goes on.
+    unreachable = [f"cluster {name} unreachable: {why}" for name, why in sorted(outcome.unreachable.items())]
+    result.summary, result.errors = outcome.summary, [*outcome.failures, *unreachable]
     result.rollout = selectors.rollout_status(rollout)
     if resumed:
         result.summary["resumed"] = resumed
     Revision.objects.filter(pk=head.pk).update(summary=result.summary)
-    _finish(source, outcome.failures)
+    _finish(source, result.errors)
     return result
 
 
-def _drive(rollout: Rollout, desired: Any, actor: str, retry_failed: bool) -> StepOutcome:
+def _hold(source: Source, head: Revision, desired: Any, gate: Gate, result: SyncResult) -> SyncResult:
+    """A freeze or a closed sync window: nothing starts, no step goes on by itself, the head is planned.
+
+    The active rollout still carries out what people decided (an abort, an
+    administrator's override); the plan of the head shows what waits.
+    """
+    moved = _drive_active(source, actor=SYSTEM_ACTOR, retry_failed=False, held=gate)
+    plan_held(source, desired, head.commit, held=gate.reason)
+    result.outcome = Outcome.HELD
+    if moved is not None and moved.outcome in (Outcome.ABORTED, Outcome.FAILED):
+        result.outcome = moved.outcome
+    if moved is not None:
+        result.summary, result.errors = moved.summary, moved.failures
+    result.held = gate.reason
+    _finish(source, moved.failures if moved is not None else [])
+    return result
+
+
+def _drive(
+    rollout: Rollout, desired: Any, actor: str, retry_failed: bool, held: Gate | None = None
+) -> StepOutcome:
     """Drives a rollout with its own revision (a queued head waits); undoes one that is no longer valid."""
     desired = desired or revision_desired_state(rollout.source, rollout.revision)
     if desired is None:
         _roll_back_invalid(rollout)
         return StepOutcome(Outcome.FAILED, {}, [rollout.message])
-    return rollout_drive(rollout, desired, actor=actor, retry_failed=retry_failed)
+    return rollout_drive(rollout, desired, actor=actor, retry_failed=retry_failed, held=held)
 
 
-def _drive_active(source: Source, *, actor: str, retry_failed: bool) -> None:
+def _drive_active(
+    source: Source, *, actor: str, retry_failed: bool, held: Gate | None = None
+) -> StepOutcome | None:
     """Moves the active rollout with its own, already validated revision; Git is not asked."""
     rollout = (
         Rollout.objects.filter(source=source, phase__in=Rollout.ACTIVE_PHASES)
@@ -129,7 +164,7 @@ def _drive_active(source: Source, *, actor: str, retry_failed: bool) -> None:
         .first()
     )
     if rollout is None:
-        return
+        return None
     logs.add_context(rollout=rollout.pk)
     if rollout.abort_requested_by:
         # A rollback needs nothing from Git: the intents hold what every target had before.
@@ -137,11 +172,12 @@ def _drive_active(source: Source, *, actor: str, retry_failed: bool) -> None:
         rollout_rollback(
             rollout, actor=rollout.abort_requested_by, reason=reason, phase=Rollout.Phase.ABORTED
         )
-        return
+        return StepOutcome(Outcome.ABORTED)
     try:
-        _drive(rollout, None, actor, retry_failed)
+        return _drive(rollout, None, actor, retry_failed, held)
     except (TemporaryError, PermanentError) as exc:
         log.warning("rollout %s waits: its revision cannot be read from the mirror: %s", rollout.pk, exc)
+        return None
 
 
 def _abort_if_requested(source: Source) -> None:
@@ -181,24 +217,41 @@ def _error_text(error: Mapping[str, Any]) -> str:
 # -- one source, one worker, no request lost ---------------------------------------------------
 
 
-def source_sync(source_id: int, *, actor: str = SYSTEM_ACTOR, retry_failed: bool = False) -> SyncResult:
+def source_sync(
+    source_id: int,
+    *,
+    actor: str = SYSTEM_ACTOR,
+    retry_failed: bool = False,
+    manual: bool = False,
+    automatic: bool = False,
+) -> SyncResult:
     """Fetch, validate, plan, roll out and record one source. Raises SourceBusy when another run holds it.
+
+    An ``automatic`` sync (a poll, a push, a timer) of a source that does not allow one
+    (``Source.automatic_sync_allowed``: suspended) does nothing; one someone asked for always runs.
 
     Requests never get lost between two workers: a holder looks for new requests
     only after it released the lock, and a caller that finds the source busy
     records its request and then tries the lock once more. Whichever comes last
     sees the other, so one of them runs the request.
     """
-    source = Source.objects.get(pk=source_id)
+    source = Source.objects.filter(pk=source_id).first()
+    if source is None:
+        gone = Source.all_objects.filter(pk=source_id).values_list("name", flat=True).first()
+        return SyncResult(gone or "", Outcome.GONE)
+    if automatic and not source.automatic_sync_allowed:
+        # A push marked it queued: let the next one through once the source is resumed.
+        Source.objects.filter(pk=source.pk).update(sync_queued=False)
+        return SyncResult(source.name, Outcome.SUSPENDED)
     with logs.log_context(source=source.name):
         runs: list[SyncResult] = []
         requested = False
         while len(runs) < MAX_COALESCED_RUNS:
             started = timezone.now()
-            with _source_lock(source) as acquired:
+            with source_lock(source) as acquired:
                 if acquired:
                     Source.objects.filter(pk=source.pk).update(sync_requested_at=None, sync_queued=False)
-                    runs.append(_measured(source, actor=actor, retry_failed=retry_failed))
+                    runs.append(_measured(source, actor=actor, retry_failed=retry_failed, manual=manual))
             if not acquired:
                 if runs:
                     break  # another worker took the lock after us; it runs what was requested
@@ -217,7 +270,7 @@ def source_sync(source_id: int, *, actor: str = SYSTEM_ACTOR, retry_failed: bool
 
 
 @contextmanager
-def _source_lock(source: Source) -> Iterator[bool]:
+def source_lock(source: Source) -> Iterator[bool]:
     """Yields whether this process now holds the source's reconcile lock."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [LOCK_CLASS, source.pk])
@@ -230,10 +283,10 @@ def _source_lock(source: Source) -> Iterator[bool]:
                 cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [LOCK_CLASS, source.pk])
 
 
-def _measured(source: Source, *, actor: str, retry_failed: bool) -> SyncResult:
+def _measured(source: Source, *, actor: str, retry_failed: bool, manual: bool) -> SyncResult:
     started = time.monotonic()
     try:
-        result = _reconcile(source, actor=actor, retry_failed=retry_failed)
+        result = _reconcile(source, actor=actor, retry_failed=retry_failed, manual=manual)
     except (TemporaryError, PermanentError):
         metrics.RECONCILES.labels(source.name, "error").inc()
         raise

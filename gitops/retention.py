@@ -5,7 +5,7 @@ Each kind of record has a setting (days) and a documented default:
 - webhook deliveries (``SLUICE_RETAIN_WEBHOOK_DELIVERIES_DAYS``, 30): deleted;
 - notifications that were delivered or given up (``SLUICE_RETAIN_NOTIFICATIONS_DAYS``,
   30): deleted; pending ones are kept until they are delivered or given up;
-- apply intents of finished rollouts (``SLUICE_RETAIN_INTENTS_DAYS``, 14);
+- apply intents of finished rollouts and source removals (``SLUICE_RETAIN_INTENTS_DAYS``, 14);
 - rollout events of finished rollouts (``SLUICE_RETAIN_ROLLOUT_EVENTS_DAYS``, 180): deleted.
 
 Intents are bookkeeping: an active rollout reads its intents' ``before`` content to
@@ -57,14 +57,24 @@ def _cutoff(now: datetime, setting: str) -> datetime:
 
 
 def _finished_before(cutoff: datetime) -> Q:
-    return Q(rollout__finished_at__lt=cutoff) & ~Q(rollout__phase__in=Rollout.ACTIVE_PHASES)
+    # A rollout that still owes a cluster its rollback needs its intents' content to restore it.
+    return (
+        Q(rollout__finished_at__lt=cutoff)
+        & ~Q(rollout__phase__in=Rollout.ACTIVE_PHASES)
+        & Q(rollout__rollback_pending_clusters=[])
+    )
+
+
+def _intents_finished_before(cutoff: datetime) -> Q:
+    # A source's removal keeps or prunes objects through intents too; once it ended they are history.
+    return _finished_before(cutoff) | Q(rollout__isnull=True, removal__finished_at__lt=cutoff)
 
 
 def expired(now: datetime | None = None) -> dict[str, QuerySet[Any]]:
     """What each retention rule would remove or clear now."""
     now = now or timezone.now()
     intents = ApplyIntent.objects.filter(
-        _finished_before(_cutoff(now, "SLUICE_RETAIN_INTENTS_DAYS")),
+        _intents_finished_before(_cutoff(now, "SLUICE_RETAIN_INTENTS_DAYS")),
         created_at__lt=_cutoff(now, "SLUICE_RETAIN_INTENTS_DAYS"),
     ).exclude(status=ApplyIntent.Status.PENDING)
     return {

@@ -17,6 +17,16 @@ _VIEW = [
     "gitops.view_approval",
     "gitops.view_rolloutevent",
     "gitops.view_managedobject",
+    "gitops.view_freeze",
+    "gitops.view_syncwindow",
+]
+# Freezes and sync windows: set and lifted by administrators, who alone may promote through them.
+_GATES = [
+    "gitops.add_freeze",
+    "gitops.change_freeze",
+    "gitops.override_freeze",
+    "gitops.add_syncwindow",
+    "gitops.delete_syncwindow",
 ]
 ROLE_PERMISSIONS: dict[str, list[str]] = {
     VIEWER: _VIEW,
@@ -27,6 +37,7 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "gitops.add_source",
         "gitops.change_source",
         "gitops.delete_source",
+        *_GATES,
     ],
 }
 

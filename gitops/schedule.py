@@ -10,6 +10,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from celery.exceptions import TimeoutError as CeleryTimeoutError
+from celery.result import AsyncResult
 from django.db import transaction
 from django.utils import timezone
 
@@ -18,6 +20,8 @@ from gitops.models import Source
 
 SYNC_TASK = "gitops.sync_source"
 DELIVER_TASK = "gitops.deliver_notification"
+REMOVE_TASK = "gitops.remove_source"
+PREVIEW_TASK = "gitops.preview_revision"
 
 
 def _send(name: str, *, kwargs: dict[str, Any], eta: datetime | None = None) -> str:
@@ -25,15 +29,28 @@ def _send(name: str, *, kwargs: dict[str, Any], eta: datetime | None = None) -> 
 
 
 def source_sync(
-    source_id: int, *, actor: str, retry_failed: bool = False, wait_if_busy: bool = True
+    source_id: int,
+    *,
+    actor: str,
+    retry_failed: bool = False,
+    wait_if_busy: bool = True,
+    manual: bool = False,
+    automatic: bool = False,
 ) -> list[str]:
-    """Queues a sync once the transaction commits; the returned list receives the task's id then."""
+    """Queues a sync once the transaction commits; the returned list receives the task's id then.
+
+    ``manual``: a person asked for it, so a sync window's ``manualSync`` may let it through.
+    ``automatic`` (a poll, a push, a timer) runs only while the source allows it (not suspended);
+    a sync someone asked for always runs.
+    """
     task_ids: list[str] = []
     kwargs = {
         "source_id": source_id,
         "actor": actor,
         "retry_failed": retry_failed,
         "wait_if_busy": wait_if_busy,
+        "manual": manual,
+        "automatic": automatic,
     }
     transaction.on_commit(lambda: task_ids.append(_send(SYNC_TASK, kwargs=kwargs)))
     return task_ids
@@ -43,7 +60,7 @@ def source_sync_once(source_id: int, *, actor: str) -> bool:
     """Queues a sync unless one is queued: a burst of pushes makes one reconcile of the newest commit."""
     if not Source.objects.filter(pk=source_id, sync_queued=False).update(sync_queued=True):
         return False
-    source_sync(source_id, actor=actor, wait_if_busy=False)
+    source_sync(source_id, actor=actor, wait_if_busy=False, automatic=True)
     return True
 
 
@@ -54,9 +71,15 @@ MAX_WAKE_AHEAD = timedelta(minutes=30)
 
 def source_sync_at(source_id: int, when: datetime) -> None:
     """Wakes a source at ``when`` (a pause ends). Beat's sweep does it too: a lost wake loses nothing."""
-    kwargs = {"source_id": source_id, "wait_if_busy": False}
+    kwargs = {"source_id": source_id, "wait_if_busy": False, "automatic": True}
     eta = min(when, timezone.now() + MAX_WAKE_AHEAD)
     transaction.on_commit(lambda: _send(SYNC_TASK, kwargs=kwargs, eta=eta))
+
+
+def source_removal(removal_id: int) -> None:
+    """Runs a source's removal (keep or prune each object, then delete the source) on a worker."""
+    kwargs = {"removal_id": removal_id}
+    transaction.on_commit(lambda: _send(REMOVE_TASK, kwargs=kwargs))
 
 
 def notification_delivery(notification_id: int) -> None:
@@ -64,3 +87,24 @@ def notification_delivery(notification_id: int) -> None:
     the entry stays pending and the sweeper sends it once the broker is back."""
     kwargs = {"notification_id": notification_id}
     transaction.on_commit(lambda: _send(DELIVER_TASK, kwargs=kwargs), robust=True)
+
+
+def revision_preview(source_id: int, revision: str, *, actor: str) -> str:
+    """Asks a worker to plan any revision of a source (the web has no mirror and no cluster access);
+    the task id is returned at once. Nothing is written, so there is no transaction to wait for."""
+    kwargs = {"source_id": source_id, "revision": revision, "actor": actor}
+    return _send(PREVIEW_TASK, kwargs=kwargs)
+
+
+def revision_preview_answer(task_id: str, *, wait: float = 0) -> dict[str, Any] | None:
+    """A preview's answer (``gitops.preview.RevisionPreview.as_dict``); None while no worker gave one
+    (within ``wait`` seconds), or once the result backend forgot it (CELERY_RESULT_EXPIRES)."""
+    result: AsyncResult[Any] = AsyncResult(task_id, app=app)
+    if wait:
+        try:
+            result.get(timeout=wait, propagate=False)
+        except CeleryTimeoutError:
+            return None
+    if not result.ready() or not isinstance(result.result, dict):
+        return None
+    return result.result

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, QuerySet
+from django.conf import settings
+from django.db import connection
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.db.models.fields.json import KeyTransform
+from django.utils import timezone
 
 from gitops.desired.errors import ValidationError
-from gitops.models import Change, ManagedObject, Revision, Rollout, Source
+from gitops.models import Change, Freeze, ManagedObject, PublishedFlag, Revision, Rollout, Source, SyncWindow
 from gitops.plan import drift_count, out_of_sync
 from gitops.redaction import redact_url
+from gitops.vocabulary import Staleness, StaleReason
+from gitops.windows import FreezeRule, Gate, WindowRule, change_gate
 
 
 def source_status(source: Source) -> dict[str, Any]:
@@ -29,6 +36,10 @@ def source_status(source: Source) -> dict[str, Any]:
         "branch": source.branch,
         "path": source.path,
         "poll_interval_seconds": int(source.poll_interval.total_seconds()),
+        # Flux's suspend: polls, pushes and timers leave it alone; a sync someone asks for runs.
+        "suspended": source.suspended,
+        "suspended_at": _iso(source.suspended_at),
+        "suspended_by": source.suspended_by,
         "last_fetched_at": _iso(source.last_fetched_at),
         "last_synced_at": _iso(source.last_synced_at),
         "commit": source.last_commit,
@@ -38,6 +49,15 @@ def source_status(source: Source) -> dict[str, Any]:
         "drift": drift_count(summary),
         "conflicts": summary.get("conflict", 0),
         "active_rollout": rollout_status(active) if active else None,
+        # Ended rollouts whose rollback some cluster has not answered yet.
+        "rollbacks_owed": [
+            rollout_status(owing)
+            for owing in Rollout.objects.filter(source=source)
+            .exclude(rollback_pending_clusters=[])
+            .select_related("revision", "source")
+            .order_by("-id")[:20]
+        ],
+        "target_clusters": list(source.target_clusters or []),
         # Which workloads read which of the source's ConfigMaps, as the worker last saw them.
         "consumer_map": dict(source.consumer_map or {}),
         "consumer_map_at": _iso(source.consumer_map_at),
@@ -45,6 +65,8 @@ def source_status(source: Source) -> dict[str, Any]:
         # A failing source backs off: how many failures in a row, and when it tries again.
         "consecutive_failures": source.consecutive_failures,
         "next_try_at": _iso(source.next_poll_at),
+        # A freeze or a sync window that holds the source's changes back now, and why.
+        "gate": source_gate(source).as_dict(),
         "scope": {
             "namespaces": source.allowed_namespaces,
             "analysis_url_prefixes": source.analysis_url_prefixes,
@@ -85,6 +107,8 @@ def rollout_status(rollout: Rollout) -> dict[str, Any]:
         "consumers": rollout.consumers,
         "health_timeout_seconds": rollout.health_timeout_seconds,
         "consumer_states": [dict(state) for state in rollout.consumer_states or []],
+        # Clusters an abort (or a failure) could not restore yet; restored as soon as they answer.
+        "rollback_pending_clusters": list(rollout.rollback_pending_clusters or []),
     }
 
 
@@ -96,10 +120,13 @@ def change_log(
     name: str | None = None,
     action: str | None = None,
     actor: str | None = None,
+    cluster: str | None = None,
 ) -> QuerySet[Change]:
     changes = Change.objects.select_related("source").order_by("-at", "-id")
     if source:
         changes = changes.filter(source__name=source)
+    if cluster:
+        changes = changes.filter(cluster=cluster)
     if commit:
         changes = changes.filter(commit__startswith=commit.lower())
     if namespace:
@@ -137,9 +164,9 @@ def change_as_dict(change: Change, *, with_diff: bool = True) -> dict[str, Any]:
     return entry
 
 
-def changes_per_object(source: Source) -> dict[tuple[str, str], int]:
-    rows = Change.objects.filter(source=source).values("namespace", "name").annotate(n=Count("id"))
-    return {(row["namespace"], row["name"]): row["n"] for row in rows}
+def changes_per_object(source: Source) -> dict[tuple[str, str, str], int]:
+    rows = Change.objects.filter(source=source).values("cluster", "namespace", "name").annotate(n=Count("id"))
+    return {(row["cluster"], row["namespace"], row["name"]): row["n"] for row in rows}
 
 
 def _iso(value: Any) -> str | None:
@@ -241,6 +268,23 @@ def overview_rows(*, search: str = "", page: int = 1) -> tuple[list[SourceRow], 
     return rows, total
 
 
+def source_row(source: Source) -> SourceRow:
+    """One source's overview row (its state in one word, its latest revision and rollout), in three
+    queries: the plan is read for its summary only."""
+    summary = (
+        Source.objects.filter(pk=source.pk)
+        .annotate(plan_summary=KeyTransform("summary", "last_plan"))
+        .values_list("plan_summary", flat=True)
+        .first()
+    ) or {}
+    revision = source.revisions.defer("summary").order_by("-fetched_at", "-id").first()
+    last = Rollout.objects.filter(source=source).select_related("revision").order_by("-id").first()
+    active = last if last is not None and last.is_active else None
+    source.last_plan = {"summary": summary}
+    state = sync_state(source, revision, active, last)
+    return SourceRow(source=source, state=state, revision=revision, active=active, drift=drift_count(summary))
+
+
 ROLLOUT_TARGETS_SHOWN = 200
 
 
@@ -250,16 +294,17 @@ def rollout_targets(
     """The objects the rollout changed (ConfigMaps, restarted workloads), each with its latest change:
     at most ``limit``, and the total."""
     changes = Change.objects.filter(rollout=rollout)
-    total = changes.values("namespace", "kind", "name").distinct().count()
+    total = changes.values("cluster", "namespace", "kind", "name").distinct().count()
     latest = (
-        changes.order_by("namespace", "kind", "name", "-id")
-        .distinct("namespace", "kind", "name")
-        .values("namespace", "kind", "name", "action", "step_index", "weight", "result", "at", "actor")[
-            :limit
-        ]
+        changes.order_by("cluster", "namespace", "kind", "name", "-id")
+        .distinct("cluster", "namespace", "kind", "name")
+        .values(
+            "cluster", "namespace", "kind", "name", "action", "step_index", "weight", "result", "at", "actor"
+        )[:limit]
     )
     rows = [
         {
+            "cluster": row["cluster"],
             "namespace": row["namespace"],
             "kind": row["kind"],
             "name": row["name"],
@@ -273,3 +318,317 @@ def rollout_targets(
         for row in latest
     ]
     return rows, total
+
+
+# -- freezes and sync windows: the gate of a source now ------------------------------------
+
+
+@dataclass(frozen=True)
+class Rules:
+    """Every freeze in force and every sync window, loaded once: gates for many sources cost two queries."""
+
+    freezes: tuple[FreezeRule, ...]
+    windows: tuple[WindowRule, ...]
+    at: datetime
+
+    def gate(self, source: str) -> Gate:
+        return change_gate(source, self.at, self.freezes, self.windows)
+
+
+def freezes_in_force(at: datetime | None = None, *, limit: int | None = None) -> list[Freeze]:
+    at = at or timezone.now()
+    found = Freeze.objects.filter(lifted_at__isnull=True, until__gt=at).select_related("source")
+    found = found.order_by("until")
+    return list(found[:limit] if limit is not None else found)
+
+
+def windows_in_force() -> list[SyncWindow]:
+    return list(SyncWindow.objects.filter(removed_at__isnull=True).order_by("id"))
+
+
+def rules_now(at: datetime | None = None) -> Rules:
+    at = at or timezone.now()
+    return Rules(
+        freezes=tuple(freeze.as_rule() for freeze in freezes_in_force(at)),
+        windows=tuple(window.as_rule() for window in windows_in_force()),
+        at=at,
+    )
+
+
+def source_gate(source: Source, at: datetime | None = None) -> Gate:
+    """May ``source``'s changes go out now? Automatic ones, and a person's sync."""
+    return rules_now(at).gate(source.name)
+
+
+def freeze_history(limit: int = 20) -> list[Freeze]:
+    """Recent freezes that ended (lifted or run out), newest first."""
+    ended = Q(lifted_at__isnull=False) | Q(until__lte=timezone.now())
+    return list(Freeze.objects.filter(ended).select_related("source").order_by("-created_at", "-id")[:limit])
+
+
+def freeze_as_dict(freeze: Freeze) -> dict[str, Any]:
+    return {
+        "id": freeze.pk,
+        "source": freeze.source.name if freeze.source else None,
+        "all_sources": freeze.source_id is None,
+        "until": _iso(freeze.until),
+        "reason": freeze.reason,
+        "created_by": freeze.created_by,
+        "created_at": _iso(freeze.created_at),
+        "lifted_by": freeze.lifted_by,
+        "lifted_at": _iso(freeze.lifted_at),
+    }
+
+
+def window_as_dict(window: SyncWindow, rules: Rules) -> dict[str, Any]:
+    rule = window.as_rule()
+    opened = rule.opened_at(rules.at)
+    return {
+        "id": window.pk,
+        "kind": window.kind,
+        "schedule": window.schedule,
+        "duration_seconds": int(window.duration.total_seconds()),
+        "time_zone": window.time_zone,
+        "sources": list(window.sources or []),
+        "manual_sync": window.manual_sync,
+        "open_now": opened is not None,
+        "opened_at": _iso(opened),
+        "closes_at": _iso(opened + rule.duration) if opened else None,
+        "next_opening": _iso(rule.next_opening(rules.at)),
+        "created_by": window.created_by,
+        "created_at": _iso(window.created_at),
+    }
+
+
+# -- flags ------------------------------------------------------------------------------
+
+FLAGS_PAGE = 50
+FLAG_EXPORT_LIMIT = 100_000
+# The page's order, which its keyset pagination walks: a deep page costs what the first does.
+FLAG_ORDER = ("source__name", "cluster", "namespace", "flag_set", "key", "id")
+ROLLED_BACK_PHASES = (Rollout.Phase.ABORTED, Rollout.Phase.FAILED, Rollout.Phase.SUPERSEDED)
+
+
+_FLAG_COLUMNS = (
+    "source",
+    "cluster",
+    "namespace",
+    "flag_set",
+    "key",
+    "state",
+    "variants",
+    "variant_count",
+    "default_variant",
+    "targeting",
+    "serves_one_variant",
+    "removed",
+    "rollout",
+    "changed_commit",
+    "changed_at",
+)
+
+
+@dataclass(frozen=True)
+class FlagFilters:
+    source: str = ""
+    cluster: str = ""
+    staleness: Staleness = Staleness.ANY
+    key: str = ""  # part of the flag key
+
+
+@dataclass(frozen=True)
+class FlagRow:
+    """One flag as the Flags page and its CSV show it."""
+
+    flag: PublishedFlag
+    stale_reasons: tuple[StaleReason, ...]
+    share: int  # percent of users the flag's definition (or its removal) reaches
+
+    @property
+    def rollout(self) -> Rollout | None:
+        return self.flag.rollout
+
+    @property
+    def stale_words(self) -> list[str]:
+        return [
+            f"unchanged for over {stale_days()} days" if reason is StaleReason.UNCHANGED else reason.value
+            for reason in self.stale_reasons
+        ]
+
+    @property
+    def rolling_out(self) -> bool:
+        return self.flag.rollout is not None and self.flag.rollout.is_active
+
+    @property
+    def rolled_back(self) -> bool:
+        rollout = self.flag.rollout
+        return rollout is not None and rollout.phase in ROLLED_BACK_PHASES
+
+
+def stale_days() -> int:
+    return int(settings.SLUICE_STALE_FLAG_DAYS)
+
+
+def stale_before(now: datetime) -> datetime:
+    """Flags that last changed before this are stale (SLUICE_STALE_FLAG_DAYS)."""
+    return now - timedelta(days=stale_days())
+
+
+def _stale(now: datetime) -> Q:
+    return Q(removed=False) & (Q(serves_one_variant=True) | Q(changed_at__lt=stale_before(now)))
+
+
+def published_flags(filters: FlagFilters, *, now: datetime) -> QuerySet[PublishedFlag]:
+    flags = PublishedFlag.objects.select_related("source", "rollout").only(
+        *_FLAG_COLUMNS,
+        "source__name",
+        "source__commit_url_template",
+        "rollout__phase",
+        "rollout__weight",
+    )
+    if filters.source:
+        flags = flags.filter(source__name=filters.source)
+    if filters.cluster:
+        flags = flags.filter(cluster=filters.cluster)
+    if filters.key:
+        flags = flags.filter(key__icontains=filters.key)
+    if filters.staleness is Staleness.STALE:
+        flags = flags.filter(_stale(now))
+    elif filters.staleness is Staleness.FRESH:
+        flags = flags.exclude(_stale(now))
+    return flags.order_by(*FLAG_ORDER)
+
+
+def flag_page(
+    filters: FlagFilters, *, after: int | None = None, now: datetime, limit: int = FLAGS_PAGE
+) -> tuple[list[FlagRow], int | None]:
+    """One page of flags in FLAG_ORDER, after the flag with id ``after``; and the id to continue after."""
+    flags = published_flags(filters, now=now)
+    if after is not None:
+        last = PublishedFlag.objects.filter(pk=after).values_list(*FLAG_ORDER).first()
+        if last is not None:
+            flags = flags.filter(_after(dict(zip(FLAG_ORDER, last, strict=True))))
+    page = list(flags[: limit + 1])
+    rows = [flag_row(flag, now=now) for flag in page[:limit]]
+    return rows, (page[limit - 1].pk if len(page) > limit else None)
+
+
+def _after(last: dict[str, Any]) -> Q:
+    """Rows after ``last`` in FLAG_ORDER: (a > x) or (a = x and b > y) or ..."""
+    condition = Q()
+    equal = Q()
+    for name, value in last.items():
+        condition |= equal & Q(**{f"{name}__gt": value})
+        equal &= Q(**{name: value})
+    return condition
+
+
+def flag_row(flag: PublishedFlag, *, now: datetime) -> FlagRow:
+    rollout = flag.rollout
+    return FlagRow(
+        flag=flag,
+        stale_reasons=stale_reasons(
+            flag.serves_one_variant, flag.changed_at, flag.removed, stale_before(now)
+        ),
+        share=flag_share(
+            rollout.phase if rollout else None, rollout.weight if rollout else 0, flag.changed_at
+        ),
+    )
+
+
+def stale_reasons(
+    serves_one_variant: bool, changed_at: datetime | None, removed: bool, cutoff: datetime
+) -> tuple[StaleReason, ...]:
+    """Why a flag is stale (nothing: it is not); a flag that is being removed never is."""
+    if removed:
+        return ()
+    reasons = [StaleReason.ONE_VARIANT] if serves_one_variant else []
+    if changed_at is not None and changed_at < cutoff:
+        reasons.append(StaleReason.UNCHANGED)
+    return tuple(reasons)
+
+
+def flag_share(phase: str | None, weight: int, changed_at: datetime | None) -> int:
+    """The percent of users a flag's definition (or, for a removed flag, its removal) reaches now.
+
+    ``phase`` and ``weight`` are those of the rollout that brought or brings it (None: no rollout).
+    """
+    if phase is None:
+        return 100  # recorded as Git has it, with no rollout of it running
+    if phase in Rollout.ACTIVE_PHASES:
+        # Not yet published (a step at weight 0, or a flag set Git no longer has, before 100%).
+        return weight if changed_at is not None else 0
+    return 100 if phase == Rollout.Phase.COMPLETED else 0  # otherwise rolled back
+
+
+# What the CSV export reads of each flag: plain values, no model instances (20,000 rows at a time).
+FLAG_EXPORT_FIELDS = (
+    "source__name",
+    "cluster",
+    "namespace",
+    "flag_set",
+    "key",
+    "state",
+    "variants",
+    "default_variant",
+    "targeting",
+    "rollout_id",
+    "rollout__phase",
+    "rollout__weight",
+    "removed",
+    "changed_commit",
+    "changed_at",
+    "serves_one_variant",
+)
+
+
+def flag_export(filters: FlagFilters, *, now: datetime) -> Iterator[dict[str, Any]]:
+    """Every matching flag (at most FLAG_EXPORT_LIMIT) as a plain record, read in chunks."""
+    cutoff = stale_before(now)
+    flags = published_flags(filters, now=now).values_list(*FLAG_EXPORT_FIELDS)[:FLAG_EXPORT_LIMIT]
+    for values in flags.iterator(chunk_size=2000):
+        record = dict(zip(FLAG_EXPORT_FIELDS, values, strict=True))
+        phase, changed_at = record.pop("rollout__phase"), record["changed_at"]
+        record["share"] = flag_share(phase, record.pop("rollout__weight") or 0, changed_at)
+        record["rollout_phase"] = phase or ""
+        record["stale_reasons"] = stale_reasons(
+            record.pop("serves_one_variant"), changed_at, record["removed"], cutoff
+        )
+        yield record
+
+
+def flag_counts(filters: FlagFilters, *, now: datetime) -> dict[str, int]:
+    """How many flags match the filters, and how many of them are stale."""
+    counted = (
+        published_flags(filters, now=now)
+        .order_by()
+        .aggregate(total=Count("id"), stale=Count("id", filter=_stale(now)))
+    )
+    return {"total": counted["total"], "stale": counted["stale"]}
+
+
+def flag_filter_choices() -> dict[str, list[str]]:
+    """The sources and clusters the filters offer: those the catalog holds."""
+    with_flags = PublishedFlag.objects.filter(source=OuterRef("pk"))
+    sources = Source.objects.filter(Exists(with_flags)).order_by("name").values_list("name", flat=True)
+    return {"sources": list(sources), "clusters": _distinct_clusters()}
+
+
+# A loose index scan: one probe of published_flag_cluster per distinct cluster, where
+# SELECT DISTINCT would read every row of the catalog.
+_DISTINCT_CLUSTERS = """
+    WITH RECURSIVE clusters AS (
+        SELECT min(cluster) AS cluster FROM gitops_publishedflag
+        UNION ALL
+        SELECT (SELECT min(cluster) FROM gitops_publishedflag WHERE cluster > clusters.cluster)
+        FROM clusters WHERE clusters.cluster IS NOT NULL
+    )
+    SELECT cluster FROM clusters WHERE cluster IS NOT NULL
+"""
+
+
+def _distinct_clusters() -> list[str]:
+    """The clusters the catalog holds."""
+    with connection.cursor() as cursor:
+        cursor.execute(_DISTINCT_CLUSTERS)
+        return [row[0] for row in cursor.fetchall()]

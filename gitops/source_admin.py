@@ -1,24 +1,236 @@
-"""Sources, as an administrator manages them: register one, and change what it is allowed.
+"""Sources, as an administrator manages them: register, change, suspend, resume and delete one.
 
 What an administrator allows a source (namespaces, analysis URLs, an approval
 floor, notification URLs) bounds what its repository can do: the repository's
 own policy can narrow it, never widen it.
+
+The command line, the dashboard and the API all call these, so a setting is
+checked in one place (``SourceSettingsError`` names each field that is wrong),
+a caller's role is checked here (``Actor.user``), and every change leaves one
+row in the audit trail (``gitops.record.audit``) with the values before and after.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
+from typing import Any
 
-from django.db import transaction
+from django.core.exceptions import PermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
 
-from gitops import caches
-from gitops.desired.policy import Pause, namespace_glob_problem, steps_from_json
-from gitops.desired.scope import url_prefix_problem
+from gitops import caches, schedule
+from gitops.desired.policy import Pause, steps_from_json
+from gitops.desired.scope import scope_glob_problem, url_prefix_problem
 from gitops.errors import PermanentError
-from gitops.models import MAX_REQUIRED_APPROVALS, Rollout, Source
+from gitops.fetch.credentials import reference_problem
+from gitops.fetch.git import normalize_branch, repository_url_problem
+from gitops.models import (
+    MAX_REQUIRED_APPROVALS,
+    Rollout,
+    Source,
+    SourceRemoval,
+    admin_settings,
+    validate_source_name,
+)
+from gitops.record.audit import Actor, audit_record
 from gitops.redaction import redact_url
-from gitops.vocabulary import Waiting
+from gitops.rollout.state import SYSTEM_ACTOR
+from gitops.vocabulary import AuditVia, ObjectsOnRemoval, SourceAuditAction, Waiting
+
+ADD, CHANGE, DELETE = "gitops.add_source", "gitops.change_source", "gitops.delete_source"
+SYSTEM = Actor(SYSTEM_ACTOR, AuditVia.CLI)
+MIN_POLL_INTERVAL = timedelta(seconds=5)
+MAX_POLL_INTERVAL = timedelta(hours=24)
+MAX_LISTED = 100  # globs, prefixes or URLs in one of a source's lists
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+DURATION = re.compile(r"^(\d{1,6})(s|m|h)?$")
+
+# Each setting's name on the command line, so that messages read the same everywhere.
+OPTIONS = {
+    "name": "NAME",
+    "url": "--url",
+    "branch": "--branch",
+    "path": "--path",
+    "poll_interval": "--interval",
+    "credentials_ref": "--credentials",
+    "allowed_namespaces": "--allow-namespace",
+    "analysis_url_prefixes": "--allow-analysis-url",
+    "required_approvals": "--require-approvals",
+    "commit_url_template": "--commit-url",
+    "notify_urls": "--notify",
+}
+# What cannot change under a running rollout: its revision is read again from the same place.
+WHERE_GIT_IS = ("url", "branch", "path")
+LISTS = ("allowed_namespaces", "analysis_url_prefixes", "notify_urls")
+
+
+class SourceSettingsError(PermanentError):
+    """Settings a source cannot take: every problem, by field (``problems``), so a form shows each one
+    next to its field and the command line prints them all."""
+
+    def __init__(self, problems: Mapping[str, Sequence[str]]) -> None:
+        self.problems = {field: list(messages) for field, messages in problems.items() if messages}
+        super().__init__(
+            "; ".join(
+                f"{OPTIONS.get(field, field)}: {message}"
+                for field, messages in self.problems.items()
+                for message in messages
+            )
+        )
+
+
+class SourceRemovalRefused(PermanentError):
+    """A source cannot be deleted now (a rollout is active, or a removal already runs)."""
+
+
+def parse_interval(text: str) -> timedelta:
+    """``30s``, ``5m``, ``1h`` or plain seconds, as the command line and the dashboard take it."""
+    match = DURATION.match(text.strip())
+    if not match:
+        raise SourceSettingsError({"poll_interval": [f"{text[:20]!r} is not a duration like 30s, 5m or 1h"]})
+    amount, unit = int(match.group(1)), match.group(2) or "s"
+    return timedelta(seconds=amount * {"s": 1, "m": 60, "h": 3600}[unit])
+
+
+# -- checking settings -------------------------------------------------------------------------
+
+
+def _listed(values: Sequence[str]) -> list[str]:
+    """Stripped, empty entries dropped, duplicates dropped (first kept)."""
+    return list(dict.fromkeys(value.strip() for value in values if value.strip()))
+
+
+def _control_characters(value: Any) -> bool:
+    texts = value if isinstance(value, list | tuple) else [value]
+    return any(isinstance(text, str) and CONTROL_CHARACTERS.search(text) for text in texts)
+
+
+def _problems(settings: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Every problem of ``settings`` (a partial or full set of a source's fields), by field."""
+    found: dict[str, list[str]] = {}
+    for field, value in settings.items():
+        if _control_characters(value):  # a NUL byte would not even reach the database
+            found[field] = ["must not contain control characters"]
+            continue
+        check = _CHECKS.get(field)
+        problems = [problem for problem in (check(value) if check else []) if problem]
+        if field in LISTS and len(value) > MAX_LISTED:
+            problems.append(f"at most {MAX_LISTED} entries")
+        if problems:
+            found[field] = problems
+    return found
+
+
+def _name_problems(name: str) -> list[str | None]:
+    try:
+        validate_source_name(name)
+    except DjangoValidationError as exc:
+        return list(exc.messages)
+    taken = Source.objects.filter(name=name).exists()
+    return [f"a source named {name!r} already exists" if taken else None]
+
+
+def _url_problems(url: str) -> list[str | None]:
+    if not url:
+        return ["a repository URL is required"]
+    if redact_url(url) != url:
+        return ["the URL must not contain credentials; give a credentials reference (env:VAR or file:/path)"]
+    if len(url) > 2000:
+        return ["at most 2000 characters"]
+    return [repository_url_problem(url)]
+
+
+def _branch_problems(branch: str) -> list[str | None]:
+    if len(branch) > 255:
+        return ["at most 255 characters"]
+    try:
+        normalize_branch(branch)
+    except PermanentError as exc:
+        return [str(exc)]
+    return []
+
+
+def _path_problems(path: str) -> list[str | None]:
+    parts = path.split("/")
+    if len(path) > 1000 or CONTROL_CHARACTERS.search(path) or any(part in (".", "..") for part in parts):
+        return [f"{path[:100]!r} is not a directory within the repository, like config/prod"]
+    return []
+
+
+def _interval_problems(interval: timedelta) -> list[str | None]:
+    if not MIN_POLL_INTERVAL <= interval <= MAX_POLL_INTERVAL:
+        return ["the poll interval must be from 5s to 24h"]
+    return []
+
+
+def _approvals_problems(required: int) -> list[str | None]:
+    return [] if 0 <= required <= MAX_REQUIRED_APPROVALS else [f"must be from 0 to {MAX_REQUIRED_APPROVALS}"]
+
+
+def _commit_url_problems(template: str) -> list[str | None]:
+    if not template:
+        return []
+    if "{commit}" not in template:
+        return ["must contain {commit}, e.g. https://github.com/org/repo/commit/{commit}"]
+    return [url_prefix_problem(template.replace("{commit}", "0"))]
+
+
+_CHECKS: dict[str, Any] = {
+    "name": _name_problems,
+    "url": _url_problems,
+    "branch": _branch_problems,
+    "path": _path_problems,
+    "poll_interval": _interval_problems,
+    "credentials_ref": lambda ref: [reference_problem(ref)],
+    "allowed_namespaces": lambda globs: (
+        [scope_glob_problem(glob) for glob in globs]
+        or ["a source needs at least one allowed namespace glob (--allow-namespace)"]
+    ),
+    "analysis_url_prefixes": lambda prefixes: [url_prefix_problem(prefix) for prefix in prefixes],
+    "required_approvals": _approvals_problems,
+    "commit_url_template": _commit_url_problems,
+    "notify_urls": lambda urls: [url_prefix_problem(url) for url in urls],
+}
+
+
+def _normalized(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings as stored: strings stripped, lists cleaned, the branch without refs/heads/."""
+    result: dict[str, Any] = {}
+    for field, value in settings.items():
+        if field in LISTS:
+            result[field] = _listed(value)
+        elif field == "path":
+            result[field] = value.strip().strip("/")
+        elif field == "branch":
+            result[field] = value.strip().removeprefix("refs/heads/")
+        elif isinstance(value, str):
+            result[field] = value.strip()
+        else:
+            result[field] = value
+    return result
+
+
+def _clean(source: Source) -> None:
+    """The model's own checks (lengths, the name's uniqueness), reported by field like the rest."""
+    try:
+        source.full_clean()
+    except DjangoValidationError as exc:
+        raise SourceSettingsError(
+            {field: list(messages) for field, messages in exc.message_dict.items()}
+        ) from exc
+
+
+def _require(actor: Actor, permission: str) -> None:
+    user = actor.user
+    if user is not None and not (user.is_active and user.has_perm(permission)):
+        raise PermissionDenied(f"{actor.name} may not manage sources")
+
+
+# -- register, change ------------------------------------------------------------------------
 
 
 def source_add(
@@ -34,30 +246,67 @@ def source_add(
     notify_urls: Sequence[str] = (),
     analysis_url_prefixes: Sequence[str] = (),
     required_approvals: int = 0,
+    actor: Actor = SYSTEM,
 ) -> Source:
     """Registers a source. Its scope is an administrator's to give: without namespaces, nowhere."""
-    if redact_url(url) != url:
-        raise PermanentError("the URL must not contain credentials; use --credentials env:VAR or file:/path")
-    if not allowed_namespaces:
-        raise PermanentError("a source needs at least one allowed namespace glob (--allow-namespace)")
-    source = Source(
-        name=name,
-        url=url,
-        branch=branch,
-        path=path.strip("/"),
-        poll_interval=poll_interval,
-        credentials_ref=credentials_ref,
-        commit_url_template=commit_url_template,
+    _require(actor, ADD)
+    settings = _normalized(
+        {
+            "name": name,
+            "url": url,
+            "branch": branch,
+            "path": path,
+            "poll_interval": poll_interval,
+            "credentials_ref": credentials_ref,
+            "allowed_namespaces": allowed_namespaces,
+            "analysis_url_prefixes": analysis_url_prefixes,
+            "required_approvals": required_approvals,
+            "commit_url_template": commit_url_template,
+            "notify_urls": notify_urls,
+        }
     )
-    _set_scope(
-        source,
-        allowed_namespaces=allowed_namespaces,
-        analysis_url_prefixes=analysis_url_prefixes,
-        required_approvals=required_approvals,
-        notify_urls=notify_urls,
-    )
-    source.full_clean()
-    source.save()
+    if problems := _problems(settings):
+        raise SourceSettingsError(problems)
+    source = Source(**settings)
+    _clean(source)
+    try:
+        with transaction.atomic():
+            source.save()
+            audit_record(source, SourceAuditAction.CREATE, actor, before=None, after=admin_settings(source))
+    except IntegrityError as exc:  # registered by someone else since the check above
+        raise SourceSettingsError({"name": [f"a source named {name!r} already exists"]}) from exc
+    return source
+
+
+def source_update(source: Source, *, actor: Actor = SYSTEM, **changes: Any) -> Source:
+    """Changes any of a source's settings (``OPTIONS`` but the name); what is not given stays as it is.
+
+    The Git location (URL, branch, path) does not change under an active rollout.
+    A raised approval floor holds rollouts already under way too.
+    """
+    _require(actor, CHANGE)
+    unknown = set(changes) - set(OPTIONS) | ({"name"} & set(changes))
+    if unknown:
+        raise SourceSettingsError({field: ["cannot be changed"] for field in sorted(unknown)})
+    changes = _normalized({field: value for field, value in changes.items() if value is not None})
+    if problems := _problems(changes):
+        raise SourceSettingsError(problems)
+    with transaction.atomic():
+        source = Source.objects.select_for_update().get(pk=source.pk)
+        before = admin_settings(source)
+        raised = changes.get("required_approvals", source.required_approvals) > source.required_approvals
+        _check_git_location_is_free(source, changes)
+        for field, value in changes.items():
+            setattr(source, field, value)
+        after = admin_settings(source)
+        if after == before:
+            return source
+        _clean(source)
+        source.save()
+        audit_record(source, SourceAuditAction.UPDATE, actor, before=before, after=after)
+        if raised:
+            _gate_active_rollouts(source)
+    caches.drop(source.pk)
     return source
 
 
@@ -68,24 +317,30 @@ def source_update_scope(
     analysis_url_prefixes: Sequence[str] | None = None,
     required_approvals: int | None = None,
     notify_urls: Sequence[str] | None = None,
+    actor: Actor = SYSTEM,
 ) -> Source:
     """Changes what an administrator allows a source; what is not given stays as it is."""
-    raised = required_approvals is not None and required_approvals > source.required_approvals
-    _set_scope(
+    return source_update(
         source,
-        allowed_namespaces=source.allowed_namespaces if allowed_namespaces is None else allowed_namespaces,
-        analysis_url_prefixes=(
-            source.analysis_url_prefixes if analysis_url_prefixes is None else analysis_url_prefixes
-        ),
-        required_approvals=source.required_approvals if required_approvals is None else required_approvals,
-        notify_urls=source.notify_urls if notify_urls is None else notify_urls,
+        actor=actor,
+        allowed_namespaces=allowed_namespaces,
+        analysis_url_prefixes=analysis_url_prefixes,
+        required_approvals=required_approvals,
+        notify_urls=notify_urls,
     )
-    source.full_clean()
-    source.save()
-    caches.drop(source.pk)
-    if raised:
-        _gate_active_rollouts(source)
-    return source
+
+
+def _check_git_location_is_free(source: Source, changes: Mapping[str, Any]) -> None:
+    moved = [field for field in WHERE_GIT_IS if field in changes and changes[field] != getattr(source, field)]
+    if not moved:
+        return
+    active = Rollout.objects.filter(source=source, phase__in=Rollout.ACTIVE_PHASES).first()
+    if active is not None:
+        message = (
+            f"cannot change while rollout {active.pk} is {active.phase.lower()}; "
+            "abort it or let it finish first"
+        )
+        raise SourceSettingsError({field: [message] for field in moved})
 
 
 def _gate_active_rollouts(source: Source) -> None:
@@ -106,26 +361,81 @@ def _gate_active_rollouts(source: Source) -> None:
             )
 
 
-def _set_scope(
-    source: Source,
-    *,
-    allowed_namespaces: Sequence[str],
-    analysis_url_prefixes: Sequence[str],
-    required_approvals: int,
-    notify_urls: Sequence[str],
-) -> None:
-    for pattern in allowed_namespaces:
-        if problem := namespace_glob_problem(pattern):
-            raise PermanentError(f"--allow-namespace: {problem}")
-    for prefix in analysis_url_prefixes:
-        if problem := url_prefix_problem(prefix):
-            raise PermanentError(f"--allow-analysis-url: {problem}")
-    for url in notify_urls:
-        if problem := url_prefix_problem(url):
-            raise PermanentError(f"--notify: {problem}")
-    if not 0 <= required_approvals <= MAX_REQUIRED_APPROVALS:
-        raise PermanentError(f"--require-approvals must be from 0 to {MAX_REQUIRED_APPROVALS}")
-    source.allowed_namespaces = list(dict.fromkeys(allowed_namespaces))
-    source.analysis_url_prefixes = list(dict.fromkeys(analysis_url_prefixes))
-    source.required_approvals = required_approvals
-    source.notify_urls = list(dict.fromkeys(notify_urls))
+# -- suspend, resume ---------------------------------------------------------------------------
+
+
+def source_suspend(source: Source, *, actor: Actor = SYSTEM) -> Source:
+    """Stops automatic syncs (polls, pushes, timers); a sync someone asks for still runs. Idempotent."""
+    _require(actor, CHANGE)
+    with transaction.atomic():
+        source = Source.objects.select_for_update().get(pk=source.pk)
+        if source.suspended:
+            return source
+        before = admin_settings(source)
+        source.suspended, source.suspended_at, source.suspended_by = True, timezone.now(), actor.name[:150]
+        source.save(update_fields=["suspended", "suspended_at", "suspended_by"])
+        audit_record(source, SourceAuditAction.SUSPEND, actor, before=before, after=admin_settings(source))
+    return source
+
+
+def source_resume(source: Source, *, actor: Actor = SYSTEM) -> Source:
+    """Lets automatic syncs run again, and syncs the source now to catch up. Idempotent."""
+    _require(actor, CHANGE)
+    with transaction.atomic():
+        source = Source.objects.select_for_update().get(pk=source.pk)
+        if not source.suspended:
+            return source
+        if SourceRemoval.objects.filter(source=source, status__in=SourceRemoval.ACTIVE_STATUSES).exists():
+            raise PermanentError(f"{source.name} is being deleted; it cannot be resumed")
+        before = admin_settings(source)
+        source.suspended, source.suspended_at, source.suspended_by = False, None, ""
+        source.save(update_fields=["suspended", "suspended_at", "suspended_by"])
+        audit_record(source, SourceAuditAction.RESUME, actor, before=before, after=admin_settings(source))
+        schedule.source_sync(source.pk, actor=actor.name)
+    return source
+
+
+# -- delete ------------------------------------------------------------------------------------
+
+
+def source_remove(source: Source, *, objects: ObjectsOnRemoval, actor: Actor = SYSTEM) -> SourceRemoval:
+    """Asks for a source's removal: a worker then keeps or prunes each object it manages, logging each in
+    the change log, and deletes the source. Refused while a rollout is active: abort it first.
+
+    The source is suspended at once, so nothing syncs it while it goes.
+    """
+    _require(actor, DELETE)
+    mode = ObjectsOnRemoval(objects)
+    with transaction.atomic():
+        source = Source.objects.select_for_update().get(pk=source.pk)
+        _check_removable(source)
+        before = admin_settings(source)
+        if not source.suspended:
+            source.suspended, source.suspended_at = True, timezone.now()
+            source.suspended_by = actor.name[:150]
+            source.save(update_fields=["suspended", "suspended_at", "suspended_by"])
+        removal = SourceRemoval.objects.create(
+            source=source, source_name=source.name, mode=mode, requested_by=actor.name[:150], via=actor.via
+        )
+        audit_record(
+            source,
+            SourceAuditAction.DELETE,
+            actor,
+            before=before,
+            after=None,
+            message=f"removal {removal.pk}: objects {mode.value}",
+        )
+        schedule.source_removal(removal.pk)
+    return removal
+
+
+def _check_removable(source: Source) -> None:
+    active = Rollout.objects.filter(source=source, phase__in=Rollout.ACTIVE_PHASES).first()
+    if active is not None:
+        raise SourceRemovalRefused(
+            f"{source.name} has an active rollout ({active.pk}, {active.phase.lower()}); abort it first "
+            f"(gitops abort {active.pk} --user USER, or its Abort button), then delete the source"
+        )
+    running = SourceRemoval.objects.filter(source=source, status__in=SourceRemoval.ACTIVE_STATUSES).first()
+    if running is not None:
+        raise SourceRemovalRefused(f"{source.name} is already being deleted (removal {running.pk})")

@@ -13,13 +13,14 @@ from typing import Any
 
 from celery import Task
 
-from gitops import polling, schedule
+from gitops import polling, preview, schedule
 from gitops.celery import app, redelivered_too_often
 from gitops.errors import PermanentError, TemporaryError
 from gitops.reconcile import SourceBusy, source_sync, sync_failure_record
 from gitops.record import notifications
 from gitops.rollout.state import SYSTEM_ACTOR
-from gitops.vocabulary import Outcome
+from gitops.source_removal import source_removal_fail, source_removal_run
+from gitops.vocabulary import Outcome, PreviewOutcome
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +54,19 @@ def ping(payload: str) -> dict[str, str | int]:
 def sync_source(
     self: Task[Any, Any],
     source_id: int,
+    *,
     actor: str = "sluice",
     retry_failed: bool = False,
     wait_if_busy: bool = True,
+    manual: bool = False,
+    automatic: bool = False,
 ) -> dict[str, Any]:
     if died := redelivered_too_often(self):
         return sync_failure_record(source_id, WorkerDied(died)).as_dict()
     try:
-        return source_sync(source_id, actor=actor, retry_failed=retry_failed).as_dict()
+        return source_sync(
+            source_id, actor=actor, retry_failed=retry_failed, manual=manual, automatic=automatic
+        ).as_dict()
     except SourceBusy as exc:
         # The running reconcile takes the request over (it is coalesced); only a
         # caller that waits for this task's own result needs it to run again.
@@ -90,10 +96,51 @@ def poll_sources(self: Task[Any, Any]) -> list[int]:
     """Beat runs this every few seconds; it enqueues the sources whose poll is due."""
     if redelivered_too_often(self):
         return []  # the next sweep comes within seconds
-    claimed = sorted(set(polling.sources_claim_due()) | set(polling.sources_with_due_rollouts()))
-    for source_id in claimed:
+    due_polls = set(polling.sources_claim_due())
+    # Due rollouts are filtered there already: a suspended source's timers wait, its aborts do not.
+    due_rollouts = set(polling.sources_with_due_rollouts()) - due_polls
+    for source_id in sorted(due_polls):
+        schedule.source_sync(source_id, actor=SYSTEM_ACTOR, wait_if_busy=False, automatic=True)
+    for source_id in sorted(due_rollouts):
         schedule.source_sync(source_id, actor=SYSTEM_ACTOR, wait_if_busy=False)
-    return claimed
+    return sorted(due_polls | due_rollouts)
+
+
+@app.task(name="gitops.remove_source", bind=True, max_retries=None)
+def remove_source(self: Task[Any, Any], removal_id: int) -> dict[str, Any]:
+    """Keeps or prunes every object of a source being deleted, then deletes it (gitops.source_removal)."""
+    if died := redelivered_too_often(self):
+        return _removal_state(source_removal_fail(removal_id, str(WorkerDied(died))))
+    try:
+        return _removal_state(source_removal_run(removal_id))
+    except SourceBusy as exc:
+        if self.request.retries >= BUSY_MAX_RETRIES:
+            return _removal_state(source_removal_fail(removal_id, str(exc)))
+        raise self.retry(exc=exc, countdown=BUSY_RETRY_SECONDS) from exc
+    except TemporaryError as exc:
+        if self.request.retries >= TEMPORARY_MAX_RETRIES:
+            return _removal_state(source_removal_fail(removal_id, f"the cluster did not answer: {exc}"))
+        raise self.retry(exc=exc, countdown=backoff(self.request.retries, exc.delay)) from exc
+    except Exception as exc:
+        log.exception("removal %s failed unexpectedly", removal_id)
+        return _removal_state(source_removal_fail(removal_id, f"{type(exc).__name__}: {exc}"))
+
+
+def _removal_state(removal: Any) -> dict[str, Any]:
+    return {"removal": removal.pk, "source": removal.source_name, "status": removal.status}
+
+
+@app.task(name="gitops.preview_revision", bind=True)
+def preview_revision(self: Task[Any, Any], source_id: int, revision: str, actor: str) -> dict[str, Any]:
+    """Plans any revision of a source for the web (dashboard, API); applies and records nothing.
+    Never retried: whoever asked is waiting, and asks again."""
+    if redelivered_too_often(self):
+        return {"outcome": PreviewOutcome.FAILED.value, "detail": "the worker running it died"}
+    try:
+        return preview.revision_preview_answer(source_id, revision, actor=actor)
+    except Exception:
+        log.exception("preview of source %s failed unexpectedly", source_id)
+        return {"outcome": PreviewOutcome.FAILED.value, "detail": "the preview failed; see the worker's log"}
 
 
 NOTIFY_MAX_RETRIES = 8

@@ -18,6 +18,9 @@ class Outcome(StrEnum):
     ABORTED = "aborted"  # a rollout was rolled back on request or by its analysis
     SUPERSEDED = "superseded"  # a rollout was rolled back for a newer commit
     COALESCED = "coalesced"  # another worker runs the request
+    HELD = "held"  # a freeze or a sync window holds changes back: fetched and planned, nothing applied
+    SUSPENDED = "suspended"  # an automatic sync of a suspended source: nothing ran
+    GONE = "gone"  # the source was deleted before the sync ran
 
     @property
     def successful(self) -> bool:
@@ -26,7 +29,7 @@ class Outcome(StrEnum):
 
 
 SUCCESSFUL_OUTCOMES = frozenset(
-    {Outcome.APPLIED, Outcome.UNCHANGED, Outcome.COMPLETED, Outcome.PAUSED, Outcome.QUEUED}
+    {Outcome.APPLIED, Outcome.UNCHANGED, Outcome.COMPLETED, Outcome.PAUSED, Outcome.QUEUED, Outcome.HELD}
 )
 
 
@@ -40,6 +43,7 @@ class ChangeAction(StrEnum):
     REPLACE = "replace"  # an immutable object: deleted, then created
     ROLLBACK = "rollback"  # restored to what it held before a rollout
     RESTART = "restart"  # a workload that reads a changed ConfigMap got a new pod template stamp
+    RELEASE = "release"  # a deleted source let go of an object it kept: provenance and ownership removed
 
 
 class RolloutEventKind(StrEnum):
@@ -58,6 +62,7 @@ class RolloutEventKind(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CONSUMERS = "consumers"  # a step's workloads were restarted, or became healthy, or failed
+    OVERRIDE = "override"  # an administrator let a promote through a freeze or a closed sync window
 
 
 class Waiting(StrEnum):
@@ -68,3 +73,65 @@ class Waiting(StrEnum):
     TIMER = "timer"
     ANALYSIS = "analysis"
     CONSUMERS = "consumers"  # the workloads that read a step's ConfigMaps, to be healthy
+    CLUSTER = "cluster"  # a cluster the step needs, to answer again (tried every few seconds)
+
+
+class StaleReason(StrEnum):
+    """Why the Flags page marks a flag stale (see gitops.desired.flag_summary for the first)."""
+
+    ONE_VARIANT = "serves one variant to everyone"
+    UNCHANGED = "unchanged for a long time"  # longer than SLUICE_STALE_FLAG_DAYS
+
+
+class Staleness(StrEnum):
+    """The Flags page's staleness filter."""
+
+    ANY = ""
+    STALE = "stale"
+    FRESH = "fresh"
+
+
+class SourceAuditAction(StrEnum):
+    """What an administrator did to a source (the audit trail, beside the change log)."""
+
+    CREATE = "create"
+    UPDATE = "update"
+    SUSPEND = "suspend"
+    RESUME = "resume"
+    DELETE = "delete"  # a removal was requested
+    DELETED = "deleted"  # the removal finished: the source is gone
+
+
+class AuditVia(StrEnum):
+    """Where an administrator's change came from."""
+
+    CLI = "cli"
+    DASHBOARD = "dashboard"
+    API = "api"
+
+
+class ObjectsOnRemoval(StrEnum):
+    """What deleting a source does to the objects it manages."""
+
+    KEEP = "keep"  # they stay; Sluice's labels, annotations and field ownership are removed
+    PRUNE = "prune"  # they are deleted
+
+
+class RemovalStatus(StrEnum):
+    """How far a source's removal has got."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"  # every object kept or pruned, the source deleted
+    FAILED = "failed"  # refused or some objects failed; the source stays (suspended) and can be deleted again
+
+
+class PreviewOutcome(StrEnum):
+    """How a preview of a revision (``gitops diff --revision``, the dashboard, the API) ended."""
+
+    PLANNED = "planned"  # valid: the plan against the cluster as it is now; nothing applied
+    REJECTED = "rejected"  # the revision is invalid: its errors, file by file
+    INVALID_REVISION = "invalid-revision"  # not a ref or commit a preview may ask for; nothing fetched
+    NOT_FOUND = "not-found"  # the remote has no such ref or commit
+    UNAVAILABLE = "unavailable"  # Git or the cluster did not answer; worth trying again
+    FAILED = "failed"  # anything else that kept the revision from being planned

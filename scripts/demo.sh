@@ -43,8 +43,10 @@ pids+=($!)
 
 echo
 echo "Sluice is running at http://127.0.0.1:$port/  (log in as demo / demo)"
-echo "A canary of the shop configuration is paused, waiting for your approval: its first wave"
-echo "restarted the shop Deployment in demo-canary, and each promote restarts the next namespaces'."
-echo "kubectl for the embedded cluster: . .stack/env && kubectl get configmaps,deployments -A -l app=shop"
+echo "A canary of the shop configuration is paused, waiting for your approval. It goes cluster by"
+echo "cluster: its first wave reached the default cluster's demo-canary (and restarted the shop Deployment"
+echo "there); each promote takes it to the next member cluster (member-1, then member-2)."
+echo "kubectl for the embedded clusters: . .stack/env && kubectl --context member-1 get configmaps -A -l app=shop"
+echo "The clusters: .venv/bin/python manage.py gitops clusters"
 echo "Press Ctrl-C to stop."
 wait -n "${pids[@]}"

@@ -1,8 +1,11 @@
 """Seeds `make demo`: a sample repository, a source, and a rollout waiting for the visitor's approval.
 
-Each target namespace runs a `shop` Deployment that reads the sample ConfigMaps (`shop` through
-envFrom, `nginx` as a volume of its sidecar). The canary policy uses `consumers: restart`, so each
-wave restarts the Deployments of its namespaces and waits until they are available again.
+The stack's member clusters are registered (`member-1`, `member-2`), and the policy targets three
+clusters one after the other: the canary namespace of the default cluster, then both team namespaces
+of member-1, then member-2's; so the rollout goes cluster by cluster. The canary namespace runs a
+`shop` Deployment that reads the sample ConfigMaps (`shop` through envFrom, `nginx` as a volume of its
+sidecar), and the policy uses `consumers: restart`: the first wave restarts it and waits until it is
+available again. (The member clusters run no scheduler or nodes, so they hold ConfigMaps only.)
 
 Run with the stack's environment loaded and Django settings configured (scripts/demo.sh does both).
 Safe to run again: it reuses what exists.
@@ -28,13 +31,20 @@ from django.contrib.auth.models import Group, User  # noqa: E402
 from kubernetes import client, config  # noqa: E402
 from kubernetes.client.exceptions import ApiException  # noqa: E402
 
-from gitops import reconcile, source_admin  # noqa: E402
+from gitops import cluster_admin, reconcile, source_admin  # noqa: E402
 from gitops.cluster import get_cluster  # noqa: E402
 from gitops.consumers.workloads import Health, health_of  # noqa: E402
-from gitops.models import Rollout, Source  # noqa: E402
+from gitops.models import Cluster, Rollout, Source  # noqa: E402
 
-TARGETS = ["demo-canary", "demo-team-a", "demo-team-b"]
-NAMESPACES = [*TARGETS, "demo-flags"]
+DEFAULT_CLUSTER = os.environ.get("SLUICE_CLUSTER_NAME", "default")
+MEMBERS = [name for name in os.environ.get("SLUICE_MEMBER_CLUSTERS", "member-1,member-2").split(",") if name]
+CANARY = "demo-canary"  # in the default cluster, where the shop Deployment runs
+TEAMS = ["demo-team-a", "demo-team-b"]  # in each member cluster
+TARGETS = [CANARY]  # the namespaces with a shop Deployment
+NAMESPACES = {
+    DEFAULT_CLUSTER: [CANARY, "demo-flags"],
+    **{member: [*TEAMS, "demo-flags"] for member in MEMBERS},
+}
 CONSUMER = "shop"
 # kwok simulates the nodes: pods are scheduled and become Ready, no image is ever pulled.
 IMAGE = "registry.example.com/demo/shop:1.0"
@@ -64,24 +74,26 @@ payments.timeout-ms=3000
 
 
 def policy(with_rollout: bool) -> str:
-    text = """targets:
-  namespaces: [demo-canary, demo-team-a, demo-team-b]
-allowedNamespaces: ["demo-*"]
+    members = "".join(f"  - cluster: {member}\n    namespaces: [{', '.join(TEAMS)}]\n" for member in MEMBERS)
+    text = f"""targets:                     # waves walk these (cluster, namespace) pairs in this order
+  - cluster: {DEFAULT_CLUSTER}
+    namespaces: [{CANARY}]
+{members}allowedNamespaces: ["demo-*"]
 prune: true
 selfHeal: true
 flags:
-  namespace: demo-flags
+  namespace: demo-flags      # published in every target cluster
 """
     if with_rollout:
         text += """rollout:
   consumers: restart         # restart the Deployments that read a changed ConfigMap, wave by wave
   healthTimeout: 2m          # and wait until they are available again
   steps:
-    - setWeight: 33          # the canary namespace first (33% of 3 targets: 1)
+    - setWeight: 20          # the default cluster's canary namespace first (20% of 5 targets: 1)
     - pause: {}              # waits for an approver
-    - setWeight: 66          # demo-team-a too (66% of 3: 2)
+    - setWeight: 60          # member-1's two namespaces too (60% of 5: 3)
     - pause: {duration: 20s}
-    - setWeight: 100
+    - setWeight: 100         # and member-2's
 approvals:
   required: 1
   forbidSelfApproval: true
@@ -218,6 +230,14 @@ def settle(source: Source) -> Rollout | None:
 def describe(rollout: Rollout) -> None:
     waiting = f", waiting for {rollout.waiting_for}" if rollout.waiting_for else ""
     print(f"demo: rollout {rollout.pk} is {rollout.phase}{waiting} at {rollout.weight}%")
+    for cluster_name, namespaces in NAMESPACES.items():
+        for namespace in namespaces:
+            if namespace == "demo-flags":
+                continue
+            live = get_cluster(cluster_name).get_configmap(namespace, "shop") or {}
+            properties = (live.get("data") or {}).get("application.properties", "")
+            limit = next((line for line in properties.splitlines() if "max-items" in line), "absent")
+            print(f"demo:   {cluster_name}/{namespace}: {limit}")
     for state in rollout.consumer_states:
         restarted = "restarted, " if state["restarted"] else ""
         print(
@@ -225,13 +245,24 @@ def describe(rollout: Rollout) -> None:
         )
 
 
+def register_members() -> None:
+    """The stack's member clusters, by their contexts in its kubeconfig: credentials stay in that file."""
+    for member in MEMBERS:
+        if not Cluster.objects.filter(name=member).exists():
+            cluster_admin.cluster_add(name=member, kubeconfig=os.environ["KUBECONFIG"], context=member)
+    for status in cluster_admin.clusters_status():
+        state = f"reachable, {status.version}" if status.reachable else f"unreachable: {status.error}"
+        print(f"demo: cluster {status.name} ({status.server}): {state}")
+
+
 def main() -> int:
     data = Path(os.environ.get("SLUICE_DATA_DIR", ROOT / ".stack" / "data"))
     repo = data / "demo-repo"
     remote, work = repo / "remote.git", repo / "work"
-    cluster = get_cluster()
-    for namespace in NAMESPACES:
-        cluster.create_namespace(namespace)
+    register_members()
+    for cluster_name, namespaces in NAMESPACES.items():
+        for namespace in namespaces:
+            get_cluster(cluster_name).create_namespace(namespace)
 
     if not remote.exists():
         repo.mkdir(parents=True, exist_ok=True)
@@ -246,7 +277,7 @@ def main() -> int:
     source = Source.objects.filter(name="shop-config").first()
     if source is None:
         source = source_admin.source_add(
-            name="shop-config", url=f"file://{remote}", allowed_namespaces=["demo-*"]
+            name="shop-config", url=f"file://{remote}", allowed_namespaces=["demo-*", "member-*/demo-*"]
         )
         first = reconcile.source_sync(source.pk, actor="demo")
         print(f"demo: applied the first commit: {first.outcome}")

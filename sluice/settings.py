@@ -12,6 +12,7 @@ SLUICE_TRUST_X_FORWARDED_PROTO  1 behind a TLS-terminating proxy that sets X-For
 """
 
 import os
+import warnings
 from datetime import timedelta
 from pathlib import Path
 
@@ -142,6 +143,17 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env.get("STATIC_ROOT", BASE_DIR / "staticfiles"))
+# WhiteNoise serves the dashboard's CSS and htmx on every documented path (sluice/staticfiles.py):
+# what collectstatic wrote (the image: hashed names, gzip copies, cached for ever), or,
+# when STATIC_ROOT holds no manifest (a checkout), the apps' own files, indexed once at start-up.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "sluice.staticfiles.CollectedOrAppStaticFiles"},
+}
+WHITENOISE_USE_FINDERS = not (STATIC_ROOT / "staticfiles.json").is_file()
+# A checkout that never ran collectstatic has no STATIC_ROOT; that is expected, not worth a warning.
+warnings.filterwarnings("ignore", message=r"No directory at: ", category=UserWarning)
+WHITENOISE_AUTOREFRESH = DEBUG  # re-reading the apps' files on every request is for development only
 
 REDIS_URL = env.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 CELERY_BROKER_URL = env.get("CELERY_BROKER_URL") or REDIS_URL
@@ -166,8 +178,15 @@ PROMETHEUS_MULTIPROC_DIR = Path(env.get("PROMETHEUS_MULTIPROC_DIR") or SLUICE_DA
 PROMETHEUS_MULTIPROC_DIR.mkdir(parents=True, exist_ok=True)
 env["PROMETHEUS_MULTIPROC_DIR"] = str(PROMETHEUS_MULTIPROC_DIR)
 SLUICE_FIELD_MANAGER = "sluice"
-# The name recorded in the change log for the cluster this deployment manages.
+# The name of the cluster KUBECONFIG names (the default cluster); others are registered (gitops add-cluster).
 SLUICE_CLUSTER_NAME = env.get("SLUICE_CLUSTER_NAME", "default")
+# Every call to a cluster is bounded: connect and read timeouts, and a deadline for listing all of a
+# pass's namespaces; a cluster that misses them is unreachable for that pass and tried again after
+# SLUICE_CLUSTER_RETRY_SECONDS (a rollout waiting for it, a rollback it still owes).
+SLUICE_CLUSTER_CONNECT_TIMEOUT = float(env.get("SLUICE_CLUSTER_CONNECT_TIMEOUT", "3"))
+SLUICE_CLUSTER_READ_TIMEOUT = float(env.get("SLUICE_CLUSTER_READ_TIMEOUT", "30"))
+SLUICE_CLUSTER_LIST_DEADLINE = float(env.get("SLUICE_CLUSTER_LIST_DEADLINE", "60"))
+SLUICE_CLUSTER_RETRY_SECONDS = float(env.get("SLUICE_CLUSTER_RETRY_SECONDS", "10"))
 SLUICE_APPLY_CONCURRENCY = int(env.get("SLUICE_APPLY_CONCURRENCY", "16"))
 # A step waiting for its consumers watches them this long per pass, holding the source's lock.
 SLUICE_CONSUMER_GATE_SLICE_SECONDS = float(env.get("SLUICE_CONSUMER_GATE_SLICE_SECONDS", "30"))
@@ -193,6 +212,11 @@ SLUICE_MAX_OBJECTS = env_int("SLUICE_MAX_OBJECTS", 100_000)
 # A task whose worker process died this many times while running it (killed, out of memory,
 # crashed) is not started again: acks_late would otherwise hand it to the next worker forever.
 SLUICE_MAX_TASK_DELIVERIES = env_int("SLUICE_MAX_TASK_DELIVERIES", 3)
+# The Flags page marks a flag stale when it has not changed for this many days.
+SLUICE_STALE_FLAG_DAYS = env_int("SLUICE_STALE_FLAG_DAYS", 30)
+# A preview of any revision (gitops diff --revision, the dashboard, the API): a worker's fetch of the
+# ref is bounded by this, and the web waits this long (and a little more) for the worker's answer.
+SLUICE_PREVIEW_TIMEOUT_SECONDS = env_int("SLUICE_PREVIEW_TIMEOUT_SECONDS", 60)
 # When set, /metrics wants "Authorization: Bearer <token>".
 SLUICE_METRICS_TOKEN = env.get("SLUICE_METRICS_TOKEN", "")
 

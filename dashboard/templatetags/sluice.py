@@ -5,6 +5,8 @@ from typing import Any
 from django import template
 from django.utils.html import format_html
 
+from gitops import selectors
+
 register = template.Library()
 
 
@@ -46,3 +48,13 @@ def seconds_label(seconds: int) -> str:
         if value and value % size == 0:
             return f"{value // size}{unit}"
     return f"{value}s"
+
+
+BANNER_FREEZES = 5
+
+
+@register.inclusion_tag("dashboard/_freeze_banner.html")
+def freeze_banner() -> dict[str, Any]:
+    """The freezes in force, on every page (the first few; the Freezes page lists them all): one query."""
+    shown = selectors.freezes_in_force(limit=BANNER_FREEZES + 1)
+    return {"freezes": shown[:BANNER_FREEZES], "more": len(shown) > BANNER_FREEZES}

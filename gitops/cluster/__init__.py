@@ -1,6 +1,24 @@
 """Cluster: the only package that talks to the ``kubernetes`` package. Clients, reads and applies."""
 
-from gitops.cluster.client import Cluster, FieldConflictError, NotFoundError, ServerVersion
-from gitops.cluster.clients import get_cluster
+from gitops.cluster.client import (
+    UNAVAILABLE,
+    Cluster,
+    ClusterRefused,
+    FieldConflictError,
+    NotFoundError,
+    ServerVersion,
+)
+from gitops.cluster.clients import UnknownClusterError, clients, default_cluster_name, get_cluster
 
-__all__ = ["Cluster", "FieldConflictError", "NotFoundError", "ServerVersion", "get_cluster"]
+__all__ = [
+    "UNAVAILABLE",
+    "Cluster",
+    "ClusterRefused",
+    "FieldConflictError",
+    "NotFoundError",
+    "ServerVersion",
+    "UnknownClusterError",
+    "clients",
+    "default_cluster_name",
+    "get_cluster",
+]

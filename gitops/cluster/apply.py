@@ -1,18 +1,78 @@
-"""Applying intents with server-side apply, many at a time. Says how each went; records nothing."""
+"""Applying intents with server-side apply, many at a time. Says how each went; records nothing.
+
+Intents are applied cluster by cluster, the clusters side by side. A cluster
+that does not answer or refuses Sluice's credentials stops only its own batch:
+its intents stay pending (a later pass applies them), and the other clusters'
+batches go on.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
 
-from gitops.cluster.client import WORKLOAD_KINDS, Cluster, FieldConflictError, NotFoundError
+from gitops.cluster.client import (
+    UNAVAILABLE,
+    WORKLOAD_KINDS,
+    Cluster,
+    ClusterRefused,
+    FieldConflictError,
+    NotFoundError,
+)
+from gitops.cluster.clients import clients, get_cluster
 from gitops.desired.content import Content
-from gitops.errors import PermanentError
+from gitops.errors import GitopsError, PermanentError
 from gitops.models import ApplyIntent
 from gitops.vocabulary import ChangeAction
+
+
+@dataclass
+class AppliedIntents:
+    """The intents that reached their cluster, with the cluster's answer to each (None: done), and the
+    clusters that could not be reached (their intents stay pending)."""
+
+    intents: list[ApplyIntent] = field(default_factory=list)
+    errors: list[str | None] = field(default_factory=list)
+    unreachable: dict[str, GitopsError] = field(default_factory=dict)
+
+
+def intents_apply_everywhere(
+    intents: Sequence[ApplyIntent], *, connect: Callable[[str], Cluster] = get_cluster
+) -> AppliedIntents:
+    """Applies intents in their own clusters, the clusters side by side."""
+    groups: dict[str, list[ApplyIntent]] = {}
+    for intent in intents:
+        groups.setdefault(intent.cluster, []).append(intent)
+    result = AppliedIntents()
+    if not groups:
+        return result
+
+    def batch(name: str) -> list[str | None] | GitopsError:
+        try:
+            client = connect(name)
+            if (recent := clients.recently_unreachable(name)) is not None:
+                return recent
+            return intents_apply(client, groups[name])
+        except UNAVAILABLE as exc:
+            clients.mark_unreachable(name, exc)
+            return exc
+        except GitopsError as exc:  # not registered any more, or its kubeconfig cannot be read
+            return exc
+
+    with ThreadPoolExecutor(max_workers=len(groups)) as pool:
+        answers = dict(zip(groups, pool.map(batch, groups), strict=True))
+    for name, answer in answers.items():
+        if isinstance(answer, GitopsError):
+            result.unreachable[name] = answer
+        else:
+            result.intents.extend(groups[name])
+            result.errors.extend(answer)
+    return result
 
 
 def intents_apply(cluster: Cluster, intents: Sequence[ApplyIntent]) -> list[str | None]:
@@ -20,18 +80,45 @@ def intents_apply(cluster: Cluster, intents: Sequence[ApplyIntent]) -> list[str 
 
     A refusal for good (a field conflict, a 403, a 422) is an answer; a temporary
     failure (the apiserver is unreachable) raises, and the intents stay pending.
+    After the first such failure the batch's other intents are not tried: a silent
+    cluster costs one timeout, not one per object.
     """
     if not intents:
         return []
     concurrency = int(getattr(settings, "SLUICE_APPLY_CONCURRENCY", 16))
+    stopped = threading.Event()
+
+    def apply(intent: ApplyIntent) -> str | None:
+        if stopped.is_set():
+            raise StoppedBatch()
+        try:
+            return _apply_one(cluster, intent)
+        except UNAVAILABLE:
+            stopped.set()
+            raise
+
     with ThreadPoolExecutor(max_workers=min(concurrency, len(intents))) as pool:
-        return list(pool.map(lambda intent: _apply_one(cluster, intent), intents))
+        futures = [pool.submit(apply, intent) for intent in intents]
+    failures = [f.exception() for f in futures if f.exception() is not None]
+    first = next((e for e in failures if not isinstance(e, StoppedBatch)), None)
+    if first is not None:
+        raise first
+    return [f.result() for f in futures]
+
+
+class StoppedBatch(Exception):
+    """An intent not tried because its cluster already failed in this batch."""
 
 
 def _apply_one(cluster: Cluster, intent: ApplyIntent) -> str | None:
     if intent.kind in WORKLOAD_KINDS:
         return _stamp_workload(cluster, intent)
     try:
+        if intent.action == ChangeAction.RELEASE:
+            cluster.release_configmap(
+                intent.namespace, intent.name, field_manager=settings.SLUICE_FIELD_MANAGER
+            )
+            return None
         if (
             intent.action in (ChangeAction.DELETE, ChangeAction.REPLACE)
             or intent.recreate
@@ -45,6 +132,8 @@ def _apply_one(cluster: Cluster, intent: ApplyIntent) -> str | None:
             _drop_foreign_keys(cluster, intent, applied)
     except FieldConflictError as exc:
         return f"conflict with another field manager: {exc}"
+    except ClusterRefused:
+        raise  # the cluster refuses Sluice's credentials: nothing of it is applied now
     except PermanentError as exc:
         return str(exc)
     return None
@@ -58,6 +147,8 @@ def _stamp_workload(cluster: Cluster, intent: ApplyIntent) -> str | None:
         cluster.apply_workload(intent.manifest, field_manager=settings.SLUICE_FIELD_MANAGER, force=True)
     except NotFoundError:
         return f"{intent.kind.lower()} {intent.namespace}/{intent.name} is gone"
+    except ClusterRefused:
+        raise
     except PermanentError as exc:
         return str(exc)
     return None

@@ -2,7 +2,11 @@
 
 It lists, applies and deletes ConfigMaps and reads the server's version and
 health. Objects go in and out as plain dicts, and every API failure leaves this
-module as a ``TemporaryError`` or a ``PermanentError``.
+module as a ``TemporaryError`` or a ``PermanentError``. Every call's time is
+bounded: a connect timeout and a read timeout (``SLUICE_CLUSTER_CONNECT_TIMEOUT``,
+``SLUICE_CLUSTER_READ_TIMEOUT``), and one retry of a dropped connection at most.
+A cluster that does not answer, or refuses Sluice's credentials
+(``ClusterRefused``), fails only what is asked of that cluster.
 """
 
 from __future__ import annotations
@@ -18,16 +22,27 @@ from django.conf import settings
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
+from gitops.desired.content import is_reserved
 from gitops.errors import PermanentError, TemporaryError
 
 APPLY_PATCH = "application/apply-patch+yaml"
+JSON_PATCH = "application/json-patch+json"
+RELEASE_ATTEMPTS = 3
 # Workload kinds and the suffix of their calls in the generated AppsV1Api.
 WORKLOAD_KINDS = {"Deployment": "deployment", "StatefulSet": "stateful_set", "DaemonSet": "daemon_set"}
-REQUEST_TIMEOUT = (5, 60)  # connect, read (seconds)
+REQUEST_TIMEOUT = (3.0, 30.0)  # connect, read (seconds), unless settings say otherwise
 
 
 class FieldConflictError(PermanentError):
     """Server-side apply refused because another field manager owns a field."""
+
+
+class ClusterRefused(PermanentError):
+    """401, or 403 on a read: the cluster does not accept Sluice's credentials (or not for this)."""
+
+
+# What makes a cluster unavailable for a pass: it does not answer in time, answers 5xx/429, or refuses.
+UNAVAILABLE = (TemporaryError, ClusterRefused)
 
 
 class NotFoundError(PermanentError):
@@ -45,9 +60,11 @@ class ServerVersion:
     minor: str
 
 
-def _translate(exc: ApiException, *, applying: bool = False) -> Exception:
+def _translate(exc: ApiException, *, applying: bool = False, reading: bool = False) -> Exception:
     status = exc.status or 0
     reason = _reason(exc)
+    if status == 401 or (status == 403 and reading):
+        return ClusterRefused(f"kube-apiserver answered {status}: {reason}")
     if status in (429, 500, 502, 503, 504) or status == 0:
         retry_after = None
         if exc.headers and exc.headers.get("Retry-After", "").isdigit():
@@ -66,6 +83,26 @@ def _translate(exc: ApiException, *, applying: bool = False) -> Exception:
     return PermanentError(f"kube-apiserver answered {status}: {reason}")
 
 
+def _pointer(key: str) -> str:
+    """A key as a JSON-pointer segment (RFC 6901)."""
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def _release_patch(live: Mapping[str, Any], field_manager: str) -> list[dict[str, Any]]:
+    metadata = live.get("metadata", {})
+    operations: list[dict[str, Any]] = [
+        {"op": "test", "path": "/metadata/resourceVersion", "value": metadata.get("resourceVersion", "")}
+    ]
+    for section in ("labels", "annotations"):
+        for key in sorted(metadata.get(section) or {}):
+            if is_reserved(key):
+                operations.append({"op": "remove", "path": f"/metadata/{section}/{_pointer(key)}"})
+    others = [entry for entry in metadata.get("managedFields") or () if entry.get("manager") != field_manager]
+    # An empty list would keep managedFields as they are; a single empty entry clears them.
+    operations.append({"op": "replace", "path": "/metadata/managedFields", "value": others or [{}]})
+    return operations
+
+
 def _reason(exc: ApiException) -> str:
     try:
         return str(json.loads(exc.body).get("message") or exc.reason)
@@ -74,13 +111,30 @@ def _reason(exc: ApiException) -> str:
 
 
 @contextmanager
-def _api_errors(*, applying: bool = False) -> Iterator[None]:
+def _api_errors(*, applying: bool = False, reading: bool = False) -> Iterator[None]:
     try:
         yield
     except ApiException as exc:
-        raise _translate(exc, applying=applying) from exc
+        raise _translate(exc, applying=applying, reading=reading) from exc
     except (urllib3.exceptions.HTTPError, OSError) as exc:
-        raise TemporaryError(f"kube-apiserver unreachable: {exc}") from exc
+        raise TemporaryError(f"kube-apiserver unreachable: {_network_reason(exc)}") from exc
+
+
+def _network_reason(exc: BaseException) -> str:
+    """A short, stable reason (the same failure reads the same every time): "connection refused",
+    "read timed out"; never the request's URL."""
+    reason = getattr(exc, "reason", None)
+    cause: BaseException = reason if isinstance(reason, BaseException) else exc
+    if isinstance(cause, urllib3.exceptions.NewConnectionError):  # a subclass of ConnectTimeoutError
+        return str(cause).rpartition("Failed to establish a new connection: ")[2].split("] ")[-1].lower()
+    if isinstance(cause, urllib3.exceptions.ConnectTimeoutError):
+        return "connect timed out"
+    if isinstance(cause, urllib3.exceptions.ReadTimeoutError):
+        return "read timed out"
+    if isinstance(cause, urllib3.exceptions.SSLError):
+        return "TLS handshake failed"
+    first_line = (str(cause).splitlines() or [""])[0]
+    return f"{type(cause).__name__}: {first_line[:200]}"
 
 
 def _lines(response: Any) -> Iterator[bytes]:
@@ -105,17 +159,36 @@ class Cluster:
     """A connection to one cluster, from a kubeconfig file or the in-cluster service account."""
 
     def __init__(
-        self, kubeconfig: str | None = None, *, context: str | None = None, pool_size: int = 32
+        self,
+        kubeconfig: str | None = None,
+        *,
+        context: str | None = None,
+        pool_size: int = 32,
+        name: str = "",
     ) -> None:
         configuration = client.Configuration()
-        if kubeconfig:
-            config.load_kube_config(
-                config_file=kubeconfig, context=context, client_configuration=configuration
+        try:
+            if kubeconfig:
+                config.load_kube_config(
+                    config_file=kubeconfig, context=context, client_configuration=configuration
+                )
+            else:
+                config.load_incluster_config(client_configuration=configuration)
+        except (config.ConfigException, OSError, ValueError, TypeError) as exc:
+            # Names the reference, never the file's content: a kubeconfig holds credentials.
+            where = (
+                f"{kubeconfig} (context {context or 'current'})" if kubeconfig else "the in-cluster account"
             )
-        else:
-            config.load_incluster_config(client_configuration=configuration)
+            raise ClusterRefused(f"cannot load the credentials of {where}: {type(exc).__name__}") from exc
         # Applies run in parallel threads; each needs its own pooled connection.
         configuration.connection_pool_maxsize = pool_size
+        # One retry of a dropped connection, never more: a silent cluster costs two connect timeouts.
+        configuration.retries = 1
+        self.timeout = (
+            float(getattr(settings, "SLUICE_CLUSTER_CONNECT_TIMEOUT", REQUEST_TIMEOUT[0])),
+            float(getattr(settings, "SLUICE_CLUSTER_READ_TIMEOUT", REQUEST_TIMEOUT[1])),
+        )
+        self.name = name
         self._api_client = client.ApiClient(configuration)
         self._core = client.CoreV1Api(self._api_client)
         self._apps = client.AppsV1Api(self._api_client)
@@ -135,19 +208,20 @@ class Cluster:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def server_version(self) -> ServerVersion:
-        with _api_errors():
-            info = self._version.get_code(_request_timeout=REQUEST_TIMEOUT)
+    def server_version(self, *, timeout: float | None = None) -> ServerVersion:
+        bounded = (timeout, timeout) if timeout else self.timeout
+        with _api_errors(reading=True):
+            info = self._version.get_code(_request_timeout=bounded)
         return ServerVersion(git_version=info.git_version, major=info.major, minor=info.minor)
 
     def list_configmaps(self, namespace: str, *, label_selector: str | None = None) -> list[dict[str, Any]]:
         """All ConfigMaps of a namespace in one LIST, as the apiserver's JSON."""
-        with _api_errors():
+        with _api_errors(reading=True):
             response = self._core.list_namespaced_config_map(
                 namespace,
                 label_selector=label_selector or None,
                 _preload_content=False,
-                _request_timeout=REQUEST_TIMEOUT,
+                _request_timeout=self.timeout,
             )
         # Skipping the generated models keeps a 10,000-object LIST cheap.
         items: list[dict[str, Any]] = json.loads(response.data)["items"]
@@ -157,14 +231,14 @@ class Cluster:
         self, namespace: str, *, label_selector: str, limit: int, continue_token: str = ""
     ) -> tuple[list[dict[str, Any]], str, str]:
         """One page of a LIST: (objects, the list's resourceVersion, the token of the next page or "")."""
-        with _api_errors():
+        with _api_errors(reading=True):
             response = self._core.list_namespaced_config_map(
                 namespace,
                 label_selector=label_selector or None,
                 limit=limit,
                 _continue=continue_token or None,
                 _preload_content=False,
-                _request_timeout=REQUEST_TIMEOUT,
+                _request_timeout=self.timeout,
             )
         body = json.loads(response.data)
         metadata = body.get("metadata") or {}
@@ -179,7 +253,7 @@ class Cluster:
         for 5 s longer fails as a TemporaryError. ``ResourceGone`` (410) means
         the version is too old: list again.
         """
-        with _api_errors():
+        with _api_errors(reading=True):
             response = self._core.list_namespaced_config_map(
                 namespace,
                 watch=True,
@@ -188,7 +262,7 @@ class Cluster:
                 label_selector=label_selector or None,
                 timeout_seconds=timeout_seconds,
                 _preload_content=False,
-                _request_timeout=(REQUEST_TIMEOUT[0], timeout_seconds + 5),
+                _request_timeout=(self.timeout[0], timeout_seconds + 5),
             )
             try:
                 for line in _lines(response):
@@ -202,9 +276,9 @@ class Cluster:
 
     def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            with _api_errors():
+            with _api_errors(reading=True):
                 response = self._core.read_namespaced_config_map(
-                    name, namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
+                    name, namespace, _preload_content=False, _request_timeout=self.timeout
                 )
         except NotFoundError:
             return None
@@ -226,7 +300,7 @@ class Cluster:
                 dry_run="All" if dry_run else None,
                 _content_type=APPLY_PATCH,
                 _preload_content=False,
-                _request_timeout=REQUEST_TIMEOUT,
+                _request_timeout=self.timeout,
             )
         result: dict[str, Any] = json.loads(response.data)
         return result
@@ -242,11 +316,39 @@ class Cluster:
                     name,
                     namespace,
                     body=client.V1DeleteOptions(preconditions=preconditions),
-                    _request_timeout=REQUEST_TIMEOUT,
+                    _request_timeout=self.timeout,
                 )
         except NotFoundError:
             return False
         return True
+
+    def release_configmap(self, namespace: str, name: str, *, field_manager: str) -> bool:
+        """Lets go of an object and leaves its content: Sluice's labels and annotations go, and so does
+        ``field_manager``'s entry in managedFields, so no later apply of it can take the fields back.
+
+        One JSON patch that first tests the resourceVersion, so a concurrent writer's managedFields are
+        never overwritten; tried again on a race. False when the object is gone.
+        """
+        refused: PermanentError | None = None
+        for _attempt in range(RELEASE_ATTEMPTS):
+            live = self.get_configmap(namespace, name)
+            if live is None:
+                return False
+            try:
+                with _api_errors():
+                    self._core.patch_namespaced_config_map(
+                        name,
+                        namespace,
+                        _release_patch(live, field_manager),
+                        field_manager=f"{field_manager}-release",
+                        _content_type=JSON_PATCH,
+                        _request_timeout=REQUEST_TIMEOUT,
+                    )
+            except PermanentError as exc:  # a failed resourceVersion test is a 422 too: read it again
+                refused = exc
+                continue
+            return True
+        raise refused or PermanentError(f"{namespace}/{name} could not be released")
 
     def remove_configmap_keys(
         self,
@@ -270,7 +372,7 @@ class Cluster:
                 patch,
                 field_manager=field_manager,
                 _content_type="application/merge-patch+json",
-                _request_timeout=REQUEST_TIMEOUT,
+                _request_timeout=self.timeout,
             )
 
     # -- workloads: Deployments, StatefulSets and DaemonSets -------------------------------
@@ -289,8 +391,8 @@ class Cluster:
     def list_workloads(self, kind: str, namespace: str) -> tuple[list[dict[str, Any]], str]:
         """Every workload of a kind in a namespace (each with its kind), and the list's resourceVersion."""
         list_call, _, _ = self._workload_calls(kind)
-        with _api_errors():
-            response = list_call(namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
+        with _api_errors(reading=True):
+            response = list_call(namespace, _preload_content=False, _request_timeout=self.timeout)
         body = json.loads(response.data)
         items: list[dict[str, Any]] = body["items"]
         for item in items:
@@ -300,10 +402,8 @@ class Cluster:
     def get_workload(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         _, read_call, _ = self._workload_calls(kind)
         try:
-            with _api_errors():
-                response = read_call(
-                    name, namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
-                )
+            with _api_errors(reading=True):
+                response = read_call(name, namespace, _preload_content=False, _request_timeout=self.timeout)
         except NotFoundError:
             return None
         result: dict[str, Any] = json.loads(response.data)
@@ -325,7 +425,7 @@ class Cluster:
                 force=force,
                 _content_type=APPLY_PATCH,
                 _preload_content=False,
-                _request_timeout=REQUEST_TIMEOUT,
+                _request_timeout=self.timeout,
             )
         result: dict[str, Any] = json.loads(response.data)
         return result
@@ -345,9 +445,9 @@ class Cluster:
             resource_version=resource_version,
             timeout_seconds=timeout_seconds,
             allow_watch_bookmarks=True,
-            _request_timeout=(REQUEST_TIMEOUT[0], timeout_seconds + 5),
+            _request_timeout=(self.timeout[0], timeout_seconds + 5),
         )
-        with _api_errors():
+        with _api_errors(reading=True):
             for event in stream:
                 raw = event.get("raw_object") or {}
                 if event.get("type") == "ERROR":
@@ -360,7 +460,7 @@ class Cluster:
     def namespace_exists(self, namespace: str) -> bool:
         try:
             with _api_errors():
-                self._core.read_namespace(namespace, _request_timeout=REQUEST_TIMEOUT)
+                self._core.read_namespace(namespace, _request_timeout=self.timeout)
         except NotFoundError:
             return False
         return True
@@ -370,7 +470,7 @@ class Cluster:
             with _api_errors():
                 self._core.create_namespace(
                     client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)),
-                    _request_timeout=REQUEST_TIMEOUT,
+                    _request_timeout=self.timeout,
                 )
         except TemporaryError:
             # A 409 here means it already exists, which is what we wanted.

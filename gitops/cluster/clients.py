@@ -1,35 +1,167 @@
-"""Connections to clusters, made once per process and shared by its threads."""
+"""Connections to clusters: one client per cluster per process, shared by its threads.
+
+The default cluster is the one ``KUBECONFIG`` names (or the in-cluster service
+account), under the name ``SLUICE_CLUSTER_NAME``; other clusters are registered
+rows (``gitops.models.Cluster``) that say where their credentials live. The
+registry is read once per reconcile (``refresh``), and a client is built again
+when its reference changes, including when its kubeconfig file is rewritten (a
+rotated token), so nothing a process holds outlives the credentials it came from.
+"""
 
 from __future__ import annotations
 
+import os
 import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 
+from django.conf import settings
+
+from gitops import metrics
 from gitops.cluster.client import Cluster
+from gitops.errors import GitopsError, PermanentError
+from gitops.models import Cluster as ClusterRecord
+
+
+class UnknownClusterError(PermanentError):
+    """A name that is neither the default cluster nor a registered one."""
+
+
+# How long a process takes a cluster that just failed to answer at its word, without asking it again:
+# a silent cluster then costs one timeout per process every few seconds, not one per source and pass.
+UNREACHABLE_MEMORY_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class ClusterRef:
+    """Where a cluster's credentials live: a kubeconfig path and context, or (None) the in-cluster account."""
+
+    name: str
+    kubeconfig: str | None
+    context: str | None = None
+
+    def fingerprint(self) -> tuple[object, ...]:
+        """What the client depends on: the reference, and the kubeconfig file's size and change time."""
+        if not self.kubeconfig:
+            return (self.kubeconfig, self.context)
+        try:
+            stat = os.stat(self.kubeconfig)
+        except OSError:
+            return (self.kubeconfig, self.context, None)
+        return (self.kubeconfig, self.context, stat.st_mtime_ns, stat.st_size)
+
+    def connect(self) -> Cluster:
+        return Cluster(self.kubeconfig, context=self.context, name=self.name)
+
+
+def default_cluster_name() -> str:
+    return str(settings.SLUICE_CLUSTER_NAME)
+
+
+def default_ref() -> ClusterRef:
+    return ClusterRef(default_cluster_name(), settings.KUBECONFIG or None)
+
+
+def registered_refs() -> dict[str, ClusterRef]:
+    """The registered clusters, read in one query."""
+    return {
+        name: ClusterRef(name, None if in_cluster else kubeconfig, context or None)
+        for name, kubeconfig, context, in_cluster in ClusterRecord.objects.values_list(
+            "name", "kubeconfig", "context", "in_cluster"
+        )
+    }
 
 
 class ClusterClients:
-    """One client per process for the cluster ``KUBECONFIG`` names (or the in-cluster account)."""
+    """One client per cluster for this process, rebuilt when its reference or kubeconfig changes."""
 
     def __init__(self) -> None:
-        self._default: Cluster | None = None
         self._lock = threading.Lock()
+        self._refs: dict[str, ClusterRef] | None = None
+        self._clients: dict[str, tuple[tuple[object, ...], Cluster]] = {}
+        self._pinned: dict[str, Cluster] = {}
+        self._down: dict[str, tuple[float, GitopsError]] = {}
 
-    def default(self) -> Cluster:
+    def mark_unreachable(self, name: str, error: GitopsError) -> None:
+        """Remembers for a few seconds that ``name`` did not answer (or refused), and counts it."""
+        metrics.CLUSTER_UNREACHABLE.labels(name).inc()
         with self._lock:
-            if self._default is None:
-                self._default = Cluster.from_settings()
-            return self._default
+            self._down[name] = (time.monotonic() + UNREACHABLE_MEMORY_SECONDS, error)
 
-    def forget(self) -> None:
-        """Drops the clients; the next use connects again (tests point settings at a new stack)."""
+    def recently_unreachable(self, name: str) -> GitopsError | None:
+        """Why ``name`` failed a moment ago, or None: then it is worth asking again."""
         with self._lock:
-            if self._default is not None:
-                self._default.close()
-            self._default = None
+            entry = self._down.get(name)
+            if entry is None or entry[0] < time.monotonic():
+                self._down.pop(name, None)
+                return None
+            return entry[1]
+
+    def refresh(self) -> dict[str, ClusterRef]:
+        """Reads the registry again (one query): clusters registered, removed or re-pointed since."""
+        refs = registered_refs()
+        with self._lock:
+            self._refs = refs
+        return refs
+
+    def ref(self, name: str | None = None) -> ClusterRef:
+        if name is None or name == default_cluster_name():
+            return default_ref()
+        refs = self._refs
+        if refs is None or name not in refs:
+            refs = self.refresh()  # registered since this process last looked
+        found = refs.get(name)
+        if found is None:
+            raise UnknownClusterError(f"cluster {name!r} is not registered (gitops add-cluster)")
+        return found
+
+    def get(self, name: str | None = None) -> Cluster:
+        ref = self.ref(name)
+        fingerprint = ref.fingerprint()
+        with self._lock:
+            if (pinned := self._pinned.get(ref.name)) is not None:
+                return pinned
+            known = self._clients.get(ref.name)
+            if known is not None and known[0] == fingerprint:
+                return known[1]
+            connected = ref.connect()
+            self._clients[ref.name] = (fingerprint, connected)
+            self._down.pop(ref.name, None)  # new credentials or a new server: ask it afresh
+        if known is not None:
+            known[1].close()
+        return connected
+
+    def names(self) -> list[str]:
+        """The default cluster, then every registered one by name."""
+        refs = self._refs if self._refs is not None else self.refresh()
+        return [default_cluster_name(), *sorted(set(refs) - {default_cluster_name()})]
+
+    def pin(self, name: str, cluster: Cluster | None) -> Cluster | None:
+        """Tests: serve ``cluster`` for ``name`` whatever the registry says (None unpins).
+
+        Returns the pin it replaced."""
+        with self._lock:
+            previous = self._pinned.pop(name, None)
+            if cluster is not None:
+                self._pinned[name] = cluster
+        return previous
+
+    def forget(self, names: Iterable[str] | None = None) -> None:
+        """Drops clients (all, or the named ones); the next use connects again."""
+        with self._lock:
+            dropped = [
+                self._clients.pop(name) for name in list(names or self._clients) if name in self._clients
+            ]
+            if names is None:
+                self._refs = None
+        for _, cluster in dropped:
+            cluster.close()
 
 
 clients = ClusterClients()
 
 
-def get_cluster() -> Cluster:
-    return clients.default()
+def get_cluster(name: str | None = None) -> Cluster:
+    """The client of cluster ``name`` (None: the default cluster)."""
+    return clients.get(name)

@@ -1,32 +1,49 @@
-"""What the cluster holds now, for a plan: from the live cache where it vouches, otherwise read.
+"""What the clusters hold now, for a plan: from the live cache where it vouches, otherwise read.
 
-``live_view`` asks the live cache (``livestore``) for the stamps of each
-namespace. Where a namespace is fresh, an object whose stamp settles it
+Reads go per cluster, several at a time, each cluster on its own pool. A
+cluster that does not answer, answers with errors or refuses Sluice's
+credentials is reported as unreachable, with why, and its namespaces are left
+out; the other clusters' reads are not held up by it. Every read has its
+connect and read timeouts, and all of a pass's reads a deadline
+(``SLUICE_CLUSTER_LIST_DEADLINE``): a cluster whose reads are not all back by
+then is unreachable for this pass.
+
+``live_configmaps`` LISTs every target namespace. ``live_view`` first asks the
+live cache (``livestore``) for the stamps of each (cluster, namespace). Where a
+namespace is fresh, an object whose stamp settles it
 (``gitops.plan.stamps.settles``: as Sluice applied it, and that is Git's content
 now) is not read at all; every other object the plan needs is read with a GET,
 or the whole namespace with one LIST when that is cheaper. A namespace that is
 stale or absent from the cache is LISTed, as without a cache. So a missed
-event, a restart or a relist costs reads, never a wrong plan.
+event, a restart or a relist costs reads, never a wrong plan; and a cluster
+that fails any read is unreachable for the pass, whatever its cache vouched for.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
-from concurrent.futures import ThreadPoolExecutor
+import time
+from collections.abc import Callable, Collection, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from django.conf import settings
+
 from gitops.cluster import livestore
 from gitops.cluster.client import Cluster
-from gitops.desired.revision import DesiredObject, DesiredState
+from gitops.cluster.clients import clients, get_cluster
+from gitops.desired.revision import DesiredObject, DesiredState, ObjectKey
+from gitops.errors import GitopsError, TemporaryError
 from gitops.plan.stamps import LiveStamp, settles
 
 LIST_CONCURRENCY = 8
+DEFAULT_LIST_DEADLINE_SECONDS = 60.0
 # Past this many objects to read in a namespace, one LIST costs less than a GET each.
 GET_BUDGET_PER_NAMESPACE = 64
-
-Key = tuple[str, str]
+Target = tuple[str, str]  # (cluster, namespace)
+Connect = Callable[[str], Cluster]
 
 
 class ReadVia(StrEnum):
@@ -36,84 +53,191 @@ class ReadVia(StrEnum):
 
 
 @dataclass
-class LiveView:
-    """The live objects a plan needs: those read, and those the live cache settled without a read."""
+class LiveState:
+    """The live objects a plan needs, keyed by (cluster, namespace); the objects the live cache
+    settled without a read; each cluster that could not be read (why); and how many reads of each kind."""
 
-    objects: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    settled: dict[Key, LiveStamp] = field(default_factory=dict)
+    objects: dict[Target, list[dict[str, Any]]] = field(default_factory=dict)
+    unreachable: dict[str, GitopsError] = field(default_factory=dict)
+    settled: dict[ObjectKey, LiveStamp] = field(default_factory=dict)
     reads: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ReadVia, 0))
 
+    def reasons(self) -> dict[str, str]:
+        return {cluster: str(error) for cluster, error in self.unreachable.items()}
 
-def live_configmaps(cluster: Cluster, namespaces: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
-    """Every ConfigMap of each namespace, keyed by namespace."""
-    ordered = sorted(set(namespaces))
-    if not ordered:
-        return {}
-    with ThreadPoolExecutor(max_workers=min(LIST_CONCURRENCY, len(ordered))) as pool:
-        return dict(zip(ordered, pool.map(cluster.list_configmaps, ordered), strict=True))
+    def index(self) -> dict[ObjectKey, dict[str, Any]]:
+        """(cluster, namespace, name) -> object, of the objects read."""
+        return {
+            (cluster, namespace, obj["metadata"]["name"]): obj
+            for (cluster, namespace), objects in self.objects.items()
+            for obj in objects
+        }
 
 
-def live_index(live: dict[str, list[dict[str, Any]]]) -> dict[tuple[str, str], dict[str, Any]]:
-    """(namespace, name) -> object."""
-    return {
-        (namespace, obj["metadata"]["name"]): obj for namespace, objects in live.items() for obj in objects
+@dataclass(frozen=True)
+class _Read:
+    """One read: a whole namespace (one LIST) or, with a name, one object (one GET)."""
+
+    namespace: str
+    name: str = ""
+
+    def run(self, client: Cluster) -> list[dict[str, Any]]:
+        if not self.name:
+            return client.list_configmaps(self.namespace)
+        found = client.get_configmap(self.namespace, self.name)
+        return [] if found is None else [found]
+
+
+def live_configmaps(targets: Iterable[Target], *, connect: Connect = get_cluster) -> LiveState:
+    """Every ConfigMap of each target namespace; clusters that cannot be read are reported, not raised."""
+    state = LiveState()
+    work = {
+        cluster: [_Read(namespace) for namespace in namespaces]
+        for cluster, namespaces in _by_cluster(targets).items()
     }
+    reachable = _reachable(state, work, connect)
+    _read_all(state, {cluster: work[cluster] for cluster in reachable}, reachable)
+    return state
 
 
 def live_view(
-    cluster: Cluster,
-    namespaces: Iterable[str],
+    targets: Iterable[Target],
     *,
-    cluster_name: str,
     source: str,
     desired: DesiredState,
-    managed: Collection[Key],
-) -> LiveView:
-    """What ``plan`` needs of ``namespaces`` for ``source``, reading as little as the live cache allows."""
-    ordered = sorted(set(namespaces))
-    cached = livestore.fresh_stamps(cluster_name, ordered)
-    wanted: dict[str, list[DesiredObject]] = {}
+    managed: Collection[ObjectKey],
+    connect: Connect = get_cluster,
+) -> LiveState:
+    """What ``plan`` needs of ``targets`` for ``source``, reading as little as the live cache allows."""
+    by_cluster = _by_cluster(targets)
+    state = LiveState()
+    reachable = _reachable(state, by_cluster, connect)
+    wanted: dict[Target, list[DesiredObject]] = {}
     for obj in desired.objects:
-        wanted.setdefault(obj.namespace, []).append(obj)
-    view = LiveView()
-    to_list: list[str] = []
-    to_get: list[Key] = []
-    for namespace in ordered:
-        stamps = cached.get(namespace)
-        if stamps is None:
-            to_list.append(namespace)
+        wanted.setdefault((obj.cluster, obj.namespace), []).append(obj)
+    work: dict[str, list[_Read]] = {}
+    for cluster in reachable:
+        namespaces = by_cluster[cluster]
+        cached = livestore.fresh_stamps(cluster, namespaces)
+        reads = work.setdefault(cluster, [])
+        for namespace in namespaces:
+            stamps = cached.get(namespace)
+            if stamps is None:
+                reads.append(_Read(namespace))
+                continue
+            here = wanted.get((cluster, namespace), [])
+            settled, unread = _settle(cluster, namespace, stamps, here, source=source, managed=managed)
+            if len(unread) > GET_BUDGET_PER_NAMESPACE:
+                reads.append(_Read(namespace))
+                continue
+            state.settled.update(settled)
+            reads += (_Read(namespace, name) for name in unread)
+    _read_all(state, work, reachable)
+    return state
+
+
+def _by_cluster(targets: Iterable[Target]) -> dict[str, list[str]]:
+    by_cluster: dict[str, list[str]] = {}
+    for cluster, namespace in sorted(set(targets)):
+        by_cluster.setdefault(cluster, []).append(namespace)
+    return by_cluster
+
+
+def _reachable(state: LiveState, clusters: Iterable[str], connect: Connect) -> dict[str, Cluster]:
+    """The clients of ``clusters`` worth asking; the others go to ``state.unreachable``.
+
+    Not one: a cluster not registered any more, or whose kubeconfig cannot be read,
+    and one that failed a moment ago (``clients.recently_unreachable``), even if
+    the live cache still vouches for it: its objects could not be written anyway.
+    """
+    reachable: dict[str, Cluster] = {}
+    for cluster in clusters:
+        try:
+            client = connect(cluster)
+        except GitopsError as exc:
+            state.unreachable[cluster] = exc
+            clients.mark_unreachable(cluster, exc)
             continue
-        here = wanted.get(namespace, [])
-        settled, unread = _settle(namespace, stamps, here, source=source, managed=managed)
-        if len(unread) > GET_BUDGET_PER_NAMESPACE:
-            to_list.append(namespace)
+        if (recent := clients.recently_unreachable(cluster)) is not None:
+            state.unreachable[cluster] = recent
             continue
-        view.settled.update(settled)
-        to_get += unread
-    view.objects = live_configmaps(cluster, to_list)
-    for (namespace, _), found in zip(to_get, _get_each(cluster, to_get), strict=True):
-        objects = view.objects.setdefault(namespace, [])
-        if found is not None:
-            objects.append(found)
-    view.reads = {ReadVia.CACHE: len(view.settled), ReadVia.GET: len(to_get), ReadVia.LIST: len(to_list)}
-    return view
+        reachable[cluster] = client
+    return reachable
+
+
+def _read_all(state: LiveState, work: dict[str, list[_Read]], reachable: dict[str, Cluster]) -> None:
+    """Runs ``work`` (cluster -> reads) into ``state``, each cluster on its own pool, all within the
+    deadline; a cluster any of whose reads fails or is late is unreachable, and nothing of it is kept."""
+    deadline = float(getattr(settings, "SLUICE_CLUSTER_LIST_DEADLINE", DEFAULT_LIST_DEADLINE_SECONDS))
+    started = time.monotonic()
+    pools: list[ThreadPoolExecutor] = []
+    futures: list[tuple[str, _Read, Future[list[dict[str, Any]]]]] = []
+    finished: set[Future[list[dict[str, Any]]]] = set()
+    try:
+        for cluster, reads in work.items():
+            if not reads:
+                continue
+            # A pool per cluster: a silent cluster's reads never queue up in front of another's.
+            pool = ThreadPoolExecutor(max_workers=min(LIST_CONCURRENCY, len(reads)))
+            pools.append(pool)
+            futures += [(cluster, read, pool.submit(read.run, reachable[cluster])) for read in reads]
+        if futures:
+            remaining = max(0.0, deadline - (time.monotonic() - started))
+            finished = wait_for([future for _, _, future in futures], timeout=remaining).done
+    finally:
+        # Never wait for a read past the deadline: its thread ends with its own read timeout.
+        for pool in pools:
+            pool.shutdown(wait=False, cancel_futures=True)
+    failed: dict[str, GitopsError] = {}
+    for cluster, read, future in futures:
+        state.reads[ReadVia.GET if read.name else ReadVia.LIST] += 1
+        if cluster in failed:
+            continue
+        outcome = _outcome(cluster, future if future in finished else None, deadline)
+        if isinstance(outcome, GitopsError):
+            failed[cluster] = outcome
+        else:
+            state.objects.setdefault((cluster, read.namespace), []).extend(outcome)
+    for cluster, error in failed.items():
+        state.unreachable[cluster] = error
+        clients.mark_unreachable(cluster, error)
+    for target in [target for target in state.objects if target[0] in state.unreachable]:
+        del state.objects[target]
+    for key in [key for key in state.settled if key[0] in state.unreachable]:
+        del state.settled[key]
+    state.reads[ReadVia.CACHE] = len(state.settled)
+
+
+def _outcome(
+    cluster: str, future: Future[list[dict[str, Any]]] | None, deadline: float
+) -> list[dict[str, Any]] | GitopsError:
+    """One read's objects, or why its cluster is unreachable; ``future`` is None when it was late."""
+    if future is None:
+        return TemporaryError(f"cluster {cluster} did not answer its reads within {deadline:.0f}s")
+    error = future.exception()
+    if error is None:
+        return future.result()
+    if not isinstance(error, GitopsError):
+        raise error
+    return error
 
 
 def _settle(
+    cluster: str,
     namespace: str,
     texts: dict[str, str],
     wanted: list[DesiredObject],
     *,
     source: str,
-    managed: Collection[Key],
-) -> tuple[dict[Key, LiveStamp], list[Key]]:
-    """Of one fresh namespace: the objects their stamps settle, and those to read.
+    managed: Collection[ObjectKey],
+) -> tuple[dict[ObjectKey, LiveStamp], list[str]]:
+    """Of one fresh (cluster, namespace): the objects their stamps settle, and the names to read.
 
     To read: every wanted object not settled (a missing stamp included), and every
     object the stamps say is the source's that Git no longer has (prune or orphan).
     """
-    settled: dict[Key, LiveStamp] = {}
-    unread: list[Key] = []
+    settled: dict[ObjectKey, LiveStamp] = {}
+    unread: list[str] = []
     names = set()
     for obj in wanted:
         key = obj.key
@@ -123,17 +247,10 @@ def _settle(
         if stamp is not None and key in managed and settles(stamp, obj, source=source):
             settled[key] = stamp
         else:
-            unread.append(key)
+            unread.append(obj.name)
     for name, text in texts.items():
         if name not in names:
             stamp = LiveStamp.decode(text)
             if stamp is None or stamp.source == source:
-                unread.append((namespace, name))
+                unread.append(name)
     return settled, unread
-
-
-def _get_each(cluster: Cluster, keys: list[Key]) -> list[dict[str, Any] | None]:
-    if not keys:
-        return []
-    with ThreadPoolExecutor(max_workers=min(LIST_CONCURRENCY, len(keys))) as pool:
-        return list(pool.map(lambda key: cluster.get_configmap(*key), keys))

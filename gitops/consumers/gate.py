@@ -1,10 +1,12 @@
 """A step's health gate: wait, through watches, until the workloads of a wave report their rollout done.
 
 The gate opens within a second of the last workload becoming healthy: each
-(kind, namespace) is listed once and then watched, and every event is judged
-as it arrives. It waits at most one slice per pass (the source's lock is held
-meanwhile); a wave that needs longer is waited for again by the next pass,
-until the rollout's deadline. An abort stops the wait at once.
+(cluster, kind, namespace) is listed once and then watched, and every event is
+judged as it arrives. It waits at most one slice per pass (the source's lock is
+held meanwhile); a wave that needs longer is waited for again by the next pass,
+until the rollout's deadline. An abort stops the wait at once. A cluster that
+does not answer leaves its workloads progressing ("cluster unreachable") and is
+listed again a little later, until the deadline.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from typing import Any
 
 from gitops.cluster import Cluster
 from gitops.consumers.workloads import Health, WorkloadHealth, health_of
-from gitops.errors import TemporaryError
+from gitops.errors import GitopsError
 
-WorkloadKey = tuple[str, str, str]  # (kind, namespace, name)
+WorkloadKey = tuple[str, str, str, str]  # (cluster, kind, namespace, name)
+Group = tuple[str, str, str]  # (cluster, kind, namespace)
 RELIST = "RELIST"
+UNREACHABLE_RELIST_SECONDS = 2.0
 
 
 class GateResult(StrEnum):
@@ -35,44 +39,57 @@ class GateResult(StrEnum):
 class Verdict:
     result: GateResult
     states: dict[WorkloadKey, WorkloadHealth]
+    default_cluster: str = ""
 
     @property
     def failures(self) -> list[str]:
+        home = self.default_cluster
         return [
-            f"{kind.lower()}/{name} in {namespace} failed: {state.detail}"
-            for (kind, namespace, name), state in sorted(self.states.items())
+            f"{kind.lower()}/{name} in {place(cluster, namespace, home)} failed: {state.detail}"
+            for (cluster, kind, namespace, name), state in sorted(self.states.items())
             if state.health is Health.FAILED
         ]
 
 
+def place(cluster: str, namespace: str, default_cluster: str) -> str:
+    """``namespace`` in the default cluster, ``cluster/namespace`` in another."""
+    return namespace if cluster == default_cluster else f"{cluster}/{namespace}"
+
+
 def gate_wait(
-    cluster: Cluster,
+    connect: Callable[[str], Cluster],
     workloads: Iterable[WorkloadKey],
     *,
     seconds: float,
     stop: Callable[[], bool] = lambda: False,
     changed: Callable[[dict[WorkloadKey, WorkloadHealth]], None] = lambda states: None,
+    default_cluster: str = "",
 ) -> Verdict:
-    """Waits up to ``seconds`` for every workload to be healthy; ``changed`` hears each new state."""
-    wave = _WaveWatch(cluster, workloads, deadline=time.monotonic() + seconds)
+    """Waits up to ``seconds`` for every workload to be healthy; ``changed`` hears each new state.
+
+    ``connect`` gives the client of a cluster by name.
+    """
+    wave = _WaveWatch(connect, workloads, deadline=time.monotonic() + seconds)
     changed(dict(wave.states))
     while (verdict := _verdict(wave.states)) is None:
         if wave.remaining() <= 0 or stop():
-            return Verdict(GateResult.WAITING, wave.states)
+            return Verdict(GateResult.WAITING, wave.states, default_cluster)
         if wave.next_event():
             changed(dict(wave.states))
-    return Verdict(verdict, wave.states)
+    return Verdict(verdict, wave.states, default_cluster)
 
 
 class _WaveWatch:
-    """The wave's workloads, listed once per (kind, namespace) and watched from there."""
+    """The wave's workloads, listed once per (cluster, kind, namespace) and watched from there."""
 
-    def __init__(self, cluster: Cluster, workloads: Iterable[WorkloadKey], *, deadline: float) -> None:
-        self.cluster, self.deadline = cluster, deadline
+    def __init__(
+        self, connect: Callable[[str], Cluster], workloads: Iterable[WorkloadKey], *, deadline: float
+    ) -> None:
+        self.connect, self.deadline = connect, deadline
         self.wanted = set(workloads)
-        self.groups: dict[tuple[str, str], set[str]] = {}
-        for kind, namespace, name in self.wanted:
-            self.groups.setdefault((kind, namespace), set()).add(name)
+        self.groups: dict[Group, set[str]] = {}
+        for cluster, kind, namespace, name in self.wanted:
+            self.groups.setdefault((cluster, kind, namespace), set()).add(name)
         self.states: dict[WorkloadKey, WorkloadHealth] = {}
         self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
         for group in self.groups:
@@ -87,23 +104,35 @@ class _WaveWatch:
             event_type, payload = self.events.get(timeout=min(1.0, max(0.0, self.remaining())))
         except queue.Empty:
             return False
-        if event_type == RELIST:  # a watch broke off: list that group again and watch on
+        if event_type == RELIST:  # a watch broke off, or the cluster did not answer: list again
             self._list_and_watch(payload)
             return True
-        key = (payload.get("kind", ""), payload["metadata"]["namespace"], payload["metadata"]["name"])
+        cluster, obj = payload
+        key = (cluster, obj.get("kind", ""), obj["metadata"]["namespace"], obj["metadata"]["name"])
         if key not in self.wanted:
             return False
-        self.states[key] = _judge(None if event_type == "DELETED" else payload)
+        self.states[key] = _judge(None if event_type == "DELETED" else obj)
         return True
 
-    def _list_and_watch(self, group: tuple[str, str]) -> None:
-        kind, namespace = group
-        items, version = self.cluster.list_workloads(kind, namespace)
+    def _list_and_watch(self, group: Group) -> None:
+        cluster, kind, namespace = group
+        try:
+            client = self.connect(cluster)
+            items, version = client.list_workloads(kind, namespace)
+        except GitopsError as exc:
+            detail = f"cluster {cluster} unreachable: {exc}"
+            for name in self.groups[group]:
+                self.states[(cluster, kind, namespace, name)] = WorkloadHealth(Health.PROGRESSING, detail)
+            if self.remaining() > UNREACHABLE_RELIST_SECONDS:
+                timer = threading.Timer(UNREACHABLE_RELIST_SECONDS, self.events.put, [(RELIST, group)])
+                timer.daemon = True
+                timer.start()
+            return
         present = {item["metadata"]["name"]: item for item in items}
         for name in self.groups[group]:
-            self.states[(kind, namespace, name)] = _judge(present.get(name))
+            self.states[(cluster, kind, namespace, name)] = _judge(present.get(name))
         if (remaining := self.remaining()) > 0:
-            _watch_in_background(self.cluster, group, version, remaining, self.events)
+            _watch_in_background(client, group, version, remaining, self.events)
 
 
 def _judge(obj: dict[str, Any] | None) -> WorkloadHealth:
@@ -119,8 +148,8 @@ def _verdict(states: dict[WorkloadKey, WorkloadHealth]) -> GateResult | None:
 
 
 def _watch_in_background(
-    cluster: Cluster,
-    group: tuple[str, str],
+    client: Cluster,
+    group: Group,
     version: str,
     seconds: float,
     events: queue.Queue[tuple[str, Any]],
@@ -131,20 +160,20 @@ def _watch_in_background(
     relist, so no change is missed. The thread outlives an early return by at most
     ``seconds``: a watch ends when the server closes it.
     """
-    kind, namespace = group
+    cluster, kind, namespace = group
     started = time.monotonic()
 
     def run() -> None:
         try:
-            for event_type, obj in cluster.watch_workloads(
+            for event_type, obj in client.watch_workloads(
                 kind, namespace, resource_version=version, timeout_seconds=max(1, int(seconds) + 1)
             ):
                 if event_type in ("ADDED", "MODIFIED", "DELETED"):
-                    events.put((event_type, obj))
-        except TemporaryError:
+                    events.put((event_type, (cluster, obj)))
+        except GitopsError:
             events.put((RELIST, group))
             return
         if time.monotonic() - started < seconds:
             events.put((RELIST, group))  # the server ended it before its time
 
-    threading.Thread(target=run, name=f"watch-{kind}-{namespace}", daemon=True).start()
+    threading.Thread(target=run, name=f"watch-{cluster}-{kind}-{namespace}", daemon=True).start()

@@ -23,11 +23,12 @@ from gitops.consumers.workloads import (
 from gitops.models import ApplyIntent, Rollout
 from gitops.vocabulary import ChangeAction
 
-ConfigMapKey = tuple[str, str]  # (namespace, name)
+ConfigMapKey = tuple[str, str]  # (namespace, name), in one cluster
+ClusterConfigMapKey = tuple[str, str, str]  # (cluster, namespace, name)
 
 
 def wave_consumers(cluster: Cluster, changed: Iterable[ConfigMapKey]) -> list[Workload]:
-    """The Deployments, StatefulSets and DaemonSets that read any of the ``changed`` ConfigMaps."""
+    """The Deployments, StatefulSets and DaemonSets of ``cluster`` that read a ``changed`` ConfigMap."""
     names_by_namespace: dict[str, set[str]] = {}
     for namespace, name in changed:
         names_by_namespace.setdefault(namespace, set()).add(name)
@@ -35,31 +36,41 @@ def wave_consumers(cluster: Cluster, changed: Iterable[ConfigMapKey]) -> list[Wo
     for namespace, names in sorted(names_by_namespace.items()):
         for kind in KINDS:
             items, _ = cluster.list_workloads(kind, namespace)
-            found.extend(w for w in map(workload_from, items) if w.consumes & names)
+            found.extend(
+                w for w in (workload_from(item, cluster.name) for item in items) if w.consumes & names
+            )
     return sorted(found, key=lambda workload: workload.key)
 
 
+def consumer_map_key(cluster: str, namespace: str, kind: str, name: str, *, default_cluster: str) -> str:
+    """``namespace/Kind/name`` in the default cluster, ``cluster/namespace/Kind/name`` in another."""
+    key = f"{namespace}/{kind}/{name}"
+    return key if cluster == default_cluster else f"{cluster}/{key}"
+
+
 def consumer_map(
-    cluster: Cluster, namespaces: Iterable[str], managed: Iterable[ConfigMapKey]
+    cluster: Cluster, managed: Iterable[ConfigMapKey], *, default_cluster: str
 ) -> dict[str, list[str]]:
-    """Which workload reads which of the source's ConfigMaps: {"namespace/kind/name": [configmap, ...]}."""
+    """Which workload of ``cluster`` reads which of the source's ConfigMaps there (``consumer_map_key``)."""
     names_by_namespace: dict[str, set[str]] = {}
     for namespace, name in managed:
         names_by_namespace.setdefault(namespace, set()).add(name)
     result: dict[str, list[str]] = {}
-    for namespace in sorted(set(namespaces)):
-        names = names_by_namespace.get(namespace, set())
+    for namespace, names in sorted(names_by_namespace.items()):
         for kind in KINDS:
             for workload in map(workload_from, cluster.list_workloads(kind, namespace)[0]):
                 if read := sorted(workload.consumes & names):
-                    result[f"{namespace}/{kind}/{workload.name}"] = read
+                    key = consumer_map_key(
+                        cluster.name, namespace, kind, workload.name, default_cluster=default_cluster
+                    )
+                    result[key] = read
     return result
 
 
 def restart_intents(
     rollout: Rollout,
     workloads: Iterable[Workload],
-    hashes: Mapping[ConfigMapKey, str],
+    hashes: Mapping[ClusterConfigMapKey, str],
     *,
     step_index: int,
     weight: int,
@@ -72,7 +83,11 @@ def restart_intents(
     commit = rollout.revision.commit
     intents = []
     for workload in workloads:
-        managed = {name: h for (namespace, name), h in hashes.items() if namespace == workload.namespace}
+        managed = {
+            name: h
+            for (cluster, namespace, name), h in hashes.items()
+            if (cluster, namespace) == (workload.cluster, workload.namespace)
+        }
         wanted = consumed_hash(workload, managed)
         if not workload.restartable or not wanted or wanted == workload.config_hash:
             continue
@@ -96,7 +111,7 @@ def restoring_intent(
     """
     if live is None:
         return None
-    workload = workload_from(live)
+    workload = workload_from(live, first.cluster)
     before = first.before or {}
     if workload.config_hash == before.get("configHash", "") and workload.commit == before.get("commit", ""):
         return None
@@ -125,6 +140,7 @@ def _workload_intent(
         source_id=rollout.source_id,
         step_index=step_index,
         weight=weight,
+        cluster=workload.cluster,
         namespace=workload.namespace,
         name=workload.name,
         kind=workload.kind,

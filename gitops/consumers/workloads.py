@@ -46,17 +46,22 @@ class Workload:
     config_hash: str  # the stamp on its pod template, "" when never stamped
     commit: str  # the commit of that stamp
     restartable: bool  # False when annotated sluice.dev/restart: "false"
+    cluster: str = ""  # the cluster it runs in
 
     @property
     def key(self) -> tuple[str, str, str]:
         return (self.kind, self.namespace, self.name)
 
     @property
+    def cluster_key(self) -> tuple[str, str, str, str]:
+        return (self.cluster, self.kind, self.namespace, self.name)
+
+    @property
     def label(self) -> str:
         return f"{self.kind.lower()}/{self.name}"
 
 
-def workload_from(obj: Mapping[str, Any]) -> Workload:
+def workload_from(obj: Mapping[str, Any], cluster: str = "") -> Workload:
     metadata = obj.get("metadata") or {}
     template = (obj.get("spec") or {}).get("template") or {}
     template_annotations = (template.get("metadata") or {}).get("annotations") or {}
@@ -69,6 +74,7 @@ def workload_from(obj: Mapping[str, Any]) -> Workload:
         config_hash=str(template_annotations.get(CONFIG_HASH_ANNOTATION, "")),
         commit=str(template_annotations.get(COMMIT_ANNOTATION, "")),
         restartable=restart != "false",
+        cluster=cluster,
     )
 
 

@@ -21,6 +21,8 @@ from gitops.desired.limits import DEFAULT_LIMITS, Limits
 
 POLICY_FILE = "sluice.yaml"
 DEFAULT_NAMESPACE = "default"
+# The cluster ``targets: {namespaces: [...]}`` means when nothing else names it (SLUICE_CLUSTER_NAME).
+DEFAULT_CLUSTER = "default"
 
 # RFC 1123 label: what Kubernetes accepts as a namespace name.
 NAMESPACE_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -28,6 +30,8 @@ NAMESPACE_GLOB_PATTERN = re.compile(r"^[a-z0-9*?\[\]-]+$")
 # A policy is small; these bounds keep a hostile one from costing quadratic time
 # (every object is checked against every glob) or an endless rollout.
 MAX_NAMESPACES: Final = 1_000  # in targets.namespaces and in allowedNamespaces
+MAX_TARGET_CLUSTERS: Final = 100  # entries in a targets list
+MAX_TARGETS: Final = 1_000  # (cluster, namespace) pairs in all
 MAX_STEPS: Final = 100
 MAX_SUGGESTION_CHARS: Final = 100
 
@@ -104,8 +108,20 @@ class ApprovalSpec:
 
 
 @dataclass(frozen=True)
+class Target:
+    """One entry of ``targets``: a cluster and its namespaces, in policy order."""
+
+    cluster: str
+    namespaces: tuple[str, ...]
+    # Where sluice.yaml names the cluster (line, field), for errors about it.
+    line: int | None = field(default=None, compare=False)
+    field_name: str = field(default="targets", compare=False)
+
+
+@dataclass(frozen=True)
 class Policy:
-    target_namespaces: tuple[str, ...] = (DEFAULT_NAMESPACE,)
+    # Empty only before ``_with_defaults``: then the default namespace of the default cluster.
+    targets: tuple[Target, ...] = ()
     allowed_namespaces: tuple[str, ...] = ()
     prune: bool = False
     self_heal: bool = False
@@ -115,6 +131,22 @@ class Policy:
 
     def allows(self, namespace: str) -> bool:
         return self._allowed.match(namespace) is not None
+
+    @property
+    def target_pairs(self) -> tuple[tuple[str, str], ...]:
+        """Every (cluster, namespace) target in policy order: the order waves walk them in."""
+        return tuple(
+            (target.cluster, namespace) for target in self.targets for namespace in target.namespaces
+        )
+
+    @property
+    def target_namespaces(self) -> tuple[str, ...]:
+        """The target namespaces of every cluster, each once, in policy order."""
+        return tuple(dict.fromkeys(namespace for _, namespace in self.target_pairs))
+
+    @property
+    def clusters(self) -> tuple[str, ...]:
+        return tuple(target.cluster for target in self.targets)
 
     @cached_property
     def _allowed(self) -> re.Pattern[str]:
@@ -399,76 +431,159 @@ def load_policy(
     *,
     limits: Limits = DEFAULT_LIMITS,
     usage: Usage | None = None,
+    default_cluster: str = DEFAULT_CLUSTER,
 ) -> tuple[Policy, list[ValidationError]]:
-    """The policy at a commit; defaults apply when the file is missing."""
+    """The policy at a commit; defaults apply when the file is missing.
+
+    ``default_cluster`` is the cluster the mapping form of ``targets`` (and no
+    ``targets`` at all) means.
+    """
+    defaults = _with_defaults(Policy(), default_cluster)
     if content is None:
-        return _with_defaults(Policy()), []
+        return defaults, []
     documents, errors = load_yaml(file, content, limits=limits, usage=usage)
     # A broken policy still gets the defaults, so that the rest of the revision is judged
     # against something sensible rather than against no allowed namespace at all.
     if errors:
-        return _with_defaults(Policy()), errors
+        return defaults, errors
     if len(documents) > 1:
-        return _with_defaults(Policy()), [
+        return defaults, [
             ValidationError(file, documents[1].line_of(), "", "must hold a single YAML document")
         ]
     if not documents:
-        return _with_defaults(Policy()), []
-    return read_policy(documents[0])
+        return defaults, []
+    return read_policy(documents[0], default_cluster=default_cluster)
 
 
-def read_policy(document: Document) -> tuple[Policy, list[ValidationError]]:
-    reader = _Reader(document)
-    top = reader.mapping(document.data, (), TOP_LEVEL_FIELDS)
+def cluster_name_problem(name: str) -> str | None:
+    if len(name) > 63 or not NAMESPACE_PATTERN.match(name):
+        return f"{name!r} is not a valid cluster name (lowercase letters, digits and '-', at most 63)"
+    return None
 
-    targets = reader.mapping(top.get("targets"), ("targets",), ("namespaces",))
-    target_namespaces = reader.string_list(
-        targets.get("namespaces"), ("targets", "namespaces"), namespace_problem
-    )
-    if target_namespaces == ():
-        reader.error(("targets", "namespaces"), "must list at least one namespace")
-        target_namespaces = None
 
-    allowed = reader.string_list(top.get("allowedNamespaces"), ("allowedNamespaces",), namespace_glob_problem)
-    flags = reader.mapping(top.get("flags"), ("flags",), ("namespace",))
+def _read_target_namespaces(reader: _Reader, value: Any, path: PathKey) -> tuple[str, ...] | None:
+    namespaces = reader.string_list(value, path, namespace_problem)
+    if namespaces == ():
+        reader.error(path, "must list at least one namespace")
+        return None
+    return namespaces
+
+
+def _read_targets(reader: _Reader, value: Any, default_cluster: str) -> tuple[Target, ...]:
+    """``targets``: a list of {cluster, namespaces}, or the mapping {namespaces} for the default cluster."""
+    if value is None:
+        return ()
+    if isinstance(value, dict):
+        fields = reader.mapping(value, ("targets",), ("namespaces",))
+        namespaces = _read_target_namespaces(reader, fields.get("namespaces"), ("targets", "namespaces"))
+        line = reader.document.line_of("targets")
+        return (Target(default_cluster, namespaces, line, "targets"),) if namespaces else ()
+    if not isinstance(value, list) or not value:
+        reader.error(
+            ("targets",), "must be a non-empty list of {cluster, namespaces}, or a mapping with namespaces"
+        )
+        return ()
+    if len(value) > MAX_TARGET_CLUSTERS:
+        reader.error(
+            ("targets",), f"lists {len(value):,} clusters; at most {MAX_TARGET_CLUSTERS} are allowed"
+        )
+        return ()
+    targets: dict[str, Target] = {}
+    for index, entry in enumerate(value):
+        path: PathKey = ("targets", index)
+        fields = reader.mapping(entry, path, ("cluster", "namespaces"))
+        if not isinstance(entry, dict):
+            continue
+        cluster = fields.get("cluster")
+        if not isinstance(cluster, str):
+            reader.error(
+                (*path, "cluster"),
+                "a cluster name is required"
+                if cluster is None
+                else f"must be a string, not {type_name(cluster)}",
+            )
+            continue
+        if problem := cluster_name_problem(cluster):
+            reader.error((*path, "cluster"), problem)
+            continue
+        if cluster in targets:
+            reader.error((*path, "cluster"), f"cluster {cluster!r} is listed twice; list its namespaces once")
+            continue
+        if "namespaces" not in fields:
+            reader.error(path, "namespaces are required: the cluster's target namespaces, in order")
+            continue
+        namespaces = _read_target_namespaces(reader, fields["namespaces"], (*path, "namespaces"))
+        if namespaces:
+            line = reader.document.line_of(*path, "cluster")
+            targets[cluster] = Target(cluster, namespaces, line, f"targets[{index}].cluster")
+    if sum(len(target.namespaces) for target in targets.values()) > MAX_TARGETS:
+        reader.error(("targets",), f"names more than {MAX_TARGETS:,} (cluster, namespace) targets in all")
+        return ()
+    return tuple(targets.values())
+
+
+def _read_flags_namespace(reader: _Reader, value: Any) -> str | None:
+    flags = reader.mapping(value, ("flags",), ("namespace",))
     flags_namespace = flags.get("namespace")
     if flags_namespace is not None and (
         not isinstance(flags_namespace, str) or namespace_problem(flags_namespace)
     ):
         problem = namespace_problem(flags_namespace) if isinstance(flags_namespace, str) else None
         reader.error(("flags", "namespace"), problem or f"must be a string, not {type_name(flags_namespace)}")
-        flags_namespace = None
+        return None
+    return flags_namespace if isinstance(flags_namespace, str) else None
 
-    rollout = _read_rollout(reader, top.get("rollout"))
-    approvals = _read_approvals(reader, top.get("approvals"))
+
+def read_policy(
+    document: Document, *, default_cluster: str = DEFAULT_CLUSTER
+) -> tuple[Policy, list[ValidationError]]:
+    reader = _Reader(document)
+    top = reader.mapping(document.data, (), TOP_LEVEL_FIELDS)
+    targets = _read_targets(reader, top.get("targets"), default_cluster)
+    allowed = reader.string_list(top.get("allowedNamespaces"), ("allowedNamespaces",), namespace_glob_problem)
+    flags_namespace = _read_flags_namespace(reader, top.get("flags"))
     policy = _with_defaults(
         Policy(
-            target_namespaces=target_namespaces or (DEFAULT_NAMESPACE,),
+            targets=targets,
             allowed_namespaces=allowed or (),
             prune=reader.boolean(top.get("prune"), ("prune",), default=False),
             self_heal=reader.boolean(top.get("selfHeal"), ("selfHeal",), default=False),
             flags_namespace=flags_namespace or "",
-            rollout=rollout,
-            approvals=approvals,
-        )
+            rollout=_read_rollout(reader, top.get("rollout")),
+            approvals=_read_approvals(reader, top.get("approvals")),
+        ),
+        default_cluster,
     )
     if allowed is not None:
-        for index, namespace in enumerate(target_namespaces or ()):
-            if not policy.allows(namespace):
-                reader.error(
-                    ("targets", "namespaces", index), f"namespace {namespace!r} is not in allowedNamespaces"
-                )
-        if flags_namespace and not policy.allows(flags_namespace):
-            reader.error(("flags", "namespace"), f"namespace {flags_namespace!r} is not in allowedNamespaces")
+        _check_allowed(reader, policy, targets, flags_namespace)
     return policy, reader.errors
 
 
-def _with_defaults(policy: Policy) -> Policy:
-    flags_namespace = policy.flags_namespace or policy.target_namespaces[0]
+def _check_allowed(
+    reader: _Reader, policy: Policy, targets: tuple[Target, ...], flags_namespace: str | None
+) -> None:
+    """Target and flags namespaces must lie inside the repository's own allowedNamespaces."""
+    mapping_form = isinstance((reader.document.data or {}).get("targets"), dict)
+    for target_index, target in enumerate(targets):
+        for index, namespace in enumerate(target.namespaces):
+            if not policy.allows(namespace):
+                path: PathKey = ("targets", "namespaces", index)
+                if not mapping_form:
+                    path = ("targets", target_index, "namespaces", index)
+                reader.error(path, f"namespace {namespace!r} is not in allowedNamespaces")
+    if flags_namespace and not policy.allows(flags_namespace):
+        reader.error(("flags", "namespace"), f"namespace {flags_namespace!r} is not in allowedNamespaces")
+
+
+def _with_defaults(policy: Policy, default_cluster: str = DEFAULT_CLUSTER) -> Policy:
+    targets = policy.targets or (Target(default_cluster, (DEFAULT_NAMESPACE,)),)
+    first_namespace = targets[0].namespaces[0]
+    flags_namespace = policy.flags_namespace or first_namespace
+    target_namespaces = tuple(dict.fromkeys(ns for target in targets for ns in target.namespaces))
     # Without an explicit list, a repository may write only where it targets.
-    allowed = policy.allowed_namespaces or tuple(dict.fromkeys((*policy.target_namespaces, flags_namespace)))
+    allowed = policy.allowed_namespaces or tuple(dict.fromkeys((*target_namespaces, flags_namespace)))
     return Policy(
-        target_namespaces=policy.target_namespaces,
+        targets=targets,
         allowed_namespaces=allowed,
         prune=policy.prune,
         self_heal=policy.self_heal,

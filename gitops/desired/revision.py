@@ -110,9 +110,12 @@ class ParseCache:
             self.bytes -= evicted_size
 
 
+ObjectKey = tuple[str, str, str]  # (cluster, namespace, name)
+
+
 @dataclass(frozen=True)
 class DesiredObject:
-    """One ConfigMap in one namespace, as Git wants it."""
+    """One ConfigMap in one namespace of one cluster, as Git wants it."""
 
     namespace: str
     name: str
@@ -127,10 +130,11 @@ class DesiredObject:
     flag_set: FlagSet | None = field(default=None, compare=False)
     # During a rollout, the canary-wrapped flag set published instead of Git's.
     canary_document: dict[str, Any] | None = field(default=None, compare=False)
+    cluster: str = field(kw_only=True)
 
     @property
-    def key(self) -> tuple[str, str]:
-        return (self.namespace, self.name)
+    def key(self) -> ObjectKey:
+        return (self.cluster, self.namespace, self.name)
 
     def rendered(self, *, commit: str, source: str) -> Content:
         """The content as applied at ``commit``; flag sets carry the commit inside them."""
@@ -152,12 +156,17 @@ class DesiredState:
     policy: Policy
     objects: tuple[DesiredObject, ...]
 
-    def by_key(self) -> dict[tuple[str, str], DesiredObject]:
+    def by_key(self) -> dict[ObjectKey, DesiredObject]:
         return {obj.key: obj for obj in self.objects}
 
     @property
-    def namespaces(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(obj.namespace for obj in self.objects))
+    def targets(self) -> tuple[tuple[str, str], ...]:
+        """Every (cluster, namespace) an object goes to."""
+        return tuple(dict.fromkeys((obj.cluster, obj.namespace) for obj in self.objects))
+
+    @property
+    def clusters(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(obj.cluster for obj in self.objects))
 
 
 # Metadata Sluice writes into published flag sets; never part of Git's content.
@@ -269,8 +278,11 @@ def load_revision(
     if errors:  # a limit was hit: what was parsed is partial, so cross-file checks would mislead
         raise RevisionRejected(errors)
     policy_usage = Usage()
-    policy, policy_errors = load_policy(policy_content, limits=limits, usage=policy_usage)
+    policy, policy_errors = load_policy(
+        policy_content, limits=limits, usage=policy_usage, default_cluster=scope.default_cluster
+    )
     errors = list(policy_errors)
+    errors.extend(_cluster_errors(policy, scope))
     errors.extend(_analysis_url_errors(policy, scope))
     if sum(result.nodes for result in parsed.values()) + policy_usage.nodes > limits.max_revision_nodes:
         errors.append(_too_many_nodes(POLICY_FILE, limits))
@@ -409,8 +421,9 @@ def _expand(
     limits: Limits = DEFAULT_LIMITS,
 ) -> list[DesiredObject]:
     permitted = _namespace_check(policy, scope)
+    reachable = _reachable_clusters(policy, scope)
     objects: list[DesiredObject] = []
-    seen: dict[tuple[str, str], tuple[str, int | None]] = {}
+    seen: dict[ObjectKey, tuple[str, int | None]] = {}
 
     def add(obj: DesiredObject, field_name: str) -> None:
         first = seen.get(obj.key)
@@ -428,12 +441,15 @@ def _expand(
         for path in sorted(parsed):
             for index, item in enumerate(parsed[path].items):
                 if isinstance(item, FlagSet):
-                    if flag_set := _flag_set_object(path, item, policy.flags_namespace, permitted, errors):
-                        add(flag_set, "")
+                    # Published to the flags namespace of every target cluster.
+                    for found in _flag_set_objects(path, item, reachable, policy.flags_namespace, permitted):
+                        if isinstance(found, ValidationError):
+                            errors.append(found)
+                        else:
+                            add(found, "")
                     continue
-                targets = (item.namespace,) if item.namespace else policy.target_namespaces
-                for rank, namespace in enumerate(targets):
-                    if problem := permitted(namespace):
+                for rank, (cluster, namespace) in enumerate(_manifest_targets(item, policy, reachable)):
+                    if problem := permitted(cluster, namespace):
                         errors.append(ValidationError(path, item.line, "metadata.namespace", problem))
                         continue
                     add(
@@ -446,6 +462,7 @@ def _expand(
                             kind="configmap",
                             group=f"{path}#{index}",
                             rank=rank,
+                            cluster=cluster,
                         ),
                         "metadata.name",
                     )
@@ -458,17 +475,58 @@ def _expand(
     return objects
 
 
-def _namespace_check(policy: Policy, scope: AdminScope) -> Callable[[str], str | None]:
-    """Why a namespace may not be written to, or None; each namespace is judged once, since
+def _manifest_targets(
+    item: ConfigMapManifest, policy: Policy, reachable: tuple[str, ...]
+) -> list[tuple[str, str]]:
+    """A manifest's (cluster, namespace) targets in policy order: with its own namespace, that namespace
+    in every target cluster; without, every target namespace."""
+    if item.namespace:
+        return [(cluster, item.namespace) for cluster in reachable]
+    return [(cluster, namespace) for cluster, namespace in policy.target_pairs if cluster in reachable]
+
+
+def _flag_set_objects(
+    path: str,
+    flag_set: FlagSet,
+    clusters: tuple[str, ...],
+    namespace: str,
+    permitted: Callable[[str, str], str | None],
+) -> list[DesiredObject | ValidationError]:
+    """The flag set in each cluster's flags namespace; one error (the first) rather than one per cluster."""
+    found: list[DesiredObject | ValidationError] = []
+    for cluster in clusters:
+        published = _flag_set_object(path, flag_set, (cluster, namespace), permitted)
+        if isinstance(published, ValidationError):
+            return [published]
+        found.append(published)
+    return found
+
+
+def _reachable_clusters(policy: Policy, scope: AdminScope) -> tuple[str, ...]:
+    """The policy's clusters the scope lets it name; the others are reported by ``_cluster_errors``."""
+    return tuple(cluster for cluster in policy.clusters if scope.cluster_problem(cluster) is None)
+
+
+def _cluster_errors(policy: Policy, scope: AdminScope) -> list[ValidationError]:
+    """A policy may name only clusters that exist and that the source's scope reaches."""
+    return [
+        ValidationError(POLICY_FILE, target.line, target.field_name, problem)
+        for target in policy.targets
+        if (problem := scope.cluster_problem(target.cluster))
+    ]
+
+
+def _namespace_check(policy: Policy, scope: AdminScope) -> Callable[[str, str], str | None]:
+    """Why a namespace of a cluster may not be written to, or None; each pair is judged once, since
     many objects share few namespaces."""
 
     @functools.cache
-    def permitted(namespace: str) -> str | None:
+    def permitted(cluster: str, namespace: str) -> str | None:
         if not policy.allows(namespace):
             allowed = ", ".join(policy.allowed_namespaces)
             return f"namespace {namespace!r} is not allowed by {POLICY_FILE} (allowedNamespaces: {allowed})"
         # The administrator's list is the only thing that widens scope: a repository's "*" reaches no further.
-        return scope.namespace_problem(namespace)
+        return scope.namespace_problem(namespace, cluster)
 
     return permitted
 
@@ -486,17 +544,16 @@ def _analysis_url_errors(policy: Policy, scope: AdminScope) -> list[ValidationEr
 def _flag_set_object(
     path: str,
     flag_set: FlagSet,
-    namespace: str,
-    permitted: Callable[[str], str | None],
-    errors: list[ValidationError],
-) -> DesiredObject | None:
+    target: tuple[str, str],
+    permitted: Callable[[str, str], str | None],
+) -> DesiredObject | ValidationError:
+    """The flag set published in one cluster's flags namespace, or why it cannot be."""
+    cluster, namespace = target
     name = flag_set_name(path)
     if problem := dns_subdomain_problem(name):
-        errors.append(ValidationError(path, None, "", f"flag set name from the file name: {problem}"))
-        return None
-    if problem := permitted(namespace):
-        errors.append(ValidationError(POLICY_FILE, None, "flags.namespace", problem))
-        return None
+        return ValidationError(path, None, "", f"flag set name from the file name: {problem}")
+    if problem := permitted(cluster, namespace):
+        return ValidationError(POLICY_FILE, None, "flags.namespace", problem)
     # The content hash covers the flags as Git has them, without the commit stamp.
     unstamped = Content(data={flag_set_key(name): flag_set_json(flag_set.document)})
     return DesiredObject(
@@ -509,4 +566,5 @@ def _flag_set_object(
         group=path,
         rank=0,
         flag_set=flag_set,
+        cluster=cluster,
     )

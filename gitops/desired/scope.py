@@ -1,8 +1,11 @@
 """What an administrator allowed a source. Pure: no Django.
 
 A repository is written by whoever can push to it, so its own policy can only
-narrow what an administrator allowed, never widen it: the namespaces it may
-write and the URLs its analysis steps may call.
+narrow what an administrator allowed, never widen it: the clusters and
+namespaces it may write and the URLs its analysis steps may call.
+
+Namespace globs take the form ``CLUSTER/NAMESPACE`` (``prod-*/team-*``); a glob
+without a slash means the default cluster, so single-cluster scopes read as before.
 """
 
 from __future__ import annotations
@@ -11,36 +14,99 @@ import fnmatch
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from urllib.parse import SplitResult, unquote, urlsplit
+
+from gitops.desired.policy import DEFAULT_CLUSTER, namespace_glob_problem
 
 HTTP_SCHEMES = ("http", "https")
 _UNSAFE_CHARACTERS = re.compile(r"[\s\x00-\x1f\x7f]")
 DEFAULT_PORTS = {"http": 80, "https": 443}
+CLUSTER_SEPARATOR = "/"
+
+
+def scope_glob_problem(pattern: str) -> str | None:
+    """Why an administrator's ``CLUSTER/NAMESPACE`` (or ``NAMESPACE``) glob is unusable, or None."""
+    cluster, separator, namespace = pattern.rpartition(CLUSTER_SEPARATOR)
+    if separator and (not cluster or CLUSTER_SEPARATOR in cluster):
+        return f"{pattern!r} is not a glob like NAMESPACE or CLUSTER/NAMESPACE (one '/' at most)"
+    if separator and (problem := namespace_glob_problem(cluster)):
+        return problem.replace("namespace name or glob", "cluster name or glob")
+    return namespace_glob_problem(namespace)
 
 
 @dataclass(frozen=True)
 class AdminScope:
-    """``None`` means "not checked here" (offline validation has no administrator); empty allows nothing."""
+    """``None`` means "not checked here" (offline validation has no administrator); empty allows nothing.
+
+    ``known_clusters`` are the clusters that exist (the default one and the registered
+    ones); None when validation cannot know them (offline).
+    """
 
     namespaces: tuple[str, ...] | None = None
     analysis_url_prefixes: tuple[str, ...] | None = None
+    default_cluster: str = DEFAULT_CLUSTER
+    known_clusters: frozenset[str] | None = None
 
     @classmethod
-    def of(cls, namespaces: Iterable[str], analysis_url_prefixes: Iterable[str]) -> AdminScope:
-        return cls(tuple(namespaces), tuple(analysis_url_prefixes))
+    def of(
+        cls,
+        namespaces: Iterable[str],
+        analysis_url_prefixes: Iterable[str],
+        *,
+        default_cluster: str = DEFAULT_CLUSTER,
+        known_clusters: Iterable[str] | None = None,
+    ) -> AdminScope:
+        return cls(
+            tuple(namespaces),
+            tuple(analysis_url_prefixes),
+            default_cluster,
+            frozenset(known_clusters) if known_clusters is not None else None,
+        )
 
-    def namespace_problem(self, namespace: str) -> str | None:
+    @cached_property
+    def _pairs(self) -> tuple[tuple[str, str], ...]:
+        """Each glob as (cluster glob, namespace glob); a glob without a slash is the default cluster's."""
+        pairs = []
+        for pattern in self.namespaces or ():
+            cluster, separator, namespace = pattern.rpartition(CLUSTER_SEPARATOR)
+            pairs.append((cluster if separator else self.default_cluster, namespace))
+        return tuple(pairs)
+
+    def _shown(self) -> str:
+        return ", ".join(self.namespaces or ())
+
+    def cluster_problem(self, cluster: str) -> str | None:
+        """Why a policy may not name ``cluster``: it does not exist, or no glob of the scope reaches it."""
+        if self.known_clusters is not None and cluster not in self.known_clusters:
+            known = ", ".join(sorted(self.known_clusters))
+            return (
+                f"cluster {cluster!r} is not registered (known clusters: {known}); an administrator "
+                "registers one with gitops add-cluster"
+            )
+        if not self.namespaces:  # None: not checked; empty: each object says it may go nowhere yet
+            return None
+        if any(fnmatch.fnmatchcase(cluster, pattern) for pattern, _ in self._pairs):
+            return None
+        return f"cluster {cluster!r} is outside the clusters this source may manage ({self._shown()})"
+
+    def namespace_problem(self, namespace: str, cluster: str | None = None) -> str | None:
         if self.namespaces is None:
             return None
+        cluster = cluster or self.default_cluster
+        where = "" if cluster == self.default_cluster else f" in cluster {cluster!r}"
         if not self.namespaces:
             return (
-                f"namespace {namespace!r}: this source may not write to any namespace yet; an administrator "
-                "must allow some (gitops update-source NAME --allow-namespace GLOB)"
+                f"namespace {namespace!r}{where}: this source may not write to any namespace yet; an "
+                "administrator must allow some (gitops update-source NAME --allow-namespace GLOB)"
             )
-        if any(fnmatch.fnmatchcase(namespace, pattern) for pattern in self.namespaces):
+        if any(
+            fnmatch.fnmatchcase(cluster, cluster_glob) and fnmatch.fnmatchcase(namespace, namespace_glob)
+            for cluster_glob, namespace_glob in self._pairs
+        ):
             return None
-        allowed = ", ".join(self.namespaces)
-        return f"namespace {namespace!r} is outside the namespaces this source may manage ({allowed})"
+        allowed = self._shown()
+        return f"namespace {namespace!r}{where} is outside the namespaces this source may manage ({allowed})"
 
     def analysis_url_problem(self, url: str) -> str | None:
         if self.analysis_url_prefixes is None:

@@ -36,6 +36,31 @@ class Credentials:
         return f"Credentials(token={token!r}, username={self.username!r}, ssh_key_file={self.ssh_key_file!r})"
 
 
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+
+
+def reference_problem(reference: str) -> str | None:
+    """Why ``reference`` is not the form of a credentials reference, or None. Only its form is checked
+    (the variable or file is the worker's, not the caller's), and a value that is no reference is never
+    echoed: it may be a token pasted in by mistake."""
+    if not reference:
+        return None
+    kind, separator, target = reference.partition(":")
+    if separator and kind == "env" and ENV_NAME.match(target):
+        return None
+    if (
+        separator
+        and kind in ("file", "ssh-key")
+        and target.startswith("/")
+        and not CONTROL_CHARACTERS.search(target)
+    ):
+        return None
+    return (
+        "not a credentials reference (not shown, it may be a secret); "
+        "expected env:VAR, file:/path or ssh-key:/path"
+    )
+
+
 def resolve_credentials(reference: str, *, username: str = DEFAULT_USERNAME) -> Credentials | None:
     """Reference forms: "" -> None; "env:VAR" (token in env var VAR); "file:/path" (token in a file);
     "ssh-key:/path" (private key file). Unknown form or missing variable/file -> PermanentError

@@ -175,6 +175,20 @@ def check_url(url: str) -> None:
         )
 
 
+KNOWN_SCHEMES = frozenset({"http", "https", "git", "file", *_SSH_SCHEMES})
+
+
+def repository_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a source's repository, or None; checked when a source is registered."""
+    try:
+        check_url(url)
+    except PermanentError as exc:
+        return str(exc)
+    if _url_scheme(url) not in KNOWN_SCHEMES and not (_url_scheme(url) == "" and _SCP_LIKE.match(url)):
+        return f"{redact_url(url)!r} is not a Git URL (https://, ssh://, git://, file:// or user@host:path)"
+    return None
+
+
 def normalize_branch(branch: str) -> str:
     branch = branch.strip().removeprefix("refs/heads/")
     if not branch or branch.startswith("-") or CONTROL_CHARACTERS.search(branch):
@@ -192,9 +206,10 @@ def normalize_branch(branch: str) -> str:
 
 
 def build_fetch_invocation(
-    git_dir: Path, url: str, branch: str, credentials: Credentials | None
+    git_dir: Path, url: str, branch: str, credentials: Credentials | None, *, refspec: str | None = None
 ) -> GitInvocation:
-    """The ``git fetch`` of one branch into the mirror's private ref (no validation of url or branch)."""
+    """The ``git fetch`` of one branch into the mirror's private ref (no validation of url or branch);
+    with ``refspec``, of that instead (a preview's ref or commit, see gitops.fetch.refs)."""
     config: list[tuple[str, str]] = [
         # Only the token given here may authenticate, never one a helper stored for the host.
         ("credential.helper", ""),
@@ -230,7 +245,7 @@ def build_fetch_invocation(
         "--no-write-fetch-head",
         "--end-of-options",
         url,
-        f"+refs/heads/{branch}:{MIRROR_REF_PREFIX}{branch}",
+        refspec or f"+refs/heads/{branch}:{MIRROR_REF_PREFIX}{branch}",
     ]
     return GitInvocation(argv=argv, env=_with_config(env, config), secrets=secrets)
 

@@ -14,7 +14,9 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -38,12 +40,15 @@ from gitops.fetch.git import (
     run,
     stderr_summary,
 )
+from gitops.fetch.refs import PREVIEW_REF_PREFIX, RequestedRevision, RevisionNotFound
 from gitops.redaction import redact_url
 
 logger = logging.getLogger("gitops.fetch")
 
 OBJECT_FORMATS = ("sha1", "sha256")
 _MISMATCHED_FORMAT = re.compile(r"mismatched algorithms: client \w+; server (\w+)")
+# What git says when the remote has no such ref, or will not hand out such a commit.
+_NOT_ON_REMOTE = re.compile(r"couldn't find remote ref|not our ref|unadvertised object|no such remote ref")
 # Tree entries of regular files (and executable ones); symlinks are 120000, submodules 160000.
 _FILE_MODES = (b"100644 ", b"100755 ")
 
@@ -147,6 +152,64 @@ class GitMirror:
             time.monotonic() - started,
         )
         return FetchResult(commit=commit, previous=previous, forced=forced)
+
+    @contextmanager
+    def held_revision(
+        self, url: str, requested: RequestedRevision, credentials: Credentials | None, *, timeout: float
+    ) -> Iterator[str]:
+        """The commit ``requested`` names, for as long as the caller reads it (a preview).
+
+        A commit the mirror holds is read as it is. Anything else is fetched into a ref of its own under
+        ``refs/sluice/previews/``, deleted on the way out, so previews leave no ref behind and the
+        followed branch's ref never moves; ``timeout`` bounds the fetch.
+        """
+        check_url(url)
+        self._ensure_initialized()
+        if requested.is_commit and (known := self._resolve(requested.text)) is not None:
+            yield known
+            return
+        if requested.is_commit and not requested.is_full_commit:
+            raise RevisionNotFound(
+                f"commit {requested.text} is not in Sluice's copy of the repository; "
+                "give its full SHA to fetch it from the remote"
+            )
+        local_ref = f"{PREVIEW_REF_PREFIX}{uuid.uuid4().hex}"
+        try:
+            yield self._fetch_into(url, requested, local_ref, credentials, timeout=timeout)
+        finally:
+            self._local(git_at(self.path, "update-ref", "-d", local_ref))
+
+    def _fetch_into(
+        self,
+        url: str,
+        requested: RequestedRevision,
+        local_ref: str,
+        credentials: Credentials | None,
+        *,
+        timeout: float,
+    ) -> str:
+        where = f"{requested.text} of {redact_url(url)}"
+        invocation = build_fetch_invocation(
+            self.path, url, "", credentials, refspec=requested.refspec(local_ref)
+        )
+        try:
+            completed = run(invocation, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise TemporaryError(f"fetching {where} timed out after {timeout:g}s") from None
+        if completed.returncode != 0:
+            stderr = completed.stderr.decode("utf-8", "replace")
+            server_format = _MISMATCHED_FORMAT.search(stderr)
+            if server_format and self._recreate_with_format(server_format.group(1)):
+                return self._fetch_into(url, requested, local_ref, credentials, timeout=timeout)
+            if _NOT_ON_REMOTE.search(stderr.lower()):
+                raise RevisionNotFound(f"the remote {redact_url(url)} has no {requested.text}")
+            error, reason = classify_git_error(stderr, completed.returncode)
+            raise error(f"cannot fetch {where}: {reason} ({stderr_summary(stderr, invocation.secrets)})")
+        commit = self._resolve(local_ref)
+        if commit is None:
+            raise RevisionNotFound(f"{where} is not a commit")
+        logger.info("fetched %s for a preview: %s", where, commit)
+        return commit
 
     def list_files(self, commit: str, subpath: str = "") -> dict[str, str]:
         """Every blob under ``subpath`` at ``commit`` -> its blob sha; keys relative to ``subpath``, with "/"

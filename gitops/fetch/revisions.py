@@ -7,19 +7,23 @@ stored with every error (file, line, field) and announced.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
 from django.utils import timezone
 
 from gitops import caches, metrics
-from gitops.desired.errors import RevisionRejected
+from gitops.desired.errors import RevisionRejected, ValidationError
 from gitops.desired.limits import Limits
 from gitops.desired.revision import READ_PATHS, DesiredState, load_revision
+from gitops.desired.scope import AdminScope
 from gitops.fetch.credentials import resolve_credentials
-from gitops.fetch.mirror import GitMirror
-from gitops.models import PERSON_LENGTH, Revision, Rollout, Source
+from gitops.fetch.mirror import CommitInfo, GitMirror
+from gitops.fetch.refs import RequestedRevision
+from gitops.models import PERSON_LENGTH, Revision, Rollout, Source, known_cluster_names
 from gitops.record import notifications
 
 log = logging.getLogger("gitops.fetch")
@@ -63,11 +67,22 @@ def _fit(text: str, length: int) -> str:
     return text if len(text) <= length else text[: length - 1] + "…"
 
 
+def validation_scope(source: Source) -> AdminScope:
+    """What the administrator allows the source, and the clusters that exist (a target names one)."""
+    return dataclasses.replace(source.scope, known_clusters=known_cluster_names())
+
+
 def revision_desired_state(source: Source, revision: Revision) -> DesiredState | None:
-    """Loads and validates a revision from the mirror, or records it as rejected and returns None."""
-    scope = source.scope
+    """Loads and validates a revision from the mirror, or records it as rejected and returns None.
+
+    The clusters that exist are part of the scope it is validated under, so registering or
+    removing a cluster validates the revision again.
+    """
+    scope = validation_scope(source)
     cache = caches.for_source(source.pk)
-    if (known := cache.desired_for(revision.commit, scope)) is not None:
+    # An administrator may move a source to another directory: the same commit then means other files.
+    key = f"{revision.commit}:{source.path}"
+    if (known := cache.desired_for(key, scope)) is not None:
         return known
     limits = Limits.from_settings(settings)
     with mirror_for(source) as mirror:
@@ -87,8 +102,54 @@ def revision_desired_state(source: Source, revision: Revision) -> DesiredState |
     if revision.outcome in (Revision.Outcome.PENDING, Revision.Outcome.REJECTED):
         # Rejected before, valid now: the administrator widened the source's scope.
         Revision.objects.filter(pk=revision.pk).update(outcome=Revision.Outcome.VALID, errors=[])
-    cache.desired = (revision.commit, scope, desired)
+    if list(desired.policy.clusters) != list(source.target_clusters or []):
+        # What `gitops clusters` and remove-cluster go by: a cluster is not removed under a source.
+        Source.objects.filter(pk=source.pk).update(target_clusters=list(desired.policy.clusters))
+    cache.desired = (key, scope, desired)
     return desired
+
+
+def _load(mirror: GitMirror, source: Source, commit: str) -> DesiredState:
+    """The source's files at ``commit``, validated as ``revision_desired_state`` validates them, recording
+    nothing; raises RevisionRejected."""
+    limits = Limits.from_settings(settings)
+    # Sizes come with the listing, so limits reject a revision before any blob is read.
+    tree = mirror.list_tree(commit, source.path, paths=READ_PATHS, max_entries=limits.max_files + 1)
+    files = {path: entry.blob for path, entry in tree.items()}
+    sizes = {path: entry.size for path, entry in tree.items()}
+    parsed = caches.for_source(source.pk).parsed  # keyed by blob id: a preview parses what a sync would
+    return load_revision(
+        files, mirror.read_blobs, sizes=sizes, limits=limits, cache=parsed, scope=validation_scope(source)
+    )
+
+
+@dataclass(frozen=True)
+class LoadedRevision:
+    """Any revision of a source's remote, loaded for a preview: valid (``desired``) or not (``errors``)."""
+
+    info: CommitInfo
+    desired: DesiredState | None
+    errors: tuple[ValidationError, ...] = ()
+
+
+def revision_load(source: Source, requested: RequestedRevision) -> LoadedRevision:
+    """Fetches what ``requested`` names when the mirror lacks it, and validates it against the
+    source's current scope, as a sync would.
+
+    Records nothing: no Revision row, no rejection notice, and the followed branch's ref does not move
+    (the fetched ref is deleted once read). Raises InvalidRevision, RevisionNotFound, or what a fetch raises.
+    """
+    credentials = resolve_credentials(source.credentials_ref)
+    timeout = settings.SLUICE_PREVIEW_TIMEOUT_SECONDS
+    with (
+        mirror_for(source) as mirror,
+        mirror.held_revision(source.url, requested, credentials, timeout=timeout) as commit,
+    ):
+        info = mirror.commit_info(commit)
+        try:
+            return LoadedRevision(info, _load(mirror, source, commit))
+        except RevisionRejected as rejected:
+            return LoadedRevision(info, None, tuple(rejected.errors))
 
 
 def _reject(source: Source, revision: Revision, rejected: RevisionRejected) -> None:

@@ -102,6 +102,8 @@ def _ignore_reason(source: Source, event: webhooks.PushEvent) -> str:
         return f"{event.event} events do not trigger a sync"
     if event.branch != source.branch:
         return f"push to {event.ref}; {source.name} follows {source.branch}"
+    if not source.automatic_sync_allowed:
+        return f"{source.name} is suspended: pushes do not sync it (a manual sync does)"
     return ""
 
 

@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from gitops.desired.content import Content
-from gitops.desired.revision import DesiredObject, DesiredState
+from gitops.desired.revision import DesiredObject, DesiredState, ObjectKey
 from gitops.plan.diff import DiffItem, DiffOp, diff_content
 from gitops.plan.provenance import live_content, live_provenance
 from gitops.plan.stamps import LiveStamp, applied_hash_of, settles
@@ -32,6 +32,7 @@ class Action(StrEnum):
     CONFLICT = "conflict"  # exists but is not ours; never taken over silently
     ORPHAN = "orphan"  # ours, gone from Git, kept because prune is off
     HELD = "held"  # a rollout target a later step reaches
+    UNREACHABLE = "unreachable"  # its cluster did not answer (or refused): neither read nor written
 
     @property
     def changes_cluster(self) -> bool:
@@ -40,7 +41,7 @@ class Action(StrEnum):
 
 ACTIONABLE = frozenset({Action.CREATE, Action.UPDATE, Action.DELETE, Action.SELF_HEAL, Action.REPLACE})
 # Plan items that leave a source out of sync with Git after a pass.
-OUT_OF_SYNC = (Action.DRIFT, Action.CONFLICT, Action.ORPHAN, Action.HELD)
+OUT_OF_SYNC = (Action.DRIFT, Action.CONFLICT, Action.ORPHAN, Action.HELD, Action.UNREACHABLE)
 
 
 def drift_count(summary: Mapping[str, int]) -> int:
@@ -54,6 +55,7 @@ def out_of_sync(summary: Mapping[str, int]) -> bool:
 
 @dataclass(frozen=True)
 class PlanItem:
+    cluster: str
     namespace: str
     name: str
     action: Action
@@ -68,8 +70,8 @@ class PlanItem:
     force: bool = False
 
     @property
-    def key(self) -> tuple[str, str]:
-        return (self.namespace, self.name)
+    def key(self) -> ObjectKey:
+        return (self.cluster, self.namespace, self.name)
 
     @property
     def before_hash(self) -> str:
@@ -81,6 +83,7 @@ class PlanItem:
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "cluster": self.cluster,
             "namespace": self.namespace,
             "name": self.name,
             "kind": "ConfigMap",
@@ -124,29 +127,29 @@ class PlanMemo:
     """
 
     def __init__(self) -> None:
-        self._verdicts: dict[tuple[str, str], tuple[str, str, PlanItem]] = {}
+        self._verdicts: dict[ObjectKey, tuple[str, str, PlanItem]] = {}
         # Items the live cache settled: the same stamp and the same desired object give the same item.
-        self._settled: dict[tuple[str, str], tuple[LiveStamp, DesiredObject, PlanItem]] = {}
+        self._settled: dict[ObjectKey, tuple[LiveStamp, DesiredObject, PlanItem]] = {}
 
-    def get(self, key: tuple[str, str], resource_version: str, content_hash: str) -> PlanItem | None:
+    def get(self, key: ObjectKey, resource_version: str, content_hash: str) -> PlanItem | None:
         entry = self._verdicts.get(key)
         if entry is not None and entry[:2] == (resource_version, content_hash):
             return entry[2]
         return None
 
-    def put(self, key: tuple[str, str], resource_version: str, content_hash: str, item: PlanItem) -> None:
+    def put(self, key: ObjectKey, resource_version: str, content_hash: str, item: PlanItem) -> None:
         self._verdicts[key] = (resource_version, content_hash, item)
 
-    def settled(self, key: tuple[str, str], stamp: LiveStamp, obj: DesiredObject) -> PlanItem | None:
+    def settled(self, key: ObjectKey, stamp: LiveStamp, obj: DesiredObject) -> PlanItem | None:
         entry = self._settled.get(key)
         if entry is not None and entry[1] is obj and entry[0] == stamp:
             return entry[2]
         return None
 
-    def put_settled(self, key: tuple[str, str], stamp: LiveStamp, obj: DesiredObject, item: PlanItem) -> None:
+    def put_settled(self, key: ObjectKey, stamp: LiveStamp, obj: DesiredObject, item: PlanItem) -> None:
         self._settled[key] = (stamp, obj, item)
 
-    def keep_only(self, keys: Collection[tuple[str, str]]) -> None:
+    def keep_only(self, keys: Collection[ObjectKey]) -> None:
         """Forgets objects the last plan did not have: the memo never outgrows the revision."""
         kept = set(keys)
         for key in self._verdicts.keys() - kept:
@@ -158,38 +161,48 @@ class PlanMemo:
         return len(self._verdicts)
 
 
+LiveObjects = Mapping[tuple[str, str], Iterable[Mapping[str, Any]]]  # (cluster, namespace) -> one LIST
+
+
 def plan(
     desired: DesiredState,
-    live_by_namespace: Mapping[str, Iterable[Mapping[str, Any]]],
+    live_by_target: LiveObjects,
     *,
     source: str,
     commit: str,
-    managed: Collection[tuple[str, str]],
-    held: frozenset[tuple[str, str]] = frozenset(),
+    managed: Collection[ObjectKey],
+    held: frozenset[ObjectKey] = frozenset(),
     prune_allowed: bool = True,
     memo: PlanMemo | None = None,
-    settled: Mapping[tuple[str, str], LiveStamp] | None = None,
+    unreachable: Mapping[str, str] | None = None,
+    settled: Mapping[ObjectKey, LiveStamp] | None = None,
 ) -> Plan:
-    """Compares Git with the cluster. ``live_by_namespace`` holds the live objects read.
+    """Compares Git with the clusters. ``live_by_target`` holds the objects read, per (cluster, namespace).
 
     ``managed`` is the source's inventory: what Sluice itself applied for it.
     Labels alone never make an object the source's to prune, since anyone who
     may label a ConfigMap could write them. ``held`` objects keep what they have
     (a rollout reaches them later); ``prune_allowed`` is False until a rollout
-    reaches 100%. ``settled`` objects were not read: the live cache's stamp of
-    each proves it unchanged (``stamps.settles``), and the plan says so. Every
-    other object of the source in those namespaces must be in ``live_by_namespace``.
+    reaches 100%. ``unreachable`` clusters (name -> why) were not read: their
+    objects are reported, never planned, so nothing is created or pruned blind.
+    ``settled`` objects were not read either: the live cache's stamp of each proves
+    it unchanged (``stamps.settles``). The source's other objects must be read.
     """
-    live_index: dict[tuple[str, str], Mapping[str, Any]] = {}
-    for namespace, objects in live_by_namespace.items():
+    down = unreachable or {}
+    live_index: dict[ObjectKey, Mapping[str, Any]] = {}
+    for (cluster, namespace), objects in live_by_target.items():
         for obj in objects:
-            live_index[(namespace, obj["metadata"]["name"])] = obj
+            live_index[(cluster, namespace, obj["metadata"]["name"])] = obj
 
     items: list[PlanItem] = []
     wanted = desired.by_key()
     if memo is not None:
         memo.keep_only(wanted)
     for wanted_object in desired.objects:
+        if wanted_object.cluster in down:
+            reason = f"cluster {wanted_object.cluster} is unreachable: {down[wanted_object.cluster]}"
+            items.append(_item(wanted_object.key, Action.UNREACHABLE, desired=wanted_object, reason=reason))
+            continue
         live = live_index.get(wanted_object.key)
         stamp = (settled or {}).get(wanted_object.key) if live is None else None
         if stamp is not None:
@@ -213,12 +226,17 @@ def plan(
     return Plan(source=source, commit=commit, items=tuple(items))
 
 
+def _item(key: ObjectKey, action: Action, **fields: Any) -> PlanItem:
+    cluster, namespace, name = key
+    return PlanItem(cluster, namespace, name, action, **fields)
+
+
 def _memoized_settled(
     obj: DesiredObject,
     stamp: LiveStamp,
     *,
     source: str,
-    managed: Collection[tuple[str, str]],
+    managed: Collection[ObjectKey],
     memo: PlanMemo | None,
 ) -> PlanItem:
     remembered = memo.settled(obj.key, stamp, obj) if memo is not None else None
@@ -231,14 +249,14 @@ def _memoized_settled(
 
 
 def _settled(
-    obj: DesiredObject, stamp: LiveStamp, *, source: str, managed: Collection[tuple[str, str]]
+    obj: DesiredObject, stamp: LiveStamp, *, source: str, managed: Collection[ObjectKey]
 ) -> PlanItem:
     """An object the live cache vouches for: as Sluice applied it, and what Sluice applied is Git's now."""
     if obj.key not in managed or not settles(stamp, obj, source=source):
-        raise ValueError(f"{obj.namespace}/{obj.name}: the live cache's stamp does not settle it; read it")
-    return PlanItem(
-        obj.namespace,
-        obj.name,
+        where = f"{obj.cluster}/{obj.namespace}/{obj.name}"
+        raise ValueError(f"{where}: the live cache's stamp does not settle it; read it")
+    return _item(
+        obj.key,
         Action.UNCHANGED,
         desired=obj,
         before=obj.content,
@@ -249,7 +267,7 @@ def _settled(
 
 
 def _gone(
-    key: tuple[str, str], live: Mapping[str, Any], *, managed: bool, prune: bool, prune_allowed: bool
+    key: ObjectKey, live: Mapping[str, Any], *, managed: bool, prune: bool, prune_allowed: bool
 ) -> PlanItem:
     """An object this source applied that Git no longer has: pruned, held until 100%, or an orphan."""
     if not managed:
@@ -264,11 +282,10 @@ def _gone(
         diff = tuple(diff_content(before, None))
     else:
         action, reason = Action.ORPHAN, "no longer in Git; kept because prune is off"
-    return PlanItem(
-        key[0],
-        key[1],
+    return _item(
+        key,
         action,
-        diff,
+        diff=diff,
         before=before,
         live_commit=live_commit,
         live_content_hash=live_hash,
@@ -276,7 +293,7 @@ def _gone(
     )
 
 
-def _foreign(key: tuple[str, str], live: Mapping[str, Any], why: str) -> PlanItem:
+def _foreign(key: ObjectKey, live: Mapping[str, Any], why: str) -> PlanItem:
     """An object that is not this source's: say that it exists and who writes it, never what it holds.
 
     Its content may be anybody's configuration, and plans are shown to every viewer.
@@ -285,7 +302,7 @@ def _foreign(key: tuple[str, str], live: Mapping[str, Any], why: str) -> PlanIte
         {entry.get("manager", "?") for entry in live.get("metadata", {}).get("managedFields") or ()}
     )
     written_by = f" (written by {', '.join(managers)})" if managers else ""
-    return PlanItem(key[0], key[1], Action.CONFLICT, reason=f"{why}{written_by}; not taken over")
+    return _item(key, Action.CONFLICT, reason=f"{why}{written_by}; not taken over")
 
 
 # Stands for "edited in the cluster" when the old content is known only by its hash.
@@ -358,8 +375,8 @@ def _plan_object(
     wanted = obj.rendered(commit=commit, source=source)
     if live is None:
         diff = tuple(diff_content(None, wanted))
-        return PlanItem(
-            obj.namespace, obj.name, Action.CREATE, diff, obj, None, wanted, reason="not in the cluster"
+        return _item(
+            obj.key, Action.CREATE, diff=diff, desired=obj, after=wanted, reason="not in the cluster"
         )
     owner, live_commit, applied_hash = live_provenance(live)
     if owner != source:
@@ -388,14 +405,13 @@ def _plan_object(
         self_heal=desired.policy.self_heal,
     )
     after = current if verdict.action is Action.UNCHANGED else (wanted if verdict.to_git else expected_now)
-    return PlanItem(
-        obj.namespace,
-        obj.name,
+    return _item(
+        obj.key,
         verdict.action,
-        changes,
-        obj,
-        current,
-        after,
+        diff=changes,
+        desired=obj,
+        before=current,
+        after=after,
         live_commit=live_commit,
         live_content_hash=applied_hash,
         reason=verdict.reason,

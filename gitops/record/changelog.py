@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -39,9 +38,9 @@ def intents_write(
         refused = set(
             ApplyIntent.objects.filter(
                 rollout=rollout, status=ApplyIntent.Status.FAILED, change__error__contains="conflict"
-            ).values_list("namespace", "name", "after_hash")
+            ).values_list("cluster", "namespace", "name", "after_hash")
         )
-        items = [item for item in items if (item.namespace, item.name, item.after_hash) not in refused]
+        items = [item for item in items if (*item.key, item.after_hash) not in refused]
     intents = [
         ApplyIntent.for_item(
             rollout, item, commit=current_plan.commit, actor=actor, step_index=step_index, weight=weight
@@ -53,8 +52,11 @@ def intents_write(
 
 
 def intents_pending(source: Source) -> list[ApplyIntent]:
-    """Intents a crashed run left behind: written, maybe applied, not yet logged."""
-    return list(ApplyIntent.objects.filter(source=source, status=ApplyIntent.Status.PENDING))
+    """Intents a crashed run left behind: written, maybe applied, not yet logged. A removal's intents
+    (no rollout) are its own to finish: a sync never deletes or releases what a removal meant to."""
+    return list(
+        ApplyIntent.objects.filter(source=source, status=ApplyIntent.Status.PENDING, rollout__isnull=False)
+    )
 
 
 def changes_record(intents: Sequence[ApplyIntent], errors: Sequence[str | None]) -> list[str]:
@@ -63,14 +65,12 @@ def changes_record(intents: Sequence[ApplyIntent], errors: Sequence[str | None])
     ``errors`` holds, for each intent in order, why the cluster refused it, or None.
     """
     now = timezone.now()
-    cluster = settings.SLUICE_CLUSTER_NAME
     changes = [
-        Change.from_intent(intent, cluster=cluster, at=now, error=error)
-        for intent, error in zip(intents, errors, strict=True)
+        Change.from_intent(intent, at=now, error=error) for intent, error in zip(intents, errors, strict=True)
     ]
     failed = {intent.pk for intent, error in zip(intents, errors, strict=True) if error}
     failures = [
-        f"{intent.namespace}/{intent.name}: {error}"
+        f"{intent.cluster}/{intent.namespace}/{intent.name}: {error}"
         for intent, error in zip(intents, errors, strict=True)
         if error
     ]
@@ -78,7 +78,7 @@ def changes_record(intents: Sequence[ApplyIntent], errors: Sequence[str | None])
         names = dict(Source.objects.filter(pk__in={i.source_id for i in intents}).values_list("pk", "name"))
         for intent in intents:
             if intent.pk in failed:
-                metrics.APPLY_ERRORS.labels(names.get(intent.source_id, "?")).inc()
+                metrics.APPLY_ERRORS.labels(names.get(intent.source_id, "?"), intent.cluster).inc()
     with transaction.atomic():
         # The one-to-one on intent makes a second log of the same intent impossible.
         Change.objects.bulk_create(changes, batch_size=1000, ignore_conflicts=True)

@@ -10,13 +10,14 @@ from django.utils import timezone
 from gitops.models import ApplyIntent, ManagedObject, Source
 
 
-def managed_keys(source: Source) -> frozenset[tuple[str, str]]:
-    """(namespace, name) of every object Sluice applied for the source."""
-    return frozenset(ManagedObject.objects.filter(source=source).values_list("namespace", "name"))
+def managed_keys(source: Source) -> frozenset[tuple[str, str, str]]:
+    """(cluster, namespace, name) of every object Sluice applied for the source."""
+    return frozenset(ManagedObject.objects.filter(source=source).values_list("cluster", "namespace", "name"))
 
 
-def managed_namespaces(source: Source) -> set[str]:
-    return set(ManagedObject.objects.filter(source=source).values_list("namespace", flat=True).distinct())
+def managed_targets(source: Source) -> set[tuple[str, str]]:
+    """Every (cluster, namespace) where Sluice applied something for the source."""
+    return set(ManagedObject.objects.filter(source=source).values_list("cluster", "namespace").distinct())
 
 
 def inventory_update(applied: Sequence[ApplyIntent]) -> None:
@@ -27,13 +28,15 @@ def inventory_update(applied: Sequence[ApplyIntent]) -> None:
     if deleted:
         condition = Q()
         for intent in deleted:
-            condition |= Q(namespace=intent.namespace, name=intent.name, kind=intent.kind)
+            condition |= Q(
+                cluster=intent.cluster, namespace=intent.namespace, name=intent.name, kind=intent.kind
+            )
         ManagedObject.objects.filter(condition).delete()
     if present:
         ManagedObject.objects.bulk_create(
             [ManagedObject.applied_by(intent, at=now) for intent in present],
             update_conflicts=True,
-            unique_fields=["kind", "namespace", "name"],
+            unique_fields=["cluster", "kind", "namespace", "name"],
             update_fields=["source", "commit", "content_hash", "updated_at"],
             batch_size=1000,
         )

@@ -11,6 +11,7 @@ fails the step, and the rollout rolls back: ConfigMaps first, then stamps.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
@@ -19,10 +20,11 @@ from django.utils import timezone
 
 from gitops import schedule
 from gitops.cluster import get_cluster
-from gitops.consumers.gate import GateResult, WorkloadKey, gate_wait
+from gitops.consumers.gate import GateResult, WorkloadKey, gate_wait, place
 from gitops.consumers.wave import consumer_map, restart_intents, wave_consumers
-from gitops.consumers.workloads import Health, WorkloadHealth
+from gitops.consumers.workloads import Health, Workload, WorkloadHealth
 from gitops.desired.policy import ConsumerMode
+from gitops.errors import GitopsError
 from gitops.models import ApplyIntent, ManagedObject, Rollout, Source
 from gitops.record.events import rollout_event
 from gitops.rollout.rollback import rollout_rollback
@@ -33,60 +35,102 @@ from gitops.vocabulary import ChangeAction, RolloutEventKind, Waiting
 DEFAULT_SLICE_SECONDS = 30
 
 
-def wave_restart(
-    rollout: Rollout, *, step_index: int, weight: int, actor: str
-) -> tuple[list[dict[str, object]], list[str]]:
+@dataclass
+class WaveRestart:
+    """The consumers to gate on (as stored on the rollout), the clusters' refusals, and the clusters
+    that could not be reached (the step waits for them)."""
+
+    states: list[dict[str, object]] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    unreachable: dict[str, str] = field(default_factory=dict)
+
+
+def wave_restart(rollout: Rollout, *, step_index: int, weight: int, actor: str) -> WaveRestart:
     """Finds the consumers of what this step changed and, with ``restart``, restarts them.
 
-    Returns the consumers to gate on (as stored on the rollout) and the cluster's
-    refusals. What the step changed is read from its recorded intents, so a pass
-    resumed after a crash restarts exactly what the crashed one did not.
+    What the step changed is read from its recorded intents, so a pass resumed
+    after a crash restarts exactly what the crashed one did not.
     """
     changed = set(
         ApplyIntent.objects.filter(
             rollout=rollout, step_index=step_index, kind="ConfigMap", status=ApplyIntent.Status.DONE
         )
         .exclude(action=ChangeAction.ROLLBACK)
-        .values_list("namespace", "name")
+        .values_list("cluster", "namespace", "name")
     )
     if rollout.consumers == ConsumerMode.IGNORE or not changed:
-        return [], []
-    workloads = wave_consumers(get_cluster(), changed)
-    failures: list[str] = []
-    restarted: set[WorkloadKey] = set()
+        return WaveRestart()
+    result = WaveRestart()
+    workloads = _consumers(changed, result)
+    if result.unreachable:
+        return result
+    restarted: set[tuple[str, str, str, str]] = set()
     if rollout.consumers == ConsumerMode.RESTART:
         rows = ManagedObject.objects.filter(source_id=rollout.source_id).values_list(
-            "namespace", "name", "content_hash"
+            "cluster", "namespace", "name", "content_hash"
         )
-        hashes = {(namespace, name): content_hash for namespace, name, content_hash in rows}
+        hashes = {(cluster, namespace, name): content_hash for cluster, namespace, name, content_hash in rows}
         intents = restart_intents(
             rollout, workloads, hashes, step_index=step_index, weight=weight, actor=actor
         )
         with transaction.atomic():
             created = ApplyIntent.objects.bulk_create(intents)
-        failures = intents_execute(created)
-        restarted = {(i.kind, i.namespace, i.name) for i in created if i.status == ApplyIntent.Status.DONE}
-    states = [
+        executed = intents_execute(created)
+        result.failures, result.unreachable = executed.failures, executed.unreachable
+        restarted = {
+            (i.cluster, i.kind, i.namespace, i.name) for i in created if i.status == ApplyIntent.Status.DONE
+        }
+    result.states = [
         {
+            "cluster": w.cluster,
             "kind": w.kind,
             "namespace": w.namespace,
             "name": w.name,
-            "restarted": w.key in restarted,
+            "restarted": w.cluster_key in restarted,
             "restartable": w.restartable,
             "health": Health.PROGRESSING,
             "detail": "",
         }
         for w in workloads
     ]
-    return states, failures
+    return result
+
+
+def _consumers(changed: set[tuple[str, str, str]], result: WaveRestart) -> list[Workload]:
+    """The consumers of the changed ConfigMaps, cluster by cluster; unreachable clusters into ``result``."""
+    by_cluster: dict[str, set[tuple[str, str]]] = {}
+    for cluster, namespace, name in changed:
+        by_cluster.setdefault(cluster, set()).add((namespace, name))
+    workloads: list[Workload] = []
+    for cluster, keys in sorted(by_cluster.items()):
+        try:
+            workloads.extend(wave_consumers(get_cluster(cluster), keys))
+        except GitopsError as exc:
+            result.unreachable[cluster] = str(exc)
+    return workloads
 
 
 def consumer_map_refresh(rollout: Rollout) -> None:
-    """Records which workloads read which of the source's ConfigMaps, for the source page."""
+    """Records which workloads read which of the source's ConfigMaps, for the source page.
+
+    A cluster that does not answer is left out of this look.
+    """
     if rollout.consumers == ConsumerMode.IGNORE:
         return
-    managed = list(ManagedObject.objects.filter(source_id=rollout.source_id).values_list("namespace", "name"))
-    mapping = consumer_map(get_cluster(), {namespace for namespace, _ in managed}, managed)
+    managed: dict[str, list[tuple[str, str]]] = {}
+    rows = ManagedObject.objects.filter(source_id=rollout.source_id).values_list(
+        "cluster", "namespace", "name"
+    )
+    for cluster, namespace, name in rows:
+        managed.setdefault(cluster, []).append((namespace, name))
+    mapping: dict[str, list[str]] = {}
+    for cluster, keys in sorted(managed.items()):
+        try:
+            mapping.update(
+                consumer_map(get_cluster(cluster), keys, default_cluster=settings.SLUICE_CLUSTER_NAME)
+            )
+        except GitopsError:
+            continue
     Source.objects.filter(pk=rollout.source_id).update(consumer_map=mapping, consumer_map_at=timezone.now())
 
 
@@ -114,20 +158,21 @@ def wave_gate_close(rollout: Rollout, states: list[dict[str, object]], *, weight
 
 def wave_gate_pass(rollout: Rollout) -> bool:
     """Waits for the wave's consumers (one slice); True when the gate opened and the rollout goes on."""
-    keys = [(s["kind"], s["namespace"], s["name"]) for s in rollout.consumer_states]
+    keys = [_state_key(state) for state in rollout.consumer_states]
     remaining = (rollout.pause_until - timezone.now()).total_seconds() if rollout.pause_until else 0.0
     slice_seconds = float(getattr(settings, "SLUICE_CONSUMER_GATE_SLICE_SECONDS", DEFAULT_SLICE_SECONDS))
     verdict = gate_wait(
-        get_cluster(),
+        get_cluster,
         keys,
         seconds=max(0.0, min(slice_seconds, remaining)),
         stop=lambda: Rollout.objects.filter(pk=rollout.pk).exclude(abort_requested_by="").exists(),
         changed=lambda found: _store_states(rollout, found),
+        default_cluster=settings.SLUICE_CLUSTER_NAME,
     )
     if verdict.result is GateResult.OPEN:
         details = ", ".join(
             f"{kind.lower()}/{name} {state.detail}"
-            for (kind, _, name), state in sorted(verdict.states.items())
+            for (_, kind, _, name), state in sorted(verdict.states.items())
         )
         moved = transition(
             rollout,
@@ -150,9 +195,10 @@ def wave_gate_pass(rollout: Rollout) -> bool:
 
 
 def _timed_out(rollout: Rollout, states: dict[WorkloadKey, WorkloadHealth]) -> str:
+    home = settings.SLUICE_CLUSTER_NAME
     waiting = [
-        f"{kind.lower()}/{name} in {namespace} {state.detail}"
-        for (kind, namespace, name), state in sorted(states.items())
+        f"{kind.lower()}/{name} in {place(cluster, namespace, home)} {state.detail}"
+        for (cluster, kind, namespace, name), state in sorted(states.items())
         if state.health is not Health.HEALTHY
     ]
     return f"healthTimeout ({rollout.health_timeout_seconds}s) passed: " + "; ".join(waiting[:5])
@@ -161,10 +207,16 @@ def _timed_out(rollout: Rollout, states: dict[WorkloadKey, WorkloadHealth]) -> s
 def _store_states(rollout: Rollout, found: dict[WorkloadKey, WorkloadHealth]) -> None:
     states = [
         {**state, "health": found[key].health, "detail": found[key].detail}
-        if (key := (state["kind"], state["namespace"], state["name"])) in found
+        if (key := _state_key(state)) in found
         else state
         for state in rollout.consumer_states
     ]
     if states != rollout.consumer_states:
         rollout.consumer_states = states
         Rollout.objects.filter(pk=rollout.pk).update(consumer_states=states)
+
+
+def _state_key(state: dict[str, object]) -> WorkloadKey:
+    """A stored consumer state's workload; states stored before clusters are the default cluster's."""
+    cluster = str(state.get("cluster") or settings.SLUICE_CLUSTER_NAME)
+    return (cluster, str(state["kind"]), str(state["namespace"]), str(state["name"]))

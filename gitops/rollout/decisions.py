@@ -15,7 +15,7 @@ from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from gitops import schedule
+from gitops import freezes, schedule, selectors
 from gitops.desired.policy import SetWeight, steps_from_json
 from gitops.errors import PermanentError
 from gitops.models import Approval, Rollout, VerifiedEmail, copied
@@ -50,14 +50,21 @@ def user_email_verify(user: User, email: str, *, verified_by: str) -> VerifiedEm
     return verified
 
 
-def rollout_promote(rollout_id: int, *, user: User, full: bool = False, comment: str = "") -> Rollout:
-    """Approves the gate the rollout waits at; with enough approvers it goes on (``full``: to 100%)."""
+def rollout_promote(
+    rollout_id: int, *, user: User, full: bool = False, comment: str = "", override: str = ""
+) -> Rollout:
+    """Approves the gate the rollout waits at; with enough approvers it goes on (``full``: to 100%).
+
+    While a freeze or a closed sync window holds the source, only an
+    administrator promotes, giving an ``override`` reason that is recorded.
+    """
     _check_permission(user)
     with transaction.atomic():
         rollout = Rollout.objects.select_for_update().select_related("revision", "source").get(pk=rollout_id)
         at_gate = _check_promotable(rollout, full=full)
         if rollout.forbid_self_approval:
             _check_not_an_author(rollout, user)
+        override = _check_override(rollout, user, override)
         approvers = _approve(rollout, user, full=full, comment=comment)
         if approvers < rollout.approvals_required:
             message = f"{approvers} of {rollout.approvals_required} approvals"
@@ -69,7 +76,7 @@ def rollout_promote(rollout_id: int, *, user: User, full: bool = False, comment:
             ).count()
             full_release = full and wanted_full >= rollout.approvals_required
             if at_gate or full_release:
-                _release(rollout, user.get_username(), at_gate=at_gate, full=full_release)
+                _release(rollout, user.get_username(), at_gate=at_gate, full=full_release, override=override)
             else:  # asked to skip ahead between gates: only as many full approvals do that
                 message = f"{wanted_full} of {rollout.approvals_required} approvals to go to 100%"
                 Rollout.objects.filter(pk=rollout.pk).update(message=message)
@@ -89,6 +96,33 @@ def _check_promotable(rollout: Rollout, *, full: bool) -> bool:
             + "); use --full to go to 100% now"
         )
     return at_gate
+
+
+def _check_override(rollout: Rollout, user: User, reason: str) -> str:
+    """The override reason when a freeze or a closed sync window holds the source ("" when none does).
+
+    Only an administrator promotes through one, and says why; the override is
+    recorded on the rollout's timeline (and so in the audit trail) before the approval.
+    """
+    gate = selectors.source_gate(rollout.source)
+    if gate.automatic:
+        return ""
+    name, username = rollout.source.name, user.get_username()
+    if not user.has_perm(freezes.OVERRIDE):
+        raise PermissionDenied(
+            f"{name} is {gate.reason}; only an administrator may promote now, with an override reason"
+        )
+    reason = reason.strip()
+    if not reason:
+        raise RolloutError(f"{name} is {gate.reason}; promoting through it needs an override reason")
+    rollout_event(
+        rollout,
+        RolloutEventKind.OVERRIDE,
+        actor=username,
+        message=f"{reason} (overriding: {gate.reason})",
+        data={"reason": reason, "gate": gate.as_dict()},
+    )
+    return reason
 
 
 def _approve(rollout: Rollout, user: User, *, full: bool, comment: str) -> int:
@@ -119,7 +153,7 @@ def _approve(rollout: Rollout, user: User, *, full: bool, comment: str) -> int:
     return approvers
 
 
-def _release(rollout: Rollout, username: str, *, at_gate: bool, full: bool) -> None:
+def _release(rollout: Rollout, username: str, *, at_gate: bool, full: bool, override: str = "") -> None:
     gate = rollout.step_index
     next_step = gate + 1 if at_gate else gate
     changes: dict[str, Any] = {
@@ -135,7 +169,11 @@ def _release(rollout: Rollout, username: str, *, at_gate: bool, full: bool) -> N
         changes["steps"] = [*rollout.steps[:next_step], SetWeight(100).as_json()]
     Rollout.objects.filter(pk=rollout.pk).update(**changes)
     message = "to 100%" if full else f"past step {gate}"
-    rollout_event(rollout, RolloutEventKind.PROMOTED, actor=username, message=message)
+    if override:
+        message += f", overriding the hold: {override}"
+    # An override marks the release, so the steps it lets go run while the source is held.
+    data = {"override": override} if override else None
+    rollout_event(rollout, RolloutEventKind.PROMOTED, actor=username, message=message, data=data)
     schedule.source_sync(rollout.source_id, actor=username)
 
 

@@ -1,11 +1,14 @@
 """Which targets a step covers. Pure: values in, values out.
 
-ConfigMaps: after ``setWeight: w`` an object with N targets has its new content
-in the first ceil(w% x N) of them, in policy order, so the first targets listed
-are the canaries; a single-target object changes at the first weight above 0.
+ConfigMaps: an object's targets are its (cluster, namespace) pairs in policy
+order. After ``setWeight: w`` an object with N targets has its new content in
+the first ceil(w% x N) of them, so the first targets listed are the canaries
+and waves go cluster by cluster when the policy lists clusters one after the
+other; a single-target object changes at the first weight above 0.
 
-Flag sets: the set is published canary-wrapped at w, so flagd itself serves the
-new definitions to a sticky w% of users (see ``flag_canary``).
+Flag sets: the set is published canary-wrapped at w in every target cluster, so
+flagd itself serves the new definitions to a sticky w% of users, the same users
+in each cluster (see ``flag_canary``).
 
 Deletes (prune) wait for 100%.
 """
@@ -25,6 +28,7 @@ from gitops.desired.revision import (
     SLUICE_METADATA_KEYS,
     DesiredObject,
     DesiredState,
+    ObjectKey,
     flag_set_json,
     flag_set_key,
 )
@@ -60,7 +64,7 @@ def with_approval_gate(steps: tuple[Step, ...]) -> tuple[Step, ...]:
     return (*steps[:gate], Pause(None), *steps[gate:])
 
 
-def held_keys(desired: DesiredState, weight: int) -> frozenset[tuple[str, str]]:
+def held_keys(desired: DesiredState, weight: int) -> frozenset[ObjectKey]:
     """ConfigMap targets that keep their content before the rollout at ``weight``."""
     if weight >= 100:
         return frozenset()
@@ -68,7 +72,7 @@ def held_keys(desired: DesiredState, weight: int) -> frozenset[tuple[str, str]]:
     for obj in desired.objects:
         if obj.kind == "configmap":
             groups[obj.group].append(obj)
-    held: set[tuple[str, str]] = set()
+    held: set[ObjectKey] = set()
     for members in groups.values():
         cutoff = target_cutoff(weight, len(members))
         held.update(obj.key for obj in members if obj.rank >= cutoff)
@@ -76,7 +80,7 @@ def held_keys(desired: DesiredState, weight: int) -> frozenset[tuple[str, str]]:
 
 
 def desired_at_weight(
-    desired: DesiredState, weight: int, baselines: Mapping[tuple[str, str], dict[str, Any] | None]
+    desired: DesiredState, weight: int, baselines: Mapping[ObjectKey, dict[str, Any] | None]
 ) -> DesiredState:
     """Git's state with each flag set replaced by its canary at ``weight``.
 
@@ -102,5 +106,5 @@ def desired_hash(desired: DesiredState) -> str:
     """One hash over the whole revision's content: what an approval approves."""
     digest = hashlib.sha256()
     for obj in sorted(desired.objects, key=lambda o: o.key):
-        digest.update(json.dumps([obj.namespace, obj.name, obj.content.hash]).encode())
+        digest.update(json.dumps([obj.cluster, obj.namespace, obj.name, obj.content.hash]).encode())
     return digest.hexdigest()[:32]

@@ -80,6 +80,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from gitops.desired.flag_summary import effective_flags
 from gitops.desired.flags import json_type
 
 MetadataValue = str | int | float | bool
@@ -124,7 +125,7 @@ def canary_flag_set(
 
 def changed_flags(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> set[str]:
     """Flag keys whose effective definition differs ($ref evaluators inlined), added and removed ones too."""
-    return _changed(_effective_flags(old), _effective_flags(new))
+    return _changed(effective_flags(old), effective_flags(new))
 
 
 def _changed(old_flags: Mapping[str, Any], new_flags: Mapping[str, Any]) -> set[str]:
@@ -136,7 +137,7 @@ def _changed(old_flags: Mapping[str, Any], new_flags: Mapping[str, Any]) -> set[
 
 
 def _split_document(old: Mapping[str, Any] | None, new: Mapping[str, Any], weight: int) -> dict[str, Any]:
-    old_flags, new_flags = _effective_flags(old), _effective_flags(new)
+    old_flags, new_flags = effective_flags(old), effective_flags(new)
     published: dict[str, Any] = dict(new.get("flags") or {})
     for key in _changed(old_flags, new_flags):
         flag = _split_flag(old_flags.get(key), new_flags.get(key), published.get(key), weight)
@@ -346,27 +347,6 @@ def _lookup_chain(targeting: dict[str, Any], names: Mapping[str, str], default: 
         branches += [{"in": [targeting, spellings]}, names[name]]
     branches.append(None)
     return {"if": branches}
-
-
-def _effective_flags(document: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Each flag with the set's ``$ref`` evaluators substituted, as flagd does before evaluating."""
-    if document is None:
-        return {}
-    evaluators = document.get("$evaluators") or {}
-    flags = document.get("flags") or {}
-    return {key: _inline(flag, evaluators, frozenset()) for key, flag in flags.items()}
-
-
-def _inline(value: Any, evaluators: Mapping[str, Any], resolving: frozenset[str]) -> Any:
-    if isinstance(value, dict):
-        # flagd substitutes objects that hold nothing but "$ref", anywhere in a flag.
-        name = value.get("$ref") if len(value) == 1 else None
-        if isinstance(name, str) and name in evaluators and name not in resolving:
-            return _inline(evaluators[name], evaluators, resolving | {name})
-        return {key: _inline(item, evaluators, resolving) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_inline(item, evaluators, resolving) for item in value]
-    return value
 
 
 def _canonical(value: Any) -> str:

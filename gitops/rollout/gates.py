@@ -12,19 +12,21 @@ from gitops.models import Rollout
 from gitops.record.events import rollout_event
 from gitops.rollout.analysis import run_analysis
 from gitops.rollout.rollback import rollout_rollback
-from gitops.rollout.state import SYSTEM_ACTOR, transition
+from gitops.rollout.state import SYSTEM_ACTOR, cluster_retry_delay, transition, unreachable_text
 from gitops.vocabulary import RolloutEventKind, Waiting
 
 
 def pause_is_over(rollout: Rollout) -> bool:
-    """Ends a timed pause or an analysis back-off whose time has come."""
-    if rollout.waiting_for not in (Waiting.TIMER, Waiting.ANALYSIS):
+    """Ends a timed pause, an analysis back-off or a wait for a cluster whose time has come."""
+    if rollout.waiting_for not in (Waiting.TIMER, Waiting.ANALYSIS, Waiting.CLUSTER):
         return False
     if rollout.pause_until is None or rollout.pause_until > timezone.now():
         return False
-    # A timer moves past its step; an analysis back-off runs the same check again.
+    # A timer moves past its step; an analysis back-off runs the same check again, and a
+    # step that waits for a cluster is taken again (what is applied already stays unchanged).
     timer = rollout.waiting_for == Waiting.TIMER
     next_step = rollout.step_index + 1 if timer else rollout.step_index
+    cluster = rollout.waiting_for == Waiting.CLUSTER
     resumed = transition(
         rollout,
         phase=Rollout.Phase.PROGRESSING,
@@ -32,10 +34,29 @@ def pause_is_over(rollout: Rollout) -> bool:
         pause_until=None,
         step_index=next_step,
     )
-    if resumed:
+    if resumed and not cluster:  # a cluster asked again every few seconds would flood the timeline
         message = "timed pause over" if timer else "running the analysis again"
         rollout_event(rollout, RolloutEventKind.RESUMED, message=message)
     return resumed
+
+
+def wait_for_clusters(rollout: Rollout, unreachable: dict[str, str], *, weight: int) -> None:
+    """Holds the step at clusters it needs and cannot reach: never skipped, tried again after a while.
+
+    The timeline gets one ``paused`` event per reason, not one per try.
+    """
+    until = timezone.now() + cluster_retry_delay()
+    names = ", ".join(sorted(unreachable))
+    message = f"waiting for cluster {names} (setWeight {weight}): {unreachable_text(unreachable)}"
+    repeated = rollout.message == message
+    transition(
+        rollout, phase=Rollout.Phase.PAUSED, waiting_for=Waiting.CLUSTER, pause_until=until, message=message
+    )
+    if not repeated:
+        rollout_event(
+            rollout, RolloutEventKind.PAUSED, message=message, data={"clusters": sorted(unreachable)}
+        )
+    schedule.source_sync_at(rollout.source_id, until)
 
 
 def pause(rollout: Rollout, step: Pause) -> None:

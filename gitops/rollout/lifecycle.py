@@ -14,15 +14,16 @@ from django.utils import timezone
 from gitops.desired.policy import Analysis, OnNewRevision, Pause, SetWeight, Step, steps_from_json
 from gitops.desired.revision import DesiredState
 from gitops.failpoints import failpoint
-from gitops.models import Revision, Rollout, Source
+from gitops.models import Revision, Rollout, RolloutEvent, Source
 from gitops.record.events import rollout_event
 from gitops.rollout.consumers import consumer_map_refresh, wave_gate_close, wave_gate_pass, wave_restart
 from gitops.rollout.engine import desired_hash, with_approval_gate
-from gitops.rollout.gates import analyse, pause, pause_is_over
+from gitops.rollout.gates import analyse, pause, pause_is_over, wait_for_clusters
 from gitops.rollout.rollback import rollout_rollback
 from gitops.rollout.state import SYSTEM_ACTOR, StepOutcome, transition
 from gitops.rollout.step import weight_apply
 from gitops.vocabulary import Outcome, RolloutEventKind, Waiting
+from gitops.windows import Gate
 
 
 def rollout_choose(
@@ -93,17 +94,48 @@ def rollout_start(
 
 
 def rollout_drive(
-    rollout: Rollout, desired: DesiredState, *, actor: str, retry_failed: bool = False
+    rollout: Rollout,
+    desired: DesiredState,
+    *,
+    actor: str,
+    retry_failed: bool = False,
+    held: Gate | None = None,
 ) -> StepOutcome:
-    """Moves the rollout as far as it can go now: until a pause, an end, or a failure."""
+    """Moves the rollout as far as it can go now: until a pause, an end, or a failure.
+
+    ``held`` (a freeze or a closed sync window) stops every automatic step: a
+    timed pause that ran out waits, no weight is applied and no analysis runs,
+    unless an administrator's override released the step. Aborts always go on.
+    """
     outcome = StepOutcome()
     while True:
         rollout.refresh_from_db()
         steps = steps_from_json(rollout.steps)  # an administrator may add a gate while it runs
-        if _settled(rollout, desired, steps, outcome, actor=actor, retry_failed=retry_failed):
+        if _settled(rollout, desired, steps, outcome, actor=actor, retry_failed=retry_failed, held=held):
             return outcome
-        if not _take_step(rollout, steps[rollout.step_index], desired, outcome, actor=actor):
+        step = steps[rollout.step_index]
+        if held is not None and isinstance(step, SetWeight | Analysis) and not overridden(rollout):
+            outcome.outcome = Outcome.HELD
             return outcome
+        if not _take_step(rollout, step, desired, outcome, actor=actor):
+            return outcome
+
+
+def overridden(rollout: Rollout) -> bool:
+    """Whether an administrator's promote through a freeze or closed window released the current steps.
+
+    The release lasts until the next weight is applied (that clears ``promoted_by``),
+    like any promote: the step it lets go is the one a promote lets go.
+    """
+    if not rollout.promoted_by:
+        return False
+    latest = (
+        RolloutEvent.objects.filter(rollout=rollout, kind=RolloutEventKind.PROMOTED)
+        .order_by("-id")
+        .values_list("data", flat=True)
+        .first()
+    )
+    return bool(latest and latest.get("override"))
 
 
 def _settled(
@@ -114,6 +146,7 @@ def _settled(
     *,
     actor: str,
     retry_failed: bool,
+    held: Gate | None,
 ) -> bool:
     """Whether the rollout stops here: aborted, ended, waiting, or past its last step. Sets the outcome."""
     if rollout.abort_requested_by and rollout.is_active:
@@ -124,9 +157,9 @@ def _settled(
         outcome.outcome = Outcome.ABORTED
         return True
     if rollout.phase == Rollout.Phase.COMPLETED:
-        # Keep the finished revision in place: drift, self-heal, prune.
-        last = max(len(steps) - 1, 0)
-        outcome.merge(weight_apply(rollout, desired, 100, last, actor, retry_failed=retry_failed))
+        if held is None:  # keep the finished revision in place: drift, self-heal, prune
+            last = max(len(steps) - 1, 0)
+            outcome.merge(weight_apply(rollout, desired, 100, last, actor, retry_failed=retry_failed))
         return True
     if not rollout.is_active:
         outcome.outcome = Outcome(rollout.phase.lower())
@@ -135,15 +168,18 @@ def _settled(
         opened = wave_gate_pass(rollout)
         rollout.refresh_from_db()
         if opened:  # on to the next step, or the end
-            return _settled(rollout, desired, steps, outcome, actor=actor, retry_failed=retry_failed)
+            return _settled(
+                rollout, desired, steps, outcome, actor=actor, retry_failed=retry_failed, held=held
+            )
         outcome.outcome = Outcome.PAUSED if rollout.is_active else Outcome(rollout.phase.lower())
         return True
-    if rollout.phase == Rollout.Phase.PAUSED and not pause_is_over(rollout):
+    # While held, a timer or an analysis back-off that ran out waits: beat's sweep leaves it alone too.
+    if rollout.phase == Rollout.Phase.PAUSED and (held is not None or not pause_is_over(rollout)):
         outcome.outcome = Outcome.FAILED if outcome.failures else Outcome.PAUSED
         return True
     if rollout.phase == Rollout.Phase.PAUSED:  # the pause just ended: look again, as stored now
         rollout.refresh_from_db()
-        return _settled(rollout, desired, steps, outcome, actor=actor, retry_failed=retry_failed)
+        return _settled(rollout, desired, steps, outcome, actor=actor, retry_failed=retry_failed, held=held)
     if rollout.step_index >= len(steps):
         _complete(rollout)
         outcome.outcome = Outcome.APPLIED if outcome.outcome is Outcome.APPLIED else Outcome.COMPLETED
@@ -172,16 +208,22 @@ def _set_weight(
     step_actor = rollout.promoted_by or actor
     result = weight_apply(rollout, desired, step.weight, rollout.step_index, step_actor)
     failpoint("before-restart")
-    consumers, refused = wave_restart(
-        rollout, step_index=rollout.step_index, weight=step.weight, actor=step_actor
-    )
-    result.failures.extend(refused)
+    consumers: list[dict[str, object]] = []
+    if not result.unreachable:  # the wave's consumers restart once all of its clusters have it
+        wave = wave_restart(rollout, step_index=rollout.step_index, weight=step.weight, actor=step_actor)
+        consumers = wave.states
+        result.failures.extend(wave.failures)
+        result.unreachable.update(wave.unreachable)
     outcome.merge(result)
     if result.failures:
         message = "; ".join(result.failures[:5])
         transition(rollout, phase=Rollout.Phase.FAILED, finished_at=timezone.now(), message=message)
         rollout_event(rollout, RolloutEventKind.FAILED, actor=step_actor, message=message)
         outcome.outcome = Outcome.FAILED
+        return False
+    if result.unreachable:
+        wait_for_clusters(rollout, result.unreachable, weight=step.weight)
+        outcome.outcome = Outcome.PAUSED
         return False
     if result.outcome is Outcome.APPLIED:
         consumer_map_refresh(rollout)

@@ -2,88 +2,176 @@
 
 ConfigMaps are restored first, then the workloads the rollout restarted get
 their previous stamp back, so their new pods start with the old content.
+
+A cluster that does not answer (or refuses) is owed its rollback: the rollout
+ends all the same, lists it in ``rollback_pending_clusters``, and every later
+reconcile of the source (a timer wakes it) tries that cluster again until it
+answers and is restored.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
+from gitops import schedule
 from gitops.cluster import get_cluster
 from gitops.cluster.client import WORKLOAD_KINDS
-from gitops.cluster.live import live_configmaps, live_index
+from gitops.cluster.live import live_configmaps
 from gitops.consumers.wave import restoring_intent
-from gitops.models import ApplyIntent, Rollout
+from gitops.errors import GitopsError
+from gitops.models import ApplyIntent, Rollout, Source
 from gitops.record.events import rollout_event
+from gitops.rollout.state import cluster_retry_delay, unreachable_text
 from gitops.rollout.step import intents_execute
 from gitops.vocabulary import ChangeAction, RolloutEventKind
 
-ObjectKey = tuple[str, str, str]  # (kind, namespace, name)
+ObjectKey = tuple[str, str, str, str]  # (cluster, kind, namespace, name)
+
+
+@dataclass
+class Restored:
+    failures: list[str] = field(default_factory=list)  # refusals for good
+    owed: dict[str, str] = field(default_factory=dict)  # clusters not reached, and why
 
 
 def rollout_rollback(rollout: Rollout, *, actor: str, reason: str, phase: Rollout.Phase) -> list[str]:
-    """Restores every target this rollout changed, then ends it in ``phase`` (Failed if a restore failed)."""
-    first_intents: dict[ObjectKey, ApplyIntent] = {}
-    for intent in rollout.intents.filter(status=ApplyIntent.Status.DONE).exclude(
-        action=ChangeAction.ROLLBACK
-    ):
-        first_intents.setdefault((intent.kind, intent.namespace, intent.name), intent)
-    configmaps = {key: intent for key, intent in first_intents.items() if key[0] not in WORKLOAD_KINDS}
-    workloads = {key: intent for key, intent in first_intents.items() if key[0] in WORKLOAD_KINDS}
-    failures = _restore_configmaps(rollout, configmaps, actor) + _restore_workloads(rollout, workloads, actor)
+    """Restores every target this rollout changed, then ends it in ``phase`` (Failed if a restore failed).
+
+    Clusters that cannot be reached now are owed their rollback (see ``rollbacks_owed_finish``).
+    """
+    restored = _restore(rollout, actor, clusters=None)
     now = timezone.now()
+    owed = sorted(restored.owed)
     message = reason + (
-        f"; rollback failed for {len(failures)}: " + "; ".join(failures[:3]) if failures else ""
+        f"; rollback failed for {len(restored.failures)}: " + "; ".join(restored.failures[:3])
+        if restored.failures
+        else ""
     )
+    if owed:
+        message += "; rollback owed on " + unreachable_text(restored.owed)
+    retry_at = now + cluster_retry_delay() if owed else None
     Rollout.objects.filter(pk=rollout.pk).update(
-        phase=Rollout.Phase.FAILED if failures else phase,
+        phase=Rollout.Phase.FAILED if restored.failures else phase,
         waiting_for="",
-        pause_until=None,
+        pause_until=retry_at,
+        rollback_pending_clusters=owed,
         finished_at=now,
         updated_at=now,
         message=message,
     )
     rollout.refresh_from_db()
-    kind = RolloutEventKind.ROLLBACK_FAILED if failures else RolloutEventKind.ROLLED_BACK
-    rollout_event(rollout, kind, actor=actor, message=message)
-    return failures
+    kind = RolloutEventKind.ROLLBACK_FAILED if restored.failures else RolloutEventKind.ROLLED_BACK
+    rollout_event(rollout, kind, actor=actor, message=message, data={"pending_clusters": owed})
+    if retry_at is not None:
+        schedule.source_sync_at(rollout.source_id, retry_at)
+    return restored.failures
+
+
+def rollbacks_owed_finish(source: Source) -> None:
+    """Restores the clusters that ended rollouts of ``source`` still owe a rollback, as far as they answer.
+
+    Each is tried when its retry is due (``pause_until``), and only that try schedules the next, so a
+    cluster that stays down is asked every ``SLUICE_CLUSTER_RETRY_SECONDS``, however often the source
+    is reconciled meanwhile.
+    """
+    owing = (
+        Rollout.objects.filter(source=source)
+        .filter(Q(pause_until__isnull=True) | Q(pause_until__lte=timezone.now()))
+        .exclude(rollback_pending_clusters=[])
+        .select_related("source", "revision")
+    )
+    for rollout in owing:
+        owed = set(rollout.rollback_pending_clusters)
+        actor = rollout.abort_requested_by or "sluice"
+        restored = _restore(rollout, actor, clusters=owed)
+        done = sorted(owed - set(restored.owed))
+        still = sorted(restored.owed)
+        retry_at = timezone.now() + cluster_retry_delay() if still else None
+        Rollout.objects.filter(pk=rollout.pk).update(
+            rollback_pending_clusters=still, pause_until=retry_at, updated_at=timezone.now()
+        )
+        if retry_at is not None:
+            schedule.source_sync_at(source.pk, retry_at)
+        if not done:
+            continue
+        rollout.refresh_from_db()
+        failed = bool(restored.failures)
+        message = f"rolled back on {', '.join(done)}" + (
+            f"; failed for {len(restored.failures)}: " + "; ".join(restored.failures[:3]) if failed else ""
+        )
+        kind = RolloutEventKind.ROLLBACK_FAILED if failed else RolloutEventKind.ROLLED_BACK
+        rollout_event(rollout, kind, actor=actor, message=message, data={"pending_clusters": still})
+
+
+def _restore(rollout: Rollout, actor: str, *, clusters: set[str] | None) -> Restored:
+    """Restores the rollout's targets in ``clusters`` (None: all of them)."""
+    first_intents: dict[ObjectKey, ApplyIntent] = {}
+    restored = Restored()
+    changes = rollout.intents.exclude(action=ChangeAction.ROLLBACK)
+    if clusters is not None:
+        changes = changes.filter(cluster__in=clusters)
+    for intent in changes.order_by("id"):
+        if intent.status == ApplyIntent.Status.PENDING:
+            # Not applied yet because its cluster did not answer: once it does, the intent is
+            # applied first and then restored, so the cluster is owed until then.
+            restored.owed.setdefault(intent.cluster, "an earlier change there is still pending")
+        elif intent.status == ApplyIntent.Status.DONE:
+            first_intents.setdefault((intent.cluster, intent.kind, intent.namespace, intent.name), intent)
+    configmaps = {key: intent for key, intent in first_intents.items() if key[1] not in WORKLOAD_KINDS}
+    workloads = {key: intent for key, intent in first_intents.items() if key[1] in WORKLOAD_KINDS}
+    _restore_configmaps(rollout, configmaps, actor, restored)
+    _restore_workloads(rollout, workloads, actor, restored)
+    return restored
 
 
 def _restore_configmaps(
-    rollout: Rollout, first_intents: dict[ObjectKey, ApplyIntent], actor: str
-) -> list[str]:
+    rollout: Rollout, first_intents: dict[ObjectKey, ApplyIntent], actor: str, restored: Restored
+) -> None:
     if not first_intents:
-        return []
-    index = live_index(live_configmaps(get_cluster(), {namespace for _, namespace, _ in first_intents}))
+        return
+    live = live_configmaps({(cluster, namespace) for cluster, _, namespace, _ in first_intents})
+    restored.owed.update(live.reasons())
+    index = live.index()
     restores = [
         restore
-        for (_, namespace, name), first in sorted(first_intents.items())
-        if (restore := ApplyIntent.restoring(rollout, first, index.get((namespace, name)), actor=actor))
-        is not None
-    ]
-    return _execute(restores)
-
-
-def _restore_workloads(
-    rollout: Rollout, first_intents: dict[ObjectKey, ApplyIntent], actor: str
-) -> list[str]:
-    cluster = get_cluster()
-    restores = [
-        restore
-        for (kind, namespace, name), first in sorted(first_intents.items())
-        if (
-            restore := restoring_intent(
-                rollout, first, cluster.get_workload(kind, namespace, name), actor=actor
+        for (cluster, _, namespace, name), first in sorted(first_intents.items())
+        if cluster not in restored.owed
+        and (
+            restore := ApplyIntent.restoring(
+                rollout, first, index.get((cluster, namespace, name)), actor=actor
             )
         )
         is not None
     ]
-    return _execute(restores)
+    _execute(restores, restored)
 
 
-def _execute(restores: list[ApplyIntent]) -> list[str]:
+def _restore_workloads(
+    rollout: Rollout, first_intents: dict[ObjectKey, ApplyIntent], actor: str, restored: Restored
+) -> None:
+    restores = []
+    for (cluster, kind, namespace, name), first in sorted(first_intents.items()):
+        if cluster in restored.owed:
+            continue
+        try:
+            live = get_cluster(cluster).get_workload(kind, namespace, name)
+        except GitopsError as exc:  # unreachable, refusing, or not registered any more
+            restored.owed[cluster] = str(exc)
+            continue
+        if (restore := restoring_intent(rollout, first, live, actor=actor)) is not None:
+            restores.append(restore)
+    _execute(restores, restored)
+
+
+def _execute(restores: list[ApplyIntent], restored: Restored) -> None:
     if not restores:
-        return []
+        return
     with transaction.atomic():
         created = ApplyIntent.objects.bulk_create(restores)
-    return intents_execute(created)
+    executed = intents_execute(created)
+    restored.failures.extend(executed.failures)
+    restored.owed.update(executed.unreachable)

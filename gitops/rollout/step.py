@@ -10,21 +10,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from django.conf import settings
 from django.utils import timezone
 
 from gitops import caches
-from gitops.cluster import get_cluster
-from gitops.cluster.apply import intents_apply
-from gitops.cluster.live import live_index, live_view
-from gitops.desired.revision import DesiredState, flag_set_key, unstamped
+from gitops.cluster.apply import intents_apply_everywhere
+from gitops.cluster.live import LiveState, live_configmaps, live_view
+from gitops.desired.revision import DesiredState, ObjectKey, flag_set_key, unstamped
 from gitops.models import ApplyIntent, Rollout, Source
 from gitops.plan import Action, Plan, plan
 from gitops.record.changelog import changes_record, intents_pending, intents_write
 from gitops.record.inventory import managed_keys
 from gitops.rollout.engine import desired_at_weight, held_keys
+from gitops.rollout.flag_catalog import flag_catalog_record
 from gitops.rollout.state import StepOutcome
 from gitops.vocabulary import ChangeAction, Outcome
 
@@ -38,57 +38,103 @@ def weight_apply(
     *,
     retry_failed: bool = False,
 ) -> StepOutcome:
-    """Brings every target to what ``weight`` asks for; returns what it did and what the cluster refused."""
+    """Brings every target to what ``weight`` asks for; returns what it did, what the clusters refused,
+    and the clusters it needed and could not reach (their targets are left as they are)."""
     source = rollout.source
     managed = managed_keys(source)
-    live = live_view(
-        get_cluster(),
-        {*desired.namespaces, *in_scope(source, {namespace for namespace, _ in managed})},
-        cluster_name=settings.SLUICE_CLUSTER_NAME,
-        source=source.name,
-        desired=desired,
-        managed=managed,
-    )
-    weighted = desired_at_weight(desired, weight, flag_baselines(rollout, desired, live.objects))
+    live = live_state(source, desired, managed=managed)
+    weighted = desired_at_weight(desired, weight, flag_baselines(rollout, desired, live.index()))
+    held = held_keys(desired, weight)
     current = plan(
         weighted,
         live.objects,
         source=source.name,
         commit=rollout.revision.commit,
         managed=managed,
-        held=held_keys(desired, weight),
+        held=held,
         prune_allowed=weight >= 100,
         memo=caches.for_source(source.pk).plan_memo,
+        unreachable=live.reasons(),
         settled=live.settled,
     )
     intents = intents_write(
         rollout, current, actor=actor, step_index=step_index, weight=weight, retry_failed=retry_failed
     )
-    failures = intents_execute(intents)
-    applied = {(i.namespace, i.name) for i in intents if i.status == ApplyIntent.Status.DONE}
+    executed = intents_execute(intents)
+    applied = {i.key for i in intents if i.status == ApplyIntent.Status.DONE}
     snapshot = plan_snapshot(current, weight=weight, applied=applied)
     snapshot["reads"] = live.reads
     Source.objects.filter(pk=source.pk).update(last_plan=snapshot)
-    return StepOutcome(Outcome.APPLIED if intents else Outcome.UNCHANGED, current.summary(), failures)
+    flag_catalog_record(rollout, desired, weight)  # what the Flags page lists
+    unreachable = {**needed(desired, held, live.reasons(), weight), **executed.unreachable}
+    outcome = Outcome.APPLIED if intents else Outcome.UNCHANGED
+    return StepOutcome(outcome, current.summary(), executed.failures, unreachable)
 
 
-def in_scope(source: Source, namespaces: set[str]) -> set[str]:
-    """The namespaces the administrator still allows: one taken out of scope is neither written nor pruned."""
-    return {namespace for namespace in namespaces if source.scope.namespace_problem(namespace) is None}
+def live_state(
+    source: Source,
+    desired: DesiredState,
+    *,
+    managed: frozenset[ObjectKey] | None = None,
+    cached: bool = True,
+) -> LiveState:
+    """Every target's live objects, or (``cached``) what a plan needs of them: the live cache settles
+    what it vouches for in every cluster (``live_view``), and the rest is read. When no cluster the
+    source needs answers, the pass fails as a whole (and backs off) as it always did; otherwise the
+    ones that answer go on without the others. ``managed`` is the source's inventory, if read already."""
+    inventory = managed_keys(source) if managed is None else managed
+    targets = {*desired.targets, *in_scope(source, {(cluster, ns) for cluster, ns, _ in inventory})}
+    if cached:
+        live = live_view(targets, source=source.name, desired=desired, managed=inventory)
+    else:
+        live = live_configmaps(targets)
+    clusters = {cluster for cluster, _ in targets}
+    if clusters and clusters <= set(live.unreachable):
+        raise next(iter(live.unreachable.values()))
+    return live
 
 
-def intents_execute(intents: Sequence[ApplyIntent]) -> list[str]:
-    """Applies written intents, then logs each exactly once. Returns the cluster's refusals."""
+def needed(
+    desired: DesiredState, held: frozenset[ObjectKey], unreachable: dict[str, str], weight: int
+) -> dict[str, str]:
+    """The unreachable clusters this weight needs: one with a target it covers (at 100%, any)."""
+    if weight >= 100:
+        return dict(unreachable)
+    covered = {obj.cluster for obj in desired.objects if obj.key not in held}
+    return {cluster: why for cluster, why in unreachable.items() if cluster in covered}
+
+
+def in_scope(source: Source, targets: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    """The targets the administrator still allows: one taken out of scope is neither written nor pruned."""
+    scope = source.scope
+    return {(cluster, ns) for cluster, ns in targets if scope.namespace_problem(ns, cluster) is None}
+
+
+@dataclass
+class Executed:
+    """The clusters' refusals of applied intents, and the clusters that could not be reached (why)."""
+
+    failures: list[str] = field(default_factory=list)
+    unreachable: dict[str, str] = field(default_factory=dict)
+
+
+def intents_execute(intents: Sequence[ApplyIntent]) -> Executed:
+    """Applies written intents, then logs each exactly once. An unreachable cluster's intents stay pending."""
     if not intents:
-        return []
-    return changes_record(intents, intents_apply(get_cluster(), intents))
+        return Executed()
+    applied = intents_apply_everywhere(intents)
+    failures = changes_record(applied.intents, applied.errors) if applied.intents else []
+    return Executed(failures, {name: str(error) for name, error in applied.unreachable.items()})
 
 
 def intents_finish_pending(source: Source) -> int:
-    """Completes what a crashed run left pending (applying again is harmless). Returns how many."""
+    """Completes what a crashed run left pending (applying again is harmless). Returns how many.
+
+    Intents of a cluster that still does not answer stay pending for a later pass.
+    """
     pending = intents_pending(source)
     intents_execute(pending)
-    return len(pending)
+    return sum(1 for intent in pending if intent.status != ApplyIntent.Status.PENDING)
 
 
 def plan_snapshot(current: Plan, *, weight: int, applied: set[Any]) -> dict[str, Any]:
@@ -110,18 +156,34 @@ def plan_snapshot(current: Plan, *, weight: int, applied: set[Any]) -> dict[str,
     }
 
 
+def plan_held(source: Source, desired: DesiredState, commit: str, *, held: str) -> None:
+    """Plans a revision a freeze or a sync window holds back, applying nothing: pages show what waits."""
+    managed = managed_keys(source)
+    live = live_state(source, desired, managed=managed)
+    current = plan(
+        desired,
+        live.objects,
+        source=source.name,
+        commit=commit,
+        managed=managed,
+        unreachable=live.reasons(),
+        settled=live.settled,
+    )
+    snapshot = plan_snapshot(current, weight=100, applied=set())
+    Source.objects.filter(pk=source.pk).update(last_plan={**snapshot, "reads": live.reads, "held": held})
+
+
 def flag_baselines(
-    rollout: Rollout, desired: DesiredState, live: dict[str, list[dict[str, Any]]]
-) -> dict[tuple[str, str], dict[str, Any] | None]:
+    rollout: Rollout, desired: DesiredState, index: dict[ObjectKey, dict[str, Any]]
+) -> dict[ObjectKey, dict[str, Any] | None]:
     """Each flag set as published before this rollout touched it: the old side of its canary."""
     flag_objects = [obj for obj in desired.objects if obj.flag_set is not None]
     if not flag_objects:
         return {}
-    first_intents: dict[tuple[str, str], ApplyIntent] = {}
+    first_intents: dict[ObjectKey, ApplyIntent] = {}
     for intent in rollout.intents.exclude(action=ChangeAction.ROLLBACK).order_by("id"):
-        first_intents.setdefault((intent.namespace, intent.name), intent)
-    index = live_index(live)
-    baselines: dict[tuple[str, str], dict[str, Any] | None] = {}
+        first_intents.setdefault(intent.key, intent)
+    baselines: dict[ObjectKey, dict[str, Any] | None] = {}
     for obj in flag_objects:
         data: dict[str, str] | None
         if obj.key in first_intents:

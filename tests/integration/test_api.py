@@ -51,12 +51,40 @@ ENDPOINTS = [
     ("get", "/rollouts"),
     ("get", "/rollouts/1"),
     ("get", "/changes"),
+    ("get", "/flags"),
     ("post", "/sources/shop/sync"),
     ("post", "/rollouts/1/promote"),
     ("post", "/rollouts/1/abort"),
     ("post", "/rollouts/1/retry"),
+    ("post", "/sources"),
+    ("patch", "/sources/shop"),
+    ("delete", "/sources/shop?objects=keep"),
+    ("post", "/sources/shop/suspend"),
+    ("post", "/sources/shop/resume"),
+    ("get", "/removals/1"),
 ]
-ACTIONS = [(method, path) for method, path in ENDPOINTS if method == "post"]
+ACTIONS = [(method, path) for method, path in ENDPOINTS if method != "get"]
+# Source administration: an approver is refused these before anything is looked up.
+ADMIN_ONLY = [(method, path) for method, path in ENDPOINTS if method in ("patch", "delete")] + [
+    ("post", "/sources/shop/suspend"),
+    ("post", "/sources/shop/resume"),
+]
+
+# Freezes and sync windows (dashboard/api_freezes.py; roles and actions in test_freezes_ui.py).
+FREEZE_OPERATIONS = [
+    "GET /api/freezes",
+    "POST /api/freezes",
+    "POST /api/freezes/lift",
+    "GET /api/windows",
+    "POST /api/windows",
+    "DELETE /api/windows/{window_id}",
+]
+
+
+def operation_of(path: str) -> str:
+    """The OpenAPI path an ENDPOINTS entry calls."""
+    path = re.sub(r"/removals/1\b", "/removals/{removal_id}", path.split("?", maxsplit=1)[0])
+    return re.sub(r"shop", "{name}", re.sub(r"/1\b", "/{rollout_id}", path))
 
 
 class Api:
@@ -72,8 +100,14 @@ class Api:
     def post(self, path: str, body: dict[str, Any] | None = None):
         return self.client.post("/api" + path, data=json.dumps(body or {}), content_type="application/json")
 
+    def patch(self, path: str, body: dict[str, Any] | None = None):
+        return self.client.patch("/api" + path, data=json.dumps(body or {}), content_type="application/json")
+
+    def delete(self, path: str):
+        return self.client.delete("/api" + path)
+
     def call(self, method: str, path: str):
-        return self.get(path) if method == "get" else self.post(path)
+        return getattr(self, method)(path)
 
 
 def issue_token(username: str, name: str = "tests", *options: str) -> str:
@@ -337,10 +371,14 @@ def test_sync_queues_a_task_and_its_revision_appears(
 
 def test_missing_things_are_404_and_malformed_ids_422(as_role, make_source):
     approver = as_role["approver"]
+    admin = User.objects.create_user("ada-admin", password="x")
+    admin.groups.add(Group.objects.get(name="admin"))
+    administrator = Api(issue_token("ada-admin"))
     for method, path in ENDPOINTS:
-        if path in ("/sources", "/rollouts", "/changes"):
+        if path in ("/sources", "/rollouts", "/changes", "/flags"):
             continue
-        response = approver.call(method, path.replace("/1", "/987654321"))
+        caller = administrator if (method, path) in ADMIN_ONLY else approver
+        response = caller.call(method, path.replace("/1", "/987654321"))
         assert response.status_code == 404, (method, path, response.content)
         assert response.json()["detail"]
     source = make_source()
@@ -639,6 +677,7 @@ def consumer_states(count: int) -> list[dict[str, Any]]:
     ]
     return [
         {
+            "cluster": "default",
             "kind": ("Deployment", "StatefulSet", "DaemonSet")[index % 3],
             "namespace": f"team-{index % 4}",
             "name": f"web-{index}",
@@ -715,7 +754,16 @@ def test_rollouts_and_sources_carry_their_consumers_in_a_fixed_number_of_queries
 def test_the_openapi_document_names_the_consumer_vocabulary(as_role):
     schemas = as_role["viewer"].get("/openapi.json").json()["components"]["schemas"]
     state = schemas["ConsumerStateOut"]["properties"]
-    assert set(state) == {"kind", "namespace", "name", "restarted", "restartable", "health", "detail"}
+    assert set(state) == {
+        "cluster",
+        "kind",
+        "namespace",
+        "name",
+        "restarted",
+        "restartable",
+        "health",
+        "detail",
+    }
     assert schemas["Health"]["enum"] == ["healthy", "progressing", "failed"]
     assert schemas["WorkloadKind"]["enum"] == ["Deployment", "StatefulSet", "DaemonSet"]
     assert schemas["ConsumerMode"]["enum"] == ["ignore", "watch", "restart"]
@@ -753,8 +801,7 @@ def test_schemathesis_finds_no_server_error_and_no_contract_breach(as_role, paus
     schema.validate()  # against the OpenAPI 3.1 meta-schema
     operations = [result.ok() for result in schema.get_all_operations()]
     assert sorted(f"{op.method.upper()} {op.path}" for op in operations) == sorted(
-        f"{method.upper()} /api" + re.sub(r"shop", "{name}", re.sub(r"/1\b", "/{rollout_id}", path))
-        for method, path in ENDPOINTS
+        [f"{method.upper()} /api" + operation_of(path) for method, path in ENDPOINTS] + FREEZE_OPERATIONS
     )
 
     conformance = [

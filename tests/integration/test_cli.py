@@ -242,3 +242,46 @@ def test_update_source_and_verify_email(gitops, repo, people):
     assert "no user named 'nobody'" in gitops(
         "verify-email", "nobody", "x@example.com", "--by", "root", expect=1
     )
+
+
+def test_update_suspend_resume_and_remove_source(gitops, repo, make_namespaces, celery_worker, cluster):
+    from gitops.models import Source, SourceAudit
+
+    (namespace,) = make_namespaces("app")
+    repo.write_all({"sluice.yaml": policy([namespace]), "configmaps/app.yaml": configmap("app", {"v": "1"})})
+    repo.commit()
+    gitops("add-source", "shop", "--url", repo.url, "--allow-namespace", "t*", "--by", "root")
+    gitops("sync", "shop", "--wait")
+
+    updated = gitops(
+        "update-source", "shop", "--interval", "5m", "--credentials", "env:SHOP_TOKEN", "--by", "root"
+    )
+    assert "updated source shop" in updated
+    source = Source.objects.get(name="shop")
+    assert (source.poll_interval.total_seconds(), source.credentials_ref) == (300, "env:SHOP_TOKEN")
+    assert "--interval: the poll interval must be from 5s to 24h" in gitops(
+        "update-source", "shop", "--interval", "2s", expect=1
+    )
+    assert "not shown, it may be a secret" in gitops(
+        "update-source", "shop", "--credentials", "ghp_abcdefghij", expect=1
+    )
+
+    assert "shop is suspended" in gitops("suspend", "shop", "--by", "root")
+    assert "shop [suspended]:" in gitops("status")
+    assert json.loads(gitops("status", "shop", "--json"))["suspended"] is True
+    assert "shop is resumed" in gitops("resume", "shop", "--by", "root")
+
+    assert "invalid choice" in gitops("remove-source", "shop", "--objects", "maybe", expect=2)
+    removed = gitops("remove-source", "shop", "--objects", "keep", "--wait", "--by", "root")
+    assert "removal" in removed and "done; 1 of 1 objects kept" in removed
+    assert cluster.get_configmap(namespace, "app")["data"] == {"v": "1"}
+    assert "no source named 'shop'" in gitops("status", "shop", expect=1)
+    actions = SourceAudit.objects.filter(source_name="shop").order_by("id").values_list("action", "actor")
+    assert list(actions) == [
+        ("create", "root"),
+        ("update", "root"),
+        ("suspend", "root"),
+        ("resume", "root"),
+        ("delete", "root"),
+        ("deleted", "root"),
+    ]

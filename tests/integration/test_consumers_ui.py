@@ -166,7 +166,9 @@ def test_the_page_shows_a_wave_waiting_for_its_consumers_then_failing(
     set_unschedulable(core_api, True)  # the restarted pod finds no node: the real scheduler decides
     try:
         pending = sync_source.delay(source.pk)
-        waiting = wait_for(source, phase="Paused", waiting_for="consumers", timeout=60)
+        # Generous: on a loaded machine the worker takes a while to reach the wave;
+        # the deadline only bounds it.
+        waiting = wait_for(source, phase="Paused", waiting_for="consumers", timeout=180)
         page = live_partial(client, waiting)
         deadline = waiting.pause_until.strftime("%H:%M:%S")
         assert 'waiting for <strong id="waiting">consumers</strong> until <time id="health-deadline"' in page

@@ -1,4 +1,4 @@
-"""A flag rollout checked with the real flagd evaluator, reading what Sluice published to the cluster."""
+"""A flag rollout checked with both real flagd evaluators, reading what Sluice published to the cluster."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 
 from gitops.rollout import decisions
-from tests.flagd import KEYS, Evaluator, evaluate
+from tests.flagd import EVALUATORS, KEYS, evaluate
 from tests.gitrepo import policy
 from tests.rollouts import wait_for
 from tests.workers import ARTIFACTS
@@ -46,9 +46,12 @@ def published(cluster, namespace: str) -> str:
     return cluster.get_configmap(namespace, "checkout")["data"]["checkout.flagd.json"]
 
 
+@pytest.mark.parametrize("evaluator", sorted(EVALUATORS))
 def test_flag_changes_reach_a_sticky_growing_share_of_users(
-    repo, make_namespaces, make_source, sync, cluster, people, tmp_path
+    evaluator, repo, make_namespaces, make_source, sync, cluster, people, tmp_path
 ):
+    """Each evaluator on its own sees the intended share at every step, and nobody loses the new result."""
+    serve = EVALUATORS[evaluator]
     app, flags_ns = make_namespaces("app", "flags")
     repo.write_all(
         {"sluice.yaml": policy([app], flags={"namespace": flags_ns}), "flags/checkout.json": json.dumps(OLD)}
@@ -69,11 +72,11 @@ def test_flag_changes_reach_a_sticky_growing_share_of_users(
     v2 = repo.commit("v2")
 
     old_results = {
-        flag: evaluate(OLD, flag, default, tmp_path)
+        flag: evaluate(OLD, flag, default, tmp_path, evaluator)
         for flag, default in (("new-checkout", False), ("banner", ""))
     }
     new_results = {
-        flag: evaluate(NEW, flag, default, tmp_path)
+        flag: evaluate(NEW, flag, default, tmp_path, evaluator)
         for flag, default in (("new-checkout", False), ("banner", ""))
     }
     differing = {
@@ -83,14 +86,14 @@ def test_flag_changes_reach_a_sticky_growing_share_of_users(
     assert len(differing["banner"]) == 10_000  # new targeting sends every key to green or red
 
     sync(source)
-    measured: list[str] = []
+    measured: list[str] = [f"{serve.version()}:"]
     previous: dict[str, set[str]] = {flag: set() for flag in old_results}
     for weight in WEIGHTS:
         paused = wait_for(source, phase="Paused", waiting_for="approval", weight=weight)
-        evaluator = Evaluator(published(cluster, flags_ns), tmp_path)
+        served_now = serve(published(cluster, flags_ns), tmp_path)
         try:
             for flag, default in (("new-checkout", False), ("banner", "")):
-                served = evaluator.values(flag, default)
+                served = served_now.values(flag, default)
                 for key in KEYS:
                     assert served[key] in (old_results[flag][key], new_results[flag][key]), (flag, key)
                 got_new = {k for k in differing[flag] if served[k] == new_results[flag][k]}
@@ -99,23 +102,23 @@ def test_flag_changes_reach_a_sticky_growing_share_of_users(
                 assert abs(share - weight) <= 2, f"{flag} at {weight}%: {share:.2f}% got the new result"
                 assert previous[flag] <= got_new, f"{flag}: users who had the new result lost it at {weight}%"
                 previous[flag] = got_new
-            assert evaluator.values("untouched", "") == evaluate(NEW, "untouched", "", tmp_path)
+            assert served_now.values("untouched", "") == evaluate(NEW, "untouched", "", tmp_path, evaluator)
         finally:
-            evaluator.close()
+            served_now.close()
         decisions.rollout_promote(paused.pk, user=people["approver"])
 
     ARTIFACTS.mkdir(exist_ok=True)
-    (ARTIFACTS / "flag-rollout-shares.txt").write_text("\n".join(measured) + "\n")
+    (ARTIFACTS / f"flag-rollout-shares-{evaluator}.txt").write_text("\n".join(measured) + "\n")
     done = wait_for(source, phase="Completed")
     assert done.weight == 100
     final = json.loads(published(cluster, flags_ns))
     assert final["flags"] == NEW["flags"], "at 100% the published flag set is exactly Git's"
     assert final["metadata"] == {"sluiceCommit": v2, "sluiceSource": source.name}
-    evaluator = Evaluator(published(cluster, flags_ns), tmp_path)
+    served_now = serve(published(cluster, flags_ns), tmp_path)
     try:
-        details = evaluator.details("new-checkout", False)
+        details = served_now.details("new-checkout", False)
         assert details.value is True
         assert details.flag_metadata["sluiceCommit"] == v2, "every evaluation names the commit it came from"
     finally:
-        evaluator.close()
+        served_now.close()
     assert v1 != v2

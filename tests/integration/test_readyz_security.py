@@ -86,13 +86,13 @@ def test_a_silent_apiserver_and_broker_fail_the_check_within_seconds(
         entry["cluster"]["server"] = f"https://127.0.0.1:{silent_server}"
     path = tmp_path / "silent.kubeconfig"
     path.write_text(yaml.safe_dump(kubeconfig))
-    saved, clients._default = clients._default, Cluster(str(path))
+    clients.pin(settings.SLUICE_CLUSTER_NAME, Cluster(str(path)))
     try:
         started = time.monotonic()
         response = Client().get("/readyz")
         elapsed = time.monotonic() - started
     finally:
-        clients._default = saved
+        clients.pin(settings.SLUICE_CLUSTER_NAME, None)
 
     assert response.status_code == 503
     assert response.json()["checks"] == {"database": "ok", "broker": "failing", "kube-apiserver": "failing"}

@@ -54,3 +54,22 @@ def test_a_body_that_is_not_json_falls_back_to_the_reason():
     exc = ApiException(status=500, reason="Internal Server Error")
     exc.body = "<html>oops</html>"
     assert "Internal Server Error" in str(_translate(exc))
+
+
+def test_a_cluster_that_does_not_answer_reads_the_same_every_time():
+    """A reason stable across requests (no URL, no object address): a paused rollout's timeline gets one
+    event per reason, not one per retry."""
+    import urllib3
+
+    from gitops.cluster.client import _network_reason
+
+    refused = urllib3.exceptions.NewConnectionError(
+        None,
+        "HTTPSConnection(host='127.0.0.1', port=1): Failed to establish a new connection: [Errno 111] "
+        "Connection refused",
+    )
+    for path in ("/api/v1/namespaces/a/configmaps", "/api/v1/namespaces/b/configmaps"):
+        wrapped = urllib3.exceptions.MaxRetryError(None, path, reason=refused)
+        assert _network_reason(wrapped) == "connection refused"
+    timed_out = urllib3.exceptions.ReadTimeoutError(None, "/x", "Read timed out. (read timeout=30)")
+    assert _network_reason(urllib3.exceptions.MaxRetryError(None, "/x", reason=timed_out)) == "read timed out"

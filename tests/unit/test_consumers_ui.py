@@ -95,3 +95,21 @@ def test_the_consumer_map_is_turned_around_per_configmap():
 )
 def test_durations_read_as_sluice_yaml_writes_them(seconds, label):
     assert seconds_label(seconds) == label
+
+
+def test_consumers_and_readers_are_told_apart_by_cluster():
+    states = [
+        {**state("web", "healthy", "2/2 available", namespace="shop"), "cluster": "member-1"},
+        {**state("web", "progressing", "updating 1/2", namespace="shop"), "cluster": "default"},
+    ]
+    groups = consumers_by_target(states)
+    assert [(g.cluster, g.namespace, g.healthy) for g in groups] == [
+        ("default", "shop", 0),
+        ("member-1", "shop", 1),
+    ]
+
+    readers = configmap_readers({"shop/Deployment/web": ["app"], "member-1/shop/Deployment/web": ["app"]})
+    assert [(r.cluster, r.namespace, r.configmap) for r in readers] == [
+        ("", "shop", "app"),
+        ("member-1", "shop", "app"),
+    ]

@@ -1,10 +1,14 @@
-"""Canary flag sets, checked with the real evaluator.
+"""Canary flag sets, checked with both real flagd evaluators.
 
-Each published document is served by its own openfeature-provider-flagd provider,
-in-process and file-based (the evaluator of openfeature-flagd-core; no daemon, no
-network), and evaluated for 10,000 targeting keys. The "old result" and the "new
-result" of a key are what the pure old and new flag sets serve it: the documents
-published at 0 and at 100, which are asserted to be exactly ``old`` and ``new``.
+Each published document is served by its own evaluator and evaluated for 10,000
+targeting keys, once with each of the two evaluators flagd ships (tests/flagd.py):
+the Python one (openfeature-provider-flagd in-process, file-based, on
+openfeature-flagd-core 2.x) and the JavaScript one (@openfeature/flagd-core 4.0.1,
+through Node). No daemon, no network. They bucket ``fractional`` differently, so
+each must see the intended share and stickiness on its own. The "old result" and the
+"new result" of a key are what the pure old and new flag sets serve it: the
+documents published at 0 and at 100, which are asserted to be exactly ``old`` and
+``new``.
 """
 
 from __future__ import annotations
@@ -13,22 +17,11 @@ import copy
 import itertools
 import json
 import math
-import time
-import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import pytest
-from openfeature import api
-from openfeature.client import OpenFeatureClient
-from openfeature.contrib.provider.flagd import FlagdProvider
-from openfeature.contrib.provider.flagd.config import ResolverType
-from openfeature.evaluation_context import EvaluationContext
-from openfeature.exception import ErrorCode
-from openfeature.flag_evaluation import FlagEvaluationDetails
-from openfeature.provider import ProviderStatus
 
 from gitops.desired.flags import canonical_json
 from gitops.rollout.flag_canary import (
@@ -38,14 +31,14 @@ from gitops.rollout.flag_canary import (
     canary_flag_set,
     changed_flags,
 )
+from tests.flagd import EVALUATORS, KEYS, Context, FlagdEvaluator
 
 WEIGHTS = (0, 25, 50, 75, 100)
 TOLERANCE = 2.0  # percentage points, which is 4 standard errors of a 50% share of 10,000 keys
-KEYS = tuple(f"user-{i}" for i in range(10_000))
 PLANS = ("free", "pro", "enterprise")
 
 
-def _context(index: int, targeting_key: str | None) -> EvaluationContext:
+def _context(index: int, targeting_key: str | None) -> Context:
     # Attributes vary with the key so that rule changes affect a large share of keys.
     domain = "corp.example" if index % 2 == 0 else "mail.example"
     attributes = {
@@ -53,20 +46,19 @@ def _context(index: int, targeting_key: str | None) -> EvaluationContext:
         "email": f"user-{index}@{domain}",
         "appVersion": f"2.{index % 4}.0",
     }
-    return EvaluationContext(targeting_key=targeting_key, attributes=attributes)
+    return Context(targeting_key, attributes)
 
 
 CONTEXTS = {key: _context(index, key) for index, key in enumerate(KEYS)}
 # Contexts without a targeting key cannot be bucketed.
 KEYLESS_CONTEXTS = {f"keyless-{index}": _context(index, None) for index in range(6)}
 
-# What each kind of flag is read with, and a code default no variant has.
-Reader = Callable[[OpenFeatureClient, str, Any, EvaluationContext], FlagEvaluationDetails[Any]]
-READERS: dict[str, tuple[Reader, Any]] = {
-    "boolean": (OpenFeatureClient.get_boolean_details, False),
-    "string": (OpenFeatureClient.get_string_details, "code default"),
-    "number": (OpenFeatureClient.get_float_details, -1.0),
-    "object": (OpenFeatureClient.get_object_details, {"codeDefault": True}),
+# A code default no variant has, for each kind of flag.
+CODE_DEFAULTS: dict[str, Any] = {
+    "boolean": False,
+    "string": "code default",
+    "number": -1.0,
+    "object": {"codeDefault": True},
 }
 
 # A key's result: None for the caller's code default, else the served value as JSON.
@@ -74,38 +66,36 @@ Result = str | None
 
 
 class Published:
-    """One published document, served by its own in-process, file-based flagd provider."""
+    """One published document, served by one evaluator."""
 
-    def __init__(self, document: Mapping[str, Any], directory: Path) -> None:
-        name = uuid.uuid4().hex
-        path = directory / f"{name}.json"
-        path.write_text(canonical_json(dict(document)), encoding="utf-8")
-        self.provider = FlagdProvider(resolver_type=ResolverType.FILE, offline_flag_source_path=str(path))
-        api.set_provider(self.provider, name)
-        self.client = api.get_client(name)
-        # The provider loads the file on a thread: before READY every evaluation
-        # silently returns the code default.
-        deadline = time.monotonic() + 10
-        while (status := self.client.get_provider_status()) is not ProviderStatus.READY:
-            assert time.monotonic() < deadline, f"the provider is {status.value} after 10 s: {path}"
-            time.sleep(0.01)
+    def __init__(self, evaluator: FlagdEvaluator) -> None:
+        self.evaluator = evaluator
 
-    def results(self, flag: str, kind: str, contexts: Mapping[str, EvaluationContext]) -> dict[str, Result]:
-        read, code_default = READERS[kind]
-        results: dict[str, Result] = {}
-        for key, context in contexts.items():
-            details = read(self.client, flag, code_default, context)
-            # A missing flag is the code default too; any other error is a broken document.
-            assert details.error_code in (None, ErrorCode.FLAG_NOT_FOUND), (flag, key, details)
-            results[key] = None if details.variant is None else json.dumps(details.value, sort_keys=True)
+    def results(self, flag: str, kind: str, contexts: Mapping[str, Context]) -> dict[str, Result]:
+        return self.results_of([(flag, kind)], contexts)[flag]
+
+    def results_of(
+        self, flags: list[tuple[str, str]], contexts: Mapping[str, Context]
+    ) -> dict[str, dict[str, Result]]:
+        """results[flag][key] for several flags, in one pass of the evaluator."""
+        evaluations = [(flag, kind, CODE_DEFAULTS[kind]) for flag, kind in flags]
+        resolved = self.evaluator.resolve_flags(evaluations, contexts)
+        results: dict[str, dict[str, Result]] = {}
+        for flag, _ in flags:
+            results[flag] = {}
+            for key, details in resolved[flag].items():
+                # A missing flag is the code default too; any other error is a broken document.
+                assert details.error_code in (None, "FLAG_NOT_FOUND"), (self.evaluator.name, flag, details)
+                value = None if details.variant is None else json.dumps(details.value, sort_keys=True)
+                results[flag][key] = value
         return results
 
     def close(self) -> None:
-        self.provider.shutdown()
+        self.evaluator.close()
 
 
 def keys_by_result(
-    published: Published, flag: str, kind: str, contexts: Mapping[str, EvaluationContext]
+    published: Published, flag: str, kind: str, contexts: Mapping[str, Context]
 ) -> dict[Result, set[str]]:
     """The keys that got each result (None: the code default)."""
     by_result: dict[Result, set[str]] = defaultdict(set)
@@ -114,13 +104,21 @@ def keys_by_result(
     return dict(by_result)
 
 
+@pytest.fixture(scope="module", params=sorted(EVALUATORS))
+def evaluator(request: pytest.FixtureRequest) -> str:
+    """Every test that evaluates a published document runs once per flagd evaluator."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def publish(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[Mapping[str, Any]], Published]]:
-    directory = tmp_path_factory.mktemp("published")
+def publish(
+    evaluator: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[[Mapping[str, Any]], Published]]:
+    directory = tmp_path_factory.mktemp(f"published-{evaluator}")
     served: list[Published] = []
 
     def serve(document: Mapping[str, Any]) -> Published:
-        served.append(Published(document, directory))
+        served.append(Published(EVALUATORS[evaluator](canonical_json(dict(document)), directory)))
         return served[-1]
 
     yield serve
@@ -269,11 +267,9 @@ def served(publish: Callable[[Mapping[str, Any]], Published]) -> dict[int, Publi
 @pytest.fixture(scope="module")
 def results(served: dict[int, Published]) -> dict[str, dict[int, dict[str, Result]]]:
     """results[flag][weight][key], for every flag of OLD and NEW at every weight."""
-    flags = sorted(CHANGES.keys() | UNCHANGED.keys())
-    return {
-        flag: {weight: served[weight].results(flag, _kind(flag), CONTEXTS) for weight in WEIGHTS}
-        for flag in flags
-    }
+    flags = [(flag, _kind(flag)) for flag in sorted(CHANGES.keys() | UNCHANGED.keys())]
+    at_weight = {weight: served[weight].results_of(flags, CONTEXTS) for weight in WEIGHTS}
+    return {flag: {weight: at_weight[weight][flag] for weight in WEIGHTS} for flag, _ in flags}
 
 
 def tolerance(weight: int, keys: int) -> float:
@@ -340,10 +336,12 @@ def test_unchanged_flags_are_published_as_written() -> None:
 
 
 def test_contexts_without_a_targeting_key_keep_the_old_results(served: dict[int, Published]) -> None:
-    for flag in sorted(CHANGES):
-        old = served[0].results(flag, _kind(flag), KEYLESS_CONTEXTS)
-        for weight in (25, 50, 75):
-            assert served[weight].results(flag, _kind(flag), KEYLESS_CONTEXTS) == old, f"{flag} at {weight}"
+    flags = [(flag, _kind(flag)) for flag in sorted(CHANGES)]
+    old = served[0].results_of(flags, KEYLESS_CONTEXTS)
+    for weight in (25, 50, 75):
+        got = served[weight].results_of(flags, KEYLESS_CONTEXTS)
+        for flag, _ in flags:
+            assert got[flag] == old[flag], f"{flag} at {weight}"
 
 
 def test_changed_flags() -> None:
@@ -464,3 +462,23 @@ def test_metadata_is_merged_into_the_set_metadata(weight: int) -> None:
 def test_a_weight_is_a_whole_percentage(weight: Any) -> None:
     with pytest.raises(ValueError, match="weight"):
         canary_flag_set(OLD, NEW, weight)
+
+
+def test_the_two_evaluators_put_different_users_on_the_new_side_at_the_same_share(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The bucketing caveat the Flags page shows: same document, same share, different users."""
+    directory = tmp_path_factory.mktemp("both")
+    document = canonical_json(canary_flag_set(OLD, NEW, 25))
+    new_side: dict[str, set[str]] = {}
+    for name, evaluator_class in sorted(EVALUATORS.items()):
+        published = Published(evaluator_class(document, directory))
+        try:
+            got = published.results("default-variant", "boolean", CONTEXTS)
+        finally:
+            published.close()
+        new_side[name] = {key for key, result in got.items() if result == "true"}
+        assert abs(100 * len(new_side[name]) / len(KEYS) - 25) <= TOLERANCE, (name, len(new_side[name]))
+    differing = new_side["python"] ^ new_side["js"]
+    # Independent hashes: about 2 x (25% - 25% x 25%) = 37.5% of the keys land on different sides.
+    assert len(differing) > len(KEYS) // 5, f"only {len(differing)} keys differ between the evaluators"

@@ -17,18 +17,22 @@ from hypothesis import strategies as st
 
 from gitops.desired.content import Content
 from gitops.desired.flags import FlagSet
-from gitops.desired.policy import Policy
+from gitops.desired.policy import Policy, Target
 from gitops.desired.revision import DesiredObject, DesiredState, flag_set_json, flag_set_key
-from gitops.plan import Action, plan
+from gitops.plan import Action, PlanMemo, plan
 from gitops.plan.provenance import Provenance, manifest
 from gitops.plan.stamps import LiveStamp, settles, sources_to_wake, stamp_of
 
 SOURCE = "shop"
 COMMIT = "c" * 40
+CLUSTER = "default"
 
 
-def desired(data: dict[str, str] | None = None, labels: dict[str, str] | None = None) -> DesiredObject:
+def desired(
+    data: dict[str, str] | None = None, labels: dict[str, str] | None = None, *, cluster: str = CLUSTER
+) -> DesiredObject:
     return DesiredObject(
+        cluster=cluster,
         namespace="team-a",
         name="app",
         content=Content(data=data or {"LOG_LEVEL": "info", "MODE": "safe"}, labels=labels or {"team": "a"}),
@@ -87,9 +91,15 @@ def edited_by_hand(live: dict, *, section: str, key: str, value: str | None) -> 
     return edited
 
 
+def state_of(*objects: DesiredObject, self_heal: bool = False) -> DesiredState:
+    clusters = tuple(dict.fromkeys(obj.cluster for obj in objects))
+    targets = tuple(Target(cluster, ("team-a",)) for cluster in clusters)
+    return DesiredState(Policy(targets, ("team-a",), False, self_heal, "team-a"), objects)
+
+
 def planned(obj: DesiredObject, live: dict, *, self_heal: bool = False):
-    state = DesiredState(Policy(("team-a",), ("team-a",), False, self_heal, "team-a"), (obj,))
-    result = plan(state, {"team-a": [live]}, source=SOURCE, commit=COMMIT, managed={obj.key})
+    state = state_of(obj, self_heal=self_heal)
+    result = plan(state, {(obj.cluster, "team-a"): [live]}, source=SOURCE, commit=COMMIT, managed={obj.key})
     return result.items[0]
 
 
@@ -100,16 +110,60 @@ def test_an_object_as_sluice_applied_it_is_settled_by_its_stamp():
     assert settles(stamp, obj, source=SOURCE)
 
 
-def test_the_settled_plan_item_is_the_one_a_read_would_give():
-    obj = desired()
+@pytest.mark.parametrize("cluster", [CLUSTER, "member-1"])
+def test_the_settled_plan_item_is_the_one_a_read_would_give(cluster):
+    obj = desired(cluster=cluster)
     live = as_applied(obj)
-    state = DesiredState(Policy(("team-a",), ("team-a",), False, False, "team-a"), (obj,))
+    state = state_of(obj)
     from_cache = plan(
         state, {}, source=SOURCE, commit=COMMIT, managed={obj.key}, settled={obj.key: stamp_of(live)}
     )
-    from_read = plan(state, {"team-a": [live]}, source=SOURCE, commit=COMMIT, managed={obj.key})
+    from_read = plan(state, {(cluster, "team-a"): [live]}, source=SOURCE, commit=COMMIT, managed={obj.key})
     assert from_cache.items == from_read.items
     assert from_cache.items[0].action is Action.UNCHANGED
+    assert from_cache.items[0].key == (cluster, "team-a", "app")
+
+
+def test_a_stamp_settles_only_its_own_cluster_and_never_an_unreachable_one():
+    here, there = desired(), desired(cluster="member-1")
+    stamp = stamp_of(as_applied(here))
+    state = state_of(here, there)
+    managed = {here.key, there.key}
+    # The same namespace and name in another cluster is another object: a stamp of one settles nothing there.
+    result = plan(state, {}, source=SOURCE, commit=COMMIT, managed=managed, settled={here.key: stamp})
+    assert [(item.cluster, item.action) for item in result.items] == [
+        (CLUSTER, Action.UNCHANGED),
+        ("member-1", Action.CREATE),
+    ]
+    down = plan(
+        state,
+        {},
+        source=SOURCE,
+        commit=COMMIT,
+        managed=managed,
+        settled={here.key: stamp},
+        unreachable={CLUSTER: "connection refused"},
+    )
+    assert down.items[0].action is Action.UNREACHABLE
+
+
+def test_a_stamp_that_does_not_settle_is_refused_by_the_planner():
+    obj = desired()
+    stamp = stamp_of(as_applied(obj))._replace(as_applied=False)
+    with pytest.raises(ValueError, match="default/team-a/app"):
+        plan(state_of(obj), {}, source=SOURCE, commit=COMMIT, managed={obj.key}, settled={obj.key: stamp})
+
+
+def test_the_memo_keeps_a_settled_item_per_cluster():
+    here, there = desired(), desired(cluster="member-1")
+    stamps = {obj.key: stamp_of(as_applied(obj)) for obj in (here, there)}
+    memo = PlanMemo()
+    state = state_of(here, there)
+    managed = set(stamps)
+    first = plan(state, {}, source=SOURCE, commit=COMMIT, managed=managed, memo=memo, settled=stamps)
+    again = plan(state, {}, source=SOURCE, commit=COMMIT, managed=managed, memo=memo, settled=stamps)
+    assert [item.key for item in first.items] == [here.key, there.key]
+    assert all(a is b for a, b in zip(first.items, again.items, strict=True))
 
 
 @pytest.mark.parametrize(

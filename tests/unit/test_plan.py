@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 
 from gitops.desired.content import Content
-from gitops.desired.policy import Policy
+from gitops.desired.policy import Policy, Target
 from gitops.desired.revision import DesiredObject, DesiredState
 from gitops.plan import Action, DiffItem, decide, diff_content, plan
 from gitops.plan.provenance import Provenance, manifest
 
 SOURCE = "shop"
+CLUSTER = "default"
 OLD, NEW = "a" * 40, "b" * 40
 
 
@@ -24,11 +25,13 @@ def desired_object(name: str = "app", namespace: str = "team-a", **data: str) ->
         kind="configmap",
         group=f"configmaps/{name}.yaml#0",
         rank=0,
+        cluster=CLUSTER,
     )
 
 
 def state(*objects: DesiredObject, prune: bool = False, self_heal: bool = False) -> DesiredState:
-    return DesiredState(Policy(("team-a",), ("team-a",), prune, self_heal, "team-a"), tuple(objects))
+    policy = Policy((Target(CLUSTER, ("team-a",)),), ("team-a",), prune, self_heal, "team-a")
+    return DesiredState(policy, tuple(objects))
 
 
 def applied(obj: DesiredObject, *, commit: str = OLD, data: dict | None = None, source: str = SOURCE) -> dict:
@@ -51,14 +54,14 @@ def applied(obj: DesiredObject, *, commit: str = OLD, data: dict | None = None, 
 def inventory(live: list[dict]) -> frozenset[tuple[str, str]]:
     """What Sluice applied: here, every live object labelled as this source's."""
     return frozenset(
-        ("team-a", obj["metadata"]["name"])
+        (CLUSTER, "team-a", obj["metadata"]["name"])
         for obj in live
         if (obj["metadata"].get("labels") or {}).get("sluice.dev/source") == SOURCE
     )
 
 
 def only_item(desired: DesiredState, live: list[dict]):
-    result = plan(desired, {"team-a": live}, source=SOURCE, commit=NEW, managed=inventory(live))
+    result = plan(desired, {(CLUSTER, "team-a"): live}, source=SOURCE, commit=NEW, managed=inventory(live))
     assert len(result.items) == 1
     return result.items[0]
 
@@ -122,13 +125,15 @@ def test_an_object_gone_from_git_is_pruned_or_reported(prune, action):
     gone = desired_object("gone")
     item = only_item(state(prune=prune), [applied(gone)])
     assert item.action is action
-    assert item.key == ("team-a", "gone")
+    assert item.key == (CLUSTER, "team-a", "gone")
 
 
 def test_objects_of_other_sources_are_never_pruned():
     other = desired_object("theirs")
     live = [applied(other, source="other")]
-    result = plan(state(prune=True), {"team-a": live}, source=SOURCE, commit=NEW, managed=inventory(live))
+    result = plan(
+        state(prune=True), {(CLUSTER, "team-a"): live}, source=SOURCE, commit=NEW, managed=inventory(live)
+    )
     assert result.items == ()
 
 
@@ -185,7 +190,7 @@ def test_objects_gone_from_git_keep_their_provenance_for_a_rollback(prune, allow
     live = [applied(gone)]
     result = plan(
         state(prune=prune),
-        {"team-a": live},
+        {(CLUSTER, "team-a"): live},
         source=SOURCE,
         commit=NEW,
         managed=inventory(live),
@@ -197,7 +202,9 @@ def test_objects_gone_from_git_keep_their_provenance_for_a_rollback(prune, allow
 
 def test_an_object_labelled_as_ours_but_never_applied_by_sluice_is_not_pruned():
     forged = applied(desired_object("coredns"))
-    result = plan(state(prune=True), {"team-a": [forged]}, source=SOURCE, commit=NEW, managed=frozenset())
+    result = plan(
+        state(prune=True), {(CLUSTER, "team-a"): [forged]}, source=SOURCE, commit=NEW, managed=frozenset()
+    )
     (item,) = result.items
     assert item.action is Action.CONFLICT
     assert "never applied it" in item.reason
@@ -251,7 +258,14 @@ def test_the_plan_memo_keeps_only_the_objects_of_the_last_plan():
             }
             for obj in objects
         ]
-        plan(state(*objects), {"team-a": live}, source=SOURCE, commit=NEW, managed=inventory(live), memo=memo)
+        plan(
+            state(*objects),
+            {(CLUSTER, "team-a"): live},
+            source=SOURCE,
+            commit=NEW,
+            managed=inventory(live),
+            memo=memo,
+        )
     assert len(memo) == 100
 
 
@@ -259,7 +273,7 @@ def test_an_object_labelled_as_ours_but_never_applied_is_not_taken_over_nor_show
     forged = applied(desired_object("app", v="hunter2"))
     result = plan(
         state(desired_object("app", v="ours")),
-        {"team-a": [forged]},
+        {(CLUSTER, "team-a"): [forged]},
         source=SOURCE,
         commit=NEW,
         managed=frozenset(),

@@ -63,7 +63,7 @@ def test_a_one_file_commit_parses_one_file():
     assert cache.misses == 501, "only the changed file is parsed again"
     assert cache.hits == 499
     assert repo.reads == 2, "the changed blob and the policy are the only blobs read"
-    assert state.by_key()[("canary", "cm-7")].content.data == {"v": "2"}
+    assert state.by_key()[("default", "canary", "cm-7")].content.data == {"v": "2"}
 
 
 def test_a_cached_file_still_takes_part_in_cross_file_checks():

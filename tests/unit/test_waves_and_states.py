@@ -32,10 +32,15 @@ def test_target_cutoff_is_the_ceiling_of_the_share(weight, targets, cutoff):
     assert target_cutoff(weight, targets) == cutoff
 
 
-def objects(group: str, namespaces: list[str], kind: str = "configmap") -> list[DesiredObject]:
+def objects(group: str, namespaces: list, kind: str = "configmap") -> list[DesiredObject]:
+    """One object per target; a target is a namespace of the default cluster or (cluster, namespace)."""
     return [
-        DesiredObject(ns, group, Content(data={"v": "1"}), f"{group}.yaml", 1, kind, group, rank)
-        for rank, ns in enumerate(namespaces)
+        DesiredObject(
+            ns, group, Content(data={"v": "1"}), f"{group}.yaml", 1, kind, group, rank, cluster=cluster
+        )
+        for rank, (cluster, ns) in enumerate(
+            target if isinstance(target, tuple) else ("default", target) for target in namespaces
+        )
     ]
 
 
@@ -48,12 +53,13 @@ def test_held_keys_keep_the_later_targets_of_each_manifest_in_policy_order():
             *objects("flags", ["flags"], kind="flagset"),
         ),
     )
-    assert held_keys(state, 25) == {("a", "app"), ("b", "app"), ("c", "app"), ("a", "db")}
-    assert held_keys(state, 50) == {("b", "app"), ("c", "app"), ("a", "db")}
-    assert held_keys(state, 51) == {("c", "app")}
+    d = "default"
+    assert held_keys(state, 25) == {(d, "a", "app"), (d, "b", "app"), (d, "c", "app"), (d, "a", "db")}
+    assert held_keys(state, 50) == {(d, "b", "app"), (d, "c", "app"), (d, "a", "db")}
+    assert held_keys(state, 51) == {(d, "c", "app")}
     assert held_keys(state, 100) == frozenset()
     # Flag sets are never held: their canary is a share of users, not of targets.
-    assert all(name != "flags" for _, name in held_keys(state, 0))
+    assert all(name != "flags" for _, _, name in held_keys(state, 0))
 
 
 def source(**fields) -> Source:

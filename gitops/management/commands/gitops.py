@@ -1,20 +1,29 @@
 """``python manage.py gitops``: Sluice's command line.
 
 gitops add-source NAME --url URL [--branch B] [--path P] [--interval 60s]
+gitops add-cluster NAME (--kubeconfig PATH [--context CTX] | --in-cluster)
+gitops clusters [--json]
+gitops remove-cluster NAME
+gitops update-source NAME [--url URL] [--branch B] ... (what is left out stays)
+gitops suspend NAME | gitops resume NAME
+gitops remove-source NAME --objects keep|prune [--wait]
 gitops sync NAME [--wait]
-gitops diff NAME
+gitops diff NAME [--cluster C] [--revision REF] [--json]
 gitops status [NAME] [--json]
-gitops log [--source NAME] [--commit SHA] [--limit N] [--json]
+gitops log [--source NAME] [--cluster C] [--commit SHA] [--limit N] [--json]
 gitops purge [--dry-run]
 gitops archive-changes --before DATE --output FILE
 gitops reencrypt-secrets
+gitops freeze NAME|--all --until WHEN --reason TEXT
+gitops unfreeze NAME|--all
+gitops window add|list|remove
+gitops validate [PATH] [--git-ref REF | --staged]
 gitops live-cache [--cluster NAME]
 """
 
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from argparse import ArgumentParser, ArgumentTypeError
@@ -24,6 +33,7 @@ from typing import Any
 
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
+from django.conf import settings
 from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -32,28 +42,36 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
-from gitops import livecache, preview, retention, schedule, selectors, source_admin
+from gitops import (
+    cluster_admin,
+    freezes,
+    livecache,
+    preview,
+    retention,
+    schedule,
+    selectors,
+    source_admin,
+    validate,
+)
+from gitops.desired.limits import Limits
 from gitops.errors import GitopsError
 from gitops.intake import webhook_secrets
-from gitops.models import Rollout, Source
+from gitops.models import Rollout, Source, SourceRemoval
 from gitops.plan import DiffItem, Plan
+from gitops.record.audit import Actor
 from gitops.roles import ROLES
 from gitops.rollout import decisions
 from gitops.rollout.state import SYSTEM_ACTOR
-from gitops.vocabulary import SUCCESSFUL_OUTCOMES
-
-DURATION = re.compile(r"^(\d+)(s|m|h)?$")
+from gitops.vocabulary import SUCCESSFUL_OUTCOMES, ObjectsOnRemoval, PreviewOutcome, RemovalStatus
+from gitops.windows import WindowError, WindowKind, parse_duration
 
 
 def duration(text: str) -> timedelta:
-    match = DURATION.match(text.strip())
-    if not match:
-        raise ArgumentTypeError(f"{text!r} is not a duration like 30s, 5m or 1h")
-    amount, unit = int(match.group(1)), match.group(2) or "s"
-    seconds = amount * {"s": 1, "m": 60, "h": 3600}[unit]
-    if seconds < 5:
-        raise ArgumentTypeError("the poll interval must be at least 5s")
-    return timedelta(seconds=seconds)
+    """A poll interval as written on the command line (its bounds are the service's to check)."""
+    try:
+        return source_admin.parse_interval(text)
+    except source_admin.SourceSettingsError as exc:
+        raise ArgumentTypeError(exc.problems["poll_interval"][0]) from exc
 
 
 class Command(BaseCommand):
@@ -64,29 +82,39 @@ class Command(BaseCommand):
 
         add = commands.add_parser("add-source", help="register a Git repository")
         add.add_argument("name")
-        add.add_argument("--url", required=True)
-        add.add_argument("--branch", default="main")
-        add.add_argument("--path", default="", help="directory within the repository")
-        add.add_argument(
-            "--interval", type=duration, default=timedelta(seconds=60), help="poll interval, e.g. 60s"
-        )
-        add.add_argument(
-            "--credentials",
-            default="",
-            help="where the token or key lives: env:VAR, file:/path or ssh-key:/path",
-        )
-        add.add_argument(
-            "--commit-url",
-            default="",
-            help="the Git host's page for a commit, e.g. https://github.com/org/repo/commit/{commit}",
-        )
+        _location_arguments(add, creating=True)
         _scope_arguments(add, required=True)
+        _by_argument(add)
 
         update = commands.add_parser(
-            "update-source", help="change what an administrator allows a source (what is not given stays)"
+            "update-source", help="change a source's settings (what is not given stays as it is)"
         )
         update.add_argument("name")
+        _location_arguments(update, creating=False)
         _scope_arguments(update, required=False)
+        _by_argument(update)
+
+        for verb, what in (
+            ("suspend", "stop automatic syncs (polls, pushes, timers); `gitops sync` still runs"),
+            ("resume", "let automatic syncs run again, and sync now"),
+        ):
+            toggle = commands.add_parser(verb, help=what)
+            toggle.add_argument("name")
+            _by_argument(toggle)
+
+        remove = commands.add_parser(
+            "remove-source", help="delete a source; its objects are kept (labels removed) or pruned"
+        )
+        remove.add_argument("name")
+        remove.add_argument(
+            "--objects",
+            required=True,
+            choices=[mode.value for mode in ObjectsOnRemoval],
+            help="keep: they stay, without Sluice's labels, annotations and field ownership; prune: deleted",
+        )
+        remove.add_argument("--wait", action="store_true", help="block until the removal has finished")
+        remove.add_argument("--timeout", type=float, default=300)
+        _by_argument(remove)
 
         verify = commands.add_parser(
             "verify-email",
@@ -108,7 +136,15 @@ class Command(BaseCommand):
 
         diff = commands.add_parser("diff", help="print the plan; applies nothing")
         diff.add_argument("name")
+        diff.add_argument("--cluster", help="only this cluster's part of the plan")
         diff.add_argument("--json", action="store_true")
+        diff.add_argument(
+            "--revision",
+            metavar="REF",
+            help="plan this revision of the remote instead of the followed branch: refs/heads/NAME, "
+            "refs/tags/NAME, refs/pull/N/head, refs/merge-requests/N/head or a commit SHA; "
+            "records nothing and leaves the followed branch alone",
+        )
 
         status = commands.add_parser("status", help="show sources, their revision and active rollout")
         status.add_argument("name", nargs="?")
@@ -116,6 +152,7 @@ class Command(BaseCommand):
 
         log = commands.add_parser("log", help="show the change log, newest first")
         log.add_argument("--source")
+        log.add_argument("--cluster")
         log.add_argument("--commit")
         log.add_argument("--namespace")
         log.add_argument("--limit", type=int, default=50)
@@ -131,6 +168,12 @@ class Command(BaseCommand):
         promote.add_argument("--full", action="store_true", help="skip the remaining steps and go to 100%%")
         promote.add_argument("--user", required=True)
         promote.add_argument("--comment", default="")
+        promote.add_argument(
+            "--override",
+            default="",
+            metavar="REASON",
+            help="while a freeze or a sync window holds the source: an administrator's reason to go on",
+        )
 
         abort_parser = commands.add_parser(
             "abort", help="roll every target back to its content before the rollout"
@@ -158,11 +201,18 @@ class Command(BaseCommand):
         grant.add_argument("--role", required=True, choices=ROLES)
 
         live = commands.add_parser(
-            "live-cache", help="run the live cache: watch managed ConfigMaps, wake sources on drift"
+            "live-cache",
+            help="run the live cache: watch managed ConfigMaps in every cluster, wake sources on drift",
         )
-        live.add_argument("--cluster", help="the cluster to watch (default: SLUICE_CLUSTER_NAME)")
+        live.add_argument(
+            "--cluster",
+            help="watch only this cluster (default: every cluster sources target or hold objects in)",
+        )
 
+        _add_cluster_parsers(commands)
         _add_housekeeping_parsers(commands)
+        _add_freeze_parsers(commands)
+        _add_validate_parser(commands)
 
     def handle(self, *args: Any, **options: Any) -> None:
         handler = getattr(self, "do_" + options["command"].replace("-", "_"))
@@ -186,29 +236,86 @@ class Command(BaseCommand):
         source = source_admin.source_add(
             name=options["name"],
             url=options["url"],
-            branch=options["branch"],
-            path=options["path"],
-            poll_interval=options["interval"],
-            credentials_ref=options["credentials"],
+            branch=options["branch"] or "main",
+            path=options["path"] or "",
+            poll_interval=options["interval"] or timedelta(seconds=60),
+            credentials_ref=options["credentials"] or "",
             allowed_namespaces=options["allow_namespace"],
-            commit_url_template=options["commit_url"],
+            commit_url_template=options["commit_url"] or "",
             notify_urls=options["notify"] or (),
             analysis_url_prefixes=options["allow_analysis_url"] or (),
             required_approvals=options["require_approvals"] or 0,
+            actor=Actor.command_line(options["by"]),
         )
         self.stdout.write(f"added source {source.name} ({source.url} @ {source.branch})")
         self._print_scope(source)
 
     def do_update_source(self, **options: Any) -> None:
-        source = source_admin.source_update_scope(
+        source = source_admin.source_update(
             self._source(options["name"]),
+            actor=Actor.command_line(options["by"]),
+            url=options["url"],
+            branch=options["branch"],
+            path=options["path"],
+            poll_interval=options["interval"],
+            credentials_ref=options["credentials"],
+            commit_url_template=options["commit_url"],
             allowed_namespaces=_listed(options["allow_namespace"]),
             analysis_url_prefixes=_listed(options["allow_analysis_url"]),
             required_approvals=options["require_approvals"],
             notify_urls=_listed(options["notify"]),
         )
-        self.stdout.write(f"updated source {source.name}")
+        self.stdout.write(f"updated source {source.name} ({source.url} @ {source.branch})")
         self._print_scope(source)
+
+    def do_suspend(self, **options: Any) -> None:
+        source = source_admin.source_suspend(
+            self._source(options["name"]), actor=Actor.command_line(options["by"])
+        )
+        self.stdout.write(
+            f"{source.name} is suspended (since {source.suspended_at:%Y-%m-%d %H:%M:%S}, by"
+            f" {source.suspended_by}): polls, pushes and timers do not sync it; `gitops sync` does"
+        )
+
+    def do_resume(self, **options: Any) -> None:
+        source = source_admin.source_resume(
+            self._source(options["name"]), actor=Actor.command_line(options["by"])
+        )
+        self.stdout.write(f"{source.name} is resumed: automatic syncs run again, and a sync is queued")
+
+    def do_remove_source(self, **options: Any) -> None:
+        removal = source_admin.source_remove(
+            self._source(options["name"]),
+            objects=ObjectsOnRemoval(options["objects"]),
+            actor=Actor.command_line(options["by"]),
+        )
+        self.stdout.write(
+            f"removal {removal.pk} of {removal.source_name} queued (objects: {removal.mode});"
+            f" the source is suspended meanwhile"
+        )
+        if not options["wait"]:
+            return
+        deadline = time.monotonic() + options["timeout"]
+        while removal.is_active and time.monotonic() < deadline:
+            time.sleep(0.2)  # polling the database for the worker's result, with a deadline
+            removal.refresh_from_db()
+        if removal.is_active:
+            raise CommandError(
+                f"the removal did not finish within {options['timeout']:.0f}s; is a worker running?"
+            )
+        self._print_removal(removal)
+        if removal.status != RemovalStatus.DONE:
+            sys.exit(1)
+
+    def _print_removal(self, removal: SourceRemoval) -> None:
+        verb = "pruned" if removal.mode == ObjectsOnRemoval.PRUNE else "kept"
+        self.stdout.write(
+            f"removal {removal.pk} of {removal.source_name}: {removal.status};"
+            f" {removal.objects_done} of {removal.objects_total} objects {verb}"
+            + (f", {removal.objects_failed} failed" if removal.objects_failed else "")
+        )
+        if removal.message:
+            self.stdout.write(f"  {removal.message}")
 
     def _print_scope(self, source: Source) -> None:
         self.stdout.write(f"  namespaces: {', '.join(source.allowed_namespaces) or 'none'}")
@@ -225,7 +332,7 @@ class Command(BaseCommand):
         source = self._source(options["name"])
         with transaction.atomic():
             task_ids = schedule.source_sync(
-                source.pk, actor=SYSTEM_ACTOR, retry_failed=options["retry_failed"]
+                source.pk, actor=SYSTEM_ACTOR, retry_failed=options["retry_failed"], manual=True
             )
         self.stdout.write(f"sync of {source.name} queued as task {task_ids[0]}")
         if not options["wait"]:
@@ -250,12 +357,17 @@ class Command(BaseCommand):
         )
         if result.get("forced_push"):
             self.stdout.write("warning: the branch was force-pushed")
+        if result.get("held"):
+            self.stdout.write(f"held, nothing applied: {result['held']}")
         for error in result.get("errors", []):
             self.stdout.write(f"  {error}")
 
     def do_diff(self, **options: Any) -> None:
         source = self._source(options["name"])
-        previewed = preview.source_preview(source)
+        if options["revision"] is not None:
+            self._diff_revision(source, options["revision"], as_json=options["json"])
+            return
+        previewed = preview.source_preview(source, cluster=options["cluster"])
         revision, plan = previewed.revision, previewed.plan
         if plan is None:
             if options["json"]:
@@ -277,13 +389,37 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(payload, indent=2))
             return
         self._print_plan(plan)
-        for effect in previewed.consumers:
+        self._print_consumer_effects(previewed.consumers)
+
+    def _diff_revision(self, source: Source, revision: str, *, as_json: bool) -> None:
+        """``diff --revision``: exit 0 when planned, 1 when rejected, not found or not a revision."""
+        try:
+            previewed = preview.revision_preview(source, revision)
+        except GitopsError as failure:
+            if not as_json:
+                raise
+            previewed = preview.revision_not_planned(source, revision, failure)
+        if as_json:
+            self.stdout.write(json.dumps(previewed.as_dict(), indent=2))
+        elif previewed.plan is None:
+            info = previewed.info
+            where = f"{previewed.revision} ({info.sha[:12]})" if info else previewed.revision
+            self.stdout.write(f"{source.name} @ {where}: rejected")
+            for problem in previewed.errors:
+                self.stdout.write(f"  {problem}")
+        else:
+            self.stdout.write(f"preview of {previewed.revision}; nothing is applied")
+            self._print_plan(previewed.plan)
+            self._print_consumer_effects(previewed.consumers)
+        if previewed.outcome != PreviewOutcome.PLANNED:
+            sys.exit(1)
+
+    def _print_consumer_effects(self, effects: tuple[preview.ConsumerEffect, ...]) -> None:
+        for effect in effects:
             workload = effect.workload
             verb = "restart" if effect.restart else "wait for"
-            self.stdout.write(
-                f"{verb:>9} {workload.kind.lower()} {workload.namespace}/{workload.name}"
-                f"  (reads {', '.join(effect.reads)})"
-            )
+            where = _where(workload.cluster, workload.namespace, workload.name)
+            self.stdout.write(f"{verb:>9} {workload.kind.lower()} {where}  (reads {', '.join(effect.reads)})")
 
     def _print_plan(self, plan: Plan) -> None:
         self.stdout.write(f"plan for {plan.source} @ {plan.commit[:12]}: " + _counts(plan.summary()))
@@ -291,7 +427,9 @@ class Command(BaseCommand):
             if item.action.value == "unchanged":
                 continue
             origin = f"  ({item.desired.origin})" if item.desired else ""
-            self.stdout.write(f"{item.action.value:>9} configmap {item.namespace}/{item.name}{origin}")
+            self.stdout.write(
+                f"{item.action.value:>9} configmap {_where(item.cluster, item.namespace, item.name)}{origin}"
+            )
             if item.reason:
                 self.stdout.write(f"          {item.reason}")
             for change in item.diff:
@@ -320,14 +458,17 @@ class Command(BaseCommand):
             return
         for status in statuses:
             revision = status["revision"] or {}
+            suspended = " [suspended]" if status["suspended"] else ""
             self.stdout.write(
-                f"{status['name']}: {revision.get('outcome', 'never fetched')}"
+                f"{status['name']}{suspended}: {revision.get('outcome', 'never fetched')}"
                 f" @ {(status['commit'] or '-')[:12]}  ({status['url']} {status['branch']})"
             )
             self.stdout.write(
                 f"  managed objects: {status['managed_objects']}, drift: {status['drift']},"
                 f" conflicts: {status['conflicts']}, last sync: {status['last_synced_at'] or 'never'}"
             )
+            if status["gate"]["reason"]:
+                self.stdout.write(f"  held: {status['gate']['reason']}")
             for error in revision.get("errors", []):
                 self.stdout.write(f"  error: {error}")
             if status["last_error"]:
@@ -339,14 +480,23 @@ class Command(BaseCommand):
                 )
             rollout = status["active_rollout"]
             if rollout:
+                waiting = f", waiting for {rollout['waiting_for']}" if rollout["waiting_for"] else ""
                 self.stdout.write(
                     f"  rollout {rollout['id']}: {rollout['phase']}"
-                    f" step {rollout['step']}, weight {rollout['weight']}%"
+                    f" step {rollout['step']}, weight {rollout['weight']}%{waiting}"
                 )
+                if rollout["message"]:
+                    self.stdout.write(f"    {rollout['message']}")
+            for owed in status["rollbacks_owed"]:
+                clusters = ", ".join(owed["rollback_pending_clusters"])
+                self.stdout.write(f"  rollout {owed['id']} still owes a rollback on: {clusters}")
 
     def do_log(self, **options: Any) -> None:
         changes = selectors.change_log(
-            source=options["source"], commit=options["commit"], namespace=options["namespace"]
+            source=options["source"],
+            cluster=options["cluster"],
+            commit=options["commit"],
+            namespace=options["namespace"],
         )[: max(0, options["limit"])]
         entries = [selectors.change_as_dict(change) for change in changes]
         if options["json"]:
@@ -356,7 +506,7 @@ class Command(BaseCommand):
             result = "" if entry["result"] == "ok" else f"  ERROR: {entry['error']}"
             self.stdout.write(
                 f"{entry['at'][:19]}  {entry['commit'][:12]}  {entry['source']:<16} {entry['action']:<9}"
-                f" {entry['namespace']}/{entry['name']}  by {entry['actor']}{result}"
+                f" {_where(entry['cluster'], entry['namespace'], entry['name'])}  by {entry['actor']}{result}"
             )
 
     def do_rollouts(self, **options: Any) -> None:
@@ -381,6 +531,7 @@ class Command(BaseCommand):
             user=decisions.user_named(options["user"]),
             full=options["full"],
             comment=options["comment"],
+            override=options["override"],
         )
         if rollout.phase == Rollout.Phase.PAUSED:
             self.stdout.write(f"rollout {rollout.pk}: approval recorded; {rollout.message}")
@@ -410,6 +561,36 @@ class Command(BaseCommand):
     def do_retry(self, **options: Any) -> None:
         again = decisions.rollout_retry(options["rollout"], user=decisions.user_named(options["user"]))
         self.stdout.write(f"rollout {options['rollout']} retried as rollout {again.pk}, from step 0")
+
+    # -- clusters -------------------------------------------------------------------------------
+
+    def do_add_cluster(self, **options: Any) -> None:
+        record = cluster_admin.cluster_add(
+            name=options["name"],
+            kubeconfig=options["kubeconfig"] or "",
+            context=options["context"] or "",
+            in_cluster=options["in_cluster"],
+        )
+        self.stdout.write(f"added cluster {record.name} ({record.credentials_ref})")
+        status = next(s for s in cluster_admin.clusters_status() if s.name == record.name)
+        self.stdout.write("  " + _cluster_line(status))
+
+    def do_clusters(self, **options: Any) -> None:
+        statuses = cluster_admin.clusters_status()
+        if options["json"]:
+            self.stdout.write(json.dumps([status.as_dict() for status in statuses], indent=2))
+            return
+        for status in statuses:
+            default = " (default)" if status.default else ""
+            self.stdout.write(f"{status.name}{default}: {_cluster_line(status)}")
+            self.stdout.write(f"  credentials: {status.credentials}")
+            self.stdout.write(
+                f"  sources: {', '.join(status.sources) or 'none'}; objects Sluice applied: {status.objects}"
+            )
+
+    def do_remove_cluster(self, **options: Any) -> None:
+        cluster_admin.cluster_remove(options["name"])
+        self.stdout.write(f"removed cluster {options['name']}")
 
     def do_webhook_secret(self, **options: Any) -> None:
         source = self._source(options["name"])
@@ -446,6 +627,19 @@ class Command(BaseCommand):
         else:
             self.stdout.write(f"no change-log entries before {before.isoformat()}; nothing written")
 
+    def do_validate(self, **options: Any) -> None:
+        """The offline validator (gitops/validate.py) with this deployment's limits."""
+        verdict = validate.run(
+            options["path"],
+            git_ref=options["git_ref"],
+            staged=options["staged"],
+            limits=Limits.from_settings(settings),
+            stdout=self.stdout,
+            stderr=self.stderr,
+        )
+        if verdict != validate.Exit.VALID:
+            sys.exit(verdict)
+
     def do_reencrypt_secrets(self, **options: Any) -> None:
         rewritten, unreadable = webhook_secrets.webhook_secrets_reencrypt()
         self.stdout.write(f"re-encrypted {rewritten} webhook secrets under the current SECRET_KEY")
@@ -455,6 +649,140 @@ class Command(BaseCommand):
                 + ", ".join(unreadable)
                 + "; set them again with `gitops webhook-secret NAME --rotate`"
             )
+
+    # -- freezes and sync windows ----------------------------------------------------------------
+
+    def do_freeze(self, **options: Any) -> None:
+        source = None if options["all"] else self._source(options["name"])
+        until = freezes.parse_until(options["until"])
+        freeze = freezes.freeze_set(source, until=until, reason=options["reason"], by=options["user"])
+        scope = "every source" if source is None else source.name
+        self.stdout.write(
+            f"froze {scope} until {freeze.until.isoformat()} (freeze {freeze.pk}): {freeze.reason}"
+        )
+
+    def do_unfreeze(self, **options: Any) -> None:
+        source = None if options["all"] else self._source(options["name"])
+        lifted = freezes.freeze_lift(source, by=options["user"])
+        if not lifted:
+            self.stdout.write("no freeze in force" + (f" on {source.name}" if source else ""))
+        for freeze in lifted:
+            scope = freeze.source.name if freeze.source else "every source"
+            self.stdout.write(f"lifted freeze {freeze.pk} of {scope} (until {freeze.until.isoformat()})")
+
+    def do_window(self, **options: Any) -> None:
+        action = options["window_command"]
+        if action == "add":
+            window = freezes.window_add(
+                kind=options["kind"],
+                schedule_text=options["schedule"],
+                duration=_window_duration(options["duration"]),
+                sources=options["source"] or ["*"],
+                manual_sync=options["manual_sync"],
+                time_zone=options["time_zone"],
+                by=options["user"],
+            )
+            self.stdout.write(f"added sync window {window.pk}: {window}")
+        elif action == "remove":
+            window = freezes.window_remove(options["id"], by=options["user"])
+            self.stdout.write(f"removed sync window {window.pk}: {window}")
+        else:
+            self._print_windows(json_output=options["json"])
+
+    def _print_windows(self, *, json_output: bool) -> None:
+        windows = selectors.windows_in_force()
+        rules = selectors.rules_now()
+        if json_output:
+            entries = [selectors.window_as_dict(window, rules) for window in windows]
+            self.stdout.write(json.dumps(entries, indent=2))
+            return
+        if not windows:
+            self.stdout.write("no sync windows: changes go out whenever they come")
+        for window in windows:
+            entry = selectors.window_as_dict(window, rules)
+            state = "open now" if entry["open_now"] else f"next opens {entry['next_opening'] or 'never'}"
+            manual = ", manual sync allowed" if window.manual_sync else ""
+            self.stdout.write(f"{window.pk:>4}  {window}{manual}  ({state})")
+
+
+def _window_duration(text: str) -> timedelta:
+    try:
+        return parse_duration(text)
+    except WindowError as exc:
+        raise CommandError(str(exc)) from exc
+
+
+def _add_freeze_parsers(commands: Any) -> None:
+    freeze = commands.add_parser(
+        "freeze", help="stop automatic changes of a source (or every source) until a time, for a reason"
+    )
+    _name_or_all(freeze)
+    freeze.add_argument(
+        "--until", required=True, help="8h or 3d from now, a time with a zone (2026-12-24T18:00Z), a date"
+    )
+    freeze.add_argument("--reason", required=True, help="why; shown on every page while the freeze holds")
+    freeze.add_argument("--user", default="cli", help="who froze it, for the record (default: cli)")
+
+    unfreeze = commands.add_parser("unfreeze", help="lift the freezes of a source (--all: every freeze)")
+    _name_or_all(unfreeze)
+    unfreeze.add_argument("--user", default="cli", help="who lifted it, for the record (default: cli)")
+
+    window = commands.add_parser("window", help="recurring sync windows, as Argo CD's (add, list, remove)")
+    actions = window.add_subparsers(dest="window_command", required=True, metavar="ACTION")
+    add = actions.add_parser("add", help="add an allow or deny window")
+    add.add_argument("--kind", required=True, choices=[kind.value for kind in WindowKind])
+    add.add_argument("--schedule", required=True, help="cron, five fields: '0 22 * * *' opens at 22:00")
+    add.add_argument("--duration", required=True, help="how long it stays open: 30m, 8h, 2d, 1h30m")
+    add.add_argument(
+        "--source", action="append", metavar="GLOB", help="a source name or glob (repeatable; default: every)"
+    )
+    add.add_argument(
+        "--manual-sync", action="store_true", help="a person's sync may go out while this window closes"
+    )
+    add.add_argument("--time-zone", default="UTC", help="the schedule's time zone (default UTC)")
+    add.add_argument("--user", default="cli", help="who added it, for the record (default: cli)")
+    listing = actions.add_parser("list", help="the windows in force, and whether each is open now")
+    listing.add_argument("--json", action="store_true")
+    remove = actions.add_parser("remove", help="remove a window")
+    remove.add_argument("id", type=int)
+    remove.add_argument("--user", default="cli", help="who removed it, for the record (default: cli)")
+
+
+def _name_or_all(parser: ArgumentParser) -> None:
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("name", nargs="?", help="the source")
+    target.add_argument("--all", action="store_true", help="every source")
+
+
+def _add_cluster_parsers(commands: Any) -> None:
+    add = commands.add_parser(
+        "add-cluster", help="register a cluster by where its credentials live (never the credentials)"
+    )
+    add.add_argument("name")
+    where = add.add_mutually_exclusive_group(required=True)
+    where.add_argument("--kubeconfig", metavar="PATH", help="a kubeconfig file on the workers")
+    where.add_argument("--in-cluster", action="store_true", help="the service account Sluice's pods run as")
+    add.add_argument("--context", metavar="CTX", help="the kubeconfig's context (default: its current one)")
+
+    listing = commands.add_parser("clusters", help="list clusters: server, reachability, version, sources")
+    listing.add_argument("--json", action="store_true")
+
+    remove = commands.add_parser(
+        "remove-cluster", help="forget a cluster (refused while a source targets it or holds objects there)"
+    )
+    remove.add_argument("name")
+
+
+def _where(cluster: str, namespace: str, name: str) -> str:
+    """``namespace/name`` in the default cluster, ``cluster/namespace/name`` in another."""
+    prefix = "" if cluster == settings.SLUICE_CLUSTER_NAME else f"{cluster}/"
+    return f"{prefix}{namespace}/{name}"
+
+
+def _cluster_line(status: cluster_admin.ClusterStatus) -> str:
+    if status.reachable:
+        return f"{status.server}, reachable, {status.version}"
+    return f"{status.server or 'no server'}, unreachable: {status.error}"
 
 
 def _add_housekeeping_parsers(commands: Any) -> None:
@@ -474,6 +802,15 @@ def _add_housekeeping_parsers(commands: Any) -> None:
     )
 
 
+def _add_validate_parser(commands: Any) -> None:
+    checker = commands.add_parser(
+        "validate",
+        help="validate a checkout of a source repository offline (no database, no cluster); "
+        "python -m gitops.validate does the same without Django",
+    )
+    validate.add_arguments(checker)
+
+
 def _moment(text: str) -> datetime:
     moment = parse_datetime(text)
     if moment is None and (day := parse_date(text)):
@@ -481,6 +818,30 @@ def _moment(text: str) -> datetime:
     if moment is None:
         raise CommandError(f"{text!r} is not a date like 2026-01-31 or an ISO time")
     return timezone.make_aware(moment) if timezone.is_naive(moment) else moment
+
+
+def _location_arguments(parser: ArgumentParser, *, creating: bool) -> None:
+    """Where the source's Git content is, and how to reach it. Left out on update: kept as it is."""
+    parser.add_argument("--url", required=creating, help="the Git URL, without credentials")
+    parser.add_argument("--branch", help="the branch to follow (default main)")
+    parser.add_argument("--path", help="directory within the repository")
+    parser.add_argument("--interval", type=duration, help="poll interval, e.g. 60s (5s to 24h; default 60s)")
+    parser.add_argument(
+        "--credentials", help="where the token or key lives: env:VAR, file:/path or ssh-key:/path"
+    )
+    parser.add_argument(
+        "--commit-url",
+        help="the Git host's page for a commit, e.g. https://github.com/org/repo/commit/{commit}",
+    )
+
+
+def _by_argument(parser: ArgumentParser) -> None:
+    parser.add_argument(
+        "--by",
+        default="",
+        metavar="NAME",
+        help="who makes the change, for the audit trail (default: cli:$USER)",
+    )
 
 
 def _scope_arguments(parser: ArgumentParser, *, required: bool) -> None:
@@ -491,7 +852,8 @@ def _scope_arguments(parser: ArgumentParser, *, required: bool) -> None:
         "--allow-namespace",
         required=required,
         metavar="GLOB",
-        help="a namespace glob this source may write to (repeatable; at least one for a new source)",
+        help="a namespace glob this source may write to: NAMESPACE in the default cluster, or "
+        "CLUSTER/NAMESPACE (repeatable; at least one for a new source)",
         **many,
     )
     parser.add_argument(

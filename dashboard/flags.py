@@ -1,0 +1,281 @@
+"""The Flags page: every flag every source publishes, with staleness, filters and a CSV export.
+
+It reads the flag catalog the worker keeps (``PublishedFlag``), never the cluster
+and never the change log, so a page costs a few indexed queries whatever the
+history holds.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from typing import Any
+
+from django.contrib.auth.decorators import login_required, permission_required
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.shortcuts import render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.http import urlencode
+from django.utils.safestring import SafeString, mark_safe
+from django.views.decorators.http import require_GET
+
+from dashboard.templatetags.sluice import commit_link
+from gitops import selectors
+from gitops.vocabulary import Staleness
+
+# What the page says about users who mix SDKs; tests/flagd.py checks both evaluators named here.
+EVALUATORS_CHECKED = (
+    ("flagd's Python core", "openfeature-flagd-core 2.x", "the CBOR encoding of [flagKey, targetingKey]"),
+    ("flagd's JavaScript core", "@openfeature/flagd-core 4.0.1", "the string flagKey + targetingKey"),
+)
+EXPORT_COLUMNS = (
+    "source",
+    "cluster",
+    "namespace",
+    "flag_set",
+    "key",
+    "state",
+    "variants",
+    "default_variant",
+    "targeting",
+    "rollout",
+    "rollout_phase",
+    "share_percent",
+    "removed",
+    "changed_commit",
+    "changed_at",
+    "stale",
+    "stale_reasons",
+)
+
+
+# Constant markup, no input in it.
+STALE_CLASS = mark_safe(' class="flag-stale"')
+REMOVED_BADGE = mark_safe('<div><span class="badge removed">removed in Git</span></div>')
+NO_ROLLOUT = mark_safe('<span class="muted">none</span>')
+NOT_PUBLISHED = mark_safe('<span class="muted">not published yet</span>')
+
+
+def _lines(rows: list[selectors.FlagRow]) -> list[SafeString]:
+    """The page's rows as HTML, made here: 50 rows of the template engine cost more than the budget allows."""
+    urls: dict[tuple[str, Any], str] = {}
+
+    def url(name: str, argument: Any) -> str:
+        if (name, argument) not in urls:
+            urls[(name, argument)] = reverse(name, args=[argument])
+        return urls[(name, argument)]
+
+    changes = reverse("dashboard:changes")
+    lines = []
+    for row in rows:
+        flag = row.flag
+        log = {"source": flag.source.name, "namespace": flag.namespace, "name": flag.flag_set}
+        links = {
+            "source": url("dashboard:source", flag.source.name),
+            "rollout": url("dashboard:rollout", flag.rollout_id) if flag.rollout_id else "",
+            "changes": f"{changes}?{urlencode({**log, 'commit': flag.changed_commit})}",
+        }
+        lines.append(_row_html(row, links))
+    return lines
+
+
+# Flag keys are whatever a repository chose: the page shows at most this much of one (the CSV all).
+MAX_KEY_CHARS = 200
+
+
+def _shown(text: str, limit: int = MAX_KEY_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _row_html(row: selectors.FlagRow, links: dict[str, str]) -> SafeString:
+    flag = row.flag
+    key = _shown(flag.key)
+    cluster = f" · cluster {flag.cluster}" if flag.cluster != "default" else ""
+    where = f"{flag.namespace}/{flag.flag_set}{cluster}"
+    return format_html(
+        '<tr data-flag="{}" data-stale="{}"{}>'
+        '<th scope="row"><code class="flag-key">{}</code>{}{}</th>'
+        '<td data-label="Source"><a href="{}">{}</a><div class="muted">{}</div></td>'
+        '<td data-label="State"><span class="state state-{}">{}</span></td>'
+        '<td data-label="Variants">{}<div class="muted">default: {}</div></td>'
+        '<td data-label="Targeting" class="targeting">{}</td><td data-label="Rollout">{}</td>{}'
+        '<td data-label="Last changed">{}</td></tr>\n',
+        key,
+        "yes" if row.stale_reasons else "no",
+        STALE_CLASS if row.stale_reasons else "",
+        key,
+        format_html(
+            '<div><span class="badge stale">stale</span> <span class="muted stale-reasons">{}</span></div>',
+            "; ".join(row.stale_words),
+        )
+        if row.stale_reasons
+        else "",
+        REMOVED_BADGE if flag.removed else "",
+        links["source"],
+        flag.source.name,
+        where,
+        flag.state.lower(),
+        flag.state,
+        flag.variants,
+        flag.default_variant or "none (the code default)",
+        flag.targeting,
+        _rollout_html(row, links["rollout"]),
+        _share_html(row),
+        _changed_html(row, links["changes"]),
+    )
+
+
+def _rollout_html(row: selectors.FlagRow, link: str) -> SafeString:
+    rollout = row.rollout
+    if rollout is None:
+        return NO_ROLLOUT
+    weight = format_html(' <span class="muted">at {}%</span>', rollout.weight) if row.rolling_out else ""
+    return format_html(
+        '<a href="{}">#{}</a> <span class="state state-{}">{}</span>{}',
+        link,
+        rollout.pk,
+        rollout.phase.lower(),
+        rollout.phase,
+        weight,
+    )
+
+
+def _share_html(row: selectors.FlagRow) -> SafeString:
+    flag = row.flag
+    note = ""
+    if row.rolled_back:
+        note = "rolled back: users keep the previous definition"
+    elif row.rolling_out and flag.changed_at is None:
+        note = "everyone keeps it until 100%" if flag.removed else "not published yet"
+    return format_html(
+        '<td class="share" data-label="Users" data-share="{}"><progress max="100" value="{}"'
+        ' aria-label="{}% of users on this definition of {}"></progress> {}%{}</td>',
+        row.share,
+        row.share,
+        row.share,
+        _shown(flag.key),
+        row.share,
+        format_html('<div class="muted">{}</div>', note) if note else "",
+    )
+
+
+def _changed_html(row: selectors.FlagRow, changes_link: str) -> SafeString:
+    flag = row.flag
+    if not flag.changed_commit or flag.changed_at is None:
+        return NOT_PUBLISHED
+    at = timezone.localtime(flag.changed_at)
+    return format_html(
+        '{}<div class="muted"><time datetime="{}">{}</time> · <a href="{}">change log</a></div>',
+        commit_link(flag.source, flag.changed_commit),
+        at.isoformat(),
+        at.strftime("%Y-%m-%d %H:%M"),
+        changes_link,
+    )
+
+
+def _filters(request: HttpRequest) -> selectors.FlagFilters:
+    staleness = request.GET.get("stale", "")
+    return selectors.FlagFilters(
+        source=request.GET.get("source", "").strip()[:63],
+        cluster=request.GET.get("cluster", "").strip()[:253],
+        staleness=Staleness(staleness) if staleness in set(Staleness) else Staleness.ANY,
+        key=request.GET.get("key", "").strip()[:200],
+    )
+
+
+def _query(filters: selectors.FlagFilters) -> str:
+    values = {
+        "source": filters.source,
+        "cluster": filters.cluster,
+        "stale": filters.staleness.value,
+        "key": filters.key,
+    }
+    return urlencode({name: value for name, value in values.items() if value})
+
+
+@login_required
+@permission_required(["gitops.view_source", "gitops.view_change"], raise_exception=True)
+@require_GET
+def flag_list(request: HttpRequest) -> HttpResponse:
+    filters = _filters(request)
+    now = timezone.now()
+    if request.GET.get("format") == "csv":
+        return _export(filters, now=now)
+    after = request.GET.get("after", "")
+    rows, next_after = selectors.flag_page(filters, after=int(after) if after.isdigit() else None, now=now)
+    context = {
+        "lines": _lines(rows),
+        "filters": filters,
+        "query": _query(filters),
+        "next_after": next_after,
+        "counts": selectors.flag_counts(filters, now=now),
+        "choices": selectors.flag_filter_choices(),
+        "staleness": [(Staleness.STALE, "stale only"), (Staleness.FRESH, "not stale")],
+        "stale_days": selectors.stale_days(),
+        "evaluators": EVALUATORS_CHECKED,
+        "deep": bool(after),
+    }
+    return render(request, "dashboard/flags.html", context)
+
+
+def _export(filters: selectors.FlagFilters, *, now: Any) -> StreamingHttpResponse:
+    """Every matching flag as CSV (at most FLAG_EXPORT_LIMIT), streamed in chunks of rows."""
+    response = StreamingHttpResponse(
+        _csv_chunks(selectors.flag_export(filters, now=now)), content_type="text/csv"
+    )
+    response["Content-Disposition"] = 'attachment; filename="sluice-flags.csv"'
+    return response
+
+
+EXPORT_CHUNK_ROWS = 500
+
+
+def _csv_chunks(records: Iterator[dict[str, Any]]) -> Iterator[str]:
+    """The CSV text, EXPORT_CHUNK_ROWS rows a piece: a piece per row costs more than the rows."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(EXPORT_COLUMNS)
+    for index, record in enumerate(records, 1):
+        writer.writerow(_cell(value) for value in _export_values(record))
+        if index % EXPORT_CHUNK_ROWS == 0:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()
+
+
+def _export_values(record: dict[str, Any]) -> list[Any]:
+    changed_at = record["changed_at"]
+    return [
+        record["source__name"],
+        record["cluster"],
+        record["namespace"],
+        record["flag_set"],
+        record["key"],
+        record["state"],
+        record["variants"],
+        record["default_variant"],
+        record["targeting"],
+        record["rollout_id"] or "",
+        record["rollout_phase"],
+        record["share"],
+        "yes" if record["removed"] else "no",
+        record["changed_commit"],
+        changed_at.isoformat() if changed_at else "",
+        "yes" if record["stale_reasons"] else "no",
+        "; ".join(reason.value for reason in record["stale_reasons"]),
+    ]
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula; keys come from repositories.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: Any) -> Any:
+    """The value as a CSV cell; text a spreadsheet would run as a formula is quoted with a leading '."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value

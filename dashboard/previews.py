@@ -1,0 +1,98 @@
+"""The dashboard's "Preview a revision": any ref or commit of a source's remote, planned on a worker.
+
+The web process has no Git mirror and no access to ConfigMaps (in production its ServiceAccount has
+no role), so a worker fetches, validates and plans the revision (``gitops.preview``), and the page
+polls for its answer. The page's address carries a signed ticket (the task, the source, the revision
+and when it was asked), so that nobody can read another source's answer through it, and the page
+knows how long to wait. Nothing is applied or recorded; any user who may see the source (every
+role, viewers included) may preview.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from urllib.parse import urlencode
+
+from django.conf import settings
+from django.contrib.auth.decorators import login_required, permission_required
+from django.core import signing
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods
+
+from gitops import schedule
+from gitops.desired.errors import ValidationError
+from gitops.fetch.refs import InvalidRevision, parse_revision
+from gitops.models import Source
+from gitops.vocabulary import PreviewOutcome
+
+TICKET_SALT = "sluice.dashboard.preview"
+# Beyond the fetch's own bound: the worker still loads, validates and plans the revision.
+ANSWER_MARGIN_SECONDS = 30
+NO_ANSWER = "no-answer"
+# The page renders this many of the (up to 500) objects a worker's answer holds: each is a section with
+# its key-level diff, and the page stays within the dashboard's budget (bench/dashboard.py).
+ITEMS_ON_PAGE = 50
+PENDING = "pending"
+
+
+def answer_deadline_seconds() -> int:
+    return int(settings.SLUICE_PREVIEW_TIMEOUT_SECONDS) + ANSWER_MARGIN_SECONDS
+
+
+@login_required
+@permission_required("gitops.view_source", raise_exception=True)
+@require_http_methods(["GET", "POST"])
+def source_preview(request: HttpRequest, name: str) -> HttpResponse:
+    """GET: the form, and the answer a ticket names; POST: ask a worker, then show its answer."""
+    source = get_object_or_404(Source, name=name)
+    if request.method == "POST":
+        return _ask(request, source)
+    context: dict[str, Any] = {"source": source, "revision": request.GET.get("revision", "")[:256]}
+    token = request.GET.get("task", "")
+    if token:
+        context.update(_answer_context(source, token))
+    if request.headers.get("HX-Request") and "outcome" in context:
+        return render(request, "dashboard/_preview_result.html", context)
+    return render(request, "dashboard/preview.html", context)
+
+
+def _ask(request: HttpRequest, source: Source) -> HttpResponse:
+    text = request.POST.get("revision", "")
+    try:
+        requested = parse_revision(text)
+    except InvalidRevision as invalid:
+        context = {"source": source, "revision": text[:256], "revision_error": str(invalid)}
+        return render(request, "dashboard/preview.html", context)
+    task_id = schedule.revision_preview(source.pk, requested.text, actor=request.user.get_username())
+    ticket = {"task": task_id, "source": source.pk, "revision": requested.text, "at": int(time.time())}
+    token = signing.dumps(ticket, salt=TICKET_SALT)
+    page = reverse("dashboard:source-preview", args=[source.name])
+    return redirect(f"{page}?{urlencode({'revision': requested.text, 'task': token})}")
+
+
+def _answer_context(source: Source, token: str) -> dict[str, Any]:
+    try:
+        ticket = signing.loads(token, salt=TICKET_SALT, max_age=settings.CELERY_RESULT_EXPIRES)
+    except signing.BadSignature:
+        ticket = None
+    if not isinstance(ticket, dict) or ticket.get("source") != source.pk:
+        return {"ticket_invalid": True}
+    waited = max(0, int(time.time()) - int(ticket["at"]))
+    context: dict[str, Any] = {"revision": ticket["revision"], "waited": waited}
+    answer = schedule.revision_preview_answer(str(ticket["task"]))
+    if answer is None:
+        context["outcome"] = NO_ANSWER if waited > answer_deadline_seconds() else PENDING
+        context["deadline"] = answer_deadline_seconds()
+        return context
+    errors = [ValidationError.from_dict(error) for error in answer.get("errors", [])]
+    items = answer.get("items") or []
+    context.update(answer=answer, outcome=answer.get("outcome"), errors=errors, items=items[:ITEMS_ON_PAGE])
+    context["planned"] = answer.get("outcome") == PreviewOutcome.PLANNED
+    summary = answer.get("summary") or {}
+    context["changed_summary"] = [
+        (action, count) for action, count in summary.items() if action != "unchanged"
+    ]
+    return context

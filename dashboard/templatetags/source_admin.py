@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django import template
+
+register = template.Library()
+
+
+@register.simple_tag
+def audit_value(values: dict[str, Any] | None, field: str) -> str:
+    """One setting as the settings history shows it; autoescaped by the template."""
+    value = (values or {}).get(field)
+    if value is None:
+        return "—"
+    if isinstance(value, list):
+        return ", ".join(str(item) for item in value) or "none"
+    if value == "":
+        return "none"
+    return str(value)
+
+
+AUDIT_WORDS = {
+    "create": "registered",
+    "suspend": "automatic sync suspended",
+    "resume": "automatic sync resumed",
+    "delete": "deletion asked for",
+    "deleted": "deleted",
+}
+
+
+@register.filter
+def audit_summary(row: Any) -> str:
+    """What an audit row other than an update did, in words."""
+    words = AUDIT_WORDS.get(row.action, row.action)
+    return f"{words}; {row.message}" if row.message else words

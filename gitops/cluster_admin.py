@@ -1,0 +1,158 @@
+"""Clusters, as an administrator manages them: register one, list them with their health, remove one.
+
+Credentials stay by reference, as for Git: a kubeconfig path and context on the
+workers' filesystem, or the in-cluster service account. Nothing secret is stored
+in the database or shown: a status names where credentials live, the server URL
+and the version, never a token or a certificate.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import IntegrityError, transaction
+from django.db.models import Count
+
+from gitops.cluster import Cluster, clients
+from gitops.errors import GitopsError, PermanentError
+from gitops.models import ApplyIntent, ManagedObject, Rollout, Source
+from gitops.models import Cluster as ClusterRecord
+
+PROBE_SECONDS = 3.0
+
+
+def cluster_add(
+    *, name: str, kubeconfig: str = "", context: str = "", in_cluster: bool = False
+) -> ClusterRecord:
+    """Registers a cluster by where its credentials live; checks they load, never stores them."""
+    if name == settings.SLUICE_CLUSTER_NAME:
+        raise PermanentError(
+            f"{name!r} is the default cluster (the one KUBECONFIG names, SLUICE_CLUSTER_NAME); "
+            "it is always registered"
+        )
+    if in_cluster == bool(kubeconfig):
+        raise PermanentError("give either --kubeconfig PATH (with an optional --context) or --in-cluster")
+    if context and in_cluster:
+        raise PermanentError("--context goes with --kubeconfig, not --in-cluster")
+    path = str(Path(kubeconfig).expanduser().resolve()) if kubeconfig else ""
+    record = ClusterRecord(name=name, kubeconfig=path, context=context, in_cluster=in_cluster)
+    try:
+        record.full_clean(validate_unique=False)
+    except DjangoValidationError as exc:
+        raise PermanentError("; ".join(exc.messages)) from exc
+    if path and not Path(path).is_file():
+        raise PermanentError(f"no kubeconfig file at {path}")
+    # Loading the client reads the kubeconfig (and checks the context) without calling the server.
+    Cluster(path or None, context=context or None, name=name).close()
+    try:
+        with transaction.atomic():
+            record.save()
+    except IntegrityError as exc:
+        raise PermanentError(f"a cluster named {name!r} is already registered") from exc
+    clients.refresh()
+    return record
+
+
+def cluster_remove(name: str) -> None:
+    """Removes a registered cluster, unless a source still targets it, holds objects there or owes it a
+    rollback: Sluice would lose track of what it wrote there."""
+    if name == settings.SLUICE_CLUSTER_NAME:
+        raise PermanentError(f"{name!r} is the default cluster; it cannot be removed")
+    record = ClusterRecord.objects.filter(name=name).first()
+    if record is None:
+        raise PermanentError(f"no cluster named {name!r}")
+    targeting = sorted(Source.objects.filter(target_clusters__contains=[name]).values_list("name", flat=True))
+    if targeting:
+        raise PermanentError(
+            f"cluster {name!r} is targeted by {', '.join(targeting)}; change their targets first"
+        )
+    holding = _objects_by_source(name)
+    if holding:
+        held = ", ".join(f"{source} ({count})" for source, count in sorted(holding.items()))
+        raise PermanentError(
+            f"cluster {name!r} still holds objects Sluice applied for {held}; prune them first"
+        )
+    owed = Rollout.objects.filter(rollback_pending_clusters__contains=[name]).values_list("pk", flat=True)
+    pending = ApplyIntent.objects.filter(cluster=name, status=ApplyIntent.Status.PENDING).exists()
+    if owed or pending:
+        rollouts = ", ".join(str(pk) for pk in owed) or "a pending change"
+        raise PermanentError(
+            f"cluster {name!r} is still owed a change or a rollback ({rollouts}); wait for it"
+        )
+    record.delete()
+    clients.forget([name])
+    clients.refresh()
+
+
+def _objects_by_source(cluster: str) -> dict[str, int]:
+    rows = ManagedObject.objects.filter(cluster=cluster).values("source__name").annotate(n=Count("id"))
+    return {row["source__name"]: row["n"] for row in rows}
+
+
+@dataclass
+class ClusterStatus:
+    """A cluster as `gitops clusters` and the pages show it; credentials only by reference."""
+
+    name: str
+    default: bool
+    credentials: str
+    server: str = ""
+    reachable: bool = False
+    version: str = ""
+    error: str = ""
+    sources: list[str] = field(default_factory=list)  # the sources whose policy targets it
+    objects: int = 0  # objects Sluice applied there
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def clusters_status(*, probe: bool = True) -> list[ClusterStatus]:
+    """Every cluster, the default one first; ``probe`` asks each for its version, side by side, bounded."""
+    default = settings.SLUICE_CLUSTER_NAME
+    rows = [
+        ClusterStatus(default, True, settings.KUBECONFIG or "in-cluster service account"),
+        *(
+            ClusterStatus(record.name, False, record.credentials_ref)
+            for record in ClusterRecord.objects.exclude(name=default)
+        ),
+    ]
+    targets: dict[str, list[str]] = {}
+    for source, clusters in Source.objects.values_list("name", "target_clusters"):
+        for cluster in clusters or [default]:
+            targets.setdefault(cluster, []).append(source)
+    objects = dict(
+        ManagedObject.objects.values("cluster").annotate(n=Count("id")).values_list("cluster", "n")
+    )
+    for row in rows:
+        row.sources = sorted(targets.get(row.name, []))
+        row.objects = objects.get(row.name, 0)
+    if probe:
+        # Not a with-block: leaving one waits for every thread, and a silent cluster would hold the command.
+        pool = ThreadPoolExecutor(max_workers=len(rows))
+        try:
+            for row, (server, version, error) in zip(
+                rows, pool.map(_probe, [r.name for r in rows]), strict=True
+            ):
+                row.server, row.version, row.error, row.reachable = server, version, error, not error
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+    return rows
+
+
+def _probe(name: str) -> tuple[str, str, str]:
+    """(server URL, version, why it is unreachable or "")."""
+    try:
+        client = clients.get(name)
+    except GitopsError as exc:
+        return "", "", str(exc)
+    try:
+        version = client.server_version(timeout=PROBE_SECONDS)
+    except GitopsError as exc:
+        return client.server, "", str(exc)
+    return client.server, version.git_version, ""

@@ -1,0 +1,311 @@
+"""The flag catalog: every flag a source publishes, as the Flags page shows it.
+
+After each step the worker records, per flag of the revision it rolls out, the
+definition (summarised by ``gitops.desired.flag_summary``), the rollout that brings
+it, and the commit and time of the change-log entry that first published it. Pages
+then read one small table: never the cluster, never the change log.
+
+- A flag the rollout changes (its effective definition differs from the one the flag
+  set had before the rollout touched it) points at the rollout; its share of users is
+  the rollout's weight while it runs. ``changed_commit``/``changed_at`` come from the
+  rollout's first change-log entry of the flag set, so they stay empty until the new
+  definition is first published (a step at weight 0 publishes nothing).
+- A flag the rollout does not change keeps its row. One Sluice has not recorded as
+  Git has it (a catalog started after the flag was published) takes the latest
+  change-log entry of its flag set, with no rollout: all users have it.
+- A flag Git no longer has is marked ``removed`` while the rollout runs below 100% and
+  leaves the catalog at 100%. Removed from a flag set Git still has, it goes with the
+  canary split (``changed_at``: when the split was first published); in a flag set Git
+  no longer has, everyone keeps it until 100% (``changed_at`` stays empty).
+
+A pass that would change nothing writes nothing, and finding that out costs one query.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+
+from gitops.desired.flag_summary import FlagSummary, definition_hash, effective_flags, flag_summary
+from gitops.desired.revision import DesiredState, flag_set_key, unstamped
+from gitops.models import Change, PublishedFlag, Rollout
+from gitops.rollout.flag_canary import changed_flags
+from gitops.vocabulary import ChangeAction
+
+CONFIGMAP = "ConfigMap"
+FULL_WEIGHT = 100
+SetKey = tuple[str, str]  # (namespace, flag-set ConfigMap)
+FlagKey = tuple[str, str, str]  # (namespace, flag set, flag key)
+
+
+@dataclass(frozen=True)
+class _Published:
+    """A change-log entry that published a flag set: where, which commit, when, by which rollout."""
+
+    cluster: str
+    commit: str
+    at: Any
+    rollout_id: int | None
+
+
+@dataclass(frozen=True)
+class _SetPass:
+    """One flag set of the revision, as this pass of the rollout sees it."""
+
+    key: SetKey
+    document: Mapping[str, Any]
+    changing: set[str]  # flags whose definition this rollout changes
+    first: _Published | None  # the rollout's first publication of the set
+    touched: bool  # whether the rollout wrote the set at all
+
+
+def flag_catalog_record(rollout: Rollout, desired: DesiredState, weight: int) -> None:
+    """Brings the source's catalog to what ``rollout`` publishes at ``weight``; writes only on a change."""
+    # One catalog row per flag, whatever the number of clusters: every target cluster publishes the same
+    # set (the row names the cluster of its first publication).
+    sets = {obj.key[1:]: obj.flag_set.document for obj in desired.objects if obj.flag_set is not None}
+    wanted = {
+        (namespace, name, key): definition_hash(flag)
+        for (namespace, name), document in sets.items()
+        for key, flag in effective_flags(document).items()
+    }
+    if _up_to_date(rollout, wanted, weight):
+        return
+    with transaction.atomic():
+        _rewrite(rollout, sets, weight)
+
+
+def _up_to_date(rollout: Rollout, wanted: Mapping[FlagKey, str], weight: int) -> bool:
+    rows = PublishedFlag.objects.filter(source_id=rollout.source_id).values_list(
+        "namespace",
+        "flag_set",
+        "key",
+        "definition_hash",
+        "removed",
+        "rollout_id",
+        "rollout__phase",
+        "changed_at",
+    )
+    wanted_sets = {(namespace, flag_set) for namespace, flag_set, _ in wanted}
+    seen: set[FlagKey] = set()
+    for namespace, flag_set, key, hashed, removed, rollout_id, phase, changed_at in rows.iterator():
+        flag = (namespace, flag_set, key)
+        if removed:
+            # Served until this rollout reaches 100; a removed flag of a set Git still has goes
+            # with the canary split, so it waits for the set's first publication.
+            waiting = changed_at is None and (namespace, flag_set) in wanted_sets
+            if rollout_id != rollout.pk or weight >= FULL_WEIGHT or flag in wanted or waiting:
+                return False
+            continue
+        if wanted.get(flag) != hashed:
+            return False
+        if rollout_id == rollout.pk and changed_at is None:
+            return False  # waiting for its first publication
+        if rollout_id not in (None, rollout.pk) and phase != Rollout.Phase.COMPLETED:
+            return False  # an aborted or superseded rollout's: this one may have taken over
+        seen.add(flag)
+    return seen == set(wanted)
+
+
+def _rewrite(rollout: Rollout, sets: Mapping[SetKey, dict[str, Any]], weight: int) -> None:
+    # The source's reconcile lock makes this the only writer of its rows.
+    existing = {
+        (row.namespace, row.flag_set, row.key): row
+        for row in PublishedFlag.objects.filter(source_id=rollout.source_id).select_related("rollout")
+    }
+    baselines = _baselines(rollout, sets.keys())
+    first = _first_publications(rollout, sets.keys())
+    rows: list[PublishedFlag] = []
+    for set_key, document in sets.items():
+        touched = set_key in baselines
+        changing = changed_flags(baselines[set_key], document) if touched else set()
+        one = _SetPass(set_key, document, changing, first.get(set_key), touched)
+        rows += _rows_of_set(rollout, one, existing)
+        if touched and weight < FULL_WEIGHT:
+            removed = effective_flags(baselines[set_key]).keys() - effective_flags(document).keys()
+            rows += _removed(rollout, set_key, removed, existing, first.get(set_key))
+    kept = {(row.namespace, row.flag_set, row.key) for row in rows}
+    if weight < FULL_WEIGHT:
+        # Flag sets Git no longer has stay published, as they were, until 100%.
+        for flag, row in existing.items():
+            if flag not in kept and (flag[0], flag[1]) not in sets:
+                gone = {"removed": True, "rollout_id": rollout.pk, "changed_commit": "", "changed_at": None}
+                rows.append(_copy_row(row, **gone))
+                kept.add(flag)
+    _store(rollout.source_id, rows)
+
+
+def _rows_of_set(
+    rollout: Rollout, one: _SetPass, existing: Mapping[FlagKey, PublishedFlag]
+) -> list[PublishedFlag]:
+    effective = effective_flags(one.document)
+    latest: _Published | None = None
+    rows = []
+    for key, flag in (one.document.get("flags") or {}).items():
+        summary = flag_summary(flag, effective[key])
+        row = existing.get((*one.key, key))
+        if key in one.changing:
+            published = one.first or _Published(_cluster(row), "", None, rollout.pk)
+            rows.append(_row(rollout.source_id, one.key, key, summary, published, rollout_id=rollout.pk))
+        elif row is not None and _still_true(row, summary.definition_hash, rollout, touched=one.touched):
+            rows.append(row)
+        else:
+            latest = latest or _latest_publication(rollout.source_id, one.key)
+            rows.append(_row(rollout.source_id, one.key, key, summary, latest, rollout_id=None))
+    return rows
+
+
+def _still_true(row: PublishedFlag, hashed: str, rollout: Rollout, *, touched: bool) -> bool:
+    """Whether the row of a flag this rollout does not change still says what users get."""
+    if row.removed or row.definition_hash != hashed:
+        return False
+    if row.rollout is None or row.rollout_id == rollout.pk:
+        return True
+    # An aborted or superseded rollout's row stays true until this rollout publishes the flag set.
+    return row.rollout.phase == Rollout.Phase.COMPLETED or not touched
+
+
+def _removed(
+    rollout: Rollout,
+    set_key: SetKey,
+    removed: Iterable[str],
+    existing: Mapping[FlagKey, PublishedFlag],
+    first: _Published | None,
+) -> list[PublishedFlag]:
+    rows = []
+    for key in removed:
+        row = existing.get((*set_key, key))
+        if row is not None:
+            changed = {"changed_commit": first.commit, "changed_at": first.at} if first else {}
+            rows.append(_copy_row(row, removed=True, rollout_id=rollout.pk, **changed))
+    return rows
+
+
+def _copy_row(row: PublishedFlag, **fields: Any) -> PublishedFlag:
+    """A new row with ``row``'s values and ``fields`` changed (rows are upserted, never saved one by one)."""
+    fields_of_row = {f.attname: getattr(row, f.attname) for f in PublishedFlag._meta.concrete_fields}
+    updated = PublishedFlag(**fields_of_row)
+    for name, value in fields.items():
+        setattr(updated, name, value)
+    return updated
+
+
+def _row(
+    source_id: int,
+    set_key: SetKey,
+    key: str,
+    summary: FlagSummary,
+    published: _Published | None,
+    *,
+    rollout_id: int | None,
+) -> PublishedFlag:
+    return PublishedFlag(
+        source_id=source_id,
+        cluster=published.cluster if published else settings.SLUICE_CLUSTER_NAME,
+        namespace=set_key[0],
+        flag_set=set_key[1],
+        key=key,
+        key_hash=hashlib.sha256(key.encode()).hexdigest()[:32],
+        state=summary.state,
+        variants=summary.variants,
+        variant_count=summary.variant_count,
+        default_variant=summary.default_variant,
+        targeting=summary.targeting,
+        serves_one_variant=summary.serves_one_variant,
+        definition_hash=summary.definition_hash,
+        removed=False,
+        rollout_id=rollout_id,
+        changed_commit=published.commit if published else "",
+        changed_at=published.at if published else None,
+    )
+
+
+def _store(source_id: int, rows: list[PublishedFlag]) -> None:
+    """Replaces the source's catalog with ``rows``: deletes what is gone, upserts the rest."""
+    unique = {(row.cluster, row.namespace, row.flag_set, row.key_hash) for row in rows}
+    stale = [
+        pk
+        for pk, *key in PublishedFlag.objects.filter(source_id=source_id).values_list(
+            "pk", "cluster", "namespace", "flag_set", "key_hash"
+        )
+        if tuple(key) not in unique
+    ]
+    PublishedFlag.objects.filter(pk__in=stale).delete()
+    for row in rows:
+        row.pk = None
+    PublishedFlag.objects.bulk_create(
+        rows,
+        update_conflicts=True,
+        unique_fields=["source", "cluster", "namespace", "flag_set", "key_hash"],
+        update_fields=[
+            f.attname
+            for f in PublishedFlag._meta.concrete_fields
+            if f.attname not in ("id", "source_id", "cluster", "namespace", "flag_set", "key_hash")
+        ],
+        batch_size=1000,
+    )
+
+
+def _baselines(rollout: Rollout, set_keys: Iterable[SetKey]) -> dict[SetKey, dict[str, Any] | None]:
+    """Each flag set as published before this rollout first touched it; only the sets it touched."""
+    wanted = set(set_keys)
+    names = {name for _, name in wanted}
+    intents = (
+        rollout.intents.filter(kind=CONFIGMAP, name__in=names)
+        .exclude(action=ChangeAction.ROLLBACK)
+        .order_by("id")
+        .values_list("namespace", "name", "before")
+    )
+    baselines: dict[SetKey, dict[str, Any] | None] = {}
+    for namespace, name, before in intents.iterator():
+        if (namespace, name) in wanted and (namespace, name) not in baselines:
+            baselines[(namespace, name)] = _document(before, name)
+    return baselines
+
+
+def _document(content: Mapping[str, Any] | None, name: str) -> dict[str, Any] | None:
+    text = ((content or {}).get("data") or {}).get(flag_set_key(name))
+    if not text:
+        return None
+    try:
+        return unstamped(json.loads(text))
+    except ValueError:
+        return None
+
+
+def _first_publications(rollout: Rollout, set_keys: Iterable[SetKey]) -> dict[SetKey, _Published]:
+    """The rollout's first successful change-log entry of each flag set: when its new flags went out."""
+    wanted = set(set_keys)
+    changes = (
+        Change.objects.filter(rollout=rollout, kind=CONFIGMAP, result=Change.Result.OK)
+        .filter(name__in={name for _, name in wanted})
+        .exclude(action=ChangeAction.ROLLBACK)
+        .order_by("id")
+        .values_list("namespace", "name", "cluster", "commit", "at")
+    )
+    first: dict[SetKey, _Published] = {}
+    for namespace, name, cluster, commit, at in changes.iterator():
+        if (namespace, name) in wanted and (namespace, name) not in first:
+            first[(namespace, name)] = _Published(cluster, commit, at, rollout.pk)
+    return first
+
+
+def _latest_publication(source_id: int, set_key: SetKey) -> _Published | None:
+    latest = (
+        Change.objects.filter(source_id=source_id, namespace=set_key[0], name=set_key[1])
+        .filter(kind=CONFIGMAP, result=Change.Result.OK)
+        .order_by("-id")
+        .values_list("cluster", "commit", "at", "rollout_id")
+        .first()
+    )
+    return _Published(*latest) if latest else None
+
+
+def _cluster(row: PublishedFlag | None) -> str:
+    return row.cluster if row is not None else str(settings.SLUICE_CLUSTER_NAME)

@@ -1,0 +1,202 @@
+"""Deleting a source, on a worker: keep or prune each object it manages, log each, then delete the source.
+
+``gitops.source_admin.source_remove`` records the request (and suspends the
+source); this runs it under the source's reconcile lock, so no sync runs at the
+same time:
+
+1. refuse if a rollout became active since the request (abort it first);
+2. finish what a crashed run of this removal left pending;
+3. for each object of the inventory that still carries this source's labels,
+   write an intent, then ``delete`` it (prune) or ``release`` it (keep: its
+   content stays, Sluice's labels, annotations and field ownership go); objects
+   already gone, or taken over since, are left alone and leave the inventory;
+4. log each object in the change log (actor: who asked), exactly once;
+5. when nothing failed, delete the source: its row stays for the change log and
+   the audit trail, and ``Source.objects`` no longer sees it. When something
+   failed, the removal is ``failed``, the source stays (suspended) with what is
+   left in its inventory, and deleting it again tries the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from gitops import caches, logs
+from gitops.cluster.live import LiveState, live_configmaps
+from gitops.errors import TemporaryError
+from gitops.models import (
+    ApplyIntent,
+    ManagedObject,
+    Rollout,
+    Source,
+    SourceRemoval,
+    admin_settings,
+)
+from gitops.plan import diff_content
+from gitops.plan.provenance import live_content, live_provenance
+from gitops.reconcile import SourceBusy, source_lock
+from gitops.record.audit import Actor, audit_record
+from gitops.rollout.step import Executed, intents_execute
+from gitops.vocabulary import AuditVia, ChangeAction, ObjectsOnRemoval, RemovalStatus, SourceAuditAction
+
+log = logging.getLogger("gitops.removal")
+FAILURES_SHOWN = 5
+
+
+def source_removal_run(removal_id: int) -> SourceRemoval:
+    """Runs a requested removal to its end. Raises SourceBusy while a sync holds the source (retry soon),
+    and TemporaryError when the cluster is out of reach (intents stay pending; the next run finishes)."""
+    removal = SourceRemoval.objects.select_related("source").get(pk=removal_id)
+    if not removal.is_active:
+        return removal  # a task delivered again after the removal ended
+    source = removal.source
+    with logs.log_context(source=source.name), source_lock(source) as acquired:
+        if not acquired:
+            raise SourceBusy(f"source {source.name} is being reconciled; its removal waits")
+        SourceRemoval.objects.filter(pk=removal.pk).update(
+            status=RemovalStatus.RUNNING, started_at=removal.started_at or timezone.now()
+        )
+        active = Rollout.objects.filter(source=source, phase__in=Rollout.ACTIVE_PHASES).first()
+        if active is not None:
+            return source_removal_fail(
+                removal.pk, f"rollout {active.pk} started after the removal was asked for; abort it first"
+            )
+        _settle_pending(removal, source)
+        failures = _remove_objects(removal, source)
+        if failures:
+            return source_removal_fail(removal.pk, _failure_message(removal, failures))
+        return _delete_source(removal, source)
+
+
+def _settle_pending(removal: SourceRemoval, source: Source) -> None:
+    """Intents a crash left pending. This removal's are finished (deleting or releasing again is
+    harmless). An earlier, failed removal's are logged only where the cluster shows they were carried
+    out; the others are dropped (never logged), so an object goes the way this removal says."""
+    pending = list(
+        ApplyIntent.objects.filter(source=source, rollout__isnull=True, status=ApplyIntent.Status.PENDING)
+    )
+    earlier = [intent for intent in pending if intent.removal_id != removal.pk]
+    live = _reachable(live_configmaps({(intent.cluster, intent.namespace) for intent in earlier})).index()
+    dropped = [
+        intent.pk
+        for intent in earlier
+        if not _carried_out(intent, live.get((intent.cluster, intent.namespace, intent.name)), source)
+    ]
+    ApplyIntent.objects.filter(pk__in=dropped).update(status=ApplyIntent.Status.FAILED)
+    _executed(intents_execute([intent for intent in pending if intent.pk not in dropped]))
+
+
+def _reachable(live: LiveState) -> LiveState:
+    """The lists of every cluster the removal needs; one that does not answer makes the removal wait."""
+    if live.unreachable:
+        raise TemporaryError(f"cluster(s) out of reach, the removal waits: {live.reasons()}")
+    return live
+
+
+def _executed(executed: Executed) -> list[str]:
+    """What the clusters refused; an unreachable cluster leaves its intents pending for the next run."""
+    if executed.unreachable:
+        raise TemporaryError(f"cluster(s) out of reach, the removal waits: {executed.unreachable}")
+    return executed.failures
+
+
+def _carried_out(intent: ApplyIntent, live: dict[str, Any] | None, source: Source) -> bool:
+    if intent.action == ChangeAction.DELETE:
+        return live is None
+    return live is None or live_provenance(live)[0] != source.name
+
+
+def _remove_objects(removal: SourceRemoval, source: Source) -> list[str]:
+    """Keeps or prunes each managed object still this source's; returns what the cluster refused."""
+    managed = list(ManagedObject.objects.filter(source=source))
+    live = _reachable(live_configmaps({(obj.cluster, obj.namespace) for obj in managed})).index()
+    intents, left_alone = [], []
+    for obj in managed:
+        current = live.get((obj.cluster, obj.namespace, obj.name))
+        if current is None or live_provenance(current)[0] != source.name:
+            left_alone.append(obj.pk)
+        else:
+            intents.append(_intent(removal, obj, current))
+    ManagedObject.objects.filter(pk__in=left_alone).delete()
+    SourceRemoval.objects.filter(pk=removal.pk).update(objects_total=len(managed))
+    with transaction.atomic():
+        written = ApplyIntent.objects.bulk_create(intents, batch_size=1000)
+    failures = _executed(intents_execute(written))
+    SourceRemoval.objects.filter(pk=removal.pk).update(
+        objects_done=len(managed) - len(failures), objects_failed=len(failures)
+    )
+    if left_alone:
+        log.info("removal of %s left %d objects alone: gone, or not its own", source.name, len(left_alone))
+    return failures
+
+
+def _intent(removal: SourceRemoval, obj: ManagedObject, live: dict[str, Any]) -> ApplyIntent:
+    """What keeping (release) or pruning (delete) one object will do, written before it is done."""
+    content = live_content(live)
+    prune = removal.mode == ObjectsOnRemoval.PRUNE
+    after = None if prune else content
+    _, commit, _ = live_provenance(live)
+    return ApplyIntent(
+        removal=removal,
+        rollout=None,
+        source_id=obj.source_id,
+        step_index=0,
+        weight=0,
+        cluster=obj.cluster,
+        namespace=obj.namespace,
+        name=obj.name,
+        kind=obj.kind,
+        action=ChangeAction.DELETE if prune else ChangeAction.RELEASE,
+        commit=commit or obj.commit,
+        manifest=None,  # nothing is applied: the inventory lets go of it either way
+        before=content.as_dict(),
+        after=after.as_dict() if after is not None else None,
+        before_hash=content.hash,
+        after_hash=after.hash if after is not None else "",
+        diff=[change.as_dict() for change in diff_content(content, after)],
+        actor=removal.requested_by,
+    )
+
+
+def _failure_message(removal: SourceRemoval, failures: Sequence[str]) -> str:
+    shown = "; ".join(failures[:FAILURES_SHOWN])
+    more = f" (and {len(failures) - FAILURES_SHOWN} more)" if len(failures) > FAILURES_SHOWN else ""
+    return (
+        f"{len(failures)} objects could not be {'pruned' if removal.mode == 'prune' else 'released'}: "
+        f"{shown}{more}. The source stays, suspended; delete it again to try the rest"
+    )
+
+
+def _delete_source(removal: SourceRemoval, source: Source) -> SourceRemoval:
+    now = timezone.now()
+    with transaction.atomic():
+        Source.all_objects.filter(pk=source.pk).update(
+            deleted_at=now, webhook_secret_encrypted="", sync_queued=False
+        )
+        SourceRemoval.objects.filter(pk=removal.pk).update(status=RemovalStatus.DONE, finished_at=now)
+        audit_record(
+            source,
+            SourceAuditAction.DELETED,
+            Actor(removal.requested_by, AuditVia(removal.via)),
+            before=admin_settings(source),
+            after=None,
+            message=f"removal {removal.pk}: objects {removal.mode}",
+        )
+    caches.drop(source.pk)
+    log.info("source %s deleted (objects %s)", source.name, removal.mode)
+    removal.refresh_from_db()
+    return removal
+
+
+def source_removal_fail(removal_id: int, message: str) -> SourceRemoval:
+    """Ends a removal as failed: the source stays, suspended, and can be deleted again."""
+    SourceRemoval.objects.filter(pk=removal_id, status__in=SourceRemoval.ACTIVE_STATUSES).update(
+        status=RemovalStatus.FAILED, finished_at=timezone.now(), message=message[:4000]
+    )
+    log.warning("removal %s failed: %s", removal_id, message)
+    return SourceRemoval.objects.get(pk=removal_id)

@@ -1,0 +1,365 @@
+"""Validates a checkout of a source repository offline: ``python -m gitops.validate [PATH]``.
+
+The same rules as a sync (``load_revision``, the same ``Limits``, the same file selection
+and symlink rules), with no database, no cluster and no Django: a pre-commit hook or a CI
+job runs it in a plain checkout. ``manage.py gitops validate`` calls ``run`` too.
+
+Files are read from one of three places:
+
+- the working tree (default): every regular file under PATH's ``sluice.yaml``,
+  ``configmaps/`` and ``flags/``, as they are on disk;
+- the index (``--staged``): what the next commit holds, through ``git write-tree``;
+- a commit (``--git-ref REF``): through ``git ls-tree`` and ``git cat-file``, no mirror.
+
+What an administrator allowed the source (namespaces, analysis URLs) is not known offline,
+so it is not checked, and the output says so. Exit status: 0 valid, 1 invalid, 2 when
+the checkout could not be read (no such directory, ref or git).
+
+Imports nothing outside the standard library, PyYAML and ``gitops.desired``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from gitops.desired.errors import RevisionRejected, ValidationError
+from gitops.desired.limits import DEFAULT_LIMITS, SETTINGS, Limits
+from gitops.desired.revision import READ_PATHS, DesiredState, load_revision
+
+SCOPE_NOTE = "administrator scope not checked"
+# Tree entries of regular files (and executable ones); symlinks are 120000, submodules 160000.
+GIT_FILE_MODES = (b"100644", b"100755")
+GIT_TIMEOUT_SECONDS = 120
+
+
+class Writer(Protocol):
+    def write(self, text: str, /) -> object: ...
+
+
+class Exit(enum.IntEnum):
+    VALID = 0
+    INVALID = 1
+    UNREADABLE = 2  # the checkout, the ref or git could not be read: nothing was validated
+
+
+class CheckoutError(Exception):
+    """The files could not be listed or read; not a verdict on their content."""
+
+
+@dataclass(frozen=True)
+class Checkout:
+    """The files of one revision as the loader takes them: path -> blob id, sizes, and a reader."""
+
+    files: Mapping[str, str]
+    sizes: Mapping[str, int]
+    read_blobs: Callable[[list[str]], Mapping[str, bytes]]
+    described: str  # where the files came from, for the summary
+
+
+@dataclass(frozen=True)
+class Report:
+    described: str
+    errors: tuple[ValidationError, ...] = ()
+    state: DesiredState | None = None
+
+    @property
+    def valid(self) -> bool:
+        return self.state is not None and not self.errors
+
+    def summary(self) -> str:
+        if self.state is None:
+            count = len(self.errors)
+            return f"invalid: {count} error{'s' * (count != 1)} ({self.described}; {SCOPE_NOTE})"
+        configmaps = [obj for obj in self.state.objects if obj.kind == "configmap"]
+        namespaces = {obj.namespace for obj in configmaps}
+        flag_sets = [obj for obj in self.state.objects if obj.kind == "flagset"]
+        return (
+            f"valid: {_counted(len(configmaps), 'ConfigMap')} in {_counted(len(namespaces), 'namespace')}, "
+            f"{_counted(len(flag_sets), 'flag set')} ({self.described}; {SCOPE_NOTE})"
+        )
+
+
+def _counted(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'s' * (count != 1)}"
+
+
+def validate(
+    path: Path | str = ".",
+    *,
+    git_ref: str | None = None,
+    staged: bool = False,
+    limits: Limits = DEFAULT_LIMITS,
+) -> Report:
+    """Validates the source rooted at ``path`` (a directory, like a source's ``--path``).
+
+    Raises ``CheckoutError`` when the files cannot be read at all.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise CheckoutError(f"{root} is not a directory")
+    if git_ref is not None and staged:
+        raise CheckoutError("--git-ref and --staged exclude each other")
+    if git_ref is not None:
+        checkout = git_checkout(root, git_ref, limits)
+    elif staged:
+        checkout = git_checkout(root, None, limits)
+    else:
+        checkout = working_tree_checkout(root, limits)
+    try:
+        # No administrator offline: scope=None checks nothing against one.
+        state = load_revision(
+            checkout.files, checkout.read_blobs, sizes=checkout.sizes, limits=limits, scope=None
+        )
+    except RevisionRejected as rejected:
+        return Report(checkout.described, errors=tuple(rejected.errors))
+    return Report(checkout.described, state=state)
+
+
+# -- the working tree ------------------------------------------------------------------------------
+
+
+def working_tree_checkout(root: Path, limits: Limits) -> Checkout:
+    """Regular files under ``root``'s read paths, listed as ``git ls-tree`` lists a commit.
+
+    Symlinks (to files or directories) are skipped as the sync skips them, and so are
+    nested repositories (a submodule is not part of the commit). The listing stops one file
+    past ``max_files`` and sizes come from ``lstat``, so a file past a limit is never read.
+    """
+    files: dict[str, str] = {}
+    sizes: dict[str, int] = {}
+    for relative, size in _walk(root, READ_PATHS, limits.max_files + 1):
+        files[relative] = relative  # a path is its own blob id here
+        sizes[relative] = size
+
+    def read_blobs(ids: list[str]) -> dict[str, bytes]:
+        contents = {}
+        for relative in ids:
+            try:
+                with open(root / relative, "rb") as opened:
+                    # Bounded even if the file grew after it was listed.
+                    contents[relative] = opened.read(limits.max_file_bytes + 1)
+            except OSError as error:
+                raise CheckoutError(f"cannot read {relative}: {error.strerror}") from None
+        return contents
+
+    return Checkout(files, sizes, read_blobs, f"working tree of {root}")
+
+
+def _walk(root: Path, names: Sequence[str], max_files: int) -> Iterator[tuple[str, int]]:
+    """(relative path, size) of regular files under ``names`` in Git's tree order, at most ``max_files``."""
+    count = 0
+    pending = [(name, root / name) for name in sorted(names, key=_git_order_key, reverse=True)]
+    while pending and count < max_files:
+        relative, absolute = pending.pop()
+        try:
+            info = os.lstat(absolute)
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            raise CheckoutError(f"cannot read {relative}: {error.strerror}") from None
+        if stat.S_ISREG(info.st_mode):
+            count += 1
+            yield relative, info.st_size
+        elif stat.S_ISDIR(info.st_mode) and not (absolute / ".git").exists():
+            pending.extend(_children(relative, absolute))
+
+
+def _children(relative: str, absolute: Path) -> list[tuple[str, Path]]:
+    """A directory's entries, last first (``_walk`` pops from the end), in Git's tree order."""
+    try:
+        entries = list(os.scandir(absolute))
+    except OSError as error:
+        raise CheckoutError(f"cannot list {relative}: {error.strerror}") from None
+    entries.sort(key=lambda entry: _git_order_key(entry.name, entry.is_dir(follow_symlinks=False)))
+    return [(f"{relative}/{entry.name}", Path(entry.path)) for entry in reversed(entries)]
+
+
+def _git_order_key(name: str, is_dir: bool = False) -> bytes:
+    # Git sorts a tree's entries by their bytes, a directory as if its name ended in "/".
+    return os.fsencode(name) + (b"/" if is_dir else b"")
+
+
+# -- the index or a commit, through git --------------------------------------------------------------
+
+
+def git_checkout(root: Path, ref: str | None, limits: Limits) -> Checkout:
+    """The files at ``ref`` (the index when None) under ``root``'s place in its repository."""
+    top, prefix = _repository_of(root)
+    if ref is None:
+        # The index as a tree: exactly what `git commit` would record (and GIT_INDEX_FILE is
+        # honoured, so a pre-commit hook of `git commit -a` sees that commit's index).
+        tree = _git(top, "write-tree").decode("ascii").strip()
+        described = f"staged files of {root}"
+    else:
+        tree = _resolve_tree(top, ref)
+        described = f"{ref} of {root}"
+    # Run from the top: git reads pathspecs relative to the current directory.
+    listing = _git(top, "ls-tree", "-r", "-l", "-z", f"{tree}:{prefix}", "--", *READ_PATHS)
+    files: dict[str, str] = {}
+    sizes: dict[str, int] = {}
+    for record in listing.split(b"\0"):
+        meta, _, name = record.partition(b"\t")
+        fields = meta.split()
+        if len(fields) != 4 or fields[0] not in GIT_FILE_MODES or fields[1] != b"blob":
+            continue  # symlinks and submodules, as the sync skips them
+        if len(files) > limits.max_files:
+            break  # one past the limit is enough to name the file that crosses it
+        path = name.decode("utf-8", "surrogateescape")
+        files[path] = fields[2].decode("ascii")
+        sizes[path] = int(fields[3])
+
+    def read_blobs(ids: list[str]) -> dict[str, bytes]:
+        return _cat_blobs(top, ids)
+
+    return Checkout(files, sizes, read_blobs, described)
+
+
+def _repository_of(root: Path) -> tuple[Path, str]:
+    """The top of the work tree ``root`` is in, and ``root``'s path inside it ("" at the top)."""
+    top, prefix = (
+        _git(root, "rev-parse", "--show-toplevel", "--show-prefix")
+        .decode("utf-8", "surrogateescape")
+        .split("\n")[:2]
+    )
+    return Path(top), prefix
+
+
+def _resolve_tree(root: Path, ref: str) -> str:
+    if ref.startswith("-"):
+        raise CheckoutError(f"{ref!r} is not a ref")
+    try:
+        return _git(root, "rev-parse", "--verify", "--quiet", f"{ref}^{{tree}}").decode("ascii").strip()
+    except CheckoutError:
+        raise CheckoutError(f"{ref!r} names no commit or tree in the repository at {root}") from None
+
+
+def _git(root: Path, *args: str, stdin: bytes | None = None) -> bytes:
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(root), *args],
+            input=stdin,
+            capture_output=True,
+            check=False,
+            timeout=GIT_TIMEOUT_SECONDS,
+        )
+    except FileNotFoundError:
+        raise CheckoutError("git is not installed (needed for --git-ref and --staged)") from None
+    except subprocess.TimeoutExpired:
+        raise CheckoutError(f"git {args[0]} took longer than {GIT_TIMEOUT_SECONDS}s") from None
+    if done.returncode != 0:
+        message = done.stderr.decode("utf-8", "replace").strip().splitlines()
+        why = message[-1] if message else f"exit code {done.returncode}"
+        raise CheckoutError(f"git {args[0]} failed in {root}: {why}")
+    return done.stdout
+
+
+def _cat_blobs(root: Path, ids: list[str]) -> dict[str, bytes]:
+    """Blob contents through one ``git cat-file --batch``; their sizes were checked from the listing."""
+    output = _git(root, "cat-file", "--batch", stdin="".join(f"{blob}\n" for blob in ids).encode("ascii"))
+    contents: dict[str, bytes] = {}
+    position = 0
+    for blob in ids:
+        end = output.index(b"\n", position)
+        header = output[position:end].split()
+        if len(header) != 3 or header[1] != b"blob":
+            raise CheckoutError(f"git cat-file could not read blob {blob}")
+        size = int(header[2])
+        contents[blob] = output[end + 1 : end + 1 + size]
+        position = end + 1 + size + 1
+    return contents
+
+
+# -- the command line ---------------------------------------------------------------------------------
+
+
+def limits_from_environment(environ: Mapping[str, str]) -> Limits:
+    """The limits a server reads from the same ``SLUICE_MAX_*`` variables, defaults for the rest."""
+    chosen: dict[str, int] = {}
+    for name, variable in SETTINGS.items():
+        text = environ.get(variable, "").strip()
+        if not text:
+            continue
+        try:
+            chosen[name] = int(text.replace("_", ""))
+        except ValueError:
+            raise CheckoutError(f"{variable} must be a whole number, not {text!r}") from None
+    try:
+        return Limits(**chosen)
+    except ValueError as error:
+        raise CheckoutError(str(error)) from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``python -m gitops.validate`` and ``manage.py gitops validate``."""
+    parser.add_argument(
+        "path",
+        nargs="?",
+        default=".",
+        help="the source's directory: the repository root, or its --path (default: the current directory)",
+    )
+    read = parser.add_mutually_exclusive_group()
+    read.add_argument(
+        "--git-ref", metavar="REF", help="validate the files committed at REF (a branch, tag or SHA)"
+    )
+    read.add_argument(
+        "--staged", action="store_true", help="validate the files in Git's index: what the next commit holds"
+    )
+
+
+def run(
+    path: str,
+    *,
+    git_ref: str | None = None,
+    staged: bool = False,
+    limits: Limits,
+    stdout: Writer,
+    stderr: Writer,
+) -> Exit:
+    """Validates and prints: errors one a line (``file:line: field: message``) and a summary line."""
+    try:
+        report = validate(path, git_ref=git_ref, staged=staged, limits=limits)
+    except CheckoutError as unreadable:
+        stderr.write(f"cannot validate: {unreadable}\n")
+        return Exit.UNREADABLE
+    if report.valid:
+        stdout.write(report.summary() + "\n")
+        return Exit.VALID
+    for problem in report.errors:
+        stdout.write(f"{problem}\n")
+    stderr.write(report.summary() + "\n")
+    return Exit.INVALID
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="sluice-validate",
+        description="Validate a Sluice source repository offline, with the rules a sync applies.",
+    )
+    add_arguments(parser)
+    options = parser.parse_args(argv)
+    try:
+        limits = limits_from_environment(os.environ)
+    except CheckoutError as error:
+        sys.stderr.write(f"cannot validate: {error}\n")
+        return Exit.UNREADABLE
+    return run(
+        options.path,
+        git_ref=options.git_ref,
+        staged=options.staged,
+        limits=limits,
+        stdout=sys.stdout,
+        stderr=sys.stderr,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

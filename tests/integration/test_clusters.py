@@ -1,0 +1,312 @@
+"""Many clusters on the real stack: the default cluster (context ``local``) and the two member clusters,
+each a kube-apiserver of its own; a rollout goes cluster by cluster, a flag rollout serves the same users
+in every cluster, and a cluster that stops answering fails only its own targets."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+from django.core.management import call_command
+from django.test import Client
+
+from gitops import cluster_admin, selectors
+from gitops.models import Change, Rollout, RolloutEvent
+from gitops.rollout import decisions
+from tests.flagd import EVALUATORS, KEYS
+from tests.gitrepo import GitRepo, configmap
+from tests.rollouts import wait_for
+from tests.workers import poll
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+DEFAULT = "default"  # the test settings' SLUICE_CLUSTER_NAME: the cluster KUBECONFIG names (context local)
+CONTEXT_OF = {DEFAULT: "local", "member-1": "member-1", "member-2": "member-2"}
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on: connections to it are refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class FlakyKubeconfig:
+    """A kubeconfig file for one member cluster that a test points at its real server or at a closed port."""
+
+    def __init__(self, path: Path, stack_kubeconfig: str, context: str) -> None:
+        self.path = path
+        config = yaml.safe_load(Path(stack_kubeconfig).read_text())
+        named = next(entry["context"] for entry in config["contexts"] if entry["name"] == context)
+        self.cluster = next(
+            entry["cluster"] for entry in config["clusters"] if entry["name"] == named["cluster"]
+        )
+        self.user = next(entry for entry in config["users"] if entry["name"] == named["user"])
+        self.real_server = self.cluster["server"]
+        self.answer()
+
+    def _write(self, server: str) -> None:
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "flaky", "cluster": {**self.cluster, "server": server}}],
+            "users": [self.user],
+            "contexts": [{"name": "flaky", "context": {"cluster": "flaky", "user": self.user["name"]}}],
+            "current-context": "flaky",
+        }
+        self.path.write_text(yaml.safe_dump(config))
+        # A new change time tells every process's client registry to connect again.
+        stamp = time.time_ns()
+        os.utime(self.path, ns=(stamp, stamp))
+
+    def answer(self) -> None:
+        self._write(self.real_server)
+
+    def silence(self) -> None:
+        self._write(f"https://127.0.0.1:{closed_port()}")
+
+
+class Fleet:
+    def __init__(self, stack: dict[str, str], cluster_for, tmp_path: Path) -> None:
+        self.stack, self.cluster_for, self.tmp_path = stack, cluster_for, tmp_path
+        self.contexts = dict(CONTEXT_OF)
+
+    def register(self, name: str, context: str | None = None) -> None:
+        cluster_admin.cluster_add(name=name, kubeconfig=self.stack["KUBECONFIG"], context=context or name)
+
+    def flaky(self, name: str, context: str) -> FlakyKubeconfig:
+        """Registers ``name``: member cluster ``context`` through a kubeconfig the test can re-point."""
+        kubeconfig = FlakyKubeconfig(self.tmp_path / f"{name}.kubeconfig", self.stack["KUBECONFIG"], context)
+        cluster_admin.cluster_add(name=name, kubeconfig=str(kubeconfig.path))
+        self.contexts[name] = context
+        return kubeconfig
+
+    def namespace(self, clusters=(DEFAULT, "member-1", "member-2")) -> str:
+        """A fresh namespace of the same name in each cluster."""
+        name = f"t{uuid.uuid4().hex[:8]}"
+        for cluster in clusters:
+            self.cluster_for(self.contexts.get(cluster, cluster)).create_namespace(name)
+        return name
+
+    def content(self, cluster: str, namespace: str, name: str = "app") -> dict | None:
+        """What a ConfigMap holds, read through the cluster's own server: data, labels, annotations."""
+        live = self.cluster_for(self.contexts[cluster]).get_configmap(namespace, name)
+        if live is None:
+            return None
+        metadata = live["metadata"]
+        return {
+            "data": live.get("data"),
+            "labels": metadata.get("labels"),
+            "annotations": metadata.get("annotations"),
+        }
+
+    def versions(self, clusters: list[str], namespace: str) -> list[str | None]:
+        return [((self.content(c, namespace) or {}).get("data") or {}).get("VERSION") for c in clusters]
+
+
+@pytest.fixture
+def fleet(stack, cluster_for, tmp_path) -> Fleet:
+    return Fleet(stack, cluster_for, tmp_path)
+
+
+def targets(namespace: str, clusters: list[str]) -> list[dict]:
+    return [{"cluster": cluster, "namespaces": [namespace]} for cluster in clusters]
+
+
+def commit(repo: GitRepo, namespace: str, clusters: list[str], version: str, steps=None) -> str:
+    document: dict = {"targets": targets(namespace, clusters)}
+    if steps:
+        document["rollout"] = {"steps": steps}
+    repo.write_all({"sluice.yaml": document, "configmaps/app.yaml": configmap("app", {"VERSION": version})})
+    return repo.commit(f"v{version}")
+
+
+SCOPE = ["t*", "member-*/t*", "flaky/t*"]
+
+
+def test_a_rollout_goes_cluster_by_cluster_and_an_abort_restores_every_cluster(
+    repo, make_source, sync, fleet, people
+):
+    fleet.register("member-1")
+    fleet.register("member-2")
+    clusters = [DEFAULT, "member-1", "member-2"]
+    namespace = fleet.namespace()
+    commit(repo, namespace, clusters, "1")
+    source = make_source(allowed_namespaces=SCOPE)
+    assert sync(source)["outcome"] == "applied"
+    before = {cluster: fleet.content(cluster, namespace) for cluster in clusters}
+    assert fleet.versions(clusters, namespace) == ["1", "1", "1"]
+
+    steps = [{"setWeight": 33}, {"pause": {}}, {"setWeight": 66}, {"pause": {}}, {"setWeight": 100}]
+    v2 = commit(repo, namespace, clusters, "2", steps)
+    sync(source)
+    first = wait_for(source, phase="Paused", waiting_for="approval", step_index=1)
+    assert fleet.versions(clusters, namespace) == ["2", "1", "1"], "the first wave is the first cluster"
+
+    decisions.rollout_promote(first.pk, user=people["approver"])
+    wait_for(source, phase="Paused", waiting_for="approval", step_index=3)
+    assert fleet.versions(clusters, namespace) == ["2", "2", "1"], "a promote moves it to the next cluster"
+    logged = Change.objects.filter(source=source, commit=v2).order_by("id")
+    assert [(c.cluster, c.namespace, c.step_index, c.weight, c.action) for c in logged] == [
+        (DEFAULT, namespace, 0, 33, "update"),
+        ("member-1", namespace, 2, 66, "update"),
+    ]
+    assert [c.cluster for c in selectors.change_log(source=source.name, cluster="member-1")] == [
+        "member-1",
+        "member-1",
+    ]
+
+    decisions.rollout_abort(first.pk, user=people["approver"])
+    aborted = wait_for(source, phase="Aborted")
+    assert aborted.rollback_pending_clusters == []
+    after = {cluster: fleet.content(cluster, namespace) for cluster in clusters}
+    assert after == before, "every cluster holds exactly what it had: data, labels, annotations, commit"
+    rollbacks = Change.objects.filter(rollout=aborted, action="rollback")
+    assert sorted(rollbacks.values_list("cluster", flat=True)) == [DEFAULT, "member-1"]
+
+
+def test_a_flag_rollout_serves_the_new_result_to_the_same_users_in_every_cluster(
+    repo, make_source, sync, fleet, tmp_path
+):
+    fleet.register("member-1")
+    clusters = [DEFAULT, "member-1"]
+    namespace = fleet.namespace(clusters)
+
+    def flags(default: str) -> dict:
+        variants = {"on": True, "off": False}
+        return {
+            "flags": {"new-checkout": {"state": "ENABLED", "variants": variants, "defaultVariant": default}}
+        }
+
+    def write(default: str, steps=None) -> None:
+        document: dict = {"targets": targets(namespace, clusters), "flags": {"namespace": namespace}}
+        if steps:
+            document["rollout"] = {"steps": steps}
+        repo.write_all({"sluice.yaml": document, "flags/checkout.json": json.dumps(flags(default))})
+        repo.commit(f"checkout {default}")
+
+    write("off")
+    source = make_source(allowed_namespaces=SCOPE)
+    first = sync(source)
+    assert first["outcome"] == "applied", first["errors"]
+    write("on", [{"setWeight": 25}, {"pause": {}}])
+    sync(source)
+    wait_for(source, phase="Paused", waiting_for="approval")
+
+    keys = KEYS[:2000]
+    # Each real evaluator on its own: they bucket differently, but each must agree across clusters.
+    for name, evaluator_class in EVALUATORS.items():
+        served: dict[str, set[str]] = {}
+        for cluster in clusters:
+            published = fleet.cluster_for(CONTEXT_OF[cluster]).get_configmap(namespace, "checkout")
+            evaluator = evaluator_class(published["data"]["checkout.flagd.json"], tmp_path)
+            try:
+                served[cluster] = {
+                    key for key, on in evaluator.values("new-checkout", False, keys).items() if on
+                }
+            finally:
+                evaluator.close()
+        assert served[DEFAULT] == served["member-1"], (
+            f"{name}: the same users get the new result in both clusters"
+        )
+        assert 0.2 * len(keys) < len(served[DEFAULT]) < 0.3 * len(keys), name
+
+
+def test_an_unreachable_cluster_pauses_its_wave_and_holds_up_nothing_else(
+    repo, make_source, sync, fleet, people, tmp_path
+):
+    fleet.register("member-1")
+    flaky = fleet.flaky("flaky", context="member-2")
+    clusters = [DEFAULT, "flaky", "member-1"]
+    namespace = fleet.namespace((DEFAULT, "member-1", "member-2"))
+    commit(repo, namespace, clusters, "1")
+    source = make_source(allowed_namespaces=SCOPE)
+    assert sync(source)["outcome"] == "applied"
+    assert fleet.versions(clusters, namespace) == ["1", "1", "1"]
+
+    flaky.silence()  # its server stops answering: a closed loopback port
+    steps = [{"setWeight": 33}, {"pause": {}}, {"setWeight": 66}, {"pause": {}}, {"setWeight": 100}]
+    commit(repo, namespace, clusters, "2", steps)
+    sync(source)
+    first = wait_for(source, phase="Paused", waiting_for="approval", step_index=1)
+    assert fleet.versions([DEFAULT, "member-1"], namespace) == ["2", "1"], "its first wave needs no flaky"
+
+    decisions.rollout_promote(first.pk, user=people["approver"])
+    waiting = wait_for(source, phase="Paused", waiting_for="cluster")
+    assert waiting.step_index == 2, "the wave is not skipped"
+    assert "waiting for cluster flaky" in waiting.message
+    assert "unreachable" in waiting.message
+    assert fleet.versions(clusters, namespace) == ["2", "1", "1"], "the other clusters are unaffected"
+    result = sync(source)
+    assert (result["outcome"], result["rollout"]["waiting_for"]) == ("paused", "cluster")
+
+    # Another source on the healthy clusters syncs as usual meanwhile.
+    other_repo = GitRepo(tmp_path / "other")
+    other_namespace = fleet.namespace((DEFAULT, "member-1"))
+    for version in ("1", "2", "3"):
+        commit(other_repo, other_namespace, [DEFAULT, "member-1"], version)
+        if version == "1":
+            other = make_source(url=other_repo.url, allowed_namespaces=SCOPE)
+        started = time.monotonic()
+        assert sync(other, timeout=60)["outcome"] in ("applied", "completed")
+        assert time.monotonic() - started < 30, "a cluster that does not answer holds up no other source"
+        assert fleet.versions([DEFAULT, "member-1"], other_namespace) == [version, version]
+
+    flaky.answer()  # back: the rollout tries again by itself and takes the wave
+    resumed = wait_for(source, phase="Paused", waiting_for="approval", step_index=3, timeout=120)
+    assert resumed.weight == 66
+    assert fleet.versions(clusters, namespace) == ["2", "2", "1"]
+    assert Change.objects.filter(rollout=resumed, cluster="flaky", step_index=2).count() == 1
+
+
+def test_an_abort_owes_an_unreachable_cluster_its_rollback_until_it_answers(
+    repo, make_source, sync, fleet, people, client: Client
+):
+    fleet.register("member-1")
+    flaky = fleet.flaky("flaky", context="member-2")
+    clusters = [DEFAULT, "flaky", "member-1"]
+    namespace = fleet.namespace((DEFAULT, "member-1", "member-2"))
+    commit(repo, namespace, clusters, "1")
+    source = make_source(allowed_namespaces=SCOPE)
+    assert sync(source)["outcome"] == "applied"
+    before = {cluster: fleet.content(cluster, namespace) for cluster in clusters}
+
+    commit(repo, namespace, clusters, "2", [{"setWeight": 66}, {"pause": {}}])
+    sync(source)
+    paused = wait_for(source, phase="Paused", waiting_for="approval")
+    assert fleet.versions(clusters, namespace) == ["2", "2", "1"]
+
+    flaky.silence()
+    decisions.rollout_abort(paused.pk, user=people["approver"])
+    aborted = wait_for(source, phase="Aborted")
+    assert aborted.rollback_pending_clusters == ["flaky"]
+    assert "rollback owed on flaky" in aborted.message
+    assert fleet.content(DEFAULT, namespace) == before[DEFAULT]
+    assert fleet.content("member-1", namespace) == before["member-1"]
+    flaky_now = fleet.content("flaky", namespace)
+    assert (flaky_now or {}).get("data") == {"VERSION": "2"}, "still the rollout's content: it is owed"
+
+    status = io.StringIO()
+    call_command("gitops", "status", source.name, stdout=status)
+    assert f"rollout {aborted.pk} still owes a rollback on: flaky" in status.getvalue()
+    client.force_login(people["viewer"])
+    shown = client.get(f"/api/rollouts/{aborted.pk}").json()
+    assert shown["rollback_pending_clusters"] == ["flaky"]
+
+    flaky.answer()  # the retry restores it by itself, as soon as it answers
+    restored = poll(
+        lambda: (r := Rollout.objects.get(pk=aborted.pk)).rollback_pending_clusters == [] and r,
+        timeout=120,
+        what="the owed rollback of flaky",
+    )
+    assert restored.phase == "Aborted"
+    assert fleet.content("flaky", namespace) == before["flaky"]
+    assert RolloutEvent.objects.filter(rollout=aborted, message__startswith="rolled back on flaky").exists()
+    assert Change.objects.filter(rollout=aborted, cluster="flaky", action="rollback").count() == 1

@@ -1,0 +1,224 @@
+"""Freezes and sync windows on the real stack: what is held, what goes on, and who may push through."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth.models import Group, User
+from django.core.exceptions import PermissionDenied
+from django.utils import timezone
+
+from gitops import freezes, polling
+from gitops.models import Approval, Change, Revision, Rollout, RolloutEvent
+from gitops.rollout import decisions
+from gitops.rollout.decisions import RolloutError
+from gitops.windows import parse_duration
+from tests.gitrepo import configmap, policy
+from tests.rollouts import rollout_of, wait_for
+from tests.workers import poll
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def admin(people) -> User:
+    created = User.objects.create_user("ines", email="ines@example.com", password="x")
+    created.groups.add(Group.objects.get(name="admin"))
+    decisions.user_email_verify(created, "ines@example.com", verified_by="admin")
+    return User.objects.get(pk=created.pk)
+
+
+def version(cluster, namespace: str) -> str | None:
+    live = cluster.get_configmap(namespace, "app")
+    return None if live is None else (live.get("data") or {}).get("VERSION")
+
+
+def first_commit(repo, make_source, sync, targets, **policy_extra):
+    repo.write_all(
+        {
+            "sluice.yaml": policy(targets, **policy_extra),
+            "configmaps/app.yaml": configmap("app", {"VERSION": "1"}),
+        }
+    )
+    repo.commit("v1")
+    source = make_source()
+    assert sync(source)["outcome"] == "applied"
+    return source
+
+
+def second_commit(repo, targets, steps=None) -> str:
+    extra = {"rollout": {"steps": steps}} if steps else {}
+    repo.write_all(
+        {"sluice.yaml": policy(targets, **extra), "configmaps/app.yaml": configmap("app", {"VERSION": "2"})}
+    )
+    return repo.commit("v2")
+
+
+def freeze(source=None, hours: float = 2, reason: str = "release freeze"):
+    until = timezone.now() + timedelta(hours=hours)
+    return freezes.freeze_set(source, until=until, reason=reason, by="ines")
+
+
+def test_a_frozen_source_fetches_and_plans_a_new_commit_but_applies_nothing_until_unfrozen(
+    repo, make_namespaces, make_source, sync, cluster
+):
+    targets = make_namespaces("a", "b")
+    source = first_commit(repo, make_source, sync, targets)
+    freeze(source, reason="incident 42")
+    v2 = second_commit(repo, targets)
+
+    result = sync(source)  # a poll or a push: automatic
+    assert result["outcome"] == "held"
+    assert result["held"].startswith("frozen until ")
+    assert result["held"].endswith("by ines (" + source.name + "): incident 42")
+    assert [version(cluster, ns) for ns in targets] == ["1", "1"]
+    assert not Change.objects.filter(source=source, commit=v2).exists()
+    assert not Rollout.objects.filter(source=source, revision__commit=v2).exists(), "no rollout starts"
+    assert Revision.objects.get(source=source, commit=v2).outcome == Revision.Outcome.VALID, "fetched"
+    source.refresh_from_db()
+    assert source.last_plan["commit"] == v2, "planned, so the pages show what waits"
+    assert source.last_plan["held"] == result["held"]
+    assert source.last_plan["summary"] == {"update": 2}
+    assert sync(source, manual=True)["outcome"] == "held", "a freeze holds a person's sync too"
+
+    lifted = freezes.freeze_lift(source, by="ines")
+    assert [f.lifted_by for f in lifted] == ["ines"]
+    # Lifting wakes the source: the held commit goes out without waiting for a poll.
+    poll(
+        lambda: Rollout.objects.filter(source=source, revision__commit=v2, phase="Completed").exists(),
+        timeout=60,
+        what="the held commit to go out",
+    )
+    assert [version(cluster, ns) for ns in targets] == ["2", "2"]
+
+
+def test_a_freeze_of_every_source_holds_self_heal_too(repo, make_namespaces, make_source, sync, cluster):
+    targets = make_namespaces("a")
+    source = first_commit(repo, make_source, sync, targets, selfHeal=True)
+    cluster.apply_configmap(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "app", "namespace": targets[0]},
+            "data": {"VERSION": "edited by hand"},
+        },
+        field_manager="kubectl-edit",
+        force=True,
+    )
+    everything = freeze(None, reason="holidays")
+    assert sync(source)["outcome"] == "held"
+    assert version(cluster, targets[0]) == "edited by hand", "nothing is changed, not even by self-heal"
+    source.refresh_from_db()
+    assert source.last_plan["summary"] == {"self-heal": 1}
+    assert "(every source): holidays" in source.last_plan["held"]
+    freezes.freeze_lift(None, by="ines")
+    poll(lambda: version(cluster, targets[0]) == "1", timeout=60, what="self-heal after the freeze")
+    everything.refresh_from_db()
+    assert everything.lifted_at is not None
+
+
+def test_a_timed_pause_waits_while_frozen_and_goes_on_after_unfreeze(
+    repo, make_namespaces, make_source, sync, cluster
+):
+    targets = make_namespaces("a", "b")
+    source = first_commit(repo, make_source, sync, targets)
+    second_commit(repo, targets, [{"setWeight": 50}, {"pause": {"duration": "2s"}}, {"setWeight": 100}])
+    assert sync(source)["outcome"] == "paused"
+    paused = wait_for(source, phase="Paused", waiting_for="timer")
+    freeze(source)
+    poll(lambda: timezone.now() > paused.pause_until, timeout=10, what="the pause to run out")
+    assert polling.sources_with_due_rollouts() == [], "beat's sweep leaves a held timer alone"
+
+    assert sync(source)["outcome"] == "held"
+    held = rollout_of(source)
+    assert (held.phase, held.step_index, held.weight) == ("Paused", 1, 50)
+    assert [version(cluster, ns) for ns in targets] == ["2", "1"]
+
+    freezes.freeze_lift(source, by="ines")
+    wait_for(source, phase="Completed", timeout=60)
+    assert [version(cluster, ns) for ns in targets] == ["2", "2"]
+    resumed = RolloutEvent.objects.get(rollout=held, kind="resumed")
+    assert resumed.at > freezes.Freeze.objects.get(source=source).lifted_at
+
+
+def test_a_promote_through_a_freeze_needs_an_administrator_who_records_an_override(
+    paused_rollout, people, admin, cluster
+):
+    source = paused_rollout.source
+    freeze(source, reason="black friday")
+
+    with pytest.raises(PermissionDenied, match="only an administrator may promote now"):
+        decisions.rollout_promote(paused_rollout.pk, user=people["approver"])
+    with pytest.raises(RolloutError, match="needs an override reason"):
+        decisions.rollout_promote(paused_rollout.pk, user=admin)
+    assert not Approval.objects.filter(rollout=paused_rollout).exists()
+
+    decisions.rollout_promote(paused_rollout.pk, user=admin, comment="ok", override="hotfix for INC-7")
+    override = RolloutEvent.objects.get(rollout=paused_rollout, kind="override")
+    assert override.actor == "ines"
+    assert override.message.startswith("hotfix for INC-7 (overriding: frozen until ")
+    assert override.data["reason"] == "hotfix for INC-7"
+    assert override.data["gate"]["state"] == "frozen"
+    assert Approval.objects.get(rollout=paused_rollout).username == "ines"
+    # The step the override releases goes out while the freeze still holds.
+    done = wait_for(source, phase="Completed", timeout=60)
+    assert set(Change.objects.filter(rollout=done, step_index=2).values_list("actor", flat=True)) == {"ines"}
+    assert freezes.Freeze.objects.get(source=source).lifted_at is None
+
+
+def test_abort_and_rollback_work_while_frozen(paused_rollout, people, cluster):
+    source = paused_rollout.source
+    freeze(None, reason="everything frozen")
+    decisions.rollout_abort(paused_rollout.pk, user=people["approver"], reason="bad canary")
+    aborted = wait_for(source, phase="Aborted", timeout=60)
+    assert Change.objects.filter(rollout=aborted, action="rollback").exists()
+    namespace = Change.objects.filter(rollout=aborted, action="rollback").first().namespace
+    assert (cluster.get_configmap(namespace, "app")["data"]) == {"V": "1"}
+
+
+def test_a_deny_window_holds_automatic_syncs_and_lets_a_person_sync_when_manual_sync_is_allowed(
+    repo, make_namespaces, make_source, sync, cluster
+):
+    targets = make_namespaces("a")
+    source = first_commit(repo, make_source, sync, targets)
+    two_hours = parse_duration("2h")
+    always = freezes.window_add(
+        kind="deny", schedule_text="* * * * *", duration=two_hours, sources=[source.name], by="ines"
+    )
+    v2 = second_commit(repo, targets)
+    result = sync(source)
+    assert result["outcome"] == "held"
+    assert result["held"].startswith("in a sync window that denies changes until ")
+    assert sync(source, manual=True)["outcome"] == "held", "manualSync is off"
+
+    freezes.window_remove(always.pk, by="ines")
+    freezes.window_add(
+        kind="deny",
+        schedule_text="* * * * *",
+        duration=parse_duration("2h"),
+        sources=["*"],
+        manual_sync=True,
+        by="ines",
+    )
+    assert sync(source)["outcome"] == "held"
+    assert version(cluster, targets[0]) == "1"
+    assert sync(source, manual=True)["outcome"] in ("applied", "completed")
+    assert version(cluster, targets[0]) == "2"
+    assert Change.objects.filter(source=source, commit=v2).exists()
+
+
+def test_outside_every_allow_window_nothing_goes_out(repo, make_namespaces, make_source, sync, cluster):
+    targets = make_namespaces("a")
+    source = first_commit(repo, make_source, sync, targets)
+    now = timezone.now()
+    # An allow window that opened an hour ago for a minute: closed now.
+    closed_hour = (now - timedelta(hours=1)).strftime("%M %H")
+    freezes.window_add(
+        kind="allow", schedule_text=f"{closed_hour} * * *", duration=parse_duration("1m"), sources=["*"]
+    )
+    second_commit(repo, targets)
+    result = sync(source)
+    assert result["outcome"] == "held"
+    assert result["held"].startswith("outside its sync windows; the next opens at ")
+    assert version(cluster, targets[0]) == "1"

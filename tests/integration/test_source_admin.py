@@ -1,0 +1,492 @@
+"""Managing sources on the real stack: settings checked once for every caller, the audit trail, suspend and
+resume against polls, pushes and timers, and deleting a source that keeps or prunes its objects."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+from django.core.exceptions import PermissionDenied
+from django.db import IntegrityError, connection, transaction
+from django.test import Client
+from django.utils import timezone
+
+from gitops import metrics, polling, source_admin
+from gitops.desired.content import COMMIT_ANNOTATION, MANAGED_BY_LABEL, SOURCE_LABEL
+from gitops.intake import webhook_secrets
+from gitops.intake.webhooks import sign
+from gitops.models import (
+    Change,
+    ManagedObject,
+    Revision,
+    Rollout,
+    Source,
+    SourceAudit,
+    SourceRemoval,
+    WebhookDelivery,
+)
+from gitops.record.audit import Actor
+from gitops.rollout import decisions
+from gitops.source_admin import SourceRemovalRefused, SourceSettingsError
+from gitops.vocabulary import AuditVia, ObjectsOnRemoval
+from tests.gitrepo import configmap, policy
+from tests.rollouts import wait_for
+from tests.workers import poll, running_beat
+
+pytestmark = pytest.mark.django_db(transaction=True)
+SECRET = "push-secret-for-tests-0123456789"
+
+
+@pytest.fixture
+def applied(repo, make_namespaces, make_source, sync, cluster):
+    """A source whose two ConfigMaps (one a flag set) are applied in two namespaces."""
+    targets = make_namespaces("a", "b")
+    repo.write_all(
+        {
+            "sluice.yaml": {**policy(targets), "flags": {"namespace": targets[0]}},
+            "configmaps/app.yaml": configmap("app", {"V": "1"}),
+            "flags/checkout.json": json.dumps(
+                {
+                    "flags": {
+                        "new-checkout": {
+                            "state": "ENABLED",
+                            "variants": {"on": True, "off": False},
+                            "defaultVariant": "off",
+                        }
+                    }
+                }
+            ),
+        }
+    )
+    repo.commit("v1")
+    source = make_source()
+    assert sync(source)["outcome"] == "applied"
+    assert ManagedObject.objects.filter(source=source).count() == 3
+    return source, targets
+
+
+def removal_done(removal: SourceRemoval, timeout: float = 90) -> SourceRemoval:
+    def ended():
+        removal.refresh_from_db()
+        return removal if not removal.is_active else None
+
+    return poll(ended, timeout=timeout, interval=0.1, what=f"removal {removal.pk} to end")
+
+
+# -- settings, checked once -------------------------------------------------------------------
+
+
+def test_every_problem_is_named_by_field_and_nothing_is_stored(repo):
+    with pytest.raises(SourceSettingsError) as raised:
+        source_admin.source_add(
+            name="Bad_Name",
+            url="https://deploy:hunter2@git.example.com/x.git",
+            branch="two words",
+            path="../etc",
+            poll_interval=timedelta(seconds=1),
+            credentials_ref="ghp_0123456789abcdefghijklmnopqrstuvwxyz",
+            allowed_namespaces=["UPPER"],
+            analysis_url_prefixes=["ftp://checks.example.com"],
+            required_approvals=11,
+            commit_url_template="javascript:alert(1)//{commit}",
+            notify_urls=["https://user:pw@hooks.example.com"],
+        )
+    problems = raised.value.problems
+    assert set(problems) == {
+        "name",
+        "url",
+        "branch",
+        "path",
+        "poll_interval",
+        "credentials_ref",
+        "allowed_namespaces",
+        "analysis_url_prefixes",
+        "required_approvals",
+        "commit_url_template",
+        "notify_urls",
+    }
+    assert "must not contain credentials" in problems["url"][0]
+    assert "invalid branch name" in problems["branch"][0]
+    assert "from 5s to 24h" in problems["poll_interval"][0]
+    assert "not shown, it may be a secret" in problems["credentials_ref"][0]
+    assert "from 0 to 10" in problems["required_approvals"][0]
+    text = str(raised.value)
+    assert "--allow-namespace: 'UPPER' is not a namespace name or glob" in text
+    assert "hunter2" not in text and "ghp_0123" not in text
+    assert not Source.objects.exists() and not SourceAudit.objects.exists()
+
+    with pytest.raises(SourceSettingsError, match="at least one allowed namespace"):
+        source_admin.source_add(name="empty", url=repo.url, allowed_namespaces=[" "])
+
+
+def test_add_update_suspend_resume_leave_one_audit_row_each_with_before_and_after(repo, people):
+    actor = Actor.of_user(_admin(people), AuditVia.API)
+    source = source_admin.source_add(
+        name="shop", url=repo.url, allowed_namespaces=["t*"], credentials_ref="env:SHOP_TOKEN", actor=actor
+    )
+    source_admin.source_update(source, actor=actor, branch="refs/heads/release", required_approvals=2)
+    source_admin.source_update(source, actor=actor, branch="release")  # no change: no row
+    source_admin.source_suspend(source, actor=actor)
+    source_admin.source_suspend(source, actor=actor)  # already suspended: no row
+    source_admin.source_resume(source, actor=actor)
+
+    rows = list(SourceAudit.objects.filter(source=source).order_by("id"))
+    assert [(row.action, row.actor, row.via) for row in rows] == [
+        ("create", "ada-admin", "api"),
+        ("update", "ada-admin", "api"),
+        ("suspend", "ada-admin", "api"),
+        ("resume", "ada-admin", "api"),
+    ]
+    created, updated, suspended, _resumed = rows
+    assert created.before is None
+    assert created.after["credentials_ref"] == "env:SHOP_TOKEN"
+    assert "webhook_secret_encrypted" not in created.after
+    assert updated.changed == ["branch", "required_approvals"]
+    assert (updated.before["branch"], updated.after["branch"]) == ("main", "release")
+    assert (updated.before["required_approvals"], updated.after["required_approvals"]) == (0, 2)
+    assert suspended.changed == ["suspended"]
+
+    with pytest.raises(TypeError, match="append-only"):
+        created.delete()
+    with pytest.raises(TypeError, match="append-only"):
+        SourceAudit.objects.filter(pk=created.pk).update(actor="someone else")
+    with transaction.atomic(), pytest.raises(Exception, match="append-only"), connection.cursor() as cursor:
+        cursor.execute("UPDATE gitops_sourceaudit SET actor = 'x' WHERE id = %s", [created.pk])
+
+
+def test_only_the_admin_role_may_manage_sources(repo, people):
+    source = source_admin.source_add(name="shop", url=repo.url, allowed_namespaces=["t*"])
+    for role in ("viewer", "approver"):
+        actor = Actor.of_user(people[role], AuditVia.DASHBOARD)
+        with pytest.raises(PermissionDenied):
+            source_admin.source_add(name="other", url=repo.url, allowed_namespaces=["t*"], actor=actor)
+        with pytest.raises(PermissionDenied):
+            source_admin.source_update(source, actor=actor, branch="x")
+        with pytest.raises(PermissionDenied):
+            source_admin.source_suspend(source, actor=actor)
+        with pytest.raises(PermissionDenied):
+            source_admin.source_remove(source, objects=ObjectsOnRemoval.KEEP, actor=actor)
+    assert list(Source.objects.values_list("name", "branch", "suspended")) == [("shop", "main", False)]
+    assert list(SourceAudit.objects.values_list("action", flat=True)) == ["create"]
+
+
+def test_the_git_location_does_not_move_under_an_active_rollout(paused_rollout, repo):
+    source = paused_rollout.source
+    with pytest.raises(SourceSettingsError) as raised:
+        source_admin.source_update(source, branch="other", path="sub")
+    assert set(raised.value.problems) == {"branch", "path"}
+    assert f"rollout {paused_rollout.pk} is paused" in str(raised.value)
+    # What does not move the Git location may change.
+    source_admin.source_update(source, poll_interval=timedelta(minutes=5), notify_urls=[])
+    assert Source.objects.get(pk=source.pk).poll_interval == timedelta(minutes=5)
+
+
+def test_a_changed_path_is_read_from_its_new_directory(repo, make_namespaces, make_source, sync, cluster):
+    (namespace,) = make_namespaces("app")
+    for directory, value in (("one", "1"), ("two", "2")):
+        repo.write_all(
+            {
+                f"{directory}/sluice.yaml": policy([namespace]),
+                f"{directory}/configmaps/app.yaml": configmap("app", {"DIR": value}),
+            }
+        )
+    repo.commit()
+    source = make_source(path="one")
+    sync(source)
+    assert cluster.get_configmap(namespace, "app")["data"] == {"DIR": "1"}
+
+    source_admin.source_update(source, path="/two/")
+    sync(source)
+
+    assert Source.objects.get(pk=source.pk).path == "two"
+    assert cluster.get_configmap(namespace, "app")["data"] == {"DIR": "2"}, (
+        "the same commit, another directory"
+    )
+
+
+# -- suspend and resume --------------------------------------------------------------------------
+
+
+def test_a_suspended_source_is_not_polled_while_another_is(
+    repo, make_namespaces, make_source, celery_worker, worker_env, cluster, tmp_path
+):
+    (namespace,) = make_namespaces("app")
+    repo.write_all({"sluice.yaml": policy([namespace]), "configmaps/app.yaml": configmap("app", {"v": "1"})})
+    repo.commit()
+    suspended = make_source(poll_interval=timedelta(seconds=5))
+    source_admin.source_suspend(suspended)
+    # The control polls the same repository, into a namespace of its own.
+    (other,) = make_namespaces("other")
+    control_repo_files = {"sluice.yaml": policy([other]), "configmaps/app.yaml": configmap("app", {"v": "1"})}
+    repo.write_all({f"control/{path}": content for path, content in control_repo_files.items()})
+    repo.commit()
+    control = make_source(path="control", poll_interval=timedelta(seconds=5))
+
+    assert polling.sources_claim_due() == [control.pk]
+    Source.objects.update(next_poll_at=timezone.now())
+    with running_beat(worker_env, tmp_path / "schedule", name="beat-suspended"):
+        poll(lambda: cluster.get_configmap(other, "app"), timeout=60, interval=0.2, what="the control's poll")
+        poll(
+            lambda: (
+                Revision.objects.filter(source=control).count()
+                and Source.objects.get(pk=control.pk).last_synced_at
+            ),
+            timeout=30,
+            what="the control's sync to be recorded",
+        )
+    assert not Revision.objects.filter(source=suspended).exists(), "beat never synced the suspended source"
+    assert cluster.get_configmap(namespace, "app") is None
+
+
+def test_a_push_to_a_suspended_source_is_ignored_and_a_manual_sync_still_runs(
+    repo, make_namespaces, make_source, sync, cluster
+):
+    (namespace,) = make_namespaces("app")
+    repo.write_all({"sluice.yaml": policy([namespace]), "configmaps/app.yaml": configmap("app", {"v": "1"})})
+    repo.commit()
+    source = make_source()
+    webhook_secrets.webhook_secret_set(source, SECRET)
+    source_admin.source_suspend(source)
+
+    body = f'{{"ref": "refs/heads/main", "after": "{repo.head()}"}}'.encode()
+    response = Client().post(
+        f"/webhooks/git/{source.name}",
+        data=body,
+        content_type="application/json",
+        HTTP_X_GITHUB_EVENT="push",
+        HTTP_X_GITHUB_DELIVERY="d-1",
+        HTTP_X_HUB_SIGNATURE_256=sign(SECRET, body),
+    )
+
+    assert response.status_code == 202
+    assert response.json()["status"] == "ignored"
+    assert "is suspended" in response.json()["reason"]
+    assert WebhookDelivery.objects.get(source=source).outcome == "ignored"
+    scraped = metrics.render()[0].decode()
+    assert f'sluice_source_suspended{{source="{source.name}"}} 1.0' in scraped
+    assert not Source.objects.get(pk=source.pk).sync_queued
+    # A timer's or a poll's task (automatic) does nothing; one someone asked for runs.
+    assert sync(source, automatic=True)["outcome"] == "suspended"
+    assert cluster.get_configmap(namespace, "app") is None
+    assert sync(source)["outcome"] == "applied"
+    assert cluster.get_configmap(namespace, "app")["data"] == {"v": "1"}
+
+
+def test_a_timed_pause_waits_while_suspended_and_goes_on_after_resume(
+    repo, make_namespaces, make_source, sync, cluster
+):
+    targets = make_namespaces("canary", "rest")
+    repo.write_all({"sluice.yaml": policy(targets), "configmaps/app.yaml": configmap("app", {"V": "1"})})
+    repo.commit("v1")
+    source = make_source()
+    sync(source)
+    steps = [{"setWeight": 50}, {"pause": {"duration": "1h"}}]
+    repo.write_all(
+        {
+            "sluice.yaml": policy(targets, rollout={"steps": steps}),
+            "configmaps/app.yaml": configmap("app", {"V": "2"}),
+        }
+    )
+    repo.commit("v2")
+    assert sync(source)["outcome"] == "paused"
+    source_admin.source_suspend(source)
+    paused = wait_for(source, phase="Paused", waiting_for="timer")
+    Rollout.objects.filter(pk=paused.pk).update(pause_until=timezone.now() - timedelta(seconds=1))
+
+    assert source.pk not in polling.sources_with_due_rollouts(), "a suspended source's timer waits"
+    assert sync(source, automatic=True)["outcome"] == "suspended"  # the timer's own wake
+    assert Rollout.objects.get(pk=paused.pk).phase == "Paused"
+
+    source_admin.source_resume(source)  # resuming syncs at once
+    wait_for(source, phase="Completed")
+    assert [cluster.get_configmap(ns, "app")["data"]["V"] for ns in targets] == ["2", "2"]
+
+
+def test_an_abort_of_a_suspended_source_is_still_swept(paused_rollout, people):
+    source = paused_rollout.source
+    source_admin.source_suspend(source)
+    Rollout.objects.filter(pk=paused_rollout.pk).update(abort_requested_by="otto", abort_reason="bad")
+    Source.objects.filter(pk=source.pk).update(sync_queued=False)
+    assert source.pk in polling.sources_with_due_rollouts()
+
+
+# -- delete -----------------------------------------------------------------------------------------
+
+
+def test_delete_keep_leaves_the_objects_without_sluice_labels_or_ownership(applied, cluster, people):
+    source, targets = applied
+    removal = source_admin.source_remove(
+        source, objects=ObjectsOnRemoval.KEEP, actor=Actor.of_user(_admin(people), AuditVia.DASHBOARD)
+    )
+    assert Source.objects.get(pk=source.pk).suspended, "a source being deleted is suspended at once"
+
+    done = removal_done(removal)
+
+    assert (done.status, done.objects_total, done.objects_done, done.objects_failed) == ("done", 3, 3, 0)
+    for namespace, name in [(targets[0], "app"), (targets[1], "app"), (targets[0], "checkout")]:
+        live = cluster.get_configmap(namespace, name)
+        assert live is not None, "kept"
+        metadata = live["metadata"]
+        assert not any(key.startswith("sluice.dev/") for key in metadata.get("labels") or {})
+        assert MANAGED_BY_LABEL not in (metadata.get("labels") or {})
+        assert COMMIT_ANNOTATION not in (metadata.get("annotations") or {})
+        assert not [
+            entry for entry in metadata.get("managedFields") or [] if entry.get("manager") == "sluice"
+        ]
+    assert cluster.get_configmap(targets[0], "app")["data"] == {"V": "1"}, "the content stays"
+    changes = Change.objects.filter(source_id=source.pk, action="release")
+    assert sorted((c.namespace, c.name, c.actor, c.result) for c in changes) == sorted(
+        [
+            (targets[0], "app", "ada-admin", "ok"),
+            (targets[1], "app", "ada-admin", "ok"),
+            (targets[0], "checkout", "ada-admin", "ok"),
+        ]
+    )
+    assert not Source.objects.filter(pk=source.pk).exists()
+    assert Source.all_objects.get(pk=source.pk).deleted_at is not None
+    assert not ManagedObject.objects.filter(source_id=source.pk).exists()
+    assert list(SourceAudit.objects.filter(source_id=source.pk).values_list("action", flat=True)) == [
+        "deleted",
+        "delete",
+        "create",
+    ]
+    # Its name is free again, and its history stays.
+    source_admin.source_add(name=source.name, url=source.url, allowed_namespaces=["t*"])
+    assert Change.objects.filter(source_id=source.pk).count() == 6
+
+
+def test_delete_prune_deletes_the_objects_and_logs_each(applied, cluster):
+    source, targets = applied
+    # An object taken over since (relabelled by someone) is not this source's to delete.
+    cluster.apply_configmap(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "app", "namespace": targets[1], "labels": {SOURCE_LABEL: "someone-else"}},
+        },
+        field_manager="sluice",
+        force=True,
+    )
+
+    done = removal_done(source_admin.source_remove(source, objects=ObjectsOnRemoval.PRUNE))
+
+    assert done.status == "done", done.message
+    assert cluster.get_configmap(targets[0], "app") is None
+    assert cluster.get_configmap(targets[0], "checkout") is None
+    assert cluster.get_configmap(targets[1], "app") is not None, "left alone"
+    deletes = Change.objects.filter(source_id=source.pk, action="delete", rollout__isnull=True)
+    assert sorted((c.namespace, c.name, c.result) for c in deletes) == [
+        (targets[0], "app", "ok"),
+        (targets[0], "checkout", "ok"),
+    ]
+    assert all(change.before and change.after is None for change in deletes), "the content that went is kept"
+    assert not Source.objects.filter(pk=source.pk).exists()
+
+
+def test_delete_is_refused_while_a_rollout_is_active_and_works_once_it_is_aborted(
+    paused_rollout, people, cluster
+):
+    source = paused_rollout.source
+    with pytest.raises(
+        SourceRemovalRefused, match=f"active rollout \\({paused_rollout.pk}, paused\\); abort it"
+    ):
+        source_admin.source_remove(source, objects=ObjectsOnRemoval.PRUNE)
+    assert not SourceRemoval.objects.exists()
+    assert not Source.objects.get(pk=source.pk).suspended
+    assert list(SourceAudit.objects.filter(source=source).values_list("action", flat=True)) == ["create"]
+
+    decisions.rollout_abort(paused_rollout.pk, user=people["approver"], reason="before deleting")
+    wait_for(source, phase="Aborted")
+    done = removal_done(source_admin.source_remove(source, objects=ObjectsOnRemoval.PRUNE))
+
+    assert done.status == "done", done.message
+    assert not ManagedObject.objects.filter(source_id=source.pk).exists()
+
+
+def test_a_rollout_that_starts_after_the_request_fails_the_removal_and_the_source_stays(
+    paused_rollout, celery_worker
+):
+    source = paused_rollout.source
+    Rollout.objects.filter(pk=paused_rollout.pk).update(phase="Completed")
+    with transaction.atomic():
+        removal = source_admin.source_remove(source, objects=ObjectsOnRemoval.KEEP)
+        # As if a sync had started a rollout in between; the worker runs the removal after this commits.
+        Rollout.objects.filter(pk=paused_rollout.pk).update(phase="Paused")
+
+    done = removal_done(removal)
+
+    assert done.status == "failed"
+    assert f"rollout {paused_rollout.pk} started after the removal was asked for" in done.message
+    assert Source.objects.get(pk=source.pk).suspended
+    with pytest.raises(SourceRemovalRefused, match="active rollout"):
+        source_admin.source_remove(source, objects=ObjectsOnRemoval.KEEP)
+
+
+def test_one_removal_at_a_time(applied):
+    source, _ = applied
+    with transaction.atomic():
+        source_admin.source_remove(source, objects=ObjectsOnRemoval.KEEP)
+        with pytest.raises(SourceRemovalRefused, match="already being deleted"):
+            source_admin.source_remove(source, objects=ObjectsOnRemoval.PRUNE)
+        with pytest.raises(IntegrityError), transaction.atomic():
+            SourceRemoval.objects.create(
+                source=source, source_name=source.name, mode="keep", requested_by="x"
+            )
+
+
+def _admin(people):
+    from django.contrib.auth.models import Group, User
+
+    admin = User.objects.create_user("ada-admin", password="x")
+    admin.groups.add(Group.objects.get(name="admin"))
+    return User.objects.get(pk=admin.pk)
+
+
+def test_a_finished_removals_intents_are_emptied_after_their_retention(applied):
+    from gitops import retention
+    from gitops.models import ApplyIntent
+
+    source, _ = applied
+    done = removal_done(source_admin.source_remove(source, objects=ObjectsOnRemoval.PRUNE))
+    intents = ApplyIntent.objects.filter(removal=done)
+    assert intents.count() == 3 and all(intent.before for intent in intents)
+    assert not retention.expired()["intents_cleared"].filter(removal=done).exists(), "not yet"
+
+    month_ago = timezone.now() - timedelta(days=30)
+    SourceRemoval.objects.filter(pk=done.pk).update(finished_at=month_ago)
+    intents.update(created_at=month_ago)
+    retention.purge()
+
+    assert [intent.before for intent in intents] == [None, None, None]
+    assert Change.objects.filter(intent__removal=done).exclude(before=None).count() == 3, "the log keeps it"
+
+
+def test_a_crashed_removal_leaves_nothing_a_sync_or_a_later_removal_would_do_wrongly(applied, sync, cluster):
+    from gitops.models import ApplyIntent
+
+    source, targets = applied
+    # A prune removal whose worker died for good: it had deleted one object and not yet another.
+    crashed = SourceRemoval.objects.create(
+        source=source, source_name=source.name, mode="prune", requested_by="root", via="cli", status="failed"
+    )
+    left = {"source": source, "removal": crashed, "rollout": None, "commit": "c", "action": "delete"}
+    left["cluster"] = "default"
+    deleted = ApplyIntent.objects.create(namespace=targets[1], name="app", **left)
+    not_yet = ApplyIntent.objects.create(namespace=targets[0], name="app", **left)
+
+    sync(source)  # a sync does not carry out a removal's intents
+    assert ApplyIntent.objects.filter(removal=crashed, status="pending").count() == 2
+    assert cluster.get_configmap(targets[0], "app") is not None
+    cluster.delete_configmap(targets[1], "app")  # what the crashed run had done
+
+    done = removal_done(source_admin.source_remove(source, objects=ObjectsOnRemoval.KEEP))
+
+    assert done.status == "done", done.message
+    kept = cluster.get_configmap(targets[0], "app")
+    assert kept is not None, "the later removal said keep"
+    assert "sluice.dev/source" not in (kept["metadata"].get("labels") or {})
+    assert ApplyIntent.objects.get(pk=not_yet.pk).status == "failed"
+    assert not Change.objects.filter(intent_id=not_yet.pk).exists(), "never carried out, never logged"
+    assert Change.objects.get(intent_id=deleted.pk).action == "delete", "what the crashed run did is logged"
+    assert Change.objects.get(intent__removal=done, namespace=targets[0], name="app").action == "release"

@@ -1,0 +1,128 @@
+"""The pure parts of managing sources: the forms of settings, what the audit trail records, and the patch
+that lets go of a kept object."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from gitops.cluster.client import _release_patch
+from gitops.fetch.credentials import reference_problem
+from gitops.fetch.git import repository_url_problem
+from gitops.models import masked_url
+from gitops.record.audit import changed_fields
+from gitops.source_admin import SourceSettingsError, parse_interval
+
+
+@pytest.mark.parametrize(
+    "reference", ["", "env:GIT_TOKEN", "env:_x1", "file:/run/secrets/git", "ssh-key:/k/id"]
+)
+def test_credentials_references_of_the_right_form_pass(reference):
+    assert reference_problem(reference) is None
+
+
+@pytest.mark.parametrize(
+    "reference",
+    [
+        "ghp_0123456789abcdefghijklmnopqrstuvwxyz",  # a pasted token
+        "env:=",
+        "env:1ABC",
+        "env:A B",
+        "file:relative/path",
+        "ssh-key:~/.ssh/id",
+        "file:/etc/passwd\nX",
+        "vault:secret/git",
+    ],
+)
+def test_anything_else_is_refused_without_being_echoed(reference):
+    problem = reference_problem(reference)
+    assert problem is not None and "expected env:VAR, file:/path or ssh-key:/path" in problem
+    assert reference not in problem
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://git.example.com/team/repo.git",
+        "ssh://git@git.example.com/team/repo.git",
+        "git@github.com:org/repo.git",
+        "file:///srv/git/repo.git",
+        "git://git.example.com/repo.git",
+    ],
+)
+def test_git_urls_pass(url):
+    assert repository_url_problem(url) is None
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("htps://example.com/repo.git", "is not a Git URL"),
+        ("/srv/git/repo.git", "is not a Git URL"),
+        ("ext::sh -c touch% /tmp/pwned", "remote helper"),
+        ("-upload-pack=touch", "malformed"),
+        ("https://u:p@example.com/x.git", "embeds credentials"),
+    ],
+)
+def test_other_urls_are_refused(url, words):
+    assert words in (repository_url_problem(url) or "")
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("30s", 30), ("5m", 300), ("1h", 3600), ("90", 90), (" 2m ", 120)]
+)
+def test_intervals_read_as_the_command_line_writes_them(text, seconds):
+    assert parse_interval(text) == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("text", ["soon", "5 m", "1d", "-5s", "", "9999999s"])
+def test_other_intervals_are_a_problem_of_that_field(text):
+    with pytest.raises(SourceSettingsError) as raised:
+        parse_interval(text)
+    assert list(raised.value.problems) == ["poll_interval"]
+    assert str(raised.value).startswith("--interval: ")
+
+
+def test_changed_fields_name_what_differs_in_order():
+    before = {"url": "a", "branch": "main", "notify_urls": [], "suspended": False}
+    after = {"url": "a", "branch": "release", "notify_urls": ["x"], "suspended": False}
+    assert changed_fields(before, after) == ["branch", "notify_urls"]
+    assert changed_fields(None, {"url": "a"}) == ["url"]
+    assert changed_fields(before, before) == []
+
+
+def test_a_masked_url_keeps_the_host_and_tells_urls_apart_without_their_path():
+    first = masked_url("https://hooks.slack.example/services/T0/B0/s3cr3t")
+    second = masked_url("https://hooks.slack.example/services/T0/B0/other")
+    assert first.startswith("https://hooks.slack.example/… #")
+    assert "s3cr3t" not in first and first != second
+    assert "pw" not in masked_url("https://user:pw@hooks.example/x")
+
+
+def test_the_release_patch_removes_only_sluices_keys_and_its_field_ownership():
+    live = {
+        "metadata": {
+            "resourceVersion": "42",
+            "labels": {"app.kubernetes.io/managed-by": "sluice", "sluice.dev/source": "shop", "team": "a"},
+            "annotations": {"sluice.dev/commit": "abc", "note": "kept"},
+            "managedFields": [
+                {"manager": "sluice", "operation": "Apply"},
+                {"manager": "kubectl-label", "operation": "Update"},
+            ],
+        }
+    }
+    patch = _release_patch(live, "sluice")
+    assert patch[0] == {"op": "test", "path": "/metadata/resourceVersion", "value": "42"}
+    assert {"op": "remove", "path": "/metadata/labels/sluice.dev~1source"} in patch
+    assert {"op": "remove", "path": "/metadata/labels/app.kubernetes.io~1managed-by"} in patch
+    assert {"op": "remove", "path": "/metadata/annotations/sluice.dev~1commit"} in patch
+    assert not any(op.get("path", "").endswith(("/team", "/note")) for op in patch)
+    assert patch[-1] == {
+        "op": "replace",
+        "path": "/metadata/managedFields",
+        "value": [{"manager": "kubectl-label", "operation": "Update"}],
+    }
+    # With no other manager, a single empty entry clears managedFields (an empty list would keep them).
+    alone = {"metadata": {"resourceVersion": "1", "managedFields": [{"manager": "sluice"}]}}
+    assert _release_patch(alone, "sluice")[-1]["value"] == [{}]
