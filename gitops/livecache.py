@@ -1,15 +1,23 @@
 """The live-cache process (``python manage.py gitops live-cache``): watches, stamps in Redis, drift wakes.
 
-One process per deployment holds a cluster's lease in Redis (a second one
-waits as a standby and takes over when the lease runs out). For every namespace
-in the inventory it runs an informer (``gitops.cluster.informer``) over the
-ConfigMaps labelled ``app.kubernetes.io/managed-by=sluice``, and keeps each
-object's stamp in Redis, where planning reads it (``gitops.cluster.live``).
+One process watches every cluster that sources target or hold objects in: the
+default cluster always, and each registered one (``gitops add-cluster``) a
+source's targets name or the inventory holds ConfigMaps in, re-read every
+``SLUICE_LIVE_CACHE_RESCAN_SECONDS``. Each cluster has its own lease in Redis
+(another process waits as that cluster's standby and takes over when the lease
+runs out) and its own threads: for every namespace the inventory holds in that
+cluster an informer (``gitops.cluster.informer``) over the ConfigMaps labelled
+``app.kubernetes.io/managed-by=sluice``, connecting through
+``gitops.cluster.clients.get_cluster(name)``. It keeps each object's stamp in
+Redis, where planning reads it (``gitops.cluster.live``). A cluster that does
+not answer or refuses only leaves its own namespaces stale: the others' informers
+go on.
 
-When an object changes away from what Sluice applied (``stamps.sources_to_wake``)
-the source it belongs to is reconciled at once, through ``gitops.schedule``;
-a burst of events makes one reconcile, since a source already queued is not
-queued again. Sluice's own writes leave objects as applied and wake nobody.
+When an object changes away from what Sluice applied (``stamps.sources_to_wake``),
+in any cluster, the source it belongs to is reconciled at once, through
+``gitops.schedule``; a burst of events makes one reconcile, since a source
+already queued is not queued again. Sluice's own writes leave objects as applied
+and wake nobody.
 """
 
 from __future__ import annotations
@@ -18,7 +26,6 @@ import logging
 import queue
 import signal
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -26,10 +33,11 @@ from typing import Any
 
 import redis
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections
+from django.db import close_old_connections
 
 from gitops import schedule
 from gitops.cluster.client import Cluster
+from gitops.cluster.clients import clients, default_cluster_name, get_cluster
 from gitops.cluster.informer import DELETED, NamespaceInformer, WatchOptions
 from gitops.cluster.livestore import LEASE_SECONDS, LiveStore
 from gitops.desired.content import MANAGED_BY_LABEL, MANAGED_BY_VALUE
@@ -42,7 +50,7 @@ log = logging.getLogger("gitops.livecache")
 
 LABEL_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
 RENEW_SECONDS = LEASE_SECONDS / 3
-# Idle connections kept per cluster: each watched namespace holds one for its watch.
+# Idle connections kept per cluster's client: each watched namespace holds one for its watch.
 WATCH_POOL_SIZE = 4096
 
 
@@ -73,27 +81,27 @@ class LiveCacheOptions:
         return options
 
 
-def cluster_client(name: str) -> Cluster:
-    """The client of the cluster called ``name``, with room for a watch per namespace.
+def watched_targets(only: str | None = None) -> dict[str, set[str]]:
+    """The namespaces to watch, per cluster: the default cluster and every registered one that a
+    source targets or the inventory holds ConfigMaps in (``only``: that cluster alone).
 
-    One cluster today, ``SLUICE_CLUSTER_NAME`` (``KUBECONFIG`` or the in-cluster
-    account); with a registry of clusters this becomes its lookup by name.
-    """
-    if name != settings.SLUICE_CLUSTER_NAME:
-        managed = settings.SLUICE_CLUSTER_NAME
-        raise ValueError(f"unknown cluster {name!r}; this deployment manages {managed!r}")
-    return Cluster.from_settings(pool_size=WATCH_POOL_SIZE)
-
-
-def watched_namespaces(cluster: str) -> set[str]:
-    """The namespaces to watch on ``cluster``: those the inventory holds ConfigMaps in.
-
-    A namespace a source has not applied anything to yet is not watched: planning
-    reads it, as it must for the first apply anyway, and the next rescan adds it.
+    The namespaces are those the inventory holds ConfigMaps in. A namespace a source
+    has not applied anything to yet is not watched: planning reads it, as it must
+    for the first apply anyway, and the next rescan adds it. A cluster the
+    inventory names but that is no longer registered is left out.
     """
     close_old_connections()
-    rows = ManagedObject.objects.filter(kind="ConfigMap").values_list("namespace", flat=True).distinct()
-    return set(rows)
+    known = {default_cluster_name(), *clients.refresh()}  # the registry, read again: one query
+    wanted: dict[str, set[str]] = {default_cluster_name(): set()}
+    for clusters in Source.objects.values_list("target_clusters", flat=True):
+        for cluster in clusters or ():
+            wanted.setdefault(str(cluster), set())
+    rows = ManagedObject.objects.filter(kind="ConfigMap").values_list("cluster", "namespace").distinct()
+    for cluster, namespace in rows:
+        wanted.setdefault(cluster, set()).add(namespace)
+    if only is not None:
+        return {only: wanted.get(only, set())}
+    return {cluster: namespaces for cluster, namespaces in wanted.items() if cluster in known}
 
 
 # -- waking sources -------------------------------------------------------------------------
@@ -210,7 +218,7 @@ class _Watch:
 
 
 class _Term:
-    """One hold of the lease: an epoch, its fenced store and sink, and its informers.
+    """One hold of a cluster's lease: an epoch, its fenced store and sink, and its informers.
 
     A process that loses its lease (paused past it, or Redis lost the key) starts
     a new term with a new epoch. Informers of the old term may still be blocked
@@ -228,7 +236,7 @@ class _Term:
         self._lock = threading.Lock()
 
     def rescan(self) -> None:
-        wanted = watched_namespaces(self.cache.cluster_name)
+        wanted = set(self.cache.wanted)
         with self._lock:
             running, retiring = set(self.watches), set(self.retiring)
         for namespace in sorted(wanted - running - retiring):
@@ -249,14 +257,16 @@ class _Term:
         self.sink.adopt(namespace, stored)
         stop = threading.Event()
         informer = NamespaceInformer(
-            self.cache.cluster,
+            self.cache.connect,
             namespace,
             self.sink,
             self.cache.watch_options,
             stop=stop,
             resume_from=resume_from,
+            cluster_name=self.cache.cluster_name,
         )
-        thread = threading.Thread(target=informer.run, name=f"live-cache-{namespace}", daemon=True)
+        name = f"live-cache-{self.cache.cluster_name}-{namespace}"
+        thread = threading.Thread(target=informer.run, name=name, daemon=True)
         with self._lock:
             self.watches[namespace] = _Watch(stop, thread)
         thread.start()
@@ -280,22 +290,27 @@ class _Term:
 
 
 class LiveCache:
-    """One cluster's live cache: terms of the lease, each with an informer per watched namespace."""
+    """One cluster's live cache: terms of its lease, each with an informer per wanted namespace.
 
-    def __init__(self, cluster: str, options: LiveCacheOptions) -> None:
-        self.cluster_name, self.options = cluster, options
-        self.cluster = cluster_client(cluster)
+    It never touches the database: ``LiveCaches`` sets ``wanted``, the namespaces to watch.
+    """
+
+    def __init__(self, cluster: str, options: LiveCacheOptions, waker: Waker) -> None:
+        self.cluster_name, self.options, self.waker = cluster, options, waker
+        self.wanted: frozenset[str] = frozenset()
         self.stopping = threading.Event()
-        self.waker = Waker(self.stopping)
         self.watch_options = WatchOptions(
             label_selector=LABEL_SELECTOR,
             watch_seconds=options.watch_seconds,
             relist_seconds=options.relist_seconds,
         )
 
+    def connect(self) -> Cluster:
+        """The cluster's client as the registry has it now (rebuilt when its kubeconfig changed)."""
+        return get_cluster(self.cluster_name)
+
     def run(self) -> None:
-        """Serves until SIGTERM or SIGINT, starting a new term whenever the lease was lost."""
-        threading.Thread(target=self.waker.run, name="live-cache-waker", daemon=True).start()
+        """Serves until ``stopping``, starting a new term whenever the lease was lost."""
         while not self.stopping.is_set():
             term = _Term(self)
             if not self._take_lease(term):
@@ -323,9 +338,8 @@ class LiveCache:
         return False
 
     def _serve(self, term: _Term) -> None:
-        """Renews the lease and rescans the inventory until stopped (then releases) or the lease is lost."""
-        forget_unwatched(term.store, self.cluster_name)
-        next_scan = 0.0
+        """Renews the lease and follows ``wanted`` until stopped (then releases) or the lease is lost."""
+        forget_unwatched(term.store, self.wanted)
         while not self.stopping.is_set():
             try:
                 if not term.store.renew():
@@ -333,12 +347,10 @@ class LiveCache:
                     return
             except redis.RedisError as exc:
                 log.warning("could not renew the live cache's lease: %s", exc)
-            if time.monotonic() >= next_scan:
-                try:
-                    term.rescan()
-                except Exception:  # the database may be away for a moment; watches go on meanwhile
-                    log.exception("could not read the namespaces to watch")
-                next_scan = time.monotonic() + self.options.rescan_seconds
+            try:
+                term.rescan()
+            except Exception:  # Redis may be away for a moment; the running watches go on meanwhile
+                log.exception("cluster %s: could not start or stop watches", self.cluster_name)
             self.stopping.wait(RENEW_SECONDS)
         try:
             term.store.release()  # every namespace is stale at once: planning reads the cluster
@@ -346,22 +358,76 @@ class LiveCache:
             log.warning("could not release the live cache's lease (it runs out by itself): %s", exc)
 
 
-def forget_unwatched(store: LiveStore, cluster: str) -> None:
-    """Drops stamps an earlier process left for namespaces no longer in the inventory."""
+def forget_unwatched(store: LiveStore, wanted: frozenset[str]) -> None:
+    """Drops stamps an earlier process left for namespaces of the cluster no longer in the inventory."""
     try:
-        for namespace in store.stored_namespaces() - watched_namespaces(cluster):
+        for namespace in store.stored_namespaces() - wanted:
             store.forget(namespace)
-    except (redis.RedisError, DatabaseError) as exc:
+    except redis.RedisError as exc:
         log.warning("could not drop stamps of namespaces no longer watched: %s", exc)
 
 
+@dataclass
+class _Running:
+    cache: LiveCache
+    thread: threading.Thread
+
+
+class LiveCaches:
+    """The process: a ``LiveCache`` per watched cluster, each on its own thread and lease, and one
+    waker for all. Every ``rescan_seconds`` it reads which clusters and namespaces to watch."""
+
+    def __init__(self, options: LiveCacheOptions, *, only: str | None = None) -> None:
+        self.options, self.only = options, only
+        self.stopping = threading.Event()
+        self.waker = Waker(self.stopping)
+        self.running: dict[str, _Running] = {}
+
+    def run(self) -> None:
+        """Serves until ``stopping`` (SIGTERM or SIGINT), then lets every cluster's lease go."""
+        threading.Thread(target=self.waker.run, name="live-cache-waker", daemon=True).start()
+        while not self.stopping.is_set():
+            try:
+                self.follow(watched_targets(self.only))
+            except Exception:  # the database may be away for a moment; watches go on meanwhile
+                log.exception("could not read the clusters and namespaces to watch")
+            self.stopping.wait(self.options.rescan_seconds)
+        for running in self.running.values():
+            running.cache.stopping.set()
+        for running in self.running.values():
+            running.thread.join(timeout=LEASE_SECONDS + self.options.watch_seconds)
+
+    def follow(self, targets: dict[str, set[str]]) -> None:
+        """Starts a cache for each new cluster, hands each its namespaces, stops those not wanted."""
+        for cluster, namespaces in sorted(targets.items()):
+            running = self.running.get(cluster)
+            if running is None or not running.thread.is_alive():
+                running = self._start(cluster)
+            running.cache.wanted = frozenset(namespaces)
+        for cluster in sorted(set(self.running) - set(targets)):
+            log.info("cluster %s: nothing to watch any more", cluster)
+            self.running.pop(cluster).cache.stopping.set()
+
+    def _start(self, cluster: str) -> _Running:
+        cache = LiveCache(cluster, self.options, self.waker)
+        thread = threading.Thread(target=cache.run, name=f"live-cache-{cluster}", daemon=True)
+        self.running[cluster] = running = _Running(cache, thread)
+        thread.start()
+        return running
+
+
 def live_cache_run(cluster: str | None = None) -> None:
-    """Runs the live cache of ``cluster`` (default: ``SLUICE_CLUSTER_NAME``) until SIGTERM or SIGINT."""
-    cache = LiveCache(cluster or settings.SLUICE_CLUSTER_NAME, LiveCacheOptions.from_settings())
+    """Runs the live cache of every cluster sources use (``cluster``: that one) until SIGTERM or SIGINT."""
+    if cluster is not None:
+        clients.ref(cluster)  # an unknown name fails here, before anything starts
+    # Each watched namespace holds a connection of its cluster's client for its watch.
+    clients.pool_size = WATCH_POOL_SIZE
+    clients.forget()
+    caches = LiveCaches(LiveCacheOptions.from_settings(), only=cluster)
 
     def stop(signum: int, frame: object) -> None:
-        cache.stopping.set()
+        caches.stopping.set()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    cache.run()
+    caches.run()

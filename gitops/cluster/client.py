@@ -196,8 +196,8 @@ class Cluster:
         self.server = configuration.host
 
     @classmethod
-    def from_settings(cls, *, pool_size: int = 32) -> Cluster:
-        return cls(settings.KUBECONFIG, pool_size=pool_size)
+    def from_settings(cls) -> Cluster:
+        return cls(settings.KUBECONFIG)
 
     def close(self) -> None:
         self._api_client.close()

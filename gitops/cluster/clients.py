@@ -31,6 +31,8 @@ class UnknownClusterError(PermanentError):
 # How long a process takes a cluster that just failed to answer at its word, without asking it again:
 # a silent cluster then costs one timeout per process every few seconds, not one per source and pass.
 UNREACHABLE_MEMORY_SECONDS = 5.0
+# Idle connections a client keeps: enough for a worker's parallel applies (the live cache wants more).
+DEFAULT_POOL_SIZE = 32
 
 
 @dataclass(frozen=True)
@@ -51,8 +53,8 @@ class ClusterRef:
             return (self.kubeconfig, self.context, None)
         return (self.kubeconfig, self.context, stat.st_mtime_ns, stat.st_size)
 
-    def connect(self) -> Cluster:
-        return Cluster(self.kubeconfig, context=self.context, name=self.name)
+    def connect(self, *, pool_size: int = DEFAULT_POOL_SIZE) -> Cluster:
+        return Cluster(self.kubeconfig, context=self.context, name=self.name, pool_size=pool_size)
 
 
 def default_cluster_name() -> str:
@@ -77,6 +79,8 @@ class ClusterClients:
     """One client per cluster for this process, rebuilt when its reference or kubeconfig changes."""
 
     def __init__(self) -> None:
+        # Connections each client keeps; a process set before its first client (``gitops live-cache``).
+        self.pool_size = DEFAULT_POOL_SIZE
         self._lock = threading.Lock()
         self._refs: dict[str, ClusterRef] | None = None
         self._clients: dict[str, tuple[tuple[object, ...], Cluster]] = {}
@@ -125,7 +129,7 @@ class ClusterClients:
             known = self._clients.get(ref.name)
             if known is not None and known[0] == fingerprint:
                 return known[1]
-            connected = ref.connect()
+            connected = ref.connect(pool_size=self.pool_size)
             self._clients[ref.name] = (fingerprint, connected)
             self._down.pop(ref.name, None)  # new credentials or a new server: ask it afresh
         if known is not None:

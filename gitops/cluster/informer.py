@@ -6,7 +6,10 @@ watch resumes from the last resourceVersion seen. A ``410 Gone`` (the version
 is older than the apiserver keeps) lists again at once; so do three failures in
 a row, and a full relist every ``relist_seconds`` bounds anything a watch could
 ever miss. Every call is bounded in time (see ``Cluster.watch_configmaps``).
-What happens is told to a ``Sink``.
+What happens is told to a ``Sink``. The cluster's client is asked for anew
+before each LIST and WATCH (``connect``), so a rotated kubeconfig or a cluster
+re-pointed in the registry is followed; a cluster that cannot be reached or
+refuses fails only this namespace's informer, which backs off and tries again.
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gitops.cluster.client import Cluster, ResourceGone
-from gitops.errors import TemporaryError
+from gitops.errors import GitopsError
 
 log = logging.getLogger("gitops.livecache")
 
@@ -55,15 +59,17 @@ class NamespaceInformer:
 
     def __init__(
         self,
-        cluster: Cluster,
+        connect: Callable[[], Cluster],
         namespace: str,
         sink: Sink,
         options: WatchOptions,
         *,
         stop: threading.Event,
         resume_from: str = "",
+        cluster_name: str = "",
     ) -> None:
-        self.cluster, self.namespace, self.sink, self.options = cluster, namespace, sink, options
+        self.connect, self.namespace, self.sink, self.options = connect, namespace, sink, options
+        self.where = f"{cluster_name}/{namespace}" if cluster_name else namespace  # for the log
         self.stop = stop
         self.resume_from = resume_from
 
@@ -73,34 +79,35 @@ class NamespaceInformer:
         failures = 0
         while not self.stop.is_set():
             try:
+                cluster = self.connect()
                 if not version or time.monotonic() - listed_at > self.options.relist_seconds:
-                    version, listed_at = self._relist(), time.monotonic()
-                version = self._watch(version)
+                    version, listed_at = self._relist(cluster), time.monotonic()
+                version = self._watch(cluster, version)
                 failures = 0
             except ResourceGone as exc:
-                log.info("ConfigMaps in %s: %s; listing again", self.namespace, exc)
+                log.info("ConfigMaps in %s: %s; listing again", self.where, exc)
                 version = ""
-            except TemporaryError as exc:
+            except GitopsError as exc:  # unreachable, refused, or no longer registered: back off, retry
                 failures += 1
                 self.sink.lost(self.namespace, str(exc))
-                log.warning("ConfigMaps in %s: watch failed (%d in a row): %s", self.namespace, failures, exc)
+                log.warning("ConfigMaps in %s: watch failed (%d in a row): %s", self.where, failures, exc)
                 if failures >= RELIST_AFTER_FAILURES:
                     version = ""
                 self.stop.wait(min(MAX_BACKOFF_SECONDS, 0.5 * 2**failures))
             except Exception as exc:  # a bug must not end the watch of a namespace for good
                 failures += 1
                 self.sink.lost(self.namespace, str(exc))
-                log.exception("ConfigMaps in %s: unexpected failure; listing again", self.namespace)
+                log.exception("ConfigMaps in %s: unexpected failure; listing again", self.where)
                 version = ""
                 self.stop.wait(min(MAX_BACKOFF_SECONDS, 0.5 * 2**failures))
 
-    def _relist(self) -> str:
+    def _relist(self, cluster: Cluster) -> str:
         """Every object, page by page from one snapshot; returns the snapshot's resourceVersion."""
         self.sink.lost(self.namespace, "listing")
         objects: list[dict[str, Any]] = []
         token, version = "", ""
         while True:
-            page, version, token = self.cluster.list_configmap_page(
+            page, version, token = cluster.list_configmap_page(
                 self.namespace,
                 label_selector=self.options.label_selector,
                 limit=self.options.page_size,
@@ -112,9 +119,9 @@ class NamespaceInformer:
         self.sink.relisted(self.namespace, objects, version)
         return version
 
-    def _watch(self, version: str) -> str:
+    def _watch(self, cluster: Cluster, version: str) -> str:
         """One watch from ``version``; returns the last resourceVersion seen."""
-        for event, obj in self.cluster.watch_configmaps(
+        for event, obj in cluster.watch_configmaps(
             self.namespace,
             resource_version=version,
             label_selector=self.options.label_selector,

@@ -6,20 +6,18 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import socket
 import time
 import uuid
 from pathlib import Path
 
 import pytest
-import yaml
 from django.core.management import call_command
 from django.test import Client
 
 from gitops import cluster_admin, selectors
 from gitops.models import Change, Rollout, RolloutEvent
 from gitops.rollout import decisions
+from tests.clusters import FlakyKubeconfig
 from tests.flagd import EVALUATORS, KEYS
 from tests.gitrepo import GitRepo, configmap
 from tests.rollouts import wait_for
@@ -29,48 +27,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 DEFAULT = "default"  # the test settings' SLUICE_CLUSTER_NAME: the cluster KUBECONFIG names (context local)
 CONTEXT_OF = {DEFAULT: "local", "member-1": "member-1", "member-2": "member-2"}
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on: connections to it are refused at once."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class FlakyKubeconfig:
-    """A kubeconfig file for one member cluster that a test points at its real server or at a closed port."""
-
-    def __init__(self, path: Path, stack_kubeconfig: str, context: str) -> None:
-        self.path = path
-        config = yaml.safe_load(Path(stack_kubeconfig).read_text())
-        named = next(entry["context"] for entry in config["contexts"] if entry["name"] == context)
-        self.cluster = next(
-            entry["cluster"] for entry in config["clusters"] if entry["name"] == named["cluster"]
-        )
-        self.user = next(entry for entry in config["users"] if entry["name"] == named["user"])
-        self.real_server = self.cluster["server"]
-        self.answer()
-
-    def _write(self, server: str) -> None:
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "flaky", "cluster": {**self.cluster, "server": server}}],
-            "users": [self.user],
-            "contexts": [{"name": "flaky", "context": {"cluster": "flaky", "user": self.user["name"]}}],
-            "current-context": "flaky",
-        }
-        self.path.write_text(yaml.safe_dump(config))
-        # A new change time tells every process's client registry to connect again.
-        stamp = time.time_ns()
-        os.utime(self.path, ns=(stamp, stamp))
-
-    def answer(self) -> None:
-        self._write(self.real_server)
-
-    def silence(self) -> None:
-        self._write(f"https://127.0.0.1:{closed_port()}")
 
 
 class Fleet:

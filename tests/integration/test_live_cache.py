@@ -11,14 +11,18 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from datetime import timedelta
 
 import pytest
 from django.conf import settings
 
+from gitops import cluster_admin
 from gitops.cluster import livestore
 from gitops.models import Change, Source
+from gitops.plan import LiveStamp
 from gitops.vocabulary import ChangeAction
+from tests.clusters import FlakyKubeconfig
 from tests.gitrepo import configmap, policy
 from tests.replica import apiserver_replica
 from tests.workers import poll
@@ -32,15 +36,27 @@ FLAGS = {
 }
 
 
-def fresh(*namespaces: str) -> bool:
-    """Whether the live cache vouches for every one of ``namespaces`` now."""
-    return set(livestore.fresh_stamps(settings.SLUICE_CLUSTER_NAME, namespaces)) == set(namespaces)
+MEMBER = "member-1"  # a member cluster of the stack: its own kube-apiserver, context member-1
 
 
-def kubectl_edit(namespace: str, name: str, sed: str) -> None:
+def fresh(*namespaces: str, cluster: str | None = None) -> bool:
+    """Whether the live cache vouches for every one of ``namespaces`` of ``cluster`` (default: the
+    default cluster) now."""
+    stamps = livestore.fresh_stamps(cluster or settings.SLUICE_CLUSTER_NAME, namespaces)
+    return set(stamps) == set(namespaces)
+
+
+def as_applied(cluster: str, namespace: str, name: str) -> bool:
+    """Whether the live cache holds the object as Sluice applied it (in a namespace it vouches for)."""
+    text = livestore.fresh_stamps(cluster, [namespace]).get(namespace, {}).get(name)
+    stamp = LiveStamp.decode(text) if text is not None else None
+    return stamp is not None and stamp.as_applied
+
+
+def kubectl_edit(namespace: str, name: str, sed: str, *, context: str = "local") -> None:
     """`kubectl edit`, with sed as the editor: a person changing a managed object by hand."""
     subprocess.run(
-        ["kubectl", "edit", "configmap", name, "-n", namespace],
+        ["kubectl", "--context", context, "edit", "configmap", name, "-n", namespace],
         env={**os.environ, "KUBE_EDITOR": f"sed -i -e '{sed}'"},
         check=True,
         capture_output=True,
@@ -225,3 +241,98 @@ def test_a_watch_too_old_for_the_apiserver_lists_again_and_wakes_what_changed(
         assert last_plan(source)["reads"] == {"cache": 2, "get": 0, "list": 0}
         restarted.stop()
     assert cluster.get_configmap(namespace, "app-1")["data"] == {"LOG_LEVEL": "info"}
+
+
+# -- many clusters --------------------------------------------------------------------------
+
+
+def fleet_source(repo, make_source, cluster_for, clusters: dict[str, str], *, objects: int = 2):
+    """A source with ``objects`` ConfigMaps in one fresh namespace of each cluster (name -> context)."""
+    namespace = f"t{uuid.uuid4().hex[:8]}"
+    for context in clusters.values():
+        cluster_for(context).create_namespace(namespace)
+    targets = [{"cluster": name, "namespaces": [namespace]} for name in clusters]
+    repo.write_all({"sluice.yaml": {"targets": targets, "selfHeal": True, "prune": True}})
+    for index in range(objects):
+        repo.write(f"configmaps/app-{index}.yaml", configmap(f"app-{index}", {"LOG_LEVEL": "info"}))
+    repo.commit("v1")
+    scope = [f"{name}/t*" for name in clusters]
+    return namespace, make_source(poll_interval=HOURLY, allowed_namespaces=scope)
+
+
+def test_the_live_cache_settles_and_heals_in_a_member_cluster(
+    repo, make_source, sync, stack, cluster_for, live_cache
+):
+    cluster_admin.cluster_add(name=MEMBER, kubeconfig=stack["KUBECONFIG"], context=MEMBER)
+    default = settings.SLUICE_CLUSTER_NAME
+    namespace, source = fleet_source(repo, make_source, cluster_for, {default: "local", MEMBER: MEMBER})
+    assert sync(source)["outcome"] == "applied"
+    # The process picks the member cluster up by itself (its rescan), with a lease of its own.
+    poll(
+        lambda: fresh(namespace) and fresh(namespace, cluster=MEMBER),
+        timeout=30,
+        what="the live cache to watch the namespace in both clusters",
+    )
+
+    assert sync(source)["outcome"] == "unchanged"
+    assert last_plan(source)["reads"] == {"cache": 4, "get": 0, "list": 0}, "two objects in each cluster"
+
+    untouched = cluster_for("local").get_configmap(namespace, "app-1")["metadata"]["resourceVersion"]
+    started = time.monotonic()
+    kubectl_edit(namespace, "app-1", "s/LOG_LEVEL: info/LOG_LEVEL: debug/", context=MEMBER)
+    poll(
+        lambda: heals(source) == 1, timeout=HEAL_DEADLINE, what="the edit in the member cluster to be healed"
+    )
+    assert time.monotonic() - started < HEAL_DEADLINE
+
+    change = Change.objects.get(source=source, action=ChangeAction.SELF_HEAL)
+    assert (change.cluster, change.namespace, change.name, change.actor) == (
+        MEMBER,
+        namespace,
+        "app-1",
+        "sluice",
+    )
+    assert cluster_for(MEMBER).get_configmap(namespace, "app-1")["data"] == {"LOG_LEVEL": "info"}
+    local = cluster_for("local").get_configmap(namespace, "app-1")
+    assert local["metadata"]["resourceVersion"] == untouched, (
+        "the same name in the default cluster is another object"
+    )
+
+    poll(lambda: as_applied(MEMBER, namespace, "app-1"), timeout=30, what="the heal to reach the live cache")
+    assert sync(source)["outcome"] == "unchanged"
+    assert last_plan(source)["reads"] == {"cache": 4, "get": 0, "list": 0}
+
+
+def test_a_silent_member_cluster_leaves_the_live_cache_of_the_others_working(
+    repo, make_source, sync, stack, cluster_for, start_live_cache, tmp_path
+):
+    cluster_admin.cluster_add(name=MEMBER, kubeconfig=stack["KUBECONFIG"], context=MEMBER)
+    flaky = FlakyKubeconfig(tmp_path / "flaky.kubeconfig", stack["KUBECONFIG"], "member-2")
+    cluster_admin.cluster_add(name="flaky", kubeconfig=str(flaky.path))
+    namespace, source = fleet_source(repo, make_source, cluster_for, {MEMBER: MEMBER, "flaky": "member-2"})
+    assert sync(source)["outcome"] == "applied"
+    # Short watches and freshness, so a silent cluster goes stale within seconds.
+    start_live_cache(SLUICE_LIVE_CACHE_WATCH_SECONDS="2", SLUICE_LIVE_CACHE_STALE_SECONDS="8")
+    poll(
+        lambda: fresh(namespace, cluster=MEMBER) and fresh(namespace, cluster="flaky"),
+        timeout=30,
+        what="the live cache to watch both member clusters",
+    )
+
+    flaky.silence()  # its server stops answering: a closed loopback port
+    poll(lambda: not fresh(namespace, cluster="flaky"), timeout=30, what="the silent cluster to go stale")
+    assert fresh(namespace, cluster=MEMBER), "the other cluster's watch goes on"
+
+    kubectl_edit(namespace, "app-0", "s/LOG_LEVEL: info/LOG_LEVEL: debug/", context=MEMBER)
+    poll(
+        lambda: heals(source) == 1,
+        timeout=HEAL_DEADLINE,
+        what="the edit to be healed beside a silent cluster",
+    )
+    assert cluster_for(MEMBER).get_configmap(namespace, "app-0")["data"] == {"LOG_LEVEL": "info"}
+    plan = last_plan(source)
+    # The silent cluster's objects are reported, not planned; the healthy one's untouched app-1 was
+    # settled by the cache all the same.
+    assert plan["summary"].get("unreachable") == 2, plan
+    assert plan["reads"]["cache"] >= 1, plan
+    assert fresh(namespace, cluster=MEMBER)
