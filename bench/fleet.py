@@ -182,7 +182,7 @@ class Environment:
             subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         )
 
-    def start_workers(self, count: int) -> None:
+    def start_workers(self, count: int, concurrency: int = 1) -> None:
         for index in range(count):
             self.start(
                 f"worker-{index}",
@@ -192,7 +192,7 @@ class Environment:
                 "-A",
                 "gitops",
                 "worker",
-                "--concurrency=1",
+                f"--concurrency={concurrency}",
                 f"--hostname=fleet-{index}@%h",
                 "--loglevel=WARNING",
                 "--without-gossip",
@@ -358,7 +358,7 @@ def measure_polls(env: Environment, fleet: list[Any], interval: int, duration: f
 
 
 def run_poll(args: argparse.Namespace, env: Environment) -> None:
-    env.start_workers(args.workers)
+    env.start_workers(args.workers, args.concurrency)
     fleet = create_fleet(env, args.sources, args.configmaps, 0, args.interval)
     initial_syncs(fleet, args.configmaps)
     result = measure_polls(env, fleet, args.interval, args.duration)
@@ -366,7 +366,7 @@ def run_poll(args: argparse.Namespace, env: Environment) -> None:
     expected = args.sources * args.duration / args.interval
     print(
         f"{args.sources} sources x {args.configmaps} ConfigMaps, polled every {args.interval}s, "
-        f"{args.workers} worker process(es), {args.duration:.0f}s measured (2 shared cores)"
+        f"{args.workers} worker process(es) x {args.concurrency}, {args.duration:.0f}s measured (2 shared cores)"
     )
     if lags:
         print(
@@ -412,7 +412,7 @@ def run_pushes(args: argparse.Namespace, env: Environment) -> None:
     from gitops.intake import webhook_secrets
     from gitops.models import Change
 
-    env.start_workers(args.workers)
+    env.start_workers(args.workers, args.concurrency)
     per_source = -(-args.pushes // args.sources)
     fleet = create_fleet(env, args.sources, args.configmaps, per_source, interval=3600)
     initial_syncs(fleet, args.configmaps)
@@ -509,6 +509,9 @@ def main() -> int:
     poll.add_argument("--configmaps", type=int, default=50)
     poll.add_argument("--interval", type=int, default=60)
     poll.add_argument("--workers", type=int, default=2)
+    poll.add_argument(
+        "--concurrency", type=int, default=1, help="reconciles each worker process runs at once"
+    )
     poll.add_argument("--duration", type=float, default=180)
     pushes = sub.add_parser("pushes")
     pushes.add_argument("--sources", type=int, default=200)
@@ -516,6 +519,9 @@ def main() -> int:
     pushes.add_argument("--pushes", type=int, default=1000)
     pushes.add_argument("--seconds", type=float, default=10)
     pushes.add_argument("--workers", type=int, default=2)
+    pushes.add_argument(
+        "--concurrency", type=int, default=1, help="reconciles each worker process runs at once"
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="sluice-fleet-"))
     env = Environment(workdir)

@@ -93,7 +93,10 @@ class WindowRule:
         end excluded; occurrences may overlap, and the latest ends last.
         """
         # Absolute time: a window of 8h that spans a change to summer time lasts 8 hours.
-        start = _firing(self.schedule, (at + timedelta(seconds=1)).astimezone(ZoneInfo(self.time_zone)), -1)
+        # Cron counts whole seconds: from the next whole second back, a firing at ``at`` itself counts,
+        # and one later in the same second (``at`` = 09:08:59.5, firing 09:09:00) does not.
+        whole = at.replace(microsecond=0) + timedelta(seconds=1)
+        start = _firing(self.schedule, whole.astimezone(ZoneInfo(self.time_zone)), -1)
         return start if start is not None and start <= at < start + self.duration else None
 
     def next_opening(self, at: datetime) -> datetime | None:

@@ -97,7 +97,9 @@ PROBLEMS_SCRIPT = """
     }
   }
   for (const el of document.querySelectorAll("button")) {
-    if (!(el.innerText.trim() || el.getAttribute("aria-label"))) problems.push(`${describe(el)} has no text`);
+    // textContent: a button inside a closed <details> is not rendered, so it has no innerText yet.
+    const text = el.textContent.trim() || el.getAttribute("aria-label");
+    if (!text) problems.push(`${describe(el)} has no text`);
   }
   for (const el of document.querySelectorAll("a[href], button, input, select, textarea, [tabindex]")) {
     const index = el.getAttribute("tabindex");

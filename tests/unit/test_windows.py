@@ -54,6 +54,15 @@ def test_a_window_longer_than_the_gap_between_firings_stays_open_across_them():
     assert hourly_for_two_hours.opened_at(at("2026-12-01T10:00:00")) == at("2026-12-01T10:00:00")
 
 
+def test_the_last_fraction_of_a_second_before_a_firing_is_still_in_the_previous_occurrence():
+    every_minute_for_an_hour = window("deny", "* * * * *", 1)
+    just_before = at("2026-12-01T09:08:59") + timedelta(microseconds=500_000)
+    assert every_minute_for_an_hour.opened_at(just_before) == at("2026-12-01T09:08:00")
+    assert NIGHTLY.opened_at(at("2026-12-01T21:59:59") + timedelta(microseconds=999_999)) is None
+    just_after = at("2026-12-01T22:00:00") + timedelta(microseconds=1)
+    assert NIGHTLY.opened_at(just_after) == at("2026-12-01T22:00:00")
+
+
 def test_no_window_matching_means_open_always():
     gate = change_gate("shop", at("2026-12-01T03:00:00"), [], [window("allow", "0 22 * * *", 1, "billing-*")])
     assert gate.automatic and gate.kind is GateKind.OPEN and gate.reason == ""
