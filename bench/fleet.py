@@ -21,6 +21,8 @@ processes, a real beat, a real web server (gunicorn) and real Git repositories:
 Usage:
     python bench/fleet.py poll   [--sources 1000] [--configmaps 50] [--interval 60] [--workers 2] [--duration 180]
     python bench/fleet.py pushes [--sources 200] [--pushes 1000] [--seconds 10] [--workers 2]
+Both take --concurrency N (reconciles per worker process, 1) and --no-live-cache (the live-cache
+process runs by default, as deployed).
 Goals (issue #15): poll: no backlog, lag p95 <= 5 s; pushes: every commit applied, lag p95 <= 10 s.
 """
 
@@ -200,6 +202,10 @@ class Environment:
                 "--without-heartbeat",
             )
 
+    def start_live_cache(self) -> None:
+        """The live cache, as deployed: planning settles unchanged objects from it instead of listing."""
+        self.start("live-cache", sys.executable, "manage.py", "gitops", "live-cache")
+
     def start_beat(self) -> None:
         schedule = self.workdir / "beat-schedule"
         self.start("beat", sys.executable, "-m", "celery", "-A", "gitops", "beat", "-s", str(schedule))
@@ -359,6 +365,8 @@ def measure_polls(env: Environment, fleet: list[Any], interval: int, duration: f
 
 def run_poll(args: argparse.Namespace, env: Environment) -> None:
     env.start_workers(args.workers, args.concurrency)
+    if args.live_cache:
+        env.start_live_cache()
     fleet = create_fleet(env, args.sources, args.configmaps, 0, args.interval)
     initial_syncs(fleet, args.configmaps)
     result = measure_polls(env, fleet, args.interval, args.duration)
@@ -366,7 +374,8 @@ def run_poll(args: argparse.Namespace, env: Environment) -> None:
     expected = args.sources * args.duration / args.interval
     print(
         f"{args.sources} sources x {args.configmaps} ConfigMaps, polled every {args.interval}s, "
-        f"{args.workers} worker process(es) x {args.concurrency}, {args.duration:.0f}s measured (2 shared cores)"
+        f"{args.workers} worker process(es) x {args.concurrency}, live cache {'on' if args.live_cache else 'off'}, "
+        f"{args.duration:.0f}s measured (2 shared cores)"
     )
     if lags:
         print(
@@ -413,6 +422,8 @@ def run_pushes(args: argparse.Namespace, env: Environment) -> None:
     from gitops.models import Change
 
     env.start_workers(args.workers, args.concurrency)
+    if args.live_cache:
+        env.start_live_cache()
     per_source = -(-args.pushes // args.sources)
     fleet = create_fleet(env, args.sources, args.configmaps, per_source, interval=3600)
     initial_syncs(fleet, args.configmaps)
@@ -522,6 +533,13 @@ def main() -> int:
     pushes.add_argument(
         "--concurrency", type=int, default=1, help="reconciles each worker process runs at once"
     )
+    for command in (poll, pushes):
+        command.add_argument(
+            "--no-live-cache",
+            dest="live_cache",
+            action="store_false",
+            help="plan by listing every namespace, as without the live-cache process",
+        )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="sluice-fleet-"))
     env = Environment(workdir)
