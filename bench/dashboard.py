@@ -67,10 +67,10 @@ def fill(changes: int, sources: int, flags: int) -> dict[str, object]:
             INSERT INTO gitops_rollout (source_id, revision_id, phase, waiting_for, step_index, weight, steps,
                 analysis_failures, approvals_required, forbid_self_approval, content_hash, promoted_by,
                 abort_requested_by, abort_reason, message, created_by, created_at, updated_at, commit_identities,
-                consumers, health_timeout_seconds, consumer_states)
+                consumers, health_timeout_seconds, consumer_states, rollback_pending_clusters)
             SELECT DISTINCT ON (r.source_id) r.source_id, r.id, 'Completed', '', 3, 100,
                 '[{"setWeight": 25}, {"pause": {}}, {"setWeight": 100}]', 0, 1, false, 'hash', '', '', '', '',
-                'sluice', now(), now(), '[]', 'ignore', 300, '[]'
+                'sluice', now(), now(), '[]', 'ignore', 300, '[]', '[]'
             FROM gitops_revision r ORDER BY r.source_id, r.id
             """
         )
@@ -192,7 +192,7 @@ def fill_administration(cursor) -> int:
         INSERT INTO gitops_sourceremoval (source_id, source_name, mode, status, requested_by, via, requested_at,
             started_at, finished_at, objects_total, objects_done, objects_failed, message)
         SELECT id, name, 'keep', 'done', 'ada', 'dashboard', now(), now(), now(), 1000, 1000, 0, ''
-        FROM gitops_source WHERE name = 'source-499' RETURNING id
+        FROM gitops_source WHERE name = (SELECT max(name) FROM gitops_source) RETURNING id
         """
     )
     removal_id = cursor.fetchone()[0]
