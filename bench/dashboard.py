@@ -295,6 +295,23 @@ def measure(client, url: str, runs: int) -> tuple[float, float, int]:
     return statistics.median(timings), timings[int(0.95 * (len(timings) - 1))], queries
 
 
+def profile_page(client, url: str, runs: int = 20) -> None:
+    """Where a page's time goes: cProfile over ``runs`` requests, the top entries by own and total time."""
+    import cProfile
+    import pstats
+
+    client.get(url)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(runs):
+        client.get(url)
+    profiler.disable()
+    stats = pstats.Stats(profiler).strip_dirs()
+    print(f"-- profile of {url}, {runs} requests")
+    stats.sort_stats("tottime").print_stats(15)
+    stats.sort_stats("cumulative").print_stats(40)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -303,6 +320,9 @@ def main() -> int:
     parser.add_argument("--sources", type=int, default=500)
     parser.add_argument("--flags", type=int, default=40, help="published flags per source")
     parser.add_argument("--runs", type=int, default=40)
+    parser.add_argument(
+        "--profile", metavar="URL", help="after the figures, print cProfile's top entries for this page"
+    )
     args = parser.parse_args()
 
     from devstack import Stack
@@ -384,6 +404,8 @@ def main() -> int:
             worst = max(worst, p95)
             print(f"{name:<26} {p50:>8.1f} {p95:>8.1f} {queries:>8}")
         print(f"worst p95: {worst:.1f} ms (target <= 150 ms)")
+        if args.profile:
+            profile_page(admin_client, args.profile)
         p50, p95, queries = measure(client, "/flags/?format=csv", max(5, args.runs // 4))
         print(
             f"{'flags CSV, every flag':<26} {p50:>8.1f} {p95:>8.1f} {queries:>8}  (an export of {filled['flags']:,} rows)"

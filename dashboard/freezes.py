@@ -15,6 +15,7 @@ from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
@@ -102,8 +103,10 @@ def rollout_gate_context(request: HttpRequest, rollout: Rollout) -> dict[str, An
 
 
 def _page(request: HttpRequest, **forms_shown: forms.Form) -> HttpResponse:
-    rules = selectors.rules_now()
-    in_force = selectors.freezes_in_force(rules.at)
+    now = timezone.now()
+    in_force = selectors.freezes_in_force(now)
+    windows = selectors.windows_in_force()
+    rules = selectors.rules_now(now, freezes=in_force, windows=windows)
     overrides = (
         RolloutEvent.objects.filter(kind=RolloutEventKind.OVERRIDE)
         .select_related("rollout__source")
@@ -112,7 +115,7 @@ def _page(request: HttpRequest, **forms_shown: forms.Form) -> HttpResponse:
     context = {
         "freezes": in_force,
         "history": selectors.freeze_history(),
-        "windows": [_window_row(window, rules) for window in selectors.windows_in_force()],
+        "windows": [_window_row(window, rules) for window in windows],
         "overrides": list(overrides),
         "can_manage": can_manage(request.user),
         "freeze_form": forms_shown.get("freeze_form") or FreezeForm(),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -346,11 +346,17 @@ def windows_in_force() -> list[SyncWindow]:
     return list(SyncWindow.objects.filter(removed_at__isnull=True).order_by("id"))
 
 
-def rules_now(at: datetime | None = None) -> Rules:
+def rules_now(
+    at: datetime | None = None,
+    *,
+    freezes: Sequence[Freeze] | None = None,
+    windows: Sequence[SyncWindow] | None = None,
+) -> Rules:
+    """The freezes and windows in force at ``at``; a page that has read them already passes them in."""
     at = at or timezone.now()
     return Rules(
-        freezes=tuple(freeze.as_rule() for freeze in freezes_in_force(at)),
-        windows=tuple(window.as_rule() for window in windows_in_force()),
+        freezes=tuple(freeze.as_rule() for freeze in (freezes_in_force(at) if freezes is None else freezes)),
+        windows=tuple(window.as_rule() for window in (windows_in_force() if windows is None else windows)),
         at=at,
     )
 

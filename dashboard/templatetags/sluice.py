@@ -1,13 +1,27 @@
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from django import template
+from django.urls import reverse
 from django.utils.html import format_html
 
 from gitops import selectors
 
 register = template.Library()
+NAME_SLOT = "name-slot"
+
+
+@cache
+def _source_url_pattern() -> str:
+    return reverse("dashboard:source", args=[NAME_SLOT])
+
+
+@register.filter
+def source_url(name: str) -> str:
+    """The source page's address: ``{% url %}`` resolves the whole URLconf each time, a cost per table row."""
+    return _source_url_pattern().replace(NAME_SLOT, str(name), 1)
 
 
 @register.simple_tag
