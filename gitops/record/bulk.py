@@ -20,14 +20,19 @@ from django.db import connection, models
 Row = TypeVar("Row", bound=models.Model)
 
 
-def rows_insert(objects: Sequence[Row]) -> list[Row]:
-    """Inserts unsaved instances of one model, in order, in one query, and sets their primary keys.
+def rows_insert(objects: Sequence[Row], *, batch_size: int = 1000) -> list[Row]:
+    """Inserts unsaved instances of one model, in order, ``batch_size`` rows a query, and sets their
+    primary keys. Batches bound the memory one JSON document takes.
 
     Fields are taken as ``save`` would (defaults already set, ``pre_save`` applied); the
     primary key comes from its sequence. Returns ``objects``, as ``bulk_create`` does.
     """
-    if not objects:
-        return []
+    for start in range(0, len(objects), batch_size):
+        _batch_insert(objects[start : start + batch_size])
+    return list(objects)
+
+
+def _batch_insert(objects: Sequence[models.Model]) -> None:
     model = type(objects[0])
     fields = [field for field in model._meta.concrete_fields if not field.primary_key]
     columns = [str(field.column) for field in fields]
@@ -55,7 +60,6 @@ def rows_insert(objects: Sequence[Row]) -> list[Row]:
         obj.pk = key
         obj._state.adding = False
         obj._state.db = connection.alias
-    return list(objects)
 
 
 def _json_value(value: Any) -> str:
