@@ -246,7 +246,7 @@ class Cluster:
             response = self._api_client.rest_client.pool_manager.request(
                 "PATCH",
                 url,
-                body=json.dumps(body, separators=(",", ":")).encode(),
+                body=json.dumps(dict(body), separators=(",", ":")).encode(),
                 headers=headers,
                 timeout=urllib3.Timeout(connect=self.timeout[0], read=self.timeout[1]),
             )
