@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import models
+from django.db import connection, models
 from django.utils import timezone
 
 from gitops.desired.content import KIND_LABEL, Content
@@ -551,6 +552,14 @@ LOGGED_FROM_INTENT = (
 )
 
 
+def _column(model: type[models.Model], name: str) -> str:
+    """The database column of a model's field (``name`` may be a foreign key's ``..._id``)."""
+    column = getattr(model._meta.get_field(name), "column", None)
+    if not isinstance(column, str):
+        raise TypeError(f"{model.__name__}.{name} has no column")
+    return column
+
+
 class ChangeQuerySet(models.QuerySet["Change"]):
     def update(self, **kwargs: Any) -> int:
         raise TypeError("the change log is append-only")
@@ -617,15 +626,43 @@ class Change(models.Model):
         raise TypeError("the change log is append-only")
 
     @classmethod
-    def from_intent(cls, intent: ApplyIntent, *, at: datetime, error: str | None) -> Change:
-        """The log entry of an applied intent: what it did, in which cluster, and how it went."""
-        return cls(
-            intent=intent,
-            at=at,
-            result=cls.Result.ERROR if error else cls.Result.OK,
-            error=error or "",
-            **copied(intent, LOGGED_FROM_INTENT),
+    def log_intents(cls, intent_ids: Sequence[int], errors: Mapping[int, str], *, at: datetime) -> None:
+        """The log entries of applied intents: what each did, in which cluster, and how it went.
+
+        ``errors`` says why the cluster refused an intent (by id); the others went well. One query,
+        entries in the order of ``intent_ids``; an intent already logged is skipped. Each entry's
+        fields are copied inside PostgreSQL from its intent's row, so the content (before, after,
+        diff) is neither built into models nor encoded as JSON a second time.
+        """
+        quote = connection.ops.quote_name
+        change_columns = [_column(cls, name) for name in LOGGED_FROM_INTENT]
+        intent_columns = [_column(ApplyIntent, name) for name in LOGGED_FROM_INTENT]
+        into = ", ".join(quote(column) for column in ["intent_id", *change_columns, "at", "result", "error"])
+        copied_columns = ", ".join(f"i.{quote(column)}" for column in intent_columns)
+        # Only the models' own table and column names, quoted, are formatted in; values are parameters.
+        sql = (
+            f"INSERT INTO {quote(cls._meta.db_table)} ({into}) "  # noqa: S608
+            f"SELECT i.id, {copied_columns}, %s, CASE WHEN f.value IS NULL THEN %s ELSE %s END, "
+            "COALESCE(f.value, '') "
+            f"FROM {INTENT_IDS} WITH ORDINALITY AS e(intent_id, position) "
+            f"JOIN {quote(ApplyIntent._meta.db_table)} i ON i.id = e.intent_id "
+            "LEFT JOIN jsonb_each_text(%s::jsonb) f ON f.key = i.id::text "
+            "ORDER BY e.position ON CONFLICT (intent_id) DO NOTHING"
         )
+        refused = json.dumps({str(pk): error for pk, error in errors.items()})
+        results = [cls.Result.OK.value, cls.Result.ERROR.value]
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [at, *results, id_list(intent_ids), refused])
+
+
+# Intent ids arrive as one text parameter: a driver that binds on the client quotes one string
+# instead of adapting an array element by element.
+INTENT_IDS = "unnest(string_to_array(%s, ',')::bigint[])"
+
+
+def id_list(ids: Iterable[int]) -> str:
+    """Ids as the one text parameter ``INTENT_IDS`` reads: "12,13,14"."""
+    return ",".join(str(int(pk)) for pk in ids)
 
 
 class ManagedObject(models.Model):
@@ -653,10 +690,29 @@ class ManagedObject(models.Model):
         return f"{self.cluster}/{self.namespace}/{self.name}"
 
     @classmethod
-    def applied_by(cls, intent: ApplyIntent, *, at: datetime) -> ManagedObject:
-        """The inventory entry an applied intent leaves behind."""
-        fields = copied(intent, ("source_id", "cluster", "namespace", "name", "kind", "commit"))
-        return cls(**fields, content_hash=intent.after_hash, updated_at=at)
+    def record_applied(cls, intent_ids: Sequence[int], *, at: datetime) -> None:
+        """Upserts the inventory entry each stored, applied intent leaves behind: its object, source,
+        commit and content hash. One query; the entries are copied inside PostgreSQL from the
+        intents' rows. Of two intents for one object, the later wins."""
+        quote = connection.ops.quote_name
+        copied_names = ("source_id", "cluster", "namespace", "name", "kind", "commit")
+        into = [_column(cls, name) for name in copied_names]
+        selected = ", ".join(f"i.{quote(_column(ApplyIntent, name))}" for name in copied_names)
+        key = ", ".join(f"i.{quote(column)}" for column in ("cluster", "kind", "namespace", "name"))
+        updated = [_column(cls, name) for name in ("source_id", "commit", "content_hash", "updated_at")]
+        # Only the models' own table and column names, quoted, are formatted in; values are parameters.
+        sql = (
+            f"INSERT INTO {quote(cls._meta.db_table)} "  # noqa: S608
+            f"({', '.join(quote(column) for column in [*into, 'content_hash', 'updated_at'])}) "
+            f"SELECT DISTINCT ON ({key}) {selected}, i.{quote(_column(ApplyIntent, 'after_hash'))}, %s "
+            f"FROM {INTENT_IDS} AS e(intent_id) "
+            f"JOIN {quote(ApplyIntent._meta.db_table)} i ON i.id = e.intent_id "
+            f"ORDER BY {key}, i.id DESC "
+            "ON CONFLICT (cluster, kind, namespace, name) DO UPDATE SET "
+            + ", ".join(f"{quote(column)} = EXCLUDED.{quote(column)}" for column in updated)
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [at, id_list(intent_ids)])
 
 
 class WebhookDelivery(models.Model):

@@ -16,6 +16,7 @@ from django.utils import timezone
 from gitops import metrics
 from gitops.models import ApplyIntent, Change, Rollout, Source
 from gitops.plan import Plan
+from gitops.record.bulk import rows_insert
 from gitops.record.inventory import inventory_update
 
 CONFIGMAP = "ConfigMap"
@@ -48,7 +49,7 @@ def intents_write(
         for item in items
     ]
     with transaction.atomic():
-        return ApplyIntent.objects.bulk_create(intents, batch_size=1000)
+        return rows_insert(intents)
 
 
 def intents_pending(source: Source) -> list[ApplyIntent]:
@@ -65,10 +66,8 @@ def changes_record(intents: Sequence[ApplyIntent], errors: Sequence[str | None])
     ``errors`` holds, for each intent in order, why the cluster refused it, or None.
     """
     now = timezone.now()
-    changes = [
-        Change.from_intent(intent, at=now, error=error) for intent, error in zip(intents, errors, strict=True)
-    ]
-    failed = {intent.pk for intent, error in zip(intents, errors, strict=True) if error}
+    refused = {intent.pk: error for intent, error in zip(intents, errors, strict=True) if error}
+    failed = set(refused)
     failures = [
         f"{intent.cluster}/{intent.namespace}/{intent.name}: {error}"
         for intent, error in zip(intents, errors, strict=True)
@@ -80,8 +79,9 @@ def changes_record(intents: Sequence[ApplyIntent], errors: Sequence[str | None])
             if intent.pk in failed:
                 metrics.APPLY_ERRORS.labels(names.get(intent.source_id, "?"), intent.cluster).inc()
     with transaction.atomic():
-        # The one-to-one on intent makes a second log of the same intent impossible.
-        Change.objects.bulk_create(changes, batch_size=1000, ignore_conflicts=True)
+        # The one-to-one on intent makes a second log of the same intent impossible. The entries are
+        # copied from the intents' rows, written moments ago: their content is not encoded twice.
+        Change.log_intents([i.pk for i in intents], refused, at=now)
         ApplyIntent.objects.filter(pk__in=[i.pk for i in intents if i.pk not in failed]).update(
             status=ApplyIntent.Status.DONE
         )

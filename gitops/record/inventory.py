@@ -33,10 +33,5 @@ def inventory_update(applied: Sequence[ApplyIntent]) -> None:
             )
         ManagedObject.objects.filter(condition).delete()
     if present:
-        ManagedObject.objects.bulk_create(
-            [ManagedObject.applied_by(intent, at=now) for intent in present],
-            update_conflicts=True,
-            unique_fields=["cluster", "kind", "namespace", "name"],
-            update_fields=["source", "commit", "content_hash", "updated_at"],
-            batch_size=1000,
-        )
+        # Copied from the intents' rows in PostgreSQL: no model per object, one query for any number.
+        ManagedObject.record_applied([intent.pk for intent in present], at=now)

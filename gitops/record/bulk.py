@@ -1,0 +1,68 @@
+"""Inserting thousands of new rows in one query, as one JSON document PostgreSQL unpacks.
+
+Django's ``bulk_create`` compiles a placeholder per field per row, and psycopg
+then adapts and quotes each value on the client: for 10,000 intents with their
+content that was a large part of a cold apply's CPU. Here the rows go as one
+JSON array, encoded once by the C encoder, and ``jsonb_to_recordset`` turns it
+back into typed columns inside PostgreSQL; JSON fields travel as nested JSON,
+never as strings encoded twice.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import date, datetime
+from typing import Any, TypeVar
+
+from django.db import connection, models
+
+Row = TypeVar("Row", bound=models.Model)
+
+
+def rows_insert(objects: Sequence[Row], *, batch_size: int = 1000) -> list[Row]:
+    """Inserts unsaved instances of one model, in order, ``batch_size`` rows a query, and sets their
+    primary keys. Batches bound the memory one JSON document takes.
+
+    Fields are taken as ``save`` would (defaults already set, ``pre_save`` applied); the
+    primary key comes from its sequence. Returns ``objects``, as ``bulk_create`` does.
+    """
+    for start in range(0, len(objects), batch_size):
+        _batch_insert(objects[start : start + batch_size])
+    return list(objects)
+
+
+def _batch_insert(objects: Sequence[models.Model]) -> None:
+    model = type(objects[0])
+    fields = [field for field in model._meta.concrete_fields if not field.primary_key]
+    columns = [str(field.column) for field in fields]
+    rows = [
+        {column: field.pre_save(obj, add=True) for column, field in zip(columns, fields, strict=True)}
+        for obj in objects
+    ]
+    quote = connection.ops.quote_name
+    names = ", ".join(quote(column) for column in columns)
+    typed = ", ".join(
+        f"{quote(column)} {field.db_type(connection)}" for column, field in zip(columns, fields, strict=True)
+    )
+    # Only the model's own table, column names and types are formatted in; the rows are a parameter.
+    sql = (
+        f"INSERT INTO {quote(model._meta.db_table)} ({names}) "  # noqa: S608
+        f"SELECT {names} FROM ROWS FROM (jsonb_to_recordset(%s::jsonb) AS ({typed})) "
+        "WITH ORDINALITY AS r ORDER BY r.ordinality "
+        f"RETURNING {quote(str(model._meta.pk.column))}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [json.dumps(rows, default=_json_value)])
+        # The sequence numbers rows in the order they are inserted, which is the objects' order.
+        keys = sorted(key for (key,) in cursor.fetchall())
+    for obj, key in zip(objects, keys, strict=True):
+        obj.pk = key
+        obj._state.adding = False
+        obj._state.db = connection.alias
+
+
+def _json_value(value: Any) -> str:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} cannot go into a JSON row")
