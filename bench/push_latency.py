@@ -212,7 +212,7 @@ def main() -> int:
         print(f"{len(latencies)} pushes, one ConfigMap changed each, {args.configmaps} in the repo")
         print(
             f"push -> object changed:   p50 {statistics.median(latencies):6.0f} ms   p95 {percentile(latencies, 0.95):6.0f} ms"
-            f"   max {max(latencies):6.0f} ms   (targets: p50 <= 300, p95 <= 1000)"
+            f"   max {max(latencies):6.0f} ms   (targets: p50 <= 150, p95 <= 400)"
         )
         if reconciles:
             print(
