@@ -13,6 +13,7 @@ not in them; profiling slows the run itself down, so compare tables, not
 seconds with bench/reconcile.py.
 
 Usage: python bench/profile_reconcile.py [--sizes 1000,10000] [--top 15] [--out bench/results]
+(PROFILE_SQL=1 also prints each profiled pass's SQL statements with their times.)
 Prints the top entries by cumulative and by own time, and keeps each run's
 pstats file under --out (open it with ``python -m pstats``).
 """
@@ -37,7 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from reconcile import NAMESPACES, ROOT, Bench, apiserver_cpu, bench_environment
+from reconcile import NAMESPACES, ROOT, Bench, apiserver_cpu, bench_environment, git, manifest
 
 
 class ThreadProfiles:
@@ -132,21 +133,30 @@ def _function(frame: str) -> str:
 
 
 def profiled_sync(source_id: int, label: str, out: Path, top: int) -> dict[str, Any]:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
     from gitops.cluster import apply
     from gitops.reconcile import source_sync
 
     threads = ThreadProfiles()
     original = apply._apply_one
     apply._apply_one = threads.wrap(original)  # type: ignore[method-assign]
-    main = cProfile.Profile(time.thread_time)
+    # A one-file change waits more than it computes: its profile is in wall time.
+    main = cProfile.Profile(time.perf_counter if label.startswith("change") else time.thread_time)
     cpu_before, apiserver_before, wall_before = time.process_time(), apiserver_cpu(), time.perf_counter()
     try:
-        main.enable()
-        result = source_sync(source_id)
-        main.disable()
+        with CaptureQueriesContext(connection) as queries:
+            main.enable()
+            result = source_sync(source_id)
+            main.disable()
     finally:
         apply._apply_one = original  # type: ignore[method-assign]
+    if os.environ.get("PROFILE_SQL"):
+        for query in queries.captured_queries:
+            print(f"SQL {float(query['time']) * 1000:7.1f} ms  {query['sql'][:160]}")
     figures = {
+        "queries": len(queries.captured_queries),
         "wall": time.perf_counter() - wall_before,
         "cpu": time.process_time() - cpu_before,
         "apiserver_cpu": apiserver_cpu() - apiserver_before,
@@ -169,7 +179,9 @@ def profiled_sync(source_id: int, label: str, out: Path, top: int) -> dict[str, 
     return figures
 
 
-def profile_size(bench: Bench, size: int, out: Path, top: int, *, noop: bool, py_spy: str) -> None:
+def profile_size(
+    bench: Bench, size: int, out: Path, top: int, *, noop: bool, change: bool, py_spy: str
+) -> None:
     from gitops import source_admin
     from gitops.reconcile import source_sync
 
@@ -191,6 +203,18 @@ def profile_size(bench: Bench, size: int, out: Path, top: int, *, noop: bool, py
         assert str(source_sync(source.pk).outcome) == "unchanged"
         figures = profiled(source.pk, f"noop-{size}")
         assert figures["outcome"] == "unchanged", figures
+    if change:
+        for revision in (1, 2):  # the first change warms what a long-running worker has warm
+            index = revision * 7
+            namespace = namespaces[index % NAMESPACES]
+            path = work / "configmaps" / namespace / f"cm-{index:05d}.yaml"
+            path.write_text(manifest(f"cm-{index:05d}", namespace, index, revision))
+            git(work, "commit", "--quiet", "-am", f"change {index}")
+            git(work, "push", "--quiet", "origin", "HEAD:refs/heads/main")
+            if revision == 1:
+                assert str(source_sync(source.pk).outcome) == "applied"
+        figures = profiled(source.pk, f"change-{size}")
+        assert figures["summary"].get("update") == 1, figures
 
 
 def main() -> int:
@@ -199,6 +223,7 @@ def main() -> int:
     )
     parser.add_argument("--sizes", default="1000,10000")
     parser.add_argument("--noop-sizes", default="10000", help="sizes whose no-op reconcile is profiled too")
+    parser.add_argument("--change-sizes", default="1000", help="sizes whose one-file change is profiled too")
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument(
@@ -209,12 +234,21 @@ def main() -> int:
     )
     args = parser.parse_args()
     noop_sizes = {int(size) for size in args.noop_sizes.split(",") if size}
+    change_sizes = {int(size) for size in args.change_sizes.split(",") if size}
     with bench_environment() as (env, workdir):
         bench = Bench({**env, "SLUICE_DATA_DIR": str(workdir / "data")}, workdir)
         bench.setup_django()
         for size in (int(size) for size in args.sizes.split(",")):
             print(f"-- {size} ConfigMaps across {NAMESPACES} namespaces", flush=True)
-            profile_size(bench, size, args.out, args.top, noop=size in noop_sizes, py_spy=args.py_spy)
+            profile_size(
+                bench,
+                size,
+                args.out,
+                args.top,
+                noop=size in noop_sizes,
+                change=size in change_sizes,
+                py_spy=args.py_spy,
+            )
     return 0
 
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
 
+from gitops.cluster import pools
 from gitops.cluster.client import (
     UNAVAILABLE,
     WORKLOAD_KINDS,
@@ -64,8 +66,11 @@ def intents_apply_everywhere(
         except GitopsError as exc:  # not registered any more, or its kubeconfig cannot be read
             return exc
 
-    with ThreadPoolExecutor(max_workers=len(groups)) as pool:
-        answers = dict(zip(groups, pool.map(batch, groups), strict=True))
+    if len(groups) == 1:
+        answers = {name: batch(name) for name in groups}
+    else:
+        with ThreadPoolExecutor(max_workers=len(groups)) as fan_out:
+            answers = dict(zip(groups, fan_out.map(batch, groups), strict=True))
     for name, answer in answers.items():
         if isinstance(answer, GitopsError):
             result.unreachable[name] = answer
@@ -97,8 +102,11 @@ def intents_apply(cluster: Cluster, intents: Sequence[ApplyIntent]) -> list[str 
             stopped.set()
             raise
 
-    with ThreadPoolExecutor(max_workers=min(concurrency, len(intents))) as pool:
-        futures = [pool.submit(apply, intent) for intent in intents]
+    if len(intents) == 1:
+        return [_apply_one(cluster, intents[0])]
+    pool = pools.pool(cluster.name, "apply", concurrency)
+    futures = [pool.submit(apply, intent) for intent in intents]
+    wait_for(futures)
     failures = [f.exception() for f in futures if f.exception() is not None]
     first = next((e for e in failures if not isinstance(e, StoppedBatch)), None)
     if first is not None:

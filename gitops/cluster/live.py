@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -31,7 +31,7 @@ from typing import Any
 
 from django.conf import settings
 
-from gitops.cluster import livestore
+from gitops.cluster import livestore, pools
 from gitops.cluster.client import Cluster
 from gitops.cluster.clients import clients, get_cluster
 from gitops.desired.revision import DesiredObject, DesiredState, ObjectKey
@@ -170,24 +170,20 @@ def _read_all(state: LiveState, work: dict[str, list[_Read]], reachable: dict[st
     deadline; a cluster any of whose reads fails or is late is unreachable, and nothing of it is kept."""
     deadline = float(getattr(settings, "SLUICE_CLUSTER_LIST_DEADLINE", DEFAULT_LIST_DEADLINE_SECONDS))
     started = time.monotonic()
-    pools: list[ThreadPoolExecutor] = []
     futures: list[tuple[str, _Read, Future[list[dict[str, Any]]]]] = []
     finished: set[Future[list[dict[str, Any]]]] = set()
     try:
         for cluster, reads in work.items():
-            if not reads:
-                continue
             # A pool per cluster: a silent cluster's reads never queue up in front of another's.
-            pool = ThreadPoolExecutor(max_workers=min(LIST_CONCURRENCY, len(reads)))
-            pools.append(pool)
+            pool = pools.pool(cluster, "read", LIST_CONCURRENCY)
             futures += [(cluster, read, pool.submit(read.run, reachable[cluster])) for read in reads]
         if futures:
             remaining = max(0.0, deadline - (time.monotonic() - started))
             finished = wait_for([future for _, _, future in futures], timeout=remaining).done
     finally:
         # Never wait for a read past the deadline: its thread ends with its own read timeout.
-        for pool in pools:
-            pool.shutdown(wait=False, cancel_futures=True)
+        for _, _, future in futures:
+            future.cancel()
     failed: dict[str, GitopsError] = {}
     for cluster, read, future in futures:
         state.reads[ReadVia.GET if read.name else ReadVia.LIST] += 1

@@ -74,11 +74,15 @@ class ParseCache:
         self.hits = 0
         self.misses = 0
         self._limits: Limits | None = None
+        # The last revision's ConfigMap objects, by where they came from: an unchanged file gives the very
+        # same objects again, so what is remembered per object (the plan's memo) holds across commits.
+        self.expanded: dict[tuple[str, int, int, str, str], DesiredObject] = {}
 
     def use(self, limits: Limits) -> None:
         """Results parsed under other limits may differ: they are dropped."""
         if limits != self._limits:
             self._entries.clear()
+            self.expanded = {}
             self.nodes = self.bytes = 0
             self._limits = limits
 
@@ -288,7 +292,9 @@ def load_revision(
         errors.append(_too_many_nodes(POLICY_FILE, limits))
     for path in sorted(parsed):
         errors.extend(parsed[path].errors)
-    objects = _expand(parsed, policy, scope, errors, limits)
+    objects = _expand(parsed, policy, scope, errors, limits, memo=cache.expanded)
+    if not errors:
+        cache.expanded = {_expansion_key(obj): obj for obj in objects if obj.kind == "configmap"}
     if errors:
         raise RevisionRejected(errors)
     return DesiredState(policy=policy, objects=tuple(objects))
@@ -419,8 +425,13 @@ def _expand(
     scope: AdminScope,
     errors: list[ValidationError],
     limits: Limits = DEFAULT_LIMITS,
+    *,
+    memo: Mapping[tuple[str, int, int, str, str], DesiredObject] | None = None,
 ) -> list[DesiredObject]:
+    """Every object the parsed files make, in every target; ``memo`` holds the last revision's objects,
+    reused (the same instances) where the manifest they came from is the same parsed one."""
     permitted = _namespace_check(policy, scope)
+    remembered = memo if memo is not None else {}
     reachable = _reachable_clusters(policy, scope)
     objects: list[DesiredObject] = []
     seen: dict[ObjectKey, tuple[str, int | None]] = {}
@@ -452,20 +463,10 @@ def _expand(
                     if problem := permitted(cluster, namespace):
                         errors.append(ValidationError(path, item.line, "metadata.namespace", problem))
                         continue
-                    add(
-                        DesiredObject(
-                            namespace=namespace,
-                            name=item.name,
-                            content=item.content,
-                            origin=path,
-                            line=item.line,
-                            kind="configmap",
-                            group=f"{path}#{index}",
-                            rank=rank,
-                            cluster=cluster,
-                        ),
-                        "metadata.name",
-                    )
+                    known = remembered.get((path, index, rank, cluster, namespace))
+                    if known is None or known.content is not item.content or known.line != item.line:
+                        known = _configmap_object(path, index, item, rank, (cluster, namespace))
+                    add(known, "metadata.name")
     except _TooManyObjects as too_many:
         message = (
             f"with this file the revision expands to more than {limits.max_objects:,} ConfigMaps "
@@ -473,6 +474,28 @@ def _expand(
         )
         errors.append(ValidationError(too_many.path, None, "", message))
     return objects
+
+
+def _configmap_object(
+    path: str, index: int, item: ConfigMapManifest, rank: int, target: tuple[str, str]
+) -> DesiredObject:
+    cluster, namespace = target
+    return DesiredObject(
+        namespace=namespace,
+        name=item.name,
+        content=item.content,
+        origin=path,
+        line=item.line,
+        kind="configmap",
+        group=f"{path}#{index}",
+        rank=rank,
+        cluster=cluster,
+    )
+
+
+def _expansion_key(obj: DesiredObject) -> tuple[str, int, int, str, str]:
+    """Where a ConfigMap object came from: its file, the document's index in it, and its target."""
+    return (obj.origin, int(obj.group.rpartition("#")[2]), obj.rank, obj.cluster, obj.namespace)
 
 
 def _manifest_targets(

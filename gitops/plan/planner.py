@@ -226,6 +226,14 @@ def plan(
     return Plan(source=source, commit=commit, items=tuple(items))
 
 
+def _with_desired(item: PlanItem, obj: DesiredObject) -> PlanItem:
+    """``replace(item, desired=obj)`` for a remembered item: a copy of its fields, without running
+    ``__init__`` again, since on a large no-op that was most of the plan's time."""
+    copied = object.__new__(PlanItem)
+    copied.__dict__.update(item.__dict__, desired=obj)
+    return copied
+
+
 def _item(key: ObjectKey, action: Action, **fields: Any) -> PlanItem:
     cluster, namespace, name = key
     return PlanItem(cluster, namespace, name, action, **fields)
@@ -330,7 +338,7 @@ def _memoized_plan_object(
     # Git's content for it, not on the commit or the policy. Anything else is recomputed.
     remembered = memo.get(obj.key, version, obj.content.hash)
     if remembered is not None:
-        return replace(remembered, desired=obj)
+        return remembered if remembered.desired is obj else _with_desired(remembered, obj)
     item = _plan_object(obj, live, desired, source=source, commit=commit)
     if item.action is Action.UNCHANGED:
         memo.put(obj.key, version, obj.content.hash, item)
