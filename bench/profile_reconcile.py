@@ -180,7 +180,15 @@ def profiled_sync(source_id: int, label: str, out: Path, top: int) -> dict[str, 
 
 
 def profile_size(
-    bench: Bench, size: int, out: Path, top: int, *, noop: bool, change: bool, py_spy: str
+    bench: Bench,
+    size: int,
+    out: Path,
+    top: int,
+    *,
+    noop: bool,
+    change: bool,
+    py_spy: str,
+    with_live_cache: bool = False,
 ) -> None:
     from gitops import source_admin
     from gitops.reconcile import source_sync
@@ -204,17 +212,48 @@ def profile_size(
         figures = profiled(source.pk, f"noop-{size}")
         assert figures["outcome"] == "unchanged", figures
     if change:
-        for revision in (1, 2):  # the first change warms what a long-running worker has warm
-            index = revision * 7
-            namespace = namespaces[index % NAMESPACES]
-            path = work / "configmaps" / namespace / f"cm-{index:05d}.yaml"
-            path.write_text(manifest(f"cm-{index:05d}", namespace, index, revision))
-            git(work, "commit", "--quiet", "-am", f"change {index}")
-            git(work, "push", "--quiet", "origin", "HEAD:refs/heads/main")
-            if revision == 1:
-                assert str(source_sync(source.pk).outcome) == "applied"
-        figures = profiled(source.pk, f"change-{size}")
-        assert figures["summary"].get("update") == 1, figures
+        live_cache = None
+        if with_live_cache:
+            from django.conf import settings
+
+            from gitops.cluster import livestore
+            from tests.workers import LiveCacheProcess, poll
+
+            live_cache = LiveCacheProcess(bench.env).start()
+            poll(
+                lambda: (
+                    len(livestore.fresh_stamps(settings.SLUICE_CLUSTER_NAME, namespaces)) == len(namespaces)
+                ),
+                timeout=300,
+                what="the live cache to vouch for every namespace",
+            )
+        try:
+            profile_change(source.pk, namespaces, work, profiled, size)
+        finally:
+            if live_cache is not None:
+                live_cache.stop()
+
+
+def profile_change(
+    source_id: int,
+    namespaces: list[str],
+    work: Path,
+    profiled: Callable[[int, str], dict[str, Any]],
+    size: int,
+) -> None:
+    from gitops.reconcile import source_sync
+
+    for revision in (1, 2):  # the first change warms what a long-running worker has warm
+        index = revision * 7
+        namespace = namespaces[index % NAMESPACES]
+        path = work / "configmaps" / namespace / f"cm-{index:05d}.yaml"
+        path.write_text(manifest(f"cm-{index:05d}", namespace, index, revision))
+        git(work, "commit", "--quiet", "-am", f"change {index}")
+        git(work, "push", "--quiet", "origin", "HEAD:refs/heads/main")
+        if revision == 1:
+            assert str(source_sync(source_id).outcome) == "applied"
+    figures = profiled(source_id, f"change-{size}")
+    assert figures["summary"].get("update") == 1, figures
 
 
 def main() -> int:
@@ -224,6 +263,11 @@ def main() -> int:
     parser.add_argument("--sizes", default="1000,10000")
     parser.add_argument("--noop-sizes", default="10000", help="sizes whose no-op reconcile is profiled too")
     parser.add_argument("--change-sizes", default="1000", help="sizes whose one-file change is profiled too")
+    parser.add_argument(
+        "--live-cache",
+        action="store_true",
+        help="run the live cache (as deployed) while the one-file change is profiled",
+    )
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument(
@@ -248,6 +292,7 @@ def main() -> int:
                 noop=size in noop_sizes,
                 change=size in change_sizes,
                 py_spy=args.py_spy,
+                with_live_cache=args.live_cache,
             )
     return 0
 

@@ -96,6 +96,7 @@ class GitMirror:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._cat_file: CatFileBatch | None = None
+        self._tips: dict[str, CommitInfo] = {}  # commits a fetch of this instance read (``commit_info``)
 
     def __enter__(self) -> GitMirror:
         return self
@@ -139,10 +140,19 @@ class GitMirror:
                 reason += " (credentials rejected)" if credentials else " (credentials needed, none given)"
             logger.info("fetch of %s failed after %.2fs: %s", where, time.monotonic() - started, reason)
             raise error(f"cannot fetch {where}: {reason} ({detail})")
-        commit = self._resolve(ref)
-        if commit is None:
+        tip = self._tip(ref)
+        if tip is None:
             raise TemporaryError(f"fetching {where} left no {ref}")
-        forced = previous is not None and previous != commit and not self._is_ancestor(previous, commit)
+        info, parents = tip
+        commit = info.sha
+        self._tips[commit] = info
+        # A push of commits on top of the old tip has it as a parent: git is asked only otherwise.
+        forced = (
+            previous is not None
+            and previous != commit
+            and previous not in parents
+            and not self._is_ancestor(previous, commit)
+        )
         logger.info(
             "fetched %s: %s -> %s%s in %.2fs",
             where,
@@ -279,6 +289,8 @@ class GitMirror:
         # git's own formatting: GitPython's object parser (no longer used) assumes
         # 40-hex ids and cannot read SHA-256 repositories.
         object_id = check_object_id(commit, "commit")
+        if (known := self._tips.get(object_id)) is not None:
+            return known
         self._require_mirror()
         kind = self._local(git_at(self.path, "cat-file", "-t", object_id))
         if kind.returncode != 0:
@@ -300,13 +312,7 @@ class GitMirror:
         full_sha, author_name, author_email, timestamp, message = completed.stdout.decode(
             "utf-8", "replace"
         ).split("\0", 4)
-        return CommitInfo(
-            sha=full_sha.strip(),
-            author_name=author_name,
-            author_email=author_email,
-            message=message.rstrip("\n") + "\n" if message.strip() else "",
-            committed_at=datetime.fromtimestamp(int(timestamp), tz=UTC),
-        )
+        return _commit_info(full_sha, author_name, author_email, timestamp, message)
 
     def commit_identities(self, commit: str, *, since: str | None = None, limit: int = 1000) -> set[str]:
         """Author and committer emails (lower case) of commits reachable from ``commit`` but not ``since``.
@@ -414,6 +420,27 @@ class GitMirror:
         except subprocess.TimeoutExpired:
             raise TemporaryError(f"git took longer than {LOCAL_TIMEOUT:g}s reading {self.path}") from None
 
+    def _tip(self, ref: str) -> tuple[CommitInfo, tuple[str, ...]] | None:
+        """The commit ``ref`` points at and its parents, in one call to git; None without one."""
+        completed = self._local(
+            git_at(
+                self.path,
+                "log",
+                "-1",
+                "--no-show-signature",
+                "--format=%H%x00%P%x00%an%x00%ae%x00%ct%x00%B",
+                f"{ref}^{{commit}}",
+                "--",
+            )
+        )
+        if completed.returncode != 0:
+            return None
+        sha, parents, author_name, author_email, timestamp, message = completed.stdout.decode(
+            "utf-8", "replace"
+        ).split("\0", 5)
+        info = _commit_info(sha, author_name, author_email, timestamp, message)
+        return info, tuple(parents.split())
+
     def _resolve(self, ref: str) -> str | None:
         completed = self._local(git_at(self.path, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"))
         if completed.returncode != 0:
@@ -425,6 +452,17 @@ class GitMirror:
         # Exit 1 means "not an ancestor"; anything else (the old tip pruned, say)
         # leaves the ancestry unproven, which counts as a forced update too.
         return completed.returncode == 0
+
+
+def _commit_info(sha: str, author_name: str, author_email: str, timestamp: str, message: str) -> CommitInfo:
+    """A commit as ``git log --format=…%an%x00%ae%x00%ct%x00%B`` printed it."""
+    return CommitInfo(
+        sha=sha.strip(),
+        author_name=author_name,
+        author_email=author_email,
+        message=message.rstrip("\n") + "\n" if message.strip() else "",
+        committed_at=datetime.fromtimestamp(int(timestamp), tz=UTC),
+    )
 
 
 def _read_records(process: subprocess.Popen[bytes], max_files: int | None) -> tuple[list[bytes], bool]:

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import pytest
 
 from gitops.desired.content import Content
@@ -226,6 +229,16 @@ def test_the_approved_content_hash_covers_the_clusters():
     state = three_cluster_state()
     fewer = DesiredState(state.policy, state.objects[:2])
     assert desired_hash(state) != desired_hash(fewer)
+
+
+def test_the_approved_content_hash_is_the_one_approvals_were_recorded_under():
+    """The hash is stored with every approval: its formula (a JSON array per object, in key order) must
+    not change, or an upgrade would make pending approvals approve nothing."""
+    state = three_cluster_state()
+    digest = hashlib.sha256()
+    for obj in sorted(state.objects, key=lambda o: o.key):
+        digest.update(json.dumps([obj.cluster, obj.namespace, obj.name, obj.content.hash]).encode())
+    assert desired_hash(state) == digest.hexdigest()[:32]
 
 
 # -- a plan never guesses about a cluster it could not read ----------------------------------------
