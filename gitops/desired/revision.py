@@ -136,8 +136,9 @@ class DesiredObject:
     canary_document: dict[str, Any] | None = field(default=None, compare=False)
     cluster: str = field(kw_only=True)
 
-    @property
+    @functools.cached_property
     def key(self) -> ObjectKey:
+        # Asked several times per object and pass: built once (a frozen object's key never changes).
         return (self.cluster, self.namespace, self.name)
 
     def rendered(self, *, commit: str, source: str) -> Content:

@@ -322,15 +322,18 @@ class GitMirror:
         """
         commit = check_object_id(commit, "commit")
         revisions = [commit]
-        if (
-            since
-            and since != commit
-            and self._local(git_at(self.path, "cat-file", "-e", since)).returncode == 0
-        ):
+        if since and since != commit:
             revisions.append(f"^{check_object_id(since, 'commit')}")
-        completed = self._local(
-            git_at(self.path, "log", f"--max-count={limit}", "--format=%ae%x00%ce", *revisions, "--")
-        )
+
+        def log(*revisions: str) -> subprocess.CompletedProcess[bytes]:
+            return self._local(
+                git_at(self.path, "log", f"--max-count={limit}", "--format=%ae%x00%ce", *revisions, "--")
+            )
+
+        completed = log(*revisions)
+        if completed.returncode != 0 and len(revisions) > 1:
+            # ``since`` is not in the mirror (a force push pruned it): every commit up to the limit counts.
+            completed = log(commit)
         if completed.returncode != 0:
             self._require_commit(commit)
             raise PermanentError(f"cannot list the commits of {commit}")
