@@ -51,6 +51,7 @@ _MISMATCHED_FORMAT = re.compile(r"mismatched algorithms: client \w+; server (\w+
 _NOT_ON_REMOTE = re.compile(r"couldn't find remote ref|not our ref|unadvertised object|no such remote ref")
 # Tree entries of regular files (and executable ones); symlinks are 120000, submodules 160000.
 _FILE_MODES = (b"100644 ", b"100755 ")
+_OBJECT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
 # --- the mirror ------------------------------------------------------------------------------------
@@ -121,7 +122,7 @@ class GitMirror:
         invocation = build_fetch_invocation(self.path, url, branch, credentials)
         self._ensure_initialized()
         ref = f"{MIRROR_REF_PREFIX}{branch}"
-        previous = self._resolve(ref)
+        previous = self._read_ref(ref)
         try:
             completed = run(invocation, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -140,6 +141,9 @@ class GitMirror:
                 reason += " (credentials rejected)" if credentials else " (credentials needed, none given)"
             logger.info("fetch of %s failed after %.2fs: %s", where, time.monotonic() - started, reason)
             raise error(f"cannot fetch {where}: {reason} ({detail})")
+        if previous is not None and self._read_ref(ref) == previous:
+            logger.info("fetched %s: %s unchanged in %.2fs", where, previous, time.monotonic() - started)
+            return FetchResult(commit=previous, previous=previous, forced=False)
         tip = self._tip(ref)
         if tip is None:
             raise TemporaryError(f"fetching {where} left no {ref}")
@@ -422,6 +426,25 @@ class GitMirror:
             return run(invocation, timeout=LOCAL_TIMEOUT)
         except subprocess.TimeoutExpired:
             raise TemporaryError(f"git took longer than {LOCAL_TIMEOUT:g}s reading {self.path}") from None
+
+    def _read_ref(self, ref: str) -> str | None:
+        """The commit id ``ref`` holds, read from the mirror's ref files as git stores them (a loose ref,
+        else ``packed-refs``) without starting git; git is asked when the files do not say."""
+        try:
+            text = (self.path / ref).read_text("ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            text = self._packed_ref(ref)
+        if text and _OBJECT_ID.fullmatch(text):
+            return text
+        return self._resolve(ref)  # a symbolic ref, another ref store, or no such ref
+
+    def _packed_ref(self, ref: str) -> str:
+        try:
+            lines = (self.path / "packed-refs").read_text("ascii").splitlines()
+        except (OSError, UnicodeDecodeError):
+            return ""
+        suffix = f" {ref}"
+        return next((line.partition(" ")[0] for line in lines if line.endswith(suffix)), "")
 
     def _tip(self, ref: str) -> tuple[CommitInfo, tuple[str, ...]] | None:
         """The commit ``ref`` points at and its parents, in one call to git; None without one."""

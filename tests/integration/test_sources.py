@@ -26,6 +26,7 @@ from gitops.errors import PermanentError, TemporaryError
 from gitops.fetch import (
     MIRROR_REF_PREFIX,
     Credentials,
+    FetchResult,
     GitMirror,
     ObjectNotFoundError,
     build_fetch_invocation,
@@ -153,6 +154,41 @@ def test_a_force_push_is_detected(upstream, mirror):
     assert after.previous == before.commit
     assert after.commit == rewritten
     assert after.forced is True
+
+
+def test_a_fast_forward_of_several_commits_is_not_a_force_push(upstream, mirror):
+    before = mirror.fetch(upstream.url, "main")
+    upstream.commit({"app/config.yaml": "replicas: 2\n"}, "one")
+    upstream.commit({"app/config.yaml": "replicas: 3\n"}, "two")  # the old tip is a grandparent
+
+    after = mirror.fetch(upstream.url, "main")
+
+    assert (after.previous, after.commit, after.forced) == (before.commit, upstream.head(), False)
+
+
+def test_tips_are_read_from_packed_refs_too(upstream, mirror):
+    """The mirror's refs are read from git's files; once git packs them, they are read from there."""
+    first = mirror.fetch(upstream.url, "main")
+    git("pack-refs", "--all", cwd=mirror.path)
+    assert not (mirror.path / MIRROR_REF_PREFIX / "main").exists()
+
+    assert mirror.fetch(upstream.url, "main") == FetchResult(first.commit, first.commit, False)
+    git("pack-refs", "--all", cwd=mirror.path)
+    new_head = upstream.commit({"README.md": "changed\n"}, "second")
+    second = mirror.fetch(upstream.url, "main")
+    assert (second.previous, second.commit, second.forced) == (first.commit, new_head, False)
+
+
+def test_the_fetched_tip_comes_with_its_commit_info(upstream, mirror):
+    head = upstream.commit({"README.md": "changed\n"}, "subject\n\nbody", date="2026-01-02T03:04:05Z")
+
+    fetched = mirror.fetch(upstream.url, "main")
+
+    info = mirror.commit_info(fetched.commit)
+    with GitMirror(mirror.path) as fresh:  # what git log says when asked on its own
+        assert fresh.commit_info(head) == info
+    assert (info.sha, info.message) == (head, "subject\n\nbody\n")
+    assert info.committed_at.isoformat() == "2026-01-02T03:04:05+00:00"
 
 
 def test_a_stale_fetch_head_does_not_fool_the_fetch(upstream, mirror):
