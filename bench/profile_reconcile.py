@@ -207,31 +207,33 @@ def profile_size(
     )
     cold = profiled(source.pk, f"cold-{size}")
     assert cold["outcome"] == "applied", cold
-    if noop:
-        assert str(source_sync(source.pk).outcome) == "unchanged"
-        figures = profiled(source.pk, f"noop-{size}")
-        assert figures["outcome"] == "unchanged", figures
-    if change:
-        live_cache = None
-        if with_live_cache:
-            from django.conf import settings
-
-            from gitops.cluster import livestore
-            from tests.workers import LiveCacheProcess, poll
-
-            live_cache = LiveCacheProcess(bench.env).start()
-            poll(
-                lambda: (
-                    len(livestore.fresh_stamps(settings.SLUICE_CLUSTER_NAME, namespaces)) == len(namespaces)
-                ),
-                timeout=300,
-                what="the live cache to vouch for every namespace",
-            )
-        try:
+    live_cache = start_live_cache(bench, namespaces) if with_live_cache else None
+    try:
+        if noop:
+            assert str(source_sync(source.pk).outcome) == "unchanged"
+            figures = profiled(source.pk, f"noop-{size}")
+            assert figures["outcome"] == "unchanged", figures
+        if change:
             profile_change(source.pk, namespaces, work, profiled, size)
-        finally:
-            if live_cache is not None:
-                live_cache.stop()
+    finally:
+        if live_cache is not None:
+            live_cache.stop()
+
+
+def start_live_cache(bench: Bench, namespaces: list[str]) -> Any:
+    """The live cache as deployed, once it vouches for every namespace of the source."""
+    from django.conf import settings
+
+    from gitops.cluster import livestore
+    from tests.workers import LiveCacheProcess, poll
+
+    live_cache = LiveCacheProcess(bench.env).start()
+    poll(
+        lambda: len(livestore.fresh_stamps(settings.SLUICE_CLUSTER_NAME, namespaces)) == len(namespaces),
+        timeout=300,
+        what="the live cache to vouch for every namespace",
+    )
+    return live_cache
 
 
 def profile_change(
@@ -266,7 +268,7 @@ def main() -> int:
     parser.add_argument(
         "--live-cache",
         action="store_true",
-        help="run the live cache (as deployed) while the one-file change is profiled",
+        help="run the live cache (as deployed) while the no-op and the one-file change are profiled",
     )
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
