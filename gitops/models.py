@@ -430,6 +430,12 @@ class ApplyIntent(models.Model):
 
     class Meta:
         ordering: ClassVar[list[str]] = ["id"]
+        indexes: ClassVar[list[models.Index]] = [
+            # Every pass asks for its source's pending intents, among all the done ones it ever wrote.
+            models.Index(
+                fields=["source"], condition=models.Q(status="pending"), name="gitops_intent_pending_idx"
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.action} {self.cluster}/{self.namespace}/{self.name} ({self.status})"

@@ -164,9 +164,9 @@ class DesiredState:
     def by_key(self) -> dict[ObjectKey, DesiredObject]:
         return {obj.key: obj for obj in self.objects}
 
-    @property
+    @functools.cached_property
     def targets(self) -> tuple[tuple[str, str], ...]:
-        """Every (cluster, namespace) an object goes to."""
+        """Every (cluster, namespace) an object goes to (a cached revision is asked on every pass)."""
         return tuple(dict.fromkeys((obj.cluster, obj.namespace) for obj in self.objects))
 
     @property

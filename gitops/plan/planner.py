@@ -7,6 +7,7 @@ others (unchanged, drift left alone, conflicts, orphans) are reported only.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -102,16 +103,15 @@ class Plan:
 
     @property
     def actionable(self) -> tuple[PlanItem, ...]:
-        return tuple(item for item in self.items if item.action.changes_cluster)
+        return tuple(item for item in self.items if item.action in ACTIONABLE)
 
     def count(self, action: Action) -> int:
         return sum(1 for item in self.items if item.action is action)
 
     def summary(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for item in self.items:
-            counts[item.action.value] = counts.get(item.action.value, 0) + 1
-        return counts
+        # Counted by the enum (a str: hashed in C), named by value once per action, not once per item.
+        counts = Counter(item.action for item in self.items)
+        return {action.value: count for action, count in counts.items()}
 
     @property
     def drifted(self) -> tuple[PlanItem, ...]:
