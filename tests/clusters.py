@@ -50,3 +50,20 @@ class FlakyKubeconfig:
 
     def silence(self) -> None:
         self._write(f"https://127.0.0.1:{closed_port()}")
+
+    def hang(self, server: HungServer) -> None:
+        """Points at a server that takes connections and never answers: every call waits for its timeout."""
+        self._write(f"https://127.0.0.1:{server.port}")
+
+
+class HungServer:
+    """A listening socket nobody serves: connections complete, requests are never answered."""
+
+    def __init__(self) -> None:
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.listen(64)
+        self.port = int(self.socket.getsockname()[1])
+
+    def close(self) -> None:
+        self.socket.close()

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from gitops import metrics
+from gitops.cluster import pools
 from gitops.cluster.client import Cluster
 from gitops.errors import GitopsError, PermanentError
 from gitops.models import Cluster as ClusterRecord
@@ -154,13 +155,14 @@ class ClusterClients:
     def forget(self, names: Iterable[str] | None = None) -> None:
         """Drops clients (all, or the named ones); the next use connects again."""
         with self._lock:
-            dropped = [
-                self._clients.pop(name) for name in list(names or self._clients) if name in self._clients
-            ]
+            wanted = list(names or self._clients)
+            dropped = [self._clients.pop(name) for name in wanted if name in self._clients]
             if names is None:
                 self._refs = None
         for _, cluster in dropped:
             cluster.close()
+        for name in wanted:
+            pools.forget(name)  # a removed cluster's threads go too
 
 
 clients = ClusterClients()

@@ -181,9 +181,11 @@ def _read_all(state: LiveState, work: dict[str, list[_Read]], reachable: dict[st
             remaining = max(0.0, deadline - (time.monotonic() - started))
             finished = wait_for([future for _, _, future in futures], timeout=remaining).done
     finally:
-        # Never wait for a read past the deadline: its thread ends with its own read timeout.
-        for _, _, future in futures:
-            future.cancel()
+        # Never wait for a read past the deadline: its thread ends with its own read timeout. A cluster
+        # that was late gets a fresh pool, so the next pass does not queue behind threads still blocked.
+        for cluster, _, future in futures:
+            if not future.cancel() and future not in finished:
+                pools.forget(cluster, "read")
     failed: dict[str, GitopsError] = {}
     for cluster, read, future in futures:
         state.reads[ReadVia.GET if read.name else ReadVia.LIST] += 1

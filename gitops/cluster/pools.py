@@ -35,13 +35,20 @@ def pool(cluster: str, purpose: str, size: int) -> ThreadPoolExecutor:
         return found
 
 
-def forget(cluster: str | None = None) -> None:
-    """Stops the pools of ``cluster`` (or all): a cluster removed or re-pointed gets fresh ones."""
+def forget(cluster: str | None = None, purpose: str | None = None) -> None:
+    """Lets go of the pools of ``cluster`` (or all), for ``purpose`` (or all); the next call starts new ones.
+
+    A thread still blocked in a call ends with that call's own timeout, and nothing waits for it.
+    """
     with _state.lock:
-        keys = [key for key in _state.by_key if cluster is None or key[0] == cluster]
+        keys = [
+            key
+            for key in _state.by_key
+            if (cluster is None or key[0] == cluster) and (purpose is None or key[1] == purpose)
+        ]
         stopped = [_state.by_key.pop(key) for key in keys]
     for executor in stopped:
-        executor.shutdown(wait=False)
+        executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _after_fork() -> None:

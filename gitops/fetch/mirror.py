@@ -141,7 +141,8 @@ class GitMirror:
                 reason += " (credentials rejected)" if credentials else " (credentials needed, none given)"
             logger.info("fetch of %s failed after %.2fs: %s", where, time.monotonic() - started, reason)
             raise error(f"cannot fetch {where}: {reason} ({detail})")
-        if previous is not None and self._read_ref(ref) == previous:
+        current = self._read_ref(ref)
+        if previous is not None and current == previous:
             logger.info("fetched %s: %s unchanged in %.2fs", where, previous, time.monotonic() - started)
             return FetchResult(commit=previous, previous=previous, forced=False)
         tip = self._tip(ref)
@@ -149,6 +150,9 @@ class GitMirror:
             raise TemporaryError(f"fetching {where} left no {ref}")
         info, parents = tip
         commit = info.sha
+        if current != commit:
+            # The branch names an annotated tag: the ref keeps the commit, which the next fetch compares.
+            self._local(git_at(self.path, "update-ref", ref, commit))
         self._tips[commit] = info
         # A push of commits on top of the old tip has it as a parent: git is asked only otherwise.
         forced = (
@@ -329,15 +333,15 @@ class GitMirror:
         if since and since != commit:
             revisions.append(f"^{check_object_id(since, 'commit')}")
 
-        def log(*revisions: str) -> subprocess.CompletedProcess[bytes]:
+        def emails_of(*wanted: str) -> subprocess.CompletedProcess[bytes]:
             return self._local(
-                git_at(self.path, "log", f"--max-count={limit}", "--format=%ae%x00%ce", *revisions, "--")
+                git_at(self.path, "log", f"--max-count={limit}", "--format=%ae%x00%ce", *wanted, "--")
             )
 
-        completed = log(*revisions)
+        completed = emails_of(*revisions)
         if completed.returncode != 0 and len(revisions) > 1:
             # ``since`` is not in the mirror (a force push pruned it): every commit up to the limit counts.
-            completed = log(commit)
+            completed = emails_of(commit)
         if completed.returncode != 0:
             self._require_commit(commit)
             raise PermanentError(f"cannot list the commits of {commit}")
@@ -440,11 +444,12 @@ class GitMirror:
 
     def _packed_ref(self, ref: str) -> str:
         try:
-            lines = (self.path / "packed-refs").read_text("ascii").splitlines()
-        except (OSError, UnicodeDecodeError):
+            lines = (self.path / "packed-refs").read_bytes().splitlines()
+        except OSError:
             return ""
-        suffix = f" {ref}"
-        return next((line.partition(" ")[0] for line in lines if line.endswith(suffix)), "")
+        suffix = f" {ref}".encode()
+        found = next((line.partition(b" ")[0] for line in lines if line.endswith(suffix)), b"")
+        return found.decode("ascii", "replace")
 
     def _tip(self, ref: str) -> tuple[CommitInfo, tuple[str, ...]] | None:
         """The commit ``ref`` points at and its parents, in one call to git; None without one."""

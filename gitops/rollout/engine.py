@@ -107,11 +107,9 @@ def desired_hash(desired: DesiredState) -> str:
     # Each object as ``json.dumps([cluster, namespace, name, hash])`` writes it, with the encoder's string
     # escaping alone: the same hash (approvals recorded under it hold), without an encoder per object.
     quote = encode_basestring_ascii
-    lines = sorted(
-        (
-            obj.key,
-            f"[{quote(obj.cluster)}, {quote(obj.namespace)}, {quote(obj.name)}, {quote(obj.content.hash)}]",
-        )
-        for obj in desired.objects
-    )
-    return hashlib.sha256("".join(line for _, line in lines).encode()).hexdigest()[:32]
+
+    def line(obj: DesiredObject) -> str:
+        return f"[{quote(obj.cluster)}, {quote(obj.namespace)}, {quote(obj.name)}, {quote(obj.content.hash)}]"
+
+    lines = sorted(((obj.key, line(obj)) for obj in desired.objects), key=lambda pair: pair[0])
+    return hashlib.sha256("".join(text for _, text in lines).encode()).hexdigest()[:32]

@@ -15,9 +15,11 @@ from django.core.management import call_command
 from django.test import Client
 
 from gitops import cluster_admin, selectors
+from gitops.cluster import pools
+from gitops.cluster.live import live_configmaps
 from gitops.models import Change, Rollout, RolloutEvent
 from gitops.rollout import decisions
-from tests.clusters import FlakyKubeconfig
+from tests.clusters import FlakyKubeconfig, HungServer
 from tests.flagd import EVALUATORS, KEYS
 from tests.gitrepo import GitRepo, configmap
 from tests.rollouts import wait_for
@@ -220,6 +222,25 @@ def test_an_unreachable_cluster_pauses_its_wave_and_holds_up_nothing_else(
     assert resumed.weight == 66
     assert fleet.versions(clusters, namespace) == ["2", "2", "1"]
     assert Change.objects.filter(rollout=resumed, cluster="flaky", step_index=2).count() == 1
+
+
+def test_a_cluster_late_past_the_deadline_leaves_no_thread_in_the_next_passs_way(fleet, settings, tmp_path):
+    """Reads still blocked when a pass gives up on their cluster keep their threads until their own
+    timeout: the cluster's read pool is let go, so the next pass's reads never queue behind them."""
+    settings.SLUICE_CLUSTER_LIST_DEADLINE = 0.5
+    hanging = fleet.flaky("hanging", context="member-1")
+    server = HungServer()
+    try:
+        hanging.hang(server)
+        before = pools.pool("hanging", "read", 8)
+        started = time.monotonic()
+        state = live_configmaps([("hanging", "default"), (DEFAULT, "default")])
+        assert time.monotonic() - started < 10, "the pass does not wait for its late reads"
+        assert "did not answer its reads within" in str(state.unreachable["hanging"])
+        assert (DEFAULT, "default") in state.objects, "the cluster that answers is read as usual"
+        assert pools.pool("hanging", "read", 8) is not before
+    finally:
+        server.close()
 
 
 def test_an_abort_owes_an_unreachable_cluster_its_rollback_until_it_answers(

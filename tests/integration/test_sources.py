@@ -179,6 +179,20 @@ def test_tips_are_read_from_packed_refs_too(upstream, mirror):
     assert (second.previous, second.commit, second.forced) == (first.commit, new_head, False)
 
 
+def test_a_branch_that_names_an_annotated_tag_is_followed_by_its_commit(upstream, mirror):
+    head = upstream.head()
+    git("tag", "--annotate", "-m", "release", "v1", cwd=upstream.path)
+    tag_object = upstream.head("refs/tags/v1")
+    # git refuses to point a branch at a tag itself; a hand-edited (or a hostile) remote does not.
+    (upstream.path / ".git" / "refs" / "heads" / "main").write_text(f"{tag_object}\n")
+
+    first = mirror.fetch(upstream.url, "main")
+    again = mirror.fetch(upstream.url, "main")
+
+    assert first.commit == again.commit == head != tag_object
+    assert (again.forced, mirror.commit_info(again.commit).sha) == (False, head)
+
+
 def test_the_fetched_tip_comes_with_its_commit_info(upstream, mirror):
     head = upstream.commit({"README.md": "changed\n"}, "subject\n\nbody", date="2026-01-02T03:04:05Z")
 
