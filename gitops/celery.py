@@ -5,7 +5,11 @@ from typing import Any
 from celery import Celery, Task
 from celery.signals import task_postrun, worker_process_shutdown
 
+from gitops.memory import limit_malloc_arenas
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sluice.settings")
+# Before any thread starts; prefork children inherit it.
+limit_malloc_arenas()
 
 app = Celery("gitops")
 app.config_from_object("django.conf:settings", namespace="CELERY")

@@ -42,6 +42,7 @@ from gitops.cluster.informer import DELETED, NamespaceInformer, WatchOptions
 from gitops.cluster.livestore import LEASE_SECONDS, LiveStore
 from gitops.desired.content import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 from gitops.errors import TemporaryError
+from gitops.memory import limit_malloc_arenas
 from gitops.models import ManagedObject, Source
 from gitops.plan.stamps import LiveStamp, sources_to_wake, stamp_of
 from gitops.rollout.state import SYSTEM_ACTOR
@@ -420,6 +421,7 @@ def live_cache_run(cluster: str | None = None) -> None:
     """Runs the live cache of every cluster sources use (``cluster``: that one) until SIGTERM or SIGINT."""
     if cluster is not None:
         clients.ref(cluster)  # an unknown name fails here, before anything starts
+    limit_malloc_arenas()  # a thread per watched namespace: before any of them starts
     # Each watched namespace holds a connection of its cluster's client for its watch.
     clients.pool_size = WATCH_POOL_SIZE
     clients.forget()
