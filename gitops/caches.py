@@ -18,6 +18,7 @@ from django.conf import settings
 from gitops.desired.revision import DesiredState, ParseCache
 from gitops.desired.scope import AdminScope
 from gitops.plan import PlanMemo
+from gitops.plan.stamps import SettleMemo
 
 DEFAULT_CACHED_SOURCES = 256
 
@@ -28,6 +29,7 @@ class SourceCache:
 
     parsed: ParseCache = field(default_factory=ParseCache)
     plan_memo: PlanMemo = field(default_factory=PlanMemo)
+    settle_memo: SettleMemo = field(default_factory=SettleMemo)
     # The last revision loaded: ("commit:path", the scope it was validated under, the result).
     desired: tuple[str, AdminScope, DesiredState] | None = None
 

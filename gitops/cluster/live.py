@@ -22,7 +22,7 @@ that fails any read is unreachable for the pass, whatever its cache vouched for.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
@@ -36,7 +36,7 @@ from gitops.cluster.client import Cluster
 from gitops.cluster.clients import clients, get_cluster
 from gitops.desired.revision import DesiredObject, DesiredState, ObjectKey
 from gitops.errors import GitopsError, TemporaryError
-from gitops.plan.stamps import LiveStamp, settles
+from gitops.plan.stamps import LiveStamp, SettleMemo
 
 LIST_CONCURRENCY = 8
 DEFAULT_LIST_DEADLINE_SECONDS = 60.0
@@ -105,10 +105,16 @@ def live_view(
     *,
     source: str,
     desired: DesiredState,
-    managed: Collection[ObjectKey],
+    managed: frozenset[ObjectKey],
     connect: Connect = get_cluster,
+    memo: SettleMemo | None = None,
 ) -> LiveState:
-    """What ``plan`` needs of ``targets`` for ``source``, reading as little as the live cache allows."""
+    """What ``plan`` needs of ``targets`` for ``source``, reading as little as the live cache allows.
+
+    ``memo`` remembers how the last pass settled each namespace: the same stamps, objects and
+    inventory settle the same way, so an unchanged namespace costs comparisons, not a decode per object.
+    """
+    settling = (memo or SettleMemo()).begin(source, managed)
     by_cluster = _by_cluster(targets)
     state = LiveState()
     reachable = _reachable(state, by_cluster, connect)
@@ -126,7 +132,7 @@ def live_view(
                 reads.append(_Read(namespace))
                 continue
             here = wanted.get((cluster, namespace), [])
-            settled, unread = _settle(cluster, namespace, stamps, here, source=source, managed=managed)
+            settled, unread = settling.settle(cluster, namespace, stamps, here)
             if len(unread) > GET_BUDGET_PER_NAMESPACE:
                 reads.append(_Read(namespace))
                 continue
@@ -218,37 +224,3 @@ def _outcome(
     if not isinstance(error, GitopsError):
         raise error
     return error
-
-
-def _settle(
-    cluster: str,
-    namespace: str,
-    texts: dict[str, str],
-    wanted: list[DesiredObject],
-    *,
-    source: str,
-    managed: Collection[ObjectKey],
-) -> tuple[dict[ObjectKey, LiveStamp], list[str]]:
-    """Of one fresh (cluster, namespace): the objects their stamps settle, and the names to read.
-
-    To read: every wanted object not settled (a missing stamp included), and every
-    object the stamps say is the source's that Git no longer has (prune or orphan).
-    """
-    settled: dict[ObjectKey, LiveStamp] = {}
-    unread: list[str] = []
-    names = set()
-    for obj in wanted:
-        key = obj.key
-        names.add(obj.name)
-        text = texts.get(obj.name)
-        stamp = LiveStamp.decode(text) if text is not None else None
-        if stamp is not None and key in managed and settles(stamp, obj, source=source):
-            settled[key] = stamp
-        else:
-            unread.append(obj.name)
-    for name, text in texts.items():
-        if name not in names:
-            stamp = LiveStamp.decode(text)
-            if stamp is None or stamp.source == source:
-                unread.append(name)
-    return settled, unread

@@ -85,7 +85,8 @@ def live_state(
     inventory = managed_keys(source) if managed is None else managed
     targets = {*desired.targets, *in_scope(source, {(cluster, ns) for cluster, ns, _ in inventory})}
     if cached:
-        live = live_view(targets, source=source.name, desired=desired, managed=inventory)
+        memo = caches.for_source(source.pk).settle_memo
+        live = live_view(targets, source=source.name, desired=desired, managed=inventory, memo=memo)
     else:
         live = live_configmaps(targets)
     clusters = {cluster for cluster, _ in targets}

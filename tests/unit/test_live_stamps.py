@@ -21,7 +21,7 @@ from gitops.desired.policy import Policy, Target
 from gitops.desired.revision import DesiredObject, DesiredState, flag_set_json, flag_set_key
 from gitops.plan import Action, PlanMemo, plan
 from gitops.plan.provenance import Provenance, manifest
-from gitops.plan.stamps import LiveStamp, settles, sources_to_wake, stamp_of
+from gitops.plan.stamps import LiveStamp, SettleMemo, settle_namespace, settles, sources_to_wake, stamp_of
 
 SOURCE = "shop"
 COMMIT = "c" * 40
@@ -290,3 +290,51 @@ def test_a_settled_object_is_always_one_the_planner_finds_unchanged(edits, self_
     if item.action in (Action.DRIFT, Action.SELF_HEAL):
         assert not stamp.as_applied, edits
         assert sources_to_wake(stamp_of(as_applied(obj)), stamp) == {SOURCE}
+
+
+# -- the settle memo: the last pass's answer, only for the very same inputs ---------------------------
+
+
+def stamps_of(*objects: DesiredObject, resource_version: str = "7") -> dict[str, str]:
+    return {
+        obj.name: stamp_of(as_applied(obj, resource_version=resource_version)).encode() for obj in objects
+    }
+
+
+def test_the_settle_memo_answers_as_settling_does_and_only_for_the_same_inputs():
+    app = desired()
+    managed = frozenset({app.key})
+    texts = stamps_of(app)
+    memo = SettleMemo()
+    fresh = settle_namespace(texts, [app], source=SOURCE, managed=managed)
+    assert fresh == ({app.key: LiveStamp.decode(texts["app"])}, [])
+
+    assert memo.begin(SOURCE, managed).settle(CLUSTER, "team-a", texts, [app]) == fresh
+    again = memo.begin(SOURCE, frozenset(managed)).settle(CLUSTER, "team-a", dict(texts), [app])
+    assert again == fresh, "equal stamps, the same object, an equal inventory: the last answer"
+    again[0].clear()
+    assert memo.begin(SOURCE, managed).settle(CLUSTER, "team-a", texts, [app]) == fresh, "answers are copies"
+
+    edited = stamps_of(app, resource_version="8")
+    edited["app"] = edited["app"][:-1] + "0"  # someone else's edit: no longer as applied
+    assert memo.begin(SOURCE, managed).settle(CLUSTER, "team-a", edited, [app]) == ({}, ["app"])
+    changed_in_git = desired({"LOG_LEVEL": "debug"})
+    assert memo.begin(SOURCE, managed).settle(CLUSTER, "team-a", texts, [changed_in_git]) == ({}, ["app"])
+    assert memo.begin(SOURCE, frozenset()).settle(CLUSTER, "team-a", texts, [app]) == ({}, ["app"])
+    assert memo.begin("other", managed).settle(CLUSTER, "team-a", texts, [app]) == ({}, ["app"])
+
+
+def test_the_settle_memo_never_reuses_an_answer_for_an_equal_but_new_object():
+    """Objects are compared by identity: a revision that makes them again is settled again."""
+    app = desired()
+    managed = frozenset({app.key})
+    memo = SettleMemo()
+    memo.begin(SOURCE, managed).settle(CLUSTER, "team-a", stamps_of(app), [app])
+    twin = replace(app)
+    assert twin == app and twin is not app
+    settled, unread = memo.begin(SOURCE, managed).settle(CLUSTER, "team-a", stamps_of(app), [twin])
+    assert (list(settled), unread) == ([app.key], [])
+    assert memo.begin(SOURCE, managed).settle(CLUSTER, "team-a", stamps_of(app), [twin, app]) == (
+        {app.key: LiveStamp.decode(stamps_of(app)["app"])},
+        [],
+    )
