@@ -20,9 +20,17 @@ DEFAULT_ARENAS = 2
 
 
 def limit_malloc_arenas() -> int | None:
-    """Caps the process's malloc arenas; returns the cap, or None when nothing was changed."""
+    """Caps the process's malloc arenas; returns the cap, or None when nothing was changed.
+
+    Called before the process starts its threads: glibc settles its arena limit once it has made
+    more than eight arenas, after which a cap changes nothing. An operator's own ``MALLOC_ARENA_MAX``
+    or ``GLIBC_TUNABLES`` is left to govern when ``SLUICE_MALLOC_ARENAS`` is not set.
+    """
+    configured = os.environ.get("SLUICE_MALLOC_ARENAS")
+    if configured is None and ("MALLOC_ARENA_MAX" in os.environ or "GLIBC_TUNABLES" in os.environ):
+        return None
     try:
-        arenas = int(os.environ.get("SLUICE_MALLOC_ARENAS", DEFAULT_ARENAS))
+        arenas = int(configured if configured is not None else DEFAULT_ARENAS)
     except ValueError:
         log.warning("SLUICE_MALLOC_ARENAS is not a number; malloc keeps its default")
         return None

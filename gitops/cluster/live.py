@@ -138,6 +138,7 @@ def live_view(
                 continue
             state.settled.update(settled)
             reads += (_Read(namespace, name) for name in unread)
+    settling.finish()
     _read_all(state, work, reachable)
     return state
 

@@ -179,6 +179,21 @@ def settle_namespace(
     return settled, unread
 
 
+class _Settled(NamedTuple):
+    """One namespace's settling, with what it was computed from."""
+
+    texts: Mapping[str, str]
+    wanted: Sequence[DesiredObject]
+    settled: dict[ObjectKey, LiveStamp]
+    unread: list[str]
+
+
+class _Snapshot(NamedTuple):
+    source: str
+    managed: frozenset[ObjectKey]
+    namespaces: dict[tuple[str, str], _Settled]
+
+
 class SettleMemo:
     """How one source's last pass settled each (cluster, namespace), kept for the next pass.
 
@@ -186,40 +201,46 @@ class SettleMemo:
     inventory: when a namespace's stamps are the same text, its wanted objects the very same
     objects (an unchanged file gives them again, see ``ParseCache.expanded``) and the inventory
     equal, the answer is the last one. Comparing is done in C; decoding and settling was Python
-    per object. One entry per namespace, replaced on every pass: it never outgrows the source.
+    per object. A pass reads the last pass's snapshot and, when it is done, replaces it whole with
+    its own: passes that overlap never mix their inventories, and only the namespaces the last pass
+    settled are kept (the stamps of each, other sources' included: one namespace's worth each).
     """
 
     def __init__(self) -> None:
-        self._source = ""
-        self._managed: frozenset[ObjectKey] = frozenset()
-        self._last: dict[
-            tuple[str, str],
-            tuple[Mapping[str, str], Sequence[DesiredObject], dict[ObjectKey, LiveStamp], list[str]],
-        ] = {}
+        self._last = _Snapshot("", frozenset(), {})
 
-    def begin(self, source: str, managed: frozenset[ObjectKey]) -> _SettlePass:
-        """Starts a pass; what the last one remembered holds only for the same source and inventory."""
-        if source != self._source or managed != self._managed:
-            self._last.clear()
-        self._source, self._managed = source, managed
-        return _SettlePass(self, source, managed)
+    def begin(self, source: str, managed: frozenset[ObjectKey]) -> SettlePass:
+        last = self._last
+        usable = last.namespaces if (last.source, last.managed) == (source, managed) else {}
+        return SettlePass(self, _Snapshot(source, managed, {}), usable)
+
+    def _keep(self, snapshot: _Snapshot) -> None:
+        self._last = snapshot
 
 
-class _SettlePass:
-    def __init__(self, memo: SettleMemo, source: str, managed: frozenset[ObjectKey]) -> None:
-        self.memo, self.source, self.managed = memo, source, managed
+class SettlePass:
+    """One pass's settling: answers from the last pass where its inputs are the same, then kept."""
+
+    def __init__(self, memo: SettleMemo, snapshot: _Snapshot, last: dict[tuple[str, str], _Settled]) -> None:
+        self._memo, self._snapshot, self._last = memo, snapshot, last
 
     def settle(
         self, cluster: str, namespace: str, texts: Mapping[str, str], wanted: Sequence[DesiredObject]
     ) -> tuple[dict[ObjectKey, LiveStamp], list[str]]:
-        last = self.memo._last.get((cluster, namespace))
+        known = self._last.get((cluster, namespace))
         if (
-            last is not None
-            and len(last[1]) == len(wanted)
-            and all(map(operator.is_, last[1], wanted))
-            and last[0] == texts
+            known is None
+            or len(known.wanted) != len(wanted)
+            or not all(map(operator.is_, known.wanted, wanted))
+            or known.texts != texts
         ):
-            return dict(last[2]), list(last[3])
-        settled, unread = settle_namespace(texts, wanted, source=self.source, managed=self.managed)
-        self.memo._last[(cluster, namespace)] = (texts, wanted, settled, unread)
-        return dict(settled), list(unread)
+            settled, unread = settle_namespace(
+                texts, wanted, source=self._snapshot.source, managed=self._snapshot.managed
+            )
+            known = _Settled(texts, wanted, settled, unread)
+        self._snapshot.namespaces[(cluster, namespace)] = known
+        return dict(known.settled), list(known.unread)
+
+    def finish(self) -> None:
+        """The pass is done: its answers are what the next pass compares with."""
+        self._memo._keep(self._snapshot)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import replace
+from unittest.mock import ANY
 
 import pytest
 from hypothesis import given, settings
@@ -309,7 +310,9 @@ def test_the_settle_memo_answers_as_settling_does_and_only_for_the_same_inputs()
     fresh = settle_namespace(texts, [app], source=SOURCE, managed=managed)
     assert fresh == ({app.key: LiveStamp.decode(texts["app"])}, [])
 
-    assert memo.begin(SOURCE, managed).settle(CLUSTER, "team-a", texts, [app]) == fresh
+    first = memo.begin(SOURCE, managed)
+    assert first.settle(CLUSTER, "team-a", texts, [app]) == fresh
+    first.finish()
     again = memo.begin(SOURCE, frozenset(managed)).settle(CLUSTER, "team-a", dict(texts), [app])
     assert again == fresh, "equal stamps, the same object, an equal inventory: the last answer"
     again[0].clear()
@@ -325,16 +328,31 @@ def test_the_settle_memo_answers_as_settling_does_and_only_for_the_same_inputs()
 
 
 def test_the_settle_memo_never_reuses_an_answer_for_an_equal_but_new_object():
-    """Objects are compared by identity: a revision that makes them again is settled again."""
+    """Objects are compared by identity: one that compares equal but is another object is settled again
+    (a canary copy of an object compares equal to it, and must never be settled by a stamp)."""
     app = desired()
     managed = frozenset({app.key})
     memo = SettleMemo()
-    memo.begin(SOURCE, managed).settle(CLUSTER, "team-a", stamps_of(app), [app])
-    twin = replace(app)
-    assert twin == app and twin is not app
-    settled, unread = memo.begin(SOURCE, managed).settle(CLUSTER, "team-a", stamps_of(app), [twin])
-    assert (list(settled), unread) == ([app.key], [])
-    assert memo.begin(SOURCE, managed).settle(CLUSTER, "team-a", stamps_of(app), [twin, app]) == (
-        {app.key: LiveStamp.decode(stamps_of(app)["app"])},
-        [],
-    )
+    first = memo.begin(SOURCE, managed)
+    assert first.settle(CLUSTER, "team-a", stamps_of(app), [app]) == ({app.key: ANY}, [])
+    first.finish()
+    canary = replace(app, canary_document={"flags": {}})
+    assert canary == app and canary is not app
+
+    assert memo.begin(SOURCE, managed).settle(CLUSTER, "team-a", stamps_of(app), [canary]) == ({}, ["app"])
+
+
+def test_overlapping_passes_never_mix_their_inventories():
+    """A pass answers from the snapshot the last finished pass left, and replaces it whole."""
+    app = desired()
+    texts = stamps_of(app)
+    memo = SettleMemo()
+    with_app = memo.begin(SOURCE, frozenset({app.key}))
+    without = memo.begin(SOURCE, frozenset())  # the inventory lost the object meanwhile
+    assert with_app.settle(CLUSTER, "team-a", texts, [app])[1] == []
+    assert without.settle(CLUSTER, "team-a", texts, [app]) == ({}, ["app"])
+    without.finish()
+    with_app.finish()  # the later finish wins, with what it computed under its own inventory
+
+    assert memo.begin(SOURCE, frozenset()).settle(CLUSTER, "team-a", texts, [app]) == ({}, ["app"])
+    assert memo.begin(SOURCE, frozenset({app.key})).settle(CLUSTER, "team-a", texts, [app])[1] == []

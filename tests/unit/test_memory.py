@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from gitops.memory import limit_malloc_arenas
 
+ROOT = Path(__file__).resolve().parents[2]
+GLIBC = platform.libc_ver()[0] == "glibc"
 
-def test_the_default_cap_is_two_arenas(monkeypatch):
+
+def test_the_default_cap_is_two_arenas_on_glibc_and_nothing_elsewhere(monkeypatch):
+    for name in ("SLUICE_MALLOC_ARENAS", "MALLOC_ARENA_MAX", "GLIBC_TUNABLES"):
+        monkeypatch.delenv(name, raising=False)
+    assert limit_malloc_arenas() == (2 if GLIBC else None)
+
+
+@pytest.mark.parametrize("name", ["MALLOC_ARENA_MAX", "GLIBC_TUNABLES"])
+def test_an_operators_own_malloc_settings_are_left_alone(monkeypatch, name):
     monkeypatch.delenv("SLUICE_MALLOC_ARENAS", raising=False)
-    assert limit_malloc_arenas() == 2
+    monkeypatch.setenv(name, "4" if name == "MALLOC_ARENA_MAX" else "glibc.malloc.arena_max=4")
+    assert limit_malloc_arenas() is None
+    monkeypatch.setenv("SLUICE_MALLOC_ARENAS", "3")
+    assert limit_malloc_arenas() == (3 if GLIBC else None), "Sluice's own setting says otherwise"
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "many"])
@@ -37,7 +53,20 @@ def test_threads_of_a_capped_process_share_the_arenas():
         "[t.join() for t in threads]\n"
         "ctypes.CDLL(None).malloc_info(0, ctypes.c_void_p.in_dll(ctypes.CDLL(None), 'stdout'))\n"
     )
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("SLUICE_MALLOC_ARENAS", "MALLOC_ARENA_MAX", "GLIBC_TUNABLES")
+    }
+    if not GLIBC:  # malloc_info is glibc's; elsewhere the cap is not set at all (see above)
+        return
     output = subprocess.run(
-        [sys.executable, "-c", program], capture_output=True, text=True, check=True, timeout=60
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**environment, "PYTHONPATH": str(ROOT)},
     ).stdout
     assert output.count("<heap nr=") <= 2
