@@ -618,6 +618,12 @@ class Change(models.Model):
         indexes: ClassVar[list[Any]] = [
             models.Index(fields=["source", "-at"]),
             models.Index(fields=["namespace", "name"]),
+            # The change log filtered by source, newest first (its pages go by id).
+            models.Index(fields=["source", "-id"], name="gitops_change_source_id_desc"),
+            # A rollout's page: each object's latest change, read in index order, not sorted.
+            models.Index(
+                fields=["rollout", "cluster", "namespace", "kind", "name", "-id"], name="gitops_change_latest"
+            ),
         ]
 
     def __str__(self) -> str:

@@ -124,7 +124,11 @@ def change_log(
 ) -> QuerySet[Change]:
     changes = Change.objects.select_related("source").order_by("-at", "-id")
     if source:
-        changes = changes.filter(source__name=source)
+        # By id, not by a join on the name: then the (source, id) index serves a page of the log,
+        # where the join made PostgreSQL walk the whole log newest first. A removed source's name
+        # may be taken again, so every source ever called so is one of them.
+        ids = list(Source.all_objects.filter(name=source).values_list("pk", flat=True))
+        changes = changes.filter(source_id__in=ids)
     if cluster:
         changes = changes.filter(cluster=cluster)
     if commit:
