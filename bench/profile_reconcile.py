@@ -38,7 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from reconcile import NAMESPACES, ROOT, Bench, apiserver_cpu, bench_environment, git, manifest
+from reconcile import NAMESPACES, ROOT, Bench, apiserver_cpu, bench_environment
 
 
 class ThreadProfiles:
@@ -190,16 +190,9 @@ def profile_size(
     py_spy: str,
     with_live_cache: bool = False,
 ) -> None:
-    from gitops import source_admin
     from gitops.reconcile import source_sync
 
-    namespaces = bench.namespaces(f"p{size}")
-    work = bench.write_repo(size, namespaces, bench.workdir / f"profile-{size}")
-    source = source_admin.source_add(
-        name=f"profile-{size}-{bench.run_id}",
-        url=f"file://{work.parent / 'remote.git'}",
-        allowed_namespaces=[f"p{size}-{bench.run_id}-*"],
-    )
+    namespaces, work, source = bench.source_with_repo("p", size)
     profiled: Callable[[int, str], dict[str, Any]] = (
         functools.partial(sampled_sync, out=out, top=top, py_spy=py_spy)
         if py_spy
@@ -222,14 +215,11 @@ def profile_size(
 
 def start_live_cache(bench: Bench, namespaces: list[str]) -> Any:
     """The live cache as deployed, once it vouches for every namespace of the source."""
-    from django.conf import settings
-
-    from gitops.cluster import livestore
     from tests.workers import LiveCacheProcess, poll
 
     live_cache = LiveCacheProcess(bench.env).start()
     poll(
-        lambda: len(livestore.fresh_stamps(settings.SLUICE_CLUSTER_NAME, namespaces)) == len(namespaces),
+        lambda: bench.live_cache_vouches(namespaces),
         timeout=300,
         what="the live cache to vouch for every namespace",
     )
@@ -246,12 +236,7 @@ def profile_change(
     from gitops.reconcile import source_sync
 
     for revision in (1, 2):  # the first change warms what a long-running worker has warm
-        index = revision * 7
-        namespace = namespaces[index % NAMESPACES]
-        path = work / "configmaps" / namespace / f"cm-{index:05d}.yaml"
-        path.write_text(manifest(f"cm-{index:05d}", namespace, index, revision))
-        git(work, "commit", "--quiet", "-am", f"change {index}")
-        git(work, "push", "--quiet", "origin", "HEAD:refs/heads/main")
+        Bench.change_one_file(work, namespaces, revision)
         if revision == 1:
             assert str(source_sync(source_id).outcome) == "applied"
     figures = profiled(source_id, f"change-{size}")

@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -145,21 +146,42 @@ class Bench:
         git(work, "push", "--quiet", "origin", "HEAD:refs/heads/main")
         return work
 
-    def sluice(self, size: int) -> dict[str, float]:
+    def source_with_repo(self, prefix: str, size: int) -> tuple[list[str], Path, Any]:
+        """Fresh namespaces, a repository of ``size`` ConfigMaps across them, and a source that follows it."""
+        from gitops import source_admin
+
+        namespaces = self.namespaces(f"{prefix}{size}")
+        work = self.write_repo(size, namespaces, self.workdir / f"{prefix}-{size}")
+        source = source_admin.source_add(
+            name=f"{prefix}-{size}-{self.run_id}",
+            url=f"file://{work.parent / 'remote.git'}",
+            allowed_namespaces=[f"{prefix}{size}-{self.run_id}-*"],
+        )
+        return namespaces, work, source
+
+    @staticmethod
+    def change_one_file(work: Path, namespaces: list[str], revision: int) -> None:
+        """Commits and pushes a new content for one ConfigMap (a different one per revision)."""
+        index = revision * 7
+        namespace = namespaces[index % NAMESPACES]
+        path = work / "configmaps" / namespace / f"cm-{index:05d}.yaml"
+        path.write_text(manifest(f"cm-{index:05d}", namespace, index, revision))
+        git(work, "commit", "--quiet", "-am", f"change {index}")
+        git(work, "push", "--quiet", "origin", "HEAD:refs/heads/main")
+
+    @staticmethod
+    def live_cache_vouches(namespaces: list[str]) -> bool:
         from django.conf import settings
 
-        from gitops import source_admin
         from gitops.cluster import livestore
+
+        return len(livestore.fresh_stamps(settings.SLUICE_CLUSTER_NAME, namespaces)) == len(namespaces)
+
+    def sluice(self, size: int) -> dict[str, float]:
         from gitops.tasks import sync_source
         from tests.workers import LiveCacheProcess, WorkerProcess, poll
 
-        namespaces = self.namespaces(f"s{size}")
-        work = self.write_repo(size, namespaces, self.workdir / f"sluice-{size}")
-        source = source_admin.source_add(
-            name=f"bench-{size}-{self.run_id}",
-            url=f"file://{work.parent / 'remote.git'}",
-            allowed_namespaces=[f"s{size}-{self.run_id}-*"],
-        )
+        namespaces, work, source = self.source_with_repo("s", size)
         worker = WorkerProcess(
             {**self.env, "SLUICE_DATA_DIR": str(self.workdir / "data")}, concurrency=1
         ).start()
@@ -178,27 +200,21 @@ class Bench:
                 assert result["outcome"] == "unchanged", result
                 return elapsed
 
-            def fresh() -> bool:
-                return len(livestore.fresh_stamps(settings.SLUICE_CLUSTER_NAME, namespaces)) == len(
-                    namespaces
-                )
-
             assert worker.process is not None
             ours_before, theirs_before = cpu_seconds(process_tree(worker.process.pid)), apiserver_cpu()
             cold, result = timed_sync()
             assert result["outcome"] == "applied", result
             cold_cpu = cpu_seconds(process_tree(worker.process.pid)) - ours_before
             apiserver_cold_cpu = apiserver_cpu() - theirs_before
-            poll(fresh, timeout=120, what="the live cache to vouch for every namespace")
+            poll(
+                lambda: self.live_cache_vouches(namespaces),
+                timeout=120,
+                what="the live cache to vouch for every namespace",
+            )
             noops = [noop() for _ in range(3)]
             changes = []
             for revision in range(1, 4):
-                index = revision * 7
-                namespace = namespaces[index % NAMESPACES]
-                path = work / "configmaps" / namespace / f"cm-{index:05d}.yaml"
-                path.write_text(manifest(f"cm-{index:05d}", namespace, index, revision))
-                git(work, "commit", "--quiet", "-am", f"change {index}")
-                git(work, "push", "--quiet", "origin", "HEAD:refs/heads/main")
+                self.change_one_file(work, namespaces, revision)
                 elapsed, result = timed_sync()
                 assert result["summary"].get("update") == 1, result
                 changes.append(elapsed)

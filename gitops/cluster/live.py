@@ -190,9 +190,9 @@ def _read_all(state: LiveState, work: dict[str, list[_Read]], reachable: dict[st
     finally:
         # Never wait for a read past the deadline: its thread ends with its own read timeout. A cluster
         # that was late gets a fresh pool, so the next pass does not queue behind threads still blocked.
-        for cluster, _, future in futures:
-            if not future.cancel() and future not in finished:
-                pools.forget(cluster, "read")
+        late = {cluster for cluster, _, future in futures if not future.cancel() and future not in finished}
+        for cluster in late:
+            pools.forget(cluster, "read")
     failed: dict[str, GitopsError] = {}
     for cluster, read, future in futures:
         state.reads[ReadVia.GET if read.name else ReadVia.LIST] += 1

@@ -305,22 +305,10 @@ class GitMirror:
             raise ObjectNotFoundError(f"commit {commit} is not in the mirror at {self.path}")
         if (type_name := kind.stdout.decode("ascii", "replace").strip()) != "commit":
             raise PermanentError(f"{commit} is a {type_name}, not a commit")
-        completed = self._local(
-            git_at(
-                self.path,
-                "log",
-                "-1",
-                "--no-show-signature",
-                "--format=%H%x00%an%x00%ae%x00%ct%x00%B",
-                object_id,
-            )
-        )
-        if completed.returncode != 0:
+        tip = self._tip(object_id)
+        if tip is None:
             raise ObjectNotFoundError(f"commit {commit} is not in the mirror at {self.path}")
-        full_sha, author_name, author_email, timestamp, message = completed.stdout.decode(
-            "utf-8", "replace"
-        ).split("\0", 4)
-        return _commit_info(full_sha, author_name, author_email, timestamp, message)
+        return tip[0]
 
     def commit_identities(self, commit: str, *, since: str | None = None, limit: int = 1000) -> set[str]:
         """Author and committer emails (lower case) of commits reachable from ``commit`` but not ``since``.
@@ -469,7 +457,13 @@ class GitMirror:
         sha, parents, author_name, author_email, timestamp, message = completed.stdout.decode(
             "utf-8", "replace"
         ).split("\0", 5)
-        info = _commit_info(sha, author_name, author_email, timestamp, message)
+        info = CommitInfo(
+            sha=sha.strip(),
+            author_name=author_name,
+            author_email=author_email,
+            message=message.rstrip("\n") + "\n" if message.strip() else "",
+            committed_at=datetime.fromtimestamp(int(timestamp), tz=UTC),
+        )
         return info, tuple(parents.split())
 
     def _resolve(self, ref: str) -> str | None:
@@ -483,17 +477,6 @@ class GitMirror:
         # Exit 1 means "not an ancestor"; anything else (the old tip pruned, say)
         # leaves the ancestry unproven, which counts as a forced update too.
         return completed.returncode == 0
-
-
-def _commit_info(sha: str, author_name: str, author_email: str, timestamp: str, message: str) -> CommitInfo:
-    """A commit as ``git log --format=…%an%x00%ae%x00%ct%x00%B`` printed it."""
-    return CommitInfo(
-        sha=sha.strip(),
-        author_name=author_name,
-        author_email=author_email,
-        message=message.rstrip("\n") + "\n" if message.strip() else "",
-        committed_at=datetime.fromtimestamp(int(timestamp), tz=UTC),
-    )
 
 
 def _read_records(process: subprocess.Popen[bytes], max_files: int | None) -> tuple[list[bytes], bool]:
