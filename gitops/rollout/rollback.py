@@ -91,20 +91,26 @@ def rollbacks_owed_finish(source: Source) -> None:
         done = sorted(owed - set(restored.owed))
         still = sorted(restored.owed)
         retry_at = timezone.now() + cluster_retry_delay() if still else None
-        Rollout.objects.filter(pk=rollout.pk).update(
-            rollback_pending_clusters=still, pause_until=retry_at, updated_at=timezone.now()
-        )
-        if retry_at is not None:
-            schedule.source_sync_at(source.pk, retry_at)
-        if not done:
-            continue
-        rollout.refresh_from_db()
-        failed = bool(restored.failures)
-        message = f"rolled back on {', '.join(done)}" + (
-            f"; failed for {len(restored.failures)}: " + "; ".join(restored.failures[:3]) if failed else ""
-        )
-        kind = RolloutEventKind.ROLLBACK_FAILED if failed else RolloutEventKind.ROLLED_BACK
-        rollout_event(rollout, kind, actor=actor, message=message, data={"pending_clusters": still})
+        # One transaction: nobody sees a cluster no longer owed without the event saying it was restored.
+        with transaction.atomic():
+            Rollout.objects.filter(pk=rollout.pk).update(
+                rollback_pending_clusters=still, pause_until=retry_at, updated_at=timezone.now()
+            )
+            if retry_at is not None:
+                schedule.source_sync_at(source.pk, retry_at)
+            if done:
+                rollout.refresh_from_db()
+                _restored_event(rollout, actor, done, still, restored.failures)
+
+
+def _restored_event(
+    rollout: Rollout, actor: str, done: list[str], still: list[str], failures: list[str]
+) -> None:
+    message = f"rolled back on {', '.join(done)}" + (
+        f"; failed for {len(failures)}: " + "; ".join(failures[:3]) if failures else ""
+    )
+    kind = RolloutEventKind.ROLLBACK_FAILED if failures else RolloutEventKind.ROLLED_BACK
+    rollout_event(rollout, kind, actor=actor, message=message, data={"pending_clusters": still})
 
 
 def _restore(rollout: Rollout, actor: str, *, clusters: set[str] | None) -> Restored:
