@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
-from gitops.desired.revision import DesiredState, ParseCache
+from gitops.desired.revision import DesiredState, ParseCache, RevisionIndex
 from gitops.desired.scope import AdminScope
 from gitops.plan import PlanMemo
 from gitops.plan.stamps import SettleMemo
@@ -32,6 +32,8 @@ class SourceCache:
     settle_memo: SettleMemo = field(default_factory=SettleMemo)
     # The last revision loaded: ("commit:path", the scope it was validated under, the result).
     desired: tuple[str, AdminScope, DesiredState] | None = None
+    # The last valid revision loaded, (commit, path, index): the next commit is loaded from its changes.
+    index: tuple[str, str, RevisionIndex] | None = None
 
     def desired_for(self, key: str, scope: AdminScope) -> DesiredState | None:
         if self.desired is not None and self.desired[:2] == (key, scope):

@@ -19,6 +19,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii
 from pathlib import PurePosixPath
 from typing import Any, NamedTuple
 
@@ -140,6 +141,14 @@ class DesiredObject:
     def key(self) -> ObjectKey:
         # Asked several times per object and pass: built once (a frozen object's key never changes).
         return (self.cluster, self.namespace, self.name)
+
+    @functools.cached_property
+    def hash_line(self) -> str:
+        """``json.dumps([cluster, namespace, name, content hash])``: one line of a revision's hash. Kept,
+        because an unchanged file's objects are the same from commit to commit."""
+        quote = encode_basestring_ascii
+        cluster, namespace, name = quote(self.cluster), quote(self.namespace), quote(self.name)
+        return f"[{cluster}, {namespace}, {name}, {quote(self.content.hash)}]"
 
     def rendered(self, *, commit: str, source: str) -> Content:
         """The content as applied at ``commit``; flag sets carry the commit inside them."""
@@ -266,6 +275,19 @@ def load_revision(
     administrator (offline validation). Raises ``RevisionRejected`` with every
     error found (at most ``MAX_REPORTED_ERRORS``).
     """
+    return load_revision_indexed(files, read_blobs, sizes=sizes, limits=limits, cache=cache, scope=scope)[0]
+
+
+def load_revision_indexed(
+    files: Mapping[str, str],
+    read_blobs: BlobReader,
+    *,
+    sizes: Mapping[str, int] | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    cache: ParseCache | None = None,
+    scope: AdminScope | None = None,
+) -> tuple[DesiredState, RevisionIndex]:
+    """``load_revision``, and the index the next commit can be loaded from (``load_revision_changes``)."""
     scope = scope if scope is not None else AdminScope()
     cache = cache if cache is not None else ParseCache()
     cache.use(limits)
@@ -294,11 +316,135 @@ def load_revision(
     for path in sorted(parsed):
         errors.extend(parsed[path].errors)
     objects = _expand(parsed, policy, scope, errors, limits, memo=cache.expanded)
-    if not errors:
-        cache.expanded = {_expansion_key(obj): obj for obj in objects if obj.kind == "configmap"}
     if errors:
         raise RevisionRejected(errors)
-    return DesiredState(policy=policy, objects=tuple(objects))
+    cache.expanded = {_expansion_key(obj): obj for obj in objects if obj.kind == "configmap"}
+    desired = DesiredState(policy=policy, objects=tuple(objects))
+    by_path: dict[str, list[DesiredObject]] = {}
+    for obj in objects:
+        by_path.setdefault(obj.origin, []).append(obj)
+    index = RevisionIndex(
+        tree={path: (blob, known_sizes.get(path, 0)) for path, blob in files.items()},
+        relevant_bytes=sum(known_sizes.get(path, 0) for path in wanted),
+        nodes={path: result.nodes for path, result in parsed.items()},
+        policy_nodes=policy_usage.nodes,
+        by_path={path: tuple(found) for path, found in by_path.items()},
+        owners={obj.key: obj.origin for obj in objects},
+        limits=limits,
+        scope=scope,
+        desired=desired,
+        sized=sizes is not None,
+    )
+    return desired, index
+
+
+@dataclass(frozen=True)
+class RevisionIndex:
+    """A valid revision as it was loaded, kept so that the next commit is loaded from its changed files.
+
+    Every whole-revision check is a sum or a set kept here (file count, bytes, values parsed,
+    which file defines each object), so a change of a few files is checked without visiting the rest.
+    """
+
+    tree: Mapping[str, tuple[str, int]]  # every listed file -> (blob id, size)
+    relevant_bytes: int  # the sizes of the files Sluice reads, added up
+    nodes: Mapping[str, int]  # each parsed file (the policy apart) -> the values parsing it built
+    policy_nodes: int
+    by_path: Mapping[str, tuple[DesiredObject, ...]]  # the objects each file made, in revision order
+    owners: Mapping[ObjectKey, str]  # each object -> the file that defines it
+    limits: Limits
+    scope: AdminScope
+    desired: DesiredState
+    sized: bool  # the sizes came from the tree listing (else they are not known)
+
+
+FileChange = tuple[str, int] | None  # the file's new (blob id, size), or None: gone
+
+
+def load_revision_changes(
+    index: RevisionIndex,
+    changes: Mapping[str, FileChange],
+    read_blobs: BlobReader,
+    *,
+    limits: Limits,
+    cache: ParseCache,
+    scope: AdminScope,
+) -> tuple[DesiredState, RevisionIndex] | None:
+    """The revision ``index`` was loaded from with ``changes`` (path -> new file) made to it, loaded from
+    the changed files alone: the same objects, in the same order, as ``load_revision_indexed`` gives.
+
+    Only a change that leaves the revision valid is loaded here. None when this cannot tell: the
+    policy, the limits or the scope changed, a changed file is rejected, or a whole-revision check
+    fails; the caller then loads the whole tree, which reports every error in its usual order.
+    """
+    if not index.sized or limits != index.limits or scope != index.scope or POLICY_FILE in changes:
+        return None
+    tree = dict(index.tree)
+    relevant_bytes = index.relevant_bytes
+    for path, change in changes.items():
+        gone = tree.pop(path, None)
+        if relevant(path):
+            relevant_bytes += (change[1] if change is not None else 0) - (gone[1] if gone is not None else 0)
+        if change is not None:
+            tree[path] = change
+    changed = {path: change[0] for path, change in changes.items() if change is not None and relevant(path)}
+    if (
+        len(tree) > limits.max_files
+        or relevant_bytes > limits.max_revision_bytes
+        or name_problems(changed)
+        or any(tree[path][1] > limits.max_file_bytes for path in changed)
+    ):
+        return None
+    cache.use(limits)
+    parsed, _, errors = _parse_files(changed, read_blobs, cache, limits, check_sizes=False)
+    nodes = {path: count for path, count in index.nodes.items() if path not in changes}
+    nodes.update((path, result.nodes) for path, result in parsed.items())
+    if errors or sum(nodes.values()) + index.policy_nodes > limits.max_revision_nodes:
+        return None
+    for path in sorted(parsed):
+        errors.extend(parsed[path].errors)
+    made = _expand(parsed, index.desired.policy, scope, errors, limits, memo=cache.expanded)
+    owners = {key: path for key, path in index.owners.items() if path not in changes}
+    if errors or len(owners) + len(made) > limits.max_objects or any(obj.key in owners for obj in made):
+        return None
+    owners.update((obj.key, obj.origin) for obj in made)
+    _remember_expansion(cache, [obj for path in changes for obj in index.by_path.get(path, ())], made)
+    by_path = _by_path_changed(index.by_path, changes, made)
+    desired = DesiredState(
+        policy=index.desired.policy, objects=tuple(obj for found in by_path.values() for obj in found)
+    )
+    changed_index = RevisionIndex(
+        tree, relevant_bytes, nodes, index.policy_nodes, by_path, owners, limits, scope, desired, sized=True
+    )
+    return desired, changed_index
+
+
+def _remember_expansion(
+    cache: ParseCache, dropped: Iterable[DesiredObject], made: Iterable[DesiredObject]
+) -> None:
+    for obj in dropped:
+        if obj.kind == "configmap":
+            cache.expanded.pop(_expansion_key(obj), None)
+    for obj in made:
+        if obj.kind == "configmap":
+            cache.expanded[_expansion_key(obj)] = obj
+
+
+def _by_path_changed(
+    by_path: Mapping[str, tuple[DesiredObject, ...]],
+    changes: Mapping[str, FileChange],
+    made: list[DesiredObject],
+) -> dict[str, tuple[DesiredObject, ...]]:
+    """Each file's objects after ``changes``, in path order (the order a whole load makes them in)."""
+    grouped: dict[str, list[DesiredObject]] = {}
+    for obj in made:
+        grouped.setdefault(obj.origin, []).append(obj)
+    if grouped.keys() <= by_path.keys() and all(path in grouped for path in changes if path in by_path):
+        # The same files make objects as before: the order stands, only their objects are new.
+        return {**by_path, **{path: tuple(found) for path, found in grouped.items()}}
+    kept = {path: found for path, found in by_path.items() if path not in changes}
+    kept.update((path, tuple(found)) for path, found in grouped.items())
+    return {path: kept[path] for path in sorted(kept)}
 
 
 _UNPRINTABLE_NAME = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")

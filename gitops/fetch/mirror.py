@@ -252,7 +252,9 @@ class GitMirror:
         commit = check_object_id(commit, "commit")
         subpath = _normalize_subpath(subpath)
         self._require_mirror()
-        invocation = git_at(self.path, "ls-tree", "-r", "-l", "-z", f"{commit}:{subpath}", "--", *paths)
+        invocation = git_at(
+            self.path, "--literal-pathspecs", "ls-tree", "-r", "-l", "-z", f"{commit}:{subpath}", "--", *paths
+        )
         records, returncode, stderr = self._local_records(invocation, max_files=max_entries)
         if returncode != 0:
             self._require_commit(commit)
@@ -268,6 +270,33 @@ class GitMirror:
                 # surrogateescape keeps a name that is not UTF-8 round-trippable.
                 files[name.decode("utf-8", "surrogateescape")] = TreeFile(sha.decode("ascii"), int(size))
         return files
+
+    def tree_changes(
+        self, old: str, new: str, subpath: str = "", *, paths: Sequence[str] = (), max_changes: int
+    ) -> dict[str, TreeFile | None] | None:
+        """What changed under ``subpath`` from commit ``old`` to ``new``: each changed path (relative to
+        ``subpath``, restricted to ``paths`` as ``list_tree`` is) -> its file at ``new``, or None when it
+        is gone or no longer a regular file. None when git cannot compare the two (``old`` pruned, the
+        directory new) or when ``max_changes`` or more paths changed: list the whole tree then.
+
+        Two git processes whatever the tree's size: ``diff-tree`` for the paths, then ``ls-tree`` of just
+        those paths for their blobs and sizes, so a one-file commit never lists ten thousand files.
+        """
+        old, new = check_object_id(old, "commit"), check_object_id(new, "commit")
+        subpath = _normalize_subpath(subpath)
+        self._require_mirror()
+        invocation = git_at(
+            self.path, "--literal-pathspecs", "diff-tree", "-r", "-z", "--no-renames", "--raw",
+            f"{old}:{subpath}", f"{new}:{subpath}", "--", *paths,
+        )  # fmt: skip
+        records, returncode, _ = self._local_records(invocation, max_files=max_changes, counted=b":")
+        if returncode != 0 or len(records) % 2:
+            return None  # git could not compare them, or stopped at max_changes
+        changed = [records[at].decode("utf-8", "surrogateescape") for at in range(1, len(records), 2)]
+        if not changed:
+            return {}
+        listed = self.list_tree(new, subpath, paths=changed)
+        return {path: listed.get(path) for path in changed}
 
     def read_blob(self, sha: str) -> bytes:
         return self.read_blobs([sha])[sha]
@@ -380,10 +409,15 @@ class GitMirror:
             raise ObjectNotFoundError(f"commit {commit} is not in the mirror at {self.path}")
 
     def _local_records(
-        self, invocation: GitInvocation, *, max_files: int | None
+        self,
+        invocation: GitInvocation,
+        *,
+        max_files: int | None,
+        counted: bytes | tuple[bytes, ...] = _FILE_MODES,
     ) -> tuple[list[bytes], int, str]:
-        """The records ``git ls-tree -z`` prints, read as they come; git is stopped once ``max_files``
-        files are listed. Returns the records, the exit code (0 when stopped) and stderr."""
+        """The records ``git ls-tree -z`` (or ``diff-tree -z``) prints, read as they come; git is stopped
+        once ``max_files`` records starting with ``counted`` are read. Returns the records, the exit code
+        (0 when stopped) and stderr."""
         timed_out = threading.Event()
         with tempfile.TemporaryFile() as stderr:
             process = subprocess.Popen(
@@ -401,7 +435,7 @@ class GitMirror:
             timer = threading.Timer(LOCAL_TIMEOUT, stop)
             timer.start()
             try:
-                records, stopped = _read_records(process, max_files)
+                records, stopped = _read_records(process, max_files, counted)
             finally:
                 timer.cancel()
                 if process.poll() is None:
@@ -479,7 +513,9 @@ class GitMirror:
         return completed.returncode == 0
 
 
-def _read_records(process: subprocess.Popen[bytes], max_files: int | None) -> tuple[list[bytes], bool]:
+def _read_records(
+    process: subprocess.Popen[bytes], max_files: int | None, counted: bytes | tuple[bytes, ...] = _FILE_MODES
+) -> tuple[list[bytes], bool]:
     """``ls-tree`` records up to the one listing file number ``max_files``, and whether git had more
     (then the rest is left unread). Only regular files count: symlinks and submodules, which the
     listing skips, must not make a cut listing look complete."""
@@ -494,7 +530,7 @@ def _read_records(process: subprocess.Popen[bytes], max_files: int | None) -> tu
             if max_files is not None and files == max_files:
                 return records, True
             records.append(record)
-            files += record.startswith(_FILE_MODES)
+            files += record.startswith(counted)
     return records, False
 
 

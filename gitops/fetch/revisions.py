@@ -18,8 +18,16 @@ from django.utils import timezone
 from gitops import caches, metrics
 from gitops.desired.errors import RevisionRejected, ValidationError
 from gitops.desired.limits import Limits
-from gitops.desired.revision import READ_PATHS, DesiredState, load_revision
+from gitops.desired.revision import (
+    READ_PATHS,
+    DesiredState,
+    RevisionIndex,
+    load_revision,
+    load_revision_changes,
+    load_revision_indexed,
+)
 from gitops.desired.scope import AdminScope
+from gitops.errors import PermanentError, TemporaryError
 from gitops.fetch.credentials import resolve_credentials
 from gitops.fetch.mirror import CommitInfo, GitMirror
 from gitops.fetch.refs import RequestedRevision
@@ -86,19 +94,23 @@ def revision_desired_state(source: Source, revision: Revision) -> DesiredState |
         return known
     limits = Limits.from_settings(settings)
     with mirror_for(source) as mirror:
-        # Sizes come with the listing, so limits reject a revision before any blob is read.
-        tree = mirror.list_tree(
-            revision.commit, source.path, paths=READ_PATHS, max_entries=limits.max_files + 1
-        )
-        files = {path: entry.blob for path, entry in tree.items()}
-        sizes = {path: entry.size for path, entry in tree.items()}
-        try:
-            desired = load_revision(
-                files, mirror.read_blobs, sizes=sizes, limits=limits, cache=cache.parsed, scope=scope
+        loaded = _load_changes(mirror, cache, revision.commit, source.path, limits=limits, scope=scope)
+        if loaded is None:
+            # Sizes come with the listing, so limits reject a revision before any blob is read.
+            tree = mirror.list_tree(
+                revision.commit, source.path, paths=READ_PATHS, max_entries=limits.max_files + 1
             )
-        except RevisionRejected as rejected:
-            _reject(source, revision, rejected)
-            return None
+            files = {path: entry.blob for path, entry in tree.items()}
+            sizes = {path: entry.size for path, entry in tree.items()}
+            try:
+                loaded = load_revision_indexed(
+                    files, mirror.read_blobs, sizes=sizes, limits=limits, cache=cache.parsed, scope=scope
+                )
+            except RevisionRejected as rejected:
+                _reject(source, revision, rejected)
+                return None
+    desired, index = loaded
+    cache.index = (revision.commit, source.path, index)
     if revision.outcome in (Revision.Outcome.PENDING, Revision.Outcome.REJECTED):
         # Rejected before, valid now: the administrator widened the source's scope.
         Revision.objects.filter(pk=revision.pk).update(outcome=Revision.Outcome.VALID, errors=[])
@@ -107,6 +119,35 @@ def revision_desired_state(source: Source, revision: Revision) -> DesiredState |
         Source.objects.filter(pk=source.pk).update(target_clusters=list(desired.policy.clusters))
     cache.desired = (key, scope, desired)
     return desired
+
+
+# Past this many changed files a commit is loaded by listing its whole tree: as cheap by then.
+MAX_CHANGED_FILES = 512
+
+
+def _load_changes(
+    mirror: GitMirror, cache: caches.SourceCache, commit: str, path: str, *, limits: Limits, scope: AdminScope
+) -> tuple[DesiredState, RevisionIndex] | None:
+    """The revision at ``commit``, loaded from what changed since the last valid revision this worker
+    loaded (``git diff-tree``), or None when that cannot be done and the whole tree must be listed."""
+    if cache.index is None:
+        return None
+    base, base_path, index = cache.index
+    if base_path != path or base == commit:
+        return None
+    try:
+        changed = mirror.tree_changes(base, commit, path, paths=READ_PATHS, max_changes=MAX_CHANGED_FILES)
+    except (TemporaryError, PermanentError) as exc:
+        log.info("loading %s from the whole tree: %s", commit, exc)
+        return None
+    if changed is None:
+        return None
+    changes = {
+        name: (entry.blob, entry.size) if entry is not None else None for name, entry in changed.items()
+    }
+    return load_revision_changes(
+        index, changes, mirror.read_blobs, limits=limits, cache=cache.parsed, scope=scope
+    )
 
 
 def _load(mirror: GitMirror, source: Source, commit: str) -> DesiredState:

@@ -20,7 +20,6 @@ import math
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import replace
-from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from gitops.desired.policy import Pause, SetWeight, Step
@@ -104,12 +103,7 @@ def desired_at_weight(
 
 def desired_hash(desired: DesiredState) -> str:
     """One hash over the whole revision's content: what an approval approves."""
-    # Each object as ``json.dumps([cluster, namespace, name, hash])`` writes it, with the encoder's string
-    # escaping alone: the same hash (approvals recorded under it hold), without an encoder per object.
-    quote = encode_basestring_ascii
-
-    def line(obj: DesiredObject) -> str:
-        return f"[{quote(obj.cluster)}, {quote(obj.namespace)}, {quote(obj.name)}, {quote(obj.content.hash)}]"
-
-    lines = sorted(((obj.key, line(obj)) for obj in desired.objects), key=lambda pair: pair[0])
+    # Each object's line as ``json.dumps([cluster, namespace, name, hash])`` writes it (``hash_line``):
+    # the same hash as ever, so approvals recorded under it hold.
+    lines = sorted(((obj.key, obj.hash_line) for obj in desired.objects), key=lambda pair: pair[0])
     return hashlib.sha256("".join(text for _, text in lines).encode()).hexdigest()[:32]

@@ -31,6 +31,7 @@ from gitops.fetch import (
     ObjectNotFoundError,
     build_fetch_invocation,
 )
+from gitops.fetch.mirror import TreeFile
 
 GIT_IDENTITY = {
     "GIT_AUTHOR_NAME": "Ada Lovelace",
@@ -352,6 +353,53 @@ def test_list_files_of_an_unknown_commit(tree, mirror):
 
     with pytest.raises(ObjectNotFoundError):
         mirror.list_files("0" * 40)
+
+
+def _listing_changes(mirror: GitMirror, old: str, new: str, subpath: str, paths: tuple[str, ...]) -> dict:
+    """What two whole listings say changed: what ``tree_changes`` must report without listing them."""
+    before = mirror.list_tree(old, subpath, paths=paths)
+    after = mirror.list_tree(new, subpath, paths=paths)
+    return {
+        path: after.get(path) for path in before.keys() | after.keys() if before.get(path) != after.get(path)
+    }
+
+
+@pytest.mark.parametrize("paths", [(), ("base", "overlays", "link.yaml")])
+def test_tree_changes_are_what_two_whole_listings_differ_by(tree, mirror, paths):
+    old = mirror.fetch(tree.url, "main").commit
+    (tree.path / "deploy" / "binary.bin").unlink()  # gone
+    (tree.path / "deploy" / "link.yaml").unlink()  # a symlink becomes a file
+    (tree.path / "deploy" / "base" / "nested" / "deeper" / "flags.json").unlink()
+    os.symlink("../app.yaml", tree.path / "deploy" / "base" / "nested" / "deeper" / "flags.json")  # and back
+    tree.commit(
+        {
+            "deploy/base/app.yaml": "kind: ConfigMap\ndata: {}\n",  # changed
+            "deploy/link.yaml": "now a file\n",
+            "deploy/overlays/prod/*.yaml": "a name git would read as a pattern\n",  # new
+            "deploy/overlays/-dash.yaml": "a name like an option\n",
+            "README.md": "outside the subpath\n",
+        },
+        "many kinds of change",
+    )
+    new = mirror.fetch(tree.url, "main").commit
+
+    changes = mirror.tree_changes(old, new, "deploy", paths=paths, max_changes=100)
+
+    assert changes == _listing_changes(mirror, old, new, "deploy", paths)
+    assert changes["base/app.yaml"] == TreeFile(tree.head("HEAD:deploy/base/app.yaml"), 25)
+    assert changes["overlays/prod/*.yaml"] is not None
+    assert changes["base/nested/deeper/flags.json"] is None  # a symlink is not a file Sluice reads
+    assert mirror.tree_changes(old, old, "deploy", paths=paths, max_changes=100) == {}
+
+
+def test_tree_changes_give_up_past_the_cap_or_without_the_old_tree(tree, mirror):
+    old = mirror.fetch(tree.url, "main").commit
+    tree.commit({f"deploy/many/{index}.yaml": f"{index}\n" for index in range(20)}, "twenty files")
+    new = mirror.fetch(tree.url, "main").commit
+
+    assert len(mirror.tree_changes(old, new, "deploy", max_changes=21) or {}) == 20
+    assert mirror.tree_changes(old, new, "deploy", max_changes=20) is None  # list the whole tree instead
+    assert mirror.tree_changes(old, new, "deploy/many", max_changes=100) is None  # not a directory at old
 
 
 def test_read_blob_and_read_blobs_return_the_exact_bytes(tree, mirror):
