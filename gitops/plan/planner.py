@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 from gitops.desired.content import Content
@@ -101,17 +102,21 @@ class Plan:
     commit: str
     items: tuple[PlanItem, ...]
 
-    @property
+    @cached_property
     def actionable(self) -> tuple[PlanItem, ...]:
+        # A frozen plan: counted once, however often a pass (or a reused plan, next pass) asks.
         return tuple(item for item in self.items if item.action in ACTIONABLE)
 
     def count(self, action: Action) -> int:
-        return sum(1 for item in self.items if item.action is action)
+        return self._counts.get(action, 0)
 
     def summary(self) -> dict[str, int]:
+        return {action.value: count for action, count in self._counts.items()}
+
+    @cached_property
+    def _counts(self) -> Counter[Action]:
         # Counted by the enum (a str: hashed in C), named by value once per action, not once per item.
-        counts = Counter(item.action for item in self.items)
-        return {action.value: count for action, count in counts.items()}
+        return Counter(item.action for item in self.items)
 
     @property
     def drifted(self) -> tuple[PlanItem, ...]:
@@ -130,6 +135,16 @@ class PlanMemo:
         self._verdicts: dict[ObjectKey, tuple[str, str, PlanItem]] = {}
         # Items the live cache settled: the same stamp and the same desired object give the same item.
         self._settled: dict[ObjectKey, tuple[LiveStamp, DesiredObject, PlanItem]] = {}
+        # The last plan the live cache settled whole, with its inputs: the same inputs, the same plan.
+        self._whole: tuple[_SettledInputs, Plan] | None = None
+
+    def whole(self, inputs: _SettledInputs) -> Plan | None:
+        if self._whole is not None and self._whole[0].same_as(inputs):
+            return self._whole[1]
+        return None
+
+    def put_whole(self, inputs: _SettledInputs, result: Plan) -> None:
+        self._whole = (inputs, result)
 
     def get(self, key: ObjectKey, resource_version: str, content_hash: str) -> PlanItem | None:
         entry = self._verdicts.get(key)
@@ -164,6 +179,31 @@ class PlanMemo:
 LiveObjects = Mapping[tuple[str, str], Iterable[Mapping[str, Any]]]  # (cluster, namespace) -> one LIST
 
 
+@dataclass(frozen=True, eq=False)
+class _SettledInputs:
+    """Everything a plan depends on when the live cache settled every object and nothing was read."""
+
+    desired: DesiredState
+    source: str
+    commit: str
+    managed: Collection[ObjectKey]
+    held: frozenset[ObjectKey]
+    prune_allowed: bool
+    settled: Mapping[ObjectKey, LiveStamp]
+
+    def same_as(self, other: _SettledInputs) -> bool:
+        # The very same desired state (a cached revision), and equal everything else: the stamps are the
+        # same objects when the settle memo answered, so comparing them is a lookup each.
+        return (
+            self.desired is other.desired
+            and (self.source, self.commit, self.prune_allowed)
+            == (other.source, other.commit, other.prune_allowed)
+            and self.held == other.held
+            and self.managed == other.managed
+            and self.settled == other.settled
+        )
+
+
 def plan(
     desired: DesiredState,
     live_by_target: LiveObjects,
@@ -189,6 +229,42 @@ def plan(
     it unchanged (``stamps.settles``). The source's other objects must be read.
     """
     down = unreachable or {}
+    inputs = None
+    if memo is not None and not live_by_target and not down and settled:
+        # Nothing read, every object settled by the live cache: a plan is a pure function of these.
+        inputs = _SettledInputs(desired, source, commit, managed, held, prune_allowed, settled)
+        if (remembered := memo.whole(inputs)) is not None:
+            return remembered
+    result = _plan(
+        desired,
+        live_by_target,
+        source=source,
+        commit=commit,
+        managed=managed,
+        held=held,
+        prune_allowed=prune_allowed,
+        memo=memo,
+        down=down,
+        settled=settled,
+    )
+    if memo is not None and inputs is not None:
+        memo.put_whole(inputs, result)
+    return result
+
+
+def _plan(
+    desired: DesiredState,
+    live_by_target: LiveObjects,
+    *,
+    source: str,
+    commit: str,
+    managed: Collection[ObjectKey],
+    held: frozenset[ObjectKey],
+    prune_allowed: bool,
+    memo: PlanMemo | None,
+    down: Mapping[str, str],
+    settled: Mapping[ObjectKey, LiveStamp] | None,
+) -> Plan:
     live_index: dict[ObjectKey, Mapping[str, Any]] = {}
     for (cluster, namespace), objects in live_by_target.items():
         for obj in objects:

@@ -167,6 +167,32 @@ def test_the_memo_keeps_a_settled_item_per_cluster():
     assert all(a is b for a, b in zip(first.items, again.items, strict=True))
 
 
+def test_a_plan_the_live_cache_settled_whole_is_reused_only_for_the_same_inputs():
+    here, there = desired(), desired(cluster="member-1")
+    stamps = {obj.key: stamp_of(as_applied(obj)) for obj in (here, there)}
+    state = state_of(here, there)
+    memo = PlanMemo()
+    inputs = {"source": SOURCE, "commit": COMMIT, "managed": frozenset(stamps), "settled": stamps}
+    first = plan(state, {}, memo=memo, **inputs)
+    assert plan(state, {}, memo=memo, **{**inputs, "managed": set(stamps), "settled": dict(stamps)}) is first
+    changed_inputs = [
+        {"commit": "d" * 40},
+        {"prune_allowed": False},
+        {"held": frozenset({there.key})},
+        {"settled": {here.key: stamps[here.key]}},  # the other one is neither settled nor read: created
+        {"settled": {**stamps, here.key: stamps[here.key]._replace(resource_version="8")}},
+        {"unreachable": {"member-1": "down"}},
+    ]
+    for changed in changed_inputs:
+        again = plan(state, {}, memo=memo, **{**inputs, **changed})
+        assert again is not first, changed
+        assert again == plan(state, {}, **{**inputs, **changed}), changed
+    equal_but_new = state_of(here, there)  # a revision loaded again: planned again, not assumed the same
+    assert plan(equal_but_new, {}, memo=memo, **inputs) is not first
+    read = {(CLUSTER, "team-a"): [as_applied(here)]}  # anything read is planned from what was read
+    assert plan(state, read, memo=memo, **inputs) is not plan(state, read, memo=memo, **inputs)
+
+
 @pytest.mark.parametrize(
     "section, key, value",
     [
