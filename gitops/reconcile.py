@@ -111,7 +111,7 @@ def _reconcile(source: Source, *, actor: str, retry_failed: bool, manual: bool =
     rollout, queued = rollout_choose(source, head, head_desired, commit_identities=identities)
     logs.add_context(rollout=rollout.pk)
     outcome = _drive(rollout, head_desired if rollout.revision_id == head.pk else None, actor, retry_failed)
-    rollout.refresh_from_db()
+    rollout.reload()
     result.outcome = queued or outcome.outcome
     # A cluster that did not answer fails only its own targets: the pass reports it and goes on.
     unreachable = [f"cluster {name} unreachable: {why}" for name, why in sorted(outcome.unreachable.items())]

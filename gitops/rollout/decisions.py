@@ -80,7 +80,7 @@ def rollout_promote(
             else:  # asked to skip ahead between gates: only as many full approvals do that
                 message = f"{wanted_full} of {rollout.approvals_required} approvals to go to 100%"
                 Rollout.objects.filter(pk=rollout.pk).update(message=message)
-    rollout.refresh_from_db()
+    rollout.reload()
     return rollout
 
 

@@ -109,7 +109,7 @@ def rollout_drive(
     """
     outcome = StepOutcome()
     while True:
-        rollout.refresh_from_db()
+        rollout.reload()
         steps = steps_from_json(rollout.steps)  # an administrator may add a gate while it runs
         if _settled(rollout, desired, steps, outcome, actor=actor, retry_failed=retry_failed, held=held):
             return outcome
@@ -166,7 +166,7 @@ def _settled(
         return True
     if rollout.phase == Rollout.Phase.PAUSED and rollout.waiting_for == Waiting.CONSUMERS:
         opened = wave_gate_pass(rollout)
-        rollout.refresh_from_db()
+        rollout.reload()
         if opened:  # on to the next step, or the end
             return _settled(
                 rollout, desired, steps, outcome, actor=actor, retry_failed=retry_failed, held=held
@@ -178,7 +178,7 @@ def _settled(
         outcome.outcome = Outcome.FAILED if outcome.failures else Outcome.PAUSED
         return True
     if rollout.phase == Rollout.Phase.PAUSED:  # the pause just ended: look again, as stored now
-        rollout.refresh_from_db()
+        rollout.reload()
         return _settled(rollout, desired, steps, outcome, actor=actor, retry_failed=retry_failed, held=held)
     if rollout.step_index >= len(steps):
         _complete(rollout)

@@ -63,7 +63,7 @@ def rollout_rollback(rollout: Rollout, *, actor: str, reason: str, phase: Rollou
         updated_at=now,
         message=message,
     )
-    rollout.refresh_from_db()
+    rollout.reload()
     kind = RolloutEventKind.ROLLBACK_FAILED if restored.failures else RolloutEventKind.ROLLED_BACK
     rollout_event(rollout, kind, actor=actor, message=message, data={"pending_clusters": owed})
     if retry_at is not None:
@@ -99,7 +99,7 @@ def rollbacks_owed_finish(source: Source) -> None:
             if retry_at is not None:
                 schedule.source_sync_at(source.pk, retry_at)
             if done:
-                rollout.refresh_from_db()
+                rollout.reload()
                 _restored_event(rollout, actor, done, still, restored.failures)
 
 
