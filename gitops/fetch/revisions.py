@@ -8,6 +8,7 @@ stored with every error (file, line, field) and announced.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,21 +49,19 @@ def revision_fetch(source: Source) -> tuple[Revision, bool]:
     credentials = resolve_credentials(source.credentials_ref)
     with mirror_for(source) as mirror, metrics.FETCH_SECONDS.labels(source.name).time():
         fetched = mirror.fetch(source.url, source.branch, credentials)
-        revision = Revision.objects.filter(source=source, commit=fetched.commit).first()
-        if revision is None:
-            info = mirror.commit_info(fetched.commit)
-            revision, _ = Revision.objects.get_or_create(
-                source=source,
-                commit=fetched.commit,
-                defaults={
-                    # A pusher chooses these: cut to fit rather than fail every poll on a long one.
-                    "author_name": _fit(info.author_name, PERSON_LENGTH),
-                    "author_email": _fit(info.author_email, PERSON_LENGTH),
-                    "message": info.message,
-                    "committed_at": info.committed_at,
-                    "force_pushed_over": (fetched.previous or "") if fetched.forced else "",
-                },
-            )
+        info = functools.cache(lambda: mirror.commit_info(fetched.commit))  # read only for a new revision
+        revision, _ = Revision.objects.get_or_create(
+            source=source,
+            commit=fetched.commit,
+            defaults={
+                # A pusher chooses these: cut to fit rather than fail every poll on a long one.
+                "author_name": lambda: _fit(info().author_name, PERSON_LENGTH),
+                "author_email": lambda: _fit(info().author_email, PERSON_LENGTH),
+                "message": lambda: info().message,
+                "committed_at": lambda: info().committed_at,
+                "force_pushed_over": (fetched.previous or "") if fetched.forced else "",
+            },
+        )
         if fetched.forced:
             log.warning(
                 "force push detected source=%s from=%s to=%s", source.name, fetched.previous, fetched.commit
@@ -114,6 +113,7 @@ def revision_desired_state(source: Source, revision: Revision) -> DesiredState |
     if revision.outcome in (Revision.Outcome.PENDING, Revision.Outcome.REJECTED):
         # Rejected before, valid now: the administrator widened the source's scope.
         Revision.objects.filter(pk=revision.pk).update(outcome=Revision.Outcome.VALID, errors=[])
+        revision.outcome, revision.errors = Revision.Outcome.VALID, []
     if list(desired.policy.clusters) != list(source.target_clusters or []):
         # What `gitops clusters` and remove-cluster go by: a cluster is not removed under a source.
         Source.objects.filter(pk=source.pk).update(target_clusters=list(desired.policy.clusters))

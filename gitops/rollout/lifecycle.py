@@ -85,9 +85,10 @@ def rollout_start(
         content_hash=desired_hash(desired),
         created_by=actor,
     )
-    Revision.objects.filter(pk=revision.pk).exclude(outcome=Revision.Outcome.REJECTED).update(
-        outcome=Revision.Outcome.VALID
-    )
+    if revision.outcome != Revision.Outcome.VALID:  # a queued one (loading a new one made it valid already)
+        Revision.objects.filter(pk=revision.pk).exclude(outcome=Revision.Outcome.REJECTED).update(
+            outcome=Revision.Outcome.VALID
+        )
     message = f"rollout of {revision.commit[:12]} in {len(rollout.steps)} steps"
     rollout_event(rollout, RolloutEventKind.STARTED, actor=actor, message=message)
     return rollout
