@@ -34,7 +34,7 @@ from django.conf import settings
 from gitops.cluster import livestore, pools
 from gitops.cluster.client import Cluster
 from gitops.cluster.clients import clients, get_cluster
-from gitops.desired.revision import DesiredObject, DesiredState, ObjectKey
+from gitops.desired.revision import DesiredState, ObjectKey
 from gitops.errors import GitopsError, TemporaryError
 from gitops.plan.stamps import LiveStamp, SettleMemo
 
@@ -118,9 +118,7 @@ def live_view(
     by_cluster = _by_cluster(targets)
     state = LiveState()
     reachable = _reachable(state, by_cluster, connect)
-    wanted: dict[Target, list[DesiredObject]] = {}
-    for obj in desired.objects:
-        wanted.setdefault((obj.cluster, obj.namespace), []).append(obj)
+    wanted = desired.by_target
     work: dict[str, list[_Read]] = {}
     for cluster in reachable:
         namespaces = by_cluster[cluster]
@@ -131,7 +129,7 @@ def live_view(
             if stamps is None:
                 reads.append(_Read(namespace))
                 continue
-            here = wanted.get((cluster, namespace), [])
+            here = wanted.get((cluster, namespace), ())
             settled, unread = settling.settle(cluster, namespace, stamps, here)
             if len(unread) > GET_BUDGET_PER_NAMESPACE:
                 reads.append(_Read(namespace))

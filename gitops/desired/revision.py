@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii
 from pathlib import PurePosixPath
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from gitops.desired.configmaps import ConfigMapManifest, dns_subdomain_problem, parse_configmap
@@ -176,7 +177,16 @@ class DesiredState:
     @functools.cached_property
     def targets(self) -> tuple[tuple[str, str], ...]:
         """Every (cluster, namespace) an object goes to (a cached revision is asked on every pass)."""
-        return tuple(dict.fromkeys((obj.cluster, obj.namespace) for obj in self.objects))
+        return tuple(self.by_target)
+
+    @functools.cached_property
+    def by_target(self) -> Mapping[tuple[str, str], tuple[DesiredObject, ...]]:
+        """The objects of each (cluster, namespace), in revision order: grouped once per revision, not on
+        every pass that asks."""
+        grouped: dict[tuple[str, str], list[DesiredObject]] = {}
+        for obj in self.objects:
+            grouped.setdefault((obj.cluster, obj.namespace), []).append(obj)
+        return MappingProxyType({target: tuple(found) for target, found in grouped.items()})
 
     @property
     def clusters(self) -> tuple[str, ...]:

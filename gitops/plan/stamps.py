@@ -230,8 +230,11 @@ class SettlePass:
         known = self._last.get((cluster, namespace))
         if (
             known is None
-            or len(known.wanted) != len(wanted)
-            or not all(map(operator.is_, known.wanted, wanted))
+            # The same revision hands over the very same tuple (DesiredState.by_target): no walk then.
+            or (
+                known.wanted is not wanted
+                and (len(known.wanted) != len(wanted) or not all(map(operator.is_, known.wanted, wanted)))
+            )
             or known.texts != texts
         ):
             settled, unread = settle_namespace(
