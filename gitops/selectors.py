@@ -14,7 +14,17 @@ from django.db.models.fields.json import KeyTransform
 from django.utils import timezone
 
 from gitops.desired.errors import ValidationError
-from gitops.models import Change, Freeze, ManagedObject, PublishedFlag, Revision, Rollout, Source, SyncWindow
+from gitops.models import (
+    Change,
+    Freeze,
+    ManagedObject,
+    PublishedFlag,
+    Revision,
+    Rollout,
+    RolloutObjectCount,
+    Source,
+    SyncWindow,
+)
 from gitops.plan import drift_count, out_of_sync
 from gitops.redaction import redact_url
 from gitops.vocabulary import Staleness, StaleReason
@@ -296,11 +306,14 @@ def rollout_targets(
     rollout: Rollout, *, limit: int = ROLLOUT_TARGETS_SHOWN
 ) -> tuple[list[dict[str, Any]], int]:
     """The objects the rollout changed (ConfigMaps, restarted workloads), each with its latest change:
-    at most ``limit``, and the total."""
-    changes = Change.objects.filter(rollout=rollout)
-    total = changes.values("cluster", "namespace", "kind", "name").distinct().count()
+    at most ``limit``, and the total.
+
+    The total is the count the database keeps as it logs changes (``RolloutObjectCount``): counting
+    the distinct objects of 20,000 entries on every view cost more than the page's 150 ms budget."""
+    total = RolloutObjectCount.objects.filter(rollout=rollout).values_list("total", flat=True).first() or 0
     latest = (
-        changes.order_by("cluster", "namespace", "kind", "name", "-id")
+        Change.objects.filter(rollout=rollout)
+        .order_by("cluster", "namespace", "kind", "name", "-id")
         .distinct("cluster", "namespace", "kind", "name")
         .values(
             "cluster", "namespace", "kind", "name", "action", "step_index", "weight", "result", "at", "actor"

@@ -39,8 +39,10 @@ def changes(
     body_bytes: int = 100,
     logged: bool = True,
     intent_bodies: bool = True,
+    first: int = 0,
 ) -> list[ApplyIntent]:
-    """``count`` done intents of ``of``, each with a change-log row unless ``logged`` is False."""
+    """``count`` done intents of ``of`` (ConfigMaps ``cm-<first>`` onwards), each with a change-log row
+    unless ``logged`` is False."""
     at = at or timezone.now()
     before = {"data": {"blob": "b" * body_bytes}}
     after = {"data": {"blob": "a" * body_bytes}}
@@ -61,7 +63,7 @@ def changes(
                 status=ApplyIntent.Status.DONE,
                 created_at=at,
             )
-            for index in range(count)
+            for index in range(first, first + count)
         ],
         batch_size=500,
     )

@@ -112,6 +112,8 @@ def test_the_rollout_page_and_the_api_show_each_consumer_per_target_wave_by_wave
 
     api = client.get(f"/api/rollouts/{rollout.pk}").json()
     assert (api["consumers"], api["health_timeout_seconds"]) == ("restart", 120)
+    # Counted by the database as the worker logged the update and the restart.
+    assert api["targets_total"] == len(api["targets"]) >= 2
     assert sorted(
         (s["namespace"], s["name"], s["restarted"], s["restartable"], s["health"], s["detail"])
         for s in api["consumer_states"]
@@ -197,6 +199,8 @@ def test_the_page_shows_a_wave_waiting_for_its_consumers_then_failing(
     assert rows.count("<td>Deployment</td>") == 2
     assert "<td>restart</td>" in rows and "<td>rollback</td>" in rows
 
-    state = client.get(f"/api/rollouts/{failed.pk}").json()["consumer_states"]
+    failed_api = client.get(f"/api/rollouts/{failed.pk}").json()
+    assert failed_api["targets_total"] == len(failed_api["targets"]), "a rollback names no new object"
+    state = failed_api["consumer_states"]
     assert [(s["name"], s["health"], s["restarted"]) for s in state] == [("api", "failed", True)]
     assert state[0]["detail"].startswith("ProgressDeadlineExceeded")

@@ -205,6 +205,54 @@ def test_a_new_account_is_a_viewer_by_default(paused_rollout):
     )
 
 
+def distinct_objects(rollout: Rollout) -> int:
+    entries = Change.objects.filter(rollout=rollout)
+    return entries.values("cluster", "namespace", "kind", "name").distinct().count()
+
+
+def test_a_rollout_page_reports_every_object_it_changed_without_counting_the_log(people, make_source):
+    """The total comes from the count the database keeps as it logs changes, never from counting
+    the rollout's entries on every view; it is exact however the entries arrive."""
+    import importlib
+
+    from gitops.models import RolloutObjectCount
+    from gitops.selectors import ROLLOUT_TARGETS_SHOWN
+    from tests import history
+
+    source = make_source()
+    rollout = history.rollout(source, phase=Rollout.Phase.PAUSED)
+    history.changes(rollout, ROLLOUT_TARGETS_SHOWN + 3)
+    history.changes(rollout, 2)  # the same objects again, as a later step logs them
+    history.changes(rollout, 2, first=ROLLOUT_TARGETS_SHOWN + 3)  # and two new ones
+    other = history.rollout(source)
+    history.changes(other, 4)  # the same names in another rollout are that rollout's objects
+    expected = ROLLOUT_TARGETS_SHOWN + 5
+    assert distinct_objects(rollout) == expected
+
+    client = client_for(people["viewer"])
+    with CaptureQueriesContext(connection) as queries:
+        page = client.get(reverse("dashboard:rollout", args=[rollout.pk])).content.decode()
+    assert f"Showing {ROLLOUT_TARGETS_SHOWN} of {expected} objects" in page
+    targets = page.split('id="targets"', 1)[1].split("</table>", 1)[0]
+    assert targets.count("<td>ConfigMap</td>") == ROLLOUT_TARGETS_SHOWN
+    statements = [query["sql"] for query in queries.captured_queries]
+    counted = [sql for sql in statements if "COUNT(" in sql.upper() and '"gitops_change"' in sql]
+    assert counted == [], "the page counts nothing in the change log"
+    api = client.get(f"/api/rollouts/{rollout.pk}").json()
+    assert (api["targets_total"], len(api["targets"])) == (expected, ROLLOUT_TARGETS_SHOWN)
+    other_page = client.get(reverse("dashboard:rollout", args=[other.pk])).content.decode()
+    assert other_page.count("<td>ConfigMap</td>") == 4
+    assert "all changes of this commit" not in other_page, "a page that lists every object says no more"
+
+    # The migration's backfill counts the same from the entries alone.
+    kept = dict(RolloutObjectCount.objects.values_list("rollout_id", "total"))
+    assert kept == {rollout.pk: expected, other.pk: 4}
+    RolloutObjectCount.objects.all().delete()
+    migration = importlib.import_module("gitops.migrations.0013_rollout_object_count")
+    migration.rollouts_count(connection)
+    assert dict(RolloutObjectCount.objects.values_list("rollout_id", "total")) == kept
+
+
 # -- the consumers of a ConfigMap step (issue 12) ---------------------------------------------------
 
 

@@ -31,6 +31,16 @@ def _repository(repo, namespaces: list[str], count: int, revision: str = "1") ->
     repo.commit(f"{count} objects, revision {revision}")
 
 
+def _objects_counted(source) -> tuple[int, int]:
+    """The latest rollout's object total as the database kept it while logging, and as counted now."""
+    from gitops.models import Change, RolloutObjectCount
+
+    rollout = source.rollouts.order_by("-id").first()
+    kept = RolloutObjectCount.objects.filter(rollout=rollout).values_list("total", flat=True).first()
+    logged = Change.objects.filter(rollout=rollout).values("cluster", "namespace", "kind", "name")
+    return kept or 0, logged.distinct().count()
+
+
 def _counts(tmp_path_factory, make_namespaces, settings, count: int) -> dict[str, int]:
     from gitops import reconcile, source_admin
     from tests.gitrepo import GitRepo
@@ -45,17 +55,20 @@ def _counts(tmp_path_factory, make_namespaces, settings, count: int) -> dict[str
     counts["cold apply"], result = _queries(lambda: reconcile.source_sync(source.pk))
     assert result.outcome == "applied", result
     assert result.summary["create"] == 2 * count
+    assert _objects_counted(source) == (2 * count, 2 * count)
     counts["no-op"], result = _queries(lambda: reconcile.source_sync(source.pk))
     assert result.outcome == "unchanged", result
 
     _repository(repo, namespaces, count, revision="2")
     counts["update every object"], result = _queries(lambda: reconcile.source_sync(source.pk))
     assert result.summary["update"] == 2 * count, result
+    assert _objects_counted(source) == (2 * count, 2 * count)
 
     repo.remove("configmaps")
     repo.commit("prune everything")
     counts["prune every object"], result = _queries(lambda: reconcile.source_sync(source.pk))
     assert result.summary["delete"] == 2 * count, result
+    assert _objects_counted(source) == (2 * count, 2 * count)
     return counts
 
 
@@ -112,3 +125,34 @@ def test_reconcile_query_counts_do_not_grow_with_the_number_of_clusters(
     one = _cluster_counts(tmp_path_factory, cluster_for, settings, ["default"])
     three = _cluster_counts(tmp_path_factory, cluster_for, settings, ["default", "member-1", "member-2"])
     assert three == one, f"queries with 1 cluster: {one}; with 3: {three}"
+
+
+def _rollout_page_queries(client, people, make_source, objects: int) -> tuple[int, list[str]]:
+    from django.urls import reverse
+
+    from gitops.models import Rollout
+    from tests import history
+
+    rollout = history.rollout(make_source(), phase=Rollout.Phase.PAUSED)
+    history.changes(rollout, objects)
+    history.changes(rollout, objects // 2)  # a later step's entries for the same objects
+    client.force_login(people["viewer"])
+    with CaptureQueriesContext(connection) as captured:
+        page = client.get(reverse("dashboard:rollout", args=[rollout.pk]))
+    assert page.status_code == 200
+    return len(captured), [query["sql"] for query in captured.captured_queries]
+
+
+def test_the_rollout_page_reads_its_objects_total_and_counts_nothing(people, make_source):
+    """A rollout of hundreds of objects costs its page the queries of one of a few: the total is
+    the count the database keeps (RolloutObjectCount), never a COUNT over the change log."""
+    from django.test import Client
+
+    from gitops.selectors import ROLLOUT_TARGETS_SHOWN
+
+    few, _ = _rollout_page_queries(Client(), people, make_source, SMALL)
+    many, statements = _rollout_page_queries(Client(), people, make_source, 2 * ROLLOUT_TARGETS_SHOWN)
+    assert many == few, f"queries with {SMALL} objects: {few}; with {2 * ROLLOUT_TARGETS_SHOWN}: {many}"
+    counting = [sql for sql in statements if "COUNT(" in sql.upper() and '"gitops_change"' in sql]
+    assert counting == [], counting
+    assert any('"gitops_rolloutobjectcount"' in sql for sql in statements), statements

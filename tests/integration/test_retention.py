@@ -149,6 +149,12 @@ def test_ordinary_updates_and_deletes_of_the_change_log_are_still_refused(aged):
     assert Change.objects.count() == 7
 
 
+def object_totals() -> dict[int, int]:
+    from gitops.models import RolloutObjectCount
+
+    return dict(RolloutObjectCount.objects.values_list("rollout_id", "total"))
+
+
 def test_archive_changes_moves_old_entries_to_a_file_in_one_transaction(aged, tmp_path, worker_env):
     archive = tmp_path / "changes-2025.jsonl"
     cutoff = (timezone.now() - timedelta(days=30)).date().isoformat()
@@ -156,6 +162,8 @@ def test_archive_changes_moves_old_entries_to_a_file_in_one_transaction(aged, tm
         Change.objects.filter(at__lt=timezone.now() - timedelta(days=30)).values_list("pk", flat=True)
     )
     assert len(old_ids) == 5
+    finished, active, recent = aged["finished"].pk, aged["active"].pk, aged["recent"][0].rollout_id
+    assert object_totals() == {finished: 3, active: 2, recent: 2}
 
     moved = subprocess.run(
         [
@@ -184,6 +192,8 @@ def test_archive_changes_moves_old_entries_to_a_file_in_one_transaction(aged, tm
     assert {"commit", "namespace", "name", "action", "actor", "at", "rollout", "intent"} <= set(lines[0])
     assert not Change.objects.filter(pk__in=old_ids).exists()
     assert Change.objects.count() == 2
+    # A rollout's page reports the objects its remaining entries name.
+    assert object_totals() == {finished: 0, active: 0, recent: 2}
 
     # An existing file is never overwritten, and then nothing is deleted.
     again = subprocess.run(
