@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from django.db import DatabaseError, connection, transaction
@@ -17,7 +14,6 @@ from gitops.models import ApplyIntent, Change, Notification, Rollout, RolloutEve
 from tests import history
 
 pytestmark = pytest.mark.django_db(transaction=True)
-ROOT = Path(__file__).resolve().parents[2]
 LONG_AGO = timedelta(days=400)
 
 
@@ -101,18 +97,10 @@ def test_each_retention_is_a_setting(aged, settings):
     assert counts["notifications"] == 2
 
 
-def test_the_cli_purges_and_a_beat_task_does_too(aged, worker_env, celery_worker):
+def test_the_cli_purges_and_a_beat_task_does_too(aged, manage, worker_env, celery_worker):
     from gitops.tasks import purge_old_records
 
-    dry = subprocess.run(
-        [sys.executable, "manage.py", "gitops", "purge", "--dry-run"],
-        cwd=ROOT,
-        env=worker_env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
+    dry = manage("gitops", "purge", "--dry-run", env=worker_env, timeout=120)
     assert dry.returncode == 0, dry.stderr
     assert "would remove: 1 webhook deliveries, 2 notifications, 3 intents cleared" in dry.stdout
     assert WebhookDelivery.objects.count() == 2
@@ -149,7 +137,7 @@ def test_ordinary_updates_and_deletes_of_the_change_log_are_still_refused(aged):
     assert Change.objects.count() == 7
 
 
-def test_archive_changes_moves_old_entries_to_a_file_in_one_transaction(aged, tmp_path, worker_env):
+def test_archive_changes_moves_old_entries_to_a_file_in_one_transaction(aged, tmp_path, manage, worker_env):
     archive = tmp_path / "changes-2025.jsonl"
     cutoff = (timezone.now() - timedelta(days=30)).date().isoformat()
     old_ids = sorted(
@@ -157,23 +145,8 @@ def test_archive_changes_moves_old_entries_to_a_file_in_one_transaction(aged, tm
     )
     assert len(old_ids) == 5
 
-    moved = subprocess.run(
-        [
-            sys.executable,
-            "manage.py",
-            "gitops",
-            "archive-changes",
-            "--before",
-            cutoff,
-            "--output",
-            str(archive),
-        ],
-        cwd=ROOT,
-        env=worker_env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
+    moved = manage(
+        "gitops", "archive-changes", "--before", cutoff, "--output", str(archive), env=worker_env, timeout=120
     )
 
     assert moved.returncode == 0, moved.stderr
@@ -186,22 +159,14 @@ def test_archive_changes_moves_old_entries_to_a_file_in_one_transaction(aged, tm
     assert Change.objects.count() == 2
 
     # An existing file is never overwritten, and then nothing is deleted.
-    again = subprocess.run(
-        [
-            sys.executable,
-            "manage.py",
-            "gitops",
-            "archive-changes",
-            "--before",
-            "2999-01-01",
-            "--output",
-            str(archive),
-        ],
-        cwd=ROOT,
+    again = manage(
+        "gitops",
+        "archive-changes",
+        "--before",
+        "2999-01-01",
+        "--output",
+        str(archive),
         env=worker_env,
-        capture_output=True,
-        text=True,
-        check=False,
         timeout=120,
     )
     assert again.returncode != 0
