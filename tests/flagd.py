@@ -92,8 +92,14 @@ class FlagdEvaluator(ABC):
         return self.resolve_flags([(flag, kind, default)], contexts, metadata=metadata)[flag]
 
     def values(self, flag: str, default: Any, keys: Sequence[str] = KEYS) -> dict[str, Any]:
+        return self.values_of({flag: default}, keys)[flag]
+
+    def values_of(self, defaults: Mapping[str, Any], keys: Sequence[str] = KEYS) -> dict[str, dict[str, Any]]:
+        """values_of({flag: code default})[flag][key], every flag in one pass of the evaluator."""
         contexts = {key: KEY_CONTEXTS.get(key) or Context(key) for key in keys}
-        return {key: r.value for key, r in self.resolve(flag, kind_of(default), default, contexts).items()}
+        evaluations = [(flag, kind_of(default), default) for flag, default in defaults.items()]
+        resolved = self.resolve_flags(evaluations, contexts)
+        return {flag: {key: r.value for key, r in by_key.items()} for flag, by_key in resolved.items()}
 
     def details(self, flag: str, default: Any, key: str = "user-0") -> Resolution:
         return self.resolve(flag, kind_of(default), default, {key: Context(key)}, metadata=True)[key]
@@ -264,13 +270,13 @@ class JsEvaluator(FlagdEvaluator):
 EVALUATORS: dict[str, type[FlagdEvaluator]] = {"python": PythonEvaluator, "js": JsEvaluator}
 
 
-def evaluate(
-    document: dict[str, Any] | str, flag: str, default: Any, directory: Path, evaluator: str = "python"
-) -> dict[str, Any]:
-    """The value each of the 10,000 keys gets for ``flag`` from ``document``."""
+def evaluate_all(
+    document: dict[str, Any] | str, defaults: Mapping[str, Any], directory: Path, evaluator: str = "python"
+) -> dict[str, dict[str, Any]]:
+    """evaluate_all(document, {flag: code default})[flag][key] for the 10,000 keys, in one pass."""
     text = document if isinstance(document, str) else json.dumps(document)
     served = EVALUATORS[evaluator](text, directory)
     try:
-        return served.values(flag, default)
+        return served.values_of(defaults)
     finally:
         served.close()
