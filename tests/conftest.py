@@ -8,6 +8,7 @@ it), and the Django settings and the Celery app of this process are pointed at i
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from tests.commands import CommandLauncher
 from tests.workers import LiveCacheProcess, WorkerProcess, poll
 
 if TYPE_CHECKING:
@@ -111,6 +113,20 @@ def celery_worker(worker_env: dict[str, str]) -> Iterator[WorkerProcess]:
     worker = WorkerProcess(worker_env).start()
     yield worker
     worker.stop()
+
+
+@pytest.fixture(scope="session")
+def manage() -> Iterator[Callable[..., subprocess.CompletedProcess[str]]]:
+    """``manage(*args, env=..., timeout=...)``: ``python manage.py *args`` as a real process of its own,
+    answered like ``subprocess.run(..., capture_output=True, text=True)``. One launcher, shared by the
+    run, forks each command after importing the heavy third-party libraries once (tests/commands.py)."""
+    launcher = CommandLauncher()
+
+    def run(*args: str, env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        return launcher.run(list(args), env=env, timeout=timeout)
+
+    yield run
+    launcher.close()
 
 
 @pytest.fixture

@@ -8,11 +8,9 @@ import io
 import json
 import re
 import subprocess
-import sys
 from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -40,7 +38,6 @@ from tests.gitrepo import configmap, policy
 from tests.workers import poll
 
 pytestmark = pytest.mark.django_db(transaction=True)
-ROOT = Path(__file__).resolve().parents[2]
 
 # Every operation, with a source and a rollout that do not exist.
 ENDPOINTS = [
@@ -394,22 +391,20 @@ def test_missing_things_are_404_and_malformed_ids_422(as_role, make_source):
 # -- tokens and sessions ------------------------------------------------------------------------
 
 
-def manage(worker_env: dict[str, str], *args: str, expect: int = 0) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=worker_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == expect, done
-    return done
+@pytest.fixture
+def api_token_command(manage, worker_env):
+    """``manage.py api-token ...`` as a real process; asserts its exit status."""
+
+    def run(*args: str, expect: int = 0) -> subprocess.CompletedProcess[str]:
+        done = manage("api-token", *args, env=worker_env, timeout=120)
+        assert done.returncode == expect, done
+        return done
+
+    return run
 
 
-def test_token_lifecycle_through_the_command_line(people, worker_env):
-    created = manage(worker_env, "api-token", "create", "otto", "--name", "ci-deploy")
+def test_token_lifecycle_through_the_command_line(people, api_token_command):
+    created = api_token_command("create", "otto", "--name", "ci-deploy")
     token = created.stdout.strip()
     prefix = token.split("_")[1]
     assert re.fullmatch(r"sluice_[0-9a-f]{8}_[A-Za-z0-9_-]{43}", token)
@@ -428,17 +423,15 @@ def test_token_lifecycle_through_the_command_line(people, worker_env):
     assert api.get("/sources").status_code == 200
     assert ApiToken.objects.get(pk=row.pk).last_used_at is not None
 
-    listed = manage(worker_env, "api-token", "list").stdout
+    listed = api_token_command("list").stdout
     assert re.search(rf"^{prefix}\totto\tci-deploy\tactive\t", listed, re.MULTILINE)
     assert token.split("_", 2)[2] not in listed
 
-    manage(worker_env, "api-token", "revoke", prefix)
+    api_token_command("revoke", prefix)
     assert api.get("/sources").status_code == 401
-    assert "already revoked" in manage(worker_env, "api-token", "revoke", prefix, expect=1).stderr
-    assert f"{prefix}\totto\tci-deploy\trevoked" in manage(worker_env, "api-token", "list").stdout
-    assert (
-        "no user named" in manage(worker_env, "api-token", "create", "nobody", "--name", "x", expect=1).stderr
-    )
+    assert "already revoked" in api_token_command("revoke", prefix, expect=1).stderr
+    assert f"{prefix}\totto\tci-deploy\trevoked" in api_token_command("list").stdout
+    assert "no user named" in api_token_command("create", "nobody", "--name", "x", expect=1).stderr
 
 
 def test_expired_and_inactive_users_tokens_are_refused(people):

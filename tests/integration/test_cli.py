@@ -1,34 +1,23 @@
-"""The user-facing command line, run as a real process against the worker and the stack."""
+"""The user-facing command line, run as a real process against the worker and the stack (each command is
+forked from the run's warm launcher, tests/commands.py)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from tests.gitrepo import configmap, policy
 
 pytestmark = pytest.mark.django_db(transaction=True)
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def gitops(worker_env, tmp_path):
+def gitops(manage, worker_env, tmp_path):
     env = {**worker_env, "SLUICE_DATA_DIR": str(tmp_path / "cli-data")}
 
     def run(*args: str, expect: int = 0) -> str:
-        done = subprocess.run(
-            [sys.executable, "manage.py", "gitops", *args],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
-        )
+        done = manage("gitops", *args, env=env, timeout=180)
         assert done.returncode == expect, (
             f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
         )

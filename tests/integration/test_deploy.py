@@ -8,7 +8,8 @@ and read namespaces, and nothing else: no Secrets, nothing in other namespaces, 
 workload created or deleted.
 
 Namespaces are never deleted (emptying one costs the namespace controller a LIST and
-a DELETE per resource type); every run uses fresh ones. `sluice-system` and the
+a DELETE per resource type); every run uses fresh ones. The manifests are applied once
+per module, listing two fresh namespaces for each test. `sluice-system` and the
 cluster-wide RBAC objects are applied idempotently and shared by runs on a reused stack.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -85,12 +87,21 @@ def configmap(namespace: str, name: str) -> dict:
     }
 
 
-@pytest.fixture
-def deployed(stack, make_namespaces) -> dict[str, list[str]]:
-    """Sluice's manifests applied for two fresh namespaces; a third one is left out."""
-    allowed = make_namespaces("team-a", "team-b")
-    (outside,) = make_namespaces("other")
-    manifests = render(*allowed)
+@pytest.fixture(scope="module")
+def installation(request: pytest.FixtureRequest, stack, cluster) -> list[str]:
+    """Sluice's manifests rendered, dry-run and applied once for the module, listing two fresh
+    namespaces for each of its tests that uses `deployed`; the namespaces no test has taken yet.
+
+    Rendering and applying cost seconds of kubectl, a namespace almost nothing: each test still gets
+    listed namespaces no other test touches, and the shared objects are the ones a reused stack
+    shares anyway (`sluice-system` and the cluster-wide RBAC)."""
+    in_module = [item for item in request.session.items if item.module is request.module]
+    users = sum(1 for item in in_module if "deployed" in item.fixturenames)
+    prefix = f"t{uuid.uuid4().hex[:6]}"
+    listed = [f"{prefix}-team-{index}" for index in range(2 * users)]
+    for name in listed:
+        cluster.create_namespace(name)
+    manifests = render(*listed)
 
     # A dry run creates nothing, so objects inside a namespace that does not exist
     # yet would be rejected: create sluice-system on its own first (idempotent).
@@ -104,6 +115,14 @@ def deployed(stack, make_namespaces) -> dict[str, list[str]]:
     assert "PodSecurity" not in dry_run.stderr, dry_run.stderr
 
     kubectl(stack, "apply", "-f", "-", stdin=manifests)
+    return listed
+
+
+@pytest.fixture
+def deployed(installation: list[str], make_namespaces) -> dict[str, list[str]]:
+    """Two namespaces the installation lists, for this test alone, and a fresh one it leaves out."""
+    allowed = [installation.pop(0), installation.pop(0)]
+    (outside,) = make_namespaces("other")
     return {"allowed": allowed, "outside": [outside]}
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from gitops.rollout import decisions
-from tests.flagd import EVALUATORS, KEYS, evaluate
+from tests.flagd import EVALUATORS, KEYS, evaluate_all
 from tests.gitrepo import policy
 from tests.rollouts import wait_for
 from tests.workers import ARTIFACTS
@@ -40,6 +40,8 @@ NEW = {
     }
 }
 WEIGHTS = (10, 50, 90)
+# The flags that change, with the code default each is read with.
+CHANGED_DEFAULTS = {"new-checkout": False, "banner": ""}
 
 
 def published(cluster, namespace: str) -> str:
@@ -71,14 +73,9 @@ def test_flag_changes_reach_a_sticky_growing_share_of_users(
     )
     v2 = repo.commit("v2")
 
-    old_results = {
-        flag: evaluate(OLD, flag, default, tmp_path, evaluator)
-        for flag, default in (("new-checkout", False), ("banner", ""))
-    }
-    new_results = {
-        flag: evaluate(NEW, flag, default, tmp_path, evaluator)
-        for flag, default in (("new-checkout", False), ("banner", ""))
-    }
+    old_results = evaluate_all(OLD, CHANGED_DEFAULTS, tmp_path, evaluator)
+    new_results = evaluate_all(NEW, {**CHANGED_DEFAULTS, "untouched": ""}, tmp_path, evaluator)
+    untouched = new_results.pop("untouched")
     differing = {
         flag: {k for k in KEYS if old_results[flag][k] != new_results[flag][k]} for flag in old_results
     }
@@ -92,8 +89,10 @@ def test_flag_changes_reach_a_sticky_growing_share_of_users(
         paused = wait_for(source, phase="Paused", waiting_for="approval", weight=weight)
         served_now = serve(published(cluster, flags_ns), tmp_path)
         try:
-            for flag, default in (("new-checkout", False), ("banner", "")):
-                served = served_now.values(flag, default)
+            # Every flag of the published document in one pass of the evaluator.
+            served_values = served_now.values_of({**CHANGED_DEFAULTS, "untouched": ""})
+            for flag in CHANGED_DEFAULTS:
+                served = served_values[flag]
                 for key in KEYS:
                     assert served[key] in (old_results[flag][key], new_results[flag][key]), (flag, key)
                 got_new = {k for k in differing[flag] if served[k] == new_results[flag][k]}
@@ -102,7 +101,7 @@ def test_flag_changes_reach_a_sticky_growing_share_of_users(
                 assert abs(share - weight) <= 2, f"{flag} at {weight}%: {share:.2f}% got the new result"
                 assert previous[flag] <= got_new, f"{flag}: users who had the new result lost it at {weight}%"
                 previous[flag] = got_new
-            assert served_now.values("untouched", "") == evaluate(NEW, "untouched", "", tmp_path, evaluator)
+            assert served_values["untouched"] == untouched
         finally:
             served_now.close()
         decisions.rollout_promote(paused.pk, user=people["approver"])

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,6 @@ from tests.integration.test_browser import (
 from tests.workers import poll
 
 pytestmark = pytest.mark.django_db(transaction=True)
-ROOT = Path(__file__).resolve().parents[2]
 FOLLOWED_REF = "refs/sluice/heads/main"
 INVALID_PORT = 'configmaps/app.yaml:6: data.PORT: value must be a string, not a number; quote it: "8080"'
 
@@ -132,21 +130,13 @@ def mirror_refs(mirror: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def gitops(worker_env, tmp_path):
+def gitops(manage, worker_env, tmp_path):
     """``manage.py gitops`` as a real process, with a data directory (and so a mirror) of its own."""
     data = tmp_path / "cli-data"
     env = {**worker_env, "SLUICE_DATA_DIR": str(data)}
 
     def run(*args: str, expect: int = 0) -> str:
-        done = subprocess.run(
-            [sys.executable, "manage.py", "gitops", *args],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
-        )
+        done = manage("gitops", *args, env=env, timeout=180)
         assert done.returncode == expect, (
             f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
         )

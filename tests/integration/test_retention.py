@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from django.db import DatabaseError, connection, transaction
@@ -17,7 +14,6 @@ from gitops.models import ApplyIntent, Change, Notification, Rollout, RolloutEve
 from tests import history
 
 pytestmark = pytest.mark.django_db(transaction=True)
-ROOT = Path(__file__).resolve().parents[2]
 LONG_AGO = timedelta(days=400)
 
 
@@ -101,18 +97,10 @@ def test_each_retention_is_a_setting(aged, settings):
     assert counts["notifications"] == 2
 
 
-def test_the_cli_purges_and_a_beat_task_does_too(aged, worker_env, celery_worker):
+def test_the_cli_purges_and_a_beat_task_does_too(aged, manage, worker_env, celery_worker):
     from gitops.tasks import purge_old_records
 
-    dry = subprocess.run(
-        [sys.executable, "manage.py", "gitops", "purge", "--dry-run"],
-        cwd=ROOT,
-        env=worker_env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
+    dry = manage("gitops", "purge", "--dry-run", env=worker_env, timeout=120)
     assert dry.returncode == 0, dry.stderr
     assert "would remove: 1 webhook deliveries, 2 notifications, 3 intents cleared" in dry.stdout
     assert WebhookDelivery.objects.count() == 2
@@ -155,7 +143,7 @@ def object_totals() -> dict[int, int]:
     return dict(RolloutObjectCount.objects.values_list("rollout_id", "total"))
 
 
-def test_archive_changes_moves_old_entries_to_a_file_in_one_transaction(aged, tmp_path, worker_env):
+def test_archive_changes_moves_old_entries_to_a_file_in_one_transaction(aged, tmp_path, manage, worker_env):
     archive = tmp_path / "changes-2025.jsonl"
     cutoff = (timezone.now() - timedelta(days=30)).date().isoformat()
     old_ids = sorted(
@@ -165,23 +153,8 @@ def test_archive_changes_moves_old_entries_to_a_file_in_one_transaction(aged, tm
     finished, active, recent = aged["finished"].pk, aged["active"].pk, aged["recent"][0].rollout_id
     assert object_totals() == {finished: 3, active: 2, recent: 2}
 
-    moved = subprocess.run(
-        [
-            sys.executable,
-            "manage.py",
-            "gitops",
-            "archive-changes",
-            "--before",
-            cutoff,
-            "--output",
-            str(archive),
-        ],
-        cwd=ROOT,
-        env=worker_env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
+    moved = manage(
+        "gitops", "archive-changes", "--before", cutoff, "--output", str(archive), env=worker_env, timeout=120
     )
 
     assert moved.returncode == 0, moved.stderr
@@ -196,22 +169,14 @@ def test_archive_changes_moves_old_entries_to_a_file_in_one_transaction(aged, tm
     assert object_totals() == {finished: 0, active: 0, recent: 2}
 
     # An existing file is never overwritten, and then nothing is deleted.
-    again = subprocess.run(
-        [
-            sys.executable,
-            "manage.py",
-            "gitops",
-            "archive-changes",
-            "--before",
-            "2999-01-01",
-            "--output",
-            str(archive),
-        ],
-        cwd=ROOT,
+    again = manage(
+        "gitops",
+        "archive-changes",
+        "--before",
+        "2999-01-01",
+        "--output",
+        str(archive),
         env=worker_env,
-        capture_output=True,
-        text=True,
-        check=False,
         timeout=120,
     )
     assert again.returncode != 0

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -130,18 +129,12 @@ def test_a_burst_of_pushes_coalesces_into_the_newest_commit(hooked_source, repo,
     assert reconciled == [commits[-1]], "only the newest commit is reconciled"
 
 
-def test_the_cli_sets_and_rotates_the_secret_and_shows_it_once(hooked_source, worker_env):
+def test_the_cli_sets_and_rotates_the_secret_and_shows_it_once(hooked_source, manage, worker_env):
     source, _ = hooked_source
 
     def gitops(*args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "manage.py", "gitops", *args],
-            cwd=ROOT,
-            env=worker_env,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
+        done = manage("gitops", *args, env=worker_env)
+        assert done.returncode == 0, done
         return done.stdout
 
     rotated = gitops("webhook-secret", source.name, "--rotate")

@@ -31,7 +31,7 @@ from gitops.rollout.flag_canary import (
     canary_flag_set,
     changed_flags,
 )
-from tests.flagd import EVALUATORS, KEYS, Context, FlagdEvaluator
+from tests.flagd import EVALUATORS, KEYS, Context, FlagdEvaluator, PythonEvaluator
 
 WEIGHTS = (0, 25, 50, 75, 100)
 TOLERANCE = 2.0  # percentage points, which is 4 standard errors of a 50% share of 10,000 keys
@@ -376,10 +376,13 @@ def test_a_new_flag_set_rolls_out_from_missing_flags(
             "limits": _flag({"low": {"max": 1}, "high": {"max": 9}}, "low", {"if": [PAID, "high"]}),
         }
     }
+    flags = [("welcome", "boolean"), ("limits", "object")]
     served = {weight: publish(canary_flag_set(None, new, weight)) for weight in WEIGHTS}
-    for flag, kind in (("welcome", "boolean"), ("limits", "object")):
-        assert keys_by_result(served[0], flag, kind, CONTEXTS) == {None: set(KEYS)}
-        at_weight = {weight: published.results(flag, kind, CONTEXTS) for weight, published in served.items()}
+    # Both flags of each published document in one pass of the evaluator.
+    results = {weight: published.results_of(flags, CONTEXTS) for weight, published in served.items()}
+    for flag, _ in flags:
+        at_weight = {weight: results[weight][flag] for weight in WEIGHTS}
+        assert at_weight[0] == dict.fromkeys(KEYS), "at 0 every key gets the code default"
         new_keys = new_result_keys(at_weight)
         for weight, keys in new_keys.items():
             assert abs(100 * len(keys) / len(KEYS) - weight) <= TOLERANCE, (flag, weight, len(keys))
@@ -482,3 +485,28 @@ def test_the_two_evaluators_put_different_users_on_the_new_side_at_the_same_shar
     differing = new_side["python"] ^ new_side["js"]
     # Independent hashes: about 2 x (25% - 25% x 25%) = 37.5% of the keys land on different sides.
     assert len(differing) > len(KEYS) // 5, f"only {len(differing)} keys differ between the evaluators"
+
+
+def test_the_provider_resolves_what_the_openfeature_client_resolves(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """tests/flagd.py reads the Python evaluator through the provider's resolve methods, not the
+    OpenFeature client, for speed: both paths give the same value, variant, reason, error code and
+    metadata, on every flag of a canary document, keyed and keyless contexts, a missing flag and a
+    flag read as the wrong type."""
+    directory = tmp_path_factory.mktemp("through-client")
+    document = canonical_json(canary_flag_set(OLD, NEW, 50))
+    evaluations = [(flag, _kind(flag), CODE_DEFAULTS[_kind(flag)]) for flag in sorted(NEW["flags"])]
+    evaluations += [("no-such-flag", "string", "code default"), ("default-variant", "string", "code default")]
+    contexts = {**dict(itertools.islice(CONTEXTS.items(), 300)), **KEYLESS_CONTEXTS}
+    direct = PythonEvaluator(document, directory)
+    through_client = PythonEvaluator(document, directory, through_client=True)
+    try:
+        expected = through_client.resolve_flags(evaluations, contexts, metadata=True)
+        got = direct.resolve_flags(evaluations, contexts, metadata=True)
+    finally:
+        direct.close()
+        through_client.close()
+    assert got == expected
+    outcomes = {(r.reason, r.error_code) for by_context in got.values() for r in by_context.values()}
+    assert {("ERROR", "FLAG_NOT_FOUND"), ("ERROR", "TYPE_MISMATCH"), ("TARGETING_MATCH", None)} <= outcomes
