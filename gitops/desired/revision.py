@@ -389,6 +389,8 @@ def load_revision_changes(
     """
     if not index.sized or limits != index.limits or scope != index.scope or POLICY_FILE in changes:
         return None
+    if not changes:  # nothing Sluice reads changed: the very same state, so what is kept per state holds
+        return index.desired, index
     tree = dict(index.tree)
     relevant_bytes = index.relevant_bytes
     for path, change in changes.items():

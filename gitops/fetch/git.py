@@ -250,14 +250,16 @@ def build_fetch_invocation(
     return GitInvocation(argv=argv, env=_with_config(env, config), secrets=secrets)
 
 
-def run(invocation: GitInvocation, *, timeout: float) -> subprocess.CompletedProcess[bytes]:
+def run(
+    invocation: GitInvocation, *, timeout: float, input: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
     try:
         # A session of its own: git has no terminal to prompt on, and a timeout
         # can kill the helpers it started (git-remote-https, ssh) along with it.
         process = subprocess.Popen(
             invocation.argv,
             env=invocation.env,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
@@ -265,7 +267,7 @@ def run(invocation: GitInvocation, *, timeout: float) -> subprocess.CompletedPro
     except FileNotFoundError:
         raise PermanentError("the git executable was not found") from None
     try:
-        stdout, stderr = process.communicate(timeout=timeout)
+        stdout, stderr = process.communicate(input, timeout=timeout)
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):  # it may have finished in the meantime
             os.killpg(process.pid, signal.SIGKILL)

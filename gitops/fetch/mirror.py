@@ -255,7 +255,8 @@ class GitMirror:
         invocation = git_at(
             self.path, "--literal-pathspecs", "ls-tree", "-r", "-l", "-z", f"{commit}:{subpath}", "--", *paths
         )
-        records, returncode, stderr = self._local_records(invocation, max_files=max_entries)
+        records, returncode, stderr, stopped = self._local_records(invocation, max_files=max_entries)
+        returncode = 0 if stopped else returncode
         if returncode != 0:
             self._require_commit(commit)
             if "not a tree object" in stderr:
@@ -279,8 +280,9 @@ class GitMirror:
         is gone or no longer a regular file. None when git cannot compare the two (``old`` pruned, the
         directory new) or when ``max_changes`` or more paths changed: list the whole tree then.
 
-        Two git processes whatever the tree's size: ``diff-tree`` for the paths, then ``ls-tree`` of just
-        those paths for their blobs and sizes, so a one-file commit never lists ten thousand files.
+        Two git processes whatever the tree's size: ``diff-tree``, whose records carry each path's new
+        mode and blob, then ``cat-file --batch-check`` for the blobs' sizes, fed on its stdin. No path
+        is ever on a command line, so no repository can make one too long.
         """
         old, new = check_object_id(old, "commit"), check_object_id(new, "commit")
         subpath = _normalize_subpath(subpath)
@@ -289,14 +291,41 @@ class GitMirror:
             self.path, "--literal-pathspecs", "diff-tree", "-r", "-z", "--no-renames", "--raw",
             f"{old}:{subpath}", f"{new}:{subpath}", "--", *paths,
         )  # fmt: skip
-        records, returncode, _ = self._local_records(invocation, max_files=max_changes, counted=b":")
-        if returncode != 0 or len(records) % 2:
-            return None  # git could not compare them, or stopped at max_changes
-        changed = [records[at].decode("utf-8", "surrogateescape") for at in range(1, len(records), 2)]
-        if not changed:
+        records, returncode, _, stopped = self._local_records(invocation, max_files=max_changes, counted=b":")
+        if stopped or returncode != 0 or len(records) % 2:
+            return None  # stopped at max_changes, or git could not compare them
+        changed: dict[str, str | None] = {}
+        for meta, name in zip(records[::2], records[1::2], strict=True):
+            # ":<old mode> <new mode> <old blob> <new blob> <status>"; a gone file's new mode is 000000.
+            _, new_mode, _, new_blob, _ = meta.split(b" ")
+            regular = new_mode in (b"100644", b"100755")
+            changed[name.decode("utf-8", "surrogateescape")] = new_blob.decode("ascii") if regular else None
+        sizes = self._blob_sizes({blob for blob in changed.values() if blob is not None})
+        return {
+            path: TreeFile(blob, sizes[blob]) if blob is not None else None for path, blob in changed.items()
+        }
+
+    def _blob_sizes(self, blobs: Iterable[str]) -> dict[str, int]:
+        """Each blob's size in bytes, from one ``git cat-file --batch-check`` (ids on its stdin)."""
+        wanted = sorted(blobs)
+        if not wanted:
             return {}
-        listed = self.list_tree(new, subpath, paths=changed)
-        return {path: listed.get(path) for path in changed}
+        check = git_at(self.path, "cat-file", "--batch-check=%(objectname) %(objecttype) %(objectsize)")
+        try:
+            completed = run(
+                check, timeout=LOCAL_TIMEOUT, input="".join(f"{blob}\n" for blob in wanted).encode()
+            )
+        except subprocess.TimeoutExpired:
+            raise TemporaryError(f"git took longer than {LOCAL_TIMEOUT:g}s reading {self.path}") from None
+        sizes: dict[str, int] = {}
+        for line in completed.stdout.decode("ascii", "replace").splitlines():
+            blob, kind, *size = line.split(" ")
+            if kind != "blob" or len(size) != 1:
+                raise ObjectNotFoundError(f"{blob} is not a blob in the mirror at {self.path}")
+            sizes[blob] = int(size[0])
+        if completed.returncode != 0 or sizes.keys() != set(wanted):
+            raise ObjectNotFoundError(f"blobs missing from the mirror at {self.path}")
+        return sizes
 
     def read_blob(self, sha: str) -> bytes:
         return self.read_blobs([sha])[sha]
@@ -414,10 +443,10 @@ class GitMirror:
         *,
         max_files: int | None,
         counted: bytes | tuple[bytes, ...] = _FILE_MODES,
-    ) -> tuple[list[bytes], int, str]:
+    ) -> tuple[list[bytes], int, str, bool]:
         """The records ``git ls-tree -z`` (or ``diff-tree -z``) prints, read as they come; git is stopped
-        once ``max_files`` records starting with ``counted`` are read. Returns the records, the exit code
-        (0 when stopped) and stderr."""
+        once ``max_files`` records starting with ``counted`` are read. Returns the records, the exit code,
+        stderr, and whether git was stopped (then the records are cut)."""
         timed_out = threading.Event()
         with tempfile.TemporaryFile() as stderr:
             process = subprocess.Popen(
@@ -445,7 +474,7 @@ class GitMirror:
                 raise TemporaryError(f"git took longer than {LOCAL_TIMEOUT:g}s reading {self.path}")
             stderr.seek(0)
             message = stderr.read(64 * 1024).decode("utf-8", "replace")
-        return records, 0 if stopped else returncode, message
+        return records, returncode, message, stopped
 
     def _local(self, invocation: GitInvocation) -> subprocess.CompletedProcess[bytes]:
         try:

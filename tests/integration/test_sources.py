@@ -392,6 +392,38 @@ def test_tree_changes_are_what_two_whole_listings_differ_by(tree, mirror, paths)
     assert mirror.tree_changes(old, old, "deploy", paths=paths, max_changes=100) == {}
 
 
+def test_tree_changes_never_put_a_path_on_a_command_line(upstream, mirror):
+    """A path longer than one argument may be (128 KiB on Linux): git stores it, and a change to it
+    must be read as any other, not fail the pass before the whole tree could be loaded."""
+    old = mirror.fetch(upstream.url, "main").commit
+    content = b"kind: ConfigMap\n"
+    blob = (
+        subprocess.run(
+            ["git", "hash-object", "-w", "--stdin"],
+            input=content,
+            cwd=upstream.path,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .strip()
+    )
+    long_path = "configmaps/" + "/".join(["d" * 200] * 700) + "/x.yaml"
+    assert len(long_path) > 128 * 1024
+    subprocess.run(
+        ["git", "update-index", "--add", "--index-info"],
+        input=f"100644 {blob}\t{long_path}\n".encode(),
+        cwd=upstream.path,
+        check=True,
+    )
+    git("commit", "--quiet", "-m", "a very long path", cwd=upstream.path)
+    new = mirror.fetch(upstream.url, "main").commit
+
+    changes = mirror.tree_changes(old, new, paths=("configmaps",), max_changes=10)
+
+    assert changes == {long_path: TreeFile(blob, len(content))}
+
+
 def test_tree_changes_give_up_past_the_cap_or_without_the_old_tree(tree, mirror):
     old = mirror.fetch(tree.url, "main").commit
     tree.commit({f"deploy/many/{index}.yaml": f"{index}\n" for index in range(20)}, "twenty files")
