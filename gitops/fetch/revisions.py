@@ -23,6 +23,7 @@ from gitops.desired.revision import (
     READ_PATHS,
     DesiredState,
     RevisionIndex,
+    file_count_problem,
     load_revision,
     load_revision_changes,
     load_revision_indexed,
@@ -95,13 +96,8 @@ def revision_desired_state(source: Source, revision: Revision) -> DesiredState |
     with mirror_for(source) as mirror:
         loaded = _load_changes(mirror, cache, revision.commit, source.path, limits=limits, scope=scope)
         if loaded is None:
-            # Sizes come with the listing, so limits reject a revision before any blob is read.
-            tree = mirror.list_tree(
-                revision.commit, source.path, paths=READ_PATHS, max_entries=limits.max_files + 1
-            )
-            files = {path: entry.blob for path, entry in tree.items()}
-            sizes = {path: entry.size for path, entry in tree.items()}
             try:
+                files, sizes = _listing(mirror, revision.commit, source.path, limits)
                 loaded = load_revision_indexed(
                     files, mirror.read_blobs, sizes=sizes, limits=limits, cache=cache.parsed, scope=scope
                 )
@@ -119,6 +115,21 @@ def revision_desired_state(source: Source, revision: Revision) -> DesiredState |
         Source.objects.filter(pk=source.pk).update(target_clusters=list(desired.policy.clusters))
     cache.desired = (key, scope, desired)
     return desired
+
+
+def _listing(
+    mirror: GitMirror, commit: str, path: str, limits: Limits
+) -> tuple[dict[str, str], dict[str, int]]:
+    """The files Sluice reads at ``commit`` (path -> blob, path -> size), listed with their sizes so that
+    limits reject a revision before any blob is read. Raises RevisionRejected when there are more than
+    ``max_files``: the listing stopped there, and what it left out must never go unnoticed (a file
+    named like a directory, ``configmaps`` say, is listed too, so every listed file counts)."""
+    tree = mirror.list_tree(commit, path, paths=READ_PATHS, max_entries=limits.max_files + 1)
+    if problem := file_count_problem(tree, limits):
+        raise RevisionRejected([problem])
+    return {name: entry.blob for name, entry in tree.items()}, {
+        name: entry.size for name, entry in tree.items()
+    }
 
 
 # Past this many changed files a commit is loaded by listing its whole tree: as cheap by then.
@@ -154,10 +165,7 @@ def _load(mirror: GitMirror, source: Source, commit: str) -> DesiredState:
     """The source's files at ``commit``, validated as ``revision_desired_state`` validates them, recording
     nothing; raises RevisionRejected."""
     limits = Limits.from_settings(settings)
-    # Sizes come with the listing, so limits reject a revision before any blob is read.
-    tree = mirror.list_tree(commit, source.path, paths=READ_PATHS, max_entries=limits.max_files + 1)
-    files = {path: entry.blob for path, entry in tree.items()}
-    sizes = {path: entry.size for path, entry in tree.items()}
+    files, sizes = _listing(mirror, commit, source.path, limits)
     parsed = caches.for_source(source.pk).parsed  # keyed by blob id: a preview parses what a sync would
     return load_revision(
         files, mirror.read_blobs, sizes=sizes, limits=limits, cache=parsed, scope=validation_scope(source)

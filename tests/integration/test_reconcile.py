@@ -468,3 +468,29 @@ def test_a_temporary_git_failure_is_retried_with_backoff(make_source, celery_wor
     assert "Failed to connect to 127.0.0.1 port 9" in last_error
     assert Revision.objects.filter(source=unreachable).count() == 0
     queued.revoke()
+
+
+def test_a_listing_cut_at_max_files_is_rejected_even_behind_a_file_named_like_a_directory(
+    repo, make_source, settings
+):
+    """The listing stops at max_files + 1 files. A file named ``configmaps`` is listed (it matches the
+    directory's name) but is not in configmaps/, so counting only configmaps/ and flags/ let a cut
+    listing pass: the files after the cut, sluice.yaml among them, went unread and unnoticed."""
+    from gitops.fetch.revisions import revision_desired_state, revision_fetch
+
+    settings.SLUICE_MAX_FILES = 5
+    repo.write_all(
+        {
+            "configmaps": "a file where the directory would be\n",
+            **{f"flags/f{index}.json": '{"flags": {}}' for index in range(5)},
+            "sluice.yaml": policy(["tfoo"]),
+        }
+    )
+    repo.commit("five flag files, a file named configmaps, and the policy listed last")
+    source = make_source()
+    head, _ = revision_fetch(source)
+
+    assert revision_desired_state(source, head) is None
+    head.refresh_from_db()
+    assert head.outcome == "rejected"
+    assert any("more than 5 files" in error["message"] for error in head.errors), head.errors
