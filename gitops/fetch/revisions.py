@@ -90,7 +90,9 @@ def revision_desired_state(source: Source, revision: Revision) -> DesiredState |
     cache = caches.for_source(source.pk)
     # An administrator may move a source to another directory: the same commit then means other files.
     key = f"{revision.commit}:{source.path}"
-    if (known := cache.desired_for(key, scope)) is not None:
+    known = cache.desired_for(key, scope)
+    if known is not None and revision.outcome != Revision.Outcome.REJECTED:
+        # (Rejected under a narrower scope and valid again under this one: loaded, so the row says so.)
         return known
     limits = Limits.from_settings(settings)
     with mirror_for(source) as mirror:

@@ -97,3 +97,33 @@ def test_an_administrator_allowlist_rejects_namespaces_the_repository_wants(
         in result.errors[0]
     )
     assert cluster.get_configmap(allowed, "app") is None
+
+
+def test_a_revision_rejected_under_a_narrowed_scope_is_valid_again_once_it_is_widened_back(
+    repo, make_namespaces, make_source
+):
+    from gitops.fetch.revisions import revision_desired_state, revision_fetch
+    from gitops.models import Revision, Source
+
+    first, second = make_namespaces("first", "second")
+    repo.write_all(
+        {"sluice.yaml": policy([first, second]), "configmaps/app.yaml": configmap("app", {"v": "1"})}
+    )
+    repo.commit()
+    source = make_source(allowed_namespaces=[first, second])
+    head, _ = revision_fetch(source)
+    assert revision_desired_state(source, head) is not None
+
+    def load_with(namespaces: list[str]) -> Revision:
+        Source.objects.filter(pk=source.pk).update(allowed_namespaces=namespaces)
+        source.refresh_from_db()
+        head.refresh_from_db()
+        revision_desired_state(source, head)
+        head.refresh_from_db()
+        return head
+
+    assert load_with([first]).outcome == Revision.Outcome.REJECTED
+    # The worker still remembers the revision as loaded under the wider scope: a widened scope must
+    # not answer from that memory alone and leave the row rejected.
+    assert load_with([first, second]).outcome == Revision.Outcome.VALID
+    assert head.errors == []
