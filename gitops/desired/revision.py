@@ -485,9 +485,10 @@ def name_problems(paths: Iterable[str]) -> list[ValidationError]:
 
 def file_count_problem(paths: Iterable[str], limits: Limits) -> ValidationError | None:
     """Too many files in sluice.yaml, configmaps/ and flags/ (including those Sluice ignores there)."""
-    ordered = sorted(paths)
-    if len(ordered) <= limits.max_files:
-        return None
+    listed = list(paths)
+    if len(listed) <= limits.max_files:
+        return None  # (sorted only to name the file past the limit: a whole load asks twice)
+    ordered = sorted(listed)
     return ValidationError(
         shown_path(ordered[limits.max_files]),
         None,
