@@ -34,6 +34,8 @@ class SourceCache:
     desired: tuple[str, AdminScope, DesiredState] | None = None
     # The last valid revision loaded, (commit, path, index): the next commit is loaded from its changes.
     index: tuple[str, str, RevisionIndex] | None = None
+    # The inventory's keys as last read, with the version they were read under (gitops_inventoryversion).
+    inventory: tuple[int, frozenset[tuple[str, str, str]]] | None = None
 
     def desired_for(self, key: str, scope: AdminScope) -> DesiredState | None:
         if self.desired is not None and self.desired[:2] == (key, scope):

@@ -705,6 +705,19 @@ class RolloutObjectCount(models.Model):
         return f"rollout {self.rollout_id}: {self.total} objects"
 
 
+class InventoryVersion(models.Model):
+    """Bumped by the database whenever a source's inventory gains, loses or moves an object (statement
+    triggers on ``gitops_managedobject``, migration 0014), so a worker may keep the inventory's keys
+    between passes and read one number instead of every row. Written only by those triggers: no
+    model save can set it back to a value a worker already saw."""
+
+    source_id = models.BigIntegerField(primary_key=True)
+    version = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"source {self.source_id}: inventory version {self.version}"
+
+
 class ManagedObject(models.Model):
     """The inventory: what each source applied, so prune knows where to look."""
 

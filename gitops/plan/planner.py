@@ -199,7 +199,8 @@ class _SettledInputs:
             and (self.source, self.commit, self.prune_allowed)
             == (other.source, other.commit, other.prune_allowed)
             and self.held == other.held
-            and self.managed == other.managed
+            # The worker keeps the inventory it read while its version holds: the same set, by identity.
+            and (self.managed is other.managed or self.managed == other.managed)
             and self.settled == other.settled
         )
 

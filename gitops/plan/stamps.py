@@ -163,19 +163,71 @@ def settle_namespace(
     unread: list[str] = []
     names = set()
     for obj in wanted:
-        key = obj.key
         names.add(obj.name)
-        text = texts.get(obj.name)
-        stamp = LiveStamp.decode(text) if text is not None else None
-        if stamp is not None and key in managed and settles(stamp, obj, source=source):
-            settled[key] = stamp
-        else:
-            unread.append(obj.name)
+        _settle_wanted(obj, texts.get(obj.name), settled, unread, source=source, managed=managed)
     for name, text in texts.items():
-        if name not in names:
-            stamp = LiveStamp.decode(text)
-            if stamp is None or stamp.source == source:
-                unread.append(name)
+        if name not in names and _unwanted_to_read(text, source=source):
+            unread.append(name)
+    return settled, unread
+
+
+def _settle_wanted(
+    obj: DesiredObject,
+    text: str | None,
+    settled: dict[ObjectKey, LiveStamp],
+    unread: list[str],
+    *,
+    source: str,
+    managed: Collection[ObjectKey],
+) -> None:
+    stamp = LiveStamp.decode(text) if text is not None else None
+    if stamp is not None and obj.key in managed and settles(stamp, obj, source=source):
+        settled[obj.key] = stamp
+    else:
+        unread.append(obj.name)
+
+
+def _unwanted_to_read(text: str, *, source: str) -> bool:
+    """A live object Git does not want here is read when it may be this source's (prune or orphan)."""
+    stamp = LiveStamp.decode(text)
+    return stamp is None or stamp.source == source
+
+
+# Beyond this share of a namespace's objects changed, settling it again whole is as cheap.
+RESETTLE_SHARE = 4
+
+
+def settle_namespace_again(
+    known: _Settled,
+    texts: Mapping[str, str],
+    wanted: Sequence[DesiredObject],
+    *,
+    source: str,
+    managed: Collection[ObjectKey],
+) -> tuple[dict[ObjectKey, LiveStamp], list[str]]:
+    """``settle_namespace`` for a namespace settled last pass under the same source and inventory, where
+    only a few names changed: their stamps (one object written since), or their wanted object (a
+    one-file commit). Only those names are settled again; the others keep last pass's answer, which
+    depended on nothing but their own stamp and object. Many changes: settled whole."""
+    changed = {name for name, _ in known.texts.items() ^ texts.items()}
+    if wanted is not known.wanted:
+        before = {obj.name: obj for obj in known.wanted}
+        now = {obj.name: obj for obj in wanted}
+        changed.update(name for name, obj in now.items() if before.get(name) is not obj)
+        changed.update(before.keys() - now.keys())
+    else:
+        now = None
+    if len(changed) * RESETTLE_SHARE > max(len(wanted), len(texts)):
+        return settle_namespace(texts, wanted, source=source, managed=managed)
+    wanted_by_name = now if now is not None else {obj.name: obj for obj in wanted if obj.name in changed}
+    settled = {key: stamp for key, stamp in known.settled.items() if key[2] not in changed}
+    unread = [name for name in known.unread if name not in changed]
+    for name in sorted(changed):
+        obj = wanted_by_name.get(name)
+        if obj is not None:
+            _settle_wanted(obj, texts.get(name), settled, unread, source=source, managed=managed)
+        elif name in texts and _unwanted_to_read(texts[name], source=source):
+            unread.append(name)
     return settled, unread
 
 
@@ -228,19 +280,16 @@ class SettlePass:
         self, cluster: str, namespace: str, texts: Mapping[str, str], wanted: Sequence[DesiredObject]
     ) -> tuple[dict[ObjectKey, LiveStamp], list[str]]:
         known = self._last.get((cluster, namespace))
-        if (
-            known is None
+        source, managed = self._snapshot.source, self._snapshot.managed
+        if known is None:
+            known = _Settled(texts, wanted, *settle_namespace(texts, wanted, source=source, managed=managed))
+        elif (
             # The same revision hands over the very same tuple (DesiredState.by_target): no walk then.
-            or (
-                known.wanted is not wanted
-                and (len(known.wanted) != len(wanted) or not all(map(operator.is_, known.wanted, wanted)))
-            )
-            or known.texts != texts
-        ):
-            settled, unread = settle_namespace(
-                texts, wanted, source=self._snapshot.source, managed=self._snapshot.managed
-            )
-            known = _Settled(texts, wanted, settled, unread)
+            known.wanted is not wanted
+            and (len(known.wanted) != len(wanted) or not all(map(operator.is_, known.wanted, wanted)))
+        ) or known.texts != texts:
+            again = settle_namespace_again(known, texts, wanted, source=source, managed=managed)
+            known = _Settled(texts, wanted, *again)
         self._snapshot.namespaces[(cluster, namespace)] = known
         return dict(known.settled), list(known.unread)
 

@@ -7,12 +7,26 @@ from collections.abc import Sequence
 from django.db.models import Q
 from django.utils import timezone
 
-from gitops.models import ApplyIntent, ManagedObject, Source
+from gitops import caches
+from gitops.models import ApplyIntent, InventoryVersion, ManagedObject, Source
 
 
 def managed_keys(source: Source) -> frozenset[tuple[str, str, str]]:
-    """(cluster, namespace, name) of every object Sluice applied for the source."""
-    return frozenset(ManagedObject.objects.filter(source=source).values_list("cluster", "namespace", "name"))
+    """(cluster, namespace, name) of every object Sluice applied for the source.
+
+    The worker keeps the last set it read with the inventory's version (bumped by the database on
+    every change to the keys): while the version holds, one number is read instead of every row, and
+    the same set object comes back, which later comparisons of it answer by identity.
+    """
+    version = InventoryVersion.objects.filter(source_id=source.pk).values_list("version", flat=True).first()
+    cache = caches.for_source(source.pk)
+    if version is not None and cache.inventory is not None and cache.inventory[0] == version:
+        return cache.inventory[1]
+    # The version is read first: a write between the two reads makes the set newer than its version,
+    # so the next pass reads it again; never the other way round.
+    keys = frozenset(ManagedObject.objects.filter(source=source).values_list("cluster", "namespace", "name"))
+    cache.inventory = (version, keys) if version is not None else None
+    return keys
 
 
 def managed_targets(source: Source) -> set[tuple[str, str]]:

@@ -9,6 +9,7 @@ change wakes the source.
 from __future__ import annotations
 
 import copy
+import operator
 from dataclasses import replace
 from unittest.mock import ANY
 
@@ -382,3 +383,91 @@ def test_overlapping_passes_never_mix_their_inventories():
 
     assert memo.begin(SOURCE, frozenset()).settle(CLUSTER, "team-a", texts, [app]) == ({}, ["app"])
     assert memo.begin(SOURCE, frozenset({app.key})).settle(CLUSTER, "team-a", texts, [app])[1] == []
+
+
+# -- settling again: only the names that changed since the last pass -------------------------------
+
+NAMES = [f"app-{index}" for index in range(6)]
+STAMP_CHOICES = ("absent", "applied-0", "applied-1", "edited-0", "other-source", "garbage")
+FIRST_STATE = st.tuples(
+    st.lists(st.sampled_from((None, 0, 1)), min_size=len(NAMES), max_size=len(NAMES)),
+    st.lists(st.sampled_from(STAMP_CHOICES), min_size=len(NAMES), max_size=len(NAMES)),
+)
+# A pass's changes since the last one: a few names, each with a new wanted object or a new stamp.
+EDIT = st.tuples(
+    st.integers(0, len(NAMES) - 1), st.one_of(st.sampled_from((None, 0, 1)), st.sampled_from(STAMP_CHOICES))
+)
+PASSES = st.lists(st.lists(EDIT, max_size=2), min_size=1, max_size=10)
+
+
+def _stamp_text(choice: str, variants: tuple[DesiredObject, DesiredObject], pass_number: int) -> str | None:
+    if choice == "absent":
+        return None
+    if choice == "garbage":
+        return "not a stamp"
+    obj = variants[1] if choice == "applied-1" else variants[0]
+    source = "other" if choice == "other-source" else SOURCE
+    return LiveStamp(str(pass_number), source, COMMIT, obj.content.hash, choice != "edited-0").encode()
+
+
+@settings(max_examples=400, deadline=None)
+@given(first=FIRST_STATE, passes=PASSES, managed_names=st.sets(st.sampled_from(NAMES)))
+def test_settling_again_answers_exactly_as_settling_whole(first, passes, managed_names):
+    """Pass after pass, each changing a few names, the memo (settling again only what changed) agrees
+    with ``settle_namespace`` over the whole namespace."""
+    variants = {
+        name: tuple(replace(desired({"V": f"{name}-{v}"}), name=name) for v in range(2)) for name in NAMES
+    }
+    managed = frozenset((CLUSTER, "team-a", name) for name in managed_names)
+    memo = SettleMemo()
+    chosen, stamps = list(first[0]), list(first[1])
+    wanted: tuple[DesiredObject, ...] = ()
+    for pass_number, edits in enumerate([[], *passes]):
+        for index, value in edits:
+            if isinstance(value, str):
+                stamps[index] = value
+            else:
+                chosen[index] = value
+        now = tuple(variants[name][v] for name, v in zip(NAMES, chosen, strict=True) if v is not None)
+        if not edits or not all(map(operator.is_, now, wanted)) or len(now) != len(wanted):
+            wanted = now  # else the same revision hands over the very same tuple
+        texts = {
+            name: text
+            for name, choice in zip(NAMES, stamps, strict=True)
+            # A stamp edit is a new write: a new resourceVersion; the others keep theirs.
+            if (text := _stamp_text(choice, variants[name], 0)) is not None
+        }
+        expected_settled, expected_unread = settle_namespace(texts, wanted, source=SOURCE, managed=managed)
+        settling = memo.begin(SOURCE, managed)
+        settled, unread = settling.settle(CLUSTER, "team-a", texts, wanted)
+        settling.finish()
+        assert settled == expected_settled, pass_number
+        assert sorted(unread) == sorted(expected_unread), pass_number
+
+
+def test_a_one_file_change_settles_only_the_changed_object_again(monkeypatch):
+    """The point of settling again: 1 decode for one changed object, not one per object of the namespace."""
+    from gitops.plan import stamps as stamps_module
+
+    objects = [replace(desired({"V": str(index)}), name=f"app-{index}") for index in range(40)]
+    managed = frozenset(obj.key for obj in objects)
+    texts = stamps_of(*objects)
+    memo = SettleMemo()
+    first = memo.begin(SOURCE, managed)
+    first.settle(CLUSTER, "team-a", texts, tuple(objects))
+    first.finish()
+
+    decoded: list[str] = []
+    original = stamps_module.LiveStamp.decode.__func__
+    monkeypatch.setattr(
+        stamps_module.LiveStamp,
+        "decode",
+        classmethod(lambda cls, text: decoded.append(text) or original(cls, text)),
+    )
+    changed = replace(objects[7], content=Content(data={"V": "new"}, labels={"team": "a"}))
+    settled, unread = memo.begin(SOURCE, managed).settle(
+        CLUSTER, "team-a", texts, (*objects[:7], changed, *objects[8:])
+    )
+    assert unread == ["app-7"]
+    assert len(settled) == 39
+    assert decoded == [texts["app-7"]]

@@ -1,0 +1,99 @@
+"""The inventory's version (migration 0014): the database bumps it whenever a source's set of managed
+keys may change, and the worker's copy of the keys is trusted only while it holds."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from gitops import caches
+from gitops.models import InventoryVersion, ManagedObject
+from gitops.record.inventory import managed_keys
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+UPSERT = """
+INSERT INTO gitops_managedobject (source_id, cluster, namespace, name, kind, commit, content_hash, updated_at)
+VALUES (%s, 'default', 'team-a', 'one', 'ConfigMap', %s, 'h3', now())
+ON CONFLICT (cluster, kind, namespace, name) DO UPDATE SET commit = EXCLUDED.commit,
+    content_hash = EXCLUDED.content_hash, updated_at = EXCLUDED.updated_at
+"""
+
+
+def version(source) -> int | None:
+    return InventoryVersion.objects.filter(source_id=source.pk).values_list("version", flat=True).first()
+
+
+def managed(source, name: str, *, namespace: str = "team-a") -> ManagedObject:
+    return ManagedObject.objects.create(
+        source=source, cluster="default", namespace=namespace, name=name, commit="a" * 40, content_hash="h1"
+    )
+
+
+def test_new_and_deleted_objects_bump_the_version_and_a_new_hash_does_not(make_source):
+    source = make_source()
+    assert version(source) is None  # nothing applied yet
+    first = managed(source, "one")
+    assert version(source) == 1
+    managed(source, "two")
+    assert version(source) == 2
+    # What every applied update does: a new commit and content hash for the same object.
+    ManagedObject.objects.filter(pk=first.pk).update(
+        commit="b" * 40, content_hash="h2", updated_at=timezone.now()
+    )
+    assert version(source) == 2
+    # record_applied's upsert, for an object already in the inventory: no new key.
+    with connection.cursor() as cursor:
+        cursor.execute(UPSERT, [source.pk, "c" * 40])
+    assert version(source) == 2
+    assert ManagedObject.objects.get(pk=first.pk).commit == "c" * 40
+    ManagedObject.objects.filter(pk=first.pk).delete()
+    assert version(source) == 3
+    ManagedObject.objects.filter(name="nothing-matches").delete()  # a statement that deletes nothing
+    assert version(source) == 3
+
+
+def test_an_object_moved_to_another_source_bumps_both(make_source):
+    one, other = make_source(name="one"), make_source(name="other")
+    moved = managed(one, "shared")
+    managed(other, "its-own")
+    before = (version(one), version(other))
+    ManagedObject.objects.filter(pk=moved.pk).update(source=other)
+    assert (version(one), version(other)) == (before[0] + 1, before[1] + 1)
+
+
+def test_the_worker_keeps_the_keys_while_the_version_holds_and_rereads_them_after_any_write(
+    make_source, test_database_url
+):
+    source = make_source()
+    managed(source, "one")
+    caches.drop(source.pk)
+    first = managed_keys(source)
+    assert first == {("default", "team-a", "one")}
+    assert managed_keys(source) is first  # one number read, the same set handed back
+
+    # Another writer (a second worker, a removal, a script) on its own connection, committed.
+    with psycopg.connect(test_database_url, autocommit=True) as other:
+        other.execute(
+            "INSERT INTO gitops_managedobject (source_id, cluster, namespace, name, kind, commit,"
+            " content_hash, updated_at) VALUES (%s, 'default', 'team-b', 'two', 'ConfigMap', %s, 'h', now())",
+            [source.pk, "c" * 40],
+        )
+    assert managed_keys(source) == {("default", "team-a", "one"), ("default", "team-b", "two")}
+    with psycopg.connect(test_database_url, autocommit=True) as other:
+        other.execute("DELETE FROM gitops_managedobject WHERE source_id = %s AND name = 'one'", [source.pk])
+    assert managed_keys(source) == {("default", "team-b", "two")}
+
+
+def test_a_source_without_a_version_is_read_every_time(make_source):
+    source = make_source()
+    managed(source, "one")
+    InventoryVersion.objects.filter(source_id=source.pk).delete()  # as for a table emptied by hand
+    caches.drop(source.pk)
+    first = managed_keys(source)
+    assert caches.for_source(source.pk).inventory is None
+    ManagedObject.objects.filter(source=source).delete()  # recreates the version row: read again
+    assert managed_keys(source) == frozenset()
+    assert first == {("default", "team-a", "one")}
