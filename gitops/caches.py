@@ -3,14 +3,22 @@
 Parsing, validating and planning a large repository again on every poll would
 cost seconds; these caches make a no-op reconcile of thousands of objects cost
 dictionary lookups. They are per process (a prefork child builds its own), hold
-at most ``SLUICE_CACHED_SOURCES`` sources, least recently used out first, and
-``drop(source_id)`` forgets one source entirely.
+at most ``SLUICE_CACHED_SOURCES`` sources and ``SLUICE_CACHED_OBJECTS`` desired
+objects between them, least recently used out first, and ``drop(source_id)``
+forgets one source entirely.
+
+Memory follows objects, not sources: a fleet of a thousand small sources costs
+what one large source does. Counting sources alone, a worker either kept a few
+large sources' worth of memory or parsed a fleet's small sources again on every
+poll (with 1,000 sources and the old 256-source bound, three polls in four
+missed).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -20,10 +28,11 @@ from gitops.desired.scope import AdminScope
 from gitops.plan import PlanMemo
 from gitops.plan.stamps import SettleMemo
 
-DEFAULT_CACHED_SOURCES = 256
+DEFAULT_CACHED_SOURCES = 4096
+DEFAULT_CACHED_OBJECTS = 50_000
 
 
-@dataclass
+@dataclass(eq=False)
 class SourceCache:
     """One source's parsed files, its last desired state and its plan verdicts."""
 
@@ -31,37 +40,76 @@ class SourceCache:
     plan_memo: PlanMemo = field(default_factory=PlanMemo)
     settle_memo: SettleMemo = field(default_factory=SettleMemo)
     # The last revision loaded: ("commit:path", the scope it was validated under, the result).
-    desired: tuple[str, AdminScope, DesiredState] | None = None
+    _desired: tuple[str, AdminScope, DesiredState] | None = None
+    # What this cache weighs against SLUICE_CACHED_OBJECTS: its last desired state's objects.
+    objects: int = 0
+    # Told of a change in weight (the set that holds this cache), so that it can keep its budget.
+    _resized: Callable[[SourceCache], None] | None = field(default=None, repr=False)
+    source_id: int = 0
     # The last valid revision loaded, (commit, path, index): the next commit is loaded from its changes.
     index: tuple[str, str, RevisionIndex] | None = None
     # The inventory's keys as last read, with the version they were read under (gitops_inventoryversion).
     inventory: tuple[int, frozenset[tuple[str, str, str]]] | None = None
 
+    @property
+    def desired(self) -> tuple[str, AdminScope, DesiredState] | None:
+        return self._desired
+
+    @desired.setter
+    def desired(self, value: tuple[str, AdminScope, DesiredState] | None) -> None:
+        self._desired = value
+        self.objects = len(value[2].objects) if value is not None else 0
+        if self._resized is not None:
+            self._resized(self)
+
     def desired_for(self, key: str, scope: AdminScope) -> DesiredState | None:
-        if self.desired is not None and self.desired[:2] == (key, scope):
-            return self.desired[2]
+        if self._desired is not None and self._desired[:2] == (key, scope):
+            return self._desired[2]
         return None
 
 
 class SourceCaches:
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, object_budget: int = DEFAULT_CACHED_OBJECTS) -> None:
         self.capacity = capacity
+        self.object_budget = object_budget
         self._entries: OrderedDict[int, SourceCache] = OrderedDict()
-        self._lock = threading.Lock()
+        self._weights: dict[int, int] = {}  # source id -> the objects its cache was counted with
+        self.objects = 0
+        self._lock = threading.RLock()
 
     def get(self, source_id: int) -> SourceCache:
         with self._lock:
             entry = self._entries.get(source_id)
             if entry is None:
-                entry = self._entries[source_id] = SourceCache()
+                entry = self._entries[source_id] = SourceCache(_resized=self._resized, source_id=source_id)
             self._entries.move_to_end(source_id)
-            while len(self._entries) > self.capacity:
-                self._entries.popitem(last=False)
+            self._keep_within_bounds()
             return entry
 
     def drop(self, source_id: int) -> None:
         with self._lock:
-            self._entries.pop(source_id, None)
+            if self._entries.pop(source_id, None) is not None:
+                self._forget(source_id)
+
+    def _resized(self, entry: SourceCache) -> None:
+        with self._lock:
+            if self._entries.get(entry.source_id) is not entry:
+                return  # dropped or evicted: a pass still holding it counts for nothing here
+            self.objects += entry.objects - self._weights.get(entry.source_id, 0)
+            self._weights[entry.source_id] = entry.objects
+            self._keep_within_bounds()
+
+    def _keep_within_bounds(self) -> None:
+        """Least recently used out first, until both bounds hold; the most recent source always stays,
+        however large (its pass is running)."""
+        while len(self._entries) > 1 and (
+            len(self._entries) > self.capacity or self.objects > self.object_budget
+        ):
+            evicted, _ = self._entries.popitem(last=False)
+            self._forget(evicted)
+
+    def _forget(self, source_id: int) -> None:
+        self.objects -= self._weights.pop(source_id, 0)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -73,7 +121,10 @@ _caches: SourceCaches | None = None
 def caches() -> SourceCaches:
     global _caches  # noqa: PLW0603 - one bounded set per process, sized from settings on first use
     if _caches is None:
-        _caches = SourceCaches(int(getattr(settings, "SLUICE_CACHED_SOURCES", DEFAULT_CACHED_SOURCES)))
+        _caches = SourceCaches(
+            int(getattr(settings, "SLUICE_CACHED_SOURCES", DEFAULT_CACHED_SOURCES)),
+            int(getattr(settings, "SLUICE_CACHED_OBJECTS", DEFAULT_CACHED_OBJECTS)),
+        )
     return _caches
 
 

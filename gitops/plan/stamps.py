@@ -251,11 +251,12 @@ class SettleMemo:
 
     ``settle_namespace`` depends only on the stamps, the wanted objects, the source and its
     inventory: when a namespace's stamps are the same text, its wanted objects the very same
-    objects (an unchanged file gives them again, see ``ParseCache.expanded``) and the inventory
-    equal, the answer is the last one. Comparing is done in C; decoding and settling was Python
-    per object. A pass reads the last pass's snapshot and, when it is done, replaces it whole with
-    its own: passes that overlap never mix their inventories, and only the namespaces the last pass
-    settled are kept (the stamps of each, other sources' included: one namespace's worth each).
+    objects (an unchanged file gives them again, see ``ParseCache.expanded``) and the inventory's
+    keys in that namespace equal, the answer is the last one. Comparing is done in C; decoding and
+    settling was Python per object. A pass reads the last pass's snapshot and, when it is done,
+    replaces it whole with its own: passes that overlap never mix their inventories, and only the
+    namespaces the last pass settled are kept (the stamps of each, other sources' included: one
+    namespace's worth each).
     """
 
     def __init__(self) -> None:
@@ -263,7 +264,15 @@ class SettleMemo:
 
     def begin(self, source: str, managed: frozenset[ObjectKey]) -> SettlePass:
         last = self._last
-        usable = last.namespaces if (last.source, last.managed) == (source, managed) else {}
+        if last.source != source:
+            usable = {}
+        elif last.managed is managed or last.managed == managed:
+            usable = last.namespaces
+        else:
+            # A namespace's answer depends on the inventory only through that namespace's keys: an
+            # object created or pruned elsewhere leaves it standing.
+            touched = {(cluster, namespace) for cluster, namespace, _ in last.managed ^ managed}
+            usable = {target: known for target, known in last.namespaces.items() if target not in touched}
         return SettlePass(self, _Snapshot(source, managed, {}), usable)
 
     def _keep(self, snapshot: _Snapshot) -> None:

@@ -395,7 +395,8 @@ FIRST_STATE = st.tuples(
 )
 # A pass's changes since the last one: a few names, each with a new wanted object or a new stamp.
 EDIT = st.tuples(
-    st.integers(0, len(NAMES) - 1), st.one_of(st.sampled_from((None, 0, 1)), st.sampled_from(STAMP_CHOICES))
+    st.integers(0, len(NAMES) - 1),
+    st.one_of(st.sampled_from((None, 0, 1)), st.sampled_from((*STAMP_CHOICES, "toggle-managed"))),
 )
 PASSES = st.lists(st.lists(EDIT, max_size=2), min_size=1, max_size=10)
 
@@ -418,16 +419,18 @@ def test_settling_again_answers_exactly_as_settling_whole(first, passes, managed
     variants = {
         name: tuple(replace(desired({"V": f"{name}-{v}"}), name=name) for v in range(2)) for name in NAMES
     }
-    managed = frozenset((CLUSTER, "team-a", name) for name in managed_names)
     memo = SettleMemo()
     chosen, stamps = list(first[0]), list(first[1])
     wanted: tuple[DesiredObject, ...] = ()
     for pass_number, edits in enumerate([[], *passes]):
         for index, value in edits:
-            if isinstance(value, str):
+            if value == "toggle-managed":  # the object created or pruned since: the inventory changed
+                managed_names = managed_names ^ {NAMES[index]}
+            elif isinstance(value, str):
                 stamps[index] = value
             else:
                 chosen[index] = value
+        managed = frozenset((CLUSTER, "team-a", name) for name in managed_names)
         now = tuple(variants[name][v] for name, v in zip(NAMES, chosen, strict=True) if v is not None)
         if not edits or not all(map(operator.is_, now, wanted)) or len(now) != len(wanted):
             wanted = now  # else the same revision hands over the very same tuple
@@ -471,3 +474,32 @@ def test_a_one_file_change_settles_only_the_changed_object_again(monkeypatch):
     assert unread == ["app-7"]
     assert len(settled) == 39
     assert decoded == [texts["app-7"]]
+
+
+def test_an_inventory_change_in_one_namespace_leaves_the_others_answers_standing(monkeypatch):
+    from gitops.plan import stamps as stamps_module
+
+    here = [replace(desired({"V": str(index)}), name=f"app-{index}") for index in range(5)]
+    there = [replace(obj, namespace="team-b") for obj in here]
+    managed = frozenset(obj.key for obj in [*here, *there])
+    texts = stamps_of(*here)
+    memo = SettleMemo()
+    first = memo.begin(SOURCE, managed)
+    first.settle(CLUSTER, "team-a", texts, tuple(here))
+    first.settle(CLUSTER, "team-b", texts, tuple(there))
+    first.finish()
+
+    decoded: list[str] = []
+    original = stamps_module.LiveStamp.decode.__func__
+
+    def counted(cls, text):
+        decoded.append(text)
+        return original(cls, text)
+
+    monkeypatch.setattr(stamps_module.LiveStamp, "decode", classmethod(counted))
+    pruned_in_b = managed - {there[0].key}
+    settling = memo.begin(SOURCE, pruned_in_b)
+    assert settling.settle(CLUSTER, "team-a", texts, tuple(here)) == ({obj.key: ANY for obj in here}, [])
+    assert decoded == [], "team-a's inventory did not change: last pass's answer"
+    settled, unread = settling.settle(CLUSTER, "team-b", texts, tuple(there))
+    assert unread == ["app-0"] and len(settled) == 4, "team-b's did: settled again under the new inventory"
