@@ -70,8 +70,9 @@ lint: setup
 browser:
 	bash scripts/ensure-system-packages.sh
 
+# The unit tests run beside the integration tests (scripts/test.sh says why).
 test: setup lint browser
-	$(BIN)/pytest
+	BIN=$(BIN) bash scripts/test.sh
 
 test-unit: setup
 	$(BIN)/pytest tests/unit
