@@ -29,7 +29,9 @@ from gitops.plan import PlanMemo
 from gitops.plan.stamps import SettleMemo
 
 DEFAULT_CACHED_SOURCES = 4096
-DEFAULT_CACHED_OBJECTS = 50_000
+# Twice the largest revision the default limits allow (max_objects), so that one such source is
+# never evicted by a pass of another: its passes would each parse it whole again.
+DEFAULT_CACHED_OBJECTS = 200_000
 
 
 @dataclass(eq=False)
@@ -41,7 +43,8 @@ class SourceCache:
     settle_memo: SettleMemo = field(default_factory=SettleMemo)
     # The last revision loaded: ("commit:path", the scope it was validated under, the result).
     _desired: tuple[str, AdminScope, DesiredState] | None = None
-    # What this cache weighs against SLUICE_CACHED_OBJECTS: its last desired state's objects.
+    # Its last desired state's objects: with the stamps its settle memo holds, what it weighs against
+    # SLUICE_CACHED_OBJECTS (``weight``).
     objects: int = 0
     # Told of a change in weight (the set that holds this cache), so that it can keep its budget.
     _resized: Callable[[SourceCache], None] | None = field(default=None, repr=False)
@@ -61,6 +64,10 @@ class SourceCache:
         self.objects = len(value[2].objects) if value is not None else 0
         if self._resized is not None:
             self._resized(self)
+
+    @property
+    def weight(self) -> int:
+        return self.objects + self.settle_memo.stamps_held
 
     def desired_for(self, key: str, scope: AdminScope) -> DesiredState | None:
         if self._desired is not None and self._desired[:2] == (key, scope):
@@ -83,7 +90,8 @@ class SourceCaches:
             if entry is None:
                 entry = self._entries[source_id] = SourceCache(_resized=self._resized, source_id=source_id)
             self._entries.move_to_end(source_id)
-            self._keep_within_bounds()
+            # Weighed again on every use: its last pass may have settled (and kept) other namespaces.
+            self._reweigh(entry)
             return entry
 
     def drop(self, source_id: int) -> None:
@@ -95,9 +103,13 @@ class SourceCaches:
         with self._lock:
             if self._entries.get(entry.source_id) is not entry:
                 return  # dropped or evicted: a pass still holding it counts for nothing here
-            self.objects += entry.objects - self._weights.get(entry.source_id, 0)
-            self._weights[entry.source_id] = entry.objects
-            self._keep_within_bounds()
+            self._reweigh(entry)
+
+    def _reweigh(self, entry: SourceCache) -> None:
+        weight = entry.weight
+        self.objects += weight - self._weights.get(entry.source_id, 0)
+        self._weights[entry.source_id] = weight
+        self._keep_within_bounds()
 
     def _keep_within_bounds(self) -> None:
         """Least recently used out first, until both bounds hold; the most recent source always stays,

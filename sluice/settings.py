@@ -193,7 +193,7 @@ SLUICE_CONSUMER_GATE_SLICE_SECONDS = float(env.get("SLUICE_CONSUMER_GATE_SLICE_S
 # Sources a worker process remembers parsed files and plan verdicts of, and the desired objects they
 # may hold between them (least recently used out first, until both bounds hold). gitops/caches.py.
 SLUICE_CACHED_SOURCES = int(env.get("SLUICE_CACHED_SOURCES", "4096"))
-SLUICE_CACHED_OBJECTS = int(env.get("SLUICE_CACHED_OBJECTS", "50000"))
+SLUICE_CACHED_OBJECTS = int(env.get("SLUICE_CACHED_OBJECTS", "200000"))
 SLUICE_POLL_SWEEP_SECONDS = float(env.get("SLUICE_POLL_SWEEP_SECONDS", "5"))
 # The live cache (`gitops live-cache`): a namespace is stale, and read instead, after this long
 # without an event, a bookmark or a watch ending on time; watches end every WATCH seconds.

@@ -261,6 +261,7 @@ class SettleMemo:
 
     def __init__(self) -> None:
         self._last = _Snapshot("", frozenset(), {})
+        self.stamps_held = 0
 
     def begin(self, source: str, managed: frozenset[ObjectKey]) -> SettlePass:
         last = self._last
@@ -277,6 +278,9 @@ class SettleMemo:
 
     def _keep(self, snapshot: _Snapshot) -> None:
         self._last = snapshot
+        # Each namespace's stamps are this source's own copy (other sources' objects included): what
+        # the worker's cache bound counts besides the desired objects.
+        self.stamps_held = sum(len(known.texts) for known in snapshot.namespaces.values())
 
 
 class SettlePass:

@@ -55,3 +55,21 @@ def test_the_number_of_sources_is_bounded_too():
     for source_id in range(10):
         remember(caches, source_id, 1)
     assert len(caches) == 3 and caches.objects == 3
+
+
+def test_the_stamps_a_settle_memo_keeps_weigh_too():
+    """A small source in a large shared namespace keeps that namespace's stamps: they count."""
+    from gitops.plan.stamps import _Settled, _Snapshot
+
+    caches = SourceCaches(capacity=100, object_budget=1000)
+    remember(caches, 1, 5)
+    stamps = {f"cm-{index}": "stamp" for index in range(800)}
+    memo = caches.get(1).settle_memo
+    memo._keep(_Snapshot("one", frozenset(), {("default", "shared"): _Settled(stamps, (), {}, [])}))
+    assert caches.get(1).weight == 805
+    remember(caches, 2, 5)
+    caches.get(2).settle_memo._keep(
+        _Snapshot("two", frozenset(), {("default", "shared"): _Settled(dict(stamps), (), {}, [])})
+    )
+    caches.get(2)  # weighed again when used: 1,610 > 1,000, so source 1 goes
+    assert len(caches) == 1 and caches.objects == 805
