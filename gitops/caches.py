@@ -43,9 +43,6 @@ class SourceCache:
     settle_memo: SettleMemo = field(default_factory=SettleMemo)
     # The last revision loaded: ("commit:path", the scope it was validated under, the result).
     _desired: tuple[str, AdminScope, DesiredState] | None = None
-    # Its last desired state's objects: with the stamps its settle memo holds, what it weighs against
-    # SLUICE_CACHED_OBJECTS (``weight``).
-    objects: int = 0
     # Told of a change in weight (the set that holds this cache), so that it can keep its budget.
     _resized: Callable[[SourceCache], None] | None = field(default=None, repr=False)
     source_id: int = 0
@@ -61,12 +58,17 @@ class SourceCache:
     @desired.setter
     def desired(self, value: tuple[str, AdminScope, DesiredState] | None) -> None:
         self._desired = value
-        self.objects = len(value[2].objects) if value is not None else 0
         if self._resized is not None:
             self._resized(self)
 
     @property
+    def objects(self) -> int:
+        """Its last desired state's objects."""
+        return len(self._desired[2].objects) if self._desired is not None else 0
+
+    @property
     def weight(self) -> int:
+        """What it weighs against SLUICE_CACHED_OBJECTS: its objects and the stamps its settle memo holds."""
         return self.objects + self.settle_memo.stamps_held
 
     def desired_for(self, key: str, scope: AdminScope) -> DesiredState | None:
