@@ -3,7 +3,7 @@ import os
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import task_postrun, worker_process_shutdown
+from celery.signals import task_postrun, task_prerun, worker_process_shutdown
 
 from gitops.memory import limit_malloc_arenas
 
@@ -30,15 +30,31 @@ def _forget_exited_process(pid: int | None = None, **_: object) -> None:
     metrics.process_exited(pid or os.getpid())
 
 
-def _redis() -> Any:
-    import redis  # noqa: PLC0415 - only workers need it
-    from django.conf import settings  # noqa: PLC0415 - settings are configured when tasks run
+@task_prerun.connect
+def _database_before_task(**_: object) -> None:
+    # What Django does when a request starts: a connection past DATABASE_CONN_MAX_AGE, broken, or
+    # left mid-transaction is closed; a healthy one is kept (CELERY_DB_REUSE_MAX in the settings).
+    from django.db import close_old_connections  # noqa: PLC0415 - needs Django settings
 
-    return redis.Redis.from_url(
-        settings.REDIS_URL,
-        socket_timeout=_REDIS_TIMEOUT_SECONDS,
-        socket_connect_timeout=_REDIS_TIMEOUT_SECONDS,
-    )
+    close_old_connections()
+
+
+_redis_client: Any = None
+
+
+def _redis() -> Any:
+    """One client per process: its pool keeps the connection between tasks (and is reset after a fork)."""
+    global _redis_client  # noqa: PLW0603 - a per-process cache
+    if _redis_client is None:
+        import redis  # noqa: PLC0415 - only workers need it
+        from django.conf import settings  # noqa: PLC0415 - settings are configured when tasks run
+
+        _redis_client = redis.Redis.from_url(
+            settings.REDIS_URL,
+            socket_timeout=_REDIS_TIMEOUT_SECONDS,
+            socket_connect_timeout=_REDIS_TIMEOUT_SECONDS,
+        )
+    return _redis_client
 
 
 def _unfinished_key(task_id: str) -> str:
@@ -70,24 +86,21 @@ def unfinished_starts(task: Task[Any, Any]) -> int:
     except redis.RedisError as exc:
         log.warning("cannot count the starts of task %s (%s); running it", task.request.id, exc)
         return 0
-    finally:
-        client.close()
     return int(starts)
 
 
 @task_postrun.connect
 def _forget_finished_task(task_id: str | None = None, **_: object) -> None:
     import redis  # noqa: PLC0415 - only workers need it
+    from django.db import close_old_connections  # noqa: PLC0415 - needs Django settings
 
+    close_old_connections()  # as Django does when a request ends
     if task_id is None:
         return
-    client = _redis()
     try:
-        client.delete(_unfinished_key(task_id))
+        _redis().delete(_unfinished_key(task_id))
     except redis.RedisError as exc:
         log.warning("cannot clear the start count of task %s: %s", task_id, exc)
-    finally:
-        client.close()
 
 
 def redelivered_too_often(task: Task[Any, Any]) -> int:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.utils import timezone
 
 from gitops import logs, metrics, schedule, selectors
@@ -279,8 +279,18 @@ def source_lock(source: Source) -> Iterator[bool]:
         yield acquired
     finally:
         if acquired:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [LOCK_CLASS, source.pk])
+            _unlock(source)
+
+
+def _unlock(source: Source) -> None:
+    """Releases the source's lock. The lock belongs to the connection, which workers keep between
+    tasks: when the release fails, the connection is closed, and the lock goes with it."""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [LOCK_CLASS, source.pk])
+    except DatabaseError:
+        connection.close()
+        raise
 
 
 def _measured(source: Source, *, actor: str, retry_failed: bool, manual: bool) -> SyncResult:

@@ -168,6 +168,12 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_RESULT_EXPIRES = 3600
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Celery's Django fixup closes every database connection before and after each task unless this is
+# set (Celery 5.6 went back to that): a new PostgreSQL backend per task cost a no-op poll more CPU
+# than the poll itself. Connections are kept, and gitops.celery closes them as Django does around a
+# request (older than DATABASE_CONN_MAX_AGE, unusable, or left mid-transaction); the fixup still
+# closes them every CELERY_DB_REUSE_MAX tasks.
+CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1000)
 
 KUBECONFIG = env.get("KUBECONFIG") or None
 SLUICE_DATA_DIR = Path(env.get("SLUICE_DATA_DIR", BASE_DIR / ".data"))

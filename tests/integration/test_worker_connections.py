@@ -1,0 +1,78 @@
+"""A worker keeps its PostgreSQL connection between tasks, and never a source's lock with it.
+
+Celery's Django fixup closes every connection before and after each task unless
+CELERY_DB_REUSE_MAX is set; a new PostgreSQL backend per task cost a no-op poll more
+than the poll itself. The reconcile lock is a session-level advisory lock, so a
+kept connection must not keep a lock after its task, whichever way the task ended.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from django.db import connection
+
+from gitops.reconcile import LOCK_CLASS
+from tests.gitrepo import configmap, policy
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _last_check_backends(source) -> set[tuple[int, str]]:
+    """PostgreSQL backends whose last statement was this source's after-the-pass check, with their start."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid, backend_start::text FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " AND query LIKE %s AND query LIKE %s",
+            ['%"sync_requested_at" >%', f'%"gitops_source"."id" = {source.pk} %'],
+        )
+        return {(pid, started) for pid, started in cursor.fetchall()}
+
+
+def _lock_is_free(source) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [LOCK_CLASS, source.pk])
+        taken = bool(cursor.fetchone()[0])
+        if taken:
+            cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [LOCK_CLASS, source.pk])
+    return taken
+
+
+def test_a_worker_runs_its_tasks_on_one_kept_connection(repo, make_namespaces, make_source, start_worker):
+    from gitops.tasks import sync_source
+
+    (namespace,) = make_namespaces("a")
+    repo.write("sluice.yaml", policy([namespace]))
+    repo.write("configmaps/a.yaml", configmap("a", {"k": "v"}))
+    repo.commit("one ConfigMap")
+    source = make_source()
+    queue = f"connections-{source.pk}"
+    start_worker(concurrency=1, queues=queue)  # only it runs these tasks
+    assert sync_source.apply_async((source.pk,), queue=queue).get(timeout=120)["outcome"] == "applied"
+    first = _last_check_backends(source)
+    assert len(first) == 1, f"the worker's connection was closed after its task: {first}"
+    for _ in range(5):
+        assert sync_source.apply_async((source.pk,), queue=queue).get(timeout=120)["outcome"] == "unchanged"
+    assert _last_check_backends(source) == first, "a task opened a connection of its own"
+    assert _lock_is_free(source)
+
+
+def test_a_failed_pass_leaves_no_lock_on_the_kept_connection(
+    repo, make_namespaces, make_source, start_worker
+):
+    from gitops.tasks import sync_source
+
+    (namespace,) = make_namespaces("b")
+    repo.write("sluice.yaml", policy([namespace]))
+    repo.write("configmaps/b.yaml", configmap("b", {"k": "v"}))
+    repo.commit("one ConfigMap")
+    source = make_source()
+    queue = f"connections-{source.pk}"
+    start_worker(concurrency=1, queues=queue)
+    assert sync_source.apply_async((source.pk,), queue=queue).get(timeout=120)["outcome"] == "applied"
+    shutil.rmtree(repo.remote)  # Git is gone: the pass fails holding the lock, is retried, then recorded
+    result = sync_source.apply_async((source.pk,), queue=queue).get(timeout=120)
+    assert result["outcome"] == "failed", result
+    assert _lock_is_free(source), "the failed pass's lock outlived its task on the kept connection"
