@@ -213,7 +213,12 @@ class Source(models.Model):
 
 def known_cluster_names() -> frozenset[str]:
     """Every cluster a policy may name: the default one and the registered ones (one query)."""
-    return frozenset({settings.SLUICE_CLUSTER_NAME, *Cluster.objects.values_list("name", flat=True)})
+    return known_clusters(Cluster.objects.values_list("name", flat=True))
+
+
+def known_clusters(registered: Iterable[str]) -> frozenset[str]:
+    """``known_cluster_names`` from the registered names a caller has read already."""
+    return frozenset({settings.SLUICE_CLUSTER_NAME, *registered})
 
 
 def automatic_sync_filter(prefix: str = "") -> models.Q:

@@ -23,6 +23,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import DatabaseError, connection
+from django.db.models import Exists, QuerySet
 from django.utils import timezone
 
 from gitops import logs, metrics, schedule, selectors
@@ -30,9 +31,10 @@ from gitops.cluster import clients
 from gitops.desired.errors import ValidationError
 from gitops.errors import PermanentError, TemporaryError
 from gitops.fetch.revisions import commit_identities, revision_desired_state, revision_fetch
-from gitops.models import Revision, Rollout, Source
+from gitops.models import Revision, Rollout, Source, known_clusters
+from gitops.record.changelog import intents_pending_query
 from gitops.rollout.lifecycle import rollout_choose, rollout_drive
-from gitops.rollout.rollback import rollbacks_owed_finish, rollout_rollback
+from gitops.rollout.rollback import rollbacks_owed_finish, rollbacks_owing, rollout_rollback
 from gitops.rollout.state import SYSTEM_ACTOR, StepOutcome
 from gitops.rollout.step import intents_finish_pending, plan_held
 from gitops.vocabulary import Outcome
@@ -80,10 +82,14 @@ class SyncResult:
 
 
 def _reconcile(source: Source, *, actor: str, retry_failed: bool, manual: bool = False) -> SyncResult:
-    clients.refresh()  # clusters registered, removed or re-pointed since the last pass (one query)
-    resumed = intents_finish_pending(source)  # what a crashed run (or an unreachable cluster) left behind
-    rollbacks_owed_finish(source)  # clusters that did not answer an earlier rollback: a freeze holds none
-    _abort_if_requested(source)  # before Git: nothing a new commit does can hold an abort up
+    registered = clients.refresh()  # clusters registered, removed or re-pointed since the last pass
+    owed = _owed(source)  # one query; most passes owe nothing
+    # What a crashed run (or an unreachable cluster) left behind.
+    resumed = intents_finish_pending(source) if owed.intents else 0
+    if owed.rollbacks:  # clusters that did not answer an earlier rollback: a freeze holds none
+        rollbacks_owed_finish(source)
+    if owed.aborts:  # before Git: nothing a new commit does can hold an abort up
+        _abort_if_requested(source)
     gate = selectors.source_gate(source)
     held = None if gate.allows(manual=manual) else gate  # a freeze, or outside the sync windows
     try:
@@ -96,7 +102,7 @@ def _reconcile(source: Source, *, actor: str, retry_failed: bool, manual: bool =
         raise
     logs.add_context(commit=head.commit)
     result = SyncResult(source.name, Outcome.UNCHANGED, head.commit, head.pk, forced_push=forced)
-    head_desired = revision_desired_state(source, head)
+    head_desired = revision_desired_state(source, head, known_clusters=known_clusters(registered))
     if head_desired is None:
         # A bad new commit stops nothing already under way with an earlier, valid one.
         _drive_active(source, actor=actor, retry_failed=retry_failed, held=held)
@@ -110,16 +116,17 @@ def _reconcile(source: Source, *, actor: str, retry_failed: bool, manual: bool =
     identities = lambda: commit_identities(source, head)  # noqa: E731 - asked only when a rollout starts
     rollout, queued = rollout_choose(source, head, head_desired, commit_identities=identities)
     logs.add_context(rollout=rollout.pk)
-    outcome = _drive(rollout, head_desired if rollout.revision_id == head.pk else None, actor, retry_failed)
-    rollout.reload()
+    desired = head_desired if rollout.revision_id == head.pk else None
+    outcome = _drive(rollout, desired, actor, retry_failed, fresh=True)  # rollout_choose read it just now
     result.outcome = queued or outcome.outcome
     # A cluster that did not answer fails only its own targets: the pass reports it and goes on.
     unreachable = [f"cluster {name} unreachable: {why}" for name, why in sorted(outcome.unreachable.items())]
     result.summary, result.errors = outcome.summary, [*outcome.failures, *unreachable]
-    result.rollout = selectors.rollout_status(rollout)
+    result.rollout = selectors.rollout_status(selectors.rollout_for_status(rollout.pk))
     if resumed:
         result.summary["resumed"] = resumed
-    Revision.objects.filter(pk=head.pk).update(summary=result.summary)
+    if head.summary != result.summary:  # a no-op poll writes nothing here
+        Revision.objects.filter(pk=head.pk).update(summary=result.summary)
     _finish(source, result.errors)
     return result
 
@@ -143,14 +150,21 @@ def _hold(source: Source, head: Revision, desired: Any, gate: Gate, result: Sync
 
 
 def _drive(
-    rollout: Rollout, desired: Any, actor: str, retry_failed: bool, held: Gate | None = None
+    rollout: Rollout,
+    desired: Any,
+    actor: str,
+    retry_failed: bool,
+    held: Gate | None = None,
+    *,
+    fresh: bool = False,
 ) -> StepOutcome:
-    """Drives a rollout with its own revision (a queued head waits); undoes one that is no longer valid."""
+    """Drives a rollout with its own revision (a queued head waits); undoes one that is no longer valid.
+    ``fresh``: the rollout was read a moment ago (``rollout_drive``)."""
     desired = desired or revision_desired_state(rollout.source, rollout.revision)
     if desired is None:
         _roll_back_invalid(rollout)
         return StepOutcome(Outcome.FAILED, {}, [rollout.message])
-    return rollout_drive(rollout, desired, actor=actor, retry_failed=retry_failed, held=held)
+    return rollout_drive(rollout, desired, actor=actor, retry_failed=retry_failed, held=held, fresh=fresh)
 
 
 def _drive_active(
@@ -180,12 +194,40 @@ def _drive_active(
         return None
 
 
+@dataclass(frozen=True)
+class _Owed:
+    """What earlier passes and people left for this pass to do before it asks Git anything."""
+
+    intents: bool  # intents a crashed run left pending
+    rollbacks: bool  # clusters an ended rollout still owes a rollback, due now
+    aborts: bool  # an abort someone asked for
+
+
+def _owed(source: Source) -> _Owed:
+    """The three questions in one statement: a pass that owes nothing (nearly every poll) pays one."""
+    row = (
+        Source.objects.filter(pk=source.pk)
+        .annotate(
+            owes_intents=Exists(intents_pending_query(source)),
+            owes_rollbacks=Exists(rollbacks_owing(source)),
+            owes_aborts=Exists(_aborts_requested(source)),
+        )
+        .values_list("owes_intents", "owes_rollbacks", "owes_aborts")
+        .first()
+    )
+    if row is None:  # deleted meanwhile: ask each question on its own, as before
+        return _Owed(intents=True, rollbacks=True, aborts=True)
+    return _Owed(*row)
+
+
+def _aborts_requested(source: Source) -> QuerySet[Rollout]:
+    active = Rollout.objects.filter(source=source, phase__in=Rollout.ACTIVE_PHASES)
+    return active.exclude(abort_requested_by="")
+
+
 def _abort_if_requested(source: Source) -> None:
     """Carries out a requested abort. A rollback needs nothing from Git: the intents hold what was there."""
-    requested = Rollout.objects.filter(source=source, phase__in=Rollout.ACTIVE_PHASES).exclude(
-        abort_requested_by=""
-    )
-    for rollout in requested.select_related("revision", "source"):
+    for rollout in _aborts_requested(source).select_related("revision", "source"):
         reason = rollout.abort_reason or "aborted"
         rollout_rollback(
             rollout, actor=rollout.abort_requested_by, reason=reason, phase=Rollout.Phase.ABORTED

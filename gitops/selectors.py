@@ -97,7 +97,17 @@ def _revision(revision: Revision) -> dict[str, Any]:
     }
 
 
+def rollout_for_status(rollout_id: int) -> Rollout:
+    """A rollout as ``rollout_status`` reads it: its source, revision and approval count in one query."""
+    return (
+        Rollout.objects.select_related("source", "revision")
+        .annotate(approval_count=Count("approvals"))
+        .get(pk=rollout_id)
+    )
+
+
 def rollout_status(rollout: Rollout) -> dict[str, Any]:
+    approvals = getattr(rollout, "approval_count", None)
     return {
         "id": rollout.pk,
         "source": rollout.source.name,
@@ -108,7 +118,7 @@ def rollout_status(rollout: Rollout) -> dict[str, Any]:
         "weight": rollout.weight,
         "waiting_for": rollout.waiting_for,
         "pause_until": _iso(rollout.pause_until),
-        "approvals": rollout.approvals.count(),
+        "approvals": rollout.approvals.count() if approvals is None else approvals,
         "approvals_required": rollout.approvals_required,
         "message": rollout.message,
         "created_at": _iso(rollout.created_at),

@@ -75,18 +75,23 @@ def _fit(text: str, length: int) -> str:
     return text if len(text) <= length else text[: length - 1] + "…"
 
 
-def validation_scope(source: Source) -> AdminScope:
-    """What the administrator allows the source, and the clusters that exist (a target names one)."""
-    return dataclasses.replace(source.scope, known_clusters=known_cluster_names())
+def validation_scope(source: Source, known_clusters: frozenset[str] | None = None) -> AdminScope:
+    """What the administrator allows the source, and the clusters that exist (a target names one);
+    ``known_clusters`` when the caller has just read them."""
+    known = known_cluster_names() if known_clusters is None else known_clusters
+    return dataclasses.replace(source.scope, known_clusters=known)
 
 
-def revision_desired_state(source: Source, revision: Revision) -> DesiredState | None:
+def revision_desired_state(
+    source: Source, revision: Revision, *, known_clusters: frozenset[str] | None = None
+) -> DesiredState | None:
     """Loads and validates a revision from the mirror, or records it as rejected and returns None.
 
     The clusters that exist are part of the scope it is validated under, so registering or
-    removing a cluster validates the revision again.
+    removing a cluster validates the revision again. ``known_clusters``: those clusters, when
+    the caller read them in this pass (otherwise one query).
     """
-    scope = validation_scope(source)
+    scope = validation_scope(source, known_clusters)
     cache = caches.for_source(source.pk)
     # An administrator may move a source to another directory: the same commit then means other files.
     key = f"{revision.commit}:{source.path}"

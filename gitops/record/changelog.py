@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from gitops import metrics
@@ -55,9 +56,12 @@ def intents_write(
 def intents_pending(source: Source) -> list[ApplyIntent]:
     """Intents a crashed run left behind: written, maybe applied, not yet logged. A removal's intents
     (no rollout) are its own to finish: a sync never deletes or releases what a removal meant to."""
-    return list(
-        ApplyIntent.objects.filter(source=source, status=ApplyIntent.Status.PENDING, rollout__isnull=False)
-    )
+    return list(intents_pending_query(source))
+
+
+def intents_pending_query(source: Source) -> QuerySet[ApplyIntent]:
+    """``intents_pending`` as a query, for a caller that first asks whether there are any."""
+    return ApplyIntent.objects.filter(source=source, status=ApplyIntent.Status.PENDING, rollout__isnull=False)
 
 
 def changes_record(intents: Sequence[ApplyIntent], errors: Sequence[str | None]) -> list[str]:

@@ -38,7 +38,8 @@ def rollout_choose(
     ``commit_identities`` gives the authors and committers of the commits a new
     rollout would bring; it is asked only when one starts.
     """
-    active = Rollout.objects.filter(source=source, phase__in=Rollout.ACTIVE_PHASES).order_by("-id").first()
+    rollouts = Rollout.objects.filter(source=source).select_related("source", "revision").order_by("-id")
+    active = rollouts.filter(phase__in=Rollout.ACTIVE_PHASES).first()
     if active is not None and (active.revision_id == head.pk or active.abort_requested_by):
         return active, None
     if active is not None:
@@ -49,12 +50,11 @@ def rollout_choose(
             return active, Outcome.QUEUED
         reason = f"superseded by {head.commit[:12]}"
         rollout_rollback(active, actor=SYSTEM_ACTOR, reason=reason, phase=Rollout.Phase.SUPERSEDED)
-    latest = Rollout.objects.filter(source=source, revision=head).order_by("-id").first()
-    newest = Rollout.objects.filter(source=source).order_by("-id").values_list("pk", flat=True).first()
+    newest = rollouts.first()
     # A rollout of the head is taken up again only while nothing came after it: a branch moved
     # back to an older commit goes out anew, through its steps and gates, never at once.
-    if latest is not None and latest.phase != Rollout.Phase.SUPERSEDED and latest.pk == newest:
-        return latest, None
+    if newest is not None and newest.revision_id == head.pk and newest.phase != Rollout.Phase.SUPERSEDED:
+        return newest, None
     return rollout_start(
         source, head, head_desired, actor=SYSTEM_ACTOR, commit_identities=commit_identities()
     ), None
@@ -101,16 +101,22 @@ def rollout_drive(
     actor: str,
     retry_failed: bool = False,
     held: Gate | None = None,
+    fresh: bool = False,
 ) -> StepOutcome:
     """Moves the rollout as far as it can go now: until a pause, an end, or a failure.
 
     ``held`` (a freeze or a closed sync window) stops every automatic step: a
     timed pause that ran out waits, no weight is applied and no analysis runs,
     unless an administrator's override released the step. Aborts always go on.
+    ``fresh``: the caller read the rollout (with its source and revision) a moment
+    ago, so the first step does not read it again.
     """
     outcome = StepOutcome()
+    stale = not fresh
     while True:
-        rollout.reload()
+        if stale:
+            rollout.reload()
+        stale = True
         steps = steps_from_json(rollout.steps)  # an administrator may add a gate while it runs
         if _settled(rollout, desired, steps, outcome, actor=actor, retry_failed=retry_failed, held=held):
             return outcome

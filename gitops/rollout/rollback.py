@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from gitops import schedule
@@ -78,13 +78,7 @@ def rollbacks_owed_finish(source: Source) -> None:
     cluster that stays down is asked every ``SLUICE_CLUSTER_RETRY_SECONDS``, however often the source
     is reconciled meanwhile.
     """
-    owing = (
-        Rollout.objects.filter(source=source)
-        .filter(Q(pause_until__isnull=True) | Q(pause_until__lte=timezone.now()))
-        .exclude(rollback_pending_clusters=[])
-        .select_related("source", "revision")
-    )
-    for rollout in owing:
+    for rollout in rollbacks_owing(source).select_related("source", "revision"):
         owed = set(rollout.rollback_pending_clusters)
         actor = rollout.abort_requested_by or "sluice"
         restored = _restore(rollout, actor, clusters=owed)
@@ -101,6 +95,15 @@ def rollbacks_owed_finish(source: Source) -> None:
             if done:
                 rollout.reload()
                 _restored_event(rollout, actor, done, still, restored.failures)
+
+
+def rollbacks_owing(source: Source) -> QuerySet[Rollout]:
+    """The ended rollouts of ``source`` that owe a cluster a rollback whose retry is due."""
+    return (
+        Rollout.objects.filter(source=source)
+        .filter(Q(pause_until__isnull=True) | Q(pause_until__lte=timezone.now()))
+        .exclude(rollback_pending_clusters=[])
+    )
 
 
 def _restored_event(
