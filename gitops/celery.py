@@ -30,13 +30,24 @@ def _forget_exited_process(pid: int | None = None, **_: object) -> None:
     metrics.process_exited(pid or os.getpid())
 
 
+def _eager(task: Task[Any, Any] | None) -> bool:
+    """A task run in the caller's process (``apply``): its connection is the caller's, left alone."""
+    return bool(task is not None and getattr(task.request, "is_eager", False))
+
+
 @task_prerun.connect
-def _database_before_task(**_: object) -> None:
+def _database_before_task(task: Task[Any, Any] | None = None, **_: object) -> None:
     # What Django does when a request starts: a connection past DATABASE_CONN_MAX_AGE, broken, or
     # left mid-transaction is closed; a healthy one is kept (CELERY_DB_REUSE_MAX in the settings).
-    from django.db import close_old_connections  # noqa: PLC0415 - needs Django settings
+    # The health check is made here, outside any transaction: a kept connection that PostgreSQL
+    # dropped (a restart) is replaced before a task's first atomic block could meet it.
+    from django.db import close_old_connections, connections  # noqa: PLC0415 - needs Django settings
 
+    if _eager(task):
+        return
     close_old_connections()
+    for kept in connections.all(initialized_only=True):
+        kept.close_if_health_check_failed()
 
 
 _redis_client: Any = None
@@ -90,17 +101,19 @@ def unfinished_starts(task: Task[Any, Any]) -> int:
 
 
 @task_postrun.connect
-def _forget_finished_task(task_id: str | None = None, **_: object) -> None:
+def _forget_finished_task(
+    task_id: str | None = None, task: Task[Any, Any] | None = None, **_: object
+) -> None:
     import redis  # noqa: PLC0415 - only workers need it
     from django.db import close_old_connections  # noqa: PLC0415 - needs Django settings
 
-    close_old_connections()  # as Django does when a request ends
-    if task_id is None:
-        return
-    try:
-        _redis().delete(_unfinished_key(task_id))
-    except redis.RedisError as exc:
-        log.warning("cannot clear the start count of task %s: %s", task_id, exc)
+    if task_id is not None:
+        try:
+            _redis().delete(_unfinished_key(task_id))
+        except redis.RedisError as exc:
+            log.warning("cannot clear the start count of task %s: %s", task_id, exc)
+    if not _eager(task):
+        close_old_connections()  # as Django does when a request ends
 
 
 def redelivered_too_often(task: Task[Any, Any]) -> int:

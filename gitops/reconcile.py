@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from django.db import DatabaseError, connection
+from django.db import connection
 from django.db.models import Exists, QuerySet
 from django.utils import timezone
 
@@ -314,10 +314,11 @@ def source_sync(
 @contextmanager
 def source_lock(source: Source) -> Iterator[bool]:
     """Yields whether this process now holds the source's reconcile lock."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [LOCK_CLASS, source.pk])
-        acquired = bool(cursor.fetchone()[0])
+    acquired = False
     try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [LOCK_CLASS, source.pk])
+            acquired = bool(cursor.fetchone()[0])
         yield acquired
     finally:
         if acquired:
@@ -326,11 +327,11 @@ def source_lock(source: Source) -> Iterator[bool]:
 
 def _unlock(source: Source) -> None:
     """Releases the source's lock. The lock belongs to the connection, which workers keep between
-    tasks: when the release fails, the connection is closed, and the lock goes with it."""
+    tasks: when the release fails in any way, the connection is closed, and the lock goes with it."""
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [LOCK_CLASS, source.pk])
-    except DatabaseError:
+    except BaseException:
         connection.close()
         raise
 

@@ -18,6 +18,8 @@ from tests.gitrepo import configmap, policy
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+KEPT_LONG = {"DATABASE_CONN_MAX_AGE": "600"}
+
 
 def _last_check_backends(source) -> set[tuple[int, str]]:
     """PostgreSQL backends whose last statement was this source's after-the-pass check, with their start."""
@@ -49,7 +51,8 @@ def test_a_worker_runs_its_tasks_on_one_kept_connection(repo, make_namespaces, m
     repo.commit("one ConfigMap")
     source = make_source()
     queue = f"connections-{source.pk}"
-    start_worker(concurrency=1, queues=queue)  # only it runs these tasks
+    # Only it runs these tasks; its connection outlives them on a slow machine too.
+    start_worker(concurrency=1, queues=queue, env_overrides=KEPT_LONG)
     assert sync_source.apply_async((source.pk,), queue=queue).get(timeout=120)["outcome"] == "applied"
     first = _last_check_backends(source)
     assert len(first) == 1, f"the worker's connection was closed after its task: {first}"
@@ -76,3 +79,25 @@ def test_a_failed_pass_leaves_no_lock_on_the_kept_connection(
     result = sync_source.apply_async((source.pk,), queue=queue).get(timeout=120)
     assert result["outcome"] == "failed", result
     assert _lock_is_free(source), "the failed pass's lock outlived its task on the kept connection"
+
+
+def test_a_kept_connection_postgresql_dropped_is_replaced_before_the_next_task(
+    repo, make_namespaces, make_source, start_worker
+):
+    from gitops.tasks import sync_source
+
+    (namespace,) = make_namespaces("c")
+    repo.write("sluice.yaml", policy([namespace]))
+    repo.write("configmaps/c.yaml", configmap("c", {"k": "v"}))
+    repo.commit("one ConfigMap")
+    source = make_source()
+    queue = f"connections-{source.pk}"
+    start_worker(concurrency=1, queues=queue, env_overrides=KEPT_LONG)
+    assert sync_source.apply_async((source.pk,), queue=queue).get(timeout=120)["outcome"] == "applied"
+    ((kept, _),) = _last_check_backends(source)
+    with connection.cursor() as cursor:  # what a PostgreSQL restart does to the worker's connection
+        cursor.execute("SELECT pg_terminate_backend(%s)", [kept])
+    result = sync_source.apply_async((source.pk,), queue=queue).get(timeout=120)
+    assert result["outcome"] == "unchanged", result
+    ((replaced, _),) = _last_check_backends(source)
+    assert replaced != kept
