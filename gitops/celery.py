@@ -1,3 +1,4 @@
+import functools
 import logging
 import os
 from typing import Any
@@ -50,22 +51,17 @@ def _database_before_task(task: Task[Any, Any] | None = None, **_: object) -> No
         kept.close_if_health_check_failed()
 
 
-_redis_client: Any = None
-
-
+@functools.cache
 def _redis() -> Any:
     """One client per process: its pool keeps the connection between tasks (and is reset after a fork)."""
-    global _redis_client  # noqa: PLW0603 - a per-process cache
-    if _redis_client is None:
-        import redis  # noqa: PLC0415 - only workers need it
-        from django.conf import settings  # noqa: PLC0415 - settings are configured when tasks run
+    import redis  # noqa: PLC0415 - only workers need it
+    from django.conf import settings  # noqa: PLC0415 - settings are configured when tasks run
 
-        _redis_client = redis.Redis.from_url(
-            settings.REDIS_URL,
-            socket_timeout=_REDIS_TIMEOUT_SECONDS,
-            socket_connect_timeout=_REDIS_TIMEOUT_SECONDS,
-        )
-    return _redis_client
+    return redis.Redis.from_url(
+        settings.REDIS_URL,
+        socket_timeout=_REDIS_TIMEOUT_SECONDS,
+        socket_connect_timeout=_REDIS_TIMEOUT_SECONDS,
+    )
 
 
 def _unfinished_key(task_id: str) -> str:
@@ -101,17 +97,21 @@ def unfinished_starts(task: Task[Any, Any]) -> int:
 
 
 @task_postrun.connect
-def _forget_finished_task(
-    task_id: str | None = None, task: Task[Any, Any] | None = None, **_: object
-) -> None:
+def _forget_finished_task(task_id: str | None = None, **_: object) -> None:
     import redis  # noqa: PLC0415 - only workers need it
+
+    if task_id is None:
+        return
+    try:
+        _redis().delete(_unfinished_key(task_id))
+    except redis.RedisError as exc:
+        log.warning("cannot clear the start count of task %s: %s", task_id, exc)
+
+
+@task_postrun.connect
+def _database_after_task(task: Task[Any, Any] | None = None, **_: object) -> None:
     from django.db import close_old_connections  # noqa: PLC0415 - needs Django settings
 
-    if task_id is not None:
-        try:
-            _redis().delete(_unfinished_key(task_id))
-        except redis.RedisError as exc:
-            log.warning("cannot clear the start count of task %s: %s", task_id, exc)
     if not _eager(task):
         close_old_connections()  # as Django does when a request ends
 

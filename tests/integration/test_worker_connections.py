@@ -42,62 +42,52 @@ def _lock_is_free(source) -> bool:
     return taken
 
 
-def test_a_worker_runs_its_tasks_on_one_kept_connection(repo, make_namespaces, make_source, start_worker):
+@pytest.fixture
+def alone(repo, make_namespaces, make_source, start_worker):
+    """A source of one ConfigMap, applied by a worker of its own, and a sync through that worker.
+
+    Only that worker runs these tasks; its connection outlives them on a slow machine too."""
     from gitops.tasks import sync_source
 
-    (namespace,) = make_namespaces("a")
+    (namespace,) = make_namespaces("w")
     repo.write("sluice.yaml", policy([namespace]))
-    repo.write("configmaps/a.yaml", configmap("a", {"k": "v"}))
+    repo.write("configmaps/w.yaml", configmap("w", {"k": "v"}))
     repo.commit("one ConfigMap")
     source = make_source()
     queue = f"connections-{source.pk}"
-    # Only it runs these tasks; its connection outlives them on a slow machine too.
     start_worker(concurrency=1, queues=queue, env_overrides=KEPT_LONG)
-    assert sync_source.apply_async((source.pk,), queue=queue).get(timeout=120)["outcome"] == "applied"
+
+    def sync() -> dict:
+        return sync_source.apply_async((source.pk,), queue=queue).get(timeout=120)
+
+    assert sync()["outcome"] == "applied"
+    return source, sync
+
+
+def test_a_worker_runs_its_tasks_on_one_kept_connection(alone):
+    source, sync = alone
     first = _last_check_backends(source)
     assert len(first) == 1, f"the worker's connection was closed after its task: {first}"
     for _ in range(5):
-        assert sync_source.apply_async((source.pk,), queue=queue).get(timeout=120)["outcome"] == "unchanged"
+        assert sync()["outcome"] == "unchanged"
     assert _last_check_backends(source) == first, "a task opened a connection of its own"
     assert _lock_is_free(source)
 
 
-def test_a_failed_pass_leaves_no_lock_on_the_kept_connection(
-    repo, make_namespaces, make_source, start_worker
-):
-    from gitops.tasks import sync_source
-
-    (namespace,) = make_namespaces("b")
-    repo.write("sluice.yaml", policy([namespace]))
-    repo.write("configmaps/b.yaml", configmap("b", {"k": "v"}))
-    repo.commit("one ConfigMap")
-    source = make_source()
-    queue = f"connections-{source.pk}"
-    start_worker(concurrency=1, queues=queue)
-    assert sync_source.apply_async((source.pk,), queue=queue).get(timeout=120)["outcome"] == "applied"
+def test_a_failed_pass_leaves_no_lock_on_the_kept_connection(alone, repo):
+    source, sync = alone
     shutil.rmtree(repo.remote)  # Git is gone: the pass fails holding the lock, is retried, then recorded
-    result = sync_source.apply_async((source.pk,), queue=queue).get(timeout=120)
+    result = sync()
     assert result["outcome"] == "failed", result
     assert _lock_is_free(source), "the failed pass's lock outlived its task on the kept connection"
 
 
-def test_a_kept_connection_postgresql_dropped_is_replaced_before_the_next_task(
-    repo, make_namespaces, make_source, start_worker
-):
-    from gitops.tasks import sync_source
-
-    (namespace,) = make_namespaces("c")
-    repo.write("sluice.yaml", policy([namespace]))
-    repo.write("configmaps/c.yaml", configmap("c", {"k": "v"}))
-    repo.commit("one ConfigMap")
-    source = make_source()
-    queue = f"connections-{source.pk}"
-    start_worker(concurrency=1, queues=queue, env_overrides=KEPT_LONG)
-    assert sync_source.apply_async((source.pk,), queue=queue).get(timeout=120)["outcome"] == "applied"
+def test_a_kept_connection_postgresql_dropped_is_replaced_before_the_next_task(alone):
+    source, sync = alone
     ((kept, _),) = _last_check_backends(source)
     with connection.cursor() as cursor:  # what a PostgreSQL restart does to the worker's connection
         cursor.execute("SELECT pg_terminate_backend(%s)", [kept])
-    result = sync_source.apply_async((source.pk,), queue=queue).get(timeout=120)
+    result = sync()
     assert result["outcome"] == "unchanged", result
     ((replaced, _),) = _last_check_backends(source)
     assert replaced != kept
