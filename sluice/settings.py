@@ -194,6 +194,10 @@ SLUICE_CLUSTER_READ_TIMEOUT = float(env.get("SLUICE_CLUSTER_READ_TIMEOUT", "30")
 SLUICE_CLUSTER_LIST_DEADLINE = float(env.get("SLUICE_CLUSTER_LIST_DEADLINE", "60"))
 SLUICE_CLUSTER_RETRY_SECONDS = float(env.get("SLUICE_CLUSTER_RETRY_SECONDS", "10"))
 SLUICE_APPLY_CONCURRENCY = int(env.get("SLUICE_APPLY_CONCURRENCY", "16"))
+# "curl": server-side applies through libcurl (gitops/cluster/curl.py); "urllib3": the client's pool.
+SLUICE_APPLY_TRANSPORT = env.get("SLUICE_APPLY_TRANSPORT", "curl")
+if SLUICE_APPLY_TRANSPORT not in ("curl", "urllib3"):
+    raise ImproperlyConfigured('SLUICE_APPLY_TRANSPORT must be "curl" or "urllib3"')
 # A step waiting for its consumers watches them this long per pass, holding the source's lock.
 SLUICE_CONSUMER_GATE_SLICE_SECONDS = float(env.get("SLUICE_CONSUMER_GATE_SLICE_SECONDS", "30"))
 # Sources a worker process remembers parsed files and plan verdicts of, and the desired objects they

@@ -15,6 +15,7 @@ import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -24,6 +25,7 @@ from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 from kubernetes.client.rest import RESTResponse
 
+from gitops.cluster import curl
 from gitops.desired.content import is_reserved
 from gitops.errors import PermanentError, TemporaryError
 
@@ -122,11 +124,25 @@ def _api_errors(*, applying: bool = False, reading: bool = False) -> Iterator[No
         raise TemporaryError(f"kube-apiserver unreachable: {_network_reason(exc)}") from exc
 
 
+def _answer_error(answer: curl.Answer) -> ApiException:
+    """A non-2xx answer as the client reports one, so ``_translate`` reads it the same."""
+    try:
+        phrase = HTTPStatus(answer.status).phrase
+    except ValueError:
+        phrase = ""
+    error = ApiException(status=answer.status, reason=phrase)
+    error.body = answer.body
+    error.headers = answer.headers
+    return error
+
+
 def _network_reason(exc: BaseException) -> str:
     """A short, stable reason (the same failure reads the same every time): "connection refused",
     "read timed out"; never the request's URL."""
     reason = getattr(exc, "reason", None)
     cause: BaseException = reason if isinstance(reason, BaseException) else exc
+    if isinstance(cause, curl.CurlError):
+        return cause.reason
     if isinstance(cause, urllib3.exceptions.NewConnectionError):  # a subclass of ConnectTimeoutError
         return str(cause).rpartition("Failed to establish a new connection: ")[2].split("] ")[-1].lower()
     if isinstance(cause, urllib3.exceptions.ConnectTimeoutError):
@@ -196,6 +212,14 @@ class Cluster:
         self._apps = client.AppsV1Api(self._api_client)
         self._version = client.VersionApi(self._api_client)
         self.server = configuration.host
+        # Applies go through libcurl unless the administrator chose urllib3 or the configuration
+        # needs what only the client's own pool carries (gitops/cluster/curl.py).
+        use_curl = getattr(settings, "SLUICE_APPLY_TRANSPORT", "curl") == "curl"
+        self._curl = (
+            curl.Transport(configuration, self.timeout)
+            if use_curl and curl.Transport.supports(configuration)
+            else None
+        )
 
     @classmethod
     def from_settings(cls) -> Cluster:
@@ -203,6 +227,8 @@ class Cluster:
 
     def close(self) -> None:
         self._api_client.close()
+        if self._curl is not None:
+            self._curl.close()
 
     def __enter__(self) -> Cluster:
         return self
@@ -302,22 +328,29 @@ class Cluster:
         return result
 
     def _apply_patch(self, path: str, query: list[tuple[str, str]], body: Mapping[str, Any]) -> bytes:
-        """One server-side apply, the body encoded once, straight through the client's connection pool.
+        """One server-side apply, the body encoded once, through libcurl (``curl.Transport``) or, for
+        what that does not carry over, straight through the client's urllib3 pool.
 
         The generated API walks the body to sanitize it, encodes it and builds each call from
         generic parameter lists: per object, that cost Sluice as much CPU as the request itself.
-        Authentication (tokens a kubeconfig refreshes included), TLS, timeouts and the answers
-        (``ApiException`` for anything but 2xx) are the client's own.
+        Authentication (tokens a kubeconfig refreshes included) is the client's own; TLS and timeouts
+        follow its configuration; anything but 2xx is an ``ApiException`` either way.
         """
         headers = {**self._api_client.default_headers, "Accept": "application/json"}
         headers["Content-Type"] = APPLY_PATCH
         self._api_client.update_params_for_auth(headers, query, ["BearerToken"])
         url = f"{self.server}{path}?{urlencode(query)}"
+        encoded = json.dumps(dict(body), separators=(",", ":")).encode()
+        if self._curl is not None:
+            answer = self._curl.patch(url, encoded, headers)
+            if not 200 <= answer.status <= 299:
+                raise _answer_error(answer)
+            return answer.body
         try:
             response = self._api_client.rest_client.pool_manager.request(
                 "PATCH",
                 url,
-                body=json.dumps(dict(body), separators=(",", ":")).encode(),
+                body=encoded,
                 headers=headers,
                 timeout=urllib3.Timeout(connect=self.timeout[0], read=self.timeout[1]),
             )

@@ -1,0 +1,215 @@
+"""Server-side applies through libcurl (pycurl): the cold apply's one request per object, made in C.
+
+Through urllib3 and http.client, each apply spent about 0.5 ms of the worker's CPU on Python
+building the request, wrapping TLS and parsing the answer's status line and headers (http.client
+parses them with the ``email`` package): half of Sluice's CPU per created object, more than all of
+its parsing, planning and bookkeeping together. libcurl does the same work in C for about a third
+of that (the README's "CPU per object" has the figures).
+
+A transport keeps idle handles, each with its open connection, and lends one to each request: the
+apply pool's threads and a short-lived thread alike reuse a kept connection, as they did from
+urllib3's pool. The credentials are the client configuration's: its CA file, its client
+certificate, and its bearer token, asked for on each request (an exec plugin's token refreshes as
+it does for the client's own calls). A configuration this module does not carry over keeps the
+client's urllib3 pool: ``Transport.supports`` says which.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pycurl
+from requests.utils import should_bypass_proxies
+
+# libcurl's codes (curl/curl.h) for a name that does not resolve, a connection that could not be
+# made, a timeout, and a failed TLS handshake or certificate check.
+_NOT_RESOLVED = 6
+_NOT_CONNECTED = 7
+_TIMED_OUT = 28
+_TLS_ERRORS = frozenset({35, 53, 54, 58, 59, 60, 64, 66, 77, 80, 82, 83, 90, 91})
+# CURLOPT_CA_CACHE_TIMEOUT (libcurl 7.87), which pycurl does not name: 0 reads the CA file again for
+# each new connection, as urllib3 did, so a rotated in-cluster CA is trusted without a restart.
+_CA_CACHE_TIMEOUT = 321
+# urllib3 here made one more attempt after a failed connect (``configuration.retries = 1``).
+_CONNECT_ATTEMPTS = 2
+
+
+class CurlError(OSError):
+    """The request got no answer; ``reason`` is short and reads the same for the same failure."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)  # read only for an error (status >= 300)
+
+
+class Transport:
+    """PATCH requests to one apiserver, on connections kept open between them."""
+
+    def __init__(self, configuration: Any, timeout: tuple[float, float]) -> None:
+        self._configuration = configuration
+        self._timeout = timeout
+        self._idle: list[pycurl.Curl] = []
+        self._made: list[pycurl.Curl] = []  # idle or lent: what a forked child must not free
+        self._lock = threading.Lock()
+        _transports.add(self)
+
+    @staticmethod
+    def supports(configuration: Any) -> bool:
+        """False for what this transport does not carry over, left to urllib3: a proxy (from the
+        environment; ``NO_PROXY`` honoured as the client honours it), a TLS server name other than
+        the host's, and verification against the system's CAs (no CA file in the kubeconfig)."""
+        proxied = bool(configuration.proxy) and not should_bypass_proxies(
+            configuration.host, no_proxy=configuration.no_proxy or ""
+        )
+        system_cas = configuration.verify_ssl and not configuration.ssl_ca_cert
+        return not (proxied or configuration.tls_server_name or system_cas)
+
+    def patch(self, url: str, body: bytes, headers: Mapping[str, str]) -> Answer:
+        handle = self._borrow()
+        attempts = 1
+        try:
+            while True:
+                try:
+                    return _perform(handle, url, body, headers)
+                except pycurl.error as exc:
+                    if attempts < _CONNECT_ATTEMPTS and _before_connecting(handle, exc):
+                        attempts += 1
+                        continue
+                    raise CurlError(_reason(handle, exc)) from exc
+        finally:
+            handle.setopt(pycurl.POSTFIELDS, b"")  # an idle handle holds no body
+            with self._lock:
+                self._idle.append(handle)
+
+    def close(self) -> None:
+        """Closes the idle handles and their connections (a lent one closes when it is freed)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+            self._made = [handle for handle in self._made if handle not in idle]
+        for handle in idle:
+            handle.close()
+
+    def _borrow(self) -> pycurl.Curl:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        handle = self._new_handle()
+        with self._lock:
+            self._made.append(handle)
+        return handle
+
+    def _new_handle(self) -> pycurl.Curl:
+        configuration = self._configuration
+        handle = pycurl.Curl()
+        handle.setopt(pycurl.CUSTOMREQUEST, "PATCH")
+        handle.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)
+        handle.setopt(pycurl.NOSIGNAL, 1)  # many threads: no SIGALRM for name lookups
+        handle.setopt(pycurl.NOPROXY, "*")  # a proxied cluster is urllib3's (``supports``)
+        if configuration.ssl_ca_cert:
+            handle.setopt(pycurl.CAINFO, configuration.ssl_ca_cert)
+            handle.setopt(_CA_CACHE_TIMEOUT, 0)
+        if not configuration.verify_ssl:
+            handle.setopt(pycurl.SSL_VERIFYPEER, 0)
+            handle.setopt(pycurl.SSL_VERIFYHOST, 0)
+        elif configuration.assert_hostname is False:
+            handle.setopt(pycurl.SSL_VERIFYHOST, 0)
+        if configuration.cert_file:
+            handle.setopt(pycurl.SSLCERT, configuration.cert_file)
+        if configuration.key_file:
+            handle.setopt(pycurl.SSLKEY, configuration.key_file)
+        connect, read = self._timeout
+        handle.setopt(pycurl.CONNECTTIMEOUT_MS, max(1, int(connect * 1000)))
+        # urllib3's read timeout is the longest silence of the server. libcurl has no such timer
+        # (its low-speed check averages over seconds that include the upload, and overshot a 1 s
+        # limit eightfold), so an apply gets connect + read seconds in all: an apply's answer is
+        # one object, and a server that answers within the read timeout is done well within it.
+        handle.setopt(pycurl.TIMEOUT_MS, max(1, int((connect + read) * 1000)))
+        return handle
+
+
+def _perform(handle: pycurl.Curl, url: str, body: bytes, headers: Mapping[str, str]) -> Answer:
+    received = io.BytesIO()
+    header_lines: list[bytes] = []
+    handle.setopt(pycurl.URL, url)
+    # No "Expect: 100-continue" for a large body: urllib3 never sent one, and a proxy or load
+    # balancer that does not answer it would hold each such apply up for a second.
+    handle.setopt(pycurl.HTTPHEADER, [*(f"{name}: {value}" for name, value in headers.items()), "Expect:"])
+    handle.setopt(pycurl.POSTFIELDS, body)
+    handle.setopt(pycurl.WRITEDATA, received)
+    handle.setopt(pycurl.HEADERFUNCTION, header_lines.append)
+    handle.perform()
+    status = int(handle.getinfo(pycurl.RESPONSE_CODE))
+    return Answer(status, received.getvalue(), _headers(header_lines) if status >= 300 else {})
+
+
+def _stalled_answering(exc: pycurl.error) -> bool:
+    """The apply's whole time ran out (``TIMEOUT_MS``): connected, as the shorter connect timeout,
+    which covers the TLS handshake, did not fire first."""
+    code = exc.args[0] if exc.args else 0
+    message = str(exc.args[1]) if len(exc.args) > 1 else ""
+    return code == _TIMED_OUT and message.startswith("Operation timed out")
+
+
+def _before_connecting(handle: pycurl.Curl, exc: pycurl.error) -> bool:
+    """A TCP connection that could not be made, which urllib3 tried once more: nothing was sent."""
+    code = exc.args[0] if exc.args else 0
+    never_connected = code == _TIMED_OUT and handle.getinfo(pycurl.CONNECT_TIME) == 0
+    return code == _NOT_CONNECTED or (never_connected and not _stalled_answering(exc))
+
+
+def _reason(handle: pycurl.Curl, exc: pycurl.error) -> str:
+    """As ``client._network_reason`` words urllib3's failures: "connection refused", "read timed out".
+    Never the host or the URL."""
+    code = exc.args[0] if exc.args else 0
+    if code == _TIMED_OUT:
+        return "read timed out" if _stalled_answering(exc) else "connect timed out"
+    if code in _TLS_ERRORS:
+        return "TLS handshake failed"
+    if code == _NOT_RESOLVED:
+        return "name or service not known"
+    if os_error := handle.getinfo(pycurl.OS_ERRNO):
+        return os.strerror(os_error).lower()
+    return f"curl error {code}"
+
+
+def _headers(lines: list[bytes]) -> dict[str, str]:
+    """The last answer's headers (a 100 Continue comes before it); a repeated one keeps its last value."""
+    headers: dict[str, str] = {}
+    for raw in lines:
+        line = raw.decode("latin-1").strip()
+        if line.startswith("HTTP/"):
+            headers = {}
+        elif ":" in line:
+            name, _, value = line.partition(":")
+            headers[name.strip().title()] = value.strip()
+    return headers
+
+
+# A forked child (a Celery pool process) must not free the handles it inherited, idle or lent to
+# a thread that the fork left behind: freeing one ends its TLS session on a socket the parent still
+# uses. The child keeps them, unused, for good, and makes its own.
+_transports: weakref.WeakSet[Transport] = weakref.WeakSet()
+_inherited: list[pycurl.Curl] = []
+
+
+def _forget_inherited_handles() -> None:
+    for transport in list(_transports):
+        _inherited.extend(transport._made)
+        transport._idle, transport._made = [], []
+        transport._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_inherited_handles)

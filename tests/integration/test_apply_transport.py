@@ -1,0 +1,319 @@
+"""Server-side applies through libcurl answer as they did through urllib3, on the real apiserver.
+
+Each test runs once per transport (``SLUICE_APPLY_TRANSPORT``): the same object stored, the same
+errors for a field conflict, an invalid object and a missing namespace, and the same short reason
+when the apiserver cannot be reached or does not answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import ssl
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gitops.cluster import Cluster
+from gitops.cluster.client import ClusterRefused, FieldConflictError, NotFoundError
+from gitops.errors import PermanentError, TemporaryError
+
+TRANSPORTS = ["curl", "urllib3"]
+
+
+def configmap(namespace: str, name: str, **data: str) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"app": "transport"}},
+        "data": data,
+    }
+
+
+@pytest.fixture(params=TRANSPORTS)
+def connect(request, settings, stack) -> Iterator:
+    """``connect(kubeconfig=None)``: a Cluster whose applies go through the transport under test."""
+    settings.SLUICE_APPLY_TRANSPORT = request.param
+    opened: list[Cluster] = []
+
+    def open_cluster(kubeconfig: str | None = None) -> Cluster:
+        opened.append(Cluster(kubeconfig or stack["KUBECONFIG"]))
+        return opened[-1]
+
+    yield open_cluster
+    for cluster in opened:
+        cluster.close()
+
+
+def uses(cluster: Cluster, transport: str) -> bool:
+    return (cluster._curl is not None) == (transport == "curl")
+
+
+def test_applies_from_many_threads_store_the_object_and_return_it(connect, settings, namespace, cluster):
+    ours = connect()
+    assert uses(ours, settings.SLUICE_APPLY_TRANSPORT)
+    names = [f"cm-{index}" for index in range(40)]
+    with ThreadPoolExecutor(8) as pool:
+        stored = list(
+            pool.map(
+                lambda name: ours.apply_configmap(
+                    configmap(namespace, name, KEY=name), field_manager="sluice-transport"
+                ),
+                names,
+            )
+        )
+    assert [obj["metadata"]["name"] for obj in stored] == names
+    assert all(obj["metadata"]["managedFields"][0]["manager"] == "sluice-transport" for obj in stored)
+    again = ours.apply_configmap(
+        configmap(namespace, "cm-3", KEY="changed"), field_manager="sluice-transport"
+    )
+    assert again["data"] == {"KEY": "changed"}
+    assert cluster.get_configmap(namespace, "cm-3")["data"] == {"KEY": "changed"}
+
+
+def test_a_field_owned_by_another_manager_is_a_conflict_and_force_takes_it(connect, namespace):
+    ours = connect()
+    ours.apply_configmap(configmap(namespace, "shared", KEY="theirs"), field_manager="someone-else")
+    with pytest.raises(FieldConflictError, match="conflict"):
+        ours.apply_configmap(configmap(namespace, "shared", KEY="ours"), field_manager="sluice-transport")
+    taken = ours.apply_configmap(
+        configmap(namespace, "shared", KEY="ours"), field_manager="sluice-transport", force=True
+    )
+    assert taken["data"] == {"KEY": "ours"}
+
+
+def test_an_invalid_object_is_refused_for_good_with_the_apiservers_message(connect, namespace):
+    with pytest.raises(PermanentError, match="422") as refused:
+        connect().apply_configmap(
+            configmap(namespace, "bad", **{"not a key!": "x"}), field_manager="sluice-t"
+        )
+    assert not isinstance(refused.value, TemporaryError)
+    assert "not a key!" in str(refused.value)
+
+
+def test_a_missing_namespace_is_not_found(connect):
+    with pytest.raises(NotFoundError):
+        connect().apply_configmap(configmap(f"gone-{uuid.uuid4().hex[:8]}", "x", A="b"), field_manager="s")
+
+
+def kubeconfig_pointing_at(stack, tmp_path: Path, server: str) -> str:
+    document = yaml.safe_load(Path(stack["KUBECONFIG"]).read_text())
+    current = next(c for c in document["contexts"] if c["name"] == document["current-context"])
+    for entry in document["clusters"]:
+        if entry["name"] == current["context"]["cluster"]:
+            entry["cluster"]["server"] = server
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(document))
+    return str(path)
+
+
+class FakeApiserver:
+    """A TLS server with the stack apiserver's certificate (so the kubeconfig's CA trusts it) that
+    answers each request with ``answer`` (raw HTTP bytes), or never answers when it is None.
+    ``handshake=False``: it accepts connections and never starts TLS."""
+
+    def __init__(self, stack, answer: bytes | None, *, handshake: bool = True) -> None:
+        pki = Path(stack["KUBECONFIG"]).parent / "pki"
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(pki / "apiserver-local.crt", pki / "apiserver-local.key")
+        self.answer, self.handshake = answer, handshake
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.2)
+        self.connections: list[socket.socket] = []
+        self.served: list[int] = []  # for each request, the index of the connection it came on
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.listener.getsockname()[1]}"
+
+    def _accept(self) -> None:
+        while not self.done.is_set():
+            try:
+                connection = self.listener.accept()[0]
+            except OSError:
+                continue
+            self.connections.append(connection)
+            if self.handshake:
+                index = len(self.connections) - 1
+                threading.Thread(target=self._serve, args=(connection, index), daemon=True).start()
+
+    @property
+    def requests(self) -> int:
+        return len(self.served)
+
+    def _serve(self, connection: socket.socket, index: int) -> None:
+        try:
+            stream = self.context.wrap_socket(connection, server_side=True)
+            pending = b""
+            while not self.done.is_set():
+                while b"\r\n\r\n" not in pending:
+                    chunk = stream.recv(65536)
+                    if not chunk:
+                        return
+                    pending += chunk
+                head, _, pending = pending.partition(b"\r\n\r\n")
+                length = next(
+                    (
+                        int(line.split(b":")[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    ),
+                    0,
+                )
+                while len(pending) < length:
+                    pending += stream.recv(65536)
+                pending = pending[length:]
+                self.served.append(index)
+                if self.answer is None:
+                    self.done.wait(30)
+                    return
+                stream.sendall(self.answer)
+        except OSError:
+            return
+
+    def close(self) -> None:
+        self.done.set()
+        self.thread.join(timeout=5)
+        for connection in self.connections:
+            connection.close()
+        self.listener.close()
+
+
+@pytest.fixture
+def fake_apiserver(stack) -> Iterator:
+    started: list[FakeApiserver] = []
+
+    def start(answer: bytes | None, *, handshake: bool = True) -> FakeApiserver:
+        started.append(FakeApiserver(stack, answer, handshake=handshake))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.close()
+
+
+def answer(status: str, body: dict, *headers: str) -> bytes:
+    encoded = json.dumps(body).encode()
+    head = [
+        f"HTTP/1.1 {status}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(encoded)}",
+        *headers,
+    ]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + encoded
+
+
+def test_a_closed_port_is_a_temporary_connection_refused(connect, stack, tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again at once: nothing listens there
+    closed = connect(kubeconfig_pointing_at(stack, tmp_path, f"https://127.0.0.1:{port}"))
+    with pytest.raises(TemporaryError) as unreachable:
+        closed.apply_configmap(configmap("default", "x", A="b"), field_manager="s")
+    assert str(unreachable.value) == "kube-apiserver unreachable: connection refused"
+
+
+def test_a_server_silent_after_the_request_is_a_read_timeout(
+    connect, settings, stack, tmp_path, fake_apiserver
+):
+    settings.SLUICE_CLUSTER_CONNECT_TIMEOUT, settings.SLUICE_CLUSTER_READ_TIMEOUT = 1.0, 1.0
+    server = fake_apiserver(None)
+    silent = connect(kubeconfig_pointing_at(stack, tmp_path, server.url))
+    started = time.monotonic()
+    with pytest.raises(TemporaryError) as unreachable:
+        silent.apply_configmap(configmap("default", "x", A="b"), field_manager="s")
+    elapsed = time.monotonic() - started
+    assert str(unreachable.value) == "kube-apiserver unreachable: read timed out"
+    assert server.requests == 1  # a request that may have been applied is not sent again
+    assert 0.9 < elapsed < 4.0  # libcurl's is a transfer under a byte a second for 1 s
+
+
+def test_a_server_that_never_starts_tls_is_given_up_on_within_the_timeouts(
+    connect, settings, stack, tmp_path, fake_apiserver
+):
+    settings.SLUICE_CLUSTER_CONNECT_TIMEOUT, settings.SLUICE_CLUSTER_READ_TIMEOUT = 1.0, 1.0
+    server = fake_apiserver(None, handshake=False)
+    silent = connect(kubeconfig_pointing_at(stack, tmp_path, server.url))
+    started = time.monotonic()
+    # urllib3 counts the handshake in its read timeout, libcurl in its connect timeout.
+    phase = {"curl": "connect", "urllib3": "read"}[settings.SLUICE_APPLY_TRANSPORT]
+    with pytest.raises(TemporaryError) as unreachable:
+        silent.apply_configmap(configmap("default", "x", A="b"), field_manager="s")
+    assert str(unreachable.value) == f"kube-apiserver unreachable: {phase} timed out"
+    assert 0.9 < time.monotonic() - started < 4.0
+
+
+def test_throttling_is_temporary_and_keeps_the_servers_retry_after(connect, stack, tmp_path, fake_apiserver):
+    server = fake_apiserver(answer("429 Too Many Requests", {"message": "slow down"}, "Retry-After: 7"))
+    throttled = connect(kubeconfig_pointing_at(stack, tmp_path, server.url))
+    with pytest.raises(TemporaryError, match="slow down") as refused:
+        throttled.apply_configmap(configmap("default", "x", A="b"), field_manager="s")
+    assert refused.value.delay == 7.0
+
+
+def test_rejected_credentials_refuse_the_cluster(connect, stack, tmp_path, fake_apiserver):
+    server = fake_apiserver(answer("401 Unauthorized", {"message": "Unauthorized"}))
+    refusing = connect(kubeconfig_pointing_at(stack, tmp_path, server.url))
+    with pytest.raises(ClusterRefused, match="401"):
+        refusing.apply_configmap(configmap("default", "x", A="b"), field_manager="s")
+
+
+def test_one_thread_after_another_reuses_one_kept_connection(connect, stack, tmp_path, fake_apiserver):
+    stored = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": {"A": "b"}}
+    server = fake_apiserver(answer("200 OK", stored))
+    kept = connect(kubeconfig_pointing_at(stack, tmp_path, server.url))
+    for _ in range(5):  # each apply on a thread of its own, as a fan-out across clusters does
+        with ThreadPoolExecutor(1) as pool:
+            applied = pool.submit(kept.apply_configmap, configmap("default", "x", A="b"), field_manager="s")
+            assert applied.result()["data"] == {"A": "b"}
+    assert server.requests == 5
+    assert len(server.connections) == 1
+
+
+def test_a_tls_server_name_in_the_kubeconfig_keeps_the_clients_own_pool(settings, stack, tmp_path, namespace):
+    """libcurl is not given a TLS server name other than the host's: such a cluster uses urllib3."""
+    settings.SLUICE_APPLY_TRANSPORT = "curl"
+    document = yaml.safe_load(Path(stack["KUBECONFIG"]).read_text())
+    for entry in document["clusters"]:
+        entry["cluster"]["tls-server-name"] = "kubernetes.default"  # in the apiserver's certificate
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(document))
+    with Cluster(str(path)) as named, Cluster(stack["KUBECONFIG"]) as direct:
+        assert named._curl is None
+        assert direct._curl is not None
+        stored = named.apply_configmap(configmap(namespace, "named", A="b"), field_manager="sluice-transport")
+        assert stored["data"] == {"A": "b"}
+
+
+def test_a_forked_child_makes_its_own_connection_and_leaves_the_parents_open(
+    settings, stack, tmp_path, fake_apiserver
+):
+    """A Celery pool process is a fork: closing the handles it inherited would end the parent's TLS
+    session on their shared socket, so the parent's next apply would need a new connection."""
+    settings.SLUICE_APPLY_TRANSPORT = "curl"
+    stored = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": {"A": "b"}}
+    server = fake_apiserver(answer("200 OK", stored))
+    with Cluster(kubeconfig_pointing_at(stack, tmp_path, server.url)) as parent:
+        parent.apply_configmap(configmap("default", "x", A="b"), field_manager="s")
+        child = os.fork()
+        if child == 0:  # the child: one apply, then out without running the parent's clean-up
+            try:
+                parent.apply_configmap(configmap("default", "x", A="b"), field_manager="s")
+                os._exit(0)
+            except BaseException:
+                os._exit(1)
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        parent.apply_configmap(configmap("default", "x", A="b"), field_manager="s")
+    # The parent's first and last applies on its kept connection, the child's on one of its own.
+    assert server.served == [0, 1, 0]
