@@ -12,6 +12,9 @@ urllib3's pool. The credentials are the client configuration's: its CA file, its
 certificate, and its bearer token, asked for on each request (an exec plugin's token refreshes as
 it does for the client's own calls). A configuration this module does not carry over keeps the
 client's urllib3 pool: ``Transport.supports`` says which.
+
+A forked child (a Celery pool process) keeps the handles it inherited unused, and makes its own; it
+relies on the child ending with ``os._exit``, as billiard's and multiprocessing's children do.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ class Transport:
         self._idle: list[pycurl.Curl] = []
         self._made: list[pycurl.Curl] = []  # idle or lent: what a forked child must not free
         self._lock = threading.Lock()
+        self._closed = False
         _transports.add(self)
 
     @staticmethod
@@ -85,18 +89,17 @@ class Transport:
                 try:
                     return _perform(handle, url, body, headers)
                 except pycurl.error as exc:
-                    if attempts < _CONNECT_ATTEMPTS and _before_connecting(handle, exc):
+                    if attempts < _CONNECT_ATTEMPTS and _nothing_sent(handle, exc):
                         attempts += 1
                         continue
                     raise CurlError(_reason(handle, exc)) from exc
         finally:
-            handle.setopt(pycurl.POSTFIELDS, b"")  # an idle handle holds no body
-            with self._lock:
-                self._idle.append(handle)
+            self._give_back(handle)
 
     def close(self) -> None:
-        """Closes the idle handles and their connections (a lent one closes when it is freed)."""
+        """Closes the idle handles and their connections; a lent one closes when it comes back."""
         with self._lock:
+            self._closed = True
             idle, self._idle = self._idle, []
             self._made = [handle for handle in self._made if handle not in idle]
         for handle in idle:
@@ -106,10 +109,22 @@ class Transport:
         with self._lock:
             if self._idle:
                 return self._idle.pop()
-        handle = self._new_handle()
+        try:
+            handle = self._new_handle()
+        except (pycurl.error, UnicodeError) as exc:  # a credential file libcurl cannot take
+            raise CurlError(f"cannot set up the connection: {type(exc).__name__}") from exc
         with self._lock:
             self._made.append(handle)
         return handle
+
+    def _give_back(self, handle: pycurl.Curl) -> None:
+        handle.setopt(pycurl.POSTFIELDS, b"")  # an idle handle holds no body
+        with self._lock:
+            if not self._closed:
+                self._idle.append(handle)
+                return
+            self._made.remove(handle)
+        handle.close()
 
     def _new_handle(self) -> pycurl.Curl:
         configuration = self._configuration
@@ -119,7 +134,7 @@ class Transport:
         handle.setopt(pycurl.NOSIGNAL, 1)  # many threads: no SIGALRM for name lookups
         handle.setopt(pycurl.NOPROXY, "*")  # a proxied cluster is urllib3's (``supports``)
         if configuration.ssl_ca_cert:
-            handle.setopt(pycurl.CAINFO, configuration.ssl_ca_cert)
+            handle.setopt(pycurl.CAINFO, os.fsencode(configuration.ssl_ca_cert))
             handle.setopt(_CA_CACHE_TIMEOUT, 0)
         if not configuration.verify_ssl:
             handle.setopt(pycurl.SSL_VERIFYPEER, 0)
@@ -127,9 +142,9 @@ class Transport:
         elif configuration.assert_hostname is False:
             handle.setopt(pycurl.SSL_VERIFYHOST, 0)
         if configuration.cert_file:
-            handle.setopt(pycurl.SSLCERT, configuration.cert_file)
+            handle.setopt(pycurl.SSLCERT, os.fsencode(configuration.cert_file))
         if configuration.key_file:
-            handle.setopt(pycurl.SSLKEY, configuration.key_file)
+            handle.setopt(pycurl.SSLKEY, os.fsencode(configuration.key_file))
         connect, read = self._timeout
         handle.setopt(pycurl.CONNECTTIMEOUT_MS, max(1, int(connect * 1000)))
         # urllib3's read timeout is the longest silence of the server. libcurl has no such timer
@@ -152,30 +167,25 @@ def _perform(handle: pycurl.Curl, url: str, body: bytes, headers: Mapping[str, s
     handle.setopt(pycurl.HEADERFUNCTION, header_lines.append)
     handle.perform()
     status = int(handle.getinfo(pycurl.RESPONSE_CODE))
-    return Answer(status, received.getvalue(), _headers(header_lines) if status >= 300 else {})
+    answer = received.getvalue()
+    received.close()  # the handle keeps pointing at it until its next request
+    return Answer(status, answer, _headers(header_lines) if status >= 300 else {})
 
 
-def _stalled_answering(exc: pycurl.error) -> bool:
-    """The apply's whole time ran out (``TIMEOUT_MS``): connected, as the shorter connect timeout,
-    which covers the TLS handshake, did not fire first."""
+def _nothing_sent(handle: pycurl.Curl, exc: pycurl.error) -> bool:
+    """A connection that could not be made, or a timeout before the request went out (a handshake
+    that stalled): urllib3 tried a failed connect once more, and with nothing sent so can this."""
     code = exc.args[0] if exc.args else 0
-    message = str(exc.args[1]) if len(exc.args) > 1 else ""
-    return code == _TIMED_OUT and message.startswith("Operation timed out")
-
-
-def _before_connecting(handle: pycurl.Curl, exc: pycurl.error) -> bool:
-    """A TCP connection that could not be made, which urllib3 tried once more: nothing was sent."""
-    code = exc.args[0] if exc.args else 0
-    never_connected = code == _TIMED_OUT and handle.getinfo(pycurl.CONNECT_TIME) == 0
-    return code == _NOT_CONNECTED or (never_connected and not _stalled_answering(exc))
+    return code in (_NOT_CONNECTED, _TIMED_OUT) and handle.getinfo(pycurl.REQUEST_SIZE) == 0
 
 
 def _reason(handle: pycurl.Curl, exc: pycurl.error) -> str:
     """As ``client._network_reason`` words urllib3's failures: "connection refused", "read timed out".
-    Never the host or the URL."""
+    Never the host or the URL. A timeout is "read" once the request went out, "connect" before it
+    (the connect timeout covers the TLS handshake, which urllib3 counts in its read timeout)."""
     code = exc.args[0] if exc.args else 0
     if code == _TIMED_OUT:
-        return "read timed out" if _stalled_answering(exc) else "connect timed out"
+        return "read timed out" if handle.getinfo(pycurl.REQUEST_SIZE) > 0 else "connect timed out"
     if code in _TLS_ERRORS:
         return "TLS handshake failed"
     if code == _NOT_RESOLVED:

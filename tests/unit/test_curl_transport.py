@@ -2,6 +2,9 @@
 
 from types import SimpleNamespace
 
+import pycurl
+import pytest
+
 from gitops.cluster.curl import Transport, _headers
 
 
@@ -48,3 +51,13 @@ def test_the_headers_are_the_last_answers_with_their_names_in_one_case():
         "Content-Type": "application/json",
         "X-Kubernetes-Pf-Flowschema-Uid": "a:b",
     }
+
+
+def test_a_handle_given_back_to_a_closed_transport_is_closed_not_kept():
+    transport = Transport(configuration(cert_file=None, key_file=None, assert_hostname=None), (1.0, 1.0))
+    lent = transport._borrow()
+    transport.close()
+    transport._give_back(lent)
+    assert transport._idle == [] and transport._made == []
+    with pytest.raises(pycurl.error):
+        lent.getinfo(pycurl.RESPONSE_CODE)  # closed: no curl handle behind it any more
