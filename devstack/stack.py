@@ -57,10 +57,21 @@ class StackError(RuntimeError):
     pass
 
 
+# Ports handed out by this process. A port is free when picked but bound only once its process
+# has started; meanwhile the kernel may hand the same port to the next pick (redis and etcd were
+# given one port each, the same one, and etcd could not start).
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on, never one this process handed out before."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def wait_until(check: Callable[[], bool], *, timeout: float, what: str, log: Path | None = None) -> None:
