@@ -24,7 +24,7 @@ import os
 import threading
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pycurl
@@ -55,7 +55,7 @@ class CurlError(OSError):
 class Answer:
     status: int
     body: bytes
-    headers: dict[str, str] = field(default_factory=dict)  # read only for an error (status >= 300)
+    headers: dict[str, str]  # read only for an error (status >= 300)
 
 
 class Transport:
@@ -172,18 +172,22 @@ def _perform(handle: pycurl.Curl, url: str, body: bytes, headers: Mapping[str, s
     return Answer(status, answer, _headers(header_lines) if status >= 300 else {})
 
 
+def _code(exc: pycurl.error) -> int:
+    """libcurl's error code (CURLE_*) of a failed request."""
+    return int(exc.args[0]) if exc.args else 0
+
+
 def _nothing_sent(handle: pycurl.Curl, exc: pycurl.error) -> bool:
     """A connection that could not be made, or a timeout before the request went out (a handshake
     that stalled): urllib3 tried a failed connect once more, and with nothing sent so can this."""
-    code = exc.args[0] if exc.args else 0
-    return code in (_NOT_CONNECTED, _TIMED_OUT) and handle.getinfo(pycurl.REQUEST_SIZE) == 0
+    return _code(exc) in (_NOT_CONNECTED, _TIMED_OUT) and handle.getinfo(pycurl.REQUEST_SIZE) == 0
 
 
 def _reason(handle: pycurl.Curl, exc: pycurl.error) -> str:
     """As ``client._network_reason`` words urllib3's failures: "connection refused", "read timed out".
     Never the host or the URL. A timeout is "read" once the request went out, "connect" before it
     (the connect timeout covers the TLS handshake, which urllib3 counts in its read timeout)."""
-    code = exc.args[0] if exc.args else 0
+    code = _code(exc)
     if code == _TIMED_OUT:
         return "read timed out" if handle.getinfo(pycurl.REQUEST_SIZE) > 0 else "connect timed out"
     if code in _TLS_ERRORS:
