@@ -29,6 +29,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import redis
@@ -36,9 +37,9 @@ from django.conf import settings
 from django.db import close_old_connections
 
 from gitops import schedule
-from gitops.cluster.client import Cluster
+from gitops.cluster.client import Cluster, ReadForbidden
 from gitops.cluster.clients import clients, default_cluster_name, get_cluster
-from gitops.cluster.informer import DELETED, NamespaceInformer, WatchOptions
+from gitops.cluster.informer import DELETED, ConfigMapInformer, WatchOptions
 from gitops.cluster.livestore import LEASE_SECONDS, LiveStore
 from gitops.desired.content import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 from gitops.errors import TemporaryError
@@ -50,9 +51,18 @@ from gitops.rollout.state import SYSTEM_ACTOR
 log = logging.getLogger("gitops.livecache")
 
 LABEL_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
+ALL_NAMESPACES = ""  # an informer's namespace that stands for every namespace of the cluster
 RENEW_SECONDS = LEASE_SECONDS / 3
 # Idle connections kept per cluster's client: each watched namespace holds one for its watch.
 WATCH_POOL_SIZE = 4096
+
+
+class WatchScope(StrEnum):
+    """How the live cache watches a cluster (``SLUICE_LIVE_CACHE_SCOPE``)."""
+
+    AUTO = "auto"  # one watch for the cluster; one per namespace where RBAC refuses that
+    CLUSTER = "cluster"  # one watch for the cluster, always
+    NAMESPACE = "namespace"  # one watch per namespace the inventory holds ConfigMaps in
 
 
 class LeaseLost(TemporaryError):
@@ -65,6 +75,7 @@ class LiveCacheOptions:
     watch_seconds: int = 10
     relist_seconds: float = 600.0
     rescan_seconds: float = 5.0
+    scope: WatchScope = WatchScope.AUTO
 
     @classmethod
     def from_settings(cls) -> LiveCacheOptions:
@@ -73,6 +84,7 @@ class LiveCacheOptions:
             watch_seconds=int(getattr(settings, "SLUICE_LIVE_CACHE_WATCH_SECONDS", cls.watch_seconds)),
             relist_seconds=float(getattr(settings, "SLUICE_LIVE_CACHE_RELIST_SECONDS", cls.relist_seconds)),
             rescan_seconds=float(getattr(settings, "SLUICE_LIVE_CACHE_RESCAN_SECONDS", cls.rescan_seconds)),
+            scope=_scope(str(getattr(settings, "SLUICE_LIVE_CACHE_SCOPE", cls.scope))),
         )
         # A watch that ends on time renews freshness; it must end well before freshness runs out.
         if options.watch_seconds + 5 >= options.stale_seconds:
@@ -80,6 +92,14 @@ class LiveCacheOptions:
                 "SLUICE_LIVE_CACHE_WATCH_SECONDS must be at least 5 s below SLUICE_LIVE_CACHE_STALE_SECONDS"
             )
         return options
+
+
+def _scope(text: str) -> WatchScope:
+    try:
+        return WatchScope(text)
+    except ValueError:
+        choices = ", ".join(scope.value for scope in WatchScope)
+        raise ValueError(f"SLUICE_LIVE_CACHE_SCOPE must be one of {choices}, not {text!r}") from None
 
 
 def watched_targets(only: str | None = None) -> dict[str, set[str]]:
@@ -144,12 +164,17 @@ class Waker:
 
 
 class StampSink:
-    """Turns an informer's news into stored stamps and wakes. Each namespace is one informer's thread."""
+    """Turns informers' news into stored stamps and wakes.
+
+    A scope is one informer's: a namespace, or "" for the cluster's one watch of
+    every namespace. Each scope is told of by one thread, and each namespace by one scope.
+    """
 
     def __init__(self, store: LiveStore, wake: Callable[[set[str]], None]) -> None:
         self.store, self.wake = store, wake
         self.known: dict[str, dict[str, LiveStamp]] = {}
-        self.synced: set[str] = set()
+        self.synced: set[str] = set()  # scopes whose watch is caught up
+        self._listing: dict[str, dict[str, dict[str, LiveStamp]]] = {}  # scope -> namespace -> stamps
 
     def adopt(self, namespace: str, stored: dict[str, str]) -> None:
         """What an earlier process stored: the starting point that changes are compared with."""
@@ -161,27 +186,50 @@ class StampSink:
         self.known.pop(namespace, None)
         self.synced.discard(namespace)
 
-    def relisted(self, namespace: str, objects: list[dict[str, Any]], resource_version: str) -> None:
-        stamps = {str(obj["metadata"]["name"]): stamp_of(obj) for obj in objects}
-        encoded: dict[str, str | None] = {name: stamp.encode() for name, stamp in stamps.items()}
-        self._write(namespace, encoded, resource_version=resource_version, fresh=True, reset=True)
-        before = self.known.get(namespace, {})
-        self.known[namespace] = stamps
-        self.synced.add(namespace)
+    def listing(self, scope: str) -> None:
+        self.lost(scope, "listing")
+        self._listing[scope] = {}
+
+    def listed(self, scope: str, objects: list[dict[str, Any]]) -> None:
+        # Only stamps are kept of a page: a cluster's LIST is never held whole.
+        by_namespace = self._listing.setdefault(scope, {})
+        for obj in objects:
+            metadata = obj["metadata"]
+            namespace = scope or str(metadata.get("namespace", ""))
+            by_namespace.setdefault(namespace, {})[str(metadata["name"])] = stamp_of(obj)
+
+    def relisted(self, scope: str, resource_version: str) -> None:
+        listed = self._listing.pop(scope, {})
+        if scope:
+            namespaces = {scope}
+            encoded: dict[str, str | None] = {name: s.encode() for name, s in listed.get(scope, {}).items()}
+            self._write(scope, encoded, resource_version=resource_version, fresh=True, reset=True)
+        else:
+            namespaces = self.known.keys() | listed.keys()
+            texts = {ns: {name: s.encode() for name, s in stamps.items()} for ns, stamps in listed.items()}
+            self._fenced(lambda: self.store.replace_all(texts, self.known.keys() - listed.keys()))
+            self._write("", {}, resource_version=resource_version, fresh=True)
         woken: set[str] = set()
-        for name in before.keys() | stamps.keys():
-            woken |= sources_to_wake(before.get(name), stamps.get(name))
+        for namespace in namespaces:
+            before, after = self.known.pop(namespace, {}), listed.get(namespace, {})
+            for name in before.keys() | after.keys():
+                woken |= sources_to_wake(before.get(name), after.get(name))
+            if after or scope:
+                self.known[namespace] = after
+        self.synced.add(scope)
         self.wake(woken)
 
-    def changed(self, namespace: str, event: str, obj: dict[str, Any]) -> None:
+    def changed(self, scope: str, event: str, obj: dict[str, Any]) -> None:
         metadata = obj.get("metadata") or {}
+        namespace = scope or str(metadata.get("namespace", ""))
         name = str(metadata.get("name", ""))
         stamp = None if event == DELETED else stamp_of(obj)
         self._write(
             namespace,
             {name: stamp.encode() if stamp is not None else None},
             resource_version=str(metadata.get("resourceVersion", "")),
-            fresh=True if namespace in self.synced else None,
+            fresh=True if scope in self.synced else None,
+            whole_cluster=not scope,
         )
         known = self.known.setdefault(namespace, {})
         before = known.pop(name, None)
@@ -189,20 +237,26 @@ class StampSink:
             known[name] = stamp
         self.wake(sources_to_wake(before, stamp))
 
-    def alive(self, namespace: str, resource_version: str) -> None:
-        self._write(namespace, {}, resource_version=resource_version, fresh=True)
-        self.synced.add(namespace)
+    def alive(self, scope: str, resource_version: str) -> None:
+        self._write(scope, {}, resource_version=resource_version, fresh=True)
+        self.synced.add(scope)
 
-    def lost(self, namespace: str, why: str) -> None:
-        self.synced.discard(namespace)
+    def lost(self, scope: str, why: str) -> None:
+        self.synced.discard(scope)
         try:
-            self._write(namespace, {}, fresh=False)
+            self._write(scope, {}, fresh=False)
         except TemporaryError as exc:  # Redis away, or the lease gone: then nothing vouches for it anyway
-            log.warning("ConfigMaps in %s: could not mark them stale (%s): %s", namespace, why, exc)
+            where = scope or "every namespace"
+            log.warning("ConfigMaps in %s: could not mark them stale (%s): %s", where, why, exc)
 
     def _write(self, namespace: str, changes: dict[str, str | None], **options: Any) -> None:
+        """One fenced write; with the namespace "" (and no changes), the cluster watch's freshness."""
+        options.setdefault("whole_cluster", not namespace)
+        self._fenced(lambda: self.store.write(namespace, changes, **options))
+
+    def _fenced(self, write: Callable[[], bool]) -> None:
         try:
-            written = self.store.write(namespace, changes, **options)
+            written = write()
         except redis.RedisError as exc:
             raise TemporaryError(f"Redis: {exc}") from exc
         if not written:
@@ -221,6 +275,10 @@ class _Watch:
 class _Term:
     """One hold of a cluster's lease: an epoch, its fenced store and sink, and its informers.
 
+    A term watches the whole cluster with one informer, unless told to watch each
+    namespace (``SLUICE_LIVE_CACHE_SCOPE=namespace``) or refused a cluster-wide read
+    (403, with ``auto``): then one informer per wanted namespace.
+
     A process that loses its lease (paused past it, or Redis lost the key) starts
     a new term with a new epoch. Informers of the old term may still be blocked
     on a watch, but their writes carry the old epoch, so Redis refuses them.
@@ -232,14 +290,25 @@ class _Term:
         self.store = LiveStore(cache.cluster_name, self.epoch, stale_seconds=cache.options.stale_seconds)
         self.sink = StampSink(self.store, cache.waker.wake)
         self.over = threading.Event()
-        self.watches: dict[str, _Watch] = {}
+        self.whole_cluster = cache.options.scope != WatchScope.NAMESPACE
+        self.watches: dict[str, _Watch] = {}  # by namespace; "" is the cluster's one watch
         self.retiring: set[str] = set()
         self._lock = threading.Lock()
 
+    def begin(self) -> None:
+        """Once the lease is held: clears what the other way of watching left to resume from."""
+        self.store.watching(whole_cluster=self.whole_cluster)
+        if not self.whole_cluster:
+            forget_unwatched(self.store, self.cache.wanted)
+
     def rescan(self) -> None:
-        wanted = set(self.cache.wanted)
         with self._lock:
-            running, retiring = set(self.watches), set(self.retiring)
+            whole_cluster, running, retiring = self.whole_cluster, set(self.watches), set(self.retiring)
+        if whole_cluster:
+            if ALL_NAMESPACES not in running:
+                self._watch(ALL_NAMESPACES)
+            return
+        wanted = set(self.cache.wanted)
         for namespace in sorted(wanted - running - retiring):
             self._watch(namespace)
         for namespace in sorted(running - wanted):
@@ -254,10 +323,20 @@ class _Term:
     def _watch(self, namespace: str) -> None:
         # What Redis holds is complete up to its resume version (each write stores both at once),
         # so a new term, or a new process, resumes the watch from there.
-        stored, resume_from = self.store.load(namespace)
-        self.sink.adopt(namespace, stored)
+        if namespace == ALL_NAMESPACES:
+            stored_all, resume_from = self.store.load_cluster()
+            for each, stored in stored_all.items():
+                self.sink.adopt(each, stored)
+            log.info(
+                "live cache of cluster %s: watching ConfigMaps in every namespace, from %s",
+                self.cache.cluster_name,
+                f"resourceVersion {resume_from}" if resume_from else "a LIST",
+            )
+        else:
+            stored, resume_from = self.store.load(namespace)
+            self.sink.adopt(namespace, stored)
         stop = threading.Event()
-        informer = NamespaceInformer(
+        informer = ConfigMapInformer(
             self.cache.connect,
             namespace,
             self.sink,
@@ -265,12 +344,33 @@ class _Term:
             stop=stop,
             resume_from=resume_from,
             cluster_name=self.cache.cluster_name,
+            on_forbidden=self._forbidden if namespace == ALL_NAMESPACES else None,
         )
-        name = f"live-cache-{self.cache.cluster_name}-{namespace}"
+        name = f"live-cache-{self.cache.cluster_name}-{namespace or '*'}"
         thread = threading.Thread(target=informer.run, name=name, daemon=True)
         with self._lock:
             self.watches[namespace] = _Watch(stop, thread)
         thread.start()
+
+    def _forbidden(self, refused: ReadForbidden) -> bool:
+        """The cluster-wide LIST or WATCH was refused: with ``auto``, watch each namespace instead
+        (True ends the cluster's informer); told to watch the cluster whole, keep trying."""
+        if self.cache.options.scope == WatchScope.CLUSTER:
+            return False
+        log.warning(
+            "cluster %s: no cluster-wide list and watch of ConfigMaps (%s); watching each namespace instead",
+            self.cache.cluster_name,
+            refused,
+        )
+        with self._lock:
+            self.whole_cluster = False
+            self.watches.pop(ALL_NAMESPACES, None)
+        self.sink.drop(ALL_NAMESPACES)
+        try:
+            self.begin()
+        except redis.RedisError as exc:  # the cluster watch's resume version then just lingers, unread
+            log.warning("could not clear what the cluster's watch left: %s", exc)
+        return True
 
     def _retire(self, namespace: str) -> None:
         """Stops watching a namespace; its stamps go once its informer has ended (in the background)."""
@@ -340,7 +440,10 @@ class LiveCache:
 
     def _serve(self, term: _Term) -> None:
         """Renews the lease and follows ``wanted`` until stopped (then releases) or the lease is lost."""
-        forget_unwatched(term.store, self.wanted)
+        try:
+            term.begin()
+        except redis.RedisError as exc:
+            log.warning("could not clear what an earlier process left: %s", exc)
         while not self.stopping.is_set():
             try:
                 if not term.store.renew():

@@ -211,6 +211,9 @@ SLUICE_LIVE_CACHE_STALE_SECONDS = env_int("SLUICE_LIVE_CACHE_STALE_SECONDS", 30)
 SLUICE_LIVE_CACHE_WATCH_SECONDS = env_int("SLUICE_LIVE_CACHE_WATCH_SECONDS", 10)
 SLUICE_LIVE_CACHE_RELIST_SECONDS = env_int("SLUICE_LIVE_CACHE_RELIST_SECONDS", 600)
 SLUICE_LIVE_CACHE_RESCAN_SECONDS = env_int("SLUICE_LIVE_CACHE_RESCAN_SECONDS", 5)
+# auto: one watch per cluster, or one per namespace where RBAC grants no cluster-wide read;
+# cluster: one per cluster, always; namespace: one per namespace (gitops.livecache.WatchScope).
+SLUICE_LIVE_CACHE_SCOPE = env.get("SLUICE_LIVE_CACHE_SCOPE", "auto")
 # What a repository may make a worker read (README, "Limits"); gitops.desired.limits.Limits
 # holds the same defaults and reads these names.
 SLUICE_MAX_FILE_BYTES = env_int("SLUICE_MAX_FILE_BYTES", 2 * 1024 * 1024)

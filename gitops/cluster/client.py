@@ -11,12 +11,13 @@ A cluster that does not answer, or refuses Sluice's credentials
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote, urlencode
 
 import urllib3
@@ -45,6 +46,10 @@ class ClusterRefused(PermanentError):
     """401, or 403 on a read: the cluster does not accept Sluice's credentials (or not for this)."""
 
 
+class ReadForbidden(ClusterRefused):
+    """403 on a read: the credentials are good, but RBAC does not grant this read."""
+
+
 # What makes a cluster unavailable for a pass: it does not answer in time, answers 5xx/429, or refuses.
 UNAVAILABLE = (TemporaryError, ClusterRefused)
 
@@ -67,7 +72,9 @@ class ServerVersion:
 def _translate(exc: ApiException, *, applying: bool = False, reading: bool = False) -> Exception:
     status = exc.status or 0
     reason = _reason(exc)
-    if status == 401 or (status == 403 and reading):
+    if status == 403 and reading:
+        return ReadForbidden(f"kube-apiserver answered {status}: {reason}")
+    if status == 401:
         return ClusterRefused(f"kube-apiserver answered {status}: {reason}")
     if status in (429, 500, 502, 503, 504) or status == 0:
         retry_after = None
@@ -258,10 +265,11 @@ class Cluster:
     def list_configmap_page(
         self, namespace: str, *, label_selector: str, limit: int, continue_token: str = ""
     ) -> tuple[list[dict[str, Any]], str, str]:
-        """One page of a LIST: (objects, the list's resourceVersion, the token of the next page or "")."""
+        """One page of a LIST: (objects, the list's resourceVersion, the token of the next page or "").
+
+        ``namespace`` "" lists every namespace's (which RBAC must grant cluster-wide)."""
         with _api_errors(reading=True):
-            response = self._core.list_namespaced_config_map(
-                namespace,
+            response = self._configmap_lister(namespace)(
                 label_selector=label_selector or None,
                 limit=limit,
                 _continue=continue_token or None,
@@ -279,11 +287,10 @@ class Cluster:
 
         The server ends the watch after ``timeout_seconds``; a connection silent
         for 5 s longer fails as a TemporaryError. ``ResourceGone`` (410) means
-        the version is too old: list again.
+        the version is too old: list again. ``namespace`` "" watches every namespace.
         """
         with _api_errors(reading=True):
-            response = self._core.list_namespaced_config_map(
-                namespace,
+            response = self._configmap_lister(namespace)(
                 watch=True,
                 resource_version=resource_version,
                 allow_watch_bookmarks=True,
@@ -297,10 +304,16 @@ class Cluster:
                     event = json.loads(line)
                     kind, obj = str(event.get("type", "")), event.get("object") or {}
                     if kind == "ERROR":
-                        raise _watch_error(namespace, obj)
+                        raise _watch_error(namespace or "every namespace", obj)
                     yield kind, obj
             finally:
                 response.release_conn()
+
+    def _configmap_lister(self, namespace: str) -> Callable[..., Any]:
+        """The LIST (and WATCH) call of one namespace's ConfigMaps, or with "" of every namespace's."""
+        if not namespace:
+            return cast(Callable[..., Any], self._core.list_config_map_for_all_namespaces)
+        return functools.partial(self._core.list_namespaced_config_map, namespace)
 
     def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:

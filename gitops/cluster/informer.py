@@ -1,4 +1,8 @@
-"""The informer pattern for one namespace's ConfigMaps: one LIST, then a WATCH from its resourceVersion.
+"""The informer pattern for ConfigMaps: one LIST, then a WATCH from its resourceVersion.
+
+An informer covers one namespace, or with the namespace "" every namespace of
+the cluster: one LIST and one WATCH for all of them, which RBAC must grant
+cluster-wide. Its ``scope`` is that namespace, or "".
 
 The watch asks for bookmarks and ends on the server's side after
 ``watch_seconds``; each on-time end proves nothing was missed, and the next
@@ -9,7 +13,8 @@ ever miss. Every call is bounded in time (see ``Cluster.watch_configmaps``).
 What happens is told to a ``Sink``. The cluster's client is asked for anew
 before each LIST and WATCH (``connect``), so a rotated kubeconfig or a cluster
 re-pointed in the registry is followed; a cluster that cannot be reached or
-refuses fails only this namespace's informer, which backs off and tries again.
+refuses fails only this informer, which backs off and tries again; a 403
+(``ReadForbidden``) is first offered to ``on_forbidden``, which may end it.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gitops.cluster.client import Cluster, ResourceGone
+from gitops.cluster.client import Cluster, ReadForbidden, ResourceGone
 from gitops.errors import GitopsError
 
 log = logging.getLogger("gitops.livecache")
@@ -33,16 +38,24 @@ MAX_BACKOFF_SECONDS = 10.0
 
 
 class Sink(Protocol):
-    def relisted(self, namespace: str, objects: list[dict[str, Any]], resource_version: str) -> None:
-        """A complete LIST: these are all the objects, as of ``resource_version``."""
+    """What an informer tells. ``scope`` is the informer's namespace, or "" for every namespace."""
 
-    def changed(self, namespace: str, event: str, obj: dict[str, Any]) -> None:
+    def listing(self, scope: str) -> None:
+        """A LIST starts: changes may be missed until it is ``relisted``."""
+
+    def listed(self, scope: str, objects: list[dict[str, Any]]) -> None:
+        """One page of the LIST (each object names its namespace)."""
+
+    def relisted(self, scope: str, resource_version: str) -> None:
+        """The LIST is complete: its pages were all the objects, as of ``resource_version``."""
+
+    def changed(self, scope: str, event: str, obj: dict[str, Any]) -> None:
         """ADDED, MODIFIED or DELETED, in order."""
 
-    def alive(self, namespace: str, resource_version: str) -> None:
+    def alive(self, scope: str, resource_version: str) -> None:
         """A bookmark, or a watch that ended on time: every change up to ``resource_version`` was told."""
 
-    def lost(self, namespace: str, why: str) -> None:
+    def lost(self, scope: str, why: str) -> None:
         """The watch broke; changes may be missed until the next ``alive`` or ``relisted``."""
 
 
@@ -54,8 +67,8 @@ class WatchOptions:
     page_size: int = 500
 
 
-class NamespaceInformer:
-    """Lists and watches one namespace until ``stop`` is set; meant for a thread of its own."""
+class ConfigMapInformer:
+    """Lists and watches one namespace ("": every one) until ``stop`` is set, on a thread of its own."""
 
     def __init__(
         self,
@@ -67,11 +80,14 @@ class NamespaceInformer:
         stop: threading.Event,
         resume_from: str = "",
         cluster_name: str = "",
+        on_forbidden: Callable[[ReadForbidden], bool] | None = None,
     ) -> None:
         self.connect, self.namespace, self.sink, self.options = connect, namespace, sink, options
-        self.where = f"{cluster_name}/{namespace}" if cluster_name else namespace  # for the log
+        where = namespace or "every namespace"
+        self.where = f"{cluster_name}/{where}" if cluster_name else where  # for the log
         self.stop = stop
         self.resume_from = resume_from
+        self.on_forbidden = on_forbidden
 
     def run(self) -> None:
         version = self.resume_from
@@ -87,13 +103,14 @@ class NamespaceInformer:
             except ResourceGone as exc:
                 log.info("ConfigMaps in %s: %s; listing again", self.where, exc)
                 version = ""
+            except ReadForbidden as exc:
+                if self.on_forbidden is not None and self.on_forbidden(exc):
+                    return
+                failures = self._failed(exc, failures)
+                version = "" if failures >= RELIST_AFTER_FAILURES else version
             except GitopsError as exc:  # unreachable, refused, or no longer registered: back off, retry
-                failures += 1
-                self.sink.lost(self.namespace, str(exc))
-                log.warning("ConfigMaps in %s: watch failed (%d in a row): %s", self.where, failures, exc)
-                if failures >= RELIST_AFTER_FAILURES:
-                    version = ""
-                self.stop.wait(min(MAX_BACKOFF_SECONDS, 0.5 * 2**failures))
+                failures = self._failed(exc, failures)
+                version = "" if failures >= RELIST_AFTER_FAILURES else version
             except Exception as exc:  # a bug must not end the watch of a namespace for good
                 failures += 1
                 self.sink.lost(self.namespace, str(exc))
@@ -101,10 +118,19 @@ class NamespaceInformer:
                 version = ""
                 self.stop.wait(min(MAX_BACKOFF_SECONDS, 0.5 * 2**failures))
 
+    def _failed(self, exc: GitopsError, failures: int) -> int:
+        """Tells and logs a failure, and backs off; the failures in a row, this one included."""
+        failures += 1
+        self.sink.lost(self.namespace, str(exc))
+        log.warning("ConfigMaps in %s: watch failed (%d in a row): %s", self.where, failures, exc)
+        self.stop.wait(min(MAX_BACKOFF_SECONDS, 0.5 * 2**failures))
+        return failures
+
     def _relist(self, cluster: Cluster) -> str:
-        """Every object, page by page from one snapshot; returns the snapshot's resourceVersion."""
-        self.sink.lost(self.namespace, "listing")
-        objects: list[dict[str, Any]] = []
+        """Every object, page by page from one snapshot; returns the snapshot's resourceVersion.
+
+        Each page is told as it comes, so not every object of a cluster is held at once."""
+        self.sink.listing(self.namespace)
         token, version = "", ""
         while True:
             page, version, token = cluster.list_configmap_page(
@@ -113,10 +139,10 @@ class NamespaceInformer:
                 limit=self.options.page_size,
                 continue_token=token,
             )
-            objects += page
+            self.sink.listed(self.namespace, page)
             if not token:
                 break
-        self.sink.relisted(self.namespace, objects, version)
+        self.sink.relisted(self.namespace, version)
         return version
 
     def _watch(self, cluster: Cluster, version: str) -> str:

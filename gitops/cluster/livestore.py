@@ -3,18 +3,28 @@
 Layout, per cluster (the braces make every key of a cluster one Redis Cluster slot):
 
     sluice:live:{CLUSTER}:alive            the running cache process's epoch; expires unless renewed
-    sluice:live:{CLUSTER}:fresh:NS         that epoch, while NS's watch is proven healthy; expires
     sluice:live:{CLUSTER}:objects:NS       hash: ConfigMap name -> its stamp (gitops.plan.stamps)
+
+    one watch for the whole cluster:
+    sluice:live:{CLUSTER}:cfresh           that epoch, while the cluster's watch is proven healthy; expires
+    sluice:live:{CLUSTER}:cresume          the resourceVersion every objects hash is complete up to
+
+    or, where RBAC grants no cluster-wide read, one watch per namespace:
+    sluice:live:{CLUSTER}:fresh:NS         that epoch, while NS's watch is proven healthy; expires
     sluice:live:{CLUSTER}:resume:NS        the resourceVersion the objects hash is complete up to
 
 A namespace is *fresh* when its ``fresh`` key holds the epoch that ``alive``
-holds. Anything else is stale, and planning reads the cluster instead:
+holds, or when ``cfresh`` does and the namespace has an objects hash. A
+namespace with no hash under a cluster watch holds no managed ConfigMap as far
+as the cache knows, and is read all the same: a watch tells what changed, and a
+namespace Sluice never applied to is what the first apply reads anyway.
+Anything else is stale, and planning reads the cluster instead:
 
 - the cache process stopped (it deletes ``alive``) or died (``alive`` expires
   after ``LEASE_SECONDS``), or another process took over (a new epoch);
-- the namespace's watch broke, or it is being listed again (``fresh`` deleted);
+- the watch broke, or it is being listed again (``fresh`` or ``cfresh`` deleted);
 - no event, bookmark or on-time end of a watch came for ``SLUICE_LIVE_CACHE_STALE_SECONDS``
-  (``fresh`` expires): a connection that went silent is never trusted for long.
+  (``fresh`` or ``cfresh`` expires): a connection that went silent is never trusted for long.
 
 Every write of the cache process is fenced by its epoch (a Lua script checks
 ``alive`` first), so a process that was paused and lost its lease never
@@ -97,27 +107,32 @@ def fresh_stamps(cluster: str, namespaces: Iterable[str]) -> dict[str, dict[str,
     try:
         with client.pipeline(transaction=False) as pipe:
             pipe.get(_key(cluster, "alive"))
+            pipe.get(_key(cluster, "cfresh"))
             for namespace in ordered:
                 pipe.get(_key(cluster, "fresh", namespace))
-            alive, *epochs = pipe.execute()
-        fresh = [ns for ns, epoch in zip(ordered, epochs, strict=True) if alive and epoch == alive]
-        if not fresh:
+            alive, whole, *epochs = pipe.execute()
+        if not alive:
+            return {}
+        candidates = (
+            ordered if whole == alive else [n for n, e in zip(ordered, epochs, strict=True) if e == alive]
+        )
+        if not candidates:
             return {}
         # One transaction: the stamps and the freshness come from the same moment.
         with client.pipeline(transaction=True) as pipe:
             pipe.get(_key(cluster, "alive"))
-            for namespace in fresh:
+            pipe.get(_key(cluster, "cfresh"))
+            for namespace in candidates:
                 pipe.get(_key(cluster, "fresh", namespace))
                 pipe.hgetall(_key(cluster, "objects", namespace))
-            answers = pipe.execute()
+            alive, whole, *answers = pipe.execute()
     except redis.RedisError as exc:
         log.warning("the live cache is out of reach, reading the cluster instead: %s", exc)
         return {}
-    alive = answers[0]
     result: dict[str, dict[str, str]] = {}
-    for index, namespace in enumerate(fresh):
-        epoch, stamps = answers[1 + 2 * index], answers[2 + 2 * index]
-        if alive and epoch == alive:
+    for index, namespace in enumerate(candidates):
+        epoch, stamps = answers[2 * index], answers[2 * index + 1]
+        if alive and (epoch == alive or (whole == alive and stamps)):
             result[namespace] = stamps
     return result
 
@@ -126,7 +141,11 @@ def fresh_stamps(cluster: str, namespaces: Iterable[str]) -> dict[str, dict[str,
 
 
 class LiveStore:
-    """The cache process's side: its lease, and fenced writes of one cluster's stamps."""
+    """The cache process's side: its lease, and fenced writes of one cluster's stamps.
+
+    A write names its namespace, and whether it comes from the cluster's watch
+    (``whole_cluster``: it renews ``cfresh`` and ``cresume``) or the namespace's own.
+    """
 
     def __init__(self, cluster: str, epoch: str, *, stale_seconds: float) -> None:
         if "{" in cluster or "}" in cluster:
@@ -137,13 +156,12 @@ class LiveStore:
         self._write = self.client.register_script(_WRITE)
         self._renew = self.client.register_script(_RENEW)
 
-    def _keys(self, namespace: str) -> list[str]:
-        return [
-            _key(self.cluster, "alive"),
-            _key(self.cluster, "objects", namespace),
-            _key(self.cluster, "resume", namespace),
-            _key(self.cluster, "fresh", namespace),
-        ]
+    def _keys(self, namespace: str, *, whole_cluster: bool = False) -> list[str]:
+        alive, objects = _key(self.cluster, "alive"), _key(self.cluster, "objects", namespace)
+        if whole_cluster:
+            return [alive, objects, _key(self.cluster, "cresume"), _key(self.cluster, "cfresh")]
+        resume, fresh = _key(self.cluster, "resume", namespace), _key(self.cluster, "fresh", namespace)
+        return [alive, objects, resume, fresh]
 
     def claim(self) -> bool:
         """Takes the cluster's lease unless another live process holds it."""
@@ -167,6 +185,28 @@ class LiveStore:
             stamps, resume = pipe.execute()
         return dict(stamps), str(resume or "")
 
+    def load_cluster(self) -> tuple[dict[str, dict[str, str]], str]:
+        """What an earlier cluster watch stored: every namespace's stamps, and the version they are
+        complete at ("" when none did, or a namespace watch wrote since)."""
+        namespaces = sorted(self.stored_namespaces())
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.get(_key(self.cluster, "cresume"))
+            for namespace in namespaces:
+                pipe.hgetall(_key(self.cluster, "objects", namespace))
+            resume, *stamps = pipe.execute()
+        return dict(zip(namespaces, stamps, strict=True)), str(resume or "")
+
+    def watching(self, *, whole_cluster: bool) -> None:
+        """Forgets the other way of watching's resume versions: stamps a namespace watch wrote are not
+        complete up to a cluster watch's version, nor the other way round, so that watch lists again."""
+        if whole_cluster:
+            prefix = _key(self.cluster, "resume", "")
+            stale = list(self.client.scan_iter(match=prefix + "*", count=1000))
+        else:
+            stale = [_key(self.cluster, "cresume"), _key(self.cluster, "cfresh")]
+        if stale:
+            self.client.delete(*stale)
+
     def write(
         self,
         namespace: str,
@@ -175,14 +215,30 @@ class LiveStore:
         resource_version: str = "",
         fresh: bool | None = None,
         reset: bool = False,
+        whole_cluster: bool = False,
     ) -> bool:
         """Stores stamps (None deletes one) and the resume version, and renews (True) or drops
-        (False) the namespace's freshness; None leaves it. False when the lease is not this process's."""
+        (False) the freshness; None leaves it. False when the lease is not this process's."""
         freshness = "keep" if fresh is None else (self.stale_ms if fresh else "drop")
         args: list[Any] = [self.epoch, freshness, resource_version, "1" if reset else "0"]
         for name, stamp in changes.items():
             args += [name, stamp or ""]
-        return bool(self._write(keys=self._keys(namespace), args=args))
+        return bool(self._write(keys=self._keys(namespace, whole_cluster=whole_cluster), args=args))
+
+    def replace_all(self, stamps: Mapping[str, Mapping[str, str]], gone: Iterable[str]) -> bool:
+        """A cluster watch's relist: each namespace's stamps replaced whole, the ``gone`` namespaces'
+        dropped, in one round trip. ``cfresh`` must already be dropped (``write(fresh=False)``): a
+        reader trusts none of it until the relist's last write renews it."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for namespace, texts in stamps.items():
+                args: list[Any] = [self.epoch, "keep", "", "1"]
+                for name, text in texts.items():
+                    args += [name, text]
+                self._write(keys=self._keys(namespace, whole_cluster=True), args=args, client=pipe)
+            for namespace in gone:
+                keys = self._keys(namespace, whole_cluster=True)
+                self._write(keys=keys, args=[self.epoch, "keep", "", "1"], client=pipe)
+            return all(pipe.execute())
 
     def forget(self, namespace: str) -> None:
         """Removes a namespace the cache no longer watches."""

@@ -287,6 +287,47 @@ def test_a_reconcile_into_the_member_with_only_the_rendered_kubeconfig(
         assert member["admin"].get_configmap(namespace, "settings")["data"] == {"LOG_LEVEL": "info"}
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_live_cache_watches_each_namespace_where_rbac_grants_no_cluster_wide_read(
+    stack, member, rendered, repo, make_source, sync, start_live_cache
+) -> None:
+    from datetime import timedelta
+
+    from gitops import cluster_admin
+    from gitops.cluster import livestore
+    from gitops.models import Change
+    from gitops.vocabulary import ChangeAction
+    from tests.gitrepo import configmap as manifest
+    from tests.workers import poll
+
+    cluster_admin.cluster_add(name="restricted", kubeconfig=str(rendered["path"]))
+    namespace = member["allowed"][0]
+    name = f"live-{uuid.uuid4().hex[:6]}"
+    targets = [{"cluster": "restricted", "namespaces": [namespace]}]
+    repo.write_all(
+        {
+            "sluice.yaml": {"targets": targets, "selfHeal": True},
+            f"configmaps/{name}.yaml": manifest(name, {"LOG_LEVEL": "info"}),
+        }
+    )
+    repo.commit()
+    source = make_source(poll_interval=timedelta(hours=1), allowed_namespaces=[f"restricted/{namespace}"])
+    assert sync(source)["outcome"] == "applied"
+
+    cache = start_live_cache()
+    # Sluice's token may list ConfigMaps only namespace by namespace: the cluster-wide LIST is
+    # refused (403), and the cache watches each namespace Sluice applied to instead.
+    fresh = lambda: namespace in livestore.fresh_stamps("restricted", [namespace])  # noqa: E731
+    poll(fresh, timeout=60, what="the live cache to vouch for the namespace")
+    assert "restricted: no cluster-wide list and watch of ConfigMaps" in cache.log_path.read_text()
+
+    edit = ["patch", "configmap", name, "--type", "merge", "-p", '{"data": {"LOG_LEVEL": "debug"}}']
+    kubectl(stack, "--context", str(member["context"]), "-n", namespace, *edit)
+    healed = lambda: Change.objects.filter(source=source, action=ChangeAction.SELF_HEAL).exists()  # noqa: E731
+    poll(healed, timeout=10, what="the edit to be healed, woken by the namespace's watch")
+    assert member["admin"].get_configmap(namespace, name)["data"] == {"LOG_LEVEL": "info"}
+
+
 # -- reading the token, in process: the waits and the refusals ----------------------------
 
 

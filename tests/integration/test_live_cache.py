@@ -103,6 +103,55 @@ def test_a_kubectl_edit_is_healed_without_waiting_for_a_poll(
     assert healed_in < HEAL_DEADLINE
 
 
+def resume_keys(cluster: str) -> set[str]:
+    """The live cache's resume keys of ``cluster`` in Redis: ``cresume`` for its one cluster-wide
+    watch, ``resume:NS`` for each namespace watched on its own."""
+    prefix = livestore._key(cluster, "")
+    found = livestore.redis_client().scan_iter(match=prefix + "*resume*", count=1000)
+    return {key[len(prefix) :] for key in found}
+
+
+def test_one_watch_covers_every_namespace_of_a_cluster(repo, make_namespaces, make_source, sync, live_cache):
+    first, _ = synced_source(repo, make_namespaces, make_source, sync, objects=2)
+    second, other = synced_source(repo, make_namespaces, make_source, sync, objects=3)
+    poll(lambda: fresh(first, second), timeout=30, what="the live cache to vouch for both namespaces")
+
+    default = settings.SLUICE_CLUSTER_NAME
+    assert resume_keys(default) == {"cresume"}, "one watch for the cluster, no watch of its own per namespace"
+    assert f"live cache of cluster {default}: watching ConfigMaps in every namespace" in (
+        live_cache.log_path.read_text()
+    )
+    assert sync(other)["outcome"] == "unchanged"
+    assert last_plan(other)["reads"] == {"cache": 3, "get": 0, "list": 0}
+
+    # A namespace with no managed ConfigMap has no stamps: the cluster's watch vouches for it all
+    # the same, but planning reads it, as a first apply there must.
+    (empty,) = make_namespaces("empty")
+    assert not fresh(empty)
+
+
+@pytest.mark.parametrize("scope", ["cluster", "namespace"])
+def test_either_way_of_watching_heals_an_edit_and_a_deletion(
+    scope, repo, make_namespaces, make_source, sync, cluster, start_live_cache
+):
+    namespace, source = synced_source(repo, make_namespaces, make_source, sync, objects=2)
+    start_live_cache(SLUICE_LIVE_CACHE_SCOPE=scope)
+    poll(lambda: fresh(namespace), timeout=30, what="the live cache to watch the namespace")
+    expected = {"cresume"} if scope == "cluster" else {f"resume:{namespace}"}
+    assert expected <= resume_keys(settings.SLUICE_CLUSTER_NAME)
+
+    kubectl_edit(namespace, "app-0", "s/LOG_LEVEL: info/LOG_LEVEL: debug/")
+    poll(lambda: heals(source) == 1, timeout=HEAL_DEADLINE, what="the edit to be healed")
+    cluster.delete_configmap(namespace, "app-1")
+    poll(lambda: cluster.get_configmap(namespace, "app-1"), timeout=HEAL_DEADLINE, what="app-1 made again")
+
+    assert cluster.get_configmap(namespace, "app-0")["data"] == {"LOG_LEVEL": "info"}
+    assert cluster.get_configmap(namespace, "app-1")["data"] == {"LOG_LEVEL": "info"}
+    poll(lambda: as_applied(settings.SLUICE_CLUSTER_NAME, namespace, "app-1"), timeout=30, what="the cache")
+    assert sync(source)["outcome"] == "unchanged"
+    assert last_plan(source)["reads"] == {"cache": 2, "get": 0, "list": 0}
+
+
 def test_drift_is_reported_at_once_and_left_alone_without_self_heal(
     repo, make_namespaces, make_source, sync, cluster, live_cache
 ):
@@ -241,6 +290,25 @@ def test_a_watch_too_old_for_the_apiserver_lists_again_and_wakes_what_changed(
         assert last_plan(source)["reads"] == {"cache": 2, "get": 0, "list": 0}
         restarted.stop()
     assert cluster.get_configmap(namespace, "app-1")["data"] == {"LOG_LEVEL": "info"}
+
+
+def test_a_relist_of_the_cluster_finds_a_namespace_emptied_while_the_cache_was_down(
+    repo, make_namespaces, make_source, sync, cluster, stack, live_cache, start_live_cache
+):
+    namespace, source = synced_source(repo, make_namespaces, make_source, sync, objects=1)
+    poll(lambda: fresh(namespace), timeout=30, what="the live cache to watch the namespace")
+    live_cache.stop()
+    cluster.delete_configmap(namespace, "app-0")
+
+    # Resuming is answered 410 by a replica with no history: the cluster is listed again, the
+    # namespace is in no page of it, and what the cache held of it goes, waking its source.
+    with apiserver_replica(stack) as replica_kubeconfig:
+        start_live_cache(KUBECONFIG=str(replica_kubeconfig))
+        poll(lambda: cluster.get_configmap(namespace, "app-0"), timeout=30, what="app-0 made again")
+        poll(
+            lambda: as_applied(settings.SLUICE_CLUSTER_NAME, namespace, "app-0"), timeout=30, what="its stamp"
+        )
+    assert Change.objects.filter(source=source, name="app-0", action=ChangeAction.CREATE).count() == 2
 
 
 # -- many clusters --------------------------------------------------------------------------
