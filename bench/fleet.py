@@ -51,6 +51,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from reconcile import cpu_seconds, process_tree  # noqa: E402 - bench/reconcile.py, beside this script
+
 SETUP_CONCURRENCY = 8
 
 
@@ -165,6 +167,7 @@ class Environment:
             "PYTHONPATH": str(ROOT),
         }
         self.processes: list[subprocess.Popen[bytes]] = []
+        self.named: dict[str, subprocess.Popen[bytes]] = {}
         (workdir / "logs").mkdir(parents=True)
 
     def setup(self) -> None:
@@ -180,9 +183,16 @@ class Environment:
 
     def start(self, name: str, *command: str) -> None:
         log = open(self.workdir / "logs" / f"{name}.log", "wb")
-        self.processes.append(
-            subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        )
+        process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self.processes.append(process)
+        self.named[name] = process
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds so far of each process of the stack and of this run (children included)."""
+        stack = self.stack._state().get("processes", {})
+        pids = {name: process_tree(int(process["pid"])) for name, process in stack.items()}
+        pids.update({name: process_tree(process.pid) for name, process in self.named.items()})
+        return {name: cpu_seconds(group) for name, group in pids.items()}
 
     def start_workers(self, count: int, concurrency: int = 1) -> None:
         for index in range(count):
@@ -335,6 +345,7 @@ def measure_polls(env: Environment, fleet: list[Any], interval: int, duration: f
         offset = timedelta(seconds=random.uniform(0, interval))  # noqa: S311 - not for security
         Source.objects.filter(pk=source_id).update(next_poll_at=now + offset)
     env.start_beat()
+    cpu_before = env.cpu()
     waiting: dict[int, datetime] = {}  # source -> when its claimed poll was due
     last_due = dict(Source.objects.filter(pk__in=ids).values_list("pk", "next_poll_at"))
     last_synced = dict(Source.objects.filter(pk__in=ids).values_list("pk", "last_synced_at"))
@@ -360,7 +371,10 @@ def measure_polls(env: Environment, fleet: list[Any], interval: int, duration: f
     overdue = [
         (timezone.now() - due).total_seconds() for due in waiting.values()
     ]  # claimed, not yet reconciled
-    return {"lags": lags, "queue": queue, "per_round": per_round, "still_waiting": overdue}
+    after = env.cpu()
+    elapsed = time.monotonic() - started
+    cpu = {name: (after[name] - cpu_before.get(name, 0.0)) / elapsed for name in after}
+    return {"lags": lags, "queue": queue, "per_round": per_round, "still_waiting": overdue, "cpu": cpu}
 
 
 def run_poll(args: argparse.Namespace, env: Environment) -> None:
@@ -395,6 +409,12 @@ def run_poll(args: argparse.Namespace, env: Environment) -> None:
         > 2 * percentile(result["per_round"][min(result["per_round"])], 0.95) + 5
     )
     print("backlog: " + ("YES, the lag grows round after round" if grows else "none (the lag does not grow)"))
+    busiest = sorted(result["cpu"].items(), key=lambda item: -item[1])
+    print(
+        "CPU while measured, in cores: "
+        + ", ".join(f"{name} {cores:.2f}" for name, cores in busiest if cores >= 0.005)
+        + f" (all: {sum(result['cpu'].values()):.2f} of 2)"
+    )
 
 
 def post_webhook(port: int, name: str, secret: str, before: str, after: str) -> int:
