@@ -145,12 +145,38 @@ def namespace_access(namespace: str) -> Iterator[dict[str, Any]]:
         }
 
 
+WATCHER_ROLE_NAME = "sluice-configmap-watcher"
+RBAC_GROUP = "rbac.authorization.k8s.io"
+
+
+def cluster_watch_access() -> Iterator[dict[str, Any]]:
+    """``--watch-cluster``: list and watch ConfigMaps in every namespace, so the live cache runs one
+    watch for the cluster instead of one per namespace. Reading, not writing: writes stay in the
+    listed namespaces. Without it the live cache is refused the cluster-wide read and watches each
+    namespace Sluice applied to."""
+    yield {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": WATCHER_ROLE_NAME, "labels": dict(LABELS)},
+        "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list", "watch"]}],
+    }
+    yield {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": WATCHER_ROLE_NAME, "labels": dict(LABELS)},
+        "roleRef": {"apiGroup": RBAC_GROUP, "kind": "ClusterRole", "name": WATCHER_ROLE_NAME},
+        "subjects": [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": SYSTEM_NAMESPACE}],
+    }
+
+
 def dump(documents: list[dict[str, Any]]) -> str:
     return yaml.dump_all(documents, Dumper=_PlainDumper, sort_keys=False, default_flow_style=False)
 
 
-def render(namespaces: list[str], image: str = DEFAULT_IMAGE) -> str:
+def render(namespaces: list[str], image: str = DEFAULT_IMAGE, *, watch_cluster: bool = False) -> str:
     documents = list(static_manifests(image))
+    if watch_cluster:
+        documents.extend(cluster_watch_access())
     for namespace in namespaces:
         documents.extend(namespace_access(namespace))
     return dump(documents)
@@ -182,7 +208,7 @@ def token_secret() -> dict[str, Any]:
     }
 
 
-def render_member_rbac(namespaces: list[str]) -> str:
+def render_member_rbac(namespaces: list[str], *, watch_cluster: bool = False) -> str:
     documents = [
         document
         for document in static_documents()
@@ -190,6 +216,8 @@ def render_member_rbac(namespaces: list[str]) -> str:
     ]
     # After the ServiceAccount: the token controller deletes a token Secret whose account is missing.
     documents.append(token_secret())
+    if watch_cluster:
+        documents.extend(cluster_watch_access())
     for namespace in namespaces:
         documents.extend(namespace_access(namespace))
     return dump(documents)
@@ -365,6 +393,12 @@ def _namespaces_option(parser: argparse.ArgumentParser) -> None:
         type=namespace_list,
         help="comma-separated namespaces Sluice may write ConfigMaps to (and restart their consumers in)",
     )
+    parser.add_argument(
+        "--watch-cluster",
+        action="store_true",
+        help=f"also grant list and watch of ConfigMaps in every namespace (ClusterRole {WATCHER_ROLE_NAME}),"
+        " so the live cache runs one watch for the cluster rather than one per namespace",
+    )
 
 
 def install_main(argv: list[str]) -> int:
@@ -374,7 +408,7 @@ def install_main(argv: list[str]) -> int:
     _namespaces_option(parser)
     parser.add_argument("--image", default=DEFAULT_IMAGE, help=f"Sluice image (default {DEFAULT_IMAGE})")
     args = parser.parse_args(argv)
-    sys.stdout.write(render(args.namespaces, args.image))
+    sys.stdout.write(render(args.namespaces, args.image, watch_cluster=args.watch_cluster))
     return 0
 
 
@@ -386,7 +420,7 @@ def member_rbac_main(argv: list[str]) -> int:
     )
     _namespaces_option(parser)
     args = parser.parse_args(argv)
-    sys.stdout.write(render_member_rbac(args.namespaces))
+    sys.stdout.write(render_member_rbac(args.namespaces, watch_cluster=args.watch_cluster))
     return 0
 
 

@@ -5,13 +5,13 @@ default cluster always, and each registered one (``gitops add-cluster``) a
 source's targets name or the inventory holds ConfigMaps in, re-read every
 ``SLUICE_LIVE_CACHE_RESCAN_SECONDS``. Each cluster has its own lease in Redis
 (another process waits as that cluster's standby and takes over when the lease
-runs out) and its own threads: for every namespace the inventory holds in that
-cluster an informer (``gitops.cluster.informer``) over the ConfigMaps labelled
-``app.kubernetes.io/managed-by=sluice``, connecting through
-``gitops.cluster.clients.get_cluster(name)``. It keeps each object's stamp in
-Redis, where planning reads it (``gitops.cluster.live``). A cluster that does
-not answer or refuses only leaves its own namespaces stale: the others' informers
-go on.
+runs out) and its own informers (``gitops.cluster.informer``) over the ConfigMaps
+labelled ``app.kubernetes.io/managed-by=sluice``, connecting through
+``gitops.cluster.clients.get_cluster(name)``: one for every namespace of the
+cluster, or, where RBAC grants no cluster-wide read (``WatchScope``), one for each
+namespace the inventory holds there. It keeps each object's stamp in Redis, where
+planning reads it (``gitops.cluster.live``). A cluster that does not answer or
+refuses only leaves its own namespaces stale: the others' informers go on.
 
 When an object changes away from what Sluice applied (``stamps.sources_to_wake``),
 in any cluster, the source it belongs to is reconciled at once, through
@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from django.conf import settings
@@ -49,11 +49,13 @@ from gitops.plan.stamps import LiveStamp, sources_to_wake, stamp_of
 from gitops.rollout.state import SYSTEM_ACTOR
 
 log = logging.getLogger("gitops.livecache")
+T = TypeVar("T")
 
 LABEL_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
 ALL_NAMESPACES = ""  # an informer's namespace that stands for every namespace of the cluster
 RENEW_SECONDS = LEASE_SECONDS / 3
-# Idle connections kept per cluster's client: each watched namespace holds one for its watch.
+# Idle connections kept per cluster's client: each watch holds one (one per namespace, where a
+# cluster cannot be watched whole).
 WATCH_POOL_SIZE = 4096
 
 
@@ -185,9 +187,13 @@ class StampSink:
     def drop(self, namespace: str) -> None:
         self.known.pop(namespace, None)
         self.synced.discard(namespace)
+        self._listing.pop(namespace, None)
 
-    def listing(self, scope: str) -> None:
-        self.lost(scope, "listing")
+    def listing(self, scope: str, *, routine: bool) -> None:
+        # A routine relist keeps the watch's word: what it missed meanwhile, the relist's comparison
+        # finds and wakes. Any other relist follows a failure, and nothing vouches until it is done.
+        if not routine:
+            self.lost(scope, "listing")
         self._listing[scope] = {}
 
     def listed(self, scope: str, objects: list[dict[str, Any]]) -> None:
@@ -207,7 +213,10 @@ class StampSink:
         else:
             namespaces = self.known.keys() | listed.keys()
             texts = {ns: {name: s.encode() for name, s in stamps.items()} for ns, stamps in listed.items()}
-            self._fenced(lambda: self.store.replace_all(texts, self.known.keys() - listed.keys()))
+            # What Redis holds, not only what this process knows: a write whose answer was lost may
+            # have stored a namespace this process never learnt of.
+            stored = self._redis(self.store.stored_namespaces)
+            self._fenced(lambda: self.store.replace_all(texts, (stored | self.known.keys()) - listed.keys()))
             self._write("", {}, resource_version=resource_version, fresh=True)
         woken: set[str] = set()
         for namespace in namespaces:
@@ -255,12 +264,15 @@ class StampSink:
         self._fenced(lambda: self.store.write(namespace, changes, **options))
 
     def _fenced(self, write: Callable[[], bool]) -> None:
+        if not self._redis(write):
+            raise LeaseLost(f"the lease of the live cache of {self.store.cluster} is no longer this term's")
+
+    @staticmethod
+    def _redis(call: Callable[[], T]) -> T:
         try:
-            written = write()
+            return call()
         except redis.RedisError as exc:
             raise TemporaryError(f"Redis: {exc}") from exc
-        if not written:
-            raise LeaseLost(f"the lease of the live cache of {self.store.cluster} is no longer this term's")
 
 
 # -- the process ----------------------------------------------------------------------------
@@ -295,17 +307,29 @@ class _Term:
         self.retiring: set[str] = set()
         self._lock = threading.Lock()
 
-    def begin(self) -> None:
-        """Once the lease is held: clears what the other way of watching left to resume from."""
-        self.store.watching(whole_cluster=self.whole_cluster)
-        if not self.whole_cluster:
-            forget_unwatched(self.store, self.cache.wanted)
+    def begin(self, *, whole_cluster: bool) -> bool:
+        """Clears what the other way of watching left to resume from, and with one watch per
+        namespace the stamps of namespaces not wanted; False if that failed (Redis away, or the lease
+        no longer this term's). No informer of the term starts before it succeeded."""
+        try:
+            if not self.store.watching(whole_cluster=whole_cluster):
+                return False
+            if not whole_cluster:
+                return forget_unwatched(self.store, self.cache.wanted)
+        except redis.RedisError as exc:
+            log.warning(
+                "cluster %s: could not clear what an earlier watch left: %s", self.cache.cluster_name, exc
+            )
+            return False
+        return True
 
     def rescan(self) -> None:
         with self._lock:
             whole_cluster, running, retiring = self.whole_cluster, set(self.watches), set(self.retiring)
+            cluster_watch = self.watches.get(ALL_NAMESPACES)
         if whole_cluster:
-            if ALL_NAMESPACES not in running:
+            # A cluster informer ends only when stopped or switched off; one that died is started again.
+            if cluster_watch is None or not cluster_watch.thread.is_alive():
                 self._watch(ALL_NAMESPACES)
             return
         wanted = set(self.cache.wanted)
@@ -355,8 +379,13 @@ class _Term:
     def _forbidden(self, refused: ReadForbidden) -> bool:
         """The cluster-wide LIST or WATCH was refused: with ``auto``, watch each namespace instead
         (True ends the cluster's informer); told to watch the cluster whole, keep trying."""
+        if self.over.is_set():
+            return True  # an old term's informer: the term's successor decides
         if self.cache.options.scope == WatchScope.CLUSTER:
             return False
+        # Cleared before any namespace informer may start (the switch below lets rescan start them).
+        if not self.begin(whole_cluster=False):
+            return False  # the informer backs off, is refused again, and asks again
         log.warning(
             "cluster %s: no cluster-wide list and watch of ConfigMaps (%s); watching each namespace instead",
             self.cache.cluster_name,
@@ -366,10 +395,6 @@ class _Term:
             self.whole_cluster = False
             self.watches.pop(ALL_NAMESPACES, None)
         self.sink.drop(ALL_NAMESPACES)
-        try:
-            self.begin()
-        except redis.RedisError as exc:  # the cluster watch's resume version then just lingers, unread
-            log.warning("could not clear what the cluster's watch left: %s", exc)
         return True
 
     def _retire(self, namespace: str) -> None:
@@ -382,18 +407,23 @@ class _Term:
         def finish() -> None:
             watch.thread.join(timeout=self.cache.options.watch_seconds + 10)
             self.sink.drop(namespace)
-            if not self.over.is_set():
-                self.store.forget(namespace)
-            with self._lock:
-                self.retiring.discard(namespace)
+            try:
+                if not self.over.is_set():
+                    self.store.forget(namespace)  # fenced: a term that lost its lease deletes nothing
+            except redis.RedisError as exc:  # its stamps linger, vouched for by no watch
+                log.warning("could not drop the stamps of %s: %s", namespace, exc)
+            finally:
+                with self._lock:
+                    self.retiring.discard(namespace)
 
         threading.Thread(target=finish, name=f"live-cache-retire-{namespace}", daemon=True).start()
 
 
 class LiveCache:
-    """One cluster's live cache: terms of its lease, each with an informer per wanted namespace.
+    """One cluster's live cache: terms of its lease, each with its informers (see ``_Term``).
 
-    It never touches the database: ``LiveCaches`` sets ``wanted``, the namespaces to watch.
+    It never touches the database: ``LiveCaches`` sets ``wanted``, the namespaces a term watches
+    one by one when it cannot watch the cluster whole.
     """
 
     def __init__(self, cluster: str, options: LiveCacheOptions, waker: Waker) -> None:
@@ -440,10 +470,7 @@ class LiveCache:
 
     def _serve(self, term: _Term) -> None:
         """Renews the lease and follows ``wanted`` until stopped (then releases) or the lease is lost."""
-        try:
-            term.begin()
-        except redis.RedisError as exc:
-            log.warning("could not clear what an earlier process left: %s", exc)
+        begun = False
         while not self.stopping.is_set():
             try:
                 if not term.store.renew():
@@ -452,7 +479,9 @@ class LiveCache:
             except redis.RedisError as exc:
                 log.warning("could not renew the live cache's lease: %s", exc)
             try:
-                term.rescan()
+                begun = begun or term.begin(whole_cluster=term.whole_cluster)
+                if begun:
+                    term.rescan()
             except Exception:  # Redis may be away for a moment; the running watches go on meanwhile
                 log.exception("cluster %s: could not start or stop watches", self.cluster_name)
             self.stopping.wait(RENEW_SECONDS)
@@ -462,13 +491,10 @@ class LiveCache:
             log.warning("could not release the live cache's lease (it runs out by itself): %s", exc)
 
 
-def forget_unwatched(store: LiveStore, wanted: frozenset[str]) -> None:
-    """Drops stamps an earlier process left for namespaces of the cluster no longer in the inventory."""
-    try:
-        for namespace in store.stored_namespaces() - wanted:
-            store.forget(namespace)
-    except redis.RedisError as exc:
-        log.warning("could not drop stamps of namespaces no longer watched: %s", exc)
+def forget_unwatched(store: LiveStore, wanted: frozenset[str]) -> bool:
+    """Drops stamps an earlier process left for namespaces of the cluster no longer in the inventory;
+    False when the lease is no longer this process's."""
+    return all(store.forget(namespace) for namespace in sorted(store.stored_namespaces() - wanted))
 
 
 @dataclass
@@ -524,8 +550,9 @@ def live_cache_run(cluster: str | None = None) -> None:
     """Runs the live cache of every cluster sources use (``cluster``: that one) until SIGTERM or SIGINT."""
     if cluster is not None:
         clients.ref(cluster)  # an unknown name fails here, before anything starts
-    limit_malloc_arenas()  # a thread per watched namespace: before any of them starts
-    # Each watched namespace holds a connection of its cluster's client for its watch.
+    limit_malloc_arenas()  # a thread per watch: before any of them starts
+    # Each watch holds a connection of its cluster's client (one per namespace, where a cluster
+    # cannot be watched whole).
     clients.pool_size = WATCH_POOL_SIZE
     clients.forget()
     caches = LiveCaches(LiveCacheOptions.from_settings(), only=cluster)

@@ -47,11 +47,14 @@ PREFIX = "sluice:live"
 LEASE_SECONDS = 2.0
 REDIS_TIMEOUT_SECONDS = 2.0
 
-# KEYS: alive, objects, resume, fresh.  ARGV: epoch, freshness ("keep", "drop" or milliseconds),
+# KEYS: alive, objects, resume, fresh, then, for a namespace's own watch, the cluster watch's cresume
+# and cfresh, deleted: stamps the cluster's watch did not write are no longer complete up to its
+# version, so it must list again. ARGV: epoch, freshness ("keep", "drop" or milliseconds),
 # resourceVersion ("" keeps it), reset ("1" empties the objects first), then name, stamp pairs
 # (an empty stamp deletes the name). Returns 0, changing nothing, unless ``alive`` holds epoch.
 _WRITE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if #KEYS > 4 then redis.call('DEL', KEYS[5], KEYS[6]) end
 if ARGV[4] == '1' then redis.call('DEL', KEYS[2]) end
 for i = 5, #ARGV, 2 do
   if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[2], ARGV[i])
@@ -60,6 +63,12 @@ end
 if ARGV[3] ~= '' then redis.call('SET', KEYS[3], ARGV[3]) end
 if ARGV[2] == 'drop' then redis.call('DEL', KEYS[4])
 elseif ARGV[2] ~= 'keep' then redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[2]) end
+return 1
+"""
+# KEYS: alive, then keys to delete. ARGV: epoch. Returns 0, deleting nothing, unless ``alive`` holds it.
+_FORGET = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+for i = 2, #KEYS do redis.call('DEL', KEYS[i]) end
 return 1
 """
 # KEYS: alive. ARGV: epoch, milliseconds ("0" releases). 1 while the lease is this epoch's.
@@ -155,13 +164,15 @@ class LiveStore:
         self.client = redis_client()
         self._write = self.client.register_script(_WRITE)
         self._renew = self.client.register_script(_RENEW)
+        self._forget = self.client.register_script(_FORGET)
 
     def _keys(self, namespace: str, *, whole_cluster: bool = False) -> list[str]:
         alive, objects = _key(self.cluster, "alive"), _key(self.cluster, "objects", namespace)
+        cluster_watch = [_key(self.cluster, "cresume"), _key(self.cluster, "cfresh")]
         if whole_cluster:
-            return [alive, objects, _key(self.cluster, "cresume"), _key(self.cluster, "cfresh")]
+            return [alive, objects, *cluster_watch]
         resume, fresh = _key(self.cluster, "resume", namespace), _key(self.cluster, "fresh", namespace)
-        return [alive, objects, resume, fresh]
+        return [alive, objects, resume, fresh, *cluster_watch]
 
     def claim(self) -> bool:
         """Takes the cluster's lease unless another live process holds it."""
@@ -196,16 +207,17 @@ class LiveStore:
             resume, *stamps = pipe.execute()
         return dict(zip(namespaces, stamps, strict=True)), str(resume or "")
 
-    def watching(self, *, whole_cluster: bool) -> None:
+    def watching(self, *, whole_cluster: bool) -> bool:
         """Forgets the other way of watching's resume versions: stamps a namespace watch wrote are not
-        complete up to a cluster watch's version, nor the other way round, so that watch lists again."""
+        complete up to a cluster watch's version, nor the other way round, so that watch lists again.
+        A namespace's resume key left (by a process of any version) voids the cluster's too. Fenced:
+        False when the lease is not this process's."""
+        stale = [_key(self.cluster, "cresume"), _key(self.cluster, "cfresh")]
         if whole_cluster:
             prefix = _key(self.cluster, "resume", "")
-            stale = list(self.client.scan_iter(match=prefix + "*", count=1000))
-        else:
-            stale = [_key(self.cluster, "cresume"), _key(self.cluster, "cfresh")]
-        if stale:
-            self.client.delete(*stale)
+            left = list(self.client.scan_iter(match=prefix + "*", count=1000))
+            stale = left + stale if left else []
+        return bool(self._forget(keys=[_key(self.cluster, "alive"), *stale], args=[self.epoch]))
 
     def write(
         self,
@@ -240,9 +252,10 @@ class LiveStore:
                 self._write(keys=keys, args=[self.epoch, "keep", "", "1"], client=pipe)
             return all(pipe.execute())
 
-    def forget(self, namespace: str) -> None:
-        """Removes a namespace the cache no longer watches."""
-        self.client.delete(*self._keys(namespace)[1:])
+    def forget(self, namespace: str) -> bool:
+        """Removes a namespace the cache no longer watches (and voids the cluster watch's resume
+        version, which its stamps were part of). False when the lease is not this process's."""
+        return bool(self._forget(keys=self._keys(namespace), args=[self.epoch]))
 
     def stored_namespaces(self) -> set[str]:
         """Namespaces with stamps stored, by this process or an earlier one."""

@@ -53,6 +53,26 @@ def test_member_rbac_is_the_identity_the_reader_a_token_and_roles_in_listed_name
     assert granted == {"namespaces", "configmaps", "deployments", "statefulsets", "daemonsets"}
 
 
+@pytest.mark.parametrize("rendered", ["install", "member"])
+def test_watch_cluster_grants_only_list_and_watch_of_configmaps_everywhere(rendered) -> None:
+    def render_with(watch_cluster: bool) -> list[dict]:
+        if rendered == "install":
+            return documents(render.render(["team-a"], watch_cluster=watch_cluster))
+        return documents(render.render_member_rbac(["team-a"], watch_cluster=watch_cluster))
+
+    without, with_it = render_with(False), render_with(True)
+    added = [document for document in with_it if document not in without]
+
+    assert [(d["kind"], d["metadata"]["name"]) for d in added] == [
+        ("ClusterRole", "sluice-configmap-watcher"),
+        ("ClusterRoleBinding", "sluice-configmap-watcher"),
+    ]
+    assert added[0]["rules"] == [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list", "watch"]}]
+    sluice = {"kind": "ServiceAccount", "name": "sluice", "namespace": "sluice-system"}
+    assert added[1]["subjects"] == [sluice]
+    assert len(with_it) == len(without) + 2
+
+
 def test_member_rbac_shares_its_documents_with_the_installation() -> None:
     """Rendering a member on the cluster Sluice runs in must change nothing there."""
     installed = documents(render.render(["team-a"]))

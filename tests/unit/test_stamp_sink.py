@@ -1,0 +1,147 @@
+"""The live cache's sink for one cluster-wide watch: which namespaces a relist replaces or drops, what
+it wakes, and when freshness is dropped. The store is an in-memory stand-in for the fenced Redis
+writes (tests/integration/test_live_cache.py runs the real one); the sink's own logic is under test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+from gitops.cluster.informer import DELETED
+from gitops.livecache import LeaseLost, StampSink
+from gitops.plan.stamps import stamp_of
+from tests.unit.test_live_stamps import as_applied, desired, edited_by_hand
+
+FRESH, STALE = True, False
+
+
+class MemoryStore:
+    """Namespace -> name -> stamp text, the freshness of each scope, and whether the lease holds."""
+
+    cluster = "local"
+
+    def __init__(self, stored: dict[str, dict[str, str]] | None = None) -> None:
+        self.objects: dict[str, dict[str, str]] = {ns: dict(texts) for ns, texts in (stored or {}).items()}
+        self.fresh: dict[str, bool] = {}
+        self.leased = True
+        self.freshness_seen: list[tuple[str, bool | None]] = []
+
+    def write(self, namespace: str, changes: dict[str, str | None], **options: Any) -> bool:
+        if not self.leased:
+            return False
+        if options.get("reset"):
+            self.objects.pop(namespace, None)
+        for name, text in changes.items():
+            if text is None:
+                self.objects.get(namespace, {}).pop(name, None)
+            else:
+                self.objects.setdefault(namespace, {})[name] = text
+        if namespace in self.objects and not self.objects[namespace]:
+            del self.objects[namespace]  # Redis keeps no empty hash
+        scope = "" if options.get("whole_cluster") else namespace
+        if options.get("fresh") is not None:
+            self.fresh[scope] = bool(options["fresh"])
+        self.freshness_seen.append((scope, options.get("fresh")))
+        return True
+
+    def replace_all(self, stamps: dict[str, dict[str, str]], gone: set[str]) -> bool:
+        if not self.leased:
+            return False
+        for namespace in gone:
+            self.objects.pop(namespace, None)
+        for namespace, texts in stamps.items():
+            self.objects[namespace] = dict(texts)
+        return True
+
+    def stored_namespaces(self) -> set[str]:
+        return set(self.objects)
+
+
+def configmap(namespace: str, name: str, *, source: str = "src", version: str = "1") -> dict[str, Any]:
+    """A ConfigMap as Sluice applied it (its stamp is as applied)."""
+    obj = dataclasses.replace(desired(), namespace=namespace, name=name)
+    return as_applied(obj, source=source, resource_version=version)
+
+
+def relist(sink: StampSink, objects: list[dict[str, Any]], *, routine: bool = False) -> None:
+    sink.listing("", routine=routine)
+    half = len(objects) // 2
+    sink.listed("", objects[:half])  # two pages
+    sink.listed("", objects[half:])
+    sink.relisted("", "100")
+
+
+@pytest.fixture
+def woken() -> list[set[str]]:
+    return []
+
+
+def test_a_relist_replaces_every_namespace_and_drops_those_in_no_page(woken) -> None:
+    kept = stamp_of(configmap("team-a", "app", source="a")).encode()
+    emptied = stamp_of(configmap("team-b", "app", source="b")).encode()
+    store = MemoryStore({"team-a": {"app": kept}, "team-b": {"app": emptied}})
+    sink = StampSink(store, woken.append)  # type: ignore[arg-type]
+    sink.adopt("team-a", store.objects["team-a"])
+    # team-b was stored by a write whose answer this process never got: the sink does not know it.
+
+    relist(sink, [configmap("team-a", "app", source="a"), configmap("team-c", "new", source="c")])
+
+    assert set(store.objects) == {"team-a", "team-c"}, "team-b is in no page: its stamps go"
+    assert store.objects["team-a"] == {"app": kept}
+    assert store.fresh[""] is FRESH
+    assert set().union(*woken) == set(), "nothing the sink knew of changed; a new object wakes nobody"
+
+
+def test_a_relist_wakes_the_sources_of_objects_that_changed_or_went(woken) -> None:
+    store = MemoryStore()
+    sink = StampSink(store, woken.append)  # type: ignore[arg-type]
+    relist(sink, [configmap("team-a", "edited", source="a"), configmap("team-b", "gone", source="b")])
+    woken.clear()
+
+    edited = edited_by_hand(configmap("team-a", "edited", source="a"), section="data", key="MODE", value="x")
+    relist(sink, [edited])
+
+    assert set().union(*woken) == {"a", "b"}
+    assert set(store.objects) == {"team-a"}
+
+
+def test_only_a_relist_after_a_failure_stops_vouching_while_it_lists(woken) -> None:
+    store = MemoryStore()
+    sink = StampSink(store, woken.append)  # type: ignore[arg-type]
+
+    relist(sink, [configmap("team-a", "app")], routine=True)
+    assert ("", STALE) not in store.freshness_seen
+
+    store.freshness_seen.clear()
+    relist(sink, [configmap("team-a", "app")])
+    assert store.freshness_seen[0] == ("", STALE), "freshness dropped before the first page"
+    assert store.freshness_seen[-1] == ("", FRESH)
+
+
+def test_a_cluster_event_writes_the_objects_namespace_and_renews_the_cluster_watch(woken) -> None:
+    store = MemoryStore()
+    sink = StampSink(store, woken.append)  # type: ignore[arg-type]
+    relist(sink, [configmap("team-a", "app", source="a")])
+
+    sink.changed("", "ADDED", configmap("team-b", "other", source="b"))
+    sink.changed("", DELETED, configmap("team-a", "app", source="a"))
+
+    assert set(store.objects) == {"team-b"}
+    assert store.freshness_seen[-1] == ("", FRESH)
+    assert {"a"} in woken
+
+
+def test_a_lost_lease_stops_the_sink_writing(woken) -> None:
+    store = MemoryStore()
+    sink = StampSink(store, woken.append)  # type: ignore[arg-type]
+    store.leased = False
+    sink.listing("", routine=False)  # marking stale is best effort: it does not raise
+
+    sink.listed("", [configmap("team-a", "app")])
+
+    with pytest.raises(LeaseLost):
+        sink.relisted("", "100")
+    assert store.objects == {}
