@@ -189,11 +189,11 @@ class StampSink:
         self.synced.discard(namespace)
         self._listing.pop(namespace, None)
 
-    def listing(self, scope: str, *, routine: bool) -> None:
-        # A routine relist keeps the watch's word: what it missed meanwhile, the relist's comparison
-        # finds and wakes. Any other relist follows a failure, and nothing vouches until it is done.
-        if not routine:
-            self.lost(scope, "listing")
+    def listing(self, scope: str) -> None:
+        # Even the periodic relist of a healthy watch vouches for nothing while it lists: no event is
+        # told meanwhile, and Sluice's own applies in that time would wake nobody when the relist
+        # stores them, so a stamp they left behind could settle an object wrongly until then.
+        self.lost(scope, "listing")
         self._listing[scope] = {}
 
     def listed(self, scope: str, objects: list[dict[str, Any]]) -> None:
@@ -327,9 +327,11 @@ class _Term:
         with self._lock:
             whole_cluster, running, retiring = self.whole_cluster, set(self.watches), set(self.retiring)
             cluster_watch = self.watches.get(ALL_NAMESPACES)
+            # Decided under the lock: a cluster informer ends only when stopped or switched off
+            # (``_forbidden`` switches under it first), so one that died is started again.
+            restart = whole_cluster and (cluster_watch is None or not cluster_watch.thread.is_alive())
         if whole_cluster:
-            # A cluster informer ends only when stopped or switched off; one that died is started again.
-            if cluster_watch is None or not cluster_watch.thread.is_alive():
+            if restart:
                 self._watch(ALL_NAMESPACES)
             return
         wanted = set(self.cache.wanted)
@@ -532,14 +534,15 @@ class LiveCaches:
         for cluster, namespaces in sorted(targets.items()):
             running = self.running.get(cluster)
             if running is None or not running.thread.is_alive():
-                running = self._start(cluster)
+                running = self._start(cluster, namespaces)
             running.cache.wanted = frozenset(namespaces)
         for cluster in sorted(set(self.running) - set(targets)):
             log.info("cluster %s: nothing to watch any more", cluster)
             self.running.pop(cluster).cache.stopping.set()
 
-    def _start(self, cluster: str) -> _Running:
+    def _start(self, cluster: str, namespaces: set[str]) -> _Running:
         cache = LiveCache(cluster, self.options, self.waker)
+        cache.wanted = frozenset(namespaces)  # before its first term may forget what is not wanted
         thread = threading.Thread(target=cache.run, name=f"live-cache-{cluster}", daemon=True)
         self.running[cluster] = running = _Running(cache, thread)
         thread.start()

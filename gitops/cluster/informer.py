@@ -40,9 +40,8 @@ MAX_BACKOFF_SECONDS = 10.0
 class Sink(Protocol):
     """What an informer tells. ``scope`` is the informer's namespace, or "" for every namespace."""
 
-    def listing(self, scope: str, *, routine: bool) -> None:
-        """A LIST starts. ``routine``: the periodic one, after a watch that ended on time, which
-        vouches for what it told until the LIST replaces it; otherwise changes may have been missed."""
+    def listing(self, scope: str) -> None:
+        """A LIST starts: nothing is vouched for until it is ``relisted``."""
 
     def listed(self, scope: str, objects: list[dict[str, Any]]) -> None:
         """One page of the LIST (each object names its namespace)."""
@@ -98,8 +97,7 @@ class ConfigMapInformer:
             try:
                 cluster = self.connect()
                 if not version or time.monotonic() - listed_at > self.options.relist_seconds:
-                    routine = bool(version) and failures == 0
-                    version, listed_at = self._relist(cluster, routine=routine), time.monotonic()
+                    version, listed_at = self._relist(cluster), time.monotonic()
                 version = self._watch(cluster, version)
                 failures = 0
             except ResourceGone as exc:
@@ -129,11 +127,11 @@ class ConfigMapInformer:
         self.stop.wait(min(MAX_BACKOFF_SECONDS, 0.5 * 2**failures))
         return failures
 
-    def _relist(self, cluster: Cluster, *, routine: bool = False) -> str:
+    def _relist(self, cluster: Cluster) -> str:
         """Every object, page by page from one snapshot; returns the snapshot's resourceVersion.
 
         Each page is told as it comes, so not every object of a cluster is held at once."""
-        self.sink.listing(self.namespace, routine=routine)
+        self.sink.listing(self.namespace)
         token, version = "", ""
         while True:
             page, version, token = cluster.list_configmap_page(

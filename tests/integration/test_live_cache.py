@@ -155,6 +155,32 @@ def test_either_way_of_watching_heals_an_edit_and_a_deletion(
     assert last_plan(source)["reads"] == {"cache": 2, "get": 0, "list": 0}
 
 
+def test_a_namespace_watchs_write_voids_the_cluster_watchs_resume_version_and_freshness(stack):
+    """Redis's side, through the real Lua scripts: stamps a namespace's own watch wrote are not
+    complete up to the cluster watch's version, so that watch must list again, and vouches for nothing."""
+    cluster = f"t-{uuid.uuid4().hex[:8]}"
+    store = livestore.LiveStore(cluster, "term-1", stale_seconds=30)
+    assert store.claim()
+    try:
+        assert store.write("team-a", {"app": "a"}, whole_cluster=True)
+        assert store.write("", {}, resource_version="41", fresh=True, whole_cluster=True)
+        assert livestore.fresh_stamps(cluster, ["team-a", "team-b"]) == {"team-a": {"app": "a"}}
+        assert store.load_cluster() == ({"team-a": {"app": "a"}}, "41")
+
+        assert store.write("team-b", {"app": "b"}, resource_version="42", fresh=True)
+
+        assert store.load_cluster() == ({"team-a": {"app": "a"}, "team-b": {"app": "b"}}, "")
+        assert livestore.fresh_stamps(cluster, ["team-a", "team-b"]) == {"team-b": {"app": "b"}}
+        a_paused_old_term = livestore.LiveStore(cluster, "term-0", stale_seconds=30)
+        assert not a_paused_old_term.write("team-a", {"app": "x"}, whole_cluster=True)
+        assert not a_paused_old_term.forget("team-b")
+        assert store.load_cluster()[0] == {"team-a": {"app": "a"}, "team-b": {"app": "b"}}
+    finally:
+        store.release()
+        for namespace in ("team-a", "team-b"):
+            store.client.delete(*store._keys(namespace))
+
+
 def test_drift_is_reported_at_once_and_left_alone_without_self_heal(
     repo, make_namespaces, make_source, sync, cluster, live_cache
 ):

@@ -66,8 +66,8 @@ def configmap(namespace: str, name: str, *, source: str = "src", version: str = 
     return as_applied(obj, source=source, resource_version=version)
 
 
-def relist(sink: StampSink, objects: list[dict[str, Any]], *, routine: bool = False) -> None:
-    sink.listing("", routine=routine)
+def relist(sink: StampSink, objects: list[dict[str, Any]]) -> None:
+    sink.listing("")
     half = len(objects) // 2
     sink.listed("", objects[:half])  # two pages
     sink.listed("", objects[half:])
@@ -108,15 +108,14 @@ def test_a_relist_wakes_the_sources_of_objects_that_changed_or_went(woken) -> No
     assert set(store.objects) == {"team-a"}
 
 
-def test_only_a_relist_after_a_failure_stops_vouching_while_it_lists(woken) -> None:
+def test_a_relist_vouches_for_nothing_until_its_last_page_is_stored(woken) -> None:
     store = MemoryStore()
     sink = StampSink(store, woken.append)  # type: ignore[arg-type]
-
-    relist(sink, [configmap("team-a", "app")], routine=True)
-    assert ("", STALE) not in store.freshness_seen
-
-    store.freshness_seen.clear()
     relist(sink, [configmap("team-a", "app")])
+    store.freshness_seen.clear()
+
+    relist(sink, [configmap("team-a", "app")])  # the periodic one, after a healthy watch
+
     assert store.freshness_seen[0] == ("", STALE), "freshness dropped before the first page"
     assert store.freshness_seen[-1] == ("", FRESH)
 
@@ -138,7 +137,7 @@ def test_a_lost_lease_stops_the_sink_writing(woken) -> None:
     store = MemoryStore()
     sink = StampSink(store, woken.append)  # type: ignore[arg-type]
     store.leased = False
-    sink.listing("", routine=False)  # marking stale is best effort: it does not raise
+    sink.listing("")  # marking stale is best effort: it does not raise
 
     sink.listed("", [configmap("team-a", "app")])
 
