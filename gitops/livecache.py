@@ -22,6 +22,7 @@ and wake nobody.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import signal
@@ -165,6 +166,95 @@ class Waker:
 # -- stamps from events ---------------------------------------------------------------------
 
 
+# Events of a cluster's watch stored in one Redis round trip, at most; and queued, at most.
+EVENT_BATCH = 500
+
+
+@dataclass(frozen=True)
+class _Event:
+    namespace: str
+    name: str
+    stamp: LiveStamp | None  # None: deleted
+    resource_version: str
+    fresh: bool | None
+
+
+class EventWriter:
+    """Stores a cluster watch's events from a thread of its own: as many as queued up meanwhile in
+    one round trip (``LiveStore.write_events``, all or none), then updates what the sink knows and
+    wakes the sources whose objects changed, in the events' order.
+
+    A bulk apply makes thousands of events a second, and one round trip each was most of the cache's
+    CPU. One informer feeds it. A failed write is kept as ``failure`` and what queued after it is
+    skipped, so ``known`` stays as Redis holds it; ``drain`` waits for the queue and raises the
+    failure, so the informer's watch ends and resumes from where it began, replaying the skipped
+    events (a stamp is stored whole, so a replay is harmless) and waking what they change.
+    """
+
+    def __init__(self, sink: StampSink) -> None:
+        self.sink = sink
+        self.queue: queue.Queue[_Event | None] = queue.Queue(maxsize=4 * EVENT_BATCH)
+        self.failure: TemporaryError | None = None
+        self._thread: threading.Thread | None = None
+
+    def put(self, event: _Event) -> None:
+        if self._thread is None:
+            name = f"live-cache-{self.sink.store.cluster}-writer"
+            self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+            self._thread.start()
+        self.queue.put(event)
+
+    def drain(self) -> None:
+        """Waits until every queued event is stored or skipped; raises a failure once."""
+        self.queue.join()
+        failure, self.failure = self.failure, None
+        if failure is not None:
+            raise failure
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self.queue.put(None)
+
+    def _run(self) -> None:
+        while True:
+            batch = [self.queue.get()]
+            while len(batch) < EVENT_BATCH and batch[-1] is not None:
+                try:
+                    batch.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            events = [event for event in batch if event is not None]
+            try:
+                if self.failure is None and events:
+                    self._store(events)
+            except Exception as exc:  # Redis away, the lease lost, or a bug: the informer replays
+                self.failure = exc if isinstance(exc, TemporaryError) else TemporaryError(str(exc))
+                if not isinstance(exc, TemporaryError):
+                    log.exception("could not store the watch's events")
+            finally:
+                for _ in batch:
+                    self.queue.task_done()
+            if len(events) < len(batch):
+                return  # closed
+
+    def _store(self, events: list[_Event]) -> None:
+        last = events[-1]
+        texts = [(e.namespace, e.name, e.stamp.encode() if e.stamp else None) for e in events]
+        store = self.sink.store
+        self.sink._fenced(
+            lambda: store.write_events(texts, resource_version=last.resource_version, fresh=last.fresh)
+        )
+        woken: set[str] = set()
+        for event in events:
+            known = self.sink.known.setdefault(event.namespace, {})
+            before = known.pop(event.name, None)
+            if event.stamp is not None:
+                known[event.name] = event.stamp
+            woken |= sources_to_wake(before, event.stamp)
+        if woken:
+            self.sink.wake(woken)
+
+
 class StampSink:
     """Turns informers' news into stored stamps and wakes.
 
@@ -177,6 +267,7 @@ class StampSink:
         self.known: dict[str, dict[str, LiveStamp]] = {}
         self.synced: set[str] = set()  # scopes whose watch is caught up
         self._listing: dict[str, dict[str, dict[str, LiveStamp]]] = {}  # scope -> namespace -> stamps
+        self.events = EventWriter(self)  # the cluster watch's; a namespace's own are written at once
 
     def adopt(self, namespace: str, stored: dict[str, str]) -> None:
         """What an earlier process stored: the starting point that changes are compared with."""
@@ -190,6 +281,8 @@ class StampSink:
         self._listing.pop(namespace, None)
 
     def listing(self, scope: str) -> None:
+        if not scope:
+            self.events.drain()
         # Even the periodic relist of a healthy watch vouches for nothing while it lists: no event is
         # told meanwhile, and Sluice's own applies in that time would wake nobody when the relist
         # stores them, so a stamp they left behind could settle an object wrongly until then.
@@ -205,6 +298,8 @@ class StampSink:
             by_namespace.setdefault(namespace, {})[str(metadata["name"])] = stamp_of(obj)
 
     def relisted(self, scope: str, resource_version: str) -> None:
+        if not scope:
+            self.events.drain()
         listed = self._listing.pop(scope, {})
         if scope:
             namespaces = {scope}
@@ -233,12 +328,18 @@ class StampSink:
         namespace = scope or str(metadata.get("namespace", ""))
         name = str(metadata.get("name", ""))
         stamp = None if event == DELETED else stamp_of(obj)
+        resource_version = str(metadata.get("resourceVersion", ""))
+        fresh = True if scope in self.synced else None
+        if not scope:  # the cluster's watch: stored, then known and woken, by the event writer
+            if self.events.failure is not None:
+                self.events.drain()  # raises it: the watch ends and replays
+            self.events.put(_Event(namespace, name, stamp, resource_version, fresh))
+            return
         self._write(
             namespace,
             {name: stamp.encode() if stamp is not None else None},
-            resource_version=str(metadata.get("resourceVersion", "")),
-            fresh=True if scope in self.synced else None,
-            whole_cluster=not scope,
+            resource_version=resource_version,
+            fresh=fresh,
         )
         known = self.known.setdefault(namespace, {})
         before = known.pop(name, None)
@@ -247,11 +348,16 @@ class StampSink:
         self.wake(sources_to_wake(before, stamp))
 
     def alive(self, scope: str, resource_version: str) -> None:
+        if not scope:
+            self.events.drain()  # every event before it stored: only then does it vouch for them
         self._write(scope, {}, resource_version=resource_version, fresh=True)
         self.synced.add(scope)
 
     def lost(self, scope: str, why: str) -> None:
         self.synced.discard(scope)
+        if not scope:
+            with contextlib.suppress(TemporaryError):  # a failure ends this watch anyway, which replays
+                self.events.drain()
         try:
             self._write(scope, {}, fresh=False)
         except TemporaryError as exc:  # Redis away, or the lease gone: then nothing vouches for it anyway
@@ -345,6 +451,7 @@ class _Term:
         with self._lock:
             for watch in self.watches.values():
                 watch.stop.set()
+        self.sink.events.close()
 
     def _watch(self, namespace: str) -> None:
         # What Redis holds is complete up to its resume version (each write stores both at once),

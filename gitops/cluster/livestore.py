@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -236,6 +236,30 @@ class LiveStore:
         for name, stamp in changes.items():
             args += [name, stamp or ""]
         return bool(self._write(keys=self._keys(namespace, whole_cluster=whole_cluster), args=args))
+
+    def write_events(
+        self, events: Sequence[tuple[str, str, str | None]], *, resource_version: str, fresh: bool | None
+    ) -> bool:
+        """A cluster watch's events, in order, as (namespace, name, stamp or None): one fenced write
+        per namespace, all in one MULTI/EXEC round trip, so they are stored all or none; the last
+        stores the resume version and renews (or keeps) the freshness."""
+        by_namespace: dict[str, dict[str, str | None]] = {}
+        for namespace, name, text in events:
+            by_namespace.setdefault(namespace, {})[name] = text  # the last event of a name wins
+        freshness = "keep" if fresh is None else (self.stale_ms if fresh else "drop")
+        with self.client.pipeline(transaction=True) as pipe:
+            for index, (namespace, changes) in enumerate(by_namespace.items()):
+                last = index == len(by_namespace) - 1
+                args: list[Any] = [
+                    self.epoch,
+                    freshness if last else "keep",
+                    resource_version if last else "",
+                    "0",
+                ]
+                for name, text in changes.items():
+                    args += [name, text or ""]
+                self._write(keys=self._keys(namespace, whole_cluster=True), args=args, client=pipe)
+            return all(pipe.execute())
 
     def replace_all(self, stamps: Mapping[str, Mapping[str, str]], gone: Iterable[str]) -> bool:
         """A cluster watch's relist: each namespace's stamps replaced whole, the ``gone`` namespaces'

@@ -287,23 +287,51 @@ def test_a_reconcile_into_the_member_with_only_the_rendered_kubeconfig(
         assert member["admin"].get_configmap(namespace, "settings")["data"] == {"LOG_LEVEL": "info"}
 
 
-@pytest.mark.django_db(transaction=True)
-def test_the_live_cache_watches_each_namespace_where_rbac_grants_no_cluster_wide_read(
-    stack, member, rendered, repo, make_source, sync, start_live_cache
-) -> None:
+WATCHER_BINDING = "sluice-configmap-watcher"  # render.py --watch-cluster
+
+
+def unbind_watcher(stack, context: str) -> None:
+    """Takes ``--watch-cluster``'s grant away from Sluice's ServiceAccount, if it has it."""
+    kubectl(
+        stack, "--context", context, "delete", "clusterrolebinding", WATCHER_BINDING, "--ignore-not-found"
+    )
+
+
+def lists_every_namespace(as_sluice: Cluster) -> bool:
+    """Whether Sluice's token may list ConfigMaps across the cluster now (RBAC changes take a moment)."""
+    from gitops.cluster.client import ReadForbidden
+
+    try:
+        as_sluice.list_configmap_page("", label_selector="app.kubernetes.io/managed-by=sluice", limit=1)
+    except ReadForbidden:
+        return False
+    return True
+
+
+def live_cache_heals_in_member(stack, member, cluster: str, source, namespace: str, name: str) -> None:
+    """An edit in the member, by its admin, is healed on the live cache's word alone."""
+    from gitops.models import Change
+    from gitops.vocabulary import ChangeAction
+    from tests.workers import poll
+
+    edit = ["patch", "configmap", name, "--type", "merge", "-p", '{"data": {"LOG_LEVEL": "debug"}}']
+    kubectl(stack, "--context", str(member["context"]), "-n", namespace, *edit)
+    healed = lambda: Change.objects.filter(source=source, action=ChangeAction.SELF_HEAL).exists()  # noqa: E731
+    poll(healed, timeout=10, what=f"the edit to be healed, woken by the live cache of {cluster}")
+    assert member["admin"].get_configmap(namespace, name)["data"] == {"LOG_LEVEL": "info"}
+
+
+def synced_in_member(cluster: str, kubeconfig: Path, namespace: str, repo, make_source, sync):
+    """A source with one ConfigMap in ``namespace`` of member-1, reached as ``cluster`` through
+    ``kubeconfig``, polled hourly (only the live cache wakes it), synced once; its ConfigMap's name."""
     from datetime import timedelta
 
     from gitops import cluster_admin
-    from gitops.cluster import livestore
-    from gitops.models import Change
-    from gitops.vocabulary import ChangeAction
     from tests.gitrepo import configmap as manifest
-    from tests.workers import poll
 
-    cluster_admin.cluster_add(name="restricted", kubeconfig=str(rendered["path"]))
-    namespace = member["allowed"][0]
+    cluster_admin.cluster_add(name=cluster, kubeconfig=str(kubeconfig))
     name = f"live-{uuid.uuid4().hex[:6]}"
-    targets = [{"cluster": "restricted", "namespaces": [namespace]}]
+    targets = [{"cluster": cluster, "namespaces": [namespace]}]
     repo.write_all(
         {
             "sluice.yaml": {"targets": targets, "selfHeal": True},
@@ -311,8 +339,25 @@ def test_the_live_cache_watches_each_namespace_where_rbac_grants_no_cluster_wide
         }
     )
     repo.commit()
-    source = make_source(poll_interval=timedelta(hours=1), allowed_namespaces=[f"restricted/{namespace}"])
+    source = make_source(poll_interval=timedelta(hours=1), allowed_namespaces=[f"{cluster}/{namespace}"])
     assert sync(source)["outcome"] == "applied"
+    return source, name
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_live_cache_watches_each_namespace_where_rbac_grants_no_cluster_wide_read(
+    stack, member, rendered, as_sluice, repo, make_source, sync, start_live_cache
+) -> None:
+    from gitops.cluster import livestore
+    from tests.workers import poll
+
+    context = str(member["context"])
+    kubectl(
+        stack, "--context", context, "delete", "clusterrolebinding", WATCHER_BINDING, "--ignore-not-found"
+    )
+    poll(lambda: not lists_every_namespace(as_sluice), timeout=30, what="no cluster-wide read for Sluice")
+    namespace = member["allowed"][0]
+    source, name = synced_in_member("restricted", rendered["path"], namespace, repo, make_source, sync)
 
     cache = start_live_cache()
     # Sluice's token may list ConfigMaps only namespace by namespace: the cluster-wide LIST is
@@ -320,12 +365,35 @@ def test_the_live_cache_watches_each_namespace_where_rbac_grants_no_cluster_wide
     fresh = lambda: namespace in livestore.fresh_stamps("restricted", [namespace])  # noqa: E731
     poll(fresh, timeout=60, what="the live cache to vouch for the namespace")
     assert "restricted: no cluster-wide list and watch of ConfigMaps" in cache.log_path.read_text()
+    live_cache_heals_in_member(stack, member, "restricted", source, namespace, name)
 
-    edit = ["patch", "configmap", name, "--type", "merge", "-p", '{"data": {"LOG_LEVEL": "debug"}}']
-    kubectl(stack, "--context", str(member["context"]), "-n", namespace, *edit)
-    healed = lambda: Change.objects.filter(source=source, action=ChangeAction.SELF_HEAL).exists()  # noqa: E731
-    poll(healed, timeout=10, what="the edit to be healed, woken by the namespace's watch")
-    assert member["admin"].get_configmap(namespace, name)["data"] == {"LOG_LEVEL": "info"}
+
+@pytest.mark.django_db(transaction=True)
+def test_with_watch_cluster_the_live_cache_watches_the_member_whole(
+    stack, member, rendered, as_sluice, repo, make_source, sync, start_live_cache
+) -> None:
+    from gitops.cluster import livestore
+    from tests.workers import poll
+
+    context = str(member["context"])
+    watcher = render("member-rbac", "--namespaces", ",".join(member["allowed"]), "--watch-cluster").stdout
+    kubectl(stack, "--context", context, "apply", "-f", "-", stdin=watcher)
+    try:
+        poll(lambda: lists_every_namespace(as_sluice), timeout=30, what="RBAC to grant the cluster-wide read")
+        namespace = member["allowed"][1]
+        source, name = synced_in_member("watching", rendered["path"], namespace, repo, make_source, sync)
+
+        cache = start_live_cache()
+        fresh = lambda: namespace in livestore.fresh_stamps("watching", [namespace])  # noqa: E731
+        poll(fresh, timeout=60, what="the live cache to vouch for the namespace")
+        log = cache.log_path.read_text()
+        assert "live cache of cluster watching: watching ConfigMaps in every namespace" in log
+        assert "watching: no cluster-wide list" not in log, "the ClusterRole grants all the cache needs"
+        live_cache_heals_in_member(stack, member, "watching", source, namespace, name)
+    finally:
+        kubectl(
+            stack, "--context", context, "delete", "clusterrolebinding", WATCHER_BINDING, "--ignore-not-found"
+        )
 
 
 # -- reading the token, in process: the waits and the refusals ----------------------------

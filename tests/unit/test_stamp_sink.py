@@ -9,10 +9,12 @@ import dataclasses
 from typing import Any
 
 import pytest
+import redis
 
 from gitops.cluster.informer import DELETED
+from gitops.errors import TemporaryError
 from gitops.livecache import LeaseLost, StampSink
-from gitops.plan.stamps import stamp_of
+from gitops.plan.stamps import LiveStamp, stamp_of
 from tests.unit.test_live_stamps import as_applied, desired, edited_by_hand
 
 FRESH, STALE = True, False
@@ -28,6 +30,7 @@ class MemoryStore:
         self.fresh: dict[str, bool] = {}
         self.leased = True
         self.freshness_seen: list[tuple[str, bool | None]] = []
+        self.fail_next_events = False
 
     def write(self, namespace: str, changes: dict[str, str | None], **options: Any) -> bool:
         if not self.leased:
@@ -45,6 +48,17 @@ class MemoryStore:
         if options.get("fresh") is not None:
             self.fresh[scope] = bool(options["fresh"])
         self.freshness_seen.append((scope, options.get("fresh")))
+        return True
+
+    def write_events(self, events: list[tuple[str, str, str | None]], **options: Any) -> bool:
+        if self.fail_next_events:
+            self.fail_next_events = False
+            raise redis.ConnectionError("Redis went away")
+        if not self.leased:
+            return False
+        for namespace, name, text in events:
+            self.write(namespace, {name: text}, whole_cluster=True)
+        self.write("", {}, whole_cluster=True, **options)
         return True
 
     def replace_all(self, stamps: dict[str, dict[str, str]], gone: set[str]) -> bool:
@@ -127,6 +141,7 @@ def test_a_cluster_event_writes_the_objects_namespace_and_renews_the_cluster_wat
 
     sink.changed("", "ADDED", configmap("team-b", "other", source="b"))
     sink.changed("", DELETED, configmap("team-a", "app", source="a"))
+    sink.alive("", "101")  # stored only once every event before it is
 
     assert set(store.objects) == {"team-b"}
     assert store.freshness_seen[-1] == ("", FRESH)
@@ -144,3 +159,25 @@ def test_a_lost_lease_stops_the_sink_writing(woken) -> None:
     with pytest.raises(LeaseLost):
         sink.relisted("", "100")
     assert store.objects == {}
+
+
+def test_a_failed_write_of_events_is_raised_and_their_replay_wakes_as_the_first_telling_would(woken) -> None:
+    store = MemoryStore()
+    sink = StampSink(store, woken.append)  # type: ignore[arg-type]
+    relist(sink, [configmap("team-a", "app", source="a")])
+    woken.clear()
+    edited = edited_by_hand(configmap("team-a", "app", source="a"), section="data", key="MODE", value="x")
+
+    store.fail_next_events = True
+    sink.changed("", "MODIFIED", edited)
+    with pytest.raises(TemporaryError, match="Redis went away"):
+        sink.alive("", "102")  # the watch ends here, and resumes from where it began
+    assert woken == [], "nothing stored, nothing woken"
+    assert store.fresh[""] is FRESH, "the relist's; the informer's lost() drops it next"
+
+    sink.changed("", "MODIFIED", edited)  # the replay
+    sink.alive("", "102")
+
+    assert set().union(*woken) == {"a"}
+    assert LiveStamp.decode(store.objects["team-a"]["app"]) == stamp_of(edited)
+    sink.events.close()
