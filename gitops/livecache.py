@@ -166,8 +166,9 @@ class Waker:
 # -- stamps from events ---------------------------------------------------------------------
 
 
-# Events of a cluster's watch stored in one Redis round trip, at most; and queued, at most.
+# Events of a cluster's watch stored in one Redis round trip, at most; four times that may queue.
 EVENT_BATCH = 500
+WRITER_CHECK_SECONDS = 0.5  # how often a wait on the writer checks that it still runs
 
 
 @dataclass(frozen=True)
@@ -185,35 +186,60 @@ class EventWriter:
     wakes the sources whose objects changed, in the events' order.
 
     A bulk apply makes thousands of events a second, and one round trip each was most of the cache's
-    CPU. One informer feeds it. A failed write is kept as ``failure`` and what queued after it is
-    skipped, so ``known`` stays as Redis holds it; ``drain`` waits for the queue and raises the
-    failure, so the informer's watch ends and resumes from where it began, replaying the skipped
-    events (a stamp is stored whole, so a replay is harmless) and waking what they change.
+    CPU. One informer feeds it. A failed write drops the cluster's freshness at once (best effort)
+    and is kept as ``failure``; what queued after it is skipped, so ``known`` stays as Redis holds
+    it. ``drain`` waits for the queue and raises the failure, so the informer's watch ends and
+    resumes from where it began, replaying the skipped events (a stamp is stored whole, so a replay
+    is harmless) and waking what they change.
     """
 
     def __init__(self, sink: StampSink) -> None:
         self.sink = sink
         self.queue: queue.Queue[_Event | None] = queue.Queue(maxsize=4 * EVENT_BATCH)
         self.failure: TemporaryError | None = None
+        self.closed = False
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
 
     def put(self, event: _Event) -> None:
-        if self._thread is None:
-            name = f"live-cache-{self.sink.store.cluster}-writer"
-            self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-            self._thread.start()
-        self.queue.put(event)
+        with self._lock:
+            if self.closed:
+                raise LeaseLost("the live cache's term is over")
+            if self._thread is None:
+                name = f"live-cache-{self.sink.store.cluster}-writer"
+                self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+                self._thread.start()
+        while True:
+            try:
+                self.queue.put(event, timeout=WRITER_CHECK_SECONDS)
+                return
+            except queue.Full:
+                self._check_running()
 
     def drain(self) -> None:
         """Waits until every queued event is stored or skipped; raises a failure once."""
-        self.queue.join()
+        with self.queue.all_tasks_done:
+            while self.queue.unfinished_tasks:
+                self._check_running()
+                self.queue.all_tasks_done.wait(WRITER_CHECK_SECONDS)
         failure, self.failure = self.failure, None
         if failure is not None:
             raise failure
 
     def close(self) -> None:
-        if self._thread is not None:
-            self.queue.put(None)
+        with self._lock:
+            self.closed = True
+            if self._thread is not None:
+                # Full: the writer is busy or stopped. A daemon either way, its writes fenced by the
+                # old epoch, so at worst it lingers.
+                with contextlib.suppress(queue.Full):
+                    self.queue.put_nowait(None)
+
+    def _check_running(self) -> None:
+        if self.closed:
+            raise LeaseLost("the live cache's term is over")
+        if self._thread is not None and not self._thread.is_alive():
+            raise TemporaryError("the live cache's event writer stopped")
 
     def _run(self) -> None:
         while True:
@@ -224,20 +250,30 @@ class EventWriter:
                 except queue.Empty:
                     break
             events = [event for event in batch if event is not None]
+            woken: set[str] = set()
             try:
                 if self.failure is None and events:
-                    self._store(events)
+                    woken = self._store(events)
             except Exception as exc:  # Redis away, the lease lost, or a bug: the informer replays
-                self.failure = exc if isinstance(exc, TemporaryError) else TemporaryError(str(exc))
-                if not isinstance(exc, TemporaryError):
-                    log.exception("could not store the watch's events")
+                self._failed(exc)
             finally:
                 for _ in batch:
                     self.queue.task_done()
+            if woken:
+                self.sink.wake(woken)
             if len(events) < len(batch):
                 return  # closed
 
-    def _store(self, events: list[_Event]) -> None:
+    def _failed(self, exc: Exception) -> None:
+        if not isinstance(exc, TemporaryError):
+            log.exception("could not store the cluster watch's events")
+        self.failure = exc if isinstance(exc, TemporaryError) else TemporaryError(str(exc))
+        # Nothing vouches for the cluster until the informer has replayed what was not stored.
+        with contextlib.suppress(Exception):
+            self.sink.store.write("", {}, fresh=False, whole_cluster=True)
+
+    def _store(self, events: list[_Event]) -> set[str]:
+        """Stores the events, then updates ``known``; the sources to wake."""
         last = events[-1]
         texts = [(e.namespace, e.name, e.stamp.encode() if e.stamp else None) for e in events]
         store = self.sink.store
@@ -251,8 +287,7 @@ class EventWriter:
             if event.stamp is not None:
                 known[event.name] = event.stamp
             woken |= sources_to_wake(before, event.stamp)
-        if woken:
-            self.sink.wake(woken)
+        return woken
 
 
 class StampSink:

@@ -181,6 +181,38 @@ def test_a_namespace_watchs_write_voids_the_cluster_watchs_resume_version_and_fr
             store.client.delete(*store._keys(namespace))
 
 
+def test_a_batch_of_cluster_events_is_stored_whole_with_the_resume_version_last(stack):
+    """``write_events`` through the real Lua scripts: several namespaces in one MULTI/EXEC, the
+    last event of a name wins, the resume version and freshness written once, and fenced."""
+    cluster = f"t-{uuid.uuid4().hex[:8]}"
+    store = livestore.LiveStore(cluster, "term-1", stale_seconds=30)
+    assert store.claim()
+    try:
+        events = [
+            ("team-a", "app", "a1"),
+            ("team-b", "app", "b1"),
+            ("team-a", "app", "a2"),
+            ("team-a", "old", None),
+        ]
+        assert store.write("team-a", {"old": "o"}, whole_cluster=True)
+        assert livestore.fresh_stamps(cluster, ["team-a"]) == {}, "not vouched for before a watch is"
+
+        assert store.write_events(events, resource_version="77", fresh=True)
+
+        assert store.load_cluster() == ({"team-a": {"app": "a2"}, "team-b": {"app": "b1"}}, "77")
+        assert livestore.fresh_stamps(cluster, ["team-a", "team-b"]) == {
+            "team-a": {"app": "a2"},
+            "team-b": {"app": "b1"},
+        }
+        a_paused_old_term = livestore.LiveStore(cluster, "term-0", stale_seconds=30)
+        assert not a_paused_old_term.write_events([("team-a", "app", "x")], resource_version="78", fresh=True)
+        assert store.load_cluster() == ({"team-a": {"app": "a2"}, "team-b": {"app": "b1"}}, "77")
+    finally:
+        store.release()
+        for namespace in ("team-a", "team-b"):
+            store.client.delete(*store._keys(namespace))
+
+
 def test_drift_is_reported_at_once_and_left_alone_without_self_heal(
     repo, make_namespaces, make_source, sync, cluster, live_cache
 ):

@@ -6,6 +6,7 @@ writes (tests/integration/test_live_cache.py runs the real one); the sink's own 
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import Any
 
 import pytest
@@ -31,6 +32,9 @@ class MemoryStore:
         self.leased = True
         self.freshness_seen: list[tuple[str, bool | None]] = []
         self.fail_next_events = False
+        self.gate = threading.Event()  # the writer's round trip waits for it
+        self.gate.set()
+        self.writing = threading.Event()
 
     def write(self, namespace: str, changes: dict[str, str | None], **options: Any) -> bool:
         if not self.leased:
@@ -51,6 +55,8 @@ class MemoryStore:
         return True
 
     def write_events(self, events: list[tuple[str, str, str | None]], **options: Any) -> bool:
+        self.writing.set()
+        assert self.gate.wait(10), "the test never let the writer go on"
         if self.fail_next_events:
             self.fail_next_events = False
             raise redis.ConnectionError("Redis went away")
@@ -139,13 +145,16 @@ def test_a_cluster_event_writes_the_objects_namespace_and_renews_the_cluster_wat
     sink = StampSink(store, woken.append)  # type: ignore[arg-type]
     relist(sink, [configmap("team-a", "app", source="a")])
 
+    store.freshness_seen.clear()
     sink.changed("", "ADDED", configmap("team-b", "other", source="b"))
     sink.changed("", DELETED, configmap("team-a", "app", source="a"))
     sink.alive("", "101")  # stored only once every event before it is
 
     assert set(store.objects) == {"team-b"}
+    assert ("", FRESH) in store.freshness_seen[:-1], "the events' own batch renews the cluster's freshness"
     assert store.freshness_seen[-1] == ("", FRESH)
     assert {"a"} in woken
+    sink.events.close()
 
 
 def test_a_lost_lease_stops_the_sink_writing(woken) -> None:
@@ -168,14 +177,19 @@ def test_a_failed_write_of_events_is_raised_and_their_replay_wakes_as_the_first_
     woken.clear()
     edited = edited_by_hand(configmap("team-a", "app", source="a"), section="data", key="MODE", value="x")
 
-    store.fail_next_events = True
+    store.fail_next_events, store.gate = True, threading.Event()
     sink.changed("", "MODIFIED", edited)
+    assert store.writing.wait(10)
+    sink.changed("", "ADDED", configmap("team-b", "queued", source="b"))  # queued behind the failure
+    store.gate.set()
     with pytest.raises(TemporaryError, match="Redis went away"):
         sink.alive("", "102")  # the watch ends here, and resumes from where it began
     assert woken == [], "nothing stored, nothing woken"
-    assert store.fresh[""] is FRESH, "the relist's; the informer's lost() drops it next"
+    assert "team-b" not in store.objects, "what queued after a failed write is not stored"
+    assert store.fresh[""] is STALE, "a failed write stops the cluster's watch vouching at once"
 
-    sink.changed("", "MODIFIED", edited)  # the replay
+    sink.lost("", "the watch failed")  # what the informer does next, then it replays
+    sink.changed("", "MODIFIED", edited)
     sink.alive("", "102")
 
     assert set().union(*woken) == {"a"}
