@@ -213,6 +213,31 @@ def test_a_batch_of_cluster_events_is_stored_whole_with_the_resume_version_last(
             store.client.delete(*store._keys(namespace))
 
 
+def test_a_cluster_watched_the_other_way_in_between_is_listed_again_not_resumed(
+    repo, make_namespaces, make_source, sync, cluster, start_live_cache
+):
+    namespace, source = synced_source(repo, make_namespaces, make_source, sync)
+    default = settings.SLUICE_CLUSTER_NAME
+    whole = start_live_cache(SLUICE_LIVE_CACHE_SCOPE="cluster")
+    poll(lambda: fresh(namespace), timeout=30, what="the cluster's watch to vouch for the namespace")
+    whole.stop()
+
+    by_namespace = start_live_cache(SLUICE_LIVE_CACHE_SCOPE="namespace")
+    poll(lambda: fresh(namespace), timeout=30, what="the namespace's own watch to vouch for it")
+    assert "cresume" not in resume_keys(default), "stamps it writes are not complete up to that version"
+    by_namespace.stop()
+    kubectl_edit(namespace, "app-0", "s/LOG_LEVEL: info/LOG_LEVEL: unwatched/")
+
+    again = start_live_cache(SLUICE_LIVE_CACHE_SCOPE="cluster")
+    poll(lambda: heals(source) == 1, timeout=30, what="the edit made while nothing watched to be healed")
+    poll(lambda: fresh(namespace), timeout=30, what="the cluster's watch to vouch for the namespace again")
+    assert f"live cache of cluster {default}: watching ConfigMaps in every namespace, from a LIST" in (
+        again.log_path.read_text()
+    )
+    assert f"resume:{namespace}" not in resume_keys(default)
+    assert cluster.get_configmap(namespace, "app-0")["data"] == {"LOG_LEVEL": "info"}
+
+
 def test_drift_is_reported_at_once_and_left_alone_without_self_heal(
     repo, make_namespaces, make_source, sync, cluster, live_cache
 ):
