@@ -103,13 +103,9 @@ class ConfigMapInformer:
             except ResourceGone as exc:
                 log.info("ConfigMaps in %s: %s; listing again", self.where, exc)
                 version = ""
-            except ReadForbidden as exc:
-                self.sink.lost(self.namespace, str(exc))  # first: whatever comes next, nothing vouches
-                if not self.stop.is_set() and self.on_forbidden is not None and self.on_forbidden(exc):
-                    return
-                failures = self._failed(exc, failures)
-                version = "" if failures >= RELIST_AFTER_FAILURES else version
             except GitopsError as exc:  # unreachable, refused, or no longer registered: back off, retry
+                if isinstance(exc, ReadForbidden) and self._handed_off(exc):
+                    return
                 failures = self._failed(exc, failures)
                 version = "" if failures >= RELIST_AFTER_FAILURES else version
             except Exception as exc:  # a bug must not end the watch of a namespace for good
@@ -118,6 +114,13 @@ class ConfigMapInformer:
                 log.exception("ConfigMaps in %s: unexpected failure; listing again", self.where)
                 version = ""
                 self.stop.wait(min(MAX_BACKOFF_SECONDS, 0.5 * 2**failures))
+
+    def _handed_off(self, refused: ReadForbidden) -> bool:
+        """Offers a 403 to ``on_forbidden``; True when it ends this informer."""
+        if self.stop.is_set() or self.on_forbidden is None:
+            return False
+        self.sink.lost(self.namespace, str(refused))  # first: whatever comes next, nothing vouches
+        return self.on_forbidden(refused)
 
     def _failed(self, exc: GitopsError, failures: int) -> int:
         """Tells and logs a failure, and backs off; the failures in a row, this one included."""

@@ -79,6 +79,16 @@ return 1
 """
 
 
+def _write_args(
+    epoch: str, freshness: str, resource_version: str, reset: bool, changes: Mapping[str, str | None]
+) -> list[Any]:
+    """``_WRITE``'s ARGV: the fence, freshness, resume version and reset, then name, stamp pairs."""
+    args: list[Any] = [epoch, freshness, resource_version, "1" if reset else "0"]
+    for name, stamp in changes.items():
+        args += [name, stamp or ""]
+    return args
+
+
 def _key(cluster: str, *parts: str) -> str:
     return ":".join((PREFIX, "{" + cluster + "}", *parts))
 
@@ -231,11 +241,12 @@ class LiveStore:
     ) -> bool:
         """Stores stamps (None deletes one) and the resume version, and renews (True) or drops
         (False) the freshness; None leaves it. False when the lease is not this process's."""
-        freshness = "keep" if fresh is None else (self.stale_ms if fresh else "drop")
-        args: list[Any] = [self.epoch, freshness, resource_version, "1" if reset else "0"]
-        for name, stamp in changes.items():
-            args += [name, stamp or ""]
+        args = _write_args(self.epoch, self._freshness(fresh), resource_version, reset, changes)
         return bool(self._write(keys=self._keys(namespace, whole_cluster=whole_cluster), args=args))
+
+    def _freshness(self, fresh: bool | None) -> str:
+        """``_WRITE``'s freshness argument: renew (True), drop (False) or keep (None)."""
+        return "keep" if fresh is None else (self.stale_ms if fresh else "drop")
 
     def write_events(
         self, events: Sequence[tuple[str, str, str | None]], *, resource_version: str, fresh: bool | None
@@ -246,18 +257,17 @@ class LiveStore:
         by_namespace: dict[str, dict[str, str | None]] = {}
         for namespace, name, text in events:
             by_namespace.setdefault(namespace, {})[name] = text  # the last event of a name wins
-        freshness = "keep" if fresh is None else (self.stale_ms if fresh else "drop")
+        freshness = self._freshness(fresh)
         with self.client.pipeline(transaction=True) as pipe:
             for index, (namespace, changes) in enumerate(by_namespace.items()):
                 last = index == len(by_namespace) - 1
-                args: list[Any] = [
+                args = _write_args(
                     self.epoch,
                     freshness if last else "keep",
                     resource_version if last else "",
-                    "0",
-                ]
-                for name, text in changes.items():
-                    args += [name, text or ""]
+                    False,
+                    changes,
+                )
                 self._write(keys=self._keys(namespace, whole_cluster=True), args=args, client=pipe)
             return all(pipe.execute())
 
@@ -266,14 +276,13 @@ class LiveStore:
         dropped, in one round trip. ``cfresh`` must already be dropped (``write(fresh=False)``): a
         reader trusts none of it until the relist's last write renews it."""
         with self.client.pipeline(transaction=False) as pipe:
-            for namespace, texts in stamps.items():
-                args: list[Any] = [self.epoch, "keep", "", "1"]
-                for name, text in texts.items():
-                    args += [name, text]
+            replaced: list[tuple[str, Mapping[str, str | None]]] = [
+                *stamps.items(),
+                *((ns, {}) for ns in gone),
+            ]
+            for namespace, texts in replaced:
+                args = _write_args(self.epoch, "keep", "", True, texts)
                 self._write(keys=self._keys(namespace, whole_cluster=True), args=args, client=pipe)
-            for namespace in gone:
-                keys = self._keys(namespace, whole_cluster=True)
-                self._write(keys=keys, args=[self.epoch, "keep", "", "1"], client=pipe)
             return all(pipe.execute())
 
     def forget(self, namespace: str) -> bool:
