@@ -161,7 +161,7 @@ class Environment:
             "SLUICE_ALLOW_HTTP": "1",
             "SECRET_KEY": "bench-" + uuid.uuid4().hex,
             "ALLOWED_HOSTS": "127.0.0.1,localhost",
-            "LOG_LEVEL": "WARNING",
+            "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
             "SLUICE_DATA_DIR": str(workdir / "data"),
             "SLUICE_POLL_SWEEP_SECONDS": "1",
             "PYTHONPATH": str(ROOT),
@@ -192,7 +192,11 @@ class Environment:
         stack = self.stack._state().get("processes", {})
         pids = {name: process_tree(int(process["pid"])) for name, process in stack.items()}
         pids.update({name: process_tree(process.pid) for name, process in self.named.items()})
-        return {name: cpu_seconds(group) for name, group in pids.items()}
+        used = {name: cpu_seconds(group) for name, group in pids.items()}
+        # The driver itself (Django polling, git refs, the webhook posts) shares the same 2 cores.
+        driver = os.times()
+        used["bench driver"] = driver.user + driver.system
+        return used
 
     def start_workers(self, count: int, concurrency: int = 1) -> None:
         for index in range(count):
@@ -206,7 +210,7 @@ class Environment:
                 "worker",
                 f"--concurrency={concurrency}",
                 f"--hostname=fleet-{index}@%h",
-                "--loglevel=WARNING",
+                f"--loglevel={os.environ.get('BENCH_LOG_LEVEL', 'WARNING')}",
                 "--without-gossip",
                 "--without-mingle",
                 "--without-heartbeat",
@@ -453,6 +457,7 @@ def run_pushes(args: argparse.Namespace, env: Environment) -> None:
     heads = {source.pk: None for source, _ in fleet}
     statuses: list[int] = []
     gap = args.seconds / args.pushes
+    cpu_before = env.cpu()
     started = time.time()
     with ThreadPoolExecutor(16) as pool:
         futures = []
@@ -480,7 +485,20 @@ def run_pushes(args: argparse.Namespace, env: Environment) -> None:
         if done == len(last) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
+    elapsed = time.time() - started
+    cpu_after = env.cpu()
     report_pushes(pushed, fleet)
+    print_cpu({name: after - cpu_before.get(name, 0.0) for name, after in cpu_after.items()}, elapsed)
+
+
+def print_cpu(seconds: dict[str, float], elapsed: float) -> None:
+    """Where the cores went while the run was measured: CPU seconds and the share of that time."""
+    busiest = sorted(seconds.items(), key=lambda item: -item[1])
+    print(
+        f"CPU over {elapsed:.1f}s, in CPU seconds: "
+        + ", ".join(f"{name} {used:.1f}" for name, used in busiest if used >= 0.05)
+        + f" (all: {sum(seconds.values()):.1f} s, {sum(seconds.values()) / elapsed:.2f} of 2 cores)"
+    )
 
 
 def per_source_count(pushed: list[Any], source_id: int) -> int:
@@ -521,7 +539,7 @@ def report_pushes(pushed: list[Any], fleet: list[Any]) -> None:
                 wrong += 1
     print(
         f"applied: {len(lags)} of {len(pushed)} pushes; not applied: {lost}; "
-        f"ConfigMaps not holding their last push: {wrong}"
+        f"ConfigMaps not holding their last push: {wrong}; commits applied (after coalescing): {len(first_change)}"
     )
     if lags:
         print(
@@ -568,7 +586,11 @@ def main() -> int:
         {"poll": run_poll, "pushes": run_pushes}[args.mode](args, env)
     finally:
         env.close()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if os.environ.get("BENCH_KEEP_LOGS"):
+            print(f"logs kept in {workdir / 'logs'}")
+            shutil.rmtree(workdir / "repos", ignore_errors=True)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

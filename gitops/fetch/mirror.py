@@ -54,6 +54,18 @@ _FILE_MODES = (b"100644 ", b"100755 ")
 _OBJECT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
+@dataclass(frozen=True)
+class _CommitFacts:
+    parents: tuple[str, ...]
+    identities: frozenset[str]  # author and committer emails, lower case
+
+
+# What a fetch read of each new tip, process-wide (a commit id names the same commit forever): a push of
+# one commit on top of the last rollout's is judged from here, without asking git again.
+_COMMIT_FACTS: dict[str, _CommitFacts] = {}
+_COMMIT_FACTS_KEPT = 4096
+
+
 # --- the mirror ------------------------------------------------------------------------------------
 
 
@@ -280,9 +292,9 @@ class GitMirror:
         is gone or no longer a regular file. None when git cannot compare the two (``old`` pruned, the
         directory new) or when ``max_changes`` or more paths changed: list the whole tree then.
 
-        Two git processes whatever the tree's size: ``diff-tree``, whose records carry each path's new
-        mode and blob, then ``cat-file --batch-check`` for the blobs' sizes, fed on its stdin. No path
-        is ever on a command line, so no repository can make one too long.
+        One git process whatever the tree's size: ``diff-tree``, whose records carry each path's new
+        mode and blob; the blobs' sizes come from the mirror's ``cat-file`` process, fed on its stdin.
+        No path is ever on a command line, so no repository can make one too long.
         """
         old, new = check_object_id(old, "commit"), check_object_id(new, "commit")
         subpath = _normalize_subpath(subpath)
@@ -306,26 +318,24 @@ class GitMirror:
         }
 
     def _blob_sizes(self, blobs: Iterable[str]) -> dict[str, int]:
-        """Each blob's size in bytes, from one ``git cat-file --batch-check`` (ids on its stdin)."""
+        """Each blob's size in bytes, asked of the mirror's ``cat-file`` process (nothing is read)."""
         wanted = sorted(blobs)
         if not wanted:
             return {}
-        check = git_at(self.path, "cat-file", "--batch-check=%(objectname) %(objecttype) %(objectsize)")
-        try:
-            completed = run(
-                check, timeout=LOCAL_TIMEOUT, input="".join(f"{blob}\n" for blob in wanted).encode()
-            )
-        except subprocess.TimeoutExpired:
-            raise TemporaryError(f"git took longer than {LOCAL_TIMEOUT:g}s reading {self.path}") from None
         sizes: dict[str, int] = {}
-        for line in completed.stdout.decode("ascii", "replace").splitlines():
-            blob, kind, *size = line.split(" ")
-            if kind != "blob" or len(size) != 1:
+        for blob, answer in zip(wanted, self._batch().sizes(wanted), strict=True):
+            if answer is None or answer[0] != "blob":
                 raise ObjectNotFoundError(f"{blob} is not a blob in the mirror at {self.path}")
-            sizes[blob] = int(size[0])
-        if completed.returncode != 0 or sizes.keys() != set(wanted):
-            raise ObjectNotFoundError(f"blobs missing from the mirror at {self.path}")
+            sizes[blob] = answer[1]
         return sizes
+
+    def _batch(self) -> CatFileBatch:
+        """The mirror's one ``cat-file`` process, started again if it died."""
+        if self._cat_file is None or not self._cat_file.alive:
+            if self._cat_file is not None:
+                self._cat_file.close()
+            self._cat_file = CatFileBatch(self.path)
+        return self._cat_file
 
     def read_blob(self, sha: str) -> bytes:
         return self.read_blobs([sha])[sha]
@@ -336,11 +346,7 @@ class GitMirror:
         if not wanted:
             return {}
         self._require_mirror()
-        if self._cat_file is None or not self._cat_file.alive:
-            if self._cat_file is not None:
-                self._cat_file.close()
-            self._cat_file = CatFileBatch(self.path)
-        found = self._cat_file.read(list(wanted.values()))
+        found = self._batch().read(list(wanted.values()))
         contents: dict[str, bytes] = {}
         for (sha, object_id), answer in zip(wanted.items(), found, strict=True):
             if answer is None:
@@ -375,6 +381,9 @@ class GitMirror:
         is judged by its recent authors.
         """
         commit = check_object_id(commit, "commit")
+        facts = _COMMIT_FACTS.get(commit)
+        if since and facts is not None and facts.parents == (since,) and limit >= 1:
+            return set(facts.identities)  # the one commit reachable from ``commit`` and not ``since``
         revisions = [commit]
         if since and since != commit:
             revisions.append(f"^{check_object_id(since, 'commit')}")
@@ -510,16 +519,16 @@ class GitMirror:
                 "log",
                 "-1",
                 "--no-show-signature",
-                "--format=%H%x00%P%x00%an%x00%ae%x00%ct%x00%B",
+                "--format=%H%x00%P%x00%an%x00%ae%x00%ct%x00%ce%x00%B",
                 f"{ref}^{{commit}}",
                 "--",
             )
         )
         if completed.returncode != 0:
             return None
-        sha, parents, author_name, author_email, timestamp, message = completed.stdout.decode(
-            "utf-8", "replace"
-        ).split("\0", 5)
+        sha, parents, author_name, author_email, timestamp, committer_email, message = (
+            completed.stdout.decode("utf-8", "replace").split("\0", 6)
+        )
         info = CommitInfo(
             sha=sha.strip(),
             author_name=author_name,
@@ -527,6 +536,10 @@ class GitMirror:
             message=message.rstrip("\n") + "\n" if message.strip() else "",
             committed_at=datetime.fromtimestamp(int(timestamp), tz=UTC),
         )
+        if len(_COMMIT_FACTS) >= _COMMIT_FACTS_KEPT:
+            _COMMIT_FACTS.clear()
+        emails = {email.strip().lower() for email in (author_email, committer_email) if email.strip()}
+        _COMMIT_FACTS[info.sha] = _CommitFacts(tuple(parents.split()), frozenset(emails))
         return info, tuple(parents.split())
 
     def _resolve(self, ref: str) -> str | None:

@@ -206,6 +206,32 @@ def test_the_fetched_tip_comes_with_its_commit_info(upstream, mirror):
     assert info.committed_at.isoformat() == "2026-01-02T03:04:05+00:00"
 
 
+def test_a_commit_pushed_on_the_last_one_is_judged_as_git_log_judges_it_without_asking_git(
+    upstream, mirror, monkeypatch
+):
+    first = mirror.fetch(upstream.url, "main").commit
+    second = upstream.commit({"README.md": "one\n"}, "one")
+    assert mirror.fetch(upstream.url, "main").commit == second
+    upstream.commit({"README.md": "two\n"}, "two")
+    fourth = upstream.commit({"README.md": "three\n"}, "three")
+    assert mirror.fetch(upstream.url, "main").commit == fourth
+    both = {"ada@example.com", "tests@example.com"}  # the author, and the committer
+
+    with monkeypatch.context() as patched:
+        patched.setattr(GitMirror, "_local", lambda *_: pytest.fail("git was asked for one commit"))
+        assert mirror.commit_identities(second, since=first) == both
+
+    # Two commits, or an unknown base: git log answers, as before, and agrees on the one commit.
+    calls = []
+    real_local = GitMirror._local
+    monkeypatch.setattr(GitMirror, "_local", lambda self, call: calls.append(call) or real_local(self, call))
+    assert mirror.commit_identities(fourth, since=second) == both
+    monkeypatch.setattr("gitops.fetch.mirror._COMMIT_FACTS", {})
+    with GitMirror(mirror.path) as fresh:
+        assert fresh.commit_identities(second, since=first) == both
+    assert len(calls) == 2
+
+
 def test_a_stale_fetch_head_does_not_fool_the_fetch(upstream, mirror):
     old = mirror.fetch(upstream.url, "main").commit
     (mirror.path / "FETCH_HEAD").write_text(f"{old}\t\tbranch 'main' of somewhere\n")

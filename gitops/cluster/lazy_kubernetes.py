@@ -1,0 +1,111 @@
+"""Imports the ``kubernetes`` package's names when they are first used, not all at once.
+
+The official client's package ``__init__`` files import every API class and all of its 700-odd
+models: 50 MiB and a fraction of a second in each worker process, for the few Sluice uses (it sends
+and reads JSON itself on the hot paths). Installed before ``kubernetes`` is first imported, this
+finder gives those four packages a module whose names resolve on first use (PEP 562
+``__getattr__``), read from the same ``from X import Y`` lines their ``__init__`` holds. So a name
+the package exports keeps working, including the models the client's deserializer looks up by name;
+only the ones nobody uses are never loaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import re
+import sys
+import types
+from collections.abc import Sequence
+from pathlib import Path
+
+# The packages whose ``__init__`` imports everything; their submodules are imported as usual.
+LAZY_PACKAGES = frozenset(
+    {"kubernetes", "kubernetes.client", "kubernetes.client.api", "kubernetes.client.models"}
+)
+_FROM_IMPORT = re.compile(r"^from[ \t]+(\.*[\w.]*)[ \t]+import[ \t]+(\w+)[ \t]*$", re.MULTILINE)
+_CONSTANT = re.compile(r"^(__\w+__)[ \t]*=[ \t]*(['\"])([^'\"\n]*)\2[ \t]*$", re.MULTILINE)
+
+
+class LazyPackage(types.ModuleType):
+    """A package whose exported names are imported on first access."""
+
+    _lazy_names: dict[str, tuple[str, str | None]]
+
+    def __getattr__(self, name: str) -> object:
+        target = self.__dict__.get("_lazy_names", {}).get(name)
+        if target is None:
+            # A submodule the eager ``__init__`` imported on the way (``kubernetes.client.rest``).
+            if name.startswith("_") or importlib.util.find_spec(f"{self.__name__}.{name}") is None:
+                raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
+            target = (f"{self.__name__}.{name}", None)
+        module_name, attribute = target
+        module = importlib.import_module(module_name)
+        value = module if attribute is None else getattr(module, attribute)
+        setattr(self, name, value)
+        return value
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | set(self.__dict__.get("_lazy_names", {})))
+
+
+def exported_names(package: str, source: str) -> dict[str, tuple[str, str | None]]:
+    """What a package's ``__init__`` imports: name -> (module, attribute; None for a submodule)."""
+    names: dict[str, tuple[str, str | None]] = {}
+    for written, name in _FROM_IMPORT.findall(source):
+        origin = _absolute(package, written)
+        names[name] = (f"{package}.{name}", None) if origin == package else (origin, name)
+    return names
+
+
+def _absolute(package: str, origin: str) -> str:
+    """``from .x``, ``from ..`` or ``from a.b`` as an absolute module name, seen from ``package``."""
+    dots = len(origin) - len(origin.lstrip("."))
+    if not dots:
+        return origin
+    base = package.rsplit(".", dots - 1)[0]  # one dot is the package itself, each further one its parent
+    return f"{base}.{origin[dots:]}" if origin[dots:] else base
+
+
+class _LazyLoader(importlib.abc.Loader):
+    def __init__(self, spec: importlib.machinery.ModuleSpec) -> None:
+        self.spec = spec
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
+        return LazyPackage(spec.name)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        origin = self.spec.origin
+        if origin is None or not isinstance(module, LazyPackage):
+            raise ImportError(f"{self.spec.name} cannot be imported lazily", name=self.spec.name)
+        source = Path(origin).read_text("utf-8")
+        module.__file__ = origin
+        module.__path__ = list(self.spec.submodule_search_locations or [])
+        module._lazy_names = exported_names(module.__name__, source)
+        for name, _, value in _CONSTANT.findall(source):
+            setattr(module, name, value)
+
+
+class _LazyFinder(importlib.abc.MetaPathFinder):
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: types.ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in LAZY_PACKAGES:
+            return None
+        real = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if real is None or real.origin is None or real.submodule_search_locations is None:
+            return None
+        spec = importlib.machinery.ModuleSpec(
+            fullname, _LazyLoader(real), origin=real.origin, is_package=True
+        )
+        spec.submodule_search_locations = real.submodule_search_locations
+        return spec
+
+
+def install() -> None:
+    """Makes the next import of ``kubernetes`` lazy. Does nothing once it is imported (or installed)."""
+    if "kubernetes" in sys.modules or any(isinstance(finder, _LazyFinder) for finder in sys.meta_path):
+        return
+    sys.meta_path.insert(0, _LazyFinder())
