@@ -27,6 +27,7 @@ import logging
 import queue
 import signal
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ from gitops.cluster.clients import clients, default_cluster_name, get_cluster
 from gitops.cluster.informer import DELETED, ConfigMapInformer, WatchOptions
 from gitops.cluster.livestore import LEASE_SECONDS, LiveStore
 from gitops.desired.content import MANAGED_BY_LABEL, MANAGED_BY_VALUE
-from gitops.errors import TemporaryError
+from gitops.errors import GitopsError, TemporaryError
 from gitops.memory import limit_malloc_arenas
 from gitops.models import ManagedObject, Source
 from gitops.plan.stamps import LiveStamp, sources_to_wake, stamp_of
@@ -79,6 +80,7 @@ class LiveCacheOptions:
     relist_seconds: float = 600.0
     rescan_seconds: float = 5.0
     scope: WatchScope = WatchScope.AUTO
+    scope_retry_seconds: float = 300.0
 
     @classmethod
     def from_settings(cls) -> LiveCacheOptions:
@@ -88,6 +90,9 @@ class LiveCacheOptions:
             relist_seconds=float(getattr(settings, "SLUICE_LIVE_CACHE_RELIST_SECONDS", cls.relist_seconds)),
             rescan_seconds=float(getattr(settings, "SLUICE_LIVE_CACHE_RESCAN_SECONDS", cls.rescan_seconds)),
             scope=_scope(str(getattr(settings, "SLUICE_LIVE_CACHE_SCOPE", cls.scope))),
+            scope_retry_seconds=float(
+                getattr(settings, "SLUICE_LIVE_CACHE_SCOPE_RETRY_SECONDS", cls.scope_retry_seconds)
+            ),
         )
         # A watch that ends on time renews freshness; it must end well before freshness runs out.
         if options.watch_seconds + 5 >= options.stale_seconds:
@@ -446,6 +451,7 @@ class _Term:
         self.whole_cluster = cache.options.scope != WatchScope.NAMESPACE
         self.watches: dict[str, _Watch] = {}  # by namespace; "" is the cluster's one watch
         self.retiring: set[str] = set()
+        self.refused_at = 0.0  # monotonic time of the last refused cluster-wide read (``auto``)
         self._lock = threading.Lock()
 
     def begin(self, *, whole_cluster: bool) -> bool:
@@ -537,8 +543,26 @@ class _Term:
         )
         with self._lock:
             self.whole_cluster = False
+            self.refused_at = time.monotonic()
             self.watches.pop(ALL_NAMESPACES, None)
         self.sink.drop(ALL_NAMESPACES)
+        return True
+
+    def cluster_read_granted_again(self) -> bool:
+        """After a refusal (``auto``), whether a cluster-wide read is allowed now: a LIST of one object,
+        tried every ``scope_retry_seconds``. A transient 403, or RBAC granted since, then ends this
+        term, and the next one watches the cluster whole again instead of each namespace for good."""
+        with self._lock:
+            due = not self.whole_cluster and self.refused_at
+            due = due and time.monotonic() - self.refused_at >= self.cache.options.scope_retry_seconds
+            if due:
+                self.refused_at = time.monotonic()
+        if not due or self.cache.options.scope != WatchScope.AUTO:
+            return False
+        try:
+            self.cache.connect().list_configmap_page(ALL_NAMESPACES, label_selector=LABEL_SELECTOR, limit=1)
+        except GitopsError:  # refused again (ReadForbidden), or the cluster is away: ask again later
+            return False
         return True
 
     def _retire(self, namespace: str) -> None:
@@ -628,6 +652,12 @@ class LiveCache:
                     term.rescan()
             except Exception:  # Redis may be away for a moment; the running watches go on meanwhile
                 log.exception("cluster %s: could not start or stop watches", self.cluster_name)
+            if term.cluster_read_granted_again():
+                log.warning(
+                    "cluster %s: a cluster-wide list of ConfigMaps is allowed again; watching it whole",
+                    self.cluster_name,
+                )
+                break  # released below, so that the next term, watching the cluster whole, takes over
             self.stopping.wait(RENEW_SECONDS)
         try:
             term.store.release()  # every namespace is stale at once: planning reads the cluster

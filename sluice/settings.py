@@ -214,6 +214,8 @@ SLUICE_LIVE_CACHE_RESCAN_SECONDS = env_int("SLUICE_LIVE_CACHE_RESCAN_SECONDS", 5
 # auto: one watch per cluster, or one per namespace where RBAC grants no cluster-wide read;
 # cluster: one per cluster, always; namespace: one per namespace (gitops.livecache.WatchScope).
 SLUICE_LIVE_CACHE_SCOPE = env.get("SLUICE_LIVE_CACHE_SCOPE", "auto")
+# auto, after a refusal: how often the cluster-wide read is tried again (RBAC granted it since).
+SLUICE_LIVE_CACHE_SCOPE_RETRY_SECONDS = env_int("SLUICE_LIVE_CACHE_SCOPE_RETRY_SECONDS", 300)
 # What a repository may make a worker read (README, "Limits"); gitops.desired.limits.Limits
 # holds the same defaults and reads these names.
 SLUICE_MAX_FILE_BYTES = env_int("SLUICE_MAX_FILE_BYTES", 2 * 1024 * 1024)

@@ -396,6 +396,41 @@ def test_with_watch_cluster_the_live_cache_watches_the_member_whole(
         )
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_cluster_wide_read_granted_later_brings_back_one_watch_for_the_member(
+    stack, member, rendered, as_sluice, repo, make_source, sync, start_live_cache
+) -> None:
+    from gitops.cluster import livestore
+    from tests.workers import poll
+
+    context = str(member["context"])
+    unbind_watcher(stack, context)
+    poll(lambda: not lists_every_namespace(as_sluice), timeout=30, what="no cluster-wide read for Sluice")
+    namespace = member["allowed"][0]
+    source, name = synced_in_member("regranted", rendered["path"], namespace, repo, make_source, sync)
+    cache = start_live_cache(SLUICE_LIVE_CACHE_SCOPE_RETRY_SECONDS="1")
+    refused = "regranted: no cluster-wide list and watch of ConfigMaps"
+    poll(
+        lambda: refused in cache.log_path.read_text(), timeout=60, what="the cluster-wide read to be refused"
+    )
+
+    watcher = render("member-rbac", "--namespaces", ",".join(member["allowed"]), "--watch-cluster").stdout
+    kubectl(stack, "--context", context, "apply", "-f", "-", stdin=watcher)
+    try:
+        # Said once by the first term, refused right after; said again by the term that watches it whole.
+        whole = "live cache of cluster regranted: watching ConfigMaps in every namespace"
+        again = lambda: cache.log_path.read_text().count(whole) == 2  # noqa: E731
+        poll(again, timeout=60, what="one watch for the member again")
+        log = cache.log_path.read_text()
+        assert "regranted: a cluster-wide list of ConfigMaps is allowed again" in log
+        assert log.count(refused) == 1, "refused once, then watched whole: no switching back and forth"
+        fresh = lambda: namespace in livestore.fresh_stamps("regranted", [namespace])  # noqa: E731
+        poll(fresh, timeout=60, what="the live cache to vouch for the namespace, watching the member whole")
+        live_cache_heals_in_member(stack, member, "regranted", source, namespace, name)
+    finally:
+        unbind_watcher(stack, context)
+
+
 # -- reading the token, in process: the waits and the refusals ----------------------------
 
 
