@@ -44,7 +44,7 @@ from gitops.cluster.clients import clients, default_cluster_name, get_cluster
 from gitops.cluster.informer import DELETED, ConfigMapInformer, WatchOptions
 from gitops.cluster.livestore import LEASE_SECONDS, LiveStore
 from gitops.desired.content import MANAGED_BY_LABEL, MANAGED_BY_VALUE
-from gitops.errors import GitopsError, TemporaryError
+from gitops.errors import TemporaryError
 from gitops.memory import limit_malloc_arenas
 from gitops.models import ManagedObject, Source
 from gitops.plan.stamps import LiveStamp, sources_to_wake, stamp_of
@@ -94,6 +94,8 @@ class LiveCacheOptions:
                 getattr(settings, "SLUICE_LIVE_CACHE_SCOPE_RETRY_SECONDS", cls.scope_retry_seconds)
             ),
         )
+        if options.scope_retry_seconds < 1:
+            raise ValueError("SLUICE_LIVE_CACHE_SCOPE_RETRY_SECONDS must be at least 1")
         # A watch that ends on time renews freshness; it must end well before freshness runs out.
         if options.watch_seconds + 5 >= options.stale_seconds:
             raise ValueError(
@@ -452,6 +454,8 @@ class _Term:
         self.watches: dict[str, _Watch] = {}  # by namespace; "" is the cluster's one watch
         self.retiring: set[str] = set()
         self.refused_at = 0.0  # monotonic time of the last refused cluster-wide read (``auto``)
+        self.probing = False  # a probe of the cluster-wide read runs (``cluster_read_granted_again``)
+        self.granted = threading.Event()  # it found the read allowed
         self._lock = threading.Lock()
 
     def begin(self, *, whole_cluster: bool) -> bool:
@@ -549,21 +553,43 @@ class _Term:
         return True
 
     def cluster_read_granted_again(self) -> bool:
-        """After a refusal (``auto``), whether a cluster-wide read is allowed now: a LIST of one object,
-        tried every ``scope_retry_seconds``. A transient 403, or RBAC granted since, then ends this
-        term, and the next one watches the cluster whole again instead of each namespace for good."""
+        """After a refusal (``auto``), whether a cluster-wide list and watch are allowed now.
+
+        Asked every ``scope_retry_seconds`` on a thread of its own, so that a slow or unreachable
+        apiserver never holds up the lease's renewals. Once it is allowed (RBAC granted since, or the
+        403 was a passing fault), the caller ends this term and the next one watches the cluster whole
+        instead of each namespace for good."""
         with self._lock:
-            due = not self.whole_cluster and self.refused_at
+            due = bool(self.refused_at) and not self.whole_cluster and not self.probing
             due = due and time.monotonic() - self.refused_at >= self.cache.options.scope_retry_seconds
-            if due:
-                self.refused_at = time.monotonic()
-        if not due or self.cache.options.scope != WatchScope.AUTO:
-            return False
+            if due and self.cache.options.scope == WatchScope.AUTO:
+                self.refused_at, self.probing = time.monotonic(), True
+                threading.Thread(target=self._probe, name="live-cache-probe", daemon=True).start()
+        return self.granted.is_set()
+
+    def _probe(self) -> None:
+        """A LIST of one object across the cluster, then a one-second WATCH from it: what the cluster's
+        informer needs (a grant of ``list`` without ``watch`` would only be refused again)."""
         try:
-            self.cache.connect().list_configmap_page(ALL_NAMESPACES, label_selector=LABEL_SELECTOR, limit=1)
-        except GitopsError:  # refused again (ReadForbidden), or the cluster is away: ask again later
-            return False
-        return True
+            cluster = self.cache.connect()
+            _, version, _ = cluster.list_configmap_page(
+                ALL_NAMESPACES, label_selector=LABEL_SELECTOR, limit=1
+            )
+            for _ in cluster.watch_configmaps(
+                ALL_NAMESPACES, resource_version=version, label_selector=LABEL_SELECTOR, timeout_seconds=1
+            ):
+                pass
+        except Exception as exc:  # refused again (ReadForbidden), the cluster away, the database away
+            log.info(
+                "cluster %s: the cluster-wide read is still refused or failed: %s",
+                self.cache.cluster_name,
+                exc,
+            )
+        else:
+            self.granted.set()
+        finally:
+            with self._lock:
+                self.probing = False
 
     def _retire(self, namespace: str) -> None:
         """Stops watching a namespace; its stamps go once its informer has ended (in the background)."""
@@ -657,6 +683,7 @@ class LiveCache:
                     "cluster %s: a cluster-wide list of ConfigMaps is allowed again; watching it whole",
                     self.cluster_name,
                 )
+                term.end()  # its informers stop before the lease goes: no write of theirs is refused
                 break  # released below, so that the next term, watching the cluster whole, takes over
             self.stopping.wait(RENEW_SECONDS)
         try:

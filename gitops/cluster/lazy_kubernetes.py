@@ -1,7 +1,7 @@
 """Imports the ``kubernetes`` package's names when they are first used, not all at once.
 
 The official client's package ``__init__`` files import every API class and all of its 700-odd
-models: 50 MiB and a fraction of a second in each worker process, for the few Sluice uses (it sends
+models: 30 MiB and a fraction of a second in each worker process, for the few Sluice uses (it sends
 and reads JSON itself on the hot paths). Installed before ``kubernetes`` is first imported, this
 finder gives those four packages a module whose names resolve on first use (PEP 562
 ``__getattr__``), read from the same ``from X import Y`` lines their ``__init__`` holds. So a name
@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib
 import importlib.abc
 import importlib.machinery
-import importlib.util
 import re
 import sys
 import types
@@ -33,19 +32,30 @@ class LazyPackage(types.ModuleType):
     """A package whose exported names are imported on first access."""
 
     _lazy_names: dict[str, tuple[str, str | None]]
+    __all__: list[str]
 
     def __getattr__(self, name: str) -> object:
         target = self.__dict__.get("_lazy_names", {}).get(name)
         if target is None:
-            # A submodule the eager ``__init__`` imported on the way (``kubernetes.client.rest``).
-            if name.startswith("_") or importlib.util.find_spec(f"{self.__name__}.{name}") is None:
-                raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
-            target = (f"{self.__name__}.{name}", None)
+            return self._submodule(name)
         module_name, attribute = target
         module = importlib.import_module(module_name)
         value = module if attribute is None else getattr(module, attribute)
         setattr(self, name, value)
         return value
+
+    def _submodule(self, name: str) -> object:
+        """A submodule the eager ``__init__`` imported on the way (``kubernetes.client.rest``); what
+        cannot be imported is a missing attribute, so ``hasattr`` and ``getattr(…, default)`` hold."""
+        missing = AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
+        if name.startswith("_"):
+            raise missing
+        try:
+            module = importlib.import_module(f"{self.__name__}.{name}")
+        except ImportError as exc:
+            raise missing from exc
+        setattr(self, name, module)
+        return module
 
     def __dir__(self) -> list[str]:
         return sorted(set(super().__dir__()) | set(self.__dict__.get("_lazy_names", {})))
@@ -84,6 +94,8 @@ class _LazyLoader(importlib.abc.Loader):
         module.__file__ = origin
         module.__path__ = list(self.spec.submodule_search_locations or [])
         module._lazy_names = exported_names(module.__name__, source)
+        # ``from kubernetes.client.api import *`` (kubernetes.client.apis does it) gets every name.
+        module.__all__ = list(module._lazy_names)
         for name, _, value in _CONSTANT.findall(source):
             setattr(module, name, value)
 

@@ -29,6 +29,7 @@ from gitops.redaction import HTTP_SCHEMES, URL_USERINFO, redact_secrets, redact_
 logger = logging.getLogger("gitops.fetch")
 
 _Answer = TypeVar("_Answer")
+_USAGE_ERROR = 129  # how git exits on an option it does not know
 
 MIRROR_REF_PREFIX = "refs/sluice/heads/"
 OBJECT_ID = re.compile(r"[0-9a-fA-F]{4,64}")
@@ -352,11 +353,18 @@ class CatFileBatch:
         return answers
 
     def _header(self, stdout: IO[bytes]) -> tuple[str, int] | None:
-        header = stdout.readline().split()
+        line = stdout.readline()
+        header = line.split()
         if len(header) == 2:  # "<name> missing" or "<name> ambiguous"
             return None
         if len(header) != 3 or not header[2].isdigit():
-            raise TemporaryError(f"git cat-file stopped answering (exit code {self._process.poll()})")
+            exit_code = self._process.poll()
+            if not line:  # the pipe closed: git has exited, or is about to
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    exit_code = self._process.wait(timeout=5)
+            if exit_code == _USAGE_ERROR:
+                raise PermanentError("git 2.36 or later is needed: it refused `cat-file --batch-command`")
+            raise TemporaryError(f"git cat-file stopped answering (exit code {exit_code})")
         return header[1].decode("ascii"), int(header[2])
 
     def _read_info(self, stdout: IO[bytes]) -> tuple[str, int] | None:

@@ -62,7 +62,7 @@ class _CommitFacts:
 
 # What a fetch read of each new tip, process-wide (a commit id names the same commit forever): a push of
 # one commit on top of the last rollout's is judged from here, without asking git again.
-_COMMIT_FACTS: dict[str, _CommitFacts] = {}
+_COMMIT_FACTS: dict[tuple[str, str], _CommitFacts] = {}  # by (mirror, commit id)
 _COMMIT_FACTS_KEPT = 4096
 
 
@@ -103,7 +103,7 @@ class GitMirror:
     """One bare mirror per source at `path`. Fetches incrementally and reads files at a commit straight
     from the object store (no working tree, so nothing can race).
 
-    One instance is not thread-safe: it keeps a ``git cat-file --batch`` process open.
+    One instance is not thread-safe: it keeps a ``git cat-file --batch-command`` process open.
     """
 
     def __init__(self, path: Path) -> None:
@@ -381,7 +381,7 @@ class GitMirror:
         is judged by its recent authors.
         """
         commit = check_object_id(commit, "commit")
-        facts = _COMMIT_FACTS.get(commit)
+        facts = _COMMIT_FACTS.get((str(self.path), commit))
         if since and facts is not None and facts.parents == (since,) and limit >= 1:
             return set(facts.identities)  # the one commit reachable from ``commit`` and not ``since``
         revisions = [commit]
@@ -539,7 +539,7 @@ class GitMirror:
         if len(_COMMIT_FACTS) >= _COMMIT_FACTS_KEPT:
             _COMMIT_FACTS.clear()
         emails = {email.strip().lower() for email in (author_email, committer_email) if email.strip()}
-        _COMMIT_FACTS[info.sha] = _CommitFacts(tuple(parents.split()), frozenset(emails))
+        _COMMIT_FACTS[(str(self.path), info.sha)] = _CommitFacts(tuple(parents.split()), frozenset(emails))
         return info, tuple(parents.split())
 
     def _resolve(self, ref: str) -> str | None:

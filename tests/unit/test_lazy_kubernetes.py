@@ -1,7 +1,7 @@
 """gitops.cluster.lazy_kubernetes: the ``kubernetes`` package loads its names on first use, and every
 name it exports still resolves to what the eager import gives.
 
-Each check runs in a fresh interpreter: this one imported ``kubernetes`` eagerly long ago (conftest).
+Each check runs in a fresh interpreter, so that what it imports is all it loaded.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def describe(value):
 packages = {name: sys.modules[name] for name in %(packages)r if name in sys.modules}
 print(json.dumps({
     "names": {name: {attribute: describe(getattr(package, attribute))
-                     for attribute in %(attributes)s}
+                     for attribute in (%(attributes)s)}
               for name, package in packages.items()},
     "models_loaded": sum(1 for name in sys.modules if name.startswith("kubernetes.client.models.")),
     "apis_loaded": sum(1 for name in sys.modules if name.startswith("kubernetes.client.api.")),
@@ -77,6 +77,22 @@ def test_every_name_the_eager_import_exports_resolves_to_the_same_object_when_la
     assert eager["names"]["kubernetes.client"]["V1ConfigMap"] == (
         "kubernetes.client.models.v1_config_map:V1ConfigMap"
     )
+
+
+def test_a_star_import_gets_every_name_as_from_the_eager_import() -> None:
+    lazy = _run(
+        "import django; django.setup()\nimport gitops.cluster\nimport kubernetes.client.apis\n",
+        "['CoreV1Api'] if package.__name__ == 'kubernetes.client.api' else []",
+    )
+    assert lazy["names"]["kubernetes.client.api"] == {
+        "CoreV1Api": "kubernetes.client.api.core_v1_api:CoreV1Api"
+    }
+    from_star = _run(
+        "import django; django.setup()\nimport gitops.cluster\nfrom kubernetes.client.api import *\n"
+        "import kubernetes.client.apis as apis\nassert apis.CoreV1Api.__name__ == 'CoreV1Api'\n",
+        "[]",
+    )
+    assert from_star["apis_loaded"] > 60
 
 
 def test_exported_names_reads_relative_and_absolute_imports() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 
 import pytest
@@ -247,3 +248,20 @@ def test_unsafe_urls_are_refused_before_git_runs(tmp_path, url, message):
         mirror.fetch(url, "main")
     assert SECRET not in str(raised.value)
     assert not (tmp_path / "mirror").exists()
+
+
+def test_a_git_without_cat_file_batch_command_is_a_permanent_error_that_says_so(tmp_path, monkeypatch):
+    """git before 2.36 exits 129 on the option: say what is needed instead of retrying forever."""
+    from gitops.fetch.git import CatFileBatch
+
+    old_git = tmp_path / "bin" / "git"
+    old_git.parent.mkdir()
+    old_git.write_text("#!/bin/sh\necho 'usage: git cat-file ...' >&2\nexit 129\n")
+    old_git.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{old_git.parent}:{os.environ['PATH']}")
+    batch = CatFileBatch(tmp_path)
+    try:
+        with pytest.raises(PermanentError, match=r"git 2\.36 or later is needed"):
+            batch.sizes(["0" * 40])
+    finally:
+        batch.close()
