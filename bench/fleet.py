@@ -51,7 +51,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from reconcile import cpu_seconds, process_tree  # noqa: E402 - bench/reconcile.py, beside this script
+from reconcile import cpu_seconds, delete_namespaces, process_tree  # noqa: E402 - bench/reconcile.py, beside this script
 
 SETUP_CONCURRENCY = 8
 
@@ -168,6 +168,7 @@ class Environment:
         }
         self.processes: list[subprocess.Popen[bytes]] = []
         self.named: dict[str, subprocess.Popen[bytes]] = {}
+        self.namespaces: list[str] = []  # created in the default cluster; deleted by close()
         (workdir / "logs").mkdir(parents=True)
 
     def setup(self) -> None:
@@ -271,6 +272,8 @@ class Environment:
             connection.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
         if self.started_stack:
             self.stack.down()
+        else:  # a stack kept up would hold the fleet's ConfigMaps for every later run to list
+            delete_namespaces(self.namespaces, self.env)
 
 
 def create_fleet(
@@ -283,6 +286,7 @@ def create_fleet(
     run = uuid.uuid4().hex[:5]
     namespaces = [f"fleet-{run}-{index:04d}" for index in range(sources)]
     cluster = get_cluster()
+    env.namespaces.extend(namespaces)
     started = time.perf_counter()
     with ThreadPoolExecutor(SETUP_CONCURRENCY) as pool:
         list(pool.map(cluster.create_namespace, namespaces))

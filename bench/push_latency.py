@@ -89,6 +89,7 @@ def main() -> int:
         "PYTHONPATH": str(ROOT),
     }
     processes: list[subprocess.Popen[bytes]] = []
+    created: list[str] = []  # namespaces in the default cluster, deleted at the end
     try:
         import psycopg
 
@@ -105,6 +106,7 @@ def main() -> int:
 
         run = uuid.uuid4().hex[:5]
         namespaces = [f"push-{run}-{i}" for i in range(NAMESPACE_COUNT)]
+        created.extend(namespaces)
         for namespace in namespaces:
             get_cluster().create_namespace(namespace)
         remote, work = workdir / "remote.git", workdir / "work"
@@ -243,6 +245,15 @@ def main() -> int:
         shutil.rmtree(workdir, ignore_errors=True)
         if started_stack:
             stack.down()
+        else:  # a stack kept up would hold these ConfigMaps for every later run to list
+            for start in range(0, len(created), 100):
+                subprocess.run(
+                    ["kubectl", "delete", "namespace", "--wait=false", *created[start : start + 100]],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    check=False,
+                    timeout=120,
+                )
     return 0
 
 

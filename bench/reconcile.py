@@ -19,6 +19,7 @@ import argparse
 import functools
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -56,6 +57,66 @@ def git(cwd: Path, *args: str) -> str:
         "GIT_COMMITTER_EMAIL": "bench@example.com",
     }
     return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
+
+
+@contextmanager
+def sampled(processes: dict[str, int], label: str) -> Iterator[None]:
+    """With BENCH_PY_SPY=<directory> (py-spy installed, or named by BENCH_PY_SPY_BIN), samples each process while the block runs
+    into <directory>/<label>-<name>.txt (py-spy's raw format: one stack per line, then its count)."""
+    directory = os.environ.get("BENCH_PY_SPY")
+    if not directory:
+        yield
+        return
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    spy = os.environ.get("BENCH_PY_SPY_BIN", "py-spy")
+    samplers = []
+    for name, pid in processes.items():
+        output = Path(directory) / f"{label}-{name}.txt"
+        command = [
+            spy,
+            "record",
+            "--nonblocking",
+            "-r",
+            "200",
+            "-f",
+            "raw",
+            "-p",
+            str(pid),
+            "-o",
+            str(output),
+        ]
+        samplers.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    try:
+        yield
+    finally:
+        for sampler in samplers:
+            sampler.send_signal(signal.SIGINT)  # py-spy writes its file on an interrupt
+        for sampler in samplers:
+            sampler.wait(timeout=60)
+
+
+# What a run created in the default cluster, deleted when it ends: a stack kept up between runs
+# would otherwise hold every earlier run's ConfigMaps, and a live cache starting would list them all.
+CREATED_NAMESPACES: list[str] = []
+
+
+def delete_namespaces(names: Sequence[str], env: dict[str, str] | None = None) -> None:
+    """Deletes namespaces, and so their objects, without waiting (the namespace controller does it)."""
+    for start in range(0, len(names), 100):
+        subprocess.run(
+            [
+                "kubectl",
+                "delete",
+                "namespace",
+                "--wait=false",
+                "--ignore-not-found",
+                *names[start : start + 100],
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            check=False,
+            timeout=120,
+        )
 
 
 def process_tree(pid: int) -> list[int]:
@@ -127,6 +188,7 @@ class Bench:
         names = [f"{prefix}-{self.run_id}-{i}" for i in range(NAMESPACES)]
         for name in names:
             get_cluster().create_namespace(name)
+        CREATED_NAMESPACES.extend(names)
         return names
 
     def write_repo(self, size: int, namespaces: list[str], path: Path) -> Path:
@@ -183,6 +245,7 @@ class Bench:
     ) -> dict[str, Any]:
         """Sluice's figures at ``size``. The cold apply is the median of ``cold_samples`` fresh sources;
         ``between`` runs before each one after the first (the peer's cold apply, interleaved)."""
+        from gitops.cluster import default_cluster_name, livestore
         from gitops.tasks import sync_source
         from tests.workers import LiveCacheProcess, WorkerProcess, poll
 
@@ -210,13 +273,22 @@ class Bench:
 
             assert live_cache.process is not None
             cache_pid = live_cache.process.pid
+            # Its first LIST done before any apply is timed: what it costs a cold apply is its watch.
+            poll(
+                lambda: livestore.watching_whole_cluster(default_cluster_name()),
+                timeout=300,
+                what="the live cache to list the cluster",
+            )
 
             def cold_apply(target: Any) -> tuple[float, float, float, float]:
                 """Wall time, and the CPU of the worker, the apiserver and the live cache, of a first sync."""
                 ours_before, theirs_before = cpu_seconds(process_tree(worker_pid)), apiserver_cpu()
                 cache_before = cpu_seconds([cache_pid])
                 started = time.perf_counter()
-                result = sync_source.delay(target.pk).get(timeout=1800)
+                with sampled(
+                    {"worker": process_tree(worker_pid)[-1], "live-cache": cache_pid}, f"cold-{size}"
+                ):
+                    result = sync_source.delay(target.pk).get(timeout=1800)
                 elapsed = time.perf_counter() - started
                 assert result["outcome"] == "applied", result
                 return (
@@ -387,6 +459,8 @@ def bench_environment() -> Iterator[tuple[dict[str, str], Path]]:
         shutil.rmtree(workdir, ignore_errors=True)
         if started_stack:
             stack.down()
+        else:
+            delete_namespaces(CREATED_NAMESPACES, env)
 
 
 def peer_cold(bench: Bench, size: int, samples: list[float]) -> None:

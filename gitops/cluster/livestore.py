@@ -114,6 +114,15 @@ def redis_client() -> redis.Redis:
 # -- reading: what planning asks --------------------------------------------------------------
 
 
+def watching_whole_cluster(cluster: str) -> bool:
+    """Whether a live cache holds the cluster's lease and its one watch has listed it and is fresh."""
+    with redis_client().pipeline(transaction=True) as pipe:
+        pipe.get(_key(cluster, "alive"))
+        pipe.get(_key(cluster, "cfresh"))
+        alive, whole = pipe.execute()
+    return bool(alive) and whole == alive
+
+
 def fresh_stamps(cluster: str, namespaces: Iterable[str]) -> dict[str, dict[str, str]]:
     """The stored stamps of each fresh namespace (name -> stamp text); stale ones are left out.
 
@@ -258,32 +267,42 @@ class LiveStore:
         for namespace, name, text in events:
             by_namespace.setdefault(namespace, {})[name] = text  # the last event of a name wins
         freshness = self._freshness(fresh)
-        with self.client.pipeline(transaction=True) as pipe:
-            for index, (namespace, changes) in enumerate(by_namespace.items()):
-                last = index == len(by_namespace) - 1
-                args = _write_args(
-                    self.epoch,
-                    freshness if last else "keep",
-                    resource_version if last else "",
-                    False,
-                    changes,
-                )
-                self._write(keys=self._keys(namespace, whole_cluster=True), args=args, client=pipe)
-            return all(pipe.execute())
+        writes = []
+        for index, (namespace, changes) in enumerate(by_namespace.items()):
+            last = index == len(by_namespace) - 1
+            args = _write_args(
+                self.epoch, freshness if last else "keep", resource_version if last else "", False, changes
+            )
+            writes.append((self._keys(namespace, whole_cluster=True), args))
+        return self._pipelined_writes(writes, transaction=True)
 
     def replace_all(self, stamps: Mapping[str, Mapping[str, str]], gone: Iterable[str]) -> bool:
         """A cluster watch's relist: each namespace's stamps replaced whole, the ``gone`` namespaces'
         dropped, in one round trip. ``cfresh`` must already be dropped (``write(fresh=False)``): a
         reader trusts none of it until the relist's last write renews it."""
-        with self.client.pipeline(transaction=False) as pipe:
-            replaced: list[tuple[str, Mapping[str, str | None]]] = [
-                *stamps.items(),
-                *((ns, {}) for ns in gone),
-            ]
-            for namespace, texts in replaced:
-                args = _write_args(self.epoch, "keep", "", True, texts)
-                self._write(keys=self._keys(namespace, whole_cluster=True), args=args, client=pipe)
-            return all(pipe.execute())
+        replaced: list[tuple[str, Mapping[str, str | None]]] = [*stamps.items(), *((ns, {}) for ns in gone)]
+        writes = [
+            (self._keys(namespace, whole_cluster=True), _write_args(self.epoch, "keep", "", True, texts))
+            for namespace, texts in replaced
+        ]
+        return self._pipelined_writes(writes, transaction=False)
+
+    def _pipelined_writes(self, writes: Sequence[tuple[list[str], list[Any]]], *, transaction: bool) -> bool:
+        """Each (keys, args) through ``_WRITE``, in one round trip. EVALSHA is queued straight: redis-py's
+        Script in a pipeline asks SCRIPT EXISTS first, one more round trip for every batch. A Redis that
+        lost its scripts (restarted, flushed) answers NOSCRIPT to each of them, so nothing was written,
+        and the batch runs again once the script is loaded."""
+        for attempt in range(2):
+            try:
+                with self.client.pipeline(transaction=transaction) as pipe:
+                    for keys, args in writes:
+                        pipe.evalsha(self._write.sha, len(keys), *keys, *args)
+                    return all(pipe.execute())
+            except redis.exceptions.NoScriptError:
+                if attempt:
+                    raise
+                self.client.script_load(_WRITE)
+        return False
 
     def forget(self, namespace: str) -> bool:
         """Removes a namespace the cache no longer watches (and voids the cluster watch's resume
