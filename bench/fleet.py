@@ -22,7 +22,10 @@ Usage:
     python bench/fleet.py poll   [--sources 1000] [--configmaps 50] [--interval 60] [--workers 2] [--duration 180]
     python bench/fleet.py pushes [--sources 200] [--pushes 1000] [--seconds 10] [--workers 2]
 Both take --concurrency N (reconciles per worker process, 1) and --no-live-cache (the live-cache
-process runs by default, as deployed).
+process runs by default, as deployed). Both print each process's CPU while measured, the driver's
+included. BENCH_LOG_LEVEL=INFO runs the Sluice processes at that level (each task's time is in the
+workers' logs) and BENCH_KEEP_LOGS=1 keeps the logs, whose directory is printed at the end.
+The fleet's namespaces are deleted at the end when the stack was already up (it is stopped otherwise).
 Goals (issue #15): poll: no backlog, lag p95 <= 5 s; pushes: every commit applied, lag p95 <= 10 s.
 """
 
