@@ -246,14 +246,9 @@ def main() -> int:
         if started_stack:
             stack.down()
         else:  # a stack kept up would hold these ConfigMaps for every later run to list
-            for start in range(0, len(created), 100):
-                subprocess.run(
-                    ["kubectl", "delete", "namespace", "--wait=false", *created[start : start + 100]],
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    check=False,
-                    timeout=120,
-                )
+            from reconcile import delete_namespaces  # bench/reconcile.py, beside this script
+
+            delete_namespaces(created, env)
     return 0
 
 

@@ -68,7 +68,10 @@ def sampled(processes: dict[str, int], label: str) -> Iterator[None]:
         yield
         return
     Path(directory).mkdir(parents=True, exist_ok=True)
-    spy = os.environ.get("BENCH_PY_SPY_BIN", "py-spy")
+    spy = shutil.which(os.environ.get("BENCH_PY_SPY_BIN", "py-spy"))
+    if spy is None:
+        raise SystemExit("BENCH_PY_SPY is set but py-spy is not installed (or BENCH_PY_SPY_BIN names none)")
+    print(f"sampling {label} with py-spy: its timings are inflated by the sampling", flush=True)
     samplers = []
     for name, pid in processes.items():
         output = Path(directory) / f"{label}-{name}.txt"
@@ -93,6 +96,11 @@ def sampled(processes: dict[str, int], label: str) -> Iterator[None]:
             sampler.send_signal(signal.SIGINT)  # py-spy writes its file on an interrupt
         for sampler in samplers:
             sampler.wait(timeout=60)
+        for name in processes:
+            if not (Path(directory) / f"{label}-{name}.txt").exists():
+                print(
+                    f"py-spy wrote nothing for {name} (not allowed to attach? try as root)", file=sys.stderr
+                )
 
 
 # What a run created in the default cluster, deleted when it ends: a stack kept up between runs
@@ -101,22 +109,24 @@ CREATED_NAMESPACES: list[str] = []
 
 
 def delete_namespaces(names: Sequence[str], env: dict[str, str] | None = None) -> None:
-    """Deletes namespaces, and so their objects, without waiting (the namespace controller does it)."""
+    """Deletes namespaces, and so their objects, and waits for it: the next run must not time its
+    applies while the namespace controller deletes tens of thousands of ConfigMaps. Never raises
+    (it runs in ``finally`` blocks, where it must not hide what failed)."""
     for start in range(0, len(names), 100):
-        subprocess.run(
-            [
-                "kubectl",
-                "delete",
-                "namespace",
-                "--wait=false",
-                "--ignore-not-found",
-                *names[start : start + 100],
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            check=False,
-            timeout=120,
-        )
+        batch = names[start : start + 100]
+        try:
+            subprocess.run(
+                ["kubectl", "delete", "namespace", "--ignore-not-found", "--wait", "--timeout=600s", *batch],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                check=False,
+                timeout=660,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            print(
+                f"could not delete the benchmark's namespaces ({exc}); delete them by hand", file=sys.stderr
+            )
+            return
 
 
 def process_tree(pid: int) -> list[int]:
@@ -186,9 +196,9 @@ class Bench:
         from gitops.cluster import get_cluster
 
         names = [f"{prefix}-{self.run_id}-{i}" for i in range(NAMESPACES)]
+        CREATED_NAMESPACES.extend(names)  # before: one made before a failure is deleted too
         for name in names:
             get_cluster().create_namespace(name)
-        CREATED_NAMESPACES.extend(names)
         return names
 
     def write_repo(self, size: int, namespaces: list[str], path: Path) -> Path:
@@ -254,7 +264,9 @@ class Bench:
             {**self.env, "SLUICE_DATA_DIR": str(self.workdir / "data")}, concurrency=1
         ).start()
         live_cache = LiveCacheProcess(
-            self.env, env_overrides={"SLUICE_LIVE_CACHE_RESCAN_SECONDS": "1"}
+            # INFO: the cache says in its log when it serves (holds the lease), which is waited for.
+            self.env,
+            env_overrides={"SLUICE_LIVE_CACHE_RESCAN_SECONDS": "1", "LOG_LEVEL": "INFO"},
         ).start()
         try:
 
@@ -274,6 +286,7 @@ class Bench:
             assert live_cache.process is not None
             cache_pid = live_cache.process.pid
             # Its first LIST done before any apply is timed: what it costs a cold apply is its watch.
+            poll(live_cache.serving, timeout=60, what="the live cache to take its lease")
             poll(
                 lambda: livestore.watching_whole_cluster(default_cluster_name()),
                 timeout=300,
