@@ -523,3 +523,46 @@ def test_a_silent_member_cluster_leaves_the_live_cache_of_the_others_working(
     assert plan["summary"].get("unreachable") == 2, plan
     assert plan["reads"]["cache"] >= 1, plan
     assert fresh(namespace, cluster=MEMBER)
+
+
+def test_a_cluster_informer_that_died_is_started_again_by_the_next_rescan(
+    repo, make_namespaces, make_source, sync
+):
+    """In process, on the real apiserver and Redis: a term's one cluster informer ending on its
+    own (a bug, an error it did not survive) is seen by the next rescan, which starts another; the
+    namespace is vouched for again afterwards."""
+    import threading
+
+    from gitops.livecache import ALL_NAMESPACES, LiveCache, LiveCacheOptions, Waker, WatchScope, _Term
+
+    namespace, _ = synced_source(repo, make_namespaces, make_source, sync)
+    options = LiveCacheOptions(stale_seconds=10, watch_seconds=2, scope=WatchScope.CLUSTER)
+    cache = LiveCache(settings.SLUICE_CLUSTER_NAME, options, Waker(threading.Event()))
+    term = _Term(cache)
+    poll(term.store.claim, timeout=30, what="the cluster's lease (an earlier cache's runs out)")
+    done = threading.Event()
+
+    def renew() -> None:  # what LiveCache._serve does for a term: the lease lasts 2 s
+        while not done.wait(0.5):
+            term.store.renew()
+
+    threading.Thread(target=renew, daemon=True).start()
+    try:
+        assert term.begin(whole_cluster=True)
+        term.rescan()
+        poll(lambda: fresh(namespace), timeout=30, what="the cluster informer to vouch for the namespace")
+        first = term.watches[ALL_NAMESPACES]
+        first.stop.set()  # it ends as if it had died: nobody stopped the term or switched it off
+        first.thread.join(timeout=30)
+        assert not first.thread.is_alive()
+        poll(lambda: not fresh(namespace), timeout=30, what="the namespace to go stale, nobody watching")
+
+        term.rescan()
+
+        again = term.watches[ALL_NAMESPACES]
+        assert again is not first and again.thread.is_alive()
+        poll(lambda: fresh(namespace), timeout=30, what="the new informer to vouch for the namespace")
+    finally:
+        done.set()
+        term.end()
+        term.store.release()
