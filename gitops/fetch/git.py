@@ -319,7 +319,7 @@ class CatFileBatch:
 
     def sizes(self, object_ids: Sequence[str]) -> list[tuple[str, int] | None]:
         """(type, size in bytes) of each object in order, None for a missing one; nothing is read."""
-        return self._exchange("info", object_ids, self._read_info)
+        return self._exchange("info", object_ids, self._header)
 
     def _exchange(
         self, command: str, object_ids: Sequence[str], answer: Callable[[IO[bytes]], _Answer]
@@ -366,9 +366,6 @@ class CatFileBatch:
                 raise PermanentError("git 2.36 or later is needed: it refused `cat-file --batch-command`")
             raise TemporaryError(f"git cat-file stopped answering (exit code {exit_code})")
         return header[1].decode("ascii"), int(header[2])
-
-    def _read_info(self, stdout: IO[bytes]) -> tuple[str, int] | None:
-        return self._header(stdout)
 
     def _read_answer(self, stdout: IO[bytes]) -> tuple[str, bytes] | None:
         header = self._header(stdout)
