@@ -243,6 +243,9 @@ class Environment:
             "8",
             "--worker-class",
             "gthread",
+            # The application (views included, see sluice/wsgi.py) loads before the workers fork: a
+            # worker still importing would bill its start-up to the burst it is measured on.
+            "--preload",
             "sluice.wsgi:application",
         )
         deadline = time.monotonic() + 30

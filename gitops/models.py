@@ -650,21 +650,28 @@ class Change(models.Model):
 
     @classmethod
     def log_intents(cls, intent_ids: Sequence[int], errors: Mapping[int, str], *, at: datetime) -> None:
-        """The log entries of applied intents: what each did, in which cluster, and how it went.
+        """The log entries of applied intents: what each did, in which cluster, and how it went; and
+        each intent marked done, or failed.
 
-        ``errors`` says why the cluster refused an intent (by id); the others went well. One query,
-        entries in the order of ``intent_ids``; an intent already logged is skipped. Each entry's
-        fields are copied inside PostgreSQL from its intent's row, so the content (before, after,
-        diff) is neither built into models nor encoded as JSON a second time.
+        ``errors`` says why the cluster refused an intent (by id); the others went well. One
+        statement, so all of it or nothing, and no transaction to open and commit; entries in the
+        order of ``intent_ids``; an intent already logged is skipped. Each entry's fields are copied
+        inside PostgreSQL from its intent's row (as it was before this statement marked it), so the
+        content (before, after, diff) is neither built into models nor encoded as JSON a second time.
         """
         quote = connection.ops.quote_name
         change_columns = [_column(cls, name) for name in LOGGED_FROM_INTENT]
         intent_columns = [_column(ApplyIntent, name) for name in LOGGED_FROM_INTENT]
         into = ", ".join(quote(column) for column in ["intent_id", *change_columns, "at", "result", "error"])
         copied_columns = ", ".join(f"i.{quote(column)}" for column in intent_columns)
+        intents = quote(ApplyIntent._meta.db_table)
         # Only the models' own table and column names, quoted, are formatted in; values are parameters.
         sql = (
-            f"INSERT INTO {quote(cls._meta.db_table)} ({into}) "  # noqa: S608
+            f"WITH marked AS (UPDATE {intents} m "  # noqa: S608
+            "SET status = CASE WHEN f.value IS NULL THEN %s ELSE %s END "
+            f"FROM {INTENT_IDS} AS e(intent_id) LEFT JOIN jsonb_each_text(%s::jsonb) f "
+            "ON f.key = e.intent_id::text WHERE m.id = e.intent_id) "
+            f"INSERT INTO {quote(cls._meta.db_table)} ({into}) "
             f"SELECT i.id, {copied_columns}, %s, CASE WHEN f.value IS NULL THEN %s ELSE %s END, "
             "COALESCE(f.value, '') "
             f"FROM {INTENT_IDS} WITH ORDINALITY AS e(intent_id, position) "
@@ -674,8 +681,10 @@ class Change(models.Model):
         )
         refused = json.dumps({str(pk): error for pk, error in errors.items()})
         results = [cls.Result.OK.value, cls.Result.ERROR.value]
+        statuses = [ApplyIntent.Status.DONE.value, ApplyIntent.Status.FAILED.value]
+        ids = id_list(intent_ids)
         with connection.cursor() as cursor:
-            cursor.execute(sql, [at, *results, id_list(intent_ids), refused])
+            cursor.execute(sql, [*statuses, ids, refused, at, *results, ids, refused])
 
 
 # Intent ids arrive as one text parameter: a driver that binds on the client quotes one string

@@ -24,8 +24,12 @@ REMOVE_TASK = "gitops.remove_source"
 PREVIEW_TASK = "gitops.preview_revision"
 
 
-def _send(name: str, *, kwargs: dict[str, Any], eta: datetime | None = None) -> str:
-    return str(app.send_task(name, kwargs=kwargs, eta=eta).id)
+def _send(
+    name: str, *, kwargs: dict[str, Any], eta: datetime | None = None, ignore_result: bool = False
+) -> str:
+    """``ignore_result``: nobody will ask for the outcome, so the sender does not subscribe to it and
+    the worker does not store and publish it (a push or a poll; their outcome is in the database)."""
+    return str(app.send_task(name, kwargs=kwargs, eta=eta, ignore_result=ignore_result).id)
 
 
 def source_sync(
@@ -52,7 +56,8 @@ def source_sync(
         "manual": manual,
         "automatic": automatic,
     }
-    transaction.on_commit(lambda: task_ids.append(_send(SYNC_TASK, kwargs=kwargs)))
+    # Only a sync someone asked for may be waited on (`gitops sync --wait`); an automatic one never is.
+    transaction.on_commit(lambda: task_ids.append(_send(SYNC_TASK, kwargs=kwargs, ignore_result=automatic)))
     return task_ids
 
 
@@ -73,7 +78,7 @@ def source_sync_at(source_id: int, when: datetime) -> None:
     """Wakes a source at ``when`` (a pause ends). Beat's sweep does it too: a lost wake loses nothing."""
     kwargs = {"source_id": source_id, "wait_if_busy": False, "automatic": True}
     eta = min(when, timezone.now() + MAX_WAKE_AHEAD)
-    transaction.on_commit(lambda: _send(SYNC_TASK, kwargs=kwargs, eta=eta))
+    transaction.on_commit(lambda: _send(SYNC_TASK, kwargs=kwargs, eta=eta, ignore_result=True))
 
 
 def source_removal(removal_id: int) -> None:

@@ -214,14 +214,24 @@ def _git_accepts(branch: str) -> bool:
 
 
 def build_fetch_invocation(
-    git_dir: Path, url: str, branch: str, credentials: Credentials | None, *, refspec: str | None = None
+    git_dir: Path,
+    url: str,
+    branch: str,
+    credentials: Credentials | None,
+    *,
+    refspec: str | None = None,
+    maintenance: bool = True,
 ) -> GitInvocation:
     """The ``git fetch`` of one branch into the mirror's private ref (no validation of url or branch);
-    with ``refspec``, of that instead (a preview's ref or commit, see gitops.fetch.refs)."""
+    with ``refspec``, of that instead (a preview's ref or commit, see gitops.fetch.refs).
+
+    ``maintenance=False``: git does not start ``git maintenance run --auto`` after this fetch (one
+    process more per push, which finds nothing to do nearly every time)."""
     config: list[tuple[str, str]] = [
         # Only the token given here may authenticate, never one a helper stored for the host.
         ("credential.helper", ""),
         ("protocol.ext.allow", "never"),
+        *([] if maintenance else [("maintenance.auto", "false")]),
     ]
     env = base_env()
     secrets: tuple[str, ...] = ()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -62,6 +63,16 @@ class _CommitFacts:
 
 # What a fetch read of each new tip, process-wide (a commit id names the same commit forever): a push of
 # one commit on top of the last rollout's is judged from here, without asking git again.
+# git's automatic maintenance (gc once loose objects or packs pile up) runs after one fetch in this
+# many, at random: a push adds a handful of objects, and gc is due only after thousands. By chance
+# rather than by a count, so that it still runs in processes that restart before any count is reached.
+FETCHES_PER_MAINTENANCE = 32
+
+
+def _maintenance_due() -> bool:
+    return random.randrange(FETCHES_PER_MAINTENANCE) == 0  # noqa: S311 - a schedule, not a secret
+
+
 _COMMIT_FACTS: dict[tuple[str, str], _CommitFacts] = {}  # by (mirror, commit id)
 _COMMIT_FACTS_KEPT = 4096
 
@@ -131,7 +142,9 @@ class GitMirror:
         branch = normalize_branch(branch)
         where = f"branch {branch!r} of {redact_url(url)}"
         started = time.monotonic()
-        invocation = build_fetch_invocation(self.path, url, branch, credentials)
+        invocation = build_fetch_invocation(
+            self.path, url, branch, credentials, maintenance=_maintenance_due()
+        )
         self._ensure_initialized()
         ref = f"{MIRROR_REF_PREFIX}{branch}"
         previous = self._read_ref(ref)

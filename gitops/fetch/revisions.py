@@ -8,7 +8,6 @@ stored with every error (file, line, field) and announced.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +30,11 @@ from gitops.desired.revision import (
 from gitops.desired.scope import AdminScope
 from gitops.errors import PermanentError, TemporaryError
 from gitops.fetch.credentials import resolve_credentials
-from gitops.fetch.mirror import CommitInfo, GitMirror
+from gitops.fetch.mirror import CommitInfo, FetchResult, GitMirror
 from gitops.fetch.refs import RequestedRevision
 from gitops.models import PERSON_LENGTH, Revision, Rollout, Source, known_cluster_names
 from gitops.record import notifications
+from gitops.record.bulk import row_create_once
 
 log = logging.getLogger("gitops.fetch")
 
@@ -50,25 +50,31 @@ def revision_fetch(source: Source) -> tuple[Revision, bool]:
     credentials = resolve_credentials(source.credentials_ref)
     with mirror_for(source) as mirror, metrics.FETCH_SECONDS.labels(source.name).time():
         fetched = mirror.fetch(source.url, source.branch, credentials)
-        info = functools.cache(lambda: mirror.commit_info(fetched.commit))  # read only for a new revision
-        revision, _ = Revision.objects.get_or_create(
-            source=source,
-            commit=fetched.commit,
-            defaults={
-                # A pusher chooses these: cut to fit rather than fail every poll on a long one.
-                "author_name": lambda: _fit(info().author_name, PERSON_LENGTH),
-                "author_email": lambda: _fit(info().author_email, PERSON_LENGTH),
-                "message": lambda: info().message,
-                "committed_at": lambda: info().committed_at,
-                "force_pushed_over": (fetched.previous or "") if fetched.forced else "",
-            },
-        )
+        revision = Revision.objects.filter(source=source, commit=fetched.commit).first()
+        if revision is None:
+            revision = _revision_create(source, fetched, mirror.commit_info(fetched.commit))
         if fetched.forced:
             log.warning(
                 "force push detected source=%s from=%s to=%s", source.name, fetched.previous, fetched.commit
             )
     Source.objects.filter(pk=source.pk).update(last_fetched_at=timezone.now(), last_commit=fetched.commit)
     return revision, fetched.forced
+
+
+def _revision_create(source: Source, fetched: FetchResult, info: CommitInfo) -> Revision:
+    """The new revision's row; the one a concurrent pass (a preview) wrote first, if it won."""
+    created = row_create_once(
+        Revision.objects,
+        source=source,
+        commit=fetched.commit,
+        # A pusher chooses these: cut to fit rather than fail every poll on a long one.
+        author_name=_fit(info.author_name, PERSON_LENGTH),
+        author_email=_fit(info.author_email, PERSON_LENGTH),
+        message=info.message,
+        committed_at=info.committed_at,
+        force_pushed_over=(fetched.previous or "") if fetched.forced else "",
+    )
+    return created or Revision.objects.get(source=source, commit=fetched.commit)
 
 
 def _fit(text: str, length: int) -> str:

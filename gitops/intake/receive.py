@@ -15,7 +15,6 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from gitops import metrics, schedule
@@ -23,6 +22,7 @@ from gitops import secrets as encryption
 from gitops.errors import PermanentError
 from gitops.intake import webhooks
 from gitops.models import Source, WebhookDelivery
+from gitops.record.bulk import row_create_once
 
 log = logging.getLogger("gitops.intake")
 
@@ -72,8 +72,12 @@ def _secret_for(source: Source | None) -> tuple[str, str]:
         return encryption.decrypt(_decoy_token()), str(exc)
 
 
+# What a delivery reads of its source: the rest (the last plan above all) is not decoded per push.
+_WEBHOOK_FIELDS = ("id", "name", "branch", "webhook_secret_encrypted", "suspended", "deleted_at")
+
+
 def _receive(source_name: str, headers: Mapping[str, str], body: bytes) -> WebhookAnswer:
-    source = Source.objects.filter(name=source_name).first()
+    source = Source.objects.filter(name=source_name).only(*_WEBHOOK_FIELDS).first()
     secret, unusable = _secret_for(source)
     provider = "unknown"
     try:
@@ -123,19 +127,18 @@ def _accept(
         )
         return WebhookAnswer(200, {"status": "pong", "delivery": delivery_id}, provider)
     reason = _ignore_reason(source, event)
-    try:
-        with transaction.atomic():
-            WebhookDelivery.objects.create(
-                source=source,
-                delivery_id=delivery_id,
-                provider=provider,
-                event=event.event[:32],
-                ref=event.ref[:255],
-                commit=event.commit,
-                outcome=WebhookDelivery.Outcome.IGNORED if reason else WebhookDelivery.Outcome.ACCEPTED,
-                reason=reason[:300],
-            )
-    except IntegrityError:
+    delivered = row_create_once(
+        WebhookDelivery.objects,
+        source=source,
+        delivery_id=delivery_id,
+        provider=provider,
+        event=event.event[:32],
+        ref=event.ref[:255],
+        commit=event.commit,
+        outcome=WebhookDelivery.Outcome.IGNORED if reason else WebhookDelivery.Outcome.ACCEPTED,
+        reason=reason[:300],
+    )
+    if delivered is None:
         # A replayed request carries a valid signature: bound its rows like rejections.
         _record_bounded(
             source,

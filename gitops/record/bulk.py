@@ -15,21 +15,43 @@ from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Any, TypeVar
 
-from django.db import connection, models
+from django.db import IntegrityError, connection, models, transaction
 
 Row = TypeVar("Row", bound=models.Model)
 
 
 def rows_insert(objects: Sequence[Row], *, batch_size: int = 1000) -> list[Row]:
     """Inserts unsaved instances of one model, in order, ``batch_size`` rows a query, and sets their
-    primary keys. Batches bound the memory one JSON document takes.
+    primary keys. Batches bound the memory one JSON document takes. All rows or none: one batch is
+    one statement, and more run in a transaction.
 
     Fields are taken as ``save`` would (defaults already set, ``pre_save`` applied); the
     primary key comes from its sequence. Returns ``objects``, as ``bulk_create`` does.
     """
-    for start in range(0, len(objects), batch_size):
-        _batch_insert(objects[start : start + batch_size])
+    if len(objects) <= batch_size:  # one statement is atomic already: no BEGIN and COMMIT to wait for
+        if objects:
+            _batch_insert(objects)
+        return list(objects)
+    with transaction.atomic():
+        for start in range(0, len(objects), batch_size):
+            _batch_insert(objects[start : start + batch_size])
     return list(objects)
+
+
+def row_create_once(manager: models.Manager[Row], **fields: Any) -> Row | None:
+    """Creates a row, or returns None when the database refuses it (a unique constraint: it exists).
+
+    Outside a transaction (a task, a request) the INSERT commits on its own, so a refusal harms
+    nothing and ``get_or_create``'s BEGIN and COMMIT round trips are saved; inside one, a savepoint
+    keeps a refusal from breaking the caller's transaction.
+    """
+    try:
+        if not connection.in_atomic_block:
+            return manager.create(**fields)
+        with transaction.atomic():
+            return manager.create(**fields)
+    except IntegrityError:
+        return None
 
 
 def _batch_insert(objects: Sequence[models.Model]) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -49,8 +48,7 @@ def intents_write(
         )
         for item in items
     ]
-    with transaction.atomic():
-        return rows_insert(intents)
+    return rows_insert(intents)
 
 
 def intents_pending(source: Source) -> list[ApplyIntent]:
@@ -82,14 +80,9 @@ def changes_record(intents: Sequence[ApplyIntent], errors: Sequence[str | None])
         for intent in intents:
             if intent.pk in failed:
                 metrics.APPLY_ERRORS.labels(names.get(intent.source_id, "?"), intent.cluster).inc()
-    with transaction.atomic():
-        # The one-to-one on intent makes a second log of the same intent impossible. The entries are
-        # copied from the intents' rows, written moments ago: their content is not encoded twice.
-        Change.log_intents([i.pk for i in intents], refused, at=now)
-        ApplyIntent.objects.filter(pk__in=[i.pk for i in intents if i.pk not in failed]).update(
-            status=ApplyIntent.Status.DONE
-        )
-        ApplyIntent.objects.filter(pk__in=failed).update(status=ApplyIntent.Status.FAILED)
+    # The one-to-one on intent makes a second log of the same intent impossible. The entries are
+    # copied from the intents' rows, written moments ago: their content is not encoded twice.
+    Change.log_intents([i.pk for i in intents], refused, at=now)
     # Callers read the outcome from the intents themselves.
     for intent in intents:
         intent.status = ApplyIntent.Status.FAILED if intent.pk in failed else ApplyIntent.Status.DONE

@@ -51,6 +51,8 @@ def wave_restart(rollout: Rollout, *, step_index: int, weight: int, actor: str) 
     What the step changed is read from its recorded intents, so a pass resumed
     after a crash restarts exactly what the crashed one did not.
     """
+    if rollout.consumers == ConsumerMode.IGNORE:  # nothing to find: not even what the step changed
+        return WaveRestart()
     changed = set(
         ApplyIntent.objects.filter(
             rollout=rollout, step_index=step_index, kind="ConfigMap", status=ApplyIntent.Status.DONE
@@ -58,7 +60,7 @@ def wave_restart(rollout: Rollout, *, step_index: int, weight: int, actor: str) 
         .exclude(action=ChangeAction.ROLLBACK)
         .values_list("cluster", "namespace", "name")
     )
-    if rollout.consumers == ConsumerMode.IGNORE or not changed:
+    if not changed:
         return WaveRestart()
     result = WaveRestart()
     workloads = _consumers(changed, result)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from django.db.models import Q, Subquery
 from django.utils import timezone
 
 from gitops.desired.policy import Analysis, OnNewRevision, Pause, SetWeight, Step, steps_from_json
@@ -38,8 +39,7 @@ def rollout_choose(
     ``commit_identities`` gives the authors and committers of the commits a new
     rollout would bring; it is asked only when one starts.
     """
-    rollouts = Rollout.objects.filter(source=source).select_related("source", "revision").order_by("-id")
-    active = rollouts.filter(phase__in=Rollout.ACTIVE_PHASES).first()
+    newest, active = _newest_and_active(source)
     if active is not None and (active.revision_id == head.pk or active.abort_requested_by):
         return active, None
     if active is not None:
@@ -50,7 +50,6 @@ def rollout_choose(
             return active, Outcome.QUEUED
         reason = f"superseded by {head.commit[:12]}"
         rollout_rollback(active, actor=SYSTEM_ACTOR, reason=reason, phase=Rollout.Phase.SUPERSEDED)
-    newest = rollouts.first()
     # A rollout of the head is taken up again only while nothing came after it: a branch moved
     # back to an older commit goes out anew, through its steps and gates, never at once.
     if newest is not None and newest.revision_id == head.pk and newest.phase != Rollout.Phase.SUPERSEDED:
@@ -58,6 +57,20 @@ def rollout_choose(
     return rollout_start(
         source, head, head_desired, actor=SYSTEM_ACTOR, commit_identities=commit_identities()
     ), None
+
+
+def _newest_and_active(source: Source) -> tuple[Rollout | None, Rollout | None]:
+    """The source's newest rollout and its newest active one (often the same), in one query: the
+    newest comes first, and the next row, if the newest is not active, is the newest active one."""
+    rollouts = Rollout.objects.filter(source=source)
+    newest_id = rollouts.order_by("-id").values("pk")[:1]
+    rows = list(
+        rollouts.filter(Q(phase__in=Rollout.ACTIVE_PHASES) | Q(pk=Subquery(newest_id)))
+        .select_related("source", "revision")
+        .order_by("-id")[:2]
+    )
+    active = next((rollout for rollout in rows if rollout.phase in Rollout.ACTIVE_PHASES), None)
+    return (rows[0] if rows else None), active
 
 
 def rollout_start(
