@@ -61,8 +61,6 @@ class _CommitFacts:
     identities: frozenset[str]  # author and committer emails, lower case
 
 
-# What a fetch read of each new tip, process-wide (a commit id names the same commit forever): a push of
-# one commit on top of the last rollout's is judged from here, without asking git again.
 # git's automatic maintenance (gc once loose objects or packs pile up) runs after one fetch in this
 # many, at random: a push adds a handful of objects, and gc is due only after thousands. By chance
 # rather than by a count, so that it still runs in processes that restart before any count is reached.
@@ -73,6 +71,8 @@ def _maintenance_due() -> bool:
     return random.randrange(FETCHES_PER_MAINTENANCE) == 0  # noqa: S311 - a schedule, not a secret
 
 
+# What a fetch read of each new tip, process-wide (a commit id names the same commit forever): a push of
+# one commit on top of the last rollout's is judged from here, without asking git again.
 _COMMIT_FACTS: dict[tuple[str, str], _CommitFacts] = {}  # by (mirror, commit id)
 _COMMIT_FACTS_KEPT = 4096
 

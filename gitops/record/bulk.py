@@ -16,6 +16,7 @@ from datetime import date, datetime
 from typing import Any, TypeVar
 
 from django.db import IntegrityError, connection, models, transaction
+from psycopg.errors import UniqueViolation
 
 Row = TypeVar("Row", bound=models.Model)
 
@@ -39,19 +40,22 @@ def rows_insert(objects: Sequence[Row], *, batch_size: int = 1000) -> list[Row]:
 
 
 def row_create_once(manager: models.Manager[Row], **fields: Any) -> Row | None:
-    """Creates a row, or returns None when the database refuses it (a unique constraint: it exists).
+    """Creates a row, or returns None when a unique constraint refuses it (the row exists). Any other
+    refusal (a foreign key, a check) is raised, not mistaken for the row being there.
 
     Outside a transaction (a task, a request) the INSERT commits on its own, so a refusal harms
     nothing and ``get_or_create``'s BEGIN and COMMIT round trips are saved; inside one, a savepoint
     keeps a refusal from breaking the caller's transaction.
     """
     try:
-        if not connection.in_atomic_block:
+        if not transaction.get_connection(manager.db).in_atomic_block:
             return manager.create(**fields)
-        with transaction.atomic():
+        with transaction.atomic(using=manager.db):
             return manager.create(**fields)
-    except IntegrityError:
-        return None
+    except IntegrityError as exc:
+        if isinstance(exc.__cause__, UniqueViolation):
+            return None
+        raise
 
 
 def _batch_insert(objects: Sequence[models.Model]) -> None:

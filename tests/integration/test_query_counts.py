@@ -83,7 +83,7 @@ def test_reconcile_query_counts_do_not_grow_with_the_number_of_objects(
     assert max(small.values()) <= 60, small
     # A no-op pass is what every poll of a settled source costs: at 1,000 sources polled each minute,
     # each statement is 17 a second. 28 here once; 22 since the owed-work questions became one; 19 since
-    # the newest and the active rollout are one query and a mode without consumers asks nothing about them.
+    # the newest and the active rollout are one query and an empty batch of intents opens no transaction.
     # Pinned, not bounded: one statement more fails here. Fewer is welcome: lower the number.
     assert small["no-op"] == NOOP_STATEMENTS, small
 
