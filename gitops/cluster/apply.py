@@ -87,10 +87,57 @@ def intents_apply(cluster: Cluster, intents: Sequence[ApplyIntent]) -> list[str 
     failure (the apiserver is unreachable) raises, and the intents stay pending.
     After the first such failure the batch's other intents are not tried: a silent
     cluster costs one timeout, not one per object.
+
+    Plain applies (a create or an update: one request each, whose answer is not read) go out
+    together on the calling thread (``Cluster.apply_configmaps``); the others (deletes, releases,
+    self-heals, workloads' restarts) each on a thread of the cluster's apply pool.
     """
     if not intents:
         return []
     concurrency = int(getattr(settings, "SLUICE_APPLY_CONCURRENCY", 16))
+    if len(intents) == 1:
+        return [_apply_one(cluster, intents[0])]
+    answers: list[str | None] = [None] * len(intents)
+    plain = [index for index, intent in enumerate(intents) if _plain_apply(intent)]
+    if cluster.applies_in_batches and len(plain) > 1:
+        refusals = cluster.apply_configmaps(
+            [(_manifest(intents[index]), intents[index].force) for index in plain],
+            field_manager=settings.SLUICE_FIELD_MANAGER,
+            width=concurrency,
+        )
+        for index, refusal in zip(plain, refusals, strict=True):
+            answers[index] = _refusal_text(refusal) if refusal is not None else None
+        batched = set(plain)
+        others = [index for index in range(len(intents)) if index not in batched]
+    else:
+        others = list(range(len(intents)))
+    threaded = _apply_on_threads(cluster, [intents[index] for index in others], concurrency)
+    for index, answer in zip(others, threaded, strict=True):
+        answers[index] = answer
+    return answers
+
+
+def _plain_apply(intent: ApplyIntent) -> bool:
+    """A create or an update of a ConfigMap: one server-side apply, its answer not needed."""
+    return (
+        intent.manifest is not None
+        and intent.kind not in WORKLOAD_KINDS
+        and not intent.recreate
+        and intent.action not in (ChangeAction.RELEASE, ChangeAction.DELETE, ChangeAction.REPLACE)
+        and intent.action != ChangeAction.SELF_HEAL  # reads the stored object (``_drop_foreign_keys``)
+    )
+
+
+def _manifest(intent: ApplyIntent) -> Mapping[str, Any]:
+    if intent.manifest is None:  # never: ``_plain_apply`` chose it for its manifest
+        raise ValueError(f"intent {intent.pk} has no manifest")
+    manifest: Mapping[str, Any] = intent.manifest
+    return manifest
+
+
+def _apply_on_threads(cluster: Cluster, intents: Sequence[ApplyIntent], concurrency: int) -> list[str | None]:
+    if len(intents) <= 1:
+        return [_apply_one(cluster, intent) for intent in intents]
     stopped = threading.Event()
 
     def apply(intent: ApplyIntent) -> str | None:
@@ -102,8 +149,6 @@ def intents_apply(cluster: Cluster, intents: Sequence[ApplyIntent]) -> list[str 
             stopped.set()
             raise
 
-    if len(intents) == 1:
-        return [_apply_one(cluster, intents[0])]
     pool = pools.pool(cluster.name, "apply", concurrency)
     futures = [pool.submit(apply, intent) for intent in intents]
     wait_for(futures)
@@ -138,13 +183,18 @@ def _apply_one(cluster: Cluster, intent: ApplyIntent) -> str | None:
                 intent.manifest, field_manager=settings.SLUICE_FIELD_MANAGER, force=intent.force
             )
             _drop_foreign_keys(cluster, intent, applied)
-    except FieldConflictError as exc:
-        return f"conflict with another field manager: {exc}"
     except ClusterRefused:
         raise  # the cluster refuses Sluice's credentials: nothing of it is applied now
     except PermanentError as exc:
-        return str(exc)
+        return _refusal_text(exc)
     return None
+
+
+def _refusal_text(refusal: PermanentError) -> str:
+    """Why the cluster refused an apply for good, as the change log and the pass report it."""
+    if isinstance(refusal, FieldConflictError):
+        return f"conflict with another field manager: {refusal}"
+    return str(refusal)
 
 
 def _stamp_workload(cluster: Cluster, intent: ApplyIntent) -> str | None:

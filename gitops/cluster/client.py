@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -141,6 +141,30 @@ def _answer_error(answer: curl.Answer) -> ApiException:
     error.body = answer.body
     error.headers = answer.headers
     return error
+
+
+@functools.lru_cache(maxsize=1024)
+def _configmaps_path(server: str, namespace: str) -> str:
+    """A namespace's ConfigMaps URL: the same for every object of a batch, quoted once."""
+    return f"{server}/api/v1/namespaces/{quote(namespace, safe='')}/configmaps/"
+
+
+@functools.lru_cache(maxsize=64)
+def _apply_query(field_manager: str, force: bool, dry_run: bool) -> str:
+    query = [("fieldManager", field_manager), *([("force", "true")] if force else [])]
+    if dry_run:
+        query.append(("dryRun", "All"))
+    return urlencode(query)
+
+
+def _refusal(result: curl.Answer | curl.CurlError) -> Exception | None:
+    """What an apply's answer means: None once applied, else what ``_api_errors(applying=True)``
+    would raise for it."""
+    if isinstance(result, curl.CurlError):
+        return TemporaryError(f"kube-apiserver unreachable: {result.reason}")
+    if 200 <= result.status <= 299:
+        return None
+    return _translate(_answer_error(result), applying=True)
 
 
 def _network_reason(exc: BaseException) -> str:
@@ -330,30 +354,72 @@ class Cluster:
         self, manifest: Mapping[str, Any], *, field_manager: str, force: bool = False, dry_run: bool = False
     ) -> dict[str, Any]:
         """Server-side apply; returns the object as the apiserver stored it."""
-        metadata = manifest["metadata"]
-        path = f"/api/v1/namespaces/{quote(metadata['namespace'], safe='')}/configmaps/"
-        query = [("fieldManager", field_manager), *([("force", "true")] if force else [])]
-        if dry_run:
-            query.append(("dryRun", "All"))
+        url, encoded = self._apply_request(manifest, field_manager, force, dry_run=dry_run)
         with _api_errors(applying=True):
-            data = self._apply_patch(path + quote(metadata["name"], safe=""), query, manifest)
+            data = self._apply_patch(url, encoded)
         result: dict[str, Any] = json.loads(data)
         return result
 
-    def _apply_patch(self, path: str, query: list[tuple[str, str]], body: Mapping[str, Any]) -> bytes:
-        """One server-side apply, the body encoded once, through libcurl (``curl.Transport``) or, for
-        what that does not carry over, straight through the client's urllib3 pool.
+    @property
+    def applies_in_batches(self) -> bool:
+        """Whether ``apply_configmaps`` may be used: applies go through libcurl (``curl.Transport``)."""
+        return self._curl is not None
+
+    def apply_configmaps(
+        self, manifests: Sequence[tuple[Mapping[str, Any], bool]], *, field_manager: str, width: int
+    ) -> list[PermanentError | None]:
+        """Server-side applies of (manifest, force) pairs, ``width`` at a time on the calling thread:
+        for each, None once applied or why the cluster refused it for good. The answers are not
+        parsed: nothing here needs the stored objects.
+
+        A temporary failure (the apiserver unreachable, throttling, a 5xx) or refused credentials
+        raise, and no further apply is sent: a silent cluster costs the applies already under way
+        one timeout together, not one each. Only with ``applies_in_batches``.
+        """
+        if self._curl is None:
+            raise RuntimeError("batched applies need the libcurl transport")
+        with _api_errors(applying=True):  # a handle libcurl could not set up raises here
+            results = self._curl.patch_all(
+                (self._apply_request(manifest, field_manager, force) for manifest, force in manifests),
+                self._apply_headers(),
+                width=width,
+                gives_up=lambda result: isinstance(_refusal(result), UNAVAILABLE),
+            )
+        refusals = [_refusal(result) if result is not None else None for result in results]
+        refusals += [None] * (len(manifests) - len(refusals))  # not sent: an earlier one gave up
+        first_unavailable = next((r for r in refusals if isinstance(r, UNAVAILABLE)), None)
+        if first_unavailable is not None:
+            raise first_unavailable
+        return [cast(PermanentError | None, refusal) for refusal in refusals]
+
+    def _apply_request(
+        self, manifest: Mapping[str, Any], field_manager: str, force: bool, *, dry_run: bool = False
+    ) -> tuple[str, bytes]:
+        """The URL and the body (encoded once) of one server-side apply."""
+        metadata = manifest["metadata"]
+        url = (
+            f"{_configmaps_path(self.server, metadata['namespace'])}{quote(metadata['name'], safe='')}"
+            f"?{_apply_query(field_manager, force, dry_run)}"
+        )
+        return url, json.dumps(dict(manifest), separators=(",", ":")).encode()
+
+    def _apply_headers(self) -> dict[str, str]:
+        """Asked for each apply or batch: an exec plugin's token is refreshed as the client's own calls do."""
+        headers = {**self._api_client.default_headers, "Accept": "application/json"}
+        headers["Content-Type"] = APPLY_PATCH
+        self._api_client.update_params_for_auth(headers, [], ["BearerToken"])
+        return headers
+
+    def _apply_patch(self, url: str, encoded: bytes) -> bytes:
+        """One server-side apply through libcurl (``curl.Transport``) or, for what that does not carry
+        over, straight through the client's urllib3 pool.
 
         The generated API walks the body to sanitize it, encodes it and builds each call from
         generic parameter lists: per object, that cost Sluice as much CPU as the request itself.
         Authentication (tokens a kubeconfig refreshes included) is the client's own; TLS and timeouts
         follow its configuration; anything but 2xx is an ``ApiException`` either way.
         """
-        headers = {**self._api_client.default_headers, "Accept": "application/json"}
-        headers["Content-Type"] = APPLY_PATCH
-        self._api_client.update_params_for_auth(headers, query, ["BearerToken"])
-        url = f"{self.server}{path}?{urlencode(query)}"
-        encoded = json.dumps(dict(body), separators=(",", ":")).encode()
+        headers = self._apply_headers()
         if self._curl is not None:
             answer = self._curl.patch(url, encoded, headers)
             if not 200 <= answer.status <= 299:

@@ -6,6 +6,7 @@ import base64
 import difflib
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -49,13 +50,27 @@ class DiffItem:
         old, new = self.old or "", self.new or ""
         if "\n" not in old.rstrip("\n") and "\n" not in new.rstrip("\n"):
             return None
-        lines = difflib.unified_diff(
-            _readable(old).splitlines(keepends=True),
-            _readable(new).splitlines(keepends=True),
-            fromfile=f"{self.field}/{self.key} (live)",
-            tofile=f"{self.field}/{self.key} (git)",
-        )
+        old_lines = _readable(old).splitlines(keepends=True) if old else []
+        new_lines = _readable(new).splitlines(keepends=True) if new else []
+        names = (f"{self.field}/{self.key} (live)", f"{self.field}/{self.key} (git)")
+        lines: Iterable[str]
+        if old_lines and new_lines:
+            lines = difflib.unified_diff(old_lines, new_lines, fromfile=names[0], tofile=names[1])
+        else:
+            lines = _one_sided(old_lines, new_lines, *names)
         return "".join(line if line.endswith("\n") else line + "\n" for line in lines)
+
+
+def _one_sided(old_lines: list[str], new_lines: list[str], fromfile: str, tofile: str) -> list[str]:
+    """What ``difflib.unified_diff`` gives when one side is empty (a key added or removed: every
+    object of a cold apply), without its matcher: one hunk of every line, each marked."""
+    if not old_lines and not new_lines:
+        return []
+    count = len(old_lines) or len(new_lines)
+    span = f"1,{count}" if count > 1 else "1"
+    hunk = f"@@ -{span} +0,0 @@\n" if old_lines else f"@@ -0,0 +{span} @@\n"
+    mark = "-" if old_lines else "+"
+    return [f"--- {fromfile}\n", f"+++ {tofile}\n", hunk, *(mark + line for line in old_lines or new_lines)]
 
 
 def _readable(text: str) -> str:

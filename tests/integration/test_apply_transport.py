@@ -344,3 +344,131 @@ def exit_code_within(pid: int, *, seconds: float) -> int:
         os.waitpid(pid, 0)
         raise
     return os.waitstatus_to_exitcode(status)
+
+
+# Batches: many applies at once on the calling thread, through libcurl only (``apply_configmaps``).
+
+
+@pytest.fixture
+def batching(settings, stack) -> Iterator:
+    """``batching(kubeconfig=None)``: a Cluster on the libcurl transport, which batches applies."""
+    settings.SLUICE_APPLY_TRANSPORT = "curl"
+    opened: list[Cluster] = []
+
+    def open_cluster(kubeconfig: str | None = None) -> Cluster:
+        opened.append(Cluster(kubeconfig or stack["KUBECONFIG"]))
+        assert opened[-1].applies_in_batches
+        return opened[-1]
+
+    yield open_cluster
+    for cluster in opened:
+        cluster.close()
+
+
+def test_a_batch_stores_each_object_and_answers_each_refusal_in_its_place(batching, namespace, cluster):
+    ours = batching()
+    ours.apply_configmap(configmap(namespace, "shared", KEY="theirs"), field_manager="someone-else")
+    manifests = [(configmap(namespace, f"cm-{index}", KEY=str(index)), False) for index in range(30)]
+    manifests[5] = (configmap(namespace, "bad", **{"not a key!": "x"}), False)
+    manifests[11] = (configmap(namespace, "shared", KEY="ours"), False)
+    manifests[17] = (configmap(f"gone-{uuid.uuid4().hex[:8]}", "x", A="b"), False)
+    refusals = ours.apply_configmaps(manifests, field_manager="sluice-transport", width=4)
+    assert [index for index, refusal in enumerate(refusals) if refusal is not None] == [5, 11, 17]
+    assert "422" in str(refusals[5]) and "not a key!" in str(refusals[5])
+    assert isinstance(refusals[11], FieldConflictError)
+    assert isinstance(refusals[17], NotFoundError)
+    stored = {obj["metadata"]["name"]: obj["data"] for obj in cluster.list_configmaps(namespace)}
+    assert all(
+        stored[f"cm-{index}"] == {"KEY": str(index)} for index in range(30) if index not in (5, 11, 17)
+    )
+    assert stored["shared"] == {"KEY": "theirs"}
+    forced = ours.apply_configmaps(
+        [(configmap(namespace, "shared", KEY="ours"), True)], field_manager="sluice-transport", width=4
+    )
+    assert forced == [None]
+    assert cluster.get_configmap(namespace, "shared")["data"] == {"KEY": "ours"}
+
+
+def test_a_silent_server_stops_the_batch_after_the_applies_under_way(
+    batching, settings, stack, tmp_path, fake_apiserver
+):
+    """A cluster that does not answer costs the requests in flight one timeout together; the rest
+    of the batch is never sent."""
+    settings.SLUICE_CLUSTER_CONNECT_TIMEOUT, settings.SLUICE_CLUSTER_READ_TIMEOUT = 1.0, 1.0
+    server = fake_apiserver(None)
+    silent = batching(kubeconfig_pointing_at(stack, tmp_path, server.url))
+    started = time.monotonic()
+    with pytest.raises(TemporaryError) as unreachable:
+        silent.apply_configmaps(
+            [(configmap("default", f"x{index}", A="b"), False) for index in range(20)],
+            field_manager="s",
+            width=3,
+        )
+    elapsed = time.monotonic() - started
+    assert str(unreachable.value) == "kube-apiserver unreachable: read timed out"
+    assert server.requests == 3
+    assert 1.9 < elapsed < 4.0
+
+
+def test_throttling_stops_a_batch_and_keeps_the_servers_retry_after(
+    batching, stack, tmp_path, fake_apiserver
+):
+    server = fake_apiserver(answer("429 Too Many Requests", {"message": "slow down"}, "Retry-After: 7"))
+    throttled = batching(kubeconfig_pointing_at(stack, tmp_path, server.url))
+    with pytest.raises(TemporaryError, match="slow down") as refused:
+        throttled.apply_configmaps(
+            [(configmap("default", f"x{index}", A="b"), False) for index in range(10)],
+            field_manager="s",
+            width=1,
+        )
+    assert refused.value.delay == 7.0
+    assert server.requests == 1
+
+
+def test_rejected_credentials_refuse_the_cluster_in_a_batch(batching, stack, tmp_path, fake_apiserver):
+    server = fake_apiserver(answer("401 Unauthorized", {"message": "Unauthorized"}))
+    refusing = batching(kubeconfig_pointing_at(stack, tmp_path, server.url))
+    with pytest.raises(ClusterRefused, match="401"):
+        refusing.apply_configmaps([(configmap("default", "x", A="b"), False)] * 4, field_manager="s", width=2)
+
+
+def test_batches_keep_their_connections_between_them(batching, stack, tmp_path, fake_apiserver):
+    stored = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": {"A": "b"}}
+    server = fake_apiserver(answer("200 OK", stored))
+    kept = batching(kubeconfig_pointing_at(stack, tmp_path, server.url))
+    for _ in range(4):
+        manifests = [(configmap("default", f"x{index}", A="b"), False) for index in range(6)]
+        assert kept.apply_configmaps(manifests, field_manager="s", width=3) == [None] * 6
+    assert server.requests == 24
+    assert len(server.connections) <= 3
+
+
+def test_a_closed_port_fails_a_batch_as_connection_refused(batching, stack, tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    closed = batching(kubeconfig_pointing_at(stack, tmp_path, f"https://127.0.0.1:{port}"))
+    with pytest.raises(TemporaryError) as unreachable:
+        closed.apply_configmaps([(configmap("default", "x", A="b"), False)] * 5, field_manager="s", width=2)
+    assert str(unreachable.value) == "kube-apiserver unreachable: connection refused"
+
+
+def test_a_forked_child_batches_on_connections_of_its_own(settings, stack, tmp_path, fake_apiserver):
+    """The multi handle a batch keeps its connections in is the parent's: a forked child makes its own."""
+    settings.SLUICE_APPLY_TRANSPORT = "curl"
+    stored = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": {"A": "b"}}
+    server = fake_apiserver(answer("200 OK", stored))
+    settings.SLUICE_CLUSTER_CONNECT_TIMEOUT, settings.SLUICE_CLUSTER_READ_TIMEOUT = 2.0, 2.0
+    batch = [(configmap("default", "x", A="b"), False)] * 2
+    with Cluster(kubeconfig_pointing_at(stack, tmp_path, server.url)) as parent:
+        assert parent.apply_configmaps(batch, field_manager="s", width=1) == [None, None]
+        child = os.fork()
+        if child == 0:
+            try:
+                ok = parent.apply_configmaps(batch, field_manager="s", width=1) == [None, None]
+                os._exit(0 if ok else 1)
+            except BaseException:
+                os._exit(1)
+        assert exit_code_within(child, seconds=30) == 0
+        assert parent.apply_configmaps(batch, field_manager="s", width=1) == [None, None]
+    assert server.served == [0, 0, 1, 1, 0, 0]

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import difflib
+
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from gitops.desired.content import Content
 from gitops.desired.policy import Policy, Target
 from gitops.desired.revision import DesiredObject, DesiredState
 from gitops.plan import Action, DiffItem, decide, diff_content, plan
+from gitops.plan import diff as diff_module
 from gitops.plan.provenance import Provenance, manifest
 
 SOURCE = "shop"
@@ -158,6 +163,26 @@ def test_multi_line_values_get_a_unified_diff_and_json_is_pretty_printed():
     assert "+c\n" in text["unified"]
     as_json = DiffItem("change", "data", "f.json", '{"a": 1,\n"b": 2}', '{"a": 1,\n"b": 3}').unified()
     assert '-  "b": 2\n' in as_json
+
+
+@settings(max_examples=300, deadline=None)
+@example(text="[\n]", added=True)  # JSON pretty-printed to one line: a hunk of one line
+@example(text="a\nb", added=False)
+@given(
+    text=st.text(alphabet='ab\n{}[]":1 ', max_size=40),
+    added=st.booleans(),
+)
+def test_an_added_or_removed_key_diffs_as_difflib_would(text, added):
+    """The one-sided shortcut (no matcher for a key added or removed) gives difflib's very text."""
+    old, new = (None, text) if added else (text, None)
+    item = DiffItem("add" if added else "remove", "data", "k", old, new)
+    readable = diff_module._readable(text).splitlines(keepends=True) if text else []
+    sides = ([], readable) if added else (readable, [])
+    expected = "".join(
+        line if line.endswith("\n") else line + "\n"
+        for line in difflib.unified_diff(*sides, fromfile="data/k (live)", tofile="data/k (git)")
+    )
+    assert item.unified() == (expected if "\n" in text.rstrip("\n") else None)
 
 
 def test_binary_data_is_summarised_never_shown():
