@@ -16,12 +16,13 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from types import TracebackType
+from typing import TypeVar
 
 from gitops.errors import PermanentError, TemporaryError
 from gitops.fetch.credentials import Credentials
@@ -41,6 +42,7 @@ from gitops.fetch.git import (
     run,
     stderr_summary,
 )
+from gitops.fetch.objects import Commit, ObjectStore, Unreadable
 from gitops.fetch.refs import PREVIEW_REF_PREFIX, RequestedRevision, RevisionNotFound
 from gitops.redaction import redact_url
 
@@ -53,6 +55,7 @@ _NOT_ON_REMOTE = re.compile(r"couldn't find remote ref|not our ref|unadvertised 
 # Tree entries of regular files (and executable ones); symlinks are 120000, submodules 160000.
 _FILE_MODES = (b"100644 ", b"100755 ")
 _OBJECT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+_Answer = TypeVar("_Answer")
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,7 @@ class GitMirror:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._cat_file: CatFileBatch | None = None
+        self._objects = ObjectStore(self.path)  # commits, sizes and blobs without a git process
         self._tips: dict[str, CommitInfo] = {}  # commits a fetch of this instance read (``commit_info``)
 
     def __enter__(self) -> GitMirror:
@@ -131,6 +135,7 @@ class GitMirror:
         self.close()
 
     def close(self) -> None:
+        self._objects.close()
         if self._cat_file is not None:
             self._cat_file.close()
             self._cat_file = None
@@ -331,16 +336,28 @@ class GitMirror:
         }
 
     def _blob_sizes(self, blobs: Iterable[str]) -> dict[str, int]:
-        """Each blob's size in bytes, asked of the mirror's ``cat-file`` process (nothing is read)."""
+        """Each blob's size in bytes (nothing is read): from libgit2 in process, else from the mirror's
+        ``cat-file`` process."""
         wanted = sorted(blobs)
         if not wanted:
             return {}
+        answers = self._in_process(self._objects.kind_and_size, wanted) or self._batch().sizes(wanted)
         sizes: dict[str, int] = {}
-        for blob, answer in zip(wanted, self._batch().sizes(wanted), strict=True):
+        for blob, answer in zip(wanted, answers, strict=True):
             if answer is None or answer[0] != "blob":
                 raise ObjectNotFoundError(f"{blob} is not a blob in the mirror at {self.path}")
             sizes[blob] = answer[1]
         return sizes
+
+    def _in_process(self, ask: Callable[[str], _Answer], object_ids: Sequence[str]) -> list[_Answer] | None:
+        """``ask`` of each object through libgit2, or None when it cannot answer (git is asked then)."""
+        if not self._objects.usable:
+            return None
+        try:
+            return [ask(object_id) for object_id in object_ids]
+        except Unreadable as exc:
+            logger.info("libgit2 cannot read the mirror at %s (%s): asking git", self.path, exc)
+            return None
 
     def _batch(self) -> CatFileBatch:
         """The mirror's one ``cat-file`` process, started again if it died."""
@@ -359,7 +376,8 @@ class GitMirror:
         if not wanted:
             return {}
         self._require_mirror()
-        found = self._batch().read(list(wanted.values()))
+        object_ids = list(wanted.values())
+        found = self._in_process(self._objects.read, object_ids) or self._batch().read(object_ids)
         contents: dict[str, bytes] = {}
         for (sha, object_id), answer in zip(wanted.items(), found, strict=True):
             if answer is None:
@@ -377,10 +395,15 @@ class GitMirror:
         if (known := self._tips.get(object_id)) is not None:
             return known
         self._require_mirror()
-        kind = self._local(git_at(self.path, "cat-file", "-t", object_id))
-        if kind.returncode != 0:
+        found = self._in_process(self._objects.kind_and_size, [object_id])
+        if found is None:
+            kind = self._local(git_at(self.path, "cat-file", "-t", object_id))
+            type_name = kind.stdout.decode("ascii", "replace").strip() if kind.returncode == 0 else None
+        else:
+            type_name = found[0][0] if found[0] is not None else None
+        if type_name is None:
             raise ObjectNotFoundError(f"commit {commit} is not in the mirror at {self.path}")
-        if (type_name := kind.stdout.decode("ascii", "replace").strip()) != "commit":
+        if type_name != "commit":
             raise PermanentError(f"{commit} is a {type_name}, not a commit")
         tip = self._tip(object_id)
         if tip is None:
@@ -525,7 +548,33 @@ class GitMirror:
         return found.decode("ascii", "replace")
 
     def _tip(self, ref: str) -> tuple[CommitInfo, tuple[str, ...]] | None:
-        """The commit ``ref`` points at and its parents, in one call to git; None without one."""
+        """The commit ``ref`` points at and its parents: read by libgit2 in process, else by one call
+        to git; None without one."""
+        try:
+            commit = self._objects.commit(ref)
+        except KeyError:
+            return None
+        if commit is None:
+            commit = self._commit_by_git(ref)
+        if commit is None:
+            return None
+        message = commit.message
+        info = CommitInfo(
+            sha=commit.sha,
+            author_name=commit.author_name,
+            author_email=commit.author_email,
+            message=message.rstrip("\n") + "\n" if message.strip() else "",
+            committed_at=datetime.fromtimestamp(commit.committed_at, tz=UTC),
+        )
+        if len(_COMMIT_FACTS) >= _COMMIT_FACTS_KEPT:
+            _COMMIT_FACTS.clear()
+        emails = {
+            email.strip().lower() for email in (commit.author_email, commit.committer_email) if email.strip()
+        }
+        _COMMIT_FACTS[(str(self.path), info.sha)] = _CommitFacts(commit.parents, frozenset(emails))
+        return info, commit.parents
+
+    def _commit_by_git(self, ref: str) -> Commit | None:
         completed = self._local(
             git_at(
                 self.path,
@@ -542,18 +591,15 @@ class GitMirror:
         sha, parents, author_name, author_email, timestamp, committer_email, message = (
             completed.stdout.decode("utf-8", "replace").split("\0", 6)
         )
-        info = CommitInfo(
+        return Commit(
             sha=sha.strip(),
+            parents=tuple(parents.split()),
             author_name=author_name,
             author_email=author_email,
-            message=message.rstrip("\n") + "\n" if message.strip() else "",
-            committed_at=datetime.fromtimestamp(int(timestamp), tz=UTC),
+            committed_at=int(timestamp),
+            committer_email=committer_email,
+            message=message.removesuffix("\n"),  # the line end ``--format`` puts after each commit
         )
-        if len(_COMMIT_FACTS) >= _COMMIT_FACTS_KEPT:
-            _COMMIT_FACTS.clear()
-        emails = {email.strip().lower() for email in (author_email, committer_email) if email.strip()}
-        _COMMIT_FACTS[(str(self.path), info.sha)] = _CommitFacts(tuple(parents.split()), frozenset(emails))
-        return info, tuple(parents.split())
 
     def _resolve(self, ref: str) -> str | None:
         completed = self._local(git_at(self.path, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"))

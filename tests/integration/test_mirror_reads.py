@@ -1,0 +1,151 @@
+"""A mirror's commits and blobs read in process (libgit2) answer exactly as git's processes did.
+
+Real repositories and real ``git``: each commit, including hand-made objects git would never write
+itself, reads the same through ``ObjectStore`` as through ``git log``; where libgit2 cannot tell
+(another encoding, a signature it will not parse, SHA-256 ids), git is asked and the pass goes on.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from gitops.errors import PermanentError
+from gitops.fetch import GitMirror
+from gitops.fetch.git import CatFileBatch
+from gitops.fetch.mirror import ObjectNotFoundError
+from gitops.fetch.objects import ObjectStore
+from tests.gitrepo import GitRepo
+
+TREE_LINE = "tree {tree}\n"
+IDENT = "Ada Lovelace <ada@example.com> 1700000000 +0100"
+
+
+def git(repo: Path, *args: str, stdin: bytes | None = None) -> str:
+    done = subprocess.run(["git", f"--git-dir={repo}", *args], input=stdin, capture_output=True, check=True)
+    return done.stdout.decode().strip()
+
+
+def raw_commit(repo: Path, body: bytes) -> str:
+    """Writes a commit object exactly as given (``--literally``: git's own checks skipped)."""
+    return git(repo, "hash-object", "-t", "commit", "-w", "--literally", "--stdin", stdin=body)
+
+
+@pytest.fixture
+def mirrored(tmp_path):
+    """A remote with one commit, fetched into a mirror: (repo, mirror, the mirror's object dir)."""
+    repo = GitRepo(tmp_path / "repo")
+    repo.write("configmaps/a.yaml", "a: 1\n")
+    repo.git("add", "--all")
+    repo.git("commit", "--quiet", "-m", "first")
+    repo.git("push", "--quiet", "origin", "HEAD:refs/heads/main")
+    mirror = GitMirror(tmp_path / "mirror.git")
+    mirror.fetch(repo.url, "main")
+    yield repo, mirror
+    mirror.close()
+
+
+def crafted_commits(mirror: GitMirror) -> dict[str, str]:
+    """Commit objects written straight into the mirror, each an edge of the format."""
+    path = mirror.path
+    tree = git(path, "rev-parse", "refs/sluice/heads/main^{tree}")
+    parent = git(path, "rev-parse", "refs/sluice/heads/main")
+    head = f"tree {tree}\nparent {parent}\n"
+    signature = "gpgsig -----BEGIN PGP SIGNATURE-----\n \n abc\n -----END PGP SIGNATURE-----\n"
+    bodies = {
+        "plain": f"{head}author {IDENT}\ncommitter {IDENT}\n\nsubject\n\nbody\n",
+        "leading blank lines": f"{head}author {IDENT}\ncommitter {IDENT}\n\n\n\nsubject\n",
+        "crlf and no final newline": f"{head}author {IDENT}\ncommitter {IDENT}\n\nsubject\r\nbody",
+        "empty message": f"{head}author {IDENT}\ncommitter {IDENT}\n\n",
+        "unicode": f"{head}author Zoë Ærø <zoe@example.com> 1 +0000\ncommitter {IDENT}\n\nÜber ✓\n",
+        "signed": f"{head}author {IDENT}\ncommitter {IDENT}\n{signature}\nsigned\n",
+        "two parents": f"{head}parent {parent}\nauthor {IDENT}\ncommitter C <c@x> 5 -0700\n\nmerge\n",
+        "root": f"tree {tree}\nauthor {IDENT}\ncommitter {IDENT}\n\nroot\n",
+        "latin-1": f"{head}author {IDENT}\ncommitter {IDENT}\nencoding ISO-8859-1\n\n",
+        "odd identity": f"{head}author no email here 17 +0000\ncommitter {IDENT}\n\nodd\n",
+    }
+    made = {name: raw_commit(path, body.encode()) for name, body in bodies.items()}
+    latin = f"{head}author M\xfcller <m@x> 3 +0000\ncommitter {IDENT}\nencoding ISO-8859-1\n\nGr\xfc\xdfe\n"
+    made["latin-1"] = raw_commit(path, latin.encode("latin-1"))
+    made["invalid utf-8"] = raw_commit(
+        path,
+        head.encode() + b"author Bad \xff\xfe <b@x> 4 +0000\ncommitter " + IDENT.encode() + b"\n\n\xffmsg\n",
+    )
+    return made
+
+
+def test_each_commit_reads_as_git_log_prints_it(mirrored):
+    _, mirror = mirrored
+    in_process = 0
+    for name, commit in crafted_commits(mirror).items():
+        by_git = mirror._commit_by_git(commit)
+        assert by_git is not None, name
+        by_libgit2 = ObjectStore(mirror.path).commit(commit)
+        if by_libgit2 is not None:
+            in_process += 1
+            assert by_libgit2 == by_git, name
+        assert mirror._tip(commit) is not None
+    assert in_process >= 8  # only what libgit2 cannot tell as git does goes to git
+
+
+def test_a_commit_in_another_encoding_is_left_to_git(mirrored):
+    _, mirror = mirrored
+    latin = crafted_commits(mirror)["latin-1"]
+    assert ObjectStore(mirror.path).commit(latin) is None
+    info, _ = mirror._tip(latin)
+    assert info.author_name == "Müller"  # git log converted it to UTF-8
+    assert info.message == "Grüße\n"
+
+
+def test_a_push_reads_its_commit_and_files_without_starting_git(mirrored, monkeypatch):
+    repo, mirror = mirrored
+    mirror.commit_info(mirror.fetch(repo.url, "main").commit)  # the store is open before the push
+    repo.write("configmaps/a.yaml", "a: 2\n")
+    repo.git("commit", "--quiet", "-am", "second")
+    repo.git("push", "--quiet", "origin", "HEAD:refs/heads/main")
+
+    def no_git(*args, **kwargs):
+        raise AssertionError("a git process was started")
+
+    fetched = mirror.fetch(repo.url, "main")  # the fetch itself is git's
+    monkeypatch.setattr(mirror, "_local", no_git)
+    monkeypatch.setattr(CatFileBatch, "__init__", no_git)
+    info, parents = mirror._tip(fetched.commit)  # read again, not from the fetch's memo
+    assert info.message == "second\n"
+    assert parents == (fetched.previous,)
+    blob = git(mirror.path, "rev-parse", f"{fetched.commit}:configmaps/a.yaml")
+    assert mirror.read_blobs([blob]) == {blob: b"a: 2\n"}
+    assert mirror._blob_sizes([blob]) == {blob: 5}
+
+
+def test_missing_and_wrong_objects_are_refused_as_before(mirrored):
+    _, mirror = mirrored
+    tree = git(mirror.path, "rev-parse", "refs/sluice/heads/main^{tree}")
+    with pytest.raises(PermanentError, match="is a tree, not a blob"):
+        mirror.read_blobs([tree])
+    with pytest.raises(ObjectNotFoundError):
+        mirror.read_blobs(["0" * 40])
+    with pytest.raises(ObjectNotFoundError):
+        mirror._blob_sizes([tree])
+    with pytest.raises(PermanentError, match="is a tree, not a commit"):
+        mirror.commit_info(tree)
+    with pytest.raises(ObjectNotFoundError):
+        mirror.commit_info("1" * 40)
+    assert mirror._tip("refs/sluice/heads/nothing") is None
+
+
+def test_a_sha256_mirror_is_read_by_git(tmp_path):
+    repo = GitRepo(tmp_path / "repo", object_format="sha256")
+    repo.write("a.yaml", "a: 1\n")
+    repo.git("add", "--all")
+    repo.git("commit", "--quiet", "-m", "first")
+    repo.git("push", "--quiet", "origin", "HEAD:refs/heads/main")
+    with GitMirror(tmp_path / "mirror.git") as mirror:
+        fetched = mirror.fetch(repo.url, "main")
+        assert not ObjectStore(mirror.path).usable
+        assert len(fetched.commit) == 64
+        assert mirror.commit_info(fetched.commit).message == "first\n"
+        blob = git(mirror.path, "rev-parse", f"{fetched.commit}:a.yaml")
+        assert mirror.read_blobs([blob]) == {blob: b"a: 1\n"}
