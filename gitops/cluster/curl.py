@@ -27,8 +27,9 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import select
+import selectors
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -115,7 +116,7 @@ class Transport:
         self._lock = threading.Lock()
         self._closed = False
         # ``patch_all``'s: one batch at a time, on handles of its own.
-        self._multi: pycurl.CurlMulti | None = None
+        self._multi: _MultiLoop | None = None
         self._multi_idle: list[pycurl.Curl] = []
         self._multi_lock = threading.Lock()
         _transports.add(self)
@@ -163,17 +164,14 @@ class Transport:
         header_list = [*(f"{name}: {value}" for name, value in headers.items()), "Expect:"]
         waiting = _Queue(requests)
         with self._multi_lock:
-            multi = self._multi_handle()
+            multi = self._multi_loop()
             running: dict[pycurl.Curl, _Flight] = {}
             try:
                 while waiting or running:
                     while len(running) < max(1, width) and (flight := waiting.next()) is not None:
                         results.append(None)
-                        handle = self._multi_borrow()
-                        _prepare(handle, flight, header_list)
-                        multi.add_handle(handle)
-                        running[handle] = flight
-                    for handle, error in _transfers_done(multi, running):
+                        running[self._send(multi, flight, header_list)] = flight
+                    for handle, error in multi.finished():
                         flight = running.pop(handle)
                         if error is not None and self._again(multi, handle, flight, error):
                             running[handle] = flight
@@ -183,16 +181,27 @@ class Transport:
                         results[flight.index] = result
                         if gives_up(result):
                             waiting.close()
+                    if running:
+                        multi.step()
             finally:
                 for handle in running:  # only when something raised: the transfers are abandoned
-                    with contextlib.suppress(pycurl.error):  # one already out of the multi handle
-                        multi.remove_handle(handle)
+                    multi.remove(handle)
                     self._multi_give_back(handle)
+                if self._closed:  # closed while this batch ran: its handles close now
+                    self._close_multi()
         return results
 
-    def _again(
-        self, multi: pycurl.CurlMulti, handle: pycurl.Curl, flight: _Flight, error: pycurl.error
-    ) -> bool:
+    def _send(self, multi: _MultiLoop, flight: _Flight, header_list: list[str]) -> pycurl.Curl:
+        handle = self._multi_borrow()
+        try:
+            _prepare(handle, flight, header_list)
+            multi.add(handle)
+        except BaseException:
+            self._multi_give_back(handle)
+            raise
+        return handle
+
+    def _again(self, multi: _MultiLoop, handle: pycurl.Curl, flight: _Flight, error: pycurl.error) -> bool:
         """Sends a request again whose connect failed with nothing sent, once (as ``patch`` does)."""
         if flight.attempts >= _CONNECT_ATTEMPTS or not _nothing_sent(handle, error):
             return False
@@ -201,12 +210,12 @@ class Transport:
         flight.header_lines = []
         handle.setopt(pycurl.WRITEDATA, flight.received)
         handle.setopt(pycurl.HEADERFUNCTION, flight.header_lines.append)
-        multi.add_handle(handle)
+        multi.add(handle)
         return True
 
-    def _multi_handle(self) -> pycurl.CurlMulti:
+    def _multi_loop(self) -> _MultiLoop:
         if self._multi is None:
-            self._multi = pycurl.CurlMulti()
+            self._multi = _MultiLoop()
         return self._multi
 
     def _multi_borrow(self) -> pycurl.Curl:
@@ -225,19 +234,30 @@ class Transport:
         self._multi_idle.append(handle)
 
     def close(self) -> None:
-        """Closes the idle handles and their connections; a lent one closes when it comes back."""
-        with self._multi_lock:
-            multi_idle, self._multi_idle = self._multi_idle, []
-            multi, self._multi = self._multi, None
+        """Closes the idle handles and their connections; a lent one closes when it comes back, and a
+        batch under way closes its own as it ends (this does not wait for it)."""
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
-            gone = {id(handle) for handle in (*idle, *multi_idle)}
-            self._made = [handle for handle in self._made if id(handle) not in gone]
-        for handle in (*idle, *multi_idle):
+            self._made = [handle for handle in self._made if all(handle is not gone for gone in idle)]
+        for handle in idle:
             handle.close()
-        if multi is not None:
-            multi.close()
+        if self._multi_lock.acquire(blocking=False):
+            try:
+                self._close_multi()
+            finally:
+                self._multi_lock.release()
+
+    def _close_multi(self) -> None:
+        """Closes the batches' handles and their connections; ``_multi_lock`` held."""
+        idle, self._multi_idle = self._multi_idle, []
+        loop, self._multi = self._multi, None
+        with self._lock:
+            self._made = [handle for handle in self._made if all(handle is not gone for gone in idle)]
+        for handle in idle:
+            handle.close()
+        if loop is not None:
+            loop.close()
 
     def _borrow(self) -> pycurl.Curl:
         with self._lock:
@@ -314,39 +334,79 @@ def _prepare(handle: pycurl.Curl, flight: _Flight, header_list: list[str]) -> No
     handle.setopt(pycurl.HEADERFUNCTION, flight.header_lines.append)
 
 
-def _transfers_done(
-    multi: pycurl.CurlMulti, running: Mapping[pycurl.Curl, _Flight]
-) -> list[tuple[pycurl.Curl, pycurl.error | None]]:
-    """Drives the multi handle until at least one transfer is done (waiting on its sockets and
-    timers), and takes the finished ones out of it: each with its error, None for an answer."""
-    while True:
-        while multi.perform()[0] == pycurl.E_CALL_MULTI_PERFORM:
-            pass
+class _MultiLoop:
+    """A libcurl multi handle driven through its socket and timer callbacks on an epoll selector, so
+    that no descriptor is out of reach (``select`` and libcurl's fdset stop at 1,024, which a worker
+    with many clusters' connections can pass). One batch at a time drives it."""
+
+    def __init__(self) -> None:
+        self._multi = pycurl.CurlMulti()
+        self._selector = selectors.DefaultSelector()
+        self._deadline: float | None = None  # when libcurl wants to be called for its timers
+        self._multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
+        self._multi.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
+
+    def add(self, handle: pycurl.Curl) -> None:
+        self._multi.add_handle(handle)  # libcurl asks, through the timer, to be called at once
+
+    def remove(self, handle: pycurl.Curl) -> None:
+        with contextlib.suppress(pycurl.error):  # one already out of the multi handle
+            self._multi.remove_handle(handle)
+
+    def finished(self) -> list[tuple[pycurl.Curl, pycurl.error | None]]:
+        """The transfers done since last asked, taken out of the multi handle: each with its error,
+        None for an answer."""
         done: list[tuple[pycurl.Curl, pycurl.error | None]] = []
         while True:
-            queued, succeeded, failed = multi.info_read()
+            queued, succeeded, failed = self._multi.info_read()
             done += [(handle, None) for handle in succeeded]
             done += [(handle, pycurl.error(code, message)) for handle, code, message in failed]
             if not queued:
                 break
         for handle, _ in done:
-            multi.remove_handle(handle)
-        if done or not running:
-            return done
-        _wait(multi)
+            self._multi.remove_handle(handle)
+        return done
+
+    def step(self) -> None:
+        """Waits until a socket is ready or libcurl's timer is due (at most ``_MULTI_WAIT``), and lets
+        libcurl act on it."""
+        wait = _MULTI_WAIT
+        if self._deadline is not None:
+            wait = max(0.0, min(wait, self._deadline - time.monotonic()))
+        for key, mask in self._selector.select(wait):
+            action = (pycurl.CSELECT_IN if mask & selectors.EVENT_READ else 0) | (
+                pycurl.CSELECT_OUT if mask & selectors.EVENT_WRITE else 0
+            )
+            self._multi.socket_action(key.fd, action)
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            self._deadline = None  # libcurl sets the next one, if any, during the call
+            self._multi.socket_action(pycurl.SOCKET_TIMEOUT, 0)
+
+    def close(self) -> None:
+        self._multi.close()
+        self._selector.close()
+
+    def _on_socket(self, what: int, fd: int, multi: object, socketp: object) -> None:
+        events = _WATCHED.get(what, 0)
+        registered = fd in self._selector.get_map()
+        if not events:  # POLL_REMOVE (or nothing to watch): libcurl is done with the socket
+            if registered:
+                self._selector.unregister(fd)
+        elif registered:
+            self._selector.modify(fd, events)
+        else:
+            self._selector.register(fd, events)
+
+    def _on_timer(self, timeout_ms: int) -> None:
+        self._deadline = None if timeout_ms < 0 else time.monotonic() + timeout_ms / 1000
 
 
-def _wait(multi: pycurl.CurlMulti) -> None:
-    """Until one of the multi handle's sockets is ready or its next timer is due."""
-    timer_ms = multi.timeout()
-    limit = _MULTI_WAIT if timer_ms < 0 else min(_MULTI_WAIT, timer_ms / 1000)
-    if limit <= 0:
-        return
-    readable, writable, broken = multi.fdset()
-    if readable or writable or broken:
-        select.select(readable, writable, broken, limit)
-    else:  # no socket yet (a name being resolved): libcurl's own timer says when to look again
-        threading.Event().wait(min(limit, 0.01))
+# What to watch a socket for, by what libcurl asks.
+_WATCHED = {
+    pycurl.POLL_IN: selectors.EVENT_READ,
+    pycurl.POLL_OUT: selectors.EVENT_WRITE,
+    pycurl.POLL_INOUT: selectors.EVENT_READ | selectors.EVENT_WRITE,
+}
 
 
 def _result_of(handle: pycurl.Curl, flight: _Flight, error: pycurl.error | None) -> Answer | CurlError:
@@ -404,7 +464,7 @@ _transports: weakref.WeakSet[Transport] = weakref.WeakSet()
 _inherited: list[pycurl.Curl] = []
 
 
-_inherited_multis: list[pycurl.CurlMulti] = []
+_inherited_multis: list[_MultiLoop] = []
 
 
 def _forget_inherited_handles() -> None:

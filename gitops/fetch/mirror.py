@@ -596,7 +596,7 @@ class GitMirror:
             parents=tuple(parents.split()),
             author_name=author_name,
             author_email=author_email,
-            committed_at=int(timestamp),
+            committed_at=int(timestamp) if timestamp.isdigit() else 0,  # git prints none for a broken date
             committer_email=committer_email,
             message=message.removesuffix("\n"),  # the line end ``--format`` puts after each commit
         )

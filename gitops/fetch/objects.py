@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -29,7 +30,7 @@ logger = logging.getLogger("gitops.fetch")
 
 # libgit2's object types (pygit2.enums.ObjectType) by name.
 _KIND_NAMES = {1: "commit", 2: "tree", 3: "blob", 4: "tag"}
-_UTF8 = frozenset({"utf-8", "utf8"})
+_UTF8 = frozenset({b"utf-8", b"utf8"})
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class Commit:
 
 
 def _pygit2() -> ModuleType:
-    """pygit2, imported where a mirror is first read: about 20 MiB that the web and the live cache,
+    """pygit2, imported where a mirror is first opened: about 20 MiB that the web and the live cache,
     which read none, do not load."""
     return importlib.import_module("pygit2")
 
@@ -67,32 +68,26 @@ class ObjectStore:
         self._unusable = False  # the mirror may be made again (``GitMirror._recreate_with_format``)
 
     def commit(self, revision: str) -> Commit | None:
-        """The commit ``revision`` (an object id or a ref, a tag peeled) names, or None when libgit2
-        cannot tell it as git would (git is asked then). Raises ``KeyError`` when there is none."""
+        """The commit ``revision`` (an object id or a ref, a tag peeled) names, or None when it cannot
+        be told as git would (git is asked then). Raises ``KeyError`` when there is none.
+
+        libgit2 finds the commit; its headers are read here from the raw object, and only when each
+        is plainly formed (see ``_commit_of``): libgit2's own reading of an odd signature differs
+        from git's, and these identities feed the no-self-approval check."""
         repository = self._open()
         if repository is None:
             return None
         try:
-            commit = repository.revparse_single(f"{revision}^{{commit}}")
-            if not isinstance(commit, self._git2.Commit):  # ``^{commit}`` peels to one, or fails
+            found = repository.revparse_single(f"{revision}^{{commit}}")
+            if not isinstance(found, self._git2.Commit):  # ``^{commit}`` peels to one, or fails
                 return None
-            if (commit.message_encoding or "utf-8").lower() not in _UTF8:
-                return None
-            raw = repository.odb.read(commit.id)[1]
-            return Commit(
-                sha=str(commit.id),
-                parents=tuple(str(parent) for parent in commit.parent_ids),
-                author_name=commit.author.raw_name.decode("utf-8", "replace"),
-                author_email=commit.author.raw_email.decode("utf-8", "replace"),
-                committed_at=commit.commit_time,
-                committer_email=commit.committer.raw_email.decode("utf-8", "replace"),
-                message=raw.partition(b"\n\n")[2].decode("utf-8", "replace"),
-            )
+            raw = repository.odb.read(found.id)[1]
         except KeyError:
             raise
-        except (self._git2.GitError, ValueError, OverflowError) as exc:
+        except (self._git2.GitError, ValueError, OSError, MemoryError) as exc:
             logger.info("libgit2 cannot read %s in %s (%s): asking git", revision, self._path, exc)
             return None
+        return _commit_of(str(found.id), bytes(raw))
 
     def kind_and_size(self, object_id: str) -> tuple[str, int] | None:
         """The object's type name and size in bytes, its content not read; None when it is missing.
@@ -102,7 +97,7 @@ class ObjectStore:
             kind, size = repository.odb.read_header(object_id)
         except KeyError:
             return None
-        except (self._git2.GitError, ValueError) as exc:
+        except (self._git2.GitError, ValueError, OSError, MemoryError) as exc:
             raise Unreadable(str(exc)) from exc
         return _KIND_NAMES.get(int(kind), str(kind)), int(size)
 
@@ -113,7 +108,7 @@ class ObjectStore:
             kind, data = repository.odb.read(object_id)
         except KeyError:
             return None
-        except (self._git2.GitError, ValueError) as exc:
+        except (self._git2.GitError, ValueError, OSError, MemoryError) as exc:
             raise Unreadable(str(exc)) from exc
         return _KIND_NAMES.get(int(kind), str(kind)), bytes(data)
 
@@ -135,10 +130,55 @@ class ObjectStore:
                 # The mirror itself, never a repository found above it.
                 no_search = self._git2.enums.RepositoryOpenFlag.NO_SEARCH
                 self._repository = self._git2.Repository(str(self._path), no_search)
-            except (self._git2.GitError, ValueError) as exc:  # SHA-256 ids, or not a repository (yet)
+            except (self._git2.GitError, ValueError, OSError) as exc:  # SHA-256 ids, not a repository
                 logger.info("libgit2 cannot open the mirror at %s (%s): git reads it", self._path, exc)
                 self._unusable = True
         return self._repository
+
+
+# A signature git and libgit2 read alike: a name without surrounding blanks, an email without blanks or
+# brackets, a date and a zone. Anything else is left to git.
+_IDENT = re.compile(
+    rb"(?P<name>[^<>\s\x00](?:[^<>\n\x00]*[^<>\s\x00])?)"
+    rb" <(?P<email>[^<>\s\x00]*)> (?P<time>\d{1,12}) [+-]\d{4}"
+)
+_PARENT = re.compile(rb"[0-9a-f]{40}")
+
+
+def _commit_of(sha: str, raw: bytes) -> Commit | None:
+    """A commit object's facts as ``git log`` prints them, or None when its headers are anything but
+    plain: one author, one committer, each a plain signature; parents as ids; UTF-8. The message is
+    what follows the headers' blank line, cut at a NUL as git's ``%B`` cuts it."""
+    header, _, body = raw.partition(b"\n\n")
+    fields: dict[bytes, list[bytes]] = {}
+    for line in header.split(b"\n"):
+        if line.startswith(b" "):  # a continued header (a signature, a merged tag)
+            continue
+        key, _, value = line.partition(b" ")
+        fields.setdefault(key, []).append(value)
+    authors, committers = fields.get(b"author", []), fields.get(b"committer", [])
+    parents = fields.get(b"parent", [])
+    encodings = fields.get(b"encoding", [b"utf-8"])
+    if len(authors) != 1 or len(committers) != 1 or len(encodings) != 1:
+        return None
+    author, committer = _IDENT.fullmatch(authors[0]), _IDENT.fullmatch(committers[0])
+    if author is None or committer is None or encodings[0].lower() not in _UTF8:
+        return None
+    if not all(_PARENT.fullmatch(parent) for parent in parents):
+        return None
+    return Commit(
+        sha=sha,
+        parents=tuple(parent.decode("ascii") for parent in parents),
+        author_name=_text(author["name"]),
+        author_email=_text(author["email"]),
+        committed_at=int(committer["time"]),
+        committer_email=_text(committer["email"]),
+        message=_text(body.split(b"\x00", 1)[0]),
+    )
+
+
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", "replace")  # as git log's output was read
 
 
 class Unreadable(Exception):

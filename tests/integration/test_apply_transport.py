@@ -472,3 +472,101 @@ def test_a_forked_child_batches_on_connections_of_its_own(settings, stack, tmp_p
         assert exit_code_within(child, seconds=30) == 0
         assert parent.apply_configmaps(batch, field_manager="s", width=1) == [None, None]
     assert server.served == [0, 0, 1, 1, 0, 0]
+
+
+def test_a_batch_on_descriptors_past_1024_runs_at_its_usual_pace(batching, namespace, cluster):
+    """select() and libcurl's fdset cannot see a socket numbered 1,024 or more; a batch waits on epoll,
+    which can. Every connection of this batch is made past that number."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert hard >= 2048, "the test needs room for 1,100 descriptors"
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), hard))
+    placeholders = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        assert max(placeholders) >= 1024
+        ours = batching()  # its connections are made now, past the placeholders
+        manifests = [(configmap(namespace, f"high-{index}", KEY=str(index)), False) for index in range(40)]
+        started = time.monotonic()
+        assert ours.apply_configmaps(manifests, field_manager="sluice-transport", width=8) == [None] * 40
+        assert time.monotonic() - started < 5.0
+    finally:
+        for descriptor in placeholders:
+            os.close(descriptor)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    stored = {obj["metadata"]["name"] for obj in cluster.list_configmaps(namespace)}
+    assert {f"high-{index}" for index in range(40)} <= stored
+
+
+def test_closing_a_transport_does_not_wait_for_a_batch_under_way(settings, stack, tmp_path, fake_apiserver):
+    settings.SLUICE_APPLY_TRANSPORT = "curl"
+    settings.SLUICE_CLUSTER_CONNECT_TIMEOUT, settings.SLUICE_CLUSTER_READ_TIMEOUT = 2.0, 2.0
+    server = fake_apiserver(None)  # never answers: the batch lasts its timeout
+    silent = Cluster(kubeconfig_pointing_at(stack, tmp_path, server.url))
+    errors: list[BaseException] = []
+
+    def batch() -> None:
+        try:
+            silent.apply_configmaps([(configmap("default", "x", A="b"), False)], field_manager="s", width=1)
+        except TemporaryError as exc:
+            errors.append(exc)
+
+    running = threading.Thread(target=batch)
+    running.start()
+    poll(lambda: server.requests == 1, timeout=10, what="the batch's request to reach the server")
+    started = time.monotonic()
+    silent.close()
+    assert time.monotonic() - started < 0.5
+    running.join(timeout=30)
+    assert len(errors) == 1
+    transport = silent._curl
+    assert transport._multi is None and transport._multi_idle == []  # closed as the batch ended
+
+
+def test_a_step_batches_its_plain_applies_and_answers_every_intent_in_its_place(
+    batching, settings, namespace, cluster
+):
+    """Creates and updates go out together; a delete and a self-heal take their own paths; each intent
+    gets its answer where it stands."""
+    from gitops.cluster.apply import intents_apply
+    from gitops.models import ApplyIntent
+    from gitops.vocabulary import ChangeAction
+
+    ours = batching()
+    manager = settings.SLUICE_FIELD_MANAGER
+    ours.apply_configmap(configmap(namespace, "doomed", A="b"), field_manager=manager)
+    ours.apply_configmap(configmap(namespace, "drifted", A="b"), field_manager=manager)
+    ours.apply_configmap(configmap(namespace, "drifted", EXTRA="theirs"), field_manager="someone-else")
+    ours.apply_configmap(configmap(namespace, "taken", KEY="theirs"), field_manager="someone-else")
+
+    def intent(name: str, action: ChangeAction, **data: str) -> ApplyIntent:
+        manifest = configmap(namespace, name, **data) if action != ChangeAction.DELETE else None
+        after = {"data": data} if action == ChangeAction.SELF_HEAL else None
+        return ApplyIntent(
+            cluster="default", namespace=namespace, name=name, action=action, manifest=manifest, after=after
+        )
+
+    intents = [
+        intent("new-0", ChangeAction.CREATE, K="0"),
+        intent("doomed", ChangeAction.DELETE),
+        intent("taken", ChangeAction.UPDATE, KEY="ours"),
+        intent("drifted", ChangeAction.SELF_HEAL, A="b"),
+        intent("new-1", ChangeAction.CREATE, K="1"),
+    ]
+    batches: list[list[str]] = []
+    batch = ours.apply_configmaps
+
+    def spied(manifests, **kwargs):
+        batches.append([manifest["metadata"]["name"] for manifest, _ in manifests])
+        return batch(manifests, **kwargs)
+
+    ours.apply_configmaps = spied
+    answers = intents_apply(ours, intents)
+    assert batches == [["new-0", "taken", "new-1"]]
+    assert answers[0] is None and answers[1] is None and answers[3] is None and answers[4] is None
+    assert answers[2].startswith("conflict with another field manager")
+    stored = {obj["metadata"]["name"]: obj["data"] for obj in cluster.list_configmaps(namespace)}
+    assert "doomed" not in stored
+    assert stored["new-0"] == {"K": "0"} and stored["new-1"] == {"K": "1"}
+    assert stored["drifted"] == {"A": "b"}  # the self-heal dropped the key another manager added
+    assert stored["taken"] == {"KEY": "theirs"}
