@@ -183,12 +183,21 @@ class Transport:
                             waiting.close()
                     if running:
                         multi.step()
+            except pycurl.error as exc:  # libcurl refused to drive the transfers: none is answered
+                raise CurlError(f"curl error {_code(exc)}") from exc
             finally:
                 for handle in running:  # only when something raised: the transfers are abandoned
                     multi.remove(handle)
                     self._multi_give_back(handle)
                 if self._closed:  # closed while this batch ran: its handles close now
                     self._close_multi()
+        if self._closed and self._multi_lock.acquire(blocking=False):
+            # ``close`` may have come between the check above and the lock's release, and found it
+            # held: one of the two always sees the other, so the handles never stay open.
+            try:
+                self._close_multi()
+            finally:
+                self._multi_lock.release()
         return results
 
     def _send(self, multi: _MultiLoop, flight: _Flight, header_list: list[str]) -> pycurl.Curl:
@@ -210,7 +219,11 @@ class Transport:
         flight.header_lines = []
         handle.setopt(pycurl.WRITEDATA, flight.received)
         handle.setopt(pycurl.HEADERFUNCTION, flight.header_lines.append)
-        multi.add(handle)
+        try:
+            multi.add(handle)
+        except BaseException:
+            self._multi_give_back(handle)
+            raise
         return True
 
     def _multi_loop(self) -> _MultiLoop:

@@ -564,7 +564,7 @@ class GitMirror:
             author_name=commit.author_name,
             author_email=commit.author_email,
             message=message.rstrip("\n") + "\n" if message.strip() else "",
-            committed_at=datetime.fromtimestamp(commit.committed_at, tz=UTC),
+            committed_at=_committed_at(commit.committed_at),
         )
         if len(_COMMIT_FACTS) >= _COMMIT_FACTS_KEPT:
             _COMMIT_FACTS.clear()
@@ -612,6 +612,15 @@ class GitMirror:
         # Exit 1 means "not an ancestor"; anything else (the old tip pruned, say)
         # leaves the ancestry unproven, which counts as a forced update too.
         return completed.returncode == 0
+
+
+def _committed_at(timestamp: int) -> datetime:
+    """A commit's date; the epoch for one past what a datetime holds (year 10000 on): a pusher writes
+    it, and it must not make every fetch of the branch fail."""
+    try:
+        return datetime.fromtimestamp(timestamp, tz=UTC)
+    except (ValueError, OverflowError, OSError):
+        return datetime.fromtimestamp(0, tz=UTC)
 
 
 def _read_records(

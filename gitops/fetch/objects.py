@@ -150,14 +150,25 @@ def _commit_of(sha: str, raw: bytes) -> Commit | None:
     plain: one author, one committer, each a plain signature; parents as ids; UTF-8. The message is
     what follows the headers' blank line, cut at a NUL as git's ``%B`` cuts it."""
     header, _, body = raw.partition(b"\n\n")
+    if b"\x00" in header:  # git ends a header line at a NUL and reads on: leave such a commit to it
+        return None
+    lines = header.split(b"\n")
+    if not lines[0].startswith(b"tree "):
+        return None
+    # Parents are the lines right after the tree: git takes no ``parent`` line anywhere else.
+    count = next(
+        (index for index, line in enumerate(lines[1:]) if not line.startswith(b"parent ")), len(lines) - 1
+    )
+    parents = [line.removeprefix(b"parent ") for line in lines[1 : 1 + count]]
     fields: dict[bytes, list[bytes]] = {}
-    for line in header.split(b"\n"):
+    for line in lines[1 + count :]:
         if line.startswith(b" "):  # a continued header (a signature, a merged tag)
             continue
         key, _, value = line.partition(b" ")
         fields.setdefault(key, []).append(value)
     authors, committers = fields.get(b"author", []), fields.get(b"committer", [])
-    parents = fields.get(b"parent", [])
+    if b"parent" in fields:
+        return None
     encodings = fields.get(b"encoding", [b"utf-8"])
     if len(authors) != 1 or len(committers) != 1 or len(encodings) != 1:
         return None

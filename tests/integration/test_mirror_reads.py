@@ -71,6 +71,13 @@ def crafted_commits(mirror: GitMirror) -> dict[str, str]:
         "blanks around": f"{head}author  Lead <  a@b  > 1 +0000\ncommitter {IDENT}\n\nx\n",
         "two authors": f"{head}author {IDENT}\nauthor B <b@x> 9 +0000\ncommitter {IDENT}\n\nx\n",
         "no date": f"{head}author {IDENT}\ncommitter C <c@x>\n\nx\n",
+        "a parent after the committer": (
+            f"tree {tree}\nauthor {IDENT}\ncommitter {IDENT}\nparent {parent}\n\nx\n"
+        ),
+        "a NUL in another header": (
+            f"{head}author {IDENT}\ncommitter {IDENT}\nx y\0author M <m@evil> 5 +0000\n\nx\n"
+        ),
+        "a date past year 9999": f"{head}author {IDENT}\ncommitter C <c@x> 999999999999 +0000\n\nx\n",
     }
     made = {name: raw_commit(path, body.encode()) for name, body in bodies.items()}
     latin = f"{head}author M\xfcller <m@x> 3 +0000\ncommitter {IDENT}\nencoding ISO-8859-1\n\nGr\xfc\xdfe\n"
@@ -93,6 +100,7 @@ READ_IN_PROCESS = {
     "root",
     "invalid utf-8",
     "a NUL in the message",
+    "a date past year 9999",
 }
 
 
@@ -112,6 +120,20 @@ def test_each_commit_reads_as_git_log_prints_it(mirrored):
         info, parents = mirror._tip(commit)
         assert (info.sha, parents, info.author_email) == (by_git.sha, by_git.parents, by_git.author_email)
     assert answered == READ_IN_PROCESS
+
+
+def test_a_parent_line_out_of_place_is_no_parent_as_for_git(mirrored):
+    """git reads parents only right after the tree: a root commit with a stray ``parent`` line replaces
+    the branch, and must be seen as a force push."""
+    _, mirror = mirrored
+    _, parents = mirror._tip(crafted_commits(mirror)["a parent after the committer"])
+    assert parents == ()
+
+
+def test_a_date_no_datetime_holds_is_the_epoch_not_a_failed_fetch(mirrored):
+    _, mirror = mirrored
+    info, _ = mirror._tip(crafted_commits(mirror)["a date past year 9999"])
+    assert info.committed_at.year == 1970
 
 
 def test_a_nul_in_a_message_is_cut_as_git_cuts_it(mirrored):
