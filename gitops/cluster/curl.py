@@ -232,15 +232,7 @@ class Transport:
         return self._multi
 
     def _multi_borrow(self) -> pycurl.Curl:
-        if self._multi_idle:
-            return self._multi_idle.pop()
-        try:
-            handle = self._new_handle()
-        except (pycurl.error, UnicodeError) as exc:  # a credential file libcurl cannot take
-            raise CurlError(f"cannot set up the connection: {type(exc).__name__}") from exc
-        with self._lock:
-            self._made.append(handle)
-        return handle
+        return self._multi_idle.pop() if self._multi_idle else self._made_handle()
 
     def _multi_give_back(self, handle: pycurl.Curl) -> None:
         handle.setopt(pycurl.POSTFIELDS, b"")  # an idle handle holds no body
@@ -276,6 +268,10 @@ class Transport:
         with self._lock:
             if self._idle:
                 return self._idle.pop()
+        return self._made_handle()
+
+    def _made_handle(self) -> pycurl.Curl:
+        """A new handle, counted among those a forked child must not free."""
         try:
             handle = self._new_handle()
         except (pycurl.error, UnicodeError) as exc:  # a credential file libcurl cannot take

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pygit2
@@ -92,25 +92,24 @@ class ObjectStore:
     def kind_and_size(self, object_id: str) -> tuple[str, int] | None:
         """The object's type name and size in bytes, its content not read; None when it is missing.
         Raises ``Unreadable`` when libgit2 cannot answer."""
-        repository = self._require(object_id)
-        try:
-            kind, size = repository.odb.read_header(object_id)
-        except KeyError:
-            return None
-        except (self._git2.GitError, ValueError, OSError, MemoryError) as exc:
-            raise Unreadable(str(exc)) from exc
-        return _KIND_NAMES.get(int(kind), str(kind)), int(size)
+        found = self._ask("read_header", object_id)
+        return None if found is None else (_KIND_NAMES.get(int(found[0]), str(found[0])), int(found[1]))
 
     def read(self, object_id: str) -> tuple[str, bytes] | None:
         """The object's type name and content; None when it is missing. Raises ``Unreadable``."""
-        repository = self._require(object_id)
+        found = self._ask("read", object_id)
+        return None if found is None else (_KIND_NAMES.get(int(found[0]), str(found[0])), bytes(found[1]))
+
+    def _ask(self, method: str, object_id: str) -> tuple[Any, Any] | None:
+        """``odb.<method>(object_id)``: None for a missing object, ``Unreadable`` for any other failure."""
+        odb = self._require(object_id).odb
         try:
-            kind, data = repository.odb.read(object_id)
+            answer: tuple[Any, Any] = getattr(odb, method)(object_id)
         except KeyError:
             return None
         except (self._git2.GitError, ValueError, OSError, MemoryError) as exc:
             raise Unreadable(str(exc)) from exc
-        return _KIND_NAMES.get(int(kind), str(kind)), bytes(data)
+        return answer
 
     @property
     def usable(self) -> bool:
