@@ -552,8 +552,8 @@ class GitMirror:
         to git; None without one."""
         try:
             commit = self._objects.commit(ref)
-        except KeyError:
-            return None
+        except KeyError:  # libgit2 finds no such commit: git is the judge of that too
+            commit = None
         if commit is None:
             commit = self._commit_by_git(ref)
         if commit is None:
