@@ -204,11 +204,19 @@ class Transport:
         handle = self._multi_borrow()
         try:
             _prepare(handle, flight, header_list)
+        except BaseException:
+            self._multi_give_back(handle)
+            raise
+        self._add(multi, handle)
+        return handle
+
+    def _add(self, multi: _MultiLoop, handle: pycurl.Curl) -> None:
+        """Puts a prepared handle into the batch; one that cannot go in is given back, not lost."""
+        try:
             multi.add(handle)
         except BaseException:
             self._multi_give_back(handle)
             raise
-        return handle
 
     def _again(self, multi: _MultiLoop, handle: pycurl.Curl, flight: _Flight, error: pycurl.error) -> bool:
         """Sends a request again whose connect failed with nothing sent, once (as ``patch`` does)."""
@@ -217,13 +225,8 @@ class Transport:
         flight.attempts += 1
         flight.received = io.BytesIO()
         flight.header_lines = []
-        handle.setopt(pycurl.WRITEDATA, flight.received)
-        handle.setopt(pycurl.HEADERFUNCTION, flight.header_lines.append)
-        try:
-            multi.add(handle)
-        except BaseException:
-            self._multi_give_back(handle)
-            raise
+        _collect_answer(handle, flight)
+        self._add(multi, handle)
         return True
 
     def _multi_loop(self) -> _MultiLoop:
@@ -244,7 +247,7 @@ class Transport:
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
-            self._made = [handle for handle in self._made if all(handle is not gone for gone in idle)]
+            self._forget(idle)
         for handle in idle:
             handle.close()
         if self._multi_lock.acquire(blocking=False):
@@ -253,12 +256,17 @@ class Transport:
             finally:
                 self._multi_lock.release()
 
+    def _forget(self, closing: list[pycurl.Curl]) -> None:
+        """Takes handles about to be closed out of those made; ``_lock`` held."""
+        gone = {id(handle) for handle in closing}
+        self._made = [handle for handle in self._made if id(handle) not in gone]
+
     def _close_multi(self) -> None:
         """Closes the batches' handles and their connections; ``_multi_lock`` held."""
         idle, self._multi_idle = self._multi_idle, []
         loop, self._multi = self._multi, None
         with self._lock:
-            self._made = [handle for handle in self._made if all(handle is not gone for gone in idle)]
+            self._forget(idle)
         for handle in idle:
             handle.close()
         if loop is not None:
@@ -339,6 +347,11 @@ def _prepare(handle: pycurl.Curl, flight: _Flight, header_list: list[str]) -> No
     handle.setopt(pycurl.URL, flight.url)
     handle.setopt(pycurl.HTTPHEADER, header_list)
     handle.setopt(pycurl.POSTFIELDS, flight.body)
+    _collect_answer(handle, flight)
+
+
+def _collect_answer(handle: pycurl.Curl, flight: _Flight) -> None:
+    """Where the handle puts the answer's body and header lines: the flight's buffers."""
     handle.setopt(pycurl.WRITEDATA, flight.received)
     handle.setopt(pycurl.HEADERFUNCTION, flight.header_lines.append)
 
