@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import selectors
+import select
 import threading
 import time
 import weakref
@@ -357,13 +357,21 @@ def _collect_answer(handle: pycurl.Curl, flight: _Flight) -> None:
 
 
 class _MultiLoop:
-    """A libcurl multi handle driven through its socket and timer callbacks on an epoll selector, so
-    that no descriptor is out of reach (``select`` and libcurl's fdset stop at 1,024, which a worker
-    with many clusters' connections can pass). One batch at a time drives it."""
+    """A libcurl multi handle driven through its socket and timer callbacks on an epoll set, so that
+    no descriptor is out of reach (``select`` and libcurl's fdset stop at 1,024, which a worker with
+    many clusters' connections can pass). One batch at a time drives it.
+
+    libcurl stops watching a kept connection each time a request on it ends, and watches it again
+    for the next one: a connection between two requests stays in the epoll set, parked, rather than
+    leaving and coming back (a system call and the selector's bookkeeping less per request, about a
+    tenth of a batch's CPU). A parked connection that wakes (the server closed it) leaves the set.
+    """
 
     def __init__(self) -> None:
         self._multi = pycurl.CurlMulti()
-        self._selector = selectors.DefaultSelector()
+        self._epoll = select.epoll()
+        self._in_set: dict[int, int] = {}  # descriptor -> the events the epoll set watches it for
+        self._watched: set[int] = set()  # the descriptors libcurl asked to watch (not parked)
         self._deadline: float | None = None  # when libcurl wants to be called for its timers
         self._multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
         self._multi.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
@@ -395,29 +403,48 @@ class _MultiLoop:
         wait = _MULTI_WAIT
         if self._deadline is not None:
             wait = max(0.0, min(wait, self._deadline - time.monotonic()))
-        for key, mask in self._selector.select(wait):
-            action = (pycurl.CSELECT_IN if mask & selectors.EVENT_READ else 0) | (
-                pycurl.CSELECT_OUT if mask & selectors.EVENT_WRITE else 0
+        for fd, mask in self._epoll.poll(wait):
+            if fd not in self._watched:  # parked, and woken: the server closed it, or sent unasked
+                self._leave_set(fd)
+                continue
+            # As ``selectors`` reads epoll: an error or a hang-up is both readable and writable.
+            action = (pycurl.CSELECT_IN if mask & ~select.EPOLLOUT else 0) | (
+                pycurl.CSELECT_OUT if mask & ~select.EPOLLIN else 0
             )
-            self._multi.socket_action(key.fd, action)
+            self._multi.socket_action(fd, action)
         if self._deadline is not None and time.monotonic() >= self._deadline:
             self._deadline = None  # libcurl sets the next one, if any, during the call
             self._multi.socket_action(pycurl.SOCKET_TIMEOUT, 0)
 
     def close(self) -> None:
         self._multi.close()
-        self._selector.close()
+        self._epoll.close()
 
     def _on_socket(self, what: int, fd: int, multi: object, socketp: object) -> None:
         events = _WATCHED.get(what, 0)
-        registered = fd in self._selector.get_map()
-        if not events:  # POLL_REMOVE (or nothing to watch): libcurl is done with the socket
-            if registered:
-                self._selector.unregister(fd)
-        elif registered:
-            self._selector.modify(fd, events)
-        else:
-            self._selector.register(fd, events)
+        if not events:  # POLL_REMOVE: libcurl is done with the socket for now; it stays in the set
+            self._watched.discard(fd)
+            return
+        watched_before = fd in self._watched
+        self._watched.add(fd)
+        if watched_before and self._in_set.get(fd) == events:
+            return
+        if fd in self._in_set:
+            try:
+                # Also when the events are the same, for a parked one: libcurl may have closed it since
+                # (closing takes it out of the set) and be using the number for a new connection.
+                self._epoll.modify(fd, events)
+                self._in_set[fd] = events
+                return
+            except FileNotFoundError:  # closed since, and this number is a new socket
+                del self._in_set[fd]
+        self._epoll.register(fd, events)
+        self._in_set[fd] = events
+
+    def _leave_set(self, fd: int) -> None:
+        self._in_set.pop(fd, None)
+        with contextlib.suppress(OSError):  # closed already: the set dropped it
+            self._epoll.unregister(fd)
 
     def _on_timer(self, timeout_ms: int) -> None:
         self._deadline = None if timeout_ms < 0 else time.monotonic() + timeout_ms / 1000
@@ -425,9 +452,9 @@ class _MultiLoop:
 
 # What to watch a socket for, by what libcurl asks.
 _WATCHED = {
-    pycurl.POLL_IN: selectors.EVENT_READ,
-    pycurl.POLL_OUT: selectors.EVENT_WRITE,
-    pycurl.POLL_INOUT: selectors.EVENT_READ | selectors.EVENT_WRITE,
+    pycurl.POLL_IN: select.EPOLLIN,
+    pycurl.POLL_OUT: select.EPOLLOUT,
+    pycurl.POLL_INOUT: select.EPOLLIN | select.EPOLLOUT,
 }
 
 
