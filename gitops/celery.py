@@ -6,11 +6,12 @@ from typing import Any
 from celery import Celery, Task
 from celery.signals import task_postrun, task_prerun, worker_process_shutdown
 
-from gitops.memory import limit_malloc_arenas
+from gitops.memory import limit_malloc_arenas, tune_garbage_collector
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sluice.settings")
 # Before any thread starts; prefork children inherit it.
 limit_malloc_arenas()
+tune_garbage_collector()  # prefork children inherit it too
 
 app = Celery("gitops")
 app.config_from_object("django.conf:settings", namespace="CELERY")

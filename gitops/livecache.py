@@ -45,7 +45,7 @@ from gitops.cluster.informer import DELETED, ConfigMapInformer, WatchOptions
 from gitops.cluster.livestore import LEASE_SECONDS, LiveStore
 from gitops.desired.content import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 from gitops.errors import TemporaryError
-from gitops.memory import limit_malloc_arenas
+from gitops.memory import limit_malloc_arenas, tune_garbage_collector
 from gitops.models import ManagedObject, Source
 from gitops.plan.stamps import LiveStamp, sources_to_wake, stamp_of
 from gitops.rollout.state import SYSTEM_ACTOR
@@ -753,6 +753,7 @@ def live_cache_run(cluster: str | None = None) -> None:
     if cluster is not None:
         clients.ref(cluster)  # an unknown name fails here, before anything starts
     limit_malloc_arenas()  # a thread per watch: before any of them starts
+    tune_garbage_collector()  # it holds every managed object: fewer full collections walking them
     # Each watch holds a connection of its cluster's client (one per namespace, where a cluster
     # cannot be watched whole).
     clients.pool_size = WATCH_POOL_SIZE

@@ -1,7 +1,9 @@
-"""The cap on malloc arenas that workers and the live cache set before their threads start."""
+"""The cap on malloc arenas that workers and the live cache set before their threads start, and the
+garbage collector's threshold they raise."""
 
 from __future__ import annotations
 
+import gc
 import os
 import platform
 import subprocess
@@ -10,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gitops.memory import limit_malloc_arenas
+from gitops.memory import DEFAULT_GC_THRESHOLD, limit_malloc_arenas, tune_garbage_collector
 
 ROOT = Path(__file__).resolve().parents[2]
 GLIBC = platform.libc_ver()[0] == "glibc"
@@ -70,3 +72,31 @@ def test_threads_of_a_capped_process_share_the_arenas():
         env={**environment, "PYTHONPATH": str(ROOT)},
     ).stdout
     assert output.count("<heap nr=") <= 2
+
+
+@pytest.fixture
+def gc_threshold():
+    """The process's collector thresholds, put back after the test."""
+    before = gc.get_threshold()
+    yield before
+    gc.set_threshold(*before)
+
+
+def test_the_collector_starts_after_ten_thousand_new_objects_and_keeps_its_older_generations(
+    monkeypatch, gc_threshold
+):
+    monkeypatch.delenv("SLUICE_GC_THRESHOLD", raising=False)
+    gc.set_threshold(700, 10, 10)
+    assert tune_garbage_collector() == DEFAULT_GC_THRESHOLD == 10_000
+    assert gc.get_threshold() == (10_000, 10, 10)
+    monkeypatch.setenv("SLUICE_GC_THRESHOLD", "2500")
+    assert tune_garbage_collector() == 2500
+    assert gc.get_threshold() == (2500, 10, 10)
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "often"])
+def test_zero_or_nonsense_leaves_the_collector_as_it_is(monkeypatch, gc_threshold, value):
+    gc.set_threshold(700, 10, 10)
+    monkeypatch.setenv("SLUICE_GC_THRESHOLD", value)
+    assert tune_garbage_collector() is None
+    assert gc.get_threshold() == (700, 10, 10)
