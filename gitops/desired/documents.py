@@ -166,25 +166,29 @@ class _Builder:
             yaml.MappingEndEvent: self._close,
         }
         documents: list[Document] = []
-        _next_event(loader)  # StreamStartEvent
+        next_event: Callable[[], yaml.Event] = loader.get_event
+        next_event()  # StreamStartEvent
         index = 0
         while not loader.check_event(yaml.StreamEndEvent):
-            _next_event(loader)  # DocumentStartEvent
+            next_event()  # DocumentStartEvent
             self._begin_document()
-            event = _next_event(loader)
-            while not isinstance(event, yaml.DocumentEndEvent):
+            event = next_event()
+            # Every value of every file passes here: the loop asks for each event's handler directly.
+            while type(event) is not yaml.DocumentEndEvent:
                 handlers[type(event)](event)
-                event = _next_event(loader)
+                event = next_event()
             if self.root is not None:
                 documents.append(Document(self.file, index, self.root, self.lines))
             index += 1
         return documents
 
     def _on_scalar(self, event: yaml.ScalarEvent) -> None:
-        if self._expecting_key():
-            self._scalar_key(event, _line(event))
+        line = event.start_mark.line + 1 if event.start_mark else 0
+        stack = self.stack
+        if stack and stack[-1].expect is _Expect.KEY and type(stack[-1].value) is dict:
+            self._scalar_key(event, line)
         else:
-            self._scalar(event, _line(event))
+            self._scalar(event, line)
 
     def _on_alias(self, event: yaml.AliasEvent) -> None:
         self._alias(event.anchor or "", _line(event))
@@ -367,6 +371,9 @@ class _Builder:
 
     def _construct(self, event: yaml.ScalarEvent, line: int, path: PathKey | None) -> Any:
         tag = event.tag
+        if tag is None and not event.implicit[0]:
+            # Quoted, a literal or a folded block: text, as YAML resolves it, however long or digit-like.
+            return event.value
         if tag is None or tag == "!":
             tag = _resolve(event)
         if tag == _STR_TAG:
@@ -387,11 +394,6 @@ class _Builder:
         if path is not None:
             self.errors.append(ValidationError(self.file, line, dotted(path), problem))
         return None
-
-
-def _next_event(loader: yaml.SafeLoader) -> yaml.Event:
-    event: yaml.Event = loader.get_event()  # type: ignore[no-untyped-call]
-    return event
 
 
 def _line(event: yaml.Event) -> int:

@@ -32,3 +32,16 @@ def test_absurdly_deep_json_is_an_error_not_a_crash():
 def test_multi_document_yaml_skips_empty_documents_and_numbers_the_rest():
     documents, _ = load_yaml("m.yaml", b"---\na: 1\n---\n---\nb: 2\n")
     assert [(d.index, d.data) for d in documents] == [(0, {"a": 1}), (2, {"b": 2})]
+
+
+def test_a_quoted_or_block_value_is_text_however_long_and_digit_like_it_is():
+    digits = "1" * 1500
+    text = f'data:\n  quoted: "{digits}"\n  single: \'{digits}\'\n  block: |\n    {digits}\n  short: "8080"\n'
+    (document,), errors = load_yaml("a.yaml", text.encode())
+    assert errors == []
+    expected = {"quoted": digits, "single": digits, "block": digits + "\n", "short": "8080"}
+    assert document.data["data"] == expected
+    _, errors = load_yaml("b.yaml", f"data:\n  plain: {digits}\n".encode())
+    assert [str(error) for error in errors] == [
+        "b.yaml:2: data.plain: a number of 1,500 characters is too long; quote it if it is text"
+    ]
