@@ -4,14 +4,13 @@ import os
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import task_postrun, task_prerun, worker_process_shutdown
+from celery.signals import task_postrun, task_prerun, worker_init, worker_process_shutdown
 
 from gitops.memory import limit_malloc_arenas, tune_garbage_collector
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sluice.settings")
 # Before any thread starts; prefork children inherit it.
 limit_malloc_arenas()
-tune_garbage_collector()  # prefork children inherit it too
 
 app = Celery("gitops")
 app.config_from_object("django.conf:settings", namespace="CELERY")
@@ -22,6 +21,12 @@ log = logging.getLogger(__name__)
 # Long enough to outlive any redelivery, short enough that Redis forgets tasks it never saw finish.
 STARTS_TTL_SECONDS = 24 * 3600
 _REDIS_TIMEOUT_SECONDS = 2
+
+
+@worker_init.connect
+def _fewer_garbage_collections(**_: object) -> None:
+    # Workers only (not the web, beat or a command that imports the tasks); prefork children inherit it.
+    tune_garbage_collector()
 
 
 @worker_process_shutdown.connect

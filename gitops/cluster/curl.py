@@ -361,17 +361,17 @@ class _MultiLoop:
     no descriptor is out of reach (``select`` and libcurl's fdset stop at 1,024, which a worker with
     many clusters' connections can pass). One batch at a time drives it.
 
-    libcurl stops watching a kept connection each time a request on it ends, and watches it again
-    for the next one: a connection between two requests stays in the epoll set, parked, rather than
-    leaving and coming back (a system call and the selector's bookkeeping less per request, about a
-    tenth of a batch's CPU). A parked connection that wakes (the server closed it) leaves the set.
+    The epoll set is used directly, not through ``selectors``: libcurl asks to watch each kept
+    connection again for every request, and the selector's bookkeeping of those calls cost about 5%
+    of a batch's CPU. A connection leaves the set as soon as libcurl stops watching it, before
+    libcurl may close it: a socket a forked child shares would otherwise stay in the set, closed.
     """
 
     def __init__(self) -> None:
         self._multi = pycurl.CurlMulti()
         self._epoll = select.epoll()
-        self._in_set: dict[int, int] = {}  # descriptor -> the events the epoll set watches it for
-        self._watched: set[int] = set()  # the descriptors libcurl asked to watch (not parked)
+        self._watched: dict[int, int] = {}  # descriptor -> the events libcurl asked to watch it for
+        self._failure: OSError | None = None  # the epoll set refused a descriptor (in a callback)
         self._deadline: float | None = None  # when libcurl wants to be called for its timers
         self._multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
         self._multi.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
@@ -404,17 +404,19 @@ class _MultiLoop:
         if self._deadline is not None:
             wait = max(0.0, min(wait, self._deadline - time.monotonic()))
         for fd, mask in self._epoll.poll(wait):
-            if fd not in self._watched:  # parked, and woken: the server closed it, or sent unasked
-                self._leave_set(fd)
-                continue
-            # As ``selectors`` reads epoll: an error or a hang-up is both readable and writable.
-            action = (pycurl.CSELECT_IN if mask & ~select.EPOLLOUT else 0) | (
-                pycurl.CSELECT_OUT if mask & ~select.EPOLLIN else 0
+            # As ``selectors`` reads epoll: an error or a hang-up counts as both, of what is watched.
+            watched = self._watched.get(fd, 0)
+            action = (pycurl.CSELECT_IN if mask & ~select.EPOLLOUT and watched & select.EPOLLIN else 0) | (
+                pycurl.CSELECT_OUT if mask & ~select.EPOLLIN and watched & select.EPOLLOUT else 0
             )
             self._multi.socket_action(fd, action)
         if self._deadline is not None and time.monotonic() >= self._deadline:
             self._deadline = None  # libcurl sets the next one, if any, during the call
             self._multi.socket_action(pycurl.SOCKET_TIMEOUT, 0)
+        if self._failure is not None:
+            # pycurl swallows what a callback raises: without this, the transfer would wait for its timeout.
+            failure, self._failure = self._failure, None
+            raise CurlError(f"cannot watch a connection: {failure.strerror or failure}") from failure
 
     def close(self) -> None:
         self._multi.close()
@@ -422,29 +424,21 @@ class _MultiLoop:
 
     def _on_socket(self, what: int, fd: int, multi: object, socketp: object) -> None:
         events = _WATCHED.get(what, 0)
-        if not events:  # POLL_REMOVE: libcurl is done with the socket for now; it stays in the set
-            self._watched.discard(fd)
-            return
-        watched_before = fd in self._watched
-        self._watched.add(fd)
-        if watched_before and self._in_set.get(fd) == events:
-            return
-        if fd in self._in_set:
-            try:
-                # Also when the events are the same, for a parked one: libcurl may have closed it since
-                # (closing takes it out of the set) and be using the number for a new connection.
+        watched = self._watched.get(fd)
+        try:
+            if not events:  # POLL_REMOVE (or nothing to watch): libcurl is done with the socket
+                if watched is not None:
+                    del self._watched[fd]
+                    with contextlib.suppress(OSError):  # closed already: the set dropped it
+                        self._epoll.unregister(fd)
+            elif watched is None:
+                self._epoll.register(fd, events)
+                self._watched[fd] = events
+            elif watched != events:
                 self._epoll.modify(fd, events)
-                self._in_set[fd] = events
-                return
-            except FileNotFoundError:  # closed since, and this number is a new socket
-                del self._in_set[fd]
-        self._epoll.register(fd, events)
-        self._in_set[fd] = events
-
-    def _leave_set(self, fd: int) -> None:
-        self._in_set.pop(fd, None)
-        with contextlib.suppress(OSError):  # closed already: the set dropped it
-            self._epoll.unregister(fd)
+                self._watched[fd] = events
+        except OSError as exc:
+            self._failure = exc
 
     def _on_timer(self, timeout_ms: int) -> None:
         self._deadline = None if timeout_ms < 0 else time.monotonic() + timeout_ms / 1000

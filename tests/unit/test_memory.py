@@ -100,3 +100,27 @@ def test_zero_or_nonsense_leaves_the_collector_as_it_is(monkeypatch, gc_threshol
     monkeypatch.setenv("SLUICE_GC_THRESHOLD", value)
     assert tune_garbage_collector() is None
     assert gc.get_threshold() == (700, 10, 10)
+
+
+def test_a_worker_raises_the_threshold_as_it_starts_and_merely_importing_the_tasks_does_not():
+    program = (
+        "import gc\n"
+        "import django\n"
+        "django.setup()\n"
+        "import gitops.tasks\n"
+        "from celery.signals import worker_init\n"
+        "print(gc.get_threshold()[0])\n"
+        "worker_init.send(sender=None)\n"
+        "print(gc.get_threshold()[0])\n"
+    )
+    environment = {key: value for key, value in os.environ.items() if key != "SLUICE_GC_THRESHOLD"}
+    output = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**environment, "PYTHONPATH": str(ROOT), "DJANGO_SETTINGS_MODULE": "sluice.settings"},
+    ).stdout.split()
+    assert output == ["700", "10000"]
