@@ -55,23 +55,24 @@ def test_threads_of_a_capped_process_share_the_arenas():
         "[t.join() for t in threads]\n"
         "ctypes.CDLL(None).malloc_info(0, ctypes.c_void_p.in_dll(ctypes.CDLL(None), 'stdout'))\n"
     )
-    environment = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in ("SLUICE_MALLOC_ARENAS", "MALLOC_ARENA_MAX", "GLIBC_TUNABLES")
-    }
     if not GLIBC:  # malloc_info is glibc's; elsewhere the cap is not set at all (see above)
         return
-    output = subprocess.run(
+    output = run_python(program, without=("SLUICE_MALLOC_ARENAS", "MALLOC_ARENA_MAX", "GLIBC_TUNABLES"))
+    assert output.count("<heap nr=") <= 2
+
+
+def run_python(program: str, *, without: tuple[str, ...], **env: str) -> str:
+    """What ``program`` prints, run by a fresh interpreter without the ``without`` variables."""
+    environment = {key: value for key, value in os.environ.items() if key not in without}
+    return subprocess.run(
         [sys.executable, "-c", program],
         capture_output=True,
         text=True,
         check=True,
         timeout=60,
         cwd=ROOT,
-        env={**environment, "PYTHONPATH": str(ROOT)},
+        env={**environment, "PYTHONPATH": str(ROOT), **env},
     ).stdout
-    assert output.count("<heap nr=") <= 2
 
 
 @pytest.fixture
@@ -113,14 +114,5 @@ def test_a_worker_raises_the_threshold_as_it_starts_and_merely_importing_the_tas
         "worker_init.send(sender=None)\n"
         "print(gc.get_threshold()[0])\n"
     )
-    environment = {key: value for key, value in os.environ.items() if key != "SLUICE_GC_THRESHOLD"}
-    output = subprocess.run(
-        [sys.executable, "-c", program],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-        cwd=ROOT,
-        env={**environment, "PYTHONPATH": str(ROOT), "DJANGO_SETTINGS_MODULE": "sluice.settings"},
-    ).stdout.split()
-    assert output == ["700", "10000"]
+    output = run_python(program, without=("SLUICE_GC_THRESHOLD",), DJANGO_SETTINGS_MODULE="sluice.settings")
+    assert output.split() == ["700", "10000"]
