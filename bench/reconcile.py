@@ -480,6 +480,18 @@ def bench_environment() -> Iterator[tuple[dict[str, str], Path]]:
             stack.down()
         else:
             delete_namespaces(CREATED_NAMESPACES, env)
+            drop_database(stack_env["DATABASE_URL"], database)
+
+
+def drop_database(server_url: str, database: str) -> None:
+    """Drops a run's database on a stack that stays up: runs would otherwise pile theirs up in it.
+    ``WITH (FORCE)`` ends what is still connected (this process's own Django connection included)."""
+    import psycopg
+    from django.db import connections
+
+    connections.close_all()
+    with psycopg.connect(server_url, autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
 def peer_cold(bench: Bench, size: int, samples: list[float]) -> None:
