@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from reconcile import NAMESPACES, git, manifest  # noqa: E402
+from reconcile import NAMESPACES, drop_database, git, manifest  # noqa: E402
 
 CLUSTERS = ("default", "member-1", "member-2")
 
@@ -170,6 +170,7 @@ def main() -> int:
         )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+        drop_database(stack_env["DATABASE_URL"], database)
         if started_stack:
             stack.down()
     return 0

@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from reconcile import git  # noqa: E402 - bench/reconcile.py, beside this script
+from reconcile import drop_database, git  # noqa: E402 - bench/reconcile.py, beside this script
 
 IMAGE = "registry.example.com/sluice/consumer:1"
 
@@ -212,6 +212,7 @@ def main() -> int:
         results = run(env, workdir, args.deployments, args.runs)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+        drop_database(stack_env["DATABASE_URL"], database)
         if started_stack:
             stack.down()
     latencies = sorted(latency for latency, _ in results)

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from reconcile import NAMESPACES, Bench  # noqa: E402 - the same repository and set-up
+from reconcile import NAMESPACES, Bench, drop_database  # noqa: E402 - the same repository and set-up
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -172,6 +172,7 @@ def main() -> int:
         latencies, edits, heals = run(bench, env, args.edits, args.configmaps)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+        drop_database(stack_env["DATABASE_URL"], database)
         if started_stack:
             stack.down()
     p50, p95 = statistics.median(latencies), percentile(latencies, 0.95)

@@ -476,20 +476,24 @@ def bench_environment() -> Iterator[tuple[dict[str, str], Path]]:
         yield env, workdir
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+        drop_database(stack_env["DATABASE_URL"], database)
         if started_stack:
             stack.down()
         else:
             delete_namespaces(CREATED_NAMESPACES, env)
-            drop_database(stack_env["DATABASE_URL"], database)
 
 
 def drop_database(server_url: str, database: str) -> None:
-    """Drops a run's database on a stack that stays up: runs would otherwise pile theirs up in it.
+    """Drops a run's database: on a stack that stays up, runs would otherwise pile theirs up in it.
     ``WITH (FORCE)`` ends what is still connected (this process's own Django connection included)."""
     import psycopg
-    from django.db import connections
 
-    connections.close_all()
+    try:
+        from django.db import connections
+
+        connections.close_all()
+    except Exception:  # noqa: S110 - django may not be set up yet
+        pass
     with psycopg.connect(server_url, autocommit=True) as connection:
         connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
