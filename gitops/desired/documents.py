@@ -183,12 +183,10 @@ class _Builder:
         return documents
 
     def _on_scalar(self, event: yaml.ScalarEvent) -> None:
-        line = event.start_mark.line + 1 if event.start_mark else 0
-        stack = self.stack
-        if stack and stack[-1].expect is _Expect.KEY and type(stack[-1].value) is dict:
-            self._scalar_key(event, line)
+        if self._expecting_key():
+            self._scalar_key(event, _line(event))
         else:
-            self._scalar(event, line)
+            self._scalar(event, _line(event))
 
     def _on_alias(self, event: yaml.AliasEvent) -> None:
         self._alias(event.anchor or "", _line(event))

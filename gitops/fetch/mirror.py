@@ -550,12 +550,7 @@ class GitMirror:
     def _tip(self, ref: str) -> tuple[CommitInfo, tuple[str, ...]] | None:
         """The commit ``ref`` points at and its parents: read by libgit2 in process, else by one call
         to git; None without one."""
-        try:
-            commit = self._objects.commit(ref)
-        except KeyError:  # libgit2 finds no such commit: git is the judge of that too
-            commit = None
-        if commit is None:
-            commit = self._commit_by_git(ref)
+        commit = self._objects.commit(ref) or self._commit_by_git(ref)
         if commit is None:
             return None
         message = commit.message

@@ -68,8 +68,8 @@ class ObjectStore:
         self._unusable = False  # the mirror may be made again (``GitMirror._recreate_with_format``)
 
     def commit(self, revision: str) -> Commit | None:
-        """The commit ``revision`` (an object id or a ref, a tag peeled) names, or None when it cannot
-        be told as git would (git is asked then). Raises ``KeyError`` when there is none.
+        """The commit ``revision`` (an object id or a ref, a tag peeled) names, or None when libgit2
+        finds none or cannot tell it as git would: git is asked then, and is the judge of both.
 
         libgit2 finds the commit; its headers are read here from the raw object, and only when each
         is plainly formed (see ``_commit_of``): libgit2's own reading of an odd signature differs
@@ -83,7 +83,7 @@ class ObjectStore:
                 return None
             raw = repository.odb.read(found.id)[1]
         except KeyError:
-            raise
+            return None
         except (self._git2.GitError, ValueError, OSError, MemoryError) as exc:
             logger.info("libgit2 cannot read %s in %s (%s): asking git", revision, self._path, exc)
             return None
