@@ -203,6 +203,12 @@ class Environment:
         used["bench driver"] = driver.user + driver.system
         return used
 
+    def workers_git_cpu(self) -> float:
+        """CPU seconds so far of the workers' ``git`` processes alone (the part of the workers' figures
+        that runs in their children): a push's or a poll's fetch is mostly these."""
+        groups = [process_tree(p.pid) for name, p in self.named.items() if name.startswith("worker")]
+        return sum(cpu_seconds(group, children=True) - cpu_seconds(group) for group in groups)
+
     def start_workers(self, count: int, concurrency: int = 1) -> None:
         for index in range(count):
             self.start(
@@ -360,7 +366,7 @@ def measure_polls(env: Environment, fleet: list[Any], interval: int, duration: f
         offset = timedelta(seconds=random.uniform(0, interval))  # noqa: S311 - not for security
         Source.objects.filter(pk=source_id).update(next_poll_at=now + offset)
     env.start_beat()
-    cpu_before = env.cpu()
+    cpu_before, git_before = env.cpu(), env.workers_git_cpu()
     waiting: dict[int, datetime] = {}  # source -> when its claimed poll was due
     last_due = dict(Source.objects.filter(pk__in=ids).values_list("pk", "next_poll_at"))
     last_synced = dict(Source.objects.filter(pk__in=ids).values_list("pk", "last_synced_at"))
@@ -389,7 +395,15 @@ def measure_polls(env: Environment, fleet: list[Any], interval: int, duration: f
     after = env.cpu()
     elapsed = time.monotonic() - started
     cpu = {name: (after[name] - cpu_before.get(name, 0.0)) / elapsed for name in after}
-    return {"lags": lags, "queue": queue, "per_round": per_round, "still_waiting": overdue, "cpu": cpu}
+    git_cores = (env.workers_git_cpu() - git_before) / elapsed
+    return {
+        "lags": lags,
+        "queue": queue,
+        "per_round": per_round,
+        "still_waiting": overdue,
+        "cpu": cpu,
+        "git": git_cores,
+    }
 
 
 def run_poll(args: argparse.Namespace, env: Environment) -> None:
@@ -428,7 +442,7 @@ def run_poll(args: argparse.Namespace, env: Environment) -> None:
     print(
         "CPU while measured, in cores: "
         + ", ".join(f"{name} {cores:.2f}" for name, cores in busiest if cores >= 0.005)
-        + f" (all: {sum(result['cpu'].values()):.2f} of 2)"
+        + f" (all: {sum(result['cpu'].values()):.2f} of 2; the workers' git processes {result['git']:.2f} of it)"
     )
 
 
@@ -468,7 +482,7 @@ def run_pushes(args: argparse.Namespace, env: Environment) -> None:
     heads = {source.pk: None for source, _ in fleet}
     statuses: list[int] = []
     gap = args.seconds / args.pushes
-    cpu_before = env.cpu()
+    cpu_before, git_before = env.cpu(), env.workers_git_cpu()
     started = time.time()
     with ThreadPoolExecutor(16) as pool:
         futures = []
@@ -499,17 +513,21 @@ def run_pushes(args: argparse.Namespace, env: Environment) -> None:
     elapsed = time.time() - started
     cpu_after = env.cpu()
     report_pushes(pushed, fleet)
-    print_cpu({name: after - cpu_before.get(name, 0.0) for name, after in cpu_after.items()}, elapsed)
+    git_seconds = env.workers_git_cpu() - git_before
+    print_cpu(
+        {name: after - cpu_before.get(name, 0.0) for name, after in cpu_after.items()}, elapsed, git_seconds
+    )
 
 
-def print_cpu(seconds: dict[str, float], elapsed: float) -> None:
-    """Where the cores went while the run was measured: CPU seconds and the share of that time."""
+def print_cpu(seconds: dict[str, float], elapsed: float, git_seconds: float) -> None:
+    """Where the cores went while the run was measured: CPU seconds and the share of that time;
+    ``git_seconds``: the workers' git processes' part of their figures."""
     busiest = sorted(seconds.items(), key=lambda item: -item[1])
     print(
         f"CPU over {elapsed:.1f}s, in CPU seconds: "
         + ", ".join(f"{name} {used:.1f}" for name, used in busiest if used >= 0.05)
         + f" (all: {sum(seconds.values()):.1f} s, {sum(seconds.values()) / elapsed:.2f} of 2 cores;"
-        " a worker's figure includes its git processes)"
+        f" a worker's figure includes its git processes, {git_seconds:.1f} s of the workers' together)"
     )
 
 
