@@ -81,7 +81,9 @@ class SyncResult:
 # -- one pass -------------------------------------------------------------------------------
 
 
-def _reconcile(source: Source, *, actor: str, retry_failed: bool, manual: bool = False) -> SyncResult:
+def _reconcile(
+    source: Source, *, actor: str, retry_failed: bool, manual: bool = False, report_rollout: bool = True
+) -> SyncResult:
     registered = clients.refresh()  # clusters registered, removed or re-pointed since the last pass
     owed = _owed(source)  # one query; most passes owe nothing
     # What a crashed run (or an unreachable cluster) left behind.
@@ -122,7 +124,8 @@ def _reconcile(source: Source, *, actor: str, retry_failed: bool, manual: bool =
     # A cluster that did not answer fails only its own targets: the pass reports it and goes on.
     unreachable = [f"cluster {name} unreachable: {why}" for name, why in sorted(outcome.unreachable.items())]
     result.summary, result.errors = outcome.summary, [*outcome.failures, *unreachable]
-    result.rollout = selectors.rollout_status(selectors.rollout_for_status(rollout.pk))
+    if report_rollout:  # one wide query: a push's or a poll's result is read by nobody
+        result.rollout = selectors.rollout_status(selectors.rollout_for_status(rollout.pk))
     if resumed:
         result.summary["resumed"] = resumed
     if head.summary != result.summary:  # a no-op poll writes nothing here
@@ -266,8 +269,12 @@ def source_sync(
     retry_failed: bool = False,
     manual: bool = False,
     automatic: bool = False,
+    report_rollout: bool = True,
 ) -> SyncResult:
     """Fetch, validate, plan, roll out and record one source. Raises SourceBusy when another run holds it.
+
+    ``report_rollout=False``: the result leaves out the rollout's status (``SyncResult.rollout``), one
+    query fewer, for a task whose result nobody reads (a push's or a poll's).
 
     An ``automatic`` sync (a poll, a push, a timer) of a source that does not allow one
     (``Source.automatic_sync_allowed``: suspended) does nothing; one someone asked for always runs.
@@ -293,7 +300,7 @@ def source_sync(
             with source_lock(source) as acquired:
                 if acquired:
                     Source.objects.filter(pk=source.pk).update(sync_requested_at=None, sync_queued=False)
-                    runs.append(_measured(source, actor=actor, retry_failed=retry_failed, manual=manual))
+                    runs.append(_measured(source, actor, retry_failed, manual, report_rollout))
             if not acquired:
                 if runs:
                     break  # another worker took the lock after us; it runs what was requested
@@ -336,10 +343,14 @@ def _unlock(source: Source) -> None:
         raise
 
 
-def _measured(source: Source, *, actor: str, retry_failed: bool, manual: bool) -> SyncResult:
+def _measured(
+    source: Source, actor: str, retry_failed: bool, manual: bool, report_rollout: bool
+) -> SyncResult:
     started = time.monotonic()
     try:
-        result = _reconcile(source, actor=actor, retry_failed=retry_failed, manual=manual)
+        result = _reconcile(
+            source, actor=actor, retry_failed=retry_failed, manual=manual, report_rollout=report_rollout
+        )
     except (TemporaryError, PermanentError):
         metrics.RECONCILES.labels(source.name, "error").inc()
         raise

@@ -65,7 +65,13 @@ def sync_source(
         return sync_failure_record(source_id, WorkerDied(died)).as_dict()
     try:
         return source_sync(
-            source_id, actor=actor, retry_failed=retry_failed, manual=manual, automatic=automatic
+            source_id,
+            actor=actor,
+            retry_failed=retry_failed,
+            manual=manual,
+            automatic=automatic,
+            # Sent with ignore_result (a push, a poll): the result is stored nowhere and read by nobody.
+            report_rollout=not self.request.ignore_result,
         ).as_dict()
     except SourceBusy as exc:
         # The running reconcile takes the request over (it is coalesced); only a

@@ -162,3 +162,32 @@ def test_the_rollout_page_reads_its_objects_total_and_counts_nothing(people, mak
     counting = [sql for sql in statements if "COUNT(" in sql.upper() and '"gitops_change"' in sql]
     assert counting == [], counting
     assert any('"gitops_rolloutobjectcount"' in sql for sql in statements), statements
+
+
+def test_a_sync_whose_result_nobody_reads_leaves_out_the_rollout_status_and_its_query(
+    tmp_path_factory, make_namespaces, settings
+):
+    """A push's or a poll's task is sent with ``ignore_result``: its result is stored nowhere, so the
+    pass does not read the rollout's status for it: one statement fewer a pass."""
+    from gitops import source_admin
+    from gitops.tasks import sync_source
+    from tests.gitrepo import GitRepo
+
+    repo = GitRepo(tmp_path_factory.mktemp("repo-unread"))
+    _repository(repo, make_namespaces("a", "b"), SMALL)
+    settings.SLUICE_DATA_DIR = tmp_path_factory.mktemp("data-unread")
+    source = source_admin.source_add(name="count-unread", url=repo.url, allowed_namespaces=["t*"])
+    assert sync_source.apply(kwargs={"source_id": source.pk}).get()["outcome"] == "applied"
+
+    def poll(**options):
+        return sync_source.apply(kwargs={"source_id": source.pk, "automatic": True}, **options).get()
+
+    counts = []
+    for options in ({}, {"ignore_result": True}, {}, {"ignore_result": True}):
+        count, result = _queries(lambda options=options: poll(**options))
+        assert result["outcome"] == "unchanged", result
+        assert (result["rollout"] is None) is bool(options), result
+        counts.append(count)
+    # A settled source's poll, the first after a cold apply aside (that one pays NOOP_STATEMENTS):
+    # 17 statements when the result is read, 16 when nobody reads it, as for every push and poll.
+    assert counts[2:] == [17, 16], counts
