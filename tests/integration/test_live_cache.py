@@ -566,3 +566,43 @@ def test_a_cluster_informer_that_died_is_started_again_by_the_next_rescan(
         done.set()
         term.end()
         term.store.release()
+
+
+def test_no_informer_of_a_term_starts_before_the_term_has_begun(repo, make_namespaces, make_source, sync):
+    """In process, on the real apiserver and Redis, as ``LiveCache._serve`` runs a term: while the
+    term's ``begin`` fails (Redis away for a moment, here its first two answers refused), no informer
+    starts, since one would resume from versions the other way of watching left; once it succeeds,
+    the cluster is watched and the namespace vouched for."""
+    import threading
+
+    import redis
+
+    from gitops.livecache import LiveCache, LiveCacheOptions, Waker, WatchScope, _Term
+
+    namespace, _ = synced_source(repo, make_namespaces, make_source, sync)
+    options = LiveCacheOptions(stale_seconds=10, watch_seconds=2, scope=WatchScope.CLUSTER)
+    cache = LiveCache(settings.SLUICE_CLUSTER_NAME, options, Waker(threading.Event()))
+    term = _Term(cache)
+    poll(term.store.claim, timeout=30, what="the cluster's lease (an earlier cache's runs out)")
+    watching = term.store.watching
+    watches_when_refused: list[int] = []
+
+    def away_twice(*, whole_cluster: bool) -> bool:
+        if len(watches_when_refused) < 2:
+            watches_when_refused.append(len(term.watches))
+            raise redis.ConnectionError("Redis is away for a moment")
+        return watching(whole_cluster=whole_cluster)
+
+    term.store.watching = away_twice  # type: ignore[method-assign]
+    serving = threading.Thread(target=cache._serve, args=(term,), daemon=True)
+    serving.start()
+    try:
+        poll(lambda: len(watches_when_refused) == 2, timeout=30, what="two refused beginnings")
+        poll(lambda: fresh(namespace), timeout=30, what="the informer, once begun, to vouch for it")
+        assert watches_when_refused == [0, 0]
+        assert serving.is_alive()
+    finally:
+        cache.stopping.set()
+        serving.join(timeout=30)
+        term.end()
+    assert not serving.is_alive()
