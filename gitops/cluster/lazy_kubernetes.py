@@ -25,6 +25,8 @@ LAZY_PACKAGES = frozenset(
     {"kubernetes", "kubernetes.client", "kubernetes.client.api", "kubernetes.client.models"}
 )
 _FROM_IMPORT = re.compile(r"^from[ \t]+(\.*[\w.]*)[ \t]+import[ \t]+(\w+)[ \t]*$", re.MULTILINE)
+# Any import statement at the start of a line; one that _FROM_IMPORT does not read makes the package eager.
+_ANY_IMPORT = re.compile(r"^[ \t]*(?:from|import)[ \t]", re.MULTILINE)
 _CONSTANT = re.compile(r"^(__\w+__)[ \t]*=[ \t]*(['\"])([^'\"\n]*)\2[ \t]*$", re.MULTILINE)
 
 
@@ -70,6 +72,14 @@ def exported_names(package: str, source: str) -> dict[str, tuple[str, str | None
     return names
 
 
+def reads_every_import(source: str) -> bool:
+    """Whether ``exported_names`` understands every import of a package's ``__init__``: each one
+    ``from X import Y`` on a line of its own. One it would miss (``from X import (A, B)``, ``import X``
+    in a later client's ``__init__``) would leave its names out, so that package is imported as usual:
+    heavier, never wrong."""
+    return len(_ANY_IMPORT.findall(source)) == len(_FROM_IMPORT.findall(source))
+
+
 def _absolute(package: str, origin: str) -> str:
     """``from .x``, ``from ..`` or ``from a.b`` as an absolute module name, seen from ``package``."""
     dots = len(origin) - len(origin.lstrip("."))
@@ -80,8 +90,9 @@ def _absolute(package: str, origin: str) -> str:
 
 
 class _LazyLoader(importlib.abc.Loader):
-    def __init__(self, spec: importlib.machinery.ModuleSpec) -> None:
+    def __init__(self, spec: importlib.machinery.ModuleSpec, source: str) -> None:
         self.spec = spec
+        self.source = source
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
         return LazyPackage(spec.name)
@@ -90,7 +101,7 @@ class _LazyLoader(importlib.abc.Loader):
         origin = self.spec.origin
         if origin is None or not isinstance(module, LazyPackage):
             raise ImportError(f"{self.spec.name} cannot be imported lazily", name=self.spec.name)
-        source = Path(origin).read_text("utf-8")
+        source = self.source
         module.__file__ = origin
         module.__path__ = list(self.spec.submodule_search_locations or [])
         module._lazy_names = exported_names(module.__name__, source)
@@ -109,8 +120,11 @@ class _LazyFinder(importlib.abc.MetaPathFinder):
         real = importlib.machinery.PathFinder.find_spec(fullname, path)
         if real is None or real.origin is None or real.submodule_search_locations is None:
             return None
+        source = Path(real.origin).read_text("utf-8")
+        if not reads_every_import(source):
+            return None
         spec = importlib.machinery.ModuleSpec(
-            fullname, _LazyLoader(real), origin=real.origin, is_package=True
+            fullname, _LazyLoader(real, source), origin=real.origin, is_package=True
         )
         spec.submodule_search_locations = real.submodule_search_locations
         return spec

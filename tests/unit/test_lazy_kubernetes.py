@@ -6,13 +6,14 @@ Each check runs in a fresh interpreter, so that what it imports is all it loaded
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from gitops.cluster.lazy_kubernetes import LAZY_PACKAGES, exported_names
+from gitops.cluster.lazy_kubernetes import LAZY_PACKAGES, exported_names, reads_every_import
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -111,3 +112,21 @@ def test_exported_names_reads_relative_and_absolute_imports() -> None:
         "V1Pod": ("kubernetes.client.models.v1_pod", "V1Pod"),
         "config": ("kubernetes", "config"),
     }
+
+
+def test_an_init_with_an_import_the_reader_would_miss_is_left_to_the_usual_import() -> None:
+    one_name_each = "from .api_client import ApiClient\nfrom kubernetes.client.models.v1_pod import V1Pod\n"
+    assert reads_every_import(one_name_each)
+    for missed in (
+        "from .rest import (ApiException,\n    RESTResponse)\n",
+        "from .rest import ApiException, RESTResponse\n",
+        "import kubernetes.watch\n",
+        "if True:\n    from .rest import ApiException\n",
+    ):
+        assert not reads_every_import(one_name_each + missed), missed
+
+
+def test_the_installed_client_is_read_whole_so_it_is_imported_lazily() -> None:
+    for package in LAZY_PACKAGES:
+        init = Path(importlib.util.find_spec(package).origin)  # the finder may be installed: ask the path
+        assert reads_every_import(init.read_text("utf-8")), package
