@@ -624,6 +624,9 @@ class LiveCache:
         self.cluster_name, self.options, self.waker = cluster, options, waker
         self.wanted: frozenset[str] = frozenset()
         self.stopping = threading.Event()
+        # Set when nothing is to be watched in the cluster any more (its last source gone, or the
+        # cluster removed): what is stored for it is dropped once stopped, not left in Redis for good.
+        self.drop_when_stopped = False
         self.watch_options = WatchOptions(
             label_selector=LABEL_SELECTOR,
             watch_seconds=options.watch_seconds,
@@ -645,7 +648,25 @@ class LiveCache:
                 self._serve(term)
             finally:
                 term.end()
+        if self.drop_when_stopped:
+            self._drop_stored()
         log.info("live cache of cluster %s stopped", self.cluster_name)
+
+    def _drop_stored(self) -> None:
+        """Deletes the cluster's stamps under a lease of its own; left alone when another process holds
+        the lease (it watches the cluster: something is wanted there after all)."""
+        store = LiveStore(self.cluster_name, uuid.uuid4().hex, stale_seconds=self.options.stale_seconds)
+        try:
+            if not store.claim():
+                return
+            try:
+                dropped = store.drop_stored()
+            finally:
+                store.release()
+        except redis.RedisError as exc:
+            log.warning("could not drop what is stored for cluster %s: %s", self.cluster_name, exc)
+            return
+        log.info("cluster %s: nothing watched any more, %d stored keys dropped", self.cluster_name, dropped)
 
     def _take_lease(self, term: _Term) -> bool:
         """Waits, as a standby, until no other live-cache process holds the cluster's lease."""
@@ -737,7 +758,9 @@ class LiveCaches:
             running.cache.wanted = frozenset(namespaces)
         for cluster in sorted(set(self.running) - set(targets)):
             log.info("cluster %s: nothing to watch any more", cluster)
-            self.running.pop(cluster).cache.stopping.set()
+            stopped = self.running.pop(cluster).cache
+            stopped.drop_when_stopped = True
+            stopped.stopping.set()
 
     def _start(self, cluster: str, namespaces: set[str]) -> _Running:
         cache = LiveCache(cluster, self.options, self.waker)

@@ -34,6 +34,7 @@ overwrites what its successor wrote.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -87,6 +88,9 @@ def _write_args(
     for name, stamp in changes.items():
         args += [name, stamp or ""]
     return args
+
+
+_GLOB_SPECIAL = re.compile(r"[*?\[\]\\]")  # what a SCAN pattern would read as a wildcard
 
 
 def _key(cluster: str, *parts: str) -> str:
@@ -308,6 +312,17 @@ class LiveStore:
         """Removes a namespace the cache no longer watches (and voids the cluster watch's resume
         version, which its stamps were part of). False when the lease is not this process's."""
         return bool(self._forget(keys=self._keys(namespace), args=[self.epoch]))
+
+    def drop_stored(self) -> int:
+        """Deletes everything stored for the cluster but the lease (stamps, resume versions,
+        freshness), which the caller holds: nobody else writes meanwhile, and a write of an earlier
+        term is refused by its epoch. The number of keys deleted."""
+        pattern = _GLOB_SPECIAL.sub(r"\\\g<0>", _key(self.cluster, "")) + "*"
+        lease = _key(self.cluster, "alive")
+        doomed = [key for key in self.client.scan_iter(match=pattern, count=1000) if key != lease]
+        for start in range(0, len(doomed), 1000):
+            self.client.delete(*doomed[start : start + 1000])
+        return len(doomed)
 
     def stored_namespaces(self) -> set[str]:
         """Namespaces with stamps stored, by this process or an earlier one."""

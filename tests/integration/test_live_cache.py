@@ -606,3 +606,37 @@ def test_no_informer_of_a_term_starts_before_the_term_has_begun(repo, make_names
         serving.join(timeout=30)
         term.end()
     assert not serving.is_alive()
+
+
+def test_a_cluster_left_with_nothing_to_watch_has_what_was_stored_for_it_dropped(
+    repo, make_namespaces, make_source, sync
+):
+    """In process, on the real apiserver and Redis: once no source targets a cluster any more (here
+    ``follow`` is handed nothing), its cache stops and deletes the cluster's stamps, resume versions
+    and lease from Redis rather than leaving them there for good."""
+    from gitops.livecache import LiveCacheOptions, LiveCaches, WatchScope
+
+    namespace, _ = synced_source(repo, make_namespaces, make_source, sync)
+    cluster = settings.SLUICE_CLUSTER_NAME
+    pattern = f"{livestore.PREFIX}:{{{cluster}}}:*"
+
+    def stored() -> list[str]:
+        return list(livestore.redis_client().scan_iter(match=pattern, count=1000))
+
+    caches = LiveCaches(LiveCacheOptions(stale_seconds=10, watch_seconds=2, scope=WatchScope.CLUSTER))
+    try:
+        caches.follow({cluster: {namespace}})
+        poll(lambda: fresh(namespace), timeout=30, what="the cache (once an earlier one's lease ran out)")
+        assert any(":objects:" in key for key in stored())
+        running = caches.running[cluster]
+
+        caches.follow({})
+
+        running.thread.join(timeout=30)
+        assert not running.thread.is_alive()
+        assert stored() == []
+        assert not fresh(namespace)
+    finally:
+        caches.stopping.set()
+        for each in caches.running.values():
+            each.cache.stopping.set()
