@@ -666,7 +666,12 @@ class LiveCache:
         except redis.RedisError as exc:
             log.warning("could not drop what is stored for cluster %s: %s", self.cluster_name, exc)
             return
-        log.info("cluster %s: nothing watched any more, %d stored keys dropped", self.cluster_name, dropped)
+        if dropped:
+            log.info(
+                "cluster %s: nothing watched any more, what was stored for it dropped", self.cluster_name
+            )
+        else:  # its lease ran out meanwhile: whoever holds it now keeps what it stores
+            log.warning("cluster %s: the drop of what was stored for it stopped halfway", self.cluster_name)
 
     def _take_lease(self, term: _Term) -> bool:
         """Waits, as a standby, until no other live-cache process holds the cluster's lease."""
@@ -734,6 +739,7 @@ class LiveCaches:
         self.stopping = threading.Event()
         self.waker = Waker(self.stopping)
         self.running: dict[str, _Running] = {}
+        self.stopped: list[_Running] = []  # caches told to stop that may still be dropping their keys
 
     def run(self) -> None:
         """Serves until ``stopping`` (SIGTERM or SIGINT), then lets every cluster's lease go."""
@@ -746,7 +752,7 @@ class LiveCaches:
             self.stopping.wait(self.options.rescan_seconds)
         for running in self.running.values():
             running.cache.stopping.set()
-        for running in self.running.values():
+        for running in [*self.running.values(), *self.stopped]:
             running.thread.join(timeout=LEASE_SECONDS + self.options.watch_seconds)
 
     def follow(self, targets: dict[str, set[str]]) -> None:
@@ -758,9 +764,10 @@ class LiveCaches:
             running.cache.wanted = frozenset(namespaces)
         for cluster in sorted(set(self.running) - set(targets)):
             log.info("cluster %s: nothing to watch any more", cluster)
-            stopped = self.running.pop(cluster).cache
-            stopped.drop_when_stopped = True
-            stopped.stopping.set()
+            stopped = self.running.pop(cluster)
+            stopped.cache.drop_when_stopped = True
+            stopped.cache.stopping.set()
+            self.stopped = [each for each in self.stopped if each.thread.is_alive()] + [stopped]
 
     def _start(self, cluster: str, namespaces: set[str]) -> _Running:
         cache = LiveCache(cluster, self.options, self.waker)

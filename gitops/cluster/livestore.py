@@ -91,6 +91,7 @@ def _write_args(
 
 
 _GLOB_SPECIAL = re.compile(r"[*?\[\]\\]")  # what a SCAN pattern would read as a wildcard
+_DROP_BATCH = 500  # keys deleted by one fenced call (``drop_stored``)
 
 
 def _key(cluster: str, *parts: str) -> str:
@@ -313,16 +314,27 @@ class LiveStore:
         version, which its stamps were part of). False when the lease is not this process's."""
         return bool(self._forget(keys=self._keys(namespace), args=[self.epoch]))
 
-    def drop_stored(self) -> int:
-        """Deletes everything stored for the cluster but the lease (stamps, resume versions,
-        freshness), which the caller holds: nobody else writes meanwhile, and a write of an earlier
-        term is refused by its epoch. The number of keys deleted."""
-        pattern = _GLOB_SPECIAL.sub(r"\\\g<0>", _key(self.cluster, "")) + "*"
-        lease = _key(self.cluster, "alive")
-        doomed = [key for key in self.client.scan_iter(match=pattern, count=1000) if key != lease]
-        for start in range(0, len(doomed), 1000):
-            self.client.delete(*doomed[start : start + 1000])
-        return len(doomed)
+    def drop_stored(self) -> bool:
+        """Deletes everything stored for the cluster but the lease, which the caller holds: resume
+        versions and freshness first, then the stamps, each batch fenced by the lease and the lease
+        renewed after it. A successor that took the lease meanwhile keeps all it stores, and a drop
+        cut short never leaves a resume version over stamps it deleted. False if the lease was lost."""
+        prefix = _GLOB_SPECIAL.sub(r"\\\g<0>", _key(self.cluster, ""))
+        for kind in ("cresume", "cfresh", "resume:*", "fresh:*", "objects:*"):
+            batch: list[str] = []
+            for key in self.client.scan_iter(match=prefix + kind, count=1000):
+                batch.append(key)
+                if len(batch) == _DROP_BATCH:
+                    if not self._drop(batch):
+                        return False
+                    batch = []
+            if batch and not self._drop(batch):
+                return False
+        return True
+
+    def _drop(self, keys: list[str]) -> bool:
+        fenced = self._forget(keys=[_key(self.cluster, "alive"), *keys], args=[self.epoch])
+        return bool(fenced) and self.renew()
 
     def stored_namespaces(self) -> set[str]:
         """Namespaces with stamps stored, by this process or an earlier one."""

@@ -640,3 +640,60 @@ def test_a_cluster_left_with_nothing_to_watch_has_what_was_stored_for_it_dropped
         caches.stopping.set()
         for each in caches.running.values():
             each.cache.stopping.set()
+
+
+def _delete_keys_of(cluster: str) -> None:
+    client = livestore.redis_client()
+    keys = list(client.scan_iter(match=f"{livestore.PREFIX}:{{{cluster}}}:*"))
+    if keys:
+        client.delete(*keys)
+
+
+def test_a_drop_cut_short_by_a_lost_lease_keeps_the_successors_stamps_and_no_resume_version(
+    stack, monkeypatch
+):
+    """``drop_stored`` through the real Lua scripts, one key a call: resume versions and freshness go
+    first, the stamps last, each call fenced by the lease. A successor that takes the lease halfway
+    keeps what is left, and no resume version is left over stamps the drop deleted."""
+    cluster = f"t-{uuid.uuid4().hex[:8]}"
+    store = livestore.LiveStore(cluster, "dropping", stale_seconds=30)
+    assert store.claim()
+    for namespace in ("team-a", "team-b"):
+        assert store.write(namespace, {"app": "1"}, resource_version="5", fresh=True)
+    assert store.write("team-a", {"app": "1"}, resource_version="5", fresh=True, whole_cluster=True)
+    left_before = set(store.client.scan_iter(match=f"{livestore.PREFIX}:{{{cluster}}}:*"))
+    assert any(":cresume" in key for key in left_before) and any(":resume:" in key for key in left_before)
+    monkeypatch.setattr(livestore, "_DROP_BATCH", 1)
+    forget, calls = store._forget, []
+
+    def then_the_lease_is_lost(keys, args):  # after every key but one stamp hash is gone
+        calls.append(keys)
+        if len(calls) == len(left_before) - 1:
+            store.client.delete(livestore._key(cluster, "alive"))
+            assert livestore.LiveStore(cluster, "successor", stale_seconds=30).claim()
+        return forget(keys=keys, args=args)
+
+    store._forget = then_the_lease_is_lost
+    try:
+        assert not store.drop_stored()
+
+        left = set(store.client.scan_iter(match=f"{livestore.PREFIX}:{{{cluster}}}:*"))
+        assert left == {livestore._key(cluster, "alive"), calls[-1][1]}
+        assert ":objects:" in calls[-1][1]  # a stamp hash, and no resume version or freshness
+    finally:
+        _delete_keys_of(cluster)
+
+
+def test_a_drop_under_its_lease_leaves_only_the_lease(stack):
+    cluster = f"t-{uuid.uuid4().hex[:8]}"
+    store = livestore.LiveStore(cluster, "dropping", stale_seconds=30)
+    assert store.claim()
+    try:
+        for namespace in ("team-a", "team-b"):
+            assert store.write(namespace, {"app": "1"}, resource_version="5", fresh=True)
+        assert store.drop_stored()
+        left = set(store.client.scan_iter(match=f"{livestore.PREFIX}:{{{cluster}}}:*"))
+        assert left == {livestore._key(cluster, "alive")}
+    finally:
+        store.release()
+        _delete_keys_of(cluster)
