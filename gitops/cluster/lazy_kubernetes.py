@@ -11,6 +11,7 @@ only the ones nobody uses are never loaded.
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.abc
 import importlib.machinery
@@ -25,8 +26,6 @@ LAZY_PACKAGES = frozenset(
     {"kubernetes", "kubernetes.client", "kubernetes.client.api", "kubernetes.client.models"}
 )
 _FROM_IMPORT = re.compile(r"^from[ \t]+(\.*[\w.]*)[ \t]+import[ \t]+(\w+)[ \t]*$", re.MULTILINE)
-# Any import statement at the start of a line; one that _FROM_IMPORT does not read makes the package eager.
-_ANY_IMPORT = re.compile(r"^[ \t]*(?:from|import)[ \t]", re.MULTILINE)
 _CONSTANT = re.compile(r"^(__\w+__)[ \t]*=[ \t]*(['\"])([^'\"\n]*)\2[ \t]*$", re.MULTILINE)
 
 
@@ -73,11 +72,35 @@ def exported_names(package: str, source: str) -> dict[str, tuple[str, str | None
 
 
 def reads_every_import(source: str) -> bool:
-    """Whether ``exported_names`` understands every import of a package's ``__init__``: each one
-    ``from X import Y`` on a line of its own. One it would miss (``from X import (A, B)``, ``import X``
-    in a later client's ``__init__``) would leave its names out, so that package is imported as usual:
-    heavier, never wrong."""
-    return len(_ANY_IMPORT.findall(source)) == len(_FROM_IMPORT.findall(source))
+    """Whether the lines ``exported_names`` and the constants' pattern read are every statement of a
+    package's ``__init__``: its docstring, then only ``from X import Y`` (one name, on a line of its
+    own) and ``__dunder__ = "text"``. Anything else (``from X import (A, B)``, ``import X``, a function,
+    a name bound any other way) the lazy module would leave out, so that package is imported as usual:
+    heavier, never missing a name. Parsed once per package and process (about 5 ms for the client's)."""
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:
+        return False
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]  # the docstring
+    imports = [node for node in body if isinstance(node, ast.ImportFrom)]
+    constants = [node for node in body if _is_text_constant(node)]
+    plain = all(len(node.names) == 1 and node.names[0].asname is None for node in imports)
+    return (
+        len(imports) + len(constants) == len(body)
+        and plain
+        and len(imports) == len(_FROM_IMPORT.findall(source))
+        and len(constants) == len(_CONSTANT.findall(source))
+    )
+
+
+def _is_text_constant(node: ast.stmt) -> bool:
+    """``__name__ = "text"``."""
+    if not isinstance(node, ast.Assign) or len(node.targets) != 1:
+        return False
+    target = node.targets[0]
+    is_dunder = isinstance(target, ast.Name) and target.id.startswith("__") and target.id.endswith("__")
+    return is_dunder and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
 
 
 def _absolute(package: str, origin: str) -> str:

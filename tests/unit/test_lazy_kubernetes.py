@@ -115,13 +115,24 @@ def test_exported_names_reads_relative_and_absolute_imports() -> None:
 
 
 def test_an_init_with_an_import_the_reader_would_miss_is_left_to_the_usual_import() -> None:
-    one_name_each = "from .api_client import ApiClient\nfrom kubernetes.client.models.v1_pod import V1Pod\n"
+    one_name_each = (
+        '"""The client."""\n\n__version__ = "36.0.3"\n# a comment\n'
+        "from .api_client import ApiClient\nfrom kubernetes.client.models.v1_pod import V1Pod\n"
+    )
     assert reads_every_import(one_name_each)
     for missed in (
         "from .rest import (ApiException,\n    RESTResponse)\n",
         "from .rest import ApiException, RESTResponse\n",
+        "from .rest import ApiException as Refused\n",
+        "from.rest import ApiException\n",
         "import kubernetes.watch\n",
         "if True:\n    from .rest import ApiException\n",
+        "x = 1; from .rest import ApiException\n",
+        "Refused = ApiClient\n",
+        "def __getattr__(name):\n    return name\n",
+        '__version__ = (\n    "36.0.3"\n)\n',
+        "from .rest import ApiException  # trailing\n",
+        "from .rest import\n",
     ):
         assert not reads_every_import(one_name_each + missed), missed
 
