@@ -526,9 +526,8 @@ def run_pushes(args: argparse.Namespace, env: Environment) -> None:
             break
         time.sleep(0.5)
     elapsed = time.time() - started
-    cpu_after = env.cpu()
+    cpu_after, git_seconds = env.cpu(), env.workers_git_cpu() - git_before
     report_pushes(pushed, fleet)
-    git_seconds = env.workers_git_cpu() - git_before
     print_cpu(
         {name: after - cpu_before.get(name, 0.0) for name, after in cpu_after.items()}, elapsed, git_seconds
     )
