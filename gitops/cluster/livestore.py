@@ -98,6 +98,11 @@ def _key(cluster: str, *parts: str) -> str:
     return ":".join((PREFIX, "{" + cluster + "}", *parts))
 
 
+def _keys_under(cluster: str, *parts: str) -> str:
+    """The SCAN pattern of every key that starts with ``_key(cluster, *parts)``, its wildcards escaped."""
+    return _GLOB_SPECIAL.sub(r"\\\g<0>", _key(cluster, *parts)) + "*"
+
+
 _client: redis.Redis | None = None
 _client_lock = threading.Lock()
 
@@ -238,8 +243,7 @@ class LiveStore:
         False when the lease is not this process's."""
         stale = [_key(self.cluster, "cresume"), _key(self.cluster, "cfresh")]
         if whole_cluster:
-            prefix = _key(self.cluster, "resume", "")
-            left = list(self.client.scan_iter(match=prefix + "*", count=1000))
+            left = list(self.client.scan_iter(match=_keys_under(self.cluster, "resume", ""), count=1000))
             stale = left + stale if left else []
         return bool(self._forget(keys=[_key(self.cluster, "alive"), *stale], args=[self.epoch]))
 
@@ -319,10 +323,9 @@ class LiveStore:
         versions and freshness first, then the stamps, each batch fenced by the lease and the lease
         renewed after it. A successor that took the lease meanwhile keeps all it stores, and a drop
         cut short never leaves a resume version over stamps it deleted. False if the lease was lost."""
-        prefix = _GLOB_SPECIAL.sub(r"\\\g<0>", _key(self.cluster, ""))
-        for kind in ("cresume", "cfresh", "resume:*", "fresh:*", "objects:*"):
+        for kind in (("cresume",), ("cfresh",), ("resume", ""), ("fresh", ""), ("objects", "")):
             batch: list[str] = []
-            for key in self.client.scan_iter(match=prefix + kind, count=1000):
+            for key in self.client.scan_iter(match=_keys_under(self.cluster, *kind), count=1000):
                 batch.append(key)
                 if len(batch) == _DROP_BATCH:
                     if not self._drop(batch):
@@ -339,4 +342,5 @@ class LiveStore:
     def stored_namespaces(self) -> set[str]:
         """Namespaces with stamps stored, by this process or an earlier one."""
         prefix = _key(self.cluster, "objects", "")
-        return {key[len(prefix) :] for key in self.client.scan_iter(match=prefix + "*", count=1000)}
+        pattern = _keys_under(self.cluster, "objects", "")
+        return {key[len(prefix) :] for key in self.client.scan_iter(match=pattern, count=1000)}
