@@ -1093,7 +1093,7 @@ def sync_source(request: HttpRequest, name: SourceName) -> Status[dict[str, Any]
         raise PermissionDenied(f"{user.get_username()} may not sync sources")
     source = source_or_404(name)
     with transaction.atomic():
-        task_ids = schedule.source_sync(source.pk, actor=user.get_username(), manual=True)
+        task_ids = schedule.source_sync(source.pk, actor=user.get_username(), manual=True, result_wanted=True)
     # on_commit ran when the block above committed, so the task is queued and its id known.
     return Status(202, {"source": source.name, "task_id": task_ids[0], "actor": user.get_username()})
 

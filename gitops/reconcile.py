@@ -313,8 +313,9 @@ def source_sync(
                 break
         else:
             # Still wanted after the last allowed run: a fresh task carries on, so a
-            # stream of pushes neither starves other sources nor gets dropped.
-            schedule.source_sync(source.pk, actor=actor, wait_if_busy=False)
+            # stream of pushes neither starves other sources nor gets dropped. It is as automatic
+            # as this one: a source suspended meanwhile stops an automatic stream there.
+            schedule.source_sync(source.pk, actor=actor, wait_if_busy=False, automatic=automatic)
         return _combined(runs)
 
 

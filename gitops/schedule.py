@@ -40,12 +40,16 @@ def source_sync(
     wait_if_busy: bool = True,
     manual: bool = False,
     automatic: bool = False,
+    result_wanted: bool = False,
 ) -> list[str]:
     """Queues a sync once the transaction commits; the returned list receives the task's id then.
 
     ``manual``: a person asked for it, so a sync window's ``manualSync`` may let it through.
     ``automatic`` (a poll, a push, a timer) runs only while the source allows it (not suspended);
     a sync someone asked for always runs.
+    ``result_wanted``: the caller hands the task's id to someone who reads its result
+    (``gitops sync --wait``, the API). Any other result would be stored in Redis for nobody, and
+    the pass would read the rollout's status for it.
     """
     task_ids: list[str] = []
     kwargs = {
@@ -56,8 +60,8 @@ def source_sync(
         "manual": manual,
         "automatic": automatic,
     }
-    # Only a sync someone asked for may be waited on (`gitops sync --wait`); an automatic one never is.
-    transaction.on_commit(lambda: task_ids.append(_send(SYNC_TASK, kwargs=kwargs, ignore_result=automatic)))
+    ignored = not result_wanted
+    transaction.on_commit(lambda: task_ids.append(_send(SYNC_TASK, kwargs=kwargs, ignore_result=ignored)))
     return task_ids
 
 

@@ -127,3 +127,61 @@ def test_a_revision_rejected_under_a_narrowed_scope_is_valid_again_once_it_is_wi
     # not answer from that memory alone and leave the row rejected.
     assert load_with([first, second]).outcome == Revision.Outcome.VALID
     assert head.errors == []
+
+
+def test_a_stream_of_pushes_is_carried_on_by_one_fresh_automatic_task_whose_result_nobody_stores(
+    repo, make_namespaces, make_source, monkeypatch, cluster
+):
+    """A push that lands while its source reconciles is run by the holder after its pass; after
+    MAX_COALESCED_RUNS passes a fresh task carries on, so a stream of pushes neither starves other
+    sources nor gets dropped. That task is as automatic as the stream (a source suspended meanwhile
+    stops it) and is sent with ``ignore_result``: nobody reads its result."""
+    from gitops import schedule, source_admin
+    from gitops.tasks import sync_source
+
+    (namespace,) = make_namespaces("stream")
+    repo.write_all({"sluice.yaml": policy([namespace]), "configmaps/app.yaml": configmap("app", {"v": "0"})})
+    repo.commit()
+    source = make_source()
+    pushed = ["0"]
+    real_pass = reconcile._measured
+
+    def pass_then_a_push_arrives(*args):
+        result = real_pass(*args)
+        # What a push does while the source is busy: a new commit, then a recorded request.
+        pushed.append(str(len(pushed)))
+        repo.write("configmaps/app.yaml", configmap("app", {"v": pushed[-1]}))
+        repo.commit()
+        Source.objects.filter(pk=source.pk).update(sync_requested_at=timezone.now())
+        return result
+
+    sent: list[tuple[str, dict, bool]] = []
+    monkeypatch.setattr(reconcile, "_measured", pass_then_a_push_arrives)
+    monkeypatch.setattr(
+        schedule.app,
+        "send_task",
+        lambda name, kwargs, eta, ignore_result: sent.append((name, kwargs, ignore_result)) or _Sent(),
+    )
+
+    result = reconcile.source_sync(source.pk, automatic=True)
+
+    applied = cluster.get_configmap(namespace, "app")["data"]["v"]
+    assert result.outcome == "applied", result
+    assert applied == str(reconcile.MAX_COALESCED_RUNS - 1), "each pass applies the newest commit"
+    carried = [(name, kwargs["automatic"], kwargs["wait_if_busy"], ignored) for name, kwargs, ignored in sent]
+    assert carried == [(schedule.SYNC_TASK, True, False, True)]
+
+    monkeypatch.setattr(reconcile, "_measured", real_pass)
+
+    def carry_on() -> str:
+        return sync_source.apply(kwargs=sent[0][1], ignore_result=True).get()["outcome"]
+
+    source_admin.source_suspend(Source.objects.get(pk=source.pk))
+    assert carry_on() == "suspended"
+    source_admin.source_resume(Source.objects.get(pk=source.pk))
+    assert carry_on() == "applied"
+    assert cluster.get_configmap(namespace, "app")["data"]["v"] == pushed[-1]
+
+
+class _Sent:
+    id = "not-sent"

@@ -332,7 +332,11 @@ class Command(BaseCommand):
         source = self._source(options["name"])
         with transaction.atomic():
             task_ids = schedule.source_sync(
-                source.pk, actor=SYSTEM_ACTOR, retry_failed=options["retry_failed"], manual=True
+                source.pk,
+                actor=SYSTEM_ACTOR,
+                retry_failed=options["retry_failed"],
+                manual=True,
+                result_wanted=True,
             )
         self.stdout.write(f"sync of {source.name} queued as task {task_ids[0]}")
         if not options["wait"]:
