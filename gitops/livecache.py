@@ -42,7 +42,7 @@ from gitops import schedule
 from gitops.cluster.client import Cluster, ReadForbidden
 from gitops.cluster.clients import clients, default_cluster_name, get_cluster
 from gitops.cluster.informer import DELETED, ConfigMapInformer, WatchOptions
-from gitops.cluster.livestore import LEASE_SECONDS, LiveStore
+from gitops.cluster.livestore import LEASE_SECONDS, LiveStore, stored_clusters
 from gitops.desired.content import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 from gitops.errors import TemporaryError
 from gitops.memory import limit_malloc_arenas, tune_garbage_collector
@@ -56,6 +56,9 @@ T = TypeVar("T")
 LABEL_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
 ALL_NAMESPACES = ""  # an informer's namespace that stands for every namespace of the cluster
 RENEW_SECONDS = LEASE_SECONDS / 3
+# How often a live-cache process looks in Redis for clusters stored but watched by nobody: one SCAN
+# of every key Redis holds, so not at each rescan; what it finds is dropped (``LiveCaches.sweep``).
+SWEEP_SECONDS = 300.0
 # Idle connections kept per cluster's client: each watch holds one (one per namespace, where a
 # cluster cannot be watched whole).
 WATCH_POOL_SIZE = 4096
@@ -649,10 +652,10 @@ class LiveCache:
             finally:
                 term.end()
         if self.drop_when_stopped:
-            self._drop_stored()
+            self.drop_stored()
         log.info("live cache of cluster %s stopped", self.cluster_name)
 
-    def _drop_stored(self) -> None:
+    def drop_stored(self) -> None:
         """Deletes the cluster's stamps under a lease of its own; left alone when another process holds
         the lease (it watches the cluster: something is wanted there after all)."""
         store = LiveStore(self.cluster_name, uuid.uuid4().hex, stale_seconds=self.options.stale_seconds)
@@ -740,14 +743,19 @@ class LiveCaches:
         self.waker = Waker(self.stopping)
         self.running: dict[str, _Running] = {}
         self.stopped: list[_Running] = []  # caches told to stop that may still be dropping their keys
+        self.next_sweep = 0.0
 
     def run(self) -> None:
         """Serves until ``stopping`` (SIGTERM or SIGINT), then lets every cluster's lease go."""
         threading.Thread(target=self.waker.run, name="live-cache-waker", daemon=True).start()
         while not self.stopping.is_set():
             try:
-                self.follow(watched_targets(self.only))
-            except Exception:  # the database may be away for a moment; watches go on meanwhile
+                targets = watched_targets(self.only)
+                self.follow(targets)
+                if time.monotonic() >= self.next_sweep:
+                    self.sweep(targets)  # when it fails, the next rescan tries again
+                    self.next_sweep = time.monotonic() + SWEEP_SECONDS
+            except Exception:  # the database or Redis may be away for a moment; watches go on meanwhile
                 log.exception("could not read the clusters and namespaces to watch")
             self.stopping.wait(self.options.rescan_seconds)
         for running in self.running.values():
@@ -768,6 +776,18 @@ class LiveCaches:
             stopped.cache.drop_when_stopped = True
             stopped.cache.stopping.set()
             self.stopped = [each for each in self.stopped if each.thread.is_alive()] + [stopped]
+
+    def sweep(self, targets: dict[str, set[str]]) -> None:
+        """Drops what is stored for clusters nothing watches, which a cache's own drop missed: Redis
+        failed it, or the cluster lost its last source while no live-cache process ran. Each drop
+        takes the cluster's lease first, so a cluster another process serves is left alone. A process
+        for one cluster (``only``) sweeps nothing: the others' clusters are not its to judge."""
+        if self.only is not None:
+            return
+        dropping = {each.cache.cluster_name for each in self.stopped if each.thread.is_alive()}
+        for cluster in sorted(stored_clusters() - set(targets) - dropping):
+            log.info("cluster %s: stored in Redis, watched by nobody; dropping it", cluster)
+            LiveCache(cluster, self.options, self.waker).drop_stored()
 
     def _start(self, cluster: str, namespaces: set[str]) -> _Running:
         cache = LiveCache(cluster, self.options, self.waker)

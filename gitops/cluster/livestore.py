@@ -121,6 +121,18 @@ def redis_client() -> redis.Redis:
         return _client
 
 
+def stored_clusters() -> set[str]:
+    """Clusters with anything stored under the live cache's prefix, by this process or any other,
+    running or long gone: one SCAN of Redis's keys (its cost follows every key Redis holds)."""
+    opening = PREFIX + ":{"
+    clusters = set()
+    for key in redis_client().scan_iter(match=opening + "*", count=1000):
+        cluster, closed, _ = key[len(opening) :].partition("}:")
+        if closed:
+            clusters.add(cluster)
+    return clusters
+
+
 # -- reading: what planning asks --------------------------------------------------------------
 
 

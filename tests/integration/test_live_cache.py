@@ -697,3 +697,40 @@ def test_a_drop_under_its_lease_leaves_only_the_lease(stack):
     finally:
         store.release()
         _delete_keys_of(cluster)
+
+
+def test_a_sweep_drops_clusters_stored_but_watched_by_nobody_and_leaves_served_ones_alone(stack):
+    """What a cache's own drop missed (Redis failed it, or no live-cache process ran when the cluster
+    lost its last source) is found in Redis and dropped by the sweep, under the cluster's lease: a
+    cluster another process serves (its lease held) or one still to watch keeps what it stores, and
+    a process for one cluster sweeps nothing."""
+    from gitops.livecache import LiveCacheOptions, LiveCaches
+
+    orphan, served, wanted = (f"t-{uuid.uuid4().hex[:8]}" for _ in range(3))
+    for cluster in (orphan, served, wanted):
+        store = livestore.LiveStore(cluster, f"writer-{cluster}", stale_seconds=30)
+        assert store.claim()
+        assert store.write("team-a", {"app": "1"}, resource_version="5", fresh=True)
+        assert store.write("team-a", {"app": "1"}, resource_version="5", fresh=True, whole_cluster=True)
+        if cluster != served:
+            store.release()  # as a process that stopped, or whose drop Redis cut short
+
+    def stored(cluster: str) -> set[str]:
+        return set(livestore.redis_client().scan_iter(match=f"{livestore.PREFIX}:{{{cluster}}}:*"))
+
+    options = LiveCacheOptions(stale_seconds=10, watch_seconds=2)
+    try:
+        assert {orphan, served, wanted} <= livestore.stored_clusters()
+        LiveCaches(options, only=settings.SLUICE_CLUSTER_NAME).sweep({settings.SLUICE_CLUSTER_NAME: set()})
+        assert stored(orphan) and stored(served) and stored(wanted)
+
+        LiveCaches(options).sweep({settings.SLUICE_CLUSTER_NAME: set(), wanted: set()})
+
+        assert stored(orphan) == set()
+        assert orphan not in livestore.stored_clusters()
+        assert livestore._key(served, "objects", "team-a") in stored(served)
+        assert livestore._key(served, "cresume") in stored(served)
+        assert livestore._key(wanted, "objects", "team-a") in stored(wanted)
+    finally:
+        for cluster in (orphan, served, wanted):
+            _delete_keys_of(cluster)
