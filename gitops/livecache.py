@@ -42,7 +42,7 @@ from gitops import schedule
 from gitops.cluster.client import Cluster, ReadForbidden
 from gitops.cluster.clients import clients, default_cluster_name, get_cluster
 from gitops.cluster.informer import DELETED, ConfigMapInformer, WatchOptions
-from gitops.cluster.livestore import LEASE_SECONDS, LiveStore, stored_clusters
+from gitops.cluster.livestore import LEASE_SECONDS, LiveStore, lease_held, stored_clusters
 from gitops.desired.content import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 from gitops.errors import TemporaryError
 from gitops.memory import limit_malloc_arenas, tune_garbage_collector
@@ -661,6 +661,7 @@ class LiveCache:
         store = LiveStore(self.cluster_name, uuid.uuid4().hex, stale_seconds=self.options.stale_seconds)
         try:
             if not store.claim():
+                log.info("cluster %s: another live-cache process holds it; its keys stay", self.cluster_name)
                 return
             try:
                 dropped = store.drop_stored()
@@ -744,6 +745,7 @@ class LiveCaches:
         self.running: dict[str, _Running] = {}
         self.stopped: list[_Running] = []  # caches told to stop that may still be dropping their keys
         self.next_sweep = 0.0
+        self.unwatched_before: set[str] = set()  # what the last sweep found (``sweep``)
 
     def run(self) -> None:
         """Serves until ``stopping`` (SIGTERM or SIGINT), then lets every cluster's lease go."""
@@ -752,11 +754,15 @@ class LiveCaches:
             try:
                 targets = watched_targets(self.only)
                 self.follow(targets)
-                if time.monotonic() >= self.next_sweep:
-                    self.sweep(targets)  # when it fails, the next rescan tries again
-                    self.next_sweep = time.monotonic() + SWEEP_SECONDS
-            except Exception:  # the database or Redis may be away for a moment; watches go on meanwhile
+            except Exception:  # the database may be away for a moment; watches go on meanwhile
                 log.exception("could not read the clusters and namespaces to watch")
+            else:
+                if time.monotonic() >= self.next_sweep:
+                    self.next_sweep = time.monotonic() + SWEEP_SECONDS
+                    try:
+                        self.sweep(targets)
+                    except Exception:  # the watches matter more; the next sweep tries again
+                        log.exception("the sweep of clusters watched by nobody failed")
             self.stopping.wait(self.options.rescan_seconds)
         for running in self.running.values():
             running.cache.stopping.set()
@@ -779,15 +785,30 @@ class LiveCaches:
 
     def sweep(self, targets: dict[str, set[str]]) -> None:
         """Drops what is stored for clusters nothing watches, which a cache's own drop missed: Redis
-        failed it, or the cluster lost its last source while no live-cache process ran. Each drop
-        takes the cluster's lease first, so a cluster another process serves is left alone. A process
-        for one cluster (``only``) sweeps nothing: the others' clusters are not its to judge."""
+        failed it, or the cluster lost its last source while no live-cache process ran.
+
+        A cluster is dropped when two sweeps in a row found it stored, not to be watched, and its
+        lease free: a process whose targets lag (a stale read, a ``--cluster`` process still serving
+        a cluster just removed) leaves a served cluster alone, even in the instant between a lease
+        running out and a standby taking it. The drop takes the lease first, as a cache's own does.
+        A process for one cluster (``only``) sweeps nothing: the others' clusters are not its to judge.
+        """
         if self.only is not None:
             return
         dropping = {each.cache.cluster_name for each in self.stopped if each.thread.is_alive()}
-        for cluster in sorted(stored_clusters() - set(targets) - dropping):
+        try:
+            unwatched = {
+                cluster
+                for cluster in stored_clusters() - set(targets) - dropping
+                if "{" not in cluster and not lease_held(cluster)  # a brace: no key of ours
+            }
+        except redis.RedisError as exc:
+            log.warning("could not look in Redis for clusters watched by nobody: %s", exc)
+            return
+        for cluster in sorted(unwatched & self.unwatched_before):
             log.info("cluster %s: stored in Redis, watched by nobody; dropping it", cluster)
             LiveCache(cluster, self.options, self.waker).drop_stored()
+        self.unwatched_before = unwatched
 
     def _start(self, cluster: str, namespaces: set[str]) -> _Running:
         cache = LiveCache(cluster, self.options, self.waker)

@@ -133,6 +133,11 @@ def stored_clusters() -> set[str]:
     return clusters
 
 
+def lease_held(cluster: str) -> bool:
+    """Whether a live-cache process holds the cluster's lease now."""
+    return bool(redis_client().exists(_key(cluster, "alive")))
+
+
 # -- reading: what planning asks --------------------------------------------------------------
 
 

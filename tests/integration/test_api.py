@@ -852,7 +852,11 @@ def wait_until_idle(hostname: str, source_ids: set[int], timeout: float = 120) -
     def busy_with(tasks: dict[str, list[dict[str, Any]]] | None) -> bool:
         for task in (tasks or {}).get(hostname, []):
             request = task.get("request", task)
-            if request.get("args") and request["args"][0] in source_ids:
+            # schedule sends a sync's arguments as keywords; a test may send them positionally.
+            source_id = (request.get("kwargs") or {}).get("source_id")
+            if source_id is None and request.get("args"):
+                source_id = request["args"][0]
+            if source_id in source_ids:
                 return True
         return False
 

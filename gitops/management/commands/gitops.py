@@ -336,7 +336,7 @@ class Command(BaseCommand):
                 actor=SYSTEM_ACTOR,
                 retry_failed=options["retry_failed"],
                 manual=True,
-                result_wanted=True,
+                result_wanted=options["wait"],
             )
         self.stdout.write(f"sync of {source.name} queued as task {task_ids[0]}")
         if not options["wait"]:
