@@ -31,7 +31,7 @@ from gitops.cluster import clients
 from gitops.desired.errors import ValidationError
 from gitops.errors import PermanentError, TemporaryError
 from gitops.fetch.revisions import commit_identities, revision_desired_state, revision_fetch
-from gitops.models import Revision, Rollout, Source, known_clusters
+from gitops.models import Revision, Rollout, Source, automatic_sync_filter, known_clusters
 from gitops.record.changelog import intents_pending_query
 from gitops.rollout.lifecycle import rollout_choose, rollout_drive
 from gitops.rollout.rollback import rollbacks_owed_finish, rollbacks_owing, rollout_rollback
@@ -277,7 +277,9 @@ def source_sync(
     query fewer, for a task whose result nobody reads (a push's or a poll's).
 
     An ``automatic`` sync (a poll, a push, a timer) of a source that does not allow one
-    (``Source.automatic_sync_allowed``: suspended) does nothing; one someone asked for always runs.
+    (``Source.automatic_sync_allowed``: suspended) does nothing, and one whose source is suspended
+    while it runs takes no further pass for the requests that came meanwhile (they wait for the
+    resume; beat's sweep finds a due abort again); one someone asked for always runs.
 
     Requests never get lost between two workers: a holder looks for new requests
     only after it released the lock, and a caller that finds the source busy
@@ -309,7 +311,10 @@ def source_sync(
                 Source.objects.filter(pk=source.pk).update(sync_requested_at=timezone.now())
                 requested = True
                 continue
-            if not Source.objects.filter(pk=source.pk, sync_requested_at__gt=started).exists():
+            wanted = Source.objects.filter(pk=source.pk, sync_requested_at__gt=started)
+            if automatic:  # suspending is a brake: a source suspended meanwhile takes no further pass
+                wanted = wanted.filter(automatic_sync_filter())
+            if not wanted.exists():
                 break
         else:
             # Still wanted after the last allowed run: a fresh task carries on, so a

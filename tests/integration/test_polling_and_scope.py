@@ -129,58 +129,93 @@ def test_a_revision_rejected_under_a_narrowed_scope_is_valid_again_once_it_is_wi
     assert head.errors == []
 
 
-def test_a_stream_of_pushes_is_carried_on_by_one_fresh_automatic_task_whose_result_nobody_stores(
-    repo, make_namespaces, make_source, monkeypatch, cluster
-):
-    """A push that lands while its source reconciles is run by the holder after its pass; after
-    MAX_COALESCED_RUNS passes a fresh task carries on, so a stream of pushes neither starves other
-    sources nor gets dropped. That task is as automatic as the stream (a source suspended meanwhile
-    stops it) and is sent with ``ignore_result``: nobody reads its result."""
-    from gitops import schedule, source_admin
-    from gitops.tasks import sync_source
+class _Stream:
+    """A source whose every pass is followed by a push: a new commit, then the request a busy
+    source records. Tasks the reconcile sends are kept in ``sent``, not queued."""
 
+    def __init__(self, repo, namespace, source, monkeypatch) -> None:
+        from gitops import schedule
+
+        self.repo, self.namespace, self.source = repo, namespace, source
+        self.pushed = ["0"]
+        self.passes = 0
+        self.after_pass = lambda: None
+        self.sent: list[tuple[str, dict, bool]] = []
+        self.real_pass = reconcile._measured
+        monkeypatch.setattr(reconcile, "_measured", self._pass_then_a_push_arrives)
+        monkeypatch.setattr(schedule.app, "send_task", self._keep)
+
+    def _pass_then_a_push_arrives(self, *args):
+        result = self.real_pass(*args)
+        self.passes += 1
+        self.pushed.append(str(len(self.pushed)))
+        self.repo.write("configmaps/app.yaml", configmap("app", {"v": self.pushed[-1]}))
+        self.repo.commit()
+        Source.objects.filter(pk=self.source.pk).update(sync_requested_at=timezone.now())
+        self.after_pass()
+        return result
+
+    def _keep(self, name, kwargs, eta, ignore_result):
+        self.sent.append((name, kwargs, ignore_result))
+        return _Sent()
+
+
+@pytest.fixture
+def stream(repo, make_namespaces, make_source, monkeypatch):
     (namespace,) = make_namespaces("stream")
     repo.write_all({"sluice.yaml": policy([namespace]), "configmaps/app.yaml": configmap("app", {"v": "0"})})
     repo.commit()
-    source = make_source()
-    pushed = ["0"]
-    real_pass = reconcile._measured
+    return _Stream(repo, namespace, make_source(), monkeypatch)
 
-    def pass_then_a_push_arrives(*args):
-        result = real_pass(*args)
-        # What a push does while the source is busy: a new commit, then a recorded request.
-        pushed.append(str(len(pushed)))
-        repo.write("configmaps/app.yaml", configmap("app", {"v": pushed[-1]}))
-        repo.commit()
-        Source.objects.filter(pk=source.pk).update(sync_requested_at=timezone.now())
-        return result
 
-    sent: list[tuple[str, dict, bool]] = []
-    monkeypatch.setattr(reconcile, "_measured", pass_then_a_push_arrives)
-    monkeypatch.setattr(
-        schedule.app,
-        "send_task",
-        lambda name, kwargs, eta, ignore_result: sent.append((name, kwargs, ignore_result)) or _Sent(),
-    )
+def test_a_stream_of_pushes_is_carried_on_by_one_fresh_automatic_task_whose_result_nobody_stores(
+    stream, monkeypatch, cluster
+):
+    """A push that lands while its source reconciles is run by the holder after its pass; after
+    MAX_COALESCED_RUNS passes a fresh task carries on, so a stream of pushes neither starves other
+    sources nor gets dropped. That task is as automatic as the stream (a source suspended by then
+    does not run it) and is sent with ``ignore_result``: nobody reads its result."""
+    from gitops import schedule, source_admin
+    from gitops.tasks import sync_source
 
-    result = reconcile.source_sync(source.pk, automatic=True)
+    result = reconcile.source_sync(stream.source.pk, automatic=True)
 
-    applied = cluster.get_configmap(namespace, "app")["data"]["v"]
+    applied = cluster.get_configmap(stream.namespace, "app")["data"]["v"]
     assert result.outcome == "applied", result
     assert applied == str(reconcile.MAX_COALESCED_RUNS - 1), "each pass applies the newest commit"
+    sent = stream.sent
     carried = [(name, kwargs["automatic"], kwargs["wait_if_busy"], ignored) for name, kwargs, ignored in sent]
     assert carried == [(schedule.SYNC_TASK, True, False, True)]
 
-    monkeypatch.setattr(reconcile, "_measured", real_pass)
+    monkeypatch.setattr(reconcile, "_measured", stream.real_pass)
 
     def carry_on() -> str:
         return sync_source.apply(kwargs=sent[0][1], ignore_result=True).get()["outcome"]
 
-    source_admin.source_suspend(Source.objects.get(pk=source.pk))
+    source_admin.source_suspend(Source.objects.get(pk=stream.source.pk))
     assert carry_on() == "suspended"
-    source_admin.source_resume(Source.objects.get(pk=source.pk))
+    source_admin.source_resume(Source.objects.get(pk=stream.source.pk))
     assert carry_on() == "applied"
-    assert cluster.get_configmap(namespace, "app")["data"]["v"] == pushed[-1]
+    assert cluster.get_configmap(stream.namespace, "app")["data"]["v"] == stream.pushed[-1]
+
+
+def test_a_source_suspended_during_a_stream_of_pushes_takes_no_further_automatic_pass(stream, cluster):
+    """Suspending is an operator's brake: the pass under way ends, and the pushes it would have run
+    next (and carried on) wait until the source is resumed."""
+    from gitops import source_admin
+
+    def suspend_after_the_second_pass() -> None:
+        if stream.passes == 2:
+            source_admin.source_suspend(Source.objects.get(pk=stream.source.pk))
+
+    stream.after_pass = suspend_after_the_second_pass
+
+    result = reconcile.source_sync(stream.source.pk, automatic=True)
+
+    assert result.outcome == "applied", result
+    assert stream.passes == 2
+    assert stream.sent == []
+    assert cluster.get_configmap(stream.namespace, "app")["data"]["v"] == "1", "the push after it waits"
 
 
 class _Sent:
