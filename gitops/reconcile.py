@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connection
@@ -277,9 +277,8 @@ def source_sync(
     query fewer, for a task whose result nobody reads (a push's or a poll's).
 
     An ``automatic`` sync (a poll, a push, a timer) of a source that does not allow one
-    (``Source.automatic_sync_allowed``: suspended) does nothing, and one whose source is suspended
-    while it runs takes no further pass for the requests that came meanwhile (they wait for the
-    resume; beat's sweep finds a due abort again); one someone asked for always runs.
+    (``Source.automatic_sync_allowed``: suspended) does nothing, nor runs what came meanwhile once
+    it is suspended; one someone asked for always runs (its own pass, not the pushes it absorbs).
 
     Requests never get lost between two workers: a holder looks for new requests
     only after it released the lock, and a caller that finds the source busy
@@ -302,7 +301,9 @@ def source_sync(
             with source_lock(source) as acquired:
                 if acquired:
                     Source.objects.filter(pk=source.pk).update(sync_requested_at=None, sync_queued=False)
-                    runs.append(_measured(source, actor, retry_failed, manual, report_rollout))
+                    # Only the first pass is a person's: later ones run the pushes that came meanwhile.
+                    asked = manual and not runs
+                    runs.append(_measured(source, actor, retry_failed, asked, report_rollout))
             if not acquired:
                 if runs:
                     break  # another worker took the lock after us; it runs what was requested
@@ -311,17 +312,22 @@ def source_sync(
                 Source.objects.filter(pk=source.pk).update(sync_requested_at=timezone.now())
                 requested = True
                 continue
-            wanted = Source.objects.filter(pk=source.pk, sync_requested_at__gt=started)
-            if automatic:  # suspending is a brake: a source suspended meanwhile takes no further pass
-                wanted = wanted.filter(automatic_sync_filter())
-            if not wanted.exists():
+            if not _requested_since(source, started, automatic=automatic):
                 break
         else:
-            # Still wanted after the last allowed run: a fresh task carries on, so a
-            # stream of pushes neither starves other sources nor gets dropped. It is as automatic
-            # as this one: a source suspended meanwhile stops an automatic stream there.
+            # Still wanted after the last allowed run: a fresh task, as automatic as this one,
+            # carries on, so a stream of pushes neither starves other sources nor gets dropped.
             schedule.source_sync(source.pk, actor=actor, wait_if_busy=False, automatic=automatic)
         return _combined(runs)
+
+
+def _requested_since(source: Source, started: datetime, *, automatic: bool) -> bool:
+    """Whether a request came while the pass ran; for an automatic sync, only while the source still
+    allows one (suspending is a brake: a source suspended meanwhile takes no further pass)."""
+    wanted = Source.objects.filter(pk=source.pk, sync_requested_at__gt=started)
+    if automatic:
+        wanted = wanted.filter(automatic_sync_filter())
+    return wanted.exists()
 
 
 @contextmanager

@@ -218,5 +218,28 @@ def test_a_source_suspended_during_a_stream_of_pushes_takes_no_further_automatic
     assert cluster.get_configmap(stream.namespace, "app")["data"]["v"] == "1", "the push after it waits"
 
 
+def test_pushes_that_come_during_a_persons_sync_through_a_closed_window_wait_for_the_window(stream, cluster):
+    """A deny window with ``manualSync`` lets a person's sync through, and only that: the pushes
+    that came while it ran are run by it as automatic ones, so the window holds them."""
+    from gitops import freezes
+    from gitops.windows import parse_duration
+
+    freezes.window_add(
+        kind="deny",
+        schedule_text="* * * * *",
+        duration=parse_duration("2h"),
+        sources=["*"],
+        manual_sync=True,
+        by="ines",
+    )
+
+    result = reconcile.source_sync(stream.source.pk, manual=True)
+
+    assert cluster.get_configmap(stream.namespace, "app")["data"]["v"] == "0", "only the person's commit"
+    assert stream.passes == reconcile.MAX_COALESCED_RUNS, "each later push planned and held"
+    assert result.held, result
+    assert [kwargs["manual"] for _, kwargs, _ in stream.sent] == [False]
+
+
 class _Sent:
     id = "not-sent"
