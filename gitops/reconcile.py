@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connection
-from django.db.models import Exists, QuerySet
+from django.db.models import BooleanField, Exists, ExpressionWrapper, QuerySet
 from django.utils import timezone
 
 from gitops import logs, metrics, schedule, selectors
@@ -277,8 +277,9 @@ def source_sync(
     query fewer, for a task whose result nobody reads (a push's or a poll's).
 
     An ``automatic`` sync (a poll, a push, a timer) of a source that does not allow one
-    (``Source.automatic_sync_allowed``: suspended) does nothing, nor runs what came meanwhile once
-    it is suspended; one someone asked for always runs (its own pass, not the pushes it absorbs).
+    (``Source.automatic_sync_allowed``: suspended) does nothing; one someone asked for always runs.
+    What came while a pass ran runs next as it was sent (not as the person's), and not once the
+    source is suspended (``_requested_since``).
 
     Requests never get lost between two workers: a holder looks for new requests
     only after it released the lock, and a caller that finds the source busy
@@ -301,9 +302,11 @@ def source_sync(
             with source_lock(source) as acquired:
                 if acquired:
                     Source.objects.filter(pk=source.pk).update(sync_requested_at=None, sync_queued=False)
-                    # Only the first pass is a person's: later ones run the pushes that came meanwhile.
-                    asked = manual and not runs
-                    runs.append(_measured(source, actor, retry_failed, asked, report_rollout))
+                    # Only the first pass is what was asked for: later ones run what came meanwhile.
+                    first = not runs
+                    runs.append(
+                        _measured(source, actor, retry_failed and first, manual and first, report_rollout)
+                    )
             if not acquired:
                 if runs:
                     break  # another worker took the lock after us; it runs what was requested
@@ -312,22 +315,31 @@ def source_sync(
                 Source.objects.filter(pk=source.pk).update(sync_requested_at=timezone.now())
                 requested = True
                 continue
-            if not _requested_since(source, started, automatic=automatic):
+            if not _requested_since(source, started):
                 break
         else:
             # Still wanted after the last allowed run: a fresh task, as automatic as this one,
             # carries on, so a stream of pushes neither starves other sources nor gets dropped.
             schedule.source_sync(source.pk, actor=actor, wait_if_busy=False, automatic=automatic)
-        return _combined(runs)
+        return _combined(runs, manual=manual)
 
 
-def _requested_since(source: Source, started: datetime, *, automatic: bool) -> bool:
-    """Whether a request came while the pass ran; for an automatic sync, only while the source still
-    allows one (suspending is a brake: a source suspended meanwhile takes no further pass)."""
-    wanted = Source.objects.filter(pk=source.pk, sync_requested_at__gt=started)
-    if automatic:
-        wanted = wanted.filter(automatic_sync_filter())
-    return wanted.exists()
+def _requested_since(source: Source, started: datetime) -> bool:
+    """Whether a request came while the pass ran, to be run now in another pass.
+
+    What came meanwhile runs only while the source allows automatic syncs: suspending is a brake.
+    Nothing it holds back is lost: a person's sync retries on its own (``wait_if_busy``), a push
+    waits for the resume, and beat's sweep finds a due abort again once ``sync_queued`` is clear.
+    """
+    allowed = (
+        Source.objects.filter(pk=source.pk, sync_requested_at__gt=started)
+        .annotate(allowed=ExpressionWrapper(automatic_sync_filter(), output_field=BooleanField()))
+        .values_list("allowed", flat=True)
+        .first()
+    )
+    if allowed is False:  # a push marked it queued: the sweep claims only sources not queued
+        Source.objects.filter(pk=source.pk).update(sync_queued=False)
+    return allowed is True
 
 
 @contextmanager
@@ -379,18 +391,21 @@ def _measured(
     return result
 
 
-def _combined(runs: list[SyncResult]) -> SyncResult:
-    """One result for coalesced runs: the last run's state, with what earlier runs applied."""
-    last = runs[-1]
+def _combined(runs: list[SyncResult], *, manual: bool = False) -> SyncResult:
+    """One result for coalesced runs: the last run's state, with what earlier runs applied. A person's
+    sync answers with its own pass (the first), and why the pushes run after it wait, if they do."""
+    result = runs[0] if manual else runs[-1]
     if len(runs) == 1:
-        return last
-    if last.outcome is Outcome.UNCHANGED and any(run.outcome is Outcome.APPLIED for run in runs[:-1]):
-        last.outcome = Outcome.APPLIED
+        return result
+    if manual:
+        result.held = result.held or runs[-1].held
+    elif result.outcome is Outcome.UNCHANGED and any(run.outcome is Outcome.APPLIED for run in runs[:-1]):
+        result.outcome = Outcome.APPLIED
     resumed = sum(run.summary.get("resumed", 0) for run in runs)
     if resumed:
-        last.summary["resumed"] = resumed
-    last.forced_push = any(run.forced_push for run in runs)
-    return last
+        result.summary["resumed"] = resumed
+    result.forced_push = any(run.forced_push for run in runs)
+    return result
 
 
 # -- failures ---------------------------------------------------------------------------------

@@ -151,7 +151,7 @@ class _Stream:
         self.pushed.append(str(len(self.pushed)))
         self.repo.write("configmaps/app.yaml", configmap("app", {"v": self.pushed[-1]}))
         self.repo.commit()
-        Source.objects.filter(pk=self.source.pk).update(sync_requested_at=timezone.now())
+        Source.objects.filter(pk=self.source.pk).update(sync_queued=True, sync_requested_at=timezone.now())
         self.after_pass()
         return result
 
@@ -216,6 +216,8 @@ def test_a_source_suspended_during_a_stream_of_pushes_takes_no_further_automatic
     assert stream.passes == 2
     assert stream.sent == []
     assert cluster.get_configmap(stream.namespace, "app")["data"]["v"] == "1", "the push after it waits"
+    # Not left queued: beat's sweep claims only sources not queued, for a due abort or rollback.
+    assert not Source.all_objects.get(pk=stream.source.pk).sync_queued
 
 
 def test_pushes_that_come_during_a_persons_sync_through_a_closed_window_wait_for_the_window(stream, cluster):
@@ -237,8 +239,11 @@ def test_pushes_that_come_during_a_persons_sync_through_a_closed_window_wait_for
 
     assert cluster.get_configmap(stream.namespace, "app")["data"]["v"] == "0", "only the person's commit"
     assert stream.passes == reconcile.MAX_COALESCED_RUNS, "each later push planned and held"
-    assert result.held, result
     assert [kwargs["manual"] for _, kwargs, _ in stream.sent] == [False]
+    # The person hears of their own pass, and why the pushes after it wait.
+    assert result.outcome == "applied", result
+    assert result.commit == stream.repo.git("rev-list", "--max-parents=0", "HEAD").strip(), result
+    assert result.held.startswith("in a sync window that denies changes until "), result
 
 
 class _Sent:
