@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from django.db import connection
@@ -279,7 +279,7 @@ def source_sync(
     An ``automatic`` sync (a poll, a push, a timer) of a source that does not allow one
     (``Source.automatic_sync_allowed``: suspended) does nothing; one someone asked for always runs.
     What came while a pass ran runs next as it was sent (not as the person's), and not once the
-    source is suspended (``_requested_since``).
+    source is suspended (``_requested_again``).
 
     Requests never get lost between two workers: a holder looks for new requests
     only after it released the lock, and a caller that finds the source busy
@@ -298,7 +298,6 @@ def source_sync(
         runs: list[SyncResult] = []
         requested = False
         while len(runs) < MAX_COALESCED_RUNS:
-            started = timezone.now()
             with source_lock(source) as acquired:
                 if acquired:
                     Source.objects.filter(pk=source.pk).update(sync_requested_at=None, sync_queued=False)
@@ -315,7 +314,7 @@ def source_sync(
                 Source.objects.filter(pk=source.pk).update(sync_requested_at=timezone.now())
                 requested = True
                 continue
-            if not _requested_since(source, started):
+            if not _requested_again(source):
                 break
         else:
             # Still wanted after the last allowed run: a fresh task, as automatic as this one,
@@ -324,15 +323,17 @@ def source_sync(
         return _combined(runs, manual=manual)
 
 
-def _requested_since(source: Source, started: datetime) -> bool:
-    """Whether a request came while the pass ran, to be run now in another pass.
+def _requested_again(source: Source) -> bool:
+    """Whether a request came while the pass ran, to be run now in another pass. Any request stored
+    now came after the pass began, which cleared it: no clock is compared, so a worker whose clock
+    lags another's cannot have its request taken for an older one.
 
     What came meanwhile runs only while the source allows automatic syncs: suspending is a brake.
     Nothing it holds back is lost: a person's sync retries on its own (``wait_if_busy``), a push
     waits for the resume, and beat's sweep finds a due abort again once ``sync_queued`` is clear.
     """
     allowed = (
-        Source.objects.filter(pk=source.pk, sync_requested_at__gt=started)
+        Source.objects.filter(pk=source.pk, sync_requested_at__isnull=False)
         .annotate(allowed=ExpressionWrapper(automatic_sync_filter(), output_field=BooleanField()))
         .values_list("allowed", flat=True)
         .first()
@@ -418,6 +419,10 @@ def sync_failure_record(source_id: int, error: BaseException) -> SyncResult:
     doubled for every failure in a row (at most an hour), not every sweep.
     """
     source = Source.objects.get(pk=source_id)
+    if source.sync_requested_at is not None:
+        # A push came while the failed pass ran, and its commit may be the fix: it gets a pass of its
+        # own now, not after the back-off (that pass clears the request; a request comes once).
+        schedule.source_sync(source_id, actor=SYSTEM_ACTOR, wait_if_busy=False, automatic=True)
     failures = source.consecutive_failures + 1
     delay = retry_delay(source.poll_interval, failures)
     message = str(error) or type(error).__name__

@@ -69,8 +69,24 @@ def source_sync_once(source_id: int, *, actor: str) -> bool:
     """Queues a sync unless one is queued: a burst of pushes makes one reconcile of the newest commit."""
     if not Source.objects.filter(pk=source_id, sync_queued=False).update(sync_queued=True):
         return False
-    source_sync(source_id, actor=actor, wait_if_busy=False, automatic=True)
+    claimed_source_sync(source_id, actor=actor, automatic=True)
     return True
+
+
+def claimed_source_sync(source_id: int, *, actor: str, automatic: bool) -> None:
+    """Queues the sync a caller claimed ``sync_queued`` for (a push, beat's sweep of due rollouts).
+    When the broker refuses it, the claim goes too: a flag with no task behind it would refuse every
+    later push as "already queued" and keep the sweep away, until the next poll."""
+    kwargs = {"source_id": source_id, "actor": actor, "wait_if_busy": False, "automatic": automatic}
+
+    def send() -> None:
+        try:
+            _send(SYNC_TASK, kwargs=kwargs, ignore_result=True)
+        except Exception:
+            Source.objects.filter(pk=source_id).update(sync_queued=False)
+            raise
+
+    transaction.on_commit(send)
 
 
 # A task held for a later time stays unacknowledged in Redis, which hands it out again after an hour

@@ -107,8 +107,14 @@ def poll_sources(self: Task[Any, Any]) -> list[int]:
     due_rollouts = set(polling.sources_with_due_rollouts()) - due_polls
     for source_id in sorted(due_polls):
         schedule.source_sync(source_id, actor=SYSTEM_ACTOR, wait_if_busy=False, automatic=True)
-    for source_id in sorted(due_rollouts):
-        schedule.source_sync(source_id, actor=SYSTEM_ACTOR, wait_if_busy=False)
+    refused: Exception | None = None
+    for source_id in sorted(due_rollouts):  # each claimed sync_queued: every claim is sent or given back
+        try:
+            schedule.claimed_source_sync(source_id, actor=SYSTEM_ACTOR, automatic=False)
+        except Exception as exc:  # the broker is away; the next sweep claims these again
+            refused = exc
+    if refused is not None:
+        raise refused
     return sorted(due_polls | due_rollouts)
 
 

@@ -246,5 +246,70 @@ def test_pushes_that_come_during_a_persons_sync_through_a_closed_window_wait_for
     assert result.held.startswith("in a sync window that denies changes until "), result
 
 
+def test_a_request_stamped_by_a_worker_whose_clock_lags_is_run_all_the_same(stream, cluster):
+    """The holder runs any request stored after its pass began, whatever time the requesting worker's
+    clock put on it: comparing two machines' clocks lost such a request (and left sync_queued set)."""
+
+    def stamped_by_a_clock_ten_seconds_behind() -> None:
+        earlier = timezone.now() - timedelta(seconds=10)
+        Source.objects.filter(pk=stream.source.pk).update(sync_requested_at=earlier)
+
+    stream.after_pass = stamped_by_a_clock_ten_seconds_behind
+
+    reconcile.source_sync(stream.source.pk, automatic=True)
+
+    assert stream.passes == reconcile.MAX_COALESCED_RUNS
+    assert cluster.get_configmap(stream.namespace, "app")["data"]["v"] == str(
+        reconcile.MAX_COALESCED_RUNS - 1
+    )
+
+
+def test_a_push_that_came_during_a_pass_that_failed_gets_a_pass_of_its_own(stream, cluster):
+    """Its commit may be the fix: it is not left to the back-off's next poll (an hour, at worst)."""
+    from gitops.errors import PermanentError
+    from gitops.tasks import sync_source
+
+    def fails_once_a_push_came() -> None:
+        raise PermanentError("the cluster refused the whole pass")
+
+    stream.after_pass = fails_once_a_push_came
+
+    answer = sync_source.apply(
+        kwargs={"source_id": stream.source.pk, "automatic": True, "wait_if_busy": False}, ignore_result=True
+    ).get()
+
+    assert answer["outcome"] == "failed", answer
+    assert [(kwargs["automatic"], ignored) for _, kwargs, ignored in stream.sent] == [(True, True)]
+    assert cluster.get_configmap(stream.namespace, "app")["data"]["v"] == "0"
+    stream.after_pass = lambda: None
+    assert sync_source.apply(kwargs=stream.sent[0][1], ignore_result=True).get()["outcome"] == "applied"
+    assert int(cluster.get_configmap(stream.namespace, "app")["data"]["v"]) >= 1, "the push's commit or later"
+
+
+def test_a_sync_the_broker_refuses_gives_its_claim_back(make_source, monkeypatch):
+    """A push claims ``sync_queued`` and sends its task; if the broker refuses the task, a flag left
+    set would refuse every later push as already queued (and keep beat's sweep away)."""
+    from kombu.exceptions import OperationalError
+
+    from gitops import schedule
+
+    source = make_source()
+
+    def broker_away(*args, **kwargs):
+        raise OperationalError("Error 111 connecting to redis: Connection refused")
+
+    monkeypatch.setattr(schedule.app, "send_task", broker_away)
+
+    with pytest.raises(OperationalError):
+        schedule.source_sync_once(source.pk, actor="webhook:generic")
+
+    assert not Source.objects.get(pk=source.pk).sync_queued
+    monkeypatch.undo()
+    sent = []
+    monkeypatch.setattr(schedule.app, "send_task", lambda *args, **kwargs: sent.append(kwargs) or _Sent())
+    assert schedule.source_sync_once(source.pk, actor="webhook:generic"), "the next push queues a sync"
+    assert len(sent) == 1
+
+
 class _Sent:
     id = "not-sent"
