@@ -419,18 +419,17 @@ def sync_failure_record(source_id: int, error: BaseException) -> SyncResult:
     doubled for every failure in a row (at most an hour), not every sweep.
     """
     source = Source.objects.get(pk=source_id)
-    if source.sync_requested_at is not None:
-        # A push came while the failed pass ran, and its commit may be the fix: it gets a pass of its
-        # own now, not after the back-off (that pass clears the request; a request comes once).
-        schedule.source_sync(source_id, actor=SYSTEM_ACTOR, wait_if_busy=False, automatic=True)
     failures = source.consecutive_failures + 1
     delay = retry_delay(source.poll_interval, failures)
     message = str(error) or type(error).__name__
-    # sync_queued goes too: a push must queue the next try, not be refused as "already queued".
+    # A push that came while the failed pass ran may bring the fix: its poll is due now, so beat's
+    # sweep runs it within seconds instead of after the back-off (no broker needed here, and no
+    # race with this update). sync_queued goes too: a push must queue the next try.
+    pushed_meanwhile = source.sync_requested_at is not None
     Source.objects.filter(pk=source_id).update(
         last_error=message[:2000],
         consecutive_failures=failures,
-        next_poll_at=timezone.now() + delay,
+        next_poll_at=timezone.now() + (timedelta(0) if pushed_meanwhile else delay),
         sync_queued=False,
     )
     log.error(

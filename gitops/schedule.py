@@ -86,7 +86,10 @@ def claimed_source_sync(source_id: int, *, actor: str, automatic: bool) -> None:
             Source.objects.filter(pk=source_id).update(sync_queued=False)
             raise
 
-    transaction.on_commit(send)
+    # In a transaction (a freeze lifted, waking several sources), a refused send must not drop the
+    # others' sends, which Django skips after one that raises: each is logged and gives back its own
+    # claim. Outside one, it raises to the caller (a webhook answers 500).
+    transaction.on_commit(send, robust=transaction.get_connection().in_atomic_block)
 
 
 # A task held for a later time stays unacknowledged in Redis, which hands it out again after an hour

@@ -9,6 +9,8 @@ again (``gitops.celery.redelivered_too_often``), and its failure is recorded.
 import logging
 import os
 import socket
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from celery import Task
@@ -105,13 +107,20 @@ def poll_sources(self: Task[Any, Any]) -> list[int]:
     due_polls = set(polling.sources_claim_due())
     # Due rollouts are filtered there already: a suspended source's timers wait, its aborts do not.
     due_rollouts = set(polling.sources_with_due_rollouts()) - due_polls
-    for source_id in sorted(due_polls):
-        schedule.source_sync(source_id, actor=SYSTEM_ACTOR, wait_if_busy=False, automatic=True)
+    sends: list[Callable[[], object]] = [
+        partial(schedule.source_sync, i, actor=SYSTEM_ACTOR, wait_if_busy=False, automatic=True)
+        for i in sorted(due_polls)
+    ]
+    # Each due rollout's source was claimed (sync_queued): every claim is sent or given back.
+    sends += [
+        partial(schedule.claimed_source_sync, i, actor=SYSTEM_ACTOR, automatic=False)
+        for i in sorted(due_rollouts)
+    ]
     refused: Exception | None = None
-    for source_id in sorted(due_rollouts):  # each claimed sync_queued: every claim is sent or given back
+    for send in sends:
         try:
-            schedule.claimed_source_sync(source_id, actor=SYSTEM_ACTOR, automatic=False)
-        except Exception as exc:  # the broker is away; the next sweep claims these again
+            send()
+        except Exception as exc:  # the broker is away: the rest are still tried, then the sweep fails
             refused = exc
     if refused is not None:
         raise refused

@@ -264,8 +264,10 @@ def test_a_request_stamped_by_a_worker_whose_clock_lags_is_run_all_the_same(stre
     )
 
 
-def test_a_push_that_came_during_a_pass_that_failed_gets_a_pass_of_its_own(stream, cluster):
-    """Its commit may be the fix: it is not left to the back-off's next poll (an hour, at worst)."""
+def test_a_push_that_came_during_a_pass_that_failed_is_polled_at_once(stream, cluster):
+    """Its commit may be the fix: the failure is recorded (the back-off counts it), but the source's
+    poll is due now, so beat runs it within seconds instead of at the back-off's next poll (an hour,
+    at worst). No broker is needed to record it."""
     from gitops.errors import PermanentError
     from gitops.tasks import sync_source
 
@@ -279,10 +281,14 @@ def test_a_push_that_came_during_a_pass_that_failed_gets_a_pass_of_its_own(strea
     ).get()
 
     assert answer["outcome"] == "failed", answer
-    assert [(kwargs["automatic"], ignored) for _, kwargs, ignored in stream.sent] == [(True, True)]
+    failed = Source.objects.get(pk=stream.source.pk)
+    assert (failed.consecutive_failures, failed.last_error) == (1, "the cluster refused the whole pass")
+    assert not failed.sync_queued
     assert cluster.get_configmap(stream.namespace, "app")["data"]["v"] == "0"
+    assert polling.sources_claim_due() == [stream.source.pk], "the poll is due at once"
     stream.after_pass = lambda: None
-    assert sync_source.apply(kwargs=stream.sent[0][1], ignore_result=True).get()["outcome"] == "applied"
+    poll = {"source_id": stream.source.pk, "automatic": True, "wait_if_busy": False}
+    assert sync_source.apply(kwargs=poll, ignore_result=True).get()["outcome"] == "applied"
     assert int(cluster.get_configmap(stream.namespace, "app")["data"]["v"]) >= 1, "the push's commit or later"
 
 
@@ -309,6 +315,28 @@ def test_a_sync_the_broker_refuses_gives_its_claim_back(make_source, monkeypatch
     monkeypatch.setattr(schedule.app, "send_task", lambda *args, **kwargs: sent.append(kwargs) or _Sent())
     assert schedule.source_sync_once(source.pk, actor="webhook:generic"), "the next push queues a sync"
     assert len(sent) == 1
+
+
+def test_sends_the_broker_refuses_after_a_commit_each_give_their_claim_back(make_source, monkeypatch):
+    """Lifting a freeze wakes its sources from one transaction; Django skips the callbacks after one
+    that raises, so each send is robust there: none is left claimed with no task behind it."""
+    from django.db import transaction
+    from kombu.exceptions import OperationalError
+
+    from gitops import schedule
+
+    sources = [make_source() for _ in range(3)]
+
+    def broker_away(*args, **kwargs):
+        raise OperationalError("Error 111 connecting to redis: Connection refused")
+
+    monkeypatch.setattr(schedule.app, "send_task", broker_away)
+
+    with transaction.atomic():
+        for source in sources:
+            assert schedule.source_sync_once(source.pk, actor="cli")
+
+    assert [Source.objects.get(pk=source.pk).sync_queued for source in sources] == [False, False, False]
 
 
 class _Sent:
