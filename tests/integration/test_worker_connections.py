@@ -28,7 +28,7 @@ def _last_check_backends(source) -> set[tuple[int, str]]:
             "SELECT pid, backend_start::text FROM pg_stat_activity"
             " WHERE datname = current_database() AND pid <> pg_backend_pid()"
             " AND query LIKE %s AND query LIKE %s",
-            ['%"sync_requested_at" >%', f'%"gitops_source"."id" = {source.pk} %'],
+            ['%"sync_requested_at" IS NOT NULL%', f'%"gitops_source"."id" = {source.pk} %'],
         )
         return {(pid, started) for pid, started in cursor.fetchall()}
 
