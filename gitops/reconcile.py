@@ -278,8 +278,8 @@ def source_sync(
 
     An ``automatic`` sync (a poll, a push, a timer) of a source that does not allow one
     (``Source.automatic_sync_allowed``: suspended) does nothing; one someone asked for always runs.
-    What came while a pass ran runs next as it was sent (not as the person's), and not once the
-    source is suspended (``_requested_again``).
+    What came while a pass ran runs next without the person's ``manual`` and ``retry_failed`` (a
+    window holds it), under the same actor, and not once the source is suspended.
 
     Requests never get lost between two workers: a holder looks for new requests
     only after it released the lock, and a caller that finds the source busy
@@ -317,9 +317,9 @@ def source_sync(
             if not _requested_again(source):
                 break
         else:
-            # Still wanted after the last allowed run: a fresh task, as automatic as this one,
-            # carries on, so a stream of pushes neither starves other sources nor gets dropped.
-            schedule.source_sync(source.pk, actor=actor, wait_if_busy=False, automatic=automatic)
+            # Still wanted after the last allowed run: a fresh automatic task carries on (a suspension
+            # stops it), so a stream of pushes neither starves other sources nor gets dropped.
+            schedule.source_sync(source.pk, actor=actor, wait_if_busy=False, automatic=True)
         return _combined(runs, manual=manual)
 
 
@@ -412,6 +412,13 @@ def _combined(runs: list[SyncResult], *, manual: bool = False) -> SyncResult:
 # -- failures ---------------------------------------------------------------------------------
 
 
+def _retry_after_a_push(failures: int, delay: timedelta, source: Source) -> timedelta:
+    """When a source that failed polls again, if a push came during the failed pass: at once after a
+    first failure, within its poll interval after later ones (a busy repository pushes during nearly
+    every pass, and a source that keeps failing must not be asked every sweep)."""
+    return timedelta(0) if failures == 1 else min(delay, source.poll_interval)
+
+
 def sync_failure_record(source_id: int, error: BaseException) -> SyncResult:
     """Records a failed reconcile on the source, where pages and `gitops status` show it, and backs off.
 
@@ -422,14 +429,15 @@ def sync_failure_record(source_id: int, error: BaseException) -> SyncResult:
     failures = source.consecutive_failures + 1
     delay = retry_delay(source.poll_interval, failures)
     message = str(error) or type(error).__name__
-    # A push that came while the failed pass ran may bring the fix: its poll is due now, so beat's
-    # sweep runs it within seconds instead of after the back-off (no broker needed here, and no
-    # race with this update). sync_queued goes too: a push must queue the next try.
+    # A push that came while the failed pass ran may bring the fix: its poll comes sooner than the
+    # back-off (no broker needed here, and no race with this update). sync_queued goes too: a push
+    # must queue the next try.
     pushed_meanwhile = source.sync_requested_at is not None
     Source.objects.filter(pk=source_id).update(
         last_error=message[:2000],
         consecutive_failures=failures,
-        next_poll_at=timezone.now() + (timedelta(0) if pushed_meanwhile else delay),
+        next_poll_at=timezone.now()
+        + (_retry_after_a_push(failures, delay, source) if pushed_meanwhile else delay),
         sync_queued=False,
     )
     log.error(

@@ -120,7 +120,9 @@ def poll_sources(self: Task[Any, Any]) -> list[int]:
     for send in sends:
         try:
             send()
-        except Exception as exc:  # the broker is away: the rest are still tried, then the sweep fails
+        # The broker is away: the rest are still tried, then the sweep fails. A due rollout's claim is
+        # given back; a due poll waits for its next interval (its next_poll_at moved on when claimed).
+        except Exception as exc:
             refused = exc
     if refused is not None:
         raise refused
