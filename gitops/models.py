@@ -790,6 +790,9 @@ class WebhookDelivery(models.Model):
         IGNORED = "ignored"
         REJECTED = "rejected"
         DUPLICATE = "duplicate"
+        # Verified and wanted, but the queue refused its sync: it does not count as received, so the
+        # Git host's redelivery is accepted rather than answered as a duplicate.
+        UNQUEUED = "unqueued"
 
     source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="deliveries")
     delivery_id = models.CharField(max_length=100)

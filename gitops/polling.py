@@ -85,3 +85,10 @@ def sources_claim_due(now: Any = None) -> list[int]:
         if claim.update(next_poll_at=now + interval, sync_queued=False):
             claimed.append(source_id)
     return claimed
+
+
+def source_poll_due_again(source_id: int, claimed_at: Any) -> None:
+    """Gives back a due poll whose sync the broker refused: the next sweep, seconds away, claims it
+    again rather than the next interval. A pass that has moved the poll since keeps its time only if
+    it is earlier."""
+    Source.objects.filter(pk=source_id, next_poll_at__gt=claimed_at).update(next_poll_at=claimed_at)

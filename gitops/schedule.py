@@ -7,6 +7,7 @@ tasks are sent by name, so nothing here (or anywhere in the domain) imports
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -73,22 +74,28 @@ def source_sync_once(source_id: int, *, actor: str) -> bool:
     return True
 
 
-def claimed_source_sync(source_id: int, *, actor: str, automatic: bool) -> None:
-    """Queues the sync a caller claimed ``sync_queued`` for (a push, beat's sweep of due rollouts).
-    When the broker refuses it, the claim goes too: a flag with no task behind it would refuse every
-    later push as "already queued" and keep the sweep away, until the next poll."""
+def claimed_source_sync(
+    source_id: int, *, actor: str, automatic: bool, release: Callable[[], object] | None = None
+) -> None:
+    """Queues the sync a caller claimed: ``sync_queued`` (a push, beat's sweep of due rollouts) or,
+    with its own ``release``, a due poll's ``next_poll_at``. When the broker refuses it, the claim
+    goes too: a flag with no task behind it would refuse every later push as "already queued" and
+    keep the sweep away, and a poll moved on would wait a whole interval."""
     kwargs = {"source_id": source_id, "actor": actor, "wait_if_busy": False, "automatic": automatic}
 
     def send() -> None:
         try:
             _send(SYNC_TASK, kwargs=kwargs, ignore_result=True)
         except Exception:
-            Source.objects.filter(pk=source_id).update(sync_queued=False)
+            if release is None:
+                Source.objects.filter(pk=source_id).update(sync_queued=False)
+            else:
+                release()
             raise
 
     # In a transaction (a freeze lifted, waking several sources), a refused send must not drop the
     # others' sends, which Django skips after one that raises: each is logged and gives back its own
-    # claim. Outside one, it raises to the caller (a webhook answers 500).
+    # claim. Outside one, it raises to the caller (a webhook answers 503, beat's sweep fails).
     transaction.on_commit(send, robust=transaction.get_connection().in_atomic_block)
 
 

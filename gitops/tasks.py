@@ -14,6 +14,7 @@ from functools import partial
 from typing import Any
 
 from celery import Task
+from django.utils import timezone
 
 from gitops import polling, preview, schedule
 from gitops.celery import app, redelivered_too_often
@@ -104,14 +105,21 @@ def poll_sources(self: Task[Any, Any]) -> list[int]:
     """Beat runs this every few seconds; it enqueues the sources whose poll is due."""
     if redelivered_too_often(self):
         return []  # the next sweep comes within seconds
-    due_polls = set(polling.sources_claim_due())
+    claimed_at = timezone.now()
+    due_polls = set(polling.sources_claim_due(claimed_at))
     # Due rollouts are filtered there already: a suspended source's timers wait, its aborts do not.
     due_rollouts = set(polling.sources_with_due_rollouts()) - due_polls
+    # Every claim (a poll's next_poll_at, a due rollout's sync_queued) is sent or given back.
     sends: list[Callable[[], object]] = [
-        partial(schedule.source_sync, i, actor=SYSTEM_ACTOR, wait_if_busy=False, automatic=True)
+        partial(
+            schedule.claimed_source_sync,
+            i,
+            actor=SYSTEM_ACTOR,
+            automatic=True,
+            release=partial(polling.source_poll_due_again, i, claimed_at),
+        )
         for i in sorted(due_polls)
     ]
-    # Each due rollout's source was claimed (sync_queued): every claim is sent or given back.
     sends += [
         partial(schedule.claimed_source_sync, i, actor=SYSTEM_ACTOR, automatic=False)
         for i in sorted(due_rollouts)
@@ -120,8 +128,8 @@ def poll_sources(self: Task[Any, Any]) -> list[int]:
     for send in sends:
         try:
             send()
-        # The broker is away: the rest are still tried, then the sweep fails. A due rollout's claim is
-        # given back; a due poll waits for its next interval (its next_poll_at moved on when claimed).
+        # The broker is away: the rest are still tried (each gives back its own claim), then the
+        # sweep fails; the next one, seconds later, claims them again.
         except Exception as exc:
             refused = exc
     if refused is not None:

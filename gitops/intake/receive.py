@@ -154,7 +154,10 @@ def _accept(
         return WebhookAnswer(200, {"status": "duplicate", "delivery": delivery_id}, provider)
     if reason:
         return WebhookAnswer(202, {"status": "ignored", "reason": reason, "delivery": delivery_id}, provider)
-    queued = schedule.source_sync_once(source.pk, actor=f"webhook:{provider}")
+    try:
+        queued = schedule.source_sync_once(source.pk, actor=f"webhook:{provider}")
+    except Exception:
+        return _unqueued(delivered, source, provider)
     log.info(
         "webhook accepted source=%s provider=%s delivery=%s commit=%s queued=%s",
         source.name,
@@ -166,6 +169,24 @@ def _accept(
     return WebhookAnswer(
         202, {"status": "accepted", "delivery": delivery_id, "commit": event.commit}, provider
     )
+
+
+def _unqueued(delivered: WebhookDelivery, source: Source, provider: str) -> WebhookAnswer:
+    """The broker refused the sync (its claim was given back). The delivery stops counting as
+    received, so the Git host's redelivery queues it; until then the next poll covers it."""
+    log.exception(
+        "webhook unqueued source=%s provider=%s delivery=%s", source.name, provider, delivered.delivery_id
+    )
+    reason = "the sync could not be queued; deliver it again"
+    WebhookDelivery.objects.filter(pk=delivered.pk).update(
+        outcome=WebhookDelivery.Outcome.UNQUEUED, reason=reason
+    )
+    body = {
+        "status": WebhookDelivery.Outcome.UNQUEUED.value,
+        "reason": reason,
+        "delivery": delivered.delivery_id,
+    }
+    return WebhookAnswer(503, body, provider)
 
 
 # An id no source has: an unknown name runs the same bounded count as a known one.

@@ -88,6 +88,46 @@ def test_another_branch_is_ignored_and_a_replay_is_recognised(hooked_source, rep
     assert replay.json()["status"] == "duplicate"
 
 
+def test_a_push_whose_sync_the_broker_refuses_is_503_and_its_redelivery_is_accepted(
+    hooked_source, repo, monkeypatch
+):
+    """Stored as received, a push the queue refused would make the Git host's redelivery a
+    duplicate, and the commit would wait for the next poll (an hour here)."""
+    from kombu.exceptions import OperationalError
+
+    from gitops import schedule
+
+    source, _ = hooked_source
+    body, headers = github_push(repo, delivery="d-refused")
+
+    def broker_away(*args, **kwargs):
+        raise OperationalError("Error 111 connecting to redis: Connection refused")
+
+    monkeypatch.setattr(schedule.app, "send_task", broker_away)
+    refused = post(source, body, headers)
+    assert refused.status_code == 503
+    assert refused.json()["status"] == "unqueued"
+    row = WebhookDelivery.objects.get(source=source, delivery_id="d-refused")
+    assert (row.outcome, row.reason) == ("unqueued", "the sync could not be queued; deliver it again")
+    assert not Source.objects.get(pk=source.pk).sync_queued, "the claim is given back"
+
+    monkeypatch.undo()
+    sent: list[dict] = []
+    monkeypatch.setattr(schedule.app, "send_task", lambda *args, **kwargs: sent.append(kwargs) or _Sent())
+    redelivered = post(source, body, headers)
+    assert (redelivered.status_code, redelivered.json()["status"]) == (202, "accepted")
+    assert [kwargs["kwargs"]["source_id"] for kwargs in sent] == [source.pk]
+    outcomes = WebhookDelivery.objects.filter(source=source, delivery_id="d-refused").values_list(
+        "outcome", flat=True
+    )
+    assert sorted(outcomes) == ["accepted", "unqueued"]
+    assert post(source, body, headers).json()["status"] == "duplicate", "accepted once, then a replay"
+
+
+class _Sent:
+    id = "not-sent"
+
+
 def test_malformed_and_oversized_bodies(hooked_source):
     source, _ = hooked_source
     body = b"{not json"
