@@ -413,4 +413,7 @@ def git_webhook(request: HttpRequest, name: str) -> JsonResponse:
     if len(body) > MAX_BODY_BYTES:
         return JsonResponse({"status": "rejected", "reason": "body too large"}, status=413)
     answer = receive.webhook_receive(name, request.headers, body)
-    return JsonResponse(answer.body, status=answer.status)
+    response = JsonResponse(answer.body, status=answer.status)
+    if answer.retry_after is not None:
+        response["Retry-After"] = str(answer.retry_after)
+    return response

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db.models import DateTimeField, ExpressionWrapper, F, Value
 from django.utils import timezone
 
 from gitops import selectors
@@ -89,6 +90,7 @@ def sources_claim_due(now: Any = None) -> list[int]:
 
 def source_poll_due_again(source_id: int, claimed_at: Any) -> None:
     """Gives back a due poll whose sync the broker refused: the next sweep, seconds away, claims it
-    again rather than the next interval. A pass that has moved the poll since keeps its time only if
-    it is earlier."""
-    Source.objects.filter(pk=source_id, next_poll_at__gt=claimed_at).update(next_poll_at=claimed_at)
+    again rather than the next interval. Only the time the claim wrote is given back: a pass that
+    has moved the poll since (its next interval, a back-off) keeps its time."""
+    claim_wrote = ExpressionWrapper(Value(claimed_at) + F("poll_interval"), output_field=DateTimeField())
+    Source.objects.filter(pk=source_id, next_poll_at=claim_wrote).update(next_poll_at=claimed_at)

@@ -74,6 +74,10 @@ def source_sync_once(source_id: int, *, actor: str) -> bool:
     return True
 
 
+class SyncNotQueued(Exception):
+    """The broker refused a claimed sync, and the claim was given back (the broker's error is its cause)."""
+
+
 def claimed_source_sync(
     source_id: int, *, actor: str, automatic: bool, release: Callable[[], object] | None = None
 ) -> None:
@@ -86,12 +90,12 @@ def claimed_source_sync(
     def send() -> None:
         try:
             _send(SYNC_TASK, kwargs=kwargs, ignore_result=True)
-        except Exception:
+        except Exception as exc:
             if release is None:
                 Source.objects.filter(pk=source_id).update(sync_queued=False)
             else:
                 release()
-            raise
+            raise SyncNotQueued(f"the broker refused the sync of source {source_id}: {exc}") from exc
 
     # In a transaction (a freeze lifted, waking several sources), a refused send must not drop the
     # others' sends, which Django skips after one that raises: each is logged and gives back its own

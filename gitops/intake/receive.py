@@ -27,6 +27,8 @@ from gitops.record.bulk import row_create_once
 log = logging.getLogger("gitops.intake")
 
 DELIVERY_ID = re.compile(r"[^A-Za-z0-9._:-]")
+# Seconds a Git host that honours Retry-After waits before delivering a push the queue refused again.
+UNQUEUED_RETRY_AFTER = 10
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class WebhookAnswer:
     status: int
     body: dict[str, Any]
     provider: str = "unknown"
+    retry_after: int | None = None
 
 
 def webhook_receive(source_name: str, headers: Mapping[str, str], body: bytes) -> WebhookAnswer:
@@ -156,7 +159,7 @@ def _accept(
         return WebhookAnswer(202, {"status": "ignored", "reason": reason, "delivery": delivery_id}, provider)
     try:
         queued = schedule.source_sync_once(source.pk, actor=f"webhook:{provider}")
-    except Exception:
+    except schedule.SyncNotQueued:
         return _unqueued(delivered, source, provider)
     log.info(
         "webhook accepted source=%s provider=%s delivery=%s commit=%s queued=%s",
@@ -186,7 +189,7 @@ def _unqueued(delivered: WebhookDelivery, source: Source, provider: str) -> Webh
         "reason": reason,
         "delivery": delivered.delivery_id,
     }
-    return WebhookAnswer(503, body, provider)
+    return WebhookAnswer(503, body, provider, retry_after=UNQUEUED_RETRY_AFTER)
 
 
 # An id no source has: an unknown name runs the same bounded count as a known one.

@@ -47,6 +47,24 @@ def test_a_due_source_is_claimed_once_even_when_two_sweeps_race(make_source):
     assert Source.objects.get(pk=source.pk).next_poll_at > timezone.now() + timedelta(seconds=50)
 
 
+def test_a_refused_poll_gives_back_only_the_time_its_claim_wrote(make_source):
+    """A pass that moved the poll meanwhile (its next interval, a back-off) keeps its time."""
+    given_back, moved = make_source(), make_source()
+    now = timezone.now()
+    due = now - timedelta(seconds=1)
+    Source.objects.filter(pk__in=[given_back.pk, moved.pk]).update(next_poll_at=due)
+    assert sorted(polling.sources_claim_due(now)) == sorted([given_back.pk, moved.pk])
+    backed_off = now + timedelta(hours=2)
+    Source.objects.filter(pk=moved.pk).update(next_poll_at=backed_off)
+
+    polling.source_poll_due_again(given_back.pk, now)
+    polling.source_poll_due_again(moved.pk, now)
+
+    assert Source.objects.get(pk=given_back.pk).next_poll_at == now
+    assert Source.objects.get(pk=moved.pk).next_poll_at == backed_off
+    assert polling.sources_claim_due() == [given_back.pk]
+
+
 def test_the_plan_reads_live_state_with_one_list_per_namespace(
     repo, make_namespaces, make_source, monkeypatch, cluster
 ):
@@ -306,8 +324,9 @@ def test_a_sync_the_broker_refuses_gives_its_claim_back(make_source, monkeypatch
 
     monkeypatch.setattr(schedule.app, "send_task", broker_away)
 
-    with pytest.raises(OperationalError):
+    with pytest.raises(schedule.SyncNotQueued) as refused:
         schedule.source_sync_once(source.pk, actor="webhook:generic")
+    assert isinstance(refused.value.__cause__, OperationalError)
 
     assert not Source.objects.get(pk=source.pk).sync_queued
     monkeypatch.undo()

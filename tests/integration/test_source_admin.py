@@ -335,7 +335,7 @@ def test_beats_sweep_gives_back_every_claim_whose_sync_the_broker_refuses(
 
     monkeypatch.setattr(schedule.app, "send_task", broker_away)
     sweep = poll_sources.apply()
-    assert isinstance(sweep.result, OperationalError), "the sweep fails, so the refusal is seen"
+    assert isinstance(sweep.result, schedule.SyncNotQueued), "the sweep fails, so the refusal is seen"
     assert tried == [polled.pk, aborting.pk]
     assert not Source.objects.get(pk=aborting.pk).sync_queued, "the due rollout's claim is given back"
     assert Source.objects.get(pk=polled.pk).next_poll_at <= timezone.now(), "the poll is due again"

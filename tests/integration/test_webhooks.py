@@ -106,7 +106,7 @@ def test_a_push_whose_sync_the_broker_refuses_is_503_and_its_redelivery_is_accep
     monkeypatch.setattr(schedule.app, "send_task", broker_away)
     refused = post(source, body, headers)
     assert refused.status_code == 503
-    assert refused.json()["status"] == "unqueued"
+    assert (refused.json()["status"], refused["Retry-After"]) == ("unqueued", "10")
     row = WebhookDelivery.objects.get(source=source, delivery_id="d-refused")
     assert (row.outcome, row.reason) == ("unqueued", "the sync could not be queued; deliver it again")
     assert not Source.objects.get(pk=source.pk).sync_queued, "the claim is given back"
