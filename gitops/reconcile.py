@@ -279,7 +279,9 @@ def source_sync(
     An ``automatic`` sync (a poll, a push, a timer) of a source that does not allow one
     (``Source.automatic_sync_allowed``: suspended) does nothing; one someone asked for always runs.
     What came while a pass ran runs next without the person's ``manual`` and ``retry_failed`` (a
-    window holds it), under the same actor, and not once the source is suspended.
+    window holds it), and not once the source is suspended. It runs under the same actor after an
+    automatic pass (a push's, a poll's), and as Sluice's after one someone asked for: nobody knows
+    who pushed meanwhile, and the change log must not name the person whose sync ran first.
 
     Requests never get lost between two workers: a holder looks for new requests
     only after it released the lock, and a caller that finds the source busy
@@ -294,6 +296,7 @@ def source_sync(
         # A push marked it queued: let the next one through once the source is resumed.
         Source.objects.filter(pk=source.pk).update(sync_queued=False)
         return SyncResult(source.name, Outcome.SUSPENDED)
+    later_actor = actor if automatic else SYSTEM_ACTOR
     with logs.log_context(source=source.name):
         runs: list[SyncResult] = []
         requested = False
@@ -303,8 +306,11 @@ def source_sync(
                     Source.objects.filter(pk=source.pk).update(sync_requested_at=None, sync_queued=False)
                     # Only the first pass is what was asked for: later ones run what came meanwhile.
                     first = not runs
+                    pass_actor = actor if first else later_actor
                     runs.append(
-                        _measured(source, actor, retry_failed and first, manual and first, report_rollout)
+                        _measured(
+                            source, pass_actor, retry_failed and first, manual and first, report_rollout
+                        )
                     )
             if not acquired:
                 if runs:
@@ -319,7 +325,7 @@ def source_sync(
         else:
             # Still wanted after the last allowed run: a fresh automatic task carries on (a suspension
             # stops it), so a stream of pushes neither starves other sources nor gets dropped.
-            schedule.source_sync(source.pk, actor=actor, wait_if_busy=False, automatic=True)
+            schedule.source_sync(source.pk, actor=later_actor, wait_if_busy=False, automatic=True)
         return _combined(runs, manual=manual)
 
 

@@ -157,15 +157,17 @@ class _Stream:
         self.repo, self.namespace, self.source = repo, namespace, source
         self.pushed = ["0"]
         self.passes = 0
+        self.actors: list[str] = []
         self.after_pass = lambda: None
         self.sent: list[tuple[str, dict, bool]] = []
         self.real_pass = reconcile._measured
         monkeypatch.setattr(reconcile, "_measured", self._pass_then_a_push_arrives)
         monkeypatch.setattr(schedule.app, "send_task", self._keep)
 
-    def _pass_then_a_push_arrives(self, *args):
-        result = self.real_pass(*args)
+    def _pass_then_a_push_arrives(self, source, actor, *args):
+        result = self.real_pass(source, actor, *args)
         self.passes += 1
+        self.actors.append(actor)
         self.pushed.append(str(len(self.pushed)))
         self.repo.write("configmaps/app.yaml", configmap("app", {"v": self.pushed[-1]}))
         self.repo.commit()
@@ -215,6 +217,17 @@ def test_a_stream_of_pushes_is_carried_on_by_one_fresh_automatic_task_whose_resu
     source_admin.source_resume(Source.objects.get(pk=stream.source.pk))
     assert carry_on() == "applied"
     assert cluster.get_configmap(stream.namespace, "app")["data"]["v"] == stream.pushed[-1]
+
+
+def test_the_pushes_a_persons_sync_runs_after_its_own_pass_are_not_recorded_as_that_persons(stream):
+    """Nobody knows who pushed while a person's sync ran: those passes, and the task that carries
+    them on, run as Sluice. After a push's own pass, the pushes it runs keep its actor."""
+    runs = reconcile.MAX_COALESCED_RUNS
+    reconcile.source_sync(stream.source.pk, actor="ines")
+    reconcile.source_sync(stream.source.pk, actor="webhook:github", automatic=True)
+
+    assert stream.actors == ["ines"] + ["sluice"] * (runs - 1) + ["webhook:github"] * runs
+    assert [kwargs["actor"] for _, kwargs, _ in stream.sent] == ["sluice", "webhook:github"]
 
 
 def test_a_source_suspended_during_a_stream_of_pushes_takes_no_further_automatic_pass(stream, cluster):
