@@ -20,6 +20,7 @@ from django.utils import timezone
 from gitops import schedule
 from gitops.errors import PermanentError
 from gitops.models import Freeze, Source, SyncWindow
+from gitops.rollout.state import SYSTEM_ACTOR
 from gitops.windows import WindowError, parse_duration, window_rule
 
 MANAGE_FREEZES = "gitops.add_freeze"
@@ -94,7 +95,7 @@ def _wake(lifted: Sequence[Freeze]) -> None:
     else:
         woken = {freeze.source_id for freeze in lifted if freeze.source_id is not None}
     for source_id in woken:
-        schedule.source_sync_once(source_id, actor=CLI_ACTOR)
+        schedule.source_sync_once(source_id, actor=SYSTEM_ACTOR)
 
 
 def parse_until(text: str, *, now: datetime | None = None) -> datetime:
@@ -168,5 +169,5 @@ def window_remove(window_id: int, *, user: User | None = None, by: str = "") -> 
         rule = window.as_rule()
         for source_id, name in Source.objects.values_list("pk", "name"):
             if rule.matches(name):
-                schedule.source_sync_once(source_id, actor=CLI_ACTOR)
+                schedule.source_sync_once(source_id, actor=SYSTEM_ACTOR)
     return window

@@ -296,6 +296,7 @@ def source_sync(
         # A push marked it queued: let the next one through once the source is resumed.
         Source.objects.filter(pk=source.pk).update(sync_queued=False)
         return SyncResult(source.name, Outcome.SUSPENDED)
+    # No automatic caller names a person (a push names its provider, a poll or a timer Sluice).
     later_actor = actor if automatic else SYSTEM_ACTOR
     with logs.log_context(source=source.name):
         runs: list[SyncResult] = []

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from gitops import polling, reconcile
 from gitops.cluster import Cluster
-from gitops.models import Source
+from gitops.models import Change, Source
 from tests.gitrepo import configmap, policy
 from tests.workers import poll, running_beat
 
@@ -228,6 +228,11 @@ def test_the_pushes_a_persons_sync_runs_after_its_own_pass_are_not_recorded_as_t
 
     assert stream.actors == ["ines"] + ["sluice"] * (runs - 1) + ["webhook:github"] * runs
     assert [kwargs["actor"] for _, kwargs, _ in stream.sent] == ["sluice", "webhook:github"]
+    logged = Change.objects.filter(source=stream.source).order_by("id").values_list("commit", "actor")
+    first_commit = stream.repo.git("rev-list", "--max-parents=0", "HEAD").strip()
+    actors_by_commit = dict(logged)
+    assert actors_by_commit.pop(first_commit) == "ines", "the person's own pass is theirs"
+    assert set(actors_by_commit.values()) == {"sluice", "webhook:github"}, actors_by_commit
 
 
 def test_a_source_suspended_during_a_stream_of_pushes_takes_no_further_automatic_pass(stream, cluster):
