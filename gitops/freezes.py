@@ -20,7 +20,7 @@ from django.utils import timezone
 from gitops import schedule
 from gitops.errors import PermanentError
 from gitops.models import Freeze, Source, SyncWindow
-from gitops.rollout.state import SYSTEM_ACTOR
+from gitops.vocabulary import SYSTEM_ACTOR
 from gitops.windows import WindowError, parse_duration, window_rule
 
 MANAGE_FREEZES = "gitops.add_freeze"

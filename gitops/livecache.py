@@ -48,7 +48,7 @@ from gitops.errors import TemporaryError
 from gitops.memory import limit_malloc_arenas, tune_garbage_collector
 from gitops.models import ManagedObject, Source
 from gitops.plan.stamps import LiveStamp, sources_to_wake, stamp_of
-from gitops.rollout.state import SYSTEM_ACTOR
+from gitops.vocabulary import SYSTEM_ACTOR
 
 log = logging.getLogger("gitops.livecache")
 T = TypeVar("T")

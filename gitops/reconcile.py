@@ -35,9 +35,9 @@ from gitops.models import Revision, Rollout, Source, automatic_sync_filter, know
 from gitops.record.changelog import intents_pending_query
 from gitops.rollout.lifecycle import rollout_choose, rollout_drive
 from gitops.rollout.rollback import rollbacks_owed_finish, rollbacks_owing, rollout_rollback
-from gitops.rollout.state import SYSTEM_ACTOR, StepOutcome
+from gitops.rollout.state import StepOutcome
 from gitops.rollout.step import intents_finish_pending, plan_held
-from gitops.vocabulary import Outcome
+from gitops.vocabulary import SYSTEM_ACTOR, Outcome
 from gitops.windows import Gate
 
 log = logging.getLogger("gitops.reconcile")

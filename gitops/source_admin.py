@@ -38,8 +38,7 @@ from gitops.models import (
 )
 from gitops.record.audit import Actor, audit_record
 from gitops.redaction import redact_url
-from gitops.rollout.state import SYSTEM_ACTOR
-from gitops.vocabulary import AuditVia, ObjectsOnRemoval, SourceAuditAction, Waiting
+from gitops.vocabulary import SYSTEM_ACTOR, AuditVia, ObjectsOnRemoval, SourceAuditAction, Waiting
 
 ADD, CHANGE, DELETE = "gitops.add_source", "gitops.change_source", "gitops.delete_source"
 SYSTEM = Actor(SYSTEM_ACTOR, AuditVia.CLI)

@@ -21,9 +21,8 @@ from gitops.celery import app, redelivered_too_often
 from gitops.errors import PermanentError, TemporaryError
 from gitops.reconcile import SourceBusy, source_sync, sync_failure_record
 from gitops.record import notifications
-from gitops.rollout.state import SYSTEM_ACTOR
 from gitops.source_removal import source_removal_fail, source_removal_run
-from gitops.vocabulary import Outcome, PreviewOutcome
+from gitops.vocabulary import SYSTEM_ACTOR, Outcome, PreviewOutcome
 
 log = logging.getLogger(__name__)
 

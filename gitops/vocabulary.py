@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+# The actor of what Sluice does on its own: polls, timers, automatic steps, passes nobody asked for.
+SYSTEM_ACTOR = "sluice"
+
 
 class Outcome(StrEnum):
     """How a sync, or one pass of a rollout, ended."""

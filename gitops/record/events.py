@@ -7,10 +7,9 @@ from typing import Any
 
 from gitops.models import Rollout, RolloutEvent
 from gitops.record import notifications
-from gitops.vocabulary import RolloutEventKind
+from gitops.vocabulary import SYSTEM_ACTOR, RolloutEventKind
 
 log = logging.getLogger("gitops.rollout")
-SYSTEM_ACTOR = "sluice"
 
 
 def rollout_event(

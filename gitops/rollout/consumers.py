@@ -28,9 +28,9 @@ from gitops.errors import GitopsError
 from gitops.models import ApplyIntent, ManagedObject, Rollout, Source
 from gitops.record.events import rollout_event
 from gitops.rollout.rollback import rollout_rollback
-from gitops.rollout.state import SYSTEM_ACTOR, transition
+from gitops.rollout.state import transition
 from gitops.rollout.step import intents_execute
-from gitops.vocabulary import ChangeAction, RolloutEventKind, Waiting
+from gitops.vocabulary import SYSTEM_ACTOR, ChangeAction, RolloutEventKind, Waiting
 
 DEFAULT_SLICE_SECONDS = 30
 

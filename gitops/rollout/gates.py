@@ -12,8 +12,8 @@ from gitops.models import Rollout
 from gitops.record.events import rollout_event
 from gitops.rollout.analysis import run_analysis
 from gitops.rollout.rollback import rollout_rollback
-from gitops.rollout.state import SYSTEM_ACTOR, cluster_retry_delay, transition, unreachable_text
-from gitops.vocabulary import RolloutEventKind, Waiting
+from gitops.rollout.state import cluster_retry_delay, transition, unreachable_text
+from gitops.vocabulary import SYSTEM_ACTOR, RolloutEventKind, Waiting
 
 
 def pause_is_over(rollout: Rollout) -> bool:

@@ -21,9 +21,9 @@ from gitops.rollout.consumers import consumer_map_refresh, wave_gate_close, wave
 from gitops.rollout.engine import desired_hash, with_approval_gate
 from gitops.rollout.gates import analyse, pause, pause_is_over, wait_for_clusters
 from gitops.rollout.rollback import rollout_rollback
-from gitops.rollout.state import SYSTEM_ACTOR, StepOutcome, transition
+from gitops.rollout.state import StepOutcome, transition
 from gitops.rollout.step import weight_apply
-from gitops.vocabulary import Outcome, RolloutEventKind, Waiting
+from gitops.vocabulary import SYSTEM_ACTOR, Outcome, RolloutEventKind, Waiting
 from gitops.windows import Gate
 
 

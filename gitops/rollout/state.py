@@ -12,7 +12,6 @@ from django.utils import timezone
 from gitops.models import Rollout
 from gitops.vocabulary import Outcome
 
-SYSTEM_ACTOR = "sluice"
 DEFAULT_CLUSTER_RETRY_SECONDS = 10
 
 

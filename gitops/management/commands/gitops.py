@@ -61,8 +61,13 @@ from gitops.plan import DiffItem, Plan
 from gitops.record.audit import Actor
 from gitops.roles import ROLES
 from gitops.rollout import decisions
-from gitops.rollout.state import SYSTEM_ACTOR
-from gitops.vocabulary import SUCCESSFUL_OUTCOMES, ObjectsOnRemoval, PreviewOutcome, RemovalStatus
+from gitops.vocabulary import (
+    SUCCESSFUL_OUTCOMES,
+    SYSTEM_ACTOR,
+    ObjectsOnRemoval,
+    PreviewOutcome,
+    RemovalStatus,
+)
 from gitops.windows import WindowError, WindowKind, parse_duration
 
 
