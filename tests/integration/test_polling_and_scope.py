@@ -10,6 +10,7 @@ from django.utils import timezone
 from gitops import polling, reconcile
 from gitops.cluster import Cluster
 from gitops.models import Change, Source
+from tests.broker import Sent, keep_sends, refuse_sends
 from tests.gitrepo import configmap, policy
 from tests.workers import poll, running_beat
 
@@ -177,7 +178,7 @@ class _Stream:
 
     def _keep(self, name, kwargs, eta, ignore_result):
         self.sent.append((name, kwargs, ignore_result))
-        return _Sent()
+        return Sent()
 
 
 @pytest.fixture
@@ -336,20 +337,14 @@ def test_a_sync_the_broker_refuses_gives_its_claim_back(make_source, monkeypatch
     from gitops import schedule
 
     source = make_source()
-
-    def broker_away(*args, **kwargs):
-        raise OperationalError("Error 111 connecting to redis: Connection refused")
-
-    monkeypatch.setattr(schedule.app, "send_task", broker_away)
+    refuse_sends(monkeypatch)
 
     with pytest.raises(schedule.SyncNotQueued) as refused:
         schedule.source_sync_once(source.pk, actor="webhook:generic")
     assert isinstance(refused.value.__cause__, OperationalError)
 
     assert not Source.objects.get(pk=source.pk).sync_queued
-    monkeypatch.undo()
-    sent = []
-    monkeypatch.setattr(schedule.app, "send_task", lambda *args, **kwargs: sent.append(kwargs) or _Sent())
+    sent = keep_sends(monkeypatch)
     assert schedule.source_sync_once(source.pk, actor="webhook:generic"), "the next push queues a sync"
     assert len(sent) == 1
 
@@ -358,23 +353,14 @@ def test_sends_the_broker_refuses_after_a_commit_each_give_their_claim_back(make
     """Lifting a freeze wakes its sources from one transaction; Django skips the callbacks after one
     that raises, so each send is robust there: none is left claimed with no task behind it."""
     from django.db import transaction
-    from kombu.exceptions import OperationalError
 
     from gitops import schedule
 
     sources = [make_source() for _ in range(3)]
-
-    def broker_away(*args, **kwargs):
-        raise OperationalError("Error 111 connecting to redis: Connection refused")
-
-    monkeypatch.setattr(schedule.app, "send_task", broker_away)
+    refuse_sends(monkeypatch)
 
     with transaction.atomic():
         for source in sources:
             assert schedule.source_sync_once(source.pk, actor="cli")
 
     assert [Source.objects.get(pk=source.pk).sync_queued for source in sources] == [False, False, False]
-
-
-class _Sent:
-    id = "not-sent"

@@ -30,6 +30,7 @@ from gitops.record.audit import Actor
 from gitops.rollout import decisions
 from gitops.source_admin import SourceRemovalRefused, SourceSettingsError
 from gitops.vocabulary import AuditVia, ObjectsOnRemoval
+from tests.broker import keep_sends, refuse_sends
 from tests.gitrepo import configmap, policy
 from tests.rollouts import wait_for
 from tests.workers import poll, running_beat
@@ -316,8 +317,6 @@ def test_beats_sweep_gives_back_every_claim_whose_sync_the_broker_refuses(
 ):
     """A refused send must not keep a due poll away for its whole interval, nor leave a due
     rollout's source claimed with no task behind it; the sends after a refused one are still tried."""
-    from kombu.exceptions import OperationalError
-
     from gitops import schedule
     from gitops.tasks import poll_sources
 
@@ -327,33 +326,17 @@ def test_beats_sweep_gives_back_every_claim_whose_sync_the_broker_refuses(
     Source.objects.filter(pk=aborting.pk).update(sync_queued=False, next_poll_at=later)
     polled = make_source(poll_interval=timedelta(hours=1))
     Source.objects.filter(pk=polled.pk).update(next_poll_at=timezone.now() - timedelta(seconds=1))
-    tried: list[int] = []
-
-    def broker_away(*args, **kwargs):
-        tried.append(kwargs["kwargs"]["source_id"])
-        raise OperationalError("Error 111 connecting to redis: Connection refused")
-
-    monkeypatch.setattr(schedule.app, "send_task", broker_away)
+    tried = refuse_sends(monkeypatch)
     sweep = poll_sources.apply()
     assert isinstance(sweep.result, schedule.SyncNotQueued), "the sweep fails, so the refusal is seen"
-    assert tried == [polled.pk, aborting.pk]
+    assert [kwargs["source_id"] for kwargs in tried] == [polled.pk, aborting.pk]
     assert not Source.objects.get(pk=aborting.pk).sync_queued, "the due rollout's claim is given back"
     assert Source.objects.get(pk=polled.pk).next_poll_at <= timezone.now(), "the poll is due again"
 
-    monkeypatch.undo()
-    sent: list[int] = []
-    monkeypatch.setattr(
-        schedule.app,
-        "send_task",
-        lambda *args, **kwargs: sent.append(kwargs["kwargs"]["source_id"]) or _Sent(),
-    )
+    sent = keep_sends(monkeypatch)
     assert poll_sources.apply().get() == sorted([polled.pk, aborting.pk])
-    assert sorted(sent) == sorted([polled.pk, aborting.pk]), "the next sweep sends both"
+    assert sorted(kwargs["source_id"] for kwargs in sent) == sorted([polled.pk, aborting.pk]), "both sent"
     assert Source.objects.get(pk=polled.pk).next_poll_at > timezone.now() + timedelta(minutes=59)
-
-
-class _Sent:
-    id = "not-sent"
 
 
 # -- delete -----------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from django.test import Client
 from gitops.intake import webhook_secrets
 from gitops.intake.webhooks import sign
 from gitops.models import Revision, Source, WebhookDelivery
+from tests.broker import keep_sends, refuse_sends
 from tests.gitrepo import configmap, policy
 from tests.workers import poll
 
@@ -93,17 +94,10 @@ def test_a_push_whose_sync_the_broker_refuses_is_503_and_its_redelivery_is_accep
 ):
     """Stored as received, a push the queue refused would make the Git host's redelivery a
     duplicate, and the commit would wait for the next poll (an hour here)."""
-    from kombu.exceptions import OperationalError
-
-    from gitops import schedule
-
     source, _ = hooked_source
     body, headers = github_push(repo, delivery="d-refused")
 
-    def broker_away(*args, **kwargs):
-        raise OperationalError("Error 111 connecting to redis: Connection refused")
-
-    monkeypatch.setattr(schedule.app, "send_task", broker_away)
+    refuse_sends(monkeypatch)
     refused = post(source, body, headers)
     assert refused.status_code == 503
     assert (refused.json()["status"], refused["Retry-After"]) == ("unqueued", "10")
@@ -111,21 +105,15 @@ def test_a_push_whose_sync_the_broker_refuses_is_503_and_its_redelivery_is_accep
     assert (row.outcome, row.reason) == ("unqueued", "the sync could not be queued; deliver it again")
     assert not Source.objects.get(pk=source.pk).sync_queued, "the claim is given back"
 
-    monkeypatch.undo()
-    sent: list[dict] = []
-    monkeypatch.setattr(schedule.app, "send_task", lambda *args, **kwargs: sent.append(kwargs) or _Sent())
+    sent = keep_sends(monkeypatch)
     redelivered = post(source, body, headers)
     assert (redelivered.status_code, redelivered.json()["status"]) == (202, "accepted")
-    assert [kwargs["kwargs"]["source_id"] for kwargs in sent] == [source.pk]
+    assert [kwargs["source_id"] for kwargs in sent] == [source.pk]
     outcomes = WebhookDelivery.objects.filter(source=source, delivery_id="d-refused").values_list(
         "outcome", flat=True
     )
     assert sorted(outcomes) == ["accepted", "unqueued"]
     assert post(source, body, headers).json()["status"] == "duplicate", "accepted once, then a replay"
-
-
-class _Sent:
-    id = "not-sent"
 
 
 def test_malformed_and_oversized_bodies(hooked_source):
