@@ -807,7 +807,8 @@ class WebhookDelivery(models.Model):
     class Meta:
         ordering: ClassVar[list[str]] = ["-received_at", "-id"]
         constraints: ClassVar[list[Any]] = [
-            # A replayed delivery id is recognised and ignored; rejected attempts do not count.
+            # A replayed delivery id is recognised and ignored; rejected and unqueued attempts do not
+            # count (the Git host's redelivery of an unqueued push is accepted).
             models.UniqueConstraint(
                 fields=["source", "delivery_id"],
                 condition=models.Q(outcome__in=["accepted", "ignored"]),

@@ -6,6 +6,7 @@ webhook) never enqueue the same source twice.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from django.db.models import DateTimeField, ExpressionWrapper, F, Value
@@ -15,7 +16,7 @@ from gitops import selectors
 from gitops.models import Rollout, Source, automatic_sync_filter
 
 
-def sources_with_due_rollouts(now: Any = None) -> list[int]:
+def sources_with_due_rollouts(now: Any = None, *, polled: Collection[int] = ()) -> list[int]:
     """Sources whose paused rollout's timer (analysis back-off, cluster retry) has run out, whose abort
     waits, or that owe a cluster a rollback and may try it again.
 
@@ -51,7 +52,9 @@ def sources_with_due_rollouts(now: Any = None) -> list[int]:
         ).values_list("pk", flat=True)
     )
     due = []
-    for source_id in sorted(candidates - backing_off):
+    # A source whose poll this sweep claimed is synced by it: claiming it again would leave a claim
+    # that no send gives back if the broker refuses the poll's.
+    for source_id in sorted(candidates - backing_off - set(polled)):
         if Source.objects.filter(pk=source_id, sync_queued=False).update(sync_queued=True):
             due.append(source_id)
     return due

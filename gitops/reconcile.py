@@ -279,14 +279,12 @@ def source_sync(
     An ``automatic`` sync (a poll, a push, a timer) of a source that does not allow one
     (``Source.automatic_sync_allowed``: suspended) does nothing; one someone asked for always runs.
     What came while a pass ran runs next without the person's ``manual`` and ``retry_failed`` (a
-    window holds it), and not once the source is suspended. It runs under the same actor after an
-    automatic pass (a push's, a poll's), and as Sluice's after one someone asked for: nobody knows
-    who pushed meanwhile, and the change log must not name the person whose sync ran first.
+    window holds it), not once the source is suspended, and as Sluice after a sync that was not
+    automatic (see ``coalesced_actor``).
 
-    Requests never get lost between two workers: a holder looks for new requests
-    only after it released the lock, and a caller that finds the source busy
-    records its request and then tries the lock once more. Whichever comes last
-    sees the other, so one of them runs the request.
+    Requests never get lost between two workers: a holder looks for new requests only after it released
+    the lock, and a caller that finds the source busy records its request and then tries the lock once
+    more. Whichever comes last sees the other, so one of them runs the request.
     """
     source = Source.objects.filter(pk=source_id).first()
     if source is None:
@@ -296,8 +294,8 @@ def source_sync(
         # A push marked it queued: let the next one through once the source is resumed.
         Source.objects.filter(pk=source.pk).update(sync_queued=False)
         return SyncResult(source.name, Outcome.SUSPENDED)
-    # No automatic caller names a person (a push names its provider, a poll or a timer Sluice).
-    later_actor = actor if automatic else SYSTEM_ACTOR
+    # Nobody knows who pushed while a pass ran: the change log must not name whoever's sync ran first.
+    coalesced_actor = actor if automatic else SYSTEM_ACTOR
     with logs.log_context(source=source.name):
         runs: list[SyncResult] = []
         requested = False
@@ -307,12 +305,8 @@ def source_sync(
                     Source.objects.filter(pk=source.pk).update(sync_requested_at=None, sync_queued=False)
                     # Only the first pass is what was asked for: later ones run what came meanwhile.
                     first = not runs
-                    pass_actor = actor if first else later_actor
-                    runs.append(
-                        _measured(
-                            source, pass_actor, retry_failed and first, manual and first, report_rollout
-                        )
-                    )
+                    options = (retry_failed and first, manual and first, report_rollout)
+                    runs.append(_measured(source, actor if first else coalesced_actor, *options))
             if not acquired:
                 if runs:
                     break  # another worker took the lock after us; it runs what was requested
@@ -326,7 +320,7 @@ def source_sync(
         else:
             # Still wanted after the last allowed run: a fresh automatic task carries on (a suspension
             # stops it), so a stream of pushes neither starves other sources nor gets dropped.
-            schedule.source_sync(source.pk, actor=later_actor, wait_if_busy=False, automatic=True)
+            schedule.source_sync(source.pk, actor=coalesced_actor, wait_if_busy=False, automatic=True)
         return _combined(runs, manual=manual)
 
 

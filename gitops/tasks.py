@@ -57,7 +57,7 @@ def sync_source(
     self: Task[Any, Any],
     source_id: int,
     *,
-    actor: str = "sluice",
+    actor: str = SYSTEM_ACTOR,
     retry_failed: bool = False,
     wait_if_busy: bool = True,
     manual: bool = False,
@@ -107,7 +107,7 @@ def poll_sources(self: Task[Any, Any]) -> list[int]:
     claimed_at = timezone.now()
     due_polls = set(polling.sources_claim_due(claimed_at))
     # Due rollouts are filtered there already: a suspended source's timers wait, its aborts do not.
-    due_rollouts = set(polling.sources_with_due_rollouts()) - due_polls
+    due_rollouts = set(polling.sources_with_due_rollouts(polled=due_polls))
     # Every claim (a poll's next_poll_at, a due rollout's sync_queued) is sent or given back.
     sends: list[Callable[[], object]] = [
         partial(

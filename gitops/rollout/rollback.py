@@ -27,7 +27,7 @@ from gitops.models import ApplyIntent, Rollout, Source
 from gitops.record.events import rollout_event
 from gitops.rollout.state import cluster_retry_delay, unreachable_text
 from gitops.rollout.step import intents_execute
-from gitops.vocabulary import ChangeAction, RolloutEventKind
+from gitops.vocabulary import SYSTEM_ACTOR, ChangeAction, RolloutEventKind
 
 ObjectKey = tuple[str, str, str, str]  # (cluster, kind, namespace, name)
 
@@ -80,7 +80,7 @@ def rollbacks_owed_finish(source: Source) -> None:
     """
     for rollout in rollbacks_owing(source).select_related("source", "revision"):
         owed = set(rollout.rollback_pending_clusters)
-        actor = rollout.abort_requested_by or "sluice"
+        actor = rollout.abort_requested_by or SYSTEM_ACTOR
         restored = _restore(rollout, actor, clusters=owed)
         done = sorted(owed - set(restored.owed))
         still = sorted(restored.owed)

@@ -339,6 +339,26 @@ def test_beats_sweep_gives_back_every_claim_whose_sync_the_broker_refuses(
     assert Source.objects.get(pk=polled.pk).next_poll_at > timezone.now() + timedelta(minutes=59)
 
 
+def test_a_source_due_for_a_poll_and_an_abort_is_claimed_once_and_given_back_whole(
+    paused_rollout, monkeypatch
+):
+    """The poll's sync runs the abort too: the sweep must not also claim ``sync_queued`` for it, a
+    claim the refused poll's release would not give back (pushes would be refused as queued)."""
+    from gitops import schedule
+    from gitops.tasks import poll_sources
+
+    source = paused_rollout.source
+    Rollout.objects.filter(pk=paused_rollout.pk).update(abort_requested_by="otto", abort_reason="bad")
+    due = timezone.now() - timedelta(seconds=1)
+    Source.objects.filter(pk=source.pk).update(sync_queued=False, next_poll_at=due)
+    tried = refuse_sends(monkeypatch)
+
+    assert isinstance(poll_sources.apply().result, schedule.SyncNotQueued)
+    assert [kwargs["source_id"] for kwargs in tried] == [source.pk], "one sync for both"
+    after = Source.objects.get(pk=source.pk)
+    assert (after.sync_queued, after.next_poll_at <= timezone.now()) == (False, True)
+
+
 # -- delete -----------------------------------------------------------------------------------------
 
 
