@@ -8,6 +8,9 @@ os.environ.setdefault("SECRET_KEY", "test-only-secret-key")
 os.environ.setdefault("ALLOWED_HOSTS", "localhost,127.0.0.1,testserver")
 # The test client, the browser tests and the workers talk plain HTTP on loopback.
 os.environ.setdefault("SLUICE_ALLOW_HTTP", "1")
+# A cluster that stopped answering is asked again this often (10 s deployed): the tests that bring one
+# back wait for that retry.
+os.environ.setdefault("SLUICE_CLUSTER_RETRY_SECONDS", "3")
 
 from sluice.settings import *  # noqa: F403
 
