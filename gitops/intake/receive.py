@@ -176,7 +176,9 @@ def _accept(
 
 def _unqueued(delivered: WebhookDelivery, source: Source, provider: str) -> WebhookAnswer:
     """The broker refused the sync (its claim was given back). The delivery stops counting as
-    received, so the Git host's redelivery queues it; until then the next poll covers it."""
+    received, so the Git host's redelivery queues it. Not every host redelivers on its own (GitHub
+    does not), so the source's poll is made due now as well: beat's first sweep that the broker
+    accepts syncs the commit, whether the host redelivers or not."""
     log.exception(
         "webhook unqueued source=%s provider=%s delivery=%s", source.name, provider, delivered.delivery_id
     )
@@ -184,6 +186,8 @@ def _unqueued(delivered: WebhookDelivery, source: Source, provider: str) -> Webh
     WebhookDelivery.objects.filter(pk=delivered.pk).update(
         outcome=WebhookDelivery.Outcome.UNQUEUED, reason=reason
     )
+    now = timezone.now()
+    Source.objects.filter(pk=source.pk, next_poll_at__gt=now).update(next_poll_at=now)
     body = {
         "status": WebhookDelivery.Outcome.UNQUEUED.value,
         "reason": reason,

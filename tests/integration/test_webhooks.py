@@ -116,6 +116,34 @@ def test_a_push_whose_sync_the_broker_refuses_is_503_and_its_redelivery_is_accep
     assert post(source, body, headers).json()["status"] == "duplicate", "accepted once, then a replay"
 
 
+def test_a_push_whose_sync_the_broker_refused_is_synced_by_beat_once_the_broker_is_back(
+    hooked_source, repo, monkeypatch
+):
+    """GitHub does not redeliver a 503 by itself: the refused push makes the source's poll due at
+    once, so beat's first sweep after the broker is back syncs it, not the poll an hour later."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from gitops.tasks import poll_sources
+
+    source, _ = hooked_source
+    body, headers = github_push(repo, delivery="d-never-redelivered")
+    in_an_hour = timezone.now() + timedelta(hours=1)
+    Source.objects.filter(pk=source.pk).update(next_poll_at=in_an_hour)  # polled, next hourly
+
+    refuse_sends(monkeypatch)
+    assert post(source, body, headers).status_code == 503
+    assert Source.objects.get(pk=source.pk).next_poll_at <= timezone.now(), "the poll is due now"
+    tried = refuse_sends(monkeypatch)
+    poll_sources.apply()
+    assert [kwargs["source_id"] for kwargs in tried] == [source.pk], "still away: given back again"
+
+    sent = keep_sends(monkeypatch)
+    assert poll_sources.apply().get() == [source.pk]
+    assert [kwargs["source_id"] for kwargs in sent] == [source.pk], "synced with no redelivery"
+
+
 def test_malformed_and_oversized_bodies(hooked_source):
     source, _ = hooked_source
     body = b"{not json"
