@@ -35,6 +35,10 @@ BOOKMARK = "BOOKMARK"
 DELETED = "DELETED"
 RELIST_AFTER_FAILURES = 3
 MAX_BACKOFF_SECONDS = 10.0
+# A watch resumed from a stored version (a restart, a failed watch) vouches for nothing until a
+# bookmark or its on-time end, and the apiserver sends the bookmark only shortly before the end: so
+# that first watch is short, and the cache vouches again within seconds rather than a whole watch.
+CATCH_UP_WATCH_SECONDS = 2
 
 
 class Sink(Protocol):
@@ -93,23 +97,24 @@ class ConfigMapInformer:
         version = self.resume_from
         listed_at = time.monotonic()
         failures = 0
+        vouched = False  # by a complete LIST or a watch's on-time end, until a failure is told
         while not self.stop.is_set():
             try:
                 cluster = self.connect()
                 if not version or time.monotonic() - listed_at > self.options.relist_seconds:
-                    version, listed_at = self._relist(cluster), time.monotonic()
-                version = self._watch(cluster, version)
-                failures = 0
+                    version, listed_at, vouched = self._relist(cluster), time.monotonic(), True
+                version = self._watch(cluster, version, catching_up=not vouched)
+                vouched, failures = True, 0
             except ResourceGone as exc:
                 log.info("ConfigMaps in %s: %s; listing again", self.where, exc)
                 version = ""
             except GitopsError as exc:  # unreachable, refused, or no longer registered: back off, retry
                 if isinstance(exc, ReadForbidden) and self._handed_off(exc):
                     return
-                failures = self._failed(exc, failures)
+                failures, vouched = self._failed(exc, failures), False
                 version = "" if failures >= RELIST_AFTER_FAILURES else version
             except Exception as exc:  # a bug must not end the watch of a namespace for good
-                failures += 1
+                failures, vouched = failures + 1, False
                 self.sink.lost(self.namespace, str(exc))
                 log.exception("ConfigMaps in %s: unexpected failure; listing again", self.where)
                 version = ""
@@ -149,13 +154,15 @@ class ConfigMapInformer:
         self.sink.relisted(self.namespace, version)
         return version
 
-    def _watch(self, cluster: Cluster, version: str) -> str:
-        """One watch from ``version``; returns the last resourceVersion seen."""
+    def _watch(self, cluster: Cluster, version: str, *, catching_up: bool = False) -> str:
+        """One watch from ``version``; returns the last resourceVersion seen. ``catching_up``: a
+        short one (``CATCH_UP_WATCH_SECONDS``), whose on-time end vouches again soon."""
+        seconds = self.options.watch_seconds
         for event, obj in cluster.watch_configmaps(
             self.namespace,
             resource_version=version,
             label_selector=self.options.label_selector,
-            timeout_seconds=self.options.watch_seconds,
+            timeout_seconds=min(seconds, CATCH_UP_WATCH_SECONDS) if catching_up else seconds,
         ):
             if self.stop.is_set():
                 return version
