@@ -74,7 +74,8 @@ class WorkerProcess:
         def answers() -> bool:
             if self.process is not None and self.process.poll() is not None:
                 raise AssertionError(f"worker exited with {self.process.returncode}; see {self.log_path}")
-            replies = app.control.ping(destination=[self.hostname], timeout=0.5)
+            # limit=1: the answer ends the wait; without it every ping waits its whole timeout.
+            replies = app.control.ping(destination=[self.hostname], timeout=0.5, limit=1)
             return any(self.hostname in reply for reply in replies)
 
         poll(answers, timeout=timeout, what=f"worker {self.hostname} to answer a ping")

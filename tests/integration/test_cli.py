@@ -79,6 +79,8 @@ def test_add_source_sync_diff_status_and_log(gitops, repo, make_namespaces, cele
     assert len(json.loads(gitops("log", "--commit", first[:10], "--json"))) == 2
     assert len(json.loads(gitops("log", "--source", "shop", "--limit", "1", "--json"))) == 1
     assert f"{first[:12]}  shop" in gitops("log")
+    # Nobody waits for this one's result, so it is not kept: the output says where to look instead.
+    assert "`gitops status shop` shows how it went" in gitops("sync", "shop")
 
 
 def test_sync_wait_fails_on_a_rejected_revision_and_status_shows_why(

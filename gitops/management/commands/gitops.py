@@ -343,9 +343,14 @@ class Command(BaseCommand):
                 manual=True,
                 result_wanted=options["wait"],
             )
-        self.stdout.write(f"sync of {source.name} queued as task {task_ids[0]}")
         if not options["wait"]:
+            # Its result is not kept (nobody waits for it): the id only finds the task in the logs.
+            self.stdout.write(
+                f"sync of {source.name} queued as task {task_ids[0]}; "
+                f"`gitops status {source.name}` shows how it went, or sync with --wait"
+            )
             return
+        self.stdout.write(f"sync of {source.name} queued as task {task_ids[0]}")
         try:
             result: Any = AsyncResult(task_ids[0]).get(timeout=options["timeout"], propagate=False)
         except CeleryTimeoutError as exc:
