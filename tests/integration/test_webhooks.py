@@ -144,6 +144,33 @@ def test_a_push_whose_sync_the_broker_refused_is_synced_by_beat_once_the_broker_
     assert [kwargs["source_id"] for kwargs in sent] == [source.pk], "synced with no redelivery"
 
 
+def test_a_push_refused_while_its_source_reconciles_is_run_by_the_pass_under_way(
+    hooked_source, repo, cluster, monkeypatch
+):
+    """The pass under way had cleared the queued mark, and its end would put the poll a whole
+    interval away again: it runs the refused push's commit next itself, needing no broker."""
+    from gitops import reconcile
+
+    source, namespace = hooked_source
+    refuse_sends(monkeypatch)
+    real_pass = reconcile._measured
+    answers: list[int] = []
+
+    def a_push_arrives_during_the_first_pass(*args):
+        result = real_pass(*args)
+        if not answers:
+            repo.write("configmaps/app.yaml", configmap("app", {"v": "2"}))
+            repo.commit("v2")
+            body, headers = github_push(repo, delivery="d-during-a-pass")
+            answers.append(post(source, body, headers).status_code)
+        return result
+
+    monkeypatch.setattr(reconcile, "_measured", a_push_arrives_during_the_first_pass)
+    reconcile.source_sync(source.pk, actor="webhook:github", automatic=True)
+    assert answers == [503]
+    assert cluster.get_configmap(namespace, "app")["data"] == {"v": "2"}, "run by the pass under way"
+
+
 def test_malformed_and_oversized_bodies(hooked_source):
     source, _ = hooked_source
     body = b"{not json"
