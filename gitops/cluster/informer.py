@@ -38,7 +38,11 @@ MAX_BACKOFF_SECONDS = 10.0
 # A watch resumed from a stored version (a restart, a failed watch) vouches for nothing until a
 # bookmark or its on-time end, and the apiserver sends the bookmark only shortly before the end: so
 # that first watch is short, and the cache vouches again within seconds rather than a whole watch.
+# The server ends a watch on time even with events still queued for it, so a short one that was still
+# telling changes when it ended vouches for nothing, and the next is short too; after CATCH_UP_ROUNDS
+# of those (a busy cluster), watches are full length again, as before.
 CATCH_UP_WATCH_SECONDS = 2
+CATCH_UP_ROUNDS = 3
 
 
 class Sink(Protocol):
@@ -96,15 +100,16 @@ class ConfigMapInformer:
     def run(self) -> None:
         version = self.resume_from
         listed_at = time.monotonic()
-        failures = 0
+        failures = catch_ups = 0
         vouched = False  # by a complete LIST or a watch's on-time end, until a failure is told
         while not self.stop.is_set():
             try:
                 cluster = self.connect()
                 if not version or time.monotonic() - listed_at > self.options.relist_seconds:
                     version, listed_at, vouched = self._relist(cluster), time.monotonic(), True
-                version = self._watch(cluster, version, catching_up=not vouched)
-                vouched, failures = True, 0
+                catching_up = not vouched and catch_ups < CATCH_UP_ROUNDS
+                version, vouched = self._watch(cluster, version, catching_up=catching_up)
+                catch_ups, failures = (0 if vouched else catch_ups + 1), 0
             except ResourceGone as exc:
                 log.info("ConfigMaps in %s: %s; listing again", self.where, exc)
                 version = ""
@@ -154,10 +159,12 @@ class ConfigMapInformer:
         self.sink.relisted(self.namespace, version)
         return version
 
-    def _watch(self, cluster: Cluster, version: str, *, catching_up: bool = False) -> str:
-        """One watch from ``version``; returns the last resourceVersion seen. ``catching_up``: a
-        short one (``CATCH_UP_WATCH_SECONDS``), whose on-time end vouches again soon."""
+    def _watch(self, cluster: Cluster, version: str, *, catching_up: bool = False) -> tuple[str, bool]:
+        """One watch from ``version``; returns the last resourceVersion seen, and whether the watch
+        vouched at its end. ``catching_up``: a short one (``CATCH_UP_WATCH_SECONDS``), which vouches at
+        its end only if no change was told after its last bookmark."""
         seconds = self.options.watch_seconds
+        told = False  # a change since the last bookmark
         for event, obj in cluster.watch_configmaps(
             self.namespace,
             resource_version=version,
@@ -165,11 +172,15 @@ class ConfigMapInformer:
             timeout_seconds=min(seconds, CATCH_UP_WATCH_SECONDS) if catching_up else seconds,
         ):
             if self.stop.is_set():
-                return version
+                return version, False
             version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
             if event == BOOKMARK:
                 self.sink.alive(self.namespace, version)
+                told = False
             else:
                 self.sink.changed(self.namespace, event, obj)
+                told = True
+        if catching_up and told:
+            return version, False
         self.sink.alive(self.namespace, version)
-        return version
+        return version, True

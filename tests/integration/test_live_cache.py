@@ -536,7 +536,7 @@ def test_a_cluster_informer_that_died_is_started_again_by_the_next_rescan(
     from gitops.livecache import ALL_NAMESPACES, LiveCache, LiveCacheOptions, Waker, WatchScope, _Term
 
     namespace, _ = synced_source(repo, make_namespaces, make_source, sync)
-    options = LiveCacheOptions(stale_seconds=7, watch_seconds=2, scope=WatchScope.CLUSTER)
+    options = LiveCacheOptions(stale_seconds=8, watch_seconds=2, scope=WatchScope.CLUSTER)
     cache = LiveCache(settings.SLUICE_CLUSTER_NAME, options, Waker(threading.Event()))
     term = _Term(cache)
     poll(term.store.claim, timeout=30, what="the cluster's lease (an earlier cache's runs out)")
@@ -580,7 +580,7 @@ def test_no_informer_of_a_term_starts_before_the_term_has_begun(repo, make_names
     from gitops.livecache import LiveCache, LiveCacheOptions, Waker, WatchScope, _Term
 
     namespace, _ = synced_source(repo, make_namespaces, make_source, sync)
-    options = LiveCacheOptions(stale_seconds=7, watch_seconds=2, scope=WatchScope.CLUSTER)
+    options = LiveCacheOptions(stale_seconds=8, watch_seconds=2, scope=WatchScope.CLUSTER)
     cache = LiveCache(settings.SLUICE_CLUSTER_NAME, options, Waker(threading.Event()))
     term = _Term(cache)
     poll(term.store.claim, timeout=30, what="the cluster's lease (an earlier cache's runs out)")

@@ -1,41 +1,65 @@
-"""How long each watch of the informer asks for: short while it catches up after a resume or a
-failure (nothing is vouched for until its on-time end), the configured length once vouched for.
-The cluster is a scripted stand-in for the client's LIST and WATCH calls; the loop is under test
-(tests/integration/test_live_cache.py runs it against the real apiserver)."""
+"""How long each watch of the informer asks for, and when its end vouches: short while it catches up
+after a resume or a failure (nothing is vouched for until then), the configured length once vouched
+for. The cluster is a scripted stand-in for the client's LIST and WATCH calls; the informer's loop is
+under test (tests/integration/test_live_cache.py runs it against the real apiserver)."""
 
 from __future__ import annotations
 
 import threading
+from enum import Enum
 from typing import Any
 
-from gitops.cluster.informer import CATCH_UP_WATCH_SECONDS, ConfigMapInformer, WatchOptions
+from gitops.cluster.informer import (
+    BOOKMARK,
+    CATCH_UP_ROUNDS,
+    CATCH_UP_WATCH_SECONDS,
+    ConfigMapInformer,
+    WatchOptions,
+)
 from gitops.errors import TemporaryError
 
 WATCH_SECONDS = 10
+FULL, SHORT = ("watch", WATCH_SECONDS), ("watch", CATCH_UP_WATCH_SECONDS)
+LIST = ("list", None)
+
+
+class Watch(Enum):
+    QUIET = "ends on time, having told nothing"
+    CHANGES = "tells a change, then ends on time"
+    CHANGES_THEN_BOOKMARK = "tells a change, then a bookmark, then ends on time"
+    FAILS = "fails"
+
+
+def _event(kind: str) -> tuple[str, dict[str, Any]]:
+    return kind, {"metadata": {"name": "app", "namespace": "team", "resourceVersion": "101"}}
 
 
 class ScriptedCluster:
-    """Answers each watch with the next scripted outcome: "ok" ends on time, "fail" raises."""
-
-    def __init__(self, outcomes: list[str], stop: threading.Event) -> None:
-        self.outcomes, self.stop = outcomes, stop
+    def __init__(self, watches: list[Watch], stop: threading.Event) -> None:
+        self.watches, self.stop = watches, stop
         self.calls: list[tuple[str, Any]] = []
 
     def list_configmap_page(self, namespace: str, **options: Any) -> tuple[list[Any], str, str]:
-        self.calls.append(("list", None))
+        self.calls.append(LIST)
         return [], "100", ""
 
     def watch_configmaps(self, namespace: str, **options: Any) -> Any:
         self.calls.append(("watch", options["timeout_seconds"]))
-        outcome = self.outcomes.pop(0)
-        if not self.outcomes:
-            self.stop.set()
-        if outcome == "fail":
+        watch = self.watches.pop(0)
+        if watch is Watch.FAILS:
             raise TemporaryError("connection reset")
-        return iter(())
+        events = {Watch.CHANGES: ["MODIFIED"], Watch.CHANGES_THEN_BOOKMARK: ["MODIFIED", BOOKMARK]}
+        return self._told(events.get(watch, []), last=not self.watches)
+
+    def _told(self, kinds: list[str], *, last: bool) -> Any:
+        yield from (_event(kind) for kind in kinds)
+        if last:
+            self.stop.set()  # the loop ends after this watch, which ends (and vouches) as any other
 
 
 class Sink:
+    """Records what it is told: "alive" is the informer vouching."""
+
     def __init__(self) -> None:
         self.told: list[str] = []
 
@@ -43,42 +67,45 @@ class Sink:
         return lambda *args, **kwargs: self.told.append(name)
 
 
-def watches(outcomes: list[str], *, resume_from: str) -> list[tuple[str, Any]]:
+def run(watches: list[Watch], *, resume_from: str) -> tuple[list[tuple[str, Any]], list[str]]:
     stop = threading.Event()
-    cluster = ScriptedCluster(outcomes, stop)
+    cluster, sink = ScriptedCluster(watches, stop), Sink()
     informer = ConfigMapInformer(
         lambda: cluster,  # type: ignore[arg-type, return-value]
         "",
-        Sink(),
+        sink,
         WatchOptions(label_selector="", watch_seconds=WATCH_SECONDS),
         stop=stop,
         resume_from=resume_from,
     )
     informer._failed = lambda exc, failures: failures + 1  # type: ignore[method-assign]  # no back-off wait
     informer.run()
-    return cluster.calls
+    return cluster.calls, sink.told
 
 
 def test_a_resumed_informer_catches_up_with_a_short_watch_then_watches_for_the_configured_length():
-    assert watches(["ok", "ok"], resume_from="42") == [
-        ("watch", CATCH_UP_WATCH_SECONDS),
-        ("watch", WATCH_SECONDS),
-    ]
+    calls, told = run([Watch.QUIET, Watch.QUIET], resume_from="42")
+    assert calls == [SHORT, FULL]
+    assert told == ["alive", "alive"]
 
 
 def test_a_listed_informer_is_vouched_for_at_once_and_never_shortens_its_watch():
-    assert watches(["ok", "ok"], resume_from="") == [
-        ("list", None),
-        ("watch", WATCH_SECONDS),
-        ("watch", WATCH_SECONDS),
-    ]
+    calls, _ = run([Watch.CHANGES, Watch.QUIET], resume_from="")
+    assert calls == [LIST, FULL, FULL]
 
 
 def test_after_a_failed_watch_the_resumed_one_is_short_again():
-    assert watches(["ok", "fail", "ok", "ok"], resume_from="") == [
-        ("list", None),
-        ("watch", WATCH_SECONDS),
-        ("watch", WATCH_SECONDS),
-        ("watch", CATCH_UP_WATCH_SECONDS),
-        ("watch", WATCH_SECONDS),
-    ]
+    calls, _ = run([Watch.QUIET, Watch.FAILS, Watch.QUIET, Watch.QUIET], resume_from="")
+    assert calls == [LIST, FULL, FULL, SHORT, FULL]
+
+
+def test_a_short_watch_still_telling_changes_at_its_end_vouches_for_nothing():
+    """The server ends a watch on time even with events still queued: only a bookmark after the last
+    change, or a short watch that told none, vouches; a busy cluster gets full-length watches again."""
+    calls, told = run([Watch.CHANGES, Watch.CHANGES_THEN_BOOKMARK, Watch.QUIET], resume_from="42")
+    assert calls == [SHORT, SHORT, FULL]
+    assert told == ["changed", "changed", "alive", "alive", "alive"]
+
+    calls, told = run([Watch.CHANGES] * CATCH_UP_ROUNDS + [Watch.CHANGES], resume_from="42")
+    assert calls == [SHORT] * CATCH_UP_ROUNDS + [FULL]
+    assert told == ["changed"] * CATCH_UP_ROUNDS + ["changed", "alive"], "the full one's end vouches"
