@@ -107,6 +107,7 @@ class ConfigMapInformer:
                 cluster = self.connect()
                 if not version or time.monotonic() - listed_at > self.options.relist_seconds:
                     version, listed_at, vouched = self._relist(cluster), time.monotonic(), True
+                    catch_ups = 0
                 catching_up = not vouched and catch_ups < CATCH_UP_ROUNDS
                 version, vouched = self._watch(cluster, version, catching_up=catching_up)
                 catch_ups, failures = (0 if vouched else catch_ups + 1), 0
@@ -116,10 +117,10 @@ class ConfigMapInformer:
             except GitopsError as exc:  # unreachable, refused, or no longer registered: back off, retry
                 if isinstance(exc, ReadForbidden) and self._handed_off(exc):
                     return
-                failures, vouched = self._failed(exc, failures), False
+                failures, vouched, catch_ups = self._failed(exc, failures), False, 0
                 version = "" if failures >= RELIST_AFTER_FAILURES else version
             except Exception as exc:  # a bug must not end the watch of a namespace for good
-                failures, vouched = failures + 1, False
+                failures, vouched, catch_ups = failures + 1, False, 0
                 self.sink.lost(self.namespace, str(exc))
                 log.exception("ConfigMaps in %s: unexpected failure; listing again", self.where)
                 version = ""

@@ -109,3 +109,9 @@ def test_a_short_watch_still_telling_changes_at_its_end_vouches_for_nothing():
     calls, told = run([Watch.CHANGES] * CATCH_UP_ROUNDS + [Watch.CHANGES], resume_from="42")
     assert calls == [SHORT] * CATCH_UP_ROUNDS + [FULL]
     assert told == ["changed"] * CATCH_UP_ROUNDS + ["changed", "alive"], "the full one's end vouches"
+
+
+def test_a_failure_after_busy_catch_ups_starts_the_catch_up_afresh():
+    busy = [Watch.CHANGES] * CATCH_UP_ROUNDS
+    calls, _ = run([*busy, Watch.FAILS, Watch.QUIET, Watch.QUIET], resume_from="42")
+    assert calls == [SHORT] * CATCH_UP_ROUNDS + [FULL, SHORT, FULL]
