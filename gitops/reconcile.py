@@ -318,10 +318,19 @@ def source_sync(
             if not _requested_again(source):
                 break
         else:
-            # Still wanted after the last allowed run: a fresh automatic task carries on (a suspension
-            # stops it), so a stream of pushes neither starves other sources nor gets dropped.
-            schedule.source_sync(source.pk, actor=coalesced_actor, wait_if_busy=False, automatic=True)
+            _carry_on(source, coalesced_actor)
         return _combined(runs, manual=manual)
+
+
+def _carry_on(source: Source, actor: str) -> None:
+    """Still wanted after the last allowed run: a fresh automatic task carries on (a suspension stops
+    it), so a stream of pushes neither starves other sources nor gets dropped. If the broker refuses
+    it, beat's sweep carries on instead: the passes that ran did not fail."""
+    try:
+        schedule.source_sync(source.pk, actor=actor, wait_if_busy=False, automatic=True)
+    except Exception:  # the broker away: whatever its transport raises
+        log.warning("the broker refused the task carrying on source %s; its poll is due now", source.name)
+        schedule.source_poll_due_now(source.pk)
 
 
 def _requested_again(source: Source) -> bool:

@@ -14,6 +14,8 @@ from typing import Any
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 from django.db import transaction
+from django.db.models import F, Value
+from django.db.models.functions import Least
 from django.utils import timezone
 
 from gitops.celery import app
@@ -72,6 +74,16 @@ def source_sync_once(source_id: int, *, actor: str) -> bool:
         return False
     claimed_source_sync(source_id, actor=actor, automatic=True)
     return True
+
+
+def source_poll_due_now(source_id: int, *, requested: bool = False) -> None:
+    """The way around a broker that refused a sync: the source's poll is due now (unless sooner
+    already), so beat's first sweep the broker accepts queues it. ``requested``: stored as a request
+    too, which a pass running now runs next itself, with no broker; its end would otherwise put the
+    poll a whole interval away again."""
+    now = timezone.now()
+    request = {"sync_requested_at": now} if requested else {}
+    Source.objects.filter(pk=source_id).update(next_poll_at=Least(F("next_poll_at"), Value(now)), **request)
 
 
 class SyncNotQueued(Exception):

@@ -15,8 +15,6 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import F, Value
-from django.db.models.functions import Least
 from django.utils import timezone
 
 from gitops import metrics, schedule
@@ -188,12 +186,7 @@ def _unqueued(delivered: WebhookDelivery, source: Source, provider: str) -> Webh
     WebhookDelivery.objects.filter(pk=delivered.pk).update(
         outcome=WebhookDelivery.Outcome.UNQUEUED, reason=reason
     )
-    now = timezone.now()
-    # The request too: a pass running now (its start cleared the queued mark) runs another itself,
-    # needing no broker, where its end would otherwise put the poll a whole interval away again.
-    Source.objects.filter(pk=source.pk).update(
-        next_poll_at=Least(F("next_poll_at"), Value(now)), sync_requested_at=now
-    )
+    schedule.source_poll_due_now(source.pk, requested=True)
     body = {
         "status": WebhookDelivery.Outcome.UNQUEUED.value,
         "reason": reason,

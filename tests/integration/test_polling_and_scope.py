@@ -236,6 +236,23 @@ def test_the_pushes_a_persons_sync_runs_after_its_own_pass_are_not_recorded_as_t
     assert set(actors_by_commit.values()) == {"sluice", "webhook:github"}, actors_by_commit
 
 
+def test_a_stream_whose_carrying_on_the_broker_refuses_is_carried_on_by_beat_and_is_no_failure(
+    stream, monkeypatch, cluster
+):
+    """Every pass succeeded: a refused send of the task that would carry on must not make the sync a
+    failure (a back-off, an error on the source); the poll is due now, so beat's sweep carries on."""
+    tried = refuse_sends(monkeypatch)
+
+    result = reconcile.source_sync(stream.source.pk, automatic=True)
+
+    assert result.outcome == "applied", result
+    assert stream.passes == reconcile.MAX_COALESCED_RUNS
+    assert [kwargs["source_id"] for kwargs in tried] == [stream.source.pk], "carrying on was tried"
+    source = Source.objects.get(pk=stream.source.pk)
+    assert (source.consecutive_failures, source.last_error) == (0, "")
+    assert source.next_poll_at <= timezone.now(), "beat's next sweep carries on"
+
+
 def test_a_source_suspended_during_a_stream_of_pushes_takes_no_further_automatic_pass(stream, cluster):
     """Suspending is an operator's brake: the pass under way ends, and the pushes it would have run
     next (and carried on) wait until the source is resumed."""
