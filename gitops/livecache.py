@@ -162,15 +162,18 @@ class Waker:
                 names.add(self.pending.get_nowait())
             try:
                 self._enqueue(names)
-            except Exception:  # the next change wakes them again; the waker must live on
+            except Exception:  # the database away: the next change wakes them again; the waker lives on
                 log.exception("could not wake sources %s", sorted(names))
 
     @staticmethod
     def _enqueue(names: set[str]) -> None:
         close_old_connections()
         for source_id, name in Source.objects.filter(name__in=names).values_list("pk", "name"):
-            if schedule.source_sync_once(source_id, actor=SYSTEM_ACTOR):
-                log.info("source=%s changed in the cluster: reconcile queued", name)
+            try:
+                if schedule.source_sync_once(source_id, actor=SYSTEM_ACTOR):
+                    log.info("source=%s changed in the cluster: reconcile queued", name)
+            except schedule.SyncNotQueued:  # given back as a due poll; the other sources are still woken
+                log.warning("source=%s changed in the cluster: the broker refused its reconcile", name)
 
 
 # -- stamps from events ---------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from celery.exceptions import TimeoutError as CeleryTimeoutError
@@ -69,21 +70,32 @@ def source_sync(
 
 
 def source_sync_once(source_id: int, *, actor: str) -> bool:
-    """Queues a sync unless one is queued: a burst of pushes makes one reconcile of the newest commit."""
+    """Queues a sync unless one is queued: a burst of pushes makes one reconcile of the newest commit.
+
+    What asks (a push, a lifted freeze or removed window, a change the live cache saw) may never ask
+    again, and GitHub does not redeliver a refused push: a sync the broker refuses is given back as
+    a request (see ``source_poll_due_now``), not dropped."""
     if not Source.objects.filter(pk=source_id, sync_queued=False).update(sync_queued=True):
         return False
-    claimed_source_sync(source_id, actor=actor, automatic=True)
+    claimed_source_sync(
+        source_id,
+        actor=actor,
+        automatic=True,
+        release=partial(source_poll_due_now, source_id, requested=True),
+    )
     return True
 
 
 def source_poll_due_now(source_id: int, *, requested: bool = False) -> None:
     """The way around a broker that refused a sync: the source's poll is due now (unless sooner
-    already), so beat's first sweep the broker accepts queues it. ``requested``: stored as a request
-    too, which a pass running now runs next itself, with no broker; its end would otherwise put the
-    poll a whole interval away again."""
+    already), so beat's first sweep the broker accepts queues it, and its ``sync_queued`` claim is
+    given back. ``requested``: stored as a request too, which a pass running now runs next itself,
+    with no broker; its end would otherwise put the poll a whole interval away again."""
     now = timezone.now()
     request = {"sync_requested_at": now} if requested else {}
-    Source.objects.filter(pk=source_id).update(next_poll_at=Least(F("next_poll_at"), Value(now)), **request)
+    Source.objects.filter(pk=source_id).update(
+        next_poll_at=Least(F("next_poll_at"), Value(now)), sync_queued=False, **request
+    )
 
 
 class SyncNotQueued(Exception):

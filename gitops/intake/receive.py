@@ -175,10 +175,9 @@ def _accept(
 
 
 def _unqueued(delivered: WebhookDelivery, source: Source, provider: str) -> WebhookAnswer:
-    """The broker refused the sync (its claim was given back). The delivery stops counting as
-    received, so the Git host's redelivery queues it. Not every host redelivers on its own (GitHub
-    does not), so the source's poll is made due now as well: beat's first sweep that the broker
-    accepts syncs the commit, whether the host redelivers or not."""
+    """The broker refused the sync: its claim was given back as a request and a due poll
+    (``schedule.source_sync_once``), so the commit is synced whether the host redelivers or not. The
+    delivery stops counting as received, so a redelivery is accepted, not a duplicate."""
     log.exception(
         "webhook unqueued source=%s provider=%s delivery=%s", source.name, provider, delivered.delivery_id
     )
@@ -186,7 +185,6 @@ def _unqueued(delivered: WebhookDelivery, source: Source, provider: str) -> Webh
     WebhookDelivery.objects.filter(pk=delivered.pk).update(
         outcome=WebhookDelivery.Outcome.UNQUEUED, reason=reason
     )
-    schedule.source_poll_due_now(source.pk, requested=True)
     body = {
         "status": WebhookDelivery.Outcome.UNQUEUED.value,
         "reason": reason,

@@ -374,6 +374,7 @@ def test_sends_the_broker_refuses_after_a_commit_each_give_their_claim_back(make
     from gitops import schedule
 
     sources = [make_source() for _ in range(3)]
+    Source.objects.update(next_poll_at=timezone.now() + timedelta(hours=1))
     refuse_sends(monkeypatch)
 
     with transaction.atomic():
@@ -381,3 +382,6 @@ def test_sends_the_broker_refuses_after_a_commit_each_give_their_claim_back(make
             assert schedule.source_sync_once(source.pk, actor="cli")
 
     assert [Source.objects.get(pk=source.pk).sync_queued for source in sources] == [False, False, False]
+    # Nothing would wake them again: each is given back as a request and a poll due now.
+    given_back = Source.objects.filter(sync_requested_at__isnull=False, next_poll_at__lte=timezone.now())
+    assert given_back.count() == 3
