@@ -126,11 +126,12 @@ class _Expect(enum.Enum):
     VALUE = enum.auto()
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Frame:
     """A list or mapping being built; ``path`` is None when it is built only to be thrown away."""
 
     value: list[Any] | dict[str, Any]
+    is_map: bool
     path: PathKey | None
     anchor: str | None
     nodes_before: int
@@ -165,6 +166,7 @@ class _Builder:
             yaml.SequenceEndEvent: self._close,
             yaml.MappingEndEvent: self._close,
         }
+        scalar_event, on_scalar = yaml.ScalarEvent, self._on_scalar
         documents: list[Document] = []
         next_event: Callable[[], yaml.Event] = loader.get_event
         next_event()  # StreamStartEvent
@@ -173,9 +175,12 @@ class _Builder:
             next_event()  # DocumentStartEvent
             self._begin_document()
             event = next_event()
-            # Every value of every file passes here: the loop asks for each event's handler directly.
+            # Every value of every file passes here: scalars, most events, skip the handler lookup.
             while type(event) is not yaml.DocumentEndEvent:
-                handlers[type(event)](event)
+                if type(event) is scalar_event:
+                    on_scalar(event)
+                else:
+                    handlers[type(event)](event)
                 event = next_event()
             if self.root is not None:
                 documents.append(Document(self.file, index, self.root, self.lines))
@@ -183,10 +188,53 @@ class _Builder:
         return documents
 
     def _on_scalar(self, event: yaml.ScalarEvent) -> None:
-        if self._expecting_key():
-            self._scalar_key(event, _line(event))
+        """A plain or quoted scalar without tag or anchor inside a collection (nearly every value)
+        is built here inline; anything else takes the general path (``_scalar``, ``_scalar_key``).
+        Both count, record lines and report exactly the same."""
+        mark = event.start_mark
+        line = mark.line + 1 if mark else 0
+        stack = self.stack
+        if not stack or event.tag is not None or event.anchor is not None:
+            self._on_any_scalar(event, line)
+            return
+        parent = stack[-1]
+        text: str = event.value
+        usage = self.usage
+        if usage.nodes >= self.limits.max_file_nodes:
+            self._count(line)  # past the budget: refused there, with its message
+        if parent.is_map and parent.expect is _Expect.KEY:
+            if text == "<<" and event.implicit[0]:
+                self._on_any_scalar(event, line)  # counts it
+                return
+            usage.nodes += 1
+            self._key(text, line)
+            return
+        usage.nodes += 1
+        value: Any = text
+        if event.implicit[0] and _plain_tag(text) != _STR_TAG:
+            value = None  # a number, boolean, null or date: built below, on the general path
+        path = parent.path
+        child: PathKey | None = None
+        if path is not None:
+            if not parent.is_map:
+                child = (*path, len(parent.value))
+                self.lines.setdefault(child, line)
+            elif parent.key is not None:
+                child = (*path, parent.key)  # its line is the key's, recorded by ``_key``
+        if value is None:
+            value = self._construct(event, line, child)
+        if parent.is_map:
+            if parent.key is not None:
+                parent.value[parent.key] = value  # type: ignore[call-overload]
+            parent.expect = _Expect.KEY
         else:
-            self._scalar(event, _line(event))
+            parent.value.append(value)  # type: ignore[union-attr]
+
+    def _on_any_scalar(self, event: yaml.ScalarEvent, line: int) -> None:
+        if self._expecting_key():
+            self._scalar_key(event, line)
+        else:
+            self._scalar(event, line)
 
     def _on_alias(self, event: yaml.AliasEvent) -> None:
         self._alias(event.anchor or "", _line(event))
@@ -195,7 +243,7 @@ class _Builder:
         if not self.stack:
             return False
         parent = self.stack[-1]
-        return parent.expect is _Expect.KEY and isinstance(parent.value, dict)
+        return parent.is_map and parent.expect is _Expect.KEY
 
     # -- budget ------------------------------------------------------------------------
 
@@ -229,7 +277,7 @@ class _Builder:
         parent = self.stack[-1]
         if parent.path is None:
             return None
-        if isinstance(parent.value, list):
+        if not parent.is_map:
             return (*parent.path, len(parent.value))
         if parent.expect is _Expect.VALUE and parent.key is not None:
             return (*parent.path, parent.key)
@@ -356,13 +404,15 @@ class _Builder:
             self.errors.append(ValidationError(self.file, line, dotted(path), problem))
         if event.anchor is not None:
             self.open_anchors.add(event.anchor)
-        value: list[Any] | dict[str, Any] = [] if isinstance(event, yaml.SequenceStartEvent) else {}
-        self.stack.append(_Frame(value, path, event.anchor, self.usage.nodes))
+        is_map = type(event) is yaml.MappingStartEvent
+        value: list[Any] | dict[str, Any] = {} if is_map else []
+        self.stack.append(_Frame(value, is_map, path, event.anchor, self.usage.nodes))
 
     def _close(self, _: yaml.CollectionEndEvent) -> None:
         frame = self.stack.pop()
-        nodes = self.usage.nodes - frame.nodes_before + 1
-        self._remember(frame.anchor, _Anchored(frame.value, nodes, frame.height, None))
+        if frame.anchor is not None:
+            nodes = self.usage.nodes - frame.nodes_before + 1
+            self._remember(frame.anchor, _Anchored(frame.value, nodes, frame.height, None))
         self._attach(frame.value, frame.height)
 
     # -- scalars --------------------------------------------------------------------------
@@ -404,11 +454,34 @@ MAX_RESOLVED_CHARS = 1000
 _LONG_INTEGER = re.compile(r"[-+]?[0-9_]+")
 
 
+# The tags of short plain scalars met before: a revision repeats the same few values ("true",
+# "info", "v1") thousands of times, and YAML's resolver tries up to a dozen patterns on each.
+_PLAIN_TAG_CACHE: dict[str, str] = {}
+_PLAIN_TAG_CACHE_ENTRIES: Final = 4096
+_PLAIN_TAG_CACHE_CHARS: Final = 64
+
+
+def _plain_tag(text: str) -> str:
+    """The tag YAML 1.1 gives an untagged plain scalar; ``_resolve`` for one, remembered when short."""
+    tag = _PLAIN_TAG_CACHE.get(text)
+    if tag is None:
+        tag = _resolve_text(text, (True, False))
+        if len(text) <= _PLAIN_TAG_CACHE_CHARS:
+            if len(_PLAIN_TAG_CACHE) >= _PLAIN_TAG_CACHE_ENTRIES:
+                _PLAIN_TAG_CACHE.clear()  # bounded: whatever a hostile file holds, 4,096 short strings
+            _PLAIN_TAG_CACHE[text] = tag
+    return tag
+
+
 def _resolve(event: yaml.ScalarEvent) -> str:
     """The tag YAML 1.1 gives an untagged scalar (int for 8080, bool for on, str for text)."""
-    if len(event.value) > MAX_RESOLVED_CHARS:
-        return _INT_TAG if _LONG_INTEGER.fullmatch(event.value) else _STR_TAG
-    tag: str = _RESOLVER.resolve(yaml.ScalarNode, event.value, event.implicit)  # type: ignore[no-untyped-call]
+    return _resolve_text(event.value, event.implicit)
+
+
+def _resolve_text(text: str, implicit: tuple[bool, bool]) -> str:
+    if len(text) > MAX_RESOLVED_CHARS:
+        return _INT_TAG if _LONG_INTEGER.fullmatch(text) else _STR_TAG
+    tag: str = _RESOLVER.resolve(yaml.ScalarNode, text, implicit)  # type: ignore[no-untyped-call]
     return tag
 
 

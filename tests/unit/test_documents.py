@@ -1,5 +1,12 @@
 """Position-aware loading of YAML and JSON."""
 
+import datetime
+from unittest import mock
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gitops.desired import documents
 from gitops.desired.documents import load_json, load_yaml
 
 
@@ -45,3 +52,98 @@ def test_a_quoted_or_block_value_is_text_however_long_and_digit_like_it_is():
     assert [str(error) for error in errors] == [
         "b.yaml:2: data.plain: a number of 1,500 characters is too long; quote it if it is text"
     ]
+
+
+# -- the inline scalar path -------------------------------------------------------------------
+
+_SCALARS = (
+    "a",
+    "on",
+    "8080",
+    "0x1F",
+    "1_000",
+    "3.5",
+    "1e3",
+    ".nan",
+    "null",
+    "~",
+    "true",
+    "no",
+    "2024-01-02",
+    "1:2:3",
+    "'<<'",
+    '"x"',
+    "'8080'",
+    "&a x",
+    "*a",
+    "&a 7",
+    "!!str 5",
+    "!!int x",
+    "!!binary aGk=",
+    "!local v",
+    "!!set {a}",
+    "[1, on]",
+    "{a: b, a: c}",
+    "&m {k: [v, 1]}",
+    "*m",
+    "",
+    "<<",
+    "x: y",
+)
+_KEYS = ("a", "b", "on", "8080", "null", "1.5", "<<", "&k key", "*k", "*m", "'q'", "? [k]\n")
+
+
+@st.composite
+def _block(draw: st.DrawFn, indent: str = "", depth: int = 0) -> str:
+    """A block mapping or list, mostly well formed, its values drawn from awkward YAML."""
+    is_map = draw(st.booleans())
+    out = ""
+    for _ in range(draw(st.integers(1, 4))):
+        head = f"{indent}{draw(st.sampled_from(_KEYS))}:" if is_map else f"{indent}-"
+        if depth < 3 and draw(st.integers(0, 3)) == 0:
+            out += head + "\n" + draw(_block(indent + "  ", depth + 1))
+        elif draw(st.integers(0, 9)) == 0:
+            out += f"{head} |\n{indent}  block text\n"
+        else:
+            out += f"{head} {draw(st.sampled_from(_SCALARS))}\n"
+    return out
+
+
+@st.composite
+def _yaml_texts(draw: st.DrawFn) -> str:
+    return "---\n".join(draw(st.lists(_block(), min_size=1, max_size=3)))
+
+
+def _loaded(text: str) -> tuple[list[tuple[int, object, dict[object, int]]], list[str], int]:
+    usage = documents.Usage()
+    loaded, errors = load_yaml("f.yaml", text.encode(), usage=usage)
+    return [(d.index, d.data, dict(d.lines)) for d in loaded], [str(e) for e in errors], usage.nodes
+
+
+def _through_the_general_path(builder: documents._Builder, event: object) -> None:
+    builder._on_any_scalar(event, documents._line(event))  # type: ignore[arg-type]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_yaml_texts())
+def test_the_inline_scalar_path_builds_what_the_general_path_builds(text: str) -> None:
+    inline = _loaded(text)
+    with mock.patch.object(documents._Builder, "_on_scalar", _through_the_general_path):
+        general = _loaded(text)
+    # By their text: NaN is not equal to itself, and the text shows the keys' order too.
+    assert repr(inline) == repr(general)
+
+
+def test_the_inline_path_reads_the_values_a_manifest_holds() -> None:
+    text = "a: info\nb: 8080\nc: '8080'\nd: on\ne:\n  - x\n  - null\n  - 1.5\nf: 2024-01-02\n"
+    (document,), errors = load_yaml("f.yaml", text.encode())
+    assert errors == []
+    assert document.data == {
+        "a": "info",
+        "b": 8080,
+        "c": "8080",
+        "d": True,
+        "e": ["x", None, 1.5],
+        "f": datetime.date(2024, 1, 2),
+    }
+    assert document.line_of("e", 1) == 7
