@@ -175,7 +175,7 @@ class _Builder:
             next_event()  # DocumentStartEvent
             self._begin_document()
             event = next_event()
-            # Every value of every file passes here: scalars, most events, skip the handler lookup.
+            # Every value of every file passes here. Scalars are most events: they skip the handler lookup.
             while type(event) is not yaml.DocumentEndEvent:
                 if type(event) is scalar_event:
                     on_scalar(event)
@@ -201,7 +201,7 @@ class _Builder:
         text: str = event.value
         usage = self.usage
         if usage.nodes >= self.limits.max_file_nodes:
-            self._count(line)  # past the budget: refused there, with its message
+            self._count(line)  # one more is past the budget: this raises, with the refusal's message
         if parent.is_map and parent.expect is _Expect.KEY:
             if text == "<<" and event.implicit[0]:
                 self._on_any_scalar(event, line)  # counts it
@@ -210,9 +210,9 @@ class _Builder:
             self._key(text, line)
             return
         usage.nodes += 1
-        value: Any = text
-        if event.implicit[0] and _plain_tag(text) != _STR_TAG:
-            value = None  # a number, boolean, null or date: built below, on the general path
+        # Text unless plain and YAML reads it otherwise (a number, boolean, null or date): that is
+        # built below, by the general path's conversion and its errors.
+        is_text = not event.implicit[0] or _plain_tag(text) == _STR_TAG
         path = parent.path
         child: PathKey | None = None
         if path is not None:
@@ -221,8 +221,7 @@ class _Builder:
                 self.lines.setdefault(child, line)
             elif parent.key is not None:
                 child = (*path, parent.key)  # its line is the key's, recorded by ``_key``
-        if value is None:
-            value = self._construct(event, line, child)
+        value = text if is_text else self._construct(event, line, child)
         if parent.is_map:
             if parent.key is not None:
                 parent.value[parent.key] = value  # type: ignore[call-overload]
