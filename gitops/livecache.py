@@ -182,6 +182,10 @@ class Waker:
 # Events of a cluster's watch stored in one Redis round trip, at most; four times that may queue.
 EVENT_BATCH = 500
 WRITER_CHECK_SECONDS = 0.5  # how often a wait on the writer checks that it still runs
+# A bulk apply's events come a few at a time, as the apiserver commits them: a batch waits this long
+# after its first event for more, so 10,000 events take hundreds of round trips instead of thousands.
+# It is all a lone event (an edit to heal) is stored later by.
+WRITER_GATHER_SECONDS = 0.01
 
 
 @dataclass(frozen=True)
@@ -256,12 +260,7 @@ class EventWriter:
 
     def _run(self) -> None:
         while True:
-            batch = [self.queue.get()]
-            while len(batch) < EVENT_BATCH and batch[-1] is not None:
-                try:
-                    batch.append(self.queue.get_nowait())
-                except queue.Empty:
-                    break
+            batch = self._gathered()
             events = [event for event in batch if event is not None]
             woken: set[str] = set()
             try:
@@ -276,6 +275,26 @@ class EventWriter:
                 self.sink.wake(woken)
             if len(events) < len(batch):
                 return  # closed
+
+    def _gathered(self) -> list[_Event | None]:
+        """The next batch: the first event and what follows it within ``WRITER_GATHER_SECONDS``, up
+        to ``EVENT_BATCH``; a None (closed) ends it."""
+        batch = [self.queue.get()]
+        deadline = time.monotonic() + WRITER_GATHER_SECONDS
+        while len(batch) < EVENT_BATCH and batch[-1] is not None:
+            try:
+                batch.append(self.queue.get_nowait())
+                continue
+            except queue.Empty:
+                pass
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(self.queue.get(timeout=remaining))
+            except queue.Empty:
+                break
+        return batch
 
     def _failed(self, exc: Exception) -> None:
         if not isinstance(exc, TemporaryError):

@@ -12,11 +12,13 @@ from typing import Any
 import pytest
 import redis
 
+from gitops import livecache
 from gitops.cluster.informer import DELETED
 from gitops.errors import TemporaryError
 from gitops.livecache import LeaseLost, StampSink
 from gitops.plan.stamps import LiveStamp, stamp_of
 from tests.unit.test_live_stamps import as_applied, desired, edited_by_hand
+from tests.workers import poll
 
 FRESH, STALE = True, False
 
@@ -195,3 +197,33 @@ def test_a_failed_write_of_events_is_raised_and_their_replay_wakes_as_the_first_
     assert set().union(*woken) == {"a"}
     assert LiveStamp.decode(store.objects["team-a"]["app"]) == stamp_of(edited)
     sink.events.close()
+
+
+def _event(name: str) -> livecache._Event:
+    return livecache._Event("team-a", name, None, "1", True)
+
+
+def test_the_writer_gathers_events_that_follow_the_first_into_one_batch(monkeypatch) -> None:
+    """A bulk apply's events trickle in: each batch waits for more, so they share round trips."""
+    monkeypatch.setattr(livecache, "WRITER_GATHER_SECONDS", 30.0)
+    writer = livecache.EventWriter(StampSink(MemoryStore(), lambda _: None))
+    writer.queue.put(_event("first"))
+    gathered: list[list[Any]] = []
+    thread = threading.Thread(target=lambda: gathered.append(writer._gathered()))
+    thread.start()
+    poll(writer.queue.empty, timeout=10, what="the writer to take the first event")
+    writer.queue.put(_event("second"))  # after the first was taken: it joins its batch all the same
+    writer.queue.put(None)  # closing ends the batch at once, well within the 30 s
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert [event and event.name for event in gathered[0]] == ["first", "second", None]
+
+
+def test_a_batch_is_no_larger_than_event_batch_and_a_lone_event_waits_only_the_window(monkeypatch) -> None:
+    monkeypatch.setattr(livecache, "EVENT_BATCH", 2)
+    monkeypatch.setattr(livecache, "WRITER_GATHER_SECONDS", 0.05)
+    writer = livecache.EventWriter(StampSink(MemoryStore(), lambda _: None))
+    for name in ("a", "b", "c"):
+        writer.queue.put(_event(name))
+    assert [event.name for event in writer._gathered() if event] == ["a", "b"]
+    assert [event.name for event in writer._gathered() if event] == ["c"]  # after 0.05 s with no other
