@@ -184,7 +184,8 @@ EVENT_BATCH = 500
 WRITER_CHECK_SECONDS = 0.5  # how often a wait on the writer checks that it still runs
 # A bulk apply's events come a few at a time, as the apiserver commits them: a batch waits this long
 # after its first event for more, so 10,000 events take hundreds of round trips instead of thousands.
-# It is all a lone event (an edit to heal) is stored later by.
+# A lone event (an edit to heal) is stored at most this much later. A ``drain`` waits it out too:
+# a few times a watch, so not worth a signal to cut it short.
 WRITER_GATHER_SECONDS = 0.01
 
 
@@ -198,9 +199,10 @@ class _Event:
 
 
 class EventWriter:
-    """Stores a cluster watch's events from a thread of its own: as many as queued up meanwhile in
-    one round trip (``LiveStore.write_events``, all or none), then updates what the sink knows and
-    wakes the sources whose objects changed, in the events' order.
+    """Stores a cluster watch's events from a thread of its own: those queued up meanwhile, and those
+    that follow the first within ``WRITER_GATHER_SECONDS``, in one round trip
+    (``LiveStore.write_events``, all or none), then updates what the sink knows and wakes the sources
+    whose objects changed, in the events' order.
 
     A bulk apply makes thousands of events a second, and one round trip each was most of the cache's
     CPU. One informer feeds it. A failed write drops the cluster's freshness at once (best effort)
@@ -282,16 +284,8 @@ class EventWriter:
         batch = [self.queue.get()]
         deadline = time.monotonic() + WRITER_GATHER_SECONDS
         while len(batch) < EVENT_BATCH and batch[-1] is not None:
-            try:
-                batch.append(self.queue.get_nowait())
-                continue
-            except queue.Empty:
-                pass
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                batch.append(self.queue.get(timeout=remaining))
+            try:  # past the deadline, a timeout of 0 still takes what is queued already
+                batch.append(self.queue.get(timeout=max(0.0, deadline - time.monotonic())))
             except queue.Empty:
                 break
         return batch

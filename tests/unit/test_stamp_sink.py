@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -209,7 +210,7 @@ def test_the_writer_gathers_events_that_follow_the_first_into_one_batch(monkeypa
     writer = livecache.EventWriter(StampSink(MemoryStore(), lambda _: None))
     writer.queue.put(_event("first"))
     gathered: list[list[Any]] = []
-    thread = threading.Thread(target=lambda: gathered.append(writer._gathered()))
+    thread = threading.Thread(target=lambda: gathered.append(writer._gathered()), daemon=True)
     thread.start()
     poll(writer.queue.empty, timeout=10, what="the writer to take the first event")
     writer.queue.put(_event("second"))  # after the first was taken: it joins its batch all the same
@@ -226,4 +227,16 @@ def test_a_batch_is_no_larger_than_event_batch_and_a_lone_event_waits_only_the_w
     for name in ("a", "b", "c"):
         writer.queue.put(_event(name))
     assert [event.name for event in writer._gathered() if event] == ["a", "b"]
-    assert [event.name for event in writer._gathered() if event] == ["c"]  # after 0.05 s with no other
+    took: list[float] = []
+    gathered: list[list[Any]] = []
+
+    def gather() -> None:
+        started = time.monotonic()
+        gathered.append(writer._gathered())
+        took.append(time.monotonic() - started)
+
+    thread = threading.Thread(target=gather, daemon=True)  # a writer that waited for ever fails, not hangs
+    thread.start()
+    thread.join(timeout=10)
+    assert [event.name for event in gathered[0] if event] == ["c"]
+    assert 0.05 <= took[0] < 5  # it waited for more, and no longer than the window (and a slow machine)
