@@ -211,8 +211,8 @@ class _Builder:
             return
         usage.nodes += 1
         # Text unless plain and YAML reads it otherwise (a number, boolean, null or date): that is
-        # built below, by the general path's conversion and its errors.
-        is_text = not event.implicit[0] or _plain_tag(text) == _STR_TAG
+        # built below, by the general path's conversion and its errors, from the tag found here.
+        tag = _plain_tag(text) if event.implicit[0] else _STR_TAG
         path = parent.path
         child: PathKey | None = None
         if path is not None:
@@ -221,7 +221,7 @@ class _Builder:
                 self.lines.setdefault(child, line)
             elif parent.key is not None:
                 child = (*path, parent.key)  # its line is the key's, recorded by ``_key``
-        value = text if is_text else self._construct(event, line, child)
+        value = text if tag == _STR_TAG else self._construct(event, line, child, resolved=tag)
         if parent.is_map:
             if parent.key is not None:
                 parent.value[parent.key] = value  # type: ignore[call-overload]
@@ -416,13 +416,16 @@ class _Builder:
 
     # -- scalars --------------------------------------------------------------------------
 
-    def _construct(self, event: yaml.ScalarEvent, line: int, path: PathKey | None) -> Any:
+    def _construct(
+        self, event: yaml.ScalarEvent, line: int, path: PathKey | None, *, resolved: str | None = None
+    ) -> Any:
+        """``resolved``: the tag of an untagged plain scalar, when the caller has it already."""
         tag = event.tag
         if tag is None and not event.implicit[0]:
             # Quoted, a literal or a folded block: text, as YAML resolves it, however long or digit-like.
             return event.value
         if tag is None or tag == "!":
-            tag = _resolve(event)
+            tag = resolved or _resolve(event)
         if tag == _STR_TAG:
             return event.value
         problem = None
