@@ -1,38 +1,55 @@
 """Empties the database after a transactional test for a fraction of what Django's flush costs.
 
 Django's ``TransactionTestCase`` ends each test with the ``flush`` command: one TRUNCATE of every
-table, then the ``post_migrate`` signal, which fills the content types, the permissions and
-Sluice's role groups again (``gitops.roles.ensure_roles``). On this stack that is 0.2 to 0.3 s a
+table, then the ``post_migrate`` signal, which writes the content types, the permissions and
+Sluice's role groups back (``gitops.roles.ensure_roles``). On this stack that is 0.2 to 0.3 s a
 test, paid by some 400 integration tests: TRUNCATE's cost grows with the number of tables named
-(each gets new files), and the signal makes a few dozen queries to write back what it had just had.
+(each gets new files), and the signal makes a few dozen queries to write back what it had just
+emptied.
 
 ``DatabaseReset`` gives the same end state for less:
 
-- The first reset of a run is Django's own flush. The tables that are not empty right after it are
-  what ``post_migrate`` writes; they are the *static* tables, and their content is fingerprinted.
+- The first reset of a run is Django's own flush; then the *static* tables, those ``post_migrate``
+  writes (``STATIC_MODELS``), are fingerprinted.
 - Every later reset compares the fingerprint (one query). If a test changed a static table, the
-  reset is Django's flush again, and the fingerprint is taken anew. Otherwise it TRUNCATEs, with
-  CASCADE, only the tables that hold a row (one query finds them), and sends no signal: the static
-  tables already hold exactly what the signal would write.
+  reset is Django's flush again, and the fingerprint is taken anew. Otherwise it locks the other
+  tables, finds those holding a row (one query) and TRUNCATEs them, with CASCADE, in the same
+  transaction; no signal is sent, as the static tables already hold exactly what it would write.
 
-So each test still starts with every other table empty and the static tables as ``post_migrate``
-leaves them; only their ids stop changing from test to test. Triggers see what they saw: TRUNCATE
-fires the same statement triggers on a table that held rows, and an empty table has nothing a
-trigger could act on. Tables and sequences outside Django's flush are left alone, as Django leaves
-them.
+The lock makes the reset wait, as Django's TRUNCATE of every table does, for a writer still at work
+when the test ended (the Celery worker, a server thread), so its rows are seen and emptied too.
+CASCADE reaches only tables that refer to a truncated one; the static tables refer only to each
+other, so it never empties them (``tests/integration/test_database_reset.py`` checks both that and
+that ``post_migrate`` writes nothing else). Triggers: the one TRUNCATE trigger
+(``gitops_managedobject``'s) bumps rows of ``gitops_inventoryversion``, which holds rows only
+when it is in the same TRUNCATE, as under Django's flush. Each test therefore starts with every
+other table empty and the static tables as ``post_migrate`` leaves them; only their ids stop
+changing from test to test.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
+from django.contrib.auth.models import Group, Permission
+from django.contrib.contenttypes.models import ContentType
+from django.core.management import call_command
 from django.db import connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.test import TransactionTestCase
+
+# What post_migrate writes: the content types and permissions (Django), the role groups (Sluice).
+STATIC_MODELS = (ContentType, Permission, Group, Group.permissions.through)
 
 
-def flushed_tables(connection: BaseDatabaseWrapper) -> list[str]:
+def tables_of_flush(connection: BaseDatabaseWrapper) -> list[str]:
     """The tables Django's flush empties: its models' tables, views left out."""
     return sorted(connection.introspection.django_table_names(only_existing=True, include_views=False))
+
+
+def static_tables() -> list[str]:
+    return sorted(model._meta.db_table for model in STATIC_MODELS)
 
 
 class DatabaseReset:
@@ -40,8 +57,7 @@ class DatabaseReset:
 
     def __init__(self, database: str) -> None:
         self.database = database
-        self.flushed_tables: list[str] = []
-        self.static_tables: list[str] = []
+        self.emptied_tables: list[str] = []  # by the quick reset: every flushed one but the static
         self.fingerprint: tuple[str, ...] | None = None
 
     @property
@@ -51,43 +67,60 @@ class DatabaseReset:
     def reset(self, django_flush: Callable[[], None]) -> None:
         if self.fingerprint is None or self._fingerprint() != self.fingerprint:
             django_flush()
-            self._learn_static_tables()
+            static = static_tables()
+            self.emptied_tables = [table for table in tables_of_flush(self.connection) if table not in static]
+            self.fingerprint = self._fingerprint()
             return
-        holding_rows = self._tables_holding_rows()
-        if holding_rows:
-            names = ", ".join(self.connection.ops.quote_name(table) for table in holding_rows)
-            with transaction.atomic(using=self.database), self.connection.cursor() as cursor:
-                cursor.execute(f"TRUNCATE {names} CASCADE")
-
-    def _learn_static_tables(self) -> None:
-        self.flushed_tables = flushed_tables(self.connection)
-        self.static_tables = []  # so that the next line asks about every table
-        self.static_tables = self._tables_holding_rows()
-        self.fingerprint = self._fingerprint()
-
-    def _tables_holding_rows(self) -> list[str]:
+        if not self.emptied_tables:
+            return
         quote = self.connection.ops.quote_name
-        candidates = [table for table in self.flushed_tables if table not in self.static_tables]
-        if not candidates:
-            return []
+        with transaction.atomic(using=self.database), self.connection.cursor() as cursor:
+            cursor.execute(
+                f"LOCK TABLE {', '.join(map(quote, self.emptied_tables))} IN SHARE ROW EXCLUSIVE MODE"
+            )
+            holding_rows = self._holding_rows(cursor)
+            if holding_rows:
+                cursor.execute(f"TRUNCATE {', '.join(map(quote, holding_rows))} CASCADE")
+
+    def _holding_rows(self, cursor) -> list[str]:
+        quote = self.connection.ops.quote_name
         query = " UNION ALL ".join(
             f"SELECT %s WHERE EXISTS (SELECT 1 FROM {quote(table)})"  # noqa: S608 - Django's own table names
-            for table in candidates
+            for table in self.emptied_tables
         )
-        with self.connection.cursor() as cursor:
-            cursor.execute(query, candidates)
-            return [row[0] for row in cursor.fetchall()]
+        cursor.execute(query, self.emptied_tables)
+        return [row[0] for row in cursor.fetchall()]
 
     def _fingerprint(self) -> tuple[str, ...]:
-        """A digest of each static table's rows, in a stable order: any insert, update or delete
-        changes it."""
-        if not self.static_tables:
-            return ()
+        """A digest of each static table's rows, ids included, in a stable order: any insert,
+        update or delete changes it."""
         quote = self.connection.ops.quote_name
         digests = ", ".join(
             f"(SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {quote(table)} t)"  # noqa: S608
-            for table in self.static_tables
+            for table in static_tables()
         )
         with self.connection.cursor() as cursor:
             cursor.execute(f"SELECT {digests}")
             return tuple(cursor.fetchone())
+
+
+DJANGO_TEARDOWN = TransactionTestCase._fixture_teardown
+_resets: dict[str, DatabaseReset] = {}
+
+
+def quick_teardown(case: TransactionTestCase) -> None:
+    """Takes the place of ``TransactionTestCase._fixture_teardown`` (tests/integration/conftest.py)."""
+    # A test that names its apps, restores a serialized copy or resets sequences keeps Django's
+    # teardown: each relies on the flush writing the static tables anew, or on it not doing so.
+    if case.available_apps is not None or case.serialized_rollback or case.reset_sequences:
+        DJANGO_TEARDOWN(case)
+        return
+    for database in case._databases_names(include_mirrors=False):
+        if database not in _resets:
+            _resets[database] = DatabaseReset(database)
+        _resets[database].reset(functools.partial(django_flush, database))
+
+
+def django_flush(database: str) -> None:
+    """What Django's teardown runs for one database when the test names no apps."""
+    call_command("flush", verbosity=0, interactive=False, database=database, reset_sequences=False)

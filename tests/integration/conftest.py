@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import functools
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -15,29 +14,11 @@ def quick_database_reset() -> Iterator[None]:
     tables, for a fraction of the time (see its docstring)."""
     from django.test import TransactionTestCase
 
-    from tests.dbreset import DatabaseReset
+    from tests.dbreset import DJANGO_TEARDOWN, quick_teardown
 
-    django_teardown = TransactionTestCase._fixture_teardown
-    resets: dict[str, DatabaseReset] = {}
-
-    def fixture_teardown(case: TransactionTestCase) -> None:
-        # What Django flushes differently (some apps only, or a serialized copy to restore) stays its.
-        if case.available_apps is not None or case.serialized_rollback or case.reset_sequences:
-            django_teardown(case)
-            return
-        for name in case._databases_names(include_mirrors=False):
-            reset = resets.setdefault(name, DatabaseReset(name))
-            reset.reset(functools.partial(django_flush, name))
-
-    def django_flush(database: str) -> None:
-        """What Django's teardown does for one database when the test names no apps."""
-        from django.core.management import call_command
-
-        call_command("flush", verbosity=0, interactive=False, database=database, reset_sequences=False)
-
-    TransactionTestCase._fixture_teardown = fixture_teardown  # type: ignore[method-assign]
+    TransactionTestCase._fixture_teardown = quick_teardown  # type: ignore[method-assign]
     yield
-    TransactionTestCase._fixture_teardown = django_teardown  # type: ignore[method-assign]
+    TransactionTestCase._fixture_teardown = DJANGO_TEARDOWN  # type: ignore[method-assign]
 
 
 @pytest.fixture
