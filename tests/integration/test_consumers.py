@@ -206,7 +206,7 @@ def test_a_failing_wave_rolls_back_configmaps_and_stamps_and_retry_succeeds(
     assert cluster.get_configmap(targets[0], "app")["data"] == {"V": "1"}, "the ConfigMap is restored"
     web = apps_api.read_namespaced_deployment("web", targets[0])
     assert CONFIG_HASH not in (web.spec.template.metadata.annotations or {}), "the stamp is taken back"
-    wait_for_rollout(apps_api, targets[0], "web")
+    wait_for_rollout(apps_api, targets[0], "web", after_a_missed_deadline=True)
     actions = list(
         Change.objects.filter(source=source, kind="Deployment")
         .order_by("id")
