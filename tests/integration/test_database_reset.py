@@ -174,7 +174,10 @@ def test_a_reset_waits_for_a_writer_still_at_work_and_empties_its_rows_too():
 
 def _a_backend_waits_for_a_lock() -> bool:
     with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
         return bool(cursor.fetchone()[0])
 
 
