@@ -219,6 +219,7 @@ class EventWriter:
         self.closed = False
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._closing = threading.Event()  # ends a batch's gathering at once
 
     def put(self, event: _Event) -> None:
         with self._lock:
@@ -248,6 +249,7 @@ class EventWriter:
     def close(self) -> None:
         with self._lock:
             self.closed = True
+            self._closing.set()
             if self._thread is not None:
                 # Full: the writer is busy or stopped. A daemon either way, its writes fenced by the
                 # old epoch, so at worst it lingers.
@@ -282,10 +284,12 @@ class EventWriter:
         """The next batch: the first event and what follows it within ``WRITER_GATHER_SECONDS``, up
         to ``EVENT_BATCH``; a None (closed) ends it."""
         batch = [self.queue.get()]
-        deadline = time.monotonic() + WRITER_GATHER_SECONDS
+        if batch[-1] is not None:
+            # One wait, not a wakeup for each event that joins: what queued meanwhile is taken at once.
+            self._closing.wait(WRITER_GATHER_SECONDS)
         while len(batch) < EVENT_BATCH and batch[-1] is not None:
-            try:  # past the deadline, a timeout of 0 still takes what is queued already
-                batch.append(self.queue.get(timeout=max(0.0, deadline - time.monotonic())))
+            try:
+                batch.append(self.queue.get_nowait())
             except queue.Empty:
                 break
         return batch

@@ -66,6 +66,26 @@ if ARGV[2] == 'drop' then redis.call('DEL', KEYS[4])
 elseif ARGV[2] ~= 'keep' then redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[2]) end
 return 1
 """
+# A cluster watch's batch of events: one script, so one command, however many namespaces it spans.
+# KEYS: alive, cresume, cfresh, then each namespace's objects hash. ARGV: epoch, freshness, and
+# resourceVersion as for _WRITE, then for each objects hash in KEYS' order the number of its name,
+# stamp pairs and the pairs. Returns 0, changing nothing, unless ``alive`` holds epoch.
+_WRITE_EVENTS = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local at = 4
+for k = 4, #KEYS do
+  local last = at + 2 * tonumber(ARGV[at])
+  for i = at + 1, last, 2 do
+    if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[k], ARGV[i])
+    else redis.call('HSET', KEYS[k], ARGV[i], ARGV[i + 1]) end
+  end
+  at = last + 1
+end
+if ARGV[3] ~= '' then redis.call('SET', KEYS[2], ARGV[3]) end
+if ARGV[2] == 'drop' then redis.call('DEL', KEYS[3])
+elseif ARGV[2] ~= 'keep' then redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2]) end
+return 1
+"""
 # KEYS: alive, then keys to delete. ARGV: epoch. Returns 0, deleting nothing, unless ``alive`` holds it.
 _FORGET = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -209,6 +229,7 @@ class LiveStore:
         self.stale_ms = str(int(stale_seconds * 1000))
         self.client = redis_client()
         self._write = self.client.register_script(_WRITE)
+        self._write_events = self.client.register_script(_WRITE_EVENTS)
         self._renew = self.client.register_script(_RENEW)
         self._forget = self.client.register_script(_FORGET)
 
@@ -286,21 +307,29 @@ class LiveStore:
     def write_events(
         self, events: Sequence[tuple[str, str, str | None]], *, resource_version: str, fresh: bool | None
     ) -> bool:
-        """A cluster watch's events, in order, as (namespace, name, stamp or None): one fenced write
-        per namespace, all in one MULTI/EXEC round trip, so they are stored all or none; the last
-        stores the resume version and renews (or keeps) the freshness."""
+        """A cluster watch's events, in order, as (namespace, name, stamp or None), stored all or none
+        by one script (one command, however many namespaces they span), which then stores the resume
+        version and renews (or keeps) the freshness. The last event of a name wins."""
         by_namespace: dict[str, dict[str, str | None]] = {}
         for namespace, name, text in events:
-            by_namespace.setdefault(namespace, {})[name] = text  # the last event of a name wins
-        freshness = self._freshness(fresh)
-        writes = []
-        for index, (namespace, changes) in enumerate(by_namespace.items()):
-            last = index == len(by_namespace) - 1
-            args = _write_args(
-                self.epoch, freshness if last else "keep", resource_version if last else "", False, changes
-            )
-            writes.append((self._keys(namespace, whole_cluster=True), args))
-        return self._pipelined_writes(writes, transaction=True)
+            by_namespace.setdefault(namespace, {})[name] = text
+        keys = [_key(self.cluster, "alive"), _key(self.cluster, "cresume"), _key(self.cluster, "cfresh")]
+        args: list[Any] = [self.epoch, self._freshness(fresh), resource_version]
+        for namespace, changes in by_namespace.items():
+            keys.append(_key(self.cluster, "objects", namespace))
+            args.append(len(changes))
+            for name, text in changes.items():
+                args += (name, text or "")
+        # EVALSHA straight, as in ``_pipelined_writes``: a Redis that lost the script answers NOSCRIPT,
+        # having written nothing, and the batch runs again once the script is loaded.
+        for attempt in range(2):
+            try:
+                return bool(self.client.evalsha(self._write_events.sha, len(keys), *keys, *args))
+            except redis.exceptions.NoScriptError:
+                if attempt:
+                    raise
+                self.client.script_load(_WRITE_EVENTS)
+        return False
 
     def replace_all(self, stamps: Mapping[str, Mapping[str, str]], gone: Iterable[str]) -> bool:
         """A cluster watch's relist: each namespace's stamps replaced whole, the ``gone`` namespaces'

@@ -205,19 +205,25 @@ def _event(name: str) -> livecache._Event:
 
 
 def test_the_writer_gathers_events_that_follow_the_first_into_one_batch(monkeypatch) -> None:
-    """A bulk apply's events trickle in: each batch waits for more, so they share round trips."""
+    """A bulk apply's events trickle in: each batch waits for more, so they share round trips; closing
+    the writer ends the wait at once, and what was gathered is still stored."""
     monkeypatch.setattr(livecache, "WRITER_GATHER_SECONDS", 30.0)
-    writer = livecache.EventWriter(StampSink(MemoryStore(), lambda _: None))
-    writer.queue.put(_event("first"))
-    gathered: list[list[Any]] = []
-    thread = threading.Thread(target=lambda: gathered.append(writer._gathered()), daemon=True)
-    thread.start()
+    batches: list[list[str]] = []
+
+    class RecordingStore(MemoryStore):
+        def write_events(self, events: list[tuple[str, str, str | None]], **options: Any) -> bool:
+            batches.append([name for _, name, _ in events])
+            return super().write_events(events, **options)
+
+    writer = livecache.EventWriter(StampSink(RecordingStore(), lambda _: None))
+    writer.put(_event("first"))
     poll(writer.queue.empty, timeout=10, what="the writer to take the first event")
-    writer.queue.put(_event("second"))  # after the first was taken: it joins its batch all the same
-    writer.queue.put(None)  # closing ends the batch at once, well within the 30 s
-    thread.join(timeout=10)
-    assert not thread.is_alive()
-    assert [event and event.name for event in gathered[0]] == ["first", "second", None]
+    writer.put(_event("second"))  # after the first was taken: it joins its batch all the same
+    writer.close()  # ends the batch at once, well within the 30 s
+    assert writer._thread is not None
+    writer._thread.join(timeout=10)
+    assert not writer._thread.is_alive()
+    assert batches == [["first", "second"]]
 
 
 def test_a_batch_is_no_larger_than_event_batch_and_a_lone_event_waits_only_the_window(monkeypatch) -> None:
