@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import select
+import socket
 import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -213,9 +214,11 @@ def _lines(response: Any, *, gather_seconds: float = 0.0) -> Iterator[bytes]:
 def _nothing_arrived(response: Any) -> bool:
     """Whether the response's connection has nothing left to read: no data in the socket nor
     decrypted in its TLS layer. False whenever that cannot be told, so a stream is never held up
-    with data waiting (a few bytes urllib3 has read ahead do wait, at most one gathering)."""
+    with data waiting (what urllib3 has read ahead, at most 8 KiB, does wait, one gathering at most):
+    a connection through an HTTPS proxy is TLS inside TLS (urllib3's ``SSLTransport``), whose
+    decrypted bytes no socket can tell of, and is never waited on."""
     sock = getattr(getattr(response, "connection", None), "sock", None)
-    if sock is None:
+    if not isinstance(sock, socket.socket):
         return False
     try:
         if isinstance(sock, ssl.SSLSocket) and sock.pending():

@@ -103,3 +103,17 @@ def test_a_connection_that_cannot_be_asked_never_holds_a_stream_up(pair):
     assert not client._nothing_arrived(Response(reader)), "closed: the next read tells"
     assert not client._nothing_arrived(Response(None))
     assert not client._nothing_arrived(object())
+
+
+def test_a_connection_that_is_not_a_socket_is_never_waited_on(pair):
+    """TLS inside TLS (urllib3's SSLTransport, through an HTTPS proxy) keeps decrypted bytes of its
+    own, which polling its socket cannot see: never wait on it."""
+    reader, _ = pair
+
+    class Tunnel:
+        def fileno(self) -> int:
+            return reader.fileno()
+
+    response = Response(None)
+    response.connection = Connection(Tunnel())  # type: ignore[arg-type]
+    assert not client._nothing_arrived(response)
