@@ -284,7 +284,7 @@ class EventWriter:
         """The next batch: the first event and what follows it within ``WRITER_GATHER_SECONDS``, up
         to ``EVENT_BATCH``; a None (closed) ends it."""
         batch = [self.queue.get()]
-        if batch[-1] is not None:
+        if batch[-1] is not None and self.queue.qsize() < EVENT_BATCH - 1:
             # One wait, not a wakeup for each event that joins: what queued meanwhile is taken at once.
             self._closing.wait(WRITER_GATHER_SECONDS)
         while len(batch) < EVENT_BATCH and batch[-1] is not None:

@@ -197,18 +197,36 @@ def _network_reason(exc: BaseException) -> str:
 # is read and told together. A change arriving after a quiet spell is read at once; one arriving in
 # this window is told at most this much later.
 WATCH_GATHER_SECONDS = 0.025
+# A read that took longer than this waited for the network: what it brought is the first of new news.
+_WAITED_SECONDS = 0.001
 
 
 def _lines(response: Any, *, gather_seconds: float = 0.0) -> Iterator[bytes]:
     """The lines of a streamed response (one watch event each), as they arrive; with
-    ``gather_seconds``, each time all that has arrived is told, waits that long before reading on."""
+    ``gather_seconds``, each time all that has arrived is told, waits that long before reading on.
+
+    Once per spell: what urllib3 read ahead (up to 8 KiB, which the socket no longer shows) is told
+    after one wait without another, and the next wait comes only once news is seen arriving (data
+    waiting in the socket, or a read that had to wait for it)."""
     pending = b""
-    for chunk in response.stream(amt=None, decode_content=False):
+    chunks = response.stream(amt=None, decode_content=False)
+    may_wait = True
+    while True:
+        asked = time.monotonic()
+        chunk = next(chunks, None)
+        if chunk is None:
+            return
+        may_wait = may_wait or time.monotonic() - asked > _WAITED_SECONDS
         lines = (pending + chunk).split(b"\n")
         pending = lines.pop()
         yield from (line for line in lines if line.strip())
-        if gather_seconds and _nothing_arrived(response):
+        if not gather_seconds:
+            continue
+        if not _nothing_arrived(response):
+            may_wait = True
+        elif may_wait:
             time.sleep(gather_seconds)
+            may_wait = False
 
 
 def _nothing_arrived(response: Any) -> bool:

@@ -310,6 +310,8 @@ class LiveStore:
         """A cluster watch's events, in order, as (namespace, name, stamp or None), stored all or none
         by one script (one command, however many namespaces they span), which then stores the resume
         version and renews (or keeps) the freshness. The last event of a name wins."""
+        if not events:
+            return True
         by_namespace: dict[str, dict[str, str | None]] = {}
         for namespace, name, text in events:
             by_namespace.setdefault(namespace, {})[name] = text

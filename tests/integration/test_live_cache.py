@@ -207,6 +207,17 @@ def test_a_batch_of_cluster_events_is_stored_whole_with_the_resume_version_last(
         a_paused_old_term = livestore.LiveStore(cluster, "term-0", stale_seconds=30)
         assert not a_paused_old_term.write_events([("team-a", "app", "x")], resource_version="78", fresh=True)
         assert store.load_cluster() == ({"team-a": {"app": "a2"}, "team-b": {"app": "b1"}}, "77")
+
+        # A resumed watch before its first bookmark keeps the freshness as it is; a failure drops it.
+        assert store.write_events([("team-b", "app", "b2")], resource_version="79", fresh=None)
+        assert livestore.fresh_stamps(cluster, ["team-b"]) == {"team-b": {"app": "b2"}}
+        assert store.write_events([("team-b", "new", "n1")], resource_version="80", fresh=False)
+        assert livestore.fresh_stamps(cluster, ["team-a", "team-b"]) == {}, "not vouched for once dropped"
+        assert store.write_events([("team-a", "app", "a3")], resource_version="81", fresh=None)
+        assert livestore.fresh_stamps(cluster, ["team-a"]) == {}, "kept dropped"
+        assert store.load_cluster() == ({"team-a": {"app": "a3"}, "team-b": {"app": "b2", "new": "n1"}}, "81")
+        assert store.write_events([], resource_version="82", fresh=True), "nothing to store"
+        assert store.load_cluster()[1] == "81"
     finally:
         store.release()
         for namespace in ("team-a", "team-b"):

@@ -228,11 +228,14 @@ def test_the_writer_gathers_events_that_follow_the_first_into_one_batch(monkeypa
 
 def test_a_batch_is_no_larger_than_event_batch_and_a_lone_event_waits_only_the_window(monkeypatch) -> None:
     monkeypatch.setattr(livecache, "EVENT_BATCH", 2)
-    monkeypatch.setattr(livecache, "WRITER_GATHER_SECONDS", 0.05)
+    monkeypatch.setattr(livecache, "WRITER_GATHER_SECONDS", 30.0)
     writer = livecache.EventWriter(StampSink(MemoryStore(), lambda _: None))
     for name in ("a", "b", "c"):
         writer.queue.put(_event(name))
+    started = time.monotonic()
     assert [event.name for event in writer._gathered() if event] == ["a", "b"]
+    assert time.monotonic() - started < 5, "a batch already full is stored at once, not after the window"
+    monkeypatch.setattr(livecache, "WRITER_GATHER_SECONDS", 0.05)
     took: list[float] = []
     gathered: list[list[Any]] = []
 
