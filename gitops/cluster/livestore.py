@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -322,16 +322,11 @@ class LiveStore:
             args.append(len(changes))
             for name, text in changes.items():
                 args += (name, text or "")
-        # EVALSHA straight, as in ``_pipelined_writes``: a Redis that lost the script answers NOSCRIPT,
-        # having written nothing, and the batch runs again once the script is loaded.
-        for attempt in range(2):
-            try:
-                return bool(self.client.evalsha(self._write_events.sha, len(keys), *keys, *args))
-            except redis.exceptions.NoScriptError:
-                if attempt:
-                    raise
-                self.client.script_load(_WRITE_EVENTS)
-        return False
+
+        def send() -> bool:
+            return bool(self.client.evalsha(self._write_events.sha, len(keys), *keys, *args))
+
+        return self._with_script(_WRITE_EVENTS, send)
 
     def replace_all(self, stamps: Mapping[str, Mapping[str, str]], gone: Iterable[str]) -> bool:
         """A cluster watch's relist: each namespace's stamps replaced whole, the ``gone`` namespaces'
@@ -342,24 +337,29 @@ class LiveStore:
             (self._keys(namespace, whole_cluster=True), _write_args(self.epoch, "keep", "", True, texts))
             for namespace, texts in replaced
         ]
-        return self._pipelined_writes(writes, transaction=False)
+        return self._pipelined_writes(writes)
 
-    def _pipelined_writes(self, writes: Sequence[tuple[list[str], list[Any]]], *, transaction: bool) -> bool:
-        """Each (keys, args) through ``_WRITE``, in one round trip. EVALSHA is queued straight: redis-py's
-        Script in a pipeline asks SCRIPT EXISTS first, one more round trip for every batch. A Redis that
-        lost its scripts (restarted, flushed) answers NOSCRIPT to each of them, so nothing was written,
-        and the batch runs again once the script is loaded."""
-        for attempt in range(2):
-            try:
-                with self.client.pipeline(transaction=transaction) as pipe:
-                    for keys, args in writes:
-                        pipe.evalsha(self._write.sha, len(keys), *keys, *args)
-                    return all(pipe.execute())
-            except redis.exceptions.NoScriptError:
-                if attempt:
-                    raise
-                self.client.script_load(_WRITE)
-        return False
+    def _pipelined_writes(self, writes: Sequence[tuple[list[str], list[Any]]]) -> bool:
+        """Each (keys, args) through ``_WRITE``, in one round trip (not a transaction)."""
+
+        def send() -> bool:
+            with self.client.pipeline(transaction=False) as pipe:
+                for keys, args in writes:
+                    pipe.evalsha(self._write.sha, len(keys), *keys, *args)
+                return all(pipe.execute())
+
+        return self._with_script(_WRITE, send)
+
+    def _with_script(self, script: str, send: Callable[[], bool]) -> bool:
+        """``send``, which calls EVALSHA of ``script`` straight: redis-py's Script in a pipeline asks
+        SCRIPT EXISTS first, one more round trip for every batch. A Redis that lost its scripts
+        (restarted, flushed) answers NOSCRIPT to each call, so nothing was written, and ``send`` runs
+        again once the script is loaded."""
+        try:
+            return send()
+        except redis.exceptions.NoScriptError:
+            self.client.script_load(script)
+            return send()
 
     def forget(self, namespace: str) -> bool:
         """Removes a namespace the cache no longer watches (and voids the cluster watch's resume
