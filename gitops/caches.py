@@ -50,6 +50,8 @@ class SourceCache:
     index: tuple[str, str, RevisionIndex] | None = None
     # The inventory's keys as last read, with the version they were read under (gitops_inventoryversion).
     inventory: tuple[int, frozenset[tuple[str, str, str]]] | None = None
+    # The (cluster, namespace) pairs of the inventory kept above, found once for that very set.
+    inventory_targets: tuple[frozenset[tuple[str, str, str]], frozenset[tuple[str, str]]] | None = None
 
     @property
     def desired(self) -> tuple[str, AdminScope, DesiredState] | None:

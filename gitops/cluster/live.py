@@ -9,11 +9,13 @@ connect and read timeouts, and all of a pass's reads a deadline
 then is unreachable for this pass.
 
 ``live_configmaps`` LISTs every target namespace. ``live_view`` first asks the
-live cache (``livestore``) for the stamps of each (cluster, namespace). Where a
-namespace is fresh, an object whose stamp settles it
-(``gitops.plan.stamps.settles``: as Sluice applied it, and that is Git's content
-now) is not read at all; every other object the plan needs is read with a GET,
-or the whole namespace with one LIST when that is cheaper. A namespace that is
+live cache (``livestore``) for the stamps of each (cluster, namespace): only of
+those written since the last pass, whose stamps the settle memo keeps with the
+version they were stored at (``fresh_stamps_since``). Where a namespace is
+fresh, an object whose stamp settles it (``gitops.plan.stamps.settles``: as
+Sluice applied it, and that is Git's content now) is not read at all; every
+other object the plan needs is read with a GET, or the whole namespace with one
+LIST when that is cheaper. A namespace that is
 stale or absent from the cache is LISTed, as without a cache. So a missed
 event, a restart or a relist costs reads, never a wrong plan; and a cluster
 that fails any read is unreachable for the pass, whatever its cache vouched for.
@@ -122,7 +124,8 @@ def live_view(
     work: dict[str, list[_Read]] = {}
     for cluster in reachable:
         namespaces = by_cluster[cluster]
-        cached = livestore.fresh_stamps(cluster, namespaces)
+        # Only the namespaces written since the last pass come with their stamps: the others' are kept.
+        cached = livestore.fresh_stamps_since(cluster, namespaces, settling.kept_versions(cluster))
         reads = work.setdefault(cluster, [])
         for namespace in namespaces:
             stamps = cached.get(namespace)
@@ -130,7 +133,7 @@ def live_view(
                 reads.append(_Read(namespace))
                 continue
             here = wanted.get((cluster, namespace), ())
-            settled, unread = settling.settle(cluster, namespace, stamps, here)
+            settled, unread = settling.settle(cluster, namespace, stamps.texts, here, version=stamps.version)
             if len(unread) > GET_BUDGET_PER_NAMESPACE:
                 reads.append(_Read(namespace))
                 continue

@@ -3,7 +3,8 @@
 Layout, per cluster (the braces make every key of a cluster one Redis Cluster slot):
 
     sluice:live:{CLUSTER}:alive            the running cache process's epoch; expires unless renewed
-    sluice:live:{CLUSTER}:objects:NS       hash: ConfigMap name -> its stamp (gitops.plan.stamps)
+    sluice:live:{CLUSTER}:objects:NS       hash: ConfigMap name -> its stamp (gitops.plan.stamps), and
+                                           "#version": "EPOCH.N", new on every write of the hash
 
     one watch for the whole cluster:
     sluice:live:{CLUSTER}:cfresh           that epoch, while the cluster's watch is proven healthy; expires
@@ -29,15 +30,24 @@ Anything else is stale, and planning reads the cluster instead:
 Every write of the cache process is fenced by its epoch (a Lua script checks
 ``alive`` first), so a process that was paused and lost its lease never
 overwrites what its successor wrote.
+
+A hash's ``#version`` (a name no ConfigMap can have) changes with every write
+that changes the hash, so a reader that kept the stamps it read at one version
+asks for the version alone and reads the stamps again only when it moved
+(``fresh_stamps_since``). It is trusted only while the epoch it names holds the
+lease: every write of that term set a new one, and an epoch never holds the
+lease twice, so a writer that does not keep versions (an older release during
+an upgrade) can never leave a version standing over stamps it changed.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 from django.conf import settings
@@ -48,37 +58,55 @@ PREFIX = "sluice:live"
 LEASE_SECONDS = 2.0
 REDIS_TIMEOUT_SECONDS = 2.0
 
+VERSION_FIELD = "#version"  # in each objects hash; no ConfigMap is named with a "#"
+# A hash's new version once its stamps were written: none when no stamp is left (the hash is then
+# gone, as Redis removes an empty hash), so a version never makes a namespace seem stored.
+_NEW_VERSION = """
+local function new_version(key, version)
+  redis.call('HDEL', key, '#version')
+  if redis.call('EXISTS', key) == 1 then redis.call('HSET', key, '#version', version) end
+end
+"""
 # KEYS: alive, objects, resume, fresh, then, for a namespace's own watch, the cluster watch's cresume
 # and cfresh, deleted: stamps the cluster's watch did not write are no longer complete up to its
 # version, so it must list again. ARGV: epoch, freshness ("keep", "drop" or milliseconds),
-# resourceVersion ("" keeps it), reset ("1" empties the objects first), then name, stamp pairs
-# (an empty stamp deletes the name). Returns 0, changing nothing, unless ``alive`` holds epoch.
-_WRITE = """
+# resourceVersion ("" keeps it), reset ("1" empties the objects first), the objects' new version,
+# then name, stamp pairs (an empty stamp deletes the name). Returns 0, changing nothing, unless
+# ``alive`` holds epoch.
+_WRITE = (
+    _NEW_VERSION
+    + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if #KEYS > 4 then redis.call('DEL', KEYS[5], KEYS[6]) end
 if ARGV[4] == '1' then redis.call('DEL', KEYS[2]) end
-for i = 5, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[2], ARGV[i])
   else redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
 end
+if ARGV[4] == '1' or #ARGV > 5 then new_version(KEYS[2], ARGV[5]) end
 if ARGV[3] ~= '' then redis.call('SET', KEYS[3], ARGV[3]) end
 if ARGV[2] == 'drop' then redis.call('DEL', KEYS[4])
 elseif ARGV[2] ~= 'keep' then redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[2]) end
 return 1
 """
+)
 # A cluster watch's batch of events: one script, so one command, however many namespaces it spans.
 # KEYS: alive, cresume, cfresh, then each namespace's objects hash. ARGV: epoch, freshness, and
-# resourceVersion as for _WRITE, then for each objects hash in KEYS' order the number of its name,
-# stamp pairs and the pairs. Returns 0, changing nothing, unless ``alive`` holds epoch.
-_WRITE_EVENTS = """
+# resourceVersion as for _WRITE, the written hashes' new version, then for each objects hash in
+# KEYS' order the number of its name, stamp pairs and the pairs. Returns 0, changing nothing, unless
+# ``alive`` holds epoch.
+_WRITE_EVENTS = (
+    _NEW_VERSION
+    + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-local at = 4
+local at = 5
 for k = 4, #KEYS do
   local last = at + 2 * tonumber(ARGV[at])
   for i = at + 1, last, 2 do
     if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[k], ARGV[i])
     else redis.call('HSET', KEYS[k], ARGV[i], ARGV[i + 1]) end
   end
+  new_version(KEYS[k], ARGV[4])
   at = last + 1
 end
 if ARGV[3] ~= '' then redis.call('SET', KEYS[2], ARGV[3]) end
@@ -86,6 +114,7 @@ if ARGV[2] == 'drop' then redis.call('DEL', KEYS[3])
 elseif ARGV[2] ~= 'keep' then redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2]) end
 return 1
 """
+)
 # KEYS: alive, then keys to delete. ARGV: epoch. Returns 0, deleting nothing, unless ``alive`` holds it.
 _FORGET = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -100,11 +129,19 @@ return 1
 """
 
 
+_writes = itertools.count(1)  # with the epoch, a version no other write of the term has
+
+
+def _new_version(epoch: str) -> str:
+    return f"{epoch}.{next(_writes)}"
+
+
 def _write_args(
     epoch: str, freshness: str, resource_version: str, reset: bool, changes: Mapping[str, str | None]
 ) -> list[Any]:
-    """``_WRITE``'s ARGV: the fence, freshness, resume version and reset, then name, stamp pairs."""
-    args: list[Any] = [epoch, freshness, resource_version, "1" if reset else "0"]
+    """``_WRITE``'s ARGV: the fence, freshness, resume version, reset and the objects' new version,
+    then name, stamp pairs."""
+    args: list[Any] = [epoch, freshness, resource_version, "1" if reset else "0", _new_version(epoch)]
     for name, stamp in changes.items():
         args += [name, stamp or ""]
     return args
@@ -170,10 +207,33 @@ def watching_whole_cluster(cluster: str) -> bool:
     return bool(alive) and whole == alive
 
 
+class NamespaceStamps(NamedTuple):
+    """A fresh namespace's stamps (name -> stamp text) and the version they were stored at ("" when the
+    hash has none to trust). ``texts`` is None when the version is the one the caller kept stamps of."""
+
+    version: str
+    texts: dict[str, str] | None
+
+
 def fresh_stamps(cluster: str, namespaces: Iterable[str]) -> dict[str, dict[str, str]]:
     """The stored stamps of each fresh namespace (name -> stamp text); stale ones are left out.
 
     Redis being unreachable counts as no cache at all: planning then reads the cluster.
+    """
+    found = fresh_stamps_since(cluster, namespaces, {})
+    return {namespace: stamps.texts or {} for namespace, stamps in found.items()}
+
+
+# Rounds of reading a namespace whose version moved between asking for it and reading it.
+_VERSION_ROUNDS = 2
+
+
+def fresh_stamps_since(
+    cluster: str, namespaces: Iterable[str], kept: Mapping[str, str]
+) -> dict[str, NamespaceStamps]:
+    """``fresh_stamps``, for a caller that ``kept`` the stamps of some namespaces (namespace -> their
+    version): a namespace still at that version comes back without its stamps (``texts`` None), so
+    only the namespaces written since are read whole. Stale namespaces are left out.
     """
     ordered = sorted(set(namespaces))
     if not ordered:
@@ -191,25 +251,65 @@ def fresh_stamps(cluster: str, namespaces: Iterable[str]) -> dict[str, dict[str,
         candidates = (
             ordered if whole == alive else [n for n, e in zip(ordered, epochs, strict=True) if e == alive]
         )
-        if not candidates:
-            return {}
-        # One transaction: the stamps and the freshness come from the same moment.
-        with client.pipeline(transaction=True) as pipe:
-            pipe.get(_key(cluster, "alive"))
-            pipe.get(_key(cluster, "cfresh"))
-            for namespace in candidates:
-                pipe.get(_key(cluster, "fresh", namespace))
-                pipe.hgetall(_key(cluster, "objects", namespace))
-            alive, whole, *answers = pipe.execute()
+        result: dict[str, NamespaceStamps] = {}
+        for _ in range(_VERSION_ROUNDS):
+            if not candidates:
+                break
+            candidates = _read_fresh(client, cluster, candidates, kept, result)
+            kept = {}  # a version that moved meanwhile: the next round reads those namespaces whole
     except redis.RedisError as exc:
         log.warning("the live cache is out of reach, reading the cluster instead: %s", exc)
         return {}
-    result: dict[str, dict[str, str]] = {}
-    for index, namespace in enumerate(candidates):
-        epoch, stamps = answers[2 * index], answers[2 * index + 1]
-        if alive and (epoch == alive or (whole == alive and stamps)):
-            result[namespace] = stamps
     return result
+
+
+def _read_fresh(
+    client: redis.Redis,
+    cluster: str,
+    candidates: list[str],
+    kept: Mapping[str, str],
+    result: dict[str, NamespaceStamps],
+) -> list[str]:
+    """One transaction, so the stamps and the freshness come from the same moment: each fresh namespace
+    of ``candidates`` into ``result``, its stamps read whole unless it is still at the ``kept``
+    version. Returns the namespaces whose version moved since it was kept (not yet in ``result``)."""
+    with client.pipeline(transaction=True) as pipe:
+        pipe.get(_key(cluster, "alive"))
+        pipe.get(_key(cluster, "cfresh"))
+        for namespace in candidates:
+            pipe.get(_key(cluster, "fresh", namespace))
+            if namespace in kept:
+                pipe.hget(_key(cluster, "objects", namespace), VERSION_FIELD)
+            else:
+                pipe.hgetall(_key(cluster, "objects", namespace))
+        alive, whole, *answers = pipe.execute()
+    moved = []
+    for index, namespace in enumerate(candidates):
+        epoch, answer = answers[2 * index], answers[2 * index + 1]
+        if namespace in kept and not (answer == kept[namespace] and _trusted(answer, alive)):
+            moved.append(namespace)  # written since (or gone): its freshness is judged once it is read
+            continue
+        # An answer is the stamps, or the version of kept ones: either way, the hash is there or not.
+        if not alive or not (epoch == alive or (whole == alive and answer)):
+            continue
+        if namespace in kept:
+            result[namespace] = NamespaceStamps(answer, None)
+        else:
+            texts = dict(answer)
+            version = texts.pop(VERSION_FIELD, "")
+            result[namespace] = NamespaceStamps(version if _trusted(version, alive) else "", texts)
+    return moved
+
+
+def _trusted(version: str, alive: str) -> bool:
+    """A version counts only while the term that wrote it holds the lease (see the module's notes)."""
+    return bool(version) and version.startswith(alive + ".")
+
+
+def _without_version(stamps: Mapping[str, str]) -> dict[str, str]:
+    texts = dict(stamps)
+    texts.pop(VERSION_FIELD, None)
+    return texts
 
 
 # -- writing: the cache process ---------------------------------------------------------------
@@ -261,7 +361,7 @@ class LiveStore:
             pipe.hgetall(_key(self.cluster, "objects", namespace))
             pipe.get(_key(self.cluster, "resume", namespace))
             stamps, resume = pipe.execute()
-        return dict(stamps), str(resume or "")
+        return _without_version(stamps), str(resume or "")
 
     def load_cluster(self) -> tuple[dict[str, dict[str, str]], str]:
         """What an earlier cluster watch stored: every namespace's stamps, and the version they are
@@ -272,7 +372,9 @@ class LiveStore:
             for namespace in namespaces:
                 pipe.hgetall(_key(self.cluster, "objects", namespace))
             resume, *stamps = pipe.execute()
-        return dict(zip(namespaces, stamps, strict=True)), str(resume or "")
+        return {ns: _without_version(texts) for ns, texts in zip(namespaces, stamps, strict=True)}, str(
+            resume or ""
+        )
 
     def watching(self, *, whole_cluster: bool) -> bool:
         """Forgets the other way of watching's resume versions: stamps a namespace watch wrote are not
@@ -316,7 +418,7 @@ class LiveStore:
         for namespace, name, text in events:
             by_namespace.setdefault(namespace, {})[name] = text
         keys = [_key(self.cluster, "alive"), _key(self.cluster, "cresume"), _key(self.cluster, "cfresh")]
-        args: list[Any] = [self.epoch, self._freshness(fresh), resource_version]
+        args: list[Any] = [self.epoch, self._freshness(fresh), resource_version, _new_version(self.epoch)]
         for namespace, changes in by_namespace.items():
             keys.append(_key(self.cluster, "objects", namespace))
             args.append(len(changes))

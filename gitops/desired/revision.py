@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
+import itertools
 import json
 import re
 from collections import OrderedDict
@@ -119,6 +121,10 @@ class ParseCache:
 ObjectKey = tuple[str, str, str]  # (cluster, namespace, name)
 
 
+def _object_key(obj: DesiredObject) -> ObjectKey:
+    return obj.key
+
+
 @dataclass(frozen=True)
 class DesiredObject:
     """One ConfigMap in one namespace of one cluster, as Git wants it."""
@@ -166,13 +172,41 @@ class DesiredObject:
         )
 
 
+class _HashLines(NamedTuple):
+    """A revision's hash lines in key order, and each key's place among them."""
+
+    positions: Mapping[ObjectKey, int]
+    lines: tuple[str, ...]
+
+
 @dataclass(frozen=True)
 class DesiredState:
+    """What Git wants, object by object. What is derived from the objects (grouped by key or target,
+    the content hash) is built once per state, and a state made from another by replacing some objects
+    in place (``with_replaced``) starts from the other's, so a one-file commit costs what it changed."""
+
     policy: Policy
     objects: tuple[DesiredObject, ...]
 
     def by_key(self) -> dict[ObjectKey, DesiredObject]:
+        return self._by_key.copy()
+
+    @functools.cached_property
+    def keyed(self) -> Mapping[ObjectKey, DesiredObject]:
+        """key -> object, read-only: built once per state (a plan asks on every pass)."""
+        return MappingProxyType(self._by_key)
+
+    @functools.cached_property
+    def _by_key(self) -> dict[ObjectKey, DesiredObject]:
+        # A dict, never handed out: copying a dict clones its table, where a mapping proxy's items
+        # would each be hashed again (a tuple does not keep its hash).
         return {obj.key: obj for obj in self.objects}
+
+    @functools.cached_property
+    def keys(self) -> frozenset[ObjectKey]:
+        """Every object's key: a state made in place from another (``with_replaced``) shares the other's
+        set, so whoever keeps something per key can tell by identity that the keys did not change."""
+        return frozenset(self._by_key)
 
     @functools.cached_property
     def targets(self) -> tuple[tuple[str, str], ...]:
@@ -187,6 +221,49 @@ class DesiredState:
         for obj in self.objects:
             grouped.setdefault((obj.cluster, obj.namespace), []).append(obj)
         return MappingProxyType({target: tuple(found) for target, found in grouped.items()})
+
+    @functools.cached_property
+    def content_hash(self) -> str:
+        """One hash over the whole revision's content: what an approval approves. Each object's line as
+        ``json.dumps([cluster, namespace, name, hash])`` writes it (``hash_line``), in key order: the
+        same hash as ever, so approvals recorded under it hold."""
+        return hashlib.sha256("".join(self._hash_lines.lines).encode()).hexdigest()[:32]
+
+    @functools.cached_property
+    def _hash_lines(self) -> _HashLines:
+        ordered = sorted(self.objects, key=_object_key)  # stable: objects with one key keep their order
+        return _HashLines(
+            MappingProxyType({obj.key: place for place, obj in enumerate(ordered)}),
+            tuple(obj.hash_line for obj in ordered),
+        )
+
+    def with_replaced(
+        self, objects: tuple[DesiredObject, ...], replaced: Mapping[ObjectKey, DesiredObject]
+    ) -> DesiredState:
+        """The state of ``objects``: this state's objects, in the same order and with the same keys,
+        ``replaced`` (key -> new object) apart. What this state has built already is carried over and
+        mended at the replaced keys instead of being built again from every object."""
+        state = DesiredState(policy=self.policy, objects=objects)
+        built = self.__dict__
+        if "_by_key" in built:
+            by_key = self._by_key.copy()
+            by_key.update(replaced)
+            state.__dict__["_by_key"] = by_key
+        for same in ("keys", "targets"):  # the same keys: the same targets, in the same order
+            if same in built:
+                state.__dict__[same] = built[same]
+        if "by_target" in built:
+            grouped = dict(self.by_target)
+            for target in {(obj.cluster, obj.namespace) for obj in replaced.values()}:
+                grouped[target] = tuple([replaced.get(obj.key, obj) for obj in grouped[target]])
+            state.__dict__["by_target"] = MappingProxyType(grouped)
+        kept = built.get("_hash_lines")
+        if kept is not None and len(kept.positions) == len(objects):  # one object per key
+            lines = list(kept.lines)
+            for key, obj in replaced.items():
+                lines[kept.positions[key]] = obj.hash_line
+            state.__dict__["_hash_lines"] = _HashLines(kept.positions, tuple(lines))
+        return state
 
     @property
     def clusters(self) -> tuple[str, ...]:
@@ -409,26 +486,59 @@ def load_revision_changes(
         return None
     cache.use(limits)
     parsed, _, errors = _parse_files(changed, read_blobs, cache, limits, check_sizes=False)
-    nodes = {path: count for path, count in index.nodes.items() if path not in changes}
+    nodes = dict(index.nodes)  # copied whole and mended: a loop over every file would cost more
+    for path in changes:
+        nodes.pop(path, None)
     nodes.update((path, result.nodes) for path, result in parsed.items())
     if errors or sum(nodes.values()) + index.policy_nodes > limits.max_revision_nodes:
         return None
     for path in sorted(parsed):
         errors.extend(parsed[path].errors)
     made = _expand(parsed, index.desired.policy, scope, errors, limits, memo=cache.expanded)
-    owners = {key: path for key, path in index.owners.items() if path not in changes}
-    if errors or len(owners) + len(made) > limits.max_objects or any(obj.key in owners for obj in made):
+    mended = _changed_objects(index, changes, made, limits) if not errors else None
+    if mended is None:
         return None
-    owners.update((obj.key, obj.origin) for obj in made)
+    desired, by_path, owners = mended
     _remember_expansion(cache, [obj for path in changes for obj in index.by_path.get(path, ())], made)
-    by_path = _by_path_changed(index.by_path, changes, made)
-    desired = DesiredState(
-        policy=index.desired.policy, objects=tuple(obj for found in by_path.values() for obj in found)
-    )
     changed_index = RevisionIndex(
         tree, relevant_bytes, nodes, index.policy_nodes, by_path, owners, limits, scope, desired, sized=True
     )
     return desired, changed_index
+
+
+def _changed_objects(
+    index: RevisionIndex, changes: Mapping[str, FileChange], made: list[DesiredObject], limits: Limits
+) -> tuple[DesiredState, dict[str, tuple[DesiredObject, ...]], Mapping[ObjectKey, str]] | None:
+    """The state, each file's objects and each object's file once the changed files made ``made``; None
+    when the objects are too many or one is defined twice."""
+    by_path = _by_path_changed(index.by_path, changes, made)
+    objects = tuple(itertools.chain.from_iterable(by_path.values()))
+    if _in_place(index.by_path, by_path, changes):
+        # Each changed file makes the keys it made before: the keys stay unique and as many, every
+        # object stays with its file and in its place, and the state is mended, not built again.
+        return index.desired.with_replaced(objects, {obj.key: obj for obj in made}), by_path, index.owners
+    owners = {key: path for key, path in index.owners.items() if path not in changes}
+    if len(owners) + len(made) > limits.max_objects or any(obj.key in owners for obj in made):
+        return None
+    owners.update((obj.key, obj.origin) for obj in made)
+    return DesiredState(policy=index.desired.policy, objects=objects), by_path, owners
+
+
+def _in_place(
+    before: Mapping[str, tuple[DesiredObject, ...]],
+    after: Mapping[str, tuple[DesiredObject, ...]],
+    changes: Mapping[str, FileChange],
+) -> bool:
+    """Whether every changed file makes objects of the very keys it made before, in the same order: then
+    only the changed files' objects differ, each in its place. (The same files making objects keeps
+    their order: ``_by_path_changed`` then mends the mapping it was given.)"""
+    if after.keys() != before.keys():
+        return False
+    return all(
+        [obj.key for obj in after[path]] == [obj.key for obj in before[path]]
+        for path in changes
+        if path in after
+    )
 
 
 def _remember_expansion(

@@ -8,10 +8,11 @@ others (unchanged, drift left alone, conflicts, orphans) are reported only.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Set
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import cached_property
+from operator import attrgetter
 from typing import Any
 
 from gitops.desired.content import Content
@@ -96,6 +97,9 @@ class PlanItem:
         }
 
 
+_action_of = attrgetter("action")
+
+
 @dataclass(frozen=True)
 class Plan:
     source: str
@@ -116,7 +120,7 @@ class Plan:
     @cached_property
     def _counts(self) -> Counter[Action]:
         # Counted by the enum (a str: hashed in C), named by value once per action, not once per item.
-        return Counter(item.action for item in self.items)
+        return Counter(map(_action_of, self.items))
 
     @property
     def drifted(self) -> tuple[PlanItem, ...]:
@@ -137,6 +141,8 @@ class PlanMemo:
         self._settled: dict[ObjectKey, tuple[LiveStamp, DesiredObject, PlanItem]] = {}
         # The last plan the live cache settled whole, with its inputs: the same inputs, the same plan.
         self._whole: tuple[_SettledInputs, Plan] | None = None
+        # The set of keys the memo was last kept to (an immutable one only): no key outside it is held.
+        self._kept_to: frozenset[ObjectKey] | None = None
 
     def whole(self, inputs: _SettledInputs) -> Plan | None:
         if self._whole is not None and self._whole[0].same_as(inputs):
@@ -164,13 +170,23 @@ class PlanMemo:
     def put_settled(self, key: ObjectKey, stamp: LiveStamp, obj: DesiredObject, item: PlanItem) -> None:
         self._settled[key] = (stamp, obj, item)
 
+    @property
+    def settled_items(self) -> Mapping[ObjectKey, tuple[LiveStamp, DesiredObject, PlanItem]]:
+        """What ``settled`` answers from, for a loop over every object to look up inline."""
+        return self._settled
+
     def keep_only(self, keys: Collection[ObjectKey]) -> None:
-        """Forgets objects the last plan did not have: the memo never outgrows the revision."""
-        kept = set(keys)
+        """Forgets objects the last plan did not have: the memo never outgrows the revision. The very
+        set the last plan kept to (``DesiredState.keys``, shared by a state made in place) drops nothing,
+        and is not walked again: hashing every key twice cost a third of a one-file change's plan."""
+        if keys is self._kept_to:
+            return
+        kept = keys if isinstance(keys, Set) else set(keys)
         for key in self._verdicts.keys() - kept:
             del self._verdicts[key]
         for key in self._settled.keys() - kept:
             del self._settled[key]
+        self._kept_to = keys if isinstance(keys, frozenset) else None
 
     def __len__(self) -> int:
         return len(self._verdicts)
@@ -272,28 +288,27 @@ def _plan(
             live_index[(cluster, namespace, obj["metadata"]["name"])] = obj
 
     items: list[PlanItem] = []
-    wanted = desired.by_key()
+    wanted = desired.keyed
     if memo is not None:
-        memo.keep_only(wanted)
+        memo.keep_only(desired.keys)
+    remembered = memo.settled_items if memo is not None else {}
+    stamps = settled or {}
+    context = _Context(desired, source, commit, managed, held, memo, down)
     for wanted_object in desired.objects:
-        if wanted_object.cluster in down:
-            reason = f"cluster {wanted_object.cluster} is unreachable: {down[wanted_object.cluster]}"
-            items.append(_item(wanted_object.key, Action.UNREACHABLE, desired=wanted_object, reason=reason))
-            continue
-        live = live_index.get(wanted_object.key)
-        stamp = (settled or {}).get(wanted_object.key) if live is None else None
-        if stamp is not None:
-            items.append(_memoized_settled(wanted_object, stamp, source=source, managed=managed, memo=memo))
-            continue
-        if live is not None and wanted_object.key not in managed and live_provenance(live)[0] == source:
-            # Labels anyone may write do not make an object this source's: only what Sluice applied does.
-            forged = _foreign(wanted_object.key, live, UNAPPLIED)
-            items.append(replace(forged, desired=wanted_object))
-            continue
-        item = _memoized_plan_object(wanted_object, live, desired, source=source, commit=commit, memo=memo)
-        if wanted_object.key in held and item.action in (Action.CREATE, Action.UPDATE, Action.REPLACE):
-            item = replace(item, action=Action.HELD, reason="a later rollout step reaches this target")
-        items.append(item)
+        key = wanted_object.key
+        # Inlined, since it is nearly every object of a large pass: one the live cache settled as it did
+        # last pass, with the very same desired object, gets last pass's item (``_memoized_settled``).
+        if not down and key not in live_index:
+            stamp, entry = stamps.get(key), remembered.get(key)
+            if (
+                stamp is not None
+                and entry is not None
+                and entry[1] is wanted_object
+                and (entry[0] is stamp or entry[0] == stamp)
+            ):
+                items.append(entry[2])
+                continue
+        items.append(_plan_one(wanted_object, live_index.get(key), stamps, context))
 
     for key, live in sorted(live_index.items()):
         owner, _, _ = live_provenance(live)
@@ -301,6 +316,44 @@ def _plan(
             prune = desired.policy.prune
             items.append(_gone(key, live, managed=key in managed, prune=prune, prune_allowed=prune_allowed))
     return Plan(source=source, commit=commit, items=tuple(items))
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What planning one object depends on besides the object, its live copy and its stamp."""
+
+    desired: DesiredState
+    source: str
+    commit: str
+    managed: Collection[ObjectKey]
+    held: frozenset[ObjectKey]
+    memo: PlanMemo | None
+    down: Mapping[str, str]
+
+
+def _plan_one(
+    obj: DesiredObject,
+    live: Mapping[str, Any] | None,
+    stamps: Mapping[ObjectKey, LiveStamp],
+    context: _Context,
+) -> PlanItem:
+    """One desired object's item: ``live`` is its live copy if it was read, else ``stamps`` may settle it."""
+    source, down = context.source, context.down
+    if obj.cluster in down:
+        reason = f"cluster {obj.cluster} is unreachable: {down[obj.cluster]}"
+        return _item(obj.key, Action.UNREACHABLE, desired=obj, reason=reason)
+    stamp = stamps.get(obj.key) if live is None else None
+    if stamp is not None:
+        return _memoized_settled(obj, stamp, source=source, managed=context.managed, memo=context.memo)
+    if live is not None and obj.key not in context.managed and live_provenance(live)[0] == source:
+        # Labels anyone may write do not make an object this source's: only what Sluice applied does.
+        return replace(_foreign(obj.key, live, UNAPPLIED), desired=obj)
+    item = _memoized_plan_object(
+        obj, live, context.desired, source=source, commit=context.commit, memo=context.memo
+    )
+    if obj.key in context.held and item.action in (Action.CREATE, Action.UPDATE, Action.REPLACE):
+        item = replace(item, action=Action.HELD, reason="a later rollout step reaches this target")
+    return item
 
 
 def _with_desired(item: PlanItem, obj: DesiredObject) -> PlanItem:

@@ -232,12 +232,14 @@ def settle_namespace_again(
 
 
 class _Settled(NamedTuple):
-    """One namespace's settling, with what it was computed from."""
+    """One namespace's settling, with what it was computed from (and the version the live cache
+    stored those stamps at, "" if none)."""
 
     texts: Mapping[str, str]
     wanted: Sequence[DesiredObject]
     settled: dict[ObjectKey, LiveStamp]
     unread: list[str]
+    version: str = ""
 
 
 class _Snapshot(NamedTuple):
@@ -289,20 +291,42 @@ class SettlePass:
     def __init__(self, memo: SettleMemo, snapshot: _Snapshot, last: dict[tuple[str, str], _Settled]) -> None:
         self._memo, self._snapshot, self._last = memo, snapshot, last
 
+    def kept_versions(self, cluster: str) -> dict[str, str]:
+        """namespace -> the version of the stamps the last pass settled it from, where one is kept: the
+        live cache then sends a namespace's stamps only if they were written since."""
+        return {
+            ns: known.version for (at, ns), known in self._last.items() if at == cluster and known.version
+        }
+
     def settle(
-        self, cluster: str, namespace: str, texts: Mapping[str, str], wanted: Sequence[DesiredObject]
+        self,
+        cluster: str,
+        namespace: str,
+        texts: Mapping[str, str] | None,
+        wanted: Sequence[DesiredObject],
+        *,
+        version: str = "",
     ) -> tuple[dict[ObjectKey, LiveStamp], list[str]]:
+        """Settles one fresh namespace from its stamps ``texts``, stored at ``version``; None: they are
+        still the stamps of that version, which the last pass kept (``kept_versions``)."""
         known = self._last.get((cluster, namespace))
+        if texts is None:
+            if known is None or not version or known.version != version:
+                raise ValueError(f"no stamps of {cluster}/{namespace} are kept at version {version!r}")
+            texts = known.texts
         source, managed = self._snapshot.source, self._snapshot.managed
         if known is None:
-            known = _Settled(texts, wanted, *settle_namespace(texts, wanted, source=source, managed=managed))
+            settled = settle_namespace(texts, wanted, source=source, managed=managed)
+            known = _Settled(texts, wanted, *settled, version)
         elif (
             # The same revision hands over the very same tuple (DesiredState.by_target): no walk then.
             known.wanted is not wanted
             and (len(known.wanted) != len(wanted) or not all(map(operator.is_, known.wanted, wanted)))
         ) or known.texts != texts:
             again = settle_namespace_again(known, texts, wanted, source=source, managed=managed)
-            known = _Settled(texts, wanted, *again)
+            known = _Settled(texts, wanted, *again, version)
+        elif known.version != version:  # the same stamps, stored again
+            known = known._replace(version=version)
         self._snapshot.namespaces[(cluster, namespace)] = known
         return dict(known.settled), list(known.unread)
 

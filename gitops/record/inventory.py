@@ -29,6 +29,19 @@ def managed_keys(source: Source) -> frozenset[tuple[str, str, str]]:
     return keys
 
 
+def inventory_targets(
+    source_id: int, inventory: frozenset[tuple[str, str, str]]
+) -> frozenset[tuple[str, str]]:
+    """The (cluster, namespace) pairs of ``inventory``: found again only when the set is another one
+    (``managed_keys`` gives back the same set while the inventory's version holds)."""
+    cache = caches.for_source(source_id)
+    if cache.inventory_targets is not None and cache.inventory_targets[0] is inventory:
+        return cache.inventory_targets[1]
+    targets = frozenset((cluster, namespace) for cluster, namespace, _ in inventory)
+    cache.inventory_targets = (inventory, targets)
+    return targets
+
+
 def managed_targets(source: Source) -> set[tuple[str, str]]:
     """Every (cluster, namespace) where Sluice applied something for the source."""
     return set(ManagedObject.objects.filter(source=source).values_list("cluster", "namespace").distinct())

@@ -15,7 +15,6 @@ Deletes (prune) wait for 100%.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import defaultdict
 from collections.abc import Mapping
@@ -102,8 +101,5 @@ def desired_at_weight(
 
 
 def desired_hash(desired: DesiredState) -> str:
-    """One hash over the whole revision's content: what an approval approves."""
-    # Each object's line as ``json.dumps([cluster, namespace, name, hash])`` writes it (``hash_line``):
-    # the same hash as ever, so approvals recorded under it hold.
-    lines = sorted(((obj.key, obj.hash_line) for obj in desired.objects), key=lambda pair: pair[0])
-    return hashlib.sha256("".join(text for _, text in lines).encode()).hexdigest()[:32]
+    """One hash over the whole revision's content: what an approval approves (``content_hash``)."""
+    return desired.content_hash

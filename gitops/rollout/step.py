@@ -9,7 +9,7 @@ applies them, and the change log records how each went.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +22,7 @@ from gitops.desired.revision import DesiredState, ObjectKey, flag_set_key, unsta
 from gitops.models import ApplyIntent, Rollout, Source
 from gitops.plan import Action, Plan, plan
 from gitops.record.changelog import changes_record, intents_pending, intents_write
-from gitops.record.inventory import managed_keys
+from gitops.record.inventory import inventory_targets, managed_keys
 from gitops.rollout.engine import desired_at_weight, held_keys
 from gitops.rollout.flag_catalog import flag_catalog_record
 from gitops.rollout.state import StepOutcome
@@ -83,7 +83,7 @@ def live_state(
     source needs answers, the pass fails as a whole (and backs off) as it always did; otherwise the
     ones that answer go on without the others. ``managed`` is the source's inventory, if read already."""
     inventory = managed_keys(source) if managed is None else managed
-    targets = {*desired.targets, *in_scope(source, {(cluster, ns) for cluster, ns, _ in inventory})}
+    targets = {*desired.targets, *in_scope(source, inventory_targets(source.pk, inventory))}
     if cached:
         memo = caches.for_source(source.pk).settle_memo
         live = live_view(targets, source=source.name, desired=desired, managed=inventory, memo=memo)
@@ -105,7 +105,7 @@ def needed(
     return {cluster: why for cluster, why in unreachable.items() if cluster in covered}
 
 
-def in_scope(source: Source, targets: set[tuple[str, str]]) -> set[tuple[str, str]]:
+def in_scope(source: Source, targets: Collection[tuple[str, str]]) -> set[tuple[str, str]]:
     """The targets the administrator still allows: one taken out of scope is neither written nor pruned."""
     scope = source.scope
     return {(cluster, ns) for cluster, ns in targets if scope.namespace_problem(ns, cluster) is None}

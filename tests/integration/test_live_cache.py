@@ -224,6 +224,81 @@ def test_a_batch_of_cluster_events_is_stored_whole_with_the_resume_version_last(
             store.client.delete(*store._keys(namespace))
 
 
+def _objects_key(cluster: str, namespace: str) -> str:
+    return livestore._key(cluster, "objects", namespace)
+
+
+def test_every_write_of_a_namespace_gives_it_a_new_version_and_a_reader_reads_only_what_moved(stack):
+    """Through the real Lua scripts: a write that changes a namespace's stamps gives its hash a new
+    version of the term's epoch; a reader that kept a namespace's stamps at its version is sent the
+    version alone until it moves. A version never stands alone: a hash whose last stamp goes is gone."""
+    cluster = f"t-{uuid.uuid4().hex[:8]}"
+    store = livestore.LiveStore(cluster, "term-1", stale_seconds=30)
+    assert store.claim()
+    try:
+        assert store.write("team-a", {"app": "a"}, whole_cluster=True)
+        assert store.write("team-b", {"app": "b"}, whole_cluster=True)
+        assert store.write("", {}, resource_version="41", fresh=True, whole_cluster=True)
+        first = livestore.fresh_stamps_since(cluster, ["team-a", "team-b"], {})
+        assert {ns: found.texts for ns, found in first.items()} == {
+            "team-a": {"app": "a"},
+            "team-b": {"app": "b"},
+        }
+        versions = {ns: found.version for ns, found in first.items()}
+        assert all(version.startswith("term-1.") for version in versions.values()), versions
+        assert versions["team-a"] != versions["team-b"]
+        assert store.load_cluster()[0] == {"team-a": {"app": "a"}, "team-b": {"app": "b"}}, "no version"
+
+        # Renewing the freshness writes no stamp: the versions stand, and no stamps are sent.
+        assert store.write("", {}, resource_version="42", fresh=True, whole_cluster=True)
+        again = livestore.fresh_stamps_since(cluster, ["team-a", "team-b"], versions)
+        assert again == {ns: livestore.NamespaceStamps(version, None) for ns, version in versions.items()}
+
+        assert store.write_events([("team-a", "app", "a2")], resource_version="43", fresh=True)
+        moved = livestore.fresh_stamps_since(cluster, ["team-a", "team-b"], versions)
+        assert moved["team-a"].texts == {"app": "a2"}
+        assert moved["team-a"].version not in ("", versions["team-a"])
+        assert moved["team-b"] == livestore.NamespaceStamps(versions["team-b"], None)
+        # A version kept from before a write (a reader that missed it) is read whole, never trusted.
+        assert livestore.fresh_stamps_since(cluster, ["team-a"], versions)["team-a"].texts == {"app": "a2"}
+
+        assert store.write_events([("team-b", "app", None)], resource_version="44", fresh=True)
+        assert not store.client.exists(_objects_key(cluster, "team-b")), "no hash of a version alone"
+        assert "team-b" not in livestore.fresh_stamps_since(cluster, ["team-b"], versions)
+        assert store.write("team-a", {}, reset=True, whole_cluster=True)
+        assert not store.client.exists(_objects_key(cluster, "team-a"))
+    finally:
+        store.release()
+        for namespace in ("team-a", "team-b"):
+            store.client.delete(*store._keys(namespace))
+
+
+def test_a_version_is_trusted_only_while_the_term_that_wrote_it_holds_the_lease(stack):
+    """An epoch never holds the lease twice, and every write of a term gives a new version: so a version
+    of the term holding the lease has seen every write since. Any other (a term before, or a writer of
+    an older release that keeps no version) makes the reader read the stamps whole."""
+    cluster = f"t-{uuid.uuid4().hex[:8]}"
+    first_term = livestore.LiveStore(cluster, "term-1", stale_seconds=30)
+    assert first_term.claim()
+    second_term = livestore.LiveStore(cluster, "term-2", stale_seconds=30)
+    try:
+        assert first_term.write("team-a", {"app": "a"}, resource_version="7", fresh=True)
+        kept = {"team-a": livestore.fresh_stamps_since(cluster, ["team-a"], {})["team-a"].version}
+        first_term.release()
+        assert second_term.claim()
+        assert second_term.write("team-a", {}, resource_version="8", fresh=True)  # freshness alone
+        # An older release's writer changes a stamp and leaves the version as it was.
+        second_term.client.hset(_objects_key(cluster, "team-a"), "app", "changed")
+
+        found = livestore.fresh_stamps_since(cluster, ["team-a"], kept)["team-a"]
+        assert found == livestore.NamespaceStamps("", {"app": "changed"}), "term-1's version is not trusted"
+        assert livestore.fresh_stamps(cluster, ["team-a"]) == {"team-a": {"app": "changed"}}
+        assert second_term.load("team-a") == ({"app": "changed"}, "8")
+    finally:
+        second_term.release()
+        first_term.client.delete(*first_term._keys("team-a"))
+
+
 def test_a_batch_of_events_costs_one_round_trip_and_survives_a_redis_that_lost_its_scripts(
     stack, monkeypatch
 ):
@@ -327,6 +402,58 @@ def test_a_plan_reads_only_what_the_cache_cannot_vouch_for(
     # Healed, app-3 is as applied again. Git changed app-1, app-4 is someone else's, the flag set is read.
     assert last_plan(source)["reads"] == {"cache": 3, "get": 3, "list": 0}
     assert cluster.get_configmap(namespace, "app-1")["data"] == {"LOG_LEVEL": "warn"}
+
+
+def test_a_pass_is_sent_the_stamps_of_only_the_namespaces_written_since_the_last_one(
+    repo, make_namespaces, make_source, sync, live_cache, monkeypatch, settings
+):
+    """The worker keeps each namespace's stamps with their version: a pass of an unchanged source is
+    sent no stamps, and a one-file commit's pass only those of the namespace its last write changed."""
+    from gitops import reconcile
+
+    first, second = make_namespaces("one", "two")
+    repo.write_all({"sluice.yaml": policy([first, second], prune=True)})
+    for index in range(3):
+        repo.write(f"configmaps/app-{index}.yaml", configmap(f"app-{index}", {"V": "1"}))
+    repo.commit("v1")
+    source = make_source(poll_interval=HOURLY)
+    assert sync(source)["summary"] == {"create": 6}
+    poll(lambda: fresh(first, second), timeout=30, what="the live cache to watch both namespaces")
+    poll(
+        lambda: all(as_applied(settings.SLUICE_CLUSTER_NAME, ns, "app-2") for ns in (first, second)),
+        timeout=30,
+        what="the cache to hold what was applied",
+    )
+    sent: list[dict[str, bool]] = []
+    real = livestore.fresh_stamps_since
+
+    def spied(cluster, namespaces, kept):
+        found = real(cluster, namespaces, kept)
+        sent.append({namespace: stamps.texts is not None for namespace, stamps in found.items()})
+        return found
+
+    monkeypatch.setattr(livestore, "fresh_stamps_since", spied)
+
+    assert reconcile.source_sync(source.pk).outcome == "unchanged"
+    assert sent[-1] == {first: True, second: True}, "a process's first pass is sent every namespace"
+    assert reconcile.source_sync(source.pk).outcome == "unchanged"
+    assert sent[-1] == {first: False, second: False}, "nothing written since: no stamps sent"
+    assert last_plan(source)["reads"] == {"cache": 6, "get": 0, "list": 0}
+
+    written = livestore.fresh_stamps(settings.SLUICE_CLUSTER_NAME, [first])[first]["app-1"]
+    repo.write("configmaps/app-1.yaml", configmap("app-1", {"V": "2"}))
+    repo.commit("app-1 changed")
+    assert reconcile.source_sync(source.pk).summary == {"update": 2, "unchanged": 4}
+    poll(
+        lambda: livestore.fresh_stamps(settings.SLUICE_CLUSTER_NAME, [first])[first]["app-1"] != written,
+        timeout=30,
+        what="the cache to store the update",
+    )
+    assert reconcile.source_sync(source.pk).outcome == "unchanged"
+    assert sent[-1] == {first: True, second: True}, "both namespaces were written by the update"
+    assert last_plan(source)["reads"] == {"cache": 6, "get": 0, "list": 0}
+    assert reconcile.source_sync(source.pk).outcome == "unchanged"
+    assert sent[-1] == {first: False, second: False}
 
 
 def test_what_the_cache_says_is_the_sources_and_git_dropped_is_read_and_pruned(

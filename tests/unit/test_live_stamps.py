@@ -503,3 +503,72 @@ def test_an_inventory_change_in_one_namespace_leaves_the_others_answers_standing
     assert decoded == [], "team-a's inventory did not change: last pass's answer"
     settled, unread = settling.settle(CLUSTER, "team-b", texts, tuple(there))
     assert unread == ["app-0"] and len(settled) == 4, "team-b's did: settled again under the new inventory"
+
+
+def test_stamps_kept_at_a_version_are_settled_from_the_memo_and_only_at_that_version():
+    """The live cache sends a namespace's stamps only when they were written since the version the last
+    pass kept: ``settle`` then answers from the kept stamps, as it would from the same stamps sent."""
+    objects = [replace(desired({"V": str(index)}), name=f"app-{index}") for index in range(6)]
+    managed = frozenset(obj.key for obj in objects)
+    texts = stamps_of(*objects)
+    memo = SettleMemo()
+    first = memo.begin(SOURCE, managed)
+    answer = first.settle(CLUSTER, "team-a", texts, tuple(objects), version="e1.1")
+    first.finish()
+    assert len(answer[0]) == 6
+
+    again = memo.begin(SOURCE, managed)
+    assert again.kept_versions(CLUSTER) == {"team-a": "e1.1"}
+    assert again.kept_versions("member-1") == {}
+    assert again.settle(CLUSTER, "team-a", None, tuple(objects), version="e1.1") == answer
+    with pytest.raises(ValueError, match="no stamps"):
+        again.settle(CLUSTER, "team-a", None, tuple(objects), version="e1.2")
+    # The same stamps, stored again under a new version: the next pass keeps that version, so it is
+    # not sent the stamps again and again.
+    assert again.settle(CLUSTER, "team-a", dict(texts), tuple(objects), version="e1.2") == answer
+    again.finish()
+    assert memo.begin(SOURCE, managed).kept_versions(CLUSTER) == {"team-a": "e1.2"}
+
+    unversioned = memo.begin(SOURCE, managed)
+    unversioned.settle(CLUSTER, "team-a", texts, tuple(objects))  # a hash with no version to trust
+    unversioned.finish()
+    assert memo.begin(SOURCE, managed).kept_versions(CLUSTER) == {}
+    assert memo.begin("another-source", managed).kept_versions(CLUSTER) == {}
+
+
+def test_a_plan_from_a_state_made_in_place_is_the_plan_made_afresh():
+    """A one-file commit's state is mended from the last one (``with_replaced``), and the planner's memo
+    keeps to its very key set without walking it: pass after pass, the plan is the plan without a memo."""
+    objects = tuple(replace(desired({"V": str(index)}), name=f"app-{index}") for index in range(30))
+    state = state_of(*objects)
+    _ = state.keyed, state.keys, state.by_target, state.content_hash
+    managed = frozenset(obj.key for obj in objects)
+    memo = PlanMemo()
+    applied_now = {obj.key: obj for obj in objects}
+    for commit_number, changed_index in enumerate((7, 7, 19, 3)):
+        stamps = {key: stamp_of(as_applied(obj)) for key, obj in applied_now.items()}
+        changed = replace(state.objects[changed_index], content=Content(data={"V": f"new-{commit_number}"}))
+        made = state.with_replaced(
+            (*state.objects[:changed_index], changed, *state.objects[changed_index + 1 :]),
+            {changed.key: changed},
+        )
+        assert made.keys is state.keys, "the same keys: the very same set"
+        read = {(CLUSTER, "team-a"): [as_applied(applied_now[changed.key])]}
+        settled = {key: stamp for key, stamp in stamps.items() if key != changed.key}
+        inputs = {"source": SOURCE, "commit": COMMIT, "managed": managed, "settled": settled}
+        remembered = plan(made, read, memo=memo, **inputs)
+        assert remembered == plan(made, read, **inputs)
+        assert remembered.summary() == {"update": 1, "unchanged": 29}
+        assert [item.desired for item in remembered.items] == list(made.objects)
+        assert made.content_hash == state_of(*made.objects).content_hash
+        state, applied_now[changed.key] = made, changed
+    # A commit that moves an object down its file: the same content, so its stamp still settles it, but
+    # a new object, whose line the plan shows. The item is made for it, not taken from the memo.
+    stamps = {key: stamp_of(as_applied(obj)) for key, obj in applied_now.items()}
+    moved = replace(state.objects[11], line=40)
+    made = state.with_replaced((*state.objects[:11], moved, *state.objects[12:]), {moved.key: moved})
+    inputs = {"source": SOURCE, "commit": COMMIT, "managed": managed, "settled": stamps}
+    remembered = plan(made, {}, memo=memo, **inputs)
+    assert remembered == plan(made, {}, **inputs)
+    assert all(item.desired is obj for item, obj in zip(remembered.items, made.objects, strict=True))
+    assert memo.settled_items.keys() <= state.keys, "the memo never outgrows the revision"
