@@ -35,9 +35,17 @@ A hash's ``#version`` (a name no ConfigMap can have) changes with every write
 that changes the hash, so a reader that kept the stamps it read at one version
 asks for the version alone and reads the stamps again only when it moved
 (``fresh_stamps_since``). It is trusted only while the epoch it names holds the
-lease: every write of that term set a new one, and an epoch never holds the
-lease twice, so a writer that does not keep versions (an older release during
-an upgrade) can never leave a version standing over stamps it changed.
+lease: every write of that term set a new one, and no other term's write comes
+between two writes of one term (a term's epoch is new, and it writes only while
+it holds the lease), so a writer that does not keep versions (an older release
+during an upgrade) can never leave a version standing over stamps it changed.
+A new term trusts no version of an earlier one: each namespace is read whole
+once more, after the term's first write to it or its relist.
+
+During an upgrade, a worker of an earlier release reads ``#version`` as one
+more ConfigMap name it cannot settle, and GETs it (a 404) on each pass: plans
+stay right, at one read per namespace more until the workers are upgraded.
+Upgrade the workers before the live-cache process to skip that.
 """
 
 from __future__ import annotations
@@ -129,11 +137,11 @@ return 1
 """
 
 
-_writes = itertools.count(1)  # with the epoch, a version no other write of the term has
+_version_numbers = itertools.count(1)  # with the epoch, a version no other write of the term has
 
 
 def _new_version(epoch: str) -> str:
-    return f"{epoch}.{next(_writes)}"
+    return f"{epoch}.{next(_version_numbers)}"
 
 
 def _write_args(
@@ -224,10 +232,6 @@ def fresh_stamps(cluster: str, namespaces: Iterable[str]) -> dict[str, dict[str,
     return {namespace: stamps.texts or {} for namespace, stamps in found.items()}
 
 
-# Rounds of reading a namespace whose version moved between asking for it and reading it.
-_VERSION_ROUNDS = 2
-
-
 def fresh_stamps_since(
     cluster: str, namespaces: Iterable[str], kept: Mapping[str, str]
 ) -> dict[str, NamespaceStamps]:
@@ -252,11 +256,9 @@ def fresh_stamps_since(
             ordered if whole == alive else [n for n, e in zip(ordered, epochs, strict=True) if e == alive]
         )
         result: dict[str, NamespaceStamps] = {}
-        for _ in range(_VERSION_ROUNDS):
-            if not candidates:
-                break
-            candidates = _read_fresh(client, cluster, candidates, kept, result)
-            kept = {}  # a version that moved meanwhile: the next round reads those namespaces whole
+        moved = _read_fresh(client, cluster, candidates, kept, result) if candidates else []
+        if moved:  # written since the caller kept them: read whole
+            _read_fresh(client, cluster, moved, {}, result)
     except redis.RedisError as exc:
         log.warning("the live cache is out of reach, reading the cluster instead: %s", exc)
         return {}
@@ -301,9 +303,10 @@ def _read_fresh(
     return moved
 
 
-def _trusted(version: str, alive: str) -> bool:
-    """A version counts only while the term that wrote it holds the lease (see the module's notes)."""
-    return bool(version) and version.startswith(alive + ".")
+def _trusted(version: str | None, alive: str | None) -> bool:
+    """A version counts only while the term that wrote it holds the lease (see the module's notes); not
+    at all when no term does (the lease was released or ran out since the caller last asked)."""
+    return bool(version and alive) and str(version).startswith(f"{alive}.")
 
 
 def _without_version(stamps: Mapping[str, str]) -> dict[str, str]:

@@ -203,7 +203,7 @@ class DesiredState:
         return {obj.key: obj for obj in self.objects}
 
     @functools.cached_property
-    def keys(self) -> frozenset[ObjectKey]:
+    def key_set(self) -> frozenset[ObjectKey]:
         """Every object's key: a state made in place from another (``with_replaced``) shares the other's
         set, so whoever keeps something per key can tell by identity that the keys did not change."""
         return frozenset(self._by_key)
@@ -243,21 +243,25 @@ class DesiredState:
         """The state of ``objects``: this state's objects, in the same order and with the same keys,
         ``replaced`` (key -> new object) apart. What this state has built already is carried over and
         mended at the replaced keys instead of being built again from every object."""
+        if len(objects) != len(self.objects):
+            raise ValueError("a state made in place has as many objects as the state it is made from")
+        if not replaced.keys() <= self._by_key.keys():
+            raise ValueError("objects replaced in place replace objects of the same keys")
         state = DesiredState(policy=self.policy, objects=objects)
-        built = self.__dict__
-        if "_by_key" in built:
+        computed = self.__dict__  # what cached properties this state has filled in
+        if "_by_key" in computed:
             by_key = self._by_key.copy()
             by_key.update(replaced)
             state.__dict__["_by_key"] = by_key
-        for same in ("keys", "targets"):  # the same keys: the same targets, in the same order
-            if same in built:
-                state.__dict__[same] = built[same]
-        if "by_target" in built:
+        for unchanged in ("key_set", "targets"):  # the same keys: the same targets, in the same order
+            if unchanged in computed:
+                state.__dict__[unchanged] = computed[unchanged]
+        if "by_target" in computed:
             grouped = dict(self.by_target)
             for target in {(obj.cluster, obj.namespace) for obj in replaced.values()}:
                 grouped[target] = tuple([replaced.get(obj.key, obj) for obj in grouped[target]])
             state.__dict__["by_target"] = MappingProxyType(grouped)
-        kept = built.get("_hash_lines")
+        kept = computed.get("_hash_lines")
         if kept is not None and len(kept.positions) == len(objects):  # one object per key
             lines = list(kept.lines)
             for key, obj in replaced.items():
@@ -495,7 +499,7 @@ def load_revision_changes(
     for path in sorted(parsed):
         errors.extend(parsed[path].errors)
     made = _expand(parsed, index.desired.policy, scope, errors, limits, memo=cache.expanded)
-    mended = _changed_objects(index, changes, made, limits) if not errors else None
+    mended = _objects_after(index, changes, made, limits) if not errors else None
     if mended is None:
         return None
     desired, by_path, owners = mended
@@ -506,7 +510,7 @@ def load_revision_changes(
     return desired, changed_index
 
 
-def _changed_objects(
+def _objects_after(
     index: RevisionIndex, changes: Mapping[str, FileChange], made: list[DesiredObject], limits: Limits
 ) -> tuple[DesiredState, dict[str, tuple[DesiredObject, ...]], Mapping[ObjectKey, str]] | None:
     """The state, each file's objects and each object's file once the changed files made ``made``; None

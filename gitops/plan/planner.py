@@ -177,7 +177,7 @@ class PlanMemo:
 
     def keep_only(self, keys: Collection[ObjectKey]) -> None:
         """Forgets objects the last plan did not have: the memo never outgrows the revision. The very
-        set the last plan kept to (``DesiredState.keys``, shared by a state made in place) drops nothing,
+        set the last plan kept to (``DesiredState.key_set``, shared by a state made in place) drops nothing,
         and is not walked again: hashing every key twice cost a third of a one-file change's plan."""
         if keys is self._kept_to:
             return
@@ -290,7 +290,7 @@ def _plan(
     items: list[PlanItem] = []
     wanted = desired.keyed
     if memo is not None:
-        memo.keep_only(desired.keys)
+        memo.keep_only(desired.key_set)
     remembered = memo.settled_items if memo is not None else {}
     stamps = settled or {}
     context = _Context(desired, source, commit, managed, held, memo, down)

@@ -285,6 +285,13 @@ def test_a_version_is_trusted_only_while_the_term_that_wrote_it_holds_the_lease(
         assert first_term.write("team-a", {"app": "a"}, resource_version="7", fresh=True)
         kept = {"team-a": livestore.fresh_stamps_since(cluster, ["team-a"], {})["team-a"].version}
         first_term.release()
+        # The lease let go between a reader's two round trips (a cache process stopping): nothing kept
+        # is trusted and nothing raises; the namespace is not vouched for, so a pass reads it.
+        found: dict[str, livestore.NamespaceStamps] = {}
+        livestore._read_fresh(first_term.client, cluster, ["team-a"], kept, found)
+        assert found == {}
+        livestore._read_fresh(first_term.client, cluster, ["team-a"], {}, found)
+        assert found == {}
         assert second_term.claim()
         assert second_term.write("team-a", {}, resource_version="8", fresh=True)  # freshness alone
         # An older release's writer changes a stamp and leaves the version as it was.

@@ -541,7 +541,7 @@ def test_a_plan_from_a_state_made_in_place_is_the_plan_made_afresh():
     keeps to its very key set without walking it: pass after pass, the plan is the plan without a memo."""
     objects = tuple(replace(desired({"V": str(index)}), name=f"app-{index}") for index in range(30))
     state = state_of(*objects)
-    _ = state.keyed, state.keys, state.by_target, state.content_hash
+    _ = state.keyed, state.key_set, state.by_target, state.content_hash
     managed = frozenset(obj.key for obj in objects)
     memo = PlanMemo()
     applied_now = {obj.key: obj for obj in objects}
@@ -552,7 +552,7 @@ def test_a_plan_from_a_state_made_in_place_is_the_plan_made_afresh():
             (*state.objects[:changed_index], changed, *state.objects[changed_index + 1 :]),
             {changed.key: changed},
         )
-        assert made.keys is state.keys, "the same keys: the very same set"
+        assert made.key_set is state.key_set, "the same keys: the very same set"
         read = {(CLUSTER, "team-a"): [as_applied(applied_now[changed.key])]}
         settled = {key: stamp for key, stamp in stamps.items() if key != changed.key}
         inputs = {"source": SOURCE, "commit": COMMIT, "managed": managed, "settled": settled}
@@ -571,4 +571,4 @@ def test_a_plan_from_a_state_made_in_place_is_the_plan_made_afresh():
     remembered = plan(made, {}, memo=memo, **inputs)
     assert remembered == plan(made, {}, **inputs)
     assert all(item.desired is obj for item, obj in zip(remembered.items, made.objects, strict=True))
-    assert memo.settled_items.keys() <= state.keys, "the memo never outgrows the revision"
+    assert memo.settled_items.keys() <= state.key_set, "the memo never outgrows the revision"

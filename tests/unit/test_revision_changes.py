@@ -121,7 +121,7 @@ def same_index(left: RevisionIndex, right: RevisionIndex) -> None:
     # What a state builds from its objects, mended from the last state's or built afresh: the same.
     assert left.desired.keyed == right.desired.keyed
     assert left.desired.by_key() == right.desired.by_key()
-    assert left.desired.keys == right.desired.keys
+    assert left.desired.key_set == right.desired.key_set
     assert left.desired.targets == right.desired.targets
     assert dict(left.desired.by_target) == dict(right.desired.by_target)
     assert left.desired.content_hash == right.desired.content_hash
@@ -131,7 +131,7 @@ def built(index: RevisionIndex) -> RevisionIndex:
     """The index with what a pass asks of its state built, as a worker's pass builds it: a state made
     in place from it starts from those."""
     desired = index.desired
-    _ = desired.keyed, desired.keys, desired.targets, desired.by_target, desired.content_hash
+    _ = desired.keyed, desired.key_set, desired.targets, desired.by_target, desired.content_hash
     return index
 
 
@@ -231,3 +231,20 @@ def test_unchanged_files_keep_their_very_objects() -> None:
     old = {obj.key: obj for obj in index.desired.objects}
     for obj in changed[0].objects:
         assert (obj is old[obj.key]) == (obj.origin != "configmaps/cm-7.yaml")
+
+
+def test_a_state_is_made_in_place_only_from_the_same_keys() -> None:
+    """``with_replaced`` mends what a state built (its content hash, which approvals are recorded
+    under, among them): a call that would add or drop an object is refused, never half-mended."""
+    loaded = load_whole(
+        Tree({"sluice.yaml": POLICY, **{f"configmaps/{n}.yaml": configmap(n, "1", None) for n in "ab"}}),
+        Limits(),
+        ParseCache(),
+    )
+    assert loaded is not None
+    state = built(loaded[1]).desired
+    stranger = replace(state.objects[0], name="stranger")
+    with pytest.raises(ValueError, match="same keys"):
+        state.with_replaced((stranger, *state.objects[1:]), {stranger.key: stranger})
+    with pytest.raises(ValueError, match="as many objects"):
+        state.with_replaced(state.objects[1:], {})
