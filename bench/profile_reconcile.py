@@ -236,7 +236,7 @@ def profile_change(
     from gitops.reconcile import source_sync
 
     for revision in (1, 2):  # the first change warms what a long-running worker has warm
-        Bench.change_one_file(work, namespaces, revision)
+        Bench.change_one_file(work, namespaces, revision, size)
         if revision == 1:
             assert str(source_sync(source_id).outcome) == "applied"
     figures = profiled(source_id, f"change-{size}")

@@ -239,9 +239,10 @@ class Bench:
         return namespaces, work, source
 
     @staticmethod
-    def change_one_file(work: Path, namespaces: list[str], revision: int) -> None:
-        """Commits and pushes a new content for one ConfigMap (a different one per revision)."""
-        index = revision * 7
+    def change_one_file(work: Path, namespaces: list[str], revision: int, size: int) -> None:
+        """Commits and pushes a new content for one of the ``size`` ConfigMaps (another one per revision,
+        as long as ``size`` allows)."""
+        index = revision * 7 % size
         namespace = namespaces[index % NAMESPACES]
         path = work / "configmaps" / namespace / f"cm-{index:05d}.yaml"
         path.write_text(manifest(f"cm-{index:05d}", namespace, index, revision))
@@ -334,7 +335,7 @@ class Bench:
             noops = [noop() for _ in range(PASS_SAMPLES)]
             changes = []
             for revision in range(1, PASS_SAMPLES + 1):
-                self.change_one_file(work, namespaces, revision)
+                self.change_one_file(work, namespaces, revision, size)
                 elapsed, result = timed_sync()
                 assert result["summary"].get("update") == 1, result
                 changes.append(elapsed)
