@@ -245,14 +245,13 @@ class DesiredState:
         mended at the replaced keys instead of being built again from every object."""
         if len(objects) != len(self.objects):
             raise ValueError("a state made in place has as many objects as the state it is made from")
-        if not replaced.keys() <= self._by_key.keys():
+        by_key = self._by_key.copy()  # built by now: the check below needs it
+        if not replaced.keys() <= by_key.keys():
             raise ValueError("objects replaced in place replace objects of the same keys")
+        by_key.update(replaced)
         state = DesiredState(policy=self.policy, objects=objects)
-        computed = self.__dict__  # what cached properties this state has filled in
-        if "_by_key" in computed:
-            by_key = self._by_key.copy()
-            by_key.update(replaced)
-            state.__dict__["_by_key"] = by_key
+        state.__dict__["_by_key"] = by_key
+        computed = self.__dict__  # what else this state's cached properties have filled in
         for unchanged in ("key_set", "targets"):  # the same keys: the same targets, in the same order
             if unchanged in computed:
                 state.__dict__[unchanged] = computed[unchanged]
