@@ -26,6 +26,7 @@ from gitops.models import (
     SyncWindow,
 )
 from gitops.plan import drift_count, out_of_sync
+from gitops.plan.diff import readable_diff
 from gitops.redaction import redact_url
 from gitops.vocabulary import Staleness, StaleReason
 from gitops.windows import FreezeRule, Gate, WindowRule, change_gate
@@ -184,7 +185,7 @@ def change_as_dict(change: Change, *, with_diff: bool = True) -> dict[str, Any]:
         "after_hash": change.after_hash,
     }
     if with_diff:
-        entry["diff"] = change.diff
+        entry["diff"] = readable_diff(change.diff)
     return entry
 
 

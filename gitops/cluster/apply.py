@@ -104,6 +104,7 @@ def intents_apply(cluster: Cluster, intents: Sequence[ApplyIntent]) -> list[str 
             [(_manifest(intents[index]), intents[index].force) for index in plain],
             field_manager=settings.SLUICE_FIELD_MANAGER,
             width=concurrency,
+            bodies=[intents[index].manifest_json for index in plain],
         )
         for index, refusal in zip(plain, refusals, strict=True):
             answers[index] = _refusal_text(refusal) if refusal is not None else None

@@ -419,11 +419,17 @@ class Cluster:
         return self._curl is not None
 
     def apply_configmaps(
-        self, manifests: Sequence[tuple[Mapping[str, Any], bool]], *, field_manager: str, width: int
+        self,
+        manifests: Sequence[tuple[Mapping[str, Any], bool]],
+        *,
+        field_manager: str,
+        width: int,
+        bodies: Sequence[str | None] | None = None,
     ) -> list[PermanentError | None]:
         """Server-side applies of (manifest, force) pairs, ``width`` at a time on the calling thread:
         for each, None once applied or why the cluster refused it for good. The answers are not
-        parsed: nothing here needs the stored objects.
+        parsed: nothing here needs the stored objects. ``bodies`` may give, in the same order, a
+        manifest already encoded as JSON (its very content), sent as it is; None encodes it here.
 
         A temporary failure (the apiserver unreachable, throttling, a 5xx) or refused credentials
         raise, and no further apply is sent: a silent cluster costs the applies already under way
@@ -432,8 +438,12 @@ class Cluster:
         if self._curl is None:
             raise RuntimeError("batched applies need the libcurl transport")
         with _api_errors(applying=True):  # a handle libcurl could not set up raises here
+            encoded = bodies if bodies is not None else [None] * len(manifests)
             results = self._curl.patch_all(
-                (self._apply_request(manifest, field_manager, force) for manifest, force in manifests),
+                (
+                    self._apply_request(manifest, field_manager, force, body=body)
+                    for (manifest, force), body in zip(manifests, encoded, strict=True)
+                ),
                 self._apply_headers(),
                 width=width,
                 gives_up=lambda result: isinstance(_refusal(result), UNAVAILABLE),
@@ -446,15 +456,22 @@ class Cluster:
         return [cast(PermanentError | None, refusal) for refusal in refusals]
 
     def _apply_request(
-        self, manifest: Mapping[str, Any], field_manager: str, force: bool, *, dry_run: bool = False
+        self,
+        manifest: Mapping[str, Any],
+        field_manager: str,
+        force: bool,
+        *,
+        dry_run: bool = False,
+        body: str | None = None,
     ) -> tuple[str, bytes]:
-        """The URL and the body (encoded once) of one server-side apply."""
+        """The URL and the body (encoded once: ``body`` when the caller has it) of one server-side apply."""
         metadata = manifest["metadata"]
         url = (
             f"{_configmaps_path(self.server, metadata['namespace'])}{quote(metadata['name'], safe='')}"
             f"?{_apply_query(field_manager, force, dry_run)}"
         )
-        return url, json.dumps(dict(manifest), separators=(",", ":")).encode()
+        encoded = body if body is not None else json.dumps(dict(manifest), separators=(",", ":"))
+        return url, encoded.encode()
 
     def _apply_headers(self) -> dict[str, str]:
         """Asked for each apply or batch: an exec plugin's token is refreshed as the client's own calls do."""

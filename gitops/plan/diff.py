@@ -30,7 +30,9 @@ class DiffItem:
     old: Any = None
     new: Any = None
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self, *, unified: bool = True) -> dict[str, Any]:
+        """``unified=False`` leaves out the unified text, which ``readable_diff`` derives again: what
+        the change log stores (as large as the content again, and computed for every object)."""
         result: dict[str, Any] = {"op": self.op, "field": self.field, "key": self.key}
         if self.field == "binaryData":
             result["old"] = summarize_binary(self.old)
@@ -38,9 +40,9 @@ class DiffItem:
         else:
             result["old"] = self.old
             result["new"] = self.new
-            unified = self.unified()
-            if unified:
-                result["unified"] = unified
+            text = self.unified() if unified else None
+            if text:
+                result["unified"] = text
         return result
 
     def unified(self) -> str | None:
@@ -59,6 +61,29 @@ class DiffItem:
         else:
             lines = _one_sided(old_lines, new_lines, *names)
         return "".join(line if line.endswith("\n") else line + "\n" for line in lines)
+
+
+def readable_diff(entries: Any) -> Any:
+    """A stored key-level diff (``as_dict(unified=False)``'s entries) with each entry's unified text,
+    as ``as_dict()`` gives it. Entries that have one (logged before it was left out), binary ones and
+    anything not shaped like an entry are given back as they are."""
+    if not isinstance(entries, list):
+        return entries
+    readable: list[Any] = []
+    for entry in entries:
+        if not isinstance(entry, dict) or "unified" in entry or entry.get("field") == "binaryData":
+            readable.append(entry)
+            continue
+        try:
+            op = DiffOp(str(entry.get("op")))
+        except ValueError:
+            readable.append(entry)
+            continue
+        text = DiffItem(
+            op, str(entry.get("field")), str(entry.get("key")), entry.get("old"), entry.get("new")
+        ).unified()
+        readable.append({**entry, "unified": text} if text else entry)
+    return readable
 
 
 def _one_sided(old_lines: list[str], new_lines: list[str], fromfile: str, tofile: str) -> list[str]:

@@ -11,7 +11,7 @@ never as strings encoded twice.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime
 from typing import Any, TypeVar
 
@@ -19,23 +19,31 @@ from django.db import IntegrityError, connection, models, transaction
 from psycopg.errors import UniqueViolation
 
 Row = TypeVar("Row", bound=models.Model)
+# For an object, JSON text already encoded for some of its columns (column -> text; None: not
+# encoded, the attribute's value goes in as usual).
+Encoded = Callable[[Any], Mapping[str, str | None]]
 
 
-def rows_insert(objects: Sequence[Row], *, batch_size: int = 1000) -> list[Row]:
+def rows_insert(
+    objects: Sequence[Row], *, batch_size: int = 1000, encoded: Encoded | None = None
+) -> list[Row]:
     """Inserts unsaved instances of one model, in order, ``batch_size`` rows a query, and sets their
     primary keys. Batches bound the memory one JSON document takes. All rows or none: one batch is
     one statement, and more run in a transaction.
 
     Fields are taken as ``save`` would (defaults already set, ``pre_save`` applied); the
     primary key comes from its sequence. Returns ``objects``, as ``bulk_create`` does.
+
+    ``encoded`` gives, for an object, the JSON text of JSON columns the caller has encoded already
+    (the text of the attribute's value): it goes into the document as it is, not encoded again.
     """
     if len(objects) <= batch_size:  # one statement is atomic already: no BEGIN and COMMIT to wait for
         if objects:
-            _batch_insert(objects)
+            _batch_insert(objects, encoded)
         return list(objects)
     with transaction.atomic():
         for start in range(0, len(objects), batch_size):
-            _batch_insert(objects[start : start + batch_size])
+            _batch_insert(objects[start : start + batch_size], encoded)
     return list(objects)
 
 
@@ -58,7 +66,7 @@ def row_create_once(manager: models.Manager[Row], **fields: Any) -> Row | None:
         raise
 
 
-def _batch_insert(objects: Sequence[models.Model]) -> None:
+def _batch_insert(objects: Sequence[models.Model], encoded: Encoded | None) -> None:
     model = type(objects[0])
     fields = [field for field in model._meta.concrete_fields if not field.primary_key]
     columns = [str(field.column) for field in fields]
@@ -70,6 +78,7 @@ def _batch_insert(objects: Sequence[models.Model]) -> None:
         }
         for obj in objects
     ]
+    document = _document(rows, [encoded(obj) for obj in objects] if encoded else None, set(columns))
     quote = connection.ops.quote_name
     names = ", ".join(quote(column) for column in columns)
     typed = ", ".join(
@@ -83,13 +92,34 @@ def _batch_insert(objects: Sequence[models.Model]) -> None:
         f"RETURNING {quote(str(model._meta.pk.column))}"
     )
     with connection.cursor() as cursor:
-        cursor.execute(sql, [json.dumps(rows, default=_json_value)])
+        cursor.execute(sql, [document])
         # The sequence numbers rows in the order they are inserted, which is the objects' order.
         keys = sorted(key for (key,) in cursor.fetchall())
     for obj, key in zip(objects, keys, strict=True):
         obj.pk = key
         obj._state.adding = False
         obj._state.db = connection.alias
+
+
+def _document(
+    rows: list[dict[str, Any]], encoded: list[Mapping[str, str | None]] | None, columns: set[str]
+) -> str:
+    """The rows as one JSON array; a row's already encoded columns go in as their text."""
+    if encoded is None:
+        return json.dumps(rows, default=_json_value)
+    texts = []
+    for row, given in zip(rows, encoded, strict=True):
+        spliced = {column: text for column, text in given.items() if text is not None}
+        if not spliced:
+            texts.append(json.dumps(row, default=_json_value))
+            continue
+        if not spliced.keys() <= columns:
+            raise ValueError(f"no column {sorted(spliced.keys() - columns)[0]!r} to take encoded JSON")
+        rest = json.dumps({c: v for c, v in row.items() if c not in spliced}, default=_json_value)
+        # Column names are the model's own (checked above); the texts are JSON the caller encoded.
+        added = ", ".join(f"{json.dumps(column)}: {text}" for column, text in spliced.items())
+        texts.append(f"{rest[:-1]}, {added}}}" if rest != "{}" else f"{{{added}}}")
+    return f"[{', '.join(texts)}]"
 
 
 def _reads_attribute(field: models.Field[Any, Any]) -> bool:

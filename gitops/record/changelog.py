@@ -48,7 +48,11 @@ def intents_write(
         )
         for item in items
     ]
-    return rows_insert(intents)
+    return rows_insert(intents, encoded=_encoded_manifest)
+
+
+def _encoded_manifest(intent: ApplyIntent) -> dict[str, str | None]:
+    return {"manifest": intent.manifest_json}
 
 
 def intents_pending(source: Source) -> list[ApplyIntent]:

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from gitops import selectors
 from gitops.models import Change, Revision, Source
 from tests.gitrepo import configmap, policy
 
@@ -103,8 +104,10 @@ def test_a_revision_is_applied_with_provenance_and_logged_with_its_commit(
     update = Change.objects.get(source=source, commit=second, namespace=team_a)
     assert update.action == "update"
     assert [(d["op"], d["field"], d["key"]) for d in update.diff] == [("change", "data", "nginx.conf")]
-    assert "-    listen 8080;" in update.diff[0]["unified"]
-    assert "+    listen 8081;" in update.diff[0]["unified"]
+    assert "unified" not in update.diff[0], "the log keeps old and new; the text is derived when shown"
+    shown = selectors.change_as_dict(update)["diff"][0]
+    assert "-    listen 8080;" in shown["unified"]
+    assert "+    listen 8081;" in shown["unified"]
     assert update.before["data"]["nginx.conf"] == NGINX_CONF
 
 

@@ -165,6 +165,30 @@ def test_multi_line_values_get_a_unified_diff_and_json_is_pretty_printed():
     assert '-  "b": 2\n' in as_json
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    old=st.none() | st.text(alphabet='ab\n{}":1 ', max_size=30) | st.booleans(),
+    new=st.none() | st.text(alphabet='ab\n{}":1 ', max_size=30) | st.booleans(),
+    field=st.sampled_from(["data", "labels", "annotations", "immutable", "binaryData"]),
+)
+def test_a_stored_diff_reads_back_as_the_plan_shows_it(old, new, field):
+    """The change log keeps old and new only; ``readable_diff`` gives back ``as_dict()``'s very entry."""
+    if field == "binaryData":
+        old, new = (None if v is None else "AAEC" for v in (old, new))
+    item = DiffItem(diff_module.DiffOp.CHANGE, field, "k", old, new)
+    stored = item.as_dict(unified=False)
+    assert "unified" not in stored
+    assert diff_module.readable_diff([stored]) == [item.as_dict()]
+
+
+def test_readable_diff_leaves_what_is_not_a_stored_entry_as_it_is():
+    logged_before = {"op": "change", "field": "data", "key": "k", "old": "a\nb", "new": "a\nc", "unified": "x"}
+    odd = [logged_before, {"op": "rename", "field": "data"}, "text", 3]
+    assert diff_module.readable_diff(odd) == odd
+    assert diff_module.readable_diff(None) is None
+    assert diff_module.readable_diff({"not": "a list"}) == {"not": "a list"}
+
+
 @settings(max_examples=300, deadline=None)
 @example(text="[\n]", added=True)  # JSON pretty-printed to one line: a hunk of one line
 @example(text="a\nb", added=False)
