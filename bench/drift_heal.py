@@ -157,7 +157,9 @@ def main() -> int:
         **stack_env,
         "DATABASE_URL": stack_env["DATABASE_URL"].rsplit("/", 1)[0] + "/" + database,
         "DJANGO_SETTINGS_MODULE": "sluice.settings",
-        "DEBUG": "1",
+        # As production runs it: with DEBUG on, Django keeps the text of the last 9,000 queries (the
+        # intents' batches are megabytes each) in the worker, which the RSS figure counted.
+        "DEBUG": "0",
         "LOG_LEVEL": "WARNING",
         "PYTHONPATH": str(ROOT),
     }

@@ -8,7 +8,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -76,13 +76,25 @@ class UnsavedRows(Generic[Row]):
     def __init__(self, model: type[Row]) -> None:
         self._model = model
         fields = [field for field in model._meta.concrete_fields if not field.primary_key]
-        self._relations = {field.name: field.attname for field in fields if field.is_relation}
+        # name -> (the column's attribute, the model it refers to, that model's attribute it holds)
+        self._relations: dict[str, tuple[str, type[models.Model], str]] = {
+            field.name: (
+                field.attname,
+                cast(type[models.Model], field.related_model),
+                field.target_field.attname,
+            )
+            for field in fields
+            if isinstance(field, models.ForeignKey)
+        }
         self._names = frozenset(field.attname for field in fields) | frozenset(self._relations)
         self._constant: dict[str, Any] = {model._meta.pk.attname: None}
         self._computed: list[tuple[str, Callable[[], Any]]] = []
         for field in fields:  # as ``Model.__init__`` fills a field not given
             if field.has_default() and callable(field.default):
-                self._computed.append((field.attname, field.default))
+                # A relation's own ``get_default`` turns an instance its default gives into its key.
+                self._computed.append(
+                    (field.attname, field.get_default if field.is_relation else field.default)
+                )
             else:
                 self._constant[field.attname] = field.get_default()
 
@@ -96,10 +108,12 @@ class UnsavedRows(Generic[Row]):
         attributes.update(self._constant)
         for attname, default in self._computed:
             attributes[attname] = default()
-        for name, attname in self._relations.items():
+        for name, (attname, model, target) in self._relations.items():
             if name in values:
                 related = values.pop(name)
-                attributes[attname] = None if related is None else related.pk
+                if related is not None and not isinstance(related, model):
+                    raise ValueError(f"{self._model.__name__}.{name} must be a {model.__name__} instance")
+                attributes[attname] = None if related is None else getattr(related, target)
                 state.fields_cache[name] = related
         attributes.update(values)
         return row
@@ -537,8 +551,8 @@ class ApplyIntent(models.Model):
             after_hash=item.after_hash,
             before_commit=item.live_commit or "",
             before_content_hash=item.live_content_hash or "",
-            # The change log keeps old and new; the unified text is derived when shown (``readable_diff``).
-            diff=[change.as_dict(unified=False) for change in item.diff],
+            # An added or removed key's unified text is derived when shown (``readable_diff``).
+            diff=[change.as_dict(stored=True) for change in item.diff],
             force=item.force,
             origin=item.desired.origin if item.desired else "",
             actor=actor,
@@ -585,7 +599,7 @@ class ApplyIntent(models.Model):
             after=baseline.as_dict() if baseline is not None else None,
             before_hash=current.hash if current is not None else "",
             after_hash=baseline.hash if baseline is not None else "",
-            diff=[change.as_dict(unified=False) for change in diff_content(current, baseline)],
+            diff=[change.as_dict(stored=True) for change in diff_content(current, baseline)],
             force=True,
             recreate=bool(live and live.get("immutable")) and baseline is not None,
             origin=first.origin,

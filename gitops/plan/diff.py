@@ -30,9 +30,10 @@ class DiffItem:
     old: Any = None
     new: Any = None
 
-    def as_dict(self, *, unified: bool = True) -> dict[str, Any]:
-        """``unified=False`` leaves out the unified text, which ``readable_diff`` derives again: what
-        the change log stores (as large as the content again, and computed for every object)."""
+    def as_dict(self, *, stored: bool = False) -> dict[str, Any]:
+        """``stored=True`` is what the change log keeps: a key added or removed goes without its
+        unified text, which ``readable_diff`` derives again when shown. That text is the whole value
+        once more, for every object of a cold apply; cheap to derive (no matcher), unlike a change's."""
         result: dict[str, Any] = {"op": self.op, "field": self.field, "key": self.key}
         if self.field == "binaryData":
             result["old"] = summarize_binary(self.old)
@@ -40,7 +41,7 @@ class DiffItem:
         else:
             result["old"] = self.old
             result["new"] = self.new
-            text = self.unified() if unified else None
+            text = None if stored and self.op is not DiffOp.CHANGE else self.unified()
             if text:
                 result["unified"] = text
         return result
@@ -64,7 +65,7 @@ class DiffItem:
 
 
 def readable_diff(entries: Any) -> Any:
-    """A stored key-level diff (``as_dict(unified=False)``'s entries) with each entry's unified text,
+    """A stored key-level diff (``as_dict(stored=True)``'s entries) with each entry's unified text,
     as ``as_dict()`` gives it. Entries that have one (logged before it was left out), binary ones and
     anything not shaped like an entry are given back as they are."""
     if not isinstance(entries, list):

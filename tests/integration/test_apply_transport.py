@@ -389,6 +389,23 @@ def test_a_batch_stores_each_object_and_answers_each_refusal_in_its_place(batchi
     assert cluster.get_configmap(namespace, "shared")["data"] == {"KEY": "ours"}
 
 
+def test_a_body_given_encoded_is_sent_as_it_is_and_a_missing_one_is_encoded(batching, namespace, cluster):
+    """``bodies``: the intent's own encoding of its manifest is the request's body, not encoded again."""
+    ours = batching()
+    given = configmap(namespace, "given", KEY="from the body")
+    manifests = [
+        (configmap(namespace, "given", KEY="from the manifest"), False),
+        (configmap(namespace, "own", KEY="x"), False),
+    ]
+    bodies = [json.dumps(given, separators=(",", ":")), None]
+    assert ours.apply_configmaps(manifests, field_manager="sluice-transport", width=2, bodies=bodies) == [
+        None,
+        None,
+    ]
+    assert cluster.get_configmap(namespace, "given")["data"] == {"KEY": "from the body"}
+    assert cluster.get_configmap(namespace, "own")["data"] == {"KEY": "x"}
+
+
 def test_a_silent_server_stops_the_batch_after_the_applies_under_way(
     batching, settings, stack, tmp_path, fake_apiserver
 ):

@@ -6,7 +6,11 @@ import json
 
 import pytest
 
-from gitops.models import ApplyIntent, UnsavedRows
+from gitops.desired.content import Content
+from gitops.desired.policy import Policy, Target
+from gitops.desired.revision import DesiredObject, DesiredState
+from gitops.models import ApplyIntent, Revision, Rollout, UnsavedRows
+from gitops.plan import plan
 from gitops.record.bulk import rows_insert
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -57,22 +61,62 @@ def test_an_unsaved_row_is_what_the_model_s_constructor_makes(make_source):
     assert first.diff == [] and first.diff is not second.diff
     with pytest.raises(TypeError, match="no field 'colour'"):
         made(**_values(source), colour="red")
+    with pytest.raises(ValueError, match="must be a Source instance"):
+        made(**{**_values(source), "source": Revision(source=source, commit="c" * 40)})
+
+
+def test_an_intent_carries_its_manifest_encoded_once(make_source):
+    """``for_item`` encodes the manifest it makes: the row and the apply take that text."""
+    source = make_source()
+    content = Content(data={"conf": "a: 1\nb: 2\n"}, labels={"app": "x"})
+    obj = DesiredObject(
+        namespace="team-a",
+        name="app",
+        content=content,
+        origin="configmaps/app.yaml",
+        line=1,
+        kind="configmap",
+        group="configmaps/app.yaml#0",
+        rank=0,
+        cluster="local",
+    )
+    policy = Policy((Target("local", ("team-a",)),), ("team-a",), False, False, "team-a")
+    planned = plan(
+        DesiredState(policy, (obj,)),
+        {("local", "team-a"): []},
+        source=source.name,
+        commit="c" * 40,
+        managed=set(),
+    )
+    (item,) = planned.items
+    intent = ApplyIntent.for_item(
+        Rollout(source=source), item, commit="c" * 40, actor="alice", step_index=0, weight=100
+    )
+    assert intent.manifest_json is not None
+    assert json.loads(intent.manifest_json) == intent.manifest
+    assert intent.manifest["data"] == {"conf": "a: 1\nb: 2\n"}
+    assert [(entry["field"], entry.get("unified")) for entry in intent.diff] == [
+        ("data", None),
+        ("labels", None),
+    ], "an added key's text is derived when shown"
 
 
 def test_encoded_json_goes_in_as_it_is_and_reads_back_as_the_value(make_source):
     source = make_source()
     made = UnsavedRows(ApplyIntent)
     encoded = made(**_values(source, name="encoded"))
-    encoded.manifest_json = json.dumps(MANIFEST, separators=(",", ":"))
+    # Not the attribute's value: the row must take the text, as it is.
+    encoded.manifest_json = json.dumps({**MANIFEST, "data": {"from": "the text"}}, separators=(",", ":"))
     plain = made(**_values(source, name="plain"))  # manifest_json None: its value is encoded as usual
     empty = made(**_values(source, name="delete", action="delete", manifest=None, after=None))
     rows_insert([encoded, plain, empty], encoded=lambda intent: {"manifest": intent.manifest_json})
 
     stored = {intent.name: intent for intent in ApplyIntent.objects.filter(source=source)}
     assert [stored[name].pk for name in ("encoded", "plain", "delete")] == [encoded.pk, plain.pk, empty.pk]
-    assert stored["encoded"].manifest == MANIFEST == stored["plain"].manifest
+    assert stored["encoded"].manifest == {**MANIFEST, "data": {"from": "the text"}}
+    assert stored["plain"].manifest == MANIFEST
     assert stored["delete"].manifest is None
-    assert _fields(stored["encoded"]) == {**_fields(encoded), "id": encoded.pk}
+    assert _fields(stored["plain"]) == {**_fields(plain), "id": plain.pk}
 
 
 def test_encoded_json_for_a_column_the_model_lacks_is_refused_and_nothing_is_written(make_source):

@@ -104,10 +104,13 @@ def test_a_revision_is_applied_with_provenance_and_logged_with_its_commit(
     update = Change.objects.get(source=source, commit=second, namespace=team_a)
     assert update.action == "update"
     assert [(d["op"], d["field"], d["key"]) for d in update.diff] == [("change", "data", "nginx.conf")]
-    assert "unified" not in update.diff[0], "the log keeps old and new; the text is derived when shown"
-    shown = selectors.change_as_dict(update)["diff"][0]
-    assert "-    listen 8080;" in shown["unified"]
-    assert "+    listen 8081;" in shown["unified"]
+    assert "-    listen 8080;" in update.diff[0]["unified"]
+    assert "+    listen 8081;" in update.diff[0]["unified"]
+    # A created object's added keys are stored without their text, which is shown all the same.
+    created = Change.objects.get(source=source, commit=first, namespace=team_a, name="nginx")
+    assert [entry.get("unified") for entry in created.diff if entry["key"] == "nginx.conf"] == [None]
+    (shown,) = [entry for entry in selectors.change_as_dict(created)["diff"] if entry["key"] == "nginx.conf"]
+    assert "+    listen 8080;" in shown["unified"]
     assert update.before["data"]["nginx.conf"] == NGINX_CONF
 
 
