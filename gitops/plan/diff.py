@@ -20,7 +20,7 @@ class DiffOp(StrEnum):
     CHANGE = "change"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DiffItem:
     """One key-level difference, after kopf's diff items."""
 
