@@ -528,6 +528,7 @@ class _Term:
             stored_all, resume_from = self.store.load_cluster()
             for each, stored in stored_all.items():
                 self.sink.adopt(each, stored)
+            self._version_stored(stored_all)
             log.info(
                 "live cache of cluster %s: watching ConfigMaps in every namespace, from %s",
                 self.cache.cluster_name,
@@ -536,6 +537,7 @@ class _Term:
         else:
             stored, resume_from = self.store.load(namespace)
             self.sink.adopt(namespace, stored)
+            self._version_stored([namespace] if stored else [])
         stop = threading.Event()
         informer = ConfigMapInformer(
             self.cache.connect,
@@ -552,6 +554,19 @@ class _Term:
         with self._lock:
             self.watches[namespace] = _Watch(stop, thread)
         thread.start()
+
+    def _version_stored(self, namespaces: Iterable[str]) -> None:
+        """Gives what was loaded a version of this term before its watch starts (``LiveStore.adopt``),
+        so passes read each namespace whole once, not on every pass until the term writes it. Only
+        a saving: on failure (Redis away, the lease lost) passes read whole, as they would anyway."""
+        try:
+            if not self.store.adopt(namespaces):
+                log.info(
+                    "cluster %s: the lease went before the stored stamps were versioned",
+                    self.cache.cluster_name,
+                )
+        except redis.RedisError as exc:
+            log.warning("cluster %s: could not version the stored stamps: %s", self.cache.cluster_name, exc)
 
     def _forbidden(self, refused: ReadForbidden) -> bool:
         """The cluster-wide LIST or WATCH was refused: with ``auto``, watch each namespace instead

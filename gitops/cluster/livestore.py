@@ -39,8 +39,10 @@ lease: every write of that term set a new one, and no other term's write comes
 between two writes of one term (a term's epoch is new, and it writes only while
 it holds the lease), so a writer that does not keep versions (an older release
 during an upgrade) can never leave a version standing over stamps it changed.
-A new term trusts no version of an earlier one: each namespace is read whole
-once more, after the term's first write to it or its relist.
+A new term trusts no version of an earlier one. As it starts a watch, it gives
+each hash it loaded a version of its own, the stamps as they are
+(``LiveStore.adopt``): each namespace is read whole once more, then by version
+again, without waiting for the term to write it or relist.
 
 During an upgrade, a worker of an earlier release reads ``#version`` as one
 more ConfigMap name it cannot settle, and GETs it (a 404) on each pass: plans
@@ -123,6 +125,19 @@ elseif ARGV[2] ~= 'keep' then redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 )
+# A new term's own version for each objects hash it found, the stamps as they are (an earlier term's
+# version is never trusted, and without this a quiet namespace would be read whole on every pass
+# until the term wrote it). KEYS: alive, then objects hashes. ARGV: epoch, the new version. Returns 0,
+# changing nothing, unless ``alive`` holds epoch.
+_ADOPT = (
+    _NEW_VERSION
+    + """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+for k = 2, #KEYS do new_version(KEYS[k], ARGV[2]) end
+return 1
+"""
+)
+_ADOPT_BATCH = 500  # hashes a call: one script call blocks Redis while it runs
 # KEYS: alive, then keys to delete. ARGV: epoch. Returns 0, deleting nothing, unless ``alive`` holds it.
 _FORGET = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -335,6 +350,7 @@ class LiveStore:
         self._write_events = self.client.register_script(_WRITE_EVENTS)
         self._renew = self.client.register_script(_RENEW)
         self._forget = self.client.register_script(_FORGET)
+        self._adopt = self.client.register_script(_ADOPT)
 
     def _keys(self, namespace: str, *, whole_cluster: bool = False) -> list[str]:
         alive, objects = _key(self.cluster, "alive"), _key(self.cluster, "objects", namespace)
@@ -378,6 +394,20 @@ class LiveStore:
         return {ns: _without_version(texts) for ns, texts in zip(namespaces, stamps, strict=True)}, str(
             resume or ""
         )
+
+    def adopt(self, namespaces: Iterable[str]) -> bool:
+        """Gives the namespaces' stored stamps, as they are, a version of this term (see ``_ADOPT``).
+        Only a term's own writes change a hash while it holds the lease, and each gives a new version:
+        so the stamps at this version are what was loaded, until a write moves it. Call it after
+        loading and before the watch that writes them starts. False when the lease is not this
+        process's (nothing is changed by this call then)."""
+        ordered = sorted(set(namespaces))
+        version = _new_version(self.epoch)
+        for start in range(0, len(ordered), _ADOPT_BATCH):
+            keys = [_key(self.cluster, "objects", ns) for ns in ordered[start : start + _ADOPT_BATCH]]
+            if not self._adopt(keys=[_key(self.cluster, "alive"), *keys], args=[self.epoch, version]):
+                return False
+        return True
 
     def watching(self, *, whole_cluster: bool) -> bool:
         """Forgets the other way of watching's resume versions: stamps a namespace watch wrote are not

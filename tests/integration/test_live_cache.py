@@ -306,6 +306,36 @@ def test_a_version_is_trusted_only_while_the_term_that_wrote_it_holds_the_lease(
         first_term.client.delete(*first_term._keys("team-a"))
 
 
+def test_a_new_term_versions_the_stamps_it_loaded_and_a_reader_trusts_them_from_then_on(stack):
+    """``adopt``: the stamps as they are, at a version of the new term, fenced by its lease; a hash
+    that is not there is not made."""
+    cluster = f"t-{uuid.uuid4().hex[:8]}"
+    first_term = livestore.LiveStore(cluster, "term-1", stale_seconds=30)
+    second_term = livestore.LiveStore(cluster, "term-2", stale_seconds=30)
+    assert first_term.claim()
+    try:
+        assert first_term.write("team-a", {"app": "a"}, resource_version="7", fresh=True)
+        kept = {"team-a": livestore.fresh_stamps_since(cluster, ["team-a"], {})["team-a"].version}
+        first_term.release()
+        assert second_term.claim()
+        assert second_term.load("team-a") == ({"app": "a"}, "7")
+        assert not first_term.adopt(["team-a"]), "fenced: a term without the lease changes nothing"
+        assert second_term.adopt(["team-a", "team-gone"])
+        assert not second_term.client.exists(_objects_key(cluster, "team-gone"))
+        assert second_term.write("team-a", {}, resource_version="8", fresh=True)  # freshness alone
+
+        found = livestore.fresh_stamps_since(cluster, ["team-a"], kept)["team-a"]
+        assert found.texts == {"app": "a"} and found.version.startswith("term-2."), found
+        again = livestore.fresh_stamps_since(cluster, ["team-a"], {"team-a": found.version})["team-a"]
+        assert again == livestore.NamespaceStamps(found.version, None), "trusted from then on"
+        assert second_term.write("team-a", {"app": "a2"}, fresh=True)
+        moved = livestore.fresh_stamps_since(cluster, ["team-a"], {"team-a": found.version})["team-a"]
+        assert moved.texts == {"app": "a2"} and moved.version != found.version
+    finally:
+        second_term.release()
+        first_term.client.delete(*first_term._keys("team-a"))
+
+
 def test_a_batch_of_events_costs_one_round_trip_and_survives_a_redis_that_lost_its_scripts(
     stack, monkeypatch
 ):
@@ -412,10 +442,12 @@ def test_a_plan_reads_only_what_the_cache_cannot_vouch_for(
 
 
 def test_a_pass_is_sent_the_stamps_of_only_the_namespaces_written_since_the_last_one(
-    repo, make_namespaces, make_source, sync, live_cache, monkeypatch, settings
+    repo, make_namespaces, make_source, sync, live_cache, start_live_cache, monkeypatch, settings
 ):
     """The worker keeps each namespace's stamps with their version: a pass of an unchanged source is
-    sent no stamps, and a one-file commit's pass only those of the namespace its last write changed."""
+    sent no stamps, and a one-file commit's pass only those of the namespace its last write changed.
+    After the cache restarts, its new term versions what it loaded: one pass is sent every namespace,
+    and the next ones none, though the term wrote none of them."""
     from gitops import reconcile
 
     first, second = make_namespaces("one", "two")
@@ -461,6 +493,21 @@ def test_a_pass_is_sent_the_stamps_of_only_the_namespaces_written_since_the_last
     assert last_plan(source)["reads"] == {"cache": 6, "get": 0, "list": 0}
     assert reconcile.source_sync(source.pk).outcome == "unchanged"
     assert sent[-1] == {first: False, second: False}
+
+    live_cache.kill()
+    poll(lambda: not fresh(first, second), timeout=livestore.LEASE_SECONDS + 3, what="the lease to run out")
+    start_live_cache()
+    poll(lambda: fresh(first, second), timeout=30, what="the restarted cache to vouch for both namespaces")
+    assert reconcile.source_sync(source.pk).outcome == "unchanged"
+    assert sent[-1] == {first: True, second: True}, "an earlier term's versions are not trusted"
+
+    def sent_nothing() -> bool:
+        assert reconcile.source_sync(source.pk).outcome == "unchanged"
+        return sent[-1] == {first: False, second: False}
+
+    # Without the new term's versions, every pass would be sent both until the term wrote them.
+    poll(sent_nothing, timeout=20, what="a pass sent no stamps, at the new term's versions")
+    assert last_plan(source)["reads"] == {"cache": 6, "get": 0, "list": 0}
 
 
 def test_what_the_cache_says_is_the_sources_and_git_dropped_is_read_and_pruned(
