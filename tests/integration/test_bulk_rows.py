@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from django.db import IntegrityError, connection
+from django.test.utils import CaptureQueriesContext
 
 from gitops.desired.content import Content
 from gitops.desired.policy import Policy, Target
@@ -125,3 +127,19 @@ def test_encoded_json_for_a_column_the_model_lacks_is_refused_and_nothing_is_wri
     with pytest.raises(ValueError, match="no column 'colour'"):
         rows_insert([intent], encoded=lambda _: {"colour": '"red"'})
     assert not ApplyIntent.objects.filter(source=source).exists()
+
+
+def test_the_document_travels_apart_from_the_statement_and_errors_read_as_django_s(make_source):
+    """Server-side binding: the query log keeps the statement, not its megabytes of rows, and a
+    refusal is Django's ``IntegrityError`` as any query's would be."""
+    source = make_source()
+    intent = UnsavedRows(ApplyIntent)(**_values(source, name="logged"))
+    with CaptureQueriesContext(connection) as queries:
+        rows_insert([intent])
+    (logged,) = [query["sql"] for query in queries.captured_queries]
+    assert "jsonb_to_recordset" in logged and "logged" not in logged
+    assert ApplyIntent.objects.get(pk=intent.pk).name == "logged"
+
+    orphan = UnsavedRows(ApplyIntent)(**{**_values(source), "source": None, "source_id": -1})
+    with pytest.raises(IntegrityError):
+        rows_insert([orphan])
