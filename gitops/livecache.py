@@ -535,9 +535,9 @@ class _Term:
                 f"resourceVersion {resume_from}" if resume_from else "a LIST",
             )
         else:
-            stored, resume_from = self.store.load(namespace)
+            # One round trip: loading and versioning (see ``_version_stored``) in one transaction.
+            stored, resume_from = self.store.load(namespace, adopt=True)
             self.sink.adopt(namespace, stored)
-            self._version_stored([namespace] if stored else [])
         stop = threading.Event()
         informer = ConfigMapInformer(
             self.cache.connect,

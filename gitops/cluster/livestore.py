@@ -374,13 +374,26 @@ class LiveStore:
         """Gives the lease up: every namespace is stale at once, and a standby may take over."""
         self._renew(keys=[_key(self.cluster, "alive")], args=[self.epoch, 0])
 
-    def load(self, namespace: str) -> tuple[dict[str, str], str]:
-        """What an earlier process stored for a namespace: stamps, and the version they are complete at."""
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.hgetall(_key(self.cluster, "objects", namespace))
-            pipe.get(_key(self.cluster, "resume", namespace))
-            stamps, resume = pipe.execute()
-        return _without_version(stamps), str(resume or "")
+    def load(self, namespace: str, *, adopt: bool = False) -> tuple[dict[str, str], str]:
+        """What an earlier process stored for a namespace: stamps, and the version they are complete at.
+        ``adopt``: in the same transaction, the stamps get a version of this term (see ``adopt``)."""
+        objects = _key(self.cluster, "objects", namespace)
+
+        def send() -> tuple[dict[str, str], str]:
+            with self.client.pipeline(transaction=True) as pipe:
+                pipe.hgetall(objects)
+                pipe.get(_key(self.cluster, "resume", namespace))
+                if adopt:
+                    keys = [_key(self.cluster, "alive"), objects]
+                    pipe.evalsha(self._adopt.sha, len(keys), *keys, self.epoch, _new_version(self.epoch))
+                stamps, resume, *_ = pipe.execute()
+            return _without_version(stamps), str(resume or "")
+
+        try:
+            return send()
+        except redis.exceptions.NoScriptError:  # a Redis that lost its scripts: nothing was run
+            self.client.script_load(_ADOPT)
+            return send()
 
     def load_cluster(self) -> tuple[dict[str, dict[str, str]], str]:
         """What an earlier cluster watch stored: every namespace's stamps, and the version they are

@@ -318,10 +318,17 @@ def test_a_new_term_versions_the_stamps_it_loaded_and_a_reader_trusts_them_from_
         kept = {"team-a": livestore.fresh_stamps_since(cluster, ["team-a"], {})["team-a"].version}
         first_term.release()
         assert second_term.claim()
-        assert second_term.load("team-a") == ({"app": "a"}, "7")
         assert not first_term.adopt(["team-a"]), "fenced: a term without the lease changes nothing"
-        assert second_term.adopt(["team-a", "team-gone"])
+        assert first_term.load("team-a", adopt=True) == ({"app": "a"}, "7")
+        assert livestore.fresh_stamps_since(cluster, ["team-a"], {}) == {}, "not fresh, not trusted"
+        assert (
+            second_term.client.hget(_objects_key(cluster, "team-a"), livestore.VERSION_FIELD)
+            == kept["team-a"]
+        )
+        assert second_term.adopt(["team-gone"])
         assert not second_term.client.exists(_objects_key(cluster, "team-gone"))
+        second_term.client.script_flush()  # a Redis that lost its scripts: loaded again, and run once
+        assert second_term.load("team-a", adopt=True) == ({"app": "a"}, "7")
         assert second_term.write("team-a", {}, resource_version="8", fresh=True)  # freshness alone
 
         found = livestore.fresh_stamps_since(cluster, ["team-a"], kept)["team-a"]
