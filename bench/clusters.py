@@ -134,7 +134,7 @@ def main() -> int:
         **stack_env,
         "DATABASE_URL": f"{base_url}/{database}",
         "DJANGO_SETTINGS_MODULE": "sluice.settings",
-        "DEBUG": "1",
+        "DEBUG": "0",  # as production runs it (see bench/reconcile.py)
         "LOG_LEVEL": "WARNING",
         "PYTHONPATH": str(ROOT),
         "SLUICE_CLUSTER_NAME": "default",

@@ -194,7 +194,7 @@ def main() -> int:
         **stack_env,
         "DATABASE_URL": f"{stack_env['DATABASE_URL'].rsplit('/', 1)[0]}/{database}",
         "DJANGO_SETTINGS_MODULE": "sluice.settings",
-        "DEBUG": "1",
+        "DEBUG": "0",  # as production runs it (see bench/reconcile.py)
         "LOG_LEVEL": "WARNING",
         "PYTHONPATH": str(ROOT),
         "SLUICE_CONSUMER_GATE_SLICE_SECONDS": "60",
