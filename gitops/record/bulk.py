@@ -109,7 +109,8 @@ def _server_bound_cursor() -> Iterator[Any]:
     server-side binding), wrapped as ``connection.cursor()`` wraps its own: Django's errors, and the
     query log when it is kept. Django's cursors bind on the client: psycopg quotes a parameter into
     the statement's text and PostgreSQL parses it back out, about 6 ns a byte on each side, and a
-    batch's document is megabytes. Only the statement goes into the log, not the document."""
+    batch's document is megabytes. ``connection.queries`` keeps the statement, not the document
+    (Django's DEBUG-level SQL logger is still handed the parameters, as for any query)."""
     connection.close_if_health_check_failed()
     connection.ensure_connection()
     with connection.wrap_database_errors:
