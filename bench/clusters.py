@@ -135,6 +135,8 @@ def main() -> int:
         "DATABASE_URL": f"{base_url}/{database}",
         "DJANGO_SETTINGS_MODULE": "sluice.settings",
         "DEBUG": "0",  # as production runs it (see bench/reconcile.py)
+        # DEBUG off needs a key; the shell that loaded .stack/env has one, CI does not.
+        "SECRET_KEY": "bench-" + uuid.uuid4().hex,
         "LOG_LEVEL": "WARNING",
         "PYTHONPATH": str(ROOT),
         "SLUICE_CLUSTER_NAME": "default",

@@ -195,6 +195,8 @@ def main() -> int:
         "DATABASE_URL": f"{stack_env['DATABASE_URL'].rsplit('/', 1)[0]}/{database}",
         "DJANGO_SETTINGS_MODULE": "sluice.settings",
         "DEBUG": "0",  # as production runs it (see bench/reconcile.py)
+        # DEBUG off needs a key; the shell that loaded .stack/env has one, CI does not.
+        "SECRET_KEY": "bench-" + uuid.uuid4().hex,
         "LOG_LEVEL": "WARNING",
         "PYTHONPATH": str(ROOT),
         "SLUICE_CONSUMER_GATE_SLICE_SECONDS": "60",

@@ -160,6 +160,8 @@ def main() -> int:
         # As production runs it: with DEBUG on, Django keeps the text of the last 9,000 queries (the
         # intents' batches are megabytes each) in the worker, which the RSS figure counted.
         "DEBUG": "0",
+        # DEBUG off needs a key; the shell that loaded .stack/env has one, CI does not.
+        "SECRET_KEY": "bench-" + uuid.uuid4().hex,
         "LOG_LEVEL": "WARNING",
         "PYTHONPATH": str(ROOT),
     }
