@@ -155,7 +155,16 @@ def _configmaps_path(server: str, namespace: str) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _apply_query(field_manager: str, force: bool, dry_run: bool) -> str:
-    query = [("fieldManager", field_manager), *([("force", "true")] if force else [])]
+    # fieldValidation=Ignore: without it the apiserver takes "Warn", and after each apply decodes the
+    # whole body a second time, strictly, only to warn of duplicate or unknown fields. A body here is
+    # Sluice's own (JSON of a dict: no duplicate can occur), Sluice reads no warnings, and an unknown
+    # field is still refused: server-side apply checks the body against the type's schema whatever
+    # the directive. The apiserver's CPU per created object fell by about 12% (bench/HISTORY.md).
+    query = [
+        ("fieldManager", field_manager),
+        ("fieldValidation", "Ignore"),
+        *([("force", "true")] if force else []),
+    ]
     if dry_run:
         query.append(("dryRun", "All"))
     return urlencode(query)

@@ -100,6 +100,15 @@ def test_an_invalid_object_is_refused_for_good_with_the_apiservers_message(conne
     assert "not a key!" in str(refused.value)
 
 
+def test_an_unknown_field_is_refused_and_nothing_is_stored(connect, namespace, cluster):
+    """Applies ask for fieldValidation=Ignore (the apiserver then decodes a body once, not twice): an
+    unknown field must still be refused, as server-side apply checks the body against the schema."""
+    unknown = {**configmap(namespace, "unknown-field", KEY="x"), "dataa": {"KEY": "y"}}
+    with pytest.raises(TemporaryError, match=r"\.dataa: field not declared in schema"):
+        connect().apply_configmap(unknown, field_manager="sluice-transport")
+    assert cluster.get_configmap(namespace, "unknown-field") is None
+
+
 def test_a_missing_namespace_is_not_found(connect):
     with pytest.raises(NotFoundError):
         connect().apply_configmap(configmap(f"gone-{uuid.uuid4().hex[:8]}", "x", A="b"), field_manager="s")
@@ -131,6 +140,7 @@ class FakeApiserver:
         self.connections: list[socket.socket] = []
         self.streams: list[ssl.SSLSocket] = []  # wrapping detaches the socket: closed on their own
         self.served: list[int] = []  # for each request, the index of the connection it came on
+        self.request_lines: list[str] = []  # each request's first line: method, path and query
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
@@ -177,6 +187,7 @@ class FakeApiserver:
                 while len(pending) < length:
                     pending += stream.recv(65536)
                 pending = pending[length:]
+                self.request_lines.append(head.split(b"\r\n", 1)[0].decode())
                 self.served.append(index)
                 if self.answer is None:
                     self.done.wait(30)
@@ -277,6 +288,21 @@ def test_rejected_credentials_refuse_the_cluster(connect, stack, tmp_path, fake_
     refusing = connect(kubeconfig_pointing_at(stack, tmp_path, server.url))
     with pytest.raises(ClusterRefused, match="401"):
         refusing.apply_configmap(configmap("default", "x", A="b"), field_manager="s")
+
+
+def test_an_apply_asks_for_its_field_manager_and_no_second_strict_decode(
+    connect, stack, tmp_path, fake_apiserver
+):
+    stored = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": {"A": "b"}}
+    server = fake_apiserver(answer("200 OK", stored))
+    ours = connect(kubeconfig_pointing_at(stack, tmp_path, server.url))
+    ours.apply_configmap(configmap("default", "x", A="b"), field_manager="sluice-t")
+    ours.apply_configmap(configmap("default", "x", A="b"), field_manager="sluice-t", force=True)
+    assert server.request_lines == [
+        "PATCH /api/v1/namespaces/default/configmaps/x?fieldManager=sluice-t&fieldValidation=Ignore HTTP/1.1",
+        "PATCH /api/v1/namespaces/default/configmaps/x"
+        "?fieldManager=sluice-t&fieldValidation=Ignore&force=true HTTP/1.1",
+    ]
 
 
 def test_one_thread_after_another_reuses_one_kept_connection(connect, stack, tmp_path, fake_apiserver):
@@ -447,6 +473,21 @@ def test_rejected_credentials_refuse_the_cluster_in_a_batch(batching, stack, tmp
     refusing = batching(kubeconfig_pointing_at(stack, tmp_path, server.url))
     with pytest.raises(ClusterRefused, match="401"):
         refusing.apply_configmaps([(configmap("default", "x", A="b"), False)] * 4, field_manager="s", width=2)
+
+
+def test_a_batch_asks_for_no_second_strict_decode_either(batching, stack, tmp_path, fake_apiserver):
+    stored = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": {"A": "b"}}
+    server = fake_apiserver(answer("200 OK", stored))
+    ours = batching(kubeconfig_pointing_at(stack, tmp_path, server.url))
+    manifests = [(configmap("default", f"cm-{index}", A="b"), index == 2) for index in range(3)]
+    assert ours.apply_configmaps(manifests, field_manager="sluice-t", width=3) == [None, None, None]
+    path = "PATCH /api/v1/namespaces/default/configmaps"
+    query = "fieldManager=sluice-t&fieldValidation=Ignore"
+    assert sorted(server.request_lines) == [
+        f"{path}/cm-0?{query} HTTP/1.1",
+        f"{path}/cm-1?{query} HTTP/1.1",
+        f"{path}/cm-2?{query}&force=true HTTP/1.1",
+    ]
 
 
 def test_batches_keep_their_connections_between_them(batching, stack, tmp_path, fake_apiserver):
