@@ -441,6 +441,50 @@ def test_binary_data_is_applied_and_summarised_in_the_diff(repo, make_namespaces
     assert diff[0]["new"].startswith("<256 bytes, sha256:")
 
 
+def test_emoji_in_configmaps_and_flags_are_applied_logged_and_settled(
+    repo, make_namespaces, make_source, sync, cluster
+):
+    """Characters beyond U+FFFF once made the apiserver refuse the whole apply (400): Python's JSON
+    writes them as surrogate pair escapes, which its YAML parser does not read."""
+    namespace, flags_ns = make_namespaces("app", "flags")
+    banner = {
+        "flags": {
+            "banner": {
+                "state": "ENABLED",
+                "variants": {"party": "🎉 sale", "plain": "sale"},
+                "defaultVariant": "party",
+            }
+        }
+    }
+    repo.write_all(
+        {
+            "sluice.yaml": policy([namespace], flags={"namespace": flags_ns}),
+            "configmaps/motd.yaml": configmap("motd", {"MOTD": "deploy 🚀 done ✅", "LANG": "한국어"}),
+            "flags/banner.json": json.dumps(banner, ensure_ascii=False),
+        }
+    )
+    repo.commit("emoji")
+    source = make_source()
+
+    assert sync(source)["outcome"] == "applied"
+    assert managed(cluster, namespace, "motd")["data"] == {"MOTD": "deploy 🚀 done ✅", "LANG": "한국어"}
+    published = next(
+        json.loads(value)
+        for obj in cluster.list_configmaps(flags_ns)
+        for value in (obj.get("data") or {}).values()
+        if "banner" in value
+    )
+    assert published["flags"]["banner"]["variants"]["party"] == "🎉 sale"
+    created = Change.objects.get(source=source, name="motd")
+    assert {d["key"]: d["new"] for d in created.diff}["MOTD"] == "deploy 🚀 done ✅"
+    assert sync(source)["outcome"] == "unchanged"
+
+    repo.write("configmaps/motd.yaml", configmap("motd", {"MOTD": "rolled back 🔙", "LANG": "한국어"}))
+    repo.commit("another emoji")
+    assert sync(source)["outcome"] == "applied"
+    assert managed(cluster, namespace, "motd")["data"]["MOTD"] == "rolled back 🔙"
+
+
 def test_a_force_push_is_detected_and_recorded(repo, make_namespaces, make_source, sync, cluster):
     (namespace,) = make_namespaces("app")
     repo.write_all({"sluice.yaml": policy([namespace]), "configmaps/app.yaml": configmap("app", {"v": "1"})})
