@@ -154,9 +154,11 @@ def _configmaps_path(server: str, namespace: str) -> str:
     return f"{server}/api/v1/namespaces/{quote(namespace, safe='')}/configmaps/"
 
 
-# An escape in a JSON string: a surrogate pair (a character beyond U+FFFF, such as an emoji) or any
-# other, consumed whole so that an escaped backslash never starts a match.
-_JSON_ESCAPE = re.compile(r"\\(?:u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})|.)", re.IGNORECASE | re.DOTALL)
+# A surrogate pair escape (a character beyond U+FFFF, such as an emoji) in JSON text, after an even
+# run of backslashes: after an odd one, "\\ud83d" is an escaped backslash followed by text.
+_SURROGATE_PAIR_ESCAPE = re.compile(
+    r"(?<!\\)((?:\\\\)*)\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})", re.IGNORECASE
+)
 
 
 def _yaml_readable(body: str) -> str:
@@ -164,19 +166,18 @@ def _yaml_readable(body: str) -> str:
 
     The apiserver parses an apply body as YAML (JSON being YAML), and its YAML parser refuses a
     ``\\ud83d\\ude00`` pair, Python's JSON for "😀", as an invalid escape: such a value was refused
-    with a 400. Every other escape is left as it is, and a body without a pair is returned untouched.
+    with a 400. Everything else is left as it is; a body without such an escape is returned as it is.
+    The body must stay ASCII (``ensure_ascii``): that parser refuses a raw BOM, DEL or C1 control.
     """
     if "\\ud" not in body and "\\uD" not in body:
         return body
-    return _JSON_ESCAPE.sub(_astral_escape, body)
+    return _SURROGATE_PAIR_ESCAPE.sub(_astral_escape, body)
 
 
 def _astral_escape(match: re.Match[str]) -> str:
-    high, low = match.group(1), match.group(2)
-    if high is None:
-        return match.group(0)
+    backslashes, high, low = match.groups()
     code_point = 0x10000 + ((int(high, 16) - 0xD800) << 10) + (int(low, 16) - 0xDC00)
-    return f"\\U{code_point:08x}"
+    return f"{backslashes}\\U{code_point:08x}"
 
 
 @functools.lru_cache(maxsize=64)
@@ -653,21 +654,24 @@ class Cluster:
     def apply_workload(
         self, body: Mapping[str, Any], *, field_manager: str, force: bool = True
     ) -> dict[str, Any]:
-        """Server-side apply of a partial workload (a restart stamp); returns the object as stored."""
-        _, _, patch_call = self._workload_calls(str(body["kind"]))
+        """Server-side apply of a partial workload (a restart stamp); returns the object as stored.
+
+        Sent as a ConfigMap's apply is (``_apply_patch``), its body readable by the apiserver's YAML
+        parser: a rollback restores the commit annotation the workload held before, whoever wrote it.
+        """
+        kind = str(body["kind"])
+        if kind not in WORKLOAD_KINDS:
+            raise PermanentError(f"{kind!r} is not a workload kind Sluice restarts")
         metadata = body["metadata"]
+        url = (
+            f"{self.server}/apis/apps/v1/namespaces/{quote(metadata['namespace'], safe='')}"
+            f"/{WORKLOAD_KINDS[kind].replace('_', '')}s/{quote(metadata['name'], safe='')}"
+            f"?{_apply_query(field_manager, force, False)}"
+        )
+        encoded = _yaml_readable(json.dumps(dict(body), separators=(",", ":"))).encode()
         with _api_errors(applying=True):
-            response = patch_call(
-                metadata["name"],
-                metadata["namespace"],
-                dict(body),
-                field_manager=field_manager,
-                force=force,
-                _content_type=APPLY_PATCH,
-                _preload_content=False,
-                _request_timeout=self.timeout,
-            )
-        result: dict[str, Any] = json.loads(response.data)
+            data = self._apply_patch(url, encoded)
+        result: dict[str, Any] = json.loads(data)
         return result
 
     def watch_workloads(

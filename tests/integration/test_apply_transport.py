@@ -121,6 +121,24 @@ def test_characters_beyond_the_basic_plane_are_applied_and_stored_as_given(conne
     assert cluster.get_configmap(namespace, "awkward")["data"] == AWKWARD_VALUES
 
 
+def test_a_workload_stamp_with_any_commit_text_is_applied_and_stored_as_given(
+    connect, namespace, deploy_consumer
+):
+    """A rollback stamps back the commit annotation a workload held before Sluice, whoever wrote it."""
+    from gitops.consumers.workloads import COMMIT_ANNOTATION, stamp, workload_from
+
+    deploy_consumer(namespace, "web", wait=False)
+    ours = connect()
+    live = ours.get_workload("Deployment", namespace, "web")
+    written = "🚀 " + AWKWARD_VALUES["literal"]
+    stamped = ours.apply_workload(
+        stamp(workload_from(live), config_hash_value="f" * 32, commit=written), field_manager="sluice-t"
+    )
+    assert stamped["spec"]["template"]["metadata"]["annotations"][COMMIT_ANNOTATION] == written
+    stored = ours.get_workload("Deployment", namespace, "web")
+    assert stored["spec"]["template"]["metadata"]["annotations"][COMMIT_ANNOTATION] == written
+
+
 def test_an_unknown_field_is_refused_and_nothing_is_stored(connect, namespace, cluster):
     """Applies ask for fieldValidation=Ignore (the apiserver then decodes a body once, not twice): an
     unknown field must still be refused, as server-side apply checks the body against the schema."""

@@ -461,6 +461,8 @@ def test_emoji_in_configmaps_and_flags_are_applied_logged_and_settled(
             "sluice.yaml": policy([namespace], flags={"namespace": flags_ns}),
             "configmaps/motd.yaml": configmap("motd", {"MOTD": "deploy 🚀 done ✅", "LANG": "한국어"}),
             "flags/banner.json": json.dumps(banner, ensure_ascii=False),
+            # As many tools write JSON: the emoji as a surrogate pair escape.
+            "flags/escaped.json": json.dumps({"flags": {"rocket": {**banner["flags"]["banner"]}}}),
         }
     )
     repo.commit("emoji")
@@ -468,13 +470,14 @@ def test_emoji_in_configmaps_and_flags_are_applied_logged_and_settled(
 
     assert sync(source)["outcome"] == "applied"
     assert managed(cluster, namespace, "motd")["data"] == {"MOTD": "deploy 🚀 done ✅", "LANG": "한국어"}
-    published = next(
-        json.loads(value)
+    published = {
+        name: flag
         for obj in cluster.list_configmaps(flags_ns)
         for value in (obj.get("data") or {}).values()
-        if "banner" in value
-    )
-    assert published["flags"]["banner"]["variants"]["party"] == "🎉 sale"
+        for name, flag in json.loads(value).get("flags", {}).items()
+    }
+    assert published["banner"]["variants"]["party"] == "🎉 sale"
+    assert published["rocket"]["variants"]["party"] == "🎉 sale"
     created = Change.objects.get(source=source, name="motd")
     assert {d["key"]: d["new"] for d in created.diff}["MOTD"] == "deploy 🚀 done ✅"
     assert sync(source)["outcome"] == "unchanged"
