@@ -118,6 +118,13 @@ class _Checker:
                 hint = f'; quote it: "{_scalar_text(item)}"' if isinstance(item, bool | int | float) else ""
                 self.error((*path, key), f"value must be a string, not {type_name(item)}{hint}")
                 continue
+            if "\x00" in item:
+                # An escape ("\0", "\u0000") the raw-text check cannot see. The apiserver would take
+                # it, but the change log (PostgreSQL) holds no U+0000 in text or JSON.
+                self.error(
+                    (*path, key), "value holds U+0000 (NUL), which Sluice cannot record: use binaryData"
+                )
+                continue
             result[key] = item
         return result
 
