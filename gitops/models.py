@@ -33,7 +33,7 @@ from gitops.vocabulary import (
 )
 from gitops.windows import FreezeRule, WindowKind, WindowRule
 
-SOURCE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+SOURCE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
 # SHA-1 object ids have 40 hex digits, SHA-256 ones 64.
 COMMIT_LENGTH = 64
 # Commit metadata is the pusher's to choose: long values are cut to fit, never refused.

@@ -46,7 +46,7 @@ MIN_POLL_INTERVAL = timedelta(seconds=5)
 MAX_POLL_INTERVAL = timedelta(hours=24)
 MAX_LISTED = 100  # globs, prefixes or URLs in one of a source's lists
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
-DURATION = re.compile(r"^(\d{1,6})(s|m|h)?$")
+DURATION = re.compile(r"^(\d{1,6})(s|m|h)?\Z")
 
 # Each setting's name on the command line, so that messages read the same everywhere.
 OPTIONS = {

@@ -21,9 +21,9 @@ from gitops.desired.policy import namespace_problem, suggestion, type_name
 CONFIGMAP_SIZE_LIMIT = 1024 * 1024  # what the apiserver enforces on data + binaryData
 ANNOTATIONS_SIZE_LIMIT = 256 * 1024
 
-DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-CONFIG_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
-QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
+CONFIG_KEY = re.compile(r"^[-._a-zA-Z0-9]+\Z")
+QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]\Z")
 
 TOP_LEVEL_FIELDS = ("apiVersion", "kind", "metadata", "data", "binaryData", "immutable")
 METADATA_FIELDS = ("name", "namespace", "labels", "annotations")
@@ -118,12 +118,11 @@ class _Checker:
                 hint = f'; quote it: "{_scalar_text(item)}"' if isinstance(item, bool | int | float) else ""
                 self.error((*path, key), f"value must be a string, not {type_name(item)}{hint}")
                 continue
-            if "\x00" in item:
+            if "\x00" in item and path != ("binaryData",):  # there, it is not base64: said below
                 # An escape ("\0", "\u0000") the raw-text check cannot see. The apiserver would take
                 # it, but the change log (PostgreSQL) holds no U+0000 in text or JSON.
-                self.error(
-                    (*path, key), "value holds U+0000 (NUL), which Sluice cannot record: use binaryData"
-                )
+                hint = ": put binary content in binaryData" if path == ("data",) else ""
+                self.error((*path, key), f"value holds U+0000 (NUL), which Sluice cannot record{hint}")
                 continue
             result[key] = item
         return result

@@ -200,13 +200,20 @@ class _FlagSetValidator:
         return self.errors
 
     def _report_non_json_values(self, value: object, path: PathKey) -> None:
-        # YAML can produce dates, binary and non-finite floats; JSON's NaN too.
+        # YAML can produce dates, binary and non-finite floats; JSON's NaN too. And an escape ("\0",
+        # "\u0000") can make a U+0000 that the raw-text check cannot see: flag keys, variants and
+        # targeting are recorded in PostgreSQL (the flag catalog), whose text holds no U+0000.
         if isinstance(value, dict):
             for key, item in value.items():
+                if isinstance(key, str) and "\x00" in key:
+                    self._report_nul((*path, key), "key")
+                    continue
                 self._report_non_json_values(item, (*path, key))
         elif isinstance(value, list):
             for index, item in enumerate(value):
                 self._report_non_json_values(item, (*path, index))
+        elif isinstance(value, str) and "\x00" in value:
+            self._report_nul(path, "value")
         elif isinstance(value, float) and not math.isfinite(value):
             self.report(path, f"{value} is not a number JSON can hold")
             self._not_json.add(path)
@@ -216,6 +223,10 @@ class _FlagSetValidator:
         elif value is not None and not isinstance(value, str | int | float):
             self.report(path, f"a {type(value).__name__} value cannot be published as JSON")
             self._not_json.add(path)
+
+    def _report_nul(self, path: PathKey, what: str) -> None:
+        self.report(path, f"{what} holds U+0000 (NUL), which Sluice cannot record")
+        self._not_json.add(path)
 
     def _check_known_fields(
         self, value: dict[str, Any], path: PathKey, known: tuple[str, ...], owner: str

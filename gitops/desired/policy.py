@@ -25,8 +25,8 @@ DEFAULT_NAMESPACE = "default"
 DEFAULT_CLUSTER = "default"
 
 # RFC 1123 label: what Kubernetes accepts as a namespace name.
-NAMESPACE_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-NAMESPACE_GLOB_PATTERN = re.compile(r"^[a-z0-9*?\[\]-]+$")
+NAMESPACE_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
+NAMESPACE_GLOB_PATTERN = re.compile(r"^[a-z0-9*?\[\]-]+\Z")
 # A policy is small; these bounds keep a hostile one from costing quadratic time
 # (every object is checked against every glob) or an endless rollout.
 MAX_NAMESPACES: Final = 1_000  # in targets.namespaces and in allowedNamespaces
@@ -253,7 +253,7 @@ def namespace_glob_problem(pattern: str) -> str | None:
 TOP_LEVEL_FIELDS = ("targets", "allowedNamespaces", "prune", "selfHeal", "flags", "rollout", "approvals")
 # Nine digits are more than 7 days in seconds; more would only cost time (or exceed
 # Python's limit on converting long digit strings).
-DURATION = re.compile(r"^(\d{1,9})(s|m|h)?$")
+DURATION = re.compile(r"^(\d{1,9})(s|m|h)?\Z")
 MAX_PAUSE_SECONDS = 7 * 24 * 3600
 # An analysis holds its source's reconcile while it waits: each call and the whole check are bounded.
 MAX_ANALYSIS_TIMEOUT_SECONDS = 30

@@ -36,7 +36,7 @@ class Credentials:
         return f"Credentials(token={token!r}, username={self.username!r}, ssh_key_file={self.ssh_key_file!r})"
 
 
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}\Z")
 
 
 def reference_problem(reference: str) -> str | None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 MAX_BODY_BYTES = 1024 * 1024
-SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
+SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?\Z")
 
 
 class WebhookRejected(Exception):
