@@ -40,6 +40,8 @@ JSON_PATCH = "application/json-patch+json"
 RELEASE_ATTEMPTS = 3
 # Workload kinds and the suffix of their calls in the generated AppsV1Api.
 WORKLOAD_KINDS = {"Deployment": "deployment", "StatefulSet": "stateful_set", "DaemonSet": "daemon_set"}
+# Their resources in the apps/v1 API, which a restart stamp is applied to (``apply_workload``).
+WORKLOAD_RESOURCES = {"Deployment": "deployments", "StatefulSet": "statefulsets", "DaemonSet": "daemonsets"}
 REQUEST_TIMEOUT = (3.0, 30.0)  # connect, read (seconds), unless settings say otherwise
 
 
@@ -618,20 +620,19 @@ class Cluster:
 
     # -- workloads: Deployments, StatefulSets and DaemonSets -------------------------------
 
-    def _workload_calls(self, kind: str) -> tuple[Any, Any, Any]:
-        """The list, read and patch calls of a workload kind."""
+    def _workload_calls(self, kind: str) -> tuple[Any, Any]:
+        """The list and read calls of a workload kind."""
         suffix = WORKLOAD_KINDS.get(kind)
         if suffix is None:
             raise PermanentError(f"{kind!r} is not a workload kind Sluice restarts")
         return (
             getattr(self._apps, f"list_namespaced_{suffix}"),
             getattr(self._apps, f"read_namespaced_{suffix}"),
-            getattr(self._apps, f"patch_namespaced_{suffix}"),
         )
 
     def list_workloads(self, kind: str, namespace: str) -> tuple[list[dict[str, Any]], str]:
         """Every workload of a kind in a namespace (each with its kind), and the list's resourceVersion."""
-        list_call, _, _ = self._workload_calls(kind)
+        list_call, _ = self._workload_calls(kind)
         with _api_errors(reading=True):
             response = list_call(namespace, _preload_content=False, _request_timeout=self.timeout)
         body = json.loads(response.data)
@@ -641,7 +642,7 @@ class Cluster:
         return items, str(body.get("metadata", {}).get("resourceVersion", ""))
 
     def get_workload(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        _, read_call, _ = self._workload_calls(kind)
+        _, read_call = self._workload_calls(kind)
         try:
             with _api_errors(reading=True):
                 response = read_call(name, namespace, _preload_content=False, _request_timeout=self.timeout)
@@ -659,13 +660,13 @@ class Cluster:
         Sent as a ConfigMap's apply is (``_apply_patch``), its body readable by the apiserver's YAML
         parser: a rollback restores the commit annotation the workload held before, whoever wrote it.
         """
-        kind = str(body["kind"])
-        if kind not in WORKLOAD_KINDS:
-            raise PermanentError(f"{kind!r} is not a workload kind Sluice restarts")
+        resource = WORKLOAD_RESOURCES.get(str(body["kind"]))
+        if resource is None:
+            raise PermanentError(f"{body['kind']!r} is not a workload kind Sluice restarts")
         metadata = body["metadata"]
         url = (
             f"{self.server}/apis/apps/v1/namespaces/{quote(metadata['namespace'], safe='')}"
-            f"/{WORKLOAD_KINDS[kind].replace('_', '')}s/{quote(metadata['name'], safe='')}"
+            f"/{resource}/{quote(metadata['name'], safe='')}"
             f"?{_apply_query(field_manager, force, False)}"
         )
         encoded = _yaml_readable(json.dumps(dict(body), separators=(",", ":"))).encode()
@@ -682,7 +683,7 @@ class Cluster:
         Ends after ``timeout_seconds`` (the server closes the watch). A ``410 Gone``
         (the version is too old) leaves as a TemporaryError: list again.
         """
-        list_call, _, _ = self._workload_calls(kind)
+        list_call, _ = self._workload_calls(kind)
         stream = watch.Watch().stream(
             list_call,
             namespace,
