@@ -23,6 +23,7 @@ from gitops.plan import Action, PlanItem, diff_content
 from gitops.plan.provenance import Provenance, live_content, live_provenance
 from gitops.plan.provenance import manifest as configmap_manifest
 from gitops.redaction import redact_url
+from gitops.storable import JsonbEncoder
 from gitops.vocabulary import (
     AuditVia,
     ChangeAction,
@@ -54,7 +55,21 @@ class ContentJSONField(models.JSONField):
     escapes large JSON documents inside array literals slowly (about 1 ms per
     row). A field that names its own placeholder keeps bulk inserts on plain
     VALUES lists, where each document is sent as its own jsonb parameter.
+
+    Its values can come from a cluster (``before``, a diff, a plan), and jsonb takes no U+0000:
+    ``JsonbEncoder`` records one as U+FFFD (see ``gitops.storable``).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("encoder", JsonbEncoder)
+        super().__init__(*args, **kwargs)
+
+    def deconstruct(self) -> Any:
+        # The encoder is the class's own, not a choice a migration records.
+        name, path, args, kwargs = super().deconstruct()
+        if kwargs.get("encoder") is JsonbEncoder:
+            del kwargs["encoder"]
+        return name, path, args, kwargs
 
     def get_placeholder(self, value: Any, compiler: Any, connection: Any) -> str:
         return "%s"
@@ -610,8 +625,11 @@ class ApplyIntent(models.Model):
 def _holds(live: Mapping[str, Any], baseline: Content, first: ApplyIntent) -> bool:
     _, live_commit, live_hash = live_provenance(live)
     restored = live_content(live, desired_labels=baseline.labels, desired_annotations=baseline.annotations)
+    # Provenance that is not a commit or a hash reads as absent, and was recorded as "".
     return (
-        restored == baseline and live_commit == first.before_commit and live_hash == first.before_content_hash
+        restored == baseline
+        and (live_commit or "") == first.before_commit
+        and (live_hash or "") == first.before_content_hash
     )
 
 

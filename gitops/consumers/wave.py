@@ -21,6 +21,7 @@ from gitops.consumers.workloads import (
     workload_from,
 )
 from gitops.models import ApplyIntent, Rollout
+from gitops.plan.provenance import COMMIT_PATTERN, CONTENT_HASH_PATTERN
 from gitops.vocabulary import ChangeAction
 
 ConfigMapKey = tuple[str, str]  # (namespace, name), in one cluster
@@ -135,6 +136,9 @@ def _workload_intent(
     step_index, weight, actor = position
     old, new = before.get("configHash", ""), after.get("configHash", "")
     change = {"op": "change", "field": "podTemplate", "key": CONFIG_HASH_ANNOTATION, "old": old, "new": new}
+    # A workload's stamp is the cluster's text, which anybody may have written: the manifest restores
+    # it exactly, while the columns keep only a commit and hashes as Sluice writes them.
+    restored_commit = after.get("commit", "")
     return ApplyIntent(
         rollout=rollout,
         source_id=rollout.source_id,
@@ -145,13 +149,18 @@ def _workload_intent(
         name=workload.name,
         kind=workload.kind,
         action=action,
-        commit=after.get("commit", "") or rollout.revision.commit,
-        manifest=stamp(workload, config_hash_value=new, commit=after.get("commit", "")),
+        commit=restored_commit if COMMIT_PATTERN.fullmatch(restored_commit) else rollout.revision.commit,
+        manifest=stamp(workload, config_hash_value=new, commit=restored_commit),
         before=dict(before),
         after=dict(after),
-        before_hash=old,
-        after_hash=new,
+        before_hash=_hash_column(old),
+        after_hash=_hash_column(new),
         diff=[change],
         force=True,
         actor=actor,
     )
+
+
+def _hash_column(config_hash: str) -> str:
+    """A stamp's hash for the intent's columns: "" for text Sluice did not write (the diff shows it)."""
+    return config_hash if CONTENT_HASH_PATTERN.fullmatch(config_hash) else ""

@@ -18,11 +18,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from gitops.storable import storable_text
+
 CONFIG_HASH_ANNOTATION = "sluice.dev/config-hash"
 COMMIT_ANNOTATION = "sluice.dev/commit"
 RESTART_ANNOTATION = "sluice.dev/restart"
 KINDS = ("Deployment", "StatefulSet", "DaemonSet")
 API_VERSION = "apps/v1"
+# How much of a condition's message a workload's health keeps.
+MESSAGE_LENGTH = 500
 
 
 class Health(StrEnum):
@@ -150,7 +154,9 @@ def _deployment_health(obj: Mapping[str, Any]) -> WorkloadHealth:
         return WorkloadHealth(Health.PROGRESSING, f"updating 0/{wanted}")
     for condition in status.get("conditions") or ():
         if condition.get("type") == "Progressing" and condition.get("reason") == "ProgressDeadlineExceeded":
-            detail = f"ProgressDeadlineExceeded: {condition.get('message', '')}".strip()
+            # The message is the cluster's text, kept in the rollout's states and shown on pages.
+            message = storable_text(str(condition.get("message", "")))[:MESSAGE_LENGTH]
+            detail = f"ProgressDeadlineExceeded: {message}".strip()
             return WorkloadHealth(Health.FAILED, detail)
     updated, available = int(status.get("updatedReplicas") or 0), int(status.get("availableReplicas") or 0)
     if updated == available == int(status.get("replicas") or 0) == wanted:

@@ -6,6 +6,7 @@ reads back the part of a live object Sluice compares with Git.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -108,10 +109,29 @@ def manifest(namespace: str, name: str, content: Content, provenance: Provenance
     return body
 
 
+# What Sluice writes as provenance: a Git commit (SHA-1 or SHA-256) and a content hash. Anybody who
+# may edit the object can write anything there; whatever else is found was not written by Sluice.
+COMMIT_PATTERN = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
+CONTENT_HASH_PATTERN = re.compile(r"[0-9a-f]{32}")  # ``Content.hash``, and a workload's config hash
+
+
 def live_provenance(live: Mapping[str, Any]) -> tuple[str | None, str | None, str | None]:
-    """(source, commit, content hash) recorded on a live object; None where absent."""
+    """(source, commit, content hash) recorded on a live object; None where absent.
+
+    A commit or hash that is not one (someone's edit) counts as absent: a plan then finds the
+    object drifted, as it is; self-heal stamps Git's commit instead of copying the text back; and
+    nothing of unbounded length reaches the columns that keep provenance.
+    """
     metadata = live.get("metadata", {})
     labels = metadata.get("labels") or {}
     annotations = metadata.get("annotations") or {}
     source = labels.get(SOURCE_LABEL) if labels.get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE else None
-    return source, annotations.get(COMMIT_ANNOTATION), annotations.get(CONTENT_HASH_ANNOTATION)
+    commit = annotations.get(COMMIT_ANNOTATION)
+    applied_hash = annotations.get(CONTENT_HASH_ANNOTATION)
+    return (
+        source,
+        commit if isinstance(commit, str) and COMMIT_PATTERN.fullmatch(commit) else None,
+        applied_hash
+        if isinstance(applied_hash, str) and CONTENT_HASH_PATTERN.fullmatch(applied_hash)
+        else None,
+    )

@@ -20,6 +20,8 @@ import psycopg
 from django.db import IntegrityError, connection, models, transaction
 from psycopg.errors import UniqueViolation
 
+from gitops.storable import jsonb_text
+
 Row = TypeVar("Row", bound=models.Model)
 # For an object, JSON text already encoded for some of its columns (column -> text; None: not
 # encoded, the attribute's value goes in as usual).
@@ -80,7 +82,10 @@ def _batch_insert(objects: Sequence[models.Model], encoded: Encoded | None) -> N
         }
         for obj in objects
     ]
-    document = _document(rows, [encoded(obj) for obj in objects] if encoded else None, set(columns))
+    # Live content (an intent's ``before``) may hold U+0000, which jsonb refuses.
+    document = jsonb_text(
+        _document(rows, [encoded(obj) for obj in objects] if encoded else None, set(columns))
+    )
     quote = connection.ops.quote_name
     names = ", ".join(quote(column) for column in columns)
     typed = ", ".join(

@@ -164,6 +164,43 @@ def test_restart_goes_wave_by_wave_through_every_kind_of_reference(
     assert generations(apps_api, first) == {**restarted, "unrelated": 1, "pinned": 1}
 
 
+
+def test_a_stamp_sluice_did_not_write_is_recorded_and_restored_exactly_on_abort(
+    repo, make_namespaces, make_source, sync, apps_api, people
+):
+    """A pod template's stamp is the cluster's text: anybody may have written it. A long one once
+    overflowed the restart intent's columns, and U+0000 its jsonb, so the step failed every pass."""
+    (namespace,) = make_namespaces("a")
+    source = start(repo, make_source, sync, [namespace], steps=[{"setWeight": 100}, {"pause": {}}])
+    forged = {CONFIG_HASH: "h\u0000" * 50, "sluice.dev/commit": "not a commit " * 10}
+    web = deployment("web", POD_SPECS["by-envfrom"])
+    web["spec"]["template"]["metadata"]["annotations"] = forged
+    apps_api.create_namespaced_deployment(namespace, web)
+    wait_for_rollout(apps_api, namespace, "web")
+    repo.commit("v2")
+
+    result = sync(source, timeout=180)
+
+    assert result["outcome"] == "paused", result
+    paused = rollout_of(source)
+    restart = Change.objects.get(source=source, action="restart")
+    assert (restart.before_hash, len(restart.after_hash)) == ("", 32)
+    assert restart.before == {"configHash": "h\ufffd" * 50, "commit": "not a commit " * 10}
+    assert restart.commit == paused.revision.commit
+    stamped = apps_api.read_namespaced_deployment("web", namespace).spec.template.metadata.annotations
+    assert stamped["sluice.dev/commit"] == paused.revision.commit
+
+    decisions.rollout_abort(paused.pk, user=people["approver"])
+    wait_for(source, phase="Aborted", timeout=180)
+    restored = apps_api.read_namespaced_deployment("web", namespace).spec.template.metadata.annotations
+    # As recorded: the text exactly, but U+0000, which no record can keep, as U+FFFD.
+    assert {key: restored.get(key) for key in forged} == {
+        CONFIG_HASH: "h\ufffd" * 50,
+        "sluice.dev/commit": "not a commit " * 10,
+    }
+    rollback = Change.objects.get(source=source, kind="Deployment", action="rollback")
+    assert (rollback.commit, rollback.after_hash) == (paused.revision.commit, "")
+
 def test_watch_gates_a_step_on_health_without_restarting(
     repo, make_namespaces, make_source, sync, apps_api, core_api, cordoned_nodes
 ):

@@ -309,6 +309,56 @@ def test_drift_is_healed_and_logged_when_self_heal_is_on(repo, make_namespaces, 
     assert sync(source)["outcome"] == "unchanged"
 
 
+def _edit_with_nul_in_cluster(cluster, namespace: str, annotations: dict[str, str] | None = None) -> None:
+    # The apiserver takes U+0000 in a value; PostgreSQL's jsonb takes no U+0000.
+    edited = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "app", "namespace": namespace, "annotations": annotations or {}},
+        "data": {"LOG_LEVEL": "de\u0000bug", "EXTRA": "added\u0000by hand"},
+    }
+    cluster.apply_configmap(edited, field_manager="kubectl-edit", force=True)
+
+
+def test_drift_holding_nul_and_a_forged_commit_is_healed_and_logged(
+    repo, make_namespaces, make_source, sync, cluster
+):
+    """Live content is not validated as Git's is: a U+0000 someone put into a managed object once
+    failed every pass at the change log's write, so self-heal could never repair it."""
+    namespace, source = _drift_setup(repo, make_namespaces, make_source, sync, self_heal=True)
+    commit = repo.head()
+    # Anything in Sluice's commit annotation: it once overflowed the column that keeps it.
+    _edit_with_nul_in_cluster(cluster, namespace, {"sluice.dev/commit": "x\u0000" * 60})
+
+    result = sync(source)
+
+    assert result["outcome"] == "applied", result
+    assert result["summary"] == {"self-heal": 1}
+    live = managed(cluster, namespace, "app")
+    assert live["data"] == {"LOG_LEVEL": "info", "MODE": "safe"}
+    assert live["metadata"]["annotations"]["sluice.dev/commit"] == commit
+    heal = Change.objects.get(source=source, action="self-heal")
+    assert heal.commit == commit
+    # Recorded with U+FFFD, the replacement character, where the cluster held U+0000.
+    assert heal.before["data"]["LOG_LEVEL"] == "de\ufffdbug"
+    assert {d["key"]: d.get("old") for d in heal.diff}["LOG_LEVEL"] == "de\ufffdbug"
+    assert sync(source)["outcome"] == "unchanged"
+
+
+def test_drift_holding_nul_is_reported_when_self_heal_is_off(
+    repo, make_namespaces, make_source, sync, cluster
+):
+    namespace, source = _drift_setup(repo, make_namespaces, make_source, sync, self_heal=False)
+    _edit_with_nul_in_cluster(cluster, namespace)
+
+    result = sync(source)
+
+    assert result["outcome"] == "unchanged", result["errors"]
+    assert result["summary"] == {"drift": 1}
+    assert managed(cluster, namespace, "app")["data"]["LOG_LEVEL"] == "de\u0000bug"
+    assert Source.objects.get(pk=source.pk).last_plan
+
+
 def test_drift_is_reported_and_left_alone_when_self_heal_is_off(
     repo, make_namespaces, make_source, sync, cluster
 ):

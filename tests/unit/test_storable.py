@@ -1,0 +1,112 @@
+"""What a cluster holds, as PostgreSQL can store it: jsonb refuses U+0000, which a live object may hold.
+The database's own refusal, and the pass that no longer fails on it, are in
+tests/integration/test_reconcile.py; here the text and the provenance read from live objects."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gitops.consumers.workloads import MESSAGE_LENGTH, health_of
+from gitops.plan.provenance import live_provenance
+from gitops.storable import JsonbEncoder, jsonb_text, storable_text
+
+COMMIT = "3f2a9c1d8e7b6a5f4e3d2c1b0a9f8e7d6c5b4a39"
+CONTENT_HASH = "0123456789abcdef0123456789abcdef"
+
+
+def stored(value: object, *, ensure_ascii: bool = True) -> object:
+    return json.loads(jsonb_text(json.dumps(value, ensure_ascii=ensure_ascii)))
+
+
+def replaced(value: str) -> str:
+    return value.replace("\x00", "\ufffd")
+
+
+@given(st.text(), st.booleans())
+def test_every_string_comes_back_with_nul_replaced_and_nothing_else_changed(value, ensure_ascii):
+    assert stored({value: [value]}, ensure_ascii=ensure_ascii) == {replaced(value): [replaced(value)]}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "\\u0000",  # the six characters, not U+0000
+        "\\\\u0000",
+        "\\\x00",  # a backslash, then U+0000
+        "\\\\\x00",
+        "\x00\x00\\u0000\x00",
+    ],
+)
+def test_escaped_backslashes_before_u0000_text_are_left_alone(value):
+    assert stored(value) == replaced(value)
+
+
+def test_json_without_nul_is_returned_as_the_very_same_text():
+    text = json.dumps({"data": {"conf": "line\n" * 100, "path": "C:\\u0001"}})
+    assert jsonb_text(text) is text
+
+
+def test_the_fields_encoder_writes_what_jsonb_takes():
+    assert json.dumps({"v": "a\x00b"}, cls=JsonbEncoder) == '{"v": "a\\ufffdb"}'
+
+
+def test_text_for_a_text_column():
+    assert storable_text("a\x00b\x00") == "a\ufffdb\ufffd"
+    plain = "plain"
+    assert storable_text(plain) is plain
+
+
+def configmap(annotations: dict[str, object]) -> dict[str, object]:
+    labels = {"app.kubernetes.io/managed-by": "sluice", "sluice.dev/source": "shop"}
+    return {"metadata": {"name": "app", "labels": labels, "annotations": annotations}}
+
+
+def test_provenance_as_sluice_writes_it_is_read_back():
+    provenance = {"sluice.dev/commit": COMMIT, "sluice.dev/content-hash": CONTENT_HASH}
+    assert live_provenance(configmap(provenance)) == ("shop", COMMIT, CONTENT_HASH)
+    sha256_commit = "ab" * 32
+    assert live_provenance(configmap({"sluice.dev/commit": sha256_commit}))[1] == sha256_commit
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        "x" * 65,
+        COMMIT + "0",
+        COMMIT.upper(),
+        COMMIT[:-1] + "\x00",
+        COMMIT + "\n",
+        "main",
+        "",
+        7,
+        None,
+    ],
+)
+def test_provenance_that_sluice_did_not_write_reads_as_absent(forged):
+    live = configmap({"sluice.dev/commit": forged, "sluice.dev/content-hash": forged})
+    assert live_provenance(live) == ("shop", None, None)
+
+
+def test_a_workloads_failure_message_is_kept_storable_and_bounded():
+    deployment = {
+        "kind": "Deployment",
+        "metadata": {"generation": 2},
+        "spec": {"replicas": 1},
+        "status": {
+            "observedGeneration": 2,
+            "conditions": [
+                {
+                    "type": "Progressing",
+                    "reason": "ProgressDeadlineExceeded",
+                    "message": "stuck\x00" + "x" * 10_000,
+                }
+            ],
+        },
+    }
+    health = health_of(deployment)
+    assert health.detail.startswith("ProgressDeadlineExceeded: stuck\ufffdxxx")
+    assert len(health.detail) <= MESSAGE_LENGTH + len("ProgressDeadlineExceeded: ")
