@@ -20,11 +20,12 @@ from typing import Any
 
 REPLACEMENT_ESCAPE = "\\ufffd"
 # How JSON writes U+0000: Python's encoder always escapes control characters. A compiled search
-# scans a megabyte in about 0.8 ms, half the time of ``in`` (measured on the intents' documents).
+# scans a megabyte in 0.7 to 0.9 ms, against 1.2 to 1.3 ms for ``in`` (the intents' documents).
 _NUL_ESCAPE = re.compile(r"\\u0000")
-# The escape itself, not an escaped backslash followed by the text "u0000": an even run of
-# backslashes (escaped backslashes) may precede it, an odd one may not.
-_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+# A run of backslashes, then "u0000": the escape when the run is odd (its last backslash starts it);
+# an even run is escaped backslashes followed by the text "u0000". A match always takes a whole run
+# (from inside one, what follows is the same), and the pattern starts with a literal the search skips to.
+_NUL_AFTER_BACKSLASHES = re.compile(r"(\\+)u0000")
 
 
 def jsonb_text(text: str) -> str:
@@ -34,7 +35,12 @@ def jsonb_text(text: str) -> str:
     """
     if _NUL_ESCAPE.search(text) is None:
         return text
-    return _NUL.sub(lambda match: match.group(1) + REPLACEMENT_ESCAPE, text)
+    return _NUL_AFTER_BACKSLASHES.sub(_replace_escape, text)
+
+
+def _replace_escape(match: re.Match[str]) -> str:
+    run = match.group(1)
+    return run[:-1] + REPLACEMENT_ESCAPE if len(run) % 2 else match.group(0)
 
 
 def storable_text(text: str) -> str:

@@ -34,6 +34,7 @@ from kubernetes.client.rest import RESTResponse
 from gitops.cluster import curl
 from gitops.desired.content import is_reserved
 from gitops.errors import PermanentError, TemporaryError
+from gitops.storable import storable_text
 
 APPLY_PATCH = "application/apply-patch+yaml"
 JSON_PATCH = "application/json-patch+json"
@@ -123,9 +124,20 @@ def _release_patch(live: Mapping[str, Any], field_manager: str) -> list[dict[str
 
 def _reason(exc: ApiException) -> str:
     try:
-        return str(json.loads(exc.body).get("message") or exc.reason)
+        return cluster_text(json.loads(exc.body).get("message") or exc.reason)
     except (TypeError, ValueError, AttributeError):
-        return str(exc.reason)
+        return cluster_text(exc.reason)
+
+
+# How much of a message from a cluster is kept.
+CLUSTER_TEXT_LENGTH = 2000
+
+
+def cluster_text(value: object) -> str:
+    """A message from a cluster, as records keep it: an admission webhook's denial, or a policy's
+    message that quotes the object, can be any length and hold U+0000, which PostgreSQL refuses."""
+    text = storable_text(str(value))
+    return text if len(text) <= CLUSTER_TEXT_LENGTH else text[:CLUSTER_TEXT_LENGTH] + "…"
 
 
 @contextmanager
@@ -288,7 +300,7 @@ def _nothing_arrived(response: Any) -> bool:
 
 def _watch_error(namespace: str, status: Mapping[str, Any]) -> Exception:
     """An ERROR event's Status as the error it stands for: 410 lists again, anything else retries."""
-    code, why = status.get("code"), status.get("message", "")
+    code, why = status.get("code"), cluster_text(status.get("message", ""))
     message = f"the watch of ConfigMaps in {namespace} ended ({code}): {why}"
     if code == 410:
         return ResourceGone(message)
@@ -697,7 +709,7 @@ class Cluster:
                 raw = event.get("raw_object") or {}
                 if event.get("type") == "ERROR":
                     raise TemporaryError(
-                        f"the watch of {kind}s in {namespace} ended: {raw.get('message', '')}"
+                        f"the watch of {kind}s in {namespace} ended: {cluster_text(raw.get('message', ''))}"
                     )
                 raw.setdefault("kind", kind)
                 yield str(event.get("type")), raw

@@ -164,7 +164,6 @@ def test_restart_goes_wave_by_wave_through_every_kind_of_reference(
     assert generations(apps_api, first) == {**restarted, "unrelated": 1, "pinned": 1}
 
 
-
 def test_a_stamp_sluice_did_not_write_is_recorded_and_restored_exactly_on_abort(
     repo, make_namespaces, make_source, sync, apps_api, people
 ):
@@ -200,6 +199,7 @@ def test_a_stamp_sluice_did_not_write_is_recorded_and_restored_exactly_on_abort(
     }
     rollback = Change.objects.get(source=source, kind="Deployment", action="rollback")
     assert (rollback.commit, rollback.after_hash) == (paused.revision.commit, "")
+
 
 def test_watch_gates_a_step_on_health_without_restarting(
     repo, make_namespaces, make_source, sync, apps_api, core_api, cordoned_nodes

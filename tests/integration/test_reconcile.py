@@ -8,8 +8,9 @@ import json
 import pytest
 
 from gitops import selectors
-from gitops.models import Change, Revision, Source
+from gitops.models import ApplyIntent, Change, Revision, Source
 from tests.gitrepo import configmap, policy
+from tests.workers import poll
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -357,6 +358,76 @@ def test_drift_holding_nul_is_reported_when_self_heal_is_off(
     assert result["summary"] == {"drift": 1}
     assert managed(cluster, namespace, "app")["data"]["LOG_LEVEL"] == "de\u0000bug"
     assert Source.objects.get(pk=source.pk).last_plan
+
+
+def _denied(core_api, namespace: str) -> bool:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        core_api.patch_namespaced_config_map("app", namespace, {"data": {"PROBE": "1"}}, dry_run="All")
+    except ApiException:
+        return True
+    return False
+
+
+def test_a_refusal_that_quotes_nul_from_the_cluster_is_logged(
+    repo, make_namespaces, make_source, sync, cluster, kube_client, core_api
+):
+    """An admission policy's message may quote the live object: its U+0000 once failed the write of
+    the change log, so the intents stayed pending and every pass applied and failed again."""
+    from kubernetes import client
+
+    namespace, source = _drift_setup(repo, make_namespaces, make_source, sync, self_heal=True)
+    _edit_with_nul_in_cluster(cluster, namespace)
+    admission = client.AdmissionregistrationV1Api(kube_client())
+    name = f"quote-old-{namespace}"
+    admission.create_validating_admission_policy(
+        {
+            "metadata": {"name": name},
+            "spec": {
+                "matchConstraints": {
+                    "resourceRules": [
+                        {
+                            "apiGroups": [""],
+                            "apiVersions": ["v1"],
+                            "operations": ["UPDATE"],
+                            "resources": ["configmaps"],
+                        }
+                    ]
+                },
+                "validations": [
+                    {
+                        "expression": "!has(oldObject.data) || !('EXTRA' in oldObject.data)",
+                        "messageExpression": "'not over ' + oldObject.data.LOG_LEVEL",
+                    }
+                ],
+            },
+        }
+    )
+    binding = {
+        "metadata": {"name": name},
+        "spec": {
+            "policyName": name,
+            "validationActions": ["Deny"],
+            "matchResources": {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+            },
+        },
+    }
+    admission.create_validating_admission_policy_binding(binding)
+    try:
+        # The policy takes effect once the apiserver's informers have it: a dry run tells when.
+        poll(lambda: _denied(core_api, namespace), timeout=30, what="the admission policy to take effect")
+        result = sync(source)
+    finally:
+        admission.delete_validating_admission_policy_binding(name)
+        admission.delete_validating_admission_policy(name)
+
+    assert "not over de\ufffdbug" in result["errors"][0]
+    refused = Change.objects.get(source=source, action="self-heal", result="error")
+    assert "not over de\ufffdbug" in refused.error
+    assert refused.before["data"]["LOG_LEVEL"] == "de\ufffdbug"
+    assert not ApplyIntent.objects.filter(source=source, status="pending").exists()
 
 
 def test_drift_is_reported_and_left_alone_when_self_heal_is_off(

@@ -9,7 +9,9 @@ import json
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from kubernetes.client.exceptions import ApiException
 
+from gitops.cluster.client import CLUSTER_TEXT_LENGTH, _reason, cluster_text
 from gitops.consumers.workloads import MESSAGE_LENGTH, health_of
 from gitops.plan.provenance import live_provenance
 from gitops.storable import JsonbEncoder, jsonb_text, storable_text
@@ -29,6 +31,14 @@ def replaced(value: str) -> str:
 @given(st.text(), st.booleans())
 def test_every_string_comes_back_with_nul_replaced_and_nothing_else_changed(value, ensure_ascii):
     assert stored({value: [value]}, ensure_ascii=ensure_ascii) == {replaced(value): [replaced(value)]}
+
+
+@given(st.lists(st.sampled_from(["\\", "\x00", "u0000", "a", "é"])).map("".join), st.booleans())
+def test_runs_of_backslashes_nul_and_u0000_text_come_back_as_they_were(value, ensure_ascii):
+    assert stored([value, {value: value}], ensure_ascii=ensure_ascii) == [
+        replaced(value),
+        {replaced(value): replaced(value)},
+    ]
 
 
 @pytest.mark.parametrize(
@@ -52,6 +62,15 @@ def test_json_without_nul_is_returned_as_the_very_same_text():
 
 def test_the_fields_encoder_writes_what_jsonb_takes():
     assert json.dumps({"v": "a\x00b"}, cls=JsonbEncoder) == '{"v": "a\\ufffdb"}'
+
+
+def test_a_message_from_a_cluster_is_kept_storable_and_bounded():
+    assert cluster_text("denied: a\x00b") == "denied: a\ufffdb"
+    assert cluster_text("x" * 5000) == "x" * CLUSTER_TEXT_LENGTH + "…"
+    refusal = ApiException(status=422, reason="Unprocessable Entity")
+    refusal.body = json.dumps({"kind": "Status", "message": "webhook says \x00 no" + "!" * 9000})
+    reason = _reason(refusal)
+    assert reason.startswith("webhook says \ufffd no!!!") and len(reason) == CLUSTER_TEXT_LENGTH + 1
 
 
 def test_text_for_a_text_column():
