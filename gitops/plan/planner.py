@@ -543,6 +543,11 @@ def _plan_object(
         self_heal=desired.policy.self_heal,
     )
     after = current if verdict.action is Action.UNCHANGED else (wanted if verdict.to_git else expected_now)
+    if applied_hash is None and verdict.action is Action.UPDATE:
+        # Without the hash Sluice wrote, Git's content is applied, whether or not Git moved.
+        verdict = replace(
+            verdict, reason="Sluice's content hash on it is missing or altered; Git's content is applied"
+        )
     return _item(
         obj.key,
         verdict.action,

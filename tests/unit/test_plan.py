@@ -244,6 +244,17 @@ def test_a_change_in_git_on_top_of_an_edit_in_the_cluster_is_flagged_and_forced_
     assert plain.force is False
 
 
+@pytest.mark.parametrize("forged", ["", "not-a-hash", "0" * 33, "x" * 100])
+def test_an_altered_content_hash_applies_git_and_says_why(forged):
+    obj = desired_object(LOG_LEVEL="info")
+    live = applied(obj)
+    live["metadata"]["annotations"]["sluice.dev/content-hash"] = forged
+    item = only_item(state(obj, self_heal=True), [live])
+    assert item.action is Action.UPDATE
+    assert item.reason == "Sluice's content hash on it is missing or altered; Git's content is applied"
+    assert item.live_content_hash is None
+
+
 @pytest.mark.parametrize("prune, allowed", [(True, True), (True, False), (False, True)])
 def test_objects_gone_from_git_keep_their_provenance_for_a_rollback(prune, allowed):
     gone = desired_object("gone")
