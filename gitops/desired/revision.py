@@ -291,12 +291,28 @@ def stamped(document: Mapping[str, Any], *, commit: str, source: str) -> dict[st
 def unstamped(document: Mapping[str, Any]) -> dict[str, Any]:
     """The document as Git had it: the origin stamps (and canary markers) removed."""
     result = copy.deepcopy(dict(document))
-    metadata = {k: v for k, v in result.get("metadata", {}).items() if k not in SLUICE_METADATA_KEYS}
-    if metadata:
-        result["metadata"] = metadata
+    metadata = result.get("metadata", {})
+    if not isinstance(metadata, dict):
+        return result  # not Sluice's: a cluster's copy can hold anything
+    kept = {k: v for k, v in metadata.items() if k not in SLUICE_METADATA_KEYS}
+    if kept:
+        result["metadata"] = kept
     else:
         result.pop("metadata", None)
     return result
+
+
+def published_document(text: str | None) -> dict[str, Any] | None:
+    """A flag set's document as a cluster holds it, without Sluice's stamps; None unless it is a JSON
+    object. Whoever may edit the ConfigMap can write any text there: not JSON, another value, or
+    JSON nested past Python's recursion limit (``[`` 100,000 times is 100 KB)."""
+    if not text:
+        return None
+    try:
+        document = json.loads(text)
+        return unstamped(document) if isinstance(document, dict) else None
+    except (ValueError, RecursionError):
+        return None
 
 
 def flag_set_key(name: str) -> str:

@@ -128,7 +128,7 @@ def parse(provider: str, headers: Mapping[str, str], body: bytes) -> PushEvent:
         delivery = _header(headers, "X-Sluice-Delivery")
     try:
         payload: Any = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise WebhookRejected(400, f"the body is not JSON: {exc}") from exc
     if not isinstance(payload, dict):
         raise WebhookRejected(400, "the body must be a JSON object")

@@ -104,7 +104,7 @@ def _readable(text: str) -> str:
     if stripped.startswith(("{", "[")):
         try:
             return json.dumps(json.loads(text), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-        except ValueError:
+        except (ValueError, RecursionError):  # a live value can be anything: "[" 100,000 times
             return text
     return text
 

@@ -93,7 +93,7 @@ def _holds_what_was_applied(live: Mapping[str, Any], applied_hash: str) -> bool:
 def _flag_document(name: str, current: Content) -> dict[str, Any] | None:
     try:
         document = json.loads(current.data.get(flag_set_key(name), ""))
-    except ValueError:
+    except (ValueError, RecursionError):  # whoever may edit the ConfigMap may nest it past Python's limit
         return None
     return document if isinstance(document, dict) else None
 

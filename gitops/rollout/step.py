@@ -8,7 +8,6 @@ applies them, and the change log records how each went.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +17,7 @@ from django.utils import timezone
 from gitops import caches
 from gitops.cluster.apply import intents_apply_everywhere
 from gitops.cluster.live import LiveState, live_configmaps, live_view
-from gitops.desired.revision import DesiredState, ObjectKey, flag_set_key, unstamped
+from gitops.desired.revision import DesiredState, ObjectKey, flag_set_key, published_document
 from gitops.models import ApplyIntent, Rollout, Source
 from gitops.plan import Action, Plan, plan
 from gitops.record.changelog import changes_record, intents_pending, intents_write
@@ -193,9 +192,5 @@ def flag_baselines(
         else:
             live_object = index.get(obj.key)
             data = live_object.get("data") if live_object is not None else None
-        document = (data or {}).get(flag_set_key(obj.name))
-        try:
-            baselines[obj.key] = unstamped(json.loads(document)) if document else None
-        except ValueError:
-            baselines[obj.key] = None
+        baselines[obj.key] = published_document((data or {}).get(flag_set_key(obj.name)))
     return baselines

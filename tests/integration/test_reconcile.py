@@ -430,6 +430,45 @@ def test_a_refusal_that_quotes_nul_from_the_cluster_is_logged(
     assert not ApplyIntent.objects.filter(source=source, status="pending").exists()
 
 
+def test_a_flag_document_nested_past_pythons_recursion_limit_in_the_cluster_is_healed(
+    repo, make_namespaces, make_source, sync, cluster, client, people
+):
+    """Anybody who may edit the flags' ConfigMap can write any text there. JSON nested 100,000 deep
+    (200 KB) once raised RecursionError, which no ``except ValueError`` caught, in the live cache's stamp,
+    the plan's readable diff and the flag baselines: every pass failed, and so did the change's page."""
+    (namespace, flags_ns) = make_namespaces("app", "flags")
+    repo.write_all(
+        {
+            "sluice.yaml": policy([namespace], flags={"namespace": flags_ns}, selfHeal=True),
+            "flags/checkout.json": json.dumps(FLAGS),
+        }
+    )
+    repo.commit("flags")
+    source = make_source()
+    assert sync(source)["outcome"] == "applied"
+    (published,) = cluster.list_configmaps(flags_ns)
+    name, (key,) = published["metadata"]["name"], published["data"].keys()
+    edited = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": flags_ns},
+        "data": {key: "[" * 100_000},
+    }
+    cluster.apply_configmap(edited, field_manager="kubectl-edit", force=True)
+
+    result = sync(source)
+
+    assert result["outcome"] == "applied", result
+    assert result["summary"] == {"self-heal": 1}
+    assert json.loads(cluster.get_configmap(flags_ns, name)["data"][key])["flags"] == FLAGS["flags"]
+    heal = Change.objects.get(source=source, action="self-heal")
+    client.force_login(people["viewer"])
+    shown = client.get("/api/changes", {"source": source.name, "action": "self-heal"})
+    assert shown.status_code == 200
+    assert [entry["id"] for entry in shown.json()["items"]] == [heal.pk]
+    assert sync(source)["outcome"] == "unchanged"
+
+
 def test_drift_is_reported_and_left_alone_when_self_heal_is_off(
     repo, make_namespaces, make_source, sync, cluster
 ):

@@ -1,6 +1,6 @@
-"""What a cluster holds, as PostgreSQL can store it: jsonb refuses U+0000, which a live object may hold.
-The database's own refusal, and the pass that no longer fails on it, are in
-tests/integration/test_reconcile.py; here the text and the provenance read from live objects."""
+"""What a cluster holds is anybody's text: as PostgreSQL can store it (jsonb refuses U+0000, which a
+live object may hold), provenance that Sluice did not write, and JSON nested past Python's recursion
+limit. The real database, apiserver and passes are in tests/integration/test_reconcile.py."""
 
 from __future__ import annotations
 
@@ -13,7 +13,11 @@ from kubernetes.client.exceptions import ApiException
 
 from gitops.cluster.client import CLUSTER_TEXT_LENGTH, _reason, cluster_text
 from gitops.consumers.workloads import MESSAGE_LENGTH, health_of
+from gitops.desired.content import Content
+from gitops.desired.revision import flag_set_key, published_document
+from gitops.plan import diff_content
 from gitops.plan.provenance import live_provenance
+from gitops.plan.stamps import stamp_of
 from gitops.storable import JsonbEncoder, jsonb_text, storable_text
 
 COMMIT = "3f2a9c1d8e7b6a5f4e3d2c1b0a9f8e7d6c5b4a39"
@@ -129,3 +133,43 @@ def test_a_workloads_failure_message_is_kept_storable_and_bounded():
     health = health_of(deployment)
     assert health.detail.startswith("ProgressDeadlineExceeded: stuck\ufffdxxx")
     assert len(health.detail) <= MESSAGE_LENGTH + len("ProgressDeadlineExceeded: ")
+
+
+DEEP = "[" * 100_000  # 100 KB: a ConfigMap holds up to 1 MiB
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (DEEP, None),
+        ('{"flags": ' + DEEP, None),
+        ("[1, 2]", None),
+        ('"text"', None),
+        ("not json", None),
+        ("", None),
+        (None, None),
+        ('{"flags": {}, "metadata": 5}', {"flags": {}, "metadata": 5}),
+        (
+            '{"flags": {}, "metadata": {"sluiceCommit": "c", "team": "x"}}',
+            {"flags": {}, "metadata": {"team": "x"}},
+        ),
+    ],
+)
+def test_a_published_flag_document_is_read_whatever_the_cluster_holds(text, expected):
+    assert published_document(text) == expected
+
+
+def test_a_flag_sets_stamp_and_readable_diff_survive_json_nested_past_the_recursion_limit():
+    labels = {
+        "app.kubernetes.io/managed-by": "sluice",
+        "sluice.dev/source": "shop",
+        "sluice.dev/kind": "flagset",
+    }
+    provenance = {"sluice.dev/commit": COMMIT, "sluice.dev/content-hash": CONTENT_HASH}
+    live = {
+        "metadata": {"name": "flags", "resourceVersion": "7", "labels": labels, "annotations": provenance},
+        "data": {flag_set_key("flags"): DEEP},
+    }
+    assert stamp_of(live).as_applied is False
+    (change,) = diff_content(Content(data={"k": DEEP}), Content(data={"k": '{\n  "a": 1\n}'}))
+    assert change.unified().endswith('+{\n+  "a": 1\n+}\n')
