@@ -6,6 +6,7 @@ import base64
 import difflib
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -57,7 +58,7 @@ class DiffItem:
         new_lines = _readable(new).splitlines(keepends=True) if new else []
         names = (f"{self.field}/{self.key} (live)", f"{self.field}/{self.key} (git)")
         lines: Iterable[str]
-        if old_lines and new_lines:
+        if old_lines and new_lines and _matchable(old_lines, new_lines):
             lines = difflib.unified_diff(old_lines, new_lines, fromfile=names[0], tofile=names[1])
         else:
             lines = _one_sided(old_lines, new_lines, *names)
@@ -89,24 +90,75 @@ def readable_diff(entries: Any) -> Any:
 
 def _one_sided(old_lines: list[str], new_lines: list[str], fromfile: str, tofile: str) -> list[str]:
     """What ``difflib.unified_diff`` gives when one side is empty (a key added or removed: every
-    object of a cold apply), without its matcher: one hunk of every line, each marked."""
+    object of a cold apply), without its matcher: one hunk of every line, each marked. With both
+    sides, the same without matching: every old line removed, every new one added."""
     if not old_lines and not new_lines:
         return []
-    count = len(old_lines) or len(new_lines)
-    span = f"1,{count}" if count > 1 else "1"
-    hunk = f"@@ -{span} +0,0 @@\n" if old_lines else f"@@ -0,0 +{span} @@\n"
-    mark = "-" if old_lines else "+"
-    return [f"--- {fromfile}\n", f"+++ {tofile}\n", hunk, *(mark + line for line in old_lines or new_lines)]
+    hunk = f"@@ -{_span(len(old_lines))} +{_span(len(new_lines))} @@\n"
+    return [
+        f"--- {fromfile}\n",
+        f"+++ {tofile}\n",
+        hunk,
+        *("-" + line for line in old_lines),
+        *("+" + line for line in new_lines),
+    ]
+
+
+def _span(count: int) -> str:
+    return "0,0" if not count else f"1,{count}" if count > 1 else "1"
+
+
+# A live value is anybody's text, and the unified text is derived for a drifted object on every pass
+# and for a change on every view. difflib's matcher costs about the number of pairs of equal lines
+# across the two sides: 20,000 blank lines against a file with 100 of its 199 blank took 11 s. Past
+# 50,000 pairs and four a line on average, the text says "all of it replaced" instead, which is
+# linear: an ordinary change of a file has about one pair a line (60,000 lines: 0.06 s), and the
+# worst at the bound measured 0.09 s (100,000 blank lines against 154 with 4).
+MATCHED_LINE_PAIRS = 50_000
+MATCHED_PAIRS_PER_LINE = 4
+
+
+def _matchable(old_lines: list[str], new_lines: list[str]) -> bool:
+    """Whether difflib may match the two sides: few pairs of equal lines across them."""
+    counts = Counter(new_lines)
+    pairs = sum(counts.get(line, 0) for line in old_lines)
+    return pairs <= max(MATCHED_LINE_PAIRS, MATCHED_PAIRS_PER_LINE * (len(old_lines) + len(new_lines)))
+
+
+# JSON is pretty-printed for its diff only up to this size and nesting: indentation grows with depth,
+# and 80 KB of JSON nested 500 deep became 32 MB. Sluice's own flag documents are printed so already.
+READABLE_JSON_CHARS = 256 * 1024
+READABLE_JSON_DEPTH = 32
 
 
 def _readable(text: str) -> str:
     stripped = text.lstrip()
-    if stripped.startswith(("{", "[")):
-        try:
-            return json.dumps(json.loads(text), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-        except (ValueError, RecursionError):  # a live value can be anything: "[" 100,000 times
+    if not stripped.startswith(("{", "[")) or len(text) > READABLE_JSON_CHARS:
+        return text
+    try:
+        value = json.loads(text)
+        if not _nested_within(value, READABLE_JSON_DEPTH):
             return text
-    return text
+        # A lone surrogate escape ("\ud800") decodes into text that cannot be encoded: keep the escape.
+        return (json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode().decode()
+    except (ValueError, RecursionError):  # a live value can be anything: "[" 100,000 times
+        return text
+
+
+def _nested_within(value: Any, depth: int) -> bool:
+    """Whether no list or mapping in ``value`` is nested more than ``depth`` deep (iteratively)."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        current, level = pending.pop()
+        children = (
+            current.values() if isinstance(current, dict) else current if isinstance(current, list) else ()
+        )
+        for child in children:
+            if isinstance(child, dict | list):
+                if level >= depth:
+                    return False
+                pending.append((child, level + 1))
+    return True
 
 
 def summarize_binary(value: str | None) -> str | None:

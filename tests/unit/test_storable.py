@@ -181,3 +181,34 @@ def test_a_flag_sets_stamp_and_readable_diff_survive_json_nested_past_the_recurs
     assert stamp_of(live).as_applied is False
     (change,) = diff_content(Content(data={"k": DEEP}), Content(data={"k": '{\n  "a": 1\n}'}))
     assert change.unified().endswith('+{\n+  "a": 1\n+}\n')
+
+
+@pytest.mark.timeout(10)
+def test_a_unified_diff_of_many_equal_lines_is_linear_and_says_all_was_replaced():
+    # 100,000 blank lines against a file of 199 with 100 blank: difflib alone takes about a minute.
+    git = "".join("\n" if i % 2 else f"line {i}\n" for i in range(199))
+    (change,) = diff_content(Content(data={"k": "\n" * 100_000}), Content(data={"k": git}))
+    text = change.unified()
+    assert text.splitlines()[2] == "@@ -1,100000 +1,199 @@"
+    assert text.count("\n-") == 100_000 and text.count("\n+") == 200
+
+
+def test_an_ordinary_change_of_a_large_file_is_still_matched():
+    old = "".join(f"key.{i}=value-{i}\n" for i in range(60_000))
+    (change,) = diff_content(
+        Content(data={"k": old}), Content(data={"k": old.replace("value-30000\n", "x\n")})
+    )
+    assert change.unified().count("\n-") == 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 40 + "]" * 40,  # nested past READABLE_JSON_DEPTH: indentation would grow with depth
+        '{"bad": "\\ud800"}',  # a lone surrogate escape: kept as an escape
+        "[" + "1," * 200_000 + "1]",  # past READABLE_JSON_CHARS
+    ],
+)
+def test_json_that_pretty_printing_would_blow_up_or_break_is_diffed_as_it_is(text):
+    (change,) = diff_content(Content(data={"k": text + "\n"}), Content(data={"k": "[\n  1\n]\n"}))
+    assert change.unified().splitlines()[3] == "-" + text
