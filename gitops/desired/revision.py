@@ -303,16 +303,34 @@ def unstamped(document: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def published_document(text: str | None) -> dict[str, Any] | None:
-    """A flag set's document as a cluster holds it, without Sluice's stamps; None unless it is a JSON
-    object. Whoever may edit the ConfigMap can write any text there: not JSON, another value, or
-    JSON nested past Python's recursion limit (``[`` 100,000 times is 100 KB)."""
+    """A flag set's document as a cluster holds it, without Sluice's stamps (see ``live_document``)."""
+    document = live_document(text)
+    if document is None:
+        return None
+    try:
+        return unstamped(document)
+    except RecursionError:  # nested within json's limit, past copy's
+        return None
+
+
+# A surrogate escape: JSON text can name half of a pair alone ("\ud800"), which json decodes into a
+# string no encoder can write out.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def live_document(text: str | None) -> dict[str, Any] | None:
+    """A JSON object a cluster holds, or None. Whoever may edit the ConfigMap can write any text
+    there: not JSON, another value, JSON nested past Python's recursion limit (``[`` 100,000 times is
+    100 KB), or a lone surrogate escape, which would fail every hash and write of it later."""
     if not text:
         return None
     try:
         document = json.loads(text)
-        return unstamped(document) if isinstance(document, dict) else None
-    except (ValueError, RecursionError):
+        if _SURROGATE_ESCAPE.search(text):  # rare: emoji written as pairs, or a lone half
+            json.dumps(document, ensure_ascii=False).encode()
+    except (ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
         return None
+    return document if isinstance(document, dict) else None
 
 
 def flag_set_key(name: str) -> str:

@@ -17,7 +17,6 @@ document carries stamps the planner compares too.
 
 from __future__ import annotations
 
-import json
 import operator
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
@@ -25,7 +24,7 @@ from typing import Any, NamedTuple
 
 from gitops.desired.content import KIND_LABEL, Content
 from gitops.desired.flags import COMMIT_METADATA_KEY, SOURCE_METADATA_KEY
-from gitops.desired.revision import DesiredObject, ObjectKey, flag_set_json, flag_set_key
+from gitops.desired.revision import DesiredObject, ObjectKey, flag_set_json, flag_set_key, live_document
 from gitops.plan.provenance import live_content, live_provenance
 
 ORIGIN_STAMPS = (COMMIT_METADATA_KEY, SOURCE_METADATA_KEY)
@@ -61,7 +60,10 @@ def stamp_of(live: Mapping[str, Any]) -> LiveStamp:
     """The stamp of a live object, as the apiserver returned it."""
     metadata = live.get("metadata") or {}
     source, commit, applied_hash = live_provenance(live)
-    as_applied = bool(source) and applied_hash is not None and _holds_what_was_applied(live, applied_hash)
+    try:
+        as_applied = bool(source) and applied_hash is not None and _holds_what_was_applied(live, applied_hash)
+    except Exception:  # anybody's content: one object must not stop a watch's whole scope
+        as_applied = False  # settles nothing: the planner reads the object and says what it is
     return LiveStamp(
         resource_version=str(metadata.get("resourceVersion", "")),
         source=source or "",
@@ -91,11 +93,7 @@ def _holds_what_was_applied(live: Mapping[str, Any], applied_hash: str) -> bool:
 
 
 def _flag_document(name: str, current: Content) -> dict[str, Any] | None:
-    try:
-        document = json.loads(current.data.get(flag_set_key(name), ""))
-    except (ValueError, RecursionError):  # whoever may edit the ConfigMap may nest it past Python's limit
-        return None
-    return document if isinstance(document, dict) else None
+    return live_document(current.data.get(flag_set_key(name)))
 
 
 def applied_hash_of(name: str, *, flag_set: bool, current: Content) -> str:

@@ -212,3 +212,21 @@ def test_an_ordinary_change_of_a_large_file_is_still_matched():
 def test_json_that_pretty_printing_would_blow_up_or_break_is_diffed_as_it_is(text):
     (change,) = diff_content(Content(data={"k": text + "\n"}), Content(data={"k": "[\n  1\n]\n"}))
     assert change.unified().splitlines()[3] == "-" + text
+
+
+def test_a_lone_surrogate_escape_in_a_live_flag_document_reads_as_no_document():
+    stamps = '"metadata": {"sluiceCommit": "' + COMMIT + '", "sluiceSource": "shop"}'
+    lone = "{" + stamps + ', "flags": {"x\\ud800": {}}}'
+    assert published_document(lone) is None
+    assert published_document('{"flags": {"x\\ud83d\\ude00": {}}}') == {"flags": {"x😀": {}}}
+    labels = {
+        "app.kubernetes.io/managed-by": "sluice",
+        "sluice.dev/source": "shop",
+        "sluice.dev/kind": "flagset",
+    }
+    provenance = {"sluice.dev/commit": COMMIT, "sluice.dev/content-hash": CONTENT_HASH}
+    live = {
+        "metadata": {"name": "flags", "resourceVersion": "7", "labels": labels, "annotations": provenance},
+        "data": {flag_set_key("flags"): lone},
+    }
+    assert stamp_of(live).as_applied is False
