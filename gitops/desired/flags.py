@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Final
 
 from gitops.desired.documents import Document, PathKey, Usage, load_json, load_yaml
 from gitops.desired.errors import ValidationError
-from gitops.desired.limits import DEFAULT_LIMITS, Limits
+from gitops.desired.limits import DEFAULT_LIMITS, Limits, setting_hint
 
 MetadataValue = str | int | float | bool
 
@@ -121,6 +121,8 @@ def load_flag_set(
         ]
     document = documents[0]
     errors = [*errors, *validate_flag_set(document)]
+    if not errors and (past := _inlined_past(document, limits.max_file_nodes)) is not None:
+        errors = [past]
     if errors:
         return None, errors
     data: dict[str, Any] = document.data
@@ -131,6 +133,41 @@ def load_flag_set(
         metadata=data.get("metadata", {}),
         document=data,
     ), []
+
+
+def _inlined_past(document: Document, limit: int) -> ValidationError | None:
+    """The flag with which the set's flags, their ``$ref`` evaluators inlined as flagd and Sluice
+    (``effective_flags``) inline them, come to more than ``limit`` values; None when they do not.
+
+    The file's own values are bounded as it is read, but an evaluator that refers to another twice
+    doubles at each level: thirty such evaluators, a kilobyte, inline to a billion values. Counted
+    without building anything, and never past ``limit`` steps.
+    """
+    evaluators = document.data.get("$evaluators") or {}
+    if not evaluators:
+        return None
+    budget = limit
+    for key, flag in document.data["flags"].items():
+        pending: list[tuple[Any, frozenset[str]]] = [(flag, frozenset())]
+        while pending:
+            value, resolving = pending.pop()
+            name = value.get("$ref") if isinstance(value, dict) and len(value) == 1 else None
+            if isinstance(name, str) and name in evaluators and name not in resolving:
+                pending.append((evaluators[name], resolving | {name}))  # replaces the reference
+                continue
+            budget -= 1
+            if budget < 0:
+                return document.error(
+                    ("flags", key),
+                    f"with their $ref evaluators inlined (as flagd evaluates them), the flags hold more "
+                    f"than {limit:,} values: an evaluator that refers to another twice doubles it"
+                    f"{setting_hint('max_file_nodes')}",
+                )
+            if isinstance(value, dict):
+                pending.extend((item, resolving) for item in value.values())
+            elif isinstance(value, list):
+                pending.extend((item, resolving) for item in value)
+    return None
 
 
 def validate_flag_set(document: Document) -> list[ValidationError]:

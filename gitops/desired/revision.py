@@ -313,6 +313,20 @@ def published_document(text: str | None) -> dict[str, Any] | None:
         return None
 
 
+def published_baseline(text: str | None) -> dict[str, Any] | None:
+    """A flag set's document as a cluster publishes it, without Sluice's stamps, when it is one a
+    repository could hold: validated as Git's are, or None. A canary and the flag catalog compute
+    from it (inlining evaluators, reading variants), which assumes a valid flag set."""
+    document = published_document(text)
+    if document is None:
+        return None
+    try:
+        flag_set, _ = load_flag_set("published.json", json.dumps(document, allow_nan=False).encode())
+    except ValueError:  # NaN and infinities are not JSON
+        return None
+    return document if flag_set is not None else None
+
+
 # A surrogate escape: JSON text can name half of a pair alone ("\ud800"), which json decodes into a
 # string no encoder can write out.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")

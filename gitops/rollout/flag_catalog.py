@@ -32,7 +32,7 @@ from django.conf import settings
 from django.db import transaction
 
 from gitops.desired.flag_summary import FlagSummary, definition_hash, effective_flags, flag_summary
-from gitops.desired.revision import DesiredState, flag_set_key, published_document
+from gitops.desired.revision import DesiredState, flag_set_key, published_baseline
 from gitops.models import Change, PublishedFlag, Rollout
 from gitops.rollout.flag_canary import changed_flags
 from gitops.vocabulary import ChangeAction
@@ -271,7 +271,7 @@ def _baselines(rollout: Rollout, set_keys: Iterable[SetKey]) -> dict[SetKey, dic
 
 
 def _document(content: Mapping[str, Any] | None, name: str) -> dict[str, Any] | None:
-    return published_document(((content or {}).get("data") or {}).get(flag_set_key(name)))
+    return published_baseline(((content or {}).get("data") or {}).get(flag_set_key(name)))
 
 
 def _first_publications(rollout: Rollout, set_keys: Iterable[SetKey]) -> dict[SetKey, _Published]:

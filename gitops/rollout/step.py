@@ -17,7 +17,7 @@ from django.utils import timezone
 from gitops import caches
 from gitops.cluster.apply import intents_apply_everywhere
 from gitops.cluster.live import LiveState, live_configmaps, live_view
-from gitops.desired.revision import DesiredState, ObjectKey, flag_set_key, published_document
+from gitops.desired.revision import DesiredState, ObjectKey, flag_set_key, published_baseline
 from gitops.models import ApplyIntent, Rollout, Source
 from gitops.plan import Action, Plan, plan
 from gitops.record.changelog import changes_record, intents_pending, intents_write
@@ -192,5 +192,5 @@ def flag_baselines(
         else:
             live_object = index.get(obj.key)
             data = live_object.get("data") if live_object is not None else None
-        baselines[obj.key] = published_document((data or {}).get(flag_set_key(obj.name)))
+        baselines[obj.key] = published_baseline((data or {}).get(flag_set_key(obj.name)))
     return baselines

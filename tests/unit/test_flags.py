@@ -1326,3 +1326,27 @@ def test_canonical_json_does_not_depend_on_key_order() -> None:
 def test_canonical_json_refuses_values_json_cannot_hold() -> None:
     with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
         canonical_json({"metadata": {"ratio": float("nan")}})
+
+
+def test_evaluators_that_double_at_each_level_are_refused_before_anything_inlines_them():
+    """Thirty evaluators, each referring to the next twice, are a kilobyte that inlines to a billion
+    values: ``effective_flags`` (the catalog, the canary) would take the worker's memory."""
+    evaluators = {f"e{i}": {"and": [{"$ref": f"e{i + 1}"}, {"$ref": f"e{i + 1}"}]} for i in range(30)}
+    evaluators["e30"] = {"==": [1, 1]}
+    flag = {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "off"}
+    document = {
+        "$evaluators": evaluators,
+        "flags": {"f": {**flag, "targeting": {"if": [{"$ref": "e0"}, "on", "off"]}}},
+    }
+    flag_set, errors = load_flag_set("flags/bomb.json", json.dumps(document, indent=1).encode())
+    assert flag_set is None
+    (error,) = errors
+    assert error.field == "flags.f"
+    assert "more than 100,000 values" in error.message and "SLUICE_MAX_FILE_NODES" in error.message
+    # Ten levels inline to about 3,000 values: allowed.
+    small = {f"e{i}": evaluators[f"e{i}"] for i in range(20, 30)} | {"e30": evaluators["e30"]}
+    document = {
+        "$evaluators": small,
+        "flags": {"f": {**flag, "targeting": {"if": [{"$ref": "e20"}, "on", "off"]}}},
+    }
+    assert load_flag_set("flags/ok.json", json.dumps(document).encode())[1] == []

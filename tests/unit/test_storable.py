@@ -14,7 +14,7 @@ from kubernetes.client.exceptions import ApiException
 from gitops.cluster.client import CLUSTER_TEXT_LENGTH, _reason, cluster_text
 from gitops.consumers.workloads import MESSAGE_LENGTH, health_of
 from gitops.desired.content import Content
-from gitops.desired.revision import flag_set_key, published_document
+from gitops.desired.revision import flag_set_key, published_baseline, published_document
 from gitops.plan import diff_content
 from gitops.plan.provenance import live_provenance
 from gitops.plan.stamps import stamp_of
@@ -230,3 +230,13 @@ def test_a_lone_surrogate_escape_in_a_live_flag_document_reads_as_no_document():
         "data": {flag_set_key("flags"): lone},
     }
     assert stamp_of(live).as_applied is False
+
+
+def test_a_published_baseline_is_a_flag_set_a_repository_could_hold():
+    valid = {
+        "flags": {"f": {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "off"}}
+    }
+    assert published_baseline(json.dumps(valid)) == valid
+    for broken in ({"flags": "x"}, {"flags": [1]}, {"flags": {"f": 5}}, {"flags": {"f": {"state": "ON"}}}):
+        assert published_baseline(json.dumps(broken)) is None
+    assert published_baseline('{"flags": {"f": {"variants": {"a": NaN}}}}') is None
