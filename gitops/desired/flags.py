@@ -121,7 +121,7 @@ def load_flag_set(
         ]
     document = documents[0]
     errors = [*errors, *validate_flag_set(document)]
-    if not errors and (past := _inlined_past(document, limits.max_file_nodes)) is not None:
+    if not errors and (past := _inlined_past(document, limits)) is not None:
         errors = [past]
     if errors:
         return None, errors
@@ -135,39 +135,49 @@ def load_flag_set(
     ), []
 
 
-def _inlined_past(document: Document, limit: int) -> ValidationError | None:
+def _inlined_past(document: Document, limits: Limits) -> ValidationError | None:
     """The flag with which the set's flags, their ``$ref`` evaluators inlined as flagd and Sluice
-    (``effective_flags``) inline them, come to more than ``limit`` values; None when they do not.
+    (``effective_flags``) inline them, hold more than ``limits.max_revision_nodes`` values or nest
+    deeper than ``limits.max_depth``; None when they do not.
 
     The file's own values are bounded as it is read, but an evaluator that refers to another twice
-    doubles at each level: thirty such evaluators, a kilobyte, inline to a billion values. Counted
-    without building anything, and never past ``limit`` steps.
+    doubles at each level (thirty such evaluators, a kilobyte, inline to a billion values), and a
+    chain of evaluators each wrapping the next nests as deep as it is long. Counted without building
+    anything, and never past ``max_revision_nodes`` steps.
     """
     evaluators = document.data.get("$evaluators") or {}
     if not evaluators:
         return None
-    budget = limit
+    budget = limits.max_revision_nodes
     for key, flag in document.data["flags"].items():
-        pending: list[tuple[Any, frozenset[str]]] = [(flag, frozenset())]
+        pending: list[tuple[Any, int, frozenset[str]]] = [(flag, 1, frozenset())]
         while pending:
-            value, resolving = pending.pop()
+            value, depth, resolving = pending.pop()
             name = value.get("$ref") if isinstance(value, dict) and len(value) == 1 else None
             if isinstance(name, str) and name in evaluators and name not in resolving:
-                pending.append((evaluators[name], resolving | {name}))  # replaces the reference
+                pending.append((evaluators[name], depth, resolving | {name}))  # replaces the reference
                 continue
             budget -= 1
-            if budget < 0:
-                return document.error(
-                    ("flags", key),
-                    f"with their $ref evaluators inlined (as flagd evaluates them), the flags hold more "
-                    f"than {limit:,} values: an evaluator that refers to another twice doubles it"
-                    f"{setting_hint('max_file_nodes')}",
-                )
-            if isinstance(value, dict):
-                pending.extend((item, resolving) for item in value.values())
-            elif isinstance(value, list):
-                pending.extend((item, resolving) for item in value)
+            nested = isinstance(value, dict | list)
+            if budget < 0 or (nested and depth > limits.max_depth):
+                return document.error(("flags", key), _inlined_problem(limits, too_deep=budget >= 0))
+            if nested:
+                items = value.values() if isinstance(value, dict) else value
+                pending.extend((item, depth + 1, resolving) for item in items)
     return None
+
+
+def _inlined_problem(limits: Limits, *, too_deep: bool) -> str:
+    inlined = "with their $ref evaluators inlined (as flagd evaluates them), the flags"
+    if too_deep:
+        return (
+            f"{inlined} nest more than {limits.max_depth} deep: evaluators that wrap one another add "
+            f"up{setting_hint('max_depth')}"
+        )
+    return (
+        f"{inlined} hold more than {limits.max_revision_nodes:,} values: an evaluator that refers to "
+        f"another twice doubles it{setting_hint('max_revision_nodes')}"
+    )
 
 
 def validate_flag_set(document: Document) -> list[ValidationError]:

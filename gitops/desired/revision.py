@@ -20,7 +20,7 @@ import json
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from json.encoder import encode_basestring_ascii
 from pathlib import PurePosixPath
 from types import MappingProxyType
@@ -313,18 +313,34 @@ def published_document(text: str | None) -> dict[str, Any] | None:
         return None
 
 
-def published_baseline(text: str | None) -> dict[str, Any] | None:
+def published_baseline(text: str | None, limits: Limits) -> dict[str, Any] | None:
     """A flag set's document as a cluster publishes it, without Sluice's stamps, when it is one a
     repository could hold: validated as Git's are, or None. A canary and the flag catalog compute
-    from it (inlining evaluators, reading variants), which assumes a valid flag set."""
+    from it (inlining evaluators, reading variants), which assumes a valid flag set.
+
+    ``limits`` are the ones Git's files are read within; a canary Sluice published splits each
+    changed flag in two, a few levels deeper, so its document is given twice the values and room.
+    """
     document = published_document(text)
     if document is None:
         return None
+    canary_room = replace(
+        limits,
+        max_file_bytes=2 * limits.max_file_bytes,
+        max_file_nodes=2 * limits.max_file_nodes,
+        max_revision_nodes=2 * limits.max_revision_nodes,
+        max_depth=limits.max_depth + CANARY_DEPTH,
+    )
     try:
-        flag_set, _ = load_flag_set("published.json", json.dumps(document, allow_nan=False).encode())
+        encoded = json.dumps(document, allow_nan=False, ensure_ascii=False).encode()
     except ValueError:  # NaN and infinities are not JSON
         return None
+    flag_set, _ = load_flag_set("published.json", encoded, limits=canary_room)
     return document if flag_set is not None else None
+
+
+# The levels a canary adds above a flag's own targeting: its split, the "if" and its branches.
+CANARY_DEPTH = 16
 
 
 # A surrogate escape: JSON text can name half of a pair alone ("\ud800"), which json decodes into a

@@ -6,11 +6,10 @@ import base64
 import difflib
 import hashlib
 import json
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from gitops.desired.content import Content
 
@@ -58,8 +57,8 @@ class DiffItem:
         new_lines = _readable(new).splitlines(keepends=True) if new else []
         names = (f"{self.field}/{self.key} (live)", f"{self.field}/{self.key} (git)")
         lines: Iterable[str]
-        if old_lines and new_lines and _matchable(old_lines, new_lines):
-            lines = difflib.unified_diff(old_lines, new_lines, fromfile=names[0], tofile=names[1])
+        if old_lines and new_lines:
+            lines = _unified_lines(old_lines, new_lines, *names)
         else:
             lines = _one_sided(old_lines, new_lines, *names)
         return "".join(line if line.endswith("\n") else line + "\n" for line in lines)
@@ -90,39 +89,90 @@ def readable_diff(entries: Any) -> Any:
 
 def _one_sided(old_lines: list[str], new_lines: list[str], fromfile: str, tofile: str) -> list[str]:
     """What ``difflib.unified_diff`` gives when one side is empty (a key added or removed: every
-    object of a cold apply), without its matcher: one hunk of every line, each marked. With both
-    sides, the same without matching: every old line removed, every new one added."""
+    object of a cold apply), without its matcher: one hunk of every line, each marked."""
     if not old_lines and not new_lines:
         return []
-    hunk = f"@@ -{_span(len(old_lines))} +{_span(len(new_lines))} @@\n"
-    return [
-        f"--- {fromfile}\n",
-        f"+++ {tofile}\n",
-        hunk,
-        *("-" + line for line in old_lines),
-        *("+" + line for line in new_lines),
-    ]
-
-
-def _span(count: int) -> str:
-    return "0,0" if not count else f"1,{count}" if count > 1 else "1"
+    count = len(old_lines) or len(new_lines)
+    span = f"1,{count}" if count > 1 else "1"
+    hunk = f"@@ -{span} +0,0 @@\n" if old_lines else f"@@ -0,0 +{span} @@\n"
+    mark = "-" if old_lines else "+"
+    return [f"--- {fromfile}\n", f"+++ {tofile}\n", hunk, *(mark + line for line in old_lines or new_lines)]
 
 
 # A live value is anybody's text, and the unified text is derived for a drifted object on every pass
-# and for a change on every view. difflib's matcher costs about the number of pairs of equal lines
-# across the two sides: 20,000 blank lines against a file with 100 of its 199 blank took 11 s. Past
-# 50,000 pairs and four a line on average, the text says "all of it replaced" instead, which is
-# linear: an ordinary change of a file has about one pair a line (60,000 lines: 0.06 s), and the
-# worst at the bound measured 0.09 s (100,000 blank lines against 154 with 4).
-MATCHED_LINE_PAIRS = 50_000
-MATCHED_PAIRS_PER_LINE = 4
+# and for a change on every view. The lines both sides begin and end with are set aside first (an
+# ordinary change is a few lines in the middle of a file). difflib's matcher then runs on the rest
+# only when it is at most this many lines on one side times the other: its cost grows with that
+# product and with repeated lines (20,000 blank lines against a file with 100 took 11 s, every other
+# line of an 8,000-line file edited over 5 s; at 1,000 by 1,000, the worst shapes tried took
+# 0.07 s). A larger middle is shown as all of one side replaced by all of the other: a correct
+# diff, found in linear time.
+MATCHED_LINES_PRODUCT = 1_000_000
+CONTEXT_LINES = 3  # as ``difflib.unified_diff`` and ``diff -u``
+Opcode = tuple[Literal["replace", "delete", "insert", "equal"], int, int, int, int]
 
 
-def _matchable(old_lines: list[str], new_lines: list[str]) -> bool:
-    """Whether difflib may match the two sides: few pairs of equal lines across them."""
-    counts = Counter(new_lines)
-    pairs = sum(counts.get(line, 0) for line in old_lines)
-    return pairs <= max(MATCHED_LINE_PAIRS, MATCHED_PAIRS_PER_LINE * (len(old_lines) + len(new_lines)))
+def _unified_lines(old_lines: list[str], new_lines: list[str], fromfile: str, tofile: str) -> list[str]:
+    """``difflib.unified_diff``'s lines, from ``_opcodes``; none when the sides are equal."""
+    opcodes = _opcodes(old_lines, new_lines)
+    if all(tag == "equal" for tag, *_ in opcodes):
+        return []
+    lines = [f"--- {fromfile}\n", f"+++ {tofile}\n"]
+    for group in _GivenOpcodes(opcodes).get_grouped_opcodes(CONTEXT_LINES):
+        first, last = group[0], group[-1]
+        lines.append(f"@@ -{_range(first[1], last[2])} +{_range(first[3], last[4])} @@\n")
+        for tag, i1, i2, j1, j2 in group:
+            if tag == "equal":
+                lines.extend(" " + line for line in old_lines[i1:i2])
+                continue
+            lines.extend("-" + line for line in old_lines[i1:i2])
+            lines.extend("+" + line for line in new_lines[j1:j2])
+    return lines
+
+
+def _opcodes(old: list[str], new: list[str]) -> list[Opcode]:
+    """How ``new`` differs from ``old``, as ``SequenceMatcher.get_opcodes`` says it, within bounds."""
+    prefix = 0
+    while prefix < min(len(old), len(new)) and old[prefix] == new[prefix]:
+        prefix += 1
+    suffix = 0
+    while suffix < min(len(old), len(new)) - prefix and old[-1 - suffix] == new[-1 - suffix]:
+        suffix += 1
+    old_end, new_end = len(old) - suffix, len(new) - suffix
+    middle_old, middle_new = old[prefix:old_end], new[prefix:new_end]
+    codes: list[Opcode] = [("equal", 0, prefix, 0, prefix)] if prefix else []
+    if middle_old and middle_new and len(middle_old) * len(middle_new) <= MATCHED_LINES_PRODUCT:
+        matched = difflib.SequenceMatcher(None, middle_old, middle_new).get_opcodes()
+        codes += [
+            (tag, i1 + prefix, i2 + prefix, j1 + prefix, j2 + prefix) for tag, i1, i2, j1, j2 in matched
+        ]
+    elif middle_old or middle_new:
+        tag: Literal["replace", "delete", "insert"] = (
+            "replace" if middle_old and middle_new else "delete" if middle_old else "insert"
+        )
+        codes.append((tag, prefix, old_end, prefix, new_end))
+    if suffix:
+        codes.append(("equal", old_end, len(old), new_end, len(new)))
+    return codes
+
+
+class _GivenOpcodes(difflib.SequenceMatcher[str]):
+    """A matcher that reports the opcodes it is given: difflib groups them into hunks with context."""
+
+    def __init__(self, opcodes: list[Opcode]) -> None:
+        super().__init__(None, [], [])
+        self._given = opcodes
+
+    def get_opcodes(self) -> list[Opcode]:
+        return list(self._given)
+
+
+def _range(start: int, stop: int) -> str:
+    """A hunk's range as unified diffs write it (``difflib._format_range_unified``)."""
+    beginning, length = start + 1, stop - start
+    if length == 1:
+        return str(beginning)
+    return f"{beginning - 1 if not length else beginning},{length}"
 
 
 # JSON is pretty-printed for its diff only up to this size and nesting: indentation grows with depth,

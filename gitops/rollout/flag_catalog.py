@@ -32,6 +32,7 @@ from django.conf import settings
 from django.db import transaction
 
 from gitops.desired.flag_summary import FlagSummary, definition_hash, effective_flags, flag_summary
+from gitops.desired.limits import Limits
 from gitops.desired.revision import DesiredState, flag_set_key, published_baseline
 from gitops.models import Change, PublishedFlag, Rollout
 from gitops.rollout.flag_canary import changed_flags
@@ -271,7 +272,8 @@ def _baselines(rollout: Rollout, set_keys: Iterable[SetKey]) -> dict[SetKey, dic
 
 
 def _document(content: Mapping[str, Any] | None, name: str) -> dict[str, Any] | None:
-    return published_baseline(((content or {}).get("data") or {}).get(flag_set_key(name)))
+    limits = Limits.from_settings(settings)
+    return published_baseline(((content or {}).get("data") or {}).get(flag_set_key(name)), limits)
 
 
 def _first_publications(rollout: Rollout, set_keys: Iterable[SetKey]) -> dict[SetKey, _Published]:

@@ -8,15 +8,18 @@ applies them, and the change log records how each went.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
 from django.utils import timezone
 
 from gitops import caches
 from gitops.cluster.apply import intents_apply_everywhere
 from gitops.cluster.live import LiveState, live_configmaps, live_view
+from gitops.desired.limits import Limits
 from gitops.desired.revision import DesiredState, ObjectKey, flag_set_key, published_baseline
 from gitops.models import ApplyIntent, Rollout, Source
 from gitops.plan import Action, Plan, plan
@@ -26,6 +29,8 @@ from gitops.rollout.engine import desired_at_weight, held_keys
 from gitops.rollout.flag_catalog import flag_catalog_record
 from gitops.rollout.state import StepOutcome
 from gitops.vocabulary import ChangeAction, Outcome
+
+logger = logging.getLogger(__name__)
 
 
 def weight_apply(
@@ -184,6 +189,7 @@ def flag_baselines(
     for intent in rollout.intents.exclude(action=ChangeAction.ROLLBACK).order_by("id"):
         first_intents.setdefault(intent.key, intent)
     baselines: dict[ObjectKey, dict[str, Any] | None] = {}
+    limits = Limits.from_settings(settings)
     for obj in flag_objects:
         data: dict[str, str] | None
         if obj.key in first_intents:
@@ -192,5 +198,15 @@ def flag_baselines(
         else:
             live_object = index.get(obj.key)
             data = live_object.get("data") if live_object is not None else None
-        baselines[obj.key] = published_baseline((data or {}).get(flag_set_key(obj.name)))
+        text = (data or {}).get(flag_set_key(obj.name))
+        baselines[obj.key] = published_baseline(text, limits)
+        if text and baselines[obj.key] is None:
+            cluster, namespace, name = obj.key
+            logger.warning(
+                "the flag set published as %s/%s in cluster %s is not a valid flag set: "
+                "its canary starts from no flags",
+                namespace,
+                name,
+                cluster,
+            )
     return baselines

@@ -1329,10 +1329,10 @@ def test_canonical_json_refuses_values_json_cannot_hold() -> None:
 
 
 def test_evaluators_that_double_at_each_level_are_refused_before_anything_inlines_them():
-    """Thirty evaluators, each referring to the next twice, are a kilobyte that inlines to a billion
-    values: ``effective_flags`` (the catalog, the canary) would take the worker's memory."""
-    evaluators = {f"e{i}": {"and": [{"$ref": f"e{i + 1}"}, {"$ref": f"e{i + 1}"}]} for i in range(30)}
-    evaluators["e30"] = {"==": [1, 1]}
+    """Twenty evaluators, each referring to the next four times, are two kilobytes that inline to a
+    trillion values: ``effective_flags`` (the catalog, the canary) would take the worker's memory."""
+    evaluators = {f"e{i}": {"or": [{"$ref": f"e{i + 1}"}] * 4} for i in range(20)}
+    evaluators["e20"] = {"==": [1, 1]}
     flag = {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "off"}
     document = {
         "$evaluators": evaluators,
@@ -1342,11 +1342,33 @@ def test_evaluators_that_double_at_each_level_are_refused_before_anything_inline
     assert flag_set is None
     (error,) = errors
     assert error.field == "flags.f"
-    assert "more than 100,000 values" in error.message and "SLUICE_MAX_FILE_NODES" in error.message
-    # Ten levels inline to about 3,000 values: allowed.
-    small = {f"e{i}": evaluators[f"e{i}"] for i in range(20, 30)} | {"e30": evaluators["e30"]}
+    assert "more than 500,000 values" in error.message and "SLUICE_MAX_REVISION_NODES" in error.message
+    # Five levels inline to about 4,000 values: allowed.
+    small = {f"e{i}": evaluators[f"e{i}"] for i in range(15, 21)}
     document = {
         "$evaluators": small,
-        "flags": {"f": {**flag, "targeting": {"if": [{"$ref": "e20"}, "on", "off"]}}},
+        "flags": {"f": {**flag, "targeting": {"if": [{"$ref": "e15"}, "on", "off"]}}},
     }
     assert load_flag_set("flags/ok.json", json.dumps(document).encode())[1] == []
+
+
+def test_evaluators_that_wrap_one_another_past_the_depth_limit_are_refused():
+    """Each evaluator shallow, the chain 400 deep once inlined: ``effective_flags`` raised RecursionError."""
+    evaluators = {f"e{i}": {"!": {"$ref": f"e{i + 1}"}} for i in range(400)}
+    evaluators["e400"] = {"==": [1, 1]}
+    flag = {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "off"}
+    document = {
+        "$evaluators": evaluators,
+        "flags": {"f": {**flag, "targeting": {"if": [{"$ref": "e0"}, "on", "off"]}}},
+    }
+    flag_set, errors = load_flag_set("flags/deep.json", json.dumps(document).encode())
+    assert flag_set is None
+    assert "nest more than 64 deep" in errors[0].message and "SLUICE_MAX_DEPTH" in errors[0].message
+
+
+def test_many_flags_sharing_one_evaluator_are_allowed():
+    internal = {"in": [{"var": "email"}, [f"user{i}@example.com" for i in range(497)]]}
+    flag = {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "off"}
+    flags = {f"f{i}": {**flag, "targeting": {"if": [{"$ref": "internal"}, "on", "off"]}} for i in range(200)}
+    document = {"$evaluators": {"internal": internal}, "flags": flags}
+    assert load_flag_set("flags/shared.json", json.dumps(document).encode())[1] == []

@@ -14,6 +14,7 @@ from kubernetes.client.exceptions import ApiException
 from gitops.cluster.client import CLUSTER_TEXT_LENGTH, _reason, cluster_text
 from gitops.consumers.workloads import MESSAGE_LENGTH, health_of
 from gitops.desired.content import Content
+from gitops.desired.limits import DEFAULT_LIMITS
 from gitops.desired.revision import flag_set_key, published_baseline, published_document
 from gitops.plan import diff_content
 from gitops.plan.provenance import live_provenance
@@ -236,7 +237,73 @@ def test_a_published_baseline_is_a_flag_set_a_repository_could_hold():
     valid = {
         "flags": {"f": {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "off"}}
     }
-    assert published_baseline(json.dumps(valid)) == valid
+    assert published_baseline(json.dumps(valid), DEFAULT_LIMITS) == valid
     for broken in ({"flags": "x"}, {"flags": [1]}, {"flags": {"f": 5}}, {"flags": {"f": {"state": "ON"}}}):
-        assert published_baseline(json.dumps(broken)) is None
-    assert published_baseline('{"flags": {"f": {"variants": {"a": NaN}}}}') is None
+        assert published_baseline(json.dumps(broken), DEFAULT_LIMITS) is None
+    assert published_baseline('{"flags": {"f": {"variants": {"a": NaN}}}}', DEFAULT_LIMITS) is None
+
+
+def apply_unified(old_lines: list[str], diff_lines: list[str]) -> list[str]:
+    """Applies a unified diff's hunks to ``old_lines``, checking every context and removed line."""
+    result, position, index = [], 0, 2
+    while index < len(diff_lines):
+        header = diff_lines[index].split()
+        start, _, _ = header[1][1:].partition(",")
+        start = int(start) - 1 if "," not in header[1] or not header[1].endswith(",0") else int(start)
+        result += old_lines[position:start]
+        position, index = start, index + 1
+        while index < len(diff_lines) and not diff_lines[index].startswith("@@"):
+            mark, line = diff_lines[index][0], diff_lines[index][1:]
+            if mark in " -":
+                assert old_lines[position] == line
+                position += 1
+            if mark in " +":
+                result.append(line)
+            index += 1
+    return result + old_lines[position:]
+
+
+lines_strategy = st.lists(st.sampled_from(["a\n", "b\n", "c\n", "\n", "d\n"]), max_size=40)
+
+
+@given(lines_strategy, lines_strategy)
+def test_the_unified_text_turns_the_old_side_into_the_new(old, new):
+    from gitops.plan.diff import _unified_lines
+
+    text = _unified_lines(old, new, "live", "git")
+    assert (text == []) == (old == new)
+    assert apply_unified(old, text) == new
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        # Every other line of an 8,000-line file edited: difflib alone, over 5 s.
+        (
+            [f"line {i}\n" for i in range(8000)],
+            [f"line {i}\n" if i % 2 else f"edited {i}\n" for i in range(8000)],
+        ),
+        # 100,000 blank lines against a file of 199, 100 of them blank: about a minute.
+        (["\n"] * 100_000, ["\n" if i % 2 else f"line {i}\n" for i in range(199)]),
+        # Each line four times over, in another order.
+        (
+            [f"x{i}\n" for i in range(5000) for _ in range(4)],
+            [f"x{i}\n" for i in reversed(range(5000)) for _ in range(4)],
+        ),
+    ],
+)
+def test_a_unified_text_is_found_in_bounded_time_whatever_the_sides_hold(old, new):
+    from gitops.plan.diff import _unified_lines
+
+    assert apply_unified(old, _unified_lines(old, new, "live", "git")) == new
+
+
+def test_an_ordinary_change_keeps_difflibs_hunks():
+    import difflib
+
+    from gitops.plan.diff import _unified_lines
+
+    old = [f"key.{i}=value-{i}\n" for i in range(2000)]
+    new = [*old[:700], "key.700=changed\n", *old[701:1500], *old[1501:]]
+    assert _unified_lines(old, new, "live", "git") == list(difflib.unified_diff(old, new, "live", "git"))
