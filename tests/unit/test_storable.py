@@ -168,18 +168,22 @@ def test_a_published_flag_document_is_read_whatever_the_cluster_holds(text, expe
     assert published_document(text) == expected
 
 
-def test_a_flag_sets_stamp_and_readable_diff_survive_json_nested_past_the_recursion_limit():
+def published_flag_set(document_text: str) -> dict[str, object]:
+    """A flag set as Sluice published it, its document replaced by someone with ``document_text``."""
     labels = {
         "app.kubernetes.io/managed-by": "sluice",
         "sluice.dev/source": "shop",
         "sluice.dev/kind": "flagset",
     }
     provenance = {"sluice.dev/commit": COMMIT, "sluice.dev/content-hash": CONTENT_HASH}
-    live = {
+    return {
         "metadata": {"name": "flags", "resourceVersion": "7", "labels": labels, "annotations": provenance},
-        "data": {flag_set_key("flags"): DEEP},
+        "data": {flag_set_key("flags"): document_text},
     }
-    assert stamp_of(live).as_applied is False
+
+
+def test_a_flag_sets_stamp_and_readable_diff_survive_json_nested_past_the_recursion_limit():
+    assert stamp_of(published_flag_set(DEEP)).as_applied is False
     (change,) = diff_content(Content(data={"k": DEEP}), Content(data={"k": '{\n  "a": 1\n}'}))
     assert change.unified().endswith('+{\n+  "a": 1\n+}\n')
 
@@ -220,17 +224,7 @@ def test_a_lone_surrogate_escape_in_a_live_flag_document_reads_as_no_document():
     lone = "{" + stamps + ', "flags": {"x\\ud800": {}}}'
     assert published_document(lone) is None
     assert published_document('{"flags": {"x\\ud83d\\ude00": {}}}') == {"flags": {"x😀": {}}}
-    labels = {
-        "app.kubernetes.io/managed-by": "sluice",
-        "sluice.dev/source": "shop",
-        "sluice.dev/kind": "flagset",
-    }
-    provenance = {"sluice.dev/commit": COMMIT, "sluice.dev/content-hash": CONTENT_HASH}
-    live = {
-        "metadata": {"name": "flags", "resourceVersion": "7", "labels": labels, "annotations": provenance},
-        "data": {flag_set_key("flags"): lone},
-    }
-    assert stamp_of(live).as_applied is False
+    assert stamp_of(published_flag_set(lone)).as_applied is False
 
 
 def test_a_published_baseline_is_a_flag_set_a_repository_could_hold():
