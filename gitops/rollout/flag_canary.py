@@ -82,6 +82,7 @@ from typing import Any, Final
 
 from gitops.desired.flag_summary import effective_flags
 from gitops.desired.flags import json_type
+from gitops.errors import PermanentError
 
 MetadataValue = str | int | float | bool
 
@@ -136,11 +137,22 @@ def _changed(old_flags: Mapping[str, Any], new_flags: Mapping[str, Any]) -> set[
     }
 
 
+# A published flag set lives in one ConfigMap, which holds at most 1 MiB.
+MAX_LOOKUP_CHAIN_BYTES = 1024 * 1024
+
+
+class CanaryTooLarge(PermanentError):
+    """A flag's canary would not fit in its ConfigMap: said before building it, not after."""
+
+
 def _split_document(old: Mapping[str, Any] | None, new: Mapping[str, Any], weight: int) -> dict[str, Any]:
     old_flags, new_flags = effective_flags(old), effective_flags(new)
     published: dict[str, Any] = dict(new.get("flags") or {})
     for key in _changed(old_flags, new_flags):
-        flag = _split_flag(old_flags.get(key), new_flags.get(key), published.get(key), weight)
+        try:
+            flag = _split_flag(old_flags.get(key), new_flags.get(key), published.get(key), weight)
+        except CanaryTooLarge as exc:
+            raise CanaryTooLarge(f"flag {key!r}: {exc}") from None
         if flag is None:
             published.pop(key, None)
         else:
@@ -247,6 +259,14 @@ def _side_expression(flag: Mapping[str, Any] | None, names: Mapping[str, str]) -
     try:
         expression, _ = _ResultRewriter(names, default).result(targeting)
     except _ComputedResultError:
+        # JsonLogic has no variables: the chain repeats the targeting once per variant name.
+        repeated = len(_canonical(targeting)) * (len(names) + 1)
+        if repeated > MAX_LOOKUP_CHAIN_BYTES:
+            raise CanaryTooLarge(
+                f"its targeting computes the variant name, so a canary repeats it for each of its "
+                f"{len(names):,} variants: {repeated:,} bytes, more than a ConfigMap holds; "
+                "roll it out without weighted steps (setWeight 100)"
+            ) from None
         return _lookup_chain(targeting, names, default)
     return expression
 

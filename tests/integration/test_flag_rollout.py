@@ -121,3 +121,42 @@ def test_flag_changes_reach_a_sticky_growing_share_of_users(
     finally:
         served_now.close()
     assert v1 != v2
+
+
+def test_a_canary_too_large_for_its_configmap_fails_the_pass_with_why_and_applies_nothing(
+    repo, make_namespaces, make_source, sync, cluster
+):
+    """A computed targeting is repeated once per variant in a canary: 1,000 variants of a 2 KB rule
+    once made a worker build 2 MB per side (a review measured 534 MB from a 99 KB flag) before the
+    apiserver refused the ConfigMap. Now the pass says so first."""
+    app, flags_ns = make_namespaces("app", "flags")
+    variants = {f"v{i}": f"value {i}" for i in range(1000)}
+    targeting = {"cat": [{"var": "plan"}, *(f"-{i}" for i in range(300))]}
+    old = {
+        "flags": {
+            "big": {"state": "ENABLED", "variants": variants, "defaultVariant": "v0", "targeting": targeting}
+        }
+    }
+    repo.write_all(
+        {"sluice.yaml": policy([app], flags={"namespace": flags_ns}), "flags/checkout.json": json.dumps(old)}
+    )
+    repo.commit("v1")
+    source = make_source()
+    assert sync(source)["outcome"] == "applied"
+    before = published(cluster, flags_ns)
+    new = json.loads(json.dumps(old))
+    new["flags"]["big"]["variants"]["v1"] = "changed"
+    steps = [{"setWeight": 50}, {"pause": {}}]
+    repo.write_all(
+        {
+            "sluice.yaml": policy([app], flags={"namespace": flags_ns}, rollout={"steps": steps}),
+            "flags/checkout.json": json.dumps(new),
+        }
+    )
+    repo.commit("v2")
+
+    result = sync(source)
+
+    assert result["outcome"] == "failed", result
+    assert "flag 'big'" in result["errors"][0] and "more than a ConfigMap holds" in result["errors"][0]
+    assert published(cluster, flags_ns) == before
