@@ -24,6 +24,7 @@ from django.views.decorators.http import require_GET
 
 from dashboard.templatetags.sluice import commit_link
 from gitops import selectors
+from gitops.numerals import whole_number
 from gitops.vocabulary import Staleness
 
 # What the page says about users who mix SDKs; tests/flagd.py checks both evaluators named here.
@@ -204,8 +205,8 @@ def flag_list(request: HttpRequest) -> HttpResponse:
     now = timezone.now()
     if request.GET.get("format") == "csv":
         return _export(filters, now=now)
-    after = request.GET.get("after", "")
-    rows, next_after = selectors.flag_page(filters, after=int(after) if after.isdigit() else None, now=now)
+    after = whole_number(request.GET.get("after", ""))
+    rows, next_after = selectors.flag_page(filters, after=after, now=now)
     context = {
         "lines": _lines(rows),
         "filters": filters,

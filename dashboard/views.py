@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
@@ -35,6 +36,7 @@ from gitops.errors import GitopsError
 from gitops.intake import receive
 from gitops.intake.webhooks import MAX_BODY_BYTES
 from gitops.models import Approval, Cluster, ManagedObject, Rollout, RolloutEvent, Source
+from gitops.numerals import whole_number
 from gitops.redaction import redact_url
 from gitops.rollout import decisions
 from gitops.vocabulary import ChangeAction
@@ -95,11 +97,15 @@ def can_sync(user: Any) -> bool:
 # -- overview ----------------------------------------------------------------------
 
 
+# Past any real fleet (100 sources a page): a larger page number reads as the first page.
+MAX_PAGE = 1_000_000
+
+
 @login_required
 @permission_required("gitops.view_source", raise_exception=True)
 def overview(request: HttpRequest) -> HttpResponse:
     search = request.GET.get("q", "").strip()[:100]
-    page = int(request.GET["page"]) if request.GET.get("page", "").isdigit() else 1
+    page = whole_number(request.GET.get("page", ""), maximum=MAX_PAGE) or 1
     rows, total = selectors.overview_rows(search=search, page=page)
     pages = max(1, -(-total // selectors.OVERVIEW_PAGE))
     context = {
@@ -278,10 +284,14 @@ def clusters(request: HttpRequest) -> HttpResponse:
 # -- change log -------------------------------------------------------------------------
 
 
+class UnreadableFilter(ValueError):
+    """A change-log filter that names no moment: the page says so rather than ignoring it."""
+
+
 def _filtered_changes(request: HttpRequest) -> tuple[Any, dict[str, str]]:
     filters = {key: request.GET.get(key, "").strip() for key in (*CHANGE_FILTERS, "since", "until")}
     changes = selectors.change_log(**{key: filters[key] or None for key in CHANGE_FILTERS})
-    since, until = _moment(filters["since"]), _moment(filters["until"], end_of_day=True)
+    since, until = _moment("since", filters["since"]), _moment("until", filters["until"], end_of_day=True)
     if since:
         changes = changes.filter(at__gte=since)
     if until:
@@ -289,35 +299,45 @@ def _filtered_changes(request: HttpRequest) -> tuple[Any, dict[str, str]]:
     return changes, filters
 
 
-def _moment(text: str, *, end_of_day: bool = False) -> datetime | None:
+def _moment(field: str, text: str, *, end_of_day: bool = False) -> datetime | None:
     if not text:
         return None
-    moment = parse_datetime(text)
-    if moment is None and (day := parse_date(text)):
-        moment = datetime.combine(day, datetime.max.time() if end_of_day else datetime.min.time())
-    if moment is not None and timezone.is_naive(moment):
-        moment = timezone.make_aware(moment)
+    try:  # parse_* answer None for text of another shape, and raise for 2026-02-30 or 25:00
+        moment = parse_datetime(text)
+        if moment is None and (day := parse_date(text)):
+            moment = datetime.combine(day, datetime.max.time() if end_of_day else datetime.min.time())
+        if moment is not None and timezone.is_naive(moment):
+            moment = timezone.make_aware(moment)
+    except (ValueError, OverflowError):
+        moment = None
+    if moment is None:
+        raise UnreadableFilter(
+            f"{field}: {text[:40]!r} is not a date or a time (2026-12-24 or 2026-12-24T18:00Z)"
+        )
     return moment
 
 
 @login_required
 @permission_required("gitops.view_change", raise_exception=True)
 def change_log(request: HttpRequest) -> HttpResponse:
-    changes, filters = _filtered_changes(request)
+    try:
+        changes, filters = _filtered_changes(request)
+    except UnreadableFilter as exc:
+        return HttpResponse(str(exc), status=400, content_type="text/plain; charset=utf-8")
     export = request.GET.get("format")
     if export in ("csv", "json"):
         return _export(changes, export, bodies=request.GET.get("bodies") == "1")
     # Keyset pagination: a deep page costs what the first one does.
-    before = request.GET.get("before", "")
-    if before.isdigit():
-        changes = changes.filter(id__lt=int(before))
+    before = whole_number(request.GET.get("before", ""))
+    if before is not None:
+        changes = changes.filter(id__lt=before)
     # The page shows no content bodies; leave them (up to 1 MiB a row) in the database.
     page = list(
         changes.order_by("-id").select_related("source").defer("before", "after", "diff")[: PAGE_SIZE + 1]
     )
     has_more = len(page) > PAGE_SIZE
     page = page[:PAGE_SIZE]
-    query = "&".join(f"{key}={value}" for key, value in filters.items() if value)
+    query = urlencode({key: value for key, value in filters.items() if value})
     context = {
         "changes": page,
         "filters": filters,
@@ -407,7 +427,7 @@ def _csv_lines(entries: Iterator[dict[str, Any]], *, bodies: bool) -> Iterator[s
 @require_POST
 def git_webhook(request: HttpRequest, name: str) -> JsonResponse:
     declared = request.headers.get("Content-Length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+    if declared.isascii() and declared.isdigit() and whole_number(declared, maximum=MAX_BODY_BYTES) is None:
         return JsonResponse({"status": "rejected", "reason": "body too large"}, status=413)
     body = request.read(MAX_BODY_BYTES + 1)
     if len(body) > MAX_BODY_BYTES:

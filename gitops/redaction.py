@@ -12,7 +12,12 @@ from collections.abc import Iterable
 HTTP_SCHEMES = frozenset({"http", "https"})
 # Userinfo runs from "://" to the last "@" before the path; a greedy class that
 # stops at "/", whitespace and quotes finds it in URLs and inside git's messages.
-URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*)://(?P<userinfo>[^\s/?#'\"]*)@")
+# A scheme starts only where a run of scheme characters starts (the lookbehind) and
+# takes the whole run (possessive): with a word boundary instead, text like
+# "a.a.a.a…" was scanned again from every letter, 4 s for 40,000 characters.
+URL_USERINFO = re.compile(
+    r"(?P<scheme>(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*+)://(?P<userinfo>[^\s/?#'\"]*)@"
+)
 
 # Secrets that may slip into a message: URL credentials are handled by redact_url.
 SECRET_PATTERNS = (

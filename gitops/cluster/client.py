@@ -34,6 +34,7 @@ from kubernetes.client.rest import RESTResponse
 from gitops.cluster import curl
 from gitops.desired.content import is_reserved
 from gitops.errors import PermanentError, TemporaryError
+from gitops.numerals import whole_number
 from gitops.storable import storable_text
 
 APPLY_PATCH = "application/apply-patch+yaml"
@@ -43,6 +44,9 @@ RELEASE_ATTEMPTS = 3
 WORKLOAD_KINDS = {"Deployment": "deployment", "StatefulSet": "stateful_set", "DaemonSet": "daemon_set"}
 # Their resources in the apps/v1 API, which a restart stamp is applied to (``apply_workload``).
 WORKLOAD_RESOURCES = {"Deployment": "deployments", "StatefulSet": "statefulsets", "DaemonSet": "daemonsets"}
+# An apiserver (or a proxy before it) that asks for more is waited for this long, then asked again:
+# a Retry-After of a year must not park a source's sync for a year.
+MAX_RETRY_AFTER = 300
 REQUEST_TIMEOUT = (3.0, 30.0)  # connect, read (seconds), unless settings say otherwise
 
 
@@ -85,9 +89,8 @@ def _translate(exc: ApiException, *, applying: bool = False, reading: bool = Fal
     if status == 401:
         return ClusterRefused(f"kube-apiserver answered {status}: {reason}")
     if status in (429, 500, 502, 503, 504) or status == 0:
-        retry_after = None
-        if exc.headers and exc.headers.get("Retry-After", "").isdigit():
-            retry_after = float(exc.headers["Retry-After"])
+        seconds = whole_number((exc.headers or {}).get("Retry-After", ""))
+        retry_after = None if seconds is None else float(min(seconds, MAX_RETRY_AFTER))
         return TemporaryError(f"kube-apiserver answered {status}: {reason}", delay=retry_after)
     if status == 404:
         return NotFoundError(reason)

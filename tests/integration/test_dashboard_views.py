@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 
 import pytest
 from django.db import connection
@@ -440,3 +441,42 @@ def test_consumer_pages_run_a_number_of_queries_that_does_not_grow_with_the_cons
     page = client.get(urls[0]).content.decode()
     assert page.count('class="consumer ') == 150
     assert page.count("<td>Deployment</td>") == 150
+
+
+def _visible(page: bytes) -> bytes:
+    """A page without its CSRF tokens, which are masked afresh on every response."""
+    return re.sub(rb'("X-CSRFToken": "|name="csrfmiddlewaretoken" value=")[^"]+', rb"\1", page)
+
+
+ODD_NUMBERS = ("²", "٣", "0", "-1", "9" * 30, "9" * 5000)
+ODD_MOMENTS = ("2026-02-30", "2026-13-01T00:00", "2026-01-01T25:00", "0000-01-01", "yesterday", "9" * 5000)
+
+
+@pytest.mark.parametrize(
+    "page, parameter",
+    [("dashboard:overview", "page"), ("dashboard:changes", "before"), ("dashboard:flags", "after")],
+)
+def test_an_odd_paging_value_shows_the_first_page_instead_of_a_server_error(people, page, parameter):
+    client = client_for(people["viewer"])
+    first = client.get(reverse(page)).content
+    for value in ODD_NUMBERS:
+        response = client.get(reverse(page), {parameter: value})
+        assert response.status_code == 200, (parameter, value[:20], response.status_code)
+        assert _visible(response.content) == _visible(first), (parameter, value[:20])
+
+
+@pytest.mark.parametrize("parameter", ["since", "until"])
+def test_a_change_log_date_that_names_no_moment_is_refused_with_its_field(people, parameter):
+    client = client_for(people["viewer"])
+    for value in ODD_MOMENTS:
+        response = client.get(reverse("dashboard:changes"), {parameter: value})
+        assert response.status_code == 400, (value[:20], response.status_code)
+        assert response.content.decode().startswith(f"{parameter}: "), response.content[:80]
+    assert client.get(reverse("dashboard:changes"), {parameter: "2026-12-24"}).status_code == 200
+    assert client.get(reverse("dashboard:changes"), {parameter: "2026-12-24T18:00Z"}).status_code == 200
+
+
+def test_the_change_log_links_keep_a_filter_holding_an_ampersand_whole(people):
+    client = client_for(people["viewer"])
+    page = client.get(reverse("dashboard:changes"), {"actor": "a&before=1#x"}).content.decode()
+    assert 'href="?actor=a%26before%3D1%23x&format=csv"' in page

@@ -28,6 +28,16 @@ def test_retry_after_header_sets_the_delay():
     assert error.delay == 7.0
 
 
+@pytest.mark.parametrize(
+    "header, delay",
+    [("31536000", 300.0), ("9" * 5000, None), ("²", None), ("Wed, 21 Oct 2026 07:28:00 GMT", None)],
+)
+def test_a_retry_after_past_five_minutes_or_unreadable_is_not_obeyed(header, delay):
+    error = _translate(api_exception(503, headers={"Retry-After": header}))
+    assert isinstance(error, TemporaryError)
+    assert error.delay == delay
+
+
 @pytest.mark.parametrize("status", [400, 401, 403, 422])
 def test_client_errors_are_permanent(status):
     error = _translate(api_exception(status, "configmaps is forbidden"))
