@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -44,22 +44,51 @@ def target_cutoff(weight: int, targets: int) -> int:
 UNAPPROVED_CANARY_MAX_WEIGHT = 25
 
 
-def with_approval_gate(steps: tuple[Step, ...]) -> tuple[Step, ...]:
-    """The steps with an approval gate an administrator requires: nothing goes past the first step unapproved.
+def _any_target(weight: int) -> int:
+    """The share to assume when the revision is not at hand: a ConfigMap with one target changes whole."""
+    return 100 if weight > 0 else 0
 
-    The gate is an indefinite pause right after the first step that changes
-    anything, when that step is a canary of at most 25%. The repository chooses
-    the weights, so a larger first step (say 99%, which covers every target of
-    most objects) gets the gate before it instead. A pause already there counts.
+
+def with_approval_gate(
+    steps: tuple[Step, ...], share: Callable[[int], int] = _any_target
+) -> tuple[Step, ...]:
+    """The steps with an approval gate an administrator requires: nothing goes past a canary unapproved.
+
+    ``share(weight)`` is the largest percentage of any one object's targets that holds new content at
+    ``weight`` (``largest_share``). The gate is an indefinite pause right after the first step that
+    changes anything, when that step writes at most 25% of every object's targets; before that step
+    otherwise. The repository chooses the weights and the targets: a first step of 99% covers every
+    target of most objects, and so does a first step of 1% for a ConfigMap with a single target.
+    An indefinite pause already at or before that place counts.
     """
     changing = [(i, s.weight) for i, s in enumerate(steps) if isinstance(s, SetWeight) and s.weight]
     if not changing:
         return (Pause(None), *steps)
     first, weight = changing[0]
-    gate = first if weight > UNAPPROVED_CANARY_MAX_WEIGHT else first + 1
-    if gate < len(steps) and steps[gate] == Pause(None):
+    gate = first if share(weight) > UNAPPROVED_CANARY_MAX_WEIGHT else first + 1
+    if Pause(None) in steps[: gate + 1]:
         return steps
     return (*steps[:gate], Pause(None), *steps[gate:])
+
+
+def largest_share(desired: DesiredState, weight: int) -> int:
+    """The largest percentage of any one object's targets that holds new content at ``weight``.
+
+    A flag set's canary serves ``weight`` percent of its users in every cluster. A ConfigMap with N
+    targets has ceil(weight x N / 100) of them changed: all of a single target at any weight above 0.
+    """
+    if weight <= 0:
+        return 0
+    targets: dict[str, int] = defaultdict(int)
+    largest = 0
+    for obj in desired.objects:
+        if obj.kind == "configmap":
+            targets[obj.group] += 1
+        else:
+            largest = weight
+    for count in targets.values():
+        largest = max(largest, math.ceil(100 * target_cutoff(weight, count) / count))
+    return min(largest, 100)
 
 
 def held_keys(desired: DesiredState, weight: int) -> frozenset[ObjectKey]:

@@ -7,6 +7,7 @@ only code that moves a rollout and touches the cluster. People's decisions
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 from django.db.models import Q, Subquery
@@ -18,7 +19,7 @@ from gitops.failpoints import failpoint
 from gitops.models import Revision, Rollout, RolloutEvent, Source
 from gitops.record.events import rollout_event
 from gitops.rollout.consumers import consumer_map_refresh, wave_gate_close, wave_gate_pass, wave_restart
-from gitops.rollout.engine import desired_hash, with_approval_gate
+from gitops.rollout.engine import desired_hash, largest_share, with_approval_gate
 from gitops.rollout.gates import analyse, pause, pause_is_over, wait_for_clusters
 from gitops.rollout.rollback import rollout_rollback
 from gitops.rollout.state import StepOutcome, transition
@@ -84,7 +85,9 @@ def rollout_start(
     policy = desired.policy
     # The administrator's floor comes on top of whatever the repository asks for.
     floor = source.required_approvals
-    steps = with_approval_gate(policy.rollout.steps) if floor else policy.rollout.steps
+    steps = policy.rollout.steps
+    if floor:
+        steps = with_approval_gate(steps, functools.partial(largest_share, desired))
     rollout = Rollout.objects.create(
         source=source,
         revision=revision,

@@ -273,6 +273,29 @@ def test_an_approval_floor_holds_even_when_the_repository_has_no_steps(
     assert cluster.get_configmap(canary, "app")["data"] == {"v": "1"}
 
 
+def test_an_approval_floor_holds_a_one_percent_step_that_would_write_a_single_target_whole(
+    repo, make_namespaces, make_source, sync, cluster, people
+):
+    (prod,) = make_namespaces("prod")
+    steps = [{"setWeight": 1}, {"setWeight": 100}]
+    repo.write_all(
+        {
+            "sluice.yaml": policy([prod], rollout={"steps": steps}),
+            "configmaps/app.yaml": configmap("app", {"v": "1"}),
+        }
+    )
+    repo.commit("v1")
+    source = make_source(required_approvals=1)
+    # ceil(1% of one target) is that target: a step of 1% is no canary for it, so the gate comes first.
+    assert sync(source)["outcome"] == "paused"
+    gated = rollout_of(source)
+    assert (gated.waiting_for, gated.step_index, gated.steps[0]) == ("approval", 0, {"pause": {}})
+    assert cluster.get_configmap(prod, "app") is None
+    decisions.rollout_promote(gated.pk, user=people["approver"])
+    wait_for(source, phase="Completed")
+    assert cluster.get_configmap(prod, "app")["data"] == {"v": "1"}
+
+
 # -- wedging a source ------------------------------------------------------------------------------
 
 
