@@ -278,6 +278,8 @@ class GitMirror:
         huge tree elsewhere in the repository is never listed. With ``max_entries``, git is stopped
         after that many files: a hostile tree of millions of files costs what ``max_entries`` do, and
         a caller that asks for one more than it accepts can tell a cut listing from a complete one.
+        Symlinks and submodules are dropped as git prints them; past ``MAX_SKIPPED_ENTRIES`` of them,
+        TooManySkippedEntries is raised.
         """
         commit = check_object_id(commit, "commit")
         subpath = _normalize_subpath(subpath)
@@ -285,7 +287,9 @@ class GitMirror:
         invocation = git_at(
             self.path, "--literal-pathspecs", "ls-tree", "-r", "-l", "-z", f"{commit}:{subpath}", "--", *paths
         )
-        records, returncode, stderr, stopped = self._local_records(invocation, max_files=max_entries)
+        records, returncode, stderr, stopped = self._local_records(
+            invocation, max_files=max_entries, max_skipped=MAX_SKIPPED_ENTRIES
+        )
         returncode = 0 if stopped else returncode
         if returncode != 0:
             self._require_commit(commit)
@@ -488,6 +492,7 @@ class GitMirror:
         *,
         max_files: int | None,
         counted: bytes | tuple[bytes, ...] = _FILE_MODES,
+        max_skipped: int | None = None,
     ) -> tuple[list[bytes], int, str, bool]:
         """The records ``git ls-tree -z`` (or ``diff-tree -z``) prints, read as they come; git is stopped
         once ``max_files`` records starting with ``counted`` are read. Returns the records, the exit code,
@@ -509,7 +514,7 @@ class GitMirror:
             timer = threading.Timer(LOCAL_TIMEOUT, stop)
             timer.start()
             try:
-                records, stopped = _read_records(process, max_files, counted)
+                records, stopped = _read_records(process, max_files, counted, max_skipped=max_skipped)
             finally:
                 timer.cancel()
                 if process.poll() is None:
@@ -618,24 +623,49 @@ def _committed_at(timestamp: int) -> datetime:
         return datetime.fromtimestamp(0, tz=UTC)
 
 
+class TooManySkippedEntries(PermanentError):
+    """A tree lists more symlinks and submodules than Sluice will skip over: three small trees that
+    point at each other, ending in 1,000 submodules, list 10⁹ entries from a 100 KB repository."""
+
+    def __init__(self, bound: int, example: str) -> None:
+        super().__init__(f"more than {bound:,} symlinks and submodules where Sluice reads files")
+        self.bound = bound
+        self.example = example
+
+
+# Symlinks and submodules a listing steps over before it gives up; none is kept, so this bounds time.
+MAX_SKIPPED_ENTRIES = 100_000
+
+
 def _read_records(
-    process: subprocess.Popen[bytes], max_files: int | None, counted: bytes | tuple[bytes, ...] = _FILE_MODES
+    process: subprocess.Popen[bytes],
+    max_files: int | None,
+    counted: bytes | tuple[bytes, ...] = _FILE_MODES,
+    *,
+    max_skipped: int | None = None,
 ) -> tuple[list[bytes], bool]:
     """``ls-tree`` records up to the one listing file number ``max_files``, and whether git had more
     (then the rest is left unread). Only regular files count: symlinks and submodules, which the
-    listing skips, must not make a cut listing look complete."""
+    listing skips, must not make a cut listing look complete. With ``max_skipped``, the records that
+    do not count are dropped as they come, and past that many of them TooManySkippedEntries is raised."""
     if process.stdout is None:
         raise RuntimeError("git was started without a stdout pipe")
     records: list[bytes] = []
-    files = 0
+    files = skipped = 0
     pending = b""
     while chunk := os.read(process.stdout.fileno(), 64 * 1024):
         *complete, pending = (pending + chunk).split(b"\0")
         for record in complete:
             if max_files is not None and files == max_files:
                 return records, True
-            records.append(record)
-            files += record.startswith(counted)
+            if max_skipped is None or record.startswith(counted):
+                records.append(record)
+                files += record.startswith(counted)
+                continue
+            skipped += 1
+            if skipped > max_skipped:
+                name = record.partition(b"\t")[2].decode("utf-8", "surrogateescape")
+                raise TooManySkippedEntries(max_skipped, name)
     return records, False
 
 

@@ -26,11 +26,12 @@ from gitops.desired.revision import (
     load_revision,
     load_revision_changes,
     load_revision_indexed,
+    shown_path,
 )
 from gitops.desired.scope import AdminScope
 from gitops.errors import PermanentError, TemporaryError
 from gitops.fetch.credentials import resolve_credentials
-from gitops.fetch.mirror import CommitInfo, FetchResult, GitMirror
+from gitops.fetch.mirror import CommitInfo, FetchResult, GitMirror, TooManySkippedEntries
 from gitops.fetch.refs import RequestedRevision
 from gitops.models import PERSON_LENGTH, Revision, Rollout, Source, known_cluster_names
 from gitops.record import notifications
@@ -137,7 +138,11 @@ def _listing(
     limits reject a revision before any blob is read. Raises RevisionRejected when there are more than
     ``max_files``: the listing stopped there, and what it left out must never go unnoticed (a file
     named like a directory, ``configmaps`` say, is listed too, so every listed file counts)."""
-    tree = mirror.list_tree(commit, path, paths=READ_PATHS, max_entries=limits.max_files + 1)
+    try:
+        tree = mirror.list_tree(commit, path, paths=READ_PATHS, max_entries=limits.max_files + 1)
+    except TooManySkippedEntries as exc:
+        advice = f"{exc}; Sluice reads regular files only: remove them or move them elsewhere"
+        raise RevisionRejected([ValidationError(shown_path(exc.example), None, "", advice)]) from None
     if problem := file_count_problem(tree, limits):
         raise RevisionRejected([problem])
     return {name: entry.blob for name, entry in tree.items()}, {

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import subprocess
 import time
 import uuid
 
@@ -130,6 +131,45 @@ def test_the_tree_listing_gives_sizes_stays_in_the_read_paths_and_stops_at_its_l
     }
     assert isinstance(listed["sluice.yaml"], TreeFile)
     assert sorted(cut) == ["configmaps/a.yaml", "configmaps/b.yaml"]
+
+
+def _plumbing(repo, *args: str, stdin: str = "") -> str:
+    done = subprocess.run(
+        ["git", *args], cwd=repo.work, input=stdin, capture_output=True, text=True, check=True
+    )
+    return done.stdout.strip()
+
+
+@pytest.mark.timeout(60)
+def test_a_tree_listing_a_million_symlinks_is_refused_after_a_bounded_read(repo, tmp_path):
+    from gitops.desired.errors import RevisionRejected
+    from gitops.fetch import GitMirror
+    from gitops.fetch.mirror import MAX_SKIPPED_ENTRIES
+    from gitops.fetch.revisions import _listing
+
+    # Three trees that point at each other: 1,000 symlinks x 10 x 100 directories, a few KB pushed.
+    link = _plumbing(repo, "hash-object", "-w", "--stdin", stdin="app.yaml")
+    tree = _plumbing(repo, "mktree", stdin="".join(f"120000 blob {link}\tl{i}\n" for i in range(1000)))
+    for fan_out in (10, 100):
+        tree = _plumbing(repo, "mktree", stdin="".join(f"040000 tree {tree}\td{i}\n" for i in range(fan_out)))
+    app = _plumbing(repo, "hash-object", "-w", "--stdin", stdin="apiVersion: v1\nkind: ConfigMap\n")
+    configmaps = _plumbing(repo, "mktree", stdin=f"100644 blob {app}\tapp.yaml\n040000 tree {tree}\tlinks\n")
+    root = _plumbing(repo, "mktree", stdin=f"040000 tree {configmaps}\tconfigmaps\n")
+    commit = _plumbing(repo, "commit-tree", root, "-m", "a million symlinks")
+    repo.git("push", "--quiet", "origin", f"{commit}:refs/heads/{repo.branch}")
+
+    with GitMirror(tmp_path / "mirror.git") as mirror:
+        mirror.fetch(repo.url, "main")
+        started = time.monotonic()
+        with pytest.raises(RevisionRejected) as refused:
+            _listing(mirror, commit, "", Limits())
+        elapsed = time.monotonic() - started
+
+    (problem,) = refused.value.errors
+    assert problem.file.startswith("configmaps/links/d"), problem
+    assert f"more than {MAX_SKIPPED_ENTRIES:,} symlinks and submodules" in problem.message
+    # Stopped after 100,000 of the 1,000,000 entries, none of them kept.
+    assert elapsed < 20, elapsed
 
 
 def test_each_malformed_revision_is_refused_by_the_cli_and_the_next_good_one_applies(
