@@ -239,9 +239,13 @@ def _set_weight(
         result.unreachable.update(wave.unreachable)
     outcome.merge(result)
     if result.failures:
+        # A step the cluster refused in part rolls back whole, as a failed wave does: left as it was,
+        # the targets it did change would keep the new content, and the next commit's rollout would
+        # take that half-applied state as its baseline.
         message = "; ".join(result.failures[:5])
-        transition(rollout, phase=Rollout.Phase.FAILED, finished_at=timezone.now(), message=message)
         rollout_event(rollout, RolloutEventKind.FAILED, actor=step_actor, message=message)
+        reason = f"step {rollout.step_index + 1} failed: {message}"
+        rollout_rollback(rollout, actor=SYSTEM_ACTOR, reason=reason, phase=Rollout.Phase.FAILED)
         outcome.outcome = Outcome.FAILED
         return False
     if result.unreachable:

@@ -345,3 +345,44 @@ def test_a_new_commit_queues_behind_a_running_rollout(
     queued = wait_for(source, phase="Paused", waiting_for="approval")
     assert queued.revision.commit == v3
     assert versions(cluster, targets) == ["3", "2"]
+
+
+def test_a_step_the_cluster_refuses_in_part_rolls_back_what_it_did_change(
+    repo, make_namespaces, make_source, sync, cluster
+):
+    canary, rest = make_namespaces("canary", "rest")
+    repo.write_all(
+        {
+            "sluice.yaml": policy([canary, rest], selfHeal=False),
+            "configmaps/app.yaml": configmap("app", {"VERSION": "1"}),
+            "configmaps/db.yaml": configmap("db", {"VERSION": "1"}),
+        }
+    )
+    repo.commit("v1")
+    source = make_source()
+    assert sync(source)["outcome"] == "applied"
+    # Someone else takes db's VERSION in the canary: a Git change of it conflicts there.
+    edited = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "db", "namespace": canary}}
+    cluster.apply_configmap({**edited, "data": {"VERSION": "hand"}}, field_manager="kubectl-edit", force=True)
+    steps = [{"setWeight": 50}, {"pause": {}}, {"setWeight": 100}]
+    repo.write_all(
+        {
+            "sluice.yaml": policy([canary, rest], selfHeal=False, rollout={"steps": steps}),
+            "configmaps/app.yaml": configmap("app", {"VERSION": "2"}),
+            "configmaps/db.yaml": configmap("db", {"VERSION": "2"}),
+        }
+    )
+    repo.commit("v2")
+
+    result = sync(source)
+
+    assert result["outcome"] == "failed", result
+    rollout = rollout_of(source)
+    assert rollout.phase == "Failed"
+    assert "step 1 failed" in rollout.message and "conflict" in rollout.message
+    # app went out to the canary in the step that failed; it is restored, as an abort would.
+    assert versions(cluster, [canary, rest]) == ["1", "1"]
+    assert versions(cluster, [canary, rest], name="db") == ["hand", "1"]
+    kinds = list(RolloutEvent.objects.filter(rollout=rollout).order_by("id").values_list("kind", flat=True))
+    assert kinds[-2:] == ["failed", "rolled-back"], kinds
+    assert Change.objects.filter(source=source, action="rollback", namespace=canary, name="app").count() == 1
