@@ -82,6 +82,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "dashboard.middleware.RefuseNulMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -226,6 +227,7 @@ SLUICE_MAX_REVISION_NODES = env_int("SLUICE_MAX_REVISION_NODES", 500_000)
 SLUICE_MAX_ALIASES = env_int("SLUICE_MAX_ALIASES", 1_000)
 SLUICE_MAX_DEPTH = env_int("SLUICE_MAX_DEPTH", 64)
 SLUICE_MAX_OBJECTS = env_int("SLUICE_MAX_OBJECTS", 100_000)
+SLUICE_MAX_EXPANDED_BYTES = env_int("SLUICE_MAX_EXPANDED_BYTES", 128 * 1024 * 1024)
 # A task whose worker process died this many times while running it (killed, out of memory,
 # crashed) is not started again: acks_late would otherwise hand it to the next worker forever.
 SLUICE_MAX_TASK_DELIVERIES = env_int("SLUICE_MAX_TASK_DELIVERIES", 3)
@@ -269,6 +271,9 @@ LOGOUT_REDIRECT_URL = "dashboard:login"
 # SLUICE_ALLOW_HTTP=1 (local runs on loopback without TLS, never a deployment) turn it off.
 SLUICE_ALLOW_HTTP = env_bool("SLUICE_ALLOW_HTTP")
 HTTPS_ONLY = not (DEBUG or SLUICE_ALLOW_HTTP)
+# /metrics names every source: a deployment serves it to the SLUICE_METRICS_TOKEN holder only, unless
+# this says anyone may scrape it. Local runs (DEBUG, SLUICE_ALLOW_HTTP) default to public.
+SLUICE_METRICS_PUBLIC = env_bool("SLUICE_METRICS_PUBLIC", default=not HTTPS_ONLY)
 SESSION_COOKIE_SECURE = HTTPS_ONLY
 CSRF_COOKIE_SECURE = HTTPS_ONLY
 SECURE_SSL_REDIRECT = HTTPS_ONLY

@@ -59,6 +59,16 @@ class Content:
         )
 
     @cached_property
+    def size(self) -> int:
+        """UTF-8 bytes of every key and value: what one copy of this content costs, about. Cached: a
+        manifest's content is one instance for all its targets and, through the parse cache, all loads."""
+        return sum(
+            len(key) + len(value.encode())
+            for section in (self.data, self.binary_data, self.labels, self.annotations)
+            for key, value in section.items()
+        )
+
+    @cached_property
     def hash(self) -> str:
         canonical = json.dumps(self.as_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(canonical.encode()).hexdigest()[:32]

@@ -35,6 +35,7 @@ MetadataValue = str | int | float | bool
 
 COMMIT_METADATA_KEY: Final = "sluiceCommit"
 SOURCE_METADATA_KEY: Final = "sluiceSource"
+CANARY_WEIGHT_METADATA_KEY: Final = "sluiceCanaryWeight"
 
 _FLAG_SET_FIELDS: Final = ("$schema", "flags", "$evaluators", "metadata")
 _FLAG_FIELDS: Final = ("state", "variants", "defaultVariant", "targeting", "metadata")
@@ -42,7 +43,8 @@ _STATES: Final = ("ENABLED", "DISABLED")
 _VARIANT_TYPES: Final = ("boolean", "string", "number", "object")
 # The schema's metadata allows any key, but means these two as strings.
 _STRING_METADATA: Final = ("flagSetId", "version")
-_STAMPED_METADATA: Final = (COMMIT_METADATA_KEY, SOURCE_METADATA_KEY)
+# Sluice writes these when it publishes; from Git they would claim a commit, a source or a canary.
+_STAMPED_METADATA: Final = (COMMIT_METADATA_KEY, SOURCE_METADATA_KEY, CANARY_WEIGHT_METADATA_KEY)
 
 # Context properties flagd injects; any other "$flagd." name evaluates to nothing.
 _FLAGD_PROPERTIES: Final = ("$flagd.timestamp", "$flagd.flagKey")

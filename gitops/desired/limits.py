@@ -37,6 +37,9 @@ class Limits:
     max_depth: int = 64
     # ConfigMaps after expansion to their target namespaces (flag sets included).
     max_objects: int = 100_000
+    # Their content added up, each target counted (keys and values, UTF-8): what a revision makes a
+    # worker hold in intents and request bodies. A 1 MiB file for 1,000 namespaces is 1 GiB of it.
+    max_expanded_bytes: int = 128 * MiB
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -65,6 +68,7 @@ SETTINGS: Final = {
     "max_aliases": "SLUICE_MAX_ALIASES",
     "max_depth": "SLUICE_MAX_DEPTH",
     "max_objects": "SLUICE_MAX_OBJECTS",
+    "max_expanded_bytes": "SLUICE_MAX_EXPANDED_BYTES",
 }
 
 DEFAULT_LIMITS: Final = Limits()

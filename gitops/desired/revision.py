@@ -31,6 +31,7 @@ from gitops.desired.content import Content
 from gitops.desired.documents import Usage, load_yaml
 from gitops.desired.errors import RevisionRejected, ValidationError
 from gitops.desired.flags import (
+    CANARY_WEIGHT_METADATA_KEY,
     COMMIT_METADATA_KEY,
     SOURCE_METADATA_KEY,
     FlagSet,
@@ -274,7 +275,7 @@ class DesiredState:
 
 
 # Metadata Sluice writes into published flag sets; never part of Git's content.
-SLUICE_METADATA_KEYS = (COMMIT_METADATA_KEY, SOURCE_METADATA_KEY, "sluiceCanaryWeight")
+SLUICE_METADATA_KEYS = (COMMIT_METADATA_KEY, SOURCE_METADATA_KEY, CANARY_WEIGHT_METADATA_KEY)
 
 
 def stamped(document: Mapping[str, Any], *, commit: str, source: str) -> dict[str, Any]:
@@ -645,19 +646,24 @@ def shown_path(path: str) -> str:
     return _UNPRINTABLE_NAME.sub(lambda match: match[0].encode("unicode_escape").decode("ascii"), text)
 
 
+# A file's path is recorded with each change it makes (``ApplyIntent.origin``) and stamped on each
+# object (``sluice.dev/origin``); a longer one failed every pass at the intents' insert.
+MAX_PATH_LENGTH = 1000
+
+
 def name_problems(paths: Iterable[str]) -> list[ValidationError]:
-    """Files whose names are not printable UTF-8: they would break every log line, page and
-    database row that names them, so they are rejected rather than read."""
-    return [
-        ValidationError(
-            shown_path(path),
-            None,
-            "",
-            "the file name is not UTF-8 text or holds control characters; rename it",
-        )
-        for path in sorted(paths)
-        if _UNPRINTABLE_NAME.search(path)
-    ]
+    """Files whose names are not printable UTF-8, or too long to record: they would break every log
+    line, page and database row that names them, so they are rejected rather than read."""
+    problems = []
+    for path in sorted(paths):
+        if _UNPRINTABLE_NAME.search(path):
+            message = "the file name is not UTF-8 text or holds control characters; rename it"
+        elif len(path) > MAX_PATH_LENGTH:
+            message = f"the path is {len(path):,} characters; Sluice records at most {MAX_PATH_LENGTH:,}"
+        else:
+            continue
+        problems.append(ValidationError(shown_path(path), None, "", message))
+    return problems
 
 
 def file_count_problem(paths: Iterable[str], limits: Limits) -> ValidationError | None:
@@ -751,9 +757,10 @@ def _too_many_nodes(path: str, limits: Limits) -> ValidationError:
 
 
 class _TooManyObjects(Exception):
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, message: str) -> None:
         super().__init__(path)
         self.path = path
+        self.message = message
 
 
 def _expand(
@@ -772,8 +779,10 @@ def _expand(
     reachable = _reachable_clusters(policy, scope)
     objects: list[DesiredObject] = []
     seen: dict[ObjectKey, tuple[str, int | None]] = {}
+    expanded = 0
 
     def add(obj: DesiredObject, field_name: str) -> None:
+        nonlocal expanded
         first = seen.get(obj.key)
         if first is not None:
             where = first[0] + (f" line {first[1]}" if first[1] else "")
@@ -781,7 +790,10 @@ def _expand(
             errors.append(ValidationError(obj.origin, obj.line, field_name, message))
             return
         if len(objects) >= limits.max_objects:
-            raise _TooManyObjects(obj.origin)
+            raise _TooManyObjects(obj.origin, _too_many(limits))
+        expanded += obj.content.size
+        if expanded > limits.max_expanded_bytes:
+            raise _TooManyObjects(obj.origin, _too_large(limits))
         seen[obj.key] = (obj.origin, obj.line)
         objects.append(obj)
 
@@ -805,12 +817,22 @@ def _expand(
                         known = _configmap_object(path, index, item, rank, (cluster, namespace))
                     add(known, "metadata.name")
     except _TooManyObjects as too_many:
-        message = (
-            f"with this file the revision expands to more than {limits.max_objects:,} ConfigMaps "
-            f"(one per target namespace){setting_hint('max_objects')}"
-        )
-        errors.append(ValidationError(too_many.path, None, "", message))
+        errors.append(ValidationError(too_many.path, None, "", too_many.message))
     return objects
+
+
+def _too_many(limits: Limits) -> str:
+    return (
+        f"with this file the revision expands to more than {limits.max_objects:,} ConfigMaps "
+        f"(one per target namespace){setting_hint('max_objects')}"
+    )
+
+
+def _too_large(limits: Limits) -> str:
+    return (
+        f"with this file the revision's content, counted once per target, passes "
+        f"{limits.max_expanded_bytes:,} bytes{setting_hint('max_expanded_bytes')}"
+    )
 
 
 def _configmap_object(

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from gitops.desired.errors import MAX_FILE_CHARS, clipped
 from gitops.desired.limits import DEFAULT_LIMITS, Limits
 
 MALFORMED = Path(__file__).parent / "malformed"
@@ -463,6 +464,45 @@ def too_many_objects(limits: Limits) -> Case:
         "expands to more than",
         generated=True,
         revision_wide=True,
+    )
+
+
+@generator("expanded-content-over-limit")
+def too_much_expanded_content(limits: Limits) -> Case:
+    # One file whose content, counted once for each of its target namespaces, passes the limit alone:
+    # a ConfigMap under 1 MiB for 1,000 namespaces is 1 GiB in intents and request bodies.
+    targets = min(1000, limits.max_objects // 2)
+    value = "x" * (min(limits.max_file_bytes, 1024 * 1024) - 1024)
+    assert len(value) * targets > limits.max_expanded_bytes, "the case needs a larger file or more targets"
+    names = ", ".join(f'"ns-{index:04d}"' for index in range(targets))
+    return Case(
+        "expanded-content-over-limit",
+        f"one file's content times its target namespaces past max_expanded_bytes "
+        f"({limits.max_expanded_bytes:,})",
+        {
+            POLICY: f"targets:\n  namespaces: [{names}]\nflags:\n  namespace: ns-0000\n".encode(),
+            "configmaps/fan/wide.yaml": _configmap("wide", f"  BIG: {value}"),
+        },
+        "configmaps/fan/wide.yaml",
+        None,
+        "counted once per target, passes",
+        generated=True,
+        revision_wide=True,
+    )
+
+
+@generator("path-too-long")
+def path_too_long(limits: Limits) -> Case:
+    # Four directories of 250 characters (a file system's most is 255): 1,023 characters in all.
+    path = "configmaps/" + "/".join(f"{index}" + "d" * 249 for index in range(4)) + "/app.yaml"
+    return Case(
+        "path-too-long",
+        "a ConfigMap whose path is 1,023 characters, past the 1,000 Sluice records with each change",
+        {path: _configmap("long")},
+        clipped(path, MAX_FILE_CHARS),  # as every error names a file
+        None,
+        "Sluice records at most 1,000",
+        generated=True,
     )
 
 

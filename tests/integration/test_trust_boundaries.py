@@ -301,13 +301,16 @@ def test_an_approval_floor_holds_a_one_percent_step_that_would_write_a_single_ta
 
 def test_a_very_long_author_name_does_not_wedge_the_source(repo, make_source, sync, cluster, namespace):
     repo.write_all({"sluice.yaml": policy([namespace]), "configmaps/app.yaml": configmap("app", {"v": "1"})})
-    commit = repo.commit("long name", author=("A" * 600, "x" * 600 + "@example.com"))
+    message = "long name\n\n" + "m" * 100_000  # under the 128 KiB an argument may be
+    commit = repo.commit(message, author=("A" * 600, "x" * 600 + "@example.com"))
     source = make_source()
 
     assert sync(source)["outcome"] == "applied"
     revision = Revision.objects.get(source=source, commit=commit)
     assert len(revision.author_name) == 500
     assert revision.author_name.endswith("…")
+    assert len(revision.message) == 64 * 1024
+    assert revision.message.startswith("long name") and revision.message.endswith("…")
     assert cluster.get_configmap(namespace, "app")["data"] == {"v": "1"}
 
 

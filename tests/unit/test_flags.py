@@ -958,6 +958,20 @@ FORMAT_CHECKS = [
         "is set by Sluice when it publishes the flag set: remove it",
     ),
     case(
+        "metadata-that-claims-a-canary",
+        """\
+        {
+          "metadata": {
+            "sluiceCanaryWeight": 5
+          },
+          "flags": {}
+        }
+        """,
+        "metadata.sluiceCanaryWeight",
+        3,
+        "is set by Sluice when it publishes the flag set: remove it",
+    ),
+    case(
         "evaluators-not-an-object",
         """\
         {

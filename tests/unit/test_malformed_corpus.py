@@ -92,6 +92,7 @@ def test_the_generated_cases_follow_the_limits_an_administrator_sets():
         max_aliases=20,
         max_depth=10,
         max_objects=500,
+        max_expanded_bytes=4 * 1024 * 1024,
     )
     for case in generated_cases(small):
         if case.name in (
