@@ -19,7 +19,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -62,9 +62,15 @@ def _has_metrics_token(request: HttpRequest) -> bool:
 
 @require_GET
 def prometheus_metrics(request: HttpRequest) -> HttpResponse:
-    """Prometheus text format; with SLUICE_METRICS_TOKEN set, a matching bearer token is required."""
-    if getattr(settings, "SLUICE_METRICS_TOKEN", "") and not _has_metrics_token(request):
-        return HttpResponse("unauthorized\n", status=401, content_type="text/plain")
+    """Prometheus text format. It names every source with its phase and drift, so a deployment answers
+    only a caller with the SLUICE_METRICS_TOKEN bearer token, unless SLUICE_METRICS_PUBLIC=1 says
+    anyone may read it (the default only for local runs: DEBUG or SLUICE_ALLOW_HTTP)."""
+    if getattr(settings, "SLUICE_METRICS_TOKEN", ""):
+        if not _has_metrics_token(request):
+            return HttpResponse("unauthorized\n", status=401, content_type="text/plain")
+    elif not settings.SLUICE_METRICS_PUBLIC:
+        refusal = "unauthorized: set SLUICE_METRICS_TOKEN (or SLUICE_METRICS_PUBLIC=1)\n"
+        return HttpResponse(refusal, status=401, content_type="text/plain")
     payload, content_type = metrics.render()
     return HttpResponse(payload, content_type=content_type)
 
@@ -255,6 +261,8 @@ def rollout_action(request: HttpRequest, rollout_id: int, action: str) -> HttpRe
             return HttpResponse(status=404)
     except GitopsError as exc:
         messages.error(request, str(exc))
+    except Rollout.DoesNotExist:
+        raise Http404(f"no rollout {rollout_id}") from None
     if request.headers.get("HX-Request"):
         # htmx swaps the live block in place and the message into the page's message area (once:
         # the live block's polling never carries messages): the page is never reloaded.

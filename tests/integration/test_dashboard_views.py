@@ -480,3 +480,35 @@ def test_the_change_log_links_keep_a_filter_holding_an_ampersand_whole(people):
     client = client_for(people["viewer"])
     page = client.get(reverse("dashboard:changes"), {"actor": "a&before=1#x"}).content.decode()
     assert 'href="?actor=a%26before%3D1%23x&format=csv"' in page
+
+
+def test_a_nul_in_an_address_a_query_or_a_form_is_a_400_not_a_database_error(paused_rollout, people):
+    viewer, approver = client_for(people["viewer"]), client_for(people["approver"])
+    name = paused_rollout.source.name
+    for url, query in [
+        (reverse("dashboard:overview"), {"q": "\x00"}),
+        (reverse("dashboard:source", args=[name]), {"cluster": "a\x00"}),
+        (reverse("dashboard:changes"), {"actor": "\x00"}),
+        (reverse("dashboard:flags"), {"key": "\x00"}),
+        ("/sources/%00/", {}),
+        ("/api/changes", {"actor": "\x00"}),
+    ]:
+        response = viewer.get(url, query)
+        assert response.status_code == 400, (url, query, response.status_code)
+    promote = reverse("dashboard:rollout-action", args=[paused_rollout.pk, "promote"])
+    assert approver.post(promote, {"comment": "ok\x00"}).status_code == 400
+    assert paused_rollout.approvals.count() == 0
+    # A JSON body is the API's to check, and the webhook's body is never parsed as a form.
+    hook = client_for().post(reverse("dashboard:webhook", args=[name]), "a=\x00", content_type=_FORM)
+    assert hook.status_code != 400 or b"NUL" not in hook.content
+
+
+_FORM = "application/x-www-form-urlencoded"
+
+
+def test_an_action_on_a_rollout_that_does_not_exist_is_a_404(people):
+    approver = client_for(people["approver"])
+    for rollout_id in (999_999, 10**30):
+        for action in ("promote", "promote-full", "abort", "retry"):
+            url = reverse("dashboard:rollout-action", args=[rollout_id, action])
+            assert approver.post(url).status_code == 404, (rollout_id, action)

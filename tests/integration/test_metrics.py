@@ -52,3 +52,14 @@ def test_a_metrics_token_is_required_when_set(settings):
     assert Client().get("/metrics").status_code == 401
     assert Client().get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
     assert Client().get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-token-0123456789").status_code == 200
+
+
+def test_a_deployment_without_a_token_serves_metrics_to_nobody_unless_it_says_they_are_public(settings):
+    # /metrics names every source with its phase and drift: strangers learn nothing by default.
+    settings.SLUICE_METRICS_TOKEN = ""
+    settings.SLUICE_METRICS_PUBLIC = False
+    refused = Client().get("/metrics")
+    assert refused.status_code == 401
+    assert b"SLUICE_METRICS_TOKEN" in refused.content
+    settings.SLUICE_METRICS_PUBLIC = True
+    assert Client().get("/metrics").status_code == 200
