@@ -20,9 +20,9 @@ def sources_with_due_rollouts(now: Any = None, *, polled: Collection[int] = ()) 
     """Sources whose paused rollout's timer (analysis back-off, cluster retry) has run out, whose abort
     waits, or that owe a cluster a rollback and may try it again.
 
-    A source that is backing off after failures waits for its next try, and one
-    with a sync already queued is not queued again, so a failing Git host or
-    cluster is not asked every sweep.
+    A source that is backing off after failures waits for its next try (unless it owes an abort or a
+    rollback, which need no Git), and one with a sync already queued is not queued again, so a
+    failing Git host or cluster is not asked every sweep.
     """
     now = now or timezone.now()
     # Timers and consumer waits are automatic steps: a suspended source's wait. Aborts never do.
@@ -42,19 +42,21 @@ def sources_with_due_rollouts(now: Any = None, *, polled: Collection[int] = ()) 
     aborts = Rollout.objects.filter(phase__in=Rollout.ACTIVE_PHASES).exclude(abort_requested_by="")
     # A held source's timers wait; what it owes a cluster in rollbacks does not: rollback always works.
     candidates = _not_held(set(timers.values_list("source_id", flat=True)), now)
-    candidates |= set(owed.values_list("source_id", flat=True))
-    candidates |= set(consumers.values_list("source_id", flat=True)) | set(
+    candidates |= set(consumers.values_list("source_id", flat=True))
+    # An abort, and a rollback owed (which keeps its own retry time), need nothing from Git: a source
+    # backing off because its Git host is down still carries them out now, not at its next poll.
+    rollbacks = set(owed.values_list("source_id", flat=True)) | set(
         aborts.values_list("source_id", flat=True)
     )
     backing_off = set(
         Source.objects.filter(
-            pk__in=candidates, consecutive_failures__gt=0, next_poll_at__gt=now
+            pk__in=candidates - rollbacks, consecutive_failures__gt=0, next_poll_at__gt=now
         ).values_list("pk", flat=True)
     )
     due = []
     # A source whose poll this sweep claimed is synced by it: claiming it again would leave a claim
     # that no send gives back if the broker refuses the poll's.
-    for source_id in sorted(candidates - backing_off - set(polled)):
+    for source_id in sorted((candidates | rollbacks) - backing_off - set(polled)):
         if Source.objects.filter(pk=source_id, sync_queued=False).update(sync_queued=True):
             due.append(source_id)
     return due

@@ -82,7 +82,13 @@ class SyncResult:
 
 
 def _reconcile(
-    source: Source, *, actor: str, retry_failed: bool, manual: bool = False, report_rollout: bool = True
+    source: Source,
+    *,
+    actor: str,
+    retry_failed: bool,
+    manual: bool = False,
+    report_rollout: bool = True,
+    rollouts_only: bool = False,
 ) -> SyncResult:
     registered = clients.refresh()  # clusters registered, removed or re-pointed since the last pass
     owed = _owed(source)  # one query; most passes owe nothing
@@ -94,6 +100,8 @@ def _reconcile(
         _abort_if_requested(source)
     gate = selectors.source_gate(source)
     held = None if gate.allows(manual=manual) else gate  # a freeze, or outside the sync windows
+    if rollouts_only and not source.automatic_sync_allowed:
+        return _decisions_only(source, actor=actor, retry_failed=retry_failed, held=held)
     try:
         head, forced = revision_fetch(source)
     except (TemporaryError, PermanentError) as exc:
@@ -130,6 +138,19 @@ def _reconcile(
         result.summary["resumed"] = resumed
     if head.summary != result.summary:  # a no-op poll writes nothing here
         Revision.objects.filter(pk=head.pk).update(summary=result.summary)
+    _finish(source, result.errors)
+    return result
+
+
+def _decisions_only(source: Source, *, actor: str, retry_failed: bool, held: Gate | None) -> SyncResult:
+    """A suspended source's pass that nobody asked to sync: a promote, an abort or a retry (or beat's
+    sweep carrying out an abort or an owed rollback). What people decided goes on, with the active
+    rollout's own revision; Git is not asked, so a commit pushed while suspended waits for resume or
+    for someone's sync instead of starting a rollout of its own."""
+    moved = _drive_active(source, actor=actor, retry_failed=retry_failed, held=held)
+    result = SyncResult(source.name, Outcome.SUSPENDED, source.last_commit)
+    if moved is not None:
+        result.outcome, result.summary, result.errors = moved.outcome, moved.summary, moved.failures
     _finish(source, result.errors)
     return result
 
@@ -270,6 +291,7 @@ def source_sync(
     manual: bool = False,
     automatic: bool = False,
     report_rollout: bool = True,
+    rollouts_only: bool = False,
 ) -> SyncResult:
     """Fetch, validate, plan, roll out and record one source. Raises SourceBusy when another run holds it.
 
@@ -278,6 +300,8 @@ def source_sync(
 
     An ``automatic`` sync (a poll, a push, a timer) of a source that does not allow one
     (``Source.automatic_sync_allowed``: suspended) does nothing; one someone asked for always runs.
+    ``rollouts_only``: the sync carries out a decision on a rollout (a promote, an abort, a retry, an
+    owed rollback); on a suspended source it does only that, without asking Git (``_decisions_only``).
     What came while a pass ran runs next without the person's ``manual`` and ``retry_failed`` (a
     window holds it), not once the source is suspended, and as Sluice after a sync that was not
     automatic (see ``coalesced_actor``).
@@ -305,8 +329,16 @@ def source_sync(
                     Source.objects.filter(pk=source.pk).update(sync_requested_at=None, sync_queued=False)
                     # Only the first pass is what was asked for: later ones run what came meanwhile.
                     first = not runs
-                    options = (retry_failed and first, manual and first, report_rollout)
-                    runs.append(_measured(source, actor if first else coalesced_actor, *options))
+                    runs.append(
+                        _measured(
+                            source,
+                            actor if first else coalesced_actor,
+                            retry_failed=retry_failed and first,
+                            manual=manual and first,
+                            report_rollout=report_rollout,
+                            rollouts_only=rollouts_only and first,
+                        )
+                    )
             if not acquired:
                 if runs:
                     break  # another worker took the lock after us; it runs what was requested
@@ -379,12 +411,17 @@ def _unlock(source: Source) -> None:
 
 
 def _measured(
-    source: Source, actor: str, retry_failed: bool, manual: bool, report_rollout: bool
+    source: Source, actor: str, *, retry_failed: bool, manual: bool, report_rollout: bool, rollouts_only: bool
 ) -> SyncResult:
     started = time.monotonic()
     try:
         result = _reconcile(
-            source, actor=actor, retry_failed=retry_failed, manual=manual, report_rollout=report_rollout
+            source,
+            actor=actor,
+            retry_failed=retry_failed,
+            manual=manual,
+            report_rollout=report_rollout,
+            rollouts_only=rollouts_only,
         )
     except (TemporaryError, PermanentError):
         metrics.RECONCILES.labels(source.name, "error").inc()

@@ -45,12 +45,15 @@ def source_sync(
     manual: bool = False,
     automatic: bool = False,
     result_wanted: bool = False,
+    rollouts_only: bool = False,
 ) -> list[str]:
     """Queues a sync once the transaction commits; the returned list receives the task's id then.
 
     ``manual``: a person asked for it, so a sync window's ``manualSync`` may let it through.
     ``automatic`` (a poll, a push, a timer) runs only while the source allows it (not suspended);
     a sync someone asked for always runs.
+    ``rollouts_only``: it carries out a decision on a rollout (a promote, an abort, a retry); on a
+    suspended source that is all it does (Git is not asked).
     ``result_wanted``: the caller hands the task's id to someone who reads its result
     (``gitops sync --wait``, the API). Any other result would be stored in Redis for nobody, and
     the pass would read the rollout's status for it.
@@ -64,6 +67,8 @@ def source_sync(
         "manual": manual,
         "automatic": automatic,
     }
+    if rollouts_only:  # only then: a task in the queue across an upgrade names no unknown option
+        kwargs["rollouts_only"] = True
     ignored = not result_wanted
     transaction.on_commit(lambda: task_ids.append(_send(SYNC_TASK, kwargs=kwargs, ignore_result=ignored)))
     return task_ids
@@ -103,13 +108,20 @@ class SyncNotQueued(Exception):
 
 
 def claimed_source_sync(
-    source_id: int, *, actor: str, automatic: bool, release: Callable[[], object] | None = None
+    source_id: int,
+    *,
+    actor: str,
+    automatic: bool,
+    release: Callable[[], object] | None = None,
+    rollouts_only: bool = False,
 ) -> None:
     """Queues the sync a caller claimed: ``sync_queued`` (a push, beat's sweep of due rollouts) or,
     with its own ``release``, a due poll's ``next_poll_at``. When the broker refuses it, the claim
     goes too: a flag with no task behind it would refuse every later push as "already queued" and
     keep the sweep away, and a poll moved on would wait a whole interval."""
     kwargs = {"source_id": source_id, "actor": actor, "wait_if_busy": False, "automatic": automatic}
+    if rollouts_only:  # only then: a task in the queue across an upgrade names no unknown option
+        kwargs["rollouts_only"] = True
 
     def send() -> None:
         try:

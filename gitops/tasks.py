@@ -62,6 +62,7 @@ def sync_source(
     wait_if_busy: bool = True,
     manual: bool = False,
     automatic: bool = False,
+    rollouts_only: bool = False,
 ) -> dict[str, Any]:
     if died := redelivered_too_often(self):
         return sync_failure_record(source_id, WorkerDied(died)).as_dict()
@@ -72,6 +73,7 @@ def sync_source(
             retry_failed=retry_failed,
             manual=manual,
             automatic=automatic,
+            rollouts_only=rollouts_only,
             # Sent with ignore_result (a push, a poll): the result is stored nowhere and read by nobody.
             report_rollout=not self.request.ignore_result,
         ).as_dict()
@@ -120,7 +122,7 @@ def poll_sources(self: Task[Any, Any]) -> list[int]:
         for i in sorted(due_polls)
     ]
     sends += [
-        partial(schedule.claimed_source_sync, i, actor=SYSTEM_ACTOR, automatic=False)
+        partial(schedule.claimed_source_sync, i, actor=SYSTEM_ACTOR, automatic=False, rollouts_only=True)
         for i in sorted(due_rollouts)
     ]
     refused: Exception | None = None

@@ -174,7 +174,7 @@ def _release(rollout: Rollout, username: str, *, at_gate: bool, full: bool, over
     # An override marks the release, so the steps it lets go run while the source is held.
     data = {"override": override} if override else None
     rollout_event(rollout, RolloutEventKind.PROMOTED, actor=username, message=message, data=data)
-    schedule.source_sync(rollout.source_id, actor=username)
+    schedule.source_sync(rollout.source_id, actor=username, rollouts_only=True)
 
 
 def rollout_abort(rollout_id: int, *, user: User, reason: str = "") -> Rollout:
@@ -194,7 +194,7 @@ def rollout_abort(rollout_id: int, *, user: User, reason: str = "") -> Rollout:
             state = "already being aborted" if rollout.abort_requested_by else rollout.phase.lower()
             raise RolloutError(f"rollout {rollout.pk} is {state}; only an active rollout can be aborted")
         rollout_event(rollout, RolloutEventKind.ABORT_REQUESTED, actor=username, message=reason)
-        schedule.source_sync(rollout.source_id, actor=username)
+        schedule.source_sync(rollout.source_id, actor=username, rollouts_only=True)
     return rollout
 
 
@@ -221,7 +221,7 @@ def rollout_retry(rollout_id: int, *, user: User) -> Rollout:
         rollout_event(
             again, RolloutEventKind.STARTED, actor=username, message=f"retry of rollout {rollout.pk}"
         )
-        schedule.source_sync(source.pk, actor=username)
+        schedule.source_sync(source.pk, actor=username, rollouts_only=True)
     return again
 
 

@@ -110,7 +110,10 @@ def test_beat_does_not_hammer_a_backing_off_source_with_a_due_rollout(
 ):
     source, _ = paused_at_half(repo, make_namespaces, make_source, sync)
     paused = wait_for(source, phase="Paused", waiting_for="approval")
-    Rollout.objects.filter(pk=paused.pk).update(abort_requested_by="otto")
+    # A timer that ran out (an analysis back-off, say) waits for the source's next try.
+    Rollout.objects.filter(pk=paused.pk).update(
+        waiting_for="analysis", pause_until=timezone.now() - timedelta(seconds=1)
+    )
     Source.objects.filter(pk=source.pk).update(
         consecutive_failures=3, next_poll_at=timezone.now() + timedelta(minutes=4), sync_queued=False
     )
@@ -120,3 +123,17 @@ def test_beat_does_not_hammer_a_backing_off_source_with_a_due_rollout(
     assert source.pk in polling.sources_with_due_rollouts()
     # Queued once: the next sweep leaves it alone until that sync has started.
     assert source.pk not in polling.sources_with_due_rollouts()
+
+
+def test_an_abort_of_a_source_backing_off_from_its_git_host_is_swept_at_once(
+    repo, make_namespaces, make_source, sync, people
+):
+    # An abort needs nothing from Git: its source's back-off (up to an hour) must not hold it up.
+    source, _ = paused_at_half(repo, make_namespaces, make_source, sync)
+    paused = wait_for(source, phase="Paused", waiting_for="approval")
+    Rollout.objects.filter(pk=paused.pk).update(abort_requested_by="otto")
+    Source.objects.filter(pk=source.pk).update(
+        consecutive_failures=3, next_poll_at=timezone.now() + timedelta(minutes=4), sync_queued=False
+    )
+    assert source.pk in polling.sources_with_due_rollouts()
+    assert source.pk not in polling.sources_with_due_rollouts()  # queued once

@@ -538,3 +538,30 @@ def test_a_crashed_removal_leaves_nothing_a_sync_or_a_later_removal_would_do_wro
     assert not Change.objects.filter(intent_id=not_yet.pk).exists(), "never carried out, never logged"
     assert Change.objects.get(intent_id=deleted.pk).action == "delete", "what the crashed run did is logged"
     assert Change.objects.get(intent__removal=done, namespace=targets[0], name="app").action == "release"
+
+
+def test_an_abort_of_a_suspended_source_rolls_back_without_starting_a_commit_pushed_meanwhile(
+    paused_rollout, people, repo, sync, cluster
+):
+    source = paused_rollout.source
+    source_admin.source_suspend(source)
+    repo.write("configmaps/app.yaml", configmap("app", {"V": "3"}))
+    pushed = repo.commit("v3, pushed while suspended")
+    decisions.rollout_abort(paused_rollout.pk, user=people["approver"])
+
+    # The abort's own pass (a decision on a rollout, queued by the abort): it rolls back, and Git is
+    # not asked. A pass of that kind again finds nothing more to do.
+    assert wait_for(source, phase="Aborted").pk == paused_rollout.pk
+    assert sync(source, actor="otto", rollouts_only=True)["outcome"] == "suspended"
+    assert not Rollout.objects.filter(source=source, revision__commit=pushed).exists()
+    assert not Revision.objects.filter(source=source, commit=pushed).exists()
+    namespaces = sorted({target["namespace"] for target in paused_rollout.intents.values("namespace")})
+    assert [cluster.get_configmap(ns, "app")["data"]["V"] for ns in namespaces] == ["1"] * len(namespaces)
+    # Someone's sync still runs whole, and resume picks the commit up.
+    source_admin.source_resume(source)
+    wait_for(source, phase="Paused", waiting_for="approval")
+    assert rollout_of_commit(source, pushed)
+
+
+def rollout_of_commit(source, commit):
+    return Rollout.objects.filter(source=source, revision__commit=commit).first()
