@@ -281,6 +281,23 @@ def _error_text(error: Mapping[str, Any]) -> str:
 
 
 # -- one source, one worker, no request lost ---------------------------------------------------
+# Requests never get lost between two workers: a holder looks for new requests only after it released
+# the lock, and a caller that finds the source busy records its request and then tries the lock once
+# more. Whichever comes last sees the other, so one of them runs the request.
+
+
+def _source_to_sync(source_id: int, *, automatic: bool) -> Source | SyncResult:
+    """The source, or the result of a sync that does not run: the source is gone, or suspended and
+    the sync automatic."""
+    source = Source.objects.filter(pk=source_id).first()
+    if source is None:
+        gone = Source.all_objects.filter(pk=source_id).values_list("name", flat=True).first()
+        return SyncResult(gone or "", Outcome.GONE)
+    if automatic and not source.automatic_sync_allowed:
+        # A push marked it queued: let the next one through once the source is resumed.
+        Source.objects.filter(pk=source.pk).update(sync_queued=False)
+        return SyncResult(source.name, Outcome.SUSPENDED)
+    return source
 
 
 def source_sync(
@@ -305,19 +322,10 @@ def source_sync(
     What came while a pass ran runs next without the person's ``manual`` and ``retry_failed`` (a
     window holds it), not once the source is suspended, and as Sluice after a sync that was not
     automatic (see ``coalesced_actor``).
-
-    Requests never get lost between two workers: a holder looks for new requests only after it released
-    the lock, and a caller that finds the source busy records its request and then tries the lock once
-    more. Whichever comes last sees the other, so one of them runs the request.
     """
-    source = Source.objects.filter(pk=source_id).first()
-    if source is None:
-        gone = Source.all_objects.filter(pk=source_id).values_list("name", flat=True).first()
-        return SyncResult(gone or "", Outcome.GONE)
-    if automatic and not source.automatic_sync_allowed:
-        # A push marked it queued: let the next one through once the source is resumed.
-        Source.objects.filter(pk=source.pk).update(sync_queued=False)
-        return SyncResult(source.name, Outcome.SUSPENDED)
+    source = _source_to_sync(source_id, automatic=automatic)
+    if isinstance(source, SyncResult):
+        return source
     # Nobody knows who pushed while a pass ran: the change log must not name whoever's sync ran first.
     coalesced_actor = actor if automatic else SYSTEM_ACTOR
     with logs.log_context(source=source.name):
