@@ -369,6 +369,9 @@ class Rollout(models.Model):
     step_index = models.PositiveIntegerField(default=0)
     weight = models.PositiveSmallIntegerField(default=0)
     steps = models.JSONField(default=list, blank=True)
+    # Bumped by a person's decision that rewrites the steps (a promote to 100%): a worker's move from
+    # the state it read before (``state.transition``) then fails, and it reads the steps again.
+    version = models.PositiveIntegerField(default=0, db_default=0)
     analysis_failures = models.PositiveIntegerField(default=0)
     # Policy at the time the rollout started: a later commit cannot loosen it.
     approvals_required = models.PositiveSmallIntegerField(default=1)

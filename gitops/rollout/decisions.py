@@ -13,6 +13,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from gitops import freezes, schedule, selectors
@@ -167,6 +168,7 @@ def _release(rollout: Rollout, username: str, *, at_gate: bool, full: bool, over
     }
     if full:
         changes["steps"] = [*rollout.steps[:next_step], SetWeight(100).as_json()]
+        changes["version"] = F("version") + 1  # a worker mid-step must not step past the new 100%
     Rollout.objects.filter(pk=rollout.pk).update(**changes)
     message = "to 100%" if full else f"past step {gate}"
     if override:

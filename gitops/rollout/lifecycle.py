@@ -258,9 +258,9 @@ def _set_weight(
         _step_event(rollout, step, result, step_actor, step_index=rollout.step_index)
         wave_gate_close(rollout, consumers, weight=step.weight, actor=step_actor)
         return True
-    transition(rollout, weight=step.weight, step_index=rollout.step_index + 1, promoted_by="", message="")
-    _step_event(rollout, step, result, step_actor, step_index=rollout.step_index - 1)
-    return True
+    if transition(rollout, weight=step.weight, step_index=rollout.step_index + 1, promoted_by="", message=""):
+        _step_event(rollout, step, result, step_actor, step_index=rollout.step_index - 1)
+    return True  # moved, or someone rewrote the steps meanwhile: the loop reads them again
 
 
 def _step_event(

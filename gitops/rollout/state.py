@@ -49,11 +49,12 @@ class StepOutcome:
 
 
 def transition(rollout: Rollout, **changes: Any) -> bool:
-    """Compare-and-swap on (phase, step): False when someone moved the rollout meanwhile."""
+    """Compare-and-swap on (phase, step, version): False when someone moved the rollout meanwhile, or
+    rewrote its steps (a promote to 100% while this step ran: the worker must not step past it)."""
     changes.setdefault("updated_at", timezone.now())
-    moved = Rollout.objects.filter(pk=rollout.pk, phase=rollout.phase, step_index=rollout.step_index).update(
-        **changes
-    )
+    moved = Rollout.objects.filter(
+        pk=rollout.pk, phase=rollout.phase, step_index=rollout.step_index, version=rollout.version
+    ).update(**changes)
     if moved:
         for name, value in changes.items():
             setattr(rollout, name, value)

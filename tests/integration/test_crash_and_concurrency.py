@@ -179,3 +179,30 @@ def test_a_worker_given_sigterm_mid_step_finishes_what_it_applies_and_records_it
 
     start_worker(queues=queue)
     assert sync_source.apply_async((source.pk,), queue=queue).get(timeout=120)["outcome"] == "unchanged"
+
+
+def test_a_promote_to_100_percent_while_a_step_runs_is_not_stepped_past_by_the_worker(
+    paused_rollout, people, sync, cluster
+):
+    """The worker is mid-step (``setWeight 50``, Progressing) when an approver promotes to 100%: the
+    promote rewrites the steps to end at 100% from this step, and the worker's move to the next
+    step, read before the promote, must fail rather than land past the end and complete at 50%."""
+    from gitops.models import Rollout
+    from gitops.rollout import decisions
+    from gitops.rollout.state import transition
+    from tests.rollouts import wait_for
+
+    Rollout.objects.filter(pk=paused_rollout.pk).update(phase="Progressing", waiting_for="", step_index=0)
+    running = Rollout.objects.get(pk=paused_rollout.pk)  # what the worker read before its step
+
+    decisions.rollout_promote(running.pk, user=people["approver"], full=True)
+    moved = transition(running, weight=50, step_index=1)
+
+    assert not moved, "the worker stepped past a promote's rewritten steps"
+    promoted = Rollout.objects.get(pk=running.pk)
+    assert (promoted.step_index, promoted.steps) == (0, [{"setWeight": 100}])
+    # The promote's own pass takes it to 100% everywhere.
+    done = wait_for(paused_rollout.source, phase="Completed")
+    assert done.weight == 100
+    namespaces = sorted({intent.namespace for intent in done.intents.all()})
+    assert [cluster.get_configmap(ns, "app")["data"]["V"] for ns in namespaces] == ["2"] * len(namespaces)
