@@ -13,13 +13,21 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from gitops.desired.content import Content, is_reserved
+from gitops.desired.content import (
+    COMMIT_ANNOTATION,
+    CONTENT_HASH_ANNOTATION,
+    ORIGIN_ANNOTATION,
+    Content,
+    is_reserved,
+)
 from gitops.desired.documents import Document, PathKey
 from gitops.desired.errors import ValidationError
 from gitops.desired.policy import namespace_problem, suggestion, type_name
 
 CONFIGMAP_SIZE_LIMIT = 1024 * 1024  # what the apiserver enforces on data + binaryData
 ANNOTATIONS_SIZE_LIMIT = 256 * 1024
+# Sluice's own annotations but the origin's path: a SHA-256 commit and a content hash, with their keys.
+_STAMPS_SIZE = len(COMMIT_ANNOTATION) + 64 + len(CONTENT_HASH_ANNOTATION) + 32 + len(ORIGIN_ANNOTATION)
 
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
 CONFIG_KEY = re.compile(r"^[-._a-zA-Z0-9]+\Z")
@@ -215,9 +223,12 @@ def _check_metadata_maps(check: _Checker, metadata: dict[str, Any]) -> tuple[dic
     for key in annotations:
         if problem := qualified_name_problem(key) or _reserved(key):
             check.error(("metadata", "annotations", key), problem)
-    if sum(len(k) + len(v.encode()) for k, v in annotations.items()) > ANNOTATIONS_SIZE_LIMIT:
+    # Sluice adds its own three (commit, content hash, this file's path) before the apiserver counts.
+    own = _STAMPS_SIZE + len(check.document.file.encode())
+    if sum(len(k) + len(v.encode()) for k, v in annotations.items()) + own > ANNOTATIONS_SIZE_LIMIT:
         check.error(
-            ("metadata", "annotations"), f"annotations exceed {ANNOTATIONS_SIZE_LIMIT} bytes in total"
+            ("metadata", "annotations"),
+            f"annotations exceed {ANNOTATIONS_SIZE_LIMIT} bytes in total, with the {own} of Sluice's own",
         )
     return labels, annotations
 

@@ -26,7 +26,13 @@ from pathlib import PurePosixPath
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from gitops.desired.configmaps import ConfigMapManifest, dns_subdomain_problem, parse_configmap
+from gitops.desired.configmaps import (
+    CONFIGMAP_SIZE_LIMIT,
+    ConfigMapManifest,
+    config_key_problem,
+    dns_subdomain_problem,
+    parse_configmap,
+)
 from gitops.desired.content import Content
 from gitops.desired.documents import Usage, load_yaml
 from gitops.desired.errors import RevisionRejected, ValidationError
@@ -875,13 +881,33 @@ def _flag_set_objects(
     permitted: Callable[[str, str], str | None],
 ) -> list[DesiredObject | ValidationError]:
     """The flag set in each cluster's flags namespace; one error (the first) rather than one per cluster."""
+    name = flag_set_name(path)
+    if problem := dns_subdomain_problem(name):
+        return [ValidationError(path, None, "", f"flag set name from the file name: {problem}")]
+    key = flag_set_key(name)
+    if problem := config_key_problem(key):
+        return [
+            ValidationError(path, None, "", f"the ConfigMap key {key[:40]!r}… from the file name: {problem}")
+        ]
+    # The content hash covers the flags as Git has them, without the commit stamp; one text for all clusters.
+    unstamped = Content(data={key: flag_set_json(flag_set.document)})
+    published = unstamped.size + STAMPS_ROOM
+    if published > CONFIGMAP_SIZE_LIMIT:
+        message = (
+            f"published (indented, with Sluice's stamps) the flag set is about {published:,} bytes; "
+            f"a ConfigMap holds at most {CONFIGMAP_SIZE_LIMIT:,}: split it into several files"
+        )
+        return [ValidationError(path, None, "", message)]
     found: list[DesiredObject | ValidationError] = []
     for cluster in clusters:
-        published = _flag_set_object(path, flag_set, (cluster, namespace), permitted)
-        if isinstance(published, ValidationError):
-            return [published]
-        found.append(published)
+        if problem := permitted(cluster, namespace):
+            return [ValidationError(POLICY_FILE, None, "flags.namespace", problem)]
+        found.append(_flag_set_object(path, name, flag_set, unstamped, cluster=cluster, namespace=namespace))
     return found
+
+
+# What stamping a published flag set adds to it: its commit and source in the metadata.
+STAMPS_ROOM = 256
 
 
 def _reachable_clusters(policy: Policy, scope: AdminScope) -> tuple[str, ...]:
@@ -924,24 +950,13 @@ def _analysis_url_errors(policy: Policy, scope: AdminScope) -> list[ValidationEr
 
 
 def _flag_set_object(
-    path: str,
-    flag_set: FlagSet,
-    target: tuple[str, str],
-    permitted: Callable[[str, str], str | None],
-) -> DesiredObject | ValidationError:
-    """The flag set published in one cluster's flags namespace, or why it cannot be."""
-    cluster, namespace = target
-    name = flag_set_name(path)
-    if problem := dns_subdomain_problem(name):
-        return ValidationError(path, None, "", f"flag set name from the file name: {problem}")
-    if problem := permitted(cluster, namespace):
-        return ValidationError(POLICY_FILE, None, "flags.namespace", problem)
-    # The content hash covers the flags as Git has them, without the commit stamp.
-    unstamped = Content(data={flag_set_key(name): flag_set_json(flag_set.document)})
+    path: str, name: str, flag_set: FlagSet, content: Content, *, cluster: str, namespace: str
+) -> DesiredObject:
+    """The flag set published in one cluster's flags namespace."""
     return DesiredObject(
         namespace=namespace,
         name=name,
-        content=unstamped,
+        content=content,
         origin=path,
         line=None,
         kind="flagset",

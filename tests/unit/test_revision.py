@@ -108,3 +108,61 @@ def test_flag_sets_are_published_in_the_flags_namespace_with_the_commit_stamped(
 )
 def test_flag_set_names_come_from_the_path(path, name):
     assert flag_set_name(path) == name
+
+
+def loaded(files: dict[str, bytes]):
+    repo = Repo(files)
+    return load_revision(repo.tree(), repo.read_blobs)
+
+
+def rejected(files: dict[str, bytes]) -> list:
+    with pytest.raises(RevisionRejected) as refused:
+        load_revision(Repo(files).tree(), Repo(files).read_blobs)
+    return refused.value.errors
+
+
+def flag_set_of(values: int) -> bytes:
+    variants = {f"v{index}": f"{index:04d}" * 4 for index in range(values)}
+    flag = {"state": "ENABLED", "variants": variants, "defaultVariant": "v0"}
+    return json.dumps({"flags": {"big": flag}}, separators=(",", ":")).encode()
+
+
+def test_a_flag_set_whose_published_text_passes_a_configmaps_size_is_refused_before_any_apply():
+    # Compact in Git (1.4 MB), indented when published: 45,000 variants are 1.8 MB in the cluster.
+    (error,) = rejected({"sluice.yaml": POLICY, "flags/big.json": flag_set_of(45_000)})
+    assert (error.file, error.line, error.field) == ("flags/big.json", None, "")
+    assert "a ConfigMap holds at most 1,048,576" in error.message
+    assert loaded({"sluice.yaml": POLICY, "flags/big.json": flag_set_of(20_000)})  # 0.8 MB published
+
+
+def test_a_flag_set_whose_configmap_key_would_pass_253_characters_is_refused():
+    name = "f" * 243  # the key is the name and ".flagd.json"
+    files = {"sluice.yaml": POLICY, f"flags/{name}.json": flag_set_of(2)}
+    (error,) = rejected(files)
+    assert error.file == f"flags/{name}.json"
+    assert "ConfigMap key" in error.message and "253" in error.message
+    assert len(loaded({"sluice.yaml": POLICY, f"flags/{name[:242]}.json": flag_set_of(2)}).objects) == 1
+
+
+def test_annotations_are_counted_with_the_ones_sluice_adds():
+    path = "configmaps/app.yaml"
+    own = (
+        len("sluice.dev/commit")
+        + 64
+        + len("sluice.dev/content-hash")
+        + 32
+        + len("sluice.dev/origin")
+        + len(path)
+    )
+    room = 256 * 1024 - own - len("note")
+
+    def manifest(size: int) -> bytes:
+        return (
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\n  namespace: canary\n"
+            f"  annotations:\n    note: '{'x' * size}'\n"
+        ).encode()
+
+    assert loaded({"sluice.yaml": POLICY, path: manifest(room)})
+    (error,) = rejected({"sluice.yaml": POLICY, path: manifest(room + 1)})
+    assert error.field == "metadata.annotations"
+    assert f"with the {own} of Sluice's own" in error.message
