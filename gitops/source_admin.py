@@ -30,6 +30,7 @@ from gitops.fetch.credentials import reference_problem
 from gitops.fetch.git import normalize_branch, repository_url_problem
 from gitops.models import (
     MAX_REQUIRED_APPROVALS,
+    ApplyIntent,
     Rollout,
     Source,
     SourceRemoval,
@@ -438,3 +439,19 @@ def _check_removable(source: Source) -> None:
     running = SourceRemoval.objects.filter(source=source, status__in=SourceRemoval.ACTIVE_STATUSES).first()
     if running is not None:
         raise SourceRemovalRefused(f"{source.name} is already being deleted (removal {running.pk})")
+    # An ended rollout that still owes a cluster its rollback (or has changes pending there) restores it
+    # once the cluster answers; deleting the source now would release or keep the rollout's content.
+    owing = Rollout.objects.filter(source=source).exclude(rollback_pending_clusters=[]).first()
+    if owing is not None:
+        clusters = ", ".join(owing.rollback_pending_clusters)
+        raise SourceRemovalRefused(
+            f"{source.name}'s rollout {owing.pk} still owes {clusters} a rollback; wait until the "
+            "cluster answers and the rollback is done, then delete the source"
+        )
+    pending = ApplyIntent.objects.filter(
+        source=source, rollout__isnull=False, status=ApplyIntent.Status.PENDING
+    )
+    if pending.exists():
+        raise SourceRemovalRefused(
+            f"{source.name} has changes still pending in a cluster that did not answer; wait for them"
+        )

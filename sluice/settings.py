@@ -128,6 +128,21 @@ DATABASES = {
 DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
     "connect_timeout", int(env.get("DATABASE_CONNECT_TIMEOUT", "5"))
 )
+# A worker host that vanishes (power, partition) must not keep its session, and with it a source's
+# advisory lock, for the two hours of Linux's default keepalive: PostgreSQL probes the connection after
+# 30 s of silence and drops it after 3 unanswered probes (tcp_keepalives_*, settable per session), and
+# the client does the same for a vanished server.
+_KEEPALIVE = env_int("DATABASE_KEEPALIVE_SECONDS", 30)
+_DATABASE_OPTIONS = DATABASES["default"]["OPTIONS"]
+for _option, _value in (("keepalives", 1), ("keepalives_idle", _KEEPALIVE), ("keepalives_interval", 10)):
+    _DATABASE_OPTIONS.setdefault(_option, _value)
+_DATABASE_OPTIONS.setdefault("keepalives_count", 3)
+_DATABASE_OPTIONS["options"] = " ".join(
+    [
+        _DATABASE_OPTIONS.get("options", ""),
+        f"-c tcp_keepalives_idle={_KEEPALIVE} -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3",
+    ]
+).strip()
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -452,6 +452,23 @@ def test_delete_is_refused_while_a_rollout_is_active_and_works_once_it_is_aborte
     assert not ManagedObject.objects.filter(source_id=source.pk).exists()
 
 
+def test_delete_is_refused_while_an_ended_rollout_still_owes_a_cluster_its_rollback(paused_rollout, people):
+    source = paused_rollout.source
+    decisions.rollout_abort(paused_rollout.pk, user=people["approver"], reason="bad")
+    wait_for(source, phase="Aborted")
+    # As if the canary's cluster had not answered the rollback: it is restored once it does.
+    Rollout.objects.filter(pk=paused_rollout.pk).update(rollback_pending_clusters=["member-9"])
+
+    with pytest.raises(
+        SourceRemovalRefused, match=f"rollout {paused_rollout.pk} still owes member-9 a rollback"
+    ):
+        source_admin.source_remove(source, objects=ObjectsOnRemoval.KEEP)
+    assert not SourceRemoval.objects.exists()
+
+    Rollout.objects.filter(pk=paused_rollout.pk).update(rollback_pending_clusters=[])
+    assert removal_done(source_admin.source_remove(source, objects=ObjectsOnRemoval.KEEP)).status == "done"
+
+
 def test_a_rollout_that_starts_after_the_request_fails_the_removal_and_the_source_stays(
     paused_rollout, celery_worker
 ):

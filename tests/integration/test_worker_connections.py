@@ -91,3 +91,17 @@ def test_a_kept_connection_postgresql_dropped_is_replaced_before_the_next_task(a
     assert result["outcome"] == "unchanged", result
     ((replaced, _),) = _last_check_backends(source)
     assert replaced != kept
+
+
+def test_postgresql_probes_every_connection_so_a_vanished_host_frees_its_locks_in_about_a_minute():
+    # Linux's default keepalive would keep a dead worker host's session, and its advisory locks, 2 h.
+    with connection.cursor() as cursor:
+        shown = {}
+        for name in ("tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count"):
+            cursor.execute(f"SHOW {name}")
+            shown[name] = cursor.fetchone()[0]
+    assert shown == {
+        "tcp_keepalives_idle": "30",
+        "tcp_keepalives_interval": "10",
+        "tcp_keepalives_count": "3",
+    }
