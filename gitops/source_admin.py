@@ -26,7 +26,7 @@ from gitops import caches, schedule
 from gitops.desired.policy import Pause, steps_from_json
 from gitops.desired.scope import scope_glob_problem, url_prefix_problem
 from gitops.errors import PermanentError
-from gitops.fetch.credentials import reference_problem
+from gitops.fetch.credentials import configured_scope, reference_problem
 from gitops.fetch.git import normalize_branch, repository_url_problem
 from gitops.models import (
     MAX_REQUIRED_APPROVALS,
@@ -185,7 +185,7 @@ _CHECKS: dict[str, Any] = {
     "branch": _branch_problems,
     "path": _path_problems,
     "poll_interval": _interval_problems,
-    "credentials_ref": lambda ref: [reference_problem(ref)],
+    "credentials_ref": lambda ref: [reference_problem(ref, configured_scope())],
     "allowed_namespaces": lambda globs: (
         [scope_glob_problem(glob) for glob in globs]
         or ["a source needs at least one allowed namespace glob (--allow-namespace)"]

@@ -253,6 +253,10 @@ SLUICE_STALE_FLAG_DAYS = env_int("SLUICE_STALE_FLAG_DAYS", 30)
 SLUICE_PREVIEW_TIMEOUT_SECONDS = env_int("SLUICE_PREVIEW_TIMEOUT_SECONDS", 60)
 # When set, /metrics wants "Authorization: Bearer <token>".
 SLUICE_METRICS_TOKEN = env.get("SLUICE_METRICS_TOKEN", "")
+# Where sources' Git credentials may come from (README, "Managing sources"). A source's token is sent
+# to the host its URL names, so the platform's own secrets never may; these narrow it further.
+SLUICE_CREDENTIALS_ENV_PREFIX = env.get("SLUICE_CREDENTIALS_ENV_PREFIX", "")
+SLUICE_CREDENTIALS_DIRS = [path for path in env.get("SLUICE_CREDENTIALS_DIRS", "").split(":") if path]
 
 CELERY_BEAT_SCHEDULE = {
     "poll-sources": {"task": "gitops.poll_sources", "schedule": SLUICE_POLL_SWEEP_SECONDS},

