@@ -123,8 +123,14 @@ def load_flag_set(
         ]
     document = documents[0]
     errors = [*errors, *validate_flag_set(document)]
-    if not errors and (past := _inlined_past(document, limits)) is not None:
-        errors = [past]
+    if not errors:
+        past, inlined = _inlined_past(document, limits)
+        if past is not None:
+            errors = [past]
+        elif usage is not None:
+            # What the worker builds from them (the catalog, canaries) counts toward the revision's
+            # values: 2,000 sets that each inline to 250,000 values would otherwise all pass.
+            usage.nodes += inlined
     if errors:
         return None, errors
     data: dict[str, Any] = document.data
@@ -137,10 +143,10 @@ def load_flag_set(
     ), []
 
 
-def _inlined_past(document: Document, limits: Limits) -> ValidationError | None:
+def _inlined_past(document: Document, limits: Limits) -> tuple[ValidationError | None, int]:
     """The flag with which the set's flags, their ``$ref`` evaluators inlined as flagd and Sluice
     (``effective_flags``) inline them, hold more than ``limits.max_revision_nodes`` values or nest
-    deeper than ``limits.max_depth``; None when they do not.
+    deeper than ``limits.max_depth`` (None when they do not); and how many values inlining adds.
 
     The file's own values are bounded as it is read, but an evaluator that refers to another twice
     doubles at each level (thirty such evaluators, a kilobyte, inline to a billion values), and a
@@ -149,7 +155,7 @@ def _inlined_past(document: Document, limits: Limits) -> ValidationError | None:
     """
     evaluators = document.data.get("$evaluators") or {}
     if not evaluators:
-        return None
+        return None, 0
     budget = limits.max_revision_nodes
     for key, flag in document.data["flags"].items():
         pending: list[tuple[Any, int, frozenset[str]]] = [(flag, 1, frozenset())]
@@ -162,11 +168,12 @@ def _inlined_past(document: Document, limits: Limits) -> ValidationError | None:
             budget -= 1
             nested = isinstance(value, dict | list)
             if budget < 0 or (nested and depth > limits.max_depth):
-                return document.error(("flags", key), _inlined_problem(limits, too_deep=budget >= 0))
+                error = document.error(("flags", key), _inlined_problem(limits, too_deep=budget >= 0))
+                return error, limits.max_revision_nodes - budget
             if nested:
                 items = value.values() if isinstance(value, dict) else value
                 pending.extend((item, depth + 1, resolving) for item in items)
-    return None
+    return None, limits.max_revision_nodes - budget
 
 
 def _inlined_problem(limits: Limits, *, too_deep: bool) -> str:

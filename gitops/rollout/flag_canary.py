@@ -145,12 +145,21 @@ class CanaryTooLarge(PermanentError):
     """A flag's canary would not fit in its ConfigMap: said before building it, not after."""
 
 
+# A value takes at least four bytes of the indented text Sluice publishes (its line's indent, the value,
+# a comma, the line end): a canary holding more than this many cannot fit in its ConfigMap.
+MAX_CANARY_VALUES = MAX_LOOKUP_CHAIN_BYTES // 4
+
+
 def _split_document(old: Mapping[str, Any] | None, new: Mapping[str, Any], weight: int) -> dict[str, Any]:
     old_flags, new_flags = effective_flags(old), effective_flags(new)
     published: dict[str, Any] = dict(new.get("flags") or {})
+    room = MAX_CANARY_VALUES
     for key in _changed(old_flags, new_flags):
         try:
             flag = _split_flag(old_flags.get(key), new_flags.get(key), published.get(key), weight)
+            # Split flags carry both sides inlined: $ref evaluators that refer to one another twice
+            # grow to millions of values, counted here before any of it is serialized or stored.
+            room = _values_left(flag, room)
         except CanaryTooLarge as exc:
             raise CanaryTooLarge(f"flag {key!r}: {exc}") from None
         if flag is None:
@@ -158,6 +167,25 @@ def _split_document(old: Mapping[str, Any] | None, new: Mapping[str, Any], weigh
         else:
             published[key] = flag
     return {**new, "flags": {key: published[key] for key in sorted(published)}}
+
+
+def _values_left(value: Any, room: int) -> int:
+    """``room`` less the values ``value`` holds; CanaryTooLarge once that goes below zero (counting stops)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        room -= 1
+        if room < 0:
+            raise CanaryTooLarge(
+                f"its canary would hold more than {MAX_CANARY_VALUES:,} values with its $ref evaluators "
+                "inlined, past what a ConfigMap holds; roll it out with a single setWeight 100 step, or "
+                "write the targeting with fewer references"
+            )
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return room
 
 
 def _split_flag(

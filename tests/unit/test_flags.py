@@ -1386,3 +1386,28 @@ def test_many_flags_sharing_one_evaluator_are_allowed():
     flags = {f"f{i}": {**flag, "targeting": {"if": [{"$ref": "internal"}, "on", "off"]}} for i in range(200)}
     document = {"$evaluators": {"internal": internal}, "flags": flags}
     assert load_flag_set("flags/shared.json", json.dumps(document).encode())[1] == []
+
+
+def test_what_flag_sets_inline_counts_toward_the_revisions_values():
+    # One set inlining 100,000 values passes; six of them are 600,000 values the worker would build
+    # (the catalog, canaries), past the revision's 500,000.
+    from gitops.desired.errors import RevisionRejected
+    from gitops.desired.revision import load_revision
+
+    internal = {"in": [{"var": "email"}, [f"u{i}" for i in range(497)]]}
+    flag = {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "off"}
+    flags = {f"f{i}": {**flag, "targeting": {"if": [{"$ref": "internal"}, "on", "off"]}} for i in range(200)}
+    document = json.dumps({"$evaluators": {"internal": internal}, "flags": flags}).encode()
+    policy = (
+        b"targets: {namespaces: [team-a]}\nflags: {namespace: flags}\nallowedNamespaces: [team-a, flags]\n"
+    )
+
+    def load(count: int):
+        files = {"sluice.yaml": policy} | {f"flags/set-{i}.json": document for i in range(count)}
+        blobs = {f"b-{path}": content for path, content in files.items()}
+        return load_revision({path: f"b-{path}" for path in files}, lambda ids: {i: blobs[i] for i in ids})
+
+    assert len(load(1).objects) == 1
+    with pytest.raises(RevisionRejected) as refused:
+        load(6)
+    assert any("revision builds more than 500,000 values" in error.message for error in refused.value.errors)
