@@ -11,7 +11,9 @@ answers and is restored.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from django.db import transaction
 from django.db.models import Q, QuerySet
@@ -22,8 +24,10 @@ from gitops.cluster import get_cluster
 from gitops.cluster.client import WORKLOAD_KINDS
 from gitops.cluster.live import live_configmaps
 from gitops.consumers.wave import restoring_intent
+from gitops.consumers.workloads import workload_from
 from gitops.errors import GitopsError
 from gitops.models import ApplyIntent, Rollout, Source
+from gitops.plan.provenance import live_provenance
 from gitops.record.events import rollout_event
 from gitops.rollout.state import cluster_retry_delay, unreachable_text
 from gitops.rollout.step import intents_execute
@@ -132,35 +136,52 @@ def _restore(rollout: Rollout, actor: str, *, clusters: set[str] | None) -> Rest
             first_intents.setdefault((intent.cluster, intent.kind, intent.namespace, intent.name), intent)
     configmaps = {key: intent for key, intent in first_intents.items() if key[1] not in WORKLOAD_KINDS}
     workloads = {key: intent for key, intent in first_intents.items() if key[1] in WORKLOAD_KINDS}
-    _restore_configmaps(rollout, configmaps, actor, restored)
-    _restore_workloads(rollout, workloads, actor, restored)
+    # A rollback owed to a cluster that did not answer runs later: by then a newer rollout may have
+    # written there, and its content must not be put back to what came before this one.
+    owed = clusters is not None
+    _restore_configmaps(rollout, configmaps, actor, restored, owed=owed)
+    _restore_workloads(rollout, workloads, actor, restored, owed=owed)
     return restored
 
 
+def _taken_over(rollout: Rollout, first: ApplyIntent, live_commit: str | None) -> bool:
+    """Whether the object carries a commit neither this rollout nor what it replaced wrote: a newer
+    rollout's, which an owed rollback leaves alone."""
+    return bool(live_commit) and live_commit not in (rollout.revision.commit, first.before_commit)
+
+
 def _restore_configmaps(
-    rollout: Rollout, first_intents: dict[ObjectKey, ApplyIntent], actor: str, restored: Restored
+    rollout: Rollout,
+    first_intents: dict[ObjectKey, ApplyIntent],
+    actor: str,
+    restored: Restored,
+    *,
+    owed: bool,
 ) -> None:
     if not first_intents:
         return
     live = live_configmaps({(cluster, namespace) for cluster, _, namespace, _ in first_intents})
     restored.owed.update(live.reasons())
     index = live.index()
-    restores = [
-        restore
-        for (cluster, _, namespace, name), first in sorted(first_intents.items())
-        if cluster not in restored.owed
-        and (
-            restore := ApplyIntent.restoring(
-                rollout, first, index.get((cluster, namespace, name)), actor=actor
-            )
-        )
-        is not None
-    ]
+    restores = []
+    for (cluster, _, namespace, name), first in sorted(first_intents.items()):
+        found = index.get((cluster, namespace, name))
+        if cluster in restored.owed or (
+            owed and found is not None and _taken_over(rollout, first, live_provenance(found)[1])
+        ):
+            continue
+        if (restore := ApplyIntent.restoring(rollout, first, found, actor=actor)) is not None:
+            restores.append(restore)
     _execute(restores, restored)
 
 
 def _restore_workloads(
-    rollout: Rollout, first_intents: dict[ObjectKey, ApplyIntent], actor: str, restored: Restored
+    rollout: Rollout,
+    first_intents: dict[ObjectKey, ApplyIntent],
+    actor: str,
+    restored: Restored,
+    *,
+    owed: bool,
 ) -> None:
     restores = []
     for (cluster, kind, namespace, name), first in sorted(first_intents.items()):
@@ -171,9 +192,17 @@ def _restore_workloads(
         except GitopsError as exc:  # unreachable, refusing, or not registered any more
             restored.owed[cluster] = str(exc)
             continue
+        if owed and live is not None and _workload_taken_over(rollout, first, live):
+            continue
         if (restore := restoring_intent(rollout, first, live, actor=actor)) is not None:
             restores.append(restore)
     _execute(restores, restored)
+
+
+def _workload_taken_over(rollout: Rollout, first: ApplyIntent, live: Mapping[str, Any]) -> bool:
+    """A workload a newer rollout restarted since carries that rollout's commit in its stamp."""
+    stamped = workload_from(live, first.cluster).commit
+    return bool(stamped) and stamped not in (rollout.revision.commit, (first.before or {}).get("commit", ""))
 
 
 def _execute(restores: list[ApplyIntent], restored: Restored) -> None:

@@ -386,3 +386,32 @@ def test_a_step_the_cluster_refuses_in_part_rolls_back_what_it_did_change(
     kinds = list(RolloutEvent.objects.filter(rollout=rollout).order_by("id").values_list("kind", flat=True))
     assert kinds[-2:] == ["failed", "rolled-back"], kinds
     assert Change.objects.filter(source=source, action="rollback", namespace=canary, name="app").count() == 1
+
+
+def test_a_rollback_owed_to_a_cluster_leaves_what_a_newer_rollout_wrote_there_alone(
+    repo, make_namespaces, make_source, sync, cluster, people
+):
+    """A cluster that did not answer an abort is restored when it answers; by then the next commit's
+    rollout may have written there, and its content is not put back to what came before the abort."""
+    from gitops.rollout.rollback import rollbacks_owed_finish
+
+    targets = make_namespaces("canary", "rest")
+    source, _v1, _v2 = start_rollout(repo, make_source, sync, targets, [{"setWeight": 50}, {"pause": {}}])
+    sync(source)
+    aborted = wait_for(source, phase="Paused", waiting_for="approval")
+    decisions.rollout_abort(aborted.pk, user=people["approver"])
+    wait_for(source, phase="Aborted")
+    repo.write_all(
+        {"sluice.yaml": policy(targets), "configmaps/app.yaml": configmap("app", {"VERSION": "3"})}
+    )
+    v3 = repo.commit("v3")
+    sync(source)
+    assert versions(cluster, targets) == ["3", "3"]
+    # As if the default cluster had not answered the abort's rollback, which is now due.
+    Rollout.objects.filter(pk=aborted.pk).update(rollback_pending_clusters=["default"], pause_until=None)
+
+    rollbacks_owed_finish(source)
+
+    assert versions(cluster, targets) == ["3", "3"], "the owed rollback put back what came before v2"
+    assert cluster.get_configmap(targets[0], "app")["metadata"]["annotations"]["sluice.dev/commit"] == v3
+    assert Rollout.objects.get(pk=aborted.pk).rollback_pending_clusters == []
