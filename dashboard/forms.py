@@ -11,7 +11,7 @@ from django import forms
 
 from dashboard.templatetags.sluice import seconds_label
 from gitops import source_admin
-from gitops.models import MAX_REQUIRED_APPROVALS, Source
+from gitops.models import MAX_REQUIRED_APPROVALS, Source, masked_url
 from gitops.redaction import redact_url
 from gitops.vocabulary import ObjectsOnRemoval
 
@@ -113,11 +113,13 @@ class SourceForm(DescribedErrors, forms.Form):
     notify_urls = LinesField(
         label="Notification URLs",
         required=False,
-        help_text="One per line: rollout and revision events go there as CloudEvents.",
+        help_text="One per line: rollout and revision events go there as CloudEvents. Saved ones are shown "
+        "masked; leave such a line as it is to keep that URL.",
     )
 
     def __init__(self, *args: Any, creating: bool, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.kept_urls: dict[str, str] = {}
         if not creating:
             del self.fields["name"]
 
@@ -133,9 +135,12 @@ class SourceForm(DescribedErrors, forms.Form):
             "analysis_url_prefixes": source.analysis_url_prefixes,
             "required_approvals": source.required_approvals,
             "commit_url_template": source.commit_url_template,
-            "notify_urls": source.notify_urls,
+            # Shown masked (a chat webhook's path is its token); a masked line sent back keeps its URL.
+            "notify_urls": [masked_url(url) for url in source.notify_urls or []],
         }
-        return cls(data, initial=initial, creating=False)
+        form = cls(data, initial=initial, creating=False)
+        form.kept_urls = {masked_url(url): url for url in source.notify_urls or []}
+        return form
 
     def clean_poll_interval(self) -> timedelta:
         try:
@@ -144,7 +149,10 @@ class SourceForm(DescribedErrors, forms.Form):
             raise forms.ValidationError(exc.problems["poll_interval"]) from exc
 
     def settings(self) -> dict[str, Any]:
-        return dict(self.cleaned_data)
+        chosen = dict(self.cleaned_data)
+        if "notify_urls" in chosen:
+            chosen["notify_urls"] = [self.kept_urls.get(line, line) for line in chosen["notify_urls"]]
+        return chosen
 
     def add_problems(self, problems: Mapping[str, Sequence[str]]) -> None:
         """The service's problems, each next to its field (or above the form). A URL with a password in

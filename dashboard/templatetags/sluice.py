@@ -8,6 +8,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from gitops import selectors
+from gitops.redaction import redact
 
 register = template.Library()
 NAME_SLOT = "name-slot"
@@ -16,6 +17,13 @@ NAME_SLOT = "name-slot"
 @cache
 def _source_url_pattern() -> str:
     return reverse("dashboard:source", args=[NAME_SLOT])
+
+
+@register.filter
+def redacted(text: object) -> str:
+    """Messages as the API shows them: URL credentials, tokens and passwords as ***. Errors quote
+    what they were given (a Git URL, an analysis URL from a repository), and pages are read by all."""
+    return redact(str(text)) if text else ""
 
 
 @register.filter

@@ -18,6 +18,7 @@ from functools import cached_property
 from urllib.parse import SplitResult, unquote, urlsplit
 
 from gitops.desired.policy import DEFAULT_CLUSTER, namespace_glob_problem
+from gitops.redaction import redact_url
 
 HTTP_SCHEMES = ("http", "https")
 _UNSAFE_CHARACTERS = re.compile(r"[\s\x00-\x1f\x7f]")
@@ -119,7 +120,8 @@ class AdminScope:
                 "(gitops update-source NAME --allow-analysis-url PREFIX)"
             )
         allowed = ", ".join(self.analysis_url_prefixes)
-        return f"{url!r} is not under an analysis URL prefix this source may call ({allowed})"
+        # The URL is the repository's: whatever credentials it carries must not reach pages and logs.
+        return f"{redact_url(url)!r} is not under an analysis URL prefix this source may call ({allowed})"
 
 
 def url_prefix_problem(prefix: str) -> str | None:

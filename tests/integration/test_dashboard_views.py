@@ -174,6 +174,22 @@ def test_no_secret_reaches_a_page(paused_rollout, people):
     assert b"https://deploy:***@git.example.com/shop.git" in client.get(pages(paused_rollout)[1]).content
 
 
+def test_messages_quoting_a_secret_are_shown_redacted_as_the_api_shows_them(paused_rollout, people):
+    # Errors quote what they were given: a Git URL, an analysis URL a repository wrote, a token.
+    leaked = "fetch failed for https://deploy:hunter2@git.example.com/shop.git (token=s3cr3t)"
+    Source.objects.filter(pk=paused_rollout.source.pk).update(last_error=leaked)
+    Rollout.objects.filter(pk=paused_rollout.pk).update(message=leaked)
+    RolloutEvent.objects.create(rollout=paused_rollout, kind="failed", message=leaked)
+    revision = paused_rollout.revision
+    revision.errors = [{"file": "sluice.yaml", "line": 3, "field": "rollout", "message": leaked}]
+    revision.save(update_fields=["errors"])
+    client = client_for(people["viewer"])
+    for page in pages(paused_rollout):
+        content = client.get(page).content
+        assert b"hunter2" not in content and b"s3cr3t" not in content, page
+    assert b"https://deploy:***@git.example.com" in client.get(pages(paused_rollout)[1]).content
+
+
 def test_pages_run_a_bounded_number_of_queries(paused_rollout, people, make_source):
     client = client_for(people["viewer"])
 

@@ -11,7 +11,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from gitops import source_admin
-from gitops.models import Change, Source, SourceAudit, SourceRemoval
+from gitops.models import Change, Source, SourceAudit, SourceRemoval, masked_url
 from tests.gitrepo import configmap, policy
 from tests.workers import poll
 
@@ -213,6 +213,24 @@ def test_an_admin_edits_suspends_resumes_and_each_leaves_an_audit_row(repo, admi
     assert "secret" not in str(rows[1].after["notify_urls"]), "a URL's path may be a token: masked"
     assert Source.objects.get(pk=source.pk).notify_urls == ["https://hooks.example.com/T0/secret"]
     assert not Source.objects.get(pk=source.pk).suspended
+
+
+def test_the_edit_form_shows_notification_urls_masked_and_keeps_a_masked_line_as_its_url(repo, admin):
+    # Another admin must not read the token in a chat webhook's path off the form.
+    hook = "https://hooks.example.com/T0/secret-path"
+    source = source_admin.source_add(name="shop", url=repo.url, allowed_namespaces=["t*"], notify_urls=[hook])
+    client = client_for(admin)
+    form = client.get(reverse("dashboard:source-edit", args=["shop"])).content.decode()
+    assert "secret-path" not in form
+    masked = masked_url(hook)
+    assert masked in form
+    # Sent back as shown, with one URL added: the masked line keeps its URL.
+    added = "https://other.example.com/notify"
+    saved = client.post(
+        reverse("dashboard:source-edit", args=["shop"]), form_data(repo.url, notify_urls=f"{masked}\n{added}")
+    )
+    assert saved.status_code == 302
+    assert Source.objects.get(pk=source.pk).notify_urls == [hook, added]
 
 
 def test_delete_asks_keep_or_prune_and_is_refused_while_a_rollout_is_active(paused_rollout, admin):
