@@ -19,10 +19,16 @@ case "$role" in
   web)
     # Workers: gunicorn reads WEB_CONCURRENCY itself. The heartbeat files go to
     # /dev/shm (tmpfs) so a read-only or slow root filesystem cannot stall them.
+    # Threads: a request that waits (a preview's plan, up to 90 s; a long export)
+    # holds one thread, not the process, so the dashboard, the API, webhooks and
+    # /healthz go on answering; the timeout is above the longest such wait.
     exec gunicorn sluice.wsgi:application \
       --bind 0.0.0.0:8000 \
       --worker-tmp-dir /dev/shm \
       --access-logfile - \
+      --worker-class gthread \
+      --threads "${SLUICE_WEB_THREADS:-8}" \
+      --timeout "${SLUICE_WEB_TIMEOUT_SECONDS:-120}" \
       "$@"
     ;;
   worker)

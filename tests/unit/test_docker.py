@@ -184,7 +184,8 @@ def entrypoint(fake_path: str, *args: str, **env: str) -> subprocess.CompletedPr
         (
             ["web"],
             "gunicorn sluice.wsgi:application --bind 0.0.0.0:8000"
-            " --worker-tmp-dir /dev/shm --access-logfile -",
+            " --worker-tmp-dir /dev/shm --access-logfile -"
+            " --worker-class gthread --threads 8 --timeout 120",
         ),
         (["worker"], "celery -A gitops worker --loglevel INFO"),
         (["worker", "--concurrency", "4"], "celery -A gitops worker --loglevel INFO --concurrency 4"),
