@@ -627,6 +627,13 @@ class FlagFilters(Schema):
 
 class PromoteIn(Schema):
     full: bool = Field(False, description="skip the remaining steps and go to 100%")
+    step_index: int | None = Field(
+        None,
+        ge=0,
+        le=1000,
+        description="the step the caller saw (the rollout's step_index): a promote sent again after the "
+        "rollout moved on is refused (409) instead of releasing the next gate",
+    )
     comment: str = Field("", max_length=2000, pattern=NO_NUL)
     override: str = Field(
         "",
@@ -1105,7 +1112,12 @@ def promote_rollout(request: HttpRequest, rollout_id: RolloutId, body: PromoteIn
     """Approves the gate the rollout waits at; with enough approvals it goes on (``full``: to 100%)."""
     user = caller(request)
     rollout = decisions.rollout_promote(
-        rollout_id, user=user, full=body.full, comment=body.comment, override=body.override
+        rollout_id,
+        user=user,
+        full=body.full,
+        comment=body.comment,
+        override=body.override,
+        at_step=body.step_index,
     )
     return selectors.rollout_status(rollout)
 

@@ -7,6 +7,7 @@ checked for its permission here, on the server, whatever the page showed.
 from __future__ import annotations
 
 import csv
+import functools
 import hmac
 import json
 from collections.abc import Iterator
@@ -243,12 +244,14 @@ def rollout_action(request: HttpRequest, rollout_id: int, action: str) -> HttpRe
     user = request.user
     comment = request.POST.get("comment", "").strip()[:2000]
     override = request.POST.get("override", "").strip()[:2000]  # while a freeze or a window holds it
+    shown = whole_number(request.POST.get("step", ""))  # the step the page showed: a double click stops there
+    promote = functools.partial(decisions.rollout_promote, rollout_id, user=user)
     try:
         if action == "promote":
-            decisions.rollout_promote(rollout_id, user=user, comment=comment, override=override)  # type: ignore[arg-type]
+            promote(comment=comment, override=override, at_step=shown)
             messages.success(request, "Approval recorded.")
         elif action == "promote-full":
-            decisions.rollout_promote(rollout_id, user=user, full=True, comment=comment, override=override)  # type: ignore[arg-type]
+            promote(full=True, comment=comment, override=override, at_step=shown)
             messages.success(request, "Promotion to 100% recorded.")
         elif action == "abort":
             decisions.rollout_abort(rollout_id, user=user, reason=comment)  # type: ignore[arg-type]

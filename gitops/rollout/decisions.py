@@ -52,16 +52,29 @@ def user_email_verify(user: User, email: str, *, verified_by: str) -> VerifiedEm
 
 
 def rollout_promote(
-    rollout_id: int, *, user: User, full: bool = False, comment: str = "", override: str = ""
+    rollout_id: int,
+    *,
+    user: User,
+    full: bool = False,
+    comment: str = "",
+    override: str = "",
+    at_step: int | None = None,
 ) -> Rollout:
     """Approves the gate the rollout waits at; with enough approvers it goes on (``full``: to 100%).
 
     While a freeze or a closed sync window holds the source, only an
     administrator promotes, giving an ``override`` reason that is recorded.
+    ``at_step``: the step the approver saw (a page's button, an API client); a promote sent twice (a
+    double click, a client retrying after a lost answer) must not release the gate after it too.
     """
     _check_permission(user)
     with transaction.atomic():
         rollout = Rollout.objects.select_for_update().select_related("revision", "source").get(pk=rollout_id)
+        if at_step is not None and at_step != rollout.step_index:
+            raise RolloutError(
+                f"rollout {rollout.pk} has moved on to step {rollout.step_index + 1} since step "
+                f"{at_step + 1} was shown; look at it again before promoting"
+            )
         at_gate = _check_promotable(rollout, full=full)
         if rollout.forbid_self_approval:
             _check_not_an_author(rollout, user)

@@ -528,3 +528,26 @@ def test_an_action_on_a_rollout_that_does_not_exist_is_a_404(people):
         for action in ("promote", "promote-full", "abort", "retry"):
             url = reverse("dashboard:rollout-action", args=[rollout_id, action])
             assert approver.post(url).status_code == 404, (rollout_id, action)
+
+
+def test_a_promote_sent_twice_does_not_release_the_gate_after_the_one_it_was_shown(paused_rollout, people):
+    approver = client_for(people["approver"])
+    page = approver.get(reverse("dashboard:rollout", args=[paused_rollout.pk])).content.decode()
+    step = paused_rollout.step_index
+    assert f'<input type="hidden" name="step" value="{step}">' in page
+    promote = reverse("dashboard:rollout-action", args=[paused_rollout.pk, "promote"])
+    assert approver.post(promote, {"step": step}).status_code == 302
+    moved = Rollout.objects.get(pk=paused_rollout.pk)
+    assert moved.step_index == step + 1 or moved.phase != "Paused"
+    # The same click again (a double click, a retried request): refused, and says why.
+    Rollout.objects.filter(pk=paused_rollout.pk).update(
+        phase="Paused", waiting_for="approval", step_index=step + 1
+    )
+    again = approver.post(promote, {"step": step}, follow=True)
+    assert "has moved on to step" in again.content.decode()
+    assert paused_rollout.approvals.count() == 1
+    # Through the API the same: a 409.
+    api = approver.post(
+        f"/api/rollouts/{paused_rollout.pk}/promote", {"step_index": step}, content_type="application/json"
+    )
+    assert api.status_code == 409 and "has moved on" in api.json()["detail"]
