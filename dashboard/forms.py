@@ -119,7 +119,6 @@ class SourceForm(DescribedErrors, forms.Form):
 
     def __init__(self, *args: Any, creating: bool, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.kept_urls: dict[str, str] = {}
         if not creating:
             del self.fields["name"]
 
@@ -135,12 +134,10 @@ class SourceForm(DescribedErrors, forms.Form):
             "analysis_url_prefixes": source.analysis_url_prefixes,
             "required_approvals": source.required_approvals,
             "commit_url_template": source.commit_url_template,
-            # Shown masked (a chat webhook's path is its token); a masked line sent back keeps its URL.
+            # Shown masked (a chat webhook's path is its token); source_update keeps a masked line's URL.
             "notify_urls": [masked_url(url) for url in source.notify_urls or []],
         }
-        form = cls(data, initial=initial, creating=False)
-        form.kept_urls = {masked_url(url): url for url in source.notify_urls or []}
-        return form
+        return cls(data, initial=initial, creating=False)
 
     def clean_poll_interval(self) -> timedelta:
         try:
@@ -149,10 +146,7 @@ class SourceForm(DescribedErrors, forms.Form):
             raise forms.ValidationError(exc.problems["poll_interval"]) from exc
 
     def settings(self) -> dict[str, Any]:
-        chosen = dict(self.cleaned_data)
-        if "notify_urls" in chosen:
-            chosen["notify_urls"] = [self.kept_urls.get(line, line) for line in chosen["notify_urls"]]
-        return chosen
+        return dict(self.cleaned_data)
 
     def add_problems(self, problems: Mapping[str, Sequence[str]]) -> None:
         """The service's problems, each next to its field (or above the form). A URL with a password in

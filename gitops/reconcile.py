@@ -96,12 +96,11 @@ def _reconcile(
     resumed = intents_finish_pending(source) if owed.intents else 0
     if owed.rollbacks:  # clusters that did not answer an earlier rollback: a freeze holds none
         rollbacks_owed_finish(source)
-    if owed.aborts:  # before Git: nothing a new commit does can hold an abort up
-        _abort_if_requested(source)
+    aborted = owed.aborts and _abort_if_requested(source)  # before Git: no new commit holds an abort up
     gate = selectors.source_gate(source)
     held = None if gate.allows(manual=manual) else gate  # a freeze, or outside the sync windows
-    if rollouts_only and not source.automatic_sync_allowed:
-        return _decisions_only(source, actor=actor, retry_failed=retry_failed, held=held)
+    if rollouts_only and (not source.automatic_sync_allowed or _backing_off(source)):
+        return _decisions_only(source, actor=actor, retry_failed=retry_failed, held=held, aborted=aborted)
     try:
         head, forced = revision_fetch(source)
     except (TemporaryError, PermanentError) as exc:
@@ -142,17 +141,28 @@ def _reconcile(
     return result
 
 
-def _decisions_only(source: Source, *, actor: str, retry_failed: bool, held: Gate | None) -> SyncResult:
-    """A suspended source's pass that nobody asked to sync: a promote, an abort or a retry (or beat's
-    sweep carrying out an abort or an owed rollback). What people decided goes on, with the active
-    rollout's own revision; Git is not asked, so a commit pushed while suspended waits for resume or
-    for someone's sync instead of starting a rollout of its own."""
+def _decisions_only(
+    source: Source, *, actor: str, retry_failed: bool, held: Gate | None, aborted: bool
+) -> SyncResult:
+    """A pass that carries out decisions on rollouts (a promote, an abort, a retry; beat's sweep of an
+    abort or an owed rollback) on a source that is suspended or backing off from its Git host. What
+    people decided goes on, with the active rollout's own revision; Git is not asked, so a commit
+    pushed while suspended waits for resume or for someone's sync instead of starting a rollout."""
     moved = _drive_active(source, actor=actor, retry_failed=retry_failed, held=held)
-    result = SyncResult(source.name, Outcome.SUSPENDED, source.last_commit)
+    idle = Outcome.SUSPENDED if not source.automatic_sync_allowed else Outcome.UNCHANGED
+    result = SyncResult(source.name, Outcome.ABORTED if aborted else idle, source.last_commit)
     if moved is not None:
         result.outcome, result.summary, result.errors = moved.outcome, moved.summary, moved.failures
-    _finish(source, result.errors)
+    # Git was not asked: its failures in a row, last error and next try stay as they were.
+    if result.errors:
+        Source.objects.filter(pk=source.pk).update(last_error="; ".join(result.errors[:5]))
     return result
+
+
+def _backing_off(source: Source) -> bool:
+    """Failing passes in a row and the next try still ahead: a decision's pass leaves Git alone too, so
+    that an abort or an owed rollback swept every few seconds does not ask a host that is down."""
+    return source.consecutive_failures > 0 and source.next_poll_at > timezone.now()
 
 
 def _hold(source: Source, head: Revision, desired: Any, gate: Gate, result: SyncResult) -> SyncResult:
@@ -249,13 +259,16 @@ def _aborts_requested(source: Source) -> QuerySet[Rollout]:
     return active.exclude(abort_requested_by="")
 
 
-def _abort_if_requested(source: Source) -> None:
-    """Carries out a requested abort. A rollback needs nothing from Git: the intents hold what was there."""
-    for rollout in _aborts_requested(source).select_related("revision", "source"):
+def _abort_if_requested(source: Source) -> bool:
+    """Carries out a requested abort; whether there was one. A rollback needs nothing from Git: the
+    intents hold what was there."""
+    requested = list(_aborts_requested(source).select_related("revision", "source"))
+    for rollout in requested:
         reason = rollout.abort_reason or "aborted"
         rollout_rollback(
             rollout, actor=rollout.abort_requested_by, reason=reason, phase=Rollout.Phase.ABORTED
         )
+    return bool(requested)
 
 
 def _roll_back_invalid(rollout: Rollout) -> None:

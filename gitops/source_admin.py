@@ -35,6 +35,7 @@ from gitops.models import (
     Source,
     SourceRemoval,
     admin_settings,
+    masked_url,
     validate_source_name,
 )
 from gitops.record.audit import Actor, audit_record
@@ -288,7 +289,13 @@ def source_update(source: Source, *, actor: Actor = SYSTEM, **changes: Any) -> S
     unknown = set(changes) - set(OPTIONS) | ({"name"} & set(changes))
     if unknown:
         raise SourceSettingsError({field: ["cannot be changed"] for field in sorted(unknown)})
-    changes = _normalized({field: value for field, value in changes.items() if value is not None})
+    changes = {field: value for field, value in changes.items() if value is not None}
+    if "notify_urls" in changes:
+        # The pages and the API show notification URLs masked (a chat webhook's path is its token): a
+        # masked one sent back keeps its URL, so nobody needs the others' secrets to add one.
+        kept = {masked_url(url): url for url in source.notify_urls or []}
+        changes["notify_urls"] = [kept.get(url, url) for url in changes["notify_urls"]]
+    changes = _normalized(changes)
     if problems := _problems(changes):
         raise SourceSettingsError(problems)
     with transaction.atomic():

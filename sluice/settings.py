@@ -132,17 +132,19 @@ DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
 # advisory lock, for the two hours of Linux's default keepalive: PostgreSQL probes the connection after
 # 30 s of silence and drops it after 3 unanswered probes (tcp_keepalives_*, settable per session), and
 # the client does the same for a vanished server.
-_KEEPALIVE = env_int("DATABASE_KEEPALIVE_SECONDS", 30)
-_DATABASE_OPTIONS = DATABASES["default"]["OPTIONS"]
-for _option, _value in (("keepalives", 1), ("keepalives_idle", _KEEPALIVE), ("keepalives_interval", 10)):
-    _DATABASE_OPTIONS.setdefault(_option, _value)
-_DATABASE_OPTIONS.setdefault("keepalives_count", 3)
-_DATABASE_OPTIONS["options"] = " ".join(
-    [
-        _DATABASE_OPTIONS.get("options", ""),
-        f"-c tcp_keepalives_idle={_KEEPALIVE} -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3",
-    ]
-).strip()
+_KEEPALIVE = env_int("DATABASE_KEEPALIVE_SECONDS", 30, minimum=0)  # 0: leave both sides' defaults
+if _KEEPALIVE:
+    _DATABASE_OPTIONS = DATABASES["default"]["OPTIONS"]
+    for _option, _value in (("keepalives", 1), ("keepalives_idle", _KEEPALIVE), ("keepalives_interval", 10)):
+        _DATABASE_OPTIONS.setdefault(_option, _value)
+    _DATABASE_OPTIONS.setdefault("keepalives_count", 3)
+    # First, so that a DATABASE_URL's own -c values (PostgreSQL takes the last) still win.
+    _DATABASE_OPTIONS["options"] = " ".join(
+        [
+            f"-c tcp_keepalives_idle={_KEEPALIVE} -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3",
+            _DATABASE_OPTIONS.get("options", ""),
+        ]
+    ).strip()
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

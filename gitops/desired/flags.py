@@ -157,6 +157,7 @@ def _inlined_past(document: Document, limits: Limits) -> tuple[ValidationError |
     if not evaluators:
         return None, 0
     budget = limits.max_revision_nodes
+    inlined = 0  # values reached through a $ref: the flags' own were counted as the file was read
     for key, flag in document.data["flags"].items():
         pending: list[tuple[Any, int, frozenset[str]]] = [(flag, 1, frozenset())]
         while pending:
@@ -166,14 +167,15 @@ def _inlined_past(document: Document, limits: Limits) -> tuple[ValidationError |
                 pending.append((evaluators[name], depth, resolving | {name}))  # replaces the reference
                 continue
             budget -= 1
+            inlined += bool(resolving)
             nested = isinstance(value, dict | list)
             if budget < 0 or (nested and depth > limits.max_depth):
                 error = document.error(("flags", key), _inlined_problem(limits, too_deep=budget >= 0))
-                return error, limits.max_revision_nodes - budget
+                return error, inlined
             if nested:
                 items = value.values() if isinstance(value, dict) else value
                 pending.extend((item, depth + 1, resolving) for item in items)
-    return None, limits.max_revision_nodes - budget
+    return None, inlined
 
 
 def _inlined_problem(limits: Limits, *, too_deep: bool) -> str:

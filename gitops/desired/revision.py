@@ -757,8 +757,8 @@ def _too_many_nodes(path: str, limits: Limits) -> ValidationError:
         path,
         None,
         "",
-        f"with this file the revision builds more than {limits.max_revision_nodes:,} values"
-        f"{setting_hint('max_revision_nodes')}",
+        f"with this file the revision builds more than {limits.max_revision_nodes:,} values (a flag set's "
+        f"$ref evaluators count as often as they are inlined){setting_hint('max_revision_nodes')}",
     )
 
 

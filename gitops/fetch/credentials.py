@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass
@@ -42,23 +43,30 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}\Z")
 
 # What Sluice itself runs with. A source's credentials are sent to whatever host its URL names, so a
 # reference to one of these (set by anyone with the admin role) would hand the platform's secrets to
-# any Git server: the key that signs sessions, the database, the broker, the pod's Kubernetes identity.
+# any Git server: the key that signs sessions, the database, the broker, cloud identities.
 PLATFORM_VARIABLES = frozenset(
     {
         "SECRET_KEY",
         "SECRET_KEY_FALLBACKS",
         "DATABASE_URL",
         "CELERY_BROKER_URL",
+        "CELERY_RESULT_BACKEND",
         "REDIS_URL",
         "SLUICE_METRICS_TOKEN",
+        "PGPASSWORD",
+        "POSTGRES_PASSWORD",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AZURE_CLIENT_SECRET",
     }
 )
+# The pod's own identities (the Kubernetes service account, EKS, Azure and GKE workload identity),
+# under both names of the run directory, and the kernel's views of processes.
+_IDENTITY_DIRECTORIES = ("kubernetes.io", "eks.amazonaws.com", "azure", "gke")
 PLATFORM_PATHS = (
-    "/var/run/secrets/kubernetes.io/",
-    "/run/secrets/kubernetes.io/",
-    "/var/run/secrets/eks.amazonaws.com/",
-    "/proc/",
-    "/sys/",
+    *(f"{run}/secrets/{name}" for run in ("/run", "/var/run") for name in _IDENTITY_DIRECTORIES),
+    "/proc",
+    "/sys",
 )
 
 
@@ -71,21 +79,33 @@ class CredentialScope:
     directories: tuple[str, ...] = ()
 
     def problem(self, kind: str, target: str) -> str | None:
-        """Why the variable or file ``target`` may not hold a source's credentials, or None."""
+        """Why the variable or file ``target`` may not hold a source's credentials, or None. A file is
+        judged by where it really is (links followed, as far as they exist here), against directories
+        resolved the same way: ``/var/run`` is a link to ``/run`` on most systems."""
         if kind == "env":
             if target in PLATFORM_VARIABLES:
                 return f"environment variable {target} holds Sluice's own configuration, not a Git credential"
             if self.env_prefix and not target.startswith(self.env_prefix):
                 return f"credentials' variables start with {self.env_prefix} (SLUICE_CREDENTIALS_ENV_PREFIX)"
             return None
-        path = os.path.normpath(target)
-        if any(_within(path, platform) for platform in PLATFORM_PATHS):
+        path = _resolved(target)
+        if any(_within(path, platform) for platform in _platform_paths()):
             return (
                 f"{target} is the platform's own (a service-account token, the kernel), not a Git credential"
             )
-        if self.directories and not any(_within(path, directory) for directory in self.directories):
+        if self.directories and not any(_within(path, _resolved(d)) for d in self.directories):
             return f"credential files live under {', '.join(self.directories)} (SLUICE_CREDENTIALS_DIRS)"
         return None
+
+
+def _resolved(path: str) -> str:
+    # "//proc" is "/proc" to the kernel, but normpath and realpath keep the two leading slashes.
+    return os.path.realpath("/" + path.lstrip("/"))
+
+
+@functools.cache
+def _platform_paths() -> tuple[str, ...]:
+    return tuple({*PLATFORM_PATHS, *(_resolved(path) for path in PLATFORM_PATHS)})
 
 
 def configured_scope() -> CredentialScope:
@@ -97,7 +117,6 @@ def configured_scope() -> CredentialScope:
 
 
 def _within(path: str, directory: str) -> bool:
-    directory = os.path.normpath(directory)
     return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
@@ -135,10 +154,13 @@ def resolve_credentials(
     if not reference:
         return None
     kind, separator, target = reference.partition(":")
-    if separator and target and kind in ("env", "file", "ssh-key"):
-        real = target if kind == "env" else os.path.realpath(target)
-        if problem := scope.problem(kind, target) or scope.problem(kind, real):
-            raise PermanentError(f"credentials {reference!r}: {problem}")
+    if (
+        separator
+        and target
+        and kind in ("env", "file", "ssh-key")
+        and (problem := scope.problem(kind, target))
+    ):
+        raise PermanentError(f"credentials {reference!r}: {problem}")
     if separator and target:
         if kind == "env":
             token = os.environ.get(target)

@@ -112,6 +112,15 @@ class CommitInfo:
     message: str
     committed_at: datetime  # tz-aware UTC
 
+    def __post_init__(self) -> None:
+        # A pusher writes the message: past this it is cut wherever it goes (the revision's row, a
+        # preview's answer, pages), as a message of hundreds of MB once was whole.
+        if len(self.message) > MESSAGE_LENGTH:
+            object.__setattr__(self, "message", self.message[: MESSAGE_LENGTH - 1] + "…")
+
+
+MESSAGE_LENGTH = 64 * 1024
+
 
 class GitMirror:
     """One bare mirror per source at `path`. Fetches incrementally and reads files at a commit straight

@@ -71,16 +71,11 @@ def _revision_create(source: Source, fetched: FetchResult, info: CommitInfo) -> 
         # A pusher chooses these: cut to fit rather than fail every poll on a long one.
         author_name=_fit(info.author_name, PERSON_LENGTH),
         author_email=_fit(info.author_email, PERSON_LENGTH),
-        message=_fit(info.message, MESSAGE_LENGTH),
+        message=info.message,  # cut to MESSAGE_LENGTH in CommitInfo
         committed_at=info.committed_at,
         force_pushed_over=(fetched.previous or "") if fetched.forced else "",
     )
     return created or Revision.objects.get(source=source, commit=fetched.commit)
-
-
-# A commit message is shown on pages and in the API; past this it is cut (a pusher could write 500 MB,
-# loaded by every revision list, or past PostgreSQL's 1 GB, failing every poll).
-MESSAGE_LENGTH = 64 * 1024
 
 
 def _fit(text: str, length: int) -> str:

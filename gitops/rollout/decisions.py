@@ -224,6 +224,10 @@ def rollout_retry(rollout_id: int, *, user: User) -> Rollout:
                 f"rollout {rollout.pk} is {rollout.phase.lower()}; only an aborted or failed one is retried"
             )
         source = rollout.source
+        if rollout.rollback_pending_clusters:
+            # Its owed rollback would take back what the retry writes there (the same commit's stamp).
+            owed = ", ".join(rollout.rollback_pending_clusters)
+            raise RolloutError(f"rollout {rollout.pk} still owes {owed} its rollback; retry once it is done")
         if source.last_commit and source.last_commit != rollout.revision.commit:
             raise RolloutError(
                 f"{source.name} has moved on to {source.last_commit[:12]}; retry that revision instead"

@@ -79,6 +79,8 @@ def largest_share(desired: DesiredState, weight: int) -> int:
     """
     if weight <= 0:
         return 0
+    if weight >= 100:
+        return 100  # everything, and the prunes: a revision with no objects left deletes them all here
     targets: dict[str, int] = defaultdict(int)
     largest = 0
     for obj in desired.objects:

@@ -137,3 +137,22 @@ def test_an_abort_of_a_source_backing_off_from_its_git_host_is_swept_at_once(
     )
     assert source.pk in polling.sources_with_due_rollouts()
     assert source.pk not in polling.sources_with_due_rollouts()  # queued once
+
+
+def test_an_abort_swept_while_the_source_backs_off_does_not_ask_git_or_reset_its_back_off(
+    repo, make_namespaces, make_source, sync
+):
+    source, _ = paused_at_half(repo, make_namespaces, make_source, sync)
+    paused = wait_for(source, phase="Paused", waiting_for="approval")
+    later = timezone.now() + timedelta(minutes=4)
+    Source.objects.filter(pk=source.pk).update(
+        url="file:///nonexistent/gone.git", consecutive_failures=3, next_poll_at=later, last_error="git down"
+    )
+    Rollout.objects.filter(pk=paused.pk).update(abort_requested_by="otto")
+
+    result = sync(source, rollouts_only=True)  # beat's sweep of the abort
+
+    assert result["outcome"] == "aborted", result
+    backing = Source.objects.get(pk=source.pk)
+    assert (backing.consecutive_failures, backing.last_error) == (3, "git down")
+    assert abs((backing.next_poll_at - later).total_seconds()) < 1

@@ -477,6 +477,9 @@ def test_delete_is_refused_while_an_ended_rollout_still_owes_a_cluster_its_rollb
     ):
         source_admin.source_remove(source, objects=ObjectsOnRemoval.KEEP)
     assert not SourceRemoval.objects.exists()
+    # Nor is the rollout retried: its owed rollback would take back what the retry writes there.
+    with pytest.raises(decisions.RolloutError, match="still owes member-9 its rollback"):
+        decisions.rollout_retry(paused_rollout.pk, user=people["approver"])
 
     Rollout.objects.filter(pk=paused_rollout.pk).update(rollback_pending_clusters=[])
     assert removal_done(source_admin.source_remove(source, objects=ObjectsOnRemoval.KEEP)).status == "done"

@@ -56,6 +56,11 @@ def test_an_admin_creates_changes_suspends_resumes_and_deletes_a_source(
         ["t*", "team-*"],
     )
     assert changed.json()["url"] == repo.url, "what is left out stays"
+    # The masked URL read back, sent back with one more: the masked one keeps its URL.
+    shown = changed.json()["notify_urls"]
+    added = admin.patch("/sources/shop", {"notify_urls": [*shown, "https://other.example/y"]})
+    assert added.status_code == 200, added.content
+    assert Source.objects.get(name="shop").notify_urls == ["https://h.example/x", "https://other.example/y"]
 
     assert admin.post("/sources/shop/suspend").json()["suspended"] is True
     listed = api["viewer"].get("/sources").json()["items"][0]
@@ -86,6 +91,7 @@ def test_an_admin_creates_changes_suspends_resumes_and_deletes_a_source(
         (row.action, row.actor, row.via) for row in SourceAudit.objects.filter(source=source).order_by("id")
     ] == [
         ("create", "ada-admin", "api"),
+        ("update", "ada-admin", "api"),
         ("update", "ada-admin", "api"),
         ("suspend", "ada-admin", "api"),
         ("resume", "ada-admin", "api"),

@@ -90,3 +90,9 @@ def test_without_the_revision_at_hand_the_gate_comes_before_the_first_change():
     assert with_approval_gate(gated) == gated
     after = (SetWeight(25), GATE, SetWeight(100))
     assert with_approval_gate(after) == (GATE, SetWeight(25), GATE, SetWeight(100))
+
+
+def test_a_revision_with_no_objects_left_is_gated_before_the_step_that_prunes_them_all():
+    empty = functools.partial(largest_share, revision())
+    assert with_approval_gate((SetWeight(100),), empty) == (GATE, SetWeight(100))
+    assert with_approval_gate((SetWeight(10), SetWeight(100)), empty) == (SetWeight(10), GATE, SetWeight(100))

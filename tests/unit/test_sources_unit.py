@@ -288,7 +288,11 @@ def test_a_git_without_cat_file_batch_command_is_a_permanent_error_that_says_so(
         "file:/var/run/secrets/kubernetes.io/serviceaccount/token",
         "file:/var/run/secrets/kubernetes.io/../kubernetes.io/serviceaccount/token",
         "file:/proc/self/environ",
+        "file://proc/self/environ",
         "ssh-key:/run/secrets/kubernetes.io/serviceaccount/token",
+        "file:/run/secrets/eks.amazonaws.com/serviceaccount/token",
+        "file:/var/run/secrets/azure/tokens/azure-identity-token",
+        "env:CELERY_RESULT_BACKEND",
     ],
 )
 def test_a_reference_to_the_platforms_own_secrets_is_refused_when_set_and_when_used(reference, monkeypatch):
@@ -324,6 +328,12 @@ def test_an_operator_narrows_where_credentials_come_from(tmp_path, monkeypatch):
     assert "SLUICE_CREDENTIALS_ENV_PREFIX" in reference_problem("env:SHOP_TOKEN", scope)
     assert "SLUICE_CREDENTIALS_DIRS" in reference_problem(f"file:{tmp_path}/other", scope)
     assert "SLUICE_CREDENTIALS_DIRS" in reference_problem(f"file:{allowed}/../other", scope)
+    # A directory named through a link (Kubernetes mounts secrets as links to a timestamped directory).
+    linked = tmp_path / "linked"
+    linked.symlink_to(allowed)
+    assert resolve_credentials(
+        f"file:{linked}/token", scope=CredentialScope(directories=(str(linked),))
+    ).token
     with pytest.raises(PermanentError, match="SLUICE_CREDENTIALS_DIRS"):
         resolve_credentials(f"file:{tmp_path}/other", scope=scope)
     # Without a scope, any variable or file but the platform's own, as before.
