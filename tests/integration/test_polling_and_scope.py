@@ -165,8 +165,8 @@ class _Stream:
         monkeypatch.setattr(reconcile, "_measured", self._pass_then_a_push_arrives)
         monkeypatch.setattr(schedule.app, "send_task", self._keep)
 
-    def _pass_then_a_push_arrives(self, source, actor, *args):
-        result = self.real_pass(source, actor, *args)
+    def _pass_then_a_push_arrives(self, source, actor, *args, **options):
+        result = self.real_pass(source, actor, *args, **options)
         self.passes += 1
         self.actors.append(actor)
         self.pushed.append(str(len(self.pushed)))

@@ -156,8 +156,8 @@ def test_a_push_refused_while_its_source_reconciles_is_run_by_the_pass_under_way
     real_pass = reconcile._measured
     answers: list[int] = []
 
-    def a_push_arrives_during_the_first_pass(*args):
-        result = real_pass(*args)
+    def a_push_arrives_during_the_first_pass(*args, **options):
+        result = real_pass(*args, **options)
         if not answers:
             repo.write("configmaps/app.yaml", configmap("app", {"v": "2"}))
             repo.commit("v2")
