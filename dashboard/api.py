@@ -647,6 +647,13 @@ class AbortIn(Schema):
     reason: str = Field("", max_length=2000, pattern=NO_NUL)
 
 
+class WaiveRollbackIn(Schema):
+    # Both are required; an empty one is refused (422) after the caller's role is checked, so that
+    # a caller without the role learns nothing from the body's shape.
+    cluster: str = Field("", max_length=63, pattern=NO_NUL)
+    reason: str = Field("", max_length=2000, pattern=NO_NUL)
+
+
 # Lengths and types here; what a value means (a glob, a URL prefix, a reference) the service checks, so that
 # the API, the command line and the dashboard answer the same input the same way.
 Text = Annotated[str, Field(max_length=2000, pattern=NO_NUL)]
@@ -1127,6 +1134,29 @@ def abort_rollout(request: HttpRequest, rollout_id: RolloutId, body: AbortIn) ->
     """Asks for a rollback; a worker restores every target the rollout changed."""
     rollout = decisions.rollout_abort(rollout_id, user=caller(request), reason=body.reason)
     return Status(202, selectors.rollout_status(rollout))
+
+
+@api.post(
+    "/rollouts/{rollout_id}/waive-rollback",
+    response={200: RolloutOut, **BODY_ACTION_ERRORS, 422: ValidationErrorOut},
+    tags=["rollouts"],
+)
+def waive_rollout_rollback(
+    request: HttpRequest, rollout_id: RolloutId, body: WaiveRollbackIn
+) -> Status[dict[str, Any]]:
+    """Lets a cluster off the rollback the ended rollout still owes it (administrators, with a reason):
+    what the rollout wrote there stays. For a cluster gone for good."""
+    user = caller(request)
+    decisions.waive_permission_check(user)
+    Rollout.objects.only("pk").get(pk=rollout_id)  # a 404 before the body's 422, as the other actions
+    missing = [field for field in ("cluster", "reason") if not getattr(body, field).strip()]
+    if missing:
+        detail = [{"type": "missing", "loc": ["body", "body", field], "msg": "required"} for field in missing]
+        return Status(422, {"detail": detail})
+    rollout = decisions.rollout_rollback_waive(
+        rollout_id, cluster=body.cluster, user=user, reason=body.reason
+    )
+    return Status(200, selectors.rollout_status(rollout))
 
 
 @api.post("/rollouts/{rollout_id}/retry", response={201: RolloutOut, **ACTION_ERRORS}, tags=["rollouts"])

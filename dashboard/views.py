@@ -222,6 +222,7 @@ def _rollout_context(request: HttpRequest, rollout: Rollout) -> dict[str, Any]:
         "consumers_shown": CONSUMERS_SHOWN,
         "pinned_hint": PINNED_HINT,
         "can_act": can_act(request.user),
+        "can_waive": request.user.has_perm(decisions.WAIVE_PERMISSION),
         "at_gate": rollout.phase == Rollout.Phase.PAUSED and rollout.waiting_for == Rollout.Waiting.APPROVAL,
         **freeze_views.rollout_gate_context(request, rollout),
     }
@@ -240,7 +241,8 @@ def rollout_detail(request: HttpRequest, rollout_id: int) -> HttpResponse:
 @login_required
 @require_POST
 def rollout_action(request: HttpRequest, rollout_id: int, action: str) -> HttpResponse:
-    """Promote, promote to 100%, abort or retry: the same services as the CLI and the API."""
+    """Promote, promote to 100%, abort, retry or waive an owed rollback: the same services as the CLI
+    and the API."""
     user = request.user
     comment = request.POST.get("comment", "").strip()[:2000]
     override = request.POST.get("override", "").strip()[:2000]  # while a freeze or a window holds it
@@ -260,6 +262,10 @@ def rollout_action(request: HttpRequest, rollout_id: int, action: str) -> HttpRe
             again = decisions.rollout_retry(rollout_id, user=user)  # type: ignore[arg-type]
             messages.success(request, f"Retried as rollout {again.pk}.")
             return _go_to_rollout(request, again.pk)
+        elif action == "waive-rollback":
+            cluster = request.POST.get("cluster", "")[:63]
+            decisions.rollout_rollback_waive(rollout_id, cluster=cluster, user=user, reason=comment)  # type: ignore[arg-type]
+            messages.success(request, f"Rollback on {cluster} waived.")
         else:
             return HttpResponse(status=404)
     except GitopsError as exc:

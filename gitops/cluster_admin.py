@@ -1,4 +1,5 @@
-"""Clusters, as an administrator manages them: register one, list them with their health, remove one.
+"""Clusters, as an administrator manages them: register one, list them with their health, remove one,
+or forget one that is gone for good.
 
 Credentials stay by reference, as for Git: a kubeconfig path and context on the
 workers' filesystem, or the in-cluster service account. Nothing secret is stored
@@ -14,14 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Count
 
 from gitops.cluster import Cluster, clients
 from gitops.errors import GitopsError, PermanentError
-from gitops.models import ApplyIntent, ManagedObject, Rollout, Source
+from gitops.models import ApplyIntent, ManagedObject, Rollout, Source, admin_settings
 from gitops.models import Cluster as ClusterRecord
+from gitops.record.audit import Actor, audit_record
+from gitops.rollout.decisions import rollback_waive
+from gitops.vocabulary import SourceAuditAction
 
 PROBE_SECONDS = 3.0
 
@@ -66,16 +71,13 @@ def cluster_remove(name: str) -> None:
     record = ClusterRecord.objects.filter(name=name).first()
     if record is None:
         raise PermanentError(f"no cluster named {name!r}")
-    targeting = sorted(Source.objects.filter(target_clusters__contains=[name]).values_list("name", flat=True))
-    if targeting:
-        raise PermanentError(
-            f"cluster {name!r} is targeted by {', '.join(targeting)}; change their targets first"
-        )
+    _refuse_targeted(name)
     holding = _objects_by_source(name)
     if holding:
         held = ", ".join(f"{source} ({count})" for source, count in sorted(holding.items()))
         raise PermanentError(
             f"cluster {name!r} still holds objects Sluice applied for {held}; prune them first"
+            " (a cluster gone for good: remove-cluster --forget)"
         )
     owed = Rollout.objects.filter(rollback_pending_clusters__contains=[name]).values_list("pk", flat=True)
     pending = ApplyIntent.objects.filter(cluster=name, status=ApplyIntent.Status.PENDING).exists()
@@ -83,10 +85,74 @@ def cluster_remove(name: str) -> None:
         rollouts = ", ".join(str(pk) for pk in owed) or "a pending change"
         raise PermanentError(
             f"cluster {name!r} is still owed a change or a rollback ({rollouts}); wait for it"
+            " (a cluster gone for good: remove-cluster --forget)"
         )
     record.delete()
     clients.forget([name])
     clients.refresh()
+
+
+@dataclass
+class Forgotten:
+    """What forgetting a cluster let go of."""
+
+    objects: dict[str, int] = field(default_factory=dict)  # source name: objects Sluice applied there
+    rollbacks: list[int] = field(default_factory=list)  # rollouts that owed it a rollback
+    pending: int = 0  # changes never applied there
+
+
+def cluster_forget(name: str, *, actor: Actor, reason: str) -> Forgotten:
+    """Removes a cluster that will never answer again (decommissioned, burned down), with what Sluice
+    kept about it: the objects it applied there (the inventory: nobody can prune them now), the
+    rollbacks rollouts owe it (waived, with ``reason``) and the changes still pending there (dropped).
+    Nothing is asked of the cluster. Refused for the default cluster and while a source's policy still
+    targets it: change the policy first. Each source that had objects there gets an audit entry."""
+    if actor.user is not None and not actor.user.has_perm("gitops.delete_source"):
+        raise PermissionDenied(f"{actor.name} may not forget a cluster: administrators only")
+    reason = reason.strip()
+    if not reason:
+        raise PermanentError("say why the cluster is forgotten (--reason): it is recorded")
+    if name == settings.SLUICE_CLUSTER_NAME:
+        raise PermanentError(f"{name!r} is the default cluster; it cannot be forgotten")
+    record = ClusterRecord.objects.filter(name=name).first()
+    if record is None:
+        raise PermanentError(f"no cluster named {name!r}")
+    _refuse_targeted(name)
+    forgotten = Forgotten()
+    why = f"cluster {name} forgotten: {reason}"
+    with transaction.atomic():
+        owing = Rollout.objects.filter(rollback_pending_clusters__contains=[name]).order_by("id")
+        for rollout_id in owing.values_list("pk", flat=True):
+            rollback_waive(rollout_id, cluster=name, actor=actor.name, reason=why)
+            forgotten.rollbacks.append(rollout_id)
+        forgotten.pending = ApplyIntent.objects.filter(
+            cluster=name, status=ApplyIntent.Status.PENDING
+        ).update(status=ApplyIntent.Status.FAILED)
+        forgotten.objects = _objects_by_source(name)
+        for source in Source.objects.filter(name__in=forgotten.objects).order_by("name"):
+            count = forgotten.objects[source.name]
+            settings_now = admin_settings(source)
+            audit_record(
+                source,
+                SourceAuditAction.FORGET_CLUSTER,
+                actor,
+                before=settings_now,
+                after=settings_now,
+                message=f"{why}; Sluice no longer manages the {count} object(s) it applied there",
+            )
+        ManagedObject.objects.filter(cluster=name).delete()  # the inventory's version moves with it
+        record.delete()
+    clients.forget([name])
+    clients.refresh()
+    return forgotten
+
+
+def _refuse_targeted(name: str) -> None:
+    targeting = sorted(Source.objects.filter(target_clusters__contains=[name]).values_list("name", flat=True))
+    if targeting:
+        raise PermanentError(
+            f"cluster {name!r} is targeted by {', '.join(targeting)}; change their targets first"
+        )
 
 
 def _objects_by_source(cluster: str) -> dict[str, int]:

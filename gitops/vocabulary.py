@@ -62,6 +62,7 @@ class RolloutEventKind(StrEnum):
     ABORT_REQUESTED = "abort-requested"
     ROLLED_BACK = "rolled-back"
     ROLLBACK_FAILED = "rollback-failed"
+    ROLLBACK_WAIVED = "rollback-waived"  # an administrator let a cluster off a rollback it was owed
     COMPLETED = "completed"
     FAILED = "failed"
     CONSUMERS = "consumers"  # a step's workloads were restarted, or became healthy, or failed
@@ -103,6 +104,7 @@ class SourceAuditAction(StrEnum):
     RESUME = "resume"
     DELETE = "delete"  # a removal was requested
     DELETED = "deleted"  # the removal finished: the source is gone
+    FORGET_CLUSTER = "forget-cluster"  # a cluster gone for good was forgotten with what it held
 
 
 class AuditVia(StrEnum):

@@ -53,6 +53,23 @@ def _point_django_at(env: dict[str, str]) -> None:
     app.conf.update(broker_url=env["CELERY_BROKER_URL"], result_backend=env["REDIS_URL"])
 
 
+def _forget_stale_tasks(env: dict[str, str]) -> None:
+    """A reused stack's broker still holds what earlier runs queued, scheduled or left unacknowledged
+    (a worker killed mid-task, a retry due in an hour). They name sources of a test database that is
+    gone, and this run's sources reuse those ids: a worker would take them up as this run's work."""
+    import redis
+
+    broker = redis.Redis.from_url(env["CELERY_BROKER_URL"])
+    queues = {
+        member.split(b"\x06\x16")[-1]
+        for binding in broker.scan_iter(match="_kombu.binding.*")
+        for member in broker.smembers(binding)
+    }
+    queues = {queue for queue in queues if queue and broker.type(queue) == b"list"}
+    broker.delete(b"unacked", b"unacked_index", *queues)
+    broker.close()
+
+
 def _uncordon_simulated_nodes(env: dict[str, str]) -> None:
     """A run killed inside `cordoned_nodes` leaves a reused stack's nodes cordoned; undo that."""
     from kubernetes import client, config
@@ -74,6 +91,7 @@ def stack() -> Iterator[dict[str, str]]:
     _point_django_at(env)
     if not started_here:
         _uncordon_simulated_nodes(env)
+        _forget_stale_tasks(env)
     yield env
     if started_here and os.environ.get("SLUICE_KEEP_STACK") != "1":
         local_stack.down()

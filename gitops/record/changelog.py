@@ -57,8 +57,21 @@ def _encoded_manifest(intent: ApplyIntent) -> dict[str, str | None]:
 
 def intents_pending(source: Source) -> list[ApplyIntent]:
     """Intents a crashed run left behind: written, maybe applied, not yet logged. A removal's intents
-    (no rollout) are its own to finish: a sync never deletes or releases what a removal meant to."""
-    return list(intents_pending_query(source))
+    (no rollout) are its own to finish: a sync never deletes or releases what a removal meant to.
+
+    Nor are those of a rollout that ended owing their cluster its rollback: that rollback restores
+    their targets from what the cluster holds, and applying them first would put out, for a moment,
+    content the rollout was stopped from bringing (see ``rollback._restore``).
+    """
+    pending = list(intents_pending_query(source))
+    if not pending:
+        return pending
+    owing: dict[int | None, list[str]] = dict(
+        Rollout.objects.filter(pk__in={intent.rollout_id for intent in pending})
+        .exclude(rollback_pending_clusters=[])
+        .values_list("pk", "rollback_pending_clusters")
+    )
+    return [intent for intent in pending if intent.cluster not in owing.get(intent.rollout_id, ())]
 
 
 def intents_pending_query(source: Source) -> QuerySet[ApplyIntent]:

@@ -31,6 +31,7 @@ EVENT_TYPES = {
     RolloutEventKind.PAUSED: "dev.sluice.rollout.paused",
     RolloutEventKind.PROMOTED: "dev.sluice.rollout.promoted",
     RolloutEventKind.ROLLED_BACK: "dev.sluice.rollout.rolledback",
+    RolloutEventKind.ROLLBACK_WAIVED: "dev.sluice.rollout.rollbackwaived",
     RolloutEventKind.COMPLETED: "dev.sluice.rollout.completed",
     REVISION_REJECTED: "dev.sluice.revision.rejected",
 }

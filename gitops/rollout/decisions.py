@@ -1,4 +1,5 @@
-"""Decisions by people: promote, abort, retry. Checked, audited, stored; a reconcile carries them out.
+"""Decisions by people: promote, abort, retry, waive an owed rollback. Checked, audited, stored; a
+reconcile carries them out.
 
 These only record a decision in the database and queue the source's reconcile,
 so one code path (``lifecycle.rollout_drive``) moves rollouts and touches the
@@ -19,12 +20,13 @@ from django.utils import timezone
 from gitops import freezes, schedule, selectors
 from gitops.desired.policy import SetWeight, steps_from_json
 from gitops.errors import PermanentError
-from gitops.models import Approval, Rollout, VerifiedEmail, copied
+from gitops.models import ApplyIntent, Approval, Rollout, VerifiedEmail, copied
 from gitops.record.events import rollout_event
 from gitops.rollout.engine import with_approval_gate
 from gitops.vocabulary import RolloutEventKind, Waiting
 
 APPROVE_PERMISSION = "gitops.approve_rollout"
+WAIVE_PERMISSION = "gitops.change_source"  # administrators: the cluster keeps what it holds
 
 
 class RolloutError(PermanentError):
@@ -242,6 +244,53 @@ def rollout_retry(rollout_id: int, *, user: User) -> Rollout:
         )
         schedule.source_sync(source.pk, actor=username, rollouts_only=True)
     return again
+
+
+def rollout_rollback_waive(rollout_id: int, *, cluster: str, user: User, reason: str) -> Rollout:
+    """Lets ``cluster`` off the rollback the ended rollout still owes it, for good: for a cluster that
+    is gone and will not answer again, or one an administrator restored by other means. Whatever the
+    rollout wrote there stays; its changes never applied there are dropped. Administrators only, with
+    a reason, recorded in the rollout's timeline (and sent as a notification)."""
+    waive_permission_check(user)
+    return rollback_waive(rollout_id, cluster=cluster, actor=user.get_username(), reason=reason)
+
+
+def rollback_waive(rollout_id: int, *, cluster: str, actor: str, reason: str) -> Rollout:
+    """``rollout_rollback_waive`` for a caller that checked who asks (``cluster_admin.cluster_forget``)."""
+    reason = reason.strip()
+    if not reason:
+        raise RolloutError("say why the rollback is waived (--reason): it is recorded")
+    username = actor
+    with transaction.atomic():
+        rollout = Rollout.objects.select_for_update().select_related("source", "revision").get(pk=rollout_id)
+        owed = list(rollout.rollback_pending_clusters)
+        if cluster not in owed:
+            listed = ", ".join(owed) or "none"
+            raise RolloutError(f"rollout {rollout.pk} owes {cluster!r} no rollback (owed on: {listed})")
+        left = [name for name in owed if name != cluster]
+        Rollout.objects.filter(pk=rollout.pk).update(
+            rollback_pending_clusters=left,
+            pause_until=rollout.pause_until if left else None,
+            updated_at=timezone.now(),
+        )
+        # What it never got to apply there is not applied later either (``intents_pending``).
+        rollout.intents.filter(status=ApplyIntent.Status.PENDING, cluster=cluster).update(
+            status=ApplyIntent.Status.FAILED
+        )
+        rollout.reload()
+        rollout_event(
+            rollout,
+            RolloutEventKind.ROLLBACK_WAIVED,
+            actor=username,
+            message=f"rollback on {cluster} waived by {username}: {reason}",
+            data={"cluster": cluster, "pending_clusters": left},
+        )
+    return rollout
+
+
+def waive_permission_check(user: User) -> None:
+    if not user.is_active or not user.has_perm(WAIVE_PERMISSION):
+        raise PermissionDenied(f"{user.get_username()} may not waive a rollback: administrators only")
 
 
 def gated(source: Any, fields: dict[str, Any]) -> dict[str, Any]:

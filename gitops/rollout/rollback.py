@@ -87,10 +87,13 @@ def rollbacks_owed_finish(source: Source) -> None:
         actor = rollout.abort_requested_by or SYSTEM_ACTOR
         restored = _restore(rollout, actor, clusters=owed)
         done = sorted(owed - set(restored.owed))
-        still = sorted(restored.owed)
-        retry_at = timezone.now() + cluster_retry_delay() if still else None
         # One transaction: nobody sees a cluster no longer owed without the event saying it was restored.
         with transaction.atomic():
+            # Only the clusters restored now leave the list: one an administrator waived meanwhile
+            # (``rollout_rollback_waive``) is not put back.
+            listed = Rollout.objects.select_for_update().values_list("rollback_pending_clusters", flat=True)
+            still = sorted(set(listed.get(pk=rollout.pk)) - set(done))
+            retry_at = timezone.now() + cluster_retry_delay() if still else None
             Rollout.objects.filter(pk=rollout.pk).update(
                 rollback_pending_clusters=still, pause_until=retry_at, updated_at=timezone.now()
             )
@@ -123,30 +126,97 @@ def _restored_event(
 def _restore(rollout: Rollout, actor: str, *, clusters: set[str] | None) -> Restored:
     """Restores the rollout's targets in ``clusters`` (None: all of them)."""
     first_intents: dict[ObjectKey, ApplyIntent] = {}
+    unapplied: set[str] = set()  # clusters holding intents of this rollout never applied
     restored = Restored()
     changes = rollout.intents.exclude(action=ChangeAction.ROLLBACK)
     if clusters is not None:
         changes = changes.filter(cluster__in=clusters)
     for intent in changes.order_by("id"):
+        if intent.status == ApplyIntent.Status.FAILED:
+            continue
+        # A pending intent's cluster did not answer it (or a crash came first). It is restored from
+        # what the cluster holds, like a done one, so that what this rollout never got to apply is
+        # not applied only to be taken back (``intents_pending`` leaves it to this).
         if intent.status == ApplyIntent.Status.PENDING:
-            # Not applied yet because its cluster did not answer: once it does, the intent is
-            # applied first and then restored, so the cluster is owed until then.
-            restored.owed.setdefault(intent.cluster, "an earlier change there is still pending")
-        elif intent.status == ApplyIntent.Status.DONE:
-            first_intents.setdefault((intent.cluster, intent.kind, intent.namespace, intent.name), intent)
+            unapplied.add(intent.cluster)
+        first_intents.setdefault((intent.cluster, intent.kind, intent.namespace, intent.name), intent)
     configmaps = {key: intent for key, intent in first_intents.items() if key[1] not in WORKLOAD_KINDS}
     workloads = {key: intent for key, intent in first_intents.items() if key[1] in WORKLOAD_KINDS}
     # A rollback owed to a cluster that did not answer runs later: by then a newer rollout may have
     # written there, and its content must not be put back to what came before this one.
-    owed = clusters is not None
-    _restore_configmaps(rollout, configmaps, actor, restored, owed=owed)
-    _restore_workloads(rollout, workloads, actor, restored, owed=owed)
+    taken_over = _written_since(rollout, first_intents) if clusters is not None else None
+    _restore_configmaps(rollout, configmaps, actor, restored, taken_over=taken_over)
+    _restore_workloads(rollout, workloads, actor, restored, taken_over=taken_over)
+    _drop_unapplied(rollout, unapplied - set(restored.owed))
     return restored
+
+
+def _drop_unapplied(rollout: Rollout, clusters: set[str]) -> None:
+    """Settles the rollout's pending intents in clusters now restored: every target there holds what
+    it held before this rollout, so none of them is to be applied any more. They are dropped, never
+    logged, as a removal drops an earlier removal's (see ``source_removal``)."""
+    if clusters:
+        rollout.intents.filter(status=ApplyIntent.Status.PENDING, cluster__in=clusters).update(
+            status=ApplyIntent.Status.FAILED
+        )
+
+
+def _written_since(rollout: Rollout, first_intents: Mapping[ObjectKey, ApplyIntent]) -> set[ObjectKey]:
+    """The objects whose content, as the change history tells it, is no longer this rollout's.
+
+    A commit stamp cannot tell this rollout from a later one of the same commit (a branch moved back
+    to it), so the database decides. Walking back from the last write, a rollback stands for what
+    the object held before its rollout's first change: a newer rollout rolled back hands the object
+    back to whoever held it before.
+    """
+    if not first_intents:
+        return set()
+    start = min(intent.pk for intent in first_intents.values())
+    history: dict[ObjectKey, list[tuple[int | None, bool]]] = {}
+    rows = (
+        ApplyIntent.objects.filter(
+            source_id=rollout.source_id,
+            cluster__in={key[0] for key in first_intents},
+            status=ApplyIntent.Status.DONE,
+            pk__gte=start,
+        )
+        .order_by("id")
+        .values_list("pk", "cluster", "kind", "namespace", "name", "rollout_id", "action")
+    )
+    for pk, cluster, kind, namespace, name, rollout_id, action in rows.iterator(chunk_size=2000):
+        key = (cluster, kind, namespace, name)
+        first = first_intents.get(key)
+        if first is not None and pk >= first.pk:
+            history.setdefault(key, []).append((rollout_id, action == ChangeAction.ROLLBACK))
+    # A pending first change with nothing done after it says nothing here: the commit stamp decides.
+    return {
+        key
+        for key, first in first_intents.items()
+        if (key in history or first.status == ApplyIntent.Status.DONE)
+        and _holder(history.get(key, [])) != rollout.pk
+    }
+
+
+def _holder(history: list[tuple[int | None, bool]]) -> int | None:
+    """The rollout whose content an object holds after ``history`` (the writes that took effect, in
+    order); None when it holds what it held before all of them."""
+    first_at: dict[int | None, int] = {}
+    for position, (rollout_id, _) in enumerate(history):
+        first_at.setdefault(rollout_id, position)
+    position = len(history) - 1
+    while position >= 0:
+        rollout_id, rollback = history[position]
+        if not rollback:
+            return rollout_id
+        if first_at[rollout_id] == position:  # its rollout's changes here all predate the history
+            return None
+        position = first_at[rollout_id] - 1  # what the object held before that rollout came
+    return None
 
 
 def _taken_over(rollout: Rollout, first: ApplyIntent, live_commit: str | None) -> bool:
     """Whether the object carries a commit neither this rollout nor what it replaced wrote: a newer
-    rollout's, which an owed rollback leaves alone."""
+    rollout's, or a hand's, which an owed rollback leaves alone."""
     return bool(live_commit) and live_commit not in (rollout.revision.commit, first.before_commit)
 
 
@@ -156,7 +226,7 @@ def _restore_configmaps(
     actor: str,
     restored: Restored,
     *,
-    owed: bool,
+    taken_over: set[ObjectKey] | None,
 ) -> None:
     if not first_intents:
         return
@@ -164,10 +234,13 @@ def _restore_configmaps(
     restored.owed.update(live.reasons())
     index = live.index()
     restores = []
-    for (cluster, _, namespace, name), first in sorted(first_intents.items()):
+    for key, first in sorted(first_intents.items()):
+        cluster, _, namespace, name = key
         found = index.get((cluster, namespace, name))
         if cluster in restored.owed or (
-            owed and found is not None and _taken_over(rollout, first, live_provenance(found)[1])
+            taken_over is not None
+            and found is not None
+            and (key in taken_over or _taken_over(rollout, first, live_provenance(found)[1]))
         ):
             continue
         if (restore := ApplyIntent.restoring(rollout, first, found, actor=actor)) is not None:
@@ -181,10 +254,11 @@ def _restore_workloads(
     actor: str,
     restored: Restored,
     *,
-    owed: bool,
+    taken_over: set[ObjectKey] | None,
 ) -> None:
     restores = []
-    for (cluster, kind, namespace, name), first in sorted(first_intents.items()):
+    for key, first in sorted(first_intents.items()):
+        cluster, kind, namespace, name = key
         if cluster in restored.owed:
             continue
         try:
@@ -192,7 +266,11 @@ def _restore_workloads(
         except GitopsError as exc:  # unreachable, refusing, or not registered any more
             restored.owed[cluster] = str(exc)
             continue
-        if owed and live is not None and _workload_taken_over(rollout, first, live):
+        if (
+            taken_over is not None
+            and live is not None
+            and (key in taken_over or _workload_taken_over(rollout, first, live))
+        ):
             continue
         if (restore := restoring_intent(rollout, first, live, actor=actor)) is not None:
             restores.append(restore)

@@ -53,6 +53,7 @@ ENDPOINTS = [
     ("post", "/rollouts/1/promote"),
     ("post", "/rollouts/1/abort"),
     ("post", "/rollouts/1/retry"),
+    ("post", "/rollouts/1/waive-rollback"),
     ("post", "/sources"),
     ("patch", "/sources/shop"),
     ("delete", "/sources/shop?objects=keep"),
@@ -65,6 +66,7 @@ ACTIONS = [(method, path) for method, path in ENDPOINTS if method != "get"]
 ADMIN_ONLY = [(method, path) for method, path in ENDPOINTS if method in ("patch", "delete")] + [
     ("post", "/sources/shop/suspend"),
     ("post", "/sources/shop/resume"),
+    ("post", "/rollouts/1/waive-rollback"),
 ]
 
 # Freezes and sync windows (dashboard/api_freezes.py; roles and actions in test_freezes_ui.py).

@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.test import Client
 
 from gitops import cluster_admin, selectors
@@ -287,3 +287,184 @@ def test_an_abort_owes_an_unreachable_cluster_its_rollback_until_it_answers(
     assert fleet.content("flaky", namespace) == before["flaky"]
     assert RolloutEvent.objects.filter(rollout=aborted, message__startswith="rolled back on flaky").exists()
     assert Change.objects.filter(rollout=aborted, cluster="flaky", action="rollback").count() == 1
+
+
+def test_what_an_aborted_rollout_never_got_to_apply_is_not_applied_when_its_cluster_answers(
+    repo, make_source, sync, fleet, people, monkeypatch
+):
+    """A cluster stops answering between a step's plan and its apply, so its intents stay pending,
+    and the rollout is aborted. When the cluster answers, the owed rollback settles those intents
+    from what the cluster holds: the aborted content is not applied there first, only to be taken
+    back (the cluster's object is not written at all)."""
+    from gitops import reconcile
+    from gitops.models import ApplyIntent
+    from gitops.rollout import step
+
+    flaky = fleet.flaky("flaky", context="member-2")
+    clusters = [DEFAULT, "flaky"]
+    namespace = fleet.namespace((DEFAULT, "member-2"))
+    commit(repo, namespace, clusters, "1")
+    source = make_source(allowed_namespaces=SCOPE)
+    assert sync(source)["outcome"] == "applied"
+    written = fleet.cluster_for("member-2").get_configmap(namespace, "app")["metadata"]["resourceVersion"]
+
+    applying = step.intents_execute
+
+    def cluster_gone_before_the_apply(intents):
+        if any(intent.cluster == "flaky" for intent in intents):
+            flaky.silence()
+        return applying(intents)
+
+    monkeypatch.setattr(step, "intents_execute", cluster_gone_before_the_apply)
+    commit(repo, namespace, clusters, "2")
+    reconcile.source_sync(source.pk)  # in this process, so that the apply meets the silence
+    monkeypatch.undo()
+    waiting = wait_for(source, phase="Paused", waiting_for="cluster")
+    assert fleet.versions([DEFAULT], namespace) == ["2"]
+    assert ApplyIntent.objects.filter(rollout=waiting, cluster="flaky", status="pending").exists()
+
+    decisions.rollout_abort(waiting.pk, user=people["approver"])
+    aborted = wait_for(source, phase="Aborted")
+    assert aborted.rollback_pending_clusters == ["flaky"]
+    assert fleet.versions([DEFAULT], namespace) == ["1"]
+
+    flaky.answer()
+    poll(
+        lambda: Rollout.objects.get(pk=aborted.pk).rollback_pending_clusters == [],
+        timeout=120,
+        what="the owed rollback of flaky",
+    )
+    live = fleet.cluster_for("member-2").get_configmap(namespace, "app")
+    assert live["data"] == {"VERSION": "1"}
+    assert live["metadata"]["resourceVersion"] == written, "the aborted content was applied, then taken back"
+    assert not Change.objects.filter(rollout=aborted, cluster="flaky").exists()
+    assert not ApplyIntent.objects.filter(rollout=aborted, status="pending").exists()
+
+
+def test_an_administrator_waives_the_rollback_owed_to_a_cluster_gone_for_good(
+    repo, make_source, sync, fleet, people, client: Client
+):
+    """A cluster that will not answer again keeps a rollback owed forever, and with it the source's
+    deletion and the cluster's removal. An administrator, and only one, lets it off, with a reason
+    that the rollout's timeline keeps; what the rollout wrote there stays."""
+    from django.contrib.auth.models import Group, User
+
+    from gitops.rollout.decisions import RolloutError, rollout_rollback_waive
+
+    fleet.register("member-1")
+    flaky = fleet.flaky("flaky", context="member-2")
+    clusters = [DEFAULT, "flaky", "member-1"]
+    namespace = fleet.namespace((DEFAULT, "member-1", "member-2"))
+    commit(repo, namespace, clusters, "1")
+    source = make_source(allowed_namespaces=SCOPE)
+    assert sync(source)["outcome"] == "applied"
+    commit(repo, namespace, clusters, "2", [{"setWeight": 66}, {"pause": {}}])
+    sync(source)
+    paused = wait_for(source, phase="Paused", waiting_for="approval")
+    flaky.silence()
+    decisions.rollout_abort(paused.pk, user=people["approver"])
+    aborted = wait_for(source, phase="Aborted")
+    assert aborted.rollback_pending_clusters == ["flaky"]
+
+    admin = User.objects.create_user("ines", email="ines@example.com", password="x")
+    admin.groups.add(Group.objects.get(name="admin"))
+    admin = User.objects.get(pk=admin.pk)
+    page = f"/rollouts/{aborted.pk}/"
+    client.force_login(people["approver"])
+    assert b"Waive the rollback on flaky" not in client.get(page).content
+    refused = client.post(f"/rollouts/{aborted.pk}/waive-rollback", {"cluster": "flaky", "comment": "gone"})
+    assert refused.status_code == 403
+    with pytest.raises(CommandError, match="otto may not waive a rollback: administrators only"):
+        call_command(
+            "gitops",
+            "waive-rollback",
+            str(aborted.pk),
+            "--cluster",
+            "flaky",
+            "--user",
+            "otto",
+            "--reason",
+            "x",
+        )
+    with pytest.raises(RolloutError, match="say why"):
+        rollout_rollback_waive(aborted.pk, cluster="flaky", user=admin, reason="  ")
+    with pytest.raises(RolloutError, match="owes 'member-1' no rollback"):
+        rollout_rollback_waive(aborted.pk, cluster="member-1", user=admin, reason="tidy")
+    assert Rollout.objects.get(pk=aborted.pk).rollback_pending_clusters == ["flaky"]
+
+    client.force_login(admin)
+    assert b"Waive the rollback on flaky" in client.get(page).content
+    waived = client.post(
+        f"/rollouts/{aborted.pk}/waive-rollback", {"cluster": "flaky", "comment": "the region burned down"}
+    )
+    assert waived.status_code == 302
+    after = Rollout.objects.get(pk=aborted.pk)
+    assert (after.rollback_pending_clusters, after.pause_until) == ([], None)
+    event = RolloutEvent.objects.filter(rollout=aborted, kind="rollback-waived").get()
+    assert event.actor == "ines"
+    assert event.message == "rollback on flaky waived by ines: the region burned down"
+    assert b"Waive the rollback on" not in client.get(page).content
+
+    # The cluster answers again later: nothing takes back what the rollout wrote there any more.
+    flaky.answer()
+    sync(source)
+    assert fleet.versions(clusters, namespace) == ["1", "2", "1"]
+    assert not Change.objects.filter(rollout=aborted, cluster="flaky", action="rollback").exists()
+
+
+def test_a_cluster_gone_for_good_is_forgotten_with_what_sluice_kept_about_it(
+    repo, make_source, sync, fleet, people
+):
+    """A cluster that will never answer again holds objects Sluice applied (nobody can prune them) and
+    a rollback owed to it, and a change of policy that drops it waits for it at 100%. `remove-cluster
+    --forget` lets all of it go, without asking the cluster, once no policy targets it."""
+    from gitops.models import Cluster as ClusterRecord
+    from gitops.models import ManagedObject, SourceAudit
+
+    fleet.register("member-1")
+    flaky = fleet.flaky("flaky", context="member-2")
+    clusters = [DEFAULT, "flaky", "member-1"]
+    namespace = fleet.namespace((DEFAULT, "member-1", "member-2"))
+    commit(repo, namespace, clusters, "1")
+    source = make_source(allowed_namespaces=SCOPE)
+    assert sync(source)["outcome"] == "applied"
+    commit(repo, namespace, clusters, "2", [{"setWeight": 66}, {"pause": {}}])
+    sync(source)
+    paused = wait_for(source, phase="Paused", waiting_for="approval")
+    flaky.silence()  # for good
+    decisions.rollout_abort(paused.pk, user=people["approver"])
+    aborted = wait_for(source, phase="Aborted")
+    assert aborted.rollback_pending_clusters == ["flaky"]
+
+    def remove(*options: str) -> str:
+        out = io.StringIO()
+        call_command("gitops", "remove-cluster", "flaky", *options, stdout=out)
+        return out.getvalue()
+
+    with pytest.raises(CommandError, match="targeted by"):
+        remove("--forget", "--reason", "decommissioned")
+    commit(repo, namespace, [DEFAULT, "member-1"], "3")  # the policy drops it
+    sync(source)
+    waiting = wait_for(source, phase="Paused", waiting_for="cluster")
+    assert "flaky" in waiting.message, "its objects there are to be pruned at 100%"
+    with pytest.raises(CommandError, match="still holds objects Sluice applied"):
+        remove()
+    with pytest.raises(CommandError, match="say why"):
+        remove("--forget")
+
+    printed = remove("--forget", "--reason", "region decommissioned", "--by", "ines")
+
+    assert f"objects no longer managed there: {source.name} (1)" in printed
+    assert f"rollbacks waived: {aborted.pk}" in printed
+    assert not ClusterRecord.objects.filter(name="flaky").exists()
+    assert not ManagedObject.objects.filter(cluster="flaky").exists()
+    assert Rollout.objects.get(pk=aborted.pk).rollback_pending_clusters == []
+    waived = RolloutEvent.objects.get(rollout=aborted, kind="rollback-waived")
+    assert waived.actor == "ines" and "cluster flaky forgotten: region decommissioned" in waived.message
+    audit = SourceAudit.objects.get(source=source, action="forget-cluster")
+    assert (audit.actor, audit.via) == ("ines", "cli")
+    assert "Sluice no longer manages the 1 object(s) it applied there" in audit.message
+    # The rollout that waited for it goes on: nothing of the source is left there to prune.
+    sync(source)
+    wait_for(source, phase="Completed")
+    assert fleet.versions([DEFAULT, "member-1"], namespace) == ["3", "3"]

@@ -415,3 +415,44 @@ def test_a_rollback_owed_to_a_cluster_leaves_what_a_newer_rollout_wrote_there_al
     assert versions(cluster, targets) == ["3", "3"], "the owed rollback put back what came before v2"
     assert cluster.get_configmap(targets[0], "app")["metadata"]["annotations"]["sluice.dev/commit"] == v3
     assert Rollout.objects.get(pk=aborted.pk).rollback_pending_clusters == []
+
+
+def test_a_rollback_owed_to_a_cluster_leaves_a_later_rollout_of_the_same_commit_alone(
+    repo, make_namespaces, make_source, sync, cluster, people
+):
+    """The branch moves back to the commit whose rollout was aborted, and a new rollout of it
+    completes. Both rollouts stamp the objects with the same commit, so the change history, not the
+    stamp, says the content is no longer the aborted rollout's to take back."""
+    from gitops.rollout.rollback import rollbacks_owed_finish
+
+    targets = make_namespaces("canary", "rest")
+    source, _v1, v2 = start_rollout(repo, make_source, sync, targets, [{"setWeight": 50}, {"pause": {}}])
+    sync(source)
+    aborted = wait_for(source, phase="Paused", waiting_for="approval")
+    decisions.rollout_abort(aborted.pk, user=people["approver"])
+    wait_for(source, phase="Aborted")
+    assert versions(cluster, targets) == ["1", "1"]
+    repo.write("configmaps/app.yaml", configmap("app", {"VERSION": "3"}))
+    repo.commit("v3")
+    sync(source)
+    wait_for(source, phase="Paused", waiting_for="approval")
+    promoted = rollout_of(source)
+    decisions.rollout_promote(promoted.pk, user=people["approver"], full=True)
+    wait_for(source, phase="Completed")
+    repo.git("reset", "--hard", v2)
+    repo.push(force=True)  # back to the aborted commit: it goes out anew, through its steps
+    sync(source)
+    again = wait_for(source, phase="Paused", waiting_for="approval")
+    assert again.pk != aborted.pk and again.revision.commit == v2
+    decisions.rollout_promote(again.pk, user=people["approver"], full=True)
+    wait_for(source, phase="Completed")
+    assert versions(cluster, targets) == ["2", "2"]
+    # As if the default cluster had not answered the abort's rollback, which is now due.
+    Rollout.objects.filter(pk=aborted.pk).update(rollback_pending_clusters=["default"], pause_until=None)
+    logged = Change.objects.filter(rollout=aborted).count()
+
+    rollbacks_owed_finish(source)
+
+    assert versions(cluster, targets) == ["2", "2"], "the owed rollback took back the later rollout's content"
+    assert Change.objects.filter(rollout=aborted).count() == logged
+    assert Rollout.objects.get(pk=aborted.pk).rollback_pending_clusters == []

@@ -168,32 +168,7 @@ class Command(BaseCommand):
         rollouts_parser.add_argument("--limit", type=int, default=20)
         rollouts_parser.add_argument("--json", action="store_true")
 
-        promote = commands.add_parser("promote", help="approve the gate a paused rollout waits at")
-        promote.add_argument("rollout", type=int)
-        promote.add_argument("--full", action="store_true", help="skip the remaining steps and go to 100%%")
-        promote.add_argument("--user", required=True)
-        promote.add_argument("--comment", default="")
-        promote.add_argument(
-            "--override",
-            default="",
-            metavar="REASON",
-            help="while a freeze or a sync window holds the source: an administrator's reason to go on",
-        )
-
-        abort_parser = commands.add_parser(
-            "abort", help="roll every target back to its content before the rollout"
-        )
-        abort_parser.add_argument("rollout", type=int)
-        abort_parser.add_argument("--user", required=True)
-        abort_parser.add_argument("--reason", default="")
-        abort_parser.add_argument(
-            "--no-wait", action="store_true", help="do not wait for the rollback to finish"
-        )
-        abort_parser.add_argument("--timeout", type=float, default=300)
-
-        retry_parser = commands.add_parser("retry", help="run an aborted or failed rollout again from step 0")
-        retry_parser.add_argument("rollout", type=int)
-        retry_parser.add_argument("--user", required=True)
+        _add_rollout_parsers(commands)
 
         secret = commands.add_parser("webhook-secret", help="set or rotate a source's webhook secret")
         secret.add_argument("name")
@@ -503,7 +478,10 @@ class Command(BaseCommand):
                     self.stdout.write(f"    {rollout['message']}")
             for owed in status["rollbacks_owed"]:
                 clusters = ", ".join(owed["rollback_pending_clusters"])
-                self.stdout.write(f"  rollout {owed['id']} still owes a rollback on: {clusters}")
+                self.stdout.write(
+                    f"  rollout {owed['id']} still owes a rollback on: {clusters}"
+                    " (a cluster gone for good: waive-rollback)"
+                )
 
     def do_log(self, **options: Any) -> None:
         changes = selectors.change_log(
@@ -576,6 +554,19 @@ class Command(BaseCommand):
         again = decisions.rollout_retry(options["rollout"], user=decisions.user_named(options["user"]))
         self.stdout.write(f"rollout {options['rollout']} retried as rollout {again.pk}, from step 0")
 
+    def do_waive_rollback(self, **options: Any) -> None:
+        rollout = decisions.rollout_rollback_waive(
+            options["rollout"],
+            cluster=options["cluster"],
+            user=decisions.user_named(options["user"]),
+            reason=options["reason"],
+        )
+        left = ", ".join(rollout.rollback_pending_clusters) or "none"
+        self.stdout.write(
+            f"rollout {rollout.pk}: rollback on {options['cluster']} waived by {options['user']}; "
+            f"still owed on: {left}"
+        )
+
     # -- clusters -------------------------------------------------------------------------------
 
     def do_add_cluster(self, **options: Any) -> None:
@@ -603,8 +594,18 @@ class Command(BaseCommand):
             )
 
     def do_remove_cluster(self, **options: Any) -> None:
-        cluster_admin.cluster_remove(options["name"])
-        self.stdout.write(f"removed cluster {options['name']}")
+        name = options["name"]
+        if not options["forget"]:
+            cluster_admin.cluster_remove(name)
+            self.stdout.write(f"removed cluster {name}")
+            return
+        actor = Actor.command_line(options["by"])
+        forgotten = cluster_admin.cluster_forget(name, actor=actor, reason=options["reason"])
+        objects = ", ".join(f"{source} ({count})" for source, count in sorted(forgotten.objects.items()))
+        self.stdout.write(f"forgot cluster {name}")
+        self.stdout.write(f"  objects no longer managed there: {objects or 'none'}")
+        self.stdout.write(f"  rollbacks waived: {', '.join(map(str, forgotten.rollbacks)) or 'none'}")
+        self.stdout.write(f"  pending changes dropped: {forgotten.pending}")
 
     def do_webhook_secret(self, **options: Any) -> None:
         source = self._source(options["name"])
@@ -726,6 +727,44 @@ def _window_duration(text: str) -> timedelta:
         raise CommandError(str(exc)) from exc
 
 
+def _add_rollout_parsers(commands: Any) -> None:
+    """promote, abort, retry and waive-rollback: decisions on a rollout, each naming who decides."""
+    promote = commands.add_parser("promote", help="approve the gate a paused rollout waits at")
+    promote.add_argument("rollout", type=int)
+    promote.add_argument("--full", action="store_true", help="skip the remaining steps and go to 100%%")
+    promote.add_argument("--user", required=True)
+    promote.add_argument("--comment", default="")
+    promote.add_argument(
+        "--override",
+        default="",
+        metavar="REASON",
+        help="while a freeze or a sync window holds the source: an administrator's reason to go on",
+    )
+
+    abort_parser = commands.add_parser(
+        "abort", help="roll every target back to its content before the rollout"
+    )
+    abort_parser.add_argument("rollout", type=int)
+    abort_parser.add_argument("--user", required=True)
+    abort_parser.add_argument("--reason", default="")
+    abort_parser.add_argument("--no-wait", action="store_true", help="do not wait for the rollback to finish")
+    abort_parser.add_argument("--timeout", type=float, default=300)
+
+    retry_parser = commands.add_parser("retry", help="run an aborted or failed rollout again from step 0")
+    retry_parser.add_argument("rollout", type=int)
+    retry_parser.add_argument("--user", required=True)
+
+    waive = commands.add_parser(
+        "waive-rollback",
+        help="let a cluster off the rollback an ended rollout still owes it (a cluster gone for good); "
+        "what the rollout wrote there stays",
+    )
+    waive.add_argument("rollout", type=int)
+    waive.add_argument("--cluster", required=True)
+    waive.add_argument("--user", required=True, help="an administrator")
+    waive.add_argument("--reason", required=True, help="why: recorded in the rollout's timeline")
+
+
 def _add_freeze_parsers(commands: Any) -> None:
     freeze = commands.add_parser(
         "freeze", help="stop automatic changes of a source (or every source) until a time, for a reason"
@@ -785,6 +824,16 @@ def _add_cluster_parsers(commands: Any) -> None:
         "remove-cluster", help="forget a cluster (refused while a source targets it or holds objects there)"
     )
     remove.add_argument("name")
+    remove.add_argument(
+        "--forget",
+        action="store_true",
+        help="a cluster gone for good: drop what Sluice applied there from its inventory, waive the "
+        "rollbacks owed to it and drop the changes pending there, without asking the cluster",
+    )
+    remove.add_argument(
+        "--reason", default="", help="with --forget, required: why (the audit trail keeps it)"
+    )
+    _by_argument(remove)
 
 
 def _where(cluster: str, namespace: str, name: str) -> str:
