@@ -68,8 +68,6 @@ DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 MAX_OFFSET = 1_000_000_000
 MAX_ID = 2**63 - 1  # PostgreSQL bigint
-# A preview's worker fetches within SLUICE_PREVIEW_TIMEOUT_SECONDS, then validates and plans.
-PREVIEW_MARGIN_SECONDS = 30
 
 APPROVE = "gitops.approve_rollout"
 ADD_SOURCE = "gitops.add_source"
@@ -202,6 +200,13 @@ def invalid_settings(request: HttpRequest, exc: SourceSettingsError) -> HttpResp
 def conflict(request: HttpRequest, exc: PermanentError) -> HttpResponse:
     """RolloutError and other permanent failures: the request cannot succeed in the current state."""
     return api.create_response(request, {"detail": redact_url(str(exc))}, status=409)
+
+
+@api.exception_handler(schedule.PreviewsBusy)
+def too_many_previews(request: HttpRequest, exc: schedule.PreviewsBusy) -> HttpResponse:
+    response = api.create_response(request, {"detail": str(exc)}, status=429)
+    response["Retry-After"] = str(int(exc.delay or 5))
+    return response
 
 
 @api.exception_handler(TemporaryError)
@@ -973,7 +978,7 @@ def list_revisions(request: HttpRequest, name: SourceName, paging: Query[PageIn]
 
 @api.get(
     "/sources/{name}/plan",
-    response={200: PlanOut, **READ_ONE_ERRORS, 409: ErrorOut, 503: ErrorOut},
+    response={200: PlanOut, **READ_ONE_ERRORS, 409: ErrorOut, 429: ErrorOut, 503: ErrorOut},
     tags=["sources"],
 )
 def get_plan(request: HttpRequest, name: SourceName, query: Query[PlanQuery]) -> dict[str, Any]:
@@ -994,7 +999,7 @@ def get_plan(request: HttpRequest, name: SourceName, query: Query[PlanQuery]) ->
 def previewed_plan(source: Source, revision: str, *, actor: str) -> dict[str, Any]:
     """A worker's preview of ``revision`` (the web has no mirror and no access to ConfigMaps)."""
     task_id = schedule.revision_preview(source.pk, revision, actor=actor)
-    waited = settings.SLUICE_PREVIEW_TIMEOUT_SECONDS + PREVIEW_MARGIN_SECONDS
+    waited = schedule.preview_deadline_seconds()
     answer = schedule.revision_preview_answer(task_id, wait=waited)
     if answer is None:
         raise TemporaryError(f"no worker answered within {waited}s", delay=10)

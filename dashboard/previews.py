@@ -29,8 +29,6 @@ from gitops.models import Source
 from gitops.vocabulary import PreviewOutcome
 
 TICKET_SALT = "sluice.dashboard.preview"
-# Beyond the fetch's own bound: the worker still loads, validates and plans the revision.
-ANSWER_MARGIN_SECONDS = 30
 NO_ANSWER = "no-answer"
 # The page renders this many of the (up to 500) objects a worker's answer holds: each is a section with
 # its key-level diff, and the page stays within the dashboard's budget (bench/dashboard.py).
@@ -39,7 +37,7 @@ PENDING = "pending"
 
 
 def answer_deadline_seconds() -> int:
-    return int(settings.SLUICE_PREVIEW_TIMEOUT_SECONDS) + ANSWER_MARGIN_SECONDS
+    return schedule.preview_deadline_seconds()
 
 
 @login_required
@@ -66,7 +64,13 @@ def _ask(request: HttpRequest, source: Source) -> HttpResponse:
     except InvalidRevision as invalid:
         context = {"source": source, "revision": text[:256], "revision_error": str(invalid)}
         return render(request, "dashboard/preview.html", context)
-    task_id = schedule.revision_preview(source.pk, requested.text, actor=request.user.get_username())
+    try:
+        task_id = schedule.revision_preview(source.pk, requested.text, actor=request.user.get_username())
+    except schedule.PreviewsBusy as busy:
+        context = {"source": source, "revision": requested.text, "revision_error": str(busy)}
+        response = render(request, "dashboard/preview.html", context, status=429)
+        response["Retry-After"] = str(int(busy.delay or 5))
+        return response
     ticket = {"task": task_id, "source": source.pk, "revision": requested.text, "at": int(time.time())}
     token = signing.dumps(ticket, salt=TICKET_SALT)
     page = reverse("dashboard:source-preview", args=[source.name])

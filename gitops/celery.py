@@ -57,6 +57,11 @@ def _database_before_task(task: Task[Any, Any] | None = None, **_: object) -> No
         kept.close_if_health_check_failed()
 
 
+def redis_client() -> Any:
+    """The process's Redis client (the result backend's server), for small counters beside the queue."""
+    return _redis()
+
+
 @functools.cache
 def _redis() -> Any:
     """One client per process: its pool keeps the connection between tasks (and is reset after a fork)."""

@@ -18,13 +18,15 @@ from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Count
+from django.db.models import Count, Q, QuerySet
 
 from gitops.cluster import Cluster, clients
 from gitops.errors import GitopsError, PermanentError
+from gitops.locks import sources_locked
 from gitops.models import ApplyIntent, ManagedObject, Rollout, Source, admin_settings
 from gitops.models import Cluster as ClusterRecord
 from gitops.record.audit import Actor, audit_record
+from gitops.rollout.decisions import WAIVE_PERMISSION as FORGET_PERMISSION
 from gitops.rollout.decisions import rollback_waive
 from gitops.vocabulary import SourceAuditAction
 
@@ -105,45 +107,75 @@ def cluster_forget(name: str, *, actor: Actor, reason: str) -> Forgotten:
     """Removes a cluster that will never answer again (decommissioned, burned down), with what Sluice
     kept about it: the objects it applied there (the inventory: nobody can prune them now), the
     rollbacks rollouts owe it (waived, with ``reason``) and the changes still pending there (dropped).
-    Nothing is asked of the cluster. Refused for the default cluster and while a source's policy still
-    targets it: change the policy first. Each source that had objects there gets an audit entry."""
-    if actor.user is not None and not actor.user.has_perm("gitops.delete_source"):
+    Nothing is asked of the cluster. Refused for the default cluster, while a source's policy still
+    targets it (change the policy first) and while an active rollout has written there (let it end,
+    or abort it). Each source concerned gets an entry in its audit trail; the sources' passes are
+    held off meanwhile (their reconcile locks)."""
+    if actor.user is not None and not (actor.user.is_active and actor.user.has_perm(FORGET_PERMISSION)):
         raise PermissionDenied(f"{actor.name} may not forget a cluster: administrators only")
     reason = reason.strip()
     if not reason:
         raise PermanentError("say why the cluster is forgotten (--reason): it is recorded")
     if name == settings.SLUICE_CLUSTER_NAME:
         raise PermanentError(f"{name!r} is the default cluster; it cannot be forgotten")
-    record = ClusterRecord.objects.filter(name=name).first()
-    if record is None:
+    if not ClusterRecord.objects.filter(name=name).exists():
         raise PermanentError(f"no cluster named {name!r}")
     _refuse_targeted(name)
-    forgotten = Forgotten()
-    why = f"cluster {name} forgotten: {reason}"
-    with transaction.atomic():
-        owing = Rollout.objects.filter(rollback_pending_clusters__contains=[name]).order_by("id")
-        for rollout_id in owing.values_list("pk", flat=True):
-            rollback_waive(rollout_id, cluster=name, actor=actor.name, reason=why)
-            forgotten.rollbacks.append(rollout_id)
-        forgotten.pending = ApplyIntent.objects.filter(
-            cluster=name, status=ApplyIntent.Status.PENDING
-        ).update(status=ApplyIntent.Status.FAILED)
-        forgotten.objects = _objects_by_source(name)
-        for source in Source.objects.filter(name__in=forgotten.objects).order_by("name"):
-            count = forgotten.objects[source.name]
-            settings_now = admin_settings(source)
-            audit_record(
-                source,
-                SourceAuditAction.FORGET_CLUSTER,
-                actor,
-                before=settings_now,
-                after=settings_now,
-                message=f"{why}; Sluice no longer manages the {count} object(s) it applied there",
-            )
-        ManagedObject.objects.filter(cluster=name).delete()  # the inventory's version moves with it
-        record.delete()
+    with sources_locked(list(_sources_concerned(name))), transaction.atomic():
+        _refuse_active_rollouts_there(name)
+        forgotten = _forget(name, actor, f"cluster {name} forgotten: {reason}")
+        ClusterRecord.objects.filter(name=name).delete()
     clients.forget([name])
     clients.refresh()
+    return forgotten
+
+
+def _sources_concerned(name: str) -> QuerySet[Source]:
+    """The sources with objects, pending changes or an owed rollback in the cluster."""
+    return Source.objects.filter(
+        Q(managed_objects__cluster=name)
+        | Q(intents__cluster=name, intents__status=ApplyIntent.Status.PENDING)
+        | Q(rollouts__rollback_pending_clusters__contains=[name])
+    ).distinct()
+
+
+def _refuse_active_rollouts_there(name: str) -> None:
+    active = Rollout.objects.filter(phase__in=Rollout.ACTIVE_PHASES, intents__cluster=name).distinct()
+    listed = ", ".join(str(pk) for pk in active.values_list("pk", flat=True))
+    if listed:
+        raise PermanentError(
+            f"rollout(s) {listed} wrote to cluster {name!r} and are still active; let them end, or abort them"
+        )
+
+
+def _forget(name: str, actor: Actor, why: str) -> Forgotten:
+    forgotten = Forgotten()
+    objects = _objects_by_source(name)
+    for source in _sources_concerned(name).order_by("name"):
+        owing = Rollout.objects.filter(source=source, rollback_pending_clusters__contains=[name])
+        waived = [
+            rollback_waive(pk, cluster=name, actor=actor.name, reason=why).pk
+            for pk in owing.order_by("id").values_list("pk", flat=True)
+        ]
+        dropped = ApplyIntent.objects.filter(
+            source=source, cluster=name, status=ApplyIntent.Status.PENDING
+        ).update(status=ApplyIntent.Status.FAILED)
+        count = objects.get(source.name, 0)
+        settings_now = admin_settings(source)
+        audit_record(
+            source,
+            SourceAuditAction.FORGET_CLUSTER,
+            actor,
+            before=settings_now,
+            after=settings_now,
+            message=f"{why}; Sluice no longer manages the {count} object(s) it applied there, "
+            f"waived the rollback(s) of rollout(s) {', '.join(map(str, waived)) or 'none'} "
+            f"and dropped {dropped} pending change(s)",
+        )
+        forgotten.rollbacks.extend(waived)
+        forgotten.pending += dropped
+    ManagedObject.objects.filter(cluster=name).delete()  # the inventory's version moves with it
+    forgotten.objects = objects
     return forgotten
 
 

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from django.db import connection
 from django.db.models import BooleanField, Exists, ExpressionWrapper, QuerySet
 from django.utils import timezone
 
@@ -31,6 +29,7 @@ from gitops.cluster import clients
 from gitops.desired.errors import ValidationError
 from gitops.errors import PermanentError, TemporaryError
 from gitops.fetch.revisions import commit_identities, revision_desired_state, revision_fetch
+from gitops.locks import SourceBusy, source_lock
 from gitops.models import Revision, Rollout, Source, automatic_sync_filter, known_clusters
 from gitops.record.changelog import intents_pending_query
 from gitops.rollout.lifecycle import rollout_choose, rollout_drive
@@ -43,13 +42,8 @@ from gitops.windows import Gate
 log = logging.getLogger("gitops.reconcile")
 
 # Advisory locks are keyed by two integers: a constant for Sluice, then the source id.
-LOCK_CLASS = 0x51C3
 MAX_COALESCED_RUNS = 5
 MAX_BACKOFF = timedelta(hours=1)
-
-
-class SourceBusy(TemporaryError):
-    """Another worker is reconciling this source right now."""
 
 
 @dataclass
@@ -404,31 +398,6 @@ def _requested_again(source: Source) -> bool:
     if allowed is False:  # a push marked it queued: the sweep claims only sources not queued
         Source.objects.filter(pk=source.pk).update(sync_queued=False)
     return allowed is True
-
-
-@contextmanager
-def source_lock(source: Source) -> Iterator[bool]:
-    """Yields whether this process now holds the source's reconcile lock."""
-    acquired = False
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [LOCK_CLASS, source.pk])
-            acquired = bool(cursor.fetchone()[0])
-        yield acquired
-    finally:
-        if acquired:
-            _unlock(source)
-
-
-def _unlock(source: Source) -> None:
-    """Releases the source's lock. The lock belongs to the connection, which workers keep between
-    tasks: when the release fails in any way, the connection is closed, and the lock goes with it."""
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [LOCK_CLASS, source.pk])
-    except BaseException:
-        connection.close()
-        raise
 
 
 def _measured(

@@ -7,6 +7,9 @@ tasks are sent by name, so nothing here (or anywhere in the domain) imports
 
 from __future__ import annotations
 
+import logging
+import time
+import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import partial
@@ -14,18 +17,39 @@ from typing import Any
 
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
+from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Value
 from django.db.models.functions import Least
 from django.utils import timezone
 
-from gitops.celery import app
+from gitops.celery import app, redis_client
+from gitops.errors import TemporaryError
 from gitops.models import Source
+
+log = logging.getLogger(__name__)
 
 SYNC_TASK = "gitops.sync_source"
 DELIVER_TASK = "gitops.deliver_notification"
 REMOVE_TASK = "gitops.remove_source"
 PREVIEW_TASK = "gitops.preview_revision"
+# Beyond the fetch's own bound: the worker still loads, validates and plans the revision.
+PREVIEW_MARGIN_SECONDS = 30
+# Takes a preview slot of one person, atomically: drops the slots past their deadline, then either
+# adds this one or answers when the earliest one held runs out.
+_TAKE_PREVIEW_SLOT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  return redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]
+end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return false
+"""
+
+
+class PreviewsBusy(TemporaryError):
+    """The person already has as many previews on the workers as ``SLUICE_PREVIEWS_PER_USER`` allows."""
 
 
 def _send(
@@ -166,9 +190,59 @@ def notification_delivery(notification_id: int) -> None:
 
 def revision_preview(source_id: int, revision: str, *, actor: str) -> str:
     """Asks a worker to plan any revision of a source (the web has no mirror and no cluster access);
-    the task id is returned at once. Nothing is written, so there is no transaction to wait for."""
+    the task id is returned at once. Nothing is written, so there is no transaction to wait for.
+
+    Raises ``PreviewsBusy`` when ``actor`` already has ``SLUICE_PREVIEWS_PER_USER`` previews waiting
+    or running: each costs the workers that reconcile a fetch and a whole plan.
+    """
+    task_id = str(uuid.uuid4())
+    _preview_slot_take(actor, task_id)
     kwargs = {"source_id": source_id, "revision": revision, "actor": actor}
-    return _send(PREVIEW_TASK, kwargs=kwargs)
+    return str(app.send_task(PREVIEW_TASK, kwargs=kwargs, task_id=task_id).id)
+
+
+def preview_deadline_seconds() -> int:
+    """How long a preview may take, queued and run; the web waits as long for its answer."""
+    return int(settings.SLUICE_PREVIEW_TIMEOUT_SECONDS) + PREVIEW_MARGIN_SECONDS
+
+
+def _preview_slots_key(actor: str) -> str:
+    return f"sluice:previews:{actor}"
+
+
+def _preview_slot_take(actor: str, task_id: str) -> None:
+    """Holds one of the actor's preview slots until the worker is done with ``task_id`` (it gives it
+    back) or the preview's deadline passes (a worker that died). Redis out of reach lets it through:
+    the queue is Redis too, so that shows at once."""
+    import redis  # noqa: PLC0415 - a dependency of Celery's Redis transport
+
+    cap = int(settings.SLUICE_PREVIEWS_PER_USER)
+    if cap <= 0:
+        return
+    now, deadline = time.time(), preview_deadline_seconds()
+    try:
+        busy_until = redis_client().eval(
+            _TAKE_PREVIEW_SLOT, 1, _preview_slots_key(actor), now, cap, now + deadline, task_id, deadline
+        )
+    except redis.RedisError as exc:
+        log.warning("cannot count %s's previews (%s); letting this one through", actor, exc)
+        return
+    if busy_until is not None:
+        wait = max(1, int(float(busy_until) - now) + 1)
+        raise PreviewsBusy(
+            f"{actor} already has {cap} preview(s) on the workers; wait for one to finish (at most {wait}s)",
+            delay=wait,
+        )
+
+
+def preview_slot_release(actor: str, task_id: str) -> None:
+    """A worker is done with a preview: its slot is free at once, not only at its deadline."""
+    import redis  # noqa: PLC0415 - a dependency of Celery's Redis transport
+
+    try:
+        redis_client().zrem(_preview_slots_key(actor), task_id)
+    except redis.RedisError as exc:
+        log.warning("cannot free %s's preview slot (%s); it frees itself at its deadline", actor, exc)
 
 
 def revision_preview_answer(task_id: str, *, wait: float = 0) -> dict[str, Any] | None:

@@ -29,6 +29,7 @@ from django.utils import timezone
 from gitops import caches, logs
 from gitops.cluster.live import LiveState, live_configmaps
 from gitops.errors import TemporaryError
+from gitops.locks import SourceBusy, source_lock
 from gitops.models import (
     ApplyIntent,
     ManagedObject,
@@ -39,7 +40,6 @@ from gitops.models import (
 )
 from gitops.plan import diff_content
 from gitops.plan.provenance import live_content, live_provenance
-from gitops.reconcile import SourceBusy, source_lock
 from gitops.record.audit import Actor, audit_record
 from gitops.rollout.step import Executed, intents_execute
 from gitops.vocabulary import AuditVia, ChangeAction, ObjectsOnRemoval, RemovalStatus, SourceAuditAction

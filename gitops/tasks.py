@@ -19,7 +19,8 @@ from django.utils import timezone
 from gitops import polling, preview, schedule
 from gitops.celery import app, redelivered_too_often
 from gitops.errors import PermanentError, TemporaryError
-from gitops.reconcile import SourceBusy, source_sync, sync_failure_record
+from gitops.locks import SourceBusy
+from gitops.reconcile import source_sync, sync_failure_record
 from gitops.record import notifications
 from gitops.source_removal import source_removal_fail, source_removal_run
 from gitops.vocabulary import SYSTEM_ACTOR, Outcome, PreviewOutcome
@@ -166,13 +167,16 @@ def _removal_state(removal: Any) -> dict[str, Any]:
 def preview_revision(self: Task[Any, Any], source_id: int, revision: str, actor: str) -> dict[str, Any]:
     """Plans any revision of a source for the web (dashboard, API); applies and records nothing.
     Never retried: whoever asked is waiting, and asks again."""
-    if redelivered_too_often(self):
-        return {"outcome": PreviewOutcome.FAILED.value, "detail": "the worker running it died"}
     try:
+        if redelivered_too_often(self):
+            return {"outcome": PreviewOutcome.FAILED.value, "detail": "the worker running it died"}
         return preview.revision_preview_answer(source_id, revision, actor=actor)
     except Exception:
         log.exception("preview of source %s failed unexpectedly", source_id)
         return {"outcome": PreviewOutcome.FAILED.value, "detail": "the preview failed; see the worker's log"}
+    finally:
+        if self.request.id is not None:
+            schedule.preview_slot_release(actor, self.request.id)
 
 
 NOTIFY_MAX_RETRIES = 8

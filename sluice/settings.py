@@ -253,6 +253,9 @@ SLUICE_STALE_FLAG_DAYS = env_int("SLUICE_STALE_FLAG_DAYS", 30)
 # A preview of any revision (gitops diff --revision, the dashboard, the API): a worker's fetch of the
 # ref is bounded by this, and the web waits this long (and a little more) for the worker's answer.
 SLUICE_PREVIEW_TIMEOUT_SECONDS = env_int("SLUICE_PREVIEW_TIMEOUT_SECONDS", 60)
+# Previews one person may have waiting or running on the workers at once (0: no cap). Each fetches and
+# plans a whole revision on the workers that reconcile, and any role may ask for one.
+SLUICE_PREVIEWS_PER_USER = env_int("SLUICE_PREVIEWS_PER_USER", 2)
 # When set, /metrics wants "Authorization: Bearer <token>".
 SLUICE_METRICS_TOKEN = env.get("SLUICE_METRICS_TOKEN", "")
 # Where sources' Git credentials may come from (README, "Managing sources"). A source's token is sent

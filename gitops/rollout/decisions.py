@@ -20,6 +20,7 @@ from django.utils import timezone
 from gitops import freezes, schedule, selectors
 from gitops.desired.policy import SetWeight, steps_from_json
 from gitops.errors import PermanentError
+from gitops.locks import sources_locked
 from gitops.models import ApplyIntent, Approval, Rollout, VerifiedEmail, copied
 from gitops.record.events import rollout_event
 from gitops.rollout.engine import with_approval_gate
@@ -250,14 +251,20 @@ def rollout_rollback_waive(rollout_id: int, *, cluster: str, user: User, reason:
     """Lets ``cluster`` off the rollback the ended rollout still owes it, for good: for a cluster that
     is gone and will not answer again, or one an administrator restored by other means. Whatever the
     rollout wrote there stays; its changes never applied there are dropped. Administrators only, with
-    a reason, recorded in the rollout's timeline (and sent as a notification)."""
+    a reason, recorded in the rollout's timeline (and sent as a notification).
+
+    It waits (a little) for a pass of the source under way: one retrying that cluster's rollback
+    would otherwise restore it after all."""
     waive_permission_check(user)
-    return rollback_waive(rollout_id, cluster=cluster, actor=user.get_username(), reason=reason)
+    source = Rollout.objects.select_related("source").get(pk=rollout_id).source
+    with sources_locked([source]):
+        return rollback_waive(rollout_id, cluster=cluster, actor=user.get_username(), reason=reason)
 
 
 def rollback_waive(rollout_id: int, *, cluster: str, actor: str, reason: str) -> Rollout:
-    """``rollout_rollback_waive`` for a caller that checked who asks (``cluster_admin.cluster_forget``)."""
-    reason = reason.strip()
+    """``rollout_rollback_waive`` for a caller that checked who asks and holds the source's reconcile
+    lock (``cluster_admin.cluster_forget``)."""
+    cluster, reason = cluster.strip(), reason.strip()
     if not reason:
         raise RolloutError("say why the rollback is waived (--reason): it is recorded")
     username = actor

@@ -126,7 +126,6 @@ def _restored_event(
 def _restore(rollout: Rollout, actor: str, *, clusters: set[str] | None) -> Restored:
     """Restores the rollout's targets in ``clusters`` (None: all of them)."""
     first_intents: dict[ObjectKey, ApplyIntent] = {}
-    unapplied: set[str] = set()  # clusters holding intents of this rollout never applied
     restored = Restored()
     changes = rollout.intents.exclude(action=ChangeAction.ROLLBACK)
     if clusters is not None:
@@ -137,8 +136,6 @@ def _restore(rollout: Rollout, actor: str, *, clusters: set[str] | None) -> Rest
         # A pending intent's cluster did not answer it (or a crash came first). It is restored from
         # what the cluster holds, like a done one, so that what this rollout never got to apply is
         # not applied only to be taken back (``intents_pending`` leaves it to this).
-        if intent.status == ApplyIntent.Status.PENDING:
-            unapplied.add(intent.cluster)
         first_intents.setdefault((intent.cluster, intent.kind, intent.namespace, intent.name), intent)
     configmaps = {key: intent for key, intent in first_intents.items() if key[1] not in WORKLOAD_KINDS}
     workloads = {key: intent for key, intent in first_intents.items() if key[1] in WORKLOAD_KINDS}
@@ -147,18 +144,19 @@ def _restore(rollout: Rollout, actor: str, *, clusters: set[str] | None) -> Rest
     taken_over = _written_since(rollout, first_intents) if clusters is not None else None
     _restore_configmaps(rollout, configmaps, actor, restored, taken_over=taken_over)
     _restore_workloads(rollout, workloads, actor, restored, taken_over=taken_over)
-    _drop_unapplied(rollout, unapplied - set(restored.owed))
+    _drop_unapplied(rollout, clusters, still_owed=set(restored.owed))
     return restored
 
 
-def _drop_unapplied(rollout: Rollout, clusters: set[str]) -> None:
-    """Settles the rollout's pending intents in clusters now restored: every target there holds what
-    it held before this rollout, so none of them is to be applied any more. They are dropped, never
-    logged, as a removal drops an earlier removal's (see ``source_removal``)."""
-    if clusters:
-        rollout.intents.filter(status=ApplyIntent.Status.PENDING, cluster__in=clusters).update(
-            status=ApplyIntent.Status.FAILED
-        )
+def _drop_unapplied(rollout: Rollout, clusters: set[str] | None, *, still_owed: set[str]) -> None:
+    """Settles the rollout's pending intents in the clusters now restored (``clusters``, None: all),
+    an earlier rollback's among them: every target there holds what it held before this rollout,
+    so none of them is to be applied any more. They are dropped, never logged, as a removal drops
+    an earlier removal's (see ``source_removal``)."""
+    pending = rollout.intents.filter(status=ApplyIntent.Status.PENDING).exclude(cluster__in=still_owed)
+    if clusters is not None:
+        pending = pending.filter(cluster__in=clusters)
+    pending.update(status=ApplyIntent.Status.FAILED)
 
 
 def _written_since(rollout: Rollout, first_intents: Mapping[ObjectKey, ApplyIntent]) -> set[ObjectKey]:
@@ -214,10 +212,13 @@ def _holder(history: list[tuple[int | None, bool]]) -> int | None:
     return None
 
 
-def _taken_over(rollout: Rollout, first: ApplyIntent, live_commit: str | None) -> bool:
-    """Whether the object carries a commit neither this rollout nor what it replaced wrote: a newer
-    rollout's, or a hand's, which an owed rollback leaves alone."""
-    return bool(live_commit) and live_commit not in (rollout.revision.commit, first.before_commit)
+def _taken_over(rollout: Rollout, first: ApplyIntent, live: Mapping[str, Any]) -> bool:
+    """Whether the object carries another source's name, or a commit neither this rollout nor what it
+    replaced wrote (a newer rollout's, or a hand's), which an owed rollback leaves alone."""
+    source, commit, _ = live_provenance(live)
+    if source is not None and source != rollout.source.name:
+        return True
+    return bool(commit) and commit not in (rollout.revision.commit, first.before_commit)
 
 
 def _restore_configmaps(
@@ -237,10 +238,10 @@ def _restore_configmaps(
     for key, first in sorted(first_intents.items()):
         cluster, _, namespace, name = key
         found = index.get((cluster, namespace, name))
+        # An object a later rollout deleted stays deleted: the history says so, with nothing live.
         if cluster in restored.owed or (
             taken_over is not None
-            and found is not None
-            and (key in taken_over or _taken_over(rollout, first, live_provenance(found)[1]))
+            and (key in taken_over or (found is not None and _taken_over(rollout, first, found)))
         ):
             continue
         if (restore := ApplyIntent.restoring(rollout, first, found, actor=actor)) is not None:
@@ -266,10 +267,8 @@ def _restore_workloads(
         except GitopsError as exc:  # unreachable, refusing, or not registered any more
             restored.owed[cluster] = str(exc)
             continue
-        if (
-            taken_over is not None
-            and live is not None
-            and (key in taken_over or _workload_taken_over(rollout, first, live))
+        if taken_over is not None and (
+            key in taken_over or (live is not None and _workload_taken_over(rollout, first, live))
         ):
             continue
         if (restore := restoring_intent(rollout, first, live, actor=actor)) is not None:

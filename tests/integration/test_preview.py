@@ -437,3 +437,39 @@ def test_a_viewer_previews_a_pull_request_in_the_browser_with_the_keyboard(
     assert page.get_by_label("Ref or commit").input_value() == "main"
 
     assert footprint(remote, core_api) == before, "previews in the browser apply nothing"
+
+
+def test_one_person_has_at_most_so_many_previews_on_the_workers(
+    remote: Remote, people, celery_worker, settings
+):
+    """Any role may preview, and each preview costs the workers that reconcile a fetch and a whole plan:
+    a person with SLUICE_PREVIEWS_PER_USER previews still on the workers is told to wait (429, with
+    Retry-After), others are not, and a worker gives its slot back as soon as it answers."""
+    from gitops import schedule
+    from gitops.celery import redis_client
+
+    settings.SLUICE_PREVIEWS_PER_USER = 1
+    slots = redis_client()
+    name = remote.source.name
+    try:
+        schedule._preview_slot_take("vera", "a-preview-still-running")  # as a worker would hold it
+        viewer = Api(issue_token("vera"))
+        refused = viewer.get(f"/sources/{name}/plan", revision="refs/pull/7/head")
+        assert refused.status_code == 429, refused.content
+        assert "vera already has 1 preview(s) on the workers" in refused.json()["detail"]
+        assert 0 < int(refused["Retry-After"]) <= schedule.preview_deadline_seconds() + 1
+        page = logged_in("vera").post(f"/sources/{name}/preview/", {"revision": "refs/pull/7/head"})
+        assert page.status_code == 429
+        assert "vera already has 1 preview(s)" in page.content.decode()
+        assert slots.zcard("sluice:previews:vera") == 1, "a refused preview holds no slot"
+
+        # Someone else previews meanwhile, and the worker frees their slot when it answers.
+        answered = Api(issue_token("otto")).get(f"/sources/{name}/plan", revision="refs/pull/7/head")
+        assert answered.status_code == 200, answered.content
+        assert slots.zcard("sluice:previews:otto") == 0
+
+        schedule.preview_slot_release("vera", "a-preview-still-running")
+        assert viewer.get(f"/sources/{name}/plan", revision="refs/pull/7/head").status_code == 200
+        assert slots.zcard("sluice:previews:vera") == 0
+    finally:
+        slots.delete("sluice:previews:vera", "sluice:previews:otto")

@@ -417,6 +417,32 @@ def test_a_rollback_owed_to_a_cluster_leaves_what_a_newer_rollout_wrote_there_al
     assert Rollout.objects.get(pk=aborted.pk).rollback_pending_clusters == []
 
 
+def test_a_rollback_owed_to_a_cluster_does_not_bring_back_what_a_newer_rollout_deleted(
+    repo, make_namespaces, make_source, sync, cluster, people
+):
+    from gitops.rollout.rollback import rollbacks_owed_finish
+
+    targets = make_namespaces("canary", "rest")
+    source, _v1, _v2 = start_rollout(repo, make_source, sync, targets, [{"setWeight": 50}, {"pause": {}}])
+    sync(source)
+    aborted = wait_for(source, phase="Paused", waiting_for="approval")
+    decisions.rollout_abort(aborted.pk, user=people["approver"])
+    wait_for(source, phase="Aborted")
+    repo.write_all(
+        {"sluice.yaml": policy(targets, prune=True), "configmaps/db.yaml": configmap("db", {"V": "1"})}
+    )
+    repo.remove("configmaps/app.yaml")
+    repo.commit("v3 drops app")
+    sync(source)
+    assert versions(cluster, targets) == [None, None], "v3 pruned app"
+    Rollout.objects.filter(pk=aborted.pk).update(rollback_pending_clusters=["default"], pause_until=None)
+
+    rollbacks_owed_finish(source)
+
+    assert versions(cluster, targets) == [None, None], "the owed rollback brought back what v3 deleted"
+    assert Rollout.objects.get(pk=aborted.pk).rollback_pending_clusters == []
+
+
 def test_a_rollback_owed_to_a_cluster_leaves_a_later_rollout_of_the_same_commit_alone(
     repo, make_namespaces, make_source, sync, cluster, people
 ):

@@ -13,7 +13,7 @@ import shutil
 import pytest
 from django.db import connection
 
-from gitops.reconcile import LOCK_CLASS
+from gitops.locks import LOCK_CLASS
 from tests.gitrepo import configmap, policy
 
 pytestmark = pytest.mark.django_db(transaction=True)
