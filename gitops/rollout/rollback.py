@@ -169,6 +169,13 @@ def _written_since(rollout: Rollout, first_intents: Mapping[ObjectKey, ApplyInte
     """
     if not first_intents:
         return set()
+    if Rollout.objects.filter(
+        source_id=rollout.source_id, pk__gt=rollout.pk, phase=Rollout.Phase.COMPLETED
+    ).exists():
+        # A newer rollout went to 100%, which needs every cluster the source writes to answer, and
+        # found each object as its revision wants it, written or left unchanged: nothing here is
+        # this rollout's any more, not even what the newer one found already right.
+        return set(first_intents)
     start = min(intent.pk for intent in first_intents.values())
     history: dict[ObjectKey, list[tuple[int | None, bool]]] = {}
     rows = (

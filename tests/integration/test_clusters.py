@@ -468,3 +468,53 @@ def test_a_cluster_gone_for_good_is_forgotten_with_what_sluice_kept_about_it(
     sync(source)
     wait_for(source, phase="Completed")
     assert fleet.versions([DEFAULT, "member-1"], namespace) == ["3", "3"]
+
+
+def test_a_rollback_owed_after_a_newer_rollout_completed_leaves_the_cluster_as_that_rollout_found_it(
+    repo, make_source, sync, fleet, people
+):
+    """The cluster answers again before the aborted rollout's rollback is retried, and a newer rollout
+    of the same commit (the branch moved back to it) finds the cluster already as it wants it: nothing
+    to write there, so no history of it. Having gone to 100%, it vouches for the cluster: the owed
+    rollback that comes due afterwards takes nothing back."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from gitops.rollout.rollback import rollbacks_owed_finish
+
+    flaky = fleet.flaky("flaky", context="member-2")
+    clusters = ["flaky", DEFAULT]  # the canary wave is flaky's
+    namespace = fleet.namespace((DEFAULT, "member-2"))
+    commit(repo, namespace, clusters, "1")
+    source = make_source(allowed_namespaces=SCOPE)
+    assert sync(source)["outcome"] == "applied"
+    v2 = commit(repo, namespace, clusters, "2", [{"setWeight": 50}, {"pause": {}}])
+    sync(source)
+    aborted = wait_for(source, phase="Paused", waiting_for="approval")
+    assert fleet.versions(clusters, namespace) == ["2", "1"]
+    flaky.silence()
+    decisions.rollout_abort(aborted.pk, user=people["approver"])
+    aborted = wait_for(source, phase="Aborted")
+    assert aborted.rollback_pending_clusters == ["flaky"]
+    # Its retry is far off (a long SLUICE_CLUSTER_RETRY_SECONDS), and the cluster answers meanwhile.
+    Rollout.objects.filter(pk=aborted.pk).update(pause_until=timezone.now() + timedelta(hours=1))
+    flaky.answer()
+    commit(repo, namespace, clusters, "3", [{"pause": {}}, {"setWeight": 100}])
+    sync(source)
+    wait_for(source, phase="Paused", waiting_for="approval")  # v3 has written nothing yet
+    repo.git("reset", "--hard", v2)
+    repo.push(force=True)
+    sync(source)
+    again = wait_for(source, phase="Paused", waiting_for="approval")
+    assert again.revision.commit == v2 and again.pk != aborted.pk
+    decisions.rollout_promote(again.pk, user=people["approver"], full=True)
+    wait_for(source, phase="Completed")
+    assert fleet.versions(clusters, namespace) == ["2", "2"]
+    assert not Change.objects.filter(rollout=again, cluster="flaky").exists(), "flaky was as v2 wants"
+
+    Rollout.objects.filter(pk=aborted.pk).update(pause_until=None)
+    rollbacks_owed_finish(source)
+
+    assert fleet.versions(clusters, namespace) == ["2", "2"], "the owed rollback undid the newer rollout"
+    assert Rollout.objects.get(pk=aborted.pk).rollback_pending_clusters == []
