@@ -22,12 +22,12 @@ from django.db.models import Count, Q, QuerySet
 
 from gitops.cluster import Cluster, clients
 from gitops.errors import GitopsError, PermanentError
-from gitops.locks import sources_locked
+from gitops.locks import SourceBusy
 from gitops.models import ApplyIntent, ManagedObject, Rollout, Source, admin_settings
 from gitops.models import Cluster as ClusterRecord
 from gitops.record.audit import Actor, audit_record
 from gitops.rollout.decisions import WAIVE_PERMISSION as FORGET_PERMISSION
-from gitops.rollout.decisions import rollback_waive
+from gitops.rollout.decisions import decision_locks, rollback_waive
 from gitops.vocabulary import SourceAuditAction
 
 PROBE_SECONDS = 3.0
@@ -121,7 +121,12 @@ def cluster_forget(name: str, *, actor: Actor, reason: str) -> Forgotten:
     if not ClusterRecord.objects.filter(name=name).exists():
         raise PermanentError(f"no cluster named {name!r}")
     _refuse_targeted(name)
-    with sources_locked(list(_sources_concerned(name))), transaction.atomic():
+    locked = list(_sources_concerned(name))
+    with decision_locks(locked), transaction.atomic():
+        # Checked again under the locks: a pass that ended meanwhile may have changed either.
+        _refuse_targeted(name)
+        if {source.pk for source in _sources_concerned(name)} - {source.pk for source in locked}:
+            raise SourceBusy(f"another source wrote to cluster {name!r} meanwhile; try again")
         _refuse_active_rollouts_there(name)
         forgotten = _forget(name, actor, f"cluster {name} forgotten: {reason}")
         ClusterRecord.objects.filter(name=name).delete()

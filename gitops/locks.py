@@ -29,9 +29,7 @@ def source_lock(source: Source) -> Iterator[bool]:
     """Yields whether this process now holds the source's reconcile lock."""
     acquired = False
     try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [LOCK_CLASS, source.pk])
-            acquired = bool(cursor.fetchone()[0])
+        acquired = _try_lock(source)
         yield acquired
     finally:
         if acquired:
@@ -45,11 +43,18 @@ def sources_locked(sources: list[Source], *, wait: float = WAIT_SECONDS) -> Iter
     deadline = time.monotonic() + wait
     with ExitStack() as held:
         for source in sorted(sources, key=lambda each: each.pk):
-            while not held.enter_context(source_lock(source)):
+            while not _try_lock(source):
                 if time.monotonic() >= deadline:
                     raise SourceBusy(f"source {source.name} is being reconciled; try again in a moment")
                 time.sleep(WAIT_STEP_SECONDS)  # a pass holds it: polled until the deadline
+            held.callback(_unlock, source)
         yield
+
+
+def _try_lock(source: Source) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [LOCK_CLASS, source.pk])
+        return bool(cursor.fetchone()[0])
 
 
 def _unlock(source: Source) -> None:

@@ -26,6 +26,7 @@ from django.utils import timezone
 from gitops.celery import app, redis_client
 from gitops.errors import TemporaryError
 from gitops.models import Source
+from gitops.vocabulary import SYSTEM_ACTOR
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +199,28 @@ def revision_preview(source_id: int, revision: str, *, actor: str) -> str:
     task_id = str(uuid.uuid4())
     _preview_slot_take(actor, task_id)
     kwargs = {"source_id": source_id, "revision": revision, "actor": actor}
-    return str(app.send_task(PREVIEW_TASK, kwargs=kwargs, task_id=task_id).id)
+    try:
+        # Not run at all once nobody waits for it any more (its slot ran out too): a backlog of
+        # reconciles does not turn into previews run later for nobody.
+        app.send_task(PREVIEW_TASK, kwargs=kwargs, task_id=task_id, expires=preview_deadline_seconds())
+    except BaseException:
+        preview_slot_release(actor, task_id)
+        raise
+    return task_id
+
+
+def syncs_requested_meanwhile(source_ids: list[int]) -> None:
+    """A person's decision held these sources' reconcile locks (``decisions.decision_locks``). A push
+    or a poll that came meanwhile found a source busy and left only its request, which a worker
+    holding the lock runs after its pass, and a person's decision does not: queue those now, or,
+    with the broker away, make their polls due."""
+    requested = Source.objects.filter(pk__in=source_ids, sync_requested_at__isnull=False)
+    for source_id in requested.values_list("pk", flat=True):
+        try:
+            source_sync(source_id, actor=SYSTEM_ACTOR, wait_if_busy=False, automatic=True)
+        except Exception:  # the broker away: whatever its transport raises
+            log.warning("the broker refused a sync requested while source %s was held", source_id)
+            source_poll_due_now(source_id, requested=True)
 
 
 def preview_deadline_seconds() -> int:

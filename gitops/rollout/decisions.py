@@ -8,6 +8,8 @@ cluster. The CLI, the dashboard and the API all call these.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -21,7 +23,7 @@ from gitops import freezes, schedule, selectors
 from gitops.desired.policy import SetWeight, steps_from_json
 from gitops.errors import PermanentError
 from gitops.locks import sources_locked
-from gitops.models import ApplyIntent, Approval, Rollout, VerifiedEmail, copied
+from gitops.models import ApplyIntent, Approval, Rollout, Source, VerifiedEmail, copied
 from gitops.record.events import rollout_event
 from gitops.rollout.engine import with_approval_gate
 from gitops.vocabulary import RolloutEventKind, Waiting
@@ -257,7 +259,7 @@ def rollout_rollback_waive(rollout_id: int, *, cluster: str, user: User, reason:
     would otherwise restore it after all."""
     waive_permission_check(user)
     source = Rollout.objects.select_related("source").get(pk=rollout_id).source
-    with sources_locked([source]):
+    with decision_locks([source]):
         return rollback_waive(rollout_id, cluster=cluster, actor=user.get_username(), reason=reason)
 
 
@@ -293,6 +295,17 @@ def rollback_waive(rollout_id: int, *, cluster: str, actor: str, reason: str) ->
             data={"cluster": cluster, "pending_clusters": left},
         )
     return rollout
+
+
+@contextmanager
+def decision_locks(sources: list[Source]) -> Iterator[None]:
+    """Holds the sources' reconcile locks for a person's decision, waiting a little for passes under
+    way (``SourceBusy`` past that); then queues what pushes or polls asked for meanwhile."""
+    try:
+        with sources_locked(sources):
+            yield
+    finally:
+        schedule.syncs_requested_meanwhile([source.pk for source in sources])
 
 
 def waive_permission_check(user: User) -> None:

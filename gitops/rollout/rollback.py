@@ -141,9 +141,9 @@ def _restore(rollout: Rollout, actor: str, *, clusters: set[str] | None) -> Rest
     workloads = {key: intent for key, intent in first_intents.items() if key[1] in WORKLOAD_KINDS}
     # A rollback owed to a cluster that did not answer runs later: by then a newer rollout may have
     # written there, and its content must not be put back to what came before this one.
-    taken_over = _written_since(rollout, first_intents) if clusters is not None else None
-    _restore_configmaps(rollout, configmaps, actor, restored, taken_over=taken_over)
-    _restore_workloads(rollout, workloads, actor, restored, taken_over=taken_over)
+    since = _since(rollout, first_intents) if clusters is not None else None
+    _restore_configmaps(rollout, configmaps, actor, restored, since=since)
+    _restore_workloads(rollout, workloads, actor, restored, since=since)
     _drop_unapplied(rollout, clusters, still_owed=set(restored.owed))
     return restored
 
@@ -159,6 +159,24 @@ def _drop_unapplied(rollout: Rollout, clusters: set[str] | None, *, still_owed: 
     pending.update(status=ApplyIntent.Status.FAILED)
 
 
+@dataclass(frozen=True)
+class Since:
+    """What happened since a rollout ended, for its owed rollback to leave alone."""
+
+    written: set[ObjectKey]  # objects the change history gives to another rollout (``_written_since``)
+    # The commits of newer rollouts of the source that completed: each went to 100% and found every
+    # object it planned as its revision wants, written or already right. One it found right has no
+    # history, but its commit stamp, when it is this rollout's commit too (a branch moved back).
+    vouched: frozenset[str]
+
+
+def _since(rollout: Rollout, first_intents: Mapping[ObjectKey, ApplyIntent]) -> Since:
+    completed = Rollout.objects.filter(
+        source_id=rollout.source_id, pk__gt=rollout.pk, phase=Rollout.Phase.COMPLETED
+    ).values_list("revision__commit", flat=True)
+    return Since(_written_since(rollout, first_intents), frozenset(completed))
+
+
 def _written_since(rollout: Rollout, first_intents: Mapping[ObjectKey, ApplyIntent]) -> set[ObjectKey]:
     """The objects whose content, as the change history tells it, is no longer this rollout's.
 
@@ -169,13 +187,6 @@ def _written_since(rollout: Rollout, first_intents: Mapping[ObjectKey, ApplyInte
     """
     if not first_intents:
         return set()
-    if Rollout.objects.filter(
-        source_id=rollout.source_id, pk__gt=rollout.pk, phase=Rollout.Phase.COMPLETED
-    ).exists():
-        # A newer rollout went to 100%, which needs every cluster the source writes to answer, and
-        # found each object as its revision wants it, written or left unchanged: nothing here is
-        # this rollout's any more, not even what the newer one found already right.
-        return set(first_intents)
     start = min(intent.pk for intent in first_intents.values())
     history: dict[ObjectKey, list[tuple[int | None, bool]]] = {}
     rows = (
@@ -219,13 +230,18 @@ def _holder(history: list[tuple[int | None, bool]]) -> int | None:
     return None
 
 
-def _taken_over(rollout: Rollout, first: ApplyIntent, live: Mapping[str, Any]) -> bool:
-    """Whether the object carries another source's name, or a commit neither this rollout nor what it
-    replaced wrote (a newer rollout's, or a hand's), which an owed rollback leaves alone."""
+def _taken_over(
+    rollout: Rollout, first: ApplyIntent, live: Mapping[str, Any], vouched: frozenset[str]
+) -> bool:
+    """Whether the object carries another source's name, a newer completed rollout's commit, or a
+    commit neither this rollout nor what it replaced wrote (a newer rollout's, or a hand's), which an
+    owed rollback leaves alone."""
     source, commit, _ = live_provenance(live)
     if source is not None and source != rollout.source.name:
         return True
-    return bool(commit) and commit not in (rollout.revision.commit, first.before_commit)
+    return bool(commit) and (
+        commit in vouched or commit not in (rollout.revision.commit, first.before_commit)
+    )
 
 
 def _restore_configmaps(
@@ -234,7 +250,7 @@ def _restore_configmaps(
     actor: str,
     restored: Restored,
     *,
-    taken_over: set[ObjectKey] | None,
+    since: Since | None,
 ) -> None:
     if not first_intents:
         return
@@ -247,8 +263,11 @@ def _restore_configmaps(
         found = index.get((cluster, namespace, name))
         # An object a later rollout deleted stays deleted: the history says so, with nothing live.
         if cluster in restored.owed or (
-            taken_over is not None
-            and (key in taken_over or (found is not None and _taken_over(rollout, first, found)))
+            since is not None
+            and (
+                key in since.written
+                or (found is not None and _taken_over(rollout, first, found, since.vouched))
+            )
         ):
             continue
         if (restore := ApplyIntent.restoring(rollout, first, found, actor=actor)) is not None:
@@ -262,7 +281,7 @@ def _restore_workloads(
     actor: str,
     restored: Restored,
     *,
-    taken_over: set[ObjectKey] | None,
+    since: Since | None,
 ) -> None:
     restores = []
     for key, first in sorted(first_intents.items()):
@@ -274,8 +293,9 @@ def _restore_workloads(
         except GitopsError as exc:  # unreachable, refusing, or not registered any more
             restored.owed[cluster] = str(exc)
             continue
-        if taken_over is not None and (
-            key in taken_over or (live is not None and _workload_taken_over(rollout, first, live))
+        if since is not None and (
+            key in since.written
+            or (live is not None and _workload_taken_over(rollout, first, live, since.vouched))
         ):
             continue
         if (restore := restoring_intent(rollout, first, live, actor=actor)) is not None:
@@ -283,10 +303,14 @@ def _restore_workloads(
     _execute(restores, restored)
 
 
-def _workload_taken_over(rollout: Rollout, first: ApplyIntent, live: Mapping[str, Any]) -> bool:
-    """A workload a newer rollout restarted since carries that rollout's commit in its stamp."""
+def _workload_taken_over(
+    rollout: Rollout, first: ApplyIntent, live: Mapping[str, Any], vouched: frozenset[str]
+) -> bool:
+    """A workload a newer rollout restarted since carries that rollout's commit in its stamp (or a
+    newer completed rollout found it as it wants it)."""
     stamped = workload_from(live, first.cluster).commit
-    return bool(stamped) and stamped not in (rollout.revision.commit, (first.before or {}).get("commit", ""))
+    before = (first.before or {}).get("commit", "")
+    return bool(stamped) and (stamped in vouched or stamped not in (rollout.revision.commit, before))
 
 
 def _execute(restores: list[ApplyIntent], restored: Restored) -> None:

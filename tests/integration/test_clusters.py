@@ -348,7 +348,9 @@ def test_an_administrator_waives_the_rollback_owed_to_a_cluster_gone_for_good(
     deletion and the cluster's removal. An administrator, and only one, lets it off, with a reason
     that the rollout's timeline keeps; what the rollout wrote there stays."""
     from django.contrib.auth.models import Group, User
+    from django.utils import timezone
 
+    from gitops.models import Revision, Source
     from gitops.rollout.decisions import RolloutError, rollout_rollback_waive
 
     fleet.register("member-1")
@@ -394,6 +396,10 @@ def test_an_administrator_waives_the_rollback_owed_to_a_cluster_gone_for_good(
 
     client.force_login(admin)
     assert b"Waive the rollback on flaky" in client.get(page).content
+    # A push lands while the waiver holds the source's lock: it finds the source busy and leaves only
+    # its request, which the waiver queues once done (a worker's pass would run it itself).
+    pushed = repo.commit("nothing to change")
+    Source.objects.filter(pk=source.pk).update(sync_requested_at=timezone.now())
     waived = client.post(
         f"/rollouts/{aborted.pk}/waive-rollback", {"cluster": "flaky", "comment": "the region burned down"}
     )
@@ -404,11 +410,16 @@ def test_an_administrator_waives_the_rollback_owed_to_a_cluster_gone_for_good(
     assert event.actor == "ines"
     assert event.message == "rollback on flaky waived by ines: the region burned down"
     assert b"Waive the rollback on" not in client.get(page).content
+    poll(
+        lambda: Revision.objects.filter(source=source, commit=pushed).exists(),
+        timeout=60,
+        what="the push that came during the waiver to be synced",
+    )
 
     # The cluster answers again later: nothing takes back what the rollout wrote there any more.
     flaky.answer()
     sync(source)
-    assert fleet.versions(clusters, namespace) == ["1", "2", "1"]
+    assert fleet.versions(["flaky"], namespace) == ["2"]
     assert not Change.objects.filter(rollout=aborted, cluster="flaky", action="rollback").exists()
 
 
@@ -517,4 +528,45 @@ def test_a_rollback_owed_after_a_newer_rollout_completed_leaves_the_cluster_as_t
     rollbacks_owed_finish(source)
 
     assert fleet.versions(clusters, namespace) == ["2", "2"], "the owed rollback undid the newer rollout"
+    assert Rollout.objects.get(pk=aborted.pk).rollback_pending_clusters == []
+
+
+def test_a_rollback_owed_to_an_object_a_newer_rollout_left_behind_is_still_carried_out(
+    repo, make_source, sync, fleet, people
+):
+    """A newer rollout that completed vouches only for what it planned: an object its revision no
+    longer has (kept, not pruned) still holds the aborted content, and the owed rollback restores it."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from gitops.rollout.rollback import rollbacks_owed_finish
+
+    flaky = fleet.flaky("flaky", context="member-2")
+    clusters = ["flaky", DEFAULT]
+    namespace = fleet.namespace((DEFAULT, "member-2"))
+    commit(repo, namespace, clusters, "1")
+    source = make_source(allowed_namespaces=SCOPE)
+    assert sync(source)["outcome"] == "applied"
+    commit(repo, namespace, clusters, "2", [{"setWeight": 50}, {"pause": {}}])
+    sync(source)
+    aborted = wait_for(source, phase="Paused", waiting_for="approval")
+    flaky.silence()
+    decisions.rollout_abort(aborted.pk, user=people["approver"])
+    aborted = wait_for(source, phase="Aborted")
+    Rollout.objects.filter(pk=aborted.pk).update(pause_until=timezone.now() + timedelta(hours=1))
+    flaky.answer()
+    repo.write_all(
+        {"sluice.yaml": {"targets": targets(namespace, clusters)}, "configmaps/db.yaml": configmap("db", {})}
+    )
+    repo.remove("configmaps/app.yaml")  # app is no longer in Git, and without prune it is kept
+    repo.commit("v3")
+    sync(source)
+    wait_for(source, phase="Completed")
+    assert fleet.versions(clusters, namespace) == ["2", "1"]
+
+    Rollout.objects.filter(pk=aborted.pk).update(pause_until=None)
+    rollbacks_owed_finish(source)
+
+    assert fleet.versions(clusters, namespace) == ["1", "1"], "the aborted content stayed behind"
     assert Rollout.objects.get(pk=aborted.pk).rollback_pending_clusters == []

@@ -482,3 +482,38 @@ def test_a_rollback_owed_to_a_cluster_leaves_a_later_rollout_of_the_same_commit_
     assert versions(cluster, targets) == ["2", "2"], "the owed rollback took back the later rollout's content"
     assert Change.objects.filter(rollout=aborted).count() == logged
     assert Rollout.objects.get(pk=aborted.pk).rollback_pending_clusters == []
+
+
+def test_a_push_that_finds_the_source_held_by_a_persons_decision_is_synced_once_it_is_done(
+    repo, make_namespaces, make_source, sync, cluster
+):
+    """A waiver or a forgotten cluster holds the source's reconcile lock. A push meanwhile finds the
+    source busy and leaves only its request, which a worker's pass would run when it ends, and a
+    person's decision must run too: the push is not lost until the next poll."""
+    from django.utils import timezone
+
+    from gitops import schedule
+    from gitops.models import Source
+    from gitops.rollout.decisions import decision_locks
+
+    targets = make_namespaces("app")
+    repo.write_all(
+        {"sluice.yaml": policy(targets), "configmaps/app.yaml": configmap("app", {"VERSION": "1"})}
+    )
+    repo.commit("v1")
+    source = make_source()
+    assert sync(source)["outcome"] == "applied"
+    repo.write("configmaps/app.yaml", configmap("app", {"VERSION": "2"}))
+    repo.commit("v2")
+    asked = timezone.now()
+
+    with decision_locks([source]):
+        schedule.source_sync(source.pk, actor="push", wait_if_busy=False, automatic=True)  # as a push
+        poll(
+            lambda: (Source.objects.get(pk=source.pk).sync_requested_at or asked) > asked,
+            timeout=30,
+            what="the push's sync to find the source held",
+        )
+        assert versions(cluster, targets) == ["1"]
+
+    poll(lambda: versions(cluster, targets) == ["2"], timeout=30, what="the push to be synced after all")
