@@ -89,6 +89,33 @@ def commit(repo: GitRepo, namespace: str, clusters: list[str], version: str, ste
 SCOPE = ["t*", "member-*/t*", "flaky/t*"]
 
 
+class Owed:
+    """A source whose v2 rollout was aborted while the cluster "flaky" did not answer: it owes flaky
+    its rollback (``aborted_owing_flaky``)."""
+
+    def __init__(self, source, namespace: str, clusters: list[str], v2: str, aborted, flaky) -> None:
+        self.source, self.namespace, self.clusters = source, namespace, clusters
+        self.v2, self.aborted, self.flaky = v2, aborted, flaky
+
+
+def aborted_owing_flaky(repo, make_source, sync, fleet, people, clusters: list[str], weight: int) -> Owed:
+    """v1 everywhere; v2 at ``weight`` (flaky in its first wave), paused at its gate; then flaky stops
+    answering and the rollout is aborted, so it owes flaky its rollback."""
+    flaky = fleet.flaky("flaky", context="member-2")
+    namespace = fleet.namespace(tuple(clusters))
+    commit(repo, namespace, clusters, "1")
+    source = make_source(allowed_namespaces=SCOPE)
+    assert sync(source)["outcome"] == "applied"
+    v2 = commit(repo, namespace, clusters, "2", [{"setWeight": weight}, {"pause": {}}])
+    sync(source)
+    paused = wait_for(source, phase="Paused", waiting_for="approval")
+    flaky.silence()
+    decisions.rollout_abort(paused.pk, user=people["approver"])
+    aborted = wait_for(source, phase="Aborted")
+    assert aborted.rollback_pending_clusters == ["flaky"]
+    return Owed(source, namespace, clusters, v2, aborted, flaky)
+
+
 def test_a_rollout_goes_cluster_by_cluster_and_an_abort_restores_every_cluster(
     repo, make_source, sync, fleet, people
 ):
@@ -354,19 +381,8 @@ def test_an_administrator_waives_the_rollback_owed_to_a_cluster_gone_for_good(
     from gitops.rollout.decisions import RolloutError, rollout_rollback_waive
 
     fleet.register("member-1")
-    flaky = fleet.flaky("flaky", context="member-2")
-    clusters = [DEFAULT, "flaky", "member-1"]
-    namespace = fleet.namespace((DEFAULT, "member-1", "member-2"))
-    commit(repo, namespace, clusters, "1")
-    source = make_source(allowed_namespaces=SCOPE)
-    assert sync(source)["outcome"] == "applied"
-    commit(repo, namespace, clusters, "2", [{"setWeight": 66}, {"pause": {}}])
-    sync(source)
-    paused = wait_for(source, phase="Paused", waiting_for="approval")
-    flaky.silence()
-    decisions.rollout_abort(paused.pk, user=people["approver"])
-    aborted = wait_for(source, phase="Aborted")
-    assert aborted.rollback_pending_clusters == ["flaky"]
+    owed = aborted_owing_flaky(repo, make_source, sync, fleet, people, [DEFAULT, "flaky", "member-1"], 66)
+    source, namespace, aborted, flaky = owed.source, owed.namespace, owed.aborted, owed.flaky
 
     admin = User.objects.create_user("ines", email="ines@example.com", password="x")
     admin.groups.add(Group.objects.get(name="admin"))
@@ -433,19 +449,8 @@ def test_a_cluster_gone_for_good_is_forgotten_with_what_sluice_kept_about_it(
     from gitops.models import ManagedObject, SourceAudit
 
     fleet.register("member-1")
-    flaky = fleet.flaky("flaky", context="member-2")
-    clusters = [DEFAULT, "flaky", "member-1"]
-    namespace = fleet.namespace((DEFAULT, "member-1", "member-2"))
-    commit(repo, namespace, clusters, "1")
-    source = make_source(allowed_namespaces=SCOPE)
-    assert sync(source)["outcome"] == "applied"
-    commit(repo, namespace, clusters, "2", [{"setWeight": 66}, {"pause": {}}])
-    sync(source)
-    paused = wait_for(source, phase="Paused", waiting_for="approval")
-    flaky.silence()  # for good
-    decisions.rollout_abort(paused.pk, user=people["approver"])
-    aborted = wait_for(source, phase="Aborted")
-    assert aborted.rollback_pending_clusters == ["flaky"]
+    owed = aborted_owing_flaky(repo, make_source, sync, fleet, people, [DEFAULT, "flaky", "member-1"], 66)
+    source, namespace, aborted = owed.source, owed.namespace, owed.aborted  # flaky stays silent for good
 
     def remove(*options: str) -> str:
         out = io.StringIO()
@@ -494,20 +499,16 @@ def test_a_rollback_owed_after_a_newer_rollout_completed_leaves_the_cluster_as_t
 
     from gitops.rollout.rollback import rollbacks_owed_finish
 
-    flaky = fleet.flaky("flaky", context="member-2")
-    clusters = ["flaky", DEFAULT]  # the canary wave is flaky's
-    namespace = fleet.namespace((DEFAULT, "member-2"))
-    commit(repo, namespace, clusters, "1")
-    source = make_source(allowed_namespaces=SCOPE)
-    assert sync(source)["outcome"] == "applied"
-    v2 = commit(repo, namespace, clusters, "2", [{"setWeight": 50}, {"pause": {}}])
-    sync(source)
-    aborted = wait_for(source, phase="Paused", waiting_for="approval")
-    assert fleet.versions(clusters, namespace) == ["2", "1"]
-    flaky.silence()
-    decisions.rollout_abort(aborted.pk, user=people["approver"])
-    aborted = wait_for(source, phase="Aborted")
-    assert aborted.rollback_pending_clusters == ["flaky"]
+    owed = aborted_owing_flaky(repo, make_source, sync, fleet, people, ["flaky", DEFAULT], 50)
+    source, namespace, clusters, v2, aborted, flaky = (
+        owed.source,
+        owed.namespace,
+        owed.clusters,
+        owed.v2,
+        owed.aborted,
+        owed.flaky,
+    )
+    assert fleet.versions(clusters, namespace) == ["2", "1"], "flaky kept what it owes the rollback of"
     # Its retry is far off (a long SLUICE_CLUSTER_RETRY_SECONDS), and the cluster answers meanwhile.
     Rollout.objects.filter(pk=aborted.pk).update(pause_until=timezone.now() + timedelta(hours=1))
     flaky.answer()
@@ -542,18 +543,14 @@ def test_a_rollback_owed_to_an_object_a_newer_rollout_left_behind_is_still_carri
 
     from gitops.rollout.rollback import rollbacks_owed_finish
 
-    flaky = fleet.flaky("flaky", context="member-2")
-    clusters = ["flaky", DEFAULT]
-    namespace = fleet.namespace((DEFAULT, "member-2"))
-    commit(repo, namespace, clusters, "1")
-    source = make_source(allowed_namespaces=SCOPE)
-    assert sync(source)["outcome"] == "applied"
-    commit(repo, namespace, clusters, "2", [{"setWeight": 50}, {"pause": {}}])
-    sync(source)
-    aborted = wait_for(source, phase="Paused", waiting_for="approval")
-    flaky.silence()
-    decisions.rollout_abort(aborted.pk, user=people["approver"])
-    aborted = wait_for(source, phase="Aborted")
+    owed = aborted_owing_flaky(repo, make_source, sync, fleet, people, ["flaky", DEFAULT], 50)
+    source, namespace, clusters, aborted, flaky = (
+        owed.source,
+        owed.namespace,
+        owed.clusters,
+        owed.aborted,
+        owed.flaky,
+    )
     Rollout.objects.filter(pk=aborted.pk).update(pause_until=timezone.now() + timedelta(hours=1))
     flaky.answer()
     repo.write_all(
