@@ -56,6 +56,16 @@ def start_rollout(
     return source, v1, v2
 
 
+def started_and_aborted(repo, make_source, sync, namespaces, people):
+    """``start_rollout`` at 50% with a gate after it, then aborted: (source, v2, the aborted rollout)."""
+    source, _v1, v2 = start_rollout(repo, make_source, sync, namespaces, [{"setWeight": 50}, {"pause": {}}])
+    sync(source)
+    paused = wait_for(source, phase="Paused", waiting_for="approval")
+    decisions.rollout_abort(paused.pk, user=people["approver"])
+    wait_for(source, phase="Aborted")
+    return source, v2, paused
+
+
 def test_a_configmap_rollout_goes_through_every_kind_of_step(
     repo, make_namespaces, make_source, sync, cluster, analysis_endpoint, people
 ):
@@ -396,11 +406,7 @@ def test_a_rollback_owed_to_a_cluster_leaves_what_a_newer_rollout_wrote_there_al
     from gitops.rollout.rollback import rollbacks_owed_finish
 
     targets = make_namespaces("canary", "rest")
-    source, _v1, _v2 = start_rollout(repo, make_source, sync, targets, [{"setWeight": 50}, {"pause": {}}])
-    sync(source)
-    aborted = wait_for(source, phase="Paused", waiting_for="approval")
-    decisions.rollout_abort(aborted.pk, user=people["approver"])
-    wait_for(source, phase="Aborted")
+    source, _v2, aborted = started_and_aborted(repo, make_source, sync, targets, people)
     repo.write_all(
         {"sluice.yaml": policy(targets), "configmaps/app.yaml": configmap("app", {"VERSION": "3"})}
     )
@@ -423,11 +429,7 @@ def test_a_rollback_owed_to_a_cluster_does_not_bring_back_what_a_newer_rollout_d
     from gitops.rollout.rollback import rollbacks_owed_finish
 
     targets = make_namespaces("canary", "rest")
-    source, _v1, _v2 = start_rollout(repo, make_source, sync, targets, [{"setWeight": 50}, {"pause": {}}])
-    sync(source)
-    aborted = wait_for(source, phase="Paused", waiting_for="approval")
-    decisions.rollout_abort(aborted.pk, user=people["approver"])
-    wait_for(source, phase="Aborted")
+    source, _v2, aborted = started_and_aborted(repo, make_source, sync, targets, people)
     repo.write_all(
         {"sluice.yaml": policy(targets, prune=True), "configmaps/db.yaml": configmap("db", {"V": "1"})}
     )
@@ -452,11 +454,7 @@ def test_a_rollback_owed_to_a_cluster_leaves_a_later_rollout_of_the_same_commit_
     from gitops.rollout.rollback import rollbacks_owed_finish
 
     targets = make_namespaces("canary", "rest")
-    source, _v1, v2 = start_rollout(repo, make_source, sync, targets, [{"setWeight": 50}, {"pause": {}}])
-    sync(source)
-    aborted = wait_for(source, phase="Paused", waiting_for="approval")
-    decisions.rollout_abort(aborted.pk, user=people["approver"])
-    wait_for(source, phase="Aborted")
+    source, v2, aborted = started_and_aborted(repo, make_source, sync, targets, people)
     assert versions(cluster, targets) == ["1", "1"]
     repo.write("configmaps/app.yaml", configmap("app", {"VERSION": "3"}))
     repo.commit("v3")
