@@ -34,7 +34,7 @@ from gitops.models import Revision, Rollout, Source, automatic_sync_filter, know
 from gitops.record.changelog import intents_pending_query
 from gitops.rollout.lifecycle import rollout_choose, rollout_drive
 from gitops.rollout.rollback import rollbacks_owed_finish, rollbacks_owing, rollout_rollback
-from gitops.rollout.state import StepOutcome
+from gitops.rollout.state import StepOutcome, owed_rollbacks_memo, owed_rollbacks_none
 from gitops.rollout.step import intents_finish_pending, plan_held
 from gitops.vocabulary import SYSTEM_ACTOR, Outcome
 from gitops.windows import Gate
@@ -229,23 +229,31 @@ class _Owed:
     intents: bool  # intents a crashed run left pending
     rollbacks: bool  # clusters an ended rollout still owes a rollback, due now
     aborts: bool  # an abort someone asked for
+    any_rollback: bool = True  # clusters an ended rollout still owes a rollback, due or not
 
 
 def _owed(source: Source) -> _Owed:
-    """The three questions in one statement: a pass that owes nothing (nearly every poll) pays one."""
+    """The four questions in one statement: a pass that owes nothing (nearly every poll) pays one. When
+    no rollback is owed at all, the pass's steps are told so, and do not ask again."""
     row = (
         Source.objects.filter(pk=source.pk)
         .annotate(
             owes_intents=Exists(intents_pending_query(source)),
             owes_rollbacks=Exists(rollbacks_owing(source)),
             owes_aborts=Exists(_aborts_requested(source)),
+            owes_any_rollback=Exists(
+                Rollout.objects.filter(source=source).exclude(rollback_pending_clusters=[])
+            ),
         )
-        .values_list("owes_intents", "owes_rollbacks", "owes_aborts")
+        .values_list("owes_intents", "owes_rollbacks", "owes_aborts", "owes_any_rollback")
         .first()
     )
     if row is None:  # deleted meanwhile: ask each question on its own, as before
         return _Owed(intents=True, rollbacks=True, aborts=True)
-    return _Owed(*row)
+    owed = _Owed(*row)
+    if not owed.any_rollback:
+        owed_rollbacks_none(source.pk)
+    return owed
 
 
 def _aborts_requested(source: Source) -> QuerySet[Rollout]:
@@ -405,14 +413,15 @@ def _measured(
 ) -> SyncResult:
     started = time.monotonic()
     try:
-        result = _reconcile(
-            source,
-            actor=actor,
-            retry_failed=retry_failed,
-            manual=manual,
-            report_rollout=report_rollout,
-            rollouts_only=rollouts_only,
-        )
+        with owed_rollbacks_memo():
+            result = _reconcile(
+                source,
+                actor=actor,
+                retry_failed=retry_failed,
+                manual=manual,
+                report_rollout=report_rollout,
+                rollouts_only=rollouts_only,
+            )
     except (TemporaryError, PermanentError):
         metrics.RECONCILES.labels(source.name, "error").inc()
         raise

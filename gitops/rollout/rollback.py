@@ -29,7 +29,7 @@ from gitops.errors import GitopsError
 from gitops.models import ApplyIntent, Rollout, Source
 from gitops.plan.provenance import live_provenance
 from gitops.record.events import rollout_event
-from gitops.rollout.state import cluster_retry_delay, unreachable_text
+from gitops.rollout.state import cluster_retry_delay, owed_rollback_added, unreachable_text
 from gitops.rollout.step import intents_execute
 from gitops.vocabulary import SYSTEM_ACTOR, ChangeAction, RolloutEventKind
 
@@ -57,6 +57,7 @@ def rollout_rollback(rollout: Rollout, *, actor: str, reason: str, phase: Rollou
     )
     if owed:
         message += "; rollback owed on " + unreachable_text(restored.owed)
+        owed_rollback_added(rollout.source_id)
     retry_at = now + cluster_retry_delay() if owed else None
     Rollout.objects.filter(pk=rollout.pk).update(
         phase=Rollout.Phase.FAILED if restored.failures else phase,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -24,6 +27,54 @@ def cluster_retry_delay() -> timedelta:
 def unreachable_text(unreachable: dict[str, str]) -> str:
     """``member-2 (kube-apiserver unreachable: ...); ...``, by cluster name."""
     return "; ".join(f"{name} ({why})" for name, why in sorted(unreachable.items()))
+
+
+# The source whose pass found, in its first statement, no ended rollout owing a cluster a rollback (nearly
+# every pass): its steps do not ask again. Scoped to one pass by ``owed_rollbacks_memo``.
+_NONE_OWED: ContextVar[int | None] = ContextVar("sluice_no_rollback_owed", default=None)
+
+
+@contextmanager
+def owed_rollbacks_memo() -> Iterator[None]:
+    """Scopes what one pass learns of owed rollbacks (``owed_rollbacks_none``) to that pass."""
+    token = _NONE_OWED.set(None)
+    try:
+        yield
+    finally:
+        _NONE_OWED.reset(token)
+
+
+def owed_rollbacks_none(source_id: int) -> None:
+    """The pass of ``source_id`` found no rollback owed: ``clusters_owed_rollback`` answers at once."""
+    _NONE_OWED.set(source_id)
+
+
+def owed_rollback_added(source_id: int) -> None:
+    """A rollback of ``source_id`` was just left owed: what its pass learnt at the start no longer holds."""
+    if _NONE_OWED.get() == source_id:
+        _NONE_OWED.set(None)
+
+
+def clusters_owed_rollback(source_id: int) -> dict[str, str]:
+    """Cluster -> why, for each cluster an ended rollout of the source still owes a rollback, due or not.
+
+    A newer rollout's step leaves such a cluster alone, as it would an unreachable one, until the rollback
+    is done there: otherwise the rollback, when it came, would take back what the newer rollout found
+    already right there and so never wrote (no intent, no history to tell it apart).
+    """
+    if _NONE_OWED.get() == source_id:
+        return {}
+    owing = (
+        Rollout.objects.filter(source_id=source_id)
+        .exclude(rollback_pending_clusters=[])
+        .order_by("pk")
+        .values_list("pk", "rollback_pending_clusters")
+    )
+    owed: dict[str, str] = {}
+    for pk, clusters in owing:
+        for cluster in clusters:
+            owed.setdefault(cluster, f"rollout {pk} still owes it a rollback, which comes first")
+    return owed
 
 
 @dataclass

@@ -9,7 +9,7 @@ applies them, and the change log records how each went.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,13 +21,14 @@ from gitops.cluster.apply import intents_apply_everywhere
 from gitops.cluster.live import LiveState, live_configmaps, live_view
 from gitops.desired.limits import Limits
 from gitops.desired.revision import DesiredState, ObjectKey, flag_set_key, published_baseline
+from gitops.errors import TemporaryError
 from gitops.models import ApplyIntent, Rollout, Source
 from gitops.plan import Action, Plan, plan
 from gitops.record.changelog import changes_record, intents_pending, intents_write
 from gitops.record.inventory import inventory_targets, managed_keys
 from gitops.rollout.engine import desired_at_weight, held_keys
 from gitops.rollout.flag_catalog import flag_catalog_record
-from gitops.rollout.state import StepOutcome
+from gitops.rollout.state import StepOutcome, clusters_owed_rollback
 from gitops.vocabulary import ChangeAction, Outcome
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def weight_apply(
     and the clusters it needed and could not reach (their targets are left as they are)."""
     source = rollout.source
     managed = managed_keys(source)
-    live = live_state(source, desired, managed=managed)
+    live = live_state(source, desired, managed=managed, deferred=clusters_owed_rollback(source.pk))
     weighted = desired_at_weight(desired, weight, flag_baselines(rollout, desired, live.index()))
     held = held_keys(desired, weight)
     current = plan(
@@ -81,13 +82,18 @@ def live_state(
     *,
     managed: frozenset[ObjectKey] | None = None,
     cached: bool = True,
+    deferred: Mapping[str, str] | None = None,
 ) -> LiveState:
     """Every target's live objects, or (``cached``) what a plan needs of them: the live cache settles
     what it vouches for in every cluster (``live_view``), and the rest is read. When no cluster the
     source needs answers, the pass fails as a whole (and backs off) as it always did; otherwise the
-    ones that answer go on without the others. ``managed`` is the source's inventory, if read already."""
+    ones that answer go on without the others. ``managed`` is the source's inventory, if read already.
+    A ``deferred`` cluster (cluster -> why) is neither read nor written: it is reported as unreachable."""
     inventory = managed_keys(source) if managed is None else managed
     targets = {*desired.targets, *in_scope(source, inventory_targets(source.pk, inventory))}
+    needed_clusters = {cluster for cluster, _ in targets}
+    waiting = {cluster: why for cluster, why in (deferred or {}).items() if cluster in needed_clusters}
+    targets = {target for target in targets if target[0] not in waiting}
     if cached:
         memo = caches.for_source(source.pk).settle_memo
         live = live_view(targets, source=source.name, desired=desired, managed=inventory, memo=memo)
@@ -96,6 +102,7 @@ def live_state(
     clusters = {cluster for cluster, _ in targets}
     if clusters and clusters <= set(live.unreachable):
         raise next(iter(live.unreachable.values()))
+    live.unreachable.update({cluster: TemporaryError(why) for cluster, why in waiting.items()})
     return live
 
 

@@ -486,25 +486,23 @@ def test_a_cluster_gone_for_good_is_forgotten_with_what_sluice_kept_about_it(
     assert fleet.versions([DEFAULT, "member-1"], namespace) == ["3", "3"]
 
 
-def test_a_rollback_owed_after_a_newer_rollout_completed_leaves_the_cluster_as_that_rollout_found_it(
+def test_a_newer_rollout_leaves_a_cluster_owed_a_rollback_alone_until_the_rollback_is_done(
     repo, make_source, sync, fleet, people
 ):
     """The cluster answers again before the aborted rollout's rollback is retried, and a newer rollout
-    of the same commit (the branch moved back to it) finds the cluster already as it wants it: nothing
-    to write there, so no history of it. Having gone to 100%, it vouches for the cluster: the owed
-    rollback that comes due afterwards takes nothing back."""
+    (here one whose revision wants what the cluster holds: nothing to write, so no history of it) waits
+    for that cluster as for an unreachable one. Otherwise the owed rollback, coming due later, would take
+    back what the newer rollout found already right. Once the rollback is done, the newer rollout goes on
+    there, and its own history holds the cluster."""
     from datetime import timedelta
 
     from django.utils import timezone
 
-    from gitops.rollout.rollback import rollbacks_owed_finish
-
     owed = aborted_owing_flaky(repo, make_source, sync, fleet, people, ["flaky", DEFAULT], 50)
-    source, namespace, clusters, v2, aborted, flaky = (
+    source, namespace, clusters, aborted, flaky = (
         owed.source,
         owed.namespace,
         owed.clusters,
-        owed.v2,
         owed.aborted,
         owed.flaky,
     )
@@ -512,31 +510,30 @@ def test_a_rollback_owed_after_a_newer_rollout_completed_leaves_the_cluster_as_t
     # Its retry is far off (a long SLUICE_CLUSTER_RETRY_SECONDS), and the cluster answers meanwhile.
     Rollout.objects.filter(pk=aborted.pk).update(pause_until=timezone.now() + timedelta(hours=1))
     flaky.answer()
-    commit(repo, namespace, clusters, "3", [{"pause": {}}, {"setWeight": 100}])
+    commit(repo, namespace, clusters, "2", [{"setWeight": 100}])  # what flaky holds, as a new commit
     sync(source)
-    wait_for(source, phase="Paused", waiting_for="approval")  # v3 has written nothing yet
-    repo.git("reset", "--hard", v2)
-    repo.push(force=True)
+    newer = wait_for(source, phase="Paused", waiting_for="cluster")
+    assert newer.pk != aborted.pk
+    assert f"flaky (rollout {aborted.pk} still owes it a rollback, which comes first)" in newer.message
+    assert fleet.versions(clusters, namespace) == ["2", "2"], "the default cluster is not held up"
+    assert not Change.objects.filter(rollout=newer, cluster="flaky").exists(), "flaky is left alone"
+
+    Rollout.objects.filter(pk=aborted.pk).update(pause_until=None)  # the owed rollback comes due
     sync(source)
-    again = wait_for(source, phase="Paused", waiting_for="approval")
-    assert again.revision.commit == v2 and again.pk != aborted.pk
-    decisions.rollout_promote(again.pk, user=people["approver"], full=True)
-    wait_for(source, phase="Completed")
-    assert fleet.versions(clusters, namespace) == ["2", "2"]
-    assert not Change.objects.filter(rollout=again, cluster="flaky").exists(), "flaky was as v2 wants"
-
-    Rollout.objects.filter(pk=aborted.pk).update(pause_until=None)
-    rollbacks_owed_finish(source)
-
-    assert fleet.versions(clusters, namespace) == ["2", "2"], "the owed rollback undid the newer rollout"
     assert Rollout.objects.get(pk=aborted.pk).rollback_pending_clusters == []
+    done = wait_for(source, phase="Completed")  # at the newer rollout's own retry, a few seconds on
+    assert done.pk == newer.pk
+    assert fleet.versions(clusters, namespace) == ["2", "2"]
+    assert Change.objects.filter(rollout=aborted, cluster="flaky", action="rollback").count() == 1
+    assert Change.objects.filter(rollout=newer, cluster="flaky", action="update").count() == 1
 
 
 def test_a_rollback_owed_to_an_object_a_newer_rollout_left_behind_is_still_carried_out(
     repo, make_source, sync, fleet, people
 ):
-    """A newer rollout that completed vouches only for what it planned: an object its revision no
-    longer has (kept, not pruned) still holds the aborted content, and the owed rollback restores it."""
+    """A newer rollout vouches only for what it planned: an object its revision no longer has (kept, not
+    pruned) still holds the aborted content, and the owed rollback restores it once it is due, before the
+    newer rollout writes to that cluster."""
     from datetime import timedelta
 
     from django.utils import timezone
@@ -559,7 +556,7 @@ def test_a_rollback_owed_to_an_object_a_newer_rollout_left_behind_is_still_carri
     repo.remove("configmaps/app.yaml")  # app is no longer in Git, and without prune it is kept
     repo.commit("v3")
     sync(source)
-    wait_for(source, phase="Completed")
+    wait_for(source, phase="Paused", waiting_for="cluster")  # flaky waits for its owed rollback
     assert fleet.versions(clusters, namespace) == ["2", "1"]
 
     Rollout.objects.filter(pk=aborted.pk).update(pause_until=None)
@@ -567,3 +564,7 @@ def test_a_rollback_owed_to_an_object_a_newer_rollout_left_behind_is_still_carri
 
     assert fleet.versions(clusters, namespace) == ["1", "1"], "the aborted content stayed behind"
     assert Rollout.objects.get(pk=aborted.pk).rollback_pending_clusters == []
+    sync(source)
+    wait_for(source, phase="Completed")
+    assert fleet.versions(clusters, namespace) == ["1", "1"], "kept, not pruned, with what it held before"
+    assert fleet.content("flaky", namespace, "db") is not None
