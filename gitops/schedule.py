@@ -36,21 +36,33 @@ REMOVE_TASK = "gitops.remove_source"
 PREVIEW_TASK = "gitops.preview_revision"
 # Beyond the fetch's own bound: the worker still loads, validates and plans the revision.
 PREVIEW_MARGIN_SECONDS = 30
-# Takes a preview slot of one person, atomically: drops the slots past their deadline, then either
-# adds this one or answers when the earliest one held runs out.
+# Takes a preview slot, atomically: drops the slots past their deadline, then either adds this one to
+# the person's set and to everyone's, or answers which cap is reached and when its earliest slot runs out.
+# KEYS: the person's set, everyone's. ARGV: now, the person's cap, deadline, task id, ttl, everyone's cap
+# (a cap of 0 is none).
 _TAKE_PREVIEW_SLOT = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
-  return redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]
+for index, key in ipairs(KEYS) do
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[1])
 end
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
-redis.call('EXPIRE', KEYS[1], ARGV[5])
+local caps = {tonumber(ARGV[2]), tonumber(ARGV[6])}
+for index, key in ipairs(KEYS) do
+  if caps[index] > 0 and redis.call('ZCARD', key) >= caps[index] then
+    return {index, redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2]}
+  end
+end
+for index, key in ipairs(KEYS) do
+  redis.call('ZADD', key, ARGV[3], ARGV[4])
+  redis.call('EXPIRE', key, ARGV[5])
+end
 return false
 """
+# Everyone's previews on the workers, by task id: SLUICE_PREVIEWS_TOTAL caps them together.
+_ALL_PREVIEWS_KEY = "sluice:previews-all"
 
 
 class PreviewsBusy(TemporaryError):
-    """The person already has as many previews on the workers as ``SLUICE_PREVIEWS_PER_USER`` allows."""
+    """The person already has as many previews on the workers as ``SLUICE_PREVIEWS_PER_USER`` allows, or
+    everyone together as many as ``SLUICE_PREVIEWS_TOTAL`` does."""
 
 
 def _send(
@@ -194,7 +206,8 @@ def revision_preview(source_id: int, revision: str, *, actor: str) -> str:
     the task id is returned at once. Nothing is written, so there is no transaction to wait for.
 
     Raises ``PreviewsBusy`` when ``actor`` already has ``SLUICE_PREVIEWS_PER_USER`` previews waiting
-    or running: each costs the workers that reconcile a fetch and a whole plan.
+    or running, or everyone together ``SLUICE_PREVIEWS_TOTAL``: each costs the workers that reconcile a
+    fetch and a whole plan.
     """
     task_id = str(uuid.uuid4())
     _preview_slot_take(actor, task_id)
@@ -233,28 +246,39 @@ def _preview_slots_key(actor: str) -> str:
 
 
 def _preview_slot_take(actor: str, task_id: str) -> None:
-    """Holds one of the actor's preview slots until the worker is done with ``task_id`` (it gives it
-    back) or the preview's deadline passes (a worker that died). Redis out of reach lets it through:
-    the queue is Redis too, so that shows at once."""
+    """Holds one of the actor's preview slots, and one of everyone's, until the worker is done with
+    ``task_id`` (it gives them back) or the preview's deadline passes (a worker that died). Redis out of
+    reach lets it through: the queue is Redis too, so that shows at once."""
     import redis  # noqa: PLC0415 - a dependency of Celery's Redis transport
 
-    cap = int(settings.SLUICE_PREVIEWS_PER_USER)
-    if cap <= 0:
+    caps = (int(settings.SLUICE_PREVIEWS_PER_USER), int(settings.SLUICE_PREVIEWS_TOTAL))
+    if max(caps) <= 0:
         return
     now, deadline = time.time(), preview_deadline_seconds()
+    keys = (_preview_slots_key(actor), _ALL_PREVIEWS_KEY)
     try:
-        busy_until = redis_client().eval(
-            _TAKE_PREVIEW_SLOT, 1, _preview_slots_key(actor), now, cap, now + deadline, task_id, deadline
+        busy = redis_client().eval(
+            _TAKE_PREVIEW_SLOT,
+            2,
+            *keys,
+            now,
+            max(caps[0], 0),
+            now + deadline,
+            task_id,
+            deadline,
+            max(caps[1], 0),
         )
     except redis.RedisError as exc:
         log.warning("cannot count %s's previews (%s); letting this one through", actor, exc)
         return
-    if busy_until is not None:
-        wait = max(1, int(float(busy_until) - now) + 1)
-        raise PreviewsBusy(
-            f"{actor} already has {cap} preview(s) on the workers; wait for one to finish (at most {wait}s)",
-            delay=wait,
-        )
+    if not busy:
+        return
+    which, busy_until = int(busy[0]), float(busy[1])
+    wait = max(1, int(busy_until - now) + 1)
+    held = f"{actor} already has {caps[0]}" if which == 1 else f"everyone together already has {caps[1]}"
+    raise PreviewsBusy(
+        f"{held} preview(s) on the workers; wait for one to finish (at most {wait}s)", delay=wait
+    )
 
 
 def preview_slot_release(actor: str, task_id: str) -> None:
@@ -262,7 +286,9 @@ def preview_slot_release(actor: str, task_id: str) -> None:
     import redis  # noqa: PLC0415 - a dependency of Celery's Redis transport
 
     try:
-        redis_client().zrem(_preview_slots_key(actor), task_id)
+        redis_client().pipeline(transaction=False).zrem(_preview_slots_key(actor), task_id).zrem(
+            _ALL_PREVIEWS_KEY, task_id
+        ).execute()
     except redis.RedisError as exc:
         log.warning("cannot free %s's preview slot (%s); it frees itself at its deadline", actor, exc)
 

@@ -256,6 +256,9 @@ SLUICE_PREVIEW_TIMEOUT_SECONDS = env_int("SLUICE_PREVIEW_TIMEOUT_SECONDS", 60)
 # Previews one person may have waiting or running on the workers at once (0: no cap). Each fetches and
 # plans a whole revision on the workers that reconcile, and any role may ask for one.
 SLUICE_PREVIEWS_PER_USER = env_int("SLUICE_PREVIEWS_PER_USER", 2)
+# Previews everyone together may have waiting or running on the workers at once (0: no cap): however
+# many people ask, reconciles never queue behind more than this many.
+SLUICE_PREVIEWS_TOTAL = env_int("SLUICE_PREVIEWS_TOTAL", 4)
 # When set, /metrics wants "Authorization: Bearer <token>".
 SLUICE_METRICS_TOKEN = env.get("SLUICE_METRICS_TOKEN", "")
 # Where sources' Git credentials may come from (README, "Managing sources"). A source's token is sent

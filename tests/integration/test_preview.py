@@ -473,3 +473,39 @@ def test_one_person_has_at_most_so_many_previews_on_the_workers(
         assert slots.zcard("sluice:previews:vera") == 0
     finally:
         slots.delete("sluice:previews:vera", "sluice:previews:otto")
+
+
+def test_everyone_together_has_at_most_so_many_previews_on_the_workers(
+    remote: Remote, people, celery_worker, settings
+):
+    """Per-person caps alone let many people fill the reconciling workers' queue with previews:
+    SLUICE_PREVIEWS_TOTAL caps them together. One more preview, from anyone, is told to wait (429), and
+    the slot the worker gives back lets the next one through."""
+    from gitops import schedule
+    from gitops.celery import redis_client
+
+    settings.SLUICE_PREVIEWS_PER_USER, settings.SLUICE_PREVIEWS_TOTAL = 1, 2
+    slots = redis_client()
+    name = remote.source.name
+    try:
+        schedule._preview_slot_take("ada", "ada-still-running")  # as workers would hold them
+        schedule._preview_slot_take("pia", "pia-still-running")
+        refused = Api(issue_token("vera")).get(f"/sources/{name}/plan", revision="refs/pull/7/head")
+        assert refused.status_code == 429, refused.content
+        assert "everyone together already has 2 preview(s) on the workers" in refused.json()["detail"]
+        assert 0 < int(refused["Retry-After"]) <= schedule.preview_deadline_seconds() + 1
+        page = logged_in("vera").post(f"/sources/{name}/preview/", {"revision": "refs/pull/7/head"})
+        assert page.status_code == 429
+        assert "everyone together already has 2" in page.content.decode()
+        assert slots.zcard("sluice:previews-all") == 2, "a refused preview holds no slot"
+        assert slots.zcard("sluice:previews:vera") == 0
+
+        schedule.preview_slot_release("pia", "pia-still-running")
+        answered = Api(issue_token("vera")).get(f"/sources/{name}/plan", revision="refs/pull/7/head")
+        assert answered.status_code == 200, answered.content
+        assert slots.zcard("sluice:previews-all") == 1, "the worker gave vera's slot back when it answered"
+        assert slots.zcard("sluice:previews:vera") == 0
+    finally:
+        slots.delete(
+            "sluice:previews:ada", "sluice:previews:pia", "sluice:previews:vera", "sluice:previews-all"
+        )
