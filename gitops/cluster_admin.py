@@ -162,9 +162,7 @@ def _forget(name: str, actor: Actor, why: str) -> Forgotten:
             rollback_waive(pk, cluster=name, actor=actor.name, reason=why).pk
             for pk in owing.order_by("id").values_list("pk", flat=True)
         ]
-        dropped = ApplyIntent.objects.filter(
-            source=source, cluster=name, status=ApplyIntent.Status.PENDING
-        ).update(status=ApplyIntent.Status.FAILED)
+        dropped = ApplyIntent.drop_pending(ApplyIntent.objects.filter(source=source, cluster=name))
         count = objects.get(source.name, 0)
         settings_now = admin_settings(source)
         audit_record(

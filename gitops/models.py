@@ -482,7 +482,8 @@ class ApplyIntent(models.Model):
     class Status(models.TextChoices):
         PENDING = "pending"
         DONE = "done"
-        FAILED = "failed"
+        FAILED = "failed"  # the cluster refused it
+        DROPPED = "dropped"  # settled unapplied: what it was for no longer holds (``drop_pending``)
 
     # A rollout's step, or (rollout empty) a source's removal keeping or pruning what it managed.
     rollout = models.ForeignKey(
@@ -534,6 +535,13 @@ class ApplyIntent(models.Model):
     @property
     def key(self) -> tuple[str, str, str]:
         return (self.cluster, self.namespace, self.name)
+
+    @classmethod
+    def drop_pending(cls, intents: models.QuerySet[ApplyIntent]) -> int:
+        """Settles the pending ones among ``intents`` without applying them: their cluster was restored
+        by their rollout's rollback, the rollback there was waived, the cluster was forgotten, or a later
+        removal decides. Never logged: a crash may have applied one first, and nothing here can tell."""
+        return intents.filter(status=cls.Status.PENDING).update(status=cls.Status.DROPPED)
 
     @classmethod
     def for_item(

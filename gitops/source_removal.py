@@ -87,7 +87,7 @@ def _settle_pending(removal: SourceRemoval, source: Source) -> None:
         for intent in earlier
         if not _carried_out(intent, live.get((intent.cluster, intent.namespace, intent.name)), source)
     ]
-    ApplyIntent.objects.filter(pk__in=dropped).update(status=ApplyIntent.Status.FAILED)
+    ApplyIntent.drop_pending(ApplyIntent.objects.filter(pk__in=dropped))
     _executed(intents_execute([intent for intent in pending if intent.pk not in dropped]))
 
 

@@ -283,9 +283,7 @@ def rollback_waive(rollout_id: int, *, cluster: str, actor: str, reason: str) ->
             updated_at=timezone.now(),
         )
         # What it never got to apply there is not applied later either (``intents_pending``).
-        rollout.intents.filter(status=ApplyIntent.Status.PENDING, cluster=cluster).update(
-            status=ApplyIntent.Status.FAILED
-        )
+        ApplyIntent.drop_pending(rollout.intents.filter(cluster=cluster))
         rollout.reload()
         rollout_event(
             rollout,

@@ -132,7 +132,7 @@ def _restore(rollout: Rollout, actor: str, *, clusters: set[str] | None) -> Rest
     if clusters is not None:
         changes = changes.filter(cluster__in=clusters)
     for intent in changes.order_by("id"):
-        if intent.status == ApplyIntent.Status.FAILED:
+        if intent.status in (ApplyIntent.Status.FAILED, ApplyIntent.Status.DROPPED):
             continue
         # A pending intent's cluster did not answer it (or a crash came first). It is restored from
         # what the cluster holds, like a done one, so that what this rollout never got to apply is
@@ -154,10 +154,10 @@ def _drop_unapplied(rollout: Rollout, clusters: set[str] | None, *, still_owed: 
     an earlier rollback's among them: every target there holds what it held before this rollout,
     so none of them is to be applied any more. They are dropped, never logged, as a removal drops
     an earlier removal's (see ``source_removal``)."""
-    pending = rollout.intents.filter(status=ApplyIntent.Status.PENDING).exclude(cluster__in=still_owed)
+    pending = rollout.intents.exclude(cluster__in=still_owed)
     if clusters is not None:
         pending = pending.filter(cluster__in=clusters)
-    pending.update(status=ApplyIntent.Status.FAILED)
+    ApplyIntent.drop_pending(pending)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ in every cluster, and a cluster that stops answering fails only its own targets.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import time
@@ -366,6 +367,7 @@ def test_what_an_aborted_rollout_never_got_to_apply_is_not_applied_when_its_clus
     assert live["metadata"]["resourceVersion"] == written, "the aborted content was applied, then taken back"
     assert not Change.objects.filter(rollout=aborted, cluster="flaky").exists()
     assert not ApplyIntent.objects.filter(rollout=aborted, status="pending").exists()
+    assert ApplyIntent.objects.filter(rollout=aborted, cluster="flaky", status="dropped").exists()
 
 
 def test_an_administrator_waives_the_rollback_owed_to_a_cluster_gone_for_good(
@@ -526,6 +528,38 @@ def test_a_newer_rollout_leaves_a_cluster_owed_a_rollback_alone_until_the_rollba
     assert fleet.versions(clusters, namespace) == ["2", "2"]
     assert Change.objects.filter(rollout=aborted, cluster="flaky", action="rollback").count() == 1
     assert Change.objects.filter(rollout=newer, cluster="flaky", action="update").count() == 1
+
+
+def test_a_cluster_left_alone_for_its_owed_rollback_does_not_fail_the_pass_when_the_others_are_down(
+    repo, make_source, sync, fleet, people
+):
+    """A later rollout leaves flaky alone (a rollback is owed there) while its other cluster is down:
+    flaky may well answer, so the pass does not fail as if no cluster answered (and back off): the step
+    waits for both clusters, each for its own reason, and is tried again as any waiting step is."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    down = fleet.flaky("member-9", context="member-1")
+    owed = aborted_owing_flaky(repo, make_source, sync, fleet, people, ["flaky", "member-9"], 100)
+    source, namespace, clusters, aborted, flaky = (
+        owed.source,
+        owed.namespace,
+        owed.clusters,
+        owed.aborted,
+        owed.flaky,
+    )
+    Rollout.objects.filter(pk=aborted.pk).update(pause_until=timezone.now() + timedelta(hours=1))
+    flaky.answer()
+    down.silence()
+    commit(repo, namespace, clusters, "3", [{"setWeight": 100}])
+    with contextlib.suppress(Exception):  # a failed pass shows in the rollout, asserted below
+        sync(source, timeout=30)
+    newer = wait_for(source, phase="Paused", waiting_for="cluster", timeout=30)
+    assert newer.pk != aborted.pk
+    assert "waiting for cluster flaky, member-9 (setWeight 100)" in newer.message
+    assert f"flaky (rollout {aborted.pk} still owes it a rollback, which comes first)" in newer.message
+    assert Rollout.objects.get(pk=aborted.pk).rollback_pending_clusters == ["flaky"]
 
 
 def test_a_rollback_owed_to_an_object_a_newer_rollout_left_behind_is_still_carried_out(

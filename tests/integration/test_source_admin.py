@@ -567,7 +567,7 @@ def test_a_crashed_removal_leaves_nothing_a_sync_or_a_later_removal_would_do_wro
     kept = cluster.get_configmap(targets[0], "app")
     assert kept is not None, "the later removal said keep"
     assert "sluice.dev/source" not in (kept["metadata"].get("labels") or {})
-    assert ApplyIntent.objects.get(pk=not_yet.pk).status == "failed"
+    assert ApplyIntent.objects.get(pk=not_yet.pk).status == "dropped"
     assert not Change.objects.filter(intent_id=not_yet.pk).exists(), "never carried out, never logged"
     assert Change.objects.get(intent_id=deleted.pk).action == "delete", "what the crashed run did is logged"
     assert Change.objects.get(intent__removal=done, namespace=targets[0], name="app").action == "release"
