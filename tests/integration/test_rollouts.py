@@ -515,3 +515,47 @@ def test_a_push_that_finds_the_source_held_by_a_persons_decision_is_synced_once_
         assert versions(cluster, targets) == ["1"]
 
     poll(lambda: versions(cluster, targets) == ["2"], timeout=30, what="the push to be synced after all")
+
+
+def test_a_persons_decision_gets_the_source_between_passes_that_follow_one_another(repo, make_source):
+    """Under a stream of pushes, a worker's passes follow one another with next to no gap between them
+    (each tries the lock again as soon as it lets it go). A waiver or a forgotten cluster waits in the
+    lock's queue: the pass that ends hands it the lock, and the next pass's try fails meanwhile."""
+    import threading
+    import time
+
+    import psycopg
+    from django.db import connection
+
+    from gitops.locks import LOCK_CLASS, sources_locked
+
+    source = make_source()
+    worker = psycopg.connect(**{**connection.get_connection_params(), "autocommit": True})
+    stop, passes, refused = threading.Event(), [0], [0]
+
+    def passes_back_to_back() -> None:  # as source_sync's loop does, 50 ms a pass
+        while not stop.is_set():
+            if worker.execute("SELECT pg_try_advisory_lock(%s, %s)", [LOCK_CLASS, source.pk]).fetchone()[0]:
+                passes[0] += 1
+                stop.wait(0.05)
+                worker.execute("SELECT pg_advisory_unlock(%s, %s)", [LOCK_CLASS, source.pk])
+            else:
+                refused[0] += 1
+                stop.wait(0.01)
+
+    running = threading.Thread(target=passes_back_to_back, daemon=True)
+    running.start()
+    try:
+        poll(lambda: passes[0] >= 3, timeout=10, what="the passes to be under way")
+        started = time.monotonic()
+        with sources_locked([source], wait=5):
+            waited = time.monotonic() - started
+            during = passes[0]
+            poll(lambda: refused[0] > 0, timeout=5, what="the next pass to find the source held")
+            assert passes[0] == during, "a pass ran while the decision held the lock"
+        assert waited < 1, f"the decision waited {waited:.2f}s for a 50 ms pass"
+        poll(lambda: passes[0] > during, timeout=5, what="the passes to go on once the decision is done")
+    finally:
+        stop.set()
+        running.join(timeout=5)
+        worker.close()
