@@ -120,6 +120,17 @@ class CommitInfo:
 
 
 MESSAGE_LENGTH = 64 * 1024
+# A commit object past this is refused before it is read: its message is a pusher's, and a commit of
+# hundreds of MB would otherwise be read whole into the worker (libgit2 or git's output) to be cut.
+MAX_COMMIT_BYTES = 1024 * 1024
+
+
+class CommitTooLarge(PermanentError):
+    def __init__(self, commit: str, size: int) -> None:
+        super().__init__(
+            f"commit {commit} is {size:,} bytes: Sluice reads a commit object of at most {MAX_COMMIT_BYTES:,}"
+            " (its message, most likely, is far too long); push a commit on top of it"
+        )
 
 
 class GitMirror:
@@ -564,6 +575,7 @@ class GitMirror:
     def _tip(self, ref: str) -> tuple[CommitInfo, tuple[str, ...]] | None:
         """The commit ``ref`` points at and its parents: read by libgit2 in process, else by one call
         to git; None without one."""
+        self._refuse_oversized(ref)
         commit = self._objects.commit(ref) or self._commit_by_git(ref)
         if commit is None:
             return None
@@ -582,6 +594,17 @@ class GitMirror:
         }
         _COMMIT_FACTS[(str(self.path), info.sha)] = _CommitFacts(commit.parents, frozenset(emails))
         return info, commit.parents
+
+    def _refuse_oversized(self, ref: str) -> None:
+        """Raises ``CommitTooLarge`` for a commit past ``MAX_COMMIT_BYTES``, before anything reads it:
+        libgit2 tells its size from the object's header; git is asked when libgit2 cannot tell."""
+        size = self._objects.commit_size(ref)
+        if size is None:
+            completed = self._local(git_at(self.path, "cat-file", "-s", f"{ref}^{{commit}}"))
+            text = completed.stdout.decode("ascii", "replace").strip()
+            size = int(text) if completed.returncode == 0 and text.isdigit() else 0  # none: asked below
+        if size > MAX_COMMIT_BYTES:
+            raise CommitTooLarge(self._read_ref(ref) or ref if ref.startswith("refs/") else ref, size)
 
     def _commit_by_git(self, ref: str) -> Commit | None:
         completed = self._local(

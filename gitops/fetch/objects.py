@@ -30,6 +30,7 @@ logger = logging.getLogger("gitops.fetch")
 
 # libgit2's object types (pygit2.enums.ObjectType) by name.
 _KIND_NAMES = {1: "commit", 2: "tree", 3: "blob", 4: "tag"}
+_HEX = re.compile(r"[0-9a-fA-F]+")
 _UTF8 = frozenset({b"utf-8", b"utf8"})
 
 
@@ -88,6 +89,26 @@ class ObjectStore:
             logger.info("libgit2 cannot read %s in %s (%s): asking git", revision, self._path, exc)
             return None
         return _commit_of(str(found.id), bytes(raw))
+
+    def commit_size(self, revision: str) -> int | None:
+        """The size in bytes of the commit ``revision`` (a full object id, or a ref that names a commit
+        directly) names, its content not read; None when libgit2 cannot tell so cheaply (a tag, a
+        missing ref, a mirror it cannot open): git is asked then."""
+        repository = self._open()
+        if repository is None:
+            return None
+        try:
+            if len(revision) == self._git2.GIT_OID_HEXSZ and _HEX.fullmatch(revision):
+                object_id = self._git2.Oid(hex=revision)
+            else:
+                reference = repository.references.get(revision)
+                if reference is None:
+                    return None
+                object_id = reference.resolve().target
+            kind, size = repository.odb.read_header(object_id)
+        except (KeyError, self._git2.GitError, ValueError, TypeError, OSError):
+            return None
+        return int(size) if _KIND_NAMES.get(int(kind)) == "commit" else None
 
     def kind_and_size(self, object_id: str) -> tuple[str, int] | None:
         """The object's type name and size in bytes, its content not read; None when it is missing.

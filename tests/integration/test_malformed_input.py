@@ -211,3 +211,34 @@ def test_each_malformed_revision_is_refused_by_the_cli_and_the_next_good_one_app
     assert code == 0, output
     for namespace in namespaces:
         assert cluster.get_configmap(namespace, "app")["data"]["LOG_LEVEL"] == "debug"
+
+
+def test_a_commit_whose_message_is_megabytes_long_is_refused_and_the_next_one_applies(
+    repo, make_namespaces, make_source, sync, cluster, tmp_path
+):
+    """A pusher writes the message: a commit object of several MB is refused from its size, before the
+    worker reads it, with an error that says so; nothing is applied, and a commit on top applies."""
+    from gitops.models import Source
+    from tests.gitrepo import configmap, policy
+
+    (namespace,) = make_namespaces("big")
+    repo.write_all({"sluice.yaml": policy([namespace]), "configmaps/app.yaml": configmap("app", {"V": "1"})})
+    repo.commit("v1")
+    source = make_source()
+    assert sync(source)["outcome"] == "applied"
+
+    repo.write("configmaps/app.yaml", configmap("app", {"V": "2"}))
+    message = tmp_path / "message"
+    message.write_text("v2\n\n" + "blah " * 1_000_000)  # 5 MB
+    repo.git("add", "--all")
+    repo.git("commit", "--quiet", "-F", str(message))
+    repo.push()
+    assert sync(source)["outcome"] == "failed"
+    error = Source.objects.get(pk=source.pk).last_error
+    assert f"commit {repo.head()} is 5,000," in error and "at most 1,048,576" in error, error
+    assert (cluster.get_configmap(namespace, "app") or {}).get("data") == {"V": "1"}
+
+    repo.write("configmaps/app.yaml", configmap("app", {"V": "3"}))
+    repo.commit("v3")
+    assert sync(source)["outcome"] == "applied"
+    assert (cluster.get_configmap(namespace, "app") or {}).get("data") == {"V": "3"}

@@ -175,6 +175,35 @@ def test_a_push_reads_its_commit_and_files_without_starting_git(mirrored, monkey
     assert mirror._blob_sizes([blob]) == {blob: 5}
 
 
+def test_a_commit_too_large_to_read_is_refused_before_it_is_read(mirrored, monkeypatch):
+    """A pusher writes the message: a commit of many MB is refused from its size alone, whether libgit2
+    or git would read it, and one just under the bound is read, its message cut."""
+    from gitops.fetch.mirror import MAX_COMMIT_BYTES, MESSAGE_LENGTH, CommitTooLarge
+
+    _, mirror = mirrored
+    tree = git(mirror.path, "rev-parse", "refs/sluice/heads/main^{tree}")
+    head = f"tree {tree}\nauthor {IDENT}\ncommitter {IDENT}\n\n"
+    huge = raw_commit(mirror.path, (head + "x" * (MAX_COMMIT_BYTES + 1) + "\n").encode())
+    fits = raw_commit(mirror.path, (head + "y" * (MAX_COMMIT_BYTES - len(head) - 1) + "\n").encode())
+
+    def unread(*args, **kwargs):
+        raise AssertionError("the commit was read")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(mirror._objects, "commit", unread)
+        patched.setattr(mirror, "_commit_by_git", unread)
+        with pytest.raises(CommitTooLarge, match=f"commit {huge} is 1,048,7"):
+            mirror._tip(huge)
+        git(mirror.path, "update-ref", "refs/sluice/heads/huge", huge)
+        with pytest.raises(CommitTooLarge, match=f"commit {huge} is"):
+            mirror._tip("refs/sluice/heads/huge")  # the mirror's ref, named by its commit
+        patched.setattr(mirror._objects, "commit_size", lambda revision: None)  # libgit2 cannot tell
+        with pytest.raises(CommitTooLarge):
+            mirror._tip(huge)
+    info, _ = mirror._tip(fits)
+    assert len(info.message) == MESSAGE_LENGTH and info.message.endswith("…")
+
+
 def test_missing_and_wrong_objects_are_refused_as_before(mirrored):
     _, mirror = mirrored
     tree = git(mirror.path, "rev-parse", "refs/sluice/heads/main^{tree}")
