@@ -84,111 +84,12 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-        add = commands.add_parser("add-source", help="register a Git repository")
-        add.add_argument("name")
-        _location_arguments(add, creating=True)
-        _scope_arguments(add, required=True)
-        _by_argument(add)
-
-        update = commands.add_parser(
-            "update-source", help="change a source's settings (what is not given stays as it is)"
-        )
-        update.add_argument("name")
-        _location_arguments(update, creating=False)
-        _scope_arguments(update, required=False)
-        _by_argument(update)
-
-        for verb, what in (
-            ("suspend", "stop automatic syncs (polls, pushes, timers); `gitops sync` still runs"),
-            ("resume", "let automatic syncs run again, and sync now"),
-        ):
-            toggle = commands.add_parser(verb, help=what)
-            toggle.add_argument("name")
-            _by_argument(toggle)
-
-        remove = commands.add_parser(
-            "remove-source", help="delete a source; its objects are kept (labels removed) or pruned"
-        )
-        remove.add_argument("name")
-        remove.add_argument(
-            "--objects",
-            required=True,
-            choices=[mode.value for mode in ObjectsOnRemoval],
-            help="keep: they stay, without Sluice's labels, annotations and field ownership; prune: deleted",
-        )
-        remove.add_argument("--wait", action="store_true", help="block until the removal has finished")
-        remove.add_argument("--timeout", type=float, default=300)
-        _by_argument(remove)
-
-        verify = commands.add_parser(
-            "verify-email",
-            help="record a user's email as verified: the only one self-approval checks trust",
-        )
-        verify.add_argument("username")
-        verify.add_argument("email")
-        verify.add_argument("--by", required=True, metavar="ADMIN", help="the administrator who verified it")
-
-        sync = commands.add_parser("sync", help="reconcile a source now, through a Celery worker")
-        sync.add_argument("name")
-        sync.add_argument(
-            "--wait", action="store_true", help="block until done; non-zero exit unless applied"
-        )
-        sync.add_argument("--timeout", type=float, default=600)
-        sync.add_argument(
-            "--retry-failed", action="store_true", help="also retry changes the cluster refused"
-        )
-
-        diff = commands.add_parser("diff", help="print the plan; applies nothing")
-        diff.add_argument("name")
-        diff.add_argument("--cluster", help="only this cluster's part of the plan")
-        diff.add_argument("--json", action="store_true")
-        diff.add_argument(
-            "--revision",
-            metavar="REF",
-            help="plan this revision of the remote instead of the followed branch: refs/heads/NAME, "
-            "refs/tags/NAME, refs/pull/N/head, refs/merge-requests/N/head or a commit SHA; "
-            "records nothing and leaves the followed branch alone",
-        )
-
-        status = commands.add_parser("status", help="show sources, their revision and active rollout")
-        status.add_argument("name", nargs="?")
-        status.add_argument("--json", action="store_true")
-
-        log = commands.add_parser("log", help="show the change log, newest first")
-        log.add_argument("--source")
-        log.add_argument("--cluster")
-        log.add_argument("--commit")
-        log.add_argument("--namespace")
-        log.add_argument("--limit", type=int, default=50)
-        log.add_argument("--json", action="store_true")
-
-        rollouts_parser = commands.add_parser("rollouts", help="list rollouts, newest first")
-        rollouts_parser.add_argument("--source")
-        rollouts_parser.add_argument("--limit", type=int, default=20)
-        rollouts_parser.add_argument("--json", action="store_true")
-
+        _add_source_parsers(commands)
+        _add_people_parsers(commands)
+        _add_reading_parsers(commands)
         _add_rollout_parsers(commands)
-
-        secret = commands.add_parser("webhook-secret", help="set or rotate a source's webhook secret")
-        secret.add_argument("name")
-        choice = secret.add_mutually_exclusive_group(required=True)
-        choice.add_argument("--set", dest="secret", metavar="SECRET")
-        choice.add_argument("--rotate", action="store_true", help="generate a secret and print it once")
-
-        grant = commands.add_parser("grant", help="give a user a role (viewer, approver or admin)")
-        grant.add_argument("username")
-        grant.add_argument("--role", required=True, choices=ROLES)
-
-        live = commands.add_parser(
-            "live-cache",
-            help="run the live cache: watch managed ConfigMaps in every cluster, wake sources on drift",
-        )
-        live.add_argument(
-            "--cluster",
-            help="watch only this cluster (default: every cluster sources target or hold objects in)",
-        )
-
+        _add_secret_and_role_parsers(commands)
+        _add_live_cache_parser(commands)
         _add_cluster_parsers(commands)
         _add_housekeeping_parsers(commands)
         _add_freeze_parsers(commands)
@@ -725,6 +626,118 @@ def _window_duration(text: str) -> timedelta:
         return parse_duration(text)
     except WindowError as exc:
         raise CommandError(str(exc)) from exc
+
+
+def _add_source_parsers(commands: Any) -> None:
+    """add-source, update-source, suspend, resume, remove-source."""
+    add = commands.add_parser("add-source", help="register a Git repository")
+    add.add_argument("name")
+    _location_arguments(add, creating=True)
+    _scope_arguments(add, required=True)
+    _by_argument(add)
+
+    update = commands.add_parser(
+        "update-source", help="change a source's settings (what is not given stays as it is)"
+    )
+    update.add_argument("name")
+    _location_arguments(update, creating=False)
+    _scope_arguments(update, required=False)
+    _by_argument(update)
+
+    for verb, what in (
+        ("suspend", "stop automatic syncs (polls, pushes, timers); `gitops sync` still runs"),
+        ("resume", "let automatic syncs run again, and sync now"),
+    ):
+        toggle = commands.add_parser(verb, help=what)
+        toggle.add_argument("name")
+        _by_argument(toggle)
+
+    remove = commands.add_parser(
+        "remove-source", help="delete a source; its objects are kept (labels removed) or pruned"
+    )
+    remove.add_argument("name")
+    remove.add_argument(
+        "--objects",
+        required=True,
+        choices=[mode.value for mode in ObjectsOnRemoval],
+        help="keep: they stay, without Sluice's labels, annotations and field ownership; prune: deleted",
+    )
+    remove.add_argument("--wait", action="store_true", help="block until the removal has finished")
+    remove.add_argument("--timeout", type=float, default=300)
+    _by_argument(remove)
+
+
+def _add_people_parsers(commands: Any) -> None:
+    """verify-email."""
+    verify = commands.add_parser(
+        "verify-email",
+        help="record a user's email as verified: the only one self-approval checks trust",
+    )
+    verify.add_argument("username")
+    verify.add_argument("email")
+    verify.add_argument("--by", required=True, metavar="ADMIN", help="the administrator who verified it")
+
+
+def _add_reading_parsers(commands: Any) -> None:
+    """sync, diff, status, log, rollouts."""
+    sync = commands.add_parser("sync", help="reconcile a source now, through a Celery worker")
+    sync.add_argument("name")
+    sync.add_argument("--wait", action="store_true", help="block until done; non-zero exit unless applied")
+    sync.add_argument("--timeout", type=float, default=600)
+    sync.add_argument("--retry-failed", action="store_true", help="also retry changes the cluster refused")
+
+    diff = commands.add_parser("diff", help="print the plan; applies nothing")
+    diff.add_argument("name")
+    diff.add_argument("--cluster", help="only this cluster's part of the plan")
+    diff.add_argument("--json", action="store_true")
+    diff.add_argument(
+        "--revision",
+        metavar="REF",
+        help="plan this revision of the remote instead of the followed branch: refs/heads/NAME, "
+        "refs/tags/NAME, refs/pull/N/head, refs/merge-requests/N/head or a commit SHA; "
+        "records nothing and leaves the followed branch alone",
+    )
+
+    status = commands.add_parser("status", help="show sources, their revision and active rollout")
+    status.add_argument("name", nargs="?")
+    status.add_argument("--json", action="store_true")
+
+    log = commands.add_parser("log", help="show the change log, newest first")
+    log.add_argument("--source")
+    log.add_argument("--cluster")
+    log.add_argument("--commit")
+    log.add_argument("--namespace")
+    log.add_argument("--limit", type=int, default=50)
+    log.add_argument("--json", action="store_true")
+
+    rollouts_parser = commands.add_parser("rollouts", help="list rollouts, newest first")
+    rollouts_parser.add_argument("--source")
+    rollouts_parser.add_argument("--limit", type=int, default=20)
+    rollouts_parser.add_argument("--json", action="store_true")
+
+
+def _add_secret_and_role_parsers(commands: Any) -> None:
+    """webhook-secret, grant."""
+    secret = commands.add_parser("webhook-secret", help="set or rotate a source's webhook secret")
+    secret.add_argument("name")
+    choice = secret.add_mutually_exclusive_group(required=True)
+    choice.add_argument("--set", dest="secret", metavar="SECRET")
+    choice.add_argument("--rotate", action="store_true", help="generate a secret and print it once")
+
+    grant = commands.add_parser("grant", help="give a user a role (viewer, approver or admin)")
+    grant.add_argument("username")
+    grant.add_argument("--role", required=True, choices=ROLES)
+
+
+def _add_live_cache_parser(commands: Any) -> None:
+    live = commands.add_parser(
+        "live-cache",
+        help="run the live cache: watch managed ConfigMaps in every cluster, wake sources on drift",
+    )
+    live.add_argument(
+        "--cluster",
+        help="watch only this cluster (default: every cluster sources target or hold objects in)",
+    )
 
 
 def _add_rollout_parsers(commands: Any) -> None:
