@@ -60,12 +60,16 @@ def _lock_within(source: Source, seconds: float) -> bool:
         return _try_lock(source)
     try:
         # A savepoint inside a caller's transaction: the timeout's error leaves that transaction usable.
-        # The lock is the session's, so it outlives this transaction (or savepoint) either way.
+        # The lock is the session's, so it outlives this transaction (or savepoint) either way. A setting
+        # made local survives a released savepoint: the caller's own timeout is put back once locked.
         with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SELECT current_setting('lock_timeout')")
+            before = cursor.fetchone()[0]
             cursor.execute(
                 "SELECT set_config('lock_timeout', %s, true)", [f"{max(1, int(seconds * 1000))}ms"]
             )
             cursor.execute("SELECT pg_advisory_lock(%s, %s)", [LOCK_CLASS, source.pk])
+            cursor.execute("SELECT set_config('lock_timeout', %s, true)", [before])
     except OperationalError as exc:
         if getattr(exc.__cause__, "sqlstate", None) == LOCK_NOT_AVAILABLE:
             return False

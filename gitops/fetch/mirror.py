@@ -604,7 +604,7 @@ class GitMirror:
             text = completed.stdout.decode("ascii", "replace").strip()
             size = int(text) if completed.returncode == 0 and text.isdigit() else 0  # none: asked below
         if size > MAX_COMMIT_BYTES:
-            raise CommitTooLarge(self._read_ref(ref) or ref if ref.startswith("refs/") else ref, size)
+            raise CommitTooLarge(self._resolve(ref) or ref, size)  # the commit, a tag peeled
 
     def _commit_by_git(self, ref: str) -> Commit | None:
         completed = self._local(

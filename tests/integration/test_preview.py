@@ -472,7 +472,7 @@ def test_one_person_has_at_most_so_many_previews_on_the_workers(
         assert viewer.get(f"/sources/{name}/plan", revision="refs/pull/7/head").status_code == 200
         assert slots.zcard("sluice:previews:vera") == 0
     finally:
-        slots.delete("sluice:previews:vera", "sluice:previews:otto")
+        slots.delete("sluice:previews:vera", "sluice:previews:otto", "sluice:previews-all")
 
 
 def test_everyone_together_has_at_most_so_many_previews_on_the_workers(

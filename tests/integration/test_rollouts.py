@@ -559,3 +559,36 @@ def test_a_persons_decision_gets_the_source_between_passes_that_follow_one_anoth
         stop.set()
         running.join(timeout=5)
         worker.close()
+
+
+def test_waiting_for_a_sources_lock_leaves_the_callers_transaction_as_it_was(repo, make_source):
+    """The wait's lock_timeout is the savepoint's own: a caller inside a transaction keeps its timeout
+    once the lock is taken, and keeps a usable transaction when the wait runs out."""
+    import psycopg
+    from django.db import connection, transaction
+
+    from gitops.locks import LOCK_CLASS, SourceBusy, sources_locked
+
+    source = make_source()
+
+    def lock_timeout() -> str:
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW lock_timeout")
+            return cursor.fetchone()[0]
+
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL lock_timeout = '7s'")
+        with sources_locked([source], wait=5):
+            assert lock_timeout() == "7s"
+        assert lock_timeout() == "7s"
+
+    holder = psycopg.connect(**{**connection.get_connection_params(), "autocommit": True})
+    try:
+        holder.execute("SELECT pg_advisory_lock(%s, %s)", [LOCK_CLASS, source.pk])
+        with transaction.atomic():
+            with pytest.raises(SourceBusy), sources_locked([source], wait=0.2):
+                pass
+            assert lock_timeout() == "0"  # the transaction goes on, its own setting unchanged
+    finally:
+        holder.close()
