@@ -325,6 +325,10 @@ SILENCED_SYSTEM_CHECKS = [
 AXES_FAILURE_LIMIT = int(env.get("SLUICE_LOGIN_FAILURE_LIMIT", "5"))
 AXES_COOLOFF_TIME = timedelta(minutes=float(env.get("SLUICE_LOGIN_COOLOFF_MINUTES", "15")))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+# Proxies in front (an Ingress, a load balancer) that each append the address they were sent from to
+# X-Forwarded-For: the lockout's address is then the client's, not the last proxy's. 0: REMOTE_ADDR.
+SLUICE_TRUSTED_PROXIES = env_int("SLUICE_TRUSTED_PROXIES", 0, minimum=0)
+AXES_CLIENT_IP_CALLABLE = "dashboard.client_address.client_address"
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "dashboard/locked_out.html"
 # Successful logins are not kept (that table would grow without bound); failures are, per

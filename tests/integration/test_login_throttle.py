@@ -75,3 +75,57 @@ def test_api_tokens_are_not_affected_by_a_login_lockout(user):
     _, token = ApiToken.objects.issue(user, name="ci")
     api = Client(REMOTE_ADDR="192.0.2.12", headers={"Authorization": f"Bearer {token}"})
     assert api.get("/api/sources").status_code == 200
+
+
+def test_behind_trusted_proxies_the_lockout_is_the_clients_address_not_the_proxys(user, settings):
+    """Behind an Ingress every login comes from its address: with SLUICE_TRUSTED_PROXIES the lockout
+    takes the client's address from X-Forwarded-For, so one client's failures lock out that client only.
+    What a client writes into the header itself (left of what the proxy appended) changes nothing."""
+    settings.SLUICE_TRUSTED_PROXIES = 1
+    ingress = "10.0.0.5"
+    attacker = Client(REMOTE_ADDR=ingress, HTTP_X_FORWARDED_FOR="198.51.100.7")
+    for _ in range(settings.AXES_FAILURE_LIMIT):
+        log_in(attacker, "wrong")
+    assert log_in(attacker, PASSWORD).status_code == 429
+    # The same client claiming another address in the header: the proxy appended its real one.
+    spoofing = Client(REMOTE_ADDR=ingress, HTTP_X_FORWARDED_FOR="203.0.113.1, 198.51.100.7")
+    assert log_in(spoofing, PASSWORD).status_code == 429
+
+    colleague = Client(REMOTE_ADDR=ingress, HTTP_X_FORWARDED_FOR="198.51.100.8")
+    assert log_in(colleague, PASSWORD).status_code == 302
+    assert logged_in(colleague)
+
+
+def test_without_trusted_proxies_x_forwarded_for_is_not_believed(user, settings):
+    """Directly exposed (the default), a client that writes X-Forwarded-For does not escape its lockout."""
+    assert settings.SLUICE_TRUSTED_PROXIES == 0
+    for address in ("198.51.100.1", "198.51.100.2", "198.51.100.3", "198.51.100.4", "198.51.100.5"):
+        log_in(Client(REMOTE_ADDR="192.0.2.50", HTTP_X_FORWARDED_FOR=address), "wrong")
+    fresh_header = Client(REMOTE_ADDR="192.0.2.50", HTTP_X_FORWARDED_FOR="198.51.100.6")
+    assert log_in(fresh_header, PASSWORD).status_code == 429
+
+
+@pytest.mark.parametrize(
+    ("proxies", "forwarded", "expected"),
+    [
+        (0, "198.51.100.7", "10.0.0.5"),  # not behind proxies: the header is the client's to write
+        (1, "", "10.0.0.5"),  # no header where one was expected: the connection's address
+        (1, "198.51.100.7", "198.51.100.7"),
+        (1, "203.0.113.1, 198.51.100.7", "198.51.100.7"),  # what the client wrote is left of it
+        (2, "203.0.113.1, 198.51.100.7, 10.1.0.1", "198.51.100.7"),  # two proxies: the outer one's entry
+        (2, "198.51.100.7", "10.0.0.5"),  # fewer entries than proxies: not believed
+        (1, "not-an-address", "10.0.0.5"),
+        (1, "2001:DB8::1", "2001:db8::1"),
+    ],
+)
+def test_the_client_address_is_read_from_the_entries_the_trusted_proxies_appended(
+    settings, proxies, forwarded, expected
+):
+    from django.test import RequestFactory
+
+    from dashboard.client_address import client_address
+
+    settings.SLUICE_TRUSTED_PROXIES = proxies
+    extra = {"HTTP_X_FORWARDED_FOR": forwarded} if forwarded else {}
+    request = RequestFactory().post("/login/", REMOTE_ADDR="10.0.0.5", **extra)
+    assert client_address(request) == expected
