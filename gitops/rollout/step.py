@@ -24,7 +24,7 @@ from gitops.desired.revision import DesiredState, ObjectKey, flag_set_key, publi
 from gitops.errors import TemporaryError
 from gitops.models import ApplyIntent, Rollout, Source
 from gitops.plan import Action, Plan, plan
-from gitops.record.changelog import changes_record, intents_pending, intents_write
+from gitops.record.changelog import CONFIGMAP, changes_record, intents_pending, intents_write
 from gitops.record.inventory import inventory_targets, managed_keys
 from gitops.rollout.engine import desired_at_weight, held_keys
 from gitops.rollout.flag_catalog import flag_catalog_record
@@ -48,7 +48,9 @@ def weight_apply(
     source = rollout.source
     managed = managed_keys(source)
     live = live_state(source, desired, managed=managed, deferred=clusters_owed_rollback(source.pk))
-    weighted = desired_at_weight(desired, weight, flag_baselines(rollout, desired, live.index()))
+    # At 100 the flag sets are Git's own: no canary, so no baseline to read (nearly every poll).
+    baselines = flag_baselines(rollout, desired, live.index()) if weight < 100 else {}
+    weighted = desired_at_weight(desired, weight, baselines)
     held = held_keys(desired, weight)
     current = plan(
         weighted,
@@ -194,7 +196,12 @@ def flag_baselines(
     if not flag_objects:
         return {}
     first_intents: dict[ObjectKey, ApplyIntent] = {}
-    for intent in rollout.intents.exclude(action=ChangeAction.ROLLBACK).order_by("id"):
+    # Only the flag sets' intents, and only what names them and what they replaced: a rollout's
+    # ConfigMaps may be thousands of intents, each with its content.
+    flag_intents = rollout.intents.exclude(action=ChangeAction.ROLLBACK).filter(
+        kind=CONFIGMAP, name__in={obj.name for obj in flag_objects}
+    )
+    for intent in flag_intents.only("cluster", "namespace", "name", "before").order_by("id"):
         first_intents.setdefault(intent.key, intent)
     baselines: dict[ObjectKey, dict[str, Any] | None] = {}
     limits = Limits.from_settings(settings)

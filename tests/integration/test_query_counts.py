@@ -191,3 +191,44 @@ def test_a_sync_whose_result_nobody_reads_leaves_out_the_rollout_status_and_its_
     # A settled source's poll, the first after a cold apply aside (that one pays NOOP_STATEMENTS):
     # 17 statements when the result is read, 16 when nobody reads it, as for every push and poll.
     assert counts[2:] == [17, 16], counts
+
+
+def test_a_poll_of_a_settled_source_with_flag_sets_reads_none_of_its_rollouts_intents(
+    tmp_path_factory, make_namespaces, settings
+):
+    """A flag set's canary starts from what it published before the rollout (its first intent's
+    ``before``). At 100 there is no canary: a settled source's poll, flags or not, reads no intent, and
+    costs what a poll of the same ConfigMaps without flags costs (the flag catalog's one read aside)."""
+    import json
+
+    from gitops import reconcile, source_admin
+    from tests.gitrepo import GitRepo
+
+    flags = {
+        "flags": {
+            "checkout": {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "on"}
+        }
+    }
+    statements = {}
+    for label, with_flags in (("plain", False), ("flags", True)):
+        repo = GitRepo(tmp_path_factory.mktemp(f"repo-{label}"))
+        app, flags_ns = make_namespaces("app", "flags")
+        document = policy([app], flags={"namespace": flags_ns}) if with_flags else policy([app])
+        repo.write_all({"sluice.yaml": document})
+        for index in range(LARGE):
+            repo.write(f"configmaps/cm-{index:03d}.yaml", configmap(f"cm-{index:03d}", {"R": "1"}))
+        if with_flags:
+            repo.write("flags/checkout.json", json.dumps(flags))
+        repo.commit("settled")
+        settings.SLUICE_DATA_DIR = tmp_path_factory.mktemp(f"data-{label}")
+        source = source_admin.source_add(name=f"count-{label}", url=repo.url, allowed_namespaces=["t*"])
+        assert reconcile.source_sync(source.pk).outcome == "applied"
+        reconcile.source_sync(source.pk, report_rollout=False)  # the first poll after a cold apply
+        with CaptureQueriesContext(connection) as captured:
+            assert reconcile.source_sync(source.pk, report_rollout=False).outcome == "unchanged"
+        sql = [query["sql"] for query in captured.captured_queries]
+        assert not [each for each in sql if 'FROM "gitops_applyintent"' in each and "pending" not in each], (
+            sql
+        )
+        statements[label] = len(sql)
+    assert statements["flags"] <= statements["plain"] + 1, statements
