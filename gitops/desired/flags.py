@@ -19,16 +19,19 @@ from __future__ import annotations
 import copy
 import datetime
 import difflib
+import functools
 import itertools
 import json
 import math
 import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, ClassVar, Final
 
 from gitops.desired.documents import Document, PathKey, Usage, load_json, load_yaml
 from gitops.desired.errors import ValidationError
+from gitops.desired.flag_summary import definition_hash, effective_flags
 from gitops.desired.limits import DEFAULT_LIMITS, Limits, setting_hint
 
 MetadataValue = str | int | float | bool
@@ -90,6 +93,13 @@ class FlagSet:
     evaluators: dict[str, Any]
     metadata: dict[str, MetadataValue]
     document: dict[str, Any]
+
+    @functools.cached_property
+    def definition_hashes(self) -> Mapping[str, str]:
+        """Each flag's ``definition_hash``, its ``$ref`` evaluators inlined: the flag catalog compares
+        them on every pass, and a worker parses a revision's flag set once (its parse cache)."""
+        hashes = {key: definition_hash(flag) for key, flag in effective_flags(self.document).items()}
+        return MappingProxyType(hashes)
 
 
 def load_flag_set(

@@ -31,7 +31,7 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 
-from gitops.desired.flag_summary import FlagSummary, definition_hash, effective_flags, flag_summary
+from gitops.desired.flag_summary import FlagSummary, effective_flags, flag_summary
 from gitops.desired.limits import Limits
 from gitops.desired.revision import DesiredState, flag_set_key, published_baseline
 from gitops.models import Change, PublishedFlag, Rollout
@@ -69,11 +69,12 @@ def flag_catalog_record(rollout: Rollout, desired: DesiredState, weight: int) ->
     """Brings the source's catalog to what ``rollout`` publishes at ``weight``; writes only on a change."""
     # One catalog row per flag, whatever the number of clusters: every target cluster publishes the same
     # set (the row names the cluster of its first publication).
-    sets = {obj.key[1:]: obj.flag_set.document for obj in desired.objects if obj.flag_set is not None}
+    flag_sets = {obj.key[1:]: obj.flag_set for obj in desired.objects if obj.flag_set is not None}
+    sets = {key: flag_set.document for key, flag_set in flag_sets.items()}
     wanted = {
-        (namespace, name, key): definition_hash(flag)
-        for (namespace, name), document in sets.items()
-        for key, flag in effective_flags(document).items()
+        (namespace, name, key): hashed
+        for (namespace, name), flag_set in flag_sets.items()
+        for key, hashed in flag_set.definition_hashes.items()
     }
     if _up_to_date(rollout, wanted, weight):
         return
