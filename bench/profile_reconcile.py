@@ -218,11 +218,15 @@ def start_live_cache(bench: Bench, namespaces: list[str]) -> Any:
     from tests.workers import LiveCacheProcess, poll
 
     live_cache = LiveCacheProcess(bench.env).start()
-    poll(
-        lambda: bench.live_cache_vouches(namespaces),
-        timeout=300,
-        what="the live cache to vouch for every namespace",
-    )
+    try:
+        poll(
+            lambda: bench.live_cache_vouches(namespaces),
+            timeout=300,
+            what="the live cache to vouch for every namespace",
+        )
+    except BaseException:
+        live_cache.stop()  # a cache left running would hold its lease against the next run's
+        raise
     return live_cache
 
 

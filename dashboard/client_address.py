@@ -2,33 +2,68 @@
 
 Behind proxies every request comes from the last proxy's address, so a lockout per username and
 address would lock a username out for everyone. Each proxy that follows the usual convention appends
-the address it was sent from to ``X-Forwarded-For``; with ``SLUICE_TRUSTED_PROXIES`` = N, the N-th
-entry from the right is the client as the outermost trusted proxy saw it. Entries further left are
-the client's own to write, and are never read.
+the address it was sent from to ``X-Forwarded-For``; with ``SLUICE_TRUSTED_PROXIES`` = N (the entries
+the proxies in front add: an Ingress 1, Google's load balancers 2), the N-th entry from the right is
+the client as the outermost trusted proxy saw it. Entries further left are the client's own to write,
+and are never read. With ``SLUICE_TRUSTED_PROXY_NETWORKS`` the header is believed only from a
+connection out of those networks: a client that reaches the web around the proxies cannot name an
+address of its choosing.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
+import re
 
 from django.conf import settings
 from django.http import HttpRequest
 
+log = logging.getLogger(__name__)
+
+# "198.51.100.7:5678" and "[2001:db8::1]:443": some proxies write the client's port too.
+_WITH_PORT = re.compile(r"^\[(?P<bracketed>[^\]]+)\](?::\d+)?$|^(?P<v4>[0-9.]+):\d+$")
+
 
 def client_address(request: HttpRequest) -> str | None:
     """``REMOTE_ADDR``, or behind ``SLUICE_TRUSTED_PROXIES`` proxies the address the outermost one was
-    sent from. A header with fewer entries than there are proxies, or one that is not an address, is
-    not believed: the request then counts as coming from ``REMOTE_ADDR``."""
+    sent from. A header with fewer entries than that, one that is not an address, or one that came
+    from outside ``SLUICE_TRUSTED_PROXY_NETWORKS`` (when set) is not believed: the request then counts
+    as coming from ``REMOTE_ADDR``."""
     remote = request.META.get("REMOTE_ADDR")
     proxies = int(getattr(settings, "SLUICE_TRUSTED_PROXIES", 0))
     forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
-    if proxies <= 0 or not forwarded:
+    if proxies <= 0 or not forwarded or not _from_a_trusted_proxy(remote):
         return remote
     entries = [entry.strip() for entry in forwarded.split(",")]
     if len(entries) < proxies:
         return remote
-    candidate = entries[-proxies]
-    try:
-        return str(ipaddress.ip_address(candidate))
-    except ValueError:
+    address = _address(entries[-proxies])
+    if address is None:
+        log.warning(
+            "X-Forwarded-For entry %r is not an address: login throttling counts the proxy's",
+            entries[-proxies][:64],
+        )
         return remote
+    return address
+
+
+def _address(entry: str) -> str | None:
+    """The address an X-Forwarded-For entry names, a port or brackets around it dropped."""
+    if (matched := _WITH_PORT.match(entry)) is not None:
+        entry = matched.group("bracketed") or matched.group("v4")
+    try:
+        return str(ipaddress.ip_address(entry))
+    except ValueError:
+        return None
+
+
+def _from_a_trusted_proxy(remote: str | None) -> bool:
+    networks = getattr(settings, "SLUICE_TRUSTED_PROXY_NETWORKS", [])
+    if not networks:
+        return True
+    try:
+        connected = ipaddress.ip_address(remote or "")
+    except ValueError:
+        return False
+    return any(connected in ipaddress.ip_network(network, strict=False) for network in networks)

@@ -11,6 +11,7 @@ SLUICE_ALLOW_HTTP    1 turns off HTTPS-only cookies, HSTS and the redirect; loca
 SLUICE_TRUST_X_FORWARDED_PROTO  1 behind a TLS-terminating proxy that sets X-Forwarded-Proto
 """
 
+import ipaddress
 import os
 import warnings
 from datetime import timedelta
@@ -328,6 +329,16 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 # Proxies in front (an Ingress, a load balancer) that each append the address they were sent from to
 # X-Forwarded-For: the lockout's address is then the client's, not the last proxy's. 0: REMOTE_ADDR.
 SLUICE_TRUSTED_PROXIES = env_int("SLUICE_TRUSTED_PROXIES", 0, minimum=0)
+# The networks those proxies connect from (CIDRs, comma-separated): X-Forwarded-For is believed only from
+# them, so a client that reaches the web around the proxies cannot pick its own address. Empty: any.
+SLUICE_TRUSTED_PROXY_NETWORKS = env_list("SLUICE_TRUSTED_PROXY_NETWORKS")
+for _network in SLUICE_TRUSTED_PROXY_NETWORKS:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError as _exc:
+        raise ImproperlyConfigured(
+            f"SLUICE_TRUSTED_PROXY_NETWORKS: {_network!r} is not a network ({_exc})"
+        ) from None
 AXES_CLIENT_IP_CALLABLE = "dashboard.client_address.client_address"
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "dashboard/locked_out.html"

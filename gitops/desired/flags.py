@@ -26,7 +26,6 @@ import math
 import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any, ClassVar, Final
 
 from gitops.desired.documents import Document, PathKey, Usage, load_json, load_yaml
@@ -98,8 +97,8 @@ class FlagSet:
     def definition_hashes(self) -> Mapping[str, str]:
         """Each flag's ``definition_hash``, its ``$ref`` evaluators inlined: the flag catalog compares
         them on every pass, and a worker parses a revision's flag set once (its parse cache)."""
-        hashes = {key: definition_hash(flag) for key, flag in effective_flags(self.document).items()}
-        return MappingProxyType(hashes)
+        # A plain dict, so that a flag set stays copyable and picklable once it is computed.
+        return {key: definition_hash(flag) for key, flag in effective_flags(self.document).items()}
 
 
 def load_flag_set(

@@ -195,20 +195,23 @@ def flag_baselines(
     flag_objects = [obj for obj in desired.objects if obj.flag_set is not None]
     if not flag_objects:
         return {}
-    first_intents: dict[ObjectKey, ApplyIntent] = {}
-    # Only the flag sets' intents, and only what names them and what they replaced: a rollout's
-    # ConfigMaps may be thousands of intents, each with its content.
-    flag_intents = rollout.intents.exclude(action=ChangeAction.ROLLBACK).filter(
-        kind=CONFIGMAP, name__in={obj.name for obj in flag_objects}
+    # What each flag set held before the rollout's first change to it: only the flag sets' intents, and
+    # only their key and that content (a rollout's ConfigMaps may be thousands of intents).
+    replaced: dict[ObjectKey, dict[str, Any] | None] = {}
+    rows = (
+        rollout.intents.exclude(action=ChangeAction.ROLLBACK)
+        .filter(kind=CONFIGMAP, name__in={obj.name for obj in flag_objects})
+        .order_by("id")
+        .values_list("cluster", "namespace", "name", "before")
     )
-    for intent in flag_intents.only("cluster", "namespace", "name", "before").order_by("id"):
-        first_intents.setdefault(intent.key, intent)
+    for cluster, namespace, name, before in rows:
+        replaced.setdefault((cluster, namespace, name), before)
     baselines: dict[ObjectKey, dict[str, Any] | None] = {}
     limits = Limits.from_settings(settings)
     for obj in flag_objects:
         data: dict[str, str] | None
-        if obj.key in first_intents:
-            before = first_intents[obj.key].before
+        if obj.key in replaced:
+            before = replaced[obj.key]
             data = (before or {}).get("data") if before is not None else None
         else:
             live_object = index.get(obj.key)

@@ -116,6 +116,10 @@ def test_without_trusted_proxies_x_forwarded_for_is_not_believed(user, settings)
         (2, "198.51.100.7", "10.0.0.5"),  # fewer entries than proxies: not believed
         (1, "not-an-address", "10.0.0.5"),
         (1, "2001:DB8::1", "2001:db8::1"),
+        (1, "198.51.100.7:5678", "198.51.100.7"),  # some proxies write the client's port too
+        (1, "[2001:db8::1]:443", "2001:db8::1"),
+        (1, "[2001:db8::1]", "2001:db8::1"),
+        (2, "198.51.100.7,34.120.0.9", "198.51.100.7"),  # Google's load balancers add two entries
     ],
 )
 def test_the_client_address_is_read_from_the_entries_the_trusted_proxies_appended(
@@ -129,3 +133,18 @@ def test_the_client_address_is_read_from_the_entries_the_trusted_proxies_appende
     extra = {"HTTP_X_FORWARDED_FOR": forwarded} if forwarded else {}
     request = RequestFactory().post("/login/", REMOTE_ADDR="10.0.0.5", **extra)
     assert client_address(request) == expected
+
+
+def test_x_forwarded_for_is_believed_only_from_the_trusted_proxies_networks(settings):
+    """A client that reaches the web around the proxies (another pod, the host's published port) must
+    not pick its own address: with SLUICE_TRUSTED_PROXY_NETWORKS the header counts only from those."""
+    from django.test import RequestFactory
+
+    from dashboard.client_address import client_address
+
+    settings.SLUICE_TRUSTED_PROXIES = 1
+    settings.SLUICE_TRUSTED_PROXY_NETWORKS = ["10.0.0.0/24", "fd00::/8"]
+    through = RequestFactory().post("/login/", REMOTE_ADDR="10.0.0.5", HTTP_X_FORWARDED_FOR="198.51.100.7")
+    around = RequestFactory().post("/login/", REMOTE_ADDR="10.9.0.5", HTTP_X_FORWARDED_FOR="198.51.100.7")
+    assert client_address(through) == "198.51.100.7"
+    assert client_address(around) == "10.9.0.5"

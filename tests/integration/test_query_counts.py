@@ -232,3 +232,39 @@ def test_a_poll_of_a_settled_source_with_flag_sets_reads_none_of_its_rollouts_in
         )
         statements[label] = len(sql)
     assert statements["flags"] <= statements["plain"] + 1, statements
+
+
+def test_a_flag_canary_step_reads_its_baselines_in_one_query_whatever_the_number_of_flag_sets(
+    tmp_path_factory, make_namespaces, settings
+):
+    """Below 100% a step builds each flag set's canary from what the set held before the rollout: the
+    flag sets' first intents, read in one statement, not one more per intent (a deferred field loaded
+    row by row)."""
+    import json
+
+    from gitops import reconcile, source_admin
+    from tests.gitrepo import GitRepo
+
+    def flag_sets(variant: str) -> dict[str, str]:
+        flag = {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": variant}
+        return {f"flags/set-{index}.json": json.dumps({"flags": {"checkout": flag}}) for index in range(4)}
+
+    repo = GitRepo(tmp_path_factory.mktemp("repo-canary"))
+    app, flags_ns = make_namespaces("app", "flags")
+    steps = {"steps": [{"setWeight": 10}, {"setWeight": 50}, {"pause": {}}]}
+    repo.write_all({"sluice.yaml": policy([app], flags={"namespace": flags_ns}), **flag_sets("on")})
+    repo.commit("flags on")
+    settings.SLUICE_DATA_DIR = tmp_path_factory.mktemp("data-canary")
+    source = source_admin.source_add(name="count-canary", url=repo.url, allowed_namespaces=["t*"])
+    assert reconcile.source_sync(source.pk).outcome == "applied"
+    document = policy([app], flags={"namespace": flags_ns})
+    document["rollout"] = steps
+    repo.write_all({"sluice.yaml": document, **flag_sets("off")})
+    repo.commit("flags off, in steps")
+    with CaptureQueriesContext(connection) as captured:
+        reconcile.source_sync(source.pk)
+    one_by_one = [
+        q["sql"] for q in captured.captured_queries if 'WHERE "gitops_applyintent"."id" =' in q["sql"]
+    ]
+    assert not one_by_one, one_by_one
+    assert source.rollouts.order_by("-id").first().phase == "Paused"
