@@ -98,6 +98,16 @@ class Owed:
         self.source, self.namespace, self.clusters = source, namespace, clusters
         self.v2, self.aborted, self.flaky = v2, aborted, flaky
 
+    def answering_before_its_retry(self) -> Owed:
+        """flaky answers again while the rollback's retry is far off (a long SLUICE_CLUSTER_RETRY_SECONDS)."""
+        from datetime import timedelta
+
+        from django.utils import timezone
+
+        Rollout.objects.filter(pk=self.aborted.pk).update(pause_until=timezone.now() + timedelta(hours=1))
+        self.flaky.answer()
+        return self
+
 
 def aborted_owing_flaky(repo, make_source, sync, fleet, people, clusters: list[str], weight: int) -> Owed:
     """v1 everywhere; v2 at ``weight`` (flaky in its first wave), paused at its gate; then flaky stops
@@ -496,22 +506,10 @@ def test_a_newer_rollout_leaves_a_cluster_owed_a_rollback_alone_until_the_rollba
     for that cluster as for an unreachable one. Otherwise the owed rollback, coming due later, would take
     back what the newer rollout found already right. Once the rollback is done, the newer rollout goes on
     there, and its own history holds the cluster."""
-    from datetime import timedelta
-
-    from django.utils import timezone
-
     owed = aborted_owing_flaky(repo, make_source, sync, fleet, people, ["flaky", DEFAULT], 50)
-    source, namespace, clusters, aborted, flaky = (
-        owed.source,
-        owed.namespace,
-        owed.clusters,
-        owed.aborted,
-        owed.flaky,
-    )
+    source, namespace, clusters, aborted = owed.source, owed.namespace, owed.clusters, owed.aborted
     assert fleet.versions(clusters, namespace) == ["2", "1"], "flaky kept what it owes the rollback of"
-    # Its retry is far off (a long SLUICE_CLUSTER_RETRY_SECONDS), and the cluster answers meanwhile.
-    Rollout.objects.filter(pk=aborted.pk).update(pause_until=timezone.now() + timedelta(hours=1))
-    flaky.answer()
+    owed.answering_before_its_retry()
     commit(repo, namespace, clusters, "2", [{"setWeight": 100}])  # what flaky holds, as a new commit
     sync(source)
     newer = wait_for(source, phase="Paused", waiting_for="cluster")
@@ -536,21 +534,10 @@ def test_a_cluster_left_alone_for_its_owed_rollback_does_not_fail_the_pass_when_
     """A later rollout leaves flaky alone (a rollback is owed there) while its other cluster is down:
     flaky may well answer, so the pass does not fail as if no cluster answered (and back off): the step
     waits for both clusters, each for its own reason, and is tried again as any waiting step is."""
-    from datetime import timedelta
-
-    from django.utils import timezone
-
     down = fleet.flaky("member-9", context="member-1")
     owed = aborted_owing_flaky(repo, make_source, sync, fleet, people, ["flaky", "member-9"], 100)
-    source, namespace, clusters, aborted, flaky = (
-        owed.source,
-        owed.namespace,
-        owed.clusters,
-        owed.aborted,
-        owed.flaky,
-    )
-    Rollout.objects.filter(pk=aborted.pk).update(pause_until=timezone.now() + timedelta(hours=1))
-    flaky.answer()
+    source, namespace, clusters, aborted = owed.source, owed.namespace, owed.clusters, owed.aborted
+    owed.answering_before_its_retry()
     down.silence()
     commit(repo, namespace, clusters, "3", [{"setWeight": 100}])
     with contextlib.suppress(Exception):  # a failed pass shows in the rollout, asserted below
@@ -568,22 +555,11 @@ def test_a_rollback_owed_to_an_object_a_newer_rollout_left_behind_is_still_carri
     """A newer rollout vouches only for what it planned: an object its revision no longer has (kept, not
     pruned) still holds the aborted content, and the owed rollback restores it once it is due, before the
     newer rollout writes to that cluster."""
-    from datetime import timedelta
-
-    from django.utils import timezone
-
     from gitops.rollout.rollback import rollbacks_owed_finish
 
     owed = aborted_owing_flaky(repo, make_source, sync, fleet, people, ["flaky", DEFAULT], 50)
-    source, namespace, clusters, aborted, flaky = (
-        owed.source,
-        owed.namespace,
-        owed.clusters,
-        owed.aborted,
-        owed.flaky,
-    )
-    Rollout.objects.filter(pk=aborted.pk).update(pause_until=timezone.now() + timedelta(hours=1))
-    flaky.answer()
+    source, namespace, clusters, aborted = owed.source, owed.namespace, owed.clusters, owed.aborted
+    owed.answering_before_its_retry()
     repo.write_all(
         {"sluice.yaml": {"targets": targets(namespace, clusters)}, "configmaps/db.yaml": configmap("db", {})}
     )
