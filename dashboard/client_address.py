@@ -8,6 +8,11 @@ the client as the outermost trusted proxy saw it. Entries further left are the c
 and are never read. With ``SLUICE_TRUSTED_PROXY_NETWORKS`` the header is believed only from a
 connection out of those networks: a client that reaches the web around the proxies cannot name an
 address of its choosing.
+
+An IPv6 client is counted by its /64, the smallest network a provider hands one subscriber: a single
+host can pick any of its 2^64 addresses, and counting each alone would give it a fresh set of tries
+per address. An IPv4-mapped IPv6 address (``::ffff:192.0.2.1``, a dual-stack socket's way of naming
+an IPv4 client) counts as the IPv4 address it carries.
 """
 
 from __future__ import annotations
@@ -30,10 +35,11 @@ def client_address(request: HttpRequest) -> str | None:
     sent from. A header with fewer entries than that, one that is not an address, or one that came
     from outside ``SLUICE_TRUSTED_PROXY_NETWORKS`` (when set) is not believed: the request then counts
     as coming from ``REMOTE_ADDR``."""
-    remote = request.META.get("REMOTE_ADDR")
+    connected = request.META.get("REMOTE_ADDR")
+    remote = _counted(connected)
     proxies = int(getattr(settings, "SLUICE_TRUSTED_PROXIES", 0))
     forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
-    if proxies <= 0 or not forwarded or not _from_a_trusted_proxy(remote):
+    if proxies <= 0 or not forwarded or not _from_a_trusted_proxy(connected):
         return remote
     entries = [entry.strip() for entry in forwarded.split(",")]
     if len(entries) < proxies:
@@ -49,13 +55,31 @@ def client_address(request: HttpRequest) -> str | None:
 
 
 def _address(entry: str) -> str | None:
-    """The address an X-Forwarded-For entry names, a port or brackets around it dropped."""
+    """The address an X-Forwarded-For entry names, a port or brackets around it dropped, as counted."""
     if (matched := _WITH_PORT.match(entry)) is not None:
         entry = matched.group("bracketed") or matched.group("v4")
     try:
-        return str(ipaddress.ip_address(entry))
+        return _as_counted(ipaddress.ip_address(entry))
     except ValueError:
         return None
+
+
+def _counted(remote: str | None) -> str | None:
+    """The connection's address as throttling counts it; left as it is when it is not an address."""
+    try:
+        return _as_counted(ipaddress.ip_address(remote or ""))
+    except ValueError:
+        return remote
+
+
+def _as_counted(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """An IPv4 address itself; an IPv6 one as its /64's first address (a valid address, as the
+    lockout table's column needs), or the IPv4 address it maps."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False).network_address)
+    return str(address)
 
 
 def _from_a_trusted_proxy(remote: str | None) -> bool:

@@ -115,10 +115,13 @@ def test_without_trusted_proxies_x_forwarded_for_is_not_believed(user, settings)
         (2, "203.0.113.1, 198.51.100.7, 10.1.0.1", "198.51.100.7"),  # two proxies: the outer one's entry
         (2, "198.51.100.7", "10.0.0.5"),  # fewer entries than proxies: not believed
         (1, "not-an-address", "10.0.0.5"),
-        (1, "2001:DB8::1", "2001:db8::1"),
+        (1, "2001:DB8::1", "2001:db8::"),  # an IPv6 client counts by its /64
+        (1, "2001:db8:0:0:ffff:ffff:ffff:ffff", "2001:db8::"),
+        (1, "2001:db8:0:1::1", "2001:db8:0:1::"),  # the next /64 is another client
+        (1, "::ffff:198.51.100.7", "198.51.100.7"),  # an IPv4 client named by a dual-stack socket
         (1, "198.51.100.7:5678", "198.51.100.7"),  # some proxies write the client's port too
-        (1, "[2001:db8::1]:443", "2001:db8::1"),
-        (1, "[2001:db8::1]", "2001:db8::1"),
+        (1, "[2001:db8::1]:443", "2001:db8::"),
+        (1, "[2001:db8::1]", "2001:db8::"),
         (2, "198.51.100.7,34.120.0.9", "198.51.100.7"),  # Google's load balancers add two entries
     ],
 )
@@ -148,3 +151,21 @@ def test_x_forwarded_for_is_believed_only_from_the_trusted_proxies_networks(sett
     around = RequestFactory().post("/login/", REMOTE_ADDR="10.9.0.5", HTTP_X_FORWARDED_FOR="198.51.100.7")
     assert client_address(through) == "198.51.100.7"
     assert client_address(around) == "10.9.0.5"
+    # The trust check reads the connection's own address, not its /64: a proxy at fd00::5 is trusted
+    # by a /128, and the pod beside it at fd00::6 is not.
+    settings.SLUICE_TRUSTED_PROXY_NETWORKS = ["fd00::5/128"]
+    proxy = RequestFactory().post("/login/", REMOTE_ADDR="fd00::5", HTTP_X_FORWARDED_FOR="198.51.100.7")
+    beside = RequestFactory().post("/login/", REMOTE_ADDR="fd00::6", HTTP_X_FORWARDED_FOR="198.51.100.7")
+    assert client_address(proxy) == "198.51.100.7"
+    assert client_address(beside) == "fd00::"
+
+
+def test_an_ipv6_client_cannot_escape_a_lockout_by_moving_within_its_64(user):
+    """One host holds a whole /64 and can pick a fresh address for every try: the lockout must follow
+    the network, or it would give 5 tries per address, 2^64 times over."""
+    for host in range(1, 6):
+        log_in(Client(REMOTE_ADDR=f"2001:db8:7::{host:x}"), "wrong")
+    moved = Client(REMOTE_ADDR="2001:db8:7::beef")
+    assert log_in(moved, PASSWORD).status_code == 429
+    other_network = Client(REMOTE_ADDR="2001:db8:8::1")
+    assert log_in(other_network, PASSWORD).status_code == 302
