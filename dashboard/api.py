@@ -51,7 +51,7 @@ from gitops.fetch.refs import ACCEPTED_FORMS, MAX_REVISION_LENGTH, InvalidRevisi
 from gitops.models import ManagedObject, Revision, Rollout, Source, SourceRemoval, masked_url
 from gitops.plan import drift_count
 from gitops.record.audit import Actor
-from gitops.redaction import redact_url
+from gitops.redaction import redact
 from gitops.rollout import decisions
 from gitops.source_admin import SourceSettingsError
 from gitops.vocabulary import (
@@ -199,7 +199,7 @@ def invalid_settings(request: HttpRequest, exc: SourceSettingsError) -> HttpResp
 @api.exception_handler(PermanentError)
 def conflict(request: HttpRequest, exc: PermanentError) -> HttpResponse:
     """RolloutError and other permanent failures: the request cannot succeed in the current state."""
-    return api.create_response(request, {"detail": redact_url(str(exc))}, status=409)
+    return api.create_response(request, {"detail": redact(str(exc))}, status=409)
 
 
 @api.exception_handler(schedule.PreviewsBusy)
@@ -211,7 +211,7 @@ def too_many_previews(request: HttpRequest, exc: schedule.PreviewsBusy) -> HttpR
 
 @api.exception_handler(TemporaryError)
 def unavailable(request: HttpRequest, exc: TemporaryError) -> HttpResponse:
-    response = api.create_response(request, {"detail": redact_url(str(exc))}, status=503)
+    response = api.create_response(request, {"detail": redact(str(exc))}, status=503)
     response["Retry-After"] = str(int(exc.delay or 5))
     return response
 
@@ -810,7 +810,7 @@ def source_rows(sources: list[Source]) -> list[dict[str, Any]]:
         rows.append(
             {
                 "name": source.name,
-                "url": redact_url(source.url),
+                "url": redact(source.url),
                 "branch": source.branch,
                 "path": source.path,
                 "poll_interval_seconds": int(source.poll_interval.total_seconds()),
@@ -823,7 +823,7 @@ def source_rows(sources: list[Source]) -> list[dict[str, Any]]:
                 "drift": drift_count(summary),
                 "conflicts": summary.get("conflict", 0),
                 "active_rollout": selectors.rollout_status(rollout) if rollout else None,
-                "last_error": redact_url(source.last_error),
+                "last_error": redact(source.last_error),
                 "consecutive_failures": source.consecutive_failures,
                 "suspended": source.suspended,
                 "suspended_at": source.suspended_at,
@@ -847,7 +847,7 @@ def source_detail(source: Source) -> dict[str, Any]:
         "notify_urls": [masked_url(url) for url in source.notify_urls or []],
         "removal": removal_row(latest) if (latest := source.removals.order_by("-id").first()) else None,
         "revision_outcome": revision["outcome"] if revision else None,
-        "last_error": redact_url(status["last_error"]),
+        "last_error": redact(status["last_error"]),
         "plan": {key: plan.get(key) for key in ("commit", "weight", "computed_at", "summary")}
         if plan
         else None,
@@ -868,7 +868,7 @@ def removal_row(removal: SourceRemoval) -> dict[str, Any]:
         "objects_total": removal.objects_total,
         "objects_done": removal.objects_done,
         "objects_failed": removal.objects_failed,
-        "message": redact_url(removal.message),
+        "message": redact(removal.message),
     }
 
 
@@ -882,20 +882,27 @@ def revision_row(revision: Revision) -> dict[str, Any]:
         "committed_at": revision.committed_at,
         "fetched_at": revision.fetched_at,
         "outcome": revision.outcome,
-        "errors": [RevisionError.from_dict(error).as_dict() for error in revision.errors],
+        "errors": [redacted_error(RevisionError.from_dict(error).as_dict()) for error in revision.errors],
         "force_pushed_over": revision.force_pushed_over,
         "summary": revision.summary or {},
     }
 
 
+def redacted_error(error: dict[str, Any]) -> dict[str, Any]:
+    """A revision's error as pages show it: it may quote what the repository holds (a URL, a token)."""
+    message = error.get("message")
+    return {**error, "message": redact(message)} if isinstance(message, str) else error
+
+
 def redacted_steps(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rollout steps as stored; an analysis URL loses any credentials it carries."""
+    """Rollout steps as stored; an analysis URL loses any credentials it carries, in its userinfo or
+    its query (``?token=``)."""
     shown = []
     for step in steps:
         analysis = step.get("analysis")
         http = analysis.get("http") if isinstance(analysis, dict) else None
         if isinstance(analysis, dict) and isinstance(http, dict) and isinstance(http.get("url"), str):
-            http = {**http, "url": redact_url(http["url"])}
+            http = {**http, "url": redact(http["url"])}
             shown.append({**step, "analysis": {**analysis, "http": http}})
         else:
             shown.append(step)
@@ -910,7 +917,7 @@ def rollout_detail(rollout: Rollout) -> dict[str, Any]:
         "targets": targets,
         "targets_total": targets_total,
         **selectors.rollout_status(rollout),
-        "message": redact_url(rollout.message),
+        "message": redact(rollout.message),
         "revision": {
             "commit": revision.commit,
             "author_name": revision.author_name,
@@ -920,7 +927,7 @@ def rollout_detail(rollout: Rollout) -> dict[str, Any]:
         "created_by": rollout.created_by,
         "promoted_by": rollout.promoted_by,
         "abort_requested_by": rollout.abort_requested_by,
-        "abort_reason": rollout.abort_reason,
+        "abort_reason": redact(rollout.abort_reason),
         "content_hash": rollout.content_hash,
         "forbid_self_approval": rollout.forbid_self_approval,
         "step_definitions": redacted_steps(rollout.steps),
@@ -942,7 +949,7 @@ def rollout_detail(rollout: Rollout) -> dict[str, Any]:
                 "step": event.step_index,
                 "weight": event.weight,
                 "actor": event.actor,
-                "message": redact_url(event.message),
+                "message": redact(event.message),
                 "data": event.data or {},
             }
             for event in rollout.events.all()
@@ -988,12 +995,25 @@ def get_plan(request: HttpRequest, name: SourceName, query: Query[PlanQuery]) ->
     a worker: 404 when the remote has no such ref, 503 when Git or the cluster did not answer.
     """
     user = require(request, "gitops.view_source")
+    if query.revision is not None and not sent_with_a_token(request):
+        # A GET carries no CSRF token, and a top-level link from any site carries the session's cookie:
+        # a session's preview (a worker's fetch, a slot of the preview caps) is the dashboard's POST.
+        raise PermissionDenied(
+            "a preview runs on a worker: call it with an API token, or use the source page's "
+            "Preview a revision form"
+        )
     source = source_or_404(name)
     if query.revision is not None:
         return previewed_plan(source, query.revision, actor=user.get_username())
     if not source.last_plan:
         raise HttpError(404, f"{source.name} has no plan yet; it has not been reconciled")
     return {**source.last_plan, "source": source.name}
+
+
+def sent_with_a_token(request: HttpRequest) -> bool:
+    """Whether the caller authenticated with ``Authorization: Bearer`` (TokenAuth), not the session."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and bool(token.strip())
 
 
 def previewed_plan(source: Source, revision: str, *, actor: str) -> dict[str, Any]:

@@ -111,7 +111,7 @@ def list_freezes(request: HttpRequest) -> list[dict[str, Any]]:
 @router.post("/freezes", response={201: FreezeOut, **WRITE_ERRORS})
 def create_freeze(request: HttpRequest, body: FreezeIn) -> Status[dict[str, Any]]:
     """Freezes a source, or every source (administrators): nothing goes out by itself until ``until``."""
-    user = caller(request)
+    user = require(request, freezes.MANAGE_FREEZES)  # before the source is looked up: no 404 for a viewer
     target = _target(body.source, body.all)
     try:
         freeze = freezes.freeze_set(target, until=body.until, reason=body.reason, user=user)
@@ -123,7 +123,7 @@ def create_freeze(request: HttpRequest, body: FreezeIn) -> Status[dict[str, Any]
 @router.post("/freezes/lift", response={200: list[FreezeOut], **WRITE_ERRORS})
 def lift_freezes(request: HttpRequest, body: LiftIn) -> list[dict[str, Any]]:
     """Lifts a source's freezes, or every freeze (administrators); returns what was lifted."""
-    user = caller(request)
+    user = require(request, freezes.MANAGE_FREEZES)
     target = _target(body.source, body.all)
     return [selectors.freeze_as_dict(freeze) for freeze in freezes.freeze_lift(target, user=user)]
 

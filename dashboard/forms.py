@@ -150,10 +150,14 @@ class SourceForm(DescribedErrors, forms.Form):
 
     def add_problems(self, problems: Mapping[str, Sequence[str]]) -> None:
         """The service's problems, each next to its field (or above the form). A URL with a password in
-        it is shown back without the password."""
+        it is shown back without the password, and a refused credential reference not at all."""
         if "url" in problems and "url" in self.data:
             self.data = self.data.copy()
             self.data["url"] = redact_url(self.data["url"])
+        if "credentials_ref" in problems and "credentials_ref" in self.data:
+            # A refused reference may be a token pasted where its name belongs: never written back.
+            self.data = self.data.copy()
+            self.data["credentials_ref"] = ""
         for field, messages in problems.items():
             for message in messages:
                 self.add_error(field if field in self.fields else None, message)

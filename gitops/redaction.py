@@ -22,7 +22,10 @@ URL_USERINFO = re.compile(
 # Secrets that may slip into a message: URL credentials are handled by redact_url.
 SECRET_PATTERNS = (
     re.compile(r"(?i)(authorization:\s*(?:bearer|basic)\s+)\S+"),
-    re.compile(r"(?i)\b(token|secret|password)=([^\s&]+)"),
+    # A name=value pair (a query string, a form, a log line): the value goes when the name ends in a
+    # secret's word (token, access_token, private_token, client_secret, api_key ...). The name is
+    # taken whole and only where a run of name characters starts, so a long run is scanned once.
+    re.compile(r"(?<![\w-])([\w-]++)=([^\s&]+)"),
     re.compile(r"\bsluice_[0-9a-f]{8}_\S+"),
 )
 
@@ -52,9 +55,17 @@ def redact_secrets(text: str, secrets: Iterable[str] = ()) -> str:
     return redact_url(text)
 
 
+SECRET_NAMES = ("token", "secret", "password", "passwd", "apikey", "api_key", "api-key")
+
+
+def _hide_secret_value(match: re.Match[str]) -> str:
+    name = match[1]
+    return f"{name}=***" if name.lower().endswith(SECRET_NAMES) else match[0]
+
+
 def redact(text: str) -> str:
     """A message with URL credentials, authorization headers, tokens and passwords replaced by ***."""
     text = redact_url(text)
     text = SECRET_PATTERNS[0].sub(r"\1***", text)
-    text = SECRET_PATTERNS[1].sub(r"\1=***", text)
+    text = SECRET_PATTERNS[1].sub(_hide_secret_value, text)
     return SECRET_PATTERNS[2].sub("sluice_***", text)

@@ -27,7 +27,7 @@ from gitops.models import (
 )
 from gitops.plan import drift_count, out_of_sync
 from gitops.plan.diff import readable_diff
-from gitops.redaction import redact_url
+from gitops.redaction import redact
 from gitops.vocabulary import Staleness, StaleReason
 from gitops.windows import FreezeRule, Gate, WindowRule, change_gate
 
@@ -43,7 +43,7 @@ def source_status(source: Source) -> dict[str, Any]:
     summary = (latest.summary if latest else {}) or {}
     return {
         "name": source.name,
-        "url": redact_url(source.url),
+        "url": redact(source.url),
         "branch": source.branch,
         "path": source.path,
         "poll_interval_seconds": int(source.poll_interval.total_seconds()),
@@ -72,7 +72,7 @@ def source_status(source: Source) -> dict[str, Any]:
         # Which workloads read which of the source's ConfigMaps, as the worker last saw them.
         "consumer_map": dict(source.consumer_map or {}),
         "consumer_map_at": _iso(source.consumer_map_at),
-        "last_error": source.last_error,
+        "last_error": redact(source.last_error),
         # A failing source backs off: how many failures in a row, and when it tries again.
         "consecutive_failures": source.consecutive_failures,
         "next_try_at": _iso(source.next_poll_at),
@@ -92,7 +92,7 @@ def _revision(revision: Revision) -> dict[str, Any]:
         "author": revision.author_email,
         "message": revision.message.splitlines()[0] if revision.message else "",
         "outcome": revision.outcome,
-        "errors": [str(ValidationError.from_dict(e)) for e in revision.errors],
+        "errors": [redact(str(ValidationError.from_dict(e))) for e in revision.errors],
         "force_pushed_over": revision.force_pushed_over,
         "summary": revision.summary,
     }
@@ -121,7 +121,7 @@ def rollout_status(rollout: Rollout) -> dict[str, Any]:
         "pause_until": _iso(rollout.pause_until),
         "approvals": rollout.approvals.count() if approvals is None else approvals,
         "approvals_required": rollout.approvals_required,
-        "message": rollout.message,
+        "message": redact(rollout.message),
         "created_at": _iso(rollout.created_at),
         "finished_at": _iso(rollout.finished_at),
         # What a ConfigMap step does to the workloads that read it, and their state in the last wave.

@@ -18,7 +18,7 @@ from functools import cached_property
 from urllib.parse import SplitResult, unquote, urlsplit
 
 from gitops.desired.policy import DEFAULT_CLUSTER, namespace_glob_problem
-from gitops.redaction import redact_url
+from gitops.redaction import redact
 
 HTTP_SCHEMES = ("http", "https")
 _UNSAFE_CHARACTERS = re.compile(r"[\s\x00-\x1f\x7f]")
@@ -121,16 +121,16 @@ class AdminScope:
             )
         allowed = ", ".join(self.analysis_url_prefixes)
         # The URL is the repository's: whatever credentials it carries must not reach pages and logs.
-        return f"{redact_url(url)!r} is not under an analysis URL prefix this source may call ({allowed})"
+        return f"{redact(url)!r} is not under an analysis URL prefix this source may call ({allowed})"
 
 
 def url_prefix_problem(prefix: str) -> str | None:
     """Why an administrator's URL prefix is unusable, or None."""
     parts = _split(prefix)
     if parts is None or parts.scheme not in HTTP_SCHEMES or not parts.hostname:
-        return f"{prefix!r} is not an http:// or https:// URL with a host"
+        return f"{redact(prefix)!r} is not an http:// or https:// URL with a host"
     if parts.username is not None or parts.password is not None:
-        return f"{prefix!r} must not carry credentials"
+        return f"{redact(prefix)!r} must not carry credentials"
     if parts.query or parts.fragment:
         return f"{prefix!r} must not have a query or a fragment"
     if _unsafe_path(parts.path):

@@ -32,6 +32,7 @@ from gitops.models import (
     ManagedObject,
     Revision,
     Rollout,
+    RolloutEvent,
     Source,
 )
 from tests.gitrepo import configmap, policy
@@ -472,6 +473,12 @@ def test_a_dashboard_session_reads_and_acts_only_with_the_csrf_token(people):
     )
     assert genuine.status_code == 404  # past authentication and CSRF, into the use case
 
+    # A preview is work on a worker, and a GET has no CSRF token: a link on another site must not start
+    # one with the session's cookie. The session previews with the dashboard's form, a token here.
+    previewed = browser.get("/api/sources/987654321/plan", {"revision": "refs/pull/1/head"})
+    assert previewed.status_code == 403
+    assert "API token" in previewed.json()["detail"]
+
 
 def test_the_openapi_document_and_docs_need_a_caller(as_role, people):
     anonymous = Client()
@@ -515,6 +522,36 @@ def test_no_secret_appears_in_any_response(as_role, monkeypatch):
     assert detail["url"] == "https://deploy:***@git.example.com/org/config.git"
     assert detail["credentials_ref"] == "env:SLUICE_TEST_GIT_TOKEN"
     assert "***" in detail["last_error"]
+
+
+def test_messages_quoting_a_token_are_redacted_as_the_pages_redact_them(as_role, paused):
+    """Errors quote what they were given: an analysis URL a repository wrote, with its token in the query."""
+    leaked = "GET https://checks.example.com/verify?token=s3cr3t&private_token=glpat-leak answered 500"
+    url = "https://checks.example.com/verify?access_token=s3cr3t"
+    Source.objects.filter(pk=paused.source.pk).update(last_error=leaked)
+    steps = [*paused.rollout.steps, {"analysis": {"http": {"url": url}}}]
+    Rollout.objects.filter(pk=paused.rollout.pk).update(message=leaked, abort_reason=leaked, steps=steps)
+    RolloutEvent.objects.create(rollout=paused.rollout, kind="failed", message=leaked)
+    revision = paused.rollout.revision
+    revision.errors = [{"file": "sluice.yaml", "line": 3, "field": "rollout", "message": leaked}]
+    revision.save(update_fields=["errors"])
+    name, rollout = paused.source.name, paused.rollout.pk
+    viewer = as_role["viewer"]
+    paths = [
+        "/sources",
+        f"/sources/{name}",
+        f"/sources/{name}/revisions",
+        "/rollouts",
+        f"/rollouts/{rollout}",
+    ]
+    for path in paths:
+        response = viewer.get(path)
+        assert response.status_code == 200, path
+        text = response.content.decode()
+        assert "s3cr3t" not in text and "glpat-leak" not in text, path
+    detail = viewer.get(f"/rollouts/{rollout}").json()
+    assert "token=***&private_token=***" in detail["message"]
+    assert detail["step_definitions"][-1]["analysis"]["http"]["url"].endswith("?access_token=***")
 
 
 # -- the change log: filters and pages ----------------------------------------------------------

@@ -201,6 +201,9 @@ def test_the_api_reads_for_viewers_and_acts_for_admins(people, admin, make_sourc
     body = {"source": "shop", "until": until, "reason": "incident 12"}
     for caller in (viewer, approver):
         assert caller.post("/freezes", body).status_code == 403
+        # The role is checked before the source is looked up: a 403, not a 404, for a name that is no source.
+        assert caller.post("/freezes", {**body, "source": "nope"}).status_code == 403
+        assert caller.post("/freezes/lift", {"source": "nope"}).status_code == 403
         assert (
             caller.post("/windows", {"kind": "deny", "schedule": "0 9 * * *", "duration": "1h"}).status_code
             == 403

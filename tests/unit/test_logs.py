@@ -3,6 +3,8 @@
 import json
 import logging
 
+import pytest
+
 from gitops.logs import ContextFilter, JsonFormatter, TextFormatter, add_context, log_context, redact
 
 
@@ -38,3 +40,24 @@ def test_secrets_never_reach_a_line():
         assert secret not in cleaned
     assert "https://deploy:***@git.example.com/x.git" in cleaned
     assert "hunter2" not in JsonFormatter().format(record("url %s", "https://u:hunter2@h/x"))
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("https://h/x?private_token=glpat-1&ref=main", "https://h/x?private_token=***&ref=main"),
+        ("GET /verify?access_token=abc&client_secret=def", "GET /verify?access_token=***&client_secret=***"),
+        ("api_key=k1 API-KEY=k2 apikey=k3 passwd=p", "api_key=*** API-KEY=*** apikey=*** passwd=***"),
+        ("my-token=t token=s3cr3t Password=p", "my-token=*** token=*** Password=***"),
+        # Other pairs are left as they are: a key named like a secret's reference is not one.
+        ("ref=main key=VERSION secret_name=db tokens=3", "ref=main key=VERSION secret_name=db tokens=3"),
+    ],
+)
+def test_a_pair_named_like_a_secret_loses_its_value(text, shown):
+    assert redact(text) == shown
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("text", ["a-" * 100_000, "a" * 200_000, "a=" * 100_000, "_token" * 30_000])
+def test_redaction_of_pairs_takes_linear_time(text):
+    assert redact(f"{text} token=x").endswith("token=***")
