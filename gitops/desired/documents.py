@@ -668,6 +668,9 @@ def _check_json_data(file: str, data: Any, limits: Limits) -> tuple[int, Validat
             )
         elif isinstance(value, str) and _SURROGATE.search(value):
             problem = f"{_clip(value)!r} holds a lone UTF-16 surrogate escape (\\ud800-\\udfff)"
+        elif isinstance(value, int) and value.bit_length() > 300 and len(str(value)) > MAX_NUMBER_CHARS:
+            # As the YAML pass refuses it: a reader with 64-bit numbers (flagd's Go, JavaScript) cannot.
+            problem = f"a number of {len(str(value)):,} characters is too long; quote it if it is text"
         elif isinstance(value, dict | list) and depth + 1 > limits.max_depth:
             problem = (
                 f"lists and mappings are nested more than {limits.max_depth} deep{setting_hint('max_depth')}"

@@ -495,6 +495,7 @@ def load_revision_indexed(
         scope=scope,
         desired=desired,
         sized=sizes is not None,
+        expanded_bytes=_content_bytes(objects),
     )
     return desired, index
 
@@ -517,6 +518,7 @@ class RevisionIndex:
     scope: AdminScope
     desired: DesiredState
     sized: bool  # the sizes came from the tree listing (else they are not known)
+    expanded_bytes: int = 0  # every object's content in every target, added up (max_expanded_bytes)
 
 
 FileChange = tuple[str, int] | None  # the file's new (blob id, size), or None: gone
@@ -569,15 +571,22 @@ def load_revision_changes(
     for path in sorted(parsed):
         errors.extend(parsed[path].errors)
     made = _expand(parsed, index.desired.policy, scope, errors, limits, memo=cache.expanded)
-    mended = _objects_after(index, changes, made, limits) if not errors else None
+    replaced = [obj for path in changes for obj in index.by_path.get(path, ())]
+    # _expand counted the changed files' objects alone: the revision's total is the kept files' and theirs.
+    expanded_bytes = index.expanded_bytes + _content_bytes(made) - _content_bytes(replaced)
+    if errors or expanded_bytes > limits.max_expanded_bytes:
+        return None
+    mended = _objects_after(index, changes, made, limits)
     if mended is None:
         return None
     desired, by_path, owners = mended
-    _remember_expansion(cache, [obj for path in changes for obj in index.by_path.get(path, ())], made)
-    changed_index = RevisionIndex(
-        tree, relevant_bytes, nodes, index.policy_nodes, by_path, owners, limits, scope, desired, sized=True
-    )
-    return desired, changed_index
+    _remember_expansion(cache, replaced, made)
+    kept = (tree, relevant_bytes, nodes, index.policy_nodes, by_path, owners, limits, scope, desired)
+    return desired, RevisionIndex(*kept, sized=True, expanded_bytes=expanded_bytes)
+
+
+def _content_bytes(objects: Iterable[DesiredObject]) -> int:
+    return sum(obj.content.size for obj in objects)
 
 
 def _objects_after(

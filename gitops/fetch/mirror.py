@@ -123,6 +123,8 @@ MESSAGE_LENGTH = 64 * 1024
 # A commit object past this is refused before it is read: its message is a pusher's, and a commit of
 # hundreds of MB would otherwise be read whole into the worker (libgit2 or git's output) to be cut.
 MAX_COMMIT_BYTES = 1024 * 1024
+MAX_EMAIL_LENGTH = 254  # RFC 5321's bound on a forward path, less its angle brackets
+IDENTITY_COLUMNS = MAX_EMAIL_LENGTH + 2  # git pads to it, or cuts with "..": either way longer than an email
 
 
 class CommitTooLarge(PermanentError):
@@ -167,17 +169,14 @@ class GitMirror:
         branch = normalize_branch(branch)
         where = f"branch {branch!r} of {redact_url(url)}"
         started = time.monotonic()
-        invocation = build_fetch_invocation(
-            self.path, url, branch, credentials, maintenance=_maintenance_due()
-        )
+        maintenance = _maintenance_due()
+        invocation = build_fetch_invocation(self.path, url, branch, credentials, maintenance=maintenance)
         self._ensure_initialized()
+        if maintenance:
+            self.sweep_temporary_objects(older_than=timeout)  # a worker killed mid-fetch left them
         ref = f"{MIRROR_REF_PREFIX}{branch}"
         previous = self._read_ref(ref)
-        try:
-            completed = run(invocation, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            logger.info("fetch of %s timed out after %.1fs", where, timeout)
-            raise TemporaryError(f"fetching {where} timed out after {timeout:g}s") from None
+        completed = self._run_fetch(invocation, where, timeout)
         if completed.returncode != 0:
             stderr = completed.stderr.decode("utf-8", "replace")
             server_format = _MISMATCHED_FORMAT.search(stderr)
@@ -345,7 +344,12 @@ class GitMirror:
             self.path, "--literal-pathspecs", "diff-tree", "-r", "-z", "--no-renames", "--raw",
             f"{old}:{subpath}", f"{new}:{subpath}", "--", *paths,
         )  # fmt: skip
-        records, returncode, _, stopped = self._local_records(invocation, max_files=max_changes, counted=b":")
+        try:
+            records, returncode, _, stopped = self._local_records(
+                invocation, max_files=max_changes, counted=b":"
+            )
+        except OverlongTreeEntry:
+            return None  # the whole tree's listing refuses it, and says where
         if stopped or returncode != 0 or len(records) % 2:
             return None  # stopped at max_changes, or git could not compare them
         changed: dict[str, str | None] = {}
@@ -449,8 +453,13 @@ class GitMirror:
             revisions.append(f"^{check_object_id(since, 'commit')}")
 
         def emails_of(*wanted: str) -> subprocess.CompletedProcess[bytes]:
+            # Each email cut by git to a bound: a commit behind the tip (whose size nothing checked) may
+            # name an author of megabytes, and all of this output is read into the worker.
+            cut = f"%<({IDENTITY_COLUMNS},trunc)"
             return self._local(
-                git_at(self.path, "log", f"--max-count={limit}", "--format=%ae%x00%ce", *wanted, "--")
+                git_at(
+                    self.path, "log", f"--max-count={limit}", f"--format={cut}%ae%x00{cut}%ce", *wanted, "--"
+                )
             )
 
         completed = emails_of(*revisions)
@@ -462,8 +471,49 @@ class GitMirror:
             raise PermanentError(f"cannot list the commits of {commit}")
         identities: set[str] = set()
         for line in completed.stdout.decode("utf-8", "replace").splitlines():
-            identities.update(email.strip().lower() for email in line.split("\0") if email.strip())
+            for email in line.split("\0"):
+                # Longer than an address can be (git cut it, or it fills the width): nobody's identity.
+                if (email := email.strip().lower()) and len(email) <= MAX_EMAIL_LENGTH:
+                    identities.add(email)
         return identities
+
+    def _run_fetch(
+        self, invocation: GitInvocation, where: str, timeout: float
+    ) -> subprocess.CompletedProcess[bytes]:
+        try:
+            return run(invocation, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            logger.info("fetch of %s timed out after %.1fs", where, timeout)
+            # git was killed: what it was writing stays until git's own prune (two weeks), and a pusher
+            # whose pack never arrives in time would fill the disk a poll at a time.
+            self.sweep_temporary_objects(older_than=0)
+            raise TemporaryError(f"fetching {where} timed out after {timeout:g}s") from None
+
+    def sweep_temporary_objects(self, *, older_than: float) -> int:
+        """Deletes the temporary objects and packs git writes before it moves them into place
+        (``objects/??/tmp_obj_*``, ``objects/pack/tmp_*``) not written for ``older_than`` seconds; returns
+        how many. A fetch killed at its timeout leaves them. The source's lock keeps other fetches of
+        this mirror away, and a preview's fetch whose file goes fails and is asked again."""
+        deadline = time.time() - older_than
+        swept = 0
+        objects = self.path / "objects"
+        for directory in (objects / "pack", *objects.glob("[0-9a-f][0-9a-f]")):
+            try:
+                entries = list(os.scandir(directory))
+            except OSError:
+                continue
+            for entry in entries:
+                if not entry.name.startswith("tmp_"):
+                    continue
+                try:
+                    if entry.stat(follow_symlinks=False).st_mtime <= deadline:
+                        os.unlink(entry.path)
+                        swept += 1
+                except OSError:
+                    continue  # gone already, or moved into place meanwhile
+        if swept:
+            logger.info("removed %d temporary object files a stopped git left in %s", swept, self.path)
+        return swept
 
     # --- internals ---
 
@@ -590,7 +640,9 @@ class GitMirror:
         if len(_COMMIT_FACTS) >= _COMMIT_FACTS_KEPT:
             _COMMIT_FACTS.clear()
         emails = {
-            email.strip().lower() for email in (commit.author_email, commit.committer_email) if email.strip()
+            email
+            for email in (commit.author_email.strip().lower(), commit.committer_email.strip().lower())
+            if email and len(email) <= MAX_EMAIL_LENGTH
         }
         _COMMIT_FACTS[(str(self.path), info.sha)] = _CommitFacts(commit.parents, frozenset(emails))
         return info, commit.parents
@@ -667,6 +719,17 @@ class TooManySkippedEntries(PermanentError):
 
 # Symlinks and submodules a listing steps over before it gives up; none is kept, so this bounds time.
 MAX_SKIPPED_ENTRIES = 100_000
+# A listing's record is its metadata and a path; git allows a path of any length, Sluice's names are at
+# most 1,000 characters (MAX_PATH_LENGTH). Past this a record is refused before more of it is buffered.
+MAX_RECORD_BYTES = 256 * 1024
+
+
+class OverlongTreeEntry(PermanentError):
+    """A tree names a file whose path is longer than any listing record Sluice reads."""
+
+    def __init__(self, example: str) -> None:
+        super().__init__(f"a path in the tree is longer than {MAX_RECORD_BYTES:,} bytes")
+        self.example = example
 
 
 def _read_records(
@@ -679,7 +742,8 @@ def _read_records(
     """``ls-tree`` records up to the one listing file number ``max_files``, and whether git had more
     (then the rest is left unread). Only regular files count: symlinks and submodules, which the
     listing skips, must not make a cut listing look complete. With ``max_skipped``, the records that
-    do not count are dropped as they come, and past that many of them TooManySkippedEntries is raised."""
+    do not count are dropped as they come, and past that many of them TooManySkippedEntries is raised.
+    A record longer than MAX_RECORD_BYTES raises OverlongTreeEntry."""
     if process.stdout is None:
         raise RuntimeError("git was started without a stdout pipe")
     records: list[bytes] = []
@@ -687,6 +751,8 @@ def _read_records(
     pending = b""
     while chunk := os.read(process.stdout.fileno(), 64 * 1024):
         *complete, pending = (pending + chunk).split(b"\0")
+        if len(pending) > MAX_RECORD_BYTES:  # each read would copy and search it again: quadratic
+            raise OverlongTreeEntry(pending.partition(b"\t")[2][:100].decode("utf-8", "replace"))
         for record in complete:
             if max_files is not None and files == max_files:
                 return records, True

@@ -31,7 +31,7 @@ from gitops.desired.revision import (
 from gitops.desired.scope import AdminScope
 from gitops.errors import PermanentError, TemporaryError
 from gitops.fetch.credentials import configured_scope, resolve_credentials
-from gitops.fetch.mirror import CommitInfo, FetchResult, GitMirror, TooManySkippedEntries
+from gitops.fetch.mirror import CommitInfo, FetchResult, GitMirror, OverlongTreeEntry, TooManySkippedEntries
 from gitops.fetch.refs import RequestedRevision
 from gitops.models import PERSON_LENGTH, Revision, Rollout, Source, known_cluster_names
 from gitops.record import notifications
@@ -143,6 +143,9 @@ def _listing(
     except TooManySkippedEntries as exc:
         advice = f"{exc}; Sluice reads regular files only: remove them or move them elsewhere"
         raise RevisionRejected([ValidationError(shown_path(exc.example), None, "", advice)]) from None
+    except OverlongTreeEntry as exc:
+        advice = f"{exc}: Sluice reads paths of at most 1,000 characters; rename it"
+        raise RevisionRejected([ValidationError(shown_path(exc.example) + "…", None, "", advice)]) from None
     if problem := file_count_problem(tree, limits):
         raise RevisionRejected([problem])
     return {name: entry.blob for name, entry in tree.items()}, {

@@ -204,6 +204,111 @@ def test_a_commit_too_large_to_read_is_refused_before_it_is_read(mirrored, monke
     assert len(info.message) == MESSAGE_LENGTH and info.message.endswith("…")
 
 
+def test_an_identity_longer_than_an_email_is_neither_read_whole_nor_kept(mirrored):
+    """A commit behind the tip is not size-checked: its author may be megabytes long. git cuts each
+    email before the worker reads it, and what no address can be is nobody's identity."""
+    repo, mirror = mirrored
+    base = mirror.fetch(repo.url, "main").commit
+    tree = git(mirror.path, "rev-parse", "refs/sluice/heads/main^{tree}")
+    giant = "a" * 2_000_000 + "@example.com"
+
+    def commit_of(parent: str, author: str, committer: str = IDENT) -> str:
+        body = f"tree {tree}\nparent {parent}\nauthor {author}\ncommitter {committer}\n\nmessage\n"
+        return raw_commit(mirror.path, body.encode())
+
+    behind = commit_of(base, f"X <{giant}> 1700000000 +0000")
+    tip = commit_of(behind, "Bo <Bo@Example.com> 1700000001 +0000")
+    edge = "b" * (254 - len("@example.com")) + "@example.com"  # as long as an address may be
+    over = "c" + edge
+    at_edge = commit_of(tip, f"E <{edge}> 1700000002 +0000", f"O <{over}> 1700000002 +0000")
+    read: list[int] = []
+    local = mirror._local
+
+    def measured(*args, **kwargs):
+        completed = local(*args, **kwargs)
+        read.append(len(completed.stdout or b""))
+        return completed
+
+    mirror._local = measured
+    assert mirror.commit_identities(tip, since=base) == {"bo@example.com", "ada@example.com"}
+    assert max(read) < 2_000, "git cut the author before the worker read it"
+    assert mirror.commit_identities(at_edge, since=tip) == {edge}
+    mirror._local = local
+    mirror._tip(at_edge)  # the tip's own identities, as a one-commit push reads them
+    assert mirror.commit_identities(at_edge, since=tip) == {edge}
+
+
+def test_a_path_longer_than_a_record_is_refused_before_it_is_buffered(mirrored):
+    """git allows a path of any length: a tree naming one of megabytes compresses to a few KB. Each read
+    of the listing copied and searched the partial record again (8 s for 32 MiB, on every poll)."""
+    import time
+
+    from gitops.desired.errors import RevisionRejected
+    from gitops.desired.limits import Limits
+    from gitops.fetch.mirror import MAX_RECORD_BYTES, OverlongTreeEntry
+    from gitops.fetch.revisions import READ_PATHS, _listing
+
+    _, mirror = mirrored
+    base = git(mirror.path, "rev-parse", "refs/sluice/heads/main")
+    blob = git(mirror.path, "hash-object", "-w", "--stdin", stdin=b"a: 1\n")
+    name = "n" * (4 * 1024 * 1024)
+    inner = git(mirror.path, "mktree", "--missing", stdin=f"100644 blob {blob}\t{name}\n".encode())
+    root = git(mirror.path, "mktree", "--missing", stdin=f"040000 tree {inner}\tconfigmaps\n".encode())
+    commit = raw_commit(
+        mirror.path, f"tree {root}\nparent {base}\nauthor {IDENT}\ncommitter {IDENT}\n\nx\n".encode()
+    )
+
+    started = time.process_time()
+    with pytest.raises(OverlongTreeEntry, match=f"longer than {MAX_RECORD_BYTES:,} bytes"):
+        mirror.list_tree(commit, "", paths=READ_PATHS, max_entries=100)
+    with pytest.raises(RevisionRejected) as rejected:
+        _listing(mirror, commit, "", Limits())
+    assert mirror.tree_changes(base, commit, "", paths=READ_PATHS, max_changes=100) is None
+    assert time.process_time() - started < 2
+    (error,) = rejected.value.errors
+    assert error.file.startswith("configmaps/nnnn") and "rename it" in error.message
+
+
+def test_a_fetch_killed_at_its_timeout_leaves_no_temporary_objects(mirrored):
+    """A server that never finishes sending its pack: git is killed at the timeout, and the temporary
+    files it was writing would stay for git's two-week prune, one set a poll."""
+    import socket
+    import threading
+
+    from gitops.errors import TemporaryError
+
+    _, mirror = mirrored
+    objects = mirror.path / "objects"
+    (objects / "9d").mkdir(exist_ok=True)
+    left = [objects / "pack" / "tmp_pack_Ab12Cd", objects / "9d" / "tmp_obj_Xy34Zw"]
+    for path in left:
+        path.write_bytes(b"\0" * 4096)
+
+    def real_objects() -> list[Path]:
+        return sorted(
+            path for path in objects.rglob("*") if path.is_file() and not path.name.startswith("tmp_")
+        )
+
+    kept = real_objects()
+    assert kept, "the mirror's own objects"
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    accepted: list[socket.socket] = []
+    threading.Thread(target=lambda: accepted.append(server.accept()[0]), daemon=True).start()
+    try:
+        with pytest.raises(TemporaryError, match="timed out"):
+            mirror.fetch(f"http://127.0.0.1:{server.getsockname()[1]}/repo.git", "main", timeout=1)
+    finally:
+        server.close()
+        for connection in accepted:
+            connection.close()
+    assert not any(path.exists() for path in left)
+    assert real_objects() == kept
+    assert mirror.sweep_temporary_objects(older_than=0) == 0
+
+
 def test_missing_and_wrong_objects_are_refused_as_before(mirrored):
     _, mirror = mirrored
     tree = git(mirror.path, "rev-parse", "refs/sluice/heads/main^{tree}")

@@ -56,6 +56,19 @@ def test_a_quoted_or_block_value_is_text_however_long_and_digit_like_it_is():
     ]
 
 
+def test_a_json_number_too_long_is_refused_as_yaml_refuses_it():
+    """A JSON file that YAML reads differently keeps json's data: its numbers must meet the same bound,
+    or a 4,000-digit variant reaches a flag set that readers with 64-bit numbers cannot evaluate."""
+    digits = "9" * 4000
+    text = f'{{"flags": {{"f": {{"variants": {{"a": {digits}, "b": 1}}, "state": "ENABLED"}}}}}}'
+    _, errors = load_json("flags/a.json", text.encode())
+    assert [str(error) for error in errors] == [
+        "flags/a.json: a number of 4,000 characters is too long; quote it if it is text"
+    ]
+    (document,), errors = load_json("flags/b.json", f'{{"n": -{"9" * 99}}}'.encode())  # 100 characters
+    assert errors == [] and document.data["n"] == -int("9" * 99)
+
+
 # -- the inline scalar path -------------------------------------------------------------------
 
 _SCALARS = (

@@ -116,6 +116,7 @@ def same_index(left: RevisionIndex, right: RevisionIndex) -> None:
         right.policy_nodes,
     )
     assert dict(left.owners) == dict(right.owners)
+    assert left.expanded_bytes == right.expanded_bytes
     assert list(left.by_path) == list(right.by_path)
     assert all(left.by_path[path] == right.by_path[path] for path in left.by_path)
     # What a state builds from its objects, mended from the last state's or built afresh: the same.
@@ -139,10 +140,12 @@ LIMITS = [
     Limits(),
     # Tight enough that random edits cross each whole-revision limit both ways.
     replace(Limits(), max_objects=14, max_files=9, max_revision_bytes=1_400, max_file_bytes=300),
+    # The objects' content in every target, added up: a file sent to three namespaces counts three times.
+    replace(Limits(), max_expanded_bytes=200),
 ]
 
 
-@pytest.mark.parametrize("limits", LIMITS, ids=["default-limits", "tight-limits"])
+@pytest.mark.parametrize("limits", LIMITS, ids=["default-limits", "tight-limits", "tight-expanded-bytes"])
 @pytest.mark.parametrize("seed", range(6))
 def test_a_commit_loaded_from_its_changes_is_the_whole_load_or_nothing(limits: Limits, seed: int) -> None:
     rng = random.Random(seed)  # noqa: S311 - a reproducible walk, not a secret
@@ -184,8 +187,45 @@ def test_a_commit_loaded_from_its_changes_is_the_whole_load_or_nothing(limits: L
     # past a limit in the tight walk, never do.
     assert outcomes["whole load needed"] == 0, outcomes
     assert outcomes["same"] >= 50, outcomes
-    assert outcomes["in place"] >= 10, outcomes
+    # (The expanded-bytes walk rejects more states, so fewer are left to mend in place.)
+    assert outcomes["in place"] >= (5 if limits.max_expanded_bytes < 1_000 else 10), outcomes
     assert outcomes["rejected"] >= 25, outcomes
+
+
+def test_a_change_that_passes_the_expanded_bytes_limit_with_the_kept_files_is_loaded_whole() -> None:
+    """Each push's changed files alone stay under SLUICE_MAX_EXPANDED_BYTES; together with the files kept
+    from before they pass it. Counting the changed files alone let a pusher grow a revision past the limit
+    a push at a time, and whether a commit was valid depended on which worker process loaded it."""
+    limits = replace(Limits(), max_expanded_bytes=1_000)
+    tree = Tree({"sluice.yaml": POLICY, "configmaps/a.yaml": configmap("a", "x" * 250, "canary")})
+    cache = ParseCache()
+    loaded = load_whole(tree, limits, cache)
+    assert loaded is not None
+    index = loaded[1]
+    assert index.expanded_bytes >= 250
+    tree.files["configmaps/b.yaml"] = configmap("b", "y" * 250, None)  # three target namespaces: 750 more
+    changes = changes_between(index.tree, tree.listing())
+    assert (
+        load_revision_changes(index, changes, tree.read_blobs, limits=limits, cache=cache, scope=SCOPE)
+        is None
+    )
+    with pytest.raises(RevisionRejected) as rejected:
+        load_whole_or_raise(tree, limits)
+    assert [(error.file, "1,000 bytes" in error.message) for error in rejected.value.errors] == [
+        ("configmaps/b.yaml", True)
+    ]
+
+
+def load_whole_or_raise(tree: Tree, limits: Limits) -> None:
+    listing = tree.listing()
+    load_revision_indexed(
+        {path: blob for path, (blob, _) in listing.items()},
+        tree.read_blobs,
+        sizes={path: size for path, (_, size) in listing.items()},
+        limits=limits,
+        cache=ParseCache(),
+        scope=SCOPE,
+    )
 
 
 def test_a_changed_policy_scope_or_limits_loads_the_whole_tree() -> None:
