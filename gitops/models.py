@@ -389,6 +389,13 @@ class Rollout(models.Model):
     promoted_by = models.CharField(max_length=150, blank=True, default="")
     abort_requested_by = models.CharField(max_length=150, blank=True, default="")
     abort_reason = models.TextField(blank=True, default="")
+    # The phase a rollback Sluice decided on (a failed analysis, wave or step; a supersede) ends in,
+    # saved with abort_requested_by before anything is restored: a pass that dies mid-rollback is followed
+    # by one that finishes the rollback, never by one that drives the rollout on. Blank: Aborted.
+    rollback_phase = models.CharField(max_length=16, choices=Phase.choices, blank=True, default="")
+    # The steps as the rollout began, gates included: a promote to 100% cuts ``steps`` short, and a retry
+    # must run the revision's own steps again (its analyses and gates), not the cut ones. Empty before 0019.
+    planned_steps = models.JSONField(default=list, blank=True)
     # Clusters a rollback could not reach yet: they still hold this rollout's content and are
     # restored as soon as they answer (retried at pause_until, by the source's reconciles).
     rollback_pending_clusters = models.JSONField(default=list, blank=True)
@@ -414,6 +421,11 @@ class Rollout(models.Model):
     @property
     def is_active(self) -> bool:
         return self.phase in self.ACTIVE_PHASES
+
+    @property
+    def decided_rollback_phase(self) -> Rollout.Phase:
+        """The phase the rollback asked for (a person's abort, or Sluice's own decision) ends in."""
+        return Rollout.Phase(self.rollback_phase) if self.rollback_phase else Rollout.Phase.ABORTED
 
     # What running a revision again takes from an earlier rollout of it: the steps and gates it had.
     REPEATED_FIELDS: ClassVar[tuple[str, ...]] = (

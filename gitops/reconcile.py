@@ -211,10 +211,9 @@ def _drive_active(
     if rollout.abort_requested_by:
         # A rollback needs nothing from Git: the intents hold what every target had before.
         reason = rollout.abort_reason or "aborted"
-        rollout_rollback(
-            rollout, actor=rollout.abort_requested_by, reason=reason, phase=Rollout.Phase.ABORTED
-        )
-        return StepOutcome(Outcome.ABORTED)
+        phase = rollout.decided_rollback_phase
+        rollout_rollback(rollout, actor=rollout.abort_requested_by, reason=reason, phase=phase)
+        return StepOutcome(Outcome(phase.lower()))
     try:
         return _drive(rollout, None, actor, retry_failed, held)
     except (TemporaryError, PermanentError) as exc:
@@ -267,9 +266,8 @@ def _abort_if_requested(source: Source) -> bool:
     requested = list(_aborts_requested(source).select_related("revision", "source"))
     for rollout in requested:
         reason = rollout.abort_reason or "aborted"
-        rollout_rollback(
-            rollout, actor=rollout.abort_requested_by, reason=reason, phase=Rollout.Phase.ABORTED
-        )
+        phase = rollout.decided_rollback_phase
+        rollout_rollback(rollout, actor=rollout.abort_requested_by, reason=reason, phase=phase)
     return bool(requested)
 
 

@@ -239,9 +239,11 @@ def rollout_retry(rollout_id: int, *, user: User) -> Rollout:
             )
         if Rollout.objects.filter(source=source, phase__in=Rollout.ACTIVE_PHASES).exists():
             raise RolloutError(f"{source.name} already has an active rollout")
-        again = Rollout.objects.create(
-            **gated(source, copied(rollout, Rollout.REPEATED_FIELDS)), created_by=username
-        )
+        repeated = copied(rollout, Rollout.REPEATED_FIELDS)
+        # Its own steps, not the ones a promote to 100% cut short: the analyses and gates run again.
+        repeated["steps"] = rollout.planned_steps or rollout.steps
+        repeated = gated(source, repeated)
+        again = Rollout.objects.create(**repeated, planned_steps=repeated["steps"], created_by=username)
         rollout_event(
             again, RolloutEventKind.STARTED, actor=username, message=f"retry of rollout {rollout.pk}"
         )

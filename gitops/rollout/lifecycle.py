@@ -88,11 +88,13 @@ def rollout_start(
     steps = policy.rollout.steps
     if floor:
         steps = with_approval_gate(steps, functools.partial(largest_share, desired))
+    planned = [step.as_json() for step in steps]
     rollout = Rollout.objects.create(
         source=source,
         revision=revision,
         phase=Rollout.Phase.PROGRESSING,
-        steps=[step.as_json() for step in steps],
+        steps=planned,
+        planned_steps=planned,
         approvals_required=max(policy.approvals.required, floor),
         consumers=policy.rollout.consumers,
         health_timeout_seconds=policy.rollout.health_timeout_seconds,
@@ -174,10 +176,9 @@ def _settled(
     """Whether the rollout stops here: aborted, ended, waiting, or past its last step. Sets the outcome."""
     if rollout.abort_requested_by and rollout.is_active:
         reason = rollout.abort_reason or "aborted"
-        rollout_rollback(
-            rollout, actor=rollout.abort_requested_by, reason=reason, phase=Rollout.Phase.ABORTED
-        )
-        outcome.outcome = Outcome.ABORTED
+        phase = rollout.decided_rollback_phase
+        rollout_rollback(rollout, actor=rollout.abort_requested_by, reason=reason, phase=phase)
+        outcome.outcome = Outcome(phase.lower())
         return True
     if rollout.phase == Rollout.Phase.COMPLETED:
         if held is None:  # keep the finished revision in place: drift, self-heal, prune

@@ -26,6 +26,7 @@ from gitops.cluster.live import live_configmaps
 from gitops.consumers.wave import restoring_intent
 from gitops.consumers.workloads import workload_from
 from gitops.errors import GitopsError
+from gitops.failpoints import failpoint
 from gitops.models import ApplyIntent, Rollout, Source
 from gitops.plan.provenance import live_provenance
 from gitops.record.events import rollout_event
@@ -40,6 +41,9 @@ ObjectKey = tuple[str, str, str, str]  # (cluster, kind, namespace, name)
 class Restored:
     failures: list[str] = field(default_factory=list)  # refusals for good
     owed: dict[str, str] = field(default_factory=dict)  # clusters not reached, and why
+    # Targets found already holding what they held before: an earlier try of this rollback may have
+    # restored them (a crash, or a cluster that stopped answering mid-batch, before it was logged).
+    settled: set[ObjectKey] = field(default_factory=set)
 
 
 def rollout_rollback(rollout: Rollout, *, actor: str, reason: str, phase: Rollout.Phase) -> list[str]:
@@ -47,6 +51,8 @@ def rollout_rollback(rollout: Rollout, *, actor: str, reason: str, phase: Rollou
 
     Clusters that cannot be reached now are owed their rollback (see ``rollbacks_owed_finish``).
     """
+    _decided(rollout, actor=actor, reason=reason, phase=phase)
+    failpoint("mid-rollback")
     restored = _restore(rollout, actor, clusters=None)
     now = timezone.now()
     owed = sorted(restored.owed)
@@ -74,6 +80,16 @@ def rollout_rollback(rollout: Rollout, *, actor: str, reason: str, phase: Rollou
     if retry_at is not None:
         schedule.source_sync_at(rollout.source_id, retry_at)
     return restored.failures
+
+
+def _decided(rollout: Rollout, *, actor: str, reason: str, phase: Rollout.Phase) -> None:
+    """Saves the decision to roll back before anything is restored, as a person's abort is saved: a
+    worker that dies mid-restore leaves a rollout that the next pass rolls back (``rollback_phase``
+    says how it ends), not one it drives on from restored targets. A person's abort asked first keeps
+    its own name and reason."""
+    Rollout.objects.filter(pk=rollout.pk, phase__in=Rollout.ACTIVE_PHASES, abort_requested_by="").update(
+        abort_requested_by=actor, abort_reason=reason, rollback_phase=phase, updated_at=timezone.now()
+    )
 
 
 def rollbacks_owed_finish(source: Source) -> None:
@@ -145,8 +161,31 @@ def _restore(rollout: Rollout, actor: str, *, clusters: set[str] | None) -> Rest
     since = _since(rollout, first_intents) if clusters is not None else None
     _restore_configmaps(rollout, configmaps, actor, restored, since=since)
     _restore_workloads(rollout, workloads, actor, restored, since=since)
+    _log_earlier_restores(rollout, restored)
     _drop_unapplied(rollout, clusters, still_owed=set(restored.owed))
     return restored
+
+
+def _log_earlier_restores(rollout: Rollout, restored: Restored) -> None:
+    """Finishes an earlier try's restores of the targets found already restored: applied again (the same
+    content: nothing changes) and logged once, as that try would have. Dropped unlogged, a restore a
+    crash or a cluster's silence interrupted after it took effect would be missing from the log."""
+    if not restored.settled:
+        return
+    pending = rollout.intents.filter(
+        action=ChangeAction.ROLLBACK,
+        status=ApplyIntent.Status.PENDING,
+        cluster__in={key[0] for key in restored.settled} - set(restored.owed),
+    ).order_by("id")
+    earlier: dict[ObjectKey, ApplyIntent] = {}
+    for intent in pending:  # the first try's, when several were cut short: it saw what came before
+        key = (intent.cluster, intent.kind, intent.namespace, intent.name)
+        if key in restored.settled:
+            earlier.setdefault(key, intent)
+    if earlier:
+        executed = intents_execute(list(earlier.values()))
+        restored.failures.extend(executed.failures)
+        restored.owed.update(executed.unreachable)
 
 
 def _drop_unapplied(rollout: Rollout, clusters: set[str] | None, *, still_owed: set[str]) -> None:
@@ -273,6 +312,8 @@ def _restore_configmaps(
             continue
         if (restore := ApplyIntent.restoring(rollout, first, found, actor=actor)) is not None:
             restores.append(restore)
+        else:
+            restored.settled.add(key)
     _execute(restores, restored)
 
 
@@ -301,6 +342,8 @@ def _restore_workloads(
             continue
         if (restore := restoring_intent(rollout, first, live, actor=actor)) is not None:
             restores.append(restore)
+        else:
+            restored.settled.add(key)
     _execute(restores, restored)
 
 

@@ -100,11 +100,16 @@ class StepOutcome:
 
 
 def transition(rollout: Rollout, **changes: Any) -> bool:
-    """Compare-and-swap on (phase, step, version): False when someone moved the rollout meanwhile, or
-    rewrote its steps (a promote to 100% while this step ran: the worker must not step past it)."""
+    """Compare-and-swap on (phase, step, version, abort): False when someone moved the rollout meanwhile,
+    rewrote its steps (a promote to 100% while this step ran: the worker must not step past it), or
+    asked for an abort since it was read (a completion must not swallow it)."""
     changes.setdefault("updated_at", timezone.now())
     moved = Rollout.objects.filter(
-        pk=rollout.pk, phase=rollout.phase, step_index=rollout.step_index, version=rollout.version
+        pk=rollout.pk,
+        phase=rollout.phase,
+        step_index=rollout.step_index,
+        version=rollout.version,
+        abort_requested_by=rollout.abort_requested_by,
     ).update(**changes)
     if moved:
         for name, value in changes.items():

@@ -206,3 +206,57 @@ def test_a_promote_to_100_percent_while_a_step_runs_is_not_stepped_past_by_the_w
     assert done.weight == 100
     namespaces = sorted({intent.namespace for intent in done.intents.all()})
     assert [cluster.get_configmap(ns, "app")["data"]["V"] for ns in namespaces] == ["2"] * len(namespaces)
+
+
+def test_a_worker_killed_mid_rollback_leaves_a_rollback_the_next_pass_finishes(
+    repo, make_namespaces, make_source, start_worker, sync, cluster, analysis_endpoint
+):
+    """Sluice's own decision to roll back (a failed analysis) is saved before anything is restored. It
+    lived only in the worker's memory: a worker killed mid-restore left an active rollout that the next
+    pass drove on, and a flaky check that now passed took it to the next step."""
+    from gitops.models import Rollout
+    from gitops.tasks import sync_source
+
+    canary, rest = make_namespaces("canary", "rest")
+    check = {"analysis": {"http": {"url": analysis_endpoint.url}, "failureLimit": 1}}
+    steps = [{"setWeight": 50}, check, {"pause": {}}]
+    repo.write_all(
+        {"sluice.yaml": policy([canary, rest]), "configmaps/app.yaml": configmap("app", {"V": "1"})}
+    )
+    repo.commit("v1")
+    source = make_source(analysis_url_prefixes=[analysis_endpoint.url])
+    assert sync(source)["outcome"] == "applied"
+    rollout_policy = policy([canary, rest], rollout={"steps": steps})
+    repo.write_all({"sluice.yaml": rollout_policy, "configmaps/app.yaml": configmap("app", {"V": "2"})})
+    v2 = repo.commit("v2")
+
+    def version(namespace: str) -> str | None:
+        return (cluster.get_configmap(namespace, "app") or {}).get("data", {}).get("V")
+
+    analysis_endpoint.status = 503
+    queue = f"crash-rollback-{source.pk}"
+    doomed = start_worker(
+        concurrency=1, queues=queue, env_overrides={"SLUICE_FAILPOINTS": "mid-rollback=300"}
+    )
+    sync_source.apply_async((source.pk,), queue=queue)
+    decided = poll(
+        lambda: (
+            Rollout.objects.filter(source=source, revision__commit=v2).exclude(abort_requested_by="").first()
+        ),
+        timeout=90,
+        what="the failed analysis's rollback to be decided",
+    )
+    assert decided.is_active and (decided.abort_requested_by, decided.rollback_phase) == ("sluice", "Aborted")
+    assert decided.abort_reason.startswith("analysis failed: HTTP 503")
+    doomed.kill()
+    assert (version(canary), version(rest)) == ("2", "1"), "killed before anything was restored"
+
+    analysis_endpoint.status = 200  # the check is flaky: it would pass now
+    result = sync(source)
+
+    assert result["outcome"] == "aborted"
+    ended = Rollout.objects.get(pk=decided.pk)
+    assert ended.phase == "Aborted" and ended.message.startswith("analysis failed: HTTP 503")
+    assert (version(canary), version(rest)) == ("1", "1")
+    assert sync(source)["outcome"] == "aborted", "nothing drives the ended rollout on"
+    assert (version(canary), version(rest)) == ("1", "1")

@@ -249,6 +249,92 @@ def test_a_failing_analysis_aborts_and_rolls_back(
     assert versions(cluster, targets) == ["1", "1", "1", "1"]
 
 
+def test_an_abort_asked_after_the_worker_read_the_rollout_is_not_swallowed_by_its_next_move(
+    repo, make_namespaces, make_source, sync, cluster, people
+):
+    """The worker's compare-and-swap covers the abort: a completion (or any move) computed from a rollout
+    read before someone asked for an abort must fail, or the rollout ends Completed and nothing rolls back."""
+    from gitops.rollout.state import transition
+
+    targets = make_namespaces("canary", "rest")
+    source, _, _ = start_rollout(repo, make_source, sync, targets, [{"setWeight": 50}, {"pause": {}}])
+    assert sync(source)["outcome"] == "paused"
+    read_by_the_worker = rollout_of(source)
+    decisions.rollout_abort(read_by_the_worker.pk, user=people["approver"])
+
+    assert not transition(read_by_the_worker, phase=Rollout.Phase.COMPLETED, step_index=2)
+    assert rollout_of(source).phase == "Paused"
+    poll(lambda: rollout_of(source).phase == "Aborted", timeout=60, what="the abort's rollback")
+    assert versions(cluster, targets) == ["1", "1"]
+
+
+def test_a_retry_runs_the_revisions_own_steps_not_the_ones_a_promote_to_100_cut(
+    repo, make_namespaces, make_source, sync, people
+):
+    """A promote to 100% rewrites the rollout's steps (its analysis and later gates gone); a retry of
+    that rollout, failed or aborted afterwards, must run the revision's steps again, with fresh approvals."""
+    targets = make_namespaces("canary", "rest")
+    steps = [{"setWeight": 50}, {"pause": {}}, {"setWeight": 75}, {"pause": {}}]
+    source, _, _ = start_rollout(repo, make_source, sync, targets, steps)
+    assert sync(source)["outcome"] == "paused"
+    rollout = rollout_of(source)
+    planned = list(rollout.steps)
+    assert rollout.planned_steps == planned
+    # As `promote --full` at the first gate leaves them (the worker then fails at 100%, say).
+    Rollout.objects.filter(pk=rollout.pk).update(steps=[*planned[:2], {"setWeight": 100}])
+    decisions.rollout_abort(rollout.pk, user=people["approver"])
+    wait_for(source, phase="Aborted")
+
+    again = decisions.rollout_retry(rollout.pk, user=people["approver"])
+
+    assert again.steps == planned and again.planned_steps == planned
+    assert wait_for(source, phase="Paused", waiting_for="approval").weight == 50
+
+
+def test_an_owed_rollback_logs_a_restore_an_interrupted_try_applied_and_never_logged(
+    repo, make_namespaces, make_source, sync, cluster
+):
+    """A rollback's batch that took effect in part before its cluster stopped answering (or the worker
+    died) leaves applied restores pending, and the rollout ends owing the cluster. When the owed
+    rollback runs, those targets already hold what they held before: their restores must still be
+    logged, once, or the change log misses a change the cluster got."""
+    from django.utils import timezone
+
+    from gitops.cluster.apply import intents_apply_everywhere
+    from gitops.cluster.live import live_configmaps
+    from gitops.models import ApplyIntent, Source
+    from gitops.rollout.rollback import rollbacks_owed_finish
+
+    targets = make_namespaces("canary", "rest")
+    source, _, _ = start_rollout(repo, make_source, sync, targets, [{"setWeight": 100}, {"pause": {}}])
+    assert sync(source)["outcome"] == "paused"
+    rollout = rollout_of(source)
+    firsts = sorted(rollout.intents.filter(name="app"), key=lambda intent: targets.index(intent.namespace))
+    live = live_configmaps({(first.cluster, first.namespace) for first in firsts}).index()
+    restores = [
+        ApplyIntent.restoring(rollout, first, live[(first.cluster, first.namespace, "app")], actor="sluice")
+        for first in firsts
+    ]
+    interrupted = ApplyIntent.objects.bulk_create(restores)
+    intents_apply_everywhere(interrupted[:1])  # the first took effect; the second never went out
+    Rollout.objects.filter(pk=rollout.pk).update(
+        phase=Rollout.Phase.ABORTED, finished_at=timezone.now(), rollback_pending_clusters=[firsts[0].cluster]
+    )
+    assert versions(cluster, targets) == ["1", "2"]
+
+    rollbacks_owed_finish(Source.objects.get(pk=source.pk))
+
+    assert versions(cluster, targets) == ["1", "1"]
+    logged = Change.objects.filter(source=source, action="rollback", name="app")
+    assert sorted(change.namespace for change in logged) == sorted(targets), "each restore logged once"
+    assert [change.after["data"]["VERSION"] for change in logged] == ["1", "1"]
+    assert Rollout.objects.get(pk=rollout.pk).rollback_pending_clusters == []
+    statuses = set(
+        ApplyIntent.objects.filter(pk__in=[i.pk for i in interrupted]).values_list("status", flat=True)
+    )
+    assert statuses == {"done", "dropped"}, "the first try's applied restore logged, its unsent one dropped"
+
+
 def test_abort_restores_the_exact_previous_contents_and_retry_runs_again(
     repo, make_namespaces, make_source, sync, cluster, people
 ):
