@@ -392,10 +392,13 @@ class Rollout(models.Model):
     # The phase a rollback Sluice decided on (a failed analysis, wave or step; a supersede) ends in,
     # saved with abort_requested_by before anything is restored: a pass that dies mid-rollback is followed
     # by one that finishes the rollback, never by one that drives the rollout on. Blank: Aborted.
-    rollback_phase = models.CharField(max_length=16, choices=Phase.choices, blank=True, default="")
+    # (Database defaults, here and below: a worker of the release before, during an upgrade, inserts without them.)
+    rollback_phase = models.CharField(
+        max_length=16, choices=Phase.choices, blank=True, default="", db_default=""
+    )
     # The steps as the rollout began, gates included: a promote to 100% cuts ``steps`` short, and a retry
     # must run the revision's own steps again (its analyses and gates), not the cut ones. Empty before 0019.
-    planned_steps = models.JSONField(default=list, blank=True)
+    planned_steps = models.JSONField(default=list, blank=True, db_default=[])
     # Clusters a rollback could not reach yet: they still hold this rollout's content and are
     # restored as soon as they answer (retried at pause_until, by the source's reconciles).
     rollback_pending_clusters = models.JSONField(default=list, blank=True)
