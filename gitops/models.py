@@ -392,7 +392,7 @@ class Rollout(models.Model):
     # The phase a rollback Sluice decided on (a failed analysis, wave or step; a supersede) ends in,
     # saved with abort_requested_by before anything is restored: a pass that dies mid-rollback is followed
     # by one that finishes the rollback, never by one that drives the rollout on. Blank: Aborted.
-    # (Database defaults, here and below: a worker of the release before, during an upgrade, inserts without them.)
+    # Database defaults, here and below: a worker of the release before inserts without these columns.
     rollback_phase = models.CharField(
         max_length=16, choices=Phase.choices, blank=True, default="", db_default=""
     )
