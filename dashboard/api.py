@@ -1025,12 +1025,14 @@ def previewed_plan(source: Source, revision: str, *, actor: str) -> dict[str, An
         raise TemporaryError(f"no worker answered within {waited}s", delay=10)
     outcome = answer.get("outcome")
     if outcome == PreviewOutcome.NOT_FOUND:
-        raise HttpError(404, answer["detail"])
+        raise HttpError(404, redact(answer["detail"]))
     if outcome == PreviewOutcome.UNAVAILABLE:
         raise TemporaryError(answer["detail"])
     if outcome not in (PreviewOutcome.PLANNED, PreviewOutcome.REJECTED):
         raise PermanentError(answer.get("detail") or "the preview failed")
-    return {**answer, "valid": outcome == PreviewOutcome.PLANNED}
+    # Its errors quote the revision's files, as a revision's do: redacted as pages show them.
+    errors = [redacted_error(error) for error in answer.get("errors") or [] if isinstance(error, dict)]
+    return {**answer, "errors": errors, "valid": outcome == PreviewOutcome.PLANNED}
 
 
 @api.get("/rollouts", response={200: RolloutPage, **AUTH_ERRORS}, tags=["rollouts"])

@@ -90,4 +90,6 @@ def _from_a_trusted_proxy(remote: str | None) -> bool:
         connected = ipaddress.ip_address(remote or "")
     except ValueError:
         return False
+    if isinstance(connected, ipaddress.IPv6Address) and connected.ipv4_mapped is not None:
+        connected = connected.ipv4_mapped  # a dual-stack socket's name for an IPv4 proxy
     return any(connected in ipaddress.ip_network(network, strict=False) for network in networks)

@@ -90,7 +90,7 @@ def _reconcile(
     resumed = intents_finish_pending(source) if owed.intents else 0
     if owed.rollbacks:  # clusters that did not answer an earlier rollback: a freeze holds none
         rollbacks_owed_finish(source)
-    aborted = owed.aborts and _abort_if_requested(source)  # before Git: no new commit holds an abort up
+    aborted = _abort_if_requested(source) if owed.aborts else None  # before Git: no commit holds it up
     gate = selectors.source_gate(source)
     held = None if gate.allows(manual=manual) else gate  # a freeze, or outside the sync windows
     if rollouts_only and (not source.automatic_sync_allowed or _backing_off(source)):
@@ -136,7 +136,7 @@ def _reconcile(
 
 
 def _decisions_only(
-    source: Source, *, actor: str, retry_failed: bool, held: Gate | None, aborted: bool
+    source: Source, *, actor: str, retry_failed: bool, held: Gate | None, aborted: Outcome | None
 ) -> SyncResult:
     """A pass that carries out decisions on rollouts (a promote, an abort, a retry; beat's sweep of an
     abort or an owed rollback) on a source that is suspended or backing off from its Git host. What
@@ -144,7 +144,7 @@ def _decisions_only(
     pushed while suspended waits for resume or for someone's sync instead of starting a rollout."""
     moved = _drive_active(source, actor=actor, retry_failed=retry_failed, held=held)
     idle = Outcome.SUSPENDED if not source.automatic_sync_allowed else Outcome.UNCHANGED
-    result = SyncResult(source.name, Outcome.ABORTED if aborted else idle, source.last_commit)
+    result = SyncResult(source.name, aborted or idle, source.last_commit)
     if moved is not None:
         result.outcome, result.summary, result.errors = moved.outcome, moved.summary, moved.failures
     # Git was not asked: its failures in a row, last error and next try stay as they were.
@@ -168,7 +168,7 @@ def _hold(source: Source, head: Revision, desired: Any, gate: Gate, result: Sync
     moved = _drive_active(source, actor=SYSTEM_ACTOR, retry_failed=False, held=gate)
     plan_held(source, desired, head.commit, held=gate.reason)
     result.outcome = Outcome.HELD
-    if moved is not None and moved.outcome in (Outcome.ABORTED, Outcome.FAILED):
+    if moved is not None and moved.outcome in (Outcome.ABORTED, Outcome.FAILED, Outcome.SUPERSEDED):
         result.outcome = moved.outcome
     if moved is not None:
         result.summary, result.errors = moved.summary, moved.failures
@@ -260,15 +260,16 @@ def _aborts_requested(source: Source) -> QuerySet[Rollout]:
     return active.exclude(abort_requested_by="")
 
 
-def _abort_if_requested(source: Source) -> bool:
-    """Carries out a requested abort; whether there was one. A rollback needs nothing from Git: the
-    intents hold what was there."""
-    requested = list(_aborts_requested(source).select_related("revision", "source"))
-    for rollout in requested:
+def _abort_if_requested(source: Source) -> Outcome | None:
+    """Carries out a requested abort (or a rollback Sluice decided and a crash cut short); how the last
+    one ended, None without one. A rollback needs nothing from Git: the intents hold what was there."""
+    ended = None
+    for rollout in _aborts_requested(source).select_related("revision", "source"):
         reason = rollout.abort_reason or "aborted"
         phase = rollout.decided_rollback_phase
         rollout_rollback(rollout, actor=rollout.abort_requested_by, reason=reason, phase=phase)
-    return bool(requested)
+        ended = Outcome(phase.lower())
+    return ended
 
 
 def _roll_back_invalid(rollout: Rollout) -> None:

@@ -55,12 +55,31 @@ def redact_secrets(text: str, secrets: Iterable[str] = ()) -> str:
     return redact_url(text)
 
 
-SECRET_NAMES = ("token", "secret", "password", "passwd", "apikey", "api_key", "api-key")
+# Name endings: access_token, client_secret, AWS_SECRET_ACCESS_KEY, private_key, X-Amz-Signature,
+# X-Amz-Credential, an Azure SAS's sig. A bare "key" is left alone: messages name ConfigMap keys.
+SECRET_NAMES = (
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "passphrase",
+    "apikey",
+    "_key",
+    "-key",
+    "signature",
+    "credential",
+    "credentials",
+)
+
+
+def _secret_name(name: str) -> bool:
+    lowered = name.lower()
+    return lowered.endswith(SECRET_NAMES) or lowered == "sig" or lowered.endswith(("_sig", "-sig"))
 
 
 def _hide_secret_value(match: re.Match[str]) -> str:
     name = match[1]
-    return f"{name}=***" if name.lower().endswith(SECRET_NAMES) else match[0]
+    return f"{name}=***" if _secret_name(name) else match[0]
 
 
 def redact(text: str) -> str:

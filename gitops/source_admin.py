@@ -39,7 +39,7 @@ from gitops.models import (
     validate_source_name,
 )
 from gitops.record.audit import Actor, audit_record
-from gitops.redaction import redact_url
+from gitops.redaction import redact
 from gitops.vocabulary import SYSTEM_ACTOR, AuditVia, ObjectsOnRemoval, SourceAuditAction, Waiting
 
 ADD, CHANGE, DELETE = "gitops.add_source", "gitops.change_source", "gitops.delete_source"
@@ -138,7 +138,7 @@ def _name_problems(name: str) -> list[str | None]:
 def _url_problems(url: str) -> list[str | None]:
     if not url:
         return ["a repository URL is required"]
-    if redact_url(url) != url:
+    if redact(url) != url:  # in the userinfo, or a token in the query (?private_token=...)
         return ["the URL must not contain credentials; give a credentials reference (env:VAR or file:/path)"]
     if len(url) > 2000:
         return ["at most 2000 characters"]

@@ -132,9 +132,9 @@ def url_prefix_problem(prefix: str) -> str | None:
     if parts.username is not None or parts.password is not None:
         return f"{redact(prefix)!r} must not carry credentials"
     if parts.query or parts.fragment:
-        return f"{prefix!r} must not have a query or a fragment"
+        return f"{redact(prefix)!r} must not have a query or a fragment"
     if _unsafe_path(parts.path):
-        return f"{prefix!r} has a path with '.', '..' or escaped separators"
+        return f"{redact(prefix)!r} has a path with '.', '..' or escaped separators"
     return None
 
 

@@ -262,6 +262,7 @@ class GitMirror:
         try:
             completed = run(invocation, timeout=timeout)
         except subprocess.TimeoutExpired:
+            self.sweep_temporary_objects(older_than=0)  # as a fetch of the branch does
             raise TemporaryError(f"fetching {where} timed out after {timeout:g}s") from None
         if completed.returncode != 0:
             stderr = completed.stderr.decode("utf-8", "replace")
@@ -493,7 +494,10 @@ class GitMirror:
         """Deletes the temporary objects and packs git writes before it moves them into place
         (``objects/??/tmp_obj_*``, ``objects/pack/tmp_*``) not written for ``older_than`` seconds; returns
         how many. A fetch killed at its timeout leaves them. The source's lock keeps other fetches of
-        this mirror away, and a preview's fetch whose file goes fails and is asked again."""
+        this mirror away, and a preview's fetch whose file goes fails and is asked again; nothing is
+        swept while git's maintenance holds ``gc.pid``."""
+        if (self.path / "gc.pid").exists():
+            return 0  # git's maintenance runs (its own session, not killed with the fetch): its files too
         deadline = time.time() - older_than
         swept = 0
         objects = self.path / "objects"

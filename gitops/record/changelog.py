@@ -18,6 +18,7 @@ from gitops.models import ApplyIntent, Change, Rollout, Source
 from gitops.plan import Plan
 from gitops.record.bulk import rows_insert
 from gitops.record.inventory import inventory_update
+from gitops.vocabulary import ChangeAction
 
 CONFIGMAP = "ConfigMap"
 
@@ -61,17 +62,29 @@ def intents_pending(source: Source) -> list[ApplyIntent]:
 
     Nor are those of a rollout that ended owing their cluster its rollback: that rollback restores
     their targets from what the cluster holds, and applying them first would put out, for a moment,
-    content the rollout was stopped from bringing (see ``rollback._restore``).
+    content the rollout was stopped from bringing (see ``rollback._restore``). Nor the forward changes
+    of an active rollout whose rollback was asked for or decided: the rollback comes first, the same way.
     """
     pending = list(intents_pending_query(source))
     if not pending:
         return pending
-    owing: dict[int | None, list[str]] = dict(
-        Rollout.objects.filter(pk__in={intent.rollout_id for intent in pending})
-        .exclude(rollback_pending_clusters=[])
-        .values_list("pk", "rollback_pending_clusters")
+    owing: dict[int | None, list[str]] = {}
+    rolling_back: set[int | None] = set()
+    rows = Rollout.objects.filter(pk__in={intent.rollout_id for intent in pending}).values_list(
+        "pk", "rollback_pending_clusters", "phase", "abort_requested_by"
     )
-    return [intent for intent in pending if intent.cluster not in owing.get(intent.rollout_id, ())]
+    for pk, owed, phase, abort_requested_by in rows:
+        owing[pk] = owed
+        # Being rolled back (an abort asked, or Sluice's own decision a crash cut short): its forward
+        # changes are not put out first, only its restores are finished.
+        if abort_requested_by and phase in Rollout.ACTIVE_PHASES:
+            rolling_back.add(pk)
+    return [
+        intent
+        for intent in pending
+        if intent.cluster not in owing.get(intent.rollout_id, ())
+        and (intent.rollout_id not in rolling_back or intent.action == ChangeAction.ROLLBACK)
+    ]
 
 
 def intents_pending_query(source: Source) -> QuerySet[ApplyIntent]:

@@ -139,7 +139,7 @@ def consumer_map_refresh(rollout: Rollout) -> None:
 def wave_gate_close(rollout: Rollout, states: list[dict[str, object]], *, weight: int, actor: str) -> None:
     """Holds the step at its consumers: the rollout waits for them, until its health deadline."""
     until = timezone.now() + timedelta(seconds=rollout.health_timeout_seconds)
-    transition(
+    if not transition(
         rollout,
         phase=Rollout.Phase.PAUSED,
         waiting_for=Waiting.CONSUMERS,
@@ -148,7 +148,8 @@ def wave_gate_close(rollout: Rollout, states: list[dict[str, object]], *, weight
         consumer_states=states,
         promoted_by="",
         message="",
-    )
+    ):
+        return  # moved meanwhile (an abort, a promote): the pass that reads it next goes on from there
     restarted = sum(1 for state in states if state["restarted"])
     message = f"waiting for {len(states)} consumer{'s' if len(states) != 1 else ''} to be healthy"
     if restarted:

@@ -49,9 +49,11 @@ def wait_for_clusters(rollout: Rollout, unreachable: dict[str, str], *, weight: 
     names = ", ".join(sorted(unreachable))
     message = f"waiting for cluster {names} (setWeight {weight}): {unreachable_text(unreachable)}"
     repeated = rollout.message == message
-    transition(
+    # A failed compare-and-swap (an abort, a promote meanwhile) moved nothing: nothing to tell or time.
+    if not transition(
         rollout, phase=Rollout.Phase.PAUSED, waiting_for=Waiting.CLUSTER, pause_until=until, message=message
-    )
+    ):
+        return
     if not repeated:
         rollout_event(
             rollout, RolloutEventKind.PAUSED, message=message, data={"clusters": sorted(unreachable)}
@@ -61,13 +63,17 @@ def wait_for_clusters(rollout: Rollout, unreachable: dict[str, str], *, weight: 
 
 def pause(rollout: Rollout, step: Pause) -> None:
     if step.seconds is None:
-        transition(rollout, phase=Rollout.Phase.PAUSED, waiting_for=Waiting.APPROVAL, pause_until=None)
+        if not transition(
+            rollout, phase=Rollout.Phase.PAUSED, waiting_for=Waiting.APPROVAL, pause_until=None
+        ):
+            return
         needed = rollout.approvals_required
         message = f"waiting for {needed} approval{'s' if needed > 1 else ''}"
         rollout_event(rollout, RolloutEventKind.PAUSED, message=message)
         return
     until = timezone.now() + timedelta(seconds=step.seconds)
-    transition(rollout, phase=Rollout.Phase.PAUSED, waiting_for=Waiting.TIMER, pause_until=until)
+    if not transition(rollout, phase=Rollout.Phase.PAUSED, waiting_for=Waiting.TIMER, pause_until=until):
+        return
     rollout_event(
         rollout, RolloutEventKind.PAUSED, message=f"timed pause of {step.seconds}s, until {until.isoformat()}"
     )

@@ -29,6 +29,7 @@ from gitops.errors import GitopsError
 from gitops.failpoints import failpoint
 from gitops.models import ApplyIntent, Rollout, Source
 from gitops.plan.provenance import live_provenance
+from gitops.record.changelog import changes_record
 from gitops.record.events import rollout_event
 from gitops.rollout.state import cluster_retry_delay, owed_rollback_added, unreachable_text
 from gitops.rollout.step import intents_execute
@@ -167,25 +168,26 @@ def _restore(rollout: Rollout, actor: str, *, clusters: set[str] | None) -> Rest
 
 
 def _log_earlier_restores(rollout: Rollout, restored: Restored) -> None:
-    """Finishes an earlier try's restores of the targets found already restored: applied again (the same
-    content: nothing changes) and logged once, as that try would have. Dropped unlogged, a restore a
-    crash or a cluster's silence interrupted after it took effect would be missing from the log."""
+    """Logs an earlier try's restore of each target found already restored: that try applied it (a crash,
+    or a cluster that stopped answering mid-batch, came before it was logged). Logged, not applied again:
+    the target holds it, and applying an immutable ConfigMap's restore would delete and recreate it.
+    The newest such restore is the one that took effect (a later try made one only if the earlier had
+    not); dropped unlogged, a change the cluster got would be missing from the log."""
     if not restored.settled:
         return
     pending = rollout.intents.filter(
         action=ChangeAction.ROLLBACK,
         status=ApplyIntent.Status.PENDING,
         cluster__in={key[0] for key in restored.settled} - set(restored.owed),
-    ).order_by("id")
-    earlier: dict[ObjectKey, ApplyIntent] = {}
-    for intent in pending:  # the first try's, when several were cut short: it saw what came before
+    ).order_by("-id")
+    newest: dict[ObjectKey, ApplyIntent] = {}
+    for intent in pending:
         key = (intent.cluster, intent.kind, intent.namespace, intent.name)
         if key in restored.settled:
-            earlier.setdefault(key, intent)
-    if earlier:
-        executed = intents_execute(list(earlier.values()))
-        restored.failures.extend(executed.failures)
-        restored.owed.update(executed.unreachable)
+            newest.setdefault(key, intent)
+    if newest:
+        intents = list(newest.values())
+        changes_record(intents, [None] * len(intents))
 
 
 def _drop_unapplied(rollout: Rollout, clusters: set[str] | None, *, still_owed: set[str]) -> None:
@@ -342,7 +344,7 @@ def _restore_workloads(
             continue
         if (restore := restoring_intent(rollout, first, live, actor=actor)) is not None:
             restores.append(restore)
-        else:
+        elif live is not None:  # one deleted since is left alone, as before: nothing to log
             restored.settled.add(key)
     _execute(restores, restored)
 

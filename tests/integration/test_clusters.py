@@ -380,6 +380,51 @@ def test_what_an_aborted_rollout_never_got_to_apply_is_not_applied_when_its_clus
     assert ApplyIntent.objects.filter(rollout=aborted, cluster="flaky", status="dropped").exists()
 
 
+def test_a_rollback_asked_while_a_cluster_was_silent_does_not_first_apply_what_it_never_got(
+    repo, make_source, sync, fleet, people, monkeypatch
+):
+    """The cluster answers again after the abort was asked and before it ran: the rollout's forward
+    change still pending there is not put out first (only to be taken back); the rollback comes first."""
+    from gitops import reconcile
+    from gitops.models import ApplyIntent
+    from gitops.rollout import step
+
+    flaky = fleet.flaky("flaky", context="member-2")
+    clusters = [DEFAULT, "flaky"]
+    namespace = fleet.namespace((DEFAULT, "member-2"))
+    commit(repo, namespace, clusters, "1")
+    source = make_source(allowed_namespaces=SCOPE)
+    assert sync(source)["outcome"] == "applied"
+    written = fleet.cluster_for("member-2").get_configmap(namespace, "app")["metadata"]["resourceVersion"]
+
+    applying = step.intents_execute
+
+    def cluster_gone_before_the_apply(intents):
+        if any(intent.cluster == "flaky" for intent in intents):
+            flaky.silence()
+        return applying(intents)
+
+    monkeypatch.setattr(step, "intents_execute", cluster_gone_before_the_apply)
+    commit(repo, namespace, clusters, "2")
+    reconcile.source_sync(source.pk)
+    monkeypatch.undo()
+    waiting = wait_for(source, phase="Paused", waiting_for="cluster")
+    assert ApplyIntent.objects.filter(rollout=waiting, cluster="flaky", status="pending").exists()
+
+    # Asked as rollout_abort asks, without queueing its pass: the cluster answers before any pass runs.
+    Rollout.objects.filter(pk=waiting.pk).update(abort_requested_by="otto", abort_reason="bad canary")
+    flaky.answer()
+    reconcile.source_sync(source.pk)
+
+    aborted = wait_for(source, phase="Aborted")
+    assert aborted.rollback_pending_clusters == []
+    live = fleet.cluster_for("member-2").get_configmap(namespace, "app")
+    assert live["data"] == {"VERSION": "1"}
+    assert live["metadata"]["resourceVersion"] == written, "the aborted content was applied, then taken back"
+    assert not Change.objects.filter(rollout=aborted, cluster="flaky").exists()
+    assert ApplyIntent.objects.filter(rollout=aborted, cluster="flaky", status="dropped").exists()
+
+
 def test_an_administrator_waives_the_rollback_owed_to_a_cluster_gone_for_good(
     repo, make_source, sync, fleet, people, client: Client
 ):

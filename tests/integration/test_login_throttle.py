@@ -158,6 +158,12 @@ def test_x_forwarded_for_is_believed_only_from_the_trusted_proxies_networks(sett
     beside = RequestFactory().post("/login/", REMOTE_ADDR="fd00::6", HTTP_X_FORWARDED_FOR="198.51.100.7")
     assert client_address(proxy) == "198.51.100.7"
     assert client_address(beside) == "fd00::"
+    # A dual-stack socket names an IPv4 proxy ::ffff:10.0.0.5: still the proxy's network.
+    settings.SLUICE_TRUSTED_PROXY_NETWORKS = ["10.0.0.0/24"]
+    mapped = RequestFactory().post(
+        "/login/", REMOTE_ADDR="::ffff:10.0.0.5", HTTP_X_FORWARDED_FOR="198.51.100.7"
+    )
+    assert client_address(mapped) == "198.51.100.7"
 
 
 def test_an_ipv6_client_cannot_escape_a_lockout_by_moving_within_its_64(user):

@@ -119,6 +119,14 @@ def test_every_problem_is_named_by_field_and_nothing_is_stored(repo):
 
     with pytest.raises(SourceSettingsError, match="at least one allowed namespace"):
         source_admin.source_add(name="empty", url=repo.url, allowed_namespaces=[" "])
+    # A token in the query is a credential too: stored, it would be shown as *** and written back so.
+    with pytest.raises(SourceSettingsError, match="must not contain credentials") as query_token:
+        source_admin.source_add(
+            name="query",
+            url="https://git.example.com/x.git?private_token=glpat-s3cr3t",
+            allowed_namespaces=["a"],
+        )
+    assert "glpat-s3cr3t" not in str(query_token.value)
 
 
 @pytest.mark.parametrize(

@@ -49,8 +49,15 @@ def test_secrets_never_reach_a_line():
         ("GET /verify?access_token=abc&client_secret=def", "GET /verify?access_token=***&client_secret=***"),
         ("api_key=k1 API-KEY=k2 apikey=k3 passwd=p", "api_key=*** API-KEY=*** apikey=*** passwd=***"),
         ("my-token=t token=s3cr3t Password=p", "my-token=*** token=*** Password=***"),
+        (
+            "AWS_SECRET_ACCESS_KEY=a private_key=b passphrase=c",
+            "AWS_SECRET_ACCESS_KEY=*** private_key=*** passphrase=***",
+        ),
+        ("https://h/o?se=2026&sig=abc&sp=r", "https://h/o?se=2026&sig=***&sp=r"),  # an Azure SAS
+        ("X-Amz-Credential=a&X-Amz-Signature=b", "X-Amz-Credential=***&X-Amz-Signature=***"),
         # Other pairs are left as they are: a key named like a secret's reference is not one.
         ("ref=main key=VERSION secret_name=db tokens=3", "ref=main key=VERSION secret_name=db tokens=3"),
+        ("data.key=1 monkey=2 design=3", "data.key=1 monkey=2 design=3"),
     ],
 )
 def test_a_pair_named_like_a_secret_loses_its_value(text, shown):
