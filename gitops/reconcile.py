@@ -32,7 +32,7 @@ from gitops.fetch.revisions import commit_identities, revision_desired_state, re
 from gitops.locks import SourceBusy, source_lock
 from gitops.models import Revision, Rollout, Source, automatic_sync_filter, known_clusters
 from gitops.record.changelog import intents_pending_query
-from gitops.rollout.lifecycle import rollout_choose, rollout_drive
+from gitops.rollout.lifecycle import rollback_asked, rollout_choose, rollout_drive
 from gitops.rollout.rollback import rollbacks_owed_finish, rollbacks_owing, rollout_rollback
 from gitops.rollout.state import StepOutcome, owed_rollbacks_memo, owed_rollbacks_none
 from gitops.rollout.step import intents_finish_pending, plan_held
@@ -210,10 +210,7 @@ def _drive_active(
     logs.add_context(rollout=rollout.pk)
     if rollout.abort_requested_by:
         # A rollback needs nothing from Git: the intents hold what every target had before.
-        reason = rollout.abort_reason or "aborted"
-        phase = rollout.decided_rollback_phase
-        rollout_rollback(rollout, actor=rollout.abort_requested_by, reason=reason, phase=phase)
-        return StepOutcome(Outcome(phase.lower()))
+        return rollback_asked(rollout)
     try:
         return _drive(rollout, None, actor, retry_failed, held)
     except (TemporaryError, PermanentError) as exc:
@@ -265,10 +262,7 @@ def _abort_if_requested(source: Source) -> Outcome | None:
     one ended, None without one. A rollback needs nothing from Git: the intents hold what was there."""
     ended = None
     for rollout in _aborts_requested(source).select_related("revision", "source"):
-        reason = rollout.abort_reason or "aborted"
-        phase = rollout.decided_rollback_phase
-        rollout_rollback(rollout, actor=rollout.abort_requested_by, reason=reason, phase=phase)
-        ended = Outcome(phase.lower())
+        ended = rollback_asked(rollout).outcome
     return ended
 
 

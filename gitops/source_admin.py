@@ -16,6 +16,7 @@ import re
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -39,7 +40,7 @@ from gitops.models import (
     validate_source_name,
 )
 from gitops.record.audit import Actor, audit_record
-from gitops.redaction import redact
+from gitops.redaction import redact, redact_url
 from gitops.vocabulary import SYSTEM_ACTOR, AuditVia, ObjectsOnRemoval, SourceAuditAction, Waiting
 
 ADD, CHANGE, DELETE = "gitops.add_source", "gitops.change_source", "gitops.delete_source"
@@ -138,7 +139,8 @@ def _name_problems(name: str) -> list[str | None]:
 def _url_problems(url: str) -> list[str | None]:
     if not url:
         return ["a repository URL is required"]
-    if redact(url) != url:  # in the userinfo, or a token in the query (?private_token=...)
+    query = urlsplit(url).query if "://" in url else ""
+    if redact_url(url) != url or redact(query) != query:  # the userinfo, or a token in the query
         return ["the URL must not contain credentials; give a credentials reference (env:VAR or file:/path)"]
     if len(url) > 2000:
         return ["at most 2000 characters"]

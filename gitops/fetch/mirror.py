@@ -262,7 +262,9 @@ class GitMirror:
         try:
             completed = run(invocation, timeout=timeout)
         except subprocess.TimeoutExpired:
-            self.sweep_temporary_objects(older_than=0)  # as a fetch of the branch does
+            # Older than the timeout only: previews hold no source lock, and a fetch of the branch may be
+            # writing its own pack meanwhile. This preview's files go at a later sweep.
+            self.sweep_temporary_objects(older_than=timeout)
             raise TemporaryError(f"fetching {where} timed out after {timeout:g}s") from None
         if completed.returncode != 0:
             stderr = completed.stderr.decode("utf-8", "replace")

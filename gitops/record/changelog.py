@@ -18,7 +18,6 @@ from gitops.models import ApplyIntent, Change, Rollout, Source
 from gitops.plan import Plan
 from gitops.record.bulk import rows_insert
 from gitops.record.inventory import inventory_update
-from gitops.vocabulary import ChangeAction
 
 CONFIGMAP = "ConfigMap"
 
@@ -62,8 +61,9 @@ def intents_pending(source: Source) -> list[ApplyIntent]:
 
     Nor are those of a rollout that ended owing their cluster its rollback: that rollback restores
     their targets from what the cluster holds, and applying them first would put out, for a moment,
-    content the rollout was stopped from bringing (see ``rollback._restore``). Nor the forward changes
-    of an active rollout whose rollback was asked for or decided: the rollback comes first, the same way.
+    content the rollout was stopped from bringing (see ``rollback._restore``). Nor those of an active
+    rollout whose rollback was asked for or decided: that rollback settles them the same way (a forward
+    change or a restore found in effect is logged, not applied again; the rest are dropped).
     """
     pending = list(intents_pending_query(source))
     if not pending:
@@ -75,15 +75,14 @@ def intents_pending(source: Source) -> list[ApplyIntent]:
     )
     for pk, owed, phase, abort_requested_by in rows:
         owing[pk] = owed
-        # Being rolled back (an abort asked, or Sluice's own decision a crash cut short): its forward
-        # changes are not put out first, only its restores are finished.
+        # Being rolled back (an abort asked, or Sluice's own decision a crash cut short): its rollback
+        # settles every one of its intents from what the clusters hold, logging what took effect.
         if abort_requested_by and phase in Rollout.ACTIVE_PHASES:
             rolling_back.add(pk)
     return [
         intent
         for intent in pending
-        if intent.cluster not in owing.get(intent.rollout_id, ())
-        and (intent.rollout_id not in rolling_back or intent.action == ChangeAction.ROLLBACK)
+        if intent.cluster not in owing.get(intent.rollout_id, ()) and intent.rollout_id not in rolling_back
     ]
 
 

@@ -163,6 +163,15 @@ def overridden(rollout: Rollout) -> bool:
     return bool(latest and latest.get("override"))
 
 
+def rollback_asked(rollout: Rollout) -> StepOutcome:
+    """Carries out the rollback asked for (a person's abort) or decided (Sluice's, resumed after a crash),
+    ending as it says; Failed, with why, when a restore was refused."""
+    phase = rollout.decided_rollback_phase
+    reason = rollout.abort_reason or "aborted"
+    failures = rollout_rollback(rollout, actor=rollout.abort_requested_by, reason=reason, phase=phase)
+    return StepOutcome(Outcome.FAILED if failures else Outcome(phase.lower()), failures=failures)
+
+
 def _settled(
     rollout: Rollout,
     desired: DesiredState,
@@ -175,10 +184,9 @@ def _settled(
 ) -> bool:
     """Whether the rollout stops here: aborted, ended, waiting, or past its last step. Sets the outcome."""
     if rollout.abort_requested_by and rollout.is_active:
-        reason = rollout.abort_reason or "aborted"
-        phase = rollout.decided_rollback_phase
-        rollout_rollback(rollout, actor=rollout.abort_requested_by, reason=reason, phase=phase)
-        outcome.outcome = Outcome(phase.lower())
+        asked = rollback_asked(rollout)
+        outcome.outcome = asked.outcome
+        outcome.failures.extend(asked.failures)
         return True
     if rollout.phase == Rollout.Phase.COMPLETED:
         if held is None:  # keep the finished revision in place: drift, self-heal, prune

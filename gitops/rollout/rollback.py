@@ -25,10 +25,11 @@ from gitops.cluster.client import WORKLOAD_KINDS
 from gitops.cluster.live import live_configmaps
 from gitops.consumers.wave import restoring_intent
 from gitops.consumers.workloads import workload_from
+from gitops.desired.content import Content
 from gitops.errors import GitopsError
 from gitops.failpoints import failpoint
 from gitops.models import ApplyIntent, Rollout, Source
-from gitops.plan.provenance import live_provenance
+from gitops.plan.provenance import live_content, live_provenance
 from gitops.record.changelog import changes_record
 from gitops.record.events import rollout_event
 from gitops.rollout.state import cluster_retry_delay, owed_rollback_added, unreachable_text
@@ -45,6 +46,9 @@ class Restored:
     # Targets found already holding what they held before: an earlier try of this rollback may have
     # restored them (a crash, or a cluster that stopped answering mid-batch, before it was logged).
     settled: set[ObjectKey] = field(default_factory=set)
+    # Each target's newest forward change still pending: one in effect (applied, then the batch was cut
+    # short) is logged before the restore that takes it back, so the log holds what the cluster got.
+    pending: dict[ObjectKey, ApplyIntent] = field(default_factory=dict)
 
 
 def rollout_rollback(rollout: Rollout, *, actor: str, reason: str, phase: Rollout.Phase) -> list[str]:
@@ -154,7 +158,10 @@ def _restore(rollout: Rollout, actor: str, *, clusters: set[str] | None) -> Rest
         # A pending intent's cluster did not answer it (or a crash came first). It is restored from
         # what the cluster holds, like a done one, so that what this rollout never got to apply is
         # not applied only to be taken back (``intents_pending`` leaves it to this).
-        first_intents.setdefault((intent.cluster, intent.kind, intent.namespace, intent.name), intent)
+        key = (intent.cluster, intent.kind, intent.namespace, intent.name)
+        first_intents.setdefault(key, intent)
+        if intent.status == ApplyIntent.Status.PENDING:
+            restored.pending[key] = intent
     configmaps = {key: intent for key, intent in first_intents.items() if key[1] not in WORKLOAD_KINDS}
     workloads = {key: intent for key, intent in first_intents.items() if key[1] in WORKLOAD_KINDS}
     # A rollback owed to a cluster that did not answer runs later: by then a newer rollout may have
@@ -299,7 +306,8 @@ def _restore_configmaps(
     live = live_configmaps({(cluster, namespace) for cluster, _, namespace, _ in first_intents})
     restored.owed.update(live.reasons())
     index = live.index()
-    restores = []
+    restores: list[ApplyIntent] = []
+    in_effect: list[ApplyIntent] = []
     for key, first in sorted(first_intents.items()):
         cluster, _, namespace, name = key
         found = index.get((cluster, namespace, name))
@@ -312,10 +320,13 @@ def _restore_configmaps(
             )
         ):
             continue
+        if (pending := restored.pending.get(key)) is not None and _configmap_holds(found, pending):
+            in_effect.append(pending)
         if (restore := ApplyIntent.restoring(rollout, first, found, actor=actor)) is not None:
             restores.append(restore)
         else:
             restored.settled.add(key)
+    _log_in_effect(in_effect)
     _execute(restores, restored)
 
 
@@ -327,7 +338,8 @@ def _restore_workloads(
     *,
     since: Since | None,
 ) -> None:
-    restores = []
+    restores: list[ApplyIntent] = []
+    in_effect: list[ApplyIntent] = []
     for key, first in sorted(first_intents.items()):
         cluster, kind, namespace, name = key
         if cluster in restored.owed:
@@ -342,11 +354,41 @@ def _restore_workloads(
             or (live is not None and _workload_taken_over(rollout, first, live, since.vouched))
         ):
             continue
+        if (pending := restored.pending.get(key)) is not None and _workload_holds(live, pending):
+            in_effect.append(pending)
         if (restore := restoring_intent(rollout, first, live, actor=actor)) is not None:
             restores.append(restore)
         elif live is not None:  # one deleted since is left alone, as before: nothing to log
             restored.settled.add(key)
+    _log_in_effect(in_effect)
     _execute(restores, restored)
+
+
+def _configmap_holds(live: Mapping[str, Any] | None, intent: ApplyIntent) -> bool:
+    """Whether the cluster's object is what ``intent`` writes, content and commit: it took effect."""
+    if intent.after is None:
+        return live is None
+    if live is None:
+        return False
+    after = Content.from_dict(intent.after)
+    _, commit, _ = live_provenance(live)
+    shown = live_content(live, desired_labels=after.labels, desired_annotations=after.annotations)
+    return shown == after and (commit or "") == intent.commit
+
+
+def _workload_holds(live: Mapping[str, Any] | None, intent: ApplyIntent) -> bool:
+    """Whether the workload carries the stamp ``intent`` writes: its restart took effect."""
+    if live is None or intent.after is None:
+        return False
+    workload = workload_from(live, intent.cluster)
+    after = intent.after
+    return (workload.config_hash, workload.commit) == (after.get("configHash", ""), after.get("commit", ""))
+
+
+def _log_in_effect(intents: list[ApplyIntent]) -> None:
+    """Logs forward changes a cut-short batch applied and never logged, before what takes them back."""
+    if intents:
+        changes_record(intents, [None] * len(intents))
 
 
 def _workload_taken_over(

@@ -425,6 +425,54 @@ def test_a_rollback_asked_while_a_cluster_was_silent_does_not_first_apply_what_i
     assert ApplyIntent.objects.filter(rollout=aborted, cluster="flaky", status="dropped").exists()
 
 
+def test_a_forward_change_a_cut_short_batch_applied_is_logged_before_the_rollback_takes_it_back(
+    repo, make_source, sync, fleet, monkeypatch
+):
+    """A batch that took effect before its cluster stopped answering leaves its intents pending. When the
+    rollout is rolled back, the change the cluster got is logged (not applied again), then its restore:
+    the log holds every content the cluster held."""
+    from gitops import reconcile
+    from gitops.cluster.apply import intents_apply_everywhere
+    from gitops.models import ApplyIntent
+    from gitops.rollout import step
+
+    flaky = fleet.flaky("flaky", context="member-2")
+    clusters = [DEFAULT, "flaky"]
+    namespace = fleet.namespace((DEFAULT, "member-2"))
+    commit(repo, namespace, clusters, "1")
+    source = make_source(allowed_namespaces=SCOPE)
+    assert sync(source)["outcome"] == "applied"
+
+    applying = step.intents_execute
+
+    def cluster_gone_before_the_apply(intents):
+        if any(intent.cluster == "flaky" for intent in intents):
+            flaky.silence()
+        return applying(intents)
+
+    monkeypatch.setattr(step, "intents_execute", cluster_gone_before_the_apply)
+    commit(repo, namespace, clusters, "2")
+    reconcile.source_sync(source.pk)
+    monkeypatch.undo()
+    waiting = wait_for(source, phase="Paused", waiting_for="cluster")
+    (cut_short,) = ApplyIntent.objects.filter(rollout=waiting, cluster="flaky", status="pending")
+    flaky.answer()
+    intents_apply_everywhere([cut_short])  # it had taken effect: the answer was what got lost
+    assert fleet.versions(["flaky"], namespace) == ["2"]
+
+    Rollout.objects.filter(pk=waiting.pk).update(abort_requested_by="otto", abort_reason="bad canary")
+    reconcile.source_sync(source.pk)
+
+    aborted = wait_for(source, phase="Aborted")
+    assert fleet.versions(["flaky"], namespace) == ["1"]
+    logged = list(Change.objects.filter(rollout=aborted, cluster="flaky").order_by("id"))
+    assert [(change.action, change.after["data"]["VERSION"]) for change in logged] == [
+        ("update", "2"),
+        ("rollback", "1"),
+    ]
+    assert ApplyIntent.objects.get(pk=cut_short.pk).status == "done"
+
+
 def test_an_administrator_waives_the_rollback_owed_to_a_cluster_gone_for_good(
     repo, make_source, sync, fleet, people, client: Client
 ):
