@@ -105,6 +105,7 @@ def _reconcile(
         raise
     logs.add_context(commit=head.commit)
     result = SyncResult(source.name, Outcome.UNCHANGED, head.commit, head.pk, forced_push=forced)
+    result.errors.extend(aborted.failures if aborted else [])  # a restore refused: the source says why
     head_desired = revision_desired_state(source, head, known_clusters=known_clusters(registered))
     if head_desired is None:
         # A bad new commit stops nothing already under way with an earlier, valid one.
@@ -136,7 +137,7 @@ def _reconcile(
 
 
 def _decisions_only(
-    source: Source, *, actor: str, retry_failed: bool, held: Gate | None, aborted: Outcome | None
+    source: Source, *, actor: str, retry_failed: bool, held: Gate | None, aborted: StepOutcome | None
 ) -> SyncResult:
     """A pass that carries out decisions on rollouts (a promote, an abort, a retry; beat's sweep of an
     abort or an owed rollback) on a source that is suspended or backing off from its Git host. What
@@ -144,7 +145,8 @@ def _decisions_only(
     pushed while suspended waits for resume or for someone's sync instead of starting a rollout."""
     moved = _drive_active(source, actor=actor, retry_failed=retry_failed, held=held)
     idle = Outcome.SUSPENDED if not source.automatic_sync_allowed else Outcome.UNCHANGED
-    result = SyncResult(source.name, aborted or idle, source.last_commit)
+    result = SyncResult(source.name, aborted.outcome if aborted else idle, source.last_commit)
+    result.errors.extend(aborted.failures if aborted else [])
     if moved is not None:
         result.outcome, result.summary, result.errors = moved.outcome, moved.summary, moved.failures
     # Git was not asked: its failures in a row, last error and next try stay as they were.
@@ -171,9 +173,10 @@ def _hold(source: Source, head: Revision, desired: Any, gate: Gate, result: Sync
     if moved is not None and moved.outcome in (Outcome.ABORTED, Outcome.FAILED, Outcome.SUPERSEDED):
         result.outcome = moved.outcome
     if moved is not None:
-        result.summary, result.errors = moved.summary, moved.failures
+        result.summary = moved.summary
+        result.errors.extend(moved.failures)
     result.held = gate.reason
-    _finish(source, moved.failures if moved is not None else [])
+    _finish(source, result.errors)
     return result
 
 
@@ -257,12 +260,16 @@ def _aborts_requested(source: Source) -> QuerySet[Rollout]:
     return active.exclude(abort_requested_by="")
 
 
-def _abort_if_requested(source: Source) -> Outcome | None:
-    """Carries out a requested abort (or a rollback Sluice decided and a crash cut short); how the last
-    one ended, None without one. A rollback needs nothing from Git: the intents hold what was there."""
+def _abort_if_requested(source: Source) -> StepOutcome | None:
+    """Carries out a requested abort (or a rollback Sluice decided and a crash cut short): how the last
+    one ended and every refusal, None without one. A rollback needs nothing from Git: the intents hold
+    what was there."""
     ended = None
     for rollout in _aborts_requested(source).select_related("revision", "source"):
-        ended = rollback_asked(rollout).outcome
+        asked = rollback_asked(rollout)
+        if ended is not None:
+            asked.failures[:0] = ended.failures
+        ended = asked
     return ended
 
 

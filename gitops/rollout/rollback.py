@@ -25,11 +25,11 @@ from gitops.cluster.client import WORKLOAD_KINDS
 from gitops.cluster.live import live_configmaps
 from gitops.consumers.wave import restoring_intent
 from gitops.consumers.workloads import workload_from
-from gitops.desired.content import Content
+from gitops.desired.content import MANAGED_BY_VALUE, Content
 from gitops.errors import GitopsError
 from gitops.failpoints import failpoint
 from gitops.models import ApplyIntent, Rollout, Source
-from gitops.plan.provenance import live_content, live_provenance
+from gitops.plan.provenance import live_provenance, owned_keys
 from gitops.record.changelog import changes_record
 from gitops.record.events import rollout_event
 from gitops.rollout.state import cluster_retry_delay, owed_rollback_added, unreachable_text
@@ -48,7 +48,7 @@ class Restored:
     settled: set[ObjectKey] = field(default_factory=set)
     # Each target's newest forward change still pending: one in effect (applied, then the batch was cut
     # short) is logged before the restore that takes it back, so the log holds what the cluster got.
-    pending: dict[ObjectKey, ApplyIntent] = field(default_factory=dict)
+    pending: dict[ObjectKey, list[ApplyIntent]] = field(default_factory=dict)  # newest first
 
 
 def rollout_rollback(rollout: Rollout, *, actor: str, reason: str, phase: Rollout.Phase) -> list[str]:
@@ -161,7 +161,7 @@ def _restore(rollout: Rollout, actor: str, *, clusters: set[str] | None) -> Rest
         key = (intent.cluster, intent.kind, intent.namespace, intent.name)
         first_intents.setdefault(key, intent)
         if intent.status == ApplyIntent.Status.PENDING:
-            restored.pending[key] = intent
+            restored.pending.setdefault(key, []).insert(0, intent)
     configmaps = {key: intent for key, intent in first_intents.items() if key[1] not in WORKLOAD_KINDS}
     workloads = {key: intent for key, intent in first_intents.items() if key[1] in WORKLOAD_KINDS}
     # A rollback owed to a cluster that did not answer runs later: by then a newer rollout may have
@@ -320,8 +320,8 @@ def _restore_configmaps(
             )
         ):
             continue
-        if (pending := restored.pending.get(key)) is not None and _configmap_holds(found, pending):
-            in_effect.append(pending)
+        if held := next((p for p in restored.pending.get(key, ()) if _configmap_holds(found, p)), None):
+            in_effect.append(held)
         if (restore := ApplyIntent.restoring(rollout, first, found, actor=actor)) is not None:
             restores.append(restore)
         else:
@@ -354,8 +354,8 @@ def _restore_workloads(
             or (live is not None and _workload_taken_over(rollout, first, live, since.vouched))
         ):
             continue
-        if (pending := restored.pending.get(key)) is not None and _workload_holds(live, pending):
-            in_effect.append(pending)
+        if held := next((p for p in restored.pending.get(key, ()) if _workload_holds(live, p)), None):
+            in_effect.append(held)
         if (restore := restoring_intent(rollout, first, live, actor=actor)) is not None:
             restores.append(restore)
         elif live is not None:  # one deleted since is left alone, as before: nothing to log
@@ -365,15 +365,26 @@ def _restore_workloads(
 
 
 def _configmap_holds(live: Mapping[str, Any] | None, intent: ApplyIntent) -> bool:
-    """Whether the cluster's object is what ``intent`` writes, content and commit: it took effect."""
+    """Whether the cluster's object shows that ``intent`` took effect: the provenance its manifest
+    writes, each key it writes with its value, and Sluice owning none of the keys it removes. Keys
+    other managers own are not compared: server-side apply keeps them beside Sluice's."""
     if intent.after is None:
         return live is None
-    if live is None:
+    if live is None or not intent.manifest:
+        return False
+    if live_provenance(live)[1:] != live_provenance(intent.manifest)[1:]:
         return False
     after = Content.from_dict(intent.after)
-    _, commit, _ = live_provenance(live)
-    shown = live_content(live, desired_labels=after.labels, desired_annotations=after.annotations)
-    return shown == after and (commit or "") == intent.commit
+    before = Content.from_dict(intent.before) if intent.before is not None else Content()
+    owned = owned_keys(live, MANAGED_BY_VALUE)
+    sections = (("data", after.data, before.data), ("binaryData", after.binary_data, before.binary_data))
+    for section, written, was in sections:
+        held = live.get(section) or {}
+        if any(held.get(key) != value for key, value in written.items()):
+            return False
+        if any(key in owned[section] for key in was.keys() - written.keys()):
+            return False
+    return True
 
 
 def _workload_holds(live: Mapping[str, Any] | None, intent: ApplyIntent) -> bool:

@@ -430,7 +430,7 @@ def test_a_forward_change_a_cut_short_batch_applied_is_logged_before_the_rollbac
 ):
     """A batch that took effect before its cluster stopped answering leaves its intents pending. When the
     rollout is rolled back, the change the cluster got is logged (not applied again), then its restore:
-    the log holds every content the cluster held."""
+    the log holds every content the cluster held, whatever keys other managers keep beside Sluice's."""
     from gitops import reconcile
     from gitops.cluster.apply import intents_apply_everywhere
     from gitops.models import ApplyIntent
@@ -442,6 +442,11 @@ def test_a_forward_change_a_cut_short_batch_applied_is_logged_before_the_rollbac
     commit(repo, namespace, clusters, "1")
     source = make_source(allowed_namespaces=SCOPE)
     assert sync(source)["outcome"] == "applied"
+    # A key another manager owns: server-side apply keeps it, so the object never equals the intent whole.
+    extra = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "app", "namespace": namespace}}
+    fleet.cluster_for("member-2").apply_configmap(
+        {**extra, "data": {"EXTRA": "theirs"}}, field_manager="someone"
+    )
 
     applying = step.intents_execute
 
