@@ -9,7 +9,9 @@ import io
 import json
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -327,13 +329,18 @@ def test_an_abort_owes_an_unreachable_cluster_its_rollback_until_it_answers(
     assert Change.objects.filter(rollout=aborted, cluster="flaky", action="rollback").count() == 1
 
 
-def test_what_an_aborted_rollout_never_got_to_apply_is_not_applied_when_its_cluster_answers(
-    repo, make_source, sync, fleet, people, monkeypatch
-):
-    """A cluster stops answering between a step's plan and its apply, so its intents stay pending,
-    and the rollout is aborted. When the cluster answers, the owed rollback settles those intents
-    from what the cluster holds: the aborted content is not applied there first, only to be taken
-    back (the cluster's object is not written at all)."""
+@dataclass
+class CutShort:
+    """v1 everywhere, then v2's step met flaky silent between its plan and its apply."""
+
+    flaky: Any
+    namespace: str
+    source: Any
+    waiting: Rollout  # paused for the cluster, flaky's intent pending
+    written: str  # the resourceVersion flaky's object had before v2
+
+
+def cut_short_at_flaky(repo, make_source, sync, fleet, monkeypatch, *, before_v2=None) -> CutShort:
     from gitops import reconcile
     from gitops.models import ApplyIntent
     from gitops.rollout import step
@@ -344,8 +351,9 @@ def test_what_an_aborted_rollout_never_got_to_apply_is_not_applied_when_its_clus
     commit(repo, namespace, clusters, "1")
     source = make_source(allowed_namespaces=SCOPE)
     assert sync(source)["outcome"] == "applied"
+    if before_v2 is not None:
+        before_v2(namespace)
     written = fleet.cluster_for("member-2").get_configmap(namespace, "app")["metadata"]["resourceVersion"]
-
     applying = step.intents_execute
 
     def cluster_gone_before_the_apply(intents):
@@ -358,8 +366,28 @@ def test_what_an_aborted_rollout_never_got_to_apply_is_not_applied_when_its_clus
     reconcile.source_sync(source.pk)  # in this process, so that the apply meets the silence
     monkeypatch.undo()
     waiting = wait_for(source, phase="Paused", waiting_for="cluster")
-    assert fleet.versions([DEFAULT], namespace) == ["2"]
     assert ApplyIntent.objects.filter(rollout=waiting, cluster="flaky", status="pending").exists()
+    return CutShort(flaky, namespace, source, waiting, written)
+
+
+def test_what_an_aborted_rollout_never_got_to_apply_is_not_applied_when_its_cluster_answers(
+    repo, make_source, sync, fleet, people, monkeypatch
+):
+    """A cluster stops answering between a step's plan and its apply, so its intents stay pending,
+    and the rollout is aborted. When the cluster answers, the owed rollback settles those intents
+    from what the cluster holds: the aborted content is not applied there first, only to be taken
+    back (the cluster's object is not written at all)."""
+    from gitops.models import ApplyIntent
+
+    cut = cut_short_at_flaky(repo, make_source, sync, fleet, monkeypatch)
+    flaky, namespace, source, waiting, written = (
+        cut.flaky,
+        cut.namespace,
+        cut.source,
+        cut.waiting,
+        cut.written,
+    )
+    assert fleet.versions([DEFAULT], namespace) == ["2"]
 
     decisions.rollout_abort(waiting.pk, user=people["approver"])
     aborted = wait_for(source, phase="Aborted")
@@ -387,29 +415,15 @@ def test_a_rollback_asked_while_a_cluster_was_silent_does_not_first_apply_what_i
     change still pending there is not put out first (only to be taken back); the rollback comes first."""
     from gitops import reconcile
     from gitops.models import ApplyIntent
-    from gitops.rollout import step
 
-    flaky = fleet.flaky("flaky", context="member-2")
-    clusters = [DEFAULT, "flaky"]
-    namespace = fleet.namespace((DEFAULT, "member-2"))
-    commit(repo, namespace, clusters, "1")
-    source = make_source(allowed_namespaces=SCOPE)
-    assert sync(source)["outcome"] == "applied"
-    written = fleet.cluster_for("member-2").get_configmap(namespace, "app")["metadata"]["resourceVersion"]
-
-    applying = step.intents_execute
-
-    def cluster_gone_before_the_apply(intents):
-        if any(intent.cluster == "flaky" for intent in intents):
-            flaky.silence()
-        return applying(intents)
-
-    monkeypatch.setattr(step, "intents_execute", cluster_gone_before_the_apply)
-    commit(repo, namespace, clusters, "2")
-    reconcile.source_sync(source.pk)
-    monkeypatch.undo()
-    waiting = wait_for(source, phase="Paused", waiting_for="cluster")
-    assert ApplyIntent.objects.filter(rollout=waiting, cluster="flaky", status="pending").exists()
+    cut = cut_short_at_flaky(repo, make_source, sync, fleet, monkeypatch)
+    flaky, namespace, source, waiting, written = (
+        cut.flaky,
+        cut.namespace,
+        cut.source,
+        cut.waiting,
+        cut.written,
+    )
 
     # Asked as rollout_abort asks, without queueing its pass: the cluster answers before any pass runs.
     Rollout.objects.filter(pk=waiting.pk).update(abort_requested_by="otto", abort_reason="bad canary")
@@ -434,32 +448,16 @@ def test_a_forward_change_a_cut_short_batch_applied_is_logged_before_the_rollbac
     from gitops import reconcile
     from gitops.cluster.apply import intents_apply_everywhere
     from gitops.models import ApplyIntent
-    from gitops.rollout import step
 
-    flaky = fleet.flaky("flaky", context="member-2")
-    clusters = [DEFAULT, "flaky"]
-    namespace = fleet.namespace((DEFAULT, "member-2"))
-    commit(repo, namespace, clusters, "1")
-    source = make_source(allowed_namespaces=SCOPE)
-    assert sync(source)["outcome"] == "applied"
-    # A key another manager owns: server-side apply keeps it, so the object never equals the intent whole.
-    extra = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "app", "namespace": namespace}}
-    fleet.cluster_for("member-2").apply_configmap(
-        {**extra, "data": {"EXTRA": "theirs"}}, field_manager="someone"
-    )
+    def foreign_key(namespace: str) -> None:
+        # A key another manager owns: server-side apply keeps it, so the object never equals the intent.
+        extra = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "app", "namespace": namespace}}
+        fleet.cluster_for("member-2").apply_configmap(
+            {**extra, "data": {"EXTRA": "theirs"}}, field_manager="someone"
+        )
 
-    applying = step.intents_execute
-
-    def cluster_gone_before_the_apply(intents):
-        if any(intent.cluster == "flaky" for intent in intents):
-            flaky.silence()
-        return applying(intents)
-
-    monkeypatch.setattr(step, "intents_execute", cluster_gone_before_the_apply)
-    commit(repo, namespace, clusters, "2")
-    reconcile.source_sync(source.pk)
-    monkeypatch.undo()
-    waiting = wait_for(source, phase="Paused", waiting_for="cluster")
+    cut = cut_short_at_flaky(repo, make_source, sync, fleet, monkeypatch, before_v2=foreign_key)
+    flaky, namespace, source, waiting = cut.flaky, cut.namespace, cut.source, cut.waiting
     (cut_short,) = ApplyIntent.objects.filter(rollout=waiting, cluster="flaky", status="pending")
     flaky.answer()
     intents_apply_everywhere([cut_short])  # it had taken effect: the answer was what got lost
