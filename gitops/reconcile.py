@@ -148,7 +148,8 @@ def _decisions_only(
     result = SyncResult(source.name, aborted.outcome if aborted else idle, source.last_commit)
     result.errors.extend(aborted.failures if aborted else [])
     if moved is not None:
-        result.outcome, result.summary, result.errors = moved.outcome, moved.summary, moved.failures
+        result.outcome, result.summary = moved.outcome, moved.summary
+        result.errors.extend(moved.failures)
     # Git was not asked: its failures in a row, last error and next try stay as they were.
     if result.errors:
         Source.objects.filter(pk=source.pk).update(last_error="; ".join(result.errors[:5]))
@@ -264,13 +265,11 @@ def _abort_if_requested(source: Source) -> StepOutcome | None:
     """Carries out a requested abort (or a rollback Sluice decided and a crash cut short): how the last
     one ended and every refusal, None without one. A rollback needs nothing from Git: the intents hold
     what was there."""
-    ended = None
+    last, failures = None, []
     for rollout in _aborts_requested(source).select_related("revision", "source"):
-        asked = rollback_asked(rollout)
-        if ended is not None:
-            asked.failures[:0] = ended.failures
-        ended = asked
-    return ended
+        last = rollback_asked(rollout)
+        failures.extend(last.failures)
+    return None if last is None else StepOutcome(last.outcome, failures=failures)
 
 
 def _roll_back_invalid(rollout: Rollout) -> None:

@@ -70,6 +70,13 @@ class _CommitFacts:
 FETCHES_PER_MAINTENANCE = 32
 
 
+def _identity(email: str) -> str | None:
+    """An author's or committer's address as the no-self-approval check compares it; None when there is
+    none, or when it is longer than an address can be (git cut it, or a pusher wrote megabytes)."""
+    email = email.strip().lower()
+    return email if email and len(email) <= MAX_EMAIL_LENGTH else None
+
+
 def _maintenance_due() -> bool:
     return random.randrange(FETCHES_PER_MAINTENANCE) == 0  # noqa: S311 - a schedule, not a secret
 
@@ -474,10 +481,7 @@ class GitMirror:
             raise PermanentError(f"cannot list the commits of {commit}")
         identities: set[str] = set()
         for line in completed.stdout.decode("utf-8", "replace").splitlines():
-            for email in line.split("\0"):
-                # Longer than an address can be (git cut it, or it fills the width): nobody's identity.
-                if (email := email.strip().lower()) and len(email) <= MAX_EMAIL_LENGTH:
-                    identities.add(email)
+            identities.update(filter(None, map(_identity, line.split("\0"))))
         return identities
 
     def _run_fetch(
@@ -645,11 +649,7 @@ class GitMirror:
         )
         if len(_COMMIT_FACTS) >= _COMMIT_FACTS_KEPT:
             _COMMIT_FACTS.clear()
-        emails = {
-            email
-            for email in (commit.author_email.strip().lower(), commit.committer_email.strip().lower())
-            if email and len(email) <= MAX_EMAIL_LENGTH
-        }
+        emails = set(filter(None, map(_identity, (commit.author_email, commit.committer_email))))
         _COMMIT_FACTS[(str(self.path), info.sha)] = _CommitFacts(commit.parents, frozenset(emails))
         return info, commit.parents
 

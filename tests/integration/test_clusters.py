@@ -380,29 +380,24 @@ def test_what_an_aborted_rollout_never_got_to_apply_is_not_applied_when_its_clus
     from gitops.models import ApplyIntent
 
     cut = cut_short_at_flaky(repo, make_source, sync, fleet, monkeypatch)
-    flaky, namespace, source, waiting, written = (
-        cut.flaky,
-        cut.namespace,
-        cut.source,
-        cut.waiting,
-        cut.written,
-    )
-    assert fleet.versions([DEFAULT], namespace) == ["2"]
+    assert fleet.versions([DEFAULT], cut.namespace) == ["2"]
 
-    decisions.rollout_abort(waiting.pk, user=people["approver"])
-    aborted = wait_for(source, phase="Aborted")
+    decisions.rollout_abort(cut.waiting.pk, user=people["approver"])
+    aborted = wait_for(cut.source, phase="Aborted")
     assert aborted.rollback_pending_clusters == ["flaky"]
-    assert fleet.versions([DEFAULT], namespace) == ["1"]
+    assert fleet.versions([DEFAULT], cut.namespace) == ["1"]
 
-    flaky.answer()
+    cut.flaky.answer()
     poll(
         lambda: Rollout.objects.get(pk=aborted.pk).rollback_pending_clusters == [],
         timeout=120,
         what="the owed rollback of flaky",
     )
-    live = fleet.cluster_for("member-2").get_configmap(namespace, "app")
+    live = fleet.cluster_for("member-2").get_configmap(cut.namespace, "app")
     assert live["data"] == {"VERSION": "1"}
-    assert live["metadata"]["resourceVersion"] == written, "the aborted content was applied, then taken back"
+    assert live["metadata"]["resourceVersion"] == cut.written, (
+        "the aborted content was applied, then taken back"
+    )
     assert not Change.objects.filter(rollout=aborted, cluster="flaky").exists()
     assert not ApplyIntent.objects.filter(rollout=aborted, status="pending").exists()
     assert ApplyIntent.objects.filter(rollout=aborted, cluster="flaky", status="dropped").exists()
@@ -417,24 +412,19 @@ def test_a_rollback_asked_while_a_cluster_was_silent_does_not_first_apply_what_i
     from gitops.models import ApplyIntent
 
     cut = cut_short_at_flaky(repo, make_source, sync, fleet, monkeypatch)
-    flaky, namespace, source, waiting, written = (
-        cut.flaky,
-        cut.namespace,
-        cut.source,
-        cut.waiting,
-        cut.written,
-    )
 
     # Asked as rollout_abort asks, without queueing its pass: the cluster answers before any pass runs.
-    Rollout.objects.filter(pk=waiting.pk).update(abort_requested_by="otto", abort_reason="bad canary")
-    flaky.answer()
-    reconcile.source_sync(source.pk)
+    Rollout.objects.filter(pk=cut.waiting.pk).update(abort_requested_by="otto", abort_reason="bad canary")
+    cut.flaky.answer()
+    reconcile.source_sync(cut.source.pk)
 
-    aborted = wait_for(source, phase="Aborted")
+    aborted = wait_for(cut.source, phase="Aborted")
     assert aborted.rollback_pending_clusters == []
-    live = fleet.cluster_for("member-2").get_configmap(namespace, "app")
+    live = fleet.cluster_for("member-2").get_configmap(cut.namespace, "app")
     assert live["data"] == {"VERSION": "1"}
-    assert live["metadata"]["resourceVersion"] == written, "the aborted content was applied, then taken back"
+    assert live["metadata"]["resourceVersion"] == cut.written, (
+        "the aborted content was applied, then taken back"
+    )
     assert not Change.objects.filter(rollout=aborted, cluster="flaky").exists()
     assert ApplyIntent.objects.filter(rollout=aborted, cluster="flaky", status="dropped").exists()
 
@@ -457,17 +447,16 @@ def test_a_forward_change_a_cut_short_batch_applied_is_logged_before_the_rollbac
         )
 
     cut = cut_short_at_flaky(repo, make_source, sync, fleet, monkeypatch, before_v2=foreign_key)
-    flaky, namespace, source, waiting = cut.flaky, cut.namespace, cut.source, cut.waiting
-    (cut_short,) = ApplyIntent.objects.filter(rollout=waiting, cluster="flaky", status="pending")
-    flaky.answer()
+    (cut_short,) = ApplyIntent.objects.filter(rollout=cut.waiting, cluster="flaky", status="pending")
+    cut.flaky.answer()
     intents_apply_everywhere([cut_short])  # it had taken effect: the answer was what got lost
-    assert fleet.versions(["flaky"], namespace) == ["2"]
+    assert fleet.versions(["flaky"], cut.namespace) == ["2"]
 
-    Rollout.objects.filter(pk=waiting.pk).update(abort_requested_by="otto", abort_reason="bad canary")
-    reconcile.source_sync(source.pk)
+    Rollout.objects.filter(pk=cut.waiting.pk).update(abort_requested_by="otto", abort_reason="bad canary")
+    reconcile.source_sync(cut.source.pk)
 
-    aborted = wait_for(source, phase="Aborted")
-    assert fleet.versions(["flaky"], namespace) == ["1"]
+    aborted = wait_for(cut.source, phase="Aborted")
+    assert fleet.versions(["flaky"], cut.namespace) == ["1"]
     logged = list(Change.objects.filter(rollout=aborted, cluster="flaky").order_by("id"))
     assert [(change.action, change.after["data"]["VERSION"]) for change in logged] == [
         ("update", "2"),
