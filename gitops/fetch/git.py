@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import threading
@@ -37,6 +38,8 @@ _SSH_SCHEMES = frozenset({"ssh", "git+ssh", "ssh+git"})
 _SCP_LIKE = re.compile(r"^(?:[^@/:\s]+@)?[^/:\s]+:(?!//)")
 # Local reads of the object store; only a wedged disk makes them this slow.
 LOCAL_TIMEOUT = 60.0
+# What one fetch may write (SLUICE_MAX_FETCH_BYTES): whoever can push chooses how much a fetch brings.
+DEFAULT_MAX_FETCH_BYTES = 512 * 1024 * 1024
 
 
 # --- what went wrong ------------------------------------------------------------------------------------
@@ -220,19 +223,23 @@ def build_fetch_invocation(
     credentials: Credentials | None,
     *,
     refspec: str | None = None,
-    maintenance: bool = True,
+    max_bytes: int = DEFAULT_MAX_FETCH_BYTES,
 ) -> GitInvocation:
     """The ``git fetch`` of one branch into the mirror's private ref (no validation of url or branch);
     with ``refspec``, of that instead (a preview's ref or commit, see gitops.fetch.refs).
 
-    ``maintenance=False``: git does not start ``git maintenance run --auto`` after this fetch (one
-    process more per push, which finds nothing to do nearly every time)."""
+    No file git writes may grow past ``max_bytes`` (0: unbounded): the kernel stops git there
+    (``prlimit --fsize``, SIGXFSZ), and every fetch keeps what arrived as one pack, so that the bound
+    holds for the whole fetch rather than for each loose object. git starts no maintenance of its own
+    (it would inherit the bound, and repacking a mirror larger than it would fail every time)."""
     config: list[tuple[str, str]] = [
         # Only the token given here may authenticate, never one a helper stored for the host.
         ("credential.helper", ""),
         ("protocol.ext.allow", "never"),
-        *([] if maintenance else [("maintenance.auto", "false")]),
+        ("maintenance.auto", "false"),
     ]
+    if max_bytes > 0:
+        config.append(("fetch.unpackLimit", "1"))
     env = base_env()
     secrets: tuple[str, ...] = ()
     ssh_options = ["-o", "BatchMode=yes"]  # never wait for a passphrase or a host key confirmation
@@ -265,7 +272,20 @@ def build_fetch_invocation(
         url,
         refspec or f"+refs/heads/{branch}:{MIRROR_REF_PREFIX}{branch}",
     ]
+    if max_bytes > 0:
+        argv = [_prlimit(), f"--fsize={max_bytes}", "--", *argv]
     return GitInvocation(argv=argv, env=_with_config(env, config), secrets=secrets)
+
+
+@functools.cache
+def _prlimit() -> str:
+    found = shutil.which("prlimit")
+    if found is None:
+        raise PermanentError(
+            "bounding a fetch needs prlimit (util-linux) on the worker's PATH: install it, or set "
+            "SLUICE_MAX_FETCH_BYTES=0 to fetch without a bound"
+        )
+    return found
 
 
 def run(

@@ -28,6 +28,7 @@ from gitops.errors import PermanentError, TemporaryError
 from gitops.fetch.credentials import Credentials
 from gitops.fetch.git import (
     AUTHENTICATION_FAILED,
+    DEFAULT_MAX_FETCH_BYTES,
     LOCAL_TIMEOUT,
     MIRROR_REF_PREFIX,
     CatFileBatch,
@@ -134,6 +135,18 @@ MAX_EMAIL_LENGTH = 254  # RFC 5321's bound on a forward path, less its angle bra
 IDENTITY_COLUMNS = MAX_EMAIL_LENGTH + 2  # git pads to it, or cuts with "..": either way longer than an email
 
 
+GC_PID_STALE_SECONDS = 12 * 3600  # git gc's own rule for a gc.pid whose process is gone
+
+
+class FetchTooLarge(PermanentError):
+    def __init__(self, where: str, bound: int) -> None:
+        super().__init__(
+            f"fetching {where} stopped at {bound:,} bytes, Sluice's bound on one fetch "
+            "(SLUICE_MAX_FETCH_BYTES): the branch brings more than that; make the repository smaller, "
+            "or ask an administrator to raise the bound"
+        )
+
+
 class CommitTooLarge(PermanentError):
     def __init__(self, commit: str, size: int) -> None:
         super().__init__(
@@ -149,8 +162,9 @@ class GitMirror:
     One instance is not thread-safe: it keeps a ``git cat-file --batch-command`` process open.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, max_fetch_bytes: int = DEFAULT_MAX_FETCH_BYTES) -> None:
         self.path = Path(path)
+        self.max_fetch_bytes = max_fetch_bytes  # what one fetch may write (0: unbounded)
         self._cat_file: CatFileBatch | None = None
         self._objects = ObjectStore(self.path)  # commits, sizes and blobs without a git process
         self._tips: dict[str, CommitInfo] = {}  # commits a fetch of this instance read (``commit_info``)
@@ -175,16 +189,18 @@ class GitMirror:
         check_url(url)
         branch = normalize_branch(branch)
         where = f"branch {branch!r} of {redact_url(url)}"
-        started = time.monotonic()
-        maintenance = _maintenance_due()
-        invocation = build_fetch_invocation(self.path, url, branch, credentials, maintenance=maintenance)
+        started, began = time.monotonic(), time.time()
+        invocation = build_fetch_invocation(
+            self.path, url, branch, credentials, max_bytes=self.max_fetch_bytes
+        )
         self._ensure_initialized()
-        if maintenance:
+        if maintenance := _maintenance_due():
             self.sweep_temporary_objects(older_than=timeout)  # a worker killed mid-fetch left them
         ref = f"{MIRROR_REF_PREFIX}{branch}"
         previous = self._read_ref(ref)
         completed = self._run_fetch(invocation, where, timeout)
         if completed.returncode != 0:
+            self._refuse_overfull(where, since=began)
             stderr = completed.stderr.decode("utf-8", "replace")
             server_format = _MISMATCHED_FORMAT.search(stderr)
             if server_format and self._recreate_with_format(server_format.group(1)):
@@ -201,6 +217,8 @@ class GitMirror:
         if previous is not None and current == previous:
             logger.info("fetched %s: %s unchanged in %.2fs", where, previous, time.monotonic() - started)
             return FetchResult(commit=previous, previous=previous, forced=False)
+        if maintenance:
+            self._maintain()
         tip = self._tip(ref)
         if tip is None:
             raise TemporaryError(f"fetching {where} left no {ref}")
@@ -264,8 +282,14 @@ class GitMirror:
     ) -> str:
         where = f"{requested.text} of {redact_url(url)}"
         invocation = build_fetch_invocation(
-            self.path, url, "", credentials, refspec=requested.refspec(local_ref)
+            self.path,
+            url,
+            "",
+            credentials,
+            refspec=requested.refspec(local_ref),
+            max_bytes=self.max_fetch_bytes,
         )
+        started = time.time()
         try:
             completed = run(invocation, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -274,6 +298,7 @@ class GitMirror:
             self.sweep_temporary_objects(older_than=timeout)
             raise TemporaryError(f"fetching {where} timed out after {timeout:g}s") from None
         if completed.returncode != 0:
+            self._refuse_overfull(where, since=started)
             stderr = completed.stderr.decode("utf-8", "replace")
             server_format = _MISMATCHED_FORMAT.search(stderr)
             if server_format and self._recreate_with_format(server_format.group(1)):
@@ -502,9 +527,25 @@ class GitMirror:
         how many. A fetch killed at its timeout leaves them. The source's lock keeps other fetches of
         this mirror away, and a preview's fetch whose file goes fails and is asked again; nothing is
         swept while git's maintenance holds ``gc.pid``."""
-        if (self.path / "gc.pid").exists():
+        if self._maintenance_running():
             return 0  # git's maintenance runs (its own session, not killed with the fetch): its files too
         deadline = time.time() - older_than
+        swept = self._remove_temporary(lambda found: found.st_mtime <= deadline)
+        if swept:
+            logger.info("removed %d temporary object files a stopped git left in %s", swept, self.path)
+        return swept
+
+    def _refuse_overfull(self, where: str, *, since: float) -> None:
+        """Raises FetchTooLarge when a fetch that failed was stopped at ``max_fetch_bytes``: a temporary
+        file it wrote since ``since`` has that size (the kernel let it grow no further). Removes it."""
+        bound = self.max_fetch_bytes
+        if bound <= 0:
+            return
+        if self._remove_temporary(lambda found: found.st_size >= bound and found.st_mtime >= since - 1):
+            logger.warning("fetch of %s stopped at %d bytes (SLUICE_MAX_FETCH_BYTES)", where, bound)
+            raise FetchTooLarge(where, bound)
+
+    def _remove_temporary(self, chosen: Callable[[os.stat_result], bool]) -> int:
         swept = 0
         objects = self.path / "objects"
         for directory in (objects / "pack", *objects.glob("[0-9a-f][0-9a-f]")):
@@ -516,14 +557,34 @@ class GitMirror:
                 if not entry.name.startswith("tmp_"):
                     continue
                 try:
-                    if entry.stat(follow_symlinks=False).st_mtime <= deadline:
+                    if chosen(entry.stat(follow_symlinks=False)):
                         os.unlink(entry.path)
                         swept += 1
                 except OSError:
                     continue  # gone already, or moved into place meanwhile
-        if swept:
-            logger.info("removed %d temporary object files a stopped git left in %s", swept, self.path)
         return swept
+
+    def _maintenance_running(self) -> bool:
+        """Whether git's maintenance holds ``gc.pid``; git itself ignores one older than 12 hours (its
+        process was killed), and so does the sweep."""
+        try:
+            return (self.path / "gc.pid").stat().st_mtime > time.time() - GC_PID_STALE_SECONDS
+        except OSError:
+            return False
+
+    def _maintain(self) -> None:
+        """git's automatic maintenance (gc once loose objects or packs pile up), run apart from the fetch
+        so that it is not bounded by what one fetch may write; a failure is logged, never raised."""
+        try:
+            completed = run(
+                git_at(self.path, "maintenance", "run", "--auto", "--quiet"), timeout=LOCAL_TIMEOUT
+            )
+        except subprocess.TimeoutExpired:
+            logger.warning("git maintenance of %s took longer than %gs", self.path, LOCAL_TIMEOUT)
+            return
+        if completed.returncode != 0:
+            stderr = completed.stderr.decode("utf-8", "replace")
+            logger.warning("git maintenance of %s failed: %s", self.path, stderr_summary(stderr, ()))
 
     # --- internals ---
 

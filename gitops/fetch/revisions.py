@@ -43,7 +43,7 @@ log = logging.getLogger("gitops.fetch")
 def mirror_for(source: Source) -> GitMirror:
     root = Path(settings.SLUICE_DATA_DIR) / "mirrors"
     root.mkdir(parents=True, exist_ok=True)
-    return GitMirror(root / f"{source.pk}.git")
+    return GitMirror(root / f"{source.pk}.git", max_fetch_bytes=settings.SLUICE_MAX_FETCH_BYTES)
 
 
 def revision_fetch(source: Source) -> tuple[Revision, bool]:

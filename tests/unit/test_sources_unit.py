@@ -222,7 +222,8 @@ def test_inherited_git_variables_do_not_leak_into_the_invocation(tmp_path, monke
 
     assert "GIT_DIR" not in invocation.env
     assert "GIT_TRACE_CURL" not in invocation.env
-    assert invocation.env["GIT_CONFIG_COUNT"] == "2"
+    keys = {invocation.env[f"GIT_CONFIG_KEY_{i}"] for i in range(int(invocation.env["GIT_CONFIG_COUNT"]))}
+    assert keys == {"credential.helper", "protocol.ext.allow", "maintenance.auto", "fetch.unpackLimit"}
 
 
 @pytest.mark.parametrize("url", ["ssh://git@host/o/r.git", "git@host:o/r.git"])
@@ -338,3 +339,21 @@ def test_an_operator_narrows_where_credentials_come_from(tmp_path, monkeypatch):
         resolve_credentials(f"file:{tmp_path}/other", scope=scope)
     # Without a scope, any variable or file but the platform's own, as before.
     assert resolve_credentials("env:SHOP_TOKEN").token == "t0ken"
+
+
+def test_a_fetch_is_bounded_by_the_kernel_and_keeps_one_pack(tmp_path):
+    invocation = build_fetch_invocation(
+        tmp_path, "https://git.example.com/o/r.git", "main", None, max_bytes=4096
+    )
+    config = {
+        invocation.env[f"GIT_CONFIG_KEY_{i}"]: invocation.env[f"GIT_CONFIG_VALUE_{i}"]
+        for i in range(int(invocation.env["GIT_CONFIG_COUNT"]))
+    }
+
+    assert invocation.argv[0].endswith("prlimit")
+    assert invocation.argv[1:4] == ["--fsize=4096", "--", "git"]
+    assert config["fetch.unpackLimit"] == "1", "one pack: the bound holds for the fetch, not for each object"
+    assert config["maintenance.auto"] == "false", "maintenance would inherit the bound"
+
+    unbounded = build_fetch_invocation(tmp_path, "https://git.example.com/o/r.git", "main", None, max_bytes=0)
+    assert unbounded.argv[0] == "git"

@@ -1,0 +1,130 @@
+"""What one fetch may write is bounded (SLUICE_MAX_FETCH_BYTES), whatever a pusher sends.
+
+Real repositories and real ``git``: the kernel stops git at the bound (``prlimit --fsize``), every
+fetch keeps what arrived as one pack so that the bound holds for the whole fetch and not for each
+object, the refusal names the setting, and nothing of the stopped fetch stays on disk. git's own
+maintenance runs apart from the fetch, so a mirror grown past the bound a push at a time is still
+repacked.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from gitops.fetch import GitMirror
+from gitops.fetch.mirror import GC_PID_STALE_SECONDS, FetchTooLarge
+from gitops.fetch.refs import parse_revision
+from tests.gitrepo import GitRepo
+
+BOUND = 1024 * 1024
+BLOB = 400 * 1024  # each blob alone is well under the bound; three together are over it
+
+
+def random_blobs(repo: GitRepo, count: int, *, start: int = 0) -> None:
+    for index in range(start, start + count):
+        repo.write(f"blobs/{index}.bin", os.urandom(BLOB))  # random: no compression brings it under
+
+
+def mirror_files(mirror: GitMirror) -> list[str]:
+    objects = mirror.path / "objects"
+    return sorted(str(path.relative_to(objects)) for path in objects.rglob("*") if path.is_file())
+
+
+@pytest.fixture
+def oversized(tmp_path) -> GitRepo:
+    """A remote whose branch brings 1.2 MiB in three blobs: five objects, which git would otherwise
+    unpack as loose objects, each under the bound."""
+    repo = GitRepo(tmp_path / "repo")
+    random_blobs(repo, 3)
+    repo.commit("three blobs")
+    return repo
+
+
+def test_a_fetch_past_the_bound_is_refused_and_leaves_nothing(oversized, tmp_path):
+    mirror = GitMirror(tmp_path / "mirror.git", max_fetch_bytes=BOUND)
+    with mirror, pytest.raises(FetchTooLarge) as refused:
+        mirror.fetch(oversized.url, "main")
+
+    message = str(refused.value)
+    assert "SLUICE_MAX_FETCH_BYTES" in message
+    assert "1,048,576 bytes" in message
+    assert "branch 'main'" in message
+    assert mirror_files(mirror) == [], "neither the stopped pack nor any loose object stays"
+    assert not (mirror.path / "refs" / "sluice" / "heads" / "main").exists()
+
+    roomy = GitMirror(tmp_path / "mirror.git", max_fetch_bytes=4 * BOUND)
+    with roomy:
+        fetched = roomy.fetch(oversized.url, "main")
+        assert fetched.commit == oversized.head()
+        assert len(roomy.read_blobs(roomy.list_files(fetched.commit).values())) == 3
+
+
+def test_a_preview_past_the_bound_is_refused_too(oversized, tmp_path):
+    mirror = GitMirror(tmp_path / "mirror.git", max_fetch_bytes=BOUND)
+    with (
+        mirror,
+        pytest.raises(FetchTooLarge),
+        mirror.held_revision(oversized.url, parse_revision("refs/heads/main"), None, timeout=30),
+    ):
+        pytest.fail("the preview's fetch was not stopped")
+    assert mirror_files(mirror) == []
+
+
+def test_no_bound_fetches_all(oversized, tmp_path):
+    with GitMirror(tmp_path / "mirror.git", max_fetch_bytes=0) as mirror:
+        assert mirror.fetch(oversized.url, "main").commit == oversized.head()
+
+
+def test_a_mirror_grown_past_the_bound_a_push_at_a_time_is_still_repacked(tmp_path, monkeypatch):
+    """Each fetch brings less than the bound; git's maintenance then writes one pack larger than it.
+    Started by the fetch, maintenance would inherit the bound and fail on every run."""
+    repo = GitRepo(tmp_path / "repo")
+    mirror = GitMirror(tmp_path / "mirror.git", max_fetch_bytes=BOUND)
+    with mirror:
+        for push in range(3):
+            random_blobs(repo, 1, start=push)
+            repo.commit(f"push {push}")
+            mirror.fetch(repo.url, "main")
+        packs = sorted((mirror.path / "objects" / "pack").glob("*.pack"))
+        assert len(packs) == 3, "each fetch keeps what it brought as one pack"
+
+        (mirror.path / "config").write_text(
+            (mirror.path / "config").read_text() + "[gc]\n\tautoPackLimit = 2\n\tautoDetach = false\n"
+        )
+        monkeypatch.setattr("gitops.fetch.mirror._maintenance_due", lambda: True)
+        random_blobs(repo, 1, start=3)
+        repo.commit("push 3")
+        fetched = mirror.fetch(repo.url, "main")
+
+        packs = sorted((mirror.path / "objects" / "pack").glob("*.pack"))
+        assert len(packs) == 1, [pack.name for pack in packs]
+        assert packs[0].stat().st_size > BOUND
+        assert len(mirror.read_blobs(mirror.list_files(fetched.commit).values())) == 4
+
+
+def leave_temporary_files(mirror: GitMirror) -> list[Path]:
+    left = [mirror.path / "objects" / "pack" / "tmp_pack_Ab12Cd"]
+    for path in left:
+        path.write_bytes(b"\0" * 64)
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
+    return left
+
+
+def test_the_sweep_waits_for_a_running_maintenance_but_not_for_a_dead_one(oversized, tmp_path):
+    with GitMirror(tmp_path / "mirror.git", max_fetch_bytes=4 * BOUND) as mirror:
+        mirror.fetch(oversized.url, "main")
+        left = leave_temporary_files(mirror)
+        gc_pid = mirror.path / "gc.pid"
+        gc_pid.write_text("12345 host\n")
+
+        assert mirror.sweep_temporary_objects(older_than=60) == 0
+        assert all(path.exists() for path in left), "a running gc's files are its own"
+
+        stale = time.time() - GC_PID_STALE_SECONDS - 60
+        os.utime(gc_pid, (stale, stale))
+        assert mirror.sweep_temporary_objects(older_than=60) == 1
+        assert not any(path.exists() for path in left), "git ignores a gc.pid this old, and so does the sweep"
