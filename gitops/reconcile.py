@@ -27,7 +27,7 @@ from django.utils import timezone
 from gitops import logs, metrics, schedule, selectors
 from gitops.cluster import clients
 from gitops.desired.errors import ValidationError
-from gitops.errors import PermanentError, TemporaryError
+from gitops.errors import GitopsError, PermanentError, TemporaryError
 from gitops.fetch.revisions import commit_identities, revision_desired_state, revision_fetch
 from gitops.locks import SourceBusy, source_lock
 from gitops.models import Revision, Rollout, Source, automatic_sync_filter, known_clusters
@@ -91,17 +91,17 @@ def _reconcile(
     if owed.rollbacks:  # clusters that did not answer an earlier rollback: a freeze holds none
         rollbacks_owed_finish(source)
     aborted = _abort_if_requested(source) if owed.aborts else None  # before Git: no commit holds it up
-    gate = selectors.source_gate(source)
-    held = None if gate.allows(manual=manual) else gate  # a freeze, or outside the sync windows
+    gate = GateWatch(source, manual=manual)
+    held = gate.held  # a freeze, or outside the sync windows
     if rollouts_only and (not source.automatic_sync_allowed or _backing_off(source)):
-        return _decisions_only(source, actor=actor, retry_failed=retry_failed, held=held, aborted=aborted)
+        return _decisions_only(source, actor=actor, retry_failed=retry_failed, gate=gate, aborted=aborted)
     try:
         head, forced = revision_fetch(source)
     except (TemporaryError, PermanentError) as exc:
         Source.objects.filter(pk=source.pk).update(last_error=str(exc))
         # Git is out of reach, but decisions already stored (an abort, a pause that
         # ran out, an analysis retry) are carried out from the database and the mirror.
-        _drive_active(source, actor=actor, retry_failed=retry_failed, held=held)
+        _drive_active(source, actor=actor, retry_failed=retry_failed, held=gate)
         raise
     logs.add_context(commit=head.commit)
     result = SyncResult(source.name, Outcome.UNCHANGED, head.commit, head.pk, forced_push=forced)
@@ -109,7 +109,7 @@ def _reconcile(
     head_desired = revision_desired_state(source, head, known_clusters=known_clusters(registered))
     if head_desired is None:
         # A bad new commit stops nothing already under way with an earlier, valid one.
-        _drive_active(source, actor=actor, retry_failed=retry_failed, held=held)
+        _drive_active(source, actor=actor, retry_failed=retry_failed, held=gate)
         head.refresh_from_db()
         result.outcome = Outcome.REJECTED
         result.errors = [_error_text(error) for error in head.errors]
@@ -121,7 +121,7 @@ def _reconcile(
     rollout, queued = rollout_choose(source, head, head_desired, commit_identities=identities)
     logs.add_context(rollout=rollout.pk)
     desired = head_desired if rollout.revision_id == head.pk else None
-    outcome = _drive(rollout, desired, actor, retry_failed, fresh=True)  # rollout_choose read it just now
+    outcome = _drive(rollout, desired, actor, retry_failed, gate, fresh=True)  # rollout_choose read it now
     result.outcome = queued or outcome.outcome
     # A cluster that did not answer fails only its own targets: the pass reports it and goes on.
     unreachable = [f"cluster {name} unreachable: {why}" for name, why in sorted(outcome.unreachable.items())]
@@ -137,13 +137,13 @@ def _reconcile(
 
 
 def _decisions_only(
-    source: Source, *, actor: str, retry_failed: bool, held: Gate | None, aborted: StepOutcome | None
+    source: Source, *, actor: str, retry_failed: bool, gate: GateWatch, aborted: StepOutcome | None
 ) -> SyncResult:
     """A pass that carries out decisions on rollouts (a promote, an abort, a retry; beat's sweep of an
     abort or an owed rollback) on a source that is suspended or backing off from its Git host. What
     people decided goes on, with the active rollout's own revision; Git is not asked, so a commit
     pushed while suspended waits for resume or for someone's sync instead of starting a rollout."""
-    moved = _drive_active(source, actor=actor, retry_failed=retry_failed, held=held)
+    moved = _drive_active(source, actor=actor, retry_failed=retry_failed, held=gate)
     idle = Outcome.SUSPENDED if not source.automatic_sync_allowed else Outcome.UNCHANGED
     result = SyncResult(source.name, aborted.outcome if aborted else idle, source.last_commit)
     result.errors.extend(aborted.failures if aborted else [])
@@ -181,26 +181,54 @@ def _hold(source: Source, head: Revision, desired: Any, gate: Gate, result: Sync
     return result
 
 
+GATE_FRESH_SECONDS = 1.0
+
+
+class GateWatch:
+    """The source's gate (a freeze, the sync windows) as this pass read it, read again before a step
+    when it is older than GATE_FRESH_SECONDS: a freeze set while a pass runs (a consumer gate's wait, a
+    long fetch or apply, steps back to back) stops the steps after it within a second."""
+
+    def __init__(self, source: Source, *, manual: bool) -> None:
+        self._source = source
+        self._manual = manual
+        self.held = self._read()
+
+    def __call__(self) -> Gate | None:
+        if time.monotonic() - self._read_at > GATE_FRESH_SECONDS:
+            self.held = self._read()
+        return self.held
+
+    def _read(self) -> Gate | None:
+        self._read_at = time.monotonic()
+        gate = selectors.source_gate(self._source)
+        return None if gate.allows(manual=self._manual) else gate
+
+
 def _drive(
     rollout: Rollout,
     desired: Any,
     actor: str,
     retry_failed: bool,
-    held: Gate | None = None,
+    held: Gate | GateWatch | None = None,
     *,
     fresh: bool = False,
 ) -> StepOutcome:
     """Drives a rollout with its own revision (a queued head waits); undoes one that is no longer valid.
-    ``fresh``: the rollout was read a moment ago (``rollout_drive``)."""
+    ``held``: the gate, or a watch of it that each step asks again. ``fresh``: the rollout was read a
+    moment ago (``rollout_drive``)."""
     desired = desired or revision_desired_state(rollout.source, rollout.revision)
     if desired is None:
         _roll_back_invalid(rollout)
         return StepOutcome(Outcome.FAILED, {}, [rollout.message])
-    return rollout_drive(rollout, desired, actor=actor, retry_failed=retry_failed, held=held, fresh=fresh)
+    watch, gate = (held, held.held) if isinstance(held, GateWatch) else (None, held)
+    return rollout_drive(
+        rollout, desired, actor=actor, retry_failed=retry_failed, held=gate, gate_now=watch, fresh=fresh
+    )
 
 
 def _drive_active(
-    source: Source, *, actor: str, retry_failed: bool, held: Gate | None = None
+    source: Source, *, actor: str, retry_failed: bool, held: Gate | GateWatch | None = None
 ) -> StepOutcome | None:
     """Moves the active rollout with its own, already validated revision; Git is not asked."""
     rollout = (
@@ -340,27 +368,23 @@ def source_sync(
     source = _source_to_sync(source_id, automatic=automatic)
     if isinstance(source, SyncResult):
         return source
-    # Nobody knows who pushed while a pass ran: the change log must not name whoever's sync ran first.
-    coalesced_actor = actor if automatic else SYSTEM_ACTOR
+    asked = _Asked(
+        actor, actor if automatic else SYSTEM_ACTOR, retry_failed, manual, rollouts_only, report_rollout
+    )
     with logs.log_context(source=source.name):
         runs: list[SyncResult] = []
         requested = False
         while len(runs) < MAX_COALESCED_RUNS:
             with source_lock(source) as acquired:
+                if acquired and runs:
+                    # A later pass runs with the source as it is now: a scope narrowed meanwhile holds.
+                    current = Source.objects.filter(pk=source.pk).first()
+                    if current is None:
+                        break  # removed meanwhile: nothing of it runs any more
+                    source = current
                 if acquired:
                     Source.objects.filter(pk=source.pk).update(sync_requested_at=None, sync_queued=False)
-                    # Only the first pass is what was asked for: later ones run what came meanwhile.
-                    first = not runs
-                    runs.append(
-                        _measured(
-                            source,
-                            actor if first else coalesced_actor,
-                            retry_failed=retry_failed and first,
-                            manual=manual and first,
-                            report_rollout=report_rollout,
-                            rollouts_only=rollouts_only and first,
-                        )
-                    )
+                    runs.append(_pass(source, runs, asked))
             if not acquired:
                 if runs:
                     break  # another worker took the lock after us; it runs what was requested
@@ -372,8 +396,55 @@ def source_sync(
             if not _requested_again(source):
                 break
         else:
-            _carry_on(source, coalesced_actor)
+            _carry_on(source, asked.coalesced_actor)
         return _combined(runs, manual=manual)
+
+
+class LaterPassFailed(Exception):
+    """A pass run for what came while the asked-for one ran failed. A retry runs it as what it was,
+    automatic and as ``actor``, never with the first request's manual sync, retry or person."""
+
+    def __init__(self, error: GitopsError, actor: str) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.actor = actor
+
+
+@dataclass(frozen=True)
+class _Asked:
+    """What a sync was asked for. ``coalesced_actor``: whom the passes after the first run as; nobody
+    knows who pushed while a pass ran, so the change log must not name whoever's sync ran first."""
+
+    actor: str
+    coalesced_actor: str
+    retry_failed: bool
+    manual: bool
+    rollouts_only: bool
+    report_rollout: bool
+
+
+def _pass(source: Source, runs: list[SyncResult], asked: _Asked) -> SyncResult:
+    """One pass under the lock. Only the first is what was asked for: later ones run what came meanwhile."""
+    if not runs:
+        return _measured(
+            source,
+            asked.actor,
+            retry_failed=asked.retry_failed,
+            manual=asked.manual,
+            report_rollout=asked.report_rollout,
+            rollouts_only=asked.rollouts_only,
+        )
+    try:
+        return _measured(
+            source,
+            asked.coalesced_actor,
+            retry_failed=False,
+            manual=False,
+            report_rollout=asked.report_rollout,
+            rollouts_only=False,
+        )
+    except GitopsError as exc:
+        raise LaterPassFailed(exc, asked.coalesced_actor) from exc
 
 
 def _carry_on(source: Source, actor: str) -> None:

@@ -20,7 +20,7 @@ from gitops import polling, preview, schedule
 from gitops.celery import app, redelivered_too_often
 from gitops.errors import PermanentError, TemporaryError
 from gitops.locks import SourceBusy
-from gitops.reconcile import source_sync, sync_failure_record
+from gitops.reconcile import LaterPassFailed, source_sync, sync_failure_record
 from gitops.record import notifications
 from gitops.source_removal import source_removal_fail, source_removal_run
 from gitops.vocabulary import SYSTEM_ACTOR, Outcome, PreviewOutcome
@@ -64,7 +64,11 @@ def sync_source(
     manual: bool = False,
     automatic: bool = False,
     rollouts_only: bool = False,
+    temporary_tries: int = 0,
 ) -> dict[str, Any]:
+    """``temporary_tries``: retries after a temporary error so far, counted apart from the retries of a
+    busy source (Celery's own count has both: a person's sync that waited for a pass would otherwise
+    give up at its first blip)."""
     if died := redelivered_too_often(self):
         return sync_failure_record(source_id, WorkerDied(died)).as_dict()
     try:
@@ -86,20 +90,42 @@ def sync_source(
         if self.request.retries >= BUSY_MAX_RETRIES:
             raise
         raise self.retry(exc=exc, countdown=BUSY_RETRY_SECONDS) from exc
-    except TemporaryError as exc:
-        # A blip is retried here a few times; past that the source backs off (see
-        # record_sync_failure), so a host that stays down is not asked every sweep.
-        if self.request.retries >= TEMPORARY_MAX_RETRIES:
-            return sync_failure_record(source_id, exc).as_dict()
-        log.warning("sync of source %s failed temporarily, retrying: %s", source_id, exc)
-        raise self.retry(exc=exc, countdown=backoff(self.request.retries, exc.delay)) from exc
-    except PermanentError as exc:
-        return sync_failure_record(source_id, exc).as_dict()
+    except LaterPassFailed as failed:
+        # What came meanwhile failed: retried as what it ran, never as the request that ran first
+        # (a person's sync through a manual-only window would release the pushes behind it).
+        as_it_ran = {**COALESCED_PASS, "actor": failed.actor}
+        return _sync_failed(self, source_id, failed.error, temporary_tries, as_it_ran)
+    except (TemporaryError, PermanentError) as exc:
+        return _sync_failed(self, source_id, exc, temporary_tries, {})
     except Exception as exc:
         # Anything unforeseen (a database error on odd input, a bug) is shown on the
         # source instead of failing silently on every poll.
         log.exception("sync of source %s failed unexpectedly", source_id)
         return sync_failure_record(source_id, exc).as_dict()
+
+
+# How a later pass of a sync ran (gitops.reconcile.source_sync): automatic, without the first request's
+# manual sync, retry or decisions-only, and coalesced into a running pass when the source is busy.
+COALESCED_PASS = {
+    "manual": False,
+    "retry_failed": False,
+    "rollouts_only": False,
+    "automatic": True,
+    "wait_if_busy": False,
+}
+
+
+def _sync_failed(
+    task: Task[Any, Any], source_id: int, error: Exception, tries: int, retry_with: dict[str, Any]
+) -> dict[str, Any]:
+    """A blip is retried a few times (with ``retry_with`` over the task's own arguments); past that, or
+    for a permanent error, the failure is recorded and the source backs off (``sync_failure_record``),
+    so a host that stays down is not asked every sweep."""
+    if isinstance(error, TemporaryError) and tries < TEMPORARY_MAX_RETRIES:
+        log.warning("sync of source %s failed temporarily, retrying: %s", source_id, error)
+        kwargs = {**(task.request.kwargs or {}), **retry_with, "temporary_tries": tries + 1}
+        raise task.retry(exc=error, countdown=backoff(tries, error.delay), kwargs=kwargs) from error
+    return sync_failure_record(source_id, error).as_dict()
 
 
 @app.task(name="gitops.poll_sources", bind=True)
@@ -140,8 +166,9 @@ def poll_sources(self: Task[Any, Any]) -> list[int]:
 
 
 @app.task(name="gitops.remove_source", bind=True, max_retries=None)
-def remove_source(self: Task[Any, Any], removal_id: int) -> dict[str, Any]:
-    """Keeps or prunes every object of a source being deleted, then deletes it (gitops.source_removal)."""
+def remove_source(self: Task[Any, Any], removal_id: int, temporary_tries: int = 0) -> dict[str, Any]:
+    """Keeps or prunes every object of a source being deleted, then deletes it (gitops.source_removal).
+    ``temporary_tries``: retries after a cluster that did not answer, apart from those of a busy source."""
     if died := redelivered_too_often(self):
         return _removal_state(source_removal_fail(removal_id, str(WorkerDied(died))))
     try:
@@ -151,9 +178,10 @@ def remove_source(self: Task[Any, Any], removal_id: int) -> dict[str, Any]:
             return _removal_state(source_removal_fail(removal_id, str(exc)))
         raise self.retry(exc=exc, countdown=BUSY_RETRY_SECONDS) from exc
     except TemporaryError as exc:
-        if self.request.retries >= TEMPORARY_MAX_RETRIES:
+        if temporary_tries >= TEMPORARY_MAX_RETRIES:
             return _removal_state(source_removal_fail(removal_id, f"the cluster did not answer: {exc}"))
-        raise self.retry(exc=exc, countdown=backoff(self.request.retries, exc.delay)) from exc
+        kwargs = {**(self.request.kwargs or {}), "temporary_tries": temporary_tries + 1}
+        raise self.retry(exc=exc, countdown=backoff(temporary_tries, exc.delay), kwargs=kwargs) from exc
     except Exception as exc:
         log.exception("removal %s failed unexpectedly", removal_id)
         return _removal_state(source_removal_fail(removal_id, f"{type(exc).__name__}: {exc}"))

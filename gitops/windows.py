@@ -20,6 +20,7 @@ no sync through, manual or not. Nothing here stops an abort or a rollback.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -33,6 +34,8 @@ ALL_SOURCES = "*"
 MAX_WINDOW_DURATION = timedelta(days=31)
 MIN_WINDOW_DURATION = timedelta(minutes=1)
 MAX_SOURCE_GLOBS = 100
+# croniter's R (random) and H (hashed) fields, alone or with a range: R, H, R(0-29); not the r of "mar".
+_RANDOM_FIELD = re.compile(r"(?<![a-z])[rh](?![a-z])", re.IGNORECASE)
 
 
 class WindowKind(StrEnum):
@@ -218,6 +221,10 @@ def window_rule(
         raise WindowError(
             "schedule", f"{schedule!r} is not a cron schedule of five fields (minute hour day month weekday)"
         )
+    if _RANDOM_FIELD.search(schedule):
+        # croniter picks another moment each time it reads R: the window would open and close between
+        # a pass, beat's sweep and a page.
+        raise WindowError("schedule", f"{schedule!r} has a random (R) or hashed (H) field: name the time")
     if _firing(schedule, datetime.now(UTC), +1) is None:
         raise WindowError("schedule", f"{schedule!r} never fires")
     if not MIN_WINDOW_DURATION <= duration <= MAX_WINDOW_DURATION:

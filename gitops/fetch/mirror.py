@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import TypeVar
 
-from gitops.errors import PermanentError, TemporaryError
+from gitops.errors import GitopsError, PermanentError, TemporaryError
 from gitops.fetch.credentials import Credentials
 from gitops.fetch.git import (
     AUTHENTICATION_FAILED,
@@ -206,13 +206,9 @@ class GitMirror:
             if server_format and self._recreate_with_format(server_format.group(1)):
                 # The repository uses other object ids (SHA-256): a mirror of its kind takes it.
                 return self.fetch(url, branch, credentials, timeout=timeout)
-            error, reason = classify_git_error(stderr, completed.returncode)
-            detail = stderr_summary(stderr, invocation.secrets)
-            if reason == AUTHENTICATION_FAILED:
-                # git's own words ("could not read Username") hide which of the two it was.
-                reason += " (credentials rejected)" if credentials else " (credentials needed, none given)"
+            error, reason = _fetch_error(where, stderr, completed.returncode, invocation, credentials)
             logger.info("fetch of %s failed after %.2fs: %s", where, time.monotonic() - started, reason)
-            raise error(f"cannot fetch {where}: {reason} ({detail})")
+            raise error
         current = self._read_ref(ref)
         if previous is not None and current == previous:
             logger.info("fetched %s: %s unchanged in %.2fs", where, previous, time.monotonic() - started)
@@ -763,6 +759,17 @@ class GitMirror:
         # Exit 1 means "not an ancestor"; anything else (the old tip pruned, say)
         # leaves the ancestry unproven, which counts as a forced update too.
         return completed.returncode == 0
+
+
+def _fetch_error(
+    where: str, stderr: str, returncode: int, invocation: GitInvocation, credentials: Credentials | None
+) -> tuple[GitopsError, str]:
+    """What a failed fetch raises, and its reason in a few words (for the log)."""
+    error, reason = classify_git_error(stderr, returncode)
+    if reason == AUTHENTICATION_FAILED:
+        # git's own words ("could not read Username") hide which of the two it was.
+        reason += " (credentials rejected)" if credentials else " (credentials needed, none given)"
+    return error(f"cannot fetch {where}: {reason} ({stderr_summary(stderr, invocation.secrets)})"), reason
 
 
 def _committed_at(timestamp: int) -> datetime:

@@ -119,6 +119,7 @@ def rollout_drive(
     actor: str,
     retry_failed: bool = False,
     held: Gate | None = None,
+    gate_now: Callable[[], Gate | None] | None = None,
     fresh: bool = False,
 ) -> StepOutcome:
     """Moves the rollout as far as it can go now: until a pause, an end, or a failure.
@@ -126,6 +127,8 @@ def rollout_drive(
     ``held`` (a freeze or a closed sync window) stops every automatic step: a
     timed pause that ran out waits, no weight is applied and no analysis runs,
     unless an administrator's override released the step. Aborts always go on.
+    ``gate_now``: the gate as it stands, asked before each weight or analysis: a freeze set while the
+    pass runs (a consumer gate's wait, a long apply, steps back to back) stops the steps after it.
     ``fresh``: the caller read the rollout (with its source and revision) a moment
     ago, so the first step does not read it again.
     """
@@ -139,6 +142,8 @@ def rollout_drive(
         if _settled(rollout, desired, steps, outcome, actor=actor, retry_failed=retry_failed, held=held):
             return outcome
         step = steps[rollout.step_index]
+        if gate_now is not None and isinstance(step, SetWeight | Analysis):
+            held = gate_now()
         if held is not None and isinstance(step, SetWeight | Analysis) and not overridden(rollout):
             outcome.outcome = Outcome.HELD
             return outcome

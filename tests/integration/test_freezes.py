@@ -222,3 +222,33 @@ def test_outside_every_allow_window_nothing_goes_out(repo, make_namespaces, make
     assert result["outcome"] == "held"
     assert result["held"].startswith("outside its sync windows; the next opens at ")
     assert version(cluster, targets[0]) == "1"
+
+
+def test_a_freeze_set_while_a_pass_runs_stops_the_steps_after_it(
+    repo, make_namespaces, make_source, sync, cluster, monkeypatch
+):
+    """Steps back to back in one pass (or a consumer gate's wait, or a long apply): a freeze set after
+    the first weight went out stops the next one, as it would at the next pass."""
+    from gitops import reconcile
+    from gitops.rollout import lifecycle
+
+    targets = make_namespaces("a", "b")
+    source = first_commit(repo, make_source, sync, targets)
+    v2 = second_commit(repo, targets, steps=[{"setWeight": 50}, {"setWeight": 100}])
+    monkeypatch.setattr(reconcile, "GATE_FRESH_SECONDS", 0.0)  # the freeze comes "more than a second" later
+    real_apply = lifecycle.weight_apply
+
+    def apply_then_freeze(rollout, desired, weight, *args, **kwargs):
+        applied = real_apply(rollout, desired, weight, *args, **kwargs)
+        if weight == 50:
+            freeze(source, reason="incident 43")
+        return applied
+
+    monkeypatch.setattr(lifecycle, "weight_apply", apply_then_freeze)
+
+    result = reconcile.source_sync(source.pk, automatic=True)
+
+    assert result.outcome == "held", result
+    assert sorted(version(cluster, ns) for ns in targets) == ["1", "2"], "half went out before the freeze"
+    rollout = Rollout.objects.get(source=source, revision__commit=v2)
+    assert rollout.is_active and rollout.step_index == 1, (rollout.phase, rollout.step_index)

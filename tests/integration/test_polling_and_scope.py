@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from gitops import polling, reconcile
 from gitops.cluster import Cluster
+from gitops.errors import TemporaryError
 from gitops.models import Change, Source
 from tests.broker import Sent, keep_sends, refuse_sends
 from tests.gitrepo import configmap, policy
@@ -385,3 +386,85 @@ def test_sends_the_broker_refuses_after_a_commit_each_give_their_claim_back(make
     # Nothing would wake them again: each is given back as a request and a poll due now.
     given_back = Source.objects.filter(sync_requested_at__isnull=False, next_poll_at__lte=timezone.now())
     assert given_back.count() == 3
+
+
+def test_a_push_pass_that_fails_after_a_persons_sync_is_retried_as_a_push_not_as_the_person(
+    stream, monkeypatch, cluster
+):
+    """The pass a person's sync runs for the pushes behind it fails on a blip. Its retry runs what it
+    ran (automatic, as Sluice); retried as the person's request, its first pass would carry the pushes
+    through a window that lets only the person's sync out, in the person's name."""
+    from gitops import freezes
+    from gitops.tasks import sync_source
+    from gitops.windows import parse_duration
+
+    freezes.window_add(
+        kind="deny",
+        schedule_text="* * * * *",
+        duration=parse_duration("2h"),
+        sources=["*"],
+        manual_sync=True,
+        by="ines",
+    )
+    real_pass, asked = stream.real_pass, []
+
+    def blip_on_the_second_pass(source, actor, *args, **options):
+        asked.append((actor, options["manual"], options["retry_failed"]))
+        if len(asked) == 2:
+            raise TemporaryError("the Git host did not answer")
+        return real_pass(source, actor, *args, **options)
+
+    stream.real_pass = blip_on_the_second_pass
+
+    sync_source.apply(
+        kwargs={"source_id": stream.source.pk, "actor": "ines", "manual": True, "retry_failed": True}
+    )
+
+    assert asked[0] == ("ines", True, True)
+    assert len(asked) > 2, "retried"
+    assert set(asked[1:]) == {("sluice", False, False)}, asked
+    assert cluster.get_configmap(stream.namespace, "app")["data"]["v"] == "0", "only the person's commit"
+    first_commit = stream.repo.git("rev-list", "--max-parents=0", "HEAD").strip()
+    assert set(
+        Change.objects.filter(source=stream.source, actor="ines").values_list("commit", flat=True)
+    ) == {first_commit}
+
+
+def test_a_blip_after_waiting_for_a_busy_source_is_still_retried(stream, monkeypatch, cluster):
+    """Celery counts a busy source's retries and a blip's together: a person's sync that waited
+    for a running pass must not give up at its first temporary error."""
+    from gitops.tasks import sync_source
+
+    monkeypatch.setattr(reconcile, "MAX_COALESCED_RUNS", 1)
+    real_pass, tries = stream.real_pass, []
+
+    def one_blip(source, actor, *args, **options):
+        tries.append(actor)
+        if len(tries) == 1:
+            raise TemporaryError("the Git host did not answer")
+        return real_pass(source, actor, *args, **options)
+
+    stream.real_pass = one_blip
+
+    result = sync_source.apply(kwargs={"source_id": stream.source.pk, "actor": "ines"}, retries=5).get()
+
+    assert result["outcome"] == "applied", result
+    assert len(tries) == 2
+    assert Source.objects.get(pk=stream.source.pk).consecutive_failures == 0
+
+
+def test_a_scope_narrowed_during_a_stream_of_pushes_holds_for_the_passes_after_it(stream, cluster):
+    """An administrator narrows the source's namespaces while a stream of pushes keeps one task
+    passing: the next pass validates against the narrowed scope, not the one the task read first."""
+
+    def narrow_after_the_first_pass() -> None:
+        if stream.passes == 1:
+            Source.objects.filter(pk=stream.source.pk).update(allowed_namespaces=["elsewhere-*"])
+
+    stream.after_pass = narrow_after_the_first_pass
+
+    result = reconcile.source_sync(stream.source.pk, automatic=True)
+
+    assert stream.passes == reconcile.MAX_COALESCED_RUNS
+    assert result.outcome == "rejected", result
+    assert cluster.get_configmap(stream.namespace, "app")["data"]["v"] == "0", "nothing past the narrowing"

@@ -176,6 +176,9 @@ def test_times_given_in_another_offset_are_the_same_instant():
         ({"sources": ["x" * 64]}, "sources"),
         ({"sources": ["shop\x00"]}, "sources"),
         ({"schedule": "0 0 30 2 *"}, "schedule"),  # February has no 30th: it never fires
+        ({"schedule": "R 2 * * *"}, "schedule"),  # croniter picks another minute at each reading
+        ({"schedule": "0 R(1-3) * * *"}, "schedule"),
+        ({"schedule": "H 2 * * *"}, "schedule"),
     ],
 )
 def test_a_window_that_cannot_work_is_refused_naming_the_field(options, field):
@@ -192,6 +195,11 @@ def test_a_window_that_works_is_normalised():
     )
     assert rule.schedule == "0 22 * * *"
     assert rule.sources == ("shop", "b*")
+
+
+def test_month_and_day_names_with_an_r_or_an_h_are_no_random_field():
+    rule = window_rule(kind="deny", schedule="0 2 * mar,apr thu,sat", duration=timedelta(hours=1))
+    assert rule.schedule == "0 2 * mar,apr thu,sat"
 
 
 @pytest.mark.parametrize(
