@@ -17,7 +17,7 @@ from typing import Any
 
 from django.conf import settings
 
-from gitops.cluster import pools
+from gitops.cluster import livestore, pools
 from gitops.cluster.client import (
     UNAVAILABLE,
     WORKLOAD_KINDS,
@@ -27,7 +27,7 @@ from gitops.cluster.client import (
     NotFoundError,
 )
 from gitops.cluster.clients import clients, get_cluster
-from gitops.desired.content import Content
+from gitops.desired.content import CONTENT_HASH_ANNOTATION, Content
 from gitops.errors import GitopsError, PermanentError
 from gitops.models import ApplyIntent
 from gitops.vocabulary import ChangeAction
@@ -77,7 +77,35 @@ def intents_apply_everywhere(
         else:
             result.intents.extend(groups[name])
             result.errors.extend(answer)
+        _unsettle_written(name, groups[name], answer)
     return result
+
+
+def _unsettle_written(
+    cluster: str, intents: Sequence[ApplyIntent], answer: list[str | None] | GitopsError
+) -> None:
+    """The live cache's stamps of what was just written, until its watch stores the writes (see
+    ``livestore.unsettle_written``). A cluster that stopped answering mid-batch may have taken any of
+    them; an intent it refused changed nothing."""
+    refused = (
+        [False] * len(intents) if isinstance(answer, GitopsError) else [error is not None for error in answer]
+    )
+    written: dict[str, list[tuple[str, str]]] = {}
+    for intent, was_refused in zip(intents, refused, strict=True):
+        if intent.kind in WORKLOAD_KINDS or was_refused:
+            continue
+        written.setdefault(intent.namespace, []).append((intent.name, _written_hash(intent)))
+    if written:
+        livestore.unsettle_written(cluster, written)
+
+
+def _written_hash(intent: ApplyIntent) -> str:
+    """The content hash the write leaves on the object; "" when it leaves none of Sluice's (a deletion,
+    a release)."""
+    if intent.manifest is None or intent.action == ChangeAction.RELEASE:
+        return ""
+    annotations = (intent.manifest.get("metadata") or {}).get("annotations") or {}
+    return str(annotations.get(CONTENT_HASH_ANNOTATION, ""))
 
 
 def intents_apply(cluster: Cluster, intents: Sequence[ApplyIntent]) -> list[str | None]:

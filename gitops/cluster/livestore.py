@@ -152,6 +152,38 @@ return 1
 """
 
 
+# A worker's own write, not yet stored by the watch: the object's stamp still shows what it held before,
+# and would settle a plan of that content (a revert pushed at once) as unchanged. Drops each stamp of
+# an object a worker just wrote that does not show what it wrote, and the version of each hash it
+# changed, so the next plan reads those objects. KEYS: objects hashes. ARGV: for each hash in KEYS'
+# order the number of its name, hash pairs, then the pairs (an empty hash: the object was deleted or
+# released, and its stamp goes whatever it says). Not fenced: it only removes what a plan would
+# otherwise trust, and the watch's event for the write stores the stamp again. Returns how many went.
+_UNSETTLE = """
+local at, dropped, sep = 1, 0, string.char(31)  -- the stamp's field separator
+local field = '([^' .. sep .. ']*)' .. sep
+for k = 1, #KEYS do
+  local last = at + 2 * tonumber(ARGV[at])
+  local changed = false
+  for i = at + 1, last, 2 do
+    local stamp = redis.call('HGET', KEYS[k], ARGV[i])
+    if stamp then
+      local fields = {}
+      for found in string.gmatch(stamp .. sep, field) do fields[#fields + 1] = found end
+      if ARGV[i + 1] == '' or fields[4] ~= ARGV[i + 1] or fields[5] ~= '1' then
+        redis.call('HDEL', KEYS[k], ARGV[i])
+        changed = true
+        dropped = dropped + 1
+      end
+    end
+  end
+  if changed then redis.call('HDEL', KEYS[k], '#version') end
+  at = last + 1
+end
+return dropped
+"""
+_UNSETTLE_BATCH = 2000  # objects a call: one script call blocks Redis while it runs
+
 _version_numbers = itertools.count(1)  # with the epoch, a version no other write of the term has
 
 
@@ -328,6 +360,41 @@ def _without_version(stamps: Mapping[str, str]) -> dict[str, str]:
     texts = dict(stamps)
     texts.pop(VERSION_FIELD, None)
     return texts
+
+
+def unsettle_written(cluster: str, written: Mapping[str, Sequence[tuple[str, str]]]) -> int:
+    """After a worker's apply: drops the stamps of the objects it wrote (namespace -> (name, the content
+    hash it wrote, "" for a deletion or a release)) that do not show that write yet (see ``_UNSETTLE``);
+    returns how many went. Redis out of reach is logged: plans then trust what it holds, as before."""
+    calls: list[tuple[list[str], list[str | int]]] = [([], [])]
+    for namespace, objects in sorted(written.items()):
+        keys, args = calls[-1]
+        if len(args) > _UNSETTLE_BATCH * 2:
+            keys, args = [], []
+            calls.append((keys, args))
+        keys.append(_key(cluster, "objects", namespace))
+        args.append(len(objects))
+        for name, content_hash in objects:
+            args += [name, content_hash]
+    dropped = 0
+    try:
+        script = _unsettle_script()
+        for keys, args in calls:
+            if keys:
+                dropped += int(script(keys=keys, args=args))
+    except redis.RedisError as exc:
+        log.warning("cannot drop the stamps of objects just written in cluster %s: %s", cluster, exc)
+    return dropped
+
+
+_unsettle: Any = None
+
+
+def _unsettle_script() -> Any:
+    global _unsettle  # noqa: PLW0603 - registered once a process, on first use
+    if _unsettle is None:
+        _unsettle = redis_client().register_script(_UNSETTLE)
+    return _unsettle
 
 
 # -- writing: the cache process ---------------------------------------------------------------

@@ -21,6 +21,7 @@ from gitops import cluster_admin
 from gitops.cluster import livestore
 from gitops.models import Change, Source
 from gitops.plan import LiveStamp
+from gitops.plan.stamps import stamp_of
 from gitops.vocabulary import ChangeAction
 from tests.clusters import FlakyKubeconfig
 from tests.gitrepo import configmap, policy
@@ -940,3 +941,91 @@ def test_a_sweep_drops_clusters_stored_but_watched_by_nobody_and_leaves_served_o
     finally:
         for cluster in (orphan, served, wanted):
             _delete_keys_of(cluster)
+
+
+class _Lease:
+    """A hand-driven term of the live cache for the default cluster: the test writes stamps as a watch
+    would, and a thread keeps the lease, so the watch is as late as the test makes it."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.store = livestore.LiveStore(
+            settings.SLUICE_CLUSTER_NAME, f"lag-{uuid.uuid4().hex[:6]}", stale_seconds=60
+        )
+        poll(self.store.claim, timeout=10, what="the default cluster's lease")
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._renew, daemon=True)
+        self.thread.start()
+
+    def _renew(self) -> None:
+        while not self.stopped.wait(0.3):
+            self.store.renew()
+
+    def watched(self, cluster, namespace: str, *names: str) -> None:
+        """Stores the objects' stamps as they are now, and the namespace as fresh."""
+        stamps = {name: stamp_of(cluster.get_configmap(namespace, name)).encode() for name in names}
+        assert self.store.write(namespace, stamps, whole_cluster=True)
+        assert self.store.write("", {}, resource_version="1", fresh=True, whole_cluster=True)
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join()
+        self.store.release()
+
+
+def test_a_revert_pushed_before_the_watch_stored_sluices_own_write_is_not_settled_by_the_old_stamp(
+    repo, make_namespaces, make_source, sync, cluster
+):
+    """The watch is behind Sluice's own write of v2 (its event not stored yet), so the stamp still
+    shows v1. A revert to v1 comes at once: the old stamp says "as applied, v1", which is Git's content
+    again, and would settle the plan as unchanged while the cluster holds v2. The worker drops the
+    stamps its writes outdate, so the revert reads the object and applies v1."""
+    namespace, source = synced_source(repo, make_namespaces, make_source, sync)
+    lease = _Lease()
+    try:
+        lease.watched(cluster, namespace, "app-0")
+        assert fresh(namespace) and as_applied(settings.SLUICE_CLUSTER_NAME, namespace, "app-0")
+
+        repo.write("configmaps/app-0.yaml", configmap("app-0", {"LOG_LEVEL": "debug"}))
+        repo.commit("v2")
+        assert sync(source)["summary"] == {"update": 1}
+        held = livestore.fresh_stamps(settings.SLUICE_CLUSTER_NAME, [namespace]).get(namespace, {})
+        assert "app-0" not in held, "the stamp of v1 went with the write of v2"
+
+        repo.write("configmaps/app-0.yaml", configmap("app-0", {"LOG_LEVEL": "info"}))
+        repo.commit("revert to v1")
+        assert sync(source)["summary"] == {"update": 1}
+        assert cluster.get_configmap(namespace, "app-0")["data"] == {"LOG_LEVEL": "info"}
+    finally:
+        lease.close()
+
+
+def test_a_stamp_that_shows_the_write_already_is_kept(stack, namespace, cluster):
+    """The watch stored the write before the worker got to it: that stamp stays, so the next plan is
+    not sent to read what the cache already vouches for. A deletion's stamp goes whatever it says."""
+    cluster.apply_configmap(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": namespace}},
+        field_manager="someone",
+    )
+    written = LiveStamp("7", "src", "c0ffee", "a" * 32, True).encode()
+    lease = _Lease()
+    try:
+        assert lease.store.write(
+            namespace, {"kept": written, "outdated": written, "deleted": written}, whole_cluster=True
+        )
+        default = settings.SLUICE_CLUSTER_NAME
+
+        dropped = livestore.unsettle_written(
+            default,
+            {namespace: [("kept", "a" * 32), ("outdated", "b" * 32), ("deleted", ""), ("absent", "c" * 32)]},
+        )
+
+        assert dropped == 2
+        assert lease.store.load(namespace)[0] == {"kept": written}
+        assert lease.store.client.hget(_objects_key(default, namespace), livestore.VERSION_FIELD) is None, (
+            "a version over stamps it no longer matches is never left"
+        )
+    finally:
+        lease.close()
+        lease.store.client.delete(_objects_key(settings.SLUICE_CLUSTER_NAME, namespace))
