@@ -8,7 +8,6 @@ applies them, and the change log records how each went.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +20,7 @@ from gitops.cluster.apply import intents_apply_everywhere
 from gitops.cluster.live import LiveState, live_configmaps, live_view
 from gitops.desired.limits import Limits
 from gitops.desired.revision import DesiredState, ObjectKey, flag_set_key, published_baseline
-from gitops.errors import TemporaryError
+from gitops.errors import PermanentError, TemporaryError
 from gitops.models import ApplyIntent, Rollout, Source
 from gitops.plan import Action, Plan, plan
 from gitops.record.changelog import CONFIGMAP, changes_record, intents_pending, intents_write
@@ -30,8 +29,6 @@ from gitops.rollout.engine import desired_at_weight, held_keys
 from gitops.rollout.flag_catalog import flag_catalog_record
 from gitops.rollout.state import StepOutcome, clusters_owed_rollback
 from gitops.vocabulary import ChangeAction, Outcome
-
-logger = logging.getLogger(__name__)
 
 
 def weight_apply(
@@ -219,12 +216,20 @@ def flag_baselines(
         text = (data or {}).get(flag_set_key(obj.name))
         baselines[obj.key] = published_baseline(text, limits)
         if text and baselines[obj.key] is None:
-            cluster, namespace, name = obj.key
-            logger.warning(
-                "the flag set published as %s/%s in cluster %s is not a valid flag set: "
-                "its canary starts from no flags",
-                namespace,
-                name,
-                cluster,
-            )
+            # Started from no flags, the canary would serve everyone outside it no flag of the set at
+            # all (the code's defaults), not the flags they have now.
+            raise PublishedFlagSetUnreadable(obj.key)
     return baselines
+
+
+class PublishedFlagSetUnreadable(PermanentError):
+    """The flag set a canary would start from, as the cluster publishes it, is not one Sluice reads."""
+
+    def __init__(self, key: ObjectKey) -> None:
+        cluster, namespace, name = key
+        super().__init__(
+            f"the flag set published as {namespace}/{name} in cluster {cluster} is not a flag set Sluice "
+            "can read (edited by hand, or published under other rules or limits), so a canary cannot "
+            "keep its users on what they have now; restore it (a sync with selfHeal, or a rollout with "
+            "a single setWeight 100 step), or abort"
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from django.conf import settings
 
 from gitops.rollout import decisions
 from tests.flagd import EVALUATORS, KEYS, evaluate_all
@@ -159,4 +160,45 @@ def test_a_canary_too_large_for_its_configmap_fails_the_pass_with_why_and_applie
 
     assert result["outcome"] == "failed", result
     assert "flag 'big'" in result["errors"][0] and "more than a ConfigMap holds" in result["errors"][0]
+    assert published(cluster, flags_ns) == before
+
+
+def test_a_canary_from_a_published_flag_set_sluice_cannot_read_fails_with_why_and_applies_nothing(
+    repo, make_namespaces, make_source, sync, cluster
+):
+    """The published flag set is one this Sluice does not read (a fractional weight of 12.5): an
+    earlier release published it under other rules, or a hand edit under Sluice's field manager. A
+    canary from it once started from no flags: nine users in ten got the code's defaults for every flag
+    of the set. Now the pass says why, and publishes nothing."""
+    app, flags_ns = make_namespaces("app", "flags")
+    repo.write_all(
+        {"sluice.yaml": policy([app], flags={"namespace": flags_ns}), "flags/checkout.json": json.dumps(OLD)}
+    )
+    repo.commit("v1")
+    source = make_source()
+    assert sync(source)["outcome"] == "applied"
+    edited = json.loads(published(cluster, flags_ns))
+    edited["flags"]["banner"]["targeting"] = {"fractional": [["blue", 12.5], ["green", 87.5]]}
+    data = {**cluster.get_configmap(flags_ns, "checkout")["data"], "checkout.flagd.json": json.dumps(edited)}
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "checkout", "namespace": flags_ns},
+    }
+    cluster.apply_configmap({**manifest, "data": data}, field_manager=settings.SLUICE_FIELD_MANAGER)
+    before = published(cluster, flags_ns)
+    steps = [{"setWeight": 10}, {"pause": {}}]
+    repo.write_all(
+        {
+            "sluice.yaml": policy([app], flags={"namespace": flags_ns}, rollout={"steps": steps}),
+            "flags/checkout.json": json.dumps(NEW),
+        }
+    )
+    repo.commit("v2")
+
+    result = sync(source)
+
+    assert result["outcome"] == "failed", result
+    assert f"published as {flags_ns}/checkout" in result["errors"][0], result["errors"]
+    assert "setWeight 100" in result["errors"][0]
     assert published(cluster, flags_ns) == before
