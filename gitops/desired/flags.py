@@ -40,6 +40,12 @@ SOURCE_METADATA_KEY: Final = "sluiceSource"
 CANARY_WEIGHT_METADATA_KEY: Final = "sluiceCanaryWeight"
 
 _FLAG_SET_FIELDS: Final = ("$schema", "flags", "$evaluators", "metadata")
+# An evaluator's name as flagd's evaluators find it in JSON text, escaped or not: printable ASCII, no " or \.
+_PLAIN_NAME: Final = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]+")
+# A name JavaScript iterates first, in numeric order (an array index), whatever the declared order.
+_WHOLE_NUMBER: Final = re.compile(r"0|[1-9][0-9]{0,9}")
+# What JavaScript's replaceAll reads in a replacement string: $$, $&, $` and $'.
+_JS_REPLACEMENT_PATTERN: Final = re.compile(r"\$[$&`']")
 _FLAG_FIELDS: Final = ("state", "variants", "defaultVariant", "targeting", "metadata")
 _STATES: Final = ("ENABLED", "DISABLED")
 _VARIANT_TYPES: Final = ("boolean", "string", "number", "object")
@@ -334,9 +340,50 @@ class _FlagSetValidator:
         self.evaluators = evaluators
         # Evaluators are shared by flags with different variants: no variant checks.
         checker = _TargetingChecker(self, variants=None)
-        for name, rule in evaluators.items():
+        for position, (name, rule) in enumerate(evaluators.items()):
             self._check_name(name, (*path, name), "an evaluator name")
+            self._check_substitutable(name, rule, (*path, name))
+            checker.inside = position
             checker.check(rule, (*path, name))
+
+    def _check_substitutable(self, name: str, rule: object, path: PathKey) -> None:
+        """What flagd's evaluators (Python's openfeature-flagd-core, JavaScript's @openfeature/flagd-core)
+        can substitute: each replaces ``{"$ref": "name"}`` in the flags' JSON text with the evaluator's
+        JSON text, the Python one through a regular expression whose replacement reads backslash
+        escapes, the JavaScript one through ``replaceAll``, whose replacement reads ``$`` patterns."""
+        if _WHOLE_NUMBER.fullmatch(name):
+            self.report(
+                path,
+                f"evaluator name {_quoted(name)}: JavaScript visits names that are whole numbers before "
+                "the others, so flagd's JavaScript core would substitute it out of the declared order; use "
+                "a name with a letter",
+            )
+            return
+        if not _PLAIN_NAME.fullmatch(name):
+            self.report(
+                path,
+                f"evaluator name {_quoted(name)}: flagd finds a $ref by its name in JSON text, so use ASCII "
+                'letters, digits and punctuation other than " and \\',
+            )
+            return
+        try:
+            text = json.dumps(rule, ensure_ascii=True).replace('\\"', "")
+        except ValueError:
+            return  # NaN and the like: reported where the value is read
+        if "\\" in text:
+            self.report(
+                path,
+                "holds non-ASCII text, a backslash or a control character in a string: the Python flagd "
+                "provider substitutes evaluators as a regular-expression replacement, which turns those "
+                "escapes into errors or other characters; move such text into the flags that use it",
+            )
+        elif found := _JS_REPLACEMENT_PATTERN.search(text):
+            self.report(
+                path,
+                f"holds {_quoted(found.group())} in a string: the JavaScript flagd core substitutes "
+                "evaluators with replaceAll, which reads it as a replacement pattern; move such text "
+                "into the flags that use it",
+            )
 
     def _check_flags(self, flags: object) -> None:
         path: PathKey = ("flags",)
@@ -434,6 +481,7 @@ class _TargetingChecker:
     def __init__(self, validator: _FlagSetValidator, variants: Mapping[str, Any] | None) -> None:
         self.validator = validator
         self.variants = variants  # None: unknown (an evaluator, or the flag's variants are broken)
+        self.inside: int | None = None  # the position in $evaluators of the evaluator being checked
 
     def report(self, path: PathKey, message: str) -> None:
         self.validator.report(path, message)
@@ -498,6 +546,15 @@ class _TargetingChecker:
             self.report(
                 (*path, "$ref"),
                 f"no evaluator {_quoted(name)} in $evaluators{_did_you_mean(name, names) or known}",
+            )
+        elif self.inside is not None and list(names).index(name) <= self.inside:
+            # flagd substitutes the evaluators one after the other, in the order they are declared, into
+            # the flags' text: a reference an evaluator brings along is resolved only by a later one.
+            self.report(
+                (*path, "$ref"),
+                f"refers to {_quoted(name)}, which is declared before this evaluator (or is this one): "
+                "flagd substitutes evaluators in the order they are declared, so the reference would stay "
+                f"unresolved and the flags using it fail to evaluate; declare {_quoted(name)} after it",
             )
 
     def variant_name(self, value: str | bool, path: PathKey) -> None:

@@ -195,8 +195,8 @@ def with_targeting(targeting: str) -> str:
         """\
         {
           "$evaluators": {
-            "internal-users": {"ends_with": [{"var": "email"}, "@example.com"]},
-            "staff": {"or": [{"$ref": "internal-users"}, {"in": [{"var": "role"}, ["admin", "support"]]}]}
+            "staff": {"or": [{"$ref": "internal-users"}, {"in": [{"var": "role"}, ["admin", "support"]]}]},
+            "internal-users": {"ends_with": [{"var": "email"}, "@example.com"]}
           },
           "flags": {
             "new-checkout": {
@@ -530,15 +530,15 @@ REQUIRED_CHECKS = [
         """\
         {
           "$evaluators": {
-            "internal-users": {"ends_with": [{"var": "email"}, "@example.com"]},
-            "staff": {"or": [{"$ref": "contractors"}, {"$ref": "internal-users"}]}
+            "staff": {"or": [{"$ref": "contractors"}, {"$ref": "internal-users"}]},
+            "internal-users": {"ends_with": [{"var": "email"}, "@example.com"]}
           },
           "flags": {}
         }
         """,
         '["$evaluators"].staff.or[0]["$ref"]',
-        4,
-        'no evaluator "contractors" in $evaluators (defined: internal-users, staff)',
+        3,
+        'no evaluator "contractors" in $evaluators (defined: staff, internal-users)',
     ),
     case(
         "operator-typo",
@@ -1411,3 +1411,85 @@ def test_what_flag_sets_inline_counts_toward_the_revisions_values():
     with pytest.raises(RevisionRejected) as refused:
         load(6)
     assert any("revision builds more than 500,000 values" in error.message for error in refused.value.errors)
+
+
+def evaluators_document(evaluators: str) -> str:
+    return dedent(
+        """\
+        {
+          "$evaluators": %s,
+          "flags": {
+            "f": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off",
+                  "targeting": {"if": [{"$ref": "first"}, "on", "off"]}}
+          }
+        }
+        """
+    ).replace("%s", evaluators)
+
+
+@pytest.mark.parametrize(
+    ("evaluators", "field", "message"),
+    [
+        pytest.param(
+            '{"second": {"var": "x"}, "first": {"!": {"$ref": "second"}}}',
+            '["$evaluators"].first["!"]["$ref"]',
+            'refers to "second", which is declared before this evaluator',
+            id="reference-to-an-earlier-evaluator",
+        ),
+        pytest.param(
+            '{"first": {"!": {"$ref": "first"}}}',
+            '["$evaluators"].first["!"]["$ref"]',
+            'refers to "first", which is declared before this evaluator (or is this one)',
+            id="reference-to-itself",
+        ),
+        pytest.param(
+            '{"first": {"==": [{"var": "x"}, "caf\u00e9"]}}',
+            '["$evaluators"].first',
+            "the Python flagd provider substitutes evaluators as a regular-expression replacement",
+            id="non-ascii-text",
+        ),
+        pytest.param(
+            '{"first": {"==": [{"var": "x"}, "a\\\\b"]}}',
+            '["$evaluators"].first',
+            "a backslash",
+            id="backslash",
+        ),
+        pytest.param(
+            '{"first": {"==": [{"var": "x"}, "costs $$5"]}}',
+            '["$evaluators"].first',
+            'holds "$$" in a string: the JavaScript flagd core substitutes evaluators with replaceAll',
+            id="javascript-replacement-pattern",
+        ),
+        pytest.param(
+            '{"first": {"var": "x"}, "12": {"var": "y"}}',
+            '["$evaluators"].12',
+            "JavaScript visits names that are whole numbers before the others",
+            id="whole-number-name",
+        ),
+        pytest.param(
+            '{"first": {"var": "x"}, "caf\u00e9": {"var": "y"}}',
+            '["$evaluators"].café',
+            "flagd finds a $ref by its name in JSON text",
+            id="non-ascii-name",
+        ),
+    ],
+)
+def test_evaluators_flagd_cannot_substitute_are_refused(evaluators: str, field: str, message: str) -> None:
+    """Both pinned evaluators replace a $ref's JSON text with the evaluator's, one evaluator after the
+    other in declared order (the Python one with re.sub, the JavaScript one with replaceAll). What
+    that cannot resolve passed validation, and the flags using it failed to evaluate once published."""
+    _, errors = load("flags/checkout.json", evaluators_document(evaluators))
+
+    assert [(error.field, message in error.message) for error in errors] == [(field, True)], errors
+
+
+def test_an_evaluator_may_refer_to_the_ones_declared_after_it_and_quote_text() -> None:
+    _, errors = load(
+        "flags/checkout.json",
+        evaluators_document(
+            '{"first": {"or": [{"$ref": "second"}, {"$ref": "third"}]}, "second": {"!": {"$ref": "third"}},'
+            ' "third": {"==": [{"var": "x"}, "say \\"hi\\" for $5"]}}'
+        ),
+    )
+
+    assert errors == []
