@@ -10,12 +10,14 @@ rotated token), so nothing a process holds outlives the credentials it came from
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import yaml
 from django.conf import settings
 
 from gitops import metrics
@@ -45,17 +47,60 @@ class ClusterRef:
     context: str | None = None
 
     def fingerprint(self) -> tuple[object, ...]:
-        """What the client depends on: the reference, and the kubeconfig file's size and change time."""
+        """What the client depends on: the reference, and the size and change time of the kubeconfig
+        file and of the files it names (a ``tokenFile``, certificates, keys), which the client reads once:
+        a token rotated in its file, the kubeconfig untouched, builds the client again."""
         if not self.kubeconfig:
             return (self.kubeconfig, self.context)
         try:
             stat = os.stat(self.kubeconfig)
         except OSError:
             return (self.kubeconfig, self.context, None)
-        return (self.kubeconfig, self.context, stat.st_mtime_ns, stat.st_size)
+        named = _named_files(self.kubeconfig, stat.st_mtime_ns, stat.st_size)
+        return (self.kubeconfig, self.context, stat.st_mtime_ns, stat.st_size, *map(_file_state, named))
 
     def connect(self, *, pool_size: int = DEFAULT_POOL_SIZE) -> Cluster:
         return Cluster(self.kubeconfig, context=self.context, name=self.name, pool_size=pool_size)
+
+
+# The fields of a kubeconfig's users and clusters that name a file the client reads.
+_FILE_FIELDS = ("tokenFile", "client-certificate", "client-key", "certificate-authority")
+
+
+@functools.lru_cache(maxsize=256)
+def _named_files(kubeconfig: str, mtime_ns: int, size: int) -> tuple[str, ...]:
+    """The files ``kubeconfig`` names, as of that version of it (relative ones from its directory);
+    () when it cannot be read, which connecting reports."""
+    del mtime_ns, size  # the cache's key: a rewritten kubeconfig is read again
+    try:
+        with open(kubeconfig, encoding="utf-8") as handle:
+            config = yaml.safe_load(handle)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return ()
+    if not isinstance(config, dict):
+        return ()
+    here = os.path.dirname(os.path.abspath(kubeconfig))
+    found: set[str] = set()
+    for section, entry in (("users", "user"), ("clusters", "cluster")):
+        items = config.get(section)
+        for item in items if isinstance(items, list) else ():
+            fields = item.get(entry) if isinstance(item, dict) else None
+            if not isinstance(fields, dict):
+                continue
+            found.update(
+                os.path.join(here, value)
+                for value in (fields.get(name) for name in _FILE_FIELDS)
+                if isinstance(value, str) and value
+            )
+    return tuple(sorted(found))
+
+
+def _file_state(path: str) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (stat.st_mtime_ns, stat.st_size)
 
 
 def default_cluster_name() -> str:
@@ -104,10 +149,14 @@ class ClusterClients:
             return entry[1]
 
     def refresh(self) -> dict[str, ClusterRef]:
-        """Reads the registry again (one query): clusters registered, removed or re-pointed since."""
+        """Reads the registry again (one query): clusters registered, removed or re-pointed since. The
+        clients of clusters removed since go, with their connections and threads."""
         refs = registered_refs()
         with self._lock:
             self._refs = refs
+            gone = [name for name in self._clients if name not in refs and name != default_cluster_name()]
+        if gone:
+            self.forget(gone)
         return refs
 
     def ref(self, name: str | None = None) -> ClusterRef:

@@ -663,3 +663,23 @@ def test_a_rollback_owed_to_an_object_a_newer_rollout_left_behind_is_still_carri
     wait_for(source, phase="Completed")
     assert fleet.versions(clusters, namespace) == ["1", "1"], "kept, not pruned, with what it held before"
     assert fleet.content("flaky", namespace, "db") is not None
+
+
+def test_a_cluster_removed_by_another_process_loses_its_client_here_at_the_next_refresh(stack):
+    """A worker or the live cache that did not run the removal itself kept the removed cluster's client,
+    its connections and its threads; the registry read that every pass starts with lets them go."""
+    from gitops.cluster.clients import ClusterClients, UnknownClusterError
+    from gitops.models import Cluster as ClusterRecord
+
+    cluster_admin.cluster_add(name="going", kubeconfig=stack["KUBECONFIG"], context="member-1")
+    registry = ClusterClients()
+    registry.refresh()
+    held = registry.get("going")
+    assert registry.get("going") is held
+
+    ClusterRecord.objects.filter(name="going").delete()  # removed elsewhere: no forget() in this process
+    registry.refresh()
+
+    assert "going" not in registry._clients
+    with pytest.raises(UnknownClusterError):
+        registry.get("going")

@@ -1,0 +1,64 @@
+"""A cluster's client is built again when anything it read changes: its kubeconfig, and the files the
+kubeconfig names (a token file rotated beside an untouched kubeconfig once left a worker on 401s)."""
+
+from __future__ import annotations
+
+import os
+
+from gitops.cluster.clients import ClusterRef
+
+KUBECONFIG = """\
+apiVersion: v1
+kind: Config
+clusters:
+- name: c
+  cluster: {server: "https://127.0.0.1:6443", certificate-authority: ca.crt}
+users:
+- name: u
+  user: {tokenFile: token}
+- name: v
+  user: {client-certificate: /absolute/client.crt, client-key: keys/client.key}
+contexts:
+- name: x
+  context: {cluster: c, user: u}
+current-context: x
+"""
+
+
+def test_a_rotated_token_file_changes_the_fingerprint(tmp_path):
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(KUBECONFIG)
+    token = tmp_path / "token"
+    token.write_text("first")
+    ref = ClusterRef("edge", str(kubeconfig), "x")
+    before = ref.fingerprint()
+
+    token.write_text("second token")
+    os.utime(token, ns=(1, 1))
+
+    assert ref.fingerprint() != before
+    assert ref.fingerprint() == ref.fingerprint()
+
+
+def test_the_files_a_kubeconfig_names_are_read_once_per_version_of_it(tmp_path):
+    from gitops.cluster.clients import _named_files
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(KUBECONFIG)
+    stat = kubeconfig.stat()
+
+    named = _named_files(str(kubeconfig), stat.st_mtime_ns, stat.st_size)
+
+    assert named == tuple(
+        sorted(
+            [
+                str(tmp_path / "ca.crt"),
+                str(tmp_path / "token"),
+                "/absolute/client.crt",
+                str(tmp_path / "keys/client.key"),
+            ]
+        )
+    )
+    assert _named_files(str(tmp_path / "missing"), 0, 0) == ()
+    (tmp_path / "broken").write_text("users: [unclosed")
+    assert _named_files(str(tmp_path / "broken"), 1, 1) == ()
