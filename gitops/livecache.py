@@ -141,6 +141,9 @@ def watched_targets(only: str | None = None) -> dict[str, set[str]]:
 # -- waking sources -------------------------------------------------------------------------
 
 
+WAKE_RETRY_SECONDS = 2.0
+
+
 class Waker:
     """Reconciles sources whose objects changed, from one thread (one database connection)."""
 
@@ -162,8 +165,12 @@ class Waker:
                 names.add(self.pending.get_nowait())
             try:
                 self._enqueue(names)
-            except Exception:  # the database away: the next change wakes them again; the waker lives on
-                log.exception("could not wake sources %s", sorted(names))
+            except Exception:  # the database away: the waker lives on, and tries them again
+                # No later event repeats this wake: the stamp is stored already, so the drift would
+                # wait for the next poll. They are put back, after a pause that lets the database return.
+                log.exception("could not wake sources %s; trying again shortly", sorted(names))
+                self.stop.wait(WAKE_RETRY_SECONDS)
+                self.wake(names)
 
     @staticmethod
     def _enqueue(names: set[str]) -> None:

@@ -271,7 +271,13 @@ SLUICE_CREDENTIALS_ENV_PREFIX = env.get("SLUICE_CREDENTIALS_ENV_PREFIX", "")
 SLUICE_CREDENTIALS_DIRS = [path for path in env.get("SLUICE_CREDENTIALS_DIRS", "").split(":") if path]
 
 CELERY_BEAT_SCHEDULE = {
-    "poll-sources": {"task": "gitops.poll_sources", "schedule": SLUICE_POLL_SWEEP_SECONDS},
+    # A sweep still queued three sweeps later (the workers are behind) is dropped: the next one claims
+    # what is due then, and late sweeps no longer pile up behind the backlog they add to.
+    "poll-sources": {
+        "task": "gitops.poll_sources",
+        "schedule": SLUICE_POLL_SWEEP_SECONDS,
+        "options": {"expires": 3 * SLUICE_POLL_SWEEP_SECONDS},
+    },
 }
 
 # JSON lines in production, readable text in development (LOG_FORMAT=json|text overrides).
@@ -372,4 +378,5 @@ CELERY_BEAT_SCHEDULE["purge-old-records"] = {
 CELERY_BEAT_SCHEDULE["sweep-notifications"] = {
     "task": "gitops.sweep_notifications",
     "schedule": SLUICE_NOTIFICATION_SWEEP_SECONDS,
+    "options": {"expires": 3 * SLUICE_NOTIFICATION_SWEEP_SECONDS},
 }

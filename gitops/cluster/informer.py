@@ -100,7 +100,7 @@ class ConfigMapInformer:
     def run(self) -> None:
         version = self.resume_from
         listed_at = time.monotonic()
-        failures = catch_ups = 0
+        failures = catch_ups = gone = 0
         vouched = False  # by a complete LIST or a watch's on-time end, until a failure is told
         while not self.stop.is_set():
             try:
@@ -110,10 +110,13 @@ class ConfigMapInformer:
                     catch_ups = 0
                 catching_up = not vouched and catch_ups < CATCH_UP_ROUNDS
                 version, vouched = self._watch(cluster, version, catching_up=catching_up)
-                catch_ups, failures = (0 if vouched else catch_ups + 1), 0
+                catch_ups, failures, gone = (0 if vouched else catch_ups + 1), 0, 0
             except ResourceGone as exc:
                 log.info("ConfigMaps in %s: %s; listing again", self.where, exc)
-                version = ""
+                version, gone = "", gone + 1
+                if gone > 1:  # a LIST whose continue token keeps expiring: not listed again at once
+                    self.sink.lost(self.namespace, str(exc))
+                    self.stop.wait(min(MAX_BACKOFF_SECONDS, 0.5 * 2**gone))
             except GitopsError as exc:  # unreachable, refused, or no longer registered: back off, retry
                 if isinstance(exc, ReadForbidden) and self._handed_off(exc):
                     return
