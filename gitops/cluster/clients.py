@@ -132,6 +132,7 @@ class ClusterClients:
         self._clients: dict[str, tuple[tuple[object, ...], Cluster]] = {}
         self._pinned: dict[str, Cluster] = {}
         self._down: dict[str, tuple[float, GitopsError]] = {}
+        self._building: dict[str, threading.Lock] = {}  # one client built per cluster at a time
 
     def mark_unreachable(self, name: str, error: GitopsError) -> None:
         """Remembers for a few seconds that ``name`` did not answer (or refused), and counts it."""
@@ -176,15 +177,28 @@ class ClusterClients:
         with self._lock:
             if (pinned := self._pinned.get(ref.name)) is not None:
                 return pinned
-            known = self._clients.get(ref.name)
-            if known is not None and known[0] == fingerprint:
-                return known[1]
+            if (known := self._current(ref.name, fingerprint)) is not None:
+                return known
+            building = self._building.setdefault(ref.name, threading.Lock())
+        # Built outside the process-wide lock: a kubeconfig's exec plugin (a cloud CLI that fetches a
+        # token) may take seconds, and every other cluster's clients, informers and passes go on.
+        with building:
+            with self._lock:
+                if (known := self._current(ref.name, fingerprint)) is not None:
+                    return known  # another thread built it meanwhile
             connected = ref.connect(pool_size=self.pool_size)
-            self._clients[ref.name] = (fingerprint, connected)
-            self._down.pop(ref.name, None)  # new credentials or a new server: ask it afresh
-        if known is not None:
-            known[1].close()
+            with self._lock:
+                replaced = self._clients.get(ref.name)
+                self._clients[ref.name] = (fingerprint, connected)
+                self._down.pop(ref.name, None)  # new credentials or a new server: ask it afresh
+        if replaced is not None:
+            replaced[1].close()
         return connected
+
+    def _current(self, name: str, fingerprint: tuple[object, ...]) -> Cluster | None:
+        """The client built for ``name`` from these credentials, if there is one (the lock is held)."""
+        known = self._clients.get(name)
+        return known[1] if known is not None and known[0] == fingerprint else None
 
     def names(self) -> list[str]:
         """The default cluster, then every registered one by name."""

@@ -62,3 +62,42 @@ def test_the_files_a_kubeconfig_names_are_read_once_per_version_of_it(tmp_path):
     assert _named_files(str(tmp_path / "missing"), 0, 0) == ()
     (tmp_path / "broken").write_text("users: [unclosed")
     assert _named_files(str(tmp_path / "broken"), 1, 1) == ()
+
+
+def test_a_slow_client_build_holds_up_no_other_cluster(monkeypatch, tmp_path):
+    """A kubeconfig's exec plugin (a cloud CLI fetching a token) can take seconds. Built under the
+    process-wide lock, it held up every other cluster's clients, informers and passes."""
+    import threading
+
+    from gitops.cluster.clients import ClusterClients
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(KUBECONFIG)
+    release, started = threading.Event(), threading.Event()
+    built: dict[str, object] = {}
+
+    def connect(self, *, pool_size: int):
+        if self.name == "slow":
+            started.set()
+            assert release.wait(10), "never released"
+        built[self.name] = object()
+        return built[self.name]
+
+    monkeypatch.setattr(ClusterRef, "connect", connect)
+    registry = ClusterClients()
+    registry._refs = {name: ClusterRef(name, str(kubeconfig), "x") for name in ("slow", "quick")}
+    slow: list[object] = []
+    thread = threading.Thread(target=lambda: slow.append(registry.get("slow")), daemon=True)
+    thread.start()
+    try:
+        assert started.wait(10), "the slow build began"
+        quick: list[object] = []
+        asker = threading.Thread(target=lambda: quick.append(registry.get("quick")), daemon=True)
+        asker.start()
+        asker.join(timeout=2)
+        assert quick == [built.get("quick")] and quick[0] is not None, "the quick cluster waited"
+    finally:
+        release.set()
+        thread.join(timeout=10)
+    assert slow == [built["slow"]]
+    assert registry.get("slow") is built["slow"], "built once"
