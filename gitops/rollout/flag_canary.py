@@ -51,7 +51,9 @@ can stay ``new``'s for the unchanged flags):
   "a", ..., null]}``. JsonLogic has no way to bind a value, so the rule is
   evaluated once per comparison; that is only slower, as a rule is a pure
   function of the context (flagd fixes ``$flagd.timestamp`` per evaluation).
-  A computed result that is a number is not matched to a variant name.
+  A computed number is matched to the variant its decimal text names ("2", "1.5"), as both
+  evaluators look it up; a whole number computed as a float ("2.0" in Python, "2" in
+  JavaScript) is matched as JavaScript does.
 
 Variants: the published variants are those of the sides that can serve a value
 (present and ENABLED). ``new``'s names are kept; an ``old`` variant whose name
@@ -76,6 +78,7 @@ Output is deterministic: the same inputs give the same document, key order aside
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -389,12 +392,35 @@ def _lookup_chain(targeting: dict[str, Any], names: Mapping[str, str], default: 
     branches: list[Any] = []
     if default is not None:
         branches += [{"===": [targeting, None]}, default]
-    for name in sorted(names):
-        # flagd looks a boolean result up as "true"/"false".
-        spellings: list[str | bool] = [name, name == "true"] if name in ("true", "false") else [name]
+    numbers = {name: _number_spelling(name) for name in names}
+    order = sorted(names)
+    if any(spelling is not None for spelling in numbers.values()):
+        # Python's JsonLogic compares with ==, where True == 1: "true" and "false" are looked up first.
+        order.sort(key=lambda name: name not in ("true", "false"))
+    for name in order:
+        # flagd looks a boolean result up as "true"/"false", and a number as its decimal text.
+        spellings: list[str | bool | int | float] = [name]
+        if name in ("true", "false"):
+            spellings.append(name == "true")
+        elif (number := numbers[name]) is not None:
+            spellings.append(number)
         branches += [{"in": [targeting, spellings]}, names[name]]
     branches.append(None)
     return {"if": branches}
+
+
+_INTEGER_NAME = re.compile(r"-?(?:0|[1-9][0-9]{0,14})")
+_DECIMAL_NAME = re.compile(r"-?(?:0|[1-9][0-9]{0,14})\.[0-9]{0,15}[1-9]")
+
+
+def _number_spelling(name: str) -> int | float | None:
+    """The number whose text both flagd evaluators look up as ``name`` (Python's ``str``, JavaScript's
+    ``toString``): an integer, or a decimal that is not a whole number; None for any other name."""
+    if _INTEGER_NAME.fullmatch(name):
+        return int(name)
+    if _DECIMAL_NAME.fullmatch(name) and repr(float(name)) == name:
+        return float(name)
+    return None
 
 
 def _canonical(value: Any) -> str:

@@ -45,6 +45,7 @@ def _context(index: int, targeting_key: str | None) -> Context:
         "plan": PLANS[index % 3],
         "email": f"user-{index}@{domain}",
         "appVersion": f"2.{index % 4}.0",
+        "seats": index % 4,  # a number: targeting that computes the variant "0" to "3" from it
     }
     return Context(targeting_key, attributes)
 
@@ -136,6 +137,8 @@ def _flag(
 
 
 ON_OFF = {"on": True, "off": False}
+# A whole number computed from the context: both evaluators look it up as "0" to "3".
+SEATS = {"var": "seats"}
 IS_ENTERPRISE = {"==": [{"var": "plan"}, "enterprise"]}
 IS_CORP = {"ends_with": [{"var": "email"}, "@corp.example"]}
 PAID = {"in": [{"var": "plan"}, ["pro", "enterprise"]]}
@@ -226,6 +229,13 @@ CHANGES: dict[str, tuple[str, dict[str, Any] | None, dict[str, Any] | None]] = {
         "string",
         _flag({"free": "Free", "pro": "Pro", "enterprise": "Enterprise"}, None, {"var": "plan"}),
         _flag({"free": "Free plan", "pro": "Pro plan", "enterprise": "Enterprise"}, "free", {"var": "plan"}),
+    ),
+    # A computed number selects the variant its decimal text names (a review found it served the code
+    # default to everyone during a canary, on both evaluators).
+    "computed-number": (
+        "string",
+        _flag({"0": "zero", "1": "one", "2": "two", "3": "three"}, "0", SEATS),
+        _flag({"0": "zero", "1": "uno", "2": "two", "3": "tres"}, "0", SEATS),
     ),
     # A boolean computed result selects the variant "true" or "false".
     "computed-boolean": (
