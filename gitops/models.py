@@ -238,6 +238,8 @@ class Source(models.Model):
     webhook_secret_encrypted = models.TextField(blank=True, default="")
     # True while a sync task is queued and not yet started: a burst of pushes queues one.
     sync_queued = models.BooleanField(default=False)
+    # When it was set: a mark older than schedule.SYNC_QUEUED_STALE is a lost task's, and is taken over.
+    sync_queued_at = models.DateTimeField(null=True, blank=True)
     # Where rollout and revision events go, as CloudEvents (HTTP, structured mode).
     notify_urls = models.JSONField(default=list, blank=True)
     # The clusters the last validated revision targets, in policy order: a cluster is not removed under it.

@@ -12,7 +12,7 @@ from typing import Any
 from django.db.models import DateTimeField, ExpressionWrapper, F, Value
 from django.utils import timezone
 
-from gitops import selectors
+from gitops import schedule, selectors
 from gitops.models import Rollout, Source, automatic_sync_filter
 
 
@@ -57,7 +57,7 @@ def sources_with_due_rollouts(now: Any = None, *, polled: Collection[int] = ()) 
     # A source whose poll this sweep claimed is synced by it: claiming it again would leave a claim
     # that no send gives back if the broker refuses the poll's.
     for source_id in sorted((candidates | rollbacks) - backing_off - set(polled)):
-        if Source.objects.filter(pk=source_id, sync_queued=False).update(sync_queued=True):
+        if schedule.sync_queued_claim(source_id):
             due.append(source_id)
     return due
 

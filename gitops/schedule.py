@@ -19,7 +19,7 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Value
+from django.db.models import F, Q, Value
 from django.db.models.functions import Least
 from django.utils import timezone
 
@@ -111,13 +111,27 @@ def source_sync(
     return task_ids
 
 
+# A sync marked queued this long ago and never started was lost (a broker that failed over, a queue
+# purged): the mark is taken over, or pushes would be "already queued" and beat's sweep would skip the
+# source's aborts until its next poll, which a suspended source never has.
+SYNC_QUEUED_STALE = timedelta(minutes=10)
+
+
+def sync_queued_claim(source_id: int) -> bool:
+    """Marks a sync of the source queued unless one is (a compare-and-swap); True when this caller
+    claimed it and must queue it. A mark older than SYNC_QUEUED_STALE counts as none."""
+    now = timezone.now()
+    free = Q(sync_queued=False) | Q(sync_queued_at__lt=now - SYNC_QUEUED_STALE)
+    return bool(Source.objects.filter(free, pk=source_id).update(sync_queued=True, sync_queued_at=now))
+
+
 def source_sync_once(source_id: int, *, actor: str) -> bool:
     """Queues a sync unless one is queued: a burst of pushes makes one reconcile of the newest commit.
 
     What asks (a push, a lifted freeze or removed window, a change the live cache saw) may never ask
     again, and GitHub does not redeliver a refused push: a sync the broker refuses is given back as
     a request (see ``source_poll_due_now``), not dropped."""
-    if not Source.objects.filter(pk=source_id, sync_queued=False).update(sync_queued=True):
+    if not sync_queued_claim(source_id):
         return False
     claimed_source_sync(
         source_id,

@@ -468,3 +468,25 @@ def test_a_scope_narrowed_during_a_stream_of_pushes_holds_for_the_passes_after_i
     assert stream.passes == reconcile.MAX_COALESCED_RUNS
     assert result.outcome == "rejected", result
     assert cluster.get_configmap(stream.namespace, "app")["data"]["v"] == "0", "nothing past the narrowing"
+
+
+def test_a_queued_mark_whose_task_was_lost_is_taken_over_after_ten_minutes(
+    repo, make_namespaces, make_source
+):
+    """A broker that failed over lost the task a push or beat's sweep queued: the mark stayed, so later
+    pushes were "already queued" and the sweep skipped the source's aborts until its next poll, which a
+    suspended source never has. A mark older than SYNC_QUEUED_STALE is taken over."""
+    from gitops import schedule
+
+    (namespace,) = make_namespaces("queued")
+    repo.write_all({"sluice.yaml": policy([namespace]), "configmaps/app.yaml": configmap("app", {"v": "0"})})
+    repo.commit()
+    source = make_source()
+    assert schedule.sync_queued_claim(source.pk)
+    assert not schedule.sync_queued_claim(source.pk), "queued a moment ago: a second push queues nothing"
+
+    lost = timezone.now() - schedule.SYNC_QUEUED_STALE - timedelta(seconds=1)
+    Source.objects.filter(pk=source.pk).update(sync_queued_at=lost)
+
+    assert schedule.sync_queued_claim(source.pk)
+    assert Source.objects.get(pk=source.pk).sync_queued_at > lost
