@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 
 import redis
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import DatabaseError, close_old_connections
 
 from gitops import schedule
 from gitops.cluster.client import Cluster, ReadForbidden
@@ -165,12 +165,14 @@ class Waker:
                 names.add(self.pending.get_nowait())
             try:
                 self._enqueue(names)
-            except Exception:  # the database away: the waker lives on, and tries them again
+            except DatabaseError:  # the database away: the waker lives on, and tries them again
                 # No later event repeats this wake: the stamp is stored already, so the drift would
                 # wait for the next poll. They are put back, after a pause that lets the database return.
                 log.exception("could not wake sources %s; trying again shortly", sorted(names))
                 self.stop.wait(WAKE_RETRY_SECONDS)
                 self.wake(names)
+            except Exception:  # anything else would fail again: the waker lives on, the next poll syncs them
+                log.exception("could not wake sources %s", sorted(names))
 
     @staticmethod
     def _enqueue(names: set[str]) -> None:

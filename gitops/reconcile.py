@@ -32,6 +32,7 @@ from gitops.fetch.revisions import commit_identities, revision_desired_state, re
 from gitops.locks import SourceBusy, source_lock
 from gitops.models import Revision, Rollout, Source, automatic_sync_filter, known_clusters
 from gitops.record.changelog import intents_pending_query
+from gitops.rollout.flag_canary import CanaryRefused
 from gitops.rollout.lifecycle import rollback_asked, rollout_choose, rollout_drive
 from gitops.rollout.rollback import rollbacks_owed_finish, rollbacks_owing, rollout_rollback
 from gitops.rollout.state import StepOutcome, owed_rollbacks_memo, owed_rollbacks_none
@@ -123,6 +124,8 @@ def _reconcile(
     desired = head_desired if rollout.revision_id == head.pk else None
     outcome = _drive(rollout, desired, actor, retry_failed, gate, fresh=True)  # rollout_choose read it now
     result.outcome = queued or outcome.outcome
+    if outcome.outcome is Outcome.HELD and gate.held is not None:
+        result.held = gate.held.reason  # a freeze set, or a window closed, while the pass ran
     # A cluster that did not answer fails only its own targets: the pass reports it and goes on.
     unreachable = [f"cluster {name} unreachable: {why}" for name, why in sorted(outcome.unreachable.items())]
     result.summary, result.errors = outcome.summary, [*outcome.failures, *unreachable]
@@ -245,6 +248,8 @@ def _drive_active(
         return rollback_asked(rollout)
     try:
         return _drive(rollout, None, actor, retry_failed, held)
+    except CanaryRefused:
+        raise  # the step cannot go on whatever Git does: the source says why
     except (TemporaryError, PermanentError) as exc:
         log.warning("rollout %s waits: its revision cannot be read from the mirror: %s", rollout.pk, exc)
         return None

@@ -59,12 +59,18 @@ def intents_apply_everywhere(
             client = connect(name)
             if (recent := clients.recently_unreachable(name)) is not None:
                 return recent
-            return intents_apply(client, groups[name])
-        except UNAVAILABLE as exc:
-            clients.mark_unreachable(name, exc)
-            return exc
         except GitopsError as exc:  # not registered any more, or its kubeconfig cannot be read
             return exc
+        answer: list[str | None] | GitopsError
+        try:
+            answer = intents_apply(client, groups[name])
+        except UNAVAILABLE as exc:
+            clients.mark_unreachable(name, exc)
+            answer = exc
+        except GitopsError as exc:
+            answer = exc
+        _unsettle_written(name, groups[name], answer)  # on this cluster's thread: clusters side by side
+        return answer
 
     if len(groups) == 1:
         answers = {name: batch(name) for name in groups}
@@ -77,7 +83,6 @@ def intents_apply_everywhere(
         else:
             result.intents.extend(groups[name])
             result.errors.extend(answer)
-        _unsettle_written(name, groups[name], answer)
     return result
 
 
@@ -86,7 +91,7 @@ def _unsettle_written(
 ) -> None:
     """The live cache's stamps of what was just written, until its watch stores the writes (see
     ``livestore.unsettle_written``). A cluster that stopped answering mid-batch may have taken any of
-    them; an intent it refused changed nothing."""
+    them; an intent it refused changed nothing. Only a batch that was sent gets here."""
     refused = (
         [False] * len(intents) if isinstance(answer, GitopsError) else [error is not None for error in answer]
     )

@@ -102,9 +102,21 @@ class ConfigMapInformer:
         listed_at = time.monotonic()
         failures = catch_ups = gone = 0
         vouched = False  # by a complete LIST or a watch's on-time end, until a failure is told
+        server = ""
         while not self.stop.is_set():
             try:
                 cluster = self.connect()
+                if server and cluster.server != server:
+                    # The kubeconfig now points at another server: what was stored, and the version to
+                    # resume from, are the old one's. Nothing vouches until a LIST of the new one.
+                    self.sink.lost(self.namespace, f"the cluster's server is now {cluster.server}")
+                    log.warning(
+                        "ConfigMaps in %s: the server changed to %s; listing again",
+                        self.where,
+                        cluster.server,
+                    )
+                    version, vouched = "", False
+                server = cluster.server
                 if not version or time.monotonic() - listed_at > self.options.relist_seconds:
                     version, listed_at, vouched = self._relist(cluster), time.monotonic(), True
                     catch_ups = 0

@@ -367,15 +367,20 @@ def unsettle_written(cluster: str, written: Mapping[str, Sequence[tuple[str, str
     hash it wrote, "" for a deletion or a release)) that do not show that write yet (see ``_UNSETTLE``);
     returns how many went. Redis out of reach is logged: plans then trust what it holds, as before."""
     calls: list[tuple[list[str], list[str | int]]] = [([], [])]
+    room = _UNSETTLE_BATCH
     for namespace, objects in sorted(written.items()):
-        keys, args = calls[-1]
-        if len(args) > _UNSETTLE_BATCH * 2:
-            keys, args = [], []
-            calls.append((keys, args))
-        keys.append(_key(cluster, "objects", namespace))
-        args.append(len(objects))
-        for name, content_hash in objects:
-            args += [name, content_hash]
+        # A namespace of more objects than a call takes is split across calls.
+        for start in range(0, len(objects), _UNSETTLE_BATCH):
+            part = objects[start : start + _UNSETTLE_BATCH]
+            if len(part) > room:
+                calls.append(([], []))
+                room = _UNSETTLE_BATCH
+            keys, args = calls[-1]
+            keys.append(_key(cluster, "objects", namespace))
+            args.append(len(part))
+            for name, content_hash in part:
+                args += [name, content_hash]
+            room -= len(part)
     dropped = 0
     try:
         script = _unsettle_script()

@@ -20,6 +20,7 @@ import copy
 import datetime
 import difflib
 import functools
+import heapq
 import itertools
 import json
 import math
@@ -156,6 +157,72 @@ def load_flag_set(
         metadata=data.get("metadata", {}),
         document=data,
     ), []
+
+
+def evaluator_references(evaluators: Mapping[str, Any]) -> dict[str, set[str]]:
+    """Each evaluator -> the evaluators its rule refers to (``{"$ref": name}`` of a defined one)."""
+    graph: dict[str, set[str]] = {}
+    for name, rule in evaluators.items():
+        referred: set[str] = set()
+        pending = [rule]
+        while pending:
+            value = pending.pop()
+            if isinstance(value, dict):
+                target = value.get("$ref")
+                if isinstance(target, str) and target in evaluators:
+                    referred.add(target)
+                pending.extend(value.values())
+            elif isinstance(value, list):
+                pending.extend(value)
+        graph[name] = referred
+    return graph
+
+
+def evaluator_order(evaluators: Mapping[str, Any]) -> list[str]:
+    """The evaluators' names in an order flagd resolves: each before those it refers to.
+
+    Both flagd evaluators substitute the evaluators into the flags' JSON text one after the other, in
+    the order the published document lists them (JavaScript takes whole-number names first), so a
+    reference an evaluator brings along is resolved only by one that comes later. Among names free
+    to go next, the first in sorted order goes: the same evaluators always publish the same text, and
+    in sorted order when no evaluator refers to another. An evaluator in a cycle (refused by
+    validation) goes last.
+    """
+    graph = evaluator_references(evaluators)
+    waiting = dict.fromkeys(graph, 0)
+    for targets in graph.values():
+        for target in targets:
+            waiting[target] += 1
+    ready: list[str] = [name for name, count in waiting.items() if count == 0]
+    heapq.heapify(ready)
+    order: list[str] = []
+    while ready:
+        name = heapq.heappop(ready)
+        order.append(name)
+        for target in graph[name]:
+            waiting[target] -= 1
+            if waiting[target] == 0:
+                heapq.heappush(ready, target)
+    placed = set(order)
+    return order + sorted(name for name in graph if name not in placed)
+
+
+def _cycle_from(start: str, graph: Mapping[str, set[str]]) -> list[str]:
+    """A path of references from ``start`` back to itself ([] when there is none)."""
+    trail: dict[str, str] = {}
+    pending = [start]
+    while pending:
+        name = pending.pop()
+        for referred in sorted(graph.get(name, ())):
+            if referred == start:
+                path = [name]
+                while path[-1] != start:
+                    path.append(trail[path[-1]])
+                return [start, *reversed(path[:-1]), start] if len(path) > 1 else [start, start]
+            if referred not in trail:
+                trail[referred] = name
+                pending.append(referred)
+    return []
 
 
 def _inlined_past(document: Document, limits: Limits) -> tuple[ValidationError | None, int]:
@@ -340,25 +407,43 @@ class _FlagSetValidator:
         self.evaluators = evaluators
         # Evaluators are shared by flags with different variants: no variant checks.
         checker = _TargetingChecker(self, variants=None)
-        for position, (name, rule) in enumerate(evaluators.items()):
+        for name, rule in evaluators.items():
             self._check_name(name, (*path, name), "an evaluator name")
             self._check_substitutable(name, rule, (*path, name))
-            checker.inside = position
             checker.check(rule, (*path, name))
+        self._check_references(evaluators, path)
+
+    def _check_references(self, evaluators: Mapping[str, Any], path: PathKey) -> None:
+        """What flagd cannot resolve however the evaluators are ordered: an evaluator that refers to itself
+        (directly or through others), and one with a whole-number name that another refers to
+        (JavaScript substitutes those first, before the evaluator that brings the reference along).
+        Any other references resolve: Sluice publishes the evaluators in an order that resolves them
+        (``evaluator_order``)."""
+        graph = evaluator_references(evaluators)
+        in_cycles: set[str] = set()  # each cycle is reported once, at its first name
+        for name in sorted(graph):
+            if name not in in_cycles and (cycle := _cycle_from(name, graph)):
+                in_cycles.update(cycle)
+                through = " → ".join(_quoted(step) for step in cycle)
+                self.report(
+                    (*path, name),
+                    f"refers to itself ({through}): flagd never resolves such a reference, and the flags "
+                    "using it fail to evaluate",
+                )
+            for referred in sorted(graph[name]):
+                if _WHOLE_NUMBER.fullmatch(referred):
+                    self.report(
+                        (*path, name),
+                        f"refers to {_quoted(referred)}, a whole-number name: JavaScript visits those "
+                        "first, so flagd's JavaScript core substitutes it before this evaluator brings the "
+                        "reference along; rename it with a letter",
+                    )
 
     def _check_substitutable(self, name: str, rule: object, path: PathKey) -> None:
         """What flagd's evaluators (Python's openfeature-flagd-core, JavaScript's @openfeature/flagd-core)
         can substitute: each replaces ``{"$ref": "name"}`` in the flags' JSON text with the evaluator's
         JSON text, the Python one through a regular expression whose replacement reads backslash
         escapes, the JavaScript one through ``replaceAll``, whose replacement reads ``$`` patterns."""
-        if _WHOLE_NUMBER.fullmatch(name):
-            self.report(
-                path,
-                f"evaluator name {_quoted(name)}: JavaScript visits names that are whole numbers before "
-                "the others, so flagd's JavaScript core would substitute it out of the declared order; use "
-                "a name with a letter",
-            )
-            return
         if not _PLAIN_NAME.fullmatch(name):
             self.report(
                 path,
@@ -368,8 +453,8 @@ class _FlagSetValidator:
             return
         try:
             text = json.dumps(rule, ensure_ascii=True).replace('\\"', "")
-        except ValueError:
-            return  # NaN and the like: reported where the value is read
+        except (TypeError, ValueError):
+            return  # a YAML date, NaN and the like: reported where the value is read
         if "\\" in text:
             self.report(
                 path,
@@ -481,7 +566,6 @@ class _TargetingChecker:
     def __init__(self, validator: _FlagSetValidator, variants: Mapping[str, Any] | None) -> None:
         self.validator = validator
         self.variants = variants  # None: unknown (an evaluator, or the flag's variants are broken)
-        self.inside: int | None = None  # the position in $evaluators of the evaluator being checked
 
     def report(self, path: PathKey, message: str) -> None:
         self.validator.report(path, message)
@@ -546,15 +630,6 @@ class _TargetingChecker:
             self.report(
                 (*path, "$ref"),
                 f"no evaluator {_quoted(name)} in $evaluators{_did_you_mean(name, names) or known}",
-            )
-        elif self.inside is not None and list(names).index(name) <= self.inside:
-            # flagd substitutes the evaluators one after the other, in the order they are declared, into
-            # the flags' text: a reference an evaluator brings along is resolved only by a later one.
-            self.report(
-                (*path, "$ref"),
-                f"refers to {_quoted(name)}, which is declared before this evaluator (or is this one): "
-                "flagd substitutes evaluators in the order they are declared, so the reference would stay "
-                f"unresolved and the flags using it fail to evaluate; declare {_quoted(name)} after it",
             )
 
     def variant_name(self, value: str | bool, path: PathKey) -> None:

@@ -41,6 +41,7 @@ from gitops.desired.flags import (
     COMMIT_METADATA_KEY,
     SOURCE_METADATA_KEY,
     FlagSet,
+    evaluator_order,
     load_flag_set,
     published_flag_set,
 )
@@ -375,8 +376,31 @@ def flag_set_key(name: str) -> str:
 
 
 def flag_set_json(document: Mapping[str, Any]) -> str:
-    # Indented so that kubectl output and line diffs stay readable.
-    return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    """The text Sluice publishes: indented (kubectl output and line diffs stay readable), keys sorted,
+    except ``$evaluators``, listed in an order flagd resolves (``evaluator_order``): flagd substitutes
+    them one after the other in the published order, so sorted names could leave a reference
+    unresolved. The same as sorted when no evaluator refers to another."""
+    evaluators = document.get("$evaluators")
+    if not isinstance(evaluators, Mapping) or len(evaluators) < 2:
+        return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    ordered = {
+        key: (
+            {name: _keys_sorted(evaluators[name]) for name in evaluator_order(evaluators)}
+            if key == "$evaluators"
+            else _keys_sorted(document[key])
+        )
+        for key in sorted(document)
+    }
+    return json.dumps(ordered, indent=2, ensure_ascii=False) + "\n"
+
+
+def _keys_sorted(value: Any) -> Any:
+    """``value`` with every mapping's keys in sorted order, as ``json.dumps(sort_keys=True)`` writes them."""
+    if isinstance(value, Mapping):
+        return {key: _keys_sorted(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [_keys_sorted(item) for item in value]
+    return value
 
 
 def flag_set_name(path: str) -> str:

@@ -273,7 +273,8 @@ def build_fetch_invocation(
         refspec or f"+refs/heads/{branch}:{MIRROR_REF_PREFIX}{branch}",
     ]
     if max_bytes > 0:
-        argv = [_prlimit(), f"--fsize={max_bytes}", "--", *argv]
+        # --core=0: git stopped at the bound dies of SIGXFSZ, whose default action would dump a core.
+        argv = [_prlimit(), f"--fsize={max_bytes}", "--core=0", "--", *argv]
     return GitInvocation(argv=argv, env=_with_config(env, config), secrets=secrets)
 
 

@@ -144,7 +144,11 @@ def _changed(old_flags: Mapping[str, Any], new_flags: Mapping[str, Any]) -> set[
 MAX_LOOKUP_CHAIN_BYTES = 1024 * 1024
 
 
-class CanaryTooLarge(PermanentError):
+class CanaryRefused(PermanentError):
+    """A flag set's canary cannot be built: the step fails, naming why, and nothing is published."""
+
+
+class CanaryTooLarge(CanaryRefused):
     """A flag's canary would not fit in its ConfigMap: said before building it, not after."""
 
 

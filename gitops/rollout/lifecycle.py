@@ -139,11 +139,13 @@ def rollout_drive(
             rollout.reload()
         stale = True
         steps = steps_from_json(rollout.steps)  # an administrator may add a gate while it runs
+        if gate_now is not None:  # a completed rollout's self-heal writes too
+            held = gate_now()
         if _settled(rollout, desired, steps, outcome, actor=actor, retry_failed=retry_failed, held=held):
             return outcome
         step = steps[rollout.step_index]
         if gate_now is not None and isinstance(step, SetWeight | Analysis):
-            held = gate_now()
+            held = gate_now()  # _settled may have waited on a consumer gate
         if held is not None and isinstance(step, SetWeight | Analysis) and not overridden(rollout):
             outcome.outcome = Outcome.HELD
             return outcome

@@ -20,12 +20,13 @@ from gitops.cluster.apply import intents_apply_everywhere
 from gitops.cluster.live import LiveState, live_configmaps, live_view
 from gitops.desired.limits import Limits
 from gitops.desired.revision import DesiredState, ObjectKey, flag_set_key, published_baseline
-from gitops.errors import PermanentError, TemporaryError
+from gitops.errors import TemporaryError
 from gitops.models import ApplyIntent, Rollout, Source
 from gitops.plan import Action, Plan, plan
 from gitops.record.changelog import CONFIGMAP, changes_record, intents_pending, intents_write
 from gitops.record.inventory import inventory_targets, managed_keys
 from gitops.rollout.engine import desired_at_weight, held_keys
+from gitops.rollout.flag_canary import CanaryRefused
 from gitops.rollout.flag_catalog import flag_catalog_record
 from gitops.rollout.state import StepOutcome, clusters_owed_rollback
 from gitops.vocabulary import ChangeAction, Outcome
@@ -222,7 +223,7 @@ def flag_baselines(
     return baselines
 
 
-class PublishedFlagSetUnreadable(PermanentError):
+class PublishedFlagSetUnreadable(CanaryRefused):
     """The flag set a canary would start from, as the cluster publishes it, is not one Sluice reads."""
 
     def __init__(self, key: ObjectKey) -> None:

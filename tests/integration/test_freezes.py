@@ -249,6 +249,7 @@ def test_a_freeze_set_while_a_pass_runs_stops_the_steps_after_it(
     result = reconcile.source_sync(source.pk, automatic=True)
 
     assert result.outcome == "held", result
+    assert result.held.startswith("frozen until ") and result.held.endswith("incident 43"), result.held
     assert sorted(version(cluster, ns) for ns in targets) == ["1", "2"], "half went out before the freeze"
     rollout = Rollout.objects.get(source=source, revision__commit=v2)
     assert rollout.is_active and rollout.step_index == 1, (rollout.phase, rollout.step_index)

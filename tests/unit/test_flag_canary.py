@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from gitops.desired.flags import canonical_json
+from gitops.desired.revision import flag_set_json
 from gitops.rollout.flag_canary import (
     OLD_VARIANT_SUFFIX,
     SPLIT_BUCKET_NEW,
@@ -119,7 +120,7 @@ def publish(
     served: list[Published] = []
 
     def serve(document: Mapping[str, Any]) -> Published:
-        served.append(Published(EVALUATORS[evaluator](canonical_json(dict(document)), directory)))
+        served.append(Published(EVALUATORS[evaluator](flag_set_json(dict(document)), directory)))
         return served[-1]
 
     yield serve
@@ -570,3 +571,20 @@ def test_a_canary_whose_ref_evaluators_inline_past_a_configmap_is_refused_before
     for document in (small_old, small_new):
         document["$evaluators"] = doubling_evaluators(4, document["$evaluators"]["e15"]["in"][0])
     assert canary_flag_set(small_old, small_new, 50)["flags"]["wide"]["defaultVariant"] is None
+
+
+def test_evaluators_that_refer_to_one_another_resolve_as_published(
+    publish: Callable[[Mapping[str, Any]], Published],
+) -> None:
+    """Both evaluators substitute evaluators in the published order; in sorted order "internal" would be
+    substituted before "staff" brings its reference along, and the flag would fail to evaluate."""
+    document = {
+        "$evaluators": {"internal": IS_CORP, "staff": {"or": [{"$ref": "internal"}, PAID]}},
+        "flags": {"beta": _flag(ON_OFF, "off", {"if": [{"$ref": "staff"}, "on", "off"]})},
+    }
+    inlined = {"flags": {"beta": _flag(ON_OFF, "off", {"if": [{"or": [IS_CORP, PAID]}, "on", "off"]})}}
+
+    results = publish(document).results("beta", "boolean", CONTEXTS)
+
+    assert results == publish(inlined).results("beta", "boolean", CONTEXTS)
+    assert set(results.values()) == {"true", "false"}

@@ -1431,15 +1431,15 @@ def evaluators_document(evaluators: str) -> str:
     ("evaluators", "field", "message"),
     [
         pytest.param(
-            '{"second": {"var": "x"}, "first": {"!": {"$ref": "second"}}}',
-            '["$evaluators"].first["!"]["$ref"]',
-            'refers to "second", which is declared before this evaluator',
-            id="reference-to-an-earlier-evaluator",
+            '{"first": {"!": {"$ref": "second"}}, "second": {"!": {"$ref": "first"}}}',
+            '["$evaluators"].first',
+            'refers to itself ("first" → "second" → "first")',
+            id="cycle",
         ),
         pytest.param(
             '{"first": {"!": {"$ref": "first"}}}',
-            '["$evaluators"].first["!"]["$ref"]',
-            'refers to "first", which is declared before this evaluator (or is this one)',
+            '["$evaluators"].first',
+            'refers to itself ("first" → "first")',
             id="reference-to-itself",
         ),
         pytest.param(
@@ -1461,10 +1461,10 @@ def evaluators_document(evaluators: str) -> str:
             id="javascript-replacement-pattern",
         ),
         pytest.param(
-            '{"first": {"var": "x"}, "12": {"var": "y"}}',
-            '["$evaluators"].12',
-            "JavaScript visits names that are whole numbers before the others",
-            id="whole-number-name",
+            '{"first": {"!": {"$ref": "12"}}, "12": {"var": "y"}}',
+            '["$evaluators"].first',
+            'refers to "12", a whole-number name: JavaScript visits those first',
+            id="whole-number-name-referred-to",
         ),
         pytest.param(
             '{"first": {"var": "x"}, "caf\u00e9": {"var": "y"}}',
@@ -1483,13 +1483,43 @@ def test_evaluators_flagd_cannot_substitute_are_refused(evaluators: str, field: 
     assert [(error.field, message in error.message) for error in errors] == [(field, True)], errors
 
 
-def test_an_evaluator_may_refer_to_the_ones_declared_after_it_and_quote_text() -> None:
+def test_evaluators_may_refer_to_one_another_in_any_declared_order_and_quote_text() -> None:
+    """Sluice publishes them in an order flagd resolves (``evaluator_order``), so the order they are
+    written in does not matter; nor does a whole-number name nobody refers to."""
     _, errors = load(
         "flags/checkout.json",
         evaluators_document(
-            '{"first": {"or": [{"$ref": "second"}, {"$ref": "third"}]}, "second": {"!": {"$ref": "third"}},'
-            ' "third": {"==": [{"var": "x"}, "say \\"hi\\" for $5"]}}'
+            '{"third": {"==": [{"var": "x"}, "say \\"hi\\" for $5"]}, "second": {"!": {"$ref": "third"}},'
+            ' "first": {"or": [{"$ref": "second"}, {"$ref": "third"}]}, "12": {"var": "n"}}'
         ),
     )
 
     assert errors == []
+
+
+def test_evaluators_are_published_each_before_those_it_refers_to() -> None:
+    from gitops.desired.flags import evaluator_order
+    from gitops.desired.revision import flag_set_json
+
+    evaluators = {
+        "internal-users": {"ends_with": [{"var": "email"}, "@example.com"]},
+        "staff": {"or": [{"$ref": "internal-users"}, {"$ref": "contractors"}]},
+        "contractors": {"in": [{"var": "team"}, ["ops"]]},
+        "admins": {"and": [{"$ref": "staff"}, {"var": "admin"}]},
+    }
+
+    assert evaluator_order(evaluators) == ["admins", "staff", "contractors", "internal-users"]
+    published = json.loads(flag_set_json({"flags": {}, "$evaluators": evaluators}))
+    assert list(published["$evaluators"]) == ["admins", "staff", "contractors", "internal-users"]
+    unrelated = {"b": {"var": "x"}, "a": {"var": "y"}}
+    sorted_text = json.dumps({"$evaluators": {"a": {"var": "y"}, "b": {"var": "x"}}, "flags": {}}, indent=2)
+    assert flag_set_json({"flags": {}, "$evaluators": unrelated}) == sorted_text + "\n", "sorted, as before"
+
+
+def test_a_yaml_date_in_an_evaluator_is_reported_not_raised() -> None:
+    _, errors = load(
+        "flags/checkout.yaml",
+        "$evaluators:\n  first: {'==': [{var: day}, 2024-01-01]}\nflags: {}\n",
+    )
+
+    assert any("2024-01-01" in error.message for error in errors), errors

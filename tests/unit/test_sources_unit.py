@@ -351,7 +351,7 @@ def test_a_fetch_is_bounded_by_the_kernel_and_keeps_one_pack(tmp_path):
     }
 
     assert invocation.argv[0].endswith("prlimit")
-    assert invocation.argv[1:4] == ["--fsize=4096", "--", "git"]
+    assert invocation.argv[1:5] == ["--fsize=4096", "--core=0", "--", "git"]
     assert config["fetch.unpackLimit"] == "1", "one pack: the bound holds for the fetch, not for each object"
     assert config["maintenance.auto"] == "false", "maintenance would inherit the bound"
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import threading
 
+from django.db import OperationalError
+
 from gitops import livecache
 from tests.workers import poll
 
@@ -16,7 +18,7 @@ def test_a_wake_the_database_refused_is_tried_again(monkeypatch):
     def enqueue(names: set[str]) -> None:
         asked.append(set(names))
         if len(asked) == 1:
-            raise ConnectionError("the database is away")
+            raise OperationalError("the database is away")
 
     monkeypatch.setattr(livecache.Waker, "_enqueue", staticmethod(enqueue))
     stop = threading.Event()

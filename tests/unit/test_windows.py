@@ -178,7 +178,7 @@ def test_times_given_in_another_offset_are_the_same_instant():
         ({"schedule": "0 0 30 2 *"}, "schedule"),  # February has no 30th: it never fires
         ({"schedule": "R 2 * * *"}, "schedule"),  # croniter picks another minute at each reading
         ({"schedule": "0 R(1-3) * * *"}, "schedule"),
-        ({"schedule": "H 2 * * *"}, "schedule"),
+        ({"schedule": "H 2 * * *"}, "schedule"),  # refused by croniter already (no hash id): kept as a guard
     ],
 )
 def test_a_window_that_cannot_work_is_refused_naming_the_field(options, field):
