@@ -123,9 +123,7 @@ def _reconcile(
     logs.add_context(rollout=rollout.pk)
     desired = head_desired if rollout.revision_id == head.pk else None
     outcome = _drive(rollout, desired, actor, retry_failed, gate, fresh=True)  # rollout_choose read it now
-    result.outcome = queued or outcome.outcome
-    if outcome.outcome is Outcome.HELD and gate.held is not None:
-        result.held = gate.held.reason  # a freeze set, or a window closed, while the pass ran
+    result.outcome, result.held = queued or outcome.outcome, _held_meanwhile(outcome, gate)
     # A cluster that did not answer fails only its own targets: the pass reports it and goes on.
     unreachable = [f"cluster {name} unreachable: {why}" for name, why in sorted(outcome.unreachable.items())]
     result.summary, result.errors = outcome.summary, [*outcome.failures, *unreachable]
@@ -137,6 +135,11 @@ def _reconcile(
         Revision.objects.filter(pk=head.pk).update(summary=result.summary)
     _finish(source, result.errors)
     return result
+
+
+def _held_meanwhile(outcome: StepOutcome, gate: GateWatch) -> str:
+    """Why the rollout stopped, when a freeze set (or a window closed) while the pass ran stopped it."""
+    return gate.held.reason if outcome.outcome is Outcome.HELD and gate.held is not None else ""
 
 
 def _decisions_only(

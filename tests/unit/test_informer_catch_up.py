@@ -35,6 +35,8 @@ def _event(kind: str) -> tuple[str, dict[str, Any]]:
 
 
 class ScriptedCluster:
+    server = "https://scripted.invalid"  # the informer lists again when the server it reaches changes
+
     def __init__(self, watches: list[Watch], stop: threading.Event) -> None:
         self.watches, self.stop = watches, stop
         self.calls: list[tuple[str, Any]] = []
@@ -115,3 +117,28 @@ def test_a_failure_after_busy_catch_ups_starts_the_catch_up_afresh():
     busy = [Watch.CHANGES] * CATCH_UP_ROUNDS
     calls, _ = run([*busy, Watch.FAILS, Watch.QUIET, Watch.QUIET], resume_from="42")
     assert calls == [SHORT] * CATCH_UP_ROUNDS + [FULL, SHORT, FULL]
+
+
+def test_a_kubeconfig_pointed_at_another_server_is_listed_again_not_resumed():
+    """The kubeconfig now names another server: the version to resume from, and the stamps, are the
+    old server's. In a fleet of one etcd (the devstack's) the new server would accept the version and
+    the old stamps would stand. The informer tells the scope lost and lists the new server."""
+    stop = threading.Event()
+    before = ScriptedCluster([Watch.QUIET, Watch.QUIET], stop)
+    after = ScriptedCluster([Watch.QUIET], stop)
+    after.server = "https://another.invalid"
+    connections, sink = iter([before, after]), Sink()
+    informer = ConfigMapInformer(
+        lambda: next(connections),  # type: ignore[arg-type, return-value]
+        "",
+        sink,
+        WatchOptions(label_selector="", watch_seconds=WATCH_SECONDS),
+        stop=stop,
+        resume_from="42",
+    )
+
+    informer.run()
+
+    assert before.calls == [SHORT], "resumed on the first server"
+    assert after.calls == [LIST, FULL], "listed on the new one, never resumed there"
+    assert "lost" in sink.told
