@@ -110,10 +110,10 @@ def _reconcile(
     head_desired = revision_desired_state(source, head, known_clusters=known_clusters(registered))
     if head_desired is None:
         # A bad new commit stops nothing already under way with an earlier, valid one.
-        _drive_active(source, actor=actor, retry_failed=retry_failed, held=gate)
+        moved = _drive_active(source, actor=actor, retry_failed=retry_failed, held=gate)
         head.refresh_from_db()
         result.outcome = Outcome.REJECTED
-        result.errors = [_error_text(error) for error in head.errors]
+        result.errors = [_error_text(error) for error in head.errors] + (moved.failures if moved else [])
         _finish(source, [])
         return result
     if held is not None:
@@ -123,10 +123,7 @@ def _reconcile(
     logs.add_context(rollout=rollout.pk)
     desired = head_desired if rollout.revision_id == head.pk else None
     outcome = _drive(rollout, desired, actor, retry_failed, gate, fresh=True)  # rollout_choose read it now
-    result.outcome, result.held = queued or outcome.outcome, _held_meanwhile(outcome, gate)
-    # A cluster that did not answer fails only its own targets: the pass reports it and goes on.
-    unreachable = [f"cluster {name} unreachable: {why}" for name, why in sorted(outcome.unreachable.items())]
-    result.summary, result.errors = outcome.summary, [*outcome.failures, *unreachable]
+    _outcome_into(result, outcome, queued, gate)
     if report_rollout:  # one wide query: a push's or a poll's result is read by nobody
         result.rollout = selectors.rollout_status(selectors.rollout_for_status(rollout.pk))
     if resumed:
@@ -137,9 +134,14 @@ def _reconcile(
     return result
 
 
-def _held_meanwhile(outcome: StepOutcome, gate: GateWatch) -> str:
-    """Why the rollout stopped, when a freeze set (or a window closed) while the pass ran stopped it."""
-    return gate.held.reason if outcome.outcome is Outcome.HELD and gate.held is not None else ""
+def _outcome_into(result: SyncResult, outcome: StepOutcome, queued: Outcome | None, gate: GateWatch) -> None:
+    result.outcome = queued or outcome.outcome
+    if gate.held is not None and result.outcome in (Outcome.HELD, Outcome.UNCHANGED):
+        # Open when the pass began: a freeze set, or a window closed, while it ran stopped the rest.
+        result.outcome, result.held = Outcome.HELD, gate.held.reason
+    # A cluster that did not answer fails only its own targets: the pass reports it and goes on.
+    unreachable = [f"cluster {name} unreachable: {why}" for name, why in sorted(outcome.unreachable.items())]
+    result.summary, result.errors = outcome.summary, [*outcome.failures, *unreachable]
 
 
 def _decisions_only(
@@ -251,8 +253,8 @@ def _drive_active(
         return rollback_asked(rollout)
     try:
         return _drive(rollout, None, actor, retry_failed, held)
-    except CanaryRefused:
-        raise  # the step cannot go on whatever Git does: the source says why
+    except CanaryRefused as refused:  # the step cannot go on whatever Git does: the source says why
+        return StepOutcome(Outcome.FAILED, {}, [str(refused)])
     except (TemporaryError, PermanentError) as exc:
         log.warning("rollout %s waits: its revision cannot be read from the mirror: %s", rollout.pk, exc)
         return None

@@ -183,6 +183,7 @@ class ClusterClients:
         # Built outside the process-wide lock: a kubeconfig's exec plugin (a cloud CLI that fetches a
         # token) may take seconds, and every other cluster's clients, informers and passes go on.
         with building:
+            fingerprint = ref.fingerprint()  # as it is now: a file may have changed while this waited
             with self._lock:
                 if (known := self._current(ref.name, fingerprint)) is not None:
                     return known  # another thread built it meanwhile

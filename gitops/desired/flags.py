@@ -25,7 +25,8 @@ import itertools
 import json
 import math
 import re
-from collections.abc import Callable, Collection, Mapping
+from collections import deque
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
@@ -45,6 +46,7 @@ _FLAG_SET_FIELDS: Final = ("$schema", "flags", "$evaluators", "metadata")
 _PLAIN_NAME: Final = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]+")
 # A name JavaScript iterates first, in numeric order (an array index), whatever the declared order.
 _WHOLE_NUMBER: Final = re.compile(r"0|[1-9][0-9]{0,9}")
+_LARGEST_INDEX = 4_294_967_294  # JavaScript's largest array index: larger whole numbers keep their place
 # What JavaScript's replaceAll reads in a replacement string: $$, $&, $` and $'.
 _JS_REPLACEMENT_PATTERN: Final = re.compile(r"\$[$&`']")
 _FLAG_FIELDS: Final = ("state", "variants", "defaultVariant", "targeting", "metadata")
@@ -207,22 +209,66 @@ def evaluator_order(evaluators: Mapping[str, Any]) -> list[str]:
     return order + sorted(name for name in graph if name not in placed)
 
 
-def _cycle_from(start: str, graph: Mapping[str, set[str]]) -> list[str]:
-    """A path of references from ``start`` back to itself ([] when there is none)."""
-    trail: dict[str, str] = {}
-    pending = [start]
+def evaluator_cycles(graph: Mapping[str, set[str]]) -> list[list[str]]:
+    """One path of references back to its start (["a", "b", "a"]) for each group of evaluators that
+    refer to one another in a circle, by the group's first name; in time linear in the references
+    (Tarjan's strongly connected components, without recursion: a file may hold thousands)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    groups: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work: list[tuple[str, Iterator[str]]] = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            name, targets = work[-1]
+            target = next(targets, None)
+            if target is None:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[name])
+                if low[name] == index[name]:
+                    group = []
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        group.append(member)
+                        if member == name:
+                            break
+                    if len(group) > 1 or name in graph[name]:
+                        groups.append(sorted(group))
+            elif target not in index:
+                index[target] = low[target] = len(index)
+                stack.append(target)
+                on_stack.add(target)
+                work.append((target, iter(sorted(graph[target]))))
+            elif target in on_stack:
+                low[name] = min(low[name], index[target])
+    return [_circle(group, graph) for group in sorted(groups)]
+
+
+def _circle(group: list[str], graph: Mapping[str, set[str]]) -> list[str]:
+    """A shortest path of references from the group's first name back to it, within the group."""
+    start, members = group[0], set(group)
+    came_from: dict[str, str] = {}
+    pending = deque([start])
     while pending:
-        name = pending.pop()
-        for referred in sorted(graph.get(name, ())):
-            if referred == start:
+        name = pending.popleft()
+        for target in sorted(graph[name] & members):
+            if target == start:
                 path = [name]
                 while path[-1] != start:
-                    path.append(trail[path[-1]])
+                    path.append(came_from[path[-1]])
                 return [start, *reversed(path[:-1]), start] if len(path) > 1 else [start, start]
-            if referred not in trail:
-                trail[referred] = name
-                pending.append(referred)
-    return []
+            if target not in came_from:
+                came_from[target] = name
+                pending.append(target)
+    return [start, start]  # never: a group is a circle
 
 
 def _inlined_past(document: Document, limits: Limits) -> tuple[ValidationError | None, int]:
@@ -420,18 +466,16 @@ class _FlagSetValidator:
         Any other references resolve: Sluice publishes the evaluators in an order that resolves them
         (``evaluator_order``)."""
         graph = evaluator_references(evaluators)
-        in_cycles: set[str] = set()  # each cycle is reported once, at its first name
+        for cycle in evaluator_cycles(graph):  # one each, at its first name; linear in the references
+            through = " → ".join(_quoted(step) for step in cycle)
+            self.report(
+                (*path, cycle[0]),
+                f"refers to itself ({through}): flagd never resolves such a reference, and the flags "
+                "using it fail to evaluate",
+            )
         for name in sorted(graph):
-            if name not in in_cycles and (cycle := _cycle_from(name, graph)):
-                in_cycles.update(cycle)
-                through = " → ".join(_quoted(step) for step in cycle)
-                self.report(
-                    (*path, name),
-                    f"refers to itself ({through}): flagd never resolves such a reference, and the flags "
-                    "using it fail to evaluate",
-                )
             for referred in sorted(graph[name]):
-                if _WHOLE_NUMBER.fullmatch(referred):
+                if _WHOLE_NUMBER.fullmatch(referred) and int(referred) <= _LARGEST_INDEX:
                     self.report(
                         (*path, name),
                         f"refers to {_quoted(referred)}, a whole-number name: JavaScript visits those "

@@ -19,7 +19,7 @@ from gitops.desired.content import Content
 from gitops.desired.revision import DesiredObject, DesiredState, ObjectKey
 from gitops.plan.diff import DiffItem, DiffOp, diff_content
 from gitops.plan.provenance import live_content, live_provenance
-from gitops.plan.stamps import LiveStamp, applied_hash_of, settles
+from gitops.plan.stamps import LiveStamp, applied_hashes_of, settles
 
 UNAPPLIED = "carries this source's labels, but Sluice never applied it"
 
@@ -447,11 +447,6 @@ def _foreign(key: ObjectKey, live: Mapping[str, Any], why: str) -> PlanItem:
 DRIFTED = DiffItem(DiffOp.CHANGE, "content", "*", "edited in the cluster", None)
 
 
-def _applied_hash_of(obj: DesiredObject, current: Content) -> str:
-    """The content hash Sluice would have recorded for ``current``: flag sets without their origin stamps."""
-    return applied_hash_of(obj.name, flag_set=obj.flag_set is not None, current=current)
-
-
 def _memoized_plan_object(
     obj: DesiredObject,
     live: Mapping[str, Any] | None,
@@ -530,7 +525,8 @@ def _plan_object(
     if git_changed:
         # Git moved on, so Git's content says nothing about edits in the cluster:
         # the live object is drifted when it no longer hashes to what was applied.
-        drift: tuple[DiffItem, ...] = () if _applied_hash_of(obj, current) == applied_hash else (DRIFTED,)
+        hashes = applied_hashes_of(obj.name, flag_set=obj.flag_set is not None, current=current)
+        drift: tuple[DiffItem, ...] = () if applied_hash in hashes else (DRIFTED,)
     else:
         drift = tuple(diff_content(expected_now, current))
     changes = (

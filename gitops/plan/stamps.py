@@ -17,6 +17,7 @@ document carries stamps the planner compares too.
 
 from __future__ import annotations
 
+import json
 import operator
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
@@ -89,7 +90,7 @@ def _holds_what_was_applied(live: Mapping[str, Any], applied_hash: str) -> bool:
         stamps.get(SOURCE_METADATA_KEY),
     ) != (commit, source):
         return False
-    return applied_hash_of(str(metadata.get("name", "")), flag_set=True, current=current) == applied_hash
+    return applied_hash in applied_hashes_of(str(metadata.get("name", "")), flag_set=True, current=current)
 
 
 def _flag_document(name: str, current: Content) -> dict[str, Any] | None:
@@ -98,16 +99,29 @@ def _flag_document(name: str, current: Content) -> dict[str, Any] | None:
 
 def applied_hash_of(name: str, *, flag_set: bool, current: Content) -> str:
     """The content hash Sluice would have recorded for ``current``: flag sets without their origin stamps."""
+    return applied_hashes_of(name, flag_set=flag_set, current=current)[0]
+
+
+def applied_hashes_of(name: str, *, flag_set: bool, current: Content) -> tuple[str, ...]:
+    """``applied_hash_of``, then, for a flag set whose evaluators refer to one another, the hash of its
+    text as releases before 2026-12-04 wrote it (every key sorted, ``$evaluators`` included): what they
+    recorded is not taken for an edit in the cluster."""
     document = _flag_document(name, current) if flag_set else None
     if document is None:
-        return current.hash
+        return (current.hash,)
     metadata = document.get("metadata")
     kept = {k: v for k, v in metadata.items() if k not in ORIGIN_STAMPS} if isinstance(metadata, dict) else {}
     if kept:
         document["metadata"] = kept
     else:
         document.pop("metadata", None)
-    return replace(current, data={**current.data, flag_set_key(name): flag_set_json(document)}).hash
+    key = flag_set_key(name)
+    published = flag_set_json(document)
+    hashes: tuple[str, ...] = (replace(current, data={**current.data, key: published}).hash,)
+    legacy = json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    if legacy != published:
+        hashes += (replace(current, data={**current.data, key: legacy}).hash,)
+    return hashes
 
 
 def settles(stamp: LiveStamp, obj: DesiredObject, *, source: str) -> bool:

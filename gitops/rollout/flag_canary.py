@@ -396,35 +396,23 @@ def _lookup_chain(targeting: dict[str, Any], names: Mapping[str, str], default: 
     branches: list[Any] = []
     if default is not None:
         branches += [{"===": [targeting, None]}, default]
-    numbers = {name: _number_spelling(name) for name in names}
-    order = sorted(names)
-    if any(spelling is not None for spelling in numbers.values()):
-        # Python's JsonLogic compares with ==, where True == 1: "true" and "false" are looked up first.
-        order.sort(key=lambda name: name not in ("true", "false"))
-    for name in order:
-        # flagd looks a boolean result up as "true"/"false", and a number as its decimal text.
-        spellings: list[str | bool | int | float] = [name]
-        if name in ("true", "false"):
-            spellings.append(name == "true")
-        elif (number := numbers[name]) is not None:
-            spellings.append(number)
+    # Names that are numbers first, matched by the result's text ("cat": "1" for 1, "True" or "true" for
+    # a boolean, so never a number's): Python's "in" compares with ==, where True == 1 and 0 == False.
+    numeric = sorted(name for name in names if _NUMBER_NAME.fullmatch(name))
+    for name in numeric:
+        branches += [{"in": [{"cat": [targeting]}, [name]]}, names[name]]
+    for name in sorted(set(names) - set(numeric)):
+        # flagd looks a boolean result up as "true"/"false".
+        spellings: list[str | bool] = [name, name == "true"] if name in ("true", "false") else [name]
         branches += [{"in": [targeting, spellings]}, names[name]]
     branches.append(None)
     return {"if": branches}
 
 
-_INTEGER_NAME = re.compile(r"-?(?:0|[1-9][0-9]{0,14})")
-_DECIMAL_NAME = re.compile(r"-?(?:0|[1-9][0-9]{0,14})\.[0-9]{0,15}[1-9]")
-
-
-def _number_spelling(name: str) -> int | float | None:
-    """The number whose text both flagd evaluators look up as ``name`` (Python's ``str``, JavaScript's
-    ``toString``): an integer, or a decimal that is not a whole number; None for any other name."""
-    if _INTEGER_NAME.fullmatch(name):
-        return int(name)
-    if _DECIMAL_NAME.fullmatch(name) and repr(float(name)) == name:
-        return float(name)
-    return None
+# A variant name that is the text both flagd evaluators give a computed number (Python's str,
+# JavaScript's toString): an integer, or a decimal that is not a whole number; not "-0", which no
+# number prints as.
+_NUMBER_NAME = re.compile(r"0|-?[1-9][0-9]{0,14}|-?(?:0|[1-9][0-9]{0,14})\.[0-9]{0,15}[1-9]")
 
 
 def _canonical(value: Any) -> str:

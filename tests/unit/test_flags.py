@@ -1523,3 +1523,26 @@ def test_a_yaml_date_in_an_evaluator_is_reported_not_raised() -> None:
     )
 
     assert any("2024-01-01" in error.message for error in errors), errors
+
+
+def test_a_flag_set_published_sorted_by_an_earlier_release_is_not_taken_for_an_edit() -> None:
+    """Releases before 2026-12-04 published every key sorted, $evaluators included, and recorded the
+    hash of that text; the same flag set now publishes in reference order, and the live object must
+    not read as "edited in the cluster" for it."""
+    from gitops.desired.content import Content
+    from gitops.desired.revision import flag_set_json, flag_set_key
+    from gitops.plan.stamps import applied_hashes_of
+
+    document = {
+        "$evaluators": {"internal": {"var": "x"}, "staff": {"or": [{"$ref": "internal"}, {"var": "y"}]}},
+        "flags": {},
+    }
+    legacy = json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    assert legacy != flag_set_json(document), "the order changed for this one"
+    live = Content(data={flag_set_key("checkout"): legacy})
+
+    hashes = applied_hashes_of("checkout", flag_set=True, current=live)
+
+    assert live.hash in hashes
+    now = Content(data={flag_set_key("checkout"): flag_set_json(document)})
+    assert applied_hashes_of("checkout", flag_set=True, current=now) == (now.hash, live.hash)
