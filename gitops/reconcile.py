@@ -435,25 +435,19 @@ class _Asked:
 
 def _pass(source: Source, runs: list[SyncResult], asked: _Asked) -> SyncResult:
     """One pass under the lock. Only the first is what was asked for: later ones run what came meanwhile."""
-    if not runs:
-        return _measured(
-            source,
-            asked.actor,
-            retry_failed=asked.retry_failed,
-            manual=asked.manual,
-            report_rollout=asked.report_rollout,
-            rollouts_only=asked.rollouts_only,
-        )
+    first = not runs
     try:
         return _measured(
             source,
-            asked.coalesced_actor,
-            retry_failed=False,
-            manual=False,
+            asked.actor if first else asked.coalesced_actor,
+            retry_failed=asked.retry_failed and first,
+            manual=asked.manual and first,
             report_rollout=asked.report_rollout,
-            rollouts_only=False,
+            rollouts_only=asked.rollouts_only and first,
         )
     except GitopsError as exc:
+        if first:
+            raise
         raise LaterPassFailed(exc, asked.coalesced_actor) from exc
 
 

@@ -182,6 +182,21 @@ class _Stream:
         return Sent()
 
 
+def deny_window_letting_people_sync() -> None:
+    """A deny window open now, for two hours, over every source, that lets a person's sync through."""
+    from gitops import freezes
+    from gitops.windows import parse_duration
+
+    freezes.window_add(
+        kind="deny",
+        schedule_text="* * * * *",
+        duration=parse_duration("2h"),
+        sources=["*"],
+        manual_sync=True,
+        by="ines",
+    )
+
+
 @pytest.fixture
 def stream(repo, make_namespaces, make_source, monkeypatch):
     (namespace,) = make_namespaces("stream")
@@ -278,17 +293,7 @@ def test_a_source_suspended_during_a_stream_of_pushes_takes_no_further_automatic
 def test_pushes_that_come_during_a_persons_sync_through_a_closed_window_wait_for_the_window(stream, cluster):
     """A deny window with ``manualSync`` lets a person's sync through, and only that: the pushes
     that came while it ran are run by it as automatic ones, so the window holds them."""
-    from gitops import freezes
-    from gitops.windows import parse_duration
-
-    freezes.window_add(
-        kind="deny",
-        schedule_text="* * * * *",
-        duration=parse_duration("2h"),
-        sources=["*"],
-        manual_sync=True,
-        by="ines",
-    )
+    deny_window_letting_people_sync()
 
     result = reconcile.source_sync(stream.source.pk, manual=True)
 
@@ -394,18 +399,9 @@ def test_a_push_pass_that_fails_after_a_persons_sync_is_retried_as_a_push_not_as
     """The pass a person's sync runs for the pushes behind it fails on a blip. Its retry runs what it
     ran (automatic, as Sluice); retried as the person's request, its first pass would carry the pushes
     through a window that lets only the person's sync out, in the person's name."""
-    from gitops import freezes
     from gitops.tasks import sync_source
-    from gitops.windows import parse_duration
 
-    freezes.window_add(
-        kind="deny",
-        schedule_text="* * * * *",
-        duration=parse_duration("2h"),
-        sources=["*"],
-        manual_sync=True,
-        by="ines",
-    )
+    deny_window_letting_people_sync()
     real_pass, asked = stream.real_pass, []
 
     def blip_on_the_second_pass(source, actor, *args, **options):
