@@ -382,7 +382,7 @@ def flag_set_json(document: Mapping[str, Any]) -> str:
     unresolved. The same as sorted when no evaluator refers to another."""
     evaluators = document.get("$evaluators")
     if not isinstance(evaluators, Mapping) or len(evaluators) < 2:
-        return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        return flag_set_json_sorted(document)
     ordered = {
         key: (
             {name: _keys_sorted(evaluators[name]) for name in evaluator_order(evaluators)}
@@ -392,6 +392,12 @@ def flag_set_json(document: Mapping[str, Any]) -> str:
         for key in sorted(document)
     }
     return json.dumps(ordered, indent=2, ensure_ascii=False) + "\n"
+
+
+def flag_set_json_sorted(document: Mapping[str, Any]) -> str:
+    """Every key sorted, ``$evaluators`` included: ``flag_set_json`` when no evaluator refers to another,
+    and the text releases before 2026-12-04 published for every flag set."""
+    return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
 def _keys_sorted(value: Any) -> Any:

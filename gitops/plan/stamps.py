@@ -17,7 +17,6 @@ document carries stamps the planner compares too.
 
 from __future__ import annotations
 
-import json
 import operator
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
@@ -25,7 +24,14 @@ from typing import Any, NamedTuple
 
 from gitops.desired.content import KIND_LABEL, Content
 from gitops.desired.flags import COMMIT_METADATA_KEY, SOURCE_METADATA_KEY
-from gitops.desired.revision import DesiredObject, ObjectKey, flag_set_json, flag_set_key, live_document
+from gitops.desired.revision import (
+    DesiredObject,
+    ObjectKey,
+    flag_set_json,
+    flag_set_json_sorted,
+    flag_set_key,
+    live_document,
+)
 from gitops.plan.provenance import live_content, live_provenance
 
 ORIGIN_STAMPS = (COMMIT_METADATA_KEY, SOURCE_METADATA_KEY)
@@ -118,7 +124,7 @@ def applied_hashes_of(name: str, *, flag_set: bool, current: Content) -> tuple[s
     key = flag_set_key(name)
     published = flag_set_json(document)
     hashes: tuple[str, ...] = (replace(current, data={**current.data, key: published}).hash,)
-    legacy = json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    legacy = flag_set_json_sorted(document)
     if legacy != published:
         hashes += (replace(current, data={**current.data, key: legacy}).hash,)
     return hashes

@@ -49,6 +49,32 @@ def published(cluster, namespace: str) -> str:
     return cluster.get_configmap(namespace, "checkout")["data"]["checkout.flagd.json"]
 
 
+def flags_applied(repo, make_source, sync, app: str, flags_ns: str, document: dict):
+    """A source whose first commit, the flag set ``document``, is applied; the source."""
+    repo.write_all(
+        {
+            "sluice.yaml": policy([app], flags={"namespace": flags_ns}),
+            "flags/checkout.json": json.dumps(document),
+        }
+    )
+    repo.commit("v1")
+    source = make_source()
+    assert sync(source)["outcome"] == "applied"
+    return source
+
+
+def commit_canary(repo, app: str, flags_ns: str, document: dict, *, weight: int) -> None:
+    """Commits ``document`` with a rollout of one weighted step and a pause."""
+    steps = [{"setWeight": weight}, {"pause": {}}]
+    repo.write_all(
+        {
+            "sluice.yaml": policy([app], flags={"namespace": flags_ns}, rollout={"steps": steps}),
+            "flags/checkout.json": json.dumps(document),
+        }
+    )
+    repo.commit("v2")
+
+
 @pytest.mark.parametrize("evaluator", sorted(EVALUATORS))
 def test_flag_changes_reach_a_sticky_growing_share_of_users(
     evaluator, repo, make_namespaces, make_source, sync, cluster, people, tmp_path
@@ -138,23 +164,11 @@ def test_a_canary_too_large_for_its_configmap_fails_the_pass_with_why_and_applie
             "big": {"state": "ENABLED", "variants": variants, "defaultVariant": "v0", "targeting": targeting}
         }
     }
-    repo.write_all(
-        {"sluice.yaml": policy([app], flags={"namespace": flags_ns}), "flags/checkout.json": json.dumps(old)}
-    )
-    repo.commit("v1")
-    source = make_source()
-    assert sync(source)["outcome"] == "applied"
+    source = flags_applied(repo, make_source, sync, app, flags_ns, old)
     before = published(cluster, flags_ns)
     new = json.loads(json.dumps(old))
     new["flags"]["big"]["variants"]["v1"] = "changed"
-    steps = [{"setWeight": 50}, {"pause": {}}]
-    repo.write_all(
-        {
-            "sluice.yaml": policy([app], flags={"namespace": flags_ns}, rollout={"steps": steps}),
-            "flags/checkout.json": json.dumps(new),
-        }
-    )
-    repo.commit("v2")
+    commit_canary(repo, app, flags_ns, new, weight=50)
 
     result = sync(source)
 
@@ -171,12 +185,7 @@ def test_a_canary_from_a_published_flag_set_sluice_cannot_read_fails_with_why_an
     canary from it once started from no flags: nine users in ten got the code's defaults for every flag
     of the set. Now the pass says why, and publishes nothing."""
     app, flags_ns = make_namespaces("app", "flags")
-    repo.write_all(
-        {"sluice.yaml": policy([app], flags={"namespace": flags_ns}), "flags/checkout.json": json.dumps(OLD)}
-    )
-    repo.commit("v1")
-    source = make_source()
-    assert sync(source)["outcome"] == "applied"
+    source = flags_applied(repo, make_source, sync, app, flags_ns, OLD)
     edited = json.loads(published(cluster, flags_ns))
     edited["flags"]["banner"]["targeting"] = {"fractional": [["blue", 12.5], ["green", 87.5]]}
     data = {**cluster.get_configmap(flags_ns, "checkout")["data"], "checkout.flagd.json": json.dumps(edited)}
@@ -187,14 +196,7 @@ def test_a_canary_from_a_published_flag_set_sluice_cannot_read_fails_with_why_an
     }
     cluster.apply_configmap({**manifest, "data": data}, field_manager=settings.SLUICE_FIELD_MANAGER)
     before = published(cluster, flags_ns)
-    steps = [{"setWeight": 10}, {"pause": {}}]
-    repo.write_all(
-        {
-            "sluice.yaml": policy([app], flags={"namespace": flags_ns}, rollout={"steps": steps}),
-            "flags/checkout.json": json.dumps(NEW),
-        }
-    )
-    repo.commit("v2")
+    commit_canary(repo, app, flags_ns, NEW, weight=10)
 
     result = sync(source)
 

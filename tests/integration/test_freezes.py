@@ -15,7 +15,7 @@ from gitops.rollout import decisions
 from gitops.rollout.decisions import RolloutError
 from gitops.windows import parse_duration
 from tests.gitrepo import configmap, policy
-from tests.rollouts import rollout_of, wait_for
+from tests.rollouts import deny_window_letting_people_sync, rollout_of, wait_for
 from tests.workers import poll
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -193,14 +193,7 @@ def test_a_deny_window_holds_automatic_syncs_and_lets_a_person_sync_when_manual_
     assert sync(source, manual=True)["outcome"] == "held", "manualSync is off"
 
     freezes.window_remove(always.pk, by="ines")
-    freezes.window_add(
-        kind="deny",
-        schedule_text="* * * * *",
-        duration=parse_duration("2h"),
-        sources=["*"],
-        manual_sync=True,
-        by="ines",
-    )
+    deny_window_letting_people_sync()
     assert sync(source)["outcome"] == "held"
     assert version(cluster, targets[0]) == "1"
     assert sync(source, manual=True)["outcome"] in ("applied", "completed")

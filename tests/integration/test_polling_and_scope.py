@@ -13,6 +13,7 @@ from gitops.errors import TemporaryError
 from gitops.models import Change, Source
 from tests.broker import Sent, keep_sends, refuse_sends
 from tests.gitrepo import configmap, policy
+from tests.rollouts import deny_window_letting_people_sync
 from tests.workers import poll, running_beat
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -180,21 +181,6 @@ class _Stream:
     def _keep(self, name, kwargs, eta, ignore_result):
         self.sent.append((name, kwargs, ignore_result))
         return Sent()
-
-
-def deny_window_letting_people_sync() -> None:
-    """A deny window open now, for two hours, over every source, that lets a person's sync through."""
-    from gitops import freezes
-    from gitops.windows import parse_duration
-
-    freezes.window_add(
-        kind="deny",
-        schedule_text="* * * * *",
-        duration=parse_duration("2h"),
-        sources=["*"],
-        manual_sync=True,
-        by="ines",
-    )
 
 
 @pytest.fixture
