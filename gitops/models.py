@@ -853,6 +853,20 @@ class InventoryVersion(models.Model):
         return f"source {self.source_id}: inventory version {self.version}"
 
 
+class PassClaim(models.Model):
+    """Which pass holds a source's reconcile lock, and when it last showed that its session (and with
+    it the lock) was still alive (``locks.PassFence``). A pass that lost its session mid-write leaves
+    its claim behind: the next one waits until it is ``SLUICE_PASS_TAKEOVER_SECONDS`` old, by when the
+    old pass has stopped writing, instead of writing to the same clusters beside it."""
+
+    source_id = models.BigIntegerField(primary_key=True)
+    holder = models.CharField(max_length=32, blank=True, default="")  # "" once the pass ended cleanly
+    alive_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"source {self.source_id}: held by {self.holder or 'nobody'} at {self.alive_at}"
+
+
 class ManagedObject(models.Model):
     """The inventory: what each source applied, so prune knows where to look."""
 

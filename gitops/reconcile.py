@@ -29,7 +29,7 @@ from gitops.cluster import clients
 from gitops.desired.errors import ValidationError
 from gitops.errors import GitopsError, PermanentError, TemporaryError
 from gitops.fetch.revisions import commit_identities, revision_desired_state, revision_fetch
-from gitops.locks import SourceBusy, source_lock
+from gitops.locks import ReconcileLockLost, SourceBusy, TakeoverPending, source_lock
 from gitops.models import Revision, Rollout, Source, automatic_sync_filter, known_clusters
 from gitops.record.changelog import intents_pending_query
 from gitops.rollout.flag_canary import CanaryRefused
@@ -385,16 +385,18 @@ def source_sync(
         runs: list[SyncResult] = []
         requested = False
         while len(runs) < MAX_COALESCED_RUNS:
-            with source_lock(source) as acquired:
-                if acquired and runs:
-                    # A later pass runs with the source as it is now: a scope narrowed meanwhile holds.
-                    current = Source.objects.filter(pk=source.pk).first()
-                    if current is None:
-                        break  # removed meanwhile: nothing of it runs any more
-                    source = current
-                if acquired:
-                    Source.objects.filter(pk=source.pk).update(sync_requested_at=None, sync_queued=False)
-                    runs.append(_pass(source, runs, asked))
+            try:
+                acquired, current = _locked_pass(source, runs, asked)
+            except TakeoverPending:
+                if not runs:
+                    raise
+                # Another worker's pass took the lock between ours and lost its session: a task of its
+                # own runs what came once that pass's writes are over; the passes that ran are reported.
+                _carry_on(source, asked.coalesced_actor)
+                break
+            if current is None:
+                break  # removed meanwhile: nothing of it runs any more
+            source = current
             if not acquired:
                 if runs:
                     break  # another worker took the lock after us; it runs what was requested
@@ -433,6 +435,22 @@ class _Asked:
     report_rollout: bool
 
 
+def _locked_pass(source: Source, runs: list[SyncResult], asked: _Asked) -> tuple[bool, Source | None]:
+    """One pass (appended to ``runs``) if the lock is free: whether it was, and the source as the pass
+    read it (None: removed meanwhile). A later pass runs with the source as it is now: a scope narrowed
+    meanwhile holds."""
+    with source_lock(source) as acquired:
+        if acquired and runs:
+            current = Source.objects.filter(pk=source.pk).first()
+            if current is None:
+                return True, None
+            source = current
+        if acquired:
+            Source.objects.filter(pk=source.pk).update(sync_requested_at=None, sync_queued=False)
+            runs.append(_pass(source, runs, asked))
+    return acquired, source
+
+
 def _pass(source: Source, runs: list[SyncResult], asked: _Asked) -> SyncResult:
     """One pass under the lock. Only the first is what was asked for: later ones run what came meanwhile."""
     first = not runs
@@ -449,6 +467,10 @@ def _pass(source: Source, runs: list[SyncResult], asked: _Asked) -> SyncResult:
         if first:
             raise
         raise LaterPassFailed(exc, asked.coalesced_actor) from exc
+    except ReconcileLockLost as exc:
+        if first:
+            raise
+        raise LaterPassFailed(TemporaryError(str(exc)), asked.coalesced_actor) from exc
 
 
 def _carry_on(source: Source, actor: str) -> None:

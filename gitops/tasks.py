@@ -19,7 +19,7 @@ from django.utils import timezone
 from gitops import polling, preview, schedule
 from gitops.celery import app, redelivered_too_often
 from gitops.errors import PermanentError, TemporaryError
-from gitops.locks import SourceBusy
+from gitops.locks import ReconcileLockLost, SourceBusy, TakeoverPending
 from gitops.reconcile import LaterPassFailed, source_sync, sync_failure_record
 from gitops.record import notifications
 from gitops.source_removal import source_removal_fail, source_removal_run
@@ -82,6 +82,13 @@ def sync_source(
             # Sent with ignore_result (a push, a poll): the result is stored nowhere and read by nobody.
             report_rollout=not self.request.ignore_result,
         ).as_dict()
+    except TakeoverPending as exc:
+        # No pass is running to take the request over: this one runs once the lost pass's writes are over.
+        raise self.retry(exc=exc, countdown=exc.delay or BUSY_RETRY_SECONDS) from exc
+    except ReconcileLockLost as exc:
+        # The pass stopped writing; the next one (this task again) waits for its writes, then finishes.
+        log.warning("sync of source %s lost its lock, retrying: %s", source_id, exc)
+        raise self.retry(exc=exc, countdown=BUSY_RETRY_SECONDS) from exc
     except SourceBusy as exc:
         # The running reconcile takes the request over (it is coalesced); only a
         # caller that waits for this task's own result needs it to run again.
@@ -173,10 +180,12 @@ def remove_source(self: Task[Any, Any], removal_id: int, temporary_tries: int = 
         return _removal_state(source_removal_fail(removal_id, str(WorkerDied(died))))
     try:
         return _removal_state(source_removal_run(removal_id))
+    except ReconcileLockLost as exc:
+        raise self.retry(exc=exc, countdown=BUSY_RETRY_SECONDS) from exc
     except SourceBusy as exc:
         if self.request.retries >= BUSY_MAX_RETRIES:
             return _removal_state(source_removal_fail(removal_id, str(exc)))
-        raise self.retry(exc=exc, countdown=BUSY_RETRY_SECONDS) from exc
+        raise self.retry(exc=exc, countdown=exc.delay or BUSY_RETRY_SECONDS) from exc
     except TemporaryError as exc:
         if temporary_tries >= TEMPORARY_MAX_RETRIES:
             return _removal_state(source_removal_fail(removal_id, f"the cluster did not answer: {exc}"))

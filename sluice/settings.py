@@ -12,6 +12,7 @@ SLUICE_TRUST_X_FORWARDED_PROTO  1 behind a TLS-terminating proxy that sets X-For
 """
 
 import ipaddress
+import math
 import os
 import warnings
 from datetime import timedelta
@@ -210,6 +211,16 @@ SLUICE_CLUSTER_NAME = env.get("SLUICE_CLUSTER_NAME", "default")
 # SLUICE_CLUSTER_RETRY_SECONDS (a rollout waiting for it, a rollback it still owes).
 SLUICE_CLUSTER_CONNECT_TIMEOUT = float(env.get("SLUICE_CLUSTER_CONNECT_TIMEOUT", "3"))
 SLUICE_CLUSTER_READ_TIMEOUT = float(env.get("SLUICE_CLUSTER_READ_TIMEOUT", "30"))
+# A pass whose database session ended mid-pass (the reconcile lock goes with it) sends no write more than
+# a second after it last showed the session alive (locks.PassFence). The next pass waits until that sign
+# of life is this old, so that the lost pass's last writes have been answered or given up: the fence's
+# second, a write's connect timeout twice (a failed connect is tried once more) and its read timeout.
+# Lower it only with those timeouts: a write landing after it is seen as drift, not prevented.
+SLUICE_PASS_TAKEOVER_SECONDS = env_int(
+    "SLUICE_PASS_TAKEOVER_SECONDS",
+    math.ceil(1 + 2 * SLUICE_CLUSTER_CONNECT_TIMEOUT + SLUICE_CLUSTER_READ_TIMEOUT),
+    minimum=2,
+)
 SLUICE_CLUSTER_LIST_DEADLINE = float(env.get("SLUICE_CLUSTER_LIST_DEADLINE", "60"))
 SLUICE_CLUSTER_RETRY_SECONDS = float(env.get("SLUICE_CLUSTER_RETRY_SECONDS", "10"))
 SLUICE_APPLY_CONCURRENCY = int(env.get("SLUICE_APPLY_CONCURRENCY", "16"))

@@ -11,6 +11,9 @@ os.environ.setdefault("SLUICE_ALLOW_HTTP", "1")
 # A cluster that stopped answering is asked again this often (10 s deployed): the tests that bring one
 # back wait for that retry.
 os.environ.setdefault("SLUICE_CLUSTER_RETRY_SECONDS", "3")
+# A pass taking over from one that lost its session (a worker killed mid-pass) waits this long (37 s
+# deployed, from the cluster timeouts): the crash tests wait for it.
+os.environ.setdefault("SLUICE_PASS_TAKEOVER_SECONDS", "5")
 
 from sluice.settings import *  # noqa: F403
 

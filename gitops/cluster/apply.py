@@ -29,6 +29,7 @@ from gitops.cluster.client import (
 from gitops.cluster.clients import clients, get_cluster
 from gitops.desired.content import CONTENT_HASH_ANNOTATION, Content
 from gitops.errors import GitopsError, PermanentError
+from gitops.locks import ReconcileLockLost, pass_fence
 from gitops.models import ApplyIntent
 from gitops.vocabulary import ChangeAction
 
@@ -46,7 +47,10 @@ class AppliedIntents:
 def intents_apply_everywhere(
     intents: Sequence[ApplyIntent], *, connect: Callable[[str], Cluster] = get_cluster
 ) -> AppliedIntents:
-    """Applies intents in their own clusters, the clusters side by side."""
+    """Applies intents in their own clusters, the clusters side by side. Each write is fenced by the
+    pass's lock (``locks.pass_fence``): a pass whose lock went with its session sends no more and
+    raises ``ReconcileLockLost``; its intents stay pending, for the pass that takes over."""
+    fence = pass_fence()  # asked on the pass's thread: the clusters' threads do not inherit it
     groups: dict[str, list[ApplyIntent]] = {}
     for intent in intents:
         groups.setdefault(intent.cluster, []).append(intent)
@@ -54,16 +58,18 @@ def intents_apply_everywhere(
     if not groups:
         return result
 
-    def batch(name: str) -> list[str | None] | GitopsError:
+    def batch(name: str) -> list[str | None] | GitopsError | ReconcileLockLost:
         try:
             client = connect(name)
             if (recent := clients.recently_unreachable(name)) is not None:
                 return recent
         except GitopsError as exc:  # not registered any more, or its kubeconfig cannot be read
             return exc
-        answer: list[str | None] | GitopsError
+        answer: list[str | None] | GitopsError | ReconcileLockLost
         try:
-            answer = intents_apply(client, groups[name])
+            answer = intents_apply(client, groups[name], fence=fence)
+        except ReconcileLockLost as exc:  # the cluster answered: it is not marked unreachable
+            answer = exc
         except UNAVAILABLE as exc:
             clients.mark_unreachable(name, exc)
             answer = exc
@@ -77,7 +83,12 @@ def intents_apply_everywhere(
     else:
         with ThreadPoolExecutor(max_workers=len(groups)) as fan_out:
             answers = dict(zip(groups, fan_out.map(batch, groups), strict=True))
+    # A lost lock ends the pass here, whatever else a cluster answered (it may have failed first).
+    if (lost := getattr(fence, "lost", None)) is not None:
+        raise lost
     for name, answer in answers.items():
+        if isinstance(answer, ReconcileLockLost):
+            raise answer
         if isinstance(answer, GitopsError):
             result.unreachable[name] = answer
         else:
@@ -87,13 +98,13 @@ def intents_apply_everywhere(
 
 
 def _unsettle_written(
-    cluster: str, intents: Sequence[ApplyIntent], answer: list[str | None] | GitopsError
+    cluster: str, intents: Sequence[ApplyIntent], answer: list[str | None] | Exception
 ) -> None:
     """The live cache's stamps of what was just written, until its watch stores the writes (see
     ``livestore.unsettle_written``). A cluster that stopped answering mid-batch may have taken any of
     them; an intent it refused changed nothing. Only a batch that was sent gets here."""
     refused = (
-        [False] * len(intents) if isinstance(answer, GitopsError) else [error is not None for error in answer]
+        [False] * len(intents) if isinstance(answer, Exception) else [error is not None for error in answer]
     )
     written: dict[str, list[tuple[str, str]]] = {}
     for intent, was_refused in zip(intents, refused, strict=True):
@@ -113,7 +124,9 @@ def _written_hash(intent: ApplyIntent) -> str:
     return str(annotations.get(CONTENT_HASH_ANNOTATION, ""))
 
 
-def intents_apply(cluster: Cluster, intents: Sequence[ApplyIntent]) -> list[str | None]:
+def intents_apply(
+    cluster: Cluster, intents: Sequence[ApplyIntent], *, fence: Callable[[], None] = lambda: None
+) -> list[str | None]:
     """Applies each intent, ``SLUICE_APPLY_CONCURRENCY`` at a time: for each, why it was refused, or None.
 
     A refusal for good (a field conflict, a 403, a 422) is an answer; a temporary
@@ -123,13 +136,14 @@ def intents_apply(cluster: Cluster, intents: Sequence[ApplyIntent]) -> list[str 
 
     Plain applies (a create or an update: one request each, whose answer is not read) go out
     together on the calling thread (``Cluster.apply_configmaps``); the others (deletes, releases,
-    self-heals, workloads' restarts) each on a thread of the cluster's apply pool.
+    self-heals, workloads' restarts) each on a thread of the cluster's apply pool. ``fence`` is called
+    before each write goes out, and stops the batch when it raises.
     """
     if not intents:
         return []
     concurrency = int(getattr(settings, "SLUICE_APPLY_CONCURRENCY", 16))
     if len(intents) == 1:
-        return [_apply_one(cluster, intents[0])]
+        return [_apply_one(cluster, intents[0], fence)]
     answers: list[str | None] = [None] * len(intents)
     plain = [index for index, intent in enumerate(intents) if _plain_apply(intent)]
     if cluster.applies_in_batches and len(plain) > 1:
@@ -138,6 +152,7 @@ def intents_apply(cluster: Cluster, intents: Sequence[ApplyIntent]) -> list[str 
             field_manager=settings.SLUICE_FIELD_MANAGER,
             width=concurrency,
             bodies=[intents[index].manifest_json for index in plain],
+            before_each=fence,
         )
         for index, refusal in zip(plain, refusals, strict=True):
             answers[index] = _refusal_text(refusal) if refusal is not None else None
@@ -145,7 +160,7 @@ def intents_apply(cluster: Cluster, intents: Sequence[ApplyIntent]) -> list[str 
         others = [index for index in range(len(intents)) if index not in batched]
     else:
         others = list(range(len(intents)))
-    threaded = _apply_on_threads(cluster, [intents[index] for index in others], concurrency)
+    threaded = _apply_on_threads(cluster, [intents[index] for index in others], concurrency, fence)
     for index, answer in zip(others, threaded, strict=True):
         answers[index] = answer
     return answers
@@ -169,17 +184,19 @@ def _manifest(intent: ApplyIntent) -> Mapping[str, Any]:
     return manifest
 
 
-def _apply_on_threads(cluster: Cluster, intents: Sequence[ApplyIntent], concurrency: int) -> list[str | None]:
+def _apply_on_threads(
+    cluster: Cluster, intents: Sequence[ApplyIntent], concurrency: int, fence: Callable[[], None]
+) -> list[str | None]:
     if len(intents) <= 1:
-        return [_apply_one(cluster, intent) for intent in intents]
+        return [_apply_one(cluster, intent, fence) for intent in intents]
     stopped = threading.Event()
 
     def apply(intent: ApplyIntent) -> str | None:
         if stopped.is_set():
             raise StoppedBatch()
         try:
-            return _apply_one(cluster, intent)
-        except UNAVAILABLE:
+            return _apply_one(cluster, intent, fence)
+        except (*UNAVAILABLE, ReconcileLockLost):
             stopped.set()
             raise
 
@@ -187,7 +204,9 @@ def _apply_on_threads(cluster: Cluster, intents: Sequence[ApplyIntent], concurre
     futures = [pool.submit(apply, intent) for intent in intents]
     wait_for(futures)
     failures = [f.exception() for f in futures if f.exception() is not None]
-    first = next((e for e in failures if not isinstance(e, StoppedBatch)), None)
+    first = next((e for e in failures if isinstance(e, ReconcileLockLost)), None) or next(
+        (e for e in failures if not isinstance(e, StoppedBatch)), None
+    )
     if first is not None:
         raise first
     return [f.result() for f in futures]
@@ -197,7 +216,9 @@ class StoppedBatch(Exception):
     """An intent not tried because its cluster already failed in this batch."""
 
 
-def _apply_one(cluster: Cluster, intent: ApplyIntent) -> str | None:
+def _apply_one(cluster: Cluster, intent: ApplyIntent, fence: Callable[[], None]) -> str | None:
+    """One intent's requests, ``fence`` asked before each."""
+    fence()
     if intent.kind in WORKLOAD_KINDS:
         return _stamp_workload(cluster, intent)
     try:
@@ -212,10 +233,12 @@ def _apply_one(cluster: Cluster, intent: ApplyIntent) -> str | None:
             or (intent.action == ChangeAction.ROLLBACK and intent.manifest is None)
         ):
             cluster.delete_configmap(intent.namespace, intent.name)
+            fence()
         if intent.manifest is not None:
             applied = cluster.apply_configmap(
                 intent.manifest, field_manager=settings.SLUICE_FIELD_MANAGER, force=intent.force
             )
+            fence()
             _drop_foreign_keys(cluster, intent, applied)
     except ClusterRefused:
         raise  # the cluster refuses Sluice's credentials: nothing of it is applied now

@@ -478,11 +478,14 @@ class Cluster:
         field_manager: str,
         width: int,
         bodies: Sequence[str | None] | None = None,
+        before_each: Callable[[], None] | None = None,
     ) -> list[PermanentError | None]:
         """Server-side applies of (manifest, force) pairs, ``width`` at a time on the calling thread:
         for each, None once applied or why the cluster refused it for good. The answers are not
         parsed: nothing here needs the stored objects. ``bodies`` may give, in the same order, a
         manifest already encoded as JSON (its very content), sent as it is; None encodes it here.
+        ``before_each`` is called before each apply goes out; what it raises ends the batch (the applies
+        under way are abandoned) and comes out of this call.
 
         A temporary failure (the apiserver unreachable, throttling, a 5xx) or refused credentials
         raise, and no further apply is sent: a silent cluster costs the applies already under way
@@ -496,6 +499,7 @@ class Cluster:
                 (
                     self._apply_request(manifest, field_manager, force, body=body)
                     for (manifest, force), body in zip(manifests, encoded, strict=True)
+                    if before_each is None or before_each() is None
                 ),
                 self._apply_headers(),
                 width=width,

@@ -82,7 +82,8 @@ def test_a_sync_that_kills_its_worker_is_stopped_after_the_cap_and_the_failure_s
 
     source = make_source(url=silent_git_server.url)
     queue = f"poison-{source.pk}"
-    worker = start_worker(concurrency=1, queues=queue)
+    # Each start after a death waits for the dead pass's claim (locks.source_lock): two seconds, not ten.
+    worker = start_worker(concurrency=1, queues=queue, env_overrides={"SLUICE_PASS_TAKEOVER_SECONDS": "2"})
     result = sync_source.apply_async((source.pk,), queue=queue)
 
     for death in range(1, DEATHS + 1):
