@@ -14,6 +14,7 @@ of life is ``SLUICE_PASS_TAKEOVER_SECONDS`` old (``PassClaim``).
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import threading
 import time
@@ -73,26 +74,22 @@ def source_lock(source: Source) -> Iterator[bool]:
     claim is old enough (at most SLUICE_PASS_TAKEOVER_SECONDS): a task retried instead would count as
     finished, and a task that kills its worker would escape ``redelivered_too_often``. Raises
     ``TakeoverPending`` (nothing held) if another lost pass is found after that wait."""
-    holder = uuid.uuid4().hex
     for attempt in range(TAKEOVER_ATTEMPTS):
-        asked_at = time.monotonic()  # the claim's time is later: the fence's second counts from here
-        locked, claimed = _lock_and_claim(source, holder)
+        locked, lost_for = _lock_and_look(source)
         if not locked:
             yield False
             return
-        if claimed:
+        if lost_for <= 0:
             break
-        try:
-            delay = max(1.0, _lost_claim_wait(source))
-        finally:
-            _unlock(source)
+        _unlock(source)
+        delay = max(1.0, lost_for)
         if attempt == TAKEOVER_ATTEMPTS - 1:
             raise TakeoverPending(source, delay)
         log.warning(
             "source %s: the pass before lost its database session; waiting %.1f s", source.name, delay
         )
         time.sleep(delay)
-    fence = PassFence(source, holder, asked_at)
+    fence = PassFence(source)
     token = _current_fence.set(fence)
     try:
         yield True
@@ -114,18 +111,21 @@ def _unfenced() -> None:
 
 
 class PassFence:
-    """Calls raise ``ReconcileLockLost`` once the session that holds the lock is gone. A call more
-    than FENCE_CHECK_SECONDS after the last proof asks the session again (and renews the claim), on
-    the pass's own connection, whichever thread calls; the writes wait for that answer, so a session
-    that hangs stops them too."""
+    """Calls raise ``ReconcileLockLost`` once the session that holds the lock is gone.
 
-    def __init__(self, source: Source, holder: str, proved_at: float) -> None:
+    The first call claims the source (``PassClaim``), so a pass that writes nothing writes nothing to
+    the database either; a call more than FENCE_CHECK_SECONDS after the last proof renews the claim.
+    Both hold only while the lock's session holds the lock, and run on that session, whichever thread
+    calls; the writes wait for the answer, so a session that hangs stops them too."""
+
+    def __init__(self, source: Source) -> None:
         self._source = source
-        self.holder = holder
+        self.holder = uuid.uuid4().hex
         self._wrapper: Any = connections[DEFAULT_DB_ALIAS]  # this thread's: the one holding the lock
         self.session = self._wrapper.connection
         self._guard = threading.Lock()
-        self._proved_at = proved_at
+        self.claimed = False
+        self._proved_at = -math.inf
         self.lost: ReconcileLockLost | None = None
 
     def __call__(self) -> None:
@@ -146,10 +146,11 @@ class PassFence:
                 raise self.lost
 
     def _renewed(self) -> bool | None:
-        """Renews the claim if the lock's session still holds the lock: True; None once it does not.
-        Straight on the driver's connection, since Django's wrapper belongs to the pass's first thread.
-        Inside a transaction (never, for a pass's writes) a renewal would show only at its commit, too
-        late to hold a pass taking over: the session is asked, and the next write asks again (False)."""
+        """Claims the source, or renews the claim, if the lock's session still holds the lock: True;
+        None once it does not. Straight on the driver's connection, since Django's wrapper belongs to
+        the pass's first thread. Inside a transaction (never, for a pass's writes) a claim would show
+        only at its commit, too late to hold a pass taking over: the session is asked, and the next
+        write asks again (False)."""
         if self.session is None or self._wrapper.connection is not self.session:
             return None  # reconnected: a session of its own, without the lock
         try:
@@ -157,75 +158,72 @@ class PassFence:
                 if self._wrapper.in_atomic_block:
                     cursor.execute(_HOLDS, [LOCK_CLASS, self._source.pk])
                     return False if cursor.fetchone()[0] else None
-                cursor.execute(_RENEW, [self._source.pk, self.holder, LOCK_CLASS, self._source.pk])
-                return True if cursor.rowcount == 1 else None
+                statement = _RENEW if self.claimed else _CLAIM
+                cursor.execute(statement, [self._source.pk, self.holder, LOCK_CLASS, self._source.pk])
+                if cursor.rowcount != 1:
+                    return None
+                self.claimed = True
+                return True
         except Exception:  # whatever the driver raises for a session that is gone
             return None
 
 
 _current_fence: ContextVar[PassFence | None] = ContextVar("sluice_pass_fence", default=None)
 
+_CLAIMS = PassClaim._meta.db_table
 # Whether this session holds the source's lock (a two-key advisory lock has objsubid 2).
 _HOLDS = """
 SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()
     AND classid = %s AND objid = %s AND objsubid = 2 AND granted)
 """
+_CLAIM = f"""
+INSERT INTO {_CLAIMS} (source_id, holder, alive_at) SELECT %s, %s, clock_timestamp()
+WHERE ({_HOLDS.strip()})
+ON CONFLICT (source_id) DO UPDATE SET holder = EXCLUDED.holder, alive_at = EXCLUDED.alive_at
+"""
 _RENEW = f"""
-UPDATE {PassClaim._meta.db_table} SET alive_at = clock_timestamp() WHERE source_id = %s AND holder = %s
+UPDATE {_CLAIMS} SET alive_at = clock_timestamp() WHERE source_id = %s AND holder = %s
 AND ({_HOLDS.strip()})
 """  # noqa: S608
-# The lock, and with it the claim unless the last pass's is still held and recent: one round trip, as the
-# lock alone took. The claim is written only once the lock is taken (it reads ``locked``).
-_LOCK_AND_CLAIM = f"""
-WITH locked AS MATERIALIZED (SELECT pg_try_advisory_lock(%s, %s) AS ok),
-claimed AS (
-    INSERT INTO {PassClaim._meta.db_table} AS claim (source_id, holder, alive_at)
-    SELECT %s, %s, clock_timestamp() FROM locked WHERE ok
-    ON CONFLICT (source_id) DO UPDATE SET holder = EXCLUDED.holder, alive_at = EXCLUDED.alive_at
-    WHERE claim.holder = '' OR claim.alive_at < clock_timestamp() - make_interval(secs => %s)
-    RETURNING 1
-)
-SELECT ok, EXISTS (SELECT 1 FROM claimed) FROM locked
-"""  # noqa: S608
-# How long a lost pass's claim still holds the source (0: none does).
-_LOST_CLAIM_WAIT = f"""
+# How long a lost pass's claim still holds the source (0: none does); a claim ended cleanly is "".
+_LOST_FOR = f"""
 SELECT greatest(0.0, extract(epoch FROM alive_at + make_interval(secs => %s) - clock_timestamp()))::float
-FROM {PassClaim._meta.db_table} WHERE source_id = %s AND holder <> ''
+FROM {_CLAIMS} WHERE source_id = %s AND holder <> ''
 """  # noqa: S608
-# The claim ended, then the lock, in one round trip: the unlock reads the UPDATE's count, so it comes
-# after it, and a pass taking the lock at once waits on the claim's row until this statement commits.
-_RELEASE = f"""
-WITH cleared AS (
-    UPDATE {PassClaim._meta.db_table} SET holder = '' WHERE source_id = %s AND holder = %s RETURNING 1
-)
-SELECT pg_advisory_unlock(%s, %s) FROM (SELECT count(*) FROM cleared) AS done
+# The lock and, once taken, how long a lost pass's claim still holds the source: one round trip, as the
+# lock alone took, and nothing written. A claim is always ended (committed) before its lock is released,
+# so one read here is never an ended claim's older version.
+_LOCK_AND_LOOK = f"""
+WITH locked AS MATERIALIZED (SELECT pg_try_advisory_lock(%s, %s) AS ok)
+SELECT ok, CASE WHEN ok THEN ({_LOST_FOR.strip()}) END FROM locked
 """  # noqa: S608
 
 
-def _lock_and_claim(source: Source, holder: str) -> tuple[bool, bool]:
+def _lock_and_look(source: Source) -> tuple[bool, float]:
     grace = float(settings.SLUICE_PASS_TAKEOVER_SECONDS)
     try:
         with connection.cursor() as cursor:
-            cursor.execute(_LOCK_AND_CLAIM, [LOCK_CLASS, source.pk, source.pk, holder, grace])
-            locked, claimed = cursor.fetchone()
+            cursor.execute(_LOCK_AND_LOOK, [LOCK_CLASS, source.pk, grace, source.pk])
+            locked, lost_for = cursor.fetchone()
     except BaseException:
         connection.close()  # it may have taken the lock before it failed: the lock goes with the session
         raise
-    return bool(locked), bool(claimed)
+    return bool(locked), float(lost_for or 0.0)
 
 
 def _lost_claim_wait(source: Source) -> float:
     with connection.cursor() as cursor:
-        cursor.execute(_LOST_CLAIM_WAIT, [float(settings.SLUICE_PASS_TAKEOVER_SECONDS), source.pk])
+        cursor.execute(_LOST_FOR, [float(settings.SLUICE_PASS_TAKEOVER_SECONDS), source.pk])
         row = cursor.fetchone()
     return float(row[0]) if row else 0.0
 
 
 def _release(source: Source, fence: PassFence, *, raising: bool) -> None:
-    """Ends the claim and the lock: the next pass need not wait. A pass whose session is gone leaves its
-    claim, and the next pass waits for this one's writes. When the release fails in any way the
-    connection is closed, and the lock goes with it; ``raising``: the failure is raised then, as the
-    lock lost (the pass's end is not known to be recorded), so that the task runs again."""
+    """Ends the claim (committed first: see ``_LOCK_AND_LOOK``), then the lock: the next pass need not
+    wait. A pass whose session is gone leaves its claim, and the next pass waits for its writes. When
+    the release fails in any way the connection is closed, and the lock goes with it; ``raising``: the
+    failure is raised then, as the lock lost (the pass's end is not known to be recorded), so that the
+    task runs again."""
     if fence.lost is not None or connection.connection is not fence.session:
         connection.close()  # whatever is left of it: never another pass's lock
         if fence.lost is not None and raising:
@@ -233,7 +231,12 @@ def _release(source: Source, fence: PassFence, *, raising: bool) -> None:
         return
     try:
         with connection.cursor() as cursor:
-            cursor.execute(_RELEASE, [source.pk, fence.holder, LOCK_CLASS, source.pk])
+            if fence.claimed:
+                cursor.execute(
+                    f"UPDATE {_CLAIMS} SET holder = '' WHERE source_id = %s AND holder = %s",  # noqa: S608
+                    [source.pk, fence.holder],
+                )
+            cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [LOCK_CLASS, source.pk])
             (unlocked,) = cursor.fetchone()
     except DatabaseError as exc:
         connection.close()

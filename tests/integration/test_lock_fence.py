@@ -44,15 +44,18 @@ def _lock_holder(source) -> int | None:
     return row[0] if row else None
 
 
-def test_a_pass_ending_cleanly_leaves_its_claim_released(make_source):
+def test_a_pass_claims_the_source_at_its_first_write_and_releases_the_claim_as_it_ends(make_source):
     source = make_source()
     with source_lock(source) as acquired:
         assert acquired
-        claim = PassClaim.objects.get(source_id=source.pk)
-        assert claim.holder, "the pass claims the source"
+        assert not PassClaim.objects.filter(source_id=source.pk).exists(), "a pass that writes nothing"
+        pass_fence()()  # before its first write
+        assert PassClaim.objects.get(source_id=source.pk).holder, "the pass claims the source"
     assert PassClaim.objects.get(source_id=source.pk).holder == "", "the next pass need not wait"
+    started = time.monotonic()
     with source_lock(source) as acquired:  # and it does not
         assert acquired
+    assert time.monotonic() - started < 1
 
 
 def test_the_next_pass_waits_until_the_claim_of_a_pass_that_lost_its_session_is_old(
@@ -65,6 +68,7 @@ def test_the_next_pass_waits_until_the_claim_of_a_pass_that_lost_its_session_is_
     with source_lock(source) as acquired:
         waited = time.monotonic() - started
         assert acquired
+        pass_fence()()
         assert PassClaim.objects.get(source_id=source.pk).holder not in ("", "lost")
     assert 2 <= waited < 10, "the pass ran beside one that may still be writing, or waited past its grace"
 
@@ -85,20 +89,23 @@ def test_the_next_pass_waits_until_the_claim_of_a_pass_that_lost_its_session_is_
 def test_the_fence_proves_the_session_then_stops_the_pass_once_it_is_gone(make_source, monkeypatch):
     monkeypatch.setattr(locks, "FENCE_CHECK_SECONDS", 0.0)  # every call asks the session
     source = make_source()
+
+    def a_pass_whose_session_ends() -> None:
+        with source_lock(source) as acquired:
+            assert acquired
+            fence = pass_fence()
+            fence()
+            claimed = PassClaim.objects.get(source_id=source.pk).alive_at
+            fence()
+            assert PassClaim.objects.get(source_id=source.pk).alive_at > claimed, "a proof renews the claim"
+            _terminate(_lock_holder(source))
+            for _ in range(2):  # the write after it, and every one after that
+                with pytest.raises(ReconcileLockLost):
+                    fence()
+
     # The pass's end raises the loss too: whatever it did after, its lock was gone.
-    with pytest.raises(ReconcileLockLost), source_lock(source) as acquired:
-        assert acquired
-        fence = pass_fence()
-        claimed = PassClaim.objects.get(source_id=source.pk).alive_at
-        fence()
-        assert PassClaim.objects.get(source_id=source.pk).alive_at > claimed, "a proof renews the claim"
-        holder = _lock_holder(source)
-        assert holder is not None
-        _terminate(holder)
-        with pytest.raises(ReconcileLockLost):
-            fence()
-        with pytest.raises(ReconcileLockLost):  # and every write after it
-            fence()
+    with pytest.raises(ReconcileLockLost):
+        a_pass_whose_session_ends()
     assert _lock_holder(source) is None
     assert PassClaim.objects.get(source_id=source.pk).holder != "", "the lost pass's claim stays"
     monkeypatch.setattr(locks, "TAKEOVER_ATTEMPTS", 1)
