@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import threading
 import time
 import uuid
@@ -37,6 +36,7 @@ LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE when lock_timeout ends a w
 
 FENCE_CHECK_SECONDS = 1.0  # how long a pass writes on after last showing that its session is alive
 TAKEOVER_ATTEMPTS = 2  # a wait for a lost pass's claim, then one more try
+TAKEOVER_MARGIN = 0.5  # seconds slept past a lost claim's grace
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +88,22 @@ def source_lock(source: Source) -> Iterator[bool]:
         log.warning(
             "source %s: the pass before lost its database session; waiting %.1f s", source.name, delay
         )
-        time.sleep(delay)
+        time.sleep(delay + TAKEOVER_MARGIN)  # the database's clock may run a little behind this one
     fence = PassFence(source)
     token = _current_fence.set(fence)
     try:
         yield True
-    finally:
+    except BaseException as failed:
         _current_fence.reset(token)
-        # A failed release raises only when nothing else does: it never hides the pass's own error.
-        _release(source, fence, raising=sys.exc_info()[1] is None)
+        lost = _release(source, fence)
+        if lost is not None and isinstance(failed, DatabaseError):
+            # The pass's own statements met the lost session before its fence did.
+            raise lost from failed
+        raise
+    else:
+        _current_fence.reset(token)
+        if (lost := _release(source, fence)) is not None:
+            raise lost
 
 
 def pass_fence() -> Callable[[], None]:
@@ -164,7 +171,8 @@ class PassFence:
                     return None
                 self.claimed = True
                 return True
-        except Exception:  # whatever the driver raises for a session that is gone
+        except Exception as exc:  # whatever the driver raises for a session that is gone
+            log.warning("source %s: its reconcile lock is lost: %s", self._source.name, exc)
             return None
 
 
@@ -218,17 +226,14 @@ def _lost_claim_wait(source: Source) -> float:
     return float(row[0]) if row else 0.0
 
 
-def _release(source: Source, fence: PassFence, *, raising: bool) -> None:
+def _release(source: Source, fence: PassFence) -> ReconcileLockLost | None:
     """Ends the claim (committed first: see ``_LOCK_AND_LOOK``), then the lock: the next pass need not
     wait. A pass whose session is gone leaves its claim, and the next pass waits for its writes. When
-    the release fails in any way the connection is closed, and the lock goes with it; ``raising``: the
-    failure is raised then, as the lock lost (the pass's end is not known to be recorded), so that the
-    task runs again."""
+    the release fails in any way the connection is closed, and the lock goes with it; a lost lock is
+    returned then (the pass's end is not known to be recorded: its task runs again)."""
     if fence.lost is not None or connection.connection is not fence.session:
         connection.close()  # whatever is left of it: never another pass's lock
-        if fence.lost is not None and raising:
-            raise fence.lost
-        return
+        return fence.lost or ReconcileLockLost(f"the session of source {source.name}'s lock was replaced")
     try:
         with connection.cursor() as cursor:
             if fence.claimed:
@@ -240,14 +245,13 @@ def _release(source: Source, fence: PassFence, *, raising: bool) -> None:
             (unlocked,) = cursor.fetchone()
     except DatabaseError as exc:
         connection.close()
-        if raising:
-            raise ReconcileLockLost(f"the reconcile lock of source {source.name} was lost: {exc}") from exc
-        return
+        return ReconcileLockLost(f"the reconcile lock of source {source.name} was lost: {exc}")
     except BaseException:
         connection.close()
         raise
     if not unlocked:
         log.warning("source %s: its reconcile lock was not held at the end of the pass", source.name)
+    return None
 
 
 @contextmanager
@@ -262,15 +266,16 @@ def sources_locked(sources: list[Source], *, wait: float = WAIT_SECONDS) -> Iter
     deadline = time.monotonic() + wait
     with ExitStack() as held:
         for source in sorted(sources, key=lambda each: each.pk):
-            if not _lock_settled_within(source, deadline):
-                raise SourceBusy(f"source {source.name} is being reconciled; try again in a moment")
+            if (busy := _lock_settled_within(source, deadline)) is not None:
+                raise SourceBusy(f"source {source.name} {busy}; try again in a moment")
             held.callback(_unlock, source)
         yield
 
 
-def _lock_settled_within(source: Source, deadline: float) -> bool:
-    """The source's lock, once no pass that lost its session may still be writing (its claim is old),
-    by ``deadline``: a decision taken beside such a pass's writes would be undone by them."""
+def _lock_settled_within(source: Source, deadline: float) -> str | None:
+    """Takes the source's lock once no pass that lost its session may still be writing (its claim is
+    old), by ``deadline``: a decision taken beside such a pass's writes would be undone by them. None
+    once held; otherwise why not."""
     while _lock_within(source, deadline - time.monotonic()):
         try:
             lost_for = _lost_claim_wait(source)
@@ -278,12 +283,12 @@ def _lock_settled_within(source: Source, deadline: float) -> bool:
             _unlock(source)
             raise
         if lost_for <= 0:
-            return True
+            return None
         _unlock(source)
         if time.monotonic() + lost_for > deadline:
-            return False
-        time.sleep(lost_for)
-    return False
+            return f"waits {lost_for:.0f} s more for a pass that lost its database session to stop writing"
+        time.sleep(lost_for + TAKEOVER_MARGIN)
+    return "is being reconciled"
 
 
 def _lock_within(source: Source, seconds: float) -> bool:

@@ -385,15 +385,9 @@ def source_sync(
         runs: list[SyncResult] = []
         requested = False
         while len(runs) < MAX_COALESCED_RUNS:
-            try:
-                acquired, current = _locked_pass(source, runs, asked)
-            except TakeoverPending:
-                if not runs:
-                    raise
-                # Another worker's pass took the lock between ours and lost its session: a task of its
-                # own runs what came once that pass's writes are over; the passes that ran are reported.
-                _carry_on(source, asked.coalesced_actor)
+            if (ran := _next_pass(source, runs, asked)) is None:
                 break
+            acquired, current = ran
             if current is None:
                 break  # removed meanwhile: nothing of it runs any more
             source = current
@@ -433,6 +427,24 @@ class _Asked:
     manual: bool
     rollouts_only: bool
     report_rollout: bool
+
+
+def _next_pass(source: Source, runs: list[SyncResult], asked: _Asked) -> tuple[bool, Source | None] | None:
+    """``_locked_pass``, with what a lost pass leaves: None when a later pass is left to a task of its own
+    (another worker's pass took the lock between ours and lost its session: the task runs once that
+    pass's writes are over, and the passes that ran are reported)."""
+    later = bool(runs)
+    try:
+        return _locked_pass(source, runs, asked)
+    except ReconcileLockLost as exc:  # found as the pass ended: retried as the pass it was
+        if not later:
+            raise
+        raise LaterPassFailed(TemporaryError(str(exc)), asked.coalesced_actor) from exc
+    except TakeoverPending:
+        if not later:
+            raise
+        _carry_on(source, asked.coalesced_actor)
+        return None
 
 
 def _locked_pass(source: Source, runs: list[SyncResult], asked: _Asked) -> tuple[bool, Source | None]:

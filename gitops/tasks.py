@@ -86,9 +86,9 @@ def sync_source(
         # No pass is running to take the request over: this one runs once the lost pass's writes are over.
         raise self.retry(exc=exc, countdown=exc.delay or BUSY_RETRY_SECONDS) from exc
     except ReconcileLockLost as exc:
-        # The pass stopped writing; the next one (this task again) waits for its writes, then finishes.
-        log.warning("sync of source %s lost its lock, retrying: %s", source_id, exc)
-        raise self.retry(exc=exc, countdown=BUSY_RETRY_SECONDS) from exc
+        # The pass stopped writing; a retry (this task again) waits for its writes, then finishes them.
+        # Counted as a blip: a loss that comes back every time is recorded, not retried for ever.
+        return _sync_failed(self, source_id, TemporaryError(str(exc)), temporary_tries, {})
     except SourceBusy as exc:
         # The running reconcile takes the request over (it is coalesced); only a
         # caller that waits for this task's own result needs it to run again.
@@ -181,7 +181,10 @@ def remove_source(self: Task[Any, Any], removal_id: int, temporary_tries: int = 
     try:
         return _removal_state(source_removal_run(removal_id))
     except ReconcileLockLost as exc:
-        raise self.retry(exc=exc, countdown=BUSY_RETRY_SECONDS) from exc
+        if temporary_tries >= TEMPORARY_MAX_RETRIES:
+            return _removal_state(source_removal_fail(removal_id, str(exc)))
+        kwargs = {**(self.request.kwargs or {}), "temporary_tries": temporary_tries + 1}
+        raise self.retry(exc=exc, countdown=BUSY_RETRY_SECONDS, kwargs=kwargs) from exc
     except SourceBusy as exc:
         if self.request.retries >= BUSY_MAX_RETRIES:
             return _removal_state(source_removal_fail(removal_id, str(exc)))

@@ -209,3 +209,23 @@ def test_a_persons_decision_waits_for_a_lost_pass_too_within_its_own_wait(make_s
     with sources_locked([source], wait=10):
         assert time.monotonic() - started >= 1, "it did not wait for the lost pass's grace"
         assert _lock_holder(source) is not None
+
+
+def test_a_pass_whose_own_statement_meets_the_lost_session_first_ends_with_the_lock_lost(make_source):
+    """Not the database's failure as a bug of Sluice's (recorded, not retried): the lock lost, retried."""
+    from django.db import DatabaseError
+
+    from gitops.models import Source
+
+    source = make_source()
+
+    def a_pass_whose_session_ends_before_its_next_statement() -> None:
+        with source_lock(source):
+            _terminate(_lock_holder(source))
+            Source.objects.filter(pk=source.pk).update(last_error="")
+
+    with pytest.raises(ReconcileLockLost) as lost:
+        a_pass_whose_session_ends_before_its_next_statement()
+    assert isinstance(lost.value.__cause__, DatabaseError)
+    with source_lock(source) as acquired:  # it wrote nothing to a cluster, so claimed nothing: no wait
+        assert acquired
