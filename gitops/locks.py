@@ -98,12 +98,15 @@ def source_lock(source: Source) -> Iterator[bool]:
         lost = _release(source, fence)
         if lost is not None and isinstance(failed, DatabaseError):
             # The pass's own statements met the lost session before its fence did.
-            raise lost from failed
+            raise ReconcileLockLost(str(lost)) from failed
         raise
     else:
         _current_fence.reset(token)
         if (lost := _release(source, fence)) is not None:
-            raise lost
+            if fence.lost is not None:  # its writes stopped: the pass did not finish
+                raise lost
+            # The pass ended, its statements committed; only the release met the lost session.
+            log.warning("source %s: %s, after the pass ended", source.name, lost)
 
 
 def pass_fence() -> Callable[[], None]:
@@ -165,15 +168,31 @@ class PassFence:
                 if self._wrapper.in_atomic_block:
                     cursor.execute(_HOLDS, [LOCK_CLASS, self._source.pk])
                     return False if cursor.fetchone()[0] else None
-                statement = _RENEW if self.claimed else _CLAIM
-                cursor.execute(statement, [self._source.pk, self.holder, LOCK_CLASS, self._source.pk])
-                if cursor.rowcount != 1:
-                    return None
-                self.claimed = True
-                return True
+                if not self.claimed:
+                    return self._claimed(cursor)
+                cursor.execute(_RENEW, [self._source.pk, self.holder, LOCK_CLASS, self._source.pk])
+                return True if cursor.rowcount == 1 else None
         except Exception as exc:  # whatever the driver raises for a session that is gone
             log.warning("source %s: its reconcile lock is lost: %s", self._source.name, exc)
             return None
+
+    def _claimed(self, cursor: Any) -> bool | None:
+        """The claim, before the pass's first write. The lock's statement read the claims as they were
+        just before it took the lock: a lost pass's claim committed in between is found here, and this
+        write waits for it as the lock would have (once: a second one cannot come, the lock is held)."""
+        grace = float(settings.SLUICE_PASS_TAKEOVER_SECONDS)
+        for attempt in range(TAKEOVER_ATTEMPTS):
+            cursor.execute(_CLAIM, [self._source.pk, self.holder, LOCK_CLASS, self._source.pk, grace])
+            if cursor.rowcount == 1:
+                self.claimed = True
+                return True
+            cursor.execute(_HOLDS_AND_LOST_FOR, [LOCK_CLASS, self._source.pk, grace, self._source.pk])
+            holds, lost_for = cursor.fetchone()
+            if not holds or attempt == TAKEOVER_ATTEMPTS - 1:
+                return None
+            log.warning("source %s: a lost pass's claim came as the lock did; waiting", self._source.name)
+            time.sleep(float(lost_for or 0.0) + TAKEOVER_MARGIN)
+        return None
 
 
 _current_fence: ContextVar[PassFence | None] = ContextVar("sluice_pass_fence", default=None)
@@ -185,9 +204,10 @@ SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_b
     AND classid = %s AND objid = %s AND objsubid = 2 AND granted)
 """
 _CLAIM = f"""
-INSERT INTO {_CLAIMS} (source_id, holder, alive_at) SELECT %s, %s, clock_timestamp()
+INSERT INTO {_CLAIMS} AS claim (source_id, holder, alive_at) SELECT %s, %s, clock_timestamp()
 WHERE ({_HOLDS.strip()})
 ON CONFLICT (source_id) DO UPDATE SET holder = EXCLUDED.holder, alive_at = EXCLUDED.alive_at
+WHERE claim.holder = '' OR claim.alive_at < clock_timestamp() - make_interval(secs => %s)
 """
 _RENEW = f"""
 UPDATE {_CLAIMS} SET alive_at = clock_timestamp() WHERE source_id = %s AND holder = %s
@@ -199,12 +219,14 @@ SELECT greatest(0.0, extract(epoch FROM alive_at + make_interval(secs => %s) - c
 FROM {_CLAIMS} WHERE source_id = %s AND holder <> ''
 """  # noqa: S608
 # The lock and, once taken, how long a lost pass's claim still holds the source: one round trip, as the
-# lock alone took, and nothing written. A claim is always ended (committed) before its lock is released,
-# so one read here is never an ended claim's older version.
+# lock alone took, and nothing written. The claims are read as they were when the statement began, just
+# before the lock was taken: a claim seen is read again (``_lock_and_look``), and one committed in
+# between is found by the pass's own claim (``PassFence._claimed``).
 _LOCK_AND_LOOK = f"""
 WITH locked AS MATERIALIZED (SELECT pg_try_advisory_lock(%s, %s) AS ok)
 SELECT ok, CASE WHEN ok THEN ({_LOST_FOR.strip()}) END FROM locked
 """  # noqa: S608
+_HOLDS_AND_LOST_FOR = f"SELECT ({_HOLDS.strip()}), ({_LOST_FOR.strip()})"
 
 
 def _lock_and_look(source: Source) -> tuple[bool, float]:
@@ -213,6 +235,10 @@ def _lock_and_look(source: Source) -> tuple[bool, float]:
         with connection.cursor() as cursor:
             cursor.execute(_LOCK_AND_LOOK, [LOCK_CLASS, source.pk, grace, source.pk])
             locked, lost_for = cursor.fetchone()
+            if locked and lost_for:  # perhaps a claim ended just before the lock came free: read it now
+                cursor.execute(_LOST_FOR, [grace, source.pk])
+                row = cursor.fetchone()
+                lost_for = row[0] if row else 0.0
     except BaseException:
         connection.close()  # it may have taken the lock before it failed: the lock goes with the session
         raise

@@ -229,3 +229,17 @@ def test_a_pass_whose_own_statement_meets_the_lost_session_first_ends_with_the_l
     assert isinstance(lost.value.__cause__, DatabaseError)
     with source_lock(source) as acquired:  # it wrote nothing to a cluster, so claimed nothing: no wait
         assert acquired
+
+
+def test_a_lost_claim_committed_as_the_lock_came_free_holds_the_first_write(make_source, settings):
+    # The lock's statement reads the claims as they were just before it took the lock: a lost pass's
+    # last renewal, committed in between, is what the pass's own claim finds before its first write.
+    settings.SLUICE_PASS_TAKEOVER_SECONDS = 3
+    source = make_source()
+    with source_lock(source) as acquired:
+        assert acquired
+        PassClaim.objects.create(source_id=source.pk, holder="lost", alive_at=timezone.now())
+        started = time.monotonic()
+        pass_fence()()
+        assert time.monotonic() - started >= 2, "the first write went out beside the lost pass's"
+        assert PassClaim.objects.get(source_id=source.pk).holder not in ("", "lost")
