@@ -206,9 +206,9 @@ def _split_flag(
     ``old`` and ``new`` have their evaluators inlined; ``new_as_written`` is the
     flag as ``new`` has it, which resolves against ``new``'s ``$evaluators``.
     """
-    old_serves, new_serves = _serves(old), _serves(new)
-    if old_serves and new_serves and _variant_types(old) != _variant_types(new):
+    if held_until_full(old, new):
         return old
+    old_serves, new_serves = _serves(old), _serves(new)
     variants, old_names, new_names = _merge_variants(
         _variants(old) if old_serves else {}, _variants(new) if new_serves else {}
     )
@@ -235,6 +235,12 @@ def _split(weight: int, variants: Mapping[str, Any]) -> dict[str, Any]:
     bucket_key = {"cat": [SPLIT_KEY_PREFIX, {"var": "$flagd.flagKey"}, "/", {"var": "targetingKey"}]}
     fractional = {"fractional": [bucket_key, [new_bucket, weight], [old_bucket, _TOTAL_WEIGHT - weight]]}
     return {"and": [{"var": "targetingKey"}, {"===": [fractional, new_bucket]}]}
+
+
+def held_until_full(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> bool:
+    """Whether a changed flag keeps its old definition until 100: its variants change type while both
+    sides serve values (see the module's docstring). Both with their evaluators inlined."""
+    return _serves(old) and _serves(new) and _variant_types(old) != _variant_types(new)
 
 
 def _serves(flag: Mapping[str, Any] | None) -> bool:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
@@ -35,7 +35,7 @@ from gitops.desired.flag_summary import FlagSummary, effective_flags, flag_summa
 from gitops.desired.limits import Limits
 from gitops.desired.revision import DesiredState, flag_set_key, published_baseline
 from gitops.models import Change, PublishedFlag, Rollout
-from gitops.rollout.flag_canary import changed_flags
+from gitops.rollout.flag_canary import changed_flags, held_until_full
 from gitops.vocabulary import ChangeAction
 
 CONFIGMAP = "ConfigMap"
@@ -63,23 +63,55 @@ class _SetPass:
     changing: set[str]  # flags whose definition this rollout changes
     first: _Published | None  # the rollout's first publication of the set
     touched: bool  # whether the rollout wrote the set at all
+    # Changed flags everyone keeps as they were until 100 (``held_until_full``), with that definition.
+    held: Mapping[str, FlagSummary] = field(default_factory=dict)
 
 
-def flag_catalog_record(rollout: Rollout, desired: DesiredState, weight: int) -> None:
-    """Brings the source's catalog to what ``rollout`` publishes at ``weight``; writes only on a change."""
+def flag_catalog_record(
+    rollout: Rollout,
+    desired: DesiredState,
+    weight: int,
+    baselines: Mapping[tuple[str, str, str], Mapping[str, Any] | None] | None = None,
+) -> None:
+    """Brings the source's catalog to what ``rollout`` publishes at ``weight``; writes only on a change.
+    ``baselines``: each flag set (by object key) as published before the rollout, below 100."""
     # One catalog row per flag, whatever the number of clusters: every target cluster publishes the same
     # set (the row names the cluster of its first publication).
     flag_sets = {obj.key[1:]: obj.flag_set for obj in desired.objects if obj.flag_set is not None}
     sets = {key: flag_set.document for key, flag_set in flag_sets.items()}
+    held = _held(sets, baselines or {}) if weight < FULL_WEIGHT else {}
     wanted = {
-        (namespace, name, key): hashed
+        (namespace, name, key): held[(namespace, name)][key].definition_hash
+        if key in held.get((namespace, name), {})
+        else hashed
         for (namespace, name), flag_set in flag_sets.items()
         for key, hashed in flag_set.definition_hashes.items()
     }
     if _up_to_date(rollout, wanted, weight):
         return
     with transaction.atomic():
-        _rewrite(rollout, sets, weight)
+        _rewrite(rollout, sets, weight, held)
+
+
+def _held(
+    sets: Mapping[SetKey, Mapping[str, Any]],
+    baselines: Mapping[tuple[str, str, str], Mapping[str, Any] | None],
+) -> dict[SetKey, dict[str, FlagSummary]]:
+    """The changed flags whose users all keep the old definition until 100, and that definition: the
+    page must not show the new one to the rollout's share (``held_until_full``)."""
+    before = {key[1:]: document for key, document in baselines.items()}
+    held: dict[SetKey, dict[str, FlagSummary]] = {}
+    for set_key, document in sets.items():
+        old = before.get(set_key)
+        if old is None:
+            continue
+        old_effective, new_effective = effective_flags(old), effective_flags(document)
+        old_flags = old.get("flags") or {}
+        for key in changed_flags(old, document) & old_effective.keys() & new_effective.keys():
+            if held_until_full(old_effective[key], new_effective[key]):
+                summary = flag_summary(old_flags[key], old_effective[key])
+                held.setdefault(set_key, {})[key] = summary
+    return held
 
 
 def _up_to_date(rollout: Rollout, wanted: Mapping[FlagKey, str], weight: int) -> bool:
@@ -116,7 +148,12 @@ def _up_to_date(rollout: Rollout, wanted: Mapping[FlagKey, str], weight: int) ->
     return seen == set(wanted)
 
 
-def _rewrite(rollout: Rollout, sets: Mapping[SetKey, dict[str, Any]], weight: int) -> None:
+def _rewrite(
+    rollout: Rollout,
+    sets: Mapping[SetKey, dict[str, Any]],
+    weight: int,
+    held: Mapping[SetKey, Mapping[str, FlagSummary]],
+) -> None:
     # The source's reconcile lock makes this the only writer of its rows.
     existing = {
         (row.namespace, row.flag_set, row.key): row
@@ -127,8 +164,9 @@ def _rewrite(rollout: Rollout, sets: Mapping[SetKey, dict[str, Any]], weight: in
     rows: list[PublishedFlag] = []
     for set_key, document in sets.items():
         touched = set_key in baselines
-        changing = changed_flags(baselines[set_key], document) if touched else set()
-        one = _SetPass(set_key, document, changing, first.get(set_key), touched)
+        keeps = held.get(set_key, {})
+        changing = changed_flags(baselines[set_key], document) - keeps.keys() if touched else set()
+        one = _SetPass(set_key, document, changing, first.get(set_key), touched, keeps)
         rows += _rows_of_set(rollout, one, existing)
         if touched and weight < FULL_WEIGHT:
             removed = effective_flags(baselines[set_key]).keys() - effective_flags(document).keys()
@@ -151,7 +189,7 @@ def _rows_of_set(
     latest: _Published | None = None
     rows = []
     for key, flag in (one.document.get("flags") or {}).items():
-        summary = flag_summary(flag, effective[key])
+        summary = one.held.get(key) or flag_summary(flag, effective[key])
         row = existing.get((*one.key, key))
         if key in one.changing:
             published = one.first or _Published(_cluster(row), "", None, rollout.pk)

@@ -297,6 +297,41 @@ def test_a_flag_rollout_shows_its_share_the_new_commit_and_removed_flags(two_sou
     )
 
 
+def test_a_flag_whose_variants_change_type_is_shown_as_everyone_has_it_until_100(two_sources, people, sync):
+    # Such a flag cannot be served mixed (the application reads it as one type): everyone keeps the old
+    # definition until 100, and the page says so rather than the rollout's share of the new one.
+    repo, shop = two_sources["repo"], two_sources["shop"]
+    changed = json.loads(json.dumps(CHECKOUT))
+    changed["flags"]["banner"] = {"state": "ENABLED", "variants": ON_OFF, "defaultVariant": "on"}
+    changed["flags"]["new-checkout"]["targeting"] = {"fractional": [["on", 60], ["off", 40]]}
+    steps = [{"setWeight": 25}, {"pause": {}}, {"setWeight": 100}]
+    flags = {"namespace": two_sources["flags_ns"]}
+    repo.write_all(
+        {
+            "sluice.yaml": policy([two_sources["app"]], flags=flags, rollout={"steps": steps}),
+            "flags/checkout.json": json.dumps(changed),
+        }
+    )
+    repo.commit("v2: the banner becomes a switch")
+    sync(shop)
+    paused = wait_for(shop, phase="Paused", waiting_for="approval", weight=25)
+    client = client_for(people["viewer"])
+    rows = rows_of(client.get(reverse("dashboard:flags"), {"source": shop.name}).content.decode())
+    assert 'data-share="100"' in rows["banner"] and two_sources["shop_commit"][:12] in rows["banner"]
+    assert "blue" in rows["banner"], "the definition everyone is served"
+    assert 'data-share="25"' in rows["new-checkout"], "a flag the canary splits shows its share"
+    listed = client.get("/api/flags", {"source": shop.name}).json()
+    banner = next(flag for flag in listed["items"] if flag["key"] == "banner")
+    assert (banner["share_percent"], banner["default_variant"]) == (100, "blue"), banner
+    assert banner["changed_commit"] == two_sources["shop_commit"]
+
+    decisions.rollout_promote(paused.pk, user=people["approver"])
+    wait_for(shop, phase="Completed")
+    rows = rows_of(client.get(reverse("dashboard:flags"), {"source": shop.name}).content.decode())
+    assert 'data-share="100"' in rows["banner"] and "Completed" in rows["banner"]
+    assert PublishedFlag.objects.get(source=shop, key="banner").default_variant == "on"
+
+
 def test_a_pass_that_changes_nothing_costs_one_query_and_a_lost_row_comes_back(two_sources):
     from gitops.fetch.revisions import revision_desired_state, revision_fetch
     from gitops.models import Rollout
