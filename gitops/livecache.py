@@ -371,7 +371,12 @@ class StampSink:
             namespace = scope or str(metadata.get("namespace", ""))
             by_namespace.setdefault(namespace, {})[str(metadata["name"])] = stamp_of(obj)
 
-    def relisted(self, scope: str, resource_version: str) -> None:
+    def relisted(self, scope: str, resource_version: str, *, server: str = "") -> None:
+        self._relisted(scope, resource_version)
+        if server:  # after the LIST's writes: see ``LiveStore.remember_server``
+            self._fenced(lambda: self.store.remember_server(server))
+
+    def _relisted(self, scope: str, resource_version: str) -> None:
         if not scope:
             self.events.drain()
         listed = self._listing.pop(scope, {})
@@ -547,6 +552,10 @@ class _Term:
             # One round trip: loading and versioning (see ``_version_stored``) in one transaction.
             stored, resume_from = self.store.load(namespace, adopt=True)
             self.sink.adopt(namespace, stored)
+        # A version is resumed only at the server it is from: the informer lists a server it does not
+        # know, and one stored with no server (by a release before this one) is listed once.
+        resume_server = self.store.stored_server() if resume_from else ""
+        resume_from = resume_from if resume_server else ""
         stop = threading.Event()
         informer = ConfigMapInformer(
             self.cache.connect,
@@ -555,6 +564,7 @@ class _Term:
             self.cache.watch_options,
             stop=stop,
             resume_from=resume_from,
+            resume_server=resume_server,
             cluster_name=self.cache.cluster_name,
             on_forbidden=self._forbidden if namespace == ALL_NAMESPACES else None,
         )

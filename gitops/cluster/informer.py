@@ -54,8 +54,9 @@ class Sink(Protocol):
     def listed(self, scope: str, objects: list[dict[str, Any]]) -> None:
         """One page of the LIST (each object names its namespace)."""
 
-    def relisted(self, scope: str, resource_version: str) -> None:
-        """The LIST is complete: its pages were all the objects, as of ``resource_version``."""
+    def relisted(self, scope: str, resource_version: str, *, server: str = "") -> None:
+        """The LIST is complete: its pages were all the objects, as of ``resource_version`` of the
+        apiserver at ``server``."""
 
     def changed(self, scope: str, event: str, obj: dict[str, Any]) -> None:
         """ADDED, MODIFIED or DELETED, in order."""
@@ -87,6 +88,7 @@ class ConfigMapInformer:
         *,
         stop: threading.Event,
         resume_from: str = "",
+        resume_server: str = "",
         cluster_name: str = "",
         on_forbidden: Callable[[ReadForbidden], bool] | None = None,
     ) -> None:
@@ -95,6 +97,7 @@ class ConfigMapInformer:
         self.where = f"{cluster_name}/{where}" if cluster_name else where  # for the log
         self.stop = stop
         self.resume_from = resume_from
+        self.resume_server = resume_server  # the server ``resume_from`` is from; "": not known
         self.on_forbidden = on_forbidden
 
     def run(self) -> None:
@@ -102,7 +105,7 @@ class ConfigMapInformer:
         listed_at = time.monotonic()
         failures = catch_ups = gone = 0
         vouched = False  # by a complete LIST or a watch's on-time end, until a failure is told
-        server = ""
+        server = self.resume_server if version else ""
         while not self.stop.is_set():
             try:
                 cluster = self.connect()
@@ -172,7 +175,7 @@ class ConfigMapInformer:
             self.sink.listed(self.namespace, page)
             if not token:
                 break
-        self.sink.relisted(self.namespace, version)
+        self.sink.relisted(self.namespace, version, server=cluster.server)
         return version
 
     def _watch(self, cluster: Cluster, version: str, *, catching_up: bool = False) -> tuple[str, bool]:

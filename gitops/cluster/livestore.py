@@ -3,6 +3,8 @@
 Layout, per cluster (the braces make every key of a cluster one Redis Cluster slot):
 
     sluice:live:{CLUSTER}:alive            the running cache process's epoch; expires unless renewed
+    sluice:live:{CLUSTER}:server           the apiserver the resume versions below are from (a version
+                                           means nothing to another server): written after a LIST
     sluice:live:{CLUSTER}:objects:NS       hash: ConfigMap name -> its stamp (gitops.plan.stamps), and
                                            "#version": "EPOCH.N", new on every write of the hash
 
@@ -142,6 +144,12 @@ _ADOPT_BATCH = 500  # hashes a call: one script call blocks Redis while it runs
 _FORGET = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 for i = 2, #KEYS do redis.call('DEL', KEYS[i]) end
+return 1
+"""
+# KEYS: alive, then a key to set. ARGV: epoch, value. 1 while the lease is this epoch's.
+_SET = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2])
 return 1
 """
 # KEYS: alive. ARGV: epoch, milliseconds ("0" releases). 1 while the lease is this epoch's.
@@ -422,6 +430,7 @@ class LiveStore:
         self._write_events = self.client.register_script(_WRITE_EVENTS)
         self._renew = self.client.register_script(_RENEW)
         self._forget = self.client.register_script(_FORGET)
+        self._set = self.client.register_script(_SET)
         self._adopt = self.client.register_script(_ADOPT)
 
     def _keys(self, namespace: str, *, whole_cluster: bool = False) -> list[str]:
@@ -478,6 +487,21 @@ class LiveStore:
             resume, *stamps = pipe.execute()
         return {ns: _without_version(texts) for ns, texts in zip(namespaces, stamps, strict=True)}, str(
             resume or ""
+        )
+
+    def stored_server(self) -> str:
+        """The apiserver the stored resume versions are from ("": not known, as stored by a release
+        before this one)."""
+        return str(self.client.get(_key(self.cluster, "server")) or "")
+
+    def remember_server(self, server: str) -> bool:
+        """Records the apiserver a LIST just stored a resume version of (see ``stored_server``). Fenced
+        by the lease; called after the LIST's writes, so a crash in between leaves the old server over
+        the new versions (listed again at the next start), never the other way round."""
+        return bool(
+            self._set(
+                keys=[_key(self.cluster, "alive"), _key(self.cluster, "server")], args=[self.epoch, server]
+            )
         )
 
     def adopt(self, namespaces: Iterable[str]) -> bool:
@@ -591,7 +615,7 @@ class LiveStore:
         versions and freshness first, then the stamps, each batch fenced by the lease and the lease
         renewed after it. A successor that took the lease meanwhile keeps all it stores, and a drop
         cut short never leaves a resume version over stamps it deleted. False if the lease was lost."""
-        for kind in (("cresume",), ("cfresh",), ("resume", ""), ("fresh", ""), ("objects", "")):
+        for kind in (("server",), ("cresume",), ("cfresh",), ("resume", ""), ("fresh", ""), ("objects", "")):
             batch: list[str] = []
             for key in self.client.scan_iter(match=_keys_under(self.cluster, *kind), count=1000):
                 batch.append(key)

@@ -592,6 +592,33 @@ def test_a_killed_cache_is_trusted_no_longer_than_its_lease_and_a_restart_catche
     assert last_plan(source)["reads"] == {"cache": 1, "get": 0, "list": 0}
 
 
+def stored_versions_said_to_be_from(kubeconfig) -> None:
+    """The stored resume versions said to be the replica's: it serves the same etcd (so the same
+    versions) at another address, which the cache would otherwise take for another cluster."""
+    from gitops.cluster import Cluster
+
+    with Cluster(str(kubeconfig)) as replica:
+        livestore.redis_client().set(livestore._key(settings.SLUICE_CLUSTER_NAME, "server"), replica.server)
+
+
+def test_a_version_stored_from_another_server_is_listed_not_resumed(
+    repo, make_namespaces, make_source, sync, stack, live_cache, start_live_cache
+):
+    """A kubeconfig pointed at another apiserver while the cache was down: the stored version is the
+    old server's, and the restarted cache lists the new one instead of resuming there."""
+    namespace, _ = synced_source(repo, make_namespaces, make_source, sync, objects=1)
+    poll(lambda: fresh(namespace), timeout=30, what="the live cache to watch the namespace")
+    key = livestore._key(settings.SLUICE_CLUSTER_NAME, "server")
+    assert livestore.redis_client().get(key), "the server the stored versions are from"
+    live_cache.stop()
+    with apiserver_replica(stack) as replica_kubeconfig:
+        restarted = start_live_cache(KUBECONFIG=str(replica_kubeconfig))
+        poll(lambda: fresh(namespace), timeout=30, what="the listed namespace to be vouched for")
+        log = restarted.log_path.read_text()
+        assert "the server changed to" in log and "410" not in log, "resumed at a server it is not from"
+        restarted.stop()
+
+
 def test_a_watch_too_old_for_the_apiserver_lists_again_and_wakes_what_changed(
     repo, make_namespaces, make_source, sync, cluster, stack, live_cache, start_live_cache
 ):
@@ -603,6 +630,7 @@ def test_a_watch_too_old_for_the_apiserver_lists_again_and_wakes_what_changed(
     # A replica started after the edit keeps no history from before it: resuming from the
     # stored resourceVersion is answered 410 Gone, and the new process lists again.
     with apiserver_replica(stack) as replica_kubeconfig:
+        stored_versions_said_to_be_from(replica_kubeconfig)
         restarted = start_live_cache(KUBECONFIG=str(replica_kubeconfig))
         poll(lambda: heals(source) == 1, timeout=30, what="the edit found by the relist to be healed")
         poll(lambda: fresh(namespace), timeout=30, what="the relisted namespace to be vouched for")
@@ -624,6 +652,7 @@ def test_a_relist_of_the_cluster_finds_a_namespace_emptied_while_the_cache_was_d
     # Resuming is answered 410 by a replica with no history: the cluster is listed again, the
     # namespace is in no page of it, and what the cache held of it goes, waking its source.
     with apiserver_replica(stack) as replica_kubeconfig:
+        stored_versions_said_to_be_from(replica_kubeconfig)
         restarted = start_live_cache(KUBECONFIG=str(replica_kubeconfig))
         poll(lambda: cluster.get_configmap(namespace, "app-0"), timeout=30, what="app-0 made again")
         poll(

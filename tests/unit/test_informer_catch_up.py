@@ -142,3 +142,30 @@ def test_a_kubeconfig_pointed_at_another_server_is_listed_again_not_resumed():
     assert before.calls == [SHORT], "resumed on the first server"
     assert after.calls == [LIST, FULL], "listed on the new one, never resumed there"
     assert "lost" in sink.told
+
+
+def test_a_version_stored_from_another_server_is_not_resumed_there():
+    """A process started after the kubeconfig was pointed at another apiserver: the stored version is
+    the old server's, and means nothing (or something else) to the new one."""
+    stop = threading.Event()
+    cluster, sink = ScriptedCluster([Watch.QUIET], stop), Sink()
+
+    def informer(resume_server: str) -> ConfigMapInformer:
+        return ConfigMapInformer(
+            lambda: cluster,  # type: ignore[arg-type, return-value]
+            "",
+            sink,
+            WatchOptions(label_selector="", watch_seconds=WATCH_SECONDS),
+            stop=stop,
+            resume_from="42",
+            resume_server=resume_server,
+        )
+
+    informer("https://old.invalid").run()
+    assert cluster.calls == [LIST, FULL], "listed, never resumed from the old server's version"
+    assert "lost" in sink.told
+
+    stop.clear()
+    cluster.calls, cluster.watches, sink.told = [], [Watch.QUIET], []
+    informer(ScriptedCluster.server).run()
+    assert cluster.calls == [SHORT], "its own server's version is resumed"
