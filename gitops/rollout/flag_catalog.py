@@ -99,18 +99,25 @@ def _held(
 ) -> dict[SetKey, dict[str, FlagSummary]]:
     """The changed flags whose users all keep the old definition until 100, and that definition: the
     page must not show the new one to the rollout's share (``held_until_full``)."""
-    before = {key[1:]: document for key, document in baselines.items()}
+    by_set: dict[SetKey, list[Mapping[str, Any] | None]] = {}
+    for (_, namespace, name), document in baselines.items():
+        by_set.setdefault((namespace, name), []).append(document)
     held: dict[SetKey, dict[str, FlagSummary]] = {}
     for set_key, document in sets.items():
-        old = before.get(set_key)
-        if old is None:
-            continue
-        old_effective, new_effective = effective_flags(old), effective_flags(document)
-        old_flags = old.get("flags") or {}
-        for key in changed_flags(old, document) & old_effective.keys() & new_effective.keys():
-            if held_until_full(old_effective[key], new_effective[key]):
-                summary = flag_summary(old_flags[key], old_effective[key])
-                held.setdefault(set_key, {})[key] = summary
+        new_effective = effective_flags(document)
+        kept: dict[str, FlagSummary] | None = None
+        # A flag counts as held only where every cluster's canary holds it (clusters published
+        # different sets before, or one had none): anywhere else a share of users has the new one.
+        for old in by_set.get(set_key) or [None]:
+            old_effective = effective_flags(old)
+            here = {
+                key: flag_summary((old or {}).get("flags", {})[key], old_effective[key])
+                for key in changed_flags(old, document) & old_effective.keys() & new_effective.keys()
+                if held_until_full(old_effective[key], new_effective[key])
+            }
+            kept = here if kept is None else {key: kept[key] for key in kept.keys() & here.keys()}
+        if kept:
+            held[set_key] = kept
     return held
 
 
@@ -196,6 +203,9 @@ def _rows_of_set(
             rows.append(_row(rollout.source_id, one.key, key, summary, published, rollout_id=rollout.pk))
         elif row is not None and _still_true(row, summary.definition_hash, rollout, touched=one.touched):
             rows.append(row)
+        elif key in one.held:  # everyone has what was published before this rollout
+            before = _latest_publication(rollout.source_id, one.key, before_rollout=rollout.pk)
+            rows.append(_row(rollout.source_id, one.key, key, summary, before, rollout_id=None))
         else:
             latest = latest or _latest_publication(rollout.source_id, one.key)
             rows.append(_row(rollout.source_id, one.key, key, summary, latest, rollout_id=None))
@@ -332,10 +342,16 @@ def _first_publications(rollout: Rollout, set_keys: Iterable[SetKey]) -> dict[Se
     return first
 
 
-def _latest_publication(source_id: int, set_key: SetKey) -> _Published | None:
+def _latest_publication(
+    source_id: int, set_key: SetKey, *, before_rollout: int | None = None
+) -> _Published | None:
+    """The latest change-log entry that published the flag set; ``before_rollout``: the latest one not
+    of that rollout (a canary's own publication is not when a flag it holds back changed)."""
+    changes = Change.objects.filter(source_id=source_id, namespace=set_key[0], name=set_key[1])
+    if before_rollout is not None:
+        changes = changes.exclude(rollout_id=before_rollout)
     latest = (
-        Change.objects.filter(source_id=source_id, namespace=set_key[0], name=set_key[1])
-        .filter(kind=CONFIGMAP, result=Change.Result.OK)
+        changes.filter(kind=CONFIGMAP, result=Change.Result.OK)
         .order_by("-id")
         .values_list("cluster", "commit", "at", "rollout_id")
         .first()

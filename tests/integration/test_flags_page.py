@@ -297,6 +297,19 @@ def test_a_flag_rollout_shows_its_share_the_new_commit_and_removed_flags(two_sou
     )
 
 
+def record_step_again(rollout, *, weight: int) -> None:
+    """The catalog as the step at ``weight`` records it, from what the clusters publish now."""
+    from gitops.fetch.revisions import revision_desired_state, revision_fetch
+    from gitops.rollout.flag_catalog import flag_catalog_record
+    from gitops.rollout.step import flag_baselines, live_state
+
+    rollout.refresh_from_db()
+    revision_fetch(rollout.source)  # into this process's mirror
+    desired = revision_desired_state(rollout.source, rollout.revision)
+    live = live_state(rollout.source, desired)
+    flag_catalog_record(rollout, desired, weight, flag_baselines(rollout, desired, live.index()))
+
+
 def test_a_flag_whose_variants_change_type_is_shown_as_everyone_has_it_until_100(two_sources, people, sync):
     # Such a flag cannot be served mixed (the application reads it as one type): everyone keeps the old
     # definition until 100, and the page says so rather than the rollout's share of the new one.
@@ -324,6 +337,12 @@ def test_a_flag_whose_variants_change_type_is_shown_as_everyone_has_it_until_100
     banner = next(flag for flag in listed["items"] if flag["key"] == "banner")
     assert (banner["share_percent"], banner["default_variant"]) == (100, "blue"), banner
     assert banner["changed_commit"] == two_sources["shop_commit"]
+    # A row written again mid-rollout (lost, or the catalog started now) names the commit before it.
+    PublishedFlag.objects.filter(source=shop, key="banner").delete()
+    record_step_again(paused, weight=25)
+    again = PublishedFlag.objects.get(source=shop, key="banner")
+    assert (again.default_variant, again.rollout_id) == ("blue", None)
+    assert again.changed_commit == two_sources["shop_commit"], "not the canary's own publication"
 
     decisions.rollout_promote(paused.pk, user=people["approver"])
     wait_for(shop, phase="Completed")
