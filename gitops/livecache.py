@@ -373,8 +373,8 @@ class StampSink:
 
     def relisted(self, scope: str, resource_version: str, *, server: str = "") -> None:
         self._relisted(scope, resource_version)
-        if server:  # after the LIST's writes: see ``LiveStore.remember_server``
-            self._fenced(lambda: self.store.remember_server(server))
+        if server:  # after the LIST's writes: see ``LiveStore.remember_list``
+            self._fenced(lambda: self.store.remember_list(server, time.time()))
 
     def _relisted(self, scope: str, resource_version: str) -> None:
         if not scope:
@@ -554,7 +554,7 @@ class _Term:
             self.sink.adopt(namespace, stored)
         # A version is resumed only at the server it is from: the informer lists a server it does not
         # know, and one stored with no server (by a release before this one) is listed once.
-        resume_server = self.store.stored_server() if resume_from else ""
+        resume_server, listed_at = self.store.stored_list() if resume_from else ("", 0.0)
         resume_from = resume_from if resume_server else ""
         stop = threading.Event()
         informer = ConfigMapInformer(
@@ -565,6 +565,7 @@ class _Term:
             stop=stop,
             resume_from=resume_from,
             resume_server=resume_server,
+            listed_ago=max(0.0, time.time() - listed_at) if listed_at else 0.0,
             cluster_name=self.cache.cluster_name,
             on_forbidden=self._forbidden if namespace == ALL_NAMESPACES else None,
         )

@@ -89,6 +89,7 @@ class ConfigMapInformer:
         stop: threading.Event,
         resume_from: str = "",
         resume_server: str = "",
+        listed_ago: float = 0.0,
         cluster_name: str = "",
         on_forbidden: Callable[[ReadForbidden], bool] | None = None,
     ) -> None:
@@ -98,11 +99,14 @@ class ConfigMapInformer:
         self.stop = stop
         self.resume_from = resume_from
         self.resume_server = resume_server  # the server ``resume_from`` is from; "": not known
+        self.listed_ago = listed_ago  # seconds since the LIST ``resume_from`` goes back to, if known
         self.on_forbidden = on_forbidden
 
     def run(self) -> None:
         version = self.resume_from
-        listed_at = time.monotonic()
+        # The periodic relist counts from the last LIST, not from this start: a cache restarted more
+        # often than ``relist_seconds`` still lists that often.
+        listed_at = time.monotonic() - (self.listed_ago if version else 0.0)
         failures = catch_ups = gone = 0
         vouched = False  # by a complete LIST or a watch's on-time end, until a failure is told
         server = self.resume_server if version else ""

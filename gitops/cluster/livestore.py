@@ -5,6 +5,8 @@ Layout, per cluster (the braces make every key of a cluster one Redis Cluster sl
     sluice:live:{CLUSTER}:alive            the running cache process's epoch; expires unless renewed
     sluice:live:{CLUSTER}:server           the apiserver the resume versions below are from (a version
                                            means nothing to another server): written after a LIST
+    sluice:live:{CLUSTER}:listed           when that LIST ended (Unix time): the periodic relist counts
+                                           from it, across restarts
     sluice:live:{CLUSTER}:objects:NS       hash: ConfigMap name -> its stamp (gitops.plan.stamps), and
                                            "#version": "EPOCH.N", new on every write of the hash
 
@@ -146,10 +148,10 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 for i = 2, #KEYS do redis.call('DEL', KEYS[i]) end
 return 1
 """
-# KEYS: alive, then a key to set. ARGV: epoch, value. 1 while the lease is this epoch's.
+# KEYS: alive, then keys to set. ARGV: epoch, then their values. 1 while the lease is this epoch's.
 _SET = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[2], ARGV[2])
+for i = 2, #KEYS do redis.call('SET', KEYS[i], ARGV[i]) end
 return 1
 """
 # KEYS: alive. ARGV: epoch, milliseconds ("0" releases). 1 while the lease is this epoch's.
@@ -489,20 +491,22 @@ class LiveStore:
             resume or ""
         )
 
-    def stored_server(self) -> str:
+    def stored_list(self) -> tuple[str, float]:
         """The apiserver the stored resume versions are from ("": not known, as stored by a release
-        before this one)."""
-        return str(self.client.get(_key(self.cluster, "server")) or "")
+        before this one), and when its last LIST ended (Unix time; 0: not known)."""
+        server, listed = self.client.mget(_key(self.cluster, "server"), _key(self.cluster, "listed"))
+        try:
+            at = float(listed or 0)
+        except ValueError:
+            at = 0.0
+        return str(server or ""), at
 
-    def remember_server(self, server: str) -> bool:
-        """Records the apiserver a LIST just stored a resume version of (see ``stored_server``). Fenced
-        by the lease; called after the LIST's writes, so a crash in between leaves the old server over
-        the new versions (listed again at the next start), never the other way round."""
-        return bool(
-            self._set(
-                keys=[_key(self.cluster, "alive"), _key(self.cluster, "server")], args=[self.epoch, server]
-            )
-        )
+    def remember_list(self, server: str, at: float) -> bool:
+        """Records the apiserver a LIST just stored a resume version of, and when (see ``stored_list``).
+        Fenced by the lease; called after the LIST's writes, so a crash in between leaves the old
+        server over the new versions (listed again at the next start), never the other way round."""
+        keys = [_key(self.cluster, "alive"), _key(self.cluster, "server"), _key(self.cluster, "listed")]
+        return bool(self._set(keys=keys, args=[self.epoch, server, repr(at)]))
 
     def adopt(self, namespaces: Iterable[str]) -> bool:
         """Gives the namespaces' stored stamps, as they are, a version of this term (see ``_ADOPT``).
@@ -615,7 +619,15 @@ class LiveStore:
         versions and freshness first, then the stamps, each batch fenced by the lease and the lease
         renewed after it. A successor that took the lease meanwhile keeps all it stores, and a drop
         cut short never leaves a resume version over stamps it deleted. False if the lease was lost."""
-        for kind in (("server",), ("cresume",), ("cfresh",), ("resume", ""), ("fresh", ""), ("objects", "")):
+        for kind in (
+            ("server",),
+            ("listed",),
+            ("cresume",),
+            ("cfresh",),
+            ("resume", ""),
+            ("fresh", ""),
+            ("objects", ""),
+        ):
             batch: list[str] = []
             for key in self.client.scan_iter(match=_keys_under(self.cluster, *kind), count=1000):
                 batch.append(key)

@@ -610,6 +610,8 @@ def test_a_version_stored_from_another_server_is_listed_not_resumed(
     poll(lambda: fresh(namespace), timeout=30, what="the live cache to watch the namespace")
     key = livestore._key(settings.SLUICE_CLUSTER_NAME, "server")
     assert livestore.redis_client().get(key), "the server the stored versions are from"
+    listed = livestore.redis_client().get(livestore._key(settings.SLUICE_CLUSTER_NAME, "listed"))
+    assert 0 < time.time() - float(listed) < 600, "when its last LIST ended"
     live_cache.stop()
     with apiserver_replica(stack) as replica_kubeconfig:
         restarted = start_live_cache(KUBECONFIG=str(replica_kubeconfig))

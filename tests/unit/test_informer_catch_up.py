@@ -169,3 +169,27 @@ def test_a_version_stored_from_another_server_is_not_resumed_there():
     cluster.calls, cluster.watches, sink.told = [], [Watch.QUIET], []
     informer(ScriptedCluster.server).run()
     assert cluster.calls == [SHORT], "its own server's version is resumed"
+
+
+def test_the_periodic_relist_counts_from_the_last_list_not_from_the_processs_start():
+    """A cache restarted more often than ``relist_seconds`` still lists that often."""
+    stop = threading.Event()
+    cluster = ScriptedCluster([Watch.QUIET], stop)
+
+    def run_after(listed_ago: float) -> list[tuple[str, Any]]:
+        stop.clear()
+        cluster.calls, cluster.watches = [], [Watch.QUIET]
+        ConfigMapInformer(
+            lambda: cluster,  # type: ignore[arg-type, return-value]
+            "",
+            Sink(),
+            WatchOptions(label_selector="", watch_seconds=WATCH_SECONDS, relist_seconds=600),
+            stop=stop,
+            resume_from="42",
+            resume_server=ScriptedCluster.server,
+            listed_ago=listed_ago,
+        ).run()
+        return cluster.calls
+
+    assert run_after(601) == [LIST, FULL], "the last LIST was longer ago than relist_seconds"
+    assert run_after(10) == [SHORT], "resumed: the last LIST is recent"
