@@ -374,7 +374,7 @@ class StampSink:
     def relisted(self, scope: str, resource_version: str, *, server: str = "") -> None:
         self._relisted(scope, resource_version)
         if server:  # after the LIST's writes: see ``LiveStore.remember_list``
-            self._fenced(lambda: self.store.remember_list(server, time.time()))
+            self._fenced(lambda: self.store.remember_list(scope, server))
 
     def _relisted(self, scope: str, resource_version: str) -> None:
         if not scope:
@@ -554,7 +554,7 @@ class _Term:
             self.sink.adopt(namespace, stored)
         # A version is resumed only at the server it is from: the informer lists a server it does not
         # know, and one stored with no server (by a release before this one) is listed once.
-        resume_server, listed_at = self.store.stored_list() if resume_from else ("", 0.0)
+        resume_server, listed_ago = self.store.stored_list(namespace) if resume_from else ("", 0.0)
         resume_from = resume_from if resume_server else ""
         stop = threading.Event()
         informer = ConfigMapInformer(
@@ -565,7 +565,7 @@ class _Term:
             stop=stop,
             resume_from=resume_from,
             resume_server=resume_server,
-            listed_ago=max(0.0, time.time() - listed_at) if listed_at else 0.0,
+            listed_ago=listed_ago,
             cluster_name=self.cache.cluster_name,
             on_forbidden=self._forbidden if namespace == ALL_NAMESPACES else None,
         )

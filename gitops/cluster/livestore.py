@@ -3,20 +3,20 @@
 Layout, per cluster (the braces make every key of a cluster one Redis Cluster slot):
 
     sluice:live:{CLUSTER}:alive            the running cache process's epoch; expires unless renewed
-    sluice:live:{CLUSTER}:server           the apiserver the resume versions below are from (a version
-                                           means nothing to another server): written after a LIST
-    sluice:live:{CLUSTER}:listed           when that LIST ended (Unix time): the periodic relist counts
-                                           from it, across restarts
     sluice:live:{CLUSTER}:objects:NS       hash: ConfigMap name -> its stamp (gitops.plan.stamps), and
                                            "#version": "EPOCH.N", new on every write of the hash
 
     one watch for the whole cluster:
     sluice:live:{CLUSTER}:cfresh           that epoch, while the cluster's watch is proven healthy; expires
     sluice:live:{CLUSTER}:cresume          the resourceVersion every objects hash is complete up to
+    sluice:live:{CLUSTER}:clisting         when that watch's last LIST ended (Redis's clock) and the
+                                           apiserver it listed: a resume version means nothing to
+                                           another server, and the periodic relist counts from it
 
     or, where RBAC grants no cluster-wide read, one watch per namespace:
     sluice:live:{CLUSTER}:fresh:NS         that epoch, while NS's watch is proven healthy; expires
     sluice:live:{CLUSTER}:resume:NS        the resourceVersion the objects hash is complete up to
+    sluice:live:{CLUSTER}:listing:NS       the same as clisting, for NS's own watch
 
 A namespace is *fresh* when its ``fresh`` key holds the epoch that ``alive``
 holds, or when ``cfresh`` does and the namespace has an objects hash. A
@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -148,10 +149,12 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 for i = 2, #KEYS do redis.call('DEL', KEYS[i]) end
 return 1
 """
-# KEYS: alive, then keys to set. ARGV: epoch, then their values. 1 while the lease is this epoch's.
-_SET = """
+# KEYS: alive, a listing key. ARGV: epoch, server. Stores "<Redis's time> <server>": one clock for every
+# host. 1 while the lease is this epoch's.
+_LISTED = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-for i = 2, #KEYS do redis.call('SET', KEYS[i], ARGV[i]) end
+local now = redis.call('TIME')
+redis.call('SET', KEYS[2], now[1] .. '.' .. string.format('%06d', tonumber(now[2])) .. ' ' .. ARGV[2])
 return 1
 """
 # KEYS: alive. ARGV: epoch, milliseconds ("0" releases). 1 while the lease is this epoch's.
@@ -432,7 +435,7 @@ class LiveStore:
         self._write_events = self.client.register_script(_WRITE_EVENTS)
         self._renew = self.client.register_script(_RENEW)
         self._forget = self.client.register_script(_FORGET)
-        self._set = self.client.register_script(_SET)
+        self._listed = self.client.register_script(_LISTED)
         self._adopt = self.client.register_script(_ADOPT)
 
     def _keys(self, namespace: str, *, whole_cluster: bool = False) -> list[str]:
@@ -491,22 +494,29 @@ class LiveStore:
             resume or ""
         )
 
-    def stored_list(self) -> tuple[str, float]:
-        """The apiserver the stored resume versions are from ("": not known, as stored by a release
-        before this one), and when its last LIST ended (Unix time; 0: not known)."""
-        server, listed = self.client.mget(_key(self.cluster, "server"), _key(self.cluster, "listed"))
+    def stored_list(self, namespace: str) -> tuple[str, float]:
+        """The apiserver the stored resume version of ``namespace``'s watch ("": the cluster watch's) is
+        from ("": not known, as stored by a release before this one), and how many seconds ago its last
+        LIST ended, by Redis's clock (0: not known)."""
+        key = _key(self.cluster, "listing", namespace) if namespace else _key(self.cluster, "clisting")
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.get(key)
+            pipe.time()
+            listing, (seconds, micros) = pipe.execute()
+        at, _, server = str(listing or "").partition(" ")
         try:
-            at = float(listed or 0)
+            ago = max(0.0, seconds + micros / 1e6 - float(at)) if at else 0.0
         except ValueError:
-            at = 0.0
-        return str(server or ""), at
+            ago = 0.0
+        return server, ago if math.isfinite(ago) else 0.0
 
-    def remember_list(self, server: str, at: float) -> bool:
-        """Records the apiserver a LIST just stored a resume version of, and when (see ``stored_list``).
-        Fenced by the lease; called after the LIST's writes, so a crash in between leaves the old
-        server over the new versions (listed again at the next start), never the other way round."""
-        keys = [_key(self.cluster, "alive"), _key(self.cluster, "server"), _key(self.cluster, "listed")]
-        return bool(self._set(keys=keys, args=[self.epoch, server, repr(at)]))
+    def remember_list(self, namespace: str, server: str) -> bool:
+        """Records that a LIST of ``namespace`` ("": the whole cluster) at ``server`` just ended (see
+        ``stored_list``). Fenced by the lease; called after the LIST's writes, so a crash in between
+        leaves the old server over the new version (listed again at the next start), never the other
+        way round; and each watch records its own, so one watch's LIST vouches for no other's version."""
+        key = _key(self.cluster, "listing", namespace) if namespace else _key(self.cluster, "clisting")
+        return bool(self._listed(keys=[_key(self.cluster, "alive"), key], args=[self.epoch, server]))
 
     def adopt(self, namespaces: Iterable[str]) -> bool:
         """Gives the namespaces' stored stamps, as they are, a version of this term (see ``_ADOPT``).
@@ -620,8 +630,8 @@ class LiveStore:
         renewed after it. A successor that took the lease meanwhile keeps all it stores, and a drop
         cut short never leaves a resume version over stamps it deleted. False if the lease was lost."""
         for kind in (
-            ("server",),
-            ("listed",),
+            ("clisting",),
+            ("listing", ""),
             ("cresume",),
             ("cfresh",),
             ("resume", ""),
