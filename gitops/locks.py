@@ -240,10 +240,8 @@ def _lock_and_look(source: Source) -> tuple[bool, float]:
         with connection.cursor() as cursor:
             cursor.execute(_LOCK_AND_LOOK, [LOCK_CLASS, source.pk, grace, source.pk])
             locked, lost_for = cursor.fetchone()
-            if locked and lost_for:  # perhaps a claim ended just before the lock came free: read it now
-                cursor.execute(_LOST_FOR, [grace, source.pk])
-                row = cursor.fetchone()
-                lost_for = row[0] if row else 0.0
+        if locked and lost_for:  # perhaps a claim ended just before the lock came free: read it now
+            lost_for = _lost_claim_wait(source)
     except BaseException:
         connection.close()  # it may have taken the lock before it failed: the lock goes with the session
         raise

@@ -436,7 +436,7 @@ def _next_pass(source: Source, runs: list[SyncResult], asked: _Asked) -> tuple[b
     later = bool(runs)
     try:
         return _locked_pass(source, runs, asked)
-    except ReconcileLockLost as exc:  # found as the pass ended: retried as the pass it was
+    except ReconcileLockLost as exc:  # in the pass or as it ended: retried as the pass it was
         if not later:
             raise
         raise LaterPassFailed(TemporaryError(str(exc)), asked.coalesced_actor) from exc
@@ -479,10 +479,6 @@ def _pass(source: Source, runs: list[SyncResult], asked: _Asked) -> SyncResult:
         if first:
             raise
         raise LaterPassFailed(exc, asked.coalesced_actor) from exc
-    except ReconcileLockLost as exc:
-        if first:
-            raise
-        raise LaterPassFailed(TemporaryError(str(exc)), asked.coalesced_actor) from exc
 
 
 def _carry_on(source: Source, actor: str) -> None:
