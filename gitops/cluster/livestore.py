@@ -498,7 +498,7 @@ class LiveStore:
         """The apiserver the stored resume version of ``namespace``'s watch ("": the cluster watch's) is
         from ("": not known, as stored by a release before this one), and how many seconds ago its last
         LIST ended, by Redis's clock (0: not known)."""
-        key = _key(self.cluster, "listing", namespace) if namespace else _key(self.cluster, "clisting")
+        key = self._listing_key(namespace)
         with self.client.pipeline(transaction=False) as pipe:
             pipe.get(key)
             pipe.time()
@@ -510,12 +510,15 @@ class LiveStore:
             ago = 0.0
         return server, ago if math.isfinite(ago) else 0.0
 
+    def _listing_key(self, namespace: str) -> str:
+        return _key(self.cluster, "listing", namespace) if namespace else _key(self.cluster, "clisting")
+
     def remember_list(self, namespace: str, server: str) -> bool:
         """Records that a LIST of ``namespace`` ("": the whole cluster) at ``server`` just ended (see
         ``stored_list``). Fenced by the lease; called after the LIST's writes, so a crash in between
         leaves the old server over the new version (listed again at the next start), never the other
         way round; and each watch records its own, so one watch's LIST vouches for no other's version."""
-        key = _key(self.cluster, "listing", namespace) if namespace else _key(self.cluster, "clisting")
+        key = self._listing_key(namespace)
         return bool(self._listed(keys=[_key(self.cluster, "alive"), key], args=[self.epoch, server]))
 
     def adopt(self, namespaces: Iterable[str]) -> bool:

@@ -194,6 +194,7 @@ def _rows_of_set(
 ) -> list[PublishedFlag]:
     effective = effective_flags(one.document)
     latest: _Published | None = None
+    before: _Published | None = None
     rows = []
     for key, flag in (one.document.get("flags") or {}).items():
         summary = one.held.get(key) or flag_summary(flag, effective[key])
@@ -204,7 +205,7 @@ def _rows_of_set(
         elif row is not None and _still_true(row, summary.definition_hash, rollout, touched=one.touched):
             rows.append(row)
         elif key in one.held:  # everyone has what was published before this rollout
-            before = _latest_publication(rollout.source_id, one.key, before_rollout=rollout.pk)
+            before = before or _latest_publication(rollout.source_id, one.key, before_rollout=rollout.pk)
             rows.append(_row(rollout.source_id, one.key, key, summary, before, rollout_id=None))
         else:
             latest = latest or _latest_publication(rollout.source_id, one.key)
