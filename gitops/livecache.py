@@ -42,7 +42,7 @@ from gitops import schedule
 from gitops.cluster.client import Cluster, ReadForbidden
 from gitops.cluster.clients import clients, default_cluster_name, get_cluster
 from gitops.cluster.informer import DELETED, ConfigMapInformer, WatchOptions
-from gitops.cluster.livestore import LEASE_SECONDS, LiveStore, lease_held, stored_clusters
+from gitops.cluster.livestore import LEASE_SECONDS, LiveStore, deleted_at, lease_held, stored_clusters
 from gitops.desired.content import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 from gitops.errors import TemporaryError
 from gitops.memory import limit_malloc_arenas, tune_garbage_collector
@@ -314,7 +314,11 @@ class EventWriter:
     def _store(self, events: list[_Event]) -> set[str]:
         """Stores the events, then updates ``known``; the sources to wake."""
         last = events[-1]
-        texts = [(e.namespace, e.name, e.stamp.encode() if e.stamp else None) for e in events]
+        # A deletion is told by its version: below a floor it leaves the floor (see livestore's "Floors").
+        texts = [
+            (e.namespace, e.name, e.stamp.encode() if e.stamp else deleted_at(e.resource_version))
+            for e in events
+        ]
         store = self.sink.store
         self.sink._fenced(
             lambda: store.write_events(texts, resource_version=last.resource_version, fresh=last.fresh)
@@ -383,14 +387,22 @@ class StampSink:
         if scope:
             namespaces = {scope}
             encoded: dict[str, str | None] = {name: s.encode() for name, s in listed.get(scope, {}).items()}
-            self._write(scope, encoded, resource_version=resource_version, fresh=True, reset=True)
+            self._write(
+                scope,
+                encoded,
+                resource_version=resource_version,
+                fresh=True,
+                reset=True,
+                listed=resource_version,
+            )
         else:
             namespaces = self.known.keys() | listed.keys()
             texts = {ns: {name: s.encode() for name, s in stamps.items()} for ns, stamps in listed.items()}
             # What Redis holds, not only what this process knows: a write whose answer was lost may
             # have stored a namespace this process never learnt of.
             stored = self._redis(self.store.stored_namespaces)
-            self._fenced(lambda: self.store.replace_all(texts, (stored | self.known.keys()) - listed.keys()))
+            gone = (stored | self.known.keys()) - listed.keys()
+            self._fenced(lambda: self.store.replace_all(texts, gone, listed=resource_version))
             self._write("", {}, resource_version=resource_version, fresh=True)
         woken: set[str] = set()
         for namespace in namespaces:
@@ -416,7 +428,7 @@ class StampSink:
             return
         self._write(
             namespace,
-            {name: stamp.encode() if stamp is not None else None},
+            {name: stamp.encode() if stamp is not None else deleted_at(resource_version)},
             resource_version=resource_version,
             fresh=fresh,
         )

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.conf import settings
 
@@ -21,6 +21,7 @@ from gitops.cluster import livestore, pools
 from gitops.cluster.client import (
     UNAVAILABLE,
     WORKLOAD_KINDS,
+    Applied,
     Cluster,
     ClusterRefused,
     FieldConflictError,
@@ -32,6 +33,17 @@ from gitops.errors import GitopsError, PermanentError
 from gitops.locks import ReconcileLockLost, pass_fence
 from gitops.models import ApplyIntent
 from gitops.vocabulary import ChangeAction
+
+
+class IntentAnswer(NamedTuple):
+    """How an intent went: why its cluster refused it for good (None: done), and the resourceVersion
+    its last write stored ("": not known, or nothing was stored)."""
+
+    refusal: str | None
+    resource_version: str = ""
+
+
+DONE = IntentAnswer(None)
 
 
 @dataclass
@@ -58,14 +70,14 @@ def intents_apply_everywhere(
     if not groups:
         return result
 
-    def batch(name: str) -> list[str | None] | GitopsError | ReconcileLockLost:
+    def batch(name: str) -> list[IntentAnswer] | GitopsError | ReconcileLockLost:
         try:
             client = connect(name)
             if (recent := clients.recently_unreachable(name)) is not None:
                 return recent
         except GitopsError as exc:  # not registered any more, or its kubeconfig cannot be read
             return exc
-        answer: list[str | None] | GitopsError | ReconcileLockLost
+        answer: list[IntentAnswer] | GitopsError | ReconcileLockLost
         try:
             answer = intents_apply(client, groups[name], fence=fence)
         except ReconcileLockLost as exc:  # the cluster answered: it is not marked unreachable
@@ -93,24 +105,25 @@ def intents_apply_everywhere(
             result.unreachable[name] = answer
         else:
             result.intents.extend(groups[name])
-            result.errors.extend(answer)
+            result.errors.extend(each.refusal for each in answer)
     return result
 
 
 def _unsettle_written(
-    cluster: str, intents: Sequence[ApplyIntent], answer: list[str | None] | Exception
+    cluster: str, intents: Sequence[ApplyIntent], answer: list[IntentAnswer] | Exception
 ) -> None:
     """The live cache's stamps of what was just written, until its watch stores the writes (see
     ``livestore.unsettle_written``). A cluster that stopped answering mid-batch may have taken any of
-    them; an intent it refused changed nothing. Only a batch that was sent gets here."""
-    refused = (
-        [False] * len(intents) if isinstance(answer, Exception) else [error is not None for error in answer]
-    )
-    written: dict[str, list[tuple[str, str]]] = {}
-    for intent, was_refused in zip(intents, refused, strict=True):
-        if intent.kind in WORKLOAD_KINDS or was_refused:
+    them (their versions are not known); an intent it refused changed nothing. Only a batch that was
+    sent gets here."""
+    answers = [DONE] * len(intents) if isinstance(answer, Exception) else answer
+    written: dict[str, list[livestore.Written]] = {}
+    for intent, (refusal, version) in zip(intents, answers, strict=True):
+        if intent.kind in WORKLOAD_KINDS or refusal is not None:
             continue
-        written.setdefault(intent.namespace, []).append((intent.name, _written_hash(intent)))
+        written.setdefault(intent.namespace, []).append(
+            livestore.Written(intent.name, _written_hash(intent), version)
+        )
     if written:
         livestore.unsettle_written(cluster, written)
 
@@ -126,8 +139,9 @@ def _written_hash(intent: ApplyIntent) -> str:
 
 def intents_apply(
     cluster: Cluster, intents: Sequence[ApplyIntent], *, fence: Callable[[], None] = lambda: None
-) -> list[str | None]:
-    """Applies each intent, ``SLUICE_APPLY_CONCURRENCY`` at a time: for each, why it was refused, or None.
+) -> list[IntentAnswer]:
+    """Applies each intent, ``SLUICE_APPLY_CONCURRENCY`` at a time: for each, why it was refused (or
+    None) and the resourceVersion it stored.
 
     A refusal for good (a field conflict, a 403, a 422) is an answer; a temporary
     failure (the apiserver is unreachable) raises, and the intents stay pending.
@@ -144,18 +158,22 @@ def intents_apply(
     concurrency = int(getattr(settings, "SLUICE_APPLY_CONCURRENCY", 16))
     if len(intents) == 1:
         return [_apply_one(cluster, intents[0], fence)]
-    answers: list[str | None] = [None] * len(intents)
+    answers: list[IntentAnswer] = [DONE] * len(intents)
     plain = [index for index, intent in enumerate(intents) if _plain_apply(intent)]
     if cluster.applies_in_batches and len(plain) > 1:
-        refusals = cluster.apply_configmaps(
+        outcomes = cluster.apply_configmaps(
             [(_manifest(intents[index]), intents[index].force) for index in plain],
             field_manager=settings.SLUICE_FIELD_MANAGER,
             width=concurrency,
             bodies=[intents[index].manifest_json for index in plain],
             before_each=fence,
         )
-        for index, refusal in zip(plain, refusals, strict=True):
-            answers[index] = _refusal_text(refusal) if refusal is not None else None
+        for index, outcome in zip(plain, outcomes, strict=True):
+            answers[index] = (
+                IntentAnswer(None, outcome.resource_version)
+                if isinstance(outcome, Applied)
+                else IntentAnswer(_refusal_text(outcome))
+            )
         batched = set(plain)
         others = [index for index in range(len(intents)) if index not in batched]
     else:
@@ -186,12 +204,12 @@ def _manifest(intent: ApplyIntent) -> Mapping[str, Any]:
 
 def _apply_on_threads(
     cluster: Cluster, intents: Sequence[ApplyIntent], concurrency: int, fence: Callable[[], None]
-) -> list[str | None]:
+) -> list[IntentAnswer]:
     if len(intents) <= 1:
         return [_apply_one(cluster, intent, fence) for intent in intents]
     stopped = threading.Event()
 
-    def apply(intent: ApplyIntent) -> str | None:
+    def apply(intent: ApplyIntent) -> IntentAnswer:
         if stopped.is_set():
             raise StoppedBatch()
         try:
@@ -216,17 +234,18 @@ class StoppedBatch(Exception):
     """An intent not tried because its cluster already failed in this batch."""
 
 
-def _apply_one(cluster: Cluster, intent: ApplyIntent, fence: Callable[[], None]) -> str | None:
+def _apply_one(cluster: Cluster, intent: ApplyIntent, fence: Callable[[], None]) -> IntentAnswer:
     """One intent's requests, ``fence`` asked before each."""
     fence()
     if intent.kind in WORKLOAD_KINDS:
-        return _stamp_workload(cluster, intent)
+        return IntentAnswer(_stamp_workload(cluster, intent))
+    version = ""
     try:
         if intent.action == ChangeAction.RELEASE:
             cluster.release_configmap(
                 intent.namespace, intent.name, field_manager=settings.SLUICE_FIELD_MANAGER
             )
-            return None
+            return DONE
         if (
             intent.action in (ChangeAction.DELETE, ChangeAction.REPLACE)
             or intent.recreate
@@ -238,13 +257,16 @@ def _apply_one(cluster: Cluster, intent: ApplyIntent, fence: Callable[[], None])
             applied = cluster.apply_configmap(
                 intent.manifest, field_manager=settings.SLUICE_FIELD_MANAGER, force=intent.force
             )
+            version = str((applied.get("metadata") or {}).get("resourceVersion") or "")
             fence()
+            # A self-heal's removal of foreign keys is a later version; the apply's own event, between
+            # the two, is not as applied (it still holds those keys), so it settles nothing.
             _drop_foreign_keys(cluster, intent, applied)
     except ClusterRefused:
         raise  # the cluster refuses Sluice's credentials: nothing of it is applied now
     except PermanentError as exc:
-        return _refusal_text(exc)
-    return None
+        return IntentAnswer(_refusal_text(exc))
+    return IntentAnswer(None, version if version.isdigit() else "")
 
 
 def _refusal_text(refusal: PermanentError) -> str:

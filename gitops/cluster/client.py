@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 from urllib.parse import quote, urlencode
 
 import urllib3
@@ -212,6 +212,29 @@ def _apply_query(field_manager: str, force: bool, dry_run: bool) -> str:
     if dry_run:
         query.append(("dryRun", "All"))
     return urlencode(query)
+
+
+class Applied(NamedTuple):
+    """A server-side apply the cluster took, and the resourceVersion it stored ("": its answer gave none)."""
+
+    resource_version: str
+
+
+_RESOURCE_VERSION_FIELD = b'"resourceVersion":"'
+
+
+def resource_version_in(answer: bytes) -> str:
+    """The resourceVersion of the object in an apply's JSON answer, found without parsing it: the
+    apiserver encodes ``metadata`` first, and its ``resourceVersion`` before any label, annotation or
+    managed field, after a name and a namespace that cannot hold a quote. "" if none is found, or it is
+    not a number (a floor is then not set: see livestore's "Floors")."""
+    start = answer.find(_RESOURCE_VERSION_FIELD)
+    if start < 0:
+        return ""
+    start += len(_RESOURCE_VERSION_FIELD)
+    end = answer.find(b'"', start, start + 32)
+    version = answer[start:end] if end > start else b""
+    return version.decode("ascii") if version.isdigit() else ""
 
 
 def _refusal(result: curl.Answer | curl.CurlError) -> Exception | None:
@@ -479,11 +502,12 @@ class Cluster:
         width: int,
         bodies: Sequence[str | None] | None = None,
         before_each: Callable[[], None] | None = None,
-    ) -> list[PermanentError | None]:
+    ) -> list[Applied | PermanentError]:
         """Server-side applies of (manifest, force) pairs, ``width`` at a time on the calling thread:
-        for each, None once applied or why the cluster refused it for good. The answers are not
-        parsed: nothing here needs the stored objects. ``bodies`` may give, in the same order, a
-        manifest already encoded as JSON (its very content), sent as it is; None encodes it here.
+        for each, ``Applied`` with the resourceVersion stored, or why the cluster refused it for good.
+        The answers are not parsed: their resourceVersion is found in the text. ``bodies`` may give, in
+        the same order, a manifest already encoded as JSON (its very content), sent as it is; None
+        encodes it here.
         ``before_each`` is called before each apply goes out; what it raises ends the batch (the applies
         under way are abandoned) and comes out of this call.
 
@@ -506,11 +530,18 @@ class Cluster:
                 gives_up=lambda result: isinstance(_refusal(result), UNAVAILABLE),
             )
         refusals = [_refusal(result) if result is not None else None for result in results]
-        refusals += [None] * (len(manifests) - len(refusals))  # not sent: an earlier one gave up
         first_unavailable = next((r for r in refusals if isinstance(r, UNAVAILABLE)), None)
         if first_unavailable is not None:
             raise first_unavailable
-        return [cast(PermanentError | None, refusal) for refusal in refusals]
+        # Not sent (an earlier one gave up, which raised above): never reached here with one missing.
+        outcomes: list[Applied | PermanentError] = [
+            cast(PermanentError, refusal)
+            if refusal is not None
+            else Applied(resource_version_in(result.body) if isinstance(result, curl.Answer) else "")
+            for result, refusal in zip(results, refusals, strict=True)
+        ]
+        outcomes += [Applied("")] * (len(manifests) - len(outcomes))
+        return outcomes
 
     def _apply_request(
         self,

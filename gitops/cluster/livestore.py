@@ -5,6 +5,9 @@ Layout, per cluster (the braces make every key of a cluster one Redis Cluster sl
     sluice:live:{CLUSTER}:alive            the running cache process's epoch; expires unless renewed
     sluice:live:{CLUSTER}:objects:NS       hash: ConfigMap name -> its stamp (gitops.plan.stamps), and
                                            "#version": "EPOCH.N", new on every write of the hash
+    sluice:live:{CLUSTER}:floor:NS         hash: ConfigMap name -> the resourceVersion of a worker's write
+                                           whose event is not stored yet: an older stamp of that name is
+                                           not stored (see "Floors" below); expires
 
     one watch for the whole cluster:
     sluice:live:{CLUSTER}:cfresh           that epoch, while the cluster's watch is proven healthy; expires
@@ -52,6 +55,21 @@ During an upgrade, a worker of an earlier release reads ``#version`` as one
 more ConfigMap name it cannot settle, and GETs it (a 404) on each pass: plans
 stay right, at one read per namespace more until the workers are upgraded.
 Upgrade the workers before the live-cache process to skip that.
+
+Floors. A worker that has just written an object drops its stamp unless the
+stamp shows that write (``unsettle_written``), so no plan is settled by what the
+object held before. Events older than the write can still come after that drop:
+the watch runs seconds behind during a bulk apply, a restarted cache replays
+from its resume version, and a relist's LIST may have been taken before the
+write. Stored, such an event would put an older stamp back, as applied, and a
+revert of the write pushed meanwhile would be settled as unchanged while the
+cluster holds the write. So the drop also records the write's resourceVersion
+(from the apply's answer) as the name's floor, and every write of the cache
+process leaves out a stamp below its floor (the object is then read). A stamp
+at or above it, or a deletion at or above it, ends the floor; a relist ends
+every floor its LIST's version reaches, since its watch resumes from there. A
+floor outlives no event that could need it: it expires after ``FLOOR_SECONDS``
+or twice the relist interval.
 """
 
 from __future__ import annotations
@@ -72,6 +90,9 @@ log = logging.getLogger("gitops.livecache")
 PREFIX = "sluice:live"
 LEASE_SECONDS = 2.0
 REDIS_TIMEOUT_SECONDS = 2.0
+# How long a floor is kept at least (see "Floors"), and at least twice the relist interval: the watch
+# is listed again within that, which ends every floor its LIST reaches.
+FLOOR_SECONDS = 3600.0
 
 VERSION_FIELD = "#version"  # in each objects hash; no ConfigMap is named with a "#"
 # A hash's new version once its stamps were written: none when no stamp is left (the hash is then
@@ -81,24 +102,60 @@ local function new_version(key, version)
   redis.call('HDEL', key, '#version')
   if redis.call('EXISTS', key) == 1 then redis.call('HSET', key, '#version', version) end
 end
+local SEP = string.char(31)  -- a stamp's field separator (gitops.plan.stamps.FIELD_SEPARATOR)
+local DELETED = string.char(30)  -- starts a deletion's text (``deleted_at``); never part of a stamp
+-- Stores a name's stamp text in an objects hash, or deletes the name ('' or a deletion's text). A
+-- floor above the text's version (see the module's "Floors") leaves the name out instead: deleted, so
+-- the object is read. A text at or above its floor ends it; a deletion below it changes nothing more.
+-- ``floors`` is false when the namespace has none: one EXISTS per namespace, not a lookup per name.
+local function store(objects, floors, name, text)
+  local deletion = text == '' or string.sub(text, 1, 1) == DELETED
+  if floors then
+    local floor = tonumber(redis.call('HGET', floors, name))
+    if floor then
+      local version
+      if deletion then version = tonumber(string.sub(text, 2))
+      else version = tonumber(string.match(text, '^[^' .. SEP .. ']*')) end
+      if version and version >= floor then redis.call('HDEL', floors, name)
+      elseif not deletion then redis.call('HDEL', objects, name); return end
+    end
+  end
+  if deletion then redis.call('HDEL', objects, name) else redis.call('HSET', objects, name, text) end
+end
+local function floors_of(key)
+  if redis.call('EXISTS', key) == 1 then return key end
+  return false
+end
+-- A LIST at ``listed`` shows every write up to it, and its watch resumes from it: floors at or below it
+-- have nothing left to hold back.
+local function floors_listed(key, listed)
+  local at = tonumber(listed)
+  if not at or redis.call('EXISTS', key) == 0 then return end
+  local entries = redis.call('HGETALL', key)
+  for i = 1, #entries, 2 do
+    local floor = tonumber(entries[i + 1])
+    if not floor or floor <= at then redis.call('HDEL', key, entries[i]) end
+  end
+end
 """
-# KEYS: alive, objects, resume, fresh, then, for a namespace's own watch, the cluster watch's cresume
-# and cfresh, deleted: stamps the cluster's watch did not write are no longer complete up to its
-# version, so it must list again. ARGV: epoch, freshness ("keep", "drop" or milliseconds),
-# resourceVersion ("" keeps it), reset ("1" empties the objects first), the objects' new version,
-# then name, stamp pairs (an empty stamp deletes the name). Returns 0, changing nothing, unless
-# ``alive`` holds epoch.
+# KEYS: alive, objects, resume, fresh, floors, then, for a namespace's own watch, the cluster watch's
+# cresume and cfresh, deleted: stamps the cluster's watch did not write are no longer complete up to
+# its version, so it must list again. ARGV: epoch, freshness ("keep", "drop" or milliseconds),
+# resourceVersion ("" keeps it), reset ("1" empties the objects first), the objects' new version, the
+# version a relist's LIST was taken at ("": none; its floors end), then name, stamp pairs ("" or a
+# deletion's text, ``deleted_at``, deletes the name). Returns 0, changing nothing, unless ``alive``
+# holds epoch.
 _WRITE = (
     _NEW_VERSION
     + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if #KEYS > 4 then redis.call('DEL', KEYS[5], KEYS[6]) end
+if #KEYS > 5 then redis.call('DEL', KEYS[6], KEYS[7]) end
 if ARGV[4] == '1' then redis.call('DEL', KEYS[2]) end
-for i = 6, #ARGV, 2 do
-  if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[2], ARGV[i])
-  else redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
-end
-if ARGV[4] == '1' or #ARGV > 5 then new_version(KEYS[2], ARGV[5]) end
+local floors = false
+if #ARGV > 6 then floors = floors_of(KEYS[5]) end
+for i = 7, #ARGV, 2 do store(KEYS[2], floors, ARGV[i], ARGV[i + 1]) end
+if ARGV[6] ~= '' then floors_listed(KEYS[5], ARGV[6]) end
+if ARGV[4] == '1' or #ARGV > 6 then new_version(KEYS[2], ARGV[5]) end
 if ARGV[3] ~= '' then redis.call('SET', KEYS[3], ARGV[3]) end
 if ARGV[2] == 'drop' then redis.call('DEL', KEYS[4])
 elseif ARGV[2] ~= 'keep' then redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[2]) end
@@ -106,21 +163,19 @@ return 1
 """
 )
 # A cluster watch's batch of events: one script, so one command, however many namespaces it spans.
-# KEYS: alive, cresume, cfresh, then each namespace's objects hash. ARGV: epoch, freshness, and
-# resourceVersion as for _WRITE, the written hashes' new version, then for each objects hash in
-# KEYS' order the number of its name, stamp pairs and the pairs. Returns 0, changing nothing, unless
-# ``alive`` holds epoch.
+# KEYS: alive, cresume, cfresh, then each namespace's objects hash and its floors. ARGV: epoch,
+# freshness, and resourceVersion as for _WRITE, the written hashes' new version, then for each
+# namespace in KEYS' order the number of its name, stamp pairs and the pairs (as for _WRITE). Returns
+# 0, changing nothing, unless ``alive`` holds epoch.
 _WRITE_EVENTS = (
     _NEW_VERSION
     + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 local at = 5
-for k = 4, #KEYS do
+for k = 4, #KEYS, 2 do
   local last = at + 2 * tonumber(ARGV[at])
-  for i = at + 1, last, 2 do
-    if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[k], ARGV[i])
-    else redis.call('HSET', KEYS[k], ARGV[i], ARGV[i + 1]) end
-  end
+  local floors = floors_of(KEYS[k + 1])
+  for i = at + 1, last, 2 do store(KEYS[k], floors, ARGV[i], ARGV[i + 1]) end
   new_version(KEYS[k], ARGV[4])
   at = last + 1
 end
@@ -168,29 +223,45 @@ return 1
 # A worker's own write, not yet stored by the watch: the object's stamp still shows what it held before,
 # and would settle a plan of that content (a revert pushed at once) as unchanged. Drops each stamp of
 # an object a worker just wrote that does not show what it wrote, and the version of each hash it
-# changed, so the next plan reads those objects. KEYS: objects hashes. ARGV: for each hash in KEYS'
-# order the number of its name, hash pairs, then the pairs (an empty hash: the object was deleted or
-# released, and its stamp goes whatever it says). Not fenced: it only removes what a plan would
-# otherwise trust, and the watch's event for the write stores the stamp again. Returns how many went.
+# changed, so the next plan reads those objects; and records the write's resourceVersion as the
+# name's floor unless the stamp is already at or above it, so no older event stores an older stamp
+# back (see the module's "Floors"). KEYS: for each namespace, its objects hash and its floors. ARGV:
+# the floors' lifetime in milliseconds, then for each namespace in KEYS' order the number of its
+# name, hash, version triples, then the triples (an empty hash: the object was deleted or released,
+# and its stamp goes whatever it says; an empty version: not known, no floor). Not fenced: it only
+# removes what a plan would otherwise trust, and holds back only stamps older than a write the
+# cluster answered. Returns how many stamps went.
 _UNSETTLE = """
-local at, dropped, sep = 1, 0, string.char(31)  -- the stamp's field separator
+local at, dropped, sep = 2, 0, string.char(31)  -- the stamp's field separator
 local field = '([^' .. sep .. ']*)' .. sep
-for k = 1, #KEYS do
-  local last = at + 2 * tonumber(ARGV[at])
-  local changed = false
-  for i = at + 1, last, 2 do
-    local stamp = redis.call('HGET', KEYS[k], ARGV[i])
+for k = 1, #KEYS, 2 do
+  local objects, floors = KEYS[k], KEYS[k + 1]
+  local last = at + 3 * tonumber(ARGV[at])
+  local changed, floored = false, false
+  for i = at + 1, last, 3 do
+    local stamp = redis.call('HGET', objects, ARGV[i])
+    local version = nil
     if stamp then
       local fields = {}
       for found in string.gmatch(stamp .. sep, field) do fields[#fields + 1] = found end
+      version = tonumber(fields[1])
       if ARGV[i + 1] == '' or fields[4] ~= ARGV[i + 1] or fields[5] ~= '1' then
-        redis.call('HDEL', KEYS[k], ARGV[i])
+        redis.call('HDEL', objects, ARGV[i])
         changed = true
         dropped = dropped + 1
       end
     end
+    local written = tonumber(ARGV[i + 2])
+    if written and not (version and version >= written) then
+      local floor = tonumber(redis.call('HGET', floors, ARGV[i]))
+      if not floor or floor < written then
+        redis.call('HSET', floors, ARGV[i], ARGV[i + 2])
+        floored = true
+      end
+    end
   end
-  if changed then redis.call('HDEL', KEYS[k], '#version') end
+  if changed then redis.call('HDEL', objects, '#version') end
+  if floored then redis.call('PEXPIRE', floors, ARGV[1]) end
   at = last + 1
 end
 return dropped
@@ -200,16 +271,38 @@ _UNSETTLE_BATCH = 2000  # objects a call: one script call blocks Redis while it 
 _version_numbers = itertools.count(1)  # with the epoch, a version no other write of the term has
 
 
+_DELETED = "\x1e"  # never part of a stamp: its fields are a number, label values, hex and a bit
+
+
+def deleted_at(resource_version: str) -> str:
+    """What a watch stores for an object deleted at ``resource_version``: the name goes, and the deletion
+    ends a floor it reaches (see "Floors")."""
+    return _DELETED + resource_version
+
+
 def _new_version(epoch: str) -> str:
     return f"{epoch}.{next(_version_numbers)}"
 
 
 def _write_args(
-    epoch: str, freshness: str, resource_version: str, reset: bool, changes: Mapping[str, str | None]
+    epoch: str,
+    freshness: str,
+    resource_version: str,
+    reset: bool,
+    changes: Mapping[str, str | None],
+    *,
+    listed: str = "",
 ) -> list[Any]:
-    """``_WRITE``'s ARGV: the fence, freshness, resume version, reset and the objects' new version,
-    then name, stamp pairs."""
-    args: list[Any] = [epoch, freshness, resource_version, "1" if reset else "0", _new_version(epoch)]
+    """``_WRITE``'s ARGV: the fence, freshness, resume version, reset, the objects' new version and the
+    version a relist's LIST was taken at, then name, stamp pairs."""
+    args: list[Any] = [
+        epoch,
+        freshness,
+        resource_version,
+        "1" if reset else "0",
+        _new_version(epoch),
+        listed,
+    ]
     for name, stamp in changes.items():
         args += [name, stamp or ""]
     return args
@@ -375,24 +468,39 @@ def _without_version(stamps: Mapping[str, str]) -> dict[str, str]:
     return texts
 
 
-def unsettle_written(cluster: str, written: Mapping[str, Sequence[tuple[str, str]]]) -> int:
-    """After a worker's apply: drops the stamps of the objects it wrote (namespace -> (name, the content
-    hash it wrote, "" for a deletion or a release)) that do not show that write yet (see ``_UNSETTLE``);
-    returns how many went. Redis out of reach is logged: plans then trust what it holds, as before."""
-    calls: list[tuple[list[str], list[str | int]]] = [([], [])]
+class Written(NamedTuple):
+    """An object a worker just wrote: its name, the content hash the write left on it ("" for a
+    deletion or a release), and the resourceVersion the cluster answered ("": not known)."""
+
+    name: str
+    content_hash: str
+    resource_version: str = ""
+
+
+def floor_milliseconds() -> int:
+    """How long a floor is kept: ``FLOOR_SECONDS``, or twice the live cache's relist interval."""
+    relist = float(getattr(settings, "SLUICE_LIVE_CACHE_RELIST_SECONDS", 600))
+    return int(max(FLOOR_SECONDS, 2 * relist) * 1000)
+
+
+def unsettle_written(cluster: str, written: Mapping[str, Sequence[Written]]) -> int:
+    """After a worker's apply: drops the stamps of the objects it wrote (by namespace) that do not show
+    that write yet, and holds back older stamps of them (see ``_UNSETTLE``); returns how many went.
+    Redis out of reach is logged: plans then trust what it holds, as before."""
+    calls: list[tuple[list[str], list[str | int]]] = [([], [floor_milliseconds()])]
     room = _UNSETTLE_BATCH
     for namespace, objects in sorted(written.items()):
         # A namespace of more objects than a call takes is split across calls.
         for start in range(0, len(objects), _UNSETTLE_BATCH):
             part = objects[start : start + _UNSETTLE_BATCH]
             if len(part) > room:
-                calls.append(([], []))
+                calls.append(([], [floor_milliseconds()]))
                 room = _UNSETTLE_BATCH
             keys, args = calls[-1]
-            keys.append(_key(cluster, "objects", namespace))
+            keys += [_key(cluster, "objects", namespace), _key(cluster, "floor", namespace)]
             args.append(len(part))
-            for name, content_hash in part:
-                args += [name, content_hash]
+            for name, content_hash, resource_version in part:
+                args += [name, content_hash, resource_version]
             room -= len(part)
     dropped = 0
     try:
@@ -440,11 +548,12 @@ class LiveStore:
 
     def _keys(self, namespace: str, *, whole_cluster: bool = False) -> list[str]:
         alive, objects = _key(self.cluster, "alive"), _key(self.cluster, "objects", namespace)
+        floors = _key(self.cluster, "floor", namespace)
         cluster_watch = [_key(self.cluster, "cresume"), _key(self.cluster, "cfresh")]
         if whole_cluster:
-            return [alive, objects, *cluster_watch]
+            return [alive, objects, *cluster_watch, floors]
         resume, fresh = _key(self.cluster, "resume", namespace), _key(self.cluster, "fresh", namespace)
-        return [alive, objects, resume, fresh, *cluster_watch]
+        return [alive, objects, resume, fresh, floors, *cluster_watch]
 
     def claim(self) -> bool:
         """Takes the cluster's lease unless another live process holds it."""
@@ -555,10 +664,14 @@ class LiveStore:
         fresh: bool | None = None,
         reset: bool = False,
         whole_cluster: bool = False,
+        listed: str = "",
     ) -> bool:
-        """Stores stamps (None deletes one) and the resume version, and renews (True) or drops
-        (False) the freshness; None leaves it. False when the lease is not this process's."""
-        args = _write_args(self.epoch, self._freshness(fresh), resource_version, reset, changes)
+        """Stores stamps (None, or ``deleted_at``'s text, deletes one; a stamp below the name's
+        floor is left out) and the resume version, and renews (True) or drops (False) the freshness;
+        None leaves it. ``listed``: a relist's LIST was taken at that version, and the floors it reaches
+        end. False when the lease is not this process's."""
+        freshness = self._freshness(fresh)
+        args = _write_args(self.epoch, freshness, resource_version, reset, changes, listed=listed)
         return bool(self._write(keys=self._keys(namespace, whole_cluster=whole_cluster), args=args))
 
     def _freshness(self, fresh: bool | None) -> str:
@@ -568,9 +681,10 @@ class LiveStore:
     def write_events(
         self, events: Sequence[tuple[str, str, str | None]], *, resource_version: str, fresh: bool | None
     ) -> bool:
-        """A cluster watch's events, in order, as (namespace, name, stamp or None), stored all or none
-        by one script (one command, however many namespaces they span), which then stores the resume
-        version and renews (or keeps) the freshness. The last event of a name wins."""
+        """A cluster watch's events, in order, as (namespace, name, stamp text, or for a deletion None or
+        ``deleted_at``'s text), stored all or none by one script (one command, however many namespaces
+        they span), which then stores the resume version and renews (or keeps) the freshness. The last
+        event of a name wins; a stamp below the name's floor is left out."""
         if not events:
             return True
         by_namespace: dict[str, dict[str, str | None]] = {}
@@ -579,7 +693,7 @@ class LiveStore:
         keys = [_key(self.cluster, "alive"), _key(self.cluster, "cresume"), _key(self.cluster, "cfresh")]
         args: list[Any] = [self.epoch, self._freshness(fresh), resource_version, _new_version(self.epoch)]
         for namespace, changes in by_namespace.items():
-            keys.append(_key(self.cluster, "objects", namespace))
+            keys += [_key(self.cluster, "objects", namespace), _key(self.cluster, "floor", namespace)]
             args.append(len(changes))
             for name, text in changes.items():
                 args += (name, text or "")
@@ -589,13 +703,19 @@ class LiveStore:
 
         return self._with_script(_WRITE_EVENTS, send)
 
-    def replace_all(self, stamps: Mapping[str, Mapping[str, str]], gone: Iterable[str]) -> bool:
-        """A cluster watch's relist: each namespace's stamps replaced whole, the ``gone`` namespaces'
-        dropped, in one round trip. ``cfresh`` must already be dropped (``write(fresh=False)``): a
+    def replace_all(
+        self, stamps: Mapping[str, Mapping[str, str]], gone: Iterable[str], *, listed: str = ""
+    ) -> bool:
+        """A cluster watch's relist: each namespace's stamps replaced whole (but those below their
+        floors), the ``gone`` namespaces' dropped, in one round trip; ``listed``, the LIST's version,
+        ends the floors it reaches. ``cfresh`` must already be dropped (``write(fresh=False)``): a
         reader trusts none of it until the relist's last write renews it."""
         replaced: list[tuple[str, Mapping[str, str | None]]] = [*stamps.items(), *((ns, {}) for ns in gone)]
         writes = [
-            (self._keys(namespace, whole_cluster=True), _write_args(self.epoch, "keep", "", True, texts))
+            (
+                self._keys(namespace, whole_cluster=True),
+                _write_args(self.epoch, "keep", "", True, texts, listed=listed),
+            )
             for namespace, texts in replaced
         ]
         return self._pipelined_writes(writes)
@@ -640,6 +760,7 @@ class LiveStore:
             ("resume", ""),
             ("fresh", ""),
             ("objects", ""),
+            ("floor", ""),
         ):
             batch: list[str] = []
             for key in self.client.scan_iter(match=_keys_under(self.cluster, *kind), count=1000):

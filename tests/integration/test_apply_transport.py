@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from gitops.cluster import Cluster
-from gitops.cluster.client import ClusterRefused, FieldConflictError, NotFoundError
+from gitops.cluster.client import Applied, ClusterRefused, FieldConflictError, NotFoundError
 from gitops.errors import PermanentError, TemporaryError
 from tests.workers import poll
 
@@ -431,6 +431,10 @@ def batching(settings, stack) -> Iterator:
         cluster.close()
 
 
+def _all_applied(outcomes: list, count: int) -> bool:
+    return len(outcomes) == count and all(isinstance(outcome, Applied) for outcome in outcomes)
+
+
 def test_a_batch_stores_each_object_and_answers_each_refusal_in_its_place(batching, namespace, cluster):
     ours = batching()
     ours.apply_configmap(configmap(namespace, "shared", KEY="theirs"), field_manager="someone-else")
@@ -438,20 +442,31 @@ def test_a_batch_stores_each_object_and_answers_each_refusal_in_its_place(batchi
     manifests[5] = (configmap(namespace, "bad", **{"not a key!": "x"}), False)
     manifests[11] = (configmap(namespace, "shared", KEY="ours"), False)
     manifests[17] = (configmap(f"gone-{uuid.uuid4().hex[:8]}", "x", A="b"), False)
-    refusals = ours.apply_configmaps(manifests, field_manager="sluice-transport", width=4)
-    assert [index for index, refusal in enumerate(refusals) if refusal is not None] == [5, 11, 17]
-    assert "422" in str(refusals[5]) and "not a key!" in str(refusals[5])
-    assert isinstance(refusals[11], FieldConflictError)
-    assert isinstance(refusals[17], NotFoundError)
-    stored = {obj["metadata"]["name"]: obj["data"] for obj in cluster.list_configmaps(namespace)}
+    outcomes = ours.apply_configmaps(manifests, field_manager="sluice-transport", width=4)
+    assert [index for index, outcome in enumerate(outcomes) if not isinstance(outcome, Applied)] == [
+        5,
+        11,
+        17,
+    ]
+    assert "422" in str(outcomes[5]) and "not a key!" in str(outcomes[5])
+    assert isinstance(outcomes[11], FieldConflictError)
+    assert isinstance(outcomes[17], NotFoundError)
+    listed = {obj["metadata"]["name"]: obj for obj in cluster.list_configmaps(namespace)}
+    stored = {name: obj["data"] for name, obj in listed.items()}
     assert all(
         stored[f"cm-{index}"] == {"KEY": str(index)} for index in range(30) if index not in (5, 11, 17)
+    )
+    # Each apply's answer gives the version it stored: a live-cache floor is set from it.
+    assert all(
+        outcomes[index] == Applied(listed[f"cm-{index}"]["metadata"]["resourceVersion"])
+        for index in range(30)
+        if index not in (5, 11, 17)
     )
     assert stored["shared"] == {"KEY": "theirs"}
     forced = ours.apply_configmaps(
         [(configmap(namespace, "shared", KEY="ours"), True)], field_manager="sluice-transport", width=4
     )
-    assert forced == [None]
+    assert forced == [Applied(cluster.get_configmap(namespace, "shared")["metadata"]["resourceVersion"])]
     assert cluster.get_configmap(namespace, "shared")["data"] == {"KEY": "ours"}
 
 
@@ -464,10 +479,8 @@ def test_a_body_given_encoded_is_sent_as_it_is_and_a_missing_one_is_encoded(batc
         (configmap(namespace, "own", KEY="x"), False),
     ]
     bodies = [json.dumps(given, separators=(",", ":")), None]
-    assert ours.apply_configmaps(manifests, field_manager="sluice-transport", width=2, bodies=bodies) == [
-        None,
-        None,
-    ]
+    outcomes = ours.apply_configmaps(manifests, field_manager="sluice-transport", width=2, bodies=bodies)
+    assert all(isinstance(outcome, Applied) for outcome in outcomes) and len(outcomes) == 2
     assert cluster.get_configmap(namespace, "given")["data"] == {"KEY": "from the body"}
     assert cluster.get_configmap(namespace, "own")["data"] == {"KEY": "x"}
 
@@ -480,9 +493,10 @@ def test_a_batch_applies_characters_beyond_the_basic_plane_from_bodies_given_enc
         (configmap(namespace, f"awkward-{key}", V=value), False) for key, value in AWKWARD_VALUES.items()
     ]
     bodies = [json.dumps(manifest, separators=(",", ":")) for manifest, _ in manifests]
-    assert batching().apply_configmaps(
+    outcomes = batching().apply_configmaps(
         manifests, field_manager="sluice-transport", width=4, bodies=bodies
-    ) == [None] * len(manifests)
+    )
+    assert len(outcomes) == len(manifests) and all(isinstance(outcome, Applied) for outcome in outcomes)
     for key, value in AWKWARD_VALUES.items():
         assert cluster.get_configmap(namespace, f"awkward-{key}")["data"] == {"V": value}
 
@@ -535,7 +549,8 @@ def test_a_batch_asks_for_no_second_strict_decode_either(batching, stack, tmp_pa
     server = fake_apiserver(answer("200 OK", stored))
     ours = batching(kubeconfig_pointing_at(stack, tmp_path, server.url))
     manifests = [(configmap("default", f"cm-{index}", A="b"), index == 2) for index in range(3)]
-    assert ours.apply_configmaps(manifests, field_manager="sluice-t", width=3) == [None, None, None]
+    # The fake's answer has no resourceVersion: none is made up.
+    assert ours.apply_configmaps(manifests, field_manager="sluice-t", width=3) == [Applied("")] * 3
     path = "PATCH /api/v1/namespaces/default/configmaps"
     query = "fieldManager=sluice-t&fieldValidation=Ignore"
     assert sorted(server.request_lines) == [
@@ -551,7 +566,7 @@ def test_batches_keep_their_connections_between_them(batching, stack, tmp_path, 
     kept = batching(kubeconfig_pointing_at(stack, tmp_path, server.url))
     for _ in range(4):
         manifests = [(configmap("default", f"x{index}", A="b"), False) for index in range(6)]
-        assert kept.apply_configmaps(manifests, field_manager="s", width=3) == [None] * 6
+        assert _all_applied(kept.apply_configmaps(manifests, field_manager="s", width=3), 6)
     assert server.requests == 24
     assert len(server.connections) <= 3
 
@@ -574,16 +589,16 @@ def test_a_forked_child_batches_on_connections_of_its_own(settings, stack, tmp_p
     settings.SLUICE_CLUSTER_CONNECT_TIMEOUT, settings.SLUICE_CLUSTER_READ_TIMEOUT = 2.0, 2.0
     batch = [(configmap("default", "x", A="b"), False)] * 2
     with Cluster(kubeconfig_pointing_at(stack, tmp_path, server.url)) as parent:
-        assert parent.apply_configmaps(batch, field_manager="s", width=1) == [None, None]
+        assert _all_applied(parent.apply_configmaps(batch, field_manager="s", width=1), 2)
         child = os.fork()
         if child == 0:
             try:
-                ok = parent.apply_configmaps(batch, field_manager="s", width=1) == [None, None]
+                ok = _all_applied(parent.apply_configmaps(batch, field_manager="s", width=1), 2)
                 os._exit(0 if ok else 1)
             except BaseException:
                 os._exit(1)
         assert exit_code_within(child, seconds=30) == 0
-        assert parent.apply_configmaps(batch, field_manager="s", width=1) == [None, None]
+        assert _all_applied(parent.apply_configmaps(batch, field_manager="s", width=1), 2)
     assert server.served == [0, 0, 1, 1, 0, 0]
 
 
@@ -601,7 +616,7 @@ def test_a_batch_on_descriptors_past_1024_runs_at_its_usual_pace(batching, names
         ours = batching()  # its connections are made now, past the placeholders
         manifests = [(configmap(namespace, f"high-{index}", KEY=str(index)), False) for index in range(40)]
         started = time.monotonic()
-        assert ours.apply_configmaps(manifests, field_manager="sluice-transport", width=8) == [None] * 40
+        assert _all_applied(ours.apply_configmaps(manifests, field_manager="sluice-transport", width=8), 40)
         assert time.monotonic() - started < 5.0
     finally:
         for descriptor in placeholders:
@@ -676,8 +691,17 @@ def test_a_step_batches_its_plain_applies_and_answers_every_intent_in_its_place(
     ours.apply_configmaps = spied
     answers = intents_apply(ours, intents)
     assert batches == [["new-0", "taken", "new-1"]]
-    assert answers[0] is None and answers[1] is None and answers[3] is None and answers[4] is None
-    assert answers[2].startswith("conflict with another field manager")
+    refusals = [answer.refusal for answer in answers]
+    assert refusals[0] is None and refusals[1] is None and refusals[3] is None and refusals[4] is None
+    assert refusals[2].startswith("conflict with another field manager")
+    listed = {obj["metadata"]["name"]: obj for obj in cluster.list_configmaps(namespace)}
+    versions = {name: obj["metadata"]["resourceVersion"] for name, obj in listed.items()}
+    assert (
+        answers[0].resource_version == versions["new-0"] and answers[4].resource_version == versions["new-1"]
+    )
+    assert answers[1].resource_version == "" and answers[2].resource_version == ""  # deleted; refused
+    # A self-heal's version is its apply's: the removal of another manager's key came after it.
+    assert 0 < int(answers[3].resource_version) < int(versions["drifted"])
     stored = {obj["metadata"]["name"]: obj["data"] for obj in cluster.list_configmaps(namespace)}
     assert "doomed" not in stored
     assert stored["new-0"] == {"K": "0"} and stored["new-1"] == {"K": "1"}

@@ -19,6 +19,7 @@ from django.conf import settings
 
 from gitops import cluster_admin
 from gitops.cluster import livestore
+from gitops.cluster.livestore import Written, deleted_at
 from gitops.models import Change, Source
 from gitops.plan import LiveStamp
 from gitops.plan.stamps import stamp_of
@@ -1034,6 +1035,172 @@ def test_a_revert_pushed_before_the_watch_stored_sluices_own_write_is_not_settle
         lease.close()
 
 
+def test_a_late_event_of_the_content_before_a_workers_write_does_not_settle_its_revert(
+    repo, make_namespaces, make_source, sync, cluster
+):
+    """The watch stores the event of v1 (an older write) after the worker wrote v2 and dropped the stamp:
+    a watch seconds behind during a bulk apply, a replay after a restart, or a relist whose LIST was
+    taken before the write. Stored, that stamp says "as applied, v1" again, and a revert to v1 would
+    be settled as unchanged while the cluster holds v2. The write's version is the stamp's floor."""
+    namespace, source = synced_source(repo, make_namespaces, make_source, sync)
+    lease = _Lease()
+    try:
+        lease.watched(cluster, namespace, "app-0")
+        late_event = livestore.fresh_stamps(settings.SLUICE_CLUSTER_NAME, [namespace])[namespace]["app-0"]
+
+        repo.write("configmaps/app-0.yaml", configmap("app-0", {"LOG_LEVEL": "debug"}))
+        repo.commit("v2")
+        assert sync(source)["summary"] == {"update": 1}
+        assert lease.store.write_events(
+            [(namespace, "app-0", late_event)], resource_version="1", fresh=True
+        ), "the lease is the test's"
+        assert not as_applied(settings.SLUICE_CLUSTER_NAME, namespace, "app-0"), "v1's late event is left out"
+
+        repo.write("configmaps/app-0.yaml", configmap("app-0", {"LOG_LEVEL": "info"}))
+        repo.commit("revert to v1")
+        assert sync(source)["summary"] == {"update": 1}
+        assert cluster.get_configmap(namespace, "app-0")["data"] == {"LOG_LEVEL": "info"}
+    finally:
+        lease.close()
+        lease.store.client.delete(
+            _objects_key(settings.SLUICE_CLUSTER_NAME, namespace),
+            livestore._key(settings.SLUICE_CLUSTER_NAME, "floor", namespace),
+        )
+
+
+def _stamp(version: int, content_hash: str, *, applied: bool = True) -> str:
+    return LiveStamp(str(version), "src", "c0ffee", content_hash * 32, applied).encode()
+
+
+def _floors(store: livestore.LiveStore, namespace: str) -> dict[str, str]:
+    return store.client.hgetall(livestore._key(store.cluster, "floor", namespace))
+
+
+def test_a_floor_holds_back_every_older_stamp_of_its_object_until_one_at_or_above_it(stack):
+    """Through the real scripts, both ways of watching: below the floor nothing is stored (the name is
+    deleted, so the object is read), a deletion below it removes the name and keeps the floor; a stamp
+    or a deletion at or above it is stored and ends the floor."""
+    cluster = f"t-{uuid.uuid4().hex[:8]}"
+    store = livestore.LiveStore(cluster, "term-1", stale_seconds=30)
+    assert store.claim()
+    try:
+        _floor_holds_back_older_stamps(store, "team-a", whole_cluster=True)
+        _floor_holds_back_older_stamps(store, "team-b", whole_cluster=False)
+    finally:
+        store.release()
+        _delete_keys_of(cluster)
+
+
+def _floor_holds_back_older_stamps(
+    store: livestore.LiveStore, namespace: str, *, whole_cluster: bool
+) -> None:
+    cluster = store.cluster
+
+    def told(name: str, text: str) -> None:
+        if whole_cluster:
+            assert store.write_events([(namespace, name, text)], resource_version="1", fresh=None)
+        else:
+            assert store.write(namespace, {name: text}, resource_version="1")
+
+    assert store.write(namespace, {"app": _stamp(7, "a"), "other": _stamp(7, "a")}, whole_cluster=True)
+    written = {namespace: [Written("app", "b" * 32, "10"), Written("other", "a" * 32, "")]}
+    assert livestore.unsettle_written(cluster, written) == 1
+    assert _floors(store, namespace) == {"app": "10"}, "no floor without a version"
+
+    told("app", _stamp(8, "a"))
+    told("app", _stamp(9, "c", applied=False))
+    assert "app" not in store.load(namespace)[0]
+    told("app", _stamp(7, "a"))
+    told("app", deleted_at("9"))
+    assert _floors(store, namespace) == {"app": "10"}, "a deletion below the floor keeps it"
+    told("other", _stamp(11, "a"))  # no floor: stored as ever
+    told("app", _stamp(10, "b"))
+    assert store.load(namespace)[0] == {"app": _stamp(10, "b"), "other": _stamp(11, "a")}
+    assert _floors(store, namespace) == {}
+    told("app", _stamp(9, "a"))  # the floor is over: an event is stored as it comes
+    assert store.load(namespace)[0]["app"] == _stamp(9, "a")
+
+    assert livestore.unsettle_written(cluster, {namespace: [Written("app", "d" * 32, "20")]}) == 1
+    told("app", deleted_at("21"))
+    assert _floors(store, namespace) == {}, "a deletion at or above the floor ends it"
+
+
+def test_a_worker_sets_a_floor_only_below_its_write_and_never_lowers_one(stack):
+    """A stamp that shows the write at an older version is kept (it settles what the cluster holds),
+    but its floor is set: an event between the two would otherwise come after it. A stamp at or above
+    the write needs none, and a later answer of an earlier write never lowers a floor. The floors
+    expire, after at least an hour."""
+    cluster = f"t-{uuid.uuid4().hex[:8]}"
+    store = livestore.LiveStore(cluster, "term-1", stale_seconds=30)
+    assert store.claim()
+    try:
+        assert store.write("ns", {"again": _stamp(5, "a"), "seen": _stamp(12, "a")}, whole_cluster=True)
+        written = [
+            Written("again", "a" * 32, "9"),  # a written again at 9, after b at 7 not yet told
+            Written("seen", "a" * 32, "12"),
+            Written("absent", "a" * 32, "14"),  # an object the cache has no stamp of: a replace's new one
+        ]
+        assert livestore.unsettle_written(cluster, {"ns": written}) == 0
+        assert store.load("ns")[0] == {"again": _stamp(5, "a"), "seen": _stamp(12, "a")}
+        assert _floors(store, "ns") == {"again": "9", "absent": "14"}
+        assert livestore.unsettle_written(cluster, {"ns": [Written("absent", "b" * 32, "13")]}) == 0
+        assert _floors(store, "ns")["absent"] == "14"
+
+        assert store.write_events([("ns", "again", _stamp(7, "b"))], resource_version="7", fresh=None)
+        assert "again" not in store.load("ns")[0], "b's event, between a's two writes, is held back"
+        ttl = store.client.pttl(livestore._key(cluster, "floor", "ns"))
+        assert livestore.floor_milliseconds() - 60_000 < ttl <= livestore.floor_milliseconds()
+        assert livestore.floor_milliseconds() >= 3_600_000
+    finally:
+        store.release()
+        _delete_keys_of(cluster)
+
+
+def test_a_relist_leaves_out_stamps_below_floors_and_ends_the_floors_its_list_reaches(stack):
+    """A LIST taken before a worker's write can be stored after the worker's drop. What it shows below
+    a floor is left out; a floor at or below the LIST's version ends (its watch resumes from there),
+    whether or not the LIST still shows the object. Both ways of watching."""
+    cluster = f"t-{uuid.uuid4().hex[:8]}"
+    store = livestore.LiveStore(cluster, "term-1", stale_seconds=30)
+    assert store.claim()
+    try:
+        for namespace in ("team-a", "team-b"):
+            assert store.write(namespace, {"app": _stamp(5, "a")}, whole_cluster=True)
+            written = [Written("app", "b" * 32, "30"), Written("gone", "b" * 32, "12")]
+            livestore.unsettle_written(cluster, {namespace: written})
+        listed_before_the_write = {"app": _stamp(5, "a"), "kept": _stamp(6, "a")}
+
+        assert store.replace_all({"team-a": listed_before_the_write}, [], listed="20")
+        assert store.write("team-b", listed_before_the_write, resource_version="20", reset=True, listed="20")
+
+        for namespace in ("team-a", "team-b"):
+            assert store.load(namespace)[0] == {"kept": _stamp(6, "a")}
+            assert _floors(store, namespace) == {"app": "30"}
+        assert store.replace_all({"team-a": {"app": _stamp(30, "b")}}, [], listed="31")
+        assert store.load("team-a")[0] == {"app": _stamp(30, "b")} and _floors(store, "team-a") == {}
+    finally:
+        store.release()
+        _delete_keys_of(cluster)
+
+
+def test_floors_go_with_a_forgotten_namespace_and_a_dropped_cluster(stack):
+    cluster = f"t-{uuid.uuid4().hex[:8]}"
+    store = livestore.LiveStore(cluster, "term-1", stale_seconds=30)
+    assert store.claim()
+    try:
+        for namespace in ("team-a", "team-b"):
+            livestore.unsettle_written(cluster, {namespace: [Written("app", "b" * 32, "30")]})
+        assert store.forget("team-a")
+        assert _floors(store, "team-a") == {} and _floors(store, "team-b") == {"app": "30"}
+        assert store.drop_stored()
+        assert set(store.client.scan_iter(match=f"{livestore.PREFIX}:{{{cluster}}}:*")) == {
+            livestore._key(cluster, "alive")
+        }
+    finally:
+        store.release()
+        _delete_keys_of(cluster)
+
+
 def test_a_stamp_that_shows_the_write_already_is_kept(stack, namespace, cluster):
     """The watch stored the write before the worker got to it: that stamp stays, so the next plan is
     not sent to read what the cache already vouches for. A deletion's stamp goes whatever it says."""
@@ -1051,7 +1218,14 @@ def test_a_stamp_that_shows_the_write_already_is_kept(stack, namespace, cluster)
 
         dropped = livestore.unsettle_written(
             default,
-            {namespace: [("kept", "a" * 32), ("outdated", "b" * 32), ("deleted", ""), ("absent", "c" * 32)]},
+            {
+                namespace: [
+                    Written("kept", "a" * 32),
+                    Written("outdated", "b" * 32),
+                    Written("deleted", ""),
+                    Written("absent", "c" * 32),
+                ]
+            },
         )
 
         assert dropped == 2

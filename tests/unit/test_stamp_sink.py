@@ -15,6 +15,7 @@ import redis
 
 from gitops import livecache
 from gitops.cluster.informer import DELETED
+from gitops.cluster.livestore import deleted_at
 from gitops.errors import TemporaryError
 from gitops.livecache import LeaseLost, StampSink
 from gitops.plan.stamps import LiveStamp, stamp_of
@@ -45,7 +46,7 @@ class MemoryStore:
         if options.get("reset"):
             self.objects.pop(namespace, None)
         for name, text in changes.items():
-            if text is None:
+            if text is None or text.startswith(deleted_at("")):  # a deletion, at a version or not
                 self.objects.get(namespace, {}).pop(name, None)
             else:
                 self.objects.setdefault(namespace, {})[name] = text
@@ -70,7 +71,7 @@ class MemoryStore:
         self.write("", {}, whole_cluster=True, **options)
         return True
 
-    def replace_all(self, stamps: dict[str, dict[str, str]], gone: set[str]) -> bool:
+    def replace_all(self, stamps: dict[str, dict[str, str]], gone: set[str], *, listed: str = "") -> bool:
         if not self.leased:
             return False
         for namespace in gone:
