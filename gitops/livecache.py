@@ -216,9 +216,10 @@ class EventWriter:
     A bulk apply makes thousands of events a second, and one round trip each was most of the cache's
     CPU. One informer feeds it. A failed write drops the cluster's freshness at once (best effort)
     and is kept as ``failure``; what queued after it is skipped, so ``known`` stays as Redis holds
-    it. ``drain`` waits for the queue and raises the failure, so the informer's watch ends and
-    resumes from where it began, replaying the skipped events (a stamp is stored whole, so a replay
-    is harmless) and waking what they change.
+    it (but for stamps a floor held back: ``known`` has them, as the watch told them, and wakes are
+    worked out between events as before). ``drain`` waits for the queue and raises the failure, so
+    the informer's watch ends and resumes from where it began, replaying the skipped events (a stamp
+    is stored whole, so a replay is harmless) and waking what they change.
     """
 
     def __init__(self, sink: StampSink) -> None:

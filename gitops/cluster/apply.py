@@ -36,11 +36,13 @@ from gitops.vocabulary import ChangeAction
 
 
 class IntentAnswer(NamedTuple):
-    """How an intent went: why its cluster refused it for good (None: done), and the resourceVersion
-    its last write stored ("": not known, or nothing was stored)."""
+    """How an intent went: why its cluster refused it for good (None: done), the resourceVersion its
+    write stored ("": not known, or nothing was stored), and whether a request of a refused intent had
+    already changed the object (a replace's delete, a self-heal's apply)."""
 
     refusal: str | None
     resource_version: str = ""
+    wrote: bool = False
 
 
 DONE = IntentAnswer(None)
@@ -118,11 +120,13 @@ def _unsettle_written(
     sent gets here."""
     answers = [DONE] * len(intents) if isinstance(answer, Exception) else answer
     written: dict[str, list[livestore.Written]] = {}
-    for intent, (refusal, version) in zip(intents, answers, strict=True):
-        if intent.kind in WORKLOAD_KINDS or refusal is not None:
+    for intent, (refusal, version, wrote) in zip(intents, answers, strict=True):
+        if intent.kind in WORKLOAD_KINDS or (refusal is not None and not wrote):
             continue
+        # Refused midway, the object holds neither what it held nor what was meant: its stamp goes.
+        done = refusal is None
         written.setdefault(intent.namespace, []).append(
-            livestore.Written(intent.name, _written_hash(intent), version)
+            livestore.Written(intent.name, _written_hash(intent) if done else "", version if done else "")
         )
     if written:
         livestore.unsettle_written(cluster, written)
@@ -239,7 +243,7 @@ def _apply_one(cluster: Cluster, intent: ApplyIntent, fence: Callable[[], None])
     fence()
     if intent.kind in WORKLOAD_KINDS:
         return IntentAnswer(_stamp_workload(cluster, intent))
-    version = ""
+    version, wrote = "", False
     try:
         if intent.action == ChangeAction.RELEASE:
             cluster.release_configmap(
@@ -252,12 +256,13 @@ def _apply_one(cluster: Cluster, intent: ApplyIntent, fence: Callable[[], None])
             or (intent.action == ChangeAction.ROLLBACK and intent.manifest is None)
         ):
             cluster.delete_configmap(intent.namespace, intent.name)
+            wrote = True
             fence()
         if intent.manifest is not None:
             applied = cluster.apply_configmap(
                 intent.manifest, field_manager=settings.SLUICE_FIELD_MANAGER, force=intent.force
             )
-            version = str((applied.get("metadata") or {}).get("resourceVersion") or "")
+            version, wrote = str((applied.get("metadata") or {}).get("resourceVersion") or ""), True
             fence()
             # A self-heal's removal of foreign keys is a later version; the apply's own event, between
             # the two, is not as applied (it still holds those keys), so it settles nothing.
@@ -265,7 +270,7 @@ def _apply_one(cluster: Cluster, intent: ApplyIntent, fence: Callable[[], None])
     except ClusterRefused:
         raise  # the cluster refuses Sluice's credentials: nothing of it is applied now
     except PermanentError as exc:
-        return IntentAnswer(_refusal_text(exc))
+        return IntentAnswer(_refusal_text(exc), wrote=wrote)
     return IntentAnswer(None, version if version.isdigit() else "")
 
 

@@ -220,16 +220,24 @@ class Applied(NamedTuple):
     resource_version: str
 
 
+_METADATA_FIELD = b'"metadata":{'
 _RESOURCE_VERSION_FIELD = b'"resourceVersion":"'
 
 
 def resource_version_in(answer: bytes) -> str:
-    """The resourceVersion of the object in an apply's JSON answer, found without parsing it: the
-    apiserver encodes ``metadata`` first, and its ``resourceVersion`` before any label, annotation or
-    managed field, after a name and a namespace that cannot hold a quote. "" if none is found, or it is
-    not a number (a floor is then not set: see livestore's "Floors")."""
-    start = answer.find(_RESOURCE_VERSION_FIELD)
-    if start < 0:
+    """The resourceVersion of the object in an apply's JSON answer, found without parsing it. The
+    apiserver encodes ``kind``, ``apiVersion``, then ``metadata``, whose ``resourceVersion`` comes after
+    the name, namespace and uid (none of which can hold a quote or a brace) and before any label,
+    annotation or managed field. So it is taken only there: from ``metadata``'s opening with no object
+    or list opened before it, in the answer or in ``metadata``. Anything else (keys sorted by a proxy,
+    spaces, a value that is not a number) gives "": no floor is set then (see livestore's "Floors"),
+    which costs reads, never a wrong plan."""
+    opening = answer.find(_METADATA_FIELD)
+    if opening < 0 or answer.find(b"{", 1, opening) >= 0 or answer.find(b"[", 0, opening) >= 0:
+        return ""
+    inside = opening + len(_METADATA_FIELD)
+    start = answer.find(_RESOURCE_VERSION_FIELD, inside)
+    if start < 0 or answer.find(b"{", inside, start) >= 0 or answer.find(b"[", inside, start) >= 0:
         return ""
     start += len(_RESOURCE_VERSION_FIELD)
     end = answer.find(b'"', start, start + 32)

@@ -69,7 +69,10 @@ process leaves out a stamp below its floor (the object is then read). A stamp
 at or above it, or a deletion at or above it, ends the floor; a relist ends
 every floor its LIST's version reaches, since its watch resumes from there. A
 floor outlives no event that could need it: it expires after ``FLOOR_SECONDS``
-or twice the relist interval.
+or twice the relist interval, whichever is longer (as the workers' settings say:
+give them the cache's ``SLUICE_LIVE_CACHE_RELIST_SECONDS`` too). Only where a
+cache could store an older event is a floor set (see ``_UNSETTLE``). Versions
+are compared as whole numbers of any length.
 """
 
 from __future__ import annotations
@@ -97,7 +100,23 @@ FLOOR_SECONDS = 3600.0
 VERSION_FIELD = "#version"  # in each objects hash; no ConfigMap is named with a "#"
 # A hash's new version once its stamps were written: none when no stamp is left (the hash is then
 # gone, as Redis removes an empty hash), so a version never makes a namespace seem stored.
-_NEW_VERSION = """
+# resourceVersions compared exactly, as whole numbers of any length: Lua's numbers are floats, which
+# would not tell 2^53 + 1 from 2^53. ``at_least`` is nil unless both are digits.
+_VERSIONS = """
+local function whole_number(text)
+  if not text or not string.match(text, '^%d+$') then return nil end
+  return (string.gsub(text, '^0+', ''))
+end
+local function at_least(a, b)
+  a, b = whole_number(a), whole_number(b)
+  if not a or not b then return nil end
+  if #a ~= #b then return #a > #b end
+  return a >= b
+end
+"""
+_NEW_VERSION = (
+    _VERSIONS
+    + """
 local function new_version(key, version)
   redis.call('HDEL', key, '#version')
   if redis.call('EXISTS', key) == 1 then redis.call('HSET', key, '#version', version) end
@@ -111,12 +130,12 @@ local DELETED = string.char(30)  -- starts a deletion's text (``deleted_at``); n
 local function store(objects, floors, name, text)
   local deletion = text == '' or string.sub(text, 1, 1) == DELETED
   if floors then
-    local floor = tonumber(redis.call('HGET', floors, name))
+    local floor = redis.call('HGET', floors, name)
     if floor then
       local version
-      if deletion then version = tonumber(string.sub(text, 2))
-      else version = tonumber(string.match(text, '^[^' .. SEP .. ']*')) end
-      if version and version >= floor then redis.call('HDEL', floors, name)
+      if deletion then version = string.sub(text, 2)
+      else version = string.match(text, '^[^' .. SEP .. ']*') end
+      if at_least(version, floor) then redis.call('HDEL', floors, name)
       elseif not deletion then redis.call('HDEL', objects, name); return end
     end
   end
@@ -129,15 +148,14 @@ end
 -- A LIST at ``listed`` shows every write up to it, and its watch resumes from it: floors at or below it
 -- have nothing left to hold back.
 local function floors_listed(key, listed)
-  local at = tonumber(listed)
-  if not at or redis.call('EXISTS', key) == 0 then return end
+  if not whole_number(listed) or redis.call('EXISTS', key) == 0 then return end
   local entries = redis.call('HGETALL', key)
   for i = 1, #entries, 2 do
-    local floor = tonumber(entries[i + 1])
-    if not floor or floor <= at then redis.call('HDEL', key, entries[i]) end
+    if at_least(listed, entries[i + 1]) ~= false then redis.call('HDEL', key, entries[i]) end
   end
 end
 """
+)
 # KEYS: alive, objects, resume, fresh, floors, then, for a namespace's own watch, the cluster watch's
 # cresume and cfresh, deleted: stamps the cluster's watch did not write are no longer complete up to
 # its version, so it must list again. ARGV: epoch, freshness ("keep", "drop" or milliseconds),
@@ -225,17 +243,24 @@ return 1
 # an object a worker just wrote that does not show what it wrote, and the version of each hash it
 # changed, so the next plan reads those objects; and records the write's resourceVersion as the
 # name's floor unless the stamp is already at or above it, so no older event stores an older stamp
-# back (see the module's "Floors"). KEYS: for each namespace, its objects hash and its floors. ARGV:
-# the floors' lifetime in milliseconds, then for each namespace in KEYS' order the number of its
-# name, hash, version triples, then the triples (an empty hash: the object was deleted or released,
-# and its stamp goes whatever it says; an empty version: not known, no floor). Not fenced: it only
-# removes what a plan would otherwise trust, and holds back only stamps older than a write the
-# cluster answered. Returns how many stamps went.
-_UNSETTLE = """
+# back (see the module's "Floors"). Floors are set only where a live cache could store such an event:
+# one holds the lease (it may be listing), or a resume version is stored (a cache would replay from
+# it); a cache that starts with neither lists, and its LIST is newer than the write. KEYS: alive,
+# cresume, then for each namespace its objects hash, its floors and its resume key. ARGV: the floors'
+# lifetime in milliseconds, then for each namespace in KEYS' order the number of its name, hash,
+# version triples, then the triples (an empty hash: the object was deleted or released, and its
+# stamp goes whatever it says; an empty version: not known, no floor). Not fenced: it only removes
+# what a plan would otherwise trust, and holds back only stamps older than a write the cluster
+# answered. Returns how many stamps went.
+_UNSETTLE = (
+    _VERSIONS
+    + """
 local at, dropped, sep = 2, 0, string.char(31)  -- the stamp's field separator
 local field = '([^' .. sep .. ']*)' .. sep
-for k = 1, #KEYS, 2 do
+local cluster_watched = redis.call('EXISTS', KEYS[1], KEYS[2]) > 0
+for k = 3, #KEYS, 3 do
   local objects, floors = KEYS[k], KEYS[k + 1]
+  local may_store = cluster_watched or redis.call('EXISTS', KEYS[k + 2]) == 1
   local last = at + 3 * tonumber(ARGV[at])
   local changed, floored = false, false
   for i = at + 1, last, 3 do
@@ -244,18 +269,18 @@ for k = 1, #KEYS, 2 do
     if stamp then
       local fields = {}
       for found in string.gmatch(stamp .. sep, field) do fields[#fields + 1] = found end
-      version = tonumber(fields[1])
+      version = fields[1]
       if ARGV[i + 1] == '' or fields[4] ~= ARGV[i + 1] or fields[5] ~= '1' then
         redis.call('HDEL', objects, ARGV[i])
         changed = true
         dropped = dropped + 1
       end
     end
-    local written = tonumber(ARGV[i + 2])
-    if written and not (version and version >= written) then
-      local floor = tonumber(redis.call('HGET', floors, ARGV[i]))
-      if not floor or floor < written then
-        redis.call('HSET', floors, ARGV[i], ARGV[i + 2])
+    local written = ARGV[i + 2]
+    if may_store and whole_number(written) and not at_least(version, written) then
+      local floor = redis.call('HGET', floors, ARGV[i])
+      if not floor or not at_least(floor, written) then
+        redis.call('HSET', floors, ARGV[i], written)
         floored = true
       end
     end
@@ -266,6 +291,7 @@ for k = 1, #KEYS, 2 do
 end
 return dropped
 """
+)
 _UNSETTLE_BATCH = 2000  # objects a call: one script call blocks Redis while it runs
 
 _version_numbers = itertools.count(1)  # with the epoch, a version no other write of the term has
@@ -478,7 +504,8 @@ class Written(NamedTuple):
 
 
 def floor_milliseconds() -> int:
-    """How long a floor is kept: ``FLOOR_SECONDS``, or twice the live cache's relist interval."""
+    """How long a floor is kept: ``FLOOR_SECONDS``, or twice the live cache's relist interval, whichever
+    is longer."""
     relist = float(getattr(settings, "SLUICE_LIVE_CACHE_RELIST_SECONDS", 600))
     return int(max(FLOOR_SECONDS, 2 * relist) * 1000)
 
@@ -487,17 +514,22 @@ def unsettle_written(cluster: str, written: Mapping[str, Sequence[Written]]) -> 
     """After a worker's apply: drops the stamps of the objects it wrote (by namespace) that do not show
     that write yet, and holds back older stamps of them (see ``_UNSETTLE``); returns how many went.
     Redis out of reach is logged: plans then trust what it holds, as before."""
-    calls: list[tuple[list[str], list[str | int]]] = [([], [floor_milliseconds()])]
+    watched = [_key(cluster, "alive"), _key(cluster, "cresume")]
+    calls: list[tuple[list[str], list[str | int]]] = [(list(watched), [floor_milliseconds()])]
     room = _UNSETTLE_BATCH
     for namespace, objects in sorted(written.items()):
         # A namespace of more objects than a call takes is split across calls.
         for start in range(0, len(objects), _UNSETTLE_BATCH):
             part = objects[start : start + _UNSETTLE_BATCH]
             if len(part) > room:
-                calls.append(([], [floor_milliseconds()]))
+                calls.append((list(watched), [floor_milliseconds()]))
                 room = _UNSETTLE_BATCH
             keys, args = calls[-1]
-            keys += [_key(cluster, "objects", namespace), _key(cluster, "floor", namespace)]
+            keys += [
+                _key(cluster, "objects", namespace),
+                _key(cluster, "floor", namespace),
+                _key(cluster, "resume", namespace),
+            ]
             args.append(len(part))
             for name, content_hash, resource_version in part:
                 args += [name, content_hash, resource_version]
@@ -506,7 +538,7 @@ def unsettle_written(cluster: str, written: Mapping[str, Sequence[Written]]) -> 
     try:
         script = _unsettle_script()
         for keys, args in calls:
-            if keys:
+            if len(keys) > len(watched):
                 dropped += int(script(keys=keys, args=args))
     except redis.RedisError as exc:
         log.warning("cannot drop the stamps of objects just written in cluster %s: %s", cluster, exc)

@@ -1183,6 +1183,76 @@ def test_a_relist_leaves_out_stamps_below_floors_and_ends_the_floors_its_list_re
         _delete_keys_of(cluster)
 
 
+def test_versions_are_compared_as_whole_numbers_of_any_length(stack):
+    """Lua's numbers are floats: 2^53 + 1 would read as 2^53, and a stamp one version older than its
+    floor would end it."""
+    cluster = f"t-{uuid.uuid4().hex[:8]}"
+    store = livestore.LiveStore(cluster, "term-1", stale_seconds=30)
+    assert store.claim()
+    try:
+        big = 2**53
+        assert livestore.unsettle_written(cluster, {"ns": [Written("app", "b" * 32, str(big + 1))]}) == 0
+        assert store.write_events([("ns", "app", _stamp(big, "a"))], resource_version="1", fresh=None)
+        assert "app" not in store.load("ns")[0] and _floors(store, "ns") == {"app": str(big + 1)}
+        assert store.write_events([("ns", "app", _stamp(10 * big, "b"))], resource_version="2", fresh=None)
+        assert store.load("ns")[0]["app"] == _stamp(10 * big, "b") and _floors(store, "ns") == {}
+    finally:
+        store.release()
+        _delete_keys_of(cluster)
+
+
+def test_a_floor_is_set_only_where_a_live_cache_could_store_an_older_event(stack):
+    """No cache holds the lease and none stored a resume version: a cache that starts lists, and its
+    LIST is newer than the write, so a floor would only take room. A namespace's resume version (a
+    cache would replay from it) or the lease is enough for one."""
+    cluster = f"t-{uuid.uuid4().hex[:8]}"
+    store = livestore.LiveStore(cluster, "term-1", stale_seconds=30)
+    client = store.client
+    try:
+        written = {
+            "unwatched": [Written("app", "b" * 32, "30")],
+            "resumable": [Written("app", "b" * 32, "30")],
+        }
+        client.set(livestore._key(cluster, "resume", "resumable"), "25")
+        livestore.unsettle_written(cluster, written)
+        assert _floors(store, "unwatched") == {} and _floors(store, "resumable") == {"app": "30"}
+        assert store.claim()
+        livestore.unsettle_written(cluster, written)
+        assert _floors(store, "unwatched") == {"app": "30"}
+    finally:
+        _delete_keys_of(cluster)
+
+
+def test_a_replace_refused_after_its_delete_drops_the_stamp_of_the_object_it_deleted(
+    stack, namespace, cluster
+):
+    """The delete of a replace went through, then the cluster refused the new object: the intent is
+    refused, but the object is gone, and its old stamp (as applied) would settle a revert of it."""
+    from gitops.cluster.apply import intents_apply_everywhere
+    from gitops.models import ApplyIntent
+
+    manifest = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "app", "namespace": namespace}}
+    cluster.apply_configmap({**manifest, "data": {"A": "1"}}, field_manager=settings.SLUICE_FIELD_MANAGER)
+    lease = _Lease()
+    try:
+        lease.watched(cluster, namespace, "app")
+        refused = ApplyIntent(
+            cluster=settings.SLUICE_CLUSTER_NAME,
+            namespace=namespace,
+            name="app",
+            action=ChangeAction.REPLACE,
+            manifest={**manifest, "data": {"not a key!": "x"}},
+        )
+        applied = intents_apply_everywhere([refused])
+        assert applied.errors[0] and "not a key!" in applied.errors[0]
+        assert "app" not in {obj["metadata"]["name"] for obj in cluster.list_configmaps(namespace)}
+        stamps = livestore.fresh_stamps(settings.SLUICE_CLUSTER_NAME, [namespace]).get(namespace, {})
+        assert "app" not in stamps
+    finally:
+        lease.close()
+        lease.store.client.delete(_objects_key(settings.SLUICE_CLUSTER_NAME, namespace))
+
+
 def test_floors_go_with_a_forgotten_namespace_and_a_dropped_cluster(stack):
     cluster = f"t-{uuid.uuid4().hex[:8]}"
     store = livestore.LiveStore(cluster, "term-1", stale_seconds=30)
