@@ -579,6 +579,11 @@ class FlagOut(Schema):
     changed_at: datetime | None
     stale: bool
     stale_reasons: list[StaleReason]
+    changes_at_full: int | None = Field(
+        description="a running rollout that gives every user a new definition of this flag at once when it"
+        " reaches 100% (its variants change type, and flagd gives a flag one type); until then everyone"
+        " has this one"
+    )
 
 
 class FlagPage(Schema):
@@ -1103,6 +1108,7 @@ def flag_entry(row: selectors.FlagRow) -> dict[str, Any]:
         "share_percent": row.share,
         "stale": bool(row.stale_reasons),
         "stale_reasons": list(row.stale_reasons),
+        "changes_at_full": later.pk if (later := row.changes_at_full) is not None else None,
     }
 
 

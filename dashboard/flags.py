@@ -50,6 +50,7 @@ EXPORT_COLUMNS = (
     "changed_at",
     "stale",
     "stale_reasons",
+    "changes_at_full",
 )
 
 
@@ -77,6 +78,7 @@ def _lines(rows: list[selectors.FlagRow]) -> list[SafeString]:
         links = {
             "source": url("dashboard:source", flag.source.name),
             "rollout": url("dashboard:rollout", flag.rollout_id) if flag.rollout_id else "",
+            "held_by": url("dashboard:rollout", flag.held_by_id) if flag.held_by_id else "",
             "changes": f"{changes}?{urlencode({**log, 'commit': flag.changed_commit})}",
         }
         lines.append(_row_html(row, links))
@@ -123,20 +125,29 @@ def _row_html(row: selectors.FlagRow, links: dict[str, str]) -> SafeString:
         flag.variants,
         flag.default_variant or "none (the code default)",
         flag.targeting,
-        _rollout_html(row, links["rollout"]),
+        _rollout_html(row, links),
         _share_html(row),
         _changed_html(row, links["changes"]),
     )
 
 
-def _rollout_html(row: selectors.FlagRow, link: str) -> SafeString:
+def _rollout_html(row: selectors.FlagRow, links: dict[str, str]) -> SafeString:
     rollout = row.rollout
+    if (later := row.changes_at_full) is not None:
+        # Its variants change type: the rollout gives everyone the new definition at once at 100%.
+        return format_html(
+            '<a href="{}">#{}</a> <span class="badge changes-at-full">changes at 100%</span>'
+            ' <span class="muted">now at {}%</span>',
+            links["held_by"],
+            later.pk,
+            later.weight,
+        )
     if rollout is None:
         return NO_ROLLOUT
     weight = format_html(' <span class="muted">at {}%</span>', rollout.weight) if row.rolling_out else ""
     return format_html(
         '<a href="{}">#{}</a> <span class="state state-{}">{}</span>{}',
-        link,
+        links["rollout"],
         rollout.pk,
         rollout.phase.lower(),
         rollout.phase,
@@ -151,6 +162,8 @@ def _share_html(row: selectors.FlagRow) -> SafeString:
         note = "rolled back: users keep the previous definition"
     elif row.rolling_out and flag.changed_at is None:
         note = "everyone keeps it until 100%" if flag.removed else "not published yet"
+    elif row.changes_at_full is not None:
+        note = "everyone, until the new definition replaces it for everyone at 100%"
     return format_html(
         '<td class="share" data-label="Users" data-share="{}"><progress max="100" value="{}"'
         ' aria-label="{}% of users on this definition of {}"></progress> {}%{}</td>',
@@ -268,6 +281,7 @@ def _export_values(record: dict[str, Any]) -> list[Any]:
         changed_at.isoformat() if changed_at else "",
         "yes" if record["stale_reasons"] else "no",
         "; ".join(reason.value for reason in record["stale_reasons"]),
+        record["changes_at_full"] or "",
     ]
 
 

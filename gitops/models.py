@@ -1107,6 +1107,10 @@ class PublishedFlag(models.Model):
     rollout = models.ForeignKey(
         Rollout, on_delete=models.SET_NULL, null=True, blank=True, related_name="published_flags"
     )
+    # A rollout that changes this flag for every user at once at 100% (its variants change type, and
+    # flagd gives a flag one type): until then the row is the definition everyone keeps, and the page
+    # says "changes at 100%". Kept once the flag changed, naming the rollout that changed it so.
+    held_by = models.ForeignKey(Rollout, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     changed_commit = models.CharField(max_length=COMMIT_LENGTH, blank=True, default="")
     changed_at = models.DateTimeField(null=True, blank=True)
     recorded_at = models.DateTimeField(default=timezone.now)

@@ -457,6 +457,7 @@ _FLAG_COLUMNS = (
     "serves_one_variant",
     "removed",
     "rollout",
+    "held_by",
     "changed_commit",
     "changed_at",
 )
@@ -498,6 +499,13 @@ class FlagRow:
         rollout = self.flag.rollout
         return rollout is not None and rollout.phase in ROLLED_BACK_PHASES
 
+    @property
+    def changes_at_full(self) -> Rollout | None:
+        """The running rollout that gives every user a new definition of this flag at once at 100% (its
+        variants change type): until then everyone has this one."""
+        held_by = self.flag.held_by
+        return held_by if held_by is not None and held_by.is_active and self.flag.rollout_id is None else None
+
 
 def stale_days() -> int:
     return int(settings.SLUICE_STALE_FLAG_DAYS)
@@ -513,12 +521,14 @@ def _stale(now: datetime) -> Q:
 
 
 def published_flags(filters: FlagFilters, *, now: datetime) -> QuerySet[PublishedFlag]:
-    flags = PublishedFlag.objects.select_related("source", "rollout").only(
+    flags = PublishedFlag.objects.select_related("source", "rollout", "held_by").only(
         *_FLAG_COLUMNS,
         "source__name",
         "source__commit_url_template",
         "rollout__phase",
         "rollout__weight",
+        "held_by__phase",
+        "held_by__weight",
     )
     if filters.source:
         flags = flags.filter(source__name=filters.source)
@@ -613,6 +623,8 @@ FLAG_EXPORT_FIELDS = (
     "changed_commit",
     "changed_at",
     "serves_one_variant",
+    "held_by_id",
+    "held_by__phase",
 )
 
 
@@ -625,6 +637,9 @@ def flag_export(filters: FlagFilters, *, now: datetime) -> Iterator[dict[str, An
         phase, changed_at = record.pop("rollout__phase"), record["changed_at"]
         record["share"] = flag_share(phase, record.pop("rollout__weight") or 0, changed_at)
         record["rollout_phase"] = phase or ""
+        held_by, held_phase = record.pop("held_by_id"), record.pop("held_by__phase")
+        changes_later = held_by and held_phase in Rollout.ACTIVE_PHASES and not record["rollout_id"]
+        record["changes_at_full"] = held_by if changes_later else None
         record["stale_reasons"] = stale_reasons(
             record.pop("serves_one_variant"), changed_at, record["removed"], cutoff
         )

@@ -24,7 +24,7 @@ A pass that would change nothing writes nothing, and finding that out costs one 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,7 +87,8 @@ def flag_catalog_record(
         for (namespace, name), flag_set in flag_sets.items()
         for key, hashed in flag_set.definition_hashes.items()
     }
-    if _up_to_date(rollout, wanted, weight):
+    held_flags = {(*set_key, key) for set_key, keys in held.items() for key in keys}
+    if _up_to_date(rollout, wanted, weight, held_flags):
         return
     with transaction.atomic():
         _rewrite(rollout, sets, weight, held)
@@ -121,7 +122,9 @@ def _held(
     return held
 
 
-def _up_to_date(rollout: Rollout, wanted: Mapping[FlagKey, str], weight: int) -> bool:
+def _up_to_date(
+    rollout: Rollout, wanted: Mapping[FlagKey, str], weight: int, held: Collection[FlagKey]
+) -> bool:
     rows = PublishedFlag.objects.filter(source_id=rollout.source_id).values_list(
         "namespace",
         "flag_set",
@@ -131,12 +134,13 @@ def _up_to_date(rollout: Rollout, wanted: Mapping[FlagKey, str], weight: int) ->
         "rollout_id",
         "rollout__phase",
         "changed_at",
+        "held_by_id",
     )
     wanted_sets = {(namespace, flag_set) for namespace, flag_set, _ in wanted}
     seen: set[FlagKey] = set()
     # One plain query: a row per flag is small, and a server-side cursor (DECLARE ... WITH HOLD, FETCH,
     # CLOSE) cost three round trips on every pass, flags or not.
-    for namespace, flag_set, key, hashed, removed, rollout_id, phase, changed_at in rows:
+    for namespace, flag_set, key, hashed, removed, rollout_id, phase, changed_at, held_by in rows:
         flag = (namespace, flag_set, key)
         if removed:
             # Served until this rollout reaches 100; a removed flag of a set Git still has goes
@@ -147,6 +151,8 @@ def _up_to_date(rollout: Rollout, wanted: Mapping[FlagKey, str], weight: int) ->
             continue
         if wanted.get(flag) != hashed:
             return False
+        if flag in held and held_by != rollout.pk:
+            return False  # held back until 100 by this rollout, which the row must name
         if rollout_id == rollout.pk and changed_at is None:
             return False  # waiting for its first publication
         if rollout_id not in (None, rollout.pk) and phase != Rollout.Phase.COMPLETED:
@@ -199,18 +205,39 @@ def _rows_of_set(
     for key, flag in (one.document.get("flags") or {}).items():
         summary = one.held.get(key) or flag_summary(flag, effective[key])
         row = existing.get((*one.key, key))
-        if key in one.changing:
+        if key in one.changing and row is not None and row.held_by_id == rollout.pk:
+            rows.append(_flipped(rollout, one.key, key, summary, row))
+        elif key in one.changing:
             published = one.first or _Published(_cluster(row), "", None, rollout.pk)
             rows.append(_row(rollout.source_id, one.key, key, summary, published, rollout_id=rollout.pk))
-        elif row is not None and _still_true(row, summary.definition_hash, rollout, touched=one.touched):
+        elif (
+            row is not None
+            and _still_true(row, summary.definition_hash, rollout, touched=one.touched)
+            and (key not in one.held or row.held_by_id == rollout.pk)
+        ):
             rows.append(row)
-        elif key in one.held:  # everyone has what was published before this rollout
+        elif key in one.held:  # everyone has what was published before this rollout, until 100
             before = before or _latest_publication(rollout.source_id, one.key, before_rollout=rollout.pk)
-            rows.append(_row(rollout.source_id, one.key, key, summary, before, rollout_id=None))
+            held = _row(rollout.source_id, one.key, key, summary, before, rollout_id=None)
+            held.held_by_id = rollout.pk
+            rows.append(held)
         else:
             latest = latest or _latest_publication(rollout.source_id, one.key)
             rows.append(_row(rollout.source_id, one.key, key, summary, latest, rollout_id=None))
     return rows
+
+
+def _flipped(
+    rollout: Rollout, set_key: SetKey, key: str, summary: FlagSummary, row: PublishedFlag
+) -> PublishedFlag:
+    """A flag this rollout held back until 100, at 100: every user has the new definition since the
+    publication at 100 (the latest one), not the rollout's first, which did not change it."""
+    if row.definition_hash == summary.definition_hash and row.rollout_id == rollout.pk and row.changed_at:
+        return row  # already recorded at its change
+    latest = _latest_publication(rollout.source_id, set_key)
+    flipped = _row(rollout.source_id, set_key, key, summary, latest, rollout_id=rollout.pk)
+    flipped.held_by_id = rollout.pk
+    return flipped
 
 
 def _still_true(row: PublishedFlag, hashed: str, rollout: Rollout, *, touched: bool) -> bool:

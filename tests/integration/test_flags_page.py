@@ -269,6 +269,7 @@ def test_a_flag_rollout_shows_its_share_the_new_commit_and_removed_flags(two_sou
     assert "fractional 60/40 (on/off) on targetingKey" in rows["new-checkout"]
     assert f'href="/rollouts/{paused.pk}/"' in rows["new-checkout"] and "at 25%" in rows["new-checkout"]
     assert 'data-share="25"' in rows["new-checkout"]
+    assert "changes at 100%" not in rows["new-checkout"], "a flag the canary splits changes step by step"
     assert v2[:12] in rows["new-checkout"], "changed by the commit the canary publishes"
     assert "removed in Git" in rows["beta"] and 'data-share="25"' in rows["beta"]
     assert 'data-share="100"' in rows["banner"] and two_sources["shop_commit"][:12] in rows["banner"]
@@ -325,30 +326,56 @@ def test_a_flag_whose_variants_change_type_is_shown_as_everyone_has_it_until_100
             "flags/checkout.json": json.dumps(changed),
         }
     )
-    repo.commit("v2: the banner becomes a switch")
+    v2 = repo.commit("v2: the banner becomes a switch")
     sync(shop)
     paused = wait_for(shop, phase="Paused", waiting_for="approval", weight=25)
     client = client_for(people["viewer"])
     rows = rows_of(client.get(reverse("dashboard:flags"), {"source": shop.name}).content.decode())
     assert 'data-share="100"' in rows["banner"] and two_sources["shop_commit"][:12] in rows["banner"]
     assert "blue" in rows["banner"], "the definition everyone is served"
+    # An on-call approver sees which flags flip for everyone at once when the rollout reaches 100%.
+    assert "changes at 100%" in rows["banner"] and f'href="/rollouts/{paused.pk}/"' in rows["banner"]
+    assert "changes at 100%" not in rows["new-checkout"]
     assert 'data-share="25"' in rows["new-checkout"], "a flag the canary splits shows its share"
     listed = client.get("/api/flags", {"source": shop.name}).json()
     banner = next(flag for flag in listed["items"] if flag["key"] == "banner")
     assert (banner["share_percent"], banner["default_variant"]) == (100, "blue"), banner
     assert banner["changed_commit"] == two_sources["shop_commit"]
+    assert banner["changes_at_full"] == paused.pk
+    checkout = next(flag for flag in listed["items"] if flag["key"] == "new-checkout")
+    assert checkout["changes_at_full"] is None
+    exported = client.get(reverse("dashboard:flags"), {"format": "csv"})
+    by_key = {
+        row["key"]: row for row in csv.DictReader(io.StringIO(b"".join(exported.streaming_content).decode()))
+    }
+    assert (
+        by_key["banner"]["changes_at_full"] == str(paused.pk)
+        and by_key["new-checkout"]["changes_at_full"] == ""
+    )
     # A row written again mid-rollout (lost, or the catalog started now) names the commit before it.
     PublishedFlag.objects.filter(source=shop, key="banner").delete()
     record_step_again(paused, weight=25)
     again = PublishedFlag.objects.get(source=shop, key="banner")
-    assert (again.default_variant, again.rollout_id) == ("blue", None)
+    assert (again.default_variant, again.rollout_id, again.held_by_id) == ("blue", None, paused.pk)
     assert again.changed_commit == two_sources["shop_commit"], "not the canary's own publication"
 
     decisions.rollout_promote(paused.pk, user=people["approver"])
     wait_for(shop, phase="Completed")
     rows = rows_of(client.get(reverse("dashboard:flags"), {"source": shop.name}).content.decode())
     assert 'data-share="100"' in rows["banner"] and "Completed" in rows["banner"]
-    assert PublishedFlag.objects.get(source=shop, key="banner").default_variant == "on"
+    assert "changes at 100%" not in rows["banner"]
+    flipped = PublishedFlag.objects.get(source=shop, key="banner")
+    assert flipped.default_variant == "on"
+    published = Change.objects.filter(rollout=paused, name="checkout").order_by("id")
+    assert published.count() >= 2, "published at 25% and again at 100%"
+    # It changed for everyone at the publication at 100%, not at the canary's first (which held it).
+    assert (flipped.changed_commit, flipped.changed_at) == (v2, published.last().at)
+    checkout = PublishedFlag.objects.get(source=shop, key="new-checkout")
+    assert checkout.changed_at == published.first().at, "a split flag changed with the first step"
+    assert (
+        client.get("/api/flags", {"source": shop.name, "key": "banner"}).json()["items"][0]["changes_at_full"]
+        is None
+    )
 
 
 def test_a_pass_that_changes_nothing_costs_one_query_and_a_lost_row_comes_back(two_sources):
