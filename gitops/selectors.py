@@ -504,7 +504,8 @@ class FlagRow:
         """The running rollout that gives every user a new definition of this flag at once at 100% (its
         variants change type): until then everyone has this one."""
         held_by = self.flag.held_by
-        return held_by if held_by is not None and held_by.is_active and self.flag.rollout_id is None else None
+        before = self.flag.rollout_id != self.flag.held_by_id  # the row is not yet that rollout's
+        return held_by if held_by is not None and held_by.is_active and before else None
 
 
 def stale_days() -> int:
@@ -638,7 +639,7 @@ def flag_export(filters: FlagFilters, *, now: datetime) -> Iterator[dict[str, An
         record["share"] = flag_share(phase, record.pop("rollout__weight") or 0, changed_at)
         record["rollout_phase"] = phase or ""
         held_by, held_phase = record.pop("held_by_id"), record.pop("held_by__phase")
-        changes_later = held_by and held_phase in Rollout.ACTIVE_PHASES and not record["rollout_id"]
+        changes_later = held_by and held_phase in Rollout.ACTIVE_PHASES and record["rollout_id"] != held_by
         record["changes_at_full"] = held_by if changes_later else None
         record["stale_reasons"] = stale_reasons(
             record.pop("serves_one_variant"), changed_at, record["removed"], cutoff

@@ -65,6 +65,8 @@ class _SetPass:
     touched: bool  # whether the rollout wrote the set at all
     # Changed flags everyone keeps as they were until 100 (``held_until_full``), with that definition.
     held: Mapping[str, FlagSummary] = field(default_factory=dict)
+    # At 100: the changed flags this rollout held back until now, which change at its publication at 100.
+    flips: Collection[str] = frozenset()
 
 
 def flag_catalog_record(
@@ -174,12 +176,15 @@ def _rewrite(
     }
     baselines = _baselines(rollout, sets.keys())
     first = _first_publications(rollout, sets.keys())
+    # Which flags the rollout held until 100, from what each cluster had before it: a row may be lost.
+    flips = _held(sets, _cluster_baselines(rollout, sets.keys())) if weight >= FULL_WEIGHT else {}
     rows: list[PublishedFlag] = []
     for set_key, document in sets.items():
         touched = set_key in baselines
         keeps = held.get(set_key, {})
         changing = changed_flags(baselines[set_key], document) - keeps.keys() if touched else set()
-        one = _SetPass(set_key, document, changing, first.get(set_key), touched, keeps)
+        flipping = frozenset(flips.get(set_key, {}))
+        one = _SetPass(set_key, document, changing, first.get(set_key), touched, keeps, flipping)
         rows += _rows_of_set(rollout, one, existing)
         if touched and weight < FULL_WEIGHT:
             removed = effective_flags(baselines[set_key]).keys() - effective_flags(document).keys()
@@ -205,17 +210,15 @@ def _rows_of_set(
     for key, flag in (one.document.get("flags") or {}).items():
         summary = one.held.get(key) or flag_summary(flag, effective[key])
         row = existing.get((*one.key, key))
-        if key in one.changing and row is not None and row.held_by_id == rollout.pk:
+        if key in one.changing and key in one.flips:
             rows.append(_flipped(rollout, one.key, key, summary, row))
         elif key in one.changing:
             published = one.first or _Published(_cluster(row), "", None, rollout.pk)
             rows.append(_row(rollout.source_id, one.key, key, summary, published, rollout_id=rollout.pk))
-        elif (
-            row is not None
-            and _still_true(row, summary.definition_hash, rollout, touched=one.touched)
-            and (key not in one.held or row.held_by_id == rollout.pk)
-        ):
-            rows.append(row)
+        elif row is not None and _still_true(row, summary.definition_hash, rollout, touched=one.touched):
+            # As it was; a flag this rollout holds until 100 says so (its change time stays its own).
+            newly_held = key in one.held and row.held_by_id != rollout.pk
+            rows.append(_copy_row(row, held_by_id=rollout.pk) if newly_held else row)
         elif key in one.held:  # everyone has what was published before this rollout, until 100
             before = before or _latest_publication(rollout.source_id, one.key, before_rollout=rollout.pk)
             held = _row(rollout.source_id, one.key, key, summary, before, rollout_id=None)
@@ -228,14 +231,17 @@ def _rows_of_set(
 
 
 def _flipped(
-    rollout: Rollout, set_key: SetKey, key: str, summary: FlagSummary, row: PublishedFlag
+    rollout: Rollout, set_key: SetKey, key: str, summary: FlagSummary, row: PublishedFlag | None
 ) -> PublishedFlag:
     """A flag this rollout held back until 100, at 100: every user has the new definition since the
-    publication at 100 (the latest one), not the rollout's first, which did not change it."""
-    if row.definition_hash == summary.definition_hash and row.rollout_id == rollout.pk and row.changed_at:
+    rollout's first publication at 100, not its first, which did not change it. Until that publication
+    is in the change log (the cluster did not answer), the row waits for it ("not published yet")."""
+    done = row is not None and row.definition_hash == summary.definition_hash
+    if done and row is not None and row.rollout_id == rollout.pk and row.changed_at is not None:
         return row  # already recorded at its change
-    latest = _latest_publication(rollout.source_id, set_key)
-    flipped = _row(rollout.source_id, set_key, key, summary, latest, rollout_id=rollout.pk)
+    at_full = _full_publication(rollout, set_key)
+    published = at_full or _Published(_cluster(row), "", None, rollout.pk)
+    flipped = _row(rollout.source_id, set_key, key, summary, published, rollout_id=rollout.pk)
     flipped.held_by_id = rollout.pk
     return flipped
 
@@ -368,6 +374,43 @@ def _first_publications(rollout: Rollout, set_keys: Iterable[SetKey]) -> dict[Se
         if (namespace, name) in wanted and (namespace, name) not in first:
             first[(namespace, name)] = _Published(cluster, commit, at, rollout.pk)
     return first
+
+
+def _cluster_baselines(
+    rollout: Rollout, set_keys: Iterable[SetKey]
+) -> dict[tuple[str, str, str], dict[str, Any] | None]:
+    """Each flag set as each cluster published it before this rollout first touched it there."""
+    wanted = set(set_keys)
+    intents = (
+        rollout.intents.filter(kind=CONFIGMAP, name__in={name for _, name in wanted})
+        .exclude(action=ChangeAction.ROLLBACK)
+        .order_by("id")
+        .values_list("cluster", "namespace", "name", "before")
+    )
+    baselines: dict[tuple[str, str, str], dict[str, Any] | None] = {}
+    for cluster, namespace, name, before in intents.iterator():
+        if (namespace, name) in wanted and (cluster, namespace, name) not in baselines:
+            baselines[(cluster, namespace, name)] = _document(before, name)
+    return baselines
+
+
+def _full_publication(rollout: Rollout, set_key: SetKey) -> _Published | None:
+    """The rollout's first change-log entry that published the flag set at 100."""
+    first = (
+        Change.objects.filter(
+            rollout=rollout,
+            namespace=set_key[0],
+            name=set_key[1],
+            kind=CONFIGMAP,
+            result=Change.Result.OK,
+            weight__gte=FULL_WEIGHT,
+        )
+        .exclude(action=ChangeAction.ROLLBACK)
+        .order_by("id")
+        .values_list("cluster", "commit", "at", "rollout_id")
+        .first()
+    )
+    return _Published(*first) if first else None
 
 
 def _latest_publication(

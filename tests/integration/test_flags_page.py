@@ -315,7 +315,13 @@ def test_a_flag_whose_variants_change_type_is_shown_as_everyone_has_it_until_100
     # Such a flag cannot be served mixed (the application reads it as one type): everyone keeps the old
     # definition until 100, and the page says so rather than the rollout's share of the new one.
     repo, shop = two_sources["repo"], two_sources["shop"]
-    changed = json.loads(json.dumps(CHECKOUT))
+    # Another flag of the set changes first (no canary): the banner's row must keep its own commit.
+    earlier = json.loads(json.dumps(CHECKOUT))
+    earlier["flags"]["kill-switch"]["state"] = "ENABLED"
+    repo.write("flags/checkout.json", json.dumps(earlier))
+    v1_5 = repo.commit("v1.5: the kill switch is on")
+    assert sync(shop)["outcome"] == "applied"
+    changed = json.loads(json.dumps(earlier))
     changed["flags"]["banner"] = {"state": "ENABLED", "variants": ON_OFF, "defaultVariant": "on"}
     changed["flags"]["new-checkout"]["targeting"] = {"fractional": [["on", 60], ["off", 40]]}
     steps = [{"setWeight": 25}, {"pause": {}}, {"setWeight": 100}]
@@ -352,12 +358,13 @@ def test_a_flag_whose_variants_change_type_is_shown_as_everyone_has_it_until_100
         by_key["banner"]["changes_at_full"] == str(paused.pk)
         and by_key["new-checkout"]["changes_at_full"] == ""
     )
-    # A row written again mid-rollout (lost, or the catalog started now) names the commit before it.
+    # A row written again mid-rollout (lost, or the catalog started now) names the last publication of
+    # its flag set before the rollout: not the canary's own.
     PublishedFlag.objects.filter(source=shop, key="banner").delete()
     record_step_again(paused, weight=25)
     again = PublishedFlag.objects.get(source=shop, key="banner")
     assert (again.default_variant, again.rollout_id, again.held_by_id) == ("blue", None, paused.pk)
-    assert again.changed_commit == two_sources["shop_commit"], "not the canary's own publication"
+    assert again.changed_commit == v1_5, "not the canary's own publication"
 
     decisions.rollout_promote(paused.pk, user=people["approver"])
     wait_for(shop, phase="Completed")
@@ -372,6 +379,11 @@ def test_a_flag_whose_variants_change_type_is_shown_as_everyone_has_it_until_100
     assert (flipped.changed_commit, flipped.changed_at) == (v2, published.last().at)
     checkout = PublishedFlag.objects.get(source=shop, key="new-checkout")
     assert checkout.changed_at == published.first().at, "a split flag changed with the first step"
+    # Lost at 100 (or written by a release before the marker): what the rollout held is worked out again.
+    PublishedFlag.objects.filter(source=shop, key="banner").delete()
+    record_step_again(paused, weight=100)
+    rebuilt = PublishedFlag.objects.get(source=shop, key="banner")
+    assert (rebuilt.changed_at, rebuilt.held_by_id) == (published.last().at, paused.pk)
     assert (
         client.get("/api/flags", {"source": shop.name, "key": "banner"}).json()["items"][0]["changes_at_full"]
         is None
