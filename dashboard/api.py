@@ -742,7 +742,8 @@ class RemoveQuery(Schema):
     )
 
 
-AUTH_ERRORS: dict[int, Any] = {401: ErrorOut, 403: ErrorOut, 422: ValidationErrorOut}
+# 400: a NUL in the address or the query string, refused before any view runs (RefuseNulMiddleware).
+AUTH_ERRORS: dict[int, Any] = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 422: ValidationErrorOut}
 READ_ONE_ERRORS: dict[int, Any] = {**AUTH_ERRORS, 404: ErrorOut}
 ACTION_ERRORS: dict[int, Any] = {**READ_ONE_ERRORS, 409: ErrorOut}
 BODY_ACTION_ERRORS: dict[int, Any] = {**ACTION_ERRORS, 400: ErrorOut}  # a body that is not JSON
