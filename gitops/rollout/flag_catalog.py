@@ -174,10 +174,11 @@ def _rewrite(
         (row.namespace, row.flag_set, row.key): row
         for row in PublishedFlag.objects.filter(source_id=rollout.source_id).select_related("rollout")
     }
-    baselines = _baselines(rollout, sets.keys())
+    by_cluster = _cluster_baselines(rollout, sets.keys())
+    baselines = _baselines(by_cluster)
     first = _first_publications(rollout, sets.keys())
     # Which flags the rollout held until 100, from what each cluster had before it: a row may be lost.
-    flips = _held(sets, _cluster_baselines(rollout, sets.keys())) if weight >= FULL_WEIGHT else {}
+    flips = _held(sets, by_cluster) if weight >= FULL_WEIGHT else {}
     rows: list[PublishedFlag] = []
     for set_key, document in sets.items():
         touched = set_key in baselines
@@ -337,20 +338,14 @@ def _store(source_id: int, rows: list[PublishedFlag]) -> None:
     )
 
 
-def _baselines(rollout: Rollout, set_keys: Iterable[SetKey]) -> dict[SetKey, dict[str, Any] | None]:
-    """Each flag set as published before this rollout first touched it; only the sets it touched."""
-    wanted = set(set_keys)
-    names = {name for _, name in wanted}
-    intents = (
-        rollout.intents.filter(kind=CONFIGMAP, name__in=names)
-        .exclude(action=ChangeAction.ROLLBACK)
-        .order_by("id")
-        .values_list("namespace", "name", "before")
-    )
+def _baselines(
+    by_cluster: Mapping[tuple[str, str, str], dict[str, Any] | None],
+) -> dict[SetKey, dict[str, Any] | None]:
+    """Each flag set as published before this rollout first touched it (in any cluster); only the sets
+    it touched. ``by_cluster`` is ``_cluster_baselines``, in the order the rollout first touched each."""
     baselines: dict[SetKey, dict[str, Any] | None] = {}
-    for namespace, name, before in intents.iterator():
-        if (namespace, name) in wanted and (namespace, name) not in baselines:
-            baselines[(namespace, name)] = _document(before, name)
+    for (_, namespace, name), document in by_cluster.items():
+        baselines.setdefault((namespace, name), document)
     return baselines
 
 
