@@ -1008,6 +1008,13 @@ class _Lease:
         self.store.release()
 
 
+def _log_level_synced(repo, source, sync, level: str, message: str) -> None:
+    """Commits app-0 with LOG_LEVEL ``level`` and syncs: one update."""
+    repo.write("configmaps/app-0.yaml", configmap("app-0", {"LOG_LEVEL": level}))
+    repo.commit(message)
+    assert sync(source)["summary"] == {"update": 1}
+
+
 def test_a_revert_pushed_before_the_watch_stored_sluices_own_write_is_not_settled_by_the_old_stamp(
     repo, make_namespaces, make_source, sync, cluster
 ):
@@ -1021,15 +1028,11 @@ def test_a_revert_pushed_before_the_watch_stored_sluices_own_write_is_not_settle
         lease.watched(cluster, namespace, "app-0")
         assert fresh(namespace) and as_applied(settings.SLUICE_CLUSTER_NAME, namespace, "app-0")
 
-        repo.write("configmaps/app-0.yaml", configmap("app-0", {"LOG_LEVEL": "debug"}))
-        repo.commit("v2")
-        assert sync(source)["summary"] == {"update": 1}
+        _log_level_synced(repo, source, sync, "debug", "v2")
         held = livestore.fresh_stamps(settings.SLUICE_CLUSTER_NAME, [namespace]).get(namespace, {})
         assert "app-0" not in held, "the stamp of v1 went with the write of v2"
 
-        repo.write("configmaps/app-0.yaml", configmap("app-0", {"LOG_LEVEL": "info"}))
-        repo.commit("revert to v1")
-        assert sync(source)["summary"] == {"update": 1}
+        _log_level_synced(repo, source, sync, "info", "revert to v1")
         assert cluster.get_configmap(namespace, "app-0")["data"] == {"LOG_LEVEL": "info"}
     finally:
         lease.close()
@@ -1048,17 +1051,13 @@ def test_a_late_event_of_the_content_before_a_workers_write_does_not_settle_its_
         lease.watched(cluster, namespace, "app-0")
         late_event = livestore.fresh_stamps(settings.SLUICE_CLUSTER_NAME, [namespace])[namespace]["app-0"]
 
-        repo.write("configmaps/app-0.yaml", configmap("app-0", {"LOG_LEVEL": "debug"}))
-        repo.commit("v2")
-        assert sync(source)["summary"] == {"update": 1}
+        _log_level_synced(repo, source, sync, "debug", "v2")
         assert lease.store.write_events(
             [(namespace, "app-0", late_event)], resource_version="1", fresh=True
         ), "the lease is the test's"
         assert not as_applied(settings.SLUICE_CLUSTER_NAME, namespace, "app-0"), "v1's late event is left out"
 
-        repo.write("configmaps/app-0.yaml", configmap("app-0", {"LOG_LEVEL": "info"}))
-        repo.commit("revert to v1")
-        assert sync(source)["summary"] == {"update": 1}
+        _log_level_synced(repo, source, sync, "info", "revert to v1")
         assert cluster.get_configmap(namespace, "app-0")["data"] == {"LOG_LEVEL": "info"}
     finally:
         lease.close()
