@@ -274,6 +274,11 @@ class RolloutOut(Schema):
     rollback_pending_clusters: list[str] = Field(
         description="clusters a rollback could not reach yet; each is restored as soon as it answers"
     )
+    flag_population: str = Field(
+        description="the seed its flag canaries hash with each targeting key, so that every flag it changes "
+        'reaches the same users (flagd\'s fractional on "sluice-canary/<seed>/" + targetingKey); empty for '
+        "a rollout begun before seeds, whose flags each split their own users"
+    )
 
 
 class RevisionStatusOut(Schema):

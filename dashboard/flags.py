@@ -29,8 +29,12 @@ from gitops.vocabulary import Staleness
 
 # What the page says about users who mix SDKs; tests/flagd.py checks both evaluators named here.
 EVALUATORS_CHECKED = (
-    ("flagd's Python core", "openfeature-flagd-core 2.x", "the CBOR encoding of [flagKey, targetingKey]"),
-    ("flagd's JavaScript core", "@openfeature/flagd-core 4.0.1", "the string flagKey + targetingKey"),
+    (
+        "flagd's Python core",
+        "openfeature-flagd-core 2.x",
+        'the CBOR encoding of the canary\'s key, "sluice-canary/" + the rollout\'s seed + "/" + targetingKey',
+    ),
+    ("flagd's JavaScript core", "@openfeature/flagd-core 4.0.1", "that key as a string"),
 )
 EXPORT_COLUMNS = (
     "source",

@@ -6,6 +6,7 @@ import functools
 import hashlib
 import json
 import re
+import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Generic, TypeVar, cast
@@ -340,6 +341,12 @@ class Revision(models.Model):
         return self.commit[:12]
 
 
+def new_flag_population() -> str:
+    """A rollout's seed for its flag canaries (``flag_canary``): every flag it changes splits the same
+    users, and no two rollouts split the same ones."""
+    return secrets.token_hex(8)
+
+
 class Rollout(models.Model):
     """Applying one revision, step by step. Without rollout steps it has a single step.
 
@@ -401,6 +408,10 @@ class Rollout(models.Model):
     # The steps as the rollout began, gates included: a promote to 100% cuts ``steps`` short, and a retry
     # must run the revision's own steps again (its analyses and gates), not the cut ones. Empty before 0019.
     planned_steps = models.JSONField(default=list, blank=True, db_default=[])
+    # The seed every flag canary of this rollout hashes with the targeting key, so one set of users gets
+    # every flag it changes. "" (rollouts from before 0023, or a worker of the release before): each flag
+    # splits its own users, as that rollout began.
+    flag_population = models.CharField(max_length=32, blank=True, default=new_flag_population, db_default="")
     # Clusters a rollback could not reach yet: they still hold this rollout's content and are
     # restored as soon as they answer (retried at pause_until, by the source's reconciles).
     rollback_pending_clusters = models.JSONField(default=list, blank=True)
@@ -443,6 +454,8 @@ class Rollout(models.Model):
         "consumers",
         "health_timeout_seconds",
         "content_hash",
+        # A retry's flag canaries go first to the users the failed try reached, not to new ones.
+        "flag_population",
     )
 
 

@@ -130,6 +130,8 @@ def rollout_status(rollout: Rollout) -> dict[str, Any]:
         "consumer_states": [dict(state) for state in rollout.consumer_states or []],
         # Clusters an abort (or a failure) could not restore yet; restored as soon as they answer.
         "rollback_pending_clusters": list(rollout.rollback_pending_clusters or []),
+        # The seed its flag canaries hash with each targeting key: one set of users for every flag.
+        "flag_population": rollout.flag_population,
     }
 
 

@@ -1,9 +1,11 @@
 """Two real flagd evaluators for tests, with one interface.
 
 - ``python``: openfeature-provider-flagd, in-process and file-based, on openfeature-flagd-core
-  (2.x). ``fractional`` buckets on the CBOR encoding of ``[flagKey, targetingKey]``.
+  (2.x). ``fractional`` buckets on the CBOR encoding of its bucketing value (by default
+  ``[flagKey, targetingKey]``; a Sluice canary's, the string ``sluice-canary/<seed>/<targetingKey>``).
 - ``js``: @openfeature/flagd-core (4.0.1, pinned in tests/js/package-lock.json), run by
-  ``node tests/js/evaluate.mjs``. ``fractional`` hashes the string ``flagKey + targetingKey``.
+  ``node tests/js/evaluate.mjs``. ``fractional`` hashes the bucketing value
+  as a string (by default ``flagKey + targetingKey``).
 
 For the same published flag set they put different users on each side of a split, so a
 flag canary is correct only if each of them, on its own, sees the intended share and keeps

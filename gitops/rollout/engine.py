@@ -109,12 +109,17 @@ def held_keys(desired: DesiredState, weight: int) -> frozenset[ObjectKey]:
 
 
 def desired_at_weight(
-    desired: DesiredState, weight: int, baselines: Mapping[ObjectKey, dict[str, Any] | None]
+    desired: DesiredState,
+    weight: int,
+    baselines: Mapping[ObjectKey, dict[str, Any] | None],
+    population: str = "",
 ) -> DesiredState:
     """Git's state with each flag set replaced by its canary at ``weight``.
 
     ``baselines`` holds each flag set's document as published before the
     rollout (None when it did not exist). At 100 the flag sets are Git's own.
+    ``population`` is the rollout's seed: the users every flag set's canary
+    sends to the new side (``canary_flag_set``).
     """
     if weight >= 100:
         return desired
@@ -124,7 +129,11 @@ def desired_at_weight(
             objects.append(obj)
             continue
         canary = canary_flag_set(
-            baselines.get(obj.key), obj.flag_set.document, weight, metadata={CANARY_WEIGHT_KEY: weight}
+            baselines.get(obj.key),
+            obj.flag_set.document,
+            weight,
+            metadata={CANARY_WEIGHT_KEY: weight},
+            population=population,
         )
         content = replace(obj.content, data={flag_set_key(obj.name): flag_set_json(canary)})
         objects.append(replace(obj, canary_document=canary, content=content))

@@ -18,13 +18,26 @@ new bucket at one weight stays there at every higher weight. The bucket labels
 are only compared with ``===``, never returned, and are chosen apart from the
 flag's variant names all the same.
 
-The split hashes ``"sluice-canary/" + flagKey + "/" + targetingKey`` instead of
-fractional's default key (flagKey and targetingKey). With the default key a flag
-whose own targeting is a ``fractional`` would be split along the same hash: going
-from ``[["on", 10], ["off", 90]]`` to ``[["on", 60], ["off", 40]]``, step 25 would
-hold 30% of the users whose result changes and step 50 all of them. The prefix
-makes the split independent of the flag's own buckets. A context without a
-targeting key cannot be bucketed and keeps the old result until 100.
+The split hashes ``"sluice-canary/" + population + "/" + targetingKey``, where
+``population`` is one seed per rollout (``Rollout.flag_population``). So the
+canary is one population of users: whoever is on the new side of one changed
+flag at weight w is on the new side of every flag the rollout changes, in every
+flag set and every cluster, as a canary pod runs all of a release's new
+configuration together. Flags changed in one commit often go together (a UI and
+the API it calls); split apart, only w% x w% of users would get both at first,
+and the rest would run combinations nobody meant. Two rollouts hash different
+seeds, so one set of users is not every canary's first. A rollout started
+before the seed existed has none (``population=""``) and keeps the key it
+started with, ``"sluice-canary/" + flagKey + "/" + targetingKey``: one
+population per flag, so its users stay where they were.
+
+Either key is apart from fractional's default key (flagKey and targetingKey).
+With the default key a flag whose own targeting is a ``fractional`` would be
+split along the same hash: going from ``[["on", 10], ["off", 90]]`` to
+``[["on", 60], ["off", 40]]``, step 25 would hold 30% of the users whose result
+changes and step 50 all of them. The prefix makes the split independent of the
+flag's own buckets. A context without a targeting key cannot be bucketed and
+keeps the old result until 100.
 
 Each side is a JsonLogic expression that yields the name of the canary variant
 that side's definition selects, or null for "the caller's code default": the
@@ -92,6 +105,8 @@ MetadataValue = str | int | float | bool
 SPLIT_BUCKET_NEW: Final = "sluice-canary-new"
 SPLIT_BUCKET_OLD: Final = "sluice-canary-old"
 SPLIT_KEY_PREFIX: Final = "sluice-canary/"
+# A rollout's population seed: what Rollout.flag_population holds (hex, made by secrets.token_hex).
+POPULATION_PATTERN: Final = re.compile(r"[0-9a-z]{1,32}")
 OLD_VARIANT_SUFFIX: Final = "~old"
 
 # The split buckets: fractional's weights are relative, so 100 makes w a percentage.
@@ -104,6 +119,7 @@ def canary_flag_set(
     weight: int,
     *,
     metadata: Mapping[str, MetadataValue] | None = None,
+    population: str = "",
 ) -> dict[str, Any]:
     """The flag set to publish at ``weight`` (0..100) while rolling out from ``old`` to ``new``.
 
@@ -112,15 +128,19 @@ def canary_flag_set(
     ``old`` is None); in between, unchanged flags are as in ``new`` and each
     changed flag is split between its new and old definitions as the module
     docstring describes. ``metadata`` is merged into the set-level metadata.
+    ``population`` is the rollout's seed: every changed flag splits the same users
+    (see the module docstring); "" splits each flag's own.
     """
     if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= _TOTAL_WEIGHT:
         raise ValueError(f"weight must be a whole number from 0 to 100, got {weight!r}")
+    if population and not POPULATION_PATTERN.fullmatch(population):
+        raise ValueError(f"a population is 1 to 32 lowercase letters and digits, got {population!r}")
     if weight == _TOTAL_WEIGHT:
         document: Mapping[str, Any] = new
     elif weight == 0:
         document = old if old is not None else {"flags": {}}
     else:
-        document = _split_document(old, new, weight)
+        document = _split_document(old, new, weight, _bucket_key(population))
     result: dict[str, Any] = _fresh(document)
     if metadata:
         result["metadata"] = {**result.get("metadata", {}), **_fresh(metadata)}
@@ -157,13 +177,23 @@ class CanaryTooLarge(CanaryRefused):
 MAX_CANARY_VALUES = MAX_LOOKUP_CHAIN_BYTES // 4
 
 
-def _split_document(old: Mapping[str, Any] | None, new: Mapping[str, Any], weight: int) -> dict[str, Any]:
+def _bucket_key(population: str) -> dict[str, Any]:
+    """What the split hashes: the rollout's population and the targeting key, or (no population, a
+    rollout from before seeds) the flag's key and the targeting key."""
+    if population:
+        return {"cat": [f"{SPLIT_KEY_PREFIX}{population}/", {"var": "targetingKey"}]}
+    return {"cat": [SPLIT_KEY_PREFIX, {"var": "$flagd.flagKey"}, "/", {"var": "targetingKey"}]}
+
+
+def _split_document(
+    old: Mapping[str, Any] | None, new: Mapping[str, Any], weight: int, bucket_key: Mapping[str, Any]
+) -> dict[str, Any]:
     old_flags, new_flags = effective_flags(old), effective_flags(new)
     published: dict[str, Any] = dict(new.get("flags") or {})
     room = MAX_CANARY_VALUES
     for key in _changed(old_flags, new_flags):
         try:
-            flag = _split_flag(old_flags.get(key), new_flags.get(key), published.get(key), weight)
+            flag = _split_flag(old_flags.get(key), new_flags.get(key), published.get(key), weight, bucket_key)
             # Split flags carry both sides inlined: $ref evaluators that refer to one another twice
             # grow to millions of values, counted here before any of it is serialized or stored.
             room = _values_left(flag, room)
@@ -200,6 +230,7 @@ def _split_flag(
     new: Mapping[str, Any] | None,
     new_as_written: Any,
     weight: int,
+    bucket_key: Mapping[str, Any],
 ) -> Any:
     """The published definition of one changed flag; None: no flag.
 
@@ -220,7 +251,7 @@ def _split_flag(
         "state": "ENABLED",
         "variants": variants,
         "defaultVariant": None,
-        "targeting": {"if": [_split(weight, variants), new_side, old_side]},
+        "targeting": {"if": [_split(weight, variants, bucket_key), new_side, old_side]},
     }
     described = new if new is not None else old
     if described is not None and described.get("metadata"):
@@ -228,11 +259,10 @@ def _split_flag(
     return flag
 
 
-def _split(weight: int, variants: Mapping[str, Any]) -> dict[str, Any]:
+def _split(weight: int, variants: Mapping[str, Any], bucket_key: Mapping[str, Any]) -> dict[str, Any]:
     """A condition true for the contexts in the new bucket at ``weight``."""
     new_bucket = _unused(SPLIT_BUCKET_NEW, set(variants))
     old_bucket = _unused(SPLIT_BUCKET_OLD, {*variants, new_bucket})
-    bucket_key = {"cat": [SPLIT_KEY_PREFIX, {"var": "$flagd.flagKey"}, "/", {"var": "targetingKey"}]}
     fractional = {"fractional": [bucket_key, [new_bucket, weight], [old_bucket, _TOTAL_WEIGHT - weight]]}
     return {"and": [{"var": "targetingKey"}, {"===": [fractional, new_bucket]}]}
 

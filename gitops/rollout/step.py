@@ -48,7 +48,7 @@ def weight_apply(
     live = live_state(source, desired, managed=managed, deferred=clusters_owed_rollback(source.pk))
     # At 100 the flag sets are Git's own: no canary, so no baseline to read (nearly every poll).
     baselines = flag_baselines(rollout, desired, live.index()) if weight < 100 else {}
-    weighted = desired_at_weight(desired, weight, baselines)
+    weighted = desired_at_weight(desired, weight, baselines, rollout.flag_population)
     held = held_keys(desired, weight)
     current = plan(
         weighted,

@@ -239,6 +239,7 @@ def test_a_viewer_reads_every_endpoint_and_may_not_act(as_role, paused, people):
     assert rollout["revision"]["commit"] == paused.v2
     assert rollout["step_definitions"][:2] == [{"setWeight": 50}, {"pause": {}}]
     assert rollout["approved_by"] == []
+    assert rollout["flag_population"] == paused.rollout.flag_population != ""
     assert [e["kind"] for e in rollout["events"]][:3] == ["started", "step", "paused"]
 
     changes = viewer.get("/changes", source=name).json()

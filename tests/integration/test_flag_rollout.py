@@ -79,7 +79,8 @@ def commit_canary(repo, app: str, flags_ns: str, document: dict, *, weight: int)
 def test_flag_changes_reach_a_sticky_growing_share_of_users(
     evaluator, repo, make_namespaces, make_source, sync, cluster, people, tmp_path
 ):
-    """Each evaluator on its own sees the intended share at every step, and nobody loses the new result."""
+    """Each evaluator on its own sees the intended share at every step, and nobody loses the new result;
+    and both changed flags send the same users to their new side (one population per rollout)."""
     serve = EVALUATORS[evaluator]
     app, flags_ns = make_namespaces("app", "flags")
     repo.write_all(
@@ -114,7 +115,10 @@ def test_flag_changes_reach_a_sticky_growing_share_of_users(
     previous: dict[str, set[str]] = {flag: set() for flag in old_results}
     for weight in WEIGHTS:
         paused = wait_for(source, phase="Paused", waiting_for="approval", weight=weight)
-        served_now = serve(published(cluster, flags_ns), tmp_path)
+        document = published(cluster, flags_ns)
+        assert paused.flag_population and f"sluice-canary/{paused.flag_population}/" in document
+        served_now = serve(document, tmp_path)
+        on_new_side: dict[str, set[str]] = {}
         try:
             # Every flag of the published document in one pass of the evaluator.
             served_values = served_now.values_of({**CHANGED_DEFAULTS, "untouched": ""})
@@ -128,7 +132,12 @@ def test_flag_changes_reach_a_sticky_growing_share_of_users(
                 assert abs(share - weight) <= 2, f"{flag} at {weight}%: {share:.2f}% got the new result"
                 assert previous[flag] <= got_new, f"{flag}: users who had the new result lost it at {weight}%"
                 previous[flag] = got_new
+                on_new_side[flag] = got_new
             assert served_values["untouched"] == untouched
+            apart = on_new_side["new-checkout"] ^ on_new_side["banner"]
+            assert not apart, (
+                f"at {weight}%: {len(apart)} keys have one flag's new result and not the other's"
+            )
         finally:
             served_now.close()
         decisions.rollout_promote(paused.pk, user=people["approver"])

@@ -141,7 +141,7 @@ def test_every_published_flag_is_listed_with_what_it_does_and_the_commit_that_ch
         assert 'data-stale="no"' in rows[fresh], fresh
     assert "Stale: <strong>3</strong>" in html  # banner, kill-switch and =1+1
     assert 'id="bucketing-caveat"' in html
-    assert "@openfeature/flagd-core 4.0.1" in html and "CBOR encoding of [flagKey, targetingKey]" in html
+    assert "@openfeature/flagd-core 4.0.1" in html and "CBOR encoding of the canary&#x27;s key" in html
 
 
 def test_flags_unchanged_for_longer_than_the_setting_are_stale(two_sources, people, monkeypatch, settings):

@@ -288,6 +288,8 @@ def test_a_retry_runs_the_revisions_own_steps_not_the_ones_a_promote_to_100_cut(
     again = decisions.rollout_retry(rollout.pk, user=people["approver"])
 
     assert again.steps == planned and again.planned_steps == planned
+    # Its flag canaries reach the users the failed try reached first, not new ones.
+    assert again.flag_population == rollout.flag_population != ""
     assert wait_for(source, phase="Paused", waiting_for="approval").weight == 50
 
 

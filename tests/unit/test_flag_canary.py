@@ -35,6 +35,8 @@ from gitops.rollout.flag_canary import (
 from tests.flagd import EVALUATORS, KEYS, Context, FlagdEvaluator, PythonEvaluator
 
 WEIGHTS = (0, 25, 50, 75, 100)
+# A rollout's seed, as Rollout.flag_population makes them: every changed flag splits the same users.
+POPULATION = "5eed0f1a9c3b7d24"
 TOLERANCE = 2.0  # percentage points, which is 4 standard errors of a 50% share of 10,000 keys
 PLANS = ("free", "pro", "enterprise")
 
@@ -272,7 +274,7 @@ def _kind(flag: str) -> str:
 
 @pytest.fixture(scope="module")
 def served(publish: Callable[[Mapping[str, Any]], Published]) -> dict[int, Published]:
-    return {weight: publish(canary_flag_set(OLD, NEW, weight)) for weight in WEIGHTS}
+    return {weight: publish(canary_flag_set(OLD, NEW, weight, population=POPULATION)) for weight in WEIGHTS}
 
 
 @pytest.fixture(scope="module")
@@ -322,6 +324,26 @@ def test_changed_flag_serves_new_results_to_a_sticky_weighted_share(
     for lower, higher in itertools.pairwise(WEIGHTS):
         lost = new_keys[lower] - new_keys[higher]
         assert not lost, f"{flag}: {sorted(lost)[:5]} had the new result at {lower} but not at {higher}"
+
+
+def test_every_changed_flag_sends_the_same_users_to_its_new_side(
+    results: dict[str, dict[int, dict[str, Result]]],
+) -> None:
+    """One population per rollout: a key on the new side of one flag is on the new side of every other
+    flag the rollout changes, wherever both changes reach it (a key whose result one change leaves
+    alone shows no side of that flag)."""
+    new_keys = {flag: new_result_keys(results[flag]) for flag in sorted(CHANGES)}
+    reached = {flag: keys[100] for flag, keys in new_keys.items()}
+    compared = 0
+    for first, second in itertools.combinations(sorted(CHANGES), 2):
+        both = reached[first] & reached[second]
+        for weight in (25, 50, 75):
+            apart = (new_keys[first][weight] ^ new_keys[second][weight]) & both
+            assert not apart, (
+                f"at {weight}: {sorted(apart)[:5]} are on the new side of {first} or {second} only"
+            )
+        compared += len(both)
+    assert compared > 100_000, "the changes must overlap on many keys to show one population"
 
 
 @pytest.mark.parametrize("flag", sorted(UNCHANGED))
@@ -476,6 +498,85 @@ def test_metadata_is_merged_into_the_set_metadata(weight: int) -> None:
 def test_a_weight_is_a_whole_percentage(weight: Any) -> None:
     with pytest.raises(ValueError, match="weight"):
         canary_flag_set(OLD, NEW, weight)
+
+
+def _new_side(
+    publish: Callable[[Mapping[str, Any]], Published], document: Mapping[str, Any], flags: list[str]
+) -> dict[str, set[str]]:
+    """The keys that get ``on`` for each boolean flag of ``document``."""
+    results = publish(document).results_of([(flag, "boolean") for flag in flags], CONTEXTS)
+    return {flag: {key for key, result in results[flag].items() if result == "true"} for flag in flags}
+
+
+def _shares_and_overlap(sides: list[set[str]]) -> tuple[list[float], float]:
+    """Each side's share of the keys, and the share of keys on the new side of all of them."""
+    return [100 * len(side) / len(KEYS) for side in sides], 100 * len(set.intersection(*sides)) / len(KEYS)
+
+
+def test_flag_sets_of_one_rollout_split_the_same_users_and_another_rollout_other_users(
+    publish: Callable[[Mapping[str, Any]], Published],
+) -> None:
+    """Two flag sets (two ConfigMaps, possibly in two clusters) of one rollout: the same users get both
+    new defaults. Another rollout's seed, or a rollout from before seeds (each flag its own users),
+    picks users independently: at 25% about 6% get both."""
+    old = {
+        "checkout": {"flags": {"new-ui": _flag(ON_OFF, "off")}},
+        "api": {"flags": {"v2": _flag(ON_OFF, "off")}},
+    }
+    new = {
+        "checkout": {"flags": {"new-ui": _flag(ON_OFF, "on")}},
+        "api": {"flags": {"v2": _flag(ON_OFF, "on")}},
+    }
+    flag_of = {"checkout": "new-ui", "api": "v2"}
+
+    def sides(populations: dict[str, str], weight: int) -> list[set[str]]:
+        return [
+            _new_side(
+                publish, canary_flag_set(old[name], new[name], weight, population=population), [flag_of[name]]
+            )[flag_of[name]]
+            for name, population in populations.items()
+        ]
+
+    previous: set[str] = set()
+    for weight in (25, 50, 75):
+        checkout, api = sides({"checkout": POPULATION, "api": POPULATION}, weight)
+        assert checkout == api, (
+            f"at {weight}: {len(checkout ^ api)} keys get one new default and not the other"
+        )
+        assert abs(100 * len(checkout) / len(KEYS) - weight) <= TOLERANCE
+        assert previous <= checkout, "sticky as the weight grows"
+        previous = checkout
+    for populations in ({"checkout": POPULATION, "api": "0ther5eed"}, {"checkout": "", "api": ""}):
+        shares, both = _shares_and_overlap(sides(populations, 25))
+        assert all(abs(share - 25) <= TOLERANCE for share in shares), (populations, shares)
+        assert abs(both - 6.25) <= TOLERANCE, f"{populations}: {both:.2f}% get both, not about 6.25%"
+
+
+def test_a_rollout_from_before_seeds_keeps_each_flags_own_split_sticky(
+    publish: Callable[[Mapping[str, Any]], Published],
+) -> None:
+    """A rollout already running when Sluice learned populations has none: its flags keep the per-flag
+    key they started with, so nobody who had a new result loses it at the next step."""
+    old = {"flags": {"a": _flag(ON_OFF, "off"), "b": _flag(ON_OFF, "off")}}
+    new = {"flags": {"a": _flag(ON_OFF, "on"), "b": _flag(ON_OFF, "on")}}
+    key = canary_flag_set(old, new, 25)["flags"]["a"]["targeting"]["if"][0]["and"][1]["==="][0]["fractional"][
+        0
+    ]
+    assert key == {"cat": ["sluice-canary/", {"var": "$flagd.flagKey"}, "/", {"var": "targetingKey"}]}
+    previous = {"a": set(), "b": set()}
+    for weight in (25, 50, 75):
+        sides = _new_side(publish, canary_flag_set(old, new, weight), ["a", "b"])
+        for flag, side in sides.items():
+            assert previous[flag] <= side, f"{flag} at {weight}"
+            assert abs(100 * len(side) / len(KEYS) - weight) <= TOLERANCE, (flag, weight)
+        previous = sides
+    assert previous["a"] != previous["b"]
+
+
+@pytest.mark.parametrize("population", ["UPPER", "with/slash", "a" * 33, "sp ace"])
+def test_a_population_is_a_short_lowercase_token(population: str) -> None:
+    with pytest.raises(ValueError, match="population"):
+        canary_flag_set(OLD, NEW, 50, population=population)
 
 
 def test_the_two_evaluators_put_different_users_on_the_new_side_at_the_same_share(
