@@ -48,6 +48,13 @@ WORKLOAD_RESOURCES = {"Deployment": "deployments", "StatefulSet": "statefulsets"
 # a Retry-After of a year must not park a source's sync for a year.
 MAX_RETRY_AFTER = 300
 REQUEST_TIMEOUT = (3.0, 30.0)  # connect, read (seconds), unless settings say otherwise
+# The client's own requests (reads, deletions, the patches of a release; applies too when they do not go
+# through libcurl) try a failed connection once more, never more: a silent cluster costs two connect
+# timeouts. Only reads are sent again after the request may have reached the server (a read timeout, a
+# connection dropped before the answer): a write sent again could land a read timeout later still, after
+# the reconcile lock's fence let the next pass write (``SLUICE_PASS_TAKEOVER_SECONDS``). PATCH and POST
+# were never sent again; DELETE and PUT were.
+ONE_RETRY_OF_A_READ = urllib3.Retry(total=1, allowed_methods=frozenset({"GET", "HEAD", "OPTIONS"}))
 
 
 class FieldConflictError(PermanentError):
@@ -368,8 +375,7 @@ class Cluster:
             raise ClusterRefused(f"cannot load the credentials of {where}: {type(exc).__name__}") from exc
         # Applies run in parallel threads; each needs its own pooled connection.
         configuration.connection_pool_maxsize = pool_size
-        # One retry of a dropped connection, never more: a silent cluster costs two connect timeouts.
-        configuration.retries = 1
+        configuration.retries = ONE_RETRY_OF_A_READ
         self.timeout = (
             float(getattr(settings, "SLUICE_CLUSTER_CONNECT_TIMEOUT", REQUEST_TIMEOUT[0])),
             float(getattr(settings, "SLUICE_CLUSTER_READ_TIMEOUT", REQUEST_TIMEOUT[1])),

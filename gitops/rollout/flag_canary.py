@@ -134,7 +134,10 @@ def canary_flag_set(
     if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= _TOTAL_WEIGHT:
         raise ValueError(f"weight must be a whole number from 0 to 100, got {weight!r}")
     if population and not POPULATION_PATTERN.fullmatch(population):
-        raise ValueError(f"a population is 1 to 32 lowercase letters and digits, got {population!r}")
+        # Only a hand-edited database row gets here: the step fails and names it, and nothing is published.
+        raise CanaryRefused(
+            f"the rollout's flag population {population[:40]!r} is not 1 to 32 lowercase letters and digits"
+        )
     if weight == _TOTAL_WEIGHT:
         document: Mapping[str, Any] = new
     elif weight == 0:

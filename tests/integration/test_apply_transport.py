@@ -707,3 +707,28 @@ def test_a_step_batches_its_plain_applies_and_answers_every_intent_in_its_place(
     assert stored["new-0"] == {"K": "0"} and stored["new-1"] == {"K": "1"}
     assert stored["drifted"] == {"A": "b"}  # the self-heal dropped the key another manager added
     assert stored["taken"] == {"KEY": "theirs"}
+
+
+@pytest.mark.parametrize(
+    ("operation", "sent"),
+    [
+        # A deletion that may have been carried out is not sent again: a resend could land after the
+        # reconcile lock's fence let the next pass write (SLUICE_PASS_TAKEOVER_SECONDS).
+        (lambda cluster: cluster.delete_configmap("default", "x"), ["DELETE"]),
+        # A read is: one more try of a dropped connection, as before.
+        (lambda cluster: cluster.get_configmap("default", "x"), ["GET", "GET"]),
+    ],
+    ids=["delete", "read"],
+)
+def test_a_write_the_server_does_not_answer_is_not_sent_again_and_a_read_is(
+    settings, stack, tmp_path, fake_apiserver, operation, sent
+):
+    settings.SLUICE_CLUSTER_CONNECT_TIMEOUT, settings.SLUICE_CLUSTER_READ_TIMEOUT = 1.0, 1.0
+    server = fake_apiserver(None)
+    silent = Cluster(kubeconfig_pointing_at(stack, tmp_path, server.url))
+    try:
+        with pytest.raises(TemporaryError, match="read timed out"):
+            operation(silent)
+    finally:
+        silent.close()
+    assert [line.split()[0] for line in server.request_lines] == sent

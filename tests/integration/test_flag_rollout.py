@@ -7,6 +7,7 @@ import json
 import pytest
 from django.conf import settings
 
+from gitops.models import Rollout
 from gitops.rollout import decisions
 from tests.flagd import EVALUATORS, KEYS, evaluate_all
 from tests.gitrepo import policy
@@ -157,6 +158,44 @@ def test_flag_changes_reach_a_sticky_growing_share_of_users(
     finally:
         served_now.close()
     assert v1 != v2
+
+
+def _split_key(document: dict, flag: str):
+    return document["flags"][flag]["targeting"]["if"][0]["and"][1]["==="][0]["fractional"][0]
+
+
+def test_a_rollout_without_a_population_splits_each_flag_on_its_own_key(
+    repo, make_namespaces, make_source, sync, cluster, people
+):
+    """A rollout row from before migration 0023 (or inserted by a worker of the release before) has
+    the column's database default, "": its steps publish each flag's own split, the key it began with,
+    and no seed's."""
+    app, flags_ns = make_namespaces("app", "flags")
+    source = flags_applied(repo, make_source, sync, app, flags_ns, OLD)
+    steps = [{"setWeight": 10}, {"pause": {}}, {"setWeight": 50}, {"pause": {}}]
+    repo.write_all(
+        {
+            "sluice.yaml": policy([app], flags={"namespace": flags_ns}, rollout={"steps": steps}),
+            "flags/checkout.json": json.dumps(NEW),
+        }
+    )
+    repo.commit("v2")
+    sync(source)
+    paused = wait_for(source, phase="Paused", waiting_for="approval", weight=10)
+    seeded = json.loads(published(cluster, flags_ns))
+    assert {json.dumps(_split_key(seeded, flag)) for flag in CHANGED_DEFAULTS} == {
+        json.dumps({"cat": [f"sluice-canary/{paused.flag_population}/", {"var": "targetingKey"}]})
+    }
+    Rollout.objects.filter(pk=paused.pk).update(flag_population="")
+
+    decisions.rollout_promote(paused.pk, user=people["approver"])
+
+    wait_for(source, phase="Paused", waiting_for="approval", weight=50)
+    per_flag = json.loads(published(cluster, flags_ns))
+    for flag in CHANGED_DEFAULTS:
+        assert _split_key(per_flag, flag) == {
+            "cat": ["sluice-canary/", {"var": "$flagd.flagKey"}, "/", {"var": "targetingKey"}]
+        }
 
 
 def test_a_canary_too_large_for_its_configmap_fails_the_pass_with_why_and_applies_nothing(

@@ -29,6 +29,7 @@ from gitops.rollout.flag_canary import (
     OLD_VARIANT_SUFFIX,
     SPLIT_BUCKET_NEW,
     SPLIT_BUCKET_OLD,
+    CanaryRefused,
     canary_flag_set,
     changed_flags,
 )
@@ -361,7 +362,7 @@ def test_the_ends_are_exactly_old_and_new() -> None:
 
 
 def test_unchanged_flags_are_published_as_written() -> None:
-    published = canary_flag_set(OLD, NEW, 50)
+    published = canary_flag_set(OLD, NEW, 50, population=POPULATION)
     assert published["$evaluators"] == NEW["$evaluators"]
     assert published["metadata"] == NEW["metadata"]
     for flag, (_, definition) in UNCHANGED.items():
@@ -469,16 +470,24 @@ def test_a_change_that_serves_the_same_results_is_published_as_new() -> None:
     assert canary_flag_set(old, new, 50) == new
 
 
+def _split_key(published: Mapping[str, Any], flag: str) -> Any:
+    """What a published canary flag's split hashes."""
+    return published["flags"][flag]["targeting"]["if"][0]["and"][1]["==="][0]["fractional"][0]
+
+
 def test_output_is_deterministic_and_independent_of_the_inputs() -> None:
     old, new = copy.deepcopy(OLD), copy.deepcopy(NEW)
-    first = canary_flag_set(old, new, 25, metadata={"sluiceCanaryWeight": 25})
-    second = canary_flag_set(old, new, 25, metadata={"sluiceCanaryWeight": 25})
+    first = canary_flag_set(old, new, 25, metadata={"sluiceCanaryWeight": 25}, population=POPULATION)
+    second = canary_flag_set(old, new, 25, metadata={"sluiceCanaryWeight": 25}, population=POPULATION)
     assert canonical_json(first) == canonical_json(second)
     assert (old, new) == (OLD, NEW)
     first["flags"]["steady"]["variants"]["on"] = "changed"
     first["flags"]["default-variant"]["variants"]["on"] = "changed"
+    # Every split hashes the same key: the published flags share no part of it either.
+    _split_key(first, "default-variant")["cat"][0] = "changed"
+    assert _split_key(first, "disabled") == _split_key(second, "disabled")
     assert canonical_json(
-        canary_flag_set(old, new, 25, metadata={"sluiceCanaryWeight": 25})
+        canary_flag_set(old, new, 25, metadata={"sluiceCanaryWeight": 25}, population=POPULATION)
     ) == canonical_json(second)
     assert (old, new) == (OLD, NEW)
 
@@ -559,9 +568,7 @@ def test_a_rollout_from_before_seeds_keeps_each_flags_own_split_sticky(
     key they started with, so nobody who had a new result loses it at the next step."""
     old = {"flags": {"a": _flag(ON_OFF, "off"), "b": _flag(ON_OFF, "off")}}
     new = {"flags": {"a": _flag(ON_OFF, "on"), "b": _flag(ON_OFF, "on")}}
-    key = canary_flag_set(old, new, 25)["flags"]["a"]["targeting"]["if"][0]["and"][1]["==="][0]["fractional"][
-        0
-    ]
+    key = _split_key(canary_flag_set(old, new, 25), "a")
     assert key == {"cat": ["sluice-canary/", {"var": "$flagd.flagKey"}, "/", {"var": "targetingKey"}]}
     previous = {"a": set(), "b": set()}
     for weight in (25, 50, 75):
@@ -575,7 +582,7 @@ def test_a_rollout_from_before_seeds_keeps_each_flags_own_split_sticky(
 
 @pytest.mark.parametrize("population", ["UPPER", "with/slash", "a" * 33, "sp ace"])
 def test_a_population_is_a_short_lowercase_token(population: str) -> None:
-    with pytest.raises(ValueError, match="population"):
+    with pytest.raises(CanaryRefused, match="population"):
         canary_flag_set(OLD, NEW, 50, population=population)
 
 
@@ -584,7 +591,7 @@ def test_the_two_evaluators_put_different_users_on_the_new_side_at_the_same_shar
 ) -> None:
     """The bucketing caveat the Flags page shows: same document, same share, different users."""
     directory = tmp_path_factory.mktemp("both")
-    document = canonical_json(canary_flag_set(OLD, NEW, 25))
+    document = canonical_json(canary_flag_set(OLD, NEW, 25, population=POPULATION))
     new_side: dict[str, set[str]] = {}
     for name, evaluator_class in sorted(EVALUATORS.items()):
         published = Published(evaluator_class(document, directory))
@@ -607,7 +614,7 @@ def test_the_provider_resolves_what_the_openfeature_client_resolves(
     metadata, on every flag of a canary document, keyed and keyless contexts, a missing flag and a
     flag read as the wrong type."""
     directory = tmp_path_factory.mktemp("through-client")
-    document = canonical_json(canary_flag_set(OLD, NEW, 50))
+    document = canonical_json(canary_flag_set(OLD, NEW, 50, population=POPULATION))
     evaluations = [(flag, _kind(flag), CODE_DEFAULTS[_kind(flag)]) for flag in sorted(NEW["flags"])]
     evaluations += [("no-such-flag", "string", "code default"), ("default-variant", "string", "code default")]
     contexts = {**dict(itertools.islice(CONTEXTS.items(), 300)), **KEYLESS_CONTEXTS}
