@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db.models import BooleanField, Exists, ExpressionWrapper, QuerySet
@@ -31,6 +31,7 @@ from gitops.errors import GitopsError, PermanentError, TemporaryError
 from gitops.fetch.revisions import commit_identities, revision_desired_state, revision_fetch
 from gitops.locks import ReconcileLockLost, SourceBusy, TakeoverPending, source_lock
 from gitops.models import Revision, Rollout, Source, automatic_sync_filter, known_clusters
+from gitops.prepared import PreparedSelect
 from gitops.record.changelog import intents_pending_query
 from gitops.rollout.flag_canary import CanaryRefused
 from gitops.rollout.lifecycle import rollback_asked, rollout_choose, rollout_drive
@@ -270,22 +271,29 @@ class _Owed:
     any_rollback: bool = True  # clusters an ended rollout still owes a rollback, due or not
 
 
+def _owed_query(source_id: int, now: datetime) -> QuerySet[Any]:
+    return (
+        Source.objects.filter(pk=source_id)
+        .annotate(
+            owes_intents=Exists(intents_pending_query(source_id)),
+            owes_rollbacks=Exists(rollbacks_owing(source_id, now)),
+            owes_aborts=Exists(_aborts_requested(source_id)),
+            owes_any_rollback=Exists(
+                Rollout.objects.filter(source_id=source_id).exclude(rollback_pending_clusters=[])
+            ),
+        )
+        .values_list("owes_intents", "owes_rollbacks", "owes_aborts", "owes_any_rollback")[:1]
+    )
+
+
+# Every pass asks it: compiled once.
+_OWED: PreparedSelect[tuple[bool, bool, bool, bool]] = PreparedSelect(_owed_query, int, datetime)
+
+
 def _owed(source: Source) -> _Owed:
     """The four questions in one statement: a pass that owes nothing (nearly every poll) pays one. When
     no rollback is owed at all, the pass's steps are told so, and do not ask again."""
-    row = (
-        Source.objects.filter(pk=source.pk)
-        .annotate(
-            owes_intents=Exists(intents_pending_query(source)),
-            owes_rollbacks=Exists(rollbacks_owing(source)),
-            owes_aborts=Exists(_aborts_requested(source)),
-            owes_any_rollback=Exists(
-                Rollout.objects.filter(source=source).exclude(rollback_pending_clusters=[])
-            ),
-        )
-        .values_list("owes_intents", "owes_rollbacks", "owes_aborts", "owes_any_rollback")
-        .first()
-    )
+    row = next(iter(_OWED(source.pk, timezone.now())), None)
     if row is None:  # deleted meanwhile: ask each question on its own, as before
         return _Owed(intents=True, rollbacks=True, aborts=True)
     owed = _Owed(*row)
@@ -294,7 +302,7 @@ def _owed(source: Source) -> _Owed:
     return owed
 
 
-def _aborts_requested(source: Source) -> QuerySet[Rollout]:
+def _aborts_requested(source: Source | int) -> QuerySet[Rollout]:
     active = Rollout.objects.filter(source=source, phase__in=Rollout.ACTIVE_PHASES)
     return active.exclude(abort_requested_by="")
 
@@ -338,10 +346,13 @@ def _error_text(error: Mapping[str, Any]) -> str:
 # more. Whichever comes last sees the other, so one of them runs the request.
 
 
+_SOURCE_BY_ID: PreparedSelect[Source] = PreparedSelect(lambda pk: Source.objects.filter(pk=pk)[:1], int)
+
+
 def _source_to_sync(source_id: int, *, automatic: bool) -> Source | SyncResult:
     """The source, or the result of a sync that does not run: the source is gone, or suspended and
     the sync automatic."""
-    source = Source.objects.filter(pk=source_id).first()
+    source = next(iter(_SOURCE_BY_ID(source_id)), None)
     if source is None:
         gone = Source.all_objects.filter(pk=source_id).values_list("name", flat=True).first()
         return SyncResult(gone or "", Outcome.GONE)
@@ -492,6 +503,16 @@ def _carry_on(source: Source, actor: str) -> None:
         schedule.source_poll_due_now(source.pk)
 
 
+_REQUESTED_AGAIN: PreparedSelect[bool] = PreparedSelect(
+    lambda source_id: (
+        Source.objects.filter(pk=source_id, sync_requested_at__isnull=False)
+        .annotate(allowed=ExpressionWrapper(automatic_sync_filter(), output_field=BooleanField()))
+        .values_list("allowed", flat=True)[:1]
+    ),
+    int,
+)
+
+
 def _requested_again(source: Source) -> bool:
     """Whether a request came while the pass ran, to be run now in another pass. Any request stored
     now came after the pass began, which cleared it: no clock is compared, so a worker whose clock
@@ -501,12 +522,7 @@ def _requested_again(source: Source) -> bool:
     Nothing it holds back is lost: a person's sync retries on its own (``wait_if_busy``), a push
     waits for the resume, and beat's sweep finds a due abort again once ``sync_queued`` is clear.
     """
-    allowed = (
-        Source.objects.filter(pk=source.pk, sync_requested_at__isnull=False)
-        .annotate(allowed=ExpressionWrapper(automatic_sync_filter(), output_field=BooleanField()))
-        .values_list("allowed", flat=True)
-        .first()
-    )
+    allowed = next(iter(_REQUESTED_AGAIN(source.pk)), None)
     if allowed is False:  # a push marked it queued: the sweep claims only sources not queued
         Source.objects.filter(pk=source.pk).update(sync_queued=False)
     return allowed is True

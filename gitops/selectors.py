@@ -27,6 +27,7 @@ from gitops.models import (
 )
 from gitops.plan import drift_count, out_of_sync
 from gitops.plan.diff import readable_diff
+from gitops.prepared import PreparedSelect
 from gitops.redaction import redact
 from gitops.vocabulary import Staleness, StaleReason
 from gitops.windows import FreezeRule, Gate, WindowRule, change_gate
@@ -365,15 +366,28 @@ class Rules:
         return change_gate(source, self.at, self.freezes, self.windows)
 
 
+def _freezes_in_force_query(at: datetime) -> QuerySet[Freeze]:
+    return (
+        Freeze.objects.filter(lifted_at__isnull=True, until__gt=at).select_related("source").order_by("until")
+    )
+
+
+# Every pass asks both (its change gate): compiled once.
+_FREEZES_IN_FORCE: PreparedSelect[Freeze] = PreparedSelect(_freezes_in_force_query, datetime)
+_WINDOWS_IN_FORCE: PreparedSelect[SyncWindow] = PreparedSelect(
+    lambda: SyncWindow.objects.filter(removed_at__isnull=True).order_by("id")
+)
+
+
 def freezes_in_force(at: datetime | None = None, *, limit: int | None = None) -> list[Freeze]:
     at = at or timezone.now()
-    found = Freeze.objects.filter(lifted_at__isnull=True, until__gt=at).select_related("source")
-    found = found.order_by("until")
-    return list(found[:limit] if limit is not None else found)
+    if limit is not None:
+        return list(_freezes_in_force_query(at)[:limit])
+    return _FREEZES_IN_FORCE(at)
 
 
 def windows_in_force() -> list[SyncWindow]:
-    return list(SyncWindow.objects.filter(removed_at__isnull=True).order_by("id"))
+    return _WINDOWS_IN_FORCE()
 
 
 def rules_now(

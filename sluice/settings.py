@@ -318,6 +318,9 @@ LOGOUT_REDIRECT_URL = "dashboard:login"
 # Production serves HTTPS only: secure cookies, HSTS and a redirect from http://. DEBUG or
 # SLUICE_ALLOW_HTTP=1 (local runs on loopback without TLS, never a deployment) turn it off.
 SLUICE_ALLOW_HTTP = env_bool("SLUICE_ALLOW_HTTP")
+# Compare each prepared statement with the queryset Django compiles for the same values (gitops/prepared.py):
+# twice the compiling, for tests.
+SLUICE_PREPARED_CHECK = env_bool("SLUICE_PREPARED_CHECK")
 HTTPS_ONLY = not (DEBUG or SLUICE_ALLOW_HTTP)
 # /metrics names every source: a deployment serves it to the SLUICE_METRICS_TOKEN holder only, unless
 # this says anyone may scrape it. Local runs (DEBUG, SLUICE_ALLOW_HTTP) default to public.

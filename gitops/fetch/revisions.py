@@ -34,6 +34,7 @@ from gitops.fetch.credentials import configured_scope, resolve_credentials
 from gitops.fetch.mirror import CommitInfo, FetchResult, GitMirror, OverlongTreeEntry, TooManySkippedEntries
 from gitops.fetch.refs import RequestedRevision
 from gitops.models import PERSON_LENGTH, Revision, Rollout, Source, known_cluster_names
+from gitops.prepared import PreparedSelect
 from gitops.record import notifications
 from gitops.record.bulk import row_create_once
 
@@ -46,12 +47,28 @@ def mirror_for(source: Source) -> GitMirror:
     return GitMirror(root / f"{source.pk}.git", max_fetch_bytes=settings.SLUICE_MAX_FETCH_BYTES)
 
 
+# Every pass asks these of its source: compiled once.
+_REVISION_OF_COMMIT: PreparedSelect[Revision] = PreparedSelect(
+    lambda source_id, commit: Revision.objects.filter(source_id=source_id, commit=commit)[:1], int, str
+)
+_LAST_COMPLETED: PreparedSelect[Rollout] = PreparedSelect(
+    lambda source_id, head_id: (
+        Rollout.objects.filter(source_id=source_id, phase=Rollout.Phase.COMPLETED)
+        .exclude(revision_id=head_id)
+        .select_related("revision")
+        .order_by("-finished_at", "-id")[:1]
+    ),
+    int,
+    int,
+)
+
+
 def revision_fetch(source: Source) -> tuple[Revision, bool]:
     """Fetches the branch and records its tip; also whether the branch was force-pushed."""
     credentials = resolve_credentials(source.credentials_ref, scope=configured_scope())
     with mirror_for(source) as mirror, metrics.FETCH_SECONDS.labels(source.name).time():
         fetched = mirror.fetch(source.url, source.branch, credentials)
-        revision = Revision.objects.filter(source=source, commit=fetched.commit).first()
+        revision = next(iter(_REVISION_OF_COMMIT(source.pk, fetched.commit)), None)
         if revision is None:
             revision = _revision_create(source, fetched, mirror.commit_info(fetched.commit))
         if fetched.forced:
@@ -242,12 +259,6 @@ def _reject(source: Source, revision: Revision, rejected: RevisionRejected) -> N
 
 def commit_identities(source: Source, head: Revision) -> list[str]:
     """Authors and committers of every commit a rollout of ``head`` brings, since the last completed one."""
-    last = (
-        Rollout.objects.filter(source=source, phase=Rollout.Phase.COMPLETED)
-        .exclude(revision=head)
-        .select_related("revision")
-        .order_by("-finished_at", "-id")
-        .first()
-    )
+    last = next(iter(_LAST_COMPLETED(source.pk, head.pk)), None)
     with mirror_for(source) as mirror:
         return sorted(mirror.commit_identities(head.commit, since=last.revision.commit if last else None))

@@ -86,7 +86,7 @@ def intents_pending(source: Source) -> list[ApplyIntent]:
     ]
 
 
-def intents_pending_query(source: Source) -> QuerySet[ApplyIntent]:
+def intents_pending_query(source: Source | int) -> QuerySet[ApplyIntent]:
     """``intents_pending`` as a query, for a caller that first asks whether there are any."""
     return ApplyIntent.objects.filter(source=source, status=ApplyIntent.Status.PENDING, rollout__isnull=False)
 

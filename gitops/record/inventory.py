@@ -9,6 +9,14 @@ from django.utils import timezone
 
 from gitops import caches
 from gitops.models import ApplyIntent, InventoryVersion, ManagedObject, Source
+from gitops.prepared import PreparedSelect
+
+_INVENTORY_VERSION: PreparedSelect[int] = PreparedSelect(
+    lambda source_id: InventoryVersion.objects.filter(source_id=source_id).values_list("version", flat=True)[
+        :1
+    ],
+    int,
+)
 
 
 def managed_keys(source: Source) -> frozenset[tuple[str, str, str]]:
@@ -18,7 +26,7 @@ def managed_keys(source: Source) -> frozenset[tuple[str, str, str]]:
     every change to the keys): while the version holds, one number is read instead of every row, and
     the same set object comes back, which later comparisons of it answer by identity.
     """
-    version = InventoryVersion.objects.filter(source_id=source.pk).values_list("version", flat=True).first()
+    version = next(iter(_INVENTORY_VERSION(source.pk)), None)
     cache = caches.for_source(source.pk)
     if version is not None and cache.inventory is not None and cache.inventory[0] == version:
         return cache.inventory[1]

@@ -35,6 +35,7 @@ from gitops.desired.flag_summary import FlagSummary, effective_flags, flag_summa
 from gitops.desired.limits import Limits
 from gitops.desired.revision import DesiredState, flag_set_key, published_baseline
 from gitops.models import Change, PublishedFlag, Rollout
+from gitops.prepared import PreparedSelect
 from gitops.rollout.flag_canary import changed_flags, held_until_full
 from gitops.vocabulary import ChangeAction
 
@@ -124,20 +125,29 @@ def _held(
     return held
 
 
+# Every pass of a source asks it (one statement, with flags or without): compiled once.
+_CATALOG_ROWS: PreparedSelect[tuple[str, str, str, str, bool, int | None, str | None, Any, int | None]] = (
+    PreparedSelect(
+        lambda source_id: PublishedFlag.objects.filter(source_id=source_id).values_list(
+            "namespace",
+            "flag_set",
+            "key",
+            "definition_hash",
+            "removed",
+            "rollout_id",
+            "rollout__phase",
+            "changed_at",
+            "held_by_id",
+        ),
+        int,
+    )
+)
+
+
 def _up_to_date(
     rollout: Rollout, wanted: Mapping[FlagKey, str], weight: int, held: Collection[FlagKey]
 ) -> bool:
-    rows = PublishedFlag.objects.filter(source_id=rollout.source_id).values_list(
-        "namespace",
-        "flag_set",
-        "key",
-        "definition_hash",
-        "removed",
-        "rollout_id",
-        "rollout__phase",
-        "changed_at",
-        "held_by_id",
-    )
+    rows = _CATALOG_ROWS(rollout.source_id)
     wanted_sets = {(namespace, flag_set) for namespace, flag_set, _ in wanted}
     seen: set[FlagKey] = set()
     # One plain query: a row per flag is small, and a server-side cursor (DECLARE ... WITH HOLD, FETCH,

@@ -10,13 +10,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 
-from django.db.models import Q, Subquery
+from django.db.models import Q, QuerySet, Subquery
 from django.utils import timezone
 
 from gitops.desired.policy import Analysis, OnNewRevision, Pause, SetWeight, Step, steps_from_json
 from gitops.desired.revision import DesiredState
 from gitops.failpoints import failpoint
 from gitops.models import Revision, Rollout, RolloutEvent, Source
+from gitops.prepared import PreparedSelect
 from gitops.record.events import rollout_event
 from gitops.rollout.consumers import consumer_map_refresh, wave_gate_close, wave_gate_pass, wave_restart
 from gitops.rollout.engine import desired_hash, largest_share, with_approval_gate
@@ -60,16 +61,23 @@ def rollout_choose(
     ), None
 
 
-def _newest_and_active(source: Source) -> tuple[Rollout | None, Rollout | None]:
-    """The source's newest rollout and its newest active one (often the same), in one query: the
-    newest comes first, and the next row, if the newest is not active, is the newest active one."""
-    rollouts = Rollout.objects.filter(source=source)
+def _newest_and_active_query(source_id: int) -> QuerySet[Rollout]:
+    rollouts = Rollout.objects.filter(source_id=source_id)
     newest_id = rollouts.order_by("-id").values("pk")[:1]
-    rows = list(
+    return (
         rollouts.filter(Q(phase__in=Rollout.ACTIVE_PHASES) | Q(pk=Subquery(newest_id)))
         .select_related("source", "revision")
         .order_by("-id")[:2]
     )
+
+
+_NEWEST_AND_ACTIVE: PreparedSelect[Rollout] = PreparedSelect(_newest_and_active_query, int)
+
+
+def _newest_and_active(source: Source) -> tuple[Rollout | None, Rollout | None]:
+    """The source's newest rollout and its newest active one (often the same), in one query: the
+    newest comes first, and the next row, if the newest is not active, is the newest active one."""
+    rows = _NEWEST_AND_ACTIVE(source.pk)
     active = next((rollout for rollout in rows if rollout.phase in Rollout.ACTIVE_PHASES), None)
     return (rows[0] if rows else None), active
 

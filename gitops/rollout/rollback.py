@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from django.db import transaction
@@ -126,11 +127,12 @@ def rollbacks_owed_finish(source: Source) -> None:
                 _restored_event(rollout, actor, done, still, restored.failures)
 
 
-def rollbacks_owing(source: Source) -> QuerySet[Rollout]:
-    """The ended rollouts of ``source`` that owe a cluster a rollback whose retry is due."""
+def rollbacks_owing(source: Source | int, now: datetime | None = None) -> QuerySet[Rollout]:
+    """The ended rollouts of ``source`` (or its id) that owe a cluster a rollback whose retry is due
+    (``now``, unless told)."""
     return (
         Rollout.objects.filter(source=source)
-        .filter(Q(pause_until__isnull=True) | Q(pause_until__lte=timezone.now()))
+        .filter(Q(pause_until__isnull=True) | Q(pause_until__lte=now or timezone.now()))
         .exclude(rollback_pending_clusters=[])
     )
 

@@ -1,0 +1,218 @@
+"""SELECTs a pass asks of every source, compiled to SQL once per process and run with each call's values.
+
+Django compiles a queryset to SQL every time it runs it. A push's pass asks the same questions of every
+source (its newest rollouts, what it owes, the freezes in force...), with other ids, so the SQL is the
+same each time and only the values differ; building and compiling those querysets was about a third of
+a one-file pass's CPU in the worker (README, "Compiling a pass's SQL once"). A ``PreparedSelect`` builds
+its queryset once, compiles it, and notes where each argument lands among the statement's parameters.
+Each call then runs that statement with its own values in their places, and Django turns the rows into
+models or tuples as it always does (the same iterables, converters and ``select_related``).
+
+What a builder may do, checked when it is first compiled:
+
+- Each argument is an ``int``, a ``str`` or an aware ``datetime`` that the queryset compares as it is
+  (``field=value``, ``field__gt=value``). The queryset is compiled twice, with two sets of stand-in
+  values far apart (a 19-digit number and a small one, say): the two statements must be the same text
+  and differ exactly where the arguments went, every other parameter equal. So a lookup that rewrites
+  its value (``__startswith`` adds ``%``, ``__date`` takes the date), a condition Django leaves out for
+  one value (a number past an integer column's range), or a constant that happens to equal a stand-in
+  is refused, as is ``select_for_update`` (Django checks it against the transaction when it compiles).
+- Everything else in the queryset is fixed: the builder must not read the clock, settings or the active
+  time zone, as what it read then would be kept for good. ``SLUICE_PREPARED_CHECK`` (the test suite
+  turns it on) compiles every call's queryset as well and refuses a difference, so a builder that
+  breaks this fails the tests. (One that reads the clock is nearly always refused at once: its two
+  compiles read two times.)
+- A value of ``None``, a ``bool`` or a naive ``datetime`` is refused at each call: each would change the
+  statement (``IS NULL``) or mean something else than the stand-in did.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+from django.conf import settings
+from django.core.exceptions import EmptyResultSet
+from django.db import connections, router
+from django.db.models import QuerySet
+from django.db.models.sql.compiler import SQLCompiler
+
+Row = TypeVar("Row")
+
+# What an argument may be: compared as it is, never None.
+_KINDS = (int, str, datetime)
+
+
+class PreparedMismatch(AssertionError):
+    """A prepared statement is not what Django compiles for the same values (SLUICE_PREPARED_CHECK)."""
+
+
+def _stand_in(kind: type, index: int, second: bool) -> Any:
+    """Argument ``index``'s value for one of the two compiles: no constant of a queryset is either."""
+    if kind is int:
+        # Spaced apart differently in the two sets: an argument's value moved by a constant (b - 1) can
+        # land on another argument's stand-in in one set, never in both.
+        return 30_011 + 7 * index if second else 7_919_000_000_000_000_000 + index
+    if kind is str:
+        return f"Sluice Stand-in {index}" if second else f"\x1esluice-prepared-argument-{index}\x1e"
+    if second:
+        return datetime(2001, 2, 3, 4, 5, 6, 100_000 + index, tzinfo=UTC)
+    return datetime(2999, 12, 31, 23, 59, 59, 900_000 + index, tzinfo=UTC)
+
+
+def _comparable(parameter: Any) -> tuple[type, Any]:
+    """A parameter as two compiles can be compared: a database adapter's wrapper (psycopg's Jsonb) has
+    no equality of its own, and its text is cut short."""
+    wrapped = getattr(parameter, "obj", parameter)
+    return type(parameter), wrapped
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    queryset: QuerySet[Any] = field(repr=False)  # printing it would run it
+    sql: str
+    parameters: tuple[Any, ...]
+    # (parameter index, argument index, the parameter's type: the database adapter wraps some values,
+    # an integer for a big integer column as psycopg's Int8, and each call's value is wrapped the same)
+    places: tuple[tuple[int, int, type], ...]
+    state: dict[str, Any] = field(repr=False)  # the compiler after as_sql: select, klass_info, col_count...
+
+
+class _Bound(SQLCompiler):
+    """A compiler that answers ``as_sql`` with the prepared statement and this call's parameters."""
+
+    def __init__(self, compiled: _Compiled, parameters: tuple[Any, ...], query: Any, using: str) -> None:
+        self.__dict__.update(compiled.state)
+        self.query, self.using, self.connection = query, using, connections[using]
+        self._statement = (compiled.sql, parameters)
+
+    def as_sql(self, with_limits: bool = True, with_col_aliases: bool = False) -> tuple[str, tuple[Any, ...]]:
+        return self._statement
+
+    def pre_sql_setup(self, with_col_aliases: bool = False) -> Any:  # set up once, when it was compiled
+        return None
+
+
+class PreparedSelect(Generic[Row]):
+    """``build(*arguments)`` -> a queryset, compiled once per process and database; calling it runs the
+    queryset for the given arguments and returns its rows as a list (models, tuples or values)."""
+
+    def __init__(self, build: Callable[..., QuerySet[Any]], *kinds: type) -> None:
+        if not all(kind in _KINDS for kind in kinds):
+            raise TypeError(f"arguments are int, str or datetime, not {kinds}")
+        self.build, self.kinds = build, kinds
+        self._compiled: dict[str, _Compiled] = {}
+        self._model: type[Any] | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, *arguments: Any) -> list[Row]:
+        self._check_arguments(arguments)
+        compiled = self._compiled_for()
+        parameters = list(compiled.parameters)
+        for place, argument, wrapper in compiled.places:
+            value = arguments[argument]
+            parameters[place] = value if type(value) is wrapper else wrapper(value)
+        bound_parameters = tuple(parameters)
+        queryset = compiled.queryset.all()
+        using = queryset.db
+        if getattr(settings, "SLUICE_PREPARED_CHECK", False):
+            self._compare(compiled, arguments, bound_parameters, using)
+        bound = _Bound(compiled, bound_parameters, queryset.query, using)
+        # Django asks the query for its compiler as it runs it: this one's is the prepared statement.
+        queryset.query.get_compiler = lambda *_args, **_kwargs: bound  # type: ignore[method-assign]
+        return list(queryset)
+
+    def _check_arguments(self, arguments: Sequence[Any]) -> None:
+        if len(arguments) != len(self.kinds):
+            raise TypeError(f"{len(self.kinds)} arguments expected, got {len(arguments)}")
+        for value, kind in zip(arguments, self.kinds, strict=True):
+            # bool is an int to Python, and a naive datetime is not what the stand-in stood for.
+            if type(value) is not kind or (isinstance(value, datetime) and value.tzinfo is None):
+                raise TypeError(f"a prepared statement's argument must be {kind.__name__}, got {value!r}")
+
+    def _compiled_for(self) -> _Compiled:
+        # One statement per database: the one a router chooses for the model, as the queryset would.
+        using = router.db_for_read(self._model) if self._model is not None else None
+        compiled = self._compiled.get(using) if using is not None else None
+        if compiled is None:
+            with self._lock:
+                compiled = self._compile(using)
+                self._model = compiled.queryset.model
+                compiled = self._compiled.setdefault(compiled.queryset.db, compiled)
+        return compiled
+
+    def _compile(self, using: str | None) -> _Compiled:
+        queryset, sql, parameters, compiler = self._statement(using, second=False)
+        _, other_sql, other_parameters, _ = self._statement(using, second=True)
+        if other_sql != sql:
+            raise TypeError(f"{self._name()}: its statement changes with its arguments' values")
+        places = self._places(parameters, other_parameters)
+        state = {k: v for k, v in compiler.__dict__.items() if k not in ("query", "connection", "using")}
+        return _Compiled(queryset, sql, parameters, places, state)
+
+    def _statement(
+        self, using: str | None, *, second: bool
+    ) -> tuple[QuerySet[Any], str, tuple[Any, ...], SQLCompiler]:
+        queryset = self.build(*(_stand_in(kind, index, second) for index, kind in enumerate(self.kinds)))
+        if using is not None:
+            queryset = queryset.using(using)
+        if queryset.query.select_for_update:
+            raise TypeError(f"{self._name()}: select_for_update is checked against its transaction each time")
+        compiler = queryset.query.get_compiler(using=queryset.db)
+        try:
+            sql, parameters = compiler.as_sql()
+        except EmptyResultSet:
+            raise TypeError(f"{self._name()}: Django leaves out a condition for a stand-in value") from None
+        return queryset, sql, tuple(parameters), compiler
+
+    def _places(self, first: Sequence[Any], second: Sequence[Any]) -> tuple[tuple[int, int, type], ...]:
+        """Where each argument went: the parameters of the two compiles differ there and only there."""
+        if len(first) != len(second):
+            raise TypeError(f"{self._name()}: its parameters change in number with its arguments' values")
+        places = []
+        for place, (one, other) in enumerate(zip(first, second, strict=True)):
+            if _comparable(one) == _comparable(other):
+                continue
+            argument = next(
+                (
+                    index
+                    for index, kind in enumerate(self.kinds)
+                    if isinstance(one, kind)
+                    and one == _stand_in(kind, index, False)
+                    and other == _stand_in(kind, index, True)
+                ),
+                None,
+            )
+            if argument is None:
+                raise TypeError(f"{self._name()}: parameter {place} is not an argument as it was given")
+            places.append((place, argument, type(one)))
+        missing = set(range(len(self.kinds))) - {argument for _, argument, _ in places}
+        if missing:
+            raise TypeError(f"{self._name()}: arguments {sorted(missing)} do not reach the statement")
+        return tuple(places)
+
+    def _compare(
+        self, compiled: _Compiled, arguments: Sequence[Any], parameters: tuple[Any, ...], using: str
+    ) -> None:
+        queryset = self.build(*arguments)
+        sql, expected = queryset.query.get_compiler(using=using).as_sql()
+        # The same kind of rows (models, tuples, flat values) of the same fields.
+        shape, compiled_shape = (
+            (given._iterable_class, getattr(given, "_fields", None))
+            for given in (queryset, compiled.queryset)
+        )
+        if (
+            sql != compiled.sql
+            or list(map(_comparable, expected)) != list(map(_comparable, parameters))
+            or shape != compiled_shape
+        ):
+            raise PreparedMismatch(
+                f"{self._name()}: the prepared statement is not the queryset's own\n"
+                f"prepared: {compiled.sql} {parameters!r}\ncompiled: {sql} {tuple(expected)!r}"
+            )
+
+    def _name(self) -> str:
+        return getattr(self.build, "__qualname__", repr(self.build))
