@@ -14,9 +14,12 @@ What a builder may do, checked when it is first compiled:
   (``field=value``, ``field__gt=value``). The queryset is compiled twice, with two sets of stand-in
   values far apart (a 19-digit number and a small one, say): the two statements must be the same text
   and differ exactly where the arguments went, every other parameter equal. So a lookup that rewrites
-  its value (``__startswith`` adds ``%``, ``__date`` takes the date), a condition Django leaves out for
-  one value (a number past an integer column's range), or a constant that happens to equal a stand-in
-  is refused, as is ``select_for_update`` (Django checks it against the transaction when it compiles).
+  its value (``__startswith`` adds ``%``, ``__date`` takes the date) or a condition Django leaves out
+  for one value (a number past an integer column's range) is refused, as is ``select_for_update``
+  (Django checks it against the transaction when it compiles). A constant equal to a stand-in is the
+  same in both compiles, so it stays a constant. What two compiles cannot see: a builder that computes
+  from its argument something both stand-ins give alike (``value > 0``, ``value or default``). Use each
+  argument only as a value compared in the statement.
 - Everything else in the queryset is fixed: the builder must not read the clock, settings or the active
   time zone, as what it read then would be kept for good. ``SLUICE_PREPARED_CHECK`` (the test suite
   turns it on) compiles every call's queryset as well and refuses a difference, so a builder that
@@ -57,7 +60,10 @@ def _stand_in(kind: type, index: int, second: bool) -> Any:
         # land on another argument's stand-in in one set, never in both.
         return 30_011 + 7 * index if second else 7_919_000_000_000_000_000 + index
     if kind is str:
-        return f"Sluice Stand-in {index}" if second else f"\x1esluice-prepared-argument-{index}\x1e"
+        # The second one long: a builder that cuts its argument short (value[:40]) changes it in one only.
+        return (
+            f"Sluice Stand-in {index} " + "x" * 300 if second else f"\x1esluice-prepared-argument-{index}\x1e"
+        )
     if second:
         return datetime(2001, 2, 3, 4, 5, 6, 100_000 + index, tzinfo=UTC)
     return datetime(2999, 12, 31, 23, 59, 59, 900_000 + index, tzinfo=UTC)
@@ -106,6 +112,7 @@ class PreparedSelect(Generic[Row]):
         self.build, self.kinds = build, kinds
         self._compiled: dict[str, _Compiled] = {}
         self._model: type[Any] | None = None
+        self._refused: TypeError | None = None
         self._lock = threading.Lock()
 
     def __call__(self, *arguments: Any) -> list[Row]:
@@ -137,12 +144,24 @@ class PreparedSelect(Generic[Row]):
         # One statement per database: the one a router chooses for the model, as the queryset would.
         using = router.db_for_read(self._model) if self._model is not None else None
         compiled = self._compiled.get(using) if using is not None else None
-        if compiled is None:
-            with self._lock:
+        if compiled is not None:
+            return compiled
+        with self._lock:
+            if self._refused is not None:
+                # Refused once, refused for good: a builder that passes only sometimes (one reading the
+                # clock) must not pass later, in production, where nothing compares its statements.
+                raise self._refused
+            using = router.db_for_read(self._model) if self._model is not None else None
+            if using is not None and using in self._compiled:
+                return self._compiled[using]
+            try:
                 compiled = self._compile(using)
-                self._model = compiled.queryset.model
-                compiled = self._compiled.setdefault(compiled.queryset.db, compiled)
-        return compiled
+            except TypeError as refused:
+                self._refused = refused
+                raise
+            self._model = compiled.queryset.model
+            self._compiled[compiled.queryset.db] = compiled
+            return compiled
 
     def _compile(self, using: str | None) -> _Compiled:
         queryset, sql, parameters, compiler = self._statement(using, second=False)
@@ -156,16 +175,20 @@ class PreparedSelect(Generic[Row]):
     def _statement(
         self, using: str | None, *, second: bool
     ) -> tuple[QuerySet[Any], str, tuple[Any, ...], SQLCompiler]:
-        queryset = self.build(*(_stand_in(kind, index, second) for index, kind in enumerate(self.kinds)))
-        if using is not None:
-            queryset = queryset.using(using)
-        if queryset.query.select_for_update:
-            raise TypeError(f"{self._name()}: select_for_update is checked against its transaction each time")
-        compiler = queryset.query.get_compiler(using=queryset.db)
         try:
+            queryset = self.build(*(_stand_in(kind, index, second) for index, kind in enumerate(self.kinds)))
+            # Pinned to the database it was compiled for: each call runs it there.
+            queryset = queryset.using(using or queryset.db)
+            if queryset.query.select_for_update:
+                raise TypeError("select_for_update is checked against its transaction each time")
+            compiler = queryset.query.get_compiler(using=queryset.db)
             sql, parameters = compiler.as_sql()
         except EmptyResultSet:
-            raise TypeError(f"{self._name()}: Django leaves out a condition for a stand-in value") from None
+            raise TypeError(
+                f"{self._name()}: Django leaves out a condition, for a stand-in or for good"
+            ) from None
+        except (TypeError, ValueError) as refused:  # an argument of the wrong kind for its field, say
+            raise TypeError(f"{self._name()}: {refused}") from None
         return queryset, sql, tuple(parameters), compiler
 
     def _places(self, first: Sequence[Any], second: Sequence[Any]) -> tuple[tuple[int, int, type], ...]:

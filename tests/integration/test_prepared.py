@@ -127,3 +127,20 @@ def test_a_builder_that_reads_the_clock_is_found_out_by_the_check(settings):
 
     with pytest.raises((TypeError, PreparedMismatch)):
         twice()
+
+
+def test_a_builder_refused_once_stays_refused():
+    """One that passes only sometimes (reading the clock) must not pass later, where nothing checks it."""
+    built = []
+
+    def sometimes(source_id: int):
+        built.append(source_id)
+        if len(built) <= 2:  # its first two compiles disagree; later ones would not
+            return Source.objects.filter(pk=source_id, name=str(len(built)))
+        return Source.objects.filter(pk=source_id)
+
+    prepared = PreparedSelect(sometimes, int)
+    for _ in range(2):
+        with pytest.raises(TypeError, match="parameter"):
+            prepared(1)
+    assert len(built) == 2, "the refusal is kept, not compiled again"
