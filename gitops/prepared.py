@@ -132,6 +132,11 @@ class PreparedSelect(Generic[Row]):
         queryset.query.get_compiler = lambda *_args, **_kwargs: bound  # type: ignore[method-assign]
         return list(queryset)
 
+    def first(self, *arguments: Any) -> Row | None:
+        """The first row, or None: for a builder that asks for one (``[:1]``)."""
+        rows = self(*arguments)
+        return rows[0] if rows else None
+
     def _check_arguments(self, arguments: Sequence[Any]) -> None:
         if len(arguments) != len(self.kinds):
             raise TypeError(f"{len(self.kinds)} arguments expected, got {len(arguments)}")

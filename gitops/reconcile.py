@@ -293,7 +293,7 @@ _OWED: PreparedSelect[tuple[bool, bool, bool, bool]] = PreparedSelect(_owed_quer
 def _owed(source: Source) -> _Owed:
     """The four questions in one statement: a pass that owes nothing (nearly every poll) pays one. When
     no rollback is owed at all, the pass's steps are told so, and do not ask again."""
-    row = next(iter(_OWED(source.pk, timezone.now())), None)
+    row = _OWED.first(source.pk, timezone.now())
     if row is None:  # deleted meanwhile: ask each question on its own, as before
         return _Owed(intents=True, rollbacks=True, aborts=True)
     owed = _Owed(*row)
@@ -352,7 +352,7 @@ _SOURCE_BY_ID: PreparedSelect[Source] = PreparedSelect(lambda pk: Source.objects
 def _source_to_sync(source_id: int, *, automatic: bool) -> Source | SyncResult:
     """The source, or the result of a sync that does not run: the source is gone, or suspended and
     the sync automatic."""
-    source = next(iter(_SOURCE_BY_ID(source_id)), None)
+    source = _SOURCE_BY_ID.first(source_id)
     if source is None:
         gone = Source.all_objects.filter(pk=source_id).values_list("name", flat=True).first()
         return SyncResult(gone or "", Outcome.GONE)
@@ -522,7 +522,7 @@ def _requested_again(source: Source) -> bool:
     Nothing it holds back is lost: a person's sync retries on its own (``wait_if_busy``), a push
     waits for the resume, and beat's sweep finds a due abort again once ``sync_queued`` is clear.
     """
-    allowed = next(iter(_REQUESTED_AGAIN(source.pk)), None)
+    allowed = _REQUESTED_AGAIN.first(source.pk)
     if allowed is False:  # a push marked it queued: the sweep claims only sources not queued
         Source.objects.filter(pk=source.pk).update(sync_queued=False)
     return allowed is True

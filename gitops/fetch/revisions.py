@@ -68,7 +68,7 @@ def revision_fetch(source: Source) -> tuple[Revision, bool]:
     credentials = resolve_credentials(source.credentials_ref, scope=configured_scope())
     with mirror_for(source) as mirror, metrics.FETCH_SECONDS.labels(source.name).time():
         fetched = mirror.fetch(source.url, source.branch, credentials)
-        revision = next(iter(_REVISION_OF_COMMIT(source.pk, fetched.commit)), None)
+        revision = _REVISION_OF_COMMIT.first(source.pk, fetched.commit)
         if revision is None:
             revision = _revision_create(source, fetched, mirror.commit_info(fetched.commit))
         if fetched.forced:
@@ -259,6 +259,6 @@ def _reject(source: Source, revision: Revision, rejected: RevisionRejected) -> N
 
 def commit_identities(source: Source, head: Revision) -> list[str]:
     """Authors and committers of every commit a rollout of ``head`` brings, since the last completed one."""
-    last = next(iter(_LAST_COMPLETED(source.pk, head.pk)), None)
+    last = _LAST_COMPLETED.first(source.pk, head.pk)
     with mirror_for(source) as mirror:
         return sorted(mirror.commit_identities(head.commit, since=last.revision.commit if last else None))

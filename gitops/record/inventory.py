@@ -26,7 +26,7 @@ def managed_keys(source: Source) -> frozenset[tuple[str, str, str]]:
     every change to the keys): while the version holds, one number is read instead of every row, and
     the same set object comes back, which later comparisons of it answer by identity.
     """
-    version = next(iter(_INVENTORY_VERSION(source.pk)), None)
+    version = _INVENTORY_VERSION.first(source.pk)
     cache = caches.for_source(source.pk)
     if version is not None and cache.inventory is not None and cache.inventory[0] == version:
         return cache.inventory[1]
