@@ -31,7 +31,7 @@ from gitops.errors import GitopsError, PermanentError, TemporaryError
 from gitops.fetch.revisions import commit_identities, revision_desired_state, revision_fetch
 from gitops.locks import ReconcileLockLost, SourceBusy, TakeoverPending, source_lock
 from gitops.models import Revision, Rollout, Source, automatic_sync_filter, known_clusters
-from gitops.prepared import PreparedSelect
+from gitops.prepared import PreparedSelect, PreparedUpdate
 from gitops.record.changelog import intents_pending_query
 from gitops.rollout.flag_canary import CanaryRefused
 from gitops.rollout.lifecycle import rollback_asked, rollout_choose, rollout_drive
@@ -326,14 +326,21 @@ def _roll_back_invalid(rollout: Rollout) -> None:
     rollout_rollback(rollout, actor=SYSTEM_ACTOR, reason=reason, phase=Rollout.Phase.FAILED)
 
 
+_FINISHED: PreparedUpdate = PreparedUpdate(
+    lambda source_id, now, error, next_poll_at: (
+        Source.objects.filter(pk=source_id),
+        {"last_synced_at": now, "last_error": error, "consecutive_failures": 0, "next_poll_at": next_poll_at},
+    ),
+    int,
+    datetime,
+    str,
+    datetime,
+)
+
+
 def _finish(source: Source, failures: list[str]) -> None:
     now = timezone.now()
-    Source.objects.filter(pk=source.pk).update(
-        last_synced_at=now,
-        last_error="; ".join(failures[:5]),
-        consecutive_failures=0,
-        next_poll_at=now + source.poll_interval,
-    )
+    _FINISHED(source.pk, now, "; ".join(failures[:5]), now + source.poll_interval)
 
 
 def _error_text(error: Mapping[str, Any]) -> str:
@@ -458,6 +465,16 @@ def _next_pass(source: Source, runs: list[SyncResult], asked: _Asked) -> tuple[b
         return None
 
 
+# The pass about to run takes every request made so far (see ``_requested_again``).
+_REQUESTS_TAKEN: PreparedUpdate = PreparedUpdate(
+    lambda source_id: (
+        Source.objects.filter(pk=source_id),
+        {"sync_requested_at": None, "sync_queued": False},
+    ),
+    int,
+)
+
+
 def _locked_pass(source: Source, runs: list[SyncResult], asked: _Asked) -> tuple[bool, Source | None]:
     """One pass (appended to ``runs``) if the lock is free: whether it was, and the source as the pass
     read it (None: removed meanwhile). A later pass runs with the source as it is now: a scope narrowed
@@ -469,7 +486,7 @@ def _locked_pass(source: Source, runs: list[SyncResult], asked: _Asked) -> tuple
                 return True, None
             source = current
         if acquired:
-            Source.objects.filter(pk=source.pk).update(sync_requested_at=None, sync_queued=False)
+            _REQUESTS_TAKEN(source.pk)
             runs.append(_pass(source, runs, asked))
     return acquired, source
 

@@ -26,6 +26,7 @@ from django.utils import timezone
 from gitops.celery import app, redis_client
 from gitops.errors import TemporaryError
 from gitops.models import Source
+from gitops.prepared import PreparedUpdate
 from gitops.vocabulary import SYSTEM_ACTOR
 
 log = logging.getLogger(__name__)
@@ -117,12 +118,23 @@ def source_sync(
 SYNC_QUEUED_STALE = timedelta(minutes=10)
 
 
+# Every push asks it (in the web, and in the worker for a push that came during a pass).
+_CLAIM_QUEUED_SYNC = PreparedUpdate(
+    lambda source_id, now, stale_before: (
+        Source.objects.filter(Q(sync_queued=False) | Q(sync_queued_at__lt=stale_before), pk=source_id),
+        {"sync_queued": True, "sync_queued_at": now},
+    ),
+    int,
+    datetime,
+    datetime,
+)
+
+
 def sync_queued_claim(source_id: int) -> bool:
     """Marks a sync of the source queued unless one is (a compare-and-swap); True when this caller
     claimed it and must queue it. A mark older than SYNC_QUEUED_STALE counts as none."""
     now = timezone.now()
-    free = Q(sync_queued=False) | Q(sync_queued_at__lt=now - SYNC_QUEUED_STALE)
-    return bool(Source.objects.filter(free, pk=source_id).update(sync_queued=True, sync_queued_at=now))
+    return bool(_CLAIM_QUEUED_SYNC(source_id, now, now - SYNC_QUEUED_STALE))
 
 
 def source_sync_once(source_id: int, *, actor: str) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from django.conf import settings
@@ -34,7 +35,7 @@ from gitops.fetch.credentials import configured_scope, resolve_credentials
 from gitops.fetch.mirror import CommitInfo, FetchResult, GitMirror, OverlongTreeEntry, TooManySkippedEntries
 from gitops.fetch.refs import RequestedRevision
 from gitops.models import PERSON_LENGTH, Revision, Rollout, Source, known_cluster_names
-from gitops.prepared import PreparedSelect
+from gitops.prepared import PreparedSelect, PreparedUpdate
 from gitops.record import notifications
 from gitops.record.bulk import row_create_once
 
@@ -63,6 +64,25 @@ _LAST_COMPLETED: PreparedSelect[Rollout] = PreparedSelect(
 )
 
 
+# Written by every pass that fetches, and by each new revision found valid.
+_FETCHED: PreparedUpdate = PreparedUpdate(
+    lambda source_id, now, commit: (
+        Source.objects.filter(pk=source_id),
+        {"last_fetched_at": now, "last_commit": commit},
+    ),
+    int,
+    datetime,
+    str,
+)
+_VALID: PreparedUpdate = PreparedUpdate(
+    lambda revision_id: (
+        Revision.objects.filter(pk=revision_id),
+        {"outcome": Revision.Outcome.VALID, "errors": []},
+    ),
+    int,
+)
+
+
 def revision_fetch(source: Source) -> tuple[Revision, bool]:
     """Fetches the branch and records its tip; also whether the branch was force-pushed."""
     credentials = resolve_credentials(source.credentials_ref, scope=configured_scope())
@@ -75,7 +95,7 @@ def revision_fetch(source: Source) -> tuple[Revision, bool]:
             log.warning(
                 "force push detected source=%s from=%s to=%s", source.name, fetched.previous, fetched.commit
             )
-    Source.objects.filter(pk=source.pk).update(last_fetched_at=timezone.now(), last_commit=fetched.commit)
+    _FETCHED(source.pk, timezone.now(), fetched.commit)
     return revision, fetched.forced
 
 
@@ -139,7 +159,7 @@ def revision_desired_state(
     cache.index = (revision.commit, source.path, index)
     if revision.outcome in (Revision.Outcome.PENDING, Revision.Outcome.REJECTED):
         # Rejected before, valid now: the administrator widened the source's scope.
-        Revision.objects.filter(pk=revision.pk).update(outcome=Revision.Outcome.VALID, errors=[])
+        _VALID(revision.pk)
         revision.outcome, revision.errors = Revision.Outcome.VALID, []
     if list(desired.policy.clusters) != list(source.target_clusters or []):
         # What `gitops clusters` and remove-cluster go by: a cluster is not removed under a source.

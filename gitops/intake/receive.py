@@ -22,6 +22,7 @@ from gitops import secrets as encryption
 from gitops.errors import PermanentError
 from gitops.intake import webhooks
 from gitops.models import Source, WebhookDelivery
+from gitops.prepared import PreparedSelect
 from gitops.record.bulk import row_create_once
 
 log = logging.getLogger("gitops.intake")
@@ -79,8 +80,15 @@ def _secret_for(source: Source | None) -> tuple[str, str]:
 _WEBHOOK_FIELDS = ("id", "name", "branch", "webhook_secret_encrypted", "suspended", "deleted_at")
 
 
+# Asked of every delivery, with another name each time: compiled to SQL once per process. (A deleted
+# source is not among ``Source.objects``: its name may belong to a new one.)
+_SOURCE_BY_NAME: PreparedSelect[Source] = PreparedSelect(
+    lambda name: Source.objects.filter(name=name).only(*_WEBHOOK_FIELDS)[:1], str
+)
+
+
 def _receive(source_name: str, headers: Mapping[str, str], body: bytes) -> WebhookAnswer:
-    source = Source.objects.filter(name=source_name).only(*_WEBHOOK_FIELDS).first()
+    source = _SOURCE_BY_NAME.first(source_name)
     secret, unusable = _secret_for(source)
     provider = "unknown"
     try:

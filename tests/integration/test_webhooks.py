@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from django.test import Client
+from django.utils import timezone
 
 from gitops.intake import webhook_secrets
 from gitops.intake.webhooks import sign
@@ -87,6 +88,25 @@ def test_another_branch_is_ignored_and_a_replay_is_recognised(hooked_source, rep
     replay = post(source, body, headers)
     assert replay.status_code == 200
     assert replay.json()["status"] == "duplicate"
+
+
+def test_a_push_goes_to_the_live_source_not_a_deleted_one_of_the_same_name(hooked_source, repo, make_source):
+    live, _ = hooked_source
+    # The name was used before: a source made and deleted, then this one made with its name.
+    name = live.name
+    Source.objects.filter(pk=live.pk).update(name="src-made-after-the-deleted-one")
+    deleted = make_source(name=name)
+    webhook_secrets.webhook_secret_set(deleted, "the deleted source's own secret, 0123456789")
+    Source.objects.filter(pk=deleted.pk).update(deleted_at=timezone.now())
+    Source.objects.filter(pk=live.pk).update(name=name)
+
+    body, headers = github_push(repo, delivery="d-live")
+    response = post(live, body, headers)
+
+    assert response.status_code == 202, response.json()
+    assert response.json()["status"] == "accepted"
+    assert Source.objects.get(pk=live.pk).sync_queued
+    assert list(WebhookDelivery.objects.values_list("source_id", flat=True)) == [live.pk]
 
 
 def test_a_push_whose_sync_the_broker_refuses_is_503_and_its_redelivery_is_accepted(
