@@ -364,13 +364,24 @@ class GitMirror:
         is gone or no longer a regular file. None when git cannot compare the two (``old`` pruned, the
         directory new) or when ``max_changes`` or more paths changed: list the whole tree then.
 
-        One git process whatever the tree's size: ``diff-tree``, whose records carry each path's new
-        mode and blob; the blobs' sizes come from the mirror's ``cat-file`` process, fed on its stdin.
-        No path is ever on a command line, so no repository can make one too long.
+        Read in process (libgit2's object database, ``ObjectStore.tree_changes``) up to a bounded number of
+        tree entries; past that, or for what libgit2 cannot read, one git process whatever the tree's
+        size: ``diff-tree``, whose records carry each path's new mode and blob; the blobs' sizes come
+        from libgit2 or the mirror's ``cat-file`` process. No path is ever on a command line, so no
+        repository can make one too long.
         """
         old, new = check_object_id(old, "commit"), check_object_id(new, "commit")
         subpath = _normalize_subpath(subpath)
         self._require_mirror()
+        if self._objects.usable:
+            try:
+                found = self._objects.tree_changes(
+                    old, new, subpath, paths=paths, max_changes=max_changes, max_path=MAX_RECORD_BYTES
+                )
+            except Unreadable as exc:
+                logger.info("comparing %s and %s with git: %s", old, new, exc)
+            else:
+                return None if found is None else self._sized(found)
         invocation = git_at(
             self.path, "--literal-pathspecs", "diff-tree", "-r", "-z", "--no-renames", "--raw",
             f"{old}:{subpath}", f"{new}:{subpath}", "--", *paths,
@@ -389,6 +400,9 @@ class GitMirror:
             _, new_mode, _, new_blob, _ = meta.split(b" ")
             regular = new_mode in (b"100644", b"100755")
             changed[name.decode("utf-8", "surrogateescape")] = new_blob.decode("ascii") if regular else None
+        return self._sized(changed)
+
+    def _sized(self, changed: dict[str, str | None]) -> dict[str, TreeFile | None]:
         sizes = self._blob_sizes({blob for blob in changed.values() if blob is not None})
         return {
             path: TreeFile(blob, sizes[blob]) if blob is not None else None for path, blob in changed.items()

@@ -8,16 +8,22 @@ microseconds, in the worker.
 It answers only what it reads exactly as git does, and says so by returning None: a mirror whose
 object ids it cannot read (SHA-256), a commit whose message declares another encoding than UTF-8
 (``git log`` converts it), an object it cannot parse (``git`` is more lenient with a malformed
-signature). The caller then asks git, as it did before. Listing and comparing trees stay with git:
-its processes stop after a bounded number of entries, so a hostile tree of millions of files costs
-the worker nothing.
+signature). The caller then asks git, as it did before.
+
+A push's pass also compares its commit's tree with the last one's (``tree_changes``, what ``git
+diff-tree`` answered in a process of its own, about 2 ms of CPU to start it and read it): read here up
+to MAX_COMPARED_ENTRIES entries and MAX_COMPARED_BYTES of tree objects, each tree's size asked before
+it is read, and left to git past either, whose process stops at the caller's cap. Listing a whole tree
+stays with git: so a hostile tree of millions of files costs the worker a bounded read at most.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -132,6 +138,50 @@ class ObjectStore:
             raise Unreadable(str(exc)) from exc
         return answer
 
+    def tree_changes(
+        self, old: str, new: str, subpath: str, *, paths: Sequence[str], max_changes: int, max_path: int
+    ) -> dict[str, str | None] | None:
+        """What ``git diff-tree -r --no-renames old:subpath new:subpath -- paths`` reports, read here: each
+        changed path -> its blob at ``new`` when it is a regular file there, else None (gone, a symlink, a
+        submodule). None where git's answer is None to the caller too: a side without ``subpath`` as a
+        directory, ``max_changes`` or more changes, a changed path longer than ``max_path`` bytes.
+
+        Raises ``Unreadable`` (ask git) for what is not read here as git would read it: a mirror libgit2
+        cannot open, a missing or odd object, trees past MAX_COMPARED_ENTRIES entries or
+        MAX_COMPARED_DEPTH levels. So a hostile tree costs the worker a bounded read, then git's process.
+        """
+        roots = [self._subtree(self._tree_of(commit), subpath) for commit in (old, new)]
+        if roots[0] is None or roots[1] is None:
+            return None
+        comparison = _TreeComparison(self._require(old).odb, paths, max_changes, max_path)
+        return comparison.changes(roots[0], roots[1])
+
+    def _tree_of(self, commit: str) -> bytes:
+        """The root tree's id of a commit object."""
+        found = self._ask("read", commit)
+        if found is None or _KIND_NAMES.get(int(found[0])) != "commit":
+            raise Unreadable(f"{commit} is not a commit libgit2 finds")
+        header = bytes(found[1][:46])
+        if not header.startswith(b"tree ") or not _HEX.fullmatch(header[5:45].decode("ascii", "replace")):
+            raise Unreadable(f"commit {commit} does not begin with its tree")
+        return bytes.fromhex(header[5:45].decode("ascii"))
+
+    def _subtree(self, root: bytes, subpath: str) -> bytes | None:
+        """The tree at ``subpath`` under ``root``, or None when there is no directory there."""
+        tree = root
+        for name in subpath.split("/") if subpath else ():
+            entry = _tree_entries(self._read_tree(tree)).get(os.fsencode(name))
+            if entry is None or entry[0] != _TREE:
+                return None
+            tree = entry[1]
+        return tree
+
+    def _read_tree(self, object_id: bytes) -> bytes:
+        odb = self._require(object_id.hex()).odb
+        if _tree_size(odb, object_id) > MAX_COMPARED_BYTES:
+            raise Unreadable(f"a tree of more than {MAX_COMPARED_BYTES:,} bytes")
+        return _tree_data(odb, object_id)
+
     @property
     def usable(self) -> bool:
         return self._open() is not None
@@ -210,6 +260,141 @@ def _commit_of(sha: str, raw: bytes) -> Commit | None:
 
 def _text(value: bytes) -> str:
     return value.decode("utf-8", "replace")  # as git log's output was read
+
+
+# git's canonical modes (its ``canon_mode``): what diff-tree compares and prints.
+_TREE, _LINK, _GITLINK = 0o040000, 0o120000, 0o160000
+_REGULAR, _EXECUTABLE = 0o100644, 0o100755
+# A comparison in process reads at most this many tree entries and this deep; past either, git compares
+# (its process stops at the caller's cap on changes, and its memory is not the worker's).
+MAX_COMPARED_ENTRIES = 20_000
+MAX_COMPARED_DEPTH = 64
+# And at most this many bytes of tree objects, each one's size asked before it is read: a tree of one
+# entry may name a file in megabytes, and the worker must not hold it.
+MAX_COMPARED_BYTES = 4 * 1024 * 1024
+Entry = tuple[int, bytes]  # (canonical mode, object id)
+
+
+def _canonical_mode(mode: int) -> int:
+    kind = mode & 0o170000
+    if kind == 0o100000:
+        return _EXECUTABLE if mode & 0o100 else _REGULAR
+    if kind in (_LINK, _TREE):
+        return kind
+    return _GITLINK
+
+
+def _tree_size(odb: Any, object_id: bytes) -> int:
+    """A tree object's size, its content not read; ``Unreadable`` when it is missing or not a tree."""
+    try:
+        kind, size = odb.read_header(object_id.hex())
+    except (KeyError, ValueError, OSError, _pygit2().GitError) as exc:
+        raise Unreadable(f"tree {object_id.hex()}: {exc}") from None
+    if _KIND_NAMES.get(int(kind)) != "tree":
+        raise Unreadable(f"{object_id.hex()} is not a tree")
+    return int(size)
+
+
+def _tree_data(odb: Any, object_id: bytes) -> bytes:
+    try:
+        return bytes(odb.read(object_id.hex())[1])
+    except (KeyError, ValueError, OSError, MemoryError, _pygit2().GitError) as exc:
+        raise Unreadable(f"tree {object_id.hex()}: {exc}") from None
+
+
+def _tree_entries(data: bytes) -> dict[bytes, Entry]:
+    """A raw tree object's entries, name -> (canonical mode, id); ``Unreadable`` for anything odd."""
+    entries: dict[bytes, Entry] = {}
+    at, end = 0, len(data)
+    while at < end:
+        space = data.find(b" ", at, at + 8)
+        nul = data.find(b"\0", space + 1)
+        if space < 0 or nul < 0 or nul + 21 > end:
+            raise Unreadable("a tree object libgit2 read is not one git wrote")
+        name = data[space + 1 : nul]
+        try:
+            mode = int(data[at:space], 8)
+        except ValueError:
+            raise Unreadable(f"a tree entry's mode is not octal: {data[at:space]!r}") from None
+        if name in (b"", b".", b"..") or b"/" in name or name in entries:
+            raise Unreadable(f"a tree entry git would refuse: {name[:100]!r}")
+        entries[name] = (_canonical_mode(mode), data[nul + 1 : nul + 21])
+        at = nul + 21
+    return entries
+
+
+class _TreeComparison:
+    """Two trees compared as ``git diff-tree -r --no-renames`` compares them, with literal pathspecs."""
+
+    def __init__(self, odb: Any, paths: Sequence[str], max_changes: int, max_path: int) -> None:
+        self._odb = odb
+        self._paths = [os.fsencode(path.strip("/")) for path in paths]
+        self._max_changes, self._max_path = max_changes, max_path
+        self._entries_read = self._bytes_read = 0
+        self.found: dict[bytes, bytes | None] = {}
+
+    def changes(self, old: bytes, new: bytes) -> dict[str, str | None] | None:
+        if not self._compare(old, new, b"", 0):
+            return None
+        return {
+            path.decode("utf-8", "surrogateescape"): blob.hex() if blob is not None else None
+            for path, blob in sorted(self.found.items())
+        }
+
+    def _compare(self, old: bytes | None, new: bytes | None, prefix: bytes, depth: int) -> bool:
+        """Adds what changed between two trees (None: none there) under ``prefix``; False once git's
+        answer would be None (too many changes, too long a path)."""
+        if old == new:
+            return True
+        if depth > MAX_COMPARED_DEPTH:
+            raise Unreadable(f"trees deeper than {MAX_COMPARED_DEPTH} levels")
+        before, after = self._entries(old), self._entries(new)
+        for name in before.keys() | after.keys():
+            was, now = before.get(name), after.get(name)
+            if was == now:
+                continue
+            path = prefix + name
+            # A name may be a directory on one side and a file on the other: git reports both.
+            old_tree, new_tree = (
+                entry[1] if entry is not None and entry[0] == _TREE else None for entry in (was, now)
+            )
+            old_leaf, new_leaf = (
+                entry if entry is not None and entry[0] != _TREE else None for entry in (was, now)
+            )
+            descend = (old_tree or new_tree) is not None and self._wanted(path, directory=True)
+            if descend and not self._compare(old_tree, new_tree, path + b"/", depth + 1):
+                return False
+            leaf = (old_leaf or new_leaf) is not None and self._wanted(path, directory=False)
+            if leaf and not self._change(path, new_leaf):
+                return False
+        return True
+
+    def _change(self, path: bytes, now: Entry | None) -> bool:
+        if len(self.found) + 1 >= self._max_changes or len(path) > self._max_path:
+            return False
+        self.found[path] = now[1] if now is not None and now[0] in (_REGULAR, _EXECUTABLE) else None
+        return True
+
+    def _wanted(self, path: bytes, *, directory: bool) -> bool:
+        """Whether a pathspec takes the path (or, for a directory, anything under it)."""
+        if not self._paths:
+            return True
+        return any(
+            path == spec or path.startswith(spec + b"/") or (directory and spec.startswith(path + b"/"))
+            for spec in self._paths
+        )
+
+    def _entries(self, tree: bytes | None) -> dict[bytes, Entry]:
+        if tree is None:
+            return {}
+        self._bytes_read += _tree_size(self._odb, tree)
+        if self._bytes_read > MAX_COMPARED_BYTES:
+            raise Unreadable(f"trees of more than {MAX_COMPARED_BYTES:,} bytes")
+        entries = _tree_entries(_tree_data(self._odb, tree))
+        self._entries_read += len(entries)
+        if self._entries_read > MAX_COMPARED_ENTRIES:
+            raise Unreadable(f"trees of more than {MAX_COMPARED_ENTRIES:,} entries")
+        return entries
 
 
 class Unreadable(Exception):

@@ -22,6 +22,7 @@ from urllib.parse import unquote
 
 import pytest
 
+from gitops.desired.revision import READ_PATHS
 from gitops.errors import PermanentError, TemporaryError
 from gitops.fetch import (
     MIRROR_REF_PREFIX,
@@ -32,6 +33,7 @@ from gitops.fetch import (
     build_fetch_invocation,
 )
 from gitops.fetch.mirror import TreeFile
+from gitops.fetch.objects import Unreadable
 
 GIT_IDENTITY = {
     "GIT_AUTHOR_NAME": "Ada Lovelace",
@@ -458,6 +460,101 @@ def test_tree_changes_give_up_past_the_cap_or_without_the_old_tree(tree, mirror)
     assert len(mirror.tree_changes(old, new, "deploy", max_changes=21) or {}) == 20
     assert mirror.tree_changes(old, new, "deploy", max_changes=20) is None  # list the whole tree instead
     assert mirror.tree_changes(old, new, "deploy/many", max_changes=100) is None  # not a directory at old
+
+
+def _by_git(mirror: GitMirror, *args, **kwargs):
+    """``tree_changes`` as ``git diff-tree`` answers it: the comparison in process refused."""
+
+    def refuse(*_args, **_kwargs):
+        raise Unreadable("compared by git in this test")
+
+    real, mirror._objects.tree_changes = mirror._objects.tree_changes, refuse
+    try:
+        return mirror.tree_changes(*args, **kwargs)
+    finally:
+        mirror._objects.tree_changes = real
+
+
+def _random_history(upstream: Upstream, seed: int, commits: int) -> list[str]:
+    """Commits of random files, directories, symlinks and executable bits under a few names that test
+    git's order and pathspecs ("a" and "a.txt", "a0", a name a directory on one side, a file on the other)."""
+    import random
+    import shutil
+
+    chance = random.Random(seed)  # noqa: S311 - a repeatable history, not a secret
+    names = ["a", "b", "a.txt", "a0", "configmaps", "flags", "sluice.yaml", "x-y", "é"]
+    made = []
+    for _ in range(commits):
+        for _ in range(chance.randint(1, 6)):
+            target = upstream.path.joinpath(*(chance.choice(names) for _ in range(chance.randint(1, 4))))
+            with contextlib.suppress(OSError):
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                elif target.exists() or target.is_symlink():
+                    target.unlink()
+                roll = chance.random()
+                if roll < 0.6:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_text(str(chance.random()))
+                    target.chmod(0o755 if chance.random() < 0.25 else 0o644)
+                elif roll < 0.75:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.symlink("somewhere", target)
+        made.append(upstream.commit({}, "random change"))
+    return made
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_tree_changes_read_in_process_are_what_git_diff_tree_reports(upstream, mirror, seed):
+    import random
+
+    commits = _random_history(upstream, seed, 10)
+    mirror.fetch(upstream.url, "main")
+    chance = random.Random(seed)  # noqa: S311 - a repeatable history, not a secret
+    answered = 0
+    for _ in range(80):
+        old, new = chance.choice(commits), chance.choice(commits)
+        subpath = chance.choice(["", "a", "a/b", "configmaps"])
+        paths = chance.choice([(), READ_PATHS, ("a",), ("a/b", "x-y"), ("a.txt",)])
+        cap = chance.choice([3, 100])
+        ours = mirror.tree_changes(old, new, subpath, paths=paths, max_changes=cap)
+        theirs = _by_git(mirror, old, new, subpath, paths=paths, max_changes=cap)
+        assert ours == theirs, (old, new, subpath, paths, cap)
+        assert list(ours or {}) == list(theirs or {}), "in git's order"
+        answered += ours is not None
+    assert answered >= 10, "the histories compared some trees, not only refusals"
+
+
+def test_tree_changes_start_no_git_process_for_small_trees(tree, mirror, monkeypatch):
+    old = mirror.fetch(tree.url, "main").commit
+    tree.commit({"deploy/base/app.yaml": "kind: ConfigMap\ndata: {}\n"}, "one file")
+    new = mirror.fetch(tree.url, "main").commit
+    blob = tree.head("HEAD:deploy/base/app.yaml")
+
+    def no_process(*args, **kwargs):
+        raise AssertionError(f"git was started: {args[0]}")
+
+    monkeypatch.setattr(subprocess, "Popen", no_process)
+    changes = mirror.tree_changes(old, new, "deploy", paths=(), max_changes=10)
+    assert changes == {"base/app.yaml": TreeFile(blob, 25)}
+
+
+@pytest.mark.parametrize(("bound", "value"), [("MAX_COMPARED_ENTRIES", 20), ("MAX_COMPARED_BYTES", 400)])
+def test_tree_changes_past_what_is_read_in_process_are_left_to_git(tree, mirror, monkeypatch, bound, value):
+    from gitops.fetch import objects
+
+    old = mirror.fetch(tree.url, "main").commit
+    tree.commit({f"deploy/many/{index}.yaml": f"{index}\n" for index in range(30)}, "thirty files")
+    new = mirror.fetch(tree.url, "main").commit
+    expected = _by_git(mirror, old, new, "deploy", paths=(), max_changes=100)
+    monkeypatch.setattr(objects, bound, value)
+    started = []
+    real_popen = subprocess.Popen
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: started.append(a[0]) or real_popen(*a, **k))
+
+    assert mirror.tree_changes(old, new, "deploy", paths=(), max_changes=100) == expected
+    assert len(expected or {}) == 30
+    assert any("diff-tree" in argv for argv in started), "git compared them"
 
 
 def test_read_blob_and_read_blobs_return_the_exact_bytes(tree, mirror):
