@@ -150,37 +150,22 @@ class ObjectStore:
         cannot open, a missing or odd object, trees past MAX_COMPARED_ENTRIES entries or
         MAX_COMPARED_DEPTH levels. So a hostile tree costs the worker a bounded read, then git's process.
         """
-        roots = [self._subtree(self._tree_of(commit), subpath) for commit in (old, new)]
+        comparison = _TreeComparison(self._require(old).odb, paths, max_changes, max_path)
+        roots = [comparison.subtree(self._tree_of(commit), subpath) for commit in (old, new)]
         if roots[0] is None or roots[1] is None:
             return None
-        comparison = _TreeComparison(self._require(old).odb, paths, max_changes, max_path)
         return comparison.changes(roots[0], roots[1])
 
     def _tree_of(self, commit: str) -> bytes:
-        """The root tree's id of a commit object."""
+        """The root tree's id of a commit object (its size asked first: only its first line is read)."""
+        size = self._ask("read_header", commit)
+        if size is None or _KIND_NAMES.get(int(size[0])) != "commit" or int(size[1]) > MAX_COMPARED_BYTES:
+            raise Unreadable(f"{commit} is not a commit libgit2 reads here")
         found = self._ask("read", commit)
-        if found is None or _KIND_NAMES.get(int(found[0])) != "commit":
-            raise Unreadable(f"{commit} is not a commit libgit2 finds")
-        header = bytes(found[1][:46])
-        if not header.startswith(b"tree ") or not _HEX.fullmatch(header[5:45].decode("ascii", "replace")):
+        header = _COMMIT_TREE.match(bytes(found[1][:46])) if found is not None else None
+        if header is None:
             raise Unreadable(f"commit {commit} does not begin with its tree")
-        return bytes.fromhex(header[5:45].decode("ascii"))
-
-    def _subtree(self, root: bytes, subpath: str) -> bytes | None:
-        """The tree at ``subpath`` under ``root``, or None when there is no directory there."""
-        tree = root
-        for name in subpath.split("/") if subpath else ():
-            entry = _tree_entries(self._read_tree(tree)).get(os.fsencode(name))
-            if entry is None or entry[0] != _TREE:
-                return None
-            tree = entry[1]
-        return tree
-
-    def _read_tree(self, object_id: bytes) -> bytes:
-        odb = self._require(object_id.hex()).odb
-        if _tree_size(odb, object_id) > MAX_COMPARED_BYTES:
-            raise Unreadable(f"a tree of more than {MAX_COMPARED_BYTES:,} bytes")
-        return _tree_data(odb, object_id)
+        return bytes.fromhex(header.group(1).decode("ascii"))
 
     @property
     def usable(self) -> bool:
@@ -273,6 +258,9 @@ MAX_COMPARED_DEPTH = 64
 # entry may name a file in megabytes, and the worker must not hold it.
 MAX_COMPARED_BYTES = 4 * 1024 * 1024
 Entry = tuple[int, bytes]  # (canonical mode, object id)
+_MODE = re.compile(rb"[0-7]{1,7}")
+_COMMIT_TREE = re.compile(rb"tree ([0-9a-f]{40})\n")
+_PLAIN_PATH = re.compile(r"[^/]+(?:/[^/]+)*")
 
 
 def _canonical_mode(mode: int) -> int:
@@ -302,23 +290,24 @@ def _tree_data(odb: Any, object_id: bytes) -> bytes:
         raise Unreadable(f"tree {object_id.hex()}: {exc}") from None
 
 
-def _tree_entries(data: bytes) -> dict[bytes, Entry]:
-    """A raw tree object's entries, name -> (canonical mode, id); ``Unreadable`` for anything odd."""
+def _tree_entries(data: bytes, limit: int) -> dict[bytes, Entry]:
+    """A raw tree object's entries, name -> (canonical mode, id), at most ``limit`` of them; ``Unreadable``
+    for anything git would read otherwise: a malformed entry, and entries out of git's order (git walks
+    two trees in step, so an unsorted one reads differently there)."""
     entries: dict[bytes, Entry] = {}
-    at, end = 0, len(data)
+    at, end, last = 0, len(data), b""
     while at < end:
         space = data.find(b" ", at, at + 8)
         nul = data.find(b"\0", space + 1)
-        if space < 0 or nul < 0 or nul + 21 > end:
+        if space < 0 or nul < 0 or nul + 21 > end or not _MODE.fullmatch(data, at, space):
             raise Unreadable("a tree object libgit2 read is not one git wrote")
-        name = data[space + 1 : nul]
-        try:
-            mode = int(data[at:space], 8)
-        except ValueError:
-            raise Unreadable(f"a tree entry's mode is not octal: {data[at:space]!r}") from None
-        if name in (b"", b".", b"..") or b"/" in name or name in entries:
-            raise Unreadable(f"a tree entry git would refuse: {name[:100]!r}")
-        entries[name] = (_canonical_mode(mode), data[nul + 1 : nul + 21])
+        name, mode = data[space + 1 : nul], _canonical_mode(int(data[at:space], 8))
+        order = name + b"/" if mode == _TREE else name  # git sorts a directory as its name and "/"
+        if name in (b"", b".", b"..") or b"/" in name or order <= last:
+            raise Unreadable(f"a tree entry git would refuse or read otherwise: {name[:100]!r}")
+        if len(entries) == limit:
+            raise Unreadable(f"trees of more than {MAX_COMPARED_ENTRIES:,} entries")
+        entries[name], last = (mode, data[nul + 1 : nul + 21]), order
         at = nul + 21
     return entries
 
@@ -328,10 +317,25 @@ class _TreeComparison:
 
     def __init__(self, odb: Any, paths: Sequence[str], max_changes: int, max_path: int) -> None:
         self._odb = odb
-        self._paths = [os.fsencode(path.strip("/")) for path in paths]
+        # git normalizes a pathspec ("./a", "a//b") and reads a trailing "/" as "a directory only": only
+        # plain ones are matched here.
+        if any(not _PLAIN_PATH.fullmatch(path) or {".", ".."} & set(path.split("/")) for path in paths):
+            raise Unreadable(f"a pathspec git would normalize: {list(paths)!r}")
+        self._paths = [os.fsencode(path) for path in paths]
         self._max_changes, self._max_path = max_changes, max_path
         self._entries_read = self._bytes_read = 0
         self.found: dict[bytes, bytes | None] = {}
+
+    def subtree(self, root: bytes, subpath: str) -> bytes | None:
+        """The tree at ``subpath`` under ``root``, or None when there is no directory there (git then
+        cannot compare); its trees count against the comparison's bounds."""
+        tree = root
+        for name in subpath.split("/") if subpath else ():
+            entry = self._entries(tree).get(os.fsencode(name))
+            if entry is None or entry[0] != _TREE:
+                return None
+            tree = entry[1]
+        return tree
 
     def changes(self, old: bytes, new: bytes) -> dict[str, str | None] | None:
         if not self._compare(old, new, b"", 0):
@@ -390,10 +394,8 @@ class _TreeComparison:
         self._bytes_read += _tree_size(self._odb, tree)
         if self._bytes_read > MAX_COMPARED_BYTES:
             raise Unreadable(f"trees of more than {MAX_COMPARED_BYTES:,} bytes")
-        entries = _tree_entries(_tree_data(self._odb, tree))
+        entries = _tree_entries(_tree_data(self._odb, tree), MAX_COMPARED_ENTRIES - self._entries_read)
         self._entries_read += len(entries)
-        if self._entries_read > MAX_COMPARED_ENTRIES:
-            raise Unreadable(f"trees of more than {MAX_COMPARED_ENTRIES:,} entries")
         return entries
 
 

@@ -340,3 +340,66 @@ def test_a_sha256_mirror_is_read_by_git(tmp_path):
         assert mirror.commit_info(fetched.commit).message == "first\n"
         blob = git(mirror.path, "rev-parse", f"{fetched.commit}:a.yaml")
         assert mirror.read_blobs([blob]) == {blob: b"a: 1\n"}
+
+
+def _tree(repo: Path, entries: list[tuple[str, str, str]]) -> str:
+    """A tree object written exactly as given, its entries in this order (``--literally``)."""
+    body = b"".join(f"{mode} {name}".encode() + b"\0" + bytes.fromhex(sha) for mode, name, sha in entries)
+    return git(repo, "hash-object", "-t", "tree", "-w", "--literally", "--stdin", stdin=body)
+
+
+def test_a_tree_out_of_gits_order_is_compared_by_git_not_read_otherwise(mirrored, monkeypatch):
+    """git walks two trees in step: an unsorted one (which a fetch accepts) reads differently there, so
+    its comparison is git's, never one of its own that could disagree."""
+    from gitops.fetch import objects
+    from gitops.fetch.revisions import READ_PATHS
+
+    _, mirror = mirrored
+    base = git(mirror.path, "rev-parse", "refs/sluice/heads/main")
+    a = git(mirror.path, "hash-object", "-w", "--stdin", stdin=b"a: 1\n")
+    b = git(mirror.path, "hash-object", "-w", "--stdin", stdin=b"b: 2\n")
+    commits = []
+    for order in (
+        [("100644", "a.yaml", a), ("100644", "b.yaml", b)],
+        [("100644", "b.yaml", b), ("100644", "a.yaml", a)],
+    ):
+        root = _tree(mirror.path, [("40000", "configmaps", _tree(mirror.path, order))])
+        commits.append(
+            raw_commit(
+                mirror.path, f"tree {root}\nparent {base}\nauthor {IDENT}\ncommitter {IDENT}\n\nx\n".encode()
+            )
+        )
+    refused = []
+    real = objects.ObjectStore.tree_changes
+
+    def spied(self, *args, **kwargs):
+        try:
+            return real(self, *args, **kwargs)
+        except objects.Unreadable as exc:
+            refused.append(str(exc))
+            raise
+
+    monkeypatch.setattr(objects.ObjectStore, "tree_changes", spied)
+    found = mirror.tree_changes(commits[0], commits[1], "", paths=READ_PATHS, max_changes=100)
+    assert len(refused) == 1 and "read otherwise" in refused[0]
+
+    def by_git(self, *args, **kwargs):
+        raise objects.Unreadable("compared by git in this test")
+
+    monkeypatch.setattr(objects.ObjectStore, "tree_changes", by_git)
+    assert found == mirror.tree_changes(commits[0], commits[1], "", paths=READ_PATHS, max_changes=100)
+
+
+@pytest.mark.parametrize("paths", [("configmaps/",), ("./configmaps",), ("configmaps//a.yaml",), ("",)])
+def test_a_pathspec_git_would_normalize_is_compared_by_git(mirrored, paths):
+    from gitops.fetch import objects
+
+    repo, mirror = mirrored
+    base = git(mirror.path, "rev-parse", "refs/sluice/heads/main")
+    repo.write("configmaps/a.yaml", "a: 2\n")
+    repo.git("commit", "--quiet", "-am", "second")
+    repo.git("push", "--quiet", "origin", "HEAD:refs/heads/main")
+    head = mirror.fetch(repo.url, "main").commit
+    with pytest.raises(objects.Unreadable, match="pathspec"):
+        mirror._objects.tree_changes(base, head, "", paths=paths, max_changes=100, max_path=1000)
+    mirror.tree_changes(base, head, "", paths=paths, max_changes=100)  # git answers, whatever it says
