@@ -250,13 +250,14 @@ def _text(value: bytes) -> str:
 # git's canonical modes (its ``canon_mode``): what diff-tree compares and prints.
 _TREE, _LINK, _GITLINK = 0o040000, 0o120000, 0o160000
 _REGULAR, _EXECUTABLE = 0o100644, 0o100755
-# A comparison in process reads at most this many tree entries and this deep; past either, git compares
-# (its process stops at the caller's cap on changes, and its memory is not the worker's).
-MAX_COMPARED_ENTRIES = 20_000
+# A comparison in process reads at most this many bytes of tree objects (each one's size asked before
+# it is read), this many entries and this deep; past any, git compares (its process stops at the
+# caller's cap on changes, and its memory is not the worker's). The bytes decide where each is cheaper:
+# Python reads a tree at about 1.6 µs an entry, and `git diff-tree` costs about 2.2 ms of CPU whatever
+# the trees (two directories of 1,000 files, ~90 KB: 3.2 ms here against 2.2 ms by git).
+MAX_COMPARED_BYTES = 32 * 1024
+MAX_COMPARED_ENTRIES = 1_000
 MAX_COMPARED_DEPTH = 64
-# And at most this many bytes of tree objects, each one's size asked before it is read: a tree of one
-# entry may name a file in megabytes, and the worker must not hold it.
-MAX_COMPARED_BYTES = 4 * 1024 * 1024
 Entry = tuple[int, bytes]  # (canonical mode, object id)
 _MODE = re.compile(rb"[0-7]{1,7}")
 _COMMIT_TREE = re.compile(rb"tree ([0-9a-f]{40})\n")
