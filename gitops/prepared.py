@@ -1,4 +1,5 @@
-"""SELECTs a pass asks of every source, compiled to SQL once per process and run with each call's values.
+"""SELECTs and UPDATEs a pass makes for every source, compiled to SQL once per process and run with
+each call's values.
 
 Django compiles a queryset to SQL every time it runs it. A push's pass asks the same questions of every
 source (its newest rollouts, what it owes, the freezes in force...), with other ids, so the SQL is the
@@ -6,7 +7,9 @@ same each time and only the values differ; building and compiling those queryset
 a one-file pass's CPU in the worker (README, "Compiling a pass's SQL once"). A ``PreparedSelect`` builds
 its queryset once, compiles it, and notes where each argument lands among the statement's parameters.
 Each call then runs that statement with its own values in their places, and Django turns the rows into
-models or tuples as it always does (the same iterables, converters and ``select_related``).
+models or tuples as it always does (the same iterables, converters and ``select_related``). A
+``PreparedUpdate`` does the same for ``queryset.update(**values)``: its arguments may be in the filter or
+among the values, and a call returns the rows changed.
 
 What a builder may do, checked when it is first compiled:
 
