@@ -23,7 +23,7 @@ import importlib
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -147,10 +147,10 @@ class ObjectStore:
         directory, ``max_changes`` or more changes, a changed path longer than ``max_path`` bytes.
 
         Raises ``Unreadable`` (ask git) for what is not read here as git would read it: a mirror libgit2
-        cannot open, a missing or odd object, trees past MAX_COMPARED_ENTRIES entries or
-        MAX_COMPARED_DEPTH levels. So a hostile tree costs the worker a bounded read, then git's process.
+        cannot open, a missing or odd object, trees past MAX_COMPARED_BYTES, MAX_COMPARED_ENTRIES or
+        MAX_COMPARED_DEPTH. So a hostile tree costs the worker a bounded read, then git's process.
         """
-        comparison = _TreeComparison(self._require(old).odb, paths, max_changes, max_path)
+        comparison = _TreeComparison(self._ask, paths, max_changes, max_path)
         roots = [comparison.subtree(self._tree_of(commit), subpath) for commit in (old, new)]
         if roots[0] is None or roots[1] is None:
             return None
@@ -259,6 +259,7 @@ MAX_COMPARED_BYTES = 32 * 1024
 MAX_COMPARED_ENTRIES = 1_000
 MAX_COMPARED_DEPTH = 64
 Entry = tuple[int, bytes]  # (canonical mode, object id)
+Asked = Callable[[str, str], "tuple[Any, Any] | None"]
 _MODE = re.compile(rb"[0-7]{1,7}")
 _COMMIT_TREE = re.compile(rb"tree ([0-9a-f]{40})\n")
 _PLAIN_PATH = re.compile(r"[^/]+(?:/[^/]+)*")
@@ -271,24 +272,6 @@ def _canonical_mode(mode: int) -> int:
     if kind in (_LINK, _TREE):
         return kind
     return _GITLINK
-
-
-def _tree_size(odb: Any, object_id: bytes) -> int:
-    """A tree object's size, its content not read; ``Unreadable`` when it is missing or not a tree."""
-    try:
-        kind, size = odb.read_header(object_id.hex())
-    except (KeyError, ValueError, OSError, _pygit2().GitError) as exc:
-        raise Unreadable(f"tree {object_id.hex()}: {exc}") from None
-    if _KIND_NAMES.get(int(kind)) != "tree":
-        raise Unreadable(f"{object_id.hex()} is not a tree")
-    return int(size)
-
-
-def _tree_data(odb: Any, object_id: bytes) -> bytes:
-    try:
-        return bytes(odb.read(object_id.hex())[1])
-    except (KeyError, ValueError, OSError, MemoryError, _pygit2().GitError) as exc:
-        raise Unreadable(f"tree {object_id.hex()}: {exc}") from None
 
 
 def _tree_entries(data: bytes, limit: int) -> dict[bytes, Entry]:
@@ -316,8 +299,8 @@ def _tree_entries(data: bytes, limit: int) -> dict[bytes, Entry]:
 class _TreeComparison:
     """Two trees compared as ``git diff-tree -r --no-renames`` compares them, with literal pathspecs."""
 
-    def __init__(self, odb: Any, paths: Sequence[str], max_changes: int, max_path: int) -> None:
-        self._odb = odb
+    def __init__(self, ask: Asked, paths: Sequence[str], max_changes: int, max_path: int) -> None:
+        self._ask = ask  # ``ObjectStore._ask``: None for a missing object, Unreadable for any other failure
         # git normalizes a pathspec ("./a", "a//b") and reads a trailing "/" as "a directory only": only
         # plain ones are matched here.
         if any(not _PLAIN_PATH.fullmatch(path) or {".", ".."} & set(path.split("/")) for path in paths):
@@ -392,10 +375,16 @@ class _TreeComparison:
     def _entries(self, tree: bytes | None) -> dict[bytes, Entry]:
         if tree is None:
             return {}
-        self._bytes_read += _tree_size(self._odb, tree)
+        header = self._ask("read_header", tree.hex())
+        if header is None or _KIND_NAMES.get(int(header[0])) != "tree":
+            raise Unreadable(f"{tree.hex()} is not a tree in the mirror")
+        self._bytes_read += int(header[1])
         if self._bytes_read > MAX_COMPARED_BYTES:
             raise Unreadable(f"trees of more than {MAX_COMPARED_BYTES:,} bytes")
-        entries = _tree_entries(_tree_data(self._odb, tree), MAX_COMPARED_ENTRIES - self._entries_read)
+        found = self._ask("read", tree.hex())
+        if found is None:
+            raise Unreadable(f"tree {tree.hex()} is not in the mirror")
+        entries = _tree_entries(bytes(found[1]), MAX_COMPARED_ENTRIES - self._entries_read)
         self._entries_read += len(entries)
         return entries
 
