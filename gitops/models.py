@@ -24,7 +24,7 @@ from gitops.plan import Action, PlanItem, diff_content
 from gitops.plan.provenance import Provenance, live_content, live_provenance
 from gitops.plan.provenance import manifest as configmap_manifest
 from gitops.redaction import redact_url
-from gitops.storable import JsonbEncoder, jsonb_text
+from gitops.storable import JsonbEncoder, compact_json, jsonb_text
 from gitops.vocabulary import (
     AuditVia,
     ChangeAction,
@@ -615,7 +615,7 @@ class ApplyIntent(models.Model):
         )
         if manifest is not None:
             # Encoded once: the intent's row takes this text, and so does the apply's request body.
-            intent.manifest_json = json.dumps(manifest, separators=(",", ":"))
+            intent.manifest_json = compact_json(manifest)
         return intent
 
     @classmethod

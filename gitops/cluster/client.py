@@ -35,7 +35,7 @@ from gitops.cluster import curl
 from gitops.desired.content import is_reserved
 from gitops.errors import PermanentError, TemporaryError
 from gitops.numerals import whole_number
-from gitops.storable import storable_text
+from gitops.storable import compact_json, storable_text
 
 APPLY_PATCH = "application/apply-patch+yaml"
 JSON_PATCH = "application/json-patch+json"
@@ -572,7 +572,7 @@ class Cluster:
             f"{_configmaps_path(self.server, metadata['namespace'])}{quote(metadata['name'], safe='')}"
             f"?{_apply_query(field_manager, force, dry_run)}"
         )
-        encoded = body if body is not None else json.dumps(dict(manifest), separators=(",", ":"))
+        encoded = body if body is not None else compact_json(dict(manifest))
         return url, _yaml_readable(encoded).encode()
 
     def _apply_headers(self) -> dict[str, str]:

@@ -9,11 +9,12 @@ repository may not set itself.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
+
+from gitops.storable import sorted_json_utf8
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "sluice"
@@ -70,5 +71,4 @@ class Content:
 
     @cached_property
     def hash(self) -> str:
-        canonical = json.dumps(self.as_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+        return hashlib.sha256(sorted_json_utf8(self.as_dict())).hexdigest()[:32]

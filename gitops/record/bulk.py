@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import date, datetime
 from typing import Any, TypeVar
 
+import orjson
 import psycopg
 from django.db import IntegrityError, connection, models, transaction
 from psycopg.errors import UniqueViolation
@@ -129,7 +130,32 @@ def _server_bound_cursor() -> Iterator[Any]:
 def _document(
     rows: list[dict[str, Any]], encoded: list[Mapping[str, str | None]] | None, columns: set[str]
 ) -> str:
-    """The rows as one JSON array; a row's already encoded columns go in as their text."""
+    """The rows as one JSON array; a row's already encoded columns go in as their text.
+
+    Through orjson, its ``Fragment`` splicing the encoded texts: a tenth of json's CPU for an intent's
+    row (a cold apply of 10,000 writes 10,000). Its text is UTF-8 where json's escaped, and a datetime
+    is written as ``isoformat`` writes it; PostgreSQL reads both the same. What orjson refuses (an
+    integer past 64 bits, a key that is not a string, a lone surrogate) goes through json as before,
+    which writes it or raises as it did.
+    """
+    fast = rows
+    if encoded is not None:
+        fast = []
+        for row, given in zip(rows, encoded, strict=True):
+            spliced = {column: text for column, text in given.items() if text is not None}
+            if not spliced.keys() <= columns:
+                raise ValueError(f"no column {sorted(spliced.keys() - columns)[0]!r} to take encoded JSON")
+            fast.append(row | {column: orjson.Fragment(text) for column, text in spliced.items()})
+    try:
+        return orjson.dumps(fast, default=_json_value).decode()
+    except TypeError:  # orjson.JSONEncodeError is one
+        return _json_document(rows, encoded, columns)
+
+
+def _json_document(
+    rows: list[dict[str, Any]], encoded: list[Mapping[str, str | None]] | None, columns: set[str]
+) -> str:
+    """``_document`` by json, for what orjson refuses."""
     if encoded is None:
         return json.dumps(rows, default=_json_value)
     texts = []

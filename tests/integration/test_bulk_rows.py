@@ -7,13 +7,16 @@ import json
 import pytest
 from django.db import IntegrityError, connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from gitops.desired.content import Content
 from gitops.desired.policy import Policy, Target
 from gitops.desired.revision import DesiredObject, DesiredState
 from gitops.models import ApplyIntent, Revision, Rollout, UnsavedRows
 from gitops.plan import plan
+from gitops.record import bulk
 from gitops.record.bulk import rows_insert
+from gitops.storable import compact_json
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -119,6 +122,29 @@ def test_encoded_json_goes_in_as_it_is_and_reads_back_as_the_value(make_source):
     assert stored["plain"].manifest == MANIFEST
     assert stored["delete"].manifest is None
     assert _fields(stored["plain"]) == {**_fields(plain), "id": plain.pk}
+
+
+def test_rows_read_back_the_same_through_orjson_and_through_json(make_source, monkeypatch):
+    """``_document`` writes a batch through orjson (UTF-8, its own datetimes), and through json a batch
+    holding what orjson refuses (here an integer past 64 bits): either way each value reads back as
+    given, U+0000 as U+FFFD (jsonb takes none), a datetime to the microsecond."""
+    through_json = []
+    original = bulk._json_document
+    monkeypatch.setattr(bulk, "_json_document", lambda *args: through_json.append(1) or original(*args))
+    source = make_source()
+    made = UnsavedRows(ApplyIntent)
+    odd = {"data": {"é": "😀 \u2028 \x00 \\u0000 \ud7ff", "quote": 'say "hi"\n'}}
+    when = timezone.now().replace(microsecond=123456)
+    big = [{"op": "add", "field": "data", "key": "n", "old": None, "new": 2**70}]
+    for name, diff in (("fast", _values(source)["diff"]), ("big", big)):
+        intent = made(**_values(source, name=name, after=odd, diff=diff, created_at=when))
+        intent.manifest_json = compact_json(MANIFEST)
+        rows_insert([intent], encoded=lambda row: {"manifest": row.manifest_json})
+        assert len(through_json) == (name == "big")
+        stored = ApplyIntent.objects.get(source=source, name=name)
+        assert stored.after == {"data": {"é": "😀 \u2028 \ufffd \\u0000 \ud7ff", "quote": 'say "hi"\n'}}
+        assert stored.diff == diff and stored.manifest == MANIFEST
+        assert stored.created_at == when
 
 
 def test_encoded_json_for_a_column_the_model_lacks_is_refused_and_nothing_is_written(make_source):

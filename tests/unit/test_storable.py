@@ -4,6 +4,8 @@ limit. The real database, apiserver and passes are in tests/integration/test_rec
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import json
 
 import pytest
@@ -11,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from kubernetes.client.exceptions import ApiException
 
+from gitops import storable
 from gitops.cluster.client import CLUSTER_TEXT_LENGTH, _reason, cluster_text
 from gitops.consumers.workloads import MESSAGE_LENGTH, health_of
 from gitops.desired.content import Content
@@ -19,7 +22,7 @@ from gitops.desired.revision import flag_set_key, published_baseline, published_
 from gitops.plan import diff_content
 from gitops.plan.provenance import live_provenance
 from gitops.plan.stamps import stamp_of
-from gitops.storable import JsonbEncoder, jsonb_text, storable_text
+from gitops.storable import JsonbEncoder, compact_json, jsonb_text, sorted_json_utf8, storable_text
 
 COMMIT = "3f2a9c1d8e7b6a5f4e3d2c1b0a9f8e7d6c5b4a39"
 CONTENT_HASH = "0123456789abcdef0123456789abcdef"
@@ -301,3 +304,70 @@ def test_an_ordinary_change_keeps_difflibs_hunks():
     old = [f"key.{i}=value-{i}\n" for i in range(2000)]
     new = [*old[:700], "key.700=changed\n", *old[701:1500], *old[1501:]]
     assert _unified_lines(old, new, "live", "git") == list(difflib.unified_diff(old, new, "live", "git"))
+
+
+# JSON's own values as a manifest or a content holds them (no floats: see ``compact_json``), with
+# integers past 64 bits and keys of any text, which orjson refuses or writes as UTF-8: json takes those.
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(_JSON_VALUES)
+def test_compact_json_is_json_s_compact_ascii_text_character_for_character(value):
+    assert compact_json(value) == json.dumps(value, separators=(",", ":"))
+
+
+@given(_JSON_VALUES)
+def test_the_text_a_content_hash_is_taken_of_is_json_s_byte_for_byte(value):
+    expected = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    assert sorted_json_utf8(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"a": "\ud800"},  # a lone surrogate: orjson refuses it
+        {"big": 2**70, "small": -(2**63) - 1},  # past 64 bits
+        {"smile": "😀", "é": "\x00\x1f\x7f\u2028\ufeff"},  # UTF-8 from orjson: json escapes it
+        [True, None, 0, -1, 2**63 - 1, "", {}],
+    ],
+)
+def test_compact_json_leaves_to_json_what_orjson_writes_otherwise_or_refuses(value):
+    assert compact_json(value) == json.dumps(value, separators=(",", ":"))
+
+
+def test_values_json_refuses_are_refused_the_same_way():
+    when = datetime.datetime(2026, 12, 5, tzinfo=datetime.UTC)
+    for refused in ({"when": when}, {1.5: "a float key is written by json"}, Content()):
+        try:
+            expected: object = json.dumps(refused, separators=(",", ":"))
+        except TypeError as exc:
+            expected = type(exc)
+        try:
+            got: object = compact_json(refused)
+        except TypeError as exc:
+            got = type(exc)
+        assert got == expected
+    with pytest.raises(UnicodeEncodeError):  # as ``.encode()`` of json's text raised
+        sorted_json_utf8({"a": "\udc80"})
+
+
+def test_a_content_hash_is_what_it_was():
+    """Stored in clusters' annotations and the change log: a new encoder must not change one."""
+    content = Content(
+        data={"b": "2\n", "a": "é 😀 \x00"}, labels={"app": "x"}, annotations={"z": ""}, immutable=True
+    )
+    canonical = json.dumps(content.as_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert content.hash == hashlib.sha256(canonical.encode()).hexdigest()[:32]
+    assert Content(data={"k": "v"}).hash == "6248b6d64bc25e41d675dba945199286"  # as computed before orjson
+
+
+def test_without_orjson_the_texts_are_json_s(monkeypatch):
+    """The offline validator is installed with PyYAML alone: content hashes come out the same."""
+    value = {"b": ["é", 2**70, None], "a": {"x": True}}
+    fast = (compact_json(value), sorted_json_utf8(value), Content(data={"k": "v"}).hash)
+    monkeypatch.setattr(storable, "_orjson", None)
+    assert (compact_json(value), sorted_json_utf8(value), Content(data={"k": "v"}).hash) == fast
