@@ -110,3 +110,19 @@ def sorted_json_utf8(value: Any) -> bytes:
         else:
             return encoded
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def json_value(text: bytes | str) -> Any:
+    """``json.loads(text)``, through orjson (a third of json's CPU for a watch event) where it reads
+    the text: the live cache decodes one event per object a cold apply creates, and a relist
+    thousands of objects at once. What orjson refuses (NaN, a number past a double's range, a lone
+    surrogate escape, a byte order mark, text that is not UTF-8) goes to json, which reads it or raises
+    as before. An integer past 64 bits, which no Kubernetes object holds (its integers are int64),
+    orjson reads as a float.
+    """
+    if _orjson is not None:
+        try:
+            return _orjson.loads(text)
+        except _orjson.JSONDecodeError:
+            pass
+    return json.loads(text)

@@ -35,7 +35,7 @@ from gitops.cluster import curl
 from gitops.desired.content import is_reserved
 from gitops.errors import PermanentError, TemporaryError
 from gitops.numerals import whole_number
-from gitops.storable import compact_json, storable_text
+from gitops.storable import compact_json, json_value, storable_text
 
 APPLY_PATCH = "application/apply-patch+yaml"
 JSON_PATCH = "application/json-patch+json"
@@ -426,7 +426,7 @@ class Cluster:
                 _request_timeout=self.timeout,
             )
         # Skipping the generated models keeps a 10,000-object LIST cheap.
-        items: list[dict[str, Any]] = json.loads(response.data)["items"]
+        items: list[dict[str, Any]] = json_value(response.data)["items"]
         return items
 
     def list_configmap_page(
@@ -443,7 +443,7 @@ class Cluster:
                 _preload_content=False,
                 _request_timeout=self.timeout,
             )
-        body = json.loads(response.data)
+        body = json_value(response.data)
         metadata = body.get("metadata") or {}
         return body["items"], str(metadata.get("resourceVersion", "")), str(metadata.get("continue") or "")
 
@@ -468,7 +468,7 @@ class Cluster:
             )
             try:
                 for line in _lines(response, gather_seconds=WATCH_GATHER_SECONDS):
-                    event = json.loads(line)
+                    event = json_value(line)
                     kind, obj = str(event.get("type", "")), event.get("object") or {}
                     if kind == "ERROR":
                         raise _watch_error(namespace or "every namespace", obj)

@@ -22,7 +22,14 @@ from gitops.desired.revision import flag_set_key, published_baseline, published_
 from gitops.plan import diff_content
 from gitops.plan.provenance import live_provenance
 from gitops.plan.stamps import stamp_of
-from gitops.storable import JsonbEncoder, compact_json, jsonb_text, sorted_json_utf8, storable_text
+from gitops.storable import (
+    JsonbEncoder,
+    compact_json,
+    json_value,
+    jsonb_text,
+    sorted_json_utf8,
+    storable_text,
+)
 
 COMMIT = "3f2a9c1d8e7b6a5f4e3d2c1b0a9f8e7d6c5b4a39"
 CONTENT_HASH = "0123456789abcdef0123456789abcdef"
@@ -371,3 +378,46 @@ def test_without_orjson_the_texts_are_json_s(monkeypatch):
     fast = (compact_json(value), sorted_json_utf8(value), Content(data={"k": "v"}).hash)
     monkeypatch.setattr(storable, "_orjson", None)
     assert (compact_json(value), sorted_json_utf8(value), Content(data={"k": "v"}).hash) == fast
+
+
+# What the apiserver writes: integers within int64, finite floats, any text.
+_API_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(_API_VALUES, st.booleans())
+def test_json_value_reads_what_json_reads(value, ascii_text):
+    text = json.dumps(value, ensure_ascii=ascii_text)
+    assert json_value(text.encode()) == json.loads(text)
+    assert json_value(text) == json.loads(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'{"a":NaN,"b":-Infinity}',  # not JSON, but json's reading
+        b'{"a":1e400}',  # past a double: json reads inf
+        b'{"a":"\\ud800"}',  # a lone surrogate escape
+        b'\xef\xbb\xbf{"a":1}',  # a byte order mark
+        b'{"a":"\xff"}',  # not UTF-8
+        b'{"a":1',  # not even JSON
+        b'{"a":1,"a":2}',  # the last of a duplicate key
+    ],
+)
+def test_json_value_leaves_to_json_what_orjson_refuses(text):
+    def outcome(read):
+        try:
+            return read(text)
+        except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError alike
+            return type(exc)
+
+    expected = outcome(json.loads)
+    got = outcome(json_value)
+    assert repr(got) == repr(expected)  # nan is not equal to itself; its repr is
