@@ -67,6 +67,15 @@ class JsonbEncoder(json.JSONEncoder):
 # What orjson would write differently from json or json refuses: left to json, so that either text is
 # json's, or the same error is raised. orjson writes a datetime, a date, a time and a dataclass itself.
 _JSON_TYPES_ONLY = _orjson.OPT_PASSTHROUGH_DATETIME | _orjson.OPT_PASSTHROUGH_DATACLASS if _orjson else 0
+# The one ASCII character json's ``ensure_ascii`` escapes and orjson writes raw: DEL, which the
+# apiserver's YAML parser refuses raw in an apply's body.
+_DEL = b"\x7f"
+
+# Where the two encoders still differ, for values no manifest or content holds (both are plain dicts,
+# lists, strings and booleans built here): orjson writes an Enum by its value and a UUID as its text
+# (json refuses both); it reads a dict or list subclass's own storage (json its ``items`` and
+# iteration: an OrderedDict reordered by ``move_to_end`` comes out in another order); a float may be
+# written in another form (1e-7 for json's 1e-07), and NaN or infinity as null.
 
 
 def compact_json(value: Any) -> str:
@@ -74,11 +83,10 @@ def compact_json(value: Any) -> str:
 
     Through orjson where that writes the same text, in about a tenth of json's CPU for a ConfigMap's
     manifest (a cold apply of 10,000 encodes 10,000 of them). orjson has no ASCII mode: a text with any
-    other character goes to json, as does a value orjson refuses or would write otherwise (an integer
-    past 64 bits, a key that is not a string, a lone surrogate, a datetime or a dataclass). For the
-    strings, integers, booleans, None, lists and dicts of a manifest the two texts are the same
-    character for character; a float, which no manifest holds, may be written in another (equal)
-    form, and NaN or infinity (not JSON) as null.
+    character json escapes (beyond ASCII, or DEL) goes to json, as does a value orjson refuses (an
+    integer outside 64 bits, a key that is not a string, a lone surrogate, a datetime or a dataclass).
+    For the strings, integers, booleans, None, lists and dicts of a manifest the two texts are the same
+    character for character (the differences that remain are listed above).
     """
     if _orjson is None:
         return json.dumps(value, separators=(",", ":"))
@@ -86,7 +94,7 @@ def compact_json(value: Any) -> str:
         encoded: bytes = _orjson.dumps(value, option=_JSON_TYPES_ONLY)
     except TypeError:  # orjson.JSONEncodeError is one
         return json.dumps(value, separators=(",", ":"))
-    if not encoded.isascii():
+    if not encoded.isascii() or _DEL in encoded:
         return json.dumps(value, separators=(",", ":"))
     return encoded.decode("ascii")
 
@@ -96,11 +104,11 @@ def sorted_json_utf8(value: Any) -> bytes:
     for byte: what a content hash is taken of, so that a hash stays what it was when it was stored
     (in the cluster's annotations and the change log).
 
-    Through orjson (its UTF-8 is that text's, its keys sorted in the same code-point order) for
-    strings, integers within 64 bits, booleans, None, lists and dicts with string keys; what orjson
-    refuses goes to json, which writes it or raises as before, as does everything where orjson is not
-    installed (the offline validator needs PyYAML alone). A float, which content never holds,
-    may be written in another (equal) form.
+    Through orjson (its UTF-8 is that text's, DEL and controls alike, its keys sorted in the same
+    code-point order) for strings, integers within 64 bits, booleans, None, lists and dicts with
+    string keys; what orjson refuses goes to json, which writes it or raises as before, as does
+    everything where orjson is not installed (the offline validator needs PyYAML alone). A content
+    holds only strings and a boolean (the differences that remain, for other values, are listed above).
     """
     if _orjson is not None:
         try:
@@ -117,8 +125,9 @@ def json_value(text: bytes | str) -> Any:
     the text: the live cache decodes one event per object a cold apply creates, and a relist
     thousands of objects at once. What orjson refuses (NaN, a number past a double's range, a lone
     surrogate escape, a byte order mark, text that is not UTF-8) goes to json, which reads it or raises
-    as before. An integer past 64 bits, which no Kubernetes object holds (its integers are int64),
-    orjson reads as a float.
+    as before. An integer outside -2**63 to 2**64 - 1, which no ConfigMap or workload holds (their
+    integers are int64), orjson reads as a float: not for custom resources, whose large float64 values
+    Go may write as long integers.
     """
     if _orjson is not None:
         try:

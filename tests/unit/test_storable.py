@@ -9,6 +9,7 @@ import hashlib
 import json
 
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 from kubernetes.client.exceptions import ApiException
@@ -340,6 +341,7 @@ def test_the_text_a_content_hash_is_taken_of_is_json_s_byte_for_byte(value):
         {"big": 2**70, "small": -(2**63) - 1},  # past 64 bits
         {"smile": "😀", "é": "\x00\x1f\x7f\u2028\ufeff"},  # UTF-8 from orjson: json escapes it
         [True, None, 0, -1, 2**63 - 1, "", {}],
+        {"k": "a\x7fb"},  # DEL, ASCII: json escapes it, orjson writes it raw
     ],
 )
 def test_compact_json_leaves_to_json_what_orjson_writes_otherwise_or_refuses(value):
@@ -421,3 +423,10 @@ def test_json_value_leaves_to_json_what_orjson_refuses(text):
     expected = outcome(json.loads)
     got = outcome(json_value)
     assert repr(got) == repr(expected)  # nan is not equal to itself; its repr is
+
+
+def test_an_apply_body_holding_del_stays_readable_by_the_apiserver_s_parser():
+    """DEL is ASCII, and the apiserver's YAML parser refuses it raw: the body must carry its escape."""
+    body = compact_json({"data": {"k": "a\x7fb"}})
+    assert body == '{"data":{"k":"a\\u007fb"}}'
+    assert yaml.load(body, Loader=yaml.CSafeLoader) == {"data": {"k": "a\x7fb"}}
