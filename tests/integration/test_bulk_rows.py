@@ -125,9 +125,9 @@ def test_encoded_json_goes_in_as_it_is_and_reads_back_as_the_value(make_source):
 
 
 def test_rows_read_back_the_same_through_orjson_and_through_json(make_source, monkeypatch):
-    """``_document`` writes a batch through orjson (UTF-8, its own datetimes), and through json a batch
-    holding what orjson refuses (here an integer past 64 bits): either way each value reads back as
-    given, U+0000 as U+FFFD (jsonb takes none), a datetime to the microsecond."""
+    """``_document`` writes a batch through orjson (UTF-8; datetimes through ``isoformat``), and
+    through json a batch holding what orjson refuses (here an integer past 64 bits): either way each
+    value reads back as given, U+0000 as U+FFFD (jsonb takes none), a datetime to the microsecond."""
     through_json = []
     original = bulk._json_document
     monkeypatch.setattr(bulk, "_json_document", lambda *args: through_json.append(1) or original(*args))

@@ -482,10 +482,16 @@ def test_a_pass_is_sent_the_stamps_of_only_the_namespaces_written_since_the_last
 
     monkeypatch.setattr(livestore, "fresh_stamps_since", spied)
 
-    assert reconcile.source_sync(source.pk).outcome == "unchanged"
-    assert sent[-1] == {first: True, second: True}, "a process's first pass is sent every namespace"
-    assert reconcile.source_sync(source.pk).outcome == "unchanged"
-    assert sent[-1] == {first: False, second: False}, "nothing written since: no stamps sent"
+    def sent_by_a_pass() -> dict[str, bool]:
+        """What a pass was sent. ``sent`` is emptied first: the polls below read stamps through the
+        same function, and one of their entries must never stand in for a pass's."""
+        sent.clear()
+        assert reconcile.source_sync(source.pk).outcome == "unchanged"
+        assert sent, "the pass asked for no stamps"
+        return sent[-1]
+
+    assert sent_by_a_pass() == {first: True, second: True}, "a process's first pass is sent every namespace"
+    assert sent_by_a_pass() == {first: False, second: False}, "nothing written since: no stamps sent"
     assert last_plan(source)["reads"] == {"cache": 6, "get": 0, "list": 0}
 
     def app_1_stamps() -> list[object]:
@@ -504,22 +510,18 @@ def test_a_pass_is_sent_the_stamps_of_only_the_namespaces_written_since_the_last
         timeout=30,
         what="the cache to store the update in both namespaces",
     )
-    assert reconcile.source_sync(source.pk).outcome == "unchanged"
-    assert sent[-1] == {first: True, second: True}, "both namespaces were written by the update"
+    assert sent_by_a_pass() == {first: True, second: True}, "both namespaces were written by the update"
     assert last_plan(source)["reads"] == {"cache": 6, "get": 0, "list": 0}
-    assert reconcile.source_sync(source.pk).outcome == "unchanged"
-    assert sent[-1] == {first: False, second: False}
+    assert sent_by_a_pass() == {first: False, second: False}
 
     live_cache.kill()
     poll(lambda: not fresh(first, second), timeout=livestore.LEASE_SECONDS + 3, what="the lease to run out")
     start_live_cache()
     poll(lambda: fresh(first, second), timeout=30, what="the restarted cache to vouch for both namespaces")
-    assert reconcile.source_sync(source.pk).outcome == "unchanged"
-    assert sent[-1] == {first: True, second: True}, "an earlier term's versions are not trusted"
+    assert sent_by_a_pass() == {first: True, second: True}, "an earlier term's versions are not trusted"
 
     def sent_nothing() -> bool:
-        assert reconcile.source_sync(source.pk).outcome == "unchanged"
-        return sent[-1] == {first: False, second: False}
+        return sent_by_a_pass() == {first: False, second: False}
 
     # Without the new term's versions, every pass would be sent both until the term wrote them.
     poll(sent_nothing, timeout=20, what="a pass sent no stamps, at the new term's versions")
