@@ -142,12 +142,10 @@ def _document(
     """
     fast = rows
     if encoded is not None:
-        fast = []
-        for row, given in zip(rows, encoded, strict=True):
-            spliced = {column: text for column, text in given.items() if text is not None}
-            if not spliced.keys() <= columns:
-                raise ValueError(f"no column {sorted(spliced.keys() - columns)[0]!r} to take encoded JSON")
-            fast.append(row | {column: orjson.Fragment(text) for column, text in spliced.items()})
+        fast = [
+            row | {column: orjson.Fragment(text) for column, text in given.items()}
+            for row, given in zip(rows, _spliced(encoded, columns), strict=True)
+        ]
     try:
         return orjson.dumps(fast, default=_json_value, option=orjson.OPT_PASSTHROUGH_DATETIME).decode()
     except TypeError:  # orjson.JSONEncodeError is one
@@ -161,18 +159,24 @@ def _json_document(
     if encoded is None:
         return json.dumps(rows, default=_json_value)
     texts = []
-    for row, given in zip(rows, encoded, strict=True):
-        spliced = {column: text for column, text in given.items() if text is not None}
+    for row, spliced in zip(rows, _spliced(encoded, columns), strict=True):
         if not spliced:
             texts.append(json.dumps(row, default=_json_value))
             continue
-        if not spliced.keys() <= columns:
-            raise ValueError(f"no column {sorted(spliced.keys() - columns)[0]!r} to take encoded JSON")
         rest = json.dumps({c: v for c, v in row.items() if c not in spliced}, default=_json_value)
         # Column names are the model's own (checked above); the texts are JSON the caller encoded.
         added = ", ".join(f"{json.dumps(column)}: {text}" for column, text in spliced.items())
         texts.append(f"{rest[:-1]}, {added}}}" if rest != "{}" else f"{{{added}}}")
     return f"[{', '.join(texts)}]"
+
+
+def _spliced(encoded: list[Mapping[str, str | None]], columns: set[str]) -> list[dict[str, str]]:
+    """Each row's already encoded columns (those given a text), refused unless the model has them."""
+    spliced = [{column: text for column, text in given.items() if text is not None} for given in encoded]
+    for texts in spliced:
+        if not texts.keys() <= columns:
+            raise ValueError(f"no column {sorted(texts.keys() - columns)[0]!r} to take encoded JSON")
+    return spliced
 
 
 def _reads_attribute(field: models.Field[Any, Any]) -> bool:
