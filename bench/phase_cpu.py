@@ -6,7 +6,8 @@ the many small calls of a parse or a request several times over. This one runs
 cold applies in its own process (a fresh repository each, as bench/reconcile.py
 writes them) and wraps each phase where its caller looks it up, adding the
 calling thread's CPU time from ``getrusage(RUSAGE_THREAD)`` (user and system,
-the kernel's share printed apart). Nested phases are indented under the phase
+the kernel's share printed apart), and the wall time it took: a phase whose wall
+time is far above its CPU waited (on PostgreSQL, the apiserver, git). Nested phases are indented under the phase
 that calls them; "rest of the thread" is the pass's thread's CPU outside the top-level phases, and the
 process's CPU counts its other threads too (the fence's, an apply pool's). That subtraction holds
 for what this runs, one cluster (its applies on the pass's thread) and a fresh source (no rollout
@@ -60,14 +61,16 @@ class PhaseClock:
     def __init__(self) -> None:
         self.spent: dict[str, float] = collections.defaultdict(float)
         self.kernel: dict[str, float] = collections.defaultdict(float)
+        self.wall: dict[str, float] = collections.defaultdict(float)
 
     def wrap(self, label: str, function: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(function)
         def timed(*args: Any, **kwargs: Any) -> Any:
-            before = resource.getrusage(resource.RUSAGE_THREAD)
+            before, started = resource.getrusage(resource.RUSAGE_THREAD), time.perf_counter()
             try:
                 return function(*args, **kwargs)
             finally:
+                self.wall[label] += time.perf_counter() - started
                 after = resource.getrusage(resource.RUSAGE_THREAD)
                 system = after.ru_stime - before.ru_stime
                 self.spent[label] += after.ru_utime - before.ru_utime + system
@@ -96,6 +99,7 @@ class PhaseClock:
     def clear(self) -> None:
         self.spent.clear()
         self.kernel.clear()
+        self.wall.clear()
 
 
 def print_pass(
@@ -113,10 +117,12 @@ def print_pass(
         depth[label] = depth[inside] + 1
         indent = "  " * (depth[label] + 1)
         print(
-            f"{indent}{label:<{28 - len(indent)}} {clock.spent[label]:7.3f} s (kernel {clock.kernel[label]:.3f})"
+            f"{indent}{label:<{28 - len(indent)}} {clock.spent[label]:7.3f} s (kernel {clock.kernel[label]:.3f}),"
+            f" wall {clock.wall[label]:6.3f} s"
         )
     top = sum(clock.spent[label] for label, _, _, inside in PHASES if not inside)
-    print(f"  {'rest of the thread':<26} {thread - top:7.3f} s")
+    top_wall = sum(clock.wall[label] for label, _, _, inside in PHASES if not inside)
+    print(f"  {'rest of the thread':<26} {thread - top:7.3f} s, wall {wall - top_wall:6.3f} s")
 
 
 def main() -> int:
