@@ -7,13 +7,14 @@ cold applies in its own process (a fresh repository each, as bench/reconcile.py
 writes them) and wraps each phase where its caller looks it up, adding the
 calling thread's CPU time from ``getrusage(RUSAGE_THREAD)`` (user and system,
 the kernel's share printed apart), and the wall time it took: a phase whose wall
-time is far above its CPU waited (on PostgreSQL, the apiserver, git). Nested phases are indented under the phase
-that calls them; "rest of the thread" is the pass's thread's CPU outside the top-level phases, and the
+time is far above its CPU waited (on PostgreSQL, the apiserver, git). Nested
+phases are indented under the phase that calls them; "rest of the thread" is the
+pass's thread's CPU (and the pass's wall time) outside the top-level phases, and the
 process's CPU counts its other threads too (the fence's, an apply pool's). That subtraction holds
 for what this runs, one cluster (its applies on the pass's thread) and a fresh source (no rollout
 superseded, whose rollback would record changes inside choosing the rollout). Each wrapped call
-costs about 2 µs of its own, most of it outside the phase it times: some 30,000 calls a pass of
-10,000 (a parse, a check, an intent each) add about 55 ms to the totals. The collector is tuned as
+costs about 2.5 µs of its own, most of it outside the phase it times: some 30,000 calls a pass of
+10,000 (a parse, a check, an intent each) add about 60 to 75 ms to the totals. The collector is tuned as
 a worker tunes it (``gitops.memory``). Each pass's objects are deleted before the next; the
 apiserver's CPU is that default cluster's, from /proc, as bench/reconcile.py reads it.
 
@@ -122,7 +123,7 @@ def print_pass(
         )
     top = sum(clock.spent[label] for label, _, _, inside in PHASES if not inside)
     top_wall = sum(clock.wall[label] for label, _, _, inside in PHASES if not inside)
-    print(f"  {'rest of the thread':<26} {thread - top:7.3f} s, wall {wall - top_wall:6.3f} s")
+    print(f"  {'rest of the thread':<26} {thread - top:7.3f} s{'':<17}wall {wall - top_wall:6.3f} s")
 
 
 def main() -> int:
