@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -124,8 +125,6 @@ def stack_on(cpus: set[int]) -> Iterator[dict[str, str]]:
 
 def check_affinity(directory: Path, cpus: set[int]) -> None:
     """Fails unless every process the stack recorded, and each of its threads, runs on ``cpus`` only."""
-    import json
-
     processes = json.loads((directory / "state.json").read_text()).get("processes", {})
     if not processes:
         raise RuntimeError(f"the run's stack recorded no process in {directory}")
