@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
 from gitops import metrics
+from gitops.failpoints import failpoint
 from gitops.models import ApplyIntent, Change, Rollout, Source
 from gitops.plan import Plan
 from gitops.record.bulk import rows_insert
@@ -109,13 +111,20 @@ def changes_record(intents: Sequence[ApplyIntent], errors: Sequence[str | None])
         for intent in intents:
             if intent.pk in failed:
                 metrics.APPLY_ERRORS.labels(names.get(intent.source_id, "?"), intent.cluster).inc()
-    # The one-to-one on intent makes a second log of the same intent impossible. The entries are
-    # copied from the intents' rows, written moments ago: their content is not encoded twice.
-    Change.log_intents([i.pk for i in intents], refused, at=now)
+    # The log and the inventory commit together. Apart, a pass that died between them left its
+    # intents done and logged but its objects out of the inventory: nothing finishes a done intent,
+    # so every later plan called them another's (labelled as the source's, never applied by it) and
+    # left them alone for good, and a prune's stale entry kept its cluster from being removed.
+    # Together, a death leaves the intents pending, and the next pass applies and logs them once.
+    with transaction.atomic():
+        # The one-to-one on intent makes a second log of the same intent impossible. The entries are
+        # copied from the intents' rows, written moments ago: their content is not encoded twice.
+        Change.log_intents([i.pk for i in intents], refused, at=now)
+        failpoint("after-change-log")
+        # Once per batch, never per intent: inside a loop, 2,000 intents cost millions of upserts.
+        # The inventory is of ConfigMaps (what prune may delete); a restarted workload is not Sluice's.
+        inventory_update([i for i in intents if i.pk not in failed and i.kind == CONFIGMAP])
     # Callers read the outcome from the intents themselves.
     for intent in intents:
         intent.status = ApplyIntent.Status.FAILED if intent.pk in failed else ApplyIntent.Status.DONE
-    # Once per batch, never per intent: inside a loop, 2,000 intents cost millions of upserts.
-    # The inventory is of ConfigMaps (what prune may delete); a restarted workload is not Sluice's.
-    inventory_update([i for i in intents if i.pk not in failed and i.kind == CONFIGMAP])
     return failures

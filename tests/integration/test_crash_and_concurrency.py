@@ -66,6 +66,71 @@ def test_a_worker_killed_mid_apply_leaves_state_the_next_run_completes(
     assert not ApplyIntent.objects.filter(source=source, status="pending").exists()
 
 
+def log_held_open_by_the_pass(source_id: int) -> bool:
+    """True while the session holding the source's reconcile lock has written change-log rows in a
+    transaction it has not committed (a worker held at the ``after-change-log`` failpoint)."""
+    from django.db import connection
+
+    from gitops.locks import LOCK_CLASS
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks a "
+            "JOIN pg_locks t ON t.pid = a.pid AND t.granted AND t.mode = 'RowExclusiveLock' "
+            "AND t.relation = 'gitops_change'::regclass "
+            "JOIN pg_stat_activity s ON s.pid = a.pid AND s.state = 'idle in transaction' "
+            "WHERE a.locktype = 'advisory' AND a.granted AND a.classid = %s AND a.objid = %s "
+            "AND a.objsubid = 2 "
+            "AND a.database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
+            [LOCK_CLASS, source_id],
+        )
+        return bool(cursor.fetchone()[0])
+
+
+def test_a_worker_killed_between_the_log_and_the_inventory_leaves_both_to_the_next_pass(
+    repo, make_namespaces, make_source, start_worker, cluster
+):
+    from gitops.models import ManagedObject
+    from gitops.tasks import sync_source
+
+    (namespace,) = make_namespaces("app")
+    repo.write("sluice.yaml", policy([namespace]))
+    many_configmaps(repo, 40)
+    commit = repo.commit("40 objects")
+    source = make_source()
+    queue = f"crash-log-{source.pk}"
+    doomed = start_worker(
+        concurrency=1, queues=queue, env_overrides={"SLUICE_FAILPOINTS": "after-change-log=300"}
+    )
+    sync_source.apply_async((source.pk,), queue=queue)
+    poll(
+        lambda: log_held_open_by_the_pass(source.pk) or Change.objects.filter(source=source).exists(),
+        timeout=90,
+        what="the pass to write its change log and stop before the inventory",
+    )
+    doomed.kill()
+    assert len(cluster.list_configmaps(namespace)) == 40, "every object was applied before the kill"
+    # Logged without the inventory, the objects would be called another's by every later plan.
+    assert not Change.objects.filter(source=source).exists(), "the log went without the inventory"
+    assert not ManagedObject.objects.filter(source=source).exists()
+    assert ApplyIntent.objects.filter(source=source, status="pending").count() == 40
+
+    start_worker(queues=queue)
+    result = sync_source.apply_async((source.pk,), queue=queue).get(timeout=180)
+
+    assert result["summary"].get("resumed") == 40, result
+    assert ManagedObject.objects.filter(source=source).count() == 40
+    logged = Counter((c.namespace, c.name) for c in Change.objects.filter(source=source, commit=commit))
+    assert len(logged) == 40 and set(logged.values()) == {1}, "each change is logged exactly once"
+    # The objects are the source's own: a change to one is applied, not refused as another's.
+    repo.write("configmaps/cm-0007.yaml", configmap("cm-0007", {"index": "7", "v": "2"}))
+    repo.commit("v2")
+    result = sync_source.apply_async((source.pk,), queue=queue).get(timeout=180)
+    assert result["outcome"] == "applied", result
+    assert "conflict" not in result["summary"], result
+    assert cluster.get_configmap(namespace, "cm-0007")["data"]["v"] == "2"
+
+
 def test_two_workers_given_the_same_source_log_each_change_once(
     repo, make_namespaces, make_source, start_worker, cluster
 ):
