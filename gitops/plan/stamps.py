@@ -18,7 +18,7 @@ document carries stamps the planner compares too.
 from __future__ import annotations
 
 import operator
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, NamedTuple
 
@@ -170,12 +170,14 @@ def settle_namespace(
     *,
     source: str,
     managed: Collection[ObjectKey],
+    managed_here: Collection[str] = (),
 ) -> tuple[dict[ObjectKey, LiveStamp], list[str]]:
     """Of one fresh (cluster, namespace), from its stamps (name -> encoded stamp): the objects the stamps
-    settle, and the names to read.
+    settle, and the names to read. ``managed_here``: the names the inventory holds in it.
 
-    To read: every wanted object not settled (a missing stamp included), and every
-    object the stamps say is the source's that Git no longer has (prune or orphan).
+    To read: every wanted object not settled (a missing stamp included), every
+    object the stamps say is the source's that Git no longer has (prune or orphan),
+    and every object of the inventory Git no longer has that has no stamp.
     """
     settled: dict[ObjectKey, LiveStamp] = {}
     unread: list[str] = []
@@ -186,6 +188,10 @@ def settle_namespace(
     for name, text in texts.items():
         if name not in names and _unwanted_to_read(text, source=source):
             unread.append(name)
+    # A missing stamp does not say the object is gone: a worker's write drops it until the watch brings
+    # the write's event (``unsettle_written``), and a new object has none until its ADDED event is
+    # stored. Taken as absent, an object created moments before a revert was never pruned.
+    unread.extend(name for name in managed_here if name not in names and name not in texts)
     return settled, unread
 
 
@@ -222,6 +228,7 @@ def settle_namespace_again(
     *,
     source: str,
     managed: Collection[ObjectKey],
+    managed_here: Collection[str] = (),
 ) -> tuple[dict[ObjectKey, LiveStamp], list[str]]:
     """``settle_namespace`` for a namespace settled last pass under the same source and inventory, where
     only a few names changed: their stamps (one object written since), or their wanted object (a
@@ -236,7 +243,7 @@ def settle_namespace_again(
     else:
         now = None
     if len(changed) * RESETTLE_SHARE > max(len(wanted), len(texts)):
-        return settle_namespace(texts, wanted, source=source, managed=managed)
+        return settle_namespace(texts, wanted, source=source, managed=managed, managed_here=managed_here)
     wanted_by_name = now if now is not None else {obj.name: obj for obj in wanted if obj.name in changed}
     settled = {key: stamp for key, stamp in known.settled.items() if key[2] not in changed}
     unread = [name for name in known.unread if name not in changed]
@@ -244,9 +251,28 @@ def settle_namespace_again(
         obj = wanted_by_name.get(name)
         if obj is not None:
             _settle_wanted(obj, texts.get(name), settled, unread, source=source, managed=managed)
-        elif name in texts and _unwanted_to_read(texts[name], source=source):
+        elif name in texts:
+            if _unwanted_to_read(texts[name], source=source):
+                unread.append(name)
+        elif name in managed_here:  # no stamp, as in ``settle_namespace``
             unread.append(name)
     return settled, unread
+
+
+class _InventoryNames(Collection[str]):
+    """The inventory's names in one namespace, looked up one by one in the whole inventory."""
+
+    def __init__(self, managed: frozenset[ObjectKey], cluster: str, namespace: str) -> None:
+        self._managed, self._cluster, self._namespace = managed, cluster, namespace
+
+    def __contains__(self, name: object) -> bool:
+        return (self._cluster, self._namespace, name) in self._managed
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for at, ns, name in self._managed if at == self._cluster and ns == self._namespace)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 class _Settled(NamedTuple):
@@ -282,6 +308,18 @@ class SettleMemo:
     def __init__(self) -> None:
         self._last = _Snapshot("", frozenset(), {})
         self.stamps_held = 0
+        self._grouped: tuple[frozenset[ObjectKey], dict[tuple[str, str], frozenset[str]]] | None = None
+
+    def managed_names(self, managed: frozenset[ObjectKey], cluster: str, namespace: str) -> frozenset[str]:
+        """The inventory's names in one namespace. Grouped once per inventory: ``managed_keys`` hands
+        over the same set while the inventory's version holds, and a namespace settled from last pass's
+        answer does not ask."""
+        if self._grouped is None or self._grouped[0] is not managed:
+            grouped: dict[tuple[str, str], set[str]] = {}
+            for at, ns, name in managed:
+                grouped.setdefault((at, ns), set()).add(name)
+            self._grouped = (managed, {target: frozenset(names) for target, names in grouped.items()})
+        return self._grouped[1].get((cluster, namespace), frozenset())
 
     def begin(self, source: str, managed: frozenset[ObjectKey]) -> SettlePass:
         last = self._last
@@ -334,14 +372,19 @@ class SettlePass:
             texts = known.texts
         source, managed = self._snapshot.source, self._snapshot.managed
         if known is None:
-            settled = settle_namespace(texts, wanted, source=source, managed=managed)
+            here = self._memo.managed_names(managed, cluster, namespace)
+            settled = settle_namespace(texts, wanted, source=source, managed=managed, managed_here=here)
             known = _Settled(texts, wanted, *settled, version)
         elif (
             # The same revision hands over the very same tuple (DesiredState.by_target): no walk then.
             known.wanted is not wanted
             and (len(known.wanted) != len(wanted) or not all(map(operator.is_, known.wanted, wanted)))
         ) or known.texts != texts:
-            again = settle_namespace_again(known, texts, wanted, source=source, managed=managed)
+            # Only a few names are looked up here, each in the inventory itself: no grouping of it.
+            names_here = _InventoryNames(managed, cluster, namespace)
+            again = settle_namespace_again(
+                known, texts, wanted, source=source, managed=managed, managed_here=names_here
+            )
             known = _Settled(texts, wanted, *again, version)
         elif known.version != version:  # the same stamps, stored again
             known = known._replace(version=version)

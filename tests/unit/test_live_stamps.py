@@ -385,6 +385,37 @@ def test_overlapping_passes_never_mix_their_inventories():
     assert memo.begin(SOURCE, frozenset({app.key})).settle(CLUSTER, "team-a", texts, [app])[1] == []
 
 
+def test_an_inventory_object_git_no_longer_has_and_without_a_stamp_is_read():
+    """A revert pushed right after a create: the created object is in the inventory, and has no stamp
+    yet (its ADDED event not stored, or the worker's own write dropped it). Taken as absent, it was
+    never pruned; it is read, so the plan can prune it."""
+    app, created = desired(), replace(desired({"V": "new"}), name="created")
+    managed = frozenset({app.key, created.key})
+    texts = stamps_of(app)  # no stamp for "created"
+    assert settle_namespace(
+        texts, [app], source=SOURCE, managed=managed, managed_here={"app", "created"}
+    ) == (
+        {app.key: LiveStamp.decode(texts["app"])},
+        ["created"],
+    )
+    memo = SettleMemo()
+    first = memo.begin(SOURCE, managed)
+    assert first.settle(CLUSTER, "team-a", texts, [app])[1] == ["created"], "through the memo, whole"
+    first.finish()
+    # Last pass wanted it, with a stamp: this pass settles only the names that changed.
+    with_stamp = stamps_of(app, created)
+    memo = SettleMemo()
+    first = memo.begin(SOURCE, managed)
+    assert first.settle(CLUSTER, "team-a", with_stamp, [app, created]) == (
+        {app.key: ANY, created.key: ANY},
+        [],
+    )
+    first.finish()
+    assert memo.begin(SOURCE, managed).settle(CLUSTER, "team-a", texts, [app])[1] == ["created"]
+    # Not in the inventory: another's object, or one already pruned; nothing to read.
+    assert memo.begin(SOURCE, frozenset({app.key})).settle(CLUSTER, "team-a", texts, [app])[1] == []
+
+
 # -- settling again: only the names that changed since the last pass -------------------------------
 
 NAMES = [f"app-{index}" for index in range(6)]
@@ -440,7 +471,9 @@ def test_settling_again_answers_exactly_as_settling_whole(first, passes, managed
             # A stamp edit is a new write: a new resourceVersion; the others keep theirs.
             if (text := _stamp_text(choice, variants[name], 0)) is not None
         }
-        expected_settled, expected_unread = settle_namespace(texts, wanted, source=SOURCE, managed=managed)
+        expected_settled, expected_unread = settle_namespace(
+            texts, wanted, source=SOURCE, managed=managed, managed_here=managed_names
+        )
         settling = memo.begin(SOURCE, managed)
         settled, unread = settling.settle(CLUSTER, "team-a", texts, wanted)
         settling.finish()
