@@ -456,6 +456,10 @@ class StampSink:
             where = scope or "every namespace"
             log.warning("ConfigMaps in %s: could not mark them stale (%s): %s", where, why, exc)
 
+    def flush(self, scope: str) -> None:
+        if not scope:  # a namespace's own events are written as they are told
+            self.events.drain()
+
     def _write(self, namespace: str, changes: dict[str, str | None], **options: Any) -> None:
         """One fenced write; with the namespace "" (and no changes), the cluster watch's freshness."""
         options.setdefault("whole_cluster", not namespace)

@@ -67,6 +67,10 @@ class Sink(Protocol):
     def lost(self, scope: str, why: str) -> None:
         """The watch broke; changes may be missed until the next ``alive`` or ``relisted``."""
 
+    def flush(self, scope: str) -> None:
+        """Returns once every change told is stored; raises if one was not, so the watch resumes from
+        where it began and tells it again."""
+
 
 @dataclass(frozen=True)
 class WatchOptions:
@@ -204,6 +208,10 @@ class ConfigMapInformer:
                 self.sink.changed(self.namespace, event, obj)
                 told = True
         if catching_up and told:
+            # The next watch resumes past these changes, so they must be stored first: a sink may store
+            # them after they were told (the cluster's writer thread), and one it failed to store would
+            # never be told again. It raises that failure, and the watch resumes from where this began.
+            self.sink.flush(self.namespace)
             return version, False
         self.sink.alive(self.namespace, version)
         return version, True

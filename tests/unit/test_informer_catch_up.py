@@ -6,17 +6,23 @@ under test (tests/integration/test_live_cache.py runs it against the real apiser
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from enum import Enum
 from typing import Any
 
+from gitops.cluster import informer as informer_module
 from gitops.cluster.informer import (
     BOOKMARK,
     CATCH_UP_ROUNDS,
     CATCH_UP_WATCH_SECONDS,
+    DELETED,
     ConfigMapInformer,
     WatchOptions,
 )
 from gitops.errors import TemporaryError
+from gitops.livecache import StampSink
+from gitops.plan.stamps import stamp_of
+from tests.unit.test_stamp_sink import MemoryStore, configmap
 
 WATCH_SECONDS = 10
 FULL, SHORT = ("watch", WATCH_SECONDS), ("watch", CATCH_UP_WATCH_SECONDS)
@@ -106,11 +112,11 @@ def test_a_short_watch_still_telling_changes_at_its_end_vouches_for_nothing():
     change, or a short watch that told none, vouches; a busy cluster gets full-length watches again."""
     calls, told = run([Watch.CHANGES, Watch.CHANGES_THEN_BOOKMARK, Watch.QUIET], resume_from="42")
     assert calls == [SHORT, SHORT, FULL]
-    assert told == ["changed", "changed", "alive", "alive", "alive"]
+    assert told == ["changed", "flush", "changed", "alive", "alive", "alive"], "stored before resumed past"
 
     calls, told = run([Watch.CHANGES] * CATCH_UP_ROUNDS + [Watch.CHANGES], resume_from="42")
     assert calls == [SHORT] * CATCH_UP_ROUNDS + [FULL]
-    assert told == ["changed"] * CATCH_UP_ROUNDS + ["changed", "alive"], "the full one's end vouches"
+    assert told == ["changed", "flush"] * CATCH_UP_ROUNDS + ["changed", "alive"], "the full one's end vouches"
 
 
 def test_a_failure_after_busy_catch_ups_starts_the_catch_up_afresh():
@@ -193,3 +199,56 @@ def test_the_periodic_relist_counts_from_the_last_list_not_from_the_processs_sta
 
     assert run_after(601) == [LIST, FULL], "the last LIST was longer ago than relist_seconds"
     assert run_after(10) == [SHORT], "resumed: the last LIST is recent"
+
+
+class ReplayingCluster:
+    """A cluster whose one change since version 42 deletes team-a/app at 101; a watch tells the
+    changes after the version it resumes from, then a bookmark at 102. The first watch ends right
+    after the deletion, still telling (no bookmark), as a short watch on a busy cluster does."""
+
+    server = ScriptedCluster.server
+
+    def __init__(self, stop: threading.Event, watches: int) -> None:
+        self.stop, self.watches = stop, watches
+        self.resumed_from: list[str] = []
+
+    def watch_configmaps(self, namespace: str, **options: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+        version = options["resource_version"]
+        self.resumed_from.append(version)
+        if int(version) < 101:
+            yield DELETED, configmap("team-a", "app", version="101")
+        if len(self.resumed_from) > 1:
+            yield BOOKMARK, {"metadata": {"resourceVersion": "102"}}
+        if len(self.resumed_from) == self.watches:
+            self.stop.set()
+
+
+def test_a_short_watch_ending_while_telling_resumes_past_its_changes_only_once_they_are_stored(
+    monkeypatch,
+) -> None:
+    """The cluster watch's events are stored by the sink's writer thread, after the watch told them.
+    A short watch that ends still telling vouches for nothing, but the next watch resumes from its
+    last version: were a store of those events to fail after the watch ended, they would never be told
+    again, and a missed deletion would leave its "as applied" stamp until the next relist."""
+    monkeypatch.setattr(informer_module, "MAX_BACKOFF_SECONDS", 0.0)  # no back-off wait
+    applied = stamp_of(configmap("team-a", "app", version="100")).encode()
+    store, stop = MemoryStore({"team-a": {"app": applied}}), threading.Event()
+    sink = StampSink(store, lambda _: None)  # type: ignore[arg-type]
+    sink.adopt("team-a", store.objects["team-a"])
+    cluster = ReplayingCluster(stop, watches=3)
+    store.fail_next_events = True  # Redis away for the deletion's batch
+
+    ConfigMapInformer(
+        lambda: cluster,  # type: ignore[arg-type, return-value]
+        "",
+        sink,
+        WatchOptions(label_selector="", watch_seconds=WATCH_SECONDS),
+        stop=stop,
+        resume_from="42",
+        resume_server=ReplayingCluster.server,
+    ).run()
+    sink.events.close()
+
+    assert "team-a" not in store.objects, "the deletion is stored on its replay"
+    assert store.fresh[""] is True
+    assert cluster.resumed_from == ["42", "42", "102"], "resumed from where the unstored changes began"
