@@ -36,7 +36,7 @@ from gitops.record.changelog import intents_pending_query
 from gitops.rollout.flag_canary import CanaryRefused
 from gitops.rollout.lifecycle import rollback_asked, rollout_choose, rollout_drive
 from gitops.rollout.rollback import rollbacks_owed_finish, rollbacks_owing, rollout_rollback
-from gitops.rollout.state import StepOutcome, owed_rollbacks_memo, owed_rollbacks_none
+from gitops.rollout.state import StepOutcome, owed_rollbacks_memo, owed_rollbacks_none, pending_writes_known
 from gitops.rollout.step import intents_finish_pending, plan_held
 from gitops.vocabulary import SYSTEM_ACTOR, Outcome
 from gitops.windows import Gate
@@ -299,6 +299,8 @@ def _owed(source: Source) -> _Owed:
     owed = _Owed(*row)
     if not owed.any_rollback:
         owed_rollbacks_none(source.pk)
+    if not owed.intents:  # nothing pending: a step's plan need not ask where writes are pending
+        pending_writes_known(source.pk, ())
     return owed
 
 

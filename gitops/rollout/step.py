@@ -28,7 +28,13 @@ from gitops.record.inventory import inventory_targets, managed_keys
 from gitops.rollout.engine import desired_at_weight, held_keys
 from gitops.rollout.flag_canary import CanaryRefused
 from gitops.rollout.flag_catalog import flag_catalog_record
-from gitops.rollout.state import StepOutcome, clusters_owed_rollback
+from gitops.rollout.state import (
+    StepOutcome,
+    clusters_owed_rollback,
+    clusters_with_pending_writes,
+    pending_writes_added,
+    pending_writes_known,
+)
 from gitops.vocabulary import ChangeAction, Outcome
 
 
@@ -45,7 +51,8 @@ def weight_apply(
     and the clusters it needed and could not reach (their targets are left as they are)."""
     source = rollout.source
     managed = managed_keys(source)
-    live = live_state(source, desired, managed=managed, deferred=clusters_owed_rollback(source.pk))
+    deferred = {**clusters_with_pending_writes(source.pk), **clusters_owed_rollback(source.pk)}
+    live = live_state(source, desired, managed=managed, deferred=deferred)
     # At 100 the flag sets are Git's own: no canary, so no baseline to read (nearly every poll).
     baselines = flag_baselines(rollout, desired, live.index()) if weight < 100 else {}
     weighted = desired_at_weight(desired, weight, baselines, rollout.flag_population)
@@ -66,6 +73,7 @@ def weight_apply(
         rollout, current, actor=actor, step_index=step_index, weight=weight, retry_failed=retry_failed
     )
     executed = intents_execute(intents)
+    pending_writes_added(source.pk, executed.unreachable)
     applied = {i.key for i in intents if i.status == ApplyIntent.Status.DONE}
     snapshot = plan_snapshot(current, weight=weight, applied=applied)
     snapshot["reads"] = live.reads
@@ -147,6 +155,9 @@ def intents_finish_pending(source: Source) -> int:
     """
     pending = intents_pending(source)
     intents_execute(pending)
+    pending_writes_known(
+        source.pk, {intent.cluster for intent in pending if intent.status == ApplyIntent.Status.PENDING}
+    )
     return sum(1 for intent in pending if intent.status != ApplyIntent.Status.PENDING)
 
 
