@@ -219,9 +219,16 @@ def rollout_abort(rollout_id: int, *, user: User, reason: str = "") -> Rollout:
 
 
 def rollout_retry(rollout_id: int, *, user: User) -> Rollout:
-    """Runs an aborted or failed revision again from step 0, with fresh approvals."""
+    """Runs an aborted or failed revision again from step 0, with fresh approvals. Under the source's
+    reconcile lock: a pass that had just fetched a new commit and found no active rollout would
+    otherwise start one beside the retry's, and only the newer would ever be driven."""
     _check_permission(user)
-    username = user.get_username()
+    source = Rollout.objects.select_related("source").get(pk=rollout_id).source
+    with decision_locks([source]):
+        return _rollout_retried(rollout_id, username=user.get_username())
+
+
+def _rollout_retried(rollout_id: int, *, username: str) -> Rollout:
     with transaction.atomic():
         rollout = Rollout.objects.select_for_update().select_related("source", "revision").get(pk=rollout_id)
         if rollout.phase not in (Rollout.Phase.ABORTED, Rollout.Phase.FAILED):
