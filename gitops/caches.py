@@ -20,6 +20,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from django.conf import settings
 
@@ -52,6 +53,10 @@ class SourceCache:
     inventory: tuple[int, frozenset[tuple[str, str, str]]] | None = None
     # The (cluster, namespace) pairs of the inventory kept above, found once for that very set.
     inventory_targets: tuple[frozenset[tuple[str, str, str]], frozenset[tuple[str, str]]] | None = None
+    # Until when this process's plans read the source's objects rather than trust the live cache's stamps:
+    # set beside ``Source.stamps_distrusted_until`` so that the pass that set it, whose Source row was read
+    # before, sees it too (``rollout.step.stamps_distrusted``).
+    stamps_distrusted_until: datetime | None = None
 
     @property
     def desired(self) -> tuple[str, AdminScope, DesiredState] | None:

@@ -251,6 +251,10 @@ class Source(models.Model):
     suspended_by = models.CharField(max_length=150, blank=True, default="", db_default="")
     # Set when a removal finished: the row stays for the change log and the audit trail.
     deleted_at = models.DateTimeField(null=True, blank=True)
+    # Until then planning reads the source's objects rather than trust the live cache's stamps: a worker
+    # could not drop the stamps its writes outdated (Redis out of reach), so until the watch stores
+    # those writes, a stamp may show the content before them as applied (``livestore.unsettle_written``).
+    stamps_distrusted_until = models.DateTimeField(null=True, blank=True)
 
     # The first manager is the default one: every query of Source.objects leaves deleted sources out.
     objects = LiveSources()

@@ -300,7 +300,7 @@ def _owed(source: Source) -> _Owed:
     if not owed.any_rollback:
         owed_rollbacks_none(source.pk)
     if not owed.intents:  # nothing pending: a step's plan need not ask where writes are pending
-        pending_writes_known(source.pk, ())
+        pending_writes_known(source.pk, {})
     return owed
 
 

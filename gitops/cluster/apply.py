@@ -13,10 +13,13 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, NamedTuple
 
 from django.conf import settings
+from django.utils import timezone
 
+from gitops import caches
 from gitops.cluster import livestore, pools
 from gitops.cluster.client import (
     UNAVAILABLE,
@@ -31,7 +34,7 @@ from gitops.cluster.clients import clients, get_cluster
 from gitops.desired.content import CONTENT_HASH_ANNOTATION, Content
 from gitops.errors import GitopsError, PermanentError
 from gitops.locks import ReconcileLockLost, pass_fence
-from gitops.models import ApplyIntent
+from gitops.models import ApplyIntent, Source
 from gitops.vocabulary import ChangeAction
 
 
@@ -71,6 +74,7 @@ def intents_apply_everywhere(
     result = AppliedIntents()
     if not groups:
         return result
+    stamps_kept: set[str] = set()  # the clusters whose outdated stamps could not be dropped
 
     def batch(name: str) -> list[IntentAnswer] | GitopsError | ReconcileLockLost:
         try:
@@ -89,7 +93,9 @@ def intents_apply_everywhere(
             answer = exc
         except GitopsError as exc:
             answer = exc
-        _unsettle_written(name, groups[name], answer)  # on this cluster's thread: clusters side by side
+        # On this cluster's thread: clusters side by side.
+        if not _unsettle_written(name, groups[name], answer):
+            stamps_kept.add(name)
         return answer
 
     if len(groups) == 1:
@@ -97,6 +103,8 @@ def intents_apply_everywhere(
     else:
         with ThreadPoolExecutor(max_workers=len(groups)) as fan_out:
             answers = dict(zip(groups, fan_out.map(batch, groups), strict=True))
+    if stamps_kept:
+        _distrust_stamps({intent.source_id for name in stamps_kept for intent in groups[name]})
     # A lost lock ends the pass here, whatever else a cluster answered (it may have failed first).
     if (lost := getattr(fence, "lost", None)) is not None:
         raise lost
@@ -111,13 +119,22 @@ def intents_apply_everywhere(
     return result
 
 
+def _distrust_stamps(source_ids: set[int]) -> None:
+    """Plans of these sources read their objects, not the live cache's stamps, until the watch has
+    surely stored the writes whose outdated stamps stayed (as long as a floor is kept)."""
+    until = timezone.now() + timedelta(milliseconds=livestore.floor_milliseconds())
+    Source.all_objects.filter(pk__in=source_ids).update(stamps_distrusted_until=until)
+    for source_id in source_ids:
+        caches.for_source(source_id).stamps_distrusted_until = until
+
+
 def _unsettle_written(
     cluster: str, intents: Sequence[ApplyIntent], answer: list[IntentAnswer] | Exception
-) -> None:
+) -> bool:
     """The live cache's stamps of what was just written, until its watch stores the writes (see
-    ``livestore.unsettle_written``). A cluster that stopped answering mid-batch may have taken any of
-    them (their versions are not known); an intent it refused changed nothing. Only a batch that was
-    sent gets here."""
+    ``livestore.unsettle_written``); False when they could not be dropped. A cluster that stopped
+    answering mid-batch may have taken any of them (their versions are not known); an intent it
+    refused changed nothing. Only a batch that was sent gets here."""
     answers = [DONE] * len(intents) if isinstance(answer, Exception) else answer
     written: dict[str, list[livestore.Written]] = {}
     for intent, (refusal, version, wrote) in zip(intents, answers, strict=True):
@@ -129,7 +146,11 @@ def _unsettle_written(
             livestore.Written(intent.name, _written_hash(intent) if done else "", version if done else "")
         )
     if written:
-        livestore.unsettle_written(cluster, written)
+        try:
+            livestore.unsettle_written(cluster, written)
+        except livestore.StampsKept:
+            return False
+    return True
 
 
 def _written_hash(intent: ApplyIntent) -> str:

@@ -63,6 +63,8 @@ class LiveState:
     unreachable: dict[str, GitopsError] = field(default_factory=dict)
     settled: dict[ObjectKey, LiveStamp] = field(default_factory=dict)
     reads: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ReadVia, 0))
+    # Objects read one by one and not found.
+    absent: set[ObjectKey] = field(default_factory=set)
 
     def reasons(self) -> dict[str, str]:
         return {cluster: str(error) for cluster, error in self.unreachable.items()}
@@ -204,6 +206,8 @@ def _read_all(state: LiveState, work: dict[str, list[_Read]], reachable: dict[st
             failed[cluster] = outcome
         else:
             state.objects.setdefault((cluster, read.namespace), []).extend(outcome)
+            if read.name and not outcome:
+                state.absent.add((cluster, read.namespace, read.name))
     for cluster, error in failed.items():
         state.unreachable[cluster] = error
         clients.mark_unreachable(cluster, error)
@@ -211,6 +215,7 @@ def _read_all(state: LiveState, work: dict[str, list[_Read]], reachable: dict[st
         del state.objects[target]
     for key in [key for key in state.settled if key[0] in state.unreachable]:
         del state.settled[key]
+    state.absent = {key for key in state.absent if key[0] not in state.unreachable}
     state.reads[ReadVia.CACHE] = len(state.settled)
 
 

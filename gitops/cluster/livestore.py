@@ -82,6 +82,7 @@ import logging
 import math
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -510,10 +511,25 @@ def floor_milliseconds() -> int:
     return int(max(FLOOR_SECONDS, 2 * relist) * 1000)
 
 
+class StampsKept(Exception):
+    """The stamps of objects just written could not be dropped: Redis did not answer. Until the watch
+    stores those writes, a stamp there may show the content before them as applied."""
+
+
+# A connection Redis refused or dropped (a restart, a failover) is tried again after these pauses, in
+# seconds. A call that timed out is not: a Redis that hangs would hold the pass for each try.
+_UNSETTLE_PAUSES = (0.05, 0.25)
+# After a drop that got no answer, the process's next drops are given up at once for this long (s):
+# each pass would otherwise wait for Redis again, as long as its timeout, while holding its source.
+_UNSETTLE_BREAK_SECONDS = 5.0
+_unsettle_given_up_until = 0.0  # time.monotonic(); the last failure's, plus the break
+
+
 def unsettle_written(cluster: str, written: Mapping[str, Sequence[Written]]) -> int:
     """After a worker's apply: drops the stamps of the objects it wrote (by namespace) that do not show
     that write yet, and holds back older stamps of them (see ``_UNSETTLE``); returns how many went.
-    Redis out of reach is logged: plans then trust what it holds, as before."""
+    Raises ``StampsKept`` when Redis does not answer (a refused or dropped connection is tried three
+    times): the caller then has plans read those objects (``Source.stamps_distrusted_until``)."""
     watched = [_key(cluster, "alive"), _key(cluster, "cresume")]
     calls: list[tuple[list[str], list[str | int]]] = [(list(watched), [floor_milliseconds()])]
     room = _UNSETTLE_BATCH
@@ -534,15 +550,28 @@ def unsettle_written(cluster: str, written: Mapping[str, Sequence[Written]]) -> 
             for name, content_hash, resource_version in part:
                 args += [name, content_hash, resource_version]
             room -= len(part)
-    dropped = 0
-    try:
-        script = _unsettle_script()
-        for keys, args in calls:
-            if len(keys) > len(watched):
-                dropped += int(script(keys=keys, args=args))
-    except redis.RedisError as exc:
-        log.warning("cannot drop the stamps of objects just written in cluster %s: %s", cluster, exc)
-    return dropped
+    return sum(_unsettle_call(cluster, keys, args) for keys, args in calls if len(keys) > len(watched))
+
+
+def _unsettle_call(cluster: str, keys: list[str], args: list[str | int]) -> int:
+    """One call of the script, tried again after each of ``_UNSETTLE_PAUSES`` if the connection was
+    refused or dropped; the script is idempotent (it drops stamps and raises floors), so a call that
+    did run and lost its answer is harmless to repeat."""
+    global _unsettle_given_up_until  # noqa: PLW0603 - the process's breaker, read by every pass
+    if time.monotonic() < _unsettle_given_up_until:
+        raise StampsKept("Redis did not answer a moment ago")
+    for pause in (*_UNSETTLE_PAUSES, None):
+        try:
+            return int(_unsettle_script()(keys=keys, args=args))
+        except redis.ConnectionError:
+            if pause is None:
+                break
+            time.sleep(pause)  # for Redis's blip to pass, not a wait for another party
+        except redis.RedisError:
+            break
+    _unsettle_given_up_until = time.monotonic() + _UNSETTLE_BREAK_SECONDS
+    log.warning("cannot drop the stamps of objects just written in cluster %s: Redis did not answer", cluster)
+    raise StampsKept(f"Redis did not answer the drop of stamps in cluster {cluster}")
 
 
 _unsettle: Any = None

@@ -260,19 +260,20 @@ def settle_namespace_again(
 
 
 class _InventoryNames(Collection[str]):
-    """The inventory's names in one namespace, looked up one by one in the whole inventory."""
+    """The inventory's names in one namespace: a name is looked up in the whole inventory; only a walk
+    of them all (settling the namespace whole) groups the inventory, once per inventory."""
 
-    def __init__(self, managed: frozenset[ObjectKey], cluster: str, namespace: str) -> None:
-        self._managed, self._cluster, self._namespace = managed, cluster, namespace
+    def __init__(self, memo: SettleMemo, managed: frozenset[ObjectKey], cluster: str, namespace: str) -> None:
+        self._memo, self._managed, self._cluster, self._namespace = memo, managed, cluster, namespace
 
     def __contains__(self, name: object) -> bool:
         return (self._cluster, self._namespace, name) in self._managed
 
     def __iter__(self) -> Iterator[str]:
-        return (name for at, ns, name in self._managed if at == self._cluster and ns == self._namespace)
+        return iter(self._memo.managed_names(self._managed, self._cluster, self._namespace))
 
     def __len__(self) -> int:
-        return sum(1 for _ in self)
+        return len(self._memo.managed_names(self._managed, self._cluster, self._namespace))
 
 
 class _Settled(NamedTuple):
@@ -381,7 +382,7 @@ class SettlePass:
             and (len(known.wanted) != len(wanted) or not all(map(operator.is_, known.wanted, wanted)))
         ) or known.texts != texts:
             # Only a few names are looked up here, each in the inventory itself: no grouping of it.
-            names_here = _InventoryNames(managed, cluster, namespace)
+            names_here = _InventoryNames(self._memo, managed, cluster, namespace)
             again = settle_namespace_again(
                 known, texts, wanted, source=source, managed=managed, managed_here=names_here
             )

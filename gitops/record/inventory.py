@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Collection, Sequence
 
 from django.db.models import Q
 from django.utils import timezone
@@ -10,6 +11,10 @@ from django.utils import timezone
 from gitops import caches
 from gitops.models import ApplyIntent, InventoryVersion, ManagedObject, Source
 from gitops.prepared import PreparedSelect
+
+log = logging.getLogger(__name__)
+
+CONFIGMAP_KIND = "ConfigMap"  # the inventory is of ConfigMaps: what prune may delete
 
 _INVENTORY_VERSION: PreparedSelect[int] = PreparedSelect(
     lambda source_id: InventoryVersion.objects.filter(source_id=source_id).values_list("version", flat=True)[
@@ -53,6 +58,23 @@ def inventory_targets(
 def managed_targets(source: Source) -> set[tuple[str, str]]:
     """Every (cluster, namespace) where Sluice applied something for the source."""
     return set(ManagedObject.objects.filter(source=source).values_list("cluster", "namespace").distinct())
+
+
+def inventory_forget_gone(source: Source, gone: Collection[tuple[str, str, str]]) -> None:
+    """Drops the entries of objects (cluster, namespace, name) a read found gone that Git no longer has:
+    nothing is left to prune, and planning would read each again on every pass (the live cache has no
+    stamp of it, so a missing stamp cannot say it is gone, see ``plan.stamps.settle_namespace``)."""
+    if not gone:
+        return
+    condition = Q()
+    for cluster, namespace, name in gone:
+        condition |= Q(cluster=cluster, namespace=namespace, name=name, kind=CONFIGMAP_KIND)
+    dropped, _ = ManagedObject.objects.filter(condition, source=source).delete()
+    log.info(
+        "source %s: dropped %d inventory entries of objects gone from the cluster and Git",
+        source.name,
+        dropped,
+    )
 
 
 def inventory_update(applied: Sequence[ApplyIntent]) -> None:

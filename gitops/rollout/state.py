@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -33,8 +33,9 @@ def unreachable_text(unreachable: dict[str, str]) -> str:
 # every pass): its steps do not ask again. Scoped to one pass by ``owed_rollbacks_memo``.
 _NONE_OWED: ContextVar[int | None] = ContextVar("sluice_no_rollback_owed", default=None)
 # The source whose pass knows which clusters still hold its pending writes (its first statement found
-# none, or ``intents_finish_pending`` tried them), and those clusters. Scoped like ``_NONE_OWED``.
-_PENDING_LEFT: ContextVar[tuple[int, frozenset[str]] | None] = ContextVar("sluice_pending_left", default=None)
+# none, or ``intents_finish_pending`` tried them), and those clusters, each with why it did not take them.
+# Scoped like ``_NONE_OWED``.
+_PENDING_LEFT: ContextVar[tuple[int, dict[str, str]] | None] = ContextVar("sluice_pending_left", default=None)
 
 
 @contextmanager
@@ -50,34 +51,35 @@ def owed_rollbacks_memo() -> Iterator[None]:
         _NONE_OWED.reset(token)
 
 
-def pending_writes_known(source_id: int, clusters: Iterable[str]) -> None:
-    """The pass of ``source_id`` tried its pending writes (or found none): ``clusters`` still hold some."""
-    _PENDING_LEFT.set((source_id, frozenset(clusters)))
+def pending_writes_known(source_id: int, clusters: Mapping[str, str]) -> None:
+    """The pass of ``source_id`` tried its pending writes (or found none): ``clusters`` (cluster -> why)
+    still hold some."""
+    _PENDING_LEFT.set((source_id, dict(clusters)))
 
 
-def pending_writes_added(source_id: int, clusters: Iterable[str]) -> None:
-    """A step of the pass left writes pending in ``clusters`` (they did not answer)."""
+def pending_writes_added(source_id: int, clusters: Mapping[str, str]) -> None:
+    """A step of the pass left writes pending in ``clusters`` (cluster -> why: they did not answer)."""
     known = _PENDING_LEFT.get()
-    if known is not None and known[0] == source_id:
-        _PENDING_LEFT.set((source_id, known[1] | frozenset(clusters)))
+    if known is not None and known[0] == source_id and clusters:
+        _PENDING_LEFT.set((source_id, {**known[1], **clusters}))
 
 
 def clusters_with_pending_writes(source_id: int) -> dict[str, str]:
-    """Cluster -> why, for each cluster where intents of the source are still pending: a step leaves it
-    alone, as it would an unreachable one, until they are finished. Planned again there, each try of a
-    step whose cluster answered reads but refused writes wrote one more intent for the same object, and
-    when the cluster took writes again they all went out side by side: one change logged once per try,
-    and of two contents (a canary's, then a promote's) either could land last. Finished first, the
-    pending one is applied and logged once, and the step then plans from what it left."""
+    """Cluster -> why, for each cluster where intents of the source are still pending: a step treats it
+    as unreachable until they are finished. Planned again there, each try of a step whose cluster
+    answered reads but refused writes wrote one more intent for the same object, and when the cluster
+    took writes again they all went out side by side: one change logged once per try, and of two
+    contents (a canary's, then a promote's) either could land last. Finished first, the pending one is
+    applied and logged once, and the step then plans from what it left."""
     known = _PENDING_LEFT.get()
     if known is not None and known[0] == source_id:
-        clusters: Iterable[str] = known[1]
-    else:  # outside a pass that asked: the database says
-        pending = ApplyIntent.objects.filter(
-            source_id=source_id, status=ApplyIntent.Status.PENDING, rollout__isnull=False
-        )
-        clusters = set(pending.values_list("cluster", flat=True).distinct())
-    return dict.fromkeys(clusters, "writes an earlier try left pending there come first")
+        return dict(known[1])
+    # Outside a pass that asked (none does today): the database says.
+    pending = ApplyIntent.objects.filter(
+        source_id=source_id, status=ApplyIntent.Status.PENDING, rollout__isnull=False
+    )
+    clusters = set(pending.values_list("cluster", flat=True).distinct())
+    return dict.fromkeys(clusters, "writes an earlier try left pending there are not finished")
 
 
 def owed_rollbacks_none(source_id: int) -> None:

@@ -24,7 +24,7 @@ from gitops.errors import TemporaryError
 from gitops.models import ApplyIntent, Rollout, Source
 from gitops.plan import Action, Plan, plan
 from gitops.record.changelog import CONFIGMAP, changes_record, intents_pending, intents_write
-from gitops.record.inventory import inventory_targets, managed_keys
+from gitops.record.inventory import inventory_forget_gone, inventory_targets, managed_keys
 from gitops.rollout.engine import desired_at_weight, held_keys
 from gitops.rollout.flag_canary import CanaryRefused
 from gitops.rollout.flag_catalog import flag_catalog_record
@@ -51,8 +51,13 @@ def weight_apply(
     and the clusters it needed and could not reach (their targets are left as they are)."""
     source = rollout.source
     managed = managed_keys(source)
-    deferred = {**clusters_with_pending_writes(source.pk), **clusters_owed_rollback(source.pk)}
-    live = live_state(source, desired, managed=managed, deferred=deferred)
+    live = live_state(
+        source,
+        desired,
+        managed=managed,
+        deferred=clusters_owed_rollback(source.pk),
+        refusing=clusters_with_pending_writes(source.pk),
+    )
     # At 100 the flag sets are Git's own: no canary, so no baseline to read (nearly every poll).
     baselines = flag_baselines(rollout, desired, live.index()) if weight < 100 else {}
     weighted = desired_at_weight(desired, weight, baselines, rollout.flag_population)
@@ -69,6 +74,8 @@ def weight_apply(
         unreachable=live.reasons(),
         settled=live.settled,
     )
+    # Read and not found, in the inventory, and not in Git: gone for good, not to be read on every pass.
+    inventory_forget_gone(source, {key for key in live.absent if key in managed and key not in desired.keyed})
     intents = intents_write(
         rollout, current, actor=actor, step_index=step_index, weight=weight, retry_failed=retry_failed
     )
@@ -91,28 +98,41 @@ def live_state(
     managed: frozenset[ObjectKey] | None = None,
     cached: bool = True,
     deferred: Mapping[str, str] | None = None,
+    refusing: Mapping[str, str] | None = None,
 ) -> LiveState:
     """Every target's live objects, or (``cached``) what a plan needs of them: the live cache settles
     what it vouches for in every cluster (``live_view``), and the rest is read. When no cluster the
     source needs answers, the pass fails as a whole (and backs off) as it always did; otherwise the
     ones that answer go on without the others. ``managed`` is the source's inventory, if read already.
-    A ``deferred`` cluster (cluster -> why) is neither read nor written: it is reported as unreachable."""
+    A ``deferred`` cluster (cluster -> why) is neither read nor written: it is reported as unreachable.
+    So is a ``refusing`` one (cluster -> why: it left the source's writes pending this pass), which
+    also counts as a cluster that does not answer."""
     inventory = managed_keys(source) if managed is None else managed
     targets = {*desired.targets, *in_scope(source, inventory_targets(source.pk, inventory))}
     needed_clusters = {cluster for cluster, _ in targets}
     waiting = {cluster: why for cluster, why in (deferred or {}).items() if cluster in needed_clusters}
-    targets = {target for target in targets if target[0] not in waiting}
-    if cached:
+    failing = {cluster: why for cluster, why in (refusing or {}).items() if cluster in needed_clusters}
+    targets = {target for target in targets if target[0] not in waiting and target[0] not in failing}
+    if cached and not stamps_distrusted(source):
         memo = caches.for_source(source.pk).settle_memo
         live = live_view(targets, source=source.name, desired=desired, managed=inventory, memo=memo)
     else:
         live = live_configmaps(targets)
-    clusters = {cluster for cluster, _ in targets}
+    live.unreachable.update({cluster: TemporaryError(why) for cluster, why in failing.items()})
+    clusters = {cluster for cluster, _ in targets} | set(failing)
     # A cluster left alone for its owed rollback may well answer: the step waits for all of them then.
     if clusters and not waiting and clusters <= set(live.unreachable):
         raise next(iter(live.unreachable.values()))
     live.unreachable.update({cluster: TemporaryError(why) for cluster, why in waiting.items()})
     return live
+
+
+def stamps_distrusted(source: Source) -> bool:
+    """Whether a worker could not drop stamps its writes of the source outdated, lately enough that
+    the watch may not have stored those writes yet (``cluster.apply._distrust_stamps``)."""
+    now = timezone.now()
+    marks = (source.stamps_distrusted_until, caches.for_source(source.pk).stamps_distrusted_until)
+    return any(until is not None and until > now for until in marks)
 
 
 def needed(
@@ -154,9 +174,11 @@ def intents_finish_pending(source: Source) -> int:
     Intents of a cluster that still does not answer stay pending for a later pass.
     """
     pending = intents_pending(source)
-    intents_execute(pending)
+    executed = intents_execute(pending)
+    left = {intent.cluster for intent in pending if intent.status == ApplyIntent.Status.PENDING}
     pending_writes_known(
-        source.pk, {intent.cluster for intent in pending if intent.status == ApplyIntent.Status.PENDING}
+        source.pk,
+        {cluster: executed.unreachable.get(cluster) or "writes are pending there" for cluster in left},
     )
     return sum(1 for intent in pending if intent.status != ApplyIntent.Status.PENDING)
 

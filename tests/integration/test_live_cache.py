@@ -16,6 +16,7 @@ from datetime import timedelta
 
 import pytest
 from django.conf import settings
+from django.utils import timezone
 
 from gitops import cluster_admin
 from gitops.cluster import livestore
@@ -1043,6 +1044,95 @@ def test_a_revert_pushed_before_the_watch_stored_sluices_own_write_is_not_settle
 
         _log_level_synced(repo, source, sync, "info", "revert to v1")
         assert cluster.get_configmap(namespace, "app-0")["data"] == {"LOG_LEVEL": "info"}
+    finally:
+        lease.close()
+
+
+def test_a_write_whose_outdated_stamp_could_not_be_dropped_has_its_source_read_not_settled(
+    repo, make_namespaces, make_source, sync, cluster, monkeypatch
+):
+    """Redis does not answer the worker's drop of the stamp its write of v2 outdated (a blip: it answers
+    again at once), so the stamp still says "as applied, v1" until the watch stores the write. A revert
+    to v1 would be settled by it as unchanged while the cluster holds v2. The worker marks the source:
+    its plans read the cluster until the watch has surely caught up."""
+    import redis
+
+    from gitops import reconcile, schedule
+
+    namespace, source = synced_source(repo, make_namespaces, make_source, sync)
+    lease = _Lease()
+    try:
+        lease.watched(cluster, namespace, "app-0")
+        assert fresh(namespace) and as_applied(settings.SLUICE_CLUSTER_NAME, namespace, "app-0")
+
+        def no_answer(**_call):
+            raise redis.ConnectionError("Redis did not answer")
+
+        monkeypatch.setattr(schedule, "_send", lambda *args, **kwargs: "")  # this pass runs here
+        monkeypatch.setattr(livestore, "_UNSETTLE_PAUSES", (0.0, 0.0))
+        monkeypatch.setattr(livestore, "_unsettle_given_up_until", 0.0)  # the breaker: back after the test
+        monkeypatch.setattr(livestore, "_unsettle_script", lambda: no_answer)
+        repo.write("configmaps/app-0.yaml", configmap("app-0", {"LOG_LEVEL": "debug"}))
+        repo.commit("v2")
+        assert reconcile.source_sync(source.pk).summary == {"update": 1}
+        monkeypatch.undo()  # Redis answers again
+        assert as_applied(settings.SLUICE_CLUSTER_NAME, namespace, "app-0"), "v1's stamp stayed"
+        source.refresh_from_db()
+        assert source.stamps_distrusted_until is not None and source.stamps_distrusted_until > timezone.now()
+
+        _log_level_synced(repo, source, sync, "info", "revert to v1")
+        assert cluster.get_configmap(namespace, "app-0")["data"] == {"LOG_LEVEL": "info"}
+        assert last_plan(source)["reads"]["cache"] == 0, "read from the cluster, not settled by stamps"
+    finally:
+        lease.close()
+
+
+def test_an_object_created_moments_before_a_revert_is_pruned_though_it_has_no_stamp_yet(
+    repo, make_namespaces, make_source, sync, cluster
+):
+    """The watch has not stored the ADDED event of an object Sluice just created (seconds behind during
+    a bulk apply), so it has no stamp, and a revert that takes it out of Git comes at once. A missing
+    stamp does not say the object is gone: it is in the inventory, so it is read, and pruned."""
+    namespace, source = synced_source(repo, make_namespaces, make_source, sync)
+    lease = _Lease()
+    try:
+        lease.watched(cluster, namespace, "app-0")
+        repo.write("configmaps/app-1.yaml", configmap("app-1", {"LOG_LEVEL": "info"}))
+        repo.commit("app-1")
+        assert sync(source)["summary"] == {"create": 1, "unchanged": 1}
+        stamps = livestore.fresh_stamps(settings.SLUICE_CLUSTER_NAME, [namespace])[namespace]
+        assert "app-1" not in stamps, "the test's lease stores no event: app-1 has no stamp"
+
+        repo.remove("configmaps/app-1.yaml")
+        repo.commit("revert: no app-1")
+        assert sync(source)["summary"] == {"delete": 1, "unchanged": 1}
+        assert cluster.get_configmap(namespace, "app-1") is None
+    finally:
+        lease.close()
+
+
+def test_an_inventory_entry_of_an_object_gone_from_the_cluster_and_git_is_read_once_then_dropped(
+    repo, make_namespaces, make_source, sync, cluster
+):
+    """An orphan (prune is off) deleted by hand leaves its inventory entry, and no stamp. Read once and
+    not found, the entry goes: the next passes settle the namespace from the cache without a read."""
+    from gitops.models import ManagedObject
+
+    namespace, source = synced_source(repo, make_namespaces, make_source, sync, objects=2)
+    repo.write("sluice.yaml", policy([namespace], selfHeal=True, prune=False))
+    repo.remove("configmaps/app-1.yaml")
+    repo.commit("app-1 out of Git, prune off")
+    assert sync(source)["summary"] == {"orphan": 1, "unchanged": 1}
+    cluster.delete_configmap(namespace, "app-1")
+    lease = _Lease()
+    try:
+        lease.watched(cluster, namespace, "app-0")
+        assert sync(source)["summary"] == {"unchanged": 1}
+        assert last_plan(source)["reads"] == {"cache": 1, "get": 1, "list": 0}, "app-1 read, not found"
+        assert not ManagedObject.objects.filter(source=source, name="app-1").exists()
+
+        assert sync(source)["summary"] == {"unchanged": 1}
+        assert last_plan(source)["reads"] == {"cache": 1, "get": 0, "list": 0}, "nothing read again"
     finally:
         lease.close()
 
