@@ -20,7 +20,6 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 
 from django.conf import settings
 
@@ -53,10 +52,9 @@ class SourceCache:
     inventory: tuple[int, frozenset[tuple[str, str, str]]] | None = None
     # The (cluster, namespace) pairs of the inventory kept above, found once for that very set.
     inventory_targets: tuple[frozenset[tuple[str, str, str]], frozenset[tuple[str, str]]] | None = None
-    # Until when this process's plans read the source's objects rather than trust the live cache's stamps:
-    # set beside ``Source.stamps_distrusted_until`` so that the pass that set it, whose Source row was read
-    # before, sees it too (``rollout.step.stamps_distrusted``).
-    stamps_distrusted_until: datetime | None = None
+    # ``Source.stamps_to_drop`` as this process last wrote or read it: the pass that held them, whose
+    # Source row was read before, sees them too (``cluster.apply.stamps_drop_held``).
+    stamps_to_drop: dict[str, dict[str, list[list[str]]]] = field(default_factory=dict)
 
     @property
     def desired(self) -> tuple[str, AdminScope, DesiredState] | None:

@@ -251,10 +251,11 @@ class Source(models.Model):
     suspended_by = models.CharField(max_length=150, blank=True, default="", db_default="")
     # Set when a removal finished: the row stays for the change log and the audit trail.
     deleted_at = models.DateTimeField(null=True, blank=True)
-    # Until then planning reads the source's objects rather than trust the live cache's stamps: a worker
-    # could not drop the stamps its writes outdated (Redis out of reach), so until the watch stores
-    # those writes, a stamp may show the content before them as applied (``livestore.unsettle_written``).
-    stamps_distrusted_until = models.DateTimeField(null=True, blank=True)
+    # The live cache's stamps the source's writes outdated and a worker could not drop (Redis did not
+    # answer): {cluster: {namespace: [[name, content hash, resourceVersion], ...]}}. Until a pass has
+    # dropped them (``cluster.apply.stamps_drop_held``), a stamp may show the content before those
+    # writes as applied, so the source's plans read the cluster (``livestore.unsettle_written``).
+    stamps_to_drop = models.JSONField(default=dict, blank=True, db_default={})
 
     # The first manager is the default one: every query of Source.objects leaves deleted sources out.
     objects = LiveSources()

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import BooleanField, Exists, ExpressionWrapper, QuerySet
+from django.db.models import BooleanField, Exists, ExpressionWrapper, Q, QuerySet
 from django.utils import timezone
 
-from gitops import logs, metrics, schedule, selectors
+from gitops import caches, logs, metrics, schedule, selectors
 from gitops.cluster import clients
 from gitops.desired.errors import ValidationError
 from gitops.errors import GitopsError, PermanentError, TemporaryError
@@ -269,6 +269,7 @@ class _Owed:
     rollbacks: bool  # clusters an ended rollout still owes a rollback, due now
     aborts: bool  # an abort someone asked for
     any_rollback: bool = True  # clusters an ended rollout still owes a rollback, due or not
+    stamp_drops: bool = False  # the live cache's stamps its writes outdated, held until dropped
 
 
 def _owed_query(source_id: int, now: datetime) -> QuerySet[Any]:
@@ -281,17 +282,20 @@ def _owed_query(source_id: int, now: datetime) -> QuerySet[Any]:
             owes_any_rollback=Exists(
                 Rollout.objects.filter(source_id=source_id).exclude(rollback_pending_clusters=[])
             ),
+            owes_stamp_drops=ExpressionWrapper(~Q(stamps_to_drop={}), output_field=BooleanField()),
         )
-        .values_list("owes_intents", "owes_rollbacks", "owes_aborts", "owes_any_rollback")[:1]
+        .values_list(
+            "owes_intents", "owes_rollbacks", "owes_aborts", "owes_any_rollback", "owes_stamp_drops"
+        )[:1]
     )
 
 
 # Every pass asks it: compiled once.
-_OWED: PreparedSelect[tuple[bool, bool, bool, bool]] = PreparedSelect(_owed_query, int, datetime)
+_OWED: PreparedSelect[tuple[bool, bool, bool, bool, bool]] = PreparedSelect(_owed_query, int, datetime)
 
 
 def _owed(source: Source) -> _Owed:
-    """The four questions in one statement: a pass that owes nothing (nearly every poll) pays one. When
+    """The five questions in one statement: a pass that owes nothing (nearly every poll) pays one. When
     no rollback is owed at all, the pass's steps are told so, and do not ask again."""
     row = _OWED.first(source.pk, timezone.now())
     if row is None:  # deleted meanwhile: ask each question on its own, as before
@@ -301,6 +305,9 @@ def _owed(source: Source) -> _Owed:
         owed_rollbacks_none(source.pk)
     if not owed.intents:  # nothing pending: a step's plan need not ask where writes are pending
         pending_writes_known(source.pk, {})
+    if owed.stamp_drops:  # held by another worker, maybe after this pass read the source: read them now
+        held = Source.all_objects.filter(pk=source.pk).values_list("stamps_to_drop", flat=True).first()
+        caches.for_source(source.pk).stamps_to_drop = held or {}
     return owed
 
 

@@ -8,16 +8,15 @@ batches go on.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any, NamedTuple
 
 from django.conf import settings
-from django.utils import timezone
 
 from gitops import caches
 from gitops.cluster import livestore, pools
@@ -36,6 +35,8 @@ from gitops.errors import GitopsError, PermanentError
 from gitops.locks import ReconcileLockLost, pass_fence
 from gitops.models import ApplyIntent, Source
 from gitops.vocabulary import ChangeAction
+
+log = logging.getLogger(__name__)
 
 
 class IntentAnswer(NamedTuple):
@@ -74,7 +75,7 @@ def intents_apply_everywhere(
     result = AppliedIntents()
     if not groups:
         return result
-    stamps_kept: set[str] = set()  # the clusters whose outdated stamps could not be dropped
+    kept: dict[str, dict[str, list[livestore.Written]]] = {}  # cluster -> the drops Redis did not take
 
     def batch(name: str) -> list[IntentAnswer] | GitopsError | ReconcileLockLost:
         try:
@@ -94,8 +95,8 @@ def intents_apply_everywhere(
         except GitopsError as exc:
             answer = exc
         # On this cluster's thread: clusters side by side.
-        if not _unsettle_written(name, groups[name], answer):
-            stamps_kept.add(name)
+        if not_dropped := _unsettle_written(name, groups[name], answer):
+            kept[name] = not_dropped
         return answer
 
     if len(groups) == 1:
@@ -103,8 +104,8 @@ def intents_apply_everywhere(
     else:
         with ThreadPoolExecutor(max_workers=len(groups)) as fan_out:
             answers = dict(zip(groups, fan_out.map(batch, groups), strict=True))
-    if stamps_kept:
-        _distrust_stamps({intent.source_id for name in stamps_kept for intent in groups[name]})
+    if kept:
+        _hold_stamps_to_drop({intent.source_id for name in kept for intent in groups[name]}, kept)
     # A lost lock ends the pass here, whatever else a cluster answered (it may have failed first).
     if (lost := getattr(fence, "lost", None)) is not None:
         raise lost
@@ -119,22 +120,52 @@ def intents_apply_everywhere(
     return result
 
 
-def _distrust_stamps(source_ids: set[int]) -> None:
-    """Plans of these sources read their objects, not the live cache's stamps, until the watch has
-    surely stored the writes whose outdated stamps stayed (as long as a floor is kept)."""
-    until = timezone.now() + timedelta(milliseconds=livestore.floor_milliseconds())
-    Source.all_objects.filter(pk__in=source_ids).update(stamps_distrusted_until=until)
+HeldDrops = dict[str, dict[str, list[list[str]]]]  # Source.stamps_to_drop: cluster -> namespace -> drops
+
+
+def _hold_stamps_to_drop(source_ids: set[int], kept: dict[str, dict[str, list[livestore.Written]]]) -> None:
+    """Keeps the drops Redis did not take with each source written, beside those held already: until a
+    pass has made them (``stamps_drop_held``), a stamp may show the content before the writes as
+    applied, so the sources' plans read the cluster."""
     for source_id in source_ids:
-        caches.for_source(source_id).stamps_distrusted_until = until
+        held: HeldDrops = (
+            Source.all_objects.filter(pk=source_id).values_list("stamps_to_drop", flat=True).first() or {}
+        )
+        for cluster, namespaces in kept.items():
+            for namespace, drops in namespaces.items():
+                held.setdefault(cluster, {}).setdefault(namespace, []).extend(list(drop) for drop in drops)
+        Source.all_objects.filter(pk=source_id).update(stamps_to_drop=held)
+        caches.for_source(source_id).stamps_to_drop = held
+
+
+def stamps_drop_held(source: Source) -> bool:
+    """Makes the drops of the live cache's stamps that Redis did not take when the source's writes
+    outdated them (``Source.stamps_to_drop``, or this process's note of them); True when none is held
+    any more, False while Redis still does not take them (plans then read the cluster). Late is as
+    good: a stamp that shows the write by now stays, and the floors hold back older events from now on."""
+    held = caches.for_source(source.pk).stamps_to_drop or source.stamps_to_drop
+    if not held:
+        return True
+    try:
+        for cluster, namespaces in held.items():
+            written = {ns: [livestore.Written(*drop) for drop in drops] for ns, drops in namespaces.items()}
+            livestore.unsettle_written(cluster, written)
+    except livestore.StampsKept:
+        return False
+    Source.all_objects.filter(pk=source.pk).update(stamps_to_drop={})
+    caches.for_source(source.pk).stamps_to_drop = {}
+    source.stamps_to_drop = {}
+    log.info("source %s: the live cache's stamps its writes outdated are dropped, late", source.name)
+    return True
 
 
 def _unsettle_written(
     cluster: str, intents: Sequence[ApplyIntent], answer: list[IntentAnswer] | Exception
-) -> bool:
+) -> dict[str, list[livestore.Written]]:
     """The live cache's stamps of what was just written, until its watch stores the writes (see
-    ``livestore.unsettle_written``); False when they could not be dropped. A cluster that stopped
-    answering mid-batch may have taken any of them (their versions are not known); an intent it
-    refused changed nothing. Only a batch that was sent gets here."""
+    ``livestore.unsettle_written``); returns the drops Redis did not take (namespace -> writes). A
+    cluster that stopped answering mid-batch may have taken any of them (their versions are not
+    known); an intent it refused changed nothing. Only a batch that was sent gets here."""
     answers = [DONE] * len(intents) if isinstance(answer, Exception) else answer
     written: dict[str, list[livestore.Written]] = {}
     for intent, (refusal, version, wrote) in zip(intents, answers, strict=True):
@@ -149,8 +180,8 @@ def _unsettle_written(
         try:
             livestore.unsettle_written(cluster, written)
         except livestore.StampsKept:
-            return False
-    return True
+            return written
+    return {}
 
 
 def _written_hash(intent: ApplyIntent) -> str:

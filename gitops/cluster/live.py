@@ -63,11 +63,30 @@ class LiveState:
     unreachable: dict[str, GitopsError] = field(default_factory=dict)
     settled: dict[ObjectKey, LiveStamp] = field(default_factory=dict)
     reads: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ReadVia, 0))
-    # Objects read one by one and not found.
+    # Objects read one by one and not found, and the namespaces read whole.
     absent: set[ObjectKey] = field(default_factory=set)
+    listed: set[Target] = field(default_factory=set)
 
     def reasons(self) -> dict[str, str]:
         return {cluster: str(error) for cluster, error in self.unreachable.items()}
+
+    def kept(self, cluster: str, read: _Read, objects: list[dict[str, Any]]) -> None:
+        """What one read found."""
+        self.objects.setdefault((cluster, read.namespace), []).extend(objects)
+        if not read.name:
+            self.listed.add((cluster, read.namespace))
+        elif not objects:
+            self.absent.add((cluster, read.namespace, read.name))
+
+    def drop_unreachable(self) -> None:
+        """Keeps nothing of a cluster any of whose reads failed."""
+        down = self.unreachable
+        if not down:  # nearly every pass: a no-op's 10,000 settled objects are not copied
+            return
+        self.objects = {target: objects for target, objects in self.objects.items() if target[0] not in down}
+        self.settled = {key: stamp for key, stamp in self.settled.items() if key[0] not in down}
+        self.absent = {key for key in self.absent if key[0] not in down}
+        self.listed = {target for target in self.listed if target[0] not in down}
 
     def index(self) -> dict[ObjectKey, dict[str, Any]]:
         """(cluster, namespace, name) -> object, of the objects read."""
@@ -205,17 +224,11 @@ def _read_all(state: LiveState, work: dict[str, list[_Read]], reachable: dict[st
         if isinstance(outcome, GitopsError):
             failed[cluster] = outcome
         else:
-            state.objects.setdefault((cluster, read.namespace), []).extend(outcome)
-            if read.name and not outcome:
-                state.absent.add((cluster, read.namespace, read.name))
+            state.kept(cluster, read, outcome)
     for cluster, error in failed.items():
         state.unreachable[cluster] = error
         clients.mark_unreachable(cluster, error)
-    for target in [target for target in state.objects if target[0] in state.unreachable]:
-        del state.objects[target]
-    for key in [key for key in state.settled if key[0] in state.unreachable]:
-        del state.settled[key]
-    state.absent = {key for key in state.absent if key[0] not in state.unreachable}
+    state.drop_unreachable()
     state.reads[ReadVia.CACHE] = len(state.settled)
 
 

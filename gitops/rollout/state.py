@@ -12,6 +12,7 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
+from gitops.errors import GitopsError, TemporaryError
 from gitops.models import ApplyIntent, Rollout
 from gitops.vocabulary import Outcome
 
@@ -35,7 +36,9 @@ _NONE_OWED: ContextVar[int | None] = ContextVar("sluice_no_rollback_owed", defau
 # The source whose pass knows which clusters still hold its pending writes (its first statement found
 # none, or ``intents_finish_pending`` tried them), and those clusters, each with why it did not take them.
 # Scoped like ``_NONE_OWED``.
-_PENDING_LEFT: ContextVar[tuple[int, dict[str, str]] | None] = ContextVar("sluice_pending_left", default=None)
+_PENDING_LEFT: ContextVar[tuple[int, dict[str, GitopsError]] | None] = ContextVar(
+    "sluice_pending_left", default=None
+)
 
 
 @contextmanager
@@ -51,20 +54,20 @@ def owed_rollbacks_memo() -> Iterator[None]:
         _NONE_OWED.reset(token)
 
 
-def pending_writes_known(source_id: int, clusters: Mapping[str, str]) -> None:
-    """The pass of ``source_id`` tried its pending writes (or found none): ``clusters`` (cluster -> why)
-    still hold some."""
+def pending_writes_known(source_id: int, clusters: Mapping[str, GitopsError]) -> None:
+    """The pass of ``source_id`` tried its pending writes (or found none): ``clusters`` (cluster -> why
+    they did not take them) still hold some."""
     _PENDING_LEFT.set((source_id, dict(clusters)))
 
 
-def pending_writes_added(source_id: int, clusters: Mapping[str, str]) -> None:
+def pending_writes_added(source_id: int, clusters: Mapping[str, GitopsError]) -> None:
     """A step of the pass left writes pending in ``clusters`` (cluster -> why: they did not answer)."""
     known = _PENDING_LEFT.get()
     if known is not None and known[0] == source_id and clusters:
         _PENDING_LEFT.set((source_id, {**known[1], **clusters}))
 
 
-def clusters_with_pending_writes(source_id: int) -> dict[str, str]:
+def clusters_with_pending_writes(source_id: int) -> dict[str, GitopsError]:
     """Cluster -> why, for each cluster where intents of the source are still pending: a step treats it
     as unreachable until they are finished. Planned again there, each try of a step whose cluster
     answered reads but refused writes wrote one more intent for the same object, and when the cluster
@@ -79,7 +82,9 @@ def clusters_with_pending_writes(source_id: int) -> dict[str, str]:
         source_id=source_id, status=ApplyIntent.Status.PENDING, rollout__isnull=False
     )
     clusters = set(pending.values_list("cluster", flat=True).distinct())
-    return dict.fromkeys(clusters, "writes an earlier try left pending there are not finished")
+    return {
+        cluster: TemporaryError(f"writes left pending in {cluster} are not finished") for cluster in clusters
+    }
 
 
 def owed_rollbacks_none(source_id: int) -> None:

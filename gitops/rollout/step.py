@@ -16,11 +16,11 @@ from django.conf import settings
 from django.utils import timezone
 
 from gitops import caches
-from gitops.cluster.apply import intents_apply_everywhere
+from gitops.cluster.apply import intents_apply_everywhere, stamps_drop_held
 from gitops.cluster.live import LiveState, live_configmaps, live_view
 from gitops.desired.limits import Limits
 from gitops.desired.revision import DesiredState, ObjectKey, flag_set_key, published_baseline
-from gitops.errors import TemporaryError
+from gitops.errors import GitopsError, TemporaryError
 from gitops.models import ApplyIntent, Rollout, Source
 from gitops.plan import Action, Plan, plan
 from gitops.record.changelog import CONFIGMAP, changes_record, intents_pending, intents_write
@@ -74,13 +74,12 @@ def weight_apply(
         unreachable=live.reasons(),
         settled=live.settled,
     )
-    # Read and not found, in the inventory, and not in Git: gone for good, not to be read on every pass.
-    inventory_forget_gone(source, {key for key in live.absent if key in managed and key not in desired.keyed})
+    inventory_forget_gone(source, gone_for_good(live, managed, desired))
     intents = intents_write(
         rollout, current, actor=actor, step_index=step_index, weight=weight, retry_failed=retry_failed
     )
     executed = intents_execute(intents)
-    pending_writes_added(source.pk, executed.unreachable)
+    pending_writes_added(source.pk, executed.unreachable_errors)
     applied = {i.key for i in intents if i.status == ApplyIntent.Status.DONE}
     snapshot = plan_snapshot(current, weight=weight, applied=applied)
     snapshot["reads"] = live.reads
@@ -98,27 +97,27 @@ def live_state(
     managed: frozenset[ObjectKey] | None = None,
     cached: bool = True,
     deferred: Mapping[str, str] | None = None,
-    refusing: Mapping[str, str] | None = None,
+    refusing: Mapping[str, GitopsError] | None = None,
 ) -> LiveState:
     """Every target's live objects, or (``cached``) what a plan needs of them: the live cache settles
     what it vouches for in every cluster (``live_view``), and the rest is read. When no cluster the
     source needs answers, the pass fails as a whole (and backs off) as it always did; otherwise the
     ones that answer go on without the others. ``managed`` is the source's inventory, if read already.
     A ``deferred`` cluster (cluster -> why) is neither read nor written: it is reported as unreachable.
-    So is a ``refusing`` one (cluster -> why: it left the source's writes pending this pass), which
-    also counts as a cluster that does not answer."""
+    So is a ``refusing`` one (cluster -> its error: it left the source's writes pending this pass),
+    which also counts as a cluster that does not answer."""
     inventory = managed_keys(source) if managed is None else managed
     targets = {*desired.targets, *in_scope(source, inventory_targets(source.pk, inventory))}
     needed_clusters = {cluster for cluster, _ in targets}
     waiting = {cluster: why for cluster, why in (deferred or {}).items() if cluster in needed_clusters}
     failing = {cluster: why for cluster, why in (refusing or {}).items() if cluster in needed_clusters}
     targets = {target for target in targets if target[0] not in waiting and target[0] not in failing}
-    if cached and not stamps_distrusted(source):
+    if cached and stamps_drop_held(source):
         memo = caches.for_source(source.pk).settle_memo
         live = live_view(targets, source=source.name, desired=desired, managed=inventory, memo=memo)
     else:
         live = live_configmaps(targets)
-    live.unreachable.update({cluster: TemporaryError(why) for cluster, why in failing.items()})
+    live.unreachable.update(failing)
     clusters = {cluster for cluster, _ in targets} | set(failing)
     # A cluster left alone for its owed rollback may well answer: the step waits for all of them then.
     if clusters and not waiting and clusters <= set(live.unreachable):
@@ -127,12 +126,19 @@ def live_state(
     return live
 
 
-def stamps_distrusted(source: Source) -> bool:
-    """Whether a worker could not drop stamps its writes of the source outdated, lately enough that
-    the watch may not have stored those writes yet (``cluster.apply._distrust_stamps``)."""
-    now = timezone.now()
-    marks = (source.stamps_distrusted_until, caches.for_source(source.pk).stamps_distrusted_until)
-    return any(until is not None and until > now for until in marks)
+def gone_for_good(live: LiveState, managed: frozenset[ObjectKey], desired: DesiredState) -> set[ObjectKey]:
+    """The inventory's objects a read found gone that Git no longer has: nothing is left to prune, and
+    each would be read on every pass. Read one by one and not found, or missing from a namespace read
+    whole (a LIST holds every object of it)."""
+    gone = {key for key in live.absent if key in managed and key not in desired.keyed}
+    if live.listed:
+        found = live.index()
+        gone.update(
+            key
+            for key in managed
+            if (key[0], key[1]) in live.listed and key not in found and key not in desired.keyed
+        )
+    return gone
 
 
 def needed(
@@ -157,6 +163,8 @@ class Executed:
 
     failures: list[str] = field(default_factory=list)
     unreachable: dict[str, str] = field(default_factory=dict)
+    # The same clusters' errors as raised: a 401 stays permanent, a 429 keeps its delay.
+    unreachable_errors: dict[str, GitopsError] = field(default_factory=dict)
 
 
 def intents_execute(intents: Sequence[ApplyIntent]) -> Executed:
@@ -165,7 +173,8 @@ def intents_execute(intents: Sequence[ApplyIntent]) -> Executed:
         return Executed()
     applied = intents_apply_everywhere(intents)
     failures = changes_record(applied.intents, applied.errors) if applied.intents else []
-    return Executed(failures, {name: str(error) for name, error in applied.unreachable.items()})
+    unreachable = {name: str(error) for name, error in applied.unreachable.items()}
+    return Executed(failures, unreachable, dict(applied.unreachable))
 
 
 def intents_finish_pending(source: Source) -> int:
@@ -178,7 +187,10 @@ def intents_finish_pending(source: Source) -> int:
     left = {intent.cluster for intent in pending if intent.status == ApplyIntent.Status.PENDING}
     pending_writes_known(
         source.pk,
-        {cluster: executed.unreachable.get(cluster) or "writes are pending there" for cluster in left},
+        {
+            cluster: executed.unreachable_errors.get(cluster) or TemporaryError("its writes are pending")
+            for cluster in left
+        },
     )
     return sum(1 for intent in pending if intent.status != ApplyIntent.Status.PENDING)
 

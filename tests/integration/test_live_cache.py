@@ -16,7 +16,6 @@ from datetime import timedelta
 
 import pytest
 from django.conf import settings
-from django.utils import timezone
 
 from gitops import cluster_admin
 from gitops.cluster import livestore
@@ -1048,13 +1047,13 @@ def test_a_revert_pushed_before_the_watch_stored_sluices_own_write_is_not_settle
         lease.close()
 
 
-def test_a_write_whose_outdated_stamp_could_not_be_dropped_has_its_source_read_not_settled(
+def test_a_stamp_drop_redis_did_not_take_is_held_with_the_source_and_made_by_the_next_pass(
     repo, make_namespaces, make_source, sync, cluster, monkeypatch
 ):
-    """Redis does not answer the worker's drop of the stamp its write of v2 outdated (a blip: it answers
-    again at once), so the stamp still says "as applied, v1" until the watch stores the write. A revert
-    to v1 would be settled by it as unchanged while the cluster holds v2. The worker marks the source:
-    its plans read the cluster until the watch has surely caught up."""
+    """Redis does not answer the worker's drop of the stamp its write of v2 outdated (a blip), so the
+    stamp still says "as applied, v1" until the watch stores the write, and a revert to v1 would be
+    settled by it as unchanged while the cluster holds v2. The drop is held with the source; while it
+    is, plans read the cluster, and the next pass, Redis answering again, makes it first."""
     import redis
 
     from gitops import reconcile, schedule
@@ -1075,14 +1074,18 @@ def test_a_write_whose_outdated_stamp_could_not_be_dropped_has_its_source_read_n
         repo.write("configmaps/app-0.yaml", configmap("app-0", {"LOG_LEVEL": "debug"}))
         repo.commit("v2")
         assert reconcile.source_sync(source.pk).summary == {"update": 1}
+        # While Redis does not answer, the source's plans read the cluster.
+        assert reconcile.source_sync(source.pk).outcome == "unchanged"
+        assert last_plan(source)["reads"] == {"cache": 0, "get": 0, "list": 1}
         monkeypatch.undo()  # Redis answers again
         assert as_applied(settings.SLUICE_CLUSTER_NAME, namespace, "app-0"), "v1's stamp stayed"
-        source.refresh_from_db()
-        assert source.stamps_distrusted_until is not None and source.stamps_distrusted_until > timezone.now()
+        held = Source.objects.get(pk=source.pk).stamps_to_drop
+        assert list(held[settings.SLUICE_CLUSTER_NAME][namespace][0][:1]) == ["app-0"], held
 
         _log_level_synced(repo, source, sync, "info", "revert to v1")
         assert cluster.get_configmap(namespace, "app-0")["data"] == {"LOG_LEVEL": "info"}
-        assert last_plan(source)["reads"]["cache"] == 0, "read from the cluster, not settled by stamps"
+        assert Source.objects.get(pk=source.pk).stamps_to_drop == {}, "made by the worker's pass"
+        assert last_plan(source)["reads"] == {"cache": 0, "get": 1, "list": 0}, "app-0 read, not settled"
     finally:
         lease.close()
 
@@ -1135,6 +1138,27 @@ def test_an_inventory_entry_of_an_object_gone_from_the_cluster_and_git_is_read_o
         assert last_plan(source)["reads"] == {"cache": 1, "get": 0, "list": 0}, "nothing read again"
     finally:
         lease.close()
+
+
+def test_inventory_entries_of_objects_gone_from_a_listed_namespace_and_git_are_dropped(
+    repo, make_namespaces, make_source, sync, cluster
+):
+    """Without a live cache every namespace is listed: orphans (prune is off) deleted by hand are
+    missing from its LIST, and their inventory entries go, so nothing keeps asking to prune them."""
+    from gitops.models import ManagedObject
+
+    namespace, source = synced_source(repo, make_namespaces, make_source, sync, objects=3)
+    repo.write("sluice.yaml", policy([namespace], selfHeal=True, prune=False))
+    repo.remove("configmaps/app-1.yaml")
+    repo.remove("configmaps/app-2.yaml")
+    repo.commit("app-1 and app-2 out of Git, prune off")
+    assert sync(source)["summary"] == {"orphan": 2, "unchanged": 1}
+    cluster.delete_configmap(namespace, "app-1")
+
+    assert sync(source)["summary"] == {"orphan": 1, "unchanged": 1}
+    assert last_plan(source)["reads"]["list"] == 1
+    kept = set(ManagedObject.objects.filter(source=source).values_list("name", flat=True))
+    assert kept == {"app-0", "app-2"}, "the orphan still there keeps its entry"
 
 
 def test_a_late_event_of_the_content_before_a_workers_write_does_not_settle_its_revert(
