@@ -74,7 +74,13 @@ def rollout_promote(
     """
     _check_permission(user)
     with transaction.atomic():
-        rollout = Rollout.objects.select_for_update().select_related("revision", "source").get(pk=rollout_id)
+        # The rollout's row alone: locking its source's too (the join's default) deadlocked with a pass
+        # logging changes, whose transaction holds key-share locks on both rows until it commits.
+        rollout = (
+            Rollout.objects.select_for_update(of=("self",))
+            .select_related("revision", "source")
+            .get(pk=rollout_id)
+        )
         if at_step is not None and at_step != rollout.step_index:
             raise RolloutError(
                 f"rollout {rollout.pk} has moved on to step {rollout.step_index + 1} since step "
@@ -230,7 +236,11 @@ def rollout_retry(rollout_id: int, *, user: User) -> Rollout:
 
 def _rollout_retried(rollout_id: int, *, username: str) -> Rollout:
     with transaction.atomic():
-        rollout = Rollout.objects.select_for_update().select_related("source", "revision").get(pk=rollout_id)
+        rollout = (
+            Rollout.objects.select_for_update(of=("self",))
+            .select_related("source", "revision")
+            .get(pk=rollout_id)
+        )
         if rollout.phase not in (Rollout.Phase.ABORTED, Rollout.Phase.FAILED):
             raise RolloutError(
                 f"rollout {rollout.pk} is {rollout.phase.lower()}; only an aborted or failed one is retried"
@@ -280,7 +290,11 @@ def rollback_waive(rollout_id: int, *, cluster: str, actor: str, reason: str) ->
         raise RolloutError("say why the rollback is waived (--reason): it is recorded")
     username = actor
     with transaction.atomic():
-        rollout = Rollout.objects.select_for_update().select_related("source", "revision").get(pk=rollout_id)
+        rollout = (
+            Rollout.objects.select_for_update(of=("self",))
+            .select_related("source", "revision")
+            .get(pk=rollout_id)
+        )
         owed = list(rollout.rollback_pending_clusters)
         if cluster not in owed:
             listed = ", ".join(owed) or "none"

@@ -680,3 +680,49 @@ def test_waiting_for_a_sources_lock_leaves_the_callers_transaction_as_it_was(rep
             assert lock_timeout() == "0"  # the transaction goes on, its own setting unchanged
     finally:
         holder.close()
+
+
+def test_a_promote_waits_for_a_pass_logging_changes_and_never_deadlocks_with_it(paused_rollout, people):
+    """A pass logs its changes and its inventory in one transaction, whose foreign keys hold key-share
+    locks on the rollout's and the source's rows until it commits. A promote that locked the source's
+    row too (the join's default) waited for the pass while holding the rollout's, and the pass then
+    waited for the rollout's: PostgreSQL ended one of them (an approver saw a 500). It locks the
+    rollout's row alone."""
+    import threading
+
+    import psycopg
+    from django.db import connection
+
+    rollout = paused_rollout
+    errors: list[Exception] = []
+
+    def promote() -> None:
+        try:
+            decisions.rollout_promote(rollout.pk, user=people["approver"])
+        except Exception as exc:  # the test reports whatever ended it
+            errors.append(exc)
+        finally:
+            connection.close()  # this thread's
+
+    def promote_waits_for_a_lock() -> bool:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE NOT granted)")
+            return bool(cursor.fetchone()[0])
+
+    with psycopg.connect(**connection.get_connection_params()) as logging_pass:
+        # As a pass's change-log rows do, by their foreign keys: first the source's row...
+        logging_pass.execute("SELECT 1 FROM gitops_source WHERE id = %s FOR KEY SHARE", [rollout.source_id])
+        approver = threading.Thread(target=promote)
+        approver.start()
+        poll(
+            lambda: not approver.is_alive() or promote_waits_for_a_lock(),
+            timeout=30,
+            what="the promote to finish, or to wait for a lock",
+        )
+        # ... then the rollout's. Had the promote locked the source's row, this would deadlock.
+        logging_pass.execute("SELECT 1 FROM gitops_rollout WHERE id = %s FOR KEY SHARE", [rollout.pk])
+        logging_pass.commit()
+    approver.join(timeout=30)
+
+    assert not approver.is_alive() and errors == []
+    assert Approval.objects.filter(rollout=rollout).count() == 1
