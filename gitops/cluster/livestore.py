@@ -529,7 +529,8 @@ def unsettle_written(cluster: str, written: Mapping[str, Sequence[Written]]) -> 
     """After a worker's apply: drops the stamps of the objects it wrote (by namespace) that do not show
     that write yet, and holds back older stamps of them (see ``_UNSETTLE``); returns how many went.
     Raises ``StampsKept`` when Redis does not answer (a refused or dropped connection is tried three
-    times): the caller then has plans read those objects (``Source.stamps_distrusted_until``)."""
+    times): the caller holds the drops with the source (``Source.stamps_to_drop``), whose plans read
+    the cluster until a pass has made them."""
     watched = [_key(cluster, "alive"), _key(cluster, "cresume")]
     calls: list[tuple[list[str], list[str | int]]] = [(list(watched), [floor_milliseconds()])]
     room = _UNSETTLE_BATCH

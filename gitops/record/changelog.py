@@ -19,9 +19,7 @@ from gitops.failpoints import failpoint
 from gitops.models import ApplyIntent, Change, Rollout, Source
 from gitops.plan import Plan
 from gitops.record.bulk import rows_insert
-from gitops.record.inventory import inventory_update
-
-CONFIGMAP = "ConfigMap"
+from gitops.record.inventory import CONFIGMAP, inventory_update
 
 
 def intents_write(

@@ -14,7 +14,7 @@ from gitops.prepared import PreparedSelect
 
 log = logging.getLogger(__name__)
 
-CONFIGMAP_KIND = "ConfigMap"  # the inventory is of ConfigMaps: what prune may delete
+CONFIGMAP = "ConfigMap"  # the inventory is of ConfigMaps: what prune may delete
 
 _INVENTORY_VERSION: PreparedSelect[int] = PreparedSelect(
     lambda source_id: InventoryVersion.objects.filter(source_id=source_id).values_list("version", flat=True)[
@@ -68,7 +68,7 @@ def inventory_forget_gone(source: Source, gone: Collection[tuple[str, str, str]]
         return
     condition = Q()
     for cluster, namespace, name in gone:
-        condition |= Q(cluster=cluster, namespace=namespace, name=name, kind=CONFIGMAP_KIND)
+        condition |= Q(cluster=cluster, namespace=namespace, name=name, kind=CONFIGMAP)
     dropped, _ = ManagedObject.objects.filter(condition, source=source).delete()
     log.info(
         "source %s: dropped %d inventory entries of objects gone from the cluster and Git",

@@ -13,7 +13,8 @@ from django.conf import settings
 from django.utils import timezone
 
 from gitops.errors import GitopsError, TemporaryError
-from gitops.models import ApplyIntent, Rollout
+from gitops.models import Rollout
+from gitops.record.changelog import intents_pending_query
 from gitops.vocabulary import Outcome
 
 DEFAULT_CLUSTER_RETRY_SECONDS = 10
@@ -78,10 +79,7 @@ def clusters_with_pending_writes(source_id: int) -> dict[str, GitopsError]:
     if known is not None and known[0] == source_id:
         return dict(known[1])
     # Outside a pass that asked (none does today): the database says.
-    pending = ApplyIntent.objects.filter(
-        source_id=source_id, status=ApplyIntent.Status.PENDING, rollout__isnull=False
-    )
-    clusters = set(pending.values_list("cluster", flat=True).distinct())
+    clusters = set(intents_pending_query(source_id).values_list("cluster", flat=True).distinct())
     return {
         cluster: TemporaryError(f"writes left pending in {cluster} are not finished") for cluster in clusters
     }

@@ -23,8 +23,8 @@ from gitops.desired.revision import DesiredState, ObjectKey, flag_set_key, publi
 from gitops.errors import GitopsError, TemporaryError
 from gitops.models import ApplyIntent, Rollout, Source
 from gitops.plan import Action, Plan, plan
-from gitops.record.changelog import CONFIGMAP, changes_record, intents_pending, intents_write
-from gitops.record.inventory import inventory_forget_gone, inventory_targets, managed_keys
+from gitops.record.changelog import changes_record, intents_pending, intents_write
+from gitops.record.inventory import CONFIGMAP, inventory_forget_gone, inventory_targets, managed_keys
 from gitops.rollout.engine import desired_at_weight, held_keys
 from gitops.rollout.flag_canary import CanaryRefused
 from gitops.rollout.flag_catalog import flag_catalog_record
