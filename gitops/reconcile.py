@@ -228,8 +228,7 @@ def _drive(
     moment ago (``rollout_drive``)."""
     desired = desired or revision_desired_state(rollout.source, rollout.revision)
     if desired is None:
-        _roll_back_invalid(rollout)
-        return StepOutcome(Outcome.FAILED, {}, [rollout.message])
+        return _undo_invalid(rollout)
     watch, gate = (held, held.held) if isinstance(held, GateWatch) else (None, held)
     return rollout_drive(
         rollout, desired, actor=actor, retry_failed=retry_failed, held=gate, gate_now=watch, fresh=fresh
@@ -253,12 +252,21 @@ def _drive_active(
         # A rollback needs nothing from Git: the intents hold what every target had before.
         return rollback_asked(rollout)
     try:
-        return _drive(rollout, None, actor, retry_failed, held)
-    except CanaryRefused as refused:  # the step cannot go on whatever Git does: the source says why
-        return StepOutcome(Outcome.FAILED, {}, [str(refused)])
+        desired = revision_desired_state(rollout.source, rollout.revision)
     except (TemporaryError, PermanentError) as exc:
         log.warning("rollout %s waits: its revision cannot be read from the mirror: %s", rollout.pk, exc)
         return None
+    if desired is None:
+        return _undo_invalid(rollout)
+    try:
+        return _drive(rollout, desired, actor, retry_failed, held)
+    except CanaryRefused as refused:  # the step cannot go on whatever Git does: the source says why
+        return StepOutcome(Outcome.FAILED, {}, [str(refused)])
+    except (TemporaryError, PermanentError) as exc:
+        # The clusters the step needs refuse or do not answer: the source says so in their own words
+        # (a decisions-only pass of a suspended source has no other way to show it).
+        log.warning("rollout %s waits: %s", rollout.pk, exc)
+        return StepOutcome(Outcome.FAILED, {}, [f"rollout {rollout.pk} waits: {exc}"])
 
 
 @dataclass(frozen=True)
@@ -325,6 +333,11 @@ def _abort_if_requested(source: Source) -> StepOutcome | None:
         last = rollback_asked(rollout)
         failures.extend(last.failures)
     return None if last is None else StepOutcome(last.outcome, failures=failures)
+
+
+def _undo_invalid(rollout: Rollout) -> StepOutcome:
+    _roll_back_invalid(rollout)
+    return StepOutcome(Outcome.FAILED, {}, [rollout.message])
 
 
 def _roll_back_invalid(rollout: Rollout) -> None:

@@ -28,7 +28,7 @@ from gitops.errors import GitopsError
 from gitops.models import ApplyIntent, ManagedObject, Rollout, Source
 from gitops.record.events import rollout_event
 from gitops.rollout.rollback import rollout_rollback
-from gitops.rollout.state import transition
+from gitops.rollout.state import pending_writes_added, transition
 from gitops.rollout.step import intents_execute
 from gitops.vocabulary import SYSTEM_ACTOR, ChangeAction, RolloutEventKind, Waiting
 
@@ -78,6 +78,8 @@ def wave_restart(rollout: Rollout, *, step_index: int, weight: int, actor: str) 
         with transaction.atomic():
             created = ApplyIntent.objects.bulk_create(intents)
         executed = intents_execute(created)
+        # Restarts left pending there are finished before anything else of the source is written there.
+        pending_writes_added(rollout.source_id, executed.unreachable_errors)
         result.failures, result.unreachable = executed.failures, executed.unreachable
         restarted = {
             (i.cluster, i.kind, i.namespace, i.name) for i in created if i.status == ApplyIntent.Status.DONE

@@ -8,6 +8,7 @@ applies them, and the change log records how each went.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,8 @@ from gitops.rollout.state import (
     pending_writes_known,
 )
 from gitops.vocabulary import ChangeAction, Outcome
+
+log = logging.getLogger("gitops.rollout")
 
 
 def weight_apply(
@@ -180,9 +183,11 @@ def intents_execute(intents: Sequence[ApplyIntent]) -> Executed:
 def intents_finish_pending(source: Source) -> int:
     """Completes what a crashed run left pending (applying again is harmless). Returns how many.
 
-    Intents of a cluster that still does not answer stay pending for a later pass.
+    Intents of a cluster that still does not answer stay pending for a later pass. Those of a target
+    an administrator has taken out of the source's scope since they were written are dropped, not
+    applied: what was allowed when a step wrote them is not what is allowed now.
     """
-    pending = intents_pending(source)
+    pending = _within_scope(source, intents_pending(source))
     executed = intents_execute(pending)
     left = {intent.cluster for intent in pending if intent.status == ApplyIntent.Status.PENDING}
     pending_writes_known(
@@ -193,6 +198,23 @@ def intents_finish_pending(source: Source) -> int:
         },
     )
     return sum(1 for intent in pending if intent.status != ApplyIntent.Status.PENDING)
+
+
+def _within_scope(source: Source, pending: list[ApplyIntent]) -> list[ApplyIntent]:
+    """The pending intents the source's scope still allows; the others are dropped (and logged here)."""
+    allowed = in_scope(source, {(intent.cluster, intent.namespace) for intent in pending})
+    outside = [intent for intent in pending if (intent.cluster, intent.namespace) not in allowed]
+    if not outside:
+        return pending
+    dropped = ApplyIntent.drop_pending(ApplyIntent.objects.filter(pk__in=[intent.pk for intent in outside]))
+    targets = sorted({f"{intent.cluster}/{intent.namespace}" for intent in outside})
+    log.warning(
+        "dropped %d pending change(s) of source %s unapplied: %s no longer in its scope",
+        dropped,
+        source.name,
+        ", ".join(targets[:5]) + (f" and {len(targets) - 5} more" if len(targets) > 5 else ""),
+    )
+    return [intent for intent in pending if (intent.cluster, intent.namespace) in allowed]
 
 
 def plan_snapshot(current: Plan, *, weight: int, applied: set[Any]) -> dict[str, Any]:

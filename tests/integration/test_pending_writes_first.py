@@ -74,3 +74,87 @@ def test_a_step_tried_while_its_cluster_refuses_writes_applies_and_logs_its_chan
     assert logged.get().intent_id == intents.get().pk
     assert not ApplyIntent.objects.filter(source=source, status="pending").exists()
     assert reconcile.source_sync(source.pk).outcome in ("unchanged", "completed")
+
+
+def test_a_pending_write_to_a_namespace_an_administrator_took_out_of_scope_is_dropped_not_applied(
+    repo, make_namespaces, make_source, cluster, monkeypatch
+):
+    """A step's writes were left pending (the cluster refused them); then an administrator narrowed the
+    source's scope. The write to the namespace no longer allowed is dropped unapplied, and logged
+    nowhere; before, the next pass applied it first and only then rolled the rollout back."""
+    from gitops import reconcile, schedule, source_admin
+    from gitops.cluster import apply, clients
+    from gitops.errors import TemporaryError
+
+    monkeypatch.setattr(schedule, "_send", lambda *args, **kwargs: "")
+    # Not the earlier tests' refusals, which this process remembers for a few seconds.
+    monkeypatch.setattr(clients, "recently_unreachable", lambda name: None)
+    kept, narrowed = make_namespaces("kept", "narrowed")
+
+    def commit(value: str) -> str:
+        repo.write_all(
+            {
+                "sluice.yaml": policy([kept, narrowed]),
+                "configmaps/app.yaml": configmap("app", {"VERSION": value}),
+            }
+        )
+        return repo.commit(f"v{value}")
+
+    commit("1")
+    source = make_source()
+    assert reconcile.source_sync(source.pk).outcome == "applied"
+    v2 = commit("2")
+
+    def refuse_writes(client, intents, **kwargs):
+        raise TemporaryError("kube-apiserver answered 503 Service Unavailable")
+
+    real_apply = apply.intents_apply
+    monkeypatch.setattr(apply, "intents_apply", refuse_writes)
+    reconcile.source_sync(source.pk)
+    written = ApplyIntent.objects.filter(source=source, name="app", commit=v2)
+    assert sorted(written.values_list("namespace", "status")) == [(kept, "pending"), (narrowed, "pending")]
+
+    source_admin.source_update_scope(source, allowed_namespaces=[kept])
+    monkeypatch.setattr(apply, "intents_apply", real_apply)  # the cluster takes writes again
+    reconcile.source_sync(source.pk)
+
+    assert written.get(namespace=narrowed).status == "dropped"
+    assert version(cluster, narrowed) == "1"
+    assert not Change.objects.filter(source=source, namespace=narrowed, commit=v2).exists(), (
+        "a write outside the source's scope was applied"
+    )
+    assert not ApplyIntent.objects.filter(source=source, status="pending").exists()
+
+
+def test_a_suspended_sources_decision_pass_says_which_cluster_refuses_its_writes(
+    repo, namespace, make_source, settings, monkeypatch
+):
+    """A pass that carries out decisions on a suspended source does not ask Git. When the cluster its
+    rollout's step needs still refuses the writes left pending, the pass fails in the cluster's own
+    words, and the source's last error says so; before, the worker's log alone said, wrongly, that the
+    revision could not be read from the mirror."""
+    from gitops import reconcile, schedule, source_admin
+    from gitops.cluster import apply, clients
+    from gitops.errors import TemporaryError
+    from gitops.models import Source
+
+    monkeypatch.setattr(schedule, "_send", lambda *args, **kwargs: "")
+    monkeypatch.setattr(clients, "recently_unreachable", lambda name: None)
+    settings.SLUICE_CLUSTER_RETRY_SECONDS = 0
+    commit_version(repo, namespace, "1")
+    source = make_source()
+    assert reconcile.source_sync(source.pk).outcome == "applied"
+    commit_version(repo, namespace, "2")
+
+    def refuse_writes(client, intents, **kwargs):
+        raise TemporaryError("kube-apiserver answered 503 Service Unavailable")
+
+    monkeypatch.setattr(apply, "intents_apply", refuse_writes)
+    reconcile.source_sync(source.pk)  # the step's write is left pending; the rollout waits for the cluster
+    source_admin.source_suspend(source)
+
+    result = reconcile.source_sync(source.pk, rollouts_only=True, actor="otto")
+
+    assert result.outcome == "failed", result
+    assert any("503 Service Unavailable" in error for error in result.errors), result.errors
+    assert "503 Service Unavailable" in Source.objects.get(pk=source.pk).last_error
