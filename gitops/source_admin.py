@@ -301,7 +301,7 @@ def source_update(source: Source, *, actor: Actor = SYSTEM, **changes: Any) -> S
     if problems := _problems(changes):
         raise SourceSettingsError(problems)
     with transaction.atomic():
-        source = Source.objects.select_for_update().get(pk=source.pk)
+        source = Source.objects.select_for_update(no_key=True).get(pk=source.pk)
         before = admin_settings(source)
         raised = changes.get("required_approvals", source.required_approvals) > source.required_approvals
         _check_git_location_is_free(source, changes)
@@ -355,7 +355,7 @@ def _check_git_location_is_free(source: Source, changes: Mapping[str, Any]) -> N
 def _gate_active_rollouts(source: Source) -> None:
     """A raised approval floor holds rollouts already under way too: each stops at its next step."""
     with transaction.atomic():
-        for rollout in Rollout.objects.select_for_update().filter(
+        for rollout in Rollout.objects.select_for_update(no_key=True).filter(
             source=source, phase__in=Rollout.ACTIVE_PHASES
         ):
             steps = steps_from_json(rollout.steps)
@@ -377,7 +377,7 @@ def source_suspend(source: Source, *, actor: Actor = SYSTEM) -> Source:
     """Stops automatic syncs (polls, pushes, timers); a sync someone asks for still runs. Idempotent."""
     _require(actor, CHANGE)
     with transaction.atomic():
-        source = Source.objects.select_for_update().get(pk=source.pk)
+        source = Source.objects.select_for_update(no_key=True).get(pk=source.pk)
         if source.suspended:
             return source
         before = admin_settings(source)
@@ -391,7 +391,7 @@ def source_resume(source: Source, *, actor: Actor = SYSTEM) -> Source:
     """Lets automatic syncs run again, and syncs the source now to catch up. Idempotent."""
     _require(actor, CHANGE)
     with transaction.atomic():
-        source = Source.objects.select_for_update().get(pk=source.pk)
+        source = Source.objects.select_for_update(no_key=True).get(pk=source.pk)
         if not source.suspended:
             return source
         if SourceRemoval.objects.filter(source=source, status__in=SourceRemoval.ACTIVE_STATUSES).exists():
@@ -416,7 +416,7 @@ def source_remove(source: Source, *, objects: ObjectsOnRemoval, actor: Actor = S
     _require(actor, DELETE)
     mode = ObjectsOnRemoval(objects)
     with transaction.atomic():
-        source = Source.objects.select_for_update().get(pk=source.pk)
+        source = Source.objects.select_for_update(no_key=True).get(pk=source.pk)
         _check_removable(source)
         before = admin_settings(source)
         if not source.suspended:

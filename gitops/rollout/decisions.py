@@ -77,7 +77,7 @@ def rollout_promote(
         # The rollout's row alone: locking its source's too (the join's default) deadlocked with a pass
         # logging changes, whose transaction holds key-share locks on both rows until it commits.
         rollout = (
-            Rollout.objects.select_for_update(of=("self",))
+            Rollout.objects.select_for_update(of=("self",), no_key=True)
             .select_related("revision", "source")
             .get(pk=rollout_id)
         )
@@ -237,7 +237,7 @@ def rollout_retry(rollout_id: int, *, user: User) -> Rollout:
 def _rollout_retried(rollout_id: int, *, username: str) -> Rollout:
     with transaction.atomic():
         rollout = (
-            Rollout.objects.select_for_update(of=("self",))
+            Rollout.objects.select_for_update(of=("self",), no_key=True)
             .select_related("source", "revision")
             .get(pk=rollout_id)
         )
@@ -291,7 +291,7 @@ def rollback_waive(rollout_id: int, *, cluster: str, actor: str, reason: str) ->
     username = actor
     with transaction.atomic():
         rollout = (
-            Rollout.objects.select_for_update(of=("self",))
+            Rollout.objects.select_for_update(of=("self",), no_key=True)
             .select_related("source", "revision")
             .get(pk=rollout_id)
         )

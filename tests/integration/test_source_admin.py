@@ -606,3 +606,39 @@ def test_an_abort_of_a_suspended_source_rolls_back_without_starting_a_commit_pus
 
 def rollout_of_commit(source, commit):
     return Rollout.objects.filter(source=source, revision__commit=commit).first()
+
+
+def test_an_administrators_edit_does_not_wait_for_a_pass_logging_changes(paused_rollout):
+    """A pass logs its changes and its inventory in one transaction whose foreign keys hold key-share
+    locks on the source's and the rollout's rows until it commits. An administrator's edit (here, a
+    raised approval floor, which also gates the active rollout) changes neither row's key, so it takes
+    the no-key lock, which a key-share lock does not block: it neither waits out a long pass nor can
+    deadlock with one."""
+    import threading
+
+    import psycopg
+
+    source = paused_rollout.source
+    errors: list[Exception] = []
+
+    def raise_the_floor() -> None:
+        try:
+            source_admin.source_update_scope(source, required_approvals=2)
+        except Exception as exc:  # the test reports whatever ended it
+            errors.append(exc)
+        finally:
+            connection.close()  # this thread's
+
+    with psycopg.connect(**connection.get_connection_params()) as logging_pass:
+        logging_pass.execute("SELECT 1 FROM gitops_source WHERE id = %s FOR KEY SHARE", [source.pk])
+        logging_pass.execute("SELECT 1 FROM gitops_rollout WHERE id = %s FOR KEY SHARE", [paused_rollout.pk])
+        admin = threading.Thread(target=raise_the_floor)
+        admin.start()
+        poll(
+            lambda: not admin.is_alive(), timeout=20, what="the edit to finish while the pass holds its locks"
+        )
+        logging_pass.rollback()
+
+    assert errors == []
+    assert Source.objects.get(pk=source.pk).required_approvals == 2
+    assert Rollout.objects.get(pk=paused_rollout.pk).approvals_required == 2
