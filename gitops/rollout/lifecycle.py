@@ -151,7 +151,9 @@ def rollout_drive(
             held = gate_now()
         if _settled(rollout, desired, steps, outcome, actor=actor, retry_failed=retry_failed, held=held):
             return outcome
-        step = steps[rollout.step_index]
+        # _settled may have read the rollout again (a pause or a consumer gate ended): its steps as stored
+        # now, with any gate an administrator added meanwhile.
+        step = steps_from_json(rollout.steps)[rollout.step_index]
         if gate_now is not None and isinstance(step, SetWeight | Analysis):
             held = gate_now()  # _settled may have waited on a consumer gate
         if held is not None and isinstance(step, SetWeight | Analysis) and not overridden(rollout):
@@ -215,8 +217,8 @@ def _settled(
         opened = wave_gate_pass(rollout)
         rollout.reload()
         if opened:  # on to the next step, or the end
-            return _settled(
-                rollout, desired, steps, outcome, actor=actor, retry_failed=retry_failed, held=held
+            return _settled_again(
+                rollout, desired, outcome, actor=actor, retry_failed=retry_failed, held=held
             )
         outcome.outcome = Outcome.PAUSED if rollout.is_active else Outcome(rollout.phase.lower())
         return True
@@ -226,12 +228,26 @@ def _settled(
         return True
     if rollout.phase == Rollout.Phase.PAUSED:  # the pause just ended: look again, as stored now
         rollout.reload()
-        return _settled(rollout, desired, steps, outcome, actor=actor, retry_failed=retry_failed, held=held)
+        return _settled_again(rollout, desired, outcome, actor=actor, retry_failed=retry_failed, held=held)
     if rollout.step_index >= len(steps):
         _complete(rollout)
         outcome.outcome = Outcome.APPLIED if outcome.outcome is Outcome.APPLIED else Outcome.COMPLETED
         return True
     return False
+
+
+def _settled_again(
+    rollout: Rollout,
+    desired: DesiredState,
+    outcome: StepOutcome,
+    *,
+    actor: str,
+    retry_failed: bool,
+    held: Gate | None,
+) -> bool:
+    """``_settled`` of the rollout just read again, with its steps as stored now."""
+    steps = steps_from_json(rollout.steps)
+    return _settled(rollout, desired, steps, outcome, actor=actor, retry_failed=retry_failed, held=held)
 
 
 def _take_step(

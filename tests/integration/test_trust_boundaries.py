@@ -493,3 +493,49 @@ def test_a_failure_never_leaves_pushes_refused_as_already_queued(make_source, sy
 
     with transaction.atomic():
         assert schedule.source_sync_once(source.pk, actor="webhook:github") is True
+
+
+def test_a_floor_raised_while_a_pass_ends_a_pause_holds_the_step_after_it(
+    repo, make_namespaces, make_source, cluster, monkeypatch
+):
+    """The pass that ends a timed pause read the rollout's steps before; an administrator raised the floor
+    in between, which put a gate right after the pause. The pass goes on from the steps as stored now:
+    it stops at the gate. Before, it took the step it had read, 100%, and the rollout completed
+    unapproved."""
+    from gitops import reconcile, schedule
+    from gitops.rollout import lifecycle
+
+    monkeypatch.setattr(schedule, "_send", lambda *args, **kwargs: "")  # every pass runs here
+    canary, rest = make_namespaces("canary", "rest")
+    repo.write_all(
+        {"sluice.yaml": policy([canary, rest]), "configmaps/app.yaml": configmap("app", {"v": "1"})}
+    )
+    repo.commit("v1")
+    source = make_source()
+    reconcile.source_sync(source.pk)
+    steps = [{"setWeight": 50}, {"pause": {"duration": "1h"}}, {"setWeight": 100}]
+    repo.write_all(
+        {
+            "sluice.yaml": policy([canary, rest], rollout={"steps": steps}),
+            "configmaps/app.yaml": configmap("app", {"v": "2"}),
+        }
+    )
+    repo.commit("v2")
+    assert reconcile.source_sync(source.pk).outcome == "paused"
+    running = rollout_of(source)
+    Rollout.objects.filter(pk=running.pk).update(pause_until=timezone.now())
+
+    real_pause_is_over = lifecycle.pause_is_over
+
+    def floor_raised_meanwhile(rollout):
+        if not Source.objects.get(pk=source.pk).required_approvals:
+            source_admin.source_update_scope(source, required_approvals=2)
+        return real_pause_is_over(rollout)
+
+    monkeypatch.setattr(lifecycle, "pause_is_over", floor_raised_meanwhile)
+    reconcile.source_sync(source.pk)
+    reconcile.source_sync(source.pk)  # had the pass found its rollout moved, the next goes on
+
+    gated = Rollout.objects.get(pk=running.pk)
+    assert (gated.phase, gated.waiting_for) == ("Paused", "approval"), gated.message
+    assert versions(cluster, [canary, rest]) == ["2", "1"], "nothing went to 100% unapproved"
