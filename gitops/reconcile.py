@@ -37,7 +37,7 @@ from gitops.rollout.flag_canary import CanaryRefused
 from gitops.rollout.lifecycle import rollback_asked, rollout_choose, rollout_drive
 from gitops.rollout.rollback import rollbacks_owed_finish, rollbacks_owing, rollout_rollback
 from gitops.rollout.state import StepOutcome, owed_rollbacks_memo, owed_rollbacks_none, pending_writes_known
-from gitops.rollout.step import intents_finish_pending, plan_held
+from gitops.rollout.step import Resumed, intents_finish_pending, plan_held
 from gitops.vocabulary import SYSTEM_ACTOR, Outcome
 from gitops.windows import Gate
 
@@ -89,7 +89,7 @@ def _reconcile(
     registered = clients.refresh()  # clusters registered, removed or re-pointed since the last pass
     owed = _owed(source)  # one query; most passes owe nothing
     # What a crashed run (or an unreachable cluster) left behind.
-    resumed = intents_finish_pending(source) if owed.intents else 0
+    resumed = intents_finish_pending(source) if owed.intents else Resumed()
     if owed.rollbacks:  # clusters that did not answer an earlier rollback: a freeze holds none
         rollbacks_owed_finish(source)
     aborted = _abort_if_requested(source) if owed.aborts else None  # before Git: no commit holds it up
@@ -107,7 +107,8 @@ def _reconcile(
         raise
     logs.add_context(commit=head.commit)
     result = SyncResult(source.name, Outcome.UNCHANGED, head.commit, head.pk, forced_push=forced)
-    result.errors.extend(aborted.failures if aborted else [])  # a restore refused: the source says why
+    # A restore, or a pending write, refused: the source says why.
+    result.errors.extend([*resumed.failures, *(aborted.failures if aborted else [])])
     head_desired = revision_desired_state(source, head, known_clusters=known_clusters(registered))
     if head_desired is None:
         # A bad new commit stops nothing already under way with an earlier, valid one.
@@ -115,6 +116,7 @@ def _reconcile(
         head.refresh_from_db()
         result.outcome = Outcome.REJECTED
         result.errors = [_error_text(error) for error in head.errors] + (moved.failures if moved else [])
+        result.errors.extend(resumed.failures)
         _finish(source, [])
         return result
     if held is not None:
@@ -127,8 +129,8 @@ def _reconcile(
     _outcome_into(result, outcome, queued, gate)
     if report_rollout:  # one wide query: a push's or a poll's result is read by nobody
         result.rollout = selectors.rollout_status(selectors.rollout_for_status(rollout.pk))
-    if resumed:
-        result.summary["resumed"] = resumed
+    if resumed.count:
+        result.summary["resumed"] = resumed.count
     if head.summary != result.summary:  # a no-op poll writes nothing here
         Revision.objects.filter(pk=head.pk).update(summary=result.summary)
     _finish(source, result.errors)

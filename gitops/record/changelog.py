@@ -33,9 +33,10 @@ def intents_write(
 ) -> list[ApplyIntent]:
     """Writes what this step is about to do, before anything is done."""
     items = list(current_plan.actionable)
-    if not retry_failed and items:
-        # A change the cluster refused for good is not retried on every poll;
-        # a new commit, or an explicit retry, tries again.
+    if not retry_failed and items and rollout.phase == Rollout.Phase.COMPLETED:
+        # A change the cluster refused for good is not retried on every poll of a finished rollout; a
+        # new commit, or an explicit retry, tries again. An active rollout's step tries it (any refusal
+        # fails the step): a refusal of a write a crash left pending must not let the step pass without it.
         refused = set(
             ApplyIntent.objects.filter(
                 rollout=rollout, status=ApplyIntent.Status.FAILED, change__error__contains="conflict"

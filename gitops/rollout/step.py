@@ -180,8 +180,16 @@ def intents_execute(intents: Sequence[ApplyIntent]) -> Executed:
     return Executed(failures, unreachable, dict(applied.unreachable))
 
 
-def intents_finish_pending(source: Source) -> int:
-    """Completes what a crashed run left pending (applying again is harmless). Returns how many.
+@dataclass
+class Resumed:
+    """What a pass finished of the writes earlier passes left pending: how many, and the refusals."""
+
+    count: int = 0
+    failures: list[str] = field(default_factory=list)
+
+
+def intents_finish_pending(source: Source) -> Resumed:
+    """Completes what a crashed run left pending (applying again is harmless).
 
     Intents of a cluster that still does not answer stay pending for a later pass. Those of a target
     an administrator has taken out of the source's scope since they were written are dropped, not
@@ -197,7 +205,8 @@ def intents_finish_pending(source: Source) -> int:
             for cluster in left
         },
     )
-    return sum(1 for intent in pending if intent.status != ApplyIntent.Status.PENDING)
+    finished = sum(1 for intent in pending if intent.status != ApplyIntent.Status.PENDING)
+    return Resumed(finished, executed.failures)
 
 
 def _within_scope(source: Source, pending: list[ApplyIntent]) -> list[ApplyIntent]:

@@ -158,3 +158,53 @@ def test_a_suspended_sources_decision_pass_says_which_cluster_refuses_its_writes
     assert result.outcome == "failed", result
     assert any("503 Service Unavailable" in error for error in result.errors), result.errors
     assert "503 Service Unavailable" in Source.objects.get(pk=source.pk).last_error
+
+
+def test_a_pending_write_refused_as_a_conflict_fails_its_step_rather_than_passing_it_over(
+    repo, namespace, make_source, cluster, settings, monkeypatch
+):
+    """A step's write was left pending (the cluster refused writes); meanwhile someone took the key by
+    hand. The next pass finishes the write, which the cluster refuses as a conflict, and the step,
+    taken again, fails on it as it would have at once: the rollout rolls back and says why. Before,
+    the step left out a change once refused as a conflict (meant for a finished rollout's polls), so
+    the rollout completed without it, the source showing no error."""
+    from gitops import reconcile, schedule
+    from gitops.cluster import apply, clients
+    from gitops.errors import TemporaryError
+    from gitops.models import Rollout
+
+    monkeypatch.setattr(schedule, "_send", lambda *args, **kwargs: "")
+    monkeypatch.setattr(clients, "recently_unreachable", lambda name: None)
+    settings.SLUICE_CLUSTER_RETRY_SECONDS = 0  # the step waiting for the cluster is taken at the next pass
+
+    def commit(value: str) -> str:
+        repo.write_all(
+            {
+                "sluice.yaml": policy([namespace], selfHeal=False),
+                "configmaps/app.yaml": configmap("app", {"VERSION": value}),
+            }
+        )
+        return repo.commit(f"v{value}")
+
+    commit("1")
+    source = make_source()
+    assert reconcile.source_sync(source.pk).outcome == "applied"
+    commit("2")
+
+    def refuse_writes(client, intents, **kwargs):
+        raise TemporaryError("kube-apiserver answered 503 Service Unavailable")
+
+    real_apply = apply.intents_apply
+    monkeypatch.setattr(apply, "intents_apply", refuse_writes)
+    reconcile.source_sync(source.pk)
+    edited = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "app", "namespace": namespace}}
+    cluster.apply_configmap({**edited, "data": {"VERSION": "hand"}}, field_manager="kubectl-edit", force=True)
+    monkeypatch.setattr(apply, "intents_apply", real_apply)  # the cluster takes writes again
+
+    result = reconcile.source_sync(source.pk)
+
+    rollout = Rollout.objects.filter(source=source).latest("pk")
+    assert rollout.phase == "Failed", (rollout.phase, rollout.message)
+    assert "conflict" in rollout.message
+    assert result.outcome == "failed" and any("conflict" in error for error in result.errors), result
+    assert version(cluster, namespace) == "hand", "never overwritten"
