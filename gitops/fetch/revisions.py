@@ -38,6 +38,7 @@ from gitops.models import PERSON_LENGTH, Revision, Rollout, Source, known_cluste
 from gitops.prepared import PreparedSelect, PreparedUpdate
 from gitops.record import notifications
 from gitops.record.bulk import row_create_once
+from gitops.redaction import redact
 
 log = logging.getLogger("gitops.fetch")
 
@@ -273,7 +274,7 @@ def _reject(source: Source, revision: Revision, rejected: RevisionRejected) -> N
         notifications.REVISION_REJECTED,
         source=source,
         subject=f"revisions/{revision.commit}",
-        data={"revision": revision.commit, "errors": [str(e) for e in rejected.errors[:50]]},
+        data={"revision": revision.commit, "errors": [redact(str(e)) for e in rejected.errors[:50]]},
     )
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from gitops.models import Rollout, RolloutEvent
 from gitops.record import notifications
+from gitops.redaction import redact
 from gitops.vocabulary import SYSTEM_ACTOR, RolloutEventKind
 
 log = logging.getLogger("gitops.rollout")
@@ -44,7 +45,9 @@ def rollout_event(
             "step": step,
             "weight": weight,
             "actor": actor,
-            "message": message,
+            # It may quote what the repository holds (an analysis URL's query): pages redact it, and so
+            # does what leaves Sluice.
+            "message": redact(message),
         },
     )
     log.info(

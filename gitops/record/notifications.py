@@ -20,7 +20,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from gitops import outbound, schedule
-from gitops.models import Notification, Source
+from gitops.models import Notification, Source, masked_url
 from gitops.vocabulary import RolloutEventKind
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,8 @@ def post_cloud_event(url: str, event: Mapping[str, Any], timeout: float = 5) -> 
     """Raises ``DeliveryFailed`` on anything but a 2xx answer; follows no redirect, keeps no answer body."""
     answer = outbound.post(url, json.dumps(event).encode(), content_type=CONTENT_TYPE, timeout=timeout)
     if not answer.ok:
-        raise DeliveryFailed(answer.describe(url))
+        # A chat webhook's path is its token: the error (stored, logged) names the URL masked.
+        raise DeliveryFailed(answer.describe(masked_url(url)))
 
 
 NOTIFIERS: dict[str, Callable[[str, Mapping[str, Any]], None]] = {"cloudevents": post_cloud_event}
@@ -113,7 +114,7 @@ def deliver(notification_id: int, *, retry_in: float = 0) -> bool:
             lease_until=None,
             next_attempt_at=timezone.now() + timedelta(seconds=retry_in),
         )
-        log.warning("notification %s to %s failed: %s", notification.pk, notification.url, exc)
+        log.warning("notification %s to %s failed: %s", notification.pk, masked_url(notification.url), exc)
         return False
     Notification.objects.filter(pk=notification.pk).update(
         status=Notification.Status.DELIVERED, delivered_at=timezone.now(), last_error="", lease_until=None

@@ -18,6 +18,7 @@ from typing import Any
 from gitops import outbound
 from gitops.desired.policy import Analysis
 from gitops.desired.scope import AdminScope
+from gitops.redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def http_check(step: Analysis, payload: Mapping[str, Any], scope: AdminScope) ->
     answer = outbound.post(
         step.url, json.dumps(payload).encode(), content_type="application/json", timeout=step.timeout_seconds
     )
-    return AnalysisResult(answer.ok, answer.describe(step.url))
+    return AnalysisResult(answer.ok, answer.describe(redact(step.url)))
 
 
 CHECKS: dict[str, Callable[[Analysis, Mapping[str, Any], AdminScope], AnalysisResult]] = {"http": http_check}

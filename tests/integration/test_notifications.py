@@ -138,3 +138,31 @@ def test_a_failing_receiver_is_retried_with_backoff_and_never_blocks_the_rollout
         assert len(flaky.events) == Notification.objects.filter(source=source).count()
     finally:
         flaky.close()
+
+
+def test_what_leaves_sluice_in_an_event_is_redacted_as_pages_show_it(
+    repo, make_namespaces, make_source, sync, receiver, people
+):
+    """An event's message may quote a secret (a reason pasted with a token, an analysis URL's query):
+    pages redact it, and the CloudEvent carries it redacted too."""
+    targets = make_namespaces("canary", "rest")
+    repo.write_all({"sluice.yaml": policy(targets), "configmaps/app.yaml": configmap("app", {"v": "1"})})
+    repo.commit("v1")
+    source = make_source(notify_urls=[receiver.url])
+    sync(source)
+    repo.write_all(
+        {
+            "sluice.yaml": policy(targets, rollout={"steps": [{"setWeight": 50}, {"pause": {}}]}),
+            "configmaps/app.yaml": configmap("app", {"v": "2"}),
+        }
+    )
+    repo.commit("v2")
+    sync(source)
+    paused = wait_for(source, phase="Paused", waiting_for="approval")
+    decisions.rollout_abort(paused.pk, user=people["approver"], reason="see ?token=ABORT-SECRET-77 for why")
+    wait_for(source, phase="Aborted")
+
+    poll(lambda: "rollout.rolledback" in receiver.types(), timeout=30, what="the rollback's event")
+    rolled_back = next(e for e in receiver.events if e["type"] == "dev.sluice.rollout.rolledback")
+    assert "token=***" in rolled_back["data"]["message"], rolled_back["data"]
+    assert not any("ABORT-SECRET-77" in json.dumps(event) for event in receiver.events)

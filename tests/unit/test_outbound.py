@@ -47,3 +47,39 @@ def test_a_url_python_cannot_even_send_is_an_answer_not_a_crash():
     answer = outbound.post("http://127.0.0.1:9/a b", b"{}", content_type="application/json", timeout=1)
     assert answer.status == 0
     assert answer.problem.startswith("cannot reach the server")
+
+
+def fail(connection: socket.socket) -> None:
+    connection.recv(65536)
+    connection.sendall(
+        b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    connection.close()
+
+
+def test_a_failed_notification_names_its_url_masked_for_a_chat_webhooks_path_is_its_token():
+    """The error is stored on the notification's row and logged: neither may carry the token."""
+    from gitops.record.notifications import DeliveryFailed, post_cloud_event
+
+    url = serve(fail).removesuffix("/check") + "/services/T000/B000/PATHTOKEN0123456789"
+    try:
+        post_cloud_event(url, {"type": "dev.sluice.rollout.started"}, timeout=2)
+    except DeliveryFailed as failed:
+        text = str(failed)
+    else:
+        raise AssertionError("a 500 was taken as delivered")
+    assert "HTTP 500" in text and "127.0.0.1" in text
+    assert "PATHTOKEN0123456789" not in text, text
+
+
+def test_an_analysis_that_fails_names_its_url_with_the_querys_secrets_redacted():
+    """Its detail becomes a rollback's reason, which leaves Sluice in a CloudEvent."""
+    from gitops.desired.policy import Analysis
+    from gitops.desired.scope import AdminScope
+    from gitops.rollout.analysis import http_check
+
+    check = serve(fail)
+    url = check + "?token=REPO-SECRET-42&region=eu"
+    result = http_check(Analysis(url, timeout_seconds=2), {}, AdminScope.of(["*"], [check]))
+    assert not result.passed and "HTTP 500" in result.detail, result.detail
+    assert "REPO-SECRET-42" not in result.detail and "region=eu" in result.detail, result.detail
