@@ -161,8 +161,9 @@ def wave_gate_close(rollout: Rollout, states: list[dict[str, object]], *, weight
     )
 
 
-def wave_gate_pass(rollout: Rollout) -> bool:
-    """Waits for the wave's consumers (one slice); True when the gate opened and the rollout goes on."""
+def wave_gate_pass(rollout: Rollout, refusals: list[str]) -> bool:
+    """Waits for the wave's consumers (one slice); True when the gate opened and the rollout goes on.
+    The restores its rollback (the consumers failed, or timed out) was refused go into ``refusals``."""
     keys = [_state_key(state) for state in rollout.consumer_states]
     remaining = (rollout.pause_until - timezone.now()).total_seconds() if rollout.pause_until else 0.0
     slice_seconds = float(getattr(settings, "SLUICE_CONSUMER_GATE_SLICE_SECONDS", DEFAULT_SLICE_SECONDS))
@@ -191,8 +192,9 @@ def wave_gate_pass(rollout: Rollout) -> bool:
         return moved
     if verdict.result is GateResult.FAILED or (rollout.pause_until and rollout.pause_until <= timezone.now()):
         reason = "; ".join(verdict.failures) or _timed_out(rollout, verdict.states)
-        rollout_rollback(
-            rollout, actor=SYSTEM_ACTOR, reason=f"consumers not healthy: {reason}", phase=Rollout.Phase.FAILED
+        reason = f"consumers not healthy: {reason}"
+        refusals.extend(
+            rollout_rollback(rollout, actor=SYSTEM_ACTOR, reason=reason, phase=Rollout.Phase.FAILED)
         )
         return False
     schedule.source_sync_at(rollout.source_id, timezone.now())  # wait on in the next pass

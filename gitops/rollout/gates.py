@@ -81,8 +81,9 @@ def pause(rollout: Rollout, step: Pause) -> None:
     schedule.source_sync_at(rollout.source_id, until)
 
 
-def analyse(rollout: Rollout, step: Analysis) -> bool:
-    """Runs the check; True when the rollout goes on now."""
+def analyse(rollout: Rollout, step: Analysis, refusals: list[str]) -> bool:
+    """Runs the check; True when the rollout goes on now. The restores its rollback (the check failed
+    for good) was refused go into ``refusals``."""
     payload = {
         "source": rollout.source.name,
         "rollout": rollout.pk,
@@ -100,7 +101,9 @@ def analyse(rollout: Rollout, step: Analysis) -> bool:
     if failures >= step.failure_limit:
         transition(rollout, analysis_failures=failures)
         reason = f"analysis failed: {result.detail}"
-        rollout_rollback(rollout, actor=SYSTEM_ACTOR, reason=reason, phase=Rollout.Phase.ABORTED)
+        refusals.extend(
+            rollout_rollback(rollout, actor=SYSTEM_ACTOR, reason=reason, phase=Rollout.Phase.ABORTED)
+        )
         return False
     until = timezone.now() + timedelta(seconds=step.interval_seconds)
     transition(

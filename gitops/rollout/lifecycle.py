@@ -214,7 +214,7 @@ def _settled(
         outcome.outcome = Outcome(rollout.phase.lower())
         return True
     if rollout.phase == Rollout.Phase.PAUSED and rollout.waiting_for == Waiting.CONSUMERS:
-        opened = wave_gate_pass(rollout)
+        opened = wave_gate_pass(rollout, outcome.failures)
         rollout.reload()
         if opened:  # on to the next step, or the end
             return _settled_again(
@@ -259,8 +259,9 @@ def _take_step(
     if isinstance(step, Pause):
         pause(rollout, step)
         return True
-    if isinstance(step, Analysis) and not analyse(rollout, step):
-        outcome.outcome = Outcome.ABORTED if rollout.phase == Rollout.Phase.ABORTED else Outcome.PAUSED
+    if isinstance(step, Analysis) and not analyse(rollout, step, outcome.failures):
+        # Paused for a retry, or rolled back: Aborted, or Failed when a restore was refused.
+        outcome.outcome = Outcome.PAUSED if rollout.is_active else Outcome(rollout.phase.lower())
         return False
     return True
 

@@ -7,7 +7,7 @@ import base64
 import pytest
 from django.core.exceptions import PermissionDenied
 
-from gitops.models import Approval, Change, Revision, Rollout, RolloutEvent
+from gitops.models import Approval, Change, Revision, Rollout, RolloutEvent, Source
 from gitops.rollout import decisions
 from gitops.rollout.decisions import RolloutError
 from tests.gitrepo import configmap, policy
@@ -247,6 +247,85 @@ def test_a_failing_analysis_aborts_and_rolls_back(
     # Nothing restarts the aborted revision by itself.
     assert sync(source)["outcome"] == "aborted"
     assert versions(cluster, targets) == ["1", "1", "1", "1"]
+
+
+def test_a_failing_analysis_whose_rollback_the_cluster_refuses_fails_the_sync_and_says_why(
+    repo, make_namespaces, make_source, sync, cluster, analysis_endpoint, kube_client, core_api
+):
+    """The analysis fails for good and the rollback's restore is refused (here by an admission policy):
+    the rollout ends Failed, and the sync says so with the refusal. Before, the sync reported "paused",
+    a success, with no error, and the source's last error was cleared."""
+    from django.utils import timezone
+    from kubernetes import client
+
+    canary, rest = make_namespaces("canary", "rest")
+    analysis_endpoint.status = 503
+    analysis = {"analysis": {"http": {"url": analysis_endpoint.url}, "failureLimit": 1}}
+    source, _, _ = start_rollout(
+        repo,
+        make_source,
+        sync,
+        [canary, rest],
+        [{"setWeight": 50}, {"pause": {"duration": "1h"}}, analysis],
+        source_options={"analysis_url_prefixes": [analysis_endpoint.url]},
+    )
+    assert sync(source)["outcome"] == "paused"
+    admission = client.AdmissionregistrationV1Api(kube_client())
+    name = f"keep-v2-{canary}"
+    rule = {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["configmaps"]}
+    admission.create_validating_admission_policy(
+        {
+            "metadata": {"name": name},
+            "spec": {
+                "matchConstraints": {"resourceRules": [rule]},
+                "validations": [
+                    {
+                        "expression": "!has(object.data) || !('VERSION' in object.data) || "
+                        "object.data.VERSION != '1'",
+                        "message": "VERSION 1 is retired here",
+                    }
+                ],
+            },
+        }
+    )
+    admission.create_validating_admission_policy_binding(
+        {
+            "metadata": {"name": name},
+            "spec": {
+                "policyName": name,
+                "validationActions": ["Deny"],
+                "matchResources": {
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": canary}}
+                },
+            },
+        }
+    )
+    try:
+        poll(
+            lambda: _restore_denied(core_api, canary), timeout=30, what="the admission policy to take effect"
+        )
+        Rollout.objects.filter(source=source).update(pause_until=timezone.now())
+        result = sync(source)
+    finally:
+        admission.delete_validating_admission_policy_binding(name)
+        admission.delete_validating_admission_policy(name)
+
+    failed = rollout_of(source)
+    assert failed.phase == "Failed" and "analysis failed: HTTP 503" in failed.message, failed.message
+    assert result["outcome"] == "failed", result
+    assert any("VERSION 1 is retired here" in error for error in result["errors"]), result["errors"]
+    assert "VERSION 1 is retired here" in Source.objects.get(pk=source.pk).last_error
+    assert versions(cluster, [canary, rest]) == ["2", "1"]
+
+
+def _restore_denied(core_api, namespace: str) -> bool:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        core_api.patch_namespaced_config_map("app", namespace, {"data": {"VERSION": "1"}}, dry_run="All")
+    except ApiException:
+        return True
+    return False
 
 
 def test_an_abort_asked_after_the_worker_read_the_rollout_is_not_swallowed_by_its_next_move(
