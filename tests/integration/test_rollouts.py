@@ -172,6 +172,32 @@ def test_promote_needs_the_role_distinct_approvers_and_not_the_author(
         decisions.rollout_promote(paused.pk, user=people["second_approver"])
 
 
+def test_an_authors_approval_given_before_a_floor_forbade_it_does_not_count_after(
+    repo, make_namespaces, make_source, sync, cluster, people
+):
+    """The repository asks for two approvals and allows self-approval; the author approves. Then an
+    administrator sets a floor, which forbids self-approval: one more approver does not release the
+    gate, for the author's approval no longer counts. Before, it did."""
+    from gitops import source_admin
+
+    targets = make_namespaces("canary", "rest")
+    source, _, _v2 = start_rollout(
+        repo, make_source, sync, targets, [{"setWeight": 50}, {"pause": {}}], approvals={"required": 2}
+    )
+    sync(source)
+    paused = wait_for(source, phase="Paused", waiting_for="approval")
+    assert decisions.rollout_promote(paused.pk, user=people["author"]).message == "1 of 2 approvals"
+
+    source_admin.source_update_scope(source, required_approvals=2)
+    assert decisions.rollout_promote(paused.pk, user=people["approver"]).message == "1 of 2 approvals"
+    assert rollout_of(source).phase == "Paused"
+    assert versions(cluster, targets) == ["2", "1"]
+
+    decisions.rollout_promote(paused.pk, user=people["second_approver"])
+    wait_for(source, phase="Completed")
+    assert versions(cluster, targets) == ["2", "2"]
+
+
 def test_an_approval_never_carries_over_to_another_revision(
     repo, make_namespaces, make_source, sync, cluster, people
 ):
