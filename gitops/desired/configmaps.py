@@ -86,8 +86,11 @@ def dns_subdomain_problem(name: str) -> str | None:
 
 
 def config_key_problem(key: str) -> str | None:
-    if len(key) > 253 or not CONFIG_KEY.match(key) or key in {".", ".."}:
-        return f"{key!r} is not a valid key (letters, digits, '-', '_' and '.', at most 253, not '.' or '..')"
+    if len(key) > 253 or not CONFIG_KEY.match(key) or key == "." or key.startswith(".."):
+        return (
+            f"{key!r} is not a valid key (letters, digits, '-', '_' and '.', at most 253, not '.', "
+            "and not starting with '..')"
+        )
     return None
 
 
@@ -247,9 +250,19 @@ def _check_payload(check: _Checker, manifest: dict[str, Any]) -> tuple[dict[str,
         if key in data:
             check.error(("binaryData", key), f"key {key!r} is also in data; a key may be in only one of them")
         try:
-            size += len(key) + len(base64.b64decode(value, validate=True))
+            decoded = base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
             check.error(("binaryData", key), "value is not valid base64")
+            continue
+        size += len(key) + len(decoded)
+        if (canonical := base64.b64encode(decoded).decode("ascii")) != value:
+            # Go's decoder refuses excess padding, and stores padding bits that are not zero as zeros: an
+            # object whose every read then differs from Git.
+            shown = canonical if len(canonical) <= 40 else canonical[:40] + "…"
+            check.error(
+                ("binaryData", key),
+                f"value is not canonical base64: write it as the apiserver does, {shown!r}",
+            )
     if size > CONFIGMAP_SIZE_LIMIT:
         check.error(
             (), f"data and binaryData are {size} bytes; a ConfigMap holds at most {CONFIGMAP_SIZE_LIMIT}"

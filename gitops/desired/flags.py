@@ -442,7 +442,7 @@ class _FlagSetValidator:
                 )
             elif flag_set and key in _STRING_METADATA and not isinstance(value, str):
                 self.report(value_path, f"must be a string, got {_describe(value)}: quote it")
-            elif flag_set and key in _STAMPED_METADATA:
+            elif key in _STAMPED_METADATA:
                 self.report(value_path, "is set by Sluice when it publishes the flag set: remove it")
 
     def _check_evaluators(self, evaluators: object) -> None:
@@ -600,9 +600,10 @@ class _TargetingChecker:
     """Checks one JsonLogic targeting rule against targeting.json and flagd's semantics.
 
     Objects are operations only where targeting.json says so (arguments of
-    operations, fractional's bucketing value and weights, string comparisons);
-    lists in argument positions are literal data and are not looked into, nor is
-    the operand of "var". A "result position" is one whose value flagd uses as the
+    operations, fractional's bucketing value and weights, string comparisons).
+    JsonLogic evaluates the items of a list in an argument position, and the
+    operand of "var": an object of one key there is a rule too (one of several is
+    data), and a "$ref" there is substituted. A "result position" is one whose value flagd uses as the
     variant name: the rule itself, "if"'s then/else branches, fractional's bucket
     variants. Literal names there must be variants of the flag.
     """
@@ -656,6 +657,12 @@ class _TargetingChecker:
                 self.reference(value, path)
             else:
                 self.rule(value, path, in_result)
+        elif isinstance(value, list):
+            # JsonLogic evaluates an array's items: a rule in one is run, and a $ref in one substituted.
+            # (An object of one key is a rule there; one of several is data.)
+            for index, item in enumerate(value):
+                if not isinstance(item, dict) or len(item) == 1:
+                    self.argument(item, (*path, index), in_result=False)
         elif in_result and isinstance(value, str | bool):
             self.variant_name(value, path)
 
@@ -716,6 +723,8 @@ class _TargetingChecker:
         name, name_path = (
             (operand[0], (*path, 0)) if isinstance(operand, list) and operand else (operand, path)
         )
+        if isinstance(name, dict | list):
+            self.argument(name, name_path, in_result=False)
         if isinstance(name, str) and name.startswith("$flagd.") and name not in _FLAGD_PROPERTIES:
             self.report(
                 name_path, f"flagd provides no {_quoted(name)}; it provides {_listing(_FLAGD_PROPERTIES)}"

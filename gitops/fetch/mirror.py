@@ -328,14 +328,26 @@ class GitMirror:
         huge tree elsewhere in the repository is never listed. With ``max_entries``, git is stopped
         after that many files: a hostile tree of millions of files costs what ``max_entries`` do, and
         a caller that asks for one more than it accepts can tell a cut listing from a complete one.
-        Symlinks and submodules are dropped as git prints them; past ``MAX_SKIPPED_ENTRIES`` of them,
-        TooManySkippedEntries is raised.
+        Directories, symlinks and submodules are dropped as git prints them; past
+        ``MAX_SKIPPED_ENTRIES`` of them, TooManySkippedEntries is raised.
         """
         commit = check_object_id(commit, "commit")
         subpath = _normalize_subpath(subpath)
         self._require_mirror()
         invocation = git_at(
-            self.path, "--literal-pathspecs", "ls-tree", "-r", "-l", "-z", f"{commit}:{subpath}", "--", *paths
+            # -t: directories are records too, bounded like symlinks and submodules; without it, a tree
+            # of empty trees (billions of directories in a few pages of objects) printed nothing and ran
+            # until the time limit, on every poll.
+            self.path,
+            "--literal-pathspecs",
+            "ls-tree",
+            "-r",
+            "-t",
+            "-l",
+            "-z",
+            f"{commit}:{subpath}",
+            "--",
+            *paths,
         )
         records, returncode, stderr, stopped = self._local_records(
             invocation, max_files=max_entries, max_skipped=MAX_SKIPPED_ENTRIES
@@ -388,10 +400,18 @@ class GitMirror:
         )  # fmt: skip
         try:
             records, returncode, _, stopped = self._local_records(
-                invocation, max_files=max_changes, counted=b":"
+                invocation, max_files=max_changes, counted=b":", timeout=COMPARE_TIMEOUT
             )
         except OverlongTreeEntry:
             return None  # the whole tree's listing refuses it, and says where
+        except GitTookTooLong:
+            # diff-tree prints only once it has compared everything: a tree of empty trees (billions of
+            # directories, no file) kept it busy, on every poll, until the time limit. The whole tree's
+            # listing is bounded as it goes, and refuses such a tree.
+            logger.info(
+                "comparing %s and %s took git longer than %gs: listing the tree", old, new, COMPARE_TIMEOUT
+            )
+            return None
         if stopped or returncode != 0 or len(records) % 2:
             return None  # stopped at max_changes, or git could not compare them
         changed: dict[str, str | None] = {}
@@ -644,6 +664,7 @@ class GitMirror:
         max_files: int | None,
         counted: bytes | tuple[bytes, ...] = _FILE_MODES,
         max_skipped: int | None = None,
+        timeout: float | None = None,
     ) -> tuple[list[bytes], int, str, bool]:
         """The records ``git ls-tree -z`` (or ``diff-tree -z``) prints, read as they come; git is stopped
         once ``max_files`` records starting with ``counted`` are read. Returns the records, the exit code,
@@ -662,7 +683,8 @@ class GitMirror:
                 timed_out.set()
                 process.kill()
 
-            timer = threading.Timer(LOCAL_TIMEOUT, stop)
+            limit = LOCAL_TIMEOUT if timeout is None else timeout
+            timer = threading.Timer(limit, stop)
             timer.start()
             try:
                 records, stopped = _read_records(process, max_files, counted, max_skipped=max_skipped)
@@ -672,7 +694,7 @@ class GitMirror:
                     process.kill()
                 returncode = process.wait()
             if timed_out.is_set():
-                raise TemporaryError(f"git took longer than {LOCAL_TIMEOUT:g}s reading {self.path}")
+                raise GitTookTooLong(f"git took longer than {limit:g}s reading {self.path}")
             stderr.seek(0)
             message = stderr.read(64 * 1024).decode("utf-8", "replace")
         return records, returncode, message, stopped
@@ -795,18 +817,27 @@ def _committed_at(timestamp: int) -> datetime:
         return datetime.fromtimestamp(0, tz=UTC)
 
 
+class GitTookTooLong(TemporaryError):
+    """A local git read ran past its time limit, and was stopped."""
+
+
 class TooManySkippedEntries(PermanentError):
-    """A tree lists more symlinks and submodules than Sluice will skip over: three small trees that
-    point at each other, ending in 1,000 submodules, list 10⁹ entries from a 100 KB repository."""
+    """A tree lists more directories, symlinks and submodules than Sluice will skip over: three small
+    trees that point at each other, ending in 1,000 submodules (or in the empty tree), list 10⁹ entries
+    from a 100 KB repository."""
 
     def __init__(self, bound: int, example: str) -> None:
-        super().__init__(f"more than {bound:,} symlinks and submodules where Sluice reads files")
+        super().__init__(f"more than {bound:,} directories, symlinks and submodules where Sluice reads files")
         self.bound = bound
         self.example = example
 
 
-# Symlinks and submodules a listing steps over before it gives up; none is kept, so this bounds time.
+# Directories, symlinks and submodules a listing steps over before it gives up; none is kept, so this
+# bounds time.
 MAX_SKIPPED_ENTRIES = 100_000
+# How long git may compare two trees before the whole tree is listed instead: a comparison worth having
+# takes milliseconds (one file changed among 10,000 does).
+COMPARE_TIMEOUT = 5.0
 # A listing's record is its metadata and a path; git allows a path of any length, Sluice's names are at
 # most 1,000 characters (MAX_PATH_LENGTH). Past this a record is refused before more of it is buffered.
 MAX_RECORD_BYTES = 256 * 1024

@@ -179,7 +179,7 @@ def _listing(
     try:
         tree = mirror.list_tree(commit, path, paths=READ_PATHS, max_entries=limits.max_files + 1)
     except TooManySkippedEntries as exc:
-        advice = f"{exc}; Sluice reads regular files only: remove them or move them elsewhere"
+        advice = f"{exc}; Sluice reads regular files only: remove them, or move them out of what it reads"
         raise RevisionRejected([ValidationError(shown_path(exc.example), None, "", advice)]) from None
     except OverlongTreeEntry as exc:
         advice = f"{exc}: Sluice reads paths of at most 1,000 characters; rename it"

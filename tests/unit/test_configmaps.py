@@ -99,3 +99,25 @@ def test_the_size_limit_counts_keys_and_decoded_binary_data():
     assert errors == []
     manifest, errors = parse(manifest_with("", data=f"data:\n  big: {just_under}x\n"))
     assert manifest is None
+
+
+@pytest.mark.parametrize("section", ["data", "binaryData"])
+def test_a_key_starting_with_two_dots_is_refused_as_the_apiserver_refuses_it(section):
+    """apimachinery's IsConfigMapKey refuses any key that starts with ".." (a path that climbs out of a
+    mounted volume), not only ".." itself: validation says so, before any object is applied."""
+    manifest, errors = parse(
+        f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: app}}\n{section}:\n  ..data: QQ==\n"
+    )
+    assert manifest is None and [e.field for e in errors] == [f'{section}["..data"]']
+
+
+@pytest.mark.parametrize("value", ["QUJD=", "QUJD==", "QR=="])
+def test_binary_data_must_be_base64_as_the_apiserver_writes_it(value):
+    """Python decodes excess padding that Go's decoder refuses (the apply would get a 400), and non-zero
+    padding bits that the apiserver keeps as the canonical form (QR== comes back as QQ==: every pass
+    would then see an edit nobody made)."""
+    manifest, errors = parse(
+        f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: app}}\nbinaryData:\n  blob: {value}\n"
+    )
+    assert manifest is None and [e.field for e in errors] == ["binaryData.blob"]
+    assert "canonical" in errors[0].message, errors[0]

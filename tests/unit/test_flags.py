@@ -1546,3 +1546,66 @@ def test_a_flag_set_published_sorted_by_an_earlier_release_is_not_taken_for_an_e
     assert live.hash in hashes
     now = Content(data={flag_set_key("checkout"): flag_set_json(document)})
     assert applied_hashes_of("checkout", flag_set=True, current=now) == (now.hash, live.hash)
+
+
+@pytest.mark.parametrize("key", ["sluiceCommit", "sluiceSource", "sluiceCanaryWeight"])
+def test_a_flag_may_not_set_the_metadata_sluice_stamps_on_its_set(key: str) -> None:
+    """Both evaluators let a flag's metadata override its set's: a flag setting one of Sluice's stamps
+    would make every evaluation report a commit, a source or a canary weight Git never had."""
+    value = 100 if key == "sluiceCanaryWeight" else "0" * 40
+    document = {
+        "flags": {
+            "f": {
+                "state": "ENABLED",
+                "variants": {"on": True, "off": False},
+                "defaultVariant": "on",
+                "metadata": {key: value},
+            }
+        }
+    }
+    flag_set, errors = load_flag_set("flags/checkout.json", json.dumps(document).encode())
+    assert flag_set is None and [e.field for e in errors] == [f"flags.f.metadata.{key}"], errors
+
+
+@pytest.mark.parametrize(
+    "condition",
+    [
+        {"in": ["x", [{"bogus": 1}]]},  # an unknown operator inside an array argument
+        {"var": {"bogus": 1}},  # ... inside var's operand
+        {"in": ["x", [{"$ref": "nope"}]]},  # a $ref to no evaluator, inside an array argument
+    ],
+)
+def test_rules_flagd_evaluates_inside_arrays_and_var_operands_are_checked(condition: dict) -> None:
+    """JsonLogic evaluates an array's items and var's operand: both evaluators answer PARSE_ERROR for
+    such a flag on every evaluation, so every user would get the code's default."""
+    document = {
+        "flags": {
+            "f": {
+                "state": "ENABLED",
+                "variants": {"on": True, "off": False},
+                "defaultVariant": "off",
+                "targeting": {"if": [condition, "on", "off"]},
+            }
+        }
+    }
+    flag_set, errors = load_flag_set("flags/checkout.json", json.dumps(document).encode())
+    assert flag_set is None and errors
+
+
+def test_objects_of_several_keys_in_a_list_stay_data() -> None:
+    """An object of one key inside a list is a rule; one of several keys is data, as flagd reads it."""
+    loaded(
+        "flags/tiers.json",
+        """\
+        {
+          "flags": {
+            "tier": {
+              "state": "ENABLED",
+              "variants": {"gold": "gold", "basic": "basic"},
+              "defaultVariant": "basic",
+              "targeting": {"if": [{"in": [{"var": "plan"}, ["pro", "max"]]}, "gold", "basic"]}
+            }
+          }
+        }
+        """,
+    )
