@@ -21,16 +21,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from gitops.desired.configmaps import CONFIGMAP_SIZE_LIMIT
 from gitops.desired.policy import Pause, SetWeight, Step
 from gitops.desired.revision import (
     SLUICE_METADATA_KEYS,
+    STAMPS_ROOM,
     DesiredObject,
     DesiredState,
     ObjectKey,
     flag_set_json,
     flag_set_key,
 )
-from gitops.rollout.flag_canary import canary_flag_set
+from gitops.rollout.flag_canary import CanaryTooLarge, canary_flag_set
 
 CANARY_WEIGHT_KEY = SLUICE_METADATA_KEYS[2]
 
@@ -135,9 +137,23 @@ def desired_at_weight(
             metadata={CANARY_WEIGHT_KEY: weight},
             population=population,
         )
-        content = replace(obj.content, data={flag_set_key(obj.name): flag_set_json(canary)})
+        data = {flag_set_key(obj.name): flag_set_json(canary)}
+        _check_canary_fits(obj, data, weight)
+        content = replace(obj.content, data=data)
         objects.append(replace(obj, canary_document=canary, content=content))
     return DesiredState(policy=desired.policy, objects=tuple(objects))
+
+
+def _check_canary_fits(obj: DesiredObject, data: Mapping[str, str], weight: int) -> None:
+    """A split flag carries both its sides: a canary can be several times its flag set's size. One past
+    what a ConfigMap holds is refused here, naming the file, not by the apiserver at the step's apply."""
+    size = sum(len(key.encode()) + len(text.encode()) for key, text in data.items()) + STAMPS_ROOM
+    if size > CONFIGMAP_SIZE_LIMIT:
+        raise CanaryTooLarge(
+            f"{obj.origin}: its canary at {weight}% would be {size:,} bytes with Sluice's stamps, past the "
+            f"{CONFIGMAP_SIZE_LIMIT:,} a ConfigMap holds (a split flag carries both its definitions); roll "
+            "it out with a single setWeight 100 step, or split the flag set into smaller ones"
+        )
 
 
 def desired_hash(desired: DesiredState) -> str:

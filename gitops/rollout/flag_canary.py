@@ -441,9 +441,16 @@ def _lookup_chain(targeting: dict[str, Any], names: Mapping[str, str], default: 
     for name in numeric:
         branches += [{"in": [{"cat": [targeting]}, [name]]}, names[name]]
     for name in sorted(set(names) - set(numeric)):
-        # flagd looks a boolean result up as "true"/"false".
-        spellings: list[str | bool] = [name, name == "true"] if name in ("true", "false") else [name]
-        branches += [{"in": [targeting, spellings]}, names[name]]
+        if name in ("true", "false"):
+            # flagd looks a boolean result up as "true"/"false". Python's "in" compares with ==, where
+            # 1 == True and 0 == False: a computed number is not taken for a boolean.
+            number = "1" if name == "true" else "0"
+            match = {
+                "and": [{"in": [targeting, [name, name == "true"]]}, {"!==": [{"cat": [targeting]}, number]}]
+            }
+            branches += [match, names[name]]
+        else:
+            branches += [{"in": [targeting, [name]]}, names[name]]
     branches.append(None)
     return {"if": branches}
 

@@ -696,3 +696,35 @@ def test_evaluators_that_refer_to_one_another_resolve_as_published(
 
     assert results == publish(inlined).results("beta", "boolean", CONTEXTS)
     assert set(results.values()) == {"true", "false"}
+
+
+def test_pythons_lookup_chain_does_not_take_a_computed_number_for_true_or_false(tmp_path) -> None:
+    """Variants named "true" and "false", targeting that computes a number (a client sends ``optIn`` as 1
+    or 0): plain flagd finds no such variant, on either side, and serves the code's default. Python's
+    JsonLogic ``in`` compares with ==, where 1 == True: the canary once served "true" or "false" to
+    those users, a result neither side gives."""
+    paid = {"in": [{"var": "plan"}, ["pro", "enterprise"]]}
+    variants = {"true": True, "false": False}
+    old = {
+        "flags": {
+            "beta": {
+                "state": "ENABLED",
+                "variants": variants,
+                "defaultVariant": "false",
+                "targeting": {"var": "optIn"},
+            }
+        }
+    }
+    new = copy.deepcopy(old)
+    new["flags"]["beta"]["targeting"] = {"if": [paid, "true", {"var": "optIn"}]}
+    contexts = {f"u{i}": Context(f"u{i}", {"plan": "free", "optIn": i % 2}) for i in range(200)}
+    served: dict[str, dict[str, tuple[Any, Any]]] = {}
+    for name, document in (("old", old), ("canary", canary_flag_set(old, new, 10, population="5eed"))):
+        (tmp_path / name).mkdir()
+        evaluator = PythonEvaluator(flag_set_json(document), tmp_path / name)
+        try:
+            answers = evaluator.resolve("beta", "boolean", True, contexts)
+            served[name] = {key: (answer.value, answer.variant) for key, answer in answers.items()}
+        finally:
+            evaluator.close()
+    assert served["canary"] == served["old"], "free users: neither side changes what they are served"

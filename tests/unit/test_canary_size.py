@@ -1,0 +1,53 @@
+"""A split flag carries both its definitions: a canary can be several times its flag set's size, and one
+past what a ConfigMap holds is refused before its step applies anything."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gitops.desired.configmaps import CONFIGMAP_SIZE_LIMIT
+from gitops.desired.revision import load_revision
+from gitops.desired.scope import AdminScope
+from gitops.rollout.engine import desired_at_weight
+from gitops.rollout.flag_canary import CanaryTooLarge
+
+PAID = {"in": [{"var": "plan"}, ["pro", "enterprise"]]}
+
+
+def flag_set(default: str, flags: int) -> dict:
+    flag = {
+        "state": "ENABLED",
+        "variants": {"on": True, "off": False},
+        "defaultVariant": default,
+        "targeting": {"if": [PAID, "on", default]},
+    }
+    return {"flags": {f"feature-{index:05d}": dict(flag) for index in range(flags)}}
+
+
+def revision(document: dict):
+    files = {"sluice.yaml": b"targets: {namespaces: [flags]}\nflags: {namespace: flags}\n"}
+    files["flags/features.json"] = json.dumps(document).encode()
+    scope = AdminScope.of(["flags"], [])
+    return load_revision({path: path for path in files}, lambda ids: {i: files[i] for i in ids}, scope=scope)
+
+
+def test_a_canary_past_what_a_configmap_holds_is_refused_naming_its_file():
+    """600 flags whose default changes: Git's flag set is about a quarter of a ConfigMap, the canary at
+    10% past a whole one. Before, the apiserver refused the step's write, and every retry's."""
+    state = revision(flag_set("on", 600))
+    published = next(iter(state.objects[0].content.data.values()))
+    assert len(published.encode()) < CONFIGMAP_SIZE_LIMIT // 3
+    baselines = {state.objects[0].key: flag_set("off", 600)}
+    with pytest.raises(
+        CanaryTooLarge, match=r"flags/features\.json: its canary at 10% would be .*setWeight 100"
+    ):
+        desired_at_weight(state, 10, baselines, population="5eed")
+
+
+def test_a_canary_that_fits_is_built():
+    state = revision(flag_set("on", 100))
+    weighted = desired_at_weight(state, 10, {state.objects[0].key: flag_set("off", 100)}, population="5eed")
+    text = next(iter(weighted.objects[0].content.data.values()))
+    assert '"sluiceCanaryWeight": 10' in text and len(text.encode()) < CONFIGMAP_SIZE_LIMIT
