@@ -32,7 +32,7 @@ from gitops.desired.revision import (
     flag_set_json,
     flag_set_key,
 )
-from gitops.rollout.flag_canary import CanaryTooLarge, canary_flag_set
+from gitops.rollout.flag_canary import CanaryTooLarge, canary_flag_set, moved_flags
 
 CANARY_WEIGHT_KEY = SLUICE_METADATA_KEYS[2]
 
@@ -125,6 +125,7 @@ def desired_at_weight(
     """
     if weight >= 100:
         return desired
+    moved = _moved_between_flag_sets(desired, baselines)
     objects = []
     for obj in desired.objects:
         if obj.flag_set is None:
@@ -136,12 +137,30 @@ def desired_at_weight(
             weight,
             metadata={CANARY_WEIGHT_KEY: weight},
             population=population,
+            moved=moved.get(obj.key, frozenset()),
         )
         data = {flag_set_key(obj.name): flag_set_json(canary)}
         _check_canary_fits(obj, data, weight)
         content = replace(obj.content, data=data)
         objects.append(replace(obj, canary_document=canary, content=content))
     return DesiredState(policy=desired.policy, objects=tuple(objects))
+
+
+def _moved_between_flag_sets(
+    desired: DesiredState, baselines: Mapping[ObjectKey, dict[str, Any] | None]
+) -> dict[ObjectKey, frozenset[str]]:
+    """The flags each flag set loses to, or gains from, another one flagd serves beside it (the sets of
+    one namespace of one cluster): those switch at 100 only (``moved_flags``)."""
+    places: dict[tuple[str, str], dict[ObjectKey, tuple[dict[str, Any] | None, Mapping[str, Any]]]] = {}
+    for obj in desired.objects:
+        if obj.flag_set is not None:
+            side = (baselines.get(obj.key), obj.flag_set.document)
+            places.setdefault((obj.cluster, obj.namespace), {})[obj.key] = side
+    moved: dict[ObjectKey, frozenset[str]] = {}
+    for sides in places.values():
+        if len(sides) > 1:
+            moved.update(moved_flags(sides))
+    return moved
 
 
 def _check_canary_fits(obj: DesiredObject, data: Mapping[str, str], weight: int) -> None:

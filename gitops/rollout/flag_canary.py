@@ -120,6 +120,7 @@ def canary_flag_set(
     *,
     metadata: Mapping[str, MetadataValue] | None = None,
     population: str = "",
+    moved: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """The flag set to publish at ``weight`` (0..100) while rolling out from ``old`` to ``new``.
 
@@ -129,7 +130,9 @@ def canary_flag_set(
     changed flag is split between its new and old definitions as the module
     docstring describes. ``metadata`` is merged into the set-level metadata.
     ``population`` is the rollout's seed: every changed flag splits the same users
-    (see the module docstring); "" splits each flag's own.
+    (see the module docstring); "" splits each flag's own. ``moved``: flags this set loses to, or gains
+    from, another flag set flagd serves beside it (one namespace); each keeps its side until 100 (see
+    ``moved_flags``).
     """
     if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= _TOTAL_WEIGHT:
         raise ValueError(f"weight must be a whole number from 0 to 100, got {weight!r}")
@@ -143,11 +146,41 @@ def canary_flag_set(
     elif weight == 0:
         document = old if old is not None else {"flags": {}}
     else:
-        document = _split_document(old, new, weight, _bucket_key(population))
+        document = _split_document(old, new, weight, _bucket_key(population), moved)
     result: dict[str, Any] = _fresh(document)
     if metadata:
         result["metadata"] = {**result.get("metadata", {}), **_fresh(metadata)}
     return result
+
+
+def moved_flags(
+    sides: Mapping[Any, tuple[Mapping[str, Any] | None, Mapping[str, Any]]],
+) -> dict[Any, frozenset[str]]:
+    """For flag sets flagd serves side by side (one namespace: set -> (old, new) documents), the flags
+    each loses to, or gains from, another of them.
+
+    flagd merges its sources by flag key. A flag moving from set A to set B, split in each on its own,
+    would be served by A to the old side only and by B to the new side only, and whichever source flagd
+    reads last would give the other side the code's default for the whole canary. So a moving flag
+    switches at 100 only, as a flag whose variants change type does: A keeps serving its old
+    definition, and B adds it at 100, when A drops it.
+    """
+    keys = {name: (_flag_keys(old), _flag_keys(new)) for name, (old, new) in sides.items()}
+    leaving = {name: olds - news for name, (olds, news) in keys.items()}
+    arriving = {name: news - olds for name, (olds, news) in keys.items()}
+    moved: dict[Any, frozenset[str]] = {}
+    for name in sides:
+        elsewhere_left = set().union(*(flags for other, flags in leaving.items() if other != name))
+        elsewhere_came = set().union(*(flags for other, flags in arriving.items() if other != name))
+        mine = (leaving[name] & elsewhere_came) | (arriving[name] & elsewhere_left)
+        if mine:
+            moved[name] = frozenset(mine)
+    return moved
+
+
+def _flag_keys(document: Mapping[str, Any] | None) -> set[str]:
+    flags = (document or {}).get("flags")
+    return set(flags) if isinstance(flags, Mapping) else set()
 
 
 def changed_flags(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> set[str]:
@@ -189,12 +222,23 @@ def _bucket_key(population: str) -> dict[str, Any]:
 
 
 def _split_document(
-    old: Mapping[str, Any] | None, new: Mapping[str, Any], weight: int, bucket_key: Mapping[str, Any]
+    old: Mapping[str, Any] | None,
+    new: Mapping[str, Any],
+    weight: int,
+    bucket_key: Mapping[str, Any],
+    moved: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     old_flags, new_flags = effective_flags(old), effective_flags(new)
     published: dict[str, Any] = dict(new.get("flags") or {})
     room = MAX_CANARY_VALUES
     for key in _changed(old_flags, new_flags):
+        if key in moved:
+            # Leaving: its old definition (inlined) until 100. Arriving: absent until 100.
+            if key in old_flags:
+                published[key] = old_flags[key]
+            else:
+                published.pop(key, None)
+            continue
         try:
             flag = _split_flag(old_flags.get(key), new_flags.get(key), published.get(key), weight, bucket_key)
             # Split flags carry both sides inlined: $ref evaluators that refer to one another twice

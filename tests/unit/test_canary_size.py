@@ -51,3 +51,37 @@ def test_a_canary_that_fits_is_built():
     weighted = desired_at_weight(state, 10, {state.objects[0].key: flag_set("off", 100)}, population="5eed")
     text = next(iter(weighted.objects[0].content.data.values()))
     assert '"sluiceCanaryWeight": 10' in text and len(text.encode()) < CONFIGMAP_SIZE_LIMIT
+
+
+def theme(default: str) -> dict:
+    return {"state": "ENABLED", "variants": {"light": "#fff", "dark": "#000"}, "defaultVariant": default}
+
+
+def two_sets(a_flags: dict, b_flags: dict):
+    files = {"sluice.yaml": b"targets: {namespaces: [flags]}\nflags: {namespace: flags}\n"}
+    files["flags/a.json"] = json.dumps({"flags": a_flags}).encode()
+    files["flags/b.json"] = json.dumps({"flags": b_flags}).encode()
+    scope = AdminScope.of(["flags"], [])
+    return load_revision({path: path for path in files}, lambda ids: {i: files[i] for i in ids}, scope=scope)
+
+
+def test_a_flag_moving_between_two_flag_sets_flagd_serves_together_switches_at_100_only():
+    """flagd merges the sets of one namespace by flag key. Split in each set on its own, a flag moving
+    from a.json to b.json (and changing) was served by a only to the old side and by b only to the new
+    side, and whichever flagd read last gave the other side the code's default for the whole canary.
+    Now a keeps its old definition and b leaves it out until 100."""
+    other = {"banner": {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "off"}}
+    state = two_sets(other, {"theme": theme("dark")})
+    by_file = {obj.origin: obj for obj in state.objects}
+    baselines = {
+        by_file["flags/a.json"].key: {"flags": {**other, "theme": theme("light")}},
+        by_file["flags/b.json"].key: {"flags": {}},
+    }
+    weighted = desired_at_weight(state, 10, baselines, population="5eed")
+    published = {obj.origin: obj.canary_document for obj in weighted.objects}
+    assert published["flags/a.json"]["flags"]["theme"] == theme("light"), "a serves the old theme to all"
+    assert "theme" not in published["flags/b.json"]["flags"], "b adds it at 100"
+    at_full = {obj.origin: obj.flag_set.document for obj in desired_at_weight(state, 100, baselines).objects}
+    assert "theme" not in at_full["flags/a.json"]["flags"] and at_full["flags/b.json"]["flags"][
+        "theme"
+    ] == theme("dark")
