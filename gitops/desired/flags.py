@@ -657,6 +657,9 @@ class _TargetingChecker:
                 self.reference(value, path)
             else:
                 self.rule(value, path, in_result)
+        elif in_result and isinstance(value, list):
+            # Python's evaluator names a list result by its text, JavaScript's by its items joined.
+            self.report(path, "a list is not a variant name: write the variant's name, a string")
         elif isinstance(value, list):
             # JsonLogic evaluates an array's items: a rule in one is run, and a $ref in one substituted.
             # (An object of one key is a rule there; one of several is data.)
@@ -665,6 +668,13 @@ class _TargetingChecker:
                     self.argument(item, (*path, index), in_result=False)
         elif in_result and isinstance(value, str | bool):
             self.variant_name(value, path)
+        elif in_result and isinstance(value, float) and (value.is_integer() or "e" in repr(value)):
+            # Python names 1.0 "1.0" and 1e21 "1e+21"; JavaScript "1" and "1e+21" or all its digits.
+            self.report(
+                path,
+                f"{value!r} names a different variant in flagd's Python and JavaScript evaluators: write "
+                "the variant's name, a string",
+            )
 
     def reference(self, value: dict[str, Any], path: PathKey) -> None:
         others = [key for key in value if key != "$ref"]

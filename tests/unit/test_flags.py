@@ -1609,3 +1609,37 @@ def test_objects_of_several_keys_in_a_list_stay_data() -> None:
         }
         """,
     )
+
+
+@pytest.mark.parametrize("result", [1.0, ["on"], 1e21])
+def test_a_literal_result_the_two_evaluators_name_differently_is_refused(result: object) -> None:
+    """flagd looks a number result up by its text: Python writes 1.0 as "1.0", JavaScript as "1"; a
+    list, Python by its text and JavaScript by its items joined. Such a canary served JavaScript users
+    the code's default on its old side."""
+    document = {
+        "flags": {
+            "f": {
+                "state": "ENABLED",
+                "variants": {"1": 1, "0": 0, "on": 2},
+                "defaultVariant": "0",
+                "targeting": {"if": [{"in": [{"var": "plan"}, ["pro"]]}, result, "0"]},
+            }
+        }
+    }
+    flag_set, errors = load_flag_set("flags/checkout.json", json.dumps(document).encode())
+    assert flag_set is None and [e.field for e in errors] == ["flags.f.targeting.if[1]"], errors
+
+
+def test_whole_and_decimal_number_results_stay_allowed() -> None:
+    document = {
+        "flags": {
+            "f": {
+                "state": "ENABLED",
+                "variants": {"1": 1, "1.5": 1.5},
+                "defaultVariant": "1",
+                "targeting": {"if": [{"in": [{"var": "plan"}, ["pro"]]}, 1.5, 1]},
+            }
+        }
+    }
+    flag_set, errors = load_flag_set("flags/checkout.json", json.dumps(document).encode())
+    assert errors == [] and flag_set is not None
