@@ -41,7 +41,8 @@ from gitops.models import (
 from gitops.plan import diff_content
 from gitops.plan.provenance import live_content, live_provenance
 from gitops.record.audit import Actor, audit_record
-from gitops.rollout.step import Executed, intents_execute
+from gitops.record.changelog import changes_record
+from gitops.rollout.step import Executed, in_scope, intents_execute
 from gitops.vocabulary import AuditVia, ChangeAction, ObjectsOnRemoval, RemovalStatus, SourceAuditAction
 
 log = logging.getLogger("gitops.removal")
@@ -58,14 +59,14 @@ def source_removal_run(removal_id: int) -> SourceRemoval:
     with logs.log_context(source=source.name), source_lock(source) as acquired:
         if not acquired:
             raise SourceBusy(f"source {source.name} is being reconciled; its removal waits")
-        SourceRemoval.objects.filter(pk=removal.pk).update(
-            status=RemovalStatus.RUNNING, started_at=removal.started_at or timezone.now()
-        )
-        active = Rollout.objects.filter(source=source, phase__in=Rollout.ACTIVE_PHASES).first()
-        if active is not None:
-            return source_removal_fail(
-                removal.pk, f"rollout {active.pk} started after the removal was asked for; abort it first"
-            )
+        started = SourceRemoval.objects.filter(
+            pk=removal.pk, status__in=SourceRemoval.ACTIVE_STATUSES
+        ).update(status=RemovalStatus.RUNNING, started_at=removal.started_at or timezone.now())
+        if not started:  # a task delivered again, which got the lock after the removal ended
+            removal.refresh_from_db()
+            return removal
+        if (refusal := _rollouts_in_the_way(source)) is not None:
+            return source_removal_fail(removal.pk, refusal)
         _settle_pending(removal, source)
         failures = _remove_objects(removal, source)
         if failures:
@@ -74,21 +75,61 @@ def source_removal_run(removal_id: int) -> SourceRemoval:
 
 
 def _settle_pending(removal: SourceRemoval, source: Source) -> None:
-    """Intents a crash left pending. This removal's are finished (deleting or releasing again is
-    harmless). An earlier, failed removal's are logged only where the cluster shows they were carried
-    out; the others are dropped (never logged), so an object goes the way this removal says."""
+    """Intents a crash left pending, read against what the cluster holds now. One whose object still
+    carries this source's labels is this removal's to finish (deleting or releasing again is harmless),
+    and an earlier, failed removal's is dropped: this removal decides that object. One the cluster shows
+    carried out (a deleted object gone; a released one without any source's labels) is logged, not run.
+    Any other is dropped, never logged: its object is gone or taken over since (another source's, or a
+    person's), and releasing or deleting it now would undo their work. So is one outside the source's
+    scope as an administrator left it (``step.in_scope``)."""
     pending = list(
         ApplyIntent.objects.filter(source=source, rollout__isnull=True, status=ApplyIntent.Status.PENDING)
     )
-    earlier = [intent for intent in pending if intent.removal_id != removal.pk]
-    live = _reachable(live_configmaps({(intent.cluster, intent.namespace) for intent in earlier})).index()
-    dropped = [
-        intent.pk
-        for intent in earlier
-        if not _carried_out(intent, live.get((intent.cluster, intent.namespace, intent.name)), source)
-    ]
-    ApplyIntent.drop_pending(ApplyIntent.objects.filter(pk__in=dropped))
-    _executed(intents_execute([intent for intent in pending if intent.pk not in dropped]))
+    if not pending:
+        return
+    allowed = in_scope(source, {(intent.cluster, intent.namespace) for intent in pending})
+    live = _reachable(live_configmaps(allowed)).index()
+    to_run, to_log = [], []
+    for intent in pending:
+        if (intent.cluster, intent.namespace) not in allowed:
+            continue
+        current = live.get((intent.cluster, intent.namespace, intent.name))
+        owner = live_provenance(current)[0] if current is not None else None
+        if current is not None and owner == source.name:
+            if intent.removal_id == removal.pk:
+                to_run.append(intent)
+        elif (intent.action == ChangeAction.DELETE and current is None) or (
+            intent.action == ChangeAction.RELEASE and current is not None and owner is None
+        ):
+            to_log.append(intent)
+    kept = {intent.pk for intent in (*to_run, *to_log)}
+    ApplyIntent.drop_pending(ApplyIntent.objects.filter(pk__in=[i.pk for i in pending if i.pk not in kept]))
+    if to_log:  # carried out before the crash: logged (and the inventory lets go), nothing sent again
+        changes_record(to_log, [None] * len(to_log))
+    _executed(intents_execute(to_run))
+
+
+def _rollouts_in_the_way(source: Source) -> str | None:
+    """Why the removal cannot go on, checked again under the source's lock: a pass already running when
+    it was asked for (or someone's sync) may have started a rollout, or ended one owing a cluster its
+    rollback, whose restore the removal would keep or prune away, and which nothing would then do."""
+    active = Rollout.objects.filter(source=source, phase__in=Rollout.ACTIVE_PHASES).first()
+    if active is not None:
+        return f"rollout {active.pk} started after the removal was asked for; abort it first"
+    owing = Rollout.objects.filter(source=source).exclude(rollback_pending_clusters=[]).first()
+    if owing is not None:
+        clusters = ", ".join(owing.rollback_pending_clusters)
+        return (
+            f"rollout {owing.pk} still owes {clusters} a rollback; delete the source again once the "
+            "cluster answers and the rollback is done"
+        )
+    if ApplyIntent.objects.filter(
+        source=source, rollout__isnull=False, status=ApplyIntent.Status.PENDING
+    ).exists():
+        return (
+            "changes of a rollout are still pending in a cluster that did not answer; delete it again later"
+        )
+    return None
 
 
 def _reachable(live: LiveState) -> LiveState:
@@ -105,24 +146,26 @@ def _executed(executed: Executed) -> list[str]:
     return executed.failures
 
 
-def _carried_out(intent: ApplyIntent, live: dict[str, Any] | None, source: Source) -> bool:
-    if intent.action == ChangeAction.DELETE:
-        return live is None
-    return live is None or live_provenance(live)[0] != source.name
-
-
 def _remove_objects(removal: SourceRemoval, source: Source) -> list[str]:
     """Keeps or prunes each managed object still this source's; returns what the cluster refused."""
     managed = list(ManagedObject.objects.filter(source=source))
-    live = _reachable(live_configmaps({(obj.cluster, obj.namespace) for obj in managed})).index()
-    intents, left_alone = [], []
+    # A target an administrator took out of the source's scope is neither written nor pruned: its
+    # objects are left as they are, and the inventory lets go of them.
+    allowed = in_scope(source, {(obj.cluster, obj.namespace) for obj in managed})
+    live = _reachable(live_configmaps(allowed)).index()
+    intents, left_alone, outside = [], [], 0
     for obj in managed:
         current = live.get((obj.cluster, obj.namespace, obj.name))
-        if current is None or live_provenance(current)[0] != source.name:
+        if (obj.cluster, obj.namespace) not in allowed:
+            outside += 1
+            left_alone.append(obj.pk)
+        elif current is None or live_provenance(current)[0] != source.name:
             left_alone.append(obj.pk)
         else:
             intents.append(_intent(removal, obj, current))
     ManagedObject.objects.filter(pk__in=left_alone).delete()
+    if outside:
+        log.warning("removal of %s left %d objects outside its scope as they are", source.name, outside)
     SourceRemoval.objects.filter(pk=removal.pk).update(objects_total=len(managed))
     with transaction.atomic():
         written = ApplyIntent.objects.bulk_create(intents, batch_size=1000)

@@ -85,8 +85,13 @@ def inventory_update(applied: Sequence[ApplyIntent]) -> None:
     if deleted:
         condition = Q()
         for intent in deleted:
+            # The intent's source's row only: another source may hold the name now (taken over since).
             condition |= Q(
-                cluster=intent.cluster, namespace=intent.namespace, name=intent.name, kind=intent.kind
+                source_id=intent.source_id,
+                cluster=intent.cluster,
+                namespace=intent.namespace,
+                name=intent.name,
+                kind=intent.kind,
             )
         ManagedObject.objects.filter(condition).delete()
     if present:

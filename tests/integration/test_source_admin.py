@@ -642,3 +642,75 @@ def test_an_administrators_edit_does_not_wait_for_a_pass_logging_changes(paused_
     assert errors == []
     assert Source.objects.get(pk=source.pk).required_approvals == 2
     assert Rollout.objects.get(pk=paused_rollout.pk).approvals_required == 2
+
+
+def _owned_by(cluster, namespace: str, name: str, owner: str) -> None:
+    """The object as another Sluice source labels what it applies (it took the object over)."""
+    from gitops.desired.content import MANAGED_BY_VALUE
+
+    labels = {MANAGED_BY_LABEL: MANAGED_BY_VALUE, SOURCE_LABEL: owner}
+    manifest = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": namespace}}
+    cluster.apply_configmap(
+        {**manifest, "metadata": {**manifest["metadata"], "labels": labels}, "data": {"V": "b"}},
+        field_manager="other-sluice",
+    )
+
+
+def test_a_removal_never_finishes_a_crashed_ones_write_on_an_object_another_source_took_over_since(
+    applied, cluster
+):
+    """A keep removal failed, leaving the release of an object pending; then the object was deleted and
+    another source applied one of the same name. Deleting the source again once released that object
+    too, stripping the other source's labels (which then saw it as someone else's for good), and logged
+    it as this source's. It is left alone now, and so is the other source's inventory."""
+    from gitops.models import ApplyIntent
+
+    source, targets = applied
+    failed = SourceRemoval.objects.create(
+        source=source, source_name=source.name, mode="keep", requested_by="root", via="cli", status="failed"
+    )
+    left = {"source": source, "removal": failed, "rollout": None, "commit": "c", "action": "release"}
+    release = ApplyIntent.objects.create(cluster="default", namespace=targets[0], name="app", **left)
+    cluster.delete_configmap(targets[0], "app")
+    _owned_by(cluster, targets[0], "app", "someone-else")
+
+    done = removal_done(source_admin.source_remove(source, objects=ObjectsOnRemoval.KEEP))
+
+    assert done.status == "done", done.message
+    labels = cluster.get_configmap(targets[0], "app")["metadata"].get("labels") or {}
+    assert labels.get(SOURCE_LABEL) == "someone-else", "the other source's object keeps its labels"
+    assert ApplyIntent.objects.get(pk=release.pk).status == "dropped"
+    assert not Change.objects.filter(intent_id=release.pk).exists()
+
+
+def test_a_removal_prunes_nothing_outside_the_scope_an_administrator_left_the_source(applied, cluster):
+    """Passes neither write nor prune a target taken out of the source's scope; its removal now leaves
+    those objects as they are too (the inventory lets go of them)."""
+    source, targets = applied
+    source_admin.source_update_scope(source, allowed_namespaces=[targets[0]])
+
+    done = removal_done(source_admin.source_remove(source, objects=ObjectsOnRemoval.PRUNE))
+
+    assert done.status == "done", done.message
+    assert cluster.get_configmap(targets[0], "app") is None, "pruned where the source may write"
+    assert cluster.get_configmap(targets[1], "app") is not None, "left alone outside its scope"
+    assert not ManagedObject.objects.filter(source=source).exists()
+
+
+def test_a_removal_that_finds_a_rollback_owed_when_it_runs_fails_and_keeps_the_source(applied, cluster):
+    """A pass already running when the removal was asked for can end a rollout owing a cluster its
+    rollback; the removal checks again when it runs, for nothing would restore that cluster after."""
+    from gitops.source_removal import source_removal_run
+
+    source, targets = applied
+    removal = SourceRemoval.objects.create(
+        source=source, source_name=source.name, mode="prune", requested_by="root", via="cli", status="queued"
+    )
+    owing = Rollout.objects.filter(source=source).latest("pk")
+    Rollout.objects.filter(pk=owing.pk).update(rollback_pending_clusters=["default"])
+
+    ended = source_removal_run(removal.pk)
+
+    assert ended.status == "failed" and "owes default a rollback" in ended.message, ended.message
+    assert cluster.get_configmap(targets[0], "app") is not None
+    assert Source.objects.filter(pk=source.pk).exists()
