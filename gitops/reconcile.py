@@ -96,7 +96,9 @@ def _reconcile(
     gate = GateWatch(source, manual=manual)
     held = gate.held  # a freeze, or outside the sync windows
     if rollouts_only and (not source.automatic_sync_allowed or _backing_off(source)):
-        return _decisions_only(source, actor=actor, retry_failed=retry_failed, gate=gate, aborted=aborted)
+        result = _decisions_only(source, actor=actor, retry_failed=retry_failed, gate=gate, aborted=aborted)
+        result.errors[:0] = resumed.failures
+        return result
     try:
         head, forced = revision_fetch(source)
     except (TemporaryError, PermanentError) as exc:
@@ -144,7 +146,8 @@ def _outcome_into(result: SyncResult, outcome: StepOutcome, queued: Outcome | No
         result.outcome, result.held = Outcome.HELD, gate.held.reason
     # A cluster that did not answer fails only its own targets: the pass reports it and goes on.
     unreachable = [f"cluster {name} unreachable: {why}" for name, why in sorted(outcome.unreachable.items())]
-    result.summary, result.errors = outcome.summary, [*outcome.failures, *unreachable]
+    # Kept: what the pass reported before the rollout moved (a refused restore or pending write).
+    result.summary, result.errors = outcome.summary, [*result.errors, *outcome.failures, *unreachable]
 
 
 def _decisions_only(

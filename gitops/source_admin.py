@@ -21,7 +21,6 @@ from urllib.parse import urlsplit
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import F
 from django.utils import timezone
 
 from gitops import caches, schedule
@@ -368,8 +367,6 @@ def _gate_active_rollouts(source: Source) -> None:
                 steps=[step.as_json() for step in steps],
                 approvals_required=max(rollout.approvals_required, source.required_approvals),
                 forbid_self_approval=True,
-                # A worker mid-step fails its compare-and-swap and reads the steps again.
-                version=F("version") + 1,
             )
 
 

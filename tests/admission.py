@@ -6,7 +6,7 @@ temporary failure (its writes stay pending), as it would take a crashed admissio
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -70,3 +70,39 @@ def _write_taken(core: Any, namespace: str) -> bool:
             return False
         raise
     return True
+
+
+@contextmanager
+def updates_denied(
+    api_client: Any, namespace: str, *, expression: str, message: str, denied: Callable[[], bool]
+) -> Iterator[None]:
+    """A ValidatingAdmissionPolicy (CEL, run in the apiserver) that refuses ConfigMap updates in
+    ``namespace`` where ``expression`` is false, saying ``message``: a refusal for good, as a cluster's
+    own policy gives, while inside. ``denied`` tells when the apiserver enforces it (a dry run)."""
+    from kubernetes import client
+
+    admission = client.AdmissionregistrationV1Api(api_client)
+    name = f"sluice-test-deny-{uuid.uuid4().hex[:8]}"
+    rule = {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["configmaps"]}
+    admission.create_validating_admission_policy(
+        {
+            "metadata": {"name": name},
+            "spec": {
+                "matchConstraints": {"resourceRules": [rule]},
+                "validations": [{"expression": expression, "message": message}],
+            },
+        }
+    )
+    selector = {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+    binding = {
+        "policyName": name,
+        "validationActions": ["Deny"],
+        "matchResources": {"namespaceSelector": selector},
+    }
+    admission.create_validating_admission_policy_binding({"metadata": {"name": name}, "spec": binding})
+    try:
+        poll(denied, timeout=30, what="the admission policy to take effect")
+        yield
+    finally:
+        admission.delete_validating_admission_policy_binding(name)
+        admission.delete_validating_admission_policy(name)

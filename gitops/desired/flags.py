@@ -733,8 +733,10 @@ class _TargetingChecker:
         name, name_path = (
             (operand[0], (*path, 0)) if isinstance(operand, list) and operand else (operand, path)
         )
-        if isinstance(name, dict | list):
-            self.argument(name, name_path, in_result=False)
+        # JsonLogic evaluates the name and the default (``["x", default]``): a rule in either is run.
+        for index, item in enumerate(operand if isinstance(operand, list) else [operand]):
+            if isinstance(item, dict | list):
+                self.argument(item, (*path, index) if isinstance(operand, list) else path, in_result=False)
         if isinstance(name, str) and name.startswith("$flagd.") and name not in _FLAGD_PROPERTIES:
             self.report(
                 name_path, f"flagd provides no {_quoted(name)}; it provides {_listing(_FLAGD_PROPERTIES)}"

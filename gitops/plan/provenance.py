@@ -135,3 +135,32 @@ def live_provenance(live: Mapping[str, Any]) -> tuple[str | None, str | None, st
         if isinstance(applied_hash, str) and CONTENT_HASH_PATTERN.fullmatch(applied_hash)
         else None,
     )
+
+
+def write_holds(
+    live: Mapping[str, Any] | None,
+    *,
+    manifest: Mapping[str, Any] | None,
+    after: Mapping[str, Any] | None,
+    before: Mapping[str, Any] | None,
+) -> bool:
+    """Whether the cluster's object shows that a write of ``manifest`` (content ``after``, over
+    ``before``) took effect: the provenance it writes, each key it writes with its value, and Sluice
+    owning none of the keys it removes. Keys other managers own are not compared: server-side apply
+    keeps them beside Sluice's. A deletion (``after`` None) took effect when the object is gone."""
+    if after is None:
+        return live is None
+    if live is None or not manifest:
+        return False
+    if live_provenance(live)[1:] != live_provenance(manifest)[1:]:
+        return False
+    written, was = Content.from_dict(after), Content.from_dict(before) if before is not None else Content()
+    owned = owned_keys(live, MANAGED_BY_VALUE)
+    sections = (("data", written.data, was.data), ("binaryData", written.binary_data, was.binary_data))
+    for section, keys, earlier in sections:
+        held = live.get(section) or {}
+        if any(held.get(key) != value for key, value in keys.items()):
+            return False
+        if any(key in owned[section] for key in earlier.keys() - keys.keys()):
+            return False
+    return True

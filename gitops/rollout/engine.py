@@ -131,16 +131,20 @@ def desired_at_weight(
         if obj.flag_set is None:
             objects.append(obj)
             continue
-        canary = canary_flag_set(
-            baselines.get(obj.key),
-            obj.flag_set.document,
-            weight,
-            metadata={CANARY_WEIGHT_KEY: weight},
-            population=population,
-            moved=moved.get(obj.key, frozenset()),
-        )
+        try:
+            canary = canary_flag_set(
+                baselines.get(obj.key),
+                obj.flag_set.document,
+                weight,
+                metadata={CANARY_WEIGHT_KEY: weight},
+                population=population,
+                moved=moved.get(obj.key, frozenset()),
+            )
+        except CanaryTooLarge as exc:
+            raise CanaryTooLarge(f"{obj.origin}: {exc}") from None
         data = {flag_set_key(obj.name): flag_set_json(canary)}
-        _check_canary_fits(obj, data, weight)
+        if canary.get("flags") != obj.flag_set.document.get("flags"):  # else as validated: it fits
+            _check_canary_fits(obj, data, weight)
         content = replace(obj.content, data=data)
         objects.append(replace(obj, canary_document=canary, content=content))
     return DesiredState(policy=desired.policy, objects=tuple(objects))

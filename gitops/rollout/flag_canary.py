@@ -92,6 +92,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -168,11 +169,14 @@ def moved_flags(
     keys = {name: (_flag_keys(old), _flag_keys(new)) for name, (old, new) in sides.items()}
     leaving = {name: olds - news for name, (olds, news) in keys.items()}
     arriving = {name: news - olds for name, (olds, news) in keys.items()}
+    # Counted once over every set, linear in their flags (a key leaves and arrives in different sets).
+    left_count = Counter(key for flags in leaving.values() for key in flags)
+    came_count = Counter(key for flags in arriving.values() for key in flags)
     moved: dict[Any, frozenset[str]] = {}
     for name in sides:
-        elsewhere_left = set().union(*(flags for other, flags in leaving.items() if other != name))
-        elsewhere_came = set().union(*(flags for other, flags in arriving.items() if other != name))
-        mine = (leaving[name] & elsewhere_came) | (arriving[name] & elsewhere_left)
+        mine = {key for key in leaving[name] if came_count[key]} | {
+            key for key in arriving[name] if left_count[key]
+        }
         if mine:
             moved[name] = frozenset(mine)
     return moved

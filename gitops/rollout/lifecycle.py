@@ -8,8 +8,10 @@ only code that moves a rollout and touches the cluster. People's decisions
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Sequence
 
+from django.db import transaction
 from django.db.models import Q, QuerySet, Subquery
 from django.utils import timezone
 
@@ -27,6 +29,8 @@ from gitops.rollout.state import StepOutcome, transition
 from gitops.rollout.step import weight_apply
 from gitops.vocabulary import SYSTEM_ACTOR, Outcome, RolloutEventKind, Waiting
 from gitops.windows import Gate
+
+log = logging.getLogger("gitops.rollout")
 
 
 def rollout_choose(
@@ -51,7 +55,9 @@ def rollout_choose(
             )
             return active, Outcome.QUEUED
         reason = f"superseded by {head.commit[:12]}"
-        rollout_rollback(active, actor=SYSTEM_ACTOR, reason=reason, phase=Rollout.Phase.SUPERSEDED)
+        refused = rollout_rollback(active, actor=SYSTEM_ACTOR, reason=reason, phase=Rollout.Phase.SUPERSEDED)
+        if refused:  # the superseded rollout ends Failed and says so; the worker's log too
+            log.warning("rollout %s, superseded, could not restore: %s", active.pk, "; ".join(refused[:5]))
     # A rollout of the head is taken up again only while nothing came after it: a branch moved
     # back to an older commit goes out anew, through its steps and gates, never at once.
     if newest is not None and newest.revision_id == head.pk and newest.phase != Rollout.Phase.SUPERSEDED:
@@ -82,6 +88,18 @@ def _newest_and_active(source: Source) -> tuple[Rollout | None, Rollout | None]:
     return (rows[0] if rows else None), active
 
 
+def _floor_now(source: Source) -> int:
+    """The source's approval floor as stored now. An administrator who raises it meanwhile either
+    committed first (read here) or waits for this pass's transaction, then gates the rollout it started."""
+    floor: int = (
+        Source.objects.select_for_update(no_key=True)
+        .values_list("required_approvals", flat=True)
+        .get(pk=source.pk)
+    )
+    source.required_approvals = floor
+    return floor
+
+
 def rollout_start(
     source: Source,
     revision: Revision,
@@ -90,27 +108,13 @@ def rollout_start(
     actor: str,
     commit_identities: Sequence[str] = (),
 ) -> Rollout:
-    policy = desired.policy
-    # The administrator's floor comes on top of whatever the repository asks for.
-    floor = source.required_approvals
-    steps = policy.rollout.steps
-    if floor:
-        steps = with_approval_gate(steps, functools.partial(largest_share, desired))
-    planned = [step.as_json() for step in steps]
-    rollout = Rollout.objects.create(
-        source=source,
-        revision=revision,
-        phase=Rollout.Phase.PROGRESSING,
-        steps=planned,
-        planned_steps=planned,
-        approvals_required=max(policy.approvals.required, floor),
-        consumers=policy.rollout.consumers,
-        health_timeout_seconds=policy.rollout.health_timeout_seconds,
-        forbid_self_approval=policy.approvals.forbid_self_approval or floor > 0,
-        commit_identities=sorted({identity.lower() for identity in commit_identities}),
-        content_hash=desired_hash(desired),
-        created_by=actor,
-    )
+    # The administrator's floor comes on top of whatever the repository asks for: as stored now, not as
+    # the pass read it before its fetch and validation (``_floor_now``).
+    with transaction.atomic():
+        floor = _floor_now(source)
+        rollout = _created(
+            source, revision, desired, floor=floor, actor=actor, commit_identities=commit_identities
+        )
     if revision.outcome != Revision.Outcome.VALID:  # a queued one (loading a new one made it valid already)
         Revision.objects.filter(pk=revision.pk).exclude(outcome=Revision.Outcome.REJECTED).update(
             outcome=Revision.Outcome.VALID
@@ -222,11 +226,12 @@ def _settled(
             )
         outcome.outcome = Outcome.PAUSED if rollout.is_active else Outcome(rollout.phase.lower())
         return True
-    # While held, a timer or an analysis back-off that ran out waits: beat's sweep leaves it alone too.
-    if rollout.phase == Rollout.Phase.PAUSED and (held is not None or not pause_is_over(rollout)):
-        outcome.outcome = Outcome.FAILED if outcome.failures else Outcome.PAUSED
-        return True
-    if rollout.phase == Rollout.Phase.PAUSED:  # the pause just ended: look again, as stored now
+    if rollout.phase == Rollout.Phase.PAUSED:
+        # While held, a timer or an analysis back-off that ran out waits: beat's sweep leaves it alone too.
+        if held is not None or not pause_is_over(rollout):
+            outcome.outcome = Outcome.FAILED if outcome.failures else Outcome.PAUSED
+            return True
+        # The pause just ended: look again, as stored now (an administrator may have added a gate).
         rollout.reload()
         return _settled_again(rollout, desired, outcome, actor=actor, retry_failed=retry_failed, held=held)
     if rollout.step_index >= len(steps):
@@ -286,7 +291,9 @@ def _set_weight(
         message = "; ".join(result.failures[:5])
         rollout_event(rollout, RolloutEventKind.FAILED, actor=step_actor, message=message)
         reason = f"step {rollout.step_index + 1} failed: {message}"
-        rollout_rollback(rollout, actor=SYSTEM_ACTOR, reason=reason, phase=Rollout.Phase.FAILED)
+        outcome.failures.extend(
+            rollout_rollback(rollout, actor=SYSTEM_ACTOR, reason=reason, phase=Rollout.Phase.FAILED)
+        )
         outcome.outcome = Outcome.FAILED
         return False
     if result.unreachable:
@@ -326,3 +333,34 @@ def _complete(rollout: Rollout) -> None:
     ):
         Revision.objects.filter(pk=rollout.revision_id).update(outcome=Revision.Outcome.APPLIED)
         rollout_event(rollout, RolloutEventKind.COMPLETED, message="all targets have the new content")
+
+
+def _created(
+    source: Source,
+    revision: Revision,
+    desired: DesiredState,
+    *,
+    floor: int,
+    actor: str,
+    commit_identities: Sequence[str],
+) -> Rollout:
+    """The new rollout's row, with the administrator's floor ``floor`` on top of the repository's."""
+    policy = desired.policy
+    steps = policy.rollout.steps
+    if floor:
+        steps = with_approval_gate(steps, functools.partial(largest_share, desired))
+    planned = [step.as_json() for step in steps]
+    return Rollout.objects.create(
+        source=source,
+        revision=revision,
+        phase=Rollout.Phase.PROGRESSING,
+        steps=planned,
+        planned_steps=planned,
+        approvals_required=max(policy.approvals.required, floor),
+        consumers=policy.rollout.consumers,
+        health_timeout_seconds=policy.rollout.health_timeout_seconds,
+        forbid_self_approval=policy.approvals.forbid_self_approval or floor > 0,
+        commit_identities=sorted({identity.lower() for identity in commit_identities}),
+        content_hash=desired_hash(desired),
+        created_by=actor,
+    )

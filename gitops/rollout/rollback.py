@@ -26,11 +26,10 @@ from gitops.cluster.client import WORKLOAD_KINDS
 from gitops.cluster.live import live_configmaps
 from gitops.consumers.wave import restoring_intent
 from gitops.consumers.workloads import workload_from
-from gitops.desired.content import MANAGED_BY_VALUE, Content
 from gitops.errors import GitopsError
 from gitops.failpoints import failpoint
 from gitops.models import ApplyIntent, Rollout, Source
-from gitops.plan.provenance import live_provenance, owned_keys
+from gitops.plan.provenance import live_provenance, write_holds
 from gitops.record.changelog import changes_record
 from gitops.record.events import rollout_event
 from gitops.rollout.state import cluster_retry_delay, owed_rollback_added, unreachable_text
@@ -114,7 +113,9 @@ def rollbacks_owed_finish(source: Source) -> None:
         with transaction.atomic():
             # Only the clusters restored now leave the list: one an administrator waived meanwhile
             # (``rollout_rollback_waive``) is not put back.
-            listed = Rollout.objects.select_for_update().values_list("rollback_pending_clusters", flat=True)
+            listed = Rollout.objects.select_for_update(no_key=True).values_list(
+                "rollback_pending_clusters", flat=True
+            )
             still = sorted(set(listed.get(pk=rollout.pk)) - set(done))
             retry_at = timezone.now() + cluster_retry_delay() if still else None
             Rollout.objects.filter(pk=rollout.pk).update(
@@ -367,26 +368,8 @@ def _restore_workloads(
 
 
 def _configmap_holds(live: Mapping[str, Any] | None, intent: ApplyIntent) -> bool:
-    """Whether the cluster's object shows that ``intent`` took effect: the provenance its manifest
-    writes, each key it writes with its value, and Sluice owning none of the keys it removes. Keys
-    other managers own are not compared: server-side apply keeps them beside Sluice's."""
-    if intent.after is None:
-        return live is None
-    if live is None or not intent.manifest:
-        return False
-    if live_provenance(live)[1:] != live_provenance(intent.manifest)[1:]:
-        return False
-    after = Content.from_dict(intent.after)
-    before = Content.from_dict(intent.before) if intent.before is not None else Content()
-    owned = owned_keys(live, MANAGED_BY_VALUE)
-    sections = (("data", after.data, before.data), ("binaryData", after.binary_data, before.binary_data))
-    for section, written, was in sections:
-        held = live.get(section) or {}
-        if any(held.get(key) != value for key, value in written.items()):
-            return False
-        if any(key in owned[section] for key in was.keys() - written.keys()):
-            return False
-    return True
+    """Whether the cluster's object shows that ``intent`` took effect (``provenance.write_holds``)."""
+    return write_holds(live, manifest=intent.manifest, after=intent.after, before=intent.before)
 
 
 def _workload_holds(live: Mapping[str, Any] | None, intent: ApplyIntent) -> bool:

@@ -18,12 +18,14 @@ from django.utils import timezone
 
 from gitops import caches
 from gitops.cluster.apply import intents_apply_everywhere, stamps_drop_held
+from gitops.cluster.client import WORKLOAD_KINDS
 from gitops.cluster.live import LiveState, live_configmaps, live_view
 from gitops.desired.limits import Limits
 from gitops.desired.revision import DesiredState, ObjectKey, flag_set_key, published_baseline
 from gitops.errors import GitopsError, TemporaryError
 from gitops.models import ApplyIntent, Rollout, Source
 from gitops.plan import Action, Plan, plan
+from gitops.plan.provenance import write_holds
 from gitops.record.changelog import changes_record, intents_pending, intents_write
 from gitops.record.inventory import CONFIGMAP, inventory_forget_gone, inventory_targets, managed_keys
 from gitops.rollout.engine import desired_at_weight, held_keys
@@ -210,20 +212,45 @@ def intents_finish_pending(source: Source) -> Resumed:
 
 
 def _within_scope(source: Source, pending: list[ApplyIntent]) -> list[ApplyIntent]:
-    """The pending intents the source's scope still allows; the others are dropped (and logged here)."""
+    """The pending intents the source's scope still allows; the others are settled without a write
+    (``_settle_outside_scope``)."""
     allowed = in_scope(source, {(intent.cluster, intent.namespace) for intent in pending})
     outside = [intent for intent in pending if (intent.cluster, intent.namespace) not in allowed]
-    if not outside:
-        return pending
-    dropped = ApplyIntent.drop_pending(ApplyIntent.objects.filter(pk__in=[intent.pk for intent in outside]))
+    if outside:
+        _settle_outside_scope(source, outside)
+    return [intent for intent in pending if (intent.cluster, intent.namespace) in allowed]
+
+
+def _settle_outside_scope(source: Source, outside: list[ApplyIntent]) -> None:
+    """Pending intents to targets an administrator took out of the source's scope since they were
+    written are not applied. One the cluster shows already took effect (a crash, or a cut-short batch,
+    came before it was logged) is logged, so its rollout's rollback knows it; the others are dropped. A
+    cluster that does not answer keeps them pending. A workload's restart is dropped either way."""
+    configmaps = [intent for intent in outside if intent.kind not in WORKLOAD_KINDS]
+    live = live_configmaps({(intent.cluster, intent.namespace) for intent in configmaps})
+    index = live.index()
+    took_effect: list[ApplyIntent] = []
+    dropped: list[ApplyIntent] = []
+    for intent in outside:
+        if intent.cluster in live.unreachable and intent.kind not in WORKLOAD_KINDS:
+            continue
+        found = index.get((intent.cluster, intent.namespace, intent.name))
+        holds = intent.kind not in WORKLOAD_KINDS and write_holds(
+            found, manifest=intent.manifest, after=intent.after, before=intent.before
+        )
+        (took_effect if holds else dropped).append(intent)
+    ApplyIntent.drop_pending(ApplyIntent.objects.filter(pk__in=[intent.pk for intent in dropped]))
+    if took_effect:
+        changes_record(took_effect, [None] * len(took_effect))
     targets = sorted({f"{intent.cluster}/{intent.namespace}" for intent in outside})
     log.warning(
-        "dropped %d pending change(s) of source %s unapplied: %s no longer in its scope",
-        dropped,
+        "source %s: %d pending change(s) to %s, no longer in its scope, not applied "
+        "(%d found in effect, logged)",
         source.name,
+        len(took_effect) + len(dropped),
         ", ".join(targets[:5]) + (f" and {len(targets) - 5} more" if len(targets) > 5 else ""),
+        len(took_effect),
     )
-    return [intent for intent in pending if (intent.cluster, intent.namespace) in allowed]
 
 
 def plan_snapshot(current: Plan, *, weight: int, applied: set[Any]) -> dict[str, Any]:

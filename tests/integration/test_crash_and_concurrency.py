@@ -131,6 +131,42 @@ def test_a_worker_killed_between_the_log_and_the_inventory_leaves_both_to_the_ne
     assert cluster.get_configmap(namespace, "cm-0007")["data"]["v"] == "2"
 
 
+def test_a_write_a_killed_worker_made_outside_a_scope_narrowed_since_is_logged_not_forgotten(
+    repo, make_namespaces, make_source, start_worker, cluster
+):
+    """A worker applied its step in two namespaces and was killed before it logged anything. Then an
+    administrator took one namespace out of the source's scope. The next pass does not apply that
+    namespace's writes again, but the cluster shows they took effect: they are logged, so the log holds
+    what the cluster got and the rollout's rollback knows them. (Dropped unlogged, they were neither.)"""
+    from gitops import source_admin
+    from gitops.tasks import sync_source
+
+    kept, narrowed = make_namespaces("kept", "narrowed")
+    repo.write("sluice.yaml", policy([kept, narrowed]))
+    many_configmaps(repo, 3)
+    repo.commit("3 objects in 2 namespaces")
+    source = make_source()
+    queue = f"crash-scope-{source.pk}"
+    doomed = start_worker(
+        concurrency=1, queues=queue, env_overrides={"SLUICE_FAILPOINTS": "after-change-log=300"}
+    )
+    sync_source.apply_async((source.pk,), queue=queue)
+    poll(lambda: log_held_open_by_the_pass(source.pk), timeout=90, what="the pass to hold its log open")
+    doomed.kill()
+    assert len(cluster.list_configmaps(narrowed)) == 3, "applied there before the kill"
+    assert ApplyIntent.objects.filter(source=source, status="pending").count() == 6
+
+    source_admin.source_update_scope(source, allowed_namespaces=[kept])
+    start_worker(queues=queue)
+    sync_source.apply_async((source.pk,), queue=queue).get(timeout=180)
+
+    outside = ApplyIntent.objects.filter(source=source, namespace=narrowed, rollout__isnull=False)
+    forward = outside.exclude(action="rollback")
+    assert set(forward.values_list("status", flat=True)) == {"done"}, "found in effect: logged"
+    assert Change.objects.filter(source=source, namespace=narrowed, intent__in=forward).count() == 3
+    assert not ApplyIntent.objects.filter(source=source, status="pending").exists()
+
+
 def test_two_workers_given_the_same_source_log_each_change_once(
     repo, make_namespaces, make_source, start_worker, cluster
 ):

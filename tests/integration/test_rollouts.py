@@ -10,6 +10,7 @@ from django.core.exceptions import PermissionDenied
 from gitops.models import Approval, Change, Revision, Rollout, RolloutEvent, Source
 from gitops.rollout import decisions
 from gitops.rollout.decisions import RolloutError
+from tests.admission import updates_denied
 from tests.gitrepo import configmap, policy
 from tests.rollouts import rollout_of, wait_for
 from tests.workers import poll, running_beat
@@ -282,7 +283,6 @@ def test_a_failing_analysis_whose_rollback_the_cluster_refuses_fails_the_sync_an
     the rollout ends Failed, and the sync says so with the refusal. Before, the sync reported "paused",
     a success, with no error, and the source's last error was cleared."""
     from django.utils import timezone
-    from kubernetes import client
 
     canary, rest = make_namespaces("canary", "rest")
     analysis_endpoint.status = 503
@@ -296,45 +296,9 @@ def test_a_failing_analysis_whose_rollback_the_cluster_refuses_fails_the_sync_an
         source_options={"analysis_url_prefixes": [analysis_endpoint.url]},
     )
     assert sync(source)["outcome"] == "paused"
-    admission = client.AdmissionregistrationV1Api(kube_client())
-    name = f"keep-v2-{canary}"
-    rule = {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["configmaps"]}
-    admission.create_validating_admission_policy(
-        {
-            "metadata": {"name": name},
-            "spec": {
-                "matchConstraints": {"resourceRules": [rule]},
-                "validations": [
-                    {
-                        "expression": "!has(object.data) || !('VERSION' in object.data) || "
-                        "object.data.VERSION != '1'",
-                        "message": "VERSION 1 is retired here",
-                    }
-                ],
-            },
-        }
-    )
-    admission.create_validating_admission_policy_binding(
-        {
-            "metadata": {"name": name},
-            "spec": {
-                "policyName": name,
-                "validationActions": ["Deny"],
-                "matchResources": {
-                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": canary}}
-                },
-            },
-        }
-    )
-    try:
-        poll(
-            lambda: _restore_denied(core_api, canary), timeout=30, what="the admission policy to take effect"
-        )
+    with version_1_retired(kube_client(), core_api, canary):
         Rollout.objects.filter(source=source).update(pause_until=timezone.now())
         result = sync(source)
-    finally:
-        admission.delete_validating_admission_policy_binding(name)
-        admission.delete_validating_admission_policy(name)
 
     failed = rollout_of(source)
     assert failed.phase == "Failed" and "analysis failed: HTTP 503" in failed.message, failed.message
@@ -342,6 +306,17 @@ def test_a_failing_analysis_whose_rollback_the_cluster_refuses_fails_the_sync_an
     assert any("VERSION 1 is retired here" in error for error in result["errors"]), result["errors"]
     assert "VERSION 1 is retired here" in Source.objects.get(pk=source.pk).last_error
     assert versions(cluster, [canary, rest]) == ["2", "1"]
+
+
+def version_1_retired(api_client, core_api, namespace: str):
+    """The cluster refuses, for good, any update of a ConfigMap there to VERSION 1 (a restore of v1)."""
+    return updates_denied(
+        api_client,
+        namespace,
+        expression="!has(object.data) || !('VERSION' in object.data) || object.data.VERSION != '1'",
+        message="VERSION 1 is retired here",
+        denied=lambda: _restore_denied(core_api, namespace),
+    )
 
 
 def _restore_denied(core_api, namespace: str) -> bool:
@@ -352,6 +327,26 @@ def _restore_denied(core_api, namespace: str) -> bool:
     except ApiException:
         return True
     return False
+
+
+def test_an_abort_whose_restore_the_cluster_refuses_fails_the_sync_and_says_why(
+    repo, make_namespaces, make_source, sync, cluster, kube_client, core_api, people
+):
+    """A person's abort is carried out first thing in a pass; a restore the cluster refused was among
+    the pass's errors only until the rollout's own outcome replaced them, so the sync reported no error
+    and cleared the source's last one."""
+    canary, rest = make_namespaces("canary", "rest")
+    source, _, _ = start_rollout(repo, make_source, sync, [canary, rest], [{"setWeight": 50}, {"pause": {}}])
+    assert sync(source)["outcome"] == "paused"
+    paused = rollout_of(source)
+    with version_1_retired(kube_client(), core_api, canary):
+        Rollout.objects.filter(pk=paused.pk).update(abort_requested_by="otto", abort_reason="bad canary")
+        result = sync(source)
+
+    assert rollout_of(source).phase == "Failed"
+    assert result["outcome"] == "failed", result
+    assert any("VERSION 1 is retired here" in error for error in result["errors"]), result["errors"]
+    assert "VERSION 1 is retired here" in Source.objects.get(pk=source.pk).last_error
 
 
 def test_an_abort_asked_after_the_worker_read_the_rollout_is_not_swallowed_by_its_next_move(

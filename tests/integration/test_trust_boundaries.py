@@ -539,3 +539,36 @@ def test_a_floor_raised_while_a_pass_ends_a_pause_holds_the_step_after_it(
     gated = Rollout.objects.get(pk=running.pk)
     assert (gated.phase, gated.waiting_for) == ("Paused", "approval"), gated.message
     assert versions(cluster, [canary, rest]) == ["2", "1"], "nothing went to 100% unapproved"
+
+
+def test_a_floor_raised_while_a_pass_fetches_gates_the_rollout_that_pass_starts(
+    repo, make_namespaces, make_source, cluster, monkeypatch
+):
+    """The pass read the source before its fetch and validation; an administrator raised the floor in
+    between. The rollout it starts takes the floor as stored when it is created: it stops at a gate.
+    Before, it took the floor it had read (none), and went to 100% unapproved."""
+    from gitops import reconcile, schedule
+
+    monkeypatch.setattr(schedule, "_send", lambda *args, **kwargs: "")  # every pass runs here
+    canary, rest = make_namespaces("canary", "rest")
+    repo.write_all(
+        {"sluice.yaml": policy([canary, rest]), "configmaps/app.yaml": configmap("app", {"v": "1"})}
+    )
+    repo.commit("v1")
+    source = make_source()
+    reconcile.source_sync(source.pk)
+    repo.write("configmaps/app.yaml", configmap("app", {"v": "2"}))
+    repo.commit("v2")
+    real_fetch = reconcile.revision_fetch
+
+    def fetch_while_the_floor_is_raised(fetched, *args, **kwargs):
+        source_admin.source_update_scope(fetched, required_approvals=1)
+        return real_fetch(fetched, *args, **kwargs)
+
+    monkeypatch.setattr(reconcile, "revision_fetch", fetch_while_the_floor_is_raised)
+    reconcile.source_sync(source.pk)
+
+    started = rollout_of(source)
+    assert (started.phase, started.waiting_for) == ("Paused", "approval"), started.message
+    assert (started.approvals_required, started.forbid_self_approval) == (1, True)
+    assert versions(cluster, [canary, rest]).count("2") < 2, "not everywhere unapproved"

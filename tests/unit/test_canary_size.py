@@ -85,3 +85,37 @@ def test_a_flag_moving_between_two_flag_sets_flagd_serves_together_switches_at_1
     assert "theme" not in at_full["flags/a.json"]["flags"] and at_full["flags/b.json"]["flags"][
         "theme"
     ] == theme("dark")
+
+
+def test_a_flag_set_the_canary_leaves_as_it_is_is_as_validated_however_near_the_limit():
+    """A flag set no flag of which changes is published as Git has it: validation (its text and room
+    for the stamps within a ConfigMap) already said it fits. The canary's check once counted the room
+    for the stamps twice and refused such a set, failing the whole step."""
+    from gitops.desired.revision import STAMPS_ROOM, flag_set_json
+
+    def padded(length: int) -> dict:
+        variants = {"long": "x" * length, "short": "y"}
+        return {"flags": {"copy": {"state": "ENABLED", "variants": variants, "defaultVariant": "short"}}}
+
+    key_bytes = len("features.flagd.json")
+    room = CONFIGMAP_SIZE_LIMIT - STAMPS_ROOM - key_bytes
+    document = padded(room - len(flag_set_json(padded(0)).encode()) - 10)
+    state = revision(document)  # valid: within the limit with room for the stamps
+    weighted = desired_at_weight(state, 10, {state.objects[0].key: document}, population="5eed")
+    assert weighted.objects[0].canary_document["flags"] == document["flags"]
+
+
+def test_a_canary_too_large_to_build_names_its_file():
+    """A flag whose canary would repeat a computed targeting past a ConfigMap is refused before it is
+    built, by its file as well as its name."""
+    targeting = {"cat": [{"var": "plan"}, *(f"-{index}" for index in range(300))]}
+    big = {
+        "state": "ENABLED",
+        "variants": {f"v{index}": f"value {index}" for index in range(1_000)},
+        "defaultVariant": "v0",
+        "targeting": targeting,
+    }
+    changed = {**big, "variants": {**big["variants"], "v1": "changed"}}
+    state = revision({"flags": {"big": changed}})
+    with pytest.raises(CanaryTooLarge, match=r"^flags/features\.json: flag 'big'"):
+        desired_at_weight(state, 50, {state.objects[0].key: {"flags": {"big": big}}}, population="5eed")

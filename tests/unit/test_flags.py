@@ -1643,3 +1643,19 @@ def test_whole_and_decimal_number_results_stay_allowed() -> None:
     }
     flag_set, errors = load_flag_set("flags/checkout.json", json.dumps(document).encode())
     assert errors == [] and flag_set is not None
+
+
+def test_a_rule_in_vars_default_is_checked_too() -> None:
+    """``{"var": ["name", default]}``: JsonLogic evaluates the default as well as the name."""
+    document = {
+        "flags": {
+            "f": {
+                "state": "ENABLED",
+                "variants": {"on": True, "off": False},
+                "defaultVariant": "off",
+                "targeting": {"if": [{"var": ["beta", {"$ref": "nowhere"}]}, "on", "off"]},
+            }
+        }
+    }
+    flag_set, errors = load_flag_set("flags/checkout.json", json.dumps(document).encode())
+    assert flag_set is None and errors and "nowhere" in errors[0].message, errors
