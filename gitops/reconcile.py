@@ -147,7 +147,9 @@ def _outcome_into(result: SyncResult, outcome: StepOutcome, queued: Outcome | No
     # A cluster that did not answer fails only its own targets: the pass reports it and goes on.
     unreachable = [f"cluster {name} unreachable: {why}" for name, why in sorted(outcome.unreachable.items())]
     # Kept: what the pass reported before the rollout moved (a refused restore or pending write).
-    result.summary, result.errors = outcome.summary, [*result.errors, *outcome.failures, *unreachable]
+    # The same refusal met twice in a pass (a pending write, then the step's own) is said once.
+    errors = [*result.errors, *outcome.failures, *unreachable]
+    result.summary, result.errors = outcome.summary, list(dict.fromkeys(errors))
 
 
 def _decisions_only(

@@ -27,7 +27,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from gitops import caches, logs
-from gitops.cluster.live import LiveState, live_configmaps
+from gitops.cluster.live import LiveState, live_configmaps, objects_read_one_by_one
 from gitops.errors import TemporaryError
 from gitops.locks import SourceBusy, source_lock
 from gitops.models import (
@@ -89,24 +89,37 @@ def _settle_pending(removal: SourceRemoval, source: Source) -> None:
         return
     allowed = in_scope(source, {(intent.cluster, intent.namespace) for intent in pending})
     live = _reachable(live_configmaps(allowed)).index()
+    outside = [intent for intent in pending if (intent.cluster, intent.namespace) not in allowed]
+    read, waiting = objects_read_one_by_one((i.cluster, i.kind, i.namespace, i.name) for i in outside)
+    if waiting:
+        raise TemporaryError(f"cluster(s) out of reach, the removal waits: {', '.join(sorted(waiting))}")
+    live.update({(cluster, namespace, name): obj for (cluster, _, namespace, name), obj in read.items()})
     to_run, to_log = [], []
     for intent in pending:
-        if (intent.cluster, intent.namespace) not in allowed:
-            continue
         current = live.get((intent.cluster, intent.namespace, intent.name))
         owner = live_provenance(current)[0] if current is not None else None
-        if current is not None and owner == source.name:
+        if (intent.cluster, intent.namespace) not in allowed:
+            # Outside the scope: nothing is written there, but what a crash left done is logged.
+            if _done(intent, current, owner):
+                to_log.append(intent)
+        elif current is not None and owner == source.name:
             if intent.removal_id == removal.pk:
                 to_run.append(intent)
-        elif (intent.action == ChangeAction.DELETE and current is None) or (
-            intent.action == ChangeAction.RELEASE and current is not None and owner is None
-        ):
+        elif _done(intent, current, owner):
             to_log.append(intent)
     kept = {intent.pk for intent in (*to_run, *to_log)}
     ApplyIntent.drop_pending(ApplyIntent.objects.filter(pk__in=[i.pk for i in pending if i.pk not in kept]))
     if to_log:  # carried out before the crash: logged (and the inventory lets go), nothing sent again
         changes_record(to_log, [None] * len(to_log))
     _executed(intents_execute(to_run))
+
+
+def _done(intent: ApplyIntent, current: dict[str, Any] | None, owner: str | None) -> bool:
+    """Whether the cluster shows a removal's intent carried out: a deleted object gone, a released one
+    without any source's labels."""
+    if intent.action == ChangeAction.DELETE:
+        return current is None
+    return intent.action == ChangeAction.RELEASE and current is not None and owner is None
 
 
 def _rollouts_in_the_way(source: Source) -> str | None:
@@ -120,14 +133,15 @@ def _rollouts_in_the_way(source: Source) -> str | None:
     if owing is not None:
         clusters = ", ".join(owing.rollback_pending_clusters)
         return (
-            f"rollout {owing.pk} still owes {clusters} a rollback; delete the source again once the "
-            "cluster answers and the rollback is done"
+            f"rollout {owing.pk} still owes {clusters} a rollback: once the cluster answers, sync the source "
+            "(gitops sync NAME: a suspended source's rollbacks wait for it), then delete it again"
         )
     if ApplyIntent.objects.filter(
         source=source, rollout__isnull=False, status=ApplyIntent.Status.PENDING
     ).exists():
         return (
-            "changes of a rollout are still pending in a cluster that did not answer; delete it again later"
+            "changes of a rollout are still pending in a cluster that did not answer: once it answers, sync "
+            "the source (gitops sync NAME), then delete it again"
         )
     return None
 

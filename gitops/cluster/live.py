@@ -34,7 +34,7 @@ from typing import Any
 from django.conf import settings
 
 from gitops.cluster import livestore, pools
-from gitops.cluster.client import Cluster
+from gitops.cluster.client import WORKLOAD_KINDS, Cluster
 from gitops.cluster.clients import clients, get_cluster
 from gitops.desired.revision import DesiredState, ObjectKey
 from gitops.errors import GitopsError, TemporaryError
@@ -244,3 +244,37 @@ def _outcome(
     if not isinstance(error, GitopsError):
         raise error
     return error
+
+
+# (cluster, kind, namespace, name): a ConfigMap's kind is "ConfigMap", a workload's its own.
+ObjectAddress = tuple[str, str, str, str]
+
+
+def objects_read_one_by_one(
+    addresses: Iterable[ObjectAddress],
+) -> tuple[dict[ObjectAddress, dict[str, Any]], set[str]]:
+    """What the clusters hold at ``addresses`` (absent: not there, or not readable), each object with a
+    GET, and the clusters that did not answer. For a few objects outside what a pass reads: a cluster
+    that refuses or fails one of these reads is not marked as down, so its other targets are read and
+    written as usual."""
+    found: dict[ObjectAddress, dict[str, Any]] = {}
+    waiting: set[str] = set()
+    for address in sorted(set(addresses)):
+        cluster, kind, namespace, name = address
+        if cluster in waiting:
+            continue
+        try:
+            client = get_cluster(cluster)
+            live = (
+                client.get_workload(kind, namespace, name)
+                if kind in WORKLOAD_KINDS
+                else client.get_configmap(namespace, name)
+            )
+        except TemporaryError:
+            waiting.add(cluster)
+            continue
+        except GitopsError:  # refused, or not registered any more: nothing here can tell
+            continue
+        if live is not None:
+            found[address] = live
+    return found, waiting

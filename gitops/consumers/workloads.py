@@ -202,3 +202,12 @@ def consumers_of(workloads: Iterable[Workload], configmaps: Iterable[str]) -> li
     """The workloads that read any of ``configmaps`` (names in the workloads' namespace)."""
     wanted = frozenset(configmaps)
     return sorted((w for w in workloads if w.consumes & wanted), key=lambda w: w.key)
+
+
+def restart_holds(live: Mapping[str, Any] | None, cluster: str, after: Mapping[str, Any] | None) -> bool:
+    """Whether the workload carries the stamp a restart writes (``after``: its config hash and commit):
+    the restart took effect."""
+    if live is None or after is None:
+        return False
+    workload = workload_from(live, cluster)
+    return (workload.config_hash, workload.commit) == (after.get("configHash", ""), after.get("commit", ""))

@@ -25,7 +25,7 @@ from gitops.cluster import get_cluster
 from gitops.cluster.client import WORKLOAD_KINDS
 from gitops.cluster.live import live_configmaps
 from gitops.consumers.wave import restoring_intent
-from gitops.consumers.workloads import workload_from
+from gitops.consumers.workloads import restart_holds, workload_from
 from gitops.errors import GitopsError
 from gitops.failpoints import failpoint
 from gitops.models import ApplyIntent, Rollout, Source
@@ -374,11 +374,7 @@ def _configmap_holds(live: Mapping[str, Any] | None, intent: ApplyIntent) -> boo
 
 def _workload_holds(live: Mapping[str, Any] | None, intent: ApplyIntent) -> bool:
     """Whether the workload carries the stamp ``intent`` writes: its restart took effect."""
-    if live is None or intent.after is None:
-        return False
-    workload = workload_from(live, intent.cluster)
-    after = intent.after
-    return (workload.config_hash, workload.commit) == (after.get("configHash", ""), after.get("commit", ""))
+    return restart_holds(live, intent.cluster, intent.after)
 
 
 def _log_in_effect(intents: list[ApplyIntent]) -> None:

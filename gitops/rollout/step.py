@@ -19,7 +19,8 @@ from django.utils import timezone
 from gitops import caches
 from gitops.cluster.apply import intents_apply_everywhere, stamps_drop_held
 from gitops.cluster.client import WORKLOAD_KINDS
-from gitops.cluster.live import LiveState, live_configmaps, live_view
+from gitops.cluster.live import LiveState, live_configmaps, live_view, objects_read_one_by_one
+from gitops.consumers.workloads import restart_holds
 from gitops.desired.limits import Limits
 from gitops.desired.revision import DesiredState, ObjectKey, flag_set_key, published_baseline
 from gitops.errors import GitopsError, TemporaryError
@@ -225,19 +226,22 @@ def _settle_outside_scope(source: Source, outside: list[ApplyIntent]) -> None:
     """Pending intents to targets an administrator took out of the source's scope since they were
     written are not applied. One the cluster shows already took effect (a crash, or a cut-short batch,
     came before it was logged) is logged, so its rollout's rollback knows it; the others are dropped. A
-    cluster that does not answer keeps them pending. A workload's restart is dropped either way."""
-    configmaps = [intent for intent in outside if intent.kind not in WORKLOAD_KINDS]
-    live = live_configmaps({(intent.cluster, intent.namespace) for intent in configmaps})
-    index = live.index()
+    cluster that does not answer keeps them pending; one that refuses the read (the administrator may
+    have taken Sluice's access there too) cannot tell, and they are dropped. The reads do not mark the
+    cluster as down: its targets in scope are written as usual."""
+    found, waiting = objects_read_one_by_one(
+        (intent.cluster, intent.kind, intent.namespace, intent.name) for intent in outside
+    )
     took_effect: list[ApplyIntent] = []
     dropped: list[ApplyIntent] = []
     for intent in outside:
-        if intent.cluster in live.unreachable and intent.kind not in WORKLOAD_KINDS:
+        if intent.cluster in waiting:
             continue
-        found = index.get((intent.cluster, intent.namespace, intent.name))
-        holds = intent.kind not in WORKLOAD_KINDS and write_holds(
-            found, manifest=intent.manifest, after=intent.after, before=intent.before
-        )
+        live = found.get((intent.cluster, intent.kind, intent.namespace, intent.name))
+        if intent.kind in WORKLOAD_KINDS:
+            holds = restart_holds(live, intent.cluster, intent.after)
+        else:
+            holds = write_holds(live, manifest=intent.manifest, after=intent.after, before=intent.before)
         (took_effect if holds else dropped).append(intent)
     ApplyIntent.drop_pending(ApplyIntent.objects.filter(pk__in=[intent.pk for intent in dropped]))
     if took_effect:
