@@ -30,7 +30,9 @@ CLUSTERS = (DEFAULT_CLUSTER, *MEMBER_CLUSTERS)
 SIMULATED_NODES = ("sluice-node-1", "sluice-node-2")
 # kwok manages only the nodes that carry this annotation, never a node someone else registers.
 KWOK_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
-NODE_CAPACITY = {"cpu": "16", "memory": "64Gi", "pods": "110", "ephemeral-storage": "100Gi"}
+# Room for many runs of the suite on one stack: tests leave their namespaces, and their pods, in place
+# (a stack stays cheap that way), and three full runs filled nodes of kubelet's default 110 pods.
+NODE_CAPACITY = {"cpu": "128", "memory": "512Gi", "pods": "1000", "ephemeral-storage": "100Gi"}
 
 # The default cluster runs every controller a real one does, except:
 # - root-ca-certificate-publisher: it puts a `kube-root-ca.crt` ConfigMap in every

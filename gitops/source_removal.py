@@ -90,17 +90,20 @@ def _settle_pending(removal: SourceRemoval, source: Source) -> None:
     allowed = in_scope(source, {(intent.cluster, intent.namespace) for intent in pending})
     live = _reachable(live_configmaps(allowed)).index()
     outside = [intent for intent in pending if (intent.cluster, intent.namespace) not in allowed]
-    read, waiting = objects_read_one_by_one((i.cluster, i.kind, i.namespace, i.name) for i in outside)
-    if waiting:
-        raise TemporaryError(f"cluster(s) out of reach, the removal waits: {', '.join(sorted(waiting))}")
-    live.update({(cluster, namespace, name): obj for (cluster, _, namespace, name), obj in read.items()})
+    read = objects_read_one_by_one((i.cluster, i.kind, i.namespace, i.name) for i in outside)
+    if read.waiting:
+        raise TemporaryError(f"cluster(s) out of reach, the removal waits: {', '.join(sorted(read.waiting))}")
+    live.update(
+        {(cluster, namespace, name): obj for (cluster, _, namespace, name), obj in read.found.items()}
+    )
     to_run, to_log = [], []
     for intent in pending:
         current = live.get((intent.cluster, intent.namespace, intent.name))
         owner = live_provenance(current)[0] if current is not None else None
         if (intent.cluster, intent.namespace) not in allowed:
             # Outside the scope: nothing is written there, but what a crash left done is logged.
-            if _done(intent, current, owner):
+            known = read.known((intent.cluster, intent.kind, intent.namespace, intent.name))
+            if known and _done(intent, current, owner):
                 to_log.append(intent)
         elif current is not None and owner == source.name:
             if intent.removal_id == removal.pk:

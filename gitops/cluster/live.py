@@ -250,15 +250,26 @@ def _outcome(
 ObjectAddress = tuple[str, str, str, str]
 
 
-def objects_read_one_by_one(
-    addresses: Iterable[ObjectAddress],
-) -> tuple[dict[ObjectAddress, dict[str, Any]], set[str]]:
-    """What the clusters hold at ``addresses`` (absent: not there, or not readable), each object with a
-    GET, and the clusters that did not answer. For a few objects outside what a pass reads: a cluster
-    that refuses or fails one of these reads is not marked as down, so its other targets are read and
-    written as usual."""
-    found: dict[ObjectAddress, dict[str, Any]] = {}
-    waiting: set[str] = set()
+@dataclass
+class ReadOneByOne:
+    """What ``objects_read_one_by_one`` found: the objects there, the addresses whose read was refused
+    (nothing can be told of them), and the clusters that did not answer."""
+
+    found: dict[ObjectAddress, dict[str, Any]] = field(default_factory=dict)
+    refused: set[ObjectAddress] = field(default_factory=set)
+    waiting: set[str] = field(default_factory=set)
+
+    def known(self, address: ObjectAddress) -> bool:
+        """Whether the read told what is there (an object, or none)."""
+        return address not in self.refused and address[0] not in self.waiting
+
+
+def objects_read_one_by_one(addresses: Iterable[ObjectAddress]) -> ReadOneByOne:
+    """What the clusters hold at ``addresses``, each object with a GET. For a few objects outside what
+    a pass reads: a cluster that refuses or fails one of these reads is not marked as down, so its other
+    targets are read and written as usual."""
+    read = ReadOneByOne()
+    found, waiting = read.found, read.waiting
     for address in sorted(set(addresses)):
         cluster, kind, namespace, name = address
         if cluster in waiting:
@@ -274,7 +285,8 @@ def objects_read_one_by_one(
             waiting.add(cluster)
             continue
         except GitopsError:  # refused, or not registered any more: nothing here can tell
+            read.refused.add(address)
             continue
         if live is not None:
             found[address] = live
-    return found, waiting
+    return read

@@ -195,8 +195,8 @@ def intents_finish_pending(source: Source) -> Resumed:
     """Completes what a crashed run left pending (applying again is harmless).
 
     Intents of a cluster that still does not answer stay pending for a later pass. Those of a target
-    an administrator has taken out of the source's scope since they were written are dropped, not
-    applied: what was allowed when a step wrote them is not what is allowed now.
+    an administrator has taken out of the source's scope since they were written are not applied: what
+    was allowed when a step wrote them is not what is allowed now (``_settle_outside_scope``).
     """
     pending = _within_scope(source, intents_pending(source))
     executed = intents_execute(pending)
@@ -229,16 +229,19 @@ def _settle_outside_scope(source: Source, outside: list[ApplyIntent]) -> None:
     cluster that does not answer keeps them pending; one that refuses the read (the administrator may
     have taken Sluice's access there too) cannot tell, and they are dropped. The reads do not mark the
     cluster as down: its targets in scope are written as usual."""
-    found, waiting = objects_read_one_by_one(
+    read = objects_read_one_by_one(
         (intent.cluster, intent.kind, intent.namespace, intent.name) for intent in outside
     )
     took_effect: list[ApplyIntent] = []
     dropped: list[ApplyIntent] = []
     for intent in outside:
-        if intent.cluster in waiting:
+        address = (intent.cluster, intent.kind, intent.namespace, intent.name)
+        if intent.cluster in read.waiting:
             continue
-        live = found.get((intent.cluster, intent.kind, intent.namespace, intent.name))
-        if intent.kind in WORKLOAD_KINDS:
+        live = read.found.get(address)
+        if not read.known(address):
+            holds = False
+        elif intent.kind in WORKLOAD_KINDS:
             holds = restart_holds(live, intent.cluster, intent.after)
         else:
             holds = write_holds(live, manifest=intent.manifest, after=intent.after, before=intent.before)
