@@ -80,8 +80,9 @@ def _settle_pending(removal: SourceRemoval, source: Source) -> None:
     and an earlier, failed removal's is dropped: this removal decides that object. One the cluster shows
     carried out (a deleted object gone; a released one without any source's labels) is logged, not run.
     Any other is dropped, never logged: its object is gone or taken over since (another source's, or a
-    person's), and releasing or deleting it now would undo their work. So is one outside the source's
-    scope as an administrator left it (``step.in_scope``)."""
+    person's), and releasing or deleting it now would undo their work. One outside the source's scope
+    as an administrator left it (``step.in_scope``) is never run: it is logged where a read shows it
+    done, and dropped otherwise (a read refused there tells nothing)."""
     pending = list(
         ApplyIntent.objects.filter(source=source, rollout__isnull=True, status=ApplyIntent.Status.PENDING)
     )
