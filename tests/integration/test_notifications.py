@@ -61,9 +61,8 @@ def receiver():
     made.close()
 
 
-def test_a_rollout_and_a_rejected_revision_are_announced(
-    repo, make_namespaces, make_source, sync, receiver, people
-):
+def paused_with_notifications(repo, make_namespaces, make_source, sync, receiver):
+    """A source notifying ``receiver`` whose second commit waits for approval at 50%."""
     targets = make_namespaces("canary", "rest")
     repo.write_all({"sluice.yaml": policy(targets), "configmaps/app.yaml": configmap("app", {"v": "1"})})
     repo.commit("v1")
@@ -77,7 +76,13 @@ def test_a_rollout_and_a_rejected_revision_are_announced(
     )
     repo.commit("v2")
     sync(source)
-    paused = wait_for(source, phase="Paused", waiting_for="approval")
+    return source, wait_for(source, phase="Paused", waiting_for="approval")
+
+
+def test_a_rollout_and_a_rejected_revision_are_announced(
+    repo, make_namespaces, make_source, sync, receiver, people
+):
+    source, paused = paused_with_notifications(repo, make_namespaces, make_source, sync, receiver)
     decisions.rollout_promote(paused.pk, user=people["approver"])
     wait_for(source, phase="Completed")
     repo.write(
@@ -145,20 +150,7 @@ def test_what_leaves_sluice_in_an_event_is_redacted_as_pages_show_it(
 ):
     """An event's message may quote a secret (a reason pasted with a token, an analysis URL's query):
     pages redact it, and the CloudEvent carries it redacted too."""
-    targets = make_namespaces("canary", "rest")
-    repo.write_all({"sluice.yaml": policy(targets), "configmaps/app.yaml": configmap("app", {"v": "1"})})
-    repo.commit("v1")
-    source = make_source(notify_urls=[receiver.url])
-    sync(source)
-    repo.write_all(
-        {
-            "sluice.yaml": policy(targets, rollout={"steps": [{"setWeight": 50}, {"pause": {}}]}),
-            "configmaps/app.yaml": configmap("app", {"v": "2"}),
-        }
-    )
-    repo.commit("v2")
-    sync(source)
-    paused = wait_for(source, phase="Paused", waiting_for="approval")
+    source, paused = paused_with_notifications(repo, make_namespaces, make_source, sync, receiver)
     decisions.rollout_abort(paused.pk, user=people["approver"], reason="see ?token=ABORT-SECRET-77 for why")
     wait_for(source, phase="Aborted")
 

@@ -495,6 +495,20 @@ def test_a_failure_never_leaves_pushes_refused_as_already_queued(make_source, sy
         assert schedule.source_sync_once(source.pk, actor="webhook:github") is True
 
 
+def applied_in_process(repo, make_namespaces, make_source):
+    """Two namespaces holding v1, applied by a pass run here (not by a worker)."""
+    from gitops import reconcile
+
+    canary, rest = make_namespaces("canary", "rest")
+    repo.write_all(
+        {"sluice.yaml": policy([canary, rest]), "configmaps/app.yaml": configmap("app", {"v": "1"})}
+    )
+    repo.commit("v1")
+    source = make_source()
+    reconcile.source_sync(source.pk)
+    return canary, rest, source
+
+
 def test_a_floor_raised_while_a_pass_ends_a_pause_holds_the_step_after_it(
     repo, make_namespaces, make_source, cluster, monkeypatch
 ):
@@ -506,13 +520,7 @@ def test_a_floor_raised_while_a_pass_ends_a_pause_holds_the_step_after_it(
     from gitops.rollout import lifecycle
 
     monkeypatch.setattr(schedule, "_send", lambda *args, **kwargs: "")  # every pass runs here
-    canary, rest = make_namespaces("canary", "rest")
-    repo.write_all(
-        {"sluice.yaml": policy([canary, rest]), "configmaps/app.yaml": configmap("app", {"v": "1"})}
-    )
-    repo.commit("v1")
-    source = make_source()
-    reconcile.source_sync(source.pk)
+    canary, rest, source = applied_in_process(repo, make_namespaces, make_source)
     steps = [{"setWeight": 50}, {"pause": {"duration": "1h"}}, {"setWeight": 100}]
     repo.write_all(
         {
@@ -550,13 +558,7 @@ def test_a_floor_raised_while_a_pass_fetches_gates_the_rollout_that_pass_starts(
     from gitops import reconcile, schedule
 
     monkeypatch.setattr(schedule, "_send", lambda *args, **kwargs: "")  # every pass runs here
-    canary, rest = make_namespaces("canary", "rest")
-    repo.write_all(
-        {"sluice.yaml": policy([canary, rest]), "configmaps/app.yaml": configmap("app", {"v": "1"})}
-    )
-    repo.commit("v1")
-    source = make_source()
-    reconcile.source_sync(source.pk)
+    canary, rest, source = applied_in_process(repo, make_namespaces, make_source)
     repo.write("configmaps/app.yaml", configmap("app", {"v": "2"}))
     repo.commit("v2")
     real_fetch = reconcile.revision_fetch

@@ -1548,22 +1548,18 @@ def test_a_flag_set_published_sorted_by_an_earlier_release_is_not_taken_for_an_e
     assert applied_hashes_of("checkout", flag_set=True, current=now) == (now.hash, live.hash)
 
 
+def one_flag(**flag: object) -> tuple[FlagSet | None, list[ValidationError]]:
+    """A flag set of one flag ``f``, enabled, of boolean variants on/off unless ``flag`` says otherwise."""
+    definition = {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "off", **flag}
+    return load_flag_set("flags/checkout.json", json.dumps({"flags": {"f": definition}}).encode())
+
+
 @pytest.mark.parametrize("key", ["sluiceCommit", "sluiceSource", "sluiceCanaryWeight"])
 def test_a_flag_may_not_set_the_metadata_sluice_stamps_on_its_set(key: str) -> None:
     """Both evaluators let a flag's metadata override its set's: a flag setting one of Sluice's stamps
     would make every evaluation report a commit, a source or a canary weight Git never had."""
     value = 100 if key == "sluiceCanaryWeight" else "0" * 40
-    document = {
-        "flags": {
-            "f": {
-                "state": "ENABLED",
-                "variants": {"on": True, "off": False},
-                "defaultVariant": "on",
-                "metadata": {key: value},
-            }
-        }
-    }
-    flag_set, errors = load_flag_set("flags/checkout.json", json.dumps(document).encode())
+    flag_set, errors = one_flag(metadata={key: value})
     assert flag_set is None and [e.field for e in errors] == [f"flags.f.metadata.{key}"], errors
 
 
@@ -1578,17 +1574,7 @@ def test_a_flag_may_not_set_the_metadata_sluice_stamps_on_its_set(key: str) -> N
 def test_rules_flagd_evaluates_inside_arrays_and_var_operands_are_checked(condition: dict) -> None:
     """JsonLogic evaluates an array's items and var's operand: both evaluators answer PARSE_ERROR for
     such a flag on every evaluation, so every user would get the code's default."""
-    document = {
-        "flags": {
-            "f": {
-                "state": "ENABLED",
-                "variants": {"on": True, "off": False},
-                "defaultVariant": "off",
-                "targeting": {"if": [condition, "on", "off"]},
-            }
-        }
-    }
-    flag_set, errors = load_flag_set("flags/checkout.json", json.dumps(document).encode())
+    flag_set, errors = one_flag(targeting={"if": [condition, "on", "off"]})
     assert flag_set is None and errors
 
 
@@ -1611,51 +1597,26 @@ def test_objects_of_several_keys_in_a_list_stay_data() -> None:
     )
 
 
+PRO = {"in": [{"var": "plan"}, ["pro"]]}
+
+
 @pytest.mark.parametrize("result", [1.0, ["on"], 1e21])
 def test_a_literal_result_the_two_evaluators_name_differently_is_refused(result: object) -> None:
     """flagd looks a number result up by its text: Python writes 1.0 as "1.0", JavaScript as "1"; a
     list, Python by its text and JavaScript by its items joined. Such a canary served JavaScript users
     the code's default on its old side."""
-    document = {
-        "flags": {
-            "f": {
-                "state": "ENABLED",
-                "variants": {"1": 1, "0": 0, "on": 2},
-                "defaultVariant": "0",
-                "targeting": {"if": [{"in": [{"var": "plan"}, ["pro"]]}, result, "0"]},
-            }
-        }
-    }
-    flag_set, errors = load_flag_set("flags/checkout.json", json.dumps(document).encode())
+    variants = {"1": 1, "0": 0, "on": 2}
+    flag_set, errors = one_flag(variants=variants, defaultVariant="0", targeting={"if": [PRO, result, "0"]})
     assert flag_set is None and [e.field for e in errors] == ["flags.f.targeting.if[1]"], errors
 
 
 def test_whole_and_decimal_number_results_stay_allowed() -> None:
-    document = {
-        "flags": {
-            "f": {
-                "state": "ENABLED",
-                "variants": {"1": 1, "1.5": 1.5},
-                "defaultVariant": "1",
-                "targeting": {"if": [{"in": [{"var": "plan"}, ["pro"]]}, 1.5, 1]},
-            }
-        }
-    }
-    flag_set, errors = load_flag_set("flags/checkout.json", json.dumps(document).encode())
+    variants = {"1": 1, "1.5": 1.5}
+    flag_set, errors = one_flag(variants=variants, defaultVariant="1", targeting={"if": [PRO, 1.5, 1]})
     assert errors == [] and flag_set is not None
 
 
 def test_a_rule_in_vars_default_is_checked_too() -> None:
     """``{"var": ["name", default]}``: JsonLogic evaluates the default as well as the name."""
-    document = {
-        "flags": {
-            "f": {
-                "state": "ENABLED",
-                "variants": {"on": True, "off": False},
-                "defaultVariant": "off",
-                "targeting": {"if": [{"var": ["beta", {"$ref": "nowhere"}]}, "on", "off"]},
-            }
-        }
-    }
-    flag_set, errors = load_flag_set("flags/checkout.json", json.dumps(document).encode())
+    flag_set, errors = one_flag(targeting={"if": [{"var": ["beta", {"$ref": "nowhere"}]}, "on", "off"]})
     assert flag_set is None and errors and "nowhere" in errors[0].message, errors
