@@ -124,7 +124,9 @@ def _reconcile(
     if held is not None:
         return _hold(source, head, head_desired, held, result)
     identities = lambda: commit_identities(source, head)  # noqa: E731 - asked only when a rollout starts
-    rollout, queued = rollout_choose(source, head, head_desired, commit_identities=identities)
+    rollout, queued = rollout_choose(
+        source, head, head_desired, commit_identities=identities, refusals=result.errors
+    )
     logs.add_context(rollout=rollout.pk)
     desired = head_desired if rollout.revision_id == head.pk else None
     outcome = _drive(rollout, desired, actor, retry_failed, gate, fresh=True)  # rollout_choose read it now

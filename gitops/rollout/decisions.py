@@ -250,17 +250,24 @@ def rollout_retry(rollout_id: int, *, user: User) -> Rollout:
 
 
 def _rollout_retried(rollout_id: int, *, username: str) -> Rollout:
+    source_id = Rollout.objects.values_list("source_id", flat=True).get(pk=rollout_id)
     with transaction.atomic():
+        # The source's row first, as an administrator's edit takes it: one who raises the approval floor
+        # meanwhile either committed first (the floor is read here) or waits, and then gates the retry
+        # as a rollout under way (``source_admin._gate_active_rollouts``).
+        source = Source.all_objects.select_for_update(no_key=True).get(pk=source_id)
         rollout = (
             Rollout.objects.select_for_update(of=("self",), no_key=True)
-            .select_related("source", "revision")
+            .select_related("revision")
             .get(pk=rollout_id)
         )
+        rollout.source = source
+        if source.deleted_at is not None:
+            raise RolloutError(f"{source.name} was removed; its rollouts are not retried")
         if rollout.phase not in (Rollout.Phase.ABORTED, Rollout.Phase.FAILED):
             raise RolloutError(
                 f"rollout {rollout.pk} is {rollout.phase.lower()}; only an aborted or failed one is retried"
             )
-        source = rollout.source
         if rollout.rollback_pending_clusters:
             # Its owed rollback would take back what the retry writes there (the same commit's stamp).
             owed = ", ".join(rollout.rollback_pending_clusters)

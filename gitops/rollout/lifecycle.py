@@ -39,11 +39,13 @@ def rollout_choose(
     head_desired: DesiredState,
     *,
     commit_identities: Callable[[], Sequence[str]] = list,
+    refusals: list[str] | None = None,
 ) -> tuple[Rollout, Outcome | None]:
     """The rollout this reconcile moves, and ``Outcome.QUEUED`` when the head waits behind it.
 
     ``commit_identities`` gives the authors and committers of the commits a new
-    rollout would bring; it is asked only when one starts.
+    rollout would bring; it is asked only when one starts. Restores the cluster refused to a
+    superseded rollout are added to ``refusals``: the pass reports them, whatever the new rollout does.
     """
     newest, active = _newest_and_active(source)
     if active is not None and (active.revision_id == head.pk or active.abort_requested_by):
@@ -56,8 +58,10 @@ def rollout_choose(
             return active, Outcome.QUEUED
         reason = f"superseded by {head.commit[:12]}"
         refused = rollout_rollback(active, actor=SYSTEM_ACTOR, reason=reason, phase=Rollout.Phase.SUPERSEDED)
-        if refused:  # the superseded rollout ends Failed and says so; the worker's log too
+        if refused:  # the superseded rollout ends Failed and says so; the worker's log and the pass too
             log.warning("rollout %s, superseded, could not restore: %s", active.pk, "; ".join(refused[:5]))
+            if refusals is not None:
+                refusals.extend(refused)
     # A rollout of the head is taken up again only while nothing came after it: a branch moved
     # back to an older commit goes out anew, through its steps and gates, never at once.
     if newest is not None and newest.revision_id == head.pk and newest.phase != Rollout.Phase.SUPERSEDED:

@@ -308,6 +308,30 @@ def test_a_failing_analysis_whose_rollback_the_cluster_refuses_fails_the_sync_an
     assert versions(cluster, [canary, rest]) == ["2", "1"]
 
 
+def test_a_superseded_rollouts_refused_restore_is_among_the_syncs_errors(
+    repo, make_namespaces, make_source, sync, cluster, kube_client, core_api
+):
+    """A new commit supersedes a rollout at its gate, and the cluster refuses to restore the canary. The
+    superseded rollout ends Failed, and the sync that started the new rollout says why, as an abort's
+    sync does. Before, only the worker's log and the old rollout's message said it: the sync reported
+    "paused" with no error, and the source showed none."""
+    canary, rest = make_namespaces("canary", "rest")
+    source, _, _ = start_rollout(repo, make_source, sync, [canary, rest], [{"setWeight": 50}, {"pause": {}}])
+    assert sync(source)["outcome"] == "paused"
+    superseded = rollout_of(source)
+    repo.write("configmaps/app.yaml", configmap("app", {"VERSION": "3"}))
+    repo.commit("v3")
+    with version_1_retired(kube_client(), core_api, canary):
+        result = sync(source)
+
+    superseded.refresh_from_db()
+    assert superseded.phase == "Failed" and "VERSION 1 is retired here" in superseded.message
+    assert rollout_of(source).pk != superseded.pk
+    assert any("VERSION 1 is retired here" in error for error in result["errors"]), result
+    assert "VERSION 1 is retired here" in Source.objects.get(pk=source.pk).last_error
+    assert versions(cluster, [canary, rest]) == ["3", "1"]
+
+
 def version_1_retired(api_client, core_api, namespace: str):
     """The cluster refuses, for good, any update of a ConfigMap there to VERSION 1 (a restore of v1)."""
     return updates_denied(
@@ -391,6 +415,58 @@ def test_a_retry_runs_the_revisions_own_steps_not_the_ones_a_promote_to_100_cut(
     # Its flag canaries reach the users the failed try reached first, not new ones.
     assert again.flag_population == rollout.flag_population != ""
     assert wait_for(source, phase="Paused", waiting_for="approval").weight == 50
+
+
+def test_a_floor_raised_while_a_retry_is_made_gates_the_retried_rollout(
+    repo, make_namespaces, make_source, sync, people, monkeypatch
+):
+    """An administrator raises the source's approval floor while an approver's retry is being made.
+    Either the retry reads the raised floor, or the administrator's edit waits for it and then gates it
+    as a rollout under way. Before, the retry read the source without its lock: the edit found no
+    rollout under way to gate, and the retry took the floor it had read (none)."""
+    import threading
+
+    from django.db import connection
+
+    from gitops import source_admin
+
+    source, _v2, aborted = started_and_aborted(
+        repo, make_source, sync, make_namespaces("canary", "rest"), people
+    )
+    raised: list[Exception] = []
+
+    def raise_the_floor() -> None:
+        try:
+            source_admin.source_update_scope(Source.objects.get(pk=source.pk), required_approvals=2)
+        except Exception as exc:  # the test reports whatever ended it
+            raised.append(exc)
+        finally:
+            connection.close()  # this thread's
+
+    def waits_for_a_lock() -> bool:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE NOT granted)")
+            return bool(cursor.fetchone()[0])
+
+    administrator = threading.Thread(target=raise_the_floor)
+    real_copied = decisions.copied
+
+    def copied_while_the_floor_is_raised(*args, **kwargs):
+        administrator.start()
+        poll(
+            lambda: not administrator.is_alive() or waits_for_a_lock(),
+            timeout=30,
+            what="the administrator's edit to finish, or to wait for the retry's lock",
+        )
+        return real_copied(*args, **kwargs)
+
+    monkeypatch.setattr(decisions, "copied", copied_while_the_floor_is_raised)
+    again = decisions.rollout_retry(aborted.pk, user=people["approver"])
+    administrator.join(timeout=30)
+
+    assert not administrator.is_alive() and raised == []
+    again.refresh_from_db()
+    assert (again.approvals_required, again.forbid_self_approval) == (2, True)
 
 
 def test_an_owed_rollback_logs_a_restore_an_interrupted_try_applied_and_never_logged(
