@@ -119,3 +119,25 @@ def test_a_truncated_inventory_is_read_again(make_source):
     with connection.cursor() as cursor:
         cursor.execute("TRUNCATE gitops_managedobject")  # no DELETE trigger sees it
     assert managed_keys(source) == frozenset()
+
+
+def test_a_sources_deletion_leaves_another_sources_entry_of_the_same_name_alone(make_source):
+    """A source's intent deleted an object (a crashed removal's, finished late) whose name another source
+    has taken over since: only the deleting source's entry goes. Before, the other source's went too, and
+    its plans then took its own object for someone else's."""
+    from gitops.models import ApplyIntent
+    from gitops.record.inventory import inventory_update
+
+    leaving, taking_over = make_source(), make_source()
+    managed(leaving, "gone")
+    managed(taking_over, "one")  # the name the deletion below is about
+    deletion = ApplyIntent(
+        source=leaving, cluster="default", namespace="team-a", name="one", commit="c", action="delete"
+    )
+
+    inventory_update([deletion])
+
+    assert list(ManagedObject.objects.filter(name="one").values_list("source_id", flat=True)) == [
+        taking_over.pk
+    ]
+    assert ManagedObject.objects.filter(source=leaving, name="gone").exists()

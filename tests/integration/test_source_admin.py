@@ -714,3 +714,35 @@ def test_a_removal_that_finds_a_rollback_owed_when_it_runs_fails_and_keeps_the_s
     assert ended.status == "failed" and "owes default a rollback" in ended.message, ended.message
     assert cluster.get_configmap(targets[0], "app") is not None
     assert Source.objects.filter(pk=source.pk).exists()
+
+
+def test_a_removal_task_delivered_again_after_the_removal_ended_changes_nothing(applied, monkeypatch):
+    """Two deliveries of one removal's task: the second read the removal as queued, then got the
+    source's lock only after the first had deleted the source. It leaves the removal as it ended. Before,
+    it set the removal running again and deleted the source a second time: a second audit entry, and
+    the removal's end moved."""
+    import contextlib
+
+    from gitops import source_removal
+
+    source, _ = applied
+    removal = SourceRemoval.objects.create(
+        source=source, source_name=source.name, mode="keep", requested_by="root", via="cli", status="queued"
+    )
+    real_lock = source_removal.source_lock
+
+    @contextlib.contextmanager
+    def locked_after_the_first_delivery_ended(locked):
+        monkeypatch.setattr(source_removal, "source_lock", real_lock)
+        assert source_removal.source_removal_run(removal.pk).status == "done"
+        with real_lock(locked) as acquired:
+            yield acquired
+
+    monkeypatch.setattr(source_removal, "source_lock", locked_after_the_first_delivery_ended)
+
+    again = source_removal.source_removal_run(removal.pk)
+
+    assert again.status == "done"
+    deleted = list(SourceAudit.objects.filter(source_id=source.pk, action="deleted"))
+    assert len(deleted) == 1, "the source was deleted once"
+    assert SourceRemoval.objects.get(pk=removal.pk).finished_at <= deleted[0].at, "its end did not move"
