@@ -27,6 +27,7 @@ from django.utils import timezone
 from gitops import caches, logs, metrics, schedule, selectors
 from gitops.cluster import clients
 from gitops.desired.errors import ValidationError
+from gitops.desired.revision import DesiredState
 from gitops.errors import GitopsError, PermanentError, TemporaryError
 from gitops.fetch.revisions import commit_identities, revision_desired_state, revision_fetch
 from gitops.locks import ReconcileLockLost, SourceBusy, TakeoverPending, source_lock
@@ -123,10 +124,7 @@ def _reconcile(
         return result
     if held is not None:
         return _hold(source, head, head_desired, held, result)
-    identities = lambda: commit_identities(source, head)  # noqa: E731 - asked only when a rollout starts
-    rollout, queued = rollout_choose(
-        source, head, head_desired, commit_identities=identities, refusals=result.errors
-    )
+    rollout, queued = _chosen(source, head, head_desired, result)
     logs.add_context(rollout=rollout.pk)
     desired = head_desired if rollout.revision_id == head.pk else None
     outcome = _drive(rollout, desired, actor, retry_failed, gate, fresh=True)  # rollout_choose read it now
@@ -139,6 +137,15 @@ def _reconcile(
         Revision.objects.filter(pk=head.pk).update(summary=result.summary)
     _finish(source, result.errors)
     return result
+
+
+def _chosen(
+    source: Source, head: Revision, head_desired: DesiredState, result: SyncResult
+) -> tuple[Rollout, Outcome | None]:
+    """The rollout this pass moves (``rollout_choose``); a superseded rollout's refused restores go into
+    the pass's errors. The commits' authors are read only when a rollout starts."""
+    identities = lambda: commit_identities(source, head)  # noqa: E731
+    return rollout_choose(source, head, head_desired, commit_identities=identities, refusals=result.errors)
 
 
 def _outcome_into(result: SyncResult, outcome: StepOutcome, queued: Outcome | None, gate: GateWatch) -> None:

@@ -21,19 +21,22 @@ Imports nothing outside the standard library, PyYAML and ``gitops.desired``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import enum
 import os
 import stat
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import tempfile
+import threading
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from gitops.desired.errors import RevisionRejected, ValidationError
-from gitops.desired.limits import DEFAULT_LIMITS, SETTINGS, Limits
-from gitops.desired.revision import READ_PATHS, DesiredState, load_revision
+from gitops.desired.limits import DEFAULT_LIMITS, MAX_RECORD_BYTES, MAX_SKIPPED_ENTRIES, SETTINGS, Limits
+from gitops.desired.revision import READ_PATHS, DesiredState, load_revision, shown_path
 
 SCOPE_NOTE = "administrator scope not checked"
 # Tree entries of regular files (and executable ones); symlinks are 120000, submodules 160000.
@@ -63,6 +66,7 @@ class Checkout:
     sizes: Mapping[str, int]
     read_blobs: Callable[[list[str]], Mapping[str, bytes]]
     described: str  # where the files came from, for the summary
+    refused: tuple[ValidationError, ...] = ()  # why the listing was refused (then nothing is read)
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,8 @@ def validate(
         checkout = git_checkout(root, None, limits)
     else:
         checkout = working_tree_checkout(root, limits)
+    if checkout.refused:
+        return Report(checkout.described, errors=checkout.refused)
     try:
         # No administrator offline: scope=None checks nothing against one.
         state = load_revision(
@@ -202,25 +208,99 @@ def git_checkout(root: Path, ref: str | None, limits: Limits) -> Checkout:
     else:
         tree = _resolve_tree(top, ref)
         described = f"{ref} of {root}"
-    # Run from the top: git reads pathspecs relative to the current directory.
-    listing = _git(top, "ls-tree", "-r", "-l", "-z", f"{tree}:{prefix}", "--", *READ_PATHS)
     files: dict[str, str] = {}
     sizes: dict[str, int] = {}
-    for record in listing.split(b"\0"):
-        meta, _, name = record.partition(b"\t")
-        fields = meta.split()
-        if len(fields) != 4 or fields[0] not in GIT_FILE_MODES or fields[1] != b"blob":
-            continue  # symlinks and submodules, as the sync skips them
-        if len(files) > limits.max_files:
-            break  # one past the limit is enough to name the file that crosses it
-        path = name.decode("utf-8", "surrogateescape")
-        files[path] = fields[2].decode("ascii")
-        sizes[path] = int(fields[3])
 
     def read_blobs(ids: list[str]) -> dict[str, bytes]:
         return _cat_blobs(top, ids)
 
+    try:
+        with contextlib.closing(_listed_files(top, f"{tree}:{prefix}")) as listed:
+            for meta, path in listed:
+                files[path] = meta[2].decode("ascii")
+                sizes[path] = int(meta[3])
+                if len(files) > limits.max_files:
+                    break  # one past the limit is enough to name the file that crosses it: git stops
+    except RevisionRejected as rejected:
+        return Checkout({}, {}, read_blobs, described, refused=tuple(rejected.errors))
     return Checkout(files, sizes, read_blobs, described)
+
+
+def _listed_files(top: Path, tree: str) -> Generator[tuple[list[bytes], str], None, None]:
+    """The regular files ``git ls-tree`` lists in ``tree`` where Sluice reads (each one's mode, type, blob
+    id and size, and its path), read as git prints them: the caller stops git by stopping. As the
+    worker's listing does, directories are records too (``-t``), and past MAX_SKIPPED_ENTRIES of them,
+    symlinks and submodules, or a record past MAX_RECORD_BYTES, the listing is refused: a tree of a few
+    pages can list billions, which the whole listing, buffered, held in memory until git's time limit."""
+    skipped = 0
+    # Run from the top: git reads pathspecs relative to the current directory.
+    for record in _git_records(top, "ls-tree", "-r", "-t", "-l", "-z", tree, "--", *READ_PATHS):
+        meta, _, name = record.partition(b"\t")
+        fields = meta.split()
+        path = name.decode("utf-8", "surrogateescape")
+        if len(fields) == 4 and fields[0] in GIT_FILE_MODES and fields[1] == b"blob":
+            yield fields, path
+            continue
+        skipped += 1  # directories, symlinks and submodules, as the sync skips them
+        if skipped > MAX_SKIPPED_ENTRIES:
+            message = (
+                f"more than {MAX_SKIPPED_ENTRIES:,} directories, symlinks and submodules where Sluice reads "
+                "files; Sluice reads regular files only: remove them, or move them out of what it reads"
+            )
+            raise RevisionRejected([ValidationError(shown_path(path), None, "", message)])
+
+
+def _git_records(root: Path, *args: str) -> Generator[bytes, None, None]:
+    """The NUL-terminated records git prints, as it prints them; git is stopped when the caller stops
+    reading, or at GIT_TIMEOUT_SECONDS."""
+    timed_out = threading.Event()
+    with tempfile.TemporaryFile() as stderr:
+        try:
+            process = subprocess.Popen(
+                ["git", "-C", str(root), *args],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+            )
+        except FileNotFoundError:
+            raise CheckoutError("git is not installed (needed for --git-ref and --staged)") from None
+
+        def stop() -> None:
+            timed_out.set()
+            process.kill()
+
+        timer = threading.Timer(GIT_TIMEOUT_SECONDS, stop)
+        timer.start()
+        try:
+            yield from _records_of(process)
+        finally:  # also when the caller stopped reading, or a record was refused
+            timer.cancel()
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+        if timed_out.is_set():
+            raise CheckoutError(f"git {args[0]} took longer than {GIT_TIMEOUT_SECONDS}s")
+        if process.returncode != 0:
+            stderr.seek(0)
+            message = stderr.read(64 * 1024).decode("utf-8", "replace").strip().splitlines()
+            why = message[-1] if message else f"exit code {process.returncode}"
+            raise CheckoutError(f"git {args[0]} failed in {root}: {why}")
+
+
+def _records_of(process: subprocess.Popen[bytes]) -> Iterator[bytes]:
+    if process.stdout is None:
+        raise RuntimeError("git was started without a stdout pipe")
+    pending = b""
+    while chunk := os.read(process.stdout.fileno(), 64 * 1024):
+        *complete, pending = (pending + chunk).split(b"\0")
+        if len(pending) > MAX_RECORD_BYTES:  # each read would copy and search it again: quadratic
+            name = pending.partition(b"\t")[2][:100].decode("utf-8", "surrogateescape")
+            message = (
+                f"a path in the tree is longer than {MAX_RECORD_BYTES:,} bytes: Sluice reads paths of at "
+                "most 1,000 characters; rename it"
+            )
+            raise RevisionRejected([ValidationError(shown_path(name) + "…", None, "", message)])
+        yield from complete
 
 
 def _repository_of(root: Path) -> tuple[Path, str]:

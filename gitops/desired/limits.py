@@ -16,6 +16,13 @@ from dataclasses import dataclass, fields
 from typing import Final
 
 MiB: Final = 1024 * 1024
+# Directories, symlinks and submodules a tree's listing steps over where Sluice reads files before it
+# gives up (the worker's mirror and the offline validator alike); none is kept, so this bounds time: a
+# tree of empty trees holds billions of directories in a few pages of objects.
+MAX_SKIPPED_ENTRIES: Final = 100_000
+# A listing's record is its metadata and a path; git allows a path of any length, Sluice's names are at
+# most 1,000 characters (MAX_PATH_LENGTH). Past this a record is refused before more of it is buffered.
+MAX_RECORD_BYTES: Final = 256 * 1024
 
 
 @dataclass(frozen=True)

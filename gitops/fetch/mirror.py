@@ -24,6 +24,7 @@ from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import TypeVar
 
+from gitops.desired.limits import MAX_RECORD_BYTES, MAX_SKIPPED_ENTRIES
 from gitops.errors import GitopsError, PermanentError, TemporaryError
 from gitops.fetch.credentials import Credentials
 from gitops.fetch.git import (
@@ -832,15 +833,9 @@ class TooManySkippedEntries(PermanentError):
         self.example = example
 
 
-# Directories, symlinks and submodules a listing steps over before it gives up; none is kept, so this
-# bounds time.
-MAX_SKIPPED_ENTRIES = 100_000
 # How long git may compare two trees before the whole tree is listed instead: a comparison worth having
 # takes milliseconds (one file changed among 10,000 does).
 COMPARE_TIMEOUT = 5.0
-# A listing's record is its metadata and a path; git allows a path of any length, Sluice's names are at
-# most 1,000 characters (MAX_PATH_LENGTH). Past this a record is refused before more of it is buffered.
-MAX_RECORD_BYTES = 256 * 1024
 
 
 class OverlongTreeEntry(PermanentError):

@@ -325,3 +325,34 @@ def test_a_ref_or_repository_git_cannot_read_exits_2_saying_why(
     verdict, out, err = printed(path, **options)
     assert (verdict, out) == (Exit.UNREADABLE, "")
     assert err.startswith("cannot validate: ") and message in err, err
+
+
+def test_git_ref_stops_listing_one_file_past_the_limit_as_the_working_tree_does(repo: GitRepo):
+    repo.write_all({f"configmaps/many/{index:03d}.yaml": b"# empty\n" for index in range(30)})
+    commit = repo.commit("many files", push=False)
+    limits = Limits(max_files=12)
+
+    assert len(git_checkout(repo.work, commit, limits).files) == 13
+    assert list(validate(repo.work, git_ref=commit, limits=limits).errors) == list(
+        validate(repo.work, limits=limits).errors
+    )
+
+
+def test_git_ref_refuses_a_tree_of_empty_trees_at_once_naming_where(repo: GitRepo):
+    """Four levels of 200 directories ending in the empty tree: 28 KiB of objects, 1.6 billion
+    directories and no file. The listing printed nothing for a directory, so git ran until its time limit
+    (two minutes), and a tree of files the same shape was buffered whole in memory first."""
+    import time
+
+    from tests.unit.test_tree_bombs import tree_of_empty_trees
+
+    bomb = tree_of_empty_trees(repo.work / ".git")
+    commit = repo.git("commit-tree", "-m", "bomb", bomb).strip()
+    started = time.monotonic()
+
+    verdict, out, _ = printed(repo.work, git_ref=commit)
+
+    assert verdict == Exit.INVALID
+    assert out.startswith("configmaps/d000/d")
+    assert "more than 100,000 directories, symlinks and submodules where Sluice reads files" in out
+    assert time.monotonic() - started < 10, "refused as soon as the bound is passed"
