@@ -208,10 +208,13 @@ MAX_WAKE_AHEAD = timedelta(minutes=30)
 
 
 def source_sync_at(source_id: int, when: datetime) -> None:
-    """Wakes a source at ``when`` (a pause ends). Beat's sweep does it too: a lost wake loses nothing."""
+    """Wakes a source at ``when`` (a pause ends). Beat's sweep does it too: a lost wake loses nothing, so
+    a broker that refuses it is logged and nothing else (``robust``). Called during a pass, outside a
+    transaction, with the rollout's state already saved: raising would end the pass there, report an
+    unforeseen failure and back the source off."""
     kwargs = {"source_id": source_id, "wait_if_busy": False, "automatic": True}
     eta = min(when, timezone.now() + MAX_WAKE_AHEAD)
-    transaction.on_commit(lambda: _send(SYNC_TASK, kwargs=kwargs, eta=eta, ignore_result=True))
+    transaction.on_commit(lambda: _send(SYNC_TASK, kwargs=kwargs, eta=eta, ignore_result=True), robust=True)
 
 
 def source_removal(removal_id: int) -> None:

@@ -472,3 +472,34 @@ def test_a_queued_mark_whose_task_was_lost_is_taken_over_after_ten_minutes(
 
     assert schedule.sync_queued_claim(source.pk)
     assert Source.objects.get(pk=source.pk).sync_queued_at > lost
+
+
+def test_a_pass_that_starts_a_timed_pause_while_the_broker_refuses_ends_paused_not_failed(
+    repo, make_namespaces, make_source, monkeypatch
+):
+    """A pass sends a wake for the end of a timed pause after the rollout's state is saved, outside any
+    transaction. A broker that refuses it (Redis away a moment) loses nothing, since beat's sweep wakes
+    paused rollouts too: the pass ends as it would have. Before, the refusal raised out of the pass,
+    which counted as a failure and backed the source off."""
+    canary, rest = make_namespaces("canary", "rest")
+    repo.write_all(
+        {"sluice.yaml": policy([canary, rest]), "configmaps/app.yaml": configmap("app", {"v": "1"})}
+    )
+    repo.commit("v1")
+    source = make_source()
+    assert reconcile.source_sync(source.pk).outcome == "applied"
+    steps = [{"setWeight": 50}, {"pause": {"duration": "1h"}}]
+    repo.write_all(
+        {
+            "sluice.yaml": policy([canary, rest], rollout={"steps": steps}),
+            "configmaps/app.yaml": configmap("app", {"v": "2"}),
+        }
+    )
+    repo.commit("v2")
+    tried = refuse_sends(monkeypatch)
+
+    result = reconcile.source_sync(source.pk)
+
+    assert (result.outcome, result.errors) == ("paused", []), result
+    assert any(kwargs.get("source_id") == source.pk for kwargs in tried), "the wake was tried"
+    assert Source.objects.get(pk=source.pk).last_error == ""
