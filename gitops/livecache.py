@@ -275,6 +275,8 @@ class EventWriter:
     def _run(self) -> None:
         while True:
             batch = self._gathered()
+            if not batch:
+                return  # closed, and the queue drained: ``close`` found it full and queued no None
             events = [event for event in batch if event is not None]
             woken: set[str] = set()
             try:
@@ -292,8 +294,15 @@ class EventWriter:
 
     def _gathered(self) -> list[_Event | None]:
         """The next batch: the first event and what follows it within ``WRITER_GATHER_SECONDS``, up
-        to ``EVENT_BATCH``; a None (closed) ends it."""
-        batch = [self.queue.get()]
+        to ``EVENT_BATCH``; a None (closed) ends it. Empty once the term is closed and nothing is left:
+        a writer waiting for ever would keep the thread and its sink (every stamp of the cluster)."""
+        while True:
+            try:
+                batch = [self.queue.get(timeout=WRITER_CHECK_SECONDS)]
+                break
+            except queue.Empty:
+                if self.closed:
+                    return []
         if batch[-1] is not None and self.queue.qsize() < EVENT_BATCH - 1:
             # One wait, not a wakeup for each event that joins: what queued meanwhile is taken at once.
             self._closing.wait(WRITER_GATHER_SECONDS)

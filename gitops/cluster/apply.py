@@ -152,7 +152,13 @@ def stamps_drop_held(source: Source) -> bool:
             livestore.unsettle_written(cluster, written)
     except livestore.StampsKept:
         return False
-    Source.all_objects.filter(pk=source.pk).update(stamps_to_drop={})
+    # Cleared only as read: a preview makes them without the source's lock, and a pass may have held more
+    # drops meanwhile (from a worker whose Redis breaker is still open). Those stay for the next pass,
+    # and this plan reads the cluster.
+    if not Source.all_objects.filter(pk=source.pk, stamps_to_drop=held).update(stamps_to_drop={}):
+        now_held = Source.all_objects.filter(pk=source.pk).values_list("stamps_to_drop", flat=True).first()
+        caches.for_source(source.pk).stamps_to_drop = source.stamps_to_drop = now_held or {}
+        return not now_held
     caches.for_source(source.pk).stamps_to_drop = {}
     source.stamps_to_drop = {}
     log.info("source %s: the live cache's stamps its writes outdated are dropped, late", source.name)

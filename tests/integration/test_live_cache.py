@@ -1429,3 +1429,24 @@ def test_a_stamp_that_shows_the_write_already_is_kept(stack, namespace, cluster)
     finally:
         lease.close()
         lease.store.client.delete(_objects_key(settings.SLUICE_CLUSTER_NAME, namespace))
+
+
+def test_held_stamp_drops_are_cleared_only_as_they_were_read(make_source):
+    """A preview makes a source's held stamp drops without the source's lock. If a pass held more drops
+    meanwhile, clearing the column blindly lost them, and the next plan trusted a stamp older than that
+    pass's write. They stay now: this plan reads the cluster, and the next makes them all."""
+    from gitops import caches
+    from gitops.cluster.apply import stamps_drop_held
+
+    source = make_source()
+    cluster = settings.SLUICE_CLUSTER_NAME
+    read = {cluster: {"team-a": [["one", "h1", "10"]]}}
+    held_meanwhile = {cluster: {"team-a": [["one", "h1", "10"], ["two", "h2", "11"]]}}
+    Source.objects.filter(pk=source.pk).update(stamps_to_drop=held_meanwhile)
+    caches.drop(source.pk)
+    source.stamps_to_drop = read  # as the preview read the source, before the pass held more
+
+    assert stamps_drop_held(source) is False, "this plan reads the cluster"
+    assert Source.objects.get(pk=source.pk).stamps_to_drop == held_meanwhile
+    assert stamps_drop_held(source) is True
+    assert Source.objects.get(pk=source.pk).stamps_to_drop == {}

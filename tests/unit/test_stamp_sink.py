@@ -250,3 +250,26 @@ def test_a_batch_is_no_larger_than_event_batch_and_a_lone_event_waits_only_the_w
     thread.join(timeout=10)
     assert [event.name for event in gathered[0] if event] == ["c"]
     assert 0.05 <= took[0] < 5  # it waited for more, and no longer than the window (and a slow machine)
+
+
+def test_a_writer_closed_while_its_queue_was_full_still_ends_once_it_has_drained(monkeypatch) -> None:
+    """A lease lost in the middle of a bulk apply: ``close`` finds the queue full and cannot queue the
+    None that ends the writer. The writer still ends once the queue is drained; before, it waited on
+    the empty queue for ever, keeping its thread and every stamp the sink knew, term after term."""
+    monkeypatch.setattr(livecache, "WRITER_CHECK_SECONDS", 0.05)
+    monkeypatch.setattr(livecache, "WRITER_GATHER_SECONDS", 0.0)
+    store = MemoryStore()
+    store.gate.clear()  # the first round trip waits: the queue fills behind it
+    writer = livecache.EventWriter(StampSink(store, lambda _: None))
+    writer.put(_event("first"))
+    assert store.writing.wait(10)
+    while not writer.queue.full():
+        writer.queue.put_nowait(_event("queued"))
+
+    writer.close()
+    store.gate.set()
+
+    assert writer._thread is not None
+    writer._thread.join(timeout=10)
+    assert not writer._thread.is_alive()
+    assert writer.queue.unfinished_tasks == 0
