@@ -29,6 +29,7 @@ from gitops.cluster import clients
 from gitops.desired.errors import ValidationError
 from gitops.desired.revision import DesiredState
 from gitops.errors import GitopsError, PermanentError, TemporaryError
+from gitops.fetch.mirror import FetchInterrupted
 from gitops.fetch.revisions import commit_identities, revision_desired_state, revision_fetch
 from gitops.locks import ReconcileLockLost, SourceBusy, TakeoverPending, source_lock
 from gitops.models import Revision, Rollout, Source, automatic_sync_filter, known_clusters
@@ -96,12 +97,13 @@ def _reconcile(
     aborted = _abort_if_requested(source) if owed.aborts else None  # before Git: no commit holds it up
     gate = GateWatch(source, manual=manual)
     held = gate.held  # a freeze, or outside the sync windows
+    decided = _Decided(actor, retry_failed, gate, resumed)
     if rollouts_only and (not source.automatic_sync_allowed or _backing_off(source)):
-        result = _decisions_only(source, actor=actor, retry_failed=retry_failed, gate=gate, aborted=aborted)
-        result.errors[:0] = resumed.failures
-        return result
+        return _decisions_only(source, decided, aborted=aborted)
     try:
-        head, forced = revision_fetch(source)
+        head, forced = revision_fetch(source, interrupted=_aborts_requested(source).exists)
+    except FetchInterrupted:
+        return _abort_while_fetching(source, decided)
     except (TemporaryError, PermanentError) as exc:
         Source.objects.filter(pk=source.pk).update(last_error=str(exc))
         # Git is out of reach, but decisions already stored (an abort, a pause that
@@ -161,17 +163,35 @@ def _outcome_into(result: SyncResult, outcome: StepOutcome, queued: Outcome | No
     result.summary, result.errors = outcome.summary, list(dict.fromkeys(errors))
 
 
-def _decisions_only(
-    source: Source, *, actor: str, retry_failed: bool, gate: GateWatch, aborted: StepOutcome | None
-) -> SyncResult:
+def _abort_while_fetching(source: Source, decided: _Decided) -> SyncResult:
+    """Someone aborted a rollout while Git was slow to answer (a host that hangs holds a fetch for its
+    whole timeout, and this pass the source's lock): the fetch stopped, and the abort is carried out
+    now, from stored state, as a pass without Git carries out decisions. The fetch is asked for again,
+    after this pass: the request that started it was taken when it began."""
+    Source.objects.filter(pk=source.pk).update(sync_requested_at=timezone.now())
+    return _decisions_only(source, decided, aborted=None)
+
+
+@dataclass(frozen=True)
+class _Decided:
+    """What a pass that carries out decisions only needs of the pass it is: who runs it and how, its
+    gate, and what it resumed before Git was asked (the refusals among it are reported first)."""
+
+    actor: str
+    retry_failed: bool
+    gate: GateWatch
+    resumed: Resumed
+
+
+def _decisions_only(source: Source, decided: _Decided, *, aborted: StepOutcome | None) -> SyncResult:
     """A pass that carries out decisions on rollouts (a promote, an abort, a retry; beat's sweep of an
     abort or an owed rollback) on a source that is suspended or backing off from its Git host. What
     people decided goes on, with the active rollout's own revision; Git is not asked, so a commit
     pushed while suspended waits for resume or for someone's sync instead of starting a rollout."""
-    moved = _drive_active(source, actor=actor, retry_failed=retry_failed, held=gate)
+    moved = _drive_active(source, actor=decided.actor, retry_failed=decided.retry_failed, held=decided.gate)
     idle = Outcome.SUSPENDED if not source.automatic_sync_allowed else Outcome.UNCHANGED
     result = SyncResult(source.name, aborted.outcome if aborted else idle, source.last_commit)
-    result.errors.extend(aborted.failures if aborted else [])
+    result.errors.extend([*decided.resumed.failures, *(aborted.failures if aborted else [])])
     if moved is not None:
         result.outcome, result.summary = moved.outcome, moved.summary
         result.errors.extend(moved.failures)

@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -289,9 +290,24 @@ def _prlimit() -> str:
     return found
 
 
+class Interrupted(Exception):
+    """``run`` stopped git because its caller asked it to (``interrupted``)."""
+
+
+# How often a long git run asks whether it should stop: a fetch worth having is done well within it.
+INTERRUPT_CHECK_SECONDS = 1.0
+
+
 def run(
-    invocation: GitInvocation, *, timeout: float, input: bytes | None = None
+    invocation: GitInvocation,
+    *,
+    timeout: float,
+    input: bytes | None = None,
+    interrupted: Callable[[], bool] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
+    """Runs git to its end, killed (with the helpers it started) past ``timeout`` seconds, raising
+    ``subprocess.TimeoutExpired``; with ``interrupted``, asked every INTERRUPT_CHECK_SECONDS while git
+    runs, and git is killed as soon as it says so, raising ``Interrupted``."""
     try:
         # A session of its own: git has no terminal to prompt on, and a timeout
         # can kill the helpers it started (git-remote-https, ssh) along with it.
@@ -305,14 +321,28 @@ def run(
         )
     except FileNotFoundError:
         raise PermanentError("the git executable was not found") from None
-    try:
-        stdout, stderr = process.communicate(input, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):  # it may have finished in the meantime
-            os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        raise
-    return subprocess.CompletedProcess(invocation.argv, process.returncode, stdout, stderr)
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = max(0.0, deadline - time.monotonic())
+        wait = remaining if interrupted is None else min(remaining, INTERRUPT_CHECK_SECONDS)
+        try:
+            # Asked again after a timeout, communicate loses none of the output (nor sends input twice).
+            stdout, stderr = process.communicate(input, timeout=wait)
+        except subprocess.TimeoutExpired:
+            if wait >= remaining:
+                _kill_session(process)
+                raise
+            if interrupted is not None and interrupted():
+                _kill_session(process)
+                raise Interrupted() from None
+            continue
+        return subprocess.CompletedProcess(invocation.argv, process.returncode, stdout, stderr)
+
+
+def _kill_session(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):  # it may have finished in the meantime
+        os.killpg(process.pid, signal.SIGKILL)
+    process.communicate()
 
 
 def git_at(git_dir: Path, *args: str) -> GitInvocation:

@@ -34,6 +34,7 @@ from gitops.fetch.git import (
     MIRROR_REF_PREFIX,
     CatFileBatch,
     GitInvocation,
+    Interrupted,
     base_env,
     build_fetch_invocation,
     check_object_id,
@@ -185,8 +186,16 @@ class GitMirror:
             self._cat_file = None
 
     def fetch(
-        self, url: str, branch: str, credentials: Credentials | None = None, *, timeout: float = 120
+        self,
+        url: str,
+        branch: str,
+        credentials: Credentials | None = None,
+        *,
+        timeout: float = 120,
+        interrupted: Callable[[], bool] | None = None,
     ) -> FetchResult:
+        """Brings ``branch`` of ``url`` into the mirror. ``interrupted`` is asked every second while git
+        runs; git is stopped as soon as it says so (``FetchInterrupted``), as at ``timeout``."""
         check_url(url)
         branch = normalize_branch(branch)
         where = f"branch {branch!r} of {redact_url(url)}"
@@ -199,14 +208,14 @@ class GitMirror:
             self.sweep_temporary_objects(older_than=timeout)  # a worker killed mid-fetch left them
         ref = f"{MIRROR_REF_PREFIX}{branch}"
         previous = self._read_ref(ref)
-        completed = self._run_fetch(invocation, where, timeout)
+        completed = self._run_fetch(invocation, where, timeout, interrupted)
         if completed.returncode != 0:
             self._refuse_overfull(where, since=began)
             stderr = completed.stderr.decode("utf-8", "replace")
             server_format = _MISMATCHED_FORMAT.search(stderr)
             if server_format and self._recreate_with_format(server_format.group(1)):
                 # The repository uses other object ids (SHA-256): a mirror of its kind takes it.
-                return self.fetch(url, branch, credentials, timeout=timeout)
+                return self.fetch(url, branch, credentials, timeout=timeout, interrupted=interrupted)
             error, reason = _fetch_error(where, stderr, completed.returncode, invocation, credentials)
             logger.info("fetch of %s failed after %.2fs: %s", where, time.monotonic() - started, reason)
             raise error
@@ -216,6 +225,12 @@ class GitMirror:
             return FetchResult(commit=previous, previous=previous, forced=False)
         if maintenance:
             self._maintain()
+        return self._fetched_tip(ref, where, previous, current, started)
+
+    def _fetched_tip(
+        self, ref: str, where: str, previous: str | None, current: str | None, started: float
+    ) -> FetchResult:
+        """What a fetch that moved ``ref`` brought: its new tip, recorded, and whether it was forced."""
         tip = self._tip(ref)
         if tip is None:
             raise TemporaryError(f"fetching {where} left no {ref}")
@@ -541,16 +556,20 @@ class GitMirror:
         return identities
 
     def _run_fetch(
-        self, invocation: GitInvocation, where: str, timeout: float
+        self, invocation: GitInvocation, where: str, timeout: float, interrupted: Callable[[], bool] | None
     ) -> subprocess.CompletedProcess[bytes]:
         try:
-            return run(invocation, timeout=timeout)
+            return run(invocation, timeout=timeout, interrupted=interrupted)
         except subprocess.TimeoutExpired:
             logger.info("fetch of %s timed out after %.1fs", where, timeout)
             # git was killed: what it was writing stays until git's own prune (two weeks), and a pusher
             # whose pack never arrives in time would fill the disk a poll at a time.
             self.sweep_temporary_objects(older_than=0)
             raise TemporaryError(f"fetching {where} timed out after {timeout:g}s") from None
+        except Interrupted:
+            logger.info("fetch of %s stopped: its caller has something more urgent to do", where)
+            self.sweep_temporary_objects(older_than=0)
+            raise FetchInterrupted(f"fetching {where} was stopped for something more urgent") from None
 
     def sweep_temporary_objects(self, *, older_than: float) -> int:
         """Deletes the temporary objects and packs git writes before it moves them into place
@@ -816,6 +835,10 @@ def _committed_at(timestamp: int) -> datetime:
         return datetime.fromtimestamp(timestamp, tz=UTC)
     except (ValueError, OverflowError, OSError):
         return datetime.fromtimestamp(0, tz=UTC)
+
+
+class FetchInterrupted(TemporaryError):
+    """A fetch stopped because its caller asked (``GitMirror.fetch``'s ``interrupted``)."""
 
 
 class GitTookTooLong(TemporaryError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -84,11 +85,12 @@ _VALID: PreparedUpdate = PreparedUpdate(
 )
 
 
-def revision_fetch(source: Source) -> tuple[Revision, bool]:
-    """Fetches the branch and records its tip; also whether the branch was force-pushed."""
+def revision_fetch(source: Source, *, interrupted: Callable[[], bool] | None = None) -> tuple[Revision, bool]:
+    """Fetches the branch and records its tip; also whether the branch was force-pushed. ``interrupted``
+    is asked every second while git runs, and stops the fetch (``FetchInterrupted``) when true."""
     credentials = resolve_credentials(source.credentials_ref, scope=configured_scope())
     with mirror_for(source) as mirror, metrics.FETCH_SECONDS.labels(source.name).time():
-        fetched = mirror.fetch(source.url, source.branch, credentials)
+        fetched = mirror.fetch(source.url, source.branch, credentials, interrupted=interrupted)
         revision = _REVISION_OF_COMMIT.first(source.pk, fetched.commit)
         if revision is None:
             revision = _revision_create(source, fetched, mirror.commit_info(fetched.commit))

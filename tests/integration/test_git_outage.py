@@ -14,6 +14,7 @@ from gitops.models import Rollout, Source
 from gitops.rollout import decisions
 from tests.gitrepo import configmap, policy
 from tests.rollouts import rollout_of, wait_for
+from tests.workers import poll
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -156,3 +157,59 @@ def test_an_abort_swept_while_the_source_backs_off_does_not_ask_git_or_reset_its
     backing = Source.objects.get(pk=source.pk)
     assert (backing.consecutive_failures, backing.last_error) == (3, "git down")
     assert abs((backing.next_poll_at - later).total_seconds()) < 1
+
+
+class HangingGitHost:
+    """A Git host behind a black hole: it takes the connection and never answers, so a fetch waits for
+    its whole timeout (two minutes)."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.connections: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}/platform/config.git"
+
+    def _accept(self) -> None:
+        try:
+            while True:
+                self.connections.append(self.listener.accept()[0])
+        except OSError:  # closed
+            return
+
+    def close(self) -> None:
+        self.listener.close()
+        for connection in self.connections:
+            connection.close()  # the fetch fails at once
+
+
+def test_an_abort_stops_a_fetch_from_a_git_host_that_hangs_and_rolls_back_at_once(
+    repo, make_namespaces, make_source, sync, cluster, people
+):
+    """A poll's pass holds the source's lock while its fetch waits on a Git host that never answers.
+    An abort asked for meanwhile stops the fetch and is carried out within seconds. Before, it waited
+    for the fetch's timeout (two minutes) while the canary kept the bad version."""
+    from gitops.tasks import sync_source
+
+    source, targets = paused_at_half(repo, make_namespaces, make_source, sync)
+    paused = wait_for(source, phase="Paused", waiting_for="approval")
+    host = HangingGitHost()
+    try:
+        Source.objects.filter(pk=source.pk).update(url=host.url)
+        sync_source.delay(source.pk, automatic=True, wait_if_busy=False)
+        poll(lambda: host.connections, timeout=30, what="the poll's fetch to reach the Git host")
+
+        decisions.rollout_abort(paused.pk, user=people["approver"], reason="incident")
+
+        aborted = wait_for(source, phase="Aborted", timeout=30)
+        assert aborted.message.startswith("incident")
+        assert versions(cluster, targets) == ["1", "1"]
+        poll(lambda: len(host.connections) >= 2, timeout=30, what="the fetch to be asked for again")
+    finally:
+        host.close()
