@@ -340,6 +340,18 @@ def _lock_within(source: Source, seconds: float) -> bool:
     return True
 
 
+def source_lock_held(source_id: int) -> bool:
+    """Whether any session holds the source's lock now (a pass, a removal, a person's decision)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            " AND classid = %s AND objid = %s AND objsubid = 2)",
+            [LOCK_CLASS, source_id],
+        )
+        return bool(cursor.fetchone()[0])
+
+
 def _try_lock(source: Source) -> bool:
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [LOCK_CLASS, source.pk])

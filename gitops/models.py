@@ -1261,6 +1261,9 @@ class SourceRemoval(models.Model):
     requested_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # When a task last took the removal up, or beat's sweep sent one again: an active removal no task has
+    # taken up for a while lost its task (``polling.removals_claim_stale``) and is sent again.
+    attempted_at = models.DateTimeField(default=timezone.now)
     # Objects the source managed when the removal ran, and how each went.
     objects_total = models.PositiveIntegerField(default=0)
     objects_done = models.PositiveIntegerField(default=0)

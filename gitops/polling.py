@@ -7,13 +7,19 @@ webhook) never enqueue the same source twice.
 from __future__ import annotations
 
 from collections.abc import Collection
+from datetime import timedelta
 from typing import Any
 
 from django.db.models import DateTimeField, ExpressionWrapper, F, Value
 from django.utils import timezone
 
 from gitops import schedule, selectors
-from gitops.models import Rollout, Source, automatic_sync_filter
+from gitops.locks import source_lock_held
+from gitops.models import Rollout, Source, SourceRemoval, automatic_sync_filter
+
+# An active removal that no task has taken up for this long lost its task, and is sent again. A task
+# that is still retrying (a busy source, a cluster that does not answer) takes it up well within it.
+REMOVAL_RESEND_AFTER = timedelta(minutes=10)
 
 
 def sources_with_due_rollouts(now: Any = None, *, polled: Collection[int] = ()) -> list[int]:
@@ -90,6 +96,26 @@ def sources_claim_due(now: Any = None) -> list[int]:
         claim = Source.objects.filter(pk=source_id, next_poll_at=due_at)
         if claim.update(next_poll_at=now + interval, sync_queued=False):
             claimed.append(source_id)
+    return claimed
+
+
+def removals_claim_stale(now: Any = None) -> list[int]:
+    """Claims the active removals whose task was lost: none took them up for ``REMOVAL_RESEND_AFTER``
+    (a broker that refused the task after the request committed, or lost it in a failover). Without
+    this, the source stays suspended and "being deleted" for good: resuming it and deleting it again
+    are both refused. Skipped while anything holds the source's lock (a removal under way, its own
+    task included); each claim is a compare-and-swap, so two beats send one task. Running a removal
+    again is harmless: a second task finds it ended, or finishes what the first left."""
+    now = now or timezone.now()
+    stale = SourceRemoval.objects.filter(
+        status__in=SourceRemoval.ACTIVE_STATUSES, attempted_at__lte=now - REMOVAL_RESEND_AFTER
+    )
+    claimed = []
+    for removal_id, source_id, attempted_at in stale.values_list("pk", "source_id", "attempted_at"):
+        if source_lock_held(source_id):
+            continue
+        if SourceRemoval.objects.filter(pk=removal_id, attempted_at=attempted_at).update(attempted_at=now):
+            claimed.append(removal_id)
     return claimed
 
 

@@ -61,7 +61,11 @@ def source_removal_run(removal_id: int) -> SourceRemoval:
             raise SourceBusy(f"source {source.name} is being reconciled; its removal waits")
         started = SourceRemoval.objects.filter(
             pk=removal.pk, status__in=SourceRemoval.ACTIVE_STATUSES
-        ).update(status=RemovalStatus.RUNNING, started_at=removal.started_at or timezone.now())
+        ).update(
+            status=RemovalStatus.RUNNING,
+            started_at=removal.started_at or timezone.now(),
+            attempted_at=timezone.now(),  # taken up: beat's sweep does not send it again meanwhile
+        )
         if not started:  # a task delivered again, which got the lock after the removal ended
             removal.refresh_from_db()
             return removal

@@ -159,6 +159,9 @@ def poll_sources(self: Task[Any, Any]) -> list[int]:
         partial(schedule.claimed_source_sync, i, actor=SYSTEM_ACTOR, automatic=False, rollouts_only=True)
         for i in sorted(due_rollouts)
     ]
+    # A removal whose task was lost is sent again; refused, it is claimed again once the sweep's wait is
+    # over (``polling.REMOVAL_RESEND_AFTER``).
+    sends += [partial(schedule.source_removal, i) for i in polling.removals_claim_stale(claimed_at)]
     refused: Exception | None = None
     for send in sends:
         try:

@@ -746,3 +746,39 @@ def test_a_removal_task_delivered_again_after_the_removal_ended_changes_nothing(
     deleted = list(SourceAudit.objects.filter(source_id=source.pk, action="deleted"))
     assert len(deleted) == 1, "the source was deleted once"
     assert SourceRemoval.objects.get(pk=removal.pk).finished_at <= deleted[0].at, "its end did not move"
+
+
+def test_a_removal_whose_task_the_broker_lost_is_sent_again_by_beats_sweep(applied, cluster, monkeypatch):
+    """The removal's request committed, and the broker refused its task (or lost it in a failover).
+    Nothing ran it, and the source stayed suspended and "being deleted" for good: resuming it and
+    deleting it again were both refused. Beat's sweep sends it again once no task has taken it up for
+    a while, never while something holds the source's lock, and once per claim."""
+    import psycopg
+    from kombu.exceptions import OperationalError
+
+    from gitops.locks import LOCK_CLASS
+    from gitops.tasks import poll_sources
+
+    source, targets = applied
+    refuse_sends(monkeypatch)
+    with pytest.raises(OperationalError):
+        source_admin.source_remove(source, objects=ObjectsOnRemoval.KEEP)
+    removal = SourceRemoval.objects.get(source=source)
+    assert removal.status == "queued"
+    with pytest.raises(SourceRemovalRefused, match="already being deleted"):
+        source_admin.source_remove(source, objects=ObjectsOnRemoval.KEEP)
+    monkeypatch.undo()  # the broker is back
+    assert polling.removals_claim_stale() == [], "not yet: its task may still come"
+    SourceRemoval.objects.filter(pk=removal.pk).update(
+        attempted_at=timezone.now() - polling.REMOVAL_RESEND_AFTER
+    )
+    with psycopg.connect(**connection.get_connection_params()) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s, %s)", [LOCK_CLASS, source.pk])
+        assert polling.removals_claim_stale() == [], "not while something holds the source"
+
+    poll_sources.apply()
+
+    done = removal_done(removal)
+    assert done.status == "done", done.message
+    assert cluster.get_configmap(targets[0], "app") is not None, "kept"
+    assert polling.removals_claim_stale(timezone.now() + polling.REMOVAL_RESEND_AFTER) == [], "ended"
