@@ -98,7 +98,7 @@ def _reconcile(
     gate = GateWatch(source, manual=manual)
     held = gate.held  # a freeze, or outside the sync windows
     decided = _Decided(actor, retry_failed, gate, resumed)
-    if rollouts_only and (not source.automatic_sync_allowed or _backing_off(source)):
+    if rollouts_only and _without_git(source):
         return _decisions_only(source, decided, aborted=aborted)
     try:
         head, forced = revision_fetch(source, interrupted=_aborts_requested(source).exists)
@@ -199,6 +199,12 @@ def _decisions_only(source: Source, decided: _Decided, *, aborted: StepOutcome |
     if result.errors:
         Source.objects.filter(pk=source.pk).update(last_error="; ".join(result.errors[:5]))
     return result
+
+
+def _without_git(source: Source) -> bool:
+    """Whether a decision's pass leaves Git alone: the source is suspended, or backing off. (Once a
+    pass sees a source not backing off, a later look cannot see it backing off: time only moves on.)"""
+    return not source.automatic_sync_allowed or _backing_off(source)
 
 
 def _backing_off(source: Source) -> bool:
@@ -531,6 +537,9 @@ _REQUESTS_TAKEN: PreparedUpdate = PreparedUpdate(
     ),
     int,
 )
+_QUEUED_TAKEN: PreparedUpdate = PreparedUpdate(
+    lambda source_id: (Source.objects.filter(pk=source_id), {"sync_queued": False}), int
+)
 
 
 def _locked_pass(source: Source, runs: list[SyncResult], asked: _Asked) -> tuple[bool, Source | None]:
@@ -544,7 +553,10 @@ def _locked_pass(source: Source, runs: list[SyncResult], asked: _Asked) -> tuple
                 return True, None
             source = current
         if acquired:
-            _REQUESTS_TAKEN(source.pk)
+            # A pass that carries out decisions only (a suspended or backing-off source) does not fetch:
+            # what was requested stays for the full pass after it (``_requested_again``).
+            decisions_only = asked.rollouts_only and not runs and _without_git(source)
+            (_QUEUED_TAKEN if decisions_only else _REQUESTS_TAKEN)(source.pk)
             runs.append(_pass(source, runs, asked))
     return acquired, source
 

@@ -137,13 +137,17 @@ def sync_queued_claim(source_id: int) -> bool:
     return bool(_CLAIM_QUEUED_SYNC(source_id, now, now - SYNC_QUEUED_STALE))
 
 
-def source_sync_once(source_id: int, *, actor: str) -> bool:
+def source_sync_once(source_id: int, *, actor: str, backing_off: bool = False) -> bool:
     """Queues a sync unless one is queued: a burst of pushes makes one reconcile of the newest commit.
 
     What asks (a push, a lifted freeze or removed window, a change the live cache saw) may never ask
     again, and GitHub does not redeliver a refused push: a sync the broker refuses is given back as
-    a request (see ``source_poll_due_now``), not dropped."""
+    a request (see ``source_poll_due_now``), not dropped. A source ``backing_off`` from failures may
+    have a pass queued that carries out decisions only and does not fetch (beat's sweep of an owed
+    rollback): what finds it queued is stored as a request, which the full pass after it runs."""
     if not sync_queued_claim(source_id):
+        if backing_off:
+            Source.objects.filter(pk=source_id).update(sync_requested_at=timezone.now())
         return False
     claimed_source_sync(
         source_id,

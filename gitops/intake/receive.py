@@ -77,7 +77,15 @@ def _secret_for(source: Source | None) -> tuple[str, str]:
 
 
 # What a delivery reads of its source: the rest (the last plan above all) is not decoded per push.
-_WEBHOOK_FIELDS = ("id", "name", "branch", "webhook_secret_encrypted", "suspended", "deleted_at")
+_WEBHOOK_FIELDS = (
+    "id",
+    "name",
+    "branch",
+    "webhook_secret_encrypted",
+    "suspended",
+    "deleted_at",
+    "consecutive_failures",
+)
 
 
 # Asked of every delivery, with another name each time: compiled to SQL once per process. (A deleted
@@ -166,7 +174,9 @@ def _accept(
     if reason:
         return WebhookAnswer(202, {"status": "ignored", "reason": reason, "delivery": delivery_id}, provider)
     try:
-        queued = schedule.source_sync_once(source.pk, actor=f"webhook:{provider}")
+        queued = schedule.source_sync_once(
+            source.pk, actor=f"webhook:{provider}", backing_off=source.consecutive_failures > 0
+        )
     except schedule.SyncNotQueued:
         return _unqueued(delivered, source, provider)
     log.info(

@@ -285,3 +285,33 @@ def test_a_git_push_through_the_shipped_post_receive_hook_reaches_the_cluster(
         what="the pushed change to reach the apiserver",
     )
     assert WebhookDelivery.objects.get(source=source, outcome="accepted").provider == "generic"
+
+
+def test_a_push_to_a_backing_off_source_whose_owed_rollback_is_queued_is_fetched_after_it(
+    hooked_source, repo, cluster, monkeypatch
+):
+    """The source backs off (its last passes failed) and owes a cluster a rollback, so beat's sweep has
+    queued a pass that carries out decisions only and does not fetch. A push comes meanwhile: its sync
+    is already queued, so the webhook queues none. The decisions' pass then runs the push's fetch after
+    it. Before, it took the push's request with its own and never fetched: the commit waited for the
+    back-off's next try (up to an hour) though the push was answered "accepted"."""
+    from datetime import timedelta
+
+    from gitops import reconcile, schedule
+
+    source, namespace = hooked_source
+    monkeypatch.setattr(schedule, "_send", lambda *args, **kwargs: "")  # the passes run here
+    assert reconcile.source_sync(source.pk).outcome == "applied"
+    Source.objects.filter(pk=source.pk).update(
+        consecutive_failures=2, next_poll_at=timezone.now() + timedelta(minutes=30), last_error="git down"
+    )
+    assert schedule.sync_queued_claim(source.pk), "beat's sweep claims it for the owed rollback"
+    repo.write("configmaps/app.yaml", configmap("app", {"v": "2"}))
+    repo.commit("v2: the fix")
+    body, headers = github_push(repo)
+
+    assert post(source, body, headers).json()["status"] == "accepted"
+    reconcile.source_sync(source.pk, actor="sluice", rollouts_only=True)  # the sweep's queued pass
+
+    assert cluster.get_configmap(namespace, "app")["data"] == {"v": "2"}
+    assert Source.objects.get(pk=source.pk).consecutive_failures == 0
