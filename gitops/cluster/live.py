@@ -146,7 +146,8 @@ def live_view(
     for cluster in reachable:
         namespaces = by_cluster[cluster]
         # Only the namespaces written since the last pass come with their stamps: the others' are kept.
-        cached = livestore.fresh_stamps_since(cluster, namespaces, settling.kept_versions(cluster))
+        kept = settling.kept_versions(cluster)
+        cached = livestore.fresh_stamps_since(cluster, namespaces, kept, server=reachable[cluster].server)
         reads = work.setdefault(cluster, [])
         for namespace in namespaces:
             stamps = cached.get(namespace)

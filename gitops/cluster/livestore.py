@@ -413,11 +413,14 @@ def fresh_stamps(cluster: str, namespaces: Iterable[str]) -> dict[str, dict[str,
 
 
 def fresh_stamps_since(
-    cluster: str, namespaces: Iterable[str], kept: Mapping[str, str]
+    cluster: str, namespaces: Iterable[str], kept: Mapping[str, str], *, server: str | None = None
 ) -> dict[str, NamespaceStamps]:
     """``fresh_stamps``, for a caller that ``kept`` the stamps of some namespaces (namespace -> their
     version): a namespace still at that version comes back without its stamps (``texts`` None), so
-    only the namespaces written since are read whole. Stale namespaces are left out.
+    only the namespaces written since are read whole. Stale namespaces are left out, and with
+    ``server`` (the apiserver the caller's client talks to) so are those whose watch last listed
+    another server: a kubeconfig re-pointed at another cluster is seen by the workers at once, and the
+    old watch may vouch for the old server's objects until it ends.
     """
     ordered = sorted(set(namespaces))
     if not ordered:
@@ -427,14 +430,25 @@ def fresh_stamps_since(
         with client.pipeline(transaction=False) as pipe:
             pipe.get(_key(cluster, "alive"))
             pipe.get(_key(cluster, "cfresh"))
+            pipe.get(_key(cluster, "clisting"))
             for namespace in ordered:
                 pipe.get(_key(cluster, "fresh", namespace))
-            alive, whole, *epochs = pipe.execute()
+                pipe.get(_key(cluster, "listing", namespace))
+            alive, whole, whole_listing, *answers = pipe.execute()
         if not alive:
             return {}
-        candidates = (
-            ordered if whole == alive else [n for n, e in zip(ordered, epochs, strict=True) if e == alive]
-        )
+
+        def listed_here(listing: bytes | str | None) -> bool:
+            return server is None or str(listing or "").partition(" ")[2] == server
+
+        if whole == alive and listed_here(whole_listing):
+            candidates = ordered
+        else:
+            candidates = [
+                namespace
+                for namespace, epoch, listing in zip(ordered, answers[::2], answers[1::2], strict=True)
+                if epoch == alive and listed_here(listing)
+            ]
         result: dict[str, NamespaceStamps] = {}
         moved = _read_fresh(client, cluster, candidates, kept, result) if candidates else []
         if moved:  # written since the caller kept them: read whole

@@ -475,8 +475,8 @@ def test_a_pass_is_sent_the_stamps_of_only_the_namespaces_written_since_the_last
     sent: list[dict[str, bool]] = []
     real = livestore.fresh_stamps_since
 
-    def spied(cluster, namespaces, kept):
-        found = real(cluster, namespaces, kept)
+    def spied(cluster, namespaces, kept, **options):
+        found = real(cluster, namespaces, kept, **options)
         sent.append({namespace: stamps.texts is not None for namespace, stamps in found.items()})
         return found
 
@@ -650,7 +650,9 @@ def test_a_watch_too_old_for_the_apiserver_lists_again_and_wakes_what_changed(
         poll(lambda: fresh(namespace), timeout=30, what="the relisted namespace to be vouched for")
         assert "410" in restarted.log_path.read_text()
         assert sync(source)["outcome"] == "unchanged"
-        assert last_plan(source)["reads"] == {"cache": 2, "get": 0, "list": 0}
+        # The worker talks to the first apiserver, the cache to the replica: a watch of another server
+        # vouches for nothing, and the worker lists (the cache's own plans are the test's above).
+        assert last_plan(source)["reads"] == {"cache": 0, "get": 0, "list": 1}
         restarted.stop()
     assert cluster.get_configmap(namespace, "app-1")["data"] == {"LOG_LEVEL": "info"}
 
@@ -1010,6 +1012,7 @@ class _Lease:
         stamps = {name: stamp_of(cluster.get_configmap(namespace, name)).encode() for name in names}
         assert self.store.write(namespace, stamps, whole_cluster=True)
         assert self.store.write("", {}, resource_version="1", fresh=True, whole_cluster=True)
+        assert self.store.remember_list("", cluster.server)  # as a watch's LIST ends
 
     def close(self) -> None:
         self.stopped.set()
@@ -1450,3 +1453,28 @@ def test_held_stamp_drops_are_cleared_only_as_they_were_read(make_source):
     assert Source.objects.get(pk=source.pk).stamps_to_drop == held_meanwhile
     assert stamps_drop_held(source) is True
     assert Source.objects.get(pk=source.pk).stamps_to_drop == {}
+
+
+def test_a_watch_that_last_listed_another_server_vouches_for_nothing(
+    repo, make_namespaces, make_source, sync, cluster
+):
+    """A kubeconfig re-pointed at another apiserver (a migration, a disaster-recovery switch): workers
+    connect to the new server at once, while the old server's watch may vouch for its objects until it
+    ends. Stamps are trusted only from a watch whose last LIST was of the server the worker talks to;
+    the others' namespaces are read. Before, a pass settled the new cluster's objects from the old
+    server's stamps as unchanged, and created or updated nothing there."""
+    namespace, source = synced_source(repo, make_namespaces, make_source, sync)
+    name = settings.SLUICE_CLUSTER_NAME
+    lease = _Lease()
+    try:
+        lease.watched(cluster, namespace, "app-0")
+        assert namespace in livestore.fresh_stamps_since(name, [namespace], {}, server=cluster.server)
+        assert sync(source)["outcome"] == "unchanged"
+        assert last_plan(source)["reads"]["cache"] > 0, "the watch of this server vouches"
+
+        assert lease.store.remember_list("", "https://old-apiserver.example:6443")
+        assert livestore.fresh_stamps_since(name, [namespace], {}, server=cluster.server) == {}
+        assert sync(source)["outcome"] == "unchanged"
+        assert last_plan(source)["reads"]["cache"] == 0, last_plan(source)["reads"]
+    finally:
+        lease.close()
