@@ -156,7 +156,9 @@ class Waker:
             self.pending.put(source)
 
     def run(self) -> None:
-        while not self.stop.is_set():
+        """Wakes what is asked until ``stop``, and then what is still queued: the caches store events
+        until their leases go, after the process was told to stop, and no later event repeats a wake."""
+        while not (self.stop.is_set() and self.pending.empty()):
             try:
                 names = {self.pending.get(timeout=0.5)}
             except queue.Empty:
@@ -169,6 +171,8 @@ class Waker:
                 # No later event repeats this wake: the stamp is stored already, so the drift would
                 # wait for the next poll. They are put back, after a pause that lets the database return.
                 log.exception("could not wake sources %s; trying again shortly", sorted(names))
+                if self.stop.is_set():
+                    return  # stopping: their next poll syncs them
                 self.stop.wait(WAKE_RETRY_SECONDS)
                 self.wake(names)
             except Exception:  # anything else would fail again: the waker lives on, the next poll syncs them
@@ -358,10 +362,17 @@ class StampSink:
         self.events = EventWriter(self)  # the cluster watch's; a namespace's own are written at once
 
     def adopt(self, namespace: str, stored: dict[str, str]) -> None:
-        """What an earlier process stored: the starting point that changes are compared with."""
+        """What an earlier process stored: the starting point that changes are compared with. A stamp
+        that already shows a drift wakes its source: the term that stored it may have ended (a crash, a
+        lease lost) before its wake went out, and nothing later repeats it."""
         decoded = {name: LiveStamp.decode(text) for name, text in stored.items()}
         self.known[namespace] = {name: stamp for name, stamp in decoded.items() if stamp is not None}
         self.synced.discard(namespace)
+        drifted = {
+            source for stamp in self.known[namespace].values() for source in sources_to_wake(None, stamp)
+        }
+        if drifted:
+            self.wake(drifted)
 
     def drop(self, namespace: str) -> None:
         self.known.pop(namespace, None)
@@ -822,7 +833,8 @@ class LiveCaches:
     def __init__(self, options: LiveCacheOptions, *, only: str | None = None) -> None:
         self.options, self.only = options, only
         self.stopping = threading.Event()
-        self.waker = Waker(self.stopping)
+        # Its own: it stops once the caches have let their leases go, waking what they stored till then.
+        self.waker = Waker(threading.Event())
         self.running: dict[str, _Running] = {}
         self.stopped: list[_Running] = []  # caches told to stop that may still be dropping their keys
         self.next_sweep = 0.0
@@ -830,7 +842,8 @@ class LiveCaches:
 
     def run(self) -> None:
         """Serves until ``stopping`` (SIGTERM or SIGINT), then lets every cluster's lease go."""
-        threading.Thread(target=self.waker.run, name="live-cache-waker", daemon=True).start()
+        waker = threading.Thread(target=self.waker.run, name="live-cache-waker", daemon=True)
+        waker.start()
         while not self.stopping.is_set():
             try:
                 targets = watched_targets(self.only)
@@ -849,6 +862,8 @@ class LiveCaches:
             running.cache.stopping.set()
         for running in [*self.running.values(), *self.stopped]:
             running.thread.join(timeout=LEASE_SECONDS + self.options.watch_seconds)
+        self.waker.stop.set()
+        waker.join(timeout=WAKE_RETRY_SECONDS)
 
     def follow(self, targets: dict[str, set[str]]) -> None:
         """Starts a cache for each new cluster, hands each its namespaces, stops those not wanted."""

@@ -273,3 +273,39 @@ def test_a_writer_closed_while_its_queue_was_full_still_ends_once_it_has_drained
     writer._thread.join(timeout=10)
     assert not writer._thread.is_alive()
     assert writer.queue.unfinished_tasks == 0
+
+
+def test_a_new_term_wakes_the_sources_of_stored_stamps_that_already_show_a_drift(woken) -> None:
+    """The term that stored an edit's stamp ended (a crash, a lost lease) before its wake went out; the
+    next term starts from the stored stamps, so no event of that edit comes again. Adopting them wakes
+    the source whose object shows the drift, and nobody for objects as Sluice applied them."""
+    drifted = edited_by_hand(configmap("team-a", "app", source="a"), section="data", key="MODE", value="fast")
+    stored = {
+        "app": stamp_of(drifted).encode(),
+        "other": stamp_of(configmap("team-a", "other", source="b")).encode(),
+    }
+    sink = StampSink(MemoryStore({"team-a": stored}), woken.append)  # type: ignore[arg-type]
+
+    sink.adopt("team-a", stored)
+
+    assert woken == [{"a"}]
+    sink.adopt("team-b", {"app": stamp_of(configmap("team-b", "app", source="c")).encode()})
+    assert woken == [{"a"}], "as applied: nobody"
+
+
+def test_the_waker_wakes_what_was_queued_before_it_stops(monkeypatch) -> None:
+    """The process is told to stop; its caches store events until their leases go, and the wakes those
+    events asked for are still sent. Before, the waker stopped with the process, within half a second,
+    and the drifts waited for their next poll."""
+    enqueued: list[set[str]] = []
+    monkeypatch.setattr(livecache.Waker, "_enqueue", staticmethod(enqueued.append))
+    waker = livecache.Waker(threading.Event())
+    waker.stop.set()
+    waker.wake(["shop", "billing"])
+
+    thread = threading.Thread(target=waker.run, daemon=True)
+    thread.start()
+    thread.join(timeout=10)
+
+    assert not thread.is_alive()
+    assert enqueued == [{"shop", "billing"}]
