@@ -14,6 +14,7 @@ from functools import partial
 from typing import Any
 
 from celery import Task
+from django.db import OperationalError
 from django.utils import timezone
 
 from gitops import polling, preview, schedule
@@ -104,6 +105,10 @@ def sync_source(
         return _sync_failed(self, source_id, failed.error, temporary_tries, as_it_ran)
     except (TemporaryError, PermanentError) as exc:
         return _sync_failed(self, source_id, exc, temporary_tries, {})
+    except OperationalError as exc:
+        # PostgreSQL ended a transaction in a deadlock or a serialization failure, or went away a moment:
+        # a blip, retried soon, rather than a failure that backs the source off for a poll interval.
+        return _sync_failed(self, source_id, TemporaryError(f"the database: {exc}"), temporary_tries, {})
     except Exception as exc:
         # Anything unforeseen (a database error on odd input, a bug) is shown on the
         # source instead of failing silently on every poll.

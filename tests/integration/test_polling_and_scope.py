@@ -503,3 +503,35 @@ def test_a_pass_that_starts_a_timed_pause_while_the_broker_refuses_ends_paused_n
     assert (result.outcome, result.errors) == ("paused", []), result
     assert any(kwargs.get("source_id") == source.pk for kwargs in tried), "the wake was tried"
     assert Source.objects.get(pk=source.pk).last_error == ""
+
+
+def test_a_pass_ended_by_a_database_deadlock_is_retried_soon_not_backed_off(
+    repo, make_namespaces, make_source, monkeypatch
+):
+    """PostgreSQL ends one of two transactions that wait for each other (a deadlock), or a serializable
+    one, or drops a connection a moment: the pass is retried soon, as for any blip. Before, it counted
+    as an unforeseen failure, and the source backed off for its poll interval."""
+    from django.db import OperationalError
+
+    from gitops import schedule, tasks
+
+    (namespace,) = make_namespaces("app")
+    repo.write_all({"sluice.yaml": policy([namespace]), "configmaps/app.yaml": configmap("app", {"v": "1"})})
+    repo.commit("v1")
+    source = make_source()
+    monkeypatch.setattr(schedule, "_send", lambda *args, **kwargs: "")  # later passes run here
+    real_sync, tries = tasks.source_sync, []
+
+    def deadlocked_once(*args, **kwargs):
+        tries.append(1)
+        if len(tries) == 1:
+            raise OperationalError("deadlock detected")
+        return real_sync(*args, **kwargs)
+
+    monkeypatch.setattr(tasks, "source_sync", deadlocked_once)
+
+    result = tasks.sync_source.apply(kwargs={"source_id": source.pk}).get()
+
+    assert len(tries) == 2, "retried"
+    assert result["outcome"] == "applied", result
+    assert Source.objects.get(pk=source.pk).consecutive_failures == 0
