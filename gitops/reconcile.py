@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.db import OperationalError
 from django.db.models import BooleanField, Exists, ExpressionWrapper, Q, QuerySet
 from django.utils import timezone
 
@@ -86,8 +87,10 @@ def _reconcile(
     retry_failed: bool,
     manual: bool = False,
     report_rollout: bool = True,
-    rollouts_only: bool = False,
+    decisions_only: bool = False,
 ) -> SyncResult:
+    """One pass; ``decisions_only``: it carries out decisions on rollouts without asking Git (decided
+    by ``_locked_pass``, which left what was requested for the full pass after it)."""
     registered = clients.refresh()  # clusters registered, removed or re-pointed since the last pass
     owed = _owed(source)  # one query; most passes owe nothing
     # What a crashed run (or an unreachable cluster) left behind.
@@ -98,7 +101,7 @@ def _reconcile(
     gate = GateWatch(source, manual=manual)
     held = gate.held  # a freeze, or outside the sync windows
     decided = _Decided(actor, retry_failed, gate, resumed)
-    if rollouts_only and _without_git(source):
+    if decisions_only:
         return _decisions_only(source, decided, aborted=aborted)
     try:
         head, forced = revision_fetch(source, interrupted=_aborts_requested(source).exists)
@@ -557,12 +560,13 @@ def _locked_pass(source: Source, runs: list[SyncResult], asked: _Asked) -> tuple
             # what was requested stays for the full pass after it (``_requested_again``).
             decisions_only = asked.rollouts_only and not runs and _without_git(source)
             (_QUEUED_TAKEN if decisions_only else _REQUESTS_TAKEN)(source.pk)
-            runs.append(_pass(source, runs, asked))
+            runs.append(_pass(source, runs, asked, decisions_only=decisions_only))
     return acquired, source
 
 
-def _pass(source: Source, runs: list[SyncResult], asked: _Asked) -> SyncResult:
-    """One pass under the lock. Only the first is what was asked for: later ones run what came meanwhile."""
+def _pass(source: Source, runs: list[SyncResult], asked: _Asked, *, decisions_only: bool) -> SyncResult:
+    """One pass under the lock. Only the first is what was asked for: later ones run what came meanwhile,
+    and a later one's failure is retried as what it ran (``LaterPassFailed``), a database's blip too."""
     first = not runs
     try:
         return _measured(
@@ -571,12 +575,17 @@ def _pass(source: Source, runs: list[SyncResult], asked: _Asked) -> SyncResult:
             retry_failed=asked.retry_failed and first,
             manual=asked.manual and first,
             report_rollout=asked.report_rollout,
-            rollouts_only=asked.rollouts_only and first,
+            decisions_only=decisions_only,
         )
     except GitopsError as exc:
         if first:
             raise
         raise LaterPassFailed(exc, asked.coalesced_actor) from exc
+    except OperationalError as exc:
+        if first:
+            raise
+        blip = TemporaryError(f"the database: {exc}")
+        raise LaterPassFailed(blip, asked.coalesced_actor) from exc
 
 
 def _carry_on(source: Source, actor: str) -> None:
@@ -616,7 +625,13 @@ def _requested_again(source: Source) -> bool:
 
 
 def _measured(
-    source: Source, actor: str, *, retry_failed: bool, manual: bool, report_rollout: bool, rollouts_only: bool
+    source: Source,
+    actor: str,
+    *,
+    retry_failed: bool,
+    manual: bool,
+    report_rollout: bool,
+    decisions_only: bool,
 ) -> SyncResult:
     started = time.monotonic()
     try:
@@ -627,7 +642,7 @@ def _measured(
                 retry_failed=retry_failed,
                 manual=manual,
                 report_rollout=report_rollout,
-                rollouts_only=rollouts_only,
+                decisions_only=decisions_only,
             )
     except (TemporaryError, PermanentError):
         metrics.RECONCILES.labels(source.name, "error").inc()

@@ -322,21 +322,27 @@ def run(
     except FileNotFoundError:
         raise PermanentError("the git executable was not found") from None
     deadline = time.monotonic() + timeout
-    while True:
-        remaining = max(0.0, deadline - time.monotonic())
-        wait = remaining if interrupted is None else min(remaining, INTERRUPT_CHECK_SECONDS)
-        try:
-            # Asked again after a timeout, communicate loses none of the output (nor sends input twice).
-            stdout, stderr = process.communicate(input, timeout=wait)
-        except subprocess.TimeoutExpired:
-            if wait >= remaining:
-                _kill_session(process)
-                raise
-            if interrupted is not None and interrupted():
-                _kill_session(process)
-                raise Interrupted() from None
-            continue
-        return subprocess.CompletedProcess(invocation.argv, process.returncode, stdout, stderr)
+    sending = input
+    try:
+        while True:
+            remaining = max(0.0, deadline - time.monotonic())
+            wait = remaining if interrupted is None else min(remaining, INTERRUPT_CHECK_SECONDS)
+            try:
+                # Asked again after a timeout, communicate loses none of the output; the input was
+                # taken by the first call (a second call with it would raise).
+                stdout, stderr = process.communicate(sending, timeout=wait)
+                return subprocess.CompletedProcess(invocation.argv, process.returncode, stdout, stderr)
+            except subprocess.TimeoutExpired:
+                sending = None
+                if wait >= remaining:
+                    raise
+                if interrupted is not None and interrupted():
+                    raise Interrupted() from None
+    except BaseException:
+        # Past the timeout, interrupted, or whatever the check raised (the database away): git and the
+        # helpers it started must not go on writing into a mirror the next pass uses.
+        _kill_session(process)
+        raise
 
 
 def _kill_session(process: subprocess.Popen[bytes]) -> None:

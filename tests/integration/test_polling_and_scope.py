@@ -535,3 +535,31 @@ def test_a_pass_ended_by_a_database_deadlock_is_retried_soon_not_backed_off(
     assert len(tries) == 2, "retried"
     assert result["outcome"] == "applied", result
     assert Source.objects.get(pk=source.pk).consecutive_failures == 0
+
+
+def test_a_later_pass_ended_by_a_database_deadlock_is_retried_as_what_it_ran(stream, monkeypatch):
+    """A person's sync runs, then a pass for the pushes that came meanwhile, which a deadlock ends. Its
+    retry runs as a push, automatic and as Sluice: retried as the person's request, a window that lets
+    only people's syncs out would release the pushes in their name."""
+    from django.db import OperationalError
+
+    from gitops.tasks import sync_source
+
+    deny_window_letting_people_sync()
+    real_pass, asked = stream.real_pass, []
+
+    def deadlock_on_the_second_pass(source, actor, *args, **options):
+        asked.append((actor, options["manual"], options["retry_failed"]))
+        if len(asked) == 2:
+            raise OperationalError("deadlock detected")
+        return real_pass(source, actor, *args, **options)
+
+    stream.real_pass = deadlock_on_the_second_pass
+
+    sync_source.apply(
+        kwargs={"source_id": stream.source.pk, "actor": "ines", "manual": True, "retry_failed": True}
+    )
+
+    assert asked[0] == ("ines", True, True)
+    assert len(asked) > 2, "retried"
+    assert set(asked[1:]) == {("sluice", False, False)}, asked

@@ -44,3 +44,30 @@ def test_output_across_the_checks_is_kept_whole(monkeypatch) -> None:
     script = "printf one; sleep 0.2; printf ' two' >&2; sleep 0.2; printf ' three'"
     done = run(command(script), timeout=30, interrupted=lambda: False)
     assert (done.returncode, done.stdout, done.stderr) == (0, b"one three", b" two")
+
+
+def test_a_check_that_raises_kills_git_before_the_error_goes_on(monkeypatch) -> None:
+    """The check asks the database; if it is away, the error goes to the pass, and git must not keep
+    writing into the mirror that the pass's retry fetches into."""
+    monkeypatch.setattr(git, "INTERRUPT_CHECK_SECONDS", 0.05)
+    started: list[subprocess.Popen[bytes]] = []
+    real_popen = subprocess.Popen
+
+    def recorded(*args, **kwargs):
+        started.append(real_popen(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(git.subprocess, "Popen", recorded)
+
+    def database_away() -> bool:
+        raise ConnectionError("the database went away")
+
+    with pytest.raises(ConnectionError):
+        run(command("sleep 30"), timeout=60, interrupted=database_away)
+    assert started[0].poll() is not None, "git was killed"
+
+
+def test_input_is_sent_once_across_the_checks(monkeypatch) -> None:
+    monkeypatch.setattr(git, "INTERRUPT_CHECK_SECONDS", 0.05)
+    done = run(command("sleep 0.3; cat"), timeout=30, input=b"sent once", interrupted=lambda: False)
+    assert (done.returncode, done.stdout) == (0, b"sent once")
