@@ -142,6 +142,7 @@ def watched_targets(only: str | None = None) -> dict[str, set[str]]:
 
 
 WAKE_RETRY_SECONDS = 2.0
+WAKER_DRAIN_SECONDS = 10.0  # how long a stopping process waits for the wakes still queued
 
 
 class Waker:
@@ -863,7 +864,9 @@ class LiveCaches:
         for running in [*self.running.values(), *self.stopped]:
             running.thread.join(timeout=LEASE_SECONDS + self.options.watch_seconds)
         self.waker.stop.set()
-        waker.join(timeout=WAKE_RETRY_SECONDS)
+        waker.join(timeout=WAKER_DRAIN_SECONDS)
+        if not self.waker.pending.empty():
+            log.warning("stopping with wakes not sent: their sources' next polls sync them")
 
     def follow(self, targets: dict[str, set[str]]) -> None:
         """Starts a cache for each new cluster, hands each its namespaces, stops those not wanted."""

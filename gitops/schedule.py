@@ -137,17 +137,25 @@ def sync_queued_claim(source_id: int) -> bool:
     return bool(_CLAIM_QUEUED_SYNC(source_id, now, now - SYNC_QUEUED_STALE))
 
 
-def source_sync_once(source_id: int, *, actor: str, backing_off: bool = False) -> bool:
+def source_sync_once(source_id: int, *, actor: str, backing_off: bool | None = None) -> bool:
     """Queues a sync unless one is queued: a burst of pushes makes one reconcile of the newest commit.
 
     What asks (a push, a lifted freeze or removed window, a change the live cache saw) may never ask
     again, and GitHub does not redeliver a refused push: a sync the broker refuses is given back as
-    a request (see ``source_poll_due_now``), not dropped. A source ``backing_off`` from failures may
-    have a pass queued that carries out decisions only and does not fetch (beat's sweep of an owed
-    rollback): what finds it queued is stored as a request, which the full pass after it runs."""
+    a request (see ``source_poll_due_now``), not dropped.
+
+    A source backing off from failures may have a pass queued that carries out decisions only and
+    does not fetch (beat's sweep of an owed rollback): there, what asks is stored as a request first,
+    which that pass leaves for the full pass after it (stored before the claim, a pass that took the
+    queue meanwhile cannot have cleared it). ``backing_off``: whether the caller read the source as
+    backing off (False: it is not, nothing more is asked); None: the database is asked in one update."""
+    if backing_off is None:
+        Source.objects.filter(pk=source_id, consecutive_failures__gt=0).update(
+            sync_requested_at=timezone.now()
+        )
+    elif backing_off:
+        Source.objects.filter(pk=source_id).update(sync_requested_at=timezone.now())
     if not sync_queued_claim(source_id):
-        if backing_off:
-            Source.objects.filter(pk=source_id).update(sync_requested_at=timezone.now())
         return False
     claimed_source_sync(
         source_id,

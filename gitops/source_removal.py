@@ -56,16 +56,28 @@ def source_removal_run(removal_id: int) -> SourceRemoval:
     if not removal.is_active:
         return removal  # a task delivered again after the removal ended
     source = removal.source
+    # A task is at it: beat's sweep sends no other meanwhile (``polling.removals_claim_stale``), nor
+    # within a while of this try ending, which a retry (a busy source, a cluster's blip) comes well within.
+    _attempted(removal.pk)
+    try:
+        return _run_locked(removal, source)
+    finally:
+        _attempted(removal.pk)
+
+
+def _attempted(removal_id: int) -> None:
+    SourceRemoval.objects.filter(pk=removal_id, status__in=SourceRemoval.ACTIVE_STATUSES).update(
+        attempted_at=timezone.now()
+    )
+
+
+def _run_locked(removal: SourceRemoval, source: Source) -> SourceRemoval:
     with logs.log_context(source=source.name), source_lock(source) as acquired:
         if not acquired:
             raise SourceBusy(f"source {source.name} is being reconciled; its removal waits")
         started = SourceRemoval.objects.filter(
             pk=removal.pk, status__in=SourceRemoval.ACTIVE_STATUSES
-        ).update(
-            status=RemovalStatus.RUNNING,
-            started_at=removal.started_at or timezone.now(),
-            attempted_at=timezone.now(),  # taken up: beat's sweep does not send it again meanwhile
-        )
+        ).update(status=RemovalStatus.RUNNING, started_at=removal.started_at or timezone.now())
         if not started:  # a task delivered again, which got the lock after the removal ended
             removal.refresh_from_db()
             return removal

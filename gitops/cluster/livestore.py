@@ -89,6 +89,8 @@ from typing import Any, NamedTuple
 import redis
 from django.conf import settings
 
+from gitops.redaction import redact_url
+
 log = logging.getLogger("gitops.livecache")
 
 PREFIX = "sluice:live"
@@ -439,7 +441,11 @@ def fresh_stamps_since(
             return {}
 
         def listed_here(listing: bytes | str | None) -> bool:
-            return server is None or str(listing or "").partition(" ")[2] == server
+            listed = str(listing or "").partition(" ")[2]
+            if server is None or listed == server:
+                return True
+            _warn_other_server(cluster, listed, server)
+            return False
 
         if whole == alive and listed_here(whole_listing):
             candidates = ordered
@@ -457,6 +463,24 @@ def fresh_stamps_since(
         log.warning("the live cache is out of reach, reading the cluster instead: %s", exc)
         return {}
     return result
+
+
+_other_servers_told: set[tuple[str, str, str]] = set()  # (cluster, listed, the worker's): warned once
+
+
+def _warn_other_server(cluster: str, listed: str, server: str) -> None:
+    """Says once per process that the cache's watch of ``cluster`` lists another server than the
+    worker's: until the watch lists the worker's, its stamps are not used and plans read the cluster."""
+    if not listed or (cluster, listed, server) in _other_servers_told:
+        return
+    _other_servers_told.add((cluster, listed, server))
+    log.warning(
+        "cluster %s: the live cache last listed %s, this worker talks to %s; its stamps are not used "
+        "(plans read the cluster) until it lists the same server: give both the same server URL",
+        cluster,
+        redact_url(listed),
+        redact_url(server),
+    )
 
 
 def _read_fresh(

@@ -1456,7 +1456,7 @@ def test_held_stamp_drops_are_cleared_only_as_they_were_read(make_source):
 
 
 def test_a_watch_that_last_listed_another_server_vouches_for_nothing(
-    repo, make_namespaces, make_source, sync, cluster
+    repo, make_namespaces, make_source, sync, cluster, caplog
 ):
     """A kubeconfig re-pointed at another apiserver (a migration, a disaster-recovery switch): workers
     connect to the new server at once, while the old server's watch may vouch for its objects until it
@@ -1474,6 +1474,7 @@ def test_a_watch_that_last_listed_another_server_vouches_for_nothing(
 
         assert lease.store.remember_list("", "https://old-apiserver.example:6443")
         assert livestore.fresh_stamps_since(name, [namespace], {}, server=cluster.server) == {}
+        assert "the live cache last listed https://old-apiserver.example:6443" in caplog.text, "said once"
         assert sync(source)["outcome"] == "unchanged"
         assert last_plan(source)["reads"]["cache"] == 0, last_plan(source)["reads"]
     finally:

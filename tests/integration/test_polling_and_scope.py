@@ -563,3 +563,24 @@ def test_a_later_pass_ended_by_a_database_deadlock_is_retried_as_what_it_ran(str
     assert asked[0] == ("ines", True, True)
     assert len(asked) > 2, "retried"
     assert set(asked[1:]) == {("sluice", False, False)}, asked
+
+
+def test_what_asks_for_a_sync_of_a_backing_off_source_is_stored_as_a_request_first(make_source):
+    """A lifted freeze or a drift the live cache saw asks for a sync as a push does. On a source backing
+    off, the sync queued may be a pass that carries out decisions only and does not fetch: the ask is
+    stored as a request before the claim, which that pass leaves for the full pass after it. A source
+    not backing off gets no such write."""
+    from gitops import schedule
+
+    backing_off, healthy = make_source(), make_source()
+    Source.objects.filter(pk=backing_off.pk).update(
+        consecutive_failures=2, next_poll_at=timezone.now() + timedelta(minutes=30)
+    )
+    for source in (backing_off, healthy):
+        assert schedule.sync_queued_claim(source.pk), "a queued pass (beat's sweep, say)"
+
+    for source in (backing_off, healthy):
+        assert not schedule.source_sync_once(source.pk, actor="sluice"), "already queued"
+
+    assert Source.objects.get(pk=backing_off.pk).sync_requested_at is not None
+    assert Source.objects.get(pk=healthy.pk).sync_requested_at is None

@@ -434,9 +434,12 @@ def test_a_floor_raised_while_a_retry_is_made_gates_the_retried_rollout(
         repo, make_source, sync, make_namespaces("canary", "rest"), people
     )
     raised: list[Exception] = []
+    backend: list[int] = []  # the administrator's database session
 
     def raise_the_floor() -> None:
         try:
+            connection.ensure_connection()
+            backend.append(connection.connection.info.backend_pid)
             source_admin.source_update_scope(Source.objects.get(pk=source.pk), required_approvals=2)
         except Exception as exc:  # the test reports whatever ended it
             raised.append(exc)
@@ -444,8 +447,10 @@ def test_a_floor_raised_while_a_retry_is_made_gates_the_retried_rollout(
             connection.close()  # this thread's
 
     def waits_for_a_lock() -> bool:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE NOT granted)")
+        if not backend:
+            return False
+        with connection.cursor() as cursor:  # that session, not any other on the shared server
+            cursor.execute("SELECT cardinality(pg_blocking_pids(%s)) > 0", [backend[0]])
             return bool(cursor.fetchone()[0])
 
     administrator = threading.Thread(target=raise_the_floor)

@@ -782,3 +782,28 @@ def test_a_removal_whose_task_the_broker_lost_is_sent_again_by_beats_sweep(appli
     assert done.status == "done", done.message
     assert cluster.get_configmap(targets[0], "app") is not None, "kept"
     assert polling.removals_claim_stale(timezone.now() + polling.REMOVAL_RESEND_AFTER) == [], "ended"
+
+
+def test_a_removal_a_task_is_trying_is_not_sent_again_by_beats_sweep(applied):
+    """A removal's task that finds the source busy, or a cluster away, retries within minutes: every try
+    counts as the removal being taken up, so beat's sweep sends no second task meanwhile, which could
+    give up on the busy source and fail the removal while the first runs it."""
+    import psycopg
+
+    from gitops.locks import LOCK_CLASS
+    from gitops.locks import SourceBusy as Busy
+    from gitops.source_removal import source_removal_run
+
+    source, _ = applied
+    removal = SourceRemoval.objects.create(
+        source=source, source_name=source.name, mode="keep", requested_by="root", via="cli", status="queued"
+    )
+    long_ago = timezone.now() - 2 * polling.REMOVAL_RESEND_AFTER
+    SourceRemoval.objects.filter(pk=removal.pk).update(attempted_at=long_ago)
+    with psycopg.connect(**connection.get_connection_params()) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s, %s)", [LOCK_CLASS, source.pk])
+        with pytest.raises(Busy):
+            source_removal_run(removal.pk)
+
+    assert SourceRemoval.objects.get(pk=removal.pk).attempted_at > long_ago
+    assert polling.removals_claim_stale() == [], "its task is at it"
