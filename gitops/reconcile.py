@@ -89,8 +89,7 @@ def _reconcile(
     report_rollout: bool = True,
     decisions_only: bool = False,
 ) -> SyncResult:
-    """One pass; ``decisions_only``: it carries out decisions on rollouts without asking Git (decided
-    by ``_locked_pass``, which left what was requested for the full pass after it)."""
+    """One pass; ``decisions_only`` (as ``_locked_pass`` decided): without asking Git."""
     registered = clients.refresh()  # clusters registered, removed or re-pointed since the last pass
     owed = _owed(source)  # one query; most passes owe nothing
     # What a crashed run (or an unreachable cluster) left behind.
@@ -98,8 +97,7 @@ def _reconcile(
     if owed.rollbacks:  # clusters that did not answer an earlier rollback: a freeze holds none
         rollbacks_owed_finish(source)
     aborted = _abort_if_requested(source) if owed.aborts else None  # before Git: no commit holds it up
-    gate = GateWatch(source, manual=manual)
-    held = gate.held  # a freeze, or outside the sync windows
+    gate = GateWatch(source, manual=manual)  # its ``held``: a freeze, or outside the sync windows
     decided = _Decided(actor, retry_failed, gate, resumed)
     if decisions_only:
         return _decisions_only(source, decided, aborted=aborted)
@@ -127,8 +125,8 @@ def _reconcile(
         result.errors.extend(resumed.failures)
         _finish(source, [])
         return result
-    if held is not None:
-        return _hold(source, head, head_desired, held, result)
+    if gate.held is not None:
+        return _hold(source, head, head_desired, gate.held, result)
     rollout, queued = _chosen(source, head, head_desired, result)
     logs.add_context(rollout=rollout.pk)
     desired = head_desired if rollout.revision_id == head.pk else None
