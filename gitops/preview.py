@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from gitops.cluster import get_cluster
 from gitops.consumers.wave import wave_consumers
-from gitops.consumers.workloads import Workload, consumed_hash
+from gitops.consumers.workloads import Workload, consumed_hash, pods_read_the_change
 from gitops.desired.errors import ValidationError
 from gitops.desired.policy import ConsumerMode
 from gitops.desired.revision import DesiredState
@@ -108,7 +108,12 @@ def _plan_against_clusters(
 
 
 def _consumer_effects(source: Source, planned: Plan, mode: ConsumerMode) -> tuple[ConsumerEffect, ...]:
-    changed = {item.key: item.after_hash for item in planned.actionable}
+    # As a step finds them: only a change of what pods read of a ConfigMap reaches its consumers.
+    changed = {
+        item.key: item.after_hash
+        for item in planned.actionable
+        if pods_read_the_change(item.before, item.after)
+    }
     if not changed:
         return ()
     hashes = {
@@ -117,7 +122,11 @@ def _consumer_effects(source: Source, planned: Plan, mode: ConsumerMode) -> tupl
             "cluster", "namespace", "name", "content_hash"
         )
     }
-    hashes.update({key: value for key, value in changed.items() if value})
+    for key, value in changed.items():  # a deleted one leaves the inventory, as after a step
+        if value:
+            hashes[key] = value
+        else:
+            hashes.pop(key, None)
     by_cluster: dict[str, set[tuple[str, str]]] = {}
     for cluster, namespace, name in changed:
         by_cluster.setdefault(cluster, set()).add((namespace, name))

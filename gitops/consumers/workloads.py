@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from gitops.desired.content import Content
 from gitops.storable import storable_text
 
 CONFIG_HASH_ANNOTATION = "sluice.dev/config-hash"
@@ -105,6 +106,15 @@ def config_hash(contents: Mapping[str, str]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
+def pods_read_the_change(before: Content | None, after: Content | None) -> bool:
+    """Whether a ConfigMap's change reaches what pods read of it (env, envFrom and volumes): its data or
+    binaryData, or the ConfigMap came or went. Labels, annotations or ``immutable`` alone reach nobody,
+    as Reloader's hash covers only these two too."""
+    if before is None or after is None:
+        return True
+    return before.data != after.data or before.binary_data != after.binary_data
+
+
 def consumed_hash(workload: Workload, managed: Mapping[str, str]) -> str:
     """The stamp a workload should carry: over the managed ConfigMaps it reads (name -> content hash)."""
     consumed = {name: managed[name] for name in workload.consumes if name in managed}
@@ -152,6 +162,9 @@ def _deployment_health(obj: Mapping[str, Any]) -> WorkloadHealth:
     if not _observed(obj):
         # A condition from before the newest template (a deadline missed earlier) says nothing about it.
         return WorkloadHealth(Health.PROGRESSING, f"updating 0/{wanted}")
+    if spec.get("paused"):
+        # A paused Deployment makes no new ReplicaSet: it waits for whoever paused it, and says so.
+        return WorkloadHealth(Health.PROGRESSING, f"paused (spec.paused): updating 0/{wanted}")
     for condition in status.get("conditions") or ():
         if condition.get("type") == "Progressing" and condition.get("reason") == "ProgressDeadlineExceeded":
             # The message is the cluster's text, kept in the rollout's states and shown on pages.
@@ -193,7 +206,9 @@ def _daemonset_health(obj: Mapping[str, Any]) -> WorkloadHealth:
     )
     if not _observed(obj):
         return WorkloadHealth(Health.PROGRESSING, f"updating 0/{wanted}")
-    if updated == wanted and available == wanted:
+    on_delete = ((obj.get("spec") or {}).get("updateStrategy") or {}).get("type") == "OnDelete"
+    # OnDelete: its pods change only when someone deletes them (node agents, CNI), as a StatefulSet's.
+    if available == wanted and (on_delete or updated == wanted):
         return WorkloadHealth(Health.HEALTHY, f"{available}/{wanted} available")
     return WorkloadHealth(Health.PROGRESSING, f"updating {min(updated, available)}/{wanted}")
 

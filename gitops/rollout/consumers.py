@@ -16,6 +16,8 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import BooleanField
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from gitops import schedule
@@ -33,6 +35,21 @@ from gitops.rollout.step import intents_execute
 from gitops.vocabulary import SYSTEM_ACTOR, ChangeAction, RolloutEventKind, Waiting
 
 DEFAULT_SLICE_SECONDS = 30
+
+
+def _pods_read_the_change() -> RawSQL:
+    """Whether an intent changed what pods read of its ConfigMap (env, envFrom and volumes): its data or
+    binaryData, or the ConfigMap came or went. Labels, annotations or ``immutable`` alone restart and
+    gate nobody, as Reloader's hash covers only these two too. Compared in PostgreSQL, so a step's
+    contents are not loaded into the worker."""
+    table = ApplyIntent._meta.db_table
+    before, after = f'"{table}"."before"', f'"{table}"."after"'
+    differs = " OR ".join(
+        f"COALESCE({before} -> '{section}', '{{}}') IS DISTINCT FROM COALESCE({after} -> '{section}', '{{}}')"
+        for section in ("data", "binaryData")
+    )
+    sql = f"({before} IS NULL OR {after} IS NULL OR {differs})"
+    return RawSQL(sql, (), output_field=BooleanField())  # noqa: S611 - only constants: a table, two keys
 
 
 @dataclass
@@ -58,6 +75,8 @@ def wave_restart(rollout: Rollout, *, step_index: int, weight: int, actor: str) 
             rollout=rollout, step_index=step_index, kind="ConfigMap", status=ApplyIntent.Status.DONE
         )
         .exclude(action=ChangeAction.ROLLBACK)
+        .annotate(read_by_pods=_pods_read_the_change())
+        .filter(read_by_pods=True)
         .values_list("cluster", "namespace", "name")
     )
     if not changed:

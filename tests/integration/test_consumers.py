@@ -293,3 +293,33 @@ def test_a_worker_killed_between_a_configmap_and_its_restart_restarts_exactly_on
     assert generations(apps_api, targets[0]) == {"web": 2}, "restarted exactly once"
     assert Change.objects.filter(source=source, action="restart").count() == 1
     wait_for_rollout(apps_api, targets[0], "web")
+
+
+def test_a_change_of_a_configmaps_labels_alone_restarts_nobody(
+    repo, make_namespaces, make_source, sync, apps_api
+):
+    """Pods read a ConfigMap's data and binaryData (env, envFrom, volumes), never its labels or
+    annotations: a commit that changes only those restarts none of its consumers, and `gitops diff`
+    says so. Before, every workload reading it was restarted. A change of its data afterwards still
+    restarts them."""
+    (target,) = make_namespaces("a")
+    source = start(repo, make_source, sync, [target], steps=[{"setWeight": 100}])
+    repo.commit("v2")
+    apps_api.create_namespaced_deployment(target, deployment("web", POD_SPECS["by-envfrom"]))
+    wait_for_rollout(apps_api, target, "web")
+    assert sync(source)["outcome"] == "applied"
+    assert generations(apps_api, target) == {"web": 2}, "v2's data: restarted"
+
+    labelled = configmap("app", {"V": "2"})
+    labelled["metadata"]["labels"] = {"team": "payments"}
+    repo.write("configmaps/app.yaml", labelled)
+    repo.commit("a label")
+    assert f"restart deployment {target}/web" not in diff(source)
+    assert sync(source)["outcome"] == "applied"
+    assert generations(apps_api, target) == {"web": 2}, "a label alone: not restarted"
+
+    repo.write("configmaps/app.yaml", {**labelled, "data": {"V": "3"}})
+    repo.commit("v3")
+    assert f"  restart deployment {target}/web  (reads app)" in diff(source)
+    assert sync(source)["outcome"] == "applied"
+    assert generations(apps_api, target) == {"web": 3}, "data again: restarted"

@@ -203,3 +203,27 @@ def test_daemonset_health_counts_scheduled_pods():
     }
     assert health_of({**daemon, "status": done}).detail == "2/2 available"
     assert health_of({**daemon, "status": {**done, "numberAvailable": 1}}).health is Health.PROGRESSING
+
+
+def test_an_on_delete_daemonset_is_healthy_once_its_pods_are_available():
+    """Its pods change only when someone deletes them (node agents, CNI): updated pods never come by
+    themselves, and a restart's wait ran into its healthTimeout and rolled back. As for a StatefulSet
+    with OnDelete, available pods are all that can be asked."""
+    daemon = {
+        **deployment({}),
+        "kind": "DaemonSet",
+        "metadata": {"name": "agent", "namespace": "n", "generation": 3},
+        "spec": {"updateStrategy": {"type": "OnDelete"}},
+    }
+    waiting = {"observedGeneration": 3, "desiredNumberScheduled": 2, "updatedNumberScheduled": 0}
+    assert health_of({**daemon, "status": {**waiting, "numberAvailable": 2}}).health is Health.HEALTHY
+    assert health_of({**daemon, "status": {**waiting, "numberAvailable": 1}}).health is Health.PROGRESSING
+
+
+def test_a_paused_deployment_says_it_is_paused():
+    paused = with_status(
+        deployment({}), observedGeneration=2, replicas=3, updatedReplicas=0, availableReplicas=3
+    )
+    paused["spec"]["paused"] = True
+    result = health_of(paused)
+    assert (result.health, result.detail) == (Health.PROGRESSING, "paused (spec.paused): updating 0/3")
