@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
+import threading
 from pathlib import Path
 
 import yaml
@@ -94,3 +96,34 @@ def policy(targets: list[str], **extra) -> dict:
     document: dict = {"targets": {"namespaces": targets}}
     document.update(extra)
     return document
+
+
+class SilentGitServer:
+    """Accepts connections and never answers: a git fetch from it hangs until it is killed.
+
+    Each fetch is one connection, so the count says how many times the sync started.
+    """
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.connections: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}/shop.git"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections.append(connection)
+
+    def close(self) -> None:
+        # Closing the connections ends the git processes the killed workers left behind.
+        self.listener.close()
+        for connection in self.connections:
+            connection.close()

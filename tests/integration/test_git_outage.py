@@ -12,7 +12,7 @@ from django.utils import timezone
 from gitops import polling
 from gitops.models import Rollout, Source
 from gitops.rollout import decisions
-from tests.gitrepo import configmap, policy
+from tests.gitrepo import SilentGitServer, configmap, policy
 from tests.rollouts import rollout_of, wait_for
 from tests.workers import poll
 
@@ -159,36 +159,6 @@ def test_an_abort_swept_while_the_source_backs_off_does_not_ask_git_or_reset_its
     assert abs((backing.next_poll_at - later).total_seconds()) < 1
 
 
-class HangingGitHost:
-    """A Git host behind a black hole: it takes the connection and never answers, so a fetch waits for
-    its whole timeout (two minutes)."""
-
-    def __init__(self) -> None:
-        import socket
-        import threading
-
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.connections: list[socket.socket] = []
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.listener.getsockname()[1]}/platform/config.git"
-
-    def _accept(self) -> None:
-        try:
-            while True:
-                self.connections.append(self.listener.accept()[0])
-        except OSError:  # closed
-            return
-
-    def close(self) -> None:
-        self.listener.close()
-        for connection in self.connections:
-            connection.close()  # the fetch fails at once
-
-
 def test_an_abort_stops_a_fetch_from_a_git_host_that_hangs_and_rolls_back_at_once(
     repo, make_namespaces, make_source, sync, cluster, people
 ):
@@ -199,7 +169,7 @@ def test_an_abort_stops_a_fetch_from_a_git_host_that_hangs_and_rolls_back_at_onc
 
     source, targets = paused_at_half(repo, make_namespaces, make_source, sync)
     paused = wait_for(source, phase="Paused", waiting_for="approval")
-    host = HangingGitHost()
+    host = SilentGitServer()  # a host behind a black hole: a fetch waits its whole timeout
     try:
         Source.objects.filter(pk=source.pk).update(url=host.url)
         sync_source.delay(source.pk, automatic=True, wait_if_busy=False)

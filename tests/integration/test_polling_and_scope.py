@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.db import OperationalError
 from django.utils import timezone
 
 from gitops import polling, reconcile
@@ -379,12 +380,18 @@ def test_sends_the_broker_refuses_after_a_commit_each_give_their_claim_back(make
     assert given_back.count() == 3
 
 
+@pytest.mark.parametrize(
+    "blip",
+    [TemporaryError("the Git host did not answer"), OperationalError("deadlock detected")],
+    ids=["git", "database-deadlock"],
+)
 def test_a_push_pass_that_fails_after_a_persons_sync_is_retried_as_a_push_not_as_the_person(
-    stream, monkeypatch, cluster
+    stream, monkeypatch, cluster, blip
 ):
-    """The pass a person's sync runs for the pushes behind it fails on a blip. Its retry runs what it
-    ran (automatic, as Sluice); retried as the person's request, its first pass would carry the pushes
-    through a window that lets only the person's sync out, in the person's name."""
+    """The pass a person's sync runs for the pushes behind it fails on a blip (the Git host, or a
+    database deadlock). Its retry runs what it ran (automatic, as Sluice); retried as the person's
+    request, its first pass would carry the pushes through a window that lets only the person's sync
+    out, in the person's name."""
     from gitops.tasks import sync_source
 
     deny_window_letting_people_sync()
@@ -393,7 +400,7 @@ def test_a_push_pass_that_fails_after_a_persons_sync_is_retried_as_a_push_not_as
     def blip_on_the_second_pass(source, actor, *args, **options):
         asked.append((actor, options["manual"], options["retry_failed"]))
         if len(asked) == 2:
-            raise TemporaryError("the Git host did not answer")
+            raise blip
         return real_pass(source, actor, *args, **options)
 
     stream.real_pass = blip_on_the_second_pass
@@ -511,8 +518,6 @@ def test_a_pass_ended_by_a_database_deadlock_is_retried_soon_not_backed_off(
     """PostgreSQL ends one of two transactions that wait for each other (a deadlock), or a serializable
     one, or drops a connection a moment: the pass is retried soon, as for any blip. Before, it counted
     as an unforeseen failure, and the source backed off for its poll interval."""
-    from django.db import OperationalError
-
     from gitops import schedule, tasks
 
     (namespace,) = make_namespaces("app")
@@ -535,34 +540,6 @@ def test_a_pass_ended_by_a_database_deadlock_is_retried_soon_not_backed_off(
     assert len(tries) == 2, "retried"
     assert result["outcome"] == "applied", result
     assert Source.objects.get(pk=source.pk).consecutive_failures == 0
-
-
-def test_a_later_pass_ended_by_a_database_deadlock_is_retried_as_what_it_ran(stream, monkeypatch):
-    """A person's sync runs, then a pass for the pushes that came meanwhile, which a deadlock ends. Its
-    retry runs as a push, automatic and as Sluice: retried as the person's request, a window that lets
-    only people's syncs out would release the pushes in their name."""
-    from django.db import OperationalError
-
-    from gitops.tasks import sync_source
-
-    deny_window_letting_people_sync()
-    real_pass, asked = stream.real_pass, []
-
-    def deadlock_on_the_second_pass(source, actor, *args, **options):
-        asked.append((actor, options["manual"], options["retry_failed"]))
-        if len(asked) == 2:
-            raise OperationalError("deadlock detected")
-        return real_pass(source, actor, *args, **options)
-
-    stream.real_pass = deadlock_on_the_second_pass
-
-    sync_source.apply(
-        kwargs={"source_id": stream.source.pk, "actor": "ines", "manual": True, "retry_failed": True}
-    )
-
-    assert asked[0] == ("ines", True, True)
-    assert len(asked) > 2, "retried"
-    assert set(asked[1:]) == {("sluice", False, False)}, asked
 
 
 def test_what_asks_for_a_sync_of_a_backing_off_source_is_stored_as_a_request_first(make_source):
