@@ -203,8 +203,8 @@ def _decisions_only(source: Source, decided: _Decided, *, aborted: StepOutcome |
 
 
 def _without_git(source: Source) -> bool:
-    """Whether a decision's pass leaves Git alone: the source is suspended, or backing off. (Once a
-    pass sees a source not backing off, a later look cannot see it backing off: time only moves on.)"""
+    """Whether a decision's pass leaves Git alone: the source is suspended, or backing off. Asked once
+    a pass, by ``_locked_pass``, which keeps what was requested for the full pass after such a one."""
     return not source.automatic_sync_allowed or _backing_off(source)
 
 
