@@ -11,6 +11,7 @@ from gitops.cluster.client import (  # noqa: E402 - after the lazy import is ins
     ClusterRefused,
     FieldConflictError,
     NotFoundError,
+    ReadForbidden,
     ServerVersion,
 )
 from gitops.cluster.clients import (  # noqa: E402 - as above
@@ -26,6 +27,7 @@ __all__ = [
     "ClusterRefused",
     "FieldConflictError",
     "NotFoundError",
+    "ReadForbidden",
     "ServerVersion",
     "UnknownClusterError",
     "clients",

@@ -21,7 +21,7 @@ from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from gitops import schedule
-from gitops.cluster import get_cluster
+from gitops.cluster import ReadForbidden, get_cluster
 from gitops.consumers.gate import GateResult, WorkloadKey, gate_wait, place
 from gitops.consumers.wave import consumer_map, restart_intents, wave_consumers
 from gitops.consumers.workloads import Health, Workload, WorkloadHealth
@@ -83,7 +83,7 @@ def wave_restart(rollout: Rollout, *, step_index: int, weight: int, actor: str) 
         return WaveRestart()
     result = WaveRestart()
     workloads = _consumers(changed, result)
-    if result.unreachable:
+    if result.unreachable or result.failures:
         return result
     restarted: set[tuple[str, str, str, str]] = set()
     if rollout.consumers == ConsumerMode.RESTART:
@@ -120,7 +120,12 @@ def wave_restart(rollout: Rollout, *, step_index: int, weight: int, actor: str) 
 
 
 def _consumers(changed: set[tuple[str, str, str]], result: WaveRestart) -> list[Workload]:
-    """The consumers of the changed ConfigMaps, cluster by cluster; unreachable clusters into ``result``."""
+    """The consumers of the changed ConfigMaps, cluster by cluster; unreachable clusters into ``result``.
+
+    A cluster whose RBAC does not let Sluice list workloads fails the step: its ConfigMaps changed,
+    and neither a restart nor a health gate can follow. Waiting for the cluster, as for one that does
+    not answer, held the new content there unchecked, with no ``healthTimeout``, until RBAC changed.
+    """
     by_cluster: dict[str, set[tuple[str, str]]] = {}
     for cluster, namespace, name in changed:
         by_cluster.setdefault(cluster, set()).add((namespace, name))
@@ -128,6 +133,12 @@ def _consumers(changed: set[tuple[str, str, str]], result: WaveRestart) -> list[
     for cluster, keys in sorted(by_cluster.items()):
         try:
             workloads.extend(wave_consumers(get_cluster(cluster), keys))
+        except ReadForbidden as exc:
+            result.failures.append(
+                f"cluster {cluster}: may not list the consumers of its changed ConfigMaps ({exc}); grant "
+                "get, list, watch and patch on deployments, statefulsets and daemonsets in its namespaces "
+                "(deploy/render.py member-rbac), or set rollout.consumers to ignore"
+            )
         except GitopsError as exc:
             result.unreachable[cluster] = str(exc)
     return workloads

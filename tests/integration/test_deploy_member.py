@@ -431,6 +431,59 @@ def test_a_cluster_wide_read_granted_later_brings_back_one_watch_for_the_member(
         unbind_watcher(stack, context)
 
 
+def readable(call) -> bool:
+    """Whether Sluice's token may make this read now (RBAC changes take a moment)."""
+    from gitops.cluster.client import ReadForbidden
+
+    try:
+        call()
+    except ReadForbidden:
+        return False
+    return True
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_step_whose_consumers_rbac_keeps_from_sluice_fails_and_rolls_back_at_once(
+    stack, member, rendered, as_sluice, repo, make_source, sync
+) -> None:
+    """ConfigMaps granted, workloads not: the step cannot restart or gate its consumers. It fails with
+    what to grant and rolls back, instead of waiting for the cluster, with no healthTimeout, for good."""
+    from gitops import cluster_admin
+    from gitops.models import Rollout
+    from tests.gitrepo import configmap as manifest
+    from tests.workers import poll
+
+    namespace = f"t{uuid.uuid4().hex[:6]}-noworkloads"
+    member["admin"].create_namespace(namespace)
+    role = render_module.ROLE_NAME  # the ConfigMaps' Role and its binding, not the workloads'
+    documents = [d for d in render_module.namespace_access(namespace) if d["metadata"]["name"] == role]
+    rbac = yaml.safe_dump_all(documents)
+    kubectl(stack, "--context", str(member["context"]), "apply", "-f", "-", stdin=rbac)
+    list_configmaps = lambda: as_sluice.list_configmap_page(namespace, label_selector="", limit=1)  # noqa: E731
+    poll(lambda: readable(list_configmaps), timeout=30, what="RBAC to grant the ConfigMaps")
+    assert not readable(lambda: as_sluice.list_workloads("Deployment", namespace))
+
+    cluster_admin.cluster_add(name="noworkloads", kubeconfig=str(rendered["path"]))
+    targets = [{"cluster": "noworkloads", "namespaces": [namespace]}]
+    repo.write_all(
+        {
+            "sluice.yaml": {"targets": targets, "rollout": {"consumers": "restart", "healthTimeout": "10m"}},
+            "configmaps/app.yaml": manifest("app", {"V": "1"}),
+        }
+    )
+    repo.commit("v1")
+    source = make_source(allowed_namespaces=[f"noworkloads/{namespace}"])
+
+    result = sync(source)
+
+    assert result["outcome"] == "failed", result
+    rollout = Rollout.objects.get(source=source)
+    assert rollout.phase == Rollout.Phase.FAILED, (rollout.phase, rollout.waiting_for, rollout.message)
+    assert "may not list the consumers of its changed ConfigMaps" in rollout.message
+    assert "deployments" in rollout.message, "the apiserver's refusal names what was refused"
+    assert member["admin"].get_configmap(namespace, "app") is None, "the step was rolled back"
+
+
 # -- reading the token, in process: the waits and the refusals ----------------------------
 
 
