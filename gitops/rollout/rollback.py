@@ -11,6 +11,7 @@ answers and is restored.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,6 +38,9 @@ from gitops.rollout.step import intents_execute
 from gitops.vocabulary import SYSTEM_ACTOR, ChangeAction, RolloutEventKind
 
 ObjectKey = tuple[str, str, str, str]  # (cluster, kind, namespace, name)
+Place = tuple[str, str]  # (cluster, namespace)
+
+log = logging.getLogger("gitops.rollout")
 
 
 @dataclass
@@ -49,6 +53,16 @@ class Restored:
     # Each target's newest forward change still pending: one in effect (applied, then the batch was cut
     # short) is logged before the restore that takes it back, so the log holds what the cluster got.
     pending: dict[ObjectKey, list[ApplyIntent]] = field(default_factory=dict)  # newest first
+    # The ConfigMaps whose restore the cluster refused, and those it took, by place: a workload that
+    # reads only refused ones keeps its stamp, since its pods already hold the content they still have.
+    refused: dict[Place, set[str]] = field(default_factory=dict)
+    put_back: dict[Place, set[str]] = field(default_factory=dict)
+
+    def keeps_its_restart(self, place: Place, live: Mapping[str, Any]) -> bool:
+        """Whether the workload ``live`` at ``place`` reads a ConfigMap whose restore was refused and
+        none that was put back: stamping it back would restart it onto the same, new, content."""
+        reads = workload_from(live, place[0]).consumes
+        return bool(reads & self.refused.get(place, set())) and not reads & self.put_back.get(place, set())
 
 
 def rollout_rollback(rollout: Rollout, *, actor: str, reason: str, phase: Rollout.Phase) -> list[str]:
@@ -327,10 +341,16 @@ def _restore_configmaps(
             in_effect.append(held)
         if (restore := ApplyIntent.restoring(rollout, first, found, actor=actor)) is not None:
             restores.append(restore)
-        else:
+        else:  # as before already: perhaps put back by an earlier try, its consumers not yet
             restored.settled.add(key)
+            restored.put_back.setdefault((cluster, namespace), set()).add(name)
     _log_in_effect(in_effect)
     _execute(restores, restored)
+    for restore in restores:
+        if restore.status != ApplyIntent.Status.PENDING:
+            taken = restore.status == ApplyIntent.Status.DONE
+            outcome = restored.put_back if taken else restored.refused
+            outcome.setdefault((restore.cluster, restore.namespace), set()).add(restore.name)
 
 
 def _restore_workloads(
@@ -359,6 +379,9 @@ def _restore_workloads(
             continue
         if held := next((p for p in restored.pending.get(key, ()) if _workload_holds(live, p)), None):
             in_effect.append(held)
+        if live is not None and restored.keeps_its_restart((cluster, namespace), live):
+            log.info("%s %s/%s keeps its restart: what it reads was not restored", kind, namespace, name)
+            continue
         if (restore := restoring_intent(rollout, first, live, actor=actor)) is not None:
             restores.append(restore)
         elif live is not None:  # one deleted since is left alone, as before: nothing to log

@@ -323,3 +323,44 @@ def test_a_change_of_a_configmaps_labels_alone_restarts_nobody(
     assert f"  restart deployment {target}/web  (reads app)" in diff(source)
     assert sync(source)["outcome"] == "applied"
     assert generations(apps_api, target) == {"web": 3}, "data again: restarted"
+
+
+def test_a_workload_keeps_its_restart_when_the_cluster_refuses_to_restore_what_it_reads(
+    repo, make_namespaces, make_source, sync, apps_api, core_api, cluster, kube_client, people
+):
+    """An abort whose ConfigMap restore the cluster refuses (its own admission policy) leaves the new
+    content in place: the consumer restarted onto it keeps its stamp. Before, its stamp was put back
+    all the same, and it restarted once more, onto that same new content."""
+    from kubernetes.client.exceptions import ApiException
+
+    from tests.admission import updates_denied
+
+    (namespace,) = make_namespaces("a")
+    source = start(repo, make_source, sync, [namespace], steps=[{"setWeight": 100}, {"pause": {}}])
+    apps_api.create_namespaced_deployment(namespace, deployment("web", POD_SPECS["by-envfrom"]))
+    wait_for_rollout(apps_api, namespace, "web")
+    repo.commit("v2")
+    assert sync(source, timeout=180)["outcome"] == "paused"
+    paused = wait_for(source, phase="Paused", waiting_for="approval", timeout=120)
+    assert generations(apps_api, namespace) == {"web": 2}, "restarted onto v2"
+
+    def restore_denied() -> bool:
+        try:
+            core_api.patch_namespaced_config_map("app", namespace, {"data": {"V": "1"}}, dry_run="All")
+        except ApiException:
+            return True
+        return False
+
+    expression = "!has(object.data) || !('V' in object.data) || object.data.V != '1'"
+    with updates_denied(
+        kube_client(), namespace, expression=expression, message="V 1 is retired here", denied=restore_denied
+    ):
+        decisions.rollout_abort(paused.pk, user=people["approver"])
+        failed = wait_for(source, phase="Failed", timeout=120)
+
+    assert "V 1 is retired here" in failed.message
+    assert cluster.get_configmap(namespace, "app")["data"] == {"V": "2"}, "the restore was refused"
+    assert generations(apps_api, namespace) == {"web": 2}, "not restarted again onto the same content"
+    stamped = apps_api.read_namespaced_deployment("web", namespace).spec.template.metadata.annotations
+    assert stamped["sluice.dev/commit"] == paused.revision.commit
+    assert not Change.objects.filter(source=source, kind="Deployment", action="rollback").exists()
