@@ -27,6 +27,7 @@ from gitops.consumers.wave import consumer_map, restart_intents, wave_consumers
 from gitops.consumers.workloads import Health, Workload, WorkloadHealth
 from gitops.desired.policy import ConsumerMode
 from gitops.errors import GitopsError
+from gitops.failpoints import failpoint
 from gitops.models import ApplyIntent, ManagedObject, Rollout, Source
 from gitops.record.events import rollout_event
 from gitops.rollout.rollback import rollout_rollback
@@ -85,24 +86,7 @@ def wave_restart(rollout: Rollout, *, step_index: int, weight: int, actor: str) 
     workloads = _consumers(changed, result)
     if result.unreachable or result.failures:
         return result
-    restarted: set[tuple[str, str, str, str]] = set()
-    if rollout.consumers == ConsumerMode.RESTART:
-        rows = ManagedObject.objects.filter(source_id=rollout.source_id).values_list(
-            "cluster", "namespace", "name", "content_hash"
-        )
-        hashes = {(cluster, namespace, name): content_hash for cluster, namespace, name, content_hash in rows}
-        intents = restart_intents(
-            rollout, workloads, hashes, step_index=step_index, weight=weight, actor=actor
-        )
-        with transaction.atomic():
-            created = ApplyIntent.objects.bulk_create(intents)
-        executed = intents_execute(created)
-        # Restarts left pending there are finished before anything else of the source is written there.
-        pending_writes_added(rollout.source_id, executed.unreachable_errors)
-        result.failures, result.unreachable = executed.failures, executed.unreachable
-        restarted = {
-            (i.cluster, i.kind, i.namespace, i.name) for i in created if i.status == ApplyIntent.Status.DONE
-        }
+    restarted = _restart(rollout, workloads, result, step=(step_index, weight, actor))
     result.states = [
         {
             "cluster": w.cluster,
@@ -117,6 +101,38 @@ def wave_restart(rollout: Rollout, *, step_index: int, weight: int, actor: str) 
         for w in workloads
     ]
     return result
+
+
+def _restart(
+    rollout: Rollout, workloads: list[Workload], result: WaveRestart, *, step: tuple[int, int, str]
+) -> set[WorkloadKey]:
+    """With ``consumers: restart``, restarts the workloads whose stamp is not what they read now; the
+    step's restarted workloads (refusals and unreachable clusters into ``result``)."""
+    if rollout.consumers != ConsumerMode.RESTART:
+        return set()
+    step_index, weight, actor = step
+    rows = ManagedObject.objects.filter(source_id=rollout.source_id).values_list(
+        "cluster", "namespace", "name", "content_hash"
+    )
+    hashes = {(cluster, namespace, name): content_hash for cluster, namespace, name, content_hash in rows}
+    intents = restart_intents(rollout, workloads, hashes, step_index=step_index, weight=weight, actor=actor)
+    with transaction.atomic():
+        created = ApplyIntent.objects.bulk_create(intents)
+    executed = intents_execute(created)
+    failpoint("after-restart")
+    # Restarts left pending there are finished before anything else of the source is written there.
+    pending_writes_added(rollout.source_id, executed.unreachable_errors)
+    result.failures, result.unreachable = executed.failures, executed.unreachable
+    # Those an earlier pass of this step made count too: a pass resumed after a crash finds those
+    # workloads stamped already, makes no intent for them, and said "0 restarted" before.
+    return set(
+        ApplyIntent.objects.filter(
+            rollout=rollout,
+            step_index=step_index,
+            action=ChangeAction.RESTART,
+            status=ApplyIntent.Status.DONE,
+        ).values_list("cluster", "kind", "namespace", "name")
+    )
 
 
 def _consumers(changed: set[tuple[str, str, str]], result: WaveRestart) -> list[Workload]:

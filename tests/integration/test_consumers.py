@@ -364,3 +364,38 @@ def test_a_workload_keeps_its_restart_when_the_cluster_refuses_to_restore_what_i
     stamped = apps_api.read_namespaced_deployment("web", namespace).spec.template.metadata.annotations
     assert stamped["sluice.dev/commit"] == paused.revision.commit
     assert not Change.objects.filter(source=source, kind="Deployment", action="rollback").exists()
+
+
+def test_a_pass_resumed_after_a_crash_past_the_restart_counts_the_restart_as_the_steps(
+    repo, make_namespaces, make_source, apps_api, cluster, start_worker, celery_worker
+):
+    """A worker killed once its step restarted the consumer, before the step's gate closed: the next
+    pass finds the workload stamped already and restarts nothing, yet the restart is this step's. Before,
+    the consumer showed as not restarted, and the timeline said nothing of the restart."""
+    from gitops.models import RolloutEvent
+    from gitops.tasks import sync_source
+
+    (target,) = make_namespaces("a")
+    source = start(
+        repo,
+        make_source,
+        lambda s: sync_source.delay(s.pk).get(timeout=120),
+        [target],
+        steps=[{"setWeight": 100}, {"pause": {}}],
+    )
+    apps_api.create_namespaced_deployment(target, deployment("web", POD_SPECS["by-envfrom"]))
+    wait_for_rollout(apps_api, target, "web")
+    repo.commit("v2")
+    held = start_worker(queues="held", env_overrides={"SLUICE_FAILPOINTS": "after-restart=60"})
+    sync_source.apply_async((source.pk,), queue="held")
+    poll(lambda: generations(apps_api, target) == {"web": 2}, timeout=60, what="the restart")
+    held.kill()
+
+    sync_source.delay(source.pk).get(timeout=120)
+
+    paused = wait_for(source, phase="Paused", waiting_for="approval", timeout=120)
+    assert generations(apps_api, target) == {"web": 2}, "restarted exactly once"
+    assert [(s["name"], s["restarted"]) for s in paused.consumer_states] == [("web", True)]
+    gate = RolloutEvent.objects.filter(rollout=paused, kind="consumers", message__startswith="waiting")
+    waiting = gate.get()
+    assert waiting.message == "waiting for 1 consumer to be healthy (1 restarted)"
