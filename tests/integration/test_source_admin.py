@@ -807,3 +807,32 @@ def test_a_removal_a_task_is_trying_is_not_sent_again_by_beats_sweep(applied):
 
     assert SourceRemoval.objects.get(pk=removal.pk).attempted_at > long_ago
     assert polling.removals_claim_stale() == [], "its task is at it"
+
+
+def test_a_removed_sources_aborted_rollout_is_not_retried(applied, repo, sync, people):
+    """An approver's retry of a rollout whose source was removed since (its objects kept): nothing is
+    started. Before, the retry made a rollout of the removed source, and queued a sync for it."""
+    from gitops import source_removal
+
+    source, targets = applied
+    repo.write_all(
+        {
+            "sluice.yaml": {**policy(targets), "rollout": {"steps": [{"setWeight": 50}, {"pause": {}}]}},
+            "configmaps/app.yaml": configmap("app", {"V": "2"}),
+        }
+    )
+    repo.commit("v2")
+    assert sync(source)["outcome"] == "paused"
+    paused = wait_for(source, phase="Paused", waiting_for="approval")
+    decisions.rollout_abort(paused.pk, user=people["approver"])
+    aborted = wait_for(source, phase="Aborted")
+    removal = SourceRemoval.objects.create(
+        source=source, source_name=source.name, mode="keep", requested_by="root", via="cli", status="queued"
+    )
+    assert source_removal.source_removal_run(removal.pk).status == "done"
+    rollouts = Rollout.objects.filter(source_id=source.pk).count()
+
+    with pytest.raises(decisions.RolloutError, match="was removed; its rollouts are not retried"):
+        decisions.rollout_retry(aborted.pk, user=people["approver"])
+
+    assert Rollout.objects.filter(source_id=source.pk).count() == rollouts, "no rollout was started"
