@@ -12,6 +12,7 @@ its own targets, not Sluice.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -21,6 +22,7 @@ from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 
 from gitops.cluster import clients, get_cluster
+from gitops.redaction import redact
 
 CHECK_TIMEOUT_SECONDS = 3
 CLUSTER_CHECK_PREFIX = "cluster:"
@@ -81,8 +83,34 @@ def _outcome(check: Callable[[], None]) -> str:
         check()
     except Exception as exc:  # any failure means "not ready", and says which
         first_line = (str(exc).splitlines() or [""])[0][:200]
-        return f"{type(exc).__name__}: {first_line}"
+        return f"{type(exc).__name__}: {_without_credentials(first_line)}"
     return "ok"
+
+
+# Shorter parts of a password are left: "pw" would garble every message, and says little.
+SHORTEST_PART_HIDDEN = 4
+
+
+def _without_credentials(text: str) -> str:
+    """``text`` with URL credentials and tokens (``redact``) and every part of a configured password
+    hidden. A client that cannot parse its URL quotes a piece of it: redis-py read the password of
+    ``redis://:s3cret/pw@host`` as the host's port, and said "... as 's3cret'"."""
+    text = redact(text)
+    for password in _configured_passwords():
+        for part in sorted({password, *re.split(r"[:/?#@\s]+", password)}, key=len, reverse=True):
+            if len(part) >= SHORTEST_PART_HIDDEN:
+                text = text.replace(part, "***")
+    return text
+
+
+def _configured_passwords() -> list[str]:
+    """The passwords of the database and of the URLs of the broker and Redis, as configured."""
+    passwords = [str(settings.DATABASES["default"].get("PASSWORD") or "")]
+    for url in (settings.CELERY_BROKER_URL, settings.CELERY_RESULT_BACKEND, settings.REDIS_URL):
+        _, found, rest = str(url or "").partition("://")
+        userinfo = rest.rpartition("@")[0] if found else ""
+        passwords.append(userinfo.partition(":")[2])
+    return [password for password in passwords if password]
 
 
 def _within(future: Future[str]) -> str:

@@ -23,7 +23,7 @@ from gitops.desired.scope import AdminScope
 from gitops.plan import Action, PlanItem, diff_content
 from gitops.plan.provenance import Provenance, live_content, live_provenance
 from gitops.plan.provenance import manifest as configmap_manifest
-from gitops.redaction import redact_url
+from gitops.redaction import redact, redact_url
 from gitops.storable import JsonbEncoder, compact_json, jsonb_text
 from gitops.vocabulary import (
     AuditVia,
@@ -817,8 +817,9 @@ class Change(models.Model):
             "LEFT JOIN jsonb_each_text(%s::jsonb) f ON f.key = i.id::text "
             "ORDER BY e.position ON CONFLICT (intent_id) DO NOTHING"
         )
-        # A refusal quotes the cluster's words (``cluster_text`` cleans them): jsonb takes no U+0000.
-        refused = jsonb_text(json.dumps({str(pk): error for pk, error in errors.items()}))
+        # A refusal quotes the cluster's words (``cluster_text`` cleans them): jsonb takes no U+0000. An
+        # admission policy's message may quote a URL or a token; the log is read by every viewer.
+        refused = jsonb_text(json.dumps({str(pk): redact(error) for pk, error in errors.items()}))
         results = [cls.Result.OK.value, cls.Result.ERROR.value]
         statuses = [ApplyIntent.Status.DONE.value, ApplyIntent.Status.FAILED.value]
         ids = id_list(intent_ids)

@@ -183,7 +183,7 @@ def change_as_dict(change: Change, *, with_diff: bool = True) -> dict[str, Any]:
         "step": change.step_index,
         "weight": change.weight,
         "result": change.result,
-        "error": change.error,
+        "error": redact(change.error) if change.error else "",  # rows logged before errors were redacted
         "before_hash": change.before_hash,
         "after_hash": change.after_hash,
     }

@@ -48,6 +48,9 @@ class FlakyKubeconfig:
     def answer(self) -> None:
         self._write(self.real_server)
 
+    def point_at(self, server: str) -> None:
+        self._write(server)
+
     def silence(self) -> None:
         self._write(f"https://127.0.0.1:{closed_port()}")
 

@@ -683,3 +683,15 @@ def test_a_cluster_removed_by_another_process_loses_its_client_here_at_the_next_
     assert "going" not in registry._clients
     with pytest.raises(UnknownClusterError):
         registry.get("going")
+
+
+def test_the_clusters_page_shows_a_servers_credentials_redacted(fleet, tmp_path, people, client: Client):
+    """A kubeconfig's server URL may carry credentials (userinfo): every viewer reads the page."""
+    kubeconfig = FlakyKubeconfig(tmp_path / "userinfo.kubeconfig", fleet.stack["KUBECONFIG"], "member-1")
+    kubeconfig.point_at(kubeconfig.real_server.replace("https://", "https://deploy:hunter2@", 1))
+    cluster_admin.cluster_add(name="userinfo", kubeconfig=str(kubeconfig.path))
+    client.force_login(people["viewer"])
+    page = client.get("/clusters/").content
+    assert b'data-cluster="userinfo"' in page
+    assert b"hunter2" not in page
+    assert b"https://deploy:***@" in page

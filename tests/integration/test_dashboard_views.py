@@ -190,6 +190,52 @@ def test_messages_quoting_a_secret_are_shown_redacted_as_the_api_shows_them(paus
     assert b"https://deploy:***@git.example.com" in client.get(pages(paused_rollout)[1]).content
 
 
+def test_a_refusal_quoting_a_secret_is_logged_shown_and_exported_without_it(paused_rollout, people):
+    """A cluster's refusal quotes its admission policy's words, which may hold a URL with credentials
+    or a token: the change log keeps it redacted, and entries logged before that are shown redacted on
+    the pages, in the exports and in the API."""
+    from django.utils import timezone
+
+    from gitops.models import ApplyIntent
+
+    leaked = "denied: ask https://deploy:hunter2@vault.example.com/ (token=s3cr3t)"
+
+    def another_intent() -> ApplyIntent:
+        intent = ApplyIntent.objects.filter(rollout=paused_rollout).first()
+        intent.pk, intent.status = None, ApplyIntent.Status.PENDING
+        intent.save()
+        return intent
+
+    refused = another_intent()
+    Change.log_intents([refused.pk], {refused.pk: leaked}, at=timezone.now())
+    stored = Change.objects.get(intent=refused).error
+    assert "hunter2" not in stored and "s3cr3t" not in stored, stored
+    assert "https://deploy:***@vault.example.com/" in stored
+    older = another_intent()  # as logged before refusals were redacted
+    Change.objects.create(
+        intent=older,
+        source=paused_rollout.source,
+        rollout=paused_rollout,
+        commit=older.commit,
+        namespace=older.namespace,
+        name=older.name,
+        action="update",
+        actor="sluice",
+        result="error",
+        error=leaked,
+    )
+
+    client = client_for(people["viewer"])
+    changes = reverse("dashboard:changes")
+    for asked in [{}, {"format": "csv"}, {"format": "json"}, {"format": "json", "bodies": "1"}]:
+        response = client.get(changes, asked)
+        content = b"".join(response.streaming_content) if response.streaming else response.content
+        assert b"hunter2" not in content and b"s3cr3t" not in content, asked
+        assert b"vault.example.com" in content, asked
+    api = client.get("/api/changes", {"source": paused_rollout.source.name}).content
+    assert b"hunter2" not in api and b"s3cr3t" not in api and b"vault.example.com" in api
+
+
 def test_pages_run_a_bounded_number_of_queries(paused_rollout, people, make_source):
     client = client_for(people["viewer"])
 

@@ -32,3 +32,16 @@ def test_readyz_names_what_is_unreachable_without_leaking_the_url(stack, setting
     assert body["checks"]["kube-apiserver"] == "ok"
     assert body["checks"]["broker"].startswith("ConnectionError")
     assert "hunter2" not in response.content.decode()
+
+
+def test_readyz_hides_a_password_a_client_quotes_from_a_url_it_cannot_parse(stack, settings, people):
+    """redis-py reads the password of a broker URL with an unencoded "/" as the host's port, and says
+    so, quoting it: a viewer saw part of the password."""
+    settings.CELERY_BROKER_URL = "redis://:s3cret/pw@127.0.0.1:9/0"
+    client = Client()
+    client.force_login(people["viewer"])
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    broker = response.json()["checks"]["broker"]
+    assert broker.startswith("ValueError"), broker
+    assert "s3cret" not in response.content.decode()
