@@ -861,8 +861,16 @@ class _TargetingChecker:
             # Computed weights drive time-based rollouts; flagd clamps negative results to 0.
             self.rule(weight, path, in_result=False)
             return 0
-        # JSON Schema's "integer" includes 25.0, but not 12.5, true or "10".
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or not float(weight).is_integer():
+        # JSON Schema's "integer" includes 25.0, and flagd's JavaScript evaluator takes it; its Python
+        # evaluator refuses the whole fractional (every user gets the default): the two would differ.
+        if isinstance(weight, float) and weight.is_integer():
+            self.report(
+                path,
+                f"write the weight {weight!r} as {int(weight)}: flagd's Python evaluator takes only "
+                "integers, and serves none of this fractional's buckets with it",
+            )
+            return 0
+        if isinstance(weight, bool) or not isinstance(weight, int):
             unquote = " (remove the quotes)" if isinstance(weight, str) and weight.strip().isdigit() else ""
             self.report(
                 path,

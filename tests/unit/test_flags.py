@@ -237,7 +237,7 @@ def with_targeting(targeting: str) -> str:
         pytest.param('{"if": [{"var": "$flagd.timestamp"}, "on", "off"]}', id="flagd-timestamp"),
         pytest.param('{"fractional": [["on", 10], ["off", 90]]}', id="fractional-shorthand"),
         pytest.param(
-            '{"fractional": [{"var": "userId"}, ["on"], ["off", 25.0]]}', id="default-and-whole-float-weight"
+            '{"fractional": [{"var": "userId"}, ["on"], ["off", 25]]}', id="default-and-weight"
         ),
         pytest.param(
             '{"if": [{"==": [{"fractional": [["a", 50], ["b", 50]]}, "a"]}, "on", "off"]}',
@@ -411,6 +411,24 @@ REQUIRED_CHECKS = [
         "flags.new-checkout.targeting.fractional[0][1]",
         6,
         "a weight is a whole number (0 or more) or a JsonLogic rule computing one, got 12.5",
+    ),
+    case(
+        "whole-number-written-as-a-decimal",
+        """\
+        {"flags": {
+          "new-checkout": {
+            "state": "ENABLED",
+            "variants": {"on": true, "off": false},
+            "targeting": {"fractional": [
+              ["on", 50.0],
+              ["off", 50]
+            ]}
+          }
+        }}
+        """,
+        "flags.new-checkout.targeting.fractional[0][1]",
+        6,
+        "write the weight 50.0 as 50: flagd's Python evaluator takes only integers",
     ),
     case(
         "quoted-weight",
