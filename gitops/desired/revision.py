@@ -824,6 +824,7 @@ def _expand(
     reachable = _reachable_clusters(policy, scope)
     objects: list[DesiredObject] = []
     seen: dict[ObjectKey, tuple[str, int | None]] = {}
+    flag_files: dict[str, str] = {}  # each flag key, and the flag-set file that defines it
     expanded = 0
 
     def add(obj: DesiredObject, field_name: str) -> None:
@@ -846,6 +847,7 @@ def _expand(
         for path in sorted(parsed):
             for index, item in enumerate(parsed[path].items):
                 if isinstance(item, FlagSet):
+                    errors.extend(_flags_defined_before(path, item, flag_files, policy.flags_namespace))
                     # Published to the flags namespace of every target cluster.
                     for found in _flag_set_objects(path, item, reachable, policy.flags_namespace, permitted):
                         if isinstance(found, ValidationError):
@@ -864,6 +866,24 @@ def _expand(
     except _TooManyObjects as too_many:
         errors.append(ValidationError(too_many.path, None, "", too_many.message))
     return objects
+
+
+def _flags_defined_before(
+    path: str, flag_set: FlagSet, flag_files: dict[str, str], namespace: str
+) -> list[ValidationError]:
+    """A flag key another flag-set file defines too: flagd serves every set of the flags namespace
+    together, merged by key, so which definition a client got would depend on the order flagd read them
+    in, and a canary could not say which side is the old one. Records this file's keys."""
+    errors = []
+    for key in flag_set.flags:
+        first = flag_files.setdefault(key, path)
+        if first != path:
+            message = (
+                f"the flag {key!r} is also defined in {first}: flagd serves every flag set of {namespace} "
+                "together, merged by key, so one key belongs in one file"
+            )
+            errors.append(ValidationError(path, None, f"flags.{key}", message))
+    return errors
 
 
 def _too_many(limits: Limits) -> str:

@@ -247,7 +247,8 @@ def test_a_flag_canary_step_reads_its_baselines_in_one_query_whatever_the_number
 
     def flag_sets(variant: str) -> dict[str, str]:
         flag = {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": variant}
-        return {f"flags/set-{index}.json": json.dumps({"flags": {"checkout": flag}}) for index in range(4)}
+        # One key per set: flagd merges the sets of a namespace by key, and a key in two is refused.
+        return {f"flags/set-{i}.json": json.dumps({"flags": {f"checkout-{i}": flag}}) for i in range(4)}
 
     repo = GitRepo(tmp_path_factory.mktemp("repo-canary"))
     app, flags_ns = make_namespaces("app", "flags")

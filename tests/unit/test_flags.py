@@ -236,9 +236,7 @@ def with_targeting(targeting: str) -> str:
         pytest.param('{"if": [{"var": ["tier", "free"]}, "on", "off"]}', id="var-with-default"),
         pytest.param('{"if": [{"var": "$flagd.timestamp"}, "on", "off"]}', id="flagd-timestamp"),
         pytest.param('{"fractional": [["on", 10], ["off", 90]]}', id="fractional-shorthand"),
-        pytest.param(
-            '{"fractional": [{"var": "userId"}, ["on"], ["off", 25]]}', id="default-and-weight"
-        ),
+        pytest.param('{"fractional": [{"var": "userId"}, ["on"], ["off", 25]]}', id="default-and-weight"),
         pytest.param(
             '{"if": [{"==": [{"fractional": [["a", 50], ["b", 50]]}, "a"]}, "on", "off"]}',
             id="fractional-as-a-condition-buckets-are-not-variants",

@@ -135,6 +135,18 @@ def test_a_flag_set_whose_published_text_passes_a_configmaps_size_is_refused_bef
     assert loaded({"sluice.yaml": POLICY, "flags/big.json": flag_set_of(20_000)})  # 0.8 MB published
 
 
+def test_a_flag_key_two_flag_set_files_define_is_refused_naming_both():
+    """flagd serves every flag set of the flags namespace together, merged by key: which of the two
+    definitions a client got would depend on flagd's source order."""
+    files = {"sluice.yaml": POLICY, "flags/a.json": flag_set_of(2), "flags/b.json": flag_set_of(3)}
+    (error,) = rejected(files)
+    assert (error.file, error.field) == ("flags/b.json", "flags.big")
+    assert "'big' is also defined in flags/a.json" in error.message
+    assert "merged by key" in error.message
+    other = json.dumps({"flags": {"small": json.loads(flag_set_of(2))["flags"]["big"]}}).encode()
+    assert len(loaded({**files, "flags/b.json": other}).objects) == 2, "different keys: both published"
+
+
 def test_a_flag_set_whose_configmap_key_would_pass_253_characters_is_refused():
     name = "f" * 243  # the key is the name and ".flagd.json"
     files = {"sluice.yaml": POLICY, f"flags/{name}.json": flag_set_of(2)}
