@@ -154,12 +154,17 @@ def _moved_between_flag_sets(
     desired: DesiredState, baselines: Mapping[ObjectKey, dict[str, Any] | None]
 ) -> dict[ObjectKey, frozenset[str]]:
     """The flags each flag set loses to, or gains from, another one flagd serves beside it (the sets of
-    one namespace of one cluster): those switch at 100 only (``moved_flags``)."""
+    one namespace of one cluster): those switch at 100 only (``moved_flags``). A set Git dropped (its
+    baseline without a desired object) counts as losing every flag: flagd serves it until the prune."""
     places: dict[tuple[str, str], dict[ObjectKey, tuple[dict[str, Any] | None, Mapping[str, Any]]]] = {}
     for obj in desired.objects:
         if obj.flag_set is not None:
             side = (baselines.get(obj.key), obj.flag_set.document)
             places.setdefault((obj.cluster, obj.namespace), {})[obj.key] = side
+    for key, baseline in baselines.items():
+        cluster, namespace, _ = key
+        if baseline is not None and key not in places.get((cluster, namespace), {}):
+            places.setdefault((cluster, namespace), {})[key] = (baseline, {"flags": {}})
     moved: dict[ObjectKey, frozenset[str]] = {}
     for sides in places.values():
         if len(sides) > 1:

@@ -21,12 +21,14 @@ from gitops.cluster.apply import intents_apply_everywhere, stamps_drop_held
 from gitops.cluster.client import WORKLOAD_KINDS
 from gitops.cluster.live import LiveState, live_configmaps, live_view, objects_read_one_by_one
 from gitops.consumers.workloads import restart_holds
+from gitops.desired.content import KIND_LABEL
 from gitops.desired.limits import Limits
-from gitops.desired.revision import DesiredState, ObjectKey, flag_set_key, published_baseline
+from gitops.desired.revision import DesiredObject, DesiredState, ObjectKey, flag_set_key, published_baseline
 from gitops.errors import GitopsError, TemporaryError
 from gitops.models import ApplyIntent, Rollout, Source
 from gitops.plan import Action, Plan, plan
 from gitops.plan.provenance import write_holds
+from gitops.plan.stamps import FLAG_SET_KIND
 from gitops.record.changelog import changes_record, intents_pending, intents_write
 from gitops.record.inventory import CONFIGMAP, inventory_forget_gone, inventory_targets, managed_keys
 from gitops.rollout.engine import desired_at_weight, held_keys
@@ -65,7 +67,7 @@ def weight_apply(
         refusing=clusters_with_pending_writes(source.pk),
     )
     # At 100 the flag sets are Git's own: no canary, so no baseline to read (nearly every poll).
-    baselines = flag_baselines(rollout, desired, live.index()) if weight < 100 else {}
+    baselines = flag_baselines(rollout, desired, live.index(), managed) if weight < 100 else {}
     weighted = desired_at_weight(desired, weight, baselines, rollout.flag_population)
     held = held_keys(desired, weight)
     current = plan(
@@ -297,9 +299,13 @@ def plan_held(source: Source, desired: DesiredState, commit: str, *, held: str) 
 
 
 def flag_baselines(
-    rollout: Rollout, desired: DesiredState, index: dict[ObjectKey, dict[str, Any]]
+    rollout: Rollout,
+    desired: DesiredState,
+    index: dict[ObjectKey, dict[str, Any]],
+    managed: Collection[ObjectKey] = (),
 ) -> dict[ObjectKey, dict[str, Any] | None]:
-    """Each flag set as published before this rollout touched it: the old side of its canary."""
+    """Each flag set as published before this rollout touched it: the old side of its canary. With
+    ``managed``, the source's flag sets Git dropped beside them too (``_dropped_flag_sets``)."""
     flag_objects = [obj for obj in desired.objects if obj.flag_set is not None]
     if not flag_objects:
         return {}
@@ -330,7 +336,30 @@ def flag_baselines(
             # Started from no flags, the canary would serve everyone outside it no flag of the set at
             # all (the code's defaults), not the flags they have now.
             raise PublishedFlagSetUnreadable(obj.key)
+    baselines.update(_dropped_flag_sets(flag_objects, index, managed, limits))
     return baselines
+
+
+def _dropped_flag_sets(
+    flag_objects: Sequence[DesiredObject],
+    index: Mapping[ObjectKey, dict[str, Any]],
+    managed: Collection[ObjectKey],
+    limits: Limits,
+) -> dict[ObjectKey, dict[str, Any] | None]:
+    """The source's flag sets Git dropped from a namespace where it keeps others, as published: they are
+    served until the prune at 100, so a flag one held that a kept set gains has moved (``moved_flags``)."""
+    places = {(obj.cluster, obj.namespace) for obj in flag_objects}
+    kept = {obj.key for obj in flag_objects}
+    dropped: dict[ObjectKey, dict[str, Any] | None] = {}
+    for key in managed:
+        if key in kept or (key[0], key[1]) not in places:
+            continue
+        live_object = index.get(key)
+        labels = ((live_object or {}).get("metadata") or {}).get("labels") or {}
+        if live_object is not None and labels.get(KIND_LABEL) == FLAG_SET_KIND:
+            text = (live_object.get("data") or {}).get(flag_set_key(key[2]))
+            dropped[key] = published_baseline(text, limits)
+    return dropped
 
 
 class PublishedFlagSetUnreadable(CanaryRefused):

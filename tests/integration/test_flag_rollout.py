@@ -252,3 +252,48 @@ def test_a_canary_from_a_published_flag_set_sluice_cannot_read_fails_with_why_an
     assert f"published as {flags_ns}/checkout" in result["errors"][0], result["errors"]
     assert "setWeight 100" in result["errors"][0]
     assert published(cluster, flags_ns) == before
+
+
+def test_a_flag_folded_from_a_dropped_flag_set_into_a_kept_one_switches_at_100_only(
+    repo, make_namespaces, make_source, sync, cluster, people
+):
+    """A commit deletes flags/a.json and adds its flag to flags/b.json. a.json is pruned only at 100, so
+    flagd serves its old definition to everyone until then; b.json's canary split the flag against "no
+    flag", and whichever file flagd read last decided the flag for every user. Now b.json leaves the
+    flag out until 100, as for a flag moving between two kept sets."""
+    app, flags_ns = make_namespaces("app", "flags")
+    theme = {"state": "ENABLED", "variants": {"light": "#fff", "dark": "#000"}, "defaultVariant": "light"}
+    other = {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "off"}
+    repo.write_all(
+        {
+            "sluice.yaml": policy([app], flags={"namespace": flags_ns}, prune=True),
+            "flags/a.json": json.dumps({"flags": {"theme": theme}}),
+            "flags/b.json": json.dumps({"flags": {"other": other}}),
+        }
+    )
+    repo.commit("v1")
+    source = make_source()
+    assert sync(source)["outcome"] == "applied"
+    steps = [{"setWeight": 10}, {"pause": {}}]
+    repo.remove("flags/a.json")
+    dark = {**theme, "defaultVariant": "dark"}
+    repo.write_all(
+        {
+            "sluice.yaml": policy([app], flags={"namespace": flags_ns}, prune=True, rollout={"steps": steps}),
+            "flags/b.json": json.dumps({"flags": {"other": other, "theme": dark}}),
+        }
+    )
+    repo.commit("fold a.json into b.json")
+
+    assert sync(source)["outcome"] == "paused"
+
+    def document(name: str) -> dict:
+        return json.loads(cluster.get_configmap(flags_ns, name)["data"][f"{name}.flagd.json"])
+
+    assert document("a")["flags"]["theme"] == theme, "a.json, pruned at 100, serves the old theme to all"
+    assert "theme" not in document("b")["flags"], "b.json adds it at 100, not split against no flag"
+
+    decisions.rollout_promote(Rollout.objects.get(source=source, phase="Paused").pk, user=people["approver"])
+    wait_for(source, phase="Completed")
+    assert cluster.get_configmap(flags_ns, "a") is None, "pruned at 100"
+    assert document("b")["flags"]["theme"] == dark
