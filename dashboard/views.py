@@ -36,7 +36,7 @@ from gitops.consumers.workloads import KINDS as WORKLOAD_KINDS
 from gitops.errors import GitopsError
 from gitops.intake import receive
 from gitops.intake.webhooks import MAX_BODY_BYTES
-from gitops.models import Approval, Cluster, ManagedObject, Rollout, RolloutEvent, Source
+from gitops.models import Approval, Cluster, ManagedObject, Rollout, RolloutEvent, Source, WebhookDelivery
 from gitops.numerals import whole_number
 from gitops.redaction import redact_url
 from gitops.rollout import decisions
@@ -91,6 +91,19 @@ def readyz(request: HttpRequest) -> JsonResponse:
     return JsonResponse(
         {"status": "ready" if ready else "not ready", "checks": checks}, status=200 if ready else 503
     )
+
+
+DELIVERIES_SHOWN, REJECTED_DELIVERIES_SHOWN = 20, 5
+
+
+def _deliveries_shown(source: Source) -> list[WebhookDelivery]:
+    """The latest verified deliveries, and a few rejected ones beside them: anyone may send those, and
+    20 a minute of them (the rows kept) pushed the real ones off the page."""
+    rejected = WebhookDelivery.Outcome.REJECTED
+    recent = source.deliveries.order_by("-received_at", "-id")
+    verified = list(recent.exclude(outcome=rejected)[:DELIVERIES_SHOWN])
+    refused = list(recent.filter(outcome=rejected)[:REJECTED_DELIVERIES_SHOWN])
+    return sorted([*verified, *refused], key=lambda shown: (shown.received_at, shown.pk), reverse=True)
 
 
 def can_act(user: Any) -> bool:
@@ -152,7 +165,7 @@ def source_detail(request: HttpRequest, name: str) -> HttpResponse:
         "clusters": _cluster_names(source.target_clusters or []),
         "rollouts": list(source.rollouts.select_related("revision").order_by("-id")[:10]),
         "can_sync": can_sync(request.user),
-        "deliveries": list(source.deliveries.order_by("-received_at", "-id")[:20]),
+        "deliveries": _deliveries_shown(source),
         "webhook_url": request.build_absolute_uri(reverse("dashboard:webhook", args=[source.name])),
         "has_webhook_secret": bool(source.webhook_secret_encrypted),
         "readers": readers[:CONSUMERS_SHOWN],

@@ -315,3 +315,23 @@ def test_a_push_to_a_backing_off_source_whose_owed_rollback_is_queued_is_fetched
 
     assert cluster.get_configmap(namespace, "app")["data"] == {"v": "2"}
     assert Source.objects.get(pk=source.pk).consecutive_failures == 0
+
+
+def test_rejected_deliveries_anyone_sends_leave_the_real_ones_on_the_source_page(hooked_source, repo, people):
+    """Anyone who knows a source's name may send it deliveries that are rejected, and 20 a minute of
+    them are kept. The page showed the latest 20 deliveries: a stream of rejected ones pushed a real
+    push off it within a minute. It shows the latest verified ones, and a few rejected beside them."""
+    source, _ = hooked_source
+    body, headers = github_push(repo, delivery="the-real-one")
+    assert post(source, body, headers).status_code == 202
+    for attempt in range(25):
+        forged = {**headers, "X-GitHub-Delivery": f"forged-{attempt}", "X-Hub-Signature-256": "sha256=00"}
+        assert post(source, body, forged).status_code == 401
+    assert WebhookDelivery.objects.filter(source=source, outcome="rejected").count() == 20
+
+    client = Client()
+    client.force_login(people["viewer"])
+    page = client.get(f"/sources/{source.name}/").content.decode()
+    table = page.split('<table id="deliveries">')[1].split("</table>")[0]
+    assert "the-real-one" in table
+    assert table.count("outcome-rejected") == 5
