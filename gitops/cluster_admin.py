@@ -26,6 +26,7 @@ from gitops.locks import SourceBusy
 from gitops.models import ApplyIntent, ManagedObject, Rollout, Source, admin_settings
 from gitops.models import Cluster as ClusterRecord
 from gitops.record.audit import Actor, audit_record
+from gitops.redaction import redact
 from gitops.rollout.decisions import WAIVE_PERMISSION as FORGET_PERMISSION
 from gitops.rollout.decisions import decision_locks, rollback_waive
 from gitops.vocabulary import SourceAuditAction
@@ -240,7 +241,9 @@ def clusters_status(*, probe: bool = True) -> list[ClusterStatus]:
             for row, (server, version, error) in zip(
                 rows, pool.map(_probe, [r.name for r in rows]), strict=True
             ):
-                row.server, row.version, row.error, row.reachable = server, version, error, not error
+                # For display (pages, `gitops clusters`, its JSON): a server URL may carry credentials.
+                row.server, row.version, row.error = redact(server), version, redact(error)
+                row.reachable = not error
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
     return rows

@@ -82,8 +82,9 @@ def _outcome(check: Callable[[], None]) -> str:
     try:
         check()
     except Exception as exc:  # any failure means "not ready", and says which
-        first_line = (str(exc).splitlines() or [""])[0][:200]
-        return f"{type(exc).__name__}: {_without_credentials(first_line)}"
+        # Redacted whole, then cut: cut first, a password split at the cut was not one to hide.
+        first_line = _without_credentials((str(exc).splitlines() or [""])[0])[:200]
+        return f"{type(exc).__name__}: {first_line}"
     return "ok"
 
 

@@ -111,12 +111,18 @@ class FlagSet:
 
 
 def load_flag_set(
-    file: str, content: bytes, *, limits: Limits = DEFAULT_LIMITS, usage: Usage | None = None
+    file: str,
+    content: bytes,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    usage: Usage | None = None,
+    published: bool = False,
 ) -> tuple[FlagSet | None, list[ValidationError]]:
     """Parse and validate one flag-set file; the flag set is None when there are errors.
 
     ``.json`` files are read as JSON and ``.yaml``/``.yml`` files as YAML, which must
-    hold exactly one document. Loader errors (syntax, duplicate keys) come first.
+    hold exactly one document. Loader errors (syntax, duplicate keys) come first. ``published``: a
+    set as a cluster holds it, checked as Git's were when it was published (a weight written 50.0).
     """
     name = file.lower()
     if name.endswith(".json"):
@@ -140,7 +146,7 @@ def load_flag_set(
             ),
         ]
     document = documents[0]
-    errors = [*errors, *validate_flag_set(document)]
+    errors = [*errors, *validate_flag_set(document, published=published)]
     if not errors:
         past, inlined = _inlined_past(document, limits)
         if past is not None:
@@ -319,10 +325,10 @@ def _inlined_problem(limits: Limits, *, too_deep: bool) -> str:
     )
 
 
-def validate_flag_set(document: Document) -> list[ValidationError]:
-    """Every problem in one flag-set document, in file order."""
+def validate_flag_set(document: Document, *, published: bool = False) -> list[ValidationError]:
+    """Every problem in one flag-set document, in file order (``published``: see ``load_flag_set``)."""
     try:
-        return _FlagSetValidator(document).run()
+        return _FlagSetValidator(document, published=published).run()
     except RecursionError:
         # Rules nested hundreds deep: no real flag set, but no reason to crash a reconcile.
         return [ValidationError(document.file, None, "", "the document is nested too deeply to validate")]
@@ -349,8 +355,10 @@ def canonical_json(document: dict[str, Any]) -> str:
 
 
 class _FlagSetValidator:
-    def __init__(self, document: Document) -> None:
+    def __init__(self, document: Document, *, published: bool = False) -> None:
         self.document = document
+        # Sets published before 2026-12-06 may hold a weight written 50.0: still read as their old side.
+        self.published = published
         self.errors: list[ValidationError] = []
         self.from_yaml = document.file.lower().endswith((".yaml", ".yml"))
         self.evaluators: Mapping[str, Any] = {}
@@ -863,14 +871,14 @@ class _TargetingChecker:
             return 0
         # JSON Schema's "integer" includes 25.0, and flagd's JavaScript evaluator takes it; its Python
         # evaluator refuses the whole fractional (every user gets the default): the two would differ.
-        if isinstance(weight, float) and weight.is_integer():
+        if isinstance(weight, float) and weight.is_integer() and not self.validator.published:
             self.report(
                 path,
                 f"write the weight {weight!r} as {int(weight)}: flagd's Python evaluator takes only "
                 "integers, and serves none of this fractional's buckets with it",
             )
             return 0
-        if isinstance(weight, bool) or not isinstance(weight, int):
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not float(weight).is_integer():
             unquote = " (remove the quotes)" if isinstance(weight, str) and weight.strip().isdigit() else ""
             self.report(
                 path,

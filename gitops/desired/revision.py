@@ -343,7 +343,7 @@ def published_baseline(text: str | None, limits: Limits) -> dict[str, Any] | Non
         encoded = json.dumps(document, allow_nan=False, ensure_ascii=False).encode()
     except ValueError:  # NaN and infinities are not JSON
         return None
-    flag_set, _ = load_flag_set("published.json", encoded, limits=canary_room)
+    flag_set, _ = load_flag_set("published.json", encoded, limits=canary_room, published=True)
     return document if flag_set is not None else None
 
 
@@ -600,7 +600,8 @@ def load_revision_changes(
         return None
     for path in sorted(parsed):
         errors.extend(parsed[path].errors)
-    made = _expand(parsed, index.desired.policy, scope, errors, limits, memo=cache.expanded)
+    known = _kept_flag_keys(index, changes, parsed)  # a changed flag set may repeat a kept one's key
+    made = _expand(parsed, index.desired.policy, scope, errors, limits, memo=cache.expanded, flag_keys=known)
     replaced = [obj for path in changes for obj in index.by_path.get(path, ())]
     # _expand counted the changed files' objects alone: the revision's total is the kept files' and theirs.
     expanded_bytes = index.expanded_bytes + _content_bytes(made) - _content_bytes(replaced)
@@ -613,6 +614,22 @@ def load_revision_changes(
     _remember_expansion(cache, replaced, made)
     kept = (tree, relevant_bytes, nodes, index.policy_nodes, by_path, owners, limits, scope, desired)
     return desired, RevisionIndex(*kept, sized=True, expanded_bytes=expanded_bytes)
+
+
+def _kept_flag_keys(
+    index: RevisionIndex, changes: Mapping[str, FileChange], parsed: Mapping[str, ParsedFile]
+) -> dict[str, str] | None:
+    """The flag keys of the flag sets the commit left as they were, each with its file, for a commit
+    whose changed files hold a flag set (``_flags_defined_before``); None for any other commit, since
+    every kept file is looked at."""
+    if not any(isinstance(item, FlagSet) for result in parsed.values() for item in result.items):
+        return None
+    keys: dict[str, str] = {}
+    for path, objects in index.by_path.items():
+        if path not in changes and objects and objects[0].flag_set is not None:
+            for key in objects[0].flag_set.flags:
+                keys.setdefault(key, path)
+    return keys
 
 
 def _content_bytes(objects: Iterable[DesiredObject]) -> int:
@@ -816,15 +833,17 @@ def _expand(
     limits: Limits = DEFAULT_LIMITS,
     *,
     memo: Mapping[tuple[str, int, int, str, str], DesiredObject] | None = None,
+    flag_keys: Mapping[str, str] | None = None,
 ) -> list[DesiredObject]:
     """Every object the parsed files make, in every target; ``memo`` holds the last revision's objects,
-    reused (the same instances) where the manifest they came from is the same parsed one."""
+    reused (the same instances) where the manifest they came from is the same parsed one. ``flag_keys``:
+    the flag keys files not among ``parsed`` define, and which file (a load from a commit's changes)."""
     permitted = _namespace_check(policy, scope)
     remembered = memo if memo is not None else {}
     reachable = _reachable_clusters(policy, scope)
     objects: list[DesiredObject] = []
     seen: dict[ObjectKey, tuple[str, int | None]] = {}
-    flag_files: dict[str, str] = {}  # each flag key, and the flag-set file that defines it
+    flag_files = dict(flag_keys or {})  # each flag key, and the flag-set file that defines it
     expanded = 0
 
     def add(obj: DesiredObject, field_name: str) -> None:

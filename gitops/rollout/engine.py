@@ -155,20 +155,30 @@ def _moved_between_flag_sets(
 ) -> dict[ObjectKey, frozenset[str]]:
     """The flags each flag set loses to, or gains from, another one flagd serves beside it (the sets of
     one namespace of one cluster): those switch at 100 only (``moved_flags``). A set Git dropped (its
-    baseline without a desired object) counts as losing every flag: flagd serves it until the prune."""
+    baseline without a desired object) counts as losing every flag: flagd serves it until the prune.
+    Where one of those cannot be read, every flag a kept set gains there may be one of its own."""
     places: dict[tuple[str, str], dict[ObjectKey, tuple[dict[str, Any] | None, Mapping[str, Any]]]] = {}
     for obj in desired.objects:
         if obj.flag_set is not None:
             side = (baselines.get(obj.key), obj.flag_set.document)
             places.setdefault((obj.cluster, obj.namespace), {})[obj.key] = side
+    unreadable: set[tuple[str, str]] = set()
     for key, baseline in baselines.items():
-        cluster, namespace, _ = key
-        if baseline is not None and key not in places.get((cluster, namespace), {}):
-            places.setdefault((cluster, namespace), {})[key] = (baseline, {"flags": {}})
+        place = (key[0], key[1])
+        if key in places.get(place, {}):
+            continue
+        if baseline is None:
+            unreadable.add(place)
+        else:
+            places.setdefault(place, {})[key] = (baseline, {"flags": {}})
     moved: dict[ObjectKey, frozenset[str]] = {}
-    for sides in places.values():
+    for place, sides in places.items():
         if len(sides) > 1:
             moved.update(moved_flags(sides))
+        if place in unreadable:
+            for key, (old, new) in sides.items():
+                if gained := set(new.get("flags") or {}) - set((old or {}).get("flags") or {}):
+                    moved[key] = moved.get(key, frozenset()) | gained
     return moved
 
 

@@ -341,9 +341,10 @@ def _restore_configmaps(
             in_effect.append(held)
         if (restore := ApplyIntent.restoring(rollout, first, found, actor=actor)) is not None:
             restores.append(restore)
-        else:  # as before already: perhaps put back by an earlier try, its consumers not yet
+        else:  # as before already
             restored.settled.add(key)
-            restored.put_back.setdefault((cluster, namespace), set()).add(name)
+            if first.status == ApplyIntent.Status.DONE:  # changed, then put back by an earlier try
+                restored.put_back.setdefault((cluster, namespace), set()).add(name)
     _log_in_effect(in_effect)
     _execute(restores, restored)
     for restore in restores:

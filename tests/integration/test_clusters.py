@@ -695,3 +695,6 @@ def test_the_clusters_page_shows_a_servers_credentials_redacted(fleet, tmp_path,
     assert b'data-cluster="userinfo"' in page
     assert b"hunter2" not in page
     assert b"https://deploy:***@" in page
+    listed = io.StringIO()
+    call_command("gitops", "clusters", "--json", stdout=listed)  # what CI logs keep
+    assert "hunter2" not in listed.getvalue() and "https://deploy:***@" in listed.getvalue()

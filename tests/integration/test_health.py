@@ -45,3 +45,17 @@ def test_readyz_hides_a_password_a_client_quotes_from_a_url_it_cannot_parse(stac
     broker = response.json()["checks"]["broker"]
     assert broker.startswith("ValueError"), broker
     assert "s3cret" not in response.content.decode()
+
+
+def test_readyz_hides_a_password_its_200_character_cut_splits(stack, settings):
+    """The message is cut to 200 characters after it is redacted: cut first, the part of a password
+    left before the cut was not one of its parts, and was shown."""
+    from gitops import health
+
+    settings.CELERY_BROKER_URL = "redis://:CorrectHorseBattery@127.0.0.1:9/0"
+
+    def failing() -> None:
+        raise ValueError("x" * 190 + " CorrectHorseBattery")
+
+    outcome = health._outcome(failing)
+    assert "CorrectHor" not in outcome and "***" in outcome, outcome

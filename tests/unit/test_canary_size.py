@@ -119,3 +119,25 @@ def test_a_canary_too_large_to_build_names_its_file():
     state = revision({"flags": {"big": changed}})
     with pytest.raises(CanaryTooLarge, match=r"^flags/features\.json: flag 'big'"):
         desired_at_weight(state, 50, {state.objects[0].key: {"flags": {"big": big}}}, population="5eed")
+
+
+def one_set(b_flags: dict):
+    files = {"sluice.yaml": b"targets: {namespaces: [flags]}\nflags: {namespace: flags}\n"}
+    files["flags/b.json"] = json.dumps({"flags": b_flags}).encode()
+    scope = AdminScope.of(["flags"], [])
+    return load_revision({path: path for path in files}, lambda ids: {i: files[i] for i in ids}, scope=scope)
+
+
+@pytest.mark.parametrize("dropped", [{"flags": {"theme": theme("light")}}, None], ids=["read", "unreadable"])
+def test_a_flag_folded_from_a_dropped_set_into_a_kept_one_switches_at_100_only(dropped):
+    """a.json is deleted and its flag added to b.json: flagd serves a's published set until its prune at
+    100, so b leaves the flag out until then. A dropped set that cannot be read might hold any flag b
+    gains: each of those waits for 100 too."""
+    other = {"banner": {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "off"}}
+    state = one_set({**other, "theme": theme("dark")})
+    (kept,) = state.objects
+    dropped_key = (kept.cluster, kept.namespace, "a")
+    baselines = {kept.key: {"flags": other}, dropped_key: dropped}
+    (weighted,) = desired_at_weight(state, 10, baselines, population="5eed").objects
+    assert "theme" not in weighted.canary_document["flags"], "b adds it at 100"
+    assert "banner" in weighted.canary_document["flags"]

@@ -51,13 +51,12 @@ def random_file(rng: random.Random) -> tuple[str, bytes]:
         two = configmap(name, value, namespace) + b"---\n" + configmap(rng.choice(NAMES), value, "team-a")
         return f"configmaps/multi-{rng.choice('xy')}.yml", two
     if roll < 0.85:
-        flags = {
-            "flags": {
-                "f": {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "on"}
-            }
-        }
-        flags["flags"]["f"]["defaultVariant"] = rng.choice(["on", "off"])
-        return f"flags/{rng.choice('pq')}.json", json.dumps(flags).encode()
+        letter = rng.choice("pq")
+        # Now and then the key the other file may hold: a key in two flag sets is refused.
+        key = "shared" if rng.random() < 0.2 else f"f-{letter}"
+        flag = {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "on"}
+        flag["defaultVariant"] = rng.choice(["on", "off"])
+        return f"flags/{letter}.json", json.dumps({"flags": {key: flag}}).encode()
     if roll < 0.93:
         return f"configmaps/{rng.choice('abcdefgh')}.yaml", b"metadata: [unclosed\n"
     return "configmaps/README.md", value.encode() * rng.randrange(1, 50)
@@ -288,3 +287,28 @@ def test_a_state_is_made_in_place_only_from_the_same_keys() -> None:
         state.with_replaced((stranger, *state.objects[1:]), {stranger.key: stranger})
     with pytest.raises(ValueError, match="as many objects"):
         state.with_replaced(state.objects[1:], {})
+
+
+def test_a_change_that_repeats_a_kept_flag_sets_key_is_loaded_whole_and_refused() -> None:
+    """A push that edits only flags/q.json to define the key the unchanged flags/p.json holds: loaded
+    from its changes alone, the check of keys across flag sets never saw p.json's."""
+    flag = {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "on"}
+    tree = Tree(
+        {
+            "sluice.yaml": POLICY,
+            "flags/p.json": json.dumps({"flags": {"checkout": flag}}).encode(),
+            "flags/q.json": json.dumps({"flags": {"banner": flag}}).encode(),
+        }
+    )
+    cache = ParseCache()
+    loaded = load_whole(tree, Limits(), cache)
+    assert loaded is not None
+    tree.files["flags/q.json"] = json.dumps({"flags": {"banner": flag, "checkout": flag}}).encode()
+    changes = changes_between(loaded[1].tree, tree.listing())
+
+    from_changes = load_revision_changes(
+        loaded[1], changes, tree.read_blobs, limits=Limits(), cache=cache, scope=SCOPE
+    )
+
+    assert from_changes is None, "loaded whole, which reports the key defined twice"
+    assert load_whole(tree, Limits(), ParseCache()) is None

@@ -248,6 +248,22 @@ def test_a_published_baseline_is_a_flag_set_a_repository_could_hold():
     assert published_baseline('{"flags": {"f": {"variants": {"a": NaN}}}}', DEFAULT_LIMITS) is None
 
 
+def test_a_set_published_with_a_weight_written_as_a_decimal_is_still_a_canarys_old_side():
+    """Git refuses a fractional weight written 50.0 since 2026-12-06; a set published before that is
+    still read as what the cluster serves, or every canary of it (the fix to 50 included) was refused as
+    an unreadable, hand-edited set."""
+    flag = {
+        "state": "ENABLED",
+        "variants": {"on": True, "off": False},
+        "defaultVariant": "off",
+        "targeting": {"fractional": [["on", 50.0], ["off", 50]]},
+    }
+    published = {"flags": {"f": flag}}
+    assert published_baseline(json.dumps(published), DEFAULT_LIMITS) == published
+    twelve_and_a_half = {"flags": {"f": {**flag, "targeting": {"fractional": [["on", 12.5], ["off", 87]]}}}}
+    assert published_baseline(json.dumps(twelve_and_a_half), DEFAULT_LIMITS) is None
+
+
 def apply_unified(old_lines: list[str], diff_lines: list[str]) -> list[str]:
     """Applies a unified diff's hunks to ``old_lines``, checking every context and removed line."""
     result, position, index = [], 0, 2
