@@ -23,7 +23,7 @@ from urllib.parse import unquote
 import pytest
 
 from gitops.desired.revision import READ_PATHS
-from gitops.errors import PermanentError, TemporaryError
+from gitops.errors import GitopsError, PermanentError, TemporaryError
 from gitops.fetch import (
     MIRROR_REF_PREFIX,
     Credentials,
@@ -784,6 +784,37 @@ def test_a_wrong_token_is_permanent_and_never_shown(git_http_server, mirror, cap
     assert wrong not in caplog.text
     assert wrong not in repr(raised.value)
     assert git_http_server.rejected >= 1
+
+
+def test_a_token_is_not_sent_to_the_host_a_redirect_names(git_http_server, mirror):
+    """The token's header is scoped to the source's origin: a Git host (or whoever answers for it) that
+    redirects the fetch to another origin does not receive it there (a review suspected git sent it to
+    wherever the first redirect led; git 2.39 does not)."""
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", f"{git_http_server.url}{self.path}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    redirector = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    thread = threading.Thread(target=redirector.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(GitopsError) as raised:
+            mirror.fetch(
+                f"http://127.0.0.1:{redirector.server_address[1]}/repo.git", "main", Credentials(token=TOKEN)
+            )
+    finally:
+        redirector.shutdown()
+        redirector.server_close()
+    assert git_http_server.rejected >= 1, "the redirect was followed"
+    assert git_http_server.served == 0, "no request to the other origin carried the token"
+    assert TOKEN not in str(raised.value)
 
 
 def test_no_credentials_is_permanent(git_http_server, mirror):
