@@ -105,7 +105,9 @@ def deliver(notification_id: int, *, retry_in: float = 0) -> bool:
     """
     if not _claim(notification_id, timezone.now()):
         return True
-    notification = Notification.objects.get(pk=notification_id)
+    notification = Notification.objects.select_related("source").get(pk=notification_id)
+    if _unlisted(notification):
+        return True
     try:
         NOTIFIERS["cloudevents"](notification.url, notification.event)
     except DeliveryFailed as exc:
@@ -119,6 +121,20 @@ def deliver(notification_id: int, *, retry_in: float = 0) -> bool:
     Notification.objects.filter(pk=notification.pk).update(
         status=Notification.Status.DELIVERED, delivered_at=timezone.now(), last_error="", lease_until=None
     )
+    return True
+
+
+def _unlisted(notification: Notification) -> bool:
+    """Gives up a notification whose URL its source no longer lists (an administrator took it out: a
+    leaked or misdirected one): nothing more is sent there, retries included. A removed source keeps
+    its list, and what it had to tell is still told."""
+    if notification.url in (notification.source.notify_urls or []):
+        return False
+    reason = "the source no longer notifies this URL"
+    Notification.objects.filter(pk=notification.pk).update(
+        status=Notification.Status.GAVE_UP, last_error=reason, lease_until=None
+    )
+    log.info("notification %s to %s given up: %s", notification.pk, masked_url(notification.url), reason)
     return True
 
 

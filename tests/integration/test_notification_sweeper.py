@@ -76,7 +76,7 @@ def stranded(source, url: str, *, age: timedelta = timedelta(minutes=2)) -> Noti
 
 
 def test_the_sweeper_delivers_a_stranded_notification_once(make_source, receiver, celery_worker):
-    source = make_source()
+    source = make_source(notify_urls=[receiver.url])  # a URL the source lists
     lost = stranded(source, receiver.url)
     fresh = stranded(source, receiver.url, age=timedelta(seconds=5))  # its task may still come
 
@@ -93,14 +93,14 @@ def test_the_sweeper_delivers_a_stranded_notification_once(make_source, receiver
 
 
 def test_a_claim_is_a_compare_and_swap_so_two_sweeps_never_both_enqueue(make_source, receiver):
-    source = make_source()
+    source = make_source(notify_urls=[receiver.url])  # a URL the source lists
     lost = stranded(source, receiver.url)
     assert notifications.claim_overdue() == [lost.pk]
     assert notifications.claim_overdue() == []
 
 
 def test_racing_deliveries_post_a_notification_exactly_once(make_source, receiver, celery_worker):
-    source = make_source()
+    source = make_source(notify_urls=[receiver.url])  # a URL the source lists
     lost = stranded(source, receiver.url)
     # The sweep's task, a late original and a duplicate all run at once on two processes.
     results = [deliver_notification.delay(lost.pk) for _ in range(3)]

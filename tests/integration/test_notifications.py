@@ -158,3 +158,38 @@ def test_what_leaves_sluice_in_an_event_is_redacted_as_pages_show_it(
     rolled_back = next(e for e in receiver.events if e["type"] == "dev.sluice.rollout.rolledback")
     assert "token=***" in rolled_back["data"]["message"], rolled_back["data"]
     assert not any("ABORT-SECRET-77" in json.dumps(event) for event in receiver.events)
+
+
+def test_a_url_an_administrator_took_out_gets_no_more_of_the_events_still_pending(
+    repo, make_namespaces, make_source
+):
+    """Events wait in the outbox while their receiver fails. An administrator who takes its URL out of
+    the source (it was leaked, or misdirected) expects nothing more to go there: before, every pending
+    event was still posted to it, retries included."""
+    from gitops import reconcile, source_admin
+    from gitops.record import notifications
+
+    failing = Receiver(failures=1_000)
+    try:
+        (namespace,) = make_namespaces("app")
+        repo.write_all(
+            {"sluice.yaml": policy([namespace]), "configmaps/app.yaml": configmap("app", {"v": "1"})}
+        )
+        repo.commit()
+        source = make_source(notify_urls=[failing.url])
+        assert reconcile.source_sync(source.pk).outcome == "applied"  # in process: no worker delivers
+        pending = list(
+            Notification.objects.filter(source=source, status="pending").values_list("pk", flat=True)
+        )
+        assert pending
+        source_admin.source_update(source, notify_urls=[])
+        left = failing.failures
+
+        for notification_id in pending:
+            assert notifications.deliver(notification_id) is True
+
+        assert failing.failures == left, "nothing was posted to the URL taken out"
+        given_up = set(Notification.objects.filter(pk__in=pending).values_list("status", "last_error"))
+        assert given_up == {("gave-up", "the source no longer notifies this URL")}
+    finally:
+        failing.close()
