@@ -35,7 +35,14 @@ def http_check(step: Analysis, payload: Mapping[str, Any], scope: AdminScope) ->
     answer = outbound.post(
         step.url, json.dumps(payload).encode(), content_type="application/json", timeout=step.timeout_seconds
     )
-    return AnalysisResult(answer.ok, answer.describe(redact(step.url)))
+    return AnalysisResult(answer.ok, answer.describe(shown_url(step.url)))
+
+
+def shown_url(url: str) -> str:
+    """The analysis URL as events, pages, logs and notifications name it: without its query, which
+    carries secrets under any name (Azure Functions' ``?code=``, ``?key=``, ``?auth=``), as "?…"."""
+    base, query, _ = url.partition("?")
+    return redact(base.partition("#")[0]) + ("?…" if query else "")
 
 
 CHECKS: dict[str, Callable[[Analysis, Mapping[str, Any], AdminScope], AnalysisResult]] = {"http": http_check}

@@ -79,7 +79,11 @@ def test_an_analysis_that_fails_names_its_url_with_the_querys_secrets_redacted()
     from gitops.rollout.analysis import http_check
 
     check = serve(fail)
-    url = check + "?token=REPO-SECRET-42&region=eu"
-    result = http_check(Analysis(url, timeout_seconds=2), {}, AdminScope.of(["*"], [check]))
-    assert not result.passed and "HTTP 500" in result.detail, result.detail
-    assert "REPO-SECRET-42" not in result.detail and "region=eu" in result.detail, result.detail
+    # A secret's name is not always one redaction knows: Azure Functions call theirs "code".
+    for query in ["token=REPO-SECRET-42&region=eu", "code=REPO-SECRET-42", "key=REPO-SECRET-42"]:
+        result = http_check(
+            Analysis(f"{check}?{query}", timeout_seconds=2), {}, AdminScope.of(["*"], [check])
+        )
+        assert not result.passed and "HTTP 500" in result.detail, result.detail
+        assert "REPO-SECRET-42" not in result.detail, result.detail
+        assert f"from {check}?…" in result.detail, result.detail
