@@ -8,7 +8,9 @@ internal address must not reach events, pages, logs or notifications.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -25,7 +27,39 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
         return None
 
 
-_OPENER = urllib.request.build_opener(_NoRedirects)
+# The connections the calling thread's ``_post`` opened, so that ``post`` can close them at its deadline.
+_CALL = threading.local()
+
+
+class _Tracked:
+    """Records each connection in the calling ``post``'s list once it is open."""
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        opened = getattr(_CALL, "connections", None)
+        if opened is not None:
+            opened.append(self)
+
+
+class _TrackedHTTP(_Tracked, http.client.HTTPConnection):
+    pass
+
+
+class _TrackedHTTPS(_Tracked, http.client.HTTPSConnection):
+    pass
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_TrackedHTTP, req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_TrackedHTTPS, req, context=self._context)  # type: ignore[attr-defined]
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects, _HTTPHandler, _HTTPSHandler)
 
 
 @dataclass(frozen=True)
@@ -55,13 +89,28 @@ def post(url: str, body: bytes, *, content_type: str, timeout: float) -> Answer:
         return Answer(0, "not an http:// or https:// URL")
     timeout = min(max(timeout, 0.1), MAX_TIMEOUT_SECONDS)
     answers: list[Answer] = []
-    call = threading.Thread(
-        target=lambda: answers.append(_post(url, body, content_type, timeout)), name="outbound", daemon=True
-    )
-    call.start()
-    call.join(timeout)
-    # A trickling server keeps the thread until its socket times out; nobody waits for it.
+    opened: list[http.client.HTTPConnection] = []
+
+    def call() -> None:
+        _CALL.connections = opened
+        answers.append(_post(url, body, content_type, timeout))
+
+    caller = threading.Thread(target=call, name="outbound", daemon=True)
+    caller.start()
+    caller.join(timeout)
+    if not answers:
+        # A server that trickles its answer (a byte per read timeout) would keep the thread, its socket
+        # and a file descriptor for days, one more each retry: its connection is shut at the deadline.
+        for connection in opened:
+            _shut(connection)
     return answers[0] if answers else Answer(0, f"no answer within {timeout:g}s")
+
+
+def _shut(connection: http.client.HTTPConnection) -> None:
+    sock = connection.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):  # closed meanwhile: the call ended on its own
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _post(url: str, body: bytes, content_type: str, timeout: float) -> Answer:

@@ -43,6 +43,20 @@ def test_a_trickling_server_is_given_up_on_within_the_timeout():
     assert "no answer within 1s" in answer.describe(url)
 
 
+def test_a_trickling_servers_connection_is_shut_at_the_deadline_so_its_thread_ends():
+    """Each read waits up to the timeout, so a server sending a byte each time kept the call's thread,
+    socket and file descriptor well past the deadline: one more per analysis retry or notification."""
+    url = serve(trickle)  # 40 bytes, one each 0.2 s: 8 s
+    before = set(threading.enumerate())
+    outbound.post(url, b"{}", content_type="application/json", timeout=1)
+    calls = [thread for thread in set(threading.enumerate()) - before if thread.name == "outbound"]
+    deadline = time.monotonic() + 3
+    while any(thread.is_alive() for thread in calls) and time.monotonic() < deadline:
+        for thread in calls:
+            thread.join(timeout=0.1)
+    assert not any(thread.is_alive() for thread in calls), "the call's thread still reads the trickle"
+
+
 def test_a_url_python_cannot_even_send_is_an_answer_not_a_crash():
     answer = outbound.post("http://127.0.0.1:9/a b", b"{}", content_type="application/json", timeout=1)
     assert answer.status == 0
