@@ -17,6 +17,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -307,7 +308,29 @@ def run(
 ) -> subprocess.CompletedProcess[bytes]:
     """Runs git to its end, killed (with the helpers it started) past ``timeout`` seconds, raising
     ``subprocess.TimeoutExpired``; with ``interrupted``, asked every INTERRUPT_CHECK_SECONDS while git
-    runs, and git is killed as soon as it says so, raising ``Interrupted``."""
+    runs, and git is killed as soon as it says so, raising ``Interrupted``. Of what git says on stderr
+    the last STDERR_KEPT bytes are kept: a Git server may stream ``remote:`` lines for the whole fetch,
+    and they went into the worker's memory. (The file they go to is bounded as git's others are.)"""
+    with tempfile.TemporaryFile() as said:
+        completed = _run_to_end(invocation, timeout, input, interrupted, said)
+        size = said.seek(0, os.SEEK_END)
+        said.seek(max(0, size - STDERR_KEPT))
+        tail = said.read()
+    completed.stderr = tail if size <= STDERR_KEPT else b"[...]" + tail
+    return completed
+
+
+# Enough for git's own last lines (its fatal error, whatever came before it).
+STDERR_KEPT = 64 * 1024
+
+
+def _run_to_end(
+    invocation: GitInvocation,
+    timeout: float,
+    input: bytes | None,
+    interrupted: Callable[[], bool] | None,
+    said: IO[bytes],
+) -> subprocess.CompletedProcess[bytes]:
     try:
         # A session of its own: git has no terminal to prompt on, and a timeout
         # can kill the helpers it started (git-remote-https, ssh) along with it.
@@ -316,7 +339,7 @@ def run(
             env=invocation.env,
             stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=said,
             start_new_session=True,
         )
     except FileNotFoundError:

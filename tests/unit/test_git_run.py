@@ -71,3 +71,16 @@ def test_input_is_sent_once_across_the_checks(monkeypatch) -> None:
     monkeypatch.setattr(git, "INTERRUPT_CHECK_SECONDS", 0.05)
     done = run(command("sleep 0.3; cat"), timeout=30, input=b"sent once", interrupted=lambda: False)
     assert (done.returncode, done.stdout) == (0, b"sent once")
+
+
+def test_what_git_says_on_stderr_is_kept_to_its_last_lines_not_whole() -> None:
+    """A Git server may send ``remote:`` lines for as long as a fetch runs, and git prints them all:
+    they were read into the worker's memory whole. The last STDERR_KEPT bytes are kept (git's fatal line
+    is last), and what git prints on stdout is whole."""
+    script = "head -c 20000000 /dev/zero | tr '\\0' r >&2; echo 'fatal: the last line' >&2; echo out"
+    completed = run(command(script), timeout=60)
+    assert completed.stdout == b"out\n"
+    assert completed.stderr.endswith(b"fatal: the last line\n")
+    assert completed.stderr.startswith(b"[...]")
+    assert len(completed.stderr) <= git.STDERR_KEPT + len(b"[...]")
+    assert run(command("echo short >&2"), timeout=10).stderr == b"short\n"
