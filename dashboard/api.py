@@ -38,7 +38,7 @@ from ninja import Field, NinjaAPI, Path, Query, Schema, Status
 from ninja.errors import AuthenticationError, HttpError
 from ninja.security.apikey import APIKeyCookie
 from ninja.security.http import HttpBearer
-from pydantic import ConfigDict, field_validator
+from pydantic import AliasChoices, ConfigDict, field_validator
 
 from dashboard.models import ApiToken
 from gitops import schedule, selectors, source_admin
@@ -640,14 +640,23 @@ class FlagFilters(Schema):
     key: str | None = Field(None, max_length=200, pattern=NO_NUL, description="part of the flag key")
 
 
-class PromoteIn(Schema):
+class Body(Schema):
+    """A request body: a field it does not know is a 422, not dropped. A misspelt or renamed field was
+    ignored: a PATCH changed nothing and answered 200, a promote's step guard went missing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class PromoteIn(Body):
     full: bool = Field(False, description="skip the remaining steps and go to 100%")
     step_index: int | None = Field(
         None,
         ge=0,
         le=1000,
-        description="the step the caller saw (the rollout's step_index): a promote sent again after the "
-        "rollout moved on is refused (409) instead of releasing the next gate",
+        # "step" as a rollout's JSON names it, which a client may echo back.
+        validation_alias=AliasChoices("step_index", "step"),
+        description="the step the caller saw (the rollout's step, also accepted as step): a promote "
+        "sent again after the rollout moved on is refused (409) instead of releasing the next gate",
     )
     comment: str = Field("", max_length=2000, pattern=NO_NUL)
     override: str = Field(
@@ -658,11 +667,11 @@ class PromoteIn(Schema):
     )
 
 
-class AbortIn(Schema):
+class AbortIn(Body):
     reason: str = Field("", max_length=2000, pattern=NO_NUL)
 
 
-class WaiveRollbackIn(Schema):
+class WaiveRollbackIn(Body):
     # Both are required; an empty one is refused (422) after the caller's role is checked, so that
     # a caller without the role learns nothing from the body's shape.
     cluster: str = Field("", max_length=63, pattern=NO_NUL)
@@ -675,7 +684,7 @@ Text = Annotated[str, Field(max_length=2000, pattern=NO_NUL)]
 ListedText = Annotated[list[Text], Field(max_length=source_admin.MAX_LISTED)]
 
 
-class SourcePatchIn(Schema):
+class SourcePatchIn(Body):
     """A source's settings to change; what is left out (or null) keeps its value, and [] empties a list."""
 
     url: Text | None = Field(None, description="the Git URL, without credentials")

@@ -19,6 +19,7 @@ from dashboard.api import (
     AUTH_ERRORS,
     NO_NUL,
     SOURCE_NAME,
+    Body,
     ErrorOut,
     RolloutId,
     caller,
@@ -46,7 +47,7 @@ class FreezeOut(Schema):
     lifted_at: datetime | None
 
 
-class FreezeIn(Schema):
+class FreezeIn(Body):
     source: str | None = Field(
         None, max_length=63, pattern=SOURCE_NAME, description="the source; null with all=true"
     )
@@ -61,7 +62,7 @@ class FreezeIn(Schema):
         return value.replace(tzinfo=UTC) if timezone.is_naive(value) else value
 
 
-class LiftIn(Schema):
+class LiftIn(Body):
     source: str | None = Field(None, max_length=63, pattern=SOURCE_NAME)
     all: bool = Field(False, description="lift every freeze")
 
@@ -82,7 +83,7 @@ class WindowOut(Schema):
     created_at: datetime
 
 
-class WindowIn(Schema):
+class WindowIn(Body):
     kind: WindowKind
     schedule: str = Field(..., max_length=100, pattern=NO_NUL, description="cron, five fields: 0 22 * * *")
     duration: str = Field(..., max_length=20, pattern=NO_NUL, description="30m, 8h, 2d, 1h30m")

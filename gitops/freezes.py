@@ -61,6 +61,11 @@ def freeze_set(
     reason = reason.strip()
     if timezone.is_naive(until):
         raise FreezeError("until", "give a time zone (e.g. 2026-12-24T18:00Z)")
+    try:
+        # PostgreSQL keeps offsets up to 15:59; Python's reach 23:59, and one past PostgreSQL's was a 500.
+        until = until.astimezone(UTC)
+    except OverflowError:
+        raise FreezeError("until", "out of the range of dates") from None
     if until <= now:
         raise FreezeError("until", "must lie in the future")
     if until - now > MAX_FREEZE:

@@ -8,6 +8,7 @@ import json
 import re
 
 import pytest
+from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -597,3 +598,25 @@ def test_a_promote_sent_twice_does_not_release_the_gate_after_the_one_it_was_sho
         f"/api/rollouts/{paused_rollout.pk}/promote", {"step_index": step}, content_type="application/json"
     )
     assert api.status_code == 409 and "has moved on" in api.json()["detail"]
+    # As a rollout's JSON names it ("step"), echoed back by a client: the same guard. A field the API
+    # does not know is a 422, not dropped with its guard.
+    echoed = approver.post(
+        f"/api/rollouts/{paused_rollout.pk}/promote", {"step": step}, content_type="application/json"
+    )
+    assert echoed.status_code == 409 and "has moved on" in echoed.json()["detail"]
+    misspelt = approver.post(
+        f"/api/rollouts/{paused_rollout.pk}/promote", {"stepindex": step}, content_type="application/json"
+    )
+    assert misspelt.status_code == 422, misspelt.content
+    # And from the command line, run again after a timeout.
+    with pytest.raises(CommandError, match="has moved on"):
+        call_command(
+            "gitops",
+            "promote",
+            str(paused_rollout.pk),
+            "--user",
+            people["approver"].username,
+            "--step",
+            str(step),
+        )
+    assert paused_rollout.approvals.count() == 1

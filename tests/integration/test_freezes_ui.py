@@ -222,6 +222,13 @@ def test_the_api_reads_for_viewers_and_acts_for_admins(people, admin, make_sourc
     assert both.status_code == 400 and "not both" in both.json()["detail"]
     past = boss.post("/freezes", {**body, "until": "2020-01-01T00:00:00Z"})
     assert past.status_code == 400 and past.json()["detail"] == "until: must lie in the future"
+    # An offset past PostgreSQL's 15:59 was a 500: the time is kept in UTC.
+    far_offset = (timezone.now() + timedelta(days=2)).replace(microsecond=0)
+    at_plus_20 = far_offset.astimezone(timezone.get_fixed_timezone(20 * 60)).isoformat()
+    frozen = boss.post("/freezes", {**body, "reason": "far east", "until": at_plus_20})
+    assert frozen.status_code == 201, frozen.content
+    assert Freeze.objects.get(reason="far east").until == far_offset
+    assert boss.post("/freezes", {**body, "untill": until}).status_code == 422, "a misspelt field"
     assert boss.post("/freezes", {**body, "source": "nope"}).status_code == 404
 
     lifted = boss.post("/freezes/lift", {"source": "shop"})

@@ -426,6 +426,7 @@ class Command(BaseCommand):
             full=options["full"],
             comment=options["comment"],
             override=options["override"],
+            at_step=options["step"],
         )
         if rollout.phase == Rollout.Phase.PAUSED:
             self.stdout.write(f"rollout {rollout.pk}: approval recorded; {rollout.message}")
@@ -748,6 +749,14 @@ def _add_rollout_parsers(commands: Any) -> None:
     promote.add_argument("--full", action="store_true", help="skip the remaining steps and go to 100%%")
     promote.add_argument("--user", required=True)
     promote.add_argument("--comment", default="")
+    promote.add_argument(
+        "--step",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the step the caller saw (gitops status): run again after the rollout moved on (a retry "
+        "after a timeout), the promote is refused instead of approving the next gate",
+    )
     promote.add_argument(
         "--override",
         default="",
