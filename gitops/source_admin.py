@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from gitops import caches, schedule
@@ -359,15 +360,28 @@ def _gate_active_rollouts(source: Source) -> None:
             source=source, phase__in=Rollout.ACTIVE_PHASES
         ):
             steps = steps_from_json(rollout.steps)
-            at_gate = rollout.phase == Rollout.Phase.PAUSED and rollout.waiting_for == Waiting.APPROVAL
-            position = rollout.step_index + 1
-            if not at_gate and not (position < len(steps) and steps[position] == Pause(None)):
+            position = _gate_position(rollout)
+            gated = position >= len(steps) or steps[position] == Pause(None)
+            if not gated:
                 steps = (*steps[:position], Pause(None), *steps[position:])
             Rollout.objects.filter(pk=rollout.pk).update(
                 steps=[step.as_json() for step in steps],
                 approvals_required=max(rollout.approvals_required, source.required_approvals),
                 forbid_self_approval=True,
+                # A worker on the rollout must read its steps again, not step past the new gate.
+                version=F("version") + (0 if gated else 1),
             )
+
+
+def _gate_position(rollout: Rollout) -> int:
+    """Where a raised floor's gate goes: before the current step when nothing of it went out yet (a
+    rollout held by a freeze before its first step went straight to 100% with the gate after it),
+    else after it. Past the last step (its consumers or a cluster awaited) there is nothing to hold."""
+    if rollout.phase == Rollout.Phase.PAUSED and rollout.waiting_for == Waiting.APPROVAL:
+        return len(rollout.steps)  # at a gate already
+    untouched = not ApplyIntent.objects.filter(rollout=rollout, step_index=rollout.step_index).exists()
+    ahead = rollout.phase == Rollout.Phase.PROGRESSING and untouched
+    return rollout.step_index + (0 if ahead else 1)
 
 
 # -- suspend, resume ---------------------------------------------------------------------------

@@ -246,3 +246,29 @@ def test_a_freeze_set_while_a_pass_runs_stops_the_steps_after_it(
     assert sorted(version(cluster, ns) for ns in targets) == ["1", "2"], "half went out before the freeze"
     rollout = Rollout.objects.get(source=source, revision__commit=v2)
     assert rollout.is_active and rollout.step_index == 1, (rollout.phase, rollout.step_index)
+
+
+def test_a_floor_raised_over_a_held_retry_gates_it_before_its_first_step(
+    repo, make_namespaces, make_source, sync, cluster, people
+):
+    """A retry made during a freeze waits before its first step. An administrator raises the approval
+    floor meanwhile: the gate goes before that step, which nothing of has gone out. Before, it went after
+    it, and the step went out unapproved as soon as the freeze was lifted."""
+    from gitops import source_admin
+    from gitops.models import Source
+    from tests.integration.test_rollouts import started_and_aborted, versions
+
+    targets = make_namespaces("canary", "rest")
+    source, _v2, aborted = started_and_aborted(repo, make_source, sync, targets, people)
+    assert versions(cluster, targets) == ["1", "1"]
+    freeze(source, reason="incident 7")
+    retried = decisions.rollout_retry(aborted.pk, user=people["approver"])
+    assert sync(source)["outcome"] == "held"
+    assert Rollout.objects.get(pk=retried.pk).step_index == 0
+
+    source_admin.source_update_scope(Source.objects.get(pk=source.pk), required_approvals=2)
+    freezes.freeze_lift(source, by="ines")
+
+    gated = wait_for(source, phase="Paused", waiting_for="approval")
+    assert gated.pk == retried.pk and gated.step_index == 0
+    assert versions(cluster, targets) == ["1", "1"], "nothing went out before the approvals"
