@@ -42,7 +42,7 @@ from gitops.rollout.rollback import rollbacks_owed_finish, rollbacks_owing, roll
 from gitops.rollout.state import StepOutcome, owed_rollbacks_memo, owed_rollbacks_none, pending_writes_known
 from gitops.rollout.step import Resumed, intents_finish_pending, plan_held
 from gitops.vocabulary import SYSTEM_ACTOR, Outcome
-from gitops.windows import Gate
+from gitops.windows import Gate, GateKind
 
 log = logging.getLogger("gitops.reconcile")
 
@@ -189,7 +189,12 @@ def _decisions_only(source: Source, decided: _Decided, *, aborted: StepOutcome |
     abort or an owed rollback) on a source that is suspended or backing off from its Git host. What
     people decided goes on, with the active rollout's own revision; Git is not asked, so a commit
     pushed while suspended waits for resume or for someone's sync instead of starting a rollout."""
-    moved = _drive_active(source, actor=decided.actor, retry_failed=decided.retry_failed, held=decided.gate)
+    held: GateWatch | Gate = decided.gate
+    if not source.automatic_sync_allowed and decided.actor == SYSTEM_ACTOR:
+        # Beat's sweep of a suspended source (an owed rollback, an abort): that is carried out, and as
+        # during a freeze nothing moves by itself (a timer that ran out, an analysis's next try).
+        held = SUSPENDED
+    moved = _drive_active(source, actor=decided.actor, retry_failed=decided.retry_failed, held=held)
     idle = Outcome.SUSPENDED if not source.automatic_sync_allowed else Outcome.UNCHANGED
     result = SyncResult(source.name, aborted.outcome if aborted else idle, source.last_commit)
     result.errors.extend([*decided.resumed.failures, *(aborted.failures if aborted else [])])
@@ -200,6 +205,10 @@ def _decisions_only(source: Source, decided: _Decided, *, aborted: StepOutcome |
     if result.errors:
         Source.objects.filter(pk=source.pk).update(last_error="; ".join(result.errors[:5]))
     return result
+
+
+# What holds a suspended source's rollouts in a pass no person asked for.
+SUSPENDED = Gate(kind=GateKind.FROZEN, manual=True, reason="automatic sync is suspended")
 
 
 def _without_git(source: Source) -> bool:

@@ -907,3 +907,31 @@ def test_a_promote_waits_for_a_pass_logging_changes_and_never_deadlocks_with_it(
 
     assert not approver.is_alive() and errors == []
     assert Approval.objects.filter(rollout=rollout).count() == 1
+
+
+def test_a_sweep_of_a_suspended_source_carries_out_its_owed_work_but_moves_no_timer(
+    repo, make_namespaces, make_source, sync, cluster
+):
+    """Suspended means no timer moves a rollout. Beat's sweep still runs a pass on a suspended source
+    (an owed rollback, an abort), and that pass drove the active rollout on: a timed pause that ran out
+    went on to the next weight, with nobody asking."""
+    from django.utils import timezone
+
+    from gitops import source_admin
+
+    canary, rest = make_namespaces("canary", "rest")
+    steps = [{"setWeight": 50}, {"pause": {"duration": "1h"}}, {"setWeight": 100}]
+    source, _v1, _v2 = start_rollout(repo, make_source, sync, [canary, rest], steps)
+    sync(source)
+    timed = wait_for(source, phase="Paused", waiting_for="timer")
+    source_admin.source_suspend(source)
+    Rollout.objects.filter(pk=timed.pk).update(pause_until=timezone.now())  # the hour is over
+
+    result = sync(source, rollouts_only=True)  # as beat's sweep sends it, through the worker
+
+    held = Rollout.objects.get(pk=timed.pk)
+    assert (held.phase, held.step_index, held.weight) == ("Paused", 1, 50), result
+    assert versions(cluster, [canary, rest]) == ["2", "1"]
+    source_admin.source_resume(source)  # resuming lets it go on
+    wait_for(source, phase="Completed")
+    assert versions(cluster, [canary, rest]) == ["2", "2"]
