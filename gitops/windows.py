@@ -164,18 +164,21 @@ def _window_gate(source: str, at: datetime, matching: Sequence[WindowRule]) -> G
     opened = {window: window.opened_at(at) for window in matching}
     open_since = {window: start for window, start in opened.items() if start is not None}
     denying = [window for window in open_since if window.kind is WindowKind.DENY]
+    allows = [window for window in matching if window.kind is WindowKind.ALLOW]
+    outside = bool(allows) and not any(window in open_since for window in allows)
     if denying:
         ends = max(open_since[window] + window.duration for window in denying)
+        # Every window closing it must let a person's sync through: the allow windows, closed too, as well.
+        closing = [*denying, *(allows if outside else [])]
         return Gate(
             GateKind.DENY_WINDOW,
-            manual=all(window.manual_sync for window in denying),
+            manual=all(window.manual_sync for window in closing),
             reason=f"in a sync window that denies changes until {_moment(ends)}: "
             + "; ".join(window.describe() for window in denying),
             until=ends,
             windows=tuple(denying),
         )
-    allows = [window for window in matching if window.kind is WindowKind.ALLOW]
-    if not allows or any(window in open_since for window in allows):
+    if not outside:
         return OPEN
     openings = [opening for window in allows if (opening := window.next_opening(at)) is not None]
     opens = min(openings) if openings else None

@@ -114,6 +114,10 @@ def test_windows_match_sources_by_glob():
         ([window("allow", "0 22 * * *", 1, manual=True)], True),
         ([window("allow", "0 22 * * *", 1, manual=True), window("allow", "0 6 * * *", 1)], False),
         ([window("allow", "0 22 * * *", 1)], False),
+        # A deny window that lets people through, open while closed allow windows do not: the allow
+        # windows close it too (before, the deny window alone decided, and a person's sync went out).
+        ([window("allow", "0 22 * * *", 1), window("deny", "0 9 * * *", 8, manual=True)], False),
+        ([window("allow", "0 22 * * *", 1, manual=True), window("deny", "0 9 * * *", 8, manual=True)], True),
     ],
 )
 def test_manual_sync_goes_through_only_where_every_closing_window_allows_it(windows, manual):
