@@ -41,7 +41,7 @@ from ninja.security.http import HttpBearer
 from pydantic import AliasChoices, ConfigDict, field_validator
 
 from dashboard.models import ApiToken
-from gitops import schedule, selectors, source_admin
+from gitops import cluster_admin, schedule, selectors, source_admin
 from gitops.consumers.workloads import KINDS as WORKLOAD_KINDS
 from gitops.consumers.workloads import Health
 from gitops.desired.errors import ValidationError as RevisionError
@@ -986,6 +986,26 @@ def list_sources(request: HttpRequest, paging: Query[PageIn]) -> dict[str, Any]:
     require(request, "gitops.view_source", "gitops.view_rollout")
     sources = list(window(Source.objects.order_by("name"), paging))
     return page(source_rows(sources), Source.objects.count(), paging)
+
+
+class ClusterOut(Schema):
+    name: str
+    default: bool = Field(description="the cluster KUBECONFIG names (SLUICE_CLUSTER_NAME)")
+    credentials: str = Field(description="where its credentials live, never the credentials")
+    server: str = Field(description="its API server URL, credentials in it as ***")
+    reachable: bool
+    version: str = Field(description="its Kubernetes version, asked just now")
+    error: str = Field(description="why it does not answer, or empty")
+    sources: list[str] = Field(description="the sources whose validated policy targets it")
+    objects: int = Field(description="the objects Sluice applied there")
+
+
+@api.get("/clusters", response={200: list[ClusterOut], **AUTH_ERRORS}, tags=["clusters"])
+def list_clusters(request: HttpRequest) -> list[dict[str, Any]]:
+    """The default cluster and every registered one, each asked for its version just now (a few
+    seconds at most), as the Clusters page and `gitops clusters --json` show them."""
+    require(request, "gitops.view_source")
+    return [status.as_dict() for status in cluster_admin.clusters_status()]
 
 
 @api.get("/sources/{name}", response={200: SourceDetailOut, **READ_ONE_ERRORS}, tags=["sources"])

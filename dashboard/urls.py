@@ -1,5 +1,5 @@
 from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.urls import path, re_path
 
 from dashboard import flags, freezes, previews, sources, views
 from dashboard.api import api
@@ -35,4 +35,6 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(template_name="dashboard/login.html"), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/", api.urls),
+    # Any other path under /api answers as the API does, in JSON, not with the site's HTML page.
+    re_path(r"^api/", views.api_not_found, name="api-not-found"),
 ]

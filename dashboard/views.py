@@ -76,6 +76,10 @@ def prometheus_metrics(request: HttpRequest) -> HttpResponse:
     return HttpResponse(payload, content_type=content_type)
 
 
+def api_not_found(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"detail": "no API operation has this path; see /api/docs"}, status=404)
+
+
 @require_GET
 def readyz(request: HttpRequest) -> JsonResponse:
     """Database, broker and kube-apiserver reachable; 503 names the one that is not. Each registered

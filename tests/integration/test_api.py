@@ -50,6 +50,7 @@ ENDPOINTS = [
     ("get", "/rollouts/1"),
     ("get", "/changes"),
     ("get", "/flags"),
+    ("get", "/clusters"),
     ("post", "/sources/shop/sync"),
     ("post", "/rollouts/1/promote"),
     ("post", "/rollouts/1/abort"),
@@ -376,7 +377,7 @@ def test_missing_things_are_404_and_malformed_ids_422(as_role, make_source):
     admin.groups.add(Group.objects.get(name="admin"))
     administrator = Api(issue_token("ada-admin"))
     for method, path in ENDPOINTS:
-        if path in ("/sources", "/rollouts", "/changes", "/flags"):
+        if path in ("/sources", "/rollouts", "/changes", "/flags", "/clusters"):
             continue
         caller = administrator if (method, path) in ADMIN_ONLY else approver
         response = caller.call(method, path.replace("/1", "/987654321"))
@@ -390,6 +391,10 @@ def test_missing_things_are_404_and_malformed_ids_422(as_role, make_source):
         response = approver.get(path)
         assert response.status_code == 422, (path, response.content)
     assert approver.post("/rollouts/1/promote", {"full": "perhaps"}).status_code == 422
+    # A path under /api that names nothing: JSON, as every other answer of the API, not an HTML page.
+    for path in ["/nothing-here", "/sources/a%2Fb"]:
+        response = approver.get(path)
+        assert response.status_code == 404 and response.json()["detail"], (path, response.content)
 
 
 # -- tokens and sessions ------------------------------------------------------------------------
