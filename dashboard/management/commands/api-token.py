@@ -22,11 +22,18 @@ DURATION = re.compile(r"^(\d+)([mhd])$")
 UNITS = {"m": 60, "h": 3600, "d": 86400}
 
 
+# A token that never expires is one made without --expires-in; past this, a date is out of range.
+LONGEST = timedelta(days=100 * 365)
+
+
 def duration(text: str) -> timedelta:
     match = DURATION.match(text.strip())
     if not match or int(match.group(1)) == 0:
         raise ArgumentTypeError(f"{text!r} is not a duration like 30m, 12h or 90d")
-    return timedelta(seconds=int(match.group(1)) * UNITS[match.group(2)])
+    seconds = int(match.group(1)) * UNITS[match.group(2)]
+    if seconds > LONGEST.total_seconds():
+        raise ArgumentTypeError(f"{text!r} is longer than 100 years: leave --expires-in out instead")
+    return timedelta(seconds=seconds)
 
 
 class Command(BaseCommand):

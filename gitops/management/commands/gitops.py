@@ -623,6 +623,17 @@ class Command(BaseCommand):
             self.stdout.write(f"{window.pk:>4}  {window}{manual}  ({state})")
 
 
+def _positive(text: str) -> int:
+    """A count of at least 1 (``--limit``): ``--limit -5`` printed nothing and succeeded."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise ArgumentTypeError(f"{value} is not 1 or more")
+    return value
+
+
 def _window_duration(text: str) -> timedelta:
     try:
         return parse_duration(text)
@@ -709,12 +720,12 @@ def _add_reading_parsers(commands: Any) -> None:
     log.add_argument("--cluster")
     log.add_argument("--commit")
     log.add_argument("--namespace")
-    log.add_argument("--limit", type=int, default=50)
+    log.add_argument("--limit", type=_positive, default=50)
     log.add_argument("--json", action="store_true")
 
     rollouts_parser = commands.add_parser("rollouts", help="list rollouts, newest first")
     rollouts_parser.add_argument("--source")
-    rollouts_parser.add_argument("--limit", type=int, default=20)
+    rollouts_parser.add_argument("--limit", type=_positive, default=20)
     rollouts_parser.add_argument("--json", action="store_true")
 
 
