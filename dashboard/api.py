@@ -20,6 +20,7 @@ who may use the API is kept from them, and they advertise nothing to others.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -63,6 +64,8 @@ from gitops.vocabulary import (
     Staleness,
     StaleReason,
 )
+
+log = logging.getLogger(__name__)
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
@@ -1167,15 +1170,21 @@ FLAG_FIELDS = (
 # -- acting -------------------------------------------------------------------------------
 
 
-@api.post("/sources/{name}/sync", response={202: SyncOut, **READ_ONE_ERRORS}, tags=["sources"])
+@api.post("/sources/{name}/sync", response={202: SyncOut, **READ_ONE_ERRORS, 503: ErrorOut}, tags=["sources"])
 def sync_source(request: HttpRequest, name: SourceName) -> Status[dict[str, Any]]:
     """Queues a sync of the source on a worker (approvers and admins); the task id comes back."""
     user = caller(request)
     if not user.is_active or not (user.has_perm(APPROVE) or user.has_perm(CHANGE_SOURCE)):
         raise PermissionDenied(f"{user.get_username()} may not sync sources")
     source = source_or_404(name)
-    with transaction.atomic():
-        task_ids = schedule.source_sync(source.pk, actor=user.get_username(), manual=True, result_wanted=True)
+    try:
+        with transaction.atomic():
+            task_ids = schedule.source_sync(
+                source.pk, actor=user.get_username(), manual=True, result_wanted=True
+            )
+    except Exception as exc:  # the broker refused the task (kombu's, redis-py's errors): nothing is queued
+        log.warning("sync of %s not queued: %s", source.name, exc)
+        raise TemporaryError("the sync could not be queued (the broker did not take it); try again") from exc
     # on_commit ran when the block above committed, so the task is queued and its id known.
     return Status(202, {"source": source.name, "task_id": task_ids[0], "actor": user.get_username()})
 

@@ -95,6 +95,9 @@ def source_sync(
     ``result_wanted``: the caller hands the task's id to someone who reads its result
     (``gitops sync --wait``, the API). Any other result would be stored in Redis for nobody, and
     the pass would read the rollout's status for it.
+    ``rollouts_only`` sends are a decision's (a promote, an abort, a retry): stored by then, so a broker
+    that refuses the task does not undo it, nor fail the person's request after the fact. The source's
+    poll is made due instead (``source_poll_due_now``), and beat's first sweep the broker takes runs it.
     """
     task_ids: list[str] = []
     kwargs = {
@@ -108,7 +111,17 @@ def source_sync(
     if rollouts_only:  # only then: a task in the queue across an upgrade names no unknown option
         kwargs["rollouts_only"] = True
     ignored = not result_wanted
-    transaction.on_commit(lambda: task_ids.append(_send(SYNC_TASK, kwargs=kwargs, ignore_result=ignored)))
+
+    def send() -> None:
+        try:
+            task_ids.append(_send(SYNC_TASK, kwargs=kwargs, ignore_result=ignored))
+        except Exception:
+            if not rollouts_only:
+                raise
+            log.exception("the broker refused the sync of source %s; its poll is due now instead", source_id)
+            source_poll_due_now(source_id, requested=True)
+
+    transaction.on_commit(send)
     return task_ids
 
 

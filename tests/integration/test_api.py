@@ -912,3 +912,28 @@ def wait_until_idle(hostname: str, source_ids: set[int], timeout: float = 120) -
         )
 
     poll(idle, timeout=timeout, interval=0.2, what="the worker to finish the API's syncs")
+
+
+def test_a_decision_stands_when_the_broker_refuses_its_sync_and_a_sync_asked_for_is_a_503(
+    as_role, paused, monkeypatch
+):
+    """The broker refused the task a promote queues, after the approval was stored: the API answered
+    Django's HTML 500, and the caller's retry was refused as already approved. The decision stands, the
+    source's poll is made due (beat's first sweep the broker takes runs it), and the answer is the
+    promote's. A sync someone asks for, whose task id is the answer, is a 503 with Retry-After."""
+    from django.utils import timezone
+
+    from tests.broker import refuse_sends
+
+    tried = refuse_sends(monkeypatch)
+    approver = as_role["approver"]
+    promoted = approver.post(f"/rollouts/{paused.rollout.pk}/promote", {"comment": "go"})
+    assert promoted.status_code == 200, promoted.content
+    assert tried and tried[0]["rollouts_only"] is True
+    assert Approval.objects.filter(rollout=paused.rollout).count() == 1
+    source = Source.objects.get(pk=paused.source.pk)
+    assert source.next_poll_at <= timezone.now() and source.sync_requested_at is not None
+
+    refused = approver.post(f"/sources/{source.name}/sync")
+    assert refused.status_code == 503, refused.content
+    assert "could not be queued" in refused.json()["detail"] and refused["Retry-After"]
