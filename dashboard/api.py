@@ -212,6 +212,16 @@ def too_many_previews(request: HttpRequest, exc: schedule.PreviewsBusy) -> HttpR
     return response
 
 
+@api.exception_handler(schedule.SyncNotQueued)
+def not_queued(request: HttpRequest, exc: schedule.SyncNotQueued) -> HttpResponse:
+    """The broker refused a sync's task; what was decided before it (a promote) is stored."""
+    log.warning("%s", exc)
+    detail = "the sync could not be queued (the broker did not take it); try again"
+    response = api.create_response(request, {"detail": detail}, status=503)
+    response["Retry-After"] = "5"
+    return response
+
+
 @api.exception_handler(TemporaryError)
 def unavailable(request: HttpRequest, exc: TemporaryError) -> HttpResponse:
     response = api.create_response(request, {"detail": redact(str(exc))}, status=503)
@@ -1177,14 +1187,8 @@ def sync_source(request: HttpRequest, name: SourceName) -> Status[dict[str, Any]
     if not user.is_active or not (user.has_perm(APPROVE) or user.has_perm(CHANGE_SOURCE)):
         raise PermissionDenied(f"{user.get_username()} may not sync sources")
     source = source_or_404(name)
-    try:
-        with transaction.atomic():
-            task_ids = schedule.source_sync(
-                source.pk, actor=user.get_username(), manual=True, result_wanted=True
-            )
-    except Exception as exc:  # the broker refused the task (kombu's, redis-py's errors): nothing is queued
-        log.warning("sync of %s not queued: %s", source.name, exc)
-        raise TemporaryError("the sync could not be queued (the broker did not take it); try again") from exc
+    with transaction.atomic():  # a broker that refuses the task: 503 (``not_queued``)
+        task_ids = schedule.source_sync(source.pk, actor=user.get_username(), manual=True, result_wanted=True)
     # on_commit ran when the block above committed, so the task is queued and its id known.
     return Status(202, {"source": source.name, "task_id": task_ids[0], "actor": user.get_username()})
 

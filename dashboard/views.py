@@ -76,6 +76,7 @@ def prometheus_metrics(request: HttpRequest) -> HttpResponse:
     return HttpResponse(payload, content_type=content_type)
 
 
+@csrf_exempt  # as the API's own views: a POST to a wrong path is a 404, not an HTML CSRF 403
 def api_not_found(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"detail": "no API operation has this path; see /api/docs"}, status=404)
 

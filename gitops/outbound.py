@@ -35,10 +35,11 @@ class _Tracked:
     """Records each connection in the calling ``post``'s list once it is open."""
 
     def connect(self) -> None:
-        super().connect()  # type: ignore[misc]
+        # Before it connects: a TLS handshake or a proxy's answer trickled inside connect() is shut too.
         opened = getattr(_CALL, "connections", None)
         if opened is not None:
             opened.append(self)
+        super().connect()  # type: ignore[misc]
 
 
 class _TrackedHTTP(_Tracked, http.client.HTTPConnection):
@@ -87,6 +88,7 @@ def post(url: str, body: bytes, *, content_type: str, timeout: float) -> Answer:
     """
     if not url.startswith(("http://", "https://")):
         return Answer(0, "not an http:// or https:// URL")
+    url = url.partition("#")[0]  # a fragment is the client's, never sent: cut where the check cut it
     timeout = min(max(timeout, 0.1), MAX_TIMEOUT_SECONDS)
     answers: list[Answer] = []
     opened: list[http.client.HTTPConnection] = []

@@ -97,7 +97,8 @@ def source_sync(
     the pass would read the rollout's status for it.
     ``rollouts_only`` sends are a decision's (a promote, an abort, a retry): stored by then, so a broker
     that refuses the task does not undo it, nor fail the person's request after the fact. The source's
-    poll is made due instead (``source_poll_due_now``), and beat's first sweep the broker takes runs it.
+    poll is made due instead (``source_poll_due_now``), and beat's first sweep the broker takes runs it;
+    but for a suspended source, which is not polled, the refusal is raised (``SyncNotQueued``).
     """
     task_ids: list[str] = []
     kwargs = {
@@ -115,9 +116,11 @@ def source_sync(
     def send() -> None:
         try:
             task_ids.append(_send(SYNC_TASK, kwargs=kwargs, ignore_result=ignored))
-        except Exception:
-            if not rollouts_only:
-                raise
+        except Exception as exc:
+            refused = SyncNotQueued(f"the broker refused the sync of source {source_id}: {exc}")
+            # A suspended source's poll never comes, nor does beat's sweep carry a promote on: said.
+            if not rollouts_only or not Source.objects.filter(pk=source_id, suspended=False).exists():
+                raise refused from exc
             log.exception("the broker refused the sync of source %s; its poll is due now instead", source_id)
             source_poll_due_now(source_id, requested=True)
 

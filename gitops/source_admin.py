@@ -30,6 +30,7 @@ from gitops.desired.scope import scope_glob_problem, url_prefix_problem
 from gitops.errors import PermanentError
 from gitops.fetch.credentials import configured_scope, reference_problem
 from gitops.fetch.git import normalize_branch, repository_url_problem
+from gitops.locks import source_lock_held
 from gitops.models import (
     MAX_REQUIRED_APPROVALS,
     ApplyIntent,
@@ -379,8 +380,11 @@ def _gate_position(rollout: Rollout) -> int:
     else after it. Past the last step (its consumers or a cluster awaited) there is nothing to hold."""
     if rollout.phase == Rollout.Phase.PAUSED and rollout.waiting_for == Waiting.APPROVAL:
         return len(rollout.steps)  # at a gate already
+    # A pass under way may be planning the step, its intents not written yet: then after it, as before.
     untouched = not ApplyIntent.objects.filter(rollout=rollout, step_index=rollout.step_index).exists()
-    ahead = rollout.phase == Rollout.Phase.PROGRESSING and untouched
+    ahead = (
+        rollout.phase == Rollout.Phase.PROGRESSING and untouched and not source_lock_held(rollout.source_id)
+    )
     return rollout.step_index + (0 if ahead else 1)
 
 

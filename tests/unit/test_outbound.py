@@ -101,3 +101,19 @@ def test_an_analysis_that_fails_names_its_url_with_the_querys_secrets_redacted()
         assert not result.passed and "HTTP 500" in result.detail, result.detail
         assert "REPO-SECRET-42" not in result.detail, result.detail
         assert f"from {check}?…" in result.detail, result.detail
+
+
+def test_what_is_sent_stops_at_the_first_hash_where_the_prefix_check_stops():
+    """url_allowed checks up to the first "#"; urllib sent up to the last: "/check#/../../admin#" was
+    checked as "/check" and sent as "/check#/../../admin"."""
+    lines: list[bytes] = []
+
+    def record(connection: socket.socket) -> None:
+        lines.append(connection.recv(65536).split(b"\r\n", 1)[0])
+        connection.sendall(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        connection.close()
+
+    url = serve(record)
+    answer = outbound.post(url + "#/../../admin#", b"{}", content_type="application/json", timeout=2)
+    assert answer.status == 204
+    assert lines == [b"POST /check HTTP/1.1"]
