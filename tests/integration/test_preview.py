@@ -509,3 +509,15 @@ def test_everyone_together_has_at_most_so_many_previews_on_the_workers(
         slots.delete(
             "sluice:previews:ada", "sluice:previews:pia", "sluice:previews:vera", "sluice:previews-all"
         )
+
+
+def test_a_preview_the_git_host_does_not_answer_exits_2_not_1(gitops, make_source):
+    """1 says the revision is wrong; a Git host that does not answer says nothing of the change, and a
+    pull request's check retries it rather than marking the change broken."""
+    from tests.clusters import closed_port
+
+    source = make_source(url=f"http://127.0.0.1:{closed_port()}/shop.git")
+    printed = gitops("diff", source.name, "--revision", "refs/heads/main", expect=2)
+    assert f"{source.name} @ refs/heads/main:" in printed
+    answer = json.loads(gitops("diff", source.name, "--revision", "refs/heads/main", "--json", expect=2))
+    assert answer["outcome"] == "unavailable"

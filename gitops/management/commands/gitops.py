@@ -283,13 +283,18 @@ class Command(BaseCommand):
         self._print_consumer_effects(previewed.consumers)
 
     def _diff_revision(self, source: Source, revision: str, *, as_json: bool) -> None:
-        """``diff --revision``: exit 0 when planned, 1 when rejected, not found or not a revision."""
+        """``diff --revision``: exit 0 when planned, 1 when rejected, not found or not a revision, 2 when
+        Git or a cluster did not answer (worth trying again: a CI check tells a flaky host from a bad
+        change)."""
         try:
             previewed = preview.revision_preview(source, revision)
         except GitopsError as failure:
+            previewed = preview.revision_not_planned(source, revision, failure)
+            if not as_json and previewed.outcome == PreviewOutcome.UNAVAILABLE:
+                self.stderr.write(f"{source.name} @ {revision}: {previewed.detail}")
+                sys.exit(2)
             if not as_json:
                 raise
-            previewed = preview.revision_not_planned(source, revision, failure)
         if as_json:
             self.stdout.write(json.dumps(previewed.as_dict(), indent=2))
         elif previewed.plan is None:
@@ -303,7 +308,7 @@ class Command(BaseCommand):
             self._print_plan(previewed.plan)
             self._print_consumer_effects(previewed.consumers)
         if previewed.outcome != PreviewOutcome.PLANNED:
-            sys.exit(1)
+            sys.exit(2 if previewed.outcome == PreviewOutcome.UNAVAILABLE else 1)
 
     def _print_consumer_effects(self, effects: tuple[preview.ConsumerEffect, ...]) -> None:
         for effect in effects:
