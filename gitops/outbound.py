@@ -32,7 +32,7 @@ _CALL = threading.local()
 
 
 class _Tracked:
-    """Records each connection in the calling ``post``'s list once it is open."""
+    """Records each connection in the calling ``post``'s list as it starts to connect."""
 
     def connect(self) -> None:
         # Before it connects: a TLS handshake or a proxy's answer trickled inside connect() is shut too.
