@@ -100,12 +100,14 @@ def post(url: str, body: bytes, *, content_type: str, timeout: float) -> Answer:
     caller = threading.Thread(target=call, name="outbound", daemon=True)
     caller.start()
     caller.join(timeout)
-    if not answers:
-        # A server that trickles its answer (a byte per read timeout) would keep the thread, its socket
-        # and a file descriptor for days, one more each retry: its connection is shut at the deadline.
-        for connection in opened:
-            _shut(connection)
-    return answers[0] if answers else Answer(0, f"no answer within {timeout:g}s")
+    if answers:
+        return answers[0]
+    # A server that trickles its answer (a byte per read timeout) would keep the thread, its socket and
+    # a file descriptor for days, one more each retry: its connection is shut at the deadline. The
+    # answer is decided first: the shut call ends with an answer of its own ("cannot reach"), too late.
+    for connection in opened:
+        _shut(connection)
+    return Answer(0, f"no answer within {timeout:g}s")
 
 
 def _shut(connection: http.client.HTTPConnection) -> None:
