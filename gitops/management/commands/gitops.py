@@ -59,7 +59,6 @@ from gitops.intake import webhook_secrets
 from gitops.models import Rollout, Source, SourceRemoval
 from gitops.plan import DiffItem, Plan
 from gitops.record.audit import Actor
-from gitops.redaction import redact
 from gitops.roles import ROLES
 from gitops.rollout import decisions
 from gitops.vocabulary import (
@@ -882,10 +881,10 @@ def _where(cluster: str, namespace: str, name: str) -> str:
 
 
 def _cluster_line(status: cluster_admin.ClusterStatus) -> str:
-    server = redact(status.server)  # a kubeconfig's server URL may carry credentials; CI logs keep this
+    # Its server and error come redacted (``clusters_status``): a server URL may carry credentials.
     if status.reachable:
-        return f"{server}, reachable, {status.version}"
-    return f"{server or 'no server'}, unreachable: {redact(status.error)}"
+        return f"{status.server}, reachable, {status.version}"
+    return f"{status.server or 'no server'}, unreachable: {status.error}"
 
 
 def _add_housekeeping_parsers(commands: Any) -> None:
