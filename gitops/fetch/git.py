@@ -299,13 +299,20 @@ class Interrupted(Exception):
 INTERRUPT_CHECK_SECONDS = 1.0
 
 
+class GitRun(subprocess.CompletedProcess[bytes]):
+    """A finished git run; ``stderr_bytes`` is how much it said on stderr, of which ``stderr`` keeps the
+    end. Said up to a fetch's bound, git was stopped by it (the bound holds for its stderr file too)."""
+
+    stderr_bytes: int = 0
+
+
 def run(
     invocation: GitInvocation,
     *,
     timeout: float,
     input: bytes | None = None,
     interrupted: Callable[[], bool] | None = None,
-) -> subprocess.CompletedProcess[bytes]:
+) -> GitRun:
     """Runs git to its end, killed (with the helpers it started) past ``timeout`` seconds, raising
     ``subprocess.TimeoutExpired``; with ``interrupted``, asked every INTERRUPT_CHECK_SECONDS while git
     runs, and git is killed as soon as it says so, raising ``Interrupted``. Of what git says on stderr
@@ -316,8 +323,10 @@ def run(
         size = said.seek(0, os.SEEK_END)
         said.seek(max(0, size - STDERR_KEPT))
         tail = said.read()
-    completed.stderr = tail if size <= STDERR_KEPT else b"[...]" + tail
-    return completed
+    finished = GitRun(completed.args, completed.returncode, completed.stdout)
+    finished.stderr = tail if size <= STDERR_KEPT else b"[...]" + tail
+    finished.stderr_bytes = size
+    return finished
 
 
 # Enough for git's own last lines (its fatal error, whatever came before it).

@@ -34,6 +34,7 @@ from gitops.fetch.git import (
     MIRROR_REF_PREFIX,
     CatFileBatch,
     GitInvocation,
+    GitRun,
     Interrupted,
     base_env,
     build_fetch_invocation,
@@ -141,7 +142,14 @@ GC_PID_STALE_SECONDS = 12 * 3600  # git gc's own rule for a gc.pid whose process
 
 
 class FetchTooLarge(PermanentError):
-    def __init__(self, where: str, bound: int) -> None:
+    def __init__(self, where: str, bound: int, *, server_messages: bool = False) -> None:
+        if server_messages:  # a server streaming `remote:` lines, not the branch, reached the bound
+            super().__init__(
+                f"fetching {where} stopped at {bound:,} bytes of the Git server's messages, Sluice's bound "
+                "on what one fetch writes (SLUICE_MAX_FETCH_BYTES): the server says more than any fetch "
+                "needs; ask whoever runs it"
+            )
+            return
         super().__init__(
             f"fetching {where} stopped at {bound:,} bytes, Sluice's bound on one fetch "
             "(SLUICE_MAX_FETCH_BYTES): the branch brings more than that; make the repository smaller, "
@@ -210,7 +218,7 @@ class GitMirror:
         previous = self._read_ref(ref)
         completed = self._run_fetch(invocation, where, timeout, interrupted)
         if completed.returncode != 0:
-            self._refuse_overfull(where, since=began)
+            self._refuse_overfull(where, since=began, completed=completed)
             stderr = completed.stderr.decode("utf-8", "replace")
             server_format = _MISMATCHED_FORMAT.search(stderr)
             if server_format and self._recreate_with_format(server_format.group(1)):
@@ -310,7 +318,7 @@ class GitMirror:
             self.sweep_temporary_objects(older_than=timeout)
             raise TemporaryError(f"fetching {where} timed out after {timeout:g}s") from None
         if completed.returncode != 0:
-            self._refuse_overfull(where, since=started)
+            self._refuse_overfull(where, since=started, completed=completed)
             stderr = completed.stderr.decode("utf-8", "replace")
             server_format = _MISMATCHED_FORMAT.search(stderr)
             if server_format and self._recreate_with_format(server_format.group(1)):
@@ -557,7 +565,7 @@ class GitMirror:
 
     def _run_fetch(
         self, invocation: GitInvocation, where: str, timeout: float, interrupted: Callable[[], bool] | None
-    ) -> subprocess.CompletedProcess[bytes]:
+    ) -> GitRun:
         try:
             return run(invocation, timeout=timeout, interrupted=interrupted)
         except subprocess.TimeoutExpired:
@@ -585,12 +593,17 @@ class GitMirror:
             logger.info("removed %d temporary object files a stopped git left in %s", swept, self.path)
         return swept
 
-    def _refuse_overfull(self, where: str, *, since: float) -> None:
+    def _refuse_overfull(self, where: str, *, since: float, completed: GitRun) -> None:
         """Raises FetchTooLarge when a fetch that failed was stopped at ``max_fetch_bytes``: a temporary
-        file it wrote since ``since`` has that size (the kernel let it grow no further). Removes it."""
+        file it wrote since ``since`` has that size (the kernel let it grow no further; removed), or
+        what it said on stderr does (the Git server's messages)."""
         bound = self.max_fetch_bytes
         if bound <= 0:
             return
+        if completed.stderr_bytes >= bound:
+            self._remove_temporary(lambda found: found.st_mtime >= since - 1)  # what it began to write
+            logger.warning("fetch of %s stopped at %d bytes of the server's messages", where, bound)
+            raise FetchTooLarge(where, bound, server_messages=True)
         if self._remove_temporary(lambda found: found.st_size >= bound and found.st_mtime >= since - 1):
             logger.warning("fetch of %s stopped at %d bytes (SLUICE_MAX_FETCH_BYTES)", where, bound)
             raise FetchTooLarge(where, bound)

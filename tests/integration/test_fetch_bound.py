@@ -74,6 +74,26 @@ def test_a_preview_past_the_bound_is_refused_too(oversized, tmp_path):
     assert mirror_files(mirror) == []
 
 
+def test_a_server_streaming_messages_past_the_bound_is_refused_as_such(tmp_path, monkeypatch):
+    """The bound holds for git's stderr too (its file is git's, as the pack's): a server that streams
+    `remote:` lines without end stopped git there, reported as an ordinary failure to read from the
+    remote. An SSH server's stderr reaches git's as it is, so an `ssh` that only talks stands in for it."""
+    chatty = tmp_path / "bin"
+    chatty.mkdir()
+    (chatty / "ssh").write_text('#!/bin/sh\nwhile :; do echo "remote: still counting objects" >&2; done\n')
+    (chatty / "ssh").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{chatty}:{os.environ['PATH']}")
+    mirror = GitMirror(tmp_path / "mirror.git", max_fetch_bytes=BOUND)
+    started = time.monotonic()
+    with mirror, pytest.raises(FetchTooLarge) as refused:
+        mirror.fetch("ssh://git@git.example.com/shop.git", "main", timeout=60)
+
+    assert "1,048,576 bytes of the Git server's messages" in str(refused.value)
+    assert "SLUICE_MAX_FETCH_BYTES" in str(refused.value)
+    assert time.monotonic() - started < 30, "stopped at the bound, not at the timeout"
+    assert mirror_files(mirror) == []
+
+
 def test_no_bound_fetches_all(oversized, tmp_path):
     with GitMirror(tmp_path / "mirror.git", max_fetch_bytes=0) as mirror:
         assert mirror.fetch(oversized.url, "main").commit == oversized.head()
