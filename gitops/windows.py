@@ -193,13 +193,29 @@ def _window_gate(source: str, at: datetime, matching: Sequence[WindowRule]) -> G
 
 
 def _firing(schedule: str, start: datetime, direction: int) -> datetime | None:
-    """The schedule's firing after (``+1``) or before (``-1``) ``start``, in UTC; None when there is none."""
+    """The schedule's firing after (``+1``) or before (``-1``) ``start``, in UTC; None when there is none.
+
+    A schedule with its hours given fires once in the hour a change back from summer time repeats, as
+    cron does (croniter fires "30 2 * * *" at both 02:30s, so a window opened twice that night); one
+    for every hour (``*``) fires in both. In the hour a change to summer time skips, croniter fires at
+    the change, as cron does."""
+    every_hour = schedule.split(" ")[1] == "*"
     try:
         moments = croniter(schedule, start)
-        found: datetime = moments.get_next(datetime) if direction > 0 else moments.get_prev(datetime)
+        while True:
+            found: datetime = moments.get_next(datetime) if direction > 0 else moments.get_prev(datetime)
+            if every_hour or not _repeated_wall_time(found):
+                return found.astimezone(UTC)
     except CroniterError:
         return None  # e.g. "0 0 30 2 *": February has no 30th
-    return found.astimezone(UTC)
+
+
+def _repeated_wall_time(moment: datetime) -> bool:
+    """The second time a wall clock shows ``moment``'s time (the hour a change back from summer time
+    repeats): the same wall time earlier that night was another moment."""
+    local = moment.astimezone(moment.tzinfo)  # sets ``fold`` for the second pass
+    first = local.replace(fold=0)
+    return local.fold == 1 and first.utcoffset() != local.utcoffset()
 
 
 # -- checking what an administrator asks for -----------------------------------------------

@@ -160,6 +160,23 @@ def test_a_window_in_another_time_zone_follows_its_clock_through_daylight_saving
     assert "Europe/Berlin" in gate.reason
 
 
+def test_a_window_at_a_time_the_change_back_from_summer_time_repeats_opens_once():
+    """02:30 Berlin comes twice on 2026-10-25 (00:30 and 01:30 UTC). cron fires a job with its hours
+    given once; croniter fired both, so an allow window opened twice (two hours of an hour's window)."""
+    berlin = window("allow", "30 2 * * *", 1, tz="Europe/Berlin")
+    assert berlin.next_opening(at("2026-10-24T23:00:00")) == at("2026-10-25T00:30:00")
+    assert berlin.opened_at(at("2026-10-25T01:15:00")) == at("2026-10-25T00:30:00")
+    assert berlin.opened_at(at("2026-10-25T01:45:00")) is None, "not opened again at the second 02:30"
+    assert berlin.next_opening(at("2026-10-25T00:45:00")) == at("2026-10-26T01:30:00")
+    assert berlin.opened_at(at("2026-10-26T01:45:00")) == at("2026-10-26T01:30:00")
+    # A schedule for every hour fires in both passes of the hour: each is an hour of its own.
+    hourly = window("deny", "30 * * * *", 0.25, tz="Europe/Berlin")
+    assert hourly.opened_at(at("2026-10-25T00:40:00")) == at("2026-10-25T00:30:00")
+    assert hourly.opened_at(at("2026-10-25T01:40:00")) == at("2026-10-25T01:30:00")
+    # The hour the change to summer time skips: the window opens at the change (cron's rule too).
+    assert berlin.next_opening(at("2026-03-28T23:00:00")) == at("2026-03-29T01:00:00")
+
+
 def test_times_given_in_another_offset_are_the_same_instant():
     moment = datetime.fromisoformat("2026-12-01T23:30:00+01:00")  # 22:30 UTC
     assert change_gate("shop", moment, [], [NIGHTLY]).automatic
