@@ -102,6 +102,7 @@ class Usage:
 
     nodes: int = 0
     aliases: int = 0
+    chars: int = 0  # text of the scalars built, each use of an alias counting its anchored text again
 
 
 class _Refused(Exception):
@@ -118,6 +119,7 @@ class _Anchored:
     nodes: int  # nodes an alias to it builds again
     height: int  # nesting levels it adds where an alias puts it
     key_text: str | None  # the source text of an anchored scalar, for use as a mapping key
+    chars: int  # the text an alias to it builds again
 
 
 class _Expect(enum.Enum):
@@ -135,6 +137,7 @@ class _Frame:
     path: PathKey | None
     anchor: str | None
     nodes_before: int
+    chars_before: int
     height: int = 1
     expect: _Expect = _Expect.KEY
     key: str | None = None  # for a mapping expecting a value: its key, None to throw the value away
@@ -207,9 +210,11 @@ class _Builder:
                 self._on_any_scalar(event, line)  # counts it
                 return
             usage.nodes += 1
+            usage.chars += len(text)
             self._key(text, line)
             return
         usage.nodes += 1
+        usage.chars += len(text)
         # Text unless plain and YAML reads it otherwise (a number, boolean, null or date): that is
         # built below, by the general path's conversion and its errors, from the tag found here.
         tag = _plain_tag(text) if event.implicit[0] else _STR_TAG
@@ -257,6 +262,18 @@ class _Builder:
                 line,
                 f"the file builds more than {self.limits.max_file_nodes:,} values{aliases}"
                 f"{setting_hint('max_file_nodes')}",
+            )
+
+    def _count_text(self, line: int, chars: int) -> None:
+        """An alias builds its anchored text again: a long string's uses, each one value, made a file of
+        2 MB a flag set of 2 GB. Without aliases the file's own text bounds it; with them, twice that."""
+        self.usage.chars += chars
+        bound = 2 * self.limits.max_file_bytes
+        if self.usage.chars > bound:
+            raise self._refuse(
+                line,
+                f"the file's values hold more than {bound:,} characters of text (each use of an alias "
+                f"counts its whole value again){setting_hint('max_file_bytes')}",
             )
 
     def _check_depth(self, line: int, depth: int) -> None:
@@ -307,19 +324,21 @@ class _Builder:
 
     def _scalar(self, event: yaml.ScalarEvent, line: int) -> None:
         self._count(line)
+        self.usage.chars += len(event.value)
         path = self._child_path()
         if path is not None:
             self.lines.setdefault(path, line)
         value = self._construct(event, line, path)
         if event.anchor is not None:
-            self._remember(event.anchor, _Anchored(value, 1, 0, str(event.value)))
+            self._remember(event.anchor, _Anchored(value, 1, 0, str(event.value), len(event.value)))
         self._attach(value, 0)
 
     def _scalar_key(self, event: yaml.ScalarEvent, line: int) -> None:
         self._count(line)
+        self.usage.chars += len(event.value)
         if event.anchor is not None:
             value = self._construct(event, line, None)
-            self._remember(event.anchor, _Anchored(value, 1, 0, str(event.value)))
+            self._remember(event.anchor, _Anchored(value, 1, 0, str(event.value), len(event.value)))
         tag = event.tag
         if tag is None and event.value == "<<":
             tag = _resolve(event)
@@ -372,6 +391,7 @@ class _Builder:
                 f"{setting_hint('max_aliases')}",
             )
         self._count(line, anchored.nodes)
+        self._count_text(line, anchored.chars)
         self._check_depth(line, len(self.stack) + anchored.height)
         if self._expecting_key():
             if anchored.key_text is None:
@@ -405,13 +425,14 @@ class _Builder:
             self.open_anchors.add(event.anchor)
         is_map = type(event) is yaml.MappingStartEvent
         value: list[Any] | dict[str, Any] = {} if is_map else []
-        self.stack.append(_Frame(value, is_map, path, event.anchor, self.usage.nodes))
+        self.stack.append(_Frame(value, is_map, path, event.anchor, self.usage.nodes, self.usage.chars))
 
     def _close(self, _: yaml.CollectionEndEvent) -> None:
         frame = self.stack.pop()
         if frame.anchor is not None:
             nodes = self.usage.nodes - frame.nodes_before + 1
-            self._remember(frame.anchor, _Anchored(frame.value, nodes, frame.height, None))
+            chars = self.usage.chars - frame.chars_before
+            self._remember(frame.anchor, _Anchored(frame.value, nodes, frame.height, None, chars))
         self._attach(frame.value, frame.height)
 
     # -- scalars --------------------------------------------------------------------------
@@ -576,14 +597,14 @@ def load_json(
     # The YAML pass first: it enforces the limits (with a line) before json builds anything.
     documents: list[Document] = []
     errors: list[ValidationError] = []
-    used_before = Usage(usage.nodes, usage.aliases)
+    used_before = Usage(usage.nodes, usage.aliases, usage.chars)
     try:
         documents, errors = _build(file, text, limits, usage)
     except _Refused as refused:
         return [], [refused.error]
     except (yaml.YAMLError, UnicodeError):
         # Valid JSON that libyaml cannot read (a key over 1,024 characters, say): json's data, no lines.
-        usage.nodes, usage.aliases = used_before.nodes, used_before.aliases
+        usage.nodes, usage.aliases, usage.chars = used_before.nodes, used_before.aliases, used_before.chars
         if problem := _too_many_json_values(file, text, limits):
             return [], [problem]
     data, duplicates, problem = _json_data(file, text)

@@ -82,6 +82,34 @@ def test_usage_counts_values_and_aliases():
     assert (usage.nodes, usage.aliases) == (1 + 3 + 3 + 3 + 3, 2)
 
 
+def test_aliases_of_a_long_string_cannot_build_more_than_twice_the_files_bound_of_text():
+    """Each use of an alias of a scalar is one value, so a 2 MB flag set of 1,000 uses of a 2 MB string
+    passed every bound and became a 2 GB flag set (15 s, 4 GB of a worker's memory, at every pass)."""
+    import tracemalloc
+
+    limits = Limits(max_file_bytes=100_000)
+    uses = "".join(f"  v{index}: *a\n" for index in range(1, 1000))
+    text = f'flags:\n  v0: &a "{"x" * 80_000}"\n{uses}'.encode()
+    tracemalloc.start()
+    try:
+        _, errors = load_yaml("flags/x.yaml", text, limits=limits)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [(error.line, error.message) for error in errors] == [
+        (
+            4,  # the text and two uses of it: 240,000
+            "the file's values hold more than 200,000 characters of text (each use of an alias counts its "
+            "whole value again) (setting SLUICE_MAX_FILE_BYTES)",
+        )
+    ]
+    assert peak < 5_000_000, peak
+    usage = Usage()
+    shorter = text.replace(b"x" * 80_000, b"x" * 100).replace(uses.encode(), b"  v1: *a\n")
+    assert load_yaml("f.yaml", shorter, limits=limits, usage=usage)[1] == []
+    assert usage.chars == len("flags") + len("v0") + 100 + len("v1") + 100
+
+
 def test_a_depth_of_the_limit_is_accepted_and_one_more_is_not():
     limits = Limits(max_depth=5)
     assert load_yaml("a.yaml", b"[[[[[1]]]]]", limits=limits)[1] == []
