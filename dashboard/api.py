@@ -54,7 +54,7 @@ from gitops.plan import drift_count
 from gitops.record.audit import Actor
 from gitops.redaction import redact
 from gitops.rollout import decisions
-from gitops.source_admin import SourceSettingsError
+from gitops.source_admin import SourceSettingsConflict, SourceSettingsError
 from gitops.vocabulary import (
     AuditVia,
     ChangeAction,
@@ -188,15 +188,25 @@ def not_found(request: HttpRequest, exc: ObjectDoesNotExist) -> HttpResponse:
     return api.create_response(request, {"detail": "Not found"}, status=404)
 
 
-@api.exception_handler(SourceSettingsError)
-def invalid_settings(request: HttpRequest, exc: SourceSettingsError) -> HttpResponse:
-    """Settings a source cannot take: a 422 naming each field, as request validation does."""
-    detail = [
+def _settings_detail(exc: SourceSettingsError) -> list[dict[str, Any]]:
+    return [
         {"type": "value_error", "loc": ["body", "payload", field], "msg": message}
         for field, messages in exc.problems.items()
         for message in messages
     ]
-    return api.create_response(request, {"detail": detail}, status=422)
+
+
+@api.exception_handler(SourceSettingsError)
+def invalid_settings(request: HttpRequest, exc: SourceSettingsError) -> HttpResponse:
+    """Settings a source cannot take: a 422 naming each field, as request validation does."""
+    return api.create_response(request, {"detail": _settings_detail(exc)}, status=422)
+
+
+@api.exception_handler(SourceSettingsConflict)
+def conflicting_settings(request: HttpRequest, exc: SourceSettingsConflict) -> HttpResponse:
+    """Valid settings the current state refuses (a name taken, a location moved under an active rollout):
+    a 409, each problem with its field as a 422's are."""
+    return api.create_response(request, {"detail": _settings_detail(exc)}, status=409)
 
 
 @api.exception_handler(PermanentError)
@@ -1250,10 +1260,14 @@ def retry_rollout(request: HttpRequest, rollout_id: RolloutId) -> Status[dict[st
 # -- administering sources (admin role) ------------------------------------------------------------
 
 
-@api.post("/sources", response={201: SourceDetailOut, 400: ErrorOut, **AUTH_ERRORS}, tags=["sources"])
+@api.post(
+    "/sources",
+    response={201: SourceDetailOut, 400: ErrorOut, **AUTH_ERRORS, 409: ValidationErrorOut},
+    tags=["sources"],
+)
 def create_source(request: HttpRequest, body: SourceIn) -> Status[dict[str, Any]]:
     """Registers a source (admins) and queues its first sync. Settings are checked as `add-source` checks
-    them; a 422 names each field that is wrong."""
+    them; a 422 names each field that is wrong, a 409 a name another source has."""
     user = require(request, ADD_SOURCE)
     settings = body.settings()
     source = source_admin.source_add(actor=Actor.of_user(user, AuditVia.API), **settings)
@@ -1262,10 +1276,14 @@ def create_source(request: HttpRequest, body: SourceIn) -> Status[dict[str, Any]
     return Status(201, source_detail(source))
 
 
-@api.patch("/sources/{name}", response={200: SourceDetailOut, **BODY_ACTION_ERRORS}, tags=["sources"])
+@api.patch(
+    "/sources/{name}",
+    response={200: SourceDetailOut, **BODY_ACTION_ERRORS, 409: ValidationErrorOut},
+    tags=["sources"],
+)
 def update_source(request: HttpRequest, name: SourceName, body: SourcePatchIn) -> dict[str, Any]:
     """Changes a source's settings (admins); what is left out keeps its value. The URL, branch and path
-    do not change while a rollout is active."""
+    do not change while a rollout is active (a 409 naming each, as a 422 names its fields)."""
     user = require(request, CHANGE_SOURCE)
     source = source_admin.source_update(
         source_or_404(name), actor=Actor.of_user(user, AuditVia.API), **body.settings()

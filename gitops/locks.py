@@ -340,6 +340,20 @@ def _lock_within(source: Source, seconds: float) -> bool:
     return True
 
 
+@contextmanager
+def source_lock_if_free(source: Source) -> Iterator[bool]:
+    """Holds the source's lock for the block when nobody holds it now (no waiting), yielding whether: no
+    pass starts meanwhile. Not taken inside a caller's transaction, whose commit would come after the
+    release (a pass starting in between would not see what the block wrote)."""
+    if connection.in_atomic_block or not _try_lock(source):
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        _unlock(source)
+
+
 def source_lock_held(source_id: int) -> bool:
     """Whether any session holds the source's lock now (a pass, a removal, a person's decision)."""
     with connection.cursor() as cursor:

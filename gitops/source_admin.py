@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,7 +31,7 @@ from gitops.desired.scope import scope_glob_problem, url_prefix_problem
 from gitops.errors import PermanentError
 from gitops.fetch.credentials import configured_scope, reference_problem
 from gitops.fetch.git import normalize_branch, repository_url_problem
-from gitops.locks import source_lock_held
+from gitops.locks import source_lock_if_free
 from gitops.models import (
     MAX_REQUIRED_APPROVALS,
     ApplyIntent,
@@ -87,6 +88,11 @@ class SourceSettingsError(PermanentError):
         )
 
 
+class SourceSettingsConflict(SourceSettingsError):
+    """Valid settings the current state refuses: a name another source has, or a Git location that would
+    move under an active rollout. The API answers 409 for these, as for any action the state refuses."""
+
+
 class SourceRemovalRefused(PermanentError):
     """A source cannot be deleted now (a rollout is active, or a removal already runs)."""
 
@@ -134,8 +140,12 @@ def _name_problems(name: str) -> list[str | None]:
         validate_source_name(name)
     except DjangoValidationError as exc:
         return list(exc.messages)
-    taken = Source.objects.filter(name=name).exists()
-    return [f"a source named {name!r} already exists" if taken else None]
+    return []
+
+
+def _check_name_is_free(name: str) -> None:
+    if Source.objects.filter(name=name).exists():
+        raise SourceSettingsConflict({"name": [f"a source named {name!r} already exists"]})
 
 
 def _url_problems(url: str) -> list[str | None]:
@@ -220,9 +230,10 @@ def _normalized(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _clean(source: Source) -> None:
-    """The model's own checks (lengths, the name's uniqueness), reported by field like the rest."""
+    """The model's own checks (lengths), reported by field like the rest. The name's uniqueness is
+    checked before and kept by the database (a conflict, not invalid input)."""
     try:
-        source.full_clean()
+        source.full_clean(validate_unique=False, validate_constraints=False)
     except DjangoValidationError as exc:
         raise SourceSettingsError(
             {field: list(messages) for field, messages in exc.message_dict.items()}
@@ -272,6 +283,7 @@ def source_add(
     )
     if problems := _problems(settings):
         raise SourceSettingsError(problems)
+    _check_name_is_free(settings["name"])
     source = Source(**settings)
     _clean(source)
     try:
@@ -279,7 +291,7 @@ def source_add(
             source.save()
             audit_record(source, SourceAuditAction.CREATE, actor, before=None, after=admin_settings(source))
     except IntegrityError as exc:  # registered by someone else since the check above
-        raise SourceSettingsError({"name": [f"a source named {name!r} already exists"]}) from exc
+        raise SourceSettingsConflict({"name": [f"a source named {name!r} already exists"]}) from exc
     return source
 
 
@@ -302,7 +314,10 @@ def source_update(source: Source, *, actor: Actor = SYSTEM, **changes: Any) -> S
     changes = _normalized(changes)
     if problems := _problems(changes):
         raise SourceSettingsError(problems)
-    with transaction.atomic():
+    # A raised floor gates a rollout before its current step only while no pass can start: the source's
+    # lock, held until the gate is committed (a pass started after a mere look could apply the step).
+    settling = source_lock_if_free(source) if "required_approvals" in changes else nullcontext(False)
+    with settling as settled, transaction.atomic():
         source = Source.objects.select_for_update(no_key=True).get(pk=source.pk)
         before = admin_settings(source)
         raised = changes.get("required_approvals", source.required_approvals) > source.required_approvals
@@ -316,7 +331,7 @@ def source_update(source: Source, *, actor: Actor = SYSTEM, **changes: Any) -> S
         source.save()
         audit_record(source, SourceAuditAction.UPDATE, actor, before=before, after=after)
         if raised:
-            _gate_active_rollouts(source)
+            _gate_active_rollouts(source, no_pass_running=settled)
     caches.drop(source.pk)
     return source
 
@@ -351,17 +366,18 @@ def _check_git_location_is_free(source: Source, changes: Mapping[str, Any]) -> N
             f"cannot change while rollout {active.pk} is {active.phase.lower()}; "
             "abort it or let it finish first"
         )
-        raise SourceSettingsError({field: [message] for field in moved})
+        raise SourceSettingsConflict({field: [message] for field in moved})
 
 
-def _gate_active_rollouts(source: Source) -> None:
-    """A raised approval floor holds rollouts already under way too: each stops at its next step."""
+def _gate_active_rollouts(source: Source, *, no_pass_running: bool) -> None:
+    """A raised approval floor holds rollouts already under way too: each stops at its next step.
+    ``no_pass_running``: the caller holds the source's lock until this is committed."""
     with transaction.atomic():
         for rollout in Rollout.objects.select_for_update(no_key=True).filter(
             source=source, phase__in=Rollout.ACTIVE_PHASES
         ):
             steps = steps_from_json(rollout.steps)
-            position = _gate_position(rollout)
+            position = _gate_position(rollout, no_pass_running=no_pass_running)
             gated = position >= len(steps) or steps[position] == Pause(None)
             if not gated:
                 steps = (*steps[:position], Pause(None), *steps[position:])
@@ -374,7 +390,7 @@ def _gate_active_rollouts(source: Source) -> None:
             )
 
 
-def _gate_position(rollout: Rollout) -> int:
+def _gate_position(rollout: Rollout, *, no_pass_running: bool) -> int:
     """Where a raised floor's gate goes: before the current step when nothing of it went out yet (a
     rollout held by a freeze before its first step went straight to 100% with the gate after it),
     else after it. Past the last step (its consumers or a cluster awaited) there is nothing to hold."""
@@ -382,9 +398,7 @@ def _gate_position(rollout: Rollout) -> int:
         return len(rollout.steps)  # at a gate already
     # A pass under way may be planning the step, its intents not written yet: then after it, as before.
     untouched = not ApplyIntent.objects.filter(rollout=rollout, step_index=rollout.step_index).exists()
-    ahead = (
-        rollout.phase == Rollout.Phase.PROGRESSING and untouched and not source_lock_held(rollout.source_id)
-    )
+    ahead = rollout.phase == Rollout.Phase.PROGRESSING and untouched and no_pass_running
     return rollout.step_index + (0 if ahead else 1)
 
 

@@ -272,3 +272,48 @@ def test_a_floor_raised_over_a_held_retry_gates_it_before_its_first_step(
     gated = wait_for(source, phase="Paused", waiting_for="approval")
     assert gated.pk == retried.pk and gated.step_index == 0
     assert versions(cluster, targets) == ["1", "1"], "nothing went out before the approvals"
+
+
+def test_a_floor_raised_while_a_pass_holds_the_source_gates_after_its_step_and_holds_off_the_next(
+    repo, make_namespaces, make_source, sync, cluster, people, monkeypatch
+):
+    """The gate goes before a step only while no pass can start: the update holds the source's lock
+    until the gate is committed (it only looked, so a pass starting in between applied the step before
+    the gate). Where a pass holds the lock, the gate goes after the step that pass may be applying."""
+    import psycopg
+    from django.db import connection
+
+    from gitops import source_admin
+    from gitops.locks import LOCK_CLASS, source_lock_held
+    from gitops.models import Source
+    from tests.integration.test_rollouts import started_and_aborted, versions
+
+    targets = make_namespaces("canary", "rest")
+    source, _v2, aborted = started_and_aborted(repo, make_source, sync, targets, people)
+    freeze(source, reason="incident 8")
+    retried = decisions.rollout_retry(aborted.pk, user=people["approver"])
+    assert sync(source)["outcome"] == "held"
+
+    held_while_gating: list[bool] = []
+    gate = source_admin._gate_active_rollouts
+
+    def watched(gated_source, **options):
+        held_while_gating.append(source_lock_held(gated_source.pk))
+        gate(gated_source, **options)
+
+    monkeypatch.setattr(source_admin, "_gate_active_rollouts", watched)
+    with psycopg.connect(**{**connection.get_connection_params(), "autocommit": True}) as a_pass:
+        a_pass.execute("SELECT pg_advisory_lock(%s, %s)", [LOCK_CLASS, source.pk])
+        source_admin.source_update_scope(Source.objects.get(pk=source.pk), required_approvals=2)
+    held = Rollout.objects.get(pk=retried.pk)
+    assert held.approvals_required == 2
+    steps = [{"setWeight": 50}, {"pause": {}}, {"setWeight": 100}]
+    assert held.steps == steps, "after the step the pass may be applying: a gate is there already"
+
+    source_admin.source_update_scope(Source.objects.get(pk=source.pk), required_approvals=3)
+    assert held_while_gating == [True, True], "no pass could start before the gate was committed"
+    assert Rollout.objects.get(pk=retried.pk).steps == [{"pause": {}}, *steps]
+    freezes.freeze_lift(source, by="ines")
+    gated = wait_for(source, phase="Paused", waiting_for="approval")
+    assert gated.pk == retried.pk and gated.step_index == 0
+    assert versions(cluster, targets) == ["1", "1"]

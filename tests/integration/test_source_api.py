@@ -122,7 +122,12 @@ def test_problems_are_a_422_by_field_and_roles_are_checked_first(api, repo):
     assert not Source.objects.exists()
 
     assert admin.post("/sources", body(repo.url)).status_code == 201
-    assert admin.post("/sources", body(repo.url)).status_code == 422, "the name is taken"
+    # A name another source has is valid input the current state refuses: a 409 (it was a 422), by field.
+    taken = admin.post("/sources", body(repo.url))
+    assert taken.status_code == 409, taken.content
+    assert [(entry["loc"][-1], entry["msg"]) for entry in taken.json()["detail"]] == [
+        ("name", "a source named 'shop' already exists")
+    ]
     assert admin.patch("/sources/shop", {"allowed_namespaces": []}).status_code == 422
     assert admin.patch("/sources/nope", {"branch": "x"}).status_code == 404
     # A field the API does not know (the command line's name for it) was dropped: 200, nothing changed.
@@ -150,11 +155,18 @@ def test_problems_are_a_422_by_field_and_roles_are_checked_first(api, repo):
     assert SourceAudit.objects.count() == 1
 
 
-def test_a_delete_is_409_while_a_rollout_is_active(api, paused_rollout):
-    response = api["admin"].delete(f"/sources/{paused_rollout.source.name}?objects=prune")
+def test_a_delete_and_a_move_are_409_while_a_rollout_is_active(api, paused_rollout):
+    source = paused_rollout.source
+    response = api["admin"].delete(f"/sources/{source.name}?objects=prune")
     assert response.status_code == 409
     assert "abort it first" in response.json()["detail"]
     assert not SourceRemoval.objects.exists()
+    # The Git location does not move under it: a 409 naming each field (the README's answer; was a 422).
+    moved = api["admin"].patch(f"/sources/{source.name}", {"branch": "next", "path": "elsewhere"})
+    assert moved.status_code == 409, moved.content
+    assert {entry["loc"][-1] for entry in moved.json()["detail"]} == {"branch", "path"}
+    assert "abort it or let it finish first" in moved.json()["detail"][0]["msg"]
+    assert Source.objects.get(pk=source.pk).branch == source.branch
 
 
 def test_a_session_needs_the_csrf_token_to_create(people, repo):
