@@ -9,7 +9,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet
+from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
 from django.db.models.fields.json import KeyTransform
 from django.utils import timezone
 
@@ -101,15 +101,24 @@ def _revision(revision: Revision) -> dict[str, Any]:
 
 def rollout_for_status(rollout_id: int) -> Rollout:
     """A rollout as ``rollout_status`` reads it: its source, revision and approval count in one query."""
+    at_its_gate = Q(approvals__step_index=F("step_index"))
     return (
         Rollout.objects.select_related("source", "revision")
-        .annotate(approval_count=Count("approvals"))
+        .annotate(approval_count=Count("approvals", filter=at_its_gate))
         .get(pk=rollout_id)
     )
 
 
+def _approvals_at_its_gate(rollout: Rollout) -> int:
+    """The approvals of the step the rollout is at, the ones ``approvals_required`` is about (every gate's
+    together could not be compared with it). A list prefetches ``approvals``: counted from those."""
+    counted = getattr(rollout, "approval_count", None)
+    if counted is not None:
+        return int(counted)
+    return sum(1 for approval in rollout.approvals.all() if approval.step_index == rollout.step_index)
+
+
 def rollout_status(rollout: Rollout) -> dict[str, Any]:
-    approvals = getattr(rollout, "approval_count", None)
     return {
         "id": rollout.pk,
         "source": rollout.source.name,
@@ -120,7 +129,7 @@ def rollout_status(rollout: Rollout) -> dict[str, Any]:
         "weight": rollout.weight,
         "waiting_for": rollout.waiting_for,
         "pause_until": _iso(rollout.pause_until),
-        "approvals": rollout.approvals.count() if approvals is None else approvals,
+        "approvals": _approvals_at_its_gate(rollout),
         "approvals_required": rollout.approvals_required,
         "message": redact(rollout.message),
         "created_at": _iso(rollout.created_at),

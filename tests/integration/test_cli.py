@@ -110,6 +110,23 @@ def test_sync_wait_fails_on_a_rejected_revision_and_status_shows_why(
     gitops("diff", "broken", expect=1)
 
 
+def test_sync_wait_exits_2_when_no_worker_answers_unlike_a_rejected_revision(repo, make_source, monkeypatch):
+    """A CI job tells "the commit is bad" (1, above) from "nobody answered" (2, as `diff --revision`):
+    both were 1. The sync is kept from the queue, so no worker can take it up."""
+    from django.core.management import CommandError, call_command
+
+    from tests.broker import keep_sends
+
+    repo.write_all({"sluice.yaml": policy(["t"]), "configmaps/app.yaml": configmap("app", {"A": "1"})})
+    repo.commit()
+    source = make_source()
+    sent = keep_sends(monkeypatch)
+    with pytest.raises(CommandError, match="no result within 1s; is a worker running") as raised:
+        call_command("gitops", "sync", source.name, "--wait", "--timeout", "1")
+    assert raised.value.returncode == 2
+    assert [task["source_id"] for task in sent] == [source.pk]
+
+
 def test_bad_arguments_get_clear_errors(gitops, repo):
     assert "no source named 'ghost'" in gitops("sync", "ghost", expect=1)
     # Scope is the administrator's to give: a source without namespaces could write nowhere.

@@ -7,6 +7,7 @@ import base64
 import pytest
 from django.core.exceptions import PermissionDenied
 
+from gitops import selectors
 from gitops.models import Approval, Change, Revision, Rollout, RolloutEvent, Source
 from gitops.rollout import decisions
 from gitops.rollout.decisions import RolloutError
@@ -171,6 +172,32 @@ def test_promote_needs_the_role_distinct_approvers_and_not_the_author(
     assert Approval.objects.filter(rollout=paused).count() == 2
     with pytest.raises(RolloutError, match="completed; there is nothing to promote"):
         decisions.rollout_promote(paused.pk, user=people["second_approver"])
+
+
+def test_a_rollouts_approvals_are_those_of_the_gate_it_waits_at(
+    repo, make_namespaces, make_source, sync, people
+):
+    """``approvals`` is compared with ``approvals_required``: every gate's together (it was) said "2 of 2"
+    at a second gate nobody had approved yet."""
+    targets = make_namespaces("canary", "middle", "rest")
+    steps = [{"setWeight": 34}, {"pause": {}}, {"setWeight": 67}, {"pause": {}}]
+    source, _, _v2 = start_rollout(repo, make_source, sync, targets, steps, approvals={"required": 2})
+    sync(source)
+    first = wait_for(source, phase="Paused", waiting_for="approval")
+
+    def shown() -> list[tuple[int, int, int]]:
+        # As a pass's answer reads it, and as the API's list does (approvals prefetched).
+        one = selectors.rollout_status(selectors.rollout_for_status(first.pk))
+        listed = selectors.rollout_status(Rollout.objects.prefetch_related("approvals").get(pk=first.pk))
+        return [(each["step"], each["approvals"], each["approvals_required"]) for each in (one, listed)]
+
+    decisions.rollout_promote(first.pk, user=people["approver"])
+    assert shown() == [(1, 1, 2)] * 2
+    decisions.rollout_promote(first.pk, user=people["second_approver"])
+    poll(lambda: rollout_of(source).step_index == 3, timeout=60, what="the second gate")
+    assert shown() == [(3, 0, 2)] * 2
+    decisions.rollout_promote(first.pk, user=people["approver"])
+    assert shown() == [(3, 1, 2)] * 2
 
 
 def test_an_authors_approval_given_before_a_floor_forbade_it_does_not_count_after(

@@ -227,12 +227,16 @@ class Command(BaseCommand):
             )
             return
         self.stdout.write(f"sync of {source.name} queued as task {task_ids[0]}")
+        # Exit 1 says the sync ended unsuccessfully (a rejected revision, a failed step); 2, as `diff
+        # --revision`'s, that nobody could tell: no worker answered, or its task itself broke.
         try:
             result: Any = AsyncResult(task_ids[0]).get(timeout=options["timeout"], propagate=False)
         except CeleryTimeoutError as exc:
-            raise CommandError(f"no result within {options['timeout']:.0f}s; is a worker running?") from exc
+            raise CommandError(
+                f"no result within {options['timeout']:.0f}s; is a worker running?", returncode=2
+            ) from exc
         if not isinstance(result, dict):
-            raise CommandError(f"sync failed: {result}")
+            raise CommandError(f"sync failed: {result}", returncode=2)
         self._print_sync(result)
         if result["outcome"] not in SUCCESSFUL_OUTCOMES:
             sys.exit(1)
@@ -699,7 +703,11 @@ def _add_reading_parsers(commands: Any) -> None:
     """sync, diff, status, log, rollouts."""
     sync = commands.add_parser("sync", help="reconcile a source now, through a Celery worker")
     sync.add_argument("name")
-    sync.add_argument("--wait", action="store_true", help="block until done; non-zero exit unless applied")
+    sync.add_argument(
+        "--wait",
+        action="store_true",
+        help="block until done; exit 1 unless it succeeded, 2 when no worker answered",
+    )
     sync.add_argument("--timeout", type=float, default=600)
     sync.add_argument("--retry-failed", action="store_true", help="also retry changes the cluster refused")
 
