@@ -470,6 +470,10 @@ def _memoized_plan_object(
     return item
 
 
+# What an immutable ConfigMap cannot change without being deleted and created again.
+IMMUTABLE_FIELDS = frozenset({"data", "binaryData", "immutable"})
+
+
 @dataclass(frozen=True)
 class Verdict:
     """What to do with an object that exists and is this source's: one row of the decision table."""
@@ -481,20 +485,25 @@ class Verdict:
     to_git: bool = True
 
 
+DRIFT_REPORTED = Verdict(
+    Action.DRIFT, "edited in the cluster; left alone because selfHeal is off", to_git=False
+)
+
+
 def decide(*, git_changed: bool, drifted: bool, immutable: bool, self_heal: bool) -> Verdict:
-    """The decision table. ``immutable``: the live object is immutable and its content would change."""
+    """The decision table. ``immutable``: the live object is immutable and its data would change."""
     if not git_changed and not drifted:
         return Verdict(Action.UNCHANGED, to_git=False)
+    if not git_changed and not self_heal:
+        # Reported only, immutable or not: a label edited by hand on an immutable ConfigMap had it deleted
+        # and created again, the person's edit and the pods starting meanwhile lost.
+        return DRIFT_REPORTED
     if immutable:
         return Verdict(Action.REPLACE, "immutable in the cluster: deleted and created again")
     if git_changed:
         also = "; also edited in the cluster" if drifted else ""
         return Verdict(Action.UPDATE, "changed in Git" + also, force=drifted and self_heal)
-    if self_heal:
-        return Verdict(
-            Action.SELF_HEAL, "edited in the cluster; selfHeal restores Git's content", True, False
-        )
-    return Verdict(Action.DRIFT, "edited in the cluster; left alone because selfHeal is off", to_git=False)
+    return Verdict(Action.SELF_HEAL, "edited in the cluster; selfHeal restores Git's content", True, False)
 
 
 def _plan_object(
@@ -535,7 +544,8 @@ def _plan_object(
     verdict = decide(
         git_changed=git_changed,
         drifted=bool(drift),
-        immutable=bool(live.get("immutable")) and bool(changes),
+        # Metadata changes in place on an immutable ConfigMap; its data and immutability do not.
+        immutable=bool(live.get("immutable")) and any(item.field in IMMUTABLE_FIELDS for item in changes),
         self_heal=desired.policy.self_heal,
     )
     after = current if verdict.action is Action.UNCHANGED else (wanted if verdict.to_git else expected_now)

@@ -151,6 +151,35 @@ def test_an_immutable_object_whose_content_changes_is_replaced():
     assert item.action is Action.REPLACE
 
 
+def test_an_immutable_objects_metadata_changes_in_place_and_a_hand_edit_of_it_is_drift_only():
+    """A label edited by hand on an immutable ConfigMap (metadata may change on one) had it deleted and
+    created again with selfHeal off; a label changed in Git did the same, where an update does."""
+    import dataclasses
+
+    labelled = dataclasses.replace(
+        desired_object(), content=Content(data={"V": "1"}, labels={"tier": "web"}, immutable=True)
+    )
+    live = applied(labelled)
+    assert live["immutable"] is True
+    live["metadata"]["labels"]["tier"] = "db"
+    edited = only_item(state(labelled), [live])
+    assert (edited.action, edited.diff) == (
+        Action.DRIFT,
+        (DiffItem("change", "labels", "tier", "db", "web"),),
+    )
+    assert only_item(state(labelled, self_heal=True), [live]).action is Action.SELF_HEAL
+
+    moved = dataclasses.replace(
+        labelled, content=Content(data={"V": "1"}, labels={"tier": "api"}, immutable=True)
+    )
+    live["metadata"]["labels"]["tier"] = "web"
+    assert only_item(state(moved), [live]).action is Action.UPDATE
+    changed = dataclasses.replace(
+        labelled, content=Content(data={"V": "2"}, labels={"tier": "web"}, immutable=True)
+    )
+    assert only_item(state(changed), [live]).action is Action.REPLACE
+
+
 def test_labels_sluice_never_set_do_not_count_as_drift():
     obj = desired_object()
     live = applied(obj)
@@ -308,6 +337,7 @@ def test_a_conflict_shows_who_writes_the_object_never_its_data():
         (False, True, False, True, Action.SELF_HEAL, True, False),
         (True, False, True, False, Action.REPLACE, False, True),
         (False, True, True, True, Action.REPLACE, False, True),
+        (False, True, True, False, Action.DRIFT, False, False),  # reported only, immutable or not
     ],
 )
 def test_the_decision_table(git_changed, drifted, immutable, self_heal, action, force, to_git):
