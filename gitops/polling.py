@@ -20,6 +20,9 @@ from gitops.models import Rollout, Source, SourceRemoval, automatic_sync_filter
 # An active removal that no task has taken up for this long lost its task, and is sent again. A task
 # that is still retrying (a busy source, a cluster that does not answer) takes it up well within it.
 REMOVAL_RESEND_AFTER = timedelta(minutes=10)
+# A request a pass holding the source leaves for itself is run within seconds of that pass's end; one
+# left this long, with nothing holding the source, lost its holder (``sources_claim_orphaned_requests``).
+ORPHANED_REQUEST_AFTER = timedelta(seconds=30)
 
 
 def sources_with_due_rollouts(now: Any = None, *, polled: Collection[int] = ()) -> list[int]:
@@ -66,6 +69,32 @@ def sources_with_due_rollouts(now: Any = None, *, polled: Collection[int] = ()) 
         if schedule.sync_queued_claim(source_id):
             due.append(source_id)
     return due
+
+
+def sources_claim_orphaned_requests(now: Any = None, *, claimed: Collection[int] = ()) -> list[int]:
+    """Claims the sources whose stored request outlived the pass that was to run it.
+
+    A push or a poll that finds the source's lock held leaves a request (``sync_requested_at``) for
+    the holder to run when its pass ends. A holder that dies (its worker killed mid-statement, its
+    host gone: PostgreSQL ends the session, and the lock with it, only later) runs nothing, and every
+    push meanwhile found the source busy too: all of them waited for the next poll. One older than
+    ORPHANED_REQUEST_AFTER with nothing holding the lock is queued, and marked queued; a source
+    backing off keeps its back-off (its poll takes the request), a suspended one its suspension.
+    ``claimed``: sources this sweep queues already, whose pass takes the request."""
+    now = now or timezone.now()
+    stale = Source.objects.filter(
+        automatic_sync_filter(), sync_requested_at__lte=now - ORPHANED_REQUEST_AFTER
+    ).exclude(consecutive_failures__gt=0, next_poll_at__gt=now)
+    found = []
+    for source_id, requested_at in stale.values_list("pk", "sync_requested_at"):
+        if source_id in claimed or source_lock_held(source_id):
+            continue
+        # A compare-and-swap on the request: two beats queue it once, and it is tried again only after
+        # ORPHANED_REQUEST_AFTER more (the pass it queues takes the request as it starts).
+        claim = Source.objects.filter(pk=source_id, sync_requested_at=requested_at)
+        if claim.update(sync_requested_at=now, sync_queued=True):
+            found.append(source_id)
+    return found
 
 
 def _not_held(source_ids: set[int], now: Any) -> set[int]:

@@ -164,6 +164,8 @@ def poll_sources(self: Task[Any, Any]) -> list[int]:
         partial(schedule.claimed_source_sync, i, actor=SYSTEM_ACTOR, automatic=False, rollouts_only=True)
         for i in sorted(due_rollouts)
     ]
+    orphaned = polling.sources_claim_orphaned_requests(claimed_at, claimed=due_polls | due_rollouts)
+    sends += [partial(schedule.claimed_source_sync, i, actor=SYSTEM_ACTOR, automatic=True) for i in orphaned]
     # A removal whose task was lost is sent again; refused, it is claimed again once the sweep's wait is
     # over (``polling.REMOVAL_RESEND_AFTER``).
     sends += [partial(schedule.source_removal, i) for i in polling.removals_claim_stale(claimed_at)]
@@ -177,7 +179,7 @@ def poll_sources(self: Task[Any, Any]) -> list[int]:
             refused = exc
     if refused is not None:
         raise refused
-    return sorted(due_polls | due_rollouts)
+    return sorted(due_polls | due_rollouts | set(orphaned))
 
 
 @app.task(name="gitops.remove_source", bind=True, max_retries=None)

@@ -813,6 +813,52 @@ def test_a_push_that_finds_the_source_held_by_a_persons_decision_is_synced_once_
     poll(lambda: versions(cluster, targets) == ["2"], timeout=30, what="the push to be synced after all")
 
 
+def test_a_request_left_for_a_pass_whose_worker_died_is_queued_by_beats_sweep(
+    repo, make_namespaces, make_source, sync, cluster
+):
+    """A push finds the source's lock held and leaves its request for the holder. The holder's worker
+    dies (its session ends later, taking the lock with it) and never runs it: the push waited for the
+    next poll, and later pushes, finding a sync marked queued, queued nothing. Beat's sweep queues a
+    request that old with nothing holding the source."""
+    from datetime import timedelta
+
+    import psycopg
+    from django.db import connection
+    from django.db.models import F
+    from django.utils import timezone
+
+    from gitops import polling, schedule, tasks
+    from gitops.locks import LOCK_CLASS
+
+    targets = make_namespaces("app")
+    repo.write_all(
+        {"sluice.yaml": policy(targets), "configmaps/app.yaml": configmap("app", {"VERSION": "1"})}
+    )
+    repo.commit("v1")
+    source = make_source()
+    assert sync(source)["outcome"] == "applied"
+    repo.write("configmaps/app.yaml", configmap("app", {"VERSION": "2"}))
+    repo.commit("v2")
+    asked = timezone.now()
+
+    with psycopg.connect(**{**connection.get_connection_params(), "autocommit": True}) as dying:
+        dying.execute("SELECT pg_advisory_lock(%s, %s)", [LOCK_CLASS, source.pk])
+        schedule.source_sync_once(source.pk, actor="push", backing_off=False)
+        poll(
+            lambda: (Source.objects.get(pk=source.pk).sync_requested_at or asked) > asked,
+            timeout=30,
+            what="the push's sync to find the source held",
+        )
+    assert Source.objects.get(pk=source.pk).sync_queued, "a later push queues nothing"
+    assert polling.sources_claim_orphaned_requests() == [], "the holder may still run it"
+    Source.objects.filter(pk=source.pk).update(
+        sync_requested_at=F("sync_requested_at") - timedelta(seconds=31)
+    )
+    assert source.pk in tasks.poll_sources.apply().get()
+    poll(lambda: versions(cluster, targets) == ["2"], timeout=30, what="the push to be synced after all")
+    assert polling.sources_claim_orphaned_requests() == []
+
+
 def test_a_persons_decision_gets_the_source_between_passes_that_follow_one_another(repo, make_source):
     """Under a stream of pushes, a worker's passes follow one another with next to no gap between them
     (each tries the lock again as soon as it lets it go). A waiver or a forgotten cluster waits in the
