@@ -236,11 +236,14 @@ MAX_WAKE_AHEAD = timedelta(minutes=30)
 
 
 def source_sync_at(source_id: int, when: datetime) -> None:
-    """Wakes a source at ``when`` (a pause ends). Beat's sweep does it too: a lost wake loses nothing, so
-    a broker that refuses it is logged and nothing else (``robust``). Called during a pass, outside a
-    transaction, with the rollout's state already saved: raising would end the pass there, report an
-    unforeseen failure and back the source off."""
-    kwargs = {"source_id": source_id, "wait_if_busy": False, "automatic": True}
+    """Wakes a source at ``when`` (a pause ends, a consumer gate's next slice). Beat's sweep does it
+    too: a lost wake loses nothing, so a broker that refuses it is logged and nothing else
+    (``robust``). Called during a pass, outside a transaction, with the rollout's state already saved:
+    raising would end the pass there, report an unforeseen failure and back the source off."""
+    # A rollout's own business: a source backing off from its Git host moves the rollout on from stored
+    # state without fetching (a wave waiting on its consumers wakes its source every slice, and each
+    # wake fetched, three times with its retries, however far away the back-off's next try was).
+    kwargs = {"source_id": source_id, "wait_if_busy": False, "automatic": True, "rollouts_only": True}
     eta = min(when, timezone.now() + MAX_WAKE_AHEAD)
     transaction.on_commit(lambda: _send(SYNC_TASK, kwargs=kwargs, eta=eta, ignore_result=True), robust=True)
 

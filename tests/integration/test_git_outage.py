@@ -89,6 +89,27 @@ def test_a_timed_pause_ends_and_the_rollout_completes_while_git_is_down(
     assert "does not appear to be a git repository" in Source.objects.get(pk=source.pk).last_error
 
 
+def test_a_rollouts_own_wake_up_of_a_backing_off_source_goes_on_without_asking_git(
+    repo, make_namespaces, make_source, sync, cluster, celery_worker
+):
+    """The wake-up at a timed pause's end (as a consumer gate's every slice) ran a full pass: a fetch of
+    the host the source backs off from, retried twice, each failure counted and the back-off reset."""
+    source, targets = paused_at_half(
+        repo, make_namespaces, make_source, sync, steps=[{"setWeight": 50}, {"pause": {"duration": "3s"}}]
+    )
+    assert rollout_of(source).waiting_for == "timer"
+    break_remote(repo)
+    next_try = timezone.now() + timedelta(minutes=10)
+    Source.objects.filter(pk=source.pk).update(consecutive_failures=1, next_poll_at=next_try)
+    fetched_at = Source.objects.get(pk=source.pk).last_fetched_at
+
+    wait_for(source, phase="Completed", timeout=60)
+    assert versions(cluster, targets) == ["2", "2"]
+    after = Source.objects.get(pk=source.pk)
+    assert (after.consecutive_failures, after.next_poll_at) == (1, next_try), "Git was not asked"
+    assert after.last_fetched_at == fetched_at
+
+
 def test_a_failing_source_backs_off_visibly(make_source, sync):
     source = make_source(url="file:///nonexistent/repository.git")
     seen = []
