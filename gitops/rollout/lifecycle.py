@@ -332,11 +332,16 @@ def _step_event(
 
 def _complete(rollout: Rollout) -> None:
     now = timezone.now()
-    if transition(
-        rollout, phase=Rollout.Phase.COMPLETED, finished_at=now, waiting_for=Waiting.NOTHING, message=""
-    ):
-        Revision.objects.filter(pk=rollout.revision_id).update(outcome=Revision.Outcome.APPLIED)
-        rollout_event(rollout, RolloutEventKind.COMPLETED, message="all targets have the new content")
+    # One transaction: a worker killed after the transition left the revision unapplied (the status and
+    # the API showed the commit before as applied) and the completion unannounced, for good, since later
+    # passes find the rollout completed. Rolled back, the next pass completes it again.
+    with transaction.atomic():
+        if transition(
+            rollout, phase=Rollout.Phase.COMPLETED, finished_at=now, waiting_for=Waiting.NOTHING, message=""
+        ):
+            failpoint("completing")
+            Revision.objects.filter(pk=rollout.revision_id).update(outcome=Revision.Outcome.APPLIED)
+            rollout_event(rollout, RolloutEventKind.COMPLETED, message="all targets have the new content")
 
 
 def _created(

@@ -84,18 +84,21 @@ def rollout_rollback(rollout: Rollout, *, actor: str, reason: str, phase: Rollou
         message += "; rollback owed on " + unreachable_text(restored.owed)
         owed_rollback_added(rollout.source_id)
     retry_at = now + cluster_retry_delay() if owed else None
-    Rollout.objects.filter(pk=rollout.pk).update(
-        phase=Rollout.Phase.FAILED if restored.failures else phase,
-        waiting_for="",
-        pause_until=retry_at,
-        rollback_pending_clusters=owed,
-        finished_at=now,
-        updated_at=now,
-        message=message,
-    )
-    rollout.reload()
-    kind = RolloutEventKind.ROLLBACK_FAILED if restored.failures else RolloutEventKind.ROLLED_BACK
-    rollout_event(rollout, kind, actor=actor, message=message, data={"pending_clusters": owed})
+    # With its timeline's line (and the notification it sends) or not at all: the next pass rolls back
+    # again, finding the targets restored, where a crash in between lost the line for good.
+    with transaction.atomic():
+        Rollout.objects.filter(pk=rollout.pk).update(
+            phase=Rollout.Phase.FAILED if restored.failures else phase,
+            waiting_for="",
+            pause_until=retry_at,
+            rollback_pending_clusters=owed,
+            finished_at=now,
+            updated_at=now,
+            message=message,
+        )
+        rollout.reload()
+        kind = RolloutEventKind.ROLLBACK_FAILED if restored.failures else RolloutEventKind.ROLLED_BACK
+        rollout_event(rollout, kind, actor=actor, message=message, data={"pending_clusters": owed})
     if retry_at is not None:
         schedule.source_sync_at(rollout.source_id, retry_at)
     return restored.failures

@@ -66,9 +66,9 @@ def test_a_worker_killed_mid_apply_leaves_state_the_next_run_completes(
     assert not ApplyIntent.objects.filter(source=source, status="pending").exists()
 
 
-def log_held_open_by_the_pass(source_id: int) -> bool:
-    """True while the session holding the source's reconcile lock has written change-log rows in a
-    transaction it has not committed (a worker held at the ``after-change-log`` failpoint)."""
+def log_held_open_by_the_pass(source_id: int, table: str = "gitops_change") -> bool:
+    """True while the session holding the source's reconcile lock has written rows of ``table`` (the
+    change log) in a transaction it has not committed (a worker held at a failpoint inside one)."""
     from django.db import connection
 
     from gitops.locks import LOCK_CLASS
@@ -77,12 +77,12 @@ def log_held_open_by_the_pass(source_id: int) -> bool:
         cursor.execute(
             "SELECT EXISTS (SELECT 1 FROM pg_locks a "
             "JOIN pg_locks t ON t.pid = a.pid AND t.granted AND t.mode = 'RowExclusiveLock' "
-            "AND t.relation = 'gitops_change'::regclass "
+            "AND t.relation = %s::regclass "
             "JOIN pg_stat_activity s ON s.pid = a.pid AND s.state = 'idle in transaction' "
             "WHERE a.locktype = 'advisory' AND a.granted AND a.classid = %s AND a.objid = %s "
             "AND a.objsubid = 2 "
             "AND a.database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
-            [LOCK_CLASS, source_id],
+            [table, LOCK_CLASS, source_id],
         )
         return bool(cursor.fetchone()[0])
 
@@ -129,6 +129,42 @@ def test_a_worker_killed_between_the_log_and_the_inventory_leaves_both_to_the_ne
     assert result["outcome"] == "applied", result
     assert "conflict" not in result["summary"], result
     assert cluster.get_configmap(namespace, "cm-0007")["data"]["v"] == "2"
+
+
+def test_a_worker_killed_as_a_rollout_completes_leaves_it_for_the_next_pass_to_complete_whole(
+    repo, make_namespaces, make_source, start_worker, cluster
+):
+    """The completion, the revision marked applied and the timeline's line go together: a worker
+    killed after the first left the revision unapplied and the completion unannounced for good (later
+    passes found the rollout completed)."""
+    from gitops.models import Revision, Rollout, RolloutEvent
+    from gitops.tasks import sync_source
+
+    (namespace,) = make_namespaces("app")
+    repo.write_all({"sluice.yaml": policy([namespace]), "configmaps/app.yaml": configmap("app", {"V": "1"})})
+    commit = repo.commit("v1")
+    source = make_source()
+    queue = f"crash-complete-{source.pk}"
+    doomed = start_worker(concurrency=1, queues=queue, env_overrides={"SLUICE_FAILPOINTS": "completing=300"})
+    sync_source.apply_async((source.pk,), queue=queue)
+    poll(
+        lambda: (
+            log_held_open_by_the_pass(source.pk, "gitops_rollout")
+            or Rollout.objects.filter(source=source, phase="Completed").exists()
+        ),
+        timeout=90,
+        what="the pass to stop inside the completion",
+    )
+    doomed.kill()
+    assert cluster.get_configmap(namespace, "app")["data"] == {"V": "1"}
+
+    start_worker(queues=queue)
+    sync_source.apply_async((source.pk,), queue=queue).get(timeout=180)
+
+    rollout = Rollout.objects.get(source=source)
+    assert rollout.phase == "Completed"
+    assert Revision.objects.get(source=source, commit=commit).outcome == "applied"
+    assert RolloutEvent.objects.filter(rollout=rollout, kind="completed").count() == 1
 
 
 def test_a_write_a_killed_worker_made_outside_a_scope_narrowed_since_is_logged_not_forgotten(
