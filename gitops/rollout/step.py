@@ -25,9 +25,10 @@ from gitops.desired.content import KIND_LABEL
 from gitops.desired.limits import Limits
 from gitops.desired.revision import DesiredObject, DesiredState, ObjectKey, flag_set_key, published_baseline
 from gitops.errors import GitopsError, TemporaryError
+from gitops.failpoints import failpoint
 from gitops.models import ApplyIntent, Rollout, Source
 from gitops.plan import Action, Plan, plan
-from gitops.plan.provenance import write_holds
+from gitops.plan.provenance import live_provenance, write_holds
 from gitops.plan.stamps import FLAG_SET_KIND
 from gitops.record.changelog import changes_record, intents_pending, intents_write
 from gitops.record.inventory import CONFIGMAP, inventory_forget_gone, inventory_targets, managed_keys
@@ -179,6 +180,7 @@ def intents_execute(intents: Sequence[ApplyIntent]) -> Executed:
     """Applies written intents, then logs each exactly once. An unreachable cluster's intents stay pending."""
     if not intents:
         return Executed()
+    failpoint("before-apply")  # written, nothing sent: a crash here leaves every intent pending
     applied = intents_apply_everywhere(intents)
     failures = changes_record(applied.intents, applied.errors) if applied.intents else []
     unreachable = {name: str(error) for name, error in applied.unreachable.items()}
@@ -200,7 +202,7 @@ def intents_finish_pending(source: Source) -> Resumed:
     an administrator has taken out of the source's scope since they were written are not applied: what
     was allowed when a step wrote them is not what is allowed now (``_settle_outside_scope``).
     """
-    pending = _within_scope(source, intents_pending(source))
+    pending = _still_ours(source, _within_scope(source, intents_pending(source)))
     executed = intents_execute(pending)
     left = {intent.cluster for intent in pending if intent.status == ApplyIntent.Status.PENDING}
     pending_writes_known(
@@ -212,6 +214,49 @@ def intents_finish_pending(source: Source) -> Resumed:
     )
     finished = sum(1 for intent in pending if intent.status != ApplyIntent.Status.PENDING)
     return Resumed(finished, executed.failures)
+
+
+def _still_ours(source: Source, pending: list[ApplyIntent]) -> list[ApplyIntent]:
+    """A pending delete or replace (a prune, an immutable ConfigMap's) is sent again only to an object
+    that is still this source's: it may have waited days for its cluster, and was sent by name. One the
+    cluster shows carried out (the object gone; replaced with its content) is logged, not sent again (a
+    second replace took the object away from its pods for a moment); one whose object someone took over
+    since (Sluice's labels removed, the way to keep it; another source's now) is dropped, never logged.
+    A source removal settles its own the same way (``source_removal._settle_pending``)."""
+    destructive = [intent for intent in pending if _destructive(intent)]
+    if not destructive:
+        return pending
+    read = objects_read_one_by_one((i.cluster, i.kind, i.namespace, i.name) for i in destructive)
+    took_effect: list[ApplyIntent] = []
+    dropped: list[ApplyIntent] = []
+    for intent in destructive:
+        address = (intent.cluster, intent.kind, intent.namespace, intent.name)
+        if not read.known(address):
+            continue  # its cluster does not answer, or refuses the read: sent as before, and met the same
+        live = read.found.get(address)
+        if write_holds(live, manifest=intent.manifest, after=intent.after, before=intent.before):
+            took_effect.append(intent)
+        elif live is not None and live_provenance(live)[0] != source.name:
+            dropped.append(intent)
+    ApplyIntent.drop_pending(ApplyIntent.objects.filter(pk__in=[intent.pk for intent in dropped]))
+    if took_effect:
+        changes_record(took_effect, [None] * len(took_effect))
+    if dropped:
+        log.warning(
+            "source %s: %d pending deletion(s) or replacement(s) not sent: their objects are no longer "
+            "the source's (%s)",
+            source.name,
+            len(dropped),
+            ", ".join(f"{i.cluster}/{i.namespace}/{i.name}" for i in dropped[:5]),
+        )
+    settled = {intent.pk for intent in (*took_effect, *dropped)}
+    return [intent for intent in pending if intent.pk not in settled]
+
+
+def _destructive(intent: ApplyIntent) -> bool:
+    if intent.kind in WORKLOAD_KINDS:
+        return False
+    return intent.after is None or intent.recreate or intent.action == ChangeAction.REPLACE
 
 
 def _within_scope(source: Source, pending: list[ApplyIntent]) -> list[ApplyIntent]:

@@ -167,6 +167,56 @@ def test_a_worker_killed_as_a_rollout_completes_leaves_it_for_the_next_pass_to_c
     assert RolloutEvent.objects.filter(rollout=rollout, kind="completed").count() == 1
 
 
+def test_a_prune_a_killed_worker_left_pending_spares_an_object_someone_took_over_meanwhile(
+    repo, make_namespaces, make_source, start_worker, cluster, core_api
+):
+    """A pending deletion was sent again by name, whatever the object had become: one whose Sluice
+    labels were removed (the documented way to keep it) was deleted by the next pass. Now it is read
+    first, and dropped, unlogged, when the object is no longer the source's; one already carried out is
+    logged and not sent again."""
+    from gitops.tasks import sync_source
+
+    (namespace,) = make_namespaces("app")
+    repo.write_all(
+        {
+            "sluice.yaml": policy([namespace], prune=True),
+            "configmaps/kept.yaml": configmap("kept", {"V": "1"}),
+            "configmaps/gone.yaml": configmap("gone", {"V": "1"}),
+        }
+    )
+    repo.commit("v1")
+    source = make_source()
+    queue = f"crash-prune-{source.pk}"
+    first = start_worker(queues=queue)
+    assert sync_source.apply_async((source.pk,), queue=queue).get(timeout=180)["outcome"] == "applied"
+    first.kill()
+    repo.remove("configmaps/kept.yaml")
+    repo.remove("configmaps/gone.yaml")
+    repo.commit("v2: neither")
+    doomed = start_worker(
+        concurrency=1, queues=queue, env_overrides={"SLUICE_FAILPOINTS": "before-apply=300"}
+    )
+    sync_source.apply_async((source.pk,), queue=queue)
+    pending = ApplyIntent.objects.filter(source=source, status="pending", action="delete")
+    poll(lambda: pending.count() == 2, timeout=90, what="the prune's intents, written and not sent")
+    doomed.kill()
+
+    # Meanwhile someone keeps "kept" (Sluice's labels off), and deletes "gone" by hand.
+    core_api.patch_namespaced_config_map(
+        "kept",
+        namespace,
+        {"metadata": {"labels": {"sluice.dev/source": None, "app.kubernetes.io/managed-by": None}}},
+    )
+    core_api.delete_namespaced_config_map("gone", namespace)
+    start_worker(queues=queue)
+    sync_source.apply_async((source.pk,), queue=queue).get(timeout=180)
+
+    assert cluster.get_configmap(namespace, "kept")["data"] == {"V": "1"}, "taken over: not deleted"
+    assert not pending.exists()
+    logged = list(Change.objects.filter(source=source, action="delete").values_list("name", flat=True))
+    assert logged == ["gone"], "the deletion found carried out is logged; the spared one is not"
+
+
 def test_a_write_a_killed_worker_made_outside_a_scope_narrowed_since_is_logged_not_forgotten(
     repo, make_namespaces, make_source, start_worker, cluster
 ):
