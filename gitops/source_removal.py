@@ -33,6 +33,7 @@ from gitops.locks import SourceBusy, source_lock
 from gitops.models import (
     ApplyIntent,
     ManagedObject,
+    PublishedFlag,
     Rollout,
     Source,
     SourceRemoval,
@@ -256,6 +257,9 @@ def _delete_source(removal: SourceRemoval, source: Source) -> SourceRemoval:
             deleted_at=now, webhook_secret_encrypted="", sync_queued=False
         )
         SourceRemoval.objects.filter(pk=removal.pk).update(status=RemovalStatus.DONE, finished_at=now)
+        # The Flags page and /api/flags read this catalog: a deleted source's flags stayed on them, at
+        # "100%", served by no cluster after a prune (and mixed into a new source of the same name's).
+        PublishedFlag.objects.filter(source=source).delete()
         audit_record(
             source,
             SourceAuditAction.DELETED,

@@ -19,6 +19,7 @@ from gitops.intake.webhooks import sign
 from gitops.models import (
     Change,
     ManagedObject,
+    PublishedFlag,
     Revision,
     Rollout,
     Source,
@@ -427,6 +428,7 @@ def test_delete_keep_leaves_the_objects_without_sluice_labels_or_ownership(appli
 
 def test_delete_prune_deletes_the_objects_and_logs_each(applied, cluster):
     source, targets = applied
+    assert PublishedFlag.objects.filter(source_id=source.pk).count() == 1
     # An object taken over since (relabelled by someone) is not this source's to delete.
     cluster.apply_configmap(
         {
@@ -451,6 +453,8 @@ def test_delete_prune_deletes_the_objects_and_logs_each(applied, cluster):
     ]
     assert all(change.before and change.after is None for change in deletes), "the content that went is kept"
     assert not Source.objects.filter(pk=source.pk).exists()
+    # Its flags leave the Flags page and /api/flags with it (they stayed there, at 100%, served nowhere).
+    assert not PublishedFlag.objects.filter(source_id=source.pk).exists()
 
 
 def test_delete_is_refused_while_a_rollout_is_active_and_works_once_it_is_aborted(
