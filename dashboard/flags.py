@@ -22,6 +22,7 @@ from django.utils.http import urlencode
 from django.utils.safestring import SafeString, mark_safe
 from django.views.decorators.http import require_GET
 
+from dashboard.spreadsheet import csv_cell
 from dashboard.templatetags.sluice import commit_link
 from gitops import selectors
 from gitops.numerals import whole_number
@@ -257,7 +258,7 @@ def _csv_chunks(records: Iterator[dict[str, Any]]) -> Iterator[str]:
     writer = csv.writer(buffer)
     writer.writerow(EXPORT_COLUMNS)
     for index, record in enumerate(records, 1):
-        writer.writerow(_cell(value) for value in _export_values(record))
+        writer.writerow(csv_cell(value) for value in _export_values(record))
         if index % EXPORT_CHUNK_ROWS == 0:
             yield buffer.getvalue()
             buffer.seek(0)
@@ -287,14 +288,3 @@ def _export_values(record: dict[str, Any]) -> list[Any]:
         "; ".join(reason.value for reason in record["stale_reasons"]),
         record["changes_at_full"] or "",
     ]
-
-
-# A spreadsheet runs a cell that starts with one of these as a formula; keys come from repositories.
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _cell(value: Any) -> Any:
-    """The value as a CSV cell; text a spreadsheet would run as a formula is quoted with a leading '."""
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
-        return "'" + value
-    return value

@@ -31,6 +31,7 @@ from django.views.decorators.http import require_GET, require_POST
 from dashboard import freezes as freeze_views
 from dashboard.consumers import CONSUMERS_SHOWN, PINNED_HINT, configmap_readers, consumers_by_target
 from dashboard.sources import source_admin_context
+from dashboard.spreadsheet import csv_cell
 from gitops import cluster_admin, health, metrics, schedule, selectors
 from gitops.consumers.workloads import KINDS as WORKLOAD_KINDS
 from gitops.errors import GitopsError
@@ -450,8 +451,12 @@ def _csv_lines(entries: Iterator[dict[str, Any]], *, bodies: bool) -> Iterator[s
     columns = [*EXPORT_COLUMNS, "before", "after"] if bodies else EXPORT_COLUMNS
     yield writer.writerow(columns)
     for entry in entries:
+        # An actor is a username or a command line's --by, free text that may start with "=" or "@".
         yield writer.writerow(
-            [json.dumps(entry[c]) if isinstance(entry[c], dict | list) else entry[c] for c in columns]
+            [
+                json.dumps(entry[c]) if isinstance(entry[c], dict | list) else csv_cell(entry[c])
+                for c in columns
+            ]
         )
 
 

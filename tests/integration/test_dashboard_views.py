@@ -131,6 +131,25 @@ def test_posts_without_a_csrf_token_are_refused(paused_rollout, people):
     assert not Approval.objects.exists()
 
 
+def test_the_change_log_csv_quotes_an_actor_a_spreadsheet_would_run_as_a_formula(
+    repo, make_namespaces, make_source, sync, people
+):
+    """An actor is free text (a username may start with "@" or "+", `--by` anything): the Flags page's
+    export quoted such cells, the change log's did not."""
+    from tests.gitrepo import configmap, policy
+
+    (namespace,) = make_namespaces("app")
+    repo.write_all({"sluice.yaml": policy([namespace]), "configmaps/app.yaml": configmap("app", {"V": "1"})})
+    repo.commit("v1")
+    source = make_source()
+    assert sync(source, actor="=HYPERLINK(1)")["outcome"] == "applied"
+    exported = client_for(people["viewer"]).get(
+        reverse("dashboard:changes"), {"source": source.name, "format": "csv"}
+    )
+    rows = list(csv.DictReader(io.StringIO(b"".join(exported.streaming_content).decode())))
+    assert [row["actor"] for row in rows] == ["'=HYPERLINK(1)"]
+
+
 def test_the_change_log_filters_paginates_and_exports(paused_rollout, people, settings):
     client = client_for(people["viewer"])
     source = paused_rollout.source
