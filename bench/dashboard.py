@@ -228,8 +228,8 @@ def fill_administration(cursor) -> int:
     cursor.execute(
         """
         INSERT INTO gitops_sourceremoval (source_id, source_name, mode, status, requested_by, via, requested_at,
-            started_at, finished_at, objects_total, objects_done, objects_failed, message)
-        SELECT id, name, 'keep', 'done', 'ada', 'dashboard', now(), now(), now(), 1000, 1000, 0, ''
+            attempted_at, started_at, finished_at, objects_total, objects_done, objects_failed, message)
+        SELECT id, name, 'keep', 'done', 'ada', 'dashboard', now(), now(), now(), now(), 1000, 1000, 0, ''
         FROM gitops_source WHERE name = (SELECT max(name) FROM gitops_source) RETURNING id
         """
     )

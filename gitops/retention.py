@@ -145,7 +145,14 @@ def archive_changes(before: datetime, output: Path) -> int:
     that set ``sluice.archive_changes``. If anything fails, nothing is deleted. An
     existing file is never overwritten.
     """
-    rows = Change.objects.filter(at__lt=before).select_related("source").order_by("id")
+    # Entries of a rollout still under way, or owing a cluster its rollback, stay: the flag catalog and
+    # the rollout's page read them (its flags showed as never published, and were written again each pass).
+    rows = (
+        Change.objects.filter(at__lt=before)
+        .exclude(rollout_id__in=_live_rollouts())
+        .select_related("source")
+        .order_by("id")
+    )
     created = False
     try:
         with transaction.atomic():
@@ -171,16 +178,27 @@ def archive_changes(before: datetime, output: Path) -> int:
 def _delete_archived(before: datetime, last_id: int) -> int:
     # The model refuses deletes; this is the one sanctioned path around it, and the
     # trigger lets it through only because this transaction set sluice.archive_changes.
+    # The rows _live_rollouts() keeps, as the archive's query left them out.
     with connection.cursor() as cursor:
-        cursor.execute("DELETE FROM gitops_change WHERE at < %s AND id <= %s", [before, last_id])
+        cursor.execute(
+            "DELETE FROM gitops_change WHERE at < %s AND id <= %s AND (rollout_id IS NULL OR rollout_id"
+            " NOT IN (SELECT id FROM gitops_rollout"
+            " WHERE phase = ANY(%s) OR rollback_pending_clusters <> '[]'::jsonb))",
+            [before, last_id, list(Rollout.ACTIVE_PHASES)],
+        )
         return int(cursor.rowcount)
+
+
+def _live_rollouts() -> QuerySet[Rollout]:
+    return Rollout.objects.filter(Q(phase__in=Rollout.ACTIVE_PHASES) | ~Q(rollback_pending_clusters=[]))
 
 
 def _write_archive(rows: QuerySet[Change], output: Path) -> tuple[int, int]:
     written, last_id = 0, 0
     try:
         with output.open("x", encoding="utf-8") as archive:
-            for change in rows.iterator(chunk_size=500):
+            # 50: an entry's before and after may be 1 MiB each (the dashboard's export reads as many).
+            for change in rows.iterator(chunk_size=50):
                 archive.write(json.dumps(_archived_entry(change), sort_keys=True) + "\n")
                 written, last_id = written + 1, change.pk
             archive.flush()
