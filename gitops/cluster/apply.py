@@ -253,7 +253,9 @@ def _plain_apply(intent: ApplyIntent) -> bool:
         and intent.kind not in WORKLOAD_KINDS
         and not intent.recreate
         and intent.action not in (ChangeAction.RELEASE, ChangeAction.DELETE, ChangeAction.REPLACE)
-        and intent.action != ChangeAction.SELF_HEAL  # reads the stored object (``_drop_foreign_keys``)
+        # These read the stored object (``_drop_foreign_keys``).
+        and intent.action != ChangeAction.SELF_HEAL
+        and not intent.force
     )
 
 
@@ -355,8 +357,10 @@ def _stamp_workload(cluster: Cluster, intent: ApplyIntent) -> str | None:
 
 
 def _drop_foreign_keys(cluster: Cluster, intent: ApplyIntent, applied: Mapping[str, Any]) -> None:
-    """Self-heal also removes data keys another manager added, which apply alone leaves in place."""
-    if intent.action != ChangeAction.SELF_HEAL or intent.after is None:
+    """Self-heal also removes data keys another manager added, which apply alone leaves in place; so does
+    an update forced over edits made in the cluster (selfHeal on, Git changed too), whose diff and change
+    log say those keys go (they stayed, and the next pass healed them in a second write)."""
+    if not (intent.action == ChangeAction.SELF_HEAL or intent.force) or intent.after is None:
         return
     wanted = Content.from_dict(intent.after)
     extra_data = sorted(set(applied.get("data") or {}) - set(wanted.data))

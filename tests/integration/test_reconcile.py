@@ -310,6 +310,26 @@ def test_drift_is_healed_and_logged_when_self_heal_is_on(repo, make_namespaces, 
     assert sync(source)["outcome"] == "unchanged"
 
 
+def test_an_update_forced_over_edits_in_the_cluster_removes_the_keys_added_by_hand_as_its_log_says(
+    repo, make_namespaces, make_source, sync, cluster
+):
+    """With selfHeal on, a Git change to an object edited in the cluster is one forced update whose diff
+    removes the key added by hand: it stayed (apply leaves another manager's keys), the change log said
+    it went, and the next pass healed it in a second write."""
+    namespace, source = _drift_setup(repo, make_namespaces, make_source, sync, self_heal=True)
+    _edit_in_cluster(cluster, namespace)
+    repo.write("configmaps/app.yaml", configmap("app", {"LOG_LEVEL": "warn", "MODE": "safe"}))
+    commit = repo.commit("warn")
+
+    result = sync(source)
+
+    assert result["summary"] == {"update": 1}, result
+    assert managed(cluster, namespace, "app")["data"] == {"LOG_LEVEL": "warn", "MODE": "safe"}
+    update = Change.objects.get(source=source, commit=commit)
+    assert ("remove", "EXTRA") in {(d["op"], d["key"]) for d in update.diff}
+    assert sync(source)["outcome"] == "unchanged", "nothing left to heal"
+
+
 def _edit_with_nul_in_cluster(cluster, namespace: str, annotations: dict[str, str] | None = None) -> None:
     # The apiserver takes U+0000 in a value; PostgreSQL's jsonb takes no U+0000.
     edited = {
