@@ -8,7 +8,7 @@ others (unchanged, drift left alone, conflicts, orphans) are reported only.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection, Iterable, Mapping, Set
+from collections.abc import Collection, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import cached_property
@@ -18,7 +18,7 @@ from typing import Any
 from gitops.desired.content import Content
 from gitops.desired.revision import DesiredObject, DesiredState, ObjectKey
 from gitops.plan.diff import DiffItem, DiffOp, diff_content
-from gitops.plan.provenance import live_content, live_provenance
+from gitops.plan.provenance import live_content, live_provenance, other_holders
 from gitops.plan.stamps import LiveStamp, applied_hashes_of, settles
 
 UNAPPLIED = "carries this source's labels, but Sluice never applied it"
@@ -506,6 +506,28 @@ def decide(*, git_changed: bool, drifted: bool, immutable: bool, self_heal: bool
     return Verdict(Action.SELF_HEAL, "edited in the cluster; selfHeal restores Git's content", True, False)
 
 
+def _contested(
+    verdict: Verdict, live: Mapping[str, Any], changes: Sequence[DiffItem], *, self_heal: bool
+) -> Verdict:
+    """An update of keys another field manager holds too, with the values Sluice applied (a `kubectl
+    apply --server-side` of the same values, an edit reverted by hand): no drift, yet the cluster
+    refuses the apply as a conflict, at every commit touching them. With selfHeal it is forced, as an
+    update over drift is; without, its reason names who holds them."""
+    if verdict.action is not Action.UPDATE or verdict.force:
+        return verdict
+    holders = other_holders(live, ((item.field, item.key) for item in changes))
+    if not holders:
+        return verdict
+    names = ", ".join(sorted(holders))
+    if self_heal:
+        return replace(
+            verdict, force=True, reason=f"{verdict.reason}; {names} held keys of it too: taken back"
+        )
+    return replace(
+        verdict, reason=f"{verdict.reason}; {names} holds keys it changes: refused unless selfHeal takes them"
+    )
+
+
 def _plan_object(
     obj: DesiredObject,
     live: Mapping[str, Any] | None,
@@ -548,6 +570,7 @@ def _plan_object(
         immutable=bool(live.get("immutable")) and any(item.field in IMMUTABLE_FIELDS for item in changes),
         self_heal=desired.policy.self_heal,
     )
+    verdict = _contested(verdict, live, changes, self_heal=desired.policy.self_heal)
     after = current if verdict.action is Action.UNCHANGED else (wanted if verdict.to_git else expected_now)
     if applied_hash is None and verdict.action is Action.UPDATE:
         # Without the hash Sluice wrote, Git's content is applied, whether or not Git moved.

@@ -39,6 +39,28 @@ def owned_keys(live: Mapping[str, Any], manager: str) -> dict[str, set[str]]:
     return owned
 
 
+def other_holders(live: Mapping[str, Any], fields: Iterable[tuple[str, str]]) -> set[str]:
+    """The field managers besides Sluice's apply that hold any of ``fields`` ((section, key): data,
+    binaryData, labels, annotations), from managedFields: an apply that changes one conflicts with them."""
+    wanted = set(fields)
+    holders: set[str] = set()
+    for entry in live.get("metadata", {}).get("managedFields") or ():
+        manager = entry.get("manager") or "?"
+        if manager == MANAGED_BY_VALUE and entry.get("operation") == "Apply":
+            continue
+        held = entry.get("fieldsV1") or {}
+        metadata = held.get("f:metadata") or {}
+        for section, names in (
+            ("data", held.get("f:data")),
+            ("binaryData", held.get("f:binaryData")),
+            ("labels", metadata.get("f:labels")),
+            ("annotations", metadata.get("f:annotations")),
+        ):
+            if any((section, name) in wanted for name in _field_names(names)):
+                holders.add(str(manager))
+    return holders
+
+
 def _field_names(fields: Mapping[str, Any] | None) -> Iterable[str]:
     return (name[2:] for name in (fields or {}) if name.startswith("f:"))
 

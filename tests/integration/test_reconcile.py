@@ -330,6 +330,29 @@ def test_an_update_forced_over_edits_in_the_cluster_removes_the_keys_added_by_ha
     assert sync(source)["outcome"] == "unchanged", "nothing left to heal"
 
 
+def test_a_git_change_to_keys_another_manager_also_holds_goes_out_with_self_heal(
+    repo, make_namespaces, make_source, sync, cluster
+):
+    """Someone server-side applies the same values under their own manager: no drift, but the next Git
+    change to those keys was refused as a conflict at every commit, selfHeal or not."""
+    namespace, source = _drift_setup(repo, make_namespaces, make_source, sync, self_heal=True)
+    same = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "app", "namespace": namespace},
+        "data": {"LOG_LEVEL": "info"},
+    }
+    cluster.apply_configmap(same, field_manager="ops")
+    assert sync(source)["outcome"] == "unchanged"
+    repo.write("configmaps/app.yaml", configmap("app", {"LOG_LEVEL": "warn", "MODE": "safe"}))
+    repo.commit("warn")
+
+    result = sync(source)
+
+    assert (result["outcome"], result["summary"], result["errors"]) == ("applied", {"update": 1}, [])
+    assert managed(cluster, namespace, "app")["data"] == {"LOG_LEVEL": "warn", "MODE": "safe"}
+
+
 def _edit_with_nul_in_cluster(cluster, namespace: str, annotations: dict[str, str] | None = None) -> None:
     # The apiserver takes U+0000 in a value; PostgreSQL's jsonb takes no U+0000.
     edited = {

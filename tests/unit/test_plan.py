@@ -180,6 +180,26 @@ def test_an_immutable_objects_metadata_changes_in_place_and_a_hand_edit_of_it_is
     assert only_item(state(changed), [live]).action is Action.REPLACE
 
 
+def test_an_update_of_keys_another_manager_holds_too_is_forced_with_self_heal_and_named_without():
+    """Another manager holding a key with Sluice's value is no drift, yet the cluster refuses an apply
+    that changes it (a conflict), at every commit: selfHeal forces it; without, the reason says why."""
+    before = desired_object(LOG_LEVEL="info", MODE="safe")
+    live = applied(before)
+    live["metadata"]["managedFields"].append(
+        {"manager": "ops", "operation": "Apply", "fieldsV1": {"f:data": {"f:LOG_LEVEL": {}}}}
+    )
+    changed = desired_object(LOG_LEVEL="warn", MODE="safe")
+    healed = only_item(state(changed, self_heal=True), [live])
+    assert (healed.action, healed.force) == (Action.UPDATE, True)
+    assert healed.reason == "changed in Git; ops held keys of it too: taken back"
+    named = only_item(state(changed), [live])
+    assert (named.action, named.force) == (Action.UPDATE, False)
+    assert named.reason == "changed in Git; ops holds keys it changes: refused unless selfHeal takes them"
+    # A key it holds that this change leaves alone is no conflict.
+    untouched = desired_object(LOG_LEVEL="info", MODE="fast")
+    assert only_item(state(untouched, self_heal=True), [live]).force is False
+
+
 def test_labels_sluice_never_set_do_not_count_as_drift():
     obj = desired_object()
     live = applied(obj)
