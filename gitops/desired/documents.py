@@ -345,6 +345,10 @@ class _Builder:
         if tag == _MERGE_TAG:
             self._key_error(line, "YAML merge keys (<<) are not supported")
             return
+        if tag not in (None, "!") and tag not in _SCALAR_TAGS:
+            # As on a value: `!vault k: v` loaded as the key "k", which another YAML reader reads otherwise.
+            self._key_error(line, f"the tag {tag!r} is not supported on a key; write a plain key")
+            return
         self._key(str(event.value), line)
 
     def _key(self, key_text: str, line: int) -> None:

@@ -699,7 +699,12 @@ def _by_path_changed(
     return {path: kept[path] for path in sorted(kept)}
 
 
-_UNPRINTABLE_NAME = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+# Control characters (C0, DEL and C1: U+009B starts a terminal's escape sequence), surrogates (bytes
+# that are not UTF-8), and the invisible format characters that reorder or hide text (a bidi override
+# shows the rest of a name reversed), in errors, logs and the origin annotation alike.
+_UNPRINTABLE_NAME = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]"
+)
 
 
 def shown_path(path: str) -> str:

@@ -219,3 +219,18 @@ def test_the_parse_cache_is_bounded_in_bytes_too():
     assert cache.bytes == 900
     assert cache.get("configmaps/f9.yaml", f"{9:040x}") is not None
     assert cache.get("configmaps/f0.yaml", f"{0:040x}") is None, "the oldest went first"
+
+
+def test_a_tag_on_a_key_is_refused_as_on_a_value():
+    """`!vault k: v` and `!!python/name:os.system x: y` loaded as keys "k" and "x"."""
+    _, errors = load_yaml(
+        "a.yaml", b"data:\n  !vault k: v\n  !!python/name:os.system x: y\n  !!str ok: fine\n"
+    )
+    assert [(error.line, error.field, error.message) for error in errors] == [
+        (2, "data", "the tag '!vault' is not supported on a key; write a plain key"),
+        (
+            3,
+            "data",
+            "the tag 'tag:yaml.org,2002:python/name:os.system' is not supported on a key; write a plain key",
+        ),
+    ]

@@ -178,3 +178,20 @@ def test_annotations_are_counted_with_the_ones_sluice_adds():
     (error,) = rejected({"sluice.yaml": POLICY, path: manifest(room + 1)})
     assert error.field == "metadata.annotations"
     assert f"with the {own} of Sluice's own" in error.message
+
+
+@pytest.mark.parametrize("name", ["a\x9b31m.yaml", "a\u202elmay.x.yaml", "a\u200b.yaml", "a\x1b.yaml"])
+def test_a_file_name_with_control_or_invisible_format_characters_is_refused_and_shown_escaped(name):
+    """C1 controls (U+009B is a terminal's CSI) and bidi overrides passed: shown raw in errors, logs and
+    `gitops validate`, and stamped into sluice.dev/origin."""
+    repo = Repo({"sluice.yaml": POLICY, f"configmaps/{name}": configmap("app")})
+    with pytest.raises(RevisionRejected) as rejected:
+        load_revision(repo.tree(), repo.read_blobs)
+    (error,) = rejected.value.errors
+    assert "rename it" in error.message
+    assert error.file.isascii() and error.file.isprintable()
+
+
+def test_a_file_name_in_any_script_is_read():
+    repo = Repo({"sluice.yaml": POLICY, "configmaps/café-日本.yaml": configmap("app")})
+    assert len(load_revision(repo.tree(), repo.read_blobs).objects) == 3
