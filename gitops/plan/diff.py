@@ -53,15 +53,22 @@ class DiffItem:
         old, new = self.old or "", self.new or ""
         if "\n" not in old.rstrip("\n") and "\n" not in new.rstrip("\n"):
             return None
-        old_lines = _readable(old).splitlines(keepends=True) if old else []
-        new_lines = _readable(new).splitlines(keepends=True) if new else []
+        shown_old, shown_new = _readable(old), _readable(new)
+        if shown_old == shown_new:  # JSON that differs in its spacing or key order only: the text itself
+            shown_old, shown_new = old, new
+        old_lines = shown_old.splitlines(keepends=True) if old else []
+        new_lines = shown_new.splitlines(keepends=True) if new else []
         names = (f"{self.field}/{self.key} (live)", f"{self.field}/{self.key} (git)")
         lines: Iterable[str]
         if old_lines and new_lines:
             lines = _unified_lines(old_lines, new_lines, *names)
         else:
             lines = _one_sided(old_lines, new_lines, *names)
-        return "".join(line if line.endswith("\n") else line + "\n" for line in lines)
+        # A last line without its newline is marked, as git and diff do: "-y" and "+y" said nothing.
+        return "".join(line if line.endswith("\n") else line + NO_NEWLINE for line in lines)
+
+
+NO_NEWLINE = "\n\\ No newline at end of file\n"
 
 
 def readable_diff(entries: Any) -> Any:

@@ -263,10 +263,19 @@ def test_an_added_or_removed_key_diffs_as_difflib_would(text, added):
     readable = diff_module._readable(text).splitlines(keepends=True) if text else []
     sides = ([], readable) if added else (readable, [])
     expected = "".join(
-        line if line.endswith("\n") else line + "\n"
+        line if line.endswith("\n") else line + diff_module.NO_NEWLINE
         for line in difflib.unified_diff(*sides, fromfile="data/k (live)", tofile="data/k (git)")
     )
     assert item.unified() == (expected if "\n" in text.rstrip("\n") else None)
+
+
+def test_a_change_of_a_last_newline_or_of_json_spacing_alone_shows_in_the_diff():
+    """Both sides once read the same: "-y" and "+y" for a newline added at the end, nothing at all for
+    JSON that differs in its spacing or key order only (pretty-printed alike)."""
+    newline = DiffItem("change", "data", "k", "x\ny", "x\ny\n").unified()
+    assert newline.endswith(" x\n-y\n\\ No newline at end of file\n+y\n")
+    spacing = DiffItem("change", "data", "f.json", '{"b": 1,\n"a": 2}', '{"a": 2,\n"b": 1}').unified()
+    assert '-{"b": 1,\n-"a": 2}\n\\ No newline at end of file\n+{"a": 2,\n+"b": 1}' in spacing
 
 
 def test_binary_data_is_summarised_never_shown():
