@@ -22,6 +22,8 @@ from gitops.plan.provenance import live_content, live_provenance, other_holders
 from gitops.plan.stamps import LiveStamp, applied_hashes_of, settles
 
 UNAPPLIED = "carries this source's labels, but Sluice never applied it"
+# Applied by this source, its Sluice labels removed since: the documented way to take an object over.
+LABELS_REMOVED = "applied by this source; its Sluice labels were removed since, so it is someone else's now"
 
 
 class Action(StrEnum):
@@ -351,9 +353,17 @@ def _plan_one(
     item = _memoized_plan_object(
         obj, live, context.desired, source=source, commit=context.commit, memo=context.memo
     )
+    if live is not None and _taken_over(item, live, context.managed):
+        item = replace(_foreign(obj.key, live, LABELS_REMOVED), desired=obj)
     if obj.key in context.held and item.action in (Action.CREATE, Action.UPDATE, Action.REPLACE):
         item = replace(item, action=Action.HELD, reason="a later rollout step reaches this target")
     return item
+
+
+def _taken_over(item: PlanItem, live: Mapping[str, Any], managed: Collection[ObjectKey]) -> bool:
+    """A conflict over an object this source applied whose Sluice labels someone removed since: not one
+    "created outside Sluice". Asked of conflicts only (a plan's every object passes here)."""
+    return item.action is Action.CONFLICT and item.key in managed and not live_provenance(live)[0]
 
 
 def _with_desired(item: PlanItem, obj: DesiredObject) -> PlanItem:

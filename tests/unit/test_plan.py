@@ -200,6 +200,22 @@ def test_an_update_of_keys_another_manager_holds_too_is_forced_with_self_heal_an
     assert only_item(state(untouched, self_heal=True), [live]).force is False
 
 
+def test_an_object_whose_sluice_labels_were_removed_is_said_to_be_taken_over_not_created_outside():
+    """It was "managed by nobody in Sluice (created outside it) (written by sluice)": contradictory."""
+    obj = desired_object()
+    live = applied(obj)
+    managed = inventory([live])
+    for label in ("sluice.dev/source", "app.kubernetes.io/managed-by"):
+        del live["metadata"]["labels"][label]
+    result = plan(state(obj), {(CLUSTER, "team-a"): [live]}, source=SOURCE, commit=NEW, managed=managed)
+    (item,) = result.items
+    assert item.action is Action.CONFLICT
+    assert item.reason == (
+        "applied by this source; its Sluice labels were removed since, so it is someone else's now "
+        "(written by sluice); not taken over"
+    )
+
+
 def test_labels_sluice_never_set_do_not_count_as_drift():
     obj = desired_object()
     live = applied(obj)
