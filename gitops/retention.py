@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -38,6 +39,8 @@ from gitops.errors import PermanentError
 from gitops.models import ApplyIntent, Change, Notification, Rollout, RolloutEvent, WebhookDelivery
 
 BATCH = 5000
+# The advisory lock one purge holds (one bigint key: apart from the sources' locks, which take two).
+PURGE_LOCK = 0x51C3_0001
 
 
 @dataclass
@@ -104,6 +107,22 @@ def _in_batches(queryset: QuerySet[Any], act: Callable[[QuerySet[Any]], object])
             act(queryset.model.objects.filter(pk__in=ids))
         done += len(ids)
     return done
+
+
+@contextmanager
+def purge_alone() -> Iterator[bool]:
+    """Yields whether this is the only purge running: beat sends one an hour, and a purge of a large
+    backlog may take longer; piled up, they scanned the same tables side by side and held the worker
+    slots reconciles need. The lock is the session's: released on the way out, or with the session."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [PURGE_LOCK])
+        alone = bool(cursor.fetchone()[0])
+    try:
+        yield alone
+    finally:
+        if alone:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [PURGE_LOCK])
 
 
 def purge(now: datetime | None = None, *, dry_run: bool = False) -> PurgeCounts:

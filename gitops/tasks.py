@@ -263,4 +263,8 @@ def purge_old_records() -> dict[str, int]:
     """Deletes what is past its retention (see gitops.retention); the change log is never touched."""
     from gitops import retention  # noqa: PLC0415 - keeps this housekeeping block self-contained
 
-    return retention.purge().as_dict()
+    with retention.purge_alone() as alone:
+        if not alone:
+            log.info("a purge is running already; this one is skipped")
+            return {}
+        return retention.purge().as_dict()

@@ -388,6 +388,8 @@ SLUICE_NOTIFICATION_SWEEP_SECONDS = float(env.get("SLUICE_NOTIFICATION_SWEEP_SEC
 CELERY_BEAT_SCHEDULE["purge-old-records"] = {
     "task": "gitops.purge_old_records",
     "schedule": SLUICE_PURGE_INTERVAL_SECONDS,
+    # One not started by the next is dropped (the next does its work); one running skips the next.
+    "options": {"expires": SLUICE_PURGE_INTERVAL_SECONDS},
 }
 CELERY_BEAT_SCHEDULE["sweep-notifications"] = {
     "task": "gitops.sweep_notifications",
