@@ -573,14 +573,11 @@ def _plan_object(
     changes = (
         tuple(diff_content(current, wanted if git_changed else expected_now)) if git_changed or drift else ()
     )
-    verdict = decide(
-        git_changed=git_changed,
-        drifted=bool(drift),
-        # Metadata changes in place on an immutable ConfigMap; its data and immutability do not.
-        immutable=bool(live.get("immutable")) and any(item.field in IMMUTABLE_FIELDS for item in changes),
-        self_heal=desired.policy.self_heal,
-    )
-    verdict = _contested(verdict, live, changes, self_heal=desired.policy.self_heal)
+    self_heal = desired.policy.self_heal
+    # Metadata changes in place on an immutable ConfigMap; its data and immutability do not.
+    immutable = bool(live.get("immutable")) and any(item.field in IMMUTABLE_FIELDS for item in changes)
+    verdict = decide(git_changed=git_changed, drifted=bool(drift), immutable=immutable, self_heal=self_heal)
+    verdict = _contested(verdict, live, changes, self_heal=self_heal)
     after = current if verdict.action is Action.UNCHANGED else (wanted if verdict.to_git else expected_now)
     if applied_hash is None and verdict.action is Action.UPDATE:
         # Without the hash Sluice wrote, Git's content is applied, whether or not Git moved.
