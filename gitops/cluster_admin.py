@@ -9,6 +9,7 @@ and the version, never a token or a certificate.
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,7 +48,9 @@ def cluster_add(
         raise PermanentError("give either --kubeconfig PATH (with an optional --context) or --in-cluster")
     if context and in_cluster:
         raise PermanentError("--context goes with --kubeconfig, not --in-cluster")
-    path = str(Path(kubeconfig).expanduser().resolve()) if kubeconfig else ""
+    # Absolute, its symlinks kept: a Secret mounted in a pod is a link into a dated directory the kubelet
+    # replaces at each update (and names apart in every pod); resolved, the stored path went with it.
+    path = os.path.abspath(os.path.expanduser(kubeconfig)) if kubeconfig else ""
     record = ClusterRecord(name=name, kubeconfig=path, context=context, in_cluster=in_cluster)
     try:
         record.full_clean(validate_unique=False)

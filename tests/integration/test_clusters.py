@@ -685,6 +685,38 @@ def test_a_cluster_removed_by_another_process_loses_its_client_here_at_the_next_
         registry.get("going")
 
 
+def test_a_kubeconfig_mounted_from_a_secret_is_registered_by_its_mounted_path(stack, tmp_path):
+    """A Secret volume is a link into a dated directory that the kubelet replaces at each update (and
+    names apart in every pod). Registered resolved, the stored path was that directory's: gone after the
+    first update (a rotated token), missing in every other pod."""
+    import os
+    import shutil
+
+    from gitops.cluster.clients import ClusterClients
+    from gitops.models import Cluster as ClusterRecord
+
+    mount = tmp_path / "member-secret"
+    mount.mkdir()
+
+    def kubelet_writes(version: str) -> None:  # as the kubelet's AtomicWriter lays a volume out
+        dated = mount / f"..2026_12_06_{version}"
+        dated.mkdir()
+        shutil.copy(stack["KUBECONFIG"], dated / "member.kubeconfig")
+        (mount / "..data_tmp").symlink_to(dated.name)
+        os.replace(mount / "..data_tmp", mount / "..data")
+
+    kubelet_writes("04_00_00.1")
+    (mount / "member.kubeconfig").symlink_to("..data/member.kubeconfig")
+    cluster_admin.cluster_add(name="mounted", kubeconfig=str(mount / "member.kubeconfig"), context="member-1")
+    assert ClusterRecord.objects.get(name="mounted").kubeconfig == str(mount / "member.kubeconfig")
+
+    kubelet_writes("05_00_00.2")  # the Secret updated: the first dated directory goes
+    shutil.rmtree(mount / "..2026_12_06_04_00_00.1")
+    registry = ClusterClients()
+    registry.refresh()
+    assert registry.get("mounted").server_version(timeout=10)
+
+
 def test_the_clusters_page_shows_a_servers_credentials_redacted(fleet, tmp_path, people, client: Client):
     """A kubeconfig's server URL may carry credentials (userinfo): every viewer reads the page."""
     kubeconfig = FlakyKubeconfig(tmp_path / "userinfo.kubeconfig", fleet.stack["KUBECONFIG"], "member-1")
