@@ -32,7 +32,10 @@ case "$role" in
       "$@"
     ;;
   worker)
-    exec celery -A gitops worker --loglevel "${LOG_LEVEL:-INFO}" "$@"
+    # Celery's default is the node's CPU count, not the container's: on a 32-core node, 32 processes
+    # under a 1 GiB limit. Two unless told (--concurrency after it, or SLUICE_WORKER_CONCURRENCY).
+    exec celery -A gitops worker --loglevel "${LOG_LEVEL:-INFO}" \
+      --concurrency "${SLUICE_WORKER_CONCURRENCY:-2}" "$@"
     ;;
   beat)
     # Beat persists its schedule; the image's /app is read-only for this user, so

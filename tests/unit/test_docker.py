@@ -187,8 +187,11 @@ def entrypoint(fake_path: str, *args: str, **env: str) -> subprocess.CompletedPr
             " --worker-tmp-dir /dev/shm --access-logfile -"
             " --worker-class gthread --threads 8 --timeout 120",
         ),
-        (["worker"], "celery -A gitops worker --loglevel INFO"),
-        (["worker", "--concurrency", "4"], "celery -A gitops worker --loglevel INFO --concurrency 4"),
+        (["worker"], "celery -A gitops worker --loglevel INFO --concurrency 2"),
+        (
+            ["worker", "--concurrency", "4"],
+            "celery -A gitops worker --loglevel INFO --concurrency 2 --concurrency 4",  # the last counts
+        ),
         (
             ["beat"],
             "celery -A gitops beat --loglevel INFO --schedule /var/lib/sluice/celerybeat-schedule",
@@ -241,6 +244,10 @@ def test_dockerfile_builds_in_stages_and_runs_unprivileged() -> None:
     assert "COPY --from=builder /opt/venv /opt/venv" in dockerfile
     assert re.search(r"^USER 10001:10001$", dockerfile, re.MULTILINE)
     assert "collectstatic --no-input" in dockerfile
+    # Run as root at build time, settings made the metrics directory under the data directory root's:
+    # a named volume copies it, and the runtime user could record no metric.
+    collect = dockerfile[dockerfile.index("RUN SECRET_KEY=collectstatic") :].split("\n\n")[0]
+    assert "PROMETHEUS_MULTIPROC_DIR=/tmp/" in collect and "/var/lib/sluice" not in collect
     # Every file the Dockerfile copies must survive the .dockerignore next to it.
     ignore = (DOCKER / "Dockerfile.dockerignore").read_text()
     for source in re.findall(r"^COPY (?!--from)(?:--\S+ )*(.+) \S+$", dockerfile, re.MULTILINE):
