@@ -27,7 +27,7 @@ from gitops.locks import SourceBusy
 from gitops.models import ApplyIntent, ManagedObject, Rollout, Source, admin_settings
 from gitops.models import Cluster as ClusterRecord
 from gitops.record.audit import Actor, audit_record
-from gitops.redaction import redact
+from gitops.redaction import redact, redact_url
 from gitops.rollout.decisions import WAIVE_PERMISSION as FORGET_PERMISSION
 from gitops.rollout.decisions import decision_locks, rollback_waive
 from gitops.vocabulary import SourceAuditAction
@@ -36,7 +36,12 @@ PROBE_SECONDS = 3.0
 
 
 def cluster_add(
-    *, name: str, kubeconfig: str = "", context: str = "", in_cluster: bool = False
+    *,
+    name: str,
+    kubeconfig: str = "",
+    context: str = "",
+    in_cluster: bool = False,
+    allow_unverified_tls: bool = False,
 ) -> ClusterRecord:
     """Registers a cluster by where its credentials live; checks they load, never stores them."""
     if name == settings.SLUICE_CLUSTER_NAME:
@@ -59,7 +64,13 @@ def cluster_add(
     if path and not Path(path).is_file():
         raise PermanentError(f"no kubeconfig file at {path}")
     # Loading the client reads the kubeconfig (and checks the context) without calling the server.
-    Cluster(path or None, context=context or None, name=name).close()
+    with Cluster(path or None, context=context or None, name=name) as loaded:
+        if loaded.unverified and not allow_unverified_tls:
+            raise PermanentError(
+                f"the kubeconfig reaches {redact_url(loaded.server)} without checking its certificate "
+                "(insecure-skip-tls-verify, or plain http): Sluice would send the cluster's credentials "
+                "to whoever answers there; give it the cluster's CA, or --allow-unverified-tls"
+            )
     try:
         with transaction.atomic():
             record.save()

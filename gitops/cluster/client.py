@@ -386,6 +386,9 @@ class Cluster:
         self._apps = client.AppsV1Api(self._api_client)
         self._version = client.VersionApi(self._api_client)
         self.server = configuration.host
+        # What add-cluster refuses unless told: the server's certificate unchecked, or no TLS at all (a
+        # token sent in the clear).
+        self.unverified = not configuration.verify_ssl or not str(configuration.host).startswith("https://")
         # Applies go through libcurl unless the administrator chose urllib3 or the configuration
         # needs what only the client's own pool carries (gitops/cluster/curl.py).
         use_curl = getattr(settings, "SLUICE_APPLY_TRANSPORT", "curl") == "curl"

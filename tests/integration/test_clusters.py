@@ -717,6 +717,31 @@ def test_a_kubeconfig_mounted_from_a_secret_is_registered_by_its_mounted_path(st
     assert registry.get("mounted").server_version(timeout=10)
 
 
+def test_a_kubeconfig_that_skips_the_servers_certificate_check_is_refused_unless_allowed(stack, tmp_path):
+    """insecure-skip-tls-verify (or a plain http server) was accepted silently: Sluice's credentials for
+    the cluster would go to whoever answers at that address."""
+    import yaml
+
+    from gitops.errors import PermanentError
+    from gitops.models import Cluster as ClusterRecord
+
+    config = yaml.safe_load(Path(stack["KUBECONFIG"]).read_text())
+    for entry in config["clusters"]:
+        entry["cluster"].pop("certificate-authority-data", None)
+        entry["cluster"].pop("certificate-authority", None)
+        entry["cluster"]["insecure-skip-tls-verify"] = True
+    unverified = tmp_path / "unverified.kubeconfig"
+    unverified.write_text(yaml.safe_dump(config))
+    with pytest.raises(PermanentError, match="without checking its certificate"):
+        cluster_admin.cluster_add(name="unverified", kubeconfig=str(unverified), context="member-1")
+    assert not ClusterRecord.objects.filter(name="unverified").exists()
+
+    cluster_admin.cluster_add(
+        name="unverified", kubeconfig=str(unverified), context="member-1", allow_unverified_tls=True
+    )
+    assert ClusterRecord.objects.filter(name="unverified").exists()
+
+
 def test_the_clusters_page_shows_a_servers_credentials_redacted(fleet, tmp_path, people, client: Client):
     """A kubeconfig's server URL may carry credentials (userinfo): every viewer reads the page."""
     kubeconfig = FlakyKubeconfig(tmp_path / "userinfo.kubeconfig", fleet.stack["KUBECONFIG"], "member-1")

@@ -486,6 +486,7 @@ class Command(BaseCommand):
             kubeconfig=options["kubeconfig"] or "",
             context=options["context"] or "",
             in_cluster=options["in_cluster"],
+            allow_unverified_tls=options["allow_unverified_tls"],
         )
         self.stdout.write(f"added cluster {record.name} ({record.credentials_ref})")
         status = next(s for s in cluster_admin.clusters_status() if s.name == record.name)
@@ -862,6 +863,11 @@ def _add_cluster_parsers(commands: Any) -> None:
     where.add_argument("--kubeconfig", metavar="PATH", help="a kubeconfig file on the workers")
     where.add_argument("--in-cluster", action="store_true", help="the service account Sluice's pods run as")
     add.add_argument("--context", metavar="CTX", help="the kubeconfig's context (default: its current one)")
+    add.add_argument(
+        "--allow-unverified-tls",
+        action="store_true",
+        help="accept a kubeconfig that skips the server's certificate check or uses plain http",
+    )
 
     listing = commands.add_parser("clusters", help="list clusters: server, reachability, version, sources")
     listing.add_argument("--json", action="store_true")
