@@ -121,15 +121,16 @@ def _within(future: Future[str]) -> str:
         return "TimeoutError: no answer in time"
 
 
-def readiness() -> dict[str, str]:
-    """Each dependency: "ok", or the kind of failure (the exception's type and first line)."""
+def readiness(*, members: bool = True) -> dict[str, str]:
+    """Each dependency: "ok", or the kind of failure (the exception's type and first line). ``members``:
+    each registered cluster too (they do not decide readiness)."""
     # Not a with-block: leaving one waits for every thread, and a hung check would hang the page.
     pool = ThreadPoolExecutor(max_workers=MAX_CHECK_THREADS)
     try:
         pending = {name: pool.submit(_outcome, check) for name, check in CHECKS.items()}
         name, check = DATABASE_CHECK
         results = {name: _outcome(check)}
-        if results[name] == "ok":  # the registry lives in the database
+        if members and results[name] == "ok":  # the registry lives in the database
             pending |= {name: pool.submit(_outcome, check) for name, check in _registered_clusters().items()}
         # Each check bounds itself; this bounds the page even if one of them does not.
         results.update({name: _within(future) for name, future in pending.items()})

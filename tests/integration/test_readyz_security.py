@@ -77,6 +77,24 @@ def test_a_logged_in_user_or_the_metrics_token_gets_the_details(stack, broken_br
     assert wrong_token.get("/readyz").json()["checks"]["broker"] == "failing"
 
 
+def test_only_a_logged_in_user_or_the_metrics_token_has_the_member_clusters_probed_and_named(
+    stack, settings, people
+):
+    """They do not decide readiness; every anonymous request probed each of them (threads and
+    connections anyone could pile up) and listed their names."""
+    from gitops import cluster_admin
+
+    cluster_admin.cluster_add(name="member-eu", kubeconfig=stack["KUBECONFIG"], context="member-1")
+    settings.SLUICE_METRICS_TOKEN = METRICS_TOKEN
+    anonymous = Client().get("/readyz").json()["checks"]
+    assert set(anonymous) == {"database", "broker", "kube-apiserver"}
+    session = Client()
+    session.force_login(people["viewer"])
+    scraper = Client(headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    for caller in (session, scraper):
+        assert caller.get("/readyz").json()["checks"]["cluster:member-eu"] == "ok"
+
+
 def test_a_silent_apiserver_and_broker_fail_the_check_within_seconds(
     stack, settings, silent_server, tmp_path
 ):
