@@ -113,7 +113,7 @@ NAMESPACE_RULES: dict[str, list[dict[str, list[str]]]] = {
         {
             "apiGroups": [""],
             "resources": ["configmaps"],
-            "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
+            "verbs": ["get", "list", "watch", "create", "patch", "delete"],
         }
     ],
     # The consumers of those ConfigMaps: watched for health, restarted by a pod-template stamp.

@@ -148,7 +148,7 @@ def test_rendered_manifests_are_accepted_and_applied(stack, deployed) -> None:
             {
                 "apiGroups": [""],
                 "resources": ["configmaps"],
-                "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
+                "verbs": ["get", "list", "watch", "create", "patch", "delete"],
             }
         ]
         workloads = yaml.safe_load(
