@@ -65,6 +65,12 @@ def cluster_add(
         raise PermanentError(f"no kubeconfig file at {path}")
     # Loading the client reads the kubeconfig (and checks the context) without calling the server.
     with Cluster(path or None, context=context or None, name=name) as loaded:
+        if not loaded.has_credentials:
+            raise PermanentError(
+                f"the kubeconfig {path or '(in-cluster)'} (context {context or 'current'}) loads no "
+                "credentials: no token, client certificate or user; an exec plugin it names may have "
+                "failed (is its command installed where the workers run?)"
+            )
         if loaded.unverified and not allow_unverified_tls:
             raise PermanentError(
                 f"the kubeconfig reaches {redact_url(loaded.server)} without checking its certificate "

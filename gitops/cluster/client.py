@@ -389,6 +389,11 @@ class Cluster:
         # What add-cluster refuses unless told: the server's certificate unchecked, or no TLS at all (a
         # token sent in the clear).
         self.unverified = not configuration.verify_ssl or not str(configuration.host).startswith("https://")
+        # An exec plugin that fails (not installed in the image, say) is only logged by the client,
+        # which then loads with no credentials at all: add-cluster refuses that.
+        self.has_credentials = bool(
+            configuration.api_key or configuration.cert_file or configuration.username
+        )
         # Applies go through libcurl unless the administrator chose urllib3 or the configuration
         # needs what only the client's own pool carries (gitops/cluster/curl.py).
         use_curl = getattr(settings, "SLUICE_APPLY_TRANSPORT", "curl") == "curl"

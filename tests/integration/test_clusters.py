@@ -742,6 +742,24 @@ def test_a_kubeconfig_that_skips_the_servers_certificate_check_is_refused_unless
     assert ClusterRecord.objects.filter(name="unverified").exists()
 
 
+def test_a_kubeconfig_whose_exec_plugin_fails_is_refused_rather_than_used_without_credentials(
+    stack, tmp_path
+):
+    """The client only logs a failed exec plugin and loads with no credentials: the cluster was registered
+    and every request went out anonymous."""
+    import yaml
+
+    from gitops.errors import PermanentError
+
+    config = yaml.safe_load(Path(stack["KUBECONFIG"]).read_text())
+    for entry in config["users"]:
+        entry["user"] = {"exec": {"apiVersion": "client.authentication.k8s.io/v1", "command": "false"}}
+    plugged = tmp_path / "exec.kubeconfig"
+    plugged.write_text(yaml.safe_dump(config))
+    with pytest.raises(PermanentError, match="loads no credentials"):
+        cluster_admin.cluster_add(name="plugged", kubeconfig=str(plugged), context="member-1")
+
+
 def test_the_clusters_page_shows_a_servers_credentials_redacted(fleet, tmp_path, people, client: Client):
     """A kubeconfig's server URL may carry credentials (userinfo): every viewer reads the page."""
     kubeconfig = FlakyKubeconfig(tmp_path / "userinfo.kubeconfig", fleet.stack["KUBECONFIG"], "member-1")
