@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.db.models import DateTimeField, ExpressionWrapper, F, Value
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from gitops import schedule, selectors
@@ -71,7 +72,7 @@ def sources_with_due_rollouts(now: Any = None, *, polled: Collection[int] = ()) 
     return due
 
 
-def sources_claim_orphaned_requests(now: Any = None, *, claimed: Collection[int] = ()) -> list[int]:
+def sources_claim_orphaned_requests(*, claimed: Collection[int] = ()) -> list[int]:
     """Claims the sources whose stored request outlived the pass that was to run it.
 
     A push or a poll that finds the source's lock held leaves a request (``sync_requested_at``) for
@@ -81,10 +82,11 @@ def sources_claim_orphaned_requests(now: Any = None, *, claimed: Collection[int]
     ORPHANED_REQUEST_AFTER with nothing holding the lock is queued, and marked queued; a source
     backing off keeps its back-off (its poll takes the request), a suspended one its suspension.
     ``claimed``: sources this sweep queues already, whose pass takes the request."""
-    now = now or timezone.now()
-    stale = Source.objects.filter(
-        automatic_sync_filter(), sync_requested_at__lte=now - ORPHANED_REQUEST_AFTER
-    ).exclude(consecutive_failures__gt=0, next_poll_at__gt=now)
+    # The database's clock, which wrote the requests (beat's may differ from the workers').
+    old_enough = ExpressionWrapper(Now() - Value(ORPHANED_REQUEST_AFTER), output_field=DateTimeField())
+    stale = Source.objects.filter(automatic_sync_filter(), sync_requested_at__lte=old_enough).exclude(
+        consecutive_failures__gt=0, next_poll_at__gt=Now()
+    )
     found = []
     for source_id, requested_at in stale.values_list("pk", "sync_requested_at"):
         if source_id in claimed or source_lock_held(source_id):
@@ -92,7 +94,7 @@ def sources_claim_orphaned_requests(now: Any = None, *, claimed: Collection[int]
         # A compare-and-swap on the request: two beats queue it once, and it is tried again only after
         # ORPHANED_REQUEST_AFTER more (the pass it queues takes the request as it starts).
         claim = Source.objects.filter(pk=source_id, sync_requested_at=requested_at)
-        if claim.update(sync_requested_at=now, sync_queued=True):
+        if claim.update(sync_requested_at=Now(), sync_queued=True):
             found.append(source_id)
     return found
 

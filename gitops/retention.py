@@ -166,9 +166,11 @@ def archive_changes(before: datetime, output: Path) -> int:
     """
     # Entries of a rollout still under way, or owing a cluster its rollback, stay: the flag catalog and
     # the rollout's page read them (its flags showed as never published, and were written again each pass).
+    # Read once: a rollout that ends during a long archive must not change what the delete matches.
+    kept = list(_live_rollouts().values_list("pk", flat=True))
     rows = (
         Change.objects.filter(at__lt=before)
-        .exclude(rollout_id__in=_live_rollouts())
+        .exclude(rollout_id__in=kept)
         .select_related("source")
         .order_by("id")
     )
@@ -179,7 +181,7 @@ def archive_changes(before: datetime, output: Path) -> int:
                 cursor.execute("SET LOCAL sluice.archive_changes = 'on'")
             written, last_id = _write_archive(rows, output)
             created = True
-            deleted = _delete_archived(before, last_id) if written else 0
+            deleted = _delete_archived(before, last_id, kept) if written else 0
             if deleted != written:
                 raise PermanentError(
                     f"archived {written} change-log entries but {deleted} matched for deletion; "
@@ -194,16 +196,15 @@ def archive_changes(before: datetime, output: Path) -> int:
     return written
 
 
-def _delete_archived(before: datetime, last_id: int) -> int:
+def _delete_archived(before: datetime, last_id: int, kept: list[int]) -> int:
     # The model refuses deletes; this is the one sanctioned path around it, and the
     # trigger lets it through only because this transaction set sluice.archive_changes.
-    # The rows _live_rollouts() keeps, as the archive's query left them out.
+    # The rows of the ``kept`` rollouts stay, as the archive's query left them out.
     with connection.cursor() as cursor:
         cursor.execute(
-            "DELETE FROM gitops_change WHERE at < %s AND id <= %s AND (rollout_id IS NULL OR rollout_id"
-            " NOT IN (SELECT id FROM gitops_rollout"
-            " WHERE phase = ANY(%s) OR rollback_pending_clusters <> '[]'::jsonb))",
-            [before, last_id, list(Rollout.ACTIVE_PHASES)],
+            "DELETE FROM gitops_change WHERE at < %s AND id <= %s"
+            " AND (rollout_id IS NULL OR NOT rollout_id = ANY(%s))",
+            [before, last_id, kept],
         )
         return int(cursor.rowcount)
 

@@ -11,10 +11,12 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
 from django.db.models.fields.json import KeyTransform
+from django.db.models.functions import Lower, Trim
 from django.utils import timezone
 
 from gitops.desired.errors import ValidationError
 from gitops.models import (
+    Approval,
     Change,
     Freeze,
     ManagedObject,
@@ -24,6 +26,7 @@ from gitops.models import (
     RolloutObjectCount,
     Source,
     SyncWindow,
+    VerifiedEmail,
 )
 from gitops.plan import drift_count, out_of_sync
 from gitops.plan.diff import readable_diff
@@ -109,9 +112,28 @@ def rollout_for_status(rollout_id: int) -> Rollout:
     )
 
 
+def rollout_approvals_counted(rollout: Rollout, gate: int) -> QuerySet[Approval]:
+    """The gate's approvals that count. Where the rollout forbids self-approval, those of people with a
+    verified email that no commit of the rollout names: an author's approval given before an
+    administrator's floor forbade it does not count after."""
+    approvals = Approval.objects.filter(rollout=rollout, step_index=gate)
+    if not rollout.forbid_self_approval:
+        return approvals
+    authors = rollout_authors(rollout)
+    independent = VerifiedEmail.objects.annotate(lowered=Lower(Trim("email"))).exclude(lowered__in=authors)
+    return approvals.filter(user_id__in=independent.values("user_id"))
+
+
+def rollout_authors(rollout: Rollout) -> set[str]:
+    return set(rollout.commit_identities) or {rollout.revision.author_email.strip().lower()}
+
+
 def _approvals_at_its_gate(rollout: Rollout) -> int:
     """The approvals of the step the rollout is at, the ones ``approvals_required`` is about (every gate's
-    together could not be compared with it). A list prefetches ``approvals``: counted from those."""
+    together could not be compared with it), counted as the gate counts them (an author's does not
+    count where self-approval is forbidden). A list prefetches ``approvals``: counted from those."""
+    if rollout.forbid_self_approval:
+        return rollout_approvals_counted(rollout, rollout.step_index).count()
     counted = getattr(rollout, "approval_count", None)
     if counted is not None:
         return int(counted)

@@ -316,7 +316,10 @@ def source_update(source: Source, *, actor: Actor = SYSTEM, **changes: Any) -> S
         raise SourceSettingsError(problems)
     # A raised floor gates a rollout before its current step only while no pass can start: the source's
     # lock, held until the gate is committed (a pass started after a mere look could apply the step).
-    settling = source_lock_if_free(source) if "required_approvals" in changes else nullcontext(False)
+    # Only for a raise (the form sends the floor with every save): a push meanwhile finds the source
+    # held and leaves a request, which is queued once the lock is let go.
+    raising = changes.get("required_approvals", 0) > source.required_approvals
+    settling = source_lock_if_free(source) if raising else nullcontext(False)
     with settling as settled, transaction.atomic():
         source = Source.objects.select_for_update(no_key=True).get(pk=source.pk)
         before = admin_settings(source)
@@ -332,6 +335,8 @@ def source_update(source: Source, *, actor: Actor = SYSTEM, **changes: Any) -> S
         audit_record(source, SourceAuditAction.UPDATE, actor, before=before, after=after)
         if raised:
             _gate_active_rollouts(source, no_pass_running=settled)
+    if settled:
+        schedule.syncs_requested_meanwhile([source.pk])
     caches.drop(source.pk)
     return source
 

@@ -14,7 +14,7 @@ from functools import partial
 from typing import Any
 
 from celery import Task
-from django.db import OperationalError
+from django.db import DatabaseError, OperationalError
 from django.utils import timezone
 
 from gitops import polling, preview, schedule
@@ -164,7 +164,11 @@ def poll_sources(self: Task[Any, Any]) -> list[int]:
         partial(schedule.claimed_source_sync, i, actor=SYSTEM_ACTOR, automatic=False, rollouts_only=True)
         for i in sorted(due_rollouts)
     ]
-    orphaned = polling.sources_claim_orphaned_requests(claimed_at, claimed=due_polls | due_rollouts)
+    try:
+        orphaned = polling.sources_claim_orphaned_requests(claimed=due_polls | due_rollouts)
+    except DatabaseError:  # the claims above are sent (or given back) all the same; the next sweep tries
+        log.exception("the sweep could not look for requests left by a pass that died")
+        orphaned = []
     sends += [partial(schedule.claimed_source_sync, i, actor=SYSTEM_ACTOR, automatic=True) for i in orphaned]
     # A removal whose task was lost is sent again; refused, it is claimed again once the sweep's wait is
     # over (``polling.REMOVAL_RESEND_AFTER``).

@@ -199,7 +199,7 @@ def _firing(schedule: str, start: datetime, direction: int) -> datetime | None:
     cron does (croniter fires "30 2 * * *" at both 02:30s, so a window opened twice that night); one
     for every hour (``*``) fires in both. In the hour a change to summer time skips, croniter fires at
     the change, as cron does."""
-    every_hour = schedule.split(" ")[1] == "*"
+    every_hour = schedule.split(" ")[1].startswith("*")  # "*" and "*/2" alike, as cron reads them
     try:
         moments = croniter(schedule, start)
         while True:
@@ -213,7 +213,7 @@ def _firing(schedule: str, start: datetime, direction: int) -> datetime | None:
 def _repeated_wall_time(moment: datetime) -> bool:
     """The second time a wall clock shows ``moment``'s time (the hour a change back from summer time
     repeats): the same wall time earlier that night was another moment."""
-    local = moment.astimezone(moment.tzinfo)  # sets ``fold`` for the second pass
+    local = moment.astimezone(UTC).astimezone(moment.tzinfo)  # from UTC: ``fold`` set for the second pass
     first = local.replace(fold=0)
     return local.fold == 1 and first.utcoffset() != local.utcoffset()
 

@@ -253,10 +253,14 @@ def _plain_apply(intent: ApplyIntent) -> bool:
         and intent.kind not in WORKLOAD_KINDS
         and not intent.recreate
         and intent.action not in (ChangeAction.RELEASE, ChangeAction.DELETE, ChangeAction.REPLACE)
-        # These read the stored object (``_drop_foreign_keys``).
-        and intent.action != ChangeAction.SELF_HEAL
-        and not intent.force
+        and not _heals(intent)  # reads the stored object (``_drop_foreign_keys``)
     )
+
+
+def _heals(intent: ApplyIntent) -> bool:
+    """A self-heal, or an update forced over edits in the cluster: both remove the keys added by hand.
+    Not a rollback's restore, forced too: it takes its fields back and leaves others' keys."""
+    return intent.action == ChangeAction.SELF_HEAL or (intent.action == ChangeAction.UPDATE and intent.force)
 
 
 def _manifest(intent: ApplyIntent) -> Mapping[str, Any]:
@@ -360,7 +364,7 @@ def _drop_foreign_keys(cluster: Cluster, intent: ApplyIntent, applied: Mapping[s
     """Self-heal also removes data keys another manager added, which apply alone leaves in place; so does
     an update forced over edits made in the cluster (selfHeal on, Git changed too), whose diff and change
     log say those keys go (they stayed, and the next pass healed them in a second write)."""
-    if not (intent.action == ChangeAction.SELF_HEAL or intent.force) or intent.after is None:
+    if not _heals(intent) or intent.after is None:
         return
     wanted = Content.from_dict(intent.after)
     extra_data = sorted(set(applied.get("data") or {}) - set(wanted.data))

@@ -701,9 +701,10 @@ def _by_path_changed(
 
 # Control characters (C0, DEL and C1: U+009B starts a terminal's escape sequence), surrogates (bytes
 # that are not UTF-8), and the invisible format characters that reorder or hide text (a bidi override
-# shows the rest of a name reversed), in errors, logs and the origin annotation alike.
+# shows the rest of a name reversed), in errors, logs and the origin annotation alike. The zero-width
+# joiner and non-joiner (U+200C, U+200D) stay: Persian and Indic words and emoji sequences hold them.
 _UNPRINTABLE_NAME = re.compile(
-    r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]"
+    r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\u061c\u200b\u200e\u200f\u202a-\u202e\u2060-\u2069\ufeff]"
 )
 
 

@@ -318,7 +318,7 @@ class GitMirror:
             self.sweep_temporary_objects(older_than=timeout)
             raise TemporaryError(f"fetching {where} timed out after {timeout:g}s") from None
         if completed.returncode != 0:
-            self._refuse_overfull(where, since=started, completed=completed)
+            self._refuse_overfull(where, since=started, completed=completed, locked=False)
             stderr = completed.stderr.decode("utf-8", "replace")
             server_format = _MISMATCHED_FORMAT.search(stderr)
             if server_format and self._recreate_with_format(server_format.group(1)):
@@ -593,15 +593,17 @@ class GitMirror:
             logger.info("removed %d temporary object files a stopped git left in %s", swept, self.path)
         return swept
 
-    def _refuse_overfull(self, where: str, *, since: float, completed: GitRun) -> None:
+    def _refuse_overfull(self, where: str, *, since: float, completed: GitRun, locked: bool = True) -> None:
         """Raises FetchTooLarge when a fetch that failed was stopped at ``max_fetch_bytes``: a temporary
         file it wrote since ``since`` has that size (the kernel let it grow no further; removed), or
-        what it said on stderr does (the Git server's messages)."""
+        what it said on stderr does (the Git server's messages). ``locked``: the fetch holds the source's
+        lock, so the temporary files written since it began are its own (a preview's are not)."""
         bound = self.max_fetch_bytes
         if bound <= 0:
             return
         if completed.stderr_bytes >= bound:
-            self._remove_temporary(lambda found: found.st_mtime >= since - 1)  # what it began to write
+            if locked:  # what it began to write; a preview's are swept later, as at its timeout
+                self._remove_temporary(lambda found: found.st_mtime >= since - 1)
             logger.warning("fetch of %s stopped at %d bytes of the server's messages", where, bound)
             raise FetchTooLarge(where, bound, server_messages=True)
         if self._remove_temporary(lambda found: found.st_size >= bound and found.st_mtime >= since - 1):

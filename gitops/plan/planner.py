@@ -15,7 +15,7 @@ from functools import cached_property
 from operator import attrgetter
 from typing import Any
 
-from gitops.desired.content import Content
+from gitops.desired.content import COMMIT_ANNOTATION, CONTENT_HASH_ANNOTATION, Content
 from gitops.desired.revision import DesiredObject, DesiredState, ObjectKey
 from gitops.plan.diff import DiffItem, DiffOp, diff_content
 from gitops.plan.provenance import live_content, live_provenance, other_holders
@@ -480,6 +480,8 @@ def _memoized_plan_object(
     return item
 
 
+# Sluice's annotations that every update rewrites.
+PROVENANCE_FIELDS = (("annotations", COMMIT_ANNOTATION), ("annotations", CONTENT_HASH_ANNOTATION))
 # What an immutable ConfigMap cannot change without being deleted and created again.
 IMMUTABLE_FIELDS = frozenset({"data", "binaryData", "immutable"})
 
@@ -525,7 +527,11 @@ def _contested(
     update over drift is; without, its reason names who holds them."""
     if verdict.action is not Action.UPDATE or verdict.force:
         return verdict
-    holders = other_holders(live, ((item.field, item.key) for item in changes))
+    # A key only dropped conflicts with nobody (the apply leaves it to its holder); the provenance
+    # annotations change at every update, whatever else does (a copy of the object applied by hand
+    # under another manager holds them).
+    changed = [(item.field, item.key) for item in changes if item.op is not DiffOp.REMOVE]
+    holders = other_holders(live, [*changed, *PROVENANCE_FIELDS])
     if not holders:
         return verdict
     names = ", ".join(sorted(holders))

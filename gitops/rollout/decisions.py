@@ -16,8 +16,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
-from django.db.models import F, QuerySet
-from django.db.models.functions import Lower, Trim
+from django.db.models import F
 from django.utils import timezone
 
 from gitops import freezes, schedule, selectors
@@ -97,7 +96,9 @@ def rollout_promote(
             Rollout.objects.filter(pk=rollout.pk).update(message=message)
         else:
             # Skipping the later gates takes as many approvers who asked for it as a gate takes approvals.
-            wanted_full = _approvals_counted(rollout, rollout.step_index).filter(full=True).count()
+            wanted_full = (
+                selectors.rollout_approvals_counted(rollout, rollout.step_index).filter(full=True).count()
+            )
             full_release = full and wanted_full >= rollout.approvals_required
             if at_gate or full_release:
                 _release(rollout, user.get_username(), at_gate=at_gate, full=full_release, override=override)
@@ -166,7 +167,7 @@ def _approve(rollout: Rollout, user: User, *, full: bool, comment: str) -> int:
             )
     except IntegrityError as exc:
         raise RolloutError(f"{username} already approved step {gate} of rollout {rollout.pk}") from exc
-    approvers = _approvals_counted(rollout, gate).count()
+    approvers = selectors.rollout_approvals_counted(rollout, gate).count()
     rollout_event(
         rollout,
         RolloutEventKind.APPROVED,
@@ -175,22 +176,6 @@ def _approve(rollout: Rollout, user: User, *, full: bool, comment: str) -> int:
         data={"full": full, "approvals": approvers},
     )
     return approvers
-
-
-def _approvals_counted(rollout: Rollout, gate: int) -> QuerySet[Approval]:
-    """The gate's approvals that count. Where the rollout forbids self-approval, those of people with a
-    verified email that no commit of the rollout names: an author's approval given before an
-    administrator's floor forbade it does not count after."""
-    approvals = Approval.objects.filter(rollout=rollout, step_index=gate)
-    if not rollout.forbid_self_approval:
-        return approvals
-    authors = _authors(rollout)
-    independent = VerifiedEmail.objects.annotate(lowered=Lower(Trim("email"))).exclude(lowered__in=authors)
-    return approvals.filter(user_id__in=independent.values("user_id"))
-
-
-def _authors(rollout: Rollout) -> set[str]:
-    return set(rollout.commit_identities) or {rollout.revision.author_email.strip().lower()}
 
 
 def _release(rollout: Rollout, username: str, *, at_gate: bool, full: bool, override: str = "") -> None:
@@ -388,7 +373,7 @@ def _check_not_an_author(rollout: Rollout, user: User) -> None:
             f"{username} has no verified email, and this rollout forbids self-approval; an administrator "
             "verifies one with `gitops verify-email`"
         )
-    if verified.strip().lower() in _authors(rollout):
+    if verified.strip().lower() in selectors.rollout_authors(rollout):
         raise PermissionDenied(
             f"{username} wrote or committed a commit that rollout {rollout.pk} brings and may not approve it"
         )

@@ -226,14 +226,16 @@ def _still_ours(source: Source, pending: list[ApplyIntent]) -> list[ApplyIntent]
     destructive = [intent for intent in pending if _destructive(intent)]
     if not destructive:
         return pending
-    read = objects_read_one_by_one((i.cluster, i.kind, i.namespace, i.name) for i in destructive)
+    # One list per namespace (a crash mid-prune leaves thousands), as a source removal reads them; a
+    # cluster that does not answer keeps its intents, sent as before and met the same.
+    read = live_configmaps({(intent.cluster, intent.namespace) for intent in destructive})
+    held = read.index()
     took_effect: list[ApplyIntent] = []
     dropped: list[ApplyIntent] = []
     for intent in destructive:
-        address = (intent.cluster, intent.kind, intent.namespace, intent.name)
-        if not read.known(address):
-            continue  # its cluster does not answer, or refuses the read: sent as before, and met the same
-        live = read.found.get(address)
+        if intent.cluster in read.unreachable:
+            continue
+        live = held.get((intent.cluster, intent.namespace, intent.name))
         if write_holds(live, manifest=intent.manifest, after=intent.after, before=intent.before):
             took_effect.append(intent)
         elif live is not None and live_provenance(live)[0] != source.name:

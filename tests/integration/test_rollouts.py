@@ -220,6 +220,9 @@ def test_an_authors_approval_given_before_a_floor_forbade_it_does_not_count_afte
     assert decisions.rollout_promote(paused.pk, user=people["approver"]).message == "1 of 2 approvals"
     assert rollout_of(source).phase == "Paused"
     assert versions(cluster, targets) == ["2", "1"]
+    # The status counts as the gate does: 1 of 2, not the two approvals given.
+    status = selectors.rollout_status(selectors.rollout_for_status(paused.pk))
+    assert (status["approvals"], status["approvals_required"]) == (1, 2)
 
     decisions.rollout_promote(paused.pk, user=people["second_approver"])
     wait_for(source, phase="Completed")

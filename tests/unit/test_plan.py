@@ -195,9 +195,18 @@ def test_an_update_of_keys_another_manager_holds_too_is_forced_with_self_heal_an
     named = only_item(state(changed), [live])
     assert (named.action, named.force) == (Action.UPDATE, False)
     assert named.reason == "changed in Git; ops holds keys it changes: refused unless selfHeal takes them"
-    # A key it holds that this change leaves alone is no conflict.
+    # A key it holds that this change leaves alone is no conflict, nor one the change drops.
     untouched = desired_object(LOG_LEVEL="info", MODE="fast")
     assert only_item(state(untouched, self_heal=True), [live]).force is False
+    dropped = desired_object(MODE="safe")
+    assert only_item(state(dropped), [live]).reason == "changed in Git"
+    # Sluice's provenance annotations change at every update: a manager holding them conflicts too.
+    live["metadata"]["managedFields"][-1] = {
+        "manager": "ops",
+        "operation": "Apply",
+        "fieldsV1": {"f:metadata": {"f:annotations": {"f:sluice.dev/content-hash": {}}}},
+    }
+    assert only_item(state(untouched, self_heal=True), [live]).force is True
 
 
 def test_an_object_whose_sluice_labels_were_removed_is_said_to_be_taken_over_not_created_outside():

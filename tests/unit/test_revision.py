@@ -192,6 +192,14 @@ def test_a_file_name_with_control_or_invisible_format_characters_is_refused_and_
     assert error.file.isascii() and error.file.isprintable()
 
 
-def test_a_file_name_in_any_script_is_read():
-    repo = Repo({"sluice.yaml": POLICY, "configmaps/café-日本.yaml": configmap("app")})
+# Written as escapes: "می‌خواهم" (Persian, a non-joiner), "क्‍ष" (Devanagari, a joiner), a family emoji.
+PERSIAN = "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645"
+DEVANAGARI = "\u0915\u094d\u200d\u0937"
+FAMILY = "\U0001f468\u200d\U0001f469\u200d\U0001f467"
+
+
+@pytest.mark.parametrize("name", ["café-日本", PERSIAN, DEVANAGARI, FAMILY])
+def test_a_file_name_in_any_script_is_read(name):
+    """Zero-width joiners and non-joiners are ordinary in Persian and Indic words and emoji sequences."""
+    repo = Repo({"sluice.yaml": POLICY, f"configmaps/{name}.yaml": configmap("app")})
     assert len(load_revision(repo.tree(), repo.read_blobs).objects) == 3
