@@ -66,12 +66,13 @@ class ValidationError:
 class RevisionRejected(Exception):
     """A revision failed validation; nothing of it may be applied."""
 
-    def __init__(self, errors: list[ValidationError]) -> None:
-        super().__init__(f"{len(errors)} validation error(s)")
+    def __init__(self, errors: list[ValidationError], *, unlisted: int = 0) -> None:
+        """``unlisted``: errors found past those the checks keep, counted among those left out."""
+        super().__init__(f"{len(errors) + unlisted} validation error(s)")
         ordered = sorted(errors, key=lambda e: (e.file, e.line or 0, e.field, e.message))
         if len(ordered) > MAX_REPORTED_ERRORS:
             last = ordered[MAX_REPORTED_ERRORS - 1]
-            left_out = len(ordered) - MAX_REPORTED_ERRORS
+            left_out = len(ordered) - MAX_REPORTED_ERRORS + unlisted
             ordered = [
                 *ordered[:MAX_REPORTED_ERRORS],
                 ValidationError(last.file, last.line, "", f"... and {left_out:,} more errors not shown"),

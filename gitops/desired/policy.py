@@ -15,7 +15,7 @@ from enum import StrEnum
 from functools import cached_property
 from typing import Any, Final
 
-from gitops.desired.documents import Document, PathKey, Usage, load_yaml
+from gitops.desired.documents import Document, PathKey, Usage, dotted, load_yaml
 from gitops.desired.errors import ValidationError
 from gitops.desired.limits import DEFAULT_LIMITS, Limits
 
@@ -116,6 +116,9 @@ class Target:
     # Where sluice.yaml names the cluster (line, field), for errors about it.
     line: int | None = field(default=None, compare=False)
     field_name: str = field(default="targets", compare=False)
+    # Where sluice.yaml lists each namespace (field, line), in the order of ``namespaces``, for errors
+    # about one of them; empty for the target a policy gets when it names none.
+    namespace_places: tuple[tuple[str, int | None], ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)
@@ -469,15 +472,40 @@ def _read_target_namespaces(reader: _Reader, value: Any, path: PathKey) -> tuple
     return namespaces
 
 
+def _namespace_places(
+    reader: _Reader, value: Any, path: PathKey, namespaces: tuple[str, ...]
+) -> tuple[tuple[str, int | None], ...]:
+    """Where ``value`` (the list ``namespaces`` was read from) lists each of them: a namespace listed
+    twice or after an invalid entry is not at its place in ``namespaces``."""
+    first: dict[str, int] = {}
+    for index, item in enumerate(value):
+        if isinstance(item, str):
+            first.setdefault(item, index)
+    return tuple(
+        (dotted((*path, first[namespace])), reader.document.line_of(*path, first[namespace]))
+        for namespace in namespaces
+    )
+
+
+def _read_default_cluster_target(
+    reader: _Reader, value: dict[str, Any], default_cluster: str
+) -> tuple[Target, ...]:
+    """``targets: {namespaces: [...]}``: the default cluster's namespaces."""
+    fields = reader.mapping(value, ("targets",), ("namespaces",))
+    path: PathKey = ("targets", "namespaces")
+    namespaces = _read_target_namespaces(reader, fields.get("namespaces"), path)
+    if not namespaces:
+        return ()
+    places = _namespace_places(reader, fields["namespaces"], path, namespaces)
+    return (Target(default_cluster, namespaces, reader.document.line_of("targets"), "targets", places),)
+
+
 def _read_targets(reader: _Reader, value: Any, default_cluster: str) -> tuple[Target, ...]:
     """``targets``: a list of {cluster, namespaces}, or the mapping {namespaces} for the default cluster."""
     if value is None:
         return ()
     if isinstance(value, dict):
-        fields = reader.mapping(value, ("targets",), ("namespaces",))
-        namespaces = _read_target_namespaces(reader, fields.get("namespaces"), ("targets", "namespaces"))
-        line = reader.document.line_of("targets")
-        return (Target(default_cluster, namespaces, line, "targets"),) if namespaces else ()
+        return _read_default_cluster_target(reader, value, default_cluster)
     if not isinstance(value, list) or not value:
         reader.error(
             ("targets",), "must be a non-empty list of {cluster, namespaces}, or a mapping with namespaces"
@@ -515,7 +543,8 @@ def _read_targets(reader: _Reader, value: Any, default_cluster: str) -> tuple[Ta
         namespaces = _read_target_namespaces(reader, fields["namespaces"], (*path, "namespaces"))
         if namespaces:
             line = reader.document.line_of(*path, "cluster")
-            targets[cluster] = Target(cluster, namespaces, line, f"targets[{index}].cluster")
+            places = _namespace_places(reader, fields["namespaces"], (*path, "namespaces"), namespaces)
+            targets[cluster] = Target(cluster, namespaces, line, f"targets[{index}].cluster", places)
     if sum(len(target.namespaces) for target in targets.values()) > MAX_TARGETS:
         reader.error(("targets",), f"names more than {MAX_TARGETS:,} (cluster, namespace) targets in all")
         return ()
@@ -563,14 +592,11 @@ def _check_allowed(
     reader: _Reader, policy: Policy, targets: tuple[Target, ...], flags_namespace: str | None
 ) -> None:
     """Target and flags namespaces must lie inside the repository's own allowedNamespaces."""
-    mapping_form = isinstance((reader.document.data or {}).get("targets"), dict)
-    for target_index, target in enumerate(targets):
-        for index, namespace in enumerate(target.namespaces):
+    for target in targets:
+        for namespace, (field_name, line) in zip(target.namespaces, target.namespace_places, strict=True):
             if not policy.allows(namespace):
-                path: PathKey = ("targets", "namespaces", index)
-                if not mapping_form:
-                    path = ("targets", target_index, "namespaces", index)
-                reader.error(path, f"namespace {namespace!r} is not in allowedNamespaces")
+                message = f"namespace {namespace!r} is not in allowedNamespaces"
+                reader.errors.append(ValidationError(reader.document.file, line, field_name, message))
     if flags_namespace and not policy.allows(flags_namespace):
         reader.error(("flags", "namespace"), f"namespace {flags_namespace!r} is not in allowedNamespaces")
 

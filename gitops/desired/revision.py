@@ -504,11 +504,11 @@ def load_revision_indexed(
     errors.extend(_analysis_url_errors(policy, scope))
     if sum(result.nodes for result in parsed.values()) + policy_usage.nodes > limits.max_revision_nodes:
         errors.append(_too_many_nodes(POLICY_FILE, limits))
-    for path in sorted(parsed):
-        errors.extend(parsed[path].errors)
-    objects = _expand(parsed, policy, scope, errors, limits, memo=cache.expanded)
+    errors.extend(_file_errors(parsed))
+    expansion = _expand(parsed, policy, scope, errors, limits, memo=cache.expanded)
     if errors:
-        raise RevisionRejected(errors)
+        raise RevisionRejected(errors, unlisted=expansion.unlisted)
+    objects = expansion.objects
     cache.expanded = {_expansion_key(obj): obj for obj in objects if obj.kind == "configmap"}
     desired = DesiredState(policy=policy, objects=tuple(objects))
     by_path: dict[str, list[DesiredObject]] = {}
@@ -598,20 +598,19 @@ def load_revision_changes(
     nodes.update((path, result.nodes) for path, result in parsed.items())
     if errors or sum(nodes.values()) + index.policy_nodes > limits.max_revision_nodes:
         return None
-    for path in sorted(parsed):
-        errors.extend(parsed[path].errors)
+    errors.extend(_file_errors(parsed))
     known = _kept_flag_keys(index, changes, parsed)  # a changed flag set may repeat a kept one's key
     made = _expand(parsed, index.desired.policy, scope, errors, limits, memo=cache.expanded, flag_keys=known)
     replaced = [obj for path in changes for obj in index.by_path.get(path, ())]
     # _expand counted the changed files' objects alone: the revision's total is the kept files' and theirs.
-    expanded_bytes = index.expanded_bytes + _content_bytes(made) - _content_bytes(replaced)
+    expanded_bytes = index.expanded_bytes + made.expanded_bytes - _content_bytes(replaced)
     if errors or expanded_bytes > limits.max_expanded_bytes:
         return None
-    mended = _objects_after(index, changes, made, limits)
+    mended = _objects_after(index, changes, made.objects, limits)
     if mended is None:
         return None
     desired, by_path, owners = mended
-    _remember_expansion(cache, replaced, made)
+    _remember_expansion(cache, replaced, made.objects)
     kept = (tree, relevant_bytes, nodes, index.policy_nodes, by_path, owners, limits, scope, desired)
     return desired, RevisionIndex(*kept, sized=True, expanded_bytes=expanded_bytes)
 
@@ -814,6 +813,11 @@ def _parse_files(
     return parsed, policy_content, []
 
 
+def _file_errors(parsed: Mapping[str, ParsedFile]) -> list[ValidationError]:
+    """What parsing found wrong, file by file in path order."""
+    return [error for path in sorted(parsed) for error in parsed[path].errors]
+
+
 def _too_many_nodes(path: str, limits: Limits) -> ValidationError:
     return ValidationError(
         path,
@@ -831,6 +835,53 @@ class _TooManyObjects(Exception):
         self.message = message
 
 
+# Errors an expansion keeps, ten times what a rejection shows; past them errors are counted, not kept. A
+# manifest without a namespace goes to each of up to 1,000 targets, and so does any mistake in it.
+MAX_EXPANSION_ERRORS = 1_000
+
+
+class _Expansion:
+    """What ``_expand`` builds as it goes: the objects, where each key was first defined, what the limits
+    count, and the errors past ``MAX_EXPANSION_ERRORS`` (``unlisted``)."""
+
+    def __init__(self, errors: list[ValidationError], limits: Limits) -> None:
+        self.errors = errors
+        self.limits = limits
+        self.objects: list[DesiredObject] = []
+        self.seen: dict[ObjectKey, tuple[str, int | None]] = {}
+        self.expanded_bytes = 0
+        self.visited = 0
+        self.unlisted = 0
+        self._room = len(errors) + MAX_EXPANSION_ERRORS
+
+    def report(self, error: ValidationError) -> None:
+        if len(self.errors) < self._room:
+            self.errors.append(error)
+        else:
+            self.unlisted += 1
+
+    def visit(self, path: str) -> None:
+        """Counts a (manifest, target) pair against ``max_objects``, a refused or repeated one too: each
+        costs a check and maybe an error, so these are what bound the time an expansion takes."""
+        if self.visited >= self.limits.max_objects:
+            raise _TooManyObjects(path, _too_many(self.limits))
+        self.visited += 1
+
+    def add(self, obj: DesiredObject, field_name: str) -> None:
+        self.visit(obj.origin)
+        first = self.seen.get(obj.key)
+        if first is not None:
+            where = first[0] + (f" line {first[1]}" if first[1] else "")
+            message = f"ConfigMap {obj.namespace}/{obj.name} is already defined in {where}"
+            self.report(ValidationError(obj.origin, obj.line, field_name, message))
+            return
+        self.expanded_bytes += obj.content.size
+        if self.expanded_bytes > self.limits.max_expanded_bytes:
+            raise _TooManyObjects(obj.origin, _too_large(self.limits))
+        self.seen[obj.key] = (obj.origin, obj.line)
+        self.objects.append(obj)
+
+
 def _expand(
     parsed: Mapping[str, ParsedFile],
     policy: Policy,
@@ -840,34 +891,17 @@ def _expand(
     *,
     memo: Mapping[tuple[str, int, int, str, str], DesiredObject] | None = None,
     flag_keys: Mapping[str, str] | None = None,
-) -> list[DesiredObject]:
+) -> _Expansion:
     """Every object the parsed files make, in every target; ``memo`` holds the last revision's objects,
     reused (the same instances) where the manifest they came from is the same parsed one. ``flag_keys``:
     the flag keys files not among ``parsed`` define, and which file (a load from a commit's changes)."""
     permitted = _namespace_check(policy, scope)
     remembered = memo if memo is not None else {}
     reachable = _reachable_clusters(policy, scope)
-    objects: list[DesiredObject] = []
-    seen: dict[ObjectKey, tuple[str, int | None]] = {}
+    refused, target_errors = _refused_targets(policy, reachable, permitted)
+    unnamespaced = [pair for pair in policy.target_pairs if pair[0] in reachable and pair not in refused]
+    expansion = _Expansion(errors, limits)
     flag_files = dict(flag_keys or {})  # each flag key, and the flag-set file that defines it
-    expanded = 0
-
-    def add(obj: DesiredObject, field_name: str) -> None:
-        nonlocal expanded
-        first = seen.get(obj.key)
-        if first is not None:
-            where = first[0] + (f" line {first[1]}" if first[1] else "")
-            message = f"ConfigMap {obj.namespace}/{obj.name} is already defined in {where}"
-            errors.append(ValidationError(obj.origin, obj.line, field_name, message))
-            return
-        if len(objects) >= limits.max_objects:
-            raise _TooManyObjects(obj.origin, _too_many(limits))
-        expanded += obj.content.size
-        if expanded > limits.max_expanded_bytes:
-            raise _TooManyObjects(obj.origin, _too_large(limits))
-        seen[obj.key] = (obj.origin, obj.line)
-        objects.append(obj)
-
     try:
         for path in sorted(parsed):
             for index, item in enumerate(parsed[path].items):
@@ -876,21 +910,46 @@ def _expand(
                     # Published to the flags namespace of every target cluster.
                     for found in _flag_set_objects(path, item, reachable, policy.flags_namespace, permitted):
                         if isinstance(found, ValidationError):
-                            errors.append(found)
+                            expansion.report(found)
                         else:
-                            add(found, "")
+                            expansion.add(found, "")
                     continue
-                for rank, (cluster, namespace) in enumerate(_manifest_targets(item, policy, reachable)):
+                if not item.namespace:  # the first manifest that goes to the targets: refused ones are said
+                    errors.extend(target_errors)
+                    target_errors = []
+                for rank, (cluster, namespace) in enumerate(_manifest_targets(item, unnamespaced, reachable)):
                     if problem := permitted(cluster, namespace):
-                        errors.append(ValidationError(path, item.line, "metadata.namespace", problem))
+                        expansion.visit(path)
+                        expansion.report(ValidationError(path, item.line, "metadata.namespace", problem))
                         continue
                     known = remembered.get((path, index, rank, cluster, namespace))
                     if known is None or known.content is not item.content or known.line != item.line:
                         known = _configmap_object(path, index, item, rank, (cluster, namespace))
-                    add(known, "metadata.name")
+                    expansion.add(known, "metadata.name")
     except _TooManyObjects as too_many:
         errors.append(ValidationError(too_many.path, None, "", too_many.message))
-    return objects
+    return expansion
+
+
+def _refused_targets(
+    policy: Policy, reachable: tuple[str, ...], permitted: Callable[[str, str], str | None]
+) -> tuple[frozenset[tuple[str, str]], list[ValidationError]]:
+    """The target namespaces sluice.yaml lists that may not be written to, left out of the expansion, and
+    an error at each one the administrator's scope refuses (``load_policy`` reported those outside the
+    repository's own allowedNamespaces), for when a manifest without a namespace would go there: one
+    error per entry rather than one per manifest and entry. The target a policy gets when it names none
+    is not here: its manifests say it, as before."""
+    refused: set[tuple[str, str]] = set()
+    errors = []
+    for target in policy.targets:
+        if target.cluster not in reachable or not target.namespace_places:
+            continue
+        for namespace, (field_name, line) in zip(target.namespaces, target.namespace_places, strict=True):
+            if problem := permitted(target.cluster, namespace):
+                refused.add((target.cluster, namespace))
+                if policy.allows(namespace):
+                    errors.append(ValidationError(POLICY_FILE, line, field_name, problem))
+    return frozenset(refused), errors
 
 
 def _flags_defined_before(
@@ -948,13 +1007,13 @@ def _expansion_key(obj: DesiredObject) -> tuple[str, int, int, str, str]:
 
 
 def _manifest_targets(
-    item: ConfigMapManifest, policy: Policy, reachable: tuple[str, ...]
+    item: ConfigMapManifest, unnamespaced: list[tuple[str, str]], reachable: tuple[str, ...]
 ) -> list[tuple[str, str]]:
     """A manifest's (cluster, namespace) targets in policy order: with its own namespace, that namespace
-    in every target cluster; without, every target namespace."""
+    in every target cluster; without, ``unnamespaced``, the policy's targets it may write to."""
     if item.namespace:
         return [(cluster, item.namespace) for cluster in reachable]
-    return [(cluster, namespace) for cluster, namespace in policy.target_pairs if cluster in reachable]
+    return unnamespaced
 
 
 def _flag_set_objects(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -157,6 +158,32 @@ def test_a_rejection_reports_at_most_100_errors_and_how_many_it_left_out():
     reported = RevisionRejected(errors).errors
     assert len(reported) == 101
     assert reported[-1] == ValidationError("a.yaml", 100, "", "... and 400 more errors not shown")
+
+
+def test_a_mistake_repeated_in_every_target_costs_a_bounded_expansion_and_is_counted():
+    # 40 ConfigMaps of one name for 1,000 targets: every one but the first is defined already in each
+    # target. Those were 39,000 errors kept (5,000 ConfigMaps: 5,000,000), outside SLUICE_MAX_OBJECTS.
+    targets = "".join(f"  - ns-{index:04d}\n" for index in range(1_000))
+    manifest = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: app}\n"
+    files = {
+        "sluice.yaml": f"targets:\n  namespaces:\n{targets}".encode(),
+        "configmaps/a.yaml": "---\n".join([manifest] * 40).encode(),
+    }
+    limits = Limits(max_objects=20_000)
+    tracemalloc.start()
+    try:
+        with pytest.raises(RevisionRejected) as caught:
+            load_revision(
+                {path: path for path in files}, lambda ids: {i: files[i] for i in ids}, limits=limits
+            )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 1024 * 1024
+    reported = caught.value.errors
+    assert str(caught.value) == "19001 validation error(s)"  # repeats up to max_objects, and its own error
+    assert reported[-1].message == "... and 18,901 more errors not shown"
+    assert "expands to more than 20,000 ConfigMaps" in str(reported[0])
 
 
 def test_the_parse_cache_is_bounded_by_the_values_it_holds():

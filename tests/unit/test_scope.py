@@ -1,5 +1,7 @@
 """What an administrator allowed a source: the repository's policy narrows it, never widens it."""
 
+import time
+
 import pytest
 
 from gitops.desired.errors import RevisionRejected
@@ -33,7 +35,7 @@ def test_a_repository_wildcard_does_not_reach_beyond_the_administrators_namespac
     policy = b"targets:\n  namespaces: [kube-system]\nallowedNamespaces: ['*']\n"
     errors = rejected({"sluice.yaml": policy, "configmaps/a.yaml": CONFIGMAP}, AdminScope.of(["team-*"], []))
     assert errors == [
-        "configmaps/a.yaml:1: metadata.namespace: namespace 'kube-system' is outside the namespaces"
+        "sluice.yaml:2: targets.namespaces[0]: namespace 'kube-system' is outside the namespaces"
         " this source may manage (team-*)"
     ]
 
@@ -42,7 +44,55 @@ def test_a_source_without_allowed_namespaces_may_write_nowhere():
     policy = b"targets:\n  namespaces: [team-a]\n"
     errors = rejected({"sluice.yaml": policy, "configmaps/a.yaml": CONFIGMAP}, AdminScope.of([], []))
     assert "may not write to any namespace yet" in errors[0]
-    assert errors[0].startswith("configmaps/a.yaml:1: metadata.namespace:")
+    assert errors[0].startswith("sluice.yaml:2: targets.namespaces[0]:")
+
+
+def test_without_targets_each_configmap_says_the_default_namespace_is_outside_scope():
+    errors = rejected({"configmaps/a.yaml": CONFIGMAP}, AdminScope.of(["team-*"], []))
+    assert errors == [
+        "configmaps/a.yaml:1: metadata.namespace: namespace 'default' is outside the namespaces"
+        " this source may manage (team-*)"
+    ]
+
+
+def test_a_target_outside_scope_is_refused_where_sluice_yaml_lists_it_and_the_others_are_not():
+    policy = b"targets:\n  - cluster: default\n    namespaces:\n      - team-a\n      - ops\n      - team-b\n"
+    files = {"sluice.yaml": policy, "configmaps/a.yaml": CONFIGMAP}
+    assert rejected(files, AdminScope.of(["team-*"], [])) == [
+        "sluice.yaml:5: targets[0].namespaces[1]: namespace 'ops' is outside the namespaces"
+        " this source may manage (team-*)"
+    ]
+
+
+def test_a_target_outside_allowed_namespaces_is_said_once_in_sluice_yaml():
+    policy = b"targets:\n  namespaces: [team-a, ops]\nallowedNamespaces: [team-*]\n"
+    errors = rejected({"sluice.yaml": policy, "configmaps/a.yaml": CONFIGMAP}, AdminScope.of(["*"], []))
+    assert errors == ["sluice.yaml:2: targets.namespaces[1]: namespace 'ops' is not in allowedNamespaces"]
+
+
+def test_targets_outside_scope_cost_one_error_each_not_one_per_configmap_and_target():
+    # 10,000 ConfigMaps without a namespace and 1,000 such targets were 10,000,000 errors (39 s, 2.1 GB),
+    # each at a ConfigMap's metadata.namespace, which it does not have.
+    targets = "".join(f"  - ns-{index:04d}\n" for index in range(1_000))
+    manifests = "---\n".join(
+        f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: a{index}}}\n" for index in range(2_000)
+    )
+    files = {
+        "sluice.yaml": f"targets:\n  namespaces:\n{targets}".encode(),
+        "configmaps/a.yaml": manifests.encode(),
+    }
+    started = time.monotonic()
+    with pytest.raises(RevisionRejected) as caught:
+        load_revision(Repo(files).tree(), Repo(files).read_blobs, scope=AdminScope.of(["team-a"], []))
+    assert time.monotonic() - started < 2
+    assert str(caught.value) == "1000 validation error(s)"
+    errors = caught.value.errors
+    assert {error.file for error in errors} == {"sluice.yaml"}
+    assert str(errors[0]) == (
+        "sluice.yaml:3: targets.namespaces[0]: namespace 'ns-0000' is outside the namespaces"
+        " this source may manage (team-a)"
+    )
+    assert errors[-1].message == "... and 900 more errors not shown"
 
 
 def test_flag_set_namespaces_obey_the_administrators_list():
