@@ -284,8 +284,10 @@ def _inlined_past(document: Document, limits: Limits) -> tuple[ValidationError |
 
     The file's own values are bounded as it is read, but an evaluator that refers to another twice
     doubles at each level (thirty such evaluators, a kilobyte, inline to a billion values), and a
-    chain of evaluators each wrapping the next nests as deep as it is long. Counted without building
-    anything, and never past ``max_revision_nodes`` steps.
+    chain of evaluators each wrapping the next nests as deep as it is long. A string counts a value for
+    every eight characters too (``inlined_weight``): one evaluator's 650 KB string, used by 1,000 flags,
+    is 1,000 values and 650 MB of text. Counted without building anything, and never past
+    ``max_revision_nodes`` steps.
     """
     evaluators = document.data.get("$evaluators") or {}
     if not evaluators:
@@ -300,8 +302,9 @@ def _inlined_past(document: Document, limits: Limits) -> tuple[ValidationError |
             if isinstance(name, str) and name in evaluators and name not in resolving:
                 pending.append((evaluators[name], depth, resolving | {name}))  # replaces the reference
                 continue
-            budget -= 1
-            inlined += bool(resolving)
+            weight = inlined_weight(value)
+            budget -= weight
+            inlined += weight if resolving else 0
             nested = isinstance(value, dict | list)
             if budget < 0 or (nested and depth > limits.max_depth):
                 error = document.error(("flags", key), _inlined_problem(limits, too_deep=budget >= 0))
@@ -312,6 +315,23 @@ def _inlined_past(document: Document, limits: Limits) -> tuple[ValidationError |
     return None, inlined
 
 
+# Characters of text that count as one more value where flags are counted with their $ref evaluators
+# inlined: 500,000 values then hold at most 4 MB of text, twice the file bound, as aliases do.
+CHARS_PER_INLINED_VALUE: Final = 8
+
+
+def inlined_weight(value: Any, chars_per_value: int = CHARS_PER_INLINED_VALUE) -> int:
+    """What one value counts toward a bound on values inlined from ``$ref`` evaluators: 1, and 1 more for
+    every ``chars_per_value`` characters of a string (of a mapping's keys, for a mapping). Inlined, one
+    evaluator's string is repeated in each flag that refers to it: its copies share its memory, but
+    hashing, comparing and publishing the flags write it out each time."""
+    if isinstance(value, str):
+        return 1 + len(value) // chars_per_value
+    if isinstance(value, dict):
+        return 1 + sum(len(key) for key in value) // chars_per_value
+    return 1
+
+
 def _inlined_problem(limits: Limits, *, too_deep: bool) -> str:
     inlined = "with their $ref evaluators inlined (as flagd evaluates them), the flags"
     if too_deep:
@@ -320,8 +340,9 @@ def _inlined_problem(limits: Limits, *, too_deep: bool) -> str:
             f"up{setting_hint('max_depth')}"
         )
     return (
-        f"{inlined} hold more than {limits.max_revision_nodes:,} values: an evaluator that refers to "
-        f"another twice doubles it{setting_hint('max_revision_nodes')}"
+        f"{inlined} hold more than {limits.max_revision_nodes:,} values (a string counting one more for "
+        f"every {CHARS_PER_INLINED_VALUE} characters): an evaluator that refers to another twice doubles "
+        f"it, and each use of one repeats its text{setting_hint('max_revision_nodes')}"
     )
 
 

@@ -98,7 +98,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from gitops.desired.flag_summary import effective_flags
-from gitops.desired.flags import json_type
+from gitops.desired.flags import inlined_weight, json_type
 from gitops.errors import PermanentError
 
 MetadataValue = str | int | float | bool
@@ -213,8 +213,10 @@ class CanaryTooLarge(CanaryRefused):
 
 
 # A value takes at least four bytes of the indented text Sluice publishes (its line's indent, the value,
-# a comma, the line end): a canary holding more than this many cannot fit in its ConfigMap.
+# a comma, the line end), and a string one more per character: with a string counting a value for every
+# four characters, a canary holding more than this many values cannot fit in its ConfigMap.
 MAX_CANARY_VALUES = MAX_LOOKUP_CHAIN_BYTES // 4
+CANARY_CHARS_PER_VALUE = 4
 
 
 def _bucket_key(population: str) -> dict[str, Any]:
@@ -258,16 +260,20 @@ def _split_document(
 
 
 def _values_left(value: Any, room: int) -> int:
-    """``room`` less the values ``value`` holds; CanaryTooLarge once that goes below zero (counting stops)."""
+    """``room`` less the values ``value`` holds, a string counting one more for every four characters
+    (inlined, one evaluator's string is repeated in each flag that refers to it: 1,000 flags using one
+    of 650 KB were a 650 MB canary of few values); CanaryTooLarge once that goes below zero (counting
+    stops)."""
     pending = [value]
     while pending:
         item = pending.pop()
-        room -= 1
+        room -= inlined_weight(item, CANARY_CHARS_PER_VALUE)
         if room < 0:
             raise CanaryTooLarge(
                 f"its canary would hold more than {MAX_CANARY_VALUES:,} values with its $ref evaluators "
-                "inlined, past what a ConfigMap holds; roll it out with a single setWeight 100 step, or "
-                "write the targeting with fewer references"
+                "inlined (a string counting one more for every four characters), past what a ConfigMap "
+                "holds; roll it out with a single setWeight 100 step, or write the targeting with fewer "
+                "references"
             )
         if isinstance(item, dict):
             pending.extend(item.values())

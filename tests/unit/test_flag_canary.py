@@ -681,6 +681,26 @@ def test_a_canary_whose_ref_evaluators_inline_past_a_configmap_is_refused_before
     assert canary_flag_set(small_old, small_new, 50)["flags"]["wide"]["defaultVariant"] is None
 
 
+@pytest.mark.timeout(20)
+def test_a_canary_repeating_a_long_evaluator_string_is_refused_before_it_is_serialized():
+    """1,000 flags using one evaluator's 65 KB string are a few values each, and were a 131 MB canary
+    (a 650 KB string: 1.3 GB, 19 s), built and serialized before its size was looked at."""
+    from gitops.rollout.flag_canary import CanaryTooLarge
+
+    def flag_set(text: str, flags: int) -> dict[str, Any]:
+        flag = _flag(ON_OFF, "off", {"if": [{"$ref": "listed"}, "on", "off"]})
+        listed = {"in": [{"var": "email"}, [text]]}
+        return {"$evaluators": {"listed": listed}, "flags": {f"f{index}": flag for index in range(flags)}}
+
+    too_many = r"flag 'f\d+': .*more than 262,144 values .*one more for every four characters"
+    with pytest.raises(CanaryTooLarge, match=too_many):
+        canary_flag_set(flag_set("a" * 65_000, 1_000), flag_set("b" * 65_000, 1_000), 10, population="p1")
+    with pytest.raises(CanaryTooLarge, match=too_many):
+        canary_flag_set(None, flag_set("b" * 65_000, 1_000), 10, population="p1")
+    canary = canary_flag_set(flag_set("a" * 2_000, 20), flag_set("b" * 2_000, 20), 10, population="p1")
+    assert 80_000 < len(flag_set_json(canary)) < 1024 * 1024
+
+
 def test_evaluators_that_refer_to_one_another_resolve_as_published(
     publish: Callable[[Mapping[str, Any]], Published],
 ) -> None:

@@ -1404,6 +1404,25 @@ def test_many_flags_sharing_one_evaluator_are_allowed():
     assert load_flag_set("flags/shared.json", json.dumps(document).encode())[1] == []
 
 
+def test_an_evaluators_long_string_counts_its_text_each_time_a_flag_inlines_it():
+    # 1,000 flags using one evaluator's 650 KB string: a 934 KB file and 1,000 values inlined, but 650 MB
+    # of text hashed and compared by the worker, and a canary of 652 MB.
+    listed = {"in": [{"var": "email"}, ["x" * 650_000]]}
+    flag = {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "off"}
+    flags = {f"f{i}": {**flag, "targeting": {"if": [{"$ref": "listed"}, "on", "off"]}} for i in range(1_000)}
+    document = json.dumps({"$evaluators": {"listed": listed}, "flags": flags}).encode()
+    flag_set, errors = load_flag_set("flags/listed.json", document)
+    assert flag_set is None
+    assert [error.field for error in errors] == [errors[0].field]
+    assert "hold more than 500,000 values (a string counting one more for every 8 characters)" in str(
+        errors[0]
+    )
+    assert "SLUICE_MAX_REVISION_NODES" in errors[0].message
+    flags = {key: flags[key] for key in list(flags)[:5]}  # 3.3 MB inlined: within twice the file bound
+    document = json.dumps({"$evaluators": {"listed": listed}, "flags": flags}).encode()
+    assert load_flag_set("flags/listed.json", document)[1] == []
+
+
 def test_what_flag_sets_inline_counts_toward_the_revisions_values():
     # One set inlining 100,000 values passes; six of them are 600,000 values the worker would build
     # (the catalog, canaries), past the revision's 500,000.
