@@ -13,6 +13,7 @@ time and memory before it is rejected.
 from __future__ import annotations
 
 import copy
+import enum
 import functools
 import hashlib
 import itertools
@@ -46,7 +47,7 @@ from gitops.desired.flags import (
     published_flag_set,
 )
 from gitops.desired.limits import DEFAULT_LIMITS, Limits, setting_hint
-from gitops.desired.policy import POLICY_FILE, Analysis, Policy, load_policy
+from gitops.desired.policy import POLICY_FILE, Analysis, Policy, load_policy, shown_globs
 from gitops.desired.scope import AdminScope
 
 CONFIGMAPS_DIR = "configmaps/"
@@ -1067,17 +1068,32 @@ def _cluster_errors(policy: Policy, scope: AdminScope) -> list[ValidationError]:
     ]
 
 
+class _Verdict(enum.Enum):
+    ALLOWED = enum.auto()
+    OUTSIDE_POLICY = enum.auto()  # the repository's own allowedNamespaces
+    OUTSIDE_SCOPE = enum.auto()  # the administrator's globs
+
+
 def _namespace_check(policy: Policy, scope: AdminScope) -> Callable[[str, str], str | None]:
-    """Why a namespace of a cluster may not be written to, or None; each pair is judged once, since
-    many objects share few namespaces."""
+    """Why a namespace of a cluster may not be written to, or None. Whether it may is judged once per
+    pair, since many objects share few namespaces; why not is written when asked and not kept, since a
+    repository can name 100,000 namespaces, and each reason quotes globs."""
+    allowed = shown_globs(policy.allowed_namespaces)
 
     @functools.cache
-    def permitted(cluster: str, namespace: str) -> str | None:
+    def verdict(cluster: str, namespace: str) -> _Verdict:
         if not policy.allows(namespace):
-            allowed = ", ".join(policy.allowed_namespaces)
-            return f"namespace {namespace!r} is not allowed by {POLICY_FILE} (allowedNamespaces: {allowed})"
+            return _Verdict.OUTSIDE_POLICY
         # The administrator's list is the only thing that widens scope: a repository's "*" reaches no further.
-        return scope.namespace_problem(namespace, cluster)
+        return _Verdict.ALLOWED if scope.reaches(namespace, cluster) else _Verdict.OUTSIDE_SCOPE
+
+    def permitted(cluster: str, namespace: str) -> str | None:
+        found = verdict(cluster, namespace)
+        if found is _Verdict.OUTSIDE_POLICY:
+            return f"namespace {namespace!r} is not allowed by {POLICY_FILE} (allowedNamespaces: {allowed})"
+        if found is _Verdict.OUTSIDE_SCOPE:
+            return scope.namespace_refusal(namespace, cluster)
+        return None
 
     return permitted
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from urllib.parse import SplitResult, unquote, urlsplit
 
-from gitops.desired.policy import DEFAULT_CLUSTER, namespace_glob_problem
+from gitops.desired.policy import DEFAULT_CLUSTER, namespace_glob_problem, shown_globs
 from gitops.redaction import redact
 
 HTTP_SCHEMES = ("http", "https")
@@ -75,7 +75,7 @@ class AdminScope:
         return tuple(pairs)
 
     def _shown(self) -> str:
-        return ", ".join(self.namespaces or ())
+        return shown_globs(self.namespaces or ())
 
     def cluster_problem(self, cluster: str) -> str | None:
         """Why a policy may not name ``cluster``: it does not exist, or no glob of the scope reaches it."""
@@ -92,8 +92,22 @@ class AdminScope:
         return f"cluster {cluster!r} is outside the clusters this source may manage ({self._shown()})"
 
     def namespace_problem(self, namespace: str, cluster: str | None = None) -> str | None:
-        if self.namespaces is None:
+        if self.reaches(namespace, cluster):
             return None
+        return self.namespace_refusal(namespace, cluster)
+
+    def reaches(self, namespace: str, cluster: str | None = None) -> bool:
+        """Whether the source may write to ``namespace`` of ``cluster`` (None: the default cluster)."""
+        if self.namespaces is None:
+            return True
+        cluster = cluster or self.default_cluster
+        return any(
+            fnmatch.fnmatchcase(cluster, cluster_glob) and fnmatch.fnmatchcase(namespace, namespace_glob)
+            for cluster_glob, namespace_glob in self._pairs
+        )
+
+    def namespace_refusal(self, namespace: str, cluster: str | None = None) -> str:
+        """Why the source may not write to ``namespace`` of ``cluster``, which it does not ``reach``."""
         cluster = cluster or self.default_cluster
         where = "" if cluster == self.default_cluster else f" in cluster {cluster!r}"
         if not self.namespaces:
@@ -101,11 +115,6 @@ class AdminScope:
                 f"namespace {namespace!r}{where}: this source may not write to any namespace yet; an "
                 "administrator must allow some (gitops update-source NAME --allow-namespace GLOB)"
             )
-        if any(
-            fnmatch.fnmatchcase(cluster, cluster_glob) and fnmatch.fnmatchcase(namespace, namespace_glob)
-            for cluster_glob, namespace_glob in self._pairs
-        ):
-            return None
         allowed = self._shown()
         return f"namespace {namespace!r}{where} is outside the namespaces this source may manage ({allowed})"
 

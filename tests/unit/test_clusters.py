@@ -168,6 +168,11 @@ def test_a_namespace_outside_scope_in_another_cluster_names_the_cluster():
         ("/team-a", "one '/' at most"),
         ("Prod/team-a", "not a cluster name or glob"),
         ("prod/Team", "not a namespace name or glob"),
+        ("prod-*-eu/team-[a-c]", None),
+        ("*-canary-*", "holds 2 '*': a glob holds at most 1"),
+        ("prod-*-*/team-a", "'prod-*-*' holds 2 '*'"),
+        ("prod/[a-z][a-z][a-z][a-z][a-z]x", "holds 5 classes [...]: a glob holds at most 4"),
+        ("prod/team-[a*]", "each '[' opens a class of letters, digits and '-' closed by ']'"),
     ],
 )
 def test_scope_glob_problems(glob, problem):
