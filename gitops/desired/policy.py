@@ -10,7 +10,7 @@ import difflib
 import fnmatch
 import itertools
 import re
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
@@ -168,7 +168,8 @@ class Policy:
 # its revision names. fnmatch's expression for "*" then a long run ("*[a-z][a-z]…b") tries that run at
 # every place in the name: 1,000 such globs took 9 ms a namespace. One "*" is matched in one pass
 # (``glob_expression``), and few classes keep that pass short.
-MAX_GLOB_STARS: Final = 1
+MAX_GLOB_STARS: Final = 2
+MAX_MULTI_STAR_GLOBS: Final = 16
 MAX_GLOB_CLASSES: Final = 4
 MAX_SHOWN_GLOBS: Final = 5
 _GLOB_CLASS = re.compile(r"\[[a-z0-9-]+\]")
@@ -289,6 +290,7 @@ def namespace_problem(name: str) -> str | None:
 
 
 def namespace_glob_problem(pattern: str) -> str | None:
+    """Why a namespace (or cluster) glob is unusable: an administrator's, or a repository's."""
     if len(pattern) > 253 or not NAMESPACE_GLOB_PATTERN.match(pattern):
         return (
             f"{pattern!r} is not a namespace name or glob "
@@ -296,6 +298,14 @@ def namespace_glob_problem(pattern: str) -> str | None:
         )
     if not _plain_classes(pattern):
         return f"{pattern!r}: each '[' opens a class of letters, digits and '-' closed by ']', like [a-c]"
+    return None
+
+
+def repository_glob_problem(pattern: str) -> str | None:
+    """Why a glob of a repository's allowedNamespaces is unusable: whoever pushes writes these, and each is
+    matched against every namespace a revision names (an administrator's are not bounded so)."""
+    if problem := namespace_glob_problem(pattern):
+        return problem
     matched = "as each glob is matched against every namespace a revision names"
     if (stars := pattern.count("*")) > MAX_GLOB_STARS:
         return f"{pattern!r} holds {stars} '*': a glob holds at most {MAX_GLOB_STARS}, {matched}"
@@ -304,6 +314,17 @@ def namespace_glob_problem(pattern: str) -> str | None:
             f"{pattern!r} holds {classes} classes [...]: a glob holds at most {MAX_GLOB_CLASSES}, {matched}"
         )
     return None
+
+
+def _check_multi_star_globs(reader: _Reader, globs: Sequence[str]) -> None:
+    """Globs of two "*" are matched by backtracking (one "*" is matched in one pass): a few are cheap, a
+    thousand cost 4 ms a namespace, so a list holds at most MAX_MULTI_STAR_GLOBS of them."""
+    several = [index for index, glob in enumerate(globs) if glob.count("*") > 1]
+    for index in several[MAX_MULTI_STAR_GLOBS:]:
+        reader.error(
+            ("allowedNamespaces", index),
+            f"{globs[index]!r}: at most {MAX_MULTI_STAR_GLOBS} globs of the list may hold two '*'",
+        )
 
 
 TOP_LEVEL_FIELDS = ("targets", "allowedNamespaces", "prune", "selfHeal", "flags", "rollout", "approvals")
@@ -622,7 +643,9 @@ def read_policy(
     reader = _Reader(document)
     top = reader.mapping(document.data, (), TOP_LEVEL_FIELDS)
     targets = _read_targets(reader, top.get("targets"), default_cluster)
-    allowed = reader.string_list(top.get("allowedNamespaces"), ("allowedNamespaces",), namespace_glob_problem)
+    allowed_field = top.get("allowedNamespaces")
+    allowed = reader.string_list(allowed_field, ("allowedNamespaces",), repository_glob_problem)
+    _check_multi_star_globs(reader, allowed or ())
     flags_namespace = _read_flags_namespace(reader, top.get("flags"))
     policy = _with_defaults(
         Policy(

@@ -169,9 +169,10 @@ def test_a_namespace_outside_scope_in_another_cluster_names_the_cluster():
         ("Prod/team-a", "not a cluster name or glob"),
         ("prod/Team", "not a namespace name or glob"),
         ("prod-*-eu/team-[a-c]", None),
-        ("*-canary-*", "holds 2 '*': a glob holds at most 1"),
-        ("prod-*-*/team-a", "'prod-*-*' holds 2 '*'"),
-        ("prod/[a-z][a-z][a-z][a-z][a-z]x", "holds 5 classes [...]: a glob holds at most 4"),
+        # An administrator's globs are not bounded as a repository's are: no pusher writes them.
+        ("*-canary-*", None),
+        ("prod-*-*/team-*-*-x", None),
+        ("prod/[a-z][a-z][a-z][a-z][a-z]x", None),
         ("prod/team-[a*]", "each '[' opens a class of letters, digits and '-' closed by ']'"),
     ],
 )

@@ -85,16 +85,25 @@ def test_policy_errors_name_line_and_field(text, expected):
 def test_globs_that_cost_more_than_one_pass_over_a_namespace_are_refused_where_they_are_written():
     policy = (
         "allowedNamespaces:\n  - team-*\n  - '*-canary-*'\n  - '[a-z][a-z][a-z][a-z][a-z]-eu'\n  - 'x[a'\n"
+        "  - '*a*b*'\n"
     )
     _, errors = load(policy)
     assert [str(error) for error in errors] == [
-        "sluice.yaml:3: allowedNamespaces[1]: '*-canary-*' holds 2 '*': a glob holds at most 1, as each "
-        "glob is matched against every namespace a revision names",
         "sluice.yaml:4: allowedNamespaces[2]: '[a-z][a-z][a-z][a-z][a-z]-eu' holds 5 classes [...]: a glob "
         "holds at most 4, as each glob is matched against every namespace a revision names",
         "sluice.yaml:5: allowedNamespaces[3]: 'x[a': each '[' opens a class of letters, digits and '-' "
         "closed by ']', like [a-c]",
+        "sluice.yaml:6: allowedNamespaces[4]: '*a*b*' holds 3 '*': a glob holds at most 2, as each glob "
+        "is matched against every namespace a revision names",
     ]
+    # Two "*" are matched by backtracking: a few are cheap, a list of them is not.
+    many = "allowedNamespaces:\n" + "".join(f"  - '*-{index}-*'\n" for index in range(18))
+    _, errors = load(many)
+    assert [(error.line, error.field) for error in errors] == [
+        (18, "allowedNamespaces[16]"),
+        (19, "allowedNamespaces[17]"),
+    ]
+    assert errors[0].message == "'*-16-*': at most 16 globs of the list may hold two '*'"
 
 
 GLOBS = ["*", "team-*", "*-eu", "a*b", "t?am-*", "*[a-c]x", "[ab]*[0-9]", "a?*?", "*[z-a]", "x]*", "a*[b-]"]
