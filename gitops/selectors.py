@@ -132,7 +132,9 @@ def _approvals_at_its_gate(rollout: Rollout) -> int:
     """The approvals of the step the rollout is at, the ones ``approvals_required`` is about (every gate's
     together could not be compared with it), counted as the gate counts them (an author's does not
     count where self-approval is forbidden). A list prefetches ``approvals``: counted from those."""
-    if rollout.forbid_self_approval:
+    if (
+        rollout.forbid_self_approval and rollout.phase in Rollout.ACTIVE_PHASES
+    ):  # a list's ended ones: no query
         return rollout_approvals_counted(rollout, rollout.step_index).count()
     counted = getattr(rollout, "approval_count", None)
     if counted is not None:

@@ -320,7 +320,17 @@ def source_update(source: Source, *, actor: Actor = SYSTEM, **changes: Any) -> S
     # held and leaves a request, which is queued once the lock is let go.
     raising = changes.get("required_approvals", 0) > source.required_approvals
     settling = source_lock_if_free(source) if raising else nullcontext(False)
-    with settling as settled, transaction.atomic():
+    settled = False
+    try:
+        with settling as settled:
+            return _source_updated(source, changes, actor=actor, settled=settled)
+    finally:  # once the lock is let go, whatever the update came to
+        if settled:
+            schedule.syncs_requested_meanwhile([source.pk])
+
+
+def _source_updated(source: Source, changes: Mapping[str, Any], *, actor: Actor, settled: bool) -> Source:
+    with transaction.atomic():
         source = Source.objects.select_for_update(no_key=True).get(pk=source.pk)
         before = admin_settings(source)
         raised = changes.get("required_approvals", source.required_approvals) > source.required_approvals
@@ -335,8 +345,6 @@ def source_update(source: Source, *, actor: Actor = SYSTEM, **changes: Any) -> S
         audit_record(source, SourceAuditAction.UPDATE, actor, before=before, after=after)
         if raised:
             _gate_active_rollouts(source, no_pass_running=settled)
-    if settled:
-        schedule.syncs_requested_meanwhile([source.pk])
     caches.drop(source.pk)
     return source
 

@@ -172,7 +172,12 @@ def poll_sources(self: Task[Any, Any]) -> list[int]:
     sends += [partial(schedule.claimed_source_sync, i, actor=SYSTEM_ACTOR, automatic=True) for i in orphaned]
     # A removal whose task was lost is sent again; refused, it is claimed again once the sweep's wait is
     # over (``polling.REMOVAL_RESEND_AFTER``).
-    sends += [partial(schedule.source_removal, i) for i in polling.removals_claim_stale(claimed_at)]
+    try:
+        stale_removals = polling.removals_claim_stale(claimed_at)
+    except DatabaseError:  # as above: the claims made are sent all the same
+        log.exception("the sweep could not look for removals whose task was lost")
+        stale_removals = []
+    sends += [partial(schedule.source_removal, i) for i in stale_removals]
     refused: Exception | None = None
     for send in sends:
         try:

@@ -199,7 +199,9 @@ def _firing(schedule: str, start: datetime, direction: int) -> datetime | None:
     cron does (croniter fires "30 2 * * *" at both 02:30s, so a window opened twice that night); one
     for every hour (``*``) fires in both. In the hour a change to summer time skips, croniter fires at
     the change, as cron does."""
-    every_hour = schedule.split(" ")[1].startswith("*")  # "*" and "*/2" alike, as cron reads them
+    # As cron reads them: a job whose minute or hour starts with "*" ("*", "*/15") is a wildcard one.
+    minute, hour = schedule.split(" ")[:2]
+    every_hour = minute.startswith("*") or hour.startswith("*")
     try:
         moments = croniter(schedule, start)
         while True:

@@ -285,7 +285,7 @@ def _inlined_past(document: Document, limits: Limits) -> tuple[ValidationError |
     The file's own values are bounded as it is read, but an evaluator that refers to another twice
     doubles at each level (thirty such evaluators, a kilobyte, inline to a billion values), and a
     chain of evaluators each wrapping the next nests as deep as it is long. A string counts a value for
-    every eight characters too (``inlined_weight``): one evaluator's 650 KB string, used by 1,000 flags,
+    every 32 characters too (``inlined_weight``): one evaluator's 650 KB string, used by 1,000 flags,
     is 1,000 values and 650 MB of text. Counted without building anything, and never past
     ``max_revision_nodes`` steps.
     """
@@ -316,8 +316,9 @@ def _inlined_past(document: Document, limits: Limits) -> tuple[ValidationError |
 
 
 # Characters of text that count as one more value where flags are counted with their $ref evaluators
-# inlined: 500,000 values then hold at most 4 MB of text, twice the file bound, as aliases do.
-CHARS_PER_INLINED_VALUE: Final = 8
+# inlined: 500,000 values then hold at most 16 MB of text (a canary has its own bound in bytes). At 8
+# (4 MB), 100 flags sharing an allowlist of 2,000 addresses, an 85 KB flag set, were refused.
+CHARS_PER_INLINED_VALUE: Final = 32
 
 
 def inlined_weight(value: Any, chars_per_value: int = CHARS_PER_INLINED_VALUE) -> int:

@@ -10,7 +10,7 @@ import difflib
 import fnmatch
 import itertools
 import re
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
@@ -316,10 +316,13 @@ def repository_glob_problem(pattern: str) -> str | None:
     return None
 
 
-def _check_multi_star_globs(reader: _Reader, globs: Sequence[str]) -> None:
+def _check_multi_star_globs(reader: _Reader, globs: Any) -> None:
     """Globs of two "*" are matched by backtracking (one "*" is matched in one pass): a few are cheap, a
-    thousand cost 4 ms a namespace, so a list holds at most MAX_MULTI_STAR_GLOBS of them."""
-    several = [index for index, glob in enumerate(globs) if glob.count("*") > 1]
+    thousand cost 4 ms a namespace, so a list holds at most MAX_MULTI_STAR_GLOBS of them. Counted in the
+    list as written, so that each error names its own entry."""
+    if not isinstance(globs, list):
+        return
+    several = [index for index, glob in enumerate(globs) if isinstance(glob, str) and glob.count("*") == 2]
     for index in several[MAX_MULTI_STAR_GLOBS:]:
         reader.error(
             ("allowedNamespaces", index),
@@ -645,7 +648,7 @@ def read_policy(
     targets = _read_targets(reader, top.get("targets"), default_cluster)
     allowed_field = top.get("allowedNamespaces")
     allowed = reader.string_list(allowed_field, ("allowedNamespaces",), repository_glob_problem)
-    _check_multi_star_globs(reader, allowed or ())
+    _check_multi_star_globs(reader, allowed_field)
     flags_namespace = _read_flags_namespace(reader, top.get("flags"))
     policy = _with_defaults(
         Policy(

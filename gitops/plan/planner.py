@@ -527,21 +527,28 @@ def _contested(
     update over drift is; without, its reason names who holds them."""
     if verdict.action is not Action.UPDATE or verdict.force:
         return verdict
-    # A key only dropped conflicts with nobody (the apply leaves it to its holder); the provenance
-    # annotations change at every update, whatever else does (a copy of the object applied by hand
-    # under another manager holds them).
-    changed = [(item.field, item.key) for item in changes if item.op is not DiffOp.REMOVE]
-    holders = other_holders(live, [*changed, *PROVENANCE_FIELDS])
-    if not holders:
-        return verdict
-    names = ", ".join(sorted(holders))
-    if self_heal:
+    # The provenance annotations change at every update, whatever else does (a copy of the object applied
+    # by hand under another manager holds them). A key only dropped conflicts with nobody, but the apply
+    # leaves it to its holder: with selfHeal the forced update removes it, as its diff says.
+    dropped = {(item.field, item.key) for item in changes if item.op is DiffOp.REMOVE}
+    written = [(item.field, item.key) for item in changes if (item.field, item.key) not in dropped]
+    changed = other_holders(live, [*written, *PROVENANCE_FIELDS])
+    kept = other_holders(live, dropped)
+    if self_heal and (changed or kept):
+        names = ", ".join(sorted(changed | kept))
         return replace(
             verdict, force=True, reason=f"{verdict.reason}; {names} held keys of it too: taken back"
         )
-    return replace(
-        verdict, reason=f"{verdict.reason}; {names} holds keys it changes: refused unless selfHeal takes them"
-    )
+    if changed:
+        names = ", ".join(sorted(changed))
+        reason = f"{verdict.reason}; {names} holds keys it changes: refused unless selfHeal takes them"
+        return replace(verdict, reason=reason)
+    if kept:
+        reason = (
+            f"{verdict.reason}; {', '.join(sorted(kept))} holds keys it drops: they stay without selfHeal"
+        )
+        return replace(verdict, reason=reason)
+    return verdict
 
 
 def _plan_object(

@@ -1396,10 +1396,15 @@ def test_evaluators_that_wrap_one_another_past_the_depth_limit_are_refused():
     assert "nest more than 64 deep" in errors[0].message and "SLUICE_MAX_DEPTH" in errors[0].message
 
 
-def test_many_flags_sharing_one_evaluator_are_allowed():
-    internal = {"in": [{"var": "email"}, [f"user{i}@example.com" for i in range(497)]]}
+@pytest.mark.parametrize("addresses", [497, 2_000])
+def test_many_flags_sharing_one_evaluator_are_allowed(addresses):
+    # 2,000: an allowlist 100 flags share, 85 KB, refused when a string counted a value per 8 characters.
+    internal = {"in": [{"var": "email"}, [f"user{i}@example.com" for i in range(addresses)]]}
     flag = {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "off"}
-    flags = {f"f{i}": {**flag, "targeting": {"if": [{"$ref": "internal"}, "on", "off"]}} for i in range(200)}
+    count = 200 if addresses < 1_000 else 100
+    flags = {
+        f"f{i}": {**flag, "targeting": {"if": [{"$ref": "internal"}, "on", "off"]}} for i in range(count)
+    }
     document = {"$evaluators": {"internal": internal}, "flags": flags}
     assert load_flag_set("flags/shared.json", json.dumps(document).encode())[1] == []
 
@@ -1414,11 +1419,11 @@ def test_an_evaluators_long_string_counts_its_text_each_time_a_flag_inlines_it()
     flag_set, errors = load_flag_set("flags/listed.json", document)
     assert flag_set is None
     assert [error.field for error in errors] == [errors[0].field]
-    assert "hold more than 500,000 values (a string counting one more for every 8 characters)" in str(
+    assert "hold more than 500,000 values (a string counting one more for every 32 characters)" in str(
         errors[0]
     )
     assert "SLUICE_MAX_REVISION_NODES" in errors[0].message
-    flags = {key: flags[key] for key in list(flags)[:5]}  # 3.3 MB inlined: within twice the file bound
+    flags = {key: flags[key] for key in list(flags)[:20]}  # 13 MB inlined: within the 16 MB it allows
     document = json.dumps({"$evaluators": {"listed": listed}, "flags": flags}).encode()
     assert load_flag_set("flags/listed.json", document)[1] == []
 
