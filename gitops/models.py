@@ -17,11 +17,12 @@ from django.db import connection, models
 from django.db.models.base import ModelState
 from django.utils import timezone
 
-from gitops.desired.content import KIND_LABEL, Content
+from gitops.desired.content import KIND_LABEL, MANAGED_BY_VALUE, Content
 from gitops.desired.policy import DEFAULT_HEALTH_TIMEOUT_SECONDS, ConsumerMode
 from gitops.desired.scope import AdminScope
 from gitops.plan import Action, PlanItem, diff_content
-from gitops.plan.provenance import Provenance, live_content, live_provenance
+from gitops.plan.diff import DiffItem, DiffOp
+from gitops.plan.provenance import Provenance, live_content, live_provenance, owned_keys
 from gitops.plan.provenance import manifest as configmap_manifest
 from gitops.redaction import redact, redact_url
 from gitops.storable import JsonbEncoder, compact_json, jsonb_text
@@ -660,12 +661,32 @@ class ApplyIntent(models.Model):
             after=baseline.as_dict() if baseline is not None else None,
             before_hash=current.hash if current is not None else "",
             after_hash=baseline.hash if baseline is not None else "",
-            diff=[change.as_dict(stored=True) for change in diff_content(current, baseline)],
+            diff=[change.as_dict(stored=True) for change in _restore_diff(live, current, baseline)],
             force=True,
             recreate=bool(live and live.get("immutable")) and baseline is not None,
             origin=first.origin,
             actor=actor,
         )
+
+
+def _restore_diff(
+    live: Mapping[str, Any] | None, current: Content | None, baseline: Content | None
+) -> list[DiffItem]:
+    """What a restore changes. A key someone else added meanwhile stays (the apply leaves another
+    manager's keys, as a self-heal would not): it was logged as removed. A deletion takes them all."""
+    changes = diff_content(current, baseline)
+    if live is None or baseline is None:
+        return changes
+    ours = owned_keys(live, MANAGED_BY_VALUE)
+    return [
+        change
+        for change in changes
+        if not (
+            change.op is DiffOp.REMOVE
+            and change.field in ("data", "binaryData")
+            and change.key not in ours[change.field]
+        )
+    ]
 
 
 def _holds(live: Mapping[str, Any], baseline: Content, first: ApplyIntent) -> bool:

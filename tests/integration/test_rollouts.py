@@ -548,6 +548,33 @@ def test_an_owed_rollback_logs_a_restore_an_interrupted_try_applied_and_never_lo
     assert statuses == {"done", "dropped"}, "the first try's applied restore logged, its unsent one dropped"
 
 
+def test_a_rollbacks_log_leaves_out_a_key_someone_added_which_it_leaves_in_place(
+    repo, make_namespaces, make_source, sync, cluster, people
+):
+    """A restore applies Sluice's fields back and leaves another manager's keys: the log said a key
+    added by hand during the rollout was removed, and it stayed."""
+    targets = make_namespaces("canary", "rest")
+    source, _v1, v2 = start_rollout(repo, make_source, sync, targets, [{"setWeight": 50}, {"pause": {}}])
+    sync(source)
+    paused = wait_for(source, phase="Paused", waiting_for="approval")
+    canary = targets[0]
+    cluster.apply_configmap(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "app", "namespace": canary},
+            "data": {"EXTRA": "added by hand"},
+        },
+        field_manager="kubectl-edit",
+    )
+    decisions.rollout_abort(paused.pk, user=people["approver"])
+    wait_for(source, phase="Aborted")
+
+    assert data_of(cluster, canary) == {"VERSION": "1", "EXTRA": "added by hand"}
+    (rollback,) = Change.objects.filter(source=source, action="rollback", namespace=canary)
+    assert {(entry["op"], entry["key"]) for entry in rollback.diff} == {("change", "VERSION")}
+
+
 def test_abort_restores_the_exact_previous_contents_and_retry_runs_again(
     repo, make_namespaces, make_source, sync, cluster, people
 ):
