@@ -554,7 +554,7 @@ def test_a_rollbacks_log_leaves_out_a_key_someone_added_which_it_leaves_in_place
     """A restore applies Sluice's fields back and leaves another manager's keys: the log said a key
     added by hand during the rollout was removed, and it stayed."""
     targets = make_namespaces("canary", "rest")
-    source, _v1, v2 = start_rollout(repo, make_source, sync, targets, [{"setWeight": 50}, {"pause": {}}])
+    source, _v1, _v2 = start_rollout(repo, make_source, sync, targets, [{"setWeight": 50}, {"pause": {}}])
     sync(source)
     paused = wait_for(source, phase="Paused", waiting_for="approval")
     canary = targets[0]
