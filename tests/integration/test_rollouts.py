@@ -58,6 +58,21 @@ def start_rollout(
     return source, v1, v2
 
 
+def v1_applied_v2_committed(repo, make_namespaces, make_source, sync):
+    """A source whose v1 is applied in one namespace and whose v2 is committed, not synced: (source,
+    [namespace])."""
+    targets = make_namespaces("app")
+    repo.write_all(
+        {"sluice.yaml": policy(targets), "configmaps/app.yaml": configmap("app", {"VERSION": "1"})}
+    )
+    repo.commit("v1")
+    source = make_source()
+    assert sync(source)["outcome"] == "applied"
+    repo.write("configmaps/app.yaml", configmap("app", {"VERSION": "2"}))
+    repo.commit("v2")
+    return source, targets
+
+
 def started_and_aborted(repo, make_source, sync, namespaces, people):
     """``start_rollout`` at 50% with a gate after it, then aborted: (source, v2, the aborted rollout)."""
     source, _v1, v2 = start_rollout(repo, make_source, sync, namespaces, [{"setWeight": 50}, {"pause": {}}])
@@ -820,15 +835,7 @@ def test_a_push_that_finds_the_source_held_by_a_persons_decision_is_synced_once_
     from gitops.models import Source
     from gitops.rollout.decisions import decision_locks
 
-    targets = make_namespaces("app")
-    repo.write_all(
-        {"sluice.yaml": policy(targets), "configmaps/app.yaml": configmap("app", {"VERSION": "1"})}
-    )
-    repo.commit("v1")
-    source = make_source()
-    assert sync(source)["outcome"] == "applied"
-    repo.write("configmaps/app.yaml", configmap("app", {"VERSION": "2"}))
-    repo.commit("v2")
+    source, targets = v1_applied_v2_committed(repo, make_namespaces, make_source, sync)
     asked = timezone.now()
 
     with decision_locks([source]):
@@ -860,15 +867,7 @@ def test_a_request_left_for_a_pass_whose_worker_died_is_queued_by_beats_sweep(
     from gitops import polling, schedule, tasks
     from gitops.locks import LOCK_CLASS
 
-    targets = make_namespaces("app")
-    repo.write_all(
-        {"sluice.yaml": policy(targets), "configmaps/app.yaml": configmap("app", {"VERSION": "1"})}
-    )
-    repo.commit("v1")
-    source = make_source()
-    assert sync(source)["outcome"] == "applied"
-    repo.write("configmaps/app.yaml", configmap("app", {"VERSION": "2"}))
-    repo.commit("v2")
+    source, targets = v1_applied_v2_committed(repo, make_namespaces, make_source, sync)
     asked = timezone.now()
 
     with psycopg.connect(**{**connection.get_connection_params(), "autocommit": True}) as dying:
