@@ -974,7 +974,8 @@ def _flags_defined_before(
 def _too_many(limits: Limits) -> str:
     return (
         f"with this file the revision expands to more than {limits.max_objects:,} ConfigMaps "
-        f"(one per target namespace){setting_hint('max_objects')}"
+        f"(one per target namespace, counting those refused there or defined there twice)"
+        f"{setting_hint('max_objects')}"
     )
 
 

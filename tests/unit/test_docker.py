@@ -269,6 +269,9 @@ def test_docker_compose_config_accepts_the_file_and_names_what_is_missing():
     )
     assert ok.returncode == 0, ok.stderr
     assert {"web:", "worker:", "beat:", "migrate:", "postgres:", "redis:"} <= set(ok.stdout.split())
+    # The web port on this host only unless told: a try-out's plain HTTP reached the whole network.
+    web = ok.stdout[ok.stdout.index("  web:") :]
+    assert "host_ip: 127.0.0.1" in web or "127.0.0.1:8000:8000" in web, web
     missing = subprocess.run(
         ["docker-compose", "-f", str(DOCKER / "docker-compose.yml"), "config"],
         env=env,
