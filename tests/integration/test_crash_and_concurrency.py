@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+from django.db import transaction
 
 from gitops.models import ApplyIntent, Change
 from tests.gitrepo import configmap, policy
@@ -382,12 +383,13 @@ def test_a_promote_to_100_percent_while_a_step_runs_is_not_stepped_past_by_the_w
     Rollout.objects.filter(pk=paused_rollout.pk).update(phase="Progressing", waiting_for="", step_index=0)
     running = Rollout.objects.get(pk=paused_rollout.pk)  # what the worker read before its step
 
-    decisions.rollout_promote(running.pk, user=people["approver"], full=True)
-    moved = transition(running, weight=50, step_index=1)
+    with transaction.atomic():  # the promote's pass is queued on commit: the stack's worker waits for it
+        decisions.rollout_promote(running.pk, user=people["approver"], full=True)
+        moved = transition(running, weight=50, step_index=1)
 
-    assert not moved, "the worker stepped past a promote's rewritten steps"
-    promoted = Rollout.objects.get(pk=running.pk)
-    assert (promoted.step_index, promoted.steps) == (0, [{"setWeight": 100}])
+        assert not moved, "the worker stepped past a promote's rewritten steps"
+        promoted = Rollout.objects.get(pk=running.pk)
+        assert (promoted.step_index, promoted.steps) == (0, [{"setWeight": 100}])
     # The promote's own pass takes it to 100% everywhere.
     done = wait_for(paused_rollout.source, phase="Completed")
     assert done.weight == 100

@@ -116,14 +116,17 @@ def test_a_failing_source_backs_off_visibly(make_source, sync):
     for _ in range(3):
         before = timezone.now()
         assert sync(source)["outcome"] == "failed"
+        after = timezone.now()
         failing = Source.objects.get(pk=source.pk)
-        seen.append((failing.consecutive_failures, failing.next_poll_at - before))
-    assert [failures for failures, _ in seen] == [1, 2, 3]
+        # The worker reckons from when its pass ended, somewhere between the two.
+        seen.append(
+            (failing.consecutive_failures, failing.next_poll_at - before, failing.next_poll_at - after)
+        )
+    assert [failures for failures, _, _ in seen] == [1, 2, 3]
     # The poll interval (60 s), doubled per failure in a row.
-    delays = [delay for _, delay in seen]
-    assert timedelta(seconds=59) < delays[0] <= timedelta(seconds=61)
-    assert timedelta(seconds=119) < delays[1] <= timedelta(seconds=121)
-    assert timedelta(seconds=239) < delays[2] <= timedelta(seconds=241)
+    for (_, at_most, at_least), seconds in zip(seen, (60, 120, 240), strict=True):
+        assert timedelta(seconds=seconds - 1) < at_most, at_most
+        assert at_least <= timedelta(seconds=seconds + 1), at_least
     assert "repository not found" in failing.last_error or "does not appear" in failing.last_error
 
 

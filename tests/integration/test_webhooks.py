@@ -90,7 +90,9 @@ def test_another_branch_is_ignored_and_a_replay_is_recognised(hooked_source, rep
     assert replay.json()["status"] == "duplicate"
 
 
-def test_a_push_goes_to_the_live_source_not_a_deleted_one_of_the_same_name(hooked_source, repo, make_source):
+def test_a_push_goes_to_the_live_source_not_a_deleted_one_of_the_same_name(
+    hooked_source, repo, make_source, monkeypatch
+):
     live, _ = hooked_source
     # The name was used before: a source made and deleted, then this one made with its name.
     name = live.name
@@ -101,10 +103,13 @@ def test_a_push_goes_to_the_live_source_not_a_deleted_one_of_the_same_name(hooke
     Source.objects.filter(pk=live.pk).update(name=name)
 
     body, headers = github_push(repo, delivery="d-live")
+    # Kept, not queued: the stack's worker would take the sync (and clear ``sync_queued``) at once.
+    sent = keep_sends(monkeypatch)
     response = post(live, body, headers)
 
     assert response.status_code == 202, response.json()
     assert response.json()["status"] == "accepted"
+    assert [kwargs["source_id"] for kwargs in sent] == [live.pk]
     assert Source.objects.get(pk=live.pk).sync_queued
     assert list(WebhookDelivery.objects.values_list("source_id", flat=True)) == [live.pk]
 
