@@ -675,11 +675,32 @@ class Cluster:
         field_manager: str = "sluice",
     ) -> None:
         """Removes keys whatever manager owns them (a JSON merge patch sets them to null)."""
+        self.merge_configmap_keys(
+            namespace,
+            name,
+            data=dict.fromkeys(data),
+            binary_data=dict.fromkeys(binary_data),
+            field_manager=field_manager,
+        )
+
+    def merge_configmap_keys(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        data: Mapping[str, str | None],
+        binary_data: Mapping[str, str | None],
+        field_manager: str = "sluice",
+    ) -> None:
+        """Sets keys of data and binaryData in one JSON merge patch, whatever manager owns them; None
+        removes a key. One request moves a key between the two sections without a moment it is absent."""
         patch: dict[str, Any] = {}
         if data:
-            patch["data"] = dict.fromkeys(data)
+            patch["data"] = dict(data)
         if binary_data:
-            patch["binaryData"] = dict.fromkeys(binary_data)
+            patch["binaryData"] = dict(binary_data)
+        if not patch:
+            return
         with _api_errors():
             self._core.patch_namespaced_config_map(
                 name,

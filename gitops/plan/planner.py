@@ -24,6 +24,7 @@ from gitops.plan.stamps import LiveStamp, applied_hashes_of, settles
 UNAPPLIED = "carries this source's labels, but Sluice never applied it"
 # Applied by this source, its Sluice labels removed since: the documented way to take an object over.
 LABELS_REMOVED = "applied by this source; its Sluice labels were removed since, so it is someone else's now"
+RELEASED = f"{LABELS_REMOVED}, and Git no longer has it: never pruned, and forgotten"
 
 
 class Action(StrEnum):
@@ -36,6 +37,7 @@ class Action(StrEnum):
     DRIFT = "drift"  # edited in the cluster; reported, left alone (selfHeal is off)
     CONFLICT = "conflict"  # exists but is not ours; never taken over silently
     ORPHAN = "orphan"  # ours, gone from Git, kept because prune is off
+    RELEASED = "released"  # applied by this source, taken over (labels removed), gone from Git: forgotten
     HELD = "held"  # a rollout target a later step reaches
     UNREACHABLE = "unreachable"  # its cluster did not answer (or refused): neither read nor written
 
@@ -123,6 +125,14 @@ class Plan:
     def _counts(self) -> Counter[Action]:
         # Counted by the enum (a str: hashed in C), named by value once per action, not once per item.
         return Counter(map(_action_of, self.items))
+
+    @property
+    def released(self) -> set[ObjectKey]:
+        """Objects taken over and gone from Git, which the inventory forgets (counted first: nearly
+        every plan has none, and is not walked for them)."""
+        if not self.count(Action.RELEASED):
+            return set()
+        return {item.key for item in self.items if item.action is Action.RELEASED}
 
     @property
     def drifted(self) -> tuple[PlanItem, ...]:
@@ -313,10 +323,14 @@ def _plan(
         items.append(_plan_one(wanted_object, live_index.get(key), stamps, context))
 
     for key, live in sorted(live_index.items()):
+        if key in wanted:
+            continue
         owner, _, _ = live_provenance(live)
-        if owner == source and key not in wanted:
+        if owner == source:
             prune = desired.policy.prune
             items.append(_gone(key, live, managed=key in managed, prune=prune, prune_allowed=prune_allowed))
+        elif key in managed:
+            items.append(_item(key, Action.RELEASED, reason=RELEASED))
     return Plan(source=source, commit=commit, items=tuple(items))
 
 

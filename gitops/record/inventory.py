@@ -60,21 +60,22 @@ def managed_targets(source: Source) -> set[tuple[str, str]]:
     return set(ManagedObject.objects.filter(source=source).values_list("cluster", "namespace").distinct())
 
 
-def inventory_forget_gone(source: Source, gone: Collection[tuple[str, str, str]]) -> None:
+def inventory_forget_gone(
+    source: Source, gone: Collection[tuple[str, str, str]], *, why: str = "gone from the cluster and Git"
+) -> None:
     """Drops the entries of objects (cluster, namespace, name) a read found gone that Git no longer has:
     nothing is left to prune, and planning would read each again on every pass (the live cache has no
-    stamp of it, so a missing stamp cannot say it is gone, see ``plan.stamps.settle_namespace``)."""
+    stamp of it, so a missing stamp cannot say it is gone, see ``plan.stamps.settle_namespace``). So
+    are objects taken over (their Sluice labels removed) that Git no longer has: they are not Sluice's
+    to prune any more."""
     if not gone:
         return
     condition = Q()
     for cluster, namespace, name in gone:
         condition |= Q(cluster=cluster, namespace=namespace, name=name, kind=CONFIGMAP)
     dropped, _ = ManagedObject.objects.filter(condition, source=source).delete()
-    log.info(
-        "source %s: dropped %d inventory entries of objects gone from the cluster and Git",
-        source.name,
-        dropped,
-    )
+    shown = ", ".join("/".join(key) for key in sorted(gone)[:5])
+    log.info("source %s: dropped %d inventory entries of objects %s: %s", source.name, dropped, why, shown)
 
 
 def inventory_update(applied: Sequence[ApplyIntent]) -> None:

@@ -84,6 +84,7 @@ def weight_apply(
         settled=live.settled,
     )
     inventory_forget_gone(source, gone_for_good(live, managed, desired))
+    inventory_forget_gone(source, current.released, why="taken over, and gone from Git")
     intents = intents_write(
         rollout, current, actor=actor, step_index=step_index, weight=weight, retry_failed=retry_failed
     )

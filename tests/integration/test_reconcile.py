@@ -8,7 +8,7 @@ import json
 import pytest
 
 from gitops import selectors
-from gitops.models import ApplyIntent, Change, Revision, Source
+from gitops.models import ApplyIntent, Change, ManagedObject, Revision, Source
 from tests.gitrepo import configmap, policy
 from tests.workers import poll
 
@@ -308,6 +308,60 @@ def test_drift_is_healed_and_logged_when_self_heal_is_on(repo, make_namespaces, 
     assert {(d["op"], d["key"]) for d in heal.diff} == {("change", "LOG_LEVEL"), ("remove", "EXTRA")}
     assert heal.before["data"]["EXTRA"] == "added by hand"
     assert sync(source)["outcome"] == "unchanged"
+
+
+def test_an_object_taken_over_and_then_dropped_from_git_leaves_the_inventory_and_the_cluster_alone(
+    repo, make_namespaces, make_source, sync, cluster, core_api
+):
+    """Removing Sluice's labels is the documented way to keep an object. Once Git drops it too, the
+    source's inventory still held it: read at every pass and never reported. Now the pass forgets it,
+    and prune leaves it where it is."""
+    (namespace,) = make_namespaces("app")
+    repo.write_all(
+        {
+            "sluice.yaml": policy([namespace], prune=True),
+            "configmaps/app.yaml": configmap("app", {"V": "1"}),
+            "configmaps/kept.yaml": configmap("kept", {"V": "1"}),
+        }
+    )
+    repo.commit("v1")
+    source = make_source()
+    assert sync(source)["outcome"] == "applied"
+    core_api.patch_namespaced_config_map(
+        "kept",
+        namespace,
+        {"metadata": {"labels": {"sluice.dev/source": None, "app.kubernetes.io/managed-by": None}}},
+    )
+    repo.remove("configmaps/kept.yaml")
+    repo.commit("v2: kept is someone else's")
+
+    assert sync(source)["summary"] == {"unchanged": 1, "released": 1}
+
+    assert cluster.get_configmap(namespace, "kept")["data"] == {"V": "1"}, "taken over: not pruned"
+    assert not ManagedObject.objects.filter(source=source, name="kept").exists()
+    assert ManagedObject.objects.filter(source=source, name="app").exists()
+    assert sync(source)["outcome"] == "unchanged"
+
+
+def test_a_key_moved_by_hand_between_data_and_binary_data_is_healed_back(
+    repo, make_namespaces, make_source, sync, cluster
+):
+    """The apiserver refuses an object holding a key in both data and binaryData: a heal's apply of a key
+    someone moved to binaryData was refused at every pass, and the object never came back to Git's."""
+    namespace, source = _drift_setup(repo, make_namespaces, make_source, sync, self_heal=True)
+    moved = {"data": {"MODE": None}, "binaryData": {"MODE": base64.b64encode(b"safe").decode()}}
+    cluster.merge_configmap_keys(
+        namespace, "app", data=moved["data"], binary_data=moved["binaryData"], field_manager="kubectl-edit"
+    )
+    assert "MODE" not in managed(cluster, namespace, "app")["data"]
+
+    result = sync(source)
+
+    assert (result["outcome"], result["summary"], result["errors"]) == ("applied", {"self-heal": 1}, [])
+    live = managed(cluster, namespace, "app")
+    assert live["data"] == {"LOG_LEVEL": "info", "MODE": "safe"}
+    assert not live.get("binaryData")
+    assert sync(source)["outcome"] == "unchanged", "nothing left to heal"
 
 
 def test_an_update_forced_over_edits_in_the_cluster_removes_the_keys_added_by_hand_as_its_log_says(

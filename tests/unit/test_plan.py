@@ -143,6 +143,33 @@ def test_objects_of_other_sources_are_never_pruned():
     assert result.items == ()
 
 
+@pytest.mark.parametrize("owner", [None, "other"], ids=["labels-removed", "another-source"])
+def test_an_object_this_source_applied_then_someone_took_over_is_released_once_git_drops_it(owner):
+    """Taken over (its labels removed, or another source's now) and gone from Git: never pruned, and
+    reported so the inventory forgets it; kept in Git, it is a conflict."""
+    gone = desired_object("gone")
+    live = applied(gone)
+    if owner is None:
+        del live["metadata"]["labels"]["sluice.dev/source"]
+    else:
+        live["metadata"]["labels"]["sluice.dev/source"] = owner
+    managed = frozenset({(CLUSTER, "team-a", "gone")})
+
+    result = plan(
+        state(prune=True), {(CLUSTER, "team-a"): [live]}, source=SOURCE, commit=NEW, managed=managed
+    )
+
+    assert [(item.action, item.key) for item in result.items] == [
+        (Action.RELEASED, (CLUSTER, "team-a", "gone"))
+    ]
+    assert result.released == {(CLUSTER, "team-a", "gone")}
+    assert "someone else's" in result.items[0].reason
+    unmanaged = plan(
+        state(prune=True), {(CLUSTER, "team-a"): [live]}, source=SOURCE, commit=NEW, managed=frozenset()
+    )
+    assert unmanaged.items == () and unmanaged.released == set()
+
+
 def test_an_immutable_object_whose_content_changes_is_replaced():
     before = desired_object(v="1")
     live = applied(before)
