@@ -52,7 +52,7 @@ from gitops.fetch.refs import ACCEPTED_FORMS, MAX_REVISION_LENGTH, InvalidRevisi
 from gitops.models import ManagedObject, Revision, Rollout, Source, SourceRemoval, masked_url
 from gitops.plan import drift_count
 from gitops.record.audit import Actor
-from gitops.redaction import redact
+from gitops.redaction import redact, url_without_query
 from gitops.rollout import decisions
 from gitops.source_admin import SourceSettingsConflict, SourceSettingsError
 from gitops.vocabulary import (
@@ -853,7 +853,7 @@ def source_rows(sources: list[Source]) -> list[dict[str, Any]]:
         rows.append(
             {
                 "name": source.name,
-                "url": redact(source.url),
+                "url": url_without_query(source.url),
                 "branch": source.branch,
                 "path": source.path,
                 "poll_interval_seconds": int(source.poll_interval.total_seconds()),
@@ -938,14 +938,14 @@ def redacted_error(error: dict[str, Any]) -> dict[str, Any]:
 
 
 def redacted_steps(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rollout steps as stored; an analysis URL loses any credentials it carries, in its userinfo or
-    its query (``?token=``)."""
+    """Rollout steps as stored; an analysis URL loses any credentials it carries, in its userinfo, and
+    its query, whatever its names (``?code=``)."""
     shown = []
     for step in steps:
         analysis = step.get("analysis")
         http = analysis.get("http") if isinstance(analysis, dict) else None
         if isinstance(analysis, dict) and isinstance(http, dict) and isinstance(http.get("url"), str):
-            http = {**http, "url": redact(http["url"])}
+            http = {**http, "url": url_without_query(http["url"])}
             shown.append({**step, "analysis": {**analysis, "http": http}})
         else:
             shown.append(step)

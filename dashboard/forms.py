@@ -12,7 +12,7 @@ from django import forms
 from dashboard.templatetags.sluice import seconds_label
 from gitops import source_admin
 from gitops.models import MAX_REQUIRED_APPROVALS, Source, masked_url
-from gitops.redaction import redact_url
+from gitops.redaction import url_without_query
 from gitops.vocabulary import ObjectsOnRemoval
 
 
@@ -125,7 +125,9 @@ class SourceForm(DescribedErrors, forms.Form):
     @classmethod
     def editing(cls, source: Source, data: Mapping[str, Any] | None = None) -> SourceForm:
         initial = {
-            "url": source.url,
+            # Shown as pages show it (a source from before credentials in URLs were refused may hold
+            # some); sent back unchanged, source_update keeps the stored URL.
+            "url": url_without_query(source.url),
             "branch": source.branch,
             "path": source.path,
             "poll_interval": seconds_label(int(source.poll_interval.total_seconds())),
@@ -153,7 +155,7 @@ class SourceForm(DescribedErrors, forms.Form):
         it is shown back without the password, and a refused credential reference not at all."""
         if "url" in problems and "url" in self.data:
             self.data = self.data.copy()
-            self.data["url"] = redact_url(self.data["url"])
+            self.data["url"] = url_without_query(self.data["url"])
         if "credentials_ref" in problems and "credentials_ref" in self.data:
             # A refused reference may be a token pasted where its name belongs: never written back.
             self.data = self.data.copy()

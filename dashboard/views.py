@@ -39,7 +39,7 @@ from gitops.intake import receive
 from gitops.intake.webhooks import MAX_BODY_BYTES
 from gitops.models import Approval, Cluster, ManagedObject, Rollout, RolloutEvent, Source, WebhookDelivery
 from gitops.numerals import whole_number
-from gitops.redaction import redact_url
+from gitops.redaction import url_without_query
 from gitops.rollout import decisions
 from gitops.vocabulary import ChangeAction
 
@@ -166,7 +166,7 @@ def source_detail(request: HttpRequest, name: str) -> HttpResponse:
         managed = managed.filter(cluster=cluster)
     context = {
         "source": source,
-        "url": redact_url(source.url),
+        "url": url_without_query(source.url),
         "revisions": list(source.revisions.order_by("-fetched_at", "-id")[:20]),
         "plan": plan,
         "managed": list(managed[:500]),

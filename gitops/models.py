@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import re
 import secrets
@@ -16,6 +15,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import connection, models
 from django.db.models.base import ModelState
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 
 from gitops.desired.content import KIND_LABEL, MANAGED_BY_VALUE, Content
 from gitops.desired.policy import DEFAULT_HEALTH_TIMEOUT_SECONDS, ConsumerMode
@@ -24,7 +24,7 @@ from gitops.plan import Action, PlanItem, diff_content
 from gitops.plan.diff import DiffItem, DiffOp
 from gitops.plan.provenance import Provenance, live_content, live_provenance, owned_keys
 from gitops.plan.provenance import manifest as configmap_manifest
-from gitops.redaction import redact, redact_url
+from gitops.redaction import redact, redact_url, url_without_query
 from gitops.storable import JsonbEncoder, compact_json, jsonb_text
 from gitops.vocabulary import (
     AuditVia,
@@ -1037,7 +1037,7 @@ class Notification(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.event.get('type')} to {self.url}: {self.status}"
+        return f"{self.event.get('type')} to {masked_url(self.url)}: {self.status}"
 
 
 class VerifiedEmail(models.Model):
@@ -1201,7 +1201,7 @@ ADMIN_SETTINGS = (
 def admin_settings(source: Source) -> dict[str, Any]:
     """A source's administrator-set fields as plain JSON values, for the audit trail and the API."""
     return {
-        "url": redact_url(source.url),
+        "url": url_without_query(source.url),
         "branch": source.branch,
         "path": source.path,
         "poll_interval_seconds": int(source.poll_interval.total_seconds()),
@@ -1215,12 +1215,17 @@ def admin_settings(source: Source) -> dict[str, Any]:
     }
 
 
+NOTIFY_URL_FINGERPRINT = "sluice.notify-url-fingerprint"
+
+
 def masked_url(url: str) -> str:
     """A URL that may carry a token in its path (a chat webhook) as the audit trail and the API show it:
-    its scheme and host, and a fingerprint that tells one URL from another."""
+    its scheme and host, and a fingerprint that tells one URL from another. The fingerprint is keyed
+    with the secret key: a plain hash, shown to every viewer, let them try guesses of a short token (an
+    ntfy topic) offline until one matched."""
     scheme, _, rest = redact_url(url).partition("://")
     host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
-    fingerprint = hashlib.sha256(url.encode()).hexdigest()[:12]
+    fingerprint = salted_hmac(NOTIFY_URL_FINGERPRINT, url, algorithm="sha256").hexdigest()[:12]
     return f"{scheme}://{host}/… #{fingerprint}"
 
 

@@ -82,6 +82,14 @@ def _hide_secret_value(match: re.Match[str]) -> str:
     return f"{name}=***" if _secret_name(name) else match[0]
 
 
+def url_without_query(url: str) -> str:
+    """A URL a repository gave (an analysis step's) as pages, the API, events, logs and notifications
+    name it: credentials redacted, and the query shown as "?…", since it carries secrets under any
+    name (Azure Functions' ``?code=``, ``?key=``, ``?auth=``) that ``redact`` cannot tell from others."""
+    base, query, _ = url.partition("?")
+    return redact(base.partition("#")[0]) + ("?…" if query else "")
+
+
 def redact(text: str) -> str:
     """A message with URL credentials, authorization headers, tokens and passwords replaced by ***."""
     text = redact_url(text)

@@ -43,7 +43,7 @@ from gitops.models import (
     validate_source_name,
 )
 from gitops.record.audit import Actor, audit_record
-from gitops.redaction import redact, redact_url
+from gitops.redaction import redact_url, url_without_query
 from gitops.vocabulary import SYSTEM_ACTOR, AuditVia, ObjectsOnRemoval, SourceAuditAction, Waiting
 
 ADD, CHANGE, DELETE = "gitops.add_source", "gitops.change_source", "gitops.delete_source"
@@ -152,8 +152,12 @@ def _url_problems(url: str) -> list[str | None]:
     if not url:
         return ["a repository URL is required"]
     query = urlsplit(url).query if "://" in url else ""
-    if redact_url(url) != url or redact(query) != query:  # the userinfo, or a token in the query
-        return ["the URL must not contain credentials; give a credentials reference (env:VAR or file:/path)"]
+    # The userinfo, or a query: a token may go under any name there (``?code=``), so none is taken.
+    if redact_url(url) != url or query:
+        return [
+            "the URL must not contain credentials (userinfo or a query); give a credentials reference"
+            " (env:VAR or file:/path)"
+        ]
     if len(url) > 2000:
         return ["at most 2000 characters"]
     return [repository_url_problem(url)]
@@ -306,6 +310,10 @@ def source_update(source: Source, *, actor: Actor = SYSTEM, **changes: Any) -> S
     if unknown:
         raise SourceSettingsError({field: ["cannot be changed"] for field in sorted(unknown)})
     changes = {field: value for field, value in changes.items() if value is not None}
+    if changes.get("url") is not None and changes["url"] == url_without_query(source.url):
+        # The URL as pages and the form show it, sent back: unchanged (a source from before credentials
+        # in URLs were refused is edited without retyping it).
+        del changes["url"]
     if "notify_urls" in changes:
         # The pages and the API show notification URLs masked (a chat webhook's path is its token): a
         # masked one sent back keeps its URL, so nobody needs the others' secrets to add one.

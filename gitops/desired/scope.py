@@ -18,7 +18,7 @@ from functools import cached_property
 from urllib.parse import SplitResult, unquote, urlsplit
 
 from gitops.desired.policy import DEFAULT_CLUSTER, namespace_glob_problem, shown_globs
-from gitops.redaction import redact
+from gitops.redaction import redact, url_without_query
 
 HTTP_SCHEMES = ("http", "https")
 _UNSAFE_CHARACTERS = re.compile(r"[\s\x00-\x1f\x7f]")
@@ -130,7 +130,9 @@ class AdminScope:
             )
         allowed = ", ".join(self.analysis_url_prefixes)
         # The URL is the repository's: whatever credentials it carries must not reach pages and logs.
-        return f"{redact(url)!r} is not under an analysis URL prefix this source may call ({allowed})"
+        return (
+            f"{url_without_query(url)!r} is not under an analysis URL prefix this source may call ({allowed})"
+        )
 
 
 def url_prefix_problem(prefix: str) -> str | None:

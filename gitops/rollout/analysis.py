@@ -18,7 +18,7 @@ from typing import Any
 from gitops import outbound
 from gitops.desired.policy import Analysis
 from gitops.desired.scope import AdminScope
-from gitops.redaction import redact
+from gitops.redaction import url_without_query
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +35,7 @@ def http_check(step: Analysis, payload: Mapping[str, Any], scope: AdminScope) ->
     answer = outbound.post(
         step.url, json.dumps(payload).encode(), content_type="application/json", timeout=step.timeout_seconds
     )
-    return AnalysisResult(answer.ok, answer.describe(shown_url(step.url)))
-
-
-def shown_url(url: str) -> str:
-    """The analysis URL as events, pages, logs and notifications name it: without its query, which
-    carries secrets under any name (Azure Functions' ``?code=``, ``?key=``, ``?auth=``), as "?…"."""
-    base, query, _ = url.partition("?")
-    return redact(base.partition("#")[0]) + ("?…" if query else "")
+    return AnalysisResult(answer.ok, answer.describe(url_without_query(step.url)))
 
 
 CHECKS: dict[str, Callable[[Analysis, Mapping[str, Any], AdminScope], AnalysisResult]] = {"http": http_check}

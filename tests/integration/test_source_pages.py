@@ -236,6 +236,48 @@ def test_the_edit_form_shows_notification_urls_masked_and_keeps_a_masked_line_as
     assert Source.objects.get(pk=source.pk).notify_urls == [hook, added]
 
 
+def test_a_legacy_url_with_credentials_is_shown_to_nobody_and_its_fix_leaves_none_in_the_audit_trail(
+    repo, admin, people
+):
+    """A source stored before credentials in URLs were refused: the source page showed a token in the
+    query to every viewer, the edit form the password to admins, and the admin's fix wrote the old URL
+    whole into the append-only audit trail every viewer reads."""
+    legacy = "https://deploy:hunter2@git.example.com/x.git?private_token=GLPAT-SECRET-9&code=AZ-KEY"
+    source = source_admin.source_add(name="shop", url=repo.url, allowed_namespaces=["t*"])
+    Source.objects.filter(pk=source.pk).update(url=legacy)
+    viewer = User.objects.create_user("vic-viewer", password="x")
+    viewer.groups.add(Group.objects.get(name="viewer"))
+    page = client_for(viewer).get(reverse("dashboard:source", args=["shop"])).content.decode()
+    form = client_for(admin).get(reverse("dashboard:source-edit", args=["shop"])).content.decode()
+    for text in (page, form):
+        assert "hunter2" not in text and "GLPAT-SECRET-9" not in text and "AZ-KEY" not in text
+    assert "https://deploy:***@git.example.com/x.git?\u2026" in page
+
+    # The form sent back as shown, another field changed: the URL is left as it is, not refused.
+    shown = "https://deploy:***@git.example.com/x.git?\u2026"
+    kept = client_for(admin).post(
+        reverse("dashboard:source-edit", args=["shop"]), form_data(shown, branch="release")
+    )
+    assert kept.status_code == 302, kept.content.decode()[:2000]
+    assert Source.objects.filter(pk=source.pk).values_list("url", "branch").get() == (legacy, "release")
+
+    source_admin.source_update(Source.objects.get(pk=source.pk), url=repo.url)
+
+    assert Source.objects.get(pk=source.pk).url == repo.url
+    for audit in SourceAudit.objects.filter(source=source):
+        stored = repr((audit.before, audit.after))
+        assert "hunter2" not in stored and "GLPAT-SECRET-9" not in stored and "AZ-KEY" not in stored
+
+
+def test_a_repository_url_with_any_query_is_refused(repo):
+    """A token may go under any name in a query (``?code=``); the name-based check let those through."""
+    with pytest.raises(source_admin.SourceSettingsError, match="must not contain credentials") as refused:
+        source_admin.source_add(
+            name="shop", url="https://git.example.com/x.git?code=AZ-KEY", allowed_namespaces=["t*"]
+        )
+    assert "AZ-KEY" not in str(refused.value)
+
+
 def test_delete_asks_keep_or_prune_and_is_refused_while_a_rollout_is_active(paused_rollout, admin):
     name = paused_rollout.source.name
     client = client_for(admin)

@@ -127,6 +127,19 @@ def test_analysis_urls_outside_the_administrators_prefixes_reject_the_revision_w
     assert "may not call any analysis URL" in errors[0]
 
 
+def test_a_refused_analysis_url_is_quoted_without_its_query_whatever_its_names():
+    """The refusal reaches pages, the API, CloudEvents and logs: an Azure Functions ``?code=`` key,
+    a name ``redact`` does not know, was quoted whole."""
+    url = b"https://fn.example.net/api/gate?code=AZURE-FN-KEY-123#frag"
+    files = {"sluice.yaml": ANALYSIS_POLICY.replace(b"http://169.254.169.254/latest/meta-data", url)}
+    files["configmaps/a.yaml"] = CONFIGMAP
+    (error,) = rejected(files, AdminScope.of(["team-*"], ["https://checks.example.com/"]))
+    assert "AZURE-FN-KEY" not in error
+    assert "'https://fn.example.net/api/gate?\u2026' is not under an analysis URL prefix" in error
+    problem = AdminScope.of(["*"], ["https://ok/"]).analysis_url_problem("https://x/y?code=S3CRET")
+    assert problem is not None and "S3CRET" not in problem
+
+
 def test_an_allowed_analysis_url_loads():
     policy = ANALYSIS_POLICY.replace(
         b"http://169.254.169.254/latest/meta-data", b"http://checks:8080/v1/gate"

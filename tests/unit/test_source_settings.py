@@ -3,6 +3,7 @@ that lets go of a kept object."""
 
 from __future__ import annotations
 
+import hashlib
 from datetime import timedelta
 
 import pytest
@@ -98,6 +99,16 @@ def test_a_masked_url_keeps_the_host_and_tells_urls_apart_without_their_path():
     assert first.startswith("https://hooks.slack.example/… #")
     assert "s3cr3t" not in first and first != second
     assert "pw" not in masked_url("https://user:pw@hooks.example/x")
+
+
+def test_a_masked_urls_fingerprint_is_keyed_so_a_viewer_cannot_test_guesses_of_its_token(settings):
+    """Every viewer reads the fingerprint: a plain SHA-256 of the URL let them hash guesses of a short
+    token (an ntfy topic) offline until one matched."""
+    url = "https://ntfy.sh/deploys-42"
+    masked = masked_url(url)
+    assert not masked.endswith(hashlib.sha256(url.encode()).hexdigest()[:12])
+    settings.SECRET_KEY = "another key, another fingerprint, 0123456789abcdef"
+    assert masked_url(url) != masked
 
 
 def test_the_release_patch_removes_only_sluices_keys_and_its_field_ownership():

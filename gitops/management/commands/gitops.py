@@ -59,6 +59,7 @@ from gitops.intake import webhook_secrets
 from gitops.models import Rollout, Source, SourceRemoval
 from gitops.plan import DiffItem, Plan
 from gitops.record.audit import Actor
+from gitops.redaction import url_without_query
 from gitops.roles import ROLES
 from gitops.rollout import decisions
 from gitops.vocabulary import (
@@ -128,7 +129,7 @@ class Command(BaseCommand):
             required_approvals=options["require_approvals"] or 0,
             actor=Actor.command_line(options["by"]),
         )
-        self.stdout.write(f"added source {source.name} ({source.url} @ {source.branch})")
+        self.stdout.write(f"added source {source.name} ({url_without_query(source.url)} @ {source.branch})")
         self._print_scope(source)
 
     def do_update_source(self, **options: Any) -> None:
@@ -146,7 +147,7 @@ class Command(BaseCommand):
             required_approvals=options["require_approvals"],
             notify_urls=_listed(options["notify"]),
         )
-        self.stdout.write(f"updated source {source.name} ({source.url} @ {source.branch})")
+        self.stdout.write(f"updated source {source.name} ({url_without_query(source.url)} @ {source.branch})")
         self._print_scope(source)
 
     def do_suspend(self, **options: Any) -> None:
