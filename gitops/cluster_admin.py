@@ -10,6 +10,8 @@ and the version, never a token or a certificate.
 from __future__ import annotations
 
 import os
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -259,7 +261,7 @@ def clusters_status(*, probe: bool = True) -> list[ClusterStatus]:
         pool = ThreadPoolExecutor(max_workers=len(rows))
         try:
             for row, (server, version, error) in zip(
-                rows, pool.map(_probe, [r.name for r in rows]), strict=True
+                rows, pool.map(_probe_shared, [r.name for r in rows]), strict=True
             ):
                 # For display (pages, `gitops clusters`, its JSON): a server URL may carry credentials.
                 row.server, row.version, row.error = redact(server), version, redact(error)
@@ -267,6 +269,28 @@ def clusters_status(*, probe: bool = True) -> list[ClusterStatus]:
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
     return rows
+
+
+# A probe's answer serves every request for this long: the clusters page, the API and /readyz are open to
+# any viewer, and a silent cluster holds a probe for seconds, so a few requests in a loop could hold every
+# web thread (the webhook's too). One probe per cluster at a time; the others wait for its answer.
+PROBE_SHARED_SECONDS = 10.0
+_probed: dict[str, tuple[float, tuple[str, str, str]]] = {}  # name -> (good until, answer)
+_probing: dict[str, threading.Lock] = {}
+_probing_lock = threading.Lock()
+
+
+def _probe_shared(name: str) -> tuple[str, str, str]:
+    """``_probe``, answered from a probe of the last ``PROBE_SHARED_SECONDS`` where there was one."""
+    with _probing_lock:
+        lock = _probing.setdefault(name, threading.Lock())
+    with lock:
+        probed = _probed.get(name)
+        if probed is not None and time.monotonic() < probed[0]:
+            return probed[1]
+        answer = _probe(name)
+        _probed[name] = (time.monotonic() + PROBE_SHARED_SECONDS, answer)
+        return answer
 
 
 def _probe(name: str) -> tuple[str, str, str]:
