@@ -33,6 +33,7 @@ from gitops.models import ManagedObject, Revision, Source
 from gitops.plan import Action, Plan, plan
 from gitops.record.inventory import managed_keys
 from gitops.redaction import redact_url
+from gitops.rollout.state import clusters_owed_rollback, clusters_with_pending_writes
 from gitops.rollout.step import live_state
 from gitops.vocabulary import PreviewOutcome
 
@@ -90,8 +91,15 @@ def _plan_against_clusters(
 ) -> tuple[Plan, tuple[ConsumerEffect, ...]]:
     """The plan of ``desired`` against the live clusters, and the workloads it would reach. Reads only."""
     managed = managed_keys(source)
-    # The live cache's stamps vouch for a preview as they do for a sync: it reads only the rest.
-    live = live_state(source, desired, managed=managed)
+    # The live cache's stamps vouch for a preview as they do for a sync: it reads only the rest. A cluster
+    # a pass leaves alone (a rollback owed there, or writes left pending) is shown left alone, with why.
+    live = live_state(
+        source,
+        desired,
+        managed=managed,
+        deferred=clusters_owed_rollback(source.pk),
+        refusing=clusters_with_pending_writes(source.pk),
+    )
     planned = plan(
         desired,
         live.objects,

@@ -406,6 +406,23 @@ def test_what_an_aborted_rollout_never_got_to_apply_is_not_applied_when_its_clus
     assert ApplyIntent.objects.filter(rollout=aborted, cluster="flaky", status="dropped").exists()
 
 
+def test_a_preview_shows_a_cluster_with_writes_left_pending_left_alone_as_the_next_pass_leaves_it(
+    repo, make_source, sync, fleet, monkeypatch
+):
+    """`gitops diff` planned such a cluster as if nothing were pending: an update the next pass does not
+    make (it finishes the pending write first, and plans from what that leaves)."""
+    from gitops import preview
+
+    cut = cut_short_at_flaky(repo, make_source, sync, fleet, monkeypatch)
+    cut.flaky.answer()
+
+    previewed = preview.source_preview(cut.source)
+
+    (at_flaky,) = [item for item in previewed.plan.items if item.cluster == "flaky"]
+    assert at_flaky.action == "unreachable", at_flaky
+    assert "writes left pending in flaky are not finished" in at_flaky.reason
+
+
 def test_a_rollback_asked_while_a_cluster_was_silent_does_not_first_apply_what_it_never_got(
     repo, make_source, sync, fleet, people, monkeypatch
 ):
