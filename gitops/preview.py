@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from gitops.cluster import get_cluster
 from gitops.consumers.wave import wave_consumers
-from gitops.consumers.workloads import Workload, consumed_hash, pods_read_the_change
+from gitops.consumers.workloads import Workload, consumed_hash, pods_read_the_change, restart_due
 from gitops.desired.errors import ValidationError
 from gitops.desired.policy import ConsumerMode
 from gitops.desired.revision import DesiredState
@@ -148,7 +148,7 @@ def _consumer_effects(source: Source, planned: Plan, mode: ConsumerMode) -> tupl
             place = (cluster, workload.namespace)
             managed = {name: h for (c, ns, name), h in hashes.items() if (c, ns) == place}
             wanted = consumed_hash(workload, managed)
-            restart = mode == ConsumerMode.RESTART and workload.restartable and wanted != workload.config_hash
+            restart = mode == ConsumerMode.RESTART and restart_due(workload, wanted)
             reads = tuple(
                 sorted(name for ns, name in keys if ns == workload.namespace and name in workload.consumes)
             )

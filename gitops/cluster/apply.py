@@ -351,14 +351,21 @@ def _stamp_workload(cluster: Cluster, intent: ApplyIntent) -> str | None:
     """A restart (or its rollback): server-side apply of the pod template's stamp, and nothing else."""
     if intent.manifest is None:
         return None
+    gone = f"{intent.kind.lower()} {intent.namespace}/{intent.name} is gone"
     try:
         cluster.apply_workload(intent.manifest, field_manager=settings.SLUICE_FIELD_MANAGER, force=True)
     except NotFoundError:
-        return f"{intent.kind.lower()} {intent.namespace}/{intent.name} is gone"
+        return gone
     except ClusterRefused:
         raise
     except PermanentError as exc:
-        return str(exc)
+        # An apply to a workload deleted meanwhile is a create, refused as invalid (a stamp is no whole
+        # workload) or forbidden (Sluice may not create one): say what happened, not the apiserver's text.
+        try:
+            missing = cluster.get_workload(intent.kind, intent.namespace, intent.name) is None
+        except GitopsError:
+            missing = False
+        return gone if missing else str(exc)
     return None
 
 

@@ -163,6 +163,17 @@ def _watch_in_background(
     cluster, kind, namespace = group
     started = time.monotonic()
 
+    def relist() -> None:
+        # A watch refused or cut short at once (RBAC that grants list but not watch, a proxy that closes
+        # streams) was listed again at once, in a loop, for the whole healthTimeout: thousands of LISTs
+        # a second. One that ended that soon waits as an unreachable cluster's does.
+        if time.monotonic() - started >= UNREACHABLE_RELIST_SECONDS:
+            events.put((RELIST, group))
+            return
+        timer = threading.Timer(UNREACHABLE_RELIST_SECONDS, events.put, [(RELIST, group)])
+        timer.daemon = True
+        timer.start()
+
     def run() -> None:
         try:
             for event_type, obj in client.watch_workloads(
@@ -171,9 +182,9 @@ def _watch_in_background(
                 if event_type in ("ADDED", "MODIFIED", "DELETED"):
                     events.put((event_type, (cluster, obj)))
         except GitopsError:
-            events.put((RELIST, group))
+            relist()
             return
         if time.monotonic() - started < seconds:
-            events.put((RELIST, group))  # the server ended it before its time
+            relist()  # the server ended it before its time
 
     threading.Thread(target=run, name=f"watch-{cluster}-{kind}-{namespace}", daemon=True).start()

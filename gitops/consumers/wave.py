@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from gitops.cluster import Cluster
+from gitops.cluster import Cluster, ReadForbidden
 from gitops.consumers.workloads import (
     CONFIG_HASH_ANNOTATION,
     KINDS,
     Workload,
     consumed_hash,
+    restart_due,
     stamp,
     workload_from,
 )
@@ -52,19 +53,31 @@ def consumer_map_key(cluster: str, namespace: str, kind: str, name: str, *, defa
 def consumer_map(
     cluster: Cluster, managed: Iterable[ConfigMapKey], *, default_cluster: str
 ) -> dict[str, list[str]]:
-    """Which workload of ``cluster`` reads which of the source's ConfigMaps there (``consumer_map_key``)."""
+    """Which workload of ``cluster`` reads which of the source's ConfigMaps there (``consumer_map_key``).
+    A namespace whose workloads Sluice may not read is left out, not the cluster's others with it."""
     names_by_namespace: dict[str, set[str]] = {}
     for namespace, name in managed:
         names_by_namespace.setdefault(namespace, set()).add(name)
     result: dict[str, list[str]] = {}
     for namespace, names in sorted(names_by_namespace.items()):
-        for kind in KINDS:
-            for workload in map(workload_from, cluster.list_workloads(kind, namespace)[0]):
-                if read := sorted(workload.consumes & names):
-                    key = consumer_map_key(
-                        cluster.name, namespace, kind, workload.name, default_cluster=default_cluster
-                    )
-                    result[key] = read
+        try:
+            result.update(_namespace_consumers(cluster, namespace, names, default_cluster=default_cluster))
+        except ReadForbidden:
+            continue
+    return result
+
+
+def _namespace_consumers(
+    cluster: Cluster, namespace: str, names: set[str], *, default_cluster: str
+) -> dict[str, list[str]]:
+    result: dict[str, list[str]] = {}
+    for kind in KINDS:
+        for workload in map(workload_from, cluster.list_workloads(kind, namespace)[0]):
+            if read := sorted(workload.consumes & names):
+                key = consumer_map_key(
+                    cluster.name, namespace, kind, workload.name, default_cluster=default_cluster
+                )
+                result[key] = read
     return result
 
 
@@ -90,7 +103,7 @@ def restart_intents(
             if (cluster, namespace) == (workload.cluster, workload.namespace)
         }
         wanted = consumed_hash(workload, managed)
-        if not workload.restartable or not wanted or wanted == workload.config_hash:
+        if not restart_due(workload, wanted):
             continue
         before = {"configHash": workload.config_hash, "commit": workload.commit}
         after = {"configHash": wanted, "commit": commit}

@@ -121,6 +121,12 @@ def consumed_hash(workload: Workload, managed: Mapping[str, str]) -> str:
     return config_hash(consumed) if consumed else ""
 
 
+def restart_due(workload: Workload, wanted: str) -> bool:
+    """Whether a step restarts ``workload``, which should carry the stamp ``wanted`` (``consumed_hash``):
+    one that reads no managed ConfigMap any more keeps its pods. The step and the preview both ask here."""
+    return workload.restartable and bool(wanted) and wanted != workload.config_hash
+
+
 def stamp(workload: Workload, *, config_hash_value: str, commit: str) -> dict[str, Any]:
     """The server-side apply body that stamps a pod template, and nothing else.
 
@@ -162,9 +168,6 @@ def _deployment_health(obj: Mapping[str, Any]) -> WorkloadHealth:
     if not _observed(obj):
         # A condition from before the newest template (a deadline missed earlier) says nothing about it.
         return WorkloadHealth(Health.PROGRESSING, f"updating 0/{wanted}")
-    if spec.get("paused"):
-        # A paused Deployment makes no new ReplicaSet: it waits for whoever paused it, and says so.
-        return WorkloadHealth(Health.PROGRESSING, f"paused (spec.paused): updating 0/{wanted}")
     for condition in status.get("conditions") or ():
         if condition.get("type") == "Progressing" and condition.get("reason") == "ProgressDeadlineExceeded":
             # The message is the cluster's text, kept in the rollout's states and shown on pages.
@@ -173,7 +176,14 @@ def _deployment_health(obj: Mapping[str, Any]) -> WorkloadHealth:
             return WorkloadHealth(Health.FAILED, detail)
     updated, available = int(status.get("updatedReplicas") or 0), int(status.get("availableReplicas") or 0)
     if updated == available == int(status.get("replicas") or 0) == wanted:
+        # Paused or not: every pod runs the newest template (one Sluice left alone, watched or pinned,
+        # was never healthy while paused, and its wave timed out and rolled back).
         return WorkloadHealth(Health.HEALTHY, f"{available}/{wanted} available")
+    if spec.get("paused"):
+        # A paused Deployment makes no new ReplicaSet: it waits for whoever paused it, and says so.
+        return WorkloadHealth(
+            Health.PROGRESSING, f"paused (spec.paused): updating {min(updated, available)}/{wanted}"
+        )
     return WorkloadHealth(Health.PROGRESSING, f"updating {min(updated, available)}/{wanted}")
 
 

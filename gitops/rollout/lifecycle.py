@@ -282,7 +282,9 @@ def _set_weight(
     result = weight_apply(rollout, desired, step.weight, rollout.step_index, step_actor)
     failpoint("before-restart")
     consumers: list[dict[str, object]] = []
-    if not result.unreachable:  # the wave's consumers restart once all of its clusters have it
+    # The wave's consumers restart once all of its clusters have it, and not for a step that rolls back
+    # whole (a write refused): restarted onto the new content, they were restarted back at once.
+    if not result.unreachable and not result.failures:
         wave = wave_restart(rollout, step_index=rollout.step_index, weight=step.weight, actor=step_actor)
         consumers = wave.states
         result.failures.extend(wave.failures)

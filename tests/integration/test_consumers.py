@@ -367,6 +367,42 @@ def test_a_workload_keeps_its_restart_when_the_cluster_refuses_to_restore_what_i
     assert not Change.objects.filter(source=source, kind="Deployment", action="rollback").exists()
 
 
+def test_a_step_the_cluster_refused_in_part_restarts_nobody_before_it_rolls_back(
+    repo, make_namespaces, make_source, sync, apps_api, core_api, kube_client
+):
+    """One write of the step is refused (the cluster's admission policy), another went out and a
+    Deployment reads it: the step rolls back whole. Before, its consumers were restarted onto the new
+    content first, then restarted back: two rolling restarts for a step that never stood."""
+    from kubernetes.client.exceptions import ApiException
+
+    from tests.admission import updates_denied
+
+    (namespace,) = make_namespaces("a")
+    source = start(repo, make_source, sync, [namespace], steps=[{"setWeight": 100}, {"pause": {}}])
+    repo.write("configmaps/other.yaml", configmap("other", {"X": "2"}))
+    apps_api.create_namespaced_deployment(namespace, deployment("web", POD_SPECS["by-envfrom"]))
+    wait_for_rollout(apps_api, namespace, "web")
+    repo.commit("v2")
+
+    def denied() -> bool:
+        try:
+            core_api.patch_namespaced_config_map("other", namespace, {"data": {"X": "2"}}, dry_run="All")
+        except ApiException:
+            return True
+        return False
+
+    expression = "!has(object.data) || !('X' in object.data) || object.data.X != '2'"
+    with updates_denied(
+        kube_client(), namespace, expression=expression, message="X 2 refused", denied=denied
+    ):
+        result = sync(source, timeout=180)
+
+    assert result["outcome"] == "failed", result
+    assert rollout_of(source).phase == "Failed"
+    assert generations(apps_api, namespace) == {"web": 1}, "a step that rolls back restarts nobody"
+    assert not Change.objects.filter(source=source, kind="Deployment").exists()
+
+
 def test_a_pass_resumed_after_a_crash_past_the_restart_counts_the_restart_as_the_steps(
     repo, make_namespaces, make_source, apps_api, cluster, start_worker, celery_worker
 ):

@@ -1,5 +1,7 @@
 """Which workloads read a ConfigMap, their restart stamp, and when their rollout is done."""
 
+from dataclasses import replace
+
 import pytest
 
 from gitops.consumers.workloads import (
@@ -10,6 +12,7 @@ from gitops.consumers.workloads import (
     consumed_hash,
     consumers_of,
     health_of,
+    restart_due,
     stamp,
     workload_from,
 )
@@ -227,3 +230,57 @@ def test_a_paused_deployment_says_it_is_paused():
     paused["spec"]["paused"] = True
     result = health_of(paused)
     assert (result.health, result.detail) == (Health.PROGRESSING, "paused (spec.paused): updating 0/3")
+
+
+def test_a_paused_deployment_whose_pods_all_run_its_template_is_healthy():
+    """Paused after its last rollout (one Sluice watches, or a pinned one it does not restart): nothing is
+    left to roll, and it was never healthy, so the wave ran into its healthTimeout and rolled back."""
+    settled = with_status(
+        deployment({}), observedGeneration=2, replicas=3, updatedReplicas=3, availableReplicas=3
+    )
+    settled["spec"]["paused"] = True
+    assert health_of(settled).health is Health.HEALTHY
+
+
+def test_a_workload_that_reads_no_managed_configmap_any_more_is_not_restarted_and_no_preview_says_so():
+    """Its only managed ConfigMap pruned, the stamp it should carry is none: the step left it alone, and
+    `gitops diff` said it would restart it. Both ask ``restart_due`` now."""
+    stamped = workload_from(
+        {
+            "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "n"},
+            "spec": {
+                "template": {
+                    "metadata": {"annotations": {CONFIG_HASH_ANNOTATION: "a" * 16}},
+                    "spec": {"containers": [{"envFrom": [{"configMapRef": {"name": "app"}}]}]},
+                }
+            },
+        }
+    )
+    assert not restart_due(stamped, consumed_hash(stamped, {}))
+    assert restart_due(stamped, consumed_hash(stamped, {"app": "b" * 32}))
+    assert not restart_due(replace(stamped, restartable=False), consumed_hash(stamped, {"app": "b" * 32}))
+
+
+def test_a_namespace_sluice_may_not_read_leaves_the_clusters_other_consumers_on_the_map():
+    """One namespace forbidden (taken out of scope, its RBAC removed) emptied the whole cluster's part of
+    the source page's consumer map."""
+    from gitops.cluster import ReadForbidden
+    from gitops.consumers.wave import consumer_map
+
+    reader = deployment({"containers": [{"envFrom": [{"configMapRef": {"name": "app"}}]}]})
+
+    class OneNamespaceForbidden:
+        name = "default"
+
+        def list_workloads(self, kind, namespace):
+            if namespace == "locked":
+                raise ReadForbidden(f"{kind} in {namespace} is forbidden")
+            found = {**reader, "kind": kind, "metadata": {**reader["metadata"], "namespace": namespace}}
+            return ([found] if kind == "Deployment" else []), "1"
+
+    mapped = consumer_map(
+        OneNamespaceForbidden(), [("locked", "app"), ("open", "app")], default_cluster="default"
+    )
+
+    assert mapped == {f"open/Deployment/{reader['metadata']['name']}": ["app"]}
