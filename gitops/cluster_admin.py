@@ -85,6 +85,7 @@ def cluster_add(
     except IntegrityError as exc:
         raise PermanentError(f"a cluster named {name!r} is already registered") from exc
     clients.refresh()
+    probes_forget(name)
     return record
 
 
@@ -115,6 +116,7 @@ def cluster_remove(name: str) -> None:
     record.delete()
     clients.forget([name])
     clients.refresh()
+    probes_forget(name)
 
 
 @dataclass
@@ -271,9 +273,10 @@ def clusters_status(*, probe: bool = True) -> list[ClusterStatus]:
     return rows
 
 
-# A probe's answer serves every request for this long: the clusters page, the API and /readyz are open to
-# any viewer, and a silent cluster holds a probe for seconds, so a few requests in a loop could hold every
-# web thread (the webhook's too). One probe per cluster at a time; the others wait for its answer.
+# A probe's answer serves every request for this long: the clusters page and the API are open to any
+# viewer, and a silent cluster holds a probe for seconds, so a few requests in a loop could hold every web
+# thread (the webhook's too). One probe per cluster at a time: while it runs, other requests get the last
+# answer, however old; only the first probe of a cluster in a process is waited for.
 PROBE_SHARED_SECONDS = 10.0
 _probed: dict[str, tuple[float, tuple[str, str, str]]] = {}  # name -> (good until, answer)
 _probing: dict[str, threading.Lock] = {}
@@ -284,13 +287,27 @@ def _probe_shared(name: str) -> tuple[str, str, str]:
     """``_probe``, answered from a probe of the last ``PROBE_SHARED_SECONDS`` where there was one."""
     with _probing_lock:
         lock = _probing.setdefault(name, threading.Lock())
-    with lock:
+    probed = _probed.get(name)
+    if probed is not None and time.monotonic() < probed[0]:
+        return probed[1]
+    if probed is None:
+        lock.acquire()  # the cluster's first probe here: nothing older to answer with
+    elif not lock.acquire(blocking=False):
+        return probed[1]  # another request is probing it: the last answer meanwhile
+    try:
         probed = _probed.get(name)
         if probed is not None and time.monotonic() < probed[0]:
             return probed[1]
         answer = _probe(name)
         _probed[name] = (time.monotonic() + PROBE_SHARED_SECONDS, answer)
         return answer
+    finally:
+        lock.release()
+
+
+def probes_forget(name: str) -> None:
+    """A cluster added, changed or removed: its next probe is a fresh one."""
+    _probed.pop(name, None)
 
 
 def _probe(name: str) -> tuple[str, str, str]:

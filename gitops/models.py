@@ -1218,14 +1218,14 @@ def admin_settings(source: Source) -> dict[str, Any]:
 NOTIFY_URL_FINGERPRINT = "sluice.notify-url-fingerprint"
 
 
-def masked_url(url: str) -> str:
+def masked_url(url: str, *, secret: str | None = None) -> str:
     """A URL that may carry a token in its path (a chat webhook) as the audit trail and the API show it:
     its scheme and host, and a fingerprint that tells one URL from another. The fingerprint is keyed
     with the secret key: a plain hash, shown to every viewer, let them try guesses of a short token (an
     ntfy topic) offline until one matched."""
     scheme, _, rest = redact_url(url).partition("://")
     host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
-    fingerprint = salted_hmac(NOTIFY_URL_FINGERPRINT, url, algorithm="sha256").hexdigest()[:12]
+    fingerprint = salted_hmac(NOTIFY_URL_FINGERPRINT, url, secret=secret, algorithm="sha256").hexdigest()[:12]
     return f"{scheme}://{host}/… #{fingerprint}"
 
 

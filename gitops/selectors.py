@@ -31,7 +31,7 @@ from gitops.models import (
 from gitops.plan import drift_count, out_of_sync
 from gitops.plan.diff import readable_diff
 from gitops.prepared import PreparedSelect
-from gitops.redaction import redact
+from gitops.redaction import redact, url_without_query
 from gitops.vocabulary import Staleness, StaleReason
 from gitops.windows import FreezeRule, Gate, WindowRule, change_gate
 
@@ -47,7 +47,7 @@ def source_status(source: Source) -> dict[str, Any]:
     summary = (latest.summary if latest else {}) or {}
     return {
         "name": source.name,
-        "url": redact(source.url),
+        "url": url_without_query(source.url),
         "branch": source.branch,
         "path": source.path,
         "poll_interval_seconds": int(source.poll_interval.total_seconds()),

@@ -19,6 +19,7 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
@@ -317,7 +318,11 @@ def source_update(source: Source, *, actor: Actor = SYSTEM, **changes: Any) -> S
     if "notify_urls" in changes:
         # The pages and the API show notification URLs masked (a chat webhook's path is its token): a
         # masked one sent back keeps its URL, so nobody needs the others' secrets to add one.
-        kept = {masked_url(url): url for url in source.notify_urls or []}
+        # As masked under the secret key or one it was rotated from: a form loaded before the rotation.
+        secrets = [None, *getattr(settings, "SECRET_KEY_FALLBACKS", [])]
+        kept = {
+            masked_url(url, secret=key): url for url in source.notify_urls or [] for key in reversed(secrets)
+        }
         changes["notify_urls"] = [kept.get(url, url) for url in changes["notify_urls"]]
     changes = _normalized(changes)
     if problems := _problems(changes):
@@ -340,13 +345,14 @@ def source_update(source: Source, *, actor: Actor = SYSTEM, **changes: Any) -> S
 def _source_updated(source: Source, changes: Mapping[str, Any], *, actor: Actor, settled: bool) -> Source:
     with transaction.atomic():
         source = Source.objects.select_for_update(no_key=True).get(pk=source.pk)
-        before = admin_settings(source)
+        before, url_before = admin_settings(source), source.url
         raised = changes.get("required_approvals", source.required_approvals) > source.required_approvals
         _check_git_location_is_free(source, changes)
         for field, value in changes.items():
             setattr(source, field, value)
         after = admin_settings(source)
-        if after == before:
+        # The settings show a URL without its query or fragment: a change there alone is one all the same.
+        if after == before and source.url == url_before:
             return source
         _clean(source)
         source.save()

@@ -4,6 +4,8 @@ from typing import Any
 
 from django import template
 
+from gitops.redaction import url_without_query
+
 register = template.Library()
 
 
@@ -11,6 +13,9 @@ register = template.Library()
 def audit_value(values: dict[str, Any] | None, field: str) -> str:
     """One setting as the settings history shows it; autoescaped by the template."""
     value = (values or {}).get(field)
+    if field == "url" and isinstance(value, str):
+        # Rows written before 2026-12-06 hold a URL's query (a token under any name) as it was.
+        value = url_without_query(value)
     if value is None:
         return "—"
     if isinstance(value, list):

@@ -323,8 +323,9 @@ def _apply_one(cluster: Cluster, intent: ApplyIntent, fence: Callable[[], None])
             wrote = True
             fence()
         if intent.manifest is not None:
-            if not wrote:
-                _move_keys_back(cluster, intent)
+            if not wrote and _take_moved_keys_out(cluster, intent):
+                wrote = True
+                fence()
             applied = cluster.apply_configmap(
                 intent.manifest, field_manager=settings.SLUICE_FIELD_MANAGER, force=intent.force
             )
@@ -369,28 +370,31 @@ def _stamp_workload(cluster: Cluster, intent: ApplyIntent) -> str | None:
     return None
 
 
-def _move_keys_back(cluster: Cluster, intent: ApplyIntent) -> None:
+def _take_moved_keys_out(cluster: Cluster, intent: ApplyIntent) -> bool:
     """A heal of a key moved by hand between data and binaryData: the apiserver refuses an object holding
-    a key in both, so the apply alone was refused at every pass. One merge patch first puts Git's value in
-    Git's section and takes the key out of the other; the apply then takes the field over."""
+    a key in both, so the apply alone was refused at every pass. A merge patch first takes the key out of
+    the section Git does not have it in, and the apply then sets Git's: whether the patch was made.
+
+    Only a removal: it makes no field owner. A patch that also set Git's value made Sluice a second owner
+    of the key (an Update beside its Apply), and Sluice's later changes to it conflicted with itself."""
     if not _heals(intent) or intent.before is None or intent.after is None:
-        return
+        return False
     live, wanted = Content.from_dict(intent.before), Content.from_dict(intent.after)
-    to_data = sorted(set(wanted.data) & set(live.binary_data))
-    to_binary = sorted(set(wanted.binary_data) & set(live.data))
-    if not to_data and not to_binary:
-        return
-    data: dict[str, str | None] = {key: wanted.data[key] for key in to_data}
-    binary: dict[str, str | None] = {key: wanted.binary_data[key] for key in to_binary}
-    data.update(dict.fromkeys(to_binary))
-    binary.update(dict.fromkeys(to_data))
-    cluster.merge_configmap_keys(
-        intent.namespace,
-        intent.name,
-        data=data,
-        binary_data=binary,
-        field_manager=settings.SLUICE_FIELD_MANAGER,
-    )
+    out_of_binary = sorted(set(wanted.data) & set(live.binary_data))
+    out_of_data = sorted(set(wanted.binary_data) & set(live.data))
+    if not out_of_binary and not out_of_data:
+        return False
+    try:
+        cluster.remove_configmap_keys(
+            intent.namespace,
+            intent.name,
+            data=out_of_data,
+            binary_data=out_of_binary,
+            field_manager=settings.SLUICE_FIELD_MANAGER,
+        )
+    except NotFoundError:
+        return False  # deleted since the plan: the apply creates it
+    return True
 
 
 def _drop_foreign_keys(cluster: Cluster, intent: ApplyIntent, applied: Mapping[str, Any]) -> None:

@@ -27,7 +27,7 @@ from typing import IO, TypeVar
 
 from gitops.errors import GitopsError, PermanentError, TemporaryError
 from gitops.fetch.credentials import CONTROL_CHARACTERS, Credentials
-from gitops.redaction import HTTP_SCHEMES, URL_USERINFO, redact_secrets, redact_url
+from gitops.redaction import HTTP_SCHEMES, URL_USERINFO, redact_secrets, url_without_query
 
 logger = logging.getLogger("gitops.fetch")
 
@@ -174,13 +174,14 @@ def _origin(url: str) -> str:
 
 def check_url(url: str) -> None:
     if not url or url != url.strip() or CONTROL_CHARACTERS.search(url) or url.startswith("-"):
-        raise PermanentError(f"malformed repository URL {redact_url(url)!r}")
+        raise PermanentError(f"malformed repository URL {url_without_query(url)!r}")
     if "::" in url.split("://", 1)[0]:
         # "<transport>::<address>" runs a remote helper; ext:: would run any command.
-        raise PermanentError(f"remote helper URLs are not allowed: {redact_url(url)!r}")
+        raise PermanentError(f"remote helper URLs are not allowed: {url_without_query(url)!r}")
     if _url_scheme(url) in HTTP_SCHEMES and URL_USERINFO.match(url):
         raise PermanentError(
-            f"repository URL {redact_url(url)!r} embeds credentials; use a credentials reference instead"
+            f"repository URL {url_without_query(url)!r} embeds credentials;"
+            " use a credentials reference instead"
         )
 
 
@@ -194,7 +195,8 @@ def repository_url_problem(url: str) -> str | None:
     except PermanentError as exc:
         return str(exc)
     if _url_scheme(url) not in KNOWN_SCHEMES and not (_url_scheme(url) == "" and _SCP_LIKE.match(url)):
-        return f"{redact_url(url)!r} is not a Git URL (https://, ssh://, git://, file:// or user@host:path)"
+        shown = url_without_query(url)
+        return f"{shown!r} is not a Git URL (https://, ssh://, git://, file:// or user@host:path)"
     return None
 
 
@@ -247,7 +249,7 @@ def build_fetch_invocation(
     ssh_options = ["-o", "BatchMode=yes"]  # never wait for a passphrase or a host key confirmation
     if credentials is not None and credentials.token is not None:
         if _url_scheme(url) not in HTTP_SCHEMES:
-            raise PermanentError(f"a token needs an http(s) URL, not {redact_url(url)!r}")
+            raise PermanentError(f"a token needs an http(s) URL, not {url_without_query(url)!r}")
         if _url_scheme(url) == "http":
             logger.warning("sending a token over plain HTTP to %s", _origin(url))
         basic = base64.b64encode(f"{credentials.username}:{credentials.token}".encode()).decode("ascii")
@@ -256,7 +258,7 @@ def build_fetch_invocation(
         secrets = (credentials.token, basic)
     if credentials is not None and credentials.ssh_key_file is not None:
         if not _is_ssh_url(url):
-            raise PermanentError(f"an SSH key needs an SSH URL, not {redact_url(url)!r}")
+            raise PermanentError(f"an SSH key needs an SSH URL, not {url_without_query(url)!r}")
         ssh_options = ["-i", credentials.ssh_key_file, "-o", "IdentitiesOnly=yes", *ssh_options]
     if _is_ssh_url(url):
         env["GIT_SSH_COMMAND"] = shlex.join(["ssh", *ssh_options])

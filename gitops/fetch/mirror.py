@@ -48,7 +48,7 @@ from gitops.fetch.git import (
 )
 from gitops.fetch.objects import Commit, ObjectStore, Unreadable
 from gitops.fetch.refs import PREVIEW_REF_PREFIX, RequestedRevision, RevisionNotFound
-from gitops.redaction import redact_url
+from gitops.redaction import url_without_query
 
 logger = logging.getLogger("gitops.fetch")
 
@@ -206,7 +206,7 @@ class GitMirror:
         runs; git is stopped as soon as it says so (``FetchInterrupted``), as at ``timeout``."""
         check_url(url)
         branch = normalize_branch(branch)
-        where = f"branch {branch!r} of {redact_url(url)}"
+        where = f"branch {branch!r} of {url_without_query(url)}"
         started, began = time.monotonic(), time.time()
         invocation = build_fetch_invocation(
             self.path, url, branch, credentials, max_bytes=self.max_fetch_bytes
@@ -300,7 +300,7 @@ class GitMirror:
         *,
         timeout: float,
     ) -> str:
-        where = f"{requested.text} of {redact_url(url)}"
+        where = f"{requested.text} of {url_without_query(url)}"
         invocation = build_fetch_invocation(
             self.path,
             url,
@@ -324,7 +324,7 @@ class GitMirror:
             if server_format and self._recreate_with_format(server_format.group(1)):
                 return self._fetch_into(url, requested, local_ref, credentials, timeout=timeout)
             if _NOT_ON_REMOTE.search(stderr.lower()):
-                raise RevisionNotFound(f"the remote {redact_url(url)} has no {requested.text}")
+                raise RevisionNotFound(f"the remote {url_without_query(url)} has no {requested.text}")
             error, reason = classify_git_error(stderr, completed.returncode)
             raise error(f"cannot fetch {where}: {reason} ({stderr_summary(stderr, invocation.secrets)})")
         commit = self._resolve(local_ref)

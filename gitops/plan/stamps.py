@@ -186,7 +186,7 @@ def settle_namespace(
         names.add(obj.name)
         _settle_wanted(obj, texts.get(obj.name), settled, unread, source=source, managed=managed)
     for name, text in texts.items():
-        if name not in names and _unwanted_to_read(text, source=source):
+        if name not in names and _unwanted_to_read(text, name, source=source, managed_here=managed_here):
             unread.append(name)
     # A missing stamp does not say the object is gone: a worker's write drops it until the watch brings
     # the write's event (``unsettle_written``), and a new object has none until its ADDED event is
@@ -211,10 +211,11 @@ def _settle_wanted(
         unread.append(obj.name)
 
 
-def _unwanted_to_read(text: str, *, source: str) -> bool:
-    """A live object Git does not want here is read when it may be this source's (prune or orphan)."""
+def _unwanted_to_read(text: str, name: str, *, source: str, managed_here: Collection[str]) -> bool:
+    """A live object Git does not want here is read when it may be this source's (prune or orphan), or
+    when the inventory holds it under another owner's label (taken over: read once, and released)."""
     stamp = LiveStamp.decode(text)
-    return stamp is None or stamp.source == source
+    return stamp is None or stamp.source == source or name in managed_here
 
 
 # Beyond this share of a namespace's objects changed, settling it again whole is as cheap.
@@ -252,7 +253,7 @@ def settle_namespace_again(
         if obj is not None:
             _settle_wanted(obj, texts.get(name), settled, unread, source=source, managed=managed)
         elif name in texts:
-            if _unwanted_to_read(texts[name], source=source):
+            if _unwanted_to_read(texts[name], name, source=source, managed_here=managed_here):
                 unread.append(name)
         elif name in managed_here:  # no stamp, as in ``settle_namespace``
             unread.append(name)

@@ -1479,3 +1479,32 @@ def test_a_watch_that_last_listed_another_server_vouches_for_nothing(
         assert last_plan(source)["reads"]["cache"] == 0, last_plan(source)["reads"]
     finally:
         lease.close()
+
+
+def test_an_object_another_source_took_over_is_released_though_the_cache_stamps_it(
+    repo, make_namespaces, make_source, sync, cluster, core_api, live_cache
+):
+    """Still labelled as managed by Sluice, an object relabelled as another source's keeps a stamp in the
+    live cache, naming that source: a pass read it no more, so once Git dropped it, it stayed in this
+    source's inventory, never released (without the cache, it was)."""
+    from gitops.models import ManagedObject
+
+    namespace, source = synced_source(repo, make_namespaces, make_source, sync, objects=2)
+    poll(lambda: fresh(namespace), timeout=30, what="the live cache to watch the namespace")
+    core_api.patch_namespaced_config_map(
+        "app-1", namespace, {"metadata": {"labels": {"sluice.dev/source": "other"}}}
+    )
+
+    def relabelled() -> bool:
+        text = (
+            livestore.fresh_stamps(settings.SLUICE_CLUSTER_NAME, [namespace]).get(namespace, {}).get("app-1")
+        )
+        return text is not None and LiveStamp.decode(text).source == "other"
+
+    poll(relabelled, timeout=30, what="the live cache to stamp the object as the other source's")
+    repo.remove("configmaps/app-1.yaml")
+    repo.commit("app-1 goes")
+
+    assert sync(source)["summary"] == {"unchanged": 1, "released": 1}
+    assert not ManagedObject.objects.filter(source=source, name="app-1").exists()
+    assert cluster.get_configmap(namespace, "app-1")["data"] == {"LOG_LEVEL": "info"}, "not pruned"

@@ -310,8 +310,16 @@ def test_drift_is_healed_and_logged_when_self_heal_is_on(repo, make_namespaces, 
     assert sync(source)["outcome"] == "unchanged"
 
 
+@pytest.mark.parametrize(
+    "labels",
+    [
+        {"sluice.dev/source": None, "app.kubernetes.io/managed-by": None},
+        {"sluice.dev/source": "someone-else"},
+    ],
+    ids=["labels-removed", "another-source"],
+)
 def test_an_object_taken_over_and_then_dropped_from_git_leaves_the_inventory_and_the_cluster_alone(
-    repo, make_namespaces, make_source, sync, cluster, core_api
+    repo, make_namespaces, make_source, sync, cluster, core_api, labels
 ):
     """Removing Sluice's labels is the documented way to keep an object. Once Git drops it too, the
     source's inventory still held it: read at every pass and never reported. Now the pass forgets it,
@@ -327,11 +335,7 @@ def test_an_object_taken_over_and_then_dropped_from_git_leaves_the_inventory_and
     repo.commit("v1")
     source = make_source()
     assert sync(source)["outcome"] == "applied"
-    core_api.patch_namespaced_config_map(
-        "kept",
-        namespace,
-        {"metadata": {"labels": {"sluice.dev/source": None, "app.kubernetes.io/managed-by": None}}},
-    )
+    core_api.patch_namespaced_config_map("kept", namespace, {"metadata": {"labels": labels}})
     repo.remove("configmaps/kept.yaml")
     repo.commit("v2: kept is someone else's")
 
@@ -362,6 +366,20 @@ def test_a_key_moved_by_hand_between_data_and_binary_data_is_healed_back(
     assert live["data"] == {"LOG_LEVEL": "info", "MODE": "safe"}
     assert not live.get("binaryData")
     assert sync(source)["outcome"] == "unchanged", "nothing left to heal"
+    # Sluice is the key's one owner again: a later change to it, selfHeal off, is no conflict with itself.
+    owners = [entry["manager"] for entry in live["metadata"]["managedFields"] if "MODE" in json.dumps(entry)]
+    assert owners == ["sluice"], live["metadata"]["managedFields"]
+    repo.write_all(
+        {
+            "sluice.yaml": policy([namespace], selfHeal=False),
+            "configmaps/app.yaml": configmap("app", {"LOG_LEVEL": "info", "MODE": "fast"}),
+        }
+    )
+    repo.commit("fast")
+    assert (sync(source)["outcome"], managed(cluster, namespace, "app")["data"]["MODE"]) == (
+        "applied",
+        "fast",
+    )
 
 
 def test_an_update_forced_over_edits_in_the_cluster_removes_the_keys_added_by_hand_as_its_log_says(

@@ -76,6 +76,21 @@ def removal_done(removal: SourceRemoval, timeout: float = 90) -> SourceRemoval:
     return poll(ended, timeout=timeout, interval=0.1, what=f"removal {removal.pk} to end")
 
 
+def removal_run_once_free(removal_id: int) -> SourceRemoval:
+    """``source_removal_run`` in this process, once the stack's worker has let the source's lock go (a
+    pass it ran, an abort's, may still be ending), as the removal's task retries a busy source."""
+    from gitops.locks import SourceBusy as Busy
+    from gitops.source_removal import source_removal_run
+
+    def attempt() -> SourceRemoval | None:
+        try:
+            return source_removal_run(removal_id)
+        except Busy:
+            return None
+
+    return poll(attempt, timeout=60, what="the source's lock to be free for its removal")
+
+
 # -- settings, checked once -------------------------------------------------------------------
 
 
@@ -704,7 +719,6 @@ def test_a_removal_prunes_nothing_outside_the_scope_an_administrator_left_the_so
 def test_a_removal_that_finds_a_rollback_owed_when_it_runs_fails_and_keeps_the_source(applied, cluster):
     """A pass already running when the removal was asked for can end a rollout owing a cluster its
     rollback; the removal checks again when it runs, for nothing would restore that cluster after."""
-    from gitops.source_removal import source_removal_run
 
     source, targets = applied
     removal = SourceRemoval.objects.create(
@@ -713,7 +727,7 @@ def test_a_removal_that_finds_a_rollback_owed_when_it_runs_fails_and_keeps_the_s
     owing = Rollout.objects.filter(source=source).latest("pk")
     Rollout.objects.filter(pk=owing.pk).update(rollback_pending_clusters=["default"])
 
-    ended = source_removal_run(removal.pk)
+    ended = removal_run_once_free(removal.pk)
 
     assert ended.status == "failed" and "owes default a rollback" in ended.message, ended.message
     assert cluster.get_configmap(targets[0], "app") is not None
@@ -816,7 +830,6 @@ def test_a_removal_a_task_is_trying_is_not_sent_again_by_beats_sweep(applied):
 def test_a_removed_sources_aborted_rollout_is_not_retried(applied, repo, sync, people):
     """An approver's retry of a rollout whose source was removed since (its objects kept): nothing is
     started. Before, the retry made a rollout of the removed source, and queued a sync for it."""
-    from gitops import source_removal
 
     source, targets = applied
     repo.write_all(
@@ -833,10 +846,27 @@ def test_a_removed_sources_aborted_rollout_is_not_retried(applied, repo, sync, p
     removal = SourceRemoval.objects.create(
         source=source, source_name=source.name, mode="keep", requested_by="root", via="cli", status="queued"
     )
-    assert source_removal.source_removal_run(removal.pk).status == "done"
+    assert removal_run_once_free(removal.pk).status == "done"
     rollouts = Rollout.objects.filter(source_id=source.pk).count()
 
     with pytest.raises(decisions.RolloutError, match="was removed; its rollouts are not retried"):
         decisions.rollout_retry(aborted.pk, user=people["approver"])
 
     assert Rollout.objects.filter(source_id=source.pk).count() == rollouts, "no rollout was started"
+
+
+def test_a_masked_notification_url_from_before_a_key_rotation_still_keeps_its_url(repo, settings):
+    """Fingerprints are keyed with SECRET_KEY: a form loaded before a rotation sends back lines masked
+    under the old key, which SECRET_KEY_FALLBACKS still recognises (else each became a refused URL)."""
+    from gitops.models import Source, masked_url
+
+    hook = "https://hooks.example.com/T0/secret-path"
+    source = source_admin.source_add(name="shop", url=repo.url, allowed_namespaces=["t*"], notify_urls=[hook])
+    before_rotation = masked_url(hook)
+    settings.SECRET_KEY_FALLBACKS = [settings.SECRET_KEY]
+    settings.SECRET_KEY = "a rotated key, long enough to be taken for one: 0123456789abcdef"
+    assert masked_url(hook) != before_rotation
+
+    source_admin.source_update(source, notify_urls=[before_rotation, "https://other.example.com/x"])
+
+    assert Source.objects.get(pk=source.pk).notify_urls == [hook, "https://other.example.com/x"]

@@ -53,3 +53,31 @@ def test_a_shared_answer_expires(probes, monkeypatch):
     cluster_admin._probe_shared("silent")
     cluster_admin._probe_shared("silent")
     assert calls == ["silent", "silent"]
+
+
+def test_while_a_probe_runs_other_requests_get_the_last_answer_at_once(probes, monkeypatch):
+    """Waiting for a running probe held a web thread for its whole timeout: a burst after each expiry
+    held them all again. Only a cluster's first probe is waited for."""
+    calls, release = probes
+    monkeypatch.setattr(cluster_admin, "PROBE_SHARED_SECONDS", 0.0)  # every answer is old at once
+    release.set()
+    cluster_admin._probe_shared("silent")
+    release.clear()
+    entered = threading.Event()
+    probe = cluster_admin._probe
+
+    def probe_held(name: str) -> tuple[str, str, str]:
+        entered.set()
+        return probe(name)
+
+    monkeypatch.setattr(cluster_admin, "_probe", probe_held)
+    probing = threading.Thread(target=cluster_admin._probe_shared, args=("silent",))
+    probing.start()
+    assert entered.wait(timeout=30), "the second probe started (holding the cluster's lock)"
+
+    assert cluster_admin._probe_shared("silent") == ("https://silent.example", "", "timed out")
+    assert len(calls) == 2, "answered from the last probe, not waiting for or starting another"
+    release.set()
+    probing.join(timeout=30)
+    cluster_admin.probes_forget("silent")
+    assert "silent" not in cluster_admin._probed
