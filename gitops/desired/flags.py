@@ -466,7 +466,12 @@ class _FlagSetValidator:
             return
         for key, value in metadata.items():
             value_path = (*path, key)
-            if not isinstance(value, str | int | float):
+            if key == "":
+                # The schema allows it; flagd's Python core refuses the whole flag set over it.
+                self.report(
+                    value_path, "a metadata key must be non-empty: flagd's Python core refuses the flag set"
+                )
+            elif not isinstance(value, str | int | float):
                 self.report(
                     value_path, f"metadata values are strings, numbers or booleans, got {_describe(value)}"
                 )

@@ -250,8 +250,8 @@ def _split_document(
             # Split flags carry both sides inlined: $ref evaluators that refer to one another twice
             # grow to millions of values, counted here before any of it is serialized or stored.
             room = _values_left(flag, room)
-        except CanaryTooLarge as exc:
-            raise CanaryTooLarge(f"flag {key!r}: {exc}") from None
+        except CanaryRefused as exc:
+            raise type(exc)(f"flag {key!r}: {exc}") from None
         if flag is None:
             published.pop(key, None)
         else:
@@ -387,6 +387,13 @@ def _side_expression(flag: Mapping[str, Any] | None, names: Mapping[str, str]) -
     try:
         expression, _ = _ResultRewriter(names, default).result(targeting)
     except _ComputedResultError:
+        if printed_by_one := sorted(name for name in names if _PRINTED_BY_ONE_EVALUATOR.fullmatch(name)):
+            raise CanaryRefused(
+                f"its targeting computes the variant name, and variant {printed_by_one[0]!r} is a number "
+                'as only one of flagd\'s evaluators prints it (Python\'s "2.0" and "1e-05", where '
+                'JavaScript prints "2" and "0.00001"): no canary serves each user their old or new '
+                "variant on both; roll it out with a single setWeight 100 step"
+            ) from None
         # JsonLogic has no variables: the chain repeats the targeting once per variant name.
         repeated = len(_canonical(targeting)) * (len(names) + 1)
         if repeated > MAX_LOOKUP_CHAIN_BYTES:
@@ -481,8 +488,11 @@ class _ResultRewriter:
             # A null could then mean "no bucket" (the default variant) or "not a variant"
             # (the code default); the lookup chain keeps them apart.
             raise _ComputedResultError
-        # fractional yields null when it cannot bucket (no targeting key): flagd serves the default.
-        return {"if": [{"===": [expression, None]}, self.default, expression]}, False
+        # fractional yields null when it cannot bucket (no targeting key): flagd serves the default. "or",
+        # since a canary name is a non-empty string (true in both evaluators) and null is not: an "if"
+        # testing the expression held it twice, so nested fractionals doubled per level (a 574-byte flag
+        # of 20 levels built a 258 MB canary in 13 s).
+        return {"or": [expression, self.default]}, False
 
 
 def _lookup_chain(targeting: dict[str, Any], names: Mapping[str, str], default: str | None) -> dict[str, Any]:
@@ -513,6 +523,12 @@ def _lookup_chain(targeting: dict[str, Any], names: Mapping[str, str], default: 
 # JavaScript's toString): an integer, or a decimal that is not a whole number; not "-0", which no
 # number prints as.
 _NUMBER_NAME = re.compile(r"0|-?[1-9][0-9]{0,14}|-?(?:0|[1-9][0-9]{0,14})\.[0-9]{0,15}[1-9]")
+
+
+# A variant name that is a computed number's text in one flagd evaluator only: a whole float as Python
+# prints it ("2.0"), or an exponent form. Python's evaluator served it at 0% and 100%, and its canary the
+# code default to every user in between (JavaScript's the reverse).
+_PRINTED_BY_ONE_EVALUATOR = re.compile(r"-?[0-9]+\.0|-?[0-9](?:\.[0-9]+)?e[-+][0-9]+")
 
 
 def _canonical(value: Any) -> str:

@@ -748,3 +748,66 @@ def test_pythons_lookup_chain_does_not_take_a_computed_number_for_true_or_false(
         finally:
             evaluator.close()
     assert served["canary"] == served["old"], "free users: neither side changes what they are served"
+
+
+def nested_fractional(levels: int, leaf: str) -> dict[str, Any]:
+    """``levels`` fractionals, each bucket of one holding the next: a few hundred bytes."""
+    rule: Any = leaf
+    for _ in range(levels):
+        rule = {"fractional": [[rule, 50], ["off", 50]]}
+    return rule
+
+
+@pytest.mark.timeout(20)
+def test_nested_fractionals_make_a_canary_as_large_as_the_flag_not_twice_per_level() -> None:
+    """Each nested fractional's rewrite held it twice: a 574-byte flag of 20 levels built a 258 MB
+    canary in 13 s, under the source's lock, at every weighted step."""
+    old = {"flags": {"deep": _flag(ON_OFF, "off", nested_fractional(20, "on"))}}
+    new = {"flags": {"deep": _flag(ON_OFF, "off", nested_fractional(20, "off"))}}
+
+    canary = canary_flag_set(old, new, 50, population=POPULATION)
+
+    assert len(canonical_json(canary)) < 50 * len(canonical_json(new))
+
+
+@pytest.mark.parametrize("weight", [0, 30, 100])
+def test_a_nested_fractional_canary_serves_each_user_their_old_or_new_result(
+    publish: Callable[[Mapping[str, Any]], Published], weight: int
+) -> None:
+    """With "or" for the null fractional yields without a key: the default still, on both evaluators."""
+    old = {"flags": {"deep": _flag(ON_OFF, "off", nested_fractional(3, "on"))}}
+    new = {
+        "flags": {
+            "deep": _flag(ON_OFF, "on", {"fractional": [["off", 30], [nested_fractional(2, "on"), 70]]})
+        }
+    }
+    contexts = {key: _context(index, key if index % 7 else None) for index, key in enumerate(KEYS[:2000])}
+    before = publish(canary_flag_set(None, old, 100)).results("deep", "boolean", contexts)
+    after = publish(canary_flag_set(None, new, 100)).results("deep", "boolean", contexts)
+    during = publish(canary_flag_set(old, new, weight, population=POPULATION)).results(
+        "deep", "boolean", contexts
+    )
+
+    strays = [key for key, result in during.items() if result not in (before[key], after[key])]
+    assert not strays
+    if weight == 0:
+        assert during == before
+    if weight == 100:
+        assert during == after
+
+
+@pytest.mark.parametrize("names", [("0.0", "1.0", "2.0", "3.0"), ("1e-05", "2.0")])
+def test_a_computed_targeting_over_variant_names_only_one_evaluator_prints_is_refused(names) -> None:
+    """Python's evaluator serves variant "2.0" for a computed 2.0, JavaScript's "2": the canary's lookup
+    served Python's users the code default at every weight between 0 and 100. Refused, with the advice."""
+    variants = {name: f"plan {name}" for name in names}
+    computed = {"/": [{"var": "seats"}, 1]}
+    old = {"flags": {"seats": _flag(variants, names[0], computed)}}
+    new = copy.deepcopy(old)
+    new["flags"]["seats"]["variants"][names[1]] = "changed"
+
+    with pytest.raises(
+        CanaryRefused, match=rf"flag 'seats': .*variant '{names[0]}' is a number.*setWeight 100"
+    ):
+        canary_flag_set(old, new, 50, population=POPULATION)
+    assert canary_flag_set(old, new, 100, population=POPULATION) == new

@@ -1603,6 +1603,15 @@ def test_a_flag_may_not_set_the_metadata_sluice_stamps_on_its_set(key: str) -> N
     assert flag_set is None and [e.field for e in errors] == [f"flags.f.metadata.{key}"], errors
 
 
+def test_an_empty_metadata_key_is_refused_for_flagds_python_core_refuses_the_whole_set() -> None:
+    """The schema allows it; Python apps got none of the set's flags (the provider never became ready)."""
+    flag_set, errors = one_flag(metadata={"": "x"})
+    assert flag_set is None
+    assert [(e.field, "must be non-empty" in e.message) for e in errors] == [
+        ('flags.f.metadata[""]', True)
+    ], errors
+
+
 @pytest.mark.parametrize(
     "condition",
     [
