@@ -92,14 +92,12 @@ def _plan_against_clusters(
     """The plan of ``desired`` against the live clusters, and the workloads it would reach. Reads only."""
     managed = managed_keys(source)
     # The live cache's stamps vouch for a preview as they do for a sync: it reads only the rest. A cluster
-    # a pass leaves alone (a rollback owed there, or writes left pending) is shown left alone, with why.
-    live = live_state(
-        source,
-        desired,
-        managed=managed,
-        deferred=clusters_owed_rollback(source.pk),
-        refusing=clusters_with_pending_writes(source.pk),
-    )
+    # a pass leaves alone (a rollback owed there, or writes left pending) is shown left alone, with why;
+    # shown only, never the preview's failure: a pass applying now has its batch pending too.
+    deferred = dict(clusters_owed_rollback(source.pk))
+    for pending, why in clusters_with_pending_writes(source.pk).items():
+        deferred.setdefault(pending, str(why))
+    live = live_state(source, desired, managed=managed, deferred=deferred)
     planned = plan(
         desired,
         live.objects,

@@ -376,7 +376,9 @@ def _take_moved_keys_out(cluster: Cluster, intent: ApplyIntent) -> bool:
     the section Git does not have it in, and the apply then sets Git's: whether the patch was made.
 
     Only a removal: it makes no field owner. A patch that also set Git's value made Sluice a second owner
-    of the key (an Update beside its Apply), and Sluice's later changes to it conflicted with itself."""
+    of the key (an Update beside its Apply), and Sluice's later changes to it conflicted with itself. The
+    cost: until the apply, the key is in neither section (an apply refused then leaves it so until a
+    later pass; the object already held it where no pod read it as Git has it)."""
     if not _heals(intent) or intent.before is None or intent.after is None:
         return False
     live, wanted = Content.from_dict(intent.before), Content.from_dict(intent.after)

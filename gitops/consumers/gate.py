@@ -72,8 +72,13 @@ def gate_wait(
     wave = _WaveWatch(connect, workloads, deadline=time.monotonic() + seconds)
     changed(dict(wave.states))
     while (verdict := _verdict(wave.states)) is None:
-        if wave.remaining() <= 0 or stop():
+        if stop():
             return Verdict(GateResult.WAITING, wave.states, default_cluster)
+        if wave.remaining() <= 0:
+            if seconds > 0:  # listed once more: a change a broken watch missed, its relist waiting, counts
+                wave.list_all()
+                changed(dict(wave.states))
+            return Verdict(_verdict(wave.states) or GateResult.WAITING, wave.states, default_cluster)
         if wave.next_event():
             changed(dict(wave.states))
     return Verdict(verdict, wave.states, default_cluster)
@@ -92,6 +97,10 @@ class _WaveWatch:
             self.groups.setdefault((cluster, kind, namespace), set()).add(name)
         self.states: dict[WorkloadKey, WorkloadHealth] = {}
         self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.list_all()
+
+    def list_all(self) -> None:
+        """Lists every group, and watches it from there while time is left."""
         for group in self.groups:
             self._list_and_watch(group)
 
@@ -166,7 +175,8 @@ def _watch_in_background(
     def relist() -> None:
         # A watch refused or cut short at once (RBAC that grants list but not watch, a proxy that closes
         # streams) was listed again at once, in a loop, for the whole healthTimeout: thousands of LISTs
-        # a second. One that ended that soon waits as an unreachable cluster's does.
+        # a second. One that ended that soon waits as an unreachable cluster's does (the gate lists once
+        # more at its deadline: what the broken watch missed is not missed by the verdict).
         if time.monotonic() - started >= UNREACHABLE_RELIST_SECONDS:
             events.put((RELIST, group))
             return

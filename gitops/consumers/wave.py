@@ -54,16 +54,13 @@ def consumer_map(
     cluster: Cluster, managed: Iterable[ConfigMapKey], *, default_cluster: str
 ) -> dict[str, list[str]]:
     """Which workload of ``cluster`` reads which of the source's ConfigMaps there (``consumer_map_key``).
-    A namespace whose workloads Sluice may not read is left out, not the cluster's others with it."""
+    A kind of workload Sluice may not read in a namespace is left out, not the others with it."""
     names_by_namespace: dict[str, set[str]] = {}
     for namespace, name in managed:
         names_by_namespace.setdefault(namespace, set()).add(name)
     result: dict[str, list[str]] = {}
     for namespace, names in sorted(names_by_namespace.items()):
-        try:
-            result.update(_namespace_consumers(cluster, namespace, names, default_cluster=default_cluster))
-        except ReadForbidden:
-            continue
+        result.update(_namespace_consumers(cluster, namespace, names, default_cluster=default_cluster))
     return result
 
 
@@ -72,7 +69,11 @@ def _namespace_consumers(
 ) -> dict[str, list[str]]:
     result: dict[str, list[str]] = {}
     for kind in KINDS:
-        for workload in map(workload_from, cluster.list_workloads(kind, namespace)[0]):
+        try:
+            listed = cluster.list_workloads(kind, namespace)[0]
+        except ReadForbidden:
+            continue
+        for workload in map(workload_from, listed):
             if read := sorted(workload.consumes & names):
                 key = consumer_map_key(
                     cluster.name, namespace, kind, workload.name, default_cluster=default_cluster

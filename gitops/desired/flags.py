@@ -466,8 +466,9 @@ class _FlagSetValidator:
             return
         for key, value in metadata.items():
             value_path = (*path, key)
-            if key == "":
-                # The schema allows it; flagd's Python core refuses the whole flag set over it.
+            if key == "" and not self.published:
+                # The schema allows it; flagd's Python core refuses the whole flag set over it. A set
+                # published before 2026-12-06 may hold one: still read, as its canary's old side.
                 self.report(
                     value_path, "a metadata key must be non-empty: flagd's Python core refuses the flag set"
                 )

@@ -245,7 +245,10 @@ def build_fetch_invocation(
     if max_bytes > 0:
         config.append(("fetch.unpackLimit", "1"))
     env = base_env()
-    secrets: tuple[str, ...] = ()
+    # git repeats the URL in its errors: a query (a source from before they were refused) may hold a
+    # token under any name, so it goes from what is shown, as pages show the URL.
+    query = url.partition("?")[2].partition("#")[0]
+    secrets: tuple[str, ...] = (query,) if query else ()
     ssh_options = ["-o", "BatchMode=yes"]  # never wait for a passphrase or a host key confirmation
     if credentials is not None and credentials.token is not None:
         if _url_scheme(url) not in HTTP_SCHEMES:
@@ -255,7 +258,7 @@ def build_fetch_invocation(
         basic = base64.b64encode(f"{credentials.username}:{credentials.token}".encode()).decode("ascii")
         # Scoped to the origin so that a redirect to another host does not carry it.
         config.append((f"http.{_origin(url)}/.extraHeader", f"Authorization: Basic {basic}"))
-        secrets = (credentials.token, basic)
+        secrets = (*secrets, credentials.token, basic)
     if credentials is not None and credentials.ssh_key_file is not None:
         if not _is_ssh_url(url):
             raise PermanentError(f"an SSH key needs an SSH URL, not {url_without_query(url)!r}")

@@ -251,7 +251,8 @@ def _split_document(
             # grow to millions of values, counted here before any of it is serialized or stored.
             room = _values_left(flag, room)
         except CanaryRefused as exc:
-            raise type(exc)(f"flag {key!r}: {exc}") from None
+            exc.args = (f"flag {key!r}: {exc}",)  # the same error (a subclass may take other arguments)
+            raise exc from None
         if flag is None:
             published.pop(key, None)
         else:

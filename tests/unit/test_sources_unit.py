@@ -213,6 +213,21 @@ def test_a_token_invocation_keeps_the_token_out_of_argv(tmp_path):
     assert invocation.argv[-1] == "+refs/heads/main:refs/sluice/heads/main"
 
 
+def test_a_legacy_urls_query_is_kept_out_of_what_git_says(tmp_path):
+    """git repeats the URL in its errors: a query from before they were refused (a token under any name,
+    ``?code=``) reached last_error, pages, the API and notifications."""
+    from gitops.fetch.git import stderr_summary
+
+    url = "https://git.example.com/o/r.git?code=AZ-KEY-1#frag"
+    invocation = build_fetch_invocation(tmp_path, url, "main", Credentials(token=SECRET))
+    said = f"fatal: unable to access '{url.partition('#')[0]}/': Could not resolve host"
+
+    shown = stderr_summary(said, invocation.secrets)
+
+    assert "AZ-KEY-1" not in shown and SECRET in invocation.secrets
+    assert "https://git.example.com/o/r.git?***/" in shown
+
+
 def test_inherited_git_variables_do_not_leak_into_the_invocation(tmp_path, monkeypatch):
     monkeypatch.setenv("GIT_DIR", "/somewhere/else")
     monkeypatch.setenv("GIT_TRACE_CURL", "1")
