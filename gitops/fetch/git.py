@@ -220,6 +220,13 @@ def _git_accepts(branch: str) -> bool:
     return checked.returncode == 0
 
 
+def _query_of(url: str) -> tuple[str, ...]:
+    """git repeats the URL in its errors: a query (a source from before they were refused) may hold a
+    token under any name, so it is kept from what is shown, as pages show the URL."""
+    query = url.partition("?")[2].partition("#")[0]
+    return (query,) if query else ()
+
+
 def build_fetch_invocation(
     git_dir: Path,
     url: str,
@@ -245,10 +252,7 @@ def build_fetch_invocation(
     if max_bytes > 0:
         config.append(("fetch.unpackLimit", "1"))
     env = base_env()
-    # git repeats the URL in its errors: a query (a source from before they were refused) may hold a
-    # token under any name, so it goes from what is shown, as pages show the URL.
-    query = url.partition("?")[2].partition("#")[0]
-    secrets: tuple[str, ...] = (query,) if query else ()
+    secrets = _query_of(url)
     ssh_options = ["-o", "BatchMode=yes"]  # never wait for a passphrase or a host key confirmation
     if credentials is not None and credentials.token is not None:
         if _url_scheme(url) not in HTTP_SCHEMES:

@@ -332,7 +332,6 @@ def test_a_workload_keeps_its_restart_when_the_cluster_refuses_to_restore_what_i
     """An abort whose ConfigMap restore the cluster refuses (its own admission policy) leaves the new
     content in place: the consumer restarted onto it keeps its stamp. Before, its stamp was put back
     all the same, and it restarted once more, onto that same new content."""
-    from kubernetes.client.exceptions import ApiException
 
     from tests.admission import updates_denied
 
@@ -345,13 +344,7 @@ def test_a_workload_keeps_its_restart_when_the_cluster_refuses_to_restore_what_i
     paused = wait_for(source, phase="Paused", waiting_for="approval", timeout=120)
     assert generations(apps_api, namespace) == {"web": 2}, "restarted onto v2"
 
-    def restore_denied() -> bool:
-        try:
-            core_api.patch_namespaced_config_map("app", namespace, {"data": {"V": "1"}}, dry_run="All")
-        except ApiException:
-            return True
-        return False
-
+    restore_denied = refused_in_dry_run(core_api, namespace, "app", {"V": "1"})
     expression = "!has(object.data) || !('V' in object.data) || object.data.V != '1'"
     with updates_denied(
         kube_client(), namespace, expression=expression, message="V 1 is retired here", denied=restore_denied
@@ -367,13 +360,26 @@ def test_a_workload_keeps_its_restart_when_the_cluster_refuses_to_restore_what_i
     assert not Change.objects.filter(source=source, kind="Deployment", action="rollback").exists()
 
 
+def refused_in_dry_run(core_api, namespace: str, name: str, data: dict[str, str]):
+    """Whether the cluster's admission policy refuses this write yet: a dry run of it."""
+    from kubernetes.client.exceptions import ApiException
+
+    def refused() -> bool:
+        try:
+            core_api.patch_namespaced_config_map(name, namespace, {"data": data}, dry_run="All")
+        except ApiException:
+            return True
+        return False
+
+    return refused
+
+
 def test_a_step_the_cluster_refused_in_part_restarts_nobody_before_it_rolls_back(
     repo, make_namespaces, make_source, sync, apps_api, core_api, kube_client
 ):
     """One write of the step is refused (the cluster's admission policy), another went out and a
     Deployment reads it: the step rolls back whole. Before, its consumers were restarted onto the new
     content first, then restarted back: two rolling restarts for a step that never stood."""
-    from kubernetes.client.exceptions import ApiException
 
     from tests.admission import updates_denied
 
@@ -384,13 +390,7 @@ def test_a_step_the_cluster_refused_in_part_restarts_nobody_before_it_rolls_back
     wait_for_rollout(apps_api, namespace, "web")
     repo.commit("v2")
 
-    def denied() -> bool:
-        try:
-            core_api.patch_namespaced_config_map("other", namespace, {"data": {"X": "2"}}, dry_run="All")
-        except ApiException:
-            return True
-        return False
-
+    denied = refused_in_dry_run(core_api, namespace, "other", {"X": "2"})
     expression = "!has(object.data) || !('X' in object.data) || object.data.X != '2'"
     with updates_denied(
         kube_client(), namespace, expression=expression, message="X 2 refused", denied=denied

@@ -13,6 +13,10 @@ from tests.workers import poll
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+# The worker that comes after a killed one: the pass it takes over was left by a SIGKILL (or a finished
+# SIGTERM), so no write of the old one can still land; 2 s instead of the suite's 5 s each time.
+TAKES_OVER_SOONER = {"SLUICE_PASS_TAKEOVER_SECONDS": "2"}
+
 
 def many_configmaps(repo, count: int) -> None:
     for index in range(count):
@@ -50,7 +54,7 @@ def test_a_worker_killed_mid_apply_leaves_state_the_next_run_completes(
     assert ApplyIntent.objects.filter(source=source, status="pending").count() == 600
     assert Change.objects.filter(source=source).count() == 0
 
-    start_worker(queues=queue)
+    start_worker(queues=queue, env_overrides=TAKES_OVER_SOONER)
     result = sync_source.apply_async((source.pk,), queue=queue).get(timeout=180)
 
     # The interrupted rollout finishes: nothing is left to apply, its step completes.
@@ -69,7 +73,9 @@ def test_a_worker_killed_mid_apply_leaves_state_the_next_run_completes(
 
 def log_held_open_by_the_pass(source_id: int, table: str = "gitops_change") -> bool:
     """True while the session holding the source's reconcile lock has written rows of ``table`` (the
-    change log) in a transaction it has not committed (a worker held at a failpoint inside one)."""
+    change log) in a transaction it has not committed (a worker held at a failpoint inside one). Idle in
+    it for a second at least: a transaction caught between two of its statements (a rollout's start, on
+    a slow machine) is not the failpoint's, and a worker killed there had applied nothing yet."""
     from django.db import connection
 
     from gitops.locks import LOCK_CLASS
@@ -80,6 +86,7 @@ def log_held_open_by_the_pass(source_id: int, table: str = "gitops_change") -> b
             "JOIN pg_locks t ON t.pid = a.pid AND t.granted AND t.mode = 'RowExclusiveLock' "
             "AND t.relation = %s::regclass "
             "JOIN pg_stat_activity s ON s.pid = a.pid AND s.state = 'idle in transaction' "
+            "AND s.state_change < clock_timestamp() - interval '1 second' "
             "WHERE a.locktype = 'advisory' AND a.granted AND a.classid = %s AND a.objid = %s "
             "AND a.objsubid = 2 "
             "AND a.database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
@@ -116,7 +123,7 @@ def test_a_worker_killed_between_the_log_and_the_inventory_leaves_both_to_the_ne
     assert not ManagedObject.objects.filter(source=source).exists()
     assert ApplyIntent.objects.filter(source=source, status="pending").count() == 40
 
-    start_worker(queues=queue)
+    start_worker(queues=queue, env_overrides=TAKES_OVER_SOONER)
     result = sync_source.apply_async((source.pk,), queue=queue).get(timeout=180)
 
     assert result["summary"].get("resumed") == 40, result
@@ -159,7 +166,7 @@ def test_a_worker_killed_as_a_rollout_completes_leaves_it_for_the_next_pass_to_c
     doomed.kill()
     assert cluster.get_configmap(namespace, "app")["data"] == {"V": "1"}
 
-    start_worker(queues=queue)
+    start_worker(queues=queue, env_overrides=TAKES_OVER_SOONER)
     sync_source.apply_async((source.pk,), queue=queue).get(timeout=180)
 
     rollout = Rollout.objects.get(source=source)
@@ -209,7 +216,7 @@ def test_a_prune_a_killed_worker_left_pending_spares_an_object_someone_took_over
         {"metadata": {"labels": {"sluice.dev/source": None, "app.kubernetes.io/managed-by": None}}},
     )
     core_api.delete_namespaced_config_map("gone", namespace)
-    start_worker(queues=queue)
+    start_worker(queues=queue, env_overrides=TAKES_OVER_SOONER)
     sync_source.apply_async((source.pk,), queue=queue).get(timeout=180)
 
     assert cluster.get_configmap(namespace, "kept")["data"] == {"V": "1"}, "taken over: not deleted"
@@ -244,7 +251,7 @@ def test_a_write_a_killed_worker_made_outside_a_scope_narrowed_since_is_logged_n
     assert ApplyIntent.objects.filter(source=source, status="pending").count() == 6
 
     source_admin.source_update_scope(source, allowed_namespaces=[kept])
-    start_worker(queues=queue)
+    start_worker(queues=queue, env_overrides=TAKES_OVER_SOONER)
     sync_source.apply_async((source.pk,), queue=queue).get(timeout=180)
 
     outside = ApplyIntent.objects.filter(source=source, namespace=narrowed, rollout__isnull=False)
@@ -291,7 +298,7 @@ def test_a_worker_killed_during_a_rollout_step_then_the_rollout_finishes_logging
     repo.commit("v1")
     source = make_source()
     queue = f"crash-step-{source.pk}"
-    start_worker(queues=queue)
+    start_worker(queues=queue, env_overrides=TAKES_OVER_SOONER)
     assert sync_source.apply_async((source.pk,), queue=queue).get(timeout=180)["outcome"] == "applied"
 
     repo.write("sluice.yaml", policy([canary, rest], rollout={"steps": [{"setWeight": 50}, {"pause": {}}]}))
@@ -310,7 +317,7 @@ def test_a_worker_killed_during_a_rollout_step_then_the_rollout_finishes_logging
     doomed.kill()
     assert 0 < updated_in_canary() < 250, "the kill must land inside the step"
 
-    start_worker(queues=queue)
+    start_worker(queues=queue, env_overrides=TAKES_OVER_SOONER)
     result = sync_source.apply_async((source.pk,), queue=queue).get(timeout=180)
     assert result["rollout"]["phase"] == "Paused"
     assert updated_in_canary() == 250
@@ -365,7 +372,7 @@ def test_a_worker_given_sigterm_mid_step_finishes_what_it_applies_and_records_it
     assert len(logged) == 300
     assert set(logged.values()) == {1}
 
-    start_worker(queues=queue)
+    start_worker(queues=queue, env_overrides=TAKES_OVER_SOONER)
     assert sync_source.apply_async((source.pk,), queue=queue).get(timeout=120)["outcome"] == "unchanged"
 
 
