@@ -609,8 +609,8 @@ class FlagOut(Schema):
     stale_reasons: list[StaleReason]
     changes_at_full: int | None = Field(
         description="a running rollout that gives every user a new definition of this flag at once when it"
-        " reaches 100% (its variants change type, and flagd gives a flag one type); until then everyone"
-        " has this one"
+        " reaches 100%: its variants change type (flagd gives a flag one type), and until then everyone"
+        " has this one; or it moves between flag sets, and until then nobody has this row's change"
     )
 
 

@@ -26,7 +26,7 @@ from dashboard.spreadsheet import csv_cell
 from dashboard.templatetags.sluice import commit_link
 from gitops import selectors
 from gitops.numerals import whole_number
-from gitops.vocabulary import Staleness
+from gitops.vocabulary import FlagReach, Staleness
 
 # What the page says about users who mix SDKs; tests/flagd.py checks both evaluators named here.
 EVALUATORS_CHECKED = (
@@ -139,11 +139,11 @@ def _row_html(row: selectors.FlagRow, links: dict[str, str]) -> SafeString:
 def _rollout_html(row: selectors.FlagRow, links: dict[str, str]) -> SafeString:
     rollout = row.rollout
     if (later := row.changes_at_full) is not None:
-        # Its variants change type: the rollout gives everyone the new definition at once at 100%.
+        # Its variants change type, or it moves between flag sets: everyone switches at once at 100%.
         return format_html(
             '<a href="{}">#{}</a> <span class="badge changes-at-full">changes at 100%</span>'
             ' <span class="muted">now at {}%</span>',
-            links["held_by"],
+            links["rollout"] if later.pk == row.flag.rollout_id else links["held_by"],
             later.pk,
             later.weight,
         )
@@ -165,10 +165,19 @@ def _share_html(row: selectors.FlagRow) -> SafeString:
     note = ""
     if row.rolled_back:
         note = "rolled back: users keep the previous definition"
+    elif row.rolling_out and flag.reach == FlagReach.AT_FULL:
+        # It moves between flag sets: flagd would serve either side's half the code default.
+        note = (
+            "everyone keeps it until 100%"
+            if flag.removed
+            else "nobody until 100%: it moves between flag sets"
+        )
     elif row.rolling_out and flag.changed_at is None:
         note = "everyone keeps it until 100%" if flag.removed else "not published yet"
     elif row.changes_at_full is not None:
         note = "everyone, until the new definition replaces it for everyone at 100%"
+    elif row.rolling_out and flag.reach == FlagReach.AT_ONCE:
+        note = "everyone at once: both definitions serve the same, so the canary does not split it"
     return format_html(
         '<td class="share" data-label="Users" data-share="{}"><progress max="100" value="{}"'
         ' aria-label="{}% of users on this definition of {}"></progress> {}%{}</td>',

@@ -29,6 +29,7 @@ from gitops.storable import JsonbEncoder, compact_json, jsonb_text
 from gitops.vocabulary import (
     AuditVia,
     ChangeAction,
+    FlagReach,
     ObjectsOnRemoval,
     RemovalStatus,
     SourceAuditAction,
@@ -1159,6 +1160,11 @@ class PublishedFlag(models.Model):
     # flagd gives a flag one type): until then the row is the definition everyone keeps, and the page
     # says "changes at 100%". Kept once the flag changed, naming the rollout that changed it so.
     held_by = models.ForeignKey(Rollout, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    # Who has this definition (or its removal) while ``rollout`` runs: its share of users, everyone (a
+    # change the canary does not split), or nobody until 100 (a flag moving between flag sets).
+    reach = models.CharField(
+        max_length=8, choices=[(r.value, r.value) for r in FlagReach], default=FlagReach.SPLIT
+    )
     changed_commit = models.CharField(max_length=COMMIT_LENGTH, blank=True, default="")
     changed_at = models.DateTimeField(null=True, blank=True)
     recorded_at = models.DateTimeField(default=timezone.now)

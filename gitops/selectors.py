@@ -32,7 +32,7 @@ from gitops.plan import drift_count, out_of_sync
 from gitops.plan.diff import readable_diff
 from gitops.prepared import PreparedSelect
 from gitops.redaction import redact, url_without_query
-from gitops.vocabulary import Staleness, StaleReason
+from gitops.vocabulary import FlagReach, Staleness, StaleReason
 from gitops.windows import FreezeRule, Gate, WindowRule, change_gate
 
 
@@ -507,6 +507,7 @@ _FLAG_COLUMNS = (
     "removed",
     "rollout",
     "held_by",
+    "reach",
     "changed_commit",
     "changed_at",
 )
@@ -550,8 +551,12 @@ class FlagRow:
 
     @property
     def changes_at_full(self) -> Rollout | None:
-        """The running rollout that gives every user a new definition of this flag at once at 100% (its
-        variants change type): until then everyone has this one."""
+        """The running rollout that gives every user a new definition of this flag (or its removal) at once
+        at 100%: its variants change type, and everyone has this one until then; or it moves between flag
+        sets, and nobody has this row's change until then."""
+        rollout = self.flag.rollout
+        if self.flag.reach == FlagReach.AT_FULL and rollout is not None and rollout.is_active:
+            return rollout
         held_by = self.flag.held_by
         before = self.flag.rollout_id != self.flag.held_by_id  # the row is not yet that rollout's
         return held_by if held_by is not None and held_by.is_active and before else None
@@ -625,7 +630,10 @@ def flag_row(flag: PublishedFlag, *, now: datetime) -> FlagRow:
             flag.serves_one_variant, flag.changed_at, flag.removed, stale_before(now)
         ),
         share=flag_share(
-            rollout.phase if rollout else None, rollout.weight if rollout else 0, flag.changed_at
+            rollout.phase if rollout else None,
+            rollout.weight if rollout else 0,
+            flag.changed_at,
+            FlagReach(flag.reach),
         ),
     )
 
@@ -642,16 +650,22 @@ def stale_reasons(
     return tuple(reasons)
 
 
-def flag_share(phase: str | None, weight: int, changed_at: datetime | None) -> int:
+def flag_share(
+    phase: str | None, weight: int, changed_at: datetime | None, reach: FlagReach = FlagReach.SPLIT
+) -> int:
     """The percent of users a flag's definition (or, for a removed flag, its removal) reaches now.
 
-    ``phase`` and ``weight`` are those of the rollout that brought or brings it (None: no rollout).
+    ``phase`` and ``weight`` are those of the rollout that brought or brings it (None: no rollout);
+    ``reach``: whether its canary splits it (``FlagReach``).
     """
     if phase is None:
         return 100  # recorded as Git has it, with no rollout of it running
     if phase in Rollout.ACTIVE_PHASES:
-        # Not yet published (a step at weight 0, or a flag set Git no longer has, before 100%).
-        return weight if changed_at is not None else 0
+        # Not yet published (a step at weight 0, a flag set Git no longer has or a flag moving between
+        # sets, before 100%).
+        if changed_at is None or reach is FlagReach.AT_FULL:
+            return 0
+        return 100 if reach is FlagReach.AT_ONCE else weight
     return 100 if phase == Rollout.Phase.COMPLETED else 0  # otherwise rolled back
 
 
@@ -675,6 +689,7 @@ FLAG_EXPORT_FIELDS = (
     "serves_one_variant",
     "held_by_id",
     "held_by__phase",
+    "reach",
 )
 
 
@@ -684,12 +699,17 @@ def flag_export(filters: FlagFilters, *, now: datetime) -> Iterator[dict[str, An
     flags = published_flags(filters, now=now).values_list(*FLAG_EXPORT_FIELDS)[:FLAG_EXPORT_LIMIT]
     for values in flags.iterator(chunk_size=2000):
         record = dict(zip(FLAG_EXPORT_FIELDS, values, strict=True))
-        phase, changed_at = record.pop("rollout__phase"), record["changed_at"]
-        record["share"] = flag_share(phase, record.pop("rollout__weight") or 0, changed_at)
+        phase, changed_at, reach = (
+            record.pop("rollout__phase"),
+            record["changed_at"],
+            FlagReach(record.pop("reach")),
+        )
+        record["share"] = flag_share(phase, record.pop("rollout__weight") or 0, changed_at, reach)
         record["rollout_phase"] = phase or ""
         held_by, held_phase = record.pop("held_by_id"), record.pop("held_by__phase")
         changes_later = held_by and held_phase in Rollout.ACTIVE_PHASES and record["rollout_id"] != held_by
-        record["changes_at_full"] = held_by if changes_later else None
+        moving = reach is FlagReach.AT_FULL and phase in Rollout.ACTIVE_PHASES
+        record["changes_at_full"] = record["rollout_id"] if moving else held_by if changes_later else None
         record["stale_reasons"] = stale_reasons(
             record.pop("serves_one_variant"), changed_at, record["removed"], cutoff
         )

@@ -87,6 +87,14 @@ class StaleReason(StrEnum):
     UNCHANGED = "unchanged for a long time"  # longer than SLUICE_STALE_FLAG_DAYS
 
 
+class FlagReach(StrEnum):
+    """Who has a flag's new definition (or its removal) while its canary runs, between 0 and 100%."""
+
+    SPLIT = "split"  # the rollout's share of users
+    AT_ONCE = "at_once"  # everyone, from the canary's first publication: the two sides serve the same
+    AT_FULL = "at_full"  # nobody until 100: it moves between flag sets, or its variants change type
+
+
 class Staleness(StrEnum):
     """The Flags page's staleness filter."""
 

@@ -100,6 +100,7 @@ from typing import Any, Final
 from gitops.desired.flag_summary import effective_flags
 from gitops.desired.flags import inlined_weight, json_type
 from gitops.errors import PermanentError
+from gitops.vocabulary import FlagReach
 
 MetadataValue = str | int | float | bool
 
@@ -180,6 +181,33 @@ def moved_flags(
         if mine:
             moved[name] = frozenset(mine)
     return moved
+
+
+def canary_reach(
+    old: Mapping[str, Any] | None, new: Mapping[str, Any], canary: Mapping[str, Any]
+) -> dict[str, FlagReach]:
+    """For each flag changed from ``old`` to ``new``, who has its new definition (or its removal) in
+    ``canary``, what ``canary_flag_set`` published between 0 and 100 (exclusive).
+
+    Read from the canary itself, so the Flags page says what flagd serves: a flag published as in ``new``
+    (its sides serve the same: only its metadata changed, say) reached everyone; one published as ``old``
+    had it (its variants change type, or it moves to another set), or absent while ``new`` has it (it
+    arrives from another set), nobody until 100; a removed flag absent from the canary is gone for all.
+    """
+    old_flags, new_flags = effective_flags(old), effective_flags(new)
+    written = new.get("flags") or {}
+    published = canary.get("flags") or {}
+    reach: dict[str, FlagReach] = {}
+    for key in _changed(old_flags, new_flags):
+        if key not in published:
+            reach[key] = FlagReach.AT_FULL if key in new_flags else FlagReach.AT_ONCE
+        elif key in written and _canonical(published[key]) == _canonical(written[key]):
+            reach[key] = FlagReach.AT_ONCE
+        elif key in old_flags and _canonical(published[key]) == _canonical(old_flags[key]):
+            reach[key] = FlagReach.AT_FULL
+        else:
+            reach[key] = FlagReach.SPLIT
+    return reach
 
 
 def _flag_keys(document: Mapping[str, Any] | None) -> set[str]:

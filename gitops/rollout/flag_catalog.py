@@ -36,8 +36,8 @@ from gitops.desired.limits import Limits
 from gitops.desired.revision import DesiredState, flag_set_key, published_baseline
 from gitops.models import Change, PublishedFlag, Rollout
 from gitops.prepared import PreparedSelect
-from gitops.rollout.flag_canary import changed_flags, held_until_full
-from gitops.vocabulary import ChangeAction
+from gitops.rollout.flag_canary import canary_reach, changed_flags, held_until_full
+from gitops.vocabulary import ChangeAction, FlagReach
 
 CONFIGMAP = "ConfigMap"
 FULL_WEIGHT = 100
@@ -75,9 +75,11 @@ def flag_catalog_record(
     desired: DesiredState,
     weight: int,
     baselines: Mapping[tuple[str, str, str], Mapping[str, Any] | None] | None = None,
+    weighted: DesiredState | None = None,
 ) -> None:
     """Brings the source's catalog to what ``rollout`` publishes at ``weight``; writes only on a change.
-    ``baselines``: each flag set (by object key) as published before the rollout, below 100."""
+    ``baselines``: each flag set (by object key) as published before the rollout, below 100;
+    ``weighted``: ``desired`` with each flag set's canary at ``weight`` (who has which change)."""
     # One catalog row per flag, whatever the number of clusters: every target cluster publishes the same
     # set (the row names the cluster of its first publication).
     flag_sets = {obj.key[1:]: obj.flag_set for obj in desired.objects if obj.flag_set is not None}
@@ -91,10 +93,29 @@ def flag_catalog_record(
         for key, hashed in flag_set.definition_hashes.items()
     }
     held_flags = {(*set_key, key) for set_key, keys in held.items() for key in keys}
-    if _up_to_date(rollout, wanted, weight, held_flags):
+    reach = _reach(desired, baselines or {}, weighted) if 0 < weight < FULL_WEIGHT else {}
+    if _up_to_date(rollout, wanted, weight, held_flags, reach):
         return
     with transaction.atomic():
-        _rewrite(rollout, sets, weight, held)
+        _rewrite(rollout, sets, weight, held, reach)
+
+
+def _reach(
+    desired: DesiredState,
+    baselines: Mapping[tuple[str, str, str], Mapping[str, Any] | None],
+    weighted: DesiredState | None,
+) -> dict[FlagKey, FlagReach]:
+    """Who has each changed flag's new definition, or its removal, in the canary published now; where the
+    clusters' canaries differ (they published different sets before), the rollout's share."""
+    canaries = {obj.key: obj.canary_document for obj in (weighted.objects if weighted else ())}
+    found: dict[FlagKey, set[FlagReach]] = {}
+    for obj in desired.objects:
+        canary = canaries.get(obj.key)
+        if obj.flag_set is None or canary is None:
+            continue
+        for key, reach in canary_reach(baselines.get(obj.key), obj.flag_set.document, canary).items():
+            found.setdefault((obj.namespace, obj.name, key), set()).add(reach)
+    return {flag: reaches.pop() if len(reaches) == 1 else FlagReach.SPLIT for flag, reaches in found.items()}
 
 
 def _held(
@@ -126,38 +147,47 @@ def _held(
 
 
 # Every pass of a source asks it (one statement, with flags or without): compiled once.
-_CATALOG_ROWS: PreparedSelect[tuple[str, str, str, str, bool, int | None, str | None, Any, int | None]] = (
-    PreparedSelect(
-        lambda source_id: PublishedFlag.objects.filter(source_id=source_id).values_list(
-            "namespace",
-            "flag_set",
-            "key",
-            "definition_hash",
-            "removed",
-            "rollout_id",
-            "rollout__phase",
-            "changed_at",
-            "held_by_id",
-        ),
-        int,
-    )
+_CatalogRow = tuple[str, str, str, str, bool, int | None, str | None, Any, int | None, str]
+_CATALOG_ROWS: PreparedSelect[_CatalogRow] = PreparedSelect(
+    lambda source_id: PublishedFlag.objects.filter(source_id=source_id).values_list(
+        "namespace",
+        "flag_set",
+        "key",
+        "definition_hash",
+        "removed",
+        "rollout_id",
+        "rollout__phase",
+        "changed_at",
+        "held_by_id",
+        "reach",
+    ),
+    int,
 )
 
 
 def _up_to_date(
-    rollout: Rollout, wanted: Mapping[FlagKey, str], weight: int, held: Collection[FlagKey]
+    rollout: Rollout,
+    wanted: Mapping[FlagKey, str],
+    weight: int,
+    held: Collection[FlagKey],
+    reach: Mapping[FlagKey, FlagReach],
 ) -> bool:
     rows = _CATALOG_ROWS(rollout.source_id)
     wanted_sets = {(namespace, flag_set) for namespace, flag_set, _ in wanted}
     seen: set[FlagKey] = set()
     # One plain query: a row per flag is small, and a server-side cursor (DECLARE ... WITH HOLD, FETCH,
     # CLOSE) cost three round trips on every pass, flags or not.
-    for namespace, flag_set, key, hashed, removed, rollout_id, phase, changed_at, held_by in rows:
+    for namespace, flag_set, key, hashed, removed, rollout_id, phase, changed_at, held_by, reached in rows:
         flag = (namespace, flag_set, key)
+        expected = reach.get(flag, FlagReach.SPLIT)
+        if rollout_id == rollout.pk and reached != expected:
+            return False
+        # A moving flag is published on neither side before 100: nothing to wait for.
+        unpublished = changed_at is None and expected is not FlagReach.AT_FULL
         if removed:
             # Served until this rollout reaches 100; a removed flag of a set Git still has goes
             # with the canary split, so it waits for the set's first publication.
-            waiting = changed_at is None and (namespace, flag_set) in wanted_sets
+            waiting = unpublished and (namespace, flag_set) in wanted_sets
             if rollout_id != rollout.pk or weight >= FULL_WEIGHT or flag in wanted or waiting:
                 return False
             continue
@@ -165,7 +195,7 @@ def _up_to_date(
             return False
         if flag in held and held_by != rollout.pk:
             return False  # held back until 100 by this rollout, which the row must name
-        if rollout_id == rollout.pk and changed_at is None:
+        if rollout_id == rollout.pk and unpublished:
             return False  # waiting for its first publication
         if rollout_id not in (None, rollout.pk) and phase != Rollout.Phase.COMPLETED:
             return False  # an aborted or superseded rollout's: this one may have taken over
@@ -178,6 +208,7 @@ def _rewrite(
     sets: Mapping[SetKey, dict[str, Any]],
     weight: int,
     held: Mapping[SetKey, Mapping[str, FlagSummary]],
+    reach: Mapping[FlagKey, FlagReach],
 ) -> None:
     # The source's reconcile lock makes this the only writer of its rows.
     existing = {
@@ -194,7 +225,7 @@ def _rewrite(
         touched = set_key in baselines
         keeps = held.get(set_key, {})
         changing = changed_flags(baselines[set_key], document) - keeps.keys() if touched else set()
-        flipping = frozenset(flips.get(set_key, {}))
+        flipping = frozenset(flips.get(set_key, {})) | _moved_in(rollout, set_key, changing, existing, weight)
         one = _SetPass(set_key, document, changing, first.get(set_key), touched, keeps, flipping)
         rows += _rows_of_set(rollout, one, existing)
         if touched and weight < FULL_WEIGHT:
@@ -208,7 +239,32 @@ def _rewrite(
                 gone = {"removed": True, "rollout_id": rollout.pk, "changed_commit": "", "changed_at": None}
                 rows.append(_copy_row(row, **gone))
                 kept.add(flag)
+    for row in rows:
+        if row.rollout_id == rollout.pk:
+            row.reach = reach.get((row.namespace, row.flag_set, row.key), FlagReach.SPLIT)
+            if row.reach == FlagReach.AT_FULL:  # nobody has it before 100: not published yet
+                row.changed_commit, row.changed_at = "", None
     _store(rollout.source_id, rows)
+
+
+def _moved_in(
+    rollout: Rollout,
+    set_key: SetKey,
+    changing: Collection[str],
+    existing: Mapping[FlagKey, PublishedFlag],
+    weight: int,
+) -> set[str]:
+    """At 100, the changed flags this rollout held back until now (they moved between flag sets): they
+    changed at its publication at 100, as the flags it held for their type did."""
+    if weight < FULL_WEIGHT:
+        return set()
+    return {
+        key
+        for key in changing
+        if (row := existing.get((*set_key, key))) is not None
+        and row.rollout_id == rollout.pk
+        and row.reach == FlagReach.AT_FULL
+    }
 
 
 def _rows_of_set(

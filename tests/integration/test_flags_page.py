@@ -301,6 +301,7 @@ def test_a_flag_rollout_shows_its_share_the_new_commit_and_removed_flags(two_sou
 def record_step_again(rollout, *, weight: int) -> None:
     """The catalog as the step at ``weight`` records it, from what the clusters publish now."""
     from gitops.fetch.revisions import revision_desired_state, revision_fetch
+    from gitops.rollout.engine import desired_at_weight
     from gitops.rollout.flag_catalog import flag_catalog_record
     from gitops.rollout.step import flag_baselines, live_state
 
@@ -308,7 +309,9 @@ def record_step_again(rollout, *, weight: int) -> None:
     revision_fetch(rollout.source)  # into this process's mirror
     desired = revision_desired_state(rollout.source, rollout.revision)
     live = live_state(rollout.source, desired)
-    flag_catalog_record(rollout, desired, weight, flag_baselines(rollout, desired, live.index()))
+    baselines = flag_baselines(rollout, desired, live.index())
+    weighted = desired_at_weight(desired, weight, baselines, rollout.flag_population)
+    flag_catalog_record(rollout, desired, weight, baselines, weighted)
 
 
 def test_a_flag_whose_variants_change_type_is_shown_as_everyone_has_it_until_100(two_sources, people, sync):
@@ -388,6 +391,61 @@ def test_a_flag_whose_variants_change_type_is_shown_as_everyone_has_it_until_100
         client.get("/api/flags", {"source": shop.name, "key": "banner"}).json()["items"][0]["changes_at_full"]
         is None
     )
+
+
+def test_flags_the_canary_does_not_split_show_who_has_them(two_sources, people, sync):
+    # The page showed the rollout's share for these: a change both sides serve alike reaches everyone at
+    # the first step, and a flag moving to another flag set of the namespace reaches nobody before 100.
+    repo, shop = two_sources["repo"], two_sources["shop"]
+    changed = json.loads(json.dumps(CHECKOUT))
+    changed["flags"]["beta"]["metadata"] = {"owner": "growth"}
+    promo = {"flags": {"banner": changed["flags"].pop("banner")}}
+    changed["flags"]["new-checkout"]["targeting"] = {"fractional": [["on", 60], ["off", 40]]}
+    steps = [{"setWeight": 25}, {"pause": {}}, {"setWeight": 100}]
+    flags = {"namespace": two_sources["flags_ns"]}
+    repo.write_all(
+        {
+            "sluice.yaml": policy([two_sources["app"]], flags=flags, rollout={"steps": steps}),
+            "flags/checkout.json": json.dumps(changed),
+            "flags/promo.json": json.dumps(promo),
+        }
+    )
+    v2 = repo.commit("v2: the banner moves to the promo set; beta gets an owner")
+    sync(shop)
+    paused = wait_for(shop, phase="Paused", waiting_for="approval", weight=25)
+    client = client_for(people["viewer"])
+    page = client.get(reverse("dashboard:flags"), {"source": shop.name}).content.decode()
+    moving = re.findall(r'<tr data-flag="banner"(.*?)</tr>', page, flags=re.S)
+    assert len(moving) == 2, "listed in the set it leaves and in the set it joins"
+    leaving, joining = sorted(moving, key=lambda row: "removed in Git" not in row)
+    for row in (leaving, joining):
+        assert 'data-share="0"' in row and "changes at 100%" in row, row
+        assert f'href="/rollouts/{paused.pk}/"' in row
+    assert "everyone keeps it until 100%" in leaving
+    assert "nobody until 100%" in joining and "not published yet" in joining
+    rows = rows_of(page)
+    assert 'data-share="100"' in rows["beta"] and "the canary does not split it" in rows["beta"]
+    assert v2[:12] in rows["beta"], "changed for everyone by the canary's first publication"
+    assert 'data-share="25"' in rows["new-checkout"] and "changes at 100%" not in rows["new-checkout"]
+    listed = client.get("/api/flags", {"source": shop.name, "key": "banner"}).json()["items"]
+    assert sorted((flag["share_percent"], flag["changes_at_full"]) for flag in listed) == [(0, paused.pk)] * 2
+    exported = client.get(reverse("dashboard:flags"), {"format": "csv", "source": shop.name})
+    exported_rows = list(csv.DictReader(io.StringIO(b"".join(exported.streaming_content).decode())))
+    shares = sorted((row["key"], row["share_percent"], row["changes_at_full"]) for row in exported_rows)
+    assert ("beta", "100", "") in shares and shares.count(("banner", "0", str(paused.pk))) == 2, shares
+    # The page's record settles: a pass that changes nothing writes nothing.
+    before = list(PublishedFlag.objects.filter(source=shop).order_by("id").values())
+    record_step_again(paused, weight=25)
+    assert list(PublishedFlag.objects.filter(source=shop).order_by("id").values()) == before
+
+    decisions.rollout_promote(paused.pk, user=people["approver"])
+    wait_for(shop, phase="Completed")
+    rows = rows_of(client.get(reverse("dashboard:flags"), {"source": shop.name}).content.decode())
+    assert 'data-share="100"' in rows["banner"] and "changes at 100%" not in rows["banner"]
+    joined = PublishedFlag.objects.get(source=shop, key="banner")
+    assert joined.flag_set == "promo"
+    at_full = Change.objects.filter(rollout=paused, name="promo", weight=100).order_by("id").first()
+    assert (joined.changed_commit, joined.changed_at) == (v2, at_full.at), "changed for everyone at 100"
 
 
 def test_a_pass_that_changes_nothing_costs_one_query_and_a_lost_row_comes_back(two_sources):

@@ -31,8 +31,11 @@ from gitops.rollout.flag_canary import (
     SPLIT_BUCKET_OLD,
     CanaryRefused,
     canary_flag_set,
+    canary_reach,
     changed_flags,
+    moved_flags,
 )
+from gitops.vocabulary import FlagReach
 from tests.flagd import EVALUATORS, KEYS, Context, FlagdEvaluator, PythonEvaluator
 
 WEIGHTS = (0, 25, 50, 75, 100)
@@ -811,3 +814,65 @@ def test_a_computed_targeting_over_variant_names_only_one_evaluator_prints_is_re
     ):
         canary_flag_set(old, new, 50, population=POPULATION)
     assert canary_flag_set(old, new, 100, population=POPULATION) == new
+
+
+def test_every_flag_the_canary_splits_reaches_the_rollouts_share() -> None:
+    canary = canary_flag_set(OLD, NEW, 25, population=POPULATION)
+    assert canary_reach(OLD, NEW, canary) == dict.fromkeys(changed_flags(OLD, NEW), FlagReach.SPLIT)
+
+
+def test_the_reach_of_a_flag_the_canary_does_not_split_is_what_its_users_get(
+    publish: Callable[[Mapping[str, Any]], Published],
+) -> None:
+    # The Flags page showed the rollout's share for these: a change the two sides serve alike reaches
+    # everyone at the canary's first publication, one held until 100 nobody before it.
+    owner = {"owner": "shop"}
+    old = {
+        "flags": {
+            "tagged": _flag(ON_OFF, "on", {"if": [IS_CORP, "off"]}),
+            "mode": _flag(ON_OFF, "off", {"if": [PAID, "on"]}),
+            "retired": {**_flag(ON_OFF, "on"), "state": "DISABLED"},
+            "split": _flag(ON_OFF, "off", {"if": [PAID, "on"]}),
+        }
+    }
+    new = {
+        "flags": {
+            "tagged": _flag(ON_OFF, "on", {"if": [IS_CORP, "off"]}, metadata=owner),
+            "mode": _flag({"fast": "fast", "safe": "safe"}, "safe"),
+            "split": _flag(ON_OFF, "on", {"if": [PAID, "off"]}),
+        }
+    }
+    canary = canary_flag_set(old, new, 25, population=POPULATION)
+    reach = canary_reach(old, new, canary)
+    assert reach == {
+        "tagged": FlagReach.AT_ONCE,
+        "mode": FlagReach.AT_FULL,
+        "retired": FlagReach.AT_ONCE,
+        "split": FlagReach.SPLIT,
+    }
+    served = publish(canary).results_of([("tagged", "boolean"), ("mode", "boolean")], CONTEXTS)
+    assert served["tagged"] == publish(new).results("tagged", "boolean", CONTEXTS), "everyone: the new one"
+    assert served["mode"] == publish(old).results("mode", "boolean", CONTEXTS), "everyone: the old one"
+    assert "retired" not in canary["flags"], "removed for everyone"
+
+
+def test_a_flag_moving_between_flag_sets_reaches_nobody_until_100_on_either_side() -> None:
+    banner = _flag(ON_OFF, "off", {"if": [PAID, "on"]})
+    sides = {
+        "old-set": (
+            {"flags": {"banner": banner, "kept": _flag(ON_OFF, "on")}},
+            {"flags": {"kept": _flag(ON_OFF, "off")}},
+        ),
+        "new-set": (None, {"flags": {"banner": banner}}),
+    }
+    moved = moved_flags(sides)
+    reach = {
+        name: canary_reach(
+            old, new, canary_flag_set(old, new, 40, population=POPULATION, moved=moved.get(name, frozenset()))
+        )
+        for name, (old, new) in sides.items()
+    }
+    assert reach == {
+        "old-set": {"banner": FlagReach.AT_FULL, "kept": FlagReach.SPLIT},
+        "new-set": {"banner": FlagReach.AT_FULL},
+    }
