@@ -166,18 +166,16 @@ def _share_html(row: selectors.FlagRow) -> SafeString:
     if row.rolled_back:
         note = "rolled back: users keep the previous definition"
     elif row.rolling_out and flag.reach == FlagReach.AT_FULL:
-        # It moves between flag sets: flagd would serve either side's half the code default.
-        note = (
-            "everyone keeps it until 100%"
-            if flag.removed
-            else "nobody until 100%: it moves between flag sets"
-        )
+        # It moves between flag sets (split on each side, flagd would give half the code default), or its
+        # flag set was dropped and is served until the prune at 100.
+        note = "everyone keeps it until 100%" if flag.removed else "nobody until 100%"
     elif row.rolling_out and flag.changed_at is None:
         note = "everyone keeps it until 100%" if flag.removed else "not published yet"
     elif row.changes_at_full is not None:
         note = "everyone, until the new definition replaces it for everyone at 100%"
     elif row.rolling_out and flag.reach == FlagReach.AT_ONCE:
-        note = "everyone at once: both definitions serve the same, so the canary does not split it"
+        same = "removed for everyone at once" if flag.removed else "everyone at once"
+        note = f"{same}: both definitions serve the same, so the canary does not split it"
     return format_html(
         '<td class="share" data-label="Users" data-share="{}"><progress max="100" value="{}"'
         ' aria-label="{}% of users on this definition of {}"></progress> {}%{}</td>',

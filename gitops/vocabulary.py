@@ -92,7 +92,9 @@ class FlagReach(StrEnum):
 
     SPLIT = "split"  # the rollout's share of users
     AT_ONCE = "at_once"  # everyone, from the canary's first publication: the two sides serve the same
-    AT_FULL = "at_full"  # nobody until 100: it moves between flag sets, or its variants change type
+    # Nobody until 100: it moves between flag sets, or its flag set was dropped (served until the prune). A
+    # flag whose variants change type is held too, but its row is the old definition everyone keeps.
+    AT_FULL = "at_full"
 
 
 class Staleness(StrEnum):

@@ -106,16 +106,34 @@ def _reach(
     weighted: DesiredState | None,
 ) -> dict[FlagKey, FlagReach]:
     """Who has each changed flag's new definition, or its removal, in the canary published now; where the
-    clusters' canaries differ (they published different sets before), the rollout's share."""
+    clusters differ (they published different sets before: one has the new definition already, say), the
+    rollout's share. A flag set Git dropped is served as it was until its prune at 100: nobody loses its
+    flags before."""
     canaries = {obj.key: obj.canary_document for obj in (weighted.objects if weighted else ())}
-    found: dict[FlagKey, set[FlagReach]] = {}
+    by_cluster: dict[SetKey, list[dict[str, FlagReach]]] = {}
     for obj in desired.objects:
         canary = canaries.get(obj.key)
-        if obj.flag_set is None or canary is None:
+        if obj.flag_set is not None and canary is not None:
+            here = canary_reach(baselines.get(obj.key), obj.flag_set.document, canary)
+            by_cluster.setdefault((obj.namespace, obj.name), []).append(here)
+    found: dict[FlagKey, FlagReach] = {}
+    for set_key, clusters in by_cluster.items():
+        for key in {key for here in clusters for key in here}:
+            # A cluster where the flag did not change gives everyone there the new definition already.
+            reaches = {here.get(key, FlagReach.AT_ONCE) for here in clusters}
+            found[(*set_key, key)] = reaches.pop() if len(reaches) == 1 else FlagReach.SPLIT
+    kept = {obj.key for obj in desired.objects}
+    for (cluster, namespace, name), document in baselines.items():
+        if (cluster, namespace, name) in kept or document is None:
             continue
-        for key, reach in canary_reach(baselines.get(obj.key), obj.flag_set.document, canary).items():
-            found.setdefault((obj.namespace, obj.name, key), set()).add(reach)
-    return {flag: reaches.pop() if len(reaches) == 1 else FlagReach.SPLIT for flag, reaches in found.items()}
+        for key in document.get("flags") or {}:
+            kept_elsewhere = found.get(
+                (namespace, name, key), FlagReach.AT_FULL
+            )  # a cluster still has the set
+            found[(namespace, name, key)] = (
+                FlagReach.AT_FULL if kept_elsewhere is FlagReach.AT_FULL else FlagReach.SPLIT
+            )
+    return found
 
 
 def _held(
@@ -255,7 +273,9 @@ def _moved_in(
     weight: int,
 ) -> set[str]:
     """At 100, the changed flags this rollout held back until now (they moved between flag sets): they
-    changed at its publication at 100, as the flags it held for their type did."""
+    changed at its publication at 100, as the flags it held for their type did. Known by their rows: held
+    (``AT_FULL``) below 100, or already flipped (``_flipped`` names the rollout twice), so a pass at 100
+    that rewrites the catalog again keeps the time of the publication at 100."""
     if weight < FULL_WEIGHT:
         return set()
     return {
@@ -263,7 +283,7 @@ def _moved_in(
         for key in changing
         if (row := existing.get((*set_key, key))) is not None
         and row.rollout_id == rollout.pk
-        and row.reach == FlagReach.AT_FULL
+        and (row.reach == FlagReach.AT_FULL or row.held_by_id == rollout.pk)
     }
 
 

@@ -446,6 +446,10 @@ def test_flags_the_canary_does_not_split_show_who_has_them(two_sources, people, 
     assert joined.flag_set == "promo"
     at_full = Change.objects.filter(rollout=paused, name="promo", weight=100).order_by("id").first()
     assert (joined.changed_commit, joined.changed_at) == (v2, at_full.at), "changed for everyone at 100"
+    # The catalog written again at 100 (another row lost) keeps that time, not the canary's first.
+    PublishedFlag.objects.filter(source=shop, key="beta").delete()
+    record_step_again(paused, weight=100)
+    assert PublishedFlag.objects.get(source=shop, key="banner").changed_at == at_full.at
 
 
 def test_a_pass_that_changes_nothing_costs_one_query_and_a_lost_row_comes_back(two_sources):
