@@ -27,7 +27,7 @@ import math
 import re
 from collections import deque
 from collections.abc import Callable, Collection, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
 
 from gitops.desired.documents import Document, PathKey, Usage, load_json, load_yaml
@@ -101,6 +101,8 @@ class FlagSet:
     evaluators: dict[str, Any]
     metadata: dict[str, MetadataValue]
     document: dict[str, Any]
+    # Each flag key's line in its file, for errors that span files (a key two flag sets define).
+    key_lines: Mapping[str, int] = field(default_factory=dict, repr=False, compare=False)
 
     @functools.cached_property
     def definition_hashes(self) -> Mapping[str, str]:
@@ -164,6 +166,7 @@ def load_flag_set(
         evaluators=data.get("$evaluators", {}),
         metadata=data.get("metadata", {}),
         document=data,
+        key_lines={key: line for key in data["flags"] if (line := document.lines.get(("flags", key)))},
     ), []
 
 

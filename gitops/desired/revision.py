@@ -618,17 +618,17 @@ def load_revision_changes(
 
 def _kept_flag_keys(
     index: RevisionIndex, changes: Mapping[str, FileChange], parsed: Mapping[str, ParsedFile]
-) -> dict[str, str] | None:
-    """The flag keys of the flag sets the commit left as they were, each with its file, for a commit
+) -> dict[str, tuple[str, int | None]] | None:
+    """The flag keys of the flag sets the commit left as they were, each with its file and line, for a commit
     whose changed files hold a flag set (``_flags_defined_before``); None for any other commit, since
     every kept file is looked at."""
     if not any(isinstance(item, FlagSet) for result in parsed.values() for item in result.items):
         return None
-    keys: dict[str, str] = {}
+    keys: dict[str, tuple[str, int | None]] = {}
     for path, objects in index.by_path.items():
-        if path not in changes and objects and objects[0].flag_set is not None:
-            for key in objects[0].flag_set.flags:
-                keys.setdefault(key, path)
+        if path not in changes and objects and (flag_set := objects[0].flag_set) is not None:
+            for key in flag_set.flags:
+                keys.setdefault(key, (path, flag_set.key_lines.get(key)))
     return keys
 
 
@@ -891,7 +891,7 @@ def _expand(
     limits: Limits = DEFAULT_LIMITS,
     *,
     memo: Mapping[tuple[str, int, int, str, str], DesiredObject] | None = None,
-    flag_keys: Mapping[str, str] | None = None,
+    flag_keys: Mapping[str, tuple[str, int | None]] | None = None,
 ) -> _Expansion:
     """Every object the parsed files make, in every target; ``memo`` holds the last revision's objects,
     reused (the same instances) where the manifest they came from is the same parsed one. ``flag_keys``:
@@ -902,7 +902,7 @@ def _expand(
     refused, target_errors = _refused_targets(policy, reachable, permitted)
     unnamespaced = [pair for pair in policy.target_pairs if pair[0] in reachable and pair not in refused]
     expansion = _Expansion(errors, limits)
-    flag_files = dict(flag_keys or {})  # each flag key, and the flag-set file that defines it
+    flag_files = dict(flag_keys or {})  # each flag key, and the flag-set file (and line) that defines it
     try:
         for path in sorted(parsed):
             for index, item in enumerate(parsed[path].items):
@@ -954,20 +954,21 @@ def _refused_targets(
 
 
 def _flags_defined_before(
-    path: str, flag_set: FlagSet, flag_files: dict[str, str], namespace: str
+    path: str, flag_set: FlagSet, flag_files: dict[str, tuple[str, int | None]], namespace: str
 ) -> list[ValidationError]:
     """A flag key another flag-set file defines too: flagd serves every set of the flags namespace
     together, merged by key, so which definition a client got would depend on the order flagd read them
     in, and a canary could not say which side is the old one. Records this file's keys."""
     errors = []
     for key in flag_set.flags:
-        first = flag_files.setdefault(key, path)
+        first, first_line = flag_files.setdefault(key, (path, flag_set.key_lines.get(key)))
         if first != path:
+            where = f"{first}:{first_line}" if first_line else first
             message = (
-                f"the flag {key!r} is also defined in {first}: flagd serves every flag set of {namespace} "
+                f"the flag {key!r} is also defined in {where}: flagd serves every flag set of {namespace} "
                 "together, merged by key, so one key belongs in one file"
             )
-            errors.append(ValidationError(path, None, f"flags.{key}", message))
+            errors.append(ValidationError(path, flag_set.key_lines.get(key), f"flags.{key}", message))
     return errors
 
 

@@ -140,11 +140,27 @@ def test_a_flag_key_two_flag_set_files_define_is_refused_naming_both():
     definitions a client got would depend on flagd's source order."""
     files = {"sluice.yaml": POLICY, "flags/a.json": flag_set_of(2), "flags/b.json": flag_set_of(3)}
     (error,) = rejected(files)
-    assert (error.file, error.field) == ("flags/b.json", "flags.big")
-    assert "'big' is also defined in flags/a.json" in error.message
+    assert (error.file, error.line, error.field) == ("flags/b.json", 1, "flags.big")
+    assert "'big' is also defined in flags/a.json:1:" in error.message
     assert "merged by key" in error.message
     other = json.dumps({"flags": {"small": json.loads(flag_set_of(2))["flags"]["big"]}}).encode()
     assert len(loaded({**files, "flags/b.json": other}).objects) == 2, "different keys: both published"
+
+
+def test_a_flag_key_two_flag_set_files_define_is_refused_at_its_line_in_each():
+    switch = '{state: ENABLED, variants: {"on": true, "off": false}, defaultVariant: "on"}'
+    files = {
+        "sluice.yaml": POLICY,
+        "flags/a.yaml": f"flags:\n  one: {switch}\n  two: {switch}\n".encode(),
+        "flags/b.json": (
+            b'{\n  "flags": {\n'
+            b'    "three": {"state": "DISABLED", "variants": {"x": 1}, "defaultVariant": "x"},\n'
+            b'    "two": {"state": "DISABLED", "variants": {"x": 1}, "defaultVariant": "x"}\n  }\n}\n'
+        ),
+    }
+    (error,) = rejected(files)
+    assert (error.file, error.line, error.field) == ("flags/b.json", 4, "flags.two")
+    assert "'two' is also defined in flags/a.yaml:3:" in error.message
 
 
 def test_a_flag_set_whose_configmap_key_would_pass_253_characters_is_refused():
