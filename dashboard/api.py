@@ -471,6 +471,11 @@ class PlanOut(PlanSummaryOut):
     consumers: list[PlanConsumerOut] = Field(
         [], description="with ?revision=: the workloads the change would restart or wait for"
     )
+    consumer_problems: list[str] = Field(
+        [],
+        description="with ?revision=: clusters where a step could not list the consumers of what it "
+        "changes (RBAC): it would fail there and roll back",
+    )
 
 
 class PlanQuery(Schema):

@@ -18,8 +18,8 @@ from typing import Any
 
 from django.utils import timezone
 
-from gitops.cluster import get_cluster
-from gitops.consumers.wave import wave_consumers
+from gitops.cluster import ReadForbidden, get_cluster
+from gitops.consumers.wave import consumers_forbidden, wave_consumers
 from gitops.consumers.workloads import Workload, consumed_hash, pods_read_the_change, restart_due
 from gitops.desired.errors import ValidationError
 from gitops.desired.policy import ConsumerMode
@@ -67,6 +67,7 @@ class Preview:
     revision: Revision
     plan: Plan | None  # None: the revision is rejected
     consumers: tuple[ConsumerEffect, ...] = ()
+    consumer_problems: tuple[str, ...] = ()  # clusters whose consumers a step may not list: it would fail
 
 
 def source_preview(source: Source, *, cluster: str | None = None) -> Preview:
@@ -82,13 +83,21 @@ def source_preview(source: Source, *, cluster: str | None = None) -> Preview:
     if desired is None:
         revision.refresh_from_db()
         return Preview(revision, None)
-    planned, consumers = _plan_against_clusters(source, desired, revision.commit, cluster=cluster)
-    return Preview(revision, planned, consumers)
+    planned, reached = _plan_against_clusters(source, desired, revision.commit, cluster=cluster)
+    return Preview(revision, planned, reached.effects, reached.problems)
+
+
+@dataclass(frozen=True)
+class _Reached:
+    """The workloads a change reaches, and why a step could not find them in some clusters."""
+
+    effects: tuple[ConsumerEffect, ...] = ()
+    problems: tuple[str, ...] = ()
 
 
 def _plan_against_clusters(
     source: Source, desired: DesiredState, commit: str, *, cluster: str | None = None
-) -> tuple[Plan, tuple[ConsumerEffect, ...]]:
+) -> tuple[Plan, _Reached]:
     """The plan of ``desired`` against the live clusters, and the workloads it would reach. Reads only."""
     managed = managed_keys(source)
     # The live cache's stamps vouch for a preview as they do for a sync: it reads only the rest. A cluster
@@ -110,10 +119,10 @@ def _plan_against_clusters(
     if cluster is not None:
         planned = replace(planned, items=tuple(item for item in planned.items if item.cluster == cluster))
     mode = desired.policy.rollout.consumers
-    return planned, _consumer_effects(source, planned, mode) if mode != ConsumerMode.IGNORE else ()
+    return planned, _consumer_effects(source, planned, mode) if mode != ConsumerMode.IGNORE else _Reached()
 
 
-def _consumer_effects(source: Source, planned: Plan, mode: ConsumerMode) -> tuple[ConsumerEffect, ...]:
+def _consumer_effects(source: Source, planned: Plan, mode: ConsumerMode) -> _Reached:
     # As a step finds them: only a change of what pods read of a ConfigMap reaches its consumers.
     changed = {
         item.key: item.after_hash
@@ -121,7 +130,7 @@ def _consumer_effects(source: Source, planned: Plan, mode: ConsumerMode) -> tupl
         if pods_read_the_change(item.before, item.after)
     }
     if not changed:
-        return ()
+        return _Reached()
     hashes = {
         (cluster, namespace, name): content_hash
         for cluster, namespace, name, content_hash in ManagedObject.objects.filter(source=source).values_list(
@@ -136,10 +145,13 @@ def _consumer_effects(source: Source, planned: Plan, mode: ConsumerMode) -> tupl
     by_cluster: dict[str, set[tuple[str, str]]] = {}
     for cluster, namespace, name in changed:
         by_cluster.setdefault(cluster, set()).add((namespace, name))
-    effects = []
+    effects, problems = [], []
     for cluster, keys in sorted(by_cluster.items()):
         try:
             workloads = wave_consumers(get_cluster(cluster), keys)
+        except ReadForbidden as exc:  # the step would fail there, and roll back: said before it does
+            problems.append(f"a step fails and rolls back in {consumers_forbidden(cluster, exc)}")
+            continue
         except GitopsError:
             continue  # an unreachable cluster's objects are shown as such in the plan
         for workload in workloads:
@@ -151,7 +163,7 @@ def _consumer_effects(source: Source, planned: Plan, mode: ConsumerMode) -> tupl
                 sorted(name for ns, name in keys if ns == workload.namespace and name in workload.consumes)
             )
             effects.append(ConsumerEffect(workload, restart, reads))
-    return tuple(effects)
+    return _Reached(tuple(effects), tuple(problems))
 
 
 # -- any revision -------------------------------------------------------------------------------------
@@ -167,6 +179,7 @@ class RevisionPreview:
     plan: Plan | None = None
     errors: tuple[ValidationError, ...] = ()
     consumers: tuple[ConsumerEffect, ...] = ()
+    consumer_problems: tuple[str, ...] = ()
 
     def as_dict(self, *, items_shown: int | None = None) -> dict[str, Any]:
         """Plain data (the API's plan, ``gitops diff --revision --json``, a task's result): the objects
@@ -192,6 +205,7 @@ class RevisionPreview:
             "items_total": len(changed),
             "items": [item.as_dict() for item in changed[:items_shown]],
             "consumers": [effect.as_dict() for effect in self.consumers],
+            "consumer_problems": list(self.consumer_problems),
         }
 
 
@@ -206,14 +220,15 @@ def revision_preview(source: Source, revision: str) -> RevisionPreview:
         return RevisionPreview(
             source.name, requested.text, PreviewOutcome.REJECTED, info=loaded.info, errors=loaded.errors
         )
-    planned, consumers = _plan_against_clusters(source, loaded.desired, loaded.info.sha)
+    planned, reached = _plan_against_clusters(source, loaded.desired, loaded.info.sha)
     return RevisionPreview(
         source.name,
         requested.text,
         PreviewOutcome.PLANNED,
         info=loaded.info,
         plan=planned,
-        consumers=consumers,
+        consumers=reached.effects,
+        consumer_problems=reached.problems,
     )
 
 

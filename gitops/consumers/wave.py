@@ -29,6 +29,16 @@ ConfigMapKey = tuple[str, str]  # (namespace, name), in one cluster
 ClusterConfigMapKey = tuple[str, str, str]  # (cluster, namespace, name)
 
 
+def consumers_forbidden(cluster: str, refusal: ReadForbidden) -> str:
+    """Why a step fails in a cluster whose RBAC does not let Sluice list the workloads of a namespace it
+    changed: it can neither restart nor gate them. The step's failure and a preview's warning say it."""
+    return (
+        f"cluster {cluster}: may not list the consumers of its changed ConfigMaps ({refusal}); grant "
+        "get, list, watch and patch on deployments, statefulsets and daemonsets in its namespaces "
+        "(deploy/render.py member-rbac), or set rollout.consumers to ignore"
+    )
+
+
 def wave_consumers(cluster: Cluster, changed: Iterable[ConfigMapKey]) -> list[Workload]:
     """The Deployments, StatefulSets and DaemonSets of ``cluster`` that read a ``changed`` ConfigMap."""
     names_by_namespace: dict[str, set[str]] = {}

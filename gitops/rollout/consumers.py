@@ -23,7 +23,7 @@ from django.utils import timezone
 from gitops import schedule
 from gitops.cluster import ReadForbidden, get_cluster
 from gitops.consumers.gate import GateResult, WorkloadKey, gate_wait, place
-from gitops.consumers.wave import consumer_map, restart_intents, wave_consumers
+from gitops.consumers.wave import consumer_map, consumers_forbidden, restart_intents, wave_consumers
 from gitops.consumers.workloads import Health, Workload, WorkloadHealth
 from gitops.desired.policy import ConsumerMode
 from gitops.errors import GitopsError
@@ -150,11 +150,7 @@ def _consumers(changed: set[tuple[str, str, str]], result: WaveRestart) -> list[
         try:
             workloads.extend(wave_consumers(get_cluster(cluster), keys))
         except ReadForbidden as exc:
-            result.failures.append(
-                f"cluster {cluster}: may not list the consumers of its changed ConfigMaps ({exc}); grant "
-                "get, list, watch and patch on deployments, statefulsets and daemonsets in its namespaces "
-                "(deploy/render.py member-rbac), or set rollout.consumers to ignore"
-            )
+            result.failures.append(consumers_forbidden(cluster, exc))
         except GitopsError as exc:
             result.unreachable[cluster] = str(exc)
     return workloads

@@ -448,7 +448,7 @@ def test_a_step_whose_consumers_rbac_keeps_from_sluice_fails_and_rolls_back_at_o
 ) -> None:
     """ConfigMaps granted, workloads not: the step cannot restart or gate its consumers. It fails with
     what to grant and rolls back, instead of waiting for the cluster, with no healthTimeout, for good."""
-    from gitops import cluster_admin
+    from gitops import cluster_admin, preview
     from gitops.models import Rollout
     from tests.gitrepo import configmap as manifest
     from tests.workers import poll
@@ -471,8 +471,15 @@ def test_a_step_whose_consumers_rbac_keeps_from_sluice_fails_and_rolls_back_at_o
             "configmaps/app.yaml": manifest("app", {"V": "1"}),
         }
     )
-    repo.commit("v1")
+    commit = repo.commit("v1")
     source = make_source(allowed_namespaces=[f"noworkloads/{namespace}"])
+    # A preview says so before any step: it showed no consumers there, as if the change reached none.
+    previewed = preview.revision_preview(source, commit)
+    assert previewed.consumers == () and len(previewed.consumer_problems) == 1, previewed
+    assert previewed.consumer_problems[0].startswith(
+        "a step fails and rolls back in cluster noworkloads: may not list the consumers"
+    )
+    assert previewed.as_dict()["consumer_problems"] == list(previewed.consumer_problems)
 
     result = sync(source)
 

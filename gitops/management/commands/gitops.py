@@ -280,11 +280,12 @@ class Command(BaseCommand):
                 "summary": plan.summary(),
                 "items": [i.as_dict() for i in plan.items],
                 "consumers": [effect.as_dict() for effect in previewed.consumers],
+                "consumer_problems": list(previewed.consumer_problems),
             }
             self.stdout.write(json.dumps(payload, indent=2))
             return
         self._print_plan(plan)
-        self._print_consumer_effects(previewed.consumers)
+        self._print_consumer_effects(previewed.consumers, previewed.consumer_problems)
 
     def _diff_revision(self, source: Source, revision: str, *, as_json: bool) -> None:
         """``diff --revision``: exit 0 when planned, 1 when rejected, not found or not a revision, 2 when
@@ -310,11 +311,15 @@ class Command(BaseCommand):
         else:
             self.stdout.write(f"preview of {previewed.revision}; nothing is applied")
             self._print_plan(previewed.plan)
-            self._print_consumer_effects(previewed.consumers)
+            self._print_consumer_effects(previewed.consumers, previewed.consumer_problems)
         if previewed.outcome != PreviewOutcome.PLANNED:
             sys.exit(2 if previewed.outcome == PreviewOutcome.UNAVAILABLE else 1)
 
-    def _print_consumer_effects(self, effects: tuple[preview.ConsumerEffect, ...]) -> None:
+    def _print_consumer_effects(
+        self, effects: tuple[preview.ConsumerEffect, ...], problems: tuple[str, ...] = ()
+    ) -> None:
+        for problem in problems:
+            self.stdout.write(f"  warning: {problem}")
         for effect in effects:
             workload = effect.workload
             verb = "restart" if effect.restart else "wait for"
