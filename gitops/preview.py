@@ -32,7 +32,7 @@ from gitops.logs import log_context
 from gitops.models import ManagedObject, Revision, Source
 from gitops.plan import Action, Plan, plan
 from gitops.record.inventory import managed_keys
-from gitops.redaction import redact_url
+from gitops.redaction import redact, redact_url
 from gitops.rollout.state import clusters_owed_rollback, clusters_with_pending_writes
 from gitops.rollout.step import live_state
 from gitops.vocabulary import PreviewOutcome
@@ -150,7 +150,8 @@ def _consumer_effects(source: Source, planned: Plan, mode: ConsumerMode) -> _Rea
         try:
             workloads = wave_consumers(get_cluster(cluster), keys)
         except ReadForbidden as exc:  # the step would fail there, and roll back: said before it does
-            problems.append(f"a step fails and rolls back in {consumers_forbidden(cluster, exc)}")
+            # The refusal is the apiserver's (or an authorizer's) text: shown to viewers as a step's is.
+            problems.append(redact(f"a step fails and rolls back in {consumers_forbidden(cluster, exc)}"))
             continue
         except GitopsError:
             continue  # an unreachable cluster's objects are shown as such in the plan

@@ -963,7 +963,7 @@ def _flags_defined_before(
     for key in flag_set.flags:
         first, first_line = flag_files.setdefault(key, (path, flag_set.key_lines.get(key)))
         if first != path:
-            where = f"{first}:{first_line}" if first_line else first
+            where = f"{first} (line {first_line})" if first_line else first
             message = (
                 f"the flag {key!r} is also defined in {where}: flagd serves every flag set of {namespace} "
                 "together, merged by key, so one key belongs in one file"

@@ -141,7 +141,7 @@ def test_a_flag_key_two_flag_set_files_define_is_refused_naming_both():
     files = {"sluice.yaml": POLICY, "flags/a.json": flag_set_of(2), "flags/b.json": flag_set_of(3)}
     (error,) = rejected(files)
     assert (error.file, error.line, error.field) == ("flags/b.json", 1, "flags.big")
-    assert "'big' is also defined in flags/a.json:1:" in error.message
+    assert "'big' is also defined in flags/a.json (line 1):" in error.message
     assert "merged by key" in error.message
     other = json.dumps({"flags": {"small": json.loads(flag_set_of(2))["flags"]["big"]}}).encode()
     assert len(loaded({**files, "flags/b.json": other}).objects) == 2, "different keys: both published"
@@ -160,7 +160,7 @@ def test_a_flag_key_two_flag_set_files_define_is_refused_at_its_line_in_each():
     }
     (error,) = rejected(files)
     assert (error.file, error.line, error.field) == ("flags/b.json", 4, "flags.two")
-    assert "'two' is also defined in flags/a.yaml:3:" in error.message
+    assert "'two' is also defined in flags/a.yaml (line 3):" in error.message
 
 
 def test_a_flag_set_whose_configmap_key_would_pass_253_characters_is_refused():
