@@ -3,7 +3,10 @@
 A workload *consumes* a ConfigMap when its pod template refers to it through
 ``env[].valueFrom.configMapKeyRef``, ``envFrom[].configMapRef``,
 ``volumes[].configMap`` or ``volumes[].projected.sources[].configMap``, in a
-container or an init container.
+container or an init container; or when the workload names it in its
+``sluice.dev/consumes`` annotation (or Reloader's
+``configmap.reloader.stakater.com/reload``): an application that reads its
+ConfigMap through the API, which no pod template shows.
 
 *Healthy* means the workload's own controller has finished rolling out its
 current pod template, judged the way ``kubectl rollout status`` judges it.
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -24,6 +28,14 @@ from gitops.storable import storable_text
 CONFIG_HASH_ANNOTATION = "sluice.dev/config-hash"
 COMMIT_ANNOTATION = "sluice.dev/commit"
 RESTART_ANNOTATION = "sluice.dev/restart"
+# ConfigMaps a workload reads without its pod template referring to them, comma-separated; Reloader's
+# annotation says the same, so a workload Reloader restarted is found without a second annotation.
+CONSUMES_ANNOTATION = "sluice.dev/consumes"
+RELOADER_RELOAD_ANNOTATION = "configmap.reloader.stakater.com/reload"
+# A ConfigMap's name: a DNS subdomain. Anything else in the annotation names no ConfigMap, and is skipped.
+_CONFIGMAP_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+# Names read from one annotation: anybody who may edit a workload writes it.
+MAX_DECLARED_CONFIGMAPS = 100
 KINDS = ("Deployment", "StatefulSet", "DaemonSet")
 API_VERSION = "apps/v1"
 # How much of a condition's message a workload's health keeps.
@@ -70,12 +82,13 @@ def workload_from(obj: Mapping[str, Any], cluster: str = "") -> Workload:
     metadata = obj.get("metadata") or {}
     template = (obj.get("spec") or {}).get("template") or {}
     template_annotations = (template.get("metadata") or {}).get("annotations") or {}
-    restart = str((metadata.get("annotations") or {}).get(RESTART_ANNOTATION, "true")).strip().lower()
+    annotations = metadata.get("annotations") or {}
+    restart = str(annotations.get(RESTART_ANNOTATION, "true")).strip().lower()
     return Workload(
         kind=str(obj.get("kind", "")),
         namespace=str(metadata.get("namespace", "")),
         name=str(metadata.get("name", "")),
-        consumes=configmaps_referenced(template.get("spec") or {}),
+        consumes=configmaps_referenced(template.get("spec") or {}) | configmaps_declared(annotations),
         config_hash=str(template_annotations.get(CONFIG_HASH_ANNOTATION, "")),
         commit=str(template_annotations.get(COMMIT_ANNOTATION, "")),
         restartable=restart != "false",
@@ -86,6 +99,20 @@ def workload_from(obj: Mapping[str, Any], cluster: str = "") -> Workload:
 def configmaps_referenced(pod_spec: Mapping[str, Any]) -> frozenset[str]:
     """Every ConfigMap a pod spec reads, by name: env, envFrom, volumes and projected volumes."""
     return frozenset(name for name in _references(pod_spec) if isinstance(name, str) and name)
+
+
+def configmaps_declared(annotations: Mapping[str, Any]) -> frozenset[str]:
+    """The ConfigMaps a workload's annotations say it reads (``sluice.dev/consumes``, Reloader's
+    ``configmap.reloader.stakater.com/reload``): names separated by commas, at most 100 of each."""
+    names: set[str] = set()
+    for annotation in (CONSUMES_ANNOTATION, RELOADER_RELOAD_ANNOTATION):
+        value = annotations.get(annotation)
+        if isinstance(value, str):
+            listed = (
+                name.strip() for name in value.split(",", MAX_DECLARED_CONFIGMAPS)[:MAX_DECLARED_CONFIGMAPS]
+            )
+            names.update(name for name in listed if _CONFIGMAP_NAME.fullmatch(name))
+    return frozenset(names)
 
 
 def _references(pod_spec: Mapping[str, Any]) -> Iterator[Any]:

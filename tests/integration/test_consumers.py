@@ -165,6 +165,39 @@ def test_restart_goes_wave_by_wave_through_every_kind_of_reference(
     assert generations(apps_api, first) == {**restarted, "unrelated": 1, "pinned": 1}
 
 
+def test_a_workload_that_names_what_it_reads_is_restarted_and_gated_as_one_that_mounts_it(
+    repo, make_namespaces, make_source, sync, apps_api
+):
+    """An application that reads its ConfigMap through the API shows no reference in its pod template:
+    it names it in sluice.dev/consumes, or in Reloader's configmap.reloader.stakater.com/reload. Before,
+    a change of it restarted and gated nothing."""
+    (namespace,) = make_namespaces("a")
+    source = start(repo, make_source, sync, [namespace], steps=[{"setWeight": 100}])
+    annotated = {
+        "declares": {"sluice.dev/consumes": "app"},
+        "reloader": {"configmap.reloader.stakater.com/reload": "other, app"},
+        "elsewhere": {"sluice.dev/consumes": "not-app,App Config"},
+    }
+    for name, names_read in annotated.items():
+        apps_api.create_namespaced_deployment(
+            namespace, deployment(name, POD_SPECS["unrelated"], annotations=names_read)
+        )
+        wait_for_rollout(apps_api, namespace, name)
+    repo.commit("v2")
+    planned = diff(source)
+    assert f"  restart deployment {namespace}/declares  (reads app)" in planned
+    assert f"  restart deployment {namespace}/reloader  (reads app)" in planned
+    assert "elsewhere" not in planned
+
+    sync(source, timeout=180)
+
+    done = wait_for(source, phase="Completed", timeout=180)
+    assert generations(apps_api, namespace) == {"declares": 2, "reloader": 2, "elsewhere": 1}
+    assert {state["name"] for state in done.consumer_states} == {"declares", "reloader"}
+    consumer_map = Source.objects.get(pk=source.pk).consumer_map
+    assert consumer_map[f"{namespace}/Deployment/reloader"] == ["app", "other"]
+
+
 def test_a_stamp_sluice_did_not_write_is_recorded_and_restored_exactly_on_abort(
     repo, make_namespaces, make_source, sync, apps_api, people
 ):

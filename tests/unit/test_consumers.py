@@ -8,6 +8,7 @@ from gitops.consumers.workloads import (
     CONFIG_HASH_ANNOTATION,
     Health,
     config_hash,
+    configmaps_declared,
     configmaps_referenced,
     consumed_hash,
     consumers_of,
@@ -53,6 +54,23 @@ EVERY_REFERENCE = {
 
 def test_every_kind_of_reference_counts_and_secrets_do_not():
     assert configmaps_referenced(EVERY_REFERENCE) == {"from-init", "by-key", "whole", "mounted", "projected"}
+
+
+def test_a_workload_names_what_it_reads_in_its_own_annotation_or_reloaders():
+    assert configmaps_declared({"sluice.dev/consumes": " app , flags,,"}) == {"app", "flags"}
+    assert configmaps_declared({"configmap.reloader.stakater.com/reload": "app"}) == {"app"}
+    both = {"sluice.dev/consumes": "a", "configmap.reloader.stakater.com/reload": "b"}
+    assert configmaps_declared(both) == {"a", "b"}
+    # Anybody who may edit a workload writes these: what names no ConfigMap is skipped; the list is bounded.
+    odd = {
+        "sluice.dev/consumes": "App Config,-x,ok.name," + "y" * 254,
+        "configmap.reloader.stakater.com/reload": 7,
+    }
+    assert configmaps_declared(odd) == {"ok.name"}
+    many = ",".join(f"cm-{index}" for index in range(1000))
+    assert len(configmaps_declared({"sluice.dev/consumes": many})) == 100
+    workload = workload_from(deployment({"containers": []}, annotations={"sluice.dev/consumes": "app"}))
+    assert workload.consumes == {"app"}
 
 
 def test_odd_specs_do_not_crash_the_reader():
