@@ -32,8 +32,10 @@ RESTART_ANNOTATION = "sluice.dev/restart"
 # annotation says the same, so a workload Reloader restarted is found without a second annotation.
 CONSUMES_ANNOTATION = "sluice.dev/consumes"
 RELOADER_RELOAD_ANNOTATION = "configmap.reloader.stakater.com/reload"
-# A ConfigMap's name: a DNS subdomain. Anything else in the annotation names no ConfigMap, and is skipped.
-_CONFIGMAP_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+# A ConfigMap's name: a DNS subdomain (at most 253 characters). Anything else in the annotation names no
+# ConfigMap (Reloader's regular expressions among them: never compiled here), and is skipped.
+_CONFIGMAP_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_CONFIGMAP_NAME_LENGTH = 253
 # Names read from one annotation: anybody who may edit a workload writes it.
 MAX_DECLARED_CONFIGMAPS = 100
 KINDS = ("Deployment", "StatefulSet", "DaemonSet")
@@ -88,7 +90,8 @@ def workload_from(obj: Mapping[str, Any], cluster: str = "") -> Workload:
         kind=str(obj.get("kind", "")),
         namespace=str(metadata.get("namespace", "")),
         name=str(metadata.get("name", "")),
-        consumes=configmaps_referenced(template.get("spec") or {}) | configmaps_declared(annotations),
+        consumes=configmaps_referenced(template.get("spec") or {})
+        | configmaps_declared(annotations, (template.get("metadata") or {}).get("annotations") or {}),
         config_hash=str(template_annotations.get(CONFIG_HASH_ANNOTATION, "")),
         commit=str(template_annotations.get(COMMIT_ANNOTATION, "")),
         restartable=restart != "false",
@@ -101,17 +104,27 @@ def configmaps_referenced(pod_spec: Mapping[str, Any]) -> frozenset[str]:
     return frozenset(name for name in _references(pod_spec) if isinstance(name, str) and name)
 
 
-def configmaps_declared(annotations: Mapping[str, Any]) -> frozenset[str]:
+def configmaps_declared(
+    annotations: Mapping[str, Any], template_annotations: Mapping[str, Any] | None = None
+) -> frozenset[str]:
     """The ConfigMaps a workload's annotations say it reads (``sluice.dev/consumes``, Reloader's
-    ``configmap.reloader.stakater.com/reload``): names separated by commas, at most 100 of each."""
+    ``configmap.reloader.stakater.com/reload``): names separated by commas, the first 100 entries of
+    each. Reloader's is read from the pod template's annotations too when the workload has none, as
+    Reloader reads it."""
     names: set[str] = set()
     for annotation in (CONSUMES_ANNOTATION, RELOADER_RELOAD_ANNOTATION):
         value = annotations.get(annotation)
+        if value is None and annotation == RELOADER_RELOAD_ANNOTATION:
+            value = (template_annotations or {}).get(annotation)
         if isinstance(value, str):
             listed = (
                 name.strip() for name in value.split(",", MAX_DECLARED_CONFIGMAPS)[:MAX_DECLARED_CONFIGMAPS]
             )
-            names.update(name for name in listed if _CONFIGMAP_NAME.fullmatch(name))
+            names.update(
+                name
+                for name in listed
+                if len(name) <= _CONFIGMAP_NAME_LENGTH and _CONFIGMAP_NAME.fullmatch(name)
+            )
     return frozenset(names)
 
 

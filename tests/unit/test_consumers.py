@@ -71,6 +71,11 @@ def test_a_workload_names_what_it_reads_in_its_own_annotation_or_reloaders():
     assert len(configmaps_declared({"sluice.dev/consumes": many})) == 100
     workload = workload_from(deployment({"containers": []}, annotations={"sluice.dev/consumes": "app"}))
     assert workload.consumes == {"app"}
+    # Reloader reads its annotation from the pod template when the workload has none; its entries are
+    # regular expressions to Reloader, and a pattern is no ConfigMap name here.
+    reload = {"configmap.reloader.stakater.com/reload": "flags, app-.*, a..b"}
+    assert workload_from(deployment({}, template_annotations=reload)).consumes == {"flags"}
+    assert workload_from(deployment({}, template_annotations={"sluice.dev/consumes": "x"})).consumes == set()
 
 
 def test_odd_specs_do_not_crash_the_reader():
