@@ -127,11 +127,10 @@ def _reach(
         if (cluster, namespace, name) in kept or document is None:
             continue
         for key in document.get("flags") or {}:
-            kept_elsewhere = found.get(
-                (namespace, name, key), FlagReach.AT_FULL
-            )  # a cluster still has the set
+            # Where another cluster still has the set and changes the flag, the clusters differ.
+            elsewhere = found.get((namespace, name, key), FlagReach.AT_FULL)
             found[(namespace, name, key)] = (
-                FlagReach.AT_FULL if kept_elsewhere is FlagReach.AT_FULL else FlagReach.SPLIT
+                FlagReach.AT_FULL if elsewhere is FlagReach.AT_FULL else FlagReach.SPLIT
             )
     return found
 
