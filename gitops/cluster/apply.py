@@ -378,8 +378,12 @@ def _take_moved_keys_out(cluster: Cluster, intent: ApplyIntent) -> bool:
     Only a removal: it makes no field owner. A patch that also set Git's value made Sluice a second owner
     of the key (an Update beside its Apply), and Sluice's later changes to it conflicted with itself. The
     cost: until the apply, the key is in neither section (an apply refused then leaves it so until a
-    later pass; the object already held it where no pod read it as Git has it)."""
-    if not _heals(intent) or intent.before is None or intent.after is None:
+    later pass; the object already held it where no pod read it as Git has it).
+
+    A rollback's restore too: refused the same way, the rollback stayed owed for good, and an abort never
+    finished."""
+    restores = _heals(intent) or intent.action == ChangeAction.ROLLBACK
+    if not restores or intent.before is None or intent.after is None:
         return False
     live, wanted = Content.from_dict(intent.before), Content.from_dict(intent.after)
     out_of_binary = sorted(set(wanted.data) & set(live.binary_data))
