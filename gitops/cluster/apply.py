@@ -337,7 +337,7 @@ def _apply_one(cluster: Cluster, intent: ApplyIntent, fence: Callable[[], None])
     except ClusterRefused:
         raise  # the cluster refuses Sluice's credentials: nothing of it is applied now
     except PermanentError as exc:
-        return IntentAnswer(_refusal_text(exc), wrote=wrote)
+        return IntentAnswer(_moved_keys_kept(intent, _refusal_text(exc)), wrote=wrote)
     return IntentAnswer(None, version if version.isdigit() else "")
 
 
@@ -382,12 +382,9 @@ def _take_moved_keys_out(cluster: Cluster, intent: ApplyIntent) -> bool:
 
     A rollback's restore too: refused the same way, the rollback stayed owed for good, and an abort never
     finished."""
-    restores = _heals(intent) or intent.action == ChangeAction.ROLLBACK
-    if not restores or intent.before is None or intent.after is None:
+    if not (_heals(intent) or intent.action == ChangeAction.ROLLBACK):
         return False
-    live, wanted = Content.from_dict(intent.before), Content.from_dict(intent.after)
-    out_of_binary = sorted(set(wanted.data) & set(live.binary_data))
-    out_of_data = sorted(set(wanted.binary_data) & set(live.data))
+    out_of_data, out_of_binary = _moved_by_hand(intent)
     if not out_of_binary and not out_of_data:
         return False
     try:
@@ -401,6 +398,29 @@ def _take_moved_keys_out(cluster: Cluster, intent: ApplyIntent) -> bool:
     except NotFoundError:
         return False  # deleted since the plan: the apply creates it
     return True
+
+
+def _moved_by_hand(intent: ApplyIntent) -> tuple[list[str], list[str]]:
+    """The keys Git has in one section that the object held in the other when planned: (in data, to go
+    to binaryData; in binaryData, to go to data)."""
+    if intent.before is None or intent.after is None:
+        return [], []
+    live, wanted = Content.from_dict(intent.before), Content.from_dict(intent.after)
+    return sorted(set(wanted.binary_data) & set(live.data)), sorted(set(wanted.data) & set(live.binary_data))
+
+
+def _moved_keys_kept(intent: ApplyIntent, refusal: str) -> str:
+    """A refused change to an object with a key moved by hand, selfHeal off (a heal and a rollback take
+    such keys out first): the apiserver's 422 said only "duplicate of key present in binaryData"."""
+    in_data, in_binary = _moved_by_hand(intent)
+    if not in_data and not in_binary:
+        return refusal
+    moved = [f"{key!r} is in data" for key in in_data] + [f"{key!r} is in binaryData" for key in in_binary]
+    return (
+        f"{', '.join(moved)} in the cluster, moved there by hand, and in the other section in Git: the "
+        "apiserver refuses a key in both, and without selfHeal Sluice leaves edits made in the cluster "
+        f"alone; move it back, or turn selfHeal on ({refusal})"
+    )
 
 
 def _drop_foreign_keys(cluster: Cluster, intent: ApplyIntent, applied: Mapping[str, Any]) -> None:

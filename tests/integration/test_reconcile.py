@@ -382,6 +382,30 @@ def test_a_key_moved_by_hand_between_data_and_binary_data_is_healed_back(
     )
 
 
+def test_without_self_heal_a_git_change_to_an_object_with_a_key_moved_by_hand_is_refused_saying_why(
+    repo, make_namespaces, make_source, sync, cluster
+):
+    """selfHeal off leaves edits made in the cluster alone, and the apiserver refuses an object holding a
+    key in both data and binaryData: the change is refused naming the key and what to do, not with the
+    apiserver's 422, and nothing is sent."""
+    namespace, source = _drift_setup(repo, make_namespaces, make_source, sync, self_heal=False)
+    moved = base64.b64encode(b"safe").decode()
+    cluster.merge_configmap_keys(
+        namespace, "app", data={"MODE": None}, binary_data={"MODE": moved}, field_manager="kubectl-edit"
+    )
+    version = managed(cluster, namespace, "app")["metadata"]["resourceVersion"]
+    repo.write("configmaps/app.yaml", configmap("app", {"LOG_LEVEL": "warn", "MODE": "safe"}))
+    repo.commit("warn")
+
+    result = sync(source)
+
+    assert result["outcome"] == "failed", result
+    (error,) = result["errors"]
+    assert "MODE" in error and "binaryData" in error and "moved there by hand" in error, error
+    assert "selfHeal" in error
+    assert managed(cluster, namespace, "app")["metadata"]["resourceVersion"] == version, "nothing was sent"
+
+
 def test_an_update_forced_over_edits_in_the_cluster_removes_the_keys_added_by_hand_as_its_log_says(
     repo, make_namespaces, make_source, sync, cluster
 ):
