@@ -413,7 +413,9 @@ def _moved_keys_kept(intent: ApplyIntent, refusal: str) -> str:
     """A refused change to an object with a key moved by hand, selfHeal off (a heal and a rollback take
     such keys out first): the apiserver's 422 said only "duplicate of key present in binaryData"."""
     in_data, in_binary = _moved_by_hand(intent)
-    if not in_data and not in_binary:
+    # The apiserver's words for a key in both sections: a commit that moves a key itself (applied whole,
+    # it takes its old place away) refused for another reason is not blamed on a hand edit.
+    if (not in_data and not in_binary) or "duplicate of key present in" not in refusal:
         return refusal
     moved = [f"{key!r} is in data" for key in in_data] + [f"{key!r} is in binaryData" for key in in_binary]
     return (
