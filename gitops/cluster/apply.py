@@ -8,6 +8,7 @@ batches go on.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -50,6 +51,8 @@ class IntentAnswer(NamedTuple):
 
 
 DONE = IntentAnswer(None)
+# How the apiserver refuses a ConfigMap holding one key in both data and binaryData (its validation's words).
+DUPLICATE_KEY = "duplicate of key present in"
 
 
 @dataclass
@@ -234,7 +237,7 @@ def intents_apply(
             answers[index] = (
                 IntentAnswer(None, outcome.resource_version)
                 if isinstance(outcome, Applied)
-                else IntentAnswer(_refusal_text(outcome))
+                else IntentAnswer(_moved_keys_kept(intents[index], _refusal_text(outcome)))
             )
         batched = set(plain)
         others = [index for index in range(len(intents)) if index not in batched]
@@ -254,6 +257,8 @@ def _plain_apply(intent: ApplyIntent) -> bool:
         and not intent.recreate
         and intent.action not in (ChangeAction.RELEASE, ChangeAction.DELETE, ChangeAction.REPLACE)
         and not _heals(intent)  # reads the stored object (``_drop_foreign_keys``)
+        # A restore that may meet a key moved by hand is applied alone: refused, it takes the key out.
+        and not (intent.action == ChangeAction.ROLLBACK and any(_moved_by_hand(intent)))
     )
 
 
@@ -307,7 +312,7 @@ def _apply_one(cluster: Cluster, intent: ApplyIntent, fence: Callable[[], None])
     fence()
     if intent.kind in WORKLOAD_KINDS:
         return IntentAnswer(_stamp_workload(cluster, intent))
-    version, wrote = "", False
+    version, writes = "", _Writes()
     try:
         if intent.action == ChangeAction.RELEASE:
             cluster.release_configmap(
@@ -320,16 +325,11 @@ def _apply_one(cluster: Cluster, intent: ApplyIntent, fence: Callable[[], None])
             or (intent.action == ChangeAction.ROLLBACK and intent.manifest is None)
         ):
             cluster.delete_configmap(intent.namespace, intent.name)
-            wrote = True
+            writes.made = True
             fence()
         if intent.manifest is not None:
-            if not wrote and _take_moved_keys_out(cluster, intent):
-                wrote = True
-                fence()
-            applied = cluster.apply_configmap(
-                intent.manifest, field_manager=settings.SLUICE_FIELD_MANAGER, force=intent.force
-            )
-            version, wrote = str((applied.get("metadata") or {}).get("resourceVersion") or ""), True
+            applied = _apply_configmap(cluster, intent, fence, writes)
+            version = str((applied.get("metadata") or {}).get("resourceVersion") or "")
             fence()
             # A self-heal's removal of foreign keys is a later version; the apply's own event, between
             # the two, is not as applied (it still holds those keys), so it settles nothing.
@@ -337,7 +337,7 @@ def _apply_one(cluster: Cluster, intent: ApplyIntent, fence: Callable[[], None])
     except ClusterRefused:
         raise  # the cluster refuses Sluice's credentials: nothing of it is applied now
     except PermanentError as exc:
-        return IntentAnswer(_moved_keys_kept(intent, _refusal_text(exc)), wrote=wrote)
+        return IntentAnswer(_moved_keys_kept(intent, _refusal_text(exc)), wrote=writes.made)
     return IntentAnswer(None, version if version.isdigit() else "")
 
 
@@ -370,10 +370,42 @@ def _stamp_workload(cluster: Cluster, intent: ApplyIntent) -> str | None:
     return None
 
 
+@dataclass
+class _Writes:
+    """Whether an intent's requests wrote anything yet: a refusal after a write is not a refusal whole."""
+
+    made: bool = False
+
+
+def _apply_configmap(
+    cluster: Cluster, intent: ApplyIntent, fence: Callable[[], None], writes: _Writes
+) -> dict[str, Any]:
+    """The intent's server-side apply: the object as stored (``writes`` says what was written). Refused
+    for a key in both data and binaryData (moved there by hand), a heal or a rollback takes the moved
+    copy out (``_take_moved_keys_out``) and applies again; only then, so a commit that moves a key
+    itself, which the apply alone does whole, is never split into two writes."""
+    apply = functools.partial(
+        cluster.apply_configmap,
+        intent.manifest,
+        field_manager=settings.SLUICE_FIELD_MANAGER,
+        force=intent.force,
+    )
+    try:
+        applied: dict[str, Any] = apply()
+    except PermanentError as exc:
+        if writes.made or DUPLICATE_KEY not in str(exc) or not _take_moved_keys_out(cluster, intent):
+            raise
+        writes.made = True
+        fence()
+        applied = apply()
+    writes.made = True
+    return applied
+
+
 def _take_moved_keys_out(cluster: Cluster, intent: ApplyIntent) -> bool:
     """A heal of a key moved by hand between data and binaryData: the apiserver refuses an object holding
-    a key in both, so the apply alone was refused at every pass. A merge patch first takes the key out of
-    the section Git does not have it in, and the apply then sets Git's: whether the patch was made.
+    a key in both, so the apply alone was refused at every pass. A merge patch takes the key out of the
+    section Git does not have it in, and the apply then sets Git's: whether the patch was made.
 
     Only a removal: it makes no field owner. A patch that also set Git's value made Sluice a second owner
     of the key (an Update beside its Apply), and Sluice's later changes to it conflicted with itself. The
@@ -414,8 +446,10 @@ def _moved_keys_kept(intent: ApplyIntent, refusal: str) -> str:
     such keys out first): the apiserver's 422 said only "duplicate of key present in binaryData"."""
     in_data, in_binary = _moved_by_hand(intent)
     # The apiserver's words for a key in both sections: a commit that moves a key itself (applied whole,
-    # it takes its old place away) refused for another reason is not blamed on a hand edit.
-    if (not in_data and not in_binary) or "duplicate of key present in" not in refusal:
+    # it takes its old place away) refused for another reason is not blamed on a hand edit. A heal or a
+    # rollback takes such a key out, so whatever refused it is not selfHeal's.
+    unforced_update = intent.action == ChangeAction.UPDATE and not intent.force
+    if not unforced_update or (not in_data and not in_binary) or DUPLICATE_KEY not in refusal:
         return refusal
     moved = [f"{key!r} is in data" for key in in_data] + [f"{key!r} is in binaryData" for key in in_binary]
     return (

@@ -603,33 +603,33 @@ def test_an_abort_restores_a_key_someone_moved_by_hand_to_binary_data(
     """The apiserver refuses an object holding a key in both data and binaryData: the rollback's restore
     of a key moved by hand was refused at every pass, and the rollback stayed owed for good."""
     (namespace,) = make_namespaces("a")
-    repo.write_all(
-        {"sluice.yaml": policy([namespace]), "configmaps/app.yaml": configmap("app", {"MODE": "safe"})}
-    )
+    names = ("app", "api")  # two: restores that would go out as one batch
+    repo.write_all({"sluice.yaml": policy([namespace])})
+    for name in names:
+        repo.write(f"configmaps/{name}.yaml", configmap(name, {"MODE": "safe"}))
     repo.commit("v1")
     source = make_source()
     assert sync(source)["outcome"] == "applied"
     steps = [{"setWeight": 100}, {"pause": {}}]
-    repo.write_all(
-        {
-            "sluice.yaml": policy([namespace], rollout={"steps": steps}),
-            "configmaps/app.yaml": configmap("app", {"MODE": "fast"}),
-        }
-    )
+    repo.write_all({"sluice.yaml": policy([namespace], rollout={"steps": steps})})
+    for name in names:
+        repo.write(f"configmaps/{name}.yaml", configmap(name, {"MODE": "fast"}))
     repo.commit("v2")
     sync(source)
     paused = wait_for(source, phase="Paused", waiting_for="approval")
     moved = base64.b64encode(b"fast").decode()
-    cluster.merge_configmap_keys(
-        namespace, "app", data={"MODE": None}, binary_data={"MODE": moved}, field_manager="kubectl-edit"
-    )
+    for name in names:
+        cluster.merge_configmap_keys(
+            namespace, name, data={"MODE": None}, binary_data={"MODE": moved}, field_manager="kubectl-edit"
+        )
 
     decisions.rollout_abort(paused.pk, user=people["approver"], reason="fast is slow")
 
     aborted = wait_for(source, phase="Aborted")
     assert aborted.rollback_pending_clusters == [], "nothing of the rollback is owed"
-    live = cluster.get_configmap(namespace, "app")
-    assert (live.get("data"), live.get("binaryData")) == ({"MODE": "safe"}, None), live
+    for name in names:
+        live = cluster.get_configmap(namespace, name)
+        assert (live.get("data"), live.get("binaryData")) == ({"MODE": "safe"}, None), live
     assert not Change.objects.filter(source=source, action="rollback", result="error").exists()
 
 
