@@ -443,7 +443,7 @@ def _moved_by_hand(intent: ApplyIntent) -> tuple[list[str], list[str]]:
 
 def _moved_keys_kept(intent: ApplyIntent, refusal: str) -> str:
     """A refused change to an object with a key moved by hand, selfHeal off (a heal and a rollback take
-    such keys out first): the apiserver's 422 said only "duplicate of key present in binaryData"."""
+    such keys out and apply again): the apiserver's 422 said only "duplicate of key present in binaryData"."""
     in_data, in_binary = _moved_by_hand(intent)
     # The apiserver's words for a key in both sections: a commit that moves a key itself (applied whole,
     # it takes its old place away) refused for another reason is not blamed on a hand edit. A heal or a
