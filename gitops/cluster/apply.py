@@ -393,7 +393,10 @@ def _apply_configmap(
     try:
         applied: dict[str, Any] = apply()
     except PermanentError as exc:
-        if writes.made or DUPLICATE_KEY not in str(exc) or not _take_moved_keys_out(cluster, intent):
+        if writes.made or DUPLICATE_KEY not in str(exc):
+            raise
+        fence()  # the patch is a write of its own: the lock is asked before it, as before every write
+        if not _take_moved_keys_out(cluster, intent):
             raise
         writes.made = True
         fence()
@@ -428,7 +431,7 @@ def _take_moved_keys_out(cluster: Cluster, intent: ApplyIntent) -> bool:
             field_manager=settings.SLUICE_FIELD_MANAGER,
         )
     except NotFoundError:
-        return False  # deleted since the plan: the apply creates it
+        return False  # deleted since the plan: the next pass's apply creates it
     return True
 
 
@@ -444,18 +447,22 @@ def _moved_by_hand(intent: ApplyIntent) -> tuple[list[str], list[str]]:
 def _moved_keys_kept(intent: ApplyIntent, refusal: str) -> str:
     """A refused change to an object with a key moved by hand, selfHeal off (a heal and a rollback take
     such keys out and apply again): the apiserver's 422 said only "duplicate of key present in binaryData"."""
-    in_data, in_binary = _moved_by_hand(intent)
     # The apiserver's words for a key in both sections: a commit that moves a key itself (applied whole,
-    # it takes its old place away) refused for another reason is not blamed on a hand edit. A heal or a
-    # rollback takes such a key out, so whatever refused it is not selfHeal's.
+    # it takes its old place away) refused for another reason is not blamed on the cluster's copy. A heal
+    # or a rollback takes such a key out, so whatever refused it is not selfHeal's.
     unforced_update = intent.action == ChangeAction.UPDATE and not intent.force
-    if not unforced_update or (not in_data and not in_binary) or DUPLICATE_KEY not in refusal:
+    if not unforced_update or DUPLICATE_KEY not in refusal:
         return refusal
-    moved = [f"{key!r} is in data" for key in in_data] + [f"{key!r} is in binaryData" for key in in_binary]
+    in_data, in_binary = _moved_by_hand(intent)
+    if not in_data and not in_binary:
+        return refusal
+    held = [f"{key!r} is in data" for key in in_data] + [f"{key!r} is in binaryData" for key in in_binary]
+    # Moved there by hand, or left there by a commit that moved it while another manager held it: either
+    # way the cluster's copy is someone else's, which Sluice without selfHeal leaves alone.
     return (
-        f"{', '.join(moved)} in the cluster, moved there by hand, and in the other section in Git: the "
-        "apiserver refuses a key in both, and without selfHeal Sluice leaves edits made in the cluster "
-        f"alone; move it back, or turn selfHeal on ({refusal})"
+        f"{', '.join(held)} in the cluster, held there by another field manager, and in the other section "
+        "in Git: the apiserver refuses a key in both, and without selfHeal Sluice leaves edits made in the "
+        f"cluster alone; remove it there, or turn selfHeal on ({refusal})"
     )
 
 

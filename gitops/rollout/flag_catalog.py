@@ -127,7 +127,8 @@ def _reach(
         if (cluster, namespace, name) in kept or document is None:
             continue
         for key in document.get("flags") or {}:
-            # Where another cluster still has the set and changes the flag, the clusters differ.
+            # Where another cluster still has the set and changes the flag, the clusters differ. One that
+            # keeps it unchanged leaves the default: its row is not this rollout's, so no reach is shown.
             elsewhere = found.get((namespace, name, key), FlagReach.AT_FULL)
             found[(namespace, name, key)] = (
                 FlagReach.AT_FULL if elsewhere is FlagReach.AT_FULL else FlagReach.SPLIT
