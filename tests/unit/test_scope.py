@@ -81,10 +81,10 @@ def test_targets_outside_scope_cost_one_error_each_not_one_per_configmap_and_tar
         "sluice.yaml": f"targets:\n  namespaces:\n{targets}".encode(),
         "configmaps/a.yaml": manifests.encode(),
     }
-    started = time.monotonic()
+    started = time.thread_time()  # CPU, not wall time: a busy machine stretches the latter
     with pytest.raises(RevisionRejected) as caught:
         load_revision(Repo(files).tree(), Repo(files).read_blobs, scope=AdminScope.of(["team-a"], []))
-    assert time.monotonic() - started < 2
+    assert time.thread_time() - started < 2
     assert str(caught.value) == "1000 validation error(s)"
     errors = caught.value.errors
     assert {error.file for error in errors} == {"sluice.yaml"}
