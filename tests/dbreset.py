@@ -18,6 +18,11 @@ emptied.
 
 The lock makes the reset wait, as Django's TRUNCATE of every table does, for a writer still at work
 when the test ended (the Celery worker, a server thread), so its rows are seen and emptied too.
+It waits politely: a writer that holds one table and then asks for another the reset already
+locked would deadlock with it, and PostgreSQL would end one of the two after ``deadlock_timeout``
+(1 s): a test's teardown failed so. So each attempt gives up a lock it waited ``LOCK_TIMEOUT`` for,
+well before that, rolls back (freeing what it had locked, so the writer finishes) and tries again,
+until ``GIVE_WAY_FOR`` has passed; Django's flush is retried the same way.
 CASCADE reaches only tables that refer to a truncated one; the static tables refer only to each
 other, so it never empties them (``tests/integration/test_database_reset.py`` checks both that and
 that ``post_migrate`` writes nothing else). Triggers: the one TRUNCATE trigger
@@ -30,17 +35,25 @@ changing from test to test.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from django.contrib.auth.models import Group, Permission
 from django.contrib.contenttypes.models import ContentType
-from django.core.management import call_command
-from django.db import connections, transaction
+from django.core.management import CommandError, call_command
+from django.db import OperationalError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.test import TransactionTestCase
 
 # What post_migrate writes: the content types and permissions (Django), the role groups (Sluice).
 STATIC_MODELS = (ContentType, Permission, Group, Group.permissions.through)
+
+# Shorter than PostgreSQL's deadlock_timeout (1 s), so the reset is the side that gives way.
+LOCK_TIMEOUT = "200ms"
+GIVE_WAY_FOR = 60.0  # seconds; then one last attempt waits as long as the writer takes
+# lock_not_available (lock_timeout ran out) and deadlock_detected: the attempt was rolled back.
+GAVE_WAY = {"55P03", "40P01"}
 
 
 def tables_of_flush(connection: BaseDatabaseWrapper) -> list[str]:
@@ -66,13 +79,38 @@ class DatabaseReset:
 
     def reset(self, django_flush: Callable[[], None]) -> None:
         if self.fingerprint is None or self._fingerprint() != self.fingerprint:
-            django_flush()
+            self._giving_way(django_flush)
             static = static_tables()
             self.emptied_tables = [table for table in tables_of_flush(self.connection) if table not in static]
             self.fingerprint = self._fingerprint()
             return
-        if not self.emptied_tables:
-            return
+        if self.emptied_tables:
+            self._giving_way(self._empty_tables_holding_rows)
+
+    def _giving_way(self, attempt: Callable[[], None]) -> None:
+        """Runs ``attempt`` (one transaction) again while it gives way to a writer, then once waiting."""
+        deadline = time.monotonic() + GIVE_WAY_FOR
+        while time.monotonic() < deadline:
+            try:
+                with self._lock_timeout(LOCK_TIMEOUT):
+                    attempt()
+                return
+            except (OperationalError, CommandError) as error:
+                if not _gave_way(error):
+                    raise
+        attempt()
+
+    @contextmanager
+    def _lock_timeout(self, timeout: str) -> Iterator[None]:
+        with self.connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('lock_timeout', %s, false)", [timeout])
+        try:
+            yield
+        finally:
+            with self.connection.cursor() as cursor:
+                cursor.execute("RESET lock_timeout")
+
+    def _empty_tables_holding_rows(self) -> None:
         quote = self.connection.ops.quote_name
         with transaction.atomic(using=self.database), self.connection.cursor() as cursor:
             cursor.execute(
@@ -102,6 +140,15 @@ class DatabaseReset:
         with self.connection.cursor() as cursor:
             cursor.execute(f"SELECT {digests}")
             return tuple(cursor.fetchone())
+
+
+def _gave_way(error: BaseException | None) -> bool:
+    """Whether the database ended the attempt for a lock (Django, and flush's CommandError, wrap it)."""
+    while error is not None:
+        if getattr(error, "sqlstate", None) in GAVE_WAY:
+            return True
+        error = error.__cause__
+    return False
 
 
 DJANGO_TEARDOWN = TransactionTestCase._fixture_teardown

@@ -176,6 +176,51 @@ def test_a_reset_waits_for_a_writer_still_at_work_and_empties_its_rows_too():
     assert flushes == [], "nothing static changed"
 
 
+def test_a_reset_gives_way_to_a_writer_that_would_deadlock_with_it():
+    """The writer holds a table the reset locks late (sessions) and then asks for one it has already
+    locked (users): waiting on both sides, PostgreSQL would end one of them, as it ended a test's
+    teardown. The reset gives way instead; both finish, and the writer's rows are emptied."""
+    reset = DatabaseReset("default")
+    _flushes_made_by(reset)
+    assert reset.emptied_tables.index("auth_user") < reset.emptied_tables.index("django_session")
+    written, go_on = threading.Event(), threading.Event()
+    failures: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            with transaction.atomic():
+                Session.objects.create(session_key="w" * 32, session_data="", expire_date=timezone.now())
+                written.set()
+                go_on.wait(timeout=30)
+                User.objects.create_user("late-writer", password="x")
+        except BaseException as error:
+            failures.append(error)
+        finally:
+            connections.close_all()
+
+    def resetter() -> None:
+        try:
+            reset.reset(lambda: None)
+        except BaseException as error:
+            failures.append(error)
+        finally:
+            connections.close_all()
+
+    writing = threading.Thread(target=writer)
+    writing.start()
+    assert written.wait(timeout=30)
+    resetting = threading.Thread(target=resetter)
+    resetting.start()
+    poll(_a_backend_waits_for_a_lock, timeout=30, what="the reset to wait for the sessions table")
+    go_on.set()
+    writing.join(timeout=60)
+    resetting.join(timeout=60)
+    assert not writing.is_alive() and not resetting.is_alive()
+    close_old_connections()
+    assert failures == []
+    assert not Session.objects.exists() and not User.objects.exists(), "the writer's rows survived"
+
+
 def _a_backend_waits_for_a_lock() -> bool:
     with connection.cursor() as cursor:
         cursor.execute(
