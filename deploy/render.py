@@ -122,7 +122,13 @@ NAMESPACE_RULES: dict[str, list[dict[str, list[str]]]] = {
             "apiGroups": ["apps"],
             "resources": ["deployments", "statefulsets", "daemonsets"],
             "verbs": ["get", "list", "watch", "patch"],
-        }
+        },
+        # Argo Rollouts' Rollouts, where it is installed; a grant on a group a cluster lacks is harmless.
+        {
+            "apiGroups": ["argoproj.io"],
+            "resources": ["rollouts"],
+            "verbs": ["get", "list", "watch", "patch"],
+        },
     ],
 }
 

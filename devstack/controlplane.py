@@ -238,6 +238,45 @@ def _json_or_none(payload: bytes) -> Any:
         return None
 
 
+CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+
+
+def documents(path: Path) -> list[dict[str, Any]]:
+    """The YAML documents of a file (a release's CRDs), empty ones left out."""
+    import yaml  # the stack's Python has it (requirements.txt); only here is YAML read
+
+    return [document for document in yaml.safe_load_all(path.read_text()) if document]
+
+
+def crds_established(api: Api, group: str) -> bool:
+    """Whether every CRD of ``group`` is Established: its resources are served."""
+    code, listed = api.request("GET", CRD_PATH)
+    if code != 200:
+        return False
+    crds = [crd for crd in listed["items"] if crd["spec"]["group"] == group]
+    return bool(crds) and all(
+        any(
+            c["type"] == "Established" and c["status"] == "True"
+            for c in crd.get("status", {}).get("conditions", [])
+        )
+        for crd in crds
+    )
+
+
+def rollouts_controller_argv(
+    binary: str, *, kubeconfig: Path, metrics_port: int, healthz_port: int
+) -> list[str]:
+    return [
+        binary,
+        f"--kubeconfig={kubeconfig}",
+        # One controller per stack: no Lease to take.
+        "--leader-elect=false",
+        f"--metricsPort={metrics_port}",
+        f"--healthzPort={healthz_port}",
+        "--loglevel=warn",
+    ]
+
+
 def ready_nodes(api: Api) -> set[str]:
     """Names of the simulated nodes that are Ready and carry no taint."""
     code, listed = api.request("GET", "/api/v1/nodes?labelSelector=type%3Dkwok")

@@ -39,10 +39,11 @@ BUILD_SCRIPT = ROOT / "scripts" / "build-control-plane.sh"
 POSTGRES_USER_WHEN_ROOT = "nobody"
 DATABASE_NAME = "sluice"
 # Bumped whenever the stack gains or loses a part: a running stack of another layout is restarted.
-LAYOUT = 2
+LAYOUT = 3
 # down stops one tier at a time, clients before the servers they write to.
 STOP_ORDER = (
     (
+        "rollouts-controller",
         "kwok",
         "kube-scheduler",
         "kube-controller-manager",
@@ -113,6 +114,8 @@ class Binaries:
     kubectl: str
     etcd: str
     kwok: str
+    rollouts_controller: str
+    rollouts_crds: str
     redis_server: str
     postgres_bin: str | None
 
@@ -129,6 +132,8 @@ class Binaries:
             kubectl=paths["KUBECTL"],
             etcd=paths["ETCD"],
             kwok=paths["KWOK"],
+            rollouts_controller=paths["ARGO_ROLLOUTS_CONTROLLER"],
+            rollouts_crds=paths["ARGO_ROLLOUTS_CRDS"],
             redis_server=_redis_server(),
             postgres_bin=_postgres_bin() if need_postgres else None,
         )
@@ -568,6 +573,26 @@ class Stack:
         self._spawn_controller_manager(
             binaries, state, certs, DEFAULT_CLUSTER, controlplane.LOCAL_CONTROLLERS
         )
+        self._start_argo_rollouts(binaries, state)
+
+    def _start_argo_rollouts(self, binaries: Binaries, state: dict) -> None:
+        """Argo Rollouts in the default cluster: its CRDs, then its controller (as the admin)."""
+        api = self._admin_api(state, DEFAULT_CLUSTER)
+        for crd in controlplane.documents(Path(binaries.rollouts_crds)):
+            code, body = api.request("POST", controlplane.CRD_PATH, crd)
+            if code != 201:
+                raise StackError(f"installing the CRD {crd['metadata']['name']} failed ({code}): {body}")
+        # Started before its CRDs are served, the controller logs a failed watch a second until they are.
+        wait_until(lambda: controlplane.crds_established(api, "argoproj.io"), timeout=60, what="Argo's CRDs")
+        metrics_port, healthz_port = free_port(), free_port()
+        state["rollouts_healthz_port"] = healthz_port
+        argv = controlplane.rollouts_controller_argv(
+            binaries.rollouts_controller,
+            kubeconfig=Path(state["env"]["KUBECONFIG"]),
+            metrics_port=metrics_port,
+            healthz_port=healthz_port,
+        )
+        self._spawn(state, "rollouts-controller", argv)
 
     def _spawn_controller_manager(
         self,
@@ -622,6 +647,21 @@ class Stack:
             what="kwok to make the simulated nodes Ready",
             log=self._log(state, "kwok"),
         )
+        self._wait_for_argo_rollouts(state, api)
+
+    def _wait_for_argo_rollouts(self, state: dict, api: Api) -> None:
+        healthz = f"http://127.0.0.1:{state['rollouts_healthz_port']}/healthz"
+
+        def ready() -> bool:
+            self._check_alive(state, "rollouts-controller")
+            return _http_ok(healthz)
+
+        wait_until(
+            ready,
+            timeout=60,
+            what="Argo Rollouts' controller /healthz",
+            log=self._log(state, "rollouts-controller"),
+        )
 
     @staticmethod
     def _log(state: dict, name: str) -> Path:
@@ -665,6 +705,14 @@ class Stack:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
             wait_until(lambda: not _group_alive(pid), timeout=5, what=f"{exe} (pid {pid}) to die")
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return int(response.status) == 200
+    except OSError:
+        return False
 
 
 def _group_alive(pgid: int) -> bool:

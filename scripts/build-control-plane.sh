@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd
-# and kwok from the Go module proxy and caches them under ~/.cache/sluice/.
+# Builds kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd,
+# kwok and Argo Rollouts' controller from the Go module proxy and caches them
+# under ~/.cache/sluice/.
 # Only what is missing is built: a cache that already holds kube-apiserver keeps it.
 # A lock serialises concurrent runs (two test sessions starting at once).
 #
@@ -18,7 +19,8 @@ cache=${SLUICE_CACHE:-$HOME/.cache/sluice}
 k8s_dir=$cache/kubernetes-$KUBERNETES_VERSION
 etcd_dir=$cache/etcd-$ETCD_VERSION
 kwok_dir=$cache/kwok-$KWOK_VERSION
-mkdir -p "$k8s_dir" "$etcd_dir" "$kwok_dir"
+argo_dir=$cache/argo-rollouts-$ARGO_ROLLOUTS_VERSION
+mkdir -p "$k8s_dir" "$etcd_dir" "$kwok_dir" "$argo_dir"
 # Every binary of k8s.io/kubernetes the stack runs, all from one wrapper module.
 k8s_commands=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
 
@@ -122,6 +124,43 @@ build_kwok() {
   mv "$gobin/kwok" "$kwok_dir/kwok"
 }
 
+# Argo Rollouts' go.mod pins its own replacements (k8s.io/* at the releases it was tested with) and a
+# newer Go than may be installed: the release is built in a copy of its own module, with the Go
+# toolchain its go.mod asks for (fetched from the module proxy, as `go` itself does with GOTOOLCHAIN).
+# Its CRDs, which the stack installs, come from the same release.
+build_argo_rollouts() {
+  if [[ -x $argo_dir/rollouts-controller && -s $argo_dir/crds.yaml ]]; then
+    return
+  fi
+  local module=github.com/argoproj/argo-rollouts@$ARGO_ROLLOUTS_VERSION
+  local work=$cache/build/argo-rollouts-$ARGO_ROLLOUTS_VERSION
+  mkdir -p "$cache/build"
+  log "resolving $module"
+  local info go_version
+  # Without a module around it, `go mod download` reports (and does not fetch) a release that needs a
+  # newer Go; its go.mod is fetched either way and names the toolchain.
+  info=$(cd "$cache/build" && GOFLAGS= go mod download -json "$module" || true)
+  go_version=$(awk '$1=="go"{print $2; exit}' "$(python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])' <<<"$info")")
+  local toolchain=go$go_version
+  local dir
+  dir=$(cd "$cache/build" && GOFLAGS= GOTOOLCHAIN=$toolchain go mod download -json "$module" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  rm -rf "$work"
+  cp -r "$dir" "$work"
+  chmod -R u+w "$work"
+  log "building Argo Rollouts' controller $ARGO_ROLLOUTS_VERSION with $toolchain (minutes on 2 cores)"
+  local version_flag="-X github.com/argoproj/argo-rollouts/utils/version.version=${ARGO_ROLLOUTS_VERSION#v}"
+  (cd "$work" && GOTOOLCHAIN=$toolchain go build -trimpath -ldflags "$ldflags $version_flag" \
+    -o "$argo_dir/rollouts-controller.tmp" ./cmd/rollouts-controller)
+  for crd in "$work"/manifests/crds/*-crd.yaml; do
+    printf -- '---\n'
+    cat "$crd"
+  done >"$argo_dir/crds.yaml.tmp"
+  mv "$argo_dir/crds.yaml.tmp" "$argo_dir/crds.yaml"
+  mv "$argo_dir/rollouts-controller.tmp" "$argo_dir/rollouts-controller"
+  rm -rf "$work"
+}
+
 exec 9>"$cache/.build.lock"
 flock 9
 
@@ -129,6 +168,7 @@ started=$(date +%s)
 build_etcd
 build_kubernetes
 build_kwok
+build_argo_rollouts
 log "binaries ready in $(( $(date +%s) - started ))s under $cache"
 echo "KUBE_APISERVER=$k8s_dir/kube-apiserver"
 echo "KUBE_CONTROLLER_MANAGER=$k8s_dir/kube-controller-manager"
@@ -136,3 +176,5 @@ echo "KUBE_SCHEDULER=$k8s_dir/kube-scheduler"
 echo "KUBECTL=$k8s_dir/kubectl"
 echo "ETCD=$etcd_dir/etcd"
 echo "KWOK=$kwok_dir/kwok"
+echo "ARGO_ROLLOUTS_CONTROLLER=$argo_dir/rollouts-controller"
+echo "ARGO_ROLLOUTS_CRDS=$argo_dir/crds.yaml"

@@ -40,10 +40,18 @@ from gitops.storable import compact_json, json_value, storable_text
 APPLY_PATCH = "application/apply-patch+yaml"
 JSON_PATCH = "application/json-patch+json"
 RELEASE_ATTEMPTS = 3
-# Workload kinds and the suffix of their calls in the generated AppsV1Api.
-WORKLOAD_KINDS = {"Deployment": "deployment", "StatefulSet": "stateful_set", "DaemonSet": "daemon_set"}
-# Their resources in the apps/v1 API, which a restart stamp is applied to (``apply_workload``).
-WORKLOAD_RESOURCES = {"Deployment": "deployments", "StatefulSet": "statefulsets", "DaemonSet": "daemonsets"}
+# Workload kinds Sluice restarts and gates: (group, version, resource) of each.
+WORKLOAD_KINDS = {
+    "Deployment": ("apps", "v1", "deployments"),
+    "StatefulSet": ("apps", "v1", "statefulsets"),
+    "DaemonSet": ("apps", "v1", "daemonsets"),
+    "Rollout": ("argoproj.io", "v1alpha1", "rollouts"),
+}
+# Kinds a cluster serves only where their CRD is installed (Argo Rollouts): where it is not, a cluster
+# has none of them, and RBAC that grants nothing on them refuses nothing Sluice needs.
+OPTIONAL_WORKLOAD_KINDS = frozenset({"Rollout"})
+# How long a cluster's answer to "do you serve this kind?" is kept (``_serves``).
+DISCOVERY_SECONDS = 60.0
 # An apiserver (or a proxy before it) that asks for more is waited for this long, then asked again:
 # a Retry-After of a year must not park a source's sync for a year.
 MAX_RETRY_AFTER = 300
@@ -383,7 +391,8 @@ class Cluster:
         self.name = name
         self._api_client = client.ApiClient(configuration)
         self._core = client.CoreV1Api(self._api_client)
-        self._apps = client.AppsV1Api(self._api_client)
+        self._custom = client.CustomObjectsApi(self._api_client)
+        self._served: dict[tuple[str, str, str], tuple[float, bool]] = {}
         self._version = client.VersionApi(self._api_client)
         self.server = configuration.host
         # What add-cluster refuses unless told: the server's certificate unchecked, or no TLS at all (a
@@ -711,34 +720,78 @@ class Cluster:
                 _request_timeout=self.timeout,
             )
 
-    # -- workloads: Deployments, StatefulSets and DaemonSets -------------------------------
+    # -- workloads: Deployments, StatefulSets, DaemonSets and Argo Rollouts -------------
 
-    def _workload_calls(self, kind: str) -> tuple[Any, Any]:
-        """The list and read calls of a workload kind."""
-        suffix = WORKLOAD_KINDS.get(kind)
-        if suffix is None:
+    @staticmethod
+    def _workload_resource(kind: str) -> tuple[str, str, str]:
+        resource = WORKLOAD_KINDS.get(kind)
+        if resource is None:
             raise PermanentError(f"{kind!r} is not a workload kind Sluice restarts")
-        return (
-            getattr(self._apps, f"list_namespaced_{suffix}"),
-            getattr(self._apps, f"read_namespaced_{suffix}"),
-        )
+        return resource
 
     def list_workloads(self, kind: str, namespace: str) -> tuple[list[dict[str, Any]], str]:
-        """Every workload of a kind in a namespace (each with its kind), and the list's resourceVersion."""
-        list_call, _ = self._workload_calls(kind)
-        with _api_errors(reading=True):
-            response = list_call(namespace, _preload_content=False, _request_timeout=self.timeout)
+        """Every workload of a kind in a namespace (each with its kind), and the list's resourceVersion:
+        none, and no version, where the cluster does not serve an optional kind (Argo Rollouts not
+        installed)."""
+        group, version, plural = self._workload_resource(kind)
+        try:
+            with _api_errors(reading=True):
+                response = self._custom.list_namespaced_custom_object(
+                    group, version, namespace, plural, _preload_content=False, _request_timeout=self.timeout
+                )
+        except NotFoundError:
+            if kind in OPTIONAL_WORKLOAD_KINDS:
+                return [], ""
+            raise
+        except ReadForbidden:
+            # RBAC is asked before the resource is looked for: a grant that never named Rollouts refuses
+            # them where Argo Rollouts is not even installed. Only where it is does the refusal matter.
+            if kind in OPTIONAL_WORKLOAD_KINDS and not self._serves(group, version, plural):
+                return [], ""
+            raise
         body = json.loads(response.data)
         items: list[dict[str, Any]] = body["items"]
         for item in items:
             item.setdefault("kind", kind)
         return items, str(body.get("metadata", {}).get("resourceVersion", ""))
 
-    def get_workload(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        _, read_call = self._workload_calls(kind)
+    def _serves(self, group: str, version: str, plural: str) -> bool:
+        """Whether the cluster serves a resource, from its discovery (which every user may read), kept
+        for ``DISCOVERY_SECONDS``: a CRD installed later is seen within a minute."""
+        key = (group, version, plural)
+        now = time.monotonic()
+        kept = self._served.get(key)
+        if kept is not None and now - kept[0] < DISCOVERY_SECONDS:
+            return kept[1]
         try:
             with _api_errors(reading=True):
-                response = read_call(name, namespace, _preload_content=False, _request_timeout=self.timeout)
+                response = self._api_client.call_api(
+                    f"/apis/{group}/{version}",
+                    "GET",
+                    auth_settings=["BearerToken"],
+                    _preload_content=False,
+                    _request_timeout=self.timeout,
+                )
+            data = (response[0] if isinstance(response, tuple) else response).data
+            served = any(item.get("name") == plural for item in json.loads(data).get("resources") or ())
+        except NotFoundError:
+            served = False
+        self._served[key] = (now, served)
+        return served
+
+    def get_workload(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        group, version, plural = self._workload_resource(kind)
+        try:
+            with _api_errors(reading=True):
+                response = self._custom.get_namespaced_custom_object(
+                    group,
+                    version,
+                    namespace,
+                    plural,
+                    name,
+                    _preload_content=False,
+                    _request_timeout=self.timeout,
+                )
         except NotFoundError:
             return None
         result: dict[str, Any] = json.loads(response.data)
@@ -753,13 +806,11 @@ class Cluster:
         Sent as a ConfigMap's apply is (``_apply_patch``), its body readable by the apiserver's YAML
         parser: a rollback restores the commit annotation the workload held before, whoever wrote it.
         """
-        resource = WORKLOAD_RESOURCES.get(str(body["kind"]))
-        if resource is None:
-            raise PermanentError(f"{body['kind']!r} is not a workload kind Sluice restarts")
+        group, version, plural = self._workload_resource(str(body["kind"]))
         metadata = body["metadata"]
         url = (
-            f"{self.server}/apis/apps/v1/namespaces/{quote(metadata['namespace'], safe='')}"
-            f"/{resource}/{quote(metadata['name'], safe='')}"
+            f"{self.server}/apis/{group}/{version}/namespaces/{quote(metadata['namespace'], safe='')}"
+            f"/{plural}/{quote(metadata['name'], safe='')}"
             f"?{_apply_query(field_manager, force, False)}"
         )
         encoded = _yaml_readable(json.dumps(dict(body), separators=(",", ":"))).encode()
@@ -776,10 +827,13 @@ class Cluster:
         Ends after ``timeout_seconds`` (the server closes the watch). A ``410 Gone``
         (the version is too old) leaves as a TemporaryError: list again.
         """
-        list_call, _ = self._workload_calls(kind)
+        group, version, plural = self._workload_resource(kind)
         stream = watch.Watch().stream(
-            list_call,
+            self._custom.list_namespaced_custom_object,
+            group,
+            version,
             namespace,
+            plural,
             resource_version=resource_version,
             timeout_seconds=timeout_seconds,
             allow_watch_bookmarks=True,

@@ -34,13 +34,15 @@ def consumers_forbidden(cluster: str, refusal: ReadForbidden) -> str:
     changed: it can neither restart nor gate them. The step's failure and a preview's warning say it."""
     return (
         f"cluster {cluster}: may not list the consumers of its changed ConfigMaps ({refusal}); grant "
-        "get, list, watch and patch on deployments, statefulsets and daemonsets in its namespaces "
+        "get, list, watch and patch on deployments, statefulsets and daemonsets (and Argo Rollouts' "
+        "rollouts where it is installed) in its namespaces "
         "(deploy/render.py member-rbac), or set rollout.consumers to ignore"
     )
 
 
 def wave_consumers(cluster: Cluster, changed: Iterable[ConfigMapKey]) -> list[Workload]:
-    """The Deployments, StatefulSets and DaemonSets of ``cluster`` that read a ``changed`` ConfigMap."""
+    """The Deployments, StatefulSets, DaemonSets and Rollouts of ``cluster`` that read a ``changed``
+    ConfigMap."""
     names_by_namespace: dict[str, set[str]] = {}
     for namespace, name in changed:
         names_by_namespace.setdefault(namespace, set()).add(name)

@@ -1,4 +1,5 @@
-"""Deployments, StatefulSets and DaemonSets as values: what they consume and how healthy they are. Pure.
+"""Deployments, StatefulSets, DaemonSets and Argo Rollouts as values: what they consume and how healthy
+they are. Pure.
 
 A workload *consumes* a ConfigMap when its pod template refers to it through
 ``env[].valueFrom.configMapKeyRef``, ``envFrom[].configMapRef``,
@@ -9,7 +10,14 @@ container or an init container; or when the workload names it in its
 ConfigMap through the API, which no pod template shows.
 
 *Healthy* means the workload's own controller has finished rolling out its
-current pod template, judged the way ``kubectl rollout status`` judges it.
+current pod template, judged the way ``kubectl rollout status`` judges it; a
+Rollout as Argo CD judges one, by the phase its controller reports.
+
+An Argo ``Rollout`` with a pod template of its own is restarted as a Deployment is,
+by a stamp on that template: its controller then runs the Rollout's own strategy
+(canary or blue-green steps, analysis) inside Sluice's wave, and Sluice's gate
+waits for its phase to be ``Healthy``. A Rollout that refers to a Deployment
+(``spec.workloadRef``) has no template: the Deployment is the consumer found.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from enum import StrEnum
 from typing import Any
 
 from gitops.desired.content import Content
+from gitops.numerals import whole_number
 from gitops.storable import storable_text
 
 CONFIG_HASH_ANNOTATION = "sluice.dev/config-hash"
@@ -38,8 +47,14 @@ _CONFIGMAP_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9
 _CONFIGMAP_NAME_LENGTH = 253
 # Names read from one annotation: anybody who may edit a workload writes it.
 MAX_DECLARED_CONFIGMAPS = 100
-KINDS = ("Deployment", "StatefulSet", "DaemonSet")
-API_VERSION = "apps/v1"
+ROLLOUT = "Rollout"
+KINDS = ("Deployment", "StatefulSet", "DaemonSet", ROLLOUT)
+API_VERSIONS = {
+    "Deployment": "apps/v1",
+    "StatefulSet": "apps/v1",
+    "DaemonSet": "apps/v1",
+    ROLLOUT: "argoproj.io/v1alpha1",
+}
 # How much of a condition's message a workload's health keeps.
 MESSAGE_LENGTH = 500
 
@@ -82,7 +97,21 @@ class Workload:
 
 def workload_from(obj: Mapping[str, Any], cluster: str = "") -> Workload:
     metadata = obj.get("metadata") or {}
-    template = (obj.get("spec") or {}).get("template") or {}
+    spec = obj.get("spec") or {}
+    if obj.get("kind") == ROLLOUT and spec.get("workloadRef"):
+        # Its pods are the referred Deployment's template, which is found, stamped and gated itself: a
+        # stamp on this Rollout would give it a template beside the reference, which Argo refuses.
+        return Workload(
+            kind=ROLLOUT,
+            namespace=str(metadata.get("namespace", "")),
+            name=str(metadata.get("name", "")),
+            consumes=frozenset(),
+            config_hash="",
+            commit="",
+            restartable=False,
+            cluster=cluster,
+        )
+    template = spec.get("template") or {}
     template_annotations = (template.get("metadata") or {}).get("annotations") or {}
     annotations = metadata.get("annotations") or {}
     restart = str(annotations.get(RESTART_ANNOTATION, "true")).strip().lower()
@@ -179,7 +208,7 @@ def stamp(workload: Workload, *, config_hash_value: str, commit: str) -> dict[st
     )
     template_metadata: dict[str, Any] = {"annotations": annotations} if annotations else {}
     return {
-        "apiVersion": API_VERSION,
+        "apiVersion": API_VERSIONS[workload.kind],
         "kind": workload.kind,
         "metadata": {"name": workload.name, "namespace": workload.namespace},
         "spec": {"template": {"metadata": template_metadata}},
@@ -194,12 +223,18 @@ def health_of(obj: Mapping[str, Any]) -> WorkloadHealth:
         return _statefulset_health(obj)
     if kind == "DaemonSet":
         return _daemonset_health(obj)
+    if kind == ROLLOUT:
+        return _rollout_health(obj)
     return WorkloadHealth(Health.FAILED, f"unknown kind {kind!r}")
 
 
 def _observed(obj: Mapping[str, Any]) -> bool:
     generation = int((obj.get("metadata") or {}).get("generation") or 0)
-    return int((obj.get("status") or {}).get("observedGeneration") or 0) >= generation
+    # A Rollout's observedGeneration is a string ("3"); apps/v1's an integer. Before Argo Rollouts
+    # v0.10 it was a hash, which says nothing of generations: taken as observed, as Argo CD takes it.
+    text = str((obj.get("status") or {}).get("observedGeneration") or "")
+    observed = whole_number(text) if text else 0
+    return observed is None or observed >= generation
 
 
 def _deployment_health(obj: Mapping[str, Any]) -> WorkloadHealth:
@@ -260,6 +295,39 @@ def _daemonset_health(obj: Mapping[str, Any]) -> WorkloadHealth:
     # OnDelete: its pods change only when someone deletes them (node agents, CNI), as a StatefulSet's.
     if available == wanted and (on_delete or updated == wanted):
         return WorkloadHealth(Health.HEALTHY, f"{available}/{wanted} available")
+    return WorkloadHealth(Health.PROGRESSING, f"updating {min(updated, available)}/{wanted}")
+
+
+class RolloutPhase(StrEnum):
+    """What Argo Rollouts' controller reports in ``status.phase`` (v1.0 and later)."""
+
+    HEALTHY = "Healthy"
+    PROGRESSING = "Progressing"
+    PAUSED = "Paused"
+    DEGRADED = "Degraded"
+
+
+def _rollout_health(obj: Mapping[str, Any]) -> WorkloadHealth:
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    wanted = int(spec.get("replicas", 1))
+    updated, available = int(status.get("updatedReplicas") or 0), int(status.get("availableReplicas") or 0)
+    if not status or not _observed(obj):
+        # Until its controller has seen the newest template, the phase is the previous template's.
+        return WorkloadHealth(Health.PROGRESSING, f"updating 0/{wanted}")
+    phase = status.get("phase")
+    message = storable_text(str(status.get("message", "")))[:MESSAGE_LENGTH]
+    if phase == RolloutPhase.DEGRADED or status.get("abort"):
+        # Aborted, a failed analysis, a missed progress deadline: Argo rolls its pods back, and Sluice
+        # rolls back the wave that restarted it.
+        return WorkloadHealth(Health.FAILED, f"Degraded: {message}".strip())
+    if phase == RolloutPhase.HEALTHY:
+        return WorkloadHealth(Health.HEALTHY, f"{available}/{wanted} available")
+    if phase == RolloutPhase.PAUSED:
+        # A pause step of its own strategy: it goes on when someone promotes it (kubectl argo rollouts
+        # promote) or its duration ends, within the wave's healthTimeout.
+        return WorkloadHealth(Health.PROGRESSING, f"paused (Argo Rollouts): {message}".strip())
+    if phase is None:
+        return WorkloadHealth(Health.PROGRESSING, "waiting for Argo Rollouts to report a phase")
     return WorkloadHealth(Health.PROGRESSING, f"updating {min(updated, available)}/{wanted}")
 
 

@@ -807,7 +807,7 @@ def test_the_openapi_document_names_the_consumer_vocabulary(as_role):
         "detail",
     }
     assert schemas["Health"]["enum"] == ["healthy", "progressing", "failed"]
-    assert schemas["WorkloadKind"]["enum"] == ["Deployment", "StatefulSet", "DaemonSet"]
+    assert schemas["WorkloadKind"]["enum"] == ["Deployment", "StatefulSet", "DaemonSet", "Rollout"]
     assert schemas["ConsumerMode"]["enum"] == ["ignore", "watch", "restart"]
     assert {"consumers", "health_timeout_seconds", "consumer_states"} <= set(
         schemas["RolloutOut"]["properties"]

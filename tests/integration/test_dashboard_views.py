@@ -466,7 +466,7 @@ def test_the_source_page_lists_which_workloads_read_which_configmap(people):
 
     assert "Not known yet" in consumer_section()
     Source.objects.filter(pk=source.pk).update(consumer_map_at=datetime(2031, 5, 4, 13, 7, 9, tzinfo=UTC))
-    assert "No Deployment, StatefulSet or DaemonSet" in consumer_section()
+    assert "No Deployment, StatefulSet, DaemonSet or Argo Rollout" in consumer_section()
     Source.objects.filter(pk=source.pk).update(
         consumer_map={
             "team-a/Deployment/web": ["app", "nginx"],

@@ -159,7 +159,12 @@ def test_rendered_manifests_are_accepted_and_applied(stack, deployed) -> None:
                 "apiGroups": ["apps"],
                 "resources": ["deployments", "statefulsets", "daemonsets"],
                 "verbs": ["get", "list", "watch", "patch"],
-            }
+            },
+            {
+                "apiGroups": ["argoproj.io"],
+                "resources": ["rollouts"],
+                "verbs": ["get", "list", "watch", "patch"],
+            },
         ]
     for namespace in deployed["outside"]:
         roles = yaml.safe_load(kubectl(stack, "get", "roles", "-n", namespace, "-o", "yaml").stdout)
@@ -225,7 +230,7 @@ def test_service_account_watches_and_restarts_workloads_in_listed_namespaces(
 ) -> None:
     namespace = deployed["allowed"][0]
     deploy_consumer(namespace, "web")
-    for kind in ("Deployment", "StatefulSet", "DaemonSet"):
+    for kind in ("Deployment", "StatefulSet", "DaemonSet", "Rollout"):
         as_sluice.list_workloads(kind, namespace)  # no 403 for any kind
     items, version = as_sluice.list_workloads("Deployment", namespace)
     assert [item["metadata"]["name"] for item in items] == ["web"]
@@ -264,6 +269,8 @@ def test_service_account_cannot_touch_workloads_elsewhere_nor_create_or_delete_t
     live = {"kind": "Deployment", "metadata": {"name": "web", "namespace": outside}, "spec": {}}
     for attempt in (
         lambda: as_sluice.list_workloads("Deployment", outside),
+        # Argo Rollouts is installed on this cluster: a refusal of its Rollouts is a refusal, not "none".
+        lambda: as_sluice.list_workloads("Rollout", outside),
         lambda: as_sluice.get_workload("Deployment", outside, "web"),
         lambda: as_sluice.apply_workload(restart_stamp(live, "f" * 32), field_manager="sluice"),
         lambda: next(

@@ -462,6 +462,8 @@ def test_a_step_whose_consumers_rbac_keeps_from_sluice_fails_and_rolls_back_at_o
     list_configmaps = lambda: as_sluice.list_configmap_page(namespace, label_selector="", limit=1)  # noqa: E731
     poll(lambda: readable(list_configmaps), timeout=30, what="RBAC to grant the ConfigMaps")
     assert not readable(lambda: as_sluice.list_workloads("Deployment", namespace))
+    # Argo Rollouts is not installed here: RBAC that grants nothing on Rollouts refuses nothing Sluice needs.
+    assert as_sluice.list_workloads("Rollout", namespace) == ([], "")
 
     cluster_admin.cluster_add(name="noworkloads", kubeconfig=str(rendered["path"]))
     targets = [{"cluster": "noworkloads", "namespaces": [namespace]}]

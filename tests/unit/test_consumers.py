@@ -307,3 +307,70 @@ def test_a_namespace_sluice_may_not_read_leaves_the_clusters_other_consumers_on_
     )
 
     assert mapped == {f"open/Deployment/{reader['metadata']['name']}": ["app"]}
+
+
+def rollout(pod_spec: dict | None = None, **status) -> dict:
+    """An Argo Rollout with a pod template of its own, at generation 2, with ``status`` as its controller
+    reported it (its observedGeneration a string, as Argo writes it)."""
+    body = {**deployment(pod_spec or {}), "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout"}
+    body["metadata"] = {**body["metadata"], "generation": 2}
+    body["spec"] = {**body["spec"], "replicas": 3, "strategy": {"canary": {"steps": [{"setWeight": 50}]}}}
+    if status:
+        body["status"] = status
+    return body
+
+
+def test_a_rollout_is_a_consumer_stamped_on_its_own_template_in_its_own_api():
+    workload = workload_from(rollout(EVERY_REFERENCE))
+    assert workload.key == ("Rollout", "team-a", "web")
+    assert "mounted" in workload.consumes and workload.restartable
+    body = stamp(workload, config_hash_value="abc", commit="c" * 40)
+    assert body["apiVersion"] == "argoproj.io/v1alpha1" and body["kind"] == "Rollout"
+    assert (
+        body["spec"]
+        == stamp(workload_from(deployment(EVERY_REFERENCE)), config_hash_value="abc", commit="c" * 40)["spec"]
+    )
+
+
+def test_a_rollout_that_refers_to_a_deployment_leaves_the_deployment_to_be_the_consumer():
+    referring = rollout(EVERY_REFERENCE)
+    referring["spec"] = {"workloadRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"}}
+    referring["metadata"]["annotations"] = {"sluice.dev/consumes": "mounted"}
+    workload = workload_from(referring)
+    assert workload.consumes == frozenset() and workload.restartable is False
+
+
+@pytest.mark.parametrize(
+    ("status", "health", "detail"),
+    [
+        ({}, "progressing", "updating 0/3"),
+        ({"observedGeneration": "1", "phase": "Healthy"}, "progressing", "updating 0/3"),
+        ({"observedGeneration": "2"}, "progressing", "waiting for Argo Rollouts to report a phase"),
+        (
+            {"observedGeneration": "2", "phase": "Progressing", "updatedReplicas": 2, "availableReplicas": 3},
+            "progressing",
+            "updating 2/3",
+        ),
+        (
+            {"observedGeneration": "2", "phase": "Paused", "message": "CanaryPauseStep"},
+            "progressing",
+            "paused (Argo Rollouts): CanaryPauseStep",
+        ),
+        (
+            {"observedGeneration": "2", "phase": "Degraded", "message": "RolloutAborted: Rollout aborted"},
+            "failed",
+            "Degraded: RolloutAborted: Rollout aborted",
+        ),
+        ({"observedGeneration": "2", "phase": "Progressing", "abort": True}, "failed", "Degraded:"),
+        ({"observedGeneration": "2", "phase": "Healthy", "availableReplicas": 3}, "healthy", "3/3 available"),
+        # Before Argo Rollouts v0.10 observedGeneration was a hash: taken as observed, as Argo CD does.
+        (
+            {"observedGeneration": "5c9d8f6b7", "phase": "Healthy", "availableReplicas": 3},
+            "healthy",
+            "3/3 available",
+        ),
+    ],
+)
+def test_rollout_health_follows_the_phase_argo_reports_for_the_newest_generation(status, health, detail):
+    result = health_of(rollout(**status))
+    assert (result.health, result.detail) == (Health(health), detail)

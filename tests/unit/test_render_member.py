@@ -50,7 +50,7 @@ def test_member_rbac_is_the_identity_the_reader_a_token_and_roles_in_listed_name
     assert secret["metadata"]["annotations"] == {"kubernetes.io/service-account.name": "sluice"}
     assert "data" not in secret, "the cluster fills the token in; nothing secret is rendered"
     granted = {resource for d in rendered for rule in d.get("rules", []) for resource in rule["resources"]}
-    assert granted == {"namespaces", "configmaps", "deployments", "statefulsets", "daemonsets"}
+    assert granted == {"namespaces", "configmaps", "deployments", "statefulsets", "daemonsets", "rollouts"}
 
 
 @pytest.mark.parametrize("rendered", ["install", "member"])

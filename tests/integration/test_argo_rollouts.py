@@ -1,0 +1,136 @@
+"""Argo Rollouts' Rollouts as consumers of a ConfigMap, with Argo's own controller on the real control plane.
+
+The stack runs Argo Rollouts' controller (built from its release) against the default cluster: a Rollout
+Sluice restarts gets a new ReplicaSet from Argo, kube-controller-manager makes its pods and kwok makes
+them Ready, and Argo reports the phase Sluice's gate waits for. Before, a Rollout that read a changed
+ConfigMap was neither restarted nor waited for: its pods kept the old configuration.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from gitops.models import Change
+from tests.rollouts import rollout_of, wait_for
+from tests.workers import poll
+from tests.workloads import IMAGE
+
+from .test_consumers import diff, start
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+GROUP, VERSION, PLURAL = "argoproj.io", "v1alpha1", "rollouts"
+CONFIG_HASH = "sluice.dev/config-hash"
+
+
+@pytest.fixture(scope="session")
+def custom_api(kube_client):
+    from kubernetes import client
+
+    return client.CustomObjectsApi(kube_client())
+
+
+def argo_rollout(name: str, steps: list[dict]) -> dict:
+    """A canary Rollout of two replicas whose pods read the ConfigMap ``app`` through envFrom."""
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Rollout",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "containers": [
+                        {"name": "app", "image": IMAGE, "envFrom": [{"configMapRef": {"name": "app"}}]}
+                    ],
+                    "terminationGracePeriodSeconds": 0,
+                },
+            },
+            "strategy": {"canary": {"steps": steps}},
+        },
+    }
+
+
+def read(custom_api, namespace: str, name: str) -> dict:
+    return custom_api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+
+
+def wait_for_phase(custom_api, namespace: str, name: str, phase: str, *, timeout: float = 60) -> dict:
+    """The Rollout once Argo reports ``phase`` for its newest generation."""
+
+    def reached() -> dict | None:
+        body = read(custom_api, namespace, name)
+        status = body.get("status") or {}
+        observed = str(status.get("observedGeneration", "")) == str(body["metadata"]["generation"])
+        return body if observed and status.get("phase") == phase else None
+
+    return poll(reached, timeout=timeout, interval=0.1, what=f"Argo to report rollout/{name} {phase}")
+
+
+def test_a_rollout_that_reads_a_changed_configmap_is_restarted_and_gated_until_argo_reports_it_healthy(
+    repo, make_namespaces, make_source, sync, custom_api
+):
+    (namespace,) = make_namespaces("a")
+    source = start(repo, make_source, sync, [namespace], steps=[{"setWeight": 100}])
+    custom_api.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, argo_rollout("web", [{"setWeight": 50}])
+    )
+    before = wait_for_phase(custom_api, namespace, "web", "Healthy")
+    repo.commit("v2")
+    assert f"  restart rollout {namespace}/web  (reads app)" in diff(source)
+
+    sync(source, timeout=180)
+
+    done = wait_for(source, phase="Completed", timeout=180)
+    after = wait_for_phase(custom_api, namespace, "web", "Healthy", timeout=5)  # the gate waited for it
+    assert after["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH]
+    assert after["status"]["currentPodHash"] != before["status"]["currentPodHash"], "Argo made new pods"
+    assert after["status"]["stableRS"] == after["status"]["currentPodHash"], "and promoted them"
+    assert [(s["kind"], s["name"], s["health"]) for s in done.consumer_states] == [
+        ("Rollout", "web", "healthy")
+    ]
+    restarts = Change.objects.filter(source=source, action="restart")
+    assert [(c.kind, c.namespace, c.name) for c in restarts] == [("Rollout", namespace, "web")]
+
+
+def test_an_abort_in_argo_fails_sluices_wave_and_both_roll_back(
+    repo, make_namespaces, make_source, sync, custom_api, cluster
+):
+    (namespace,) = make_namespaces("a")
+    source = start(repo, make_source, sync, [namespace], steps=[{"setWeight": 100}])
+    custom_api.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, argo_rollout("web", [{"setWeight": 50}, {"pause": {}}])
+    )
+    stable = wait_for_phase(custom_api, namespace, "web", "Healthy")["status"]["stableRS"]
+    repo.commit("v2")
+    sync(source, timeout=180)
+    # Argo runs its own canary inside Sluice's wave: at its pause step, Sluice's gate waits and says why.
+    wait_for_phase(custom_api, namespace, "web", "Paused")
+    poll(
+        lambda: any(
+            "paused (Argo Rollouts)" in s.get("detail", "")
+            for s in (rollout_of(source).consumer_states or ())
+        ),
+        timeout=60,
+        what="the gate to report Argo's pause",
+    )
+
+    # What `kubectl argo rollouts abort` sends.
+    custom_api.patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, PLURAL, "web", {"status": {"abort": True}}
+    )
+
+    failed = wait_for(source, phase="Failed", timeout=120)
+    assert "Degraded" in failed.message
+    assert cluster.get_configmap(namespace, "app")["data"] == {"V": "1"}, "the ConfigMap is restored"
+    back = read(custom_api, namespace, "web")
+    assert CONFIG_HASH not in (back["spec"]["template"]["metadata"].get("annotations") or {}), "unstamped"
+    # Its template is the stable one again: Argo goes back to it as healthy, no new pods made.
+    healthy = wait_for_phase(custom_api, namespace, "web", "Healthy", timeout=60)
+    assert healthy["status"]["stableRS"] == healthy["status"]["currentPodHash"] == stable
+    actions = list(
+        Change.objects.filter(source=source, kind="Rollout").order_by("id").values_list("action", flat=True)
+    )
+    assert actions == ["restart", "rollback"]
