@@ -20,7 +20,7 @@ from enum import StrEnum
 from typing import Any
 
 from gitops.cluster import Cluster
-from gitops.consumers.workloads import Health, WorkloadHealth, health_of
+from gitops.consumers.workloads import ROLLOUT, Health, WorkloadHealth, health_of
 from gitops.errors import GitopsError
 
 WorkloadKey = tuple[str, str, str, str]  # (cluster, kind, namespace, name)
@@ -96,6 +96,10 @@ class _WaveWatch:
         for cluster, kind, namespace, name in self.wanted:
             self.groups.setdefault((cluster, kind, namespace), set()).add(name)
         self.states: dict[WorkloadKey, WorkloadHealth] = {}
+        # A Rollout that refers to a Deployment is judged against the Deployment's generation: each
+        # Deployment's as last seen, and each such Rollout as last seen, judged again when it changes.
+        self.generations: dict[WorkloadKey, int] = {}
+        self.referring: dict[WorkloadKey, dict[str, Any]] = {}
         self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.list_all()
 
@@ -120,8 +124,32 @@ class _WaveWatch:
         key = (cluster, obj.get("kind", ""), obj["metadata"]["namespace"], obj["metadata"]["name"])
         if key not in self.wanted:
             return False
-        self.states[key] = _judge(None if event_type == "DELETED" else obj)
+        self._take_in(key, None if event_type == "DELETED" else obj)
         return True
+
+    def _take_in(self, key: WorkloadKey, obj: dict[str, Any] | None) -> None:
+        """Judges a workload as it is now (None: gone), and the Rollouts that refer to it with it."""
+        cluster, kind, namespace, name = key
+        if obj is not None and kind == "Deployment":
+            self.generations[key] = int((obj.get("metadata") or {}).get("generation") or 0)
+        if obj is not None and _refers_to(obj):
+            self.referring[key] = obj
+        else:
+            self.referring.pop(key, None)  # gone: its "deleted" must not be judged over again
+        self.states[key] = self._judge(key, obj)
+        if kind != "Deployment":
+            return
+        for referring_key, referring in self.referring.items():
+            referring_cluster, _, referring_namespace, _ = referring_key
+            if (referring_cluster, referring_namespace, _refers_to(referring)) == (cluster, namespace, name):
+                self.states[referring_key] = self._judge(referring_key, referring)
+
+    def _judge(self, key: WorkloadKey, obj: dict[str, Any] | None) -> WorkloadHealth:
+        if obj is None:
+            return WorkloadHealth(Health.FAILED, "deleted")
+        cluster, _, namespace, _ = key
+        referred = self.generations.get((cluster, "Deployment", namespace, _refers_to(obj)))
+        return health_of(obj, referred)
 
     def _list_and_watch(self, group: Group) -> None:
         cluster, kind, namespace = group
@@ -139,13 +167,17 @@ class _WaveWatch:
             return
         present = {item["metadata"]["name"]: item for item in items}
         for name in self.groups[group]:
-            self.states[(cluster, kind, namespace, name)] = _judge(present.get(name))
+            self._take_in((cluster, kind, namespace, name), present.get(name))
         if (remaining := self.remaining()) > 0:
             _watch_in_background(client, group, version, remaining, self.events)
 
 
-def _judge(obj: dict[str, Any] | None) -> WorkloadHealth:
-    return WorkloadHealth(Health.FAILED, "deleted") if obj is None else health_of(obj)
+def _refers_to(obj: dict[str, Any]) -> str:
+    """The Deployment a Rollout's ``spec.workloadRef`` names, "" for any other workload."""
+    reference = (obj.get("spec") or {}).get("workloadRef")
+    if obj.get("kind") != ROLLOUT or not isinstance(reference, dict) or reference.get("kind") != "Deployment":
+        return ""
+    return str(reference.get("name", ""))
 
 
 def _verdict(states: dict[WorkloadKey, WorkloadHealth]) -> GateResult | None:

@@ -17,6 +17,7 @@ from gitops.consumers.workloads import (
     KINDS,
     Workload,
     consumed_hash,
+    referring_rollouts_read,
     restart_due,
     stamp,
     workload_from,
@@ -48,11 +49,12 @@ def wave_consumers(cluster: Cluster, changed: Iterable[ConfigMapKey]) -> list[Wo
         names_by_namespace.setdefault(namespace, set()).add(name)
     found: list[Workload] = []
     for namespace, names in sorted(names_by_namespace.items()):
-        for kind in KINDS:
-            items, _ = cluster.list_workloads(kind, namespace)
-            found.extend(
-                w for w in (workload_from(item, cluster.name) for item in items) if w.consumes & names
-            )
+        listed = [
+            workload_from(item, cluster.name)
+            for kind in KINDS
+            for item in cluster.list_workloads(kind, namespace)[0]
+        ]
+        found.extend(w for w in referring_rollouts_read(listed) if w.consumes & names)
     return sorted(found, key=lambda workload: workload.key)
 
 
@@ -79,18 +81,19 @@ def consumer_map(
 def _namespace_consumers(
     cluster: Cluster, namespace: str, names: set[str], *, default_cluster: str
 ) -> dict[str, list[str]]:
-    result: dict[str, list[str]] = {}
+    listed: list[Workload] = []
     for kind in KINDS:
         try:
-            listed = cluster.list_workloads(kind, namespace)[0]
+            listed.extend(map(workload_from, cluster.list_workloads(kind, namespace)[0]))
         except ReadForbidden:
             continue
-        for workload in map(workload_from, listed):
-            if read := sorted(workload.consumes & names):
-                key = consumer_map_key(
-                    cluster.name, namespace, kind, workload.name, default_cluster=default_cluster
-                )
-                result[key] = read
+    result: dict[str, list[str]] = {}
+    for workload in referring_rollouts_read(listed):
+        if read := sorted(workload.consumes & names):
+            key = consumer_map_key(
+                cluster.name, namespace, workload.kind, workload.name, default_cluster=default_cluster
+            )
+            result[key] = read
     return result
 
 

@@ -17,7 +17,10 @@ An Argo ``Rollout`` with a pod template of its own is restarted as a Deployment 
 by a stamp on that template: its controller then runs the Rollout's own strategy
 (canary or blue-green steps, analysis) inside Sluice's wave, and Sluice's gate
 waits for its phase to be ``Healthy``. A Rollout that refers to a Deployment
-(``spec.workloadRef``) has no template: the Deployment is the consumer found.
+(``spec.workloadRef``) has no template: the Deployment is stamped, and the
+Rollout, which reads what the Deployment reads (``referring_rollouts_read``), is
+waited for until Argo has taken in the Deployment's newest generation and reports
+it ``Healthy``.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -48,6 +51,8 @@ _CONFIGMAP_NAME_LENGTH = 253
 # Names read from one annotation: anybody who may edit a workload writes it.
 MAX_DECLARED_CONFIGMAPS = 100
 ROLLOUT = "Rollout"
+# Where Argo Rollouts records the generation of the Deployment a Rollout refers to that it has read.
+WORKLOAD_GENERATION_ANNOTATION = "rollout.argoproj.io/workload-generation"
 KINDS = ("Deployment", "StatefulSet", "DaemonSet", ROLLOUT)
 API_VERSIONS = {
     "Deployment": "apps/v1",
@@ -81,6 +86,7 @@ class Workload:
     commit: str  # the commit of that stamp
     restartable: bool  # False when annotated sluice.dev/restart: "false"
     cluster: str = ""  # the cluster it runs in
+    refers_to: str = ""  # a Rollout's spec.workloadRef: the Deployment whose template its pods run
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -99,8 +105,10 @@ def workload_from(obj: Mapping[str, Any], cluster: str = "") -> Workload:
     metadata = obj.get("metadata") or {}
     spec = obj.get("spec") or {}
     if obj.get("kind") == ROLLOUT and spec.get("workloadRef"):
-        # Its pods are the referred Deployment's template, which is found, stamped and gated itself: a
-        # stamp on this Rollout would give it a template beside the reference, which Argo refuses.
+        # Its pods run the referred Deployment's template, which is the one stamped: a stamp here would
+        # give it a template beside the reference, which Argo refuses. It reads what that Deployment
+        # reads (``referring_rollouts_read``) and is only waited for.
+        reference = spec["workloadRef"] if isinstance(spec["workloadRef"], Mapping) else {}
         return Workload(
             kind=ROLLOUT,
             namespace=str(metadata.get("namespace", "")),
@@ -110,6 +118,7 @@ def workload_from(obj: Mapping[str, Any], cluster: str = "") -> Workload:
             commit="",
             restartable=False,
             cluster=cluster,
+            refers_to=str(reference.get("name", "")) if reference.get("kind") == "Deployment" else "",
         )
     template = spec.get("template") or {}
     template_annotations = (template.get("metadata") or {}).get("annotations") or {}
@@ -126,6 +135,19 @@ def workload_from(obj: Mapping[str, Any], cluster: str = "") -> Workload:
         restartable=restart != "false",
         cluster=cluster,
     )
+
+
+def referring_rollouts_read(workloads: Iterable[Workload]) -> list[Workload]:
+    """``workloads`` (of one listing), each Rollout that refers to a Deployment among them reading what
+    that Deployment reads."""
+    listed = list(workloads)
+    reads = {(w.cluster, w.namespace, w.name): w.consumes for w in listed if w.kind == "Deployment"}
+    return [
+        replace(w, consumes=reads.get((w.cluster, w.namespace, w.refers_to), frozenset()))
+        if w.refers_to
+        else w
+        for w in listed
+    ]
 
 
 def configmaps_referenced(pod_spec: Mapping[str, Any]) -> frozenset[str]:
@@ -215,7 +237,9 @@ def stamp(workload: Workload, *, config_hash_value: str, commit: str) -> dict[st
     }
 
 
-def health_of(obj: Mapping[str, Any]) -> WorkloadHealth:
+def health_of(obj: Mapping[str, Any], referred_generation: int | None = None) -> WorkloadHealth:
+    """``referred_generation``: for a Rollout that refers to a Deployment, that Deployment's generation
+    as last seen (None: not seen yet)."""
     kind = obj.get("kind")
     if kind == "Deployment":
         return _deployment_health(obj)
@@ -224,7 +248,7 @@ def health_of(obj: Mapping[str, Any]) -> WorkloadHealth:
     if kind == "DaemonSet":
         return _daemonset_health(obj)
     if kind == ROLLOUT:
-        return _rollout_health(obj)
+        return _referring_rollout_health(obj, referred_generation) or _rollout_health(obj)
     return WorkloadHealth(Health.FAILED, f"unknown kind {kind!r}")
 
 
@@ -305,6 +329,29 @@ class RolloutPhase(StrEnum):
     PROGRESSING = "Progressing"
     PAUSED = "Paused"
     DEGRADED = "Degraded"
+
+
+def _referring_rollout_health(
+    obj: Mapping[str, Any], referred_generation: int | None
+) -> WorkloadHealth | None:
+    """Progressing while a Rollout that refers to a Deployment has not taken in the Deployment's
+    generation (``referred_generation``) yet; None once it has, or when it refers to none.
+
+    Argo copies the generation it last read of the Deployment into an annotation, and reports its phase
+    for it in ``status.workloadObservedGeneration``: right after a stamp both still name the older
+    template, whose phase is Healthy.
+    """
+    if not (obj.get("spec") or {}).get("workloadRef"):
+        return None
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    seen = whole_number(str(annotations.get(WORKLOAD_GENERATION_ANNOTATION, "")))
+    reported = whole_number(str((obj.get("status") or {}).get("workloadObservedGeneration") or ""))
+    if referred_generation is None or seen is None or seen < referred_generation or reported != seen:
+        wanted = "" if referred_generation is None else f" {referred_generation}"
+        return WorkloadHealth(
+            Health.PROGRESSING, f"waiting for Argo Rollouts to take in its Deployment's generation{wanted}"
+        )
+    return None
 
 
 def _rollout_health(obj: Mapping[str, Any]) -> WorkloadHealth:

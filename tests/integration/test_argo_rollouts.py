@@ -134,3 +134,56 @@ def test_an_abort_in_argo_fails_sluices_wave_and_both_roll_back(
         Change.objects.filter(source=source, kind="Rollout").order_by("id").values_list("action", flat=True)
     )
     assert actions == ["restart", "rollback"]
+
+
+def test_a_rollout_that_refers_to_a_stamped_deployment_holds_the_wave_until_argo_is_done_with_it(
+    repo, make_namespaces, make_source, sync, custom_api, apps_api, cluster
+):
+    """``spec.workloadRef``: the Deployment is stamped, and the Rollout that runs its template is waited
+    for. Before, only the Deployment was: the gate opened while Argo's canary had not even started, and
+    an abort in Argo never failed the wave."""
+    from .test_consumers import POD_SPECS, deployment
+
+    (namespace,) = make_namespaces("a")
+    source = start(repo, make_source, sync, [namespace], steps=[{"setWeight": 100}])
+    apps_api.create_namespaced_deployment(namespace, deployment("web", POD_SPECS["by-envfrom"], replicas=2))
+    referring = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Rollout",
+        "metadata": {"name": "canary"},
+        "spec": {
+            "replicas": 2,
+            "workloadRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+            "strategy": {"canary": {"steps": [{"setWeight": 50}, {"pause": {}}]}},
+        },
+    }
+    custom_api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, referring)
+    stable = wait_for_phase(custom_api, namespace, "canary", "Healthy")["status"]["stableRS"]
+    repo.commit("v2")
+    planned = diff(source)
+    assert f"  restart deployment {namespace}/web  (reads app)" in planned
+    assert f" wait for rollout {namespace}/canary  (reads app)" in planned
+
+    sync(source, timeout=180)
+    wait_for_phase(custom_api, namespace, "canary", "Paused")
+    poll(
+        lambda: any(
+            s["kind"] == "Rollout" and "paused (Argo Rollouts)" in s.get("detail", "")
+            for s in (rollout_of(source).consumer_states or ())
+        ),
+        timeout=60,
+        what="the gate to report Argo's pause",
+    )
+    assert rollout_of(source).phase == "Paused", "the wave waits for Argo's canary"
+
+    custom_api.patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, PLURAL, "canary", {"status": {"abort": True}}
+    )
+
+    failed = wait_for(source, phase="Failed", timeout=120)
+    assert "rollout/canary" in failed.message and "Degraded" in failed.message
+    assert cluster.get_configmap(namespace, "app")["data"] == {"V": "1"}
+    web = apps_api.read_namespaced_deployment("web", namespace)
+    assert CONFIG_HASH not in (web.spec.template.metadata.annotations or {}), "the stamp is taken back"
+    healthy = wait_for_phase(custom_api, namespace, "canary", "Healthy", timeout=60)
+    assert healthy["status"]["stableRS"] == healthy["status"]["currentPodHash"] == stable

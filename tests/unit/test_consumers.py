@@ -13,6 +13,7 @@ from gitops.consumers.workloads import (
     consumed_hash,
     consumers_of,
     health_of,
+    referring_rollouts_read,
     restart_due,
     stamp,
     workload_from,
@@ -332,7 +333,7 @@ def test_a_rollout_is_a_consumer_stamped_on_its_own_template_in_its_own_api():
     )
 
 
-def test_a_rollout_that_refers_to_a_deployment_leaves_the_deployment_to_be_the_consumer():
+def test_a_rollout_that_refers_to_a_deployment_is_never_stamped_itself():
     referring = rollout(EVERY_REFERENCE)
     referring["spec"] = {"workloadRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"}}
     referring["metadata"]["annotations"] = {"sluice.dev/consumes": "mounted"}
@@ -374,3 +375,15 @@ def test_a_rollout_that_refers_to_a_deployment_leaves_the_deployment_to_be_the_c
 def test_rollout_health_follows_the_phase_argo_reports_for_the_newest_generation(status, health, detail):
     result = health_of(rollout(**status))
     assert (result.health, result.detail) == (Health(health), detail)
+
+
+def test_a_rollout_that_refers_to_a_deployment_reads_what_the_deployment_reads_and_is_only_waited_for():
+    web = workload_from(deployment(EVERY_REFERENCE))
+    referring = rollout(EVERY_REFERENCE)
+    referring["spec"] = {"workloadRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"}}
+    canary = replace(workload_from(referring), name="canary")
+    elsewhere = replace(canary, name="elsewhere", namespace="team-b")
+    read = {w.key: w for w in referring_rollouts_read([elsewhere, canary, web])}
+    assert read[("Rollout", "team-a", "canary")].consumes == web.consumes
+    assert not read[("Rollout", "team-a", "canary")].restartable
+    assert read[("Rollout", "team-b", "elsewhere")].consumes == frozenset(), "another namespace's web"

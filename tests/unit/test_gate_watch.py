@@ -36,3 +36,72 @@ def test_a_watch_refused_at_once_is_listed_again_after_a_wait_not_in_a_loop():
 
     assert verdict.result is GateResult.WAITING
     assert 1 <= cluster.lists <= 3, cluster.lists
+
+
+def referring_rollout(*, seen: int, reported: int, phase: str = "Healthy") -> dict:
+    """A Rollout that runs Deployment web's template, as Argo reports it after reading generation ``seen``
+    of web, its phase for generation ``reported``."""
+    return {
+        "kind": "Rollout",
+        "metadata": {
+            "name": "canary",
+            "namespace": "a",
+            "generation": 1,
+            "annotations": {"rollout.argoproj.io/workload-generation": str(seen)},
+        },
+        "spec": {
+            "replicas": 2,
+            "workloadRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+        },
+        "status": {
+            "observedGeneration": "1",
+            "workloadObservedGeneration": str(reported),
+            "phase": phase,
+            "availableReplicas": 2,
+        },
+    }
+
+
+class WithAReferringRollout:
+    """Deployment web at generation 3 (just stamped; Argo scaled it to 0, so it is available at once), and
+    a Rollout that refers to it, listed in the order given; the watches bring ``events``, one by one."""
+
+    def __init__(self, rollout: dict, events: list[dict] | None = None) -> None:
+        self.rollout, self.events = rollout, events or []
+
+    def list_workloads(self, kind: str, namespace: str):
+        if kind == "Rollout":
+            return [self.rollout], "1"
+        deployment = {
+            "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "a", "generation": 3},
+            "spec": {"replicas": 0},
+            "status": {"observedGeneration": 3},
+        }
+        return [deployment], "1"
+
+    def watch_workloads(self, kind: str, namespace: str, *, resource_version: str, timeout_seconds: int):
+        if kind == "Rollout":
+            yield from (("MODIFIED", event) for event in self.events)
+
+
+WAVE = [("default", "Deployment", "a", "web"), ("default", "Rollout", "a", "canary")]
+
+
+def test_a_rollout_that_refers_to_a_just_stamped_deployment_waits_until_argo_has_taken_in_its_generation():
+    """Right after the stamp Argo still reports Healthy for the Deployment's older template: before, the
+    gate would open on it while Argo's canary had not even started."""
+    stale = WithAReferringRollout(referring_rollout(seen=2, reported=2))
+    verdict = gate_wait(lambda name: stale, WAVE, seconds=1.5)
+    assert verdict.result is GateResult.WAITING
+    state = verdict.states[("default", "Rollout", "a", "canary")]
+    assert state.detail == "waiting for Argo Rollouts to take in its Deployment's generation 3"
+
+    taken_in = WithAReferringRollout(
+        referring_rollout(seen=2, reported=2),
+        events=[referring_rollout(seen=3, reported=2), referring_rollout(seen=3, reported=3)],
+    )
+    assert gate_wait(lambda name: taken_in, WAVE, seconds=10).result is GateResult.OPEN
+
+    paused = WithAReferringRollout(referring_rollout(seen=3, reported=3, phase="Paused"))
+    assert gate_wait(lambda name: paused, WAVE, seconds=1.5).result is GateResult.WAITING
