@@ -266,7 +266,14 @@ class ConsumerStateOut(Schema):
     namespace: str
     name: str
     restarted: bool = Field(description="this step stamped its pod template, so its pods were replaced")
-    restartable: bool = Field(description='false when annotated sluice.dev/restart: "false" (only watched)')
+    restartable: bool = Field(
+        description='false when annotated sluice.dev/restart: "false", or when it refers to a Deployment'
+        " (only watched)"
+    )
+    refers_to: str = Field(
+        "",
+        description="an Argo Rollout's spec.workloadRef: the Deployment stamped in its place, else empty",
+    )
     health: Health
     detail: str = Field(description='"3/3 available", "updating 1/2", "ProgressDeadlineExceeded: ..."')
 

@@ -32,6 +32,7 @@ class ConsumerLine:
     detail: str  # "3/3 available", "updating 1/2", "ProgressDeadlineExceeded: <message>"; "" at first
     restarted: bool
     restartable: bool
+    refers_to: str = ""  # a Rollout's spec.workloadRef: the Deployment restarted in its place
 
     @property
     def state(self) -> str:
@@ -77,6 +78,7 @@ def consumer_lines(states: Iterable[Mapping[str, Any]]) -> list[ConsumerLine]:
             detail=str(state.get("detail") or ""),
             restarted=bool(state.get("restarted", False)),
             restartable=bool(state.get("restartable", True)),
+            refers_to=str(state.get("refers_to") or ""),
         )
         for state in states
         if isinstance(state, Mapping)

@@ -160,6 +160,8 @@ class _WaveWatch:
             detail = f"cluster {cluster} unreachable: {exc}"
             for name in self.groups[group]:
                 self.states[(cluster, kind, namespace, name)] = WorkloadHealth(Health.PROGRESSING, detail)
+                # Its last object is stale now: a change of its Deployment must not judge it healthy again.
+                self.referring.pop((cluster, kind, namespace, name), None)
             if self.remaining() > UNREACHABLE_RELIST_SECONDS:
                 timer = threading.Timer(UNREACHABLE_RELIST_SECONDS, self.events.put, [(RELIST, group)])
                 timer.daemon = True

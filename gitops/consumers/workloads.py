@@ -84,7 +84,7 @@ class Workload:
     consumes: frozenset[str]  # names of ConfigMaps in its namespace
     config_hash: str  # the stamp on its pod template, "" when never stamped
     commit: str  # the commit of that stamp
-    restartable: bool  # False when annotated sluice.dev/restart: "false"
+    restartable: bool  # False when annotated sluice.dev/restart: "false", or a Rollout that refers to one
     cluster: str = ""  # the cluster it runs in
     refers_to: str = ""  # a Rollout's spec.workloadRef: the Deployment whose template its pods run
 
@@ -252,6 +252,12 @@ def health_of(obj: Mapping[str, Any], referred_generation: int | None = None) ->
     return WorkloadHealth(Health.FAILED, f"unknown kind {kind!r}")
 
 
+def _replicas(spec: Mapping[str, Any]) -> int:
+    """``spec.replicas``; absent or null (a Rollout's schema allows it) is one, as controllers take it."""
+    value = spec.get("replicas")
+    return 1 if value is None else int(value)
+
+
 def _observed(obj: Mapping[str, Any]) -> bool:
     generation = int((obj.get("metadata") or {}).get("generation") or 0)
     # A Rollout's observedGeneration is a string ("3"); apps/v1's an integer. Before Argo Rollouts
@@ -263,7 +269,7 @@ def _observed(obj: Mapping[str, Any]) -> bool:
 
 def _deployment_health(obj: Mapping[str, Any]) -> WorkloadHealth:
     spec, status = obj.get("spec") or {}, obj.get("status") or {}
-    wanted = int(spec.get("replicas", 1))
+    wanted = _replicas(spec)
     if not _observed(obj):
         # A condition from before the newest template (a deadline missed earlier) says nothing about it.
         return WorkloadHealth(Health.PROGRESSING, f"updating 0/{wanted}")
@@ -288,7 +294,7 @@ def _deployment_health(obj: Mapping[str, Any]) -> WorkloadHealth:
 
 def _statefulset_health(obj: Mapping[str, Any]) -> WorkloadHealth:
     spec, status = obj.get("spec") or {}, obj.get("status") or {}
-    wanted = int(spec.get("replicas", 1))
+    wanted = _replicas(spec)
     ready, updated = int(status.get("readyReplicas") or 0), int(status.get("updatedReplicas") or 0)
     strategy = spec.get("updateStrategy") or {}
     partition = int((strategy.get("rollingUpdate") or {}).get("partition") or 0)
@@ -356,7 +362,7 @@ def _referring_rollout_health(
 
 def _rollout_health(obj: Mapping[str, Any]) -> WorkloadHealth:
     spec, status = obj.get("spec") or {}, obj.get("status") or {}
-    wanted = int(spec.get("replicas", 1))
+    wanted = _replicas(spec)
     updated, available = int(status.get("updatedReplicas") or 0), int(status.get("availableReplicas") or 0)
     if not status or not _observed(obj):
         # Until its controller has seen the newest template, the phase is the previous template's.

@@ -95,6 +95,7 @@ def wave_restart(rollout: Rollout, *, step_index: int, weight: int, actor: str) 
             "name": w.name,
             "restarted": w.cluster_key in restarted,
             "restartable": w.restartable,
+            "refers_to": w.refers_to,
             "health": Health.PROGRESSING,
             "detail": "",
         }

@@ -711,7 +711,8 @@ def test_list_endpoints_run_a_fixed_number_of_queries(as_role, people):
 
 
 def consumer_states(count: int) -> list[dict[str, Any]]:
-    """What the worker stores while a wave's consumers roll out: every health, a pinned one."""
+    """What the worker stores while a wave's consumers roll out: every health, a pinned one, and (from
+    seven on) an Argo Rollout that refers to a Deployment."""
     healths = [
         ("healthy", "2/2 available"),
         ("progressing", "updating 1/2"),
@@ -720,11 +721,12 @@ def consumer_states(count: int) -> list[dict[str, Any]]:
     return [
         {
             "cluster": "default",
-            "kind": ("Deployment", "StatefulSet", "DaemonSet")[index % 3],
+            "kind": "Rollout" if index % 7 == 6 else ("Deployment", "StatefulSet", "DaemonSet")[index % 3],
             "namespace": f"team-{index % 4}",
             "name": f"web-{index}",
             "restarted": index % 5 != 0,
-            "restartable": index % 5 != 0,
+            "restartable": index % 5 != 0 and index % 7 != 6,
+            "refers_to": "web-0" if index % 7 == 6 else "",
             "health": healths[index % 3][0],
             "detail": healths[index % 3][1],
         }
@@ -803,6 +805,7 @@ def test_the_openapi_document_names_the_consumer_vocabulary(as_role):
         "name",
         "restarted",
         "restartable",
+        "refers_to",
         "health",
         "detail",
     }

@@ -137,12 +137,15 @@ def test_an_abort_in_argo_fails_sluices_wave_and_both_roll_back(
 
 
 def test_a_rollout_that_refers_to_a_stamped_deployment_holds_the_wave_until_argo_is_done_with_it(
-    repo, make_namespaces, make_source, sync, custom_api, apps_api, cluster
+    repo, make_namespaces, make_source, sync, custom_api, apps_api, cluster, people
 ):
     """``spec.workloadRef``: the Deployment is stamped, and the Rollout that runs its template is waited
     for. Before, only the Deployment was: the gate opened while Argo's canary had not even started, and
     an abort in Argo never failed the wave."""
+    from django.urls import reverse
+
     from .test_consumers import POD_SPECS, deployment
+    from .test_consumers_ui import viewer_client
 
     (namespace,) = make_namespaces("a")
     source = start(repo, make_source, sync, [namespace], steps=[{"setWeight": 100}])
@@ -174,7 +177,15 @@ def test_a_rollout_that_refers_to_a_stamped_deployment_holds_the_wave_until_argo
         timeout=60,
         what="the gate to report Argo's pause",
     )
-    assert rollout_of(source).phase == "Paused", "the wave waits for Argo's canary"
+    waiting = rollout_of(source)
+    assert waiting.phase == "Paused", "the wave waits for Argo's canary"
+    (state,) = [s for s in waiting.consumer_states if s["kind"] == "Rollout"]
+    assert (state["name"], state["restartable"], state["refers_to"]) == ("canary", False, "web")
+    page = (
+        viewer_client(people["viewer"]).get(reverse("dashboard:rollout", args=[waiting.pk])).content.decode()
+    )
+    canary = page.split('data-name="canary"', 1)[1].split("</li>", 1)[0]
+    assert "runs deployment/web's template" in canary and "pinned" not in canary
 
     custom_api.patch_namespaced_custom_object_status(
         GROUP, VERSION, namespace, PLURAL, "canary", {"status": {"abort": True}}
