@@ -57,6 +57,18 @@ def read(custom_api, namespace: str, name: str) -> dict:
     return custom_api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
 
 
+def start_pass(source) -> None:
+    """Queues a pass without waiting for it: while Argo pauses, its gate holds the pass for a whole slice
+    (30 s), and the test goes on meanwhile."""
+    from gitops.tasks import sync_source
+
+    sync_source.delay(source.pk)
+
+
+def restored(cluster, namespace: str) -> bool:
+    return cluster.get_configmap(namespace, "app")["data"] == {"V": "1"}
+
+
 def wait_for_phase(custom_api, namespace: str, name: str, phase: str, *, timeout: float = 60) -> dict:
     """The Rollout once Argo reports ``phase`` for its newest generation."""
 
@@ -105,7 +117,7 @@ def test_an_abort_in_argo_fails_sluices_wave_and_both_roll_back(
     )
     stable = wait_for_phase(custom_api, namespace, "web", "Healthy")["status"]["stableRS"]
     repo.commit("v2")
-    sync(source, timeout=180)
+    start_pass(source)
     # Argo runs its own canary inside Sluice's wave: at its pause step, Sluice's gate waits and says why.
     wait_for_phase(custom_api, namespace, "web", "Paused")
     poll(
@@ -124,16 +136,17 @@ def test_an_abort_in_argo_fails_sluices_wave_and_both_roll_back(
 
     failed = wait_for(source, phase="Failed", timeout=120)
     assert "Degraded" in failed.message
-    assert cluster.get_configmap(namespace, "app")["data"] == {"V": "1"}, "the ConfigMap is restored"
-    back = read(custom_api, namespace, "web")
-    assert CONFIG_HASH not in (back["spec"]["template"]["metadata"].get("annotations") or {}), "unstamped"
-    # Its template is the stable one again: Argo goes back to it as healthy, no new pods made.
+    poll(lambda: restored(cluster, namespace), timeout=60, what="the ConfigMap to be restored")
+    # Unstamped, its template is the stable one again: Argo goes back to it as healthy, no new pods made.
     healthy = wait_for_phase(custom_api, namespace, "web", "Healthy", timeout=60)
+    assert CONFIG_HASH not in (healthy["spec"]["template"]["metadata"].get("annotations") or {})
     assert healthy["status"]["stableRS"] == healthy["status"]["currentPodHash"] == stable
-    actions = list(
-        Change.objects.filter(source=source, kind="Rollout").order_by("id").values_list("action", flat=True)
-    )
-    assert actions == ["restart", "rollback"]
+
+    def actions() -> list[str]:
+        changes = Change.objects.filter(source=source, kind="Rollout").order_by("id")
+        return list(changes.values_list("action", flat=True))
+
+    poll(lambda: actions() == ["restart", "rollback"], timeout=30, what="the restart and its rollback logged")
 
 
 def test_a_rollout_that_refers_to_a_stamped_deployment_holds_the_wave_until_argo_is_done_with_it(
@@ -167,7 +180,7 @@ def test_a_rollout_that_refers_to_a_stamped_deployment_holds_the_wave_until_argo
     assert f"  restart deployment {namespace}/web  (reads app)" in planned
     assert f" wait for rollout {namespace}/canary  (reads app)" in planned
 
-    sync(source, timeout=180)
+    start_pass(source)
     wait_for_phase(custom_api, namespace, "canary", "Paused")
     poll(
         lambda: any(
@@ -193,8 +206,8 @@ def test_a_rollout_that_refers_to_a_stamped_deployment_holds_the_wave_until_argo
 
     failed = wait_for(source, phase="Failed", timeout=120)
     assert "rollout/canary" in failed.message and "Degraded" in failed.message
-    assert cluster.get_configmap(namespace, "app")["data"] == {"V": "1"}
-    web = apps_api.read_namespaced_deployment("web", namespace)
-    assert CONFIG_HASH not in (web.spec.template.metadata.annotations or {}), "the stamp is taken back"
+    poll(lambda: restored(cluster, namespace), timeout=60, what="the ConfigMap to be restored")
     healthy = wait_for_phase(custom_api, namespace, "canary", "Healthy", timeout=60)
     assert healthy["status"]["stableRS"] == healthy["status"]["currentPodHash"] == stable
+    web = apps_api.read_namespaced_deployment("web", namespace)
+    assert CONFIG_HASH not in (web.spec.template.metadata.annotations or {}), "the stamp is taken back"

@@ -25,6 +25,7 @@ PARTS = {
     "kube-controller-manager-member-1",
     "kube-apiserver-member-2",
     "kube-controller-manager-member-2",
+    "rollouts-controller",
 }
 
 
