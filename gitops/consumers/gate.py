@@ -20,7 +20,7 @@ from enum import StrEnum
 from typing import Any
 
 from gitops.cluster import Cluster
-from gitops.consumers.workloads import ROLLOUT, Health, WorkloadHealth, health_of
+from gitops.consumers.workloads import Health, WorkloadHealth, health_of, referred_deployment
 from gitops.errors import GitopsError
 
 WorkloadKey = tuple[str, str, str, str]  # (cluster, kind, namespace, name)
@@ -132,7 +132,7 @@ class _WaveWatch:
         cluster, kind, namespace, name = key
         if obj is not None and kind == "Deployment":
             self.generations[key] = int((obj.get("metadata") or {}).get("generation") or 0)
-        if obj is not None and _refers_to(obj):
+        if obj is not None and referred_deployment(obj):
             self.referring[key] = obj
         else:
             self.referring.pop(key, None)  # gone: its "deleted" must not be judged over again
@@ -141,14 +141,18 @@ class _WaveWatch:
             return
         for referring_key, referring in self.referring.items():
             referring_cluster, _, referring_namespace, _ = referring_key
-            if (referring_cluster, referring_namespace, _refers_to(referring)) == (cluster, namespace, name):
+            if (referring_cluster, referring_namespace, referred_deployment(referring)) == (
+                cluster,
+                namespace,
+                name,
+            ):
                 self.states[referring_key] = self._judge(referring_key, referring)
 
     def _judge(self, key: WorkloadKey, obj: dict[str, Any] | None) -> WorkloadHealth:
         if obj is None:
             return WorkloadHealth(Health.FAILED, "deleted")
         cluster, _, namespace, _ = key
-        referred = self.generations.get((cluster, "Deployment", namespace, _refers_to(obj)))
+        referred = self.generations.get((cluster, "Deployment", namespace, referred_deployment(obj)))
         return health_of(obj, referred)
 
     def _list_and_watch(self, group: Group) -> None:
@@ -172,14 +176,6 @@ class _WaveWatch:
             self._take_in((cluster, kind, namespace, name), present.get(name))
         if (remaining := self.remaining()) > 0:
             _watch_in_background(client, group, version, remaining, self.events)
-
-
-def _refers_to(obj: dict[str, Any]) -> str:
-    """The Deployment a Rollout's ``spec.workloadRef`` names, "" for any other workload."""
-    reference = (obj.get("spec") or {}).get("workloadRef")
-    if obj.get("kind") != ROLLOUT or not isinstance(reference, dict) or reference.get("kind") != "Deployment":
-        return ""
-    return str(reference.get("name", ""))
 
 
 def _verdict(states: dict[WorkloadKey, WorkloadHealth]) -> GateResult | None:

@@ -108,7 +108,6 @@ def workload_from(obj: Mapping[str, Any], cluster: str = "") -> Workload:
         # Its pods run the referred Deployment's template, which is the one stamped: a stamp here would
         # give it a template beside the reference, which Argo refuses. It reads what that Deployment
         # reads (``referring_rollouts_read``) and is only waited for.
-        reference = spec["workloadRef"] if isinstance(spec["workloadRef"], Mapping) else {}
         return Workload(
             kind=ROLLOUT,
             namespace=str(metadata.get("namespace", "")),
@@ -118,7 +117,7 @@ def workload_from(obj: Mapping[str, Any], cluster: str = "") -> Workload:
             commit="",
             restartable=False,
             cluster=cluster,
-            refers_to=str(reference.get("name", "")) if reference.get("kind") == "Deployment" else "",
+            refers_to=referred_deployment(obj),
         )
     template = spec.get("template") or {}
     template_annotations = (template.get("metadata") or {}).get("annotations") or {}
@@ -135,6 +134,18 @@ def workload_from(obj: Mapping[str, Any], cluster: str = "") -> Workload:
         restartable=restart != "false",
         cluster=cluster,
     )
+
+
+def referred_deployment(obj: Mapping[str, Any]) -> str:
+    """The Deployment a Rollout's ``spec.workloadRef`` names, "" for any other workload."""
+    reference = (obj.get("spec") or {}).get("workloadRef")
+    if (
+        obj.get("kind") != ROLLOUT
+        or not isinstance(reference, Mapping)
+        or reference.get("kind") != "Deployment"
+    ):
+        return ""
+    return str(reference.get("name", ""))
 
 
 def referring_rollouts_read(workloads: Iterable[Workload]) -> list[Workload]:
