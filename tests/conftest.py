@@ -19,20 +19,36 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from tests.commands import CommandLauncher
+from tests.parallel import session_redis_url, stack_access, stack_start, worker_id
 from tests.workers import LiveCacheProcess, WorkerProcess, poll
 
 if TYPE_CHECKING:
     from gitops.cluster import Cluster
 
 INTEGRATION_DIR = Path(__file__).parent / "integration"
-# Worker processes inherit this, so their metrics reach this process's /metrics.
-os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="sluice-metrics-"))
+# Worker processes inherit this, so their metrics reach this process's /metrics. Each xdist session
+# gets its own: the controller imported this module first, and the sessions inherit its environment.
+if worker_id() is not None or "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="sluice-metrics-")
+
+# Fixtures that change what every session on the stack sees (tests/parallel.py).
+EXCLUSIVE_FIXTURES = frozenset({"cordoned_nodes"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if INTEGRATION_DIR in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.integration)
+        if EXCLUSIVE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.exclusive)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    """Under ``pytest -n 2`` a test holds the stack shared, or alone when marked ``exclusive``:
+    around its setup, call and teardown, so a session fixture it starts is inside too."""
+    with stack_access(exclusive=item.get_closest_marker("exclusive") is not None):
+        return (yield)
 
 
 def _point_django_at(env: dict[str, str]) -> None:
@@ -77,7 +93,7 @@ def _uncordon_simulated_nodes(env: dict[str, str]) -> None:
     from tests.workloads import set_unschedulable
 
     with config.new_client_from_config(config_file=env["KUBECONFIG"]) as api_client:
-        set_unschedulable(client.CoreV1Api(api_client), False)
+        set_unschedulable(client.CoreV1Api(api_client), False, at_session_start=True)
 
 
 @pytest.fixture(scope="session")
@@ -85,21 +101,29 @@ def stack() -> Iterator[dict[str, str]]:
     from devstack import Stack
 
     local_stack = Stack()
-    started_here = not local_stack.is_up()
-    env = local_stack.up()
+    with stack_start():
+        started_here = not local_stack.is_up()
+        env = local_stack.up()
+    # A session of `pytest -n 2` has a Redis database of its own: its queues, results and caches.
+    for key in ("REDIS_URL", "CELERY_BROKER_URL"):
+        env[key] = session_redis_url(env[key])
     os.environ.update(env)
     _point_django_at(env)
     if not started_here:
         _uncordon_simulated_nodes(env)
         _forget_stale_tasks(env)
     yield env
-    if started_here and os.environ.get("SLUICE_KEEP_STACK") != "1":
+    # Under xdist the other session may still be running: the stack stays up (scripts/test.sh stops it).
+    if started_here and worker_id() is None and os.environ.get("SLUICE_KEEP_STACK") != "1":
         local_stack.down()
 
 
 @pytest.fixture(scope="session")
-def django_db_modify_db_settings(stack: dict[str, str]) -> None:
-    """pytest-django calls this just before it creates the test database."""
+def django_db_modify_db_settings(
+    stack: dict[str, str], django_db_modify_db_settings_parallel_suffix: None
+) -> None:
+    """pytest-django calls this just before it creates the test database; the stack's settings come
+    first, then pytest-django's suffix per xdist session (``test_sluice_gw0``)."""
 
 
 @pytest.fixture(scope="session")

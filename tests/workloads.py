@@ -113,8 +113,18 @@ def simulated_nodes(core: client.CoreV1Api) -> list[client.V1Node]:
     return list(core.list_node(label_selector="type=kwok").items)
 
 
-def set_unschedulable(core: client.CoreV1Api, unschedulable: bool) -> list[str]:
-    """Cordons (or uncordons) every simulated node, as `kubectl cordon` does; returns their names."""
+def set_unschedulable(
+    core: client.CoreV1Api, unschedulable: bool, *, at_session_start: bool = False
+) -> list[str]:
+    """Cordons (or uncordons) every simulated node, as `kubectl cordon` does; returns their names.
+
+    Every session on the stack sees the nodes: under ``pytest -n 2`` only an exclusive test may,
+    or a session's start, which happens inside a test holding the stack shared (so while no
+    exclusive test of the other session runs)."""
+    from tests.parallel import require_alone
+
+    if not at_session_start:
+        require_alone("cordoning the nodes")
     names = [node.metadata.name for node in simulated_nodes(core)]
     for name in names:
         core.patch_node(name, {"spec": {"unschedulable": unschedulable}})

@@ -31,7 +31,9 @@ def make_namespaces(cluster) -> Callable[..., list[str]]:
     """Fresh namespaces with a shared random prefix, so policies can name them."""
 
     def make(*suffixes: str) -> list[str]:
-        prefix = f"t{uuid.uuid4().hex[:6]}"
+        # Eight hex digits: two sessions (pytest -n 2) make namespaces on one cluster, and with six
+        # a run's two sets of a few hundred prefixes would share one about once in a hundred runs.
+        prefix = f"t{uuid.uuid4().hex[:8]}"
         names = [f"{prefix}-{suffix}" for suffix in suffixes]
         for name in names:
             cluster.create_namespace(name)

@@ -278,6 +278,8 @@ def test_a_closed_port_is_a_temporary_connection_refused(connect, stack, tmp_pat
     assert str(unreachable.value) == "kube-apiserver unreachable: connection refused"
 
 
+# Alone under pytest -n 2: it bounds a wait by the wall clock, which the other session slows.
+@pytest.mark.exclusive
 def test_a_server_silent_after_the_request_is_a_read_timeout(
     connect, settings, stack, tmp_path, fake_apiserver
 ):
@@ -295,6 +297,8 @@ def test_a_server_silent_after_the_request_is_a_read_timeout(
     assert shortest < elapsed < 4.0
 
 
+# Alone under pytest -n 2: it bounds a wait by the wall clock, which the other session slows.
+@pytest.mark.exclusive
 def test_a_server_that_never_starts_tls_is_given_up_on_within_the_timeouts(
     connect, settings, stack, tmp_path, fake_apiserver
 ):
@@ -501,6 +505,8 @@ def test_a_batch_applies_characters_beyond_the_basic_plane_from_bodies_given_enc
         assert cluster.get_configmap(namespace, f"awkward-{key}")["data"] == {"V": value}
 
 
+# Alone under pytest -n 2: it bounds a wait by the wall clock, which the other session slows.
+@pytest.mark.exclusive
 def test_a_silent_server_stops_the_batch_after_the_applies_under_way(
     batching, settings, stack, tmp_path, fake_apiserver
 ):
@@ -602,6 +608,8 @@ def test_a_forked_child_batches_on_connections_of_its_own(settings, stack, tmp_p
     assert server.served == [0, 0, 1, 1, 0, 0]
 
 
+# Alone under pytest -n 2: it bounds a wait by the wall clock, which the other session slows.
+@pytest.mark.exclusive
 def test_a_batch_on_descriptors_past_1024_runs_at_its_usual_pace(batching, namespace, cluster):
     """select() and libcurl's fdset cannot see a socket numbered 1,024 or more; a batch waits on epoll,
     which can. Every connection of this batch is made past that number."""

@@ -121,6 +121,7 @@ def test_a_viewer_sees_no_buttons_and_dismissing_the_confirmation_changes_nothin
     assert Rollout.objects.get(pk=paused_rollout.pk).abort_requested_by == ""
 
 
+@pytest.mark.exclusive  # cordons the nodes
 def test_the_rollout_page_follows_a_wave_of_consumers_from_updating_to_available_without_a_reload(
     page: Page, repo, make_namespaces, make_source, sync, apps_api, core_api, people, celery_worker
 ):

@@ -23,6 +23,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 
 from gitops.models import Approval, Rollout, Source
 from tests.integration.test_browser import CHROMIUM, CHROMIUM_ARGS, screenshot
+from tests.parallel import worker_id
 from tests.workers import ARTIFACTS, poll
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -72,7 +73,8 @@ def start_production_server(worker_env: dict[str, str], tmp_path: Path) -> Itera
             ],
             "runserver": ["manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
         }[kind]
-        log_path = ARTIFACTS / f"production-{kind}.log"
+        # A session's own under pytest -n 2: both may run a production server at once.
+        log_path = ARTIFACTS / f"production-{kind}{'-' + worker_id() if worker_id() else ''}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "wb") as log:
             process = subprocess.Popen([sys.executable, *command], env=env, cwd=ROOT, stdout=log, stderr=log)

@@ -256,6 +256,7 @@ def test_watch_gates_a_step_on_health_without_restarting(
     assert not Change.objects.filter(source=source, action="restart").exists()
 
 
+@pytest.mark.exclusive  # cordons the nodes
 def test_a_failing_wave_rolls_back_configmaps_and_stamps_and_retry_succeeds(
     repo, make_namespaces, make_source, sync, apps_api, core_api, cluster, people
 ):

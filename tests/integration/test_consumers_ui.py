@@ -154,6 +154,7 @@ def test_the_rollout_page_and_the_api_show_each_consumer_per_target_wave_by_wave
         assert SECRET_VALUE.encode() not in response.content, response.request["PATH_INFO"]
 
 
+@pytest.mark.exclusive  # cordons the nodes
 def test_the_page_shows_a_wave_waiting_for_its_consumers_then_failing(
     repo, make_namespaces, make_source, sync, apps_api, core_api, people, celery_worker
 ):

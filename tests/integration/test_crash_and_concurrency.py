@@ -285,6 +285,9 @@ def test_two_workers_given_the_same_source_log_each_change_once(
     assert set(logged.values()) == {1}
 
 
+# Alone under pytest -n 2: the kill must land while the step's 250 applies are under way, a window
+# of about a second that a busier machine lets the test process miss.
+@pytest.mark.exclusive
 def test_a_worker_killed_during_a_rollout_step_then_the_rollout_finishes_logging_each_change_once(
     repo, make_namespaces, make_source, start_worker, celery_worker, cluster, people
 ):

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from devstack import Stack
 from devstack.stack import ROOT, _group_alive
 
@@ -56,6 +58,8 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
+# Alone under pytest -n 2: a second stack takes both cores as it starts, past the other session's deadlines.
+@pytest.mark.exclusive
 def test_a_separate_stack_starts_exports_its_env_and_stops_without_leftovers(tmp_path):
     stack = Stack(directory=tmp_path / "stack")
     saved = os.environ.pop("DATABASE_URL", None)

@@ -307,6 +307,9 @@ def test_a_floor_raised_while_a_pass_holds_the_source_gates_after_its_step_and_h
     with psycopg.connect(**{**connection.get_connection_params(), "autocommit": True}) as a_pass:
         a_pass.execute("SELECT pg_advisory_lock(%s, %s)", [LOCK_CLASS, source.pk])
         source_admin.source_update_scope(Source.objects.get(pk=source.pk), required_approvals=2)
+        # Let go before closing: a closed connection's backend gives its locks up as it exits, which a
+        # busy server does a moment later, and the next update would find the pass still there.
+        a_pass.execute("SELECT pg_advisory_unlock(%s, %s)", [LOCK_CLASS, source.pk])
     held = Rollout.objects.get(pk=retried.pk)
     assert held.approvals_required == 2
     steps = [{"setWeight": 50}, {"pause": {}}, {"setWeight": 100}]

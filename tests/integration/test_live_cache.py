@@ -29,7 +29,8 @@ from tests.gitrepo import configmap, policy
 from tests.replica import apiserver_replica
 from tests.workers import poll
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# In one session under pytest -n 2: the replica's kubeconfig has one name (tests/replica.py).
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.xdist_group("live-cache")]
 
 HOURLY = timedelta(hours=1)
 HEAL_DEADLINE = 10.0  # seconds; the poll interval is an hour
@@ -345,6 +346,9 @@ def test_a_new_term_versions_the_stamps_it_loaded_and_a_reader_trusts_them_from_
         first_term.client.delete(*first_term._keys("team-a"))
 
 
+# Alone under pytest -n 2: Redis's scripts are the server's, shared by every database, and the other
+# session's live cache would load this one again between the flush and the assertion that it is gone.
+@pytest.mark.exclusive
 def test_a_batch_of_events_costs_one_round_trip_and_survives_a_redis_that_lost_its_scripts(
     stack, monkeypatch
 ):

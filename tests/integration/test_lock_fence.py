@@ -36,14 +36,18 @@ def _terminate(pid: int) -> None:
 def _lock_holder(source) -> int | None:
     with connection.cursor() as cursor:
         cursor.execute(
+            # This database's: advisory locks of another database (a parallel session) share the ids.
             "SELECT pid FROM pg_locks"
-            " WHERE locktype = 'advisory' AND classid = %s AND objid = %s AND granted",
+            " WHERE locktype = 'advisory' AND classid = %s AND objid = %s AND granted"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
             [LOCK_CLASS, source.pk],
         )
         row = cursor.fetchone()
     return row[0] if row else None
 
 
+# Alone under pytest -n 2: it bounds a wait by the wall clock, which the other session slows.
+@pytest.mark.exclusive
 def test_a_pass_claims_the_source_at_its_first_write_and_releases_the_claim_as_it_ends(make_source):
     source = make_source()
     with source_lock(source) as acquired:

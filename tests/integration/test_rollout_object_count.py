@@ -56,7 +56,8 @@ def count_in_a_thread() -> threading.Thread:
 def waiting_on_a_lock(query_part: str) -> bool:
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND query LIKE %s AND datname = current_database()",
             [f"%{query_part}%"],
         )
         return bool(cursor.fetchone()[0])

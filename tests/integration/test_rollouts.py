@@ -931,6 +931,8 @@ def test_a_request_left_for_a_pass_whose_worker_died_is_queued_by_beats_sweep(
     assert polling.sources_claim_orphaned_requests() == []
 
 
+# Alone under pytest -n 2: it bounds a wait by the wall clock, which the other session slows.
+@pytest.mark.exclusive
 def test_a_persons_decision_gets_the_source_between_passes_that_follow_one_another(repo, make_source):
     """Under a stream of pushes, a worker's passes follow one another with next to no gap between them
     (each tries the lock again as soon as it lets it go). A waiver or a forgotten cluster waits in the
@@ -1032,7 +1034,11 @@ def test_a_promote_waits_for_a_pass_logging_changes_and_never_deadlocks_with_it(
 
     def promote_waits_for_a_lock() -> bool:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE NOT granted)")
+            # A lock awaited in this database: the server is shared with a parallel session's.
+            cursor.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE NOT granted"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))"
+            )
             return bool(cursor.fetchone()[0])
 
     with psycopg.connect(**connection.get_connection_params()) as logging_pass:

@@ -793,6 +793,9 @@ def test_a_removal_whose_task_the_broker_lost_is_sent_again_by_beats_sweep(appli
     with psycopg.connect(**connection.get_connection_params()) as holder:
         holder.execute("SELECT pg_advisory_lock(%s, %s)", [LOCK_CLASS, source.pk])
         assert polling.removals_claim_stale() == [], "not while something holds the source"
+        # Let go before closing: a closed connection's backend gives its locks up as it exits,
+        # which a busy server does a moment later, after the sweep below has looked.
+        holder.execute("SELECT pg_advisory_unlock(%s, %s)", [LOCK_CLASS, source.pk])
 
     poll_sources.apply()
 

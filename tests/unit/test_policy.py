@@ -126,10 +126,11 @@ def test_a_glob_of_one_star_costs_one_pass_over_each_namespace():
     policy = Policy(allowed_namespaces=globs)
     names = [f"{'a' * 55}{index:08d}" for index in range(2_000)]
     # CPU time of this thread, not wall time: a busy machine (the integration tests beside this one in
-    # `make test`) made 0.7 s of work take 1.8 s. The quadratic matching took 18 s of CPU.
+    # `make test`) made 0.7 s of work take 1.8 s. Even CPU time grows on a saturated machine (1.56 s
+    # beside two integration sessions: caches shared with them). The quadratic matching took 18 s.
     started = time.thread_time()
     assert not any(policy.allows(name) for name in names)
-    assert time.thread_time() - started < 1.5
+    assert time.thread_time() - started < 5
 
 
 def test_namespaces_refused_by_many_long_globs_cost_little_memory_each():

@@ -84,7 +84,8 @@ def test_targets_outside_scope_cost_one_error_each_not_one_per_configmap_and_tar
     started = time.thread_time()  # CPU, not wall time: a busy machine stretches the latter
     with pytest.raises(RevisionRejected) as caught:
         load_revision(Repo(files).tree(), Repo(files).read_blobs, scope=AdminScope.of(["team-a"], []))
-    assert time.thread_time() - started < 2
+    # The quadratic errors took 39 s. Beside make test's integration sessions, CPU time grows too.
+    assert time.thread_time() - started < 6
     assert str(caught.value) == "1000 validation error(s)"
     errors = caught.value.errors
     assert {error.file for error in errors} == {"sluice.yaml"}
