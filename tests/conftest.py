@@ -7,7 +7,9 @@ it), and the Django settings and the Celery app of this process are pointed at i
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import tempfile
 import uuid
@@ -26,10 +28,14 @@ if TYPE_CHECKING:
     from gitops.cluster import Cluster
 
 INTEGRATION_DIR = Path(__file__).parent / "integration"
-# Worker processes inherit this, so their metrics reach this process's /metrics. Each xdist session
-# gets its own: the controller imported this module first, and the sessions inherit its environment.
-if worker_id() is not None or "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="sluice-metrics-")
+# Worker processes inherit this, so their metrics reach this process's /metrics. sluice.settings, which
+# pytest-django loads first, sets it (.data/metrics); under xdist each session counts in a directory of
+# its own, or the two sessions' workers would add to each other's counters.
+if worker_id() is not None:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=f"sluice-metrics-{worker_id()}-")
+    atexit.register(shutil.rmtree, os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+else:
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="sluice-metrics-"))
 
 # Fixtures that change what every session on the stack sees (tests/parallel.py).
 EXCLUSIVE_FIXTURES = frozenset({"cordoned_nodes"})

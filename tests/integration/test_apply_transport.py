@@ -634,6 +634,8 @@ def test_a_batch_on_descriptors_past_1024_runs_at_its_usual_pace(batching, names
     assert {f"high-{index}" for index in range(40)} <= stored
 
 
+# Alone under pytest -n 2: it bounds a wait by the wall clock, which the other session slows.
+@pytest.mark.exclusive
 def test_closing_a_transport_does_not_wait_for_a_batch_under_way(settings, stack, tmp_path, fake_apiserver):
     settings.SLUICE_APPLY_TRANSPORT = "curl"
     settings.SLUICE_CLUSTER_CONNECT_TIMEOUT, settings.SLUICE_CLUSTER_READ_TIMEOUT = 2.0, 2.0

@@ -30,7 +30,9 @@ def _terminate(pid: int) -> None:
     """Ends a session from a connection of its own, as a PostgreSQL restart would end it."""
     params = connection.get_connection_params()
     with psycopg.connect(**params, autocommit=True) as other:
-        other.execute("SELECT pg_terminate_backend(%s)", [pid])
+        # With a timeout it returns once the backend is gone, its locks with it: without one it returns
+        # as the backend is told, and a check right after could still see the lock held.
+        other.execute("SELECT pg_terminate_backend(%s, 5000)", [pid])
 
 
 def _lock_holder(source) -> int | None:

@@ -908,7 +908,7 @@ def test_a_request_left_for_a_pass_whose_worker_died_is_queued_by_beats_sweep(
     from django.utils import timezone
 
     from gitops import polling, schedule, tasks
-    from gitops.locks import LOCK_CLASS
+    from gitops.locks import LOCK_CLASS, source_lock_held
 
     source, targets = v1_applied_v2_committed(repo, make_namespaces, make_source, sync)
     asked = timezone.now()
@@ -921,6 +921,8 @@ def test_a_request_left_for_a_pass_whose_worker_died_is_queued_by_beats_sweep(
             timeout=30,
             what="the push's sync to find the source held",
         )
+    # The holder's backend gives its lock up as it exits, which a busy server does a moment later.
+    poll(lambda: not source_lock_held(source.pk), timeout=10, what="the dying pass's lock to go")
     assert Source.objects.get(pk=source.pk).sync_queued, "a later push queues nothing"
     assert polling.sources_claim_orphaned_requests() == [], "the holder may still run it"
     Source.objects.filter(pk=source.pk).update(
