@@ -53,6 +53,8 @@ MAX_DECLARED_CONFIGMAPS = 100
 ROLLOUT = "Rollout"
 # Where Argo Rollouts records the generation of the Deployment a Rollout refers to that it has read.
 WORKLOAD_GENERATION_ANNOTATION = "rollout.argoproj.io/workload-generation"
+# The condition Argo Rollouts sets on a Rollout whose spec (or what it refers to) it cannot run.
+INVALID_SPEC = "InvalidSpec"
 KINDS = ("Deployment", "StatefulSet", "DaemonSet", ROLLOUT)
 API_VERSIONS = {
     "Deployment": "apps/v1",
@@ -259,7 +261,11 @@ def health_of(obj: Mapping[str, Any], referred_generation: int | None = None) ->
     if kind == "DaemonSet":
         return _daemonset_health(obj)
     if kind == ROLLOUT:
-        return _referring_rollout_health(obj, referred_generation) or _rollout_health(obj)
+        return (
+            _invalid_rollout_health(obj)
+            or _referring_rollout_health(obj, referred_generation)
+            or _rollout_health(obj)
+        )
     return WorkloadHealth(Health.FAILED, f"unknown kind {kind!r}")
 
 
@@ -346,6 +352,25 @@ class RolloutPhase(StrEnum):
     PROGRESSING = "Progressing"
     PAUSED = "Paused"
     DEGRADED = "Degraded"
+
+
+def _invalid_rollout_health(obj: Mapping[str, Any]) -> WorkloadHealth | None:
+    """Failed when Argo Rollouts holds the Rollout's newest spec invalid (its ``InvalidSpec`` condition);
+    None otherwise.
+
+    Argo then rolls out nothing, and takes in no generation of a Deployment the Rollout refers to: the
+    wave would wait for its ``healthTimeout``. The condition is read only for the generation Argo
+    reported (it writes the two together): one of an older spec, since mended, decides nothing.
+    """
+    if not _observed(obj):
+        return None
+    for condition in (obj.get("status") or {}).get("conditions") or ():
+        if not isinstance(condition, Mapping) or condition.get("type") != INVALID_SPEC:
+            continue
+        if condition.get("status") == "True":
+            message = storable_text(str(condition.get("message", "")))[:MESSAGE_LENGTH]
+            return WorkloadHealth(Health.FAILED, f"{INVALID_SPEC}: {message}".strip())
+    return None
 
 
 def _referring_rollout_health(

@@ -211,3 +211,46 @@ def test_a_rollout_that_refers_to_a_stamped_deployment_holds_the_wave_until_argo
     assert healthy["status"]["stableRS"] == healthy["status"]["currentPodHash"] == stable
     web = apps_api.read_namespaced_deployment("web", namespace)
     assert CONFIG_HASH not in (web.spec.template.metadata.annotations or {}), "the stamp is taken back"
+
+
+def test_a_rollout_argo_holds_invalid_fails_the_wave_at_once_not_at_its_health_timeout(
+    repo, make_namespaces, make_source, sync, custom_api, apps_api, cluster
+):
+    """A Rollout that refers to a stamped Deployment, with a spec Argo refuses (``InvalidSpec``): Argo
+    takes in no generation of the Deployment, so the gate waited for one until the wave's healthTimeout
+    (2 minutes here) and failed with a timeout. Argo's condition now fails the wave at once, saying why."""
+    import time
+
+    from .test_consumers import POD_SPECS, deployment
+
+    (namespace,) = make_namespaces("a")
+    source = start(repo, make_source, sync, [namespace], steps=[{"setWeight": 100}])
+    apps_api.create_namespaced_deployment(namespace, deployment("web", POD_SPECS["by-envfrom"], replicas=2))
+    referring = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Rollout",
+        "metadata": {"name": "canary"},
+        "spec": {
+            "replicas": 2,
+            "workloadRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+            "strategy": {"canary": {"steps": [{"setWeight": 150}]}},  # Argo's limit is 100
+        },
+    }
+    custom_api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, referring)
+
+    def invalid() -> bool:
+        conditions = (read(custom_api, namespace, "canary").get("status") or {}).get("conditions") or ()
+        return any(c["type"] == "InvalidSpec" and c["status"] == "True" for c in conditions)
+
+    poll(invalid, timeout=60, what="Argo to hold rollout/canary invalid")
+    repo.commit("v2")
+
+    started = time.monotonic()
+    sync(source, timeout=180)
+    failed = wait_for(source, phase="Failed", timeout=60)
+    assert time.monotonic() - started < 60, "failed at once, not at the 2-minute healthTimeout"
+    assert "rollout/canary" in failed.message and "InvalidSpec" in failed.message
+    assert "SetWeight needs to be between 0 and 100" in failed.message
+    poll(lambda: restored(cluster, namespace), timeout=60, what="the ConfigMap to be restored")
+    web = apps_api.read_namespaced_deployment("web", namespace)
+    assert CONFIG_HASH not in (web.spec.template.metadata.annotations or {}), "the stamp is taken back"

@@ -377,6 +377,38 @@ def test_rollout_health_follows_the_phase_argo_reports_for_the_newest_generation
     assert (result.health, result.detail) == (Health(health), detail)
 
 
+INVALID = {
+    "type": "InvalidSpec",
+    "status": "True",
+    "reason": "InvalidSpec",
+    "message": 'The Rollout "web" is invalid: spec.workloadRef.name: Invalid value: "web": not found',
+}
+
+
+def test_a_rollout_argo_holds_invalid_fails_at_once_even_while_it_refers_to_a_deployment():
+    referring = rollout(EVERY_REFERENCE, observedGeneration="2", phase="Degraded", conditions=[INVALID])
+    referring["spec"] = {"workloadRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"}}
+    # Argo takes in no generation of the Deployment while the spec is invalid: without the condition
+    # read first, the wave waited for that generation until its healthTimeout.
+    result = health_of(referring, referred_generation=3)
+    assert result.health is Health.FAILED
+    assert result.detail == f"InvalidSpec: {INVALID['message']}"
+    own_template = health_of(rollout(EVERY_REFERENCE, observedGeneration="2", conditions=[INVALID]))
+    assert own_template.health is Health.FAILED, "whatever phase Argo reported with it"
+
+
+def test_an_invalid_spec_condition_of_an_older_generation_or_not_true_decides_nothing():
+    older = health_of(
+        rollout(EVERY_REFERENCE, observedGeneration="1", phase="Degraded", conditions=[INVALID])
+    )
+    assert (older.health, older.detail) == (Health.PROGRESSING, "updating 0/3"), "the spec was mended since"
+    cleared = {**INVALID, "status": "False"}
+    healthy = rollout(
+        EVERY_REFERENCE, observedGeneration="2", phase="Healthy", availableReplicas=3, conditions=[cleared]
+    )
+    assert health_of(healthy).health is Health.HEALTHY
+
+
 def test_a_rollout_that_refers_to_a_deployment_reads_what_the_deployment_reads_and_is_only_waited_for():
     web = workload_from(deployment(EVERY_REFERENCE))
     referring = rollout(EVERY_REFERENCE)
