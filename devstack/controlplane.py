@@ -254,10 +254,11 @@ def crds_established(api: Api, group: str) -> bool:
     if code != 200:
         return False
     crds = [crd for crd in listed["items"] if crd["spec"]["group"] == group]
+    # A CRD just created carries `"conditions": null` until the apiserver's controllers look at it.
     return bool(crds) and all(
         any(
-            c["type"] == "Established" and c["status"] == "True"
-            for c in crd.get("status", {}).get("conditions", [])
+            c.get("type") == "Established" and c.get("status") == "True"
+            for c in (crd.get("status") or {}).get("conditions") or ()
         )
         for crd in crds
     )
