@@ -285,7 +285,8 @@ def ready_nodes(api: Api) -> set[str]:
         return set()
     ready = set()
     for node in listed["items"]:
-        conditions = {c["type"]: c["status"] for c in node.get("status", {}).get("conditions", [])}
+        # As for a CRD, a node just registered may list `"conditions": null`.
+        conditions = {c["type"]: c["status"] for c in (node.get("status") or {}).get("conditions") or ()}
         if conditions.get("Ready") == "True" and not node["spec"].get("taints"):
             ready.add(node["metadata"]["name"])
     return ready
