@@ -140,6 +140,11 @@ class ClusterClients:
         with self._lock:
             self._down[name] = (time.monotonic() + UNREACHABLE_MEMORY_SECONDS, error)
 
+    def forget_unreachable(self) -> None:
+        """Tests: forgets every cluster that failed a moment ago: one test's refusals are not the next's."""
+        with self._lock:
+            self._down.clear()
+
     def recently_unreachable(self, name: str) -> GitopsError | None:
         """Why ``name`` failed a moment ago, or None: then it is worth asking again."""
         with self._lock:

@@ -21,6 +21,17 @@ def quick_database_reset() -> Iterator[None]:
     TransactionTestCase._fixture_teardown = DJANGO_TEARDOWN  # type: ignore[method-assign]
 
 
+@pytest.fixture(autouse=True)
+def clusters_answer_anew() -> Iterator[None]:
+    """A cluster that failed in one test is asked again by the next: this process remembers such a
+    failure for a few seconds (``clients.UNREACHABLE_MEMORY_SECONDS``), and a test that made the
+    cluster refuse writes otherwise failed the next ones run in the same process within them."""
+    yield
+    from gitops.cluster.clients import clients
+
+    clients.forget_unreachable()
+
+
 @pytest.fixture
 def repo(tmp_path) -> GitRepo:
     return GitRepo(tmp_path / "repo")
