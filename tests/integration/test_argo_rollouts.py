@@ -53,6 +53,25 @@ def argo_rollout(name: str, steps: list[dict]) -> dict:
     }
 
 
+def referring_rollout(apps_api, custom_api, namespace: str, steps: list[dict]) -> None:
+    """The Deployment ``web`` (two replicas reading ``app`` through envFrom) and the Rollout ``canary``
+    that runs its template (``spec.workloadRef``) with these canary steps."""
+    from .test_consumers import POD_SPECS, deployment
+
+    apps_api.create_namespaced_deployment(namespace, deployment("web", POD_SPECS["by-envfrom"], replicas=2))
+    referring = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Rollout",
+        "metadata": {"name": "canary"},
+        "spec": {
+            "replicas": 2,
+            "workloadRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+            "strategy": {"canary": {"steps": steps}},
+        },
+    }
+    custom_api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, referring)
+
+
 def read(custom_api, namespace: str, name: str) -> dict:
     return custom_api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
 
@@ -157,23 +176,11 @@ def test_a_rollout_that_refers_to_a_stamped_deployment_holds_the_wave_until_argo
     an abort in Argo never failed the wave."""
     from django.urls import reverse
 
-    from .test_consumers import POD_SPECS, deployment
     from .test_consumers_ui import viewer_client
 
     (namespace,) = make_namespaces("a")
     source = start(repo, make_source, sync, [namespace], steps=[{"setWeight": 100}])
-    apps_api.create_namespaced_deployment(namespace, deployment("web", POD_SPECS["by-envfrom"], replicas=2))
-    referring = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "Rollout",
-        "metadata": {"name": "canary"},
-        "spec": {
-            "replicas": 2,
-            "workloadRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
-            "strategy": {"canary": {"steps": [{"setWeight": 50}, {"pause": {}}]}},
-        },
-    }
-    custom_api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, referring)
+    referring_rollout(apps_api, custom_api, namespace, [{"setWeight": 50}, {"pause": {}}])
     stable = wait_for_phase(custom_api, namespace, "canary", "Healthy")["status"]["stableRS"]
     repo.commit("v2")
     planned = diff(source)
@@ -221,22 +228,9 @@ def test_a_rollout_argo_holds_invalid_fails_the_wave_at_once_not_at_its_health_t
     (2 minutes here) and failed with a timeout. Argo's condition now fails the wave at once, saying why."""
     import time
 
-    from .test_consumers import POD_SPECS, deployment
-
     (namespace,) = make_namespaces("a")
     source = start(repo, make_source, sync, [namespace], steps=[{"setWeight": 100}])
-    apps_api.create_namespaced_deployment(namespace, deployment("web", POD_SPECS["by-envfrom"], replicas=2))
-    referring = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "Rollout",
-        "metadata": {"name": "canary"},
-        "spec": {
-            "replicas": 2,
-            "workloadRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
-            "strategy": {"canary": {"steps": [{"setWeight": 150}]}},  # Argo's limit is 100
-        },
-    }
-    custom_api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, referring)
+    referring_rollout(apps_api, custom_api, namespace, [{"setWeight": 150}])  # Argo's limit is 100
 
     def invalid() -> bool:
         conditions = (read(custom_api, namespace, "canary").get("status") or {}).get("conditions") or ()
