@@ -29,10 +29,6 @@ from gitops.cluster import Cluster
 from gitops.consumers.workloads import CONFIG_HASH_ANNOTATION, stamp, workload_from
 from gitops.errors import PermanentError
 
-# Under pytest -n 2, one session runs this module and test_deploy_member: both install the same
-# cluster-wide objects (sluice-system, its ClusterRoles and bindings) and change them.
-pytestmark = pytest.mark.xdist_group("deploy")
-
 ROOT = Path(__file__).resolve().parents[2]
 KUBECTL_HOME = tempfile.mkdtemp(prefix="sluice-kubectl-")
 

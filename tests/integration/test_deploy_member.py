@@ -32,9 +32,6 @@ from tests.integration.test_deploy import configmap, kubectl
 from tests.unit.test_render_member import load_render
 from tests.workloads import consumer_deployment
 
-# With test_deploy, in one session under pytest -n 2 (cluster-wide objects of fixed names).
-pytestmark = pytest.mark.xdist_group("deploy")
-
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE_ACCOUNT_USER = "system:serviceaccount:sluice-system:sluice"
 render_module = load_render()

@@ -29,8 +29,7 @@ from tests.gitrepo import configmap, policy
 from tests.replica import apiserver_replica
 from tests.workers import poll
 
-# In one session under pytest -n 2: the replica's kubeconfig has one name (tests/replica.py).
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.xdist_group("live-cache")]
+pytestmark = pytest.mark.django_db(transaction=True)
 
 HOURLY = timedelta(hours=1)
 HEAL_DEADLINE = 10.0  # seconds; the poll interval is an hour

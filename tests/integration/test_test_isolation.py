@@ -1,19 +1,15 @@
 """What one test leaves in this process does not decide the next one.
 
-The two tests run in order, in one session (``xdist_group``): the first leaves the default cluster
-remembered as unreachable, as a test whose cluster refused writes does; the second must find it
-asked again. Before, ``make test`` under ``pytest -n 2`` failed eight tests of
+The two tests run in order, in one session (``--dist loadfile`` keeps a module whole): the first
+leaves the default cluster remembered as unreachable, as a test whose cluster refused writes does;
+the second must find it asked again. Before, ``make test`` under ``pytest -n 2`` failed eight tests of
 ``test_polling_and_scope.py`` run within 5 s of ``test_pending_writes_first.py``'s, each with the
 refusal of a webhook that test had already removed."""
 
 from __future__ import annotations
 
-import pytest
-
 from gitops.cluster.clients import clients, default_cluster_name
 from gitops.errors import TemporaryError
-
-pytestmark = pytest.mark.xdist_group("test-isolation")
 
 
 def test_a_test_leaves_its_cluster_remembered_as_unreachable():
