@@ -6,10 +6,12 @@ webhook) never enqueue the same source twice.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import logging
+from collections.abc import Callable, Collection, Iterable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
+from django.db import DatabaseError
 from django.db.models import DateTimeField, ExpressionWrapper, F, Value
 from django.db.models.functions import Now
 from django.utils import timezone
@@ -24,6 +26,27 @@ REMOVAL_RESEND_AFTER = timedelta(minutes=10)
 # A request a pass holding the source leaves for itself is run within seconds of that pass's end; one
 # left this long, with nothing holding the source, lost its holder (``sources_claim_orphaned_requests``).
 ORPHANED_REQUEST_AFTER = timedelta(seconds=30)
+
+log = logging.getLogger(__name__)
+Claimed = TypeVar("Claimed")
+
+
+def _each_claimed(
+    candidates: Iterable[Claimed], claim: Callable[[Claimed], bool], what: str
+) -> list[Claimed]:
+    """The candidates ``claim`` claims, in order. Each claim commits on its own, so a database error
+    ends the loop and returns those already made, for the sweep to send (or give back): raised, they
+    were lost with the sweep. A due poll moved an interval on with nothing queued, and a sync marked
+    queued with no task behind it answered every push as already queued until the next poll."""
+    claimed: list[Claimed] = []
+    for candidate in candidates:
+        try:
+            if claim(candidate):
+                claimed.append(candidate)
+        except DatabaseError:
+            log.exception("the sweep stopped claiming %s; the %d claimed are sent", what, len(claimed))
+            break
+    return claimed
 
 
 def sources_with_due_rollouts(now: Any = None, *, polled: Collection[int] = ()) -> list[int]:
@@ -63,13 +86,10 @@ def sources_with_due_rollouts(now: Any = None, *, polled: Collection[int] = ()) 
             pk__in=candidates - rollbacks, consecutive_failures__gt=0, next_poll_at__gt=now
         ).values_list("pk", flat=True)
     )
-    due = []
     # A source whose poll this sweep claimed is synced by it: claiming it again would leave a claim
     # that no send gives back if the broker refuses the poll's.
-    for source_id in sorted((candidates | rollbacks) - backing_off - set(polled)):
-        if schedule.sync_queued_claim(source_id):
-            due.append(source_id)
-    return due
+    wanted = sorted((candidates | rollbacks) - backing_off - set(polled))
+    return _each_claimed(wanted, schedule.sync_queued_claim, "due rollouts")
 
 
 def sources_claim_orphaned_requests(*, claimed: Collection[int] = ()) -> list[int]:
@@ -87,16 +107,18 @@ def sources_claim_orphaned_requests(*, claimed: Collection[int] = ()) -> list[in
     stale = Source.objects.filter(automatic_sync_filter(), sync_requested_at__lte=old_enough).exclude(
         consecutive_failures__gt=0, next_poll_at__gt=Now()
     )
-    found = []
-    for source_id, requested_at in stale.values_list("pk", "sync_requested_at"):
+
+    def claim(found: tuple[int, Any]) -> bool:
+        source_id, requested_at = found
         if source_id in claimed or source_lock_held(source_id):
-            continue
+            return False
         # A compare-and-swap on the request: two beats queue it once, and it is tried again only after
         # ORPHANED_REQUEST_AFTER more (the pass it queues takes the request as it starts).
-        claim = Source.objects.filter(pk=source_id, sync_requested_at=requested_at)
-        if claim.update(sync_requested_at=Now(), sync_queued=True):
-            found.append(source_id)
-    return found
+        request = Source.objects.filter(pk=source_id, sync_requested_at=requested_at)
+        return bool(request.update(sync_requested_at=Now(), sync_queued=True))
+
+    found = _each_claimed(stale.values_list("pk", "sync_requested_at"), claim, "orphaned requests")
+    return [source_id for source_id, _ in found]
 
 
 def _not_held(source_ids: set[int], now: Any) -> set[int]:
@@ -120,14 +142,16 @@ def sources_claim_due(now: Any = None) -> list[int]:
     due; only the one whose update matches the old ``next_poll_at`` enqueues it.
     """
     now = now or timezone.now()
-    claimed: list[int] = []
     due = Source.objects.filter(automatic_sync_filter(), next_poll_at__lte=now)
-    for source_id, due_at, interval in due.values_list("pk", "next_poll_at", "poll_interval"):
+
+    def claim(found: tuple[int, Any, Any]) -> bool:
+        source_id, due_at, interval = found
         # A due poll queues a sync whatever sync_queued says, so a lost task never silences pushes for long.
-        claim = Source.objects.filter(pk=source_id, next_poll_at=due_at)
-        if claim.update(next_poll_at=now + interval, sync_queued=False):
-            claimed.append(source_id)
-    return claimed
+        poll = Source.objects.filter(pk=source_id, next_poll_at=due_at)
+        return bool(poll.update(next_poll_at=now + interval, sync_queued=False))
+
+    claimed = _each_claimed(due.values_list("pk", "next_poll_at", "poll_interval"), claim, "due polls")
+    return [source_id for source_id, _, _ in claimed]
 
 
 def removals_claim_stale(now: Any = None) -> list[int]:
@@ -141,13 +165,16 @@ def removals_claim_stale(now: Any = None) -> list[int]:
     stale = SourceRemoval.objects.filter(
         status__in=SourceRemoval.ACTIVE_STATUSES, attempted_at__lte=now - REMOVAL_RESEND_AFTER
     )
-    claimed = []
-    for removal_id, source_id, attempted_at in stale.values_list("pk", "source_id", "attempted_at"):
+
+    def claim(found: tuple[int, int, Any]) -> bool:
+        removal_id, source_id, attempted_at = found
         if source_lock_held(source_id):
-            continue
-        if SourceRemoval.objects.filter(pk=removal_id, attempted_at=attempted_at).update(attempted_at=now):
-            claimed.append(removal_id)
-    return claimed
+            return False
+        removal = SourceRemoval.objects.filter(pk=removal_id, attempted_at=attempted_at)
+        return bool(removal.update(attempted_at=now))
+
+    claimed = _each_claimed(stale.values_list("pk", "source_id", "attempted_at"), claim, "lost removals")
+    return [removal_id for removal_id, _, _ in claimed]
 
 
 def source_poll_due_again(source_id: int, claimed_at: Any) -> None:

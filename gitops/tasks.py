@@ -148,7 +148,11 @@ def poll_sources(self: Task[Any, Any]) -> list[int]:
     claimed_at = timezone.now()
     due_polls = set(polling.sources_claim_due(claimed_at))
     # Due rollouts are filtered there already: a suspended source's timers wait, its aborts do not.
-    due_rollouts = set(polling.sources_with_due_rollouts(polled=due_polls))
+    try:
+        due_rollouts = set(polling.sources_with_due_rollouts(polled=due_polls))
+    except DatabaseError:  # raised, the due polls claimed above were lost: each moved on an interval
+        log.exception("the sweep could not look for due rollouts")
+        due_rollouts = set()
     # Every claim (a poll's next_poll_at, a due rollout's sync_queued) is sent or given back.
     sends: list[Callable[[], object]] = [
         partial(

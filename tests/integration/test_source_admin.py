@@ -376,6 +376,40 @@ def test_beats_sweep_gives_back_every_claim_whose_sync_the_broker_refuses(
     assert Source.objects.get(pk=polled.pk).next_poll_at > timezone.now() + timedelta(minutes=59)
 
 
+def test_a_database_error_mid_sweep_still_sends_the_polls_it_had_claimed(
+    paused_rollout, make_source, monkeypatch
+):
+    """Beat's sweep claims the due polls (each claim commits, moving the poll an interval on), then
+    looks for due rollouts. A database error there failed the sweep with the polls claimed and not
+    sent: each waited a whole interval. The claims made are sent; what was not claimed waits for the
+    next sweep, seconds later, and no sync is left marked queued without a task."""
+    from django.db import OperationalError
+
+    from gitops import schedule
+    from gitops.tasks import poll_sources
+
+    aborting = paused_rollout.source
+    Rollout.objects.filter(pk=paused_rollout.pk).update(abort_requested_by="otto", abort_reason="bad")
+    later = timezone.now() + timedelta(hours=1)
+    Source.objects.filter(pk=aborting.pk).update(sync_queued=False, next_poll_at=later)
+    polled = make_source(poll_interval=timedelta(hours=1))
+    Source.objects.filter(pk=polled.pk).update(next_poll_at=timezone.now() - timedelta(seconds=1))
+    sent = keep_sends(monkeypatch)
+    claim = schedule.sync_queued_claim
+
+    def connection_lost(source_id: int) -> bool:
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(schedule, "sync_queued_claim", connection_lost)
+    assert poll_sources.apply().get() == [polled.pk]
+    assert [kwargs["source_id"] for kwargs in sent] == [polled.pk], "the claimed poll is sent"
+    assert not Source.objects.get(pk=aborting.pk).sync_queued, "no claim without a task"
+
+    monkeypatch.setattr(schedule, "sync_queued_claim", claim)
+    assert poll_sources.apply().get() == [aborting.pk], "the next sweep claims the abort"
+    assert [kwargs["source_id"] for kwargs in sent] == [polled.pk, aborting.pk]
+
+
 def test_a_source_due_for_a_poll_and_an_abort_is_claimed_once_and_given_back_whole(
     paused_rollout, monkeypatch
 ):
