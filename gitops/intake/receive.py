@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
+from django.db import DatabaseError
 from django.utils import timezone
 
 from gitops import metrics, schedule
@@ -135,14 +136,16 @@ def _accept(
 ) -> WebhookAnswer:
     delivery_id = DELIVERY_ID.sub("", event.delivery_id)[:100] or uuid.uuid4().hex
     if event.event == "ping":
-        _record_delivery(
-            source,
+        # Once per delivery id, as a push is: a host's redelivered ping (the same id) met the unique
+        # constraint and was answered 500.
+        row_create_once(
+            WebhookDelivery.objects,
+            source=source,
+            delivery_id=delivery_id,
             provider=provider,
-            headers=headers,
+            event="ping",
             outcome=WebhookDelivery.Outcome.IGNORED,
             reason="ping",
-            delivery_id=delivery_id,
-            event="ping",
         )
         return WebhookAnswer(200, {"status": "pong", "delivery": delivery_id}, provider)
     reason = _ignore_reason(source, event)
@@ -177,7 +180,9 @@ def _accept(
         queued = schedule.source_sync_once(
             source.pk, actor=f"webhook:{provider}", backing_off=source.consecutive_failures > 0
         )
-    except schedule.SyncNotQueued:
+    except (schedule.SyncNotQueued, DatabaseError):
+        # A database error too: left recorded as accepted, the delivery made the host's redelivery a
+        # duplicate, and the push waited for the next poll.
         return _unqueued(delivered, source, provider)
     log.info(
         "webhook accepted source=%s provider=%s delivery=%s commit=%s queued=%s",
@@ -193,9 +198,11 @@ def _accept(
 
 
 def _unqueued(delivered: WebhookDelivery, source: Source, provider: str) -> WebhookAnswer:
-    """The broker refused the sync: its claim was given back as a request and a due poll
-    (``schedule.source_sync_once``), so the commit is synced whether the host redelivers or not. The
-    delivery stops counting as received, so a redelivery is accepted, not a duplicate."""
+    """The sync was not queued. When the broker refused it, its claim was given back as a request and a
+    due poll (``schedule.source_sync_once``), so the commit is synced whether the host redelivers or
+    not; when the database failed on the way, nothing may have been given back, and the next poll
+    syncs it. Either way the delivery stops counting as received, so a redelivery is accepted, not a
+    duplicate (unless the database refuses that too: the error is then the host's 500)."""
     log.exception(
         "webhook unqueued source=%s provider=%s delivery=%s", source.name, provider, delivered.delivery_id
     )

@@ -141,6 +141,49 @@ def test_a_push_whose_sync_the_broker_refuses_is_503_and_its_redelivery_is_accep
     assert post(source, body, headers).json()["status"] == "duplicate", "accepted once, then a replay"
 
 
+def test_a_push_whose_sync_a_database_error_stopped_is_503_and_its_redelivery_is_accepted(
+    hooked_source, repo, monkeypatch
+):
+    """The delivery commits as accepted before its sync is claimed. A database error in the claim was
+    a 500 with the row left accepted, so the host's redelivery read "duplicate" and the commit waited
+    for the next poll (an hour here)."""
+    from django.db import OperationalError
+
+    from gitops import schedule
+
+    source, _ = hooked_source
+    body, headers = github_push(repo, delivery="d-database")
+    claim = schedule.sync_queued_claim
+
+    def connection_lost(source_id: int) -> bool:
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(schedule, "sync_queued_claim", connection_lost)
+    refused = post(source, body, headers)
+    assert (refused.status_code, refused.json()["status"]) == (503, "unqueued")
+    assert WebhookDelivery.objects.get(source=source, delivery_id="d-database").outcome == "unqueued"
+
+    monkeypatch.setattr(schedule, "sync_queued_claim", claim)
+    sent = keep_sends(monkeypatch)
+    redelivered = post(source, body, headers)
+    assert (redelivered.status_code, redelivered.json()["status"]) == (202, "accepted")
+    assert [kwargs["source_id"] for kwargs in sent] == [source.pk]
+
+
+def test_a_redelivered_ping_is_answered_pong_and_kept_once(hooked_source):
+    """A ping is kept as an ignored delivery, under the unique constraint a push's id has: the host's
+    redelivery of it (the same id) met that constraint and was answered 500."""
+    source, _ = hooked_source
+    body = json.dumps({"zen": "Keep it logically awesome.", "hook_id": 1}).encode()
+    signature = sign(SECRET, body)
+    headers = {"X-GitHub-Event": "ping", "X-GitHub-Delivery": "p-1", "X-Hub-Signature-256": signature}
+
+    answers = [post(source, body, headers) for _ in range(2)]
+
+    assert [(a.status_code, a.json()["status"]) for a in answers] == [(200, "pong"), (200, "pong")]
+    assert WebhookDelivery.objects.filter(source=source, delivery_id="p-1").count() == 1
+
+
 def test_a_push_whose_sync_the_broker_refused_is_synced_by_beat_once_the_broker_is_back(
     hooked_source, repo, monkeypatch
 ):
