@@ -136,18 +136,7 @@ def _accept(
 ) -> WebhookAnswer:
     delivery_id = DELIVERY_ID.sub("", event.delivery_id)[:100] or uuid.uuid4().hex
     if event.event == "ping":
-        # Once per delivery id, as a push is: a host's redelivered ping (the same id) met the unique
-        # constraint and was answered 500.
-        row_create_once(
-            WebhookDelivery.objects,
-            source=source,
-            delivery_id=delivery_id,
-            provider=provider,
-            event="ping",
-            outcome=WebhookDelivery.Outcome.IGNORED,
-            reason="ping",
-        )
-        return WebhookAnswer(200, {"status": "pong", "delivery": delivery_id}, provider)
+        return _pong(source, provider, delivery_id)
     reason = _ignore_reason(source, event)
     delivered = row_create_once(
         WebhookDelivery.objects,
@@ -195,6 +184,21 @@ def _accept(
     return WebhookAnswer(
         202, {"status": "accepted", "delivery": delivery_id, "commit": event.commit}, provider
     )
+
+
+def _pong(source: Source, provider: str, delivery_id: str) -> WebhookAnswer:
+    """A ping, kept once per delivery id as a push is: a host's redelivered ping (the same id) met the
+    unique constraint and was answered 500."""
+    row_create_once(
+        WebhookDelivery.objects,
+        source=source,
+        delivery_id=delivery_id,
+        provider=provider,
+        event="ping",
+        outcome=WebhookDelivery.Outcome.IGNORED,
+        reason="ping",
+    )
+    return WebhookAnswer(200, {"status": "pong", "delivery": delivery_id}, provider)
 
 
 def _unqueued(delivered: WebhookDelivery, source: Source, provider: str) -> WebhookAnswer:
