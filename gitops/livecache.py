@@ -501,6 +501,10 @@ class StampSink:
 # -- the process ----------------------------------------------------------------------------
 
 
+# How much longer than a watch a retired namespace's informer is waited for before each warning.
+RETIRE_WAIT_MARGIN_SECONDS = 10.0
+
+
 @dataclass
 class _Watch:
     stop: threading.Event
@@ -695,7 +699,14 @@ class _Term:
         watch.stop.set()
 
         def finish() -> None:
-            watch.thread.join(timeout=self.cache.options.watch_seconds + 10)
+            # Until its informer has ended the namespace stays retiring, so no second informer of it
+            # starts: the first, stopped mid-LIST (a large namespace, a slow token), told nothing more,
+            # but a second one beside it would share its scope, which one thread at a time tells of.
+            wait = self.cache.options.watch_seconds + RETIRE_WAIT_MARGIN_SECONDS
+            watch.thread.join(timeout=wait)
+            while watch.thread.is_alive():
+                log.warning("the watch of %s has not ended yet; still waiting for it", namespace)
+                watch.thread.join(timeout=wait)
             self.sink.drop(namespace)
             try:
                 if not self.over.is_set():

@@ -80,6 +80,10 @@ class WatchOptions:
     page_size: int = 500
 
 
+class _Stopped(Exception):
+    """The informer was stopped while it read: it ends, telling nothing of what it read."""
+
+
 class ConfigMapInformer:
     """Lists and watches one namespace ("": every one) until ``stop`` is set, on a thread of its own."""
 
@@ -134,6 +138,8 @@ class ConfigMapInformer:
                 catching_up = not vouched and catch_ups < CATCH_UP_ROUNDS
                 version, vouched = self._watch(cluster, version, catching_up=catching_up)
                 catch_ups, failures, gone = (0 if vouched else catch_ups + 1), 0, 0
+            except _Stopped:
+                return
             except ResourceGone as exc:
                 log.info("ConfigMaps in %s: %s; listing again", self.where, exc)
                 version, gone = "", gone + 1
@@ -170,7 +176,10 @@ class ConfigMapInformer:
     def _relist(self, cluster: Cluster) -> str:
         """Every object, page by page from one snapshot; returns the snapshot's resourceVersion.
 
-        Each page is told as it comes, so not every object of a cluster is held at once."""
+        Each page is told as it comes, so not every object of a cluster is held at once. Nothing is
+        told once ``stop`` is set: a LIST that outlasted its informer's retirement is an old snapshot,
+        and told as complete, it would be stored as fresh over what a later informer of the same
+        namespace stores (``_Stopped``)."""
         self.sink.listing(self.namespace)
         token, version = "", ""
         while True:
@@ -180,11 +189,17 @@ class ConfigMapInformer:
                 limit=self.options.page_size,
                 continue_token=token,
             )
+            self._still_wanted()
             self.sink.listed(self.namespace, page)
             if not token:
                 break
         self.sink.relisted(self.namespace, version, server=cluster.server)
         return version
+
+    def _still_wanted(self) -> None:
+        """Raises ``_Stopped`` once the informer is stopped: what it read since is told to nobody."""
+        if self.stop.is_set():
+            raise _Stopped()
 
     def _watch(self, cluster: Cluster, version: str, *, catching_up: bool = False) -> tuple[str, bool]:
         """One watch from ``version``; returns the last resourceVersion seen, and whether the watch

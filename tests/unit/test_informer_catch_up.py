@@ -252,3 +252,29 @@ def test_a_short_watch_ending_while_telling_resumes_past_its_changes_only_once_t
     assert "team-a" not in store.objects, "the deletion is stored on its replay"
     assert store.fresh[""] is True
     assert cluster.resumed_from == ["42", "42", "102"], "resumed from where the unstored changes began"
+
+
+class ListingOutlastsItsInformer(ScriptedCluster):
+    """A LIST answered only after the informer was stopped (its namespace retired meanwhile)."""
+
+    def list_configmap_page(self, namespace: str, **options: Any) -> tuple[list[Any], str, str]:
+        self.calls.append(LIST)
+        self.stop.set()
+        return [configmap("team", "app", version="100")], "100", ""
+
+
+def test_a_list_answered_after_the_informer_stopped_is_told_to_nobody():
+    """Told, the old snapshot was stored as the namespace's, fresh, over what the next informer of the
+    same namespace stores: a stamp of content the cluster no longer held settled plans."""
+    stop = threading.Event()
+    cluster, sink = ListingOutlastsItsInformer([], stop), Sink()
+    ConfigMapInformer(
+        lambda: cluster,  # type: ignore[arg-type, return-value]
+        "team",
+        sink,
+        WatchOptions(label_selector="", watch_seconds=WATCH_SECONDS),
+        stop=stop,
+    ).run()
+
+    assert cluster.calls == [LIST]
+    assert sink.told == ["listing"], "neither the page, nor the LIST as complete, nor a watch"
