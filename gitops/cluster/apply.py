@@ -180,10 +180,11 @@ def _unsettle_written(
     for intent, (refusal, version, wrote) in zip(intents, answers, strict=True):
         if intent.kind in WORKLOAD_KINDS or (refusal is not None and not wrote):
             continue
-        # Refused midway, the object holds neither what it held nor what was meant: its stamp goes.
+        # Refused midway, the object holds neither what it held nor what was meant: its stamp goes, and
+        # a version the write stored before the refusal (a self-heal's apply) still floors older ones.
         done = refusal is None
         written.setdefault(intent.namespace, []).append(
-            livestore.Written(intent.name, _written_hash(intent) if done else "", version if done else "")
+            livestore.Written(intent.name, _written_hash(intent) if done else "", version)
         )
     if written:
         try:
@@ -337,7 +338,10 @@ def _apply_one(cluster: Cluster, intent: ApplyIntent, fence: Callable[[], None])
     except ClusterRefused:
         raise  # the cluster refuses Sluice's credentials: nothing of it is applied now
     except PermanentError as exc:
-        return IntentAnswer(_moved_keys_kept(intent, _refusal_text(exc)), wrote=writes.made)
+        # A self-heal whose apply went through and whose removal of foreign keys was refused stored a
+        # version all the same: the live cache's floor holds back stamps older than it.
+        stored = version if version.isdigit() else ""
+        return IntentAnswer(_moved_keys_kept(intent, _refusal_text(exc)), stored, wrote=writes.made)
     return IntentAnswer(None, version if version.isdigit() else "")
 
 
