@@ -797,13 +797,19 @@ class LiveCache:
         return False
 
     def _serve(self, term: _Term) -> None:
-        """Renews the lease and follows ``wanted`` until stopped (then releases) or the lease is lost."""
-        begun = False
+        """Renews the lease and follows ``wanted`` until stopped (then releases), the lease is lost, or
+        Redis is another run than the one the term began on (``_redis_restarted``)."""
+        begun, run = False, ""
         while not self.stopping.is_set():
             try:
                 if not term.store.renew():
                     log.error("the live cache of cluster %s lost its lease; starting over", self.cluster_name)
                     return
+                now = term.store.server_run()
+                if self._redis_restarted(run, now):
+                    term.end()  # its informers stop before the lease goes, as below
+                    break
+                run = run or now
             except redis.RedisError as exc:
                 log.warning("could not renew the live cache's lease: %s", exc)
             try:
@@ -824,6 +830,21 @@ class LiveCache:
             term.store.release()  # every namespace is stale at once: planning reads the cluster
         except redis.RedisError as exc:
             log.warning("could not release the live cache's lease (it runs out by itself): %s", exc)
+
+    def _redis_restarted(self, run: str, now: str) -> bool:
+        """Whether Redis answers from another run (``now``) than ``run``, the one the term began on. A Redis
+        restarted within the lease (its append-only file written once a second) or failed over to a
+        replica may lack the last writes, the lease's key kept: stored events, a worker's drops and
+        floors. The term's informers are past those events in memory, and would never be told them
+        again; a new term resumes from the versions Redis holds, which go with what it holds."""
+        if not (run and now and now != run):
+            return False
+        log.error(
+            "cluster %s: Redis restarted or failed over since this term began (a new run id): it may "
+            "lack the last writes; starting a new term, which resumes from what Redis holds",
+            self.cluster_name,
+        )
+        return True
 
 
 def forget_unwatched(store: LiveStore, wanted: frozenset[str]) -> bool:

@@ -665,6 +665,14 @@ class LiveStore:
         lease_ms = int(LEASE_SECONDS * 1000)
         return bool(self._renew(keys=[_key(self.cluster, "alive")], args=[self.epoch, lease_ms]))
 
+    def server_run(self) -> str:
+        """The Redis server's run id: a new one after each restart, another after a failover to a
+        replica; "" when Redis does not say (``INFO`` refused by an ACL)."""
+        try:
+            return str(self.client.info("server").get("run_id", ""))
+        except redis.ResponseError:
+            return ""
+
     def release(self) -> None:
         """Gives the lease up: every namespace is stale at once, and a standby may take over."""
         self._renew(keys=[_key(self.cluster, "alive")], args=[self.epoch, 0])

@@ -1523,3 +1523,85 @@ def test_an_object_another_source_took_over_is_released_though_the_cache_stamps_
     assert sync(source)["summary"] == {"unchanged": 1, "released": 1}
     assert not ManagedObject.objects.filter(source=source, name="app-1").exists()
     assert cluster.get_configmap(namespace, "app-1")["data"] == {"LOG_LEVEL": "info"}, "not pruned"
+
+
+class PrivateRedis:
+    """A redis-server of the test's own, every write on disk before it answers (``appendfsync always``),
+    which the test kills and starts again on the same files: a restart within the cache's lease."""
+
+    def __init__(self, directory) -> None:
+        from devstack.stack import _redis_server
+        from tests.clusters import closed_port
+
+        self.port, self.directory, self.binary = closed_port(), directory, _redis_server()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> PrivateRedis:
+        import redis
+
+        durable = ["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.directory),
+                *durable,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis.from_url(self.url, socket_timeout=1, decode_responses=True)
+        poll(lambda: _answers(client), timeout=30, what="the private redis-server to answer")
+        self.client = client
+        return self
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+
+def _answers(client) -> bool:
+    import redis
+
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+def test_a_redis_restarted_under_a_term_ends_it_and_a_new_term_vouches_again(
+    repo, make_namespaces, make_source, sync, start_live_cache, tmp_path
+):
+    """Restarted within the lease (or failed over), Redis may lack the last writes while the lease's
+    key survived: the term's informers, past those events in memory, would never store them again.
+    The cache sees Redis's new run id at its next renewal, ends the term and starts a new one, which
+    resumes from what Redis holds; before, the same term went on."""
+    redis_server = PrivateRedis(tmp_path).start()
+    try:
+        synced_source(repo, make_namespaces, make_source, sync)
+        private = {"REDIS_URL": redis_server.url, "CELERY_BROKER_URL": redis_server.url}
+        cache = start_live_cache(**private)
+        alive = livestore._key(settings.SLUICE_CLUSTER_NAME, "alive")
+        cfresh = livestore._key(settings.SLUICE_CLUSTER_NAME, "cfresh")
+
+        def vouched_by_a_term() -> str:
+            epoch = redis_server.client.get(alive) or ""
+            return epoch if epoch and redis_server.client.get(cfresh) == epoch else ""
+
+        poll(vouched_by_a_term, timeout=60, what="the cache's watch to vouch for the cluster")
+        first = vouched_by_a_term()
+
+        redis_server.kill()
+        redis_server.start()
+        assert redis_server.client.get(alive) == first, "the lease's key survived the restart"
+
+        poll(lambda: vouched_by_a_term() not in ("", first), timeout=60, what="a new term to vouch")
+        assert "Redis restarted or failed over" in cache.log_path.read_text(errors="replace")
+    finally:
+        redis_server.kill()
