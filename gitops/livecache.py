@@ -29,6 +29,7 @@ import signal
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -56,6 +57,9 @@ T = TypeVar("T")
 LABEL_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
 ALL_NAMESPACES = ""  # an informer's namespace that stands for every namespace of the cluster
 RENEW_SECONDS = LEASE_SECONDS / 3
+# Redis's run id changing this often (``LiveCache._redis_restarted``) is taken for several servers behind
+# one address (a proxy's frontends), not for restarts: the check is turned off rather than end every term.
+RUN_CHANGES_TRUSTED, RUN_CHANGES_WINDOW_SECONDS = 3, 600.0
 # How often a live-cache process looks in Redis for clusters stored but watched by nobody: one SCAN
 # of every key Redis holds, so not at each rescan; what it finds is dropped (``LiveCaches.sweep``).
 SWEEP_SECONDS = 300.0
@@ -734,6 +738,8 @@ class LiveCache:
         # Set when nothing is to be watched in the cluster any more (its last source gone, or the
         # cluster removed): what is stored for it is dropped once stopped, not left in Redis for good.
         self.drop_when_stopped = False
+        self.run_checked = True  # off once Redis's run id changed too often to be restarts
+        self._run_changes: deque[float] = deque(maxlen=RUN_CHANGES_TRUSTED)
         self.watch_options = WatchOptions(
             label_selector=LABEL_SELECTOR,
             watch_seconds=options.watch_seconds,
@@ -805,13 +811,13 @@ class LiveCache:
                 if not term.store.renew():
                     log.error("the live cache of cluster %s lost its lease; starting over", self.cluster_name)
                     return
-                now = term.store.server_run()
-                if self._redis_restarted(run, now):
-                    term.end()  # its informers stop before the lease goes, as below
-                    break
-                run = run or now
             except redis.RedisError as exc:
                 log.warning("could not renew the live cache's lease: %s", exc)
+            now = self._server_run(term)
+            if self._redis_restarted(run, now):
+                term.end()  # its informers stop before the lease goes, as below
+                break
+            run = run or now
             try:
                 begun = begun or term.begin(whole_cluster=term.whole_cluster)
                 if begun:
@@ -831,6 +837,15 @@ class LiveCache:
         except redis.RedisError as exc:
             log.warning("could not release the live cache's lease (it runs out by itself): %s", exc)
 
+    def _server_run(self, term: _Term) -> str:
+        """Redis's run id now; "" when it does not answer (the renewal says so) or will not say."""
+        if not self.run_checked:
+            return ""
+        try:
+            return term.store.server_run()
+        except redis.RedisError:
+            return ""
+
     def _redis_restarted(self, run: str, now: str) -> bool:
         """Whether Redis answers from another run (``now``) than ``run``, the one the term began on. A Redis
         restarted within the lease (its append-only file written once a second) or failed over to a
@@ -838,6 +853,18 @@ class LiveCache:
         floors. The term's informers are past those events in memory, and would never be told them
         again; a new term resumes from the versions Redis holds, which go with what it holds."""
         if not (run and now and now != run):
+            return False
+        self._run_changes.append(time.monotonic())
+        changes = self._run_changes
+        if len(changes) == RUN_CHANGES_TRUSTED and changes[-1] - changes[0] < RUN_CHANGES_WINDOW_SECONDS:
+            self.run_checked = False
+            log.error(
+                "cluster %s: Redis's run id changed %d times within %.0f s: taken for several servers behind "
+                "one address, not restarts; restarts are no longer looked for by this process",
+                self.cluster_name,
+                len(changes),
+                changes[-1] - changes[0],
+            )
             return False
         log.error(
             "cluster %s: Redis restarted or failed over since this term began (a new run id): it may "

@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, connection
 from django.utils import timezone
 
 from gitops import metrics, schedule
@@ -211,6 +211,9 @@ def _unqueued(delivered: WebhookDelivery, source: Source, provider: str) -> Webh
         "webhook unqueued source=%s provider=%s delivery=%s", source.name, provider, delivered.delivery_id
     )
     reason = "the sync could not be queued; deliver it again"
+    # A connection the error broke is replaced, as Django does at a request's end: the update reaches
+    # the database whenever it answers again.
+    connection.close_if_unusable_or_obsolete()
     WebhookDelivery.objects.filter(pk=delivered.pk).update(
         outcome=WebhookDelivery.Outcome.UNQUEUED, reason=reason
     )

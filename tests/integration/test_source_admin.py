@@ -410,6 +410,24 @@ def test_a_database_error_mid_sweep_still_sends_the_polls_it_had_claimed(
     assert [kwargs["source_id"] for kwargs in sent] == [polled.pk, aborting.pk]
 
 
+def test_a_sweep_whose_look_for_due_rollouts_fails_still_sends_the_polls_it_claimed(make_source, monkeypatch):
+    """The same, when the due rollouts cannot even be read: the polls claimed before are sent."""
+    from django.db import OperationalError
+
+    from gitops.tasks import poll_sources
+
+    polled = make_source(poll_interval=timedelta(hours=1))
+    Source.objects.filter(pk=polled.pk).update(next_poll_at=timezone.now() - timedelta(seconds=1))
+    sent = keep_sends(monkeypatch)
+
+    def unreadable(**options) -> list[int]:
+        raise OperationalError("canceling statement due to statement timeout")
+
+    monkeypatch.setattr(polling, "sources_with_due_rollouts", unreadable)
+    assert poll_sources.apply().get() == [polled.pk]
+    assert [kwargs["source_id"] for kwargs in sent] == [polled.pk]
+
+
 def test_a_source_due_for_a_poll_and_an_abort_is_claimed_once_and_given_back_whole(
     paused_rollout, monkeypatch
 ):

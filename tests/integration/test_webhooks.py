@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -144,11 +145,9 @@ def test_a_push_whose_sync_the_broker_refuses_is_503_and_its_redelivery_is_accep
 def test_a_push_whose_sync_a_database_error_stopped_is_503_and_its_redelivery_is_accepted(
     hooked_source, repo, monkeypatch
 ):
-    """The delivery commits as accepted before its sync is claimed. A database error in the claim was
-    a 500 with the row left accepted, so the host's redelivery read "duplicate" and the commit waited
-    for the next poll (an hour here)."""
-    from django.db import OperationalError
-
+    """The delivery commits as accepted before its sync is claimed. A database error in the claim (here
+    its connection ended under it) was a 500 with the row left accepted, so the host's redelivery read
+    "duplicate" and the commit waited for the next poll (an hour here)."""
     from gitops import schedule
 
     source, _ = hooked_source
@@ -156,7 +155,12 @@ def test_a_push_whose_sync_a_database_error_stopped_is_503_and_its_redelivery_is
     claim = schedule.sync_queued_claim
 
     def connection_lost(source_id: int) -> bool:
-        raise OperationalError("server closed the connection unexpectedly")
+        """The claim meets a connection PostgreSQL ended (a restart, a failover, an idle timeout)."""
+        backend = _backend_pid()
+        ended = threading.Thread(target=_terminate, args=(backend,))
+        ended.start()
+        ended.join()
+        return claim(source_id)
 
     monkeypatch.setattr(schedule, "sync_queued_claim", connection_lost)
     refused = post(source, body, headers)
@@ -168,6 +172,25 @@ def test_a_push_whose_sync_a_database_error_stopped_is_503_and_its_redelivery_is
     redelivered = post(source, body, headers)
     assert (redelivered.status_code, redelivered.json()["status"]) == (202, "accepted")
     assert [kwargs["source_id"] for kwargs in sent] == [source.pk]
+
+
+def _backend_pid() -> int:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        return int(cursor.fetchone()[0])
+
+
+def _terminate(backend: int) -> None:
+    """On a connection of its own (this thread's): ends the backend and waits until it is gone."""
+    from django.db import connection
+
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s, 5000)", [backend])
+    finally:
+        connection.close()
 
 
 def test_a_redelivered_ping_is_answered_pong_and_kept_once(hooked_source):

@@ -2,82 +2,80 @@
 
 from __future__ import annotations
 
-import functools
-import threading
 from types import SimpleNamespace
 
 from gitops import livecache
-from gitops.livecache import LiveCache
+from gitops.livecache import RUN_CHANGES_TRUSTED, LiveCache, LiveCacheOptions
 
 
 class Term:
-    """A term whose lease always renews, on a Redis whose run id is ``runs``, one per renewal."""
+    """A term whose lease always renews, on a Redis answering with the run ids of ``runs`` in turn (the
+    last one from then on); the cache is stopped after ``renewals`` renewals."""
 
-    def __init__(self, runs: list[str]) -> None:
-        self.runs, self.told = runs, []
-        self.store = SimpleNamespace(
-            renew=lambda: True, server_run=self._run, release=lambda: self.told.append("release")
-        )
+    def __init__(self, cache: LiveCache, runs: list[str], *, renewals: int = 100) -> None:
+        self.cache, self.runs, self.renewals, self.told = cache, runs, renewals, []
+        self.store = SimpleNamespace(renew=self._renew, server_run=self._run, release=self._release)
+
+    def _renew(self) -> bool:
+        self.renewals -= 1
+        if self.renewals <= 0:
+            self.cache.stopping.set()  # a term that sees no new run is stopped from outside
+        return True
 
     def _run(self) -> str:
         return self.runs.pop(0) if len(self.runs) > 1 else self.runs[0]
+
+    def _release(self) -> None:
+        self.told.append("released")
 
     def begin(self, *, whole_cluster: bool) -> bool:
         return True
 
     def rescan(self) -> None:
-        self.told.append("rescan")
+        return None
 
     def cluster_read_granted_again(self) -> bool:
         return False
 
     def end(self) -> None:
-        self.told.append("end")
+        self.told.append("ended")
 
     whole_cluster = True
 
 
-def serve(term: Term, *, stop_after: int) -> None:
-    cache = SimpleNamespace(cluster_name="local", stopping=threading.Event())
-    cache._redis_restarted = functools.partial(LiveCache._redis_restarted, cache)
-    rescans = 0
+def serve(cache: LiveCache, runs: list[str], *, renewals: int = 100) -> list[str]:
+    cache.stopping.clear()
+    term = Term(cache, runs, renewals=renewals)
+    cache._serve(term)  # type: ignore[arg-type]
+    assert term.renewals < renewals, "served: renewed at least once"
+    return term.told
 
-    def rescan() -> None:
-        nonlocal rescans
-        rescans += 1
-        if rescans >= stop_after:
-            cache.stopping.set()  # a term that sees no new run is stopped from outside
 
-    term.rescan = rescan  # type: ignore[method-assign]
-    LiveCache._serve(cache, term)  # type: ignore[arg-type]
+def a_cache(monkeypatch) -> LiveCache:
+    monkeypatch.setattr(livecache, "RENEW_SECONDS", 0.001)
+    return LiveCache("local", LiveCacheOptions(), waker=None)  # type: ignore[arg-type]
 
 
 def test_a_redis_that_restarted_under_the_term_ends_it_and_gives_the_lease_up(monkeypatch):
     """Restarted within the lease (or failed over), Redis may lack the last second's writes while the
     lease's key survived; the term's informers, past those events in memory, would never store them."""
-    monkeypatch.setattr(livecache, "RENEW_SECONDS", 0.001)
-    term = Term(["run-a", "run-a", "run-b"])
-
-    serve(term, stop_after=100)
-
-    assert term.told == ["end", "release"], "ended at the new run, before any rescan of it"
-    assert term.runs == ["run-b"]
+    assert serve(a_cache(monkeypatch), ["run-a", "run-a", "run-b"]) == ["ended", "released"]
 
 
 def test_the_same_run_throughout_keeps_the_term(monkeypatch):
-    monkeypatch.setattr(livecache, "RENEW_SECONDS", 0.001)
-    term = Term(["run-a"])
-
-    serve(term, stop_after=5)
-
-    assert term.told == ["release"], "stopped from outside, never ended for a restart"
+    assert serve(a_cache(monkeypatch), ["run-a"], renewals=5) == ["released"], "stopped from outside only"
 
 
 def test_a_redis_that_does_not_say_its_run_keeps_the_term(monkeypatch):
     """``INFO`` refused by an ACL: the run id is "", and nothing is taken for a restart."""
-    monkeypatch.setattr(livecache, "RENEW_SECONDS", 0.001)
-    term = Term([""])
+    assert serve(a_cache(monkeypatch), [""], renewals=5) == ["released"]
 
-    serve(term, stop_after=5)
 
-    assert term.told == ["release"]
+def test_a_run_id_that_keeps_changing_is_taken_for_several_servers_and_no_longer_ends_terms(monkeypatch):
+    """A proxy whose frontends reach different servers answers with their run ids in turn: each term
+    would end within seconds, every namespace stale each time. After a few changes the check is off."""
+    cache = a_cache(monkeypatch)
+    for _ in range(RUN_CHANGES_TRUSTED - 1):
+        assert serve(cache, ["run-a", "run-b"]) == ["ended", "released"]
+    assert serve(cache, ["run-a", "run-b"], renewals=5) == ["released"], "the third change keeps the term"
+    assert serve(cache, ["run-a", "run-c"], renewals=5) == ["released"], "and so does every later one"
