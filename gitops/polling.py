@@ -6,17 +6,16 @@ webhook) never enqueue the same source twice.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Collection
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 
-from django.db import DatabaseError
 from django.db.models import DateTimeField, ExpressionWrapper, F, Value
 from django.db.models.functions import Now
 from django.utils import timezone
 
 from gitops import schedule, selectors
+from gitops.claims import each_claimed
 from gitops.locks import source_lock_held
 from gitops.models import Rollout, Source, SourceRemoval, automatic_sync_filter
 
@@ -26,27 +25,6 @@ REMOVAL_RESEND_AFTER = timedelta(minutes=10)
 # A request a pass holding the source leaves for itself is run within seconds of that pass's end; one
 # left this long, with nothing holding the source, lost its holder (``sources_claim_orphaned_requests``).
 ORPHANED_REQUEST_AFTER = timedelta(seconds=30)
-
-log = logging.getLogger(__name__)
-Claimed = TypeVar("Claimed")
-
-
-def _each_claimed(
-    candidates: Iterable[Claimed], claim: Callable[[Claimed], bool], what: str
-) -> list[Claimed]:
-    """The candidates ``claim`` claims, in order. Each claim commits on its own, so a database error
-    ends the loop and returns those already made, for the sweep to send (or give back): raised, they
-    were lost with the sweep. A due poll moved an interval on with nothing queued, and a sync marked
-    queued with no task behind it answered every push as already queued until the next poll."""
-    claimed: list[Claimed] = []
-    for candidate in candidates:
-        try:
-            if claim(candidate):
-                claimed.append(candidate)
-        except DatabaseError:
-            log.exception("the sweep stopped claiming %s; the %d claimed are sent", what, len(claimed))
-            break
-    return claimed
 
 
 def sources_with_due_rollouts(now: Any = None, *, polled: Collection[int] = ()) -> list[int]:
@@ -89,7 +67,7 @@ def sources_with_due_rollouts(now: Any = None, *, polled: Collection[int] = ()) 
     # A source whose poll this sweep claimed is synced by it: claiming it again would leave a claim
     # that no send gives back if the broker refuses the poll's.
     wanted = sorted((candidates | rollbacks) - backing_off - set(polled))
-    return _each_claimed(wanted, schedule.sync_queued_claim, "due rollouts")
+    return each_claimed(wanted, schedule.sync_queued_claim, "due rollouts")
 
 
 def sources_claim_orphaned_requests(*, claimed: Collection[int] = ()) -> list[int]:
@@ -117,7 +95,7 @@ def sources_claim_orphaned_requests(*, claimed: Collection[int] = ()) -> list[in
         request = Source.objects.filter(pk=source_id, sync_requested_at=requested_at)
         return bool(request.update(sync_requested_at=Now(), sync_queued=True))
 
-    found = _each_claimed(stale.values_list("pk", "sync_requested_at"), claim, "orphaned requests")
+    found = each_claimed(stale.values_list("pk", "sync_requested_at"), claim, "orphaned requests")
     return [source_id for source_id, _ in found]
 
 
@@ -150,7 +128,7 @@ def sources_claim_due(now: Any = None) -> list[int]:
         poll = Source.objects.filter(pk=source_id, next_poll_at=due_at)
         return bool(poll.update(next_poll_at=now + interval, sync_queued=False))
 
-    claimed = _each_claimed(due.values_list("pk", "next_poll_at", "poll_interval"), claim, "due polls")
+    claimed = each_claimed(due.values_list("pk", "next_poll_at", "poll_interval"), claim, "due polls")
     return [source_id for source_id, _, _ in claimed]
 
 
@@ -173,7 +151,7 @@ def removals_claim_stale(now: Any = None) -> list[int]:
         removal = SourceRemoval.objects.filter(pk=removal_id, attempted_at=attempted_at)
         return bool(removal.update(attempted_at=now))
 
-    claimed = _each_claimed(stale.values_list("pk", "source_id", "attempted_at"), claim, "lost removals")
+    claimed = each_claimed(stale.values_list("pk", "source_id", "attempted_at"), claim, "lost removals")
     return [removal_id for removal_id, _, _ in claimed]
 
 

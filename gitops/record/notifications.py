@@ -20,6 +20,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from gitops import outbound, schedule
+from gitops.claims import each_claimed
 from gitops.models import Notification, Source, masked_url
 from gitops.vocabulary import RolloutEventKind
 
@@ -152,13 +153,13 @@ def claim_overdue(now: datetime | None = None) -> list[int]:
         .order_by("next_attempt_at")
         .values_list("pk", "next_attempt_at")[:SWEEP_BATCH]
     )
-    claimed = []
-    for pk, due in overdue:
-        if Notification.objects.filter(pk=pk, status=Notification.Status.PENDING, next_attempt_at=due).update(
-            next_attempt_at=now
-        ):
-            claimed.append(pk)
-    return claimed
+
+    def claim(found: tuple[int, datetime]) -> bool:
+        pk, due = found
+        row = Notification.objects.filter(pk=pk, status=Notification.Status.PENDING, next_attempt_at=due)
+        return bool(row.update(next_attempt_at=now))
+
+    return [pk for pk, _ in each_claimed(overdue, claim, "overdue notifications")]
 
 
 def give_up(notification_id: int) -> None:

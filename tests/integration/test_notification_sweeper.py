@@ -115,3 +115,41 @@ def test_racing_deliveries_post_a_notification_exactly_once(make_source, receive
     )
     assert receiver.received == {lost.event["id"]: 1}
     assert Notification.objects.get(pk=lost.pk).attempts == 1
+
+
+def test_a_database_error_mid_sweep_keeps_the_claims_already_made(make_source, receiver):
+    """Each claim commits on its own: a sweep that raised at the second one lost the first, its row
+    moved on with no task for it. A row another session holds locked past the lock timeout is the
+    database error here."""
+    from django.db import connection
+
+    source = make_source(notify_urls=[receiver.url])  # a URL the source lists
+    first = stranded(source, receiver.url, age=timedelta(minutes=3))  # claimed first: the oldest
+    second = stranded(source, receiver.url)
+    locked, release = threading.Event(), threading.Event()
+    holder = threading.Thread(target=_hold_locked, args=(second.pk, locked, release))
+    holder.start()
+    try:
+        assert locked.wait(timeout=30), "the other session to lock the row"
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '200ms'")
+        assert notifications.claim_overdue() == [first.pk]
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("RESET lock_timeout")
+        release.set()
+        holder.join(timeout=30)
+    assert notifications.claim_overdue() == [second.pk], "the next sweep claims the rest"
+
+
+def _hold_locked(pk: int, locked: threading.Event, release: threading.Event) -> None:
+    """On a session of its own (this thread's): locks the row until ``release``."""
+    from django.db import connection, transaction
+
+    try:
+        with transaction.atomic():
+            Notification.objects.select_for_update().get(pk=pk)
+            locked.set()
+            release.wait(timeout=30)
+    finally:
+        connection.close()

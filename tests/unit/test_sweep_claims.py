@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.db import OperationalError
 
-from gitops.polling import _each_claimed
+from gitops.claims import each_claimed
 
 
 def test_a_database_error_ends_the_claims_and_returns_those_already_made():
@@ -17,7 +17,7 @@ def test_a_database_error_ends_the_claims_and_returns_those_already_made():
             raise OperationalError("server closed the connection unexpectedly")
         return source_id != 2  # 2: another sweep claimed it first
 
-    assert _each_claimed([1, 2, 3, 4], claim, "due polls") == [1]
+    assert each_claimed([1, 2, 3, 4], claim, "due polls") == [1]
     assert asked == [1, 2, 3], "nothing is claimed after the error: the next sweep claims it"
 
 
@@ -26,4 +26,4 @@ def test_an_error_that_is_not_the_databases_is_raised():
         raise ValueError("a bug")
 
     with pytest.raises(ValueError, match="a bug"):
-        _each_claimed([1], claim, "due polls")
+        each_claimed([1], claim, "due polls")
