@@ -8,6 +8,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.db import connection
 from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
 from django.db.models.fields.json import KeyTransform
@@ -104,7 +106,7 @@ def _revision(revision: Revision) -> dict[str, Any]:
 
 def rollout_for_status(rollout_id: int) -> Rollout:
     """A rollout as ``rollout_status`` reads it: its source, revision and approval count in one query."""
-    at_its_gate = Q(approvals__step_index=F("step_index"))
+    at_its_gate = Q(approvals__step_index=F("step_index"), approvals__user_id__in=approvers_now())
     return (
         Rollout.objects.select_related("source", "revision")
         .annotate(approval_count=Count("approvals", filter=at_its_gate))
@@ -112,11 +114,21 @@ def rollout_for_status(rollout_id: int) -> Rollout:
     )
 
 
+def approvers_now() -> QuerySet[Any]:
+    """The ids of the users who may approve now: active, and holding ``approve_rollout`` (through a
+    role's group, a permission of their own, or as a superuser)."""
+    approve = Permission.objects.filter(codename="approve_rollout", content_type__app_label="gitops")
+    may_approve = Q(is_superuser=True) | Q(user_permissions__in=approve) | Q(groups__permissions__in=approve)
+    return get_user_model().objects.filter(may_approve, is_active=True).values("pk")
+
+
 def rollout_approvals_counted(rollout: Rollout, gate: int) -> QuerySet[Approval]:
-    """The gate's approvals that count. Where the rollout forbids self-approval, those of people with a
-    verified email that no commit of the rollout names: an author's approval given before an
-    administrator's floor forbade it does not count after."""
-    approvals = Approval.objects.filter(rollout=rollout, step_index=gate)
+    """The gate's approvals that count: those of people who may approve now, so an approval given before
+    its approver was deactivated or lost the role does not count towards a gate of several. Where the
+    rollout forbids self-approval, only those of people with a verified email that no commit of the
+    rollout names: an author's approval given before an administrator's floor forbade it does not
+    count after."""
+    approvals = Approval.objects.filter(rollout=rollout, step_index=gate, user_id__in=approvers_now())
     if not rollout.forbid_self_approval:
         return approvals
     authors = rollout_authors(rollout)

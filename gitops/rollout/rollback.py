@@ -57,6 +57,8 @@ class Restored:
     # reads only refused ones keeps its stamp, since its pods already hold the content they still have.
     refused: dict[Place, set[str]] = field(default_factory=dict)
     put_back: dict[Place, set[str]] = field(default_factory=dict)
+    # Targets someone took over while the rollout ran (``_released_by_hand``): left as they are.
+    left_alone: list[str] = field(default_factory=list)
 
     def keeps_its_restart(self, place: Place, live: Mapping[str, Any]) -> bool:
         """Whether the workload ``live`` at ``place`` reads a ConfigMap whose restore was refused and
@@ -83,6 +85,9 @@ def rollout_rollback(rollout: Rollout, *, actor: str, reason: str, phase: Rollou
     if owed:
         message += "; rollback owed on " + unreachable_text(restored.owed)
         owed_rollback_added(rollout.source_id)
+    if restored.left_alone:
+        shown = ", ".join(restored.left_alone[:3]) + (", …" if len(restored.left_alone) > 3 else "")
+        message += f"; left as they are, taken over during the rollout: {shown}"
     retry_at = now + cluster_retry_delay() if owed else None
     # With its timeline's line (and the notification it sends) or not at all: the next pass rolls back
     # again, finding the targets restored, where a crash in between lost the line for good.
@@ -299,6 +304,17 @@ def _holder(history: list[tuple[int | None, bool]]) -> int | None:
     return None
 
 
+def _released_by_hand(rollout: Rollout, first: ApplyIntent, live: Mapping[str, Any] | None) -> bool:
+    """Whether someone took the object over while the rollout ran, as the README says to: Sluice's
+    labels removed, or another source's name put on it. Its rollback leaves it as they left it, as a
+    pending deletion of it is dropped (``step._still_ours``): a rollback deleted an object the
+    rollout had created, or took back one it had changed, forcing Sluice's labels on again. Not one
+    the rollout itself released (its first write there took the labels off)."""
+    if live is None or first.action == ChangeAction.RELEASE:
+        return False
+    return live_provenance(live)[0] != rollout.source.name
+
+
 def _taken_over(
     rollout: Rollout, first: ApplyIntent, live: Mapping[str, Any], vouched: frozenset[str]
 ) -> bool:
@@ -339,6 +355,9 @@ def _restore_configmaps(
                 or (found is not None and _taken_over(rollout, first, found, since.vouched))
             )
         ):
+            continue
+        if _released_by_hand(rollout, first, found):
+            restored.left_alone.append(f"{cluster}/{namespace}/{name}")
             continue
         if held := next((p for p in restored.pending.get(key, ()) if _configmap_holds(found, p)), None):
             in_effect.append(held)

@@ -227,6 +227,20 @@ def test_grant_gives_a_role(gitops, people):
     assert "invalid choice" in gitops("grant", "vera", "--role", "superhero", expect=2)
 
 
+def test_grant_gives_one_role_and_takes_the_others_away(gitops, people):
+    """Roles are groups, and their permissions add up: granting viewer to an approver said "now viewer"
+    and left the approver's permission to promote and abort."""
+    from django.contrib.auth.models import User
+
+    gitops("grant", "vera", "--role", "admin")
+    assert "vera is now viewer" in gitops("grant", "vera", "--role", "viewer")
+    vera = User.objects.get(username="vera")
+    assert sorted(vera.groups.values_list("name", flat=True)) == ["viewer"]
+    assert vera.has_perm("gitops.view_rollout")
+    assert not vera.has_perm("gitops.approve_rollout"), "demoted: no longer promotes"
+    assert not vera.has_perm("gitops.add_source")
+
+
 def test_update_source_and_verify_email(gitops, repo, people):
     gitops("add-source", "scoped", "--url", repo.url, "--allow-namespace", "team-*")
     updated = gitops(

@@ -250,6 +250,38 @@ def test_an_authors_approval_given_before_a_floor_forbade_it_does_not_count_afte
     assert versions(cluster, targets) == ["2", "2"]
 
 
+@pytest.mark.parametrize("revoked", ["deactivated", "role taken away"])
+def test_an_approval_whose_approver_may_no_longer_approve_does_not_count(
+    repo, make_namespaces, make_source, sync, cluster, people, revoked
+):
+    """A gate of two approvals: one approver approves, then is deactivated (the only way to remove an
+    account that approved) or loses the role. A second approver's approval does not release the gate:
+    the first no longer counts. Before, it did, and a revoked account's approval still opened a
+    two-person gate."""
+    from django.contrib.auth.models import User
+
+    targets = make_namespaces("canary", "rest")
+    source, _, _v2 = start_rollout(
+        repo, make_source, sync, targets, [{"setWeight": 50}, {"pause": {}}], approvals={"required": 2}
+    )
+    sync(source)
+    paused = wait_for(source, phase="Paused", waiting_for="approval")
+    assert decisions.rollout_promote(paused.pk, user=people["approver"]).message == "1 of 2 approvals"
+    if revoked == "deactivated":
+        User.objects.filter(pk=people["approver"].pk).update(is_active=False)
+    else:
+        people["approver"].groups.clear()
+
+    assert decisions.rollout_promote(paused.pk, user=people["second_approver"]).message == "1 of 2 approvals"
+    assert rollout_of(source).phase == "Paused"
+    assert versions(cluster, targets) == ["2", "1"]
+    status = selectors.rollout_status(selectors.rollout_for_status(paused.pk))
+    assert (status["approvals"], status["approvals_required"]) == (1, 2), "shown as the gate counts"
+
+    decisions.rollout_promote(paused.pk, user=people["author"])
+    wait_for(source, phase="Completed")
+
+
 def test_an_approval_never_carries_over_to_another_revision(
     repo, make_namespaces, make_source, sync, cluster, people
 ):
@@ -631,6 +663,44 @@ def test_an_abort_restores_a_key_someone_moved_by_hand_to_binary_data(
         live = cluster.get_configmap(namespace, name)
         assert (live.get("data"), live.get("binaryData")) == ({"MODE": "safe"}, None), live
     assert not Change.objects.filter(source=source, action="rollback", result="error").exists()
+
+
+def test_an_abort_leaves_alone_what_someone_took_over_during_the_rollout(
+    repo, make_namespaces, make_source, sync, cluster, core_api, people
+):
+    """The README's way to keep an object is to take Sluice's labels off it. Taken over while the
+    rollout ran, an object the rollout created was deleted by its abort, and one it changed was
+    taken back, Sluice's labels forced on again. Now both are left as they are, and said so; the
+    objects nobody took over are restored as before."""
+    (namespace,) = make_namespaces("a")
+    repo.write_all({"sluice.yaml": policy([namespace]), "configmaps/app.yaml": configmap("app", {"V": "1"})})
+    repo.write("configmaps/kept.yaml", configmap("kept", {"V": "1"}))
+    repo.commit("v1")
+    source = make_source()
+    assert sync(source)["outcome"] == "applied"
+    repo.write_all(
+        {"sluice.yaml": policy([namespace], rollout={"steps": [{"setWeight": 100}, {"pause": {}}]})}
+    )
+    for name in ("app", "kept"):
+        repo.write(f"configmaps/{name}.yaml", configmap(name, {"V": "2"}))
+    repo.write("configmaps/created.yaml", configmap("created", {"V": "2"}))
+    repo.commit("v2")
+    sync(source)
+    paused = wait_for(source, phase="Paused", waiting_for="approval")
+    unlabelled = {"metadata": {"labels": {"sluice.dev/source": None, "app.kubernetes.io/managed-by": None}}}
+    for name in ("kept", "created"):
+        core_api.patch_namespaced_config_map(name, namespace, unlabelled)
+
+    decisions.rollout_abort(paused.pk, user=people["approver"], reason="v2 is slow")
+
+    aborted = wait_for(source, phase="Aborted")
+    assert cluster.get_configmap(namespace, "app")["data"] == {"V": "1"}, "nobody took it: restored"
+    for name in ("kept", "created"):
+        live = cluster.get_configmap(namespace, name)
+        assert live is not None and live["data"] == {"V": "2"}, f"{name}: left as it was taken over"
+        assert "sluice.dev/source" not in (live["metadata"].get("labels") or {})
+    assert "taken over during the rollout" in aborted.message
+    assert f"default/{namespace}/created" in aborted.message
 
 
 def test_abort_restores_the_exact_previous_contents_and_retry_runs_again(

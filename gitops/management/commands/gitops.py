@@ -537,8 +537,12 @@ class Command(BaseCommand):
         self.stdout.write(f"webhook URL path: /webhooks/git/{source.name}")
 
     def do_grant(self, **options: Any) -> None:
+        """Gives the user this one role: the others of Sluice's roles go (groups add up, so granting
+        viewer to an approver left the approver's permission in place while saying "now viewer")."""
         user = decisions.user_named(options["username"])
-        user.groups.add(Group.objects.get(name=options["role"]))
+        with transaction.atomic():
+            user.groups.remove(*Group.objects.filter(name__in=ROLES).exclude(name=options["role"]))
+            user.groups.add(Group.objects.get(name=options["role"]))
         self.stdout.write(f"{options['username']} is now {options['role']}")
 
     # -- housekeeping: retention, the change log's archival, secret re-encryption ------------
