@@ -74,16 +74,28 @@ def _write_taken(core: Any, namespace: str) -> bool:
 
 @contextmanager
 def updates_denied(
-    api_client: Any, namespace: str, *, expression: str, message: str, denied: Callable[[], bool]
+    api_client: Any,
+    namespace: str,
+    *,
+    expression: str,
+    message: str,
+    denied: Callable[[], bool],
+    operations: tuple[str, ...] = ("UPDATE",),
 ) -> Iterator[None]:
-    """A ValidatingAdmissionPolicy (CEL, run in the apiserver) that refuses ConfigMap updates in
-    ``namespace`` where ``expression`` is false, saying ``message``: a refusal for good, as a cluster's
-    own policy gives, while inside. ``denied`` tells when the apiserver enforces it (a dry run)."""
+    """A ValidatingAdmissionPolicy (CEL, run in the apiserver) that refuses ConfigMap ``operations``
+    (updates, unless told) in ``namespace`` where ``expression`` is false, saying ``message``: a refusal
+    for good, as a cluster's own policy gives, while inside. ``denied`` tells when the apiserver enforces
+    it (a dry run)."""
     from kubernetes import client
 
     admission = client.AdmissionregistrationV1Api(api_client)
     name = f"sluice-test-deny-{uuid.uuid4().hex[:8]}"
-    rule = {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["configmaps"]}
+    rule = {
+        "apiGroups": [""],
+        "apiVersions": ["v1"],
+        "operations": list(operations),
+        "resources": ["configmaps"],
+    }
     admission.create_validating_admission_policy(
         {
             "metadata": {"name": name},

@@ -178,7 +178,9 @@ def _restore(rollout: Rollout, actor: str, *, clusters: set[str] | None) -> Rest
     if clusters is not None:
         changes = changes.filter(cluster__in=clusters)
     for intent in changes.order_by("id"):
-        if intent.status in (ApplyIntent.Status.FAILED, ApplyIntent.Status.DROPPED):
+        if intent.status == ApplyIntent.Status.DROPPED or (
+            intent.status == ApplyIntent.Status.FAILED and not _may_have_written(intent)
+        ):
             continue
         # A pending intent's cluster did not answer it (or a crash came first). It is restored from
         # what the cluster holds, like a done one, so that what this rollout never got to apply is
@@ -197,6 +199,19 @@ def _restore(rollout: Rollout, actor: str, *, clusters: set[str] | None) -> Rest
     _log_earlier_restores(rollout, restored)
     _drop_unapplied(rollout, clusters, still_owed=set(restored.owed))
     return restored
+
+
+def _may_have_written(intent: ApplyIntent) -> bool:
+    """Whether a change the cluster refused may have written before the refusal: a replace (an
+    immutable ConfigMap's, or a recreate) whose delete went through, or a heal or forced update whose
+    apply did before its removal of foreign keys was refused. Its target is restored from what the
+    cluster holds, as a pending one's is: left out, an immutable ConfigMap stayed deleted after its
+    rollout rolled back. One found as before is settled, nothing written."""
+    return (
+        intent.recreate
+        or intent.action in (ChangeAction.REPLACE, ChangeAction.SELF_HEAL)
+        or (intent.action == ChangeAction.UPDATE and intent.force)
+    )
 
 
 def _log_earlier_restores(rollout: Rollout, restored: Restored) -> None:

@@ -436,6 +436,54 @@ def _restore_denied(core_api, namespace: str) -> bool:
     return False
 
 
+def test_an_immutable_configmap_whose_replacement_the_cluster_refuses_is_put_back_by_the_rollback(
+    repo, make_namespaces, make_source, sync, cluster, kube_client, core_api
+):
+    """An immutable ConfigMap changes by delete and create. The cluster refused the create, for good,
+    after the delete had gone through: the change failed, the rollout rolled back, and the rollback
+    left out the failed change, so the object stayed deleted until a new commit."""
+    from kubernetes.client.exceptions import ApiException
+
+    (namespace,) = make_namespaces("a")
+    repo.write_all(
+        {
+            "sluice.yaml": policy([namespace]),
+            "configmaps/frozen.yaml": configmap("frozen", {"VERSION": "1"}, immutable=True),
+        }
+    )
+    repo.commit("v1")
+    source = make_source()
+    assert sync(source)["outcome"] == "applied"
+
+    def create_denied() -> bool:
+        probe = {"metadata": {"name": f"probe-{namespace}"}, "data": {"VERSION": "2"}}
+        try:
+            core_api.create_namespaced_config_map(namespace, probe, dry_run="All")
+        except ApiException:
+            return True
+        return False
+
+    with updates_denied(
+        kube_client(),
+        namespace,
+        expression="!has(object.data) || !('VERSION' in object.data) || object.data.VERSION != '2'",
+        message="VERSION 2 may not be created here",
+        denied=create_denied,
+        operations=("CREATE",),
+    ):
+        steps = [{"setWeight": 100}, {"pause": {}}]
+        repo.write_all({"sluice.yaml": policy([namespace], rollout={"steps": steps})})
+        repo.write("configmaps/frozen.yaml", configmap("frozen", {"VERSION": "2"}, immutable=True))
+        repo.commit("v2")
+        sync(source)
+        failed = wait_for(source, phase="Failed")
+
+    assert "VERSION 2 may not be created here" in failed.message
+    restored = cluster.get_configmap(namespace, "frozen")
+    assert restored is not None, "the replacement's delete went through: the rollback puts it back"
+    assert (restored["data"], restored.get("immutable")) == ({"VERSION": "1"}, True)
+
+
 def test_an_abort_whose_restore_the_cluster_refuses_fails_the_sync_and_says_why(
     repo, make_namespaces, make_source, sync, cluster, kube_client, core_api, people
 ):
