@@ -319,15 +319,14 @@ def _holder(history: list[tuple[int | None, bool]]) -> int | None:
     return None
 
 
-def _released_by_hand(rollout: Rollout, first: ApplyIntent, live: Mapping[str, Any] | None) -> bool:
+def _released_by_hand(rollout: Rollout, live: Mapping[str, Any] | None) -> bool:
     """Whether someone took the object over while the rollout ran, as the README says to: Sluice's
     labels removed, or another source's name put on it. Its rollback leaves it as they left it, as a
     pending deletion of it is dropped (``step._still_ours``): a rollback deleted an object the
-    rollout had created, or took back one it had changed, forcing Sluice's labels on again. Not one
-    the rollout itself released (its first write there took the labels off)."""
-    if live is None or first.action == ChangeAction.RELEASE:
-        return False
-    return live_provenance(live)[0] != rollout.source.name
+    rollout had created, or took back one it had changed, forcing Sluice's labels on again. (A
+    rollout never takes the labels off itself: every manifest it writes sets them; only a source's
+    removal releases.)"""
+    return live is not None and live_provenance(live)[0] != rollout.source.name
 
 
 def _taken_over(
@@ -371,11 +370,14 @@ def _restore_configmaps(
             )
         ):
             continue
-        if _released_by_hand(rollout, first, found):
-            restored.left_alone.append(f"{cluster}/{namespace}/{name}")
-            continue
         if held := next((p for p in restored.pending.get(key, ()) if _configmap_holds(found, p)), None):
-            in_effect.append(held)
+            in_effect.append(held)  # logged even when left alone below: the cluster got it
+        if _released_by_hand(rollout, found):
+            restored.left_alone.append(f"{cluster}/{namespace}/{name}")
+            # Kept as a refused restore is: a workload reading only such ConfigMaps keeps its restart,
+            # its pods already holding the content they still have.
+            restored.refused.setdefault((cluster, namespace), set()).add(name)
+            continue
         if (restore := ApplyIntent.restoring(rollout, first, found, actor=actor)) is not None:
             restores.append(restore)
         else:  # as before already

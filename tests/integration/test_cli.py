@@ -239,6 +239,9 @@ def test_grant_gives_one_role_and_takes_the_others_away(gitops, people):
     assert vera.has_perm("gitops.view_rollout")
     assert not vera.has_perm("gitops.approve_rollout"), "demoted: no longer promotes"
     assert not vera.has_perm("gitops.add_source")
+    User.objects.filter(pk=vera.pk).update(is_superuser=True)
+    said = gitops("grant", "vera", "--role", "viewer")
+    assert "vera is a superuser, which the role does not take away" in said, "not a silent 'now viewer'"
 
 
 def test_update_source_and_verify_email(gitops, repo, people):

@@ -544,6 +544,10 @@ class Command(BaseCommand):
             user.groups.remove(*Group.objects.filter(name__in=ROLES).exclude(name=options["role"]))
             user.groups.add(Group.objects.get(name=options["role"]))
         self.stdout.write(f"{options['username']} is now {options['role']}")
+        if user.is_superuser or user.user_permissions.exists():
+            # Neither is a role's: Django's admin gives them, and they hold whatever the role says.
+            held = "a superuser" if user.is_superuser else "given permissions of their own"
+            self.stdout.write(f"note: {options['username']} is {held}, which the role does not take away")
 
     # -- housekeeping: retention, the change log's archival, secret re-encryption ------------
 
