@@ -33,7 +33,7 @@ from gitops.errors import GitopsError, PermanentError, TemporaryError
 from gitops.fetch.mirror import FetchInterrupted
 from gitops.fetch.revisions import commit_identities, revision_desired_state, revision_fetch
 from gitops.locks import ReconcileLockLost, SourceBusy, TakeoverPending, source_lock
-from gitops.models import Revision, Rollout, Source, automatic_sync_filter, known_clusters
+from gitops.models import Revision, Rollout, Source, SourceRemoval, automatic_sync_filter, known_clusters
 from gitops.prepared import PreparedSelect, PreparedUpdate
 from gitops.record.changelog import intents_pending_query
 from gitops.rollout.flag_canary import CanaryRefused
@@ -430,9 +430,9 @@ def _error_text(error: Mapping[str, Any]) -> str:
 _SOURCE_BY_ID: PreparedSelect[Source] = PreparedSelect(lambda pk: Source.objects.filter(pk=pk)[:1], int)
 
 
-def _source_to_sync(source_id: int, *, automatic: bool) -> Source | SyncResult:
-    """The source, or the result of a sync that does not run: the source is gone, or suspended and
-    the sync automatic."""
+def _source_to_sync(source_id: int, *, automatic: bool, rollouts_only: bool = False) -> Source | SyncResult:
+    """The source, or the result of a sync that does not run: the source is gone, suspended and the
+    sync automatic, or being deleted and the sync more than a decision on a rollout."""
     source = _SOURCE_BY_ID.first(source_id)
     if source is None:
         gone = Source.all_objects.filter(pk=source_id).values_list("name", flat=True).first()
@@ -441,7 +441,17 @@ def _source_to_sync(source_id: int, *, automatic: bool) -> Source | SyncResult:
         # A push marked it queued: let the next one through once the source is resumed.
         Source.objects.filter(pk=source.pk).update(sync_queued=False)
         return SyncResult(source.name, Outcome.SUSPENDED)
+    # A deletion suspends the source at once, "so nothing syncs it meanwhile": a person's sync did,
+    # putting out the newest commit (kept, with objects=keep) or starting a rollout that failed the
+    # removal. Asked only of a suspended source: every other pass pays nothing for it.
+    if source.suspended and not rollouts_only and _being_removed(source):
+        log.info("sync of source %s refused: it is being deleted", source.name)
+        return SyncResult(source.name, Outcome.SUSPENDED)
     return source
+
+
+def _being_removed(source: Source) -> bool:
+    return SourceRemoval.objects.filter(source=source, status__in=SourceRemoval.ACTIVE_STATUSES).exists()
 
 
 def source_sync(
@@ -467,7 +477,7 @@ def source_sync(
     window holds it), not once the source is suspended, and as Sluice after a sync that was not
     automatic (see ``coalesced_actor``).
     """
-    source = _source_to_sync(source_id, automatic=automatic)
+    source = _source_to_sync(source_id, automatic=automatic, rollouts_only=rollouts_only)
     if isinstance(source, SyncResult):
         return source
     asked = _Asked(

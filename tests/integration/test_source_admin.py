@@ -857,6 +857,30 @@ def test_a_removal_whose_task_the_broker_lost_is_sent_again_by_beats_sweep(appli
     assert polling.removals_claim_stale(timezone.now() + polling.REMOVAL_RESEND_AFTER) == [], "ended"
 
 
+def test_a_persons_sync_of_a_source_being_deleted_does_not_run(applied, repo, cluster, monkeypatch):
+    """A deletion suspends the source at once, "so nothing syncs it meanwhile". A person's sync did:
+    a commit pushed meanwhile went out to the cluster (and stayed there, the removal keeping objects)."""
+    from kombu.exceptions import OperationalError
+
+    from gitops import reconcile
+    from gitops.models import Change
+
+    source, targets = applied
+    refuse_sends(monkeypatch)  # the removal waits in its queue: nothing has taken the source yet
+    with pytest.raises(OperationalError):
+        source_admin.source_remove(source, objects=ObjectsOnRemoval.KEEP)
+    monkeypatch.undo()
+    logged = Change.objects.filter(source=source).count()
+    repo.write("configmaps/app.yaml", configmap("app", {"V": "2"}))
+    repo.commit("v2, pushed while the source is being deleted")
+
+    result = reconcile.source_sync(source.pk, manual=True, actor="otto")
+
+    assert str(result.outcome) == "suspended", result
+    assert Change.objects.filter(source=source).count() == logged, "nothing applied"
+    assert cluster.get_configmap(targets[0], "app")["data"] == {"V": "1"}
+
+
 def test_a_removal_a_task_is_trying_is_not_sent_again_by_beats_sweep(applied):
     """A removal's task that finds the source busy, or a cluster away, retries within minutes: every try
     counts as the removal being taken up, so beat's sweep sends no second task meanwhile, which could
