@@ -349,6 +349,18 @@ def test_an_abort_of_a_suspended_source_is_still_swept(paused_rollout, people):
     assert source.pk in polling.sources_with_due_rollouts()
 
 
+def an_abort_and_a_due_poll(paused_rollout, make_source) -> tuple[Source, Source]:
+    """Two sources for one sweep: one whose rollout waits for its abort (its poll an hour away), and one
+    whose poll is due (hourly)."""
+    aborting = paused_rollout.source
+    Rollout.objects.filter(pk=paused_rollout.pk).update(abort_requested_by="otto", abort_reason="bad")
+    later = timezone.now() + timedelta(hours=1)
+    Source.objects.filter(pk=aborting.pk).update(sync_queued=False, next_poll_at=later)
+    polled = make_source(poll_interval=timedelta(hours=1))
+    Source.objects.filter(pk=polled.pk).update(next_poll_at=timezone.now() - timedelta(seconds=1))
+    return aborting, polled
+
+
 def test_beats_sweep_gives_back_every_claim_whose_sync_the_broker_refuses(
     paused_rollout, make_source, monkeypatch
 ):
@@ -357,12 +369,7 @@ def test_beats_sweep_gives_back_every_claim_whose_sync_the_broker_refuses(
     from gitops import schedule
     from gitops.tasks import poll_sources
 
-    aborting = paused_rollout.source
-    Rollout.objects.filter(pk=paused_rollout.pk).update(abort_requested_by="otto", abort_reason="bad")
-    later = timezone.now() + timedelta(hours=1)
-    Source.objects.filter(pk=aborting.pk).update(sync_queued=False, next_poll_at=later)
-    polled = make_source(poll_interval=timedelta(hours=1))
-    Source.objects.filter(pk=polled.pk).update(next_poll_at=timezone.now() - timedelta(seconds=1))
+    aborting, polled = an_abort_and_a_due_poll(paused_rollout, make_source)
     tried = refuse_sends(monkeypatch)
     sweep = poll_sources.apply()
     assert isinstance(sweep.result, schedule.SyncNotQueued), "the sweep fails, so the refusal is seen"
@@ -388,12 +395,7 @@ def test_a_database_error_mid_sweep_still_sends_the_polls_it_had_claimed(
     from gitops import schedule
     from gitops.tasks import poll_sources
 
-    aborting = paused_rollout.source
-    Rollout.objects.filter(pk=paused_rollout.pk).update(abort_requested_by="otto", abort_reason="bad")
-    later = timezone.now() + timedelta(hours=1)
-    Source.objects.filter(pk=aborting.pk).update(sync_queued=False, next_poll_at=later)
-    polled = make_source(poll_interval=timedelta(hours=1))
-    Source.objects.filter(pk=polled.pk).update(next_poll_at=timezone.now() - timedelta(seconds=1))
+    aborting, polled = an_abort_and_a_due_poll(paused_rollout, make_source)
     sent = keep_sends(monkeypatch)
     claim = schedule.sync_queued_claim
 
