@@ -15,7 +15,15 @@ from django.db import transaction
 from django.db.models import Q, QuerySet, Subquery
 from django.utils import timezone
 
-from gitops.desired.policy import Analysis, OnNewRevision, Pause, SetWeight, Step, steps_from_json
+from gitops.desired.policy import (
+    Analysis,
+    ConsumerMode,
+    OnNewRevision,
+    Pause,
+    SetWeight,
+    Step,
+    steps_from_json,
+)
 from gitops.desired.revision import DesiredState
 from gitops.failpoints import failpoint
 from gitops.models import Revision, Rollout, RolloutEvent, Source
@@ -281,6 +289,14 @@ def _set_weight(
     step_actor = rollout.promoted_by or actor
     result = weight_apply(rollout, desired, step.weight, rollout.step_index, step_actor)
     failpoint("before-restart")
+    if _abort_asked_meanwhile(rollout):
+        # Asked while the step applied: rolled back now, its consumers never restarted onto content
+        # that is taken back at once (restarted twice, before, on an abort in the middle of an incident).
+        outcome.merge(result)
+        asked = rollback_asked(rollout)
+        outcome.outcome = asked.outcome
+        outcome.failures.extend(asked.failures)
+        return False
     consumers: list[dict[str, object]] = []
     # The wave's consumers restart once all of its clusters have it, and not for a step that rolls back
     # whole (a write refused): restarted onto the new content, they were restarted back at once.
@@ -315,6 +331,18 @@ def _set_weight(
     if transition(rollout, weight=step.weight, step_index=rollout.step_index + 1, promoted_by="", message=""):
         _step_event(rollout, step, result, step_actor, step_index=rollout.step_index - 1)
     return True  # moved, or someone rewrote the steps meanwhile: the loop reads them again
+
+
+def _abort_asked_meanwhile(rollout: Rollout) -> bool:
+    """Whether a person's abort was stored since this pass read the rollout (one indexed read); the
+    rollout is read again when so. Only a step that may restart asks (``consumers: restart``): any
+    other has nothing to spare, and the next turn of the loop finds the abort."""
+    if rollout.consumers != ConsumerMode.RESTART or rollout.abort_requested_by:
+        return False
+    if not Rollout.objects.filter(pk=rollout.pk).exclude(abort_requested_by="").exists():
+        return False
+    rollout.reload()
+    return rollout.is_active
 
 
 def _step_event(

@@ -470,3 +470,41 @@ def test_a_pass_resumed_after_a_crash_past_the_restart_counts_the_restart_as_the
     gate = RolloutEvent.objects.filter(rollout=paused, kind="consumers", message__startswith="waiting")
     waiting = gate.get()
     assert waiting.message == "waiting for 1 consumer to be healthy (1 restarted)"
+
+
+def test_an_abort_asked_while_a_step_applies_rolls_back_before_any_consumer_restarts(
+    repo, make_namespaces, make_source, apps_api, cluster, start_worker, celery_worker, people, tmp_path
+):
+    """A person aborts while the step's ConfigMaps go out (the worker held between its applies and its
+    restarts): the step rolls back there, and its consumer never restarts. Before, the step restarted
+    it onto the new content and the next turn rolled back, restarting it again onto the old."""
+    from gitops.tasks import sync_source
+
+    (target,) = make_namespaces("a")
+    source = start(
+        repo,
+        make_source,
+        lambda s: sync_source.delay(s.pk).get(timeout=120),
+        [target],
+        steps=[{"setWeight": 100}, {"pause": {}}],
+    )
+    apps_api.create_namespaced_deployment(target, deployment("web", POD_SPECS["by-envfrom"]))
+    wait_for_rollout(apps_api, target, "web")
+    repo.commit("v2")
+    go_on = tmp_path / "go-on"
+    start_worker(queues="held", env_overrides={"SLUICE_FAILPOINTS": f"before-restart=until:{go_on}"})
+    sync_source.apply_async((source.pk,), queue="held")
+    poll(
+        lambda: (cluster.get_configmap(target, "app") or {}).get("data") == {"V": "2"},
+        timeout=60,
+        what="v2 applied",
+    )
+
+    decisions.rollout_abort(rollout_of(source).pk, user=people["approver"])
+    go_on.touch()
+
+    aborted = wait_for(source, phase="Aborted", timeout=120)
+    assert (cluster.get_configmap(target, "app") or {}).get("data") == {"V": "1"}
+    assert generations(apps_api, target) == {"web": 1}, "never restarted"
+    assert not Change.objects.filter(source=source, kind="Deployment").exists()
+    assert aborted.abort_requested_by == people["approver"].username
