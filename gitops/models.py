@@ -979,6 +979,9 @@ class WebhookDelivery(models.Model):
     outcome = models.CharField(max_length=16, choices=Outcome.choices)
     reason = models.CharField(max_length=300, blank=True, default="")
     received_at = models.DateTimeField(default=timezone.now)
+    # SHA-256 of a verified push's body ("" for anything else): a signature covers the body, never the
+    # delivery id header, so a captured body sent again under new ids is told by this.
+    body_digest = models.CharField(max_length=64, blank=True, default="")
 
     class Meta:
         ordering: ClassVar[list[str]] = ["-received_at", "-id"]
@@ -989,7 +992,13 @@ class WebhookDelivery(models.Model):
                 fields=["source", "delivery_id"],
                 condition=models.Q(outcome__in=["accepted", "ignored"]),
                 name="delivery_once",
-            )
+            ),
+            # And a replayed body under another id, the same way (``receive._accept``).
+            models.UniqueConstraint(
+                fields=["source", "body_digest"],
+                condition=models.Q(outcome__in=["accepted", "ignored"]) & ~models.Q(body_digest=""),
+                name="delivery_body_once",
+            ),
         ]
         indexes: ClassVar[list[Any]] = [
             models.Index(fields=["source", "-received_at"]),

@@ -6,6 +6,7 @@ which sources exist (see ``_secret_for``).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import uuid
@@ -86,6 +87,7 @@ _WEBHOOK_FIELDS = (
     "suspended",
     "deleted_at",
     "consecutive_failures",
+    "last_commit",
 )
 
 
@@ -106,6 +108,7 @@ def _receive(source_name: str, headers: Mapping[str, str], body: bytes) -> Webho
         if source is None or unusable:  # nobody knows the decoy: this guards the impossible
             raise webhooks.WebhookRejected(401, "signature does not match")
         event = webhooks.parse(provider, headers, body)
+        digest = hashlib.sha256(body).hexdigest()
     except webhooks.WebhookRejected as rejected:
         _record_bounded(
             source,
@@ -117,7 +120,7 @@ def _receive(source_name: str, headers: Mapping[str, str], body: bytes) -> Webho
         return WebhookAnswer(
             provider=provider, status=rejected.status, body={"status": "rejected", "reason": rejected.reason}
         )
-    return _accept(source, provider, headers, event)
+    return _accept(source, provider, headers, event, digest)
 
 
 def _ignore_reason(source: Source, event: webhooks.PushEvent) -> str:
@@ -132,7 +135,7 @@ def _ignore_reason(source: Source, event: webhooks.PushEvent) -> str:
 
 
 def _accept(
-    source: Source, provider: str, headers: Mapping[str, str], event: webhooks.PushEvent
+    source: Source, provider: str, headers: Mapping[str, str], event: webhooks.PushEvent, digest: str
 ) -> WebhookAnswer:
     delivery_id = DELIVERY_ID.sub("", event.delivery_id)[:100] or uuid.uuid4().hex
     if event.event == "ping":
@@ -148,21 +151,10 @@ def _accept(
         commit=event.commit,
         outcome=WebhookDelivery.Outcome.IGNORED if reason else WebhookDelivery.Outcome.ACCEPTED,
         reason=reason[:300],
+        body_digest=digest,
     )
     if delivered is None:
-        # A replayed request carries a valid signature: bound its rows like rejections.
-        _record_bounded(
-            source,
-            provider=provider,
-            headers=headers,
-            outcome=WebhookDelivery.Outcome.DUPLICATE,
-            reason="already received",
-            ref=event.ref,
-            commit=event.commit,
-            delivery_id=delivery_id,
-            event=event.event,
-        )
-        return WebhookAnswer(200, {"status": "duplicate", "delivery": delivery_id}, provider)
+        return _duplicate(source, provider, headers, event, delivery_id, wanted=not reason)
     if reason:
         return WebhookAnswer(202, {"status": "ignored", "reason": reason, "delivery": delivery_id}, provider)
     try:
@@ -184,6 +176,40 @@ def _accept(
     return WebhookAnswer(
         202, {"status": "accepted", "delivery": delivery_id, "commit": event.commit}, provider
     )
+
+
+def _duplicate(
+    source: Source,
+    provider: str,
+    headers: Mapping[str, str],
+    event: webhooks.PushEvent,
+    delivery_id: str,
+    *,
+    wanted: bool,
+) -> WebhookAnswer:
+    """A delivery id, or a body, received before. A signature covers the body alone, so whoever saw one
+    (a proxy's log, the host's delivery page) could send it again under new ids without end: each was
+    a row and a sync, a backing-off source's too. Now its rows are bounded like rejections. A push of
+    a commit the source has not fetched still asks for a sync, as one in flight at most: a plain Git
+    server's body is the same for the same move (A to B, back to A, to B again), and that last push
+    must not wait for the next poll."""
+    _record_bounded(
+        source,
+        provider=provider,
+        headers=headers,
+        outcome=WebhookDelivery.Outcome.DUPLICATE,
+        reason="already received (this delivery id, or this very body under another)",
+        ref=event.ref,
+        commit=event.commit,
+        delivery_id=delivery_id,
+        event=event.event,
+    )
+    if wanted and event.commit and event.commit != source.last_commit and not source.consecutive_failures:
+        try:
+            schedule.source_sync_once(source.pk, actor=f"webhook:{provider}", backing_off=False)
+        except (schedule.SyncNotQueued, DatabaseError):
+            log.warning("webhook duplicate source=%s: its sync could not be queued", source.name)
+    return WebhookAnswer(200, {"status": "duplicate", "delivery": delivery_id}, provider)
 
 
 def _pong(source: Source, provider: str, delivery_id: str) -> WebhookAnswer:

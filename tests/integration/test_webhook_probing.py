@@ -118,3 +118,54 @@ def test_a_replayed_delivery_leaves_a_bounded_number_of_rows(sources, settings):
     for _ in range(10):
         assert post(with_secret.name, headers, body).status_code in (200, 202)
     assert WebhookDelivery.objects.filter(source=with_secret, outcome="duplicate").count() == 3
+
+
+def signed_push(commit: str, delivery: str) -> tuple[dict[str, str], bytes]:
+    body = json.dumps({"ref": "refs/heads/main", "before": "0" * 40, "after": commit}).encode()
+    return {
+        "X-GitHub-Event": "push",
+        "X-GitHub-Delivery": delivery,
+        "X-Hub-Signature-256": sign(SECRET, body),
+    }, body
+
+
+def test_a_signed_body_sent_again_under_new_delivery_ids_is_a_bounded_duplicate(
+    sources, settings, monkeypatch
+):
+    """A signature covers the body, never the delivery id: whoever saw a push's body could send it again
+    under new ids without end. Before, each was accepted, a row, and a sync asked for."""
+    from tests.broker import keep_sends
+
+    settings.SLUICE_WEBHOOK_REJECTED_ROWS_PER_MINUTE = 3
+    with_secret, _ = sources
+    sent = keep_sends(monkeypatch)
+    answers = [post(with_secret.name, *signed_push("c" * 40, f"d-{n}")) for n in range(10)]
+
+    assert [a.status_code for a in answers] == [202] + [200] * 9
+    assert [a.json()["status"] for a in answers[1:]] == ["duplicate"] * 9
+    assert WebhookDelivery.objects.filter(source=with_secret, outcome="accepted").count() == 1
+    assert WebhookDelivery.objects.filter(source=with_secret, outcome="duplicate").count() == 3
+    assert len(sent) == 1, "one sync, asked by the first"
+
+
+def test_the_same_body_again_asks_for_a_sync_only_while_the_source_lacks_its_commit(sources, monkeypatch):
+    """A plain Git server's body is the same for the same move (A to B, back to A, to B again): the
+    last push is a duplicate by its body, yet the source is at A and must sync, not wait for a poll. A
+    source that has the commit, or backs off from failures, is not synced for a body sent again."""
+    from gitops.models import Source
+    from tests.broker import keep_sends
+
+    with_secret, _ = sources
+    sent = keep_sends(monkeypatch)
+    assert post(with_secret.name, *signed_push("b" * 40, "first")).status_code == 202
+    Source.objects.filter(pk=with_secret.pk).update(sync_queued=False, last_commit="a" * 40)
+
+    again = post(with_secret.name, *signed_push("b" * 40, "third"))
+
+    assert again.json()["status"] == "duplicate"
+    assert len(sent) == 2, "synced: the source is at another commit"
+    Source.objects.filter(pk=with_secret.pk).update(sync_queued=False, last_commit="b" * 40)
+    assert post(with_secret.name, *signed_push("b" * 40, "fourth")).json()["status"] == "duplicate"
+    Source.objects.filter(pk=with_secret.pk).update(last_commit="a" * 40, consecutive_failures=2)
+    assert post(with_secret.name, *signed_push("b" * 40, "fifth")).json()["status"] == "duplicate"
+    assert len(sent) == 2, "not synced: the source has the commit, then backs off"
