@@ -203,7 +203,7 @@ def intents_finish_pending(source: Source) -> Resumed:
     an administrator has taken out of the source's scope since they were written are not applied: what
     was allowed when a step wrote them is not what is allowed now (``_settle_outside_scope``).
     """
-    pending = _still_ours(source, _within_scope(source, intents_pending(source)))
+    pending, found_in_effect = _still_ours(source, _within_scope(source, intents_pending(source)))
     executed = intents_execute(pending)
     left = {intent.cluster for intent in pending if intent.status == ApplyIntent.Status.PENDING}
     pending_writes_known(
@@ -214,26 +214,30 @@ def intents_finish_pending(source: Source) -> Resumed:
         },
     )
     finished = sum(1 for intent in pending if intent.status != ApplyIntent.Status.PENDING)
-    return Resumed(finished, executed.failures)
+    return Resumed(finished + found_in_effect, executed.failures)
 
 
-def _still_ours(source: Source, pending: list[ApplyIntent]) -> list[ApplyIntent]:
-    """A pending delete or replace (a prune, an immutable ConfigMap's) is sent again only to an object
-    that is still this source's: it may have waited days for its cluster, and was sent by name. One the
-    cluster shows carried out (the object gone; replaced with its content) is logged, not sent again (a
-    second replace took the object away from its pods for a moment); one whose object someone took over
-    since (Sluice's labels removed, the way to keep it; another source's now) is dropped, never logged.
-    A source removal settles its own the same way (``source_removal._settle_pending``)."""
-    destructive = [intent for intent in pending if _destructive(intent)]
-    if not destructive:
-        return pending
-    # One list per namespace (a crash mid-prune leaves thousands), as a source removal reads them; a
+def _still_ours(source: Source, pending: list[ApplyIntent]) -> tuple[list[ApplyIntent], int]:
+    """A pending write of a ConfigMap (a create, an update, a heal, a delete, a replace) is sent again
+    only to an object that is still this source's, or to none: it may have waited days for its
+    cluster. One the cluster shows carried out (the object gone; holding its content) is logged, not
+    sent again (a second replace took the object away from its pods for a moment); one whose object
+    someone took over since (Sluice's labels removed, the way to keep it; another source's now;
+    made by someone else where a create was pending) is dropped, never logged. Before, only deletes and
+    replaces were checked: a pending heal, forced, put Sluice's labels back on an object an operator
+    had taken over and deleted the key they added. A source removal settles its own the same way
+    (``source_removal._settle_pending``); a rollout's restores are checked when planned (``rollback``).
+    Returns those to send, and how many were found in effect (finished, as sent ones are)."""
+    checked = [intent for intent in pending if _checked_before_sent_again(intent)]
+    if not checked:
+        return pending, 0
+    # One list per namespace (a crash mid-step leaves thousands), as a source removal reads them; a
     # cluster that does not answer keeps its intents, sent as before and met the same.
-    read = live_configmaps({(intent.cluster, intent.namespace) for intent in destructive})
+    read = live_configmaps({(intent.cluster, intent.namespace) for intent in checked})
     held = read.index()
     took_effect: list[ApplyIntent] = []
     dropped: list[ApplyIntent] = []
-    for intent in destructive:
+    for intent in checked:
         if intent.cluster in read.unreachable:
             continue
         live = held.get((intent.cluster, intent.namespace, intent.name))
@@ -246,20 +250,22 @@ def _still_ours(source: Source, pending: list[ApplyIntent]) -> list[ApplyIntent]
         changes_record(took_effect, [None] * len(took_effect))
     if dropped:
         log.warning(
-            "source %s: %d pending deletion(s) or replacement(s) not sent: their objects are no longer "
-            "the source's (%s)",
+            "source %s: %d pending write(s) not sent: their objects are no longer the source's (%s)",
             source.name,
             len(dropped),
             ", ".join(f"{i.cluster}/{i.namespace}/{i.name}" for i in dropped[:5]),
         )
     settled = {intent.pk for intent in (*took_effect, *dropped)}
-    return [intent for intent in pending if intent.pk not in settled]
+    return [intent for intent in pending if intent.pk not in settled], len(took_effect)
 
 
-def _destructive(intent: ApplyIntent) -> bool:
-    if intent.kind in WORKLOAD_KINDS:
-        return False
-    return intent.after is None or intent.recreate or intent.action == ChangeAction.REPLACE
+def _checked_before_sent_again(intent: ApplyIntent) -> bool:
+    """A ConfigMap's write of the source's own content; not a workload's restart stamp (a consumer
+    carries no provenance), nor a rollout's restore or a removal's release, settled where they are made."""
+    return intent.kind not in WORKLOAD_KINDS and intent.action not in (
+        ChangeAction.ROLLBACK,
+        ChangeAction.RELEASE,
+    )
 
 
 def _within_scope(source: Source, pending: list[ApplyIntent]) -> list[ApplyIntent]:

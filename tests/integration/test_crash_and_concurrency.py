@@ -225,6 +225,59 @@ def test_a_prune_a_killed_worker_left_pending_spares_an_object_someone_took_over
     assert logged == ["gone"], "the deletion found carried out is logged; the spared one is not"
 
 
+def test_an_update_a_killed_worker_left_pending_spares_an_object_someone_took_over_meanwhile(
+    repo, make_namespaces, make_source, start_worker, cluster, core_api
+):
+    """A pending update was sent again whatever the object had become: one an operator took over meanwhile
+    (Sluice's labels off, a key of their own) got Sluice's labels and content back, taken over silently.
+    Now it is read first and dropped, unlogged; the source's other object gets its update."""
+    from gitops.tasks import sync_source
+
+    (namespace,) = make_namespaces("app")
+    repo.write_all(
+        {
+            "sluice.yaml": policy([namespace]),
+            "configmaps/kept.yaml": configmap("kept", {"V": "1"}),
+            "configmaps/ours.yaml": configmap("ours", {"V": "1"}),
+        }
+    )
+    repo.commit("v1")
+    source = make_source()
+    queue = f"crash-update-{source.pk}"
+    first = start_worker(queues=queue)
+    assert sync_source.apply_async((source.pk,), queue=queue).get(timeout=180)["outcome"] == "applied"
+    first.kill()
+    repo.write("configmaps/kept.yaml", configmap("kept", {"V": "2"}))
+    repo.write("configmaps/ours.yaml", configmap("ours", {"V": "2"}))
+    repo.commit("v2")
+    doomed = start_worker(
+        concurrency=1, queues=queue, env_overrides={"SLUICE_FAILPOINTS": "before-apply=300"}
+    )
+    sync_source.apply_async((source.pk,), queue=queue)
+    pending = ApplyIntent.objects.filter(source=source, status="pending", action="update")
+    poll(lambda: pending.count() == 2, timeout=90, what="the step's updates, written and not sent")
+    doomed.kill()
+
+    core_api.patch_namespaced_config_map(
+        "kept",
+        namespace,
+        {
+            "metadata": {"labels": {"sluice.dev/source": None, "app.kubernetes.io/managed-by": None}},
+            "data": {"mine": "kept by hand"},
+        },
+    )
+    start_worker(queues=queue, env_overrides=TAKES_OVER_SOONER)
+    sync_source.apply_async((source.pk,), queue=queue).get(timeout=180)
+
+    kept = cluster.get_configmap(namespace, "kept")
+    assert kept["data"] == {"V": "1", "mine": "kept by hand"}, "taken over: left as the operator left it"
+    assert "sluice.dev/source" not in (kept["metadata"].get("labels") or {})
+    assert cluster.get_configmap(namespace, "ours")["data"] == {"V": "2"}
+    assert not pending.exists()
+    updated = Change.objects.filter(source=source, action="update").values_list("name", flat=True)
+    assert list(updated) == ["ours"]
+
+
 def test_a_write_a_killed_worker_made_outside_a_scope_narrowed_since_is_logged_not_forgotten(
     repo, make_namespaces, make_source, start_worker, cluster
 ):
