@@ -209,12 +209,15 @@ WHERE ({_HOLDS.strip()})
 ON CONFLICT (source_id) DO UPDATE SET holder = EXCLUDED.holder, alive_at = EXCLUDED.alive_at
 WHERE claim.holder = '' OR claim.alive_at < clock_timestamp() - make_interval(secs => %s)
 """
-# A renewal and a claim's end are committed without waiting for the disk (``_QUICKLY``): lost in a
-# PostgreSQL crash, a renewal leaves a claim a second older (the grace has room for it), an end makes the
-# next pass wait. The claim itself is not: lost, it would let the next pass write beside this one.
+# A claim's end is committed without waiting for the disk (``_QUICKLY``): lost in a PostgreSQL crash, it
+# only makes the next pass wait. The claim and its renewals are not: the grace counts from the last sign
+# of life the next pass can read, and renewals come only with writes, so one lost could be tens of seconds
+# after the one before (a consumer gate's wait, an analysis), and the next pass would take over while
+# this one's writes were still landing. (They were quick until 2026-12-06; a renewal comes at most once
+# a second, so waiting for the disk costs a pass a few milliseconds a second of writes.)
 _QUICKLY = "WITH quickly AS (SELECT set_config('synchronous_commit', 'off', true))"
 _RENEW = f"""
-{_QUICKLY} UPDATE {_CLAIMS} SET alive_at = clock_timestamp() FROM quickly
+UPDATE {_CLAIMS} SET alive_at = clock_timestamp()
 WHERE source_id = %s AND holder = %s AND ({_HOLDS.strip()})
 """  # noqa: S608
 _END = f"{_QUICKLY} UPDATE {_CLAIMS} SET holder = '' FROM quickly WHERE source_id = %s AND holder = %s"  # noqa: S608
