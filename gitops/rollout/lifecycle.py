@@ -31,6 +31,7 @@ from gitops.prepared import PreparedSelect
 from gitops.record.events import rollout_event
 from gitops.rollout.consumers import consumer_map_refresh, wave_gate_close, wave_gate_pass, wave_restart
 from gitops.rollout.engine import desired_hash, largest_share, with_approval_gate
+from gitops.rollout.flag_canary import CanaryRefused
 from gitops.rollout.gates import analyse, pause, pause_is_over, wait_for_clusters
 from gitops.rollout.rollback import rollout_rollback
 from gitops.rollout.state import StepOutcome, transition
@@ -287,7 +288,15 @@ def _set_weight(
     rollout: Rollout, step: SetWeight, desired: DesiredState, outcome: StepOutcome, *, actor: str
 ) -> bool:
     step_actor = rollout.promoted_by or actor
-    result = weight_apply(rollout, desired, step.weight, rollout.step_index, step_actor)
+    try:
+        result = weight_apply(rollout, desired, step.weight, rollout.step_index, step_actor)
+    except CanaryRefused as refused:
+        # No canary of this step can be published, whatever the next pass does: the rollout fails and
+        # rolls back what earlier steps published. Left Progressing, it failed every pass, and a fix
+        # pushed under ``onNewRevision: queue`` waited behind it for good.
+        outcome.failures.append(str(refused))
+        _step_failed(rollout, outcome, [str(refused)], step_actor)
+        return False
     failpoint("before-restart")
     if _abort_asked_meanwhile(rollout):
         # Asked while the step applied: rolled back now, its consumers never restarted onto content
@@ -310,13 +319,7 @@ def _set_weight(
         # A step the cluster refused in part rolls back whole, as a failed wave does: left as it was,
         # the targets it did change would keep the new content, and the next commit's rollout would
         # take that half-applied state as its baseline.
-        message = "; ".join(result.failures[:5])
-        rollout_event(rollout, RolloutEventKind.FAILED, actor=step_actor, message=message)
-        reason = f"step {rollout.step_index + 1} failed: {message}"
-        outcome.failures.extend(
-            rollout_rollback(rollout, actor=SYSTEM_ACTOR, reason=reason, phase=Rollout.Phase.FAILED)
-        )
-        outcome.outcome = Outcome.FAILED
+        _step_failed(rollout, outcome, result.failures, step_actor)
         return False
     if result.unreachable:
         wait_for_clusters(rollout, result.unreachable, weight=step.weight)
@@ -331,6 +334,17 @@ def _set_weight(
     if transition(rollout, weight=step.weight, step_index=rollout.step_index + 1, promoted_by="", message=""):
         _step_event(rollout, step, result, step_actor, step_index=rollout.step_index - 1)
     return True  # moved, or someone rewrote the steps meanwhile: the loop reads them again
+
+
+def _step_failed(rollout: Rollout, outcome: StepOutcome, failures: list[str], actor: str) -> None:
+    """The step's failure on the timeline, then the rollout's rollback, ending it Failed."""
+    message = "; ".join(failures[:5])
+    rollout_event(rollout, RolloutEventKind.FAILED, actor=actor, message=message)
+    reason = f"step {rollout.step_index + 1} failed: {message}"
+    outcome.failures.extend(
+        rollout_rollback(rollout, actor=SYSTEM_ACTOR, reason=reason, phase=Rollout.Phase.FAILED)
+    )
+    outcome.outcome = Outcome.FAILED
 
 
 def _abort_asked_meanwhile(rollout: Rollout) -> bool:

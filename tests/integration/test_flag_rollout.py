@@ -11,7 +11,7 @@ from gitops.models import Rollout
 from gitops.rollout import decisions
 from tests.flagd import EVALUATORS, KEYS, evaluate_all
 from tests.gitrepo import policy
-from tests.rollouts import wait_for
+from tests.rollouts import rollout_of, wait_for
 from tests.workers import ARTIFACTS
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -223,6 +223,16 @@ def test_a_canary_too_large_for_its_configmap_fails_the_pass_with_why_and_applie
     assert result["outcome"] == "failed", result
     assert "flag 'big'" in result["errors"][0] and "more than a ConfigMap holds" in result["errors"][0]
     assert published(cluster, flags_ns) == before
+    failed = rollout_of(source)
+    assert failed.phase == "Failed" and "more than a ConfigMap holds" in failed.message
+
+    # The fix the message asks for goes out, even under onNewRevision: queue. Before, the refused
+    # rollout stayed Progressing, failing every pass, and the fix was queued behind it for good.
+    rollout = {"steps": [{"setWeight": 100}], "onNewRevision": "queue"}
+    repo.write("sluice.yaml", policy([app], flags={"namespace": flags_ns}, rollout=rollout))
+    repo.commit("v3: at once")
+    assert sync(source)["outcome"] == "applied"
+    assert json.loads(published(cluster, flags_ns))["flags"]["big"]["variants"]["v1"] == "changed"
 
 
 def test_a_canary_from_a_published_flag_set_sluice_cannot_read_fails_with_why_and_applies_nothing(
@@ -252,6 +262,7 @@ def test_a_canary_from_a_published_flag_set_sluice_cannot_read_fails_with_why_an
     assert f"published as {flags_ns}/checkout" in result["errors"][0], result["errors"]
     assert "setWeight 100" in result["errors"][0]
     assert published(cluster, flags_ns) == before
+    assert rollout_of(source).phase == "Failed"
 
 
 def test_a_flag_folded_from_a_dropped_flag_set_into_a_kept_one_switches_at_100_only(
