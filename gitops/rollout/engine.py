@@ -32,7 +32,7 @@ from gitops.desired.revision import (
     flag_set_json,
     flag_set_key,
 )
-from gitops.rollout.flag_canary import CanaryTooLarge, canary_flag_set, moved_flags
+from gitops.rollout.flag_canary import CanaryTooLarge, canary_flag_set, changed_flags, moved_flags
 
 CANARY_WEIGHT_KEY = SLUICE_METADATA_KEYS[2]
 
@@ -129,6 +129,12 @@ def desired_at_weight(
     objects = []
     for obj in desired.objects:
         if obj.flag_set is None:
+            objects.append(obj)
+            continue
+        if not moved.get(obj.key) and not changed_flags(baselines.get(obj.key), obj.flag_set.document):
+            # Nothing of it to split: published as Git has it, which the cluster holds already. Its
+            # canary differed by the weight it stamps alone, so every step rewrote every flag set of
+            # the source, and restarted whatever reads one (flagd itself), for a ConfigMap's commit.
             objects.append(obj)
             continue
         try:

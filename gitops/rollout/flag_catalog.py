@@ -112,8 +112,9 @@ def _reach(
     canaries = {obj.key: obj.canary_document for obj in (weighted.objects if weighted else ())}
     by_cluster: dict[SetKey, list[dict[str, FlagReach]]] = {}
     for obj in desired.objects:
-        canary = canaries.get(obj.key)
-        if obj.flag_set is not None and canary is not None:
+        if obj.flag_set is not None and obj.key in canaries:
+            # A set with no flag to split is published as Git has it (``desired_at_weight``).
+            canary = canaries[obj.key] or obj.flag_set.document
             here = canary_reach(baselines.get(obj.key), obj.flag_set.document, canary)
             by_cluster.setdefault((obj.namespace, obj.name), []).append(here)
     found: dict[FlagKey, FlagReach] = {}

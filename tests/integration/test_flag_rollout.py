@@ -7,7 +7,7 @@ import json
 import pytest
 from django.conf import settings
 
-from gitops.models import Rollout
+from gitops.models import Change, Rollout
 from gitops.rollout import decisions
 from tests.flagd import EVALUATORS, KEYS, evaluate_all
 from tests.gitrepo import policy
@@ -308,3 +308,32 @@ def test_a_flag_folded_from_a_dropped_flag_set_into_a_kept_one_switches_at_100_o
     wait_for(source, phase="Completed")
     assert cluster.get_configmap(flags_ns, "a") is None, "pruned at 100"
     assert document("b")["flags"]["theme"] == dark
+
+
+def test_a_canary_of_a_configmap_leaves_an_unchanged_flag_set_as_it_is(
+    repo, make_namespaces, make_source, sync, cluster
+):
+    """A commit that changes a ConfigMap splits no flag: the flag set stays as published, unwritten, at
+    every step. Before, each step stamped its weight into the flag set, rewriting it in every cluster
+    and restarting whatever reads it (flagd itself) for a ConfigMap's change."""
+    from tests.gitrepo import configmap
+
+    app, flags_ns = make_namespaces("app", "flags")
+    source = flags_applied(repo, make_source, sync, app, flags_ns, OLD)
+    before = cluster.get_configmap(flags_ns, "checkout")
+    steps = [{"setWeight": 50}, {"pause": {}}]
+    repo.write_all(
+        {
+            "sluice.yaml": policy([app], flags={"namespace": flags_ns}, rollout={"steps": steps}),
+            "configmaps/app.yaml": configmap("app", {"V": "2"}),
+        }
+    )
+    repo.commit("v2: a ConfigMap")
+
+    sync(source)
+
+    wait_for(source, phase="Paused", waiting_for="approval", weight=50)
+    after = cluster.get_configmap(flags_ns, "checkout")
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"], "not written"
+    assert cluster.get_configmap(app, "app")["data"] == {"V": "2"}
+    assert not Change.objects.filter(source=source, namespace=flags_ns, commit=repo.head()).exists()

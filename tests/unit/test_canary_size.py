@@ -102,7 +102,7 @@ def test_a_flag_set_the_canary_leaves_as_it_is_is_as_validated_however_near_the_
     document = padded(room - len(flag_set_json(padded(0)).encode()) - 10)
     state = revision(document)  # valid: within the limit with room for the stamps
     weighted = desired_at_weight(state, 10, {state.objects[0].key: document}, population="5eed")
-    assert weighted.objects[0].canary_document["flags"] == document["flags"]
+    assert weighted.objects[0].content.hash == state.objects[0].content.hash, "as Git has it: not refused"
 
 
 def test_a_canary_too_large_to_build_names_its_file():
@@ -141,3 +141,17 @@ def test_a_flag_folded_from_a_dropped_set_into_a_kept_one_switches_at_100_only(d
     (weighted,) = desired_at_weight(state, 10, baselines, population="5eed").objects
     assert "theme" not in weighted.canary_document["flags"], "b adds it at 100"
     assert "banner" in weighted.canary_document["flags"]
+
+
+def test_a_flag_set_whose_flags_do_not_change_is_published_as_git_has_it_at_every_weight():
+    """A commit that changes a ConfigMap, or only a flag set's evaluators' layout, splits no flag: the
+    flag set is published as Git has it, which the cluster holds already. Before, its canary stamped
+    the weight into it, so every step rewrote it and restarted what reads it (flagd)."""
+    state = revision(flag_set("on", 3))
+    unchanged = state.objects[0]
+    for weight in (0, 10, 50):
+        weighted = desired_at_weight(state, weight, {unchanged.key: flag_set("on", 3)}, population="5eed")
+        assert weighted.objects[0].content.hash == unchanged.content.hash
+        assert weighted.objects[0].canary_document is None
+    changed = desired_at_weight(state, 10, {unchanged.key: flag_set("off", 3)}, population="5eed")
+    assert changed.objects[0].content.hash != unchanged.content.hash, "a changed flag is still split"
