@@ -35,6 +35,7 @@ MAX_TARGET_CLUSTERS: Final = 100  # entries in a targets list
 MAX_TARGETS: Final = 1_000  # (cluster, namespace) pairs in all
 MAX_STEPS: Final = 100
 MAX_SUGGESTION_CHARS: Final = 100
+TARGETS_SHAPE: Final = "must be a non-empty list of {cluster, namespaces}, or a mapping with namespaces"
 
 
 @dataclass(frozen=True)
@@ -214,7 +215,18 @@ class _Reader:
     def error(self, path: PathKey, message: str) -> None:
         self.errors.append(self.document.error(path, message))
 
+    def given(self, fields: dict[str, Any], key: str, path: PathKey, requirement: str) -> Any:
+        """``fields[key]``, None when the key is left out. A key written with nothing after it (YAML null:
+        ``namespaces:`` with every entry commented out) is an error, not the key left out: its default
+        (the default cluster's ``default`` namespace, one step to 100%) would silently drop what the
+        entries named, and with prune on empty the dropped targets at once."""
+        value = fields.get(key)
+        if value is None and key in fields:
+            self.error((*path, key), f"{requirement}, not null (nothing follows the key)")
+        return value
+
     def mapping(self, value: Any, path: PathKey, known: tuple[str, ...]) -> dict[str, Any]:
+        # None: left out (a key written null is refused by ``given``), or a pause's or analysis's body.
         if value is None:
             return {}
         if not isinstance(value, dict):
@@ -355,7 +367,7 @@ def parse_duration(value: Any) -> int | None:
 
 def _read_steps(reader: _Reader, value: Any) -> tuple[Step, ...]:
     path: PathKey = ("rollout", "steps")
-    if value is None:
+    if value is None:  # left out, or null (``given`` reported it)
         return (SetWeight(100),)
     if not isinstance(value, list) or not value:
         reader.error(path, "must be a non-empty list of steps")
@@ -402,6 +414,9 @@ def _read_set_weight(reader: _Reader, body: Any, path: PathKey, last_weight: int
 
 
 def _read_pause(reader: _Reader, body: Any, path: PathKey) -> Pause | None:
+    # ``pause:`` with nothing after it is taken as ``pause: {}``, unlike a null elsewhere: a pause holds
+    # nothing but an optional duration, so both say "no duration", and that default waits for a
+    # promotion: it drops no step and speeds up nothing.
     fields = reader.mapping(body, path, ("duration",))
     if "duration" not in fields:
         return Pause(None)
@@ -464,7 +479,9 @@ def _read_rollout(reader: _Reader, value: Any) -> RolloutSpec:
         reader.error(("rollout", "healthTimeout"), "must be a duration like 90s or 5m, at most 1h")
         timeout = DEFAULT_HEALTH_TIMEOUT_SECONDS
     return RolloutSpec(
-        steps=_read_steps(reader, fields.get("steps")),
+        steps=_read_steps(
+            reader, reader.given(fields, "steps", ("rollout",), "must be a non-empty list of steps")
+        ),
         on_new_revision=OnNewRevision(on_new),
         consumers=ConsumerMode(consumers),
         health_timeout_seconds=timeout,
@@ -477,9 +494,9 @@ def _read_approvals(reader: _Reader, value: Any) -> ApprovalSpec:
     if isinstance(required, bool) or not isinstance(required, int) or not 1 <= required <= 10:
         reader.error(("approvals", "required"), "must be a whole number from 1 to 10")
         required = 1
-    forbid = reader.boolean(
-        fields.get("forbidSelfApproval"), ("approvals", "forbidSelfApproval"), default=False
-    )
+    # Null is refused: taken as left out, it weakened the gate the line was written to set.
+    forbid_field = reader.given(fields, "forbidSelfApproval", ("approvals",), "must be true or false")
+    forbid = reader.boolean(forbid_field, ("approvals", "forbidSelfApproval"), default=False)
     return ApprovalSpec(required=required, forbid_self_approval=forbid)
 
 
@@ -570,7 +587,8 @@ def _read_default_cluster_target(
     """``targets: {namespaces: [...]}``: the default cluster's namespaces."""
     fields = reader.mapping(value, ("targets",), ("namespaces",))
     path: PathKey = ("targets", "namespaces")
-    namespaces = _read_target_namespaces(reader, fields.get("namespaces"), path)
+    given = reader.given(fields, "namespaces", ("targets",), "must list at least one namespace")
+    namespaces = _read_target_namespaces(reader, given, path)
     if not namespaces:
         return ()
     places = _namespace_places(reader, fields["namespaces"], path, namespaces)
@@ -579,14 +597,12 @@ def _read_default_cluster_target(
 
 def _read_targets(reader: _Reader, value: Any, default_cluster: str) -> tuple[Target, ...]:
     """``targets``: a list of {cluster, namespaces}, or the mapping {namespaces} for the default cluster."""
-    if value is None:
+    if value is None:  # left out, or null (``given`` reported it)
         return ()
     if isinstance(value, dict):
         return _read_default_cluster_target(reader, value, default_cluster)
     if not isinstance(value, list) or not value:
-        reader.error(
-            ("targets",), "must be a non-empty list of {cluster, namespaces}, or a mapping with namespaces"
-        )
+        reader.error(("targets",), TARGETS_SHAPE)
         return ()
     if len(value) > MAX_TARGET_CLUSTERS:
         reader.error(
@@ -595,42 +611,58 @@ def _read_targets(reader: _Reader, value: Any, default_cluster: str) -> tuple[Ta
         return ()
     targets: dict[str, Target] = {}
     for index, entry in enumerate(value):
-        path: PathKey = ("targets", index)
-        fields = reader.mapping(entry, path, ("cluster", "namespaces"))
-        if not isinstance(entry, dict):
-            continue
-        cluster = fields.get("cluster")
-        if not isinstance(cluster, str):
-            reader.error(
-                (*path, "cluster"),
-                "a cluster name is required"
-                if cluster is None
-                else f"must be a string, not {type_name(cluster)}",
-            )
-            continue
-        if problem := cluster_name_problem(cluster):
-            reader.error((*path, "cluster"), problem)
-            continue
-        if cluster in targets:
-            reader.error((*path, "cluster"), f"cluster {cluster!r} is listed twice; list its namespaces once")
-            continue
-        if "namespaces" not in fields:
-            reader.error(path, "namespaces are required: the cluster's target namespaces, in order")
-            continue
-        namespaces = _read_target_namespaces(reader, fields["namespaces"], (*path, "namespaces"))
-        if namespaces:
-            line = reader.document.line_of(*path, "cluster")
-            places = _namespace_places(reader, fields["namespaces"], (*path, "namespaces"), namespaces)
-            targets[cluster] = Target(cluster, namespaces, line, f"targets[{index}].cluster", places)
+        if target := _read_cluster_target(reader, entry, index, targets):
+            targets[target.cluster] = target
     if sum(len(target.namespaces) for target in targets.values()) > MAX_TARGETS:
         reader.error(("targets",), f"names more than {MAX_TARGETS:,} (cluster, namespace) targets in all")
         return ()
     return tuple(targets.values())
 
 
+def _read_cluster_target(reader: _Reader, entry: Any, index: int, earlier: Collection[str]) -> Target | None:
+    """Entry ``index`` of a list of ``targets``; None when it is in error (reported), given the clusters
+    of the entries before it."""
+    path: PathKey = ("targets", index)
+    if entry is None:  # a "-" whose entry is commented out: ``mapping`` takes None as left out
+        reader.error(
+            path, "must be a mapping with cluster and namespaces, not null (nothing follows the '-')"
+        )
+        return None
+    fields = reader.mapping(entry, path, ("cluster", "namespaces"))
+    if not isinstance(entry, dict):
+        return None
+    cluster = fields.get("cluster")
+    if not isinstance(cluster, str):
+        reader.error(
+            (*path, "cluster"),
+            "a cluster name is required"
+            if cluster is None
+            else f"must be a string, not {type_name(cluster)}",
+        )
+        return None
+    if problem := cluster_name_problem(cluster):
+        reader.error((*path, "cluster"), problem)
+        return None
+    if cluster in earlier:
+        reader.error((*path, "cluster"), f"cluster {cluster!r} is listed twice; list its namespaces once")
+        return None
+    if "namespaces" not in fields:
+        reader.error(path, "namespaces are required: the cluster's target namespaces, in order")
+        return None
+    given = reader.given(fields, "namespaces", path, "must list at least one namespace")
+    namespaces = _read_target_namespaces(reader, given, (*path, "namespaces"))
+    if not namespaces:
+        return None
+    line = reader.document.line_of(*path, "cluster")
+    places = _namespace_places(reader, fields["namespaces"], (*path, "namespaces"), namespaces)
+    return Target(cluster, namespaces, line, f"targets[{index}].cluster", places)
+
+
 def _read_flags_namespace(reader: _Reader, value: Any) -> str | None:
     flags = reader.mapping(value, ("flags",), ("namespace",))
-    flags_namespace = flags.get("namespace")
+    # Null is not "left out" here either: the default, the first target namespace, would move the flag
+    # sets away from where they are, and with prune on remove them there.
+    flags_namespace = reader.given(flags, "namespace", ("flags",), "must be a namespace name")
     if flags_namespace is not None and (
         not isinstance(flags_namespace, str) or namespace_problem(flags_namespace)
     ):
@@ -645,11 +677,12 @@ def read_policy(
 ) -> tuple[Policy, list[ValidationError]]:
     reader = _Reader(document)
     top = reader.mapping(document.data, (), TOP_LEVEL_FIELDS)
-    targets = _read_targets(reader, top.get("targets"), default_cluster)
-    allowed_field = top.get("allowedNamespaces")
+    targets = _read_targets(reader, reader.given(top, "targets", (), TARGETS_SHAPE), default_cluster)
+    allowed_field = reader.given(top, "allowedNamespaces", (), "must be a list of namespace names or globs")
     allowed = reader.string_list(allowed_field, ("allowedNamespaces",), repository_glob_problem)
     _check_multi_star_globs(reader, allowed_field)
-    flags_namespace = _read_flags_namespace(reader, top.get("flags"))
+    mapping_shape = "must be a mapping"
+    flags_namespace = _read_flags_namespace(reader, reader.given(top, "flags", (), mapping_shape))
     policy = _with_defaults(
         Policy(
             targets=targets,
@@ -657,8 +690,8 @@ def read_policy(
             prune=reader.boolean(top.get("prune"), ("prune",), default=False),
             self_heal=reader.boolean(top.get("selfHeal"), ("selfHeal",), default=False),
             flags_namespace=flags_namespace or "",
-            rollout=_read_rollout(reader, top.get("rollout")),
-            approvals=_read_approvals(reader, top.get("approvals")),
+            rollout=_read_rollout(reader, reader.given(top, "rollout", (), mapping_shape)),
+            approvals=_read_approvals(reader, reader.given(top, "approvals", (), mapping_shape)),
         ),
         default_cluster,
     )
