@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.db import transaction
+
 from gitops.models import Rollout, RolloutEvent
 from gitops.record import notifications
 from gitops.redaction import redact
@@ -25,31 +27,33 @@ def rollout_event(
 ) -> None:
     step = rollout.step_index if step is None else step
     weight = rollout.weight if weight is None else weight
-    RolloutEvent.objects.create(
-        rollout=rollout,
-        kind=kind,
-        step_index=step,
-        weight=weight,
-        actor=actor,
-        message=message,
-        data=data or {},
-    )
-    notifications.emit(
-        kind,
-        source=rollout.source,
-        subject=f"rollouts/{rollout.pk}",
-        data={
-            "rollout": rollout.pk,
-            "revision": rollout.revision.commit,
-            "phase": rollout.phase,
-            "step": step,
-            "weight": weight,
-            "actor": actor,
-            # It may quote what the repository holds (an analysis URL's query): pages redact it, and so
-            # does what leaves Sluice.
-            "message": redact(message),
-        },
-    )
+    # The line with its notifications, or neither; within a caller's transaction, as part of it.
+    with transaction.atomic(savepoint=False):
+        RolloutEvent.objects.create(
+            rollout=rollout,
+            kind=kind,
+            step_index=step,
+            weight=weight,
+            actor=actor,
+            message=message,
+            data=data or {},
+        )
+        notifications.emit(
+            kind,
+            source=rollout.source,
+            subject=f"rollouts/{rollout.pk}",
+            data={
+                "rollout": rollout.pk,
+                "revision": rollout.revision.commit,
+                "phase": rollout.phase,
+                "step": step,
+                "weight": weight,
+                "actor": actor,
+                # It may quote what the repository holds (an analysis URL's query): pages redact it, and
+                # so does what leaves Sluice.
+                "message": redact(message),
+            },
+        )
     log.info(
         "rollout %s source=%s commit=%s %s step=%s: %s",
         rollout.pk,

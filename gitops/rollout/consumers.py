@@ -184,24 +184,25 @@ def consumer_map_refresh(rollout: Rollout) -> None:
 def wave_gate_close(rollout: Rollout, states: list[dict[str, object]], *, weight: int, actor: str) -> None:
     """Holds the step at its consumers: the rollout waits for them, until its health deadline."""
     until = timezone.now() + timedelta(seconds=rollout.health_timeout_seconds)
-    if not transition(
-        rollout,
-        phase=Rollout.Phase.PAUSED,
-        waiting_for=Waiting.CONSUMERS,
-        pause_until=until,
-        weight=weight,
-        consumer_states=states,
-        promoted_by="",
-        message="",
-    ):
-        return  # moved meanwhile (an abort, a promote): the pass that reads it next goes on from there
     restarted = sum(1 for state in states if state["restarted"])
     message = f"waiting for {len(states)} consumer{'s' if len(states) != 1 else ''} to be healthy"
     if restarted:
         message += f" ({restarted} restarted)"
-    rollout_event(
-        rollout, RolloutEventKind.CONSUMERS, actor=actor, message=message, data={"consumers": states}
-    )
+    with transaction.atomic():  # the gate with its timeline's line, or neither (``gates.pause``)
+        if not transition(
+            rollout,
+            phase=Rollout.Phase.PAUSED,
+            waiting_for=Waiting.CONSUMERS,
+            pause_until=until,
+            weight=weight,
+            consumer_states=states,
+            promoted_by="",
+            message="",
+        ):
+            return  # moved meanwhile (an abort, a promote): the pass that reads it next goes on from there
+        rollout_event(
+            rollout, RolloutEventKind.CONSUMERS, actor=actor, message=message, data={"consumers": states}
+        )
 
 
 def wave_gate_pass(rollout: Rollout, refusals: list[str]) -> bool:
@@ -223,15 +224,16 @@ def wave_gate_pass(rollout: Rollout, refusals: list[str]) -> bool:
             f"{kind.lower()}/{name} {state.detail}"
             for (_, kind, _, name), state in sorted(verdict.states.items())
         )
-        moved = transition(
-            rollout,
-            phase=Rollout.Phase.PROGRESSING,
-            waiting_for=Waiting.NOTHING,
-            pause_until=None,
-            step_index=rollout.step_index + 1,
-        )
-        if moved:
-            rollout_event(rollout, RolloutEventKind.CONSUMERS, message=f"healthy: {details}")
+        with transaction.atomic():
+            moved = transition(
+                rollout,
+                phase=Rollout.Phase.PROGRESSING,
+                waiting_for=Waiting.NOTHING,
+                pause_until=None,
+                step_index=rollout.step_index + 1,
+            )
+            if moved:
+                rollout_event(rollout, RolloutEventKind.CONSUMERS, message=f"healthy: {details}")
         return moved
     if verdict.result is GateResult.FAILED or (rollout.pause_until and rollout.pause_until <= timezone.now()):
         reason = "; ".join(verdict.failures) or _timed_out(rollout, verdict.states)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from django.db import transaction
 from django.utils import timezone
 
 from gitops import schedule
@@ -27,16 +28,17 @@ def pause_is_over(rollout: Rollout) -> bool:
     timer = rollout.waiting_for == Waiting.TIMER
     next_step = rollout.step_index + 1 if timer else rollout.step_index
     cluster = rollout.waiting_for == Waiting.CLUSTER
-    resumed = transition(
-        rollout,
-        phase=Rollout.Phase.PROGRESSING,
-        waiting_for=Waiting.NOTHING,
-        pause_until=None,
-        step_index=next_step,
-    )
-    if resumed and not cluster:  # a cluster asked again every few seconds would flood the timeline
-        message = "timed pause over" if timer else "running the analysis again"
-        rollout_event(rollout, RolloutEventKind.RESUMED, message=message)
+    with transaction.atomic():  # the move with its timeline's line, or neither (see ``pause``)
+        resumed = transition(
+            rollout,
+            phase=Rollout.Phase.PROGRESSING,
+            waiting_for=Waiting.NOTHING,
+            pause_until=None,
+            step_index=next_step,
+        )
+        if resumed and not cluster:  # a cluster asked again every few seconds would flood the timeline
+            message = "timed pause over" if timer else "running the analysis again"
+            rollout_event(rollout, RolloutEventKind.RESUMED, message=message)
     return resumed
 
 
@@ -50,33 +52,41 @@ def wait_for_clusters(rollout: Rollout, unreachable: dict[str, str], *, weight: 
     message = f"waiting for cluster {names} (setWeight {weight}): {unreachable_text(unreachable)}"
     repeated = rollout.message == message
     # A failed compare-and-swap (an abort, a promote meanwhile) moved nothing: nothing to tell or time.
-    if not transition(
-        rollout, phase=Rollout.Phase.PAUSED, waiting_for=Waiting.CLUSTER, pause_until=until, message=message
-    ):
-        return
-    if not repeated:
-        rollout_event(
-            rollout, RolloutEventKind.PAUSED, message=message, data={"clusters": sorted(unreachable)}
-        )
+    with transaction.atomic():  # the move with its timeline's line, or neither (see ``pause``)
+        if not transition(
+            rollout,
+            phase=Rollout.Phase.PAUSED,
+            waiting_for=Waiting.CLUSTER,
+            pause_until=until,
+            message=message,
+        ):
+            return
+        if not repeated:
+            rollout_event(
+                rollout, RolloutEventKind.PAUSED, message=message, data={"clusters": sorted(unreachable)}
+            )
     schedule.source_sync_at(rollout.source_id, until)
 
 
 def pause(rollout: Rollout, step: Pause) -> None:
+    """Pauses at the step: for approvals, or until its time. The pause and its timeline's line (with the
+    notification that tells the approvers) commit together: a worker killed between them left a rollout
+    paused that no later pass announced, and approvers who rely on notifications were never told."""
     if step.seconds is None:
-        if not transition(
-            rollout, phase=Rollout.Phase.PAUSED, waiting_for=Waiting.APPROVAL, pause_until=None
-        ):
-            return
         needed = rollout.approvals_required
         message = f"waiting for {needed} approval{'s' if needed > 1 else ''}"
-        rollout_event(rollout, RolloutEventKind.PAUSED, message=message)
+        with transaction.atomic():
+            if transition(
+                rollout, phase=Rollout.Phase.PAUSED, waiting_for=Waiting.APPROVAL, pause_until=None
+            ):
+                rollout_event(rollout, RolloutEventKind.PAUSED, message=message)
         return
     until = timezone.now() + timedelta(seconds=step.seconds)
-    if not transition(rollout, phase=Rollout.Phase.PAUSED, waiting_for=Waiting.TIMER, pause_until=until):
-        return
-    rollout_event(
-        rollout, RolloutEventKind.PAUSED, message=f"timed pause of {step.seconds}s, until {until.isoformat()}"
-    )
+    with transaction.atomic():
+        if not transition(rollout, phase=Rollout.Phase.PAUSED, waiting_for=Waiting.TIMER, pause_until=until):
+            return
+        message = f"timed pause of {step.seconds}s, until {until.isoformat()}"
+        rollout_event(rollout, RolloutEventKind.PAUSED, message=message)
     # Beat's sweep also resumes due rollouts, so a worker restart loses nothing; this only makes it prompt.
     schedule.source_sync_at(rollout.source_id, until)
 

@@ -123,17 +123,18 @@ def rollout_start(
 ) -> Rollout:
     # The administrator's floor comes on top of whatever the repository asks for: as stored now, not as
     # the pass read it before its fetch and validation (``_floor_now``).
+    # Started with its timeline's first line, or not at all.
     with transaction.atomic():
         floor = _floor_now(source)
         rollout = _created(
             source, revision, desired, floor=floor, actor=actor, commit_identities=commit_identities
         )
-    if revision.outcome != Revision.Outcome.VALID:  # a queued one (loading a new one made it valid already)
-        Revision.objects.filter(pk=revision.pk).exclude(outcome=Revision.Outcome.REJECTED).update(
-            outcome=Revision.Outcome.VALID
-        )
-    message = f"rollout of {revision.commit[:12]} in {len(rollout.steps)} steps"
-    rollout_event(rollout, RolloutEventKind.STARTED, actor=actor, message=message)
+        if revision.outcome != Revision.Outcome.VALID:  # a queued one (a new one is made valid already)
+            Revision.objects.filter(pk=revision.pk).exclude(outcome=Revision.Outcome.REJECTED).update(
+                outcome=Revision.Outcome.VALID
+            )
+        message = f"rollout of {revision.commit[:12]} in {len(rollout.steps)} steps"
+        rollout_event(rollout, RolloutEventKind.STARTED, actor=actor, message=message)
     return rollout
 
 
@@ -327,12 +328,17 @@ def _set_weight(
         return False
     if result.outcome is Outcome.APPLIED:
         consumer_map_refresh(rollout)
-    if consumers:
-        _step_event(rollout, step, result, step_actor, step_index=rollout.step_index)
-        wave_gate_close(rollout, consumers, weight=step.weight, actor=step_actor)
-        return True
-    if transition(rollout, weight=step.weight, step_index=rollout.step_index + 1, promoted_by="", message=""):
-        _step_event(rollout, step, result, step_actor, step_index=rollout.step_index - 1)
+    # The step's line with the move it makes, or neither: a worker killed between them lost the line for
+    # good (the next pass finds the rollout moved), or told the step twice (it takes the step again).
+    with transaction.atomic():
+        if consumers:
+            _step_event(rollout, step, result, step_actor, step_index=rollout.step_index)
+            wave_gate_close(rollout, consumers, weight=step.weight, actor=step_actor)
+            return True
+        if transition(
+            rollout, weight=step.weight, step_index=rollout.step_index + 1, promoted_by="", message=""
+        ):
+            _step_event(rollout, step, result, step_actor, step_index=rollout.step_index - 1)
     return True  # moved, or someone rewrote the steps meanwhile: the loop reads them again
 
 

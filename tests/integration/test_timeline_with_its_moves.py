@@ -1,0 +1,106 @@
+"""A rollout's move and its timeline's line (with the notification it sends) commit together.
+
+A worker killed between the two left a rollout paused, gated or moved on that no later pass announced:
+the next pass finds it where the lost one left it, so approvers who rely on notifications were never
+told. The crash is an exception thrown where the line is written, in a pass run here.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from gitops.models import Rollout, RolloutEvent
+from tests.gitrepo import configmap, policy
+from tests.rollouts import rollout_of
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class WorkerKilled(BaseException):
+    """What a SIGKILL is to the pass: nothing after it runs."""
+
+
+def applied_in_process(repo, make_namespaces, make_source, monkeypatch):
+    from gitops import reconcile, schedule
+
+    monkeypatch.setattr(schedule, "_send", lambda *args, **kwargs: "")  # every pass runs here
+    canary, rest = make_namespaces("canary", "rest")
+    repo.write_all(
+        {"sluice.yaml": policy([canary, rest]), "configmaps/app.yaml": configmap("app", {"v": "1"})}
+    )
+    repo.commit("v1")
+    source = make_source()
+    reconcile.source_sync(source.pk)
+    return canary, rest, source
+
+
+def killed_once_at(monkeypatch, module, kind: str) -> list[str]:
+    """``module.rollout_event`` throws once, for ``kind``: the worker dies as it writes that line."""
+    real = module.rollout_event
+    killed: list[str] = []
+
+    def event(rollout, event_kind, **options):
+        if event_kind == kind and not killed:
+            killed.append(kind)
+            raise WorkerKilled(kind)
+        return real(rollout, event_kind, **options)
+
+    monkeypatch.setattr(module, "rollout_event", event)
+    return killed
+
+
+@pytest.mark.parametrize(
+    "pause, waiting_for", [({}, "approval"), ({"duration": "1h"}, "timer")], ids=["approval", "timer"]
+)
+def test_a_pause_is_announced_though_the_worker_died_as_it_paused(
+    repo, make_namespaces, make_source, monkeypatch, pause, waiting_for
+):
+    from gitops import reconcile
+    from gitops.rollout import gates
+
+    canary, rest, source = applied_in_process(repo, make_namespaces, make_source, monkeypatch)
+    steps = [{"setWeight": 50}, {"pause": pause}]
+    repo.write_all(
+        {
+            "sluice.yaml": policy([canary, rest], rollout={"steps": steps}),
+            "configmaps/app.yaml": configmap("app", {"v": "2"}),
+        }
+    )
+    repo.commit("v2")
+    killed = killed_once_at(monkeypatch, gates, "paused")
+    with pytest.raises(WorkerKilled):
+        reconcile.source_sync(source.pk)
+    assert killed == ["paused"]
+
+    reconcile.source_sync(source.pk)
+
+    paused = rollout_of(source)
+    assert (paused.phase, paused.waiting_for) == ("Paused", waiting_for)
+    assert RolloutEvent.objects.filter(rollout=paused, kind="paused").count() == 1, "announced once"
+    assert RolloutEvent.objects.filter(rollout=paused, kind="step").count() == 1
+
+
+def test_a_step_is_told_once_though_the_worker_died_as_it_told_it(
+    repo, make_namespaces, make_source, monkeypatch
+):
+    from gitops import reconcile
+    from gitops.rollout import lifecycle
+
+    canary, rest, source = applied_in_process(repo, make_namespaces, make_source, monkeypatch)
+    steps = [{"setWeight": 50}, {"pause": {}}]
+    repo.write_all(
+        {
+            "sluice.yaml": policy([canary, rest], rollout={"steps": steps}),
+            "configmaps/app.yaml": configmap("app", {"v": "2"}),
+        }
+    )
+    repo.commit("v2")
+    killed_once_at(monkeypatch, lifecycle, "step")
+    with pytest.raises(WorkerKilled):
+        reconcile.source_sync(source.pk)
+
+    reconcile.source_sync(source.pk)
+
+    paused = Rollout.objects.get(pk=rollout_of(source).pk)
+    assert (paused.phase, paused.step_index) == ("Paused", 1)
+    assert RolloutEvent.objects.filter(rollout=paused, kind="step").count() == 1
