@@ -41,6 +41,19 @@ from gitops.desired.revision import READ_PATHS, DesiredState, load_revision, sho
 SCOPE_NOTE = "administrator scope not checked"
 # Tree entries of regular files (and executable ones); symlinks are 120000, submodules 160000.
 GIT_FILE_MODES = (b"100644", b"100755")
+POLICY_FILE = "sluice.yaml"
+# What a tree entry that is not a regular file is, in the words the sync's rejection uses.
+_ENTRY_KINDS = {b"120000": "a symlink", b"160000": "a submodule", b"040000": "a directory"}
+
+
+def _policy_not_a_file(kind: str) -> RevisionRejected:
+    """A sync rejects a ``sluice.yaml`` that is a symlink, a submodule or a directory (skipped, it left the
+    revision under the default policy): so does this, in the same words."""
+    return RevisionRejected(
+        [ValidationError(POLICY_FILE, None, "", f"{kind}; Sluice reads regular files only")]
+    )
+
+
 GIT_TIMEOUT_SECONDS = 120
 
 
@@ -142,9 +155,13 @@ def working_tree_checkout(root: Path, limits: Limits) -> Checkout:
     """
     files: dict[str, str] = {}
     sizes: dict[str, int] = {}
-    for relative, size in _walk(root, READ_PATHS, limits.max_files + 1):
-        files[relative] = relative  # a path is its own blob id here
-        sizes[relative] = size
+    described = f"working tree of {root}"
+    try:
+        for relative, size in _walk(root, READ_PATHS, limits.max_files + 1):
+            files[relative] = relative  # a path is its own blob id here
+            sizes[relative] = size
+    except RevisionRejected as rejected:
+        return Checkout({}, {}, lambda ids: {}, described, refused=tuple(rejected.errors))
 
     def read_blobs(ids: list[str]) -> dict[str, bytes]:
         contents = {}
@@ -157,7 +174,7 @@ def working_tree_checkout(root: Path, limits: Limits) -> Checkout:
                 raise CheckoutError(f"cannot read {relative}: {error.strerror}") from None
         return contents
 
-    return Checkout(files, sizes, read_blobs, f"working tree of {root}")
+    return Checkout(files, sizes, read_blobs, described)
 
 
 def _walk(root: Path, names: Sequence[str], max_files: int) -> Iterator[tuple[str, int]]:
@@ -172,10 +189,14 @@ def _walk(root: Path, names: Sequence[str], max_files: int) -> Iterator[tuple[st
             continue
         except OSError as error:
             raise CheckoutError(f"cannot read {relative}: {error.strerror}") from None
+        nested = stat.S_ISDIR(info.st_mode) and (absolute / ".git").exists()
         if stat.S_ISREG(info.st_mode):
             count += 1
             yield relative, info.st_size
-        elif stat.S_ISDIR(info.st_mode) and not (absolute / ".git").exists():
+        elif relative == POLICY_FILE:
+            kind = "a symlink" if stat.S_ISLNK(info.st_mode) else "a submodule" if nested else "a directory"
+            raise _policy_not_a_file(kind)
+        elif stat.S_ISDIR(info.st_mode) and not nested:
             pending.extend(_children(relative, absolute))
 
 
@@ -241,6 +262,8 @@ def _listed_files(top: Path, tree: str) -> Generator[tuple[list[bytes], str], No
         if len(fields) == 4 and fields[0] in GIT_FILE_MODES and fields[1] == b"blob":
             yield fields, path
             continue
+        if path == POLICY_FILE:
+            raise _policy_not_a_file(_ENTRY_KINDS.get(fields[0], "not a regular file"))
         skipped += 1  # directories, symlinks and submodules, as the sync skips them
         if skipped > MAX_SKIPPED_ENTRIES:
             message = (

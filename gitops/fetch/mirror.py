@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -58,6 +58,14 @@ _MISMATCHED_FORMAT = re.compile(r"mismatched algorithms: client \w+; server (\w+
 _NOT_ON_REMOTE = re.compile(r"couldn't find remote ref|not our ref|unadvertised object|no such remote ref")
 # Tree entries of regular files (and executable ones); symlinks are 120000, submodules 160000.
 _FILE_MODES = (b"100644 ", b"100755 ")
+# What a tree entry of each mode (as git prints it: canonical) is, in the words errors use.
+_ENTRY_KINDS = {
+    b"100644": "a file",
+    b"100755": "a file",
+    b"120000": "a symlink",
+    b"160000": "a submodule",
+    b"040000": "a directory",
+}
 _OBJECT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _Answer = TypeVar("_Answer")
 
@@ -345,6 +353,7 @@ class GitMirror:
         *,
         paths: Sequence[str] = (),
         max_entries: int | None = None,
+        files_only: Collection[str] = (),
     ) -> dict[str, TreeFile]:
         """Like ``list_files``, with each blob's size, so that limits apply before any blob is read.
 
@@ -353,7 +362,11 @@ class GitMirror:
         after that many files: a hostile tree of millions of files costs what ``max_entries`` do, and
         a caller that asks for one more than it accepts can tell a cut listing from a complete one.
         Directories, symlinks and submodules are dropped as git prints them; past
-        ``MAX_SKIPPED_ENTRIES`` of them, TooManySkippedEntries is raised.
+        ``MAX_SKIPPED_ENTRIES`` of them, TooManySkippedEntries is raised. A path of ``files_only``
+        (relative to ``subpath``) that is one of them raises NotARegularFile instead of being dropped.
+
+        What the commit holds decides the other errors of content (RepositoryShapeError): ``subpath``
+        gone (SourcePathMissing), or not a directory (SourcePathNotADirectory).
         """
         commit = check_object_id(commit, "commit")
         subpath = _normalize_subpath(subpath)
@@ -373,24 +386,44 @@ class GitMirror:
             "--",
             *paths,
         )
+        kept = frozenset(name.encode("utf-8", "surrogateescape") for name in files_only)
         records, returncode, stderr, stopped = self._local_records(
-            invocation, max_files=max_entries, max_skipped=MAX_SKIPPED_ENTRIES
+            invocation, max_files=max_entries, max_skipped=MAX_SKIPPED_ENTRIES, kept=kept
         )
         returncode = 0 if stopped else returncode
         if returncode != 0:
             self._require_commit(commit)
-            if "not a tree object" in stderr:
-                raise PermanentError(f"{subpath!r} is not a directory at commit {commit}")
-            raise PermanentError(f"{subpath!r} does not exist at commit {commit}")
+            raise self._unlisted(commit, subpath, stderr)
         files: dict[str, TreeFile] = {}
         for record in records:
             meta, _, name = record.partition(b"\t")
             mode, kind, sha, size = meta.split()
+            # surrogateescape keeps a name that is not UTF-8 round-trippable.
+            path = name.decode("utf-8", "surrogateescape")
             # Symlinks are blobs too, but their content is a path, not a file.
             if kind == b"blob" and mode != b"120000":
-                # surrogateescape keeps a name that is not UTF-8 round-trippable.
-                files[name.decode("utf-8", "surrogateescape")] = TreeFile(sha.decode("ascii"), int(size))
+                files[path] = TreeFile(sha.decode("ascii"), int(size))
+            elif name in kept:
+                raise NotARegularFile(path, _entry_kind(mode))
         return files
+
+    def _unlisted(self, commit: str, subpath: str, stderr: str) -> PermanentError:
+        """Why ``subpath`` could not be listed at ``commit``, a commit the mirror holds. The entry the commit
+        has there decides, read from git's listing of that one entry (git's wording of the failure is not
+        matched): none, or one that is not a directory, is the pushed content's doing. Anything else
+        (git failing to answer, a directory it could not list) is the mirror's or git's, as before."""
+        if subpath:
+            # One entry: git reads only the trees on the way to it, whatever the commit holds elsewhere.
+            answer = self._local(
+                git_at(self.path, "--literal-pathspecs", "ls-tree", "-z", commit, "--", subpath)
+            )
+            entry = answer.stdout.split(b"\0", 1)[0]
+            if answer.returncode == 0 and not entry:
+                return SourcePathMissing(subpath, commit)
+            mode = entry.partition(b" ")[0]
+            if answer.returncode == 0 and mode != b"040000":
+                return SourcePathNotADirectory(subpath, commit, _entry_kind(mode))
+        return PermanentError(f"cannot list {subpath!r} at commit {commit}: {stderr_summary(stderr, ())}")
 
     def tree_changes(
         self, old: str, new: str, subpath: str = "", *, paths: Sequence[str] = (), max_changes: int
@@ -501,7 +534,7 @@ class GitMirror:
                 raise ObjectNotFoundError(f"blob {sha} is not in the mirror at {self.path}")
             kind, data = answer
             if kind != "blob":
-                raise PermanentError(f"{object_id} is a {kind}, not a blob")
+                raise NotABlob(object_id, kind)
             contents[sha] = data
         return contents
 
@@ -700,10 +733,12 @@ class GitMirror:
         counted: bytes | tuple[bytes, ...] = _FILE_MODES,
         max_skipped: int | None = None,
         timeout: float | None = None,
+        kept: Collection[bytes] = (),
     ) -> tuple[list[bytes], int, str, bool]:
         """The records ``git ls-tree -z`` (or ``diff-tree -z``) prints, read as they come; git is stopped
         once ``max_files`` records starting with ``counted`` are read. Returns the records, the exit code,
-        stderr, and whether git was stopped (then the records are cut)."""
+        stderr, and whether git was stopped (then the records are cut). ``max_skipped`` and ``kept``: as
+        ``_read_records`` takes them."""
         timed_out = threading.Event()
         with tempfile.TemporaryFile() as stderr:
             process = subprocess.Popen(
@@ -722,7 +757,9 @@ class GitMirror:
             timer = threading.Timer(limit, stop)
             timer.start()
             try:
-                records, stopped = _read_records(process, max_files, counted, max_skipped=max_skipped)
+                records, stopped = _read_records(
+                    process, max_files, counted, max_skipped=max_skipped, kept=kept
+                )
             finally:
                 timer.cancel()
                 if process.poll() is None:
@@ -884,18 +921,64 @@ class OverlongTreeEntry(PermanentError):
         self.example = example
 
 
+class RepositoryShapeError(PermanentError):
+    """What a commit holds is not shaped as Sluice reads it. A repository's content is a pusher's, and
+    untrusted: the revision is rejected, naming where, rather than fetched again and again as a
+    PermanentError of Git or of the mirror is. Each kind says where in its own attributes."""
+
+
+class SourcePathMissing(RepositoryShapeError):
+    """The source's path (``path``, from the repository's root) is not in the commit."""
+
+    def __init__(self, path: str, commit: str) -> None:
+        super().__init__(f"{path!r} does not exist at commit {commit}")
+        self.path = path
+
+
+class SourcePathNotADirectory(RepositoryShapeError):
+    """The source's path is ``kind`` ("a file", "a symlink", "a submodule") in the commit."""
+
+    def __init__(self, path: str, commit: str, kind: str) -> None:
+        super().__init__(f"{path!r} is not a directory at commit {commit}: it is {kind}")
+        self.path = path
+        self.kind = kind
+
+
+class NotARegularFile(RepositoryShapeError):
+    """A path the caller reads as a file (``list_tree``'s ``files_only``) is ``kind``: "a symlink",
+    "a submodule" or "a directory"."""
+
+    def __init__(self, path: str, kind: str) -> None:
+        super().__init__(f"{path!r} is {kind}, not a regular file")
+        self.path = path
+        self.kind = kind
+
+
+class NotABlob(RepositoryShapeError):
+    """A tree entry with a file's mode names an object that is not a blob (a tree, a commit): git writes
+    no such tree, but a pushed pack can hold one, as fetches do not check. Only ``object_id`` is known
+    here: the caller, which listed the tree, knows the path."""
+
+    def __init__(self, object_id: str, kind: str) -> None:
+        super().__init__(f"{object_id} is a {kind}, not a blob")
+        self.object_id = object_id
+        self.kind = kind
+
+
 def _read_records(
     process: subprocess.Popen[bytes],
     max_files: int | None,
     counted: bytes | tuple[bytes, ...] = _FILE_MODES,
     *,
     max_skipped: int | None = None,
+    kept: Collection[bytes] = (),
 ) -> tuple[list[bytes], bool]:
     """``ls-tree`` records up to the one listing file number ``max_files``, and whether git had more
     (then the rest is left unread). Only regular files count: symlinks and submodules, which the
     listing skips, must not make a cut listing look complete. With ``max_skipped``, the records that
-    do not count are dropped as they come, and past that many of them TooManySkippedEntries is raised.
-    A record longer than MAX_RECORD_BYTES raises OverlongTreeEntry."""
+    do not count are dropped as they come (but those whose path is in ``kept``: the caller refuses
+    them), and past that many of them TooManySkippedEntries is raised. A record longer than
+    MAX_RECORD_BYTES raises OverlongTreeEntry."""
     if process.stdout is None:
         raise RuntimeError("git was started without a stdout pipe")
     records: list[bytes] = []
@@ -912,11 +995,19 @@ def _read_records(
                 records.append(record)
                 files += record.startswith(counted)
                 continue
+            if kept and record.partition(b"\t")[2] in kept:
+                records.append(record)
+                continue
             skipped += 1
             if skipped > max_skipped:
                 name = record.partition(b"\t")[2].decode("utf-8", "surrogateescape")
                 raise TooManySkippedEntries(max_skipped, name)
     return records, False
+
+
+def _entry_kind(mode: bytes) -> str:
+    """What a tree entry of ``mode`` is, as errors name it ("a symlink")."""
+    return _ENTRY_KINDS.get(mode, f"an entry of mode {mode.decode('ascii', 'replace')}")
 
 
 def _normalize_subpath(subpath: str) -> str:

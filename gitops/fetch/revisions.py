@@ -20,12 +20,13 @@ from django.utils import timezone
 from gitops import caches, metrics
 from gitops.desired.errors import RevisionRejected, ValidationError
 from gitops.desired.limits import Limits
+from gitops.desired.policy import POLICY_FILE
 from gitops.desired.revision import (
     READ_PATHS,
     DesiredState,
+    ParseCache,
     RevisionIndex,
     file_count_problem,
-    load_revision,
     load_revision_changes,
     load_revision_indexed,
     shown_path,
@@ -33,7 +34,17 @@ from gitops.desired.revision import (
 from gitops.desired.scope import AdminScope
 from gitops.errors import PermanentError, TemporaryError
 from gitops.fetch.credentials import configured_scope, resolve_credentials
-from gitops.fetch.mirror import CommitInfo, FetchResult, GitMirror, OverlongTreeEntry, TooManySkippedEntries
+from gitops.fetch.mirror import (
+    CommitInfo,
+    FetchResult,
+    GitMirror,
+    NotABlob,
+    NotARegularFile,
+    OverlongTreeEntry,
+    SourcePathMissing,
+    SourcePathNotADirectory,
+    TooManySkippedEntries,
+)
 from gitops.fetch.refs import RequestedRevision
 from gitops.models import PERSON_LENGTH, Revision, Rollout, Source, known_cluster_names
 from gitops.prepared import PreparedSelect, PreparedUpdate
@@ -151,9 +162,8 @@ def revision_desired_state(
         loaded = _load_changes(mirror, cache, revision.commit, source.path, limits=limits, scope=scope)
         if loaded is None:
             try:
-                files, sizes = _listing(mirror, revision.commit, source.path, limits)
-                loaded = load_revision_indexed(
-                    files, mirror.read_blobs, sizes=sizes, limits=limits, cache=cache.parsed, scope=scope
+                loaded = _load_whole(
+                    mirror, revision.commit, source.path, limits, parsed=cache.parsed, scope=scope
                 )
             except RevisionRejected as rejected:
                 _reject(source, revision, rejected)
@@ -179,18 +189,60 @@ def _listing(
     ``max_files``: the listing stopped there, and what it left out must never go unnoticed (a file
     named like a directory, ``configmaps`` say, is listed too, so every listed file counts)."""
     try:
-        tree = mirror.list_tree(commit, path, paths=READ_PATHS, max_entries=limits.max_files + 1)
+        # The policy file is a regular file or absent: one that is a symlink, a submodule or a directory,
+        # skipped like the rest, left the revision validated under the default policy, unnoticed.
+        tree = mirror.list_tree(
+            commit, path, paths=READ_PATHS, max_entries=limits.max_files + 1, files_only=(POLICY_FILE,)
+        )
     except TooManySkippedEntries as exc:
         advice = f"{exc}; Sluice reads regular files only: remove them, or move them out of what it reads"
         raise RevisionRejected([ValidationError(shown_path(exc.example), None, "", advice)]) from None
     except OverlongTreeEntry as exc:
         advice = f"{exc}: Sluice reads paths of at most 1,000 characters; rename it"
         raise RevisionRejected([ValidationError(shown_path(exc.example) + "…", None, "", advice)]) from None
+    except NotARegularFile as exc:
+        advice = f"{exc.kind}; Sluice reads regular files only"
+        raise RevisionRejected([ValidationError(shown_path(exc.path), None, "", advice)]) from None
+    except (SourcePathMissing, SourcePathNotADirectory) as exc:
+        raise RevisionRejected([_source_path_problem(exc)]) from None
     if problem := file_count_problem(tree, limits):
         raise RevisionRejected([problem])
     return {name: entry.blob for name, entry in tree.items()}, {
         name: entry.size for name, entry in tree.items()
     }
+
+
+def _source_path_problem(exc: SourcePathMissing | SourcePathNotADirectory) -> ValidationError:
+    """The source's path gone from the commit, or not a directory there: the commit's doing (a pusher
+    moved or replaced it), so the revision is rejected, naming the path from the repository's root."""
+    if isinstance(exc, SourcePathMissing):
+        found = "does not exist in this commit"
+    else:
+        found = f"is {exc.kind} in this commit, not a directory"
+    advice = "restore the directory, or have an administrator change the source's path (update-source --path)"
+    return ValidationError(shown_path(exc.path), None, "", f"the source's path {found}; {advice}")
+
+
+def _load_whole(
+    mirror: GitMirror, commit: str, path: str, limits: Limits, *, parsed: ParseCache, scope: AdminScope
+) -> tuple[DesiredState, RevisionIndex]:
+    """The revision at ``commit`` loaded from its whole tree (``load_revision_indexed``); raises
+    RevisionRejected, also for a listed file whose object is not a file's content (NotABlob)."""
+    files, sizes = _listing(mirror, commit, path, limits)
+    try:
+        return load_revision_indexed(
+            files, mirror.read_blobs, sizes=sizes, limits=limits, cache=parsed, scope=scope
+        )
+    except NotABlob as exc:
+        # Only the object is known where it was read: the listing names every file that holds it.
+        named = sorted(name for name, blob in files.items() if blob == exc.object_id) or [exc.object_id]
+        advice = (
+            f"listed as a file, but its object {exc.object_id} is a {exc.kind}, not a file's content "
+            "(git writes no such tree); Sluice reads regular files only: commit the file again"
+        )
+        raise RevisionRejected(
+            [ValidationError(shown_path(name), None, "", advice) for name in named]
+        ) from None
 
 
 # Past this many changed files a commit is loaded by listing its whole tree: as cheap by then.
@@ -212,7 +264,9 @@ def _load_changes(
     except (TemporaryError, PermanentError) as exc:
         log.info("loading %s from the whole tree: %s", commit, exc)
         return None
-    if changed is None:
+    if changed is None or any(name.startswith(f"{POLICY_FILE}/") for name in changed):
+        # Files under a directory named like the policy file: one that became, or is added as, a directory
+        # shows only its files, and the whole listing is what refuses the policy file being one.
         return None
     changes = {
         name: (entry.blob, entry.size) if entry is not None else None for name, entry in changed.items()
@@ -226,11 +280,8 @@ def _load(mirror: GitMirror, source: Source, commit: str) -> DesiredState:
     """The source's files at ``commit``, validated as ``revision_desired_state`` validates them, recording
     nothing; raises RevisionRejected."""
     limits = Limits.from_settings(settings)
-    files, sizes = _listing(mirror, commit, source.path, limits)
     parsed = caches.for_source(source.pk).parsed  # keyed by blob id: a preview parses what a sync would
-    return load_revision(
-        files, mirror.read_blobs, sizes=sizes, limits=limits, cache=parsed, scope=validation_scope(source)
-    )
+    return _load_whole(mirror, commit, source.path, limits, parsed=parsed, scope=validation_scope(source))[0]
 
 
 @dataclass(frozen=True)

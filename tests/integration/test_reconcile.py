@@ -846,3 +846,35 @@ def test_a_listing_cut_at_max_files_is_rejected_even_behind_a_file_named_like_a_
     head.refresh_from_db()
     assert head.outcome == "rejected"
     assert any("more than 5 files" in error["message"] for error in head.errors), head.errors
+
+
+def test_a_commit_whose_source_path_became_a_file_is_rejected_not_a_git_failure(
+    repo, make_namespaces, make_source, sync, cluster
+):
+    """A pusher replaced the source's directory with a file: the revision is rejected, naming the path,
+    and the source does not back off. Before, every pass failed as if the Git host did, and the revision
+    was never recorded as rejected."""
+    from gitops.models import Revision, Source
+    from tests.gitrepo import configmap, policy
+
+    (namespace,) = make_namespaces("app")
+    repo.write_all(
+        {
+            "deploy/sluice.yaml": policy([namespace]),
+            "deploy/configmaps/app.yaml": configmap("app", {"V": "1"}),
+        }
+    )
+    repo.commit("v1")
+    source = make_source(path="deploy")
+    assert sync(source)["outcome"] == "applied"
+    repo.remove("deploy")
+    repo.write("deploy", "not a directory any more\n")
+    head = repo.commit("v2: deploy is a file")
+
+    result = sync(source)
+
+    assert result["outcome"] == "rejected", result
+    assert result["errors"][0].startswith("deploy: the source's path is a file in this commit"), result
+    assert Revision.objects.get(source=source, commit=head).outcome == "rejected"
+    assert Source.objects.get(pk=source.pk).consecutive_failures == 0
+    assert cluster.get_configmap(namespace, "app")["data"] == {"V": "1"}, "nothing touched"

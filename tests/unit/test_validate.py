@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -137,13 +138,29 @@ def test_symlinks_to_files_and_directories_are_skipped_as_the_sync_skips_them(tm
     assert not [path for path in listed if "linked" in path]
 
 
-def test_a_symlinked_policy_or_directory_is_not_followed(tmp_path: Path):
+def test_a_symlinked_directory_is_not_followed(tmp_path: Path):
     source = write_tree(tmp_path / "source", {"configmaps/app.yaml": APP})
-    write_tree(tmp_path / "elsewhere", {"sluice.yaml": b"nonsense: [\n", "configmaps/x.yaml": b"kind: Pod\n"})
-    os.symlink(tmp_path / "elsewhere/sluice.yaml", source / "sluice.yaml")
+    write_tree(tmp_path / "elsewhere", {"configmaps/x.yaml": b"kind: Pod\n"})
     os.symlink(tmp_path / "elsewhere/configmaps", source / "flags")
 
     assert validate(source).summary().startswith("valid: 1 ConfigMap in 1 namespace, 0 flag sets")
+
+
+@pytest.mark.parametrize("kind", ["a symlink", "a directory"])
+def test_a_policy_file_that_is_not_a_regular_file_is_refused_as_a_sync_refuses_it(tmp_path: Path, kind):
+    """A sync rejects it (skipped, it left the revision under the default policy); the validator said
+    "valid" until 2026-12-06, in the working tree, the index and a commit alike."""
+    source = write_tree(tmp_path / "source", {"configmaps/app.yaml": APP})
+    if kind == "a symlink":
+        write_tree(tmp_path / "elsewhere", {"sluice.yaml": GOOD["sluice.yaml"]})
+        os.symlink(tmp_path / "elsewhere/sluice.yaml", source / "sluice.yaml")
+    else:
+        write_tree(source, {"sluice.yaml/x.yaml": GOOD["sluice.yaml"]})
+    expected = f"sluice.yaml: {kind}; Sluice reads regular files only"
+    assert [str(error) for error in validate(source).errors] == [expected]
+    subprocess.run(["git", "init", "-q", str(source)], check=True)
+    subprocess.run(["git", "-C", str(source), "add", "-A"], check=True)
+    assert [str(error) for error in validate(source, staged=True).errors] == [expected]
 
 
 def test_a_nested_repository_is_skipped_like_a_submodule(tmp_path: Path):
