@@ -35,7 +35,7 @@ from gitops.rollout.flag_canary import CanaryRefused
 from gitops.rollout.gates import analyse, pause, pause_is_over, wait_for_clusters
 from gitops.rollout.rollback import rollout_rollback
 from gitops.rollout.state import StepOutcome, transition
-from gitops.rollout.step import weight_apply
+from gitops.rollout.step import in_scope, weight_apply
 from gitops.vocabulary import SYSTEM_ACTOR, Outcome, RolloutEventKind, Waiting
 from gitops.windows import Gate
 
@@ -289,6 +289,15 @@ def _set_weight(
     rollout: Rollout, step: SetWeight, desired: DesiredState, outcome: StepOutcome, *, actor: str
 ) -> bool:
     step_actor = rollout.promoted_by or actor
+    if outside := _outside_scope_now(rollout.source, desired):
+        # An administrator narrowed the source's scope since this pass validated the revision (while an
+        # analysis ran, a consumer gate waited): the step would write where it is no longer allowed.
+        # It fails, and rolls back, as the next pass would fail the revision.
+        shown = ", ".join(f"{cluster}/{namespace}" for cluster, namespace in outside[:5])
+        message = f"{shown} no longer in the source's scope (an administrator narrowed it)"
+        outcome.failures.append(message)
+        _step_failed(rollout, outcome, [message], step_actor)
+        return False
     try:
         result = weight_apply(rollout, desired, step.weight, rollout.step_index, step_actor)
     except CanaryRefused as refused:
@@ -340,6 +349,12 @@ def _set_weight(
         ):
             _step_event(rollout, step, result, step_actor, step_index=rollout.step_index - 1)
     return True  # moved, or someone rewrote the steps meanwhile: the loop reads them again
+
+
+def _outside_scope_now(source: Source, desired: DesiredState) -> list[tuple[str, str]]:
+    """The revision's targets the source's scope, as read with the rollout this turn, no longer allows."""
+    targets = {(obj.cluster, obj.namespace) for obj in desired.objects}
+    return sorted(targets - in_scope(source, targets))
 
 
 def _step_failed(rollout: Rollout, outcome: StepOutcome, failures: list[str], actor: str) -> None:

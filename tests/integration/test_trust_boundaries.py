@@ -575,3 +575,41 @@ def test_a_floor_raised_while_a_pass_fetches_gates_the_rollout_that_pass_starts(
     assert (started.phase, started.waiting_for) == ("Paused", "approval"), started.message
     assert (started.approvals_required, started.forbid_self_approval) == (1, True)
     assert versions(cluster, [canary, rest]).count("2") < 2, "not everywhere unapproved"
+
+
+def test_a_scope_narrowed_while_a_pass_waits_stops_the_steps_after_it_writing_there(
+    repo, make_namespaces, make_source, cluster, monkeypatch
+):
+    """An administrator takes a namespace out of the source's scope while a pass waits in a rollout (a
+    timed pause ending here; an analysis or a consumer gate alike). The pass validated the revision
+    before: its next step would write where it is no longer allowed. It fails and rolls back instead.
+    Before, it applied 100% there, and only the next pass rolled it back."""
+    from gitops import reconcile, schedule
+    from gitops.rollout import lifecycle
+
+    monkeypatch.setattr(schedule, "_send", lambda *args, **kwargs: "")  # every pass runs here
+    canary, rest, source = applied_in_process(repo, make_namespaces, make_source)
+    steps = [{"setWeight": 50}, {"pause": {"duration": "1h"}}, {"setWeight": 100}]
+    repo.write_all(
+        {
+            "sluice.yaml": policy([canary, rest], rollout={"steps": steps}),
+            "configmaps/app.yaml": configmap("app", {"v": "2"}),
+        }
+    )
+    repo.commit("v2")
+    assert reconcile.source_sync(source.pk).outcome == "paused"
+    running = rollout_of(source)
+    Rollout.objects.filter(pk=running.pk).update(pause_until=timezone.now())
+    real_pause_is_over = lifecycle.pause_is_over
+
+    def narrowed_meanwhile(rollout):
+        source_admin.source_update_scope(Source.objects.get(pk=source.pk), allowed_namespaces=[canary])
+        return real_pause_is_over(rollout)
+
+    monkeypatch.setattr(lifecycle, "pause_is_over", narrowed_meanwhile)
+    reconcile.source_sync(source.pk)
+
+    failed = Rollout.objects.get(pk=running.pk)
+    assert failed.phase == "Failed" and f"{rest} no longer in the source's scope" in failed.message
+    assert versions(cluster, [canary, rest]) == ["1", "1"], "never written where it is not allowed"
+    assert not Change.objects.filter(source=source, namespace=rest, commit=running.revision.commit).exists()
