@@ -52,6 +52,10 @@ class SourceCache:
     inventory: tuple[int, frozenset[tuple[str, str, str]]] | None = None
     # The (cluster, namespace) pairs of the inventory kept above, found once for that very set.
     inventory_targets: tuple[frozenset[tuple[str, str, str]], frozenset[tuple[str, str]]] | None = None
+    # The last revision rejected here: ("commit:path", the scope it was rejected under). Asked again at
+    # every poll and push until someone pushes a fix, a rejected head was listed, read and validated
+    # again each time: a crafted one cost seconds of CPU a pass (``revisions.revision_desired_state``).
+    rejected: tuple[str, AdminScope] | None = None
     # ``Source.stamps_to_drop`` as this process last wrote or read it: the pass that held them, whose
     # Source row was read before, sees them too (``cluster.apply.stamps_drop_held``).
     stamps_to_drop: dict[str, dict[str, list[list[str]]]] = field(default_factory=dict)

@@ -157,6 +157,8 @@ def revision_desired_state(
     if known is not None and revision.outcome != Revision.Outcome.REJECTED:
         # (Rejected under a narrower scope and valid again under this one: loaded, so the row says so.)
         return known
+    if revision.outcome == Revision.Outcome.REJECTED and cache.rejected == (key, scope):
+        return None  # as this process rejected it, under the same scope: the row holds why
     limits = Limits.from_settings(settings)
     with mirror_for(source) as mirror:
         loaded = _load_changes(mirror, cache, revision.commit, source.path, limits=limits, scope=scope)
@@ -167,6 +169,7 @@ def revision_desired_state(
                 )
             except RevisionRejected as rejected:
                 _reject(source, revision, rejected)
+                cache.rejected = (key, scope)
                 return None
     desired, index = loaded
     cache.index = (revision.commit, source.path, index)

@@ -351,3 +351,30 @@ def test_a_file_entry_that_names_a_tree_rejects_the_revision_naming_the_file(
     assert f"its object {inner[1]} is a tree, not a file's content" in error.message
     with GitMirror(repo.path) as mirror, pytest.raises(NotABlob, match=f"{inner[1]} is a tree, not a blob"):
         mirror.read_blobs([inner[1]])
+
+
+# -- a rejected revision asked again ---------------------------------------------------------------
+
+
+def test_a_rejected_revision_asked_again_under_the_same_scope_is_not_read_again(
+    repo: Repo, loaded: Rejections, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every poll and push asks for the head until someone pushes a fix: a crafted rejected head cost
+    seconds of CPU each time, listed, read and validated again. Asked again as rejected, under the same
+    scope, it is answered from what this process found; under another scope it is read again."""
+    commit = deploy_with(repo, {**GOOD, "configmaps": repo.tree({"app.yaml": b"kind: Pod\n"})})
+    listings: list[str] = []
+    real_listing = revisions._listing
+    monkeypatch.setattr(
+        revisions,
+        "_listing",
+        lambda mirror, at, *rest: listings.append(at) or real_listing(mirror, at, *rest),
+    )
+    assert desired_state(commit) is None
+    rejected = Revision(pk=1, commit=commit, outcome=Revision.Outcome.REJECTED)
+
+    assert revisions.revision_desired_state(source(), rejected, known_clusters=KNOWN) is None
+    assert len(listings) == 1 and len(loaded) == 1, "answered from the first rejection"
+    wider = frozenset({*KNOWN, "member-1"})
+    assert revisions.revision_desired_state(source(), rejected, known_clusters=wider) is None
+    assert len(listings) == 2, "another scope: read again"
