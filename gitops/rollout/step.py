@@ -383,6 +383,11 @@ def flag_baselines(
             data = (before or {}).get("data") if before is not None else None
         else:
             live_object = index.get(obj.key)
+            if live_object is not None and live_provenance(live_object)[0] != rollout.source.name:
+                # Another source's, or made by hand: a conflict the plan reports and never writes, so
+                # it is no side of this canary (read as one, a set Sluice cannot read failed every
+                # weighted rollout of the source, asking its people to restore what is not theirs).
+                live_object = None
             data = live_object.get("data") if live_object is not None else None
         text = (data or {}).get(flag_set_key(obj.name))
         baselines[obj.key] = published_baseline(text, limits)

@@ -337,3 +337,42 @@ def test_a_canary_of_a_configmap_leaves_an_unchanged_flag_set_as_it_is(
     assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"], "not written"
     assert cluster.get_configmap(app, "app")["data"] == {"V": "2"}
     assert not Change.objects.filter(source=source, namespace=flags_ns, commit=repo.head()).exists()
+
+
+def test_a_flag_set_someone_else_publishes_is_a_conflict_not_a_canarys_old_side(
+    repo, make_namespaces, make_source, sync, cluster, core_api
+):
+    """A ConfigMap of the flag set's name that is not the source's (made by hand, here holding "{}") is
+    reported as a conflict and never written. Read as the canary's old side, it failed every weighted
+    rollout of the source ("restore it"), over an object that is not the source's to restore."""
+    from tests.gitrepo import configmap
+
+    app, flags_ns = make_namespaces("app", "flags")
+    core_api.create_namespaced_config_map(
+        flags_ns, {"metadata": {"name": "checkout"}, "data": {"checkout.flagd.json": "{}"}}
+    )
+    repo.write_all(
+        {
+            "sluice.yaml": policy([app], flags={"namespace": flags_ns}),
+            "flags/checkout.json": json.dumps(OLD),
+            "configmaps/app.yaml": configmap("app", {"V": "1"}),
+        }
+    )
+    repo.commit("v1")
+    source = make_source()
+    sync(source)
+    steps = [{"setWeight": 50}, {"pause": {}}]
+    repo.write_all(
+        {
+            "sluice.yaml": policy([app], flags={"namespace": flags_ns}, rollout={"steps": steps}),
+            "configmaps/app.yaml": configmap("app", {"V": "2"}),
+        }
+    )
+    repo.commit("v2")
+
+    result = sync(source)
+
+    assert result["outcome"] == "paused", result
+    assert result["summary"].get("conflict") == 1, result
+    assert cluster.get_configmap(flags_ns, "checkout")["data"] == {"checkout.flagd.json": "{}"}
+    assert cluster.get_configmap(app, "app")["data"] == {"V": "2"}
