@@ -582,11 +582,24 @@ class ApplyIntent(models.Model):
 
     @classmethod
     def for_item(
-        cls, rollout: Rollout, item: PlanItem, *, commit: str, actor: str, step_index: int, weight: int
+        cls,
+        rollout: Rollout,
+        item: PlanItem,
+        *,
+        commit: str,
+        actor: str,
+        step_index: int,
+        weight: int,
+        healed_commit: str = "",
     ) -> ApplyIntent:
-        """What applying one plan item at a step will do, before it is done."""
-        # Self-heal restores what was applied, so the object keeps the commit it came from.
-        applied_commit = item.live_commit if item.action is Action.SELF_HEAL and item.live_commit else commit
+        """What applying one plan item at a step will do, before it is done. ``healed_commit``: for a
+        self-heal, the commit the source's inventory says it applied there."""
+        # Self-heal restores what was applied, so the object keeps the commit it came from: the one the
+        # inventory recorded, not the cluster's annotation, which whoever drifted the object may have
+        # rewritten (a well-formed forged commit went into the log, the stamp and the inventory).
+        applied_commit = (
+            (healed_commit or item.live_commit or commit) if item.action is Action.SELF_HEAL else commit
+        )
         manifest = None
         if item.after is not None and item.desired is not None:
             provenance = Provenance(

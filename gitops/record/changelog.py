@@ -16,8 +16,8 @@ from django.utils import timezone
 
 from gitops import metrics
 from gitops.failpoints import failpoint
-from gitops.models import ApplyIntent, Change, Rollout, Source
-from gitops.plan import Plan
+from gitops.models import ApplyIntent, Change, ManagedObject, Rollout, Source
+from gitops.plan import Action, Plan, PlanItem
 from gitops.record.bulk import rows_insert
 from gitops.record.inventory import CONFIGMAP, inventory_update
 
@@ -43,13 +43,38 @@ def intents_write(
             ).values_list("cluster", "namespace", "name", "after_hash")
         )
         items = [item for item in items if (*item.key, item.after_hash) not in refused]
+    healed = _inventory_commits(
+        rollout.source_id, [item for item in items if item.action is Action.SELF_HEAL]
+    )
     intents = [
         ApplyIntent.for_item(
-            rollout, item, commit=current_plan.commit, actor=actor, step_index=step_index, weight=weight
+            rollout,
+            item,
+            commit=current_plan.commit,
+            actor=actor,
+            step_index=step_index,
+            weight=weight,
+            healed_commit=healed.get(item.key, ""),
         )
         for item in items
     ]
     return rows_insert(intents, encoded=_encoded_manifest)
+
+
+def _inventory_commits(source_id: int, items: list[PlanItem]) -> dict[tuple[str, str, str], str]:
+    """The commit the source's inventory recorded for each object of ``items`` (self-heals: rare, so
+    the query is asked only when there is one)."""
+    if not items:
+        return {}
+    keys = {item.key for item in items}
+    rows = ManagedObject.objects.filter(source_id=source_id, name__in={key[2] for key in keys}).values_list(
+        "cluster", "namespace", "name", "commit"
+    )
+    return {
+        (cluster, namespace, name): commit
+        for cluster, namespace, name, commit in rows
+        if (cluster, namespace, name) in keys
+    }
 
 
 def _encoded_manifest(intent: ApplyIntent) -> dict[str, str | None]:

@@ -310,6 +310,34 @@ def test_drift_is_healed_and_logged_when_self_heal_is_on(repo, make_namespaces, 
     assert sync(source)["outcome"] == "unchanged"
 
 
+def test_a_heal_keeps_the_commit_the_source_applied_not_one_forged_on_the_object(
+    repo, make_namespaces, make_source, sync, cluster
+):
+    """Whoever drifted the object rewrote its sluice.dev/commit to a well-formed hash Sluice never
+    applied: the heal stamped it back, logged it and put it in the inventory. Now the commit is the one
+    the inventory recorded."""
+    from gitops.models import ManagedObject
+
+    namespace, source = _drift_setup(repo, make_namespaces, make_source, sync, self_heal=True)
+    commit = repo.head()
+    forged = "f" * 40
+    edited = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "app", "namespace": namespace, "annotations": {"sluice.dev/commit": forged}},
+        "data": {"LOG_LEVEL": "debug", "MODE": "safe"},
+    }
+    cluster.apply_configmap(edited, field_manager="kubectl-edit", force=True)
+
+    result = sync(source)
+
+    assert result["summary"] == {"self-heal": 1}, result
+    heal = Change.objects.get(source=source, action="self-heal")
+    assert heal.commit == commit
+    assert managed(cluster, namespace, "app")["metadata"]["annotations"]["sluice.dev/commit"] == commit
+    assert ManagedObject.objects.get(source=source, name="app").commit == commit
+
+
 @pytest.mark.parametrize(
     "labels",
     [
