@@ -88,10 +88,13 @@ def expired(now: datetime | None = None) -> dict[str, QuerySet[Any]]:
             created_at__lt=_cutoff(now, "SLUICE_RETAIN_NOTIFICATIONS_DAYS"),
             status__in=[Notification.Status.DELIVERED, Notification.Status.GAVE_UP],
         ),
-        "intents_cleared": intents.filter(change__isnull=False).filter(
+        # One that reached the change log is kept, emptied: done or refused, whether its log row is still
+        # here or was archived since (deleted as if it never had, it was lost to the history an owed
+        # rollback walks). Only those settled unapplied, never logged, are deleted.
+        "intents_cleared": intents.exclude(status=ApplyIntent.Status.DROPPED).filter(
             Q(manifest__isnull=False) | Q(before__isnull=False) | Q(after__isnull=False) | ~Q(diff=[])
         ),
-        "intents_deleted": intents.filter(change__isnull=True),
+        "intents_deleted": intents.filter(status=ApplyIntent.Status.DROPPED),
         "rollout_events": RolloutEvent.objects.filter(
             _finished_before(_cutoff(now, "SLUICE_RETAIN_ROLLOUT_EVENTS_DAYS")),
             at__lt=_cutoff(now, "SLUICE_RETAIN_ROLLOUT_EVENTS_DAYS"),

@@ -40,9 +40,10 @@ def changes(
     logged: bool = True,
     intent_bodies: bool = True,
     first: int = 0,
+    status: str = ApplyIntent.Status.DONE,
 ) -> list[ApplyIntent]:
-    """``count`` done intents of ``of`` (ConfigMaps ``cm-<first>`` onwards), each with a change-log row
-    unless ``logged`` is False."""
+    """``count`` intents of ``of`` in ``status`` (ConfigMaps ``cm-<first>`` onwards), each with a
+    change-log row unless ``logged`` is False (a done one without it: its row was archived)."""
     at = at or timezone.now()
     before = {"data": {"blob": "b" * body_bytes}}
     after = {"data": {"blob": "a" * body_bytes}}
@@ -60,7 +61,7 @@ def changes(
                 before=before if intent_bodies else None,
                 after=after if intent_bodies else None,
                 diff=diff if intent_bodies else [],
-                status=ApplyIntent.Status.DONE,
+                status=status,
                 created_at=at,
             )
             for index in range(first, first + count)

@@ -29,7 +29,10 @@ def aged(make_source):
         "finished": finished,
         "active": active,
         "old_logged": history.changes(finished, 3, at=old),
-        "old_unlogged": history.changes(finished, 2, at=old, logged=False),
+        # Settled unapplied: they never reached the change log.
+        "old_unlogged": history.changes(finished, 2, at=old, logged=False, status=ApplyIntent.Status.DROPPED),
+        # Done, their change-log rows archived since: they did reach it.
+        "old_archived": history.changes(finished, 2, at=old, logged=False, first=10),
         "active_intents": history.changes(active, 2, at=old),
         "recent": history.changes(history.rollout(source), 2),
     }
@@ -51,7 +54,7 @@ def aged(make_source):
 EXPECTED = {
     "webhook_deliveries": 1,
     "notifications": 2,
-    "intents_cleared": 3,
+    "intents_cleared": 5,
     "intents_deleted": 2,
     "rollout_events": 4,
 }
@@ -78,6 +81,10 @@ def test_purge_removes_what_is_past_retention_and_keeps_the_rest(aged):
         assert (intent.manifest, intent.before, intent.after, intent.diff) == (None, None, None, [])
         assert intent.change.after == {"data": {"blob": "a" * 100}}, "the change log keeps its own copy"
     assert not ApplyIntent.objects.filter(pk__in=[i.pk for i in aged["old_unlogged"]]).exists()
+    # Those whose rows were archived reached the log: emptied and kept, as the README says (they were
+    # deleted, as if they never had, and an owed rollback's history walk lost them).
+    archived = ApplyIntent.objects.filter(pk__in=[i.pk for i in aged["old_archived"]])
+    assert [(i.status, i.before, i.diff) for i in archived] == [("done", None, [])] * 2
     # An active rollout needs its intents' content to roll back, however old they are.
     for intent in ApplyIntent.objects.filter(
         pk__in=[i.pk for i in [*aged["active_intents"], *aged["recent"]]]
@@ -102,7 +109,7 @@ def test_the_cli_purges_and_a_beat_task_does_too(aged, manage, worker_env, celer
 
     dry = manage("gitops", "purge", "--dry-run", env=worker_env, timeout=120)
     assert dry.returncode == 0, dry.stderr
-    assert "would remove: 1 webhook deliveries, 2 notifications, 3 intents cleared" in dry.stdout
+    assert "would remove: 1 webhook deliveries, 2 notifications, 5 intents cleared" in dry.stdout
     assert WebhookDelivery.objects.count() == 2
 
     # A purge still running (a large backlog takes longer than beat's hour): the next one skips.
