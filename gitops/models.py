@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import re
@@ -600,6 +601,13 @@ class ApplyIntent(models.Model):
         applied_commit = (
             (healed_commit or item.live_commit or commit) if item.action is Action.SELF_HEAL else commit
         )
+        healed_set = item.desired if item.action is Action.SELF_HEAL else None
+        if healed_set is not None and healed_set.flag_set is not None and applied_commit != item.live_commit:
+            # A flag set carries its commit inside the document too, rendered by the plan with the one the
+            # cluster showed: the heal stamps the inventory's there as well (else the two disagreed,
+            # flagd served the forged one, and the next pass healed again).
+            rendered = healed_set.rendered(commit=applied_commit, source=rollout.source.name)
+            item = dataclasses.replace(item, after=rendered)
         manifest = None
         if item.after is not None and item.desired is not None:
             provenance = Provenance(

@@ -376,3 +376,40 @@ def test_a_flag_set_someone_else_publishes_is_a_conflict_not_a_canarys_old_side(
     assert result["summary"].get("conflict") == 1, result
     assert cluster.get_configmap(flags_ns, "checkout")["data"] == {"checkout.flagd.json": "{}"}
     assert cluster.get_configmap(app, "app")["data"] == {"V": "2"}
+
+
+def test_a_healed_flag_set_carries_the_commit_the_source_applied_inside_it_too(
+    repo, make_namespaces, make_source, sync, cluster
+):
+    """Whoever drifted a flag set also rewrote its commit, in the annotation and in the document's
+    sluiceCommit: the heal stamped the inventory's commit on the annotation and left the forged one in
+    the document, which flagd served with every evaluation, and the two disagreeing, healed again."""
+    app, flags_ns = make_namespaces("app", "flags")
+    repo.write_all(
+        {
+            "sluice.yaml": policy([app], flags={"namespace": flags_ns}, selfHeal=True),
+            "flags/checkout.json": json.dumps(OLD),
+        }
+    )
+    v1 = repo.commit("v1")
+    source = make_source()
+    assert sync(source)["outcome"] == "applied"
+    forged = "f" * 40
+    edited = json.loads(published(cluster, flags_ns))
+    edited["metadata"]["sluiceCommit"] = forged
+    edited["flags"]["added-by-hand"] = {"state": "ENABLED", "variants": {"on": True}, "defaultVariant": "on"}
+    live = cluster.get_configmap(flags_ns, "checkout")
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "checkout", "namespace": flags_ns, "annotations": {"sluice.dev/commit": forged}},
+        "data": {**live["data"], "checkout.flagd.json": json.dumps(edited)},
+    }
+    cluster.apply_configmap(manifest, field_manager="kubectl-edit", force=True)
+
+    assert sync(source)["summary"] == {"self-heal": 1}
+
+    healed = json.loads(published(cluster, flags_ns))
+    assert healed["metadata"]["sluiceCommit"] == v1 and "added-by-hand" not in healed["flags"]
+    assert cluster.get_configmap(flags_ns, "checkout")["metadata"]["annotations"]["sluice.dev/commit"] == v1
+    assert sync(source)["outcome"] == "unchanged", "healed once"
