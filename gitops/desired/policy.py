@@ -678,7 +678,9 @@ def read_policy(
     reader = _Reader(document)
     top = reader.mapping(document.data, (), TOP_LEVEL_FIELDS)
     targets = _read_targets(reader, reader.given(top, "targets", (), TARGETS_SHAPE), default_cluster)
-    allowed_field = reader.given(top, "allowedNamespaces", (), "must be a list of namespace names or globs")
+    # Null is the default here, as left out: the default only narrows (the targets and the flags
+    # namespace), so a list whose entries are all commented out allows no more than it did.
+    allowed_field = top.get("allowedNamespaces")
     allowed = reader.string_list(allowed_field, ("allowedNamespaces",), repository_glob_problem)
     _check_multi_star_globs(reader, allowed_field)
     mapping_shape = "must be a mapping"
@@ -691,7 +693,9 @@ def read_policy(
             self_heal=reader.boolean(top.get("selfHeal"), ("selfHeal",), default=False),
             flags_namespace=flags_namespace or "",
             rollout=_read_rollout(reader, reader.given(top, "rollout", (), mapping_shape)),
-            approvals=_read_approvals(reader, reader.given(top, "approvals", (), mapping_shape)),
+            # Null is the default here (one approval, the administrator's floor on top): it drops no
+            # gate the entries set, and each entry's own null is refused below.
+            approvals=_read_approvals(reader, top.get("approvals")),
         ),
         default_cluster,
     )

@@ -62,12 +62,7 @@ def errors_of(text: str) -> list[str]:
             f"sluice.yaml:2: rollout.steps: must be a non-empty list of steps, {NULL}",
         ),
         ("rollout:\n  # steps: [{setWeight: 10}]\n", f"sluice.yaml:1: rollout: must be a mapping, {NULL}"),
-        ("approvals:\n  # required: 2\n", f"sluice.yaml:1: approvals: must be a mapping, {NULL}"),
         ("flags:\n  # namespace: flags\n", f"sluice.yaml:1: flags: must be a mapping, {NULL}"),
-        (
-            "allowedNamespaces:\n  # - team-*\n",
-            f"sluice.yaml:1: allowedNamespaces: must be a list of namespace names or globs, {NULL}",
-        ),
     ],
 )
 def test_a_key_with_nothing_after_it_is_an_error_naming_line_and_field(text, expected):
@@ -96,6 +91,17 @@ def test_keys_left_out_still_take_their_defaults():
     assert policy.target_pairs == (("default", "default"),)
     assert policy.rollout.steps == (SetWeight(100),)
     assert policy.flags_namespace == "default"
+    assert policy.approvals.required == 1
+
+
+def test_a_null_whose_default_only_narrows_is_taken_as_left_out():
+    """``allowedNamespaces:`` and ``approvals:`` with every entry commented out: their defaults allow no
+    more and gate no less than what the entries said, so a revision valid before an upgrade stays valid
+    (rejected, its active rollout would be rolled back at the first pass after it)."""
+    policy, errors = load_policy(
+        b"targets: {namespaces: [app]}\nallowedNamespaces:\n  # - team-*\napprovals:\n"
+    )
+    assert errors == []
     assert policy.approvals.required == 1
 
 
