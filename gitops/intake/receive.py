@@ -204,9 +204,12 @@ def _duplicate(
         delivery_id=delivery_id,
         event=event.event,
     )
-    if wanted and event.commit and event.commit != source.last_commit and not source.consecutive_failures:
+    if wanted and event.commit and event.commit != source.last_commit:
+        # As an accepted push asks, a backing-off source's too: the push may bring the fix, and it
+        # would wait for the backed-off poll (up to an hour) otherwise.
+        backing_off = source.consecutive_failures > 0
         try:
-            schedule.source_sync_once(source.pk, actor=f"webhook:{provider}", backing_off=False)
+            schedule.source_sync_once(source.pk, actor=f"webhook:{provider}", backing_off=backing_off)
         except (schedule.SyncNotQueued, DatabaseError):
             log.warning("webhook duplicate source=%s: its sync could not be queued", source.name)
     return WebhookAnswer(200, {"status": "duplicate", "delivery": delivery_id}, provider)

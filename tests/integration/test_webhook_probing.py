@@ -150,8 +150,9 @@ def test_a_signed_body_sent_again_under_new_delivery_ids_is_a_bounded_duplicate(
 
 def test_the_same_body_again_asks_for_a_sync_only_while_the_source_lacks_its_commit(sources, monkeypatch):
     """A plain Git server's body is the same for the same move (A to B, back to A, to B again): the
-    last push is a duplicate by its body, yet the source is at A and must sync, not wait for a poll. A
-    source that has the commit, or backs off from failures, is not synced for a body sent again."""
+    last push is a duplicate by its body, yet the source is at A and must sync, not wait for a poll, a
+    backing-off source too (the push may bring the fix). A source that has the commit is not synced
+    for a body sent again."""
     from gitops.models import Source
     from tests.broker import keep_sends
 
@@ -167,5 +168,7 @@ def test_the_same_body_again_asks_for_a_sync_only_while_the_source_lacks_its_com
     Source.objects.filter(pk=with_secret.pk).update(sync_queued=False, last_commit="b" * 40)
     assert post(with_secret.name, *signed_push("b" * 40, "fourth")).json()["status"] == "duplicate"
     Source.objects.filter(pk=with_secret.pk).update(last_commit="a" * 40, consecutive_failures=2)
+    assert len(sent) == 2, "not synced: the source has the commit"
     assert post(with_secret.name, *signed_push("b" * 40, "fifth")).json()["status"] == "duplicate"
-    assert len(sent) == 2, "not synced: the source has the commit, then backs off"
+    assert len(sent) == 3, "synced though backing off: it may bring the fix"
+    assert Source.objects.get(pk=with_secret.pk).sync_requested_at is not None
