@@ -181,8 +181,9 @@ def consumer_map_refresh(rollout: Rollout) -> None:
     Source.objects.filter(pk=rollout.source_id).update(consumer_map=mapping, consumer_map_at=timezone.now())
 
 
-def wave_gate_close(rollout: Rollout, states: list[dict[str, object]], *, weight: int, actor: str) -> None:
-    """Holds the step at its consumers: the rollout waits for them, until its health deadline."""
+def wave_gate_close(rollout: Rollout, states: list[dict[str, object]], *, weight: int, actor: str) -> bool:
+    """Holds the step at its consumers: the rollout waits for them, until its health deadline. False when
+    someone moved the rollout meanwhile (an abort, a promote): nothing was held."""
     until = timezone.now() + timedelta(seconds=rollout.health_timeout_seconds)
     restarted = sum(1 for state in states if state["restarted"])
     message = f"waiting for {len(states)} consumer{'s' if len(states) != 1 else ''} to be healthy"
@@ -199,10 +200,11 @@ def wave_gate_close(rollout: Rollout, states: list[dict[str, object]], *, weight
             promoted_by="",
             message="",
         ):
-            return  # moved meanwhile (an abort, a promote): the pass that reads it next goes on from there
+            return False  # moved meanwhile (an abort, a promote): the next read goes on from there
         rollout_event(
             rollout, RolloutEventKind.CONSUMERS, actor=actor, message=message, data={"consumers": states}
         )
+    return True
 
 
 def wave_gate_pass(rollout: Rollout, refusals: list[str]) -> bool:

@@ -103,14 +103,16 @@ def _newest_and_active(source: Source) -> tuple[Rollout | None, Rollout | None]:
 
 def _floor_now(source: Source) -> int:
     """The source's approval floor as stored now. An administrator who raises it meanwhile either
-    committed first (read here) or waits for this pass's transaction, then gates the rollout it started."""
-    floor: int = (
+    committed first (read here) or waits for this pass's transaction, then gates the rollout it started.
+    Its scope is read in the same statement: the pass read the source before its fetch, and the new
+    rollout's first weight checks its targets against the scope as it is now (``_outside_scope_now``)."""
+    floor, allowed = (
         Source.objects.select_for_update(no_key=True)
-        .values_list("required_approvals", flat=True)
+        .values_list("required_approvals", "allowed_namespaces")
         .get(pk=source.pk)
     )
-    source.required_approvals = floor
-    return floor
+    source.required_approvals, source.allowed_namespaces = floor, allowed
+    return int(floor)
 
 
 def rollout_start(
@@ -342,7 +344,8 @@ def _set_weight(
     with transaction.atomic():
         if consumers:
             _step_event(rollout, step, result, step_actor, step_index=rollout.step_index)
-            wave_gate_close(rollout, consumers, weight=step.weight, actor=step_actor)
+            if not wave_gate_close(rollout, consumers, weight=step.weight, actor=step_actor):
+                transaction.set_rollback(True)  # moved meanwhile: the step's line goes with the gate
             return True
         if transition(
             rollout, weight=step.weight, step_index=rollout.step_index + 1, promoted_by="", message=""

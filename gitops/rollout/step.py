@@ -429,6 +429,6 @@ class PublishedFlagSetUnreadable(CanaryRefused):
         super().__init__(
             f"the flag set published as {namespace}/{name} in cluster {cluster} is not a flag set Sluice "
             "can read (edited by hand, or published under other rules or limits), so a canary cannot "
-            "keep its users on what they have now; restore it (a sync with selfHeal, or a rollout with "
-            "a single setWeight 100 step), or abort"
+            "keep its users on what they have now; the rollout fails and rolls back: restore the flag set "
+            "(a sync with selfHeal, or a rollout with a single setWeight 100 step), then retry"
         )

@@ -508,3 +508,38 @@ def test_an_abort_asked_while_a_step_applies_rolls_back_before_any_consumer_rest
     assert generations(apps_api, target) == {"web": 1}, "never restarted"
     assert not Change.objects.filter(source=source, kind="Deployment").exists()
     assert aborted.abort_requested_by == people["approver"].username
+
+
+def test_a_step_moved_by_someone_as_its_gate_closes_is_not_told_as_taken(
+    repo, make_namespaces, make_source, apps_api, monkeypatch
+):
+    """A promote (or an abort) lands while the step restarts its consumers: the gate's compare-and-swap
+    fails, nothing is held, and the step's timeline line goes with it. Before, the line was committed
+    alone, and the step, taken again at once from the rollout as moved, was told twice."""
+    from django.db.models import F
+
+    from gitops import reconcile, schedule
+    from gitops.models import RolloutEvent
+    from gitops.rollout import lifecycle
+
+    monkeypatch.setattr(schedule, "_send", lambda *args, **kwargs: "")  # every pass runs here
+    (target,) = make_namespaces("a")
+    source = start(repo, make_source, lambda s: reconcile.source_sync(s.pk).as_dict(), [target])
+    apps_api.create_namespaced_deployment(target, deployment("web", POD_SPECS["by-envfrom"]))
+    wait_for_rollout(apps_api, target, "web")
+    repo.commit("v2")
+    real_close = lifecycle.wave_gate_close
+    moved: list[int] = []
+
+    def moved_as_it_closes(rollout, *args, **kwargs):
+        if not moved:  # a person's move, committed while the step restarted its consumers
+            moved.append(Rollout.objects.filter(pk=rollout.pk).update(version=F("version") + 1))
+        return real_close(rollout, *args, **kwargs)
+
+    monkeypatch.setattr(lifecycle, "wave_gate_close", moved_as_it_closes)
+    reconcile.source_sync(source.pk)  # the loop reads the moved rollout, and takes the step again
+
+    assert moved == [1]
+    rollout = rollout_of(source)
+    assert (rollout.phase, rollout.waiting_for) == ("Paused", "approval"), "its consumers were healthy"
+    assert RolloutEvent.objects.filter(rollout=rollout, kind="step", step_index=0).count() == 1

@@ -246,11 +246,14 @@ def test_a_canary_from_a_published_flag_set_sluice_cannot_read_fails_with_why_an
     source = flags_applied(repo, make_source, sync, app, flags_ns, OLD)
     edited = json.loads(published(cluster, flags_ns))
     edited["flags"]["banner"]["targeting"] = {"fractional": [["blue", 12.5], ["green", 87.5]]}
-    data = {**cluster.get_configmap(flags_ns, "checkout")["data"], "checkout.flagd.json": json.dumps(edited)}
+    live = cluster.get_configmap(flags_ns, "checkout")
+    data = {**live["data"], "checkout.flagd.json": json.dumps(edited)}
+    # Still the source's: its labels and annotations kept (without them it is taken over, a conflict).
+    kept = {key: live["metadata"].get(key) or {} for key in ("labels", "annotations")}
     manifest = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {"name": "checkout", "namespace": flags_ns},
+        "metadata": {"name": "checkout", "namespace": flags_ns, **kept},
     }
     cluster.apply_configmap({**manifest, "data": data}, field_manager=settings.SLUICE_FIELD_MANAGER)
     before = published(cluster, flags_ns)

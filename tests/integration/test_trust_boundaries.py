@@ -613,3 +613,29 @@ def test_a_scope_narrowed_while_a_pass_waits_stops_the_steps_after_it_writing_th
     assert failed.phase == "Failed" and f"{rest} no longer in the source's scope" in failed.message
     assert versions(cluster, [canary, rest]) == ["1", "1"], "never written where it is not allowed"
     assert not Change.objects.filter(source=source, namespace=rest, commit=running.revision.commit).exists()
+
+
+def test_a_scope_narrowed_while_a_pass_fetches_stops_the_rollout_that_pass_starts(
+    repo, make_namespaces, make_source, cluster, monkeypatch
+):
+    """The pass read the source before its fetch, and validated the revision under that scope; an
+    administrator narrowed it in between. The rollout it starts reads the scope as it is now: its first
+    weight fails and rolls back rather than writing where the source may no longer write."""
+    from gitops import reconcile, schedule
+
+    monkeypatch.setattr(schedule, "_send", lambda *args, **kwargs: "")  # every pass runs here
+    canary, rest, source = applied_in_process(repo, make_namespaces, make_source)
+    repo.write("configmaps/app.yaml", configmap("app", {"v": "2"}))
+    repo.commit("v2")
+    real_fetch = reconcile.revision_fetch
+
+    def fetch_while_the_scope_narrows(fetched, *args, **kwargs):
+        source_admin.source_update_scope(Source.objects.get(pk=source.pk), allowed_namespaces=[canary])
+        return real_fetch(fetched, *args, **kwargs)
+
+    monkeypatch.setattr(reconcile, "revision_fetch", fetch_while_the_scope_narrows)
+    reconcile.source_sync(source.pk)
+
+    started = rollout_of(source)
+    assert started.phase == "Failed" and f"{rest} no longer in the source's scope" in started.message
+    assert versions(cluster, [canary, rest]) == ["1", "1"]
