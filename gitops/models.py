@@ -510,6 +510,21 @@ class RolloutEvent(models.Model):
         return f"{self.kind} at step {self.step_index} of rollout {self.rollout_id}"
 
 
+def _applied_commit(rollout: Rollout, item: PlanItem, commit: str, healed: str) -> tuple[str, PlanItem]:
+    """The commit ``item`` stamps, and the item as it applies it. A heal keeps the commit the inventory
+    recorded (``healed``), not the cluster's annotation; a flag set carries it inside its document too,
+    rendered by the plan with the one the cluster showed: the heal stamps the inventory's there as well
+    (else the two disagreed, flagd served the forged one, and the next pass healed again)."""
+    if item.action is not Action.SELF_HEAL:
+        return commit, item
+    applied = healed or item.live_commit or commit
+    if item.desired is not None and item.desired.flag_set is not None and applied != item.live_commit:
+        item = dataclasses.replace(
+            item, after=item.desired.rendered(commit=applied, source=rollout.source.name)
+        )
+    return applied, item
+
+
 class ApplyIntent(models.Model):
     """What a step is about to do to one object, written before it is done.
 
@@ -598,16 +613,7 @@ class ApplyIntent(models.Model):
         # Self-heal restores what was applied, so the object keeps the commit it came from: the one the
         # inventory recorded, not the cluster's annotation, which whoever drifted the object may have
         # rewritten (a well-formed forged commit went into the log, the stamp and the inventory).
-        applied_commit = (
-            (healed_commit or item.live_commit or commit) if item.action is Action.SELF_HEAL else commit
-        )
-        healed_set = item.desired if item.action is Action.SELF_HEAL else None
-        if healed_set is not None and healed_set.flag_set is not None and applied_commit != item.live_commit:
-            # A flag set carries its commit inside the document too, rendered by the plan with the one the
-            # cluster showed: the heal stamps the inventory's there as well (else the two disagreed,
-            # flagd served the forged one, and the next pass healed again).
-            rendered = healed_set.rendered(commit=applied_commit, source=rollout.source.name)
-            item = dataclasses.replace(item, after=rendered)
+        applied_commit, item = _applied_commit(rollout, item, commit, healed_commit)
         manifest = None
         if item.after is not None and item.desired is not None:
             provenance = Provenance(

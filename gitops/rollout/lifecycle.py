@@ -291,14 +291,7 @@ def _set_weight(
     rollout: Rollout, step: SetWeight, desired: DesiredState, outcome: StepOutcome, *, actor: str
 ) -> bool:
     step_actor = rollout.promoted_by or actor
-    if outside := _outside_scope_now(rollout.source, desired):
-        # An administrator narrowed the source's scope since this pass validated the revision (while an
-        # analysis ran, a consumer gate waited): the step would write where it is no longer allowed.
-        # It fails, and rolls back, as the next pass would fail the revision.
-        shown = ", ".join(f"{cluster}/{namespace}" for cluster, namespace in outside[:5])
-        message = f"{shown} no longer in the source's scope (an administrator narrowed it)"
-        outcome.failures.append(message)
-        _step_failed(rollout, outcome, [message], step_actor)
+    if _scope_narrowed(rollout, desired, outcome, step_actor):
         return False
     try:
         result = weight_apply(rollout, desired, step.weight, rollout.step_index, step_actor)
@@ -318,6 +311,28 @@ def _set_weight(
         outcome.outcome = asked.outcome
         outcome.failures.extend(asked.failures)
         return False
+    return _restarted_and_moved(rollout, step, result, outcome, step_actor)
+
+
+def _scope_narrowed(rollout: Rollout, desired: DesiredState, outcome: StepOutcome, actor: str) -> bool:
+    """Whether an administrator narrowed the source's scope since this pass validated the revision (during
+    its fetch, while an analysis ran, a consumer gate waited): the step would write where it is no longer
+    allowed. It fails, and rolls back, as the next pass would fail the revision."""
+    outside = _outside_scope_now(rollout.source, desired)
+    if not outside:
+        return False
+    shown = ", ".join(f"{cluster}/{namespace}" for cluster, namespace in outside[:5])
+    message = f"{shown} no longer in the source's scope (an administrator narrowed it)"
+    outcome.failures.append(message)
+    _step_failed(rollout, outcome, [message], actor)
+    return True
+
+
+def _restarted_and_moved(
+    rollout: Rollout, step: SetWeight, result: StepOutcome, outcome: StepOutcome, step_actor: str
+) -> bool:
+    """After the step's applies: its consumers restarted, then the rollout held at their gate or moved on;
+    False when it stops here (it failed, or waits for a cluster)."""
     consumers: list[dict[str, object]] = []
     # The wave's consumers restart once all of its clusters have it, and not for a step that rolls back
     # whole (a write refused): restarted onto the new content, they were restarted back at once.
