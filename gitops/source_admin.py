@@ -205,7 +205,7 @@ _CHECKS: dict[str, Any] = {
     "branch": _branch_problems,
     "path": _path_problems,
     "poll_interval": _interval_problems,
-    "credentials_ref": lambda ref: [reference_problem(ref, configured_scope())],
+    "credentials_ref": lambda ref: [reference_problem(ref, configured_scope(ref))],
     "allowed_namespaces": lambda globs: (
         [scope_glob_problem(glob) for glob in globs]
         or ["a source needs at least one allowed namespace glob (--allow-namespace)"]

@@ -95,6 +95,23 @@ def _named_files(kubeconfig: str, mtime_ns: int, size: int) -> tuple[str, ...]:
     return tuple(sorted(found))
 
 
+def credential_files() -> frozenset[str]:
+    """Every file a cluster's credentials come from: the default and registered clusters' kubeconfigs and
+    the files they name (a ``tokenFile``, a client key), as absolute paths. A source's Git credentials
+    may not be one of them: its URL's host, whoever that is, would receive a cluster's token."""
+    found: set[str] = set()
+    for ref in (default_ref(), *registered_refs().values()):
+        if not ref.kubeconfig:
+            continue
+        found.add(os.path.abspath(ref.kubeconfig))
+        try:
+            stat = os.stat(ref.kubeconfig)
+        except OSError:
+            continue
+        found.update(_named_files(ref.kubeconfig, stat.st_mtime_ns, stat.st_size))
+    return frozenset(found)
+
+
 def _file_state(path: str) -> tuple[int, int] | None:
     try:
         stat = os.stat(path)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from django.conf import settings
 
+from gitops.cluster.clients import credential_files
 from gitops.errors import PermanentError
 
 DEFAULT_USERNAME = "x-access-token"
@@ -77,6 +78,8 @@ class CredentialScope:
 
     env_prefix: str = ""
     directories: tuple[str, ...] = ()
+    # The clusters' kubeconfigs and the files they name (``clients.credential_files``), resolved.
+    cluster_files: frozenset[str] = frozenset()
 
     def problem(self, kind: str, target: str) -> str | None:
         """Why the variable or file ``target`` may not hold a source's credentials, or None. A file is
@@ -93,6 +96,12 @@ class CredentialScope:
             return (
                 f"{target} is the platform's own (a service-account token, the kernel), not a Git credential"
             )
+        if path in self.cluster_files:
+            # A tokenFile a kubeconfig names is a single line, as a Git token is: refused by where it is.
+            return (
+                f"{target} holds a cluster's credentials (a kubeconfig, or a file one names), "
+                "not a Git credential"
+            )
         if self.directories and not any(_within(path, _resolved(d)) for d in self.directories):
             return f"credential files live under {', '.join(self.directories)} (SLUICE_CREDENTIALS_DIRS)"
         return None
@@ -108,11 +117,15 @@ def _platform_paths() -> tuple[str, ...]:
     return tuple({*PLATFORM_PATHS, *(_resolved(path) for path in PLATFORM_PATHS)})
 
 
-def configured_scope() -> CredentialScope:
-    """The operator's ``SLUICE_CREDENTIALS_ENV_PREFIX`` and ``SLUICE_CREDENTIALS_DIRS`` (Django settings)."""
+def configured_scope(reference: str | None = None) -> CredentialScope:
+    """The operator's ``SLUICE_CREDENTIALS_ENV_PREFIX`` and ``SLUICE_CREDENTIALS_DIRS`` (Django settings),
+    and the clusters' credential files. ``reference``: the one to be judged, when known: the registry is
+    read (one query) only for a file's, so a pass of a source without credentials asks nothing more."""
+    files = reference is None or reference.strip().startswith(("file:", "ssh-key:"))
     return CredentialScope(
         env_prefix=getattr(settings, "SLUICE_CREDENTIALS_ENV_PREFIX", ""),
         directories=tuple(getattr(settings, "SLUICE_CREDENTIALS_DIRS", ())),
+        cluster_files=frozenset(_resolved(path) for path in credential_files()) if files else frozenset(),
     )
 
 

@@ -99,7 +99,7 @@ _VALID: PreparedUpdate = PreparedUpdate(
 def revision_fetch(source: Source, *, interrupted: Callable[[], bool] | None = None) -> tuple[Revision, bool]:
     """Fetches the branch and records its tip; also whether the branch was force-pushed. ``interrupted``
     is asked every second while git runs, and stops the fetch (``FetchInterrupted``) when true."""
-    credentials = resolve_credentials(source.credentials_ref, scope=configured_scope())
+    credentials = resolve_credentials(source.credentials_ref, scope=configured_scope(source.credentials_ref))
     with mirror_for(source) as mirror, metrics.FETCH_SECONDS.labels(source.name).time():
         fetched = mirror.fetch(source.url, source.branch, credentials, interrupted=interrupted)
         revision = _REVISION_OF_COMMIT.first(source.pk, fetched.commit)
@@ -303,7 +303,7 @@ def revision_load(source: Source, requested: RequestedRevision) -> LoadedRevisio
     Records nothing: no Revision row, no rejection notice, and the followed branch's ref does not move
     (the fetched ref is deleted once read). Raises InvalidRevision, RevisionNotFound, or what a fetch raises.
     """
-    credentials = resolve_credentials(source.credentials_ref, scope=configured_scope())
+    credentials = resolve_credentials(source.credentials_ref, scope=configured_scope(source.credentials_ref))
     timeout = settings.SLUICE_PREVIEW_TIMEOUT_SECONDS
     with (
         mirror_for(source) as mirror,

@@ -793,3 +793,37 @@ def test_the_clusters_page_shows_a_servers_credentials_redacted(fleet, tmp_path,
     listed = io.StringIO()
     call_command("gitops", "clusters", "--json", stdout=listed)  # what CI logs keep
     assert "hunter2" not in listed.getvalue() and "https://deploy:***@" in listed.getvalue()
+
+
+def test_a_sources_credentials_may_not_be_a_file_a_clusters_kubeconfig_names(tmp_path, make_source):
+    """A kubeconfig with a tokenFile (the README's way to rotate a token): an administrator who may manage
+    sources, not clusters, pointed a source's credentials at that file and its URL at their own host,
+    and the next fetch sent the cluster's bearer token there. Refused now, as the kubeconfig itself is;
+    a token beside it that no kubeconfig names is still a Git credential."""
+    import yaml
+
+    from gitops import source_admin
+    from gitops.fetch.credentials import configured_scope, reference_problem
+    from gitops.models import Cluster
+
+    (tmp_path / "token").write_text("a-cluster-bearer-token\n")
+    (tmp_path / "git-token").write_text("a-git-token\n")
+    kubeconfig = tmp_path / "kubeconfig"
+    user = {"name": "sluice", "user": {"tokenFile": "token"}}
+    cluster = {"name": "prod-eu", "cluster": {"server": "https://127.0.0.1:1"}}
+    context = {"name": "prod-eu", "context": {"cluster": "prod-eu", "user": "sluice"}}
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {"users": [user], "clusters": [cluster], "contexts": [context], "current-context": "prod-eu"}
+        )
+    )
+    Cluster.objects.create(name="prod-eu", kubeconfig=str(kubeconfig))
+
+    for named in (tmp_path / "token", kubeconfig):
+        assert "holds a cluster's credentials" in (
+            reference_problem(f"file:{named}", configured_scope()) or ""
+        )
+    assert reference_problem(f"file:{tmp_path / 'git-token'}", configured_scope()) is None
+    source = make_source()
+    with pytest.raises(source_admin.SourceSettingsError, match="holds a cluster's credentials"):
+        source_admin.source_update(source, credentials_ref=f"file:{tmp_path / 'token'}")
