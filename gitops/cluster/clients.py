@@ -23,7 +23,7 @@ from django.conf import settings
 from gitops import metrics
 from gitops.cluster import pools
 from gitops.cluster.client import Cluster
-from gitops.errors import GitopsError, PermanentError
+from gitops.errors import GitopsError, PermanentError, TemporaryError
 from gitops.models import Cluster as ClusterRecord
 
 
@@ -93,6 +93,35 @@ def _named_files(kubeconfig: str, mtime_ns: int, size: int) -> tuple[str, ...]:
                 if isinstance(value, str) and value
             )
     return tuple(sorted(found))
+
+
+def _credentials_expected(ref: ClusterRef) -> bool:
+    """Whether ``ref``'s client must have credentials: a registered cluster (``add-cluster`` refuses one
+    without), or a kubeconfig whose users run an exec plugin."""
+    if ref.name != default_cluster_name():
+        return True
+    if not ref.kubeconfig:
+        return False
+    try:
+        stat = os.stat(ref.kubeconfig)
+    except OSError:
+        return False
+    return _runs_exec(ref.kubeconfig, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _runs_exec(kubeconfig: str, mtime_ns: int, size: int) -> bool:
+    del mtime_ns, size  # the cache's key: a rewritten kubeconfig is read again
+    try:
+        with open(kubeconfig, encoding="utf-8") as handle:
+            config = yaml.safe_load(handle)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    users = config.get("users") if isinstance(config, dict) else None
+    return any(
+        isinstance(item, dict) and isinstance(item.get("user"), dict) and "exec" in item["user"]
+        for item in (users if isinstance(users, list) else ())
+    )
 
 
 def credential_files() -> frozenset[str]:
@@ -210,6 +239,15 @@ class ClusterClients:
                 if (known := self._current(ref.name, fingerprint)) is not None:
                     return known  # another thread built it meanwhile
             connected = ref.connect(pool_size=self.pool_size)
+            if not connected.has_credentials and _credentials_expected(ref):
+                connected.close()
+                # An exec plugin that failed once (a cloud CLI's throttled call) left the client without
+                # credentials, and kept, it sent every request of this process anonymously until the
+                # kubeconfig changed. Not kept: the next request builds it again.
+                raise TemporaryError(
+                    f"cluster {ref.name}: its kubeconfig's credentials could not be loaded (an exec plugin "
+                    "failed?); asked again at the next request"
+                )
             with self._lock:
                 replaced = self._clients.get(ref.name)
                 self._clients[ref.name] = (fingerprint, connected)

@@ -4,6 +4,8 @@ kubeconfig names (a token file rotated beside an untouched kubeconfig once left 
 from __future__ import annotations
 
 import os
+import stat
+from types import SimpleNamespace
 
 from gitops.cluster.clients import ClusterRef
 
@@ -80,7 +82,7 @@ def test_a_slow_client_build_holds_up_no_other_cluster(monkeypatch, tmp_path):
         if self.name == "slow":
             started.set()
             assert release.wait(10), "never released"
-        built[self.name] = object()
+        built[self.name] = SimpleNamespace(has_credentials=True)
         return built[self.name]
 
     monkeypatch.setattr(ClusterRef, "connect", connect)
@@ -101,3 +103,51 @@ def test_a_slow_client_build_holds_up_no_other_cluster(monkeypatch, tmp_path):
         thread.join(timeout=10)
     assert slow == [built["slow"]]
     assert registry.get("slow") is built["slow"], "built once"
+
+
+EXEC_KUBECONFIG = """\
+apiVersion: v1
+kind: Config
+clusters:
+- name: c
+  cluster: {server: "https://127.0.0.1:6443", insecure-skip-tls-verify: true}
+users:
+- name: u
+  user:
+    exec: {apiVersion: client.authentication.k8s.io/v1, command: PLUGIN, interactiveMode: Never}
+contexts:
+- name: x
+  context: {cluster: c, user: u}
+current-context: x
+"""
+
+
+def test_a_client_whose_exec_plugin_failed_once_is_not_kept_without_credentials(tmp_path):
+    """A cloud CLI's token call failed once (a throttled STS): the client loaded with no credentials, and
+    kept, sent every request of that process anonymously until the kubeconfig changed. Now that build
+    is refused as a temporary error and not kept; the next one has the token."""
+    import pytest
+
+    from gitops.cluster.clients import ClusterClients
+    from gitops.errors import TemporaryError
+
+    plugin = tmp_path / "plugin"
+    plugin.write_text(
+        "#!/bin/sh\n"
+        f"if [ ! -e {tmp_path}/ran ]; then touch {tmp_path}/ran; echo throttled >&2; exit 1; fi\n"
+        'echo \'{"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential",'
+        ' "status": {"token": "t0ken"}}\'\n'
+    )
+    plugin.chmod(plugin.stat().st_mode | stat.S_IXUSR)
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(EXEC_KUBECONFIG.replace("PLUGIN", str(plugin)))
+    registry = ClusterClients()
+    registry._refs = {"edge": ClusterRef("edge", str(kubeconfig), "x")}
+
+    with pytest.raises(TemporaryError, match="credentials could not be loaded"):
+        registry.get("edge")
+    client = registry.get("edge")
+    try:
+        assert client.has_credentials
+    finally:
+        registry.forget(["edge"])
