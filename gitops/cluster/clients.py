@@ -57,7 +57,7 @@ class ClusterRef:
         except OSError:
             return (self.kubeconfig, self.context, None)
         named = _named_files(self.kubeconfig, stat.st_mtime_ns, stat.st_size)
-        return (self.kubeconfig, self.context, stat.st_mtime_ns, stat.st_size, *map(_file_state, named))
+        return (self.kubeconfig, self.context, *_stat_state(stat), *map(_file_state, named))
 
     def connect(self, *, pool_size: int = DEFAULT_POOL_SIZE) -> Cluster:
         return Cluster(self.kubeconfig, context=self.context, name=self.name, pool_size=pool_size)
@@ -141,12 +141,19 @@ def credential_files() -> frozenset[str]:
     return frozenset(found)
 
 
-def _file_state(path: str) -> tuple[int, int] | None:
+def _file_state(path: str) -> tuple[int, ...] | None:
     try:
         stat = os.stat(path)
     except OSError:
         return None
-    return (stat.st_mtime_ns, stat.st_size)
+    return _stat_state(stat)
+
+
+def _stat_state(stat: os.stat_result) -> tuple[int, ...]:
+    """What tells one version of a file from another: its change time and inode too, since a token of the
+    same length copied with its modification time kept (``rsync -a``, ``cp -p``) changes neither of the
+    other two, and the process kept the old token until it restarted."""
+    return (stat.st_mtime_ns, stat.st_size, stat.st_ctime_ns, stat.st_ino)
 
 
 def default_cluster_name() -> str:

@@ -151,3 +151,23 @@ def test_a_client_whose_exec_plugin_failed_once_is_not_kept_without_credentials(
         assert client.has_credentials
     finally:
         registry.forget(["edge"])
+
+
+def test_a_token_copied_with_its_modification_time_kept_changes_the_fingerprint(tmp_path):
+    """rsync -a, cp -p: the same length, the same mtime; only the change time (and, replaced, the inode)
+    tells the new token from the old."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(KUBECONFIG)
+    token = tmp_path / "token"
+    token.write_text("first-token")
+    kept = token.stat()
+    ref = ClusterRef("edge", str(kubeconfig), "x")
+    before = ref.fingerprint()
+
+    replacement = tmp_path / "token.new"
+    replacement.write_text("other-token")
+    os.utime(replacement, ns=(kept.st_atime_ns, kept.st_mtime_ns))
+    os.replace(replacement, token)
+
+    assert (token.stat().st_mtime_ns, token.stat().st_size) == (kept.st_mtime_ns, kept.st_size)
+    assert ref.fingerprint() != before
