@@ -11,6 +11,7 @@ import pytest
 
 from gitops.models import Rollout, RolloutEvent
 from tests.gitrepo import configmap, policy
+from tests.inprocess import applied_in_process, passes_run_here
 from tests.rollouts import rollout_of
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -20,18 +21,9 @@ class WorkerKilled(BaseException):
     """What a SIGKILL is to the pass: nothing after it runs."""
 
 
-def applied_in_process(repo, make_namespaces, make_source, monkeypatch):
-    from gitops import reconcile, schedule
-
-    monkeypatch.setattr(schedule, "_send", lambda *args, **kwargs: "")  # every pass runs here
-    canary, rest = make_namespaces("canary", "rest")
-    repo.write_all(
-        {"sluice.yaml": policy([canary, rest]), "configmaps/app.yaml": configmap("app", {"v": "1"})}
-    )
-    repo.commit("v1")
-    source = make_source()
-    reconcile.source_sync(source.pk)
-    return canary, rest, source
+def applied_here(repo, make_namespaces, make_source, monkeypatch):
+    passes_run_here(monkeypatch)
+    return applied_in_process(repo, make_namespaces, make_source)
 
 
 def killed_once_at(monkeypatch, module, kind: str) -> list[str]:
@@ -58,7 +50,7 @@ def test_a_pause_is_announced_though_the_worker_died_as_it_paused(
     from gitops import reconcile
     from gitops.rollout import gates
 
-    canary, rest, source = applied_in_process(repo, make_namespaces, make_source, monkeypatch)
+    canary, rest, source = applied_here(repo, make_namespaces, make_source, monkeypatch)
     steps = [{"setWeight": 50}, {"pause": pause}]
     repo.write_all(
         {
@@ -86,7 +78,7 @@ def test_a_step_is_told_once_though_the_worker_died_as_it_told_it(
     from gitops import reconcile
     from gitops.rollout import lifecycle
 
-    canary, rest, source = applied_in_process(repo, make_namespaces, make_source, monkeypatch)
+    canary, rest, source = applied_here(repo, make_namespaces, make_source, monkeypatch)
     steps = [{"setWeight": 50}, {"pause": {}}]
     repo.write_all(
         {

@@ -20,6 +20,7 @@ from gitops.desired.content import MANAGED_BY_LABEL, SOURCE_LABEL
 from gitops.models import Change, Revision, Rollout, Source
 from gitops.rollout import decisions
 from tests.gitrepo import GitRepo, configmap, policy
+from tests.inprocess import applied_in_process
 from tests.rollouts import rollout_of, wait_for
 from tests.workers import poll
 
@@ -496,18 +497,23 @@ def test_a_failure_never_leaves_pushes_refused_as_already_queued(make_source, sy
         assert schedule.source_sync_once(source.pk, actor="webhook:github") is True
 
 
-def applied_in_process(repo, make_namespaces, make_source):
-    """Two namespaces holding v1, applied by a pass run here (not by a worker)."""
+def paused_and_due(repo, source, targets: list[str]) -> Rollout:
+    """v2 of app rolled out at 50%, then a timed pause, then 100%: a pass run here stops at the pause,
+    which is due now; the rollout."""
     from gitops import reconcile
 
-    canary, rest = make_namespaces("canary", "rest")
+    steps = [{"setWeight": 50}, {"pause": {"duration": "1h"}}, {"setWeight": 100}]
     repo.write_all(
-        {"sluice.yaml": policy([canary, rest]), "configmaps/app.yaml": configmap("app", {"v": "1"})}
+        {
+            "sluice.yaml": policy(targets, rollout={"steps": steps}),
+            "configmaps/app.yaml": configmap("app", {"v": "2"}),
+        }
     )
-    repo.commit("v1")
-    source = make_source()
-    reconcile.source_sync(source.pk)
-    return canary, rest, source
+    repo.commit("v2")
+    assert reconcile.source_sync(source.pk).outcome == "paused"
+    running = rollout_of(source)
+    Rollout.objects.filter(pk=running.pk).update(pause_until=timezone.now())
+    return running
 
 
 def test_a_floor_raised_while_a_pass_ends_a_pause_holds_the_step_after_it(
@@ -522,17 +528,7 @@ def test_a_floor_raised_while_a_pass_ends_a_pause_holds_the_step_after_it(
 
     monkeypatch.setattr(schedule, "_send", lambda *args, **kwargs: "")  # every pass runs here
     canary, rest, source = applied_in_process(repo, make_namespaces, make_source)
-    steps = [{"setWeight": 50}, {"pause": {"duration": "1h"}}, {"setWeight": 100}]
-    repo.write_all(
-        {
-            "sluice.yaml": policy([canary, rest], rollout={"steps": steps}),
-            "configmaps/app.yaml": configmap("app", {"v": "2"}),
-        }
-    )
-    repo.commit("v2")
-    assert reconcile.source_sync(source.pk).outcome == "paused"
-    running = rollout_of(source)
-    Rollout.objects.filter(pk=running.pk).update(pause_until=timezone.now())
+    running = paused_and_due(repo, source, [canary, rest])
 
     real_pause_is_over = lifecycle.pause_is_over
 
@@ -589,17 +585,7 @@ def test_a_scope_narrowed_while_a_pass_waits_stops_the_steps_after_it_writing_th
 
     monkeypatch.setattr(schedule, "_send", lambda *args, **kwargs: "")  # every pass runs here
     canary, rest, source = applied_in_process(repo, make_namespaces, make_source)
-    steps = [{"setWeight": 50}, {"pause": {"duration": "1h"}}, {"setWeight": 100}]
-    repo.write_all(
-        {
-            "sluice.yaml": policy([canary, rest], rollout={"steps": steps}),
-            "configmaps/app.yaml": configmap("app", {"v": "2"}),
-        }
-    )
-    repo.commit("v2")
-    assert reconcile.source_sync(source.pk).outcome == "paused"
-    running = rollout_of(source)
-    Rollout.objects.filter(pk=running.pk).update(pause_until=timezone.now())
+    running = paused_and_due(repo, source, [canary, rest])
     real_pause_is_over = lifecycle.pause_is_over
 
     def narrowed_meanwhile(rollout):
