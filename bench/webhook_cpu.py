@@ -180,6 +180,9 @@ def main() -> int:
             "REDIS_URL": redis,
             "CELERY_BROKER_URL": redis,
             "ALLOWED_HOSTS": "127.0.0.1,localhost",
+            # Plain http on 127.0.0.1, as bench/fleet.py serves it: without it (a shell without DEBUG,
+            # `env -i`), every POST was redirected to https and the bench stopped at its first one.
+            "SLUICE_ALLOW_HTTP": "1",
             "SLUICE_PREPARED_CHECK": "0",  # as deployed: a test shell's check would compile everything twice
             "SLUICE_DATA_DIR": str(workdir / "data"),
         }
