@@ -77,9 +77,10 @@ def source_preview(source: Source, *, cluster: str | None = None) -> Preview:
     answer shows its objects as ``unreachable``.
     """
     revision, _ = revision_fetch(source)
-    desired = (
-        None if revision.outcome == Revision.Outcome.REJECTED else revision_desired_state(source, revision)
-    )
+    # Validated as the next sync validates it, a rejected one too: an administrator may have widened the
+    # scope since (or added the cluster it names), and then the sync applies it. (A rejection stored was
+    # shown as it stood, so `gitops diff` said "rejected" for a commit the next poll applied.)
+    desired = revision_desired_state(source, revision)
     if desired is None:
         revision.refresh_from_db()
         return Preview(revision, None)

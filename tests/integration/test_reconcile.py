@@ -906,3 +906,26 @@ def test_a_commit_whose_source_path_became_a_file_is_rejected_not_a_git_failure(
     assert Revision.objects.get(source=source, commit=head).outcome == "rejected"
     assert Source.objects.get(pk=source.pk).consecutive_failures == 0
     assert cluster.get_configmap(namespace, "app")["data"] == {"V": "1"}, "nothing touched"
+
+
+def test_a_diff_of_a_head_rejected_under_a_scope_widened_since_plans_it_as_the_next_sync_applies_it(
+    repo, make_namespaces, make_source, sync, cluster
+):
+    """The head was rejected for a namespace outside the source's scope; an administrator allowed it
+    since. `gitops diff` showed the stored rejection; the next sync validates again and applies."""
+    from gitops import source_admin
+    from gitops.models import Source
+    from gitops.preview import source_preview
+
+    (namespace,) = make_namespaces("app")
+    repo.write_all({"sluice.yaml": policy([namespace]), "configmaps/app.yaml": configmap("app", {"V": "1"})})
+    repo.commit("v1")
+    source = make_source(allowed_namespaces=["nowhere"])
+    assert sync(source)["outcome"] == "rejected"
+    source_admin.source_update_scope(source, allowed_namespaces=["t*"])
+
+    preview = source_preview(Source.objects.get(pk=source.pk))
+
+    assert preview.plan is not None, "planned, not the stored rejection"
+    assert [item.action.value for item in preview.plan.items] == ["create"]
+    assert sync(source)["outcome"] == "applied"
