@@ -437,13 +437,9 @@ def test_a_step_the_cluster_refused_in_part_restarts_nobody_before_it_rolls_back
     assert not Change.objects.filter(source=source, kind="Deployment").exists()
 
 
-def test_a_pass_resumed_after_a_crash_past_the_restart_counts_the_restart_as_the_steps(
-    repo, make_namespaces, make_source, apps_api, cluster, start_worker, celery_worker
-):
-    """A worker killed once its step restarted the consumer, before the step's gate closed: the next
-    pass finds the workload stamped already and restarts nothing, yet the restart is this step's. Before,
-    the consumer showed as not restarted, and the timeline said nothing of the restart."""
-    from gitops.models import RolloutEvent
+def web_reading_app_then_v2(repo, make_namespaces, make_source, apps_api) -> tuple[str, object]:
+    """v1 applied by a worker, then a Deployment that reads app, then v2 committed (one 100% step and an
+    approval gate), not yet synced: the target namespace and the source."""
     from gitops.tasks import sync_source
 
     (target,) = make_namespaces("a")
@@ -457,6 +453,19 @@ def test_a_pass_resumed_after_a_crash_past_the_restart_counts_the_restart_as_the
     apps_api.create_namespaced_deployment(target, deployment("web", POD_SPECS["by-envfrom"]))
     wait_for_rollout(apps_api, target, "web")
     repo.commit("v2")
+    return target, source
+
+
+def test_a_pass_resumed_after_a_crash_past_the_restart_counts_the_restart_as_the_steps(
+    repo, make_namespaces, make_source, apps_api, cluster, start_worker, celery_worker
+):
+    """A worker killed once its step restarted the consumer, before the step's gate closed: the next
+    pass finds the workload stamped already and restarts nothing, yet the restart is this step's. Before,
+    the consumer showed as not restarted, and the timeline said nothing of the restart."""
+    from gitops.models import RolloutEvent
+    from gitops.tasks import sync_source
+
+    target, source = web_reading_app_then_v2(repo, make_namespaces, make_source, apps_api)
     held = start_worker(queues="held", env_overrides={"SLUICE_FAILPOINTS": "after-restart=60"})
     sync_source.apply_async((source.pk,), queue="held")
     poll(lambda: generations(apps_api, target) == {"web": 2}, timeout=60, what="the restart")
@@ -480,17 +489,7 @@ def test_an_abort_asked_while_a_step_applies_rolls_back_before_any_consumer_rest
     it onto the new content and the next turn rolled back, restarting it again onto the old."""
     from gitops.tasks import sync_source
 
-    (target,) = make_namespaces("a")
-    source = start(
-        repo,
-        make_source,
-        lambda s: sync_source.delay(s.pk).get(timeout=120),
-        [target],
-        steps=[{"setWeight": 100}, {"pause": {}}],
-    )
-    apps_api.create_namespaced_deployment(target, deployment("web", POD_SPECS["by-envfrom"]))
-    wait_for_rollout(apps_api, target, "web")
-    repo.commit("v2")
+    target, source = web_reading_app_then_v2(repo, make_namespaces, make_source, apps_api)
     go_on = tmp_path / "go-on"
     start_worker(queues="held", env_overrides={"SLUICE_FAILPOINTS": f"before-restart=until:{go_on}"})
     sync_source.apply_async((source.pk,), queue="held")
