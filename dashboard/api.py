@@ -454,6 +454,10 @@ class PlanItemOut(Schema):
     reason: str
     origin: str | None
     diff: list[DiffOut]
+    diff_cut: bool = Field(
+        False, description="true: this item's diff is too large to carry with the others; diff is empty"
+    )
+    diff_keys: int | None = Field(None, description="with diff_cut: how many keys differ")
 
 
 class PlanConsumerOut(Schema):
@@ -473,7 +477,9 @@ class PlanOut(PlanSummaryOut):
     valid: bool = Field(True, description="false: the revision is invalid, see errors; nothing is planned")
     errors: list[RevisionErrorOut] = Field([], description="why the revision is invalid, file by file")
     items_total: int | None = Field(
-        None, description="with ?revision=: how many objects would change (items holds the first 500)"
+        None,
+        description="how many objects differ; items holds the first 500 of them, and their diffs while "
+        "they fit in 4 Mi characters (absent from plans stored before it was counted)",
     )
     consumers: list[PlanConsumerOut] = Field(
         [], description="with ?revision=: the workloads the change would restart or wait for"
@@ -1064,7 +1070,8 @@ def list_revisions(request: HttpRequest, name: SourceName, paging: Query[PageIn]
     tags=["sources"],
 )
 def get_plan(request: HttpRequest, name: SourceName, query: Query[PlanQuery]) -> dict[str, Any]:
-    """The plan the last reconcile computed: every object that is not unchanged, key by key.
+    """The plan the last reconcile computed: the objects that differ from Git, key by key (the first
+    500, see ``items_total``; ``gitops diff NAME`` prints every one).
 
     With ``revision``, the plan of that revision instead (a pull request's head, say), computed now by
     a worker: 404 when the remote has no such ref, 503 when Git or the cluster did not answer.

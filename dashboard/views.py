@@ -160,6 +160,9 @@ def source_detail(request: HttpRequest, name: str) -> HttpResponse:
     readers = configmap_readers(source.consumer_map or {})
     cluster = request.GET.get("cluster", "").strip()[:63]
     plan = dict(source.last_plan or {})
+    kept = plan.get("items") or []
+    # A stored plan keeps its first items only (gitops.plan.shown); say how many more there are.
+    plan["more"] = max(0, int(plan.get("items_total") or len(kept)) - len(kept))
     managed = ManagedObject.objects.filter(source=source).order_by("cluster", "namespace", "name")
     if cluster:
         plan["items"] = [item for item in plan.get("items", []) if item.get("cluster") == cluster]

@@ -31,6 +31,7 @@ from gitops.fetch.revisions import revision_desired_state, revision_fetch, revis
 from gitops.logs import log_context
 from gitops.models import ManagedObject, Revision, Source
 from gitops.plan import Action, Plan, plan
+from gitops.plan.shown import items_shown
 from gitops.record.inventory import managed_keys
 from gitops.redaction import redact, redact_url
 from gitops.rollout.state import clusters_owed_rollback, clusters_with_pending_writes
@@ -38,9 +39,6 @@ from gitops.rollout.step import live_state
 from gitops.vocabulary import PreviewOutcome
 
 log = logging.getLogger("gitops.preview")
-
-# A preview's answer travels through the result backend and onto a page: the first objects only.
-PREVIEW_ITEMS_SHOWN = 500
 
 
 @dataclass(frozen=True)
@@ -183,9 +181,10 @@ class RevisionPreview:
     consumers: tuple[ConsumerEffect, ...] = ()
     consumer_problems: tuple[str, ...] = ()
 
-    def as_dict(self, *, items_shown: int | None = None) -> dict[str, Any]:
+    def as_dict(self, *, bounded: bool = False) -> dict[str, Any]:
         """Plain data (the API's plan, ``gitops diff --revision --json``, a task's result): the objects
-        that would change (``items``, the first ``items_shown``), by action in ``summary``."""
+        that would change (``items``), by action in ``summary``. ``bounded``: the first of them, their
+        diffs while they fit (``gitops.plan.shown``), as a task's result that crosses the broker."""
         changed = [
             item for item in (self.plan.items if self.plan else ()) if item.action is not Action.UNCHANGED
         ]
@@ -205,7 +204,7 @@ class RevisionPreview:
             "errors": [error.as_dict() for error in self.errors],
             "summary": self.plan.summary() if self.plan else {},
             "items_total": len(changed),
-            "items": [item.as_dict() for item in changed[:items_shown]],
+            "items": items_shown(changed) if bounded else [item.as_dict() for item in changed],
             "consumers": [effect.as_dict() for effect in self.consumers],
             "consumer_problems": list(self.consumer_problems),
         }
@@ -246,7 +245,7 @@ def revision_preview_answer(source_id: int, revision: str, *, actor: str) -> dic
             previewed = revision_preview(source, revision)
     except GitopsError as error:
         return revision_not_planned(source, revision, error).as_dict()
-    return previewed.as_dict(items_shown=PREVIEW_ITEMS_SHOWN)
+    return previewed.as_dict(bounded=True)
 
 
 def revision_not_planned(source: Source, revision: str, why: GitopsError) -> RevisionPreview:

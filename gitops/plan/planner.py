@@ -89,6 +89,10 @@ class PlanItem:
         return self.after.hash if self.after is not None else ""
 
     def as_dict(self) -> dict[str, Any]:
+        return {**self.head(), "diff": [item.as_dict() for item in self.diff]}
+
+    def head(self) -> dict[str, Any]:
+        """The item without its diff: what a page lists when the diff is too large to carry."""
         return {
             "cluster": self.cluster,
             "namespace": self.namespace,
@@ -97,7 +101,6 @@ class PlanItem:
             "action": self.action.value,
             "reason": self.reason,
             "origin": self.desired.origin if self.desired else None,
-            "diff": [item.as_dict() for item in self.diff],
         }
 
 

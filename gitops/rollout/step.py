@@ -29,6 +29,7 @@ from gitops.failpoints import failpoint
 from gitops.models import ApplyIntent, Rollout, Source
 from gitops.plan import Action, Plan, plan
 from gitops.plan.provenance import live_provenance, write_holds
+from gitops.plan.shown import items_shown
 from gitops.plan.stamps import FLAG_SET_KIND
 from gitops.record.changelog import changes_record, intents_pending, intents_write
 from gitops.record.inventory import CONFIGMAP, inventory_forget_gone, inventory_targets, managed_keys
@@ -331,7 +332,8 @@ def plan_snapshot(current: Plan, *, weight: int, applied: set[Any]) -> dict[str,
         "weight": weight,
         "computed_at": timezone.now().isoformat(),
         "summary": summary,
-        "items": [item.as_dict() for item in pending],
+        "items_total": len(pending),
+        "items": items_shown(pending),
     }
 
 

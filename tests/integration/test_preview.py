@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.test import Client
 
@@ -416,8 +417,9 @@ def test_a_viewer_previews_a_pull_request_in_the_browser_with_the_keyboard(
         .startswith("Applying it now would change 4 objects: 2 update, 2 create.")
     )
     headings = page.locator("#preview-plan .plan-item h3").all_inner_texts()
+    cluster = settings.SLUICE_CLUSTER_NAME  # named as the source page names a plan's objects
     assert sorted(headings) == sorted(
-        f"{action} ConfigMap {namespace}/{name} (configmaps/{name}.yaml)"
+        f"{action} ConfigMap {cluster}/{namespace}/{name} (configmaps/{name}.yaml)"
         for namespace in remote.targets
         for action, name in (("update", "app"), ("create", "extra"))
     )
