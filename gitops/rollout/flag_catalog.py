@@ -76,13 +76,21 @@ def flag_catalog_record(
     weight: int,
     baselines: Mapping[tuple[str, str, str], Mapping[str, Any] | None] | None = None,
     weighted: DesiredState | None = None,
+    *,
+    conflicting: Collection[tuple[str, str, str]] = frozenset(),
 ) -> None:
     """Brings the source's catalog to what ``rollout`` publishes at ``weight``; writes only on a change.
     ``baselines``: each flag set (by object key) as published before the rollout, below 100;
-    ``weighted``: ``desired`` with each flag set's canary at ``weight`` (who has which change)."""
+    ``weighted``: ``desired`` with each flag set's canary at ``weight`` (who has which change);
+    ``conflicting``: the objects someone else's ConfigMap holds, which the source does not publish."""
     # One catalog row per flag, whatever the number of clusters: every target cluster publishes the same
-    # set (the row names the cluster of its first publication).
-    flag_sets = {obj.key[1:]: obj.flag_set for obj in desired.objects if obj.flag_set is not None}
+    # set (the row names the cluster of its first publication). A set that is someone else's ConfigMap
+    # in every cluster is not the source's to list: flagd serves the other one's flags there.
+    flag_sets = {
+        obj.key[1:]: obj.flag_set
+        for obj in desired.objects
+        if obj.flag_set is not None and obj.key not in conflicting
+    }
     sets = {key: flag_set.document for key, flag_set in flag_sets.items()}
     held = _held(sets, baselines or {}) if weight < FULL_WEIGHT else {}
     wanted = {

@@ -95,7 +95,8 @@ def weight_apply(
     snapshot = plan_snapshot(current, weight=weight, applied=applied)
     snapshot["reads"] = live.reads
     Source.objects.filter(pk=source.pk).update(last_plan=snapshot)
-    flag_catalog_record(rollout, desired, weight, baselines, weighted)  # what the Flags page lists
+    conflicting = {item.key for item in current.items if item.action is Action.CONFLICT}
+    flag_catalog_record(rollout, desired, weight, baselines, weighted, conflicting=conflicting)  # its page
     unreachable = {**needed(desired, held, live.reasons(), weight), **executed.unreachable}
     outcome = Outcome.APPLIED if intents else Outcome.UNCHANGED
     return StepOutcome(outcome, current.summary(), executed.failures, unreachable)

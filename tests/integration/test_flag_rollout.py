@@ -7,7 +7,7 @@ import json
 import pytest
 from django.conf import settings
 
-from gitops.models import Change, Rollout
+from gitops.models import Change, PublishedFlag, Rollout
 from gitops.rollout import decisions
 from tests.flagd import EVALUATORS, KEYS, evaluate_all
 from tests.gitrepo import policy
@@ -379,6 +379,8 @@ def test_a_flag_set_someone_else_publishes_is_a_conflict_not_a_canarys_old_side(
     assert result["summary"].get("conflict") == 1, result
     assert cluster.get_configmap(flags_ns, "checkout")["data"] == {"checkout.flagd.json": "{}"}
     assert cluster.get_configmap(app, "app")["data"] == {"V": "2"}
+    # Nor is it listed as the source's on the Flags page: flagd serves the other one's flags there.
+    assert not PublishedFlag.objects.filter(source=source).exists()
 
 
 def test_a_healed_flag_set_carries_the_commit_the_source_applied_inside_it_too(
