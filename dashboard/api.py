@@ -593,14 +593,33 @@ class ChangeOut(Schema):
     error: str
     before_hash: str
     after_hash: str
-    diff: list[DiffOut]
+    # Null only with ?diff=false. Not left out of the item: that takes exclude_unset, which would also
+    # drop each diff entry's null key, old, new or unified that clients read today.
+    diff: list[DiffOut] | None = Field(description="key by key; null with ?diff=false")
+
+
+# The change log's count stops this many rows past the page's offset: an exact COUNT(*) reads every
+# matching row of a log of millions on every page. Past the offset, so that a client that pages by
+# offset while offset < count still reaches the end; the count then reads what the OFFSET skips, and the cap.
+CHANGE_COUNT_CAP = 10_000
 
 
 class ChangePage(Schema):
     items: list[ChangeOut]
-    count: int
+    count: int = Field(
+        description=f"the changes that match the filters (before aside), counted up to offset + "
+        f"{CHANGE_COUNT_CAP:,}; when count_exact is false there are more than count"
+    )
+    count_exact: bool = Field(
+        description="false: counting stopped at offset + the cap, so count is a lower bound; page on "
+        "with next_before (or offset) until next_before is null"
+    )
     limit: int
     offset: int
+    next_before: int | None = Field(
+        description="the before of the next page (the id of this page's last item); null: no change "
+        "after this page"
+    )
 
 
 class FlagOut(Schema):
@@ -672,6 +691,22 @@ class ChangeFilters(Schema):
             return value.astimezone(UTC)
         except OverflowError as exc:
             raise ValueError("out of the range of dates") from exc
+
+
+class ChangeQuery(Schema):
+    before: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_ID,
+        description="changes with a smaller id only: pass the last page's next_before. A walk by before "
+        "costs the same on every page, sees each change once and does not shift as changes are logged; "
+        "deep offsets are slow on a long log",
+    )
+    diff: bool = Field(
+        True,
+        description="false: each item's diff is null (a diff holds the old and new values, up to 1 MiB "
+        "each) and is not read from the database",
+    )
 
 
 class FlagFilters(Schema):
@@ -1141,10 +1176,27 @@ def get_rollout(request: HttpRequest, rollout_id: RolloutId) -> dict[str, Any]:
 
 @api.get("/changes", response={200: ChangePage, **AUTH_ERRORS}, tags=["changes"])
 def list_changes(
-    request: HttpRequest, filters: Query[ChangeFilters], paging: Query[PageIn]
+    request: HttpRequest, filters: Query[ChangeFilters], paging: Query[PageIn], query: Query[ChangeQuery]
 ) -> dict[str, Any]:
-    """The change log, newest first. ``since`` is inclusive, ``until`` exclusive."""
+    """The change log, newest first by id (the order it was logged in, as the Changes page and its
+    export list it). ``since`` is inclusive, ``until`` exclusive.
+
+    Page with ``before=<next_before>`` until ``next_before`` is null: each page costs what the first
+    does. ``limit`` and ``offset`` page as they did. ``count`` is exact up to offset + 10,000
+    (``count_exact``). With ``diff=false`` each item's diff is null, and is not read. Full rows, with
+    their contents, stream from the dashboard's export: ``/changes/?format=json&bodies=1``.
+    """
     require(request, "gitops.view_change")
+    changes = changes_filtered(filters)
+    rows = list(changes_window(changes, paging, query))
+    more = len(rows) > paging.limit  # one row past the page says whether there is a next one
+    rows = rows[: paging.limit]
+    count, exact = changes_counted(changes, paging.offset)
+    items = [{"diff": None, **selectors.change_as_dict(c, with_diff=query.diff)} for c in rows]
+    return {**page(items, count, paging), "count_exact": exact, "next_before": rows[-1].pk if more else None}
+
+
+def changes_filtered(filters: ChangeFilters) -> QuerySet[Any]:
     changes = selectors.change_log(
         source=filters.source,
         cluster=filters.cluster,
@@ -1153,12 +1205,39 @@ def list_changes(
         name=filters.name,
         action=filters.action.value if filters.action else None,
         actor=filters.actor,
-    ).defer("before", "after")  # full contents: large, and not part of a list entry
+    )
     if filters.since is not None:
         changes = changes.filter(at__gte=filters.since)
     if filters.until is not None:
         changes = changes.filter(at__lt=filters.until)
-    return page([selectors.change_as_dict(c) for c in window(changes, paging)], changes.count(), paging)
+    return changes
+
+
+def changes_window(changes: QuerySet[Any], paging: PageIn, query: ChangeQuery) -> QuerySet[Any]:
+    """The page's rows and one more. By id, not by time as ``selectors.change_log``: a before (an id)
+    then picks up where the last page ended, offset pages agree with before pages, and the primary key
+    or the (source, -id) index serves a page without sorting. ``at`` is the logging worker's clock,
+    ``id`` the database's order: they disagree only for passes logged by workers at nearly the same
+    moment, or whose clocks disagree."""
+    if query.before is not None:
+        changes = changes.filter(id__lt=query.before)
+    # Full contents (before, after) are large and not part of a list entry; the diff holds the old and
+    # new values, as large, when it is not wanted. Of the source only its name: the join otherwise
+    # brings its last plan (megabytes) once for every row.
+    left_out = {"before", "after"} if query.diff else {"before", "after", "diff"}
+    kept = [field.name for field in changes.model._meta.concrete_fields if field.name not in left_out]
+    start = paging.offset
+    return changes.order_by("-id").only(*kept, "source__name")[start : start + paging.limit + 1]
+
+
+def changes_counted(changes: QuerySet[Any], offset: int) -> tuple[int, bool]:
+    """How many changes match, counted up to ``offset + CHANGE_COUNT_CAP``, and whether that is all.
+
+    COUNT(*) over a LIMITed subquery: PostgreSQL stops reading at the limit. Unordered and ids only,
+    so no sort and no row bodies."""
+    cap = offset + CHANGE_COUNT_CAP
+    counted = changes.order_by().values("pk")[: cap + 1].count()
+    return (counted, True) if counted <= cap else (cap, False)
 
 
 @api.get("/flags", response={200: FlagPage, **AUTH_ERRORS}, tags=["flags"])
