@@ -152,9 +152,15 @@ def main() -> int:
 
         django.setup()
         from gitops import cluster_admin
+        from gitops.record.audit import Actor
 
         for member in CLUSTERS[1:]:
-            cluster_admin.cluster_add(name=member, kubeconfig=stack_env["KUBECONFIG"], context=member)
+            cluster_admin.cluster_add(
+                name=member,
+                kubeconfig=stack_env["KUBECONFIG"],
+                context=member,
+                actor=Actor.command_line("bench"),
+            )
         per = args.per_cluster
         print(f"-- no-op reconcile: 3 clusters x {per:,} ConfigMaps vs 1 cluster x {3 * per:,}", flush=True)
         fleet = measure(env, workdir, "fleet", per, CLUSTERS)

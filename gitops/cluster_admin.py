@@ -26,13 +26,13 @@ from django.db.models import Count, Q, QuerySet
 from gitops.cluster import Cluster, clients
 from gitops.errors import GitopsError, PermanentError
 from gitops.locks import SourceBusy
-from gitops.models import ApplyIntent, ManagedObject, Rollout, Source, admin_settings
+from gitops.models import ApplyIntent, ClusterAudit, ManagedObject, Rollout, Source, admin_settings
 from gitops.models import Cluster as ClusterRecord
 from gitops.record.audit import Actor, audit_record
 from gitops.redaction import redact, redact_url
 from gitops.rollout.decisions import WAIVE_PERMISSION as FORGET_PERMISSION
 from gitops.rollout.decisions import decision_locks, rollback_waive
-from gitops.vocabulary import SourceAuditAction
+from gitops.vocabulary import ClusterAuditAction, SourceAuditAction
 
 PROBE_SECONDS = 3.0
 
@@ -40,12 +40,14 @@ PROBE_SECONDS = 3.0
 def cluster_add(
     *,
     name: str,
+    actor: Actor,
     kubeconfig: str = "",
     context: str = "",
     in_cluster: bool = False,
     allow_unverified_tls: bool = False,
 ) -> ClusterRecord:
-    """Registers a cluster by where its credentials live; checks they load, never stores them."""
+    """Registers a cluster by where its credentials live; checks they load, never stores them. The
+    clusters' audit trail gets a row, in the same transaction."""
     if name == settings.SLUICE_CLUSTER_NAME:
         raise PermanentError(
             f"{name!r} is the default cluster (the one KUBECONFIG names, SLUICE_CLUSTER_NAME); "
@@ -58,30 +60,25 @@ def cluster_add(
     # Absolute, its symlinks kept: a Secret mounted in a pod is a link into a dated directory the kubelet
     # replaces at each update (and names apart in every pod); resolved, the stored path went with it.
     path = os.path.abspath(os.path.expanduser(kubeconfig)) if kubeconfig else ""
-    record = ClusterRecord(name=name, kubeconfig=path, context=context, in_cluster=in_cluster)
+    record = ClusterRecord(
+        name=name,
+        kubeconfig=path,
+        context=context,
+        in_cluster=in_cluster,
+        allow_unverified_tls=allow_unverified_tls,
+    )
     try:
         record.full_clean(validate_unique=False)
     except DjangoValidationError as exc:
         raise PermanentError("; ".join(exc.messages)) from exc
     if path and not Path(path).is_file():
         raise PermanentError(f"no kubeconfig file at {path}")
-    # Loading the client reads the kubeconfig (and checks the context) without calling the server.
-    with Cluster(path or None, context=context or None, name=name) as loaded:
-        if not loaded.has_credentials:
-            raise PermanentError(
-                f"the kubeconfig {path or '(in-cluster)'} (context {context or 'current'}) loads no "
-                "credentials: no token, client certificate or user; an exec plugin it names may have "
-                "failed (is its command installed where the workers run?)"
-            )
-        if loaded.unverified and not allow_unverified_tls:
-            raise PermanentError(
-                f"the kubeconfig reaches {redact_url(loaded.server)} without checking its certificate "
-                "(insecure-skip-tls-verify, or plain http): Sluice would send the cluster's credentials "
-                "to whoever answers there; give it the cluster's CA, or --allow-unverified-tls"
-            )
+    unverified = _check_loads(record)
+    message = "its server's certificate is not checked (allowed)" if unverified else ""
     try:
         with transaction.atomic():
             record.save()
+            _cluster_audit(name, ClusterAuditAction.ADD, actor, before=None, after=record, message=message)
     except IntegrityError as exc:
         raise PermanentError(f"a cluster named {name!r} is already registered") from exc
     clients.refresh()
@@ -89,9 +86,31 @@ def cluster_add(
     return record
 
 
-def cluster_remove(name: str) -> None:
+def _check_loads(record: ClusterRecord) -> bool:
+    """Whether the registration reaches its server unverified; refused when its credentials do not load,
+    or when it does and that is not allowed. Loading reads the kubeconfig (and checks the context)
+    without calling the server."""
+    path, context = record.kubeconfig, record.context
+    with Cluster(path or None, context=context or None, name=record.name) as loaded:
+        if not loaded.has_credentials:
+            raise PermanentError(
+                f"the kubeconfig {path or '(in-cluster)'} (context {context or 'current'}) loads no "
+                "credentials: no token, client certificate or user; an exec plugin it names may have "
+                "failed (is its command installed where the workers run?)"
+            )
+        if loaded.unverified and not record.allow_unverified_tls:
+            raise PermanentError(
+                f"the kubeconfig reaches {redact_url(loaded.server)} without checking its certificate "
+                "(insecure-skip-tls-verify, or plain http): Sluice would send the cluster's credentials "
+                "to whoever answers there; give it the cluster's CA, or --allow-unverified-tls"
+            )
+        return bool(loaded.unverified)
+
+
+def cluster_remove(name: str, *, actor: Actor) -> None:
     """Removes a registered cluster, unless a source still targets it, holds objects there or owes it a
-    rollback: Sluice would lose track of what it wrote there."""
+    rollback: Sluice would lose track of what it wrote there. The clusters' audit trail gets a row, in
+    the same transaction."""
     if name == settings.SLUICE_CLUSTER_NAME:
         raise PermanentError(f"{name!r} is the default cluster; it cannot be removed")
     record = ClusterRecord.objects.filter(name=name).first()
@@ -113,7 +132,12 @@ def cluster_remove(name: str) -> None:
             f"cluster {name!r} is still owed a change or a rollback ({rollouts}); wait for it"
             " (a cluster gone for good: remove-cluster --forget)"
         )
-    record.delete()
+    with transaction.atomic():
+        # Deleted by the query's count: two removals at once leave one audit row, the other is refused.
+        deleted, _ = ClusterRecord.objects.filter(pk=record.pk).delete()
+        if not deleted:
+            raise PermanentError(f"no cluster named {name!r}")
+        _cluster_audit(name, ClusterAuditAction.REMOVE, actor, before=record, after=None)
     clients.forget([name])
     clients.refresh()
     probes_forget(name)
@@ -154,10 +178,41 @@ def cluster_forget(name: str, *, actor: Actor, reason: str) -> Forgotten:
             raise SourceBusy(f"another source wrote to cluster {name!r} meanwhile; try again")
         _refuse_active_rollouts_there(name)
         forgotten = _forget(name, actor, f"cluster {name} forgotten: {reason}")
+        record = ClusterRecord.objects.filter(name=name).first()  # None: removed meanwhile
         ClusterRecord.objects.filter(name=name).delete()
+        message = _forgotten_text(reason, forgotten)
+        _cluster_audit(name, ClusterAuditAction.FORGET, actor, before=record, after=None, message=message)
     clients.forget([name])
     clients.refresh()
     return forgotten
+
+
+def _cluster_audit(
+    name: str,
+    action: ClusterAuditAction,
+    actor: Actor,
+    *,
+    before: ClusterRecord | None,
+    after: ClusterRecord | None,
+    message: str = "",
+) -> None:
+    ClusterAudit.objects.create(
+        cluster=name,
+        action=action,
+        actor=actor.name[:150],
+        via=actor.via,
+        before=before.registered_settings() if before is not None else None,
+        after=after.registered_settings() if after is not None else None,
+        message=message,
+    )
+
+
+def _forgotten_text(reason: str, forgotten: Forgotten) -> str:
+    objects = ", ".join(f"{source} ({count})" for source, count in sorted(forgotten.objects.items()))
+    return (
+        f"{reason}; objects no longer managed there: {objects or 'none'}; rollbacks waived: "
+        f"{', '.join(map(str, forgotten.rollbacks)) or 'none'}; pending changes dropped: {forgotten.pending}"
+    )
 
 
 def _sources_concerned(name: str) -> QuerySet[Source]:

@@ -30,6 +30,7 @@ from gitops.storable import JsonbEncoder, compact_json, jsonb_text
 from gitops.vocabulary import (
     AuditVia,
     ChangeAction,
+    ClusterAuditAction,
     FlagReach,
     ObjectsOnRemoval,
     RemovalStatus,
@@ -172,6 +173,11 @@ class Cluster(models.Model):
     )
     context = models.CharField(max_length=253, blank=True, default="", help_text="empty: the current context")
     in_cluster = models.BooleanField(default=False, help_text="the service account Sluice's pods run as")
+    # What add-cluster was told (--allow-unverified-tls): kept, so a kubeconfig rewritten in place to skip
+    # the certificate check (or to plain http) is refused when a worker builds its client again.
+    allow_unverified_tls = models.BooleanField(
+        default=False, help_text="may its kubeconfig reach the server without checking its certificate"
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -186,6 +192,15 @@ class Cluster(models.Model):
         if self.in_cluster:
             return "in-cluster service account"
         return self.kubeconfig + (f" (context {self.context})" if self.context else "")
+
+    def registered_settings(self) -> dict[str, Any]:
+        """What add-cluster recorded, for the audit trail: references and choices, never a credential."""
+        return {
+            "kubeconfig": self.kubeconfig,
+            "context": self.context,
+            "in_cluster": self.in_cluster,
+            "allow_unverified_tls": self.allow_unverified_tls,
+        }
 
 
 class LiveSources(models.Manager["Source"]):
@@ -1308,6 +1323,43 @@ class SourceAudit(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} {self.source_name} by {self.actor}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.pk is not None and not self._state.adding:
+            raise TypeError("the audit trail is append-only")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        raise TypeError("the audit trail is append-only")
+
+
+class ClusterAudit(models.Model):
+    """One administrator's change to the cluster registry: append-only, like the sources' audit trail.
+
+    No key to the cluster's row: removing or forgetting a cluster deletes it, and its
+    trail stays. ``before`` and ``after`` hold ``Cluster.registered_settings``. A
+    PostgreSQL trigger (see the migration) refuses UPDATE and DELETE.
+    """
+
+    Action = ClusterAuditAction
+
+    cluster = models.CharField(max_length=63)
+    action = models.CharField(max_length=16, choices=[(a.value, a.value) for a in ClusterAuditAction])
+    actor = models.CharField(max_length=150)
+    via = models.CharField(max_length=16, choices=[(v.value, v.value) for v in AuditVia])
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+    message = models.TextField(blank=True, default="")
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    objects = AppendOnlyQuerySet.as_manager()
+
+    class Meta:
+        ordering: ClassVar[list[str]] = ["-at", "-id"]
+        indexes: ClassVar[list[Any]] = [models.Index(fields=["cluster", "-at"])]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.cluster} by {self.actor}"
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         if self.pk is not None and not self._state.adding:

@@ -117,6 +117,14 @@ class SourceAuditAction(StrEnum):
     FORGET_CLUSTER = "forget-cluster"  # a cluster gone for good was forgotten with what it held
 
 
+class ClusterAuditAction(StrEnum):
+    """What an administrator did to the cluster registry (the clusters' audit trail)."""
+
+    ADD = "add"
+    REMOVE = "remove"
+    FORGET = "forget"  # removed with what Sluice kept about it: a cluster gone for good
+
+
 class AuditVia(StrEnum):
     """Where an administrator's change came from."""
 

@@ -35,6 +35,7 @@ from gitops import cluster_admin, reconcile, source_admin  # noqa: E402
 from gitops.cluster import get_cluster  # noqa: E402
 from gitops.consumers.workloads import Health, health_of  # noqa: E402
 from gitops.models import Cluster, Rollout, Source  # noqa: E402
+from gitops.record.audit import Actor  # noqa: E402
 
 DEFAULT_CLUSTER = os.environ.get("SLUICE_CLUSTER_NAME", "default")
 MEMBERS = [name for name in os.environ.get("SLUICE_MEMBER_CLUSTERS", "member-1,member-2").split(",") if name]
@@ -249,7 +250,12 @@ def register_members() -> None:
     """The stack's member clusters, by their contexts in its kubeconfig: credentials stay in that file."""
     for member in MEMBERS:
         if not Cluster.objects.filter(name=member).exists():
-            cluster_admin.cluster_add(name=member, kubeconfig=os.environ["KUBECONFIG"], context=member)
+            cluster_admin.cluster_add(
+                name=member,
+                kubeconfig=os.environ["KUBECONFIG"],
+                context=member,
+                actor=Actor.command_line("demo-seed"),
+            )
     for status in cluster_admin.clusters_status():
         state = f"reachable, {status.version}" if status.reachable else f"unreachable: {status.error}"
         print(f"demo: cluster {status.name} ({status.server}): {state}")

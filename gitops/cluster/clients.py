@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NoReturn
 
 import yaml
 from django.conf import settings
@@ -29,6 +30,11 @@ from gitops.models import Cluster as ClusterRecord
 
 class UnknownClusterError(PermanentError):
     """A name that is neither the default cluster nor a registered one."""
+
+
+class UnverifiedClusterError(PermanentError):
+    """A registered cluster whose kubeconfig reaches its server without checking its certificate, which
+    its registration did not allow (``add-cluster --allow-unverified-tls``)."""
 
 
 # How long a process takes a cluster that just failed to answer at its word, without asking it again:
@@ -45,19 +51,45 @@ class ClusterRef:
     name: str
     kubeconfig: str | None
     context: str | None = None
+    # Whether its client may reach the server unverified; refused unless the registration said so.
+    allow_unverified_tls: bool = False
 
     def fingerprint(self) -> tuple[object, ...]:
         """What the client depends on: the reference, and the size and change time of the kubeconfig
         file and of the files it names (a ``tokenFile``, certificates, keys), which the client reads once:
         a token rotated in its file, the kubeconfig untouched, builds the client again."""
+        # The allowance too: a cluster removed and added again without it, between two refreshes of a
+        # process, would otherwise keep the client built when it was allowed.
+        kept = (self.kubeconfig, self.context, self.allow_unverified_tls)
         if not self.kubeconfig:
-            return (self.kubeconfig, self.context)
+            return kept
         try:
             stat = os.stat(self.kubeconfig)
         except OSError:
-            return (self.kubeconfig, self.context, None)
+            return (*kept, None)
         named = _named_files(self.kubeconfig, stat.st_mtime_ns, stat.st_size)
-        return (self.kubeconfig, self.context, *_stat_state(stat), *map(_file_state, named))
+        return (*kept, *_stat_state(stat), *map(_file_state, named))
+
+    def unverified_refusal(self, client: Cluster) -> str | None:
+        """Why ``client``, just built, may not be used: it reaches its server without checking its
+        certificate and the registration did not allow that; None when it may. Names the cluster and
+        where its credentials live, never the server (its URL may carry credentials) or the file's
+        content."""
+        if not client.unverified or self.allow_unverified_tls:
+            return None
+        how = "without checking its certificate (insecure-skip-tls-verify)"
+        if not str(client.server).startswith("https://"):
+            how = "over plain http"
+        where = (
+            f"kubeconfig {self.kubeconfig} (context {self.context or 'current'})"
+            if self.kubeconfig
+            else "in-cluster account"
+        )
+        return (
+            f"cluster {self.name}: its {where} now reaches the server {how}, which add-cluster did not "
+            "allow: nothing is sent there. Give the kubeconfig the cluster's CA (https), or register the "
+            "cluster again with --allow-unverified-tls"
+        )
 
     def connect(self, *, pool_size: int = DEFAULT_POOL_SIZE) -> Cluster:
         return Cluster(self.kubeconfig, context=self.context, name=self.name, pool_size=pool_size)
@@ -161,15 +193,17 @@ def default_cluster_name() -> str:
 
 
 def default_ref() -> ClusterRef:
-    return ClusterRef(default_cluster_name(), settings.KUBECONFIG or None)
+    # Allowed: the default cluster is the deployment's own KUBECONFIG, never registered through
+    # add-cluster, and nothing ever refused it for an unverified server.
+    return ClusterRef(default_cluster_name(), settings.KUBECONFIG or None, allow_unverified_tls=True)
 
 
 def registered_refs() -> dict[str, ClusterRef]:
     """The registered clusters, read in one query."""
     return {
-        name: ClusterRef(name, None if in_cluster else kubeconfig, context or None)
-        for name, kubeconfig, context, in_cluster in ClusterRecord.objects.values_list(
-            "name", "kubeconfig", "context", "in_cluster"
+        name: ClusterRef(name, None if in_cluster else kubeconfig, context or None, allow_unverified_tls)
+        for name, kubeconfig, context, in_cluster, allow_unverified_tls in ClusterRecord.objects.values_list(
+            "name", "kubeconfig", "context", "in_cluster", "allow_unverified_tls"
         )
     }
 
@@ -186,6 +220,10 @@ class ClusterClients:
         self._pinned: dict[str, Cluster] = {}
         self._down: dict[str, tuple[float, GitopsError]] = {}
         self._building: dict[str, threading.Lock] = {}  # one client built per cluster at a time
+        # Clusters whose client was refused as unverified, by the fingerprint it was built from: asked
+        # again, the refusal is repeated without building (loading a kubeconfig may run an exec plugin)
+        # until the kubeconfig, the files it names or the registration change.
+        self._refused: dict[str, tuple[tuple[object, ...], str]] = {}
 
     def mark_unreachable(self, name: str, error: GitopsError) -> None:
         """Remembers for a few seconds that ``name`` did not answer (or refused), and counts it."""
@@ -237,6 +275,7 @@ class ClusterClients:
                 return pinned
             if (known := self._current(ref.name, fingerprint)) is not None:
                 return known
+            self._raise_refused(ref.name, fingerprint)
             building = self._building.setdefault(ref.name, threading.Lock())
         # Built outside the process-wide lock: a kubeconfig's exec plugin (a cloud CLI that fetches a
         # token) may take seconds, and every other cluster's clients, informers and passes go on.
@@ -245,7 +284,13 @@ class ClusterClients:
             with self._lock:
                 if (known := self._current(ref.name, fingerprint)) is not None:
                     return known  # another thread built it meanwhile
+                self._raise_refused(ref.name, fingerprint)
             connected = ref.connect(pool_size=self.pool_size)
+            # Checked at each build, so also when a kubeconfig is rewritten in place: add-cluster's check
+            # alone let a file that later skipped the certificate check send the cluster's credentials to
+            # whoever answers at its server's address.
+            if (refusal := ref.unverified_refusal(connected)) is not None:
+                self._refuse(ref.name, fingerprint, connected, refusal)
             if not connected.has_credentials and _credentials_expected(ref):
                 connected.close()
                 # An exec plugin that failed once (a cloud CLI's throttled call) left the client without
@@ -259,9 +304,29 @@ class ClusterClients:
                 replaced = self._clients.get(ref.name)
                 self._clients[ref.name] = (fingerprint, connected)
                 self._down.pop(ref.name, None)  # new credentials or a new server: ask it afresh
+                self._refused.pop(ref.name, None)
         if replaced is not None:
             replaced[1].close()
         return connected
+
+    def _refuse(
+        self, name: str, fingerprint: tuple[object, ...], connected: Cluster, refusal: str
+    ) -> NoReturn:
+        """Drops a client refused as unverified, and the one built before from other files: neither is
+        served, and the refusal is remembered for these files."""
+        connected.close()
+        with self._lock:
+            self._refused[name] = (fingerprint, refusal)
+            stale = self._clients.pop(name, None)
+        if stale is not None:
+            stale[1].close()
+        raise UnverifiedClusterError(refusal)
+
+    def _raise_refused(self, name: str, fingerprint: tuple[object, ...]) -> None:
+        """Refuses again a client refused as unverified from these very files (the lock is held)."""
+        refused = self._refused.get(name)
+        if refused is not None and refused[0] == fingerprint:
+            raise UnverifiedClusterError(refused[1])
 
     def _current(self, name: str, fingerprint: tuple[object, ...]) -> Cluster | None:
         """The client built for ``name`` from these credentials, if there is one (the lock is held)."""
@@ -288,6 +353,10 @@ class ClusterClients:
         with self._lock:
             wanted = list(names or self._clients)
             dropped = [self._clients.pop(name) for name in wanted if name in self._clients]
+            if names is None:
+                self._refused.clear()
+            for name in wanted:
+                self._refused.pop(name, None)
             if names is None:
                 self._refs = None
         for _, cluster in dropped:

@@ -21,6 +21,7 @@ from gitops import cluster_admin, selectors
 from gitops.cluster import pools
 from gitops.cluster.live import live_configmaps
 from gitops.models import Change, Rollout, RolloutEvent
+from gitops.record.audit import Actor
 from gitops.rollout import decisions
 from tests.clusters import FlakyKubeconfig, HungServer
 from tests.flagd import EVALUATORS, KEYS
@@ -32,6 +33,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 DEFAULT = "default"  # the test settings' SLUICE_CLUSTER_NAME: the cluster KUBECONFIG names (context local)
 CONTEXT_OF = {DEFAULT: "local", "member-1": "member-1", "member-2": "member-2"}
+ADMIN = Actor.command_line("tests")  # who registers and removes the tests' clusters, for the audit trail
 
 
 class Fleet:
@@ -40,12 +42,14 @@ class Fleet:
         self.contexts = dict(CONTEXT_OF)
 
     def register(self, name: str, context: str | None = None) -> None:
-        cluster_admin.cluster_add(name=name, kubeconfig=self.stack["KUBECONFIG"], context=context or name)
+        cluster_admin.cluster_add(
+            name=name, kubeconfig=self.stack["KUBECONFIG"], context=context or name, actor=ADMIN
+        )
 
     def flaky(self, name: str, context: str) -> FlakyKubeconfig:
         """Registers ``name``: member cluster ``context`` through a kubeconfig the test can re-point."""
         kubeconfig = FlakyKubeconfig(self.tmp_path / f"{name}.kubeconfig", self.stack["KUBECONFIG"], context)
-        cluster_admin.cluster_add(name=name, kubeconfig=str(kubeconfig.path))
+        cluster_admin.cluster_add(name=name, kubeconfig=str(kubeconfig.path), actor=ADMIN)
         self.contexts[name] = context
         return kubeconfig
 
@@ -563,7 +567,7 @@ def test_a_cluster_gone_for_good_is_forgotten_with_what_sluice_kept_about_it(
     a rollback owed to it, and a change of policy that drops it waits for it at 100%. `remove-cluster
     --forget` lets all of it go, without asking the cluster, once no policy targets it."""
     from gitops.models import Cluster as ClusterRecord
-    from gitops.models import ManagedObject, SourceAudit
+    from gitops.models import ClusterAudit, ManagedObject, SourceAudit
 
     fleet.register("member-1")
     owed = aborted_owing_flaky(repo, make_source, sync, fleet, people, [DEFAULT, "flaky", "member-1"], 66)
@@ -597,6 +601,10 @@ def test_a_cluster_gone_for_good_is_forgotten_with_what_sluice_kept_about_it(
     audit = SourceAudit.objects.get(source=source, action="forget-cluster")
     assert (audit.actor, audit.via) == ("ines", "cli")
     assert "Sluice no longer manages the 1 object(s) it applied there" in audit.message
+    forgot = ClusterAudit.objects.get(cluster="flaky", action="forget")
+    assert (forgot.actor, forgot.via, forgot.after) == ("ines", "cli", None)
+    assert forgot.before["kubeconfig"].endswith("flaky.kubeconfig")
+    assert f"region decommissioned; objects no longer managed there: {source.name} (1)" in forgot.message
     # The rollout that waited for it goes on: nothing of the source is left there to prune.
     sync(source)
     wait_for(source, phase="Completed")
@@ -691,7 +699,7 @@ def test_a_cluster_removed_by_another_process_loses_its_client_here_at_the_next_
     from gitops.cluster.clients import ClusterClients, UnknownClusterError
     from gitops.models import Cluster as ClusterRecord
 
-    cluster_admin.cluster_add(name="going", kubeconfig=stack["KUBECONFIG"], context="member-1")
+    cluster_admin.cluster_add(name="going", kubeconfig=stack["KUBECONFIG"], context="member-1", actor=ADMIN)
     registry = ClusterClients()
     registry.refresh()
     held = registry.get("going")
@@ -727,7 +735,9 @@ def test_a_kubeconfig_mounted_from_a_secret_is_registered_by_its_mounted_path(st
 
     kubelet_writes("04_00_00.1")
     (mount / "member.kubeconfig").symlink_to("..data/member.kubeconfig")
-    cluster_admin.cluster_add(name="mounted", kubeconfig=str(mount / "member.kubeconfig"), context="member-1")
+    cluster_admin.cluster_add(
+        name="mounted", kubeconfig=str(mount / "member.kubeconfig"), context="member-1", actor=ADMIN
+    )
     assert ClusterRecord.objects.get(name="mounted").kubeconfig == str(mount / "member.kubeconfig")
 
     kubelet_writes("05_00_00.2")  # the Secret updated: the first dated directory goes
@@ -744,6 +754,7 @@ def test_a_kubeconfig_that_skips_the_servers_certificate_check_is_refused_unless
 
     from gitops.errors import PermanentError
     from gitops.models import Cluster as ClusterRecord
+    from gitops.models import ClusterAudit
 
     config = yaml.safe_load(Path(stack["KUBECONFIG"]).read_text())
     for entry in config["clusters"]:
@@ -753,13 +764,21 @@ def test_a_kubeconfig_that_skips_the_servers_certificate_check_is_refused_unless
     unverified = tmp_path / "unverified.kubeconfig"
     unverified.write_text(yaml.safe_dump(config))
     with pytest.raises(PermanentError, match="without checking its certificate"):
-        cluster_admin.cluster_add(name="unverified", kubeconfig=str(unverified), context="member-1")
+        cluster_admin.cluster_add(
+            name="unverified", kubeconfig=str(unverified), context="member-1", actor=ADMIN
+        )
     assert not ClusterRecord.objects.filter(name="unverified").exists()
 
     cluster_admin.cluster_add(
-        name="unverified", kubeconfig=str(unverified), context="member-1", allow_unverified_tls=True
+        name="unverified",
+        kubeconfig=str(unverified),
+        context="member-1",
+        allow_unverified_tls=True,
+        actor=ADMIN,
     )
-    assert ClusterRecord.objects.filter(name="unverified").exists()
+    assert ClusterRecord.objects.get(name="unverified").allow_unverified_tls, "kept, for every rebuild"
+    added = ClusterAudit.objects.get(cluster="unverified")
+    assert added.after["allow_unverified_tls"] and "not checked (allowed)" in added.message
 
 
 def test_a_kubeconfig_whose_exec_plugin_fails_is_refused_rather_than_used_without_credentials(
@@ -777,14 +796,14 @@ def test_a_kubeconfig_whose_exec_plugin_fails_is_refused_rather_than_used_withou
     plugged = tmp_path / "exec.kubeconfig"
     plugged.write_text(yaml.safe_dump(config))
     with pytest.raises(PermanentError, match="loads no credentials"):
-        cluster_admin.cluster_add(name="plugged", kubeconfig=str(plugged), context="member-1")
+        cluster_admin.cluster_add(name="plugged", kubeconfig=str(plugged), context="member-1", actor=ADMIN)
 
 
 def test_the_clusters_page_shows_a_servers_credentials_redacted(fleet, tmp_path, people, client: Client):
     """A kubeconfig's server URL may carry credentials (userinfo): every viewer reads the page."""
     kubeconfig = FlakyKubeconfig(tmp_path / "userinfo.kubeconfig", fleet.stack["KUBECONFIG"], "member-1")
     kubeconfig.point_at(kubeconfig.real_server.replace("https://", "https://deploy:hunter2@", 1))
-    cluster_admin.cluster_add(name="userinfo", kubeconfig=str(kubeconfig.path))
+    cluster_admin.cluster_add(name="userinfo", kubeconfig=str(kubeconfig.path), actor=ADMIN)
     client.force_login(people["viewer"])
     page = client.get("/clusters/").content
     assert b'data-cluster="userinfo"' in page
@@ -827,3 +846,152 @@ def test_a_sources_credentials_may_not_be_a_file_a_clusters_kubeconfig_names(tmp
     source = make_source()
     with pytest.raises(source_admin.SourceSettingsError, match="holds a cluster's credentials"):
         source_admin.source_update(source, credentials_ref=f"file:{tmp_path / 'token'}")
+
+
+# -- the clusters' audit trail, and what add-cluster allowed kept for every rebuild ---------------------
+
+
+def test_adding_and_removing_a_cluster_each_leave_an_audit_row(stack):
+    """add-cluster and remove-cluster changed the registry without a trace: who registered a cluster with
+    which kubeconfig, and who removed it, was nowhere (only --forget left rows, in the sources' trails).
+    Each leaves a row now, with the registered settings: references, never a credential."""
+    import os
+
+    from gitops.errors import PermanentError
+    from gitops.models import Cluster as ClusterRecord
+    from gitops.models import ClusterAudit
+
+    kubeconfig = stack["KUBECONFIG"]
+    call_command(
+        "gitops",
+        "add-cluster",
+        "audited",
+        "--kubeconfig",
+        kubeconfig,
+        "--context",
+        "member-1",
+        "--by",
+        "ines",
+        stdout=io.StringIO(),
+    )
+    registered = ClusterRecord.objects.get(name="audited").registered_settings()
+    assert registered == {
+        "kubeconfig": os.path.abspath(kubeconfig),
+        "context": "member-1",
+        "in_cluster": False,
+        "allow_unverified_tls": False,
+    }
+    with pytest.raises(PermanentError, match="already registered"):
+        cluster_admin.cluster_add(name="audited", kubeconfig=kubeconfig, context="member-2", actor=ADMIN)
+    with pytest.raises(PermanentError, match="no cluster named"):
+        cluster_admin.cluster_remove("nonesuch", actor=ADMIN)
+
+    call_command("gitops", "remove-cluster", "audited", "--by", "noor", stdout=io.StringIO())
+
+    rows = list(ClusterAudit.objects.order_by("id"))
+    assert [(r.cluster, r.action, r.actor, r.via) for r in rows] == [
+        ("audited", "add", "ines", "cli"),
+        ("audited", "remove", "noor", "cli"),
+    ], "one row each; the refusals left none"
+    added, removed = rows
+    assert (added.before, added.after) == (None, registered)
+    assert (removed.before, removed.after) == (registered, None)
+
+
+def test_an_audit_row_is_written_with_the_registry_change_or_neither_is(stack, monkeypatch):
+    from gitops.models import Cluster as ClusterRecord
+    from gitops.models import ClusterAudit
+
+    def refused(**fields):
+        raise RuntimeError("the audit row could not be written")
+
+    cluster_admin.cluster_add(name="kept", kubeconfig=stack["KUBECONFIG"], context="member-1", actor=ADMIN)
+    monkeypatch.setattr(ClusterAudit.objects, "create", refused)
+    with pytest.raises(RuntimeError):
+        cluster_admin.cluster_add(name="unaudited", kubeconfig=stack["KUBECONFIG"], actor=ADMIN)
+    with pytest.raises(RuntimeError):
+        cluster_admin.cluster_remove("kept", actor=ADMIN)
+    with pytest.raises(RuntimeError):
+        cluster_admin.cluster_forget("kept", actor=ADMIN, reason="gone")
+
+    assert list(ClusterRecord.objects.values_list("name", flat=True)) == ["kept"]
+
+
+def test_forgetting_a_cluster_leaves_an_audit_row_with_its_reason_and_the_trail_is_append_only(stack):
+    from django.db import connection, transaction
+
+    from gitops.models import ClusterAudit
+
+    cluster_admin.cluster_add(name="burned", kubeconfig=stack["KUBECONFIG"], context="member-2", actor=ADMIN)
+    cluster_admin.cluster_forget("burned", actor=Actor.command_line("ines"), reason="the datacenter burned")
+
+    forgot = ClusterAudit.objects.get(cluster="burned", action="forget")
+    assert (forgot.actor, forgot.via, forgot.after) == ("ines", "cli", None)
+    assert forgot.before["context"] == "member-2"
+    assert forgot.message == (
+        "the datacenter burned; objects no longer managed there: none; rollbacks waived: none; "
+        "pending changes dropped: 0"
+    )
+    with pytest.raises(TypeError, match="append-only"):
+        forgot.delete()
+    with pytest.raises(TypeError, match="append-only"):
+        ClusterAudit.objects.filter(pk=forgot.pk).update(actor="someone else")
+    forgot.actor = "someone else"
+    with pytest.raises(TypeError, match="append-only"):
+        forgot.save()
+    for statement in (
+        "UPDATE gitops_clusteraudit SET actor = 'x' WHERE id = %s",
+        "DELETE FROM gitops_clusteraudit WHERE id = %s",
+    ):
+        with (
+            transaction.atomic(),
+            pytest.raises(Exception, match="append-only"),
+            connection.cursor() as cursor,
+        ):
+            cursor.execute(statement, [forgot.pk])
+    assert ClusterAudit.objects.get(pk=forgot.pk).actor == "ines"
+
+
+def test_a_registered_kubeconfig_rewritten_to_skip_the_certificate_check_is_refused_by_the_workers(
+    stack, tmp_path
+):
+    """add-cluster refused an unverified kubeconfig, but a worker rebuilt its client from the file as it
+    was rewritten later (its fingerprint changed) without checking again: the cluster's credentials went
+    to whoever answered at its server's address. Refused at the rebuild now, unless add-cluster was told
+    --allow-unverified-tls, which the row keeps."""
+    import re
+
+    from gitops.cluster.clients import ClusterClients, UnverifiedClusterError
+
+    def unverify(kubeconfig: FlakyKubeconfig) -> None:  # rewritten in place, its CA gone
+        kubeconfig.cluster.pop("certificate-authority-data", None)
+        kubeconfig.cluster.pop("certificate-authority", None)
+        kubeconfig.cluster["insecure-skip-tls-verify"] = True
+        kubeconfig.answer()
+
+    checked = FlakyKubeconfig(tmp_path / "checked.kubeconfig", stack["KUBECONFIG"], "member-1")
+    allowed = FlakyKubeconfig(tmp_path / "allowed.kubeconfig", stack["KUBECONFIG"], "member-2")
+    cluster_admin.cluster_add(name="checked", kubeconfig=str(checked.path), actor=ADMIN)
+    cluster_admin.cluster_add(
+        name="allowed", kubeconfig=str(allowed.path), allow_unverified_tls=True, actor=ADMIN
+    )
+    registry = ClusterClients()
+    registry.refresh()
+    try:
+        assert registry.get("checked").server_version(timeout=10)
+        assert registry.get("allowed").server_version(timeout=10)
+
+        unverify(checked)
+        unverify(allowed)
+
+        with pytest.raises(
+            UnverifiedClusterError, match=re.escape(f"cluster checked: its kubeconfig {checked.path}")
+        ):
+            registry.get("checked")
+        assert "checked" not in registry._clients
+        assert registry.get("allowed").server_version(timeout=10), "allowed when it was registered"
+        cluster_admin.probes_forget("checked")
+        status = next(s for s in cluster_admin.clusters_status() if s.name == "checked")
+        assert not status.reachable and "add-cluster did not allow" in status.error
+    finally:
+        registry.forget()

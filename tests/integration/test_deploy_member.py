@@ -327,9 +327,10 @@ def synced_in_member(cluster: str, kubeconfig: Path, namespace: str, repo, make_
     from datetime import timedelta
 
     from gitops import cluster_admin
+    from gitops.record.audit import Actor
     from tests.gitrepo import configmap as manifest
 
-    cluster_admin.cluster_add(name=cluster, kubeconfig=str(kubeconfig))
+    cluster_admin.cluster_add(name=cluster, kubeconfig=str(kubeconfig), actor=Actor.command_line("tests"))
     name = f"live-{uuid.uuid4().hex[:6]}"
     targets = [{"cluster": cluster, "namespaces": [namespace]}]
     repo.write_all(
@@ -450,6 +451,7 @@ def test_a_step_whose_consumers_rbac_keeps_from_sluice_fails_and_rolls_back_at_o
     what to grant and rolls back, instead of waiting for the cluster, with no healthTimeout, for good."""
     from gitops import cluster_admin, preview
     from gitops.models import Rollout
+    from gitops.record.audit import Actor
     from tests.gitrepo import configmap as manifest
     from tests.workers import poll
 
@@ -465,7 +467,9 @@ def test_a_step_whose_consumers_rbac_keeps_from_sluice_fails_and_rolls_back_at_o
     # Argo Rollouts is not installed here: RBAC that grants nothing on Rollouts refuses nothing Sluice needs.
     assert as_sluice.list_workloads("Rollout", namespace) == ([], "")
 
-    cluster_admin.cluster_add(name="noworkloads", kubeconfig=str(rendered["path"]))
+    cluster_admin.cluster_add(
+        name="noworkloads", kubeconfig=str(rendered["path"]), actor=Actor.command_line("tests")
+    )
     targets = [{"cluster": "noworkloads", "namespaces": [namespace]}]
     repo.write_all(
         {

@@ -23,6 +23,7 @@ from gitops.cluster.livestore import Written, deleted_at
 from gitops.models import Change, Source
 from gitops.plan import LiveStamp
 from gitops.plan.stamps import stamp_of
+from gitops.record.audit import Actor
 from gitops.vocabulary import ChangeAction
 from tests.clusters import FlakyKubeconfig
 from tests.gitrepo import configmap, policy
@@ -713,7 +714,9 @@ def fleet_source(repo, make_source, cluster_for, clusters: dict[str, str], *, ob
 def test_the_live_cache_settles_and_heals_in_a_member_cluster(
     repo, make_source, sync, stack, cluster_for, live_cache
 ):
-    cluster_admin.cluster_add(name=MEMBER, kubeconfig=stack["KUBECONFIG"], context=MEMBER)
+    cluster_admin.cluster_add(
+        name=MEMBER, kubeconfig=stack["KUBECONFIG"], context=MEMBER, actor=Actor.command_line("tests")
+    )
     default = settings.SLUICE_CLUSTER_NAME
     namespace, source = fleet_source(repo, make_source, cluster_for, {default: "local", MEMBER: MEMBER})
     assert sync(source)["outcome"] == "applied"
@@ -756,9 +759,11 @@ def test_the_live_cache_settles_and_heals_in_a_member_cluster(
 def test_a_silent_member_cluster_leaves_the_live_cache_of_the_others_working(
     repo, make_source, sync, stack, cluster_for, start_live_cache, tmp_path
 ):
-    cluster_admin.cluster_add(name=MEMBER, kubeconfig=stack["KUBECONFIG"], context=MEMBER)
+    cluster_admin.cluster_add(
+        name=MEMBER, kubeconfig=stack["KUBECONFIG"], context=MEMBER, actor=Actor.command_line("tests")
+    )
     flaky = FlakyKubeconfig(tmp_path / "flaky.kubeconfig", stack["KUBECONFIG"], "member-2")
-    cluster_admin.cluster_add(name="flaky", kubeconfig=str(flaky.path))
+    cluster_admin.cluster_add(name="flaky", kubeconfig=str(flaky.path), actor=Actor.command_line("tests"))
     namespace, source = fleet_source(repo, make_source, cluster_for, {MEMBER: MEMBER, "flaky": "member-2"})
     assert sync(source)["outcome"] == "applied"
     # Short watches and freshness, so a silent cluster goes stale within seconds.

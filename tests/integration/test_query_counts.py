@@ -125,9 +125,12 @@ def test_reconcile_query_counts_do_not_grow_with_the_number_of_clusters(
     tmp_path_factory, cluster_for, stack, settings
 ):
     from gitops import cluster_admin
+    from gitops.record.audit import Actor
 
     for member in ("member-1", "member-2"):
-        cluster_admin.cluster_add(name=member, kubeconfig=stack["KUBECONFIG"], context=member)
+        cluster_admin.cluster_add(
+            name=member, kubeconfig=stack["KUBECONFIG"], context=member, actor=Actor.command_line("tests")
+        )
     one = _cluster_counts(tmp_path_factory, cluster_for, settings, ["default"])
     three = _cluster_counts(tmp_path_factory, cluster_for, settings, ["default", "member-1", "member-2"])
     assert three == one, f"queries with 1 cluster: {one}; with 3: {three}"

@@ -83,8 +83,14 @@ def test_only_a_logged_in_user_or_the_metrics_token_has_the_member_clusters_prob
     """They do not decide readiness; every anonymous request probed each of them (threads and
     connections anyone could pile up) and listed their names."""
     from gitops import cluster_admin
+    from gitops.record.audit import Actor
 
-    cluster_admin.cluster_add(name="member-eu", kubeconfig=stack["KUBECONFIG"], context="member-1")
+    cluster_admin.cluster_add(
+        name="member-eu",
+        kubeconfig=stack["KUBECONFIG"],
+        context="member-1",
+        actor=Actor.command_line("tests"),
+    )
     settings.SLUICE_METRICS_TOKEN = METRICS_TOKEN
     anonymous = Client().get("/readyz").json()["checks"]
     assert set(anonymous) == {"database", "broker", "kube-apiserver"}

@@ -82,7 +82,7 @@ def test_a_slow_client_build_holds_up_no_other_cluster(monkeypatch, tmp_path):
         if self.name == "slow":
             started.set()
             assert release.wait(10), "never released"
-        built[self.name] = SimpleNamespace(has_credentials=True)
+        built[self.name] = SimpleNamespace(has_credentials=True, unverified=False)
         return built[self.name]
 
     monkeypatch.setattr(ClusterRef, "connect", connect)
@@ -142,7 +142,8 @@ def test_a_client_whose_exec_plugin_failed_once_is_not_kept_without_credentials(
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(EXEC_KUBECONFIG.replace("PLUGIN", str(plugin)))
     registry = ClusterClients()
-    registry._refs = {"edge": ClusterRef("edge", str(kubeconfig), "x")}
+    # Its server's certificate is not checked (insecure-skip-tls-verify): registered with the allowance.
+    registry._refs = {"edge": ClusterRef("edge", str(kubeconfig), "x", allow_unverified_tls=True)}
 
     with pytest.raises(TemporaryError, match="credentials could not be loaded"):
         registry.get("edge")

@@ -1,9 +1,9 @@
 """``python manage.py gitops``: Sluice's command line.
 
 gitops add-source NAME --url URL [--branch B] [--path P] [--interval 60s]
-gitops add-cluster NAME (--kubeconfig PATH [--context CTX] | --in-cluster)
+gitops add-cluster NAME (--kubeconfig PATH [--context CTX] | --in-cluster) [--by NAME]
 gitops clusters [--json]
-gitops remove-cluster NAME
+gitops remove-cluster NAME [--forget --reason TEXT] [--by NAME]
 gitops update-source NAME [--url URL] [--branch B] ... (what is left out stays)
 gitops suspend NAME | gitops resume NAME
 gitops remove-source NAME --objects keep|prune [--wait]
@@ -493,6 +493,7 @@ class Command(BaseCommand):
             context=options["context"] or "",
             in_cluster=options["in_cluster"],
             allow_unverified_tls=options["allow_unverified_tls"],
+            actor=Actor.command_line(options["by"]),
         )
         self.stdout.write(f"added cluster {record.name} ({record.credentials_ref})")
         status = next(s for s in cluster_admin.clusters_status() if s.name == record.name)
@@ -513,11 +514,11 @@ class Command(BaseCommand):
 
     def do_remove_cluster(self, **options: Any) -> None:
         name = options["name"]
+        actor = Actor.command_line(options["by"])
         if not options["forget"]:
-            cluster_admin.cluster_remove(name)
+            cluster_admin.cluster_remove(name, actor=actor)
             self.stdout.write(f"removed cluster {name}")
             return
-        actor = Actor.command_line(options["by"])
         forgotten = cluster_admin.cluster_forget(name, actor=actor, reason=options["reason"])
         objects = ", ".join(f"{source} ({count})" for source, count in sorted(forgotten.objects.items()))
         self.stdout.write(f"forgot cluster {name}")
@@ -880,8 +881,10 @@ def _add_cluster_parsers(commands: Any) -> None:
     add.add_argument(
         "--allow-unverified-tls",
         action="store_true",
-        help="accept a kubeconfig that skips the server's certificate check or uses plain http",
+        help="accept a kubeconfig that skips the server's certificate check or uses plain http "
+        "(kept: a kubeconfig rewritten that way later is refused without it)",
     )
+    _by_argument(add)
 
     listing = commands.add_parser("clusters", help="list clusters: server, reachability, version, sources")
     listing.add_argument("--json", action="store_true")
