@@ -26,6 +26,7 @@ from gitops import schedule
 from gitops.desired.errors import ValidationError
 from gitops.fetch.refs import InvalidRevision, parse_revision
 from gitops.models import Source
+from gitops.plan import ACTIONABLE, Action
 from gitops.vocabulary import PreviewOutcome
 
 TICKET_SALT = "sluice.dashboard.preview"
@@ -34,6 +35,15 @@ NO_ANSWER = "no-answer"
 # its key-level diff, and the page stays within the dashboard's budget (bench/dashboard.py).
 ITEMS_ON_PAGE = 50
 PENDING = "pending"
+# What a plan lists but a sync would not write, in a few words each (the items below say more).
+LEFT_ALONE = {
+    Action.CONFLICT: "not Sluice's",
+    Action.UNREACHABLE: "cluster did not answer",
+    Action.DRIFT: "edited in the cluster; self-heal is off",
+    Action.ORPHAN: "gone from Git; prune is off",
+    Action.HELD: "for a later rollout step",
+    Action.RELEASED: "taken over; forgotten",
+}
 
 
 def answer_deadline_seconds() -> int:
@@ -96,7 +106,15 @@ def _answer_context(source: Source, token: str) -> dict[str, Any]:
     context.update(answer=answer, outcome=answer.get("outcome"), errors=errors, items=items[:ITEMS_ON_PAGE])
     context["planned"] = answer.get("outcome") == PreviewOutcome.PLANNED
     summary = answer.get("summary") or {}
+    # Only what a sync would write counts as a change: a conflict or an unreachable cluster's object is
+    # listed too (items_total counts it), but left alone, and said apart with why.
     context["changed_summary"] = [
-        (action, count) for action, count in summary.items() if action != "unchanged"
+        (action, count) for action, count in summary.items() if action in ACTIONABLE
+    ]
+    context["changed_total"] = sum(count for _, count in context["changed_summary"])
+    context["left_alone"] = [
+        (action, count, LEFT_ALONE.get(action, ""))
+        for action, count in summary.items()
+        if action not in ACTIONABLE and action != Action.UNCHANGED
     ]
     return context

@@ -8,6 +8,7 @@ tasks are sent by name, so nothing here (or anywhere in the domain) imports
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -297,8 +298,26 @@ def syncs_requested_meanwhile(source_ids: list[int]) -> None:
 
 
 def preview_deadline_seconds() -> int:
-    """How long a preview may take, queued and run; the web waits as long for its answer."""
+    """How long the web waits for a preview's answer, and a preview for a worker (its task's expiry)."""
     return int(settings.SLUICE_PREVIEW_TIMEOUT_SECONDS) + PREVIEW_MARGIN_SECONDS
+
+
+def preview_run_seconds() -> int:
+    """How long a worker may spend on a preview once it starts it: its fetch (SLUICE_PREVIEW_TIMEOUT_SECONDS),
+    then its plan: the clusters' reads, bounded by SLUICE_CLUSTER_LIST_DEADLINE, one more connect and read
+    timeout for the reads of the consumers, and PREVIEW_MARGIN_SECONDS to load, validate and plan the files.
+    Nothing stops a plan there (a preview has no task time limit): this covers a plan whose reads of the
+    clusters all run to their deadlines."""
+    reads = float(settings.SLUICE_CLUSTER_CONNECT_TIMEOUT) + float(settings.SLUICE_CLUSTER_READ_TIMEOUT)
+    plan = float(settings.SLUICE_CLUSTER_LIST_DEADLINE) + reads + PREVIEW_MARGIN_SECONDS
+    return math.ceil(int(settings.SLUICE_PREVIEW_TIMEOUT_SECONDS) + plan)
+
+
+def preview_slot_seconds() -> int:
+    """How long a preview holds its slot unless its worker gives it back: a preview may wait in the
+    queue until its task expires (``preview_deadline_seconds``) and then run (``preview_run_seconds``).
+    A slot that ran out sooner would let another preview in while it still ran, past the caps."""
+    return preview_deadline_seconds() + preview_run_seconds()
 
 
 def _preview_slots_key(actor: str) -> str:
@@ -307,14 +326,14 @@ def _preview_slots_key(actor: str) -> str:
 
 def _preview_slot_take(actor: str, task_id: str) -> None:
     """Holds one of the actor's preview slots, and one of everyone's, until the worker is done with
-    ``task_id`` (it gives them back) or the preview's deadline passes (a worker that died). Redis out of
-    reach lets it through: the queue is Redis too, so that shows at once."""
+    ``task_id`` (it gives them back) or no worker can still be running it (``preview_slot_seconds``: a
+    worker that died). Redis out of reach lets it through: the queue is Redis too, so that shows at once."""
     import redis  # noqa: PLC0415 - a dependency of Celery's Redis transport
 
     caps = (int(settings.SLUICE_PREVIEWS_PER_USER), int(settings.SLUICE_PREVIEWS_TOTAL))
     if max(caps) <= 0:
         return
-    now, deadline = time.time(), preview_deadline_seconds()
+    now, deadline = time.time(), preview_slot_seconds()
     keys = (_preview_slots_key(actor), _ALL_PREVIEWS_KEY)
     try:
         busy = redis_client().eval(

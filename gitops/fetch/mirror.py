@@ -7,6 +7,7 @@ change under a reader.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import re
@@ -15,7 +16,6 @@ import subprocess
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,7 +47,13 @@ from gitops.fetch.git import (
     stderr_summary,
 )
 from gitops.fetch.objects import Commit, ObjectStore, Unreadable
-from gitops.fetch.refs import PREVIEW_REF_PREFIX, RequestedRevision, RevisionNotFound
+from gitops.fetch.refs import (
+    PREVIEW_READ_SECONDS,
+    PREVIEW_REF_PREFIX,
+    PreviewRef,
+    RequestedRevision,
+    RevisionNotFound,
+)
 from gitops.redaction import url_without_query
 
 logger = logging.getLogger("gitops.fetch")
@@ -147,6 +153,11 @@ IDENTITY_COLUMNS = MAX_EMAIL_LENGTH + 2  # git pads to it, or cuts with "..": ei
 
 
 GC_PID_STALE_SECONDS = 12 * 3600  # git gc's own rule for a gc.pid whose process is gone
+# A fetch of the followed branch is stopped past this (``GitMirror.fetch``'s timeout; no setting changes
+# it). A preview's fetch holds no source lock, so what it sweeps may be such a fetch's for this long.
+FETCH_TIMEOUT = 120.0
+# A preview ref whose name gives no times (an older Sluice's) is over once its file is this old.
+UNTIMED_PREVIEW_REF_SECONDS = 3600
 
 
 class FetchTooLarge(PermanentError):
@@ -207,7 +218,7 @@ class GitMirror:
         branch: str,
         credentials: Credentials | None = None,
         *,
-        timeout: float = 120,
+        timeout: float = FETCH_TIMEOUT,
         interrupted: Callable[[], bool] | None = None,
     ) -> FetchResult:
         """Brings ``branch`` of ``url`` into the mirror. ``interrupted`` is asked every second while git
@@ -220,7 +231,9 @@ class GitMirror:
             self.path, url, branch, credentials, max_bytes=self.max_fetch_bytes
         )
         self._ensure_initialized()
-        if maintenance := _maintenance_due():
+        maintenance = _maintenance_due()
+        # A worker killed mid-preview left its ref (and its fetch's files) for the next fetch to find.
+        if self.sweep_stale_previews() or maintenance:
             self.sweep_temporary_objects(older_than=timeout)  # a worker killed mid-fetch left them
         ref = f"{MIRROR_REF_PREFIX}{branch}"
         previous = self._read_ref(ref)
@@ -281,10 +294,15 @@ class GitMirror:
 
         A commit the mirror holds is read as it is. Anything else is fetched into a ref of its own under
         ``refs/sluice/previews/``, deleted on the way out, so previews leave no ref behind and the
-        followed branch's ref never moves; ``timeout`` bounds the fetch.
+        followed branch's ref never moves; ``timeout`` bounds the fetch. The ref is written before the
+        fetch begins, named for when and until when (``PreviewRef``): a sweep on another worker spares
+        what this preview fetches, and a ref a killed worker left goes at the next preview or fetch.
         """
         check_url(url)
         self._ensure_initialized()
+        if self.sweep_stale_previews():
+            # What those previews' fetches left too; a fetch of the branch may be writing its own meanwhile.
+            self.sweep_temporary_objects(older_than=max(timeout, FETCH_TIMEOUT))
         if requested.is_commit and (known := self._resolve(requested.text)) is not None:
             yield known
             return
@@ -293,11 +311,23 @@ class GitMirror:
                 f"commit {requested.text} is not in Sluice's copy of the repository; "
                 "give its full SHA to fetch it from the remote"
             )
-        local_ref = f"{PREVIEW_REF_PREFIX}{uuid.uuid4().hex}"
+        local_ref = PreviewRef.new(time.time(), timeout + PREVIEW_READ_SECONDS).name
+        self._hold_preview_ref(local_ref)
         try:
             yield self._fetch_into(url, requested, local_ref, credentials, timeout=timeout)
         finally:
             self._local(git_at(self.path, "update-ref", "-d", local_ref))
+
+    def _hold_preview_ref(self, ref: str) -> None:
+        """Writes a preview's ``ref`` before its fetch, so that from then on every sweep of this mirror knows
+        since when it is fetching. It names the empty tree, which git knows without storing it (nothing
+        is written into the object store), and which the fetch's forced refspec replaces."""
+        tree = self._local(git_at(self.path, "hash-object", "-t", "tree", "--stdin"))  # in either format
+        empty = tree.stdout.decode("ascii", "replace").strip()
+        held = self._local(git_at(self.path, "update-ref", ref, empty)) if tree.returncode == 0 else tree
+        if held.returncode != 0:
+            why = stderr_summary(held.stderr.decode("utf-8", "replace"), ())
+            raise TemporaryError(f"cannot write {ref} in the mirror at {self.path}: {why}")
 
     def _fetch_into(
         self,
@@ -321,15 +351,17 @@ class GitMirror:
         try:
             completed = run(invocation, timeout=timeout)
         except subprocess.TimeoutExpired:
-            # Older than the timeout only: previews hold no source lock, and a fetch of the branch may be
-            # writing its own pack meanwhile. This preview's files go at a later sweep.
-            self.sweep_temporary_objects(older_than=timeout)
+            # Older than any fetch may run only: previews hold no source lock, and a fetch of the branch
+            # (FETCH_TIMEOUT, longer than a preview's by default) may be writing its own pack meanwhile,
+            # untouched for as long as git resolves its deltas. This preview's files go at a later sweep.
+            self.sweep_temporary_objects(older_than=max(timeout, FETCH_TIMEOUT))
             raise TemporaryError(f"fetching {where} timed out after {timeout:g}s") from None
         if completed.returncode != 0:
             self._refuse_overfull(where, since=started, completed=completed, locked=False)
             stderr = completed.stderr.decode("utf-8", "replace")
             server_format = _MISMATCHED_FORMAT.search(stderr)
             if server_format and self._recreate_with_format(server_format.group(1)):
+                self._hold_preview_ref(local_ref)  # the mirror started again without it
                 return self._fetch_into(url, requested, local_ref, credentials, timeout=timeout)
             if _NOT_ON_REMOTE.search(stderr.lower()):
                 raise RevisionNotFound(f"the remote {url_without_query(url)} has no {requested.text}")
@@ -616,15 +648,97 @@ class GitMirror:
         """Deletes the temporary objects and packs git writes before it moves them into place
         (``objects/??/tmp_obj_*``, ``objects/pack/tmp_*``) not written for ``older_than`` seconds; returns
         how many. A fetch killed at its timeout leaves them. The source's lock keeps other fetches of
-        this mirror away, and a preview's fetch whose file goes fails and is asked again; nothing is
+        the branch away; previews hold no lock, so nothing written since a preview that may still run
+        began is swept (its ref's name says when, ``PreviewRef``), whatever ``older_than``. Nothing is
         swept while git's maintenance holds ``gc.pid``."""
         if self._maintenance_running():
             return 0  # git's maintenance runs (its own session, not killed with the fetch): its files too
         deadline = time.time() - older_than
-        swept = self._remove_temporary(lambda found: found.st_mtime <= deadline)
+        unheld = self._outside_live_previews()
+        swept = self._remove_temporary(lambda found: found.st_mtime <= deadline and unheld(found))
         if swept:
             logger.info("removed %d temporary object files a stopped git left in %s", swept, self.path)
         return swept
+
+    def _outside_live_previews(self) -> Callable[[os.stat_result], bool]:
+        """Whether a temporary file cannot be a running preview's: written before the earliest preview
+        whose ref says it may still run began (1s early, for coarse clocks). The refs are listed when
+        the first file is asked about, so a mirror without temporary files costs no git process; a
+        preview whose ref came after that listing writes after it too, and callers spare files written
+        after their sweep began (a preview writes its ref before its fetch starts)."""
+        earliest: list[float] = []
+
+        def unheld(found: os.stat_result) -> bool:
+            if not earliest:
+                now = time.time()
+                began = (ref.began for ref in self._preview_refs() if ref.live(now) and ref.began is not None)
+                earliest.append(min(began, default=math.inf))
+            return found.st_mtime < earliest[0] - 1
+
+        return unheld
+
+    def sweep_stale_previews(self) -> int:
+        """Deletes the refs of previews that are over: a worker killed between a preview's fetch and its
+        cleanup left its ref, and with it all it fetched. Over is past the time its name gives, which
+        covers its fetch and its plan (``PREVIEW_READ_SECONDS``), so that a preview on another worker keeps
+        its ref while it reads; a name without times is over once its ref file is
+        UNTIMED_PREVIEW_REF_SECONDS old (or packed). Returns how many went. Objects only they reached are
+        left to git's gc, which prunes them once unreachable for two weeks (gc.pruneExpire). While there
+        is no preview ref, this runs no git process: it looks at the ref files."""
+        if not self._has_preview_refs():
+            return 0
+        now = time.time()
+        stale = [ref.name for ref in self._preview_refs() if not self._preview_may_run(ref, now)]
+        if not stale:
+            return 0
+        # One transaction; deleting a ref another sweep deleted first is no failure.
+        commands = "".join(f"delete {name}\n" for name in stale).encode()
+        try:
+            completed = run(git_at(self.path, "update-ref", "--stdin"), timeout=LOCAL_TIMEOUT, input=commands)
+        except subprocess.TimeoutExpired:
+            logger.warning("deleting %d stale preview refs in %s timed out", len(stale), self.path)
+            return 0  # housekeeping: the fetch or preview that asked goes on, and the next one tries again
+        if completed.returncode != 0:
+            why = stderr_summary(completed.stderr.decode("utf-8", "replace"), ())
+            logger.warning("cannot delete %d stale preview refs in %s: %s", len(stale), self.path, why)
+            return 0
+        logger.info(
+            "deleted %d preview refs left by previews that did not finish in %s", len(stale), self.path
+        )
+        return len(stale)
+
+    def _preview_may_run(self, ref: PreviewRef, now: float) -> bool:
+        if ref.began is not None:
+            return ref.live(now)
+        try:  # git's gc packs refs, and deletes their files: one packed is long done
+            written = (self.path / ref.name).stat().st_mtime
+        except OSError:
+            return False
+        return now - written < UNTIMED_PREVIEW_REF_SECONDS
+
+    def _preview_refs(self) -> list[PreviewRef]:
+        listed = self._local(git_at(self.path, "for-each-ref", "--format=%(refname)", PREVIEW_REF_PREFIX))
+        if listed.returncode != 0:
+            return []
+        return [
+            PreviewRef.parse(name) for name in listed.stdout.decode("utf-8", "replace").splitlines() if name
+        ]
+
+    def _has_preview_refs(self) -> bool:
+        """Whether the mirror may hold a preview ref, from its ref files (no git process): a loose ref
+        under ``refs/sluice/previews/``, or one in ``packed-refs``; a reftable store always may."""
+        if (self.path / "reftable").is_dir():
+            return True
+        try:
+            with os.scandir(self.path / PREVIEW_REF_PREFIX) as entries:
+                if next(entries, None) is not None:
+                    return True
+        except OSError:
+            pass  # no such directory: git removes it with its last ref
+        try:
+            return f" {PREVIEW_REF_PREFIX}".encode() in (self.path / "packed-refs").read_bytes()
+        except OSError:
+            return False
 
     def _refuse_overfull(self, where: str, *, since: float, completed: GitRun, locked: bool = True) -> None:
         """Raises FetchTooLarge when a fetch that failed was stopped at ``max_fetch_bytes``: a temporary
@@ -635,8 +749,10 @@ class GitMirror:
         if bound <= 0:
             return
         if completed.stderr_bytes >= bound:
-            if locked:  # what it began to write; a preview's are swept later, as at its timeout
-                self._remove_temporary(lambda found: found.st_mtime >= since - 1)
+            if locked:  # what it began to write, but a running preview's; a preview's go later
+                # Written by now: a preview whose ref the sweep lists too late to see writes after this.
+                unheld, now = self._outside_live_previews(), time.time()
+                self._remove_temporary(lambda found: since - 1 <= found.st_mtime <= now and unheld(found))
             logger.warning("fetch of %s stopped at %d bytes of the server's messages", where, bound)
             raise FetchTooLarge(where, bound, server_messages=True)
         if self._remove_temporary(lambda found: found.st_size >= bound and found.st_mtime >= since - 1):

@@ -12,7 +12,9 @@ before git runs, so that what reaches ``git fetch`` is a refspec this module bui
 
 from __future__ import annotations
 
+import math
 import re
+import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -22,6 +24,11 @@ MAX_REVISION_LENGTH = 256
 # Fetched revisions are held here for the moment a preview reads them, never under the
 # followed branch's ref (gitops.fetch.git.MIRROR_REF_PREFIX), which only a sync moves.
 PREVIEW_REF_PREFIX = "refs/sluice/previews/"
+# How long a preview may read and plan its revision once fetched, on top of its fetch's time limit:
+# far beyond the plan's own bounds (the clusters' list deadline, a connect and a read per cluster),
+# because a ref held too long costs next to nothing (git's gc keeps unreachable objects two weeks
+# anyway) while one dropped under a live preview fails it.
+PREVIEW_READ_SECONDS = 600
 FULL_OBJECT_ID_LENGTHS = (40, 64)
 ACCEPTED_FORMS = (
     "refs/heads/NAME, refs/tags/NAME, refs/pull/N/head, refs/merge-requests/N/head "
@@ -29,6 +36,7 @@ ACCEPTED_FORMS = (
 )
 
 _OBJECT_ID = re.compile(r"[0-9a-fA-F]{7,64}")
+_PREVIEW_REF_NAME = re.compile(r"([0-9]{1,12})-([0-9]{1,12})-[0-9a-f]{32}")
 _REVIEW_HEAD = re.compile(r"refs/(pull|merge-requests)/([1-9][0-9]{0,9})/head")
 _NAMED = re.compile(r"refs/(heads|tags)/(.+)")
 # What git check-ref-format refuses anywhere in a name: control characters, space, ~ ^ : ? * [ \ and DEL.
@@ -67,6 +75,34 @@ class RequestedRevision:
     def refspec(self, local_ref: str) -> str:
         """What ``git fetch`` gets: this ref (or commit) into ``local_ref``, forced."""
         return f"+{self.text}:{local_ref}"
+
+
+@dataclass(frozen=True)
+class PreviewRef:
+    """A preview's ref, named ``refs/sluice/previews/<began>-<expires>-<token>`` (epoch seconds): its name
+    alone tells whoever lists the mirror's refs whether its preview may still run, with no need to ask
+    the worker that made it (on another host, or killed between its fetch and the ref's deletion)."""
+
+    name: str
+    began: int | None  # None: a name without times (an older Sluice's, or not Sluice's)
+    expires: int | None
+
+    @classmethod
+    def new(cls, began: float, held_for: float) -> PreviewRef:
+        """A ref for a preview that begins at ``began`` and may read its revision ``held_for`` seconds."""
+        start, end = int(began), math.ceil(began + held_for)
+        return cls(f"{PREVIEW_REF_PREFIX}{start}-{end}-{uuid.uuid4().hex}", start, end)
+
+    @classmethod
+    def parse(cls, name: str) -> PreviewRef:
+        times = _PREVIEW_REF_NAME.fullmatch(name.removeprefix(PREVIEW_REF_PREFIX))
+        if not name.startswith(PREVIEW_REF_PREFIX) or times is None:
+            return cls(name, None, None)
+        return cls(name, int(times.group(1)), int(times.group(2)))
+
+    def live(self, now: float) -> bool:
+        """Whether its preview may still be fetching or reading (False for a name without times)."""
+        return self.expires is not None and now < self.expires
 
 
 def parse_revision(text: str) -> RequestedRevision:

@@ -459,7 +459,7 @@ def test_one_person_has_at_most_so_many_previews_on_the_workers(
         refused = viewer.get(f"/sources/{name}/plan", revision="refs/pull/7/head")
         assert refused.status_code == 429, refused.content
         assert "vera already has 1 preview(s) on the workers" in refused.json()["detail"]
-        assert 0 < int(refused["Retry-After"]) <= schedule.preview_deadline_seconds() + 1
+        assert 0 < int(refused["Retry-After"]) <= schedule.preview_slot_seconds() + 1
         page = logged_in("vera").post(f"/sources/{name}/preview/", {"revision": "refs/pull/7/head"})
         assert page.status_code == 429
         assert "vera already has 1 preview(s)" in page.content.decode()
@@ -495,7 +495,7 @@ def test_everyone_together_has_at_most_so_many_previews_on_the_workers(
         refused = Api(issue_token("vera")).get(f"/sources/{name}/plan", revision="refs/pull/7/head")
         assert refused.status_code == 429, refused.content
         assert "everyone together already has 2 preview(s) on the workers" in refused.json()["detail"]
-        assert 0 < int(refused["Retry-After"]) <= schedule.preview_deadline_seconds() + 1
+        assert 0 < int(refused["Retry-After"]) <= schedule.preview_slot_seconds() + 1
         page = logged_in("vera").post(f"/sources/{name}/preview/", {"revision": "refs/pull/7/head"})
         assert page.status_code == 429
         assert "everyone together already has 2" in page.content.decode()

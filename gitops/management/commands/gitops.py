@@ -57,7 +57,7 @@ from gitops.desired.limits import Limits
 from gitops.errors import GitopsError
 from gitops.intake import webhook_secrets
 from gitops.models import Rollout, Source, SourceRemoval
-from gitops.plan import DiffItem, Plan
+from gitops.plan import ACTIONABLE, Action, DiffItem, Plan
 from gitops.record.audit import Actor
 from gitops.redaction import url_without_query
 from gitops.roles import ROLES
@@ -327,7 +327,9 @@ class Command(BaseCommand):
             self.stdout.write(f"{verb:>9} {workload.kind.lower()} {where}  (reads {', '.join(effect.reads)})")
 
     def _print_plan(self, plan: Plan) -> None:
-        self.stdout.write(f"plan for {plan.source} @ {plan.commit[:12]}: " + _counts(plan.summary()))
+        summary = plan.summary()
+        self.stdout.write(f"plan for {plan.source} @ {plan.commit[:12]}: " + _counts(summary))
+        self.stdout.write(_would_change(summary))
         for item in plan.items:
             if item.action.value == "unchanged":
                 continue
@@ -1016,6 +1018,18 @@ def _listed(values: list[str] | None) -> list[str] | None:
 
 def _counts(summary: dict[str, int]) -> str:
     return ", ".join(f"{count} {action}" for action, count in sorted(summary.items())) or "nothing"
+
+
+def _would_change(summary: dict[str, int]) -> str:
+    """What applying the plan would change, apart from what it lists but leaves alone: a conflict (not
+    Sluice's), an unreachable cluster's object, drift, an orphan, a target a later step reaches."""
+    changes = {action: count for action, count in summary.items() if action in ACTIONABLE}
+    not_left_alone = (*ACTIONABLE, Action.UNCHANGED)
+    left = {action: count for action, count in summary.items() if action not in not_left_alone}
+    total = sum(changes.values())
+    said = f"would change {total} object{'s' if total != 1 else ''} ({_counts(changes)})"
+    said = said if total else "would change nothing"
+    return f"{said}; left alone: {_counts(left)}" if left else said
 
 
 def _short(value: Any, limit: int = 60) -> str:
