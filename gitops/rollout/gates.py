@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.db import transaction
 from django.utils import timezone
@@ -103,25 +103,39 @@ def analyse(rollout: Rollout, step: Analysis, refusals: list[str]) -> bool:
     }
     result = run_analysis(step, payload, rollout.source.scope)
     failures = 0 if result.passed else rollout.analysis_failures + 1
-    data = {"passed": result.passed, "failures": failures}
-    rollout_event(rollout, RolloutEventKind.ANALYSIS, message=result.detail, data=data)
+    until = timezone.now() + timedelta(seconds=step.interval_seconds)
+    # The check's line and the move it makes commit together, or neither: a worker killed between them
+    # left a line for a check that counted for nothing, and its retry ran the check and wrote it again.
+    # Someone who moved the rollout meanwhile (an abort) takes the line back with the move.
+    with transaction.atomic():
+        data = {"passed": result.passed, "failures": failures}
+        rollout_event(rollout, RolloutEventKind.ANALYSIS, message=result.detail, data=data)
+        if not _analysis_moved(rollout, step, result.passed, failures, until):
+            transaction.set_rollback(True)
+            return False
     if result.passed:
-        transition(rollout, step_index=rollout.step_index + 1, analysis_failures=0)
         return True
     if failures >= step.failure_limit:
-        transition(rollout, analysis_failures=failures)
         reason = f"analysis failed: {result.detail}"
         refusals.extend(
             rollout_rollback(rollout, actor=SYSTEM_ACTOR, reason=reason, phase=Rollout.Phase.ABORTED)
         )
         return False
-    until = timezone.now() + timedelta(seconds=step.interval_seconds)
-    transition(
+    schedule.source_sync_at(rollout.source_id, until)
+    return False
+
+
+def _analysis_moved(rollout: Rollout, step: Analysis, passed: bool, failures: int, until: datetime) -> bool:
+    """The rollout's move after its check: the next step, its failure counted before the rollback, or a
+    pause until the next try. False when someone moved it meanwhile."""
+    if passed:
+        return transition(rollout, step_index=rollout.step_index + 1, analysis_failures=0)
+    if failures >= step.failure_limit:
+        return transition(rollout, analysis_failures=failures)
+    return transition(
         rollout,
         phase=Rollout.Phase.PAUSED,
         waiting_for=Waiting.ANALYSIS,
         pause_until=until,
         analysis_failures=failures,
     )
-    schedule.source_sync_at(rollout.source_id, until)
-    return False

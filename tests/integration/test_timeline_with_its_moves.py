@@ -96,3 +96,49 @@ def test_a_step_is_told_once_though_the_worker_died_as_it_told_it(
     paused = Rollout.objects.get(pk=rollout_of(source).pk)
     assert (paused.phase, paused.step_index) == ("Paused", 1)
     assert RolloutEvent.objects.filter(rollout=paused, kind="step").count() == 1
+
+
+def test_an_analysis_is_told_once_though_the_worker_died_as_it_moved_on(
+    repo, make_namespaces, make_source, monkeypatch, analysis_endpoint
+):
+    """The check's line was written before the move it makes: a worker killed between the two left a
+    line for a check that counted for nothing, and the retry ran the check again and wrote a second."""
+    from gitops import reconcile
+    from gitops.rollout import gates
+
+    passes_run_here(monkeypatch)
+    canary, rest = make_namespaces("canary", "rest")
+    repo.write_all(
+        {"sluice.yaml": policy([canary, rest]), "configmaps/app.yaml": configmap("app", {"v": "1"})}
+    )
+    repo.commit("v1")
+    source = make_source(analysis_url_prefixes=[analysis_endpoint.url])
+    reconcile.source_sync(source.pk)
+    steps = [{"setWeight": 50}, {"analysis": {"http": {"url": analysis_endpoint.url}}}, {"pause": {}}]
+    repo.write_all(
+        {
+            "sluice.yaml": policy([canary, rest], rollout={"steps": steps}),
+            "configmaps/app.yaml": configmap("app", {"v": "2"}),
+        }
+    )
+    repo.commit("v2")
+    real, killed = gates.transition, []
+
+    def transition(rollout, **changes):
+        if "analysis_failures" in changes and not killed:  # the move after the check
+            killed.append(rollout.pk)
+            raise WorkerKilled("analysis")
+        return real(rollout, **changes)
+
+    monkeypatch.setattr(gates, "transition", transition)
+    with pytest.raises(WorkerKilled):
+        reconcile.source_sync(source.pk)
+    assert len(analysis_endpoint.received) == 1
+    assert not RolloutEvent.objects.filter(kind="analysis").exists(), "the line went with its move"
+
+    reconcile.source_sync(source.pk)
+
+    rollout = rollout_of(source)
+    assert (rollout.phase, rollout.waiting_for) == ("Paused", "approval")
+    assert len(analysis_endpoint.received) == 2, "the check ran again: its first run counted for nothing"
+    assert RolloutEvent.objects.filter(rollout=rollout, kind="analysis").count() == 1
