@@ -1606,11 +1606,16 @@ def test_a_redis_restarted_under_a_term_ends_it_and_a_new_term_vouches_again(
         first = vouched_by_a_term()
 
         # A lease longer than the restart takes, so that its key outlives it however slow the machine
-        # is now (the cache's next renewal puts 2 s back; the restart takes a fraction of that).
-        redis_server.client.pexpire(alive, 60_000)
-        redis_server.kill()
-        redis_server.start()
-        assert redis_server.client.get(alive) == first, "the lease's key survived the restart"
+        # is now. The cache is held still meanwhile: a renewal between the pexpire and the kill put 2 s
+        # back, and a restart slower than that (a loaded machine) lost the key, failing this test once.
+        os.killpg(cache.process.pid, signal.SIGSTOP)
+        try:
+            redis_server.client.pexpire(alive, 60_000)
+            redis_server.kill()
+            redis_server.start()
+            assert redis_server.client.get(alive) == first, "the lease's key survived the restart"
+        finally:
+            os.killpg(cache.process.pid, signal.SIGCONT)
 
         poll(lambda: vouched_by_a_term() not in ("", first), timeout=60, what="a new term to vouch")
         assert "Redis restarted or failed over" in cache.log_path.read_text(errors="replace")
