@@ -607,12 +607,12 @@ CHANGE_COUNT_CAP = 10_000
 class ChangePage(Schema):
     items: list[ChangeOut]
     count: int = Field(
-        description=f"the changes that match the filters (before aside), counted up to offset + "
-        f"{CHANGE_COUNT_CAP:,}; when count_exact is false there are more than count"
+        description=f"the changes that match the filters (before aside); with count=capped, counted up "
+        f"to offset + {CHANGE_COUNT_CAP:,}, and when count_exact is false there are more than count"
     )
     count_exact: bool = Field(
-        description="false: counting stopped at offset + the cap, so count is a lower bound; page on "
-        "with next_before (or offset) until next_before is null"
+        description="false (count=capped only): counting stopped at offset + the cap, so count is a "
+        "lower bound; page on with next_before (or offset) until next_before is null"
     )
     limit: int
     offset: int
@@ -693,6 +693,11 @@ class ChangeFilters(Schema):
             raise ValueError("out of the range of dates") from exc
 
 
+class ChangeCount(StrEnum):
+    EXACT = "exact"
+    CAPPED = "capped"
+
+
 class ChangeQuery(Schema):
     before: int | None = Field(
         None,
@@ -706,6 +711,11 @@ class ChangeQuery(Schema):
         True,
         description="false: each item's diff is null (a diff holds the old and new values, up to 1 MiB "
         "each) and is not read from the database",
+    )
+    count: ChangeCount = Field(
+        ChangeCount.EXACT,
+        description="exact: count every matching change (reads them all: slow on a log of millions); "
+        f"capped: count up to offset + {CHANGE_COUNT_CAP:,}, then say count_exact false",
     )
 
 
@@ -1182,16 +1192,20 @@ def list_changes(
     export list it). ``since`` is inclusive, ``until`` exclusive.
 
     Page with ``before=<next_before>`` until ``next_before`` is null: each page costs what the first
-    does. ``limit`` and ``offset`` page as they did. ``count`` is exact up to offset + 10,000
-    (``count_exact``). With ``diff=false`` each item's diff is null, and is not read. Full rows, with
-    their contents, stream from the dashboard's export: ``/changes/?format=json&bodies=1``.
+    does. ``limit`` and ``offset`` page as they did. ``count`` is exact, or with ``count=capped`` exact
+    up to offset + 10,000 (``count_exact``). With ``diff=false`` each item's diff is null, and is not
+    read. Full rows, with their contents, stream from the dashboard's export:
+    ``/changes/?format=json&bodies=1``.
     """
     require(request, "gitops.view_change")
     changes = changes_filtered(filters)
     rows = list(changes_window(changes, paging, query))
     more = len(rows) > paging.limit  # one row past the page says whether there is a next one
     rows = rows[: paging.limit]
-    count, exact = changes_counted(changes, paging.offset)
+    if query.count is ChangeCount.CAPPED:
+        count, exact = changes_counted(changes, paging.offset)
+    else:  # as it always was: a client may have computed its pages from the first page's count
+        count, exact = changes.order_by().count(), True
     items = [{"diff": None, **selectors.change_as_dict(c, with_diff=query.diff)} for c in rows]
     return {**page(items, count, paging), "count_exact": exact, "next_before": rows[-1].pk if more else None}
 

@@ -160,18 +160,20 @@ def source_detail(request: HttpRequest, name: str) -> HttpResponse:
     readers = configmap_readers(source.consumer_map or {})
     cluster = request.GET.get("cluster", "").strip()[:63]
     plan = dict(source.last_plan or {})
-    kept = plan.get("items") or []
-    # A stored plan keeps its first items only (gitops.plan.shown); say how many more there are.
-    plan["more"] = max(0, int(plan.get("items_total") or len(kept)) - len(kept))
+    items = plan.get("items") or []
+    # A stored plan keeps its first items only (gitops.plan.shown): how many more there are.
+    more = max(0, int(plan.get("items_total") or len(items)) - len(items))
     managed = ManagedObject.objects.filter(source=source).order_by("cluster", "namespace", "name")
     if cluster:
-        plan["items"] = [item for item in plan.get("items", []) if item.get("cluster") == cluster]
+        items = [item for item in items if item.get("cluster") == cluster]
         managed = managed.filter(cluster=cluster)
     context = {
         "source": source,
         "url": url_without_query(source.url),
         "revisions": list(source.revisions.order_by("-fetched_at", "-id")[:20]),
         "plan": plan,
+        "plan_items": items,
+        "plan_more": more,
         "managed": list(managed[:500]),
         "cluster": cluster,
         "clusters": _cluster_names(source.target_clusters or []),
@@ -420,7 +422,9 @@ EXPORT_CHUNK_WITH_BODIES = 50
 
 
 def _export_rows(changes: Any, *, bodies: bool) -> Iterator[dict[str, Any]]:
-    rows = changes.order_by("-id").select_related("source")
+    # Of the source its name and link template only: its stored plan and consumers (megabytes) came
+    # with every row.
+    rows = changes.order_by("-id").select_related("source").defer("source__last_plan", "source__consumer_map")
     if not bodies:
         # The key-level diff holds old and new values too: as large as the bodies, and as private.
         rows = rows.defer("before", "after", "diff")

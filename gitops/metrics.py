@@ -10,6 +10,7 @@ State that lives in the database (rollout phases, drift) is read at scrape time.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from django.conf import settings
 from prometheus_client import (
@@ -83,15 +84,26 @@ class DatabaseCollector(Collector):
         sources = Source.objects.values_list("name", "last_plan", "target_clusters", "suspended")
         for name, plan, clusters, is_suspended in sources:
             counts = dict.fromkeys(clusters or [default], 0)
-            for item in (plan or {}).get("items", []):
-                if item.get("action") in DRIFT_ACTIONS:
-                    cluster = item.get("cluster") or default
-                    counts[cluster] = counts.get(cluster, 0) + 1
+            for cluster, count in _drift_by_cluster(plan or {}).items():
+                counts[cluster or default] = counts.get(cluster or default, 0) + count
             for cluster, count in counts.items():
                 drift.add_metric([name, cluster], count)
             suspended.add_metric([name], 1 if is_suspended else 0)
         yield drift
         yield suspended
+
+
+def _drift_by_cluster(plan: dict[str, Any]) -> dict[str, int]:
+    """A stored plan's drifted objects by cluster: counted over every object as the plan was stored (its
+    items are its first 500 only), or from its items for a plan stored before that count was kept."""
+    counted = plan.get("drift_by_cluster")
+    if isinstance(counted, dict):
+        return {str(cluster): int(count) for cluster, count in counted.items()}
+    found: dict[str, int] = {}
+    for item in plan.get("items", []):
+        if item.get("action") in DRIFT_ACTIONS:
+            found[item.get("cluster") or ""] = found.get(item.get("cluster") or "", 0) + 1
+    return found
 
 
 def render() -> tuple[bytes, str]:

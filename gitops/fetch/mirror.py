@@ -670,9 +670,10 @@ class GitMirror:
 
         def unheld(found: os.stat_result) -> bool:
             if not earliest:
-                now = time.time()
-                began = (ref.began for ref in self._preview_refs() if ref.live(now) and ref.began is not None)
-                earliest.append(min(began, default=math.inf))
+                now, refs = time.time(), self._preview_refs()
+                # Refs that cannot be listed may name a live preview: every file is spared, this time.
+                began = (ref.began for ref in refs or () if ref.live(now) and ref.began is not None)
+                earliest.append(min(began, default=math.inf) if refs is not None else -math.inf)
             return found.st_mtime < earliest[0] - 1
 
         return unheld
@@ -688,7 +689,7 @@ class GitMirror:
         if not self._has_preview_refs():
             return 0
         now = time.time()
-        stale = [ref.name for ref in self._preview_refs() if not self._preview_may_run(ref, now)]
+        stale = [ref.name for ref in self._preview_refs() or () if not self._preview_may_run(ref, now)]
         if not stale:
             return 0
         # One transaction; deleting a ref another sweep deleted first is no failure.
@@ -716,10 +717,14 @@ class GitMirror:
             return False
         return now - written < UNTIMED_PREVIEW_REF_SECONDS
 
-    def _preview_refs(self) -> list[PreviewRef]:
-        listed = self._local(git_at(self.path, "for-each-ref", "--format=%(refname)", PREVIEW_REF_PREFIX))
+    def _preview_refs(self) -> list[PreviewRef] | None:
+        """The preview refs, or None when git could not list them."""
+        try:
+            listed = self._local(git_at(self.path, "for-each-ref", "--format=%(refname)", PREVIEW_REF_PREFIX))
+        except TemporaryError:
+            return None
         if listed.returncode != 0:
-            return []
+            return None
         return [
             PreviewRef.parse(name) for name in listed.stdout.decode("utf-8", "replace").splitlines() if name
         ]

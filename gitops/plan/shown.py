@@ -34,13 +34,16 @@ def items_shown(
     shown: list[dict[str, Any]] = []
     left = DIFF_CHARACTERS_SHOWN if characters is None else characters
     for item in islice(items, ITEMS_SHOWN if limit is None else limit):
-        # Weighed before its unified text is made: that text is the costly part of a large change.
-        weight = sum(map(_diff_weight, item.diff))
-        if weight > left:
+        # Its sides first, without making its unified text (the costly part of a large change): what
+        # they alone do not fit in is cut unmade. Then what it really carries: the unified text of a
+        # JSON value is pretty-printed, and can be many times the value's own length.
+        entry = item.as_dict() if sum(map(_sides_weight, item.diff)) <= left else None
+        weight = _carried(entry["diff"]) if entry is not None else left + 1
+        if entry is None or weight > left:
             shown.append({**_without_diff(item), "diff": [], "diff_cut": True})
             continue
         left -= weight
-        shown.append(item.as_dict())
+        shown.append(entry)
     return shown
 
 
@@ -48,13 +51,20 @@ def _without_diff(item: PlanItem) -> dict[str, Any]:
     return {**item.head(), "diff_keys": len(item.diff)}
 
 
-def _diff_weight(entry: DiffItem) -> int:
-    """About the characters ``entry.as_dict()`` carries: each side, and a unified text that repeats them
-    with a mark a line."""
-    if entry.field == "binaryData":  # shown as its size and digest, whatever its length
+def _sides_weight(entry: DiffItem) -> int:
+    """What ``entry.as_dict()`` carries at least: each side of a text key (a binary one is shown as its
+    size and digest, whatever its length)."""
+    if entry.field == "binaryData":
         return 2 * _SMALL_VALUE
-    return _SMALL_VALUE + sum(2 * len(side) + side.count("\n") for side in _texts(entry))
+    return _SMALL_VALUE + sum(len(side) for side in (entry.old, entry.new) if isinstance(side, str))
 
 
-def _texts(entry: DiffItem) -> tuple[str, ...]:
-    return tuple(side for side in (entry.old, entry.new) if isinstance(side, str))
+def _carried(entries: list[dict[str, Any]]) -> int:
+    """The characters shown entries carry: each side, and the unified text."""
+    return sum(
+        _SMALL_VALUE + sum(len(entry[part]) for part in _TEXT_PARTS if isinstance(entry.get(part), str))
+        for entry in entries
+    )
+
+
+_TEXT_PARTS = ("old", "new", "unified")

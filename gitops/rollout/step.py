@@ -324,8 +324,11 @@ def plan_snapshot(current: Plan, *, weight: int, applied: set[Any]) -> dict[str,
         item for item in current.items if item.action is not Action.UNCHANGED and item.key not in applied
     ]
     summary: dict[str, int] = {}
+    drifted: dict[str, int] = {}  # by cluster, counted before the items are cut (sluice_drift_objects)
     for item in pending:
         summary[item.action.value] = summary.get(item.action.value, 0) + 1
+        if item.action in (Action.DRIFT, Action.SELF_HEAL):
+            drifted[item.cluster] = drifted.get(item.cluster, 0) + 1
     if applied:
         summary["applied"] = len(applied)
     return {
@@ -333,6 +336,7 @@ def plan_snapshot(current: Plan, *, weight: int, applied: set[Any]) -> dict[str,
         "weight": weight,
         "computed_at": timezone.now().isoformat(),
         "summary": summary,
+        "drift_by_cluster": drifted,
         "items_total": len(pending),
         "items": items_shown(pending),
     }

@@ -157,16 +157,19 @@ def test_the_count_stops_at_the_cap_and_says_so(viewer, monkeypatch):
     logged(source_named("other"), 3)
     shops = sorted(ids, reverse=True)
 
-    first = listed(viewer, source="shop", limit=4)
+    # By default the count is exact, as it always was: a client may compute its pages from it.
+    exact = listed(viewer, source="shop", limit=4)
+    assert (exact["count"], exact["count_exact"]) == (12, True)
+    first = listed(viewer, source="shop", limit=4, count="capped")
     assert (first["count"], first["count_exact"]) == (5, False)
     assert first["next_before"] == first["items"][-1]["id"]
-    other = listed(viewer, source="other")
+    other = listed(viewer, source="other", count="capped")
     assert (other["count"], other["count_exact"], other["next_before"]) == (3, True, None)
 
     # Past the offset: a client that pages by offset while offset < count still reaches the end.
     seen, offset, counts = [], 0, []
     while True:
-        page = listed(viewer, source="shop", limit=4, offset=offset)
+        page = listed(viewer, source="shop", limit=4, offset=offset, count="capped")
         seen += [item["id"] for item in page["items"]]
         counts.append((page["count"], page["count_exact"]))
         offset += 4
@@ -175,9 +178,10 @@ def test_the_count_stops_at_the_cap_and_says_so(viewer, monkeypatch):
     assert seen == shops
     assert counts == [(5, False), (9, False), (12, True)]
 
-    pages = walk(viewer, source="shop", limit=4)
+    pages = walk(viewer, source="shop", limit=4, count="capped")
     assert ids_of(pages) == shops
     assert {(page["count"], page["count_exact"]) for page in pages} == {(5, False)}
+    assert viewer.get("/changes", count="roughly").status_code == 422
 
 
 def test_diff_false_leaves_each_diff_out_and_unread(viewer):
@@ -224,17 +228,17 @@ def test_a_page_runs_the_same_few_queries_however_long_the_log(viewer):
     shop = source_named("shop")
     ids = logged(shop, 3)
     few = {
-        "first": measured(viewer, limit=50),
-        "by before": measured(viewer, limit=50, before=max(ids)),
-        "filtered": measured(viewer, limit=50, source="shop", before=max(ids)),
+        "first": measured(viewer, limit=50, count="capped"),
+        "by before": measured(viewer, limit=50, before=max(ids), count="capped"),
+        "filtered": measured(viewer, limit=50, source="shop", before=max(ids), count="capped"),
     }
     ids += logged(shop, 120)
     # A reconciled source keeps its last plan, diffs and all: a page needs only the source's name.
     Source.objects.filter(pk=shop.pk).update(last_plan={"items": [{"diff": "x" * 100_000}]})
     many = {
-        "first": measured(viewer, limit=50),
-        "by before": measured(viewer, limit=50, before=max(ids)),
-        "filtered": measured(viewer, limit=50, source="shop", before=max(ids)),
+        "first": measured(viewer, limit=50, count="capped"),
+        "by before": measured(viewer, limit=50, before=max(ids), count="capped"),
+        "filtered": measured(viewer, limit=50, source="shop", before=max(ids), count="capped"),
     }
 
     assert {name: len(sqls) for name, sqls in many.items()} == {name: len(sqls) for name, sqls in few.items()}

@@ -59,5 +59,10 @@ def test_a_held_plan_keeps_its_first_objects_and_cuts_a_diff_too_large_to_carry(
     page = Client()
     page.force_login(people["viewer"])
     text = page.get(f"/sources/{source.name}/").content.decode()
-    assert "And 2 more objects, not kept with the plan" in text
+    assert "And 2 more objects differ from Git, not kept with the plan" in text
     assert f"1 key differs; too large to show with the rest: <code>gitops diff {source.name}</code>" in text
+    # A source not reconciled yet has no plan, said so (the count once made its empty plan a list).
+    fresh = make_source(name="fresh")
+    text = page.get(f"/sources/{fresh.name}/").content.decode()
+    assert "No plan yet: the source has not been reconciled." in text
+    assert 'class="plan-item' not in text

@@ -4,6 +4,7 @@ size of their diffs, with the counts exact."""
 from __future__ import annotations
 
 import base64
+import json
 
 from gitops.desired.content import Content
 from gitops.plan import Action, DiffItem, DiffOp, PlanItem
@@ -66,3 +67,22 @@ def test_binary_data_weighs_its_summary_not_its_bytes():
     shown = items_shown([item], characters=1_000)
     assert "diff_cut" not in shown[0]
     assert shown[0]["diff"][0]["new"].startswith("<600000 bytes, sha256:")
+
+
+def test_a_json_value_is_weighed_by_its_pretty_printed_unified_text_too():
+    """A JSON value's unified text is pretty-printed first: a compact 100,000-character array nested
+    twelve deep grows several times over, which an estimate from its sides missed (30 MiB kept under a
+    4 Mi budget)."""
+    # Two lines, so that it has a unified text at all; valid JSON, so that text is pretty-printed.
+    nested = json.dumps([[[[[[[[[[[[n] for n in range(2_000)]]]]]]]]]]]).replace(", ", ",\n", 1)
+    created = [
+        PlanItem("", "ns", f"cm-{n}", Action.CREATE, (DiffItem(DiffOp.ADD, "data", "v.json", None, nested),))
+        for n in range(40)
+    ]
+    shown = items_shown(created, characters=1_000_000)
+    kept = [entry for entry in shown if not entry.get("diff_cut")]
+    carried = sum(
+        len(d.get("new") or "") + len(d.get("unified") or "") for entry in kept for d in entry["diff"]
+    )
+    assert kept and carried <= 1_000_000
+    assert len(shown) == 40

@@ -244,3 +244,16 @@ def test_a_fetch_that_times_out_spares_what_a_preview_on_another_worker_is_fetch
         preview.join(timeout=PREVIEW_TIMEOUT + 5)
     assert not preview.is_alive() and outcome
     assert preview_refs(mirror) == {}, "the preview deleted its ref on its way out"
+
+
+def test_refs_that_cannot_be_listed_spare_every_temporary_file(remote, mirror, monkeypatch):
+    """Unlisted, the refs may name a live preview: its pack is spared, as every other file this time
+    (a listing that failed was taken for no preview, and a fetch that timed out swept what one wrote)."""
+    mirror.fetch(remote.url, "main")
+    fresh = temporary_file(mirror, "tmp_pack_preview", age=5)
+    monkeypatch.setattr(GitMirror, "_preview_refs", lambda self: None)
+    assert mirror.sweep_temporary_objects(older_than=0) == 0
+    assert fresh.exists()
+    monkeypatch.undo()
+    assert mirror.sweep_temporary_objects(older_than=0) == 1, "listed, no preview holds it"
+    assert not fresh.exists()
