@@ -32,6 +32,10 @@ DEFAULT_CACHED_SOURCES = 4096
 # Twice the largest revision the default limits allow (max_objects), so that one such source is
 # never evicted by a pass of another: its passes would each parse it whole again.
 DEFAULT_CACHED_OBJECTS = 200_000
+# Parsed values weigh this many to an object: a cached object costs about 3.2 KiB, a parsed value about
+# 74 bytes (README, "Limits"). Each source's parse cache is bounded on its own (1,000,000 values), so
+# many sources of one monorepo, each with its own path, held that many each outside the budget.
+VALUES_PER_OBJECT = 40
 
 
 @dataclass(eq=False)
@@ -77,8 +81,9 @@ class SourceCache:
 
     @property
     def weight(self) -> int:
-        """What it weighs against SLUICE_CACHED_OBJECTS: its objects and the stamps its settle memo holds."""
-        return self.objects + self.settle_memo.stamps_held
+        """What it weighs against SLUICE_CACHED_OBJECTS: its objects, the stamps its settle memo holds and
+        the values of the files it keeps parsed."""
+        return self.objects + self.settle_memo.stamps_held + self.parsed.nodes // VALUES_PER_OBJECT
 
     def desired_for(self, key: str, scope: AdminScope) -> DesiredState | None:
         if self._desired is not None and self._desired[:2] == (key, scope):

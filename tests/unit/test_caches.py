@@ -73,3 +73,19 @@ def test_the_stamps_a_settle_memo_keeps_weigh_too():
     )
     caches.get(2)  # weighed again when used: 1,610 > 1,000, so source 1 goes
     assert len(caches) == 1 and caches.objects == 805
+
+
+def test_the_files_a_source_keeps_parsed_weigh_too():
+    """Parsed files were bounded per source only: many sources of one monorepo, each with its own path,
+    each kept up to a million values outside the budget."""
+    from gitops.caches import VALUES_PER_OBJECT
+    from gitops.desired.revision import ParsedFile
+
+    caches = SourceCaches(capacity=100, object_budget=1000)
+    remember(caches, 1, 5)
+    caches.get(1).parsed.put("big.yaml", "blob-1", ParsedFile([], [], nodes=800 * VALUES_PER_OBJECT))
+    assert caches.get(1).weight == 805
+    remember(caches, 2, 5)
+    caches.get(2).parsed.put("big.yaml", "blob-2", ParsedFile([], [], nodes=800 * VALUES_PER_OBJECT))
+    caches.get(2)  # weighed again when used: 1,610 > 1,000, so source 1 goes
+    assert len(caches) == 1 and caches.objects == 805
