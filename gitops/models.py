@@ -1232,6 +1232,9 @@ class PublishedFlag(models.Model):
             models.Index(fields=["removed", "serves_one_variant", "changed_at"], name="published_flag_stale"),
             # The cluster filter's choices are read from it one distinct value at a time.
             models.Index(fields=["cluster"], name="published_flag_cluster"),
+            # Every pass of a revision with flag sets asks which of its keys other sources publish
+            # (``selectors.flag_keys_published_by_others``): probed by key, not a scan of every source's.
+            models.Index(fields=["namespace", "key_hash"], name="published_flag_key"),
         ]
 
     def __str__(self) -> str:

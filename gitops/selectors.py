@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,6 +17,7 @@ from django.db.models.functions import Lower, Trim
 from django.utils import timezone
 
 from gitops.desired.errors import ValidationError
+from gitops.desired.flag_keys import PublishedElsewhere
 from gitops.models import (
     Approval,
     Change,
@@ -763,3 +764,35 @@ def _distinct_clusters() -> list[str]:
     with connection.cursor() as cursor:
         cursor.execute(_DISTINCT_CLUSTERS)
         return [row[0] for row in cursor.fetchall()]
+
+
+def flag_keys_published_by_others(
+    source_id: int, places: Collection[tuple[str, str]], key_hashes: Collection[str]
+) -> list[PublishedElsewhere]:
+    """The flags other sources publish under one of ``key_hashes`` (``flag_key_hash``) into one of
+    ``places``, (cluster, namespace) pairs: one statement, on the catalog's key index.
+
+    Where a flag is published is where its source's inventory holds its flag set: the catalog keeps one
+    row per flag, naming only the cluster of its first publication, and a flag set pruned or released
+    (a source being deleted) is no longer served there by that source. A flag Git dropped counts until its
+    row is gone (``removed``: the old side of its rollout is served it until 100%), a deleted source's
+    never: its rows go with it.
+    """
+    if not places or not key_hashes:
+        return []
+    rows = (
+        PublishedFlag.objects.filter(
+            namespace__in={namespace for _, namespace in places}, key_hash__in=set(key_hashes)
+        )
+        .exclude(source_id=source_id)
+        .filter(
+            source__deleted_at__isnull=True,
+            source__managed_objects__kind="ConfigMap",
+            source__managed_objects__cluster__in={cluster for cluster, _ in places},
+            source__managed_objects__namespace=F("namespace"),
+            source__managed_objects__name=F("flag_set"),
+        )
+        .values_list("source__name", "source__managed_objects__cluster", "namespace", "key", "removed")
+    )
+    # Clusters and namespaces are asked for apart: a pair of one cluster and another's namespace is not.
+    return [PublishedElsewhere(*row) for row in rows if (row[1], row[2]) in places]

@@ -2,7 +2,8 @@
 
 A revision is validated as a whole against the rules and the source's current
 administrator scope before anything touches a cluster; a rejected one is
-stored with every error (file, line, field) and announced.
+stored with every error (file, line, field) and announced. Its flag keys are
+checked against those other sources publish at every pass (``flag_keys_elsewhere``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from django.utils import timezone
 
 from gitops import caches, metrics
 from gitops.desired.errors import RevisionRejected, ValidationError
+from gitops.desired.flag_keys import flag_keys, published_elsewhere_errors
 from gitops.desired.limits import Limits
 from gitops.desired.policy import POLICY_FILE
 from gitops.desired.revision import (
@@ -51,6 +53,7 @@ from gitops.prepared import PreparedSelect, PreparedUpdate
 from gitops.record import notifications
 from gitops.record.bulk import row_create_once
 from gitops.redaction import redact
+from gitops.selectors import flag_keys_published_by_others
 
 log = logging.getLogger("gitops.fetch")
 
@@ -154,9 +157,10 @@ def revision_desired_state(
     # An administrator may move a source to another directory: the same commit then means other files.
     key = f"{revision.commit}:{source.path}"
     known = cache.desired_for(key, scope)
-    if known is not None and revision.outcome != Revision.Outcome.REJECTED:
-        # (Rejected under a narrower scope and valid again under this one: loaded, so the row says so.)
-        return known
+    if known is not None:
+        # Its files are valid under this scope. A row that says rejected (under a narrower scope, or for a
+        # flag key another source publishes) is marked valid once no other source publishes its keys.
+        return _alone_with_its_flag_keys(source, revision, known)
     if revision.outcome == Revision.Outcome.REJECTED and cache.rejected == (key, scope):
         return None  # as this process rejected it, under the same scope: the row holds why
     limits = Limits.from_settings(settings)
@@ -173,15 +177,48 @@ def revision_desired_state(
                 return None
     desired, index = loaded
     cache.index = (revision.commit, source.path, index)
-    if revision.outcome in (Revision.Outcome.PENDING, Revision.Outcome.REJECTED):
-        # Rejected before, valid now: the administrator widened the source's scope.
-        _VALID(revision.pk)
-        revision.outcome, revision.errors = Revision.Outcome.VALID, []
     if list(desired.policy.clusters) != list(source.target_clusters or []):
         # What `gitops clusters` and remove-cluster go by: a cluster is not removed under a source.
         Source.objects.filter(pk=source.pk).update(target_clusters=list(desired.policy.clusters))
+    # Kept whatever other sources publish: the next pass asks them again, and parses nothing.
     cache.desired = (key, scope, desired)
+    return _alone_with_its_flag_keys(source, revision, desired)
+
+
+def _alone_with_its_flag_keys(
+    source: Source, revision: Revision, desired: DesiredState
+) -> DesiredState | None:
+    """``desired``, once no other source publishes one of its flag keys where it would publish it;
+    otherwise the revision is recorded as rejected, each such key named, and None.
+
+    Asked at every pass, of a revision known valid or rejected alike: the other source may publish the
+    key, or take it out, at any time (``flag_keys_elsewhere``). A revision without flag sets asks nothing.
+    """
+    conflicts = flag_keys_elsewhere(source, desired)
+    if conflicts:
+        rejected = RevisionRejected(conflicts)
+        stored = [error.as_dict() for error in rejected.errors]
+        if revision.outcome != Revision.Outcome.REJECTED or revision.errors != stored:
+            _reject(source, revision, rejected)  # written when it changes, not at every pass
+            revision.outcome, revision.errors = Revision.Outcome.REJECTED, stored
+        return None
+    if revision.outcome in (Revision.Outcome.PENDING, Revision.Outcome.REJECTED):
+        # Rejected before, valid now: the administrator widened the source's scope, or the other source
+        # no longer publishes the flag key.
+        _VALID(revision.pk)
+        revision.outcome, revision.errors = Revision.Outcome.VALID, []
     return desired
+
+
+def flag_keys_elsewhere(source: Source, desired: DesiredState) -> list[ValidationError]:
+    """An error at each flag key of ``desired`` another source publishes into a cluster's flags namespace
+    ``desired`` publishes it into too: flagd would serve whichever definition it read last. One query, on
+    a revision with flag sets only; the source's own keys never conflict with it."""
+    keys = flag_keys(desired)
+    if not keys.definitions:
+        return []
+    published = flag_keys_published_by_others(source.pk, keys.places, keys.hashes)
+    return published_elsewhere_errors(keys.definitions, published)
 
 
 def _listing(
@@ -284,7 +321,12 @@ def _load(mirror: GitMirror, source: Source, commit: str) -> DesiredState:
     nothing; raises RevisionRejected."""
     limits = Limits.from_settings(settings)
     parsed = caches.for_source(source.pk).parsed  # keyed by blob id: a preview parses what a sync would
-    return _load_whole(mirror, commit, source.path, limits, parsed=parsed, scope=validation_scope(source))[0]
+    scope = validation_scope(source)
+    desired, _ = _load_whole(mirror, commit, source.path, limits, parsed=parsed, scope=scope)
+    # As a sync would reject it: for a flag key another source publishes where it would publish it too.
+    if conflicts := flag_keys_elsewhere(source, desired):
+        raise RevisionRejected(conflicts)
+    return desired
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,260 @@
+"""A flag key belongs to one source in a cluster's flags namespace: flagd serves every flag set of the
+namespace together, merged by key, and of two definitions the one it read last. A revision that would
+publish a key another source publishes there is rejected as a whole, before anything is applied, and
+checked again at every pass: once the other source no longer publishes it, the same commit goes through."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from django.conf import settings
+
+from gitops.desired.errors import ValidationError
+from gitops.models import ApplyIntent, Change, ManagedObject, PublishedFlag, Revision, Rollout
+from gitops.rollout import decisions
+from tests.gitrepo import GitRepo, configmap, policy
+from tests.rollouts import wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+SWITCH = {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "off"}
+BANNER = {"state": "ENABLED", "variants": {"blue": "blue", "green": "green"}, "defaultVariant": "blue"}
+PROBLEM = (
+    "flagd serves every flag set of a namespace together, merged by key, and of two definitions the one "
+    "it read last, so one key belongs to one source"
+)
+ADVICE = "take it out of one of them, or publish into another flags namespace"
+
+
+def flag_set(**flags: dict) -> str:
+    # Indented: each key on a line of its own, the first at line 3.
+    return json.dumps({"flags": flags}, indent=2)
+
+
+def publish(
+    repo: GitRepo, app: str, flags_ns: str, files: dict, *, steps=None, message: str = "flags"
+) -> str:
+    document = policy([app], flags={"namespace": flags_ns})
+    if steps:
+        document["rollout"] = {"steps": steps}
+    repo.write_all({"sluice.yaml": document, **files})
+    return repo.commit(message)
+
+
+def errors_of(revision: Revision) -> list[str]:
+    revision.refresh_from_db()
+    return [str(ValidationError.from_dict(dict(error))) for error in revision.errors]
+
+
+def rejection(file: str, line: int, key: str, where: str, source: str, *, leaving: bool = False) -> str:
+    until = f"{source!r} is taking it out: it counts until that rollout completes" if leaving else ADVICE
+    return (
+        f"{file}:{line}: flags.{key}: the flag {key!r} is also published into {where} by source "
+        f"{source!r}: {PROBLEM}; {until}"
+    )
+
+
+def test_a_key_another_source_publishes_rejects_the_revision_until_that_source_has_taken_it_out(
+    repo, make_namespaces, make_source, sync, cluster, people, tmp_path
+):
+    app_a, app_b, flags_ns = make_namespaces("a", "b", "flags")
+    publish(
+        repo, app_a, flags_ns, {"flags/checkout.json": flag_set(**{"new-checkout": SWITCH, "banner": BANNER})}
+    )
+    shop = make_source(name=f"shop-{uuid.uuid4().hex[:6]}")
+    assert sync(shop)["outcome"] == "applied"
+
+    other = GitRepo(tmp_path / "payments")
+    files = {
+        "flags/payments.json": flag_set(**{"new-checkout": SWITCH, "pay-later": SWITCH}),
+        "configmaps/app.yaml": configmap("app", {"V": "1"}),
+    }
+    commit = publish(other, app_b, flags_ns, files)
+    payments = make_source(name=f"payments-{uuid.uuid4().hex[:6]}", url=other.url)
+    where = f"{settings.SLUICE_CLUSTER_NAME}/{flags_ns}"
+    expected = rejection("flags/payments.json", 3, "new-checkout", where, shop.name)
+
+    result = sync(payments)
+
+    assert (result["outcome"], result["errors"]) == ("rejected", [expected]), result
+    revision = Revision.objects.get(source=payments, commit=commit)
+    assert revision.outcome == Revision.Outcome.REJECTED and errors_of(revision) == [expected]
+    # Nothing of the revision reached the cluster, nor was meant to.
+    assert cluster.get_configmap(flags_ns, "payments") is None
+    assert cluster.get_configmap(app_b, "app") is None
+    for model in (Rollout, ApplyIntent, Change, PublishedFlag, ManagedObject):
+        assert not model.objects.filter(source=payments).exists(), model
+    # A pass that finds it as it was (its validation remembered) rejects it again.
+    assert sync(payments)["errors"] == [expected]
+    assert not Rollout.objects.filter(source=payments).exists()
+
+    # What `gitops diff` and a preview of any revision say.
+    from gitops import preview
+    from gitops.vocabulary import PreviewOutcome
+
+    shown = preview.source_preview(payments)
+    assert shown.plan is None and errors_of(shown.revision) == [expected]
+    ahead = preview.revision_preview(payments, commit)
+    assert ahead.outcome is PreviewOutcome.REJECTED and [str(error) for error in ahead.errors] == [expected]
+
+    # shop takes the key out, in a canary: the old side is served it until 100%, so it still counts.
+    steps = [{"setWeight": 50}, {"pause": {}}]
+    publish(
+        repo, app_a, flags_ns, {"flags/checkout.json": flag_set(banner=BANNER)}, steps=steps, message="out"
+    )
+    sync(shop)
+    paused = wait_for(shop, phase="Paused", waiting_for="approval", weight=50)
+    assert PublishedFlag.objects.get(source=shop, key="new-checkout").removed
+    leaving = rejection("flags/payments.json", 3, "new-checkout", where, shop.name, leaving=True)
+    assert sync(payments)["errors"] == [leaving]
+    assert cluster.get_configmap(flags_ns, "payments") is None
+
+    decisions.rollout_promote(paused.pk, user=people["approver"])
+    wait_for(shop, phase="Completed")
+    assert not PublishedFlag.objects.filter(source=shop, key="new-checkout").exists()
+
+    # The same commit, at the next pass.
+    result = sync(payments)
+
+    assert (result["outcome"], result["errors"]) == ("applied", []), result
+    published = json.loads(cluster.get_configmap(flags_ns, "payments")["data"]["payments.flagd.json"])
+    assert set(published["flags"]) == {"new-checkout", "pay-later"}
+    assert cluster.get_configmap(app_b, "app")["data"] == {"V": "1"}
+    assert Revision.objects.get(pk=revision.pk).outcome != Revision.Outcome.REJECTED
+    assert PublishedFlag.objects.filter(source=payments, key="new-checkout").exists()
+
+
+def test_a_key_in_another_flags_namespace_is_fine_and_a_sources_own_keys_never_conflict(
+    repo, make_namespaces, make_source, sync, cluster, tmp_path
+):
+    app_a, app_b, flags_ns, other_ns = make_namespaces("a", "b", "flags", "other-flags")
+    publish(repo, app_a, flags_ns, {"flags/checkout.json": flag_set(**{"new-checkout": SWITCH})})
+    shop = make_source()
+    assert sync(shop)["outcome"] == "applied"
+    other = GitRepo(tmp_path / "payments")
+    publish(other, app_b, other_ns, {"flags/payments.json": flag_set(**{"new-checkout": SWITCH})})
+    payments = make_source(url=other.url)
+
+    assert sync(payments)["outcome"] == "applied"
+    assert cluster.get_configmap(other_ns, "payments") is not None
+
+    # Each changes its own key: a source's own catalog rows are never another source's.
+    flipped = {**SWITCH, "defaultVariant": "on"}
+    publish(
+        repo, app_a, flags_ns, {"flags/checkout.json": flag_set(**{"new-checkout": flipped})}, message="on"
+    )
+    assert sync(shop)["outcome"] == "applied"
+    publish(
+        other, app_b, other_ns, {"flags/payments.json": flag_set(**{"new-checkout": flipped})}, message="on"
+    )
+    assert sync(payments)["outcome"] == "applied"
+
+
+def test_a_key_published_by_two_sources_before_the_check_rejects_the_next_pass_of_a_valid_revision(
+    repo, make_namespaces, make_source, sync, cluster, tmp_path
+):
+    """A revision validated and applied before the other source published the key (a release without
+    this check, or both starting at once) is not taken for valid because its validation is remembered:
+    its next pass rejects it. Nothing applied is undone: no rollout of it is running."""
+    app_a, app_b, flags_ns, other_ns = make_namespaces("a", "b", "flags", "other-flags")
+    publish(repo, app_a, flags_ns, {"flags/checkout.json": flag_set(**{"new-checkout": SWITCH})})
+    shop = make_source(name=f"shop-{uuid.uuid4().hex[:6]}")
+    assert sync(shop)["outcome"] == "applied"
+    other = GitRepo(tmp_path / "payments")
+    publish(other, app_b, other_ns, {"flags/payments.json": flag_set(**{"new-checkout": SWITCH})})
+    payments = make_source(url=other.url)
+    assert sync(payments)["outcome"] == "applied"
+    assert sync(payments)["outcome"] == "unchanged"
+
+    # shop's flag set, as if it had been published into payments' flags namespace too.
+    ManagedObject.objects.filter(source=shop, namespace=flags_ns, name="checkout").update(namespace=other_ns)
+    PublishedFlag.objects.filter(source=shop).update(namespace=other_ns)
+
+    result = sync(payments)
+
+    where = f"{settings.SLUICE_CLUSTER_NAME}/{other_ns}"
+    assert result["outcome"] == "rejected", result
+    assert result["errors"] == [rejection("flags/payments.json", 3, "new-checkout", where, shop.name)]
+    assert cluster.get_configmap(other_ns, "payments") is not None, "what was applied stays"
+
+
+def test_a_source_being_deleted_counts_until_its_flag_sets_are_pruned(
+    repo, make_namespaces, make_source, sync, cluster, tmp_path
+):
+    from gitops import source_admin
+    from gitops.vocabulary import ObjectsOnRemoval
+    from tests.workers import poll
+
+    app_a, app_b, flags_ns = make_namespaces("a", "b", "flags")
+    publish(repo, app_a, flags_ns, {"flags/checkout.json": flag_set(**{"new-checkout": SWITCH})})
+    shop = make_source()
+    assert sync(shop)["outcome"] == "applied"
+    other = GitRepo(tmp_path / "payments")
+    publish(other, app_b, flags_ns, {"flags/payments.json": flag_set(**{"new-checkout": SWITCH})})
+    payments = make_source(url=other.url)
+    assert sync(payments)["outcome"] == "rejected"
+
+    removal = source_admin.source_remove(shop, objects=ObjectsOnRemoval.PRUNE)
+
+    def ended():
+        removal.refresh_from_db()
+        return removal if not removal.is_active else None
+
+    assert poll(ended, timeout=90, interval=0.1, what="the removal to end").status == "done"
+    assert cluster.get_configmap(flags_ns, "checkout") is None
+    assert sync(payments)["outcome"] == "applied"
+    assert cluster.get_configmap(flags_ns, "payments") is not None
+
+
+def test_a_key_counts_in_each_cluster_the_other_source_publishes_it_into_and_nowhere_else(
+    repo, make_source, sync, stack, cluster_for, tmp_path
+):
+    """The catalog keeps one row per flag, naming the cluster of its first publication; where a flag set
+    is published is where its source's inventory has it, and that is where its keys count."""
+    from gitops import cluster_admin
+    from gitops.record.audit import Actor
+
+    default = settings.SLUICE_CLUSTER_NAME
+    contexts = {default: "local", "member-1": "member-1", "member-2": "member-2"}
+    for member in ("member-1", "member-2"):
+        cluster_admin.cluster_add(
+            name=member, kubeconfig=stack["KUBECONFIG"], context=member, actor=Actor.command_line("tests")
+        )
+    app, flags_ns = (f"t{uuid.uuid4().hex[:8]}" for _ in range(2))
+    for context in contexts.values():
+        for namespace in (app, flags_ns):
+            cluster_for(context).create_namespace(namespace)
+
+    def source_in(clusters: list[str], name: str):
+        sources_repo = repo if name == "shop" else GitRepo(tmp_path / name)
+        document = {
+            "targets": [{"cluster": cluster, "namespaces": [app]} for cluster in clusters],
+            "flags": {"namespace": flags_ns},
+        }
+        sources_repo.write_all(
+            {"sluice.yaml": document, f"flags/{name}.json": flag_set(**{"new-checkout": SWITCH})}
+        )
+        sources_repo.commit(name)
+        scope = ["t*", "member-*/t*"]
+        return make_source(
+            name=f"{name}-{uuid.uuid4().hex[:6]}", url=sources_repo.url, allowed_namespaces=scope
+        )
+
+    shop = source_in([default, "member-1"], "shop")
+    assert sync(shop)["outcome"] in ("applied", "completed")
+    # One row, naming one of the two clusters: payments publishes into the other one alone.
+    (row,) = PublishedFlag.objects.filter(source=shop, key="new-checkout")
+    elsewhere = "member-1" if row.cluster == default else default
+
+    payments = source_in([elsewhere], "payments")
+    result = sync(payments)
+    assert result["outcome"] == "rejected", result
+    expected = rejection("flags/payments.json", 3, "new-checkout", f"{elsewhere}/{flags_ns}", shop.name)
+    assert result["errors"] == [expected]
+    assert cluster_for(contexts[elsewhere]).get_configmap(flags_ns, "payments") is None
+
+    search = source_in(["member-2"], "search")
+    assert sync(search)["outcome"] in ("applied", "completed")
+    assert cluster_for("member-2").get_configmap(flags_ns, "search") is not None

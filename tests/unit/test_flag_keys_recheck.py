@@ -1,0 +1,151 @@
+"""A revision's flag keys against other sources' are asked at every pass, whatever this process remembers
+of the revision: the other source may publish a key, or take it out, at any time. Real git, read as the
+source's mirror; the database's answers (which keys other sources publish, the rows written) stubbed."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from gitops import caches
+from gitops.desired.errors import RevisionRejected
+from gitops.desired.flag_keys import PublishedElsewhere, flag_key_hash
+from gitops.fetch import revisions
+from gitops.fetch.mirror import GitMirror
+from gitops.models import Revision, Source
+from tests.unit.test_revision_shapes import Repo
+
+SOURCE_ID = 990_002  # the per-process caches are keyed by it: dropped after each test
+KNOWN = frozenset({settings.SLUICE_CLUSTER_NAME})
+POLICY = b"targets:\n  namespaces: [team-a]\nflags:\n  namespace: flags\nallowedNamespaces: [team-a, flags]\n"
+APP = b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\ndata:\n  V: '1'\n"
+SWITCH = {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "on"}
+THERE = PublishedElsewhere("shop", settings.SLUICE_CLUSTER_NAME, "flags", "new-checkout")
+
+
+class Database:
+    """What the glue asks of and writes to the database, stubbed: the other sources' keys, and each
+    rejection and validation it records."""
+
+    def __init__(self) -> None:
+        self.published: list[PublishedElsewhere] = []
+        self.asked: list[tuple[int, frozenset[tuple[str, str]], set[str]]] = []
+        self.rejected: list[RevisionRejected] = []
+        self.valid: list[int] = []
+
+    def published_by_others(self, source_id, places, key_hashes) -> list[PublishedElsewhere]:
+        self.asked.append((source_id, frozenset(places), set(key_hashes)))
+        return list(self.published)
+
+
+@pytest.fixture
+def database(monkeypatch: pytest.MonkeyPatch) -> Iterator[Database]:
+    stub = Database()
+    monkeypatch.setattr(revisions, "flag_keys_published_by_others", stub.published_by_others)
+    monkeypatch.setattr(revisions, "_reject", lambda source, revision, found: stub.rejected.append(found))
+    monkeypatch.setattr(revisions, "_VALID", stub.valid.append)
+    monkeypatch.setattr(revisions, "known_cluster_names", lambda: KNOWN)  # previews ask the database
+    caches.drop(SOURCE_ID)
+    yield stub
+    caches.drop(SOURCE_ID)
+
+
+@pytest.fixture
+def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Repo:
+    made = Repo(tmp_path / "mirror.git")
+    monkeypatch.setattr(revisions, "mirror_for", lambda source: GitMirror(made.path))
+    return made
+
+
+def source() -> Source:
+    return Source(
+        pk=SOURCE_ID,
+        name="payments",
+        url="file:///nowhere",
+        allowed_namespaces=["team-*", "flags"],
+        target_clusters=[settings.SLUICE_CLUSTER_NAME],
+    )
+
+
+def commit(repo: Repo, *, flags: bool = True) -> str:
+    files = {"sluice.yaml": POLICY, "configmaps": repo.tree({"app.yaml": APP})}
+    if flags:
+        document = json.dumps({"flags": {"new-checkout": SWITCH}}, indent=2).encode()
+        files["flags"] = repo.tree({"payments.json": document})
+    return repo.commit(repo.tree(files))
+
+
+def desired(revision: Revision):
+    return revisions.revision_desired_state(source(), revision, known_clusters=KNOWN)
+
+
+def test_a_valid_revision_remembered_is_asked_again_and_rejected_once_another_source_publishes_its_key(
+    repo: Repo, database: Database
+) -> None:
+    revision = Revision(pk=1, commit=commit(repo), outcome=Revision.Outcome.PENDING)
+    assert desired(revision) is not None
+    assert revision.outcome == Revision.Outcome.VALID and database.valid == [1]
+    place = (settings.SLUICE_CLUSTER_NAME, "flags")
+    assert database.asked == [(SOURCE_ID, frozenset({place}), {flag_key_hash("new-checkout")})]
+
+    database.published.append(THERE)
+    assert desired(revision) is None, "remembered valid, asked again"
+    (rejected,) = database.rejected
+    assert [str(error) for error in rejected.errors] == [
+        f"flags/payments.json:3: flags.new-checkout: the flag 'new-checkout' is also published into "
+        f"{place[0]}/flags by source 'shop': flagd serves every flag set of a namespace together, merged "
+        "by key, and of two definitions the one it read last, so one key belongs to one source; take it "
+        "out of one of them, or publish into another flags namespace"
+    ]
+    assert revision.outcome == Revision.Outcome.REJECTED
+
+    # Rejected as it was: nothing written again, at any pass while it stands.
+    assert desired(revision) is None and desired(revision) is None
+    assert len(database.rejected) == 1
+    assert len(database.asked) == 4, "one question a pass"
+
+    database.published.clear()
+    assert desired(revision) is not None, "the other source took it out: not frozen as rejected"
+    assert revision.outcome == Revision.Outcome.VALID and database.valid == [1, 1]
+
+
+def test_a_revision_rejected_for_a_key_is_not_parsed_again_at_each_pass(
+    repo: Repo, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database.published.append(THERE)
+    listings: list[str] = []
+    real_listing = revisions._listing
+    monkeypatch.setattr(
+        revisions,
+        "_listing",
+        lambda mirror, at, *rest: listings.append(at) or real_listing(mirror, at, *rest),
+    )
+    revision = Revision(pk=1, commit=commit(repo), outcome=Revision.Outcome.PENDING)
+    for _ in range(3):
+        assert desired(revision) is None
+    assert len(listings) == 1 and len(database.asked) == 3
+    # Nor is a row another process rejected for it (outcome and errors read from the database).
+    stored = Revision(pk=1, commit=revision.commit, outcome=revision.outcome, errors=revision.errors)
+    assert desired(stored) is None and len(database.rejected) == 1 and len(listings) == 1
+
+
+def test_a_revision_without_flag_sets_asks_nothing(repo: Repo, database: Database) -> None:
+    database.published.append(THERE)
+    revision = Revision(pk=1, commit=commit(repo, flags=False), outcome=Revision.Outcome.VALID)
+    assert desired(revision) is not None and desired(revision) is not None
+    assert database.asked == []
+
+
+def test_a_preview_rejects_it_as_a_sync_does(repo: Repo, database: Database) -> None:
+    at = commit(repo)
+    with GitMirror(repo.path) as mirror:
+        assert revisions._load(mirror, source(), at) is not None
+        database.published.append(THERE)
+        with pytest.raises(RevisionRejected) as rejected:
+            revisions._load(mirror, source(), at)
+    assert [error.field for error in rejected.value.errors] == ["flags.new-checkout"]
+    assert database.rejected == [], "a preview records nothing"
