@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,9 +25,19 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, Q, QuerySet
 
 from gitops.cluster import Cluster, clients
+from gitops.cluster.clients import ClusterRef
+from gitops.desired.scope import AdminScope
 from gitops.errors import GitopsError, PermanentError
 from gitops.locks import SourceBusy
-from gitops.models import ApplyIntent, ClusterAudit, ManagedObject, Rollout, Source, admin_settings
+from gitops.models import (
+    ApplyIntent,
+    ClusterAudit,
+    ManagedObject,
+    Rollout,
+    Source,
+    SourceAudit,
+    admin_settings,
+)
 from gitops.models import Cluster as ClusterRecord
 from gitops.record.audit import Actor, audit_record
 from gitops.redaction import redact, redact_url
@@ -108,14 +119,36 @@ def _check_loads(record: ClusterRecord) -> bool:
 
 
 def cluster_remove(name: str, *, actor: Actor) -> None:
-    """Removes a registered cluster, unless a source still targets it, holds objects there or owes it a
-    rollback: Sluice would lose track of what it wrote there. The clusters' audit trail gets a row, in
-    the same transaction."""
+    """Removes a registered cluster, unless a source still targets it, holds objects there, owes it a
+    change or a rollback, or has an active rollout that wrote there: Sluice would lose track of what it
+    wrote there. The passes of every source that may write there are held off meanwhile (their reconcile
+    locks, ``_may_write_there``), and everything is checked again under them. The clusters' audit trail
+    gets a row, in the same transaction."""
     if name == settings.SLUICE_CLUSTER_NAME:
         raise PermanentError(f"{name!r} is the default cluster; it cannot be removed")
-    record = ClusterRecord.objects.filter(name=name).first()
-    if record is None:
+    if not ClusterRecord.objects.filter(name=name).exists():
         raise PermanentError(f"no cluster named {name!r}")
+    _refuse_removal(name)  # at once, without waiting for any pass
+    locked = _may_write_there(name)
+    with decision_locks(locked), transaction.atomic():
+        # Checked again under the locks: a pass under way when the first checks ran may have validated a
+        # revision that names the cluster, and written there, since. No pass that may write there runs
+        # until the removal commits: one that read the registry before it has ended, and the next reads
+        # it afresh, rejects a revision that names the cluster, and writes nothing there.
+        _refuse_removal(name)
+        _busy_unless_held(name, locked)
+        record = ClusterRecord.objects.filter(name=name).first()
+        # Deleted by the query's count: two removals at once leave one audit row, the other is refused.
+        if record is None or not ClusterRecord.objects.filter(pk=record.pk).delete()[0]:
+            raise PermanentError(f"no cluster named {name!r}")
+        _cluster_audit(name, ClusterAuditAction.REMOVE, actor, before=record, after=None)
+    clients.forget([name])
+    clients.refresh()
+    probes_forget(name)
+
+
+def _refuse_removal(name: str) -> None:
+    """Why ``remove-cluster`` (without ``--forget``) may not remove the cluster now, raised."""
     _refuse_targeted(name)
     holding = _objects_by_source(name)
     if holding:
@@ -132,15 +165,9 @@ def cluster_remove(name: str, *, actor: Actor) -> None:
             f"cluster {name!r} is still owed a change or a rollback ({rollouts}); wait for it"
             " (a cluster gone for good: remove-cluster --forget)"
         )
-    with transaction.atomic():
-        # Deleted by the query's count: two removals at once leave one audit row, the other is refused.
-        deleted, _ = ClusterRecord.objects.filter(pk=record.pk).delete()
-        if not deleted:
-            raise PermanentError(f"no cluster named {name!r}")
-        _cluster_audit(name, ClusterAuditAction.REMOVE, actor, before=record, after=None)
-    clients.forget([name])
-    clients.refresh()
-    probes_forget(name)
+    # An active rollout that pruned its last object there holds nothing there, yet its rollback (an
+    # abort, a failed analysis) writes there again: to a cluster nobody knows any more.
+    _refuse_active_rollouts_there(name)
 
 
 @dataclass
@@ -158,8 +185,9 @@ def cluster_forget(name: str, *, actor: Actor, reason: str) -> Forgotten:
     rollbacks rollouts owe it (waived, with ``reason``) and the changes still pending there (dropped).
     Nothing is asked of the cluster. Refused for the default cluster, while a source's policy still
     targets it (change the policy first) and while an active rollout has written there (let it end,
-    or abort it). Each source concerned gets an entry in its audit trail; the sources' passes are
-    held off meanwhile (their reconcile locks)."""
+    or abort it). Each source concerned gets an entry in its audit trail; the passes of every source that
+    may write there are held off meanwhile (their reconcile locks, ``_may_write_there``). A name no
+    longer registered is forgotten too while Sluice keeps something there (``_kept_there``)."""
     if actor.user is not None and not (actor.user.is_active and actor.user.has_perm(FORGET_PERMISSION)):
         raise PermissionDenied(f"{actor.name} may not forget a cluster: administrators only")
     reason = reason.strip()
@@ -167,18 +195,17 @@ def cluster_forget(name: str, *, actor: Actor, reason: str) -> Forgotten:
         raise PermanentError("say why the cluster is forgotten (--reason): it is recorded")
     if name == settings.SLUICE_CLUSTER_NAME:
         raise PermanentError(f"{name!r} is the default cluster; it cannot be forgotten")
-    if not ClusterRecord.objects.filter(name=name).exists():
+    if not ClusterRecord.objects.filter(name=name).exists() and not _kept_there(name):
         raise PermanentError(f"no cluster named {name!r}")
     _refuse_targeted(name)
-    locked = list(_sources_concerned(name))
+    locked = _may_write_there(name)
     with decision_locks(locked), transaction.atomic():
         # Checked again under the locks: a pass that ended meanwhile may have changed either.
         _refuse_targeted(name)
-        if {source.pk for source in _sources_concerned(name)} - {source.pk for source in locked}:
-            raise SourceBusy(f"another source wrote to cluster {name!r} meanwhile; try again")
+        _busy_unless_held(name, locked)
         _refuse_active_rollouts_there(name)
         forgotten = _forget(name, actor, f"cluster {name} forgotten: {reason}")
-        record = ClusterRecord.objects.filter(name=name).first()  # None: removed meanwhile
+        record = ClusterRecord.objects.filter(name=name).first()  # None: no longer registered
         ClusterRecord.objects.filter(name=name).delete()
         message = _forgotten_text(reason, forgotten)
         _cluster_audit(name, ClusterAuditAction.FORGET, actor, before=record, after=None, message=message)
@@ -222,6 +249,60 @@ def _sources_concerned(name: str) -> QuerySet[Source]:
         | Q(intents__cluster=name, intents__status=ApplyIntent.Status.PENDING)
         | Q(rollouts__rollback_pending_clusters__contains=[name])
     ).distinct()
+
+
+def _may_write_there(name: str) -> list[Source]:
+    """The sources whose passes may write to cluster ``name``, whose reconcile locks a change to the
+    registry holds (``_may_write_there_ids``)."""
+    return list(Source.objects.filter(pk__in=_may_write_there_ids(name)).order_by("pk"))
+
+
+def _may_write_there_ids(name: str) -> set[int]:
+    """Those concerned (objects, pending changes or an owed rollback there), those with an active rollout
+    that wrote there (its rollback writes there again), and those whose scope reaches the cluster now or
+    in any scope their audit trail records. The scope counts, not the policy: a pass under way validates a
+    new revision, which may name the cluster, with the registry it read as it began and the scope it read
+    then, perhaps before an administrator narrowed it; and it writes there before anything else shows it."""
+    concerned = set(_sources_concerned(name).values_list("pk", flat=True))
+    active = Rollout.objects.filter(phase__in=Rollout.ACTIVE_PHASES, intents__cluster=name)
+    scopes: dict[int, list[Any]] = {}
+    for pk, allowed in Source.objects.values_list("pk", "allowed_namespaces"):
+        scopes.setdefault(pk, []).append(allowed)
+    audited = SourceAudit.objects.filter(source__deleted_at__isnull=True)
+    for pk, before, after in audited.values_list("source_id", "before", "after"):
+        kept = (each.get("allowed_namespaces") for each in (before, after) if isinstance(each, dict))
+        scopes.setdefault(pk, []).extend(kept)
+    default = settings.SLUICE_CLUSTER_NAME
+    reaching = {
+        pk for pk, globs in scopes.items() if any(scope_reaches(each, name, default) for each in globs)
+    }
+    return concerned | set(active.values_list("source_id", flat=True)) | reaching
+
+
+def scope_reaches(globs: Any, cluster: str, default_cluster: str) -> bool:
+    """Whether an administrator's ``--allow-namespace`` globs (a list, as stored) let a source write to
+    some namespace of ``cluster``; anything else stored there reaches nothing."""
+    kept = [glob for glob in globs if isinstance(glob, str)] if isinstance(globs, list) else []
+    scope = AdminScope.of(kept, (), default_cluster=default_cluster)
+    return bool(scope.namespaces) and scope.cluster_problem(cluster) is None
+
+
+def _busy_unless_held(name: str, locked: list[Source]) -> None:
+    """Raises ``SourceBusy`` when a source not among those held may write to the cluster by now: a pass
+    wrote there, an administrator widened a scope, or a source was added, since the locks were chosen."""
+    came = _may_write_there_ids(name) - {source.pk for source in locked}
+    if came:
+        names = ", ".join(sorted(Source.objects.filter(pk__in=came).values_list("name", flat=True)))
+        raise SourceBusy(
+            f"source(s) {names} may write to cluster {name!r} since this began; try again in a moment"
+        )
+
+
+def _kept_there(name: str) -> bool:
+    """Whether Sluice keeps anything about cluster ``name``: objects, pending changes, an owed rollback.
+    A cluster removed while a pass wrote there (until 2026-12-06 a removal did not wait for it) left
+    them, and nothing else could let them go."""
+    return ManagedObject.objects.filter(cluster=name).exists() or _sources_concerned(name).exists()
 
 
 def _refuse_active_rollouts_there(name: str) -> None:
@@ -314,6 +395,10 @@ def clusters_status(*, probe: bool = True) -> list[ClusterStatus]:
         row.sources = sorted(targets.get(row.name, []))
         row.objects = objects.get(row.name, 0)
     if probe:
+        # The registry as it is now, not as this process last read it (a web process reads it no other way):
+        # a cluster another process removed and registered again, with another kubeconfig or context, was
+        # probed through the old one, and its answer shared as the new one's.
+        _probes_renewed(clients.refresh())
         # Not a with-block: leaving one waits for every thread, and a silent cluster would hold the command.
         pool = ThreadPoolExecutor(max_workers=len(rows))
         try:
@@ -363,6 +448,25 @@ def _probe_shared(name: str) -> tuple[str, str, str]:
 def probes_forget(name: str) -> None:
     """A cluster added, changed or removed: its next probe is a fresh one."""
     _probed.pop(name, None)
+
+
+# The registration each registered cluster's shared answer was asked under, as ``clusters_status`` last
+# read the registry.
+_probed_as: dict[str, ClusterRef] = {}
+
+
+def _probes_renewed(registered: Mapping[str, ClusterRef]) -> None:
+    """Forgets the shared answers of the clusters registered otherwise since the last read (removed, or
+    removed and added again, perhaps by another process): they told of another registration."""
+    for name in set(_probed_as) | set(registered):
+        now = registered.get(name)
+        if _probed_as.get(name) == now:
+            continue
+        probes_forget(name)
+        if now is None:
+            _probed_as.pop(name, None)
+        else:
+            _probed_as[name] = now
 
 
 def _probe(name: str) -> tuple[str, str, str]:

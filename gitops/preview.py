@@ -18,7 +18,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from gitops.cluster import ReadForbidden, get_cluster
+from gitops.cluster import ReadForbidden, clients, get_cluster
 from gitops.consumers.wave import consumers_forbidden, wave_consumers
 from gitops.consumers.workloads import Workload, consumed_hash, pods_read_the_change, restart_due
 from gitops.desired.errors import ValidationError
@@ -98,6 +98,9 @@ def _plan_against_clusters(
     source: Source, desired: DesiredState, commit: str, *, cluster: str | None = None
 ) -> tuple[Plan, _Reached]:
     """The plan of ``desired`` against the live clusters, and the workloads it would reach. Reads only."""
+    # The registry as it is now (one query): this process's last read may be old, and a cluster removed
+    # and registered again since, at another server, was planned against the old one.
+    clients.refresh()
     managed = managed_keys(source)
     # The live cache's stamps vouch for a preview as they do for a sync: it reads only the rest. A cluster
     # a pass leaves alone (a rollback owed there, or writes left pending) is shown left alone, with why;

@@ -27,6 +27,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from gitops import caches, logs
+from gitops.cluster import clients
 from gitops.cluster.live import LiveState, live_configmaps, objects_read_one_by_one
 from gitops.errors import TemporaryError
 from gitops.locks import SourceBusy, source_lock
@@ -76,6 +77,10 @@ def _run_locked(removal: SourceRemoval, source: Source) -> SourceRemoval:
     with logs.log_context(source=source.name), source_lock(source) as acquired:
         if not acquired:
             raise SourceBusy(f"source {source.name} is being reconciled; its removal waits")
+        # The registry as it is now, read under the lock as a pass reads it: this process's last read may
+        # be old (no pass ran here since), and a cluster removed and registered again since, at another
+        # server, was read and pruned through the old one, the objects at the new one left behind.
+        clients.refresh()
         started = SourceRemoval.objects.filter(
             pk=removal.pk, status__in=SourceRemoval.ACTIVE_STATUSES
         ).update(status=RemovalStatus.RUNNING, started_at=removal.started_at or timezone.now())
