@@ -12,7 +12,6 @@ source publishes it.
 from __future__ import annotations
 
 import hashlib
-import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -87,26 +86,13 @@ class FlagKeys:
 
 
 def flag_keys(desired: DesiredState) -> FlagKeys:
-    """``flag_key_definitions`` with their places and hashes, worked out once per revision: a revision
-    a worker keeps is asked at every pass, and working them out each time cost 4 ms a pass for 2,000
-    flags (0.25 µs once kept). Kept by the revision's identity for as long as it lives, then forgotten."""
-    known = _KNOWN.get(id(desired))
-    if known is not None and known[0]() is desired:
-        return known[1]
+    """``flag_key_definitions`` with their places and hashes. Worked out for a revision not yet accepted
+    only (``revisions.flag_keys_elsewhere``): once per commit, and at each pass while it is rejected."""
     definitions = flag_key_definitions(desired)
     places: set[Place] = set()
     for each_file in {definition.places for definition in definitions.values()}:  # shared by a file's keys
         places |= each_file
-    found = FlagKeys(definitions, frozenset(places), frozenset(flag_key_hash(key) for key in definitions))
-    key = id(desired)
-    # The entry goes as its revision does: no other object can have that identity before it is gone.
-    _KNOWN[key] = (weakref.ref(desired, lambda _: _KNOWN.pop(key, None)), found)
-    return found
-
-
-# One dict operation at a time, each atomic: no lock, which a collection run while it was held (the
-# callback above) would wait on for ever.
-_KNOWN: dict[int, tuple[weakref.ref[DesiredState], FlagKeys]] = {}
+    return FlagKeys(definitions, frozenset(places), frozenset(flag_key_hash(key) for key in definitions))
 
 
 def published_elsewhere_errors(

@@ -3,7 +3,7 @@
 A revision is validated as a whole against the rules and the source's current
 administrator scope before anything touches a cluster; a rejected one is
 stored with every error (file, line, field) and announced. Its flag keys are
-checked against those other sources publish at every pass (``flag_keys_elsewhere``).
+checked against those other sources publish until it is accepted (``flag_keys_elsewhere``).
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def revision_desired_state(
     if known is not None:
         # Its files are valid under this scope. A row that says rejected (under a narrower scope, or for a
         # flag key another source publishes) is marked valid once no other source publishes its keys.
-        return _alone_with_its_flag_keys(source, revision, known)
+        return _alone_with_its_flag_keys(source, revision, known)  # one query, while not yet accepted
     if revision.outcome == Revision.Outcome.REJECTED and cache.rejected == (key, scope):
         return None  # as this process rejected it, under the same scope: the row holds why
     limits = Limits.from_settings(settings)
@@ -191,9 +191,15 @@ def _alone_with_its_flag_keys(
     """``desired``, once no other source publishes one of its flag keys where it would publish it;
     otherwise the revision is recorded as rejected, each such key named, and None.
 
-    Asked at every pass, of a revision known valid or rejected alike: the other source may publish the
-    key, or take it out, at any time (``flag_keys_elsewhere``). A revision without flag sets asks nothing.
+    Asked of a revision not yet accepted: a new one, and one rejected before, at every pass while it is
+    (the other source may take the key out at any time, and then it goes through without a push). One
+    accepted is not asked again: a catalog that lags what the clusters serve (a rollout's rows are
+    written after its step's applies, and a rollback leaves them as they were) would otherwise reject,
+    and roll back, a revision that went out first, or stop an applied one's self-heal. A revision without
+    flag sets asks nothing (``flag_keys_elsewhere``).
     """
+    if revision.outcome not in (Revision.Outcome.PENDING, Revision.Outcome.REJECTED):
+        return desired
     conflicts = flag_keys_elsewhere(source, desired)
     if conflicts:
         rejected = RevisionRejected(conflicts)

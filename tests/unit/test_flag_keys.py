@@ -3,7 +3,6 @@ another source publishes into the same cluster's flags namespace (the shell asks
 
 from __future__ import annotations
 
-import gc
 import json
 
 from gitops.desired.flag_keys import (
@@ -75,24 +74,6 @@ def test_each_key_is_defined_at_its_line_and_published_into_the_flags_namespace_
 def test_a_revision_without_flag_sets_has_no_key_to_ask_about():
     keys = flag_keys(load({"sluice.yaml": POLICY, "configmaps/p.yaml": PLAIN}))
     assert (keys.definitions, keys.places, keys.hashes) == ({}, frozenset(), frozenset())
-
-
-def test_a_revisions_keys_are_worked_out_once_while_it_lives(monkeypatch):
-    from gitops.desired import flag_keys as module
-
-    desired = load({"sluice.yaml": POLICY, "flags/checkout.json": CHECKOUT})
-    worked: list[int] = []  # identities: the memo must be all that keeps a revision
-    real = module.flag_key_definitions
-    monkeypatch.setattr(module, "flag_key_definitions", lambda state: worked.append(id(state)) or real(state))
-    assert flag_keys(desired) is flag_keys(desired)
-    assert worked == [id(desired)]
-    # An equal revision is another object: worked out for itself, and each forgotten as it goes.
-    again = load({"sluice.yaml": POLICY, "flags/checkout.json": CHECKOUT})
-    assert flag_keys(again) == flag_keys(desired) and len(worked) == 2
-    known = len(module._KNOWN)
-    del desired, again
-    gc.collect()
-    assert len(module._KNOWN) == known - 2
 
 
 def test_a_key_another_source_publishes_where_the_revision_would_is_an_error_at_its_line():
