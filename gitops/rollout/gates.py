@@ -110,9 +110,12 @@ def analyse(rollout: Rollout, step: Analysis, refusals: list[str]) -> bool:
     with transaction.atomic():
         data = {"passed": result.passed, "failures": failures}
         rollout_event(rollout, RolloutEventKind.ANALYSIS, message=result.detail, data=data)
-        if not _analysis_moved(rollout, step, result.passed, failures, until):
+        moved = _analysis_moved(rollout, step, result.passed, failures, until)
+        if not moved:
             transaction.set_rollback(True)
-            return False
+    if not moved:
+        rollout.reload()  # as whoever moved it left it: the pass reports that, not a pause
+        return False
     if result.passed:
         return True
     if failures >= step.failure_limit:
