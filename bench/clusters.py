@@ -114,6 +114,63 @@ def measure(env: dict[str, str], workdir: Path, label: str, count: int, clusters
     }
 
 
+def bench_env(stack_env: dict[str, str], database: str) -> dict[str, str]:
+    """The environment of this process, its worker and its live cache: the stack's, on a database of
+    the bench's own."""
+    base_url = stack_env["DATABASE_URL"].rsplit("/", 1)[0]
+    return {
+        **os.environ,
+        **stack_env,
+        "DATABASE_URL": f"{base_url}/{database}",
+        "DJANGO_SETTINGS_MODULE": "sluice.settings",
+        "DEBUG": "0",  # as production runs it (see bench/reconcile.py)
+        # DEBUG off needs a key; the shell that loaded .stack/env has one, CI does not.
+        "SECRET_KEY": "bench-" + uuid.uuid4().hex,
+        "LOG_LEVEL": "WARNING",
+        "PYTHONPATH": str(ROOT),
+        "SLUICE_CLUSTER_NAME": "default",
+    }
+
+
+def set_up(stack_env: dict[str, str], env: dict[str, str], database: str) -> None:
+    """Creates and migrates the database, sets Django up in this process on it, and registers the
+    member clusters."""
+    import psycopg
+
+    with psycopg.connect(stack_env["DATABASE_URL"], autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{database}"')
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+    os.environ.update(env)
+    import django
+
+    django.setup()
+    from gitops import cluster_admin
+    from gitops.record.audit import Actor
+
+    for member in CLUSTERS[1:]:
+        cluster_admin.cluster_add(
+            name=member,
+            kubeconfig=stack_env["KUBECONFIG"],
+            context=member,
+            actor=Actor.command_line("bench"),
+        )
+
+
+def report(per: int, fleet: dict, single: dict) -> None:
+    """The figures of both layouts, and their ratio."""
+    print(f"{'layout':>24} {'objects':>8} {'cold apply':>11} {'no-op LIST':>11} {'no-op cache':>12}")
+    for name, row in (("3 clusters x " + f"{per:,}", fleet), ("1 cluster x " + f"{3 * per:,}", single)):
+        print(
+            f"{name:>24} {row['objects']:>8} {row['cold']:>10.2f}s {row['noop']:>10.2f}s"
+            f" {row['noop_cache']:>11.2f}s"
+        )
+    print(
+        f"ratio (3 clusters / 1 cluster): cold apply {fleet['cold'] / single['cold']:.2f}x, "
+        f"no-op LIST {fleet['noop'] / single['noop']:.2f}x, "
+        f"no-op from the live cache {fleet['noop_cache'] / single['noop_cache']:.2f}x"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -128,54 +185,14 @@ def main() -> int:
     stack_env = stack.up()
     workdir = Path(tempfile.mkdtemp(prefix="sluice-bench-clusters-"))
     database = f"sluice_bench_{uuid.uuid4().hex[:6]}"
-    base_url = stack_env["DATABASE_URL"].rsplit("/", 1)[0]
-    env = {
-        **os.environ,
-        **stack_env,
-        "DATABASE_URL": f"{base_url}/{database}",
-        "DJANGO_SETTINGS_MODULE": "sluice.settings",
-        "DEBUG": "0",  # as production runs it (see bench/reconcile.py)
-        # DEBUG off needs a key; the shell that loaded .stack/env has one, CI does not.
-        "SECRET_KEY": "bench-" + uuid.uuid4().hex,
-        "LOG_LEVEL": "WARNING",
-        "PYTHONPATH": str(ROOT),
-        "SLUICE_CLUSTER_NAME": "default",
-    }
+    env = bench_env(stack_env, database)
     try:
-        import psycopg
-
-        with psycopg.connect(stack_env["DATABASE_URL"], autocommit=True) as connection:
-            connection.execute(f'CREATE DATABASE "{database}"')
-        subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
-        os.environ.update(env)
-        import django
-
-        django.setup()
-        from gitops import cluster_admin
-        from gitops.record.audit import Actor
-
-        for member in CLUSTERS[1:]:
-            cluster_admin.cluster_add(
-                name=member,
-                kubeconfig=stack_env["KUBECONFIG"],
-                context=member,
-                actor=Actor.command_line("bench"),
-            )
+        set_up(stack_env, env, database)
         per = args.per_cluster
         print(f"-- no-op reconcile: 3 clusters x {per:,} ConfigMaps vs 1 cluster x {3 * per:,}", flush=True)
         fleet = measure(env, workdir, "fleet", per, CLUSTERS)
         single = measure(env, workdir, "single", 3 * per, CLUSTERS[:1])
-        print(f"{'layout':>24} {'objects':>8} {'cold apply':>11} {'no-op LIST':>11} {'no-op cache':>12}")
-        for name, row in (("3 clusters x " + f"{per:,}", fleet), ("1 cluster x " + f"{3 * per:,}", single)):
-            print(
-                f"{name:>24} {row['objects']:>8} {row['cold']:>10.2f}s {row['noop']:>10.2f}s"
-                f" {row['noop_cache']:>11.2f}s"
-            )
-        print(
-            f"ratio (3 clusters / 1 cluster): cold apply {fleet['cold'] / single['cold']:.2f}x, "
-            f"no-op LIST {fleet['noop'] / single['noop']:.2f}x, "
-            f"no-op from the live cache {fleet['noop_cache'] / single['noop_cache']:.2f}x"
-        )
+        report(per, fleet, single)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         drop_database(stack_env["DATABASE_URL"], database)

@@ -1,5 +1,5 @@
-"""Clusters, as an administrator manages them: register one, list them with their health, remove one,
-or forget one that is gone for good.
+"""Clusters, as an administrator manages them: register one, list them with their health, grant or
+revoke a registration's TLS allowance, remove one, or forget one that is gone for good.
 
 Credentials stay by reference, as for Git: a kubeconfig path and context on the
 workers' filesystem, or the in-cluster service account. Nothing secret is stored
@@ -9,6 +9,7 @@ and the version, never a token or a certificate.
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 import time
@@ -84,7 +85,7 @@ def cluster_add(
         raise PermanentError("; ".join(exc.messages)) from exc
     if path and not Path(path).is_file():
         raise PermanentError(f"no kubeconfig file at {path}")
-    unverified = _check_loads(record)
+    unverified, _ = _check_loads(record)
     message = "its server's certificate is not checked (allowed)" if unverified else ""
     try:
         with transaction.atomic():
@@ -97,10 +98,10 @@ def cluster_add(
     return record
 
 
-def _check_loads(record: ClusterRecord) -> bool:
-    """Whether the registration reaches its server unverified; refused when its credentials do not load,
-    or when it does and that is not allowed. Loading reads the kubeconfig (and checks the context)
-    without calling the server."""
+def _check_loads(record: ClusterRecord) -> tuple[bool, str]:
+    """Whether the registration reaches its server unverified, and the server (redacted); refused when its
+    credentials do not load, or when it does and that is not allowed. Loading reads the kubeconfig (and
+    checks the context) without calling the server."""
     path, context = record.kubeconfig, record.context
     with Cluster(path or None, context=context or None, name=record.name) as loaded:
         if not loaded.has_credentials:
@@ -115,7 +116,101 @@ def _check_loads(record: ClusterRecord) -> bool:
                 "(insecure-skip-tls-verify, or plain http): Sluice would send the cluster's credentials "
                 "to whoever answers there; give it the cluster's CA, or --allow-unverified-tls"
             )
-        return bool(loaded.unverified)
+        return bool(loaded.unverified), redact_url(loaded.server)
+
+
+@dataclass(frozen=True)
+class ClusterUpdate:
+    """What ``cluster_update`` did, for its caller to say."""
+
+    record: ClusterRecord  # the registration as it is now
+    changed: bool  # False: it already was so, and nothing was written
+    # Whether its kubeconfig reaches the server unverified now, loaded here; None: not known here (the
+    # file is not on this host, or it does not load).
+    unverified_now: bool | None
+    server: str = ""  # where it reaches, redacted; "" when not known here
+
+
+def cluster_update(name: str, *, actor: Actor, allow_unverified_tls: bool) -> ClusterUpdate:
+    """Grants or revokes a registered cluster's ``--allow-unverified-tls`` in place: removing and adding
+    it again is refused while it is in use, which is when it matters. Nothing else of a registration
+    changes here: another kubeconfig or context may be another server, where Sluice's inventory,
+    pending changes and owed rollbacks do not hold (rotated credentials: rewrite the kubeconfig file in
+    place). Granting loads the kubeconfig first, as ``add-cluster`` does; revoking never needs it (the
+    file may be mounted only where the workers run). Every process reads the registry again at each pass
+    (``clients.refresh``), and the allowance is part of a client's fingerprint: its next client is built
+    again, and refused when it reaches the server unverified without the allowance. The clusters' audit
+    trail gets a row, in the same transaction; none when nothing changes."""
+    if name == settings.SLUICE_CLUSTER_NAME:
+        raise PermanentError(
+            f"{name!r} is the default cluster (KUBECONFIG): it is not registered, and its kubeconfig is "
+            "used as the deployment gives it"
+        )
+    seen = ClusterRecord.objects.filter(name=name).first()
+    if seen is None:
+        raise PermanentError(f"no cluster named {name!r}")
+    # Loaded before the row is locked: an exec plugin may take seconds.
+    unverified, server = _granting_loads(seen) if allow_unverified_tls else _unverified_now(seen)
+    with transaction.atomic():
+        # Locked until the change commits: a removal or a forget at the same time waits for it, and the
+        # audit row's "before" is what was replaced.
+        record = ClusterRecord.objects.select_for_update().filter(name=name).first()
+        if record is None:
+            raise PermanentError(f"no cluster named {name!r} (removed meanwhile)")
+        if (record.pk, _credentials_of(record)) != (seen.pk, _credentials_of(seen)):
+            raise PermanentError(
+                f"cluster {name!r} was removed and registered again meanwhile; look at it and try again"
+            )
+        if record.allow_unverified_tls == allow_unverified_tls:
+            return ClusterUpdate(record, changed=False, unverified_now=unverified, server=server)
+        before = copy.copy(record)
+        record.allow_unverified_tls = allow_unverified_tls
+        record.save(update_fields=["allow_unverified_tls"])
+        message = _allowance_text(allow_unverified_tls, unverified)
+        _cluster_audit(name, ClusterAuditAction.UPDATE, actor, before=before, after=record, message=message)
+    clients.refresh()
+    probes_forget(name)
+    return ClusterUpdate(record, changed=True, unverified_now=unverified, server=server)
+
+
+def _credentials_of(record: ClusterRecord) -> tuple[str, str, bool]:
+    return record.kubeconfig, record.context, record.in_cluster
+
+
+def _granting_loads(record: ClusterRecord) -> tuple[bool, str]:
+    """Whether the registration, granted the allowance, reaches its server unverified now, and where;
+    refused, as by ``add-cluster``, when its kubeconfig is not here or loads no credentials."""
+    if record.kubeconfig and not Path(record.kubeconfig).is_file():
+        raise PermanentError(
+            f"no kubeconfig file at {record.kubeconfig} here: the allowance is granted where it loads"
+        )
+    granted = copy.copy(record)
+    granted.allow_unverified_tls = True
+    return _check_loads(granted)
+
+
+def _unverified_now(record: ClusterRecord) -> tuple[bool | None, str]:
+    """Whether the registration reaches its server unverified now, and where, as far as this host can
+    tell: (None, "") where its kubeconfig is not here or does not load."""
+    if record.kubeconfig and not Path(record.kubeconfig).is_file():
+        return None, ""
+    try:
+        with Cluster(record.kubeconfig or None, context=record.context or None, name=record.name) as loaded:
+            return bool(loaded.unverified), redact_url(loaded.server)
+    except GitopsError:
+        return None, ""
+
+
+def _allowance_text(allowed: bool, unverified: bool | None) -> str:
+    """The audit row's message: what the change lets through, or stops, and how the kubeconfig reached
+    its server when it was made (unverified now, verified now, or not known where the command ran)."""
+    if allowed:
+        text = "granted: its kubeconfig may reach the server without checking its certificate"
+        if unverified is not None:
+            text += "; it does so now" if unverified else "; it checks the certificate now"
+        return text
+    text = "revoked: a kubeconfig that reaches the server without checking its certificate is refused"
+    return text + ("; it does so now: the cluster is refused" if unverified else "")
 
 
 def cluster_remove(name: str, *, actor: Actor) -> None:
@@ -137,7 +232,9 @@ def cluster_remove(name: str, *, actor: Actor) -> None:
         # it afresh, rejects a revision that names the cluster, and writes nothing there.
         _refuse_removal(name)
         _busy_unless_held(name, locked)
-        record = ClusterRecord.objects.filter(name=name).first()
+        # Locked as it is read: an update-cluster under way commits first, and the audit row's "before"
+        # is the registration removed.
+        record = ClusterRecord.objects.select_for_update().filter(name=name).first()
         # Deleted by the query's count: two removals at once leave one audit row, the other is refused.
         if record is None or not ClusterRecord.objects.filter(pk=record.pk).delete()[0]:
             raise PermanentError(f"no cluster named {name!r}")
@@ -187,7 +284,8 @@ def cluster_forget(name: str, *, actor: Actor, reason: str) -> Forgotten:
     targets it (change the policy first) and while an active rollout has written there (let it end,
     or abort it). Each source concerned gets an entry in its audit trail; the passes of every source that
     may write there are held off meanwhile (their reconcile locks, ``_may_write_there``). A name no
-    longer registered is forgotten too while Sluice keeps something there (``_kept_there``)."""
+    longer registered is forgotten too while Sluice keeps something there (``_kept_there``). Of two
+    forgets at once, or a forget beside a removal, the second is refused (``_locked_as_seen``)."""
     if actor.user is not None and not (actor.user.is_active and actor.user.has_perm(FORGET_PERMISSION)):
         raise PermissionDenied(f"{actor.name} may not forget a cluster: administrators only")
     reason = reason.strip()
@@ -195,23 +293,45 @@ def cluster_forget(name: str, *, actor: Actor, reason: str) -> Forgotten:
         raise PermanentError("say why the cluster is forgotten (--reason): it is recorded")
     if name == settings.SLUICE_CLUSTER_NAME:
         raise PermanentError(f"{name!r} is the default cluster; it cannot be forgotten")
-    if not ClusterRecord.objects.filter(name=name).exists() and not _kept_there(name):
+    registered = ClusterRecord.objects.filter(name=name).exists()
+    if not registered and not _kept_there(name):
         raise PermanentError(f"no cluster named {name!r}")
     _refuse_targeted(name)
     locked = _may_write_there(name)
     with decision_locks(locked), transaction.atomic():
+        record = _locked_as_seen(name, registered=registered)  # None: no longer registered
         # Checked again under the locks: a pass that ended meanwhile may have changed either.
         _refuse_targeted(name)
         _busy_unless_held(name, locked)
         _refuse_active_rollouts_there(name)
         forgotten = _forget(name, actor, f"cluster {name} forgotten: {reason}")
-        record = ClusterRecord.objects.filter(name=name).first()  # None: no longer registered
-        ClusterRecord.objects.filter(name=name).delete()
+        # Deleted by the query's count, as a removal is: the row is locked, so this only guards.
+        if record is not None and not ClusterRecord.objects.filter(pk=record.pk).delete()[0]:
+            raise PermanentError(f"no cluster named {name!r} (removed meanwhile)")
         message = _forgotten_text(reason, forgotten)
         _cluster_audit(name, ClusterAuditAction.FORGET, actor, before=record, after=None, message=message)
     clients.forget([name])
     clients.refresh()
     return forgotten
+
+
+def _locked_as_seen(name: str, *, registered: bool) -> ClusterRecord | None:
+    """The cluster's row, locked until the transaction ends, when it is still as ``cluster_forget`` saw
+    it before waiting for the locks: registered, or a name Sluice only keeps things about. A forget or a
+    removal of a cluster that takes no reconcile lock (nothing may write there) runs beside this one: both
+    read the row, both deleted it, and each wrote a "forget" row, the second with nothing before. The
+    second one now waits here for the first to end, and is refused."""
+    record = ClusterRecord.objects.select_for_update().filter(name=name).first()
+    if registered and record is None:
+        raise PermanentError(f"no cluster named {name!r} (removed or forgotten meanwhile)")
+    if not registered and record is not None:
+        raise PermanentError(
+            f"cluster {name!r} was registered meanwhile; look at it again before forgetting it"
+        )
+    if record is None and not _kept_there(name):
+        # Another forget of the name let go of what Sluice kept there while this one waited for its locks.
+        raise PermanentError(f"no cluster named {name!r}, and Sluice keeps nothing there any more")
+    return record
 
 
 def _cluster_audit(
@@ -268,10 +388,14 @@ def _may_write_there_ids(name: str) -> set[int]:
     scopes: dict[int, list[Any]] = {}
     for pk, allowed in Source.objects.values_list("pk", "allowed_namespaces"):
         scopes.setdefault(pk, []).append(allowed)
-    audited = SourceAudit.objects.filter(source__deleted_at__isnull=True)
-    for pk, before, after in audited.values_list("source_id", "before", "after"):
-        kept = (each.get("allowed_namespaces") for each in (before, after) if isinstance(each, dict))
-        scopes.setdefault(pk, []).extend(kept)
+    # Only the rows that changed a scope, each distinct scope once: the trail is append-only and never
+    # pruned, and read whole (every row's settings) it took seconds, twice, the second time under the locks.
+    audited = SourceAudit.objects.filter(
+        source__deleted_at__isnull=True, changed__contains=["allowed_namespaces"]
+    ).order_by()
+    fields = ("source_id", "before__allowed_namespaces", "after__allowed_namespaces")
+    for pk, before, after in audited.values_list(*fields).distinct():
+        scopes.setdefault(pk, []).extend((before, after))
     default = settings.SLUICE_CLUSTER_NAME
     reaching = {
         pk for pk, globs in scopes.items() if any(scope_reaches(each, name, default) for each in globs)

@@ -123,6 +123,7 @@ class ClusterAuditAction(StrEnum):
     ADD = "add"
     REMOVE = "remove"
     FORGET = "forget"  # removed with what Sluice kept about it: a cluster gone for good
+    UPDATE = "update"  # its registration changed in place (update-cluster: the TLS allowance)
 
 
 class AuditVia(StrEnum):

@@ -86,9 +86,9 @@ class ClusterRef:
             else "in-cluster account"
         )
         return (
-            f"cluster {self.name}: its {where} now reaches the server {how}, which add-cluster did not "
-            "allow: nothing is sent there. Give the kubeconfig the cluster's CA (https), or register the "
-            "cluster again with --allow-unverified-tls"
+            f"cluster {self.name}: its {where} now reaches the server {how}, which its registration does "
+            "not allow: nothing is sent there. Give the kubeconfig the cluster's CA (https), or allow it: "
+            f"gitops update-cluster {self.name} --allow-unverified-tls"
         )
 
     def connect(self, *, pool_size: int = DEFAULT_POOL_SIZE) -> Cluster:

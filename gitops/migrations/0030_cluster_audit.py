@@ -32,11 +32,36 @@ def allow_what_works_today(apps, schema_editor):
     verified now, so that rewriting it unverified later is refused."""
     Cluster = apps.get_model("gitops", "Cluster")
     allowed = [
-        record.pk
+        (record, reaches)
         for record in Cluster.objects.filter(in_cluster=False)
-        if _reaches_unverified(record.kubeconfig, record.context) is not False
+        if (reaches := _reaches_unverified(record.kubeconfig, record.context)) is not False
     ]
-    Cluster.objects.filter(pk__in=allowed).update(allow_unverified_tls=True)
+    Cluster.objects.filter(pk__in=[record.pk for record, _ in allowed]).update(allow_unverified_tls=True)
+    if allowed:
+        _say_allowed(allowed)
+
+
+def _say_allowed(allowed):
+    """Names the clusters allowed, on migrate's output (after its "Applying ..." line), so an operator
+    can revoke where the allowance is not wanted: a cluster allowed only because its kubeconfig could not
+    be read on the host that ran migrate may well check its server's certificate where the workers run."""
+    print()  # migrate's "Applying ..." line is ended only after this step
+    print(
+        "    0030: these clusters may reach their server without checking its certificate "
+        "(--allow-unverified-tls), as they did before:"
+    )
+    for record, reaches in allowed:
+        why = (
+            "its kubeconfig does so now"
+            if reaches
+            else f"its kubeconfig {record.kubeconfig} could not be read (or parsed) on this host"
+        )
+        # A row without a name is only a stand-in (the unit tests'); every stored row has one.
+        print(f"      {getattr(record, 'name', f'id {record.pk}')}: {why}")
+    print(
+        "    Revoke where that is not wanted: python manage.py gitops update-cluster NAME "
+        "--no-allow-unverified-tls"
+    )
 
 
 # The model refuses updates and deletes of audit rows; only the database can stop a raw query.

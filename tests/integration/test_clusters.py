@@ -992,6 +992,6 @@ def test_a_registered_kubeconfig_rewritten_to_skip_the_certificate_check_is_refu
         assert registry.get("allowed").server_version(timeout=10), "allowed when it was registered"
         cluster_admin.probes_forget("checked")
         status = next(s for s in cluster_admin.clusters_status() if s.name == "checked")
-        assert not status.reachable and "add-cluster did not allow" in status.error
+        assert not status.reachable and "its registration does not allow" in status.error
     finally:
         registry.forget()

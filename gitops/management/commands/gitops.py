@@ -3,6 +3,7 @@
 gitops add-source NAME --url URL [--branch B] [--path P] [--interval 60s]
 gitops add-cluster NAME (--kubeconfig PATH [--context CTX] | --in-cluster) [--by NAME]
 gitops clusters [--json]
+gitops update-cluster NAME (--allow-unverified-tls | --no-allow-unverified-tls) [--by NAME]
 gitops remove-cluster NAME [--forget --reason TEXT] [--by NAME]
 gitops update-source NAME [--url URL] [--branch B] ... (what is left out stays)
 gitops suspend NAME | gitops resume NAME
@@ -26,7 +27,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from argparse import ArgumentParser, ArgumentTypeError
+from argparse import ArgumentParser, ArgumentTypeError, BooleanOptionalAction
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -514,6 +515,14 @@ class Command(BaseCommand):
                 f"  sources: {', '.join(status.sources) or 'none'}; objects Sluice applied: {status.objects}"
             )
 
+    def do_update_cluster(self, **options: Any) -> None:
+        allowed = options["allow_unverified_tls"]
+        updated = cluster_admin.cluster_update(
+            options["name"], actor=Actor.command_line(options["by"]), allow_unverified_tls=allowed
+        )
+        for line in _allowance_lines(updated, allowed):
+            self.stdout.write(line)
+
     def do_remove_cluster(self, **options: Any) -> None:
         name = options["name"]
         actor = Actor.command_line(options["by"])
@@ -891,6 +900,21 @@ def _add_cluster_parsers(commands: Any) -> None:
     listing = commands.add_parser("clusters", help="list clusters: server, reachability, version, sources")
     listing.add_argument("--json", action="store_true")
 
+    update = commands.add_parser(
+        "update-cluster",
+        help="grant or revoke a registered cluster's --allow-unverified-tls in place, while it is in use "
+        "(nothing else of a registration changes: another kubeconfig or context is remove and add)",
+    )
+    update.add_argument("name")
+    update.add_argument(
+        "--allow-unverified-tls",
+        action=BooleanOptionalAction,
+        required=True,
+        help="grant (loads its kubeconfig first, as add-cluster does) or revoke (--no-...) the allowance to "
+        "reach the server without checking its certificate, or over plain http",
+    )
+    _by_argument(update)
+
     remove = commands.add_parser(
         "remove-cluster", help="forget a cluster (refused while a source targets it or holds objects there)"
     )
@@ -911,6 +935,46 @@ def _where(cluster: str, namespace: str, name: str) -> str:
     """``namespace/name`` in the default cluster, ``cluster/namespace/name`` in another."""
     prefix = "" if cluster == settings.SLUICE_CLUSTER_NAME else f"{cluster}/"
     return f"{prefix}{namespace}/{name}"
+
+
+def _allowance_lines(updated: cluster_admin.ClusterUpdate, allowed: bool) -> list[str]:
+    """What ``update-cluster`` did, and what it lets through or stops: granting is a deliberate choice to
+    send the cluster's credentials to a server nobody checks."""
+    record, granted = updated.record, "granted" if allowed else "revoked"
+    if not updated.changed:
+        return [f"cluster {record.name}: unchanged, --allow-unverified-tls is already {granted}"]
+    when = "every process from its next registry read (each pass starts with one)"
+    where = updated.server or "its server"
+    unchecked = "without checking its certificate (insecure-skip-tls-verify) or over plain http"
+    lines = [f"cluster {record.name}: --allow-unverified-tls {granted}"]
+    if allowed:
+        lines.append(
+            f"  allowed: its kubeconfig ({record.credentials_ref}) may reach the server {unchecked}: Sluice "
+            "then sends the cluster's credentials to whoever answers at that address"
+        )
+        # Granting loaded the kubeconfig here: whether it reaches the server unverified is known.
+        if updated.unverified_now:
+            lines.append(f"  it does so now, at {where}: used so by {when}, where it was refused")
+        else:
+            lines.append(
+                f"  it checks {where}'s certificate now; rewritten to skip that, it is used, not refused"
+            )
+        return lines
+    lines.append(f"  a kubeconfig that reaches the server {unchecked} is refused by {when}: nothing is sent")
+    if updated.unverified_now:
+        lines.append(
+            f"  its kubeconfig does so now, at {where}: the cluster is refused until the kubeconfig has the "
+            f"cluster's CA again (or update-cluster {record.name} --allow-unverified-tls)"
+        )
+    elif updated.unverified_now is None:
+        lines.append(
+            "  whether its kubeconfig does so now is not known here (not on this host, or not loading)"
+        )
+    else:
+        lines.append(
+            "  its kubeconfig checks the server's certificate now: nothing changes until it is rewritten"
+        )
+    return lines
 
 
 def _cluster_line(status: cluster_admin.ClusterStatus) -> str:
