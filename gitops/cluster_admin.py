@@ -41,7 +41,7 @@ from gitops.models import (
 )
 from gitops.models import Cluster as ClusterRecord
 from gitops.record.audit import Actor, audit_record
-from gitops.redaction import redact, redact_url
+from gitops.redaction import redact
 from gitops.rollout.decisions import WAIVE_PERMISSION as FORGET_PERMISSION
 from gitops.rollout.decisions import decision_locks, rollback_waive
 from gitops.vocabulary import ClusterAuditAction, SourceAuditAction
@@ -112,11 +112,11 @@ def _check_loads(record: ClusterRecord) -> tuple[bool, str]:
             )
         if loaded.unverified and not record.allow_unverified_tls:
             raise PermanentError(
-                f"the kubeconfig reaches {redact_url(loaded.server)} without checking its certificate "
+                f"the kubeconfig reaches {redact(loaded.server)} without checking its certificate "
                 "(insecure-skip-tls-verify, or plain http): Sluice would send the cluster's credentials "
                 "to whoever answers there; give it the cluster's CA, or --allow-unverified-tls"
             )
-        return bool(loaded.unverified), redact_url(loaded.server)
+        return bool(loaded.unverified), redact(loaded.server)
 
 
 @dataclass(frozen=True)
@@ -196,7 +196,7 @@ def _unverified_now(record: ClusterRecord) -> tuple[bool | None, str]:
         return None, ""
     try:
         with Cluster(record.kubeconfig or None, context=record.context or None, name=record.name) as loaded:
-            return bool(loaded.unverified), redact_url(loaded.server)
+            return bool(loaded.unverified), redact(loaded.server)
     except GitopsError:
         return None, ""
 

@@ -92,7 +92,11 @@ _FETCHED: PreparedUpdate = PreparedUpdate(
 )
 _VALID: PreparedUpdate = PreparedUpdate(
     lambda revision_id: (
-        Revision.objects.filter(pk=revision_id),
+        # Only over an answer not yet given: `gitops diff`, without the source's lock, validated a new
+        # revision while a pass applied it, and wrote VALID over its APPLIED.
+        Revision.objects.filter(
+            pk=revision_id, outcome__in=(Revision.Outcome.PENDING, Revision.Outcome.REJECTED)
+        ),
         {"outcome": Revision.Outcome.VALID, "errors": []},
     ),
     int,
@@ -191,16 +195,16 @@ def _alone_with_its_flag_keys(
     """``desired``, once no other source publishes one of its flag keys where it would publish it;
     otherwise the revision is recorded as rejected, each such key named, and None.
 
-    Asked of a revision not yet accepted: a new one, and one rejected before, at every pass while it is
-    (the other source may take the key out at any time, and then it goes through without a push). One
-    accepted is not asked again: a catalog that lags what the clusters serve (a rollout's rows are
-    written after its step's applies, and a rollback leaves them as they were) would otherwise reject,
-    and roll back, a revision that went out first, or stop an applied one's self-heal. A revision without
-    flag sets asks nothing (``flag_keys_elsewhere``).
+    Asked at every pass until the revision goes out (a rollout of it starts): a new one, one rejected
+    before (the other source may take the key out at any time, and then it goes through without a
+    push), and one valid but held back (a freeze, a window, a queue) while another source may have
+    started publishing the key. One that went out is not asked again: a catalog that lags what the
+    clusters serve (a rollout's rows are written after its step's applies, and a rollback leaves them
+    as they were) would otherwise reject, and roll back, a revision that went out first, or stop an
+    applied one's self-heal. A revision without flag sets asks nothing (``flag_keys_elsewhere``).
     """
-    if revision.outcome not in (Revision.Outcome.PENDING, Revision.Outcome.REJECTED):
-        return desired
-    conflicts = flag_keys_elsewhere(source, desired)
+    asked = bool(flag_keys(desired).definitions) and not _went_out(source, revision)
+    conflicts = flag_keys_elsewhere(source, desired) if asked else []
     if conflicts:
         rejected = RevisionRejected(conflicts)
         stored = [error.as_dict() for error in rejected.errors]
@@ -214,6 +218,20 @@ def _alone_with_its_flag_keys(
         _VALID(revision.pk)
         revision.outcome, revision.errors = Revision.Outcome.VALID, []
     return desired
+
+
+def _went_out(source: Source, revision: Revision) -> bool:
+    """Whether a rollout of the revision has started: remembered per worker, so that a settled poll asks
+    the database nothing more once it knows."""
+    if revision.outcome in (Revision.Outcome.PENDING, Revision.Outcome.REJECTED):
+        return False
+    cache = caches.for_source(source.pk)
+    if cache.went_out == revision.pk:
+        return True
+    if not Rollout.objects.filter(revision_id=revision.pk).exists():
+        return False
+    cache.went_out = revision.pk
+    return True
 
 
 def flag_keys_elsewhere(source: Source, desired: DesiredState) -> list[ValidationError]:

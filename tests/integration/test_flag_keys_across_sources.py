@@ -263,3 +263,37 @@ def test_a_key_counts_in_each_cluster_the_other_source_publishes_it_into_and_now
     search = source_in(["member-2"], "search")
     assert sync(search)["outcome"] in ("applied", "completed")
     assert cluster_for("member-2").get_configmap(flags_ns, "search") is not None
+
+
+def test_a_revision_held_back_by_a_freeze_is_asked_again_before_it_goes_out(
+    repo, make_namespaces, make_source, sync, cluster, tmp_path
+):
+    """Valid when it was fetched, and held back by a freeze: another source started publishing its key
+    meanwhile, and the check, skipped for a revision already valid, let it out beside it once unfrozen."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from gitops import freezes
+
+    app_a, app_b, flags_ns = make_namespaces("a", "b", "flags")
+    publish(repo, app_a, flags_ns, {"flags/checkout.json": flag_set(banner=BANNER)})
+    shop = make_source(name=f"shop-{uuid.uuid4().hex[:6]}")
+    assert sync(shop)["outcome"] == "applied"
+    freezes.freeze_set(shop, until=timezone.now() + timedelta(hours=1), reason="hold", by="ines")
+    publish(
+        repo, app_a, flags_ns, {"flags/checkout.json": flag_set(banner=BANNER, **{"new-checkout": SWITCH})}
+    )
+    assert sync(shop)["outcome"] == "held"
+
+    other = GitRepo(tmp_path / "payments")
+    publish(other, app_b, flags_ns, {"flags/payments.json": flag_set(**{"new-checkout": SWITCH})})
+    payments = make_source(url=other.url)
+    assert sync(payments)["outcome"] == "applied", "shop's key is in no catalog: it never went out"
+
+    result = sync(shop)
+
+    where = f"{settings.SLUICE_CLUSTER_NAME}/{flags_ns}"
+    assert result["outcome"] == "rejected", result
+    assert result["errors"] == [rejection("flags/checkout.json", 11, "new-checkout", where, payments.name)]
+    assert "new-checkout" not in cluster.get_configmap(flags_ns, "checkout")["data"]["checkout.flagd.json"]

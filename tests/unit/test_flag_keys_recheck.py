@@ -111,17 +111,46 @@ def test_a_revision_is_asked_until_it_is_accepted_and_again_at_each_pass_while_r
     assert revision.outcome == Revision.Outcome.VALID and database.valid == [1]
 
 
-def test_an_accepted_revision_is_not_asked_again(repo: Repo, database: Database) -> None:
+class Rollouts:
+    """``Rollout.objects`` as the check asks it: whether a rollout of a revision exists."""
+
+    def __init__(self, revisions_out: set[int]) -> None:
+        self.revisions_out = revisions_out
+        self.asked = 0
+
+    def filter(self, *, revision_id: int) -> Rollouts:
+        self.asked += 1
+        self.found = revision_id in self.revisions_out
+        return self
+
+    def exists(self) -> bool:
+        return self.found
+
+
+def test_a_revision_that_went_out_is_not_asked_again_and_one_held_back_is(
+    repo: Repo, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A catalog that lags what the clusters serve (rows written after a step's applies, left as they
-    were by a rollback) rejected, and rolled back, a revision that went out first."""
+    were by a rollback) rejected, and rolled back, a revision that went out first. One valid but held
+    back (a freeze, a window, a queue) has not: another source may have started publishing its key."""
+    rollouts = Rollouts(set())
+    monkeypatch.setattr(revisions.Rollout, "objects", rollouts)
     revision = Revision(pk=1, commit=commit(repo), outcome=Revision.Outcome.PENDING)
     assert desired(revision) is not None
     assert revision.outcome == Revision.Outcome.VALID and len(database.asked) == 1
     database.published.append(THERE)
+    assert desired(revision) is None, "held back, not gone out: asked again, and rejected"
+    assert len(database.asked) == 2 and len(database.rejected) == 1
+
+    database.published.clear()
+    assert desired(revision) is not None and revision.outcome == Revision.Outcome.VALID
+    rollouts.revisions_out.add(1)  # its rollout starts
+    database.published.append(THERE)
     for outcome in (Revision.Outcome.VALID, Revision.Outcome.APPLIED):
         revision.outcome = outcome
         assert desired(revision) is not None
-    assert len(database.asked) == 1 and database.rejected == []
+    assert len(database.asked) == 3 and len(database.rejected) == 1
+    assert rollouts.asked == 2, "asked while held back; found once, then remembered"
 
 
 def test_a_revision_rejected_for_a_key_is_not_parsed_again_at_each_pass(
