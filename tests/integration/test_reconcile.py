@@ -929,3 +929,21 @@ def test_a_diff_of_a_head_rejected_under_a_scope_widened_since_plans_it_as_the_n
     assert preview.plan is not None, "planned, not the stored rejection"
     assert [item.action.value for item in preview.plan.items] == ["create"]
     assert sync(source)["outcome"] == "applied"
+
+
+def test_a_revision_is_marked_valid_only_over_an_answer_not_yet_given(make_source):
+    """`gitops diff` validates without the source's lock: a new revision it read as pending, loaded for
+    seconds, was written VALID over the APPLIED a pass had recorded meanwhile."""
+    from gitops.fetch import revisions
+
+    source = make_source()
+    applied = Revision.objects.create(source=source, commit="a" * 40, outcome=Revision.Outcome.APPLIED)
+    rejected = Revision.objects.create(
+        source=source, commit="b" * 40, outcome=Revision.Outcome.REJECTED, errors=[{"file": "x"}]
+    )
+    revisions._VALID(applied.pk)
+    revisions._VALID(rejected.pk)
+    applied.refresh_from_db()
+    rejected.refresh_from_db()
+    assert applied.outcome == Revision.Outcome.APPLIED
+    assert (rejected.outcome, rejected.errors) == (Revision.Outcome.VALID, [])
