@@ -1297,7 +1297,33 @@ class AppendOnlyQuerySet(models.QuerySet[Any]):
         raise TypeError(f"{self.model.__name__} is append-only")
 
 
-class SourceAudit(models.Model):
+class AuditTrail(models.Model):
+    """What every audit trail holds, and its rule: append-only. The model refuses to change or delete a
+    row; a PostgreSQL trigger (in each trail's migration) refuses UPDATE and DELETE for every client."""
+
+    actor = models.CharField(max_length=150)
+    via = models.CharField(max_length=16, choices=[(v.value, v.value) for v in AuditVia])
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+    message = models.TextField(blank=True, default="")
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    objects = AppendOnlyQuerySet.as_manager()
+
+    class Meta:
+        abstract = True
+        ordering: ClassVar[list[str]] = ["-at", "-id"]
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.pk is not None and not self._state.adding:
+            raise TypeError("the audit trail is append-only")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        raise TypeError("the audit trail is append-only")
+
+
+class SourceAudit(AuditTrail):
     """One administrator's change to a source: append-only, after netbox's ObjectChange.
 
     ``before`` and ``after`` hold the administrator-set fields (``ADMIN_SETTINGS``);
@@ -1310,33 +1336,16 @@ class SourceAudit(models.Model):
     source = models.ForeignKey(Source, on_delete=models.PROTECT, related_name="audit")
     source_name = models.CharField(max_length=63)
     action = models.CharField(max_length=16, choices=[(a.value, a.value) for a in SourceAuditAction])
-    actor = models.CharField(max_length=150)
-    via = models.CharField(max_length=16, choices=[(v.value, v.value) for v in AuditVia])
-    before = models.JSONField(null=True, blank=True)
-    after = models.JSONField(null=True, blank=True)
     changed = models.JSONField(default=list, blank=True)
-    message = models.TextField(blank=True, default="")
-    at = models.DateTimeField(default=timezone.now, db_index=True)
 
-    objects = AppendOnlyQuerySet.as_manager()
-
-    class Meta:
-        ordering: ClassVar[list[str]] = ["-at", "-id"]
+    class Meta(AuditTrail.Meta):
         indexes: ClassVar[list[Any]] = [models.Index(fields=["source", "-at"])]
 
     def __str__(self) -> str:
         return f"{self.action} {self.source_name} by {self.actor}"
 
-    def save(self, *args: Any, **kwargs: Any) -> None:
-        if self.pk is not None and not self._state.adding:
-            raise TypeError("the audit trail is append-only")
-        super().save(*args, **kwargs)
 
-    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
-        raise TypeError("the audit trail is append-only")
-
-
-class ClusterAudit(models.Model):
+class ClusterAudit(AuditTrail):
     """One administrator's change to the cluster registry: append-only, like the sources' audit trail.
 
     No key to the cluster's row: removing or forgetting a cluster deletes it, and its
@@ -1348,29 +1357,12 @@ class ClusterAudit(models.Model):
 
     cluster = models.CharField(max_length=63)
     action = models.CharField(max_length=16, choices=[(a.value, a.value) for a in ClusterAuditAction])
-    actor = models.CharField(max_length=150)
-    via = models.CharField(max_length=16, choices=[(v.value, v.value) for v in AuditVia])
-    before = models.JSONField(null=True, blank=True)
-    after = models.JSONField(null=True, blank=True)
-    message = models.TextField(blank=True, default="")
-    at = models.DateTimeField(default=timezone.now, db_index=True)
 
-    objects = AppendOnlyQuerySet.as_manager()
-
-    class Meta:
-        ordering: ClassVar[list[str]] = ["-at", "-id"]
+    class Meta(AuditTrail.Meta):
         indexes: ClassVar[list[Any]] = [models.Index(fields=["cluster", "-at"])]
 
     def __str__(self) -> str:
         return f"{self.action} {self.cluster} by {self.actor}"
-
-    def save(self, *args: Any, **kwargs: Any) -> None:
-        if self.pk is not None and not self._state.adding:
-            raise TypeError("the audit trail is append-only")
-        super().save(*args, **kwargs)
-
-    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
-        raise TypeError("the audit trail is append-only")
 
 
 class SourceRemoval(models.Model):

@@ -18,8 +18,11 @@ from gitops.cluster.clients import ClusterClients, ClusterRef, UnverifiedCluster
 TOKEN = "s3cr3t-t0ken"
 
 
-def write_kubeconfig(path: Path, *, server: str = "https://127.0.0.1:6443", verified: bool = True) -> None:
-    """A kubeconfig with a static token, rewritten in place as an administrator (or a sync job) would."""
+def write_kubeconfig(
+    path: Path, *, server: str = "https://127.0.0.1:6443", verified: bool = True, token: bool = True
+) -> Path:
+    """A kubeconfig with a static token (or no credentials at all), rewritten in place as an
+    administrator (or a sync job) would."""
     cluster: dict[str, object] = {"server": server}
     if verified:
         (path.parent / "ca.crt").write_text("a CA: never read, no request is made\n")
@@ -30,13 +33,14 @@ def write_kubeconfig(path: Path, *, server: str = "https://127.0.0.1:6443", veri
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "c", "cluster": cluster}],
-        "users": [{"name": "u", "user": {"token": TOKEN}}],
+        "users": [{"name": "u", "user": {"token": TOKEN} if token else {}}],
         "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
         "current-context": "x",
     }
     path.write_text(yaml.safe_dump(config))
     stamp = time.time_ns()  # a new change time even within the clock's resolution
     os.utime(path, ns=(stamp, stamp))
+    return path
 
 
 def registry_of(ref: ClusterRef) -> ClusterClients:

@@ -7,13 +7,10 @@ change, its audit row and its races are in tests/integration/test_update_cluster
 from __future__ import annotations
 
 import importlib
-import os
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import yaml
 from django.conf import settings
 from django.core.management import CommandError
 
@@ -25,35 +22,11 @@ from gitops.models import Cluster as ClusterRecord
 from gitops.models import ClusterAudit
 from gitops.record.audit import Actor
 from gitops.vocabulary import ClusterAuditAction
+from tests.unit.test_cluster_unverified import write_kubeconfig
 
-TOKEN = "s3cr3t-t0ken"
 clients_module = importlib.import_module(
     "gitops.cluster.clients"
 )  # the module; the package exports the registry
-
-
-def write_kubeconfig(
-    path: Path, *, server: str = "https://127.0.0.1:6443", verified: bool = True, token: bool = True
-) -> Path:
-    """A kubeconfig with a static token (or no credentials at all), rewritten in place."""
-    cluster: dict[str, object] = {"server": server}
-    if verified:
-        (path.parent / "ca.crt").write_text("a CA: never read, no request is made\n")
-        cluster["certificate-authority"] = "ca.crt"
-    else:
-        cluster["insecure-skip-tls-verify"] = True
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "c", "cluster": cluster}],
-        "users": [{"name": "u", "user": {"token": TOKEN} if token else {}}],
-        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
-        "current-context": "x",
-    }
-    path.write_text(yaml.safe_dump(config))
-    stamp = time.time_ns()  # a new change time even within the clock's resolution
-    os.utime(path, ns=(stamp, stamp))
-    return path
 
 
 def record_at(kubeconfig: Path | str, *, allowed: bool = False) -> ClusterRecord:
