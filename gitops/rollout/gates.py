@@ -92,8 +92,8 @@ def pause(rollout: Rollout, step: Pause) -> None:
 
 
 def analyse(rollout: Rollout, step: Analysis, refusals: list[str]) -> bool:
-    """Runs the check; True when the rollout goes on now. The restores its rollback (the check failed
-    for good) was refused go into ``refusals``."""
+    """Runs the check; True when the rollout goes on now, or someone moved it meanwhile (the drive looks
+    again). The restores its rollback (the check failed for good) was refused go into ``refusals``."""
     payload = {
         "source": rollout.source.name,
         "rollout": rollout.pk,
@@ -114,8 +114,9 @@ def analyse(rollout: Rollout, step: Analysis, refusals: list[str]) -> bool:
         if not moved:
             transaction.set_rollback(True)
     if not moved:
-        rollout.reload()  # as whoever moved it left it: the pass reports that, not a pause
-        return False
+        # Someone moved it during the check (an abort, a promote): the drive reads it again and goes on
+        # from where they left it, so an abort is carried out in this pass, not the next.
+        return True
     if result.passed:
         return True
     if failures >= step.failure_limit:

@@ -142,3 +142,46 @@ def test_an_analysis_is_told_once_though_the_worker_died_as_it_moved_on(
     assert (rollout.phase, rollout.waiting_for) == ("Paused", "approval")
     assert len(analysis_endpoint.received) == 2, "the check ran again: its first run counted for nothing"
     assert RolloutEvent.objects.filter(rollout=rollout, kind="analysis").count() == 1
+
+
+def test_an_abort_asked_during_an_analysis_is_carried_out_in_the_same_pass(
+    repo, make_namespaces, make_source, monkeypatch, analysis_endpoint, cluster
+):
+    """The check's move failed its compare-and-swap (the abort changed the rollout), and the pass
+    reported a pause: the abort waited for the pass it had queued."""
+    from gitops import reconcile
+    from gitops.rollout import gates
+
+    passes_run_here(monkeypatch)
+    canary, rest = make_namespaces("canary", "rest")
+    repo.write_all(
+        {"sluice.yaml": policy([canary, rest]), "configmaps/app.yaml": configmap("app", {"v": "1"})}
+    )
+    repo.commit("v1")
+    source = make_source(analysis_url_prefixes=[analysis_endpoint.url])
+    reconcile.source_sync(source.pk)
+    steps = [{"setWeight": 50}, {"analysis": {"http": {"url": analysis_endpoint.url}}}, {"pause": {}}]
+    repo.write_all(
+        {
+            "sluice.yaml": policy([canary, rest], rollout={"steps": steps}),
+            "configmaps/app.yaml": configmap("app", {"v": "2"}),
+        }
+    )
+    repo.commit("v2")
+    real = gates.run_analysis
+
+    def checked_while_someone_aborts(*args, **kwargs):
+        answer = real(*args, **kwargs)
+        # A person's abort lands while the check runs (what rollout_abort stores).
+        Rollout.objects.filter(source=source, phase="Progressing").update(
+            abort_requested_by="vera", abort_reason="bad canary"
+        )
+        return answer
+
+    monkeypatch.setattr(gates, "run_analysis", checked_while_someone_aborts)
+    result = reconcile.source_sync(source.pk)
+
+    rollout = rollout_of(source)
+    assert (result.outcome, rollout.phase) == ("aborted", "Aborted"), result
+    assert [cluster.get_configmap(ns, "app")["data"]["v"] for ns in (canary, rest)] == ["1", "1"]
+    assert not RolloutEvent.objects.filter(rollout=rollout, kind="analysis").exists()
