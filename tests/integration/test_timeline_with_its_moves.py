@@ -98,13 +98,9 @@ def test_a_step_is_told_once_though_the_worker_died_as_it_told_it(
     assert RolloutEvent.objects.filter(rollout=paused, kind="step").count() == 1
 
 
-def test_an_analysis_is_told_once_though_the_worker_died_as_it_moved_on(
-    repo, make_namespaces, make_source, monkeypatch, analysis_endpoint
-):
-    """The check's line was written before the move it makes: a worker killed between the two left a
-    line for a check that counted for nothing, and the retry ran the check again and wrote a second."""
+def v2_with_an_analysis(repo, make_namespaces, make_source, monkeypatch, analysis_endpoint):
+    """v1 applied by a pass run here; v2 committed, its steps 50%, an analysis, then a pause."""
     from gitops import reconcile
-    from gitops.rollout import gates
 
     passes_run_here(monkeypatch)
     canary, rest = make_namespaces("canary", "rest")
@@ -122,6 +118,18 @@ def test_an_analysis_is_told_once_though_the_worker_died_as_it_moved_on(
         }
     )
     repo.commit("v2")
+    return canary, rest, source
+
+
+def test_an_analysis_is_told_once_though_the_worker_died_as_it_moved_on(
+    repo, make_namespaces, make_source, monkeypatch, analysis_endpoint
+):
+    """The check's line was written before the move it makes: a worker killed between the two left a
+    line for a check that counted for nothing, and the retry ran the check again and wrote a second."""
+    from gitops import reconcile
+    from gitops.rollout import gates
+
+    _, _, source = v2_with_an_analysis(repo, make_namespaces, make_source, monkeypatch, analysis_endpoint)
     real, killed = gates.transition, []
 
     def transition(rollout, **changes):
@@ -152,22 +160,9 @@ def test_an_abort_asked_during_an_analysis_is_carried_out_in_the_same_pass(
     from gitops import reconcile
     from gitops.rollout import gates
 
-    passes_run_here(monkeypatch)
-    canary, rest = make_namespaces("canary", "rest")
-    repo.write_all(
-        {"sluice.yaml": policy([canary, rest]), "configmaps/app.yaml": configmap("app", {"v": "1"})}
+    canary, rest, source = v2_with_an_analysis(
+        repo, make_namespaces, make_source, monkeypatch, analysis_endpoint
     )
-    repo.commit("v1")
-    source = make_source(analysis_url_prefixes=[analysis_endpoint.url])
-    reconcile.source_sync(source.pk)
-    steps = [{"setWeight": 50}, {"analysis": {"http": {"url": analysis_endpoint.url}}}, {"pause": {}}]
-    repo.write_all(
-        {
-            "sluice.yaml": policy([canary, rest], rollout={"steps": steps}),
-            "configmaps/app.yaml": configmap("app", {"v": "2"}),
-        }
-    )
-    repo.commit("v2")
     real = gates.run_analysis
 
     def checked_while_someone_aborts(*args, **kwargs):

@@ -22,7 +22,7 @@ from gitops.models import Cluster as ClusterRecord
 from gitops.models import ClusterAudit
 from gitops.record.audit import Actor
 from gitops.vocabulary import ClusterAuditAction
-from tests.unit.test_cluster_unverified import write_kubeconfig
+from tests.unit.test_cluster_unverified import FakeRows, write_kubeconfig
 
 clients_module = importlib.import_module(
     "gitops.cluster.clients"
@@ -158,18 +158,6 @@ def test_a_revocation_refuses_the_client_at_the_next_registry_read_and_a_grant_s
 # -- migration 0030 says which clusters it allowed --------------------------------------------------
 
 migration = importlib.import_module("gitops.migrations.0030_cluster_audit")
-
-
-class FakeRows:
-    """Just enough of a historical model's manager for the migration's backfill."""
-
-    def __init__(self, rows: list[SimpleNamespace]) -> None:
-        self.rows, self.allowed = rows, []
-
-    def filter(self, **lookups):
-        if "in_cluster" in lookups:
-            return [row for row in self.rows if row.in_cluster == lookups["in_cluster"]]
-        return SimpleNamespace(update=lambda **values: self.allowed.extend(lookups["pk__in"]))
 
 
 def backfill(rows: list[SimpleNamespace]) -> FakeRows:
