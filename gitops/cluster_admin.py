@@ -10,6 +10,7 @@ and the version, never a token or a certificate.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import threading
 import time
@@ -49,6 +50,15 @@ from gitops.vocabulary import ClusterAuditAction, SourceAuditAction
 PROBE_SECONDS = 3.0
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """Where a registration's credentials live: a kubeconfig path and context, or the in-cluster account."""
+
+    kubeconfig: str | None = ""  # None: the kubeconfig registered (another context of it)
+    context: str = ""
+    in_cluster: bool = False
+
+
 def cluster_add(
     *,
     name: str,
@@ -65,6 +75,30 @@ def cluster_add(
             f"{name!r} is the default cluster (the one KUBECONFIG names, SLUICE_CLUSTER_NAME); "
             "it is always registered"
         )
+    record = _registration(
+        name, Credentials(kubeconfig, context, in_cluster), allow_unverified_tls=allow_unverified_tls
+    )
+    unverified, _ = _check_loads(record)
+    message = "its server's certificate is not checked (allowed)" if unverified else ""
+    try:
+        with transaction.atomic():
+            record.save()
+            _cluster_audit(name, ClusterAuditAction.ADD, actor, before=None, after=record, message=message)
+    except IntegrityError as exc:
+        raise PermanentError(f"a cluster named {name!r} is already registered") from exc
+    clients.refresh()
+    probes_forget(name)
+    return record
+
+
+def _registration(name: str, credentials: Credentials, *, allow_unverified_tls: bool) -> ClusterRecord:
+    """A registration's row, not saved: refused when the credentials' reference is not one, or its
+    kubeconfig is not here."""
+    kubeconfig, context, in_cluster = (
+        credentials.kubeconfig or "",
+        credentials.context,
+        credentials.in_cluster,
+    )
     if in_cluster == bool(kubeconfig):
         raise PermanentError("give either --kubeconfig PATH (with an optional --context) or --in-cluster")
     if context and in_cluster:
@@ -85,16 +119,6 @@ def cluster_add(
         raise PermanentError("; ".join(exc.messages)) from exc
     if path and not Path(path).is_file():
         raise PermanentError(f"no kubeconfig file at {path}")
-    unverified, _ = _check_loads(record)
-    message = "its server's certificate is not checked (allowed)" if unverified else ""
-    try:
-        with transaction.atomic():
-            record.save()
-            _cluster_audit(name, ClusterAuditAction.ADD, actor, before=None, after=record, message=message)
-    except IntegrityError as exc:
-        raise PermanentError(f"a cluster named {name!r} is already registered") from exc
-    clients.refresh()
-    probes_forget(name)
     return record
 
 
@@ -129,28 +153,51 @@ class ClusterUpdate:
     # file is not on this host, or it does not load).
     unverified_now: bool | None
     server: str = ""  # where it reaches, redacted; "" when not known here
+    # With new credentials: where they were and are (``credentials_ref``), and the cluster's identity
+    # (``Cluster.identity``) both reached.
+    moved_from: str = ""
+    identity: str = ""
 
 
-def cluster_update(name: str, *, actor: Actor, allow_unverified_tls: bool) -> ClusterUpdate:
-    """Grants or revokes a registered cluster's ``--allow-unverified-tls`` in place: removing and adding
-    it again is refused while it is in use, which is when it matters. Nothing else of a registration
-    changes here: another kubeconfig or context may be another server, where Sluice's inventory,
-    pending changes and owed rollbacks do not hold (rotated credentials: rewrite the kubeconfig file in
-    place). Granting loads the kubeconfig first, as ``add-cluster`` does; revoking never needs it (the
-    file may be mounted only where the workers run). Every process reads the registry again at each pass
-    (``clients.refresh``), and the allowance is part of a client's fingerprint: its next client is built
-    again, and refused when it reaches the server unverified without the allowance. The clusters' audit
-    trail gets a row, in the same transaction; none when nothing changes."""
+def cluster_update(
+    name: str,
+    *,
+    actor: Actor,
+    allow_unverified_tls: bool | None = None,
+    credentials: Credentials | None = None,
+) -> ClusterUpdate:
+    """Grants or revokes a registered cluster's ``--allow-unverified-tls``, or moves its credentials, in
+    place: removing and adding it again is refused while it is in use, which is when it matters.
+
+    New credentials (another kubeconfig or context, or the in-cluster account) are taken only when they
+    reach the same cluster as the registration's: both are asked for the cluster's identity, and must give
+    the same. Another cluster would inherit Sluice's inventory, pending changes and owed rollbacks of this
+    one, and have them pruned, applied and rolled back there. Current credentials that no longer answer
+    (expired) cannot tell: the kubeconfig file is then rewritten in place, its path kept.
+
+    Granting loads the kubeconfig first, as ``add-cluster`` does; revoking never needs it (the file may be
+    mounted only where the workers run). Every process reads the registry again at each pass
+    (``clients.refresh``), and the reference and the allowance are part of a client's fingerprint: its
+    next client is built again, and refused when it reaches the server unverified without the allowance.
+    The clusters' audit trail gets a row, in the same transaction; none when nothing changes."""
     if name == settings.SLUICE_CLUSTER_NAME:
         raise PermanentError(
             f"{name!r} is the default cluster (KUBECONFIG): it is not registered, and its kubeconfig is "
             "used as the deployment gives it"
         )
+    if allow_unverified_tls is None and credentials is None:
+        raise PermanentError("nothing to change: give --[no-]allow-unverified-tls, or new credentials")
     seen = ClusterRecord.objects.filter(name=name).first()
     if seen is None:
         raise PermanentError(f"no cluster named {name!r}")
-    # Loaded before the row is locked: an exec plugin may take seconds.
-    unverified, server = _granting_loads(seen) if allow_unverified_tls else _unverified_now(seen)
+    allowed = seen.allow_unverified_tls if allow_unverified_tls is None else allow_unverified_tls
+    if credentials is not None and credentials.kubeconfig is None and not credentials.in_cluster:
+        credentials = dataclasses.replace(credentials, kubeconfig=seen.kubeconfig)
+    wanted = _registration(name, credentials, allow_unverified_tls=allowed) if credentials else None
+    # Loaded, and the cluster asked, before the row is locked: an exec plugin may take seconds.
+    if wanted is not None and _credentials_of(wanted) != _credentials_of(seen):
+        return _credentials_move(seen, wanted, actor)
+    unverified, server = _granting_loads(seen) if allowed else _unverified_now(seen)
     with transaction.atomic():
         # Locked until the change commits: a removal or a forget at the same time waits for it, and the
         # audit row's "before" is what was replaced.
@@ -161,16 +208,94 @@ def cluster_update(name: str, *, actor: Actor, allow_unverified_tls: bool) -> Cl
             raise PermanentError(
                 f"cluster {name!r} was removed and registered again meanwhile; look at it and try again"
             )
-        if record.allow_unverified_tls == allow_unverified_tls:
+        if record.allow_unverified_tls == allowed:
             return ClusterUpdate(record, changed=False, unverified_now=unverified, server=server)
         before = copy.copy(record)
-        record.allow_unverified_tls = allow_unverified_tls
+        record.allow_unverified_tls = allowed
         record.save(update_fields=["allow_unverified_tls"])
-        message = _allowance_text(allow_unverified_tls, unverified)
+        message = _allowance_text(allowed, unverified)
         _cluster_audit(name, ClusterAuditAction.UPDATE, actor, before=before, after=record, message=message)
     clients.refresh()
     probes_forget(name)
     return ClusterUpdate(record, changed=True, unverified_now=unverified, server=server)
+
+
+def _credentials_move(seen: ClusterRecord, wanted: ClusterRecord, actor: Actor) -> ClusterUpdate:
+    """The registration moved to ``wanted``'s credentials (and allowance), once they load and reach the
+    same cluster as ``seen``'s; refused otherwise, or when the row changed since it was read."""
+    unverified, server = _check_loads(wanted)
+    identity = _same_cluster(seen, wanted)
+    with transaction.atomic():
+        # Locked until the change commits, as for an allowance: a removal or forget waits for it.
+        record = ClusterRecord.objects.select_for_update().filter(name=seen.name).first()
+        if record is None:
+            raise PermanentError(f"no cluster named {seen.name!r} (removed meanwhile)")
+        if (record.pk, _credentials_of(record)) != (seen.pk, _credentials_of(seen)):
+            raise PermanentError(
+                f"cluster {seen.name!r} was removed and registered again, or moved, meanwhile; look at it "
+                "and try again"
+            )
+        before = copy.copy(record)
+        record.kubeconfig, record.context, record.in_cluster = _credentials_of(wanted)
+        record.allow_unverified_tls = wanted.allow_unverified_tls
+        record.save(update_fields=["kubeconfig", "context", "in_cluster", "allow_unverified_tls"])
+        message = (
+            f"credentials moved from {before.credentials_ref} to {record.credentials_ref}: the same "
+            f"cluster (kube-system namespace uid {identity})"
+        )
+        if before.allow_unverified_tls != record.allow_unverified_tls:
+            message += "; " + _allowance_text(record.allow_unverified_tls, unverified)
+        _cluster_audit(
+            seen.name, ClusterAuditAction.UPDATE, actor, before=before, after=record, message=message
+        )
+    clients.refresh()
+    probes_forget(seen.name)
+    return ClusterUpdate(
+        record,
+        changed=True,
+        unverified_now=unverified,
+        server=server,
+        moved_from=before.credentials_ref,
+        identity=identity,
+    )
+
+
+def _same_cluster(current: ClusterRecord, moved: ClusterRecord) -> str:
+    """The cluster's identity, asked through the registration's current credentials and through the new
+    ones; refused unless both answer, and with the same."""
+    try:
+        new = _identity_through(moved)
+    except GitopsError as exc:
+        raise PermanentError(
+            f"the new credentials ({moved.credentials_ref}) do not answer ({exc}); nothing changed"
+        ) from exc
+    try:
+        old = _identity_through(current)
+    except GitopsError as exc:
+        raise PermanentError(
+            f"cluster {current.name}'s current credentials ({current.credentials_ref}) do not answer ({exc}),"
+            " so Sluice cannot tell the new ones reach the same cluster; nothing changed. Rotated "
+            "credentials: rewrite the kubeconfig file in place, its path kept (every process reads it "
+            "again); a cluster gone for good: remove-cluster --forget"
+        ) from exc
+    if new != old:
+        raise PermanentError(
+            f"the new credentials reach another cluster (kube-system namespace uid {new}, not {old}): "
+            f"Sluice's inventory, pending changes and owed rollbacks of {current.name} would be taken for "
+            "that cluster's; nothing changed. Register it under a name of its own (add-cluster)"
+        )
+    return new
+
+
+def _identity_through(record: ClusterRecord) -> str:
+    """``Cluster.identity`` through a registration's credentials; refused, without calling, where they
+    would reach the server unverified and the registration does not allow that."""
+    with Cluster(record.kubeconfig or None, context=record.context or None, name=record.name) as loaded:
+        if loaded.unverified and not record.allow_unverified_tls:
+            raise PermanentError(
+                "they reach the server without checking its certificate, which is not allowed"
+            )
+        return loaded.identity(timeout=PROBE_SECONDS)
 
 
 def _credentials_of(record: ClusterRecord) -> tuple[str, str, bool]:

@@ -433,6 +433,15 @@ class Cluster:
             info = self._version.get_code(_request_timeout=bounded)
         return ServerVersion(git_version=info.git_version, major=info.major, minor=info.minor)
 
+    def identity(self, *, timeout: float | None = None) -> str:
+        """The cluster's identity: the uid of its ``kube-system`` namespace, made once when the cluster was
+        made and the same through every address and credential that reaches it (the namespace reader Sluice
+        is granted reads it). Another cluster, even one restored from the same manifests, has another."""
+        bounded = (timeout, timeout) if timeout else self.timeout
+        with _api_errors(reading=True):
+            namespace = self._core.read_namespace("kube-system", _request_timeout=bounded)
+        return str(namespace.metadata.uid)
+
     def list_configmaps(self, namespace: str, *, label_selector: str | None = None) -> list[dict[str, Any]]:
         """All ConfigMaps of a namespace in one LIST, as the apiserver's JSON."""
         with _api_errors(reading=True):

@@ -211,6 +211,85 @@ def test_an_unknown_name_or_the_default_cluster_is_refused(stack):
     assert not ClusterAudit.objects.exists()
 
 
+# -- credentials moved: another kubeconfig or context that reaches the same cluster ---------------------
+
+
+def test_new_credentials_reaching_the_same_cluster_are_taken_while_it_is_in_use_with_an_audit_row(
+    repo, make_source, sync, cluster_for, stack, tmp_path
+):
+    """A source holds objects in "edge", so remove and add is refused; the registration moves to another
+    kubeconfig that reaches the same cluster, and the next pass uses it: the old file, silenced, is no
+    longer read."""
+    edge = FlakyKubeconfig(tmp_path / "edge.kubeconfig", stack["KUBECONFIG"], "member-1")
+    cluster_admin.cluster_add(name="edge", kubeconfig=str(edge.path), actor=ADMIN)
+    namespace = f"t{uuid.uuid4().hex[:8]}"
+    for context in ("local", "member-1"):
+        cluster_for(context).create_namespace(namespace)
+    commit(repo, namespace, "1")
+    source = make_source(allowed_namespaces=SCOPE)
+    assert sync(source)["outcome"] == "applied"
+    rotated = FlakyKubeconfig(tmp_path / "rotated.kubeconfig", stack["KUBECONFIG"], "member-1")
+
+    moved = update("edge", "--kubeconfig", str(rotated.path))
+
+    assert f"cluster edge: credentials moved from {edge.path} to {rotated.path}" in moved
+    assert "the same cluster (kube-system namespace uid " in moved
+    record = ClusterRecord.objects.get(name="edge")
+    assert (record.kubeconfig, record.context, record.allow_unverified_tls) == (str(rotated.path), "", False)
+    edge.silence()
+    commit(repo, namespace, "2")
+    applied = sync(source)
+    assert (applied["outcome"], applied["errors"]) == ("applied", []), applied
+    assert versions(cluster_for, namespace) == ["2", "2"], "written through the new credentials"
+    row = ClusterAudit.objects.filter(cluster="edge").order_by("id").last()
+    assert (row.action, row.before["kubeconfig"], row.after["kubeconfig"]) == (
+        "update",
+        str(edge.path),
+        str(rotated.path),
+    )
+    assert "credentials moved" in row.message and "the same cluster" in row.message
+
+
+def test_new_credentials_are_refused_unless_both_they_and_the_current_ones_reach_the_same_cluster(
+    stack, tmp_path
+):
+    """Another cluster would inherit this one's inventory, pending changes and owed rollbacks; credentials
+    that do not answer, new or current, cannot tell; unverified ones need the allowance, as for add."""
+    edge = FlakyKubeconfig(tmp_path / "edge.kubeconfig", stack["KUBECONFIG"], "member-1")
+    cluster_admin.cluster_add(name="edge", kubeconfig=str(edge.path), actor=ADMIN)
+    registered = (str(edge.path), "", False)
+
+    def kept() -> tuple[str, str, bool]:
+        record = ClusterRecord.objects.get(name="edge")
+        return record.kubeconfig, record.context, record.allow_unverified_tls
+
+    with pytest.raises(CommandError, match="reach another cluster"):
+        update("edge", "--kubeconfig", stack["KUBECONFIG"], "--context", "member-2")
+    assert "unchanged" in update("edge", "--kubeconfig", str(edge.path))
+    silent = FlakyKubeconfig(tmp_path / "silent.kubeconfig", stack["KUBECONFIG"], "member-1")
+    silent.silence()
+    with pytest.raises(CommandError, match=r"the new credentials .* do not answer"):
+        update("edge", "--kubeconfig", str(silent.path))
+    unverified = FlakyKubeconfig(tmp_path / "unverified.kubeconfig", stack["KUBECONFIG"], "member-1")
+    unverify(unverified)
+    with pytest.raises(CommandError, match="without checking its certificate"):
+        update("edge", "--kubeconfig", str(unverified.path))
+    edge.silence()
+    with pytest.raises(CommandError, match=r"current credentials .* do not answer.*rewrite the kubeconfig"):
+        update("edge", "--kubeconfig", stack["KUBECONFIG"], "--context", "member-1")
+    assert kept() == registered, "nothing changed"
+    assert [action for action, _, _ in trail("edge")] == ["add"], "refusals wrote none"
+
+    edge.answer()
+    update("edge", "--kubeconfig", str(unverified.path), "--allow-unverified-tls")
+    assert kept() == (str(unverified.path), "", True)
+    update("edge", "--kubeconfig", stack["KUBECONFIG"], "--context", "member-1", "--no-allow-unverified-tls")
+    assert kept() == (stack["KUBECONFIG"], "member-1", False)
+    with pytest.raises(CommandError, match="reach another cluster"):
+        update("edge", "--context", "member-2")  # alone: another context of the kubeconfig registered
+    assert [action for action, _, _ in trail("edge")] == ["add", "update", "update"]
+
+
 # -- races: the registry changed by two commands at once ----------------------------------------------
 
 

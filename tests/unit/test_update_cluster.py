@@ -40,11 +40,21 @@ def parsed(*args: str):
     return Command().create_parser("manage.py", "gitops").parse_args(["update-cluster", "edge", *args])
 
 
-def test_update_cluster_grants_or_revokes_and_must_say_which():
+def test_update_cluster_grants_or_revokes_or_moves_credentials_and_must_say_what():
     assert parsed("--allow-unverified-tls").allow_unverified_tls is True
     assert parsed("--no-allow-unverified-tls", "--by", "ines").allow_unverified_tls is False
+    moved = parsed("--kubeconfig", "/etc/k", "--context", "c")
+    assert (moved.kubeconfig, moved.context, moved.in_cluster, moved.allow_unverified_tls) == (
+        "/etc/k",
+        "c",
+        False,
+        None,
+    )
     with pytest.raises((SystemExit, CommandError)):
-        parsed()
+        parsed("--kubeconfig", "/etc/k", "--in-cluster")
+    assert parsed().allow_unverified_tls is None
+    with pytest.raises(PermanentError, match="nothing to change"):
+        cluster_admin.cluster_update("edge", actor=Actor.command_line("tests"))
 
 
 def test_the_default_cluster_is_not_registered_and_has_no_allowance_to_change():

@@ -3,7 +3,8 @@
 gitops add-source NAME --url URL [--branch B] [--path P] [--interval 60s]
 gitops add-cluster NAME (--kubeconfig PATH [--context CTX] | --in-cluster) [--by NAME]
 gitops clusters [--json]
-gitops update-cluster NAME (--allow-unverified-tls | --no-allow-unverified-tls) [--by NAME]
+gitops update-cluster NAME [--allow-unverified-tls | --no-allow-unverified-tls]
+                           [--kubeconfig PATH [--context CTX] | --context CTX | --in-cluster] [--by NAME]
 gitops remove-cluster NAME [--forget --reason TEXT] [--by NAME]
 gitops update-source NAME [--url URL] [--branch B] ... (what is left out stays)
 gitops suspend NAME | gitops resume NAME
@@ -28,6 +29,7 @@ import json
 import sys
 import time
 from argparse import ArgumentParser, ArgumentTypeError, BooleanOptionalAction
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -518,9 +520,19 @@ class Command(BaseCommand):
     def do_update_cluster(self, **options: Any) -> None:
         allowed = options["allow_unverified_tls"]
         updated = cluster_admin.cluster_update(
-            options["name"], actor=Actor.command_line(options["by"]), allow_unverified_tls=allowed
+            options["name"],
+            actor=Actor.command_line(options["by"]),
+            allow_unverified_tls=allowed,
+            credentials=_new_credentials(options),
         )
-        for line in _allowance_lines(updated, allowed):
+        if updated.moved_from:
+            lines = _moved_lines(updated)
+        elif allowed is None:
+            record = updated.record
+            lines = [f"cluster {record.name}: unchanged, its credentials are {record.credentials_ref}"]
+        else:
+            lines = _allowance_lines(updated, allowed)
+        for line in lines:
             self.stdout.write(line)
 
     def do_remove_cluster(self, **options: Any) -> None:
@@ -902,16 +914,27 @@ def _add_cluster_parsers(commands: Any) -> None:
 
     update = commands.add_parser(
         "update-cluster",
-        help="grant or revoke a registered cluster's --allow-unverified-tls in place, while it is in use "
-        "(nothing else of a registration changes: another kubeconfig or context is remove and add)",
+        help="grant or revoke a registered cluster's --allow-unverified-tls, or move its credentials to "
+        "another kubeconfig or context that reaches the same cluster, in place, while it is in use",
     )
     update.add_argument("name")
     update.add_argument(
         "--allow-unverified-tls",
         action=BooleanOptionalAction,
-        required=True,
+        default=None,
         help="grant (loads its kubeconfig first, as add-cluster does) or revoke (--no-...) the allowance to "
         "reach the server without checking its certificate, or over plain http",
+    )
+    moved = update.add_mutually_exclusive_group()
+    moved.add_argument(
+        "--kubeconfig",
+        metavar="PATH",
+        help="new credentials: taken only when they and the current ones reach the same cluster (its "
+        "kube-system namespace's uid); the context is --context, or the file's current one",
+    )
+    moved.add_argument("--in-cluster", action="store_true", help="new credentials: the pods' service account")
+    update.add_argument(
+        "--context", metavar="CTX", help="the context (alone: another of the same kubeconfig)"
     )
     _by_argument(update)
 
@@ -935,6 +958,28 @@ def _where(cluster: str, namespace: str, name: str) -> str:
     """``namespace/name`` in the default cluster, ``cluster/namespace/name`` in another."""
     prefix = "" if cluster == settings.SLUICE_CLUSTER_NAME else f"{cluster}/"
     return f"{prefix}{namespace}/{name}"
+
+
+def _new_credentials(options: Mapping[str, Any]) -> cluster_admin.Credentials | None:
+    """The credentials ``update-cluster`` was given, None when none: ``--context`` alone is another context
+    of the kubeconfig registered."""
+    kubeconfig, context, in_cluster = options["kubeconfig"], options["context"], options["in_cluster"]
+    if kubeconfig is None and context is None and not in_cluster:
+        return None
+    return cluster_admin.Credentials(kubeconfig, context or "", in_cluster)
+
+
+def _moved_lines(updated: cluster_admin.ClusterUpdate) -> list[str]:
+    record = updated.record
+    lines = [
+        f"cluster {record.name}: credentials moved from {updated.moved_from} to {record.credentials_ref}",
+        f"  the same cluster (kube-system namespace uid {updated.identity}), at "
+        f"{updated.server or 'its server'}; every process uses them from its next registry read (each pass "
+        "starts with one)",
+    ]
+    if record.allow_unverified_tls:
+        lines.append("  --allow-unverified-tls: granted (the server's certificate need not be checked)")
+    return lines
 
 
 def _allowance_lines(updated: cluster_admin.ClusterUpdate, allowed: bool) -> list[str]:
