@@ -41,7 +41,7 @@ from gitops.rollout.lifecycle import rollback_asked, rollout_choose, rollout_dri
 from gitops.rollout.rollback import rollbacks_owed_finish, rollbacks_owing, rollout_rollback
 from gitops.rollout.state import StepOutcome, owed_rollbacks_memo, owed_rollbacks_none, pending_writes_known
 from gitops.rollout.step import Resumed, intents_finish_pending, plan_held
-from gitops.vocabulary import SYSTEM_ACTOR, Outcome
+from gitops.vocabulary import SYSTEM_ACTOR, Outcome, Waiting
 from gitops.windows import Gate, GateKind
 
 log = logging.getLogger("gitops.reconcile")
@@ -718,13 +718,11 @@ def sync_failure_record(source_id: int, error: BaseException) -> SyncResult:
     # back-off (no broker needed here, and no race with this update). sync_queued goes too: a push
     # must queue the next try.
     pushed_meanwhile = source.sync_requested_at is not None
+    next_try = timezone.now() + (_retry_after_a_push(failures, delay, source) if pushed_meanwhile else delay)
     Source.objects.filter(pk=source_id).update(
-        last_error=message[:2000],
-        consecutive_failures=failures,
-        next_poll_at=timezone.now()
-        + (_retry_after_a_push(failures, delay, source) if pushed_meanwhile else delay),
-        sync_queued=False,
+        last_error=message[:2000], consecutive_failures=failures, next_poll_at=next_try, sync_queued=False
     )
+    _wave_tried_again_at(source_id, next_try)
     log.error(
         "sync failed source=%s failures_in_a_row=%d next_try_in=%ds: %s",
         source.name,
@@ -733,6 +731,20 @@ def sync_failure_record(source_id: int, error: BaseException) -> SyncResult:
         message,
     )
     return SyncResult(source.name, Outcome.FAILED, errors=[message])
+
+
+def _wave_tried_again_at(source_id: int, when: datetime) -> None:
+    """A rollout the failed pass left mid-wave (moving, or waiting on its consumers, a cluster, a timer or
+    an analysis; not at an approval gate) is taken up again at the source's next try. Beat's poll does
+    that too: this wake makes it independent of beat, as the wakes of a pause and of a cluster wait are
+    (a sweep lost, or none at all: the integration tests run no beat, and such a rollout stayed where the
+    failed pass left it for good). ``source_sync_at`` is robust: a broker that refuses it loses nothing
+    beat would not do."""
+    mid_wave = Rollout.objects.filter(source_id=source_id, phase__in=Rollout.ACTIVE_PHASES).exclude(
+        phase=Rollout.Phase.PAUSED, waiting_for=Waiting.APPROVAL
+    )
+    if mid_wave.exists():
+        schedule.source_sync_at(source_id, when)
 
 
 def retry_delay(poll_interval: timedelta, failures: int) -> timedelta:

@@ -10,6 +10,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from django.test import Client
 from gitops import cluster_admin, selectors
 from gitops.cluster import pools
 from gitops.cluster.live import live_configmaps
-from gitops.models import Change, Rollout, RolloutEvent
+from gitops.models import Change, Rollout, RolloutEvent, Source
 from gitops.record.audit import Actor
 from gitops.rollout import decisions
 from tests.clusters import FlakyKubeconfig, HungServer
@@ -266,6 +267,40 @@ def test_an_unreachable_cluster_pauses_its_wave_and_holds_up_nothing_else(
     assert resumed.weight == 66
     assert fleet.versions(clusters, namespace) == ["2", "2", "1"]
     assert Change.objects.filter(rollout=resumed, cluster="flaky", step_index=2).count() == 1
+
+
+def test_a_wave_whose_pass_failed_for_good_is_taken_up_again_at_the_sources_next_try_without_beat(
+    repo, make_source, sync, fleet, people
+):
+    """The only cluster a wave needs stops answering as it is promoted: the pass, and its retries, fail,
+    and the source backs off. Beat's poll takes such a source up again; the failed pass now wakes it at
+    its next try too, as a pause and a cluster wait do. No beat runs here: before, the rollout stayed
+    mid-wave for good (a suspect of a consumers test that once waited 180 s for its rollout)."""
+    flaky = fleet.flaky("flaky", context="member-1")
+    namespaces = [fleet.namespace(("member-1",)) for _ in range(2)]
+    document: dict = {"targets": [{"cluster": "flaky", "namespaces": namespaces}]}
+    repo.write_all({"sluice.yaml": document, "configmaps/app.yaml": configmap("app", {"VERSION": "1"})})
+    repo.commit("v1")
+    source = make_source(allowed_namespaces=SCOPE, poll_interval=timedelta(seconds=5))
+    assert sync(source)["outcome"] == "applied"
+    document["rollout"] = {"steps": [{"setWeight": 50}, {"pause": {}}]}
+    repo.write_all({"sluice.yaml": document, "configmaps/app.yaml": configmap("app", {"VERSION": "2"})})
+    repo.commit("v2")
+    sync(source)
+    rollout = wait_for(source, phase="Paused", waiting_for="approval")
+
+    flaky.silence()
+    decisions.rollout_promote(rollout.pk, user=people["approver"])
+    poll(
+        lambda: Source.objects.get(pk=source.pk).consecutive_failures >= 1,
+        timeout=60,
+        what="the promoted pass to fail, retries and all, and the source to back off",
+    )
+    assert Rollout.objects.get(pk=rollout.pk).phase not in ("Completed", "Failed", "Aborted")
+    flaky.answer()
+
+    wait_for(source, phase="Completed", timeout=60, of=rollout)
+    assert [fleet.versions(["flaky"], namespace)[0] for namespace in namespaces] == ["2", "2"]
 
 
 def test_a_cluster_late_past_the_deadline_leaves_no_thread_in_the_next_passs_way(fleet, settings, tmp_path):

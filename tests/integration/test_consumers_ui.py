@@ -128,7 +128,7 @@ def test_the_rollout_page_and_the_api_show_each_consumer_per_target_wave_by_wave
 
     # The next wave reaches the two other namespaces; the page shows their consumers.
     decisions.rollout_promote(rollout.pk, user=people["approver"])
-    wait_for(source, phase="Completed", timeout=180)
+    wait_for(source, phase="Completed", timeout=180, of=rollout)
     page = live_partial(client, rollout)
     assert f'data-namespace="{targets[0]}"' not in page
     for namespace in targets[1:]:
