@@ -14,6 +14,9 @@ import time
 from typing import Any
 from urllib.parse import urlencode
 
+from celery import states
+from celery.exceptions import TimeLimitExceeded
+from celery.result import AsyncResult
 from django.conf import settings
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core import signing
@@ -22,7 +25,8 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
-from gitops import schedule
+from gitops import preview, schedule
+from gitops.celery import app
 from gitops.desired.errors import ValidationError
 from gitops.fetch.refs import InvalidRevision, parse_revision
 from gitops.models import Source
@@ -48,6 +52,20 @@ LEFT_ALONE = {
 
 def answer_deadline_seconds() -> int:
     return schedule.preview_deadline_seconds()
+
+
+def unanswered(task_id: str) -> tuple[str, dict[str, Any] | None]:
+    """A preview task that left no answer: its state in the result backend (STARTED once a worker runs
+    it, its ``track_started``; PENDING for anything unknown), and what the page says of one that failed.
+    The task answers whatever it meets; only its hard time limit, which ends the worker's process before
+    it can answer, or a process ended some other way, leaves a failure."""
+    result: AsyncResult[Any] = AsyncResult(task_id, app=app)
+    state = str(result.state)
+    if state != states.FAILURE:
+        return state, None
+    if isinstance(result.result, TimeLimitExceeded):
+        return state, preview.revision_timed_out(schedule.preview_run_seconds())
+    return state, {"outcome": PreviewOutcome.FAILED.value, "detail": "the worker running it stopped"}
 
 
 @login_required
@@ -96,10 +114,17 @@ def _answer_context(source: Source, token: str) -> dict[str, Any]:
         return {"ticket_invalid": True}
     waited = max(0, int(time.time()) - int(ticket["at"]))
     context: dict[str, Any] = {"revision": ticket["revision"], "waited": waited}
-    answer = schedule.revision_preview_answer(str(ticket["task"]))
+    task_id = str(ticket["task"])
+    answer = schedule.revision_preview_answer(task_id)
+    state: str = states.SUCCESS
     if answer is None:
-        context["outcome"] = NO_ANSWER if waited > answer_deadline_seconds() else PENDING
-        context["deadline"] = answer_deadline_seconds()
+        state, answer = unanswered(task_id)
+    if answer is None:
+        # A preview a worker took up may answer until its time limit stops it, which is past the task's
+        # expiry: the page gave up on it at the expiry, and never showed that it timed out.
+        deadline = schedule.preview_slot_seconds() if state == states.STARTED else answer_deadline_seconds()
+        context["outcome"] = NO_ANSWER if waited > deadline else PENDING
+        context["deadline"] = deadline
         return context
     errors = [ValidationError.from_dict(error) for error in answer.get("errors", [])]
     items = answer.get("items") or []

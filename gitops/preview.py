@@ -8,16 +8,25 @@ workload pinned with ``sluice.dev/restart: "false"``).
 any revision the remote has, a pull request's head say (``gitops diff NAME --revision REF``, the
 dashboard's "Preview a revision", the API's ``revision`` parameter): it writes nothing at all, not
 even a Revision row, and leaves the followed branch where it was.
+
+``source_preview`` records what it fetches and finds as a pass's fetch does (the branch's ref in the
+mirror, the revision's row and its outcome, the source's last commit and target clusters, a
+rejection's notification), and only under the source's reconcile lock, taken when nobody holds it: a
+preview never waits for a pass, and never writes beside one, over what the pass wrote. While a pass
+holds the source (or asks for it while the preview's fetch runs), the tip is previewed as any revision
+is, recording nothing: the pass records it.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from django.utils import timezone
 
+from gitops import schedule
 from gitops.cluster import ReadForbidden, clients, get_cluster
 from gitops.consumers.wave import consumers_forbidden, wave_consumers
 from gitops.consumers.workloads import Workload, consumed_hash, pods_read_the_change, restart_due
@@ -25,9 +34,18 @@ from gitops.desired.errors import ValidationError
 from gitops.desired.policy import ConsumerMode
 from gitops.desired.revision import DesiredState
 from gitops.errors import GitopsError, TemporaryError
-from gitops.fetch.mirror import CommitInfo
-from gitops.fetch.refs import InvalidRevision, RevisionNotFound, parse_revision
+from gitops.failpoints import failpoint
+from gitops.fetch.git import normalize_branch
+from gitops.fetch.mirror import CommitInfo, FetchInterrupted
+from gitops.fetch.refs import (
+    InvalidRevision,
+    RequestedRevision,
+    RevisionKind,
+    RevisionNotFound,
+    parse_revision,
+)
 from gitops.fetch.revisions import revision_desired_state, revision_fetch, revision_load
+from gitops.locks import source_lock_if_free
 from gitops.logs import log_context
 from gitops.models import ManagedObject, Revision, Source
 from gitops.plan import Action, Plan, plan
@@ -74,16 +92,74 @@ def source_preview(source: Source, *, cluster: str | None = None) -> Preview:
     ``cluster`` keeps only that cluster's part of the plan. A cluster that does not
     answer shows its objects as ``unreachable``.
     """
-    revision, _ = revision_fetch(source)
-    # Validated as the next sync validates it, a rejected one too: an administrator may have widened the
-    # scope since (or added the cluster it names), and then the sync applies it. (A rejection stored was
-    # shown as it stood, so `gitops diff` said "rejected" for a commit the next poll applied.)
-    desired = revision_desired_state(source, revision)
+    tip = _tip_recorded(source)
+    revision, desired = tip if tip is not None else _tip_unrecorded(source)
     if desired is None:
-        revision.refresh_from_db()
         return Preview(revision, None)
     planned, reached = _plan_against_clusters(source, desired, revision.commit, cluster=cluster)
     return Preview(revision, planned, reached.effects, reached.problems)
+
+
+def _tip_recorded(source: Source) -> tuple[Revision, DesiredState | None] | None:
+    """The tip fetched, recorded and validated as a pass does it, under the source's lock; None, with
+    nothing recorded, when a pass holds the lock or asks for it while Git answers.
+
+    Without the lock, what a preview validated beside a pass could land over what the pass wrote: REJECTED
+    over its VALID or APPLIED, or VALID over its REJECTED (each validated under a scope, a registry or
+    other sources' flag keys read at another moment), the target clusters of the commit it fetched over
+    those of a later one, and the source's last commit and the mirror's branch moved back by a fetch that
+    ended after the pass's; a rejection could be announced twice, and either fetch, stopped at its
+    timeout, could sweep the other's files. The lock is only tried: a preview never waits for a pass.
+    """
+    held = False
+    try:
+        with source_lock_if_free(source) as held:
+            if not held:
+                return None
+            try:
+                revision, _ = revision_fetch(source, interrupted=_pass_waiting(source))
+            except FetchInterrupted:
+                return None  # the pass fetches the tip itself, and records it
+            # Validated as the next sync validates it, a rejected one too: an administrator may have
+            # widened the scope since (or added the cluster it names), and then the sync applies it. (A
+            # rejection stored was shown as it stood: `gitops diff` said "rejected" for a commit the
+            # next poll applied.)
+            desired = revision_desired_state(source, revision)
+            if desired is None:
+                revision.refresh_from_db()
+            return revision, desired
+    finally:
+        if held:  # a push or a poll meanwhile found the source held and left only a request
+            schedule.syncs_requested_meanwhile([source.pk])
+
+
+def _pass_waiting(source: Source) -> Callable[[], bool]:
+    """Whether a pass asked for the source since the preview took its lock: a pass that finds the source
+    held leaves a request (``sync_requested_at``, a new time each). The preview's fetch stops for it, as
+    a pass's own fetch stops for an abort: a Git host that hangs would hold the pass for the whole fetch."""
+    requests = Source.all_objects.filter(pk=source.pk).values_list("sync_requested_at", flat=True)
+    before = requests.first()
+    return lambda: requests.first() != before
+
+
+def _tip_unrecorded(source: Source) -> tuple[Revision, DesiredState | None]:
+    """The tip, fetched into a preview's own ref and validated as a sync validates it, recording nothing
+    (``revision_load``). The revision is shown with what this validation found, in a row never saved: the
+    stored one is the pass's to write."""
+    branch = RequestedRevision(f"refs/heads/{normalize_branch(source.branch)}", RevisionKind.BRANCH)
+    loaded = revision_load(source, branch)
+    info = loaded.info
+    revision = Revision(
+        source=source,
+        commit=info.sha,
+        author_name=info.author_name,
+        author_email=info.author_email,
+        message=info.message,
+        committed_at=info.committed_at,
+        outcome=Revision.Outcome.VALID if loaded.desired is not None else Revision.Outcome.REJECTED,
+        errors=[error.as_dict() for error in loaded.errors],
+    )
+    return revision, loaded.desired
 
 
 @dataclass(frozen=True)
@@ -224,6 +300,7 @@ def revision_preview(source: Source, revision: str) -> RevisionPreview:
         return RevisionPreview(
             source.name, requested.text, PreviewOutcome.REJECTED, info=loaded.info, errors=loaded.errors
         )
+    failpoint("preview-planning")  # fetched and validated; the clusters not yet read
     planned, reached = _plan_against_clusters(source, loaded.desired, loaded.info.sha)
     return RevisionPreview(
         source.name,
@@ -249,6 +326,16 @@ def revision_preview_answer(source_id: int, revision: str, *, actor: str) -> dic
     except GitopsError as error:
         return revision_not_planned(source, revision, error).as_dict()
     return previewed.as_dict(bounded=True)
+
+
+def revision_timed_out(seconds: int) -> dict[str, Any]:
+    """What a preview its worker stopped at its time limit answers (``gitops.tasks.preview_revision``):
+    worth asking again, as when Git or a cluster does not answer, which is what keeps a preview that long."""
+    return {
+        "outcome": PreviewOutcome.UNAVAILABLE.value,
+        "detail": f"the preview timed out: it ran for {seconds} s, as long as a preview may (its fetch, "
+        "SLUICE_PREVIEW_TIMEOUT_SECONDS, and its reads of the clusters), and was stopped",
+    }
 
 
 def revision_not_planned(source: Source, revision: str, why: GitopsError) -> RevisionPreview:

@@ -306,8 +306,8 @@ def preview_run_seconds() -> int:
     """How long a worker may spend on a preview once it starts it: its fetch (SLUICE_PREVIEW_TIMEOUT_SECONDS),
     then its plan: the clusters' reads, bounded by SLUICE_CLUSTER_LIST_DEADLINE, one more connect and read
     timeout for the reads of the consumers, and PREVIEW_MARGIN_SECONDS to load, validate and plan the files.
-    Nothing stops a plan there (a preview has no task time limit): this covers a plan whose reads of the
-    clusters all run to their deadlines."""
+    The preview task's time limit (``gitops.tasks.PREVIEW_TIME_LIMIT``): it covers a plan whose reads of
+    the clusters all run to their deadlines, and stops one that runs past them."""
     reads = float(settings.SLUICE_CLUSTER_CONNECT_TIMEOUT) + float(settings.SLUICE_CLUSTER_READ_TIMEOUT)
     plan = float(settings.SLUICE_CLUSTER_LIST_DEADLINE) + reads + PREVIEW_MARGIN_SECONDS
     return math.ceil(int(settings.SLUICE_PREVIEW_TIMEOUT_SECONDS) + plan)

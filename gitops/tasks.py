@@ -14,7 +14,8 @@ from functools import partial
 from typing import Any
 
 from celery import Task
-from django.db import DatabaseError, OperationalError
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from django.db import DatabaseError, OperationalError, connection
 from django.utils import timezone
 
 from gitops import polling, preview, schedule
@@ -226,14 +227,51 @@ def _removal_state(removal: Any) -> dict[str, Any]:
     return {"removal": removal.pk, "source": removal.source_name, "status": removal.status}
 
 
-@app.task(name="gitops.preview_revision", bind=True)
-def preview_revision(self: Task[Any, Any], source_id: int, revision: str, actor: str) -> dict[str, Any]:
+# A preview holds its slot for as long as it may wait in the queue and then run
+# (schedule.preview_slot_seconds): its worker ends it once it has run that long (the hard limit, which ends
+# the pool process too), so it never runs past its slot. PREVIEW_STOP_SECONDS before that, the soft limit
+# stops it where it is, so that it answers, gives its slot back and leaves the process alive: the hard
+# limit is only the backstop for a preview that does not unwind in that time. Nobody retries a preview,
+# and a read of a cluster that hangs past its own timeouts, or a plan that never ends, held a worker
+# process with no bound.
+PREVIEW_STOP_SECONDS = 10
+PREVIEW_TIME_LIMIT = schedule.preview_run_seconds()
+PREVIEW_SOFT_TIME_LIMIT = PREVIEW_TIME_LIMIT - PREVIEW_STOP_SECONDS
+
+
+class PreviewTask(Task[Any, Any]):
+    def on_failure(
+        self, exc: Exception, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], einfo: Any
+    ) -> None:
+        # Past the hard limit the pool ended the process mid-preview, before its `finally`: the worker's
+        # main process calls this, and the slot is free now rather than at the slot's own deadline.
+        actor = kwargs.get("actor")
+        if isinstance(exc, TimeLimitExceeded) and isinstance(actor, str):
+            schedule.preview_slot_release(actor, task_id)
+
+
+@app.task(
+    name="gitops.preview_revision",
+    bind=True,
+    base=PreviewTask,
+    soft_time_limit=PREVIEW_SOFT_TIME_LIMIT,
+    time_limit=PREVIEW_TIME_LIMIT,
+    # The page tells a preview a worker runs, which may answer until its time limit, from one no worker
+    # took up, which answers nothing once its task expires (dashboard.previews).
+    track_started=True,
+)
+def preview_revision(self: PreviewTask, source_id: int, revision: str, actor: str) -> dict[str, Any]:
     """Plans any revision of a source for the web (dashboard, API); applies and records nothing.
     Never retried: whoever asked is waiting, and asks again."""
     try:
         if redelivered_too_often(self):
             return {"outcome": PreviewOutcome.FAILED.value, "detail": "the worker running it died"}
         return preview.revision_preview_answer(source_id, revision, actor=actor)
+    except SoftTimeLimitExceeded:
+        log.warning("preview of source %s stopped at its time limit", source_id)
+        # The limit may have struck mid-query: the process's next task starts on a session of its own.
+        connection.close()
+        return preview.revision_timed_out(PREVIEW_SOFT_TIME_LIMIT)
     except Exception:
         log.exception("preview of source %s failed unexpectedly", source_id)
         return {"outcome": PreviewOutcome.FAILED.value, "detail": "the preview failed; see the worker's log"}

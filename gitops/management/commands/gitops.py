@@ -56,13 +56,14 @@ from gitops import (
     source_admin,
     validate,
 )
+from gitops.desired.errors import ValidationError
 from gitops.desired.limits import Limits
 from gitops.errors import GitopsError
 from gitops.intake import webhook_secrets
 from gitops.models import Rollout, Source, SourceRemoval
 from gitops.plan import ACTIONABLE, Action, DiffItem, Plan
 from gitops.record.audit import Actor
-from gitops.redaction import url_without_query
+from gitops.redaction import redact, url_without_query
 from gitops.roles import ROLES
 from gitops.rollout import decisions
 from gitops.vocabulary import (
@@ -274,8 +275,10 @@ class Command(BaseCommand):
                 )
             else:
                 self.stdout.write(f"{source.name} @ {revision.short_commit}: rejected")
-                for line in selectors.source_status(source)["revision"]["errors"]:
-                    self.stdout.write(f"  {line}")
+                # This preview's findings: the source's latest row may be another commit's (a pass fetched
+                # a later one), and beside a pass the preview's revision is a row it did not save.
+                for error in revision.errors:
+                    self.stdout.write(f"  {redact(str(ValidationError.from_dict(error)))}")
             sys.exit(1)
         if options["json"]:
             payload = {
