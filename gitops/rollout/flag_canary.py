@@ -86,6 +86,10 @@ Likewise the set's metadata and ``$schema`` are ``new``'s from the first step.
 
 Output is deterministic: the same inputs give the same document, key order aside
 (canonical JSON sorts keys), and it shares no objects with the inputs.
+
+A flag that moves between two flag sets of a namespace switches at 100 (``moved_flags``);
+``move_order`` says which of that step's writes go after others, so it is added where it
+arrives before it is taken away where it leaves.
 """
 
 from __future__ import annotations
@@ -93,9 +97,9 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping, Set
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 from gitops.desired.flag_summary import effective_flags
 from gitops.desired.flags import inlined_weight, json_type
@@ -181,6 +185,76 @@ def moved_flags(
         if mine:
             moved[name] = frozenset(mine)
     return moved
+
+
+WriteId = TypeVar("WriteId", bound=Hashable)
+
+
+@dataclass(frozen=True)
+class MoveOrder(Generic[WriteId]):
+    """When each write of a batch goes: ``rounds`` holds the round of each write that waits (a write not
+    in it goes in round 0), ``waits`` the writes each of those waits for (all in earlier rounds)."""
+
+    rounds: Mapping[WriteId, int]
+    waits: Mapping[WriteId, frozenset[WriteId]]
+
+
+def move_order(writes: Mapping[WriteId, tuple[Set[str], Set[str]]]) -> MoveOrder[WriteId]:
+    """The order of the writes of flag sets flagd serves side by side (one namespace of one cluster),
+    given the flag keys each set holds before and after its write.
+
+    A moving flag leaves one set and joins another in the same step (at 100, ``moved_flags``). Written
+    together, flagd could read the set that loses it first and, until it read the other, serve the flag
+    from neither: the code's default to every user. So a write that takes a flag away waits for every
+    write that adds it: a round after the latest of them, sent once the apiserver stored them. A reader
+    taking the sets in the order they were stored then finds the flag in one at every moment, for a
+    moment in both (its old definition or its new one: the switch itself).
+
+    Sets that swap flags (each takes one away that the other adds, or a longer ring of them) cannot be
+    put in order: whichever goes first leaves a flag in neither for a moment. Their waits on one another
+    are left out (not ordered, as before); their other waits hold.
+    """
+    adders: dict[str, list[WriteId]] = {}
+    for write, (before, after) in writes.items():
+        for key in after - before:
+            adders.setdefault(key, []).append(write)
+    waits: dict[WriteId, set[WriteId]] = {}
+    for write, (before, after) in writes.items():
+        first = {other for key in before - after for other in adders.get(key, ())}
+        if first:
+            waits[write] = first
+    if not waits:
+        return MoveOrder({}, {})
+    # A wait inside a ring goes: the write waited for waits, through others, for this one.
+    reach = {write: _reachable(write, waits) for write in waits}
+    kept = {
+        write: frozenset(other for other in first if write not in reach.get(other, ()))
+        for write, first in waits.items()
+    }
+    kept = {write: first for write, first in kept.items() if first}
+    rounds: dict[WriteId, int] = {}
+    left = dict(kept)
+    while left:
+        ready = [write for write, first in left.items() if not any(other in left for other in first)]
+        if not ready:  # never: without the rings' waits, a turn always finds a write waiting for none left
+            raise RuntimeError("flag set writes wait for one another in a ring")
+        for write in ready:
+            rounds[write] = 1 + max(rounds.get(other, 0) for other in left[write])
+        for write in ready:
+            del left[write]
+    return MoveOrder(rounds, kept)
+
+
+def _reachable(start: WriteId, waits: Mapping[WriteId, Set[WriteId]]) -> set[WriteId]:
+    """The writes ``start`` waits for, directly or through others."""
+    seen: set[WriteId] = set()
+    stack = [start]
+    while stack:
+        for other in waits.get(stack.pop(), ()):
+            if other not in seen:
+                seen.add(other)
+                stack.append(other)
+    return seen
 
 
 def canary_reach(

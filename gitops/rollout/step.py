@@ -23,7 +23,14 @@ from gitops.cluster.live import LiveState, live_configmaps, live_view, objects_r
 from gitops.consumers.workloads import restart_holds
 from gitops.desired.content import KIND_LABEL
 from gitops.desired.limits import Limits
-from gitops.desired.revision import DesiredObject, DesiredState, ObjectKey, flag_set_key, published_baseline
+from gitops.desired.revision import (
+    DesiredObject,
+    DesiredState,
+    ObjectKey,
+    flag_set_key,
+    live_document,
+    published_baseline,
+)
 from gitops.errors import GitopsError, TemporaryError
 from gitops.failpoints import failpoint
 from gitops.models import ApplyIntent, Rollout, Source
@@ -34,7 +41,7 @@ from gitops.plan.stamps import FLAG_SET_KIND
 from gitops.record.changelog import changes_record, intents_pending, intents_write
 from gitops.record.inventory import CONFIGMAP, inventory_forget_gone, inventory_targets, managed_keys
 from gitops.rollout.engine import desired_at_weight, held_keys
-from gitops.rollout.flag_canary import CanaryRefused
+from gitops.rollout.flag_canary import CanaryRefused, MoveOrder, move_order
 from gitops.rollout.flag_catalog import flag_catalog_record
 from gitops.rollout.state import (
     StepOutcome,
@@ -178,16 +185,115 @@ class Executed:
     # The same clusters' errors as raised: a 401 stays permanent, a 429 keeps its delay.
     unreachable_errors: dict[str, GitopsError] = field(default_factory=dict)
 
+    def add(self, other: Executed) -> None:
+        self.failures.extend(other.failures)
+        self.unreachable.update(other.unreachable)
+        self.unreachable_errors.update(other.unreachable_errors)
+
 
 def intents_execute(intents: Sequence[ApplyIntent]) -> Executed:
-    """Applies written intents, then logs each exactly once. An unreachable cluster's intents stay pending."""
+    """Applies written intents, then logs each exactly once. An unreachable cluster's intents stay pending.
+    A flag set's write that takes away a flag another set's write adds goes out only once that one is
+    stored and logged (``flag_move_order``); every other write goes out in one batch, as it always did."""
     if not intents:
         return Executed()
     failpoint("before-apply")  # written, nothing sent: a crash here leaves every intent pending
+    order = flag_move_order(intents)
+    if not order.rounds:  # nearly every batch: no flag moves between two of its flag sets
+        return _execute_together(intents)
+    return _execute_in_rounds(intents, order)
+
+
+def _execute_together(intents: Sequence[ApplyIntent]) -> Executed:
+    """The intents in one batch, their clusters side by side, then logged."""
     applied = intents_apply_everywhere(intents)
     failures = changes_record(applied.intents, applied.errors) if applied.intents else []
     unreachable = {name: str(error) for name, error in applied.unreachable.items()}
     return Executed(failures, unreachable, dict(applied.unreachable))
+
+
+def _execute_in_rounds(intents: Sequence[ApplyIntent], order: MoveOrder[int]) -> Executed:
+    """The batch in ``order``'s rounds, each applied and logged before the next is sent. If a write that
+    adds flags was refused, the write that takes them away is not sent, and is logged as refused (the
+    step fails, as for any refusal). If its cluster did not answer, both stay pending for a later pass,
+    which orders them again (or finds the first in effect and sends the second alone)."""
+    executed = Executed()
+    for number in range(max(order.rounds.values()) + 1):
+        if number:
+            failpoint("between-flag-moves")  # the flags' new sets stored and logged, their old ones not sent
+        sent: list[ApplyIntent] = []
+        refused: list[ApplyIntent] = []
+        reasons: list[str | None] = []
+        for index, intent in enumerate(intents):
+            if order.rounds.get(index, 0) != number:
+                continue
+            first = [intents[other] for other in order.waits.get(index, ())]
+            failed = [other for other in first if other.status == ApplyIntent.Status.FAILED]
+            if failed:
+                refused.append(intent)
+                reasons.append(_waited_for_refused(failed))
+            elif all(other.status == ApplyIntent.Status.DONE for other in first):
+                sent.append(intent)
+        if sent:
+            executed.add(_execute_together(sent))
+        if refused:
+            executed.failures.extend(changes_record(refused, reasons))
+    return executed
+
+
+def _waited_for_refused(failed: Sequence[ApplyIntent]) -> str:
+    """Why a flag set's write was not sent: ``failed``, writes adding flags it takes away, were refused."""
+    names = ", ".join(f"{intent.namespace}/{intent.name}" for intent in failed)
+    return (
+        f"not sent: the write of flag set {names}, which adds flags this one takes away, was refused; sent "
+        "alone, this write would leave flagd serving them from neither (the code's default)"
+    )
+
+
+def flag_move_order(intents: Sequence[ApplyIntent]) -> MoveOrder[int]:
+    """Which of a batch's writes (by their place in it) wait for others: in each namespace of a cluster,
+    a flag set's write that takes away a flag another flag set's write adds (``move_order``). Only a
+    namespace where two flag sets are written, one of them published already, is read further: a first
+    apply, or a step that writes one flag set per namespace, parses nothing."""
+    places: dict[tuple[str, str], list[int]] = {}
+    published: set[tuple[str, str]] = set()  # where a written flag set held flags before: one may lose some
+    for index, intent in enumerate(intents):
+        if intent.kind in WORKLOAD_KINDS:
+            continue
+        before, after = _flag_set_text(intent.before, intent.name), _flag_set_text(intent.after, intent.name)
+        if before is None and after is None:
+            continue
+        place = (intent.cluster, intent.namespace)
+        places.setdefault(place, []).append(index)
+        if before is not None:
+            published.add(place)
+    rounds: dict[int, int] = {}
+    waits: dict[int, frozenset[int]] = {}
+    for place, indices in places.items():
+        if len(indices) < 2 or place not in published:
+            continue
+        order = move_order({index: _flag_keys_of(intents[index]) for index in indices})
+        rounds.update(order.rounds)
+        waits.update(order.waits)
+    return MoveOrder(rounds, waits)
+
+
+def _flag_set_text(content: Mapping[str, Any] | None, name: str) -> str | None:
+    """A flag set's published text in an intent's content, or None (not a flag set, or no object)."""
+    if content is None:
+        return None
+    text = (content.get("data") or {}).get(flag_set_key(name))
+    return text if isinstance(text, str) else None
+
+
+def _flag_keys_of(intent: ApplyIntent) -> tuple[frozenset[str], frozenset[str]]:
+    """The flag keys the intent's flag set serves before and after it (none once deleted)."""
+
+    def keys(content: Mapping[str, Any] | None) -> frozenset[str]:
+        flags = (live_document(_flag_set_text(content, intent.name)) or {}).get("flags")
+        return frozenset(flags) if isinstance(flags, Mapping) else frozenset()
+
+    return keys(intent.before), keys(intent.after)
 
 
 @dataclass
