@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from django.conf import settings
+from django.db.models import Q
 from django.utils import timezone
 
 from gitops import caches, metrics
@@ -195,13 +196,13 @@ def _alone_with_its_flag_keys(
     """``desired``, once no other source publishes one of its flag keys where it would publish it;
     otherwise the revision is recorded as rejected, each such key named, and None.
 
-    Asked at every pass until the revision goes out (a rollout of it starts): a new one, one rejected
-    before (the other source may take the key out at any time, and then it goes through without a
-    push), and one valid but held back (a freeze, a window, a queue) while another source may have
-    started publishing the key. One that went out is not asked again: a catalog that lags what the
-    clusters serve (a rollout's rows are written after its step's applies, and a rollback leaves them
-    as they were) would otherwise reject, and roll back, a revision that went out first, or stop an
-    applied one's self-heal. A revision without flag sets asks nothing (``flag_keys_elsewhere``).
+    Asked at every pass until the revision is out (``_went_out``): a new one, one rejected before (the
+    other source may take the key out at any time, and then it goes through without a push), one valid
+    but held back (a freeze, a window, a queue) while another source may have started publishing the key,
+    and one whose rollouts were all rolled back (a retry). One that is out is not asked again: a catalog
+    that lags what the clusters serve (a rollout's rows are written after its step's applies) would
+    otherwise reject, and roll back, a revision that went out first, or stop an applied one's self-heal.
+    A revision without flag sets asks nothing (``flag_keys_elsewhere``).
     """
     asked = bool(flag_keys(desired).definitions) and not _went_out(source, revision)
     conflicts = flag_keys_elsewhere(source, desired) if asked else []
@@ -221,17 +222,26 @@ def _alone_with_its_flag_keys(
 
 
 def _went_out(source: Source, revision: Revision) -> bool:
-    """Whether a rollout of the revision has started: remembered per worker, so that a settled poll asks
-    the database nothing more once it knows."""
+    """Whether the revision is out: a rollout of it completed, was superseded, or is under way and has
+    begun writing (its intents). One aborted or failed was rolled back, and its rollback takes the keys it
+    brought out of the catalog: its retry is asked again, as another source may have started publishing
+    one of them since (it was not, and published the key beside that source's). Remembered per worker once
+    completed or superseded, so that a settled poll asks the database nothing more."""
     if revision.outcome in (Revision.Outcome.PENDING, Revision.Outcome.REJECTED):
         return False
     cache = caches.for_source(source.pk)
     if cache.went_out == revision.pk:
         return True
-    if not Rollout.objects.filter(revision_id=revision.pk).exists():
-        return False
-    cache.went_out = revision.pk
-    return True
+    settled = (Rollout.Phase.COMPLETED, Rollout.Phase.SUPERSEDED)
+    phase = (
+        Rollout.objects.filter(revision_id=revision.pk)
+        .filter(Q(phase__in=settled) | Q(phase__in=Rollout.ACTIVE_PHASES, intents__isnull=False))
+        .values_list("phase", flat=True)
+        .first()
+    )
+    if phase in settled:
+        cache.went_out = revision.pk
+    return phase is not None
 
 
 def flag_keys_elsewhere(source: Source, desired: DesiredState) -> list[ValidationError]:

@@ -19,12 +19,18 @@ then read one small table: never the cluster, never the change log.
   no longer has, everyone keeps it until 100% (``changed_at`` stays empty).
 
 A pass that would change nothing writes nothing, and finding that out costs one query.
+
+A rollback (``flag_catalog_rolled_back``) puts back what the clusters serve again: each flag set it
+restores as the rollout found it, with no rollout and all users. Its flags keep their row where it still
+holds that definition (a flag the rollout did not change, or held until 100), and otherwise take the
+latest change-log entry of the flag set before the rollout, the one that published what is restored;
+flags the rollout added leave, and flags it removed come back.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -431,6 +437,148 @@ def _store(source_id: int, rows: list[PublishedFlag]) -> None:
         ],
         batch_size=1000,
     )
+
+
+@dataclass(frozen=True)
+class RestoredFlagSet:
+    """A flag set a rollback puts back in one cluster: the ConfigMap as its rollout found it there."""
+
+    cluster: str
+    namespace: str
+    name: str
+    before: Mapping[str, Any] | None  # the content put back; None: the rollout created it, and it goes
+    # The cluster keeps the rollout's content: it refused the restore, or someone took the set over meanwhile.
+    kept: bool = False
+
+
+@dataclass(frozen=True)
+class _RolledBack:
+    """The flag sets a rollback restored, as the catalog lists them afterwards."""
+
+    # Each set as the rollout found it, in the first cluster restored that published one; None: no
+    # cluster restored had it before the rollout, so its rows go.
+    documents: dict[SetKey, dict[str, Any] | None]
+    # Sets whose rows stay as they are: every cluster keeps the rollout's content, or the content put back
+    # is no flag set Sluice reads, whose flags the catalog cannot tell.
+    left: frozenset[SetKey]
+
+
+def flag_catalog_rolled_back(rollout: Rollout, restored: Iterable[RestoredFlagSet]) -> None:
+    """Brings the source's catalog to what the clusters serve once ``rollout`` is rolled back: each flag
+    set in ``restored`` as the rollout found it, no rollout, every user; and the flags it marked removed
+    in a set it never wrote (one Git dropped, served as it was until a prune at 100) listed again."""
+    sets = _rolled_back_sets(restored)
+    # The source's reconcile lock makes this the only writer of its rows, as it does for a step.
+    existing = {
+        (row.namespace, row.flag_set, row.key): row
+        for row in PublishedFlag.objects.filter(source_id=rollout.source_id).select_related("rollout")
+    }
+    _store(rollout.source_id, _rows_after_rollback(rollout, sets, existing, _publications_before(rollout)))
+
+
+def _rolled_back_sets(restored: Iterable[RestoredFlagSet]) -> _RolledBack:
+    """One document per flag set, as ``_baselines`` takes one for a step (the catalog keeps one row per
+    flag, whatever the number of clusters); a cluster that had no such set does not hide one that had."""
+    by_set: dict[SetKey, list[RestoredFlagSet]] = {}
+    for one in restored:
+        by_set.setdefault((one.namespace, one.name), []).append(one)
+    documents: dict[SetKey, dict[str, Any] | None] = {}
+    left: set[SetKey] = set()
+    for set_key, clusters in by_set.items():
+        put_back = [one for one in clusters if not one.kept]
+        readable = (_document(one.before, one.name) for one in put_back if one.before is not None)
+        document = next((found for found in readable if found is not None), None)
+        if document is not None:
+            documents[set_key] = document
+        elif put_back and all(one.before is None for one in put_back):
+            documents[set_key] = None
+        else:
+            left.add(set_key)
+    return _RolledBack(documents, frozenset(left))
+
+
+def _rows_after_rollback(
+    rollout: Rollout,
+    sets: _RolledBack,
+    existing: Mapping[FlagKey, PublishedFlag],
+    published: Callable[[SetKey], _Published | None],
+) -> list[PublishedFlag]:
+    """The source's whole catalog once ``rollout`` is rolled back (``_store`` replaces it)."""
+    rows: list[PublishedFlag] = []
+    for set_key, document in sets.documents.items():
+        if document is not None:
+            rows += _restored_rows(rollout, set_key, document, existing, published)
+    for (namespace, flag_set, _), row in existing.items():
+        if (namespace, flag_set) in sets.documents:
+            continue  # listed above as restored, or gone with its set
+        rows.append(row if (namespace, flag_set) in sets.left else _handed_back(rollout, row, published))
+    return rows
+
+
+def _restored_rows(
+    rollout: Rollout,
+    set_key: SetKey,
+    document: Mapping[str, Any],
+    existing: Mapping[FlagKey, PublishedFlag],
+    published: Callable[[SetKey], _Published | None],
+) -> list[PublishedFlag]:
+    effective = effective_flags(document)
+    rows = []
+    for key, flag in (document.get("flags") or {}).items():
+        summary = flag_summary(flag, effective[key])
+        row = existing.get((*set_key, key))
+        if row is not None and _holds_from_before(row, summary.definition_hash, rollout):
+            # As it was, with its own change time: a flag the rollout left alone, or held until 100.
+            rows.append(_copy_row(row, held_by_id=None) if row.held_by_id == rollout.pk else row)
+        else:
+            # The rollout rewrote its row, marked it removed, or dropped it at 100, and the catalog keeps
+            # no history: the change-log entry that published what is restored, as for a held flag.
+            rows.append(_row(rollout.source_id, set_key, key, summary, published(set_key), rollout_id=None))
+    return rows
+
+
+def _holds_from_before(row: PublishedFlag, hashed: str, rollout: Rollout) -> bool:
+    """Whether ``row`` is still the one from before ``rollout``: the definition restored, all users."""
+    if row.removed or row.definition_hash != hashed or row.rollout_id == rollout.pk:
+        return False
+    if row.changed_at is not None and row.changed_at >= rollout.created_at:
+        return False  # written again during the rollout (a lost row), from the rollout's own publication
+    # A row naming an earlier rollout that ended without completing says its users keep an older one.
+    return row.rollout is None or row.rollout.phase == Rollout.Phase.COMPLETED
+
+
+def _handed_back(
+    rollout: Rollout, row: PublishedFlag, published: Callable[[SetKey], _Published | None]
+) -> PublishedFlag:
+    """A row of a flag set the rollback did not restore. A flag the rollout marked removed there was in a
+    set Git dropped, which it never wrote below 100: everyone still has it, as published before."""
+    held_by = None if row.held_by_id == rollout.pk else row.held_by_id
+    if row.removed and row.rollout_id == rollout.pk:
+        was = published((row.namespace, row.flag_set))
+        return _copy_row(
+            row,
+            removed=False,
+            rollout_id=None,
+            held_by_id=held_by,
+            reach=FlagReach.SPLIT,
+            changed_commit=was.commit if was else "",
+            changed_at=was.at if was else None,
+        )
+    # A changed flag whose set it never wrote (no cluster answered) keeps naming it: rolled back, 0%.
+    return row if held_by == row.held_by_id else _copy_row(row, held_by_id=held_by)
+
+
+def _publications_before(rollout: Rollout) -> Callable[[SetKey], _Published | None]:
+    """Each flag set's latest change-log entry that is not ``rollout``'s (what its rollback restores), read
+    once per set and only for the sets a row needs it of."""
+    found: dict[SetKey, _Published | None] = {}
+
+    def before(set_key: SetKey) -> _Published | None:
+        if set_key not in found:
+            found[set_key] = _latest_publication(rollout.source_id, set_key, before_rollout=rollout.pk)
+        return found[set_key]
+
+    return before
 
 
 def _baselines(

@@ -27,12 +27,17 @@ from gitops.cluster.client import WORKLOAD_KINDS
 from gitops.cluster.live import live_configmaps
 from gitops.consumers.wave import restoring_intent
 from gitops.consumers.workloads import restart_holds, workload_from
+from gitops.desired.content import KIND_LABEL
+from gitops.desired.revision import flag_set_key
 from gitops.errors import GitopsError
 from gitops.failpoints import failpoint
 from gitops.models import ApplyIntent, Rollout, Source
 from gitops.plan.provenance import live_provenance, write_holds
+from gitops.plan.stamps import FLAG_SET_KIND
 from gitops.record.changelog import changes_record
 from gitops.record.events import rollout_event
+from gitops.record.inventory import CONFIGMAP
+from gitops.rollout.flag_catalog import RestoredFlagSet, flag_catalog_rolled_back
 from gitops.rollout.state import cluster_retry_delay, owed_rollback_added, unreachable_text
 from gitops.rollout.step import intents_execute
 from gitops.vocabulary import SYSTEM_ACTOR, ChangeAction, RolloutEventKind
@@ -59,6 +64,9 @@ class Restored:
     put_back: dict[Place, set[str]] = field(default_factory=dict)
     # Targets someone took over while the rollout ran (``_released_by_hand``): left as they are.
     left_alone: list[str] = field(default_factory=list)
+    # The flag sets the rollout wrote or meant to, each with the change whose ``before`` is what the
+    # cluster holds again: the one its rollback restores from, or its first, which the cluster never got.
+    flag_sets: dict[ObjectKey, ApplyIntent] = field(default_factory=dict)
 
     def keeps_its_restart(self, place: Place, live: Mapping[str, Any]) -> bool:
         """Whether the workload ``live`` at ``place`` reads a ConfigMap whose restore was refused and
@@ -90,8 +98,10 @@ def rollout_rollback(rollout: Rollout, *, actor: str, reason: str, phase: Rollou
         message += f"; left as they are, taken over during the rollout: {shown}"
     retry_at = now + cluster_retry_delay() if owed else None
     # With its timeline's line (and the notification it sends) or not at all: the next pass rolls back
-    # again, finding the targets restored, where a crash in between lost the line for good.
+    # again, finding the targets restored, where a crash in between lost the line for good. The flag
+    # catalog too: whoever reads the rollout ended reads the flags its clusters serve again.
     with transaction.atomic():
+        _flag_catalog_after(rollout, restored)
         Rollout.objects.filter(pk=rollout.pk).update(
             phase=Rollout.Phase.FAILED if restored.failures else phase,
             waiting_for="",
@@ -107,6 +117,23 @@ def rollout_rollback(rollout: Rollout, *, actor: str, reason: str, phase: Rollou
     if retry_at is not None:
         schedule.source_sync_at(rollout.source_id, retry_at)
     return restored.failures
+
+
+def _flag_catalog_after(rollout: Rollout, restored: Restored) -> None:
+    """The Flags page's catalog once the rollback is done (``flag_catalog_rolled_back``). A rollout that
+    wrote no flag set costs nothing here: its intents, read already, say so."""
+    if not restored.flag_sets:
+        return
+    sets = []
+    for (cluster, _, namespace, name), intent in restored.flag_sets.items():
+        # A refused restore, or a set someone took over meanwhile: the cluster keeps the rollout's content.
+        kept = name in restored.refused.get((cluster, namespace), set())
+        sets.append(RestoredFlagSet(cluster, namespace, name, intent.before, kept=kept))
+    try:
+        with transaction.atomic():  # a savepoint: what fails here leaves the rest of the rollback whole
+            flag_catalog_rolled_back(rollout, sets)
+    except Exception:  # the page's record: it must not keep the rollout from ending, pass after pass
+        log.exception("rollout %s: the flag catalog was not brought back after its rollback", rollout.pk)
 
 
 def _decided(rollout: Rollout, *, actor: str, reason: str, phase: Rollout.Phase) -> None:
@@ -173,11 +200,15 @@ def _restored_event(
 def _restore(rollout: Rollout, actor: str, *, clusters: set[str] | None) -> Restored:
     """Restores the rollout's targets in ``clusters`` (None: all of them)."""
     first_intents: dict[ObjectKey, ApplyIntent] = {}
+    flag_sets: dict[ObjectKey, ApplyIntent] = {}
     restored = Restored()
     changes = rollout.intents.exclude(action=ChangeAction.ROLLBACK)
     if clusters is not None:
         changes = changes.filter(cluster__in=clusters)
     for intent in changes.order_by("id"):
+        key = (intent.cluster, intent.kind, intent.namespace, intent.name)
+        if _writes_flag_set(intent):
+            flag_sets.setdefault(key, intent)
         if intent.status == ApplyIntent.Status.DROPPED or (
             intent.status == ApplyIntent.Status.FAILED and not _may_have_written(intent)
         ):
@@ -185,10 +216,10 @@ def _restore(rollout: Rollout, actor: str, *, clusters: set[str] | None) -> Rest
         # A pending intent's cluster did not answer it (or a crash came first). It is restored from
         # what the cluster holds, like a done one, so that what this rollout never got to apply is
         # not applied only to be taken back (``intents_pending`` leaves it to this).
-        key = (intent.cluster, intent.kind, intent.namespace, intent.name)
         first_intents.setdefault(key, intent)
         if intent.status == ApplyIntent.Status.PENDING:
             restored.pending.setdefault(key, []).insert(0, intent)
+    restored.flag_sets = {key: first_intents.get(key, first) for key, first in flag_sets.items()}
     configmaps = {key: intent for key, intent in first_intents.items() if key[1] not in WORKLOAD_KINDS}
     workloads = {key: intent for key, intent in first_intents.items() if key[1] in WORKLOAD_KINDS}
     # A rollback owed to a cluster that did not answer runs later: by then a newer rollout may have
@@ -199,6 +230,17 @@ def _restore(rollout: Rollout, actor: str, *, clusters: set[str] | None) -> Rest
     _log_earlier_restores(rollout, restored)
     _drop_unapplied(rollout, clusters, still_owed=set(restored.owed))
     return restored
+
+
+def _writes_flag_set(intent: ApplyIntent) -> bool:
+    """Whether ``intent`` writes a flag set (its manifest's kind label says so) or deletes one (a prune at
+    100: no manifest, and what it found holds a flag set's document)."""
+    if intent.kind != CONFIGMAP:
+        return False
+    if intent.manifest is not None:
+        labels = (intent.manifest.get("metadata") or {}).get("labels") or {}
+        return bool(labels.get(KIND_LABEL) == FLAG_SET_KIND)
+    return flag_set_key(intent.name) in ((intent.before or {}).get("data") or {})
 
 
 def _may_have_written(intent: ApplyIntent) -> bool:

@@ -297,3 +297,49 @@ def test_a_revision_held_back_by_a_freeze_is_asked_again_before_it_goes_out(
     assert result["outcome"] == "rejected", result
     assert result["errors"] == [rejection("flags/checkout.json", 11, "new-checkout", where, payments.name)]
     assert "new-checkout" not in cluster.get_configmap(flags_ns, "checkout")["data"]["checkout.flagd.json"]
+
+
+def test_the_retry_of_a_rolled_back_rollout_is_asked_again_as_its_keys_left_the_catalog(
+    repo, make_namespaces, make_source, sync, cluster, people, tmp_path
+):
+    """A rollback takes the keys its rollout brought out of the catalog, as out of the clusters; another
+    source may publish one then. The aborted revision had gone out, and was never asked again: its retry
+    published the key beside the other source's."""
+    app_a, app_b, flags_ns = make_namespaces("a", "b", "flags")
+    publish(repo, app_a, flags_ns, {"flags/checkout.json": flag_set(banner=BANNER)})
+    shop = make_source(name=f"shop-{uuid.uuid4().hex[:6]}")
+    assert sync(shop)["outcome"] == "applied"
+    steps = [{"setWeight": 50}, {"pause": {}}]
+    files = {"flags/checkout.json": flag_set(banner=BANNER, **{"new-checkout": SWITCH})}
+    publish(repo, app_a, flags_ns, files, steps=steps)
+    sync(shop)
+    first = wait_for(shop, phase="Paused", waiting_for="approval")
+    decisions.rollout_abort(first.pk, user=people["approver"], reason="not now")
+    wait_for(shop, phase="Aborted", of=first)
+    assert not PublishedFlag.objects.filter(source=shop, key="new-checkout").exists()
+
+    other = GitRepo(tmp_path / "payments")
+    publish(other, app_b, flags_ns, {"flags/payments.json": flag_set(**{"new-checkout": SWITCH})})
+    payments = make_source(url=other.url)
+    assert sync(payments)["outcome"] == "applied", "shop publishes the key nowhere now"
+
+    retried = decisions.rollout_retry(first.pk, user=people["approver"])
+
+    ended = _ended(shop, retried)
+    where = f"{settings.SLUICE_CLUSTER_NAME}/{flags_ns}"
+    expected = rejection("flags/checkout.json", 11, "new-checkout", where, payments.name)
+    assert ended.phase in ("Failed", "Aborted"), ended.phase
+    assert errors_of(Revision.objects.get(pk=first.revision_id)) == [expected]
+    served = cluster.get_configmap(flags_ns, "checkout")["data"]["checkout.flagd.json"]
+    assert "new-checkout" not in served, "the retry published nothing of the key"
+    assert not Change.objects.filter(rollout=retried).exclude(action="rollback").exists()
+
+
+def _ended(source, rollout: Rollout) -> Rollout:
+    from tests.workers import poll
+
+    return poll(
+        lambda: Rollout.objects.filter(pk=rollout.pk, phase__in=Rollout.ENDED_PHASES).first(),
+        timeout=60,
+        what=f"rollout {rollout.pk} of {source.name} to end",
+    )

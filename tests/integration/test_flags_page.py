@@ -292,7 +292,9 @@ def test_a_flag_rollout_shows_its_share_the_new_commit_and_removed_flags(two_sou
     decisions.rollout_abort(third.pk, user=people["approver"], reason="not now")
     wait_for(shop, phase="Aborted")
     rows = rows_of(client.get(reverse("dashboard:flags"), {"source": shop.name}).content.decode())
-    assert 'data-share="0"' in rows["banner"] and "rolled back" in rows["banner"]
+    # The rollback put the blue banner back for everyone (it said 0%, "rolled back", until 2026-12-07).
+    assert 'data-share="100"' in rows["banner"] and "default: blue" in rows["banner"]
+    assert "rolled back" not in rows["banner"] and f'href="/rollouts/{third.pk}/"' not in rows["banner"]
     assert 'data-share="100"' in rows["new-checkout"], (
         "a flag the aborted rollout did not change is untouched"
     )

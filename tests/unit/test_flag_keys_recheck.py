@@ -112,28 +112,34 @@ def test_a_revision_is_asked_until_it_is_accepted_and_again_at_each_pass_while_r
 
 
 class Rollouts:
-    """``Rollout.objects`` as the check asks it: whether a rollout of a revision exists."""
+    """``Rollout.objects`` as the check asks it: the phase of a rollout of a revision that is out (one
+    completed or superseded, or one under way that has begun writing), None when none is."""
 
-    def __init__(self, revisions_out: set[int]) -> None:
-        self.revisions_out = revisions_out
+    def __init__(self, phases: dict[int, str]) -> None:
+        self.phases = phases
         self.asked = 0
+        self.found: str | None = None
 
-    def filter(self, *, revision_id: int) -> Rollouts:
-        self.asked += 1
-        self.found = revision_id in self.revisions_out
+    def filter(self, *conditions: object, revision_id: int | None = None) -> Rollouts:
+        if revision_id is not None:
+            self.asked += 1
+            self.found = self.phases.get(revision_id)
         return self
 
-    def exists(self) -> bool:
+    def values_list(self, *fields: str, flat: bool = False) -> Rollouts:
+        return self
+
+    def first(self) -> str | None:
         return self.found
 
 
 def test_a_revision_that_went_out_is_not_asked_again_and_one_held_back_is(
     repo: Repo, database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A catalog that lags what the clusters serve (rows written after a step's applies, left as they
-    were by a rollback) rejected, and rolled back, a revision that went out first. One valid but held
-    back (a freeze, a window, a queue) has not: another source may have started publishing its key."""
-    rollouts = Rollouts(set())
+    """A catalog that lags what the clusters serve (rows written after a step's applies) rejected, and
+    rolled back, a revision that went out first. One valid but held back (a freeze, a window, a queue) has
+    not: another source may have started publishing its key."""
+    rollouts = Rollouts({})
     monkeypatch.setattr(revisions.Rollout, "objects", rollouts)
     revision = Revision(pk=1, commit=commit(repo), outcome=Revision.Outcome.PENDING)
     assert desired(revision) is not None
@@ -144,13 +150,17 @@ def test_a_revision_that_went_out_is_not_asked_again_and_one_held_back_is(
 
     database.published.clear()
     assert desired(revision) is not None and revision.outcome == Revision.Outcome.VALID
-    rollouts.revisions_out.add(1)  # its rollout starts
+    rollouts.phases[1] = "Progressing"  # its rollout has begun writing
     database.published.append(THERE)
     for outcome in (Revision.Outcome.VALID, Revision.Outcome.APPLIED):
         revision.outcome = outcome
         assert desired(revision) is not None
     assert len(database.asked) == 3 and len(database.rejected) == 1
-    assert rollouts.asked == 2, "asked while held back; found once, then remembered"
+    assert rollouts.asked == 3, "asked while held back, and at each pass while its rollout runs"
+    rollouts.phases[1] = "Completed"
+    for _ in range(3):
+        assert desired(revision) is not None
+    assert rollouts.asked == 4, "found completed once, then remembered"
 
 
 def test_a_revision_rejected_for_a_key_is_not_parsed_again_at_each_pass(

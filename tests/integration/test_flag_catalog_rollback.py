@@ -1,0 +1,209 @@
+"""The flag catalog after a rollback: the Flags page and /api/flags list what the clusters serve again.
+
+Until 2026-12-07 a rollback left the catalog as the rollout's last step wrote it: below 100% rows that
+said a flag was being removed, or named the rolled-back rollout (0%, "rolled back") while every user had
+the old definition; at 100% the flags the rollout removed were gone from the page, although the rollback
+had put them back in the cluster.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from types import SimpleNamespace
+
+import pytest
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+
+from gitops.models import PublishedFlag, Rollout
+from gitops.rollout import decisions
+from tests.gitrepo import policy
+from tests.rollouts import rollout_of, wait_for
+from tests.workers import poll
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ON_OFF = {"on": True, "off": False}
+CHECKOUT = {
+    "flags": {
+        "new-checkout": {
+            "state": "ENABLED",
+            "variants": ON_OFF,
+            "defaultVariant": "off",
+            "targeting": {"fractional": [["on", 20], ["off", 80]]},
+        },
+        "beta": {
+            "state": "ENABLED",
+            "variants": ON_OFF,
+            "defaultVariant": "off",
+            "targeting": {"if": [{"ends_with": [{"var": "email"}, "@corp.example"]}, "on", "off"]},
+        },
+        "banner": {
+            "state": "ENABLED",
+            "variants": {"blue": "blue", "green": "green"},
+            "defaultVariant": "blue",
+        },
+        "kill-switch": {"state": "DISABLED", "variants": ON_OFF, "defaultVariant": "on"},
+    }
+}
+PROMO = {"flags": {"spring-sale": {"state": "ENABLED", "variants": ON_OFF, "defaultVariant": "off"}}}
+# What a row says of its flag, beside which rollout brought it: the page's columns and the stale marking.
+NOT_COMPARED = ("id", "recorded_at", "rollout_id")
+
+
+@pytest.fixture
+def published_v1(repo, make_namespaces, make_source, sync):
+    """Makes a source whose first commit published flags/checkout.json and flags/promo.json (prune on)."""
+
+    def publish(**source_options) -> SimpleNamespace:
+        app, flags_ns = make_namespaces("app", "flags")
+        repo.write_all(
+            {
+                "sluice.yaml": policy([app], flags={"namespace": flags_ns}, prune=True),
+                "flags/checkout.json": json.dumps(CHECKOUT),
+                "flags/promo.json": json.dumps(PROMO),
+            }
+        )
+        v1 = repo.commit("v1: checkout and promo flags")
+        source = make_source(**source_options)
+        assert sync(source)["outcome"] == "applied"
+        first = rollout_of(source)
+        return SimpleNamespace(source=source, v1=v1, v1_rollout=first, app=app, flags_ns=flags_ns)
+
+    return publish
+
+
+def commit_v2(repo, shop: SimpleNamespace, steps: list[dict]) -> str:
+    """A rollout that changes a flag (split by the canary), changes another's type (held until 100),
+    removes one, adds one, and drops the promo flag set."""
+    changed = copy.deepcopy(CHECKOUT)
+    changed["flags"]["new-checkout"]["targeting"] = {"fractional": [["on", 60], ["off", 40]]}
+    changed["flags"]["banner"] = {"state": "ENABLED", "variants": ON_OFF, "defaultVariant": "on"}
+    del changed["flags"]["beta"]
+    changed["flags"]["fresh"] = {"state": "ENABLED", "variants": ON_OFF, "defaultVariant": "on"}
+    flags = {"namespace": shop.flags_ns}
+    repo.write_all(
+        {
+            "sluice.yaml": policy([shop.app], flags=flags, prune=True, rollout={"steps": steps}),
+            "flags/checkout.json": json.dumps(changed),
+        }
+    )
+    repo.remove("flags/promo.json")
+    return repo.commit("v2: a wider checkout, a switch for a banner, beta and the spring sale go")
+
+
+def catalog(source) -> dict[tuple[str, str], dict]:
+    """The source's catalog rows by (flag set, key)."""
+    rows = PublishedFlag.objects.filter(source=source).values()
+    return {(row["flag_set"], row["key"]): row for row in rows}
+
+
+def served(row: dict) -> dict:
+    """What a row says is served. Its variants as a set: a restored definition is read back from the
+    cluster, where Sluice wrote the flag set's JSON with its keys sorted, not in Git's order."""
+    kept = {field: value for field, value in row.items() if field not in NOT_COMPARED}
+    kept["variants"] = sorted(str(kept.get("variants", "")).split(" · "))
+    return kept
+
+
+def naming(source, rollout: Rollout) -> list[tuple[str, str]]:
+    """The flags whose row still names ``rollout`` (as bringing it, or as holding it back until 100)."""
+    return [
+        flag for flag, row in catalog(source).items() if rollout.pk in (row["rollout_id"], row["held_by_id"])
+    ]
+
+
+def assert_listed_as_before(shop: SimpleNamespace, before: dict, rolled_back: Rollout) -> None:
+    """The catalog once ``rolled_back`` is rolled back: every flag as v1 published it, for every user."""
+    # Written with the rollout's end, in one transaction: the deadline is only a guard.
+    poll(lambda: not naming(shop.source, rolled_back), timeout=30, what="no row naming the rollout any more")
+    after = catalog(shop.source)
+    assert set(after) == set(before), "the flag the rollout added went; those it removed came back"
+    for flag, row in after.items():
+        # Same definition, same last change (the change-log entry of v1 that published it), same cluster.
+        assert served(row) == served(before[flag]), flag
+        assert row["changed_commit"] == shop.v1, flag
+        assert row["rollout_id"] in (None, shop.v1_rollout.pk), flag
+
+
+def assert_every_user_has_each_flag(source, people) -> None:
+    client = Client()
+    client.force_login(people["viewer"])
+    listed = client.get("/api/flags", {"source": source.name}).json()["items"]
+    assert {(item["share_percent"], item["removed"]) for item in listed} == {(100, False)}, listed
+    page = client.get(reverse("dashboard:flags"), {"source": source.name}).content.decode()
+    rows = re.findall(r'<tr data-flag="[^"]*"(.*?)</tr>', page, flags=re.S)
+    assert len(rows) == len(listed)
+    for row in rows:
+        assert 'data-share="100"' in row and "rolled back" not in row and "removed in Git" not in row, row
+
+
+def test_an_abort_below_100_lists_every_flag_as_the_clusters_serve_it_again(repo, published_v1, sync, people):
+    shop = published_v1()
+    before = catalog(shop.source)
+    commit_v2(repo, shop, [{"setWeight": 25}, {"pause": {}}, {"setWeight": 100}])
+    sync(shop.source)
+    paused = wait_for(shop.source, phase="Paused", waiting_for="approval", weight=25)
+    during = catalog(shop.source)
+    # What the page said while the canary ran: the rows the rollback has to mend.
+    assert during[("checkout", "beta")]["removed"] and during[("promo", "spring-sale")]["removed"]
+    assert during[("checkout", "new-checkout")]["rollout_id"] == paused.pk
+    assert during[("checkout", "fresh")]["rollout_id"] == paused.pk
+    assert during[("checkout", "banner")]["held_by_id"] == paused.pk, "held until 100: its type changes"
+
+    decisions.rollout_abort(paused.pk, user=people["approver"], reason="not now")
+    aborted = wait_for(shop.source, phase="Aborted")
+
+    assert_listed_as_before(shop, before, aborted)
+    assert_every_user_has_each_flag(shop.source, people)
+
+
+def test_an_abort_at_100_brings_back_the_flags_the_rollout_removed(repo, published_v1, sync, people, cluster):
+    shop = published_v1()
+    before = catalog(shop.source)
+    commit_v2(repo, shop, [{"setWeight": 100}, {"pause": {}}])
+    sync(shop.source)
+    paused = wait_for(shop.source, phase="Paused", waiting_for="approval", weight=100)
+    during = catalog(shop.source)
+    assert ("checkout", "beta") not in during and ("promo", "spring-sale") not in during, "gone at 100"
+    assert cluster.get_configmap(shop.flags_ns, "promo") is None, "pruned at 100"
+
+    decisions.rollout_abort(paused.pk, user=people["approver"], reason="the switch breaks the banner")
+    aborted = wait_for(shop.source, phase="Aborted")
+
+    assert cluster.get_configmap(shop.flags_ns, "promo") is not None, "the rollback put the set back"
+    assert_listed_as_before(shop, before, aborted)
+    assert_every_user_has_each_flag(shop.source, people)
+
+
+def test_a_failing_analysis_after_100_rolls_the_catalog_back_too(
+    repo, published_v1, sync, people, analysis_endpoint
+):
+    shop = published_v1(analysis_url_prefixes=[analysis_endpoint.url])
+    before = catalog(shop.source)
+    analysis_endpoint.status = 503
+    analysis = {"http": {"url": analysis_endpoint.url}, "failureLimit": 1}
+    commit_v2(repo, shop, [{"setWeight": 100}, {"analysis": analysis}])
+
+    assert sync(shop.source)["outcome"] == "aborted"
+
+    aborted = rollout_of(shop.source)
+    assert aborted.phase == "Aborted" and "analysis failed" in aborted.message
+    assert_listed_as_before(shop, before, aborted)
+    assert_every_user_has_each_flag(shop.source, people)
+
+
+def test_a_rollback_of_a_rollout_that_wrote_no_flag_set_never_asks_the_catalog(paused_rollout):
+    from gitops.rollout.rollback import rollout_rollback
+
+    rollout = Rollout.objects.select_related("source", "revision").get(pk=paused_rollout.pk)
+    with CaptureQueriesContext(connection) as captured:
+        rollout_rollback(rollout, actor="otto", reason="ConfigMaps only", phase=Rollout.Phase.ABORTED)
+
+    assert Rollout.objects.get(pk=rollout.pk).phase == Rollout.Phase.ABORTED
+    catalog_queries = [query["sql"] for query in captured.captured_queries if "publishedflag" in query["sql"]]
+    assert catalog_queries == []
