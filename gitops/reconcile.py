@@ -463,6 +463,7 @@ def source_sync(
     automatic: bool = False,
     report_rollout: bool = True,
     rollouts_only: bool = False,
+    after_failures: int | None = None,
 ) -> SyncResult:
     """Fetch, validate, plan, roll out and record one source. Raises SourceBusy when another run holds it.
 
@@ -476,10 +477,16 @@ def source_sync(
     What came while a pass ran runs next without the person's ``manual`` and ``retry_failed`` (a
     window holds it), not once the source is suspended, and as Sluice after a sync that was not
     automatic (see ``coalesced_actor``).
+
+    ``after_failures``: a failed pass's wake (``schedule.source_retry_wake``), which does nothing once
+    another pass ran since (the count of failures in a row moved, or a poll is queued), and leaves no
+    request when a pass holds the source: that pass records its own outcome.
     """
     source = _source_to_sync(source_id, automatic=automatic, rollouts_only=rollouts_only)
     if isinstance(source, SyncResult):
         return source
+    if after_failures is not None and (source.consecutive_failures != after_failures or source.sync_queued):
+        return SyncResult(source.name, Outcome.COALESCED)
     asked = _Asked(
         actor, actor if automatic else SYSTEM_ACTOR, retry_failed, manual, rollouts_only, report_rollout
     )
@@ -496,7 +503,7 @@ def source_sync(
             if not acquired:
                 if runs:
                     break  # another worker took the lock after us; it runs what was requested
-                if requested:
+                if requested or after_failures is not None:
                     raise SourceBusy(f"source {source.name} is being reconciled by another worker")
                 Source.objects.filter(pk=source.pk).update(sync_requested_at=timezone.now())
                 requested = True
@@ -722,7 +729,7 @@ def sync_failure_record(source_id: int, error: BaseException) -> SyncResult:
     Source.objects.filter(pk=source_id).update(
         last_error=message[:2000], consecutive_failures=failures, next_poll_at=next_try, sync_queued=False
     )
-    _wave_tried_again_at(source_id, next_try)
+    _wave_tried_again_at(source_id, next_try, failures)
     log.error(
         "sync failed source=%s failures_in_a_row=%d next_try_in=%ds: %s",
         source.name,
@@ -733,18 +740,18 @@ def sync_failure_record(source_id: int, error: BaseException) -> SyncResult:
     return SyncResult(source.name, Outcome.FAILED, errors=[message])
 
 
-def _wave_tried_again_at(source_id: int, when: datetime) -> None:
+def _wave_tried_again_at(source_id: int, when: datetime, failures: int) -> None:
     """A rollout the failed pass left mid-wave (moving, or waiting on its consumers, a cluster, a timer or
     an analysis; not at an approval gate) is taken up again at the source's next try. Beat's poll does
-    that too: this wake makes it independent of beat, as the wakes of a pause and of a cluster wait are
-    (a sweep lost, or none at all: the integration tests run no beat, and such a rollout stayed where the
-    failed pass left it for good). ``source_sync_at`` is robust: a broker that refuses it loses nothing
-    beat would not do."""
+    that; this wake, just after it and only if nothing ran the source since (``source_retry_wake``),
+    makes it independent of beat, as the wakes of a pause and of a cluster wait are (a sweep lost, or none
+    at all: the integration tests run no beat, and such a rollout stayed where the failed pass left it
+    for good)."""
     mid_wave = Rollout.objects.filter(source_id=source_id, phase__in=Rollout.ACTIVE_PHASES).exclude(
         phase=Rollout.Phase.PAUSED, waiting_for=Waiting.APPROVAL
     )
     if mid_wave.exists():
-        schedule.source_sync_at(source_id, when)
+        schedule.source_retry_wake(source_id, when, failures=failures)
 
 
 def retry_delay(poll_interval: timedelta, failures: int) -> timedelta:

@@ -234,6 +234,26 @@ def claimed_source_sync(
 # A task held for a later time stays unacknowledged in Redis, which hands it out again after an hour
 # (its visibility timeout): wakes further away are made in steps, and beat's sweep covers them anyway.
 MAX_WAKE_AHEAD = timedelta(minutes=30)
+# How long after a failed source's next try its wake comes (``source_retry_wake``): two of beat's poll
+# sweeps, so that where beat runs, its poll has taken the source up by then.
+RETRY_WAKE_AFTER_POLL = timedelta(seconds=2 * float(settings.SLUICE_POLL_SWEEP_SECONDS))
+
+
+def source_retry_wake(source_id: int, when: datetime, *, failures: int) -> None:
+    """Wakes a source whose pass failed and left a rollout mid-wave, a little after its next try (``when``)
+    and only if nothing has run it since: beat's poll takes it up at ``when`` (when beat runs), and then
+    the wake finds ``failures`` changed and does nothing. A wake that collided with that poll would run a
+    second pass against a host that is down, or leave a request that cuts the back-off short. Robust, as
+    ``source_sync_at``: beat's poll loses nothing a lost wake would have done."""
+    kwargs = {
+        "source_id": source_id,
+        "wait_if_busy": False,
+        "automatic": True,
+        "rollouts_only": True,
+        "after_failures": failures,
+    }
+    eta = min(when + RETRY_WAKE_AFTER_POLL, timezone.now() + MAX_WAKE_AHEAD)
+    transaction.on_commit(lambda: _send(SYNC_TASK, kwargs=kwargs, eta=eta, ignore_result=True), robust=True)
 
 
 def source_sync_at(source_id: int, when: datetime) -> None:

@@ -67,6 +67,7 @@ def sync_source(
     automatic: bool = False,
     rollouts_only: bool = False,
     temporary_tries: int = 0,
+    after_failures: int | None = None,
 ) -> dict[str, Any]:
     """``temporary_tries``: retries after a temporary error so far, counted apart from the retries of a
     busy source (Celery's own count has both: a person's sync that waited for a pass would otherwise
@@ -81,6 +82,7 @@ def sync_source(
             manual=manual,
             automatic=automatic,
             rollouts_only=rollouts_only,
+            after_failures=after_failures,
             # Sent with ignore_result (a push, a poll): the result is stored nowhere and read by nobody.
             report_rollout=not self.request.ignore_result,
         ).as_dict()
@@ -92,8 +94,7 @@ def sync_source(
         # Counted as a blip: a loss that comes back every time is recorded, not retried for ever.
         return _sync_failed(self, source_id, TemporaryError(str(exc)), temporary_tries, {})
     except SourceBusy as exc:
-        # The running reconcile takes the request over (it is coalesced); only a
-        # caller that waits for this task's own result needs it to run again.
+        # The running reconcile takes the request over (coalesced); only a caller awaiting this task retries.
         if not wait_if_busy:
             return {"source_id": source_id, "outcome": Outcome.COALESCED}
         if self.request.retries >= BUSY_MAX_RETRIES:

@@ -125,9 +125,15 @@ def _flag_catalog_after(rollout: Rollout, restored: Restored) -> None:
     if not restored.flag_sets:
         return
     sets = []
+    left_alone = set(restored.left_alone)
     for (cluster, _, namespace, name), intent in restored.flag_sets.items():
-        # A refused restore, or a set someone took over meanwhile: the cluster keeps the rollout's content.
-        kept = name in restored.refused.get((cluster, namespace), set())
+        # A refused restore, a set someone took over meanwhile, or a cluster that did not answer (its
+        # rollback is owed): the cluster keeps the rollout's content, and its keys count for other sources.
+        kept = (
+            name in restored.refused.get((cluster, namespace), set())
+            or cluster in restored.owed
+            or f"{cluster}/{namespace}/{name}" in left_alone
+        )
         sets.append(RestoredFlagSet(cluster, namespace, name, intent.before, kept=kept))
     try:
         with transaction.atomic():  # a savepoint: what fails here leaves the rest of the rollback whole
