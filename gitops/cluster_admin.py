@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import os
 import threading
 import time
@@ -49,6 +50,8 @@ from gitops.vocabulary import ClusterAuditAction, SourceAuditAction
 
 PROBE_SECONDS = 3.0
 
+log = logging.getLogger("gitops.clusters")
+
 
 @dataclass(frozen=True)
 class Credentials:
@@ -79,6 +82,7 @@ def cluster_add(
         name, Credentials(kubeconfig, context, in_cluster), allow_unverified_tls=allow_unverified_tls
     )
     unverified, _ = _check_loads(record)
+    record.identity = _identity_if_it_answers(record)
     message = "its server's certificate is not checked (allowed)" if unverified else ""
     try:
         with transaction.atomic():
@@ -122,6 +126,17 @@ def _registration(name: str, credentials: Credentials, *, allow_unverified_tls: 
     return record
 
 
+def _identity_if_it_answers(record: ClusterRecord) -> str:
+    """The cluster's identity as the registration reaches it now, kept so that a kubeconfig rewritten to
+    reach another cluster is refused (``clients._another_cluster``); "" when it does not answer here (it is
+    registered all the same: ``update-cluster NAME --record-identity`` records it later)."""
+    try:
+        return _identity_through(record)
+    except GitopsError as exc:
+        log.warning("cluster %s: its identity is not recorded: %s", record.name, exc)
+        return ""
+
+
 def _check_loads(record: ClusterRecord) -> tuple[bool, str]:
     """Whether the registration reaches its server unverified, and the server (redacted); refused when its
     credentials do not load, or when it does and that is not allowed. Loading reads the kubeconfig (and
@@ -157,6 +172,8 @@ class ClusterUpdate:
     # (``Cluster.identity``) both reached.
     moved_from: str = ""
     identity: str = ""
+    # With --record-identity: the identity recorded before ("" none); None when it was not asked.
+    recorded_from: str | None = None
 
 
 def cluster_update(
@@ -165,31 +182,28 @@ def cluster_update(
     actor: Actor,
     allow_unverified_tls: bool | None = None,
     credentials: Credentials | None = None,
+    record_identity: bool = False,
 ) -> ClusterUpdate:
     """Grants or revokes a registered cluster's ``--allow-unverified-tls``, or moves its credentials, in
     place: removing and adding it again is refused while it is in use, which is when it matters.
 
     New credentials (another kubeconfig or context, or the in-cluster account) are taken only when they
-    reach the same cluster as the registration's: both are asked for the cluster's identity, and must give
-    the same. Another cluster would inherit Sluice's inventory, pending changes and owed rollbacks of this
-    one, and have them pruned, applied and rolled back there. Current credentials that no longer answer
-    (expired) cannot tell: the kubeconfig file is then rewritten in place, its path kept.
+    reach the same cluster as the registration's: its recorded identity, or else the one its current
+    credentials answer with (``_same_cluster``). Another cluster would inherit Sluice's inventory, pending
+    changes and owed rollbacks of this one, and have them pruned, applied and rolled back there.
+    ``record_identity`` records the identity the registration reaches now (``_identity_record``).
 
     Granting loads the kubeconfig first, as ``add-cluster`` does; revoking never needs it (the file may be
     mounted only where the workers run). Every process reads the registry again at each pass
     (``clients.refresh``), and the reference and the allowance are part of a client's fingerprint: its
     next client is built again, and refused when it reaches the server unverified without the allowance.
     The clusters' audit trail gets a row, in the same transaction; none when nothing changes."""
-    if name == settings.SLUICE_CLUSTER_NAME:
-        raise PermanentError(
-            f"{name!r} is the default cluster (KUBECONFIG): it is not registered, and its kubeconfig is "
-            "used as the deployment gives it"
-        )
-    if allow_unverified_tls is None and credentials is None:
-        raise PermanentError("nothing to change: give --[no-]allow-unverified-tls, or new credentials")
+    _refuse_update(name, allow_unverified_tls is not None, credentials is not None, record_identity)
     seen = ClusterRecord.objects.filter(name=name).first()
     if seen is None:
         raise PermanentError(f"no cluster named {name!r}")
+    if record_identity:
+        return _identity_record(seen, actor)
     allowed = seen.allow_unverified_tls if allow_unverified_tls is None else allow_unverified_tls
     if credentials is not None and credentials.kubeconfig is None and not credentials.in_cluster:
         credentials = dataclasses.replace(credentials, kubeconfig=seen.kubeconfig)
@@ -197,6 +211,27 @@ def cluster_update(
     # Loaded, and the cluster asked, before the row is locked: an exec plugin may take seconds.
     if wanted is not None and _credentials_of(wanted) != _credentials_of(seen):
         return _credentials_move(seen, wanted, actor)
+    return _allowance_change(seen, allowed, actor)
+
+
+def _refuse_update(name: str, allowance: bool, credentials: bool, record_identity: bool) -> None:
+    """Why ``update-cluster`` was asked for nothing it may do, raised."""
+    if name == settings.SLUICE_CLUSTER_NAME:
+        raise PermanentError(
+            f"{name!r} is the default cluster (KUBECONFIG): it is not registered, and its kubeconfig is "
+            "used as the deployment gives it"
+        )
+    if not (allowance or credentials or record_identity):
+        raise PermanentError(
+            "nothing to change: give --[no-]allow-unverified-tls, new credentials or --record-identity"
+        )
+    if record_identity and (allowance or credentials):
+        raise PermanentError("--record-identity goes alone (new credentials record theirs)")
+
+
+def _allowance_change(seen: ClusterRecord, allowed: bool, actor: Actor) -> ClusterUpdate:
+    """The registration's allowance granted or revoked, in place and audited; unchanged when it is so."""
+    name = seen.name
     unverified, server = _granting_loads(seen) if allowed else _unverified_now(seen)
     with transaction.atomic():
         # Locked until the change commits: a removal or a forget at the same time waits for it, and the
@@ -230,15 +265,21 @@ def _credentials_move(seen: ClusterRecord, wanted: ClusterRecord, actor: Actor) 
         record = ClusterRecord.objects.select_for_update().filter(name=seen.name).first()
         if record is None:
             raise PermanentError(f"no cluster named {seen.name!r} (removed meanwhile)")
-        if (record.pk, _credentials_of(record)) != (seen.pk, _credentials_of(seen)):
+        if (record.pk, _credentials_of(record), record.allow_unverified_tls) != (
+            seen.pk,
+            _credentials_of(seen),
+            seen.allow_unverified_tls,
+        ):
+            # Also an allowance revoked meanwhile: taken from the row read before, it would be granted again.
             raise PermanentError(
-                f"cluster {seen.name!r} was removed and registered again, or moved, meanwhile; look at it "
-                "and try again"
+                f"cluster {seen.name!r} was removed and registered again, moved, or its allowance changed, "
+                "meanwhile; look at it and try again"
             )
         before = copy.copy(record)
         record.kubeconfig, record.context, record.in_cluster = _credentials_of(wanted)
         record.allow_unverified_tls = wanted.allow_unverified_tls
-        record.save(update_fields=["kubeconfig", "context", "in_cluster", "allow_unverified_tls"])
+        record.identity = identity  # the same cluster's: recorded now if it was not
+        record.save(update_fields=["kubeconfig", "context", "in_cluster", "allow_unverified_tls", "identity"])
         message = (
             f"credentials moved from {before.credentials_ref} to {record.credentials_ref}: the same "
             f"cluster (kube-system namespace uid {identity})"
@@ -260,9 +301,38 @@ def _credentials_move(seen: ClusterRecord, wanted: ClusterRecord, actor: Actor) 
     )
 
 
+def _identity_record(seen: ClusterRecord, actor: Actor) -> ClusterUpdate:
+    """Records the identity of the cluster the registration reaches now: for one registered before
+    identities were kept (or while it did not answer), and for a cluster rebuilt under the same name
+    (a new kube-system namespace), whose client is refused until then. Refused when it does not answer."""
+    try:
+        identity = _identity_through(seen)
+    except GitopsError as exc:
+        raise PermanentError(
+            f"cluster {seen.name} ({seen.credentials_ref}) does not answer ({exc}); nothing recorded"
+        ) from exc
+    with transaction.atomic():
+        record = ClusterRecord.objects.select_for_update().filter(name=seen.name).first()
+        if record is None or _credentials_of(record) != _credentials_of(seen):
+            raise PermanentError(f"cluster {seen.name!r} was removed or moved meanwhile; look at it again")
+        if record.identity == identity:
+            return ClusterUpdate(record, changed=False, unverified_now=None, identity=identity)
+        before = copy.copy(record)
+        record.identity = identity
+        record.save(update_fields=["identity"])
+        message = f"identity recorded: kube-system namespace uid {identity} (was {before.identity or 'none'})"
+        _cluster_audit(
+            seen.name, ClusterAuditAction.UPDATE, actor, before=before, after=record, message=message
+        )
+    clients.refresh()
+    return ClusterUpdate(
+        record, changed=True, unverified_now=None, identity=identity, recorded_from=before.identity
+    )
+
+
 def _same_cluster(current: ClusterRecord, moved: ClusterRecord) -> str:
-    """The cluster's identity, asked through the registration's current credentials and through the new
-    ones; refused unless both answer, and with the same."""
+    """The cluster's identity through the new credentials, which must answer with the registration's: the
+    one recorded (``ClusterRecord.identity``), or else the one its current credentials answer with."""
     try:
         new = _identity_through(moved)
     except GitopsError as exc:
@@ -270,7 +340,7 @@ def _same_cluster(current: ClusterRecord, moved: ClusterRecord) -> str:
             f"the new credentials ({moved.credentials_ref}) do not answer ({exc}); nothing changed"
         ) from exc
     try:
-        old = _identity_through(current)
+        old = current.identity or _identity_through(current)
     except GitopsError as exc:
         raise PermanentError(
             f"cluster {current.name}'s current credentials ({current.credentials_ref}) do not answer ({exc}),"

@@ -178,6 +178,11 @@ class Cluster(models.Model):
     allow_unverified_tls = models.BooleanField(
         default=False, help_text="may its kubeconfig reach the server without checking its certificate"
     )
+    # The cluster it was registered for (``gitops.cluster.Cluster.identity``): a kubeconfig rewritten in
+    # place to reach another cluster is refused when a worker builds its client again. "" until recorded.
+    identity = models.CharField(
+        max_length=64, blank=True, default="", help_text="its kube-system namespace's uid, when registered"
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -200,6 +205,7 @@ class Cluster(models.Model):
             "context": self.context,
             "in_cluster": self.in_cluster,
             "allow_unverified_tls": self.allow_unverified_tls,
+            "identity": self.identity,
         }
 
 

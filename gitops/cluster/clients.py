@@ -11,6 +11,7 @@ rotated token), so nothing a process holds outlives the credentials it came from
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import threading
 import time
@@ -27,9 +28,15 @@ from gitops.cluster.client import Cluster
 from gitops.errors import GitopsError, PermanentError, TemporaryError
 from gitops.models import Cluster as ClusterRecord
 
+log = logging.getLogger("gitops.cluster")
+
 
 class UnknownClusterError(PermanentError):
     """A name that is neither the default cluster nor a registered one."""
+
+
+class ClusterIdentityError(PermanentError):
+    """A registered cluster's kubeconfig reaches another cluster than the one it was registered for."""
 
 
 class UnverifiedClusterError(PermanentError):
@@ -40,6 +47,8 @@ class UnverifiedClusterError(PermanentError):
 # How long a process takes a cluster that just failed to answer at its word, without asking it again:
 # a silent cluster then costs one timeout per process every few seconds, not one per source and pass.
 UNREACHABLE_MEMORY_SECONDS = 5.0
+# How long a new client's first question (which cluster it reaches) may take: it holds up that build.
+IDENTITY_SECONDS = 3.0
 # Idle connections a client keeps: enough for a worker's parallel applies (the live cache wants more).
 DEFAULT_POOL_SIZE = 32
 
@@ -53,6 +62,8 @@ class ClusterRef:
     context: str | None = None
     # Whether its client may reach the server unverified; refused unless the registration said so.
     allow_unverified_tls: bool = False
+    # The cluster it was registered for (``Cluster.identity``); "" where none was recorded.
+    identity: str = ""
 
     def fingerprint(self) -> tuple[object, ...]:
         """What the client depends on: the reference, and the size and change time of the kubeconfig
@@ -60,7 +71,7 @@ class ClusterRef:
         a token rotated in its file, the kubeconfig untouched, builds the client again."""
         # The allowance too: a cluster removed and added again without it, between two refreshes of a
         # process, would otherwise keep the client built when it was allowed.
-        kept = (self.kubeconfig, self.context, self.allow_unverified_tls)
+        kept = (self.kubeconfig, self.context, self.allow_unverified_tls, self.identity)
         if not self.kubeconfig:
             return kept
         try:
@@ -80,16 +91,17 @@ class ClusterRef:
         how = "without checking its certificate (insecure-skip-tls-verify)"
         if not str(client.server).startswith("https://"):
             how = "over plain http"
-        where = (
-            f"kubeconfig {self.kubeconfig} (context {self.context or 'current'})"
-            if self.kubeconfig
-            else "in-cluster account"
-        )
         return (
-            f"cluster {self.name}: its {where} now reaches the server {how}, which its registration does "
-            "not allow: nothing is sent there. Give the kubeconfig the cluster's CA (https), or allow it: "
-            f"gitops update-cluster {self.name} --allow-unverified-tls"
+            f"cluster {self.name}: its {self.where()} now reaches the server {how}, which its registration "
+            "does not allow: nothing is sent there. Give the kubeconfig the cluster's CA (https), or allow "
+            f"it: gitops update-cluster {self.name} --allow-unverified-tls"
         )
+
+    def where(self) -> str:
+        """Where its credentials live, as errors name them: never the server or the file's content."""
+        if not self.kubeconfig:
+            return "in-cluster account"
+        return f"kubeconfig {self.kubeconfig} (context {self.context or 'current'})"
 
     def connect(self, *, pool_size: int = DEFAULT_POOL_SIZE) -> Cluster:
         return Cluster(self.kubeconfig, context=self.context, name=self.name, pool_size=pool_size)
@@ -125,6 +137,35 @@ def _named_files(kubeconfig: str, mtime_ns: int, size: int) -> tuple[str, ...]:
                 if isinstance(value, str) and value
             )
     return tuple(sorted(found))
+
+
+def _another_cluster(ref: ClusterRef, connected: Cluster) -> str | None:
+    """Why ``connected``, just built, may not be used: it reaches another cluster than the one ``ref`` was
+    registered for (``Cluster.identity``); None when it reaches that one, or none was recorded. A
+    kubeconfig rewritten in place (another server, another context) would otherwise have Sluice prune,
+    apply and roll back there what its inventory, pending changes and owed rollbacks say of this one.
+    One that does not answer is not kept (TemporaryError: the next request builds it again); one whose
+    identity it may not read (RBAC without Sluice's namespace reader) is used, unverified, and logged."""
+    if not ref.identity:
+        return None
+    try:
+        seen = connected.identity(timeout=IDENTITY_SECONDS)
+    except TemporaryError:
+        connected.close()
+        raise
+    except GitopsError as exc:
+        log.warning(
+            "cluster %s: its identity cannot be read (%s); its client is used unverified", ref.name, exc
+        )
+        return None
+    if seen == ref.identity:
+        return None
+    return (
+        f"cluster {ref.name}: its {ref.where()} now reaches another cluster (kube-system namespace uid "
+        f"{seen}; it was registered for {ref.identity}): nothing is sent there. Point it back at "
+        f"{ref.name}'s server, or register that cluster under a name of its own; {ref.name} rebuilt under "
+        f"the same name: gitops update-cluster {ref.name} --record-identity"
+    )
 
 
 def _credentials_expected(ref: ClusterRef) -> bool:
@@ -200,11 +241,12 @@ def default_ref() -> ClusterRef:
 
 def registered_refs() -> dict[str, ClusterRef]:
     """The registered clusters, read in one query."""
+    rows = ClusterRecord.objects.values_list(
+        "name", "kubeconfig", "context", "in_cluster", "allow_unverified_tls", "identity"
+    )
     return {
-        name: ClusterRef(name, None if in_cluster else kubeconfig, context or None, allow_unverified_tls)
-        for name, kubeconfig, context, in_cluster, allow_unverified_tls in ClusterRecord.objects.values_list(
-            "name", "kubeconfig", "context", "in_cluster", "allow_unverified_tls"
-        )
+        name: ClusterRef(name, None if in_cluster else kubeconfig, context or None, allowed, identity)
+        for name, kubeconfig, context, in_cluster, allowed, identity in rows
     }
 
 
@@ -223,7 +265,7 @@ class ClusterClients:
         # Clusters whose client was refused as unverified, by the fingerprint it was built from: asked
         # again, the refusal is repeated without building (loading a kubeconfig may run an exec plugin)
         # until the kubeconfig, the files it names or the registration change.
-        self._refused: dict[str, tuple[tuple[object, ...], str]] = {}
+        self._refused: dict[str, tuple[tuple[object, ...], str, type[PermanentError]]] = {}
 
     def mark_unreachable(self, name: str, error: GitopsError) -> None:
         """Remembers for a few seconds that ``name`` did not answer (or refused), and counts it."""
@@ -291,6 +333,8 @@ class ClusterClients:
             # whoever answers at its server's address.
             if (refusal := ref.unverified_refusal(connected)) is not None:
                 self._refuse(ref.name, fingerprint, connected, refusal)
+            if (refusal := _another_cluster(ref, connected)) is not None:
+                self._refuse(ref.name, fingerprint, connected, refusal, ClusterIdentityError)
             if not connected.has_credentials and _credentials_expected(ref):
                 connected.close()
                 # An exec plugin that failed once (a cloud CLI's throttled call) left the client without
@@ -310,23 +354,28 @@ class ClusterClients:
         return connected
 
     def _refuse(
-        self, name: str, fingerprint: tuple[object, ...], connected: Cluster, refusal: str
+        self,
+        name: str,
+        fingerprint: tuple[object, ...],
+        connected: Cluster,
+        refusal: str,
+        kind: type[PermanentError] = UnverifiedClusterError,
     ) -> NoReturn:
-        """Drops a client refused as unverified, and the one built before from other files: neither is
-        served, and the refusal is remembered for these files."""
+        """Drops a client refused (unverified, or another cluster), and the one built before from other
+        files: neither is served, and the refusal is remembered for these files."""
         connected.close()
         with self._lock:
-            self._refused[name] = (fingerprint, refusal)
+            self._refused[name] = (fingerprint, refusal, kind)
             stale = self._clients.pop(name, None)
         if stale is not None:
             stale[1].close()
-        raise UnverifiedClusterError(refusal)
+        raise kind(refusal)
 
     def _raise_refused(self, name: str, fingerprint: tuple[object, ...]) -> None:
-        """Refuses again a client refused as unverified from these very files (the lock is held)."""
+        """Refuses again a client refused from these very files (the lock is held)."""
         refused = self._refused.get(name)
         if refused is not None and refused[0] == fingerprint:
-            raise UnverifiedClusterError(refused[1])
+            raise refused[2](refused[1])
 
     def _current(self, name: str, fingerprint: tuple[object, ...]) -> Cluster | None:
         """The client built for ``name`` from these credentials, if there is one (the lock is held)."""

@@ -19,14 +19,15 @@ from django.core.management import CommandError, call_command
 from django.test import Client
 
 from gitops import cluster_admin, selectors
-from gitops.cluster import pools
+from gitops.cluster import clients, pools
 from gitops.cluster.live import live_configmaps
 from gitops.models import Change, Rollout, RolloutEvent, Source
+from gitops.models import Cluster as ClusterRecord
 from gitops.record.audit import Actor
 from gitops.rollout import decisions
 from tests.clusters import FlakyKubeconfig, HungServer
 from tests.flagd import EVALUATORS, KEYS
-from tests.gitrepo import GitRepo, configmap
+from tests.gitrepo import GitRepo, configmap, policy
 from tests.rollouts import wait_for
 from tests.workers import poll
 
@@ -303,11 +304,45 @@ def test_a_wave_whose_pass_failed_for_good_is_taken_up_again_at_the_sources_next
     assert [fleet.versions(["flaky"], namespace)[0] for namespace in namespaces] == ["2", "2"]
 
 
+def test_a_failed_passs_wake_does_nothing_once_another_pass_ran_and_leaves_no_request_beside_one(
+    repo, make_namespaces, make_source, sync
+):
+    """The wake comes a little after the source's next try, when beat's poll has taken it up (where beat
+    runs): it then finds the count of failures moved and does nothing. One that found a pass holding the
+    source left a request, and the pass's failure took it for a push and cut the back-off short."""
+    from gitops.locks import source_lock
+    from gitops.tasks import sync_source
+
+    targets = make_namespaces("w")
+    repo.write_all({"sluice.yaml": policy(targets), "configmaps/app.yaml": configmap("app", {"V": "1"})})
+    repo.commit("v1")
+    source = make_source()
+    sync(source)
+    Source.objects.filter(pk=source.pk).update(consecutive_failures=2)
+
+    def wake(failures: int) -> str:
+        kwargs = {"automatic": True, "rollouts_only": True, "wait_if_busy": False, "after_failures": failures}
+        return sync_source.delay(source.pk, **kwargs).get(timeout=60)["outcome"]
+
+    before = Source.objects.values_list("last_synced_at", flat=True).get(pk=source.pk)
+    assert wake(1) == "coalesced", "a pass ran since the failure that sent it"
+    with source_lock(source) as held:
+        assert held
+        assert wake(2) == "coalesced", "a pass holds the source: it records its own outcome"
+    after = Source.objects.values_list("last_synced_at", "sync_requested_at").get(pk=source.pk)
+    assert after == (before, None), "nothing ran, and no request was left"
+    assert wake(2) != "coalesced", "nothing ran since: the wake runs the pass"
+
+
 def test_a_cluster_late_past_the_deadline_leaves_no_thread_in_the_next_passs_way(fleet, settings, tmp_path):
     """Reads still blocked when a pass gives up on their cluster keep their threads until their own
     timeout: the cluster's read pool is let go, so the next pass's reads never queue behind them."""
     settings.SLUICE_CLUSTER_LIST_DEADLINE = 0.5
     hanging = fleet.flaky("hanging", context="member-1")
+    # Not checked at the client's build (which a hung server also holds up, for its own few seconds):
+    # this is about the reads' threads.
+    ClusterRecord.objects.filter(name="hanging").update(identity="")
+    clients.refresh()
     server = HungServer()
     try:
         hanging.hang(server)
@@ -601,7 +636,6 @@ def test_a_cluster_gone_for_good_is_forgotten_with_what_sluice_kept_about_it(
     """A cluster that will never answer again holds objects Sluice applied (nobody can prune them) and
     a rollback owed to it, and a change of policy that drops it waits for it at 100%. `remove-cluster
     --forget` lets all of it go, without asking the cluster, once no policy targets it."""
-    from gitops.models import Cluster as ClusterRecord
     from gitops.models import ClusterAudit, ManagedObject, SourceAudit
 
     fleet.register("member-1")
@@ -886,7 +920,7 @@ def test_a_sources_credentials_may_not_be_a_file_a_clusters_kubeconfig_names(tmp
 # -- the clusters' audit trail, and what add-cluster allowed kept for every rebuild ---------------------
 
 
-def test_adding_and_removing_a_cluster_each_leave_an_audit_row(stack):
+def test_adding_and_removing_a_cluster_each_leave_an_audit_row(stack, cluster_for):
     """add-cluster and remove-cluster changed the registry without a trace: who registered a cluster with
     which kubeconfig, and who removed it, was nowhere (only --forget left rows, in the sources' trails).
     Each leaves a row now, with the registered settings: references, never a credential."""
@@ -915,6 +949,7 @@ def test_adding_and_removing_a_cluster_each_leave_an_audit_row(stack):
         "context": "member-1",
         "in_cluster": False,
         "allow_unverified_tls": False,
+        "identity": cluster_for("member-1").identity(),  # the cluster it was registered for
     }
     with pytest.raises(PermanentError, match="already registered"):
         cluster_admin.cluster_add(name="audited", kubeconfig=kubeconfig, context="member-2", actor=ADMIN)

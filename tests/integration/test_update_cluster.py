@@ -20,7 +20,7 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 
 from gitops import cluster_admin
-from gitops.cluster.clients import ClusterClients, UnverifiedClusterError
+from gitops.cluster.clients import ClusterClients, ClusterIdentityError, UnverifiedClusterError
 from gitops.errors import PermanentError
 from gitops.models import Cluster as ClusterRecord
 from gitops.models import ClusterAudit
@@ -275,6 +275,7 @@ def test_new_credentials_are_refused_unless_both_they_and_the_current_ones_reach
     with pytest.raises(CommandError, match="without checking its certificate"):
         update("edge", "--kubeconfig", str(unverified.path))
     edge.silence()
+    ClusterRecord.objects.filter(name="edge").update(identity="")  # as registered before identities were kept
     with pytest.raises(CommandError, match=r"current credentials .* do not answer.*rewrite the kubeconfig"):
         update("edge", "--kubeconfig", stack["KUBECONFIG"], "--context", "member-1")
     assert kept() == registered, "nothing changed"
@@ -288,6 +289,85 @@ def test_new_credentials_are_refused_unless_both_they_and_the_current_ones_reach
     with pytest.raises(CommandError, match="reach another cluster"):
         update("edge", "--context", "member-2")  # alone: another context of the kubeconfig registered
     assert [action for action, _, _ in trail("edge")] == ["add", "update", "update"]
+
+
+# -- the identity a registration was made for --------------------------------------------------------
+
+
+def identity_of(cluster_for, context: str) -> str:
+    return cluster_for(context).identity()
+
+
+def test_a_kubeconfig_rewritten_in_place_to_reach_another_cluster_is_refused_until_pointed_back(
+    repo, make_source, sync, cluster_for, stack, tmp_path
+):
+    """add-cluster records which cluster it registered (its kube-system namespace's uid). The kubeconfig,
+    rewritten in place for another cluster, was used: the inventory, pending changes and rollbacks of
+    "edge" were taken for that cluster's. Now the worker's next client build refuses it, and nothing is
+    sent; pointed back, it is used again. Moving credentials needs only the recorded identity, so expired
+    current credentials no longer stop it."""
+    edge = FlakyKubeconfig(tmp_path / "edge.kubeconfig", stack["KUBECONFIG"], "member-1")
+    out = io.StringIO()
+    call_command("gitops", "add-cluster", "edge", "--kubeconfig", str(edge.path), "--by", "ines", stdout=out)
+    member_1 = identity_of(cluster_for, "member-1")
+    assert ClusterRecord.objects.get(name="edge").identity == member_1
+    assert f"identity: kube-system namespace uid {member_1}" in out.getvalue()
+    namespace = f"t{uuid.uuid4().hex[:8]}"
+    for context in ("local", "member-1", "member-2"):
+        cluster_for(context).create_namespace(namespace)
+    commit(repo, namespace, "1")
+    source = make_source(allowed_namespaces=SCOPE)
+    assert sync(source)["outcome"] == "applied"
+
+    FlakyKubeconfig(edge.path, stack["KUBECONFIG"], "member-2")  # the same file, another cluster's
+    commit(repo, namespace, "2")
+    refused = sync(source)
+
+    errors = "\n".join(refused["errors"])
+    assert "now reaches another cluster" in errors and f"registered for {member_1}" in errors, refused
+    assert versions(cluster_for, namespace) == ["2", "1"]
+    assert cluster_for("member-2").get_configmap(namespace, "app") is None, "nothing sent there"
+    with pytest.raises(ClusterIdentityError, match="reaches another cluster"):
+        another_process().get("edge")
+
+    edge.answer()  # pointed back at member-1
+    poll(
+        lambda: sync(source) and versions(cluster_for, namespace) == ["2", "2"],
+        timeout=60,
+        interval=1,
+        what="the worker to use the cluster again once its kubeconfig reaches it",
+    )
+    edge.silence()  # expired: the recorded identity is enough to move to new credentials
+    rotated = FlakyKubeconfig(tmp_path / "rotated.kubeconfig", stack["KUBECONFIG"], "member-1")
+    assert "credentials moved" in update("edge", "--kubeconfig", str(rotated.path))
+
+
+def test_record_identity_records_one_registered_before_and_one_rebuilt_under_the_same_name(
+    stack, cluster_for, tmp_path
+):
+    edge = FlakyKubeconfig(tmp_path / "edge.kubeconfig", stack["KUBECONFIG"], "member-1")
+    cluster_admin.cluster_add(name="edge", kubeconfig=str(edge.path), actor=ADMIN)
+    ClusterRecord.objects.filter(name="edge").update(identity="")  # registered before identities were kept
+    member_1, member_2 = identity_of(cluster_for, "member-1"), identity_of(cluster_for, "member-2")
+    another_process().get("edge")  # nothing recorded: nothing checked
+
+    recorded = update("edge", "--record-identity")
+
+    assert f"identity recorded, kube-system namespace uid {member_1} (was none)" in recorded
+    assert "unchanged" in update("edge", "--record-identity")
+    FlakyKubeconfig(edge.path, stack["KUBECONFIG"], "member-2")  # "edge" rebuilt: a new kube-system
+    with pytest.raises(PermanentError, match="reaches another cluster"):
+        another_process().get("edge")
+    assert f"(was {member_1})" in update("edge", "--record-identity")
+    assert another_process().get("edge").identity() == member_2
+    edge.silence()
+    with pytest.raises(CommandError, match="does not answer"):
+        update("edge", "--record-identity")
+    with pytest.raises(CommandError, match="goes alone"):
+        update("edge", "--record-identity", "--no-allow-unverified-tls")
+    rows = ClusterAudit.objects.filter(cluster="edge").order_by("id")
+    assert [row.action for row in rows] == ["add", "update", "update"]
+    assert (rows.last().before["identity"], rows.last().after["identity"]) == (member_1, member_2)
 
 
 # -- races: the registry changed by two commands at once ----------------------------------------------

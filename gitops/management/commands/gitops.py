@@ -5,6 +5,7 @@ gitops add-cluster NAME (--kubeconfig PATH [--context CTX] | --in-cluster) [--by
 gitops clusters [--json]
 gitops update-cluster NAME [--allow-unverified-tls | --no-allow-unverified-tls]
                            [--kubeconfig PATH [--context CTX] | --context CTX | --in-cluster] [--by NAME]
+gitops update-cluster NAME --record-identity [--by NAME]
 gitops remove-cluster NAME [--forget --reason TEXT] [--by NAME]
 gitops update-source NAME [--url URL] [--branch B] ... (what is left out stays)
 gitops suspend NAME | gitops resume NAME
@@ -504,6 +505,15 @@ class Command(BaseCommand):
             actor=Actor.command_line(options["by"]),
         )
         self.stdout.write(f"added cluster {record.name} ({record.credentials_ref})")
+        if record.identity:
+            self.stdout.write(
+                f"  identity: kube-system namespace uid {record.identity} (another cluster is refused)"
+            )
+        else:
+            self.stdout.write(
+                f"  identity not recorded (it did not answer): "
+                f"gitops update-cluster {record.name} --record-identity"
+            )
         status = next(s for s in cluster_admin.clusters_status() if s.name == record.name)
         self.stdout.write("  " + _cluster_line(status))
 
@@ -527,8 +537,11 @@ class Command(BaseCommand):
             actor=Actor.command_line(options["by"]),
             allow_unverified_tls=allowed,
             credentials=_new_credentials(options),
+            record_identity=options["record_identity"],
         )
-        if updated.moved_from:
+        if updated.recorded_from is not None:
+            lines = _recorded_lines(updated)
+        elif updated.moved_from:
             lines = _moved_lines(updated)
         elif allowed is None:
             record = updated.record
@@ -915,6 +928,25 @@ def _add_cluster_parsers(commands: Any) -> None:
     listing = commands.add_parser("clusters", help="list clusters: server, reachability, version, sources")
     listing.add_argument("--json", action="store_true")
 
+    _update_cluster_parser(commands)
+
+    remove = commands.add_parser(
+        "remove-cluster", help="forget a cluster (refused while a source targets it or holds objects there)"
+    )
+    remove.add_argument("name")
+    remove.add_argument(
+        "--forget",
+        action="store_true",
+        help="a cluster gone for good: drop what Sluice applied there from its inventory, waive the "
+        "rollbacks owed to it and drop the changes pending there, without asking the cluster",
+    )
+    remove.add_argument(
+        "--reason", default="", help="with --forget, required: why (the audit trail keeps it)"
+    )
+    _by_argument(remove)
+
+
+def _update_cluster_parser(commands: Any) -> None:
     update = commands.add_parser(
         "update-cluster",
         help="grant or revoke a registered cluster's --allow-unverified-tls, or move its credentials to "
@@ -937,24 +969,15 @@ def _add_cluster_parsers(commands: Any) -> None:
     )
     moved.add_argument("--in-cluster", action="store_true", help="new credentials: the pods' service account")
     update.add_argument(
+        "--record-identity",
+        action="store_true",
+        help="record which cluster the registration reaches now (its kube-system namespace's uid): for one "
+        "registered before identities were kept, or rebuilt under the same name; alone",
+    )
+    update.add_argument(
         "--context", metavar="CTX", help="the context (alone: another of the same kubeconfig)"
     )
     _by_argument(update)
-
-    remove = commands.add_parser(
-        "remove-cluster", help="forget a cluster (refused while a source targets it or holds objects there)"
-    )
-    remove.add_argument("name")
-    remove.add_argument(
-        "--forget",
-        action="store_true",
-        help="a cluster gone for good: drop what Sluice applied there from its inventory, waive the "
-        "rollbacks owed to it and drop the changes pending there, without asking the cluster",
-    )
-    remove.add_argument(
-        "--reason", default="", help="with --forget, required: why (the audit trail keeps it)"
-    )
-    _by_argument(remove)
 
 
 def _where(cluster: str, namespace: str, name: str) -> str:
@@ -970,6 +993,19 @@ def _new_credentials(options: Mapping[str, Any]) -> cluster_admin.Credentials | 
     if kubeconfig is None and context is None and not in_cluster:
         return None
     return cluster_admin.Credentials(kubeconfig, context or "", in_cluster)
+
+
+def _recorded_lines(updated: cluster_admin.ClusterUpdate) -> list[str]:
+    name = updated.record.name
+    if not updated.changed:
+        return [
+            f"cluster {name}: unchanged, its identity is already kube-system namespace uid {updated.identity}"
+        ]
+    return [
+        f"cluster {name}: identity recorded, kube-system namespace uid {updated.identity} "
+        f"(was {updated.recorded_from or 'none'})",
+        "  a kubeconfig that reaches another cluster is refused by every process at its next client build",
+    ]
 
 
 def _moved_lines(updated: cluster_admin.ClusterUpdate) -> list[str]:
