@@ -181,6 +181,14 @@ def rollbacks_owed_finish(source: Source) -> None:
             if done:
                 rollout.reload()
                 _restored_event(rollout, actor, done, still, restored.failures)
+                if restored.flag_sets and _latest_of_its_source(rollout):
+                    # The clusters restored now serve what the set held before; a newer rollout's rows
+                    # are that rollout's to write.
+                    _flag_catalog_after(rollout, restored)
+
+
+def _latest_of_its_source(rollout: Rollout) -> bool:
+    return not Rollout.objects.filter(source_id=rollout.source_id, pk__gt=rollout.pk).exists()
 
 
 def rollbacks_owing(source: Source | int, now: datetime | None = None) -> QuerySet[Rollout]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import uuid
 from types import SimpleNamespace
 
 import pytest
@@ -19,8 +20,11 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
+from gitops import cluster_admin
 from gitops.models import PublishedFlag, Rollout
+from gitops.record.audit import Actor
 from gitops.rollout import decisions
+from tests.clusters import FlakyKubeconfig
 from tests.gitrepo import policy
 from tests.rollouts import rollout_of, wait_for
 from tests.workers import poll
@@ -207,3 +211,104 @@ def test_a_rollback_of_a_rollout_that_wrote_no_flag_set_never_asks_the_catalog(p
     assert Rollout.objects.get(pk=rollout.pk).phase == Rollout.Phase.ABORTED
     catalog_queries = [query["sql"] for query in captured.captured_queries if "publishedflag" in query["sql"]]
     assert catalog_queries == []
+
+
+FLAKY = "flaky"  # member cluster member-2, registered through a kubeconfig the test silences
+
+
+def flaky_cluster(stack, tmp_path) -> FlakyKubeconfig:
+    """Registers FLAKY, as tests/integration/test_clusters.py's ``Fleet.flaky`` does: member-2 through a
+    kubeconfig of its own, which ``silence()`` points at a closed port and ``answer()`` at member-2 again."""
+    kubeconfig = FlakyKubeconfig(tmp_path / f"{FLAKY}.kubeconfig", stack["KUBECONFIG"], "member-2")
+    cluster_admin.cluster_add(name=FLAKY, kubeconfig=str(kubeconfig.path), actor=Actor.command_line("tests"))
+    return kubeconfig
+
+
+def as_recorded(source) -> dict[tuple[str, str], dict]:
+    """The source's catalog rows by (flag set, key), with which rollout each names: all but the row's id
+    and the time it was written."""
+    return {
+        flag: {field: value for field, value in row.items() if field not in ("id", "recorded_at")}
+        for flag, row in catalog(source).items()
+    }
+
+
+def test_an_abort_while_the_flag_sets_cluster_is_silent_leaves_its_rows_as_the_rollout_left_them(
+    repo, make_source, sync, people, stack, cluster_for, tmp_path
+):
+    """The rollout's only cluster wrote its canary of the flag set, then stopped answering, and the
+    rollout was aborted: that cluster is owed its rollback and still serves the rollout's content, so
+    the catalog keeps the set's rows as the rollout left them (its keys count for other sources). Before
+    2026-12-07 (9ec1a97) the rollback rewrote them to the definitions from before the rollout, which no
+    cluster served.
+
+    Once the cluster answers, the owed rollback restores the flag set there and lists it as it was (it
+    left the rows as the abort had, listing what no cluster served any more, until 2026-12-07)."""
+    flaky = flaky_cluster(stack, tmp_path)
+    member = cluster_for("member-2")  # the same cluster, read through the stack's own kubeconfig
+    namespace = f"t{uuid.uuid4().hex[:8]}"
+    member.create_namespace(namespace)
+    switch = {"state": "ENABLED", "variants": ON_OFF, "defaultVariant": "off"}
+    switched_on = {**switch, "defaultVariant": "on"}
+
+    def publish(flags: dict, message: str, steps=None) -> str:
+        document: dict = {
+            "targets": [{"cluster": FLAKY, "namespaces": [namespace]}],
+            "flags": {"namespace": namespace},
+        }
+        if steps:
+            document["rollout"] = {"steps": steps}
+        repo.write_all({"sluice.yaml": document, "flags/checkout.json": json.dumps({"flags": flags})})
+        return repo.commit(message)
+
+    def published() -> dict:
+        return member.get_configmap(namespace, "checkout")["data"]
+
+    publish({"new-checkout": switch, "beta": switch}, "v1")
+    source = make_source(name=f"shop-{uuid.uuid4().hex[:6]}", allowed_namespaces=["t*", f"{FLAKY}/t*"])
+    first = sync(source)
+    assert first["outcome"] == "applied", first["errors"]
+    before = as_recorded(source)
+    assert set(before) == {("checkout", "new-checkout"), ("checkout", "beta")}
+    v1_published = published()
+
+    # v2 turns new-checkout on, removes beta and adds fresh: at 25% its canary is written in flaky.
+    steps = [{"setWeight": 25}, {"pause": {}}]
+    publish({"new-checkout": switched_on, "fresh": switched_on}, "v2: on, beta goes, fresh comes", steps)
+    sync(source)
+    paused = wait_for(source, phase="Paused", waiting_for="approval", weight=25)
+    canary = json.loads(published()["checkout.flagd.json"])
+    assert canary["metadata"]["sluiceCanaryWeight"] == 25, "the rollout's canary is published in flaky"
+    during = as_recorded(source)
+    assert during[("checkout", "new-checkout")]["rollout_id"] == paused.pk
+    assert during[("checkout", "new-checkout")]["default_variant"] == "on"
+    assert during[("checkout", "fresh")]["rollout_id"] == paused.pk
+    assert during[("checkout", "beta")]["removed"] and during[("checkout", "beta")]["rollout_id"] == paused.pk
+
+    flaky.silence()
+    decisions.rollout_abort(paused.pk, user=people["approver"], reason="not now")
+    aborted = wait_for(source, phase="Aborted", of=paused)
+
+    assert aborted.rollback_pending_clusters == [FLAKY]
+    assert "rollback owed on flaky" in aborted.message
+    assert json.loads(published()["checkout.flagd.json"]) == canary, "flaky still serves the canary"
+    # Written with the rollout's end, in one transaction: read once it is Aborted.
+    after = as_recorded(source)
+    assert after == during, "the rows stay as the rollout left them"
+    changed = ("checkout", "new-checkout")
+    assert after[changed]["definition_hash"] != before[changed]["definition_hash"], "not rewritten to v1's"
+    assert ("checkout", "fresh") in after and after[("checkout", "beta")]["removed"]
+
+    flaky.answer()  # the owed rollback is retried by itself, and restores flaky
+    poll(
+        lambda: Rollout.objects.get(pk=aborted.pk).rollback_pending_clusters == [],
+        timeout=120,
+        what="the owed rollback of flaky",
+    )
+    assert published() == v1_published, "flaky serves v1 again"
+    # The owed rollback, once done, lists the flag set as flaky serves it again: v1's, for everyone.
+    restored = as_recorded(source)
+    assert set(restored) == set(before), "fresh went, beta came back"
+    for flag, row in restored.items():
+        assert served(row) == served(before[flag]), flag
+        assert row["rollout_id"] != aborted.pk and not row["removed"], flag
