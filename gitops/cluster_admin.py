@@ -265,11 +265,7 @@ def _credentials_move(seen: ClusterRecord, wanted: ClusterRecord, actor: Actor) 
         record = ClusterRecord.objects.select_for_update().filter(name=seen.name).first()
         if record is None:
             raise PermanentError(f"no cluster named {seen.name!r} (removed meanwhile)")
-        if (record.pk, _credentials_of(record), record.allow_unverified_tls) != (
-            seen.pk,
-            _credentials_of(seen),
-            seen.allow_unverified_tls,
-        ):
+        if _as_read(record) != _as_read(seen):
             # Also an allowance revoked meanwhile: taken from the row read before, it would be granted again.
             raise PermanentError(
                 f"cluster {seen.name!r} was removed and registered again, moved, or its allowance changed, "
@@ -313,8 +309,10 @@ def _identity_record(seen: ClusterRecord, actor: Actor) -> ClusterUpdate:
         ) from exc
     with transaction.atomic():
         record = ClusterRecord.objects.select_for_update().filter(name=seen.name).first()
-        if record is None or _credentials_of(record) != _credentials_of(seen):
-            raise PermanentError(f"cluster {seen.name!r} was removed or moved meanwhile; look at it again")
+        if record is None or _as_read(record) != _as_read(seen):
+            # Removed and added again, moved, an allowance revoked (the identity was read under it), or
+            # another record of it meanwhile.
+            raise PermanentError(f"cluster {seen.name!r} changed meanwhile; look at it again")
         if record.identity == identity:
             return ClusterUpdate(record, changed=False, unverified_now=None, identity=identity)
         before = copy.copy(record)
@@ -366,6 +364,11 @@ def _identity_through(record: ClusterRecord) -> str:
                 "they reach the server without checking its certificate, which is not allowed"
             )
         return loaded.identity(timeout=PROBE_SECONDS)
+
+
+def _as_read(record: ClusterRecord) -> tuple[object, ...]:
+    """What a change made from a row read before its lock must find unchanged under it."""
+    return record.pk, _credentials_of(record), record.allow_unverified_tls, record.identity
 
 
 def _credentials_of(record: ClusterRecord) -> tuple[str, str, bool]:

@@ -180,8 +180,13 @@ class Cluster(models.Model):
     )
     # The cluster it was registered for (``gitops.cluster.Cluster.identity``): a kubeconfig rewritten in
     # place to reach another cluster is refused when a worker builds its client again. "" until recorded.
+    # A database default too: a process of the release before, during an upgrade, inserts rows without it.
     identity = models.CharField(
-        max_length=64, blank=True, default="", help_text="its kube-system namespace's uid, when registered"
+        max_length=64,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="its kube-system namespace's uid, when registered",
     )
     created_at = models.DateTimeField(default=timezone.now)
 

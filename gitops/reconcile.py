@@ -464,6 +464,7 @@ def source_sync(
     report_rollout: bool = True,
     rollouts_only: bool = False,
     after_failures: int | None = None,
+    retry_due: float | None = None,
 ) -> SyncResult:
     """Fetch, validate, plan, roll out and record one source. Raises SourceBusy when another run holds it.
 
@@ -478,14 +479,14 @@ def source_sync(
     window holds it), not once the source is suspended, and as Sluice after a sync that was not
     automatic (see ``coalesced_actor``).
 
-    ``after_failures``: a failed pass's wake (``schedule.source_retry_wake``), which does nothing once
-    another pass ran since (the count of failures in a row moved, or a poll is queued), and leaves no
-    request when a pass holds the source: that pass records its own outcome.
+    ``after_failures``, ``retry_due``: a failed pass's wake (``schedule.source_retry_wake``), which does
+    nothing once another pass ran or was claimed since (``_wake_stale``), and leaves no request when a
+    pass holds the source: that pass records its own outcome.
     """
     source = _source_to_sync(source_id, automatic=automatic, rollouts_only=rollouts_only)
     if isinstance(source, SyncResult):
         return source
-    if after_failures is not None and (source.consecutive_failures != after_failures or source.sync_queued):
+    if after_failures is not None and _wake_stale(source, after_failures, retry_due):
         return SyncResult(source.name, Outcome.COALESCED)
     asked = _Asked(
         actor, actor if automatic else SYSTEM_ACTOR, retry_failed, manual, rollouts_only, report_rollout
@@ -738,6 +739,21 @@ def sync_failure_record(source_id: int, error: BaseException) -> SyncResult:
         message,
     )
     return SyncResult(source.name, Outcome.FAILED, errors=[message])
+
+
+def _wake_stale(source: Source, failures: int, due: float | None) -> bool:
+    """Whether a failed pass's wake has nothing left to do: a pass ran since (the count of failures in a
+    row moved, or the next try did: a poll claimed moves it), or a poll is queued. One that came before
+    the next try (sent beyond MAX_WAKE_AHEAD) is sent again for it."""
+    next_try = source.next_poll_at
+    if source.consecutive_failures != failures or source.sync_queued or next_try is None:
+        return True
+    if due is not None and abs(next_try.timestamp() - due) > 0.001:
+        return True
+    if next_try > timezone.now():
+        schedule.source_retry_wake(source.pk, next_try, failures=failures)
+        return True
+    return False
 
 
 def _wave_tried_again_at(source_id: int, when: datetime, failures: int) -> None:

@@ -242,8 +242,9 @@ RETRY_WAKE_AFTER_POLL = timedelta(seconds=2 * float(settings.SLUICE_POLL_SWEEP_S
 def source_retry_wake(source_id: int, when: datetime, *, failures: int) -> None:
     """Wakes a source whose pass failed and left a rollout mid-wave, a little after its next try (``when``)
     and only if nothing has run it since: beat's poll takes it up at ``when`` (when beat runs), and then
-    the wake finds ``failures`` changed and does nothing. A wake that collided with that poll would run a
-    second pass against a host that is down, or leave a request that cuts the back-off short. Robust, as
+    the wake finds ``failures`` or the source's next try changed and does nothing. A wake that collided
+    with that poll would run a second pass against a host that is down, or leave a request that cuts the
+    back-off short. One due beyond MAX_WAKE_AHEAD comes early, and is sent again for its time. Robust, as
     ``source_sync_at``: beat's poll loses nothing a lost wake would have done."""
     kwargs = {
         "source_id": source_id,
@@ -251,6 +252,7 @@ def source_retry_wake(source_id: int, when: datetime, *, failures: int) -> None:
         "automatic": True,
         "rollouts_only": True,
         "after_failures": failures,
+        "retry_due": when.timestamp(),
     }
     eta = min(when + RETRY_WAKE_AFTER_POLL, timezone.now() + MAX_WAKE_AHEAD)
     transaction.on_commit(lambda: _send(SYNC_TASK, kwargs=kwargs, eta=eta, ignore_result=True), robust=True)

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 BUSY_RETRY_SECONDS = 1
 BUSY_MAX_RETRIES = 600
+# A failed pass's wake that finds the source held asks again this often, this many times (two minutes).
+WAKE_BUSY_RETRY_SECONDS = 5
+WAKE_BUSY_RETRIES = 24
 TEMPORARY_MAX_RETRIES = 2
 
 
@@ -68,6 +71,7 @@ def sync_source(
     rollouts_only: bool = False,
     temporary_tries: int = 0,
     after_failures: int | None = None,
+    retry_due: float | None = None,
 ) -> dict[str, Any]:
     """``temporary_tries``: retries after a temporary error so far, counted apart from the retries of a
     busy source (Celery's own count has both: a person's sync that waited for a pass would otherwise
@@ -83,6 +87,7 @@ def sync_source(
             automatic=automatic,
             rollouts_only=rollouts_only,
             after_failures=after_failures,
+            retry_due=retry_due,
             # Sent with ignore_result (a push, a poll): the result is stored nowhere and read by nobody.
             report_rollout=not self.request.ignore_result,
         ).as_dict()
@@ -94,12 +99,7 @@ def sync_source(
         # Counted as a blip: a loss that comes back every time is recorded, not retried for ever.
         return _sync_failed(self, source_id, TemporaryError(str(exc)), temporary_tries, {})
     except SourceBusy as exc:
-        # The running reconcile takes the request over (coalesced); only a caller awaiting this task retries.
-        if not wait_if_busy:
-            return {"source_id": source_id, "outcome": Outcome.COALESCED}
-        if self.request.retries >= BUSY_MAX_RETRIES:
-            raise
-        raise self.retry(exc=exc, countdown=BUSY_RETRY_SECONDS) from exc
+        return _source_busy(self, exc, source_id, wait_if_busy=wait_if_busy, after_failures=after_failures)
     except LaterPassFailed as failed:
         # What came meanwhile failed: retried as what it ran, never as the request that ran first
         # (a person's sync through a manual-only window would release the pushes behind it).
@@ -118,6 +118,22 @@ def sync_source(
         return sync_failure_record(source_id, exc).as_dict()
 
 
+def _source_busy(
+    task: Task[Any, Any], exc: SourceBusy, source_id: int, *, wait_if_busy: bool, after_failures: int | None
+) -> dict[str, Any]:
+    """A sync that found its source held by another: coalesced, or asked again (raises ``Retry``)."""
+    # The running reconcile takes the request over (coalesced); only a caller awaiting this task retries.
+    if not wait_if_busy:
+        if after_failures is not None and task.request.retries < WAKE_BUSY_RETRIES:
+            # A failed pass's wake leaves no request; a preview or a person's decision holding the
+            # source takes up none, so the wake asks again (a pass that held it moved the count).
+            raise task.retry(exc=exc, countdown=WAKE_BUSY_RETRY_SECONDS) from exc
+        return {"source_id": source_id, "outcome": Outcome.COALESCED}
+    if task.request.retries >= BUSY_MAX_RETRIES:
+        raise exc
+    raise task.retry(exc=exc, countdown=BUSY_RETRY_SECONDS) from exc
+
+
 # How a later pass of a sync ran (gitops.reconcile.source_sync): automatic, without the first request's
 # manual sync, retry or decisions-only, and coalesced into a running pass when the source is busy.
 COALESCED_PASS = {
@@ -126,6 +142,9 @@ COALESCED_PASS = {
     "rollouts_only": False,
     "automatic": True,
     "wait_if_busy": False,
+    # A failed pass's wake that ran a pass: what came meanwhile is no wake of it.
+    "after_failures": None,
+    "retry_due": None,
 }
 
 

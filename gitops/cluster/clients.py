@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import threading
 import time
@@ -49,6 +50,9 @@ class UnverifiedClusterError(PermanentError):
 UNREACHABLE_MEMORY_SECONDS = 5.0
 # How long a new client's first question (which cluster it reaches) may take: it holds up that build.
 IDENTITY_SECONDS = 3.0
+# How long a client refused for reaching another cluster stays refused without being asked again, its
+# files unchanged: what answers at an address can change (a misrouted name), unlike the files.
+IDENTITY_REFUSAL_SECONDS = 60.0
 # Idle connections a client keeps: enough for a worker's parallel applies (the live cache wants more).
 DEFAULT_POOL_SIZE = 32
 
@@ -144,8 +148,9 @@ def _another_cluster(ref: ClusterRef, connected: Cluster) -> str | None:
     registered for (``Cluster.identity``); None when it reaches that one, or none was recorded. A
     kubeconfig rewritten in place (another server, another context) would otherwise have Sluice prune,
     apply and roll back there what its inventory, pending changes and owed rollbacks say of this one.
-    One that does not answer is not kept (TemporaryError: the next request builds it again); one whose
-    identity it may not read (RBAC without Sluice's namespace reader) is used, unverified, and logged."""
+    One that does not answer is not kept (TemporaryError, remembered as unreachable for a few seconds,
+    then built again); one whose identity it may not read (RBAC without Sluice's namespace reader) is
+    used, unverified, and logged."""
     if not ref.identity:
         return None
     try:
@@ -265,13 +270,20 @@ class ClusterClients:
         # Clusters whose client was refused as unverified, by the fingerprint it was built from: asked
         # again, the refusal is repeated without building (loading a kubeconfig may run an exec plugin)
         # until the kubeconfig, the files it names or the registration change.
-        self._refused: dict[str, tuple[tuple[object, ...], str, type[PermanentError]]] = {}
+        self._refused: dict[str, tuple[tuple[object, ...], str, type[PermanentError], float]] = {}
+        # Clusters whose identity read did not answer, by the fingerprint built from (``get``).
+        self._unanswered: dict[str, tuple[object, ...]] = {}
 
     def mark_unreachable(self, name: str, error: GitopsError) -> None:
-        """Remembers for a few seconds that ``name`` did not answer (or refused), and counts it."""
-        metrics.CLUSTER_UNREACHABLE.labels(name).inc()
+        """Remembers for a few seconds that ``name`` did not answer (or refused), and counts it. The error
+        remembered, raised again by ``get`` and reported back here, does not make the memory last longer:
+        the cluster would never be asked again."""
         with self._lock:
+            entry = self._down.get(name)
+            if entry is not None and entry[1] is error:
+                return
             self._down[name] = (time.monotonic() + UNREACHABLE_MEMORY_SECONDS, error)
+        metrics.CLUSTER_UNREACHABLE.labels(name).inc()
 
     def forget_unreachable(self) -> None:
         """Tests: forgets every cluster that failed a moment ago: one test's refusals are not the next's."""
@@ -327,14 +339,19 @@ class ClusterClients:
                 if (known := self._current(ref.name, fingerprint)) is not None:
                     return known  # another thread built it meanwhile
                 self._raise_refused(ref.name, fingerprint)
+            if self._unanswered.get(ref.name) == fingerprint and (
+                down := self.recently_unreachable(ref.name)
+            ):
+                # Its build asks the cluster which it is: one that did not answer a moment ago, from these
+                # very files, costs one timeout per process every few seconds, as its requests do, not one
+                # per request. New files (credentials, a server) are asked at once.
+                raise down
             connected = ref.connect(pool_size=self.pool_size)
             # Checked at each build, so also when a kubeconfig is rewritten in place: add-cluster's check
             # alone let a file that later skipped the certificate check send the cluster's credentials to
             # whoever answers at its server's address.
             if (refusal := ref.unverified_refusal(connected)) is not None:
                 self._refuse(ref.name, fingerprint, connected, refusal)
-            if (refusal := _another_cluster(ref, connected)) is not None:
-                self._refuse(ref.name, fingerprint, connected, refusal, ClusterIdentityError)
             if not connected.has_credentials and _credentials_expected(ref):
                 connected.close()
                 # An exec plugin that failed once (a cloud CLI's throttled call) left the client without
@@ -344,10 +361,20 @@ class ClusterClients:
                     f"cluster {ref.name}: its kubeconfig's credentials could not be loaded (an exec plugin "
                     "failed?); asked again at the next request"
                 )
+            try:
+                refusal = _another_cluster(ref, connected)
+            except TemporaryError as exc:
+                with self._lock:
+                    self._unanswered[ref.name] = fingerprint
+                self.mark_unreachable(ref.name, exc)
+                raise
+            if refusal is not None:
+                self._refuse(ref.name, fingerprint, connected, refusal, ClusterIdentityError)
             with self._lock:
                 replaced = self._clients.get(ref.name)
                 self._clients[ref.name] = (fingerprint, connected)
                 self._down.pop(ref.name, None)  # new credentials or a new server: ask it afresh
+                self._unanswered.pop(ref.name, None)
                 self._refused.pop(ref.name, None)
         if replaced is not None:
             replaced[1].close()
@@ -364,8 +391,10 @@ class ClusterClients:
         """Drops a client refused (unverified, or another cluster), and the one built before from other
         files: neither is served, and the refusal is remembered for these files."""
         connected.close()
+        # An identity seen once (a misrouted address) is asked again after a while; files do not change.
+        until = time.monotonic() + IDENTITY_REFUSAL_SECONDS if kind is ClusterIdentityError else math.inf
         with self._lock:
-            self._refused[name] = (fingerprint, refusal, kind)
+            self._refused[name] = (fingerprint, refusal, kind, until)
             stale = self._clients.pop(name, None)
         if stale is not None:
             stale[1].close()
@@ -374,7 +403,7 @@ class ClusterClients:
     def _raise_refused(self, name: str, fingerprint: tuple[object, ...]) -> None:
         """Refuses again a client refused from these very files (the lock is held)."""
         refused = self._refused.get(name)
-        if refused is not None and refused[0] == fingerprint:
+        if refused is not None and refused[0] == fingerprint and time.monotonic() < refused[3]:
             raise refused[2](refused[1])
 
     def _current(self, name: str, fingerprint: tuple[object, ...]) -> Cluster | None:

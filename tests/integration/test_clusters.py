@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from django.core.management import CommandError, call_command
 from django.test import Client
+from django.utils import timezone
 
 from gitops import cluster_admin, selectors
 from gitops.cluster import clients, pools
@@ -318,20 +319,27 @@ def test_a_failed_passs_wake_does_nothing_once_another_pass_ran_and_leaves_no_re
     repo.commit("v1")
     source = make_source()
     sync(source)
-    Source.objects.filter(pk=source.pk).update(consecutive_failures=2)
+    # Two failures in a row, and their next try due: what the wake of the second finds when nothing ran.
+    Source.objects.filter(pk=source.pk).update(consecutive_failures=2, next_poll_at=timezone.now())
 
-    def wake(failures: int) -> str:
+    def wake(failures: int) -> str:  # one whose count no longer holds: it does nothing
         kwargs = {"automatic": True, "rollouts_only": True, "wait_if_busy": False, "after_failures": failures}
         return sync_source.delay(source.pk, **kwargs).get(timeout=60)["outcome"]
 
     before = Source.objects.values_list("last_synced_at", flat=True).get(pk=source.pk)
     assert wake(1) == "coalesced", "a pass ran since the failure that sent it"
-    with source_lock(source) as held:
+    assert Source.objects.values_list("last_synced_at", flat=True).get(pk=source.pk) == before
+    kwargs = {"automatic": True, "rollouts_only": True, "wait_if_busy": False, "after_failures": 2}
+    with source_lock(source) as held:  # as a preview or a person's decision holds it
         assert held
-        assert wake(2) == "coalesced", "a pass holds the source: it records its own outcome"
-    after = Source.objects.values_list("last_synced_at", "sync_requested_at").get(pk=source.pk)
-    assert after == (before, None), "nothing ran, and no request was left"
-    assert wake(2) != "coalesced", "nothing ran since: the wake runs the pass"
+        waiting = sync_source.delay(source.pk, **kwargs)
+        poll(lambda: waiting.state == "RETRY", timeout=60, what="the wake to find the source held")
+        assert Source.objects.values_list("sync_requested_at", flat=True).get(pk=source.pk) is None, (
+            "no request left: the holder takes none up"
+        )
+    # Asked again once the source is free, nothing having run since: the wake runs the pass.
+    assert waiting.get(timeout=60)["outcome"] != "coalesced"
+    assert Source.objects.values_list("last_synced_at", flat=True).get(pk=source.pk) != before
 
 
 def test_a_cluster_late_past_the_deadline_leaves_no_thread_in_the_next_passs_way(fleet, settings, tmp_path):
