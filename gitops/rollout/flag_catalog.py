@@ -617,11 +617,13 @@ def _first_publications(rollout: Rollout, set_keys: Iterable[SetKey]) -> dict[Se
 def _cluster_baselines(
     rollout: Rollout, set_keys: Iterable[SetKey]
 ) -> dict[tuple[str, str, str], dict[str, Any] | None]:
-    """Each flag set as each cluster published it before this rollout first touched it there."""
+    """Each flag set as each cluster published it before this rollout first touched it there. A self-heal
+    is no change of the rollout's: what it replaced is a hand edit, not the set's old side
+    (``step.flag_baselines``)."""
     wanted = set(set_keys)
     intents = (
         rollout.intents.filter(kind=CONFIGMAP, name__in={name for _, name in wanted})
-        .exclude(action=ChangeAction.ROLLBACK)
+        .exclude(action__in=(ChangeAction.ROLLBACK, ChangeAction.SELF_HEAL))
         .order_by("id")
         .values_list("cluster", "namespace", "name", "before")
     )

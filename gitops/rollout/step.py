@@ -471,44 +471,74 @@ def flag_baselines(
     index: dict[ObjectKey, dict[str, Any]],
     managed: Collection[ObjectKey] = (),
 ) -> dict[ObjectKey, dict[str, Any] | None]:
-    """Each flag set as published before this rollout touched it: the old side of its canary. With
-    ``managed``, the source's flag sets Git dropped beside them too (``_dropped_flag_sets``)."""
+    """Each flag set as published before this rollout touched it: the old side of its canary
+    (``baselines_of`` says which). With ``managed``, the source's flag sets Git dropped beside them too
+    (``_dropped_flag_sets``)."""
     flag_objects = [obj for obj in desired.objects if obj.flag_set is not None]
     if not flag_objects:
         return {}
     # What each flag set held before the rollout's first change to it: only the flag sets' intents, and
-    # only their key and that content (a rollout's ConfigMaps may be thousands of intents).
+    # only their key and that content (a rollout's ConfigMaps may be thousands of intents). A self-heal
+    # is no change of the rollout's: it puts back what Sluice published, and what it replaced is a hand
+    # edit (taken as the old side, the next step served the edit again to the users outside the canary).
     replaced: dict[ObjectKey, dict[str, Any] | None] = {}
     rows = (
-        rollout.intents.exclude(action=ChangeAction.ROLLBACK)
+        rollout.intents.exclude(action__in=(ChangeAction.ROLLBACK, ChangeAction.SELF_HEAL))
         .filter(kind=CONFIGMAP, name__in={obj.name for obj in flag_objects})
         .order_by("id")
         .values_list("cluster", "namespace", "name", "before")
     )
     for cluster, namespace, name, before in rows:
         replaced.setdefault((cluster, namespace, name), before)
-    baselines: dict[ObjectKey, dict[str, Any] | None] = {}
     limits = Limits.from_settings(settings)
+    baselines = baselines_of(flag_objects, replaced, index, source=rollout.source.name, limits=limits)
+    baselines.update(_dropped_flag_sets(flag_objects, index, managed, limits))
+    return baselines
+
+
+def baselines_of(
+    flag_objects: Sequence[DesiredObject],
+    replaced: Mapping[ObjectKey, dict[str, Any] | None],
+    index: Mapping[ObjectKey, dict[str, Any]],
+    *,
+    source: str,
+    limits: Limits,
+) -> dict[ObjectKey, dict[str, Any] | None]:
+    """Each flag set's old side (``flag_baselines``), given what the rollout's first write of each
+    replaced (``replaced``) and the live objects (``index``): what that write replaced; else, for a set
+    the cluster holds as Sluice applied it from Git (the commit leaves it as it is), Git's own; else
+    what the cluster publishes now, the rollout's first read of it."""
+    baselines: dict[ObjectKey, dict[str, Any] | None] = {}
     for obj in flag_objects:
-        data: dict[str, str] | None
+        live_object = index.get(obj.key)
+        content: Mapping[str, Any] | None
         if obj.key in replaced:
-            before = replaced[obj.key]
-            data = (before or {}).get("data") if before is not None else None
+            content = replaced[obj.key]
+        elif live_object is None:
+            content = None
         else:
-            live_object = index.get(obj.key)
-            if live_object is not None and live_provenance(live_object)[0] != rollout.source.name:
+            owner, _, applied_hash = live_provenance(live_object)
+            if owner != source:
                 # Another source's, or made by hand: a conflict the plan reports and never writes, so
                 # it is no side of this canary (read as one, a set Sluice cannot read failed every
                 # weighted rollout of the source, asking its people to restore what is not theirs).
-                live_object = None
-            data = live_object.get("data") if live_object is not None else None
-        text = (data or {}).get(flag_set_key(obj.name))
+                content = None
+            elif applied_hash == obj.content.hash and obj.flag_set is not None:
+                # Its stamp says Sluice applied Git's very set there (the commit leaves it as it is): that
+                # is its old side, whatever the cluster holds now. An edit since is drift, reported or
+                # healed as at any pass; read as the old side, an edit between two steps became a canary
+                # of the edit (written over it, selfHeal or not) and, pinned by that write, what a
+                # rollback restored.
+                baselines[obj.key] = obj.flag_set.document
+                continue
+            else:
+                content = live_object
+        text = ((content or {}).get("data") or {}).get(flag_set_key(obj.name))
         baselines[obj.key] = published_baseline(text, limits)
         if text and baselines[obj.key] is None:
             # Started from no flags, the canary would serve everyone outside it no flag of the set at
             # all (the code's defaults), not the flags they have now.
             raise PublishedFlagSetUnreadable(obj.key)
-    baselines.update(_dropped_flag_sets(flag_objects, index, managed, limits))
     return baselines
 
 
