@@ -435,6 +435,7 @@ class ClusterClients:
                 self._refused.clear()
             for name in wanted:
                 self._refused.pop(name, None)
+                self._unanswered.pop(name, None)
             if names is None:
                 self._refs = None
         for _, cluster in dropped:

@@ -181,14 +181,19 @@ def rollbacks_owed_finish(source: Source) -> None:
             if done:
                 rollout.reload()
                 _restored_event(rollout, actor, done, still, restored.failures)
-                if restored.flag_sets and _latest_of_its_source(rollout):
-                    # The clusters restored now serve what the set held before; a newer rollout's rows
-                    # are that rollout's to write.
+                if restored.flag_sets and not _flag_sets_written_since(rollout, restored):
+                    # The clusters restored now serve what the set held before; the rows of a set a
+                    # newer rollout wrote are that rollout's.
                     _flag_catalog_after(rollout, restored)
 
 
-def _latest_of_its_source(rollout: Rollout) -> bool:
-    return not Rollout.objects.filter(source_id=rollout.source_id, pk__gt=rollout.pk).exists()
+def _flag_sets_written_since(rollout: Rollout, restored: Restored) -> bool:
+    """Whether a newer rollout of the source wrote one of the flag sets ``restored`` holds."""
+    names = {name for _, _, _, name in restored.flag_sets}
+    newer = ApplyIntent.objects.filter(
+        source_id=rollout.source_id, rollout_id__gt=rollout.pk, kind=CONFIGMAP, name__in=names
+    )
+    return newer.exists()
 
 
 def rollbacks_owing(source: Source | int, now: datetime | None = None) -> QuerySet[Rollout]:
