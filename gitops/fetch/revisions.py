@@ -16,7 +16,6 @@ from datetime import datetime
 from pathlib import Path
 
 from django.conf import settings
-from django.db.models import Q
 from django.utils import timezone
 
 from gitops import caches, metrics
@@ -49,7 +48,7 @@ from gitops.fetch.mirror import (
     TooManySkippedEntries,
 )
 from gitops.fetch.refs import RequestedRevision
-from gitops.models import PERSON_LENGTH, Revision, Rollout, Source, known_cluster_names
+from gitops.models import PERSON_LENGTH, ApplyIntent, Revision, Rollout, Source, known_cluster_names
 from gitops.prepared import PreparedSelect, PreparedUpdate
 from gitops.record import notifications
 from gitops.record.bulk import row_create_once
@@ -199,9 +198,10 @@ def _alone_with_its_flag_keys(
     Asked at every pass until the revision is out (``_went_out``): a new one, one rejected before (the
     other source may take the key out at any time, and then it goes through without a push), one valid
     but held back (a freeze, a window, a queue) while another source may have started publishing the key,
-    and one whose rollouts were all rolled back (a retry). One that is out is not asked again: a catalog
-    that lags what the clusters serve (a rollout's rows are written after its step's applies) would
-    otherwise reject, and roll back, a revision that went out first, or stop an applied one's self-heal.
+    one whose rollouts were all rolled back (a retry), and one the branch went back to. One that is out
+    is not asked again: a catalog that lags what the clusters serve (a rollout's rows are written after
+    its step's applies) would otherwise reject, and roll back, a revision that went out first, or stop an
+    applied one's self-heal.
     A revision without flag sets asks nothing (``flag_keys_elsewhere``).
     """
     asked = bool(flag_keys(desired).definitions) and not _went_out(source, revision)
@@ -222,26 +222,31 @@ def _alone_with_its_flag_keys(
 
 
 def _went_out(source: Source, revision: Revision) -> bool:
-    """Whether the revision is out: a rollout of it completed, was superseded, or is under way and has
-    begun writing (its intents). One aborted or failed was rolled back, and its rollback takes the keys it
-    brought out of the catalog: its retry is asked again, as another source may have started publishing
-    one of them since (it was not, and published the key beside that source's). Remembered per worker once
-    completed or superseded, so that a settled poll asks the database nothing more."""
+    """Whether the revision is what the source's clusters serve now: the source's latest rollout is of it,
+    and completed, or under way and has begun writing (its intents). Not one whose rollouts were all rolled
+    back (aborted or failed: its retry is asked again, as its rollback took its keys out of the catalog and
+    another source may have started publishing one since), nor one the branch went back to after a later
+    commit went out (its keys left the catalog with that commit's rollout). Either was not asked, and
+    published a key beside another source's. Remembered per worker once completed, so that a settled
+    poll asks the database nothing more."""
     if revision.outcome in (Revision.Outcome.PENDING, Revision.Outcome.REJECTED):
         return False
     cache = caches.for_source(source.pk)
     if cache.went_out == revision.pk:
         return True
-    settled = (Rollout.Phase.COMPLETED, Rollout.Phase.SUPERSEDED)
-    phase = (
-        Rollout.objects.filter(revision_id=revision.pk)
-        .filter(Q(phase__in=settled) | Q(phase__in=Rollout.ACTIVE_PHASES, intents__isnull=False))
-        .values_list("phase", flat=True)
+    latest = (
+        Rollout.objects.filter(source_id=source.pk)
+        .order_by("-id")
+        .values_list("pk", "revision_id", "phase")
         .first()
     )
-    if phase in settled:
+    if latest is None or latest[1] != revision.pk:
+        return False
+    pk, _, phase = latest
+    if phase == Rollout.Phase.COMPLETED:
         cache.went_out = revision.pk
-    return phase is not None
+        return True
+    return phase in Rollout.ACTIVE_PHASES and ApplyIntent.objects.filter(rollout_id=pk).exists()
 
 
 def flag_keys_elsewhere(source: Source, desired: DesiredState) -> list[ValidationError]:

@@ -343,3 +343,31 @@ def _ended(source, rollout: Rollout) -> Rollout:
         timeout=60,
         what=f"rollout {rollout.pk} of {source.name} to end",
     )
+
+
+def test_a_branch_moved_back_to_a_commit_that_went_out_before_is_asked_again(
+    repo, make_namespaces, make_source, sync, cluster, tmp_path
+):
+    """The later commit's rollout took the key out of the clusters and the catalog, and another source
+    started publishing it; the branch then went back to the commit that had it. That commit had gone out
+    once, and was not asked again: it published the key beside the other source's."""
+    app_a, app_b, flags_ns = make_namespaces("a", "b", "flags")
+    files = {"flags/checkout.json": flag_set(banner=BANNER, **{"new-checkout": SWITCH})}
+    v1 = publish(repo, app_a, flags_ns, files)
+    shop = make_source(name=f"shop-{uuid.uuid4().hex[:6]}")
+    assert sync(shop)["outcome"] == "applied"
+    publish(repo, app_a, flags_ns, {"flags/checkout.json": flag_set(banner=BANNER)}, message="it goes")
+    assert sync(shop)["outcome"] == "applied"
+    other = GitRepo(tmp_path / "payments")
+    publish(other, app_b, flags_ns, {"flags/payments.json": flag_set(**{"new-checkout": SWITCH})})
+    payments = make_source(url=other.url)
+    assert sync(payments)["outcome"] == "applied", "shop publishes the key nowhere now"
+
+    repo.git("reset", "--hard", v1)
+    repo.push(force=True)
+    result = sync(shop)
+
+    where = f"{settings.SLUICE_CLUSTER_NAME}/{flags_ns}"
+    assert result["outcome"] == "rejected", result
+    assert result["errors"] == [rejection("flags/checkout.json", 11, "new-checkout", where, payments.name)]
+    assert "new-checkout" not in cluster.get_configmap(flags_ns, "checkout")["data"]["checkout.flagd.json"]

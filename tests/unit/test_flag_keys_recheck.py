@@ -112,25 +112,38 @@ def test_a_revision_is_asked_until_it_is_accepted_and_again_at_each_pass_while_r
 
 
 class Rollouts:
-    """``Rollout.objects`` as the check asks it: the phase of a rollout of a revision that is out (one
-    completed or superseded, or one under way that has begun writing), None when none is."""
+    """``Rollout.objects`` as the check asks it: the source's latest rollout, as (pk, revision, phase),
+    None when it has none; ``intents`` says whether an active one has begun writing."""
 
-    def __init__(self, phases: dict[int, str]) -> None:
-        self.phases = phases
+    def __init__(self) -> None:
+        self.latest: tuple[int, int, str] | None = None
         self.asked = 0
-        self.found: str | None = None
 
-    def filter(self, *conditions: object, revision_id: int | None = None) -> Rollouts:
-        if revision_id is not None:
-            self.asked += 1
-            self.found = self.phases.get(revision_id)
+    def filter(self, **conditions: object) -> Rollouts:
+        self.asked += 1
+        return self
+
+    def order_by(self, *fields: str) -> Rollouts:
         return self
 
     def values_list(self, *fields: str, flat: bool = False) -> Rollouts:
         return self
 
-    def first(self) -> str | None:
-        return self.found
+    def first(self) -> tuple[int, int, str] | None:
+        return self.latest
+
+
+class Intents:
+    """``ApplyIntent.objects``: whether the active rollout has written."""
+
+    def __init__(self) -> None:
+        self.written = False
+
+    def filter(self, **conditions: object) -> Intents:
+        return self
+
+    def exists(self) -> bool:
+        return self.written
 
 
 def test_a_revision_that_went_out_is_not_asked_again_and_one_held_back_is(
@@ -139,8 +152,9 @@ def test_a_revision_that_went_out_is_not_asked_again_and_one_held_back_is(
     """A catalog that lags what the clusters serve (rows written after a step's applies) rejected, and
     rolled back, a revision that went out first. One valid but held back (a freeze, a window, a queue) has
     not: another source may have started publishing its key."""
-    rollouts = Rollouts({})
+    rollouts, intents = Rollouts(), Intents()
     monkeypatch.setattr(revisions.Rollout, "objects", rollouts)
+    monkeypatch.setattr(revisions.ApplyIntent, "objects", intents)
     revision = Revision(pk=1, commit=commit(repo), outcome=Revision.Outcome.PENDING)
     assert desired(revision) is not None
     assert revision.outcome == Revision.Outcome.VALID and len(database.asked) == 1
@@ -150,17 +164,33 @@ def test_a_revision_that_went_out_is_not_asked_again_and_one_held_back_is(
 
     database.published.clear()
     assert desired(revision) is not None and revision.outcome == Revision.Outcome.VALID
-    rollouts.phases[1] = "Progressing"  # its rollout has begun writing
+    rollouts.latest, intents.written = (7, 1, "Progressing"), True  # its rollout has begun writing
     database.published.append(THERE)
     for outcome in (Revision.Outcome.VALID, Revision.Outcome.APPLIED):
         revision.outcome = outcome
         assert desired(revision) is not None
     assert len(database.asked) == 3 and len(database.rejected) == 1
     assert rollouts.asked == 3, "asked while held back, and at each pass while its rollout runs"
-    rollouts.phases[1] = "Completed"
+    rollouts.latest = (7, 1, "Completed")
     for _ in range(3):
         assert desired(revision) is not None
     assert rollouts.asked == 4, "found completed once, then remembered"
+
+
+def test_a_revision_rolled_back_or_gone_back_to_is_asked_again(
+    repo: Repo, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its keys left the catalog with its rollback, or with the later commit's rollout: another source
+    may publish one since. Neither was asked, and published the key beside that source's."""
+    rollouts, intents = Rollouts(), Intents()
+    monkeypatch.setattr(revisions.Rollout, "objects", rollouts)
+    monkeypatch.setattr(revisions.ApplyIntent, "objects", intents)
+    database.published.append(THERE)
+    for latest in ((7, 1, "Aborted"), (7, 1, "Failed"), (8, 2, "Completed"), (7, 1, "Progressing")):
+        rollouts.latest = latest  # rolled back; the branch went back from revision 2; not yet writing
+        revision = Revision(pk=1, commit=commit(repo), outcome=Revision.Outcome.APPLIED)
+        assert desired(revision) is None, latest
+    assert len(database.asked) == 4
 
 
 def test_a_revision_rejected_for_a_key_is_not_parsed_again_at_each_pass(
