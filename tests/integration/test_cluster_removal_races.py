@@ -30,6 +30,7 @@ from gitops.redaction import redact
 from gitops.rollout import decisions
 from gitops.vocabulary import ObjectsOnRemoval
 from tests.gitrepo import GitRepo, configmap
+from tests.passes import HeldPass
 from tests.rollouts import wait_for
 from tests.workers import poll
 
@@ -68,34 +69,6 @@ def registered_elsewhere(stack: dict[str, str], name: str, context: str) -> None
 
 
 # -- (a) a removal beside a pass ----------------------------------------------------------------------
-
-
-class HeldPass:
-    """A pass of ``source`` on a thread of this process, held after it read the registry and fetched
-    the head, just before it validates it (``go_on`` lets it go)."""
-
-    def __init__(self, monkeypatch, source: Source) -> None:
-        self.validating, self.go_on = threading.Event(), threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, args=(source.pk,))
-        real = reconcile.revision_desired_state
-
-        def held(*args: Any, **kwargs: Any) -> Any:
-            # The head's validation, with the clusters the pass read as it began.
-            if kwargs.get("known_clusters") is not None and threading.current_thread() is self.thread:
-                self.validating.set()
-                assert self.go_on.wait(timeout=120), "the test lets the pass go on"
-            return real(*args, **kwargs)
-
-        monkeypatch.setattr(reconcile, "revision_desired_state", held)
-
-    def _run(self, source_id: int) -> None:
-        try:
-            reconcile.source_sync(source_id)
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            connection.close()
 
 
 def _waiting_for_the_lock(source_id: int) -> bool:

@@ -40,6 +40,7 @@ from gitops.models import Notification, Revision, Source
 from gitops.plan import Action
 from gitops.vocabulary import Outcome
 from tests.gitrepo import GitRepo, SilentGitServer, configmap, policy
+from tests.passes import HeldPass
 from tests.workers import poll
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -99,45 +100,6 @@ def applied(repo, make_namespaces, make_source, sent) -> tuple[Source, str]:
     source = make_source(notify_urls=[HOOK])
     assert reconcile.source_sync(source.pk).outcome == Outcome.APPLIED
     return Source.objects.get(pk=source.pk), namespace
-
-
-class HeldPass:
-    """A pass of the source on a thread of this process, held once it holds the source's lock and has
-    fetched and recorded the head, just before it validates it; leaving the block lets it go on."""
-
-    def __init__(self, monkeypatch, source: Source) -> None:
-        self.validating, self.go_on = threading.Event(), threading.Event()
-        self.result: reconcile.SyncResult | None = None
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, args=(source.pk,), name="held-pass")
-        real = reconcile.revision_desired_state
-
-        def held(*args: Any, **kwargs: Any) -> Any:
-            # The head's validation, with the clusters the pass read as it began.
-            if kwargs.get("known_clusters") is not None and threading.current_thread() is self.thread:
-                self.validating.set()
-                assert self.go_on.wait(timeout=120), "the test lets the pass go on"
-            return real(*args, **kwargs)
-
-        monkeypatch.setattr(reconcile, "revision_desired_state", held)
-
-    def _run(self, source_id: int) -> None:
-        try:
-            self.result = reconcile.source_sync(source_id)
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            connection.close()
-
-    def __enter__(self) -> HeldPass:
-        self.thread.start()
-        assert self.validating.wait(timeout=120), "the pass to fetch the head under the source's lock"
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.go_on.set()
-        self.thread.join(timeout=120)
-        assert not self.thread.is_alive(), "the pass to end"
 
 
 # -- (a) beside a pass: nothing written, nothing waited for -----------------------------------------------
