@@ -102,6 +102,21 @@ def applied(repo, make_namespaces, make_source, sent) -> tuple[Source, str]:
     return Source.objects.get(pk=source.pk), namespace
 
 
+def preview_thread(source_id: int, outcome: dict[str, Any], name: str) -> threading.Thread:
+    """``gitops diff``'s preview of the source on a thread of its own (not started): what it showed, or
+    raised, goes into ``outcome``."""
+
+    def run() -> None:
+        try:
+            outcome["shown"] = preview.source_preview(Source.objects.get(pk=source_id))
+        except BaseException as exc:
+            outcome["error"] = exc
+        finally:
+            connection.close()
+
+    return threading.Thread(target=run, name=name)
+
+
 # -- (a) beside a pass: nothing written, nothing waited for -----------------------------------------------
 
 
@@ -170,17 +185,9 @@ def test_a_pass_that_comes_while_a_preview_records_waits_and_is_queued_once_it_l
         assert go_on.wait(timeout=120), "the test lets the preview go on"
         return real(*args, **kwargs)
 
-    def run() -> None:
-        try:
-            outcome["shown"] = preview.source_preview(Source.objects.get(pk=source.pk))
-        except BaseException as exc:
-            outcome["error"] = exc
-        finally:
-            connection.close()
-
     monkeypatch.setattr(preview, "revision_desired_state", held)
     queued_before = syncs_queued(sent, source)
-    previewing = threading.Thread(target=run, name="recording-preview")
+    previewing = preview_thread(source.pk, outcome, "recording-preview")
     previewing.start()
     try:
         assert validating.wait(timeout=120), "the preview to fetch the tip under the source's lock"
@@ -216,15 +223,7 @@ def test_a_preview_stops_its_fetch_for_a_pass_that_asks_for_the_source(make_sour
     source = make_source()
     Source.objects.filter(pk=source.pk).update(url=host.url)
 
-    def run() -> None:
-        try:
-            outcome["shown"] = preview.source_preview(Source.objects.get(pk=source.pk))
-        except BaseException as exc:
-            outcome["error"] = exc
-        finally:
-            connection.close()
-
-    previewing = threading.Thread(target=run, name="fetching-preview")
+    previewing = preview_thread(source.pk, outcome, "fetching-preview")
     try:
         previewing.start()
         poll(
