@@ -42,6 +42,14 @@ _SCP_LIKE = re.compile(r"^(?:[^@/:\s]+@)?[^/:\s]+:(?!//)")
 LOCAL_TIMEOUT = 60.0
 # What one fetch may write (SLUICE_MAX_FETCH_BYTES): whoever can push chooses how much a fetch brings.
 DEFAULT_MAX_FETCH_BYTES = 512 * 1024 * 1024
+# What git may allocate while it fetches or maintains a mirror (SLUICE_MAX_GIT_MEMORY): a pack of a few
+# kilobytes can hold deltas or a compressed blob that expand to gigabytes, and git inflates them in memory.
+DEFAULT_MAX_GIT_MEMORY = 1024 * 1024 * 1024
+# Bounded, git streams a blob larger than this to disk rather than holding it (its default is 512 MiB, which
+# a small pack of zeros reaches): no file Sluice reads comes near it, so only a hostile one is streamed.
+BOUNDED_BIG_FILE_THRESHOLD = "16m"
+# What git says when an allocation fails (xmalloc, xmmap), as when it reaches SLUICE_MAX_GIT_MEMORY.
+OUT_OF_MEMORY = re.compile(r"\bout of memory\b", re.IGNORECASE)
 
 
 # --- what went wrong ------------------------------------------------------------------------------------
@@ -235,6 +243,7 @@ def build_fetch_invocation(
     *,
     refspec: str | None = None,
     max_bytes: int = DEFAULT_MAX_FETCH_BYTES,
+    max_memory: int = DEFAULT_MAX_GIT_MEMORY,
 ) -> GitInvocation:
     """The ``git fetch`` of one branch into the mirror's private ref (no validation of url or branch);
     with ``refspec``, of that instead (a preview's ref or commit, see gitops.fetch.refs).
@@ -242,7 +251,9 @@ def build_fetch_invocation(
     No file git writes may grow past ``max_bytes`` (0: unbounded): the kernel stops git there
     (``prlimit --fsize``, SIGXFSZ), and every fetch keeps what arrived as one pack, so that the bound
     holds for the whole fetch rather than for each loose object. git starts no maintenance of its own
-    (it would inherit the bound, and repacking a mirror larger than it would fail every time)."""
+    (it would inherit the bound, and repacking a mirror larger than it would fail every time). git and
+    the helpers it starts may allocate ``max_memory`` bytes each (``prlimit --data``; 0: unbounded),
+    see ``memory_bounded``."""
     config: list[tuple[str, str]] = [
         # Only the token given here may authenticate, never one a helper stored for the host.
         ("credential.helper", ""),
@@ -251,6 +262,8 @@ def build_fetch_invocation(
     ]
     if max_bytes > 0:
         config.append(("fetch.unpackLimit", "1"))
+    if max_memory > 0:
+        config.append(("core.bigFileThreshold", BOUNDED_BIG_FILE_THRESHOLD))
     env = base_env()
     secrets = _query_of(url)
     ssh_options = ["-o", "BatchMode=yes"]  # never wait for a passphrase or a host key confirmation
@@ -283,10 +296,29 @@ def build_fetch_invocation(
         url,
         refspec or f"+refs/heads/{branch}:{MIRROR_REF_PREFIX}{branch}",
     ]
+    limits = [f"--data={max_memory}"] if max_memory > 0 else []
     if max_bytes > 0:
         # --core=0: git stopped at the bound dies of SIGXFSZ, whose default action would dump a core.
-        argv = [_prlimit(), f"--fsize={max_bytes}", "--core=0", "--", *argv]
+        limits += [f"--fsize={max_bytes}", "--core=0"]
+    if limits:
+        argv = [_prlimit(), *limits, "--", *argv]
     return GitInvocation(argv=argv, env=_with_config(env, config), secrets=secrets)
+
+
+def memory_bounded(invocation: GitInvocation, max_memory: int) -> GitInvocation:
+    """``invocation`` with git (and each process it starts) held to ``max_memory`` bytes of data
+    (``prlimit --data``: what it allocates, not the pack files it maps to read; 0: unbounded). Past it an
+    allocation fails and git stops with "Out of memory" (``OUT_OF_MEMORY``) rather than taking the
+    worker's memory; a blob over BOUNDED_BIG_FILE_THRESHOLD is streamed, not held."""
+    if max_memory <= 0:
+        return invocation
+    env = dict(invocation.env)
+    count = int(env.get("GIT_CONFIG_COUNT", "0"))
+    env["GIT_CONFIG_COUNT"] = str(count + 1)
+    env[f"GIT_CONFIG_KEY_{count}"] = "core.bigFileThreshold"
+    env[f"GIT_CONFIG_VALUE_{count}"] = BOUNDED_BIG_FILE_THRESHOLD
+    argv = [_prlimit(), f"--data={max_memory}", "--", *invocation.argv]
+    return GitInvocation(argv=argv, env=env, secrets=invocation.secrets)
 
 
 @functools.cache
@@ -295,7 +327,7 @@ def _prlimit() -> str:
     if found is None:
         raise PermanentError(
             "bounding a fetch needs prlimit (util-linux) on the worker's PATH: install it, or set "
-            "SLUICE_MAX_FETCH_BYTES=0 to fetch without a bound"
+            "SLUICE_MAX_FETCH_BYTES=0 and SLUICE_MAX_GIT_MEMORY=0 to fetch without a bound"
         )
     return found
 

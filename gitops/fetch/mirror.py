@@ -30,8 +30,10 @@ from gitops.fetch.credentials import Credentials
 from gitops.fetch.git import (
     AUTHENTICATION_FAILED,
     DEFAULT_MAX_FETCH_BYTES,
+    DEFAULT_MAX_GIT_MEMORY,
     LOCAL_TIMEOUT,
     MIRROR_REF_PREFIX,
+    OUT_OF_MEMORY,
     CatFileBatch,
     GitInvocation,
     GitRun,
@@ -42,6 +44,7 @@ from gitops.fetch.git import (
     check_url,
     classify_git_error,
     git_at,
+    memory_bounded,
     normalize_branch,
     run,
     stderr_summary,
@@ -176,6 +179,16 @@ class FetchTooLarge(PermanentError):
         )
 
 
+class FetchOutOfMemory(PermanentError):
+    def __init__(self, where: str, bound: int) -> None:
+        super().__init__(
+            f"fetching {where} stopped at {bound:,} bytes of git's memory, Sluice's bound on what git may "
+            "allocate (SLUICE_MAX_GIT_MEMORY): what the branch brings expands past it (deltas, or a "
+            "compressed object, far larger than the bytes sent); make the repository smaller, or ask an "
+            "administrator to raise the bound"
+        )
+
+
 class CommitTooLarge(PermanentError):
     def __init__(self, commit: str, size: int) -> None:
         super().__init__(
@@ -191,9 +204,16 @@ class GitMirror:
     One instance is not thread-safe: it keeps a ``git cat-file --batch-command`` process open.
     """
 
-    def __init__(self, path: Path, *, max_fetch_bytes: int = DEFAULT_MAX_FETCH_BYTES) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_fetch_bytes: int = DEFAULT_MAX_FETCH_BYTES,
+        max_git_memory: int = DEFAULT_MAX_GIT_MEMORY,
+    ) -> None:
         self.path = Path(path)
         self.max_fetch_bytes = max_fetch_bytes  # what one fetch may write (0: unbounded)
+        self.max_git_memory = max_git_memory  # what git may allocate fetching or maintaining (0: unbounded)
         self._cat_file: CatFileBatch | None = None
         self._objects = ObjectStore(self.path)  # commits, sizes and blobs without a git process
         self._tips: dict[str, CommitInfo] = {}  # commits a fetch of this instance read (``commit_info``)
@@ -228,7 +248,12 @@ class GitMirror:
         where = f"branch {branch!r} of {url_without_query(url)}"
         started, began = time.monotonic(), time.time()
         invocation = build_fetch_invocation(
-            self.path, url, branch, credentials, max_bytes=self.max_fetch_bytes
+            self.path,
+            url,
+            branch,
+            credentials,
+            max_bytes=self.max_fetch_bytes,
+            max_memory=self.max_git_memory,
         )
         self._ensure_initialized()
         maintenance = _maintenance_due()
@@ -346,6 +371,7 @@ class GitMirror:
             credentials,
             refspec=requested.refspec(local_ref),
             max_bytes=self.max_fetch_bytes,
+            max_memory=self.max_git_memory,
         )
         started = time.time()
         try:
@@ -750,19 +776,40 @@ class GitMirror:
         file it wrote since ``since`` has that size (the kernel let it grow no further; removed), or
         what it said on stderr does (the Git server's messages). ``locked``: the fetch holds the source's
         lock, so the temporary files written since it began are its own (a preview's are not)."""
+        self._refuse_out_of_memory(where, since=since, completed=completed, locked=locked)
         bound = self.max_fetch_bytes
         if bound <= 0:
             return
         if completed.stderr_bytes >= bound:
             if locked:  # what it began to write, but a running preview's; a preview's go later
-                # Written by now: a preview whose ref the sweep lists too late to see writes after this.
-                unheld, now = self._outside_live_previews(), time.time()
-                self._remove_temporary(lambda found: since - 1 <= found.st_mtime <= now and unheld(found))
+                self._remove_written_since(since)
             logger.warning("fetch of %s stopped at %d bytes of the server's messages", where, bound)
             raise FetchTooLarge(where, bound, server_messages=True)
         if self._remove_temporary(lambda found: found.st_size >= bound and found.st_mtime >= since - 1):
             logger.warning("fetch of %s stopped at %d bytes (SLUICE_MAX_FETCH_BYTES)", where, bound)
             raise FetchTooLarge(where, bound)
+
+    def _refuse_out_of_memory(self, where: str, *, since: float, completed: GitRun, locked: bool) -> None:
+        """Raises FetchOutOfMemory when git, held to ``max_git_memory``, said an allocation failed. What it
+        began to write goes as for a fetch stopped by the server's messages: a locked fetch's now (a running
+        preview's spared), a preview's at a later sweep."""
+        bound = self.max_git_memory
+        if bound <= 0 or not OUT_OF_MEMORY.search(completed.stderr.decode("utf-8", "replace")):
+            return
+        if locked:
+            self._remove_written_since(since)
+        logger.warning(
+            "fetch of %s stopped at %d bytes of git's memory (SLUICE_MAX_GIT_MEMORY)",
+            where,
+            bound,
+        )
+        raise FetchOutOfMemory(where, bound)
+
+    def _remove_written_since(self, since: float) -> None:
+        """Removes the temporary files a locked fetch that began at ``since`` wrote, sparing a running
+        preview's. Written by now: a preview whose ref the sweep lists too late writes after this."""
+        unheld, now = self._outside_live_previews(), time.time()
+        self._remove_temporary(lambda found: since - 1 <= found.st_mtime <= now and unheld(found))
 
     def _remove_temporary(self, chosen: Callable[[os.stat_result], bool]) -> int:
         swept = 0
@@ -793,11 +840,11 @@ class GitMirror:
 
     def _maintain(self) -> None:
         """git's automatic maintenance (gc once loose objects or packs pile up), run apart from the fetch
-        so that it is not bounded by what one fetch may write; a failure is logged, never raised."""
+        so that it is not bounded by what one fetch may write (its memory is bounded as the fetch's is);
+        a failure is logged, never raised."""
         try:
-            completed = run(
-                git_at(self.path, "maintenance", "run", "--auto", "--quiet"), timeout=LOCAL_TIMEOUT
-            )
+            maintenance = git_at(self.path, "maintenance", "run", "--auto", "--quiet")
+            completed = run(memory_bounded(maintenance, self.max_git_memory), timeout=LOCAL_TIMEOUT)
         except subprocess.TimeoutExpired:
             logger.warning("git maintenance of %s took longer than %gs", self.path, LOCAL_TIMEOUT)
             return

@@ -61,7 +61,11 @@ log = logging.getLogger("gitops.fetch")
 def mirror_for(source: Source) -> GitMirror:
     root = Path(settings.SLUICE_DATA_DIR) / "mirrors"
     root.mkdir(parents=True, exist_ok=True)
-    return GitMirror(root / f"{source.pk}.git", max_fetch_bytes=settings.SLUICE_MAX_FETCH_BYTES)
+    return GitMirror(
+        root / f"{source.pk}.git",
+        max_fetch_bytes=settings.SLUICE_MAX_FETCH_BYTES,
+        max_git_memory=settings.SLUICE_MAX_GIT_MEMORY,
+    )
 
 
 # Every pass asks these of its source: compiled once.

@@ -1,22 +1,25 @@
-"""What one fetch may write is bounded (SLUICE_MAX_FETCH_BYTES), whatever a pusher sends.
+"""What one fetch may write is bounded (SLUICE_MAX_FETCH_BYTES), and what git may allocate meanwhile
+(SLUICE_MAX_GIT_MEMORY), whatever a pusher sends.
 
 Real repositories and real ``git``: the kernel stops git at the bound (``prlimit --fsize``), every
 fetch keeps what arrived as one pack so that the bound holds for the whole fetch and not for each
 object, the refusal names the setting, and nothing of the stopped fetch stays on disk. git's own
 maintenance runs apart from the fetch, so a mirror grown past the bound a push at a time is still
-repacked.
+repacked. A pack of a few hundred kilobytes whose objects expand to a hundred megabytes stops git at
+its memory bound (``prlimit --data``), not the worker.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from gitops.fetch import GitMirror
-from gitops.fetch.mirror import GC_PID_STALE_SECONDS, FetchTooLarge
+from gitops.fetch.mirror import GC_PID_STALE_SECONDS, FetchOutOfMemory, FetchTooLarge
 from gitops.fetch.refs import parse_revision
 from tests.gitrepo import GitRepo
 
@@ -148,3 +151,56 @@ def test_the_sweep_waits_for_a_running_maintenance_but_not_for_a_dead_one(oversi
         os.utime(gc_pid, (stale, stale))
         assert mirror.sweep_temporary_objects(older_than=60) == 1
         assert not any(path.exists() for path in left), "git ignores a gc.pid this old, and so does the sweep"
+
+
+MEMORY_BOUND = 32 * 1024 * 1024
+LARGE = 48 * 1024 * 1024  # past the memory bound, and far past it once a delta is resolved against it
+
+
+def zeros_remote(tmp_path: Path, files: dict[str, bytes]) -> GitRepo:
+    """A remote whose one pack holds ``files`` as git would compress and deltify them (a few hundred
+    kilobytes for megabytes of zeros), so that a fetch reuses what the pack holds as it is."""
+    repo = GitRepo(tmp_path / "repo")
+    repo.write_all(dict(files))
+    repo.commit("large files")
+    subprocess.run(["git", f"--git-dir={repo.remote}", "repack", "-a", "-d", "-f", "-q"], check=True)
+    packs = list((repo.remote / "objects" / "pack").glob("*.pack"))
+    assert len(packs) == 1 and packs[0].stat().st_size < 1024 * 1024, "compressed: far under the byte bound"
+    return repo
+
+
+def test_a_fetch_whose_objects_expand_past_the_memory_bound_is_refused_and_leaves_nothing(tmp_path):
+    """The second file is stored as a delta of the first: resolving it holds both, 96 MiB."""
+    zeros = b"\0" * LARGE
+    repo = zeros_remote(tmp_path, {"a.bin": zeros, "b.bin": zeros + b"x"})
+    mirror = GitMirror(tmp_path / "mirror.git", max_git_memory=MEMORY_BOUND)
+    with mirror, pytest.raises(FetchOutOfMemory) as refused:
+        mirror.fetch(repo.url, "main")
+
+    message = str(refused.value)
+    assert "SLUICE_MAX_GIT_MEMORY" in message
+    assert "33,554,432 bytes of git's memory" in message
+    assert "branch 'main'" in message
+    assert mirror_files(mirror) == [], "nothing of the stopped fetch stays"
+    assert not (mirror.path / "refs" / "sluice" / "heads" / "main").exists()
+
+    with (
+        mirror,
+        pytest.raises(FetchOutOfMemory),
+        mirror.held_revision(repo.url, parse_revision("refs/heads/main"), None, timeout=30),
+    ):
+        pytest.fail("the preview's fetch was not stopped")
+
+    roomy = GitMirror(tmp_path / "roomy.git", max_git_memory=8 * MEMORY_BOUND)
+    with roomy:
+        assert roomy.fetch(repo.url, "main").commit == repo.head(), "the bound, nothing else, stopped it"
+
+
+def test_a_large_file_is_streamed_to_disk_within_the_memory_bound(tmp_path):
+    """git would hold a file of 48 MiB whole (its threshold is 512 MiB); bounded, it streams it, and the
+    file reaches Sluice's own limits on what it reads, which name the file."""
+    repo = zeros_remote(tmp_path, {"large.bin": b"\0" * LARGE})
+    with GitMirror(tmp_path / "mirror.git", max_git_memory=MEMORY_BOUND) as mirror:
+        fetched = mirror.fetch(repo.url, "main")
+        assert fetched.commit == repo.head()
+        assert list(mirror.list_files(fetched.commit)) == ["large.bin"]

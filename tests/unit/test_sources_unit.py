@@ -238,7 +238,50 @@ def test_inherited_git_variables_do_not_leak_into_the_invocation(tmp_path, monke
     assert "GIT_DIR" not in invocation.env
     assert "GIT_TRACE_CURL" not in invocation.env
     keys = {invocation.env[f"GIT_CONFIG_KEY_{i}"] for i in range(int(invocation.env["GIT_CONFIG_COUNT"]))}
-    assert keys == {"credential.helper", "protocol.ext.allow", "maintenance.auto", "fetch.unpackLimit"}
+    assert keys == {
+        "credential.helper",
+        "protocol.ext.allow",
+        "maintenance.auto",
+        "fetch.unpackLimit",
+        "core.bigFileThreshold",
+    }
+
+
+def config_of(env: dict[str, str]) -> dict[str, str]:
+    count = int(env["GIT_CONFIG_COUNT"])
+    return {env[f"GIT_CONFIG_KEY_{i}"]: env[f"GIT_CONFIG_VALUE_{i}"] for i in range(count)}
+
+
+def test_a_fetch_is_held_to_both_bounds_by_one_prlimit_and_to_neither_when_both_are_off(tmp_path):
+    bounded = build_fetch_invocation(tmp_path, "file:///r", "main", None, max_bytes=1000, max_memory=2000)
+    assert bounded.argv[0].endswith("prlimit")
+    assert bounded.argv[1 : bounded.argv.index("--")] == ["--data=2000", "--fsize=1000", "--core=0"]
+    assert bounded.argv[bounded.argv.index("--") + 1] == "git", "one prlimit, then git itself"
+    assert config_of(bounded.env)["core.bigFileThreshold"] == "16m", "a large blob is streamed, not held"
+
+    memory_only = build_fetch_invocation(tmp_path, "file:///r", "main", None, max_bytes=0, max_memory=2000)
+    assert memory_only.argv[1:3] == ["--data=2000", "--"]
+    assert "fetch.unpackLimit" not in config_of(memory_only.env)
+
+    unbounded = build_fetch_invocation(tmp_path, "file:///r", "main", None, max_bytes=0, max_memory=0)
+    assert unbounded.argv[0] == "git"
+    assert "core.bigFileThreshold" not in config_of(unbounded.env)
+
+
+def test_a_local_git_run_held_to_the_memory_bound_keeps_its_own_config_and_secrets(tmp_path):
+    from gitops.fetch.git import git_at, memory_bounded
+
+    token = Credentials(token=SECRET)
+    fetch = build_fetch_invocation(tmp_path, "https://h/r.git", "main", token, max_memory=0)
+    bounded = memory_bounded(fetch, 4096)
+    assert bounded.argv[1:3] == ["--data=4096", "--"] and bounded.argv[3:] == fetch.argv
+    assert config_of(bounded.env) == {**config_of(fetch.env), "core.bigFileThreshold": "16m"}
+    assert bounded.secrets == fetch.secrets
+    assert config_of(fetch.env).get("core.bigFileThreshold") is None, "the invocation given is not changed"
+
+    maintenance = git_at(tmp_path, "maintenance", "run", "--auto")
+    assert config_of(memory_bounded(maintenance, 4096).env) == {"core.bigFileThreshold": "16m"}
+    assert memory_bounded(maintenance, 0) is maintenance
 
 
 @pytest.mark.parametrize("url", ["ssh://git@host/o/r.git", "git@host:o/r.git"])
@@ -358,17 +401,16 @@ def test_an_operator_narrows_where_credentials_come_from(tmp_path, monkeypatch):
 
 def test_a_fetch_is_bounded_by_the_kernel_and_keeps_one_pack(tmp_path):
     invocation = build_fetch_invocation(
-        tmp_path, "https://git.example.com/o/r.git", "main", None, max_bytes=4096
+        tmp_path, "https://git.example.com/o/r.git", "main", None, max_bytes=4096, max_memory=0
     )
-    config = {
-        invocation.env[f"GIT_CONFIG_KEY_{i}"]: invocation.env[f"GIT_CONFIG_VALUE_{i}"]
-        for i in range(int(invocation.env["GIT_CONFIG_COUNT"]))
-    }
+    config = config_of(invocation.env)
 
     assert invocation.argv[0].endswith("prlimit")
     assert invocation.argv[1:5] == ["--fsize=4096", "--core=0", "--", "git"]
     assert config["fetch.unpackLimit"] == "1", "one pack: the bound holds for the fetch, not for each object"
     assert config["maintenance.auto"] == "false", "maintenance would inherit the bound"
 
-    unbounded = build_fetch_invocation(tmp_path, "https://git.example.com/o/r.git", "main", None, max_bytes=0)
+    unbounded = build_fetch_invocation(
+        tmp_path, "https://git.example.com/o/r.git", "main", None, max_bytes=0, max_memory=0
+    )
     assert unbounded.argv[0] == "git"
