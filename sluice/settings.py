@@ -262,7 +262,7 @@ SLUICE_MAX_EXPANDED_BYTES = env_int("SLUICE_MAX_EXPANDED_BYTES", 128 * 1024 * 10
 SLUICE_MAX_FETCH_BYTES = env_int("SLUICE_MAX_FETCH_BYTES", 512 * 1024 * 1024)
 # What git may allocate while it fetches a source or maintains its mirror (0: unbounded): a small pack
 # can hold objects that expand to gigabytes in memory. git stops there, not the worker.
-SLUICE_MAX_GIT_MEMORY = env_int("SLUICE_MAX_GIT_MEMORY", 1024 * 1024 * 1024)
+SLUICE_MAX_GIT_MEMORY = env_int("SLUICE_MAX_GIT_MEMORY", 256 * 1024 * 1024)
 # A task whose worker process died this many times while running it (killed, out of memory,
 # crashed) is not started again: acks_late would otherwise hand it to the next worker forever.
 SLUICE_MAX_TASK_DELIVERIES = env_int("SLUICE_MAX_TASK_DELIVERIES", 3)

@@ -44,12 +44,18 @@ LOCAL_TIMEOUT = 60.0
 DEFAULT_MAX_FETCH_BYTES = 512 * 1024 * 1024
 # What git may allocate while it fetches or maintains a mirror (SLUICE_MAX_GIT_MEMORY): a pack of a few
 # kilobytes can hold deltas or a compressed blob that expand to gigabytes, and git inflates them in memory.
-DEFAULT_MAX_GIT_MEMORY = 1024 * 1024 * 1024
-# Bounded, git streams a blob larger than this to disk rather than holding it (its default is 512 MiB, which
-# a small pack of zeros reaches): no file Sluice reads comes near it, so only a hostile one is streamed.
-BOUNDED_BIG_FILE_THRESHOLD = "16m"
-# What git says when an allocation fails (xmalloc, xmmap), as when it reaches SLUICE_MAX_GIT_MEMORY.
-OUT_OF_MEMORY = re.compile(r"\bout of memory\b", re.IGNORECASE)
+DEFAULT_MAX_GIT_MEMORY = 256 * 1024 * 1024
+# Held to SLUICE_MAX_GIT_MEMORY, git streams a blob larger than 16 MiB to disk rather than holding it (its
+# default is 512 MiB, which a small pack of zeros reaches; no file Sluice reads comes near 16 MiB), and
+# resolves deltas on two threads: each thread's stack (8 MiB) counts against the bound, and index-pack
+# would start up to 20 on a large machine, pack-objects one per core.
+BOUNDED_MEMORY_CONFIG = (("core.bigFileThreshold", "16m"), ("pack.threads", "2"))
+# What git itself says when an allocation fails (xmalloc, xmmap, a thread it cannot start), as when it
+# reaches SLUICE_MAX_GIT_MEMORY: its own fatal or error lines only, never a Git server's (``remote:``).
+OUT_OF_MEMORY = re.compile(
+    r"^(?:fatal|error): (?:(?:\w+: )?out of memory\b|unable to create thread\b|.*: cannot allocate memory$)",
+    re.IGNORECASE | re.MULTILINE,
+)
 
 
 # --- what went wrong ------------------------------------------------------------------------------------
@@ -263,7 +269,7 @@ def build_fetch_invocation(
     if max_bytes > 0:
         config.append(("fetch.unpackLimit", "1"))
     if max_memory > 0:
-        config.append(("core.bigFileThreshold", BOUNDED_BIG_FILE_THRESHOLD))
+        config.extend(BOUNDED_MEMORY_CONFIG)
     env = base_env()
     secrets = _query_of(url)
     ssh_options = ["-o", "BatchMode=yes"]  # never wait for a passphrase or a host key confirmation
@@ -309,14 +315,15 @@ def memory_bounded(invocation: GitInvocation, max_memory: int) -> GitInvocation:
     """``invocation`` with git (and each process it starts) held to ``max_memory`` bytes of data
     (``prlimit --data``: what it allocates, not the pack files it maps to read; 0: unbounded). Past it an
     allocation fails and git stops with "Out of memory" (``OUT_OF_MEMORY``) rather than taking the
-    worker's memory; a blob over BOUNDED_BIG_FILE_THRESHOLD is streamed, not held."""
+    worker's memory (BOUNDED_MEMORY_CONFIG: a large blob that is no delta is streamed, not held). Each
+    process git starts is held to it on its own."""
     if max_memory <= 0:
         return invocation
     env = dict(invocation.env)
     count = int(env.get("GIT_CONFIG_COUNT", "0"))
-    env["GIT_CONFIG_COUNT"] = str(count + 1)
-    env[f"GIT_CONFIG_KEY_{count}"] = "core.bigFileThreshold"
-    env[f"GIT_CONFIG_VALUE_{count}"] = BOUNDED_BIG_FILE_THRESHOLD
+    for index, (key, value) in enumerate(BOUNDED_MEMORY_CONFIG, start=count):
+        env[f"GIT_CONFIG_KEY_{index}"], env[f"GIT_CONFIG_VALUE_{index}"] = key, value
+    env["GIT_CONFIG_COUNT"] = str(count + len(BOUNDED_MEMORY_CONFIG))
     argv = [_prlimit(), f"--data={max_memory}", "--", *invocation.argv]
     return GitInvocation(argv=argv, env=env, secrets=invocation.secrets)
 

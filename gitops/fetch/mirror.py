@@ -808,6 +808,8 @@ class GitMirror:
     def _remove_written_since(self, since: float) -> None:
         """Removes the temporary files a locked fetch that began at ``since`` wrote, sparing a running
         preview's. Written by now: a preview whose ref the sweep lists too late writes after this."""
+        if self._maintenance_running():
+            return  # git's maintenance, detached by an earlier fetch, writes its own: they go at a sweep
         unheld, now = self._outside_live_previews(), time.time()
         self._remove_temporary(lambda found: since - 1 <= found.st_mtime <= now and unheld(found))
 

@@ -244,6 +244,7 @@ def test_inherited_git_variables_do_not_leak_into_the_invocation(tmp_path, monke
         "maintenance.auto",
         "fetch.unpackLimit",
         "core.bigFileThreshold",
+        "pack.threads",
     }
 
 
@@ -258,6 +259,7 @@ def test_a_fetch_is_held_to_both_bounds_by_one_prlimit_and_to_neither_when_both_
     assert bounded.argv[1 : bounded.argv.index("--")] == ["--data=2000", "--fsize=1000", "--core=0"]
     assert bounded.argv[bounded.argv.index("--") + 1] == "git", "one prlimit, then git itself"
     assert config_of(bounded.env)["core.bigFileThreshold"] == "16m", "a large blob is streamed, not held"
+    assert config_of(bounded.env)["pack.threads"] == "2", "each thread's stack counts against the bound"
 
     memory_only = build_fetch_invocation(tmp_path, "file:///r", "main", None, max_bytes=0, max_memory=2000)
     assert memory_only.argv[1:3] == ["--data=2000", "--"]
@@ -268,6 +270,29 @@ def test_a_fetch_is_held_to_both_bounds_by_one_prlimit_and_to_neither_when_both_
     assert "core.bigFileThreshold" not in config_of(unbounded.env)
 
 
+@pytest.mark.parametrize(
+    ("said", "bound"),
+    [
+        (
+            "fatal: Out of memory, malloc failed (tried to allocate 503 bytes)\nfatal: index-pack failed",
+            True,
+        ),
+        ("error: inflateInit: out of memory (no message)", True),
+        ("fatal: Out of memory? mmap failed: Cannot allocate memory", True),
+        ("fatal: unable to create thread: Resource temporarily unavailable", True),
+        ("fatal: cannot fork: Cannot allocate memory", True),
+        ("remote: fatal: Out of memory, malloc failed (tried to allocate 9 bytes)\nfatal: early EOF", False),
+        ("fatal: '/srv/out of memory/r.git' does not appear to be a git repository", False),
+        ("fatal: unable to access 'https://h/out of memory/': Could not resolve host", False),
+    ],
+)
+def test_only_gits_own_allocation_failures_are_taken_for_the_memory_bound(said, bound):
+    """A Git server's own failure (``remote:``), or words in a quoted URL, are not Sluice's bound."""
+    from gitops.fetch.git import OUT_OF_MEMORY
+
+    assert bool(OUT_OF_MEMORY.search(said)) is bound
+
+
 def test_a_local_git_run_held_to_the_memory_bound_keeps_its_own_config_and_secrets(tmp_path):
     from gitops.fetch.git import git_at, memory_bounded
 
@@ -275,12 +300,19 @@ def test_a_local_git_run_held_to_the_memory_bound_keeps_its_own_config_and_secre
     fetch = build_fetch_invocation(tmp_path, "https://h/r.git", "main", token, max_memory=0)
     bounded = memory_bounded(fetch, 4096)
     assert bounded.argv[1:3] == ["--data=4096", "--"] and bounded.argv[3:] == fetch.argv
-    assert config_of(bounded.env) == {**config_of(fetch.env), "core.bigFileThreshold": "16m"}
+    assert config_of(bounded.env) == {
+        **config_of(fetch.env),
+        "core.bigFileThreshold": "16m",
+        "pack.threads": "2",
+    }
     assert bounded.secrets == fetch.secrets
     assert config_of(fetch.env).get("core.bigFileThreshold") is None, "the invocation given is not changed"
 
     maintenance = git_at(tmp_path, "maintenance", "run", "--auto")
-    assert config_of(memory_bounded(maintenance, 4096).env) == {"core.bigFileThreshold": "16m"}
+    assert config_of(memory_bounded(maintenance, 4096).env) == {
+        "core.bigFileThreshold": "16m",
+        "pack.threads": "2",
+    }
     assert memory_bounded(maintenance, 0) is maintenance
 
 
