@@ -204,3 +204,24 @@ def test_a_large_file_is_streamed_to_disk_within_the_memory_bound(tmp_path):
         fetched = mirror.fetch(repo.url, "main")
         assert fetched.commit == repo.head()
         assert list(mirror.list_files(fetched.commit)) == ["large.bin"]
+
+
+def test_a_fetch_stopped_at_a_bound_spares_the_files_of_a_running_maintenance(tmp_path):
+    """git's maintenance, detached by an earlier fetch, writes its pack outside the source's lock: a fetch
+    stopped meanwhile removes nothing written since it began, which may be that pack."""
+    zeros = b"\0" * LARGE
+    repo = zeros_remote(tmp_path, {"a.bin": zeros, "b.bin": zeros + b"x"})
+    with GitMirror(tmp_path / "mirror.git", max_git_memory=MEMORY_BOUND) as mirror:
+        mirror._ensure_initialized()
+        repacking = mirror.path / "objects" / "pack" / "tmp_pack_Repack"
+        (mirror.path / "gc.pid").write_text("12345 host\n")
+
+        def write_meanwhile(*args, **kwargs):
+            repacking.write_bytes(b"\0" * 64)  # written while the fetch runs, as the repack's would be
+            return real_run(*args, **kwargs)
+
+        real_run = mirror._run_fetch
+        mirror._run_fetch = write_meanwhile
+        with pytest.raises(FetchOutOfMemory):
+            mirror.fetch(repo.url, "main")
+        assert repacking.exists(), "the running maintenance's pack is its own"
