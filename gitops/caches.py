@@ -60,9 +60,9 @@ class SourceCache:
     # every poll and push until someone pushes a fix, a rejected head was listed, read and validated
     # again each time: a crafted one cost seconds of CPU a pass (``revisions.revision_desired_state``).
     rejected: tuple[str, AdminScope] | None = None
-    # The revision (its id) a rollout was found of: its flag keys are not asked about again
-    # (``revisions._alone_with_its_flag_keys``).
-    went_out: int | None = None
+    # The revision (its id, and the directory it was read from) a completed rollout was found of: its flag
+    # keys are not asked about again (``revisions._went_out``).
+    went_out: tuple[int, str] | None = None
     # ``Source.stamps_to_drop`` as this process last wrote or read it: the pass that held them, whose
     # Source row was read before, sees them too (``cluster.apply.stamps_drop_held``).
     stamps_to_drop: dict[str, dict[str, list[list[str]]]] = field(default_factory=dict)

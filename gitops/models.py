@@ -429,6 +429,10 @@ class Rollout(models.Model):
     # The consumers of the current wave and their state as the step gate last saw them, for pages.
     consumer_states = models.JSONField(default=list, blank=True)
     content_hash = models.CharField(max_length=64, blank=True, default="")
+    # The source's directory (``Source.path``) the rollout's content was read from. The same commit read
+    # from another directory is other content: a rollout of its own (``lifecycle.rollout_choose``). NULL:
+    # not known (a worker of the release before inserted the row), taken as the source's.
+    path = models.CharField(max_length=1000, null=True, blank=True, default=None)  # noqa: DJ001 (unknown, not "")
     promoted_by = models.CharField(max_length=150, blank=True, default="")
     abort_requested_by = models.CharField(max_length=150, blank=True, default="")
     abort_reason = models.TextField(blank=True, default="")

@@ -231,24 +231,25 @@ def _went_out(source: Source, revision: Revision) -> bool:
     back (aborted or failed: its retry is asked again, as its rollback took its keys out of the catalog and
     another source may have started publishing one since), nor one the branch went back to after a later
     commit went out (its keys left the catalog with that commit's rollout). Either was not asked, and
-    published a key beside another source's. Remembered per worker once completed, so that a settled
-    poll asks the database nothing more."""
+    published a key beside another source's. Nor one read from another directory (the source's --path
+    moved): other content, whose rollout is still to start. Remembered per worker once completed, so that
+    a settled poll asks the database nothing more."""
     if revision.outcome in (Revision.Outcome.PENDING, Revision.Outcome.REJECTED):
         return False
     cache = caches.for_source(source.pk)
-    if cache.went_out == revision.pk:
+    if cache.went_out == (revision.pk, source.path):
         return True
     latest = (
         Rollout.objects.filter(source_id=source.pk)
         .order_by("-id")
-        .values_list("pk", "revision_id", "phase")
+        .values_list("pk", "revision_id", "phase", "path")
         .first()
     )
-    if latest is None or latest[1] != revision.pk:
+    if latest is None or latest[1] != revision.pk or latest[3] not in (None, source.path):
         return False
-    pk, _, phase = latest
+    pk, _, phase, _ = latest
     if phase == Rollout.Phase.COMPLETED:
-        cache.went_out = revision.pk
+        cache.went_out = (revision.pk, source.path)
         return True
     return phase in Rollout.ACTIVE_PHASES and ApplyIntent.objects.filter(rollout_id=pk).exists()
 

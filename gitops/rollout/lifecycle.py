@@ -72,12 +72,29 @@ def rollout_choose(
             if refusals is not None:
                 refusals.extend(refused)
     # A rollout of the head is taken up again only while nothing came after it: a branch moved
-    # back to an older commit goes out anew, through its steps and gates, never at once.
-    if newest is not None and newest.revision_id == head.pk and newest.phase != Rollout.Phase.SUPERSEDED:
-        return newest, None
+    # back to an older commit goes out anew, through its steps and gates, never at once. So does the
+    # head read from another directory (an administrator moved the source's --path): other content.
+    of_head = newest if newest is not None and newest.revision_id == head.pk else None
+    moved = of_head is not None and directory_moved(of_head, source)
+    if of_head is not None and of_head.phase != Rollout.Phase.SUPERSEDED and not moved:
+        return of_head, None
+    why = ""
+    if of_head is not None and moved:
+        why = f": the source moved from {_directory(of_head.path)} to {_directory(source.path)}"
     return rollout_start(
-        source, head, head_desired, actor=SYSTEM_ACTOR, commit_identities=commit_identities()
+        source, head, head_desired, actor=SYSTEM_ACTOR, commit_identities=commit_identities(), why=why
     ), None
+
+
+def _directory(path: str | None) -> str:
+    return f"directory {path}" if path else "the repository's root"
+
+
+def directory_moved(rollout: Rollout, source: Source) -> bool:
+    """Whether ``rollout`` read its content from another directory of the repository than the source's
+    now (``Source.path``, as the pass read it): the same commit is then other content. Not known (NULL,
+    a rollout a worker of the release before started) is taken as the same."""
+    return rollout.path is not None and rollout.path != source.path
 
 
 def _newest_and_active_query(source_id: int) -> QuerySet[Rollout]:
@@ -122,6 +139,7 @@ def rollout_start(
     *,
     actor: str,
     commit_identities: Sequence[str] = (),
+    why: str = "",
 ) -> Rollout:
     # The administrator's floor comes on top of whatever the repository asks for: as stored now, not as
     # the pass read it before its fetch and validation (``_floor_now``).
@@ -135,7 +153,7 @@ def rollout_start(
             Revision.objects.filter(pk=revision.pk).exclude(outcome=Revision.Outcome.REJECTED).update(
                 outcome=Revision.Outcome.VALID
             )
-        message = f"rollout of {revision.commit[:12]} in {len(rollout.steps)} steps"
+        message = f"rollout of {revision.commit[:12]} in {len(rollout.steps)} steps{why}"
         rollout_event(rollout, RolloutEventKind.STARTED, actor=actor, message=message)
     return rollout
 
@@ -454,5 +472,6 @@ def _created(
         forbid_self_approval=policy.approvals.forbid_self_approval or floor > 0,
         commit_identities=sorted({identity.lower() for identity in commit_identities}),
         content_hash=desired_hash(desired),
+        path=source.path,
         created_by=actor,
     )

@@ -113,10 +113,12 @@ def test_a_revision_is_asked_until_it_is_accepted_and_again_at_each_pass_while_r
 
 class Rollouts:
     """``Rollout.objects`` as the check asks it: the source's latest rollout, as (pk, revision, phase),
-    None when it has none; ``intents`` says whether an active one has begun writing."""
+    None when it has none, and the directory it read (``path``: None for a rollout an older worker
+    started); ``intents`` says whether an active one has begun writing."""
 
     def __init__(self) -> None:
         self.latest: tuple[int, int, str] | None = None
+        self.path: str | None = ""
         self.asked = 0
 
     def filter(self, **conditions: object) -> Rollouts:
@@ -129,8 +131,8 @@ class Rollouts:
     def values_list(self, *fields: str, flat: bool = False) -> Rollouts:
         return self
 
-    def first(self) -> tuple[int, int, str] | None:
-        return self.latest
+    def first(self) -> tuple[int, int, str, str | None] | None:
+        return None if self.latest is None else (*self.latest, self.path)
 
 
 class Intents:
@@ -191,6 +193,26 @@ def test_a_revision_rolled_back_or_gone_back_to_is_asked_again(
         revision = Revision(pk=1, commit=commit(repo), outcome=Revision.Outcome.APPLIED)
         assert desired(revision) is None, latest
     assert len(database.asked) == 4
+
+
+def test_a_revision_whose_completed_rollout_read_another_directory_is_asked_again(
+    repo: Repo, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An administrator moved the source to another --path at the same commit: other content, whose
+    rollout is still to start, and whose flag keys no check has seen. One an older worker started (no
+    directory recorded) is taken as the source's."""
+    rollouts, intents = Rollouts(), Intents()
+    monkeypatch.setattr(revisions.Rollout, "objects", rollouts)
+    monkeypatch.setattr(revisions.ApplyIntent, "objects", intents)
+    revision = Revision(pk=1, commit=commit(repo), outcome=Revision.Outcome.APPLIED)
+    rollouts.latest, rollouts.path = (7, 1, "Completed"), "staging"
+    database.published.append(THERE)
+    assert desired(revision) is None, "read from the repository's root now, not from staging"
+    assert len(database.asked) == 1
+
+    rollouts.path, revision.outcome = None, Revision.Outcome.APPLIED
+    assert desired(revision) is not None, "no directory recorded: the source's, and gone out"
+    assert len(database.asked) == 1
 
 
 def test_a_revision_rejected_for_a_key_is_not_parsed_again_at_each_pass(

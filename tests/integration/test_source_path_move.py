@@ -1,0 +1,60 @@
+"""A source moved to another directory of its repository (``update-source --path``) at the same commit
+reads other content: it goes out as a rollout of its own, through the new directory's steps and gates,
+never at once. Before, the newest rollout was of that commit already, so nothing rolled out: the new
+content was drift, healed at once everywhere with ``selfHeal``, and never applied without it."""
+
+from __future__ import annotations
+
+import pytest
+
+from gitops import source_admin
+from gitops.models import Rollout, RolloutEvent
+from gitops.rollout import decisions
+from tests.gitrepo import configmap, policy
+from tests.rollouts import wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def version_in(cluster, namespace: str) -> str | None:
+    live = cluster.get_configmap(namespace, "app")
+    return None if live is None else (live.get("data") or {}).get("VERSION")
+
+
+@pytest.mark.parametrize("self_heal", [True, False], ids=["selfHeal", "no selfHeal"])
+def test_a_source_moved_to_another_directory_rolls_its_content_out_through_its_steps(
+    repo, make_namespaces, make_source, sync, cluster, people, self_heal
+):
+    targets = make_namespaces("a", "b")
+    canary = {"steps": [{"setWeight": 50}, {"pause": {}}]}
+    repo.write_all(
+        {
+            "staging/sluice.yaml": policy(targets, selfHeal=self_heal),
+            "staging/configmaps/app.yaml": configmap("app", {"VERSION": "staging"}),
+            "prod/sluice.yaml": policy(targets, selfHeal=self_heal, rollout=canary),
+            "prod/configmaps/app.yaml": configmap("app", {"VERSION": "prod"}),
+        }
+    )
+    commit = repo.commit("two directories")
+    source = make_source(path="staging")
+    assert sync(source)["outcome"] == "applied"
+    first = wait_for(source, phase="Completed")
+    assert [version_in(cluster, ns) for ns in targets] == ["staging", "staging"]
+
+    source = source_admin.source_update(source, path="prod")
+    sync(source)
+
+    moved = wait_for(source, phase="Paused", waiting_for="approval")
+    assert moved.pk != first.pk and moved.revision_id == first.revision_id
+    assert moved.revision.commit == commit and moved.path == "prod" and first.path == "staging"
+    assert [version_in(cluster, ns) for ns in targets] == ["prod", "staging"], "half, then the gate"
+    started = RolloutEvent.objects.get(rollout=moved, kind="started")
+    assert started.message.endswith(": the source moved from directory staging to directory prod")
+    sync(source)
+    assert [version_in(cluster, ns) for ns in targets] == ["prod", "staging"], "not healed past the gate"
+
+    decisions.rollout_promote(moved.pk, user=people["approver"])
+    wait_for(source, phase="Completed", of=moved)
+    assert [version_in(cluster, ns) for ns in targets] == ["prod", "prod"]
+    assert sync(source)["outcome"] != "failed"
+    assert Rollout.objects.filter(source=source).count() == 2, "no third rollout once it went out"
