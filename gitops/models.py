@@ -467,6 +467,12 @@ class Rollout(models.Model):
     def __str__(self) -> str:
         return f"rollout {self.pk} of {self.revision}"
 
+    def directory_moved(self, source: Source) -> bool:
+        """Whether this rollout read its content from another directory of the repository than the
+        source's now (``Source.path``, as the caller read it): the same commit is then other content. Not
+        known (NULL, a rollout a worker of the release before started) is taken as the same."""
+        return self.path is not None and self.path != source.path
+
     def reload(self) -> None:
         """``refresh_from_db`` with the source and revision read in the same query: a bare refresh drops
         both, and each is then read again on first use (two more statements on every step of a pass)."""

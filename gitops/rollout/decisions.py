@@ -261,13 +261,20 @@ def _rollout_retried(rollout_id: int, *, username: str) -> Rollout:
             raise RolloutError(
                 f"{source.name} has moved on to {source.last_commit[:12]}; retry that revision instead"
             )
+        if rollout.directory_moved(source):
+            raise RolloutError(
+                f"{source.name} moved to another directory since ({source.path or 'the repository root'}): "
+                "its next pass starts a rollout of what that directory holds"
+            )
         if Rollout.objects.filter(source=source, phase__in=Rollout.ACTIVE_PHASES).exists():
             raise RolloutError(f"{source.name} already has an active rollout")
         repeated = copied(rollout, Rollout.REPEATED_FIELDS)
         # Its own steps, not the ones a promote to 100% cut short: the analyses and gates run again.
         repeated["steps"] = rollout.planned_steps or rollout.steps
         repeated = gated(source, repeated)
-        again = Rollout.objects.create(**repeated, planned_steps=repeated["steps"], created_by=username)
+        again = Rollout.objects.create(
+            **repeated, planned_steps=repeated["steps"], path=source.path, created_by=username
+        )
         rollout_event(
             again, RolloutEventKind.STARTED, actor=username, message=f"retry of rollout {rollout.pk}"
         )

@@ -75,7 +75,7 @@ def rollout_choose(
     # back to an older commit goes out anew, through its steps and gates, never at once. So does the
     # head read from another directory (an administrator moved the source's --path): other content.
     of_head = newest if newest is not None and newest.revision_id == head.pk else None
-    moved = of_head is not None and directory_moved(of_head, source)
+    moved = of_head is not None and of_head.directory_moved(source)
     if of_head is not None and of_head.phase != Rollout.Phase.SUPERSEDED and not moved:
         return of_head, None
     why = ""
@@ -88,13 +88,6 @@ def rollout_choose(
 
 def _directory(path: str | None) -> str:
     return f"directory {path}" if path else "the repository's root"
-
-
-def directory_moved(rollout: Rollout, source: Source) -> bool:
-    """Whether ``rollout`` read its content from another directory of the repository than the source's
-    now (``Source.path``, as the pass read it): the same commit is then other content. Not known (NULL,
-    a rollout a worker of the release before started) is taken as the same."""
-    return rollout.path is not None and rollout.path != source.path
 
 
 def _newest_and_active_query(source_id: int) -> QuerySet[Rollout]:

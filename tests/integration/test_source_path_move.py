@@ -58,3 +58,35 @@ def test_a_source_moved_to_another_directory_rolls_its_content_out_through_its_s
     assert [version_in(cluster, ns) for ns in targets] == ["prod", "prod"]
     assert sync(source)["outcome"] != "failed"
     assert Rollout.objects.filter(source=source).count() == 2, "no third rollout once it went out"
+
+
+def test_a_rollout_aborted_before_the_move_is_not_retried_with_the_new_directorys_content(
+    repo, make_namespaces, make_source, sync, cluster, people
+):
+    """A retry repeats the rollout's own steps, and the pass reads the source's directory as it is now:
+    the new directory's content would go out under the old one's steps. Its next pass starts the new
+    directory's rollout instead."""
+    targets = make_namespaces("a", "b")
+    canary = {"steps": [{"setWeight": 50}, {"pause": {}}]}
+    repo.write_all(
+        {
+            "staging/sluice.yaml": policy(targets, rollout=canary),
+            "staging/configmaps/app.yaml": configmap("app", {"VERSION": "staging"}),
+            "prod/sluice.yaml": policy(targets, rollout={"steps": [{"pause": {}}]}),
+            "prod/configmaps/app.yaml": configmap("app", {"VERSION": "prod"}),
+        }
+    )
+    repo.commit("two directories")
+    source = make_source(path="staging")
+    sync(source)
+    paused = wait_for(source, phase="Paused", waiting_for="approval")
+    decisions.rollout_abort(paused.pk, user=people["approver"], reason="not now")
+    wait_for(source, phase="Aborted", of=paused)
+    source = source_admin.source_update(source, path="prod")
+
+    with pytest.raises(decisions.RolloutError, match="moved to another directory since \\(prod\\)"):
+        decisions.rollout_retry(paused.pk, user=people["approver"])
+    sync(source)
+    moved = wait_for(source, phase="Paused", waiting_for="approval")
+    assert moved.pk != paused.pk and moved.path == "prod" and moved.step_index == 0
+    assert [version_in(cluster, ns) for ns in targets] == [None, None], "the prod directory's gate first"
