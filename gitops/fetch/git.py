@@ -257,15 +257,9 @@ def build_fetch_invocation(
     No file git writes may grow past ``max_bytes`` (0: unbounded): the kernel stops git there
     (``prlimit --fsize``, SIGXFSZ), and every fetch keeps what arrived as one pack, so that the bound
     holds for the whole fetch rather than for each loose object. git starts no maintenance of its own
-    (it would inherit the bound, and repacking a mirror larger than it would fail every time). git and
-    the helpers it starts may allocate ``max_memory`` bytes each (``prlimit --data``; 0: unbounded),
-    see ``memory_bounded``."""
-    config: list[tuple[str, str]] = [
-        # Only the token given here may authenticate, never one a helper stored for the host.
-        ("credential.helper", ""),
-        ("protocol.ext.allow", "never"),
-        ("maintenance.auto", "false"),
-    ]
+    (it would inherit the bound). Each git process may allocate ``max_memory`` (``memory_bounded``)."""
+    # Only the token given here may authenticate, never one a helper stored for the host.
+    config = [("credential.helper", ""), ("protocol.ext.allow", "never"), ("maintenance.auto", "false")]
     if max_bytes > 0:
         config.append(("fetch.unpackLimit", "1"))
     if max_memory > 0:
@@ -302,13 +296,18 @@ def build_fetch_invocation(
         url,
         refspec or f"+refs/heads/{branch}:{MIRROR_REF_PREFIX}{branch}",
     ]
+    return GitInvocation(
+        argv=_limited(argv, max_bytes, max_memory), env=_with_config(env, config), secrets=secrets
+    )
+
+
+def _limited(argv: list[str], max_bytes: int, max_memory: int) -> list[str]:
+    """``argv`` under one ``prlimit`` for both bounds (0: that one off; both off, git alone)."""
     limits = [f"--data={max_memory}"] if max_memory > 0 else []
     if max_bytes > 0:
         # --core=0: git stopped at the bound dies of SIGXFSZ, whose default action would dump a core.
         limits += [f"--fsize={max_bytes}", "--core=0"]
-    if limits:
-        argv = [_prlimit(), *limits, "--", *argv]
-    return GitInvocation(argv=argv, env=_with_config(env, config), secrets=secrets)
+    return [_prlimit(), *limits, "--", *argv] if limits else argv
 
 
 def memory_bounded(invocation: GitInvocation, max_memory: int) -> GitInvocation:

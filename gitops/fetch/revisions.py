@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from django.conf import settings
+from django.db.models import Q
 from django.utils import timezone
 
 from gitops import caches, metrics
@@ -72,15 +73,19 @@ def mirror_for(source: Source) -> GitMirror:
 _REVISION_OF_COMMIT: PreparedSelect[Revision] = PreparedSelect(
     lambda source_id, commit: Revision.objects.filter(source_id=source_id, commit=commit)[:1], int, str
 )
+# The last rollout that completed a revision other than the head, read from the source's directory as it
+# is now (or not known to be from another): the commits since it are what a new rollout brings there.
 _LAST_COMPLETED: PreparedSelect[Rollout] = PreparedSelect(
-    lambda source_id, head_id: (
+    lambda source_id, head_id, path: (
         Rollout.objects.filter(source_id=source_id, phase=Rollout.Phase.COMPLETED)
+        .filter(Q(path=path) | Q(path__isnull=True))
         .exclude(revision_id=head_id)
         .select_related("revision")
         .order_by("-finished_at", "-id")[:1]
     ),
     int,
     int,
+    str,
 )
 
 
@@ -237,6 +242,8 @@ def _went_out(source: Source, revision: Revision) -> bool:
     if revision.outcome in (Revision.Outcome.PENDING, Revision.Outcome.REJECTED):
         return False
     cache = caches.for_source(source.pk)
+    if cache.went_out is not None and cache.went_out[1] != source.path:
+        cache.went_out = None  # moved: moved back later, that directory's rollout may have been rolled back
     if cache.went_out == (revision.pk, source.path):
         return True
     latest = (
@@ -421,7 +428,9 @@ def _reject(source: Source, revision: Revision, rejected: RevisionRejected) -> N
 
 
 def commit_identities(source: Source, head: Revision) -> list[str]:
-    """Authors and committers of every commit a rollout of ``head`` brings, since the last completed one."""
-    last = _LAST_COMPLETED.first(source.pk, head.pk)
+    """Authors and committers of every commit a rollout of ``head`` brings, since the last completed one
+    of the source's directory: a source moved to another directory brings that directory's content, as a
+    first rollout does (the commits before ``head``, as many as ``commit_identities`` reads)."""
+    last = _LAST_COMPLETED.first(source.pk, head.pk, source.path)
     with mirror_for(source) as mirror:
         return sorted(mirror.commit_identities(head.commit, since=last.revision.commit if last else None))

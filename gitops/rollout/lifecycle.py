@@ -25,6 +25,7 @@ from gitops.desired.policy import (
     steps_from_json,
 )
 from gitops.desired.revision import DesiredState
+from gitops.errors import TemporaryError
 from gitops.failpoints import failpoint
 from gitops.models import Revision, Rollout, RolloutEvent, Source
 from gitops.prepared import PreparedSelect
@@ -57,20 +58,10 @@ def rollout_choose(
     superseded rollout are added to ``refusals``: the pass reports them, whatever the new rollout does.
     """
     newest, active = _newest_and_active(source)
-    if active is not None and (active.revision_id == head.pk or active.abort_requested_by):
-        return active, None
     if active is not None:
-        if head_desired.policy.rollout.on_new_revision == OnNewRevision.QUEUE:
-            Revision.objects.filter(pk=head.pk, outcome=Revision.Outcome.VALID).update(
-                outcome=Revision.Outcome.QUEUED
-            )
-            return active, Outcome.QUEUED
-        reason = f"superseded by {head.commit[:12]}"
-        refused = rollout_rollback(active, actor=SYSTEM_ACTOR, reason=reason, phase=Rollout.Phase.SUPERSEDED)
-        if refused:  # the superseded rollout ends Failed and says so; the worker's log and the pass too
-            log.warning("rollout %s, superseded, could not restore: %s", active.pk, "; ".join(refused[:5]))
-            if refusals is not None:
-                refusals.extend(refused)
+        kept = _active_kept(source, active, head, head_desired, refusals)
+        if kept is not None:
+            return kept
     # A rollout of the head is taken up again only while nothing came after it: a branch moved
     # back to an older commit goes out anew, through its steps and gates, never at once. So does the
     # head read from another directory (an administrator moved the source's --path): other content.
@@ -84,6 +75,31 @@ def rollout_choose(
     return rollout_start(
         source, head, head_desired, actor=SYSTEM_ACTOR, commit_identities=commit_identities(), why=why
     ), None
+
+
+def _active_kept(
+    source: Source, active: Rollout, head: Revision, head_desired: DesiredState, refusals: list[str] | None
+) -> tuple[Rollout, Outcome | None] | None:
+    """The active rollout, when it goes on (of the head, or rolling back), with ``Outcome.QUEUED`` when
+    the head waits behind it; otherwise it is superseded (rolled back), and None. One of the head but
+    read from another directory holds other content, which never goes out under its steps and gates:
+    superseded, whatever the queue policy says."""
+    of_head = active.revision_id == head.pk
+    if (of_head and not active.directory_moved(source)) or active.abort_requested_by:
+        return active, None
+    if not of_head and head_desired.policy.rollout.on_new_revision == OnNewRevision.QUEUE:
+        Revision.objects.filter(pk=head.pk, outcome=Revision.Outcome.VALID).update(
+            outcome=Revision.Outcome.QUEUED
+        )
+        return active, Outcome.QUEUED
+    reason = f"superseded: the source moved to {_directory(source.path)}" if of_head else ""
+    reason = reason or f"superseded by {head.commit[:12]}"
+    refused = rollout_rollback(active, actor=SYSTEM_ACTOR, reason=reason, phase=Rollout.Phase.SUPERSEDED)
+    if refused:  # the superseded rollout ends Failed and says so; the worker's log and the pass too
+        log.warning("rollout %s, superseded, could not restore: %s", active.pk, "; ".join(refused[:5]))
+        if refusals is not None:
+            refusals.extend(refused)
+    return None
 
 
 def _directory(path: str | None) -> str:
@@ -115,14 +131,25 @@ def _floor_now(source: Source) -> int:
     """The source's approval floor as stored now. An administrator who raises it meanwhile either
     committed first (read here) or waits for this pass's transaction, then gates the rollout it started.
     Its scope is read in the same statement: the pass read the source before its fetch, and the new
-    rollout's first weight checks its targets against the scope as it is now (``_outside_scope_now``)."""
-    floor, allowed = (
+    rollout's first weight checks its targets against the scope as it is now (``_outside_scope_now``).
+    So is its directory: one moved since the pass read it (no rollout was under way to refuse the move)
+    holds other content than the pass loaded, and no rollout starts of it (``SourceMovedMeanwhile``)."""
+    floor, allowed, path = (
         Source.objects.select_for_update(no_key=True)
-        .values_list("required_approvals", "allowed_namespaces")
+        .values_list("required_approvals", "allowed_namespaces", "path")
         .get(pk=source.pk)
     )
+    if path != source.path:
+        raise SourceMovedMeanwhile(
+            f"{source.name} moved to another directory ({path or 'the repository root'}) while this pass "
+            "read the one before; the next pass reads it"
+        )
     source.required_approvals, source.allowed_namespaces = floor, allowed
     return int(floor)
+
+
+class SourceMovedMeanwhile(TemporaryError):
+    """The source's directory changed between the pass's read of it and the start of a rollout."""
 
 
 def rollout_start(

@@ -10,7 +10,9 @@ import pytest
 from gitops import source_admin
 from gitops.models import Rollout, RolloutEvent
 from gitops.rollout import decisions
+from gitops.rollout.lifecycle import SourceMovedMeanwhile
 from tests.gitrepo import configmap, policy
+from tests.passes import HeldPass
 from tests.rollouts import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -35,11 +37,14 @@ def test_a_source_moved_to_another_directory_rolls_its_content_out_through_its_s
             "prod/configmaps/app.yaml": configmap("app", {"VERSION": "prod"}),
         }
     )
-    commit = repo.commit("two directories")
+    repo.commit("two directories")
     source = make_source(path="staging")
     assert sync(source)["outcome"] == "applied"
+    repo.write("staging/configmaps/app.yaml", configmap("app", {"VERSION": "staging-2"}))
+    commit = repo.commit("staging only", author=("Bo", "bo@example.com"))
+    assert sync(source)["outcome"] == "applied"
     first = wait_for(source, phase="Completed")
-    assert [version_in(cluster, ns) for ns in targets] == ["staging", "staging"]
+    assert [version_in(cluster, ns) for ns in targets] == ["staging-2", "staging-2"]
 
     source = source_admin.source_update(source, path="prod")
     sync(source)
@@ -47,17 +52,19 @@ def test_a_source_moved_to_another_directory_rolls_its_content_out_through_its_s
     moved = wait_for(source, phase="Paused", waiting_for="approval")
     assert moved.pk != first.pk and moved.revision_id == first.revision_id
     assert moved.revision.commit == commit and moved.path == "prod" and first.path == "staging"
-    assert [version_in(cluster, ns) for ns in targets] == ["prod", "staging"], "half, then the gate"
+    assert [version_in(cluster, ns) for ns in targets] == ["prod", "staging-2"], "half, then the gate"
+    # Prod's content came with the first commit: its author did not write the staging-only one.
+    assert moved.commit_identities == ["ada@example.com", "bo@example.com"], "as a first rollout"
     started = RolloutEvent.objects.get(rollout=moved, kind="started")
     assert started.message.endswith(": the source moved from directory staging to directory prod")
     sync(source)
-    assert [version_in(cluster, ns) for ns in targets] == ["prod", "staging"], "not healed past the gate"
+    assert [version_in(cluster, ns) for ns in targets] == ["prod", "staging-2"], "not healed past the gate"
 
     decisions.rollout_promote(moved.pk, user=people["approver"])
     wait_for(source, phase="Completed", of=moved)
     assert [version_in(cluster, ns) for ns in targets] == ["prod", "prod"]
     assert sync(source)["outcome"] != "failed"
-    assert Rollout.objects.filter(source=source).count() == 2, "no third rollout once it went out"
+    assert Rollout.objects.filter(source=source).count() == 3, "no other rollout once it went out"
 
 
 def test_a_rollout_aborted_before_the_move_is_not_retried_with_the_new_directorys_content(
@@ -90,3 +97,35 @@ def test_a_rollout_aborted_before_the_move_is_not_retried_with_the_new_directory
     moved = wait_for(source, phase="Paused", waiting_for="approval")
     assert moved.pk != paused.pk and moved.path == "prod" and moved.step_index == 0
     assert [version_in(cluster, ns) for ns in targets] == [None, None], "the prod directory's gate first"
+
+
+def test_a_pass_that_read_the_directory_before_a_move_starts_no_rollout_of_it(
+    repo, make_namespaces, make_source, sync, cluster, monkeypatch
+):
+    """The move was not refused: no rollout was under way. The pass, which loaded the old directory's
+    content, would have started a rollout of it after the move; it fails instead, and the next pass reads
+    the new directory."""
+    (target,) = make_namespaces("a")
+    repo.write_all(
+        {
+            "staging/sluice.yaml": policy([target]),
+            "staging/configmaps/app.yaml": configmap("app", {"VERSION": "staging"}),
+            "prod/sluice.yaml": policy([target]),
+            "prod/configmaps/app.yaml": configmap("app", {"VERSION": "prod"}),
+        }
+    )
+    repo.commit("two directories")
+    source = make_source(path="staging")
+    assert sync(source)["outcome"] == "applied"
+    repo.write("staging/configmaps/app.yaml", configmap("app", {"VERSION": "staging-2"}))
+    commit = repo.commit("staging only")
+
+    with HeldPass(monkeypatch, source) as held:
+        source_admin.source_update(source, path="prod")
+    assert isinstance(held.error, SourceMovedMeanwhile), held.error or held.result
+    assert version_in(cluster, target) == "staging", "nothing of the old directory's new commit went out"
+    assert not Rollout.objects.filter(source=source, revision__commit=commit).exists()
+
+    assert sync(source)["outcome"] == "applied"
+    assert version_in(cluster, target) == "prod"
+    assert Rollout.objects.get(source=source, revision__commit=commit).path == "prod"
