@@ -30,6 +30,8 @@ from gitops.errors import TemporaryError
 from gitops.models import PassClaim, Source
 
 LOCK_CLASS = 0x51C3
+# Every source's rollout starts that publish flag keys, one at a time (``flag_keys_lock``).
+FLAG_KEYS_LOCK = 0x51C4
 WAIT_SECONDS = 30.0  # how long a person's decision waits for a pass under way
 LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE when lock_timeout ends a wait
 
@@ -384,3 +386,10 @@ def _unlock(source: Source) -> None:
     except BaseException:
         connection.close()
         raise
+
+
+def flag_keys_lock() -> None:
+    """Waits for, and holds until the transaction ends, the lock every rollout start that claims flag keys
+    takes (``rollout.lifecycle``): held for a check and an insert, so never long."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, 0)", [FLAG_KEYS_LOCK])

@@ -429,6 +429,10 @@ class Rollout(models.Model):
     # The consumers of the current wave and their state as the step gate last saw them, for pages.
     consumer_states = models.JSONField(default=list, blank=True)
     content_hash = models.CharField(max_length=64, blank=True, default="")
+    # The flag keys the rollout publishes, and where (``desired.flag_keys.flag_claims``), claimed as it
+    # starts: while it is under way, another source's revision that would publish one there is rejected,
+    # before this rollout's first write reaches the flag catalog.
+    flag_claims = models.JSONField(default=list, blank=True, db_default=[])
     # The source's directory (``Source.path``) the rollout's content was read from. The same commit read
     # from another directory is other content: a rollout of its own (``lifecycle.rollout_choose``). NULL:
     # not known (a worker of the release before inserted the row), taken as the source's.
@@ -500,6 +504,7 @@ class Rollout(models.Model):
         "content_hash",
         # A retry's flag canaries go first to the users the failed try reached, not to new ones.
         "flag_population",
+        "flag_claims",
     )
 
 

@@ -31,13 +31,13 @@ from gitops.desired.errors import ValidationError
 from gitops.desired.revision import DesiredState
 from gitops.errors import GitopsError, PermanentError, TemporaryError
 from gitops.fetch.mirror import FetchInterrupted
-from gitops.fetch.revisions import commit_identities, revision_desired_state, revision_fetch
+from gitops.fetch.revisions import commit_identities, revision_desired_state, revision_fetch, revision_reject
 from gitops.locks import ReconcileLockLost, SourceBusy, TakeoverPending, source_lock
 from gitops.models import Revision, Rollout, Source, SourceRemoval, automatic_sync_filter, known_clusters
 from gitops.prepared import PreparedSelect, PreparedUpdate
 from gitops.record.changelog import intents_pending_query
 from gitops.rollout.flag_canary import CanaryRefused
-from gitops.rollout.lifecycle import rollback_asked, rollout_choose, rollout_drive
+from gitops.rollout.lifecycle import FlagKeysTaken, rollback_asked, rollout_choose, rollout_drive
 from gitops.rollout.rollback import rollbacks_owed_finish, rollbacks_owing, rollout_rollback
 from gitops.rollout.state import StepOutcome, owed_rollbacks_memo, owed_rollbacks_none, pending_writes_known
 from gitops.rollout.step import Resumed, intents_finish_pending, plan_held
@@ -117,17 +117,13 @@ def _reconcile(
     result.errors.extend([*resumed.failures, *(aborted.failures if aborted else [])])
     head_desired = revision_desired_state(source, head, known_clusters=known_clusters(registered))
     if head_desired is None:
-        # A bad new commit stops nothing already under way with an earlier, valid one.
-        moved = _drive_active(source, actor=actor, retry_failed=retry_failed, held=gate)
-        head.refresh_from_db()
-        result.outcome = Outcome.REJECTED
-        result.errors = [_error_text(error) for error in head.errors] + (moved.failures if moved else [])
-        result.errors.extend(resumed.failures)
-        _finish(source, [])
-        return result
+        return _head_rejected(source, head, result, decided)
     if gate.held is not None:
         return _hold(source, head, head_desired, gate.held, result)
-    rollout, queued = _chosen(source, head, head_desired, result)
+    chosen = _chosen(source, head, head_desired, result)
+    if chosen is None:
+        return _head_rejected(source, head, result, decided)
+    rollout, queued = chosen
     logs.add_context(rollout=rollout.pk)
     desired = head_desired if rollout.revision_id == head.pk else None
     outcome = _drive(rollout, desired, actor, retry_failed, gate, fresh=True)  # rollout_choose read it now
@@ -142,13 +138,33 @@ def _reconcile(
     return result
 
 
+def _head_rejected(source: Source, head: Revision, result: SyncResult, decided: _Decided) -> SyncResult:
+    """The pass's result for a head rejected (recorded on its row): a bad new commit stops nothing already
+    under way with an earlier, valid one."""
+    moved = _drive_active(source, actor=decided.actor, retry_failed=decided.retry_failed, held=decided.gate)
+    head.refresh_from_db()
+    result.outcome = Outcome.REJECTED
+    result.errors = [_error_text(error) for error in head.errors] + (moved.failures if moved else [])
+    result.errors.extend(decided.resumed.failures)
+    _finish(source, [])
+    return result
+
+
 def _chosen(
     source: Source, head: Revision, head_desired: DesiredState, result: SyncResult
-) -> tuple[Rollout, Outcome | None]:
+) -> tuple[Rollout, Outcome | None] | None:
     """The rollout this pass moves (``rollout_choose``); a superseded rollout's refused restores go into
-    the pass's errors. The commits' authors are read only when a rollout starts."""
+    the pass's errors. The commits' authors are read only when a rollout starts. None: the head's flag
+    keys were taken, by another source's rollout that started since the head was validated (recorded on
+    the head, as validation records it)."""
     identities = lambda: commit_identities(source, head)  # noqa: E731
-    return rollout_choose(source, head, head_desired, commit_identities=identities, refusals=result.errors)
+    try:
+        return rollout_choose(
+            source, head, head_desired, commit_identities=identities, refusals=result.errors
+        )
+    except FlagKeysTaken as taken:
+        revision_reject(source, head, taken)
+        return None
 
 
 def _outcome_into(result: SyncResult, outcome: StepOutcome, queued: Outcome | None, gate: GateWatch) -> None:

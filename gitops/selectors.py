@@ -17,7 +17,7 @@ from django.db.models.functions import Lower, Trim
 from django.utils import timezone
 
 from gitops.desired.errors import ValidationError
-from gitops.desired.flag_keys import PublishedElsewhere
+from gitops.desired.flag_keys import PublishedElsewhere, claimed_elsewhere
 from gitops.models import (
     Approval,
     Change,
@@ -777,9 +777,21 @@ def flag_keys_published_by_others(
     (a source being deleted) is no longer served there by that source. A flag Git dropped counts until its
     row is gone (``removed``: the old side of its rollout is served it until 100%), a deleted source's
     never: its rows go with it.
+
+    So do the keys another source's rollout under way claimed as it started (``Rollout.flag_claims``),
+    before its first write reaches the catalog: two sources that start publishing one key about the same
+    time are told apart by which rollout started first (``lifecycle.rollout_start``). A second statement,
+    over the rollouts under way.
     """
     if not places or not key_hashes:
         return []
+    claims = (
+        Rollout.objects.filter(phase__in=Rollout.ACTIVE_PHASES, source__deleted_at__isnull=True)
+        .exclude(source_id=source_id)
+        .exclude(flag_claims=[])
+        .values_list("source__name", "pk", "flag_claims")
+    )
+    claimed = claimed_elsewhere(claims, places, key_hashes)
     rows = (
         PublishedFlag.objects.filter(
             namespace__in={namespace for _, namespace in places}, key_hash__in=set(key_hashes)
@@ -795,4 +807,4 @@ def flag_keys_published_by_others(
         .values_list("source__name", "source__managed_objects__cluster", "namespace", "key", "removed")
     )
     # Clusters and namespaces are asked for apart: a pair of one cluster and another's namespace is not.
-    return [PublishedElsewhere(*row) for row in rows if (row[1], row[2]) in places]
+    return [PublishedElsewhere(*row) for row in rows if (row[1], row[2]) in places] + claimed

@@ -13,24 +13,27 @@ from gitops.models import Source
 
 class HeldPass:
     """A pass of the source on a thread of this process, held once it holds the source's lock, has read
-    the registry and fetched and recorded the head, just before it validates it. Used as a block, leaving
-    it lets the pass go on; otherwise ``thread``, ``validating`` and ``go_on`` are the test's to drive."""
+    the registry and fetched and recorded the head, just before it validates it; with
+    ``before="_chosen"``, once it validated the head, just before it chooses (or starts) its rollout.
+    Used as a block, leaving it lets the pass go on; otherwise ``thread``, ``validating`` (set once it
+    is held) and ``go_on`` are the test's to drive."""
 
-    def __init__(self, monkeypatch, source: Source) -> None:
+    def __init__(self, monkeypatch, source: Source, *, before: str = "revision_desired_state") -> None:
         self.validating, self.go_on = threading.Event(), threading.Event()
         self.result: reconcile.SyncResult | None = None
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, args=(source.pk,), name="held-pass")
-        real = reconcile.revision_desired_state
+        real = getattr(reconcile, before)
 
         def held(*args: Any, **kwargs: Any) -> Any:
-            # The head's validation, with the clusters the pass read as it began.
-            if kwargs.get("known_clusters") is not None and threading.current_thread() is self.thread:
+            # The head's validation is the one with the clusters the pass read as it began.
+            wanted = before != "revision_desired_state" or kwargs.get("known_clusters") is not None
+            if wanted and threading.current_thread() is self.thread:
                 self.validating.set()
                 assert self.go_on.wait(timeout=120), "the test lets the pass go on"
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(reconcile, "revision_desired_state", held)
+        monkeypatch.setattr(reconcile, before, held)
 
     def _run(self, source_id: int) -> None:
         try:

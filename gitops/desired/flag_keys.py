@@ -12,7 +12,7 @@ source publishes it.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from gitops.desired.errors import ValidationError
@@ -43,14 +43,16 @@ class FlagKeyDefinition:
 @dataclass(frozen=True)
 class PublishedElsewhere:
     """A flag key another source publishes into a cluster's namespace, as its flag catalog and its
-    inventory say. ``removed``: Git no longer has it, and the old side of that source's rollout is
-    served it until the rollout completes."""
+    inventory say, or as its rollout under way claimed it (``rollout``: its id) before writing.
+    ``removed``: Git no longer has it, and the old side of that source's rollout is served it until the
+    rollout completes."""
 
     source: str
     cluster: str
     namespace: str
     key: str
     removed: bool = False
+    rollout: int | None = None
 
 
 def flag_key_definitions(desired: DesiredState) -> dict[str, FlagKeyDefinition]:
@@ -95,6 +97,43 @@ def flag_keys(desired: DesiredState) -> FlagKeys:
     return FlagKeys(definitions, frozenset(places), frozenset(flag_key_hash(key) for key in definitions))
 
 
+# A rollout's claim on its flag keys (``Rollout.flag_claims``): for each group of keys that go to the same
+# places, {"places": [[cluster, namespace], ...], "keys": [[key_hash, key], ...]}.
+FlagClaims = list[dict[str, list[list[str]]]]
+
+
+def flag_claims(keys: FlagKeys) -> FlagClaims:
+    """What a rollout of the revision claims as it starts: every key, where it goes. Keys of one file share
+    their places, so a group is stored once per file's places, not once per key and place."""
+    grouped: dict[frozenset[Place], list[list[str]]] = {}
+    for key, definition in sorted(keys.definitions.items()):
+        grouped.setdefault(definition.places, []).append([flag_key_hash(key), key])
+    return [
+        {"places": [list(place) for place in sorted(places)], "keys": group}
+        for places, group in grouped.items()
+    ]
+
+
+def claimed_elsewhere(
+    claims: Iterable[tuple[str, int, FlagClaims]], places: Collection[Place], key_hashes: Collection[str]
+) -> list[PublishedElsewhere]:
+    """The keys of ``key_hashes`` that other sources' rollouts under way claim in one of ``places``:
+    ``claims`` holds (source name, rollout id, its claims) for each."""
+    found = []
+    for source, rollout, groups in claims:
+        for group in groups:
+            where = [
+                (cluster, namespace)
+                for cluster, namespace in group["places"]
+                if (cluster, namespace) in places
+            ]
+            taken = [key for key_hash, key in group["keys"] if key_hash in key_hashes] if where else []
+            found += [
+                PublishedElsewhere(source, *place, key, rollout=rollout) for place in where for key in taken
+            ]
+    return found
+
+
 def published_elsewhere_errors(
     definitions: Mapping[str, FlagKeyDefinition], published: Iterable[PublishedElsewhere]
 ) -> list[ValidationError]:
@@ -129,8 +168,15 @@ def _published_elsewhere(key: str, by_source: Mapping[str, list[PublishedElsewhe
         if leaving
         else "; take it out of one of them, or publish into another flags namespace"
     )
+    # Claimed by a rollout under way that has not written it yet: it counts from the rollout's start.
+    claimed = [other.rollout for other in by_source[source] if other.rollout is not None]
+    only_claimed = bool(claimed) and len(claimed) == len(by_source[source])
+    verb = (
+        f"being published into {where} by rollout {min(claimed)} of source {source!r}" if only_claimed else ""
+    )
+    verb = verb or f"also published into {where} by source {source!r}"
     return (
-        f"the flag {key!r} is also published into {where} by source {source!r}{also}: flagd serves every "
+        f"the flag {key!r} is {verb}{also}: flagd serves every "
         "flag set of a namespace together, merged by key, and of two definitions the one it read last, "
         f"so one key belongs to one source{until}"
     )

@@ -185,7 +185,7 @@ def revision_desired_state(
                     mirror, revision.commit, source.path, limits, parsed=cache.parsed, scope=scope
                 )
             except RevisionRejected as rejected:
-                _reject(source, revision, rejected)
+                revision_reject(source, revision, rejected)
                 cache.rejected = (key, scope)
                 return None
     desired, index = loaded
@@ -219,7 +219,7 @@ def _alone_with_its_flag_keys(
         rejected = RevisionRejected(conflicts)
         stored = [error.as_dict() for error in rejected.errors]
         if revision.outcome != Revision.Outcome.REJECTED or revision.errors != stored:
-            _reject(source, revision, rejected)  # written when it changes, not at every pass
+            revision_reject(source, revision, rejected)  # written when it changes, not at every pass
             revision.outcome, revision.errors = Revision.Outcome.REJECTED, stored
         return None
     if revision.outcome in (Revision.Outcome.PENDING, Revision.Outcome.REJECTED):
@@ -409,7 +409,7 @@ def revision_load(source: Source, requested: RequestedRevision) -> LoadedRevisio
             return LoadedRevision(info, None, tuple(rejected.errors))
 
 
-def _reject(source: Source, revision: Revision, rejected: RevisionRejected) -> None:
+def revision_reject(source: Source, revision: Revision, rejected: RevisionRejected) -> None:
     newly = Revision.objects.filter(pk=revision.pk).exclude(outcome=Revision.Outcome.REJECTED).exists()
     Revision.objects.filter(pk=revision.pk).update(
         outcome=Revision.Outcome.REJECTED, errors=[e.as_dict() for e in rejected.errors]

@@ -22,7 +22,7 @@ from django.utils import timezone
 from gitops import freezes, schedule, selectors
 from gitops.desired.policy import SetWeight, steps_from_json
 from gitops.errors import PermanentError
-from gitops.locks import sources_locked
+from gitops.locks import flag_keys_lock, sources_locked
 from gitops.models import ApplyIntent, Approval, Rollout, Source, VerifiedEmail, copied
 from gitops.record.events import rollout_event
 from gitops.rollout.engine import with_approval_gate
@@ -268,6 +268,7 @@ def _rollout_retried(rollout_id: int, *, username: str) -> Rollout:
             )
         if Rollout.objects.filter(source=source, phase__in=Rollout.ACTIVE_PHASES).exists():
             raise RolloutError(f"{source.name} already has an active rollout")
+        _flag_keys_still_free(source, rollout)
         repeated = copied(rollout, Rollout.REPEATED_FIELDS)
         # Its own steps, not the ones a promote to 100% cut short: the analyses and gates run again.
         repeated["steps"] = rollout.planned_steps or rollout.steps
@@ -280,6 +281,28 @@ def _rollout_retried(rollout_id: int, *, username: str) -> Rollout:
         )
         schedule.source_sync(source.pk, actor=username, rollouts_only=True)
     return again
+
+
+def _flag_keys_still_free(source: Source, rollout: Rollout) -> None:
+    """Raises RolloutError when another source published, or started a rollout that publishes, one of the
+    rollout's flag keys where it published it, since it ended (its rollback took them out). The retry
+    claims them again as it starts (its ``flag_claims``, copied), under the lock every such start takes."""
+    claims = rollout.flag_claims
+    if not claims:
+        return
+    flag_keys_lock()
+    places = {(cluster, namespace) for group in claims for cluster, namespace in group["places"]}
+    hashes = {key_hash for group in claims for key_hash, _ in group["keys"]}
+    taken = selectors.flag_keys_published_by_others(source.pk, places, hashes)
+    if taken:
+        first = min(taken, key=lambda other: (other.key, other.source, other.cluster))
+        more = len({other.key for other in taken}) - 1
+        raise RolloutError(
+            f"the flag {first.key!r} is published into {first.cluster}/{first.namespace} by source "
+            f"{first.source!r} since rollout {rollout.pk} ended"
+            + (f" (and {more:,} more of its flags)" if more else "")
+            + ": a retry would publish it beside theirs; retry once they take it out"
+        )
 
 
 def rollout_rollback_waive(rollout_id: int, *, cluster: str, user: User, reason: str) -> Rollout:

@@ -15,6 +15,8 @@ from django.db import transaction
 from django.db.models import Q, QuerySet, Subquery
 from django.utils import timezone
 
+from gitops.desired.errors import RevisionRejected
+from gitops.desired.flag_keys import FlagClaims, flag_claims, flag_keys, published_elsewhere_errors
 from gitops.desired.policy import (
     Analysis,
     ConsumerMode,
@@ -27,6 +29,7 @@ from gitops.desired.policy import (
 from gitops.desired.revision import DesiredState
 from gitops.errors import TemporaryError
 from gitops.failpoints import failpoint
+from gitops.locks import flag_keys_lock
 from gitops.models import Revision, Rollout, RolloutEvent, Source
 from gitops.prepared import PreparedSelect
 from gitops.record.events import rollout_event
@@ -37,6 +40,7 @@ from gitops.rollout.gates import analyse, pause, pause_is_over, wait_for_cluster
 from gitops.rollout.rollback import rollout_rollback
 from gitops.rollout.state import StepOutcome, transition
 from gitops.rollout.step import in_scope, weight_apply
+from gitops.selectors import flag_keys_published_by_others
 from gitops.vocabulary import SYSTEM_ACTOR, Outcome, RolloutEventKind, Waiting
 from gitops.windows import Gate
 
@@ -148,6 +152,28 @@ def _floor_now(source: Source) -> int:
     return int(floor)
 
 
+class FlagKeysTaken(RevisionRejected):
+    """Another source published, or started a rollout that publishes, one of the revision's flag keys
+    where it would publish it, after the pass validated it: no rollout starts, and the revision is
+    rejected as validation would have rejected it."""
+
+
+def _flag_keys_claimed(source: Source, desired: DesiredState) -> FlagClaims:
+    """The new rollout's claim on its flag keys (``Rollout.flag_claims``), or FlagKeysTaken. Asked again
+    here, under one lock for every source's rollout starts (``flag_keys_lock``, held until the rollout is
+    committed), so that of two sources starting one key about the same time the second sees the first's
+    claim: each had validated its revision before either's rollout existed, and both went out."""
+    keys = flag_keys(desired)
+    if not keys.definitions:
+        return []
+    flag_keys_lock()
+    taken = flag_keys_published_by_others(source.pk, keys.places, keys.hashes)
+    errors = published_elsewhere_errors(keys.definitions, taken)
+    if errors:
+        raise FlagKeysTaken(errors)
+    return flag_claims(keys)
+
+
 class SourceMovedMeanwhile(TemporaryError):
     """The source's directory changed between the pass's read of it and the start of a rollout."""
 
@@ -166,8 +192,15 @@ def rollout_start(
     # Started with its timeline's first line, or not at all.
     with transaction.atomic():
         floor = _floor_now(source)
+        claims = _flag_keys_claimed(source, desired)
         rollout = _created(
-            source, revision, desired, floor=floor, actor=actor, commit_identities=commit_identities
+            source,
+            revision,
+            desired,
+            floor=floor,
+            actor=actor,
+            commit_identities=commit_identities,
+            claims=claims,
         )
         if revision.outcome != Revision.Outcome.VALID:  # a queued one (a new one is made valid already)
             Revision.objects.filter(pk=revision.pk).exclude(outcome=Revision.Outcome.REJECTED).update(
@@ -473,6 +506,7 @@ def _created(
     floor: int,
     actor: str,
     commit_identities: Sequence[str],
+    claims: FlagClaims,
 ) -> Rollout:
     """The new rollout's row, with the administrator's floor ``floor`` on top of the repository's."""
     policy = desired.policy
@@ -493,5 +527,6 @@ def _created(
         commit_identities=sorted({identity.lower() for identity in commit_identities}),
         content_hash=desired_hash(desired),
         path=source.path,
+        flag_claims=claims,
         created_by=actor,
     )

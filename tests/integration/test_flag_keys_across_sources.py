@@ -16,6 +16,7 @@ from gitops.desired.errors import ValidationError
 from gitops.models import ApplyIntent, Change, ManagedObject, PublishedFlag, Revision, Rollout
 from gitops.rollout import decisions
 from tests.gitrepo import GitRepo, configmap, policy
+from tests.passes import HeldPass
 from tests.rollouts import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -304,7 +305,8 @@ def test_the_retry_of_a_rolled_back_rollout_is_asked_again_as_its_keys_left_the_
 ):
     """A rollback takes the keys its rollout brought out of the catalog, as out of the clusters; another
     source may publish one then. The aborted revision had gone out, and was never asked again: its retry
-    published the key beside the other source's."""
+    published the key beside the other source's. Asked again, the retry started and failed at its pass;
+    the retry is refused up front now (its claim is checked as it starts)."""
     app_a, app_b, flags_ns = make_namespaces("a", "b", "flags")
     publish(repo, app_a, flags_ns, {"flags/checkout.json": flag_set(banner=BANNER)})
     shop = make_source(name=f"shop-{uuid.uuid4().hex[:6]}")
@@ -323,26 +325,17 @@ def test_the_retry_of_a_rolled_back_rollout_is_asked_again_as_its_keys_left_the_
     payments = make_source(url=other.url)
     assert sync(payments)["outcome"] == "applied", "shop publishes the key nowhere now"
 
-    retried = decisions.rollout_retry(first.pk, user=people["approver"])
-
-    ended = _ended(shop, retried)
     where = f"{settings.SLUICE_CLUSTER_NAME}/{flags_ns}"
-    expected = rejection("flags/checkout.json", 11, "new-checkout", where, payments.name)
-    assert ended.phase in ("Failed", "Aborted"), ended.phase
-    assert errors_of(Revision.objects.get(pk=first.revision_id)) == [expected]
+    refusal = f"'new-checkout' is published into {where} by source '{payments.name}' since rollout {first.pk}"
+    with pytest.raises(decisions.RolloutError, match=refusal):
+        decisions.rollout_retry(first.pk, user=people["approver"])
+
+    assert Rollout.objects.filter(source=shop).count() == 2, "no retry started"
     served = cluster.get_configmap(flags_ns, "checkout")["data"]["checkout.flagd.json"]
     assert "new-checkout" not in served, "the retry published nothing of the key"
-    assert not Change.objects.filter(rollout=retried).exclude(action="rollback").exists()
-
-
-def _ended(source, rollout: Rollout) -> Rollout:
-    from tests.workers import poll
-
-    return poll(
-        lambda: Rollout.objects.filter(pk=rollout.pk, phase__in=Rollout.ENDED_PHASES).first(),
-        timeout=60,
-        what=f"rollout {rollout.pk} of {source.name} to end",
-    )
+    # A pass of the same revision is asked too, as before.
+    expected = rejection("flags/checkout.json", 11, "new-checkout", where, payments.name)
+    assert sync(shop)["errors"] == [expected]
 
 
 def test_a_branch_moved_back_to_a_commit_that_went_out_before_is_asked_again(
@@ -371,3 +364,68 @@ def test_a_branch_moved_back_to_a_commit_that_went_out_before_is_asked_again(
     assert result["outcome"] == "rejected", result
     assert result["errors"] == [rejection("flags/checkout.json", 11, "new-checkout", where, payments.name)]
     assert "new-checkout" not in cluster.get_configmap(flags_ns, "checkout")["data"]["checkout.flagd.json"]
+
+
+def claimed(file: str, line: int, key: str, where: str, source: str, rollout: int) -> str:
+    return (
+        f"{file}:{line}: flags.{key}: the flag {key!r} is being published into {where} by rollout "
+        f"{rollout} of source {source!r}: {PROBLEM}; {ADVICE}"
+    )
+
+
+def test_a_key_a_rollout_under_way_has_not_written_yet_is_taken_from_its_start(
+    repo, make_namespaces, make_source, sync, cluster, people, tmp_path
+):
+    """shop's rollout waits at its first gate: nothing written, nothing in the catalog. payments, validated
+    meanwhile, went out beside it, and shop's promote then published the key a second time (its revision
+    was asked while its rollout had not written, and rejected then, or it had written and was not)."""
+    app_a, app_b, flags_ns = make_namespaces("a", "b", "flags")
+    files = {"flags/checkout.json": flag_set(**{"new-checkout": SWITCH})}
+    publish(repo, app_a, flags_ns, files, steps=[{"pause": {}}, {"setWeight": 100}])
+    shop = make_source(name=f"shop-{uuid.uuid4().hex[:6]}")
+    sync(shop)
+    waiting = wait_for(shop, phase="Paused", waiting_for="approval", weight=0)
+    assert not PublishedFlag.objects.filter(source=shop).exists(), "nothing written yet"
+
+    other = GitRepo(tmp_path / "payments")
+    publish(other, app_b, flags_ns, {"flags/payments.json": flag_set(**{"new-checkout": SWITCH})})
+    payments = make_source(name=f"payments-{uuid.uuid4().hex[:6]}", url=other.url)
+    where = f"{settings.SLUICE_CLUSTER_NAME}/{flags_ns}"
+    expected = claimed("flags/payments.json", 3, "new-checkout", where, shop.name, waiting.pk)
+
+    result = sync(payments)
+
+    assert (result["outcome"], result["errors"]) == ("rejected", [expected]), result
+    assert cluster.get_configmap(flags_ns, "payments") is None
+    decisions.rollout_promote(waiting.pk, user=people["approver"])
+    wait_for(shop, phase="Completed", of=waiting)
+    assert "new-checkout" in cluster.get_configmap(flags_ns, "checkout")["data"]["checkout.flagd.json"]
+    owned = rejection("flags/payments.json", 3, "new-checkout", where, shop.name)
+    assert sync(payments)["errors"] == [owned], "the catalog took over from the claim"
+
+
+def test_of_two_sources_starting_one_key_at_once_the_second_rollout_does_not_start(
+    repo, make_namespaces, make_source, sync, cluster, monkeypatch, tmp_path
+):
+    """payments validated its revision before shop's rollout existed; shop's rollout then started. Each
+    check had passed, and both went out: the claim is asked again as a rollout starts, under one lock."""
+    app_a, app_b, flags_ns = make_namespaces("a", "b", "flags")
+    other = GitRepo(tmp_path / "payments")
+    commit = publish(other, app_b, flags_ns, {"flags/payments.json": flag_set(**{"new-checkout": SWITCH})})
+    payments = make_source(name=f"payments-{uuid.uuid4().hex[:6]}", url=other.url)
+    publish(repo, app_a, flags_ns, {"flags/checkout.json": flag_set(**{"new-checkout": SWITCH})})
+    shop = make_source(name=f"shop-{uuid.uuid4().hex[:6]}")
+
+    with HeldPass(monkeypatch, payments, before="_chosen") as held:
+        assert sync(shop)["outcome"] == "applied", "shop's rollout starts while payments' pass is held"
+    assert held.error is None, held.error
+
+    where = f"{settings.SLUICE_CLUSTER_NAME}/{flags_ns}"
+    shops = Rollout.objects.get(source=shop).pk
+    assert held.result.outcome == "rejected", held.result
+    assert held.result.errors == [
+        claimed("flags/payments.json", 3, "new-checkout", where, shop.name, shops)
+    ] or (held.result.errors == [rejection("flags/payments.json", 3, "new-checkout", where, shop.name)])
+    assert Revision.objects.get(source=payments, commit=commit).outcome == Revision.Outcome.REJECTED
+    assert not Rollout.objects.filter(source=payments).exists()
+    assert cluster.get_configmap(flags_ns, "payments") is None

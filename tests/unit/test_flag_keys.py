@@ -8,6 +8,8 @@ import json
 from gitops.desired.flag_keys import (
     FlagKeyDefinition,
     PublishedElsewhere,
+    claimed_elsewhere,
+    flag_claims,
     flag_key_definitions,
     flag_key_hash,
     flag_keys,
@@ -154,3 +156,37 @@ def test_keys_are_hashed_as_the_flag_catalog_stores_them():
         summary = flag_summary(SWITCH, effective_flags(document)[key])
         row = _row(1, ("flags", "checkout"), key, summary, None, rollout_id=None)
         assert flag_key_hash(key) == row.key_hash
+
+
+def test_a_rollouts_claim_holds_each_key_once_with_the_places_of_its_file():
+    other = json.dumps({"flags": {"search": SWITCH}}).encode()
+    desired = load({"sluice.yaml": POLICY, "flags/checkout.json": CHECKOUT, "flags/search.json": other})
+    claims = flag_claims(flag_keys(desired))
+    assert claims == [
+        {
+            "places": [["default", "flags"], ["member-1", "flags"]],
+            "keys": [[flag_key_hash(key), key] for key in ("banner", "new-checkout", "search")],
+        }
+    ], "one group: the three keys go to the same places"
+    assert flag_claims(flag_keys(load({"sluice.yaml": POLICY, "configmaps/p.yaml": PLAIN}))) == []
+
+
+def test_a_key_another_sources_rollout_claimed_counts_where_it_claimed_it():
+    claims = [
+        {"places": [["default", "flags"]], "keys": [[flag_key_hash("new-checkout"), "new-checkout"]]},
+        {"places": [["member-1", "flags"]], "keys": [[flag_key_hash("banner"), "banner"]]},
+    ]
+    asked = {flag_key_hash("new-checkout"), flag_key_hash("banner")}
+    found = claimed_elsewhere([("shop-a", 7, claims)], {("default", "flags")}, asked)
+    assert found == [PublishedElsewhere("shop-a", "default", "flags", "new-checkout", rollout=7)]
+    assert claimed_elsewhere([("shop-a", 7, claims)], {("default", "other")}, asked) == []
+
+    (error,) = published_elsewhere_errors({"new-checkout": HERE}, found)
+    assert str(error) == (
+        "flags/checkout.json:3: flags.new-checkout: the flag 'new-checkout' is being published into "
+        f"default/flags by rollout 7 of source 'shop-a': {PROBLEM}; take it out of one of them, or publish "
+        "into another flags namespace"
+    )
+    published = PublishedElsewhere("shop-a", "default", "flags", "new-checkout")
+    (both,) = published_elsewhere_errors({"new-checkout": HERE}, [*found, published])
+    assert "is also published into default/flags by source 'shop-a':" in str(both), "published: said so"

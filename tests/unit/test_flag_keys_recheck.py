@@ -47,7 +47,8 @@ class Database:
 def database(monkeypatch: pytest.MonkeyPatch) -> Iterator[Database]:
     stub = Database()
     monkeypatch.setattr(revisions, "flag_keys_published_by_others", stub.published_by_others)
-    monkeypatch.setattr(revisions, "_reject", lambda source, revision, found: stub.rejected.append(found))
+    rejected = lambda source, revision, found: stub.rejected.append(found)  # noqa: E731
+    monkeypatch.setattr(revisions, "revision_reject", rejected)
     monkeypatch.setattr(revisions, "_VALID", stub.valid.append)
     monkeypatch.setattr(revisions, "known_cluster_names", lambda: KNOWN)  # previews ask the database
     caches.drop(SOURCE_ID)

@@ -120,7 +120,7 @@ def loaded(
         monkeypatch.setattr(ObjectStore, "usable", property(lambda self: False))
     rejected: Rejections = []
     monkeypatch.setattr(revisions, "mirror_for", lambda source: GitMirror(repo.path))
-    monkeypatch.setattr(revisions, "_reject", lambda source, revision, found: rejected.append(found))
+    monkeypatch.setattr(revisions, "revision_reject", lambda source, revision, found: rejected.append(found))
     monkeypatch.setattr(revisions, "known_cluster_names", lambda: KNOWN)  # previews ask the database
     caches.drop(SOURCE_ID)
     yield rejected
