@@ -144,8 +144,10 @@ def _head_rejected(source: Source, head: Revision, result: SyncResult, decided: 
     moved = _drive_active(source, actor=decided.actor, retry_failed=decided.retry_failed, held=decided.gate)
     head.refresh_from_db()
     result.outcome = Outcome.REJECTED
-    result.errors = [_error_text(error) for error in head.errors] + (moved.failures if moved else [])
-    result.errors.extend(decided.resumed.failures)
+    # After the head's errors, what the pass had already met: a refused write, restore or rollback.
+    result.errors = (
+        [_error_text(error) for error in head.errors] + result.errors + (moved.failures if moved else [])
+    )
     _finish(source, [])
     return result
 

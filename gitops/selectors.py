@@ -789,6 +789,7 @@ def flag_keys_published_by_others(
         Rollout.objects.filter(phase__in=Rollout.ACTIVE_PHASES, source__deleted_at__isnull=True)
         .exclude(source_id=source_id)
         .exclude(flag_claims=[])
+        .order_by()
         .values_list("source__name", "pk", "flag_claims")
     )
     claimed = claimed_elsewhere(claims, places, key_hashes)

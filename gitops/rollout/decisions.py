@@ -291,15 +291,25 @@ def _flag_keys_still_free(source: Source, rollout: Rollout) -> None:
     if not claims:
         return
     flag_keys_lock()
-    places = {(cluster, namespace) for group in claims for cluster, namespace in group["places"]}
+    claimed = {
+        (key, (cluster, namespace))
+        for group in claims
+        for cluster, namespace in group["places"]
+        for _, key in group["keys"]
+    }
+    places = {place for _, place in claimed}
     hashes = {key_hash for group in claims for key_hash, _ in group["keys"]}
-    taken = selectors.flag_keys_published_by_others(source.pk, places, hashes)
+    found = selectors.flag_keys_published_by_others(source.pk, places, hashes)
+    # Each key where the rollout published it: another source may publish it elsewhere.
+    taken = [other for other in found if (other.key, (other.cluster, other.namespace)) in claimed]
     if taken:
-        first = min(taken, key=lambda other: (other.key, other.source, other.cluster))
+        first = min(taken, key=lambda other: (other.key, other.source, other.cluster, other.rollout or 0))
         more = len({other.key for other in taken}) - 1
+        by = f"by rollout {first.rollout} of source {first.source!r}" if first.rollout else ""
+        verb = f"being published into {first.cluster}/{first.namespace} {by}" if by else ""
+        verb = verb or f"published into {first.cluster}/{first.namespace} by source {first.source!r}"
         raise RolloutError(
-            f"the flag {first.key!r} is published into {first.cluster}/{first.namespace} by source "
-            f"{first.source!r} since rollout {rollout.pk} ended"
+            f"the flag {first.key!r} is {verb} since rollout {rollout.pk} ended"
             + (f" (and {more:,} more of its flags)" if more else "")
             + ": a retry would publish it beside theirs; retry once they take it out"
         )

@@ -16,7 +16,7 @@ from django.db.models import Q, QuerySet, Subquery
 from django.utils import timezone
 
 from gitops.desired.errors import RevisionRejected
-from gitops.desired.flag_keys import FlagClaims, flag_claims, flag_keys, published_elsewhere_errors
+from gitops.desired.flag_keys import FlagClaims, FlagKeys, flag_claims, flag_keys, published_elsewhere_errors
 from gitops.desired.policy import (
     Analysis,
     ConsumerMode,
@@ -96,6 +96,9 @@ def _active_kept(
             outcome=Revision.Outcome.QUEUED
         )
         return active, Outcome.QUEUED
+    # The head's flag keys, free when the pass validated it, are asked again before the rollback: a head
+    # rejected now leaves the rollout under way as it is, as a bad commit does.
+    _flag_keys_free(source, head_desired)
     reason = f"superseded: the source moved to {_directory(source.path)}" if of_head else ""
     reason = reason or f"superseded by {head.commit[:12]}"
     refused = rollout_rollback(active, actor=SYSTEM_ACTOR, reason=reason, phase=Rollout.Phase.SUPERSEDED)
@@ -116,6 +119,8 @@ def _newest_and_active_query(source_id: int) -> QuerySet[Rollout]:
     return (
         rollouts.filter(Q(phase__in=Rollout.ACTIVE_PHASES) | Q(pk=Subquery(newest_id)))
         .select_related("source", "revision")
+        # A pass never reads the claims (kept deferred through ``reload``): a large flag set's keys.
+        .defer("flag_claims")
         .order_by("-id")[:2]
     )
 
@@ -167,11 +172,20 @@ def _flag_keys_claimed(source: Source, desired: DesiredState) -> FlagClaims:
     if not keys.definitions:
         return []
     flag_keys_lock()
+    _flag_keys_free(source, desired, keys)
+    return flag_claims(keys)
+
+
+def _flag_keys_free(source: Source, desired: DesiredState, keys: FlagKeys | None = None) -> None:
+    """Raises FlagKeysTaken when another source publishes, or its rollout under way claimed, one of the
+    revision's flag keys where the revision would publish it."""
+    keys = keys or flag_keys(desired)
+    if not keys.definitions:
+        return
     taken = flag_keys_published_by_others(source.pk, keys.places, keys.hashes)
     errors = published_elsewhere_errors(keys.definitions, taken)
     if errors:
         raise FlagKeysTaken(errors)
-    return flag_claims(keys)
 
 
 class SourceMovedMeanwhile(TemporaryError):

@@ -429,3 +429,34 @@ def test_of_two_sources_starting_one_key_at_once_the_second_rollout_does_not_sta
     assert Revision.objects.get(source=payments, commit=commit).outcome == Revision.Outcome.REJECTED
     assert not Rollout.objects.filter(source=payments).exists()
     assert cluster.get_configmap(flags_ns, "payments") is None
+
+
+def test_a_head_whose_key_was_taken_meanwhile_does_not_supersede_the_rollout_under_way(
+    repo, make_namespaces, make_source, sync, cluster, monkeypatch, tmp_path
+):
+    """shop's new commit brings a key, validated while no other source had it; payments' rollout then
+    claimed it. shop's rollout under way (of its commit before) goes on as it was, as under any bad
+    commit: it was rolled back for a head that then started no rollout."""
+    app_a, app_b, flags_ns = make_namespaces("a", "b", "flags")
+    gate = [{"pause": {}}, {"setWeight": 100}]
+    publish(repo, app_a, flags_ns, {"flags/checkout.json": flag_set(banner=BANNER)}, steps=gate)
+    shop = make_source(name=f"shop-{uuid.uuid4().hex[:6]}")
+    sync(shop)
+    under_way = wait_for(shop, phase="Paused", waiting_for="approval")
+    files = {"flags/checkout.json": flag_set(banner=BANNER, **{"new-checkout": SWITCH})}
+    head = publish(repo, app_a, flags_ns, files, steps=gate, message="a new key")
+    other = GitRepo(tmp_path / "payments")
+    publish(other, app_b, flags_ns, {"flags/payments.json": flag_set(**{"new-checkout": SWITCH})}, steps=gate)
+    payments = make_source(name=f"payments-{uuid.uuid4().hex[:6]}", url=other.url)
+
+    with HeldPass(monkeypatch, shop, before="_chosen") as held:
+        sync(payments)
+        claiming = wait_for(payments, phase="Paused", waiting_for="approval")
+    assert held.error is None, held.error
+
+    where = f"{settings.SLUICE_CLUSTER_NAME}/{flags_ns}"
+    expected = claimed("flags/checkout.json", 11, "new-checkout", where, payments.name, claiming.pk)
+    assert (held.result.outcome, held.result.errors) == ("rejected", [expected]), held.result
+    assert Revision.objects.get(source=shop, commit=head).outcome == Revision.Outcome.REJECTED
+    assert Rollout.objects.get(pk=under_way.pk).phase == "Paused", "the rollout under way goes on"
+    assert Rollout.objects.filter(source=shop).count() == 1
