@@ -4,6 +4,7 @@ DATABASE_URL         PostgreSQL in production, e.g. postgres://user:pass@host:54
 CELERY_BROKER_URL    Celery broker; falls back to REDIS_URL
 REDIS_URL            Redis for results, locks and caches
 KUBECONFIG           kubeconfig path; unset means the in-cluster service account
+SLUICE_CLUSTER_IDENTITY  the default cluster's kube-system namespace uid; another cluster is then refused
 SECRET_KEY           required unless DEBUG=1
 SECRET_KEY_FALLBACKS earlier keys, comma-separated, still accepted while you rotate SECRET_KEY
 ALLOWED_HOSTS        comma-separated host names
@@ -206,6 +207,9 @@ env["PROMETHEUS_MULTIPROC_DIR"] = str(PROMETHEUS_MULTIPROC_DIR)
 SLUICE_FIELD_MANAGER = "sluice"
 # The name of the cluster KUBECONFIG names (the default cluster); others are registered (gitops add-cluster).
 SLUICE_CLUSTER_NAME = env.get("SLUICE_CLUSTER_NAME", "default")
+# The default cluster's identity (its kube-system namespace's uid), when the deployment states it: a client
+# built from KUBECONFIG that reaches another cluster is then refused, as a registered cluster's is.
+SLUICE_CLUSTER_IDENTITY = env.get("SLUICE_CLUSTER_IDENTITY", "").strip()
 # Every call to a cluster is bounded: connect and read timeouts, and a deadline for listing all of a
 # pass's namespaces; a cluster that misses them is unreachable for that pass and tried again after
 # SLUICE_CLUSTER_RETRY_SECONDS (a rollout waiting for it, a rollback it still owes).

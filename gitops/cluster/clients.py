@@ -165,6 +165,12 @@ def _another_cluster(ref: ClusterRef, connected: Cluster) -> str | None:
         return None
     if seen == ref.identity:
         return None
+    if ref.name == default_cluster_name():
+        return (
+            f"cluster {ref.name}: its {ref.where()} now reaches another cluster (kube-system namespace uid "
+            f"{seen}; SLUICE_CLUSTER_IDENTITY says {ref.identity}): nothing is sent there. Point it back at "
+            f"{ref.name}'s server; {ref.name} rebuilt: set SLUICE_CLUSTER_IDENTITY={seen}"
+        )
     return (
         f"cluster {ref.name}: its {ref.where()} now reaches another cluster (kube-system namespace uid "
         f"{seen}; it was registered for {ref.identity}): nothing is sent there. Point it back at "
@@ -240,8 +246,14 @@ def default_cluster_name() -> str:
 
 def default_ref() -> ClusterRef:
     # Allowed: the default cluster is the deployment's own KUBECONFIG, never registered through
-    # add-cluster, and nothing ever refused it for an unverified server.
-    return ClusterRef(default_cluster_name(), settings.KUBECONFIG or None, allow_unverified_tls=True)
+    # add-cluster, and nothing ever refused it for an unverified server. Its identity is the deployment's
+    # to state (SLUICE_CLUSTER_IDENTITY): nothing records one for it.
+    return ClusterRef(
+        default_cluster_name(),
+        settings.KUBECONFIG or None,
+        allow_unverified_tls=True,
+        identity=settings.SLUICE_CLUSTER_IDENTITY,
+    )
 
 
 def registered_refs() -> dict[str, ClusterRef]:

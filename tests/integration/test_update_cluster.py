@@ -501,3 +501,22 @@ def test_a_removal_beside_an_update_records_the_registration_it_removed(register
     assert second is None, second
     removed = ClusterAudit.objects.get(cluster=registered, action="remove")
     assert removed.before["allow_unverified_tls"] is True, "what the update left, not what it replaced"
+
+
+def test_the_default_cluster_is_refused_when_it_reaches_another_than_the_deployment_states(
+    cluster_for, settings
+):
+    """Nothing records the default cluster's identity (it is never registered): the deployment states
+    it (SLUICE_CLUSTER_IDENTITY), and a KUBECONFIG that reaches another cluster is then refused as a
+    registered cluster's kubeconfig is. Unset, it is not checked, as before."""
+    local, member_2 = identity_of(cluster_for, "local"), identity_of(cluster_for, "member-2")
+    settings.SLUICE_CLUSTER_IDENTITY = member_2
+    with pytest.raises(ClusterIdentityError) as refused:
+        another_process().get(None)
+    assert f"SLUICE_CLUSTER_IDENTITY says {member_2}" in str(refused.value)
+    assert f"rebuilt: set SLUICE_CLUSTER_IDENTITY={local}" in str(refused.value)
+
+    settings.SLUICE_CLUSTER_IDENTITY = local
+    assert another_process().get(None).identity() == local
+    settings.SLUICE_CLUSTER_IDENTITY = ""
+    assert another_process().get(None).identity() == local
