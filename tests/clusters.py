@@ -31,13 +31,14 @@ class FlakyKubeconfig:
         self.real_server = self.cluster["server"]
         self.answer()
 
-    def _write(self, server: str) -> None:
+    def _write(self, server: str, user: dict | None = None) -> None:
+        user = user or self.user
         config = {
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [{"name": "flaky", "cluster": {**self.cluster, "server": server}}],
-            "users": [self.user],
-            "contexts": [{"name": "flaky", "context": {"cluster": "flaky", "user": self.user["name"]}}],
+            "users": [user],
+            "contexts": [{"name": "flaky", "context": {"cluster": "flaky", "user": user["name"]}}],
             "current-context": "flaky",
         }
         self.path.write_text(yaml.safe_dump(config))
@@ -47,6 +48,10 @@ class FlakyKubeconfig:
 
     def answer(self) -> None:
         self._write(self.real_server)
+
+    def with_token(self, token: str) -> None:
+        """The real server, reached with a bearer token in place of the stack's credentials."""
+        self._write(self.real_server, {"name": "token", "user": {"token": token}})
 
     def point_at(self, server: str) -> None:
         self._write(server)

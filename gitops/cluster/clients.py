@@ -149,8 +149,10 @@ def _another_cluster(ref: ClusterRef, connected: Cluster) -> str | None:
     kubeconfig rewritten in place (another server, another context) would otherwise have Sluice prune,
     apply and roll back there what its inventory, pending changes and owed rollbacks say of this one.
     One that does not answer is not kept (TemporaryError, remembered as unreachable for a few seconds,
-    then built again); one whose identity it may not read (RBAC without Sluice's namespace reader) is
-    used, unverified, and logged."""
+    then built again). One whose identity it may not read is refused too: the identity was read through
+    the same registration's credentials when it was recorded, so credentials that may not read it now
+    reach, most likely, another cluster, where they hold another role (before 2026-12-07 it was used,
+    unverified; a rewrite to such credentials passed the check)."""
     if not ref.identity:
         return None
     try:
@@ -159,10 +161,13 @@ def _another_cluster(ref: ClusterRef, connected: Cluster) -> str | None:
         connected.close()
         raise
     except GitopsError as exc:
-        log.warning(
-            "cluster %s: its identity cannot be read (%s); its client is used unverified", ref.name, exc
+        stated = "; or unset SLUICE_CLUSTER_IDENTITY" if ref.name == default_cluster_name() else ""
+        return (
+            f"cluster {ref.name}: which cluster its {ref.where()} reaches cannot be told: its kube-system "
+            f"namespace cannot be read ({exc}), which it could when its identity was recorded "
+            f"({ref.identity}): nothing is sent there. Point it back at {ref.name}'s server, or give its "
+            f"credentials Sluice's namespace reader role again{stated}"
         )
-        return None
     if seen == ref.identity:
         return None
     if ref.name == default_cluster_name():

@@ -520,3 +520,60 @@ def test_the_default_cluster_is_refused_when_it_reaches_another_than_the_deploym
     assert another_process().get(None).identity() == local
     settings.SLUICE_CLUSTER_IDENTITY = ""
     assert another_process().get(None).identity() == local
+
+
+def limited_token(api_client: Any, namespace: str) -> str:
+    """A ServiceAccount token of ``namespace`` that may read and write its ConfigMaps, and nothing else:
+    not the kube-system namespace a cluster's identity is read from."""
+    from kubernetes import client
+
+    core, rbac = client.CoreV1Api(api_client), client.RbacAuthorizationV1Api(api_client)
+    core.create_namespace({"metadata": {"name": namespace}})
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": "limited"}})
+    rule = {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "create", "patch"]}
+    rbac.create_namespaced_role(namespace, {"metadata": {"name": "limited"}, "rules": [rule]})
+    binding = {
+        "metadata": {"name": "limited"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "limited"},
+        "subjects": [{"kind": "ServiceAccount", "name": "limited", "namespace": namespace}],
+    }
+    rbac.create_namespaced_role_binding(namespace, binding)
+    annotations = {"kubernetes.io/service-account.name": "limited"}
+    secret = {"metadata": {"name": "limited-token", "annotations": annotations}}
+    core.create_namespaced_secret(namespace, {**secret, "type": "kubernetes.io/service-account-token"})
+    encoded = poll(
+        lambda: (core.read_namespaced_secret("limited-token", namespace).data or {}).get("token"),
+        timeout=30,
+        what="the token controller to fill in the token",
+    )
+    import base64
+
+    return base64.b64decode(encoded).decode()
+
+
+def test_credentials_that_may_no_longer_read_the_clusters_identity_are_refused(
+    cluster_for, stack, kube_client, tmp_path
+):
+    """Its identity was read through these very credentials when recorded. Rewritten to credentials
+    that may not read it (another cluster's, with another role there, say), the client was used,
+    unverified; it is refused now, and used again once its credentials can tell."""
+    edge = FlakyKubeconfig(tmp_path / "edge.kubeconfig", stack["KUBECONFIG"], "member-1")
+    call_command(
+        "gitops", "add-cluster", "edge", "--kubeconfig", str(edge.path), "--by", "ines", stdout=io.StringIO()
+    )
+    member_1 = identity_of(cluster_for, "member-1")
+    assert ClusterRecord.objects.get(name="edge").identity == member_1
+    namespace = f"t{uuid.uuid4().hex[:8]}"
+    token = limited_token(kube_client("member-1"), namespace)
+
+    edge.with_token(token)
+    with pytest.raises(ClusterIdentityError) as refused:
+        another_process().get("edge")
+    assert "which cluster its kubeconfig" in str(refused.value) and "cannot be told" in str(refused.value)
+    assert f"when its identity was recorded ({member_1})" in str(refused.value)
+
+    edge.answer()
+    assert another_process().get("edge").identity() == member_1
+    from kubernetes import client
+
+    client.CoreV1Api(kube_client("member-1")).delete_namespace(namespace)
