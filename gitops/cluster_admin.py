@@ -183,6 +183,7 @@ def cluster_update(
     allow_unverified_tls: bool | None = None,
     credentials: Credentials | None = None,
     record_identity: bool = False,
+    clear_identity: bool = False,
 ) -> ClusterUpdate:
     """Grants or revokes a registered cluster's ``--allow-unverified-tls``, or moves its credentials, in
     place: removing and adding it again is refused while it is in use, which is when it matters.
@@ -191,19 +192,25 @@ def cluster_update(
     reach the same cluster as the registration's: its recorded identity, or else the one its current
     credentials answer with (``_same_cluster``). Another cluster would inherit Sluice's inventory, pending
     changes and owed rollbacks of this one, and have them pruned, applied and rolled back there.
-    ``record_identity`` records the identity the registration reaches now (``_identity_record``).
+    ``record_identity`` records the identity the registration reaches now (``_identity_record``);
+    ``clear_identity`` forgets it (``_identity_clear``).
 
     Granting loads the kubeconfig first, as ``add-cluster`` does; revoking never needs it (the file may be
     mounted only where the workers run). Every process reads the registry again at each pass
     (``clients.refresh``), and the reference and the allowance are part of a client's fingerprint: its
     next client is built again, and refused when it reaches the server unverified without the allowance.
     The clusters' audit trail gets a row, in the same transaction; none when nothing changes."""
-    _refuse_update(name, allow_unverified_tls is not None, credentials is not None, record_identity)
+    if record_identity and clear_identity:
+        raise PermanentError("give --record-identity or --clear-identity, not both")
+    identity = record_identity or clear_identity
+    _refuse_update(name, allow_unverified_tls is not None, credentials is not None, identity)
     seen = ClusterRecord.objects.filter(name=name).first()
     if seen is None:
         raise PermanentError(f"no cluster named {name!r}")
     if record_identity:
         return _identity_record(seen, actor)
+    if clear_identity:
+        return _identity_clear(seen, actor)
     allowed = seen.allow_unverified_tls if allow_unverified_tls is None else allow_unverified_tls
     if credentials is not None and credentials.kubeconfig is None and not credentials.in_cluster:
         credentials = dataclasses.replace(credentials, kubeconfig=seen.kubeconfig)
@@ -214,19 +221,22 @@ def cluster_update(
     return _allowance_change(seen, allowed, actor)
 
 
-def _refuse_update(name: str, allowance: bool, credentials: bool, record_identity: bool) -> None:
+def _refuse_update(name: str, allowance: bool, credentials: bool, identity: bool) -> None:
     """Why ``update-cluster`` was asked for nothing it may do, raised."""
     if name == settings.SLUICE_CLUSTER_NAME:
         raise PermanentError(
             f"{name!r} is the default cluster (KUBECONFIG): it is not registered, and its kubeconfig is "
             "used as the deployment gives it"
         )
-    if not (allowance or credentials or record_identity):
+    if not (allowance or credentials or identity):
         raise PermanentError(
-            "nothing to change: give --[no-]allow-unverified-tls, new credentials or --record-identity"
+            "nothing to change: give --[no-]allow-unverified-tls, new credentials, --record-identity or "
+            "--clear-identity"
         )
-    if record_identity and (allowance or credentials):
-        raise PermanentError("--record-identity goes alone (new credentials record theirs)")
+    if identity and (allowance or credentials):
+        raise PermanentError(
+            "--record-identity or --clear-identity goes alone (new credentials record theirs)"
+        )
 
 
 def _allowance_change(seen: ClusterRecord, allowed: bool, actor: Actor) -> ClusterUpdate:
@@ -295,6 +305,27 @@ def _credentials_move(seen: ClusterRecord, wanted: ClusterRecord, actor: Actor) 
         moved_from=before.credentials_ref,
         identity=identity,
     )
+
+
+def _identity_clear(seen: ClusterRecord, actor: Actor) -> ClusterUpdate:
+    """Forgets the identity recorded for the registration: its clients are then used without asking which
+    cluster they reach. For credentials narrowed on purpose so that they may no longer read kube-system,
+    whose clients are refused while an identity is recorded; ``--record-identity`` records it again."""
+    with transaction.atomic():
+        record = ClusterRecord.objects.select_for_update().filter(name=seen.name).first()
+        if record is None:
+            raise PermanentError(f"no cluster named {seen.name!r}")
+        if not record.identity:
+            return ClusterUpdate(record, changed=False, unverified_now=None, recorded_from="")
+        before = copy.copy(record)
+        record.identity = ""
+        record.save(update_fields=["identity"])
+        message = f"identity cleared (was kube-system namespace uid {before.identity}): not checked any more"
+        _cluster_audit(
+            seen.name, ClusterAuditAction.UPDATE, actor, before=before, after=record, message=message
+        )
+    clients.refresh()
+    return ClusterUpdate(record, changed=True, unverified_now=None, recorded_from=before.identity)
 
 
 def _identity_record(seen: ClusterRecord, actor: Actor) -> ClusterUpdate:

@@ -15,6 +15,7 @@ SLUICE_TRUST_X_FORWARDED_PROTO  1 behind a TLS-terminating proxy that sets X-For
 import ipaddress
 import math
 import os
+import re
 import warnings
 from datetime import timedelta
 from pathlib import Path
@@ -209,7 +210,15 @@ SLUICE_FIELD_MANAGER = "sluice"
 SLUICE_CLUSTER_NAME = env.get("SLUICE_CLUSTER_NAME", "default")
 # The default cluster's identity (its kube-system namespace's uid), when the deployment states it: a client
 # built from KUBECONFIG that reaches another cluster is then refused, as a registered cluster's is.
-SLUICE_CLUSTER_IDENTITY = env.get("SLUICE_CLUSTER_IDENTITY", "").strip()
+SLUICE_CLUSTER_IDENTITY = env.get("SLUICE_CLUSTER_IDENTITY", "").strip().lower()
+if SLUICE_CLUSTER_IDENTITY and not re.fullmatch(
+    r"[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}", SLUICE_CLUSTER_IDENTITY
+):
+    raise ImproperlyConfigured(
+        "SLUICE_CLUSTER_IDENTITY is the default cluster's kube-system namespace uid, like "
+        "0b6f2a8e-3c1d-4e5f-9a7b-1c2d3e4f5a6b "
+        "(kubectl get namespace kube-system -o jsonpath='{.metadata.uid}')"
+    )
 # Every call to a cluster is bounded: connect and read timeouts, and a deadline for listing all of a
 # pass's namespaces; a cluster that misses them is unreachable for that pass and tried again after
 # SLUICE_CLUSTER_RETRY_SECONDS (a rollout waiting for it, a rollback it still owes).

@@ -25,7 +25,7 @@ from django.conf import settings
 
 from gitops import metrics
 from gitops.cluster import pools
-from gitops.cluster.client import Cluster
+from gitops.cluster.client import Cluster, NotFoundError, ReadForbidden
 from gitops.errors import GitopsError, PermanentError, TemporaryError
 from gitops.models import Cluster as ClusterRecord
 
@@ -157,17 +157,12 @@ def _another_cluster(ref: ClusterRef, connected: Cluster) -> str | None:
         return None
     try:
         seen = connected.identity(timeout=IDENTITY_SECONDS)
-    except TemporaryError:
+    except (ReadForbidden, NotFoundError) as exc:
+        return _identity_unreadable(ref, exc)
+    except GitopsError:
+        # Not answering, or refusing the credentials (401): they send nothing anyway, and say so.
         connected.close()
         raise
-    except GitopsError as exc:
-        stated = "; or unset SLUICE_CLUSTER_IDENTITY" if ref.name == default_cluster_name() else ""
-        return (
-            f"cluster {ref.name}: which cluster its {ref.where()} reaches cannot be told: its kube-system "
-            f"namespace cannot be read ({exc}), which it could when its identity was recorded "
-            f"({ref.identity}): nothing is sent there. Point it back at {ref.name}'s server, or give its "
-            f"credentials Sluice's namespace reader role again{stated}"
-        )
     if seen == ref.identity:
         return None
     if ref.name == default_cluster_name():
@@ -181,6 +176,24 @@ def _another_cluster(ref: ClusterRef, connected: Cluster) -> str | None:
         f"{seen}; it was registered for {ref.identity}): nothing is sent there. Point it back at "
         f"{ref.name}'s server, or register that cluster under a name of its own; {ref.name} rebuilt under "
         f"the same name: gitops update-cluster {ref.name} --record-identity"
+    )
+
+
+def _identity_unreadable(ref: ClusterRef, error: GitopsError) -> str:
+    """Why a client whose credentials may not read the cluster's identity is refused."""
+    if ref.name == default_cluster_name():  # stated by the deployment, read with its own tools
+        return (
+            f"cluster {ref.name}: SLUICE_CLUSTER_IDENTITY is set, and its kube-system namespace cannot be "
+            f"read through its {ref.where()} ({error}): which cluster it reaches cannot be told, and nothing "
+            "is sent there. Grant its credentials Sluice's namespace reader role, or unset "
+            "SLUICE_CLUSTER_IDENTITY"
+        )
+    return (
+        f"cluster {ref.name}: which cluster its {ref.where()} reaches cannot be told: its kube-system "
+        f"namespace cannot be read ({error}), which it could when its identity was recorded "
+        f"({ref.identity}): nothing is sent there. Point it back at {ref.name}'s server, or give its "
+        f"credentials Sluice's namespace reader role again; narrowed on purpose: gitops update-cluster "
+        f"{ref.name} --clear-identity"
     )
 
 

@@ -20,6 +20,7 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 
 from gitops import cluster_admin
+from gitops.cluster.client import ClusterRefused
 from gitops.cluster.clients import ClusterClients, ClusterIdentityError, UnverifiedClusterError
 from gitops.errors import PermanentError
 from gitops.models import Cluster as ClusterRecord
@@ -571,8 +572,20 @@ def test_credentials_that_may_no_longer_read_the_clusters_identity_are_refused(
         another_process().get("edge")
     assert "which cluster its kubeconfig" in str(refused.value) and "cannot be told" in str(refused.value)
     assert f"when its identity was recorded ({member_1})" in str(refused.value)
+    assert "narrowed on purpose: gitops update-cluster edge --clear-identity" in str(refused.value)
+    edge.with_token("not-a-token")
+    with pytest.raises(ClusterRefused):  # refused credentials say so, not which cluster they reach
+        another_process().get("edge")
+
+    edge.with_token(token)
+    assert "identity cleared (was kube-system namespace uid" in update("edge", "--clear-identity")
+    assert ClusterRecord.objects.get(name="edge").identity == ""
+    assert another_process().get("edge").list_configmaps(namespace) == [], "narrowed on purpose: used"
+    assert "unchanged, no identity is recorded" in update("edge", "--clear-identity")
+    assert ClusterAudit.objects.filter(cluster="edge", message__startswith="identity cleared").count() == 1
 
     edge.answer()
+    assert "identity recorded" in update("edge", "--record-identity")
     assert another_process().get("edge").identity() == member_1
     from kubernetes import client
 

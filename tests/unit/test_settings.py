@@ -72,3 +72,12 @@ def test_debug_runs_with_a_development_key_and_local_hosts():
     loaded = load_settings({"DEBUG": "1"})
     assert loaded.returncode == 0, loaded.stderr
     assert json.loads(loaded.stdout)["hosts"] == ["localhost", "127.0.0.1"]
+
+
+def test_the_default_clusters_stated_identity_must_be_a_uid():
+    """A typo or pasted quotes would refuse the default cluster in every process: it stops them at start."""
+    base = {"SECRET_KEY": "x" * 50}
+    refused = load_settings({**base, "SLUICE_CLUSTER_IDENTITY": '"7dbeb4f3-7a29-4b0f-bef9-aa2755cd5be5"'})
+    assert refused.returncode != 0 and "SLUICE_CLUSTER_IDENTITY is the default cluster's" in refused.stderr
+    taken = load_settings({**base, "SLUICE_CLUSTER_IDENTITY": " 7DBEB4F3-7A29-4B0F-BEF9-AA2755CD5BE5 "})
+    assert taken.returncode == 0, taken.stderr

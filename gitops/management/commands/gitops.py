@@ -5,7 +5,7 @@ gitops add-cluster NAME (--kubeconfig PATH [--context CTX] | --in-cluster) [--by
 gitops clusters [--json]
 gitops update-cluster NAME [--allow-unverified-tls | --no-allow-unverified-tls]
                            [--kubeconfig PATH [--context CTX] | --context CTX | --in-cluster] [--by NAME]
-gitops update-cluster NAME --record-identity [--by NAME]
+gitops update-cluster NAME --record-identity | --clear-identity [--by NAME]
 gitops remove-cluster NAME [--forget --reason TEXT] [--by NAME]
 gitops update-source NAME [--url URL] [--branch B] ... (what is left out stays)
 gitops suspend NAME | gitops resume NAME
@@ -511,7 +511,8 @@ class Command(BaseCommand):
             )
         else:
             self.stdout.write(
-                f"  identity not recorded (it did not answer): "
+                "  identity not recorded (it did not answer, or its credentials may not read the "
+                "kube-system namespace): "
                 f"gitops update-cluster {record.name} --record-identity"
             )
         status = next(s for s in cluster_admin.clusters_status() if s.name == record.name)
@@ -538,6 +539,7 @@ class Command(BaseCommand):
             allow_unverified_tls=allowed,
             credentials=_new_credentials(options),
             record_identity=options["record_identity"],
+            clear_identity=options["clear_identity"],
         )
         if updated.recorded_from is not None:
             lines = _recorded_lines(updated)
@@ -968,11 +970,18 @@ def _update_cluster_parser(commands: Any) -> None:
         "kube-system namespace's uid); the context is --context, or the file's current one",
     )
     moved.add_argument("--in-cluster", action="store_true", help="new credentials: the pods' service account")
-    update.add_argument(
+    identity = update.add_mutually_exclusive_group()
+    identity.add_argument(
         "--record-identity",
         action="store_true",
         help="record which cluster the registration reaches now (its kube-system namespace's uid): for one "
         "registered before identities were kept, or rebuilt under the same name; alone",
+    )
+    identity.add_argument(
+        "--clear-identity",
+        action="store_true",
+        help="forget the identity recorded: for credentials narrowed on purpose so that they may not read "
+        "kube-system, which are refused while one is recorded; the cluster is then not checked; alone",
     )
     update.add_argument(
         "--context", metavar="CTX", help="the context (alone: another of the same kubeconfig)"
@@ -997,6 +1006,14 @@ def _new_credentials(options: Mapping[str, Any]) -> cluster_admin.Credentials | 
 
 def _recorded_lines(updated: cluster_admin.ClusterUpdate) -> list[str]:
     name = updated.record.name
+    if not updated.record.identity:
+        if not updated.changed:
+            return [f"cluster {name}: unchanged, no identity is recorded"]
+        return [
+            f"cluster {name}: identity cleared (was kube-system namespace uid {updated.recorded_from})",
+            "  its clients are used without asking which cluster they reach; record it again with "
+            f"gitops update-cluster {name} --record-identity",
+        ]
     if not updated.changed:
         return [
             f"cluster {name}: unchanged, its identity is already kube-system namespace uid {updated.identity}"
