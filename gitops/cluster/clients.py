@@ -393,7 +393,7 @@ class ClusterClients:
                 )
             try:
                 refusal = _another_cluster(ref, connected)
-            except TemporaryError as exc:
+            except GitopsError as exc:  # not answering, or its credentials refused (401): for a few seconds
                 with self._lock:
                     self._unanswered[ref.name] = fingerprint
                 self.mark_unreachable(ref.name, exc)
