@@ -47,17 +47,20 @@ def oversized(tmp_path) -> GitRepo:
     return repo
 
 
-def test_a_fetch_past_the_bound_is_refused_and_leaves_nothing(oversized, tmp_path):
-    mirror = GitMirror(tmp_path / "mirror.git", max_fetch_bytes=BOUND)
-    with mirror, pytest.raises(FetchTooLarge) as refused:
-        mirror.fetch(oversized.url, "main")
-
-    message = str(refused.value)
-    assert "SLUICE_MAX_FETCH_BYTES" in message
-    assert "1,048,576 bytes" in message
-    assert "branch 'main'" in message
+def stopped_leaving_nothing(mirror: GitMirror, url: str, error: type[Exception], *said: str) -> None:
+    """The branch's fetch is refused with ``error``, whose message names the branch and holds ``said``,
+    and neither what git was writing nor the mirror's ref stays."""
+    with mirror, pytest.raises(error) as refused:
+        mirror.fetch(url, "main")
+    for words in (*said, "branch 'main'"):
+        assert words in str(refused.value), (words, str(refused.value))
     assert mirror_files(mirror) == [], "neither the stopped pack nor any loose object stays"
     assert not (mirror.path / "refs" / "sluice" / "heads" / "main").exists()
+
+
+def test_a_fetch_past_the_bound_is_refused_and_leaves_nothing(oversized, tmp_path):
+    mirror = GitMirror(tmp_path / "mirror.git", max_fetch_bytes=BOUND)
+    stopped_leaving_nothing(mirror, oversized.url, FetchTooLarge, "SLUICE_MAX_FETCH_BYTES", "1,048,576 bytes")
 
     roomy = GitMirror(tmp_path / "mirror.git", max_fetch_bytes=4 * BOUND)
     with roomy:
@@ -174,15 +177,9 @@ def test_a_fetch_whose_objects_expand_past_the_memory_bound_is_refused_and_leave
     zeros = b"\0" * LARGE
     repo = zeros_remote(tmp_path, {"a.bin": zeros, "b.bin": zeros + b"x"})
     mirror = GitMirror(tmp_path / "mirror.git", max_git_memory=MEMORY_BOUND)
-    with mirror, pytest.raises(FetchOutOfMemory) as refused:
-        mirror.fetch(repo.url, "main")
-
-    message = str(refused.value)
-    assert "SLUICE_MAX_GIT_MEMORY" in message
-    assert "33,554,432 bytes of git's memory" in message
-    assert "branch 'main'" in message
-    assert mirror_files(mirror) == [], "nothing of the stopped fetch stays"
-    assert not (mirror.path / "refs" / "sluice" / "heads" / "main").exists()
+    stopped_leaving_nothing(
+        mirror, repo.url, FetchOutOfMemory, "SLUICE_MAX_GIT_MEMORY", "33,554,432 bytes of git's memory"
+    )
 
     with (
         mirror,
