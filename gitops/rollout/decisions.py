@@ -262,8 +262,9 @@ def _rollout_retried(rollout_id: int, *, username: str) -> Rollout:
                 f"{source.name} has moved on to {source.last_commit[:12]}; retry that revision instead"
             )
         if rollout.directory_moved(source):
+            where = source.path or "the repository's root"
             raise RolloutError(
-                f"{source.name} moved to another directory since ({source.path or 'the repository root'}): "
+                f"{source.name} moved to another directory since ({where}): "
                 "its next pass starts a rollout of what that directory holds"
             )
         if Rollout.objects.filter(source=source, phase__in=Rollout.ACTIVE_PHASES).exists():

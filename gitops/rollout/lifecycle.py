@@ -150,8 +150,8 @@ def _floor_now(source: Source) -> int:
     )
     if path != source.path:
         raise SourceMovedMeanwhile(
-            f"{source.name} moved to another directory ({path or 'the repository root'}) while this pass "
-            "read the one before; the next pass reads it"
+            f"{source.name} moved to {_directory(path)} while this pass read the one before; the next "
+            "pass reads it"
         )
     source.required_approvals, source.allowed_namespaces = floor, allowed
     return int(floor)
