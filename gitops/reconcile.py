@@ -312,6 +312,7 @@ def _drive_active(
     rollout = (
         Rollout.objects.filter(source=source, phase__in=Rollout.ACTIVE_PHASES)
         .select_related("revision", "source")
+        .defer("flag_claims")
         .order_by("-id")
         .first()
     )

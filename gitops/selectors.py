@@ -110,6 +110,7 @@ def rollout_for_status(rollout_id: int) -> Rollout:
     at_its_gate = Q(approvals__step_index=F("step_index"), approvals__user_id__in=approvers_now())
     return (
         Rollout.objects.select_related("source", "revision")
+        .defer("flag_claims")
         .annotate(approval_count=Count("approvals", filter=at_its_gate))
         .get(pk=rollout_id)
     )

@@ -134,6 +134,31 @@ def claimed_elsewhere(
     return found
 
 
+def claim_places(claims: FlagClaims) -> tuple[set[Place], set[str]]:
+    """Every place and every key hash a claim names: what to ask other sources about."""
+    places = {(cluster, namespace) for group in claims for cluster, namespace in group["places"]}
+    return places, {key_hash for group in claims for key_hash, _ in group["keys"]}
+
+
+def claims_taken(claims: FlagClaims, taken: Iterable[PublishedElsewhere]) -> list[PublishedElsewhere]:
+    """Of ``taken``, those that hold one of the claimed keys where the claim put it (another source may
+    publish a key elsewhere)."""
+    claimed = {
+        (key, (cluster, namespace))
+        for group in claims
+        for cluster, namespace in group["places"]
+        for _, key in group["keys"]
+    }
+    return [other for other in taken if (other.key, (other.cluster, other.namespace)) in claimed]
+
+
+def taken_by(source: str, where: str, rollout: int | None, *, also: bool = False) -> str:
+    """How a key another source has is said: claimed by its rollout under way, or published."""
+    if rollout is not None:
+        return f"being published into {where} by rollout {rollout} of source {source!r}"
+    return f"{'also ' if also else ''}published into {where} by source {source!r}"
+
+
 def published_elsewhere_errors(
     definitions: Mapping[str, FlagKeyDefinition], published: Iterable[PublishedElsewhere]
 ) -> list[ValidationError]:
@@ -171,10 +196,7 @@ def _published_elsewhere(key: str, by_source: Mapping[str, list[PublishedElsewhe
     # Claimed by a rollout under way that has not written it yet: it counts from the rollout's start.
     claimed = [other.rollout for other in by_source[source] if other.rollout is not None]
     only_claimed = bool(claimed) and len(claimed) == len(by_source[source])
-    verb = (
-        f"being published into {where} by rollout {min(claimed)} of source {source!r}" if only_claimed else ""
-    )
-    verb = verb or f"also published into {where} by source {source!r}"
+    verb = taken_by(source, where, min(claimed) if only_claimed else None, also=True)
     return (
         f"the flag {key!r} is {verb}{also}: flagd serves every "
         "flag set of a namespace together, merged by key, and of two definitions the one it read last, "

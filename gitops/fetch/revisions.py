@@ -263,8 +263,9 @@ def _went_out(source: Source, revision: Revision) -> bool:
 
 def flag_keys_elsewhere(source: Source, desired: DesiredState) -> list[ValidationError]:
     """An error at each flag key of ``desired`` another source publishes into a cluster's flags namespace
-    ``desired`` publishes it into too: flagd would serve whichever definition it read last. One query, on
-    a revision with flag sets only; the source's own keys never conflict with it."""
+    ``desired`` publishes it into too, or its rollout under way claimed there: flagd would serve whichever
+    definition it read last. Two queries, on a revision with flag sets only; the source's own keys never
+    conflict with it."""
     keys = flag_keys(desired)
     if not keys.definitions:
         return []

@@ -33,10 +33,21 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.AddField(
-            model_name="rollout",
-            name="path",
-            field=models.CharField(blank=True, default=None, max_length=1000, null=True),
+        # IF NOT EXISTS: not atomic, a migrate stopped in the backfill left the column, and runs again.
+        migrations.SeparateDatabaseAndState(
+            state_operations=[
+                migrations.AddField(
+                    model_name="rollout",
+                    name="path",
+                    field=models.CharField(blank=True, default=None, max_length=1000, null=True),
+                ),
+            ],
+            database_operations=[
+                migrations.RunSQL(
+                    "ALTER TABLE gitops_rollout ADD COLUMN IF NOT EXISTS path varchar(1000) NULL",
+                    "ALTER TABLE gitops_rollout DROP COLUMN IF EXISTS path",
+                ),
+            ],
         ),
         migrations.RunPython(backfill, migrations.RunPython.noop, atomic=False),
     ]

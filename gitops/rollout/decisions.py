@@ -20,6 +20,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from gitops import freezes, schedule, selectors
+from gitops.desired.flag_keys import claim_places, claims_taken, taken_by
 from gitops.desired.policy import SetWeight, steps_from_json
 from gitops.errors import PermanentError
 from gitops.locks import flag_keys_lock, sources_locked
@@ -265,7 +266,7 @@ def _rollout_retried(rollout_id: int, *, username: str) -> Rollout:
             where = source.path or "the repository's root"
             raise RolloutError(
                 f"{source.name} moved to another directory since ({where}): "
-                "its next pass starts a rollout of what that directory holds"
+                "its next pass starts, or takes up again, the rollout of what that directory holds"
             )
         if Rollout.objects.filter(source=source, phase__in=Rollout.ACTIVE_PHASES).exists():
             raise RolloutError(f"{source.name} already has an active rollout")
@@ -292,23 +293,12 @@ def _flag_keys_still_free(source: Source, rollout: Rollout) -> None:
     if not claims:
         return
     flag_keys_lock()
-    claimed = {
-        (key, (cluster, namespace))
-        for group in claims
-        for cluster, namespace in group["places"]
-        for _, key in group["keys"]
-    }
-    places = {place for _, place in claimed}
-    hashes = {key_hash for group in claims for key_hash, _ in group["keys"]}
-    found = selectors.flag_keys_published_by_others(source.pk, places, hashes)
-    # Each key where the rollout published it: another source may publish it elsewhere.
-    taken = [other for other in found if (other.key, (other.cluster, other.namespace)) in claimed]
+    places, hashes = claim_places(claims)
+    taken = claims_taken(claims, selectors.flag_keys_published_by_others(source.pk, places, hashes))
     if taken:
         first = min(taken, key=lambda other: (other.key, other.source, other.cluster, other.rollout or 0))
         more = len({other.key for other in taken}) - 1
-        by = f"by rollout {first.rollout} of source {first.source!r}" if first.rollout else ""
-        verb = f"being published into {first.cluster}/{first.namespace} {by}" if by else ""
-        verb = verb or f"published into {first.cluster}/{first.namespace} by source {first.source!r}"
+        verb = taken_by(first.source, f"{first.cluster}/{first.namespace}", first.rollout)
         raise RolloutError(
             f"the flag {first.key!r} is {verb} since rollout {rollout.pk} ended"
             + (f" (and {more:,} more of its flags)" if more else "")

@@ -16,7 +16,7 @@ from django.db.models import Q, QuerySet, Subquery
 from django.utils import timezone
 
 from gitops.desired.errors import RevisionRejected
-from gitops.desired.flag_keys import FlagClaims, FlagKeys, flag_claims, flag_keys, published_elsewhere_errors
+from gitops.desired.flag_keys import FlagClaims, flag_claims, flag_keys
 from gitops.desired.policy import (
     Analysis,
     ConsumerMode,
@@ -29,6 +29,7 @@ from gitops.desired.policy import (
 from gitops.desired.revision import DesiredState
 from gitops.errors import TemporaryError
 from gitops.failpoints import failpoint
+from gitops.fetch.revisions import flag_keys_elsewhere
 from gitops.locks import flag_keys_lock
 from gitops.models import Revision, Rollout, RolloutEvent, Source
 from gitops.prepared import PreparedSelect
@@ -40,7 +41,6 @@ from gitops.rollout.gates import analyse, pause, pause_is_over, wait_for_cluster
 from gitops.rollout.rollback import rollout_rollback
 from gitops.rollout.state import StepOutcome, transition
 from gitops.rollout.step import in_scope, weight_apply
-from gitops.selectors import flag_keys_published_by_others
 from gitops.vocabulary import SYSTEM_ACTOR, Outcome, RolloutEventKind, Waiting
 from gitops.windows import Gate
 
@@ -172,18 +172,14 @@ def _flag_keys_claimed(source: Source, desired: DesiredState) -> FlagClaims:
     if not keys.definitions:
         return []
     flag_keys_lock()
-    _flag_keys_free(source, desired, keys)
+    _flag_keys_free(source, desired)
     return flag_claims(keys)
 
 
-def _flag_keys_free(source: Source, desired: DesiredState, keys: FlagKeys | None = None) -> None:
+def _flag_keys_free(source: Source, desired: DesiredState) -> None:
     """Raises FlagKeysTaken when another source publishes, or its rollout under way claimed, one of the
-    revision's flag keys where the revision would publish it."""
-    keys = keys or flag_keys(desired)
-    if not keys.definitions:
-        return
-    taken = flag_keys_published_by_others(source.pk, keys.places, keys.hashes)
-    errors = published_elsewhere_errors(keys.definitions, taken)
+    revision's flag keys where the revision would publish it (as validation asks it)."""
+    errors = flag_keys_elsewhere(source, desired)
     if errors:
         raise FlagKeysTaken(errors)
 
