@@ -460,3 +460,63 @@ def test_a_head_whose_key_was_taken_meanwhile_does_not_supersede_the_rollout_und
     assert Revision.objects.get(source=shop, commit=head).outcome == Revision.Outcome.REJECTED
     assert Rollout.objects.get(pk=under_way.pk).phase == "Paused", "the rollout under way goes on"
     assert Rollout.objects.filter(source=shop).count() == 1
+
+
+def test_two_rollout_starts_that_claim_one_key_wait_for_each_other(
+    repo, make_namespaces, make_source, sync, cluster, tmp_path
+):
+    """shop's rollout start holds the claims lock, its claim not yet committed (invisible to any other
+    session); payments validated its revision meanwhile, and its rollout start waits for the lock. Once
+    shop's commits, payments' start sees the claim and starts nothing. Without the lock neither would
+    have waited, nor seen the other's claim."""
+    import threading
+
+    from django.db import connection, transaction
+
+    from gitops.fetch.revisions import revision_desired_state, revision_fetch
+    from gitops.locks import FLAG_KEYS_LOCK
+    from gitops.rollout.lifecycle import rollout_start
+    from tests.workers import poll
+
+    app_a, app_b, flags_ns = make_namespaces("a", "b", "flags")
+    publish(repo, app_a, flags_ns, {"flags/checkout.json": flag_set(**{"new-checkout": SWITCH})})
+    shop = make_source(name=f"shop-{uuid.uuid4().hex[:6]}")
+    other = GitRepo(tmp_path / "payments")
+    publish(other, app_b, flags_ns, {"flags/payments.json": flag_set(**{"new-checkout": SWITCH})})
+    payments = make_source(name=f"payments-{uuid.uuid4().hex[:6]}", url=other.url)
+    held, go_on, started = threading.Event(), threading.Event(), []
+
+    def start_shops_rollout_and_hold() -> None:
+        try:
+            head, _ = revision_fetch(shop)
+            with transaction.atomic():
+                started.append(rollout_start(shop, head, revision_desired_state(shop, head), actor="test"))
+                held.set()
+                assert go_on.wait(timeout=60)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=start_shops_rollout_and_hold)
+    holder.start()
+    assert held.wait(timeout=60), "shop's rollout start to hold the lock"
+    answers: list[dict] = []
+    syncing = threading.Thread(target=lambda: answers.append(sync(payments)))
+    syncing.start()
+
+    def payments_waits() -> bool:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND classid = %s",
+                [FLAG_KEYS_LOCK],
+            )
+            return cursor.fetchone()[0] == 1
+
+    poll(payments_waits, timeout=60, interval=0.05, what="payments' rollout start to wait for the lock")
+    go_on.set()
+    holder.join(timeout=60)
+    syncing.join(timeout=120)
+
+    where = f"{settings.SLUICE_CLUSTER_NAME}/{flags_ns}"
+    claim = claimed("flags/payments.json", 3, "new-checkout", where, shop.name, started[0].pk)
+    assert answers and (answers[0]["outcome"], answers[0]["errors"]) == ("rejected", [claim]), answers
+    assert not Rollout.objects.filter(source=payments).exists()
