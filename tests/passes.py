@@ -14,16 +14,19 @@ from gitops.models import Source
 class HeldPass:
     """A pass of the source on a thread of this process, held once it holds the source's lock, has read
     the registry and fetched and recorded the head, just before it validates it; with
-    ``before="_chosen"``, once it validated the head, just before it chooses (or starts) its rollout.
+    ``before="_chosen"``, once it validated the head, just before it chooses (or starts) its rollout;
+    any other function the pass calls by its name in ``within`` (the pass's module unless given).
     Used as a block, leaving it lets the pass go on; otherwise ``thread``, ``validating`` (set once it
     is held) and ``go_on`` are the test's to drive."""
 
-    def __init__(self, monkeypatch, source: Source, *, before: str = "revision_desired_state") -> None:
+    def __init__(
+        self, monkeypatch, source: Source, *, before: str = "revision_desired_state", within: Any = reconcile
+    ) -> None:
         self.validating, self.go_on = threading.Event(), threading.Event()
         self.result: reconcile.SyncResult | None = None
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, args=(source.pk,), name="held-pass")
-        real = getattr(reconcile, before)
+        real = getattr(within, before)
 
         def held(*args: Any, **kwargs: Any) -> Any:
             # The head's validation is the one with the clusters the pass read as it began.
@@ -33,7 +36,7 @@ class HeldPass:
                 assert self.go_on.wait(timeout=120), "the test lets the pass go on"
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(reconcile, before, held)
+        monkeypatch.setattr(within, before, held)
 
     def _run(self, source_id: int) -> None:
         try:

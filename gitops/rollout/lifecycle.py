@@ -96,17 +96,36 @@ def _active_kept(
             outcome=Revision.Outcome.QUEUED
         )
         return active, Outcome.QUEUED
-    # The head's flag keys, free when the pass validated it, are asked again before the rollback: a head
-    # rejected now leaves the rollout under way as it is, as a bad commit does.
-    _flag_keys_free(source, head_desired)
+    own_claims = _head_claimed_while_rolling_back(source, active, head_desired)
     reason = f"superseded: the source moved to {_directory(source.path)}" if of_head else ""
     reason = reason or f"superseded by {head.commit[:12]}"
     refused = rollout_rollback(active, actor=SYSTEM_ACTOR, reason=reason, phase=Rollout.Phase.SUPERSEDED)
+    if own_claims is not None:  # ended, its claims read by nobody; the head's rollout claims them next
+        Rollout.objects.filter(pk=active.pk).update(flag_claims=own_claims)
     if refused:  # the superseded rollout ends Failed and says so; the worker's log and the pass too
         log.warning("rollout %s, superseded, could not restore: %s", active.pk, "; ".join(refused[:5]))
         if refusals is not None:
             refusals.extend(refused)
     return None
+
+
+def _head_claimed_while_rolling_back(
+    source: Source, active: Rollout, head_desired: DesiredState
+) -> FlagClaims | None:
+    """The head's flag keys, free when the pass validated it, asked again before the rollback (a head
+    rejected now leaves the rollout under way as it is, as a bad commit does), then claimed by the rollout
+    rolled back until it ends: another source starting one of them during the rollback (its restores, its
+    consumers' restarts) would otherwise leave the head rejected after it, the rollout under way rolled
+    back for nothing. Returns the rollout's own claims, None when the head publishes no flag key."""
+    keys = flag_keys(head_desired)
+    if not keys.definitions:
+        return None
+    with transaction.atomic():
+        flag_keys_lock()
+        _flag_keys_free(source, head_desired)
+        own: FlagClaims = Rollout.objects.values_list("flag_claims", flat=True).get(pk=active.pk)
+        Rollout.objects.filter(pk=active.pk).update(flag_claims=[*own, *flag_claims(keys)])
+    return own
 
 
 def _directory(path: str | None) -> str:

@@ -14,7 +14,7 @@ from django.conf import settings
 
 from gitops.desired.errors import ValidationError
 from gitops.models import ApplyIntent, Change, ManagedObject, PublishedFlag, Revision, Rollout
-from gitops.rollout import decisions
+from gitops.rollout import decisions, lifecycle
 from tests.gitrepo import GitRepo, configmap, policy
 from tests.passes import HeldPass
 from tests.rollouts import wait_for
@@ -460,6 +460,43 @@ def test_a_head_whose_key_was_taken_meanwhile_does_not_supersede_the_rollout_und
     assert Revision.objects.get(source=shop, commit=head).outcome == Revision.Outcome.REJECTED
     assert Rollout.objects.get(pk=under_way.pk).phase == "Paused", "the rollout under way goes on"
     assert Rollout.objects.filter(source=shop).count() == 1
+
+
+def test_a_key_the_head_brings_is_claimed_while_the_rollout_it_supersedes_rolls_back(
+    repo, make_namespaces, make_source, sync, cluster, monkeypatch, tmp_path
+):
+    """shop's new commit brings a key, and its rollout under way (of the commit before) is rolled back
+    first. payments, validated during that rollback, used to start the key: shop's head was then rejected
+    after the rollback, its rollout under way rolled back for nothing. The rollout rolled back claims the
+    head's keys from before its rollback; once it ended, the head's own rollout claims them."""
+    app_a, app_b, flags_ns = make_namespaces("a", "b", "flags")
+    gate = [{"pause": {}}, {"setWeight": 100}]
+    publish(repo, app_a, flags_ns, {"flags/checkout.json": flag_set(banner=BANNER)}, steps=gate)
+    shop = make_source(name=f"shop-{uuid.uuid4().hex[:6]}")
+    sync(shop)
+    under_way = wait_for(shop, phase="Paused", waiting_for="approval")
+    own_claims = Rollout.objects.get(pk=under_way.pk).flag_claims
+    files = {"flags/checkout.json": flag_set(banner=BANNER, **{"new-checkout": SWITCH})}
+    head = publish(repo, app_a, flags_ns, files, steps=gate, message="a new key")
+    other = GitRepo(tmp_path / "payments")
+    publish(other, app_b, flags_ns, {"flags/payments.json": flag_set(**{"new-checkout": SWITCH})})
+    payments = make_source(name=f"payments-{uuid.uuid4().hex[:6]}", url=other.url)
+
+    with HeldPass(monkeypatch, shop, before="rollout_rollback", within=lifecycle) as held:
+        result = sync(payments)
+    assert held.error is None, held.error
+
+    where = f"{settings.SLUICE_CLUSTER_NAME}/{flags_ns}"
+    expected = claimed("flags/payments.json", 3, "new-checkout", where, shop.name, under_way.pk)
+    assert (result["outcome"], result["errors"]) == ("rejected", [expected]), result
+    assert not Rollout.objects.filter(source=payments).exists()
+    assert cluster.get_configmap(flags_ns, "payments") is None
+    superseded = Rollout.objects.get(pk=under_way.pk)
+    assert (superseded.phase, superseded.flag_claims) == ("Superseded", own_claims), "its own claims again"
+    assert Revision.objects.get(source=shop, commit=head).outcome == Revision.Outcome.VALID
+    heads = Rollout.objects.get(source=shop, revision__commit=head)
+    assert heads.phase == "Paused", "the head's rollout started, at its gate"
+    assert {key for group in heads.flag_claims for _, key in group["keys"]} == {"banner", "new-checkout"}
 
 
 def test_two_rollout_starts_that_claim_one_key_wait_for_each_other(
