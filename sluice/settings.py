@@ -365,6 +365,12 @@ SILENCED_SYSTEM_CHECKS = [
 AXES_FAILURE_LIMIT = int(env.get("SLUICE_LOGIN_FAILURE_LIMIT", "5"))
 AXES_COOLOFF_TIME = timedelta(minutes=float(env.get("SLUICE_LOGIN_COOLOFF_MINUTES", "15")))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+# So is an address after this many failures for any usernames (password spraying), and a username after
+# this many from any addresses (guessing one account from many); 0 turns either off
+# (``dashboard.login_throttle``).
+AXES_HANDLER = "dashboard.login_throttle.LoginThrottle"
+SLUICE_LOGIN_ADDRESS_FAILURE_LIMIT = env_int("SLUICE_LOGIN_ADDRESS_FAILURE_LIMIT", 30, minimum=0)
+SLUICE_LOGIN_USERNAME_FAILURE_LIMIT = env_int("SLUICE_LOGIN_USERNAME_FAILURE_LIMIT", 100, minimum=0)
 # Proxies in front (an Ingress, a load balancer) that each append the address they were sent from to
 # X-Forwarded-For: the lockout's address is then the client's, not the last proxy's. 0: REMOTE_ADDR.
 SLUICE_TRUSTED_PROXIES = env_int("SLUICE_TRUSTED_PROXIES", 0, minimum=0)

@@ -175,3 +175,54 @@ def test_an_ipv6_client_cannot_escape_a_lockout_by_moving_within_its_64(user):
     assert log_in(moved, PASSWORD).status_code == 429
     other_network = Client(REMOTE_ADDR="2001:db8:8::1")
     assert log_in(other_network, PASSWORD).status_code == 302
+
+
+def log_in_as(client: Client, username: str, password: str):
+    return client.post("/login/", {"username": username, "password": password})
+
+
+def test_one_address_guessing_across_usernames_is_locked_out_there_only(user, settings):
+    """Password spraying: a few passwords against many usernames, each under the per-username limit,
+    from one address. The address is locked for every username after SLUICE_LOGIN_ADDRESS_FAILURE_LIMIT
+    failures in all; before, it could go on for ever. Other addresses are not."""
+    assert settings.SLUICE_LOGIN_ADDRESS_FAILURE_LIMIT == 30
+    sprayer = Client(REMOTE_ADDR="192.0.2.60")
+    for failure in range(29):
+        answer = log_in_as(sprayer, f"user-{failure // 4}", "wrong")
+        assert answer.status_code == 200, f"failure {failure + 1} is not locked out yet"
+    assert log_in_as(sprayer, "user-99", "wrong").status_code == 429, "the 30th failure locks the address"
+    assert log_in(sprayer, PASSWORD).status_code == 429, "every username, the right password too"
+    assert not logged_in(sprayer)
+    elsewhere = Client(REMOTE_ADDR="192.0.2.61")
+    assert log_in(elsewhere, PASSWORD).status_code == 302
+
+
+def test_a_login_to_ones_own_account_does_not_wipe_the_addresss_failures_against_others(user, settings):
+    """A successful login resets that username's failures at that address only: an insider with an
+    account of their own cannot spray, log in, and spray again."""
+    settings.SLUICE_LOGIN_ADDRESS_FAILURE_LIMIT = 10
+    User.objects.create_user("insider", password=PASSWORD)
+    insider = Client(REMOTE_ADDR="192.0.2.62")
+    for failure in range(8):
+        assert log_in_as(insider, f"victim-{failure // 4}", "wrong").status_code == 200
+    assert log_in_as(insider, "insider", PASSWORD).status_code == 302
+    assert log_in_as(insider, "victim-2", "wrong").status_code == 200
+    assert log_in_as(insider, "victim-2", "wrong").status_code == 429, "the 10th failure from the address"
+
+
+def test_one_username_guessed_from_many_addresses_is_locked_for_every_address(user, settings):
+    """Many addresses (a botnet, an IPv6 /48's /64s) each under the per-address limits, one username:
+    locked after SLUICE_LOGIN_USERNAME_FAILURE_LIMIT failures in all, from any address; other usernames
+    are not. 0 turns the limit off."""
+    assert settings.SLUICE_LOGIN_USERNAME_FAILURE_LIMIT == 100
+    settings.SLUICE_LOGIN_USERNAME_FAILURE_LIMIT = 12
+    for failure in range(11):
+        network = Client(REMOTE_ADDR=f"2001:db8:9:{failure // 4:x}::1")
+        assert log_in(network, "wrong").status_code == 200, f"failure {failure + 1} is not locked out yet"
+    assert log_in(Client(REMOTE_ADDR="2001:db8:9:99::1"), "wrong").status_code == 429
+    assert log_in(Client(REMOTE_ADDR="198.51.100.200"), PASSWORD).status_code == 429, "from anywhere"
+    User.objects.create_user("colleague", password=PASSWORD)
+    assert log_in_as(Client(REMOTE_ADDR="198.51.100.200"), "colleague", PASSWORD).status_code == 302
+
+    settings.SLUICE_LOGIN_USERNAME_FAILURE_LIMIT = 0
+    assert log_in(Client(REMOTE_ADDR="198.51.100.201"), PASSWORD).status_code == 302, "turned off"
