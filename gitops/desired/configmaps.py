@@ -21,7 +21,7 @@ from gitops.desired.content import (
     is_reserved,
 )
 from gitops.desired.documents import Document, PathKey
-from gitops.desired.errors import ValidationError
+from gitops.desired.errors import ErrorTally
 from gitops.desired.policy import namespace_problem, suggestion, type_name
 
 CONFIGMAP_SIZE_LIMIT = 1024 * 1024  # what the apiserver enforces on data + binaryData
@@ -110,12 +110,20 @@ def label_value_problem(value: str) -> str | None:
 
 
 class _Checker:
-    def __init__(self, document: Document) -> None:
+    """One document's checks. Its errors go to the file's ``tally``, which keeps the first few of the
+    file's; ``failed`` says whether the document had any, kept or not."""
+
+    def __init__(self, document: Document, tally: ErrorTally) -> None:
         self.document = document
-        self.errors: list[ValidationError] = []
+        self.tally = tally
+        self.failed = False
 
     def error(self, path: PathKey, message: str) -> None:
-        self.errors.append(self.document.error(path, message))
+        self.failed = True
+        if self.tally.full:
+            self.tally.unlisted += 1  # not built: the line lookup costs, and the file lists enough
+        else:
+            self.tally.add(self.document.error(path, message))
 
     def string_map(self, value: Any, path: PathKey, *, what: str) -> dict[str, str]:
         if value is None:
@@ -143,21 +151,22 @@ def _scalar_text(value: bool | int | float) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def parse_configmap(document: Document) -> tuple[ConfigMapManifest | None, list[ValidationError]]:
-    check = _Checker(document)
+def parse_configmap(document: Document, tally: ErrorTally) -> ConfigMapManifest | None:
+    """The document's ConfigMap, or None when it has errors: those go to ``tally``, the file's."""
+    check = _Checker(document, tally)
     manifest = document.data
     if not isinstance(manifest, dict):
         check.error((), f"a manifest must be a mapping, not {type_name(manifest)}")
-        return None, check.errors
+        return None
     if not _is_configmap(check, manifest):
-        return None, check.errors
+        return None
     for key in manifest:
         if key not in TOP_LEVEL_FIELDS:
             check.error((key,), f"unknown field {key!r}{suggestion(key, TOP_LEVEL_FIELDS)}")
     metadata = manifest.get("metadata")
     if not isinstance(metadata, dict):
         check.error(("metadata",), "metadata with a name is required")
-        return None, check.errors
+        return None
 
     name, namespace = _check_identity(check, metadata)
     labels, annotations = _check_metadata_maps(check, metadata)
@@ -166,21 +175,18 @@ def parse_configmap(document: Document) -> tuple[ConfigMapManifest | None, list[
     if immutable is not None and not isinstance(immutable, bool):
         check.error(("immutable",), f"must be true or false, not {type_name(immutable)}")
 
-    if check.errors or name is None:
-        return None, check.errors
-    return (
-        ConfigMapManifest(
-            file=document.file,
-            line=document.line_of(),
-            name=name,
-            namespace=namespace,
-            data=data,
-            binary_data=binary_data,
-            labels=labels,
-            annotations=annotations,
-            immutable=immutable,
-        ),
-        [],
+    if check.failed or name is None:
+        return None
+    return ConfigMapManifest(
+        file=document.file,
+        line=document.line_of(),
+        name=name,
+        namespace=namespace,
+        data=data,
+        binary_data=binary_data,
+        labels=labels,
+        annotations=annotations,
+        immutable=immutable,
     )
 
 

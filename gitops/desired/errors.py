@@ -6,6 +6,10 @@ from typing import Final
 # A rejected revision reports this many errors at most, and says how many it left out:
 # enough to fix a revision by, little enough to store, show and notify.
 MAX_REPORTED_ERRORS: Final = 100
+# One file keeps this many of its errors, the first found, and counts the rest (``ErrorTally``): each
+# error held costs up to a few KB, and one error per value or two would otherwise let a revision at its
+# value limits hold hundreds of MB of them.
+MAX_FILE_ERRORS: Final = MAX_REPORTED_ERRORS
 # Keys and values quoted in messages come from the repository; a megabyte-long key must not
 # become a megabyte-long error in the database, on the dashboard and in every notification.
 MAX_FILE_CHARS: Final = 300
@@ -63,11 +67,45 @@ class ValidationError:
         )
 
 
+class ErrorTally:
+    """One file's errors as its checks find them: the first ``MAX_FILE_ERRORS`` kept, the rest counted,
+    and said in one more error of the file (``listed``). A check whose message costs work to build asks
+    ``full`` first."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.kept: list[ValidationError] = []
+        self.unlisted = 0
+
+    @property
+    def full(self) -> bool:
+        return len(self.kept) >= MAX_FILE_ERRORS
+
+    def add(self, error: ValidationError) -> None:
+        if self.full:
+            self.unlisted += 1
+        else:
+            self.kept.append(error)
+
+    def extend(self, errors: list[ValidationError]) -> None:
+        for error in errors:
+            self.add(error)
+
+    def listed(self) -> list[ValidationError]:
+        if not self.unlisted:
+            return list(self.kept)
+        more = f"{self.unlisted:,} more errors in this file than listed here; mend these and look again"
+        return [*self.kept, ValidationError(self.file, None, "", more)]
+
+
 class RevisionRejected(Exception):
     """A revision failed validation; nothing of it may be applied."""
 
-    def __init__(self, errors: list[ValidationError], *, unlisted: int = 0) -> None:
-        """``unlisted``: errors found past those the checks keep, counted among those left out."""
+    def __init__(
+        self, errors: list[ValidationError], *, unlisted: int = 0, stopped: ValidationError | None = None
+    ) -> None:
+        """``unlisted``: errors found past those the checks keep, counted among those left out.
+        ``stopped``: why the checks stopped before the end, said last however many errors are left out."""
         super().__init__(f"{len(errors) + unlisted} validation error(s)")
         ordered = sorted(errors, key=lambda e: (e.file, e.line or 0, e.field, e.message))
         if len(ordered) > MAX_REPORTED_ERRORS:
@@ -77,4 +115,4 @@ class RevisionRejected(Exception):
                 *ordered[:MAX_REPORTED_ERRORS],
                 ValidationError(last.file, last.line, "", f"... and {left_out:,} more errors not shown"),
             ]
-        self.errors = ordered
+        self.errors = [*ordered, stopped] if stopped else ordered

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
 
 from gitops.desired.documents import Document, PathKey, Usage, load_json, load_yaml
-from gitops.desired.errors import ValidationError
+from gitops.desired.errors import ErrorTally, ValidationError
 from gitops.desired.flag_summary import definition_hash, effective_flags
 from gitops.desired.limits import DEFAULT_LIMITS, Limits, setting_hint
 
@@ -72,6 +72,8 @@ _MAX_VERSION_CHARS: Final = 256
 # repository, so both are bounded (difflib is quadratic in the worst case).
 _MAX_SUGGESTION_CHOICES: Final = 200
 _MAX_SUGGESTION_CHARS: Final = 100
+# A word's length times its choices' together, past which no suggestion is looked for (``_did_you_mean``).
+_MAX_SUGGESTION_WORK: Final = 40_000
 _MAX_LISTED_NAMES: Final = 10
 # flagd sums the fractional weights in a 32-bit signed integer.
 _MAX_TOTAL_WEIGHT: Final = 2**31 - 1
@@ -384,16 +386,25 @@ class _FlagSetValidator:
         self.document = document
         # Sets published before 2026-12-06 may hold a weight written 50.0: still read as their old side.
         self.published = published
-        self.errors: list[ValidationError] = []
+        self.tally = ErrorTally(document.file)
         self.from_yaml = document.file.lower().endswith((".yaml", ".yml"))
         self.evaluators: Mapping[str, Any] = {}
         # Values JSON cannot hold are reported once, as such, not again by the
         # structural checks that would also trip over them.
         self._not_json: set[PathKey] = set()
 
-    def report(self, path: PathKey, message: str) -> None:
-        if path not in self._not_json:
-            self.errors.append(self.document.error(path, message))
+    def report(self, path: PathKey, message: str | Callable[[], str]) -> None:
+        """``message``, or what builds it when it costs work (a suggestion): built only when kept."""
+        if path in self._not_json:
+            return
+        if self.tally.full:
+            self.tally.unlisted += 1
+        else:
+            self.tally.add(self.document.error(path, message if isinstance(message, str) else message()))
+
+    @property
+    def errors(self) -> list[ValidationError]:
+        return self.tally.kept
 
     def yaml_boolean_hint(self, value: object) -> str:
         return _YAML_BOOLEAN_HINT if self.from_yaml and isinstance(value, bool) else ""
@@ -403,7 +414,7 @@ class _FlagSetValidator:
         self._report_non_json_values(data, ())
         if not isinstance(data, dict):
             self.report((), f'a flag set is an object with "flags", got {_describe(data)}')
-            return self.errors
+            return self.tally.listed()
         self._check_known_fields(data, (), _FLAG_SET_FIELDS, "a flag set has")
         if "$schema" in data and not isinstance(data["$schema"], str):
             self.report(("$schema",), f"must be the URL of the schema, got {_describe(data['$schema'])}")
@@ -416,7 +427,7 @@ class _FlagSetValidator:
         else:
             self._check_flags(data["flags"])
         self.errors.sort(key=lambda error: (error.line or 0, error.field))
-        return self.errors
+        return self.tally.listed()
 
     def _report_non_json_values(self, value: object, path: PathKey) -> None:
         # YAML can produce dates, binary and non-finite floats; JSON's NaN too. And an escape ("\0",
@@ -651,7 +662,7 @@ class _TargetingChecker:
         self.validator = validator
         self.variants = variants  # None: unknown (an evaluator, or the flag's variants are broken)
 
-    def report(self, path: PathKey, message: str) -> None:
+    def report(self, path: PathKey, message: str | Callable[[], str]) -> None:
         self.validator.report(path, message)
 
     def check(self, targeting: object, path: PathKey) -> None:
@@ -729,7 +740,7 @@ class _TargetingChecker:
             known = f" (defined: {_some(names)})" if names else " ($evaluators defines none)"
             self.report(
                 (*path, "$ref"),
-                f"no evaluator {_quoted(name)} in $evaluators{_did_you_mean(name, names) or known}",
+                lambda: f"no evaluator {_quoted(name)} in $evaluators{_did_you_mean(name, names) or known}",
             )
 
     def variant_name(self, value: str | bool, path: PathKey) -> None:
@@ -738,16 +749,14 @@ class _TargetingChecker:
         # flagd looks a boolean result up as the variant "true" or "false".
         name = json.dumps(value) if isinstance(value, bool) else value
         if name not in self.variants:
-            returned = (
-                f"{name} selects the variant {_quoted(name)}, which"
-                if isinstance(value, bool)
-                else _quoted(name)
-            )
-            self.report(
-                path,
-                f"{returned} is not one of the variants ({_some(self.variants)})"
-                f"{self.validator.yaml_boolean_hint(value)}",
-            )
+            self.report(path, lambda: self._not_a_variant(value, name))
+
+    def _not_a_variant(self, value: str | bool, name: str) -> str:
+        returned = (
+            f"{name} selects the variant {_quoted(name)}, which" if isinstance(value, bool) else _quoted(name)
+        )
+        hint = self.validator.yaml_boolean_hint(value)
+        return f"{returned} is not one of the variants ({_some(self.variants or {})}){hint}"
 
     def _check_argument_count(self, operator: str, operand: object, path: PathKey) -> None:
         fewest, most = _ARGUMENT_COUNTS[operator]
@@ -1000,9 +1009,13 @@ def _some(names: Collection[str]) -> str:
 
 
 def _did_you_mean(word: str, choices: Collection[str]) -> str:
-    """`` (did you mean "x"?)`` for a near miss among ``choices``, ignoring case, else ``""``."""
+    """`` (did you mean "x"?)`` for a near miss among ``choices``, ignoring case, else ``""``. Asked only
+    while the comparison is cheap: difflib's is about quadratic in the two lengths, and 200 names of 100
+    characters that share a prefix cost 0.3 s a suggestion."""
     if len(word) > _MAX_SUGGESTION_CHARS or len(choices) > _MAX_SUGGESTION_CHOICES:
         return ""
     by_lower = {choice.lower(): choice for choice in choices if len(choice) <= _MAX_SUGGESTION_CHARS}
+    if len(word) * sum(map(len, by_lower)) > _MAX_SUGGESTION_WORK:
+        return ""
     matches = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=0.6)
     return f" (did you mean {_quoted(by_lower[matches[0]])}?)" if matches else ""

@@ -36,7 +36,7 @@ from gitops.desired.configmaps import (
 )
 from gitops.desired.content import Content
 from gitops.desired.documents import Usage, load_yaml
-from gitops.desired.errors import RevisionRejected, ValidationError
+from gitops.desired.errors import ErrorTally, RevisionRejected, ValidationError
 from gitops.desired.flags import (
     CANARY_WEIGHT_METADATA_KEY,
     COMMIT_METADATA_KEY,
@@ -434,18 +434,20 @@ def relevant(path: str) -> bool:
 
 
 def parse_file(path: str, content: bytes, limits: Limits = DEFAULT_LIMITS) -> ParsedFile:
+    """The file's manifests or flag set, and its errors: the first ``MAX_FILE_ERRORS`` found, then how
+    many more (``ErrorTally``)."""
     usage = Usage()
     if path.startswith(FLAGS_DIR):
         flag_set, errors = load_flag_set(path, content, limits=limits, usage=usage)
         return ParsedFile([flag_set] if flag_set else [], errors, usage.nodes)
     documents, errors = load_yaml(path, content, limits=limits, usage=usage)
+    tally = ErrorTally(path)
+    tally.extend(errors)
     manifests: list[ConfigMapManifest | FlagSet] = []
     for document in documents:
-        manifest, problems = parse_configmap(document)
-        errors.extend(problems)
-        if manifest:
+        if manifest := parse_configmap(document, tally):
             manifests.append(manifest)
-    return ParsedFile(manifests, errors, usage.nodes)
+    return ParsedFile(manifests, tally.listed(), usage.nodes)
 
 
 def load_revision(
@@ -591,15 +593,16 @@ def load_revision_changes(
         or any(tree[path][1] > limits.max_file_bytes for path in changed)
     ):
         return None
-    cache.use(limits)
-    parsed, _, errors = _parse_files(changed, read_blobs, cache, limits, check_sizes=False)
+    parsed = _changes_parsed(changed, read_blobs, cache, limits)
+    if parsed is None:
+        return None
     nodes = dict(index.nodes)  # copied whole and mended: a loop over every file would cost more
     for path in changes:
         nodes.pop(path, None)
     nodes.update((path, result.nodes) for path, result in parsed.items())
-    if errors or sum(nodes.values()) + index.policy_nodes > limits.max_revision_nodes:
+    if sum(nodes.values()) + index.policy_nodes > limits.max_revision_nodes:
         return None
-    errors.extend(_file_errors(parsed))
+    errors = _file_errors(parsed)
     known = _kept_flag_keys(index, changes, parsed)  # a changed flag set may repeat a kept one's key
     made = _expand(parsed, index.desired.policy, scope, errors, limits, memo=cache.expanded, flag_keys=known)
     replaced = [obj for path in changes for obj in index.by_path.get(path, ())]
@@ -614,6 +617,19 @@ def load_revision_changes(
     _remember_expansion(cache, replaced, made.objects)
     kept = (tree, relevant_bytes, nodes, index.policy_nodes, by_path, owners, limits, scope, desired)
     return desired, RevisionIndex(*kept, sized=True, expanded_bytes=expanded_bytes)
+
+
+def _changes_parsed(
+    changed: Mapping[str, str], read_blobs: BlobReader, cache: ParseCache, limits: Limits
+) -> dict[str, ParsedFile] | None:
+    """The changed files parsed; None when a limit was hit, or they hold too many errors to go on (the
+    whole load then says so, in its order)."""
+    cache.use(limits)
+    try:
+        parsed, _, errors = _parse_files(changed, read_blobs, cache, limits, check_sizes=False)
+    except RevisionRejected:
+        return None
+    return None if errors else parsed
 
 
 def _kept_flag_keys(
@@ -783,7 +799,8 @@ def size_problems(sizes: Mapping[str, int], limits: Limits) -> list[ValidationEr
 def _parse_files(
     wanted: Mapping[str, str], read_blobs: BlobReader, cache: ParseCache, limits: Limits, *, check_sizes: bool
 ) -> tuple[dict[str, ParsedFile], bytes | None, list[ValidationError]]:
-    """Every wanted file parsed (from the cache where it can be), the policy's bytes, and limit errors."""
+    """Every wanted file parsed (from the cache where it can be), the policy's bytes, and limit errors.
+    Raises RevisionRejected once the files parsed hold more than ``MAX_PARSE_ERRORS`` errors."""
     parsed: dict[str, ParsedFile] = {}
     missing: list[str] = []
     for path, blob in wanted.items():
@@ -803,15 +820,36 @@ def _parse_files(
     ):
         return parsed, None, problems
     nodes = sum(result.nodes for result in parsed.values())
+    listed = 0
     for path in sorted(missing):
+        if listed > MAX_PARSE_ERRORS:
+            raise RevisionRejected(_file_errors(parsed), stopped=_not_parsed(path))
         result = parse_file(path, contents[wanted[path]], limits)
-        cache.put(path, wanted[path], result, len(contents[wanted[path]]))
+        if not result.errors:  # one with errors is parsed again when asked (a rejection is remembered)
+            cache.put(path, wanted[path], result, len(contents[wanted[path]]))
         parsed[path] = result
         nodes += result.nodes
+        listed += len(result.errors)
         if nodes > limits.max_revision_nodes:
             return parsed, None, [_too_many_nodes(path, limits)]
     policy_content = contents[wanted[POLICY_FILE]] if POLICY_FILE in wanted else None
     return parsed, policy_content, []
+
+
+# Past this many errors in the files parsed so far, the rest are not parsed: a revision reports
+# MAX_REPORTED_ERRORS, and files of a hundred errors each (``MAX_FILE_ERRORS``) at the revision's value
+# limit would otherwise hold hundreds of MB of them.
+MAX_PARSE_ERRORS = 1_000
+
+
+def _not_parsed(path: str) -> ValidationError:
+    return ValidationError(
+        path,
+        None,
+        "",
+        f"not checked, nor the files after it: those before it hold more than {MAX_PARSE_ERRORS:,} errors; "
+        "mend them and push again",
+    )
 
 
 def _file_errors(parsed: Mapping[str, ParsedFile]) -> list[ValidationError]:

@@ -2,12 +2,14 @@ import pytest
 
 from gitops.desired.configmaps import parse_configmap
 from gitops.desired.documents import load_yaml
+from gitops.desired.errors import ErrorTally
 
 
 def parse(text: str):
     documents, errors = load_yaml("configmaps/x.yaml", text.encode())
     assert not errors, errors
-    return parse_configmap(documents[0])
+    tally = ErrorTally("configmaps/x.yaml")
+    return parse_configmap(documents[0], tally), tally.listed()
 
 
 GOOD = """apiVersion: v1

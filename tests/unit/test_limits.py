@@ -261,3 +261,98 @@ def test_a_tag_on_a_key_is_refused_as_on_a_value():
             "the tag 'tag:yaml.org,2002:python/name:os.system' is not supported on a key; write a plain key",
         ),
     ]
+
+
+def _hostile_refs(count: int) -> bytes:
+    """A flag set whose targeting names ``count`` evaluators that do not exist, each a near miss of 200
+    defined names of 99 characters sharing a prefix: a suggestion for each cost 0.3 s."""
+    import json
+
+    prefix = "e" * 88
+    evaluators = {f"{prefix}{index:05d}abcdef": {"in": ["a", "b"]} for index in range(200)}
+    references = [{"$ref": f"{prefix}abcde zzz{index % 7}"} for index in range(count)]
+    flag = {
+        "state": "ENABLED",
+        "variants": {"on": True, "off": False},
+        "defaultVariant": "off",
+        "targeting": {"if": [{"or": references}, "on", "off"]},
+    }
+    return json.dumps({"$evaluators": evaluators, "flags": {"f": flag}}).encode()
+
+
+def test_a_file_lists_its_first_100_errors_and_counts_the_rest_unbuilt(monkeypatch):
+    """300 unknown $refs in one file (18,000 fit in its 2 MiB): each error built (a suggestion looked for
+    among 200 long names) was 0.3 s of CPU, and each kept a few KB. The file lists its first 100 and says
+    how many more."""
+    from gitops.desired import flags
+    from gitops.desired.revision import parse_file
+
+    built = []
+    real = flags._did_you_mean
+    monkeypatch.setattr(flags, "_did_you_mean", lambda *args: built.append(args) or real(*args))
+
+    parsed = parse_file("flags/refs.json", _hostile_refs(300))
+
+    assert len(parsed.errors) == 101
+    assert len(built) == 100, "no message built past the first 100"
+    assert all(error.field.endswith('["$ref"]') for error in parsed.errors[:100])
+    assert parsed.errors[-1] == ValidationError(
+        "flags/refs.json",
+        None,
+        "",
+        "200 more errors in this file than listed here; mend these and look again",
+    )
+
+
+def test_a_suggestion_is_looked_for_only_while_the_comparison_is_cheap():
+    from gitops.desired.flags import _did_you_mean
+
+    names = [f"{'e' * 88}{index:05d}abcdef" for index in range(200)]
+    assert _did_you_mean(f"{'e' * 88}00001abcdeg", names) == "", "99 x 200 x 99 characters: not looked for"
+    assert _did_you_mean("internal-user", ["internal-users", "beta"]) == ' (did you mean "internal-users"?)'
+
+
+def test_a_manifest_file_lists_its_first_100_errors_across_its_documents():
+    from gitops.desired.revision import parse_file
+
+    document = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: app}\ndata: {A: 1, B: 2, C: 3}\n"
+    parsed = parse_file("configmaps/a.yaml", "---\n".join([document] * 50).encode())
+    assert len(parsed.errors) == 101 and not parsed.items
+    assert all("value must be a string" in error.message for error in parsed.errors[:100])
+    assert parsed.errors[-1].message.startswith("50 more errors in this file than listed here")
+
+
+def test_parsing_stops_once_the_files_before_hold_more_than_1000_errors_and_none_of_them_is_cached():
+    """5,000 files of 50 errors each (two values an error) fit the value limits: 250,000 errors, about
+    600 MB, were held at once. Parsing stops past 1,000 and names the file it stopped at; a file with
+    errors is not kept in the parse cache (one without is)."""
+    document = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: app%d}\ndata: {%s}\n"
+    bad = {
+        f"configmaps/f{index:04d}.yaml": (
+            document % (index, ", ".join(f"K{k}: {k}" for k in range(50)))
+        ).encode()
+        for index in range(5_000)
+    }
+    good = {"configmaps/a.yaml": b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndata: {A: x}\n"}
+    files = {**good, **bad}
+    cache = ParseCache()
+    tracemalloc.start()
+    try:
+        with pytest.raises(RevisionRejected) as caught:
+            load_revision({path: path for path in files}, lambda ids: {i: files[i] for i in ids}, cache=cache)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024 * 1024, f"{peak / 2**20:.0f} MiB"
+    stopped = ValidationError(
+        "configmaps/f0021.yaml",
+        None,
+        "",
+        "not checked, nor the files after it: those before it hold more than 1,000 errors; "
+        "mend them and push again",
+    )
+    assert caught.value.errors[-1] == stopped, "said last, whatever is left out"
+    assert caught.value.errors[-2].message == "... and 950 more errors not shown"
+    assert str(caught.value) == "1050 validation error(s)"
+    assert cache.get("configmaps/a.yaml", "configmaps/a.yaml") is not None
+    assert cache.get("configmaps/f0000.yaml", "configmaps/f0000.yaml") is None
