@@ -92,6 +92,7 @@ def source_lock(source: Source) -> Iterator[bool]:
         )
         time.sleep(delay + TAKEOVER_MARGIN)  # the database's clock may run a little behind this one
     fence = PassFence(source)
+    fence.waited = attempt > 0
     token = _current_fence.set(fence)
     try:
         yield True
@@ -109,6 +110,13 @@ def source_lock(source: Source) -> Iterator[bool]:
                 raise lost
             # The pass ended, its statements committed; only the release met the lost session.
             log.warning("source %s: %s, after the pass ended", source.name, lost)
+
+
+def lock_waited() -> bool:
+    """Whether the pass this thread runs waited for a lost pass's claim before it took the source's
+    lock (up to SLUICE_PASS_TAKEOVER_SECONDS): what it read of the source before is that old."""
+    fence = _current_fence.get()
+    return fence is not None and fence.waited
 
 
 def pass_fence() -> Callable[[], None]:
@@ -133,6 +141,7 @@ class PassFence:
     def __init__(self, source: Source) -> None:
         self._source = source
         self.holder = uuid.uuid4().hex
+        self.waited = False  # for a lost pass's claim before the lock was taken (``lock_waited``)
         self._wrapper: Any = connections[DEFAULT_DB_ALIAS]  # this thread's: the one holding the lock
         self.session = self._wrapper.connection
         self._guard = threading.Lock()

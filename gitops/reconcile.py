@@ -32,7 +32,7 @@ from gitops.desired.revision import DesiredState
 from gitops.errors import GitopsError, PermanentError, TemporaryError
 from gitops.fetch.mirror import FetchInterrupted
 from gitops.fetch.revisions import commit_identities, revision_desired_state, revision_fetch, revision_reject
-from gitops.locks import ReconcileLockLost, SourceBusy, TakeoverPending, source_lock
+from gitops.locks import ReconcileLockLost, SourceBusy, TakeoverPending, lock_waited, source_lock
 from gitops.models import Revision, Rollout, Source, SourceRemoval, automatic_sync_filter, known_clusters
 from gitops.prepared import PreparedSelect, PreparedUpdate
 from gitops.record.changelog import intents_pending_query
@@ -456,6 +456,11 @@ def _source_to_sync(source_id: int, *, automatic: bool, rollouts_only: bool = Fa
     if source is None:
         gone = Source.all_objects.filter(pk=source_id).values_list("name", flat=True).first()
         return SyncResult(gone or "", Outcome.GONE)
+    return _refusal(source, automatic=automatic, rollouts_only=rollouts_only) or source
+
+
+def _refusal(source: Source, *, automatic: bool, rollouts_only: bool) -> SyncResult | None:
+    """The result of a sync of ``source`` that does not run (``_source_to_sync``), or None."""
     if automatic and not source.automatic_sync_allowed:
         # A push marked it queued: let the next one through once the source is resumed.
         Source.objects.filter(pk=source.pk).update(sync_queued=False)
@@ -466,7 +471,7 @@ def _source_to_sync(source_id: int, *, automatic: bool, rollouts_only: bool = Fa
     if source.suspended and not rollouts_only and _being_removed(source):
         log.info("sync of source %s refused: it is being deleted", source.name)
         return SyncResult(source.name, Outcome.SUSPENDED)
-    return source
+    return None
 
 
 def _being_removed(source: Source) -> bool:
@@ -508,7 +513,13 @@ def source_sync(
     if after_failures is not None and _wake_stale(source, after_failures, retry_due):
         return SyncResult(source.name, Outcome.COALESCED)
     asked = _Asked(
-        actor, actor if automatic else SYSTEM_ACTOR, retry_failed, manual, rollouts_only, report_rollout
+        actor,
+        actor if automatic else SYSTEM_ACTOR,
+        retry_failed,
+        manual,
+        rollouts_only,
+        report_rollout,
+        automatic,
     )
     with logs.log_context(source=source.name):
         runs: list[SyncResult] = []
@@ -556,6 +567,7 @@ class _Asked:
     manual: bool
     rollouts_only: bool
     report_rollout: bool
+    automatic: bool
 
 
 def _next_pass(source: Source, runs: list[SyncResult], asked: _Asked) -> tuple[bool, Source | None] | None:
@@ -594,11 +606,17 @@ def _locked_pass(source: Source, runs: list[SyncResult], asked: _Asked) -> tuple
     read it (None: removed meanwhile). A later pass runs with the source as it is now: a scope narrowed
     meanwhile holds."""
     with source_lock(source) as acquired:
-        if acquired and runs:
+        # The first pass reads it again too when the lock waited for a lost pass's claim (seconds): a
+        # scope narrowed, a suspend or a deletion asked meanwhile holds, as for a later pass.
+        if acquired and (runs or lock_waited()):
             current = Source.objects.filter(pk=source.pk).first()
             if current is None:
                 return True, None
             source = current
+            refused = _first_refused(source, runs, asked)
+            if refused is not None:
+                runs.append(refused)
+                return True, source
         if acquired:
             # A pass that carries out decisions only (a suspended or backing-off source) does not fetch:
             # what was requested stays for the full pass after it (``_requested_again``).
@@ -606,6 +624,10 @@ def _locked_pass(source: Source, runs: list[SyncResult], asked: _Asked) -> tuple
             (_QUEUED_TAKEN if decisions_only else _REQUESTS_TAKEN)(source.pk)
             runs.append(_pass(source, runs, asked, decisions_only=decisions_only))
     return acquired, source
+
+
+def _first_refused(source: Source, runs: list[SyncResult], asked: _Asked) -> SyncResult | None:
+    return None if runs else _refusal(source, automatic=asked.automatic, rollouts_only=asked.rollouts_only)
 
 
 def _pass(source: Source, runs: list[SyncResult], asked: _Asked, *, decisions_only: bool) -> SyncResult:

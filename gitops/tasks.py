@@ -233,11 +233,15 @@ def remove_source(self: Task[Any, Any], removal_id: int, temporary_tries: int = 
         if self.request.retries >= BUSY_MAX_RETRIES:
             return _removal_state(source_removal_fail(removal_id, str(exc)))
         raise self.retry(exc=exc, countdown=exc.delay or BUSY_RETRY_SECONDS) from exc
-    except TemporaryError as exc:
+    except (TemporaryError, OperationalError) as exc:
+        # A cluster that did not answer; or PostgreSQL ended a transaction in a deadlock or a serialization
+        # failure, or went away a moment: retried, as a sync's are, not a removal failed for good.
         if temporary_tries >= TEMPORARY_MAX_RETRIES:
-            return _removal_state(source_removal_fail(removal_id, f"the cluster did not answer: {exc}"))
+            why = "the cluster did not answer" if isinstance(exc, TemporaryError) else "the database"
+            return _removal_state(source_removal_fail(removal_id, f"{why}: {exc}"))
         kwargs = {**(self.request.kwargs or {}), "temporary_tries": temporary_tries + 1}
-        raise self.retry(exc=exc, countdown=backoff(temporary_tries, exc.delay), kwargs=kwargs) from exc
+        delay = exc.delay if isinstance(exc, TemporaryError) else None
+        raise self.retry(exc=exc, countdown=backoff(temporary_tries, delay), kwargs=kwargs) from exc
     except Exception as exc:
         log.exception("removal %s failed unexpectedly", removal_id)
         return _removal_state(source_removal_fail(removal_id, f"{type(exc).__name__}: {exc}"))

@@ -38,7 +38,7 @@ from gitops.rollout.consumers import consumer_map_refresh, wave_gate_close, wave
 from gitops.rollout.engine import desired_hash, largest_share, with_approval_gate
 from gitops.rollout.flag_canary import CanaryRefused
 from gitops.rollout.gates import analyse, pause, pause_is_over, wait_for_clusters
-from gitops.rollout.rollback import rollout_rollback
+from gitops.rollout.rollback import rollback_decide, rollout_rollback
 from gitops.rollout.state import StepOutcome, transition
 from gitops.rollout.step import in_scope, weight_apply
 from gitops.vocabulary import SYSTEM_ACTOR, Outcome, RolloutEventKind, Waiting
@@ -96,9 +96,9 @@ def _active_kept(
             outcome=Revision.Outcome.QUEUED
         )
         return active, Outcome.QUEUED
-    own_claims = _head_claimed_while_rolling_back(source, active, head_desired)
     reason = f"superseded: the source moved to {_directory(source.path)}" if of_head else ""
     reason = reason or f"superseded by {head.commit[:12]}"
+    own_claims = _head_claimed_while_rolling_back(source, active, head_desired, reason)
     refused = rollout_rollback(active, actor=SYSTEM_ACTOR, reason=reason, phase=Rollout.Phase.SUPERSEDED)
     if own_claims is not None:  # ended, its claims read by nobody; the head's rollout claims them next
         Rollout.objects.filter(pk=active.pk).update(flag_claims=own_claims)
@@ -110,13 +110,15 @@ def _active_kept(
 
 
 def _head_claimed_while_rolling_back(
-    source: Source, active: Rollout, head_desired: DesiredState
+    source: Source, active: Rollout, head_desired: DesiredState, reason: str
 ) -> FlagClaims | None:
     """The head's flag keys, free when the pass validated it, asked again before the rollback (a head
     rejected now leaves the rollout under way as it is, as a bad commit does), then claimed by the rollout
     rolled back until it ends: another source starting one of them during the rollback (its restores, its
     consumers' restarts) would otherwise leave the head rejected after it, the rollout under way rolled
-    back for nothing. Returns the rollout's own claims, None when the head publishes no flag key."""
+    back for nothing. Claimed with the decision to roll back, in one transaction: a rollout left running
+    (a crash between the two) would hold keys it never publishes. Returns the rollout's own claims, None
+    when the head publishes no flag key."""
     keys = flag_keys(head_desired)
     if not keys.definitions:
         return None
@@ -125,6 +127,7 @@ def _head_claimed_while_rolling_back(
         _flag_keys_free(source, head_desired)
         own: FlagClaims = Rollout.objects.values_list("flag_claims", flat=True).get(pk=active.pk)
         Rollout.objects.filter(pk=active.pk).update(flag_claims=[*own, *flag_claims(keys)])
+        rollback_decide(active, actor=SYSTEM_ACTOR, reason=reason, phase=Rollout.Phase.SUPERSEDED)
     return own
 
 

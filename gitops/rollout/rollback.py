@@ -80,7 +80,7 @@ def rollout_rollback(rollout: Rollout, *, actor: str, reason: str, phase: Rollou
 
     Clusters that cannot be reached now are owed their rollback (see ``rollbacks_owed_finish``).
     """
-    _decided(rollout, actor=actor, reason=reason, phase=phase)
+    rollback_decide(rollout, actor=actor, reason=reason, phase=phase)
     failpoint("mid-rollback")
     restored = _restore(rollout, actor, clusters=None)
     now = timezone.now()
@@ -142,7 +142,7 @@ def _flag_catalog_after(rollout: Rollout, restored: Restored) -> None:
         log.exception("rollout %s: the flag catalog was not brought back after its rollback", rollout.pk)
 
 
-def _decided(rollout: Rollout, *, actor: str, reason: str, phase: Rollout.Phase) -> None:
+def rollback_decide(rollout: Rollout, *, actor: str, reason: str, phase: Rollout.Phase) -> None:
     """Saves the decision to roll back before anything is restored, as a person's abort is saved: a
     worker that dies mid-restore leaves a rollout that the next pass rolls back (``rollback_phase``
     says how it ends), not one it drives on from restored targets. A person's abort asked first keeps

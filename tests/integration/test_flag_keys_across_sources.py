@@ -499,6 +499,41 @@ def test_a_key_the_head_brings_is_claimed_while_the_rollout_it_supersedes_rolls_
     assert {key for group in heads.flag_claims for _, key in group["keys"]} == {"banner", "new-checkout"}
 
 
+def test_a_worker_that_dies_once_the_heads_keys_are_claimed_leaves_the_rollout_decided_for_rollback(
+    repo, make_namespaces, make_source, sync, cluster, monkeypatch
+):
+    """The head's keys are claimed by the rollout under way with the decision to roll it back, in one
+    transaction. Claimed alone, a worker that died before the decision left that rollout running, and
+    holding keys it never publishes, whenever it was not superseded after all (a queue, a branch moved
+    back). The next pass rolls it back, then starts the head's."""
+    from gitops import reconcile
+
+    app_a, flags_ns = make_namespaces("a", "flags")
+    gate = [{"pause": {}}, {"setWeight": 100}]
+    publish(repo, app_a, flags_ns, {"flags/checkout.json": flag_set(banner=BANNER)}, steps=gate)
+    shop = make_source(name=f"shop-{uuid.uuid4().hex[:6]}")
+    sync(shop)
+    under_way = wait_for(shop, phase="Paused", waiting_for="approval")
+    files = {"flags/checkout.json": flag_set(banner=BANNER, **{"new-checkout": SWITCH})}
+    head = publish(repo, app_a, flags_ns, files, steps=gate, message="a new key")
+
+    def dies(*args, **kwargs):
+        raise SystemExit("the worker died before its rollback")
+
+    monkeypatch.setattr(lifecycle, "rollout_rollback", dies)
+    with pytest.raises(SystemExit):
+        reconcile.source_sync(shop.pk)
+    monkeypatch.undo()
+
+    decided = Rollout.objects.get(pk=under_way.pk)
+    assert (decided.abort_requested_by, decided.rollback_phase) == ("sluice", "Superseded")
+    claimed_keys = {key for group in decided.flag_claims for _, key in group["keys"]}
+    assert claimed_keys == {"banner", "new-checkout"}
+    sync(shop)
+    assert Rollout.objects.get(pk=under_way.pk).phase == "Superseded"
+    assert Rollout.objects.get(source=shop, revision__commit=head).phase == "Paused"
+
+
 def test_two_rollout_starts_that_claim_one_key_wait_for_each_other(
     repo, make_namespaces, make_source, sync, cluster, tmp_path
 ):

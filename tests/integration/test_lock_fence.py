@@ -249,3 +249,32 @@ def test_a_lost_claim_committed_as_the_lock_came_free_holds_the_first_write(make
         pass_fence()()
         assert time.monotonic() - started >= 2, "the first write went out beside the lost pass's"
         assert PassClaim.objects.get(source_id=source.pk).holder not in ("", "lost")
+
+
+def test_a_pass_that_waited_for_a_lost_claim_reads_the_source_again_before_it_runs(
+    repo, make_namespaces, make_source, cluster, settings, monkeypatch
+):
+    """A push's pass read the source, then waited out a lost pass's claim (seconds, after a PostgreSQL
+    restart): a suspend, a deletion or a narrowed scope asked meanwhile held for a later pass only, and
+    this one ran on the source as it was before its wait, putting the commit out."""
+    from gitops.models import Source
+    from gitops.reconcile import source_sync
+
+    settings.SLUICE_PASS_TAKEOVER_SECONDS = 2
+    (app,) = make_namespaces("app")
+    repo.write_all({"sluice.yaml": policy([app]), "configmaps/app.yaml": configmap("waited", {"A": "1"})})
+    repo.commit("a ConfigMap")
+    source = make_source()
+    PassClaim.objects.create(source_id=source.pk, holder="lost", alive_at=timezone.now())
+    real_sleep = time.sleep
+
+    def suspended_meanwhile(seconds: float) -> None:
+        Source.objects.filter(pk=source.pk).update(suspended=True)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(locks.time, "sleep", suspended_meanwhile)
+    result = source_sync(source.pk, automatic=True)
+
+    assert result.outcome == "suspended", result
+    assert cluster.get_configmap(app, "waited") is None, "nothing went out"
+    assert not Source.objects.get(pk=source.pk).sync_queued

@@ -951,3 +951,32 @@ def test_a_masked_notification_url_from_before_a_key_rotation_still_keeps_its_ur
     source_admin.source_update(source, notify_urls=[before_rotation, "https://other.example.com/x"])
 
     assert Source.objects.get(pk=source.pk).notify_urls == [hook, "https://other.example.com/x"]
+
+
+def test_a_removal_that_meets_a_database_blip_is_retried_not_failed(applied, monkeypatch):
+    """A deadlock or a serialization failure ended the removal's transaction: it is tried again, as a
+    sync's blip is. Before, the removal ended failed, and the source stayed suspended until an
+    administrator asked for the removal again."""
+    from django.db import OperationalError
+
+    from gitops import tasks
+
+    source, _ = applied
+    removal = SourceRemoval.objects.create(
+        source=source, source_name=source.name, mode="keep", requested_by="root", via="cli", status="queued"
+    )
+    real_run, tries = tasks.source_removal_run, []
+
+    def deadlocked_once(removal_id):
+        tries.append(removal_id)
+        if len(tries) == 1:
+            raise OperationalError("deadlock detected")
+        return real_run(removal_id)
+
+    monkeypatch.setattr(tasks, "source_removal_run", deadlocked_once)
+
+    answer = tasks.remove_source.apply(args=(removal.pk,)).get()
+
+    assert answer["status"] == "done", answer
+    assert tries == [removal.pk, removal.pk]
+    assert not Source.all_objects.filter(pk=source.pk, deleted_at__isnull=True).exists()
