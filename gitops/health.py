@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -119,6 +121,41 @@ def _within(future: Future[str]) -> str:
         return future.result(timeout=CHECK_TIMEOUT_SECONDS + 2)
     except FutureTimeout:
         return "TimeoutError: no answer in time"
+
+
+class _SharedReadiness:
+    """The last anonymous answer, shared by the web process's threads for ``SLUICE_READYZ_CACHE_SECONDS``:
+    each anonymous request ran every check afresh (a connection to Redis, a call to the apiserver, a
+    transaction, a pool of threads), holding a web thread for up to seconds while a dependency was slow,
+    so anyone could pile them up. One check runs at a time; a request that comes while one runs gets
+    the answer before it, if there is one."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.answer: dict[str, str] | None = None
+        self.at = 0.0
+
+    def get(self, ttl: float) -> dict[str, str]:
+        if self.answer is not None and time.monotonic() - self.at < ttl:
+            return dict(self.answer)
+        if not self.lock.acquire(blocking=self.answer is None):
+            return dict(self.answer or {})  # a check runs: the answer before it
+        try:
+            if self.answer is None or time.monotonic() - self.at >= ttl:  # not answered while we waited
+                self.answer, self.at = readiness(members=False), time.monotonic()
+            return dict(self.answer)
+        finally:
+            self.lock.release()
+
+
+_SHARED = _SharedReadiness()
+
+
+def readiness_shared() -> dict[str, str]:
+    """``readiness`` without the member clusters, answered at most once every
+    ``SLUICE_READYZ_CACHE_SECONDS`` in this process (0: every time): for anonymous callers."""
+    ttl = float(getattr(settings, "SLUICE_READYZ_CACHE_SECONDS", 2.0))
+    return readiness(members=False) if ttl <= 0 else _SHARED.get(ttl)
 
 
 def readiness(*, members: bool = True) -> dict[str, str]:

@@ -1047,8 +1047,8 @@ class WebhookDelivery(models.Model):
     outcome = models.CharField(max_length=16, choices=Outcome.choices)
     reason = models.CharField(max_length=300, blank=True, default="")
     received_at = models.DateTimeField(default=timezone.now)
-    # SHA-256 of a verified push's body ("" for anything else): a signature covers the body, never the
-    # delivery id header, so a captured body sent again under new ids is told by this.
+    # SHA-256 of a verified push's or ping's body ("" for anything else): a signature covers the body,
+    # never the delivery id or event headers, so a captured body sent again under new ids is told by this.
     body_digest = models.CharField(max_length=64, blank=True, default="")
 
     class Meta:

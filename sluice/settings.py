@@ -292,6 +292,10 @@ SLUICE_PREVIEWS_PER_USER = env_int("SLUICE_PREVIEWS_PER_USER", 2)
 SLUICE_PREVIEWS_TOTAL = env_int("SLUICE_PREVIEWS_TOTAL", 4)
 # When set, /metrics wants "Authorization: Bearer <token>".
 SLUICE_METRICS_TOKEN = env.get("SLUICE_METRICS_TOKEN", "")
+# /readyz's answer to anonymous callers (a load balancer, a probe) is shared for this long by the web
+# process's threads (``health.readiness_shared``), so that anyone's requests cannot pile checks up;
+# 0: each runs its own. A logged-in user or the metrics token always gets a fresh one.
+SLUICE_READYZ_CACHE_SECONDS = float(env.get("SLUICE_READYZ_CACHE_SECONDS", "2"))
 # Where sources' Git credentials may come from (README, "Managing sources"). A source's token is sent
 # to the host its URL names, so the platform's own secrets never may; these narrow it further.
 SLUICE_CREDENTIALS_ENV_PREFIX = env.get("SLUICE_CREDENTIALS_ENV_PREFIX", "")

@@ -14,6 +14,8 @@ os.environ.setdefault("SLUICE_CLUSTER_RETRY_SECONDS", "3")
 # A pass taking over from one that lost its session (a worker killed mid-pass) waits this long (37 s
 # deployed, from the cluster timeouts): the crash tests wait for it.
 os.environ.setdefault("SLUICE_PASS_TAKEOVER_SECONDS", "5")
+# /readyz answers each anonymous request afresh: the tests break a dependency and ask at once.
+os.environ.setdefault("SLUICE_READYZ_CACHE_SECONDS", "0")
 # Every prepared statement (gitops/prepared.py) is compared with what Django compiles for the same values.
 os.environ.setdefault("SLUICE_PREPARED_CHECK", "1")
 

@@ -139,7 +139,7 @@ def _accept(
 ) -> WebhookAnswer:
     delivery_id = DELIVERY_ID.sub("", event.delivery_id)[:100] or uuid.uuid4().hex
     if event.event == "ping":
-        return _pong(source, provider, delivery_id)
+        return _pong(source, provider, delivery_id, digest)
     reason = _ignore_reason(source, event)
     delivered = row_create_once(
         WebhookDelivery.objects,
@@ -215,9 +215,12 @@ def _duplicate(
     return WebhookAnswer(200, {"status": "duplicate", "delivery": delivery_id}, provider)
 
 
-def _pong(source: Source, provider: str, delivery_id: str) -> WebhookAnswer:
-    """A ping, kept once per delivery id as a push is: a host's redelivered ping (the same id) met the
-    unique constraint and was answered 500."""
+def _pong(source: Source, provider: str, delivery_id: str, digest: str) -> WebhookAnswer:
+    """A ping, kept once per delivery id and once per body as a push is: a host's redelivered ping (the
+    same id) met the unique constraint and was answered 500. The event's name is a header, which the
+    signature does not cover: any signed body seen once (a push's, on a proxy's log) sent again as a
+    ping, without an id or under new ones, was a row each time. A replayed ping is answered, and not
+    kept: it asks for nothing."""
     row_create_once(
         WebhookDelivery.objects,
         source=source,
@@ -226,6 +229,7 @@ def _pong(source: Source, provider: str, delivery_id: str) -> WebhookAnswer:
         event="ping",
         outcome=WebhookDelivery.Outcome.IGNORED,
         reason="ping",
+        body_digest=digest,
     )
     return WebhookAnswer(200, {"status": "pong", "delivery": delivery_id}, provider)
 

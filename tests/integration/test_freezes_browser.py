@@ -66,8 +66,11 @@ def test_an_admin_freezes_from_the_dashboard_with_the_keyboard_and_every_page_sh
     screenshot(page, "source-frozen-phone")
 
     page.set_viewport_size({"width": 1280, "height": 900})
-    page.once("dialog", lambda dialog: dialog.accept())
+    asked: list[str] = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept()))
     page.click("#unfreeze")
     page.wait_for_selector("#freeze-banner", state="detached")
+    # The name is written into a JavaScript string in an attribute: escaped for JavaScript, read as is.
+    assert asked == [f"Lift the freezes of {source.name}?"]
     freeze.refresh_from_db()
     assert freeze.lifted_by == "ines"

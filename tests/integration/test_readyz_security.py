@@ -18,6 +18,7 @@ from django.test import Client
 
 from gitops.cluster import Cluster
 from gitops.cluster.clients import clients
+from tests.workers import poll
 
 pytestmark = pytest.mark.django_db(transaction=True)
 METRICS_TOKEN = "metrics-token-for-tests-0123456789"
@@ -134,3 +135,44 @@ def test_a_silent_database_fails_the_connection_within_seconds(silent_server):
     with pytest.raises(OperationalError):
         silent.ensure_connection()
     assert time.monotonic() - started < 15
+
+
+def test_anonymous_callers_share_one_check_for_a_moment_and_never_queue_behind_one(
+    stack, settings, people, monkeypatch
+):
+    """Each anonymous request ran every check (Redis, the apiserver, a transaction, a pool of threads):
+    anyone could pile up web threads behind a slow dependency. Anonymous callers now share one answer for
+    SLUICE_READYZ_CACHE_SECONDS, and one that comes while a check runs gets the answer before it at once.
+    A logged-in user still gets a check of their own."""
+    from gitops import health
+
+    settings.SLUICE_READYZ_CACHE_SECONDS = 60
+    monkeypatch.setattr(health, "_SHARED", health._SharedReadiness())
+    real, ran, release = health.readiness, [], threading.Event()
+
+    def counted(*, members: bool = True) -> dict[str, str]:
+        ran.append(members)
+        if len(ran) == 3:  # the check after the answer expired: slow
+            assert release.wait(timeout=30)
+        return real(members=members)
+
+    monkeypatch.setattr(health, "readiness", counted)
+    answers = [Client().get("/readyz") for _ in range(5)]
+    assert [answer.status_code for answer in answers] == [200] * 5
+    assert ran == [False], "one check for five anonymous requests"
+    session = Client()
+    session.force_login(people["viewer"])
+    assert session.get("/readyz").status_code == 200
+    assert ran == [False, True], "a logged-in user's own, with the member clusters"
+
+    health._SHARED.at -= 61  # the shared answer expired; the next check hangs until released
+    slow = threading.Thread(target=lambda: Client().get("/readyz"))
+    slow.start()
+    poll(lambda: len(ran) == 3, timeout=30, what="the slow check to start")
+    meanwhile = Client().get("/readyz")
+    assert meanwhile.status_code == 200, "answered with the one before"
+    assert slow.is_alive(), "answered while the check still hangs, not after it"
+    assert len(ran) == 3, "no second check while one runs"
+    release.set()
+    slow.join(timeout=30)
+    assert not slow.is_alive()

@@ -207,6 +207,28 @@ def test_a_redelivered_ping_is_answered_pong_and_kept_once(hooked_source):
     assert WebhookDelivery.objects.filter(source=source, delivery_id="p-1").count() == 1
 
 
+def test_a_signed_body_sent_again_as_a_ping_is_answered_and_not_kept(hooked_source, repo, monkeypatch):
+    """The event's name is a header the signature does not cover: a push's body, seen once, sent again as
+    a ping without an id (or under new ones) was a new row each time, without bound, and pushed the real
+    deliveries off the source page. It is a replay of that body: answered pong, not kept."""
+    source, _ = hooked_source
+    keep_sends(monkeypatch)
+    body, headers = github_push(repo, delivery="d-seen")
+    assert post(source, body, headers).json()["status"] == "accepted"
+    as_ping = {"X-GitHub-Event": "ping", "X-Hub-Signature-256": headers["X-Hub-Signature-256"]}
+
+    answers = [post(source, body, as_ping) for _ in range(6)]
+
+    assert {(answer.status_code, answer.json()["status"]) for answer in answers} == {(200, "pong")}
+    rows = WebhookDelivery.objects.filter(source=source)
+    assert list(rows.values_list("event", "outcome")) == [("push", "accepted")]
+    # A ping of its own (its own body) is kept, once.
+    ping = json.dumps({"zen": "Design for failure.", "hook_id": 7}).encode()
+    own = {"X-GitHub-Event": "ping", "X-Hub-Signature-256": sign(SECRET, ping)}
+    assert post(source, ping, own).json()["status"] == "pong"
+    assert rows.filter(event="ping", outcome="ignored").count() == 1
+
+
 def test_a_push_whose_sync_the_broker_refused_is_synced_by_beat_once_the_broker_is_back(
     hooked_source, repo, monkeypatch
 ):
