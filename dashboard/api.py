@@ -869,7 +869,7 @@ def source_or_404(name: str) -> Source:
 
 def rollout_or_404(rollout_id: int) -> Rollout:
     rollout = (
-        Rollout.objects.select_related("source", "revision")
+        selectors.with_approval_count(Rollout.objects.select_related("source", "revision"))
         .prefetch_related("approvals", "events")
         .filter(pk=rollout_id)
         .first()
@@ -894,9 +894,10 @@ def source_rows(sources: list[Source]) -> list[dict[str, Any]]:
     }
     active = {
         rollout.source_id: rollout
-        for rollout in Rollout.objects.filter(source_id__in=ids, phase__in=Rollout.ACTIVE_PHASES)
+        for rollout in selectors.with_approval_count(
+            Rollout.objects.filter(source_id__in=ids, phase__in=Rollout.ACTIVE_PHASES)
+        )
         .select_related("revision")
-        .prefetch_related("approvals")
         .order_by("source_id", "-id")
         .distinct("source_id")
     }
@@ -1168,7 +1169,7 @@ def list_rollouts(
 ) -> dict[str, Any]:
     """Rollouts, newest first."""
     require(request, "gitops.view_rollout")
-    found = Rollout.objects.select_related("source", "revision").prefetch_related("approvals")
+    found = selectors.with_approval_count(Rollout.objects.select_related("source", "revision"))
     if filters.source:
         found = found.filter(source__name=filters.source)
     if filters.phase:

@@ -11,9 +11,9 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.db import connection
-from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
+from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet, Subquery
 from django.db.models.fields.json import KeyTransform
-from django.db.models.functions import Lower, Trim
+from django.db.models.functions import Coalesce, Lower, Trim
 from django.utils import timezone
 
 from gitops.desired.errors import ValidationError
@@ -42,11 +42,9 @@ from gitops.windows import FreezeRule, Gate, WindowRule, change_gate
 def source_status(source: Source) -> dict[str, Any]:
     latest = source.revisions.order_by("-fetched_at", "-id").first()
     applied = source.revisions.filter(outcome=Revision.Outcome.APPLIED).order_by("-fetched_at", "-id").first()
-    active = (
-        Rollout.objects.filter(source=source, phase__in=Rollout.ACTIVE_PHASES)
-        .select_related("revision")
-        .first()
-    )
+    active = with_approval_count(
+        Rollout.objects.filter(source=source, phase__in=Rollout.ACTIVE_PHASES).select_related("revision")
+    ).first()
     summary = (latest.summary if latest else {}) or {}
     return {
         "name": source.name,
@@ -70,8 +68,9 @@ def source_status(source: Source) -> dict[str, Any]:
         # Ended rollouts whose rollback some cluster has not answered yet.
         "rollbacks_owed": [
             rollout_status(owing)
-            for owing in Rollout.objects.filter(source=source)
-            .exclude(rollback_pending_clusters=[])
+            for owing in with_approval_count(
+                Rollout.objects.filter(source=source).exclude(rollback_pending_clusters=[])
+            )
             .select_related("revision", "source")
             .order_by("-id")[:20]
         ],
@@ -107,13 +106,26 @@ def _revision(revision: Revision) -> dict[str, Any]:
 
 def rollout_for_status(rollout_id: int) -> Rollout:
     """A rollout as ``rollout_status`` reads it: its source, revision and approval count in one query."""
-    at_its_gate = Q(approvals__step_index=F("step_index"), approvals__user_id__in=approvers_now())
-    return (
-        Rollout.objects.select_related("source", "revision")
-        .defer("flag_claims")
-        .annotate(approval_count=Count("approvals", filter=at_its_gate))
-        .get(pk=rollout_id)
+    return with_approval_count(Rollout.objects.select_related("source", "revision").defer("flag_claims")).get(
+        pk=rollout_id
     )
+
+
+def with_approval_count(rollouts: QuerySet[Rollout]) -> QuerySet[Rollout]:
+    """``rollouts``, each with the approvals at the step it is at that count (``approval_count``: of
+    people who may approve now, as the gate counts them), in the same query: what ``rollout_status``
+    reads, for a list without a query per rollout."""
+    # A subquery, not an aggregate: a list that takes each source's newest (DISTINCT ON) cannot group.
+    counted = (
+        Approval.objects.filter(
+            rollout_id=OuterRef("pk"), step_index=OuterRef("step_index"), user_id__in=approvers_now()
+        )
+        .order_by()
+        .values("rollout_id")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    return rollouts.annotate(approval_count=Coalesce(Subquery(counted), 0))
 
 
 def approvers_now() -> QuerySet[Any]:
@@ -144,16 +156,14 @@ def rollout_authors(rollout: Rollout) -> set[str]:
 
 def _approvals_at_its_gate(rollout: Rollout) -> int:
     """The approvals of the step the rollout is at, the ones ``approvals_required`` is about (every gate's
-    together could not be compared with it), counted as the gate counts them (an author's does not
-    count where self-approval is forbidden). A list prefetches ``approvals``: counted from those."""
-    if (
-        rollout.forbid_self_approval and rollout.phase in Rollout.ACTIVE_PHASES
-    ):  # a list's ended ones: no query
-        return rollout_approvals_counted(rollout, rollout.step_index).count()
+    together could not be compared with it), counted as the gate counts them: only people who may approve
+    now, and not an author's where self-approval is forbidden. A list reads ``with_approval_count``'s.
+    (Until 2026-12-07 a list counted every approval at the step: one given before its approver lost the
+    role showed, where the gate did not count it.)"""
     counted = getattr(rollout, "approval_count", None)
-    if counted is not None:
-        return int(counted)
-    return sum(1 for approval in rollout.approvals.all() if approval.step_index == rollout.step_index)
+    if counted is None or (rollout.forbid_self_approval and rollout.phase in Rollout.ACTIVE_PHASES):
+        return rollout_approvals_counted(rollout, rollout.step_index).count()
+    return int(counted)
 
 
 def rollout_status(rollout: Rollout) -> dict[str, Any]:

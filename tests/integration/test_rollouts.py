@@ -7,6 +7,7 @@ import base64
 import pytest
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
+from django.test import Client
 
 from gitops import selectors
 from gitops.models import Approval, Change, Revision, Rollout, RolloutEvent, Source
@@ -277,6 +278,19 @@ def test_an_approval_whose_approver_may_no_longer_approve_does_not_count(
     assert versions(cluster, targets) == ["2", "1"]
     status = selectors.rollout_status(selectors.rollout_for_status(paused.pk))
     assert (status["approvals"], status["approvals_required"]) == (1, 2), "shown as the gate counts"
+    # So does every other reader: the API's rollout, its list, the sources' active rollout, the CLI's.
+    api = Client()
+    api.force_login(people["viewer"])
+    shown = [
+        api.get(f"/api/rollouts/{paused.pk}").json(),
+        api.get("/api/rollouts", {"source": source.name}).json()["items"][0],
+        api.get(f"/api/sources/{source.name}").json()["active_rollout"],
+        next(row for row in api.get("/api/sources").json()["items"] if row["name"] == source.name)[
+            "active_rollout"
+        ],
+        selectors.source_status(source)["active_rollout"],
+    ]
+    assert [(each["approvals"], each["approvals_required"]) for each in shown] == [(1, 2)] * 5
 
     decisions.rollout_promote(paused.pk, user=people["author"])
     wait_for(source, phase="Completed")

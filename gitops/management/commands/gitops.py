@@ -427,7 +427,9 @@ class Command(BaseCommand):
             )
 
     def do_rollouts(self, **options: Any) -> None:
-        found = Rollout.objects.select_related("source", "revision").order_by("-id")
+        found = selectors.with_approval_count(Rollout.objects.select_related("source", "revision")).order_by(
+            "-id"
+        )
         if options["source"]:
             found = found.filter(source__name=options["source"])
         entries = [selectors.rollout_status(rollout) for rollout in found[: max(0, options["limit"])]]
