@@ -373,6 +373,9 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 # this many from any addresses (guessing one account from many); 0 turns either off
 # (``dashboard.login_throttle``).
 AXES_HANDLER = "dashboard.login_throttle.LoginThrottle"
+# A login refused while locked out is not a failure: counted, one address could lock a username out for
+# every address (100 tries, 95 of them refused) and keep it locked with one try a cool-off.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
 SLUICE_LOGIN_ADDRESS_FAILURE_LIMIT = env_int("SLUICE_LOGIN_ADDRESS_FAILURE_LIMIT", 30, minimum=0)
 SLUICE_LOGIN_USERNAME_FAILURE_LIMIT = env_int("SLUICE_LOGIN_USERNAME_FAILURE_LIMIT", 100, minimum=0)
 # Proxies in front (an Ingress, a load balancer) that each append the address they were sent from to

@@ -226,3 +226,14 @@ def test_one_username_guessed_from_many_addresses_is_locked_for_every_address(us
 
     settings.SLUICE_LOGIN_USERNAME_FAILURE_LIMIT = 0
     assert log_in(Client(REMOTE_ADDR="198.51.100.201"), PASSWORD).status_code == 302, "turned off"
+
+
+def test_logins_refused_during_a_lockout_do_not_count_towards_the_username_limit(user, settings):
+    """One address keeps trying one username: 5 failures lock that pair, and the refused tries after
+    them are not failures. Counted, they reached the username's limit from that one address and locked
+    the user out everywhere, for as long as one more try came each cool-off."""
+    settings.SLUICE_LOGIN_USERNAME_FAILURE_LIMIT = 12
+    attacker = Client(REMOTE_ADDR="192.0.2.70")
+    answers = [log_in(attacker, "wrong").status_code for _ in range(40)]
+    assert answers == [200] * 4 + [429] * 36
+    assert log_in(Client(REMOTE_ADDR="192.0.2.71"), PASSWORD).status_code == 302, "the user elsewhere"
