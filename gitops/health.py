@@ -128,7 +128,10 @@ class _SharedReadiness:
     each anonymous request ran every check afresh (a connection to Redis, a call to the apiserver, a
     transaction, a pool of threads), holding a web thread for up to seconds while a dependency was slow,
     so anyone could pile them up. One check runs at a time; a request that comes while one runs gets
-    the answer before it, if there is one."""
+    the answer before it, if that is recent (``STALE_SECONDS`` past its time), else waits for the check:
+    the first requests after a quiet spell, or after the process started."""
+
+    STALE_SECONDS = 10.0
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -138,8 +141,9 @@ class _SharedReadiness:
     def get(self, ttl: float) -> dict[str, str]:
         if self.answer is not None and time.monotonic() - self.at < ttl:
             return dict(self.answer)
-        if not self.lock.acquire(blocking=self.answer is None):
-            return dict(self.answer or {})  # a check runs: the answer before it
+        recent = self.answer is not None and time.monotonic() - self.at < ttl + self.STALE_SECONDS
+        if not self.lock.acquire(blocking=not recent):
+            return dict(self.answer or {})  # a check runs: the answer before it, recent enough
         try:
             if self.answer is None or time.monotonic() - self.at >= ttl:  # not answered while we waited
                 self.answer, self.at = readiness(members=False), time.monotonic()

@@ -512,15 +512,8 @@ def source_sync(
         return source
     if after_failures is not None and _wake_stale(source, after_failures, retry_due):
         return SyncResult(source.name, Outcome.COALESCED)
-    asked = _Asked(
-        actor,
-        actor if automatic else SYSTEM_ACTOR,
-        retry_failed,
-        manual,
-        rollouts_only,
-        report_rollout,
-        automatic,
-    )
+    coalesced = actor if automatic else SYSTEM_ACTOR
+    asked = _Asked(actor, coalesced, retry_failed, manual, rollouts_only, report_rollout, automatic)
     with logs.log_context(source=source.name):
         runs: list[SyncResult] = []
         requested = False

@@ -81,6 +81,10 @@ class ErrorTally:
     def full(self) -> bool:
         return len(self.kept) >= MAX_FILE_ERRORS
 
+    @property
+    def failed(self) -> bool:
+        return bool(self.kept or self.unlisted)
+
     def add(self, error: ValidationError) -> None:
         if self.full:
             self.unlisted += 1
@@ -92,10 +96,13 @@ class ErrorTally:
             self.add(error)
 
     def listed(self) -> list[ValidationError]:
+        """The errors kept, and one more that says how many were not (for a file checked on its own: a
+        revision counts them among those it leaves out, ``ParsedFile.unlisted``)."""
         if not self.unlisted:
             return list(self.kept)
-        more = f"{self.unlisted:,} more errors in this file than listed here; mend these and look again"
-        return [*self.kept, ValidationError(self.file, None, "", more)]
+        last = self.kept[-1]
+        more = f"... and {self.unlisted:,} more errors in this file not shown"
+        return [*self.kept, ValidationError(self.file, last.line, "", more)]
 
 
 class RevisionRejected(Exception):
@@ -108,11 +115,11 @@ class RevisionRejected(Exception):
         ``stopped``: why the checks stopped before the end, said last however many errors are left out."""
         super().__init__(f"{len(errors) + unlisted} validation error(s)")
         ordered = sorted(errors, key=lambda e: (e.file, e.line or 0, e.field, e.message))
-        if len(ordered) > MAX_REPORTED_ERRORS:
-            last = ordered[MAX_REPORTED_ERRORS - 1]
-            left_out = len(ordered) - MAX_REPORTED_ERRORS + unlisted
-            ordered = [
-                *ordered[:MAX_REPORTED_ERRORS],
-                ValidationError(last.file, last.line, "", f"... and {left_out:,} more errors not shown"),
-            ]
-        self.errors = [*ordered, stopped] if stopped else ordered
+        shown = ordered[:MAX_REPORTED_ERRORS]
+        left_out = len(ordered) - len(shown) + unlisted
+        if left_out and shown:
+            last = shown[-1]
+            shown.append(
+                ValidationError(last.file, last.line, "", f"... and {left_out:,} more errors not shown")
+            )
+        self.errors = [*shown, stopped] if stopped else shown

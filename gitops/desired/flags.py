@@ -121,46 +121,45 @@ def load_flag_set(
     limits: Limits = DEFAULT_LIMITS,
     usage: Usage | None = None,
     published: bool = False,
+    tally: ErrorTally | None = None,
 ) -> tuple[FlagSet | None, list[ValidationError]]:
     """Parse and validate one flag-set file; the flag set is None when there are errors.
 
     ``.json`` files are read as JSON and ``.yaml``/``.yml`` files as YAML, which must
     hold exactly one document. Loader errors (syntax, duplicate keys) come first. ``published``: a
     set as a cluster holds it, checked as Git's were when it was published (a weight written 50.0).
+    ``tally``: where the errors go, the file's (``revision.parse_file``); the errors returned are what it
+    lists.
     """
+    tally = tally if tally is not None else ErrorTally(file)
     name = file.lower()
     if name.endswith(".json"):
         documents, errors = load_json(file, content, limits=limits, usage=usage)
     elif name.endswith((".yaml", ".yml")):
         documents, errors = load_yaml(file, content, limits=limits, usage=usage)
     else:
-        return None, [ValidationError(file, None, "", "a flag set is a .json, .yaml or .yml file")]
+        tally.add(ValidationError(file, None, "", "a flag set is a .json, .yaml or .yml file"))
+        return None, tally.listed()
+    tally.extend(errors)
     if not documents:
-        return None, errors or [
-            ValidationError(file, None, "", 'the file is empty: a flag set needs "flags"')
-        ]
+        if not errors:
+            tally.add(ValidationError(file, None, "", 'the file is empty: a flag set needs "flags"'))
+        return None, tally.listed()
     if len(documents) > 1:
-        errors = [
-            *errors,
-            ValidationError(
-                file,
-                documents[1].line_of(),
-                "",
-                f"a flag set file holds one YAML document, this one has {len(documents)}",
-            ),
-        ]
+        message = f"a flag set file holds one YAML document, this one has {len(documents)}"
+        tally.add(ValidationError(file, documents[1].line_of(), "", message))
     document = documents[0]
-    errors = [*errors, *validate_flag_set(document, published=published)]
-    if not errors:
+    validate_flag_set(document, published=published, tally=tally)
+    if not tally.failed:
         past, inlined = _inlined_past(document, limits)
         if past is not None:
-            errors = [past]
+            tally.add(past)
         elif usage is not None:
             # What the worker builds from them (the catalog, canaries) counts toward the revision's
             # values: 2,000 sets that each inline to 250,000 values would otherwise all pass.
             usage.nodes += inlined
-    if errors:
-        return None, errors
+    if tally.failed:
+        return None, tally.listed()
     data: dict[str, Any] = document.data
     return FlagSet(
         file=file,
@@ -352,13 +351,18 @@ def _inlined_problem(limits: Limits, *, too_deep: bool) -> str:
     )
 
 
-def validate_flag_set(document: Document, *, published: bool = False) -> list[ValidationError]:
-    """Every problem in one flag-set document, in file order (``published``: see ``load_flag_set``)."""
+def validate_flag_set(
+    document: Document, *, published: bool = False, tally: ErrorTally | None = None
+) -> list[ValidationError]:
+    """Every problem in one flag-set document, in file order (``published``: see ``load_flag_set``), as
+    ``tally`` lists them; into ``tally`` when given (the file's)."""
+    tally = tally if tally is not None else ErrorTally(document.file)
     try:
-        return _FlagSetValidator(document, published=published).run()
+        _FlagSetValidator(document, tally, published=published).run()
     except RecursionError:
         # Rules nested hundreds deep: no real flag set, but no reason to crash a reconcile.
-        return [ValidationError(document.file, None, "", "the document is nested too deeply to validate")]
+        tally.add(ValidationError(document.file, None, "", "the document is nested too deeply to validate"))
+    return tally.listed()
 
 
 def published_flag_set(flag_set: FlagSet, *, commit: str, source: str) -> dict[str, Any]:
@@ -382,11 +386,12 @@ def canonical_json(document: dict[str, Any]) -> str:
 
 
 class _FlagSetValidator:
-    def __init__(self, document: Document, *, published: bool = False) -> None:
+    def __init__(self, document: Document, tally: ErrorTally, *, published: bool = False) -> None:
         self.document = document
         # Sets published before 2026-12-06 may hold a weight written 50.0: still read as their old side.
         self.published = published
-        self.tally = ErrorTally(document.file)
+        self.tally = tally
+        self._first = len(tally.kept)  # the loader's errors come before this validator's
         self.from_yaml = document.file.lower().endswith((".yaml", ".yml"))
         self.evaluators: Mapping[str, Any] = {}
         # Values JSON cannot hold are reported once, as such, not again by the
@@ -402,19 +407,15 @@ class _FlagSetValidator:
         else:
             self.tally.add(self.document.error(path, message if isinstance(message, str) else message()))
 
-    @property
-    def errors(self) -> list[ValidationError]:
-        return self.tally.kept
-
     def yaml_boolean_hint(self, value: object) -> str:
         return _YAML_BOOLEAN_HINT if self.from_yaml and isinstance(value, bool) else ""
 
-    def run(self) -> list[ValidationError]:
+    def run(self) -> None:
         data = self.document.data
         self._report_non_json_values(data, ())
         if not isinstance(data, dict):
             self.report((), f'a flag set is an object with "flags", got {_describe(data)}')
-            return self.tally.listed()
+            return
         self._check_known_fields(data, (), _FLAG_SET_FIELDS, "a flag set has")
         if "$schema" in data and not isinstance(data["$schema"], str):
             self.report(("$schema",), f"must be the URL of the schema, got {_describe(data['$schema'])}")
@@ -426,8 +427,8 @@ class _FlagSetValidator:
             self.report(("flags",), '"flags" is required: an object of flag definitions by flag key')
         else:
             self._check_flags(data["flags"])
-        self.errors.sort(key=lambda error: (error.line or 0, error.field))
-        return self.tally.listed()
+        found = self.tally.kept[self._first :]
+        self.tally.kept[self._first :] = sorted(found, key=lambda error: (error.line or 0, error.field))
 
     def _report_non_json_values(self, value: object, path: PathKey) -> None:
         # YAML can produce dates, binary and non-finite floats; JSON's NaN too. And an escape ("\0",

@@ -60,8 +60,13 @@ BlobReader = Callable[[list[str]], Mapping[str, bytes]]
 
 class ParsedFile(NamedTuple):
     items: list[ConfigMapManifest | FlagSet]
-    errors: list[ValidationError]
+    errors: list[ValidationError]  # the first found (``MAX_FILE_ERRORS``)
     nodes: int = 0  # values parsing built: what keeping the result costs
+    unlisted: int = 0  # errors found past ``errors``, counted only
+
+
+def _file_unlisted(parsed: Mapping[str, ParsedFile]) -> int:
+    return sum(result.unlisted for result in parsed.values())
 
 
 class ParseCache:
@@ -90,11 +95,18 @@ class ParseCache:
         # The last revision's ConfigMap objects, by where they came from: an unchanged file gives the very
         # same objects again, so what is remembered per object (the plan's memo) holds across commits.
         self.expanded: dict[tuple[str, int, int, str, str], DesiredObject] = {}
+        # Files with errors, parsed by the load under way (``put``).
+        self._failed: dict[tuple[str, str], ParsedFile] = {}
+
+    def forget_failed(self) -> None:
+        """Drops the files with errors the last load kept: a rejection is remembered by its caller."""
+        self._failed.clear()
 
     def use(self, limits: Limits) -> None:
         """Results parsed under other limits may differ: they are dropped."""
         if limits != self._limits:
             self._entries.clear()
+            self._failed.clear()
             self.expanded = {}
             self.nodes = self.bytes = 0
             self._limits = limits
@@ -102,6 +114,9 @@ class ParseCache:
     def get(self, path: str, blob: str) -> ParsedFile | None:
         entry = self._entries.get((path, blob))
         if entry is None:
+            if (failed := self._failed.get((path, blob))) is not None:
+                self.hits += 1
+                return failed
             self.misses += 1
             return None
         self.hits += 1
@@ -109,7 +124,12 @@ class ParseCache:
         return entry[0]
 
     def put(self, path: str, blob: str, parsed: ParsedFile, size: int = 0) -> None:
-        """Keeps ``parsed`` for the blob; ``size`` is the blob's length in bytes."""
+        """Keeps ``parsed`` for the blob; ``size`` is the blob's length in bytes. A file with errors is
+        kept apart, until ``forget_failed``: for the rest of the load (a whole load after the changes'),
+        not for later ones (each error held costs up to a few KB)."""
+        if parsed.errors or parsed.unlisted:
+            self._failed[(path, blob)] = parsed
+            return
         if (replaced := self._entries.get((path, blob))) is not None:
             self.nodes -= replaced[0].nodes
             self.bytes -= replaced[1]
@@ -437,17 +457,17 @@ def parse_file(path: str, content: bytes, limits: Limits = DEFAULT_LIMITS) -> Pa
     """The file's manifests or flag set, and its errors: the first ``MAX_FILE_ERRORS`` found, then how
     many more (``ErrorTally``)."""
     usage = Usage()
-    if path.startswith(FLAGS_DIR):
-        flag_set, errors = load_flag_set(path, content, limits=limits, usage=usage)
-        return ParsedFile([flag_set] if flag_set else [], errors, usage.nodes)
-    documents, errors = load_yaml(path, content, limits=limits, usage=usage)
     tally = ErrorTally(path)
+    if path.startswith(FLAGS_DIR):
+        flag_set, _ = load_flag_set(path, content, limits=limits, usage=usage, tally=tally)
+        return ParsedFile([flag_set] if flag_set else [], tally.kept, usage.nodes, tally.unlisted)
+    documents, errors = load_yaml(path, content, limits=limits, usage=usage)
     tally.extend(errors)
     manifests: list[ConfigMapManifest | FlagSet] = []
     for document in documents:
         if manifest := parse_configmap(document, tally):
             manifests.append(manifest)
-    return ParsedFile(manifests, tally.listed(), usage.nodes)
+    return ParsedFile(manifests, tally.kept, usage.nodes, tally.unlisted)
 
 
 def load_revision(
@@ -510,7 +530,7 @@ def load_revision_indexed(
     errors.extend(_file_errors(parsed))
     expansion = _expand(parsed, policy, scope, errors, limits, memo=cache.expanded)
     if errors:
-        raise RevisionRejected(errors, unlisted=expansion.unlisted)
+        raise RevisionRejected(errors, unlisted=expansion.unlisted + _file_unlisted(parsed))
     objects = expansion.objects
     cache.expanded = {_expansion_key(obj): obj for obj in objects if obj.kind == "configmap"}
     desired = DesiredState(policy=policy, objects=tuple(objects))
@@ -823,10 +843,11 @@ def _parse_files(
     listed = 0
     for path in sorted(missing):
         if listed > MAX_PARSE_ERRORS:
-            raise RevisionRejected(_file_errors(parsed), stopped=_not_parsed(path))
+            raise RevisionRejected(
+                _file_errors(parsed), unlisted=_file_unlisted(parsed), stopped=_not_parsed(path)
+            )
         result = parse_file(path, contents[wanted[path]], limits)
-        if not result.errors:  # one with errors is parsed again when asked (a rejection is remembered)
-            cache.put(path, wanted[path], result, len(contents[wanted[path]]))
+        cache.put(path, wanted[path], result, len(contents[wanted[path]]))
         parsed[path] = result
         nodes += result.nodes
         listed += len(result.errors)

@@ -178,16 +178,18 @@ def revision_desired_state(
         return None  # as this process rejected it, under the same scope: the row holds why
     limits = Limits.from_settings(settings)
     with mirror_for(source) as mirror:
-        loaded = _load_changes(mirror, cache, revision.commit, source.path, limits=limits, scope=scope)
-        if loaded is None:
-            try:
+        try:
+            loaded = _load_changes(mirror, cache, revision.commit, source.path, limits=limits, scope=scope)
+            if loaded is None:
                 loaded = _load_whole(
                     mirror, revision.commit, source.path, limits, parsed=cache.parsed, scope=scope
                 )
-            except RevisionRejected as rejected:
-                revision_reject(source, revision, rejected)
-                cache.rejected = (key, scope)
-                return None
+        except RevisionRejected as rejected:
+            revision_reject(source, revision, rejected)
+            cache.rejected = (key, scope)
+            return None
+        finally:
+            cache.parsed.forget_failed()  # parsed once for both loads, not kept for the next pass
     desired, index = loaded
     cache.index = (revision.commit, source.path, index)
     if list(desired.policy.clusters) != list(source.target_clusters or []):
@@ -374,7 +376,10 @@ def _load(mirror: GitMirror, source: Source, commit: str) -> DesiredState:
     limits = Limits.from_settings(settings)
     parsed = caches.for_source(source.pk).parsed  # keyed by blob id: a preview parses what a sync would
     scope = validation_scope(source)
-    desired, _ = _load_whole(mirror, commit, source.path, limits, parsed=parsed, scope=scope)
+    try:
+        desired, _ = _load_whole(mirror, commit, source.path, limits, parsed=parsed, scope=scope)
+    finally:
+        parsed.forget_failed()
     # As a sync would reject it: for a flag key another source publishes where it would publish it too.
     if conflicts := flag_keys_elsewhere(source, desired):
         raise RevisionRejected(conflicts)
@@ -410,6 +415,15 @@ def revision_load(source: Source, requested: RequestedRevision) -> LoadedRevisio
             return LoadedRevision(info, None, tuple(rejected.errors))
 
 
+# A notification carries this many of a rejection's errors: the first, and the last (how many were left
+# out, or where the checks stopped).
+NOTIFIED_ERRORS = 50
+
+
+def _notified(errors: list[ValidationError]) -> list[ValidationError]:
+    return errors if len(errors) <= NOTIFIED_ERRORS else [*errors[: NOTIFIED_ERRORS - 1], errors[-1]]
+
+
 def revision_reject(source: Source, revision: Revision, rejected: RevisionRejected) -> None:
     newly = Revision.objects.filter(pk=revision.pk).exclude(outcome=Revision.Outcome.REJECTED).exists()
     Revision.objects.filter(pk=revision.pk).update(
@@ -424,7 +438,7 @@ def revision_reject(source: Source, revision: Revision, rejected: RevisionReject
         notifications.REVISION_REJECTED,
         source=source,
         subject=f"revisions/{revision.commit}",
-        data={"revision": revision.commit, "errors": [redact(str(e)) for e in rejected.errors[:50]]},
+        data={"revision": revision.commit, "errors": [redact(str(e)) for e in _notified(rejected.errors)]},
     )
 
 

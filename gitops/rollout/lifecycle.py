@@ -62,8 +62,9 @@ def rollout_choose(
     superseded rollout are added to ``refusals``: the pass reports them, whatever the new rollout does.
     """
     newest, active = _newest_and_active(source)
+    identities = functools.cache(commit_identities)  # asked once, before a supersede's rollback
     if active is not None:
-        kept = _active_kept(source, active, head, head_desired, refusals)
+        kept = _active_kept(source, active, head, head_desired, refusals, identities=identities)
         if kept is not None:
             return kept
     # A rollout of the head is taken up again only while nothing came after it: a branch moved
@@ -77,12 +78,18 @@ def rollout_choose(
     if of_head is not None and moved:
         why = f": the source moved from {_directory(of_head.path)} to {_directory(source.path)}"
     return rollout_start(
-        source, head, head_desired, actor=SYSTEM_ACTOR, commit_identities=commit_identities(), why=why
+        source, head, head_desired, actor=SYSTEM_ACTOR, commit_identities=identities(), why=why
     ), None
 
 
 def _active_kept(
-    source: Source, active: Rollout, head: Revision, head_desired: DesiredState, refusals: list[str] | None
+    source: Source,
+    active: Rollout,
+    head: Revision,
+    head_desired: DesiredState,
+    refusals: list[str] | None,
+    *,
+    identities: Callable[[], Sequence[str]],
 ) -> tuple[Rollout, Outcome | None] | None:
     """The active rollout, when it goes on (of the head, or rolling back), with ``Outcome.QUEUED`` when
     the head waits behind it; otherwise it is superseded (rolled back), and None. One of the head but
@@ -98,6 +105,9 @@ def _active_kept(
         return active, Outcome.QUEUED
     reason = f"superseded: the source moved to {_directory(source.path)}" if of_head else ""
     reason = reason or f"superseded by {head.commit[:12]}"
+    # The head's rollout starts right after the rollback, its claim taken over from the rollout's with
+    # nothing slow between (``git log`` of up to 1,000 commits), so no other source's start comes in.
+    identities()
     own_claims = _head_claimed_while_rolling_back(source, active, head_desired, reason)
     refused = rollout_rollback(active, actor=SYSTEM_ACTOR, reason=reason, phase=Rollout.Phase.SUPERSEDED)
     if own_claims is not None:  # ended, its claims read by nobody; the head's rollout claims them next

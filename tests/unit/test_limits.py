@@ -280,28 +280,28 @@ def _hostile_refs(count: int) -> bytes:
     return json.dumps({"$evaluators": evaluators, "flags": {"f": flag}}).encode()
 
 
-def test_a_file_lists_its_first_100_errors_and_counts_the_rest_unbuilt(monkeypatch):
+def test_a_file_keeps_its_first_100_errors_and_counts_the_rest_unbuilt(monkeypatch):
     """300 unknown $refs in one file (18,000 fit in its 2 MiB): each error built (a suggestion looked for
-    among 200 long names) was 0.3 s of CPU, and each kept a few KB. The file lists its first 100 and says
-    how many more."""
+    among 200 long names) was 0.3 s of CPU, and each kept a few KB. The file keeps its first 100 and counts
+    the rest, and the revision says how many it left out."""
     from gitops.desired import flags
     from gitops.desired.revision import parse_file
 
     built = []
     real = flags._did_you_mean
     monkeypatch.setattr(flags, "_did_you_mean", lambda *args: built.append(args) or real(*args))
+    content = _hostile_refs(300)
 
-    parsed = parse_file("flags/refs.json", _hostile_refs(300))
+    parsed = parse_file("flags/refs.json", content)
 
-    assert len(parsed.errors) == 101
+    assert (len(parsed.errors), parsed.unlisted) == (100, 200)
     assert len(built) == 100, "no message built past the first 100"
-    assert all(error.field.endswith('["$ref"]') for error in parsed.errors[:100])
-    assert parsed.errors[-1] == ValidationError(
-        "flags/refs.json",
-        None,
-        "",
-        "200 more errors in this file than listed here; mend these and look again",
-    )
+    assert all(error.field.endswith('["$ref"]') for error in parsed.errors)
+    with pytest.raises(RevisionRejected) as caught:
+        load_revision({"flags/refs.json": "1"}, lambda ids: {"1": content})
+    assert str(caught.value) == "300 validation error(s)"
+    assert caught.value.errors[-1].message == "... and 200 more errors not shown"
+    assert len(caught.value.errors) == 101, "every error kept is shown, then how many are not"
 
 
 def test_a_suggestion_is_looked_for_only_while_the_comparison_is_cheap():
@@ -317,15 +317,14 @@ def test_a_manifest_file_lists_its_first_100_errors_across_its_documents():
 
     document = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: app}\ndata: {A: 1, B: 2, C: 3}\n"
     parsed = parse_file("configmaps/a.yaml", "---\n".join([document] * 50).encode())
-    assert len(parsed.errors) == 101 and not parsed.items
-    assert all("value must be a string" in error.message for error in parsed.errors[:100])
-    assert parsed.errors[-1].message.startswith("50 more errors in this file than listed here")
+    assert (len(parsed.errors), parsed.unlisted) == (100, 50) and not parsed.items
+    assert all("value must be a string" in error.message for error in parsed.errors)
 
 
-def test_parsing_stops_once_the_files_before_hold_more_than_1000_errors_and_none_of_them_is_cached():
+def test_parsing_stops_once_the_files_before_hold_more_than_1000_errors_and_none_of_them_is_kept():
     """5,000 files of 50 errors each (two values an error) fit the value limits: 250,000 errors, about
     600 MB, were held at once. Parsing stops past 1,000 and names the file it stopped at; a file with
-    errors is not kept in the parse cache (one without is)."""
+    errors is kept for the rest of the load only (one without stays in the parse cache)."""
     document = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: app%d}\ndata: {%s}\n"
     bad = {
         f"configmaps/f{index:04d}.yaml": (
@@ -354,5 +353,20 @@ def test_parsing_stops_once_the_files_before_hold_more_than_1000_errors_and_none
     assert caught.value.errors[-1] == stopped, "said last, whatever is left out"
     assert caught.value.errors[-2].message == "... and 950 more errors not shown"
     assert str(caught.value) == "1050 validation error(s)"
+    assert cache.get("configmaps/f0000.yaml", "configmaps/f0000.yaml") is not None, "for the whole load"
+    cache.forget_failed()
     assert cache.get("configmaps/a.yaml", "configmaps/a.yaml") is not None
     assert cache.get("configmaps/f0000.yaml", "configmaps/f0000.yaml") is None
+
+
+def test_a_rejections_notification_keeps_its_last_error_whatever_it_cuts():
+    """Where the checks stopped, or how many errors were left out, is said last: a notification of the
+    first 50 cut it."""
+    from gitops.fetch.revisions import NOTIFIED_ERRORS, _notified
+
+    errors = [ValidationError("a.yaml", line, "", "bad") for line in range(1, 101)]
+    stopped = ValidationError("b.yaml", None, "", "not checked, nor the files after it: …")
+    notified = _notified([*errors, stopped])
+    assert len(notified) == NOTIFIED_ERRORS == 50
+    assert notified[-1] == stopped and notified[:-1] == errors[:49]
+    assert _notified(errors[:3]) == errors[:3]
