@@ -221,7 +221,9 @@ def _restore(rollout: Rollout, actor: str, *, clusters: set[str] | None) -> Rest
     first_intents: dict[ObjectKey, ApplyIntent] = {}
     flag_sets: dict[ObjectKey, ApplyIntent] = {}
     restored = Restored()
-    changes = rollout.intents.exclude(action=ChangeAction.ROLLBACK)
+    # A heal during the rollout (selfHeal taking back an edit made in the cluster) is not the rollout's
+    # change: restored, the edit came back, stamped as Git's, and stayed (as ``step.flag_baselines``).
+    changes = rollout.intents.exclude(action__in=(ChangeAction.ROLLBACK, ChangeAction.SELF_HEAL))
     if clusters is not None:
         changes = changes.filter(cluster__in=clusters)
     for intent in changes.order_by("id"):

@@ -1220,3 +1220,45 @@ def test_a_sweep_of_a_suspended_source_carries_out_its_owed_work_but_moves_no_ti
     source_admin.source_resume(source)  # resuming lets it go on
     wait_for(source, phase="Completed")
     assert versions(cluster, [canary, rest]) == ["2", "2"]
+
+
+def test_an_abort_leaves_a_hand_edit_that_self_heal_took_back_during_the_rollout_taken_back(
+    repo, make_namespaces, make_source, sync, cluster, core_api, people
+):
+    """Someone edits a ConfigMap the commit does not change while the rollout waits at its gate; the next
+    step heals it. The abort restored every object to what it held before the rollout's first write to
+    it, the heal's included: the hand edit came back, stamped as Git's, and stayed."""
+    first, second, third = make_namespaces("first", "second", "third")
+    targets = [first, second, third]
+    other = configmap("other", {"K": "git"})
+    repo.write_all(
+        {
+            "sluice.yaml": policy(targets, selfHeal=True),
+            "configmaps/app.yaml": configmap("app", {"VERSION": "1"}),
+            "configmaps/other.yaml": other,
+        }
+    )
+    repo.commit("v1")
+    source = make_source()
+    assert sync(source)["outcome"] == "applied"
+    steps = [{"setWeight": 34}, {"pause": {}}, {"setWeight": 67}, {"pause": {}}]
+    repo.write_all(
+        {
+            "sluice.yaml": policy(targets, selfHeal=True, rollout={"steps": steps}),
+            "configmaps/app.yaml": configmap("app", {"VERSION": "2"}),
+        }
+    )
+    repo.commit("v2")
+    sync(source)
+    paused = wait_for(source, phase="Paused", waiting_for="approval")
+    core_api.patch_namespaced_config_map("other", first, {"data": {"K": "hand"}})
+    decisions.rollout_promote(paused.pk, user=people["approver"])
+    wait_for(source, phase="Paused", waiting_for="approval", weight=67)
+    assert cluster.get_configmap(first, "other")["data"] == {"K": "git"}, "healed"
+    assert paused.intents.filter(action="self-heal", namespace=first, name="other").exists()
+
+    decisions.rollout_abort(paused.pk, user=people["approver"])
+    wait_for(source, phase="Aborted")
+
+    assert cluster.get_configmap(first, "other")["data"] == {"K": "git"}, "the heal is not taken back"
+    assert cluster.get_configmap(first, "app")["data"] == {"VERSION": "1"}, "the rollout's own write is"
