@@ -104,7 +104,7 @@ def weight_apply(
     Source.objects.filter(pk=source.pk).update(last_plan=snapshot)
     conflicting = {item.key for item in current.items if item.action is Action.CONFLICT}
     flag_catalog_record(rollout, desired, weight, baselines, weighted, conflicting=conflicting)  # its page
-    unreachable = {**needed(desired, held, live.reasons(), weight), **executed.unreachable}
+    unreachable = {**needed(weighted, held, live.reasons(), weight), **executed.unreachable}
     outcome = Outcome.APPLIED if intents else Outcome.UNCHANGED
     return StepOutcome(outcome, current.summary(), executed.failures, unreachable)
 
@@ -161,12 +161,19 @@ def gone_for_good(live: LiveState, managed: frozenset[ObjectKey], desired: Desir
 
 
 def needed(
-    desired: DesiredState, held: frozenset[ObjectKey], unreachable: dict[str, str], weight: int
+    weighted: DesiredState, held: frozenset[ObjectKey], unreachable: dict[str, str], weight: int
 ) -> dict[str, str]:
-    """The unreachable clusters this weight needs: one with a target it covers (at 100%, any)."""
+    """The unreachable clusters this weight needs: one with a target it covers (at 100%, any).
+    ``weighted`` is the state at ``weight`` (``desired_at_weight``): a flag set goes out at every weight
+    only where it has a canary, and one published as Git has it needs no cluster. Every cluster with
+    any flag set held up every wave, a ConfigMap's commit too."""
     if weight >= 100:
         return dict(unreachable)
-    covered = {obj.cluster for obj in desired.objects if obj.key not in held}
+    covered = {
+        obj.cluster
+        for obj in weighted.objects
+        if obj.key not in held and (obj.flag_set is None or obj.canary_document is not None)
+    }
     return {cluster: why for cluster, why in unreachable.items() if cluster in covered}
 
 

@@ -271,3 +271,34 @@ def test_objects_of_an_unreachable_cluster_are_reported_not_created_nor_pruned()
     assert down.after is None  # nothing would be applied there
     assert result.summary() == {"update": 1, "create": 1, "unreachable": 1}
     assert result.items[0].as_dict()["cluster"] == "default"
+
+
+def test_a_wave_needs_only_the_clusters_it_writes_to_an_unchanged_flag_set_needs_none():
+    """A ConfigMap's commit at 10% of three clusters writes to the first: the third, down, is not needed
+    yet. A flag set the commit leaves as it is goes out as Git has it and needs no cluster either; every
+    cluster with any flag set was needed at every wave. A flag set that changes has a canary in every
+    cluster at every weight, and needs each."""
+    from gitops.rollout.step import needed
+
+    flag = {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "off"}
+    files = {
+        "sluice.yaml": json.dumps(
+            {
+                "targets": [{"cluster": c, "namespaces": ["app"]} for c in ("c1", "c2", "c3")],
+                "flags": {"namespace": "flags"},
+            }
+        ).encode(),
+        "configmaps/web.yaml": b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: web}\ndata: {V: '2'}\n",
+        "flags/f.json": json.dumps({"flags": {"f": flag}}).encode(),
+    }
+    desired = load_revision({path: path for path in files}, lambda ids: {i: files[i] for i in ids})
+    held = held_keys(desired, 10)
+    flag_sets = [obj for obj in desired.objects if obj.flag_set is not None]
+    down = {"c3": "unreachable"}
+
+    unchanged = desired_at_weight(desired, 10, {obj.key: obj.flag_set.document for obj in flag_sets}, "seed")
+    assert needed(unchanged, held, down, 10) == {}
+    assert needed(unchanged, frozenset(), down, 10) == down, "a wave that writes there needs it"
+    changed = desired_at_weight(desired, 10, {obj.key: None for obj in flag_sets}, "seed")
+    assert needed(changed, held, down, 10) == down, "a flag set with a canary there needs it"
+    assert needed(unchanged, held, down, 100) == down
