@@ -1319,9 +1319,13 @@ def sync_source(request: HttpRequest, name: SourceName) -> Status[dict[str, Any]
 @api.post(
     "/rollouts/{rollout_id}/promote", response={200: RolloutOut, **BODY_ACTION_ERRORS}, tags=["rollouts"]
 )
-def promote_rollout(request: HttpRequest, rollout_id: RolloutId, body: PromoteIn) -> dict[str, Any]:
-    """Approves the gate the rollout waits at; with enough approvals it goes on (``full``: to 100%)."""
+def promote_rollout(
+    request: HttpRequest, rollout_id: RolloutId, body: PromoteIn | None = None
+) -> dict[str, Any]:
+    """Approves the gate the rollout waits at; with enough approvals it goes on (``full``: to 100%). The
+    body may be left out, as a retry's is."""
     user = caller(request)
+    body = body or PromoteIn()
     rollout = decisions.rollout_promote(
         rollout_id,
         user=user,
@@ -1334,9 +1338,11 @@ def promote_rollout(request: HttpRequest, rollout_id: RolloutId, body: PromoteIn
 
 
 @api.post("/rollouts/{rollout_id}/abort", response={202: RolloutOut, **BODY_ACTION_ERRORS}, tags=["rollouts"])
-def abort_rollout(request: HttpRequest, rollout_id: RolloutId, body: AbortIn) -> Status[dict[str, Any]]:
-    """Asks for a rollback; a worker restores every target the rollout changed."""
-    rollout = decisions.rollout_abort(rollout_id, user=caller(request), reason=body.reason)
+def abort_rollout(
+    request: HttpRequest, rollout_id: RolloutId, body: AbortIn | None = None
+) -> Status[dict[str, Any]]:
+    """Asks for a rollback; a worker restores every target the rollout changed. The body may be left out."""
+    rollout = decisions.rollout_abort(rollout_id, user=caller(request), reason=(body or AbortIn()).reason)
     return Status(202, selectors.rollout_status(rollout))
 
 

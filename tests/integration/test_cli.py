@@ -310,3 +310,26 @@ def test_update_suspend_resume_and_remove_source(gitops, repo, make_namespaces, 
         ("delete", "root"),
         ("deleted", "root"),
     ]
+
+
+def test_ordinary_mistakes_get_a_message_not_a_traceback(repo, make_source, people, monkeypatch):
+    """An unknown rollout id, an impossible date and a broker that refuses the sync each printed a
+    traceback."""
+    from django.core.management import CommandError, call_command
+
+    from tests.broker import refuse_sends
+
+    for action in ("promote", "abort", "retry"):
+        with pytest.raises(CommandError, match="no such rollout"):
+            call_command("gitops", action, "999999", "--user", people["approver"].username)
+    for impossible in ("2026-02-30", "2026-01-31T25:00"):
+        with pytest.raises(CommandError, match="is not a date like 2026-01-31 or an ISO time"):
+            call_command("gitops", "archive-changes", "--before", impossible, "--output", "/dev/null")
+    repo.write_all({"sluice.yaml": policy(["t"]), "configmaps/app.yaml": configmap("app", {"A": "1"})})
+    repo.commit()
+    source = make_source()
+    refuse_sends(monkeypatch)
+    with pytest.raises(
+        CommandError, match=r"the broker refused the sync .*; try again once the broker answers"
+    ):
+        call_command("gitops", "sync", source.name)

@@ -233,6 +233,13 @@ def test_the_api_reads_for_viewers_and_acts_for_admins(people, admin, make_sourc
     assert Freeze.objects.get(reason="far east").until == far_offset
     Freeze.objects.filter(reason="far east").delete()  # the rest of the test lifts one freeze
     assert boss.post("/freezes", {**body, "untill": until}).status_code == 422, "a misspelt field"
+    # A time without its offset was taken as UTC: another moment than meant, east or west of it.
+    naive = (timezone.now() + timedelta(hours=3)).replace(tzinfo=None).isoformat()
+    refused = boss.post("/freezes", {**body, "until": naive})
+    assert (refused.status_code, refused.json()["detail"]) == (
+        400,
+        "until: give a time zone (e.g. 2026-12-24T18:00Z)",
+    )
     assert boss.post("/freezes", {**body, "source": "nope"}).status_code == 404
 
     lifted = boss.post("/freezes/lift", {"source": "shop"})

@@ -107,8 +107,12 @@ class Command(BaseCommand):
             handler(**options)
         except Source.DoesNotExist as exc:
             raise CommandError("no such source") from exc
+        except Rollout.DoesNotExist as exc:  # promote, abort, retry, waive-rollback: a traceback before
+            raise CommandError("no such rollout") from exc
         except (GitopsError, DjangoValidationError, PermissionDenied) as exc:
             raise CommandError(str(exc)) from exc
+        except schedule.SyncNotQueued as exc:  # the broker refused (a decision made before it is kept)
+            raise CommandError(f"{exc}; try again once the broker answers") from exc
 
     def do_live_cache(self, **options: Any) -> None:
         livecache.live_cache_run(options["cluster"])
@@ -1114,9 +1118,12 @@ def _add_validate_parser(commands: Any) -> None:
 
 
 def _moment(text: str) -> datetime:
-    moment = parse_datetime(text)
-    if moment is None and (day := parse_date(text)):
-        moment = datetime.combine(day, datetime.min.time())
+    try:  # a well-formed impossible one (2026-02-30, 25:00) raises
+        moment = parse_datetime(text)
+        if moment is None and (day := parse_date(text)):
+            moment = datetime.combine(day, datetime.min.time())
+    except ValueError:
+        moment = None
     if moment is None:
         raise CommandError(f"{text!r} is not a date like 2026-01-31 or an ISO time")
     return timezone.make_aware(moment) if timezone.is_naive(moment) else moment
