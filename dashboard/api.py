@@ -1390,8 +1390,13 @@ def create_source(request: HttpRequest, body: SourceIn) -> Status[dict[str, Any]
     user = require(request, ADD_SOURCE)
     settings = body.settings()
     source = source_admin.source_add(actor=Actor.of_user(user, AuditVia.API), **settings)
-    with transaction.atomic():
-        schedule.source_sync(source.pk, actor=user.get_username())
+    try:
+        with transaction.atomic():
+            schedule.source_sync(source.pk, actor=user.get_username())
+    except schedule.SyncNotQueued:
+        # Created all the same (a 503 said "try again", and the retry met its name: a 409). Its first
+        # poll is due from its creation: beat's first sweep the broker takes syncs it.
+        log.warning("source %s created; the broker refused its first sync, its poll syncs it", source.name)
     return Status(201, source_detail(source))
 
 

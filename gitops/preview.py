@@ -289,8 +289,9 @@ class RevisionPreview:
         }
 
 
-def revision_preview(source: Source, revision: str) -> RevisionPreview:
+def revision_preview(source: Source, revision: str, *, cluster: str | None = None) -> RevisionPreview:
     """Plans any revision the source's remote has against the clusters as they are now; applies nothing.
+    ``cluster`` keeps only that cluster's part of the plan (``gitops diff --revision REF --cluster C``).
 
     Raises InvalidRevision (nothing fetched), RevisionNotFound, or what a fetch or the cluster raises.
     """
@@ -301,7 +302,7 @@ def revision_preview(source: Source, revision: str) -> RevisionPreview:
             source.name, requested.text, PreviewOutcome.REJECTED, info=loaded.info, errors=loaded.errors
         )
     failpoint("preview-planning")  # fetched and validated; the clusters not yet read
-    planned, reached = _plan_against_clusters(source, loaded.desired, loaded.info.sha)
+    planned, reached = _plan_against_clusters(source, loaded.desired, loaded.info.sha, cluster=cluster)
     return RevisionPreview(
         source.name,
         requested.text,

@@ -1073,3 +1073,24 @@ def test_a_registered_kubeconfig_rewritten_to_skip_the_certificate_check_is_refu
         assert not status.reachable and "its registration does not allow" in status.error
     finally:
         registry.forget()
+
+
+def test_a_revisions_diff_keeps_to_the_cluster_asked_for(repo, make_source, sync, fleet):
+    """`gitops diff NAME --revision REF --cluster C` printed every cluster's part of the plan: --cluster
+    went with the tip's diff only."""
+    fleet.register("member-1")
+    clusters = [DEFAULT, "member-1"]
+    namespace = fleet.namespace((DEFAULT, "member-1"))
+    commit(repo, namespace, clusters, "1")
+    source = make_source(allowed_namespaces=SCOPE)
+    assert sync(source)["outcome"] == "applied"
+    v2 = commit(repo, namespace, clusters, "2")
+
+    whole, one = io.StringIO(), io.StringIO()
+    call_command("gitops", "diff", source.name, "--revision", v2, "--json", stdout=whole)
+    call_command(
+        "gitops", "diff", source.name, "--revision", v2, "--cluster", "member-1", "--json", stdout=one
+    )
+
+    assert sorted(item["cluster"] for item in json.loads(whole.getvalue())["items"]) == clusters
+    assert [item["cluster"] for item in json.loads(one.getvalue())["items"]] == ["member-1"]

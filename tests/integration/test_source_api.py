@@ -265,3 +265,18 @@ def test_schemathesis_as_an_admin_finds_no_server_error_in_source_administration
     for removal in SourceRemoval.objects.all():
         poll(lambda r=removal: not SourceRemoval.objects.get(pk=r.pk).is_active, timeout=120, what="removals")
     wait_until_idle(celery_worker.hostname, set(Source.all_objects.values_list("pk", flat=True)))
+
+
+def test_a_source_created_while_the_broker_refuses_is_a_201_and_its_due_poll_syncs_it(api, repo, monkeypatch):
+    """The source was created, then the first sync's send failed: the answer was a 503 "try again",
+    and trying again met the name (a 409). It is a 201; its first poll is due from its creation."""
+    from django.utils import timezone
+
+    from tests.broker import refuse_sends
+
+    tried = refuse_sends(monkeypatch)
+    created = api["admin"].post("/sources", body(repo.url))
+    assert created.status_code == 201, created.content
+    source = Source.objects.get(name="shop")
+    assert [task["source_id"] for task in tried] == [source.pk]
+    assert source.next_poll_at <= timezone.now(), "beat's next sweep polls it"

@@ -269,7 +269,9 @@ class Command(BaseCommand):
     def do_diff(self, **options: Any) -> None:
         source = self._source(options["name"])
         if options["revision"] is not None:
-            self._diff_revision(source, options["revision"], as_json=options["json"])
+            self._diff_revision(
+                source, options["revision"], as_json=options["json"], cluster=options["cluster"]
+            )
             return
         previewed = preview.source_preview(source, cluster=options["cluster"])
         revision, plan = previewed.revision, previewed.plan
@@ -298,12 +300,12 @@ class Command(BaseCommand):
         self._print_plan(plan)
         self._print_consumer_effects(previewed.consumers, previewed.consumer_problems)
 
-    def _diff_revision(self, source: Source, revision: str, *, as_json: bool) -> None:
+    def _diff_revision(self, source: Source, revision: str, *, as_json: bool, cluster: str | None) -> None:
         """``diff --revision``: exit 0 when planned, 1 when rejected, not found or not a revision, 2 when
         Git or a cluster did not answer (worth trying again: a CI check tells a flaky host from a bad
         change)."""
         try:
-            previewed = preview.revision_preview(source, revision)
+            previewed = preview.revision_preview(source, revision, cluster=cluster)
         except GitopsError as failure:
             previewed = preview.revision_not_planned(source, revision, failure)
             if not as_json and previewed.outcome == PreviewOutcome.UNAVAILABLE:
