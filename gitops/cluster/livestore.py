@@ -639,6 +639,7 @@ class LiveStore:
         self.cluster, self.epoch = cluster, epoch
         self.stale_ms = str(int(stale_seconds * 1000))
         self.client = redis_client()
+        self._info_refusal_said = False
         self._write = self.client.register_script(_WRITE)
         self._write_events = self.client.register_script(_WRITE_EVENTS)
         self._renew = self.client.register_script(_RENEW)
@@ -670,7 +671,15 @@ class LiveStore:
         replica; "" when Redis does not say (``INFO`` refused by an ACL)."""
         try:
             return str(self.client.info("server").get("run_id", ""))
-        except redis.ResponseError:
+        except redis.ResponseError as exc:
+            if not self._info_refusal_said:  # once: the check is off for this process, which must be said
+                self._info_refusal_said = True
+                log.warning(
+                    "cluster %s: Redis refuses INFO (%s): a restart or failover of Redis cannot be noticed, "
+                    "and stamps it lost are trusted until the next relist; allow INFO to the live cache",
+                    self.cluster,
+                    exc,
+                )
             return ""
 
     def release(self) -> None:

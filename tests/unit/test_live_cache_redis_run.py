@@ -79,3 +79,22 @@ def test_a_run_id_that_keeps_changing_is_taken_for_several_servers_and_no_longer
         assert serve(cache, ["run-a", "run-b"]) == ["ended", "released"]
     assert serve(cache, ["run-a", "run-b"], renewals=5) == ["released"], "the third change keeps the term"
     assert serve(cache, ["run-a", "run-c"], renewals=5) == ["released"], "and so does every later one"
+
+
+def test_a_redis_that_refuses_info_is_said_once_not_taken_silently(caplog):
+    """An ACL that refuses INFO (in @dangerous) turns the restart check off for good: said, once a term."""
+    import logging
+
+    import redis
+
+    from gitops.cluster.livestore import LiveStore
+
+    def refused(section: str) -> dict:
+        raise redis.ResponseError("NOPERM this user has no permissions to run the 'info' command")
+
+    store = object.__new__(LiveStore)
+    store.cluster, store.client, store._info_refusal_said = "prod-eu", SimpleNamespace(info=refused), False
+    with caplog.at_level(logging.WARNING, logger="gitops.livecache"):
+        assert [store.server_run() for _ in range(3)] == ["", "", ""]
+    said = [record.getMessage() for record in caplog.records]
+    assert len(said) == 1 and "prod-eu: Redis refuses INFO" in said[0] and "allow INFO" in said[0]
