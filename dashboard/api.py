@@ -188,9 +188,14 @@ def not_found(request: HttpRequest, exc: ObjectDoesNotExist) -> HttpResponse:
     return api.create_response(request, {"detail": "Not found"}, status=404)
 
 
+# The services' names for the fields the API names otherwise: a 422 names the API's field (it named
+# ``poll_interval``, which is also what a client that misspelt the field is told of, as unknown).
+_API_FIELD = {"poll_interval": "poll_interval_seconds"}
+
+
 def _settings_detail(exc: SourceSettingsError) -> list[dict[str, Any]]:
     return [
-        {"type": "value_error", "loc": ["body", "payload", field], "msg": message}
+        {"type": "value_error", "loc": ["body", "payload", _API_FIELD.get(field, field)], "msg": message}
         for field, messages in exc.problems.items()
         for message in messages
     ]

@@ -114,7 +114,7 @@ def test_problems_are_a_422_by_field_and_roles_are_checked_first(api, repo):
     assert refused.status_code == 422
     problems = {tuple(entry["loc"]): entry["msg"] for entry in refused.json()["detail"]}
     assert set(problems) == {
-        ("body", "payload", field) for field in ("name", "url", "poll_interval", "required_approvals")
+        ("body", "payload", field) for field in ("name", "url", "poll_interval_seconds", "required_approvals")
     }
     assert "hunter2" not in refused.content.decode()
     missing = admin.post("/sources", {})
