@@ -431,6 +431,18 @@ def test_of_two_sources_starting_one_key_at_once_the_second_rollout_does_not_sta
     assert cluster.get_configmap(flags_ns, "payments") is None
 
 
+def shop_under_way_then_a_new_key(repo, make_source, sync, app: str, flags_ns: str):
+    """shop's rollout of a flag set, waiting at its first gate; then a commit that brings a new key
+    ("new-checkout"), not yet synced: (shop, the rollout under way, the new commit)."""
+    gate = [{"pause": {}}, {"setWeight": 100}]
+    publish(repo, app, flags_ns, {"flags/checkout.json": flag_set(banner=BANNER)}, steps=gate)
+    shop = make_source(name=f"shop-{uuid.uuid4().hex[:6]}")
+    sync(shop)
+    under_way = wait_for(shop, phase="Paused", waiting_for="approval")
+    files = {"flags/checkout.json": flag_set(banner=BANNER, **{"new-checkout": SWITCH})}
+    return shop, under_way, publish(repo, app, flags_ns, files, steps=gate, message="a new key")
+
+
 def test_a_head_whose_key_was_taken_meanwhile_does_not_supersede_the_rollout_under_way(
     repo, make_namespaces, make_source, sync, cluster, monkeypatch, tmp_path
 ):
@@ -438,14 +450,9 @@ def test_a_head_whose_key_was_taken_meanwhile_does_not_supersede_the_rollout_und
     claimed it. shop's rollout under way (of its commit before) goes on as it was, as under any bad
     commit: it was rolled back for a head that then started no rollout."""
     app_a, app_b, flags_ns = make_namespaces("a", "b", "flags")
-    gate = [{"pause": {}}, {"setWeight": 100}]
-    publish(repo, app_a, flags_ns, {"flags/checkout.json": flag_set(banner=BANNER)}, steps=gate)
-    shop = make_source(name=f"shop-{uuid.uuid4().hex[:6]}")
-    sync(shop)
-    under_way = wait_for(shop, phase="Paused", waiting_for="approval")
-    files = {"flags/checkout.json": flag_set(banner=BANNER, **{"new-checkout": SWITCH})}
-    head = publish(repo, app_a, flags_ns, files, steps=gate, message="a new key")
+    shop, under_way, head = shop_under_way_then_a_new_key(repo, make_source, sync, app_a, flags_ns)
     other = GitRepo(tmp_path / "payments")
+    gate = [{"pause": {}}, {"setWeight": 100}]
     publish(other, app_b, flags_ns, {"flags/payments.json": flag_set(**{"new-checkout": SWITCH})}, steps=gate)
     payments = make_source(name=f"payments-{uuid.uuid4().hex[:6]}", url=other.url)
 
@@ -470,14 +477,8 @@ def test_a_key_the_head_brings_is_claimed_while_the_rollout_it_supersedes_rolls_
     after the rollback, its rollout under way rolled back for nothing. The rollout rolled back claims the
     head's keys from before its rollback; once it ended, the head's own rollout claims them."""
     app_a, app_b, flags_ns = make_namespaces("a", "b", "flags")
-    gate = [{"pause": {}}, {"setWeight": 100}]
-    publish(repo, app_a, flags_ns, {"flags/checkout.json": flag_set(banner=BANNER)}, steps=gate)
-    shop = make_source(name=f"shop-{uuid.uuid4().hex[:6]}")
-    sync(shop)
-    under_way = wait_for(shop, phase="Paused", waiting_for="approval")
+    shop, under_way, head = shop_under_way_then_a_new_key(repo, make_source, sync, app_a, flags_ns)
     own_claims = Rollout.objects.get(pk=under_way.pk).flag_claims
-    files = {"flags/checkout.json": flag_set(banner=BANNER, **{"new-checkout": SWITCH})}
-    head = publish(repo, app_a, flags_ns, files, steps=gate, message="a new key")
     other = GitRepo(tmp_path / "payments")
     publish(other, app_b, flags_ns, {"flags/payments.json": flag_set(**{"new-checkout": SWITCH})})
     payments = make_source(name=f"payments-{uuid.uuid4().hex[:6]}", url=other.url)
@@ -509,13 +510,7 @@ def test_a_worker_that_dies_once_the_heads_keys_are_claimed_leaves_the_rollout_d
     from gitops import reconcile
 
     app_a, flags_ns = make_namespaces("a", "flags")
-    gate = [{"pause": {}}, {"setWeight": 100}]
-    publish(repo, app_a, flags_ns, {"flags/checkout.json": flag_set(banner=BANNER)}, steps=gate)
-    shop = make_source(name=f"shop-{uuid.uuid4().hex[:6]}")
-    sync(shop)
-    under_way = wait_for(shop, phase="Paused", waiting_for="approval")
-    files = {"flags/checkout.json": flag_set(banner=BANNER, **{"new-checkout": SWITCH})}
-    head = publish(repo, app_a, flags_ns, files, steps=gate, message="a new key")
+    shop, under_way, head = shop_under_way_then_a_new_key(repo, make_source, sync, app_a, flags_ns)
 
     def dies(*args, **kwargs):
         raise SystemExit("the worker died before its rollback")
