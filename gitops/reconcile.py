@@ -512,8 +512,7 @@ def source_sync(
         return source
     if after_failures is not None and _wake_stale(source, after_failures, retry_due):
         return SyncResult(source.name, Outcome.COALESCED)
-    coalesced = actor if automatic else SYSTEM_ACTOR
-    asked = _Asked(actor, coalesced, retry_failed, manual, rollouts_only, report_rollout, automatic)
+    asked = _Asked(actor, retry_failed, manual, rollouts_only, report_rollout, automatic)
     with logs.log_context(source=source.name):
         runs: list[SyncResult] = []
         requested = False
@@ -555,12 +554,15 @@ class _Asked:
     knows who pushed while a pass ran, so the change log must not name whoever's sync ran first."""
 
     actor: str
-    coalesced_actor: str
     retry_failed: bool
     manual: bool
     rollouts_only: bool
     report_rollout: bool
     automatic: bool
+
+    @property
+    def coalesced_actor(self) -> str:
+        return self.actor if self.automatic else SYSTEM_ACTOR
 
 
 def _next_pass(source: Source, runs: list[SyncResult], asked: _Asked) -> tuple[bool, Source | None] | None:
@@ -606,8 +608,9 @@ def _locked_pass(source: Source, runs: list[SyncResult], asked: _Asked) -> tuple
             if current is None:
                 return True, None
             source = current
-            refused = _first_refused(source, runs, asked)
-            if refused is not None:
+            if not runs and (
+                refused := _refusal(source, automatic=asked.automatic, rollouts_only=asked.rollouts_only)
+            ):
                 runs.append(refused)
                 return True, source
         if acquired:
@@ -617,10 +620,6 @@ def _locked_pass(source: Source, runs: list[SyncResult], asked: _Asked) -> tuple
             (_QUEUED_TAKEN if decisions_only else _REQUESTS_TAKEN)(source.pk)
             runs.append(_pass(source, runs, asked, decisions_only=decisions_only))
     return acquired, source
-
-
-def _first_refused(source: Source, runs: list[SyncResult], asked: _Asked) -> SyncResult | None:
-    return None if runs else _refusal(source, automatic=asked.automatic, rollouts_only=asked.rollouts_only)
 
 
 def _pass(source: Source, runs: list[SyncResult], asked: _Asked, *, decisions_only: bool) -> SyncResult:
