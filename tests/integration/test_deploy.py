@@ -366,6 +366,19 @@ def test_the_web_service_account_cannot_write_configmaps_but_reads_readyz(web_ku
             assert "answered 403" in str(workloads.value)
 
 
+def test_the_web_service_account_reads_the_clusters_identity_and_no_other_namespace(
+    web_kubeconfig, cluster, deployed
+) -> None:
+    """With SLUICE_CLUSTER_IDENTITY set, the web's client reads kube-system's uid before it asks /readyz:
+    refused, the web's /readyz answered 503 for good."""
+    with Cluster(str(web_kubeconfig)) as as_web:
+        assert as_web.identity(timeout=10) == cluster.identity(timeout=10)
+        for namespace in ["default", *deployed["allowed"], "sluice-system"]:
+            with pytest.raises(PermanentError) as refused:
+                as_web.namespace_exists(namespace)
+            assert "answered 403" in str(refused.value)
+
+
 def test_network_policies_close_sluice_system_to_everything_but_the_web_port(stack, deployed) -> None:
     policies = yaml.safe_load(
         kubectl(stack, "get", "networkpolicy", "-n", "sluice-system", "-o", "yaml").stdout
