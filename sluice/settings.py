@@ -276,6 +276,9 @@ SLUICE_MAX_FETCH_BYTES = env_int("SLUICE_MAX_FETCH_BYTES", 512 * 1024 * 1024)
 # What git may allocate while it fetches a source or maintains its mirror (0: unbounded): a small pack
 # can hold objects that expand to gigabytes in memory. git stops there, not the worker.
 SLUICE_MAX_GIT_MEMORY = env_int("SLUICE_MAX_GIT_MEMORY", 256 * 1024 * 1024)
+# The known_hosts file ssh checks an ssh:// source's host key against (empty: ssh's defaults,
+# ~/.ssh/known_hosts of the worker's account and /etc/ssh/ssh_known_hosts).
+SLUICE_SSH_KNOWN_HOSTS = env.get("SLUICE_SSH_KNOWN_HOSTS", "")
 # A task whose worker process died this many times while running it (killed, out of memory,
 # crashed) is not started again: acks_late would otherwise hand it to the next worker forever.
 SLUICE_MAX_TASK_DELIVERIES = env_int("SLUICE_MAX_TASK_DELIVERIES", 3)

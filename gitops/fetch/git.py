@@ -81,6 +81,12 @@ GIT_ERROR_RULES: tuple[tuple[str, type[GitopsError], str], ...] = (
         AUTHENTICATION_FAILED,
     ),
     (
+        r"returned error: 3\d\d",
+        PermanentError,
+        "the Git server redirected the fetch elsewhere, which Sluice never follows: set the source's URL to "
+        "where the repository is now",
+    ),
+    (
         r"certificate problem|certificate verify failed|certificate verification failed",
         PermanentError,
         "the server's TLS certificate was rejected",
@@ -250,23 +256,36 @@ def build_fetch_invocation(
     refspec: str | None = None,
     max_bytes: int = DEFAULT_MAX_FETCH_BYTES,
     max_memory: int = DEFAULT_MAX_GIT_MEMORY,
+    ssh_known_hosts: str = "",
 ) -> GitInvocation:
     """The ``git fetch`` of one branch into the mirror's private ref (no validation of url or branch);
     with ``refspec``, of that instead (a preview's ref or commit, see gitops.fetch.refs).
+
+    Only the source's own credentials authenticate: git reads no ``~/.gitconfig`` or ``~/.netrc`` of the
+    worker's account (HOME is /dev/null to it), ssh no configuration file, default key or agent. A source
+    without credentials would otherwise fetch with whatever the worker's account holds, past the
+    references an administrator may name (SLUICE_CREDENTIALS_ENV_PREFIX, SLUICE_CREDENTIALS_DIRS). git
+    follows no redirect: the server's answer could send the worker to any host. ``ssh_known_hosts``: the
+    file of host keys ssh checks (SLUICE_SSH_KNOWN_HOSTS; empty: ssh's own default files).
 
     No file git writes may grow past ``max_bytes`` (0: unbounded): the kernel stops git there
     (``prlimit --fsize``, SIGXFSZ), and every fetch keeps what arrived as one pack, so that the bound
     holds for the whole fetch rather than for each loose object. git starts no maintenance of its own
     (it would inherit the bound). Each git process may allocate ``max_memory`` (``memory_bounded``)."""
     # Only the token given here may authenticate, never one a helper stored for the host.
-    config = [("credential.helper", ""), ("protocol.ext.allow", "never"), ("maintenance.auto", "false")]
+    config = [
+        ("credential.helper", ""),
+        ("protocol.ext.allow", "never"),
+        ("maintenance.auto", "false"),
+        ("http.followRedirects", "false"),
+    ]
     if max_bytes > 0:
         config.append(("fetch.unpackLimit", "1"))
     if max_memory > 0:
         config.extend(BOUNDED_MEMORY_CONFIG)
-    env = base_env()
+    env = _without_account_credentials(base_env())
     secrets = _query_of(url)
-    ssh_options = ["-o", "BatchMode=yes"]  # never wait for a passphrase or a host key confirmation
+    ssh_options = _ssh_options(ssh_known_hosts)
     if credentials is not None and credentials.token is not None:
         if _url_scheme(url) not in HTTP_SCHEMES:
             raise PermanentError(f"a token needs an http(s) URL, not {url_without_query(url)!r}")
@@ -279,7 +298,9 @@ def build_fetch_invocation(
     if credentials is not None and credentials.ssh_key_file is not None:
         if not _is_ssh_url(url):
             raise PermanentError(f"an SSH key needs an SSH URL, not {url_without_query(url)!r}")
-        ssh_options = ["-i", credentials.ssh_key_file, "-o", "IdentitiesOnly=yes", *ssh_options]
+        ssh_options = [*ssh_options, "-i", credentials.ssh_key_file, "-o", "IdentitiesOnly=yes"]
+    elif _is_ssh_url(url):
+        ssh_options = [*ssh_options, "-o", "IdentityFile=none"]  # none of ~/.ssh/id_* either
     if _is_ssh_url(url):
         env["GIT_SSH_COMMAND"] = shlex.join(["ssh", *ssh_options])
     argv = [
@@ -299,6 +320,24 @@ def build_fetch_invocation(
     return GitInvocation(
         argv=_limited(argv, max_bytes, max_memory), env=_with_config(env, config), secrets=secrets
     )
+
+
+def _without_account_credentials(env: dict[str, str]) -> dict[str, str]:
+    """``env`` without what would let git authenticate as the worker's account: curl reads
+    ``$HOME/.netrc`` for any host it names, git ``$HOME/.gitconfig`` (a helper, a header, a URL rewrite);
+    ssh's agent is ``SSH_AUTH_SOCK``. /etc/gitconfig, where an operator sets a CA bundle, still applies."""
+    env = {key: value for key, value in env.items() if key not in ("SSH_AUTH_SOCK", "XDG_CONFIG_HOME")}
+    env["HOME"] = os.devnull  # git and curl take a file under it for absent, as where none exists
+    return env
+
+
+def _ssh_options(known_hosts: str) -> list[str]:
+    """ssh's options for a fetch: no configuration file (``-F /dev/null``: a ``Host`` block could add a
+    key, a proxy or another host), no agent; never waits for a passphrase or a host key's confirmation."""
+    options = ["-F", os.devnull, "-o", "BatchMode=yes", "-o", "IdentityAgent=none"]
+    if known_hosts:
+        options += ["-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes"]
+    return options
 
 
 def _limited(argv: list[str], max_bytes: int, max_memory: int) -> list[str]:

@@ -210,8 +210,10 @@ class GitMirror:
         *,
         max_fetch_bytes: int = DEFAULT_MAX_FETCH_BYTES,
         max_git_memory: int = DEFAULT_MAX_GIT_MEMORY,
+        ssh_known_hosts: str = "",
     ) -> None:
         self.path = Path(path)
+        self.ssh_known_hosts = ssh_known_hosts  # the host keys ssh checks (empty: ssh's default files)
         self.max_fetch_bytes = max_fetch_bytes  # what one fetch may write (0: unbounded)
         self.max_git_memory = max_git_memory  # what git may allocate fetching or maintaining (0: unbounded)
         self._cat_file: CatFileBatch | None = None
@@ -254,6 +256,7 @@ class GitMirror:
             credentials,
             max_bytes=self.max_fetch_bytes,
             max_memory=self.max_git_memory,
+            ssh_known_hosts=self.ssh_known_hosts,
         )
         self._ensure_initialized()
         maintenance = _maintenance_due()
@@ -372,6 +375,7 @@ class GitMirror:
             refspec=requested.refspec(local_ref),
             max_bytes=self.max_fetch_bytes,
             max_memory=self.max_git_memory,
+            ssh_known_hosts=self.ssh_known_hosts,
         )
         started = time.time()
         try:

@@ -66,6 +66,7 @@ def mirror_for(source: Source) -> GitMirror:
         root / f"{source.pk}.git",
         max_fetch_bytes=settings.SLUICE_MAX_FETCH_BYTES,
         max_git_memory=settings.SLUICE_MAX_GIT_MEMORY,
+        ssh_known_hosts=settings.SLUICE_SSH_KNOWN_HOSTS,
     )
 
 

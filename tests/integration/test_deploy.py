@@ -379,6 +379,23 @@ def test_the_web_service_account_reads_the_clusters_identity_and_no_other_namesp
             assert "answered 403" in str(refused.value)
 
 
+def test_the_worker_checks_ssh_host_keys_against_the_known_hosts_it_mounts(stack, deployed) -> None:
+    """The image ships no known_hosts: without one, every SSH source failed "Host key verification
+    failed" (before 2026-12-07). The operator's ConfigMap is optional, and SLUICE_SSH_KNOWN_HOSTS names
+    the file in it."""
+    config = yaml.safe_load(
+        kubectl(stack, "get", "configmap", "sluice-config", "-n", "sluice-system", "-o", "yaml").stdout
+    )
+    worker = yaml.safe_load(
+        kubectl(stack, "get", "deploy", "sluice-worker", "-n", "sluice-system", "-o", "yaml").stdout
+    )["spec"]["template"]["spec"]
+    known_hosts = "sluice-ssh-known-hosts"
+    (volume,) = [v for v in worker["volumes"] if v.get("configMap", {}).get("name") == known_hosts]
+    assert volume["configMap"]["optional"] is True
+    (mount,) = [m for m in worker["containers"][0]["volumeMounts"] if m["name"] == volume["name"]]
+    assert config["data"]["SLUICE_SSH_KNOWN_HOSTS"] == f"{mount['mountPath']}/known_hosts"
+
+
 def test_network_policies_close_sluice_system_to_everything_but_the_web_port(stack, deployed) -> None:
     policies = yaml.safe_load(
         kubectl(stack, "get", "networkpolicy", "-n", "sluice-system", "-o", "yaml").stdout

@@ -786,10 +786,11 @@ def test_a_wrong_token_is_permanent_and_never_shown(git_http_server, mirror, cap
     assert git_http_server.rejected >= 1
 
 
-def test_a_token_is_not_sent_to_the_host_a_redirect_names(git_http_server, mirror):
-    """The token's header is scoped to the source's origin: a Git host (or whoever answers for it) that
-    redirects the fetch to another origin does not receive it there (a review suspected git sent it to
-    wherever the first redirect led; git 2.39 does not)."""
+def test_a_redirect_is_never_followed(git_http_server, mirror):
+    """A Git host (or whoever answers for it) that redirects the fetch sends the worker nowhere: git
+    followed the first redirect to any host (the token's header, scoped to the source's origin, stayed
+    behind), so the answer chose a host, an in-cluster service or a metadata address, that the worker
+    asked (before 2026-12-07). The failure is permanent and says what to do."""
 
     class Redirect(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -812,9 +813,28 @@ def test_a_token_is_not_sent_to_the_host_a_redirect_names(git_http_server, mirro
     finally:
         redirector.shutdown()
         redirector.server_close()
-    assert git_http_server.rejected >= 1, "the redirect was followed"
-    assert git_http_server.served == 0, "no request to the other origin carried the token"
+    assert git_http_server.rejected == 0 and git_http_server.served == 0, "the redirect was followed"
+    assert isinstance(raised.value, PermanentError)
+    assert "redirected the fetch elsewhere" in str(raised.value)
     assert TOKEN not in str(raised.value)
+
+
+def test_a_source_without_credentials_does_not_fetch_with_the_worker_accounts_netrc(
+    git_http_server, mirror, tmp_path, monkeypatch
+):
+    """curl reads ~/.netrc for any host git asks: a source registered without credentials fetched with
+    whatever the worker's account holds for its host, past the references an administrator may name
+    (SLUICE_CREDENTIALS_ENV_PREFIX, SLUICE_CREDENTIALS_DIRS) (before 2026-12-07)."""
+    home = tmp_path / "worker-home"
+    home.mkdir()
+    netrc = home / ".netrc"
+    netrc.write_text(f"machine 127.0.0.1 login x-access-token password {TOKEN}\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("HOME", str(home))
+
+    with pytest.raises(PermanentError, match="authentication failed"):
+        mirror.fetch(f"{git_http_server.url}/repo.git", "main")
+    assert git_http_server.served == 0
 
 
 def test_no_credentials_is_permanent(git_http_server, mirror):

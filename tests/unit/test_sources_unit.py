@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import subprocess
 
 import pytest
 
@@ -242,6 +243,7 @@ def test_inherited_git_variables_do_not_leak_into_the_invocation(tmp_path, monke
         "credential.helper",
         "protocol.ext.allow",
         "maintenance.auto",
+        "http.followRedirects",
         "fetch.unpackLimit",
         "core.bigFileThreshold",
         "pack.threads",
@@ -319,13 +321,73 @@ def test_a_local_git_run_held_to_the_memory_bound_keeps_its_own_config_and_secre
 @pytest.mark.parametrize("url", ["ssh://git@host/o/r.git", "git@host:o/r.git"])
 def test_an_ssh_key_goes_into_the_ssh_command(tmp_path, url):
     key = tmp_path / "my keys" / "id_ed25519"
+    key.parent.mkdir()
+    key.write_text("a key\n")  # ssh leaves out a key file that does not exist
 
     invocation = build_fetch_invocation(tmp_path, url, "main", Credentials(ssh_key_file=str(key)))
 
     command = shlex.split(invocation.env["GIT_SSH_COMMAND"])
-    assert command[:3] == ["ssh", "-i", str(key)]
+    assert command[command.index("-i") + 1] == str(key)
     assert "IdentitiesOnly=yes" in command
     assert "BatchMode=yes" in command
+    resolved = ssh_resolved(command)
+    assert resolved["identityfile"] == [str(key)]
+    assert resolved["identityagent"] == ["none"]
+
+
+def ssh_resolved(command: list[str]) -> dict[str, list[str]]:
+    """What ssh itself makes of ``command``'s options and files (``ssh -G``), for a host of its own."""
+    assert command[0] == "ssh"
+    said = subprocess.run(
+        [*command, "-G", "git.example.com"], capture_output=True, text=True, check=True, timeout=30
+    ).stdout
+    resolved: dict[str, list[str]] = {}
+    for line in said.splitlines():
+        key, _, value = line.partition(" ")
+        resolved.setdefault(key, []).append(value)
+    return resolved
+
+
+def test_a_source_without_a_key_offers_ssh_no_key_agent_or_configuration_of_the_workers_account(
+    tmp_path, monkeypatch
+):
+    """Without credentials, ssh offered the account's default keys (~/.ssh/id_*), its agent and whatever
+    its configuration added for the host: a source fetched with the operator's deploy key, past the
+    references an administrator may name (before 2026-12-07). git's HOME is /dev/null: no ~/.netrc,
+    no ~/.gitconfig."""
+    monkeypatch.setenv("SSH_AUTH_SOCK", str(tmp_path / "agent.sock"))
+
+    invocation = build_fetch_invocation(tmp_path, "git@git.example.com:o/r.git", "main", None)
+
+    command = shlex.split(invocation.env["GIT_SSH_COMMAND"])
+    assert command[1:3] == ["-F", os.devnull], "no configuration file, the system's included"
+    resolved = ssh_resolved(command)
+    assert resolved["identityfile"] == ["none"]
+    assert resolved["identityagent"] == ["none"]
+    assert resolved["batchmode"] == ["yes"]
+    assert "SSH_AUTH_SOCK" not in invocation.env
+    assert invocation.env["HOME"] == os.devnull
+
+
+def test_ssh_checks_host_keys_against_the_operators_known_hosts_file(tmp_path):
+    known = tmp_path / "known_hosts"
+
+    invocation = build_fetch_invocation(
+        tmp_path, "ssh://git@git.example.com/o/r.git", "main", None, ssh_known_hosts=str(known)
+    )
+
+    resolved = ssh_resolved(shlex.split(invocation.env["GIT_SSH_COMMAND"]))
+    assert resolved["userknownhostsfile"] == [str(known)]
+    assert resolved["stricthostkeychecking"] == ["true"]
+
+
+def test_a_redirect_is_a_permanent_failure_that_says_what_to_do():
+    said = "fatal: unable to access 'https://h/r.git/': The requested URL returned error: 301"
+
+    error, reason = classify_git_error(said, 128)
+
+    assert error is PermanentError
+    assert "redirected" in reason and "URL" in reason
 
 
 def test_credentials_that_do_not_fit_the_url_are_permanent(tmp_path):
