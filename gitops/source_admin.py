@@ -345,7 +345,7 @@ def source_update(source: Source, *, actor: Actor = SYSTEM, **changes: Any) -> S
 def _source_updated(source: Source, changes: Mapping[str, Any], *, actor: Actor, settled: bool) -> Source:
     with transaction.atomic():
         source = Source.objects.select_for_update(no_key=True).get(pk=source.pk)
-        before, url_before = admin_settings(source), source.url
+        before, url_before, fetched_before = admin_settings(source), source.url, _fetched_from(source)
         raised = changes.get("required_approvals", source.required_approvals) > source.required_approvals
         _check_git_location_is_free(source, changes)
         for field, value in changes.items():
@@ -355,6 +355,7 @@ def _source_updated(source: Source, changes: Mapping[str, Any], *, actor: Actor,
         if after == before and source.url == url_before:
             return source
         _clean(source)
+        _rescheduled(source, fetched_before)
         source.save()
         audit_record(source, SourceAuditAction.UPDATE, actor, before=before, after=after)
         if raised:
@@ -381,6 +382,28 @@ def source_update_scope(
         required_approvals=required_approvals,
         notify_urls=notify_urls,
     )
+
+
+def _fetched_from(source: Source) -> tuple[str, str, str, str]:
+    """What a fetch of the source reads: its repository, branch, directory and credentials."""
+    return (source.url, source.branch, source.path, source.credentials_ref)
+
+
+def _rescheduled(source: Source, fetched_before: tuple[str, str, str, str]) -> None:
+    """What a change of settings does to the source's schedule and head, on ``source`` before it is saved.
+
+    Moved to another repository or branch, its head is not known until the next fetch (``last_commit``
+    empty): a retry of a rollout of the commit it followed before is refused. The next poll is due now
+    when anything a fetch reads changed (a back-off earned under the settings before helps nobody), and
+    within the new interval when that shrank (a poll a day away stayed a day away after the interval
+    became a minute, before 2026-12-07)."""
+    now = timezone.now()
+    if (source.url, source.branch) != fetched_before[:2]:
+        source.last_commit = ""
+    if _fetched_from(source) != fetched_before:
+        source.next_poll_at = min(source.next_poll_at, now)
+    elif source.next_poll_at > now + source.poll_interval:
+        source.next_poll_at = now + source.poll_interval
 
 
 def _check_git_location_is_free(source: Source, changes: Mapping[str, Any]) -> None:

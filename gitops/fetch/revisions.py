@@ -90,14 +90,17 @@ _LAST_COMPLETED: PreparedSelect[Rollout] = PreparedSelect(
 )
 
 
-# Written by every pass that fetches, and by each new revision found valid.
+# Written by every pass that fetches, and by each new revision found valid. Only while the source follows
+# what the pass fetched: moved to another repository or branch meanwhile, its head is not yet known.
 _FETCHED: PreparedUpdate = PreparedUpdate(
-    lambda source_id, now, commit: (
-        Source.objects.filter(pk=source_id),
+    lambda source_id, now, commit, url, branch: (
+        Source.objects.filter(pk=source_id, url=url, branch=branch),
         {"last_fetched_at": now, "last_commit": commit},
     ),
     int,
     datetime,
+    str,
+    str,
     str,
 )
 _VALID: PreparedUpdate = PreparedUpdate(
@@ -126,7 +129,7 @@ def revision_fetch(source: Source, *, interrupted: Callable[[], bool] | None = N
             log.warning(
                 "force push detected source=%s from=%s to=%s", source.name, fetched.previous, fetched.commit
             )
-    _FETCHED(source.pk, timezone.now(), fetched.commit)
+    _FETCHED(source.pk, timezone.now(), fetched.commit, source.url, source.branch)
     return revision, fetched.forced
 
 

@@ -258,7 +258,11 @@ def _rollout_retried(rollout_id: int, *, username: str) -> Rollout:
             # Its owed rollback would take back what the retry writes there (the same commit's stamp).
             owed = ", ".join(rollout.rollback_pending_clusters)
             raise RolloutError(f"rollout {rollout.pk} still owes {owed} its rollback; retry once it is done")
-        if source.last_commit and source.last_commit != rollout.revision.commit:
+        if not source.last_commit:  # moved to another repository or branch, not fetched since
+            raise RolloutError(
+                f"{source.name} follows another repository or branch since; its next pass fetches it"
+            )
+        if source.last_commit != rollout.revision.commit:
             raise RolloutError(
                 f"{source.name} has moved on to {source.last_commit[:12]}; retry that revision instead"
             )

@@ -34,6 +34,7 @@ from gitops.locks import flag_keys_lock
 from gitops.models import Revision, Rollout, RolloutEvent, Source
 from gitops.prepared import PreparedSelect
 from gitops.record.events import rollout_event
+from gitops.redaction import url_without_query
 from gitops.rollout.consumers import consumer_map_refresh, wave_gate_close, wave_gate_pass, wave_restart
 from gitops.rollout.engine import desired_hash, largest_share, with_approval_gate
 from gitops.rollout.flag_canary import CanaryRefused
@@ -174,16 +175,22 @@ def _floor_now(source: Source) -> int:
     Its scope is read in the same statement: the pass read the source before its fetch, and the new
     rollout's first weight checks its targets against the scope as it is now (``_outside_scope_now``).
     So is its directory: one moved since the pass read it (no rollout was under way to refuse the move)
-    holds other content than the pass loaded, and no rollout starts of it (``SourceMovedMeanwhile``)."""
-    floor, allowed, path = (
+    holds other content than the pass loaded, and no rollout starts of it (``SourceMovedMeanwhile``). So
+    are its repository and branch: the commit the pass fetched is not what the source follows now."""
+    floor, allowed, path, url, branch = (
         Source.objects.select_for_update(no_key=True)
-        .values_list("required_approvals", "allowed_namespaces", "path")
+        .values_list("required_approvals", "allowed_namespaces", "path", "url", "branch")
         .get(pk=source.pk)
     )
     if path != source.path:
         raise SourceMovedMeanwhile(
             f"{source.name} moved to {_directory(path)} while this pass read the one before; the next "
             "pass reads it"
+        )
+    if (url, branch) != (source.url, source.branch):
+        raise SourceMovedMeanwhile(
+            f"{source.name} moved to branch {branch!r} of {url_without_query(url)} while this pass fetched "
+            f"from branch {source.branch!r} of {url_without_query(source.url)}; the next pass fetches it"
         )
     source.required_approvals, source.allowed_namespaces = floor, allowed
     return int(floor)
@@ -217,7 +224,8 @@ def _flag_keys_free(source: Source, desired: DesiredState) -> None:
 
 
 class SourceMovedMeanwhile(TemporaryError):
-    """The source's directory changed between the pass's read of it and the start of a rollout."""
+    """The source's directory, repository or branch changed between the pass's read of it and the start
+    of a rollout."""
 
 
 def rollout_start(

@@ -5,13 +5,16 @@ content was drift, healed at once everywhere with ``selfHeal``, and never applie
 
 from __future__ import annotations
 
-import pytest
+from datetime import timedelta
 
-from gitops import source_admin
-from gitops.models import Rollout, RolloutEvent
+import pytest
+from django.utils import timezone
+
+from gitops import polling, source_admin
+from gitops.models import Rollout, RolloutEvent, Source
 from gitops.rollout import decisions
 from gitops.rollout.lifecycle import SourceMovedMeanwhile
-from tests.gitrepo import configmap, policy
+from tests.gitrepo import GitRepo, configmap, policy
 from tests.passes import HeldPass
 from tests.rollouts import wait_for
 
@@ -129,3 +132,96 @@ def test_a_pass_that_read_the_directory_before_a_move_starts_no_rollout_of_it(
     assert sync(source)["outcome"] == "applied"
     assert version_in(cluster, target) == "prod"
     assert Rollout.objects.get(source=source, revision__commit=commit).path == "prod"
+
+
+@pytest.mark.parametrize("moved", ["url", "branch"])
+def test_a_pass_that_fetched_before_a_move_to_another_repository_or_branch_starts_no_rollout(
+    repo, tmp_path, make_namespaces, make_source, sync, cluster, monkeypatch, moved
+):
+    """The move was not refused: no rollout was under way. The pass, which fetched the old repository's
+    (or branch's) new commit, started a rollout of it after the move (before 2026-12-07): what an
+    administrator moved the source away from, a compromised repository or the wrong branch, went out."""
+    (target,) = make_namespaces("a")
+    repo.write_all(
+        {"sluice.yaml": policy([target]), "configmaps/app.yaml": configmap("app", {"VERSION": "1"})}
+    )
+    repo.commit("first")
+    source = make_source()
+    assert sync(source)["outcome"] == "applied"
+    elsewhere = GitRepo(tmp_path / "elsewhere", branch="release")
+    elsewhere.write_all(
+        {"sluice.yaml": policy([target]), "configmaps/app.yaml": configmap("app", {"VERSION": "release"})}
+    )
+    elsewhere.commit("the release")
+    if moved == "branch":  # the same repository, another branch
+        repo.git("fetch", "--quiet", str(elsewhere.remote), "release")
+        repo.git("push", "--quiet", "origin", "FETCH_HEAD:refs/heads/release")
+    repo.write("configmaps/app.yaml", configmap("app", {"VERSION": "old-2"}))
+    commit = repo.commit("on the branch left behind")
+    new_place = {"url": elsewhere.url, "branch": "release"} if moved == "url" else {"branch": "release"}
+
+    with HeldPass(monkeypatch, source) as held:
+        source_admin.source_update(source, **new_place)
+    assert isinstance(held.error, SourceMovedMeanwhile), held.error or held.result
+    assert version_in(cluster, target) == "1", "nothing of the old branch's new commit went out"
+    assert not Rollout.objects.filter(source=source, revision__commit=commit).exists()
+    source.refresh_from_db()
+    assert source.last_commit == "", "its head where it follows now is not known yet"
+
+    assert sync(source)["outcome"] == "applied"
+    assert version_in(cluster, target) == "release"
+
+
+def test_a_rollout_of_the_branch_left_behind_is_not_retried(
+    repo, make_namespaces, make_source, sync, cluster, people
+):
+    """Until the source's next pass fetched its new branch, its head was the commit it followed before, and
+    a retry of that commit's failed or aborted rollout went out from the branch it had left."""
+    (target,) = make_namespaces("a")
+    canary = {"steps": [{"pause": {}}]}
+    repo.write_all(
+        {
+            "sluice.yaml": policy([target], rollout=canary),
+            "configmaps/app.yaml": configmap("app", {"VERSION": "1"}),
+        }
+    )
+    repo.commit("first")
+    repo.git("push", "--quiet", "origin", "HEAD:refs/heads/release")
+    source = make_source()
+    sync(source)
+    paused = wait_for(source, phase="Paused", waiting_for="approval")
+    decisions.rollout_abort(paused.pk, user=people["approver"], reason="not now")
+    wait_for(source, phase="Aborted", of=paused)
+    source = source_admin.source_update(source, branch="release")
+
+    with pytest.raises(decisions.RolloutError, match="follows another repository or branch since"):
+        decisions.rollout_retry(paused.pk, user=people["approver"])
+    assert version_in(cluster, target) is None
+
+
+def test_a_change_of_where_git_is_or_of_the_interval_brings_the_next_poll_forward(make_source) -> None:
+    """The next poll stayed where the settings before had put it: a day away after the interval became a
+    minute, or a back-off's hour away after the credentials were fixed (before 2026-12-07)."""
+    source = make_source(poll_interval=timedelta(days=1))
+    far = timezone.now() + timedelta(hours=20)
+    Source.objects.filter(pk=source.pk).update(next_poll_at=far)
+    source.refresh_from_db()
+
+    source = source_admin.source_update(source, poll_interval=timedelta(minutes=1))
+    assert source.next_poll_at <= timezone.now() + timedelta(minutes=1)
+    source.refresh_from_db()
+    assert source.next_poll_at <= timezone.now() + timedelta(minutes=1), "saved"
+
+    Source.objects.filter(pk=source.pk).update(next_poll_at=far)
+    source.refresh_from_db()
+    source = source_admin.source_update(source, credentials_ref="env:SLUICE_TEST_GIT_TOKEN")
+    source.refresh_from_db()
+    assert source.next_poll_at <= timezone.now()
+    assert polling.sources_claim_due() == [source.pk]
+
+    soon = timezone.now() + timedelta(seconds=40)
+    Source.objects.filter(pk=source.pk).update(next_poll_at=soon)
+    source.refresh_from_db()
+    source_admin.source_update(source, required_approvals=1)
+    source.refresh_from_db()
+    assert source.next_poll_at == soon, "a change a fetch does not read leaves the poll where it was"
