@@ -118,8 +118,10 @@ def _reconcile(
     head_desired = revision_desired_state(source, head, known_clusters=known_clusters(registered))
     if head_desired is None:
         return _head_rejected(source, head, result, decided)
-    if gate.held is not None:
-        return _hold(source, head, head_desired, gate.held, result)
+    # Read again when the fetch and the validation took more than a second: a freeze set meanwhile keeps
+    # the new commit from superseding (a rollback written) or queueing, and its rollout from starting.
+    if (held := gate()) is not None:
+        return _hold(source, head, head_desired, held, result)
     chosen = _chosen(source, head, head_desired, result)
     if chosen is None:
         return _head_rejected(source, head, result, decided)

@@ -78,9 +78,11 @@ class Restored:
 def rollout_rollback(rollout: Rollout, *, actor: str, reason: str, phase: Rollout.Phase) -> list[str]:
     """Restores every target this rollout changed, then ends it in ``phase`` (Failed if a restore failed).
 
-    Clusters that cannot be reached now are owed their rollback (see ``rollbacks_owed_finish``).
+    Clusters that cannot be reached now are owed their rollback (see ``rollbacks_owed_finish``). A
+    person's abort stored before the caller's decision (a supersede, a consumer gate's timeout) is what
+    the rollback carries out: it ends Aborted, in their name and with their reason.
     """
-    rollback_decide(rollout, actor=actor, reason=reason, phase=phase)
+    actor, reason, phase = rollback_decide(rollout, actor=actor, reason=reason, phase=phase)
     failpoint("mid-rollback")
     restored = _restore(rollout, actor, clusters=None)
     now = timezone.now()
@@ -142,14 +144,28 @@ def _flag_catalog_after(rollout: Rollout, restored: Restored) -> None:
         log.exception("rollout %s: the flag catalog was not brought back after its rollback", rollout.pk)
 
 
-def rollback_decide(rollout: Rollout, *, actor: str, reason: str, phase: Rollout.Phase) -> None:
+def rollback_decide(
+    rollout: Rollout, *, actor: str, reason: str, phase: Rollout.Phase
+) -> tuple[str, str, Rollout.Phase]:
     """Saves the decision to roll back before anything is restored, as a person's abort is saved: a
     worker that dies mid-restore leaves a rollout that the next pass rolls back (``rollback_phase``
     says how it ends), not one it drives on from restored targets. A person's abort asked first keeps
-    its own name and reason."""
-    Rollout.objects.filter(pk=rollout.pk, phase__in=Rollout.ACTIVE_PHASES, abort_requested_by="").update(
-        abort_requested_by=actor, abort_reason=reason, rollback_phase=phase, updated_at=timezone.now()
+    its own name and reason. Returns the decision stored: who, why, and the phase the rollout ends in
+    (the caller's own when nothing was stored: an ended rollout, rolled back again)."""
+    decided = Rollout.objects.filter(
+        pk=rollout.pk, phase__in=Rollout.ACTIVE_PHASES, abort_requested_by=""
+    ).update(abort_requested_by=actor, abort_reason=reason, rollback_phase=phase, updated_at=timezone.now())
+    if decided:
+        return actor, reason, phase
+    stored = (
+        Rollout.objects.filter(pk=rollout.pk, phase__in=Rollout.ACTIVE_PHASES)
+        .values_list("abort_requested_by", "abort_reason", "rollback_phase")
+        .first()
     )
+    if stored is None or not stored[0]:
+        return actor, reason, phase
+    asked_by, asked_why, asked_phase = stored
+    return asked_by, asked_why or reason, Rollout.Phase(asked_phase or Rollout.Phase.ABORTED)
 
 
 def rollbacks_owed_finish(source: Source) -> None:

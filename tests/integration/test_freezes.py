@@ -250,6 +250,42 @@ def test_a_freeze_set_while_a_pass_runs_stops_the_steps_after_it(
     assert rollout.is_active and rollout.step_index == 1, (rollout.phase, rollout.step_index)
 
 
+def test_a_freeze_set_while_the_pass_fetches_keeps_a_new_commit_from_superseding_the_paused_rollout(
+    repo, make_namespaces, make_source, sync, cluster, monkeypatch
+):
+    """The freeze comes while the pass fetches (or validates) the new commit: it read the gate before the
+    fetch and, until 2026-12-07, not again before superseding the paused rollout (its rollback written to
+    the clusters) and starting the new one."""
+    from gitops import reconcile
+
+    targets = make_namespaces("a", "b")
+    source = first_commit(repo, make_source, sync, targets)
+    v2 = second_commit(repo, targets, steps=[{"setWeight": 50}, {"pause": {}}])
+    sync(source)
+    paused = Rollout.objects.get(source=source, revision__commit=v2)
+    assert paused.phase == "Paused", paused.phase
+    repo.write("configmaps/app.yaml", configmap("app", {"VERSION": "3"}))
+    v3 = repo.commit("v3")
+    monkeypatch.setattr(reconcile, "GATE_FRESH_SECONDS", 0.0)  # the fetch took "more than a second"
+    real_fetch = reconcile.revision_fetch
+
+    def fetch_then_freeze(*args, **kwargs):
+        fetched = real_fetch(*args, **kwargs)
+        freeze(source, reason="incident 44")
+        return fetched
+
+    monkeypatch.setattr(reconcile, "revision_fetch", fetch_then_freeze)
+
+    result = reconcile.source_sync(source.pk, automatic=True)
+
+    assert result.outcome == "held", result
+    assert result.held.endswith("incident 44"), result.held
+    paused.refresh_from_db()
+    assert paused.phase == "Paused", "not superseded: its rollback would have written to the clusters"
+    assert not Rollout.objects.filter(source=source, revision__commit=v3).exists()
+    assert sorted(version(cluster, ns) for ns in targets) == ["1", "2"], "the clusters as they were"
+
+
 def test_a_floor_raised_over_a_held_retry_gates_it_before_its_first_step(
     repo, make_namespaces, make_source, sync, cluster, people
 ):

@@ -1262,3 +1262,38 @@ def test_an_abort_leaves_a_hand_edit_that_self_heal_took_back_during_the_rollout
 
     assert cluster.get_configmap(first, "other")["data"] == {"K": "git"}, "the heal is not taken back"
     assert cluster.get_configmap(first, "app")["data"] == {"VERSION": "1"}, "the rollout's own write is"
+
+
+def test_an_abort_asked_while_a_new_commit_supersedes_the_rollout_ends_it_aborted_in_its_askers_name(
+    repo, make_namespaces, make_source, sync, cluster, people, monkeypatch
+):
+    """The pass read the rollout before the abort was stored and decided to supersede it; the abort came
+    in between. The rollback carried out the person's abort, yet ended Superseded in Sluice's name and
+    with its reason (before 2026-12-07), so `gitops abort` said "superseded" and exited 1."""
+    from gitops.rollout import lifecycle
+    from tests.passes import HeldPass
+
+    targets = make_namespaces("a", "b")
+    canary = {"steps": [{"setWeight": 50}, {"pause": {}}]}
+    repo.write_all(
+        {
+            "sluice.yaml": policy(targets, rollout=canary),
+            "configmaps/app.yaml": configmap("app", {"VERSION": "1"}),
+        }
+    )
+    repo.commit("v1")
+    source = make_source()
+    sync(source)
+    first = wait_for(source, phase="Paused", waiting_for="approval")
+    repo.write("configmaps/app.yaml", configmap("app", {"VERSION": "2"}))
+    repo.commit("v2")
+
+    with HeldPass(monkeypatch, source, before="rollout_rollback", within=lifecycle) as held:
+        decisions.rollout_abort(first.pk, user=people["approver"], reason="page 7")
+    assert held.error is None, held.error
+
+    first.refresh_from_db()
+    assert first.phase == "Aborted", first.phase
+    ended = RolloutEvent.objects.filter(rollout=first, kind="rolled-back").get()
+    assert ended.actor == people["approver"].get_username()
+    assert ended.message.startswith("page 7")
