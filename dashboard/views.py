@@ -11,7 +11,7 @@ import functools
 import hmac
 import json
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -353,6 +353,8 @@ def _moment(field: str, text: str, *, end_of_day: bool = False) -> datetime | No
             moment = datetime.combine(day, datetime.max.time() if end_of_day else datetime.min.time())
         if moment is not None and timezone.is_naive(moment):
             moment = timezone.make_aware(moment)
+        if moment is not None:  # PostgreSQL refuses offsets past 15:59, which ISO 8601 allows
+            moment = moment.astimezone(UTC)
     except (ValueError, OverflowError):
         moment = None
     if moment is None:

@@ -223,6 +223,8 @@ def _intent(removal: SourceRemoval, obj: ManagedObject, live: dict[str, Any]) ->
     content = live_content(live)
     prune = removal.mode == ObjectsOnRemoval.PRUNE
     after = None if prune else content
+    # The inventory's commit, which Sluice applied: whoever may edit the object may write any
+    # well-formed hash into its sluice.dev/commit. The object's own is read for one the inventory lacks.
     _, commit, _ = live_provenance(live)
     return ApplyIntent(
         removal=removal,
@@ -235,7 +237,7 @@ def _intent(removal: SourceRemoval, obj: ManagedObject, live: dict[str, Any]) ->
         name=obj.name,
         kind=obj.kind,
         action=ChangeAction.DELETE if prune else ChangeAction.RELEASE,
-        commit=commit or obj.commit,
+        commit=obj.commit or commit,
         manifest=None,  # nothing is applied: the inventory lets go of it either way
         before=content.as_dict(),
         after=after.as_dict() if after is not None else None,

@@ -65,7 +65,7 @@ def test_add_source_sync_diff_status_and_log(gitops, repo, make_namespaces, cele
     assert "~ data.GREETING:" in planned
     assert "-world" in planned
     assert "+there" in planned
-    gitops("sync", "shop", "--wait")
+    gitops("sync", "shop", "--wait", "--by", "ines")
 
     status = json.loads(gitops("status", "shop", "--json"))
     assert status["commit"] == second
@@ -76,6 +76,9 @@ def test_add_source_sync_diff_status_and_log(gitops, repo, make_namespaces, cele
     assert len(entries) == 4
     assert {"commit", "source", "namespace", "kind", "name", "action", "actor", "at"} <= set(entries[0])
     assert [e["commit"] for e in entries[:2]] == [second, second]
+    # A person's sync names them (`--by`, else cli: and the account), not Sluice (before 2026-12-07).
+    assert [e["actor"] for e in entries[:2]] == ["ines", "ines"]
+    assert all(e["actor"].startswith("cli:") for e in entries[2:]), entries[2:]
     assert len(json.loads(gitops("log", "--commit", first[:10], "--json"))) == 2
     assert len(json.loads(gitops("log", "--source", "shop", "--limit", "1", "--json"))) == 1
     assert f"{first[:12]}  shop" in gitops("log")

@@ -453,6 +453,31 @@ def test_a_source_due_for_a_poll_and_an_abort_is_claimed_once_and_given_back_who
 # -- delete -----------------------------------------------------------------------------------------
 
 
+def test_a_removals_log_names_the_commit_the_source_applied_not_one_forged_on_the_object(
+    applied, cluster, people, repo
+):
+    """Whoever may edit a ConfigMap rewrote its sluice.dev/commit to a well-formed hash Sluice never
+    applied: the removal's release row named it (before 2026-12-07), as a heal's did before."""
+    source, targets = applied
+    live = cluster.get_configmap(targets[0], "app")
+    forged = "f" * 40
+    edited = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "app", "namespace": targets[0], "annotations": {COMMIT_ANNOTATION: forged}},
+        "data": live["data"],
+    }
+    cluster.apply_configmap(edited, field_manager="kubectl-edit", force=True)
+
+    removal = source_admin.source_remove(
+        source, objects=ObjectsOnRemoval.KEEP, actor=Actor.of_user(_admin(people), AuditVia.DASHBOARD)
+    )
+    removal_done(removal)
+
+    released = Change.objects.get(source_id=source.pk, action="release", namespace=targets[0], name="app")
+    assert released.commit == repo.head() != forged
+
+
 def test_delete_keep_leaves_the_objects_without_sluice_labels_or_ownership(applied, cluster, people):
     source, targets = applied
     removal = source_admin.source_remove(

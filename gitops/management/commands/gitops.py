@@ -69,7 +69,6 @@ from gitops.roles import ROLES
 from gitops.rollout import decisions
 from gitops.vocabulary import (
     SUCCESSFUL_OUTCOMES,
-    SYSTEM_ACTOR,
     ObjectsOnRemoval,
     PreviewOutcome,
     RemovalStatus,
@@ -224,7 +223,7 @@ class Command(BaseCommand):
         with transaction.atomic():
             task_ids = schedule.source_sync(
                 source.pk,
-                actor=SYSTEM_ACTOR,
+                actor=Actor.command_line(options["by"]).name,  # a person's sync: the log names them
                 retry_failed=options["retry_failed"],
                 manual=True,
                 result_wanted=options["wait"],
@@ -775,6 +774,7 @@ def _add_reading_parsers(commands: Any) -> None:
     )
     sync.add_argument("--timeout", type=float, default=600)
     sync.add_argument("--retry-failed", action="store_true", help="also retry changes the cluster refused")
+    _by_argument(sync)
 
     diff = commands.add_parser("diff", help="print the plan; applies nothing")
     diff.add_argument("name")
