@@ -237,7 +237,7 @@ def _intent(removal: SourceRemoval, obj: ManagedObject, live: dict[str, Any]) ->
         name=obj.name,
         kind=obj.kind,
         action=ChangeAction.DELETE if prune else ChangeAction.RELEASE,
-        commit=obj.commit or commit,
+        commit=obj.commit or commit or "",
         manifest=None,  # nothing is applied: the inventory lets go of it either way
         before=content.as_dict(),
         after=after.as_dict() if after is not None else None,
