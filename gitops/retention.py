@@ -31,7 +31,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Q, QuerySet
+from django.db.models import Q, QuerySet, Subquery
 from django.utils import timezone
 
 from gitops import selectors
@@ -171,9 +171,11 @@ def archive_changes(before: datetime, output: Path) -> int:
     # the rollout's page read them (its flags showed as never published, and were written again each pass).
     # Read once: a rollout that ends during a long archive must not change what the delete matches.
     kept = list(_live_rollouts().values_list("pk", flat=True))
+    last_of_each = _last_of_each_object(before, kept)
     rows = (
         Change.objects.filter(at__lt=before)
         .exclude(rollout_id__in=kept)
+        .exclude(pk__in=last_of_each)
         .select_related("source")
         .order_by("id")
     )
@@ -184,7 +186,7 @@ def archive_changes(before: datetime, output: Path) -> int:
                 cursor.execute("SET LOCAL sluice.archive_changes = 'on'")
             written, last_id = _write_archive(rows, output)
             created = True
-            deleted = _delete_archived(before, last_id, kept) if written else 0
+            deleted = _delete_archived(before, last_id, kept, last_of_each) if written else 0
             if deleted != written:
                 raise PermanentError(
                     f"archived {written} change-log entries but {deleted} matched for deletion; "
@@ -199,17 +201,32 @@ def archive_changes(before: datetime, output: Path) -> int:
     return written
 
 
-def _delete_archived(before: datetime, last_id: int, kept: list[int]) -> int:
+def _delete_archived(before: datetime, last_id: int, kept: list[int], last_of_each: list[int]) -> int:
     # The model refuses deletes; this is the one sanctioned path around it, and the
     # trigger lets it through only because this transaction set sluice.archive_changes.
-    # The rows of the ``kept`` rollouts stay, as the archive's query left them out.
+    # The rows of the ``kept`` rollouts, and each object's last, stay, as the archive's query left them out.
     with connection.cursor() as cursor:
         cursor.execute(
             "DELETE FROM gitops_change WHERE at < %s AND id <= %s"
-            " AND (rollout_id IS NULL OR NOT rollout_id = ANY(%s))",
-            [before, last_id, kept],
+            " AND (rollout_id IS NULL OR NOT rollout_id = ANY(%s)) AND NOT id = ANY(%s)",
+            [before, last_id, kept, last_of_each],
         )
         return int(cursor.rowcount)
+
+
+def _last_of_each_object(before: datetime, kept: list[int]) -> list[int]:
+    """Each object's newest change that went through, outside the ``kept`` rollouts, when it is older
+    than ``before``: the flag catalog reads a flag set's last publication (a rollback restores it, a flag
+    held until 100 names it), an older rollout's row. Archived, its flags said "not published yet", with
+    no time to tell them stale by (before 2026-12-07). One row per object a source ever wrote."""
+    newest = (
+        Change.objects.filter(result=Change.Result.OK)
+        .exclude(rollout_id__in=kept)
+        .order_by("source_id", "cluster", "namespace", "name", "kind", "-id")
+        .distinct("source_id", "cluster", "namespace", "name", "kind")
+        .values("id")
+    )
+    return list(Change.objects.filter(pk__in=Subquery(newest), at__lt=before).values_list("pk", flat=True))
 
 
 def _live_rollouts() -> QuerySet[Rollout]:

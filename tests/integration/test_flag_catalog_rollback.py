@@ -166,6 +166,32 @@ def test_an_abort_below_100_lists_every_flag_as_the_clusters_serve_it_again(repo
     assert_every_user_has_each_flag(shop.source, people)
 
 
+def test_an_abort_after_the_change_log_was_archived_still_names_each_flags_last_publication(
+    repo, published_v1, sync, people, tmp_path
+):
+    """The archive kept only the rows of rollouts under way; the catalog reads a flag set's last
+    publication, an older rollout's row, when a rollback restores it: archived, every restored flag said
+    "not published yet", with no time to tell it stale by (before 2026-12-07). Each object's newest row
+    stays in the log."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from gitops.retention import archive_changes
+
+    shop = published_v1()
+    before = catalog(shop.source)
+    commit_v2(repo, shop, [{"setWeight": 25}, {"pause": {}}, {"setWeight": 100}])
+    sync(shop.source)
+    paused = wait_for(shop.source, phase="Paused", waiting_for="approval", weight=25)
+    archive_changes(timezone.now() + timedelta(days=1), tmp_path / "archived.jsonl")
+
+    decisions.rollout_abort(paused.pk, user=people["approver"], reason="not now")
+    aborted = wait_for(shop.source, phase="Aborted")
+
+    assert_listed_as_before(shop, before, aborted)
+
+
 def test_an_abort_at_100_brings_back_the_flags_the_rollout_removed(repo, published_v1, sync, people, cluster):
     shop = published_v1()
     before = catalog(shop.source)
