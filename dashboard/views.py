@@ -67,11 +67,13 @@ def prometheus_metrics(request: HttpRequest) -> HttpResponse:
     """Prometheus text format. It names every source with its phase and drift, so a deployment answers
     only a caller with the SLUICE_METRICS_TOKEN bearer token, unless SLUICE_METRICS_PUBLIC=1 says
     anyone may read it (the default only for local runs: DEBUG or SLUICE_ALLOW_HTTP)."""
-    if getattr(settings, "SLUICE_METRICS_TOKEN", ""):
-        if not _has_metrics_token(request):
-            return HttpResponse("unauthorized\n", status=401, content_type="text/plain")
-    elif not settings.SLUICE_METRICS_PUBLIC:
-        refusal = "unauthorized: set SLUICE_METRICS_TOKEN (or SLUICE_METRICS_PUBLIC=1)\n"
+    if not metrics.metrics_allowed(request.headers.get("Authorization", "")):
+        token_set = bool(getattr(settings, "SLUICE_METRICS_TOKEN", ""))
+        refusal = (
+            "unauthorized\n"
+            if token_set
+            else "unauthorized: set SLUICE_METRICS_TOKEN (or SLUICE_METRICS_PUBLIC=1)\n"
+        )
         return HttpResponse(refusal, status=401, content_type="text/plain")
     payload, content_type = metrics.render()
     return HttpResponse(payload, content_type=content_type)

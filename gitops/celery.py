@@ -4,6 +4,7 @@ import os
 from typing import Any
 
 from celery import Celery, Task
+from celery.beat import PersistentScheduler
 from celery.signals import task_postrun, task_prerun, worker_init, worker_process_shutdown
 
 from gitops.memory import limit_malloc_arenas, tune_garbage_collector
@@ -18,6 +19,18 @@ app.autodiscover_tasks(["gitops"])
 
 log = logging.getLogger(__name__)
 
+
+class HeartbeatScheduler(PersistentScheduler):
+    """Celery's own scheduler, touching beat's heartbeat file (``gitops.heartbeat``) each round: beat's
+    liveness probe tells a beat that stopped sending (a hung broker connection) from one that runs."""
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        from gitops.heartbeat import heartbeat_touch  # noqa: PLC0415 - needs Django settings
+
+        heartbeat_touch("beat")
+        return float(super().tick(*args, **kwargs))
+
+
 # Long enough to outlive any redelivery, short enough that Redis forgets tasks it never saw finish.
 STARTS_TTL_SECONDS = 24 * 3600
 _REDIS_TIMEOUT_SECONDS = 2
@@ -27,6 +40,18 @@ _REDIS_TIMEOUT_SECONDS = 2
 def _fewer_garbage_collections(**_: object) -> None:
     # Workers only (not the web, beat or a command that imports the tasks); prefork children inherit it.
     tune_garbage_collector()
+
+
+@worker_init.connect
+def _serve_metrics(**_: object) -> None:
+    # A worker in a pod of its own shares no metrics directory with the web: it serves its own.
+    from django.conf import settings  # noqa: PLC0415 - needs Django settings
+
+    from gitops import metrics  # noqa: PLC0415 - needs Django settings
+
+    port = int(getattr(settings, "SLUICE_WORKER_METRICS_PORT", 0))
+    if port:
+        metrics.worker_metrics_serve(port)
 
 
 @worker_process_shutdown.connect

@@ -46,6 +46,7 @@ from gitops.cluster.informer import DELETED, ConfigMapInformer, WatchOptions
 from gitops.cluster.livestore import LEASE_SECONDS, LiveStore, deleted_at, lease_held, stored_clusters
 from gitops.desired.content import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 from gitops.errors import TemporaryError
+from gitops.heartbeat import heartbeat_touch
 from gitops.memory import limit_malloc_arenas, tune_garbage_collector
 from gitops.models import ManagedObject, Source
 from gitops.plan.stamps import LiveStamp, sources_to_wake, stamp_of
@@ -905,6 +906,7 @@ class LiveCaches:
         waker = threading.Thread(target=self.waker.run, name="live-cache-waker", daemon=True)
         waker.start()
         while not self.stopping.is_set():
+            heartbeat_touch("live-cache")  # a round begins: the liveness probe reads it
             try:
                 targets = watched_targets(self.only)
                 self.follow(targets)

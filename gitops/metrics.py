@@ -1,16 +1,24 @@
 """Prometheus metrics, shared by web and worker processes (prometheus_client's multiprocess mode).
 
 Every process writes its samples under PROMETHEUS_MULTIPROC_DIR; the web
-process's /metrics adds them up, so what workers do reaches the scrape.
-prometheus_client reads that variable when it is first imported, so the
-settings module sets it (``sluice.settings``), before any app code runs.
+process's /metrics adds them up, so what workers do reaches the scrape where they
+share the directory (one host, or Compose's volume). prometheus_client reads that
+variable when it is first imported, so the settings module sets it (``sluice.settings``),
+before any app code runs. Where workers run apart from the web (a pod each), each serves
+its own samples on SLUICE_WORKER_METRICS_PORT (``worker_metrics_serve``).
 State that lives in the database (rollout phases, drift) is read at scrape time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hmac
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from django.conf import settings
 from prometheus_client import (
@@ -20,11 +28,27 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    values,
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gitops.plan import Action
+
+log = logging.getLogger(__name__)
+
+# A sample file is named by its process: by the pid alone, two containers sharing the directory (Compose's
+# volume, each with its own pid numbering) wrote one file, each over the other's entries. The host
+# (a container's own name) comes first; prometheus_client splits file names at "_".
+_HOST = socket.gethostname().replace("_", "-")
+
+
+def process_identifier(pid: int | None = None) -> str:
+    return f"{_HOST}-{pid or os.getpid()}"
+
+
+# Before any metric below is made: each takes the value class as it is then.
+values.ValueClass = values.MultiProcessValue(process_identifier)  # type: ignore[no-untyped-call]
 
 DRIFT_ACTIONS = (Action.DRIFT.value, Action.SELF_HEAL.value)
 
@@ -115,4 +139,45 @@ def render() -> tuple[bytes, str]:
 
 def process_exited(pid: int) -> None:
     """Drops a dead process's live gauges (counters and histograms stay summed)."""
-    multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+    multiprocess.mark_process_dead(process_identifier(pid))  # type: ignore[no-untyped-call]
+
+
+def metrics_allowed(authorization: str) -> bool:
+    """Whether a caller who sent ``authorization`` may read the metrics: the SLUICE_METRICS_TOKEN bearer,
+    or anyone where SLUICE_METRICS_PUBLIC says so and no token is set."""
+    token = str(getattr(settings, "SLUICE_METRICS_TOKEN", ""))
+    if not token:
+        return bool(settings.SLUICE_METRICS_PUBLIC)
+    sent = authorization.removeprefix("Bearer ").strip()
+    return hmac.compare_digest(sent.encode(), token.encode())
+
+
+def _worker_metrics_app(
+    environ: dict[str, Any], start_response: Callable[[str, list[tuple[str, str]]], Any]
+) -> Iterable[bytes]:
+    """What one worker (its pool's processes, which share its directory) wrote, for its own scrape; the
+    database's gauges are the web's /metrics'. Guarded as the web's /metrics is."""
+    if environ.get("PATH_INFO") != "/metrics":
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found; the metrics are at /metrics\n"]
+    if not metrics_allowed(str(environ.get("HTTP_AUTHORIZATION", ""))):
+        start_response("401 Unauthorized", [("Content-Type", "text/plain")])
+        return [b"unauthorized\n"]
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
+    return [generate_latest(registry)]
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # a scrape every few seconds is no news
+        pass
+
+
+def worker_metrics_serve(port: int) -> WSGIServer:
+    """Serves the worker's /metrics on ``port`` (all interfaces) from a daemon thread of the calling
+    process, the worker's main one: its pool's children, forked later, do not run it."""
+    server = make_server("", port, _worker_metrics_app, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="worker-metrics", daemon=True).start()
+    log.info("serving the worker's metrics on port %d", port)
+    return server

@@ -182,6 +182,8 @@ CELERY_BROKER_URL = env.get("CELERY_BROKER_URL") or REDIS_URL
 CELERY_RESULT_BACKEND = env.get("CELERY_RESULT_BACKEND") or REDIS_URL
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
+# Celery's scheduler, touching beat's heartbeat file each round (its liveness probe reads it).
+CELERY_BEAT_SCHEDULER = "gitops.celery:HeartbeatScheduler"
 CELERY_ACCEPT_CONTENT = ["json"]
 # A task is acknowledged only after it ran, so a worker killed mid-task leaves
 # it on the queue for the next worker; every task is written to be re-run safely.
@@ -295,6 +297,9 @@ SLUICE_PREVIEWS_PER_USER = env_int("SLUICE_PREVIEWS_PER_USER", 2)
 SLUICE_PREVIEWS_TOTAL = env_int("SLUICE_PREVIEWS_TOTAL", 4)
 # When set, /metrics wants "Authorization: Bearer <token>".
 SLUICE_METRICS_TOKEN = env.get("SLUICE_METRICS_TOKEN", "")
+# A port on which each worker serves its own /metrics (0: none), for workers that share no
+# PROMETHEUS_MULTIPROC_DIR with the web (deploy/kubernetes: a pod each). Guarded as the web's.
+SLUICE_WORKER_METRICS_PORT = env_int("SLUICE_WORKER_METRICS_PORT", 0, minimum=0)
 # /readyz's answer to anonymous callers (a load balancer, a probe) is shared for this long by the web
 # process's threads (``health.readiness_shared``), so that anyone's requests cannot pile checks up;
 # 0: each runs its own. A logged-in user or the metrics token always gets a fresh one.

@@ -284,25 +284,11 @@ def build_fetch_invocation(
     if max_memory > 0:
         config.extend(BOUNDED_MEMORY_CONFIG)
     env = _without_account_credentials(base_env())
-    secrets = _query_of(url)
-    ssh_options = _ssh_options(ssh_known_hosts)
-    if credentials is not None and credentials.token is not None:
-        if _url_scheme(url) not in HTTP_SCHEMES:
-            raise PermanentError(f"a token needs an http(s) URL, not {url_without_query(url)!r}")
-        if _url_scheme(url) == "http":
-            logger.warning("sending a token over plain HTTP to %s", _origin(url))
-        basic = base64.b64encode(f"{credentials.username}:{credentials.token}".encode()).decode("ascii")
-        # Scoped to the origin so that a redirect to another host does not carry it.
-        config.append((f"http.{_origin(url)}/.extraHeader", f"Authorization: Basic {basic}"))
-        secrets = (*secrets, credentials.token, basic)
-    if credentials is not None and credentials.ssh_key_file is not None:
-        if not _is_ssh_url(url):
-            raise PermanentError(f"an SSH key needs an SSH URL, not {url_without_query(url)!r}")
-        ssh_options = [*ssh_options, "-i", credentials.ssh_key_file, "-o", "IdentitiesOnly=yes"]
-    elif _is_ssh_url(url):
-        ssh_options = [*ssh_options, "-o", "IdentityFile=none"]  # none of ~/.ssh/id_* either
+    secrets = (*_query_of(url), *_token_header(url, credentials, config))
     if _is_ssh_url(url):
-        env["GIT_SSH_COMMAND"] = shlex.join(["ssh", *ssh_options])
+        env["GIT_SSH_COMMAND"] = shlex.join(["ssh", *_ssh_options(ssh_known_hosts, credentials)])
+    elif credentials is not None and credentials.ssh_key_file is not None:
+        raise PermanentError(f"an SSH key needs an SSH URL, not {url_without_query(url)!r}")
     argv = [
         "git",
         f"--git-dir={git_dir}",
@@ -331,13 +317,32 @@ def _without_account_credentials(env: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def _ssh_options(known_hosts: str) -> list[str]:
+def _token_header(
+    url: str, credentials: Credentials | None, config: list[tuple[str, str]]
+) -> tuple[str, ...]:
+    """Adds the source's token to ``config`` as an Authorization header scoped to the URL's origin (a
+    redirect to another host would not carry it); returns the texts to redact from what git says."""
+    if credentials is None or credentials.token is None:
+        return ()
+    if _url_scheme(url) not in HTTP_SCHEMES:
+        raise PermanentError(f"a token needs an http(s) URL, not {url_without_query(url)!r}")
+    if _url_scheme(url) == "http":
+        logger.warning("sending a token over plain HTTP to %s", _origin(url))
+    basic = base64.b64encode(f"{credentials.username}:{credentials.token}".encode()).decode("ascii")
+    config.append((f"http.{_origin(url)}/.extraHeader", f"Authorization: Basic {basic}"))
+    return (credentials.token, basic)
+
+
+def _ssh_options(known_hosts: str, credentials: Credentials | None) -> list[str]:
     """ssh's options for a fetch: no configuration file (``-F /dev/null``: a ``Host`` block could add a
-    key, a proxy or another host), no agent; never waits for a passphrase or a host key's confirmation."""
+    key, a proxy or another host), no agent, no key but the source's own (none of ``~/.ssh/id_*``);
+    never waits for a passphrase or a host key's confirmation."""
     options = ["-F", os.devnull, "-o", "BatchMode=yes", "-o", "IdentityAgent=none"]
     if known_hosts:
         options += ["-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes"]
-    return options
+    if credentials is not None and credentials.ssh_key_file is not None:
+        return [*options, "-i", credentials.ssh_key_file, "-o", "IdentitiesOnly=yes"]
+    return [*options, "-o", "IdentityFile=none"]
 
 
 def _limited(argv: list[str], max_bytes: int, max_memory: int) -> list[str]:

@@ -396,7 +396,20 @@ def test_the_worker_checks_ssh_host_keys_against_the_known_hosts_it_mounts(stack
     assert config["data"]["SLUICE_SSH_KNOWN_HOSTS"] == f"{mount['mountPath']}/known_hosts"
 
 
-def test_network_policies_close_sluice_system_to_everything_but_the_web_port(stack, deployed) -> None:
+@pytest.mark.parametrize("name", ["sluice-worker", "sluice-beat", "sluice-live-cache"])
+def test_every_process_but_the_web_waits_for_the_webs_migrations(stack, deployed, name) -> None:
+    """One `kubectl apply` rolls every Deployment at once: new workers queried columns the web's init
+    container had not added yet, and failed until it had, or for good if it was stuck (before
+    2026-12-07)."""
+    spec = yaml.safe_load(kubectl(stack, "get", "deploy", name, "-n", "sluice-system", "-o", "yaml").stdout)
+    (gate,) = spec["spec"]["template"]["spec"]["initContainers"]
+    assert gate["args"] == ["manage", "migrate", "--check"]
+    assert gate["image"] == spec["spec"]["template"]["spec"]["containers"][0]["image"]
+
+
+def test_network_policies_close_sluice_system_to_everything_but_the_web_and_metrics_ports(
+    stack, deployed
+) -> None:
     policies = yaml.safe_load(
         kubectl(stack, "get", "networkpolicy", "-n", "sluice-system", "-o", "yaml").stdout
     )["items"]
@@ -405,4 +418,13 @@ def test_network_policies_close_sluice_system_to_everything_but_the_web_port(sta
     web_ingress = by_name["sluice-web-ingress"]
     assert web_ingress["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "web"
     assert web_ingress["ingress"] == [{"ports": [{"protocol": "TCP", "port": 8000}]}]
+    # Each worker's own /metrics: its pod shares no metrics directory with the web (since 2026-12-07).
+    config = yaml.safe_load(
+        kubectl(stack, "get", "configmap", "sluice-config", "-n", "sluice-system", "-o", "yaml").stdout
+    )
+    port = int(config["data"]["SLUICE_WORKER_METRICS_PORT"])
+    worker_ingress = by_name["sluice-worker-metrics-ingress"]
+    assert worker_ingress["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "worker"
+    assert worker_ingress["ingress"] == [{"ports": [{"protocol": "TCP", "port": port}]}]
+    assert len(by_name) == 4, sorted(by_name)
     assert "Egress" in by_name["sluice-web-beat-egress"]["policyTypes"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -27,6 +28,7 @@ from gitops.record.audit import Actor
 from gitops.vocabulary import ChangeAction
 from tests.clusters import FlakyKubeconfig
 from tests.gitrepo import configmap, policy
+from tests.probes import age, probe_passes
 from tests.replica import apiserver_replica
 from tests.workers import poll
 
@@ -1621,3 +1623,20 @@ def test_a_redis_restarted_under_a_term_ends_it_and_a_new_term_vouches_again(
         assert "Redis restarted or failed over" in cache.log_path.read_text(errors="replace")
     finally:
         redis_server.kill()
+
+
+def test_the_live_caches_liveness_probe_reads_its_main_loops_heartbeat(start_live_cache, tmp_path):
+    """The probe looked for a process whose command line held `gitops live-cache`, which tini's own (the
+    container's first process) does: it could never fail (before 2026-12-07). Standing by or serving,
+    the main loop touches its heartbeat file each round."""
+    data = tmp_path / "data"
+    data.mkdir()
+    assert not probe_passes("65-live-cache.yaml", data), "no heartbeat yet"
+    cache = start_live_cache(wait=False, SLUICE_DATA_DIR=str(data))
+    heartbeat = data / f"live-cache-{socket.gethostname()}.heartbeat"
+    poll(heartbeat.exists, timeout=60, what=f"the live cache's first round (log: {cache.log_path})")
+    age(heartbeat, 600)
+    poll(lambda: probe_passes("65-live-cache.yaml", data), timeout=30, what="its next rounds to touch it")
+    cache.stop()
+    age(heartbeat, 61)
+    assert not probe_passes("65-live-cache.yaml", data), "a main loop that stopped a minute ago"

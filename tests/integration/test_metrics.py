@@ -63,3 +63,59 @@ def test_a_deployment_without_a_token_serves_metrics_to_nobody_unless_it_says_th
     assert b"SLUICE_METRICS_TOKEN" in refused.content
     settings.SLUICE_METRICS_PUBLIC = True
     assert Client().get("/metrics").status_code == 200
+
+
+def test_a_worker_that_shares_no_directory_with_the_web_serves_its_own_metrics(
+    repo, make_namespaces, make_source, worker_env, tmp_path
+):
+    """In deploy/kubernetes every pod has its own data directory: the workers' counters never reached
+    the web's /metrics, so alerts on reconciles and failed applies stayed silent (before 2026-12-07).
+    A worker serves what its processes wrote on SLUICE_WORKER_METRICS_PORT, guarded as the web's is."""
+    import socket
+    import urllib.error
+    import urllib.request
+    import uuid
+
+    from gitops.celery import app
+    from tests.workers import WorkerProcess, poll
+
+    (namespace,) = make_namespaces("app")
+    repo.write_all({"sluice.yaml": policy([namespace]), "configmaps/app.yaml": configmap("app", {"v": "1"})})
+    repo.commit()
+    source = make_source()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    own = tmp_path / "worker-metrics"
+    own.mkdir()
+    queue = f"metrics-{uuid.uuid4().hex[:8]}"
+    overrides = {
+        "SLUICE_WORKER_METRICS_PORT": str(port),
+        "PROMETHEUS_MULTIPROC_DIR": str(own),
+        "SLUICE_METRICS_TOKEN": "scrape-me",
+    }
+    worker = WorkerProcess(worker_env, concurrency=1, queues=queue, env_overrides=overrides).start()
+    try:
+        kwargs = {"source_id": source.pk, "actor": "sluice", "wait_if_busy": False, "automatic": True}
+        app.send_task("gitops.sync_source", kwargs=kwargs, queue=queue, ignore_result=True)
+
+        def scraped() -> str:
+            asked = urllib.request.Request(
+                f"http://127.0.0.1:{port}/metrics", headers={"Authorization": "Bearer scrape-me"}
+            )
+            with urllib.request.urlopen(asked, timeout=5) as answer:  # noqa: S310 - a loopback URL
+                return answer.read().decode()
+
+        poll(
+            lambda: sample(scraped(), "sluice_reconcile_total", source=source.name, result="applied") == 1,
+            timeout=60,
+            what=f"the worker's own scrape to count its reconcile (log: {worker.log_path})",
+        )
+        assert sample(scraped(), "sluice_git_fetch_duration_seconds_count", source=source.name) == 1
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
+        assert refused.value.code == 401
+    finally:
+        worker.stop()
+    (written,) = {path.name.split("_")[-1] for path in own.glob("counter_*.db")}
+    assert written.startswith(socket.gethostname().replace("_", "-") + "-"), "named by host and process"

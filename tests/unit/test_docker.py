@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -91,20 +93,31 @@ def test_compose_healthchecks() -> None:
     # $$ reaches the container as $, so the shell there expands the container's hostname.
     assert "inspect ping" in checks["worker"]
     assert "celery@$HOSTNAME" in checks["worker"]
-    assert "beat" in checks["beat"]
-    assert "gitops\\x00live-cache" in checks["live-cache"]
+    assert "/beat-" in checks["beat"] and ".heartbeat" in checks["beat"]
+    assert "/live-cache-" in checks["live-cache"] and ".heartbeat" in checks["live-cache"]
 
 
-def test_beat_healthcheck_finds_a_running_beat(tmp_path) -> None:
-    # A process whose command line looks like `celery -A gitops beat`.
-    fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "-A", "gitops", "beat"])
-    try:
-        check = compose()["services"]["beat"]["healthcheck"]["test"]
-        assert check[0] == "CMD"
-        assert subprocess.run([sys.executable, *check[2:]], check=False, timeout=30).returncode == 0
-    finally:
-        fake.kill()
-        fake.wait()
+@pytest.mark.parametrize(("service", "limit"), [("beat", 120), ("live-cache", 60)])
+def test_beat_and_live_cache_healthchecks_read_their_heartbeats_age(
+    tmp_path, service: str, limit: int
+) -> None:
+    """Each touches its heartbeat file every round (gitops.heartbeat): the check passes while it is
+    fresh and fails once it is older than a few rounds, or missing. (It checked that such a process
+    existed: the live cache's matched tini's command line too, and never failed.)"""
+    check = compose()["services"][service]["healthcheck"]["test"]
+    assert check[:2] == ["CMD", "python"]
+    env = {**os.environ, "SLUICE_DATA_DIR": str(tmp_path)}
+
+    def healthy() -> bool:
+        return subprocess.run([sys.executable, *check[2:]], env=env, check=False, timeout=30).returncode == 0
+
+    assert not healthy(), "no heartbeat yet"
+    heartbeat = tmp_path / f"{service}-{socket.gethostname()}.heartbeat"
+    heartbeat.touch()
+    assert healthy()
+    then = time.time() - limit - 1
+    os.utime(heartbeat, (then, then))
+    assert not healthy()
 
 
 @pytest.mark.parametrize("missing", ["SECRET_KEY", "POSTGRES_PASSWORD", "SLUICE_KUBECONFIG"])
