@@ -30,6 +30,7 @@ from gitops import caches, logs
 from gitops.cluster import clients
 from gitops.cluster.live import LiveState, live_configmaps, objects_read_one_by_one
 from gitops.errors import TemporaryError
+from gitops.fetch.mirror_sweep import mirror_remove
 from gitops.locks import SourceBusy, source_lock
 from gitops.models import (
     ApplyIntent,
@@ -276,6 +277,7 @@ def _delete_source(removal: SourceRemoval, source: Source) -> SourceRemoval:
             message=f"removal {removal.pk}: objects {removal.mode}",
         )
     caches.drop(source.pk)
+    mirror_remove(source)  # its repository's files; other hosts' copies go at their next sweep
     log.info("source %s deleted (objects %s)", source.name, removal.mode)
     removal.refresh_from_db()
     return removal

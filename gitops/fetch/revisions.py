@@ -13,7 +13,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 from django.conf import settings
 from django.db.models import Q
@@ -48,6 +47,7 @@ from gitops.fetch.mirror import (
     SourcePathNotADirectory,
     TooManySkippedEntries,
 )
+from gitops.fetch.mirror_sweep import mirror_path, mirrors_root, mirrors_sweep, mirrors_sweep_due
 from gitops.fetch.refs import RequestedRevision
 from gitops.models import PERSON_LENGTH, ApplyIntent, Revision, Rollout, Source, known_cluster_names
 from gitops.prepared import PreparedSelect, PreparedUpdate
@@ -60,10 +60,9 @@ log = logging.getLogger("gitops.fetch")
 
 
 def mirror_for(source: Source) -> GitMirror:
-    root = Path(settings.SLUICE_DATA_DIR) / "mirrors"
-    root.mkdir(parents=True, exist_ok=True)
+    mirrors_root().mkdir(parents=True, exist_ok=True)
     return GitMirror(
-        root / f"{source.pk}.git",
+        mirror_path(source),
         max_fetch_bytes=settings.SLUICE_MAX_FETCH_BYTES,
         max_git_memory=settings.SLUICE_MAX_GIT_MEMORY,
         ssh_known_hosts=settings.SLUICE_SSH_KNOWN_HOSTS,
@@ -120,6 +119,8 @@ def revision_fetch(source: Source, *, interrupted: Callable[[], bool] | None = N
     """Fetches the branch and records its tip; also whether the branch was force-pushed. ``interrupted``
     is asked every second while git runs, and stops the fetch (``FetchInterrupted``) when true."""
     credentials = resolve_credentials(source.credentials_ref, scope=configured_scope(source.credentials_ref))
+    if mirrors_sweep_due():
+        mirrors_sweep()
     with mirror_for(source) as mirror, metrics.FETCH_SECONDS.labels(source.name).time():
         fetched = mirror.fetch(source.url, source.branch, credentials, interrupted=interrupted)
         revision = _REVISION_OF_COMMIT.first(source.pk, fetched.commit)

@@ -18,6 +18,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.test import Client
 
+from gitops.fetch.mirror_sweep import mirror_path
 from gitops.models import (
     ApplyIntent,
     Approval,
@@ -179,7 +180,7 @@ def test_diff_revision_plans_a_pull_request_and_the_branch_ahead_and_changes_not
     gitops, remote: Remote, core_api
 ):
     gitops("diff", remote.source.name)  # the CLI's own mirror now follows main at v1
-    mirror = gitops.mirrors / f"{remote.source.pk}.git"
+    mirror = gitops.mirrors / mirror_path(remote.source).name
     assert mirror_refs(mirror) == {FOLLOWED_REF: remote.v1}
     move_followed_branch(remote)
     before = footprint(remote, core_api)
@@ -257,7 +258,7 @@ def test_diff_revision_takes_tags_and_commit_ids_and_refuses_what_it_cannot_name
     refspec = gitops("diff", name, "--revision=+refs/heads/main:refs/sluice/heads/main", expect=1)
     assert "is not a revision Sluice can preview" in refspec
 
-    mirror = gitops.mirrors / f"{remote.source.pk}.git"
+    mirror = gitops.mirrors / mirror_path(remote.source).name
     assert not [ref for ref in mirror_refs(mirror) if ref.startswith("refs/sluice/previews/")]
     assert FOLLOWED_REF not in mirror_refs(mirror), "only previews ran: nothing fetched the followed branch"
 
@@ -271,7 +272,7 @@ def test_the_plan_endpoint_previews_a_revision_on_the_worker(
     viewer = Api(issue_token("vera"))
     name = remote.source.name
     move_followed_branch(remote)
-    worker_mirror = Path(worker_env["SLUICE_DATA_DIR"]) / "mirrors" / f"{remote.source.pk}.git"
+    worker_mirror = Path(worker_env["SLUICE_DATA_DIR"]) / "mirrors" / mirror_path(remote.source).name
     assert mirror_refs(worker_mirror)[FOLLOWED_REF] == remote.v1
     last_plan = viewer.get(f"/sources/{name}/plan").json()
     before = footprint(remote, core_api)

@@ -18,12 +18,10 @@ import subprocess
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
 from celery.result import AsyncResult
-from django.conf import settings as django_settings
 from django.contrib.auth.models import User
 from django.core import signing
 from django.core.management import call_command
@@ -35,6 +33,7 @@ from dashboard import previews
 from gitops import preview, reconcile, schedule, tasks
 from gitops.celery import app, redis_client
 from gitops.errors import TemporaryError
+from gitops.fetch.mirror_sweep import mirror_path
 from gitops.locks import SourceBusy, source_lock_held
 from gitops.models import Notification, Revision, Source
 from gitops.plan import Action
@@ -72,7 +71,7 @@ def commit(repo: GitRepo, namespace: str, data: dict[str, Any], message: str) ->
 
 
 def mirror_refs(source: Source) -> dict[str, str]:
-    mirror = Path(django_settings.SLUICE_DATA_DIR) / "mirrors" / f"{source.pk}.git"
+    mirror = mirror_path(source)
     listed = subprocess.run(
         ["git", f"--git-dir={mirror}", "for-each-ref", "--format=%(refname) %(objectname)"],
         capture_output=True,

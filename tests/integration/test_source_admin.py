@@ -1005,3 +1005,81 @@ def test_a_removal_that_meets_a_database_blip_is_retried_not_failed(applied, mon
     assert answer["status"] == "done", answer
     assert tries == [removal.pk, removal.pk]
     assert not Source.all_objects.filter(pk=source.pk, deleted_at__isnull=True).exists()
+
+
+def test_a_removal_deletes_the_sources_mirror_on_the_worker_that_ran_it(applied, people, worker_env):
+    """A deleted source's mirror (its repository's files: configuration that may hold secrets) stayed on
+    every worker's volume for good (before 2026-12-07)."""
+    from pathlib import Path
+
+    from gitops.fetch.mirror_sweep import mirror_path
+
+    source, _ = applied
+    mirror = Path(worker_env["SLUICE_DATA_DIR"]) / "mirrors" / mirror_path(source).name
+    assert (mirror / "HEAD").is_file(), "the worker's pass fetched into it"
+
+    removal = source_admin.source_remove(
+        source, objects=ObjectsOnRemoval.KEEP, actor=Actor.of_user(_admin(people), AuditVia.DASHBOARD)
+    )
+    assert removal_done(removal).status == "done"
+
+    assert not mirror.exists()
+
+
+def test_the_sweep_deletes_mirrors_no_source_reads_and_spares_one_whose_source_is_busy(
+    repo, make_source, settings
+):
+    """A deleted source's mirror, one of a repository its source has left (its commits were still served
+    by id to previews), and one named before mirrors were named by repository go; the mirror a source
+    reads stays, and so does a stale one while its source's lock is held (a pass may be using it)."""
+    import threading
+    from pathlib import Path
+
+    from django.db import connection as this_threads
+
+    from gitops.fetch.mirror_sweep import mirror_path, mirrors_sweep
+    from gitops.locks import source_lock
+
+    moved, busy, gone = make_source(), make_source(), make_source()
+    old_place = mirror_path(moved)
+    moved = source_admin.source_update(moved, url=f"{repo.url}-elsewhere")
+    Source.objects.filter(pk=gone.pk).update(deleted_at=timezone.now())
+    root = Path(settings.SLUICE_DATA_DIR) / "mirrors"
+    made = {
+        "current": mirror_path(moved),
+        "left behind": old_place,
+        "before naming": root / f"{moved.pk}.git",
+        "deleted source": root / f"{gone.pk}-0123456789abcdef.git",
+        "busy, left behind": root / f"{busy.pk}-0123456789abcdef.git",
+        "busy, current": mirror_path(busy),
+    }
+    for path in made.values():
+        (path / "objects").mkdir(parents=True)
+        (path / "HEAD").write_text("ref: refs/heads/main\n")
+
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:  # another session: an advisory lock is its own session's to take again
+        try:
+            with source_lock(busy):
+                held.set()
+                release.wait(timeout=60)
+        finally:
+            this_threads.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(timeout=30)
+        assert mirrors_sweep() == 3
+    finally:
+        release.set()
+        holder.join(timeout=30)
+
+    assert sorted(name for name, path in made.items() if path.exists()) == [
+        "busy, current",
+        "busy, left behind",
+        "current",
+    ]
+    assert mirrors_sweep() == 1, "once free"
+    assert not made["busy, left behind"].exists()
