@@ -7,10 +7,12 @@ history holds.
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
+import json
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 from django.contrib.auth.decorators import login_required, permission_required
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
@@ -25,7 +27,7 @@ from django.views.decorators.http import require_GET
 from dashboard.spreadsheet import csv_cell
 from dashboard.templatetags.sluice import commit_link
 from gitops import selectors
-from gitops.numerals import whole_number
+from gitops.numerals import MAX_ROW_ID, whole_number
 from gitops.vocabulary import FlagReach, Staleness
 
 # What the page says about users who mix SDKs; tests/flagd.py checks both evaluators named here.
@@ -222,6 +224,10 @@ def _query(filters: selectors.FlagFilters) -> str:
     return urlencode({name: value for name, value in values.items() if value})
 
 
+# A place is six short fields (names of at most 253 characters, a flag key of at most 256): far below this.
+MAX_PLACE_TEXT = 8192
+
+
 @login_required
 @permission_required(["gitops.view_source", "gitops.view_change"], raise_exception=True)
 @require_GET
@@ -230,13 +236,13 @@ def flag_list(request: HttpRequest) -> HttpResponse:
     now = timezone.now()
     if request.GET.get("format") == "csv":
         return _export(filters, now=now)
-    after = whole_number(request.GET.get("after", ""))
-    rows, next_after = selectors.flag_page(filters, after=after, now=now)
+    after = _place(request.GET.get("after", ""))
+    rows, next_place = selectors.flag_page(filters, after=after, now=now)
     context = {
         "lines": _lines(rows),
         "filters": filters,
         "query": _query(filters),
-        "next_after": next_after,
+        "next_after": _place_text(next_place) if next_place else "",
         "counts": selectors.flag_counts(filters, now=now),
         "choices": selectors.flag_filter_choices(),
         "staleness": [(Staleness.STALE, "stale only"), (Staleness.FRESH, "not stale")],
@@ -245,6 +251,32 @@ def flag_list(request: HttpRequest) -> HttpResponse:
         "deep": bool(after),
     }
     return render(request, "dashboard/flags.html", context)
+
+
+def _place_text(place: selectors.FlagPlace) -> str:
+    """A page's end as the next page's ``after``: the place itself, as URL-safe base64 of its JSON."""
+    return base64.urlsafe_b64encode(json.dumps(place, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def _place(text: str) -> selectors.FlagPlace | None:
+    """The place ``after`` names; a flag's id (a link from before 2026-12-07) is looked up. Anything
+    else is no place: the first page."""
+    if (flag_id := whole_number(text)) is not None:
+        return selectors.flag_place(flag_id)
+    if not 0 < len(text) <= MAX_PLACE_TEXT:
+        return None
+    try:
+        place = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    kinds = (str, str, str, str, str, int)
+    if not (isinstance(place, list) and len(place) == len(kinds)):
+        return None
+    if not all(type(value) is kind for value, kind in zip(place, kinds, strict=True)):
+        return None
+    if "\x00" in "".join(place[:5]) or not 0 < place[5] <= MAX_ROW_ID:
+        return None
+    return cast(selectors.FlagPlace, tuple(place))
 
 
 def _export(filters: selectors.FlagFilters, *, now: Any) -> StreamingHttpResponse:

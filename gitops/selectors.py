@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -622,18 +622,30 @@ def published_flags(filters: FlagFilters, *, now: datetime) -> QuerySet[Publishe
     return flags.order_by(*FLAG_ORDER)
 
 
+FlagPlace = tuple[str, str, str, str, str, int]  # a flag's values of FLAG_ORDER: where a page ends
+
+
+def flag_place(flag_id: int) -> FlagPlace | None:
+    """Where the flag with id ``flag_id`` stands in FLAG_ORDER (None: no such flag now)."""
+    found = PublishedFlag.objects.filter(pk=flag_id).values_list(*FLAG_ORDER).first()
+    return cast(FlagPlace, tuple(found)) if found is not None else None
+
+
 def flag_page(
-    filters: FlagFilters, *, after: int | None = None, now: datetime, limit: int = FLAGS_PAGE
-) -> tuple[list[FlagRow], int | None]:
-    """One page of flags in FLAG_ORDER, after the flag with id ``after``; and the id to continue after."""
+    filters: FlagFilters, *, after: FlagPlace | None = None, now: datetime, limit: int = FLAGS_PAGE
+) -> tuple[list[FlagRow], FlagPlace | None]:
+    """One page of flags in FLAG_ORDER, after the place ``after``; and the place to continue after. A
+    place, not a flag's id: the flag a page ended on may be deleted before the next is asked (removed at
+    100, rolled back, its source deleted), and the next page then began at the first again."""
     flags = published_flags(filters, now=now)
     if after is not None:
-        last = PublishedFlag.objects.filter(pk=after).values_list(*FLAG_ORDER).first()
-        if last is not None:
-            flags = flags.filter(_after(dict(zip(FLAG_ORDER, last, strict=True))))
+        flags = flags.filter(_after(dict(zip(FLAG_ORDER, after, strict=True))))
     page = list(flags[: limit + 1])
     rows = [flag_row(flag, now=now) for flag in page[:limit]]
-    return rows, (page[limit - 1].pk if len(page) > limit else None)
+    if len(page) <= limit:
+        return rows, None
+    last = page[limit - 1]
+    return rows, (last.source.name, last.cluster, last.namespace, last.flag_set, last.key, last.pk)
 
 
 def _after(last: dict[str, Any]) -> Q:
