@@ -407,6 +407,20 @@ def test_every_process_but_the_web_waits_for_the_webs_migrations(stack, deployed
     assert gate["image"] == spec["spec"]["template"]["spec"]["containers"][0]["image"]
 
 
+def test_web_and_workers_are_never_drained_all_at_once(stack, deployed) -> None:
+    budgets = yaml.safe_load(
+        kubectl(stack, "get", "poddisruptionbudget", "-n", "sluice-system", "-o", "yaml").stdout
+    )["items"]
+    by_name = {budget["metadata"]["name"]: budget["spec"] for budget in budgets}
+    assert by_name["sluice-web"]["minAvailable"] == 1
+    assert by_name["sluice-worker"]["maxUnavailable"] == 1
+    for name, spec in by_name.items():
+        deployment = yaml.safe_load(
+            kubectl(stack, "get", "deploy", name, "-n", "sluice-system", "-o", "yaml").stdout
+        )
+        assert spec["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+
+
 def test_network_policies_close_sluice_system_to_everything_but_the_web_and_metrics_ports(
     stack, deployed
 ) -> None:

@@ -294,3 +294,22 @@ def test_docker_compose_config_accepts_the_file_and_names_what_is_missing():
     )
     assert missing.returncode != 0
     assert "set POSTGRES_PASSWORD" in missing.stderr or "SECRET_KEY" in missing.stderr
+
+
+def test_constraints_pin_every_requirement_at_its_version() -> None:
+    """constraints.txt claims every pin: orjson was missing from it (before 2026-12-07), so an install
+    from the constraints alone (a lock file's consumer, a scanner) did not know it."""
+    root = Path(__file__).resolve().parents[2]
+
+    def pins(name: str) -> dict[str, str]:
+        found = {}
+        for text in (root / name).read_text().splitlines():
+            line = text.split("#", 1)[0].strip()
+            if "==" in line:
+                package, version = line.split("==", 1)
+                found[re.sub(r"\[.*\]", "", package).lower().replace("_", "-")] = version.strip()
+        return found
+
+    constrained = pins("constraints.txt")
+    for package, version in pins("requirements.txt").items():
+        assert constrained.get(package) == version, (package, version, constrained.get(package))
