@@ -336,8 +336,13 @@ class UnreadableFilter(ValueError):
 
 
 def _filtered_changes(request: HttpRequest) -> tuple[Any, dict[str, str]]:
-    filters = {key: request.GET.get(key, "").strip() for key in (*CHANGE_FILTERS, "since", "until")}
-    changes = selectors.change_log(**{key: filters[key] or None for key in CHANGE_FILTERS})
+    filters = {
+        key: request.GET.get(key, "").strip() for key in (*CHANGE_FILTERS, "since", "until", "rollout")
+    }
+    rollout = whole_number(filters["rollout"]) if filters["rollout"] else None
+    if filters["rollout"] and rollout is None:
+        raise UnreadableFilter(f"rollout: {filters['rollout'][:40]!r} is not a rollout's number")
+    changes = selectors.change_log(**{key: filters[key] or None for key in CHANGE_FILTERS}, rollout=rollout)
     since, until = _moment("since", filters["since"]), _moment("until", filters["until"], end_of_day=True)
     if since:
         changes = changes.filter(at__gte=since)

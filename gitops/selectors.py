@@ -202,8 +202,11 @@ def change_log(
     action: str | None = None,
     actor: str | None = None,
     cluster: str | None = None,
+    rollout: int | None = None,
 ) -> QuerySet[Change]:
     changes = Change.objects.select_related("source").order_by("-at", "-id")
+    if rollout is not None:  # its steps, its rollback, and its heals: what its page counts
+        changes = changes.filter(rollout_id=rollout)
     if source:
         # By id, not by a join on the name: then the (source, id) index serves a page of the log,
         # where the join made PostgreSQL walk the whole log newest first. A removed source's name

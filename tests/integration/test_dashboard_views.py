@@ -293,6 +293,27 @@ def distinct_objects(rollout: Rollout) -> int:
     return entries.values("cluster", "namespace", "kind", "name").distinct().count()
 
 
+def test_the_change_log_lists_one_rollouts_entries_where_its_page_links(people, make_source):
+    """The rollout page's link listed every entry of its commit (before 2026-12-07): a retry's, another
+    rollout's of the same commit, but not its rollback's and heals', which name other commits."""
+    from tests import history
+
+    source = make_source()
+    first = history.rollout(source, phase=Rollout.Phase.FAILED)
+    history.changes(first, 60)
+    retried = Rollout.objects.create(source=source, revision=first.revision, phase=Rollout.Phase.PAUSED)
+    history.changes(retried, 3)
+    client = client_for(people["viewer"])
+
+    def rows_listed(**query: object) -> int:
+        listed = client.get(reverse("dashboard:changes"), query).content.decode()
+        return listed.split("<tbody>", 1)[1].split("</tbody>", 1)[0].count("<tr>")
+
+    assert rows_listed(rollout=retried.pk) == 3
+    assert rows_listed(commit=retried.revision.commit) == 50, "a page of both rollouts' entries"
+    assert client.get(reverse("dashboard:changes"), {"rollout": "x"}).status_code == 400
+
+
 def test_a_rollout_page_reports_every_object_it_changed_without_counting_the_log(people, make_source):
     """The total comes from the count the database keeps as it logs changes, never from counting
     the rollout's entries on every view; it is exact however the entries arrive."""
@@ -325,7 +346,11 @@ def test_a_rollout_page_reports_every_object_it_changed_without_counting_the_log
     assert (api["targets_total"], len(api["targets"])) == (expected, ROLLOUT_TARGETS_SHOWN)
     other_page = client.get(reverse("dashboard:rollout", args=[other.pk])).content.decode()
     assert other_page.count("<td>ConfigMap</td>") == 4
-    assert "all changes of this commit" not in other_page, "a page that lists every object says no more"
+    assert "all changes of this rollout" not in other_page, "a page that lists every object says no more"
+    # The link lists this rollout's entries, not every entry of its commit (another rollout's, a retry's,
+    # were in it; its rollback's and heals', which name other commits, were not: before 2026-12-07).
+    link = f'href="{reverse("dashboard:changes")}?rollout={rollout.pk}">all changes of this rollout</a>'
+    assert link in page
 
     # The migration's backfill counts the same from the entries alone.
     kept = dict(RolloutObjectCount.objects.values_list("rollout_id", "total"))
