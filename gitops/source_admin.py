@@ -346,6 +346,7 @@ def _source_updated(source: Source, changes: Mapping[str, Any], *, actor: Actor,
     with transaction.atomic():
         source = Source.objects.select_for_update(no_key=True).get(pk=source.pk)
         before, url_before, fetched_before = admin_settings(source), source.url, _fetched_from(source)
+        interval_before = source.poll_interval
         raised = changes.get("required_approvals", source.required_approvals) > source.required_approvals
         _check_git_location_is_free(source, changes)
         for field, value in changes.items():
@@ -355,7 +356,7 @@ def _source_updated(source: Source, changes: Mapping[str, Any], *, actor: Actor,
         if after == before and source.url == url_before:
             return source
         _clean(source)
-        _rescheduled(source, fetched_before)
+        _rescheduled(source, fetched_before, interval_before)
         source.save()
         audit_record(source, SourceAuditAction.UPDATE, actor, before=before, after=after)
         if raised:
@@ -389,7 +390,9 @@ def _fetched_from(source: Source) -> tuple[str, str, str, str]:
     return (source.url, source.branch, source.path, source.credentials_ref)
 
 
-def _rescheduled(source: Source, fetched_before: tuple[str, str, str, str]) -> None:
+def _rescheduled(
+    source: Source, fetched_before: tuple[str, str, str, str], interval_before: timedelta
+) -> None:
     """What a change of settings does to the source's schedule and head, on ``source`` before it is saved.
 
     Moved to another repository or branch, its head is not known until the next fetch (``last_commit``
@@ -402,7 +405,8 @@ def _rescheduled(source: Source, fetched_before: tuple[str, str, str, str]) -> N
         source.last_commit = ""
     if _fetched_from(source) != fetched_before:
         source.next_poll_at = min(source.next_poll_at, now)
-    elif source.next_poll_at > now + source.poll_interval:
+    elif source.poll_interval < interval_before and source.next_poll_at > now + source.poll_interval:
+        # Only a shorter interval: a back-off (longer than any interval) stays, whatever else was saved.
         source.next_poll_at = now + source.poll_interval
 
 

@@ -219,9 +219,9 @@ def test_a_change_of_where_git_is_or_of_the_interval_brings_the_next_poll_forwar
     assert source.next_poll_at <= timezone.now()
     assert polling.sources_claim_due() == [source.pk]
 
-    soon = timezone.now() + timedelta(seconds=40)
-    Source.objects.filter(pk=source.pk).update(next_poll_at=soon)
+    backing_off = timezone.now() + timedelta(minutes=30)  # a source that failed a few times
+    Source.objects.filter(pk=source.pk).update(next_poll_at=backing_off, consecutive_failures=4)
     source.refresh_from_db()
     source_admin.source_update(source, required_approvals=1)
     source.refresh_from_db()
-    assert source.next_poll_at == soon, "a change a fetch does not read leaves the poll where it was"
+    assert source.next_poll_at == backing_off, "a change a fetch does not read leaves its back-off alone"
