@@ -5,7 +5,13 @@ from typing import Any
 
 from celery import Celery, Task
 from celery.beat import PersistentScheduler
-from celery.signals import task_postrun, task_prerun, worker_init, worker_process_shutdown
+from celery.signals import (
+    task_postrun,
+    task_prerun,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+)
 
 from gitops.memory import limit_malloc_arenas, tune_garbage_collector
 
@@ -51,7 +57,19 @@ def _serve_metrics(**_: object) -> None:
 
     port = int(getattr(settings, "SLUICE_WORKER_METRICS_PORT", 0))
     if port:
-        metrics.worker_metrics_serve(port)
+        try:
+            metrics.worker_metrics_serve(port)
+        except OSError:  # the worker still works; without its metrics, and says so
+            log.exception(
+                "could not serve the worker's metrics on port %d (SLUICE_WORKER_METRICS_PORT)", port
+            )
+
+
+@worker_process_init.connect
+def _forget_metrics_socket(**_: object) -> None:
+    from gitops import metrics  # noqa: PLC0415 - needs Django settings
+
+    metrics.worker_metrics_forget()
 
 
 @worker_process_shutdown.connect

@@ -11,12 +11,15 @@ State that lives in the database (rollout phases, drift) is read at scrape time.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import hmac
 import logging
 import os
 import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -152,11 +155,22 @@ def metrics_allowed(authorization: str) -> bool:
     return hmac.compare_digest(sent.encode(), token.encode())
 
 
+class _ThisHostsSamples(Collector):
+    """The samples this host's processes wrote (files named by host, ``process_identifier``): where the
+    directory is shared (Compose's volume, several workers on one host), every file would be the web's and
+    every other worker's counters too, counted again by each worker's scrape."""
+
+    def collect(self) -> Iterator[Any]:
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+        files = glob.glob(os.path.join(directory, f"*_{_HOST}-*.db"))
+        return iter(multiprocess.MultiProcessCollector.merge(files, accumulate=True))  # type: ignore[no-untyped-call]
+
+
 def _worker_metrics_app(
     environ: dict[str, Any], start_response: Callable[[str, list[tuple[str, str]]], Any]
 ) -> Iterable[bytes]:
-    """What one worker (its pool's processes, which share its directory) wrote, for its own scrape; the
-    database's gauges are the web's /metrics'. Guarded as the web's /metrics is."""
+    """What this worker's processes wrote, for its own scrape; the database's gauges are the web's
+    /metrics'. Guarded as the web's /metrics is."""
     if environ.get("PATH_INFO") != "/metrics":
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"not found; the metrics are at /metrics\n"]
@@ -164,20 +178,55 @@ def _worker_metrics_app(
         start_response("401 Unauthorized", [("Content-Type", "text/plain")])
         return [b"unauthorized\n"]
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    registry.register(_ThisHostsSamples())
     start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
     return [generate_latest(registry)]
 
 
 class _QuietHandler(WSGIRequestHandler):
+    # A caller that connects and sends nothing lets go of its thread after this (no scrape waits on it).
+    timeout = 10
+
     def log_message(self, format: str, *args: Any) -> None:  # a scrape every few seconds is no news
         pass
 
 
+class _MetricsServer(ThreadingMixIn, WSGIServer):
+    """A thread per request: one slow or silent caller holds up no other scrape."""
+
+    daemon_threads = True
+    address_family = socket.AF_INET6
+
+    def server_bind(self) -> None:
+        # Both IPv6 and IPv4 callers on the one socket (an IPv6-only cluster scrapes too).
+        with contextlib.suppress(OSError, AttributeError):
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
+class _IPv4MetricsServer(_MetricsServer):
+    address_family = socket.AF_INET
+
+
+_serving: list[WSGIServer] = []  # the worker's main process's server, closed in its forked children
+
+
 def worker_metrics_serve(port: int) -> WSGIServer:
-    """Serves the worker's /metrics on ``port`` (all interfaces) from a daemon thread of the calling
-    process, the worker's main one: its pool's children, forked later, do not run it."""
-    server = make_server("", port, _worker_metrics_app, handler_class=_QuietHandler)
+    """Serves the worker's /metrics on ``port`` (every address) from a daemon thread of the calling
+    process, the worker's main one; its pool's children, forked later, close their copy of the socket
+    (``worker_metrics_forget``)."""
+    try:
+        server: WSGIServer = make_server("::", port, _worker_metrics_app, _MetricsServer, _QuietHandler)
+    except OSError:  # a host without IPv6
+        server = make_server("0.0.0.0", port, _worker_metrics_app, _IPv4MetricsServer, _QuietHandler)  # noqa: S104
     threading.Thread(target=server.serve_forever, name="worker-metrics", daemon=True).start()
+    _serving.append(server)
     log.info("serving the worker's metrics on port %d", port)
     return server
+
+
+def worker_metrics_forget() -> None:
+    """In a forked pool child: its copy of the listening socket, which it never serves, is closed."""
+    for server in _serving:
+        server.socket.close()
+    _serving.clear()

@@ -71,6 +71,7 @@ def test_a_worker_that_shares_no_directory_with_the_web_serves_its_own_metrics(
     """In deploy/kubernetes every pod has its own data directory: the workers' counters never reached
     the web's /metrics, so alerts on reconciles and failed applies stayed silent (before 2026-12-07).
     A worker serves what its processes wrote on SLUICE_WORKER_METRICS_PORT, guarded as the web's is."""
+    import shutil
     import socket
     import urllib.error
     import urllib.request
@@ -112,10 +113,17 @@ def test_a_worker_that_shares_no_directory_with_the_web_serves_its_own_metrics(
             what=f"the worker's own scrape to count its reconcile (log: {worker.log_path})",
         )
         assert sample(scraped(), "sluice_git_fetch_duration_seconds_count", source=source.name) == 1
+        # Another host's samples in a shared directory (Compose's volume) are its scrape's, not this one's.
+        (mine,) = own.glob("counter_*.db")
+        shutil.copy(mine, own / "counter_another-host-1.db")
+        assert sample(scraped(), "sluice_reconcile_total", source=source.name, result="applied") == 1
+        # A caller that connects and says nothing held up every later scrape (one thread served them all).
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            assert sample(scraped(), "sluice_reconcile_total", source=source.name, result="applied") == 1
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
         assert refused.value.code == 401
     finally:
         worker.stop()
-    (written,) = {path.name.split("_")[-1] for path in own.glob("counter_*.db")}
+    (written,) = {path.name.split("_")[-1] for path in own.glob("counter_*.db")} - {"another-host-1.db"}
     assert written.startswith(socket.gethostname().replace("_", "-") + "-"), "named by host and process"
