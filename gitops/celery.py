@@ -33,8 +33,10 @@ class HeartbeatScheduler(PersistentScheduler):
     def tick(self, *args: Any, **kwargs: Any) -> float:
         from gitops.heartbeat import heartbeat_touch  # noqa: PLC0415 - needs Django settings
 
-        heartbeat_touch("beat")
-        return float(super().tick(*args, **kwargs))
+        # The round's wait until the next is known once it has run: the deadline allows for it.
+        wait = float(super().tick(*args, **kwargs))
+        heartbeat_touch("beat", period=wait)
+        return wait
 
 
 # Long enough to outlive any redelivery, short enough that Redis forgets tasks it never saw finish.

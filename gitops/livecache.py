@@ -906,7 +906,7 @@ class LiveCaches:
         waker = threading.Thread(target=self.waker.run, name="live-cache-waker", daemon=True)
         waker.start()
         while not self.stopping.is_set():
-            heartbeat_touch("live-cache")  # a round begins: the liveness probe reads it
+            heartbeat_touch("live-cache", period=self.options.rescan_seconds)  # its liveness probe reads it
             try:
                 targets = watched_targets(self.only)
                 self.follow(targets)

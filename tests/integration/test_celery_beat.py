@@ -1,6 +1,6 @@
 import socket
 
-from tests.probes import age, probe_passes
+from tests.probes import expire, probe_passes
 from tests.workers import poll, running_beat
 
 
@@ -16,7 +16,7 @@ def test_celery_beat_starts_from_the_gitops_app(worker_env, tmp_path):
 
 def test_beats_liveness_probe_passes_while_its_scheduler_turns_and_fails_once_it_stops(worker_env, tmp_path):
     """The probe checked that a process named beat existed: a beat stuck on a broker connection passed it
-    (before 2026-12-07). Now beat touches a heartbeat file each round and the probe reads its age."""
+    (before 2026-12-07). Now each round writes when the next will have written, and the probe reads it."""
     data = tmp_path / "data"
     data.mkdir()
     assert not probe_passes("60-beat.yaml", data), "no heartbeat yet"
@@ -26,7 +26,7 @@ def test_beats_liveness_probe_passes_while_its_scheduler_turns_and_fails_once_it
     ):
         heartbeat = data / f"beat-{socket.gethostname()}.heartbeat"
         poll(heartbeat.exists, timeout=30, what=f"beat's first round (log: {log_path})")
-        age(heartbeat, 600)
+        expire(heartbeat)
         poll(lambda: probe_passes("60-beat.yaml", data), timeout=30, what="beat's next rounds to touch it")
-    age(heartbeat, 121)
+    expire(heartbeat)
     assert not probe_passes("60-beat.yaml", data), "a scheduler that stopped two minutes ago"
