@@ -1,4 +1,5 @@
-"""HTTP calls Sluice makes to URLs it was given: analysis checks and notifications.
+"""HTTP calls Sluice makes to URLs it was given: analysis checks, notifications, and the look at where a
+Git server that refused a fetch with a redirect points (``redirect_of``).
 
 Such a URL points wherever its author wanted, so a call follows no redirect
 (urllib would follow one to any host, turning a POST into a GET), waits a
@@ -67,6 +68,7 @@ _OPENER = urllib.request.build_opener(_NoRedirects, _HTTPHandler, _HTTPSHandler)
 class Answer:
     status: int  # 0 when there was no HTTP answer at all
     problem: str = ""  # why there was no answer: a timeout, a refused connection
+    location: str = ""  # a redirect's Location header, as sent (never followed)
 
     @property
     def ok(self) -> bool:
@@ -89,13 +91,34 @@ def post(url: str, body: bytes, *, content_type: str, timeout: float) -> Answer:
     if not url.startswith(("http://", "https://")):
         return Answer(0, "not an http:// or https:// URL")
     url = url.partition("#")[0]  # a fragment is the client's, never sent: cut where the check cut it
+    request = urllib.request.Request(  # noqa: S310 - the scheme is checked above
+        url, data=body, method="POST", headers={"Content-Type": content_type, "User-Agent": USER_AGENT}
+    )
+    return _within(request, timeout)
+
+
+def redirect_of(url: str, *, headers: dict[str, str], timeout: float) -> str:
+    """Where ``url`` redirects a GET (its Location header), never followed; "" for any other answer or
+    none. Only ever asked of a URL Sluice was already sending the same request to (a source's own
+    repository, with its own credentials)."""
+    if not url.startswith(("http://", "https://")):
+        return ""
+    request = urllib.request.Request(  # noqa: S310 - the scheme is checked above
+        url.partition("#")[0], method="GET", headers={**headers, "User-Agent": USER_AGENT}
+    )
+    answer = _within(request, timeout)
+    return answer.location if 300 <= answer.status < 400 else ""
+
+
+def _within(request: urllib.request.Request, timeout: float) -> Answer:
+    """``request``'s answer, given up on at ``timeout`` for the whole call."""
     timeout = min(max(timeout, 0.1), MAX_TIMEOUT_SECONDS)
     answers: list[Answer] = []
     opened: list[http.client.HTTPConnection] = []
 
     def call() -> None:
         _CALL.connections = opened
-        answers.append(_post(url, body, content_type, timeout))
+        answers.append(_send(request, timeout))
 
     caller = threading.Thread(target=call, name="outbound", daemon=True)
     caller.start()
@@ -117,16 +140,14 @@ def _shut(connection: http.client.HTTPConnection) -> None:
             sock.shutdown(socket.SHUT_RDWR)
 
 
-def _post(url: str, body: bytes, content_type: str, timeout: float) -> Answer:
-    request = urllib.request.Request(  # noqa: S310 - the scheme is checked by post()
-        url, data=body, method="POST", headers={"Content-Type": content_type, "User-Agent": USER_AGENT}
-    )
+def _send(request: urllib.request.Request, timeout: float) -> Answer:
     try:
         with _OPENER.open(request, timeout=timeout) as response:
             return Answer(int(response.status))
     except urllib.error.HTTPError as exc:
         _close(exc.fp)
-        return Answer(int(exc.code))
+        location = exc.headers.get("Location", "") if exc.headers is not None else ""
+        return Answer(int(exc.code), location=str(location)[:2000])
     except TimeoutError:
         return Answer(0, f"no answer within {timeout:g}s")
     except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:

@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import IO, TypeVar
 
 from gitops.errors import GitopsError, PermanentError, TemporaryError
 from gitops.fetch.credentials import CONTROL_CHARACTERS, Credentials
+from gitops.outbound import redirect_of
 from gitops.redaction import HTTP_SCHEMES, URL_USERINFO, redact_secrets, url_without_query
 
 logger = logging.getLogger("gitops.fetch")
@@ -61,6 +63,12 @@ OUT_OF_MEMORY = re.compile(
 # --- what went wrong ------------------------------------------------------------------------------------
 
 AUTHENTICATION_FAILED = "authentication failed"
+REDIRECTED = (
+    "the Git server redirected the fetch elsewhere, which Sluice never follows: set the source's URL to "
+    "where the repository is now"
+)
+# What looking up a redirect's target may take (``redirect_target``): a fetch that failed waits for it.
+REDIRECT_LOOKUP_SECONDS = 10.0
 
 # Searched in order against git's lower-cased stderr; the first match wins. The
 # permanent causes come first because git often follows them with a generic line
@@ -80,12 +88,7 @@ GIT_ERROR_RULES: tuple[tuple[str, type[GitopsError], str], ...] = (
         PermanentError,
         AUTHENTICATION_FAILED,
     ),
-    (
-        r"returned error: 3\d\d",
-        PermanentError,
-        "the Git server redirected the fetch elsewhere, which Sluice never follows: set the source's URL to "
-        "where the repository is now",
-    ),
+    (r"returned error: 3\d\d", PermanentError, REDIRECTED),
     (
         r"certificate problem|certificate verify failed|certificate verification failed",
         PermanentError,
@@ -306,6 +309,24 @@ def build_fetch_invocation(
     return GitInvocation(
         argv=_limited(argv, max_bytes, max_memory), env=_with_config(env, config), secrets=secrets
     )
+
+
+def redirect_target(url: str, credentials: Credentials | None) -> str:
+    """Where the Git server redirects ``url``'s first request, which git asked and does not say: a GET
+    of the same ``info/refs`` with the same credentials, the redirect not followed. The repository's URL
+    it names (the redirect's, less that path), or "" when it names none."""
+    if _url_scheme(url) not in HTTP_SCHEMES:
+        return ""
+    headers = {}
+    if credentials is not None and credentials.token is not None:
+        basic = base64.b64encode(f"{credentials.username}:{credentials.token}".encode()).decode("ascii")
+        headers["Authorization"] = f"Basic {basic}"
+    refs = f"{url.rstrip('/')}/info/refs?service=git-upload-pack"
+    location = redirect_of(refs, headers=headers, timeout=REDIRECT_LOOKUP_SECONDS)
+    if not location:
+        return ""
+    moved = urllib.parse.urljoin(refs, location)
+    return url_without_query(moved.partition("/info/refs")[0] if "/info/refs" in moved else moved)
 
 
 def _without_account_credentials(env: dict[str, str]) -> dict[str, str]:

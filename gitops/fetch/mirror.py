@@ -34,6 +34,7 @@ from gitops.fetch.git import (
     LOCAL_TIMEOUT,
     MIRROR_REF_PREFIX,
     OUT_OF_MEMORY,
+    REDIRECTED,
     CatFileBatch,
     GitInvocation,
     GitRun,
@@ -46,6 +47,7 @@ from gitops.fetch.git import (
     git_at,
     memory_bounded,
     normalize_branch,
+    redirect_target,
     run,
     stderr_summary,
 )
@@ -273,7 +275,9 @@ class GitMirror:
             if server_format and self._recreate_with_format(server_format.group(1)):
                 # The repository uses other object ids (SHA-256): a mirror of its kind takes it.
                 return self.fetch(url, branch, credentials, timeout=timeout, interrupted=interrupted)
-            error, reason = _fetch_error(where, stderr, completed.returncode, invocation, credentials)
+            error, reason = _fetch_error(
+                where, stderr, completed.returncode, invocation, credentials, url=url
+            )
             logger.info("fetch of %s failed after %.2fs: %s", where, time.monotonic() - started, reason)
             raise error
         current = self._read_ref(ref)
@@ -1044,13 +1048,22 @@ class GitMirror:
 
 
 def _fetch_error(
-    where: str, stderr: str, returncode: int, invocation: GitInvocation, credentials: Credentials | None
+    where: str,
+    stderr: str,
+    returncode: int,
+    invocation: GitInvocation,
+    credentials: Credentials | None,
+    *,
+    url: str,
 ) -> tuple[GitopsError, str]:
     """What a failed fetch raises, and its reason in a few words (for the log)."""
     error, reason = classify_git_error(stderr, returncode)
     if reason == AUTHENTICATION_FAILED:
         # git's own words ("could not read Username") hide which of the two it was.
         reason += " (credentials rejected)" if credentials else " (credentials needed, none given)"
+    elif reason == REDIRECTED and (target := redirect_target(url, credentials)):
+        # git does not say where (a GitLab project named without .git, a renamed repository).
+        reason += f": it points to {target}"
     return error(f"cannot fetch {where}: {reason} ({stderr_summary(stderr, invocation.secrets)})"), reason
 
 

@@ -816,6 +816,9 @@ def test_a_redirect_is_never_followed(git_http_server, mirror):
     assert git_http_server.rejected == 0 and git_http_server.served == 0, "the redirect was followed"
     assert isinstance(raised.value, PermanentError)
     assert "redirected the fetch elsewhere" in str(raised.value)
+    # git does not say where: Sluice asks the same URL itself, following nothing, and names it.
+    assert f"it points to {git_http_server.url}/repo.git " in str(raised.value)
+    assert git_http_server.rejected == 0 and git_http_server.served == 0, "nothing asked of the other host"
     assert TOKEN not in str(raised.value)
 
 
