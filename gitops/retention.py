@@ -31,12 +31,14 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Q, QuerySet, Subquery
+from django.db.models import Max, Q, QuerySet
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from gitops import selectors
 from gitops.errors import PermanentError
 from gitops.models import ApplyIntent, Change, Notification, Rollout, RolloutEvent, WebhookDelivery
+from gitops.record.inventory import CONFIGMAP
 
 BATCH = 5000
 # The advisory lock one purge holds (one bigint key: apart from the sources' locks, which take two).
@@ -171,22 +173,25 @@ def archive_changes(before: datetime, output: Path) -> int:
     # the rollout's page read them (its flags showed as never published, and were written again each pass).
     # Read once: a rollout that ends during a long archive must not change what the delete matches.
     kept = list(_live_rollouts().values_list("pk", flat=True))
-    last_of_each = _last_of_each_object(before, kept)
-    rows = (
-        Change.objects.filter(at__lt=before)
-        .exclude(rollout_id__in=kept)
-        .exclude(pk__in=last_of_each)
-        .select_related("source")
-        .order_by("id")
-    )
     created = False
     try:
         with transaction.atomic():
             with connection.cursor() as cursor:
                 cursor.execute("SET LOCAL sluice.archive_changes = 'on'")
+            # Only entries there now: one written meanwhile (a ``before`` to come) is newer than the last
+            # of its object found here, and must not go while that one stays.
+            ceiling = Change.objects.aggregate(ceiling=Max("id"))["ceiling"] or 0
+            _keep_last_of_each_object(before, kept, ceiling)
+            rows = (
+                Change.objects.filter(at__lt=before, pk__lte=ceiling)
+                .exclude(rollout_id__in=kept)
+                .exclude(pk__in=RawSQL("SELECT id FROM archive_last_of_each", []))
+                .select_related("source")
+                .order_by("id")
+            )
             written, last_id = _write_archive(rows, output)
             created = True
-            deleted = _delete_archived(before, last_id, kept, last_of_each) if written else 0
+            deleted = _delete_archived(before, last_id, kept) if written else 0
             if deleted != written:
                 raise PermanentError(
                     f"archived {written} change-log entries but {deleted} matched for deletion; "
@@ -201,32 +206,44 @@ def archive_changes(before: datetime, output: Path) -> int:
     return written
 
 
-def _delete_archived(before: datetime, last_id: int, kept: list[int], last_of_each: list[int]) -> int:
+def _delete_archived(before: datetime, last_id: int, kept: list[int]) -> int:
     # The model refuses deletes; this is the one sanctioned path around it, and the
     # trigger lets it through only because this transaction set sluice.archive_changes.
     # The rows of the ``kept`` rollouts, and each object's last, stay, as the archive's query left them out.
     with connection.cursor() as cursor:
         cursor.execute(
             "DELETE FROM gitops_change WHERE at < %s AND id <= %s"
-            " AND (rollout_id IS NULL OR NOT rollout_id = ANY(%s)) AND NOT id = ANY(%s)",
-            [before, last_id, kept, last_of_each],
+            " AND (rollout_id IS NULL OR NOT rollout_id = ANY(%s))"
+            " AND id NOT IN (SELECT id FROM archive_last_of_each)",
+            [before, last_id, kept],
         )
         return int(cursor.rowcount)
 
 
-def _last_of_each_object(before: datetime, kept: list[int]) -> list[int]:
-    """Each object's newest change that went through, outside the ``kept`` rollouts, when it is older
-    than ``before``: the flag catalog reads a flag set's last publication (a rollback restores it, a flag
-    held until 100 names it), an older rollout's row. Archived, its flags said "not published yet", with
-    no time to tell them stale by (before 2026-12-07). One row per object a source ever wrote."""
-    newest = (
-        Change.objects.filter(result=Change.Result.OK)
-        .exclude(rollout_id__in=kept)
-        .order_by("source_id", "cluster", "namespace", "name", "kind", "-id")
-        .distinct("source_id", "cluster", "namespace", "name", "kind")
-        .values("id")
-    )
-    return list(Change.objects.filter(pk__in=Subquery(newest), at__lt=before).values_list("pk", flat=True))
+# The archive's own table of the entries it keeps (archive_last_of_each): in the session, dropped with its
+# transaction.
+_KEEP_LAST_OF_EACH = """
+CREATE TEMPORARY TABLE archive_last_of_each ON COMMIT DROP AS
+SELECT id FROM (
+    SELECT DISTINCT ON (change.source_id, change.cluster, change.namespace, change.name) change.id, change.at
+    FROM gitops_change change JOIN gitops_source source ON source.id = change.source_id
+    WHERE source.deleted_at IS NULL AND change.kind = %s AND change.result = %s AND change.id <= %s
+      AND (change.rollout_id IS NULL OR NOT change.rollout_id = ANY(%s))
+    ORDER BY change.source_id, change.cluster, change.namespace, change.name, change.id DESC
+) newest
+WHERE newest.at < %s
+"""
+
+
+def _keep_last_of_each_object(before: datetime, kept: list[int], ceiling: int) -> None:
+    """Each ConfigMap's newest entry that went through, outside the ``kept`` rollouts, of a source not
+    deleted, when it is older than ``before``, into ``archive_last_of_each``: the flag catalog reads a
+    flag set's last publication (a rollback restores it, a flag held until 100 names it), an older
+    rollout's entry. Archived, its flags said "not published yet", with no time to tell them stale by
+    (before 2026-12-07). One row per ConfigMap a live source ever wrote, found in one sorted pass over
+    the log's ConfigMap entries, in the database (nothing of it comes to Python)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_KEEP_LAST_OF_EACH, [CONFIGMAP, Change.Result.OK.value, ceiling, kept, before])
 
 
 def _live_rollouts() -> QuerySet[Rollout]:

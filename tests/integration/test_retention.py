@@ -209,3 +209,27 @@ def test_archive_changes_moves_old_entries_to_a_file_in_one_transaction(aged, tm
     assert "never overwrites" in again.stderr
     assert Change.objects.count() == 5
     assert len(archive.read_text().splitlines()) == 2
+
+
+def test_an_entry_written_while_the_archive_runs_stays_with_the_entry_before_it(aged, tmp_path, monkeypatch):
+    """Each object's last entry stays; one written after the archive looked for them is newer than the
+    one it keeps, and would have gone while its older one stayed: the flag catalog would read a stale
+    publication. The archive takes only the entries that were there when it began."""
+    finished = aged["finished"]
+    real = retention._keep_last_of_each_object
+    written: list[int] = []
+
+    def then_a_new_entry(*args, **kwargs):
+        real(*args, **kwargs)
+        (late,) = history.changes(finished, 1, at=timezone.now() - timedelta(days=400), first=2)
+        written.append(late.change.pk)
+
+    monkeypatch.setattr(retention, "_keep_last_of_each_object", then_a_new_entry)
+
+    retention.archive_changes(timezone.now(), tmp_path / "archive.jsonl")
+
+    archived = {json.loads(line)["id"] for line in (tmp_path / "archive.jsonl").read_text().splitlines()}
+    assert written and written[0] not in archived
+    assert Change.objects.filter(pk=written[0]).exists()
+    (kept_of_cm_2,) = Change.objects.filter(rollout=finished, name="cm-2").exclude(pk=written[0])
+    assert kept_of_cm_2.pk not in archived, "the last entry of cm-2 when the archive began"
