@@ -360,7 +360,9 @@ def _ssh_options(known_hosts: str, credentials: Credentials | None) -> list[str]
     never waits for a passphrase or a host key's confirmation."""
     options = ["-F", os.devnull, "-o", "BatchMode=yes", "-o", "IdentityAgent=none"]
     if known_hosts:
-        options += ["-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes"]
+        # Quoted: ssh splits the value at spaces (a list of files) and expands % tokens in it.
+        quoted = '"' + known_hosts.replace("%", "%%") + '"'
+        options += ["-o", f"UserKnownHostsFile={quoted}", "-o", "StrictHostKeyChecking=yes"]
     if credentials is not None and credentials.ssh_key_file is not None:
         return [*options, "-i", credentials.ssh_key_file, "-o", "IdentitiesOnly=yes"]
     return [*options, "-o", "IdentityFile=none"]

@@ -370,7 +370,7 @@ def test_a_source_without_a_key_offers_ssh_no_key_agent_or_configuration_of_the_
 
 
 def test_ssh_checks_host_keys_against_the_operators_known_hosts_file(tmp_path):
-    known = tmp_path / "known_hosts"
+    known = tmp_path / "ssh keys" / "known_hosts-100%"  # ssh splits at spaces and expands % tokens
 
     invocation = build_fetch_invocation(
         tmp_path, "ssh://git@git.example.com/o/r.git", "main", None, ssh_known_hosts=str(known)
