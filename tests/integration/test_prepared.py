@@ -284,7 +284,7 @@ def test_the_passes_prepared_updates_send_what_django_sends():
         (schedule._CLAIM_QUEUED_SYNC, (source.pk, now, now - timedelta(minutes=10))),
         (reconcile._FINISHED, (source.pk, now, "", now + timedelta(minutes=1))),
         (reconcile._REQUESTS_TAKEN, (source.pk,)),
-        (revisions._FETCHED, (source.pk, now, "b" * 40)),
+        (revisions._FETCHED, (source.pk, now, "b" * 40, source.url, source.branch)),
         (revisions._VALID, (revision.pk,)),
     ]
     for prepared, arguments in calls:
