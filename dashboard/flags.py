@@ -267,14 +267,19 @@ def _place(text: str) -> selectors.FlagPlace | None:
         return None
     try:
         place = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: JSON nested 1,000 deep
         return None
     kinds = (str, str, str, str, str, int)
     if not (isinstance(place, list) and len(place) == len(kinds)):
         return None
     if not all(type(value) is kind for value, kind in zip(place, kinds, strict=True)):
         return None
-    if "\x00" in "".join(place[:5]) or not 0 < place[5] <= MAX_ROW_ID:
+    text_values = "".join(place[:5])
+    if "\x00" in text_values or not 0 < place[5] <= MAX_ROW_ID:
+        return None
+    try:
+        text_values.encode()
+    except UnicodeEncodeError:  # a lone surrogate (\ud800), which the database driver cannot send
         return None
     return cast(selectors.FlagPlace, tuple(place))
 

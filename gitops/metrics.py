@@ -16,6 +16,7 @@ import glob
 import hmac
 import logging
 import os
+import re
 import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -157,12 +158,15 @@ def metrics_allowed(authorization: str) -> bool:
 
 class _ThisHostsSamples(Collector):
     """The samples this host's processes wrote (files named by host, ``process_identifier``): where the
-    directory is shared (Compose's volume, several workers on one host), every file would be the web's and
-    every other worker's counters too, counted again by each worker's scrape."""
+    directory is shared between containers (Compose's volume), every file would be the web's and every
+    other worker's counters too, counted again by each worker's scrape. Several workers of one host
+    sharing a directory are one host here: give each its own directory, or serve none."""
 
     def collect(self) -> Iterator[Any]:
         directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
-        files = glob.glob(os.path.join(directory, f"*_{_HOST}-*.db"))
+        # The host exactly (a host "worker" is not "worker-2"): the name then has a pid alone after it.
+        ours = re.compile(rf"_{re.escape(_HOST)}-\d+\.db$")
+        files = [path for path in glob.glob(os.path.join(directory, "*.db")) if ours.search(path)]
         return iter(multiprocess.MultiProcessCollector.merge(files, accumulate=True))  # type: ignore[no-untyped-call]
 
 
@@ -192,10 +196,28 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 class _MetricsServer(ThreadingMixIn, WSGIServer):
-    """A thread per request: one slow or silent caller holds up no other scrape."""
+    """A thread per request, at most MAX_SCRAPES at once: one slow or silent caller holds up no other
+    scrape, and callers past the cap are let go at once rather than piling threads into the worker."""
 
     daemon_threads = True
     address_family = socket.AF_INET6
+    _slots = threading.BoundedSemaphore(4)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def server_bind(self) -> None:
         # Both IPv6 and IPv4 callers on the one socket (an IPv6-only cluster scrapes too).
@@ -208,7 +230,9 @@ class _IPv4MetricsServer(_MetricsServer):
     address_family = socket.AF_INET
 
 
-_serving: list[WSGIServer] = []  # the worker's main process's server, closed in its forked children
+# The worker's main process's server and that process's pid: closed in its forked children only (the solo
+# pool sends worker_process_init in the main process itself).
+_serving: list[tuple[WSGIServer, int]] = []
 
 
 def worker_metrics_serve(port: int) -> WSGIServer:
@@ -220,13 +244,14 @@ def worker_metrics_serve(port: int) -> WSGIServer:
     except OSError:  # a host without IPv6
         server = make_server("0.0.0.0", port, _worker_metrics_app, _IPv4MetricsServer, _QuietHandler)  # noqa: S104
     threading.Thread(target=server.serve_forever, name="worker-metrics", daemon=True).start()
-    _serving.append(server)
+    _serving.append((server, os.getpid()))
     log.info("serving the worker's metrics on port %d", port)
     return server
 
 
 def worker_metrics_forget() -> None:
     """In a forked pool child: its copy of the listening socket, which it never serves, is closed."""
-    for server in _serving:
-        server.socket.close()
-    _serving.clear()
+    for server, serving_pid in _serving:
+        if serving_pid != os.getpid():
+            server.socket.close()
+    _serving[:] = [(server, pid) for server, pid in _serving if pid == os.getpid()]

@@ -41,6 +41,8 @@ def changes(
     intent_bodies: bool = True,
     first: int = 0,
     status: str = ApplyIntent.Status.DONE,
+    action: str = Change.Action.UPDATE,
+    commit: str | None = None,
 ) -> list[ApplyIntent]:
     """``count`` intents of ``of`` in ``status`` (ConfigMaps ``cm-<first>`` onwards), each with a
     change-log row unless ``logged`` is False (a done one without it: its row was archived)."""
@@ -75,10 +77,10 @@ def changes(
                     intent=intent,
                     source=of.source,
                     rollout=of,
-                    commit=of.revision.commit,
+                    commit=commit or of.revision.commit,
                     namespace=intent.namespace,
                     name=intent.name,
-                    action=Change.Action.UPDATE,
+                    action=action,
                     before=before,
                     after=after,
                     diff=diff,

@@ -30,6 +30,11 @@ def probe_passes(manifest: str, data_dir: Path) -> bool:
     return probed.returncode == 0
 
 
+def deadline_in(path: Path) -> float:
+    """How many seconds from now the heartbeat's written deadline lies."""
+    return float(path.read_text()) - time.time()
+
+
 def expire(path: Path) -> None:
     """Writes a heartbeat whose time has passed: a loop that stopped turning before its next round."""
     path.write_text(f"{time.time() - 1:.3f}\n")

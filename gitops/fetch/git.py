@@ -315,7 +315,7 @@ def redirect_target(url: str, credentials: Credentials | None) -> str:
     """Where the Git server redirects ``url``'s first request, which git asked and does not say: a GET
     of the same ``info/refs`` with the same credentials, the redirect not followed. The repository's URL
     it names (the redirect's, less that path), or "" when it names none."""
-    if _url_scheme(url) not in HTTP_SCHEMES:
+    if _url_scheme(url) not in HTTP_SCHEMES or "?" in url:  # git asks another URL of one with a query
         return ""
     headers = {}
     if credentials is not None and credentials.token is not None:

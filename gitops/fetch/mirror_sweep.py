@@ -39,33 +39,45 @@ def mirrors_sweep_due() -> bool:
     return random.randrange(FETCHES_PER_SWEEP) == 0  # noqa: S311 - a schedule, not a secret
 
 
-def mirrors_sweep() -> int:
+# Mirrors one sweep deletes at most: the first sweep after the upgrade that renamed them all, on a host that
+# keeps its mirrors, would otherwise delete every one inside one pass.
+MAX_DELETED_PER_SWEEP = 8
+
+
+def mirrors_sweep(*, passing: int | None = None) -> int:
     """Deletes this host's mirrors that no source reads: a deleted source's, one of a repository its
-    source no longer follows, one named before mirrors were named by repository. Each under its source's
-    lock, taken only when free (nothing waits): no pass or preview of the source uses the mirror then.
-    Returns how many were deleted."""
+    source no longer follows, one named before mirrors were named by repository; at most
+    MAX_DELETED_PER_SWEEP, the rest at the next sweeps. Each under its source's lock, taken only when free
+    (nothing waits), and judged again under it: no pass of the source uses the mirror then. ``passing``:
+    the source whose pass sweeps, left alone (its lock is that pass's own, which the session would take
+    again). A preview, which takes no lock, of a source moved meanwhile may find its mirror gone and
+    fails; the next preview fetches again. Returns how many were deleted."""
     found: dict[int, list[Path]] = {}
     for path in mirrors_root().glob("*.git"):
         number = path.name.removesuffix(".git").split("-", 1)[0]
-        if number.isdigit():
+        if number.isdigit() and int(number) != passing:
             found.setdefault(int(number), []).append(path)
     if not found:
         return 0
-    wanted = {
-        source.pk: mirror_path(source).name for source in Source.objects.filter(pk__in=found).only("url")
-    }
+    live = Source.objects.filter(pk__in=found).only("url")
+    wanted = {source.pk: mirror_path(source).name for source in live}
     deleted = 0
     for source_id, paths in sorted(found.items()):
-        stale = [path for path in paths if path.name != wanted.get(source_id)]
-        if stale:
-            deleted += _deleted(Source(pk=source_id), stale)
+        if deleted >= MAX_DELETED_PER_SWEEP:
+            break
+        if any(path.name != wanted.get(source_id) for path in paths):
+            deleted += _deleted(Source(pk=source_id), paths, MAX_DELETED_PER_SWEEP - deleted)
     return deleted
 
 
-def _deleted(source: Source, stale: list[Path]) -> int:
+def _deleted(source: Source, paths: list[Path], at_most: int) -> int:
     with source_lock_if_free(source) as free:
-        if not free:  # a pass, a removal or a preview holds it: the next sweep
+        if not free:  # a pass, a removal or a decision holds it: the next sweep
             return 0
+        # Read again under the lock: the source may have moved (back) since the list was made.
+        now = Source.objects.filter(pk=source.pk).only("url").first()
+        current = mirror_path(now).name if now is not None else None
+        stale = [path for path in paths if path.name != current][:at_most]
         for path in stale:
             shutil.rmtree(path, ignore_errors=True)
             log.info("deleted the mirror %s: no source reads it any more", path.name)

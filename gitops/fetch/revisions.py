@@ -120,7 +120,7 @@ def revision_fetch(source: Source, *, interrupted: Callable[[], bool] | None = N
     is asked every second while git runs, and stops the fetch (``FetchInterrupted``) when true."""
     credentials = resolve_credentials(source.credentials_ref, scope=configured_scope(source.credentials_ref))
     if mirrors_sweep_due():
-        mirrors_sweep()
+        mirrors_sweep(passing=source.pk)
     with mirror_for(source) as mirror, metrics.FETCH_SECONDS.labels(source.name).time():
         fetched = mirror.fetch(source.url, source.branch, credentials, interrupted=interrupted)
         revision = _REVISION_OF_COMMIT.first(source.pk, fetched.commit)

@@ -1,6 +1,6 @@
 import socket
 
-from tests.probes import expire, probe_passes
+from tests.probes import deadline_in, expire, probe_passes
 from tests.workers import poll, running_beat
 
 
@@ -26,7 +26,9 @@ def test_beats_liveness_probe_passes_while_its_scheduler_turns_and_fails_once_it
     ):
         heartbeat = data / f"beat-{socket.gethostname()}.heartbeat"
         poll(heartbeat.exists, timeout=30, what=f"beat's first round (log: {log_path})")
+        # Three of its rounds ahead (the sweep runs every second here), at least a minute.
+        assert 55 < deadline_in(heartbeat) <= 61
         expire(heartbeat)
-        poll(lambda: probe_passes("60-beat.yaml", data), timeout=30, what="beat's next rounds to touch it")
+        poll(lambda: probe_passes("60-beat.yaml", data), timeout=30, what="beat's next rounds to write it")
     expire(heartbeat)
-    assert not probe_passes("60-beat.yaml", data), "a scheduler that stopped two minutes ago"
+    assert not probe_passes("60-beat.yaml", data), "a scheduler that stopped before its next round"

@@ -301,15 +301,17 @@ def test_the_change_log_lists_one_rollouts_entries_where_its_page_links(people, 
     source = make_source()
     first = history.rollout(source, phase=Rollout.Phase.FAILED)
     history.changes(first, 60)
-    retried = Rollout.objects.create(source=source, revision=first.revision, phase=Rollout.Phase.PAUSED)
+    retried = Rollout.objects.create(source=source, revision=first.revision, phase=Rollout.Phase.ABORTED)
     history.changes(retried, 3)
+    # Its rollback's entries name the commit each target holds again, not the rollout's.
+    history.changes(retried, 2, action=Change.Action.ROLLBACK, commit="b" * 40)
     client = client_for(people["viewer"])
 
     def rows_listed(**query: object) -> int:
         listed = client.get(reverse("dashboard:changes"), query).content.decode()
         return listed.split("<tbody>", 1)[1].split("</tbody>", 1)[0].count("<tr>")
 
-    assert rows_listed(rollout=retried.pk) == 3
+    assert rows_listed(rollout=retried.pk) == 5
     assert rows_listed(commit=retried.revision.commit) == 50, "a page of both rollouts' entries"
     assert client.get(reverse("dashboard:changes"), {"rollout": "x"}).status_code == 400
 

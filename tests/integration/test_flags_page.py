@@ -502,3 +502,17 @@ def test_the_api_lists_flags_with_the_same_filters(two_sources, people):
     assert api.get("/api/flags", {"source": two_sources["search"].name}).json()["count"] == 1
     assert api.get("/api/flags", {"limit": 2, "offset": 4}).json()["items"] == listed["items"][4:6]
     assert client_for(None).get("/api/flags").status_code == 401
+
+
+def test_an_after_that_names_no_place_shows_the_first_page(people):
+    """JSON nested a thousand deep (a RecursionError) and a lone surrogate (which the database driver
+    cannot send) were server errors."""
+    import base64
+
+    client = client_for(people["viewer"])
+    first = client.get(reverse("dashboard:flags"))
+    for odd in ("[" * 1000, '["\\ud800", "", "", "", "", 1]', '["a", "b", "c", "d", "e", true]', "{}"):
+        text = base64.urlsafe_b64encode(odd.encode()).decode().rstrip("=")
+        response = client.get(reverse("dashboard:flags"), {"after": text})
+        assert response.status_code == 200, (odd[:20], response.status_code)
+        assert list(rows_of(response.content.decode())) == list(rows_of(first.content.decode()))

@@ -28,7 +28,7 @@ from gitops.record.audit import Actor
 from gitops.vocabulary import ChangeAction
 from tests.clusters import FlakyKubeconfig
 from tests.gitrepo import configmap, policy
-from tests.probes import expire, probe_passes
+from tests.probes import deadline_in, expire, probe_passes
 from tests.replica import apiserver_replica
 from tests.workers import poll
 
@@ -1635,6 +1635,7 @@ def test_the_live_caches_liveness_probe_reads_its_main_loops_heartbeat(start_liv
     cache = start_live_cache(wait=False, SLUICE_DATA_DIR=str(data))
     heartbeat = data / f"live-cache-{socket.gethostname()}.heartbeat"
     poll(heartbeat.exists, timeout=60, what=f"the live cache's first round (log: {cache.log_path})")
+    assert 55 < deadline_in(heartbeat) <= 61, "three rounds of a second here, at least a minute"
     expire(heartbeat)
     poll(lambda: probe_passes("65-live-cache.yaml", data), timeout=30, what="its next rounds to touch it")
     cache.stop()

@@ -127,3 +127,24 @@ def test_a_worker_that_shares_no_directory_with_the_web_serves_its_own_metrics(
         worker.stop()
     (written,) = {path.name.split("_")[-1] for path in own.glob("counter_*.db")} - {"another-host-1.db"}
     assert written.startswith(socket.gethostname().replace("_", "-") + "-"), "named by host and process"
+
+
+def test_the_worker_process_that_serves_its_metrics_keeps_its_socket(settings):
+    """Celery's solo pool sends worker_process_init in the worker's main process, the one serving: the
+    socket was closed there, every scrape refused and the server's thread spun a core."""
+    import socket
+
+    from gitops import metrics
+
+    settings.SLUICE_METRICS_PUBLIC = True
+    settings.SLUICE_METRICS_TOKEN = ""
+    server = metrics.worker_metrics_serve(0)
+    try:
+        metrics.worker_metrics_forget()  # what worker_process_init runs, here in the serving process
+        port = server.server_address[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+            connection.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            assert connection.recv(64).startswith(b"HTTP/1.0 200")
+    finally:
+        server.shutdown()
+        server.server_close()

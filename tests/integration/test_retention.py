@@ -226,7 +226,7 @@ def test_an_entry_written_while_the_archive_runs_stays_with_the_entry_before_it(
 
     monkeypatch.setattr(retention, "_keep_last_of_each_object", then_a_new_entry)
 
-    retention.archive_changes(timezone.now(), tmp_path / "archive.jsonl")
+    retention.archive_changes(timezone.now() + timedelta(days=1), tmp_path / "archive.jsonl")
 
     archived = {json.loads(line)["id"] for line in (tmp_path / "archive.jsonl").read_text().splitlines()}
     assert written and written[0] not in archived
