@@ -345,15 +345,18 @@ def source_update(source: Source, *, actor: Actor = SYSTEM, **changes: Any) -> S
 def _source_updated(source: Source, changes: Mapping[str, Any], *, actor: Actor, settled: bool) -> Source:
     with transaction.atomic():
         source = Source.objects.select_for_update(no_key=True).get(pk=source.pk)
-        before, url_before, fetched_before = admin_settings(source), source.url, _fetched_from(source)
-        interval_before = source.poll_interval
+        before, fetched_before, interval_before = (
+            admin_settings(source),
+            _fetched_from(source),
+            source.poll_interval,
+        )
         raised = changes.get("required_approvals", source.required_approvals) > source.required_approvals
         _check_git_location_is_free(source, changes)
         for field, value in changes.items():
             setattr(source, field, value)
         after = admin_settings(source)
         # The settings show a URL without its query or fragment: a change there alone is one all the same.
-        if after == before and source.url == url_before:
+        if after == before and source.url == fetched_before[0]:
             return source
         _clean(source)
         _rescheduled(source, fetched_before, interval_before)

@@ -317,10 +317,8 @@ def redirect_target(url: str, credentials: Credentials | None) -> str:
     it names (the redirect's, less that path), or "" when it names none."""
     if _url_scheme(url) not in HTTP_SCHEMES or "?" in url:  # git asks another URL of one with a query
         return ""
-    headers = {}
-    if credentials is not None and credentials.token is not None:
-        basic = base64.b64encode(f"{credentials.username}:{credentials.token}".encode()).decode("ascii")
-        headers["Authorization"] = f"Basic {basic}"
+    basic = _basic(credentials)
+    headers = {"Authorization": f"Basic {basic}"} if basic else {}
     refs = f"{url.rstrip('/')}/info/refs?service=git-upload-pack"
     location = redirect_of(refs, headers=headers, timeout=REDIRECT_LOOKUP_SECONDS)
     if not location:
@@ -349,9 +347,16 @@ def _token_header(
         raise PermanentError(f"a token needs an http(s) URL, not {url_without_query(url)!r}")
     if _url_scheme(url) == "http":
         logger.warning("sending a token over plain HTTP to %s", _origin(url))
-    basic = base64.b64encode(f"{credentials.username}:{credentials.token}".encode()).decode("ascii")
+    basic = _basic(credentials)
     config.append((f"http.{_origin(url)}/.extraHeader", f"Authorization: Basic {basic}"))
     return (credentials.token, basic)
+
+
+def _basic(credentials: Credentials | None) -> str:
+    """The source's token as HTTP Basic credentials ("" without a token)."""
+    if credentials is None or credentials.token is None:
+        return ""
+    return base64.b64encode(f"{credentials.username}:{credentials.token}".encode()).decode("ascii")
 
 
 def _ssh_options(known_hosts: str, credentials: Credentials | None) -> list[str]:
