@@ -151,13 +151,13 @@ def fill(changes: int, sources: int, flags: int) -> dict[str, object]:
             """
             INSERT INTO gitops_publishedflag (source_id, cluster, namespace, flag_set, key, key_hash, state,
                 variants, variant_count, default_variant, targeting, serves_one_variant, definition_hash,
-                removed, rollout_id, changed_commit, changed_at, recorded_at)
+                removed, rollout_id, changed_commit, changed_at, recorded_at, reach)
             SELECT ro.source_id, 'default', 'flags', 'checkout', 'flag-' || lpad(f::text, 3, '0'),
                 md5('flag-' || f), CASE WHEN f %% 9 = 0 THEN 'DISABLED' ELSE 'ENABLED' END,
                 'on: true · off: false', 2, 'off',
                 CASE WHEN f %% 5 = 0 THEN 'none' ELSE 'fractional 20/80 (on/off) on targetingKey' END,
                 f %% 5 = 0 OR f %% 9 = 0, md5(f::text), false, ro.id, md5(ro.source_id::text || '-1') || '00000000',
-                now() - ((f * ro.source_id) %% 90 || ' days')::interval, now()
+                now() - ((f * ro.source_id) %% 90 || ' days')::interval, now(), 'split'
             FROM gitops_rollout ro, generate_series(1, %s) AS f
             """,
             [flags],
