@@ -26,6 +26,16 @@ def version_in(cluster, namespace: str) -> str | None:
     return None if live is None else (live.get("data") or {}).get("VERSION")
 
 
+def aborted_then_moved(source, sync, people, **moved):
+    """The source's first rollout, paused at its gate and aborted; then the source moved (``moved``:
+    the settings that move it). Returns the source as moved and the aborted rollout."""
+    sync(source)
+    paused = wait_for(source, phase="Paused", waiting_for="approval")
+    decisions.rollout_abort(paused.pk, user=people["approver"], reason="not now")
+    wait_for(source, phase="Aborted", of=paused)
+    return source_admin.source_update(source, **moved), paused
+
+
 @pytest.mark.parametrize("self_heal", [True, False], ids=["selfHeal", "no selfHeal"])
 def test_a_source_moved_to_another_directory_rolls_its_content_out_through_its_steps(
     repo, make_namespaces, make_source, sync, cluster, people, self_heal
@@ -87,12 +97,7 @@ def test_a_rollout_aborted_before_the_move_is_not_retried_with_the_new_directory
         }
     )
     repo.commit("two directories")
-    source = make_source(path="staging")
-    sync(source)
-    paused = wait_for(source, phase="Paused", waiting_for="approval")
-    decisions.rollout_abort(paused.pk, user=people["approver"], reason="not now")
-    wait_for(source, phase="Aborted", of=paused)
-    source = source_admin.source_update(source, path="prod")
+    source, paused = aborted_then_moved(make_source(path="staging"), sync, people, path="prod")
 
     with pytest.raises(decisions.RolloutError, match="moved to another directory since \\(prod\\)"):
         decisions.rollout_retry(paused.pk, user=people["approver"])
@@ -187,12 +192,7 @@ def test_a_rollout_of_the_branch_left_behind_is_not_retried(
     )
     repo.commit("first")
     repo.git("push", "--quiet", "origin", "HEAD:refs/heads/release")
-    source = make_source()
-    sync(source)
-    paused = wait_for(source, phase="Paused", waiting_for="approval")
-    decisions.rollout_abort(paused.pk, user=people["approver"], reason="not now")
-    wait_for(source, phase="Aborted", of=paused)
-    source = source_admin.source_update(source, branch="release")
+    _, paused = aborted_then_moved(make_source(), sync, people, branch="release")
 
     with pytest.raises(decisions.RolloutError, match="follows another repository or branch since"):
         decisions.rollout_retry(paused.pk, user=people["approver"])
