@@ -497,14 +497,17 @@ def _outside_scope_now(source: Source, desired: DesiredState) -> list[tuple[str,
 
 
 def _step_failed(rollout: Rollout, outcome: StepOutcome, failures: list[str], actor: str) -> None:
-    """The step's failure on the timeline, then the rollout's rollback, ending it Failed."""
+    """The step's failure on the timeline, then the rollout's rollback, ending it Failed (Aborted when a
+    person's abort was stored first)."""
     message = "; ".join(failures[:5])
     rollout_event(rollout, RolloutEventKind.FAILED, actor=actor, message=message)
     reason = f"step {rollout.step_index + 1} failed: {message}"
     outcome.failures.extend(
         rollout_rollback(rollout, actor=SYSTEM_ACTOR, reason=reason, phase=Rollout.Phase.FAILED)
     )
-    outcome.outcome = Outcome.FAILED
+    # A person's abort stored first is what the rollback carried out: the rollout ends Aborted.
+    aborted = rollout.phase == Rollout.Phase.ABORTED
+    outcome.outcome = Outcome.ABORTED if aborted else Outcome.FAILED
 
 
 def _abort_asked_meanwhile(rollout: Rollout) -> bool:

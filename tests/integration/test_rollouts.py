@@ -1297,3 +1297,57 @@ def test_an_abort_asked_while_a_new_commit_supersedes_the_rollout_ends_it_aborte
     ended = RolloutEvent.objects.filter(rollout=first, kind="rolled-back").get()
     assert ended.actor == people["approver"].get_username()
     assert ended.message.startswith("page 7")
+
+
+def test_a_step_the_cluster_refuses_after_a_person_asked_to_abort_ends_the_pass_aborted(
+    repo, make_namespaces, make_source, sync, cluster, kube_client, core_api, people, monkeypatch
+):
+    """The abort is stored while the step applies, and the cluster refuses the step's write: the rollback
+    carries out the person's abort (the rollout ends Aborted, in their name), yet the pass answered
+    "failed" (the sync's result, the reconcile metric's outcome) until 2026-12-07."""
+    from contextlib import ExitStack
+
+    from gitops import reconcile
+    from gitops.rollout import lifecycle
+
+    targets = make_namespaces("canary", "rest")
+    source, _, _ = start_rollout(repo, make_source, sync, targets, [{"setWeight": 50}, {"pause": {}}])
+    real_apply = lifecycle.weight_apply
+
+    def abort_then_apply(rollout, *args, **kwargs):
+        decisions.rollout_abort(rollout.pk, user=people["approver"], reason="page 9")
+        return real_apply(rollout, *args, **kwargs)
+
+    monkeypatch.setattr(lifecycle, "weight_apply", abort_then_apply)
+    not_2 = "!has(object.data) || !('VERSION' in object.data) || object.data.VERSION != '2'"
+    with ExitStack() as denied:
+        for namespace in targets:
+            denied.enter_context(
+                updates_denied(
+                    kube_client(),
+                    namespace,
+                    expression=not_2,
+                    message="VERSION 2 may not go out here",
+                    denied=lambda namespace=namespace: _update_to_2_denied(core_api, namespace),
+                )
+            )
+        # A person's sync: its answer is its own pass, not the one the abort's request runs after it.
+        result = reconcile.source_sync(source.pk, manual=True)
+
+    rollout = rollout_of(source)
+    assert rollout.phase == "Aborted", (rollout.phase, rollout.message)
+    assert result.outcome == "aborted", result
+    assert any("VERSION 2 may not go out here" in error for error in result.errors), result.errors
+    ended = RolloutEvent.objects.filter(rollout=rollout, kind="rolled-back").get()
+    assert (ended.actor, ended.message[:6]) == (people["approver"].get_username(), "page 9")
+    assert versions(cluster, targets) == ["1", "1"]
+
+
+def _update_to_2_denied(core_api, namespace: str) -> bool:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        core_api.patch_namespaced_config_map("app", namespace, {"data": {"VERSION": "2"}}, dry_run="All")
+    except ApiException:
+        return True
+    return False
