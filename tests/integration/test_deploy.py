@@ -193,6 +193,23 @@ def test_service_account_can_read_namespaces(as_sluice, deployed) -> None:
         assert as_sluice.namespace_exists(namespace)
 
 
+def test_service_account_reads_namespaces_by_name_only(sluice_kubeconfig, deployed) -> None:
+    """Sluice asks for a namespace by name; it had list and watch on every namespace too (before
+    2026-12-07), which no code used and which told it every team's namespace names."""
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+
+    with config.new_client_from_config(config_file=str(sluice_kubeconfig)) as api_client:
+        core = client.CoreV1Api(api_client)
+        assert core.read_namespace(deployed["outside"][0]).metadata.name == deployed["outside"][0]
+        with pytest.raises(ApiException) as listed:
+            core.list_namespace(limit=1)
+        assert listed.value.status == 403
+        with pytest.raises(ApiException) as watched:
+            core.list_namespace(watch=True, timeout_seconds=1)
+        assert watched.value.status == 403
+
+
 def test_service_account_cannot_read_secrets(stack, sluice_kubeconfig, deployed) -> None:
     # gitops.cluster has no Secret methods at all (Sluice never touches them), so
     # ask the API directly with the ServiceAccount's credentials.
