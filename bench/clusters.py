@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from reconcile import NAMESPACES, drop_database, git, manifest  # noqa: E402
+from reconcile import NAMESPACES, bench_redis, drop_database, git, manifest  # noqa: E402
 
 CLUSTERS = ("default", "member-1", "member-2")
 
@@ -122,6 +122,7 @@ def bench_env(stack_env: dict[str, str], database: str) -> dict[str, str]:
         **os.environ,
         **stack_env,
         "DATABASE_URL": f"{base_url}/{database}",
+        **bench_redis(stack_env),
         "DJANGO_SETTINGS_MODULE": "sluice.settings",
         "DEBUG": "0",  # as production runs it (see bench/reconcile.py)
         # DEBUG off needs a key; the shell that loaded .stack/env has one, CI does not.

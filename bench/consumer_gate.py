@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from reconcile import drop_database, git  # noqa: E402 - bench/reconcile.py, beside this script
+from reconcile import bench_redis, drop_database, git  # noqa: E402 - bench/reconcile.py, beside this script
 
 IMAGE = "registry.example.com/sluice/consumer:1"
 
@@ -193,6 +193,7 @@ def main() -> int:
         **os.environ,
         **stack_env,
         "DATABASE_URL": f"{stack_env['DATABASE_URL'].rsplit('/', 1)[0]}/{database}",
+        **bench_redis(stack_env),
         "DJANGO_SETTINGS_MODULE": "sluice.settings",
         "DEBUG": "0",  # as production runs it (see bench/reconcile.py)
         # DEBUG off needs a key; the shell that loaded .stack/env has one, CI does not.

@@ -37,6 +37,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from reconcile import bench_redis  # noqa: E402 - bench/reconcile.py, beside this script
 
 
 def fill(changes: int, sources: int, flags: int) -> dict[str, object]:
@@ -373,6 +376,7 @@ def main() -> int:
     os.environ.update(
         {
             "DATABASE_URL": env["DATABASE_URL"].rsplit("/", 1)[0] + "/" + database,
+            **bench_redis(env),
             "DJANGO_SETTINGS_MODULE": "sluice.settings",
             # Production settings: DEBUG off, so templates come from the cached loader.
             "DEBUG": "0",

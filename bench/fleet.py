@@ -54,7 +54,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from reconcile import cpu_seconds, delete_namespaces, process_tree  # noqa: E402 - bench/reconcile.py, beside this script
+from reconcile import bench_redis, cpu_seconds, delete_namespaces, process_tree  # noqa: E402 - bench/reconcile.py, beside this script
 
 SETUP_CONCURRENCY = 8
 
@@ -174,6 +174,7 @@ class Environment:
             **os.environ,
             **self.stack_env,
             "DATABASE_URL": self.stack_env["DATABASE_URL"].rsplit("/", 1)[0] + "/" + self.database,
+            **bench_redis(self.stack_env),
             "DJANGO_SETTINGS_MODULE": "sluice.settings",
             "DEBUG": "0",
             "SLUICE_ALLOW_HTTP": "1",

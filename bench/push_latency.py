@@ -27,6 +27,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from reconcile import bench_redis  # noqa: E402 - bench/reconcile.py, beside this script
+
 NAMESPACE_COUNT = 10
 
 
@@ -79,6 +83,7 @@ def main() -> int:
         **os.environ,
         **stack_env,
         "DATABASE_URL": stack_env["DATABASE_URL"].rsplit("/", 1)[0] + "/" + database,
+        **bench_redis(stack_env),
         "DJANGO_SETTINGS_MODULE": "sluice.settings",
         "DEBUG": "0",
         "SLUICE_ALLOW_HTTP": "1",  # the post-receive hook posts over plain HTTP to 127.0.0.1

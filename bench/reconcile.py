@@ -453,6 +453,23 @@ def main() -> int:
     return 0
 
 
+# The benchmarks' Redis database: their workers' queue, results and locks. On the stack's own (0), a test
+# session run beside them (a plain `pytest` uses 0 too) took their syncs, and theirs took its: each side's
+# source 1 is another database's (before 2026-12-07, drift_heal.py and clusters.py failed so). Test
+# sessions use 0 to 2, webhook_cpu.py 7.
+BENCH_REDIS_DB = 8
+
+
+def bench_redis(stack_env: dict[str, str]) -> dict[str, str]:
+    """The Redis settings of a benchmark's processes, on BENCH_REDIS_DB, emptied first: a task an earlier
+    run left queued would run against this run's database."""
+    import redis
+
+    url = stack_env["REDIS_URL"].rsplit("/", 1)[0] + f"/{BENCH_REDIS_DB}"
+    redis.Redis.from_url(url).flushdb()
+    return {"REDIS_URL": url, "CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": url}
+
+
 @contextmanager
 def bench_environment() -> Iterator[tuple[dict[str, str], Path]]:
     """The embedded stack (started if it is not up, and then stopped), a fresh database, a work directory."""
@@ -468,6 +485,7 @@ def bench_environment() -> Iterator[tuple[dict[str, str], Path]]:
         **os.environ,
         **stack_env,
         "DATABASE_URL": f"{base_url}/{database}",
+        **bench_redis(stack_env),
         "DJANGO_SETTINGS_MODULE": "sluice.settings",
         # As production runs it: with DEBUG on, Django keeps the text of the last 9,000 queries (the
         # intents' batches are megabytes each) in the worker, which the RSS figure counted.
