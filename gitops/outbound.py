@@ -13,6 +13,7 @@ import contextlib
 import http.client
 import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -28,18 +29,68 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
         return None
 
 
-# The connections the calling thread's ``_post`` opened, so that ``post`` can close them at its deadline.
+class _Call:
+    """One call's deadline and what it opened, so that ``_within`` can stop it there: each socket is
+    recorded before it connects, each connect waits only the time left, and none starts after the
+    deadline (before 2026-12-07, a slow DNS answer, or a first address that did not answer, moved the
+    connect past the deadline: the request went out after Sluice had called it unanswered)."""
+
+    def __init__(self, timeout: float) -> None:
+        self.deadline = time.monotonic() + timeout
+        self.expired = False
+        self.connections: list[http.client.HTTPConnection] = []
+        self.sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def create_connection(
+        self, address: tuple[str, int], timeout: float, source_address: Any = None, **_: Any
+    ) -> socket.socket:
+        """``socket.create_connection`` within the deadline: each address in turn, as it does."""
+        host, port = address
+        failure: OSError = OSError(f"no address for {host}")
+        for family, kind, protocol, _name, target in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+            sock = socket.socket(family, kind, protocol)
+            with self._lock:
+                if self.expired:  # the DNS answer or an earlier address took the time
+                    sock.close()
+                    raise TimeoutError("the deadline passed before the connection")
+                self.sockets.append(sock)
+            try:
+                sock.settimeout(max(min(timeout, self.deadline - time.monotonic()), 0.001))
+                if source_address:
+                    sock.bind(source_address)
+                sock.connect(target)
+            except OSError as exc:
+                sock.close()
+                failure = exc
+                continue
+            sock.settimeout(timeout)  # each read; the deadline shuts the socket whatever is left
+            return sock
+        raise failure
+
+    def expire(self) -> None:
+        """Nothing more starts, and what is open is shut: a read or TLS handshake under way ends."""
+        with self._lock:
+            self.expired = True
+            opened = [connection.sock for connection in self.connections] + list(self.sockets)
+        for sock in opened:
+            _shut(sock)
+
+
+# The calling thread's ``_Call``, read by the connections its ``_send`` opens.
 _CALL = threading.local()
 
 
 class _Tracked:
-    """Records each connection in the calling ``post``'s list as it starts to connect."""
+    """Records each connection in the calling ``post``'s ``_Call`` as it starts to connect, and connects
+    through it."""
 
     def connect(self) -> None:
         # Before it connects: a TLS handshake or a proxy's answer trickled inside connect() is shut too.
-        opened = getattr(_CALL, "connections", None)
-        if opened is not None:
-            opened.append(self)
+        call = getattr(_CALL, "call", None)
+        if call is not None:
+            call.connections.append(self)
+            self._create_connection = call.create_connection
         super().connect()  # type: ignore[misc]
 
 
@@ -114,29 +165,30 @@ def _within(request: urllib.request.Request, timeout: float) -> Answer:
     """``request``'s answer, given up on at ``timeout`` for the whole call."""
     timeout = min(max(timeout, 0.1), MAX_TIMEOUT_SECONDS)
     answers: list[Answer] = []
-    opened: list[http.client.HTTPConnection] = []
+    call = _Call(timeout)
 
-    def call() -> None:
-        _CALL.connections = opened
+    def run() -> None:
+        _CALL.call = call
         answers.append(_send(request, timeout))
 
-    caller = threading.Thread(target=call, name="outbound", daemon=True)
+    caller = threading.Thread(target=run, name="outbound", daemon=True)
     caller.start()
-    caller.join(timeout)
-    if answers:
-        return answers[0]
-    # A server that trickles its answer (a byte per read timeout) would keep the thread, its socket and
-    # a file descriptor for days, one more each retry: its connection is shut at the deadline. The
-    # answer is decided first: the shut call ends with an answer of its own ("cannot reach"), too late.
-    for connection in opened:
-        _shut(connection)
-    return Answer(0, f"no answer within {timeout:g}s")
+    try:
+        caller.join(timeout)
+    finally:
+        # A server that trickles its answer (a byte per read timeout) would keep the thread, its socket
+        # and a file descriptor for days, one more each retry: its connection is shut at the deadline, or
+        # when the task's own time limit interrupts the wait. The answer is decided first: the shut call
+        # ends with an answer of its own ("cannot reach"), too late.
+        answered = bool(answers)
+        if not answered:
+            call.expire()
+    return answers[0] if answered else Answer(0, f"no answer within {timeout:g}s")
 
 
-def _shut(connection: http.client.HTTPConnection) -> None:
-    sock = connection.sock
+def _shut(sock: socket.socket | None) -> None:
     if sock is not None:
-        with contextlib.suppress(OSError):  # closed meanwhile: the call ended on its own
+        with contextlib.suppress(OSError):  # closed meanwhile, or handed to TLS: the call ended on its own
             sock.shutdown(socket.SHUT_RDWR)
 
 

@@ -57,6 +57,99 @@ def test_a_trickling_servers_connection_is_shut_at_the_deadline_so_its_thread_en
     assert not any(thread.is_alive() for thread in calls), "the call's thread still reads the trickle"
 
 
+def unanswered_address() -> tuple[str, int]:
+    """A loopback address whose connects hang: its listener's backlog is full, so the kernel drops SYNs."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    address = listener.getsockname()
+    held = [listener]
+    while True:  # on loopback a queued connect completes at once: one that waits means the backlog is full
+        client = socket.socket()
+        client.settimeout(0.3)
+        held.append(client)
+        try:
+            client.connect(address)
+        except TimeoutError:
+            break
+    unanswered_address.held = held  # kept open for the test's life
+    return address
+
+
+def test_a_host_whose_first_address_does_not_answer_gets_no_request_after_the_deadline(monkeypatch):
+    """socket.create_connection gave each address the whole timeout: a first address that never answered
+    used it all, and the call went on to the next, sending the request after Sluice had called it
+    unanswered (a notification then sent twice, an analysis counted as failed that ran); a server that
+    then trickled its answer held the thread for good (before 2026-12-07)."""
+    received: list[bytes] = []
+
+    def record_then_trickle(connection: socket.socket) -> None:
+        received.append(connection.recv(65536))
+        trickle(connection)
+
+    url = serve(record_then_trickle)
+    port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
+    dead = unanswered_address()
+    real = socket.getaddrinfo
+
+    def two_addresses(host, *args, **kwargs):  # a name with two addresses, the first one dead
+        if host != "two.test":
+            return real(host, *args, **kwargs)
+        stream = (socket.AF_INET, socket.SOCK_STREAM, 6, "")
+        return [(*stream, dead), (*stream, ("127.0.0.1", port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", two_addresses)
+    before = set(threading.enumerate())
+    answer = outbound.post("http://two.test/check", b"{}", content_type="application/json", timeout=1)
+    assert "no answer within 1s" in answer.describe("x"), answer
+    calls = [thread for thread in set(threading.enumerate()) - before if thread.name == "outbound"]
+    deadline = time.monotonic() + 3
+    while any(thread.is_alive() for thread in calls) and time.monotonic() < deadline:
+        for thread in calls:
+            thread.join(timeout=0.1)
+    assert not any(thread.is_alive() for thread in calls), "the call's thread still runs"
+    assert received == [], "no request goes out after the deadline"
+
+
+def test_a_call_interrupted_by_the_tasks_time_limit_shuts_its_connection():
+    """Celery's soft time limit raises in the task's thread while it waits for the call: the deadline's
+    shut never ran, and a trickling server kept the call's thread and socket (before 2026-12-07). Seen
+    from the server: Thread.is_alive() says False after a join a signal interrupted, whatever runs."""
+    import signal
+
+    class TimeLimit(Exception):
+        pass
+
+    def interrupt(*_):
+        raise TimeLimit
+
+    shut = threading.Event()
+
+    def trickle_until_shut(connection: socket.socket) -> None:
+        connection.recv(65536)
+        try:
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 40:
+                connection.sendall(bytes([byte]))
+                time.sleep(0.2)  # the server under test trickles; nothing here waits for it
+        except OSError:
+            shut.set()
+
+    url = serve(trickle_until_shut)  # 40 bytes, one each 0.2 s: 8 s
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        try:
+            outbound.post(url, b"{}", content_type="application/json", timeout=5)
+        except TimeLimit:
+            pass
+        else:
+            raise AssertionError("the time limit did not interrupt the call")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert shut.wait(timeout=3), "the call's connection still reads the trickle"
+
+
 def test_a_url_python_cannot_even_send_is_an_answer_not_a_crash():
     answer = outbound.post("http://127.0.0.1:9/a b", b"{}", content_type="application/json", timeout=1)
     assert answer.status == 0
