@@ -62,6 +62,8 @@ class Analysis:
     interval_seconds: int = 10
     # Where the URL is written in sluice.yaml, for errors about it; not part of the step.
     line: int | None = field(default=None, compare=False)
+    # Its place in sluice.yaml's rollout.steps, which a step that failed to parse leaves out of the policy's.
+    step_index: int | None = field(default=None, compare=False)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -461,7 +463,8 @@ def _read_analysis(reader: _Reader, body: Any, path: PathKey) -> Analysis | None
         reader.error((*path, "interval"), "must be a duration like 10s, at most 10m")
         return None
     line = reader.document.line_of(*path, "http", "url")
-    return Analysis(url, float(timeout), failure_limit, interval, line=line)
+    step_index = path[2] if isinstance(path[2], int) else None
+    return Analysis(url, float(timeout), failure_limit, interval, line=line, step_index=step_index)
 
 
 def _read_rollout(reader: _Reader, value: Any) -> RolloutSpec:

@@ -1164,7 +1164,8 @@ def _analysis_url_errors(policy: Policy, scope: AdminScope) -> list[ValidationEr
     errors = []
     for index, step in enumerate(policy.rollout.steps):
         if isinstance(step, Analysis) and (problem := scope.analysis_url_problem(step.url)):
-            field_name = f"rollout.steps[{index}].analysis.http.url"
+            written = index if step.step_index is None else step.step_index
+            field_name = f"rollout.steps[{written}].analysis.http.url"
             errors.append(ValidationError(POLICY_FILE, step.line, field_name, problem))
     return errors
 

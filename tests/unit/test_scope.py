@@ -128,6 +128,17 @@ def test_analysis_urls_outside_the_administrators_prefixes_reject_the_revision_w
     assert "may not call any analysis URL" in errors[0]
 
 
+def test_a_refused_analysis_url_names_its_own_step_after_steps_that_failed_to_parse():
+    """The field counted only the steps that parsed: after two bad ones it named steps[0] (before
+    2026-12-07), the line right and the field wrong."""
+    policy = ANALYSIS_POLICY.replace(
+        b"    - setWeight: 50\n", b"    - setWeight: 200\n    - pause: {duration: 99y}\n"
+    )
+    errors = rejected({"sluice.yaml": policy}, AdminScope.of(["team-*"], ["https://checks.example.com/"]))
+    refused = [error for error in errors if "analysis.http.url" in error]
+    assert refused and refused[0].startswith("sluice.yaml:9: rollout.steps[2].analysis.http.url:"), errors
+
+
 def test_a_refused_analysis_url_is_quoted_without_its_query_whatever_its_names():
     """The refusal reaches pages, the API, CloudEvents and logs: an Azure Functions ``?code=`` key,
     a name ``redact`` does not know, was quoted whole."""
