@@ -183,6 +183,30 @@ def source_sync_once(source_id: int, *, actor: str, backing_off: bool | None = N
     return True
 
 
+# A push body sent again asks for a sync at most this often per source (``duplicate_push_sync_slot``).
+DUPLICATE_PUSH_SYNC_SECONDS = 10
+
+
+def duplicate_push_sync_slot(source_id: int) -> bool:
+    """Whether a push body received before may ask for a sync of the source now: once in
+    DUPLICATE_PUSH_SYNC_SECONDS. A signature covers the body alone, so whoever saw one (a proxy's log, the
+    host's delivery page) could send it again as each pass began, one fetch after another for as long as
+    they liked (before 2026-12-07). Redis out of reach lets it through: the queue is Redis too."""
+    import redis  # noqa: PLC0415 - a dependency of Celery's Redis transport
+
+    try:
+        key = f"sluice:duplicate-push-sync:{source_id}"
+        return bool(redis_client().set(key, 1, nx=True, ex=DUPLICATE_PUSH_SYNC_SECONDS))
+    except redis.RedisError as exc:
+        log.warning("cannot count source %s's replayed pushes (%s); letting this one through", source_id, exc)
+        return True
+
+
+def source_poll_due_by(source_id: int, at: datetime) -> None:
+    """The source's next poll at ``at`` at the latest: what asked is not lost, only not asked at once."""
+    Source.objects.filter(pk=source_id).update(next_poll_at=Least(F("next_poll_at"), Value(at)))
+
+
 def source_poll_due_now(source_id: int, *, requested: bool = False) -> None:
     """The way around a broker that refused a sync: the source's poll is due now (unless sooner
     already), so beat's first sweep the broker accepts queues it, and its ``sync_queued`` claim is

@@ -190,7 +190,8 @@ def _duplicate(
     """A delivery id, or a body, received before. A signature covers the body alone, so whoever saw one
     (a proxy's log, the host's delivery page) could send it again under new ids without end: each was
     a row and a sync, a backing-off source's too. Now its rows are bounded like rejections. A push of
-    a commit the source has not fetched still asks for a sync, as one in flight at most: a plain Git
+    a commit the source has not fetched still asks for a sync, as one in flight at most, and once in
+    ``schedule.DUPLICATE_PUSH_SYNC_SECONDS`` (one sent again sooner makes the poll due then): a plain Git
     server's body is the same for the same move (A to B, back to A, to B again), and that last push
     must not wait for the next poll."""
     _record_bounded(
@@ -205,6 +206,11 @@ def _duplicate(
         event=event.event,
     )
     if wanted and event.commit and event.commit != source.last_commit:
+        if not schedule.duplicate_push_sync_slot(source.pk):
+            # Sent again within seconds of another: a replay, or a host redelivering; the poll comes soon.
+            soon = timezone.now() + timedelta(seconds=schedule.DUPLICATE_PUSH_SYNC_SECONDS)
+            schedule.source_poll_due_by(source.pk, soon)
+            return WebhookAnswer(200, {"status": "duplicate", "delivery": delivery_id}, provider)
         # As an accepted push asks, a backing-off source's too: the push may bring the fix, and it
         # would wait for the backed-off poll (up to an hour) otherwise.
         backing_off = source.consecutive_failures > 0

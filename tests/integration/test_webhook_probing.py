@@ -169,6 +169,37 @@ def test_the_same_body_again_asks_for_a_sync_only_while_the_source_lacks_its_com
     assert post(with_secret.name, *signed_push("b" * 40, "fourth")).json()["status"] == "duplicate"
     Source.objects.filter(pk=with_secret.pk).update(last_commit="a" * 40, consecutive_failures=2)
     assert len(sent) == 2, "not synced: the source has the commit"
+    forget_replays(with_secret)  # ten seconds later
     assert post(with_secret.name, *signed_push("b" * 40, "fifth")).json()["status"] == "duplicate"
     assert len(sent) == 3, "synced though backing off: it may bring the fix"
     assert Source.objects.get(pk=with_secret.pk).sync_requested_at is not None
+
+
+def forget_replays(source) -> None:
+    """As DUPLICATE_PUSH_SYNC_SECONDS later: the source's last replay asked long ago."""
+    from gitops.celery import redis_client
+
+    redis_client().delete(f"sluice:duplicate-push-sync:{source.pk}")
+
+
+def test_a_body_replayed_as_each_pass_begins_asks_for_a_sync_once_in_ten_seconds(sources, monkeypatch):
+    """Whoever saw an old push's body (a proxy's log) sent it again as each pass began, and each asked
+    for a sync: one fetch after another for as long as they liked (before 2026-12-07). Now one asks, and
+    those after it within ten seconds make the poll due then: nothing is lost, nothing is asked at once."""
+    from gitops.models import Source
+    from tests.broker import keep_sends
+
+    with_secret, _ = sources
+    sent = keep_sends(monkeypatch)
+    assert post(with_secret.name, *signed_push("b" * 40, "first")).status_code == 202
+    later = timezone.now() + timedelta(hours=1)
+    Source.objects.filter(pk=with_secret.pk).update(last_commit="c" * 40, next_poll_at=later)
+    forget_replays(with_secret)
+
+    for n in range(10):
+        Source.objects.filter(pk=with_secret.pk).update(sync_queued=False)  # a pass began
+        assert post(with_secret.name, *signed_push("b" * 40, f"again-{n}")).json()["status"] == "duplicate"
+
+    assert len(sent) == 2, "the push, then one of the ten replays"
+    due = Source.objects.get(pk=with_secret.pk).next_poll_at
+    assert due is not None and due <= timezone.now() + timedelta(seconds=10), due
