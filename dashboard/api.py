@@ -227,11 +227,12 @@ def too_many_previews(request: HttpRequest, exc: schedule.PreviewsBusy) -> HttpR
     return response
 
 
-@api.exception_handler(schedule.SyncNotQueued)
-def not_queued(request: HttpRequest, exc: schedule.SyncNotQueued) -> HttpResponse:
-    """The broker refused a sync's task; what was decided before it (a promote) is stored."""
+@api.exception_handler(schedule.TaskNotQueued)
+def not_queued(request: HttpRequest, exc: schedule.TaskNotQueued) -> HttpResponse:
+    """The broker refused a sync's (or a preview's) task; what was decided before it (a promote) is stored."""
     log.warning("%s", exc)
-    detail = "the sync could not be queued (the broker did not take it); try again"
+    what = "sync" if isinstance(exc, schedule.SyncNotQueued) else "preview"
+    detail = f"the {what} could not be queued (the broker did not take it); try again"
     response = api.create_response(request, {"detail": detail}, status=503)
     response["Retry-After"] = "5"
     return response

@@ -1,10 +1,18 @@
-"""Requests no page can answer, refused before any view runs."""
+"""Requests no page can answer, refused before any view runs, and a broker that refused a view's task."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
-from django.http import HttpRequest, HttpResponse, JsonResponse, QueryDict
+from django.contrib import messages
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse, QueryDict
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+
+from gitops import schedule
+
+log = logging.getLogger("dashboard")
 
 REFUSAL = "a NUL character (%00) in the address, the query string or the form"
 _FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -38,3 +46,42 @@ def _form_holds_nul(request: HttpRequest) -> bool:
     if request.method != "POST" or request.content_type not in _FORMS or "/webhooks/" in request.path:
         return False
     return _holds_nul(request.POST)
+
+
+BROKER_REFUSED = (
+    "The {what} could not be queued: the message broker did not take it. Anything else this action"
+    " changed is saved; try again in a moment."
+)
+
+
+class TaskNotQueuedMiddleware:
+    """A page's action whose task the broker refused (a sync, a preview), after what the action decided
+    was saved: said on the page the person came from, where it was a bare 500 (before 2026-12-07) that
+    left them to guess whether a source they created, resumed or approved existed. The JSON API answers
+    503 itself (``dashboard.api.not_queued``)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if not isinstance(exception, schedule.TaskNotQueued):
+            return None
+        log.warning("%s", exception)
+        what = "sync" if isinstance(exception, schedule.SyncNotQueued) else "preview"
+        messages.error(request, BROKER_REFUSED.format(what=what))
+        back = request.headers.get("Referer", "")
+        if not url_has_allowed_host_and_scheme(
+            back, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+        ):
+            back = reverse("dashboard:overview")
+        if request.headers.get("HX-Request"):
+            # htmx swaps nothing on a 5xx, but follows HX-Redirect whatever the status: the page is
+            # loaded again, with the message.
+            response = HttpResponse(status=503)
+            response["HX-Redirect"] = back
+            response["Retry-After"] = "5"
+            return response
+        return HttpResponseRedirect(back, status=303)

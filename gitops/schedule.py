@@ -219,7 +219,11 @@ def source_poll_due_now(source_id: int, *, requested: bool = False) -> None:
     )
 
 
-class SyncNotQueued(Exception):
+class TaskNotQueued(Exception):
+    """The broker refused a task (its error is the cause); what the caller decided before it is stored."""
+
+
+class SyncNotQueued(TaskNotQueued):
     """The broker refused a claimed sync, and the claim was given back (the broker's error is its cause)."""
 
 
@@ -314,7 +318,7 @@ def revision_preview(source_id: int, revision: str, *, actor: str) -> str:
 
     Raises ``PreviewsBusy`` when ``actor`` already has ``SLUICE_PREVIEWS_PER_USER`` previews waiting
     or running, or everyone together ``SLUICE_PREVIEWS_TOTAL``: each costs the workers that reconcile a
-    fetch and a whole plan.
+    fetch and a whole plan; ``TaskNotQueued`` when the broker refuses it.
     """
     task_id = str(uuid.uuid4())
     _preview_slot_take(actor, task_id)
@@ -323,6 +327,9 @@ def revision_preview(source_id: int, revision: str, *, actor: str) -> str:
         # Not run at all once nobody waits for it any more (its slot ran out too): a backlog of
         # reconciles does not turn into previews run later for nobody.
         app.send_task(PREVIEW_TASK, kwargs=kwargs, task_id=task_id, expires=preview_deadline_seconds())
+    except Exception as exc:  # the broker away: whatever its transport raises
+        preview_slot_release(actor, task_id)
+        raise TaskNotQueued(f"the broker refused the preview of source {source_id}: {exc}") from exc
     except BaseException:
         preview_slot_release(actor, task_id)
         raise

@@ -670,3 +670,31 @@ def test_a_promote_sent_twice_does_not_release_the_gate_after_the_one_it_was_sho
             str(step),
         )
     assert paused_rollout.approvals.count() == 1
+
+
+def test_a_sync_or_preview_the_broker_refuses_is_said_on_the_page_it_came_from(
+    make_source, people, monkeypatch
+):
+    """Redis away: the task is refused after what the action decided was saved. The page answered a bare
+    500 (before 2026-12-07); now the person is sent back with why, and htmx follows HX-Redirect."""
+    from dashboard.middleware import BROKER_REFUSED
+    from tests.broker import refuse_sends
+
+    source = make_source()
+    refuse_sends(monkeypatch)
+    client = client_for(people["approver"])
+    page = reverse("dashboard:source", args=[source.name])
+    sync = reverse("dashboard:source-sync", args=[source.name])
+
+    refused = client.post(sync, HTTP_REFERER=f"http://testserver{page}")
+    assert (refused.status_code, refused["Location"]) == (303, f"http://testserver{page}")
+    shown = client.get(page).content.decode()
+    assert BROKER_REFUSED.format(what="sync").replace("'", "&#x27;") in shown
+
+    from_htmx = client.post(sync, HTTP_HX_REQUEST="true", HTTP_REFERER="https://elsewhere.example/")
+    assert (from_htmx.status_code, from_htmx["HX-Redirect"]) == (503, reverse("dashboard:overview"))
+
+    preview = reverse("dashboard:source-preview", args=[source.name])
+    asked = client.post(preview, {"revision": "refs/heads/main"}, HTTP_REFERER=f"http://testserver{preview}")
+    assert asked.status_code == 303
+    assert BROKER_REFUSED.format(what="preview") in client.get(preview).content.decode()
