@@ -89,12 +89,13 @@ def readyz(request: HttpRequest) -> JsonResponse:
     """Database, broker and kube-apiserver reachable; 503 names the one that is not. Each registered
     cluster is listed (``cluster:NAME``) without deciding readiness.
 
-    Anyone (a load balancer) learns which check fails; only a logged-in user or a
+    Anyone (a load balancer) learns which check fails; only a user who may view sources or a
     caller with the metrics token learns why, since error texts describe internals, and the member
     clusters at all: they do not decide readiness, and each anonymous request probed every one of them
-    (threads and connections for anyone to pile up) and listed their names.
+    (threads and connections for anyone to pile up) and listed their names. An account without a
+    role, refused every page, counted as an insider until 2026-12-07.
     """
-    insider = request.user.is_authenticated or _has_metrics_token(request)
+    insider = request.user.has_perm("gitops.view_source") or _has_metrics_token(request)
     # An anonymous caller gets an answer shared for a moment (``health.readiness_shared``).
     checks = health.readiness(members=True) if insider else health.readiness_shared()
     ready = health.ready(checks)

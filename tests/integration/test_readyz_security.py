@@ -78,6 +78,20 @@ def test_a_logged_in_user_or_the_metrics_token_gets_the_details(stack, broken_br
     assert wrong_token.get("/readyz").json()["checks"]["broker"] == "failing"
 
 
+def test_an_account_without_a_role_learns_what_an_anonymous_caller_does(stack, broken_broker):
+    """Refused every page, it was still an insider here: the failures' texts, the member clusters, and
+    a probe of each of them on every request (before 2026-12-07)."""
+    from django.contrib.auth.models import User
+
+    nobody = User.objects.create_user("nobody", password="x")
+    nobody.groups.clear()  # new accounts are viewers; an administrator took the role away
+    session = Client()
+    session.force_login(User.objects.get(pk=nobody.pk))
+    assert session.get("/").status_code == 403
+    checks = session.get("/readyz").json()["checks"]
+    assert checks == {"database": "ok", "broker": "failing", "kube-apiserver": "ok"}, checks
+
+
 def test_only_a_logged_in_user_or_the_metrics_token_has_the_member_clusters_probed_and_named(
     stack, settings, people
 ):
