@@ -623,9 +623,10 @@ def _lookup_chain(targeting: dict[str, Any], names: Mapping[str, str], default: 
 
 
 # A variant name that is the text both flagd evaluators give a computed number (Python's str,
-# JavaScript's toString): an integer, or a decimal that is not a whole number; not "-0", which no
-# number prints as.
-_NUMBER_NAME = re.compile(r"0|-?[1-9][0-9]{0,14}|-?(?:0|[1-9][0-9]{0,14})\.[0-9]{0,15}[1-9]")
+# JavaScript's toString): an integer of any length (each evaluator looks up the text it prints, past
+# 2^53 too; until 2026-12-07 one of over 15 digits, a 16-digit or snowflake id, got the code default
+# during a canary), or a decimal that is not a whole number; not "-0", which no number prints as.
+_NUMBER_NAME = re.compile(r"0|-?[1-9][0-9]*|-?(?:0|[1-9][0-9]{0,14})\.[0-9]{0,15}[1-9]")
 
 
 # A variant name that is a computed number's text in one flagd evaluator only: a whole float as Python

@@ -876,3 +876,24 @@ def test_a_flag_moving_between_flag_sets_reaches_nobody_until_100_on_either_side
         "old-set": {"banner": FlagReach.AT_FULL, "kept": FlagReach.SPLIT},
         "new-set": {"banner": FlagReach.AT_FULL},
     }
+
+
+def test_a_computed_number_past_fifteen_digits_is_served_its_variant_at_every_weight(
+    evaluator: str, publish: Callable[[Mapping[str, Any]], Published]
+) -> None:
+    """Variants named by long integer ids (a 16-digit or snowflake tenant id that targeting computes):
+    both evaluators look the number up by its full text, but the canary matched only names of up to 15
+    digits by their text, so every such user got the code default between 0% and 100% (before
+    2026-12-07). JavaScript holds no 19-digit id exactly: Python alone is asked for one."""
+    names = ["1234567890123456", "7"] + (["1234567890123456789"] if evaluator == "python" else [])
+    old = {"flags": {"tier": _flag({name: f"old-{name}" for name in names}, "7", {"var": "tenant"})}}
+    new = copy.deepcopy(old)
+    new["flags"]["tier"]["variants"] = {name: f"new-{name}" for name in names}
+    contexts = {
+        f"t{n}-{name}": Context(f"t{n}-{name}", {"tenant": int(name)}) for n in range(20) for name in names
+    }
+    for weight in (10, 50, 90):
+        published = publish(canary_flag_set(old, new, weight, population=POPULATION))
+        for key, result in published.results("tier", "string", contexts).items():
+            tenant = key.split("-", 1)[1]
+            assert result in (json.dumps(f"old-{tenant}"), json.dumps(f"new-{tenant}")), (weight, key, result)
