@@ -685,8 +685,8 @@ class _TargetingChecker:
         if operator == "$ref":
             self.report(
                 operator_path,
-                '"$ref" is not allowed here; flagd substitutes evaluators only as arguments of an operation, '
-                'e.g. {"if": [{"$ref": "name"}, "on", "off"]}',
+                '"$ref" is not allowed here; flagd\'s schema (targeting.json) takes an evaluator only as an '
+                'argument of an operation, e.g. {"if": [{"$ref": "name"}, "on", "off"]}',
             )
         elif operator in self._SPECIAL_OPERATIONS:
             self._SPECIAL_OPERATIONS[operator](self, operator, operand, operator_path, in_result)

@@ -1086,7 +1086,7 @@ TARGETING_CHECKS = [
         "ref-as-the-whole-targeting",
         '{"$ref": "beta-testers"}',
         '["$ref"]',
-        '"$ref" is not allowed here; flagd substitutes evaluators only as arguments of an operation',
+        '"$ref" is not allowed here; flagd\'s schema (targeting.json) takes an evaluator only as an argument',
     ),
     targeting_case(
         "ref-with-other-keys",
