@@ -1,5 +1,5 @@
 """HTTP calls Sluice makes to URLs it was given: analysis checks, notifications, and the look at where a
-Git server that refused a fetch with a redirect points (``redirect_of``).
+Git server that refused a fetch with a redirect points (``redirect_of``, which uses no proxy).
 
 Such a URL points wherever its author wanted, so a call follows no redirect
 (urllib would follow one to any host, turning a POST into a GET), waits a
@@ -113,6 +113,12 @@ class _HTTPSHandler(urllib.request.HTTPSHandler):
 
 
 _OPENER = urllib.request.build_opener(_NoRedirects, _HTTPHandler, _HTTPSHandler)
+# ``redirect_of`` sends a source's own credentials: straight to its Git server, never through a proxy of
+# the environment, which git (curl) may not have used for that host (curl ignores HTTP_PROXY and reads
+# CIDRs in no_proxy; urllib does neither), and which would read an http:// source's token.
+_DIRECT_OPENER = urllib.request.build_opener(
+    urllib.request.ProxyHandler({}), _NoRedirects, _HTTPHandler, _HTTPSHandler
+)
 
 
 @dataclass(frozen=True)
@@ -157,11 +163,13 @@ def redirect_of(url: str, *, headers: dict[str, str], timeout: float) -> str:
     request = urllib.request.Request(  # noqa: S310 - the scheme is checked above
         url.partition("#")[0], method="GET", headers={**headers, "User-Agent": USER_AGENT}
     )
-    answer = _within(request, timeout)
+    answer = _within(request, timeout, opener=_DIRECT_OPENER)
     return answer.location if 300 <= answer.status < 400 else ""
 
 
-def _within(request: urllib.request.Request, timeout: float) -> Answer:
+def _within(
+    request: urllib.request.Request, timeout: float, *, opener: urllib.request.OpenerDirector = _OPENER
+) -> Answer:
     """``request``'s answer, given up on at ``timeout`` for the whole call."""
     timeout = min(max(timeout, 0.1), MAX_TIMEOUT_SECONDS)
     answers: list[Answer] = []
@@ -169,7 +177,7 @@ def _within(request: urllib.request.Request, timeout: float) -> Answer:
 
     def run() -> None:
         _CALL.call = call
-        answers.append(_send(request, timeout))
+        answers.append(_send(opener, request, timeout))
 
     caller = threading.Thread(target=run, name="outbound", daemon=True)
     caller.start()
@@ -192,9 +200,9 @@ def _shut(sock: socket.socket | None) -> None:
             sock.shutdown(socket.SHUT_RDWR)
 
 
-def _send(request: urllib.request.Request, timeout: float) -> Answer:
+def _send(opener: urllib.request.OpenerDirector, request: urllib.request.Request, timeout: float) -> Answer:
     try:
-        with _OPENER.open(request, timeout=timeout) as response:
+        with opener.open(request, timeout=timeout) as response:
             return Answer(int(response.status))
     except urllib.error.HTTPError as exc:
         _close(exc.fp)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import socket
 import threading
 import time
@@ -210,3 +211,39 @@ def test_what_is_sent_stops_at_the_first_hash_where_the_prefix_check_stops():
     answer = outbound.post(url + "#/../../admin#", b"{}", content_type="application/json", timeout=2)
     assert answer.status == 204
     assert lines == [b"POST /check HTTP/1.1"]
+
+
+def test_the_redirect_probe_sends_a_sources_credentials_through_no_proxy(monkeypatch):
+    """It asks with the source's own token; urllib took HTTP_PROXY from the environment, which curl (git)
+    ignores, and handed an http:// source's token to that proxy (before 2026-12-07)."""
+    proxied: list[bytes] = []
+
+    def proxy(connection: socket.socket) -> None:
+        proxied.append(connection.recv(65536))
+        connection.sendall(
+            b"HTTP/1.1 302 Found\r\nLocation: http://proxy.example/\r\nContent-Length: 0\r\n\r\n"
+        )
+        connection.close()
+
+    def git_server(connection: socket.socket) -> None:
+        connection.recv(65536)
+        connection.sendall(
+            b"HTTP/1.1 301 Moved\r\nLocation: https://git.example/r.git/\r\nContent-Length: 0\r\n\r\n"
+        )
+        connection.close()
+
+    proxy_url = serve(proxy).removesuffix("/check")
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.setenv(name, proxy_url)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    url = serve(git_server).replace("/check", "/r/info/refs?service=git-upload-pack")
+    importlib.reload(outbound)  # urllib reads the proxies when an opener is built: as a worker starts
+    try:
+        found = outbound.redirect_of(url, headers={"Authorization": "Basic c2VjcmV0"}, timeout=2)
+    finally:
+        monkeypatch.undo()
+        importlib.reload(outbound)
+
+    assert found == "https://git.example/r.git/"
+    assert proxied == [], "the token went to the proxy"
