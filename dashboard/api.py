@@ -907,6 +907,7 @@ def source_rows(sources: list[Source]) -> list[dict[str, Any]]:
         .order_by("source_id", "-id")
         .distinct("source_id")
     }
+    selectors.strict_gates_count(list(active.values()))
     managed = dict(
         ManagedObject.objects.filter(source_id__in=ids)
         .values("source_id")
@@ -1181,7 +1182,9 @@ def list_rollouts(
     if filters.phase:
         found = found.filter(phase=filters.phase.value)
     found = found.order_by("-created_at", "-id")
-    return page([selectors.rollout_status(r) for r in window(found, paging)], found.count(), paging)
+    shown = list(window(found, paging))
+    selectors.strict_gates_count(shown)
+    return page([selectors.rollout_status(r) for r in shown], found.count(), paging)
 
 
 @api.get("/rollouts/{rollout_id}", response={200: RolloutDetailOut, **READ_ONE_ERRORS}, tags=["rollouts"])

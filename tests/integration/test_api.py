@@ -713,6 +713,39 @@ def test_list_endpoints_run_a_fixed_number_of_queries(as_role, people):
     assert max(n for n, _ in many.values()) <= 12
 
 
+def test_rollouts_that_forbid_self_approval_are_listed_in_a_fixed_number_of_queries(as_role, people):
+    """Each active rollout that forbids self-approval counted its gate's approvals with a query of its
+    own (before 2026-12-07: a page of 200 was 200 queries more). An author's approval does not count."""
+    api = as_role["viewer"]
+    approver = people["approver"]
+
+    def measure() -> tuple[dict[str, int], dict[str, Any]]:
+        counts, bodies = {}, {}
+        for path in ("/rollouts", "/sources"):
+            with CaptureQueriesContext(connection) as queries:
+                response = api.get(path, limit=200)
+            assert response.status_code == 200, response.content
+            counts[path], bodies[path] = len(queries), response.json()
+        return counts, bodies
+
+    api.get("/sources")  # the token's first use records last_used_at
+    seed(2, approver)
+    Rollout.objects.update(forbid_self_approval=True)
+    few, _ = measure()
+    seed(20, approver, start=2)
+    Rollout.objects.update(forbid_self_approval=True)
+    authored = Rollout.objects.order_by("id").first()
+    Revision.objects.filter(pk=authored.revision_id).update(author_email=" OTTO@example.com")
+    many, bodies = measure()
+
+    assert few == many, (few, many)
+    approvals = {item["id"]: item["approvals"] for item in bodies["/rollouts"]["items"]}
+    assert approvals.pop(authored.pk) == 0, "the author's own approval"
+    assert set(approvals.values()) == {1}, approvals
+    listed = {row["name"]: row["active_rollout"]["approvals"] for row in bodies["/sources"]["items"]}
+    assert listed[authored.source.name] == 0 and sum(listed.values()) == 21, listed
+
+
 # -- the consumers of a ConfigMap step (issue 12) -----------------------------------------------
 
 
