@@ -12,7 +12,7 @@ INSTALLED := $(VENV)/.installed
 JS_TESTS := tests/js
 JS_INSTALLED := $(JS_TESTS)/node_modules/.installed
 
-.PHONY: help setup stack stack-down stack-status control-plane browser demo demo-smoke test test-unit lint format bench bench-smoke bench-profile screenshots clean
+.PHONY: help setup stack stack-down stack-status control-plane browser demo demo-smoke test test-unit lint format bench bench-smoke bench-check bench-profile screenshots clean
 
 help:
 	@echo "make demo        run Sluice on the embedded stack (web, worker, beat)"
@@ -23,6 +23,7 @@ help:
 	@echo "make screenshots every dashboard page at 1280 and 390 px wide, in test-artifacts/screenshots/"
 	@echo "make bench       run the benchmarks under bench/"
 	@echo "make bench-smoke the reconcile benchmark at 1,000 objects; fails if Sluice is slower than kubectl"
+	@echo "make bench-check every benchmark at a tiny size: proves each still runs (no figures)"
 	@echo "make bench-profile CPU profile of a cold apply (1,000 and 10,000) and a no-op (10,000), in bench/results/"
 
 $(PY):
@@ -97,6 +98,10 @@ bench-profile: setup
 # object) shows up as Sluice falling behind kubectl on the same manifests.
 bench-smoke: setup
 	$(PY) bench/reconcile.py --sizes 1000 --cold-samples 3 --fail-if-slower
+
+# CI runs this too: every benchmark at a tiny size, so one whose set-up broke does not stay broken unseen.
+bench-check: setup
+	$(PY) scripts/bench_check.py
 
 clean:
 	-$(PY) -m devstack down
