@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from gitops.desired.errors import RevisionRejected, ValidationError
+from gitops.desired.errors import RevisionRejected, ValidationError, source_path_error
 from gitops.desired.limits import DEFAULT_LIMITS, MAX_RECORD_BYTES, MAX_SKIPPED_ENTRIES, SETTINGS, Limits
 from gitops.desired.revision import READ_PATHS, DesiredState, load_revision, shown_path
 
@@ -129,6 +129,8 @@ def validate(
         checkout = git_checkout(root, git_ref, limits)
     elif staged:
         checkout = git_checkout(root, None, limits)
+    elif (refused := _linked_path(root)) is not None:
+        return Report(f"working tree of {root}", errors=(refused,))
     else:
         checkout = working_tree_checkout(root, limits)
     if checkout.refused:
@@ -229,6 +231,8 @@ def git_checkout(root: Path, ref: str | None, limits: Limits) -> Checkout:
     else:
         tree = _resolve_tree(top, ref)
         described = f"{ref} of {root}"
+    if (refused := _path_in_tree_problem(top, tree, prefix)) is not None:
+        return Checkout({}, {}, lambda ids: {}, described, refused=(refused,))
     files: dict[str, str] = {}
     sizes: dict[str, int] = {}
 
@@ -327,13 +331,50 @@ def _records_of(process: subprocess.Popen[bytes]) -> Iterator[bytes]:
 
 
 def _repository_of(root: Path) -> tuple[Path, str]:
-    """The top of the work tree ``root`` is in, and ``root``'s path inside it ("" at the top)."""
-    top, prefix = (
-        _git(root, "rev-parse", "--show-toplevel", "--show-prefix")
-        .decode("utf-8", "surrogateescape")
-        .split("\n")[:2]
-    )
-    return Path(top), prefix
+    """The top of the work tree ``root`` is in, and ``root``'s path inside it ("" at the top) as written,
+    symlinks unresolved: git's own prefix resolves them, and a source's path that is a symlink in the
+    commit, which the worker refuses, was validated as the directory it points to (before 2026-12-07)."""
+    top = Path(_git(root, "rev-parse", "--show-toplevel").decode("utf-8", "surrogateescape").rstrip("\n"))
+    real_top = top.resolve()
+    written = Path(os.path.abspath(root))
+    for ancestor in (written, *written.parents):
+        if ancestor.resolve() == real_top:
+            relative = written.relative_to(ancestor).as_posix()
+            return top, "" if relative == "." else relative + "/"
+    prefix = _git(root, "rev-parse", "--show-prefix").decode("utf-8", "surrogateescape").rstrip("\n")
+    return top, prefix
+
+
+def _path_in_tree_problem(top: Path, tree: str, prefix: str) -> ValidationError | None:
+    """The worker's refusal of a source path that is missing from ``tree``, or is not a directory there
+    (a symlink, a file or a submodule), asked as the worker asks (``GitMirror._unlisted``); None when it
+    is a directory."""
+    path = prefix.strip("/")
+    if not path:
+        return None
+    entry = _git(top, "--literal-pathspecs", "ls-tree", "-z", tree, "--", path).split(b"\0", 1)[0]
+    if not entry:
+        return source_path_error(shown_path(path), None)
+    mode = entry.partition(b" ")[0]
+    if mode != b"040000":
+        kinds = {b"100644": "a file", b"100755": "a file", **_ENTRY_KINDS}
+        return source_path_error(shown_path(path), kinds.get(mode, "not a directory"))
+    return None
+
+
+def _linked_path(root: Path) -> ValidationError | None:
+    """In a working tree: the worker's refusal when ``root`` or a directory above it inside its repository
+    is a symlink, which a commit records as one (the sync refuses a path through it)."""
+    written = Path(os.path.abspath(root))
+    for ancestor in (written, *written.parents):
+        if (ancestor / ".git").exists():
+            walked = ancestor
+            for part in written.relative_to(ancestor).parts:
+                walked = walked / part
+                if walked.is_symlink():
+                    return source_path_error(shown_path(walked.relative_to(ancestor).as_posix()), "a symlink")
+            return None
+    return None
 
 
 def _resolve_tree(root: Path, ref: str) -> str:

@@ -123,3 +123,12 @@ class RevisionRejected(Exception):
                 ValidationError(last.file, last.line, "", f"... and {left_out:,} more errors not shown")
             )
         self.errors = [*shown, stopped] if stopped else shown
+
+
+def source_path_error(shown: str, kind: str | None) -> ValidationError:
+    """The revision's refusal when the source's path (``shown``, from the repository's root) is gone from
+    the commit (``kind`` None) or is ``kind`` there ("a symlink", "a file", "a submodule"): the worker's,
+    and ``gitops validate``'s for the same commit."""
+    found = "does not exist in this commit" if kind is None else f"is {kind} in this commit, not a directory"
+    advice = "restore the directory, or have an administrator change the source's path (update-source --path)"
+    return ValidationError(shown, None, "", f"the source's path {found}; {advice}")

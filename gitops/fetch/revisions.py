@@ -19,7 +19,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from gitops import caches, metrics
-from gitops.desired.errors import RevisionRejected, ValidationError
+from gitops.desired.errors import RevisionRejected, ValidationError, source_path_error
 from gitops.desired.flag_keys import flag_keys, published_elsewhere_errors
 from gitops.desired.limits import Limits
 from gitops.desired.policy import POLICY_FILE
@@ -314,12 +314,7 @@ def _listing(
 def _source_path_problem(exc: SourcePathMissing | SourcePathNotADirectory) -> ValidationError:
     """The source's path gone from the commit, or not a directory there: the commit's doing (a pusher
     moved or replaced it), so the revision is rejected, naming the path from the repository's root."""
-    if isinstance(exc, SourcePathMissing):
-        found = "does not exist in this commit"
-    else:
-        found = f"is {exc.kind} in this commit, not a directory"
-    advice = "restore the directory, or have an administrator change the source's path (update-source --path)"
-    return ValidationError(shown_path(exc.path), None, "", f"the source's path {found}; {advice}")
+    return source_path_error(shown_path(exc.path), None if isinstance(exc, SourcePathMissing) else exc.kind)
 
 
 def _load_whole(

@@ -301,6 +301,33 @@ def test_git_ref_lists_exactly_the_files_the_sync_lists_from_its_mirror(repo: Gi
     assert "configmaps/link.yaml" not in listed.files
 
 
+def test_a_source_path_that_is_a_symlink_or_gone_in_the_commit_is_refused_as_the_sync_refuses_it(
+    repo: GitRepo,
+):
+    """git's own prefix resolves a symlink: `validate deploy` of a repository whose deploy/ is a symlink
+    said valid in every mode, and every sync of that commit rejected it (before 2026-12-07). A path
+    missing at the ref was "cannot validate" (2), which the sync rejects (1)."""
+    from gitops.desired.errors import source_path_error
+    from gitops.fetch.mirror import SourcePathNotADirectory
+
+    repo.write_all({"other/sluice.yaml": POLICY, "other/configmaps/a.yaml": APP})
+    os.symlink("other", repo.work / "deploy")
+    commit = repo.commit("deploy is a link", push=False)
+    with pytest.raises(SourcePathNotADirectory) as synced:
+        GitMirror(repo.work / ".git").list_tree(commit, "deploy", paths=READ_PATHS)
+    assert synced.value.kind == "a symlink"
+    refusal = str(source_path_error("deploy", "a symlink"))
+
+    for options in ({}, {"staged": True}, {"git_ref": "HEAD"}):
+        verdict, out, _ = printed(repo.work / "deploy", **options)
+        assert (verdict, out) == (Exit.INVALID, refusal + "\n"), options
+    assert printed(repo.work / "other", git_ref="HEAD")[0] == Exit.VALID
+
+    (repo.work / "later").mkdir()
+    verdict, out, _ = printed(repo.work / "later", git_ref="HEAD")
+    assert (verdict, out) == (Exit.INVALID, str(source_path_error("later", None)) + "\n")
+
+
 def test_git_ref_reads_the_same_bytes_as_the_working_tree(repo: GitRepo):
     listed = git_checkout(repo.work, "HEAD", DEFAULT_LIMITS)
     contents = listed.read_blobs(list(listed.files.values()))
