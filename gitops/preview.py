@@ -280,7 +280,9 @@ class RevisionPreview:
             "committed_at": info.committed_at.isoformat() if info else None,
             "computed_at": timezone.now().isoformat(),
             "weight": 100,
-            "errors": [error.as_dict() for error in self.errors],
+            # They may quote what the revision holds (a token in a label): pages, the API and `gitops diff
+            # --revision --json` show them redacted, as a source's errors are.
+            "errors": [{**error.as_dict(), "message": redact(error.message)} for error in self.errors],
             "summary": self.plan.summary() if self.plan else {},
             "items_total": len(changed),
             "items": items_shown(changed) if bounded else [item.as_dict() for item in changed],

@@ -256,13 +256,20 @@ def _live_rollouts() -> QuerySet[Rollout]:
 def _write_archive(rows: QuerySet[Change], output: Path) -> tuple[int, int]:
     written, last_id = 0, 0
     try:
-        with output.open("x", encoding="utf-8") as archive:
+        archive = output.open("x", encoding="utf-8")
+    except FileExistsError as exc:
+        raise PermanentError(f"{output} exists; archive-changes never overwrites a file") from exc
+    try:
+        with archive:
             # 50: an entry's before and after may be 1 MiB each (the dashboard's export reads as many).
             for change in rows.iterator(chunk_size=50):
                 archive.write(json.dumps(_archived_entry(change), sort_keys=True) + "\n")
                 written, last_id = written + 1, change.pk
             archive.flush()
             os.fsync(archive.fileno())
-    except FileExistsError as exc:
-        raise PermanentError(f"{output} exists; archive-changes never overwrites a file") from exc
+    except BaseException:
+        # Cut short (a full disk, Ctrl-C, a database error): nothing was deleted, and a half-made file
+        # left behind made the next run refuse "exists" (before 2026-12-07).
+        output.unlink(missing_ok=True)
+        raise
     return written, last_id

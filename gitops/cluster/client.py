@@ -26,6 +26,7 @@ from typing import Any, NamedTuple, cast
 from urllib.parse import quote, urlencode
 
 import urllib3
+import yaml
 from django.conf import settings
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
@@ -375,8 +376,9 @@ class Cluster:
                 )
             else:
                 config.load_incluster_config(client_configuration=configuration)
-        except (config.ConfigException, OSError, ValueError, TypeError) as exc:
-            # Names the reference, never the file's content: a kubeconfig holds credentials.
+        except (config.ConfigException, OSError, ValueError, TypeError, yaml.YAMLError) as exc:
+            # Names the reference, never the file's content: a kubeconfig holds credentials. A file that
+            # is not YAML at all raised a traceback (before 2026-12-07).
             where = (
                 f"{kubeconfig} (context {context or 'current'})" if kubeconfig else "the in-cluster account"
             )

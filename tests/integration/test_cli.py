@@ -333,6 +333,61 @@ def test_ordinary_mistakes_get_a_message_not_a_traceback(repo, make_source, peop
     source = make_source()
     refuse_sends(monkeypatch)
     with pytest.raises(
-        CommandError, match=r"the broker refused the sync .*; try again once the broker answers"
+        CommandError, match=r"the broker refused the sync .*What this command decided is saved"
     ):
         call_command("gitops", "sync", source.name)
+
+
+def test_a_dead_end_is_one_line_with_an_exit_status_that_tells_whether_to_try_again(
+    repo, make_source, tmp_path, monkeypatch
+):
+    """A cluster name mistyped answered "would change nothing" (exit 0); a kubeconfig that is not YAML, an
+    archive into a missing directory and a broker that refused were tracebacks or "try again" after the
+    decision was saved (before 2026-12-07). Nobody could tell: 2; refused: 1."""
+    from django.core.management import CommandError, call_command
+
+    from tests.broker import refuse_sends
+
+    repo.write_all({"sluice.yaml": policy(["t"]), "configmaps/app.yaml": configmap("app", {"A": "1"})})
+    repo.commit()
+    source = make_source()
+    with pytest.raises(CommandError, match=r"no cluster named 'defualt' \(known: .*default") as typo:
+        call_command("gitops", "diff", source.name, "--cluster", "defualt")
+    assert typo.value.returncode == 1
+    garbled = tmp_path / "kubeconfig"
+    garbled.write_text("clusters: [unclosed\n  token: s3cr3t-token\n")
+    with pytest.raises(CommandError, match="cannot load the credentials") as not_yaml:
+        call_command("gitops", "add-cluster", "broken", "--kubeconfig", str(garbled))
+    assert "s3cr3t" not in str(not_yaml.value)
+    with pytest.raises(CommandError, match="No such file or directory"):
+        call_command(
+            "gitops", "archive-changes", "--before", "2020-01-01", "--output", str(tmp_path / "no/x")
+        )
+    refuse_sends(monkeypatch)
+    with pytest.raises(CommandError, match="the broker refused") as refused:
+        call_command("gitops", "sync", source.name)
+    assert refused.value.returncode == 2
+
+
+def test_diff_shows_a_rejected_revisions_errors_redacted_in_every_form(repo, make_source):
+    """`diff` in text and `status` redacted what a revision's errors quote; `diff --json` and `diff
+    --revision` printed it whole (before 2026-12-07): a token pasted into a label went to CI logs."""
+    import io
+
+    from django.core.management import call_command
+
+    bad = configmap("app", {"A": "1"})
+    bad["metadata"]["labels"] = {"team": "password=hunter2 !"}
+    repo.write_all({"sluice.yaml": policy(["t"]), "configmaps/app.yaml": bad})
+    repo.commit()
+    source = make_source()
+    for arguments in (
+        ["--json"],
+        ["--revision", "refs/heads/main"],
+        ["--revision", "refs/heads/main", "--json"],
+    ):
+        out = io.StringIO()
+        with pytest.raises(SystemExit) as exited:
+            call_command("gitops", "diff", source.name, *arguments, stdout=out)
+        assert exited.value.code == 1, arguments
+        assert "labels" in out.getvalue() and "hunter2" not in out.getvalue(), (arguments, out.getvalue())

@@ -233,3 +233,28 @@ def test_an_entry_written_while_the_archive_runs_stays_with_the_entry_before_it(
     assert Change.objects.filter(pk=written[0]).exists()
     (kept_of_cm_2,) = Change.objects.filter(rollout=finished, name="cm-2").exclude(pk=written[0])
     assert kept_of_cm_2.pk not in archived, "the last entry of cm-2 when the archive began"
+
+
+def test_an_archive_cut_short_while_writing_leaves_no_file_and_deletes_nothing(aged, tmp_path, monkeypatch):
+    """A full disk, Ctrl-C or a database error half-way through the file: the half-made archive stayed,
+    and the next run refused it as "exists; never overwrites" (before 2026-12-07)."""
+    real = retention._archived_entry
+    seen: list[int] = []
+
+    def fails_on_the_second(change):
+        seen.append(change.pk)
+        if len(seen) == 2:
+            raise OSError(28, "No space left on device")
+        return real(change)
+
+    monkeypatch.setattr(retention, "_archived_entry", fails_on_the_second)
+    before = Change.objects.count()
+    output = tmp_path / "archive.jsonl"
+
+    with pytest.raises(OSError, match="No space left"):
+        retention.archive_changes(timezone.now() + timedelta(days=1), output)
+
+    assert not output.exists()
+    assert Change.objects.count() == before
+    monkeypatch.undo()
+    assert retention.archive_changes(timezone.now() + timedelta(days=1), output) > 0

@@ -42,9 +42,10 @@ from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.management.base import BaseCommand, CommandError
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
+from kombu.exceptions import OperationalError as KombuOperationalError
 
 from gitops import (
     cluster_admin,
@@ -61,7 +62,7 @@ from gitops.desired.errors import ValidationError
 from gitops.desired.limits import Limits
 from gitops.errors import GitopsError
 from gitops.intake import webhook_secrets
-from gitops.models import Rollout, Source, SourceRemoval
+from gitops.models import Rollout, Source, SourceRemoval, known_cluster_names
 from gitops.plan import ACTIONABLE, Action, DiffItem, Plan
 from gitops.record.audit import Actor
 from gitops.redaction import redact, url_without_query
@@ -110,8 +111,20 @@ class Command(BaseCommand):
             raise CommandError("no such rollout") from exc
         except (GitopsError, DjangoValidationError, PermissionDenied) as exc:
             raise CommandError(str(exc)) from exc
-        except schedule.SyncNotQueued as exc:  # the broker refused (a decision made before it is kept)
-            raise CommandError(f"{exc}; try again once the broker answers") from exc
+        except schedule.TaskNotQueued as exc:  # the broker refused (a decision made before it is kept)
+            raise CommandError(
+                f"{exc}. What this command decided is saved; beat's sweep or the source's next poll "
+                "carries it out once the broker answers",
+                returncode=2,
+            ) from exc
+        except (DatabaseError, KombuOperationalError) as exc:  # nobody could tell: a traceback before
+            what = "the database" if isinstance(exc, DatabaseError) else "the broker"
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise CommandError(f"{what} did not answer: {redact(first_line)}", returncode=2) from exc
+        except OSError as exc:  # a file it was told to read or write (archive-changes --output, a kubeconfig)
+            raise CommandError(redact(str(exc))) from exc
+        except KeyboardInterrupt as exc:  # what was decided before is kept; a --wait only stops waiting
+            raise CommandError("interrupted", returncode=130) from exc
 
     def do_live_cache(self, **options: Any) -> None:
         livecache.live_cache_run(options["cluster"])
@@ -263,10 +276,14 @@ class Command(BaseCommand):
         if result.get("held"):
             self.stdout.write(f"held, nothing applied: {result['held']}")
         for error in result.get("errors", []):
-            self.stdout.write(f"  {error}")
+            self.stdout.write(f"  {redact(str(error))}")
 
     def do_diff(self, **options: Any) -> None:
         source = self._source(options["name"])
+        known = known_cluster_names()
+        if options["cluster"] is not None and options["cluster"] not in known:
+            # A typo answered "would change nothing", exit 0 (before 2026-12-07).
+            raise CommandError(f"no cluster named {options['cluster']!r} (known: {', '.join(sorted(known))})")
         if options["revision"] is not None:
             self._diff_revision(
                 source, options["revision"], as_json=options["json"], cluster=options["cluster"]
@@ -276,9 +293,10 @@ class Command(BaseCommand):
         revision, plan = previewed.revision, previewed.plan
         if plan is None:
             if options["json"]:
-                self.stdout.write(
-                    json.dumps({"commit": revision.commit, "rejected": revision.errors}, indent=2)
-                )
+                rejected = [
+                    {**error, "message": redact(str(error.get("message", "")))} for error in revision.errors
+                ]
+                self.stdout.write(json.dumps({"commit": revision.commit, "rejected": rejected}, indent=2))
             else:
                 self.stdout.write(f"{source.name} @ {revision.short_commit}: rejected")
                 # This preview's findings: the source's latest row may be another commit's (a pass fetched
@@ -319,7 +337,7 @@ class Command(BaseCommand):
             where = f"{previewed.revision} ({info.sha[:12]})" if info else previewed.revision
             self.stdout.write(f"{source.name} @ {where}: rejected")
             for problem in previewed.errors:
-                self.stdout.write(f"  {problem}")
+                self.stdout.write(f"  {redact(str(problem))}")
         else:
             self.stdout.write(f"preview of {previewed.revision}; nothing is applied")
             self._print_plan(previewed.plan)
