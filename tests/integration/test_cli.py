@@ -391,3 +391,18 @@ def test_diff_shows_a_rejected_revisions_errors_redacted_in_every_form(repo, mak
             call_command("gitops", "diff", source.name, *arguments, stdout=out)
         assert exited.value.code == 1, arguments
         assert "labels" in out.getvalue() and "hunter2" not in out.getvalue(), (arguments, out.getvalue())
+
+
+def test_a_webhook_secret_can_come_from_standard_input(make_source, monkeypatch):
+    """On the command line it is in `ps` and the shell's history."""
+    import io
+
+    from django.core.management import call_command
+
+    from gitops import secrets as encryption
+
+    source = make_source()
+    monkeypatch.setattr("sys.stdin", io.StringIO("from-stdin-0123456789abcdef\n"))
+    call_command("gitops", "webhook-secret", source.name, "--set", "-", stdout=io.StringIO())
+    source.refresh_from_db()
+    assert encryption.decrypt(source.webhook_secret_encrypted) == "from-stdin-0123456789abcdef"

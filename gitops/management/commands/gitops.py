@@ -118,9 +118,14 @@ class Command(BaseCommand):
                 returncode=2,
             ) from exc
         except (DatabaseError, KombuOperationalError) as exc:  # nobody could tell: a traceback before
-            what = "the database" if isinstance(exc, DatabaseError) else "the broker"
-            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise CommandError(f"{what} did not answer: {redact(first_line)}", returncode=2) from exc
+            first_line = redact((str(exc).strip().splitlines() or [type(exc).__name__])[0])
+            if isinstance(exc, DatabaseError):
+                raise CommandError(f"the database did not answer: {first_line}", returncode=2) from exc
+            raise CommandError(
+                f"the broker did not answer: {first_line}. What this command decided before it is saved; "
+                "beat's sweep carries it out once the broker answers",
+                returncode=2,
+            ) from exc
         except OSError as exc:  # a file it was told to read or write (archive-changes --output, a kubeconfig)
             raise CommandError(redact(str(exc))) from exc
         except KeyboardInterrupt as exc:  # what was decided before is kept; a --wait only stops waiting
@@ -599,7 +604,12 @@ class Command(BaseCommand):
             self.stdout.write(f"new webhook secret for {source.name} (shown once, copy it now):")
             self.stdout.write(secret)
         else:
-            webhook_secrets.webhook_secret_set(source, options["secret"])
+            secret = options["secret"]
+            if secret == "-":  # noqa: S105 - standard input, not a password
+                secret = sys.stdin.readline().rstrip("\r\n")
+                if not secret:
+                    raise CommandError("no secret on standard input")
+            webhook_secrets.webhook_secret_set(source, secret)
             self.stdout.write(f"webhook secret for {source.name} set")
         self.stdout.write(f"webhook URL path: /webhooks/git/{source.name}")
 
@@ -829,7 +839,12 @@ def _add_secret_and_role_parsers(commands: Any) -> None:
     secret = commands.add_parser("webhook-secret", help="set or rotate a source's webhook secret")
     secret.add_argument("name")
     choice = secret.add_mutually_exclusive_group(required=True)
-    choice.add_argument("--set", dest="secret", metavar="SECRET")
+    choice.add_argument(
+        "--set",
+        dest="secret",
+        metavar="SECRET",
+        help="the host's secret; '-' reads it from standard input (kept out of ps and shell history)",
+    )
     choice.add_argument("--rotate", action="store_true", help="generate a secret and print it once")
 
     grant = commands.add_parser("grant", help="give a user a role (viewer, approver or admin)")
