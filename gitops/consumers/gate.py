@@ -31,7 +31,7 @@ UNREACHABLE_RELIST_SECONDS = 2.0
 
 class GateResult(StrEnum):
     OPEN = "open"  # every workload is healthy
-    FAILED = "failed"  # one reported failure (ProgressDeadlineExceeded) or disappeared
+    FAILED = "failed"  # one reported failure (ProgressDeadlineExceeded)
     WAITING = "waiting"  # not yet: the slice ended, or someone asked to stop
 
 
@@ -150,7 +150,11 @@ class _WaveWatch:
 
     def _judge(self, key: WorkloadKey, obj: dict[str, Any] | None) -> WorkloadHealth:
         if obj is None:
-            return WorkloadHealth(Health.FAILED, "deleted")
+            # Waited for, not failed at once: an Argo CD Replace or `helm --force` sync, or a StatefulSet
+            # deleted with --cascade=orphan to change its claims, creates it again a moment later, and its
+            # new pods read the new content (a deletion failed the wave and rolled it back before
+            # 2026-12-07). One that stays gone fails at the rollout's health deadline, saying so.
+            return WorkloadHealth(Health.PROGRESSING, "deleted; waiting for it to be created again")
         cluster, _, namespace, _ = key
         referred = self.generations.get((cluster, "Deployment", namespace, referred_deployment(obj)))
         return health_of(obj, referred)

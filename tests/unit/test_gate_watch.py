@@ -105,3 +105,43 @@ def test_a_rollout_that_refers_to_a_just_stamped_deployment_waits_until_argo_has
 
     paused = WithAReferringRollout(referring_rollout(seen=3, reported=3, phase="Paused"))
     assert gate_wait(lambda name: paused, WAVE, seconds=1.5).result is GateResult.WAITING
+
+
+HEALTHY = {
+    "kind": "Deployment",
+    "metadata": {"name": "web", "namespace": "a", "generation": 1},
+    "spec": {"replicas": 1},
+    "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1},
+}
+
+
+class DeletedThenCreatedAgain:
+    """Deployment web is gone when the gate lists it (an Argo CD Replace or `helm --force` sync, a
+    StatefulSet deleted with --cascade=orphan to change its claims), and comes back, healthy."""
+
+    def list_workloads(self, kind: str, namespace: str):
+        return [], "1"
+
+    def watch_workloads(self, kind: str, namespace: str, *, resource_version: str, timeout_seconds: int):
+        yield "ADDED", dict(HEALTHY)
+
+
+def test_a_consumer_deleted_and_created_again_is_waited_for_not_failed_at_once():
+    """A deletion failed the wave at once and rolled every ConfigMap back, though the workload came back
+    healthy a moment later (before 2026-12-07). Gone, it is progressing until the rollout's deadline."""
+    gone = DeletedThenCreatedAgain()
+
+    verdict = gate_wait(lambda name: gone, [("default", "Deployment", "a", "web")], seconds=5)
+
+    assert verdict.result is GateResult.OPEN, verdict.states
+
+
+def test_a_consumer_that_stays_deleted_is_left_waiting_with_why():
+    class StaysDeleted(DeletedThenCreatedAgain):
+        def watch_workloads(self, kind: str, namespace: str, *, resource_version: str, timeout_seconds: int):
+            return iter(())
+
+    verdict = gate_wait(lambda name: StaysDeleted(), [("default", "Deployment", "a", "web")], seconds=1.2)
+
+    assert verdict.result is GateResult.WAITING
+    assert verdict.states[("default", "Deployment", "a", "web")].detail.startswith("deleted")
