@@ -14,7 +14,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -64,12 +64,16 @@ def gate_wait(
     stop: Callable[[], bool] = lambda: False,
     changed: Callable[[dict[WorkloadKey, WorkloadHealth]], None] = lambda states: None,
     default_cluster: str = "",
+    restarted_after: Mapping[WorkloadKey, int] | None = None,
 ) -> Verdict:
     """Waits up to ``seconds`` for every workload to be healthy; ``changed`` hears each new state.
 
-    ``connect`` gives the client of a cluster by name.
+    ``connect`` gives the client of a cluster by name. ``restarted_after``: workloads someone else
+    restarts (Reloader), each healthy only once its generation passed the one given.
     """
-    wave = _WaveWatch(connect, workloads, deadline=time.monotonic() + seconds)
+    wave = _WaveWatch(
+        connect, workloads, deadline=time.monotonic() + seconds, restarted_after=restarted_after
+    )
     changed(dict(wave.states))
     while (verdict := _verdict(wave.states)) is None:
         if stop():
@@ -88,9 +92,15 @@ class _WaveWatch:
     """The wave's workloads, listed once per (cluster, kind, namespace) and watched from there."""
 
     def __init__(
-        self, connect: Callable[[str], Cluster], workloads: Iterable[WorkloadKey], *, deadline: float
+        self,
+        connect: Callable[[str], Cluster],
+        workloads: Iterable[WorkloadKey],
+        *,
+        deadline: float,
+        restarted_after: Mapping[WorkloadKey, int] | None = None,
     ) -> None:
         self.connect, self.deadline = connect, deadline
+        self.restarted_after = dict(restarted_after or {})
         self.wanted = set(workloads)
         self.groups: dict[Group, set[str]] = {}
         for cluster, kind, namespace, name in self.wanted:
@@ -156,6 +166,9 @@ class _WaveWatch:
             # 2026-12-07). One that stays gone fails at the rollout's health deadline, saying so.
             return WorkloadHealth(Health.PROGRESSING, "deleted; waiting for it to be created again")
         cluster, _, namespace, _ = key
+        after = self.restarted_after.get(key)
+        if after is not None and int((obj.get("metadata") or {}).get("generation") or 0) <= after:
+            return WorkloadHealth(Health.PROGRESSING, "waiting for Reloader to restart it")
         referred = self.generations.get((cluster, "Deployment", namespace, referred_deployment(obj)))
         return health_of(obj, referred)
 

@@ -87,21 +87,27 @@ def wave_restart(rollout: Rollout, *, step_index: int, weight: int, actor: str) 
     if result.unreachable or result.failures:
         return result
     restarted = _restart(rollout, workloads, result, step=(step_index, weight, actor))
-    result.states = [
-        {
-            "cluster": w.cluster,
-            "kind": w.kind,
-            "namespace": w.namespace,
-            "name": w.name,
-            "restarted": w.cluster_key in restarted,
-            "restartable": w.restartable,
-            "refers_to": w.refers_to,
-            "health": Health.PROGRESSING,
-            "detail": "",
-        }
-        for w in workloads
-    ]
+    result.states = [_consumer_state(w, restarted=w.cluster_key in restarted) for w in workloads]
     return result
+
+
+def _consumer_state(workload: Workload, *, restarted: bool) -> dict[str, object]:
+    state: dict[str, object] = {
+        "cluster": workload.cluster,
+        "kind": workload.kind,
+        "namespace": workload.namespace,
+        "name": workload.name,
+        "restarted": restarted,
+        "restartable": workload.restartable,
+        "refers_to": workload.refers_to,
+        "health": Health.PROGRESSING,
+        "detail": "",
+    }
+    if workload.reloader and not restarted and not workload.refers_to:
+        # Reloader restarts it, a moment after the step: until then its status is the old pods', healthy,
+        # and the gate opened on them (before 2026-12-07). Healthy only once its template changed since.
+        state["reloader_after_generation"] = workload.generation
+    return state
 
 
 def _restart(
@@ -213,9 +219,15 @@ def wave_gate_pass(rollout: Rollout, refusals: list[str]) -> bool:
     keys = [_state_key(state) for state in rollout.consumer_states]
     remaining = (rollout.pause_until - timezone.now()).total_seconds() if rollout.pause_until else 0.0
     slice_seconds = float(getattr(settings, "SLUICE_CONSUMER_GATE_SLICE_SECONDS", DEFAULT_SLICE_SECONDS))
+    awaited = {
+        _state_key(state): int(str(state["reloader_after_generation"]))
+        for state in rollout.consumer_states
+        if state.get("reloader_after_generation") is not None
+    }
     verdict = gate_wait(
         get_cluster,
         keys,
+        restarted_after=awaited,
         seconds=max(0.0, min(slice_seconds, remaining)),
         stop=lambda: Rollout.objects.filter(pk=rollout.pk).exclude(abort_requested_by="").exists(),
         changed=lambda found: _store_states(rollout, found),
