@@ -20,7 +20,13 @@ from enum import StrEnum
 from typing import Any
 
 from gitops.cluster import Cluster
-from gitops.consumers.workloads import Health, WorkloadHealth, health_of, referred_deployment
+from gitops.consumers.workloads import (
+    Health,
+    WorkloadHealth,
+    health_of,
+    referred_deployment,
+    restart_holds,
+)
 from gitops.errors import GitopsError
 
 WorkloadKey = tuple[str, str, str, str]  # (cluster, kind, namespace, name)
@@ -65,14 +71,21 @@ def gate_wait(
     changed: Callable[[dict[WorkloadKey, WorkloadHealth]], None] = lambda states: None,
     default_cluster: str = "",
     restarted_after: Mapping[WorkloadKey, int] | None = None,
+    stamps: Mapping[WorkloadKey, Mapping[str, Any]] | None = None,
 ) -> Verdict:
     """Waits up to ``seconds`` for every workload to be healthy; ``changed`` hears each new state.
 
     ``connect`` gives the client of a cluster by name. ``restarted_after``: workloads someone else
-    restarts (Reloader), each healthy only once its generation passed the one given.
+    restarts (Reloader), each healthy only once its generation passed the one given. ``stamps``: the
+    workloads the step restarted, with the stamp each was given (``{"configHash", "commit"}``), healthy
+    only while they carry it.
     """
     wave = _WaveWatch(
-        connect, workloads, deadline=time.monotonic() + seconds, restarted_after=restarted_after
+        connect,
+        workloads,
+        deadline=time.monotonic() + seconds,
+        restarted_after=restarted_after,
+        stamps=stamps,
     )
     changed(dict(wave.states))
     while (verdict := _verdict(wave.states)) is None:
@@ -98,9 +111,11 @@ class _WaveWatch:
         *,
         deadline: float,
         restarted_after: Mapping[WorkloadKey, int] | None = None,
+        stamps: Mapping[WorkloadKey, Mapping[str, Any]] | None = None,
     ) -> None:
         self.connect, self.deadline = connect, deadline
         self.restarted_after = dict(restarted_after or {})
+        self.stamps = dict(stamps or {})
         self.wanted = set(workloads)
         self.groups: dict[Group, set[str]] = {}
         for cluster, kind, namespace, name in self.wanted:
@@ -169,6 +184,10 @@ class _WaveWatch:
         after = self.restarted_after.get(key)
         if after is not None and int((obj.get("metadata") or {}).get("generation") or 0) <= after:
             return WorkloadHealth(Health.PROGRESSING, "waiting for Reloader to restart it")
+        if key in self.stamps and not restart_holds(obj, cluster, self.stamps[key]):
+            # Someone rewrote its template since (an operator, a Replace sync): its pods are the old
+            # template's again, started before the change. Until 2026-12-07 they were judged healthy.
+            return WorkloadHealth(Health.PROGRESSING, "its restart was undone: Sluice's stamp is gone")
         referred = self.generations.get((cluster, "Deployment", namespace, referred_deployment(obj)))
         return health_of(obj, referred)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -219,15 +220,12 @@ def wave_gate_pass(rollout: Rollout, refusals: list[str]) -> bool:
     keys = [_state_key(state) for state in rollout.consumer_states]
     remaining = (rollout.pause_until - timezone.now()).total_seconds() if rollout.pause_until else 0.0
     slice_seconds = float(getattr(settings, "SLUICE_CONSUMER_GATE_SLICE_SECONDS", DEFAULT_SLICE_SECONDS))
-    awaited = {
-        _state_key(state): int(str(state["reloader_after_generation"]))
-        for state in rollout.consumer_states
-        if state.get("reloader_after_generation") is not None
-    }
+    awaited, stamps = _gate_expectations(rollout)
     verdict = gate_wait(
         get_cluster,
         keys,
         restarted_after=awaited,
+        stamps=stamps,
         seconds=max(0.0, min(slice_seconds, remaining)),
         stop=lambda: Rollout.objects.filter(pk=rollout.pk).exclude(abort_requested_by="").exists(),
         changed=lambda found: _store_states(rollout, found),
@@ -258,6 +256,28 @@ def wave_gate_pass(rollout: Rollout, refusals: list[str]) -> bool:
         return False
     schedule.source_sync_at(rollout.source_id, timezone.now())  # wait on in the next pass
     return False
+
+
+def _gate_expectations(
+    rollout: Rollout,
+) -> tuple[dict[WorkloadKey, int], dict[WorkloadKey, dict[str, Any]]]:
+    """What the gate asks of the wave's workloads beside their health: the generation each one left to
+    Reloader must pass, and the stamp each one the step restarted must still carry."""
+    awaited = {
+        _state_key(state): int(str(state["reloader_after_generation"]))
+        for state in rollout.consumer_states
+        if state.get("reloader_after_generation") is not None
+    }
+    stamped = ApplyIntent.objects.filter(
+        rollout=rollout,
+        step_index=rollout.step_index,
+        action=ChangeAction.RESTART,
+        status=ApplyIntent.Status.DONE,
+    ).values_list("cluster", "kind", "namespace", "name", "after")
+    stamps = {
+        (cluster, kind, namespace, name): after or {} for cluster, kind, namespace, name, after in stamped
+    }
+    return awaited, stamps
 
 
 def _timed_out(rollout: Rollout, states: dict[WorkloadKey, WorkloadHealth]) -> str:

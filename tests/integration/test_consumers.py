@@ -579,3 +579,43 @@ def test_a_consumer_left_to_reloader_holds_the_gate_until_reloader_has_restarted
     wait_for(source, phase="Completed", timeout=90)
     pending.get(timeout=60)
     assert generations(apps_api, namespace) == {"api": 2}, "only Reloader restarted it"
+
+
+@pytest.mark.exclusive  # cordons the nodes
+def test_a_restart_someone_undid_while_its_step_waits_keeps_the_gate_closed(
+    repo, make_namespaces, make_source, sync, apps_api, core_api, people
+):
+    """An operator (or an Argo CD Replace sync) put the template back without Sluice's stamp: the
+    Deployment went back to pods started before the change, and the gate opened on them (before
+    2026-12-07)."""
+    from gitops.tasks import sync_source
+
+    (namespace,) = make_namespaces("a")
+    source = start(repo, make_source, sync, [namespace], steps=[{"setWeight": 100}])
+    apps_api.create_namespaced_deployment(namespace, deployment("web", POD_SPECS["by-envfrom"]))
+    wait_for_rollout(apps_api, namespace, "web")
+    repo.commit("v2")
+    set_unschedulable(core_api, True)  # the restarted pods wait: the step is caught at its gate
+    try:
+        pending = sync_source.delay(source.pk)
+        waiting = wait_for(source, phase="Paused", waiting_for="consumers", timeout=60)
+        assert waiting.consumer_states[0]["restarted"]
+        unstamped = {CONFIG_HASH: None, "sluice.dev/commit": None}
+        apps_api.patch_namespaced_deployment(
+            "web", namespace, {"spec": {"template": {"metadata": {"annotations": unstamped}}}}
+        )
+    finally:
+        set_unschedulable(core_api, False)
+    wait_for_rollout(apps_api, namespace, "web")
+    poll(
+        lambda: (
+            rollout_of(source).consumer_states[0]["detail"]
+            == "its restart was undone: Sluice's stamp is gone"
+        ),
+        timeout=30,
+        what="the gate to see the stamp gone",
+    )
+    assert rollout_of(source).phase == "Paused", "not opened on pods from before the change"
+    decisions.rollout_abort(rollout_of(source).pk, user=people["approver"])
+    wait_for(source, phase="Aborted", timeout=60)
+    pending.get(timeout=60)

@@ -145,3 +145,39 @@ def test_a_consumer_that_stays_deleted_is_left_waiting_with_why():
 
     assert verdict.result is GateResult.WAITING
     assert verdict.states[("default", "Deployment", "a", "web")].detail.startswith("deleted")
+
+
+def stamped(config_hash: str) -> dict:
+    deployment = {**HEALTHY, "spec": {**HEALTHY["spec"], "template": {"metadata": {"annotations": {}}}}}
+    if config_hash:
+        annotations = {"sluice.dev/config-hash": config_hash, "sluice.dev/commit": "c" * 40}
+        deployment["spec"]["template"]["metadata"]["annotations"] = annotations
+    return deployment
+
+
+class Listed:
+    def __init__(self, obj: dict) -> None:
+        self.obj = obj
+
+    def list_workloads(self, kind: str, namespace: str):
+        return [self.obj], "1"
+
+    def watch_workloads(self, kind: str, namespace: str, *, resource_version: str, timeout_seconds: int):
+        return iter(())
+
+
+def test_a_restarted_consumer_whose_stamp_someone_took_away_is_not_healthy():
+    """An operator or a Replace sync put the old template back after the restart: the Deployment rolled
+    back to pods started before the change, and the gate judged them healthy (before 2026-12-07)."""
+    web = ("default", "Deployment", "a", "web")
+    given = {"configHash": "h2", "commit": "c" * 40}
+
+    undone = gate_wait(lambda name: Listed(stamped("")), [web], seconds=1.2, stamps={web: given})
+    assert undone.result is GateResult.WAITING
+    assert undone.states[web].detail == "its restart was undone: Sluice's stamp is gone"
+    older = gate_wait(lambda name: Listed(stamped("h1")), [web], seconds=1.2, stamps={web: given})
+    assert older.result is GateResult.WAITING
+    assert (
+        gate_wait(lambda name: Listed(stamped("h2")), [web], seconds=5, stamps={web: given}).result
+        is GateResult.OPEN
+    )
