@@ -70,23 +70,15 @@ def gate_wait(
     stop: Callable[[], bool] = lambda: False,
     changed: Callable[[dict[WorkloadKey, WorkloadHealth]], None] = lambda states: None,
     default_cluster: str = "",
-    restarted_after: Mapping[WorkloadKey, int] | None = None,
-    stamps: Mapping[WorkloadKey, Mapping[str, Any]] | None = None,
+    undone_if: Mapping[WorkloadKey, tuple[str, Mapping[str, Any]]] | None = None,
 ) -> Verdict:
     """Waits up to ``seconds`` for every workload to be healthy; ``changed`` hears each new state.
 
-    ``connect`` gives the client of a cluster by name. ``restarted_after``: workloads someone else
-    restarts (Reloader), each healthy only once its generation passed the one given. ``stamps``: the
-    workloads the step restarted, with the stamp each was given (``{"configHash", "commit"}``), healthy
-    only while they carry it.
+    ``connect`` gives the client of a cluster by name. ``undone_if``: the workloads the step restarted,
+    each with its uid and the stamp it carried before (``{"configHash", "commit"}``): that object
+    carrying that stamp again is not healthy, its restart undone.
     """
-    wave = _WaveWatch(
-        connect,
-        workloads,
-        deadline=time.monotonic() + seconds,
-        restarted_after=restarted_after,
-        stamps=stamps,
-    )
+    wave = _WaveWatch(connect, workloads, deadline=time.monotonic() + seconds, undone_if=undone_if)
     changed(dict(wave.states))
     while (verdict := _verdict(wave.states)) is None:
         if stop():
@@ -110,12 +102,10 @@ class _WaveWatch:
         workloads: Iterable[WorkloadKey],
         *,
         deadline: float,
-        restarted_after: Mapping[WorkloadKey, int] | None = None,
-        stamps: Mapping[WorkloadKey, Mapping[str, Any]] | None = None,
+        undone_if: Mapping[WorkloadKey, tuple[str, Mapping[str, Any]]] | None = None,
     ) -> None:
         self.connect, self.deadline = connect, deadline
-        self.restarted_after = dict(restarted_after or {})
-        self.stamps = dict(stamps or {})
+        self.undone_if = dict(undone_if or {})
         self.wanted = set(workloads)
         self.groups: dict[Group, set[str]] = {}
         for cluster, kind, namespace, name in self.wanted:
@@ -181,15 +171,22 @@ class _WaveWatch:
             # 2026-12-07). One that stays gone fails at the rollout's health deadline, saying so.
             return WorkloadHealth(Health.PROGRESSING, "deleted; waiting for it to be created again")
         cluster, _, namespace, _ = key
-        after = self.restarted_after.get(key)
-        if after is not None and int((obj.get("metadata") or {}).get("generation") or 0) <= after:
-            return WorkloadHealth(Health.PROGRESSING, "waiting for Reloader to restart it")
-        if key in self.stamps and not restart_holds(obj, cluster, self.stamps[key]):
-            # Someone rewrote its template since (an operator, a Replace sync): its pods are the old
-            # template's again, started before the change. Until 2026-12-07 they were judged healthy.
+        if self._undone(key, obj):
+            # Someone put its template back as it was before the restart (an operator that owns it): its
+            # pods are the old template's again, started before the change. Until 2026-12-07 they were
+            # judged healthy. Another source's newer stamp, or the object created again, is not this.
             return WorkloadHealth(Health.PROGRESSING, "its restart was undone: Sluice's stamp is gone")
         referred = self.generations.get((cluster, "Deployment", namespace, referred_deployment(obj)))
         return health_of(obj, referred)
+
+    def _undone(self, key: WorkloadKey, obj: dict[str, Any]) -> bool:
+        expected = self.undone_if.get(key)
+        if expected is None:
+            return False
+        uid, before = expected
+        if str((obj.get("metadata") or {}).get("uid") or "") != uid:
+            return False
+        return restart_holds(obj, key[0], {"configHash": "", "commit": "", **before})
 
     def _list_and_watch(self, group: Group) -> None:
         cluster, kind, namespace = group

@@ -44,9 +44,6 @@ RESTART_ANNOTATION = "sluice.dev/restart"
 # annotation says the same, so a workload Reloader restarted is found without a second annotation.
 CONSUMES_ANNOTATION = "sluice.dev/consumes"
 RELOADER_RELOAD_ANNOTATION = "configmap.reloader.stakater.com/reload"
-# Reloader restarts a workload annotated with either (on it, or on its pod template) when a ConfigMap it
-# reads changes.
-RELOADER_AUTO_ANNOTATIONS = ("reloader.stakater.com/auto", "configmap.reloader.stakater.com/auto")
 # A ConfigMap's name: a DNS subdomain (at most 253 characters). Anything else in the annotation names no
 # ConfigMap (Reloader's regular expressions among them: never compiled here), and is skipped.
 _CONFIGMAP_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
@@ -92,8 +89,7 @@ class Workload:
     restartable: bool  # False when annotated sluice.dev/restart: "false", or a Rollout that refers to one
     cluster: str = ""  # the cluster it runs in
     refers_to: str = ""  # a Rollout's spec.workloadRef: the Deployment whose template its pods run
-    generation: int = 0  # metadata.generation when it was read
-    reloader: bool = False  # annotated for Stakater's Reloader, which restarts it on its own
+    uid: str = ""  # metadata.uid: the object itself, not one created again under its name
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -131,8 +127,7 @@ def workload_from(obj: Mapping[str, Any], cluster: str = "") -> Workload:
     annotations = metadata.get("annotations") or {}
     restart = str(annotations.get(RESTART_ANNOTATION, "true")).strip().lower()
     return Workload(
-        generation=int(metadata.get("generation") or 0),
-        reloader=_annotated_for_reloader(annotations, template_annotations),
+        uid=str(metadata.get("uid") or ""),
         kind=str(obj.get("kind", "")),
         namespace=str(metadata.get("namespace", "")),
         name=str(metadata.get("name", "")),
@@ -143,17 +138,6 @@ def workload_from(obj: Mapping[str, Any], cluster: str = "") -> Workload:
         restartable=restart != "false",
         cluster=cluster,
     )
-
-
-def _annotated_for_reloader(annotations: Mapping[str, Any], template_annotations: Mapping[str, Any]) -> bool:
-    """Whether Reloader restarts the workload when a ConfigMap it reads changes: ``auto`` set to "true",
-    or a ``reload`` list, on the workload or its pod template, as Reloader reads them."""
-    for found in (annotations, template_annotations):
-        if any(str(found.get(name, "")).strip().lower() == "true" for name in RELOADER_AUTO_ANNOTATIONS):
-            return True
-        if str(found.get(RELOADER_RELOAD_ANNOTATION) or "").strip():
-            return True
-    return False
 
 
 def referred_deployment(obj: Mapping[str, Any]) -> str:

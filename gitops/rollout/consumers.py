@@ -104,10 +104,10 @@ def _consumer_state(workload: Workload, *, restarted: bool) -> dict[str, object]
         "health": Health.PROGRESSING,
         "detail": "",
     }
-    if workload.reloader and not restarted and not workload.refers_to:
-        # Reloader restarts it, a moment after the step: until then its status is the old pods', healthy,
-        # and the gate opened on them (before 2026-12-07). Healthy only once its template changed since.
-        state["reloader_after_generation"] = workload.generation
+    if restarted and workload.uid:
+        # The object the step stamped: one created again under its name (a Replace sync) is not judged by
+        # the stamp this one was given (``_gate_expectations``).
+        state["uid"] = workload.uid
     return state
 
 
@@ -220,12 +220,10 @@ def wave_gate_pass(rollout: Rollout, refusals: list[str]) -> bool:
     keys = [_state_key(state) for state in rollout.consumer_states]
     remaining = (rollout.pause_until - timezone.now()).total_seconds() if rollout.pause_until else 0.0
     slice_seconds = float(getattr(settings, "SLUICE_CONSUMER_GATE_SLICE_SECONDS", DEFAULT_SLICE_SECONDS))
-    awaited, stamps = _gate_expectations(rollout)
     verdict = gate_wait(
         get_cluster,
         keys,
-        restarted_after=awaited,
-        stamps=stamps,
+        undone_if=_gate_expectations(rollout),
         seconds=max(0.0, min(slice_seconds, remaining)),
         stop=lambda: Rollout.objects.filter(pk=rollout.pk).exclude(abort_requested_by="").exists(),
         changed=lambda found: _store_states(rollout, found),
@@ -258,26 +256,21 @@ def wave_gate_pass(rollout: Rollout, refusals: list[str]) -> bool:
     return False
 
 
-def _gate_expectations(
-    rollout: Rollout,
-) -> tuple[dict[WorkloadKey, int], dict[WorkloadKey, dict[str, Any]]]:
-    """What the gate asks of the wave's workloads beside their health: the generation each one left to
-    Reloader must pass, and the stamp each one the step restarted must still carry."""
-    awaited = {
-        _state_key(state): int(str(state["reloader_after_generation"]))
-        for state in rollout.consumer_states
-        if state.get("reloader_after_generation") is not None
-    }
+def _gate_expectations(rollout: Rollout) -> dict[WorkloadKey, tuple[str, dict[str, Any]]]:
+    """Each workload the step restarted, with the object it stamped (its uid) and the stamp it carried
+    before: found carrying that one again, its restart was undone."""
+    uids = {_state_key(state): str(state["uid"]) for state in rollout.consumer_states if state.get("uid")}
     stamped = ApplyIntent.objects.filter(
         rollout=rollout,
         step_index=rollout.step_index,
         action=ChangeAction.RESTART,
         status=ApplyIntent.Status.DONE,
-    ).values_list("cluster", "kind", "namespace", "name", "after")
-    stamps = {
-        (cluster, kind, namespace, name): after or {} for cluster, kind, namespace, name, after in stamped
+    ).values_list("cluster", "kind", "namespace", "name", "before")
+    return {
+        key: (uids[key], before or {})
+        for *place, before in stamped
+        if (key := (str(place[0]), str(place[1]), str(place[2]), str(place[3]))) in uids
     }
-    return awaited, stamps
 
 
 def _timed_out(rollout: Rollout, states: dict[WorkloadKey, WorkloadHealth]) -> str:

@@ -544,43 +544,6 @@ def test_a_step_moved_by_someone_as_its_gate_closes_is_not_told_as_taken(
     assert RolloutEvent.objects.filter(rollout=rollout, kind="step", step_index=0).count() == 1
 
 
-def test_a_consumer_left_to_reloader_holds_the_gate_until_reloader_has_restarted_it(
-    repo, make_namespaces, make_source, sync, apps_api
-):
-    """Pinned beside Reloader (as the README advises), its status right after the step is the old pods',
-    healthy: the gate opened on them while every pod still ran the old content (before 2026-12-07). It
-    waits for Reloader's restart (its template changing), then for the new pods."""
-    from gitops.tasks import sync_source
-
-    (namespace,) = make_namespaces("a")
-    source = start(repo, make_source, sync, [namespace], consumers="restart", steps=[{"setWeight": 100}])
-    pinned = {"sluice.dev/restart": "false", "reloader.stakater.com/auto": "true"}
-    apps_api.create_namespaced_deployment(
-        namespace, deployment("api", POD_SPECS["by-envfrom"], annotations=pinned)
-    )
-    wait_for_rollout(apps_api, namespace, "api")
-    repo.commit("v2")
-
-    pending = sync_source.delay(source.pk)
-    waiting = wait_for(source, phase="Paused", waiting_for="consumers", timeout=60)
-    poll(
-        lambda: rollout_of(source).consumer_states[0]["detail"] == "waiting for Reloader to restart it",
-        timeout=30,
-        what="the gate to wait for Reloader",
-    )
-    assert rollout_of(source).phase == "Paused", "not opened on the old pods"
-    assert not waiting.consumer_states[0]["restarted"]
-
-    # Reloader's restart: an annotation on the pod template (its "annotations" strategy).
-    reloaded = {"reloader.stakater.com/last-reloaded-from": '{"kind":"CONFIGMAP","name":"app"}'}
-    apps_api.patch_namespaced_deployment(
-        "api", namespace, {"spec": {"template": {"metadata": {"annotations": reloaded}}}}
-    )
-    wait_for(source, phase="Completed", timeout=90)
-    pending.get(timeout=60)
-    assert generations(apps_api, namespace) == {"api": 2}, "only Reloader restarted it"
-
-
 @pytest.mark.exclusive  # cordons the nodes
 def test_a_restart_someone_undid_while_its_step_waits_keeps_the_gate_closed(
     repo, make_namespaces, make_source, sync, apps_api, core_api, people

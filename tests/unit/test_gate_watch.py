@@ -147,8 +147,9 @@ def test_a_consumer_that_stays_deleted_is_left_waiting_with_why():
     assert verdict.states[("default", "Deployment", "a", "web")].detail.startswith("deleted")
 
 
-def stamped(config_hash: str) -> dict:
+def stamped(config_hash: str, uid: str = "uid-1") -> dict:
     deployment = {**HEALTHY, "spec": {**HEALTHY["spec"], "template": {"metadata": {"annotations": {}}}}}
+    deployment["metadata"] = {**HEALTHY["metadata"], "uid": uid}
     if config_hash:
         annotations = {"sluice.dev/config-hash": config_hash, "sluice.dev/commit": "c" * 40}
         deployment["spec"]["template"]["metadata"]["annotations"] = annotations
@@ -166,18 +167,19 @@ class Listed:
         return iter(())
 
 
-def test_a_restarted_consumer_whose_stamp_someone_took_away_is_not_healthy():
-    """An operator or a Replace sync put the old template back after the restart: the Deployment rolled
-    back to pods started before the change, and the gate judged them healthy (before 2026-12-07)."""
+def test_a_restart_someone_undid_is_not_healthy_but_another_sources_stamp_or_a_new_object_is():
+    """An operator put the template back as it was before the restart (no stamp): the Deployment rolled
+    back to pods started before the change, and the gate judged them healthy (before 2026-12-07). Another
+    source's newer stamp, or the object created again (its pods new), is healthy as its status says."""
     web = ("default", "Deployment", "a", "web")
-    given = {"configHash": "h2", "commit": "c" * 40}
+    before = {"configHash": "", "commit": ""}  # never stamped before this step's restart
 
-    undone = gate_wait(lambda name: Listed(stamped("")), [web], seconds=1.2, stamps={web: given})
+    def verdict(obj: dict, seconds: float = 1.2):
+        return gate_wait(lambda name: Listed(obj), [web], seconds=seconds, undone_if={web: ("uid-1", before)})
+
+    undone = verdict(stamped(""))
     assert undone.result is GateResult.WAITING
     assert undone.states[web].detail == "its restart was undone: Sluice's stamp is gone"
-    older = gate_wait(lambda name: Listed(stamped("h1")), [web], seconds=1.2, stamps={web: given})
-    assert older.result is GateResult.WAITING
-    assert (
-        gate_wait(lambda name: Listed(stamped("h2")), [web], seconds=5, stamps={web: given}).result
-        is GateResult.OPEN
-    )
+    assert verdict(stamped("h2"), seconds=5).result is GateResult.OPEN, "the step's own stamp"
+    assert verdict(stamped("hB"), seconds=5).result is GateResult.OPEN, "another source's, newer"
+    assert verdict(stamped("", uid="uid-2"), seconds=5).result is GateResult.OPEN, "created again"
