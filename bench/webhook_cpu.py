@@ -179,6 +179,7 @@ def main() -> int:
             **stack_env,
             "REDIS_URL": redis,
             "CELERY_BROKER_URL": redis,
+            "CELERY_RESULT_BACKEND": redis,
             "ALLOWED_HOSTS": "127.0.0.1,localhost",
             # Plain http on 127.0.0.1, as bench/fleet.py serves it: without it (a shell without DEBUG,
             # `env -i`), every POST was redirected to https and the bench stopped at its first one.

@@ -49,8 +49,9 @@ def _form_holds_nul(request: HttpRequest) -> bool:
 
 
 BROKER_REFUSED = (
-    "The {what} could not be queued: the message broker did not take it. Anything else this action"
-    " changed is saved; try again in a moment."
+    "The {what} could not be queued: the message broker did not take it. What this action decided before"
+    " it (an approval, an abort, a resume) is saved: do not do it again; use Sync now once the broker"
+    " answers."
 )
 
 

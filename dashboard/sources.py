@@ -62,9 +62,19 @@ def source_create(request: HttpRequest) -> HttpResponse:
         except SourceSettingsError as exc:
             form.add_problems(exc.problems)
         else:
-            with transaction.atomic():
-                schedule.source_sync(source.pk, actor=actor.name)
-            messages.success(request, f"Source {source.name} added; its first sync is queued.")
+            try:
+                with transaction.atomic():
+                    schedule.source_sync(source.pk, actor=actor.name)
+            except schedule.SyncNotQueued:
+                # Added all the same, and due to be polled at once: sent back to the empty form, the
+                # person tried again and was told the name was taken (before 2026-12-07).
+                messages.warning(
+                    request,
+                    f"Source {source.name} added; its first sync could not be queued (the message broker "
+                    "did not take it): its first poll runs it once the broker answers.",
+                )
+            else:
+                messages.success(request, f"Source {source.name} added; its first sync is queued.")
             return redirect("dashboard:source", name=source.name)
     return render(request, "dashboard/source_form.html", {"form": form, "creating": True})
 

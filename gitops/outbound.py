@@ -51,7 +51,9 @@ class _Call:
         for family, kind, protocol, _name, target in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
             sock = socket.socket(family, kind, protocol)
             with self._lock:
-                if self.expired:  # the DNS answer or an earlier address took the time
+                # The DNS answer or an earlier address took the time (asked of the clock too: ``expire``
+                # runs a moment after the deadline, and a connect of a millisecond would still go out).
+                if self.expired or time.monotonic() >= self.deadline:
                     sock.close()
                     raise TimeoutError("the deadline passed before the connection")
                 self.sockets.append(sock)

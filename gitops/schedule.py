@@ -187,15 +187,16 @@ def source_sync_once(source_id: int, *, actor: str, backing_off: bool | None = N
 DUPLICATE_PUSH_SYNC_SECONDS = 10
 
 
-def duplicate_push_sync_slot(source_id: int) -> bool:
-    """Whether a push body received before may ask for a sync of the source now: once in
-    DUPLICATE_PUSH_SYNC_SECONDS. A signature covers the body alone, so whoever saw one (a proxy's log, the
-    host's delivery page) could send it again as each pass began, one fetch after another for as long as
-    they liked (before 2026-12-07). Redis out of reach lets it through: the queue is Redis too."""
+def duplicate_push_sync_slot(source_id: int, purpose: str = "sync") -> bool:
+    """Whether a push body received before may ask for a sync of the source now (``purpose`` "sync"), or
+    leave a request for the pass running now ("request"): each once in DUPLICATE_PUSH_SYNC_SECONDS. A
+    signature covers the body alone, so whoever saw one (a proxy's log, the host's delivery page) could
+    send it again as each pass began, one fetch after another for as long as they liked (before
+    2026-12-07). Redis out of reach lets it through: the queue is Redis too."""
     import redis  # noqa: PLC0415 - a dependency of Celery's Redis transport
 
     try:
-        key = f"sluice:duplicate-push-sync:{source_id}"
+        key = f"sluice:duplicate-push-{purpose}:{source_id}"
         return bool(redis_client().set(key, 1, nx=True, ex=DUPLICATE_PUSH_SYNC_SECONDS))
     except redis.RedisError as exc:
         log.warning("cannot count source %s's replayed pushes (%s); letting this one through", source_id, exc)

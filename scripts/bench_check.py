@@ -10,6 +10,9 @@ exits non-zero or overruns its time; `.ci/run` calls it.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -51,23 +54,34 @@ def run(name: str, scratch: Path) -> tuple[int, float, str]:
     if name == "profile_reconcile":  # its profiles go to scratch, not bench/results/
         arguments += ["--out", str(scratch / "profiles")]
     started = time.monotonic()
+    # A session of its own: one that overruns is stopped with everything it started (its worker, live
+    # cache, a stack of its own), which would otherwise take the next benchmark's tasks.
+    process = subprocess.Popen(
+        [sys.executable, str(script_of(name)), *arguments],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
-        finished = subprocess.run(
-            [sys.executable, str(script_of(name)), *arguments],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT_SECONDS,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as expired:
-        tail = (expired.stdout or b"")[-2000:]
-        return (
-            -1,
-            time.monotonic() - started,
-            tail.decode(errors="replace") if isinstance(tail, bytes) else tail,
-        )
-    return finished.returncode, time.monotonic() - started, (finished.stdout + finished.stderr)[-3000:]
+        output, _ = process.communicate(timeout=TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        return -1, time.monotonic() - started, _stopped(process)[-3000:]
+    return process.returncode, time.monotonic() - started, output[-3000:]
+
+
+def _stopped(process: subprocess.Popen[str]) -> str:
+    """Stops an overrun benchmark's whole process group: SIGINT first (Python's KeyboardInterrupt, so its
+    clean-up runs: its worker and live cache run in sessions of their own), then SIGKILL."""
+    for sent in (signal.SIGINT, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sent)
+        try:
+            return process.communicate(timeout=60)[0] or ""
+        except subprocess.TimeoutExpired:
+            continue
+    return ""
 
 
 def main(names: list[str]) -> int:

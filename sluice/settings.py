@@ -304,7 +304,7 @@ SLUICE_METRICS_TOKEN = env.get("SLUICE_METRICS_TOKEN", "")
 SLUICE_WORKER_METRICS_PORT = env_int("SLUICE_WORKER_METRICS_PORT", 0, minimum=0)
 # /readyz's answer to anonymous callers (a load balancer, a probe) is shared for this long by the web
 # process's threads (``health.readiness_shared``), so that anyone's requests cannot pile checks up;
-# 0: each runs its own. A logged-in user or the metrics token always gets a fresh one.
+# 0: each runs its own. A user who may view sources, or the metrics token, always gets a fresh one.
 SLUICE_READYZ_CACHE_SECONDS = float(env.get("SLUICE_READYZ_CACHE_SECONDS", "2"))
 # Where sources' Git credentials may come from (README, "Managing sources"). A source's token is sent
 # to the host its URL names, so the platform's own secrets never may; these narrow it further.

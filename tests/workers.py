@@ -78,7 +78,11 @@ class WorkerProcess:
             replies = app.control.ping(destination=[self.hostname], timeout=0.5, limit=1)
             return any(self.hostname in reply for reply in replies)
 
-        poll(answers, timeout=timeout, what=f"worker {self.hostname} to answer a ping")
+        try:
+            poll(answers, timeout=timeout, what=f"worker {self.hostname} to answer a ping")
+        except BaseException:  # a Ctrl-C, or no answer: the worker runs in a session of its own
+            self.stop()
+            raise
         return self
 
     def stop(self, *, timeout: float = 30) -> None:

@@ -208,8 +208,12 @@ def _duplicate(
     if wanted and event.commit and event.commit != source.last_commit:
         if not schedule.duplicate_push_sync_slot(source.pk):
             # Sent again within seconds of another: a replay, or a host redelivering; the poll comes soon.
+            # A pass running now puts its poll a whole interval away as it ends, so a request is left for
+            # it too (once in those seconds as well): it runs another pass after its own.
             soon = timezone.now() + timedelta(seconds=schedule.DUPLICATE_PUSH_SYNC_SECONDS)
             schedule.source_poll_due_by(source.pk, soon)
+            if schedule.duplicate_push_sync_slot(source.pk, "request"):
+                Source.objects.filter(pk=source.pk).update(sync_requested_at=timezone.now())
             return WebhookAnswer(200, {"status": "duplicate", "delivery": delivery_id}, provider)
         # As an accepted push asks, a backing-off source's too: the push may bring the fix, and it
         # would wait for the backed-off poll (up to an hour) otherwise.

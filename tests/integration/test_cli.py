@@ -333,7 +333,7 @@ def test_ordinary_mistakes_get_a_message_not_a_traceback(repo, make_source, peop
     source = make_source()
     refuse_sends(monkeypatch)
     with pytest.raises(
-        CommandError, match=r"the broker refused the sync .*What this command decided is saved"
+        CommandError, match=r"the broker refused the sync .*; anything this command saved before asking"
     ):
         call_command("gitops", "sync", source.name)
 

@@ -344,3 +344,18 @@ def test_the_source_page_stays_within_its_query_budget(repo, admin, people):
     with CaptureQueriesContext(connection) as queries:
         assert client.get(reverse("dashboard:source-status", args=["shop"])).status_code == 200
     assert len(queries) <= 8
+
+
+def test_a_source_added_while_the_broker_refuses_its_first_sync_is_kept_and_said_so(repo, admin, monkeypatch):
+    """The source was added, then the first sync's send raised: a bare 500, or, through the page's
+    refused-task message, the empty form again, whose second try said the name was taken (before
+    2026-12-07). It lands on the source's page, which says the first poll runs it."""
+    from tests.broker import refuse_sends
+
+    refuse_sends(monkeypatch)
+    client = client_for(admin)
+    added = client.post(reverse("dashboard:source-create"), form_data(repo.url), follow=True)
+
+    assert added.redirect_chain[-1][0] == reverse("dashboard:source", args=["shop"])
+    assert "its first sync could not be queued" in added.content.decode()
+    assert Source.objects.filter(name="shop").exists()

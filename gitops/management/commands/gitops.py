@@ -26,6 +26,7 @@ gitops live-cache [--cluster NAME]
 
 from __future__ import annotations
 
+import getpass
 import json
 import sys
 import time
@@ -42,7 +43,7 @@ from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.management.base import BaseCommand, CommandError
-from django.db import DatabaseError, transaction
+from django.db import InterfaceError, OperationalError, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from kombu.exceptions import OperationalError as KombuOperationalError
@@ -75,6 +76,12 @@ from gitops.vocabulary import (
     RemovalStatus,
 )
 from gitops.windows import WindowError, WindowKind, parse_duration
+
+# What a command that asked the broker for a task says when it was refused: what it had saved stays.
+_SAVED_BEFORE_THE_BROKER = (
+    "anything this command saved before asking for the task (an abort, an approval, a new source) is "
+    "kept; run `gitops sync NAME` once the broker answers (a source that is not suspended is also polled)"
+)
 
 
 def duration(text: str) -> timedelta:
@@ -112,19 +119,13 @@ class Command(BaseCommand):
         except (GitopsError, DjangoValidationError, PermissionDenied) as exc:
             raise CommandError(str(exc)) from exc
         except schedule.TaskNotQueued as exc:  # the broker refused (a decision made before it is kept)
-            raise CommandError(
-                f"{exc}. What this command decided is saved; beat's sweep or the source's next poll "
-                "carries it out once the broker answers",
-                returncode=2,
-            ) from exc
-        except (DatabaseError, KombuOperationalError) as exc:  # nobody could tell: a traceback before
+            raise CommandError(f"{exc}; {_SAVED_BEFORE_THE_BROKER}", returncode=2) from exc
+        except (OperationalError, InterfaceError, KombuOperationalError) as exc:  # a traceback before
             first_line = redact((str(exc).strip().splitlines() or [type(exc).__name__])[0])
-            if isinstance(exc, DatabaseError):
+            if not isinstance(exc, KombuOperationalError):
                 raise CommandError(f"the database did not answer: {first_line}", returncode=2) from exc
             raise CommandError(
-                f"the broker did not answer: {first_line}. What this command decided before it is saved; "
-                "beat's sweep carries it out once the broker answers",
-                returncode=2,
+                f"the broker did not answer: {first_line}; {_SAVED_BEFORE_THE_BROKER}", returncode=2
             ) from exc
         except OSError as exc:  # a file it was told to read or write (archive-changes --output, a kubeconfig)
             raise CommandError(redact(str(exc))) from exc
@@ -606,7 +607,9 @@ class Command(BaseCommand):
         else:
             secret = options["secret"]
             if secret == "-":  # noqa: S105 - standard input, not a password
-                secret = sys.stdin.readline().rstrip("\r\n")
+                # At a terminal, not echoed; from a pipe, its first line.
+                secret = getpass.getpass("webhook secret: ") if sys.stdin.isatty() else sys.stdin.readline()
+                secret = secret.rstrip("\r\n")
                 if not secret:
                     raise CommandError("no secret on standard input")
             webhook_secrets.webhook_secret_set(source, secret)
