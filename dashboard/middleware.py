@@ -48,11 +48,14 @@ def _form_holds_nul(request: HttpRequest) -> bool:
     return _holds_nul(request.POST)
 
 
-BROKER_REFUSED = (
-    "The {what} could not be queued: the message broker did not take it. What this action decided before"
-    " it (an approval, an abort, a resume) is saved: do not do it again; use Sync now once the broker"
-    " answers."
-)
+BROKER_REFUSED = {
+    "sync": (
+        "The sync could not be queued: the message broker did not take it. What this action decided before"
+        " it (an approval, an abort, a resume) is saved, and is carried out once the broker answers: do not"
+        " do it again."
+    ),
+    "preview": "The preview could not be queued: the message broker did not take it. Try again in a moment.",
+}
 
 
 class TaskNotQueuedMiddleware:
@@ -72,7 +75,7 @@ class TaskNotQueuedMiddleware:
             return None
         log.warning("%s", exception)
         what = "sync" if isinstance(exception, schedule.SyncNotQueued) else "preview"
-        messages.error(request, BROKER_REFUSED.format(what=what))
+        messages.error(request, BROKER_REFUSED[what])
         back = request.headers.get("Referer", "")
         if not url_has_allowed_host_and_scheme(
             back, allowed_hosts={request.get_host()}, require_https=request.is_secure()

@@ -42,6 +42,8 @@ TINY_RUNS: dict[str, list[str]] = {
 }
 # A tiny run that takes this long is stuck, not slow.
 TIMEOUT_SECONDS = 600
+# How long an interrupted benchmark has for its clean-up before its group is killed.
+STOP_GRACE_SECONDS = 180
 
 
 def script_of(name: str) -> Path:
@@ -68,6 +70,9 @@ def run(name: str, scratch: Path) -> tuple[int, float, str]:
         output, _ = process.communicate(timeout=TIMEOUT_SECONDS)
     except subprocess.TimeoutExpired:
         return -1, time.monotonic() - started, _stopped(process)[-3000:]
+    except BaseException:  # Ctrl-C, CI cancelling: its own session does not hear it, so it is told
+        _stopped(process)
+        raise
     return process.returncode, time.monotonic() - started, output[-3000:]
 
 
@@ -78,7 +83,8 @@ def _stopped(process: subprocess.Popen[str]) -> str:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, sent)
         try:
-            return process.communicate(timeout=60)[0] or ""
+            # cores.py waits up to 120 s for its inner run, then stops a stack of its own: time for both.
+            return process.communicate(timeout=STOP_GRACE_SECONDS)[0] or ""
         except subprocess.TimeoutExpired:
             continue
     return ""
@@ -97,6 +103,9 @@ def main(names: list[str]) -> int:
     if missing or unlisted:
         print(f"TINY_RUNS and bench/ disagree: missing {missing}, not listed {unlisted}", file=sys.stderr)
         return 2
+    # Started in the background by a shell that ignores SIGINT, the benchmarks would inherit that and
+    # ignore the SIGINT that asks them to clean up.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     stack = Stack()
     started_stack = not stack.is_up()
     stack.up()

@@ -70,13 +70,13 @@ def gate_wait(
     stop: Callable[[], bool] = lambda: False,
     changed: Callable[[dict[WorkloadKey, WorkloadHealth]], None] = lambda states: None,
     default_cluster: str = "",
-    undone_if: Mapping[WorkloadKey, tuple[str, Mapping[str, Any]]] | None = None,
+    undone_if: Mapping[WorkloadKey, Mapping[str, Any]] | None = None,
 ) -> Verdict:
     """Waits up to ``seconds`` for every workload to be healthy; ``changed`` hears each new state.
 
     ``connect`` gives the client of a cluster by name. ``undone_if``: the workloads the step restarted,
-    each with its uid and the stamp it carried before (``{"configHash", "commit"}``): that object
-    carrying that stamp again is not healthy, its restart undone.
+    each with the stamp it carried before (``{"configHash", "commit"}``): carrying that stamp again, it
+    is not healthy, its restart undone.
     """
     wave = _WaveWatch(connect, workloads, deadline=time.monotonic() + seconds, undone_if=undone_if)
     changed(dict(wave.states))
@@ -102,7 +102,7 @@ class _WaveWatch:
         workloads: Iterable[WorkloadKey],
         *,
         deadline: float,
-        undone_if: Mapping[WorkloadKey, tuple[str, Mapping[str, Any]]] | None = None,
+        undone_if: Mapping[WorkloadKey, Mapping[str, Any]] | None = None,
     ) -> None:
         self.connect, self.deadline = connect, deadline
         self.undone_if = dict(undone_if or {})
@@ -172,21 +172,19 @@ class _WaveWatch:
             return WorkloadHealth(Health.PROGRESSING, "deleted; waiting for it to be created again")
         cluster, _, namespace, _ = key
         if self._undone(key, obj):
-            # Someone put its template back as it was before the restart (an operator that owns it): its
-            # pods are the old template's again, started before the change. Until 2026-12-07 they were
-            # judged healthy. Another source's newer stamp, or the object created again, is not this.
-            return WorkloadHealth(Health.PROGRESSING, "its restart was undone: Sluice's stamp is gone")
+            # Until 2026-12-07 such pods were judged healthy. Another source's newer stamp is not this.
+            detail = "its restart was undone: it carries the stamp it had before the restart again"
+            return WorkloadHealth(Health.PROGRESSING, detail)
         referred = self.generations.get((cluster, "Deployment", namespace, referred_deployment(obj)))
         return health_of(obj, referred)
 
     def _undone(self, key: WorkloadKey, obj: dict[str, Any]) -> bool:
-        expected = self.undone_if.get(key)
-        if expected is None:
-            return False
-        uid, before = expected
-        if str((obj.get("metadata") or {}).get("uid") or "") != uid:
-            return False
-        return restart_holds(obj, key[0], {"configHash": "", "commit": "", **before})
+        """Whether the workload carries again the stamp it had before the step restarted it: its template
+        put back (an operator that owns it), or it created again from a manifest without the step's
+        stamp (a StatefulSet deleted with --cascade=orphan adopts its old pods): either way its pods may
+        be from before the change, which nothing on the object tells apart."""
+        before = self.undone_if.get(key)
+        return before is not None and restart_holds(obj, key[0], {"configHash": "", "commit": "", **before})
 
     def _list_and_watch(self, group: Group) -> None:
         cluster, kind, namespace = group

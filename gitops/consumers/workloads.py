@@ -89,7 +89,6 @@ class Workload:
     restartable: bool  # False when annotated sluice.dev/restart: "false", or a Rollout that refers to one
     cluster: str = ""  # the cluster it runs in
     refers_to: str = ""  # a Rollout's spec.workloadRef: the Deployment whose template its pods run
-    uid: str = ""  # metadata.uid: the object itself, not one created again under its name
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -127,7 +126,6 @@ def workload_from(obj: Mapping[str, Any], cluster: str = "") -> Workload:
     annotations = metadata.get("annotations") or {}
     restart = str(annotations.get(RESTART_ANNOTATION, "true")).strip().lower()
     return Workload(
-        uid=str(metadata.get("uid") or ""),
         kind=str(obj.get("kind", "")),
         namespace=str(metadata.get("namespace", "")),
         name=str(metadata.get("name", "")),

@@ -104,10 +104,6 @@ def _consumer_state(workload: Workload, *, restarted: bool) -> dict[str, object]
         "health": Health.PROGRESSING,
         "detail": "",
     }
-    if restarted and workload.uid:
-        # The object the step stamped: one created again under its name (a Replace sync) is not judged by
-        # the stamp this one was given (``_gate_expectations``).
-        state["uid"] = workload.uid
     return state
 
 
@@ -256,10 +252,9 @@ def wave_gate_pass(rollout: Rollout, refusals: list[str]) -> bool:
     return False
 
 
-def _gate_expectations(rollout: Rollout) -> dict[WorkloadKey, tuple[str, dict[str, Any]]]:
-    """Each workload the step restarted, with the object it stamped (its uid) and the stamp it carried
-    before: found carrying that one again, its restart was undone."""
-    uids = {_state_key(state): str(state["uid"]) for state in rollout.consumer_states if state.get("uid")}
+def _gate_expectations(rollout: Rollout) -> dict[WorkloadKey, dict[str, Any]]:
+    """Each workload the step restarted, with the stamp it carried before: found carrying that one
+    again, its restart was undone (``gate_wait``'s ``undone_if``)."""
     stamped = ApplyIntent.objects.filter(
         rollout=rollout,
         step_index=rollout.step_index,
@@ -267,9 +262,7 @@ def _gate_expectations(rollout: Rollout) -> dict[WorkloadKey, tuple[str, dict[st
         status=ApplyIntent.Status.DONE,
     ).values_list("cluster", "kind", "namespace", "name", "before")
     return {
-        key: (uids[key], before or {})
-        for *place, before in stamped
-        if (key := (str(place[0]), str(place[1]), str(place[2]), str(place[3]))) in uids
+        (cluster, kind, namespace, name): before or {} for cluster, kind, namespace, name, before in stamped
     }
 
 

@@ -573,7 +573,7 @@ def test_a_restart_someone_undid_while_its_step_waits_keeps_the_gate_closed(
     poll(
         lambda: (
             rollout_of(source).consumer_states[0]["detail"]
-            == "its restart was undone: Sluice's stamp is gone"
+            == "its restart was undone: it carries the stamp it had before the restart again"
         ),
         timeout=30,
         what="the gate to see the stamp gone",

@@ -689,7 +689,7 @@ def test_a_sync_or_preview_the_broker_refuses_is_said_on_the_page_it_came_from(
     refused = client.post(sync, HTTP_REFERER=f"http://testserver{page}")
     assert (refused.status_code, refused["Location"]) == (303, f"http://testserver{page}")
     shown = client.get(page).content.decode()
-    assert BROKER_REFUSED.format(what="sync").replace("'", "&#x27;") in shown
+    assert BROKER_REFUSED["sync"].replace("'", "&#x27;") in shown
 
     from_htmx = client.post(sync, HTTP_HX_REQUEST="true", HTTP_REFERER="https://elsewhere.example/")
     assert (from_htmx.status_code, from_htmx["HX-Redirect"]) == (503, reverse("dashboard:overview"))
@@ -697,4 +697,4 @@ def test_a_sync_or_preview_the_broker_refuses_is_said_on_the_page_it_came_from(
     preview = reverse("dashboard:source-preview", args=[source.name])
     asked = client.post(preview, {"revision": "refs/heads/main"}, HTTP_REFERER=f"http://testserver{preview}")
     assert asked.status_code == 303
-    assert BROKER_REFUSED.format(what="preview") in client.get(preview).content.decode()
+    assert BROKER_REFUSED["preview"] in client.get(preview).content.decode()

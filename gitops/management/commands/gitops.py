@@ -79,8 +79,8 @@ from gitops.windows import WindowError, WindowKind, parse_duration
 
 # What a command that asked the broker for a task says when it was refused: what it had saved stays.
 _SAVED_BEFORE_THE_BROKER = (
-    "anything this command saved before asking for the task (an abort, an approval, a new source) is "
-    "kept; run `gitops sync NAME` once the broker answers (a source that is not suspended is also polled)"
+    "anything this command saved before asking for the task (an abort, an approval, a removal) is kept, "
+    "and beat's sweep carries it out once the broker answers; a sync or a preview can be asked again then"
 )
 
 
