@@ -436,15 +436,16 @@ def version_1_retired(api_client, core_api, namespace: str):
         namespace,
         expression="!has(object.data) || !('VERSION' in object.data) || object.data.VERSION != '1'",
         message="VERSION 1 is retired here",
-        denied=lambda: _restore_denied(core_api, namespace),
+        denied=lambda: _update_denied(core_api, namespace, "1"),
     )
 
 
-def _restore_denied(core_api, namespace: str) -> bool:
+def _update_denied(core_api, namespace: str, version: str) -> bool:
+    """Whether the apiserver refuses an update of app in ``namespace`` to ``version`` (a dry run)."""
     from kubernetes.client.exceptions import ApiException
 
     try:
-        core_api.patch_namespaced_config_map("app", namespace, {"data": {"VERSION": "1"}}, dry_run="All")
+        core_api.patch_namespaced_config_map("app", namespace, {"data": {"VERSION": version}}, dry_run="All")
     except ApiException:
         return True
     return False
@@ -1328,7 +1329,7 @@ def test_a_step_the_cluster_refuses_after_a_person_asked_to_abort_ends_the_pass_
                     namespace,
                     expression=not_2,
                     message="VERSION 2 may not go out here",
-                    denied=lambda namespace=namespace: _update_to_2_denied(core_api, namespace),
+                    denied=lambda namespace=namespace: _update_denied(core_api, namespace, "2"),
                 )
             )
         # A person's sync: its answer is its own pass, not the one the abort's request runs after it.
@@ -1341,13 +1342,3 @@ def test_a_step_the_cluster_refuses_after_a_person_asked_to_abort_ends_the_pass_
     ended = RolloutEvent.objects.filter(rollout=rollout, kind="rolled-back").get()
     assert (ended.actor, ended.message[:6]) == (people["approver"].get_username(), "page 9")
     assert versions(cluster, targets) == ["1", "1"]
-
-
-def _update_to_2_denied(core_api, namespace: str) -> bool:
-    from kubernetes.client.exceptions import ApiException
-
-    try:
-        core_api.patch_namespaced_config_map("app", namespace, {"data": {"VERSION": "2"}}, dry_run="All")
-    except ApiException:
-        return True
-    return False

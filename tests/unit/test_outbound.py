@@ -25,14 +25,16 @@ def serve(answer) -> str:
     return f"http://127.0.0.1:{listener.getsockname()[1]}/check"
 
 
-def trickle(connection: socket.socket) -> None:
+def trickle(connection: socket.socket, shut: threading.Event | None = None) -> None:
+    """Answers a byte each 0.2 s (8 s in all); ``shut`` is set when the client shut the connection."""
     connection.recv(65536)
     try:
         for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 40:
             connection.sendall(bytes([byte]))
             time.sleep(0.2)  # the server under test trickles; nothing here waits for it
     except OSError:
-        pass
+        if shut is not None:
+            shut.set()
 
 
 def test_a_trickling_server_is_given_up_on_within_the_timeout():
@@ -125,17 +127,7 @@ def test_a_call_interrupted_by_the_tasks_time_limit_shuts_its_connection():
         raise TimeLimit
 
     shut = threading.Event()
-
-    def trickle_until_shut(connection: socket.socket) -> None:
-        connection.recv(65536)
-        try:
-            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 40:
-                connection.sendall(bytes([byte]))
-                time.sleep(0.2)  # the server under test trickles; nothing here waits for it
-        except OSError:
-            shut.set()
-
-    url = serve(trickle_until_shut)  # 40 bytes, one each 0.2 s: 8 s
+    url = serve(lambda connection: trickle(connection, shut))
     previous = signal.signal(signal.SIGALRM, interrupt)
     try:
         signal.setitimer(signal.ITIMER_REAL, 0.5)
