@@ -166,9 +166,9 @@ class _WaveWatch:
     def _judge(self, key: WorkloadKey, obj: dict[str, Any] | None) -> WorkloadHealth:
         if obj is None:
             # Waited for, not failed at once: an Argo CD Replace or `helm --force` sync, or a StatefulSet
-            # deleted with --cascade=orphan to change its claims, creates it again a moment later, and its
-            # new pods read the new content (a deletion failed the wave and rolled it back before
-            # 2026-12-07). One that stays gone fails at the rollout's health deadline, saying so.
+            # deleted with --cascade=orphan to change its claims, creates it again a moment later, and it
+            # is judged then (a deletion failed the wave and rolled it back before 2026-12-07). One that
+            # stays gone fails at the rollout's health deadline, saying so.
             return WorkloadHealth(Health.PROGRESSING, "deleted; waiting for it to be created again")
         cluster, _, namespace, _ = key
         if self._undone(key, obj):

@@ -88,23 +88,21 @@ def wave_restart(rollout: Rollout, *, step_index: int, weight: int, actor: str) 
     if result.unreachable or result.failures:
         return result
     restarted = _restart(rollout, workloads, result, step=(step_index, weight, actor))
-    result.states = [_consumer_state(w, restarted=w.cluster_key in restarted) for w in workloads]
+    result.states = [
+        {
+            "cluster": w.cluster,
+            "kind": w.kind,
+            "namespace": w.namespace,
+            "name": w.name,
+            "restarted": w.cluster_key in restarted,
+            "restartable": w.restartable,
+            "refers_to": w.refers_to,
+            "health": Health.PROGRESSING,
+            "detail": "",
+        }
+        for w in workloads
+    ]
     return result
-
-
-def _consumer_state(workload: Workload, *, restarted: bool) -> dict[str, object]:
-    state: dict[str, object] = {
-        "cluster": workload.cluster,
-        "kind": workload.kind,
-        "namespace": workload.namespace,
-        "name": workload.name,
-        "restarted": restarted,
-        "restartable": workload.restartable,
-        "refers_to": workload.refers_to,
-        "health": Health.PROGRESSING,
-        "detail": "",
-    }
-    return state
 
 
 def _restart(
