@@ -115,6 +115,7 @@ class SourceAuditAction(StrEnum):
     DELETE = "delete"  # a removal was requested
     DELETED = "deleted"  # the removal finished: the source is gone
     FORGET_CLUSTER = "forget-cluster"  # a cluster gone for good was forgotten with what it held
+    WEBHOOK_SECRET = "webhook-secret"  # noqa: S105 - its webhook secret was set or rotated, never the secret
 
 
 class ClusterAuditAction(StrEnum):

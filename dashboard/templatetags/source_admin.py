@@ -31,6 +31,7 @@ AUDIT_WORDS = {
     "resume": "automatic sync resumed",
     "delete": "deletion asked for",
     "deleted": "deleted",
+    "webhook-secret": "webhook secret",  # with its message: "set" or "rotated"
 }
 
 

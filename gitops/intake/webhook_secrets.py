@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+from django.db import transaction
+
 from gitops import secrets as encryption
 from gitops.errors import PermanentError
 from gitops.models import Source
+from gitops.record.audit import Actor, audit_record
+from gitops.vocabulary import SourceAuditAction
 
 
-def webhook_secret_set(source: Source, secret: str) -> None:
+def webhook_secret_set(source: Source, secret: str, *, actor: Actor | None = None, how: str = "set") -> None:
+    """Stores ``secret`` encrypted, with an audit row naming ``actor`` and ``how`` (never the secret):
+    before 2026-12-07 nothing recorded who set or rotated a source's webhook secret."""
     if len(secret) < 16:
         raise PermanentError("a webhook secret needs at least 16 characters")
-    Source.objects.filter(pk=source.pk).update(webhook_secret_encrypted=encryption.encrypt(secret))
+    with transaction.atomic():
+        Source.objects.filter(pk=source.pk).update(webhook_secret_encrypted=encryption.encrypt(secret))
+        if actor is not None:
+            audit_record(
+                source, SourceAuditAction.WEBHOOK_SECRET, actor, before=None, after=None, message=how
+            )
 
 
-def webhook_secret_rotate(source: Source) -> str:
+def webhook_secret_rotate(source: Source, *, actor: Actor | None = None) -> str:
     """A new random secret, stored encrypted and returned once for the user to copy."""
     secret = encryption.generate()
-    webhook_secret_set(source, secret)
+    webhook_secret_set(source, secret, actor=actor, how="rotated")
     return secret
 
 

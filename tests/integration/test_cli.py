@@ -406,3 +406,30 @@ def test_a_webhook_secret_can_come_from_standard_input(make_source, monkeypatch)
     call_command("gitops", "webhook-secret", source.name, "--set", "-", stdout=io.StringIO())
     source.refresh_from_db()
     assert encryption.decrypt(source.webhook_secret_encrypted) == "from-stdin-0123456789abcdef"
+
+
+def test_setting_or_rotating_a_webhook_secret_leaves_an_audit_row_without_the_secret(make_source):
+    """Nothing recorded who set or rotated a source's webhook secret (before 2026-12-07)."""
+    import io
+
+    from django.core.management import call_command
+
+    from gitops.models import SourceAudit
+
+    source = make_source()
+    call_command(
+        "gitops", "webhook-secret", source.name, "--set", "set-by-hand-0123456789", "--by", "ops-ana"
+    )
+    out = io.StringIO()
+    call_command("gitops", "webhook-secret", source.name, "--rotate", stdout=out)
+    rotated = out.getvalue().splitlines()[1]
+
+    rows = list(SourceAudit.objects.filter(source=source, action="webhook-secret").order_by("id"))
+    assert (rows[0].actor, rows[0].via, rows[0].message) == ("ops-ana", "cli", "set")
+    assert rows[1].actor.startswith("cli:") and rows[1].message == "rotated"
+    for row in rows:
+        written = f"{row.before} {row.after} {row.changed} {row.message}"
+        assert "set-by-hand" not in written and rotated not in written
+    from dashboard.templatetags.source_admin import audit_summary
+
+    assert [audit_summary(row) for row in rows] == ["webhook secret; set", "webhook secret; rotated"]

@@ -601,7 +601,7 @@ class Command(BaseCommand):
     def do_webhook_secret(self, **options: Any) -> None:
         source = self._source(options["name"])
         if options["rotate"]:
-            secret = webhook_secrets.webhook_secret_rotate(source)
+            secret = webhook_secrets.webhook_secret_rotate(source, actor=Actor.command_line(options["by"]))
             self.stdout.write(f"new webhook secret for {source.name} (shown once, copy it now):")
             self.stdout.write(secret)
         else:
@@ -612,7 +612,7 @@ class Command(BaseCommand):
                 secret = secret.rstrip("\r\n")
                 if not secret:
                     raise CommandError("no secret on standard input")
-            webhook_secrets.webhook_secret_set(source, secret)
+            webhook_secrets.webhook_secret_set(source, secret, actor=Actor.command_line(options["by"]))
             self.stdout.write(f"webhook secret for {source.name} set")
         self.stdout.write(f"webhook URL path: /webhooks/git/{source.name}")
 
@@ -849,6 +849,7 @@ def _add_secret_and_role_parsers(commands: Any) -> None:
         help="the host's secret; '-' reads it from standard input (kept out of ps and shell history)",
     )
     choice.add_argument("--rotate", action="store_true", help="generate a secret and print it once")
+    _by_argument(secret)
 
     grant = commands.add_parser("grant", help="give a user a role (viewer, approver or admin)")
     grant.add_argument("username")
