@@ -37,6 +37,16 @@ def trickle(connection: socket.socket, shut: threading.Event | None = None) -> N
             shut.set()
 
 
+def calls_ended(before: set[threading.Thread], seconds: float = 3) -> bool:
+    """Whether every outbound call thread started since ``before`` ended within ``seconds``."""
+    calls = [thread for thread in set(threading.enumerate()) - before if thread.name == "outbound"]
+    deadline = time.monotonic() + seconds
+    while any(thread.is_alive() for thread in calls) and time.monotonic() < deadline:
+        for thread in calls:
+            thread.join(timeout=0.1)
+    return not any(thread.is_alive() for thread in calls)
+
+
 def test_a_trickling_server_is_given_up_on_within_the_timeout():
     url = serve(trickle)
     started = time.monotonic()
@@ -52,12 +62,7 @@ def test_a_trickling_servers_connection_is_shut_at_the_deadline_so_its_thread_en
     url = serve(trickle)  # 40 bytes, one each 0.2 s: 8 s
     before = set(threading.enumerate())
     outbound.post(url, b"{}", content_type="application/json", timeout=1)
-    calls = [thread for thread in set(threading.enumerate()) - before if thread.name == "outbound"]
-    deadline = time.monotonic() + 3
-    while any(thread.is_alive() for thread in calls) and time.monotonic() < deadline:
-        for thread in calls:
-            thread.join(timeout=0.1)
-    assert not any(thread.is_alive() for thread in calls), "the call's thread still reads the trickle"
+    assert calls_ended(before), "the call's thread still reads the trickle"
 
 
 def unanswered_address() -> tuple[str, int]:
@@ -105,12 +110,7 @@ def test_a_host_whose_first_address_does_not_answer_gets_no_request_after_the_de
     before = set(threading.enumerate())
     answer = outbound.post("http://two.test/check", b"{}", content_type="application/json", timeout=1)
     assert "no answer within 1s" in answer.describe("x"), answer
-    calls = [thread for thread in set(threading.enumerate()) - before if thread.name == "outbound"]
-    deadline = time.monotonic() + 3
-    while any(thread.is_alive() for thread in calls) and time.monotonic() < deadline:
-        for thread in calls:
-            thread.join(timeout=0.1)
-    assert not any(thread.is_alive() for thread in calls), "the call's thread still runs"
+    assert calls_ended(before), "the call's thread still runs"
     assert received == [], "no request goes out after the deadline"
 
 
