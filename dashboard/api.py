@@ -1434,7 +1434,8 @@ def suspend_source(request: HttpRequest, name: SourceName) -> dict[str, Any]:
 
 @api.post("/sources/{name}/resume", response={200: SourceDetailOut, **ACTION_ERRORS}, tags=["sources"])
 def resume_source(request: HttpRequest, name: SourceName) -> dict[str, Any]:
-    """Lets automatic syncs run again (admins), and queues a sync now."""
+    """Lets automatic syncs run again (admins), and queues a sync now; a source not suspended is left
+    as it is, and nothing is queued."""
     user = require(request, CHANGE_SOURCE)
     source = source_admin.source_resume(source_or_404(name), actor=Actor.of_user(user, AuditVia.API))
     return source_detail(source)

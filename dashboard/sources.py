@@ -109,8 +109,12 @@ def source_suspend(request: HttpRequest, name: str) -> HttpResponse:
 @require_POST
 def source_resume(request: HttpRequest, name: str) -> HttpResponse:
     actor = _actor(request, source_admin.CHANGE)
+    source = get_object_or_404(Source, name=name)
+    if not source.suspended:  # a second click, or another tab: nothing to resume, nothing queued
+        messages.info(request, f"{source.name} is not suspended: nothing changed.")
+        return redirect("dashboard:source", name=name)
     try:
-        source = source_admin.source_resume(get_object_or_404(Source, name=name), actor=actor)
+        source = source_admin.source_resume(source, actor=actor)
     except GitopsError as exc:
         messages.error(request, str(exc))
     else:

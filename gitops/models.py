@@ -28,6 +28,7 @@ from gitops.plan.provenance import manifest as configmap_manifest
 from gitops.redaction import redact, redact_url, url_without_query
 from gitops.storable import JsonbEncoder, compact_json, jsonb_text
 from gitops.vocabulary import (
+    AccessAuditAction,
     AuditVia,
     ChangeAction,
     ClusterAuditAction,
@@ -1389,6 +1390,23 @@ class ClusterAudit(AuditTrail):
 
     def __str__(self) -> str:
         return f"{self.action} {self.cluster} by {self.actor}"
+
+
+class AccessAudit(AuditTrail):
+    """One administrator's change to a person's access: the role granted (the others taken away), or an
+    email verified for the self-approval check. Append-only; a PostgreSQL trigger refuses UPDATE and
+    DELETE. Keyed by username, not the user's row: the trail outlives the account."""
+
+    Action = AccessAuditAction
+
+    username = models.CharField(max_length=150)
+    action = models.CharField(max_length=16, choices=[(a.value, a.value) for a in AccessAuditAction])
+
+    class Meta(AuditTrail.Meta):
+        indexes: ClassVar[list[Any]] = [models.Index(fields=["username", "-at"])]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.username} by {self.actor}"
 
 
 class SourceRemoval(models.Model):

@@ -127,6 +127,13 @@ class ClusterAuditAction(StrEnum):
     UPDATE = "update"  # its registration changed in place (update-cluster: the TLS allowance)
 
 
+class AccessAuditAction(StrEnum):
+    """What an administrator did to a person's access (the access trail): roles and verified emails."""
+
+    GRANT = "grant"  # a role given; Sluice's other roles taken away
+    VERIFY_EMAIL = "verify-email"  # an email confirmed as the user's: self-approval checks trust it
+
+
 class AuditVia(StrEnum):
     """Where an administrator's change came from."""
 

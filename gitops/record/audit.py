@@ -7,8 +7,8 @@ import getpass
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gitops.models import Source, SourceAudit
-from gitops.vocabulary import AuditVia, SourceAuditAction
+from gitops.models import AccessAudit, Source, SourceAudit
+from gitops.vocabulary import AccessAuditAction, AuditVia, SourceAuditAction
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -64,4 +64,23 @@ def audit_record(
         after=after,
         changed=changed_fields(before, after),
         message=message,
+    )
+
+
+def access_audit_record(
+    username: str,
+    action: AccessAuditAction,
+    actor: Actor,
+    *,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+) -> AccessAudit:
+    """A row of the access trail: who changed ``username``'s roles or verified email, from what to what."""
+    return AccessAudit.objects.create(
+        username=username[:150],
+        action=action,
+        actor=actor.name[:150],
+        via=actor.via,
+        before=before,
+        after=after,
     )

@@ -46,17 +46,6 @@ def user_named(username: str) -> User:
     return user
 
 
-def user_email_verify(user: User, email: str, *, verified_by: str) -> VerifiedEmail:
-    """Records that an administrator confirmed ``email`` is ``user``'s."""
-    verified = VerifiedEmail.objects.filter(user=user).first() or VerifiedEmail(user=user)
-    verified.email = email.strip().lower()
-    verified.verified_by = verified_by
-    verified.verified_at = timezone.now()
-    verified.full_clean()
-    verified.save()
-    return verified
-
-
 def rollout_promote(
     rollout_id: int,
     *,

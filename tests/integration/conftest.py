@@ -130,13 +130,14 @@ def people(db):
     """Users in each role; ``ada`` is an approver who also writes the commits (tests.gitrepo.AUTHOR)."""
     from django.contrib.auth.models import Group, User
 
-    from gitops.rollout.decisions import user_email_verify as verify_email
+    from gitops.access_admin import user_email_verify as verify_email
+    from gitops.record.audit import Actor
 
     def user(name: str, role: str | None, email: str) -> User:
         created = User.objects.create_user(name, email=email, password="x")
         if role:
             created.groups.add(Group.objects.get(name=role))
-        verify_email(created, email, verified_by="admin")
+        verify_email(created, email, actor=Actor.command_line("admin"))
         return User.objects.get(pk=created.pk)  # fresh: permission caches start empty
 
     return {

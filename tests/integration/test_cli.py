@@ -247,6 +247,35 @@ def test_grant_gives_one_role_and_takes_the_others_away(gitops, people):
     assert "vera is a superuser, which the role does not take away" in said, "not a silent 'now viewer'"
 
 
+def test_grant_and_verify_email_leave_rows_in_the_access_trail(gitops, people):
+    """Who may promote is as much a change as a source's settings, and nothing recorded it: a grant and
+    an email verified (the one self-approval trusts) now leave who, how, and the before and after."""
+    from django.db import connection, transaction
+
+    from gitops.models import AccessAudit
+
+    gitops("grant", "vera", "--role", "admin", "--by", "root")
+    assert "vera is now admin (unchanged)" in gitops("grant", "vera", "--role", "admin", "--by", "root")
+    gitops("verify-email", "vera", "Vera@Example.com", "--by", "root")
+    rows = list(AccessAudit.objects.filter(username="vera", actor="root").order_by("id"))
+    assert [(row.action, row.actor, row.via) for row in rows] == [
+        ("grant", "root", "cli"),
+        ("verify-email", "root", "cli"),
+    ], "an unchanged grant leaves no row"
+    assert (rows[0].before, rows[0].after) == ({"roles": ["viewer"]}, {"roles": ["admin"]})
+    assert (rows[1].before, rows[1].after) == ({"email": "vera@example.com"}, {"email": "vera@example.com"})
+
+    listed = gitops("access-log", "vera")
+    assert "grant" in listed and "roles: viewer -> admin  by root (cli)" in listed
+    assert "email: vera@example.com -> vera@example.com" in listed
+    assert [entry["action"] for entry in json.loads(gitops("access-log", "--json"))][:2] == [
+        "verify-email",
+        "grant",
+    ], "newest first"
+    with pytest.raises(Exception, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("DELETE FROM gitops_accessaudit")
+
+
 def test_update_source_and_verify_email(gitops, repo, people):
     gitops("add-source", "scoped", "--url", repo.url, "--allow-namespace", "team-*")
     updated = gitops(
@@ -298,6 +327,8 @@ def test_update_suspend_resume_and_remove_source(gitops, repo, make_namespaces, 
     assert "shop [suspended]:" in gitops("status")
     assert json.loads(gitops("status", "shop", "--json"))["suspended"] is True
     assert "shop is resumed" in gitops("resume", "shop", "--by", "root")
+    said = gitops("resume", "shop", "--by", "root")
+    assert "shop is not suspended: nothing changed, no sync queued" in said, "not a sync that never comes"
 
     assert "invalid choice" in gitops("remove-source", "shop", "--objects", "maybe", expect=2)
     removed = gitops("remove-source", "shop", "--objects", "keep", "--wait", "--by", "root")

@@ -9,8 +9,9 @@ from django.contrib.auth.models import Group, User
 from django.core.exceptions import PermissionDenied
 from django.utils import timezone
 
-from gitops import freezes, polling
+from gitops import access_admin, freezes, polling
 from gitops.models import Approval, Change, Revision, Rollout, RolloutEvent
+from gitops.record.audit import Actor
 from gitops.rollout import decisions
 from gitops.rollout.decisions import RolloutError
 from gitops.windows import parse_duration
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def admin(people) -> User:
     created = User.objects.create_user("ines", email="ines@example.com", password="x")
     created.groups.add(Group.objects.get(name="admin"))
-    decisions.user_email_verify(created, "ines@example.com", verified_by="admin")
+    access_admin.user_email_verify(created, "ines@example.com", actor=Actor.command_line("admin"))
     return User.objects.get(pk=created.pk)
 
 

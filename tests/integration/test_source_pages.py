@@ -202,7 +202,13 @@ def test_an_admin_edits_suspends_resumes_and_each_leaves_an_audit_row(repo, admi
     page = client.get(reverse("dashboard:source", args=["shop"])).content.decode()
     assert 'id="suspended-banner"' in page and 'id="resume-source"' in page
     assert "state-suspended" in client.get(reverse("dashboard:overview")).content.decode()
-    client.post(reverse("dashboard:source-resume", args=["shop"]))
+    assert (
+        "shop is resumed"
+        in client.post(reverse("dashboard:source-resume", args=["shop"]), follow=True).content.decode()
+    )
+    again = client.post(reverse("dashboard:source-resume", args=["shop"]), follow=True).content.decode()
+    assert "shop is not suspended: nothing changed." in again, "a second click queues nothing"
+    assert "a sync is queued" not in again
 
     rows = list(SourceAudit.objects.filter(source=source).order_by("id"))
     assert [(row.action, row.actor, row.via) for row in rows] == [

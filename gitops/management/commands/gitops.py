@@ -22,6 +22,8 @@ gitops unfreeze NAME|--all
 gitops window add|list|remove
 gitops validate [PATH] [--git-ref REF | --staged]
 gitops live-cache [--cluster NAME]
+gitops grant USER --role viewer|approver|admin [--by NAME]
+gitops access-log [USER] [--limit N] [--json]
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ from typing import Any
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 from django.conf import settings
-from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.management.base import BaseCommand, CommandError
@@ -49,6 +50,7 @@ from django.utils.dateparse import parse_date, parse_datetime
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from gitops import (
+    access_admin,
     cluster_admin,
     freezes,
     livecache,
@@ -63,7 +65,7 @@ from gitops.desired.errors import ValidationError
 from gitops.desired.limits import Limits
 from gitops.errors import GitopsError
 from gitops.intake import webhook_secrets
-from gitops.models import Rollout, Source, SourceRemoval, known_cluster_names
+from gitops.models import AccessAudit, Rollout, Source, SourceRemoval, known_cluster_names
 from gitops.plan import ACTIONABLE, Action, DiffItem, Plan
 from gitops.record.audit import Actor
 from gitops.redaction import redact, url_without_query
@@ -187,9 +189,13 @@ class Command(BaseCommand):
         )
 
     def do_resume(self, **options: Any) -> None:
-        source = source_admin.source_resume(
-            self._source(options["name"]), actor=Actor.command_line(options["by"])
-        )
+        source = self._source(options["name"])
+        if not source.suspended:
+            # Resuming a running source changes nothing and queues nothing: saying "a sync is queued"
+            # sent people to wait for a sync that never came.
+            self.stdout.write(f"{source.name} is not suspended: nothing changed, no sync queued")
+            return
+        source = source_admin.source_resume(source, actor=Actor.command_line(options["by"]))
         self.stdout.write(f"{source.name} is resumed: automatic syncs run again, and a sync is queued")
 
     def do_remove_source(self, **options: Any) -> None:
@@ -234,7 +240,7 @@ class Command(BaseCommand):
 
     def do_verify_email(self, **options: Any) -> None:
         user = decisions.user_named(options["username"])
-        decisions.user_email_verify(user, options["email"], verified_by=options["by"])
+        access_admin.user_email_verify(user, options["email"], actor=Actor.command_line(options["by"]))
         self.stdout.write(f"{options['username']}'s email {options['email']} is verified")
 
     def do_sync(self, **options: Any) -> None:
@@ -620,14 +626,28 @@ class Command(BaseCommand):
         """Gives the user this one role: the others of Sluice's roles go (groups add up, so granting
         viewer to an approver left the approver's permission in place while saying "now viewer")."""
         user = decisions.user_named(options["username"])
-        with transaction.atomic():
-            user.groups.remove(*Group.objects.filter(name__in=ROLES).exclude(name=options["role"]))
-            user.groups.add(Group.objects.get(name=options["role"]))
-        self.stdout.write(f"{options['username']} is now {options['role']}")
+        grant = access_admin.user_role_grant(user, options["role"], actor=Actor.command_line(options["by"]))
+        unchanged = "" if grant.changed else " (unchanged)"
+        self.stdout.write(f"{options['username']} is now {options['role']}{unchanged}")
         if user.is_superuser or user.user_permissions.exists():
             # Neither is a role's: Django's admin gives them, and they hold whatever the role says.
             held = "a superuser" if user.is_superuser else "given permissions of their own"
             self.stdout.write(f"note: {options['username']} is {held}, which the role does not take away")
+
+    def do_access_log(self, **options: Any) -> None:
+        """The access trail, newest first: roles granted and emails verified, by whom."""
+        rows = AccessAudit.objects.all()
+        if options["username"]:
+            rows = rows.filter(username=options["username"])
+        entries = [_access_entry(row) for row in rows[: options["limit"]]]
+        if options["json"]:
+            self.stdout.write(json.dumps(entries, indent=2))
+            return
+        for entry in entries:
+            self.stdout.write(
+                f"{entry['at'][:19]}  {entry['action']:<12} {entry['username']:<20}"
+                f" {_access_change(entry)}  by {entry['actor']} ({entry['via']})"
+            )
 
     # -- housekeeping: retention, the change log's archival, secret re-encryption ------------
 
@@ -854,6 +874,12 @@ def _add_secret_and_role_parsers(commands: Any) -> None:
     grant = commands.add_parser("grant", help="give a user a role (viewer, approver or admin)")
     grant.add_argument("username")
     grant.add_argument("--role", required=True, choices=ROLES)
+    _by_argument(grant)
+
+    access = commands.add_parser("access-log", help="roles granted and emails verified, newest first")
+    access.add_argument("username", nargs="?", default="", help="only this user's")
+    access.add_argument("--limit", type=_positive, default=50)
+    access.add_argument("--json", action="store_true")
 
 
 def _add_live_cache_parser(commands: Any) -> None:
@@ -1181,6 +1207,29 @@ def _location_arguments(parser: ArgumentParser, *, creating: bool) -> None:
         "--commit-url",
         help="the Git host's page for a commit, e.g. https://github.com/org/repo/commit/{commit}",
     )
+
+
+def _access_entry(row: AccessAudit) -> dict[str, Any]:
+    return {
+        "at": row.at.isoformat(),
+        "action": row.action,
+        "username": row.username,
+        "actor": row.actor,
+        "via": row.via,
+        "before": row.before,
+        "after": row.after,
+    }
+
+
+def _access_change(entry: Mapping[str, Any]) -> str:
+    """A grant's roles before and after, or the email verified (and the one it replaced)."""
+    before, after = entry["before"] or {}, entry["after"] or {}
+    key = "roles" if "roles" in after else "email"
+    shown = {
+        side: ", ".join(value) if isinstance(value, list) else value
+        for side, value in (("before", before.get(key)), ("after", after.get(key)))
+    }
+    return f"{key}: {shown['before'] or '(none)'} -> {shown['after'] or '(none)'}"
 
 
 def _by_argument(parser: ArgumentParser) -> None:
