@@ -20,11 +20,13 @@ from django.utils.crypto import salted_hmac
 
 from gitops.desired.content import KIND_LABEL, MANAGED_BY_VALUE, Content
 from gitops.desired.policy import DEFAULT_HEALTH_TIMEOUT_SECONDS, ConsumerMode
+from gitops.desired.revision import flag_set_key
 from gitops.desired.scope import AdminScope
 from gitops.plan import Action, PlanItem, diff_content
 from gitops.plan.diff import DiffItem, DiffOp
-from gitops.plan.provenance import Provenance, live_content, live_provenance, owned_keys
+from gitops.plan.provenance import Provenance, held_by_others, live_content, live_provenance, owned_keys
 from gitops.plan.provenance import manifest as configmap_manifest
+from gitops.plan.stamps import FLAG_SET_KIND
 from gitops.redaction import redact, redact_url, url_without_query
 from gitops.storable import JsonbEncoder, compact_json, jsonb_text
 from gitops.vocabulary import (
@@ -706,16 +708,26 @@ class ApplyIntent(models.Model):
         baseline = Content.from_dict(first.before) if first.before is not None else None
         if baseline is None and live is None:
             return None
+        recreate = bool(live and live.get("immutable")) and baseline is not None
+        foreign = _foreign_keys(live, baseline, first) if not recreate else {}
+        if baseline is not None and foreign:
+            # The object as the restore leaves it: another manager's keys at their value of now.
+            baseline = _with_values(baseline, foreign)
         if baseline is not None and live is not None and _holds(live, baseline, first):
             return None
         current = live_content(live) if live is not None else None
         manifest = None
         if baseline is not None:
-            kind = (first.manifest or {}).get("metadata", {}).get("labels", {}).get(KIND_LABEL, "configmap")
             provenance = Provenance(
-                rollout.source.name, first.before_commit, first.before_content_hash, first.origin, kind
+                rollout.source.name,
+                first.before_commit,
+                first.before_content_hash,
+                first.origin,
+                _restored_kind(first),
             )
-            manifest = configmap_manifest(first.namespace, first.name, baseline, provenance)
+            # Another manager's keys are left out of the apply: forced, it would take them over.
+            applied = _with_values(baseline, {section: {} for section in foreign}, drop=foreign)
+            manifest = configmap_manifest(first.namespace, first.name, applied, provenance)
         return cls(
             rollout=rollout,
             source_id=rollout.source_id,
@@ -733,10 +745,59 @@ class ApplyIntent(models.Model):
             after_hash=baseline.hash if baseline is not None else "",
             diff=[change.as_dict(stored=True) for change in _restore_diff(live, current, baseline)],
             force=True,
-            recreate=bool(live and live.get("immutable")) and baseline is not None,
+            recreate=recreate,
             origin=first.origin,
             actor=actor,
         )
+
+
+def _restored_kind(first: ApplyIntent) -> str:
+    """The kind label the restored object carries: the one the rollout wrote, or for a prune (no
+    manifest) what it deleted, a flag set when it held a flag set's document."""
+    if first.manifest is not None:
+        return str((first.manifest.get("metadata") or {}).get("labels", {}).get(KIND_LABEL, "configmap"))
+    held = (first.before or {}).get("data") or {}
+    return FLAG_SET_KIND if flag_set_key(first.name) in held else "configmap"
+
+
+def _foreign_keys(
+    live: Mapping[str, Any] | None, baseline: Content | None, first: ApplyIntent
+) -> dict[str, dict[str, str]]:
+    """Keys of data and binaryData the restore must leave to another field manager, with their live
+    values: held by another manager now and not by Sluice, and not among the keys the rollout wrote
+    (those are Sluice's to put back, whoever edited them since). A key an injector rotated during the
+    rollout was forced back to its stale value, and Sluice became its only owner, so the next commit's
+    apply deleted it."""
+    if live is None or baseline is None:
+        return {}
+    others, ours = held_by_others(live), owned_keys(live, MANAGED_BY_VALUE)
+    written = first.after or {}
+    values = {"data": live.get("data") or {}, "binaryData": live.get("binaryData") or {}}
+    before = {"data": baseline.data, "binaryData": baseline.binary_data}
+    foreign = {
+        section: {
+            key: str(values[section][key])
+            for key in before[section]
+            if key in others[section]
+            and key not in ours[section]
+            and key not in (written.get(section) or {})
+            and key in values[section]
+        }
+        for section in ("data", "binaryData")
+    }
+    return {section: keys for section, keys in foreign.items() if keys}
+
+
+def _with_values(
+    content: Content, values: Mapping[str, Mapping[str, str]], *, drop: Mapping[str, Any] = {}
+) -> Content:
+    """``content`` with data and binaryData keys set to ``values`` and those in ``drop`` left out."""
+    sections = {"data": dict(content.data), "binaryData": dict(content.binary_data)}
+    for section, keys in sections.items():
+        for key in drop.get(section) or {}:
+            keys.pop(key, None)
+        keys.update(values.get(section) or {})
+    return dataclasses.replace(content, data=sections["data"], binary_data=sections["binaryData"])
 
 
 def _restore_diff(

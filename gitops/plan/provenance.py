@@ -61,6 +61,19 @@ def other_holders(live: Mapping[str, Any], fields: Iterable[tuple[str, str]]) ->
     return holders
 
 
+def held_by_others(live: Mapping[str, Any]) -> dict[str, set[str]]:
+    """Keys of data and binaryData that a field manager other than Sluice's apply holds (an injector, a
+    controller, `kubectl edit`), from managedFields."""
+    held: dict[str, set[str]] = {"data": set(), "binaryData": set()}
+    for entry in live.get("metadata", {}).get("managedFields") or ():
+        if entry.get("manager") == MANAGED_BY_VALUE and entry.get("operation") == "Apply":
+            continue
+        fields = entry.get("fieldsV1") or {}
+        for section, names in held.items():
+            names.update(_field_names(fields.get(f"f:{section}")))
+    return held
+
+
 def _field_names(fields: Mapping[str, Any] | None) -> Iterable[str]:
     return (name[2:] for name in (fields or {}) if name.startswith("f:"))
 

@@ -1342,3 +1342,34 @@ def test_a_step_the_cluster_refuses_after_a_person_asked_to_abort_ends_the_pass_
     ended = RolloutEvent.objects.filter(rollout=rollout, kind="rolled-back").get()
     assert (ended.actor, ended.message[:6]) == (people["approver"].get_username(), "page 9")
     assert versions(cluster, targets) == ["1", "1"]
+
+
+def test_a_rollback_leaves_a_key_another_manager_holds_at_its_value_and_in_its_hands(
+    repo, make_namespaces, make_source, sync, cluster, people
+):
+    """An injector's key (a rotated CA bundle) on a ConfigMap Sluice manages: the restore force-applied
+    the whole old data, putting the key back to its stale value and making Sluice its only owner, so the
+    next commit's apply deleted it. Keys the rollout wrote are still put back."""
+    from gitops.plan.provenance import owned_keys
+
+    (namespace,) = targets = make_namespaces("app")
+    source, _v1, _v2 = start_rollout(repo, make_source, sync, targets, [{"setWeight": 100}, {"pause": {}}])
+    # The injector writes its key after v1 went out, before v2's rollout reads the object.
+    cluster.merge_configmap_keys(
+        namespace, "app", data={"ca.crt": "old"}, binary_data={}, field_manager="injector"
+    )
+    sync(source)
+    paused = wait_for(source, phase="Paused", waiting_for="approval")
+    assert cluster.get_configmap(namespace, "app")["data"] == {"VERSION": "2", "ca.crt": "old"}
+    cluster.merge_configmap_keys(
+        namespace, "app", data={"ca.crt": "rotated"}, binary_data={}, field_manager="injector"
+    )
+
+    decisions.rollout_abort(paused.pk, user=people["approver"])
+    wait_for(source, phase="Aborted")
+
+    live = cluster.get_configmap(namespace, "app")
+    assert live["data"] == {"VERSION": "1", "ca.crt": "rotated"}, "the rollout's key restored, not theirs"
+    assert "ca.crt" not in owned_keys(live, "sluice")["data"], "Sluice did not take the key over"
+    restore = Change.objects.get(source=source, action="rollback", namespace=namespace)
+    assert [item["key"] for item in restore.diff] == ["VERSION"], "the log shows what the restore changed"
