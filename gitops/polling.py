@@ -93,7 +93,9 @@ def sources_claim_orphaned_requests(*, claimed: Collection[int] = ()) -> list[in
         # A compare-and-swap on the request: two beats queue it once, and it is tried again only after
         # ORPHANED_REQUEST_AFTER more (the pass it queues takes the request as it starts).
         request = Source.objects.filter(pk=source_id, sync_requested_at=requested_at)
-        return bool(request.update(sync_requested_at=Now(), sync_queued=True))
+        # Marked queued with its time, as every claim is: a mark without one is never taken over, and a
+        # lost task then left pushes and wakes "already queued" until the next poll.
+        return bool(request.update(sync_requested_at=Now(), sync_queued=True, sync_queued_at=Now()))
 
     found = each_claimed(stale.values_list("pk", "sync_requested_at"), claim, "orphaned requests")
     return [source_id for source_id, _ in found]

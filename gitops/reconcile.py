@@ -537,6 +537,8 @@ def source_sync(
                 break
         else:
             _carry_on(source, asked.coalesced_actor)
+        if not runs:  # removed while the lock waited for a lost pass's claim: nothing of it ran
+            return SyncResult(source.name, Outcome.GONE)
         return _combined(runs, manual=manual)
 
 

@@ -561,3 +561,41 @@ def test_what_asks_for_a_sync_of_a_backing_off_source_is_stored_as_a_request_fir
 
     assert Source.objects.get(pk=backing_off.pk).sync_requested_at is not None
     assert Source.objects.get(pk=healthy.pk).sync_requested_at is None
+
+
+def test_an_orphaned_requests_queued_mark_has_a_time_so_a_lost_task_is_taken_over(make_source):
+    """The sweep of orphaned requests marked the source queued without a time. A mark without one is
+    never taken over: when that task was lost (a broker failed over), every push and wake after it was
+    "already queued" until the next poll, hours away for a source that relies on webhooks."""
+    from django.db.models import F
+
+    from gitops import schedule
+
+    source = make_source()
+    Source.objects.filter(pk=source.pk).update(
+        sync_queued=False, sync_queued_at=None, sync_requested_at=timezone.now() - timedelta(seconds=31)
+    )
+    assert polling.sources_claim_orphaned_requests() == [source.pk]
+    assert not schedule.sync_queued_claim(source.pk), "queued a moment ago: a push adds nothing"
+
+    lost = schedule.SYNC_QUEUED_STALE + timedelta(minutes=1)
+    Source.objects.filter(pk=source.pk).update(sync_queued_at=F("sync_queued_at") - lost)
+    assert schedule.sync_queued_claim(source.pk), "the lost task's mark is taken over"
+
+
+def test_a_source_removed_while_its_sync_waited_for_a_lost_pass_answers_gone(make_source, monkeypatch):
+    """The lock waits (seconds) for a lost pass's claim to lapse, and lets the source go meanwhile: a
+    removal that finished then left the pass no run, and the task died on an IndexError instead of
+    answering that the source is gone."""
+    from gitops import reconcile as reconcile_module
+
+    source = make_source()
+
+    def removed_while_waiting() -> bool:
+        Source.objects.filter(pk=source.pk).update(deleted_at=timezone.now())
+        return True
+
+    monkeypatch.setattr(reconcile_module, "lock_waited", removed_while_waiting)
+    result = reconcile.source_sync(source.pk)
+
+    assert result.outcome is reconcile.Outcome.GONE
