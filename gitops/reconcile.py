@@ -136,7 +136,8 @@ def _reconcile(
         result.summary["resumed"] = resumed.count
     if head.summary != result.summary:  # a no-op poll writes nothing here
         Revision.objects.filter(pk=head.pk).update(summary=result.summary)
-    _finish(source, result.errors)
+    held_until = gate.held.until if gate.held is not None and result.outcome is Outcome.HELD else None
+    _finish(source, result.errors, held_until=held_until)
     return result
 
 
@@ -258,7 +259,7 @@ def _hold(source: Source, head: Revision, desired: Any, gate: Gate, result: Sync
         result.summary = moved.summary
         result.errors.extend(moved.failures)
     result.held = gate.reason
-    _finish(source, result.errors)
+    _finish(source, result.errors, held_until=gate.until)
     return result
 
 
@@ -433,9 +434,19 @@ _FINISHED: PreparedUpdate = PreparedUpdate(
 )
 
 
-def _finish(source: Source, failures: list[str]) -> None:
+# Past the moment a hold ends: the pass then finds the freeze over or the window open.
+HOLD_END_MARGIN = timedelta(seconds=1)
+
+
+def _finish(source: Source, failures: list[str], *, held_until: datetime | None = None) -> None:
+    """Ends the pass: its time, its errors, and the next poll. A pass that was held polls again when the
+    hold ends, if that comes before the next poll: a freeze that runs out (not lifted) wakes nothing,
+    and a window of 30 minutes opening between hourly polls was missed every day, forever."""
     now = timezone.now()
-    _FINISHED(source.pk, now, "; ".join(failures[:5]), now + source.poll_interval)
+    next_poll_at = now + source.poll_interval
+    if held_until is not None and now < held_until + HOLD_END_MARGIN < next_poll_at:
+        next_poll_at = held_until + HOLD_END_MARGIN
+    _FINISHED(source.pk, now, "; ".join(failures[:5]), next_poll_at)
 
 
 def _error_text(error: Mapping[str, Any]) -> str:

@@ -223,6 +223,23 @@ def _repeated_wall_time(moment: datetime) -> bool:
 # -- checking what an administrator asks for -----------------------------------------------
 
 
+# Names the tz database ships that are not one place's time: ``localtime`` is each host's own setting
+# (the web, beat and the workers could disagree on whether a window is open), ``right/`` zones count
+# leap seconds (27 s off), ``posix/`` and ``posixrules`` are aliases by another road, ``Factory`` no zone.
+_HOST_DEPENDENT_ZONES = re.compile(r"\A(?:localtime|posixrules|Factory|right/.*|posix/.*)\Z")
+
+
+def _check_time_zone(time_zone: str) -> None:
+    if _HOST_DEPENDENT_ZONES.match(time_zone):
+        problem = f"{time_zone!r} is not one place's time zone: name one (e.g. UTC, Europe/Berlin)"
+        raise WindowError("time_zone", problem)
+    try:
+        ZoneInfo(time_zone)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        problem = f"{time_zone!r} is not a known time zone (e.g. UTC, Europe/Berlin)"
+        raise WindowError("time_zone", problem) from exc
+
+
 def window_rule(
     *,
     kind: str,
@@ -250,11 +267,7 @@ def window_rule(
         raise WindowError("schedule", f"{schedule!r} never fires")
     if not MIN_WINDOW_DURATION <= duration <= MAX_WINDOW_DURATION:
         raise WindowError("duration", "must be between 1m and 31d")
-    try:
-        ZoneInfo(time_zone)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        problem = f"{time_zone!r} is not a known time zone (e.g. UTC, Europe/Berlin)"
-        raise WindowError("time_zone", problem) from exc
+    _check_time_zone(time_zone)
     globs = tuple(dict.fromkeys(pattern.strip() for pattern in sources if pattern.strip()))
     if not globs:
         raise WindowError("sources", "name at least one source or glob ('*' for every source)")

@@ -10,7 +10,7 @@ from django.core.exceptions import PermissionDenied
 from django.utils import timezone
 
 from gitops import access_admin, freezes, polling
-from gitops.models import Approval, Change, Revision, Rollout, RolloutEvent
+from gitops.models import Approval, Change, Revision, Rollout, RolloutEvent, Source
 from gitops.record.audit import Actor
 from gitops.rollout import decisions
 from gitops.rollout.decisions import RolloutError
@@ -359,3 +359,26 @@ def test_a_floor_raised_while_a_pass_holds_the_source_gates_after_its_step_and_h
     gated = wait_for(source, phase="Paused", waiting_for="approval")
     assert gated.pk == retried.pk and gated.step_index == 0
     assert versions(cluster, targets) == ["1", "1"]
+
+
+def test_a_held_pass_polls_again_when_the_hold_ends_not_an_interval_later(
+    repo, make_namespaces, make_source, sync, cluster
+):
+    """Nothing woke a source whose freeze ran out (rather than being lifted) or whose allow window
+    opened: its next poll came an interval after the held pass, so with hourly polls a 30-minute window
+    was missed every day, and the commit never went out."""
+    targets = make_namespaces("a")
+    source = first_commit(repo, make_source, sync, targets)
+    Source.objects.filter(pk=source.pk).update(poll_interval=timedelta(hours=1))
+    ends = freeze(source, hours=0.25).until
+    second_commit(repo, targets)
+
+    assert sync(source)["outcome"] == "held"
+
+    next_poll_at = Source.objects.get(pk=source.pk).next_poll_at
+    assert ends < next_poll_at <= ends + timedelta(seconds=2), "polled as the freeze runs out"
+    freezes.freeze_lift(source, by="ines")
+    far = freeze(source, hours=3)
+    assert sync(source)["outcome"] == "held"
+    next_poll_at = Source.objects.get(pk=source.pk).next_poll_at
+    assert next_poll_at < far.until, "a hold longer than the interval keeps the poll interval"
