@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Max, Q, QuerySet
 from django.utils import timezone
 
@@ -172,7 +172,8 @@ def archive_changes(before: datetime, output: Path) -> int:
     # the rollout's page read them (its flags showed as never published, and were written again each pass).
     # Read once: a rollout that ends during a long archive must not change what the delete matches.
     kept = list(_live_rollouts().values_list("pk", flat=True))
-    created = False
+    created = deleting = False
+    written = last_id = 0
     try:
         with transaction.atomic():
             with connection.cursor() as cursor:
@@ -190,19 +191,53 @@ def archive_changes(before: datetime, output: Path) -> int:
             )
             written, last_id = _write_archive(rows, output)
             created = True
+            _fsync_directory(output.parent)  # the file's name on disk before the rows go
+            deleting = bool(written)
             deleted = _delete_archived(before, last_id, kept) if written else 0
             if deleted != written:
                 raise PermanentError(
                     f"archived {written} change-log entries but {deleted} matched for deletion; "
                     "nothing was deleted"
                 )
-    except BaseException:
+    except BaseException as exc:
+        if created and deleting and _archived_rows_may_be_gone(last_id):
+            # The commit's answer was lost (a dropped connection, Ctrl-C while it ran): it may have gone
+            # through, and the file is then the only copy of those entries. It was unlinked here.
+            if isinstance(exc, Exception):
+                raise PermanentError(_kept_message(output, last_id, exc)) from exc
+            raise
         if created:  # the rows are still in the log: a half-made archive would only mislead
             output.unlink(missing_ok=True)
         raise
     if not written:
         output.unlink()
     return written
+
+
+def _archived_rows_may_be_gone(last_id: int) -> bool:
+    """Whether the delete may have been committed: True unless the last archived entry is found still in
+    the log (the transaction rolled back), or when the database cannot be asked."""
+    try:
+        connection.close_if_unusable_or_obsolete()
+        return not Change.objects.filter(pk=last_id).exists()
+    except DatabaseError:
+        return True
+
+
+def _kept_message(output: Path, last_id: int, error: Exception) -> str:
+    return (
+        f"the archive's deletion may have been committed ({error}); {output} is kept, with every entry it "
+        f"archived. If the entry with id {last_id} is gone from the change log, keep the file; if it is "
+        "still there, remove the file and run again"
+    )
+
+
+def _fsync_directory(directory: Path) -> None:
+    handle = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 def _delete_archived(before: datetime, last_id: int, kept: list[int]) -> int:
@@ -256,7 +291,9 @@ def _live_rollouts() -> QuerySet[Rollout]:
 def _write_archive(rows: QuerySet[Change], output: Path) -> tuple[int, int]:
     written, last_id = 0, 0
     try:
-        archive = output.open("x", encoding="utf-8")
+        # Readable by its owner only: it holds every entry's before and after.
+        created = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        archive = os.fdopen(created, "w", encoding="utf-8")
     except FileExistsError as exc:
         raise PermanentError(f"{output} exists; archive-changes never overwrites a file") from exc
     try:

@@ -10,6 +10,7 @@ from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from gitops import retention
+from gitops.errors import PermanentError
 from gitops.models import ApplyIntent, Change, Notification, Rollout, RolloutEvent, WebhookDelivery
 from tests import history
 
@@ -258,3 +259,56 @@ def test_an_archive_cut_short_while_writing_leaves_no_file_and_deletes_nothing(a
     assert Change.objects.count() == before
     monkeypatch.undo()
     assert retention.archive_changes(timezone.now() + timedelta(days=1), output) > 0
+
+
+def test_an_archive_whose_commit_answer_is_lost_keeps_its_file(aged, tmp_path, monkeypatch):
+    """The commit went through but its answer was lost (a dropped connection, Ctrl-C as it ran): the
+    archive unlinked its file as if nothing had been deleted, and the entries were gone for good. The
+    file now stays, and the error says how to tell which happened; the file is its owner's alone."""
+    import stat
+
+    from django.db import OperationalError
+
+    real = retention._delete_archived
+
+    def committed_then_the_answer_is_lost(*args, **kwargs):
+        deleted = real(*args, **kwargs)
+
+        def lost() -> None:
+            raise OperationalError("server closed the connection unexpectedly")
+
+        transaction.on_commit(lost)  # raises out of the commit, after it went through
+        return deleted
+
+    monkeypatch.setattr(retention, "_delete_archived", committed_then_the_answer_is_lost)
+    before = Change.objects.count()
+    output = tmp_path / "archive.jsonl"
+
+    with pytest.raises(PermanentError, match="may have been committed") as refused:
+        retention.archive_changes(timezone.now() + timedelta(days=1), output)
+
+    archived = output.read_text().splitlines()
+    assert archived and Change.objects.count() == before - len(archived), "the file holds what went"
+    assert "is kept" in str(refused.value)
+    assert stat.S_IMODE(output.stat().st_mode) == 0o600
+
+
+def test_an_archive_whose_delete_is_rolled_back_leaves_no_file(aged, tmp_path, monkeypatch):
+    """The other side of it: a failure after the delete that rolls the transaction back leaves the entries
+    in the log, and no file that would mislead."""
+    from django.db import OperationalError
+
+    real = retention._delete_archived
+
+    def deleted_then_failed(*args, **kwargs):
+        real(*args, **kwargs)
+        raise OperationalError("deadlock detected")
+
+    monkeypatch.setattr(retention, "_delete_archived", deleted_then_failed)
+    before = Change.objects.count()
+    output = tmp_path / "archive.jsonl"
+
+    with pytest.raises(OperationalError):
+        retention.archive_changes(timezone.now() + timedelta(days=1), output)
+
+    assert not output.exists() and Change.objects.count() == before
