@@ -133,6 +133,17 @@ class Gate:
     def allows(self, *, manual: bool) -> bool:
         return self.automatic or (manual and self.manual)
 
+    @property
+    def holds(self) -> str:
+        """What holds, as one text that names it: the freeze (whose, until when, set by whom) or the windows
+        that close it (by id; not until when, which a window firing often moves on every minute). An
+        administrator's override releases this hold, not one set after it."""
+        parts = [self.kind.value]
+        if (freeze := self.freeze) is not None:
+            parts.append(f"freeze {freeze.source or '*'} until {freeze.until.isoformat()} by {freeze.by}")
+        parts.extend(f"window {window.id}" for window in self.windows)
+        return "; ".join(parts)
+
     def as_dict(self) -> dict[str, object]:
         return {
             "state": self.kind.value,

@@ -79,7 +79,7 @@ def rollout_promote(
         at_gate = _check_promotable(rollout, full=full)
         if rollout.forbid_self_approval:
             _check_not_an_author(rollout, user)
-        override = _check_override(rollout, user, override)
+        override, holds = _check_override(rollout, user, override)
         approvers = _approve(rollout, user, full=full, comment=comment)
         if approvers < rollout.approvals_required:
             message = f"{approvers} of {rollout.approvals_required} approvals"
@@ -91,7 +91,14 @@ def rollout_promote(
             )
             full_release = full and wanted_full >= rollout.approvals_required
             if at_gate or full_release:
-                _release(rollout, user.get_username(), at_gate=at_gate, full=full_release, override=override)
+                _release(
+                    rollout,
+                    user.get_username(),
+                    at_gate=at_gate,
+                    full=full_release,
+                    override=override,
+                    holds=holds,
+                )
             else:  # asked to skip ahead between gates: only as many full approvals do that
                 message = f"{wanted_full} of {rollout.approvals_required} approvals to go to 100%"
                 Rollout.objects.filter(pk=rollout.pk).update(message=message)
@@ -113,15 +120,16 @@ def _check_promotable(rollout: Rollout, *, full: bool) -> bool:
     return at_gate
 
 
-def _check_override(rollout: Rollout, user: User, reason: str) -> str:
-    """The override reason when a freeze or a closed sync window holds the source ("" when none does).
+def _check_override(rollout: Rollout, user: User, reason: str) -> tuple[str, str]:
+    """The override reason when a freeze or a closed sync window holds the source ("" when none does),
+    and what holds it (``Gate.holds``).
 
     Only an administrator promotes through one, and says why; the override is
     recorded on the rollout's timeline (and so in the audit trail) before the approval.
     """
     gate = selectors.source_gate(rollout.source)
     if gate.automatic:
-        return ""
+        return "", ""
     name, username = rollout.source.name, user.get_username()
     if not user.has_perm(freezes.OVERRIDE):
         raise PermissionDenied(
@@ -137,7 +145,7 @@ def _check_override(rollout: Rollout, user: User, reason: str) -> str:
         message=f"{reason} (overriding: {gate.reason})",
         data={"reason": reason, "gate": gate.as_dict()},
     )
-    return reason
+    return reason, gate.holds
 
 
 def _approve(rollout: Rollout, user: User, *, full: bool, comment: str) -> int:
@@ -168,7 +176,9 @@ def _approve(rollout: Rollout, user: User, *, full: bool, comment: str) -> int:
     return approvers
 
 
-def _release(rollout: Rollout, username: str, *, at_gate: bool, full: bool, override: str = "") -> None:
+def _release(
+    rollout: Rollout, username: str, *, at_gate: bool, full: bool, override: str = "", holds: str = ""
+) -> None:
     gate = rollout.step_index
     next_step = gate + 1 if at_gate else gate
     changes: dict[str, Any] = {
@@ -187,8 +197,9 @@ def _release(rollout: Rollout, username: str, *, at_gate: bool, full: bool, over
     message = "to 100%" if full else f"past step {gate}"
     if override:
         message += f", overriding the hold: {override}"
-    # An override marks the release, so the steps it lets go run while the source is held.
-    data = {"override": override} if override else None
+    # An override marks the release, so the steps it lets go run while the source is held by what held it
+    # then: a freeze set after it holds them again.
+    data = {"override": override, "holds": holds} if override else None
     rollout_event(rollout, RolloutEventKind.PROMOTED, actor=username, message=message, data=data)
     schedule.source_sync(rollout.source_id, actor=username, rollouts_only=True)
 

@@ -297,18 +297,21 @@ def rollout_drive(
         step = steps_from_json(rollout.steps)[rollout.step_index]
         if gate_now is not None and isinstance(step, SetWeight | Analysis):
             held = gate_now()  # _settled may have waited on a consumer gate
-        if held is not None and isinstance(step, SetWeight | Analysis) and not overridden(rollout):
+        if held is not None and isinstance(step, SetWeight | Analysis) and not overridden(rollout, held):
             outcome.outcome = Outcome.HELD
             return outcome
         if not _take_step(rollout, step, desired, outcome, actor=actor):
             return outcome
 
 
-def overridden(rollout: Rollout) -> bool:
-    """Whether an administrator's promote through a freeze or closed window released the current steps.
+def overridden(rollout: Rollout, held: Gate) -> bool:
+    """Whether an administrator's promote through a freeze or closed window released the current steps
+    from ``held``, what holds the source now.
 
     The release lasts until the next weight is applied (that clears ``promoted_by``),
-    like any promote: the step it lets go is the one a promote lets go.
+    like any promote: the step it lets go is the one a promote lets go. It releases what held the
+    source when it was given, not a freeze set or a window closed after it: a step that failed to go
+    out (its clusters did not answer) went out later through a new incident's freeze nobody overrode.
     """
     if not rollout.promoted_by:
         return False
@@ -318,7 +321,10 @@ def overridden(rollout: Rollout) -> bool:
         .values_list("data", flat=True)
         .first()
     )
-    return bool(latest and latest.get("override"))
+    if not latest or not latest.get("override"):
+        return False
+    # Released before the hold was recorded with it (2026-12-07): as then, whatever holds.
+    return "holds" not in latest or latest["holds"] == held.holds
 
 
 def rollback_asked(rollout: Rollout) -> StepOutcome:

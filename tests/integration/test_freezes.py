@@ -382,3 +382,29 @@ def test_a_held_pass_polls_again_when_the_hold_ends_not_an_interval_later(
     assert sync(source)["outcome"] == "held"
     next_poll_at = Source.objects.get(pk=source.pk).next_poll_at
     assert next_poll_at < far.until, "a hold longer than the interval keeps the poll interval"
+
+
+def test_an_override_releases_the_freeze_it_overrode_not_one_set_after_it(
+    paused_rollout, admin, sync, cluster, monkeypatch
+):
+    """An administrator promoted through freeze F1; the step did not go out then (its clusters did not
+    answer, or no pass ran). F1 was lifted, and F2 set for a new incident: the step went out through F2,
+    which nobody overrode."""
+    from gitops import schedule, selectors
+    from gitops.rollout.lifecycle import overridden
+
+    source = paused_rollout.source
+    freeze(source, reason="release freeze")
+    monkeypatch.setattr(schedule, "source_sync", lambda *args, **kwargs: [])  # no pass runs the release now
+    decisions.rollout_promote(paused_rollout.pk, user=admin, override="hotfix for INC-7")
+    released = Rollout.objects.get(pk=paused_rollout.pk)
+    assert released.promoted_by == "ines"
+    assert overridden(released, selectors.source_gate(source)), "the freeze it overrode"
+
+    freezes.freeze_lift(source, by="ines")
+    freeze(source, reason="incident 8")
+    monkeypatch.undo()
+
+    assert not overridden(released, selectors.source_gate(source)), "a freeze set after it"
+    assert sync(source)["outcome"] == "held"
+    assert Rollout.objects.get(pk=paused_rollout.pk).weight == 50, "the step waits for the new freeze"
