@@ -448,14 +448,21 @@ def _export_rows(changes: Any, *, bodies: bool) -> Iterator[dict[str, Any]]:
 
 
 def _export(changes: Any, kind: str, *, bodies: bool) -> StreamingHttpResponse:
-    """Streams the change log as CSV or a JSON array, a chunk of rows at a time."""
+    """Streams the change log as CSV or a JSON array, a chunk of rows at a time.
+
+    At most EXPORT_LIMIT rows, the newest: an export cut there says so in its file's name and in the
+    ``X-Sluice-Export-Truncated`` header (the row count), where before it looked whole and lacked every
+    older entry. Narrow the filters (a date range) or page through the API for the rest."""
     entries = _export_rows(changes, bodies=bodies)
+    truncated = changes.order_by("-id")[EXPORT_LIMIT : EXPORT_LIMIT + 1].exists()
+    name = f"sluice-changes-newest-{EXPORT_LIMIT}" if truncated else "sluice-changes"
     if kind == "json":
         response = StreamingHttpResponse(_json_array(entries), content_type="application/json")
-        response["Content-Disposition"] = 'attachment; filename="sluice-changes.json"'
-        return response
-    response = StreamingHttpResponse(_csv_lines(entries, bodies=bodies), content_type="text/csv")
-    response["Content-Disposition"] = 'attachment; filename="sluice-changes.csv"'
+    else:
+        response = StreamingHttpResponse(_csv_lines(entries, bodies=bodies), content_type="text/csv")
+    response["Content-Disposition"] = f'attachment; filename="{name}.{kind}"'
+    if truncated:
+        response["X-Sluice-Export-Truncated"] = str(EXPORT_LIMIT)
     return response
 
 

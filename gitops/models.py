@@ -10,6 +10,7 @@ import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Generic, TypeVar, cast
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -1366,13 +1367,27 @@ def admin_settings(source: Source) -> dict[str, Any]:
 NOTIFY_URL_FINGERPRINT = "sluice.notify-url-fingerprint"
 
 
+_SHOWN_HOST = re.compile(r"[a-z0-9._-]{1,253}|[0-9a-f:.]{2,45}")
+_SHOWN_SCHEME = re.compile(r"[a-z][a-z0-9+.-]{0,15}")
+
+
 def masked_url(url: str, *, secret: str | None = None) -> str:
     """A URL that may carry a token in its path (a chat webhook) as the audit trail and the API show it:
     its scheme and host, and a fingerprint that tells one URL from another. The fingerprint is keyed
     with the secret key: a plain hash, shown to every viewer, let them try guesses of a short token (an
     ntfy topic) offline until one matched."""
-    scheme, _, rest = redact_url(url).partition("://")
-    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    # The host as a URL parser reads it, not what comes before the first "/": "https://host?token=…",
+    # "https://host;…" and "https://host\\…" showed their token whole.
+    try:
+        parts = urlsplit(url)
+        host, scheme, port = parts.hostname or "", parts.scheme, parts.port
+    except ValueError:  # a port that is not a number, a bracket left open
+        host, scheme, port = "", url.partition("://")[0].lower(), None
+    if _SHOWN_HOST.fullmatch(host):
+        host = (f"[{host}]" if ":" in host else host) + (f":{port}" if port is not None else "")
+    else:  # "host;token", "host\\token": no host a resolver would take, shown as none
+        host = "?"
+    scheme = scheme if _SHOWN_SCHEME.fullmatch(scheme) else "?"
     fingerprint = salted_hmac(NOTIFY_URL_FINGERPRINT, url, secret=secret, algorithm="sha256").hexdigest()[:12]
     return f"{scheme}://{host}/… #{fingerprint}"
 

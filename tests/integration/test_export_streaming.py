@@ -81,3 +81,26 @@ def test_bodies_are_exported_when_asked_still_streaming(big_log):
     assert rows[0]["after"] == {"data": {"blob": "a" * BODY_BYTES}}
     # Bodies are read a small chunk at a time: far less than the 19 MiB they add up to.
     assert peak < MEMORY_BOUND, f"{peak / 2**20:.1f} MiB"
+
+
+@pytest.mark.parametrize("kind", ["csv", "json"])
+def test_an_export_cut_at_its_limit_says_so(big_log, kind, monkeypatch):
+    """The export stopped at its limit, newest first, and looked whole: an auditor's file lacked every
+    older entry without a word. Its name and a header now say it holds the newest entries only."""
+    from dashboard import views
+
+    source, client = big_log
+    monkeypatch.setattr(views, "EXPORT_LIMIT", 100)
+    response = client.get(reverse("dashboard:changes"), {"source": source.name, "format": kind})
+    body, _ = consume(response)
+
+    assert response["X-Sluice-Export-Truncated"] == "100"
+    assert f'filename="sluice-changes-newest-100.{kind}"' in response["Content-Disposition"]
+    rows = json.loads(body) if kind == "json" else list(csv.DictReader(io.StringIO(body.decode())))
+    assert len(rows) == 100
+
+    monkeypatch.setattr(views, "EXPORT_LIMIT", ROWS)
+    whole = client.get(reverse("dashboard:changes"), {"source": source.name, "format": kind})
+    consume(whole)
+    assert "X-Sluice-Export-Truncated" not in whole
+    assert f'filename="sluice-changes.{kind}"' in whole["Content-Disposition"]

@@ -101,6 +101,23 @@ def test_a_masked_url_keeps_the_host_and_tells_urls_apart_without_their_path():
     assert "pw" not in masked_url("https://user:pw@hooks.example/x")
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        # The host was what came before the first "/": a query, a ";" or a "\\" kept the token in it.
+        ("https://hooks.example.com?token=SECRET", "https://hooks.example.com/… #"),
+        ("https://hooks.example.com;SECRET", "https://?/… #"),
+        ("https://hooks.example.com\\SECRET", "https://?/… #"),
+        ("https://u:SECRET@[::1]:8443/x", "https://[::1]:8443/… #"),
+        ("https://hooks.example.com:SECRET/x", "https://?/… #"),
+        ("SECRET-without-a-scheme", "?://?/… #"),
+    ],
+)
+def test_a_masked_url_shows_only_a_host_a_parser_reads(url, shown):
+    masked = masked_url(url)
+    assert masked.startswith(shown) and "secret" not in masked.lower()
+
+
 def test_a_masked_urls_fingerprint_is_keyed_so_a_viewer_cannot_test_guesses_of_its_token(settings):
     """Every viewer reads the fingerprint: a plain SHA-256 of the URL let them hash guesses of a short
     token (an ntfy topic) offline until one matched."""
