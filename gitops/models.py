@@ -28,7 +28,7 @@ from gitops.plan.diff import DiffItem, DiffOp
 from gitops.plan.provenance import Provenance, held_by_others, live_content, live_provenance, owned_keys
 from gitops.plan.provenance import manifest as configmap_manifest
 from gitops.plan.stamps import FLAG_SET_KIND
-from gitops.redaction import redact, redact_url, url_without_query
+from gitops.redaction import redact, url_without_query
 from gitops.storable import JsonbEncoder, compact_json, jsonb_text
 from gitops.vocabulary import (
     AccessAuditAction,
