@@ -317,7 +317,7 @@ def _apply_one(cluster: Cluster, intent: ApplyIntent, fence: Callable[[], None])
     try:
         if intent.action == ChangeAction.RELEASE:
             cluster.release_configmap(
-                intent.namespace, intent.name, field_manager=settings.SLUICE_FIELD_MANAGER
+                intent.namespace, intent.name, field_manager=settings.SLUICE_FIELD_MANAGER, fence=fence
             )
             return DONE
         if (

@@ -657,18 +657,23 @@ class Cluster:
             return False
         return True
 
-    def release_configmap(self, namespace: str, name: str, *, field_manager: str) -> bool:
+    def release_configmap(
+        self, namespace: str, name: str, *, field_manager: str, fence: Callable[[], None] = lambda: None
+    ) -> bool:
         """Lets go of an object and leaves its content: Sluice's labels and annotations go, and so does
         ``field_manager``'s entry in managedFields, so no later apply of it can take the fields back.
 
         One JSON patch that first tests the resourceVersion, so a concurrent writer's managedFields are
-        never overwritten; tried again on a race. False when the object is gone.
+        never overwritten; tried again on a race. False when the object is gone. ``fence`` is asked
+        before each patch: a pass that lost its lock while it read again must not release the object
+        the next pass has just applied (its patch would pass the test against the fresh read).
         """
         refused: PermanentError | None = None
         for _attempt in range(RELEASE_ATTEMPTS):
             live = self.get_configmap(namespace, name)
             if live is None:
                 return False
+            fence()
             try:
                 with _api_errors():
                     self._core.patch_namespaced_config_map(
@@ -677,7 +682,7 @@ class Cluster:
                         _release_patch(live, field_manager),
                         field_manager=f"{field_manager}-release",
                         _content_type=JSON_PATCH,
-                        _request_timeout=REQUEST_TIMEOUT,
+                        _request_timeout=self.timeout,
                     )
             except PermanentError as exc:  # a failed resourceVersion test is a 422 too: read it again
                 refused = exc

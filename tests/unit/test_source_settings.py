@@ -154,3 +154,38 @@ def test_the_release_patch_removes_only_sluices_keys_and_its_field_ownership():
     # With no other manager, a single empty entry clears managedFields (an empty list would keep them).
     alone = {"metadata": {"resourceVersion": "1", "managedFields": [{"manager": "sluice"}]}}
     assert _release_patch(alone, "sluice")[-1]["value"] == [{}]
+
+
+def test_a_release_asks_the_fence_before_each_patch_and_uses_the_clusters_timeout():
+    """A release reads the object again after a failed resourceVersion test and patches once more. The
+    fence was asked once, before the first: a pass that lost its lock meanwhile released, after its
+    fresh read, the object the next pass had just applied. The patch also took the default timeout,
+    not the cluster's, which the takeover's wait is sized by."""
+    from kubernetes.client.exceptions import ApiException
+
+    from gitops.cluster.client import Cluster
+
+    class RefusingCore:
+        timeouts: list[object] = []
+
+        def patch_namespaced_config_map(self, name, namespace, body, **options):
+            self.timeouts.append(options["_request_timeout"])
+            raise ApiException(status=422, reason="the resourceVersion test failed")
+
+    class LockLost(Exception):
+        pass
+
+    cluster = Cluster.__new__(Cluster)
+    cluster._core, cluster.timeout = RefusingCore(), (1.0, 2.0)
+    cluster.get_configmap = lambda namespace, name: {"metadata": {"resourceVersion": "7"}}
+    asked: list[int] = []
+
+    def fence() -> None:
+        asked.append(1)
+        if len(asked) > 1:
+            raise LockLost
+
+    with pytest.raises(LockLost):
+        cluster.release_configmap("team-a", "app", field_manager="sluice", fence=fence)
+
+    assert RefusingCore.timeouts == [(1.0, 2.0)], "one patch, with the cluster's timeout"
