@@ -117,6 +117,11 @@ def intents_pending_query(source: Source | int) -> QuerySet[ApplyIntent]:
     return ApplyIntent.objects.filter(source=source, status=ApplyIntent.Status.PENDING, rollout__isnull=False)
 
 
+def _where(intent: ApplyIntent) -> str:
+    origin = f" ({intent.origin})" if intent.origin else ""
+    return f"{intent.cluster}/{intent.namespace}/{intent.name}{origin}"
+
+
 def changes_record(intents: Sequence[ApplyIntent], errors: Sequence[str | None]) -> list[str]:
     """Logs each applied intent exactly once and marks it done or failed. Returns the failure texts.
 
@@ -125,11 +130,8 @@ def changes_record(intents: Sequence[ApplyIntent], errors: Sequence[str | None])
     now = timezone.now()
     refused = {intent.pk: error for intent, error in zip(intents, errors, strict=True) if error}
     failed = set(refused)
-    failures = [
-        f"{intent.cluster}/{intent.namespace}/{intent.name}: {error}"
-        for intent, error in zip(intents, errors, strict=True)
-        if error
-    ]
+    # The file the object comes from, where one does: an admission policy's denial then says what to edit.
+    failures = [f"{_where(intent)}: {error}" for intent, error in zip(intents, errors, strict=True) if error]
     if failed:
         names = dict(Source.objects.filter(pk__in={i.source_id for i in intents}).values_list("pk", "name"))
         for intent in intents:

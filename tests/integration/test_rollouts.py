@@ -494,6 +494,7 @@ def test_an_immutable_configmap_whose_replacement_the_cluster_refuses_is_put_bac
         failed = wait_for(source, phase="Failed")
 
     assert "VERSION 2 may not be created here" in failed.message
+    assert f"{namespace}/frozen (configmaps/frozen.yaml): " in failed.message, "the file to edit is named"
     restored = cluster.get_configmap(namespace, "frozen")
     assert restored is not None, "the replacement's delete went through: the rollback puts it back"
     assert (restored["data"], restored.get("immutable")) == ({"VERSION": "1"}, True)
