@@ -709,7 +709,7 @@ class ApplyIntent(models.Model):
         baseline = Content.from_dict(first.before) if first.before is not None else None
         if baseline is None and live is None:
             return None
-        recreate = bool(live and live.get("immutable")) and baseline is not None
+        recreate = _recreated(live, baseline)
         foreign = _foreign_keys(live, baseline, first) if not recreate else {}
         if baseline is not None and foreign:
             # The object as the restore leaves it: another manager's keys at their value of now.
@@ -750,6 +750,19 @@ class ApplyIntent(models.Model):
             origin=first.origin,
             actor=actor,
         )
+
+
+def _recreated(live: Mapping[str, Any] | None, baseline: Content | None) -> bool:
+    """Whether restoring ``baseline`` over an immutable ``live`` object must delete and create it: only
+    when its data or its immutability would change. Labels and annotations change in place, as the
+    forward plan changes them; a recreate leaves pods starting meanwhile without the ConfigMap."""
+    if live is None or not live.get("immutable") or baseline is None:
+        return False
+    return (
+        dict(live.get("data") or {}) != dict(baseline.data)
+        or dict(live.get("binaryData") or {}) != dict(baseline.binary_data)
+        or baseline.immutable is not True
+    )
 
 
 def _restored_kind(first: ApplyIntent) -> str:

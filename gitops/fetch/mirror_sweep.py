@@ -18,6 +18,7 @@ from django.conf import settings
 
 from gitops.locks import source_lock_if_free
 from gitops.models import Source
+from gitops.schedule import syncs_requested_meanwhile
 
 log = logging.getLogger("gitops.fetch")
 
@@ -81,7 +82,11 @@ def _deleted(source: Source, paths: list[Path], at_most: int) -> int:
         for path in stale:
             shutil.rmtree(path, ignore_errors=True)
             log.info("deleted the mirror %s: no source reads it any more", path.name)
-        return len(stale)
+    # A push while the sweep held the lock found the source busy and left only a request, which a pass
+    # holding the lock runs after it, and the sweep does not: it waited for the orphan sweep (30 s), or
+    # for the next poll where beat does not run.
+    syncs_requested_meanwhile([source.pk])
+    return len(stale)
 
 
 def mirror_remove(source: Source) -> None:

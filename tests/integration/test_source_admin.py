@@ -1084,3 +1084,30 @@ def test_the_sweep_deletes_mirrors_no_source_reads_and_spares_one_whose_source_i
     ]
     assert mirrors_sweep() == 1, "once free"
     assert not made["busy, left behind"].exists()
+
+
+def test_a_push_while_the_mirror_sweep_held_the_source_is_queued_when_it_lets_go(
+    make_source, settings, monkeypatch
+):
+    """A push while the sweep held a source's lock (deleting its stale mirror) found it busy and left
+    only its request, which a pass holding the lock runs after it and the sweep did not: it waited for
+    the orphan sweep, or for the next poll where beat does not run."""
+    from pathlib import Path
+
+    from gitops.fetch import mirror_sweep
+    from tests.broker import keep_sends
+
+    source = make_source()
+    stale = Path(settings.SLUICE_DATA_DIR) / "mirrors" / f"{source.pk}-0123456789abcdef.git"
+    (stale / "objects").mkdir(parents=True)
+    real = mirror_sweep.shutil.rmtree
+
+    def pushed_meanwhile(path, **options):
+        Source.objects.filter(pk=source.pk).update(sync_requested_at=timezone.now())
+        real(path, **options)
+
+    monkeypatch.setattr(mirror_sweep.shutil, "rmtree", pushed_meanwhile)
+    sent = keep_sends(monkeypatch)
+
+    assert mirror_sweep.mirrors_sweep() == 1
+    assert [task["source_id"] for task in sent] == [source.pk], "the push is queued as the sweep lets go"

@@ -86,3 +86,27 @@ def test_the_restore_applies_the_keys_the_rollout_wrote_and_leaves_another_manag
     }
     again = ApplyIntent.restoring(rollout(), first, edited, actor="sluice")
     assert again is not None and again.manifest["data"] == {"A": "1"}
+
+
+def test_a_restore_recreates_an_immutable_configmap_only_when_its_data_changes():
+    """Labels and annotations change in place on an immutable ConfigMap, as the forward plan changes
+    them; the restore deleted and created it for a label alone, and pods starting meanwhile found no
+    ConfigMap."""
+    first = first_intent(
+        "app",
+        action=ChangeAction.UPDATE,
+        before={"data": {"A": "1"}, "labels": {"tier": "old"}, "immutable": True},
+        after={"data": {"A": "1"}, "labels": {"tier": "new"}, "immutable": True},
+    )
+    live = {
+        "metadata": {"name": "app", "namespace": "flags", "labels": {"tier": "new"}},
+        "data": {"A": "1"},
+        "immutable": True,
+    }
+
+    relabelled = ApplyIntent.restoring(rollout(), first, live, actor="sluice")
+
+    assert relabelled is not None and not relabelled.recreate
+    changed = {**live, "data": {"A": "2"}}
+    restored = ApplyIntent.restoring(rollout(), first, changed, actor="sluice")
+    assert restored is not None and restored.recreate
