@@ -93,6 +93,13 @@ class _CommitFacts:
 FETCHES_PER_MAINTENANCE = 32
 
 
+# Commits a rollout's range (since the last rollout) is read for, at most; a range longer than this gives
+# MORE_COMMITS_THAN_READ among its identities, and nobody may approve where self-approval is forbidden:
+# a pusher could otherwise bury their own commit under filler, past what was read.
+RANGE_COMMITS_READ = 10_000
+MORE_COMMITS_THAN_READ = "*"
+
+
 def _identity(email: str) -> str | None:
     """An author's or committer's address as the no-self-approval check compares it; None when there is
     none, or when it is longer than an address can be (git cut it, or a pusher wrote megabytes)."""
@@ -629,8 +636,9 @@ class GitMirror:
     def commit_identities(self, commit: str, *, since: str | None = None, limit: int = 1000) -> set[str]:
         """Author and committer emails (lower case) of commits reachable from ``commit`` but not ``since``.
 
-        Bounded to the newest ``limit`` commits: a first rollout of a long history
-        is judged by its recent authors.
+        Without ``since`` (a first rollout, or a base the mirror lost), bounded to the newest ``limit``
+        commits: a long history is judged by its recent authors. A range from ``since`` is read up to
+        RANGE_COMMITS_READ commits, and one longer holds MORE_COMMITS_THAN_READ: not every author is known.
         """
         commit = check_object_id(commit, "commit")
         facts = _COMMIT_FACTS.get((str(self.path), commit))
@@ -640,26 +648,31 @@ class GitMirror:
         if since and since != commit:
             revisions.append(f"^{check_object_id(since, 'commit')}")
 
-        def emails_of(*wanted: str) -> subprocess.CompletedProcess[bytes]:
+        def emails_of(count: int, *wanted: str) -> subprocess.CompletedProcess[bytes]:
             # Each email cut by git to a bound: a commit behind the tip (whose size nothing checked) may
             # name an author of megabytes, and all of this output is read into the worker.
             cut = f"%<({IDENTITY_COLUMNS},trunc)"
             return self._local(
                 git_at(
-                    self.path, "log", f"--max-count={limit}", f"--format={cut}%ae%x00{cut}%ce", *wanted, "--"
+                    self.path, "log", f"--max-count={count}", f"--format={cut}%ae%x00{cut}%ce", *wanted, "--"
                 )
             )
 
-        completed = emails_of(*revisions)
-        if completed.returncode != 0 and len(revisions) > 1:
+        ranged = len(revisions) > 1
+        # One commit past the bound tells a range that is longer than what is read.
+        completed = emails_of(RANGE_COMMITS_READ + 1 if ranged else limit, *revisions)
+        if completed.returncode != 0 and ranged:
             # ``since`` is not in the mirror (a force push pruned it): every commit up to the limit counts.
-            completed = emails_of(commit)
+            ranged, completed = False, emails_of(limit, commit)
         if completed.returncode != 0:
             self._require_commit(commit)
             raise PermanentError(f"cannot list the commits of {commit}")
+        lines = completed.stdout.decode("utf-8", "replace").splitlines()
         identities: set[str] = set()
-        for line in completed.stdout.decode("utf-8", "replace").splitlines():
+        for line in lines[:RANGE_COMMITS_READ] if ranged else lines:
             identities.update(filter(None, map(_identity, line.split("\0"))))
+        if ranged and len(lines) > RANGE_COMMITS_READ:
+            identities.add(MORE_COMMITS_THAN_READ)
         return identities
 
     def _run_fetch(

@@ -23,6 +23,7 @@ from gitops import freezes, schedule, selectors
 from gitops.desired.flag_keys import claim_places, claims_taken, taken_by
 from gitops.desired.policy import SetWeight, steps_from_json
 from gitops.errors import PermanentError
+from gitops.fetch.mirror import MORE_COMMITS_THAN_READ, RANGE_COMMITS_READ
 from gitops.locks import flag_keys_lock, sources_locked
 from gitops.models import ApplyIntent, Approval, Rollout, Source, VerifiedEmail, copied
 from gitops.record.events import rollout_event
@@ -408,7 +409,14 @@ def _check_not_an_author(rollout: Rollout, user: User) -> None:
             f"{username} has no verified email, and this rollout forbids self-approval; an administrator "
             "verifies one with `gitops verify-email`"
         )
-    if verified.strip().lower() in selectors.rollout_authors(rollout):
+    authors = selectors.rollout_authors(rollout)
+    if MORE_COMMITS_THAN_READ in authors:
+        raise PermissionDenied(
+            f"rollout {rollout.pk} brings more than {RANGE_COMMITS_READ:,} commits since the last rollout: "
+            "who wrote them cannot all be told, and it forbids self-approval, so nobody may approve it. An "
+            "administrator may lower the source's --require-approvals (the audit trail records it)"
+        )
+    if verified.strip().lower() in authors:
         raise PermissionDenied(
             f"{username} wrote or committed a commit that rollout {rollout.pk} brings and may not approve it"
         )

@@ -403,3 +403,24 @@ def test_a_pathspec_git_would_normalize_is_compared_by_git(mirrored, paths):
     with pytest.raises(objects.Unreadable, match="pathspec"):
         mirror._objects.tree_changes(base, head, "", paths=paths, max_changes=100, max_path=1000)
     mirror.tree_changes(base, head, "", paths=paths, max_changes=100)  # git answers, whatever it says
+
+
+def test_a_range_longer_than_is_read_is_marked_not_cut_silently(mirrored, monkeypatch):
+    """The range since the last rollout was cut to its newest 1,000 commits without a word: the author
+    of a commit buried under filler was never among the rollout's identities."""
+    from gitops.fetch import mirror as mirror_module
+
+    repo, mirror = mirrored
+    base = mirror.fetch(repo.url, "main").commit
+    repo.commit("buried", author=("Mallory", "mallory@example.com"))
+    for number in range(3):
+        repo.commit(f"filler {number}")
+    tip = mirror.fetch(repo.url, "main").commit
+    monkeypatch.setattr(mirror_module, "RANGE_COMMITS_READ", 3)
+
+    assert "*" in mirror.commit_identities(tip, since=base), "more commits than were read: said"
+    monkeypatch.setattr(mirror_module, "RANGE_COMMITS_READ", 4)
+    assert mirror.commit_identities(tip, since=base) == {"mallory@example.com", "ada@example.com"}
+    assert "*" not in mirror.commit_identities(tip, limit=2), (
+        "a history without a base is judged by its newest"
+    )

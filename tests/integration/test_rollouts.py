@@ -1374,3 +1374,43 @@ def test_a_rollback_leaves_a_key_another_manager_holds_at_its_value_and_in_its_h
     assert "ca.crt" not in owned_keys(live, "sluice")["data"], "Sluice did not take the key over"
     restore = Change.objects.get(source=source, action="rollback", namespace=namespace)
     assert [item["key"] for item in restore.diff] == ["VERSION"], "the log shows what the restore changed"
+
+
+def test_a_rollout_back_to_an_older_commit_is_judged_by_its_author_and_its_committer(
+    repo, make_namespaces, make_source, sync
+):
+    """A branch reset to a commit older than the last rollout's brings no commit since it: the rollout
+    was judged by the head's author alone, and its committer could approve it."""
+    targets = make_namespaces("app")
+    repo.write_all({"sluice.yaml": policy(targets), "configmaps/app.yaml": configmap("app", {"V": "0"})})
+    repo.git("add", "--all")
+    repo.git("commit", "--quiet", "-m", "v0", "--author", "Eve <eve@example.com>")  # committed by Ada
+    older = repo.head()
+    repo.push()
+    source = make_source()
+    assert sync(source)["outcome"] == "applied"
+    repo.write("configmaps/app.yaml", configmap("app", {"V": "1"}))
+    repo.commit("v1")
+    assert sync(source)["outcome"] == "applied"
+
+    repo.git("reset", "--quiet", "--hard", older)
+    repo.push(force=True)
+    sync(source)
+
+    back = Rollout.objects.filter(source=source, revision__commit=older).order_by("-id").first()
+    assert back is not None and back.pk != Rollout.objects.filter(source=source).order_by("id").first().pk
+    assert set(back.commit_identities) == {"eve@example.com", "ada@example.com"}
+
+
+def test_a_range_longer_than_is_read_lets_nobody_approve_where_self_approval_is_forbidden(
+    paused_rollout, people, monkeypatch
+):
+    """A range since the last rollout was read for its newest 1,000 commits only: a pusher could bury
+    their own commit under filler and approve it. A range longer than what is read is marked, and
+    refused where self-approval is forbidden."""
+    Rollout.objects.filter(pk=paused_rollout.pk).update(
+        forbid_self_approval=True, commit_identities=["*", "someone@example.com"]
+    )
+    with pytest.raises(PermissionDenied, match="more than 10,000 commits since the last rollout"):
+        decisions.rollout_promote(paused_rollout.pk, user=people["approver"])
+    assert not Approval.objects.filter(rollout=paused_rollout).exists()
