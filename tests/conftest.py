@@ -129,7 +129,13 @@ def django_db_modify_db_settings(
     stack: dict[str, str], django_db_modify_db_settings_parallel_suffix: None
 ) -> None:
     """pytest-django calls this just before it creates the test database; the stack's settings come
-    first, then pytest-django's suffix per xdist session (``test_sluice_gw0``)."""
+    first, then pytest-django's suffix per xdist session (``test_sluice_gw0``). The test process's own
+    sessions may TRUNCATE the append-only tables (migration 0038), as the reset between tests does;
+    the workers' sessions, like a deployment's, may not."""
+    from django.conf import settings
+
+    options = settings.DATABASES["default"].setdefault("OPTIONS", {})
+    options["options"] = f"{options.get('options', '')} -c sluice.allow_truncate=on".strip()
 
 
 @pytest.fixture(scope="session")

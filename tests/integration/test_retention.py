@@ -312,3 +312,14 @@ def test_an_archive_whose_delete_is_rolled_back_leaves_no_file(aged, tmp_path, m
         retention.archive_changes(timezone.now() + timedelta(days=1), output)
 
     assert not output.exists() and Change.objects.count() == before
+
+
+def test_a_truncate_of_the_change_log_or_an_audit_trail_is_refused(aged):
+    """The triggers refused UPDATE and DELETE row by row, and a TRUNCATE fires no row trigger: `manage.py
+    flush`, or a TRUNCATE of the sources with CASCADE, emptied the log and every trail without a word.
+    Only a session that set sluice.allow_truncate (the test suite's reset) may."""
+    tables = ["gitops_change", "gitops_sourceaudit", "gitops_clusteraudit", "gitops_accessaudit"]
+    for table in [*tables, "gitops_source"]:
+        with pytest.raises(DatabaseError, match="append-only: TRUNCATE refused"):
+            in_one_transaction("SET LOCAL sluice.allow_truncate = 'off'", f"TRUNCATE {table} CASCADE")
+    assert Change.objects.count() == 7
