@@ -38,6 +38,7 @@ from gitops import selectors
 from gitops.errors import PermanentError
 from gitops.models import ApplyIntent, Change, Notification, Rollout, RolloutEvent, WebhookDelivery
 from gitops.record.inventory import CONFIGMAP
+from gitops.vocabulary import RolloutEventKind
 
 BATCH = 5000
 # The advisory lock one purge holds (one bigint key: apart from the sources' locks, which take two).
@@ -99,8 +100,20 @@ def expired(now: datetime | None = None) -> dict[str, QuerySet[Any]]:
         "rollout_events": RolloutEvent.objects.filter(
             _finished_before(_cutoff(now, "SLUICE_RETAIN_ROLLOUT_EVENTS_DAYS")),
             at__lt=_cutoff(now, "SLUICE_RETAIN_ROLLOUT_EVENTS_DAYS"),
-        ),
+        ).exclude(kind__in=PEOPLES_DECISIONS),
     }
+
+
+# A rollout's timeline lines that record what a person decided (who approved, promoted, overrode a
+# freeze, aborted, let a cluster off its rollback, and why): a few a rollout, kept with the change log
+# they explain. A waiver leaves a cluster on content the log alone would call rolled back.
+PEOPLES_DECISIONS = (
+    RolloutEventKind.APPROVED,
+    RolloutEventKind.PROMOTED,
+    RolloutEventKind.OVERRIDE,
+    RolloutEventKind.ABORT_REQUESTED,
+    RolloutEventKind.ROLLBACK_WAIVED,
+)
 
 
 def _in_batches(queryset: QuerySet[Any], act: Callable[[QuerySet[Any]], object]) -> int:

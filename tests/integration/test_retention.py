@@ -323,3 +323,18 @@ def test_a_truncate_of_the_change_log_or_an_audit_trail_is_refused(aged):
         with pytest.raises(DatabaseError, match="append-only: TRUNCATE refused"):
             in_one_transaction("SET LOCAL sluice.allow_truncate = 'off'", f"TRUNCATE {table} CASCADE")
     assert Change.objects.count() == 7
+
+
+def test_a_purge_keeps_what_people_decided_on_a_finished_rollouts_timeline(aged):
+    """Who waived a cluster's owed rollback and why, who overrode a freeze, who approved, promoted and
+    aborted: their only record is the rollout's timeline, which the purge emptied after 180 days."""
+    old = timezone.now() - LONG_AGO
+    decided = ["approved", "promoted", "override", "abort-requested", "rollback-waived"]
+    RolloutEvent.objects.bulk_create(
+        [RolloutEvent(rollout=aged["finished"], at=old, kind=kind, actor="ines") for kind in decided]
+    )
+
+    assert retention.purge().as_dict()["rollout_events"] == EXPECTED["rollout_events"], "the steps' lines"
+
+    kept = RolloutEvent.objects.filter(rollout=aged["finished"], at=old).values_list("kind", flat=True)
+    assert sorted(kept) == sorted(decided)
