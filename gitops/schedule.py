@@ -67,12 +67,23 @@ class PreviewsBusy(TemporaryError):
     everyone together as many as ``SLUICE_PREVIEWS_TOTAL`` does."""
 
 
+# A message header, not an argument: a worker of the release before ignores it (an unknown keyword
+# argument would fail the task there during a rolling upgrade).
+ASKED_AT_HEADER = "sluice_asked_at"
+
+
 def _send(
-    name: str, *, kwargs: dict[str, Any], eta: datetime | None = None, ignore_result: bool = False
+    name: str,
+    *,
+    kwargs: dict[str, Any],
+    eta: datetime | None = None,
+    ignore_result: bool = False,
+    headers: dict[str, Any] | None = None,
 ) -> str:
     """``ignore_result``: nobody will ask for the outcome, so the sender does not subscribe to it and
     the worker does not store and publish it (a push or a poll; their outcome is in the database)."""
-    return str(app.send_task(name, kwargs=kwargs, eta=eta, ignore_result=ignore_result).id)
+    sent = app.send_task(name, kwargs=kwargs, eta=eta, ignore_result=ignore_result, headers=headers)
+    return str(sent.id)
 
 
 def source_sync(
@@ -113,10 +124,13 @@ def source_sync(
     if rollouts_only:  # only then: a task in the queue across an upgrade names no unknown option
         kwargs["rollouts_only"] = True
     ignored = not result_wanted
+    # A person's sync says when it was asked: delivered again long after (a worker killed mid-task, its
+    # message back after the broker's visibility timeout), it runs as an automatic one.
+    headers = {ASKED_AT_HEADER: time.time()} if manual or retry_failed else None
 
     def send() -> None:
         try:
-            task_ids.append(_send(SYNC_TASK, kwargs=kwargs, ignore_result=ignored))
+            task_ids.append(_send(SYNC_TASK, kwargs=kwargs, ignore_result=ignored, headers=headers))
         except Exception as exc:
             refused = SyncNotQueued(f"the broker refused the sync of source {source_id}: {exc}")
             # A suspended source's poll never comes, nor does beat's sweep carry a promote on: said.

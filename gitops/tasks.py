@@ -9,12 +9,14 @@ again (``gitops.celery.redelivered_too_often``), and its failure is recorded.
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from django.conf import settings
 from django.db import DatabaseError, OperationalError, connection
 from django.utils import timezone
 
@@ -78,6 +80,9 @@ def sync_source(
     give up at its first blip)."""
     if died := redelivered_too_often(self):
         return sync_failure_record(source_id, WorkerDied(died)).as_dict()
+    if (manual or retry_failed) and _asked_long_ago(self):
+        log.warning("a person's sync of source %s, asked long ago, runs as an automatic one", source_id)
+        actor, manual, retry_failed, automatic = SYSTEM_ACTOR, False, False, True
     try:
         return source_sync(
             source_id,
@@ -116,6 +121,16 @@ def sync_source(
         # source instead of failing silently on every poll.
         log.exception("sync of source %s failed unexpectedly", source_id)
         return sync_failure_record(source_id, exc).as_dict()
+
+
+def _asked_long_ago(task: Task[Any, Any]) -> bool:
+    """Whether a person's sync was asked for longer ago than SLUICE_PERSONS_SYNC_STALE_SECONDS: a message
+    the broker delivered again an hour later (its worker killed mid-task) carried the person's manual
+    sync through a manual-only window, and their retry of a failed step, to whatever the head was then."""
+    asked_at = (getattr(task.request, "headers", None) or {}).get(schedule.ASKED_AT_HEADER)
+    if not isinstance(asked_at, int | float):
+        return False
+    return time.time() - asked_at > settings.SLUICE_PERSONS_SYNC_STALE_SECONDS
 
 
 def _source_busy(

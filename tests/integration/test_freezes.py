@@ -408,3 +408,30 @@ def test_an_override_releases_the_freeze_it_overrode_not_one_set_after_it(
     assert not overridden(released, selectors.source_gate(source)), "a freeze set after it"
     assert sync(source)["outcome"] == "held"
     assert Rollout.objects.get(pk=paused_rollout.pk).weight == 50, "the step waits for the new freeze"
+
+
+def test_a_persons_sync_delivered_long_after_it_was_asked_runs_as_an_automatic_one(
+    repo, make_namespaces, make_source, sync, cluster
+):
+    """Redis hands a killed worker's task back only after its visibility timeout (an hour): a person's
+    manual sync then went through a window that lets only people's syncs out, an hour after they asked,
+    with whatever the head was by then."""
+    import time
+
+    from celery.result import AsyncResult
+
+    from gitops import schedule
+
+    targets = make_namespaces("a")
+    source = first_commit(repo, make_source, sync, targets)
+    deny_window_letting_people_sync()
+    second_commit(repo, targets)
+    asked = {"source_id": source.pk, "actor": "ada", "manual": True}
+
+    def delivered(asked_at: float) -> dict:
+        headers = {schedule.ASKED_AT_HEADER: asked_at}
+        return AsyncResult(schedule._send(schedule.SYNC_TASK, kwargs=asked, headers=headers)).get(timeout=120)
+
+    assert delivered(time.time() - 3600)["outcome"] == "held", "an hour late: automatic, held"
+    assert [version(cluster, ns) for ns in targets] == ["1"]
+    assert delivered(time.time())["outcome"] == "applied", "just asked: the person's sync goes through"
