@@ -83,6 +83,7 @@ def cluster_add(
     )
     unverified, _ = _check_loads(record)
     record.identity = _identity_if_it_answers(record)
+    _refuse_another_cluster_under_kept_state(name, record.identity)
     message = "its server's certificate is not checked (allowed)" if unverified else ""
     try:
         with transaction.atomic():
@@ -649,6 +650,31 @@ def _busy_unless_held(name: str, locked: list[Source]) -> None:
         raise SourceBusy(
             f"source(s) {names} may write to cluster {name!r} since this began; try again in a moment"
         )
+
+
+def _refuse_another_cluster_under_kept_state(name: str, identity: str) -> None:
+    """Refuses to register ``name`` while Sluice keeps state under it (left by a removal while a pass
+    wrote there, or a default cluster renamed), unless the cluster it reaches is the one last registered
+    under that name, by identity. Another cluster inherited the inventory, pending changes and owed
+    rollbacks (a rollback created the old cluster's content there), and its own identity check passed."""
+    if not _kept_there(name):
+        return
+    # The registration as the trail last recorded it: what an add or an update left, what a removal took.
+    last = (
+        ClusterAudit.objects.filter(cluster=name)
+        .order_by("-at", "-id")
+        .values_list("after", "before")
+        .first()
+    )
+    before = ((last[0] or last[1] or {}) if last else {}).get("identity") or ""
+    if identity and identity == before:
+        return  # the same cluster, back under its name: what Sluice kept there is its own
+    why = "it does not answer" if not identity else f"its identity {identity} is not {before or 'known'}"
+    raise PermanentError(
+        f"Sluice still keeps objects, pending changes or an owed rollback under cluster {name!r}, and the "
+        f"cluster this reaches cannot be told to be the one they belong to ({why}); let them go first "
+        f"(gitops remove-cluster {name} --forget --reason TEXT), or pick another name"
+    )
 
 
 def _kept_there(name: str) -> bool:

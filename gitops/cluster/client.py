@@ -17,6 +17,7 @@ import re
 import select
 import socket
 import ssl
+import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -31,6 +32,7 @@ from django.conf import settings
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 from kubernetes.client.rest import RESTResponse
+from kubernetes.config import exec_provider
 
 from gitops.cluster import curl
 from gitops.desired.content import is_reserved
@@ -357,6 +359,37 @@ def _watch_error(namespace: str, status: Mapping[str, Any]) -> Exception:
     return TemporaryError(message)
 
 
+# How long a kubeconfig's exec plugin (aws eks get-token, kubelogin, gke-gcloud-auth-plugin) may take to
+# answer. The client waits on it without a bound: a plugin that hung (a metadata endpoint black-holed, a
+# device-code login waiting for someone) held every pass of the cluster's sources, and their locks, for
+# good, and the clusters page's threads with them.
+EXEC_PLUGIN_SECONDS = 30.0
+
+
+class _BoundedPlugin(subprocess.Popen[str]):
+    """The exec plugin's process, answered within EXEC_PLUGIN_SECONDS or killed."""
+
+    def communicate(self, input: str | None = None, timeout: float | None = None) -> tuple[str, str]:
+        try:
+            return super().communicate(input, timeout=timeout or EXEC_PLUGIN_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            super().communicate()
+            raise config.ConfigException(
+                f"exec: the credential plugin did not answer within {EXEC_PLUGIN_SECONDS:g} s"
+            ) from None
+
+
+class _PluginProcesses:
+    """What the client's exec provider reads of ``subprocess``, with its process bounded in time."""
+
+    Popen = _BoundedPlugin
+    PIPE = subprocess.PIPE
+
+
+exec_provider.subprocess = _PluginProcesses
+
+
 class Cluster:
     """A connection to one cluster, from a kubeconfig file or the in-cluster service account."""
 
@@ -371,8 +404,13 @@ class Cluster:
         configuration = client.Configuration()
         try:
             if kubeconfig:
+                # Never written back: a refreshed token rewrote the file in place (workers and the web at
+                # once, each reading the other's torn write), and a read-only Secret mount refused it.
                 config.load_kube_config(
-                    config_file=kubeconfig, context=context, client_configuration=configuration
+                    config_file=kubeconfig,
+                    context=context,
+                    client_configuration=configuration,
+                    persist_config=False,
                 )
             else:
                 config.load_incluster_config(client_configuration=configuration)

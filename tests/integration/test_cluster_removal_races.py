@@ -217,6 +217,32 @@ def test_a_cluster_removed_while_sluice_kept_objects_there_can_still_be_forgotte
     wait_for(source, phase="Completed")
 
 
+def test_another_cluster_is_not_added_under_a_name_sluice_still_keeps_state_for(
+    repo, make_source, sync, fleet_scope, stack
+):
+    """A removal raced by a pass left Sluice's inventory under member-1. Adding another cluster under that
+    name took it all over: its identity was recorded at the add, so its own check passed, and a rollback
+    created member-1's content there. The cluster that was registered under the name may come back."""
+    _, namespace = fleet_scope
+    commit(repo, namespace, [DEFAULT, "member-1"], "1")
+    source = make_source(allowed_namespaces=SCOPE)
+    assert sync(source)["outcome"] == "applied"
+    registered = ClusterRecord.objects.get(name="member-1")
+    registered.delete()  # as the race left it
+
+    with pytest.raises(PermanentError, match="cannot be told to be the one they belong to"):
+        cluster_admin.cluster_add(
+            name="member-1", kubeconfig=stack["KUBECONFIG"], context="member-2", actor=ADMIN
+        )
+    assert not ClusterRecord.objects.filter(name="member-1").exists()
+
+    back = cluster_admin.cluster_add(
+        name="member-1", kubeconfig=stack["KUBECONFIG"], context="member-1", actor=ADMIN
+    )
+    assert back.identity == registered.identity, "the same cluster, back under its name"
+    assert ManagedObject.objects.filter(cluster="member-1", source=source).exists()
+
+
 # -- (b) the registry as it is now --------------------------------------------------------------------
 
 
