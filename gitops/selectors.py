@@ -35,7 +35,7 @@ from gitops.plan import drift_count, out_of_sync
 from gitops.plan.diff import readable_diff
 from gitops.prepared import PreparedSelect
 from gitops.redaction import redact, url_without_query
-from gitops.vocabulary import FlagReach, Staleness, StaleReason
+from gitops.vocabulary import MORE_COMMITS_THAN_READ, FlagReach, Staleness, StaleReason
 from gitops.windows import FreezeRule, Gate, WindowRule, change_gate
 
 
@@ -146,6 +146,8 @@ def rollout_approvals_counted(rollout: Rollout, gate: int) -> QuerySet[Approval]
     if not rollout.forbid_self_approval:
         return approvals
     authors = rollout_authors(rollout)
+    if MORE_COMMITS_THAN_READ in authors:  # not every author is known: no approval is independent
+        return approvals.none()
     independent = VerifiedEmail.objects.annotate(lowered=Lower(Trim("email"))).exclude(lowered__in=authors)
     return approvals.filter(user_id__in=independent.values("user_id"))
 
@@ -172,7 +174,8 @@ def strict_gates_count(rollouts: Sequence[Rollout]) -> None:
     counts = dict.fromkeys(strict, 0)
     for rollout_id, email in approvals:
         # As SQL's LOWER(TRIM(email)) in rollout_approvals_counted: spaces only.
-        if email is not None and email.strip(" ").lower() not in authors[rollout_id]:
+        known = MORE_COMMITS_THAN_READ not in authors[rollout_id]
+        if known and email is not None and email.strip(" ").lower() not in authors[rollout_id]:
             counts[rollout_id] += 1
     for pk, rollout in strict.items():
         rollout.strict_approval_count = counts[pk]  # type: ignore[attr-defined]

@@ -167,3 +167,10 @@ class PreviewOutcome(StrEnum):
     NOT_FOUND = "not-found"  # the remote has no such ref or commit
     UNAVAILABLE = "unavailable"  # Git or the cluster did not answer; worth trying again
     FAILED = "failed"  # anything else that kept the revision from being planned
+
+
+# Among a rollout's commit identities when its range holds more commits than were read for them
+# (SLUICE_SELF_APPROVAL_RANGE_COMMITS): nobody may approve where self-approval is forbidden, since a pusher
+# could otherwise bury their own commit under filler, past what was read. No email git reads can hold
+# "<" or ">", so no commit names it.
+MORE_COMMITS_THAN_READ = "<more commits than were read>"

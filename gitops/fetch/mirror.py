@@ -60,6 +60,7 @@ from gitops.fetch.refs import (
     RevisionNotFound,
 )
 from gitops.redaction import url_without_query
+from gitops.vocabulary import MORE_COMMITS_THAN_READ
 
 logger = logging.getLogger("gitops.fetch")
 
@@ -91,13 +92,6 @@ class _CommitFacts:
 # many, at random: a push adds a handful of objects, and gc is due only after thousands. By chance
 # rather than by a count, so that it still runs in processes that restart before any count is reached.
 FETCHES_PER_MAINTENANCE = 32
-
-
-# Commits a rollout's range (since the last rollout) is read for, at most; a range longer than this gives
-# MORE_COMMITS_THAN_READ among its identities, and nobody may approve where self-approval is forbidden:
-# a pusher could otherwise bury their own commit under filler, past what was read.
-RANGE_COMMITS_READ = 10_000
-MORE_COMMITS_THAN_READ = "*"
 
 
 def _identity(email: str) -> str | None:
@@ -633,12 +627,22 @@ class GitMirror:
             raise ObjectNotFoundError(f"commit {commit} is not in the mirror at {self.path}")
         return tip[0]
 
-    def commit_identities(self, commit: str, *, since: str | None = None, limit: int = 1000) -> set[str]:
-        """Author and committer emails (lower case) of commits reachable from ``commit`` but not ``since``.
+    def commit_identities(
+        self,
+        commit: str,
+        *,
+        since: str | None = None,
+        limit: int = 1000,
+        range_limit: int = 10_000,
+        path: str = "",
+    ) -> set[str]:
+        """Author and committer emails (lower case) of commits reachable from ``commit`` but not ``since``
+        that touch ``path`` (the source's directory; "" the whole tree): a commit elsewhere in a monorepo
+        changes nothing the rollout brings.
 
         Without ``since`` (a first rollout, or a base the mirror lost), bounded to the newest ``limit``
         commits: a long history is judged by its recent authors. A range from ``since`` is read up to
-        RANGE_COMMITS_READ commits, and one longer holds MORE_COMMITS_THAN_READ: not every author is known.
+        ``range_limit`` commits, and one longer holds MORE_COMMITS_THAN_READ: not every author is known.
         """
         commit = check_object_id(commit, "commit")
         facts = _COMMIT_FACTS.get((str(self.path), commit))
@@ -652,15 +656,15 @@ class GitMirror:
             # Each email cut by git to a bound: a commit behind the tip (whose size nothing checked) may
             # name an author of megabytes, and all of this output is read into the worker.
             cut = f"%<({IDENTITY_COLUMNS},trunc)"
+            log_format = f"--format={cut}%ae%x00{cut}%ce"
+            scope = [f":(literal){path}"] if path else []
             return self._local(
-                git_at(
-                    self.path, "log", f"--max-count={count}", f"--format={cut}%ae%x00{cut}%ce", *wanted, "--"
-                )
+                git_at(self.path, "log", f"--max-count={count}", log_format, *wanted, "--", *scope)
             )
 
         ranged = len(revisions) > 1
         # One commit past the bound tells a range that is longer than what is read.
-        completed = emails_of(RANGE_COMMITS_READ + 1 if ranged else limit, *revisions)
+        completed = emails_of(range_limit + 1 if ranged else limit, *revisions)
         if completed.returncode != 0 and ranged:
             # ``since`` is not in the mirror (a force push pruned it): every commit up to the limit counts.
             ranged, completed = False, emails_of(limit, commit)
@@ -669,9 +673,9 @@ class GitMirror:
             raise PermanentError(f"cannot list the commits of {commit}")
         lines = completed.stdout.decode("utf-8", "replace").splitlines()
         identities: set[str] = set()
-        for line in lines[:RANGE_COMMITS_READ] if ranged else lines:
+        for line in lines[:range_limit] if ranged else lines:
             identities.update(filter(None, map(_identity, line.split("\0"))))
-        if ranged and len(lines) > RANGE_COMMITS_READ:
+        if ranged and len(lines) > range_limit:
             identities.add(MORE_COMMITS_THAN_READ)
         return identities
 

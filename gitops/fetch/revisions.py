@@ -448,7 +448,12 @@ def commit_identities(source: Source, head: Revision) -> list[str]:
     first rollout does (the commits before ``head``, as many as ``commit_identities`` reads)."""
     last = _LAST_COMPLETED.first(source.pk, head.pk, source.path)
     with mirror_for(source) as mirror:
-        found = mirror.commit_identities(head.commit, since=last.revision.commit if last else None)
+        found = mirror.commit_identities(
+            head.commit,
+            since=last.revision.commit if last else None,
+            range_limit=settings.SLUICE_SELF_APPROVAL_RANGE_COMMITS,
+            path=source.path.strip("/"),
+        )
         # None since the last rollout (the branch reset to an older commit): the head's own author and
         # committer, where only its author was judged.
         return sorted(found or mirror.commit_identities(head.commit, limit=1))

@@ -23,12 +23,11 @@ from gitops import freezes, schedule, selectors
 from gitops.desired.flag_keys import claim_places, claims_taken, taken_by
 from gitops.desired.policy import SetWeight, steps_from_json
 from gitops.errors import PermanentError
-from gitops.fetch.mirror import MORE_COMMITS_THAN_READ, RANGE_COMMITS_READ
 from gitops.locks import flag_keys_lock, sources_locked
 from gitops.models import ApplyIntent, Approval, Rollout, Source, VerifiedEmail, copied
 from gitops.record.events import rollout_event
 from gitops.rollout.engine import with_approval_gate
-from gitops.vocabulary import RolloutEventKind, Waiting
+from gitops.vocabulary import MORE_COMMITS_THAN_READ, RolloutEventKind, Waiting
 
 APPROVE_PERMISSION = "gitops.approve_rollout"
 WAIVE_PERMISSION = "gitops.change_source"  # administrators: the cluster keeps what it holds
@@ -412,9 +411,10 @@ def _check_not_an_author(rollout: Rollout, user: User) -> None:
     authors = selectors.rollout_authors(rollout)
     if MORE_COMMITS_THAN_READ in authors:
         raise PermissionDenied(
-            f"rollout {rollout.pk} brings more than {RANGE_COMMITS_READ:,} commits since the last rollout: "
-            "who wrote them cannot all be told, and it forbids self-approval, so nobody may approve it. An "
-            "administrator may lower the source's --require-approvals (the audit trail records it)"
+            f"rollout {rollout.pk} brings more commits of its directory since the last completed rollout "
+            f"than were read for their authors (SLUICE_SELF_APPROVAL_RANGE_COMMITS): who wrote them cannot "
+            "all be told, and it forbids self-approval, so nobody may approve it. An administrator may raise "
+            "that setting; the next rollout (a new commit) reads its range again"
         )
     if verified.strip().lower() in authors:
         raise PermissionDenied(

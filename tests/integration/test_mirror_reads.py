@@ -405,22 +405,38 @@ def test_a_pathspec_git_would_normalize_is_compared_by_git(mirrored, paths):
     mirror.tree_changes(base, head, "", paths=paths, max_changes=100)  # git answers, whatever it says
 
 
-def test_a_range_longer_than_is_read_is_marked_not_cut_silently(mirrored, monkeypatch):
+def test_a_range_longer_than_is_read_is_marked_not_cut_silently(mirrored):
     """The range since the last rollout was cut to its newest 1,000 commits without a word: the author
-    of a commit buried under filler was never among the rollout's identities."""
-    from gitops.fetch import mirror as mirror_module
+    of a commit buried under filler was never among the rollout's identities. Only commits of the
+    source's directory count: elsewhere in a monorepo they change nothing the rollout brings."""
+    from gitops.vocabulary import MORE_COMMITS_THAN_READ
 
     repo, mirror = mirrored
     base = mirror.fetch(repo.url, "main").commit
+    repo.write("configmaps/b.yaml", "b: 1\n")
     repo.commit("buried", author=("Mallory", "mallory@example.com"))
     for number in range(3):
+        repo.write("configmaps/a.yaml", f"a: {number}\n")
         repo.commit(f"filler {number}")
+    repo.write("elsewhere/x.yaml", "x: 1\n")
+    repo.commit("another team's", author=("Otto", "otto@example.com"))
     tip = mirror.fetch(repo.url, "main").commit
-    monkeypatch.setattr(mirror_module, "RANGE_COMMITS_READ", 3)
 
-    assert "*" in mirror.commit_identities(tip, since=base), "more commits than were read: said"
-    monkeypatch.setattr(mirror_module, "RANGE_COMMITS_READ", 4)
-    assert mirror.commit_identities(tip, since=base) == {"mallory@example.com", "ada@example.com"}
-    assert "*" not in mirror.commit_identities(tip, limit=2), (
-        "a history without a base is judged by its newest"
+    assert MORE_COMMITS_THAN_READ in mirror.commit_identities(
+        tip, since=base, range_limit=3, path="configmaps"
     )
+    read = mirror.commit_identities(tip, since=base, range_limit=4, path="configmaps")
+    assert read == {"mallory@example.com", "ada@example.com"}, "the directory's four, not otto's"
+    assert MORE_COMMITS_THAN_READ in mirror.commit_identities(tip, since=base, range_limit=4)
+
+
+def test_no_author_email_reads_as_the_marker_of_a_range_longer_than_was_read(mirrored):
+    """The marker was "*", an email git accepts: any pusher could make a rollout unapprovable."""
+    from gitops.vocabulary import MORE_COMMITS_THAN_READ
+
+    repo, mirror = mirrored
+    base = mirror.fetch(repo.url, "main").commit
+    repo.commit("odd", author=("Eve", "*"))
+    repo.commit("odder", author=("Eve", "more commits than were read"))
+    tip = mirror.fetch(repo.url, "main").commit
+    assert MORE_COMMITS_THAN_READ not in mirror.commit_identities(tip, since=base)

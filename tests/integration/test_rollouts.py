@@ -1408,9 +1408,21 @@ def test_a_range_longer_than_is_read_lets_nobody_approve_where_self_approval_is_
     """A range since the last rollout was read for its newest 1,000 commits only: a pusher could bury
     their own commit under filler and approve it. A range longer than what is read is marked, and
     refused where self-approval is forbidden."""
-    Rollout.objects.filter(pk=paused_rollout.pk).update(
-        forbid_self_approval=True, commit_identities=["*", "someone@example.com"]
+    from gitops.vocabulary import MORE_COMMITS_THAN_READ
+
+    Approval.objects.create(
+        rollout=paused_rollout,
+        step_index=paused_rollout.step_index,
+        user=people["approver"],
+        username=people["approver"].username,
+        commit=paused_rollout.revision.commit,
     )
-    with pytest.raises(PermissionDenied, match="more than 10,000 commits since the last rollout"):
-        decisions.rollout_promote(paused_rollout.pk, user=people["approver"])
-    assert not Approval.objects.filter(rollout=paused_rollout).exists()
+    Rollout.objects.filter(pk=paused_rollout.pk).update(
+        forbid_self_approval=True, commit_identities=[MORE_COMMITS_THAN_READ, "someone@example.com"]
+    )
+    rollout = Rollout.objects.get(pk=paused_rollout.pk)
+    with pytest.raises(PermissionDenied, match="than were read for their authors"):
+        decisions.rollout_promote(paused_rollout.pk, user=people["second_approver"])
+    assert not selectors.rollout_approvals_counted(rollout, rollout.step_index).exists(), "none independent"
+    selectors.strict_gates_count([rollout])
+    assert rollout.strict_approval_count == 0
