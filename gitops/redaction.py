@@ -23,20 +23,31 @@ URL_USERINFO = re.compile(
 SECRET_PATTERNS = (
     # An Authorization header under any scheme (GitHub's "token", Bearer, Basic), as a header line, a
     # quoted key of a dict or JSON, or a name=value; the scheme word stays, its credential goes.
-    re.compile(r"(?i)(?<![\w-])(authorization[\"']?\s*[:=]\s*[\"']?(?:[a-z][\w-]*+\s+)?)[^\s\"',;}]+"),
+    # Proxy-Authorization and X-Authorization too (a "-" may come before the name).
+    re.compile(
+        r"(?i)(?<!\w)(authorization[\"']?\s*[:=]\s*[\"']?"
+        r"(?:(?:bearer|basic|token|digest|negotiate|ntlm|aws4-hmac-sha256|apikey|sso-key)\s+)?)[^\s\"',;}]+"
+    ),
     # A name=value pair (a query string, a form, a log line): the value goes when the name ends in a
     # secret's word (token, access_token, private_token, client_secret, api_key ...). The name is
     # taken whole and only where a run of name characters starts, so a long run is scanned once.
     re.compile(r"(?<![\w-])([\w-]++)=([^\s&]+)"),
     re.compile(r"\bsluice_[0-9a-f]{8}_\S+"),
     # A bearer token on its own ("... Bearer eyJ..."), long enough not to be a word of prose.
-    re.compile(r"(?i)(?<![\w-])(bearer\s+)[\w.~+/=-]{8,}"),
+    # A token has a digit or a symbol, or is long: "bearer authentication failed" is prose.
+    re.compile(r"(?i)(?<![\w-])(bearer\s+)(?:(?=[\w~+/=-]*[\d~+/=_.-])[\w.~+/=-]{8,}|[\w.~+/=-]{20,})"),
     # A quoted key and its quoted value (a dict's or JSON's): the value goes when the key names a secret.
-    re.compile(r"([\"'])([\w-]{1,100})\1(\s*:\s*)([\"'])([^\"'\n]*)\4"),
+    # The value runs to its own closing quote, over the other quote and escaped ones (Python's repr of a
+    # string holding an apostrophe is double-quoted).
+    re.compile(r"([\"'])([\w-]{1,100})\1(\s*:\s*)([\"'])((?:(?!\4)[^\n\\]|\\.)*)\4"),
     # A header line or a YAML field whose name is a secret's: "PRIVATE-TOKEN: ...", "X-Api-Key: ...", a
     # kubeconfig's "token:" or "client-key-data:". Only where the name starts a line, or follows
     # whitespace, and only a value of 8 characters or more: "data.DB_PASSWORD: must be a string" stays.
-    re.compile(r"(?im)(?:^|(?<=\s))([\w-]{1,100})(:[ \t]*)([^\s\"',;}]{8,})"),
+    # A value quoted or not; one with a digit or a symbol, or long: "private_key: Required value" is prose.
+    re.compile(
+        r"(?im)(?:^|(?<=\s))([\w-]{1,100})(:[ \t]*[\"']?)"
+        r"((?=[^\s\"'}]*[\d+/=_.,;-])[^\s\"'}]{8,}|[^\s\"'}]{16,})"
+    ),
     # name%3Dvalue: a form body encoded once more.
     re.compile(r"(?<![\w-])([\w-]++)%3[dD]((?:(?!%26)[^\s&])+)"),
 )

@@ -32,6 +32,13 @@ SECRET = "s3cr3tV4lue0123456789"
         f"git+https://{SECRET}@git.example.com/shop.git",
         f"https://user:{SECRET}@git.example.com/shop.git",
         f"access_token={SECRET}&x=1",
+        f"Proxy-Authorization: Basic {SECRET}",  # hidden before 2026-12-07's patterns, and again now
+        f"X-Authorization: Basic {SECRET}",
+        f'    token: "{SECRET}"',  # YAML, quoted
+        f"password: '{SECRET}'",
+        f"{{'password': \"it's{SECRET}\"}}",  # Python's repr of a string holding a quote
+        f'{{"password": "ab\\"{SECRET}"}}',  # an escaped quote inside the value
+        f"api-key: ab,{SECRET}",
     ],
 )
 def test_a_secret_in_any_of_its_usual_shapes_is_hidden(text):
@@ -48,6 +55,9 @@ def test_a_secret_in_any_of_its_usual_shapes_is_hidden(text):
         "X-Request-Id: 0123456789abcdef",
         "cluster prod unreachable: connection refused",
         "key=value",
+        "bearer authentication failed",
+        "private_key: Required value",
+        "secret: Optional[str] = None",
     ],
 )
 def test_a_message_without_a_secret_is_left_as_it_is(text):
