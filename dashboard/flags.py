@@ -285,11 +285,17 @@ def _place(text: str) -> selectors.FlagPlace | None:
 
 
 def _export(filters: selectors.FlagFilters, *, now: Any) -> StreamingHttpResponse:
-    """Every matching flag as CSV (at most FLAG_EXPORT_LIMIT), streamed in chunks of rows."""
+    """Every matching flag as CSV (at most FLAG_EXPORT_LIMIT), streamed in chunks of rows; an export cut
+    there says so in its file's name and the ``X-Sluice-Export-Truncated`` header, as the change log's."""
+    limit = selectors.FLAG_EXPORT_LIMIT
+    truncated = selectors.published_flags(filters, now=now)[limit : limit + 1].exists()
     response = StreamingHttpResponse(
         _csv_chunks(selectors.flag_export(filters, now=now)), content_type="text/csv"
     )
-    response["Content-Disposition"] = 'attachment; filename="sluice-flags.csv"'
+    name = f"sluice-flags-first-{limit}" if truncated else "sluice-flags"
+    response["Content-Disposition"] = f'attachment; filename="{name}.csv"'
+    if truncated:
+        response["X-Sluice-Export-Truncated"] = str(limit)
     return response
 
 

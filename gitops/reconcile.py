@@ -151,7 +151,9 @@ def _head_rejected(source: Source, head: Revision, result: SyncResult, decided: 
     result.errors = (
         [_error_text(error) for error in head.errors] + result.errors + (moved.failures if moved else [])
     )
-    _finish(source, [])
+    # A rollout held behind a rejected head waits for its hold's end too, not a whole interval.
+    held = decided.gate.held
+    _finish(source, [], held_until=held.until if held is not None else None)
     return result
 
 
@@ -444,8 +446,8 @@ def _finish(source: Source, failures: list[str], *, held_until: datetime | None 
     and a window of 30 minutes opening between hourly polls was missed every day, forever."""
     now = timezone.now()
     next_poll_at = now + source.poll_interval
-    if held_until is not None and now < held_until + HOLD_END_MARGIN < next_poll_at:
-        next_poll_at = held_until + HOLD_END_MARGIN
+    if held_until is not None:  # a hold that ended while the pass ran: the next poll at once
+        next_poll_at = min(next_poll_at, max(now, held_until) + HOLD_END_MARGIN)
     _FINISHED(source.pk, now, "; ".join(failures[:5]), next_poll_at)
 
 

@@ -25,11 +25,12 @@ well before that, rolls back (freeing what it had locked, so the writer finishes
 until ``GIVE_WAY_FOR`` has passed; Django's flush is retried the same way.
 CASCADE reaches only tables that refer to a truncated one; the static tables refer only to each
 other, so it never empties them (``tests/integration/test_database_reset.py`` checks both that and
-that ``post_migrate`` writes nothing else). Triggers: the one TRUNCATE trigger
-(``gitops_managedobject``'s) bumps rows of ``gitops_inventoryversion``, which holds rows only
-when it is in the same TRUNCATE, as under Django's flush. Each test therefore starts with every
-other table empty and the static tables as ``post_migrate`` leaves them; only their ids stop
-changing from test to test.
+that ``post_migrate`` writes nothing else). Triggers: ``gitops_managedobject``'s TRUNCATE trigger
+bumps rows of ``gitops_inventoryversion``, which holds rows only when it is in the same TRUNCATE, as
+under Django's flush; the change log's and the audit trails' refuse a TRUNCATE unless the session set
+``sluice.allow_truncate``, which the test process's connections do (``tests/conftest.py``). Each
+test therefore starts with every other table empty and the static tables as ``post_migrate``
+leaves them; only their ids stop changing from test to test.
 """
 
 from __future__ import annotations

@@ -197,6 +197,21 @@ def test_the_csv_export_has_every_matching_flag_and_quotes_formulas(two_sources,
     )
     stale_rows = list(csv.DictReader(io.StringIO(b"".join(only_stale.streaming_content).decode())))
     assert {row["key"] for row in stale_rows} == {"banner", "kill-switch", "'=1+1"}
+    assert "X-Sluice-Export-Truncated" not in response and 'filename="sluice-flags.csv"' in str(
+        response["Content-Disposition"]
+    )
+
+
+def test_a_flags_export_cut_at_its_limit_says_so(two_sources, people, monkeypatch):
+    """The export stopped at its limit and looked whole."""
+    from gitops import selectors
+
+    monkeypatch.setattr(selectors, "FLAG_EXPORT_LIMIT", 2)
+    response = client_for(people["viewer"]).get(reverse("dashboard:flags"), {"format": "csv"})
+    rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
+    assert len(rows) == 2
+    assert response["X-Sluice-Export-Truncated"] == "2"
+    assert 'filename="sluice-flags-first-2.csv"' in response["Content-Disposition"]
 
 
 def test_every_role_reads_the_page_and_others_do_not(two_sources, people):

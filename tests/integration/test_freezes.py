@@ -435,3 +435,17 @@ def test_a_persons_sync_delivered_long_after_it_was_asked_runs_as_an_automatic_o
     assert delivered(time.time() - 3600)["outcome"] == "held", "an hour late: automatic, held"
     assert [version(cluster, ns) for ns in targets] == ["1"]
     assert delivered(time.time())["outcome"] == "applied", "just asked: the person's sync goes through"
+
+
+def test_a_hold_that_ended_while_the_pass_ran_has_the_next_poll_at_once(make_source):
+    """The pass was held when it read the gate, and the hold ended before the pass did: its next poll
+    came an interval later, as if the hold had not ended."""
+    from gitops import reconcile
+
+    source = make_source(poll_interval=timedelta(hours=1))
+    ended = timezone.now() - timedelta(seconds=5)
+
+    reconcile._finish(source, [], held_until=ended)
+
+    next_poll_at = Source.objects.get(pk=source.pk).next_poll_at
+    assert next_poll_at <= timezone.now() + timedelta(seconds=2)
