@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gitops.cluster.client import Cluster, ReadForbidden, ResourceGone
-from gitops.errors import GitopsError
+from gitops.errors import GitopsError, TemporaryError
+from gitops.numerals import whole_number
 
 log = logging.getLogger("gitops.livecache")
 
@@ -43,6 +44,16 @@ MAX_BACKOFF_SECONDS = 10.0
 # of those (a busy cluster), watches are full length again, as before.
 CATCH_UP_WATCH_SECONDS = 2
 CATCH_UP_ROUNDS = 3
+# A watch that ends this much before its timeout, cleanly and without a bookmark, vouches for nothing
+# (a proxy that ends streams, an apiserver resetting its watch cache): its end is no sign the stream
+# was live, and taken as one it vouched while nothing was watched, in a loop as fast as the server
+# answered.
+WATCH_END_MARGIN_SECONDS = 1.0
+_clock = time.monotonic  # the watches' clock (the unit tests script it)
+
+
+class WatchEndedEarly(TemporaryError):
+    """A watch ended before its time, cleanly and without a bookmark."""
 
 
 class Sink(Protocol):
@@ -118,6 +129,7 @@ class ConfigMapInformer:
         failures = catch_ups = gone = 0
         vouched = False  # by a complete LIST or a watch's on-time end, until a failure is told
         server = self.resume_server if version else ""
+        resume_checked = False
         while not self.stop.is_set():
             try:
                 cluster = self.connect()
@@ -132,7 +144,10 @@ class ConfigMapInformer:
                     )
                     version, vouched = "", False
                 server = cluster.server
-                if not version or time.monotonic() - listed_at > self.options.relist_seconds:
+                relist_due = time.monotonic() - listed_at > self.options.relist_seconds
+                if version and version == self.resume_from and not resume_checked and not relist_due:
+                    version, resume_checked = self._resumable(cluster, version), True
+                if not version or relist_due:
                     version, listed_at, vouched = self._relist(cluster), time.monotonic(), True
                     catch_ups = 0
                 catching_up = not vouched and catch_ups < CATCH_UP_ROUNDS
@@ -157,6 +172,28 @@ class ConfigMapInformer:
                 log.exception("ConfigMaps in %s: unexpected failure; listing again", self.where)
                 version = ""
                 self.stop.wait(min(MAX_BACKOFF_SECONDS, 0.5 * 2**failures))
+
+    def _resumable(self, cluster: Cluster, version: str) -> str:
+        """``version``, the stored one this informer resumes from, or "" (list again) when the cluster is
+        behind it now: etcd restored from a backup, or a cluster rebuilt behind the same address. A
+        watch from a version the cluster has not reached says nothing until it does, and its quiet end
+        vouched, within seconds, for stamps of another timeline: objects since changed or gone planned
+        as applied. One LIST of one object, at the cluster's newest version, tells."""
+        _, current, _ = cluster.list_configmap_page(
+            self.namespace, label_selector=self.options.label_selector, limit=1
+        )
+        now, stored = whole_number(current), whole_number(version)
+        if now is None or stored is None or now >= stored:
+            return version
+        self.sink.lost(self.namespace, f"the cluster is at version {current}, behind the stored {version}")
+        log.warning(
+            "ConfigMaps in %s: the cluster is at version %s, behind the %s stored (etcd restored?); "
+            "listing again",
+            self.where,
+            current,
+            version,
+        )
+        return ""
 
     def _handed_off(self, refused: ReadForbidden) -> bool:
         """Offers a 403 to ``on_forbidden``; True when it ends this informer."""
@@ -206,22 +243,27 @@ class ConfigMapInformer:
         vouched at its end. ``catching_up``: a short one (``CATCH_UP_WATCH_SECONDS``), which vouches at
         its end only if no change was told after its last bookmark."""
         seconds = self.options.watch_seconds
-        told = False  # a change since the last bookmark
+        timeout = min(seconds, CATCH_UP_WATCH_SECONDS) if catching_up else seconds
+        told = bookmarked = False  # a change since the last bookmark; a bookmark in this watch
+        started = _clock()
         for event, obj in cluster.watch_configmaps(
             self.namespace,
             resource_version=version,
             label_selector=self.options.label_selector,
-            timeout_seconds=min(seconds, CATCH_UP_WATCH_SECONDS) if catching_up else seconds,
+            timeout_seconds=timeout,
         ):
             if self.stop.is_set():
                 return version, False
             version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
             if event == BOOKMARK:
                 self.sink.alive(self.namespace, version)
-                told = False
+                told, bookmarked = False, True
             else:
                 self.sink.changed(self.namespace, event, obj)
                 told = True
+        if not bookmarked and (lasted := _clock() - started) < timeout - WATCH_END_MARGIN_SECONDS:
+            # Resumed from where it began (the changes it told come again): nothing it said is lost.
+            raise WatchEndedEarly(f"the watch ended after {lasted:.1f} s of {timeout} s, with no bookmark")
         if catching_up and told:
             # The next watch resumes past these changes, so they must be stored first: a sink may store
             # them after they were told (the cluster's writer thread), and one it failed to store would

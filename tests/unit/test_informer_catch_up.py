@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from enum import Enum
 from typing import Any
 
+import pytest
+
 from gitops.cluster import informer as informer_module
 from gitops.cluster.informer import (
     BOOKMARK,
@@ -27,6 +29,7 @@ from tests.unit.test_stamp_sink import MemoryStore, configmap
 WATCH_SECONDS = 10
 FULL, SHORT = ("watch", WATCH_SECONDS), ("watch", CATCH_UP_WATCH_SECONDS)
 LIST = ("list", None)
+PROBE = ("probe", None)  # a resumed informer's LIST of one object: is the cluster behind what was stored?
 
 
 class Watch(Enum):
@@ -34,33 +37,61 @@ class Watch(Enum):
     CHANGES = "tells a change, then ends on time"
     CHANGES_THEN_BOOKMARK = "tells a change, then a bookmark, then ends on time"
     FAILS = "fails"
+    ENDS_AT_ONCE = "ends at once, cleanly, having told nothing"
+    BOOKMARK_THEN_ENDS_AT_ONCE = "tells a bookmark, then ends at once"
 
 
 def _event(kind: str) -> tuple[str, dict[str, Any]]:
     return kind, {"metadata": {"name": "app", "namespace": "team", "resourceVersion": "101"}}
 
 
+class Clock:
+    """The informer's clock: a watch that ends on time moves it by its timeout."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+CLOCK = Clock()
+
+
+@pytest.fixture(autouse=True)
+def scripted_clock(monkeypatch):
+    """Every informer here reads the scripted clock, which the clusters' watches move."""
+    monkeypatch.setattr(informer_module, "_clock", CLOCK)
+
+
 class ScriptedCluster:
     server = "https://scripted.invalid"  # the informer lists again when the server it reaches changes
 
-    def __init__(self, watches: list[Watch], stop: threading.Event) -> None:
-        self.watches, self.stop = watches, stop
+    def __init__(self, watches: list[Watch], stop: threading.Event, *, at: str = "100") -> None:
+        self.watches, self.stop, self.at = watches, stop, at
         self.calls: list[tuple[str, Any]] = []
 
     def list_configmap_page(self, namespace: str, **options: Any) -> tuple[list[Any], str, str]:
-        self.calls.append(LIST)
-        return [], "100", ""
+        self.calls.append(PROBE if options["limit"] == 1 else LIST)
+        return [], self.at, ""
 
     def watch_configmaps(self, namespace: str, **options: Any) -> Any:
         self.calls.append(("watch", options["timeout_seconds"]))
         watch = self.watches.pop(0)
         if watch is Watch.FAILS:
             raise TemporaryError("connection reset")
-        events = {Watch.CHANGES: ["MODIFIED"], Watch.CHANGES_THEN_BOOKMARK: ["MODIFIED", BOOKMARK]}
-        return self._told(events.get(watch, []), last=not self.watches)
+        events = {
+            Watch.CHANGES: ["MODIFIED"],
+            Watch.CHANGES_THEN_BOOKMARK: ["MODIFIED", BOOKMARK],
+            Watch.BOOKMARK_THEN_ENDS_AT_ONCE: [BOOKMARK],
+        }
+        at_once = watch in (Watch.ENDS_AT_ONCE, Watch.BOOKMARK_THEN_ENDS_AT_ONCE)
+        lasted = 0 if at_once else options["timeout_seconds"]
+        return self._told(events.get(watch, []), lasted, last=not self.watches)
 
-    def _told(self, kinds: list[str], *, last: bool) -> Any:
+    def _told(self, kinds: list[str], lasted: float, *, last: bool) -> Any:
         yield from (_event(kind) for kind in kinds)
+        CLOCK.now += lasted
         if last:
             self.stop.set()  # the loop ends after this watch, which ends (and vouches) as any other
 
@@ -75,9 +106,11 @@ class Sink:
         return lambda *args, **kwargs: self.told.append(name)
 
 
-def run(watches: list[Watch], *, resume_from: str) -> tuple[list[tuple[str, Any]], list[str]]:
+def run(
+    watches: list[Watch], *, resume_from: str, at: str = "100"
+) -> tuple[list[tuple[str, Any]], list[str]]:
     stop = threading.Event()
-    cluster, sink = ScriptedCluster(watches, stop), Sink()
+    cluster, sink = ScriptedCluster(watches, stop, at=at), Sink()
     informer = ConfigMapInformer(
         lambda: cluster,  # type: ignore[arg-type, return-value]
         "",
@@ -93,7 +126,7 @@ def run(watches: list[Watch], *, resume_from: str) -> tuple[list[tuple[str, Any]
 
 def test_a_resumed_informer_catches_up_with_a_short_watch_then_watches_for_the_configured_length():
     calls, told = run([Watch.QUIET, Watch.QUIET], resume_from="42")
-    assert calls == [SHORT, FULL]
+    assert calls == [PROBE, SHORT, FULL]
     assert told == ["alive", "alive"]
 
 
@@ -111,18 +144,18 @@ def test_a_short_watch_still_telling_changes_at_its_end_vouches_for_nothing():
     """The server ends a watch on time even with events still queued: only a bookmark after the last
     change, or a short watch that told none, vouches; a busy cluster gets full-length watches again."""
     calls, told = run([Watch.CHANGES, Watch.CHANGES_THEN_BOOKMARK, Watch.QUIET], resume_from="42")
-    assert calls == [SHORT, SHORT, FULL]
+    assert calls == [PROBE, SHORT, SHORT, FULL]
     assert told == ["changed", "flush", "changed", "alive", "alive", "alive"], "stored before resumed past"
 
     calls, told = run([Watch.CHANGES] * CATCH_UP_ROUNDS + [Watch.CHANGES], resume_from="42")
-    assert calls == [SHORT] * CATCH_UP_ROUNDS + [FULL]
+    assert calls == [PROBE] + [SHORT] * CATCH_UP_ROUNDS + [FULL]
     assert told == ["changed", "flush"] * CATCH_UP_ROUNDS + ["changed", "alive"], "the full one's end vouches"
 
 
 def test_a_failure_after_busy_catch_ups_starts_the_catch_up_afresh():
     busy = [Watch.CHANGES] * CATCH_UP_ROUNDS
     calls, _ = run([*busy, Watch.FAILS, Watch.QUIET, Watch.QUIET], resume_from="42")
-    assert calls == [SHORT] * CATCH_UP_ROUNDS + [FULL, SHORT, FULL]
+    assert calls == [PROBE] + [SHORT] * CATCH_UP_ROUNDS + [FULL, SHORT, FULL]
 
 
 def test_a_kubeconfig_pointed_at_another_server_is_listed_again_not_resumed():
@@ -145,7 +178,7 @@ def test_a_kubeconfig_pointed_at_another_server_is_listed_again_not_resumed():
 
     informer.run()
 
-    assert before.calls == [SHORT], "resumed on the first server"
+    assert before.calls == [PROBE, SHORT], "resumed on the first server"
     assert after.calls == [LIST, FULL], "listed on the new one, never resumed there"
     assert "lost" in sink.told
 
@@ -174,7 +207,7 @@ def test_a_version_stored_from_another_server_is_not_resumed_there():
     stop.clear()
     cluster.calls, cluster.watches, sink.told = [], [Watch.QUIET], []
     informer(ScriptedCluster.server).run()
-    assert cluster.calls == [SHORT], "its own server's version is resumed"
+    assert cluster.calls == [PROBE, SHORT], "its own server's version is resumed"
 
 
 def test_the_periodic_relist_counts_from_the_last_list_not_from_the_processs_start():
@@ -198,7 +231,7 @@ def test_the_periodic_relist_counts_from_the_last_list_not_from_the_processs_sta
         return cluster.calls
 
     assert run_after(601) == [LIST, FULL], "the last LIST was longer ago than relist_seconds"
-    assert run_after(10) == [SHORT], "resumed: the last LIST is recent"
+    assert run_after(10) == [PROBE, SHORT], "resumed: the last LIST is recent"
 
 
 class ReplayingCluster:
@@ -212,6 +245,9 @@ class ReplayingCluster:
         self.stop, self.watches = stop, watches
         self.resumed_from: list[str] = []
 
+    def list_configmap_page(self, namespace: str, **options: Any) -> tuple[list[Any], str, str]:
+        return [], "102", ""  # a resumed informer's probe: the cluster is past what was stored
+
     def watch_configmaps(self, namespace: str, **options: Any) -> Iterator[tuple[str, dict[str, Any]]]:
         version = options["resource_version"]
         self.resumed_from.append(version)
@@ -219,6 +255,7 @@ class ReplayingCluster:
             yield DELETED, configmap("team-a", "app", version="101")
         if len(self.resumed_from) > 1:
             yield BOOKMARK, {"metadata": {"resourceVersion": "102"}}
+        CLOCK.now += options["timeout_seconds"]  # each ends on time
         if len(self.resumed_from) == self.watches:
             self.stop.set()
 
@@ -278,3 +315,24 @@ def test_a_list_answered_after_the_informer_stopped_is_told_to_nobody():
 
     assert cluster.calls == [LIST]
     assert sink.told == ["listing"], "neither the page, nor the LIST as complete, nor a watch"
+
+
+def test_a_resumed_informer_lists_again_when_the_cluster_is_behind_the_stored_version():
+    """etcd restored from a backup, or a cluster rebuilt behind the same address: a watch from a version
+    the cluster has not reached says nothing, and its quiet end vouched within seconds for stamps of
+    another timeline. A LIST of one object first tells the cluster is behind."""
+    calls, told = run([Watch.QUIET], resume_from="500", at="120")
+    assert calls == [PROBE, LIST, FULL], "listed again, never resumed from 500"
+    assert told[0] == "lost", "nothing vouches meanwhile"
+    calls, _ = run([Watch.QUIET], resume_from="500", at="501")
+    assert calls == [PROBE, SHORT], "the cluster is past it: resumed"
+
+
+def test_a_watch_that_ends_early_without_a_bookmark_vouches_for_nothing():
+    """A proxy that ends watch streams, or an apiserver resetting its watch cache, ended each watch at
+    once and cleanly: each end vouched, while nothing was watched, in a loop as fast as it answered."""
+    calls, told = run([Watch.ENDS_AT_ONCE, Watch.ENDS_AT_ONCE, Watch.QUIET], resume_from="")
+    assert calls == [LIST, FULL, SHORT, SHORT]
+    assert told.count("alive") == 1, "only the watch that lasted its time vouches"
+    calls, told = run([Watch.BOOKMARK_THEN_ENDS_AT_ONCE, Watch.QUIET], resume_from="")
+    assert calls == [LIST, FULL, FULL], "a bookmark shows the stream was live"
