@@ -790,12 +790,21 @@ class LiveCache:
 
     def _take_lease(self, term: _Term) -> bool:
         """Waits, as a standby, until no other live-cache process holds the cluster's lease."""
-        told = False
+        told = warned = False
         while not self.stopping.is_set():
             try:
-                if term.store.claim():
+                if risk := term.store.eviction_risk():
+                    if not warned:  # serves nothing: plans read the cluster, as with no cache at all
+                        log.error(
+                            "cluster %s: not serving, Redis may evict the live cache's keys (%s); set "
+                            "maxmemory-policy noeviction, or give the cache a Redis of its own",
+                            self.cluster_name,
+                            risk,
+                        )
+                        warned = True
+                elif term.store.claim():
                     return True
-                if not told:
+                elif not told:
                     log.info("another live-cache process holds cluster %s; standing by", self.cluster_name)
                     told = True
             except redis.RedisError as exc:

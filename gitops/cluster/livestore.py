@@ -682,6 +682,20 @@ class LiveStore:
                 )
             return ""
 
+    def eviction_risk(self) -> str:
+        """Why Redis may evict the cache's keys under memory pressure ("" when it may not, or does not
+        say): a ``maxmemory`` with a policy other than ``noeviction`` (managed Redis services default to
+        ``volatile-lru``, which takes keys with a TTL first). A lost floor reopens what floors close: a
+        late, older event stores an old stamp back as applied, and a revert is settled "unchanged"."""
+        try:
+            memory = self.client.info("memory")
+        except redis.ResponseError:
+            return ""  # INFO refused: said by ``server_run``
+        policy = str(memory.get("maxmemory_policy", "noeviction"))
+        if int(memory.get("maxmemory", 0) or 0) and policy != "noeviction":
+            return f"maxmemory {memory.get('maxmemory')} with maxmemory-policy {policy}"
+        return ""
+
     def release(self) -> None:
         """Gives the lease up: every namespace is stale at once, and a standby may take over."""
         self._renew(keys=[_key(self.cluster, "alive")], args=[self.epoch, 0])

@@ -98,3 +98,39 @@ def test_a_redis_that_refuses_info_is_said_once_not_taken_silently(caplog):
         assert [store.server_run() for _ in range(3)] == ["", "", ""]
     said = [record.getMessage() for record in caplog.records]
     assert len(said) == 1 and "prod-eu: Redis refuses INFO" in said[0] and "allow INFO" in said[0]
+
+
+def test_a_redis_that_may_evict_its_keys_is_not_served_from(monkeypatch, caplog):
+    """Managed Redis services default to volatile-lru, which evicts keys with a TTL first: the floors.
+    A lost floor let a late, older event store an old stamp back as applied, and a revert was settled
+    "unchanged". Such a Redis is said, once, and the cache serves nothing from it (plans read)."""
+    import logging
+
+    from gitops.cluster.livestore import LiveStore
+
+    def memory(policy: str, maxmemory: int):
+        store = object.__new__(LiveStore)
+        info = {"maxmemory": maxmemory, "maxmemory_policy": policy}
+        store.cluster, store.client = "prod-eu", SimpleNamespace(info=lambda section: info)
+        return store
+
+    assert (
+        memory("volatile-lru", 2**30).eviction_risk()
+        == "maxmemory 1073741824 with maxmemory-policy volatile-lru"
+    )
+    assert memory("noeviction", 2**30).eviction_risk() == ""
+    assert memory("allkeys-lru", 0).eviction_risk() == "", "no maxmemory: nothing is evicted"
+
+    cache = a_cache(monkeypatch)
+    claims: list[bool] = []
+    evicting = memory("volatile-lru", 2**30)
+    evicting.claim = lambda: claims.append(True) or True  # type: ignore[method-assign]
+    rounds = iter(range(5))
+    monkeypatch.setattr(
+        cache.stopping, "wait", lambda seconds: next(rounds, None) is None and cache.stopping.set()
+    )
+    with caplog.at_level(logging.ERROR, logger="gitops.livecache"):
+        assert cache._take_lease(SimpleNamespace(store=evicting)) is False  # type: ignore[arg-type]
+    assert claims == [], "never took the lease: nothing served"
+    said = [record.getMessage() for record in caplog.records]
+    assert len(said) == 1 and "maxmemory-policy noeviction" in said[0]
