@@ -82,8 +82,12 @@ def _send(
 ) -> str:
     """``ignore_result``: nobody will ask for the outcome, so the sender does not subscribe to it and
     the worker does not store and publish it (a push or a poll; their outcome is in the database)."""
-    sent = app.send_task(name, kwargs=kwargs, eta=eta, ignore_result=ignore_result, headers=headers)
-    return str(sent.id)
+    # Only where there are some: an automatic send (a push, a poll) is the call it always was.
+    if headers:
+        return str(
+            app.send_task(name, kwargs=kwargs, eta=eta, ignore_result=ignore_result, headers=headers).id
+        )
+    return str(app.send_task(name, kwargs=kwargs, eta=eta, ignore_result=ignore_result).id)
 
 
 def source_sync(

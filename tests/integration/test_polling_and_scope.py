@@ -179,7 +179,7 @@ class _Stream:
         self.after_pass()
         return result
 
-    def _keep(self, name, kwargs, eta, ignore_result):
+    def _keep(self, name, kwargs, eta, ignore_result, headers=None):
         self.sent.append((name, kwargs, ignore_result))
         return Sent()
 

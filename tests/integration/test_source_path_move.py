@@ -66,8 +66,9 @@ def test_a_source_moved_to_another_directory_rolls_its_content_out_through_its_s
     assert moved.pk != first.pk and moved.revision_id == first.revision_id
     assert moved.revision.commit == commit and moved.path == "prod" and first.path == "staging"
     assert [version_in(cluster, ns) for ns in targets] == ["prod", "staging-2"], "half, then the gate"
-    # Prod's content came with the first commit: its author did not write the staging-only one.
-    assert moved.commit_identities == ["ada@example.com", "bo@example.com"], "as a first rollout"
+    # Prod's content came with the first commit, and only commits of prod count (since 2026-12-07): the
+    # staging-only one's author brought nothing of it.
+    assert moved.commit_identities == ["ada@example.com"], "as a first rollout, of its directory"
     started = RolloutEvent.objects.get(rollout=moved, kind="started")
     assert started.message.endswith(": the source moved from directory staging to directory prod")
     sync(source)
