@@ -194,29 +194,45 @@ def _remove_objects(removal: SourceRemoval, source: Source) -> list[str]:
     # objects are left as they are, and the inventory lets go of them.
     allowed = in_scope(source, {(obj.cluster, obj.namespace) for obj in managed})
     live = _reachable(live_configmaps(allowed)).index()
-    intents, left_alone, outside = [], [], 0
+    intents: list[ApplyIntent] = []
+    outside: list[ManagedObject] = []
+    gone: list[ManagedObject] = []
     for obj in managed:
         current = live.get((obj.cluster, obj.namespace, obj.name))
         if (obj.cluster, obj.namespace) not in allowed:
-            outside += 1
-            left_alone.append(obj.pk)
+            outside.append(obj)
         elif current is None or live_provenance(current)[0] != source.name:
-            left_alone.append(obj.pk)
+            gone.append(obj)
         else:
             intents.append(_intent(removal, obj, current))
-    ManagedObject.objects.filter(pk__in=left_alone).delete()
-    if outside:
-        log.warning("removal of %s left %d objects outside its scope as they are", source.name, outside)
+    ManagedObject.objects.filter(pk__in=[obj.pk for obj in [*outside, *gone]]).delete()
     SourceRemoval.objects.filter(pk=removal.pk).update(objects_total=len(managed))
     with transaction.atomic():
         written = ApplyIntent.objects.bulk_create(intents, batch_size=1000)
     failures = _executed(intents_execute(written))
+    # Counted as done: only what was kept or pruned. The rest is said, where the removal is shown: the
+    # objects left outside the scope still carry the source's labels (it said "10 of 10 pruned").
     SourceRemoval.objects.filter(pk=removal.pk).update(
-        objects_done=len(managed) - len(failures), objects_failed=len(failures)
+        objects_done=len(intents) - len(failures),
+        objects_failed=len(failures),
+        message=_left_alone(source, outside, gone),
     )
-    if left_alone:
-        log.info("removal of %s left %d objects alone: gone, or not its own", source.name, len(left_alone))
     return failures
+
+
+def _left_alone(source: Source, outside: list[ManagedObject], gone: list[ManagedObject]) -> str:
+    """What the removal left as it is, and why: "" when nothing."""
+    said = []
+    if outside:
+        where = ", ".join(f"{o.cluster}/{o.namespace}/{o.name}" for o in outside[:5])
+        more = f" and {len(outside) - 5} more" if len(outside) > 5 else ""
+        said.append(
+            f"{len(outside)} left as they are outside the source's scope, with its labels: {where}{more}"
+        )
+        log.warning("removal of %s left %d objects outside its scope as they are", source.name, len(outside))
+    if gone:
+        said.append(f"{len(gone)} already gone, or no longer the source's")
+    return "; ".join(said)
 
 
 def _intent(removal: SourceRemoval, obj: ManagedObject, live: dict[str, Any]) -> ApplyIntent:

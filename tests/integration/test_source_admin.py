@@ -793,6 +793,11 @@ def test_a_removal_prunes_nothing_outside_the_scope_an_administrator_left_the_so
     assert cluster.get_configmap(targets[0], "app") is None, "pruned where the source may write"
     assert cluster.get_configmap(targets[1], "app") is not None, "left alone outside its scope"
     assert not ManagedObject.objects.filter(source=source).exists()
+    # Said, not counted as pruned: it said "2 of 2 pruned" while one was still there, with its labels.
+    assert done.objects_done == done.objects_total - 1
+    assert f"1 left as they are outside the source's scope, with its labels: default/{targets[1]}/app" in (
+        done.message
+    )
 
 
 def test_a_removal_that_finds_a_rollback_owed_when_it_runs_fails_and_keeps_the_source(applied, cluster):
