@@ -659,14 +659,11 @@ def _refuse_another_cluster_under_kept_state(name: str, identity: str) -> None:
     rollbacks (a rollback created the old cluster's content there), and its own identity check passed."""
     if not _kept_there(name):
         return
-    # The registration as the trail last recorded it: what an add or an update left, what a removal took.
-    last = (
-        ClusterAudit.objects.filter(cluster=name)
-        .order_by("-at", "-id")
-        .values_list("after", "before")
-        .first()
-    )
-    before = ((last[0] or last[1] or {}) if last else {}).get("identity") or ""
+    # The newest identity the trail recorded for the name (what an add or an update left, what a removal
+    # took): one registered while it did not answer, or cleared since, has rows without one.
+    rows = ClusterAudit.objects.filter(cluster=name).order_by("-at", "-id").values_list("after", "before")
+    recorded = [str((after or removed or {}).get("identity") or "") for after, removed in rows]
+    before = next((each for each in recorded if each), "")
     if identity and identity == before:
         return  # the same cluster, back under its name: what Sluice kept there is its own
     why = "it does not answer" if not identity else f"its identity {identity} is not {before or 'known'}"

@@ -23,11 +23,9 @@ URL_USERINFO = re.compile(
 SECRET_PATTERNS = (
     # An Authorization header under any scheme (GitHub's "token", Bearer, Basic), as a header line, a
     # quoted key of a dict or JSON, or a name=value; the scheme word stays, its credential goes.
-    # Proxy-Authorization and X-Authorization too (a "-" may come before the name).
-    re.compile(
-        r"(?i)(?<!\w)(authorization[\"']?\s*[:=]\s*[\"']?"
-        r"(?:(?:bearer|basic|token|digest|negotiate|ntlm|aws4-hmac-sha256|apikey|sso-key)\s+)?)[^\s\"',;}]+"
-    ),
+    # Proxy-Authorization and X-Authorization too (a "-" may come before the name). Any scheme word
+    # stays (SSWS, Bot, OAuth, AWS, SharedKey...), and what follows it goes.
+    re.compile(r"(?i)(?<!\w)(authorization[\"']?\s*[:=]\s*[\"']?(?:[a-z][\w-]*+\s+)?)[^\s\"',;}]+"),
     # A name=value pair (a query string, a form, a log line): the value goes when the name ends in a
     # secret's word (token, access_token, private_token, client_secret, api_key ...). The name is
     # taken whole and only where a run of name characters starts, so a long run is scanned once.

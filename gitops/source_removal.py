@@ -205,17 +205,19 @@ def _remove_objects(removal: SourceRemoval, source: Source) -> list[str]:
             gone.append(obj)
         else:
             intents.append(_intent(removal, obj, current))
+    # Said before anything is written, and kept by a run of the removal tried again (which no longer
+    # finds these in the inventory): the objects left outside the scope still carry the source's labels.
+    if left := _left_alone(source, outside, gone):
+        SourceRemoval.objects.filter(pk=removal.pk).update(message=left)
     ManagedObject.objects.filter(pk__in=[obj.pk for obj in [*outside, *gone]]).delete()
-    SourceRemoval.objects.filter(pk=removal.pk).update(objects_total=len(managed))
+    if not removal.objects_total:  # the first run's count: a retry's inventory lacks what was let go
+        SourceRemoval.objects.filter(pk=removal.pk).update(objects_total=len(managed))
     with transaction.atomic():
         written = ApplyIntent.objects.bulk_create(intents, batch_size=1000)
     failures = _executed(intents_execute(written))
-    # Counted as done: only what was kept or pruned. The rest is said, where the removal is shown: the
-    # objects left outside the scope still carry the source's labels (it said "10 of 10 pruned").
+    # Counted as done: only what was kept or pruned (it said "10 of 10 pruned" with some left).
     SourceRemoval.objects.filter(pk=removal.pk).update(
-        objects_done=len(intents) - len(failures),
-        objects_failed=len(failures),
-        message=_left_alone(source, outside, gone),
+        objects_done=len(intents) - len(failures), objects_failed=len(failures)
     )
     return failures
 
@@ -268,9 +270,12 @@ def _intent(removal: SourceRemoval, obj: ManagedObject, live: dict[str, Any]) ->
 def _failure_message(removal: SourceRemoval, failures: Sequence[str]) -> str:
     shown = "; ".join(failures[:FAILURES_SHOWN])
     more = f" (and {len(failures) - FAILURES_SHOWN} more)" if len(failures) > FAILURES_SHOWN else ""
+    # What the run left alone (said before it wrote) stays said after the refusals.
+    left = SourceRemoval.objects.filter(pk=removal.pk).values_list("message", flat=True).first() or ""
     return (
         f"{len(failures)} objects could not be {'pruned' if removal.mode == 'prune' else 'released'}: "
         f"{shown}{more}. The source stays, suspended; delete it again to try the rest"
+        + (f". Also: {left}" if left else "")
     )
 
 

@@ -286,12 +286,12 @@ SLUICE_SSH_KNOWN_HOSTS = env.get("SLUICE_SSH_KNOWN_HOSTS", "")
 # A task whose worker process died this many times while running it (killed, out of memory,
 # crashed) is not started again: acks_late would otherwise hand it to the next worker forever.
 SLUICE_MAX_TASK_DELIVERIES = env_int("SLUICE_MAX_TASK_DELIVERIES", 3)
-# A person's sync (manual, or retrying a failed step) delivered longer than this after it was asked runs
-# as an automatic one: Redis hands a killed worker's task back only after its visibility timeout (1 h).
-# Longer than a sync waits for a busy source (BUSY_MAX_RETRIES, 10 minutes).
 # Commits of a rollout's range (since the last completed rollout, in the source's directory) read for its
 # authors and committers; a longer range lets nobody approve where self-approval is forbidden.
 SLUICE_SELF_APPROVAL_RANGE_COMMITS = env_int("SLUICE_SELF_APPROVAL_RANGE_COMMITS", 10_000)
+# A person's sync (manual, or retrying a failed step) delivered longer than this after it was asked runs
+# as an automatic one: Redis hands a killed worker's task back only after its visibility timeout (1 h).
+# Longer than a sync waits for a busy source (BUSY_MAX_RETRIES, 10 minutes).
 SLUICE_PERSONS_SYNC_STALE_SECONDS = env_int("SLUICE_PERSONS_SYNC_STALE_SECONDS", 1800, minimum=60)
 # The Flags page marks a flag stale when it has not changed for this many days.
 SLUICE_STALE_FLAG_DAYS = env_int("SLUICE_STALE_FLAG_DAYS", 30)

@@ -11,10 +11,13 @@ A cluster that does not answer, or refuses Sluice's credentials
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
 import re
 import select
+import signal
 import socket
 import ssl
 import subprocess
@@ -367,14 +370,25 @@ EXEC_PLUGIN_SECONDS = 30.0
 
 
 class _BoundedPlugin(subprocess.Popen[str]):
-    """The exec plugin's process, answered within EXEC_PLUGIN_SECONDS or killed."""
+    """The exec plugin's process, answered within EXEC_PLUGIN_SECONDS or killed with every process it
+    started (a wrapper script's child holding its output would keep the wait going). A plugin run at a
+    terminal (the library passes it the terminal: ``gitops add-cluster`` by hand, a device-code login)
+    has a person to answer it, and is not bounded."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._bounded = kwargs.get("stdin") is None
+        super().__init__(*args, **kwargs, start_new_session=self._bounded)
 
     def communicate(self, input: str | None = None, timeout: float | None = None) -> tuple[str, str]:
+        if not self._bounded:
+            return super().communicate(input, timeout=timeout)
         try:
             return super().communicate(input, timeout=timeout or EXEC_PLUGIN_SECONDS)
         except subprocess.TimeoutExpired:
-            self.kill()
-            super().communicate()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                super().communicate(timeout=2)
             raise config.ConfigException(
                 f"exec: the credential plugin did not answer within {EXEC_PLUGIN_SECONDS:g} s"
             ) from None

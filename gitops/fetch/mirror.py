@@ -640,9 +640,10 @@ class GitMirror:
         that touch ``path`` (the source's directory; "" the whole tree): a commit elsewhere in a monorepo
         changes nothing the rollout brings.
 
-        Without ``since`` (a first rollout, or a base the mirror lost), bounded to the newest ``limit``
-        commits: a long history is judged by its recent authors. A range from ``since`` is read up to
-        ``range_limit`` commits, and one longer holds MORE_COMMITS_THAN_READ: not every author is known.
+        Without ``since`` (a first rollout), bounded to the newest ``limit`` commits: a long history is
+        judged by its recent authors. A range from ``since`` (or the whole history, when the mirror lost
+        ``since``) is read up to ``range_limit`` commits, and one longer holds MORE_COMMITS_THAN_READ:
+        not every author is known.
         """
         commit = check_object_id(commit, "commit")
         facts = _COMMIT_FACTS.get((str(self.path), commit))
@@ -666,8 +667,10 @@ class GitMirror:
         # One commit past the bound tells a range that is longer than what is read.
         completed = emails_of(range_limit + 1 if ranged else limit, *revisions)
         if completed.returncode != 0 and ranged:
-            # ``since`` is not in the mirror (a force push pruned it): every commit up to the limit counts.
-            ranged, completed = False, emails_of(limit, commit)
+            # ``since`` is not in the mirror (a force push pruned it): the directory's whole history is the
+            # range, read as far as a range is, and marked when longer: a force push that lost the base
+            # could otherwise bury a commit past the newest ``limit``.
+            completed = emails_of(range_limit + 1, commit)
         if completed.returncode != 0:
             self._require_commit(commit)
             raise PermanentError(f"cannot list the commits of {commit}")

@@ -229,6 +229,15 @@ def test_another_cluster_is_not_added_under_a_name_sluice_still_keeps_state_for(
     assert sync(source)["outcome"] == "applied"
     registered = ClusterRecord.objects.get(name="member-1")
     registered.delete()  # as the race left it
+    # A later row of the trail without an identity (cleared, or registered while it did not answer):
+    # the newest identity recorded still tells the cluster.
+    ClusterAudit.objects.create(
+        cluster="member-1",
+        action="update",
+        actor="tests",
+        via="cli",
+        after={**registered.registered_settings(), "identity": ""},
+    )
 
     with pytest.raises(PermanentError, match="cannot be told to be the one they belong to"):
         cluster_admin.cluster_add(

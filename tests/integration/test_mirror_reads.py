@@ -440,3 +440,23 @@ def test_no_author_email_reads_as_the_marker_of_a_range_longer_than_was_read(mir
     repo.commit("odder", author=("Eve", "more commits than were read"))
     tip = mirror.fetch(repo.url, "main").commit
     assert MORE_COMMITS_THAN_READ not in mirror.commit_identities(tip, since=base)
+
+
+def test_a_base_the_mirror_lost_reads_the_directorys_history_as_far_as_a_range_and_marks_it(mirrored):
+    """A force push that pruned the last rollout's commit made the range the newest 1,000 commits, with
+    nothing said: a commit buried past them went unseen, the very burial the range's mark closes."""
+    from gitops.vocabulary import MORE_COMMITS_THAN_READ
+
+    repo, mirror = mirrored
+    for number in range(3):
+        repo.write("configmaps/a.yaml", f"a: {number}\n")
+        repo.commit(f"change {number}")
+    tip = mirror.fetch(repo.url, "main").commit
+    lost = "0" * 40  # not in the mirror
+
+    assert MORE_COMMITS_THAN_READ in mirror.commit_identities(
+        tip, since=lost, range_limit=2, path="configmaps"
+    )
+    assert MORE_COMMITS_THAN_READ not in mirror.commit_identities(
+        tip, since=lost, range_limit=4, path="configmaps"
+    )

@@ -51,6 +51,17 @@ def test_a_plugin_that_hangs_is_killed_at_its_bound_and_the_cluster_refused(tmp_
     assert time.monotonic() - started < 10, "the plugin's wait is bounded"
 
 
+def test_a_wrapper_whose_child_hangs_is_killed_with_it(tmp_path, monkeypatch):
+    """Killing the plugin alone left its child holding the output, and the wait went on until it ended."""
+    monkeypatch.setattr(cluster_client, "EXEC_PLUGIN_SECONDS", 1.0)
+    started = time.monotonic()
+
+    with cluster_client.Cluster(kubeconfig_running(tmp_path, ["sh", "-c", "sleep 30; echo hi"])) as loaded:
+        assert not loaded.has_credentials
+
+    assert time.monotonic() - started < 10, "the wrapper and its child are killed together"
+
+
 def test_a_plugin_that_answers_in_time_gives_its_token(tmp_path):
     answer = (
         '{"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential",'

@@ -34,6 +34,8 @@ SECRET = "s3cr3tV4lue0123456789"
         f"access_token={SECRET}&x=1",
         f"Proxy-Authorization: Basic {SECRET}",  # hidden before 2026-12-07's patterns, and again now
         f"X-Authorization: Basic {SECRET}",
+        f"Authorization: SSWS {SECRET}",  # Okta's scheme: any scheme word stays, its credential goes
+        f"{{'Authorization': 'Bot {SECRET}'}}",
         f'    token: "{SECRET}"',  # YAML, quoted
         f"password: '{SECRET}'",
         f"{{'password': \"it's{SECRET}\"}}",  # Python's repr of a string holding a quote
