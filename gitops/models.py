@@ -697,6 +697,16 @@ class ApplyIntent(models.Model):
             intent.manifest_json = compact_json(manifest)
         return intent
 
+    def written_kind(self) -> str:
+        """The kind label of the object this intent writes (its manifest's), or for a prune (no manifest)
+        of what it deleted: a flag set when that held a flag set's document. A rollback restores it, and
+        a flag canary orders moves by it (``rollback._writes_flag_set``)."""
+        if self.manifest is not None:
+            labels = (self.manifest.get("metadata") or {}).get("labels") or {}
+            return str(labels.get(KIND_LABEL, "configmap"))
+        held = (self.before or {}).get("data") or {}
+        return FLAG_SET_KIND if flag_set_key(self.name) in held else "configmap"
+
     @classmethod
     def restoring(
         cls, rollout: Rollout, first: ApplyIntent, live: Mapping[str, Any] | None, *, actor: str
@@ -724,7 +734,7 @@ class ApplyIntent(models.Model):
                 first.before_commit,
                 first.before_content_hash,
                 first.origin,
-                _restored_kind(first),
+                first.written_kind(),
             )
             # Another manager's keys are left out of the apply: forced, it would take them over.
             applied = _with_values(baseline, {section: {} for section in foreign}, drop=foreign)
@@ -763,15 +773,6 @@ def _recreated(live: Mapping[str, Any] | None, baseline: Content | None) -> bool
         or dict(live.get("binaryData") or {}) != dict(baseline.binary_data)
         or baseline.immutable is not True
     )
-
-
-def _restored_kind(first: ApplyIntent) -> str:
-    """The kind label the restored object carries: the one the rollout wrote, or for a prune (no
-    manifest) what it deleted, a flag set when it held a flag set's document."""
-    if first.manifest is not None:
-        return str((first.manifest.get("metadata") or {}).get("labels", {}).get(KIND_LABEL, "configmap"))
-    held = (first.before or {}).get("data") or {}
-    return FLAG_SET_KIND if flag_set_key(first.name) in held else "configmap"
 
 
 def _foreign_keys(

@@ -27,8 +27,6 @@ from gitops.cluster.client import WORKLOAD_KINDS
 from gitops.cluster.live import live_configmaps
 from gitops.consumers.wave import restoring_intent
 from gitops.consumers.workloads import restart_holds, workload_from
-from gitops.desired.content import KIND_LABEL
-from gitops.desired.revision import flag_set_key
 from gitops.errors import GitopsError
 from gitops.failpoints import failpoint
 from gitops.models import ApplyIntent, Rollout, Source
@@ -272,12 +270,7 @@ def _restore(rollout: Rollout, actor: str, *, clusters: set[str] | None) -> Rest
 def _writes_flag_set(intent: ApplyIntent) -> bool:
     """Whether ``intent`` writes a flag set (its manifest's kind label says so) or deletes one (a prune at
     100: no manifest, and what it found holds a flag set's document)."""
-    if intent.kind != CONFIGMAP:
-        return False
-    if intent.manifest is not None:
-        labels = (intent.manifest.get("metadata") or {}).get("labels") or {}
-        return bool(labels.get(KIND_LABEL) == FLAG_SET_KIND)
-    return flag_set_key(intent.name) in ((intent.before or {}).get("data") or {})
+    return intent.kind == CONFIGMAP and intent.written_kind() == FLAG_SET_KIND
 
 
 def _may_have_written(intent: ApplyIntent) -> bool:
