@@ -72,6 +72,7 @@ def intents_apply_everywhere(
     pass's lock (``locks.pass_fence``): a pass whose lock went with its session sends no more and
     raises ``ReconcileLockLost``; its intents stay pending, for the pass that takes over."""
     fence = pass_fence()  # asked on the pass's thread: the clusters' threads do not inherit it
+    _load_sources_of_deletes(intents)
     groups: dict[str, list[ApplyIntent]] = {}
     for intent in intents:
         groups.setdefault(intent.cluster, []).append(intent)
@@ -304,6 +305,27 @@ def _apply_on_threads(
     return [f.result() for f in futures]
 
 
+def _deletes(intent: ApplyIntent) -> bool:
+    """Whether the intent's first request deletes the object (a prune, a replace, a recreate, or a
+    rollback of a create)."""
+    return (
+        intent.action in (ChangeAction.DELETE, ChangeAction.REPLACE)
+        or intent.recreate
+        or (intent.action == ChangeAction.ROLLBACK and intent.manifest is None)
+    ) and intent.kind not in WORKLOAD_KINDS
+
+
+def _load_sources_of_deletes(intents: Sequence[ApplyIntent]) -> None:
+    """Each deleting intent's source, read in one query on the pass's thread: a delete goes out only
+    while the object is still labelled as that source's (``Cluster.delete_configmap``)."""
+    deleting = [intent for intent in intents if _deletes(intent) and not ApplyIntent.source.is_cached(intent)]
+    if not deleting:
+        return
+    sources = Source.all_objects.in_bulk({intent.source_id for intent in deleting})
+    for intent in deleting:
+        intent.source = sources[intent.source_id]
+
+
 class StoppedBatch(Exception):
     """An intent not tried because its cluster already failed in this batch."""
 
@@ -320,12 +342,8 @@ def _apply_one(cluster: Cluster, intent: ApplyIntent, fence: Callable[[], None])
                 intent.namespace, intent.name, field_manager=settings.SLUICE_FIELD_MANAGER, fence=fence
             )
             return DONE
-        if (
-            intent.action in (ChangeAction.DELETE, ChangeAction.REPLACE)
-            or intent.recreate
-            or (intent.action == ChangeAction.ROLLBACK and intent.manifest is None)
-        ):
-            cluster.delete_configmap(intent.namespace, intent.name)
+        if _deletes(intent):
+            cluster.delete_configmap(intent.namespace, intent.name, held_by=intent.source.name, fence=fence)
             writes.made = True
             fence()
         if intent.manifest is not None:

@@ -41,6 +41,7 @@ from gitops.cluster import curl
 from gitops.desired.content import is_reserved
 from gitops.errors import PermanentError, TemporaryError
 from gitops.numerals import whole_number
+from gitops.plan.provenance import live_provenance
 from gitops.storable import compact_json, json_value, storable_text
 
 APPLY_PATCH = "application/apply-patch+yaml"
@@ -89,6 +90,14 @@ UNAVAILABLE = (TemporaryError, ClusterRefused)
 
 class NotFoundError(PermanentError):
     pass
+
+
+class NotHeldError(PermanentError):
+    """A delete refused by Sluice itself: the object is no longer the source's that asked for it."""
+
+
+class _ChangedMeanwhile(Exception):
+    """A delete's precondition failed: the object changed (or was replaced) after it was read."""
 
 
 class ResourceGone(TemporaryError):
@@ -692,19 +701,61 @@ class Cluster:
         data: bytes = response.data
         return data
 
-    def delete_configmap(self, namespace: str, name: str, *, resource_version: str | None = None) -> bool:
-        """Deletes the object; False when it was already gone."""
-        preconditions = (
-            client.V1Preconditions(resource_version=resource_version) if resource_version else None
-        )
+    def delete_configmap(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        held_by: str | None = None,
+        fence: Callable[[], None] = lambda: None,
+    ) -> bool:
+        """Deletes the object; False when it was already gone.
+
+        With ``held_by`` (a source's name) only while the object is still that source's: it is read, its
+        labels checked, and the delete sent on the condition that the object is still the one read (its
+        uid and resourceVersion). Another source or a person that took it over since the plan (or a
+        removal's listing) keeps it: ``NotHeldError``. A change between the read and the delete is read
+        again; ``fence`` is asked before each delete."""
+        if held_by is None:
+            return self._delete_configmap(namespace, name, None)
+        for _attempt in range(RELEASE_ATTEMPTS):
+            live = self.get_configmap(namespace, name)
+            if live is None:
+                return False
+            owner = live_provenance(live)[0]
+            if owner != held_by:
+                holder = f"source {owner}'s" if owner else "no source's (its labels were taken off)"
+                raise NotHeldError(f"{namespace}/{name} was not deleted: it is now {holder}")
+            metadata = live.get("metadata") or {}
+            fence()
+            try:
+                return self._delete_configmap(
+                    namespace,
+                    name,
+                    client.V1Preconditions(
+                        uid=metadata.get("uid"), resource_version=metadata.get("resourceVersion")
+                    ),
+                )
+            except _ChangedMeanwhile:
+                continue
+        raise TemporaryError(f"{namespace}/{name} changed at each of {RELEASE_ATTEMPTS} tries to delete it")
+
+    def _delete_configmap(
+        self, namespace: str, name: str, preconditions: client.V1Preconditions | None
+    ) -> bool:
         try:
             with _api_errors():
-                self._core.delete_namespaced_config_map(
-                    name,
-                    namespace,
-                    body=client.V1DeleteOptions(preconditions=preconditions),
-                    _request_timeout=self.timeout,
-                )
+                try:
+                    self._core.delete_namespaced_config_map(
+                        name,
+                        namespace,
+                        body=client.V1DeleteOptions(preconditions=preconditions),
+                        _request_timeout=self.timeout,
+                    )
+                except ApiException as exc:
+                    if preconditions is not None and exc.status == HTTPStatus.CONFLICT:
+                        raise _ChangedMeanwhile() from exc  # a precondition failed: the object changed
+                    raise
         except NotFoundError:
             return False
         return True

@@ -39,6 +39,13 @@ def configmap(namespace: str, name: str, **data: str) -> dict:
     }
 
 
+def labelled(manifest: dict, source: str) -> dict:
+    """``manifest`` with the labels that make it ``source``'s, as Sluice's applies write them."""
+    labels = manifest["metadata"]["labels"]
+    labels.update({"app.kubernetes.io/managed-by": "sluice", "sluice.dev/source": source})
+    return manifest
+
+
 @pytest.fixture(params=TRANSPORTS)
 def connect(request, settings, stack) -> Iterator:
     """``connect(kubeconfig=None)``: a Cluster whose applies go through the transport under test."""
@@ -667,12 +674,12 @@ def test_a_step_batches_its_plain_applies_and_answers_every_intent_in_its_place(
     """Creates and updates go out together; a delete and a self-heal take their own paths; each intent
     gets its answer where it stands."""
     from gitops.cluster.apply import intents_apply
-    from gitops.models import ApplyIntent
+    from gitops.models import ApplyIntent, Source
     from gitops.vocabulary import ChangeAction
 
     ours = batching()
     manager = settings.SLUICE_FIELD_MANAGER
-    ours.apply_configmap(configmap(namespace, "doomed", A="b"), field_manager=manager)
+    ours.apply_configmap(labelled(configmap(namespace, "doomed", A="b"), "apps"), field_manager=manager)
     ours.apply_configmap(configmap(namespace, "drifted", A="b"), field_manager=manager)
     ours.apply_configmap(configmap(namespace, "drifted", EXTRA="theirs"), field_manager="someone-else")
     ours.apply_configmap(configmap(namespace, "taken", KEY="theirs"), field_manager="someone-else")
@@ -681,7 +688,13 @@ def test_a_step_batches_its_plain_applies_and_answers_every_intent_in_its_place(
         manifest = configmap(namespace, name, **data) if action != ChangeAction.DELETE else None
         after = {"data": data} if action == ChangeAction.SELF_HEAL else None
         return ApplyIntent(
-            cluster="default", namespace=namespace, name=name, action=action, manifest=manifest, after=after
+            source=Source(name="apps"),
+            cluster="default",
+            namespace=namespace,
+            name=name,
+            action=action,
+            manifest=manifest,
+            after=after,
         )
 
     intents = [
@@ -717,6 +730,56 @@ def test_a_step_batches_its_plain_applies_and_answers_every_intent_in_its_place(
     assert stored["new-0"] == {"K": "0"} and stored["new-1"] == {"K": "1"}
     assert stored["drifted"] == {"A": "b"}  # the self-heal dropped the key another manager added
     assert stored["taken"] == {"KEY": "theirs"}
+
+
+def test_a_delete_goes_out_only_while_the_object_is_still_the_sources(cluster, namespace):
+    """A prune (or a replace) planned seconds or minutes ago deletes nothing another source or a person
+    took over since: the object is read, its labels checked, and the delete made on the condition that
+    it is still the object read."""
+    from gitops.cluster.client import NotHeldError
+
+    manager = "sluice-test"
+    cluster.apply_configmap(labelled(configmap(namespace, "theirs"), "other"), field_manager=manager)
+    cluster.apply_configmap(configmap(namespace, "unlabelled"), field_manager=manager)
+    with pytest.raises(NotHeldError, match="it is now source other's"):
+        cluster.delete_configmap(namespace, "theirs", held_by="apps")
+    with pytest.raises(NotHeldError, match="no source's"):
+        cluster.delete_configmap(namespace, "unlabelled", held_by="apps")
+    assert cluster.get_configmap(namespace, "theirs") and cluster.get_configmap(namespace, "unlabelled")
+    assert cluster.delete_configmap(namespace, "gone", held_by="apps") is False
+
+    cluster.apply_configmap(labelled(configmap(namespace, "ours"), "apps"), field_manager=manager)
+    assert cluster.delete_configmap(namespace, "ours", held_by="apps") is True
+    assert cluster.get_configmap(namespace, "ours") is None
+
+
+@pytest.mark.parametrize("taken_over_by", ["relabelled", "recreated"])
+def test_a_take_over_between_the_deletes_read_and_its_request_keeps_the_object(
+    cluster, namespace, taken_over_by
+):
+    """The delete's preconditions (uid and resourceVersion): an object relabelled, or deleted and made
+    again by someone else, between the read and the DELETE fails them, is read again, and is kept."""
+    from gitops.cluster.client import NotHeldError
+
+    manager = "sluice-test"
+    cluster.apply_configmap(labelled(configmap(namespace, "app"), "apps"), field_manager=manager)
+    fences = []
+
+    def take_over() -> None:
+        fences.append(1)
+        if len(fences) > 1:
+            return
+        if taken_over_by == "recreated":
+            cluster.delete_configmap(namespace, "app")
+        cluster.apply_configmap(
+            labelled(configmap(namespace, "app"), "other"), field_manager="someone-else", force=True
+        )
+
+    with pytest.raises(NotHeldError, match="source other's"):
+        cluster.delete_configmap(namespace, "app", held_by="apps", fence=take_over)
+    assert len(fences) == 1  # read again after the failed precondition, and refused before any delete
+    kept = cluster.get_configmap(namespace, "app")
+    assert kept is not None and kept["metadata"]["labels"]["sluice.dev/source"] == "other"
 
 
 @pytest.mark.parametrize(

@@ -225,6 +225,48 @@ def test_a_prune_a_killed_worker_left_pending_spares_an_object_someone_took_over
     assert logged == ["gone"], "the deletion found carried out is logged; the spared one is not"
 
 
+def test_a_prune_spares_an_object_another_source_took_over_between_its_plan_and_its_delete(
+    repo, make_namespaces, make_source, start_worker, cluster, core_api, tmp_path
+):
+    """The plan found the object the source's and Git without it; before the delete went out (the worker
+    held between writing its intents and sending them), another source's labels were put on it. The
+    delete reads it first and is made only on the condition that it is the object read: it is kept, and
+    the change log says why."""
+    from gitops.tasks import sync_source
+
+    (namespace,) = make_namespaces("app")
+    repo.write_all(
+        {
+            "sluice.yaml": policy([namespace], prune=True),
+            "configmaps/gone.yaml": configmap("gone", {"V": "1"}),
+        }
+    )
+    repo.commit("v1")
+    source = make_source()
+    queue = f"held-prune-{source.pk}"
+    go_on = tmp_path / "go-on"
+    start_worker(queues=queue, env_overrides={"SLUICE_FAILPOINTS": f"before-apply=until:{go_on}"})
+    go_on.touch()
+    assert sync_source.apply_async((source.pk,), queue=queue).get(timeout=180)["outcome"] == "applied"
+    go_on.unlink()
+    repo.remove("configmaps/gone.yaml")
+    repo.commit("v2: without it")
+    answer = sync_source.apply_async((source.pk,), queue=queue)
+    pending = ApplyIntent.objects.filter(source=source, status="pending", action="delete")
+    poll(lambda: pending.count() == 1, timeout=90, what="the prune's intent, written and not sent")
+
+    core_api.patch_namespaced_config_map(
+        "gone", namespace, {"metadata": {"labels": {"sluice.dev/source": "another-source"}}}
+    )
+    go_on.touch()
+    result = answer.get(timeout=180)
+
+    assert result["outcome"] == "failed"
+    assert cluster.get_configmap(namespace, "gone")["data"] == {"V": "1"}, "taken over: not deleted"
+    refused = Change.objects.get(source=source, action="delete")
+    assert "not deleted: it is now source another-source's" in refused.error
+
+
 def test_an_update_a_killed_worker_left_pending_spares_an_object_someone_took_over_meanwhile(
     repo, make_namespaces, make_source, start_worker, cluster, core_api
 ):
