@@ -14,7 +14,7 @@ planning reads it (``gitops.cluster.live``). A cluster that does not answer or
 refuses only leaves its own namespaces stale: the others' informers go on.
 
 When an object changes away from what Sluice applied (``stamps.sources_to_wake``),
-in any cluster, the source it belongs to is reconciled at once, through
+in any cluster, the source it belongs to (whose inventory holds it) is reconciled at once, through
 ``gitops.schedule``; a burst of events makes one reconcile, since a source
 already queued is not queued again. Sluice's own writes leave objects as applied
 and wake nobody.
@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import redis
 from django.conf import settings
@@ -50,6 +50,7 @@ from gitops.heartbeat import heartbeat_touch
 from gitops.memory import limit_malloc_arenas, tune_garbage_collector
 from gitops.models import ManagedObject, Source
 from gitops.plan.stamps import LiveStamp, sources_to_wake, stamp_of
+from gitops.record.inventory import CONFIGMAP
 from gitops.vocabulary import SYSTEM_ACTOR
 
 log = logging.getLogger("gitops.livecache")
@@ -150,49 +151,84 @@ WAKE_RETRY_SECONDS = 2.0
 WAKER_DRAIN_SECONDS = 10.0  # how long a stopping process waits for the wakes still queued
 
 
+class Wake(NamedTuple):
+    """A change to an object that may wake ``source``: only one its inventory holds does."""
+
+    source: str
+    cluster: str
+    namespace: str
+    name: str
+
+
 class Waker:
-    """Reconciles sources whose objects changed, from one thread (one database connection)."""
+    """Reconciles sources whose objects changed, from one thread (one database connection).
+
+    Labels anyone may write do not make an object a source's: a ConfigMap a tenant labels with a
+    source's name, and edits in a loop, would reconcile that source in a loop. Only a change to an
+    object the source's inventory holds (what Sluice applied for it) wakes it; the others wait for its
+    poll, whose plan reports them as not the source's."""
 
     def __init__(self, stop: threading.Event) -> None:
         self.stop = stop
-        self.pending: queue.Queue[str] = queue.Queue()
+        self.pending: queue.Queue[Wake] = queue.Queue()
 
-    def wake(self, sources: Iterable[str]) -> None:
-        for source in sources:
-            self.pending.put(source)
+    def wake(self, wakes: Iterable[Wake]) -> None:
+        for each in wakes:
+            self.pending.put(each)
 
     def run(self) -> None:
         """Wakes what is asked until ``stop``, and then what is still queued: the caches store events
         until their leases go, after the process was told to stop, and no later event repeats a wake."""
         while not (self.stop.is_set() and self.pending.empty()):
             try:
-                names = {self.pending.get(timeout=0.5)}
+                wakes = {self.pending.get(timeout=0.5)}
             except queue.Empty:
                 continue
             while not self.pending.empty():
-                names.add(self.pending.get_nowait())
+                wakes.add(self.pending.get_nowait())
             try:
-                self._enqueue(names)
+                self._enqueue(wakes)
             except DatabaseError:  # the database away: the waker lives on, and tries them again
                 # No later event repeats this wake: the stamp is stored already, so the drift would
                 # wait for the next poll. They are put back, after a pause that lets the database return.
-                log.exception("could not wake sources %s; trying again shortly", sorted(names))
+                log.exception("could not wake sources %s; trying again shortly", _sources(wakes))
                 if self.stop.is_set():
                     return  # stopping: their next poll syncs them
                 self.stop.wait(WAKE_RETRY_SECONDS)
-                self.wake(names)
+                self.wake(wakes)
             except Exception:  # anything else would fail again: the waker lives on, the next poll syncs them
-                log.exception("could not wake sources %s", sorted(names))
+                log.exception("could not wake sources %s", _sources(wakes))
 
     @staticmethod
-    def _enqueue(names: set[str]) -> None:
+    def _enqueue(wakes: set[Wake]) -> None:
         close_old_connections()
+        names = _held_by_inventory(wakes)
+        if ignored := _sources(wakes) - names:
+            log.debug("objects labelled for %s changed; none the source applied: woken by its poll", ignored)
         for source_id, name in Source.objects.filter(name__in=names).values_list("pk", "name"):
             try:
                 if schedule.source_sync_once(source_id, actor=SYSTEM_ACTOR):
                     log.info("source=%s changed in the cluster: reconcile queued", name)
             except schedule.SyncNotQueued:  # given back as a due poll; the other sources are still woken
                 log.warning("source=%s changed in the cluster: the broker refused its reconcile", name)
+
+
+def _sources(wakes: Iterable[Wake]) -> set[str]:
+    return {each.source for each in wakes}
+
+
+def _held_by_inventory(wakes: set[Wake]) -> set[str]:
+    """The sources of ``wakes`` whose inventory holds the changed object: one query for the batch."""
+    held = set(
+        ManagedObject.objects.filter(
+            kind=CONFIGMAP,
+            source__name__in=_sources(wakes),
+            cluster__in={each.cluster for each in wakes},
+            namespace__in={each.namespace for each in wakes},
+            name__in={each.name for each in wakes},
+        ).values_list("source__name", "cluster", "namespace", "name")
+    )
+    return {each.source for each in wakes if tuple(each) in held}
 
 
 # -- stamps from events ---------------------------------------------------------------------
@@ -288,7 +324,7 @@ class EventWriter:
             if not batch:
                 return  # closed, and the queue drained: ``close`` found it full and queued no None
             events = [event for event in batch if event is not None]
-            woken: set[str] = set()
+            woken: set[Wake] = set()
             try:
                 if self.failure is None and events:
                     woken = self._store(events)
@@ -331,7 +367,7 @@ class EventWriter:
         with contextlib.suppress(Exception):
             self.sink.store.write("", {}, fresh=False, whole_cluster=True)
 
-    def _store(self, events: list[_Event]) -> set[str]:
+    def _store(self, events: list[_Event]) -> set[Wake]:
         """Stores the events, then updates ``known``; the sources to wake."""
         last = events[-1]
         # A deletion is told by its version: below a floor it leaves the floor (see livestore's "Floors").
@@ -343,13 +379,13 @@ class EventWriter:
         self.sink._fenced(
             lambda: store.write_events(texts, resource_version=last.resource_version, fresh=last.fresh)
         )
-        woken: set[str] = set()
+        woken: set[Wake] = set()
         for event in events:
             known = self.sink.known.setdefault(event.namespace, {})
             before = known.pop(event.name, None)
             if event.stamp is not None:
                 known[event.name] = event.stamp
-            woken |= sources_to_wake(before, event.stamp)
+            woken |= self.sink.wakes(event.namespace, event.name, before, event.stamp)
         return woken
 
 
@@ -360,7 +396,7 @@ class StampSink:
     every namespace. Each scope is told of by one thread, and each namespace by one scope.
     """
 
-    def __init__(self, store: LiveStore, wake: Callable[[set[str]], None]) -> None:
+    def __init__(self, store: LiveStore, wake: Callable[[set[Wake]], None]) -> None:
         self.store, self.wake = store, wake
         self.known: dict[str, dict[str, LiveStamp]] = {}
         self.synced: set[str] = set()  # scopes whose watch is caught up
@@ -375,10 +411,19 @@ class StampSink:
         self.known[namespace] = {name: stamp for name, stamp in decoded.items() if stamp is not None}
         self.synced.discard(namespace)
         drifted = {
-            source for stamp in self.known[namespace].values() for source in sources_to_wake(None, stamp)
+            each
+            for name, stamp in self.known[namespace].items()
+            for each in self.wakes(namespace, name, None, stamp)
         }
         if drifted:
             self.wake(drifted)
+
+    def wakes(
+        self, namespace: str, name: str, before: LiveStamp | None, after: LiveStamp | None
+    ) -> set[Wake]:
+        """What a change of one object from ``before`` to ``after`` (None: absent) may wake."""
+        cluster = self.store.cluster
+        return {Wake(source, cluster, namespace, name) for source in sources_to_wake(before, after)}
 
     def drop(self, namespace: str) -> None:
         self.known.pop(namespace, None)
@@ -431,11 +476,11 @@ class StampSink:
             gone = (stored | self.known.keys()) - listed.keys()
             self._fenced(lambda: self.store.replace_all(texts, gone, listed=resource_version))
             self._write("", {}, resource_version=resource_version, fresh=True)
-        woken: set[str] = set()
+        woken: set[Wake] = set()
         for namespace in namespaces:
             before, after = self.known.pop(namespace, {}), listed.get(namespace, {})
             for name in before.keys() | after.keys():
-                woken |= sources_to_wake(before.get(name), after.get(name))
+                woken |= self.wakes(namespace, name, before.get(name), after.get(name))
             if after or scope:
                 self.known[namespace] = after
         self.synced.add(scope)
@@ -463,7 +508,7 @@ class StampSink:
         before = known.pop(name, None)
         if stamp is not None:
             known[name] = stamp
-        self.wake(sources_to_wake(before, stamp))
+        self.wake(self.wakes(namespace, name, before, stamp))
 
     def alive(self, scope: str, resource_version: str) -> None:
         if not scope:

@@ -108,6 +108,38 @@ def test_a_kubectl_edit_is_healed_without_waiting_for_a_poll(
     assert healed_in < HEAL_DEADLINE
 
 
+def test_a_configmap_labelled_for_a_source_that_never_applied_it_wakes_nobody(
+    repo, make_namespaces, make_source, sync, cluster, live_cache
+):
+    """Labels anyone may write: a tenant's ConfigMap labelled with another source's name, made and edited
+    in a loop, reconciled that source in a loop. Only an object the source's inventory holds wakes it;
+    an edit of one still heals at once."""
+    namespace, source = synced_source(repo, make_namespaces, make_source, sync)
+    other = make_source(poll_interval=HOURLY)  # never synced: it applied nothing
+    poll(lambda: fresh(namespace), timeout=30, what="the live cache to watch the namespace")
+
+    forged = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "forged",
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/managed-by": "sluice", "sluice.dev/source": other.name},
+        },
+        "data": {"K": "v"},
+    }
+    cluster.apply_configmap(forged, field_manager="tenant")
+    kubectl_edit(namespace, "forged", "s/K: v/K: w/")
+    kubectl_edit(
+        namespace, "app-0", "s/LOG_LEVEL: info/LOG_LEVEL: debug/"
+    )  # after them, in the watch's order
+    poll(lambda: heals(source) == 1, timeout=HEAL_DEADLINE, what="the edit of a managed object to be healed")
+
+    told = live_cache.log_path.read_text()
+    assert f"source={source.name} changed in the cluster: reconcile queued" in told
+    assert f"source={other.name} changed in the cluster" not in told
+
+
 def resume_keys(cluster: str) -> set[str]:
     """The live cache's resume keys of ``cluster`` in Redis: ``cresume`` for its one cluster-wide
     watch, ``resume:NS`` for each namespace watched on its own."""

@@ -98,9 +98,27 @@ def relist(sink: StampSink, objects: list[dict[str, Any]]) -> None:
     sink.relisted("", "100")
 
 
+class Woken(list):
+    """The sources each wake asked for; which objects they were is the waker's business (one test)."""
+
+    def append(self, wakes: set[livecache.Wake]) -> None:
+        super().append({each.source for each in wakes})
+
+
 @pytest.fixture
 def woken() -> list[set[str]]:
-    return []
+    return Woken()
+
+
+def test_a_wake_names_the_changed_object_so_the_waker_can_check_the_inventory() -> None:
+    """Labels anyone may write: the waker wakes a source only for an object its inventory holds, so
+    each wake carries the object's cluster, namespace and name beside the source."""
+    store = MemoryStore()
+    asked: list[set[livecache.Wake]] = []
+    sink = StampSink(store, asked.append)  # type: ignore[arg-type]
+    edited = edited_by_hand(configmap("team-a", "app", source="a"), section="data", key="MODE", value="x")
+    sink.changed("team-a", "MODIFIED", edited)
+    assert asked[-1] == {livecache.Wake("a", "local", "team-a", "app")}
 
 
 def test_a_relist_replaces_every_namespace_and_drops_those_in_no_page(woken) -> None:
@@ -297,15 +315,19 @@ def test_the_waker_wakes_what_was_queued_before_it_stops(monkeypatch) -> None:
     """The process is told to stop; its caches store events until their leases go, and the wakes those
     events asked for are still sent. Before, the waker stopped with the process, within half a second,
     and the drifts waited for their next poll."""
-    enqueued: list[set[str]] = []
+    enqueued: list[set[livecache.Wake]] = []
     monkeypatch.setattr(livecache.Waker, "_enqueue", staticmethod(enqueued.append))
     waker = livecache.Waker(threading.Event())
     waker.stop.set()
-    waker.wake(["shop", "billing"])
+    shop, billing = (
+        livecache.Wake("shop", "local", "a", "app"),
+        livecache.Wake("billing", "local", "b", "app"),
+    )
+    waker.wake([shop, billing])
 
     thread = threading.Thread(target=waker.run, daemon=True)
     thread.start()
     thread.join(timeout=10)
 
     assert not thread.is_alive()
-    assert enqueued == [{"shop", "billing"}]
+    assert enqueued == [{shop, billing}]
