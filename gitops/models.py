@@ -441,6 +441,10 @@ class Rollout(models.Model):
     # from another directory is other content: a rollout of its own (``lifecycle.rollout_choose``). NULL:
     # not known (a worker of the release before inserted the row), taken as the source's.
     path = models.CharField(max_length=1000, null=True, blank=True, default=None)  # noqa: DJ001 (unknown, not "")
+    # The newest head, not the rollout's own commit, that holds its directory byte for byte (a commit
+    # elsewhere in a monorepo): the rollout stands for it (``lifecycle._stands_for_head``), and a retry
+    # is of the head's content. Written by the pass that finds it; "" none.
+    stands_for = models.CharField(max_length=COMMIT_LENGTH, blank=True, default="", db_default="")
     promoted_by = models.CharField(max_length=150, blank=True, default="")
     abort_requested_by = models.CharField(max_length=150, blank=True, default="")
     abort_reason = models.TextField(blank=True, default="")

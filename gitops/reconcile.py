@@ -31,7 +31,13 @@ from gitops.desired.errors import ValidationError
 from gitops.desired.revision import DesiredState
 from gitops.errors import GitopsError, PermanentError, TemporaryError
 from gitops.fetch.mirror import FetchInterrupted
-from gitops.fetch.revisions import commit_identities, revision_desired_state, revision_fetch, revision_reject
+from gitops.fetch.revisions import (
+    commit_identities,
+    directory_unchanged,
+    revision_desired_state,
+    revision_fetch,
+    revision_reject,
+)
 from gitops.locks import ReconcileLockLost, SourceBusy, TakeoverPending, lock_waited, source_lock
 from gitops.models import Revision, Rollout, Source, SourceRemoval, automatic_sync_filter, known_clusters
 from gitops.prepared import PreparedSelect, PreparedUpdate
@@ -127,7 +133,8 @@ def _reconcile(
         return _head_rejected(source, head, result, decided)
     rollout, queued = chosen
     logs.add_context(rollout=rollout.pk)
-    desired = head_desired if rollout.revision_id == head.pk else None
+    # A rollout of an earlier commit that stands for the head holds the head's content: not loaded again.
+    desired = head_desired if queued is None and directory_unchanged(source, head, rollout) else None
     outcome = _drive(rollout, desired, actor, retry_failed, gate, fresh=True)  # rollout_choose read it now
     _outcome_into(result, outcome, queued, gate)
     if report_rollout:  # one wide query: a push's or a poll's result is read by nobody

@@ -1054,6 +1054,18 @@ class GitMirror:
             message=message.removesuffix("\n"),  # the line end ``--format`` puts after each commit
         )
 
+    def directory_tree(self, commit: str, path: str) -> str | None:
+        """The id of the tree ``path`` ("": the root) names at ``commit``: two commits with one id hold that
+        directory byte for byte. None when the mirror lacks the commit or the commit the directory."""
+        commit = check_object_id(commit, "commit")
+        spec = f"{commit}:{path}" if path else f"{commit}^{{tree}}"
+        completed = self._local(
+            git_at(self.path, "rev-parse", "--verify", "--quiet", "--end-of-options", spec)
+        )
+        if completed.returncode != 0:
+            return None
+        return completed.stdout.decode("ascii").strip() or None
+
     def _resolve(self, ref: str) -> str | None:
         completed = self._local(git_at(self.path, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"))
         if completed.returncode != 0:

@@ -442,6 +442,36 @@ def revision_reject(source: Source, revision: Revision, rejected: RevisionReject
     )
 
 
+# (mirror, head commit, other commit, directory) -> whether the directory's trees are one: asked at every
+# pass of a source whose head came after its rollout's commit, and immutable once both commits are known.
+_SAME_DIRECTORY: dict[tuple[str, str, str, str], bool] = {}
+_SAME_DIRECTORY_KEPT = 4096
+
+
+def directory_unchanged(source: Source, head: Revision, rollout: Rollout) -> bool:
+    """Whether ``head`` holds the source's directory byte for byte as ``rollout``'s commit held it, read
+    from the same directory: a commit elsewhere in a monorepo (or an empty one) brings nothing new, and
+    the rollout stands for it. False when either commit is no longer in the mirror."""
+    if rollout.revision_id == head.pk:
+        return not rollout.directory_moved(source)
+    if rollout.directory_moved(source):
+        return False
+    path = source.path.strip("/")
+    key = (str(mirror_path(source)), head.commit, rollout.revision.commit, path)
+    known = _SAME_DIRECTORY.get(key)
+    if known is not None:
+        return known
+    with mirror_for(source) as mirror:
+        ours = mirror.directory_tree(head.commit, path)
+        theirs = mirror.directory_tree(rollout.revision.commit, path)
+    if ours is None or theirs is None:
+        return False  # not known now: not remembered either
+    if len(_SAME_DIRECTORY) >= _SAME_DIRECTORY_KEPT:
+        _SAME_DIRECTORY.clear()
+    _SAME_DIRECTORY[key] = ours == theirs
+    return ours == theirs
+
+
 def commit_identities(source: Source, head: Revision) -> list[str]:
     """Authors and committers of every commit a rollout of ``head`` brings, since the last completed one
     of the source's directory: a source moved to another directory brings that directory's content, as a

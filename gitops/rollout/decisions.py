@@ -262,9 +262,14 @@ def _rollout_retried(rollout_id: int, *, username: str) -> Rollout:
             raise RolloutError(
                 f"{source.name} follows another repository or branch since; its next pass fetches it"
             )
-        if source.last_commit != rollout.revision.commit:
+        if source.last_commit not in (rollout.revision.commit, rollout.stands_for):
             raise RolloutError(
                 f"{source.name} has moved on to {source.last_commit[:12]}; retry that revision instead"
+            )
+        if newer := Rollout.objects.filter(source=source, pk__gt=rollout.pk).order_by("pk").first():
+            # A retry sent twice (an answer lost, a stale page's button) ran the revision again at step 0.
+            raise RolloutError(
+                f"rollout {newer.pk} came after rollout {rollout.pk}; retry that one if need be"
             )
         if rollout.directory_moved(source):
             where = source.path or "the repository's root"

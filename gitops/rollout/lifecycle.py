@@ -29,7 +29,7 @@ from gitops.desired.policy import (
 from gitops.desired.revision import DesiredState
 from gitops.errors import TemporaryError
 from gitops.failpoints import failpoint
-from gitops.fetch.revisions import flag_keys_elsewhere
+from gitops.fetch.revisions import directory_unchanged, flag_keys_elsewhere
 from gitops.locks import flag_keys_lock
 from gitops.models import Revision, Rollout, RolloutEvent, Source
 from gitops.prepared import PreparedSelect
@@ -75,6 +75,8 @@ def rollout_choose(
     moved = of_head is not None and of_head.directory_moved(source)
     if of_head is not None and of_head.phase != Rollout.Phase.SUPERSEDED and not moved:
         return of_head, None
+    if newest is not None and of_head is None and _stands_for_head(source, newest, head):
+        return newest, None
     why = ""
     if of_head is not None and moved:
         why = f": the source moved from {_directory(of_head.path)} to {_directory(source.path)}"
@@ -99,6 +101,8 @@ def _active_kept(
     of_head = active.revision_id == head.pk
     if (of_head and not active.directory_moved(source)) or active.abort_requested_by:
         return active, None
+    if not of_head and _stands_for_head(source, active, head):
+        return active, None
     if not of_head and head_desired.policy.rollout.on_new_revision == OnNewRevision.QUEUE:
         Revision.objects.filter(pk=head.pk, outcome=Revision.Outcome.VALID).update(
             outcome=Revision.Outcome.QUEUED
@@ -118,6 +122,25 @@ def _active_kept(
         if refusals is not None:
             refusals.extend(refused)
     return None
+
+
+def _stands_for_head(source: Source, rollout: Rollout, head: Revision) -> bool:
+    """Whether a rollout of an earlier commit stands for the head: the head holds the source's directory
+    byte for byte as the rollout's commit did (another team's commit in a monorepo, an empty commit). Its
+    content is the rollout's, so it neither supersedes the rollout under way (restoring canaries and
+    restarting consumers twice, approvals lost), nor queues, nor starts the same content again through
+    every gate, nor runs an aborted or failed rollout's content again that nobody retried. A completed
+    rollout's content is the head's too: the head is recorded as applied."""
+    if rollout.phase == Rollout.Phase.SUPERSEDED or not directory_unchanged(source, head, rollout):
+        return False
+    if rollout.stands_for != head.commit:
+        Rollout.objects.filter(pk=rollout.pk).update(stands_for=head.commit)
+        rollout.stands_for = head.commit
+    if rollout.phase == Rollout.Phase.COMPLETED:
+        Revision.objects.filter(pk=head.pk, outcome=Revision.Outcome.VALID).update(
+            outcome=Revision.Outcome.APPLIED
+        )
+    return True
 
 
 def _head_claimed_while_rolling_back(

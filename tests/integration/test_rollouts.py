@@ -850,6 +850,82 @@ def test_a_new_commit_supersedes_a_running_rollout(repo, make_namespaces, make_s
     assert {c.commit for c in superseded} == {v1}
 
 
+def monorepo_rollout_paused(repo, make_namespaces, make_source, sync, cluster):
+    """A source reading ``team-a/`` of a monorepo, its v2 paused at 50% for an approval: (source, the
+    rollout, its targets)."""
+    targets = make_namespaces("canary", "rest")
+    repo.write_all(
+        {
+            "team-a/sluice.yaml": policy(targets),
+            "team-a/configmaps/app.yaml": configmap("app", {"VERSION": "1"}),
+        }
+    )
+    repo.commit("v1")
+    source = make_source(path="team-a")
+    assert sync(source)["outcome"] == "applied"
+    repo.write_all(
+        {
+            "team-a/sluice.yaml": policy(targets, rollout={"steps": [{"setWeight": 50}, {"pause": {}}]}),
+            "team-a/configmaps/app.yaml": configmap("app", {"VERSION": "2"}),
+        }
+    )
+    repo.commit("v2")
+    sync(source)
+    paused = wait_for(source, phase="Paused", waiting_for="approval")
+    assert versions(cluster, targets) == ["2", "1"]
+    return source, paused, targets
+
+
+def test_another_teams_commit_in_a_monorepo_neither_supersedes_nor_repeats_a_rollout(
+    repo, make_namespaces, make_source, sync, cluster, people
+):
+    """Every tip of the branch is a revision, and a rollout not of the head was superseded: another
+    team's commit elsewhere in the monorepo restored the canaries, restarted their consumers and started
+    the same content again at step 0, its approvals lost; after a completed rollout, it sent the same
+    content through every gate again. A head whose directory is byte for byte the rollout's is its."""
+    source, paused, targets = monorepo_rollout_paused(repo, make_namespaces, make_source, sync, cluster)
+    repo.write("team-b/configmaps/theirs.yaml", configmap("theirs", {"K": "v"}))
+    elsewhere = repo.commit("team-b: their own change")
+    sync(source)
+
+    assert Rollout.objects.get(pk=paused.pk).phase == "Paused"
+    assert Rollout.objects.filter(source=source).count() == 2, "v1's and v2's: none started of the same"
+    assert not Change.objects.filter(rollout=paused, action="rollback").exists()
+    assert versions(cluster, targets) == ["2", "1"]
+
+    decisions.rollout_promote(paused.pk, user=people["approver"])
+    wait_for(source, phase="Completed")
+    assert versions(cluster, targets) == ["2", "2"]
+    repo.write("team-b/configmaps/theirs.yaml", configmap("theirs", {"K": "w"}))
+    later = repo.commit("team-b: again")
+    assert sync(source)["outcome"] in ("unchanged", "completed")
+    assert Rollout.objects.filter(source=source).count() == 2, "no rollout of the same content again"
+    assert Revision.objects.get(source=source, commit=later).outcome == "applied"
+    assert elsewhere != later
+
+
+def test_an_aborted_rollout_is_not_run_again_by_a_commit_elsewhere_and_is_retried_once(
+    repo, make_namespaces, make_source, sync, cluster, people
+):
+    """An approver aborts a bad revision; a teammate's commit elsewhere in the monorepo started a rollout
+    of the same bad content, with nobody asking. The head stands with the aborted rollout; a retry of it
+    is still allowed, once: a retry sent again (an answer lost, a stale page's button) is refused."""
+    source, paused, targets = monorepo_rollout_paused(repo, make_namespaces, make_source, sync, cluster)
+    decisions.rollout_abort(paused.pk, user=people["approver"])
+    aborted = wait_for(source, phase="Aborted")
+    repo.write("team-b/notes.txt", "their notes")
+    repo.commit("team-b: notes")
+    sync(source)
+
+    assert Rollout.objects.filter(source=source).count() == 2, "the aborted content is not started again"
+    assert versions(cluster, targets) == ["1", "1"]
+    again = decisions.rollout_retry(aborted.pk, user=people["approver"])
+    resumed = wait_for(source, phase="Paused", waiting_for="approval")
+    assert resumed.pk == again.pk and versions(cluster, targets) == ["2", "1"]
+    with pytest.raises(RolloutError, match=f"rollout {again.pk} came after rollout {aborted.pk}"):
+        decisions.rollout_retry(aborted.pk, user=people["approver"])
+
+
 def test_a_new_commit_queues_behind_a_running_rollout(
     repo, make_namespaces, make_source, sync, cluster, people
 ):
