@@ -33,7 +33,6 @@ from gitops.errors import GitopsError, PermanentError, TemporaryError
 from gitops.fetch.mirror import FetchInterrupted
 from gitops.fetch.revisions import (
     commit_identities,
-    directory_unchanged,
     revision_desired_state,
     revision_fetch,
     revision_reject,
@@ -43,7 +42,13 @@ from gitops.models import Revision, Rollout, Source, SourceRemoval, automatic_sy
 from gitops.prepared import PreparedSelect, PreparedUpdate
 from gitops.record.changelog import intents_pending_query
 from gitops.rollout.flag_canary import CanaryRefused
-from gitops.rollout.lifecycle import FlagKeysTaken, rollback_asked, rollout_choose, rollout_drive
+from gitops.rollout.lifecycle import (
+    FlagKeysTaken,
+    rollback_asked,
+    rollout_choose,
+    rollout_drive,
+    rollout_holds_head,
+)
 from gitops.rollout.rollback import rollbacks_owed_finish, rollbacks_owing, rollout_rollback
 from gitops.rollout.state import StepOutcome, owed_rollbacks_memo, owed_rollbacks_none, pending_writes_known
 from gitops.rollout.step import Resumed, intents_finish_pending, plan_held
@@ -134,7 +139,12 @@ def _reconcile(
     rollout, queued = chosen
     logs.add_context(rollout=rollout.pk)
     # A rollout of an earlier commit that stands for the head holds the head's content: not loaded again.
-    desired = head_desired if queued is None and directory_unchanged(source, head, rollout) else None
+    desired = (
+        head_desired
+        if queued is None
+        and rollout_holds_head(source, head=head, rollout=rollout, head_desired=head_desired)
+        else None
+    )
     outcome = _drive(rollout, desired, actor, retry_failed, gate, fresh=True)  # rollout_choose read it now
     _outcome_into(result, outcome, queued, gate)
     if report_rollout:  # one wide query: a push's or a poll's result is read by nobody

@@ -75,7 +75,7 @@ def rollout_choose(
     moved = of_head is not None and of_head.directory_moved(source)
     if of_head is not None and of_head.phase != Rollout.Phase.SUPERSEDED and not moved:
         return of_head, None
-    if newest is not None and of_head is None and _stands_for_head(source, newest, head):
+    if newest is not None and of_head is None and _stands_for_head(source, newest, head, head_desired):
         return newest, None
     why = ""
     if of_head is not None and moved:
@@ -101,7 +101,7 @@ def _active_kept(
     of_head = active.revision_id == head.pk
     if (of_head and not active.directory_moved(source)) or active.abort_requested_by:
         return active, None
-    if not of_head and _stands_for_head(source, active, head):
+    if not of_head and _stands_for_head(source, active, head, head_desired):
         return active, None
     if not of_head and head_desired.policy.rollout.on_new_revision == OnNewRevision.QUEUE:
         Revision.objects.filter(pk=head.pk, outcome=Revision.Outcome.VALID).update(
@@ -124,14 +124,26 @@ def _active_kept(
     return None
 
 
-def _stands_for_head(source: Source, rollout: Rollout, head: Revision) -> bool:
+def rollout_holds_head(source: Source, rollout: Rollout, head: Revision, head_desired: DesiredState) -> bool:
+    """Whether ``rollout`` holds the head's content: it is of the head, read from the source's directory,
+    or of an earlier commit whose directory the head holds byte for byte (``directory_unchanged``). Git
+    is asked only when the content hashes agree: a commit that changes the content (nearly every new
+    head) costs no process."""
+    if rollout.revision_id == head.pk:
+        return not rollout.directory_moved(source)
+    return rollout.content_hash == head_desired.content_hash and directory_unchanged(source, head, rollout)
+
+
+def _stands_for_head(source: Source, rollout: Rollout, head: Revision, head_desired: DesiredState) -> bool:
     """Whether a rollout of an earlier commit stands for the head: the head holds the source's directory
     byte for byte as the rollout's commit did (another team's commit in a monorepo, an empty commit). Its
     content is the rollout's, so it neither supersedes the rollout under way (restoring canaries and
     restarting consumers twice, approvals lost), nor queues, nor starts the same content again through
     every gate, nor runs an aborted or failed rollout's content again that nobody retried. A completed
     rollout's content is the head's too: the head is recorded as applied."""
-    if rollout.phase == Rollout.Phase.SUPERSEDED or not directory_unchanged(source, head, rollout):
+    if rollout.phase == Rollout.Phase.SUPERSEDED or not rollout_holds_head(
+        source, rollout, head, head_desired
+    ):
         return False
     if rollout.stands_for != head.commit:
         Rollout.objects.filter(pk=rollout.pk).update(stands_for=head.commit)
