@@ -875,7 +875,9 @@ def source_or_404(name: str) -> Source:
 
 def rollout_or_404(rollout_id: int) -> Rollout:
     rollout = (
-        selectors.with_approval_count(Rollout.objects.select_related("source", "revision"))
+        selectors.with_approval_count(
+            Rollout.objects.select_related("source", "revision").defer(*Source.related_bulk("source"))
+        )
         .prefetch_related("approvals", "events")
         .filter(pk=rollout_id)
         .first()
@@ -1078,7 +1080,7 @@ def rollout_detail(rollout: Rollout) -> dict[str, Any]:
 def list_sources(request: HttpRequest, paging: Query[PageIn]) -> dict[str, Any]:
     """Every source with its latest revision's outcome and its active rollout, by name."""
     require(request, "gitops.view_source", "gitops.view_rollout")
-    sources = list(window(Source.objects.order_by("name"), paging))
+    sources = list(window(Source.objects.defer(*Source.BULK_FIELDS).order_by("name"), paging))
     return page(source_rows(sources), Source.objects.count(), paging)
 
 
@@ -1176,7 +1178,9 @@ def list_rollouts(
 ) -> dict[str, Any]:
     """Rollouts, newest first."""
     require(request, "gitops.view_rollout")
-    found = selectors.with_approval_count(Rollout.objects.select_related("source", "revision"))
+    found = selectors.with_approval_count(
+        Rollout.objects.select_related("source", "revision").defer(*Source.related_bulk("source"))
+    )
     if filters.source:
         found = found.filter(source__name=filters.source)
     if filters.phase:

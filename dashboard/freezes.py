@@ -110,6 +110,7 @@ def _page(request: HttpRequest, **forms_shown: forms.Form) -> HttpResponse:
     overrides = (
         RolloutEvent.objects.filter(kind=RolloutEventKind.OVERRIDE)
         .select_related("rollout__source")
+        .defer(*Source.related_bulk("rollout__source"))
         .order_by("-id")[:OVERRIDES_SHOWN]
     )
     context = {

@@ -150,7 +150,9 @@ def source_delete(request: HttpRequest, name: str) -> HttpResponse:
 @login_required
 @permission_required("gitops.view_source", raise_exception=True)
 def removal_detail(request: HttpRequest, removal_id: int) -> HttpResponse:
-    removal = get_object_or_404(SourceRemoval, pk=removal_id)
+    removal = get_object_or_404(
+        SourceRemoval.objects.select_related("source").defer(*Source.related_bulk("source")), pk=removal_id
+    )
     changes = Change.objects.filter(intent__removal=removal).order_by("namespace", "name", "id")
     context: dict[str, Any] = {
         "removal": removal,

@@ -241,7 +241,8 @@ def _rollout_context(request: HttpRequest, rollout: Rollout) -> dict[str, Any]:
         ],
         "target_clusters": target_clusters,
         "cluster": cluster,
-        "events": list(RolloutEvent.objects.filter(rollout=rollout).order_by("at", "id")),
+        # Their data (a consumer gate's every workload state) is never shown: not read every second.
+        "events": list(RolloutEvent.objects.filter(rollout=rollout).defer("data").order_by("at", "id")),
         "approvals": list(Approval.objects.filter(rollout=rollout).order_by("at")),
         # A timed pause resumes at pause_until; a consumer gate fails there instead (shown as a deadline).
         "seconds_left": max(0, int((rollout.pause_until - now).total_seconds()))
@@ -259,10 +260,14 @@ def _rollout_context(request: HttpRequest, rollout: Rollout) -> dict[str, Any]:
     }
 
 
+# The rollout page polls every second: its source's plan and consumer map are never shown there.
+ROLLOUT_SHOWN = Rollout.objects.select_related("source", "revision").defer(*Source.related_bulk("source"))
+
+
 @login_required
 @permission_required("gitops.view_rollout", raise_exception=True)
 def rollout_detail(request: HttpRequest, rollout_id: int) -> HttpResponse:
-    rollout = get_object_or_404(Rollout.objects.select_related("source", "revision"), pk=rollout_id)
+    rollout = get_object_or_404(ROLLOUT_SHOWN, pk=rollout_id)
     template = (
         "dashboard/_rollout_live.html" if request.headers.get("HX-Request") else "dashboard/rollout.html"
     )
@@ -306,7 +311,7 @@ def rollout_action(request: HttpRequest, rollout_id: int, action: str) -> HttpRe
     if request.headers.get("HX-Request"):
         # htmx swaps the live block in place and the message into the page's message area (once:
         # the live block's polling never carries messages): the page is never reloaded.
-        rollout = get_object_or_404(Rollout.objects.select_related("source", "revision"), pk=rollout_id)
+        rollout = get_object_or_404(ROLLOUT_SHOWN, pk=rollout_id)
         return render(request, "dashboard/_rollout_action.html", _rollout_context(request, rollout))
     return redirect("dashboard:rollout", rollout_id=rollout_id)
 

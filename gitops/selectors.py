@@ -458,7 +458,10 @@ class Rules:
 
 def _freezes_in_force_query(at: datetime) -> QuerySet[Freeze]:
     return (
-        Freeze.objects.filter(lifted_at__isnull=True, until__gt=at).select_related("source").order_by("until")
+        Freeze.objects.filter(lifted_at__isnull=True, until__gt=at)
+        .select_related("source")
+        .defer(*Source.related_bulk("source"))  # every pass and every page asks: names, not plans
+        .order_by("until")
     )
 
 

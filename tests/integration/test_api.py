@@ -713,6 +713,39 @@ def test_list_endpoints_run_a_fixed_number_of_queries(as_role, people):
     assert max(n for n, _ in many.values()) <= 12
 
 
+def test_lists_and_polled_pages_never_read_a_sources_stored_plan(as_role, people):
+    """A source's last plan runs to megabytes (500 items and their diffs). The rollout list read it once
+    per row (200 rows, one plan: 840 MiB from PostgreSQL, decoded 200 times), and so did the rollout page
+    that polls every second, the freezes every page and pass asks, and the source list."""
+    from gitops import selectors
+    from gitops.models import Freeze
+
+    api = as_role["viewer"]
+    sources = seed(3, people["approver"])
+    Source.objects.update(last_plan={"items": [{"diff": "x" * 1000}]}, consumer_map={"ns/app": ["web"]})
+    Freeze.objects.create(
+        source=sources[0], until=timezone.now() + timedelta(hours=1), reason="r", created_by="otto"
+    )
+    rollout = Rollout.objects.filter(source=sources[0]).get()
+    page = Client()
+    page.force_login(people["viewer"])
+    api.get("/sources")  # the token's first use records last_used_at
+
+    asked = {
+        "/api/sources": lambda: api.get("/sources", limit=200),
+        "/api/rollouts": lambda: api.get("/rollouts", limit=200),
+        "/api/rollouts/ID": lambda: api.get(f"/rollouts/{rollout.pk}"),
+        "rollout page": lambda: page.get(f"/rollouts/{rollout.pk}/", HTTP_HX_REQUEST="true"),
+        "freezes in force": lambda: list(selectors.freezes_in_force(timezone.now())),
+    }
+    for what, ask in asked.items():
+        with CaptureQueriesContext(connection) as queries:
+            answer = ask()
+        assert getattr(answer, "status_code", 200) == 200, what
+        read = [q["sql"] for q in queries if '"last_plan"' in q["sql"] or '"consumer_map"' in q["sql"]]
+        assert read == [], f"{what} read a source's plan or consumer map: {read[0][:300]}"
+
+
 def test_rollouts_that_forbid_self_approval_are_listed_in_a_fixed_number_of_queries(as_role, people):
     """Each active rollout that forbids self-approval counted its gate's approvals with a query of its
     own (before 2026-12-07: a page of 200 was 200 queries more). An author's approval does not count."""
