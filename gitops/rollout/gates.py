@@ -9,10 +9,11 @@ from django.utils import timezone
 
 from gitops import schedule
 from gitops.desired.policy import Analysis, Pause
+from gitops.failpoints import failpoint
 from gitops.models import Rollout
 from gitops.record.events import rollout_event
 from gitops.rollout.analysis import run_analysis
-from gitops.rollout.rollback import rollout_rollback
+from gitops.rollout.rollback import rollback_decide, rollout_rollback
 from gitops.rollout.state import cluster_retry_delay, transition, unreachable_text
 from gitops.vocabulary import SYSTEM_ACTOR, RolloutEventKind, Waiting
 
@@ -107,20 +108,26 @@ def analyse(rollout: Rollout, step: Analysis, refusals: list[str]) -> bool:
     # The check's line and the move it makes commit together, or neither: a worker killed between them
     # left a line for a check that counted for nothing, and its retry ran the check and wrote it again.
     # Someone who moved the rollout meanwhile (an abort) takes the line back with the move.
+    reason = f"analysis failed: {result.detail}"
+    failed_for_good = not result.passed and failures >= step.failure_limit
     with transaction.atomic():
         data = {"passed": result.passed, "failures": failures}
         rollout_event(rollout, RolloutEventKind.ANALYSIS, message=result.detail, data=data)
         moved = _analysis_moved(rollout, step, result.passed, failures, until)
         if not moved:
             transaction.set_rollback(True)
+        elif failed_for_good:
+            # The decision to roll back commits with the failure that makes it: a worker killed between
+            # the two left the rollout under way, and a check that passed on the next pass took it on.
+            rollback_decide(rollout, actor=SYSTEM_ACTOR, reason=reason, phase=Rollout.Phase.ABORTED)
     if not moved:
         # Someone moved it during the check (an abort, a promote): the drive reads it again and goes on
         # from where they left it, so an abort is carried out in this pass, not the next.
         return True
     if result.passed:
         return True
-    if failures >= step.failure_limit:
-        reason = f"analysis failed: {result.detail}"
+    if failed_for_good:
+        failpoint("after-analysis-failed")
         refusals.extend(
             rollout_rollback(rollout, actor=SYSTEM_ACTOR, reason=reason, phase=Rollout.Phase.ABORTED)
         )

@@ -267,6 +267,50 @@ def test_a_prune_spares_an_object_another_source_took_over_between_its_plan_and_
     assert "not deleted: it is now source another-source's" in refused.error
 
 
+def test_an_analysis_failed_for_good_rolls_back_after_a_crash_though_its_check_passes_now(
+    repo, make_namespaces, make_source, start_worker, cluster, analysis_endpoint, tmp_path
+):
+    """The analysis's last allowed failure and the decision to roll back were two commits: a worker killed
+    between them left the rollout under way, and the next pass ran the check again; passing now, it took
+    the rollout on past its failureLimit. The decision now commits with the failure."""
+    from gitops.models import Rollout, RolloutEvent
+    from gitops.tasks import sync_source
+
+    targets = make_namespaces("canary", "rest")
+    repo.write_all({"sluice.yaml": policy(targets), "configmaps/app.yaml": configmap("app", {"V": "1"})})
+    repo.commit("v1")
+    source = make_source(analysis_url_prefixes=[analysis_endpoint.url])
+    queue = f"analysis-crash-{source.pk}"
+    doomed = start_worker(
+        concurrency=1,
+        queues=queue,
+        env_overrides={"SLUICE_FAILPOINTS": f"after-analysis-failed=until:{tmp_path / 'never'}"},
+    )
+    assert sync_source.apply_async((source.pk,), queue=queue).get(timeout=180)["outcome"] == "applied"
+    analysis = {"analysis": {"http": {"url": analysis_endpoint.url}, "failureLimit": 1}}
+    steps = [{"setWeight": 50}, analysis, {"setWeight": 100}]
+    repo.write_all(
+        {
+            "sluice.yaml": policy(targets, rollout={"steps": steps}),
+            "configmaps/app.yaml": configmap("app", {"V": "2"}),
+        }
+    )
+    repo.commit("v2")
+    analysis_endpoint.status = 503
+    sync_source.apply_async((source.pk,), queue=queue)
+    failed = RolloutEvent.objects.filter(rollout__source=source, kind="analysis")
+    poll(failed.exists, timeout=90, what="the analysis's failure, stored")
+    doomed.kill()
+
+    analysis_endpoint.status = 200  # the check would pass now
+    start_worker(queues=queue, env_overrides=TAKES_OVER_SOONER)
+    sync_source.apply_async((source.pk,), queue=queue).get(timeout=180)
+
+    rollout = Rollout.objects.filter(source=source).order_by("-id").first()
+    assert rollout.phase == "Aborted" and "analysis failed" in rollout.message
+    assert [cluster.get_configmap(ns, "app")["data"]["V"] for ns in targets] == ["1", "1"]
+
+
 def test_an_update_a_killed_worker_left_pending_spares_an_object_someone_took_over_meanwhile(
     repo, make_namespaces, make_source, start_worker, cluster, core_api
 ):
