@@ -21,6 +21,7 @@ from django.views.decorators.http import require_POST
 
 from gitops import freezes, selectors
 from gitops.models import Rollout, RolloutEvent, Source, SyncWindow
+from gitops.numerals import whole_number
 from gitops.vocabulary import RolloutEventKind
 from gitops.windows import WindowError, WindowKind, parse_duration
 
@@ -170,6 +171,14 @@ def freeze_create(request: HttpRequest) -> HttpResponse:
 def freeze_lift(request: HttpRequest) -> HttpResponse:
     if not can_manage(request.user):
         raise PermissionDenied("you may not unfreeze sources")
+    freeze_id = whole_number(request.POST.get("freeze", ""), maximum=2**63 - 1)  # PostgreSQL's bigint
+    if freeze_id is not None:  # a row's button: that freeze alone
+        lifted = freezes.freeze_lift(None, user=request.user, freeze_id=freeze_id)  # type: ignore[arg-type]
+        shown = lifted[0].source.name if lifted and lifted[0].source else "every source"
+        messages.success(
+            request, f"Lifted the freeze of {shown}." if lifted else "That freeze is over already."
+        )
+        return _back(request)
     name = request.POST.get("source", "").strip()
     source = Source.objects.filter(name=name).first() if name else None
     if name and source is None:

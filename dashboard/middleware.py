@@ -42,8 +42,12 @@ def _holds_nul(query: QueryDict) -> bool:
 
 
 def _form_holds_nul(request: HttpRequest) -> bool:
-    # The CSRF check parses the same form right after this; the webhook's body is left unread.
-    if request.method != "POST" or request.content_type not in _FORMS or "/webhooks/" in request.path:
+    # The CSRF check parses the same form right after this; the webhook's body is left unread, and so is
+    # the API's: its schemas refuse a NUL, and a form parsed here consumed the stream its parser reads
+    # (a multipart POST to any endpoint was a 500).
+    if request.method != "POST" or request.content_type not in _FORMS:
+        return False
+    if "/webhooks/" in request.path or request.path.startswith("/api/"):
         return False
     return _holds_nul(request.POST)
 

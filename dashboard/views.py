@@ -141,11 +141,15 @@ def overview(request: HttpRequest) -> HttpResponse:
     page = whole_number(request.GET.get("page", ""), maximum=MAX_PAGE) or 1
     rows, total = selectors.overview_rows(search=search, page=page)
     pages = max(1, -(-total // selectors.OVERVIEW_PAGE))
+    if page > pages:  # a page past the last (sources removed, a stale link): the last, not "no sources yet"
+        page = pages
+        rows, total = selectors.overview_rows(search=search, page=page)
+        pages = max(1, -(-total // selectors.OVERVIEW_PAGE))
     context = {
         "rows": rows,
         "total": total,
         "search": search,
-        "page": min(page, pages),
+        "page": page,
         "pages": pages,
         "previous_page": page - 1 if page > 1 else None,
         "next_page": page + 1 if page < pages else None,

@@ -75,12 +75,18 @@ def freeze_set(
     return Freeze.objects.create(source=source, until=until, reason=reason, created_by=actor)
 
 
-def freeze_lift(source: Source | None, *, user: User | None = None, by: str = "") -> list[Freeze]:
-    """Lifts the freezes of ``source`` (None: every freeze), and wakes the sources they held."""
+def freeze_lift(
+    source: Source | None, *, user: User | None = None, by: str = "", freeze_id: int | None = None
+) -> list[Freeze]:
+    """Lifts the freezes of ``source`` (None: every freeze), or only the one ``freeze_id`` names (a row of
+    the freezes page: its every-source row lifted the single sources' freezes too), and wakes the sources
+    they held."""
     actor = _actor(user, by, MANAGE_FREEZES, "unfreeze sources")
     now = timezone.now()
     in_force = Freeze.objects.filter(lifted_at__isnull=True, until__gt=now)
-    if source is not None:
+    if freeze_id is not None:
+        in_force = in_force.filter(pk=freeze_id)
+    elif source is not None:
         in_force = in_force.filter(source=source)
     with transaction.atomic():
         lifted = list(in_force.select_for_update(of=("self",)).select_related("source"))

@@ -574,6 +574,15 @@ def test_an_odd_paging_value_shows_the_first_page_instead_of_a_server_error(peop
         assert _visible(response.content) == _visible(first), (parameter, value[:20])
 
 
+def test_a_page_past_the_last_shows_the_last_not_no_sources_yet(people):
+    """Rows were read for the page asked (past the last: none) and only the page number was clamped, so
+    ``/?page=5`` with one page said "No sources yet" until the next poll swapped the list in."""
+    Source.objects.create(name="only-one", url="file:///nowhere.git")
+    client = client_for(people["viewer"])
+    page = client.get(reverse("dashboard:overview"), {"page": "5"}).content.decode()
+    assert "only-one" in page and "No sources yet" not in page
+
+
 @pytest.mark.parametrize("parameter", ["since", "until"])
 def test_a_change_log_date_that_names_no_moment_is_refused_with_its_field(people, parameter):
     client = client_for(people["viewer"])

@@ -93,6 +93,24 @@ def test_only_an_admin_freezes_unfreezes_and_manages_windows(people, admin, make
     assert (window.removed_by, window.removed_at is not None) == ("ines", True)
 
 
+def test_a_rows_unfreeze_lifts_that_freeze_alone(admin, make_source):
+    """The every-source row's Unfreeze lifted every freeze in force: another admin's freeze of a single
+    source went with it, unasked. A row's button lifts its own freeze."""
+    make_source(name="shop")
+    client = client_for(admin)
+    for scope in ("", "shop"):
+        assert client.post(reverse("dashboard:freeze"), freeze_form(scope)).status_code == 302
+    everything, shop = Freeze.objects.order_by("id")
+    assert everything.source is None and shop.source.name == "shop"
+    page = client.get(reverse("dashboard:windows")).content.decode()
+    assert f'name="freeze" value="{everything.pk}"' in page
+
+    response = client.post(reverse("dashboard:unfreeze"), {"freeze": everything.pk}, follow=True)
+    assert "Lifted the freeze of every source." in response.content.decode()
+    everything.refresh_from_db(), shop.refresh_from_db()
+    assert everything.lifted_at is not None and shop.lifted_at is None, "the shop's freeze stays"
+
+
 def test_the_forms_need_the_csrf_token(admin, make_source):
     make_source(name="shop")
     strict = client_for(admin, enforce_csrf=True)
