@@ -6,10 +6,11 @@ v0.2.x) are written out here by hand rather than run through a schema validator,
 so that every problem names its file, line and field and says what to do. On top
 of the schema come the checks it cannot express: variant names that the
 targeting returns, ``$ref``s naming evaluators that do not exist, values JSON
-cannot hold (YAML dates, NaN). Where the schema is looser than flagd's evaluator or
-JsonLogic itself (several operators in one rule object, ``fractional`` with no
-buckets, a non-string ``version``), the stricter rule applies: anything accepted
-here also passes the official schema.
+cannot hold (YAML dates, NaN), and what flagd's Go daemon substitutes or selects wrongly (a
+``$ref`` between evaluators, ``$flagd`` in an evaluator, a variant named ``a&b``). Where the
+schema is looser than flagd's evaluator or JsonLogic itself (several operators in one rule
+object, ``fractional`` with no buckets, a non-string ``version``), the stricter rule applies:
+anything accepted here also passes the official schema.
 
 Pure: no Django, no I/O.
 """
@@ -43,12 +44,23 @@ CANARY_WEIGHT_METADATA_KEY: Final = "sluiceCanaryWeight"
 
 _FLAG_SET_FIELDS: Final = ("$schema", "flags", "$evaluators", "metadata")
 # An evaluator's name as flagd's evaluators find it in JSON text, escaped or not: printable ASCII, no " or \.
+# What sets published before 2026-12-07 were held to (``_EVALUATOR_NAME`` since).
 _PLAIN_NAME: Final = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]+")
+# An evaluator's name as flagd's Go daemon finds it: v0.12.6 to v0.15 put the name into a regular expression
+# unescaped (metacharacters, "." among them, change what it matches), and v0.16 looks for it in JSON text
+# that escapes <, > and &.
+_EVALUATOR_NAME: Final = re.compile(r"[A-Za-z0-9_-]+")
 # A name JavaScript iterates first, in numeric order (an array index), whatever the declared order.
 _WHOLE_NUMBER: Final = re.compile(r"0|[1-9][0-9]{0,9}")
 _LARGEST_INDEX = 4_294_967_294  # JavaScript's largest array index: larger whole numbers keep their place
 # What JavaScript's replaceAll reads in a replacement string: $$, $&, $` and $'.
 _JS_REPLACEMENT_PATTERN: Final = re.compile(r"\$[$&`']")
+# What Go's Regexp.ReplaceAllString reads as a group in a replacement ($name, $1, ${name}) and replaces
+# with that group's text: flagd's pattern names no group, so "$flagd.timestamp" becomes ".timestamp".
+_GO_REPLACEMENT_GROUP: Final = re.compile(r"\$(?:[A-Za-z0-9_]+|\{)")
+# What Go's JSON encoder escapes in a string: flagd's daemon looks a targeting result up among the
+# variants as its JsonLogic wrote it, escaped, so a name holding one is never selected.
+_UNSELECTABLE_VARIANT_CHARACTER: Final = re.compile(r'[<>&"\\]')
 _FLAG_FIELDS: Final = ("state", "variants", "defaultVariant", "targeting", "metadata")
 _STATES: Final = ("ENABLED", "DISABLED")
 _VARIANT_TYPES: Final = ("boolean", "string", "number", "object")
@@ -503,19 +515,23 @@ class _FlagSetValidator:
             return
         self.evaluators = evaluators
         # Evaluators are shared by flags with different variants: no variant checks.
-        checker = _TargetingChecker(self, variants=None)
+        checker = _TargetingChecker(self, variants=None, in_evaluator=True)
         for name, rule in evaluators.items():
             self._check_name(name, (*path, name), "an evaluator name")
             self._check_substitutable(name, rule, (*path, name))
             checker.check(rule, (*path, name))
-        self._check_references(evaluators, path)
+        if self.published:
+            # Since 2026-12-07 every reference between evaluators is refused where it is written
+            # (``_TargetingChecker.reference``); a set published before may hold them, held to these rules.
+            self._check_references(evaluators, path)
 
     def _check_references(self, evaluators: Mapping[str, Any], path: PathKey) -> None:
-        """What flagd cannot resolve however the evaluators are ordered: an evaluator that refers to itself
-        (directly or through others), and one with a whole-number name that another refers to
-        (JavaScript substitutes those first, before the evaluator that brings the reference along).
-        Any other references resolve: Sluice publishes the evaluators in an order that resolves them
-        (``evaluator_order``)."""
+        """What flagd's Python and JavaScript evaluators cannot resolve however the evaluators are ordered:
+        an evaluator that refers to itself (directly or through others), and one with a whole-number name
+        that another refers to (JavaScript substitutes those first, before the evaluator that brings the
+        reference along). Their other references resolve: Sluice publishes the evaluators in an order
+        that resolves them (``evaluator_order``). The rules for sets published before 2026-12-07; since,
+        flagd's Go daemon, which resolves no reference between evaluators, has them refused."""
         graph = evaluator_references(evaluators)
         for cycle in evaluator_cycles(graph):  # one each, at its first name; linear in the references
             through = " → ".join(_quoted(step) for step in cycle)
@@ -538,13 +554,11 @@ class _FlagSetValidator:
         """What flagd's evaluators (Python's openfeature-flagd-core, JavaScript's @openfeature/flagd-core)
         can substitute: each replaces ``{"$ref": "name"}`` in the flags' JSON text with the evaluator's
         JSON text, the Python one through a regular expression whose replacement reads backslash
-        escapes, the JavaScript one through ``replaceAll``, whose replacement reads ``$`` patterns."""
-        if not _PLAIN_NAME.fullmatch(name):
-            self.report(
-                path,
-                f"evaluator name {_quoted(name)}: flagd finds a $ref by its name in JSON text, so use ASCII "
-                'letters, digits and punctuation other than " and \\',
-            )
+        escapes, the JavaScript one through ``replaceAll``, whose replacement reads ``$`` patterns. And
+        what flagd's Go daemon can: from v0.12.6 to v0.15 it finds a ``$ref`` through a regular
+        expression built from the name and substitutes with Go's ``ReplaceAllString``, whose replacement
+        reads ``$name``, ``$1`` and ``${name}`` as groups."""
+        if not self._substitutable_name(name, path):
             return
         try:
             text = json.dumps(rule, ensure_ascii=True).replace('\\"', "")
@@ -564,6 +578,34 @@ class _FlagSetValidator:
                 "evaluators with replaceAll, which reads it as a replacement pattern; move such text "
                 "into the flags that use it",
             )
+        # A "$ref" key is a reference between evaluators, reported where it is written.
+        elif not self.published and (found := _GO_REPLACEMENT_GROUP.search(text.replace('"$ref":', '"":'))):
+            self.report(
+                path,
+                f"holds {_quoted(found.group())} in a string: flagd's daemon (v0.12.6 to v0.15) substitutes "
+                "evaluators with a Go regular-expression replacement, which reads a $ before a letter, "
+                'digit, "_" or "{" as a group and drops it ("$flagd.timestamp" becomes ".timestamp"); move '
+                "the rule holding it into the targeting of the flags that use it",
+            )
+
+    def _substitutable_name(self, name: str, path: PathKey) -> bool:
+        """Whether flagd's evaluators find a ``$ref`` naming ``name``; reported when they do not."""
+        if not self.published and not _EVALUATOR_NAME.fullmatch(name):
+            self.report(
+                path,
+                f"evaluator name {_quoted(name)}: flagd's daemon finds a $ref through a regular "
+                "expression built from the name (and from v0.16 in JSON text that escapes <, > and &), so "
+                'use only ASCII letters, digits, "_" and "-"',
+            )
+            return False
+        if not _PLAIN_NAME.fullmatch(name):
+            self.report(
+                path,
+                f"evaluator name {_quoted(name)}: flagd finds a $ref by its name in JSON text, so use ASCII "
+                'letters, digits and punctuation other than " and \\',
+            )
+            return False
+        return True
 
     def _check_flags(self, flags: object) -> None:
         path: PathKey = ("flags",)
@@ -616,6 +658,7 @@ class _FlagSetValidator:
         for name, value in variants.items():
             value_path = (*path, name)
             self._check_name(name, value_path, "a variant name")
+            self._check_selectable(name, value_path)
             kind = json_type(value)
             if kind not in _VARIANT_TYPES:
                 advice = " (wrap the array in an object)" if kind == "array" else ""
@@ -632,6 +675,17 @@ class _FlagSetValidator:
                     "all variants of a flag have the same type",
                 )
         return variants
+
+    def _check_selectable(self, name: str, path: PathKey) -> None:
+        """A variant name flagd's Go daemon can select by targeting (since 2026-12-07: a set published
+        before may hold one it cannot)."""
+        if not self.published and (found := _UNSELECTABLE_VARIANT_CHARACTER.search(name)):
+            self.report(
+                path,
+                f"variant name {_quoted(name)} holds {_quoted(found.group())}: flagd's daemon looks a "
+                'targeting result up as its JSON encoder wrote it, which escapes <, >, &, " and \\, so '
+                "targeting never selects this variant; rename it without them",
+            )
 
     def _check_default_variant(
         self, default: object, path: PathKey, variants: Mapping[str, Any] | None
@@ -659,9 +713,12 @@ class _TargetingChecker:
     variants. Literal names there must be variants of the flag.
     """
 
-    def __init__(self, validator: _FlagSetValidator, variants: Mapping[str, Any] | None) -> None:
+    def __init__(
+        self, validator: _FlagSetValidator, variants: Mapping[str, Any] | None, *, in_evaluator: bool = False
+    ) -> None:
         self.validator = validator
         self.variants = variants  # None: unknown (an evaluator, or the flag's variants are broken)
+        self.in_evaluator = in_evaluator  # checking a rule of $evaluators, not a flag's targeting
 
     def report(self, path: PathKey, message: str | Callable[[], str]) -> None:
         self.validator.report(path, message)
@@ -737,6 +794,16 @@ class _TargetingChecker:
         names = self.validator.evaluators
         if not isinstance(name, str):
             self.report((*path, "$ref"), f"must name an evaluator in $evaluators, got {_describe(name)}")
+        elif self.in_evaluator and not self.validator.published:
+            # flagd v0.12.6 to v0.15 read the "$ref" inside the substituted text as a regular-expression
+            # group ({"": "internal"}); v0.16 looks for it compact, and evaluators are inlined as written.
+            self.report(
+                (*path, "$ref"),
+                f"refers to {_quoted(name)} from inside $evaluators: flagd's daemon does not resolve "
+                "references inside $evaluators, so the flags using this evaluator fail on every evaluation; "
+                f"write the rule of {_quoted(name)} in its place, or refer to both evaluators from the "
+                "flags' targeting",
+            )
         elif name not in names:
             known = f" (defined: {_some(names)})" if names else " ($evaluators defines none)"
             self.report(

@@ -195,7 +195,7 @@ def with_targeting(targeting: str) -> str:
         """\
         {
           "$evaluators": {
-            "staff": {"or": [{"$ref": "internal-users"}, {"in": [{"var": "role"}, ["admin", "support"]]}]},
+            "staff": {"in": [{"var": "role"}, ["admin", "support"]]},
             "internal-users": {"ends_with": [{"var": "email"}, "@example.com"]}
           },
           "flags": {
@@ -546,15 +546,17 @@ REQUIRED_CHECKS = [
         """\
         {
           "$evaluators": {
-            "staff": {"or": [{"$ref": "contractors"}, {"$ref": "internal-users"}]},
-            "internal-users": {"ends_with": [{"var": "email"}, "@example.com"]}
+            "staff": {"or": [{"$ref": "contractors"}, {"var": "staff"}]},
+            "contractors": {"ends_with": [{"var": "email"}, "@example.com"]}
           },
           "flags": {}
         }
         """,
         '["$evaluators"].staff.or[0]["$ref"]',
         3,
-        'no evaluator "contractors" in $evaluators (defined: staff, internal-users)',
+        'refers to "contractors" from inside $evaluators: flagd\'s daemon does not resolve references inside '
+        "$evaluators, so the flags using this evaluator fail on every evaluation; write the rule of "
+        '"contractors" in its place, or refer to both evaluators from the flags\' targeting',
     ),
     case(
         "operator-typo",
@@ -1360,7 +1362,8 @@ def test_canonical_json_refuses_values_json_cannot_hold() -> None:
 
 def test_evaluators_that_double_at_each_level_are_refused_before_anything_inlines_them():
     """Twenty evaluators, each referring to the next four times, are two kilobytes that inline to a
-    trillion values: ``effective_flags`` (the catalog, the canary) would take the worker's memory."""
+    trillion values: ``effective_flags`` (the catalog, the canary) would take the worker's memory. Git's
+    evaluators refer to none since 2026-12-07, but what a cluster holds is read as published before."""
     evaluators = {f"e{i}": {"or": [{"$ref": f"e{i + 1}"}] * 4} for i in range(20)}
     evaluators["e20"] = {"==": [1, 1]}
     flag = {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "off"}
@@ -1368,7 +1371,9 @@ def test_evaluators_that_double_at_each_level_are_refused_before_anything_inline
         "$evaluators": evaluators,
         "flags": {"f": {**flag, "targeting": {"if": [{"$ref": "e0"}, "on", "off"]}}},
     }
-    flag_set, errors = load_flag_set("flags/bomb.json", json.dumps(document, indent=1).encode())
+    flag_set, errors = load_flag_set(
+        "flags/bomb.json", json.dumps(document, indent=1).encode(), published=True
+    )
     assert flag_set is None
     (error,) = errors
     assert error.field == "flags.f"
@@ -1379,11 +1384,12 @@ def test_evaluators_that_double_at_each_level_are_refused_before_anything_inline
         "$evaluators": small,
         "flags": {"f": {**flag, "targeting": {"if": [{"$ref": "e15"}, "on", "off"]}}},
     }
-    assert load_flag_set("flags/ok.json", json.dumps(document).encode())[1] == []
+    assert load_flag_set("flags/ok.json", json.dumps(document).encode(), published=True)[1] == []
 
 
 def test_evaluators_that_wrap_one_another_past_the_depth_limit_are_refused():
-    """Each evaluator shallow, the chain 400 deep once inlined: ``effective_flags`` raised RecursionError."""
+    """Each evaluator shallow, the chain 400 deep once inlined: ``effective_flags`` raised RecursionError.
+    (A set as a cluster holds it: Git's evaluators refer to none since 2026-12-07.)"""
     evaluators = {f"e{i}": {"!": {"$ref": f"e{i + 1}"}} for i in range(400)}
     evaluators["e400"] = {"==": [1, 1]}
     flag = {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "off"}
@@ -1391,7 +1397,7 @@ def test_evaluators_that_wrap_one_another_past_the_depth_limit_are_refused():
         "$evaluators": evaluators,
         "flags": {"f": {**flag, "targeting": {"if": [{"$ref": "e0"}, "on", "off"]}}},
     }
-    flag_set, errors = load_flag_set("flags/deep.json", json.dumps(document).encode())
+    flag_set, errors = load_flag_set("flags/deep.json", json.dumps(document).encode(), published=True)
     assert flag_set is None
     assert "nest more than 64 deep" in errors[0].message and "SLUICE_MAX_DEPTH" in errors[0].message
 
@@ -1471,18 +1477,6 @@ def evaluators_document(evaluators: str) -> str:
     ("evaluators", "field", "message"),
     [
         pytest.param(
-            '{"first": {"!": {"$ref": "second"}}, "second": {"!": {"$ref": "first"}}}',
-            '["$evaluators"].first',
-            'refers to itself ("first" → "second" → "first")',
-            id="cycle",
-        ),
-        pytest.param(
-            '{"first": {"!": {"$ref": "first"}}}',
-            '["$evaluators"].first',
-            'refers to itself ("first" → "first")',
-            id="reference-to-itself",
-        ),
-        pytest.param(
             '{"first": {"==": [{"var": "x"}, "caf\u00e9"]}}',
             '["$evaluators"].first',
             "the Python flagd provider substitutes evaluators as a regular-expression replacement",
@@ -1501,15 +1495,10 @@ def evaluators_document(evaluators: str) -> str:
             id="javascript-replacement-pattern",
         ),
         pytest.param(
-            '{"first": {"!": {"$ref": "12"}}, "12": {"var": "y"}}',
-            '["$evaluators"].first',
-            'refers to "12", a whole-number name: JavaScript visits those first',
-            id="whole-number-name-referred-to",
-        ),
-        pytest.param(
             '{"first": {"var": "x"}, "caf\u00e9": {"var": "y"}}',
             '["$evaluators"].café',
-            "flagd finds a $ref by its name in JSON text",
+            "flagd's daemon finds a $ref through a regular expression built from the name (and from v0.16 "
+            'in JSON text that escapes <, > and &), so use only ASCII letters, digits, "_" and "-"',
             id="non-ascii-name",
         ),
     ],
@@ -1523,18 +1512,161 @@ def test_evaluators_flagd_cannot_substitute_are_refused(evaluators: str, field: 
     assert [(error.field, message in error.message) for error in errors] == [(field, True)], errors
 
 
-def test_evaluators_may_refer_to_one_another_in_any_declared_order_and_quote_text() -> None:
-    """Sluice publishes them in an order flagd resolves (``evaluator_order``), so the order they are
-    written in does not matter; nor does a whole-number name nobody refers to."""
+# flagd's Go daemon, the one the README has the ConfigMap mounted into, substitutes $evaluators textually:
+# v0.12.6 to v0.15 with a regular expression built from each name and Go's ReplaceAllString, v0.16 in
+# compact JSON text that escapes <, > and &.
+GO_DAEMON_CASES = [
+    pytest.param(
+        '{"first": {"and": [{"$ref": "second"}, {"var": "beta"}]}, "second": {"var": "staff"}}',
+        '["$evaluators"].first.and[0]["$ref"]',
+        'refers to "second" from inside $evaluators: flagd\'s daemon does not resolve references inside '
+        "$evaluators, so the flags using this evaluator fail on every evaluation; write the rule of "
+        '"second" in its place, or refer to both evaluators from the flags\' targeting',
+        id="reference-between-evaluators",
+    ),
+    pytest.param(
+        '{"first": {">": [{"var": "$flagd.timestamp"}, 1767225600]}}',
+        '["$evaluators"].first',
+        'holds "$flagd" in a string: flagd\'s daemon (v0.12.6 to v0.15) substitutes evaluators with a Go '
+        'regular-expression replacement, which reads a $ before a letter, digit, "_" or "{" as a group '
+        'and drops it ("$flagd.timestamp" becomes ".timestamp"); move the rule holding it into the '
+        "targeting of the flags that use it",
+        id="flagd-property-in-an-evaluator",
+    ),
+    pytest.param('{"first": {"in": ["$5", [{"var": "tier"}]]}}', '["$evaluators"].first', '"$5"', id="digit"),
+    pytest.param('{"first": {"in": ["${x}", [{"var": "t"}]]}}', '["$evaluators"].first', '"${"', id="brace"),
+    pytest.param(
+        '{"first": {"in": ["a$_b", [{"var": "t"}]]}}', '["$evaluators"].first', '"$_b"', id="underscore"
+    ),
+    pytest.param(
+        '{"first": {"var": "x"}, "team.a": {"var": "y"}}',
+        '["$evaluators"]["team.a"]',
+        'evaluator name "team.a": flagd\'s daemon finds a $ref through a regular expression built from the '
+        "name (and from v0.16 in JSON text that escapes <, > and &), so use only ASCII letters, digits, "
+        '"_" and "-"',
+        id="dot-in-a-name",
+    ),
+    *(
+        pytest.param(
+            '{"first": {"var": "x"}, ' + json.dumps(name) + ': {"var": "y"}}',
+            f'["$evaluators"][{json.dumps(name)}]',
+            'so use only ASCII letters, digits, "_" and "-"',
+            id=f"name-{name}",
+        )
+        for name in ("team-a(", "a+b", "team(a)", "beta&staff", "x<y", "a>b", "team a")
+    ),
+]
+
+
+@pytest.mark.parametrize(("evaluators", "field", "message"), GO_DAEMON_CASES)
+def test_evaluators_flagds_go_daemon_substitutes_wrongly_are_refused(
+    evaluators: str, field: str, message: str
+) -> None:
+    """Each passed validation and was reproduced against flagd's Go substitution: a reference between
+    evaluators became {"": "internal"} (v0.15) or stayed a $ref (v0.16), and the flags using it failed
+    on every evaluation; "$flagd.timestamp" lost "$flagd"; "team-a(" made flagd refuse the whole file,
+    and "a+b" or "beta&staff" never matched their $ref."""
+    _, errors = load("flags/checkout.json", evaluators_document(evaluators))
+
+    assert [(error.field, message in error.message) for error in errors] == [(field, True)], errors
+
+
+def test_what_flagds_go_daemon_substitutes_as_written_stays_allowed() -> None:
+    """Only an evaluator's text is a replacement: "$flagd.timestamp" and "$5" in a flag's own targeting
+    stay, as does a "$" no name or brace follows, and a name of letters, digits, "_" and "-"."""
     _, errors = load(
         "flags/checkout.json",
         evaluators_document(
-            '{"third": {"==": [{"var": "x"}, "say \\"hi\\" for $5"]}, "second": {"!": {"$ref": "third"}},'
-            ' "first": {"or": [{"$ref": "second"}, {"$ref": "third"}]}, "12": {"var": "n"}}'
+            '{"first": {"in": [{"var": "price"}, ["5 $", "$.5", "$-", "US$ 5", "say \\"hi\\""]]},'
+            ' "Team_a-2": {"var": "y"}}'
+        ).replace(
+            '"targeting": {"if": [{"$ref": "first"}, "on", "off"]}',
+            '"targeting": {"if": [{"and": [{"$ref": "first"}, {"$ref": "Team_a-2"},'
+            ' {">": [{"var": "$flagd.timestamp"}, 1767225600]}, {"in": ["$5", [{"var": "tier"}]]}]},'
+            ' "on", "off"]}',
         ),
     )
 
     assert errors == []
+
+
+@pytest.mark.parametrize(
+    ("evaluators", "field", "message"),
+    [
+        pytest.param(
+            '{"first": {"!": {"$ref": "second"}}, "second": {"!": {"$ref": "first"}}}',
+            '["$evaluators"].first',
+            'refers to itself ("first" → "second" → "first")',
+            id="cycle",
+        ),
+        pytest.param(
+            '{"first": {"!": {"$ref": "first"}}}',
+            '["$evaluators"].first',
+            'refers to itself ("first" → "first")',
+            id="reference-to-itself",
+        ),
+        pytest.param(
+            '{"first": {"!": {"$ref": "12"}}, "12": {"var": "y"}}',
+            '["$evaluators"].first',
+            'refers to "12", a whole-number name: JavaScript visits those first',
+            id="whole-number-name-referred-to",
+        ),
+        pytest.param(
+            '{"first": {"var": "x"}, "caf\u00e9": {"var": "y"}}',
+            '["$evaluators"].café',
+            "flagd finds a $ref by its name in JSON text",
+            id="non-ascii-name",
+        ),
+    ],
+)
+def test_a_set_published_before_references_were_refused_is_held_to_the_rules_of_then(
+    evaluators: str, field: str, message: str
+) -> None:
+    """A set a cluster holds (a canary's old side) is read as Git's were when it was published: before
+    2026-12-07 evaluators could refer to one another, in an order that resolves."""
+    text = evaluators_document(evaluators).encode()
+    _, errors = load_flag_set("flags/checkout.json", text, published=True)
+
+    assert [(error.field, message in error.message) for error in errors] == [(field, True)], errors
+
+
+def test_a_set_published_before_2026_12_07_may_hold_what_flagds_go_daemon_substitutes_wrongly() -> None:
+    """References between evaluators in any declared order (Sluice publishes them in an order flagd's
+    Python and JavaScript evaluators resolve), "$flagd" in an evaluator, an evaluator named "team.a"
+    and a variant named "beta&staff": still read as the old side of a canary."""
+    text = evaluators_document(
+        '{"third": {"==": [{"var": "x"}, "say \\"hi\\" for $5"]}, "second": {"!": {"$ref": "third"}},'
+        ' "first": {"or": [{"$ref": "second"}, {"$ref": "third"}, {"$ref": "team.a"}]}, "12": {"var": "n"},'
+        ' "team.a": {">": [{"var": "$flagd.timestamp"}, 1767225600]}}'
+    ).replace('"variants": {"on": true, "off": false}', '"variants": {"on": true, "beta&staff": false}')
+    text = text.replace('"defaultVariant": "off"', '"defaultVariant": "beta&staff"').replace(
+        '"on", "off"]', '"on", "beta&staff"]'
+    )
+
+    assert load_flag_set("flags/checkout.json", text.encode(), published=True)[1] == []
+    _, errors = load_flag_set("flags/checkout.json", text.encode())
+    assert len(errors) == 7, errors  # from Git: four references, "team.a", "$5" in "third", the variant
+
+
+@pytest.mark.parametrize("name", ["beta&staff", "<none>", "a>b", 'say "hi"', "a\\b"])
+def test_a_variant_flagds_go_daemon_cannot_select_is_refused(name: str) -> None:
+    """flagd's daemon looks the targeting result up as Go's JSON encoder wrote it ("beta\\u0026staff"):
+    the variant was never served, every user getting the default instead."""
+    targeting = {"fractional": [[name, 50], ["off", 50]]}
+    flag_set, errors = one_flag(variants={name: "b", "off": "o"}, defaultVariant="off", targeting=targeting)
+
+    assert flag_set is None
+    assert [error.field for error in errors] == [f"flags.f.variants[{json.dumps(name)}]"], errors
+    assert f"variant name {json.dumps(name)} holds" in errors[0].message
+    assert "flagd's daemon looks a targeting result up as its JSON encoder wrote it" in errors[0].message
+
+
+def test_variant_names_of_other_punctuation_stay_allowed() -> None:
+    variants = {"beta-staff": "b", "50%": "h", "on/off": "o", "$x": "d", "a b": "s"}
+    targeting = {"fractional": [[name, 20] for name in variants]}
+    flag_set, errors = one_flag(variants=variants, defaultVariant="on/off", targeting=targeting)
+
+    assert errors == [] and flag_set is not None
 
 
 def test_evaluators_are_published_each_before_those_it_refers_to() -> None:
