@@ -136,15 +136,8 @@ def _reconcile(
     chosen = _chosen(source, head, head_desired, result)
     if chosen is None:
         return _head_rejected(source, head, result, decided)
-    rollout, queued = chosen
+    rollout, queued, desired = chosen
     logs.add_context(rollout=rollout.pk)
-    # A rollout of an earlier commit that stands for the head holds the head's content: not loaded again.
-    desired = (
-        head_desired
-        if queued is None
-        and rollout_holds_head(source, head=head, rollout=rollout, head_desired=head_desired)
-        else None
-    )
     outcome = _drive(rollout, desired, actor, retry_failed, gate, fresh=True)  # rollout_choose read it now
     _outcome_into(result, outcome, queued, gate)
     if report_rollout:  # one wide query: a push's or a poll's result is read by nobody
@@ -176,19 +169,23 @@ def _head_rejected(source: Source, head: Revision, result: SyncResult, decided: 
 
 def _chosen(
     source: Source, head: Revision, head_desired: DesiredState, result: SyncResult
-) -> tuple[Rollout, Outcome | None] | None:
-    """The rollout this pass moves (``rollout_choose``); a superseded rollout's refused restores go into
-    the pass's errors. The commits' authors are read only when a rollout starts. None: the head's flag
-    keys were taken, by another source's rollout that started since the head was validated (recorded on
-    the head, as validation records it)."""
+) -> tuple[Rollout, Outcome | None, DesiredState | None] | None:
+    """The rollout this pass moves (``rollout_choose``), whether the head waits behind it, and the state it
+    is driven with when the head's is its (None: its own is loaded); a superseded rollout's refused
+    restores go into the pass's errors. The commits' authors are read only when a rollout starts. None:
+    the head's flag keys were taken, by another source's rollout that started since the head was
+    validated (recorded on the head, as validation records it)."""
     identities = lambda: commit_identities(source, head)  # noqa: E731
     try:
-        return rollout_choose(
+        rollout, queued = rollout_choose(
             source, head, head_desired, commit_identities=identities, refusals=result.errors
         )
     except FlagKeysTaken as taken:
         revision_reject(source, head, taken)
         return None
+    # A rollout of an earlier commit that stands for the head holds the head's content: not loaded again.
+    holds_head = queued is None and rollout_holds_head(source, rollout, head, head_desired)
+    return rollout, queued, head_desired if holds_head else None
 
 
 def _outcome_into(result: SyncResult, outcome: StepOutcome, queued: Outcome | None, gate: GateWatch) -> None:

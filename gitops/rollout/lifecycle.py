@@ -126,7 +126,8 @@ def _active_kept(
 
 def rollout_holds_head(source: Source, rollout: Rollout, head: Revision, head_desired: DesiredState) -> bool:
     """Whether ``rollout`` holds the head's content: it is of the head, read from the source's directory,
-    or of an earlier commit whose directory the head holds byte for byte (``directory_unchanged``). Git
+    or of an earlier commit whose directory the head holds byte for byte (``directory_unchanged``), so
+    the head's state, loaded already, drives it, where its own would be loaded again. Git
     is asked only when the content hashes agree: a commit that changes the content (nearly every new
     head) costs no process."""
     if rollout.revision_id == head.pk:
