@@ -378,14 +378,51 @@ def _watch_error(namespace: str, status: Mapping[str, Any]) -> Exception:
 EXEC_PLUGIN_SECONDS = 30.0
 
 
+# What a worker's environment holds of its own that a credential plugin never needs: the database, the
+# broker, Django's signing keys, Sluice's settings (a metrics token among them), and the Git credentials
+# sources name (``SLUICE_CREDENTIALS_ENV_PREFIX``). A plugin is a program of the kubeconfig's choosing: it
+# got the whole environment, DATABASE_URL and SECRET_KEY with it.
+_WORKER_SECRETS = frozenset(
+    {
+        "DATABASE_URL",
+        "SECRET_KEY",
+        "SECRET_KEY_FALLBACKS",
+        "REDIS_URL",
+        "CELERY_BROKER_URL",
+        "CELERY_RESULT_BACKEND",
+        "PGPASSWORD",
+    }
+)
+_WORKER_PREFIXES = ("SLUICE_", "DJANGO_")
+
+
+def plugin_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` (the client's: the worker's environment and the kubeconfig's ``env`` entries over it)
+    without what the worker holds of its own. An entry the kubeconfig sets to a value of its own is
+    kept, whatever its name: only what was inherited goes."""
+    prefix = str(getattr(settings, "SLUICE_CREDENTIALS_ENV_PREFIX", "") or "")
+
+    def inherited_secret(name: str, value: str) -> bool:
+        own = (
+            name in _WORKER_SECRETS
+            or name.startswith(_WORKER_PREFIXES)
+            or bool(prefix and name.startswith(prefix))
+        )
+        return own and os.environ.get(name) == value
+
+    return {name: value for name, value in env.items() if not inherited_secret(name, value)}
+
+
 class _BoundedPlugin(subprocess.Popen[str]):
-    """The exec plugin's process, answered within EXEC_PLUGIN_SECONDS or killed with every process it
-    started (a wrapper script's child holding its output would keep the wait going). A plugin run at a
+    """The exec plugin's process, without the worker's own secrets (``plugin_environment``), answered
+    within EXEC_PLUGIN_SECONDS or killed with every process it started (a wrapper script's child holding
+    its output would keep the wait going). A plugin run at a
     terminal (the library passes it the terminal: ``gitops add-cluster`` by hand, a device-code login)
     has a person to answer it, and is not bounded."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._bounded = kwargs.get("stdin") is None
+        kwargs["env"] = plugin_environment(kwargs.get("env") or os.environ)
         super().__init__(*args, **kwargs, start_new_session=self._bounded)
 
     def communicate(self, input: str | None = None, timeout: float | None = None) -> tuple[str, str]:
