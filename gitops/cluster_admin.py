@@ -185,6 +185,7 @@ def cluster_update(
     credentials: Credentials | None = None,
     record_identity: bool = False,
     clear_identity: bool = False,
+    rebuilt: bool = False,
 ) -> ClusterUpdate:
     """Grants or revokes a registered cluster's ``--allow-unverified-tls``, or moves its credentials, in
     place: removing and adding it again is refused while it is in use, which is when it matters.
@@ -193,8 +194,8 @@ def cluster_update(
     reach the same cluster as the registration's: its recorded identity, or else the one its current
     credentials answer with (``_same_cluster``). Another cluster would inherit Sluice's inventory, pending
     changes and owed rollbacks of this one, and have them pruned, applied and rolled back there.
-    ``record_identity`` records the identity the registration reaches now (``_identity_record``);
-    ``clear_identity`` forgets it (``_identity_clear``).
+    ``record_identity`` records the identity the registration reaches now (``_identity_record``; one that
+    replaces another needs ``rebuilt``); ``clear_identity`` forgets it (``_identity_clear``).
 
     Granting loads the kubeconfig first, as ``add-cluster`` does; revoking never needs it (the file may be
     mounted only where the workers run). Every process reads the registry again at each pass
@@ -203,13 +204,15 @@ def cluster_update(
     The clusters' audit trail gets a row, in the same transaction; none when nothing changes."""
     if record_identity and clear_identity:
         raise PermanentError("give --record-identity or --clear-identity, not both")
+    if rebuilt and not record_identity:
+        raise PermanentError("--rebuilt goes with --record-identity")
     identity = record_identity or clear_identity
     _refuse_update(name, allow_unverified_tls is not None, credentials is not None, identity)
     seen = ClusterRecord.objects.filter(name=name).first()
     if seen is None:
         raise PermanentError(f"no cluster named {name!r}")
     if record_identity:
-        return _identity_record(seen, actor)
+        return _identity_record(seen, actor, rebuilt=rebuilt)
     if clear_identity:
         return _identity_clear(seen, actor)
     allowed = seen.allow_unverified_tls if allow_unverified_tls is None else allow_unverified_tls
@@ -329,10 +332,14 @@ def _identity_clear(seen: ClusterRecord, actor: Actor) -> ClusterUpdate:
     return ClusterUpdate(record, changed=True, unverified_now=None, recorded_from=before.identity)
 
 
-def _identity_record(seen: ClusterRecord, actor: Actor) -> ClusterUpdate:
+def _identity_record(seen: ClusterRecord, actor: Actor, *, rebuilt: bool = False) -> ClusterUpdate:
     """Records the identity of the cluster the registration reaches now: for one registered before
-    identities were kept (or while it did not answer), and for a cluster rebuilt under the same name
-    (a new kube-system namespace), whose client is refused until then. Refused when it does not answer."""
+    identities were kept (or while it did not answer), and, with ``rebuilt``, for a cluster rebuilt under
+    the same name (a new kube-system namespace), whose client is refused until then. Refused when it does
+    not answer, and when it would replace another identity without ``rebuilt``: the refusal it mends
+    says what a kubeconfig rewritten to another cluster looks like, and recording that cluster would let
+    Sluice prune, apply and roll back there what its inventory, pending changes and owed rollbacks say of
+    this one."""
     try:
         identity = _identity_through(seen)
     except GitopsError as exc:
@@ -347,6 +354,13 @@ def _identity_record(seen: ClusterRecord, actor: Actor) -> ClusterUpdate:
             raise PermanentError(f"cluster {seen.name!r} changed meanwhile; look at it again")
         if record.identity == identity:
             return ClusterUpdate(record, changed=False, unverified_now=None, identity=identity)
+        if record.identity and not rebuilt:
+            raise PermanentError(
+                f"cluster {seen.name} ({seen.credentials_ref}) now reaches another cluster (kube-system "
+                f"namespace uid {identity}) than the one recorded ({record.identity}); nothing recorded. If "
+                f"{seen.name} was rebuilt under the same name: gitops update-cluster {seen.name} "
+                "--record-identity --rebuilt; if its kubeconfig points elsewhere, point it back"
+            )
         before = copy.copy(record)
         record.identity = identity
         record.save(update_fields=["identity"])

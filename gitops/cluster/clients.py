@@ -175,7 +175,7 @@ def _another_cluster(ref: ClusterRef, connected: Cluster) -> str | None:
         f"cluster {ref.name}: its {ref.where()} now reaches another cluster (kube-system namespace uid "
         f"{seen}; it was registered for {ref.identity}): nothing is sent there. Point it back at "
         f"{ref.name}'s server, or register that cluster under a name of its own; {ref.name} rebuilt under "
-        f"the same name: gitops update-cluster {ref.name} --record-identity"
+        f"the same name: gitops update-cluster {ref.name} --record-identity --rebuilt"
     )
 
 

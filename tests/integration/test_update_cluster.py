@@ -359,7 +359,16 @@ def test_record_identity_records_one_registered_before_and_one_rebuilt_under_the
     FlakyKubeconfig(edge.path, stack["KUBECONFIG"], "member-2")  # "edge" rebuilt: a new kube-system
     with pytest.raises(PermanentError, match="reaches another cluster"):
         another_process().get("edge")
-    assert f"(was {member_1})" in update("edge", "--record-identity")
+    # The reflex answer to that refusal, when the kubeconfig was in fact rewritten to another cluster,
+    # recorded it: another identity takes --rebuilt (since 2026-12-07).
+    with pytest.raises(
+        CommandError, match=f"now reaches another cluster .*{member_2}.* than the one recorded"
+    ):
+        update("edge", "--record-identity")
+    assert ClusterRecord.objects.get(name="edge").identity == member_1
+    with pytest.raises(CommandError, match="--rebuilt goes with --record-identity"):
+        update("edge", "--rebuilt")
+    assert f"(was {member_1})" in update("edge", "--record-identity", "--rebuilt")
     assert another_process().get("edge").identity() == member_2
     edge.silence()
     with pytest.raises(CommandError, match="does not answer"):

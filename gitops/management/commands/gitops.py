@@ -5,7 +5,7 @@ gitops add-cluster NAME (--kubeconfig PATH [--context CTX] | --in-cluster) [--by
 gitops clusters [--json]
 gitops update-cluster NAME [--allow-unverified-tls | --no-allow-unverified-tls]
                            [--kubeconfig PATH [--context CTX] | --context CTX | --in-cluster] [--by NAME]
-gitops update-cluster NAME --record-identity | --clear-identity [--by NAME]
+gitops update-cluster NAME --record-identity [--rebuilt] | --clear-identity [--by NAME]
 gitops remove-cluster NAME [--forget --reason TEXT] [--by NAME]
 gitops update-source NAME [--url URL] [--branch B] ... (what is left out stays)
 gitops suspend NAME | gitops resume NAME
@@ -577,6 +577,7 @@ class Command(BaseCommand):
             credentials=_new_credentials(options),
             record_identity=options["record_identity"],
             clear_identity=options["clear_identity"],
+            rebuilt=options["rebuilt"],
         )
         if updated.recorded_from is not None:
             lines = _recorded_lines(updated)
@@ -1053,6 +1054,12 @@ def _update_cluster_parser(commands: Any) -> None:
         action="store_true",
         help="forget the identity recorded: for credentials narrowed on purpose so that they may not read "
         "kube-system, which are refused while one is recorded; the cluster is then not checked; alone",
+    )
+    update.add_argument(
+        "--rebuilt",
+        action="store_true",
+        help="with --record-identity: replace the identity recorded before, for a cluster rebuilt under the "
+        "same name (a new kube-system namespace); without it, another identity is refused",
     )
     update.add_argument(
         "--context", metavar="CTX", help="the context (alone: another of the same kubeconfig)"
