@@ -38,7 +38,7 @@ from gitops import selectors
 from gitops.errors import PermanentError
 from gitops.models import ApplyIntent, Change, Notification, Rollout, RolloutEvent, WebhookDelivery
 from gitops.record.inventory import CONFIGMAP
-from gitops.vocabulary import RolloutEventKind
+from gitops.vocabulary import SYSTEM_ACTOR, RolloutEventKind
 
 BATCH = 5000
 # The advisory lock one purge holds (one bigint key: apart from the sources' locks, which take two).
@@ -100,7 +100,10 @@ def expired(now: datetime | None = None) -> dict[str, QuerySet[Any]]:
         "rollout_events": RolloutEvent.objects.filter(
             _finished_before(_cutoff(now, "SLUICE_RETAIN_ROLLOUT_EVENTS_DAYS")),
             at__lt=_cutoff(now, "SLUICE_RETAIN_ROLLOUT_EVENTS_DAYS"),
-        ).exclude(kind__in=PEOPLES_DECISIONS),
+        )
+        .exclude(kind__in=PEOPLES_DECISIONS)
+        # A rollout a person started (a retry) says who ran the revision again; Sluice's own starts go.
+        .exclude(Q(kind=RolloutEventKind.STARTED) & ~Q(actor=SYSTEM_ACTOR)),
     }
 
 
