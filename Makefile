@@ -12,7 +12,7 @@ INSTALLED := $(VENV)/.installed
 JS_TESTS := tests/js
 JS_INSTALLED := $(JS_TESTS)/node_modules/.installed
 
-.PHONY: help setup stack stack-down stack-status control-plane browser demo demo-smoke test test-unit lint format bench bench-smoke bench-check bench-profile screenshots clean
+.PHONY: help setup setup-js stack stack-down stack-status control-plane browser demo demo-smoke test test-unit lint format bench bench-smoke bench-check bench-profile screenshots clean
 
 help:
 	@echo "make demo        run Sluice on the embedded stack (web, worker, beat)"
@@ -42,7 +42,10 @@ $(JS_INSTALLED): $(JS_TESTS)/package.json $(JS_TESTS)/package-lock.json
 	cd $(JS_TESTS) && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
 	@touch $@
 
-setup: $(INSTALLED) $(JS_INSTALLED)
+setup: $(INSTALLED)
+
+# Only the tests run flagd's JavaScript evaluator: the demo, the stack and the benchmarks need no Node.
+setup-js: setup $(JS_INSTALLED)
 
 control-plane:
 	bash scripts/build-control-plane.sh >/dev/null
@@ -72,14 +75,14 @@ browser:
 	bash scripts/ensure-system-packages.sh
 
 # The unit tests run beside the integration tests (scripts/test.sh says why).
-test: setup lint browser
+test: setup-js lint browser
 	BIN=$(BIN) bash scripts/test.sh
 
-test-unit: setup
+test-unit: setup-js
 	$(BIN)/pytest tests/unit
 
 # Every dashboard page in Chromium at 1280 and 390 px: test-artifacts/screenshots/<page>-<width>.png
-screenshots: setup browser
+screenshots: setup-js browser
 	$(BIN)/pytest tests/integration/test_screenshots.py
 
 format: setup
@@ -103,6 +106,7 @@ bench-smoke: setup
 bench-check: setup
 	$(PY) scripts/bench_check.py
 
+# .stack holds the only record of a running stack's processes: kept when they could not be stopped.
 clean:
-	-$(PY) -m devstack down
+	if [ -x $(PY) ] && [ -d .stack ]; then $(PY) -m devstack down; fi
 	rm -rf $(VENV) .stack .pytest_cache .mypy_cache .ruff_cache $(JS_TESTS)/node_modules

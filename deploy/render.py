@@ -43,11 +43,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import urllib3
 import yaml
-from kubernetes import client, config, watch
-from kubernetes.client.exceptions import ApiException
-from kubernetes.config.config_exception import ConfigException
+
+try:  # member-kubeconfig talks to the cluster; rendering needs PyYAML alone (a workstation without the venv)
+    import urllib3
+    from kubernetes import client, config, watch
+    from kubernetes.client.exceptions import ApiException
+    from kubernetes.config.config_exception import ConfigException
+except ImportError as missing:  # pragma: no cover - exercised by hand, without the venv
+    KUBERNETES_MISSING: ImportError | None = missing
+else:
+    KUBERNETES_MISSING = None
 
 MANIFESTS = Path(__file__).resolve().parent / "kubernetes"
 SYSTEM_NAMESPACE = "sluice-system"
@@ -448,6 +454,12 @@ def member_kubeconfig_main(argv: list[str]) -> int:
         help="do not check that the file authenticates (when --server is reachable only from Sluice)",
     )
     args = parser.parse_args(argv)
+    if KUBERNETES_MISSING is not None:
+        parser.exit(
+            1,
+            f"{parser.prog}: error: needs the kubernetes client (pip install kubernetes): "
+            f"{KUBERNETES_MISSING}\n",
+        )
     try:
         print(write_member_kubeconfig(args))
     except RenderError as exc:

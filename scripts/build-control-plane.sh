@@ -25,6 +25,10 @@ mkdir -p "$k8s_dir" "$etcd_dir" "$kwok_dir" "$argo_dir"
 k8s_commands=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
 
 export GOFLAGS="-mod=mod -buildvcs=false"
+# The installed go unless a module needs a newer one, which is then fetched through the module proxy:
+# Kubernetes 1.36 needs Go 1.26, and a Go whose go.env says GOTOOLCHAIN=local (a tarball's, a distro's)
+# refused to build it ("go.mod requires go >= 1.26.0"). Argo's build names its toolchain itself.
+export GOTOOLCHAIN=${SLUICE_GOTOOLCHAIN:-auto}
 export CGO_ENABLED=0
 ldflags="-s -w"
 

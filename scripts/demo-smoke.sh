@@ -5,6 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+command -v curl >/dev/null || { echo "demo smoke needs curl" >&2; exit 1; }
+# A stack up before the demo (make stack) is not the demo's to stop, nor to be found stopped after it.
+stack_was_up=0
+if .venv/bin/python -m devstack status >/dev/null 2>&1; then stack_was_up=1; fi
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 log=test-artifacts/demo-smoke.log
 mkdir -p test-artifacts
@@ -64,7 +68,7 @@ trap - EXIT
 # The demo's own processes are those of the session setsid started (other Celery workers on
 # this machine are not ours); the stack's processes are its own, and devstack knows them.
 still_running() {
-  pgrep -s "$demo" >/dev/null || .venv/bin/python -m devstack status >/dev/null 2>&1
+  pgrep -s "$demo" >/dev/null || { [[ $stack_was_up == 0 ]] && .venv/bin/python -m devstack status >/dev/null 2>&1; }
 }
 deadline=$((SECONDS + 90))
 while still_running; do

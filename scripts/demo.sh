@@ -7,7 +7,17 @@ cd "$(dirname "$0")/.."
 py=.venv/bin/python
 port=${SLUICE_DEMO_PORT:-8000}
 
+# A stack that was already up (make stack, a test session) is left up when the demo ends.
+started_stack=1
+if $py -m devstack status >/dev/null 2>&1; then started_stack=0; fi
 $py -m devstack up
+stop_stack() {
+  if [[ $started_stack == 1 && ${SLUICE_DEMO_KEEP_STACK:-0} != 1 ]]; then $py -m devstack down; fi
+}
+# Until the demo's own processes run: a migration or seed that fails, or a Ctrl-C meanwhile, stops the
+# stack it started (its processes are sessions of their own: nothing else would reach them).
+trap 'trap - EXIT; stop_stack' EXIT
+trap 'exit 130' INT TERM
 # shellcheck disable=SC1091
 . .stack/env
 # Plain http://127.0.0.1 without TLS: a local run, so HTTPS-only cookies and redirects are off.
@@ -27,7 +37,7 @@ stop() {
   trap - EXIT
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   wait || true
-  if [[ ${SLUICE_DEMO_KEEP_STACK:-0} != 1 ]]; then $py -m devstack down; fi
+  stop_stack
 }
 trap stop INT TERM EXIT
 

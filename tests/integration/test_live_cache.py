@@ -1411,12 +1411,16 @@ def test_a_replace_refused_after_its_delete_drops_the_stamp_of_the_object_it_del
     from gitops.cluster.apply import intents_apply_everywhere
     from gitops.models import ApplyIntent
 
-    manifest = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "app", "namespace": namespace}}
+    # The source's (a delete goes out only while the object is still the source's).
+    labels = {"app.kubernetes.io/managed-by": "sluice", "sluice.dev/source": "apps"}
+    metadata = {"name": "app", "namespace": namespace, "labels": labels}
+    manifest = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata}
     cluster.apply_configmap({**manifest, "data": {"A": "1"}}, field_manager=settings.SLUICE_FIELD_MANAGER)
     lease = _Lease()
     try:
         lease.watched(cluster, namespace, "app")
         refused = ApplyIntent(
+            source=Source(name="apps"),
             cluster=settings.SLUICE_CLUSTER_NAME,
             namespace=namespace,
             name="app",
