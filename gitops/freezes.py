@@ -97,6 +97,15 @@ def freeze_lift(
     return lifted
 
 
+def every_source_frozen() -> Freeze | None:
+    """The freeze of every source in force now, if any (the one that lasts longest)."""
+    return (
+        Freeze.objects.filter(source__isnull=True, lifted_at__isnull=True, until__gt=timezone.now())
+        .order_by("-until")
+        .first()
+    )
+
+
 def _wake(lifted: Sequence[Freeze]) -> None:
     """Queues a sync of each source a lifted freeze held, so a waiting commit or pause goes on now."""
     if not lifted:

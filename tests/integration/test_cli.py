@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from gitops.models import Source
 from tests.gitrepo import configmap, policy
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -398,6 +399,30 @@ def test_a_dead_end_is_one_line_with_an_exit_status_that_tells_whether_to_try_ag
     with pytest.raises(CommandError, match="the broker refused") as refused:
         call_command("gitops", "sync", source.name)
     assert refused.value.returncode == 2
+
+
+def test_what_trying_again_may_mend_exits_2_and_odd_arguments_are_refused_clearly(
+    repo, make_source, tmp_path
+):
+    """A temporary error (Git out of reach, a source busy) exited 1, as a refusal does: the README's rule
+    is 2 where trying again may help. A --by longer than the records keep failed in the database (a
+    traceback, or a worker's pass failing at every try); a date with an offset PostgreSQL does not keep
+    was a traceback."""
+    from django.core.management import CommandError, call_command
+
+    unreachable = make_source(url="https://127.0.0.1:9/nothing.git")
+    with pytest.raises(CommandError) as temporary:
+        call_command("gitops", "diff", unreachable.name)
+    assert temporary.value.returncode == 2, str(temporary.value)
+
+    repo.write_all({"sluice.yaml": policy(["t"]), "configmaps/app.yaml": configmap("app", {"A": "1"})})
+    repo.commit()
+    source = make_source()
+    with pytest.raises(CommandError, match="at most 150 printable characters"):
+        call_command("gitops", "suspend", source.name, "--by", "x" * 151)
+    assert not Source.objects.get(pk=source.pk).suspended
+    archive = tmp_path / "archive.jsonl"
+    call_command("gitops", "archive-changes", "--before", "2020-01-01T00:00+20:00", "--output", str(archive))
 
 
 def test_diff_shows_a_rejected_revisions_errors_redacted_in_every_form(repo, make_source):

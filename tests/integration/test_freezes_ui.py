@@ -303,6 +303,10 @@ def test_the_cli_freezes_unfreezes_and_manages_windows(make_source):
         gitops("freeze", "nope", "--until", "2h", "--reason", "x")
     assert "lifted freeze" in gitops("unfreeze", "shop")
     assert Freeze.objects.filter(source=source, lifted_by="cli").exists()
+    # Still held, by the every-source freeze: it said "no freeze in force on shop" (before 2026-12-07).
+    said = gitops("unfreeze", "shop")
+    assert "no freeze of shop alone; it is held by the freeze of every source" in said
+    assert "gitops unfreeze --all lifts it" in said
     assert "every source" in gitops("unfreeze", "--all")
     assert "no freeze in force" in gitops("unfreeze", "--all")
 

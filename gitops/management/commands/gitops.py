@@ -34,7 +34,7 @@ import sys
 import time
 from argparse import ArgumentParser, ArgumentTypeError, BooleanOptionalAction
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,7 @@ from gitops import (
 )
 from gitops.desired.errors import ValidationError
 from gitops.desired.limits import Limits
-from gitops.errors import GitopsError
+from gitops.errors import GitopsError, TemporaryError
 from gitops.intake import webhook_secrets
 from gitops.models import AccessAudit, Rollout, Source, SourceRemoval, known_cluster_names
 from gitops.plan import ACTIONABLE, Action, DiffItem, Plan
@@ -118,6 +118,8 @@ class Command(BaseCommand):
             raise CommandError("no such source") from exc
         except Rollout.DoesNotExist as exc:  # promote, abort, retry, waive-rollback: a traceback before
             raise CommandError("no such rollout") from exc
+        except TemporaryError as exc:  # nobody could tell, or it is busy: trying again may help (exit 2)
+            raise CommandError(str(exc), returncode=2) from exc
         except (GitopsError, DjangoValidationError, PermissionDenied) as exc:
             raise CommandError(str(exc)) from exc
         except schedule.TaskNotQueued as exc:  # the broker refused (a decision made before it is kept)
@@ -216,7 +218,8 @@ class Command(BaseCommand):
             removal.refresh_from_db()
         if removal.is_active:
             raise CommandError(
-                f"the removal did not finish within {options['timeout']:.0f}s; is a worker running?"
+                f"the removal did not finish within {options['timeout']:.0f}s; is a worker running?",
+                returncode=2,
             )
         self._print_removal(removal)
         if removal.status != RemovalStatus.DONE:
@@ -270,7 +273,7 @@ class Command(BaseCommand):
                 f"no result within {options['timeout']:.0f}s; is a worker running?", returncode=2
             ) from exc
         if not isinstance(result, dict):
-            raise CommandError(f"sync failed: {result}", returncode=2)
+            raise CommandError(f"sync failed: {redact(str(result))}", returncode=2)
         self._print_sync(result)
         if result["outcome"] not in SUCCESSFUL_OUTCOMES:
             sys.exit(1)
@@ -507,7 +510,8 @@ class Command(BaseCommand):
             rollout.refresh_from_db()
         if rollout.is_active:
             raise CommandError(
-                f"the rollback did not finish within {options['timeout']:.0f}s; is a worker running?"
+                f"the rollback did not finish within {options['timeout']:.0f}s; is a worker running?",
+                returncode=2,
             )
         self.stdout.write(f"rollout {rollout.pk}: {rollout.phase.lower()}: {rollout.message}")
         if rollout.phase != Rollout.Phase.ABORTED:
@@ -552,8 +556,9 @@ class Command(BaseCommand):
                 "kube-system namespace): "
                 f"gitops update-cluster {record.name} --record-identity"
             )
-        status = next(s for s in cluster_admin.clusters_status() if s.name == record.name)
-        self.stdout.write("  " + _cluster_line(status))
+        status = next((s for s in cluster_admin.clusters_status() if s.name == record.name), None)
+        if status is not None:  # removed meanwhile: nothing more to say of it
+            self.stdout.write("  " + _cluster_line(status))
 
     def do_clusters(self, **options: Any) -> None:
         statuses = cluster_admin.clusters_status()
@@ -707,7 +712,14 @@ class Command(BaseCommand):
         source = None if options["all"] else self._source(options["name"])
         lifted = freezes.freeze_lift(source, by=options["user"])
         if not lifted:
-            self.stdout.write("no freeze in force" + (f" on {source.name}" if source else ""))
+            everyone = freezes.every_source_frozen()
+            if source is not None and everyone is not None:
+                self.stdout.write(
+                    f"no freeze of {source.name} alone; it is held by the freeze of every source (freeze "
+                    f"{everyone.pk}, until {everyone.until.isoformat()}): gitops unfreeze --all lifts it"
+                )
+            else:
+                self.stdout.write("no freeze in force" + (f" on {source.name}" if source else ""))
         for freeze in lifted:
             scope = freeze.source.name if freeze.source else "every source"
             self.stdout.write(f"lifted freeze {freeze.pk} of {scope} (until {freeze.until.isoformat()})")
@@ -812,7 +824,9 @@ def _add_people_parsers(commands: Any) -> None:
     )
     verify.add_argument("username")
     verify.add_argument("email")
-    verify.add_argument("--by", required=True, metavar="ADMIN", help="the administrator who verified it")
+    verify.add_argument(
+        "--by", required=True, type=_actor_name, metavar="ADMIN", help="the administrator who verified it"
+    )
 
 
 def _add_reading_parsers(commands: Any) -> None:
@@ -1198,7 +1212,12 @@ def _moment(text: str) -> datetime:
         moment = None
     if moment is None:
         raise CommandError(f"{text!r} is not a date like 2026-01-31 or an ISO time")
-    return timezone.make_aware(moment) if timezone.is_naive(moment) else moment
+    if timezone.is_naive(moment):
+        return timezone.make_aware(moment)
+    try:  # PostgreSQL keeps offsets up to 15:59; ISO 8601's reach 23:59 (a traceback before)
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise CommandError(f"{text!r} is out of the range of dates") from None
 
 
 def _location_arguments(parser: ArgumentParser, *, creating: bool) -> None:
@@ -1239,10 +1258,24 @@ def _access_change(entry: Mapping[str, Any]) -> str:
     return f"{key}: {shown['before'] or '(none)'} -> {shown['after'] or '(none)'}"
 
 
+# Who a change is recorded as: the columns that keep an actor hold this many characters.
+ACTOR_LENGTH = 150
+
+
+def _actor_name(text: str) -> str:
+    """``--by``: a name the records can keep whole. A longer one failed in the database, a traceback, or a
+    worker's pass that then failed at every try."""
+    name = text.strip()
+    if len(name) > ACTOR_LENGTH or any(not character.isprintable() for character in name):
+        raise ArgumentTypeError(f"at most {ACTOR_LENGTH} printable characters")
+    return name
+
+
 def _by_argument(parser: ArgumentParser) -> None:
     parser.add_argument(
         "--by",
         default="",
+        type=_actor_name,
         metavar="NAME",
         help="who makes the change, for the audit trail (default: cli:$USER)",
     )
