@@ -25,6 +25,7 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from django.conf import settings
+from django.db.models.fields.json import KeyTransform
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -109,10 +110,21 @@ class DatabaseCollector(Collector):
             "sluice_source_suspended", "1 while a source's automatic syncs are suspended", labels=["source"]
         )
         default = str(settings.SLUICE_CLUSTER_NAME)
-        sources = Source.objects.values_list("name", "last_plan", "target_clusters", "suspended")
-        for name, plan, clusters, is_suspended in sources:
+        # The plan's own count, not the plan: a stored plan runs to megabytes, and every scrape read every
+        # source's whole. Only a plan stored before the count was kept is read, for its items.
+        sources = list(
+            Source.objects.annotate(counted=KeyTransform("drift_by_cluster", "last_plan")).values_list(
+                "pk", "name", "counted", "target_clusters", "suspended"
+            )
+        )
+        uncounted = [pk for pk, _, counted, _, _ in sources if not isinstance(counted, dict)]
+        plans = (
+            dict(Source.objects.filter(pk__in=uncounted).values_list("pk", "last_plan")) if uncounted else {}
+        )
+        for pk, name, counted, clusters, is_suspended in sources:
             counts = dict.fromkeys(clusters or [default], 0)
-            for cluster, count in _drift_by_cluster(plan or {}).items():
+            plan = {"drift_by_cluster": counted} if isinstance(counted, dict) else plans.get(pk) or {}
+            for cluster, count in _drift_by_cluster(plan).items():
                 counts[cluster or default] = counts.get(cluster or default, 0) + count
             for cluster, count in counts.items():
                 drift.add_metric([name, cluster], count)

@@ -213,8 +213,20 @@ _CHECKS: dict[str, Any] = {
     "analysis_url_prefixes": lambda prefixes: [url_prefix_problem(prefix) for prefix in prefixes],
     "required_approvals": _approvals_problems,
     "commit_url_template": _commit_url_problems,
-    "notify_urls": lambda urls: [url_prefix_problem(url) for url in urls],
+    "notify_urls": lambda urls: [_notify_url_problem(url) for url in urls],
 }
+
+
+# What a notification's row keeps of its URL (``Notification.url``).
+NOTIFY_URL_LENGTH = 2000
+
+
+def _notify_url_problem(url: str) -> str | None:
+    """A longer URL was taken, and every event of the source then failed in the database, inside the
+    transaction of the move it told of: no rollout could start, step or finish rolling back."""
+    if len(url) > NOTIFY_URL_LENGTH:
+        return f"at most {NOTIFY_URL_LENGTH} characters"
+    return url_prefix_problem(url)
 
 
 def _normalized(settings: Mapping[str, Any]) -> dict[str, Any]:

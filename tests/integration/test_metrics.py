@@ -47,6 +47,29 @@ def test_worker_metrics_and_database_gauges_reach_the_scrape(repo, make_namespac
     assert sample(text, "sluice_webhook_deliveries_total", provider="github", result="rejected") >= 1
 
 
+def test_a_scrape_reads_each_plans_drift_count_not_the_plan(settings):
+    """Every scrape read every source's whole stored plan (up to 500 items and 4 MiB of diffs), only to
+    count its drift, which the plan keeps counted. An old plan without the count is still counted."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from gitops.models import Source
+
+    settings.SLUICE_METRICS_TOKEN, settings.SLUICE_METRICS_PUBLIC = "", True
+    counted = {"drift_by_cluster": {"default": 2}, "items": [{"diff": "x" * 1000}]}
+    Source.objects.create(name="counted", url="file:///x.git", last_plan=counted)
+    old = {"items": [{"action": "drift", "cluster": ""}, {"action": "unchanged", "cluster": ""}]}
+    Source.objects.create(name="old-plan", url="file:///x.git", last_plan=old)
+
+    with CaptureQueriesContext(connection) as queries:
+        text = Client().get("/metrics").content.decode()
+
+    assert sample(text, "sluice_drift_objects", source="counted", cluster="default") == 2
+    assert sample(text, "sluice_drift_objects", source="old-plan") == 1
+    whole_plans = [q["sql"] for q in queries if '"last_plan" FROM' in q["sql"] or '"last_plan",' in q["sql"]]
+    assert len(whole_plans) == 1 and '"id" IN (' in whole_plans[0], whole_plans  # the old plan alone
+
+
 def test_a_metrics_token_is_required_when_set(settings):
     settings.SLUICE_METRICS_TOKEN = "scrape-token-0123456789"
     assert Client().get("/metrics").status_code == 401

@@ -133,6 +133,17 @@ def test_every_problem_is_named_by_field_and_nothing_is_stored(repo):
     assert "hunter2" not in text and "ghp_0123" not in text
     assert not Source.objects.exists() and not SourceAudit.objects.exists()
 
+
+def test_a_notification_url_longer_than_its_row_keeps_is_refused(repo):
+    """A 2,100-character URL (a chat webhook's signed path) was taken; every event of the source then
+    failed in the database inside the transaction of the move it told of: no rollout could start, step
+    or finish rolling back."""
+    long_hook = "https://hooks.example.com/" + "a" * 2100
+    with pytest.raises(SourceSettingsError) as raised:
+        source_admin.source_add(name="shop", url=repo.url, allowed_namespaces=["t*"], notify_urls=[long_hook])
+    assert raised.value.problems["notify_urls"] == ["at most 2000 characters"]
+    assert not Source.objects.exists()
+
     with pytest.raises(SourceSettingsError, match="at least one allowed namespace"):
         source_admin.source_add(name="empty", url=repo.url, allowed_namespaces=[" "])
     # A token in the query is a credential too: stored, it would be shown as *** and written back so.
