@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -425,20 +426,30 @@ def _notified(errors: list[ValidationError]) -> list[ValidationError]:
 
 
 def revision_reject(source: Source, revision: Revision, rejected: RevisionRejected) -> None:
-    newly = Revision.objects.filter(pk=revision.pk).exclude(outcome=Revision.Outcome.REJECTED).exists()
-    Revision.objects.filter(pk=revision.pk).update(
-        outcome=Revision.Outcome.REJECTED, errors=[e.as_dict() for e in rejected.errors]
-    )
-    if not newly:
-        return  # known already: announced once, not on every poll
+    """Records the revision rejected, with its errors, and announces it the first time: the mark and its
+    notification commit together, or neither. Apart, a worker killed between them (or an outbox write
+    that failed) left a rejection marked and never told, since a revision already marked is not told
+    again."""
+    errors = [e.as_dict() for e in rejected.errors]
+    rows = Revision.objects.filter(pk=revision.pk)
+    with transaction.atomic():
+        newly = rows.exclude(outcome=Revision.Outcome.REJECTED).update(
+            outcome=Revision.Outcome.REJECTED, errors=errors
+        )
+        if not newly:
+            rows.update(errors=errors)
+            return  # known already: announced once, not on every poll
+        notifications.emit(
+            notifications.REVISION_REJECTED,
+            source=source,
+            subject=f"revisions/{revision.commit}",
+            data={
+                "revision": revision.commit,
+                "errors": [redact(str(e)) for e in _notified(rejected.errors)],
+            },
+        )
     log.warning(
         "revision rejected source=%s commit=%s errors=%d", source.name, revision.commit, len(rejected.errors)
-    )
-    notifications.emit(
-        notifications.REVISION_REJECTED,
-        source=source,
-        subject=f"revisions/{revision.commit}",
-        data={"revision": revision.commit, "errors": [redact(str(e)) for e in _notified(rejected.errors)]},
     )
 
 

@@ -116,6 +116,37 @@ def test_a_rollout_and_a_rejected_revision_are_announced(
     assert len({e["id"] for e in receiver.events}) == len(receiver.events)
 
 
+def test_a_rejection_whose_notice_could_not_be_written_stays_unmarked_and_is_told_next_time(
+    make_source, repo, monkeypatch
+):
+    """The rejected mark and its notice were two commits: a notice that failed (or a worker killed
+    between them) left the revision marked rejected, and a revision already marked is never told again."""
+    from django.db import DatabaseError
+
+    from gitops.desired.errors import RevisionRejected, ValidationError
+    from gitops.fetch.revisions import revision_reject
+    from gitops.models import Revision
+    from gitops.record import notifications
+
+    source = make_source(notify_urls=["http://127.0.0.1:9/hook"])
+    revision = Revision.objects.create(source=source, commit="a" * 40)
+    rejected = RevisionRejected([ValidationError("configmaps/app.yaml", 3, "data", "not a string")])
+    real_emit = notifications.emit
+
+    def outbox_away(*args, **kwargs):
+        raise DatabaseError("the outbox's insert failed")
+
+    monkeypatch.setattr(notifications, "emit", outbox_away)
+    with pytest.raises(DatabaseError):
+        revision_reject(source, revision, rejected)
+    assert Revision.objects.get(pk=revision.pk).outcome != "rejected", "not marked without its notice"
+
+    monkeypatch.setattr(notifications, "emit", real_emit)
+    revision_reject(source, revision, rejected)
+    assert Revision.objects.get(pk=revision.pk).outcome == "rejected"
+    assert Notification.objects.filter(source=source, event__type="dev.sluice.revision.rejected").count() == 1
+
+
 def test_a_failing_receiver_is_retried_with_backoff_and_never_blocks_the_rollout(
     repo, make_namespaces, make_source, sync
 ):
