@@ -319,7 +319,9 @@ def preview_revision(self: PreviewTask, source_id: int, revision: str, actor: st
             schedule.preview_slot_release(actor, self.request.id)
 
 
-NOTIFY_MAX_RETRIES = 8
+# Tries at 0, 1, 3, 7 ... 255 s, then every 5 minutes: about an hour in all. With 8, a receiver redeployed
+# for 5 minutes lost every event of that time for good (an approver never told a rollout paused).
+NOTIFY_MAX_RETRIES = 20
 
 
 @app.task(name="gitops.deliver_notification", bind=True, max_retries=NOTIFY_MAX_RETRIES)
