@@ -116,9 +116,11 @@ def _configured_passwords() -> list[str]:
     return [password for password in passwords if password]
 
 
-def _within(future: Future[str]) -> str:
+def _within(future: Future[str], deadline: float) -> str:
+    """The check's answer, or a timeout at ``deadline`` (monotonic), which every check of the page shares:
+    each waited its own 7 s in turn, so hung checks added up (six hung ones held the page 42 s)."""
     try:
-        return future.result(timeout=CHECK_TIMEOUT_SECONDS + 2)
+        return future.result(timeout=max(0.0, deadline - time.monotonic()))
     except FutureTimeout:
         return "TimeoutError: no answer in time"
 
@@ -167,6 +169,7 @@ def readiness(*, members: bool = True) -> dict[str, str]:
     each registered cluster too (they do not decide readiness)."""
     # Not a with-block: leaving one waits for every thread, and a hung check would hang the page.
     pool = ThreadPoolExecutor(max_workers=MAX_CHECK_THREADS)
+    deadline = time.monotonic() + CHECK_TIMEOUT_SECONDS + 2
     try:
         pending = {name: pool.submit(_outcome, check) for name, check in CHECKS.items()}
         name, check = DATABASE_CHECK
@@ -174,7 +177,7 @@ def readiness(*, members: bool = True) -> dict[str, str]:
         if members and results[name] == "ok":  # the registry lives in the database
             pending |= {name: pool.submit(_outcome, check) for name, check in _registered_clusters().items()}
         # Each check bounds itself; this bounds the page even if one of them does not.
-        results.update({name: _within(future) for name, future in pending.items()})
+        results.update({name: _within(future, deadline) for name, future in pending.items()})
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
     return results

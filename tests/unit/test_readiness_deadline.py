@@ -1,0 +1,30 @@
+"""/readyz answers within one bound however many checks hang: each waited its own bound in turn, so six
+hung checks (the broker, the apiserver, member clusters behind an exec plugin) held the page 42 s."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from gitops import health
+
+
+def test_hung_checks_share_one_deadline(monkeypatch) -> None:
+    released = threading.Event()
+
+    def hangs() -> None:
+        released.wait(60)
+
+    monkeypatch.setattr(health, "CHECK_TIMEOUT_SECONDS", 0.3)
+    monkeypatch.setattr(health, "DATABASE_CHECK", ("database", lambda: None))
+    monkeypatch.setattr(health, "CHECKS", {f"hung-{index}": hangs for index in range(5)})
+    started = time.monotonic()
+    try:
+        answer = health.readiness(members=False)
+    finally:
+        released.set()
+    took = time.monotonic() - started
+
+    assert answer["database"] == "ok"
+    assert all(answer[f"hung-{index}"].startswith("TimeoutError") for index in range(5))
+    assert took < 2 * (health.CHECK_TIMEOUT_SECONDS + 2), f"{took:.1f}s: one shared bound, not one each"
