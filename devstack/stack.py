@@ -21,8 +21,10 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import warnings
@@ -162,19 +164,38 @@ def _postgres_bin() -> str:
     if os.geteuid() != 0:
         return str(install / "bin")
     # PostgreSQL refuses to run as root, and the unprivileged user it runs as
-    # may not be able to reach a virtualenv under /root. Use a readable copy.
+    # may not be able to reach a virtualenv under /root. Use a readable copy, in a directory only root
+    # may write: a copy at a name anyone could compute in /var/tmp itself could be planted ahead of it
+    # (root then ran its pg_isready), or its staging name made a symlink into /etc.
+    parent = _root_only_directory(Path("/var/tmp") / "sluice-pgserver")
     digest = hashlib.sha256(str(install).encode()).hexdigest()[:12]
-    copy = Path("/var/tmp") / f"sluice-pgserver-{digest}"
+    copy = parent / digest
     # The binaries find their libraries at $ORIGIN/../../../pgserver.libs: keep that layout.
     copied_bin = copy / "pgserver" / "pginstall" / "bin"
     if not (copied_bin / "postgres").exists():
-        staging = copy.with_name(copy.name + ".tmp")
-        shutil.rmtree(staging, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(dir=parent, prefix=f"{digest}."))
         shutil.copytree(install, staging / "pgserver" / "pginstall", symlinks=True)
         shutil.copytree(install.parent.parent / "pgserver.libs", staging / "pgserver.libs", symlinks=True)
         _make_world_readable(staging)
         staging.rename(copy)
     return str(copied_bin)
+
+
+def _root_only_directory(path: Path) -> Path:
+    """``path``, a directory root owns and only root may write, made so if it is missing; refused when it
+    is anything else (a symlink, someone else's, writable by others)."""
+    try:
+        path.mkdir(mode=0o755)
+        path.chmod(0o755)  # whatever the umask: the user PostgreSQL runs as walks through it
+    except FileExistsError:
+        pass
+    found = path.lstat()
+    if not stat.S_ISDIR(found.st_mode) or found.st_uid != 0 or found.st_mode & 0o022:
+        raise StackError(
+            f"{path} is not a directory that only root owns and may write (a symlink, someone else's, or "
+            "writable by others): remove it, and start the stack again"
+        )
+    return path
 
 
 def _make_world_readable(path: Path) -> None:
@@ -387,8 +408,10 @@ class Stack:
             data_root.mkdir(mode=0o700)
             return None, data_root
         # The unprivileged server cannot always traverse the checkout's parents.
+        # In a directory only root may write, as the binaries' copy (``_postgres_bin``): no one else can
+        # put a symlink where root removes and recreates it.
         digest = hashlib.sha256(str(self.directory).encode()).hexdigest()[:12]
-        data_root = Path("/var/tmp") / f"sluice-pgdata-{digest}"
+        data_root = _root_only_directory(Path("/var/tmp") / "sluice-pgdata") / digest
         shutil.rmtree(data_root, ignore_errors=True)
         data_root.mkdir(mode=0o700)
         account = pwd.getpwnam(POSTGRES_USER_WHEN_ROOT)
