@@ -352,8 +352,10 @@ def _identity_record(seen: ClusterRecord, actor: Actor, *, rebuilt: bool = False
             # Removed and added again, moved, an allowance revoked (the identity was read under it), or
             # another record of it meanwhile.
             raise PermanentError(f"cluster {seen.name!r} changed meanwhile; look at it again")
-        if record.identity == identity:
-            return ClusterUpdate(record, changed=False, unverified_now=None, identity=identity)
+        if record.identity == identity:  # said as such ("already ..."), not as an unchanged allowance
+            return ClusterUpdate(
+                record, changed=False, unverified_now=None, identity=identity, recorded_from=identity
+            )
         if record.identity and not rebuilt:
             raise PermanentError(
                 f"cluster {seen.name} ({seen.credentials_ref}) now reaches another cluster (kube-system "

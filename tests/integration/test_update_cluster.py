@@ -355,7 +355,9 @@ def test_record_identity_records_one_registered_before_and_one_rebuilt_under_the
     recorded = update("edge", "--record-identity")
 
     assert f"identity recorded, kube-system namespace uid {member_1} (was none)" in recorded
-    assert "unchanged" in update("edge", "--record-identity")
+    assert f"unchanged, its identity is already kube-system namespace uid {member_1}" in update(
+        "edge", "--record-identity"
+    )
     FlakyKubeconfig(edge.path, stack["KUBECONFIG"], "member-2")  # "edge" rebuilt: a new kube-system
     with pytest.raises(PermanentError, match="reaches another cluster"):
         another_process().get("edge")
