@@ -631,6 +631,8 @@ class ApplyIntent(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     # Not a column: ``manifest`` as compact JSON, when ``for_item`` encoded it (None once read back).
     manifest_json: str | None = None
+    # Not a column: the source's name, for the label check of a delete or a release (``apply._name_holders``).
+    holder: str = ""
 
     class Meta:
         ordering: ClassVar[list[str]] = ["id"]

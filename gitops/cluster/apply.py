@@ -72,7 +72,7 @@ def intents_apply_everywhere(
     pass's lock (``locks.pass_fence``): a pass whose lock went with its session sends no more and
     raises ``ReconcileLockLost``; its intents stay pending, for the pass that takes over."""
     fence = pass_fence()  # asked on the pass's thread: the clusters' threads do not inherit it
-    _load_sources_of_deletes(intents)
+    _name_holders(intents)
     groups: dict[str, list[ApplyIntent]] = {}
     for intent in intents:
         groups.setdefault(intent.cluster, []).append(intent)
@@ -315,15 +315,32 @@ def _deletes(intent: ApplyIntent) -> bool:
     ) and intent.kind not in WORKLOAD_KINDS
 
 
-def _load_sources_of_deletes(intents: Sequence[ApplyIntent]) -> None:
-    """Each deleting intent's source, read in one query on the pass's thread: a delete goes out only
-    while the object is still labelled as that source's (``Cluster.delete_configmap``)."""
-    deleting = [intent for intent in intents if _deletes(intent) and not ApplyIntent.source.is_cached(intent)]
-    if not deleting:
+def _guarded(intent: ApplyIntent) -> bool:
+    """Whether the intent's first request takes the object from its source (a delete, a release): it goes
+    out only while the object is still labelled as that source's."""
+    return intent.action == ChangeAction.RELEASE or _deletes(intent)
+
+
+def _name_holders(intents: Sequence[ApplyIntent]) -> None:
+    """The source names of the intents a label check guards (``ApplyIntent.holder``), read in one query
+    on the pass's thread: names only (a source's row holds its plan, megabytes), and no query from an
+    apply pool's thread."""
+    guarded = [intent for intent in intents if _guarded(intent) and not intent.holder]
+    for intent in guarded:
+        if ApplyIntent.source.is_cached(intent):  # read with its source already
+            intent.holder = intent.source.name
+    guarded = [intent for intent in guarded if not intent.holder]
+    if not guarded:
         return
-    sources = Source.all_objects.in_bulk({intent.source_id for intent in deleting})
-    for intent in deleting:
-        intent.source = sources[intent.source_id]
+    names = dict(
+        Source.all_objects.filter(pk__in={intent.source_id for intent in guarded}).values_list("pk", "name")
+    )
+    for intent in guarded:
+        intent.holder = names[intent.source_id]
+
+
+def _holder(intent: ApplyIntent) -> str:
+    return intent.holder or intent.source.name  # the latter: an intent applied without _name_holders
 
 
 class StoppedBatch(Exception):
@@ -339,11 +356,15 @@ def _apply_one(cluster: Cluster, intent: ApplyIntent, fence: Callable[[], None])
     try:
         if intent.action == ChangeAction.RELEASE:
             cluster.release_configmap(
-                intent.namespace, intent.name, field_manager=settings.SLUICE_FIELD_MANAGER, fence=fence
+                intent.namespace,
+                intent.name,
+                field_manager=settings.SLUICE_FIELD_MANAGER,
+                fence=fence,
+                held_by=_holder(intent),
             )
             return DONE
         if _deletes(intent):
-            cluster.delete_configmap(intent.namespace, intent.name, held_by=intent.source.name, fence=fence)
+            cluster.delete_configmap(intent.namespace, intent.name, held_by=_holder(intent), fence=fence)
             writes.made = True
             fence()
         if intent.manifest is not None:

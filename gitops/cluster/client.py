@@ -798,7 +798,13 @@ class Cluster:
         return True
 
     def release_configmap(
-        self, namespace: str, name: str, *, field_manager: str, fence: Callable[[], None] = lambda: None
+        self,
+        namespace: str,
+        name: str,
+        *,
+        field_manager: str,
+        fence: Callable[[], None] = lambda: None,
+        held_by: str | None = None,
     ) -> bool:
         """Lets go of an object and leaves its content: Sluice's labels and annotations go, and so does
         ``field_manager``'s entry in managedFields, so no later apply of it can take the fields back.
@@ -813,6 +819,11 @@ class Cluster:
             live = self.get_configmap(namespace, name)
             if live is None:
                 return False
+            owner = live_provenance(live)[0]
+            if held_by is not None and owner not in (None, held_by):
+                # Taken over by another source since the listing: its labels and Sluice's entry in
+                # managedFields (one field manager for every source) are that source's now.
+                raise NotHeldError(f"{namespace}/{name} was not released: it is now source {owner}'s")
             fence()
             try:
                 with _api_errors():

@@ -753,6 +753,23 @@ def test_a_delete_goes_out_only_while_the_object_is_still_the_sources(cluster, n
     assert cluster.get_configmap(namespace, "ours") is None
 
 
+def test_a_release_leaves_an_object_another_source_took_over_as_it_is(cluster, namespace):
+    """A removal that keeps its objects releases them: Sluice's labels, annotations and its entry in
+    managedFields go. One another source took over since the listing kept nothing of its new owner's
+    (the field manager is one for every source). It is now refused; the source's own is released."""
+    from gitops.cluster.client import NotHeldError
+
+    manager = "sluice-test"
+    cluster.apply_configmap(labelled(configmap(namespace, "theirs"), "other"), field_manager=manager)
+    with pytest.raises(NotHeldError, match="was not released: it is now source other's"):
+        cluster.release_configmap(namespace, "theirs", field_manager=manager, held_by="apps")
+    assert cluster.get_configmap(namespace, "theirs")["metadata"]["labels"]["sluice.dev/source"] == "other"
+
+    cluster.apply_configmap(labelled(configmap(namespace, "ours"), "apps"), field_manager=manager)
+    assert cluster.release_configmap(namespace, "ours", field_manager=manager, held_by="apps")
+    assert "sluice.dev/source" not in cluster.get_configmap(namespace, "ours")["metadata"]["labels"]
+
+
 @pytest.mark.parametrize("taken_over_by", ["relabelled", "recreated"])
 def test_a_take_over_between_the_deletes_read_and_its_request_keeps_the_object(
     cluster, namespace, taken_over_by
