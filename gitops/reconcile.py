@@ -48,6 +48,7 @@ from gitops.rollout.lifecycle import (
     rollout_choose,
     rollout_drive,
     rollout_holds_head,
+    rollout_note_head,
 )
 from gitops.rollout.rollback import rollbacks_owed_finish, rollbacks_owing, rollout_rollback
 from gitops.rollout.state import StepOutcome, owed_rollbacks_memo, owed_rollbacks_none, pending_writes_known
@@ -267,6 +268,7 @@ def _hold(source: Source, head: Revision, desired: Any, gate: Gate, result: Sync
     administrator's override); the plan of the head shows what waits.
     """
     moved = _drive_active(source, actor=SYSTEM_ACTOR, retry_failed=False, held=gate)
+    rollout_note_head(source, head, desired)
     plan_held(source, desired, head.commit, held=gate.reason)
     result.outcome = Outcome.HELD
     if moved is not None and moved.outcome in (Outcome.ABORTED, Outcome.FAILED, Outcome.SUPERSEDED):

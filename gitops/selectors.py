@@ -506,7 +506,8 @@ def source_gate(source: Source, at: datetime | None = None) -> Gate:
 def freeze_history(limit: int = 20) -> list[Freeze]:
     """Recent freezes that ended (lifted or run out), newest first."""
     ended = Q(lifted_at__isnull=False) | Q(until__lte=timezone.now())
-    return list(Freeze.objects.filter(ended).select_related("source").order_by("-created_at", "-id")[:limit])
+    shown = Freeze.objects.filter(ended).select_related("source").defer(*Source.related_bulk("source"))
+    return list(shown.order_by("-created_at", "-id")[:limit])
 
 
 def freeze_as_dict(freeze: Freeze) -> dict[str, Any]:

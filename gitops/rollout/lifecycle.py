@@ -135,6 +135,15 @@ def rollout_holds_head(source: Source, rollout: Rollout, head: Revision, head_de
     return rollout.content_hash == head_desired.content_hash and directory_unchanged(source, head, rollout)
 
 
+def rollout_note_head(source: Source, head: Revision, head_desired: DesiredState) -> None:
+    """Records the head the newest rollout stands for while a freeze or a closed window keeps
+    ``rollout_choose`` from running: a retry of a failed rollout, asked meanwhile after another team's
+    commit elsewhere, was refused as "moved on" to a head with no rollout of its own."""
+    newest, _active = _newest_and_active(source)
+    if newest is not None and newest.revision_id != head.pk:
+        _stands_for_head(source, newest, head, head_desired)
+
+
 def _stands_for_head(source: Source, rollout: Rollout, head: Revision, head_desired: DesiredState) -> bool:
     """Whether a rollout of an earlier commit stands for the head: the head holds the source's directory
     byte for byte as the rollout's commit did (another team's commit in a monorepo, an empty commit). Its

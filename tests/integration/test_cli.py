@@ -418,8 +418,9 @@ def test_what_trying_again_may_mend_exits_2_and_odd_arguments_are_refused_clearl
     repo.write_all({"sluice.yaml": policy(["t"]), "configmaps/app.yaml": configmap("app", {"A": "1"})})
     repo.commit()
     source = make_source()
-    with pytest.raises(CommandError, match="at most 150 printable characters"):
+    with pytest.raises(CommandError, match="at most 150 printable characters") as too_long:
         call_command("gitops", "suspend", source.name, "--by", "x" * 151)
+    assert too_long.value.returncode == 1, "refused: trying again does not help"
     assert not Source.objects.get(pk=source.pk).suspended
     archive = tmp_path / "archive.jsonl"
     call_command("gitops", "archive-changes", "--before", "2020-01-01T00:00+20:00", "--output", str(archive))

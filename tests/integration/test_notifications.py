@@ -146,6 +146,14 @@ def test_a_rejection_whose_notice_could_not_be_written_stays_unmarked_and_is_tol
     assert Revision.objects.get(pk=revision.pk).outcome == "rejected"
     assert Notification.objects.filter(source=source, event__type="dev.sluice.revision.rejected").count() == 1
 
+    # A URL past what the row keeps, stored before such URLs were refused: its event is left out, where
+    # its insert failed, and now the rejection with it, at every pass.
+    type(source).objects.filter(pk=source.pk).update(notify_urls=["https://hooks.example.com/" + "a" * 2100])
+    source.refresh_from_db()
+    later = Revision.objects.create(source=source, commit="b" * 40)
+    revision_reject(source, later, rejected)
+    assert Revision.objects.get(pk=later.pk).outcome == "rejected"
+
 
 def test_a_failing_receiver_is_retried_with_backoff_and_never_blocks_the_rollout(
     repo, make_namespaces, make_source, sync

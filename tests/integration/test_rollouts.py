@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+from datetime import timedelta
 
 import pytest
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.test import Client
+from django.utils import timezone
 
 from gitops import selectors
 from gitops.models import Approval, Change, Revision, Rollout, RolloutEvent, Source
@@ -924,6 +926,25 @@ def test_an_aborted_rollout_is_not_run_again_by_a_commit_elsewhere_and_is_retrie
     assert resumed.pk == again.pk and versions(cluster, targets) == ["2", "1"]
     with pytest.raises(RolloutError, match=f"rollout {again.pk} came after rollout {aborted.pk}"):
         decisions.rollout_retry(aborted.pk, user=people["approver"])
+
+
+def test_a_retry_after_a_commit_elsewhere_during_a_freeze_is_of_the_aborted_content(
+    repo, make_namespaces, make_source, sync, cluster, people
+):
+    """A held pass (a freeze, a closed window) fetches the head but chooses no rollout: the head a
+    rollout stands for was not recorded, and a retry was refused as "moved on" to a head with no rollout."""
+    from gitops import freezes
+
+    source, paused, _targets = monorepo_rollout_paused(repo, make_namespaces, make_source, sync, cluster)
+    decisions.rollout_abort(paused.pk, user=people["approver"])
+    aborted = wait_for(source, phase="Aborted")
+    freezes.freeze_set(None, until=timezone.now() + timedelta(hours=1), reason="holidays", by="ines")
+    repo.write("team-b/notes.txt", "their notes")
+    repo.commit("team-b: notes")
+    assert sync(source)["outcome"] == "held"
+
+    again = decisions.rollout_retry(aborted.pk, user=people["approver"])
+    assert again.revision_id == aborted.revision_id
 
 
 def test_a_new_commit_queues_behind_a_running_rollout(

@@ -112,6 +112,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         handler = getattr(self, "do_" + options["command"].replace("-", "_"))
+        _check_actor_name(options.get("by"))
         try:
             handler(**options)
         except Source.DoesNotExist as exc:
@@ -824,9 +825,7 @@ def _add_people_parsers(commands: Any) -> None:
     )
     verify.add_argument("username")
     verify.add_argument("email")
-    verify.add_argument(
-        "--by", required=True, type=_actor_name, metavar="ADMIN", help="the administrator who verified it"
-    )
+    verify.add_argument("--by", required=True, metavar="ADMIN", help="the administrator who verified it")
 
 
 def _add_reading_parsers(commands: Any) -> None:
@@ -1262,20 +1261,18 @@ def _access_change(entry: Mapping[str, Any]) -> str:
 ACTOR_LENGTH = 150
 
 
-def _actor_name(text: str) -> str:
+def _check_actor_name(name: str | None) -> None:
     """``--by``: a name the records can keep whole. A longer one failed in the database, a traceback, or a
-    worker's pass that then failed at every try."""
-    name = text.strip()
-    if len(name) > ACTOR_LENGTH or any(not character.isprintable() for character in name):
-        raise ArgumentTypeError(f"at most {ACTOR_LENGTH} printable characters")
-    return name
+    worker's pass that then failed at every try. A refusal (exit 1), not a usage error (argparse's 2,
+    which says trying again may help)."""
+    if name and (len(name) > ACTOR_LENGTH or any(not character.isprintable() for character in name)):
+        raise CommandError(f"--by: at most {ACTOR_LENGTH} printable characters")
 
 
 def _by_argument(parser: ArgumentParser) -> None:
     parser.add_argument(
         "--by",
         default="",
-        type=_actor_name,
         metavar="NAME",
         help="who makes the change, for the audit trail (default: cli:$USER)",
     )
