@@ -169,16 +169,20 @@ def readiness(*, members: bool = True) -> dict[str, str]:
     each registered cluster too (they do not decide readiness)."""
     # Not a with-block: leaving one waits for every thread, and a hung check would hang the page.
     pool = ThreadPoolExecutor(max_workers=MAX_CHECK_THREADS)
+    bound = CHECK_TIMEOUT_SECONDS + 2
     try:
+        deadline = time.monotonic() + bound
         pending = {name: pool.submit(_outcome, check) for name, check in CHECKS.items()}
         name, check = DATABASE_CHECK
         results = {name: _outcome(check)}  # bounded by its own timeout
-        # From here: the member clusters are asked only now, and a slow database must not use up theirs.
-        deadline = time.monotonic() + CHECK_TIMEOUT_SECONDS + 2
+        # The member clusters are asked only now: a slow database must not use up their time.
+        members_by = time.monotonic() + bound
+        asked = {}
         if members and results[name] == "ok":  # the registry lives in the database
-            pending |= {name: pool.submit(_outcome, check) for name, check in _registered_clusters().items()}
+            asked = {name: pool.submit(_outcome, check) for name, check in _registered_clusters().items()}
         # Each check bounds itself; this bounds the page even if one of them does not.
         results.update({name: _within(future, deadline) for name, future in pending.items()})
+        results.update({name: _within(future, members_by) for name, future in asked.items()})
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
     return results

@@ -36,6 +36,7 @@ from gitops.locks import source_lock_if_free
 from gitops.models import (
     MAX_REQUIRED_APPROVALS,
     ApplyIntent,
+    Notification,
     Rollout,
     Source,
     SourceRemoval,
@@ -218,7 +219,7 @@ _CHECKS: dict[str, Any] = {
 
 
 # What a notification's row keeps of its URL (``Notification.url``).
-NOTIFY_URL_LENGTH = 2000
+NOTIFY_URL_LENGTH: int = Notification._meta.get_field("url").max_length or 2000
 
 
 def _notify_url_problem(url: str) -> str | None:

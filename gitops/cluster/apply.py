@@ -336,6 +336,8 @@ def _name_holders(intents: Sequence[ApplyIntent]) -> None:
         Source.all_objects.filter(pk__in={intent.source_id for intent in guarded}).values_list("pk", "name")
     )
     for intent in guarded:
+        if intent.source_id not in names:  # never: a source's row outlives its intents (soft deletion)
+            raise PermanentError(f"intent {intent.pk}: its source {intent.source_id} is gone")
         intent.holder = names[intent.source_id]
 
 

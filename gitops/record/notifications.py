@@ -26,7 +26,7 @@ from gitops.vocabulary import RolloutEventKind
 
 log = logging.getLogger(__name__)
 REVISION_REJECTED = "rejected"
-NOTIFY_URL_LENGTH = 2000  # what a notification's row keeps of its URL (``Notification.url``)
+NOTIFY_URL_LENGTH: int = Notification._meta.get_field("url").max_length or 2000  # what a row keeps of it
 EVENT_TYPES = {
     RolloutEventKind.STARTED: "dev.sluice.rollout.started",
     RolloutEventKind.STEP: "dev.sluice.rollout.step.applied",

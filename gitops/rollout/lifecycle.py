@@ -139,8 +139,15 @@ def rollout_note_head(source: Source, head: Revision, head_desired: DesiredState
     """Records the head the newest rollout stands for while a freeze or a closed window keeps
     ``rollout_choose`` from running: a retry of a failed rollout, asked meanwhile after another team's
     commit elsewhere, was refused as "moved on" to a head with no rollout of its own."""
-    newest, _active = _newest_and_active(source)
-    if newest is not None and newest.revision_id != head.pk:
+    # The newest alone, with its revision: not the source's row (its plan), read at every held poll.
+    newest = (
+        Rollout.objects.filter(source_id=source.pk)
+        .select_related("revision")
+        .defer("flag_claims")
+        .order_by("-id")
+        .first()
+    )
+    if newest is not None and newest.revision_id != head.pk and newest.stands_for != head.commit:
         _stands_for_head(source, newest, head, head_desired)
 
 

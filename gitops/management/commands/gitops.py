@@ -112,6 +112,8 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         handler = getattr(self, "do_" + options["command"].replace("-", "_"))
+        if isinstance(options.get("by"), str):  # "  " is no name: the OS account is recorded instead
+            options["by"] = options["by"].strip()
         _check_actor_name(options.get("by"))
         try:
             handler(**options)
