@@ -157,7 +157,7 @@ def test_an_abort_in_argo_fails_sluices_wave_and_both_roll_back(
     assert "Degraded" in failed.message
     poll(lambda: restored(cluster, namespace), timeout=60, what="the ConfigMap to be restored")
     # Unstamped, its template is the stable one again: Argo goes back to it as healthy, no new pods made.
-    healthy = wait_for_phase(custom_api, namespace, "web", "Healthy", timeout=60)
+    healthy = wait_for_phase(custom_api, namespace, "web", "Healthy", timeout=120)
     assert CONFIG_HASH not in (healthy["spec"]["template"]["metadata"].get("annotations") or {})
     assert healthy["status"]["stableRS"] == healthy["status"]["currentPodHash"] == stable
 
