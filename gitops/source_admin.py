@@ -36,7 +36,6 @@ from gitops.locks import source_lock_if_free
 from gitops.models import (
     MAX_REQUIRED_APPROVALS,
     ApplyIntent,
-    Notification,
     Rollout,
     Source,
     SourceRemoval,
@@ -45,6 +44,7 @@ from gitops.models import (
     validate_source_name,
 )
 from gitops.record.audit import Actor, audit_record
+from gitops.record.notifications import NOTIFY_URL_LENGTH
 from gitops.redaction import redact_url, url_without_query
 from gitops.vocabulary import SYSTEM_ACTOR, AuditVia, ObjectsOnRemoval, SourceAuditAction, Waiting
 
@@ -216,10 +216,6 @@ _CHECKS: dict[str, Any] = {
     "commit_url_template": _commit_url_problems,
     "notify_urls": lambda urls: [_notify_url_problem(url) for url in urls],
 }
-
-
-# What a notification's row keeps of its URL (``Notification.url``).
-NOTIFY_URL_LENGTH: int = Notification._meta.get_field("url").max_length or 2000
 
 
 def _notify_url_problem(url: str) -> str | None:
