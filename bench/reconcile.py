@@ -6,9 +6,12 @@ process running (`gitops live-cache`):
   - no-op reconcile: a sync when nothing changed (median of 9), planned from the live cache;
   - one-file change: a commit that changes one manifest (median of 9, with the range), from the live
     cache: three samples of a pass of 0.1 to 0.2 s on a shared machine moved the median by a third;
+  - prune: a commit that removes half the manifests (5 of the 10 namespaces' files), from the live cache,
+    with the worker's and the apiserver's CPU per 1,000 deletes;
   - no-op without the cache: the live cache stopped, so the plan LISTs every namespace (median of 3);
   - worker peak RSS (VmHWM of the worker's processes);
-and the same manifests through `kubectl apply --server-side` and `kubectl diff --server-side`.
+and the same manifests through `kubectl apply --server-side`, `kubectl diff --server-side` and
+`kubectl delete` (the same half of the files).
 
 Usage: python bench/reconcile.py [--sizes 1000,10000]
 Targets (issue #15): no-op and one-file change of 10,000 objects <= 0.2 s.
@@ -212,7 +215,8 @@ class Bench:
         path.mkdir(parents=True)
         git(path, "init", "--quiet", "--bare", "--initial-branch=main", str(remote))
         git(path, "init", "--quiet", "--initial-branch=main", str(work))
-        policy = "targets:\n  namespaces: [" + ", ".join(namespaces) + "]\n"
+        # Prune on: the prune's figure removes half the files (nothing is pruned before it).
+        policy = "targets:\n  namespaces: [" + ", ".join(namespaces) + "]\nprune: true\n"
         (work / "sluice.yaml").write_text(policy)
         for index in range(size):
             namespace = namespaces[index % NAMESPACES]
@@ -248,6 +252,19 @@ class Bench:
         path.write_text(manifest(f"cm-{index:05d}", namespace, index, revision))
         git(work, "commit", "--quiet", "-am", f"change {index}")
         git(work, "push", "--quiet", "origin", "HEAD:refs/heads/main")
+
+    @staticmethod
+    def remove_half(work: Path, namespaces: list[str]) -> int:
+        """Commits and pushes the removal of every manifest in the first half of the namespaces; returns
+        how many went."""
+        removed = 0
+        for namespace in namespaces[: NAMESPACES // 2]:
+            directory = work / "configmaps" / namespace
+            removed += len(list(directory.glob("*.yaml")))
+            git(work, "rm", "--quiet", "-r", str(directory))
+        git(work, "commit", "--quiet", "-m", f"remove {removed}")
+        git(work, "push", "--quiet", "origin", "HEAD:refs/heads/main")
+        return removed
 
     @staticmethod
     def live_cache_vouches(namespaces: list[str]) -> bool:
@@ -339,6 +356,12 @@ class Bench:
                 elapsed, result = timed_sync()
                 assert result["summary"].get("update") == 1, result
                 changes.append(elapsed)
+            removed = self.remove_half(work, namespaces)
+            ours_before, theirs_before = cpu_seconds(process_tree(worker_pid), children=True), apiserver_cpu()
+            prune, result = timed_sync()
+            assert result["summary"].get("delete") == removed, result
+            prune_cpu = cpu_seconds(process_tree(worker_pid), children=True) - ours_before
+            apiserver_prune_cpu = apiserver_cpu() - theirs_before
             live_cache.stop()
             noops_read = [noop() for _ in range(3)]
             rss = peak_rss_mib(worker.process.pid)
@@ -353,6 +376,10 @@ class Bench:
             "one_file_min": min(changes),
             "one_file_max": max(changes),
             "noop_read": statistics.median(noops_read),
+            "prune": prune,
+            "pruned": removed,
+            "prune_cpu_per_1000": prune_cpu * 1000 / removed,
+            "apiserver_prune_cpu_per_1000": apiserver_prune_cpu * 1000 / removed,
             "rss_mib": rss,
             "cpu_per_1000": cold_cpu * 1000 / size,
             "apiserver_cpu_per_1000": apiserver_cold_cpu * 1000 / size,
@@ -394,8 +421,19 @@ class Bench:
             "diff", "--server-side", "--field-manager=kubectl-bench", "-R", "-f", str(directory), ok=(0, 1)
         )
         noop_apply = self.kubectl_timed(*self.kubectl_apply(directory))
+        # The same half of the objects Sluice's prune removed (``remove_half``): one DELETE each.
+        halves = [str(path) for path in sorted(directory.iterdir())[: NAMESPACES // 2]]
+        delete = self.kubectl_timed(
+            "delete", "--wait=false", "-R", *(f"--filename={path}" for path in halves)
+        )
         cold = sorted(samples)[len(samples) // 2]
-        return {"cold": cold, "cold_samples": samples, "diff": diff, "noop_apply": noop_apply}
+        return {
+            "cold": cold,
+            "cold_samples": samples,
+            "diff": diff,
+            "noop_apply": noop_apply,
+            "delete": delete,
+        }
 
 
 def main() -> int:
@@ -573,6 +611,17 @@ def print_rows(rows: list[tuple[int, dict[str, Any], dict[str, Any]]]) -> None:
             f" kube-apiserver {ours['apiserver_cpu_per_1000']:.2f} s"
             f" ({100 * ours['cpu_per_1000'] / max(ours['apiserver_cpu_per_1000'], 1e-9):.0f}%);"
             f" the live cache {ours['cache_cpu_per_1000']:.2f} s"
+        )
+    for size, ours, theirs in rows:
+        if (
+            "pruned" not in ours or "delete" not in theirs
+        ):  # a row made by hand (tests/unit/test_bench_cores.py)
+            continue
+        print(
+            f"{size:>8} objects, prune of {ours['pruned']}: Sluice {ours['prune']:.2f} s, kubectl delete"
+            f" {theirs['delete']:.2f} s ({theirs['delete'] / ours['prune']:.1f}x); CPU per 1,000 deletes:"
+            f" Sluice worker {ours['prune_cpu_per_1000']:.2f} s,"
+            f" kube-apiserver {ours['apiserver_prune_cpu_per_1000']:.2f} s"
         )
     for size, ours, theirs in rows:
         if len(ours["cold_samples"]) > 1:

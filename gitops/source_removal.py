@@ -263,6 +263,8 @@ def _intent(removal: SourceRemoval, obj: ManagedObject, live: dict[str, Any]) ->
         before_hash=content.hash,
         after_hash=after.hash if after is not None else "",
         diff=[change.as_dict() for change in diff_content(content, after)],
+        # Read as this source's at this version just now (``_remove_objects``): the prune's condition.
+        live_version=str((live.get("metadata") or {}).get("resourceVersion") or "") if prune else "",
         actor=removal.requested_by,
     )
 

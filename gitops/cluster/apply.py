@@ -366,7 +366,13 @@ def _apply_one(cluster: Cluster, intent: ApplyIntent, fence: Callable[[], None])
             )
             return DONE
         if _deletes(intent):
-            cluster.delete_configmap(intent.namespace, intent.name, held_by=_holder(intent), fence=fence)
+            cluster.delete_configmap(
+                intent.namespace,
+                intent.name,
+                held_by=_holder(intent),
+                seen_version=intent.live_version,
+                fence=fence,
+            )
             writes.made = True
             fence()
         if intent.manifest is not None:

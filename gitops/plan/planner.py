@@ -75,6 +75,10 @@ class PlanItem:
     reason: str = ""
     # Set when Sluice must take fields back from another field manager.
     force: bool = False
+    # For a delete (a prune, a replace): the resourceVersion at which the live object was read as this
+    # source's. The delete goes out on the condition that it is still that version, with no read of its
+    # own; any change since (a takeover included) fails the condition and is read and checked then.
+    live_version: str = ""
 
     @property
     def key(self) -> ObjectKey:
@@ -455,7 +459,12 @@ def _gone(
         live_commit=live_commit,
         live_content_hash=live_hash,
         reason=reason,
+        live_version=_version(live) if action is Action.DELETE else "",
     )
+
+
+def _version(live: Mapping[str, Any]) -> str:
+    return str((live.get("metadata") or {}).get("resourceVersion") or "")
 
 
 def _foreign(key: ObjectKey, live: Mapping[str, Any], why: str) -> PlanItem:
@@ -625,4 +634,5 @@ def _plan_object(
         live_content_hash=applied_hash,
         reason=verdict.reason,
         force=verdict.force,
+        live_version=_version(live) if verdict.action is Action.REPLACE else "",
     )

@@ -73,8 +73,10 @@ def rollout_promote(
         )
         if at_step is not None and at_step != rollout.step_index:
             raise RolloutError(
-                f"rollout {rollout.pk} has moved on to step {rollout.step_index + 1} since step "
-                f"{at_step + 1} was shown; look at it again before promoting"
+                # The numbers the page, `gitops status` and --step show and take (the steps done), not
+                # one more: "moved on to step 3 since step 1" read as a promote two steps late.
+                f"rollout {rollout.pk} has moved on to step {rollout.step_index} since step "
+                f"{at_step} was shown; look at it again before promoting"
             )
         at_gate = _check_promotable(rollout, full=full)
         if rollout.forbid_self_approval:

@@ -650,7 +650,8 @@ def test_a_promote_sent_twice_does_not_release_the_gate_after_the_one_it_was_sho
         phase="Paused", waiting_for="approval", step_index=step + 1
     )
     again = approver.post(promote, {"step": step}, follow=True)
-    assert "has moved on to step" in again.content.decode()
+    # In the page's numbers (its hidden field and "step N of M"), not one more.
+    assert f"has moved on to step {step + 1} since step {step} was shown" in again.content.decode()
     assert paused_rollout.approvals.count() == 1
     # Through the API the same: a 409.
     api = approver.post(
