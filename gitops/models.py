@@ -625,9 +625,10 @@ class ApplyIntent(models.Model):
     force = models.BooleanField(default=False)
     # Delete before applying: an immutable object cannot take new content.
     recreate = models.BooleanField(default=False)
-    # For a delete: the resourceVersion at which the plan (or a removal's listing) read the object as its
+    # For a delete: the uid and resourceVersion of the object the plan (or a removal's listing) read as its
     # source's; "" when none was (a rollback's). The delete is sent on the condition that the object is
-    # still that version, without a read before it (``Cluster.delete_configmap``).
+    # still that one at that version, without a read before it (``Cluster.delete_configmap``).
+    live_uid = models.CharField(max_length=64, blank=True, default="", db_default="")
     live_version = models.CharField(max_length=64, blank=True, default="", db_default="")
     origin = models.CharField(max_length=1000, blank=True, default="")
     actor = models.CharField(max_length=150, default="sluice")
@@ -709,6 +710,7 @@ class ApplyIntent(models.Model):
             # An added or removed key's unified text is derived when shown (``readable_diff``).
             diff=[change.as_dict(stored=True) for change in item.diff],
             force=item.force,
+            live_uid=item.live_uid,
             live_version=item.live_version,
             origin=item.desired.origin if item.desired else "",
             actor=actor,

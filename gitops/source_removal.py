@@ -42,7 +42,7 @@ from gitops.models import (
     admin_settings,
 )
 from gitops.plan import diff_content
-from gitops.plan.provenance import live_content, live_provenance
+from gitops.plan.provenance import live_content, live_provenance, read_as_held
 from gitops.record.audit import Actor, audit_record
 from gitops.record.changelog import changes_record
 from gitops.rollout.step import Executed, in_scope, intents_execute
@@ -263,8 +263,8 @@ def _intent(removal: SourceRemoval, obj: ManagedObject, live: dict[str, Any]) ->
         before_hash=content.hash,
         after_hash=after.hash if after is not None else "",
         diff=[change.as_dict() for change in diff_content(content, after)],
-        # Read as this source's at this version just now (``_remove_objects``): the prune's condition.
-        live_version=str((live.get("metadata") or {}).get("resourceVersion") or "") if prune else "",
+        # Read as this source's just now (``_remove_objects``): the prune's condition.
+        **(read_as_held(live) if prune else {}),
         actor=removal.requested_by,
     )
 

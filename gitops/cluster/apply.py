@@ -27,6 +27,7 @@ from gitops.cluster.client import (
     Applied,
     Cluster,
     ClusterRefused,
+    DeleteOutcome,
     FieldConflictError,
     NotFoundError,
 )
@@ -216,39 +217,94 @@ def intents_apply(
     cluster costs one timeout, not one per object.
 
     Plain applies (a create or an update: one request each, whose answer is not read) go out
-    together on the calling thread (``Cluster.apply_configmaps``); the others (deletes, releases,
-    self-heals, workloads' restarts) each on a thread of the cluster's apply pool. ``fence`` is called
-    before each write goes out, and stops the batch when it raises.
+    together on the calling thread (``Cluster.apply_configmaps``), and so do plain prunes (a delete on
+    the condition of the object the plan read, ``_plain_delete``); the others (releases, replaces,
+    self-heals, workloads' restarts, a prune whose object changed since) each on a thread of the
+    cluster's apply pool. ``fence`` is called before each write goes out, and stops the batch when it
+    raises.
     """
     if not intents:
         return []
     concurrency = int(getattr(settings, "SLUICE_APPLY_CONCURRENCY", 16))
     if len(intents) == 1:
         return [_apply_one(cluster, intents[0], fence)]
-    answers: list[IntentAnswer] = [DONE] * len(intents)
-    plain = [index for index, intent in enumerate(intents) if _plain_apply(intent)]
-    if cluster.applies_in_batches and len(plain) > 1:
-        outcomes = cluster.apply_configmaps(
-            [(_manifest(intents[index]), intents[index].force) for index in plain],
-            field_manager=settings.SLUICE_FIELD_MANAGER,
-            width=concurrency,
-            bodies=[intents[index].manifest_json for index in plain],
-            before_each=fence,
-        )
-        for index, outcome in zip(plain, outcomes, strict=True):
-            answers[index] = (
-                IntentAnswer(None, outcome.resource_version)
-                if isinstance(outcome, Applied)
-                else IntentAnswer(_moved_keys_kept(intents[index], _refusal_text(outcome)))
-            )
-        batched = set(plain)
-        others = [index for index in range(len(intents)) if index not in batched]
-    else:
-        others = list(range(len(intents)))
+    answers: list[IntentAnswer | None] = [None] * len(intents)
+    if cluster.applies_in_batches:
+        _apply_plain(cluster, intents, answers, concurrency, fence)
+        _delete_plain(cluster, intents, answers, concurrency, fence)
+    others = [index for index, answer in enumerate(answers) if answer is None]
     threaded = _apply_on_threads(cluster, [intents[index] for index in others], concurrency, fence)
     for index, answer in zip(others, threaded, strict=True):
         answers[index] = answer
-    return answers
+    return [answer if answer is not None else DONE for answer in answers]
+
+
+def _apply_plain(
+    cluster: Cluster,
+    intents: Sequence[ApplyIntent],
+    answers: list[IntentAnswer | None],
+    concurrency: int,
+    fence: Callable[[], None],
+) -> None:
+    """The plain applies' answers, into ``answers``: one batch on the calling thread."""
+    plain = [index for index, intent in enumerate(intents) if _plain_apply(intent)]
+    if len(plain) <= 1:
+        return
+    outcomes = cluster.apply_configmaps(
+        [(_manifest(intents[index]), intents[index].force) for index in plain],
+        field_manager=settings.SLUICE_FIELD_MANAGER,
+        width=concurrency,
+        bodies=[intents[index].manifest_json for index in plain],
+        before_each=fence,
+    )
+    for index, outcome in zip(plain, outcomes, strict=True):
+        answers[index] = (
+            IntentAnswer(None, outcome.resource_version)
+            if isinstance(outcome, Applied)
+            else IntentAnswer(_moved_keys_kept(intents[index], _refusal_text(outcome)))
+        )
+
+
+def _delete_plain(
+    cluster: Cluster,
+    intents: Sequence[ApplyIntent],
+    answers: list[IntentAnswer | None],
+    concurrency: int,
+    fence: Callable[[], None],
+) -> None:
+    """The plain prunes' answers, into ``answers``: one batch on the calling thread, each DELETE on the
+    condition of the object read. One whose object changed since keeps no answer: it is read, and its
+    labels checked, on a thread as any other delete (``Cluster.delete_configmap``)."""
+    plain = [
+        index for index, intent in enumerate(intents) if answers[index] is None and _plain_delete(intent)
+    ]
+    if len(plain) <= 1:
+        return
+    outcomes = cluster.delete_configmaps(
+        [
+            (intents[i].namespace, intents[i].name, (intents[i].live_uid, intents[i].live_version))
+            for i in plain
+        ],
+        width=concurrency,
+        before_each=fence,
+    )
+    for index, outcome in zip(plain, outcomes, strict=True):
+        if isinstance(outcome, PermanentError):
+            answers[index] = IntentAnswer(_refusal_text(outcome))
+        elif outcome is not DeleteOutcome.CHANGED:
+            answers[index] = DONE
+
+
+def _plain_delete(intent: ApplyIntent) -> bool:
+    """A prune of a ConfigMap the plan (or a removal's listing) read as the source's: one DELETE, on the
+    condition that the object is still the one read."""
+    return (
+        intent.action == ChangeAction.DELETE
+        and intent.manifest is None
+        and not intent.recreate
+        and intent.kind not in WORKLOAD_KINDS
+        and bool(intent.live_uid and intent.live_version)
+    )
 
 
 def _plain_apply(intent: ApplyIntent) -> bool:
@@ -370,7 +426,7 @@ def _apply_one(cluster: Cluster, intent: ApplyIntent, fence: Callable[[], None])
                 intent.namespace,
                 intent.name,
                 held_by=_holder(intent),
-                seen_version=intent.live_version,
+                seen=(intent.live_uid, intent.live_version),
                 fence=fence,
             )
             writes.made = True

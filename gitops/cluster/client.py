@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from http import HTTPStatus
 from typing import Any, NamedTuple, cast
 from urllib.parse import quote, urlencode
@@ -98,6 +99,16 @@ class NotHeldError(PermanentError):
 
 class _ChangedMeanwhile(Exception):
     """A delete's precondition failed: the object changed (or was replaced) after it was read."""
+
+
+class DeleteOutcome(StrEnum):
+    """How one delete of a batch went (``Cluster.delete_configmaps``)."""
+
+    DELETED = "deleted"
+    GONE = "gone"  # already deleted
+    # The object is no longer the one read (its uid or resourceVersion): read it and check its labels
+    # before deleting it (``Cluster.delete_configmap``).
+    CHANGED = "changed"
 
 
 class ResourceGone(TemporaryError):
@@ -283,6 +294,19 @@ def _refusal(result: curl.Answer | curl.CurlError) -> Exception | None:
     if 200 <= result.status <= 299:
         return None
     return _translate(_answer_error(result), applying=True)
+
+
+def _delete_outcome(result: curl.Answer | curl.CurlError) -> DeleteOutcome | Exception:
+    """What a conditional delete's answer means (a 409 is its condition failing, not a race to retry)."""
+    if isinstance(result, curl.CurlError):
+        return TemporaryError(f"kube-apiserver unreachable: {result.reason}")
+    if 200 <= result.status <= 299:
+        return DeleteOutcome.DELETED
+    if result.status == HTTPStatus.NOT_FOUND:
+        return DeleteOutcome.GONE
+    if result.status == HTTPStatus.CONFLICT:
+        return DeleteOutcome.CHANGED
+    return _translate(_answer_error(result))
 
 
 def _network_reason(exc: BaseException) -> str:
@@ -683,6 +707,52 @@ class Cluster:
         outcomes += [Applied("")] * (len(manifests) - len(outcomes))
         return outcomes
 
+    def delete_configmaps(
+        self,
+        objects: Sequence[tuple[str, str, tuple[str, str]]],
+        *,
+        width: int,
+        before_each: Callable[[], None] | None = None,
+    ) -> list[DeleteOutcome | PermanentError]:
+        """Deletes of (namespace, name, (uid, resourceVersion)) objects the caller read as its source's,
+        each on the condition that it is still that object at that version, ``width`` at a time on the
+        calling thread: for each, how it went (``CHANGED``: not deleted, read it and check it) or why the
+        cluster refused it for good. The answers are not parsed. ``before_each`` as for
+        ``apply_configmaps``; a temporary failure or refused credentials raise, and no further delete is
+        sent. Only with ``applies_in_batches``: a prune of 5,000 objects through the generated client,
+        each on a thread of its own, cost the worker three times the CPU of as many creates.
+        """
+        if self._curl is None:
+            raise RuntimeError("batched deletes need the libcurl transport")
+        with _api_errors():
+            results = self._curl.send_all(
+                "DELETE",
+                (
+                    self._delete_request(namespace, name, seen)
+                    for namespace, name, seen in objects
+                    if before_each is None or before_each() is None
+                ),
+                self._request_headers("application/json"),
+                width=width,
+                gives_up=lambda result: isinstance(_delete_outcome(result), UNAVAILABLE),
+            )
+        outcomes = [_delete_outcome(result) for result in results if result is not None]
+        first_unavailable = next((o for o in outcomes if isinstance(o, UNAVAILABLE)), None)
+        if first_unavailable is not None:
+            raise first_unavailable
+        # Every one was sent and answered: a batch stops early only on what raised above.
+        return cast(list[DeleteOutcome | PermanentError], outcomes)
+
+    def _delete_request(self, namespace: str, name: str, seen: tuple[str, str]) -> tuple[str, bytes]:
+        uid, version = seen
+        options = {
+            "kind": "DeleteOptions",
+            "apiVersion": "v1",
+            "preconditions": {"uid": uid, "resourceVersion": version},
+        }
+        url = f"{_configmaps_path(self.server, namespace)}{quote(name, safe='')}"
+        return url, compact_json(options).encode()
+
     def _apply_request(
         self,
         manifest: Mapping[str, Any],
@@ -702,9 +772,12 @@ class Cluster:
         return url, _yaml_readable(encoded).encode()
 
     def _apply_headers(self) -> dict[str, str]:
-        """Asked for each apply or batch: an exec plugin's token is refreshed as the client's own calls do."""
+        return self._request_headers(APPLY_PATCH)
+
+    def _request_headers(self, content_type: str) -> dict[str, str]:
+        """Asked for each request or batch: an exec plugin's token refreshes as the client's own calls do."""
         headers = {**self._api_client.default_headers, "Accept": "application/json"}
-        headers["Content-Type"] = APPLY_PATCH
+        headers["Content-Type"] = content_type
         self._api_client.update_params_for_auth(headers, [], ["BearerToken"])
         return headers
 
@@ -744,7 +817,7 @@ class Cluster:
         name: str,
         *,
         held_by: str | None = None,
-        seen_version: str = "",
+        seen: tuple[str, str] = ("", ""),
         fence: Callable[[], None] = lambda: None,
     ) -> bool:
         """Deletes the object; False when it was already gone.
@@ -755,17 +828,18 @@ class Cluster:
         removal's listing) keeps it: ``NotHeldError``. A change between the read and the delete is read
         again; ``fence`` is asked before each delete.
 
-        ``seen_version``: the resourceVersion at which the caller read the object as ``held_by``'s (a
-        plan, a removal's listing). The delete is sent first on the condition that it is still that
-        version, and no read is needed: a prune of 10,000 objects made 10,000 reads more. Any write since,
-        a takeover included, gives the object a new version, fails the condition, and is read as above."""
+        ``seen``: the uid and resourceVersion of the object the caller read as ``held_by``'s (a plan, a
+        removal's listing). The delete is sent first on the condition that it is still that object at
+        that version, and no read is needed: a prune of 10,000 objects made 10,000 reads more. Any write
+        since, a takeover included, gives the object a new version, fails the condition, and is read as
+        above."""
         if held_by is None:
             return self._delete_configmap(namespace, name, None)
-        if seen_version:
+        if all(seen):
             fence()
             try:
                 return self._delete_configmap(
-                    namespace, name, client.V1Preconditions(resource_version=seen_version)
+                    namespace, name, client.V1Preconditions(uid=seen[0], resource_version=seen[1])
                 )
             except _ChangedMeanwhile:
                 pass  # changed since it was read: read it and check its labels

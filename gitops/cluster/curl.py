@@ -13,9 +13,10 @@ certificate, and its bearer token, asked for on each request (an exec plugin's t
 it does for the client's own calls). A configuration this module does not carry over keeps the
 client's urllib3 pool: ``Transport.supports`` says which.
 
-A batch (``patch_all``) runs on the calling thread through one libcurl multi handle, many requests
-in flight at once: a thread per request cost the worker about a third more CPU per object (handing
-work to the threads, waking them, and the GIL passed between 16 of them), measured on a cold apply.
+A batch (``patch_all``, and ``send_all`` for a prune's DELETEs) runs on the calling thread through
+one libcurl multi handle, many requests in flight at once: a thread per request cost the worker about
+a third more CPU per object (handing work to the threads, waking them, and the GIL passed between 16
+of them), measured on a cold apply.
 The multi handle keeps its connections between batches; its easy handles never serve ``patch``.
 
 A forked child (a Celery pool process) keeps the handles it inherited unused, and makes its own; it
@@ -106,7 +107,7 @@ class _Flight:
 
 
 class Transport:
-    """PATCH requests to one apiserver, on connections kept open between them."""
+    """PATCH requests (and batches of DELETEs) to one apiserver, on connections kept open between them."""
 
     def __init__(self, configuration: Any, timeout: tuple[float, float]) -> None:
         self._configuration = configuration
@@ -160,6 +161,18 @@ class Transport:
         the bodies under way. Once ``gives_up`` is true of a result, no further request is drawn
         (those under way finish): the list ends there. A failed connect with nothing sent is tried
         once more, as ``patch`` does."""
+        return self.send_all("PATCH", requests, headers, width=width, gives_up=gives_up)
+
+    def send_all(
+        self,
+        method: str,
+        requests: Iterable[tuple[str, bytes]],
+        headers: Mapping[str, str],
+        *,
+        width: int,
+        gives_up: Callable[[Answer | CurlError], bool],
+    ) -> list[Answer | CurlError | None]:
+        """``patch_all`` with another method (a DELETE's body is its options)."""
         results: list[Answer | CurlError | None] = []
         header_list = [*(f"{name}: {value}" for name, value in headers.items()), "Expect:"]
         waiting = _Queue(requests)
@@ -170,7 +183,7 @@ class Transport:
                 while waiting or running:
                     while len(running) < max(1, width) and (flight := waiting.next()) is not None:
                         results.append(None)
-                        running[self._send(multi, flight, header_list)] = flight
+                        running[self._send(multi, flight, header_list, method)] = flight
                     for handle, error in multi.finished():
                         flight = running.pop(handle)
                         if error is not None and self._again(multi, handle, flight, error):
@@ -200,10 +213,10 @@ class Transport:
                 self._multi_lock.release()
         return results
 
-    def _send(self, multi: _MultiLoop, flight: _Flight, header_list: list[str]) -> pycurl.Curl:
+    def _send(self, multi: _MultiLoop, flight: _Flight, header_list: list[str], method: str) -> pycurl.Curl:
         handle = self._multi_borrow()
         try:
-            _prepare(handle, flight, header_list)
+            _prepare(handle, flight, header_list, method)
         except BaseException:
             self._multi_give_back(handle)
             raise
@@ -343,7 +356,9 @@ def _perform(handle: pycurl.Curl, url: str, body: bytes, headers: Mapping[str, s
     return Answer(status, answer, _headers(header_lines) if status >= 300 else {})
 
 
-def _prepare(handle: pycurl.Curl, flight: _Flight, header_list: list[str]) -> None:
+def _prepare(handle: pycurl.Curl, flight: _Flight, header_list: list[str], method: str) -> None:
+    # Set for each request: a batch's handles serve PATCH and DELETE batches alike.
+    handle.setopt(pycurl.CUSTOMREQUEST, method)
     handle.setopt(pycurl.URL, flight.url)
     handle.setopt(pycurl.HTTPHEADER, header_list)
     handle.setopt(pycurl.POSTFIELDS, flight.body)

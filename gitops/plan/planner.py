@@ -18,7 +18,7 @@ from typing import Any
 from gitops.desired.content import COMMIT_ANNOTATION, CONTENT_HASH_ANNOTATION, Content
 from gitops.desired.revision import DesiredObject, DesiredState, ObjectKey
 from gitops.plan.diff import DiffItem, DiffOp, diff_content
-from gitops.plan.provenance import live_content, live_provenance, other_holders
+from gitops.plan.provenance import live_content, live_provenance, other_holders, read_as_held
 from gitops.plan.stamps import LiveStamp, applied_hashes_of, settles
 
 UNAPPLIED = "carries this source's labels, but Sluice never applied it"
@@ -75,9 +75,10 @@ class PlanItem:
     reason: str = ""
     # Set when Sluice must take fields back from another field manager.
     force: bool = False
-    # For a delete (a prune, a replace): the resourceVersion at which the live object was read as this
-    # source's. The delete goes out on the condition that it is still that version, with no read of its
-    # own; any change since (a takeover included) fails the condition and is read and checked then.
+    # For a delete (a prune, a replace): the uid and resourceVersion of the live object read as this
+    # source's. The delete goes out on the condition that it is still that object at that version, with no
+    # read of its own; any change since (a takeover included) fails the condition and is read and checked.
+    live_uid: str = ""
     live_version: str = ""
 
     @property
@@ -459,12 +460,8 @@ def _gone(
         live_commit=live_commit,
         live_content_hash=live_hash,
         reason=reason,
-        live_version=_version(live) if action is Action.DELETE else "",
+        **(read_as_held(live) if action is Action.DELETE else {}),
     )
-
-
-def _version(live: Mapping[str, Any]) -> str:
-    return str((live.get("metadata") or {}).get("resourceVersion") or "")
 
 
 def _foreign(key: ObjectKey, live: Mapping[str, Any], why: str) -> PlanItem:
@@ -634,5 +631,5 @@ def _plan_object(
         live_content_hash=applied_hash,
         reason=verdict.reason,
         force=verdict.force,
-        live_version=_version(live) if verdict.action is Action.REPLACE else "",
+        **(read_as_held(live) if verdict.action is Action.REPLACE else {}),
     )

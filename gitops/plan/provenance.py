@@ -199,3 +199,12 @@ def write_holds(
         if any(key in owned[section] for key in earlier.keys() - keys.keys()):
             return False
     return True
+
+
+def read_as_held(live: Mapping[str, Any]) -> dict[str, str]:
+    """The live object's uid and resourceVersion, as a delete's condition (``PlanItem.live_version``)."""
+    metadata = live.get("metadata") or {}
+    return {
+        "live_uid": str(metadata.get("uid") or ""),
+        "live_version": str(metadata.get("resourceVersion") or ""),
+    }

@@ -557,6 +557,36 @@ def test_rejected_credentials_refuse_the_cluster_in_a_batch(batching, stack, tmp
         refusing.apply_configmaps([(configmap("default", "x", A="b"), False)] * 4, field_manager="s", width=2)
 
 
+@pytest.mark.parametrize(
+    ("status", "raised", "match"),
+    [
+        ("429 Too Many Requests", TemporaryError, "slow down"),
+        ("401 Unauthorized", ClusterRefused, "401"),
+        ("403 Forbidden", None, "403"),
+    ],
+    ids=["throttled", "credentials-refused", "forbidden"],
+)
+def test_a_batch_of_deletes_stops_at_what_stops_a_cluster_and_answers_a_refusal_in_place(
+    batching, stack, tmp_path, fake_apiserver, status, raised, match
+):
+    """Throttling and refused credentials stop a prune's batch after the first answer and raise (its
+    intents stay pending); a refusal for good (RBAC's 403) is that delete's answer, and the rest go on."""
+    server = fake_apiserver(
+        answer(status, {"message": "slow down" if "429" in status else "no"}, "Retry-After: 7")
+    )
+    refused = batching(kubeconfig_pointing_at(stack, tmp_path, server.url))
+    objects = [("default", f"x{index}", ("uid", "1")) for index in range(6)]
+    if raised is None:
+        outcomes = refused.delete_configmaps(objects, width=1)
+        assert [type(outcome).__name__ for outcome in outcomes] == ["PermanentError"] * 6
+        assert all(match in str(outcome) for outcome in outcomes)
+        assert server.requests == 6
+        return
+    with pytest.raises(raised, match=match):
+        refused.delete_configmaps(objects, width=1)
+    assert server.requests == 1
+
+
 def test_a_batch_asks_for_no_second_strict_decode_either(batching, stack, tmp_path, fake_apiserver):
     stored = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": {"A": "b"}}
     server = fake_apiserver(answer("200 OK", stored))
@@ -732,6 +762,93 @@ def test_a_step_batches_its_plain_applies_and_answers_every_intent_in_its_place(
     assert stored["taken"] == {"KEY": "theirs"}
 
 
+def test_a_batch_of_deletes_answers_each_on_the_condition_of_the_object_read(batching, namespace):
+    """A prune's DELETEs go out together, each on the condition of the uid and resourceVersion read:
+    deleted, already gone, or changed since (not deleted: read it and check it), each in its place; the
+    fence is asked before each."""
+    from gitops.cluster.client import DeleteOutcome
+
+    ours = batching()
+    manager = "sluice-test"
+    read = {
+        name: ours.apply_configmap(labelled(configmap(namespace, name), "apps"), field_manager=manager)
+        for name in ("one", "gone", "edited", "recreated", "two")
+    }
+    ours.delete_configmap(namespace, "gone")
+    ours.apply_configmap(labelled(configmap(namespace, "edited", NEW="1"), "apps"), field_manager=manager)
+    ours.delete_configmap(namespace, "recreated")
+    ours.apply_configmap(labelled(configmap(namespace, "recreated"), "other"), field_manager=manager)
+    fences = []
+    seen = {name: (obj["metadata"]["uid"], obj["metadata"]["resourceVersion"]) for name, obj in read.items()}
+
+    outcomes = ours.delete_configmaps(
+        [(namespace, name, seen[name]) for name in read], width=3, before_each=lambda: fences.append(1)
+    )
+
+    assert outcomes == [
+        DeleteOutcome.DELETED,
+        DeleteOutcome.GONE,
+        DeleteOutcome.CHANGED,
+        DeleteOutcome.CHANGED,
+        DeleteOutcome.DELETED,
+    ]
+    assert len(fences) == 5
+    assert sorted(obj["metadata"]["name"] for obj in ours.list_configmaps(namespace)) == [
+        "edited",
+        "recreated",
+    ]
+
+
+def test_a_step_prunes_in_one_batch_and_checks_what_changed_since_its_plan_one_by_one(
+    batching, settings, namespace
+):
+    """Prunes whose plan read the object go out as one batch, with no read; one changed since (here taken
+    over by another source) fails its condition, is read, and is kept, refused by name."""
+    from gitops.cluster.apply import intents_apply
+    from gitops.models import ApplyIntent, Source
+    from gitops.vocabulary import ChangeAction
+
+    ours = batching()
+    manager = settings.SLUICE_FIELD_MANAGER
+    names = ["p-0", "p-1", "taken", "p-2"]
+    read = {
+        name: ours.apply_configmap(labelled(configmap(namespace, name), "apps"), field_manager=manager)
+        for name in names
+    }
+    ours.apply_configmap(labelled(configmap(namespace, "taken"), "other"), field_manager=manager)
+    intents = [
+        ApplyIntent(
+            source=Source(name="apps"),
+            cluster="default",
+            namespace=namespace,
+            name=name,
+            action=ChangeAction.DELETE,
+            live_uid=read[name]["metadata"]["uid"],
+            live_version=read[name]["metadata"]["resourceVersion"],
+        )
+        for name in names
+    ]
+    batches, reads = [], []
+    batch, get = ours.delete_configmaps, ours.get_configmap
+
+    def spied(objects, **kwargs):
+        batches.append([name for _, name, _ in objects])
+        return batch(objects, **kwargs)
+
+    ours.delete_configmaps = spied
+    ours.get_configmap = lambda *args, **kwargs: reads.append(args[1]) or get(*args, **kwargs)
+
+    answers = intents_apply(ours, intents)
+
+    assert batches == [names]
+    assert reads == ["taken"]  # only the one whose condition failed
+    refusals = [answer.refusal for answer in answers]
+    assert refusals[:2] == [None, None] and refusals[3] is None
+    assert "it is now source other's" in refusals[2]
+    del ours.get_configmap
+    assert [obj["metadata"]["name"] for obj in ours.list_configmaps(namespace)] == ["taken"]
+
+
 def test_a_delete_goes_out_only_while_the_object_is_still_the_sources(cluster, namespace):
     """A prune (or a replace) planned seconds or minutes ago deletes nothing another source or a person
     took over since: the object is read, its labels checked, and the delete made on the condition that
@@ -809,33 +926,38 @@ def test_a_delete_at_the_version_its_plan_read_sends_no_read_of_its_own(cluster,
     get = cluster.get_configmap
     cluster.get_configmap = lambda *args, **kwargs: reads.append(args) or get(*args, **kwargs)
     try:
-        version = applied["metadata"]["resourceVersion"]
-        assert cluster.delete_configmap(namespace, "ours", held_by="apps", seen_version=version) is True
+        seen = (applied["metadata"]["uid"], applied["metadata"]["resourceVersion"])
+        assert cluster.delete_configmap(namespace, "ours", held_by="apps", seen=seen) is True
         assert reads == []
-        assert cluster.delete_configmap(namespace, "ours", held_by="apps", seen_version=version) is False
+        assert cluster.delete_configmap(namespace, "ours", held_by="apps", seen=seen) is False
     finally:
         del cluster.get_configmap
     assert cluster.get_configmap(namespace, "ours") is None
 
 
-@pytest.mark.parametrize("since", ["taken over", "edited, still the source's"])
-def test_a_delete_at_a_version_the_object_left_reads_it_and_checks_its_labels(cluster, namespace, since):
-    """A write since the plan read it (another source took it over; a person edited a key) fails the
-    version's condition: the object is read and its labels decide, as without a version."""
+@pytest.mark.parametrize("since", ["taken over", "recreated by another", "edited, still the source's"])
+def test_a_delete_of_an_object_changed_since_its_read_reads_it_and_checks_its_labels(
+    cluster, namespace, since
+):
+    """A write since the plan read it (another source took it over; someone deleted it and made it again;
+    a person edited a key) fails the condition of the uid and version read: the object is read and its
+    labels decide, as without them."""
     from gitops.cluster.client import NotHeldError
 
     manager = "sluice-test"
-    seen = cluster.apply_configmap(labelled(configmap(namespace, "app"), "apps"), field_manager=manager)
-    holder = "other" if since == "taken over" else "apps"
+    read = cluster.apply_configmap(labelled(configmap(namespace, "app"), "apps"), field_manager=manager)
+    if since == "recreated by another":
+        cluster.delete_configmap(namespace, "app")
+    holder = "apps" if since == "edited, still the source's" else "other"
     edited = labelled(configmap(namespace, "app", EDITED="yes"), holder)
     cluster.apply_configmap(edited, field_manager="someone-else", force=True)
-    version = seen["metadata"]["resourceVersion"]
-    if since == "taken over":
+    seen = (read["metadata"]["uid"], read["metadata"]["resourceVersion"])
+    if holder == "other":
         with pytest.raises(NotHeldError, match="source other's"):
-            cluster.delete_configmap(namespace, "app", held_by="apps", seen_version=version)
+            cluster.delete_configmap(namespace, "app", held_by="apps", seen=seen)
         assert cluster.get_configmap(namespace, "app")["metadata"]["labels"]["sluice.dev/source"] == "other"
     else:
-        assert cluster.delete_configmap(namespace, "app", held_by="apps", seen_version=version) is True
+        assert cluster.delete_configmap(namespace, "app", held_by="apps", seen=seen) is True
         assert cluster.get_configmap(namespace, "app") is None
 
 

@@ -685,7 +685,7 @@ def test_prune_deletes_only_what_the_source_applied(repo, make_namespaces, make_
     deletion = Change.objects.get(source=source, action="delete")
     assert (deletion.commit, deletion.name, deletion.before["data"]) == (commit, "drop", {"b": "2"})
     # Sent on the condition of the version the plan read as this source's (no read before the DELETE).
-    assert deletion.intent.live_version.isdigit(), deletion.intent.live_version
+    assert deletion.intent.live_version.isdigit() and deletion.intent.live_uid, deletion.intent.live_version
 
 
 def test_without_prune_a_removed_object_stays_and_is_reported(

@@ -558,7 +558,7 @@ def test_delete_prune_deletes_the_objects_and_logs_each(applied, cluster):
     ]
     assert all(change.before and change.after is None for change in deletes), "the content that went is kept"
     # Each DELETE was conditioned on the version the removal's listing read, with no read before it.
-    assert all(change.intent.live_version.isdigit() for change in deletes)
+    assert all(change.intent.live_version.isdigit() and change.intent.live_uid for change in deletes)
     assert not Source.objects.filter(pk=source.pk).exists()
     # Its flags leave the Flags page and /api/flags with it (they stayed there, at 100%, served nowhere).
     assert not PublishedFlag.objects.filter(source_id=source.pk).exists()

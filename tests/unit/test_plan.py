@@ -130,12 +130,12 @@ def test_an_object_of_another_source_or_of_nobody_is_a_conflict():
 def test_an_object_gone_from_git_is_pruned_or_reported(prune, action):
     gone = desired_object("gone")
     live = applied(gone)
-    live["metadata"]["resourceVersion"] = "42"
+    live["metadata"].update(resourceVersion="42", uid="u-1")
     item = only_item(state(prune=prune), [live])
     assert item.action is action
     assert item.key == (CLUSTER, "team-a", "gone")
-    # The version read as this source's: the prune's DELETE is sent on that condition, without a read.
-    assert item.live_version == ("42" if prune else "")
+    # The object read as this source's: the prune's DELETE is sent on that condition, without a read.
+    assert (item.live_uid, item.live_version) == (("u-1", "42") if prune else ("", ""))
 
 
 def test_objects_of_other_sources_are_never_pruned():
@@ -178,10 +178,10 @@ def test_an_immutable_object_whose_content_changes_is_replaced():
     before = desired_object(v="1")
     live = applied(before)
     live["immutable"] = True
-    live["metadata"]["resourceVersion"] = "43"
+    live["metadata"].update(resourceVersion="43", uid="u-2")
     item = only_item(state(desired_object(v="2")), [live])
     assert item.action is Action.REPLACE
-    assert item.live_version == "43"  # its delete's condition
+    assert (item.live_uid, item.live_version) == ("u-2", "43")  # its delete's condition
     assert only_item(state(desired_object(v="1")), [live]).live_version == ""  # nothing deleted
 
 
