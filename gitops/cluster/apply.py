@@ -291,7 +291,11 @@ def _delete_plain(
     for index, outcome in zip(plain, outcomes, strict=True):
         if isinstance(outcome, PermanentError):
             answers[index] = IntentAnswer(_refusal_text(outcome))
-        elif outcome is not DeleteOutcome.CHANGED:
+        elif outcome is DeleteOutcome.CHANGED:
+            # Its condition failed: the thread reads the object first, not the same DELETE again. In
+            # memory only: the row keeps what the plan read (a resumed intent tries that once more).
+            intents[index].live_uid = intents[index].live_version = ""
+        else:
             answers[index] = DONE
 
 

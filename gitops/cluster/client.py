@@ -736,11 +736,17 @@ class Cluster:
                 width=width,
                 gives_up=lambda result: isinstance(_delete_outcome(result), UNAVAILABLE),
             )
-        outcomes = [_delete_outcome(result) for result in results if result is not None]
+        outcomes = [
+            _delete_outcome(result) if result is not None else TemporaryError("the batch ended before it")
+            for result in results
+        ]
+        if len(outcomes) < len(objects):  # never: a batch stops early only after an answer raised below
+            outcomes.append(
+                TemporaryError(f"the batch ended after {len(outcomes)} of {len(objects)} deletes")
+            )
         first_unavailable = next((o for o in outcomes if isinstance(o, UNAVAILABLE)), None)
         if first_unavailable is not None:
             raise first_unavailable
-        # Every one was sent and answered: a batch stops early only on what raised above.
         return cast(list[DeleteOutcome | PermanentError], outcomes)
 
     def _delete_request(self, namespace: str, name: str, seen: tuple[str, str]) -> tuple[str, bytes]:

@@ -1,4 +1,4 @@
-"""The uid and resourceVersion of a delete's object read as its source's (``ApplyIntent.live_version``):
+"""The resourceVersion at which a delete's object was read as its source's (``ApplyIntent.live_version``):
 the delete is sent on that condition, without a read of its own before it. A database default: a worker of
 the release before inserts intents without the column (and those are checked with a read, as before)."""
 
@@ -13,11 +13,6 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.AddField(
-            model_name="applyintent",
-            name="live_uid",
-            field=models.CharField(blank=True, db_default="", default="", max_length=64),
-        ),
         migrations.AddField(
             model_name="applyintent",
             name="live_version",

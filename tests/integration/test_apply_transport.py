@@ -581,6 +581,9 @@ def test_a_batch_of_deletes_stops_at_what_stops_a_cluster_and_answers_a_refusal_
         assert [type(outcome).__name__ for outcome in outcomes] == ["PermanentError"] * 6
         assert all(match in str(outcome) for outcome in outcomes)
         assert server.requests == 6
+        assert all(
+            line.startswith("DELETE /api/v1/namespaces/default/configmaps/x") for line in server.request_lines
+        )
         return
     with pytest.raises(raised, match=match):
         refused.delete_configmaps(objects, width=1)
@@ -797,6 +800,12 @@ def test_a_batch_of_deletes_answers_each_on_the_condition_of_the_object_read(bat
         "edited",
         "recreated",
     ]
+    # The batch's handles serve the next apply batch as applies again (each request sets its method).
+    applied = ours.apply_configmaps(
+        [(configmap(namespace, f"after-{i}", A="b"), False) for i in range(4)], field_manager=manager, width=3
+    )
+    assert all(outcome.resource_version for outcome in applied)
+    assert len(ours.list_configmaps(namespace)) == 6
 
 
 def test_a_step_prunes_in_one_batch_and_checks_what_changed_since_its_plan_one_by_one(
@@ -828,8 +837,8 @@ def test_a_step_prunes_in_one_batch_and_checks_what_changed_since_its_plan_one_b
         )
         for name in names
     ]
-    batches, reads = [], []
-    batch, get = ours.delete_configmaps, ours.get_configmap
+    batches, reads, deletes = [], [], []
+    batch, get, delete = ours.delete_configmaps, ours.get_configmap, ours._delete_configmap
 
     def spied(objects, **kwargs):
         batches.append([name for _, name, _ in objects])
@@ -837,15 +846,17 @@ def test_a_step_prunes_in_one_batch_and_checks_what_changed_since_its_plan_one_b
 
     ours.delete_configmaps = spied
     ours.get_configmap = lambda *args, **kwargs: reads.append(args[1]) or get(*args, **kwargs)
+    ours._delete_configmap = lambda *args: deletes.append(args[1]) or delete(*args)
 
     answers = intents_apply(ours, intents)
 
     assert batches == [names]
     assert reads == ["taken"]  # only the one whose condition failed
+    assert deletes == []  # read, and refused before any DELETE of its own: the batch's was its one try
     refusals = [answer.refusal for answer in answers]
     assert refusals[:2] == [None, None] and refusals[3] is None
     assert "it is now source other's" in refusals[2]
-    del ours.get_configmap
+    del ours.get_configmap, ours._delete_configmap
     assert [obj["metadata"]["name"] for obj in ours.list_configmaps(namespace)] == ["taken"]
 
 
