@@ -8,6 +8,9 @@ process running (`gitops live-cache`):
     cache: three samples of a pass of 0.1 to 0.2 s on a shared machine moved the median by a third;
   - prune: a commit that removes half the manifests (5 of the 10 namespaces' files), from the live cache,
     with the worker's and the apiserver's CPU per 1,000 deletes;
+  - removal, keeping the objects: the source deleted with `--objects keep`, each of the other half
+    released (Sluice's labels, annotations and field ownership taken off), with the same CPU figures
+    (no peer: kubectl has no such command);
   - no-op without the cache: the live cache stopped, so the plan LISTs every namespace (median of 3);
   - worker peak RSS (VmHWM of the worker's processes);
 and the same manifests through `kubectl apply --server-side`, `kubectl diff --server-side` and
@@ -268,6 +271,35 @@ class Bench:
         return removed
 
     @staticmethod
+    def removal_kept(source: Any, kept: int, worker_pid: int) -> dict[str, float]:
+        """The source removed, its objects kept: the wall time from the request to the removal's end, and
+        the worker's and the apiserver's CPU per 1,000 releases."""
+        from gitops import source_admin
+        from gitops.vocabulary import ObjectsOnRemoval
+        from tests.workers import poll
+
+        ours_before, theirs_before = cpu_seconds(process_tree(worker_pid), children=True), apiserver_cpu()
+        started = time.perf_counter()
+        removal = source_admin.source_remove(source, objects=ObjectsOnRemoval.KEEP)
+
+        def ended() -> bool:
+            removal.refresh_from_db()
+            return not removal.is_active
+
+        poll(ended, timeout=1800, what="the removal to end")
+        elapsed = time.perf_counter() - started
+        assert removal.status == "done", removal.message
+        assert removal.objects_done == kept, (removal.objects_done, kept)
+        return {
+            "release": elapsed,
+            "released": kept,
+            "release_cpu_per_1000": (cpu_seconds(process_tree(worker_pid), children=True) - ours_before)
+            * 1000
+            / kept,
+            "apiserver_release_cpu_per_1000": (apiserver_cpu() - theirs_before) * 1000 / kept,
+        }
+
+    @staticmethod
     def live_cache_vouches(namespaces: list[str]) -> bool:
         from django.conf import settings
 
@@ -382,6 +414,7 @@ class Bench:
             assert result["summary"].get("delete") == removed, result
             prune_cpu = cpu_seconds(process_tree(worker_pid), children=True) - ours_before
             apiserver_prune_cpu = apiserver_cpu() - theirs_before
+            released = self.removal_kept(source, size - removed, worker_pid)
         finally:
             live_cache.stop()
             worker.stop()
@@ -397,6 +430,7 @@ class Bench:
             "pruned": removed,
             "prune_cpu_per_1000": prune_cpu * 1000 / removed,
             "apiserver_prune_cpu_per_1000": apiserver_prune_cpu * 1000 / removed,
+            **released,
             "rss_mib": rss,
             "cpu_per_1000": cold_cpu * 1000 / size,
             "apiserver_cpu_per_1000": apiserver_cold_cpu * 1000 / size,
@@ -641,6 +675,11 @@ def print_rows(rows: list[tuple[int, dict[str, Any], dict[str, Any]]]) -> None:
             f" {theirs['delete']:.2f} s ({theirs['delete'] / ours['prune']:.1f}x); CPU per 1,000 deletes:"
             f" Sluice worker {ours['prune_cpu_per_1000']:.2f} s,"
             f" kube-apiserver {ours['apiserver_prune_cpu_per_1000']:.2f} s"
+        )
+        print(
+            f"{size:>8} objects, removal keeping the other {ours['released']}: Sluice {ours['release']:.2f} s"
+            f" (no peer); CPU per 1,000 releases: Sluice worker {ours['release_cpu_per_1000']:.2f} s,"
+            f" kube-apiserver {ours['apiserver_release_cpu_per_1000']:.2f} s"
         )
     for size, ours, theirs in rows:
         if len(ours["cold_samples"]) > 1:

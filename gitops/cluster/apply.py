@@ -27,15 +27,16 @@ from gitops.cluster.client import (
     Applied,
     Cluster,
     ClusterRefused,
-    DeleteOutcome,
     FieldConflictError,
     NotFoundError,
+    WriteOutcome,
 )
 from gitops.cluster.clients import clients, get_cluster
-from gitops.desired.content import CONTENT_HASH_ANNOTATION, Content
+from gitops.desired.content import CONTENT_HASH_ANNOTATION, SOURCE_LABEL, Content
 from gitops.errors import GitopsError, PermanentError
 from gitops.locks import ReconcileLockLost, pass_fence
 from gitops.models import ApplyIntent, Source
+from gitops.plan.provenance import live_provenance
 from gitops.vocabulary import ChangeAction
 
 log = logging.getLogger(__name__)
@@ -218,10 +219,10 @@ def intents_apply(
 
     Plain applies (a create or an update: one request each, whose answer is not read) go out
     together on the calling thread (``Cluster.apply_configmaps``), and so do plain prunes (a delete on
-    the condition of the object the plan read, ``_plain_delete``); the others (releases, replaces,
-    self-heals, workloads' restarts, a prune whose object changed since) each on a thread of the
-    cluster's apply pool. ``fence`` is called before each write goes out, and stops the batch when it
-    raises.
+    the condition of the object the plan read, ``_plain_delete``) and a removal's releases (each from
+    one LIST per namespace, ``_release_plain``); the others (replaces, self-heals, workloads' restarts,
+    a prune or a release whose object changed since) each on a thread of the cluster's apply pool.
+    ``fence`` is called before each write goes out, and stops the batch when it raises.
     """
     if not intents:
         return []
@@ -232,6 +233,7 @@ def intents_apply(
     if cluster.applies_in_batches:
         _apply_plain(cluster, intents, answers, concurrency, fence)
         _delete_plain(cluster, intents, answers, concurrency, fence)
+        _release_plain(cluster, intents, answers, concurrency, fence)
     others = [index for index, answer in enumerate(answers) if answer is None]
     threaded = _apply_on_threads(cluster, [intents[index] for index in others], concurrency, fence)
     for index, answer in zip(others, threaded, strict=True):
@@ -289,14 +291,68 @@ def _delete_plain(
         before_each=fence,
     )
     for index, outcome in zip(plain, outcomes, strict=True):
-        if isinstance(outcome, PermanentError):
-            answers[index] = IntentAnswer(_refusal_text(outcome))
-        elif outcome is DeleteOutcome.CHANGED:
+        if outcome is WriteOutcome.CHANGED:
             # Its condition failed: the thread reads the object first, not the same DELETE again. In
             # memory only: the row keeps what the plan read (a resumed intent tries that once more).
             intents[index].live_uid = intents[index].live_version = ""
         else:
-            answers[index] = DONE
+            answers[index] = _conditional_answer(outcome)
+
+
+def _conditional_answer(outcome: WriteOutcome | PermanentError) -> IntentAnswer:
+    """A batched delete's or release's answer, as ``_apply_one`` gives it (gone is done: nothing is left
+    to delete or to let go of)."""
+    return IntentAnswer(_refusal_text(outcome)) if isinstance(outcome, PermanentError) else DONE
+
+
+def _release_plain(
+    cluster: Cluster,
+    intents: Sequence[ApplyIntent],
+    answers: list[IntentAnswer | None],
+    concurrency: int,
+    fence: Callable[[], None],
+) -> None:
+    """A removal's releases, their answers into ``answers``: each object's patch made from one LIST of
+    the source's objects per namespace (not a read each), and sent in one batch on the calling thread,
+    tested against the resourceVersion listed. One the LIST does not show as the source's, or whose test
+    fails, is left to a thread: read, checked and released one by one (``Cluster.release_configmap``)."""
+    plain = [
+        index
+        for index, intent in enumerate(intents)
+        if answers[index] is None
+        and intent.action == ChangeAction.RELEASE
+        and intent.kind not in WORKLOAD_KINDS
+    ]
+    if len(plain) <= 1:
+        return
+    listed = _listed_as_held(cluster, [intents[index] for index in plain])
+    sendable = [index for index in plain if (intents[index].namespace, intents[index].name) in listed]
+    outcomes = cluster.release_configmaps(
+        [listed[(intents[index].namespace, intents[index].name)] for index in sendable],
+        field_manager=settings.SLUICE_FIELD_MANAGER,
+        width=concurrency,
+        before_each=fence,
+    )
+    for index, outcome in zip(sendable, outcomes, strict=True):
+        if outcome is not WriteOutcome.CHANGED:
+            answers[index] = _conditional_answer(outcome)
+
+
+def _listed_as_held(
+    cluster: Cluster, intents: Sequence[ApplyIntent]
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """The intents' objects that carry their source's label now, by (namespace, name): one LIST per
+    namespace and source, of that source's objects only."""
+    wanted = {(intent.namespace, _holder(intent)): set[str]() for intent in intents}
+    for intent in intents:
+        wanted[(intent.namespace, _holder(intent))].add(intent.name)
+    listed: dict[tuple[str, str], dict[str, Any]] = {}
+    for (namespace, holder), names in wanted.items():
+        for live in cluster.list_configmaps(namespace, label_selector=f"{SOURCE_LABEL}={holder}"):
+            name = (live.get("metadata") or {}).get("name")
+            if name in names and live_provenance(live)[0] == holder:
+                listed[(namespace, name)] = live
+    return listed
 
 
 def _plain_delete(intent: ApplyIntent) -> bool:

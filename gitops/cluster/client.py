@@ -101,13 +101,13 @@ class _ChangedMeanwhile(Exception):
     """A delete's precondition failed: the object changed (or was replaced) after it was read."""
 
 
-class DeleteOutcome(StrEnum):
-    """How one delete of a batch went (``Cluster.delete_configmaps``)."""
+class WriteOutcome(StrEnum):
+    """How one conditional write of a batch went (``Cluster.delete_configmaps``, ``release_configmaps``)."""
 
-    DELETED = "deleted"
-    GONE = "gone"  # already deleted
-    # The object is no longer the one read (its uid or resourceVersion): read it and check its labels
-    # before deleting it (``Cluster.delete_configmap``).
+    DONE = "done"
+    GONE = "gone"  # the object is gone (deleted, by this batch or before)
+    # The object is no longer the one read (its uid or resourceVersion): nothing written; read it and
+    # check its labels before writing (``Cluster.delete_configmap``, ``release_configmap``).
     CHANGED = "changed"
 
 
@@ -296,16 +296,17 @@ def _refusal(result: curl.Answer | curl.CurlError) -> Exception | None:
     return _translate(_answer_error(result), applying=True)
 
 
-def _delete_outcome(result: curl.Answer | curl.CurlError) -> DeleteOutcome | Exception:
-    """What a conditional delete's answer means (a 409 is its condition failing, not a race to retry)."""
+def _conditional_outcome(result: curl.Answer | curl.CurlError) -> WriteOutcome | Exception:
+    """What a conditional write's answer means: a delete's failed precondition is a 409, a JSON patch's
+    failed test a 422 (as is a patch the cluster finds invalid, which the read that follows tells)."""
     if isinstance(result, curl.CurlError):
         return TemporaryError(f"kube-apiserver unreachable: {result.reason}")
     if 200 <= result.status <= 299:
-        return DeleteOutcome.DELETED
+        return WriteOutcome.DONE
     if result.status == HTTPStatus.NOT_FOUND:
-        return DeleteOutcome.GONE
-    if result.status == HTTPStatus.CONFLICT:
-        return DeleteOutcome.CHANGED
+        return WriteOutcome.GONE
+    if result.status in (HTTPStatus.CONFLICT, HTTPStatus.UNPROCESSABLE_ENTITY):
+        return WriteOutcome.CHANGED
     return _translate(_answer_error(result))
 
 
@@ -713,7 +714,7 @@ class Cluster:
         *,
         width: int,
         before_each: Callable[[], None] | None = None,
-    ) -> list[DeleteOutcome | PermanentError]:
+    ) -> list[WriteOutcome | PermanentError]:
         """Deletes of (namespace, name, (uid, resourceVersion)) objects the caller read as its source's,
         each on the condition that it is still that object at that version, ``width`` at a time on the
         calling thread: for each, how it went (``CHANGED``: not deleted, read it and check it) or why the
@@ -722,32 +723,70 @@ class Cluster:
         sent. Only with ``applies_in_batches``: a prune of 5,000 objects through the generated client,
         each on a thread of its own, cost the worker three times the CPU of as many creates.
         """
+        requests = (self._delete_request(namespace, name, seen) for namespace, name, seen in objects)
+        return self._conditional_batch(
+            "DELETE", requests, len(objects), "application/json", width=width, before_each=before_each
+        )
+
+    def release_configmaps(
+        self,
+        listed: Sequence[Mapping[str, Any]],
+        *,
+        field_manager: str,
+        width: int,
+        before_each: Callable[[], None] | None = None,
+    ) -> list[WriteOutcome | PermanentError]:
+        """``release_configmap`` of objects the caller listed as its source's, without a read each: one
+        JSON patch per object, made from the object listed and tested against its resourceVersion, sent
+        ``width`` at a time on the calling thread. ``CHANGED``: not released (the test failed, or the
+        cluster found the patch invalid), read it and check it; otherwise as ``delete_configmaps``."""
+        query = urlencode({"fieldManager": f"{field_manager}-release"})
+        requests = (
+            (
+                f"{_configmaps_path(self.server, live['metadata']['namespace'])}"
+                f"{quote(live['metadata']['name'], safe='')}?{query}",
+                compact_json(_release_patch(live, field_manager)).encode(),
+            )
+            for live in listed
+        )
+        return self._conditional_batch(
+            "PATCH", requests, len(listed), JSON_PATCH, width=width, before_each=before_each
+        )
+
+    def _conditional_batch(
+        self,
+        method: str,
+        requests: Iterator[tuple[str, bytes]],
+        count: int,
+        content_type: str,
+        *,
+        width: int,
+        before_each: Callable[[], None] | None,
+    ) -> list[WriteOutcome | PermanentError]:
+        """Writes, each on a condition the apiserver checks, as one batch through libcurl: each one's
+        outcome in order. What makes a cluster unavailable raises, and no further write is sent."""
         if self._curl is None:
-            raise RuntimeError("batched deletes need the libcurl transport")
+            raise RuntimeError("batched writes need the libcurl transport")
         with _api_errors():
             results = self._curl.send_all(
-                "DELETE",
-                (
-                    self._delete_request(namespace, name, seen)
-                    for namespace, name, seen in objects
-                    if before_each is None or before_each() is None
-                ),
-                self._request_headers("application/json"),
+                method,
+                (request for request in requests if before_each is None or before_each() is None),
+                self._request_headers(content_type),
                 width=width,
-                gives_up=lambda result: isinstance(_delete_outcome(result), UNAVAILABLE),
+                gives_up=lambda result: isinstance(_conditional_outcome(result), UNAVAILABLE),
             )
         outcomes = [
-            _delete_outcome(result) if result is not None else TemporaryError("the batch ended before it")
+            _conditional_outcome(result)
+            if result is not None
+            else TemporaryError("the batch ended before it")
             for result in results
         ]
-        if len(outcomes) < len(objects):  # never: a batch stops early only after an answer raised below
-            outcomes.append(
-                TemporaryError(f"the batch ended after {len(outcomes)} of {len(objects)} deletes")
-            )
+        if len(outcomes) < count:  # never: a batch stops early only after an answer raised below
+            outcomes.append(TemporaryError(f"the batch ended after {len(outcomes)} of {count} writes"))
         first_unavailable = next((o for o in outcomes if isinstance(o, UNAVAILABLE)), None)
         if first_unavailable is not None:
             raise first_unavailable
-        return cast(list[DeleteOutcome | PermanentError], outcomes)
+        return cast(list[WriteOutcome | PermanentError], outcomes)
 
     def _delete_request(self, namespace: str, name: str, seen: tuple[str, str]) -> tuple[str, bytes]:
         uid, version = seen

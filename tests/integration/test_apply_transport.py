@@ -769,7 +769,7 @@ def test_a_batch_of_deletes_answers_each_on_the_condition_of_the_object_read(bat
     """A prune's DELETEs go out together, each on the condition of the uid and resourceVersion read:
     deleted, already gone, or changed since (not deleted: read it and check it), each in its place; the
     fence is asked before each."""
-    from gitops.cluster.client import DeleteOutcome
+    from gitops.cluster.client import WriteOutcome
 
     ours = batching()
     manager = "sluice-test"
@@ -789,11 +789,11 @@ def test_a_batch_of_deletes_answers_each_on_the_condition_of_the_object_read(bat
     )
 
     assert outcomes == [
-        DeleteOutcome.DELETED,
-        DeleteOutcome.GONE,
-        DeleteOutcome.CHANGED,
-        DeleteOutcome.CHANGED,
-        DeleteOutcome.DELETED,
+        WriteOutcome.DONE,
+        WriteOutcome.GONE,
+        WriteOutcome.CHANGED,
+        WriteOutcome.CHANGED,
+        WriteOutcome.DONE,
     ]
     assert len(fences) == 5
     assert sorted(obj["metadata"]["name"] for obj in ours.list_configmaps(namespace)) == [
@@ -858,6 +858,90 @@ def test_a_step_prunes_in_one_batch_and_checks_what_changed_since_its_plan_one_b
     assert "it is now source other's" in refusals[2]
     del ours.get_configmap, ours._delete_configmap
     assert [obj["metadata"]["name"] for obj in ours.list_configmaps(namespace)] == ["taken"]
+
+
+def test_a_batch_of_releases_patches_each_object_listed_on_the_condition_of_its_version(batching, namespace):
+    """A removal that keeps its objects: each one's JSON patch is made from the object listed and tested
+    against its resourceVersion, all in one batch. One changed since is not written (read it and check
+    it); one gone is done; the fence is asked before each."""
+    from gitops.cluster.client import WriteOutcome
+
+    ours = batching()
+    manager = "sluice-test"
+    for name in ("one", "edited", "gone", "two"):
+        ours.apply_configmap(labelled(configmap(namespace, name, A="b"), "apps"), field_manager=manager)
+    listed = ours.list_configmaps(namespace, label_selector="sluice.dev/source=apps")
+    ours.apply_configmap(labelled(configmap(namespace, "edited", A="c"), "apps"), field_manager=manager)
+    ours.delete_configmap(namespace, "gone")
+    fences = []
+
+    outcomes = ours.release_configmaps(
+        sorted(listed, key=lambda obj: obj["metadata"]["name"]),
+        field_manager=manager,
+        width=2,
+        before_each=lambda: fences.append(1),
+    )
+
+    # Sorted: edited, gone, one, two.
+    assert outcomes == [WriteOutcome.CHANGED, WriteOutcome.GONE, WriteOutcome.DONE, WriteOutcome.DONE]
+    assert len(fences) == 4
+    for name in ("one", "two"):
+        released = ours.get_configmap(namespace, name)
+        assert "sluice.dev/source" not in released["metadata"]["labels"] and released["data"] == {"A": "b"}
+        assert manager not in {entry["manager"] for entry in released["metadata"].get("managedFields") or ()}
+    assert ours.get_configmap(namespace, "edited")["metadata"]["labels"]["sluice.dev/source"] == "apps"
+
+
+def test_a_removals_releases_list_each_namespace_once_and_read_only_what_changed(
+    batching, settings, namespace
+):
+    """Releases go out as one batch from one LIST of the source's objects per namespace, without a read
+    each; one another source took over is not in that LIST, is read, and is refused by name; one edited
+    since (still the source's) fails its test, is read, and is released."""
+    from gitops.cluster.apply import intents_apply
+    from gitops.models import ApplyIntent, Source
+    from gitops.vocabulary import ChangeAction
+
+    ours = batching()
+    manager = settings.SLUICE_FIELD_MANAGER
+    names = ["r-0", "taken", "edited", "r-1"]
+    for name in names:
+        ours.apply_configmap(labelled(configmap(namespace, name, A="b"), "apps"), field_manager=manager)
+    ours.apply_configmap(labelled(configmap(namespace, "taken"), "other"), field_manager=manager)
+    intents = [
+        ApplyIntent(
+            source=Source(name="apps"),
+            cluster="default",
+            namespace=namespace,
+            name=name,
+            action=ChangeAction.RELEASE,
+        )
+        for name in names
+    ]
+    lists, reads = [], []
+    list_them, get = ours.list_configmaps, ours.get_configmap
+
+    def listing(*args, **kwargs):
+        lists.append(args[0])
+        found = list_them(*args, **kwargs)
+        # Edited after the LIST, before its patch: the patch's test of the version listed fails.
+        ours.apply_configmap(labelled(configmap(namespace, "edited", A="c"), "apps"), field_manager=manager)
+        return found
+
+    ours.list_configmaps = listing
+    ours.get_configmap = lambda *args, **kwargs: reads.append(args[1]) or get(*args, **kwargs)
+
+    answers = intents_apply(ours, intents)
+
+    del ours.list_configmaps, ours.get_configmap
+    assert lists == [namespace]
+    assert sorted(reads) == ["edited", "taken"]
+    refusals = [answer.refusal for answer in answers]
+    assert refusals[0] is None and refusals[2] is None and refusals[3] is None
+    assert "it is now source other's" in refusals[1]
+    labels = {obj["metadata"]["name"]: obj["metadata"]["labels"] for obj in ours.list_configmaps(namespace)}
+    assert labels["taken"]["sluice.dev/source"] == "other"
+    assert all("sluice.dev/source" not in labels[name] for name in ("r-0", "edited", "r-1"))
 
 
 def test_a_delete_goes_out_only_while_the_object_is_still_the_sources(cluster, namespace):
