@@ -299,6 +299,10 @@ def _delete_plain(
             answers[index] = _conditional_answer(outcome)
 
 
+# The fewest releases in one namespace (of one source) that are listed together rather than read one by one.
+RELEASES_LISTED = 8
+
+
 def _conditional_answer(outcome: WriteOutcome | PermanentError) -> IntentAnswer:
     """A batched delete's or release's answer, as ``_apply_one`` gives it (gone is done: nothing is left
     to delete or to let go of)."""
@@ -342,12 +346,17 @@ def _listed_as_held(
     cluster: Cluster, intents: Sequence[ApplyIntent]
 ) -> dict[tuple[str, str], dict[str, Any]]:
     """The intents' objects that carry their source's label now, by (namespace, name): one LIST per
-    namespace and source, of that source's objects only."""
+    namespace and source, of that source's objects only, where it has ``RELEASES_LISTED`` intents or
+    more. Fewer (a removal spread thin, or one resumed with a few pending in a namespace of thousands)
+    are read one by one on threads: a LIST returns every object of the source there, and runs here,
+    one after another."""
     wanted = {(intent.namespace, _holder(intent)): set[str]() for intent in intents}
     for intent in intents:
         wanted[(intent.namespace, _holder(intent))].add(intent.name)
     listed: dict[tuple[str, str], dict[str, Any]] = {}
     for (namespace, holder), names in wanted.items():
+        if len(names) < RELEASES_LISTED:
+            continue
         for live in cluster.list_configmaps(namespace, label_selector=f"{SOURCE_LABEL}={holder}"):
             name = (live.get("metadata") or {}).get("name")
             if name in names and live_provenance(live)[0] == holder:

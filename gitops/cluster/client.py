@@ -296,16 +296,24 @@ def _refusal(result: curl.Answer | curl.CurlError) -> Exception | None:
     return _translate(_answer_error(result), applying=True)
 
 
-def _conditional_outcome(result: curl.Answer | curl.CurlError) -> WriteOutcome | Exception:
-    """What a conditional write's answer means: a delete's failed precondition is a 409, a JSON patch's
-    failed test a 422 (as is a patch the cluster finds invalid, which the read that follows tells)."""
+# The answers that mean a conditional write's condition failed: a delete's precondition gives a 409; a
+# JSON patch's failed test a 422 (k8s.io/apiserver's patch handler; so does a patch the cluster finds
+# invalid, which the read that follows tells apart), or a 409 when the stored object moved meanwhile.
+_CONDITION_FAILED = {
+    "DELETE": frozenset({HTTPStatus.CONFLICT}),
+    "PATCH": frozenset({HTTPStatus.CONFLICT, HTTPStatus.UNPROCESSABLE_ENTITY}),
+}
+
+
+def _conditional_outcome(result: curl.Answer | curl.CurlError, method: str) -> WriteOutcome | Exception:
+    """What a conditional write's answer means."""
     if isinstance(result, curl.CurlError):
         return TemporaryError(f"kube-apiserver unreachable: {result.reason}")
     if 200 <= result.status <= 299:
         return WriteOutcome.DONE
     if result.status == HTTPStatus.NOT_FOUND:
         return WriteOutcome.GONE
-    if result.status in (HTTPStatus.CONFLICT, HTTPStatus.UNPROCESSABLE_ENTITY):
+    if result.status in _CONDITION_FAILED[method]:
         return WriteOutcome.CHANGED
     return _translate(_answer_error(result))
 
@@ -773,10 +781,10 @@ class Cluster:
                 (request for request in requests if before_each is None or before_each() is None),
                 self._request_headers(content_type),
                 width=width,
-                gives_up=lambda result: isinstance(_conditional_outcome(result), UNAVAILABLE),
+                gives_up=lambda result: isinstance(_conditional_outcome(result, method), UNAVAILABLE),
             )
         outcomes = [
-            _conditional_outcome(result)
+            _conditional_outcome(result, method)
             if result is not None
             else TemporaryError("the batch ended before it")
             for result in results

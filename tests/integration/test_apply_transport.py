@@ -898,13 +898,14 @@ def test_a_removals_releases_list_each_namespace_once_and_read_only_what_changed
     """Releases go out as one batch from one LIST of the source's objects per namespace, without a read
     each; one another source took over is not in that LIST, is read, and is refused by name; one edited
     since (still the source's) fails its test, is read, and is released."""
-    from gitops.cluster.apply import intents_apply
+    from gitops.cluster.apply import RELEASES_LISTED, intents_apply
     from gitops.models import ApplyIntent, Source
     from gitops.vocabulary import ChangeAction
 
     ours = batching()
     manager = settings.SLUICE_FIELD_MANAGER
-    names = ["r-0", "taken", "edited", "r-1"]
+    # As many as are listed together (``RELEASES_LISTED``): fewer are read one by one.
+    names = ["r-0", "taken", "edited", *(f"r-{index}" for index in range(1, RELEASES_LISTED - 2))]
     for name in names:
         ours.apply_configmap(labelled(configmap(namespace, name, A="b"), "apps"), field_manager=manager)
     ours.apply_configmap(labelled(configmap(namespace, "taken"), "other"), field_manager=manager)
@@ -937,11 +938,31 @@ def test_a_removals_releases_list_each_namespace_once_and_read_only_what_changed
     assert lists == [namespace]
     assert sorted(reads) == ["edited", "taken"]
     refusals = [answer.refusal for answer in answers]
-    assert refusals[0] is None and refusals[2] is None and refusals[3] is None
     assert "it is now source other's" in refusals[1]
+    assert refusals[:1] + refusals[2:] == [None] * (len(names) - 1)
     labels = {obj["metadata"]["name"]: obj["metadata"]["labels"] for obj in ours.list_configmaps(namespace)}
     assert labels["taken"]["sluice.dev/source"] == "other"
-    assert all("sluice.dev/source" not in labels[name] for name in ("r-0", "edited", "r-1"))
+    assert all("sluice.dev/source" not in labels[name] for name in names if name != "taken")
+
+    # Fewer in a namespace than are listed together: each read on its own, no LIST.
+    few = ["f-0", "f-1"]
+    for name in few:
+        ours.apply_configmap(labelled(configmap(namespace, name, A="b"), "apps"), field_manager=manager)
+    lists.clear()
+    ours.list_configmaps = lambda *args, **kwargs: lists.append(args[0]) or list_them(*args, **kwargs)
+    releases = [
+        ApplyIntent(
+            source=Source(name="apps"),
+            cluster="default",
+            namespace=namespace,
+            name=name,
+            action=ChangeAction.RELEASE,
+        )
+        for name in few
+    ]
+    assert [answer.refusal for answer in intents_apply(ours, releases)] == [None, None]
+    del ours.list_configmaps
+    assert lists == []
 
 
 def test_a_delete_goes_out_only_while_the_object_is_still_the_sources(cluster, namespace):
