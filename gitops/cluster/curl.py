@@ -13,10 +13,10 @@ certificate, and its bearer token, asked for on each request (an exec plugin's t
 it does for the client's own calls). A configuration this module does not carry over keeps the
 client's urllib3 pool: ``Transport.supports`` says which.
 
-A batch (``patch_all``, and ``send_all`` for a prune's DELETEs) runs on the calling thread through
-one libcurl multi handle, many requests in flight at once: a thread per request cost the worker about
-a third more CPU per object (handing work to the threads, waking them, and the GIL passed between 16
-of them), measured on a cold apply.
+A batch (``patch_all``, and ``send_all`` for a prune's DELETEs and a removal's JSON patches) runs on
+the calling thread through one libcurl multi handle, many requests in flight at once: a thread per
+request cost the worker about a third more CPU per object (handing work to the threads, waking them,
+and the GIL passed between 16 of them), measured on a cold apply.
 The multi handle keeps its connections between batches; its easy handles never serve ``patch``.
 
 A forked child (a Celery pool process) keeps the handles it inherited unused, and makes its own; it
@@ -107,7 +107,7 @@ class _Flight:
 
 
 class Transport:
-    """PATCH requests (and batches of DELETEs) to one apiserver, on connections kept open between them."""
+    """PATCH requests (and batches of other writes) to one apiserver, on connections kept open."""
 
     def __init__(self, configuration: Any, timeout: tuple[float, float]) -> None:
         self._configuration = configuration
