@@ -909,16 +909,20 @@ def test_a_removals_releases_list_each_namespace_once_and_read_only_what_changed
     for name in names:
         ours.apply_configmap(labelled(configmap(namespace, name, A="b"), "apps"), field_manager=manager)
     ours.apply_configmap(labelled(configmap(namespace, "taken"), "other"), field_manager=manager)
-    intents = [
-        ApplyIntent(
-            source=Source(name="apps"),
-            cluster="default",
-            namespace=namespace,
-            name=name,
-            action=ChangeAction.RELEASE,
-        )
-        for name in names
-    ]
+
+    def releases(names: list[str]) -> list[ApplyIntent]:
+        return [
+            ApplyIntent(
+                source=Source(name="apps"),
+                cluster="default",
+                namespace=namespace,
+                name=name,
+                action=ChangeAction.RELEASE,
+            )
+            for name in names
+        ]
+
+    intents = releases(names)
     lists, reads = [], []
     list_them, get = ours.list_configmaps, ours.get_configmap
 
@@ -950,17 +954,7 @@ def test_a_removals_releases_list_each_namespace_once_and_read_only_what_changed
         ours.apply_configmap(labelled(configmap(namespace, name, A="b"), "apps"), field_manager=manager)
     lists.clear()
     ours.list_configmaps = lambda *args, **kwargs: lists.append(args[0]) or list_them(*args, **kwargs)
-    releases = [
-        ApplyIntent(
-            source=Source(name="apps"),
-            cluster="default",
-            namespace=namespace,
-            name=name,
-            action=ChangeAction.RELEASE,
-        )
-        for name in few
-    ]
-    assert [answer.refusal for answer in intents_apply(ours, releases)] == [None, None]
+    assert [answer.refusal for answer in intents_apply(ours, releases(few))] == [None, None]
     del ours.list_configmaps
     assert lists == []
 
