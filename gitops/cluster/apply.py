@@ -331,6 +331,8 @@ def _release_plain(
         return
     listed = _listed_as_held(cluster, [intents[index] for index in plain])
     sendable = [index for index in plain if (intents[index].namespace, intents[index].name) in listed]
+    if not sendable:  # every namespace below RELEASES_LISTED, or nothing listed as the source's
+        return
     outcomes = cluster.release_configmaps(
         [listed[(intents[index].namespace, intents[index].name)] for index in sendable],
         field_manager=settings.SLUICE_FIELD_MANAGER,
