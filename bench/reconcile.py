@@ -7,7 +7,8 @@ process running (`gitops live-cache`):
   - one-file change: a commit that changes one manifest (median of 9, with the range), from the live
     cache: three samples of a pass of 0.1 to 0.2 s on a shared machine moved the median by a third;
   - prune: a commit that removes half the manifests (5 of the 10 namespaces' files), from the live cache,
-    with the worker's and the apiserver's CPU per 1,000 deletes;
+    with the worker's and the apiserver's CPU per 1,000 deletes (each cold sample's source prunes too:
+    the median of as many as --cold-samples, against as many kubectl deletes);
   - removal, keeping the objects: the source deleted with `--objects keep`, each of the other half
     released (Sluice's labels, annotations and field ownership taken off), with the same CPU figures
     (no peer: kubectl has no such command);
@@ -197,6 +198,8 @@ class Bench:
         self.env = env
         self.workdir = workdir
         self.run_id = uuid.uuid4().hex[:5]
+        # Each directory kubectl applied, by size: each deletes the same half as Sluice's prunes.
+        self.kubectl_directories: dict[int, list[Path]] = {}
 
     def setup_django(self) -> None:
         os.environ.update(self.env)
@@ -270,6 +273,18 @@ class Bench:
         git(work, "push", "--quiet", "origin", "HEAD:refs/heads/main")
         return removed
 
+    def more_prunes(
+        self, sources: Sequence[tuple[list[str], Path, Any]], timed_sync: Callable[[Any], tuple[float, dict]]
+    ) -> list[float]:
+        """The same prune of half the objects by each of ``sources`` (the cold samples'), timed."""
+        samples = []
+        for namespaces, work, source in sources:
+            removed = self.remove_half(work, namespaces)
+            elapsed, result = timed_sync(source)
+            assert result["summary"].get("delete") == removed, result
+            samples.append(elapsed)
+        return samples
+
     @staticmethod
     def removal_kept(source: Any, kept: int, worker_pid: int) -> dict[str, float]:
         """The source removed, its objects kept: the wall time from the request to the removal's end, and
@@ -327,9 +342,9 @@ class Bench:
         ).start()
         try:
 
-            def timed_sync() -> tuple[float, dict]:
+            def timed_sync(target: Any = source) -> tuple[float, dict]:
                 started = time.perf_counter()
-                result = sync_source.delay(source.pk).get(timeout=1800)
+                result = sync_source.delay(target.pk).get(timeout=1800)
                 return time.perf_counter() - started, result
 
             def noop() -> float:
@@ -372,10 +387,13 @@ class Bench:
                 )
 
             colds = [cold_apply(source)]
+            # The cold samples' sources: each prunes half of its objects too, for the prune's median.
+            extras = []
             for sample in range(1, cold_samples):
                 if between is not None:
                     between()
-                colds.append(cold_apply(self.source_with_repo(f"c{sample}x", size)[2]))
+                extras.append(self.source_with_repo(f"c{sample}x", size))
+                colds.append(cold_apply(extras[-1][2]))
             cold, cold_cpu, apiserver_cold_cpu, cache_cold_cpu = sorted(colds)[len(colds) // 2]
             poll(
                 lambda: self.live_cache_vouches(namespaces),
@@ -415,6 +433,7 @@ class Bench:
             prune_cpu = cpu_seconds(process_tree(worker_pid), children=True) - ours_before
             apiserver_prune_cpu = apiserver_cpu() - theirs_before
             released = self.removal_kept(source, size - removed, worker_pid)
+            prunes = [prune, *self.more_prunes(extras, timed_sync)]
         finally:
             live_cache.stop()
             worker.stop()
@@ -426,7 +445,8 @@ class Bench:
             "one_file_min": min(changes),
             "one_file_max": max(changes),
             "noop_read": statistics.median(noops_read),
-            "prune": prune,
+            "prune": statistics.median(prunes),
+            "prune_samples": prunes,
             "pruned": removed,
             "prune_cpu_per_1000": prune_cpu * 1000 / removed,
             "apiserver_prune_cpu_per_1000": apiserver_prune_cpu * 1000 / removed,
@@ -438,14 +458,17 @@ class Bench:
         }
 
     def kubectl_directory(self, size: int) -> Path:
-        """The benchmark's manifests for kubectl, in fresh namespaces of their own."""
-        namespaces = self.namespaces(f"k{size}")
+        """The benchmark's manifests for kubectl, in fresh namespaces of their own: each directory's own
+        (until 2026-12-07 every directory of a size shared them, so each cold sample after the first
+        applied the same objects again, unchanged, rather than creating them)."""
+        namespaces = self.namespaces(f"k{size}n{len(self.kubectl_directories.get(size, []))}")
         directory = self.workdir / f"kubectl-{size}-{uuid.uuid4().hex[:5]}"
         for index in range(size):
             namespace = namespaces[index % NAMESPACES]
             target = directory / namespace / f"cm-{index:05d}.yaml"
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(manifest(f"cm-{index:05d}", namespace, index))
+        self.kubectl_directories.setdefault(size, []).append(directory)
         return directory
 
     def kubectl_timed(self, *args: str, ok: tuple[int, ...] = (0,)) -> float:
@@ -472,18 +495,25 @@ class Bench:
             "diff", "--server-side", "--field-manager=kubectl-bench", "-R", "-f", str(directory), ok=(0, 1)
         )
         noop_apply = self.kubectl_timed(*self.kubectl_apply(directory))
-        # The same half of the objects Sluice's prune removed (``remove_half``): one DELETE each.
-        halves = [str(path) for path in sorted(directory.iterdir())[: NAMESPACES // 2]]
-        delete = self.kubectl_timed(
-            "delete", "--wait=false", "-R", *(f"--filename={path}" for path in halves)
-        )
+        # The same half of the objects Sluice's prunes removed (``remove_half``): one DELETE each, from
+        # each directory applied (as many as Sluice's cold sources, and so its prunes).
+        deletes = [
+            self.kubectl_timed(
+                "delete",
+                "--wait=false",
+                "-R",
+                *(f"--filename={path}" for path in sorted(applied.iterdir())[: NAMESPACES // 2]),
+            )
+            for applied in self.kubectl_directories[size]
+        ]
         cold = sorted(samples)[len(samples) // 2]
         return {
             "cold": cold,
             "cold_samples": samples,
             "diff": diff,
             "noop_apply": noop_apply,
-            "delete": delete,
+            "delete": statistics.median(deletes),
+            "delete_samples": deletes,
         }
 
 
@@ -623,8 +653,9 @@ def peer_cold(bench: Bench, size: int, samples: list[float]) -> None:
 def slower_than_kubectl(rows: list[tuple[int, dict[str, Any], dict[str, Any]]]) -> int:
     """1 when Sluice took longer than kubectl for a cold apply, a no-op or a prune, on the same manifests
     (a prune of 500 took 1.9 s against kubectl delete's 1.5 s before its deletes went out in one batch).
-    The cold applies' medians are compared; the no-op and the prune are one sample each (the prune's
-    margin, 1.6 to 2.4 times since, is wider than a burst on this machine moves one sample)."""
+    The cold applies' and the prunes' medians are compared (as many samples as ``--cold-samples``: each
+    cold sample's source prunes too, and kubectl deletes from each directory it applied); the no-op is
+    one sample each."""
     compared = (("cold apply", "cold", "cold"), ("no-op", "noop", "diff"), ("prune", "prune", "delete"))
     slower = [
         f"{size} objects: {what} {ours[mine]:.2f}s vs kubectl {theirs[peer]:.2f}s"
@@ -678,6 +709,12 @@ def print_rows(rows: list[tuple[int, dict[str, Any], dict[str, Any]]]) -> None:
             f" Sluice worker {ours['prune_cpu_per_1000']:.2f} s,"
             f" kube-apiserver {ours['apiserver_prune_cpu_per_1000']:.2f} s"
         )
+        if len(ours.get("prune_samples", ())) > 1:
+            print(
+                f"{size:>8} objects, prune samples (the medians are compared): Sluice"
+                f" {', '.join(f'{value:.2f}' for value in ours['prune_samples'])} s; kubectl delete"
+                f" {', '.join(f'{value:.2f}' for value in theirs['delete_samples'])} s"
+            )
         print(
             f"{size:>8} objects, removal keeping the other {ours['released']}: Sluice {ours['release']:.2f} s"
             f" (no peer); CPU per 1,000 releases: Sluice worker {ours['release_cpu_per_1000']:.2f} s,"
