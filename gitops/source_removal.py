@@ -29,6 +29,7 @@ from django.utils import timezone
 from gitops import caches, logs
 from gitops.cluster import clients
 from gitops.cluster.live import LiveState, live_configmaps, objects_read_one_by_one
+from gitops.desired.revision import ObjectKey
 from gitops.errors import TemporaryError
 from gitops.fetch.mirror_sweep import mirror_remove
 from gitops.locks import SourceBusy, source_lock
@@ -214,12 +215,49 @@ def _remove_objects(removal: SourceRemoval, source: Source) -> list[str]:
         SourceRemoval.objects.filter(pk=removal.pk).update(objects_total=len(managed))
     with transaction.atomic():
         written = ApplyIntent.objects.bulk_create(intents, batch_size=1000)
-    failures = _executed(intents_execute(written))
+    refused = _executed(intents_execute(written))
+    taken = _taken_over_since(source, written) if refused else set()
+    if taken:
+        _let_go(removal, source, taken)
+    # A refusal's text starts with its object's address (``changes_record``): a removal's has no origin.
+    addresses = tuple(f"{cluster}/{namespace}/{name}: " for cluster, namespace, name in taken)
+    failures = [text for text in refused if not (addresses and text.startswith(addresses))]
     # Counted as done: only what was kept or pruned (it said "10 of 10 pruned" with some left).
     SourceRemoval.objects.filter(pk=removal.pk).update(
-        objects_done=len(intents) - len(failures), objects_failed=len(failures)
+        objects_done=len(intents) - len(refused), objects_failed=len(failures)
     )
     return failures
+
+
+def _taken_over_since(source: Source, written: Sequence[ApplyIntent]) -> set[ObjectKey]:
+    """The refused writes' objects that a new listing shows gone or no longer this source's: taken over
+    (or deleted) between the removal's listing and its write, which Sluice then refused to delete or
+    release (``NotHeldError``). The listing would have left them alone, and so does the removal: they
+    are no failure. Before, the removal failed and only a second one finished. One LIST per namespace
+    of a refusal (they may be many: an RBAC refusal is one per object); a cluster that does not answer
+    now leaves its refusals standing, for the next removal to judge."""
+    refused = [intent for intent in written if intent.status == ApplyIntent.Status.FAILED]
+    live = live_configmaps({(intent.cluster, intent.namespace) for intent in refused})
+    found = live.index()
+    taken: set[ObjectKey] = set()
+    for intent in refused:
+        key = (intent.cluster, intent.namespace, intent.name)
+        if intent.cluster in live.unreachable:
+            continue
+        current = found.get(key)
+        if current is None or live_provenance(current)[0] != source.name:
+            taken.add(key)
+    return taken
+
+
+def _let_go(removal: SourceRemoval, source: Source, taken: set[ObjectKey]) -> None:
+    """The inventory lets go of objects taken over while the removal ran, and the removal says so."""
+    held = ManagedObject.objects.filter(source=source).values_list("pk", "cluster", "namespace", "name")
+    ManagedObject.objects.filter(pk__in=[pk for pk, *key in held if tuple(key) in taken]).delete()
+    said = SourceRemoval.objects.filter(pk=removal.pk).values_list("message", flat=True).first() or ""
+    also = f"{len(taken)} taken over or deleted by someone else while the removal ran, left alone"
+    SourceRemoval.objects.filter(pk=removal.pk).update(message="; ".join(filter(None, [said, also])))
+    log.info("removal of %s left %d objects taken over while it ran", source.name, len(taken))
 
 
 def _left_alone(source: Source, outside: list[ManagedObject], gone: list[ManagedObject]) -> str:

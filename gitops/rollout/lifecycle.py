@@ -559,7 +559,9 @@ def _step_failed(rollout: Rollout, outcome: StepOutcome, failures: list[str], ac
     person's abort was stored first)."""
     message = "; ".join(failures[:5])
     rollout_event(rollout, RolloutEventKind.FAILED, actor=actor, message=message)
-    reason = f"step {rollout.step_index + 1} failed: {message}"
+    # Numbered as the page, `gitops status`, the timeline and a promote's --step number it (from 0): it
+    # said "step 1 failed" for the step the page showed as step 0.
+    reason = f"step {rollout.step_index} failed: {message}"
     outcome.failures.extend(
         rollout_rollback(rollout, actor=SYSTEM_ACTOR, reason=reason, phase=Rollout.Phase.FAILED)
     )

@@ -1004,7 +1004,8 @@ def test_a_step_the_cluster_refuses_in_part_rolls_back_what_it_did_change(
     assert result["outcome"] == "failed", result
     rollout = rollout_of(source)
     assert rollout.phase == "Failed"
-    assert "step 1 failed" in rollout.message and "conflict" in rollout.message
+    assert "step 0 failed" in rollout.message and "conflict" in rollout.message, "numbered as the page"
+    assert rollout.events.filter(kind="failed", step_index=0).exists()
     # app went out to the canary in the step that failed; it is restored, as an abort would.
     assert versions(cluster, [canary, rest]) == ["1", "1"]
     assert versions(cluster, [canary, rest], name="db") == ["hand", "1"]

@@ -794,6 +794,88 @@ def test_a_removal_never_finishes_a_crashed_ones_write_on_an_object_another_sour
     assert not Change.objects.filter(intent_id=release.pk).exists()
 
 
+@pytest.mark.parametrize("mode", [ObjectsOnRemoval.PRUNE, ObjectsOnRemoval.KEEP])
+def test_an_object_taken_over_between_the_removals_listing_and_its_write_is_left_alone(
+    applied, cluster, monkeypatch, mode
+):
+    """Another source took an object over after the removal listed it as this source's: Sluice refused
+    its own delete or release (the object is no longer the source's), and the removal failed, leaving the
+    source suspended until someone deleted it again. It is left alone now, as if the listing had seen it,
+    and the removal finishes in one run."""
+    from gitops import source_removal
+    from gitops.desired.content import MANAGED_BY_VALUE
+
+    source, targets = applied
+    keep_sends(monkeypatch)  # the removal runs here, with the takeover between its listing and its write
+    removal = source_admin.source_remove(source, objects=mode)
+    real_execute, calls = source_removal.intents_execute, []
+
+    def taken_over_first(intents):
+        calls.append(sorted(intent.name for intent in intents))
+        labels = {MANAGED_BY_LABEL: MANAGED_BY_VALUE, SOURCE_LABEL: "someone-else"}
+        metadata = {"name": "app", "namespace": targets[1], "labels": labels}
+        cluster.apply_configmap(
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": {"V": "b"}},
+            field_manager="other-sluice",
+            force=True,
+        )
+        return real_execute(intents)
+
+    monkeypatch.setattr(source_removal, "intents_execute", taken_over_first)
+
+    done = removal_run_once_free(removal.pk)
+
+    assert calls == [["app", "app", "checkout"]], "the listing saw all three as the source's"
+    assert (done.status, done.objects_total, done.objects_done, done.objects_failed) == ("done", 3, 2, 0)
+    assert "1 taken over or deleted by someone else while the removal ran, left alone" in done.message
+    taken = cluster.get_configmap(targets[1], "app")
+    assert taken["metadata"]["labels"][SOURCE_LABEL] == "someone-else", "its new owner's labels stay"
+    assert taken["data"] == {"V": "b"}
+    refused = Change.objects.get(source_id=source.pk, namespace=targets[1], name="app", rollout__isnull=True)
+    assert refused.result != "ok" and "it is now source someone-else's" in refused.error, "logged as refused"
+    gone = mode == ObjectsOnRemoval.PRUNE
+    assert (cluster.get_configmap(targets[0], "app") is None) == gone
+    assert not Source.objects.filter(pk=source.pk).exists(), "deleted in one run"
+    assert not ManagedObject.objects.filter(source_id=source.pk).exists()
+
+
+def test_a_delete_the_cluster_refuses_fails_the_removal_and_the_source_stays(applied, cluster, kube_client):
+    """A refusal of an object still the source's (here the cluster's own admission policy) is a failure:
+    only an object another took over is left alone. The source stays, suspended, with that object."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    from tests.admission import updates_denied
+
+    source, targets = applied
+    core = client.CoreV1Api(kube_client())
+
+    def delete_denied() -> bool:
+        try:
+            core.delete_namespaced_config_map("app", targets[1], dry_run="All")
+        except ApiException:
+            return True
+        return False
+
+    with updates_denied(
+        kube_client(),
+        targets[1],
+        expression="false",
+        message="nothing is deleted here",
+        denied=delete_denied,
+        operations=("DELETE",),
+    ):
+        done = removal_done(source_admin.source_remove(source, objects=ObjectsOnRemoval.PRUNE))
+
+    assert (done.status, done.objects_done, done.objects_failed) == ("failed", 2, 1), done.message
+    assert "nothing is deleted here" in done.message
+    assert "taken over" not in done.message
+    assert cluster.get_configmap(targets[1], "app")["metadata"]["labels"][SOURCE_LABEL] == source.name
+    kept = ManagedObject.objects.filter(source_id=source.pk)
+    assert [(o.namespace, o.name) for o in kept] == [(targets[1], "app")], "the inventory keeps it"
+    assert Source.all_objects.get(pk=source.pk).suspended
+
+
 def test_a_removal_prunes_nothing_outside_the_scope_an_administrator_left_the_source(applied, cluster):
     """Passes neither write nor prune a target taken out of the source's scope; its removal now leaves
     those objects as they are too (the inventory lets go of them)."""
