@@ -25,7 +25,14 @@ from gitops.desired.revision import flag_set_key
 from gitops.desired.scope import AdminScope
 from gitops.plan import Action, PlanItem, diff_content
 from gitops.plan.diff import DiffItem, DiffOp
-from gitops.plan.provenance import Provenance, held_by_others, live_content, live_provenance, owned_keys
+from gitops.plan.provenance import (
+    Provenance,
+    held_by_others,
+    live_content,
+    live_provenance,
+    owned_keys,
+    read_as_held,
+)
 from gitops.plan.provenance import manifest as configmap_manifest
 from gitops.plan.stamps import FLAG_SET_KIND
 from gitops.redaction import redact, url_without_query
@@ -782,7 +789,20 @@ class ApplyIntent(models.Model):
             recreate=recreate,
             origin=first.origin,
             actor=actor,
+            **_delete_condition(rollout, live, baseline),
         )
+
+
+def _delete_condition(
+    rollout: Rollout, live: Mapping[str, Any] | None, baseline: Content | None
+) -> dict[str, str]:
+    """A restore that deletes a created object goes out on the condition of the rollback's read, where
+    that read shows it as the source's (as a prune does): no read before it, and any write since fails
+    it, after which it is read and its labels checked. Before, every such delete read the object first,
+    one request at a time on the apply pool's threads."""
+    if baseline is not None or live is None or live_provenance(live)[0] != rollout.source.name:
+        return {}
+    return read_as_held(live)
 
 
 def _recreated(live: Mapping[str, Any] | None, baseline: Content | None) -> bool:

@@ -367,10 +367,11 @@ def _listed_as_held(
 
 
 def _plain_delete(intent: ApplyIntent) -> bool:
-    """A prune of a ConfigMap the plan (or a removal's listing) read as the source's: one DELETE, on the
-    condition that the object is still the one read."""
+    """A prune of a ConfigMap the plan (or a removal's listing) read as the source's, or a rollback's
+    delete of one the rollout created, read so by the rollback: one DELETE, on the condition that the
+    object is still the one read."""
     return (
-        intent.action == ChangeAction.DELETE
+        intent.action in (ChangeAction.DELETE, ChangeAction.ROLLBACK)
         and intent.manifest is None
         and not intent.recreate
         and intent.kind not in WORKLOAD_KINDS

@@ -801,7 +801,8 @@ def test_abort_restores_the_exact_previous_contents_and_retry_runs_again(
     sync(source)
     paused = wait_for(source, phase="Paused", waiting_for="approval")
     assert versions(cluster, targets) == ["2", "2"]
-    assert cluster.get_configmap(targets[0], "brand-new") is not None
+    created = {cluster.get_configmap(ns, "brand-new")["metadata"]["uid"] for ns in targets}
+    assert len(created) == 2
 
     with pytest.raises(PermissionDenied):
         decisions.rollout_abort(paused.pk, user=people["viewer"])
@@ -818,6 +819,13 @@ def test_abort_restores_the_exact_previous_contents_and_retry_runs_again(
     rollbacks = Change.objects.filter(source=source, action="rollback")
     assert rollbacks.count() == 4
     assert {c.actor for c in rollbacks} == {"otto"}
+    # The deletes of what the rollout created went out on the condition of the rollback's read (the
+    # objects it created, at the version read), with no read before each, as a prune does.
+    deletes = [change for change in rollbacks if change.name == "brand-new"]
+    assert {change.intent.live_uid for change in deletes} == created
+    assert all(change.intent.live_version.isdigit() and change.after is None for change in deletes)
+    restores = [change for change in rollbacks if change.name == "app"]
+    assert not any(change.intent.live_uid for change in restores), "an apply has no condition"
     assert aborted.message == "errors in the canary"
     with pytest.raises(RolloutError, match="aborted; only an active rollout"):
         decisions.rollout_abort(paused.pk, user=people["approver"])

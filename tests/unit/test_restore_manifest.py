@@ -4,7 +4,7 @@ left out of the forced apply."""
 
 from __future__ import annotations
 
-from gitops.desired.content import KIND_LABEL
+from gitops.desired.content import KIND_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, SOURCE_LABEL
 from gitops.models import ApplyIntent, Revision, Rollout, Source
 from gitops.vocabulary import ChangeAction
 
@@ -110,3 +110,26 @@ def test_a_restore_recreates_an_immutable_configmap_only_when_its_data_changes()
     changed = {**live, "data": {"A": "2"}}
     restored = ApplyIntent.restoring(rollout(), first, changed, actor="sluice")
     assert restored is not None and restored.recreate
+
+
+def created_live(source: str | None) -> dict:
+    labels = {MANAGED_BY_LABEL: MANAGED_BY_VALUE, SOURCE_LABEL: source} if source else {}
+    metadata = {"name": "new", "namespace": "flags", "uid": "u-1", "resourceVersion": "42", "labels": labels}
+    return {"metadata": metadata, "data": {"A": "1"}}
+
+
+def test_a_restore_deleting_a_created_object_is_conditioned_on_the_rollbacks_read_of_it_as_the_sources():
+    created = first_intent("new", action=ChangeAction.CREATE, before=None, after={"data": {"A": "1"}})
+
+    delete = ApplyIntent.restoring(rollout(), created, created_live("shop"), actor="sluice")
+
+    assert delete is not None and delete.manifest is None, "a delete"
+    assert (delete.live_uid, delete.live_version) == ("u-1", "42")
+    # Read as another's (or nobody's): no condition, so the delete reads it first and refuses.
+    for holder in ("someone-else", None):
+        other = ApplyIntent.restoring(rollout(), created, created_live(holder), actor="sluice")
+        assert other is not None and (other.live_uid, other.live_version) == ("", "")
+    # A restore that applies content back has no condition: it is an apply.
+    updated = first_intent("new", action=ChangeAction.UPDATE, before={"data": {"A": "0"}}, after={"data": {}})
+    put_back = ApplyIntent.restoring(rollout(), updated, created_live("shop"), actor="sluice")
+    assert put_back is not None and put_back.manifest is not None and put_back.live_uid == ""
