@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 # Each benchmark's smallest meaningful run; a few seconds to a minute or so each on 2 cores.
 TINY_RUNS: dict[str, list[str]] = {
     "reconcile": ["--sizes", "50", "--cold-samples", "1"],
+    "abort": ["--sizes", "20"],
     "dashboard": ["--changes", "2000", "--sources", "5", "--flags", "3", "--runs", "2"],
     "fleet-poll": ["poll", "--sources", "10", "--configmaps", "2", "--duration", "20"],
     "fleet-pushes": ["pushes", "--sources", "5", "--pushes", "20", "--seconds", "5"],
