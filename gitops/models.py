@@ -632,9 +632,9 @@ class ApplyIntent(models.Model):
     force = models.BooleanField(default=False)
     # Delete before applying: an immutable object cannot take new content.
     recreate = models.BooleanField(default=False)
-    # For a delete: the uid and resourceVersion of the object the plan (or a removal's listing) read as its
-    # source's; "" when none was (a rollback's). The delete is sent on the condition that the object is
-    # still that one at that version, without a read before it (``Cluster.delete_configmap``).
+    # For a delete: the uid and resourceVersion of the object the plan (a removal's listing, a rollback's
+    # LIST) read as its source's; "" when none was read so. The delete is sent on the condition that the
+    # object is still that one at that version, without a read before it (``Cluster.delete_configmap``).
     live_uid = models.CharField(max_length=64, blank=True, default="", db_default="")
     live_version = models.CharField(max_length=64, blank=True, default="", db_default="")
     origin = models.CharField(max_length=1000, blank=True, default="")

@@ -46,7 +46,7 @@ from gitops.plan import diff_content
 from gitops.plan.provenance import live_content, live_provenance, read_as_held
 from gitops.record.audit import Actor, audit_record
 from gitops.record.changelog import changes_record
-from gitops.rollout.step import Executed, in_scope, intents_execute
+from gitops.rollout.step import Executed, failures_without, in_scope, intents_execute, refused_as_taken_over
 from gitops.vocabulary import AuditVia, ChangeAction, ObjectsOnRemoval, RemovalStatus, SourceAuditAction
 
 log = logging.getLogger("gitops.removal")
@@ -216,38 +216,17 @@ def _remove_objects(removal: SourceRemoval, source: Source) -> list[str]:
     with transaction.atomic():
         written = ApplyIntent.objects.bulk_create(intents, batch_size=1000)
     refused = _executed(intents_execute(written))
-    taken = _taken_over_since(source, written) if refused else set()
+    # Taken over (or deleted) between the listing and the write: left alone, as the listing would have
+    # left them. Before, the removal failed, and only deleting the source again finished it.
+    taken = refused_as_taken_over(source.name, written) if refused else []
     if taken:
-        _let_go(removal, source, taken)
-    # A refusal's text starts with its object's address (``changes_record``): a removal's has no origin.
-    addresses = tuple(f"{cluster}/{namespace}/{name}: " for cluster, namespace, name in taken)
-    failures = [text for text in refused if not (addresses and text.startswith(addresses))]
+        _let_go(removal, source, {(intent.cluster, intent.namespace, intent.name) for intent in taken})
+    failures = failures_without(refused, taken)
     # Counted as done: only what was kept or pruned (it said "10 of 10 pruned" with some left).
     SourceRemoval.objects.filter(pk=removal.pk).update(
         objects_done=len(intents) - len(refused), objects_failed=len(failures)
     )
     return failures
-
-
-def _taken_over_since(source: Source, written: Sequence[ApplyIntent]) -> set[ObjectKey]:
-    """The refused writes' objects that a new listing shows gone or no longer this source's: taken over
-    (or deleted) between the removal's listing and its write, which Sluice then refused to delete or
-    release (``NotHeldError``). The listing would have left them alone, and so does the removal: they
-    are no failure. Before, the removal failed and only a second one finished. One LIST per namespace
-    of a refusal (they may be many: an RBAC refusal is one per object); a cluster that does not answer
-    now leaves its refusals standing, for the next removal to judge."""
-    refused = [intent for intent in written if intent.status == ApplyIntent.Status.FAILED]
-    live = live_configmaps({(intent.cluster, intent.namespace) for intent in refused})
-    found = live.index()
-    taken: set[ObjectKey] = set()
-    for intent in refused:
-        key = (intent.cluster, intent.namespace, intent.name)
-        if intent.cluster in live.unreachable:
-            continue
-        current = found.get(key)
-        if current is None or live_provenance(current)[0] != source.name:
-            taken.add(key)
-    return taken
 
 
 def _let_go(removal: SourceRemoval, source: Source, taken: set[ObjectKey]) -> None:

@@ -219,7 +219,8 @@ def intents_apply(
 
     Plain applies (a create or an update: one request each, whose answer is not read) go out
     together on the calling thread (``Cluster.apply_configmaps``), and so do plain prunes (a delete on
-    the condition of the object the plan read, ``_plain_delete``) and a removal's releases (each from
+    the condition of the object the plan read, ``_plain_delete``; a rollback's delete of what its rollout
+    created, on the condition of its own LIST) and a removal's releases (each from
     one LIST per namespace, ``_release_plain``); the others (replaces, self-heals, workloads' restarts,
     a prune or a release whose object changed since) each on a thread of the cluster's apply pool.
     ``fence`` is called before each write goes out, and stops the batch when it raises.
@@ -274,9 +275,10 @@ def _delete_plain(
     concurrency: int,
     fence: Callable[[], None],
 ) -> None:
-    """The plain prunes' answers, into ``answers``: one batch on the calling thread, each DELETE on the
-    condition of the object read. One whose object changed since keeps no answer: it is read, and its
-    labels checked, on a thread as any other delete (``Cluster.delete_configmap``)."""
+    """The plain prunes' (and a rollback's plain deletes') answers, into ``answers``: one batch on the
+    calling thread, each DELETE on the condition of the object read. One whose object changed since keeps
+    no answer: it is read, and its labels checked, on a thread as any other delete
+    (``Cluster.delete_configmap``)."""
     plain = [
         index for index, intent in enumerate(intents) if answers[index] is None and _plain_delete(intent)
     ]
@@ -293,7 +295,7 @@ def _delete_plain(
     for index, outcome in zip(plain, outcomes, strict=True):
         if outcome is WriteOutcome.CHANGED:
             # Its condition failed: the thread reads the object first, not the same DELETE again. In
-            # memory only: the row keeps what the plan read (a resumed intent tries that once more).
+            # memory only: the row keeps what was read (a resumed intent tries that once more).
             intents[index].live_uid = intents[index].live_version = ""
         else:
             answers[index] = _conditional_answer(outcome)

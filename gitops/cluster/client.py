@@ -882,10 +882,10 @@ class Cluster:
         again; ``fence`` is asked before each delete.
 
         ``seen``: the uid and resourceVersion of the object the caller read as ``held_by``'s (a plan, a
-        removal's listing). The delete is sent first on the condition that it is still that object at
-        that version, and no read is needed: a prune of 10,000 objects made 10,000 reads more. Any write
-        since, a takeover included, gives the object a new version, fails the condition, and is read as
-        above."""
+        removal's listing, a rollback's LIST). The delete is sent first on the condition that it is still
+        that object at that version, and no read is needed: a prune of 10,000 objects made 10,000 reads
+        more. Any write since, a takeover included, gives the object a new version, fails the condition,
+        and is read as above."""
         if held_by is None:
             return self._delete_configmap(namespace, name, None)
         if all(seen):

@@ -117,7 +117,8 @@ def intents_pending_query(source: Source | int) -> QuerySet[ApplyIntent]:
     return ApplyIntent.objects.filter(source=source, status=ApplyIntent.Status.PENDING, rollout__isnull=False)
 
 
-def _where(intent: ApplyIntent) -> str:
+def intent_where(intent: ApplyIntent) -> str:
+    """The intent's object (and the file it comes from), as its refusal's text starts."""
     origin = f" ({intent.origin})" if intent.origin else ""
     return f"{intent.cluster}/{intent.namespace}/{intent.name}{origin}"
 
@@ -131,7 +132,9 @@ def changes_record(intents: Sequence[ApplyIntent], errors: Sequence[str | None])
     refused = {intent.pk: error for intent, error in zip(intents, errors, strict=True) if error}
     failed = set(refused)
     # The file the object comes from, where one does: an admission policy's denial then says what to edit.
-    failures = [f"{_where(intent)}: {error}" for intent, error in zip(intents, errors, strict=True) if error]
+    failures = [
+        f"{intent_where(intent)}: {error}" for intent, error in zip(intents, errors, strict=True) if error
+    ]
     if failed:
         names = dict(Source.objects.filter(pk__in={i.source_id for i in intents}).values_list("pk", "name"))
         for intent in intents:

@@ -37,7 +37,7 @@ from gitops.record.events import rollout_event
 from gitops.record.inventory import CONFIGMAP
 from gitops.rollout.flag_catalog import RestoredFlagSet, flag_catalog_rolled_back
 from gitops.rollout.state import cluster_retry_delay, owed_rollback_added, unreachable_text
-from gitops.rollout.step import intents_execute
+from gitops.rollout.step import failures_without, intents_execute, refused_as_taken_over
 from gitops.vocabulary import SYSTEM_ACTOR, ChangeAction, RolloutEventKind
 
 ObjectKey = tuple[str, str, str, str]  # (cluster, kind, namespace, name)
@@ -457,7 +457,7 @@ def _restore_configmaps(
             if first.status == ApplyIntent.Status.DONE:  # changed, then put back by an earlier try
                 restored.put_back.setdefault((cluster, namespace), set()).add(name)
     _log_in_effect(in_effect)
-    _execute(restores, restored)
+    _execute(rollout, restores, restored)
     for restore in restores:
         if restore.status != ApplyIntent.Status.PENDING:
             taken = restore.status == ApplyIntent.Status.DONE
@@ -499,7 +499,7 @@ def _restore_workloads(
         elif live is not None:  # one deleted since is left alone, as before: nothing to log
             restored.settled.add(key)
     _log_in_effect(in_effect)
-    _execute(restores, restored)
+    _execute(rollout, restores, restored)
 
 
 def _configmap_holds(live: Mapping[str, Any] | None, intent: ApplyIntent) -> bool:
@@ -528,11 +528,15 @@ def _workload_taken_over(
     return bool(stamped) and (stamped in vouched or stamped not in (rollout.revision.commit, before))
 
 
-def _execute(restores: list[ApplyIntent], restored: Restored) -> None:
+def _execute(rollout: Rollout, restores: list[ApplyIntent], restored: Restored) -> None:
     if not restores:
         return
     with transaction.atomic():
         created = ApplyIntent.objects.bulk_create(restores)
     executed = intents_execute(created)
-    restored.failures.extend(executed.failures)
+    # Taken over (or deleted) between the rollback's LIST and its write: left as they are, as one the
+    # LIST found so (``_released_by_hand``). Before, Sluice's refusal of its own delete failed the rollout.
+    taken = refused_as_taken_over(rollout.source.name, created) if executed.failures else []
+    restored.left_alone.extend(f"{intent.cluster}/{intent.namespace}/{intent.name}" for intent in taken)
+    restored.failures.extend(failures_without(executed.failures, taken))
     restored.owed.update(executed.unreachable)

@@ -38,7 +38,7 @@ from gitops.plan import Action, Plan, plan
 from gitops.plan.provenance import live_provenance, write_holds
 from gitops.plan.shown import items_shown
 from gitops.plan.stamps import FLAG_SET_KIND
-from gitops.record.changelog import changes_record, intents_pending, intents_write
+from gitops.record.changelog import changes_record, intent_where, intents_pending, intents_write
 from gitops.record.inventory import CONFIGMAP, inventory_forget_gone, inventory_targets, managed_keys
 from gitops.rollout.engine import desired_at_weight, held_keys
 from gitops.rollout.flag_canary import CanaryRefused, MoveOrder, move_order
@@ -246,6 +246,43 @@ def _execute_in_rounds(intents: Sequence[ApplyIntent], order: MoveOrder[int]) ->
         if refused:
             executed.failures.extend(changes_record(refused, reasons))
     return executed
+
+
+def refused_as_taken_over(source_name: str, intents: Sequence[ApplyIntent]) -> list[ApplyIntent]:
+    """The refused ConfigMap intents among ``intents`` whose object a new LIST shows no longer
+    ``source_name``'s, or (for a delete or a release) gone: taken over (or deleted) between the caller's
+    read and its write, so Sluice refused its own delete or release (``NotHeldError``), or the cluster
+    refused a write that is no longer the source's to make. A removal and a rollback leave those alone,
+    as they leave one their read found so: they are no failure. One LIST per namespace of a refusal (an
+    RBAC refusal may be one per object); a cluster that does not answer now leaves its refusals standing."""
+    refused = [
+        intent
+        for intent in intents
+        if intent.status == ApplyIntent.Status.FAILED and intent.kind not in WORKLOAD_KINDS
+    ]
+    if not refused:
+        return []
+    live = live_configmaps({(intent.cluster, intent.namespace) for intent in refused})
+    found = live.index()
+    taken = []
+    for intent in refused:
+        if intent.cluster in live.unreachable:
+            continue
+        current = found.get((intent.cluster, intent.namespace, intent.name))
+        if current is None:
+            # Gone is left alone only where the write would have taken the object away: a refused
+            # restore of a pruned object (an apply) is still owed to the cluster, and a failure.
+            if intent.manifest is None:
+                taken.append(intent)
+        elif live_provenance(current)[0] != source_name:
+            taken.append(intent)
+    return taken
+
+
+def failures_without(failures: Sequence[str], intents: Sequence[ApplyIntent]) -> list[str]:
+    """``failures`` (``changes_record``'s texts) but those of ``intents``."""
+    addresses = tuple(f"{intent_where(intent)}: " for intent in intents)
+    return [text for text in failures if not (addresses and text.startswith(addresses))]
 
 
 def _waited_for_refused(failed: Sequence[ApplyIntent]) -> str:

@@ -808,11 +808,13 @@ def test_a_batch_of_deletes_answers_each_on_the_condition_of_the_object_read(bat
     assert len(ours.list_configmaps(namespace)) == 6
 
 
+@pytest.mark.parametrize("action", ["delete", "rollback"])
 def test_a_step_prunes_in_one_batch_and_checks_what_changed_since_its_plan_one_by_one(
-    batching, settings, namespace
+    batching, settings, namespace, action
 ):
     """Prunes whose plan read the object go out as one batch, with no read; one changed since (here taken
-    over by another source) fails its condition, is read, and is kept, refused by name."""
+    over by another source) fails its condition, is read, and is kept, refused by name. So do a
+    rollback's deletes of what its rollout created, on the condition of the rollback's read."""
     from gitops.cluster.apply import intents_apply
     from gitops.models import ApplyIntent, Source
     from gitops.vocabulary import ChangeAction
@@ -831,7 +833,7 @@ def test_a_step_prunes_in_one_batch_and_checks_what_changed_since_its_plan_one_b
             cluster="default",
             namespace=namespace,
             name=name,
-            action=ChangeAction.DELETE,
+            action=ChangeAction(action),
             live_uid=read[name]["metadata"]["uid"],
             live_version=read[name]["metadata"]["resourceVersion"],
         )

@@ -769,6 +769,63 @@ def test_an_abort_leaves_alone_what_someone_took_over_during_the_rollout(
     assert f"default/{namespace}/created" in aborted.message
 
 
+def test_an_object_taken_over_between_the_rollbacks_read_and_its_delete_is_left_alone(
+    repo, make_namespaces, make_source, sync, cluster, monkeypatch
+):
+    """Another source took over an object the rollout created after the rollback listed it as this
+    source's: Sluice refused its own delete (the object is no longer the source's), and the rollout ended
+    Failed, "rollback failed". It is left alone now, as one the rollback's read found taken over is."""
+    from gitops.desired.content import MANAGED_BY_LABEL, MANAGED_BY_VALUE, SOURCE_LABEL
+    from gitops.rollout import rollback
+
+    (namespace,) = make_namespaces("a")
+    repo.write_all({"sluice.yaml": policy([namespace]), "configmaps/app.yaml": configmap("app", {"V": "1"})})
+    repo.commit("v1")
+    source = make_source()
+    assert sync(source)["outcome"] == "applied"
+    repo.write_all(
+        {
+            "sluice.yaml": policy([namespace], rollout={"steps": [{"setWeight": 100}, {"pause": {}}]}),
+            "configmaps/app.yaml": configmap("app", {"V": "2"}),
+            "configmaps/created.yaml": configmap("created", {"V": "2"}),
+        }
+    )
+    repo.commit("v2")
+    sync(source)
+    paused = wait_for(source, phase="Paused", waiting_for="approval")
+    real_execute, batches = rollback.intents_execute, []
+
+    def taken_over_first(intents):
+        batches.append(sorted(intent.name for intent in intents))
+        labels = {MANAGED_BY_LABEL: MANAGED_BY_VALUE, SOURCE_LABEL: "someone-else"}
+        metadata = {"name": "created", "namespace": namespace, "labels": labels}
+        cluster.apply_configmap(
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": {"V": "b"}},
+            field_manager="other-sluice",
+            force=True,
+        )
+        return real_execute(intents)
+
+    monkeypatch.setattr(rollback, "intents_execute", taken_over_first)
+    rollout = Rollout.objects.select_related("source", "revision").get(pk=paused.pk)
+
+    failures = rollback.rollout_rollback(
+        rollout, actor="otto", reason="v2 is slow", phase=Rollout.Phase.ABORTED
+    )
+
+    assert batches == [["app", "created"]], "the rollback's read saw both as the source's"
+    assert failures == []
+    rollout.refresh_from_db()
+    assert rollout.phase == "Aborted", rollout.message
+    assert f"taken over during the rollout: default/{namespace}/created" in rollout.message
+    assert "rollback failed" not in rollout.message
+    assert cluster.get_configmap(namespace, "app")["data"] == {"V": "1"}, "restored"
+    taken = cluster.get_configmap(namespace, "created")
+    assert taken["metadata"]["labels"][SOURCE_LABEL] == "someone-else" and taken["data"] == {"V": "b"}
+    refused = Change.objects.get(rollout=rollout, action="rollback", name="created")
+    assert refused.result != "ok" and "it is now source someone-else's" in refused.error
+
+
 def test_abort_restores_the_exact_previous_contents_and_retry_runs_again(
     repo, make_namespaces, make_source, sync, cluster, people
 ):

@@ -125,7 +125,8 @@ def test_a_restore_deleting_a_created_object_is_conditioned_on_the_rollbacks_rea
 
     assert delete is not None and delete.manifest is None, "a delete"
     assert (delete.live_uid, delete.live_version) == ("u-1", "42")
-    # Read as another's (or nobody's): no condition, so the delete reads it first and refuses.
+    # Read as another's (or nobody's): no condition (the rollback leaves such an object alone before it
+    # asks for a restore: this is a second guard), so a delete would read it first and refuse.
     for holder in ("someone-else", None):
         other = ApplyIntent.restoring(rollout(), created, created_live(holder), actor="sluice")
         assert other is not None and (other.live_uid, other.live_version) == ("", "")
