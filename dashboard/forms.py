@@ -77,7 +77,7 @@ class SourceForm(DescribedErrors, forms.Form):
         label="Poll interval",
         initial="60s",
         max_length=20,
-        help_text="30s, 5m or 1h (5s to 24h). Pushes through the webhook sync at once.",
+        help_text="30s, 5m, 1h30m or 1h (5s to 24h). Pushes through the webhook sync at once.",
         widget=_text(),
     )
     credentials_ref = forms.CharField(

@@ -27,6 +27,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from gitops import caches, schedule
+from gitops.desired.durations import EXAMPLES, duration_seconds
 from gitops.desired.policy import Pause, steps_from_json
 from gitops.desired.scope import scope_glob_problem, url_prefix_problem
 from gitops.errors import PermanentError
@@ -52,9 +53,9 @@ ADD, CHANGE, DELETE = "gitops.add_source", "gitops.change_source", "gitops.delet
 SYSTEM = Actor(SYSTEM_ACTOR, AuditVia.CLI)
 MIN_POLL_INTERVAL = timedelta(seconds=5)
 MAX_POLL_INTERVAL = timedelta(hours=24)
+INTERVAL_RANGE = "the poll interval must be from 5s to 24h"
 MAX_LISTED = 100  # globs, prefixes or URLs in one of a source's lists
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
-DURATION = re.compile(r"^(\d{1,6})(s|m|h)?\Z")
 
 # Each setting's name on the command line, so that messages read the same everywhere.
 OPTIONS = {
@@ -100,12 +101,14 @@ class SourceRemovalRefused(PermanentError):
 
 
 def parse_interval(text: str) -> timedelta:
-    """``30s``, ``5m``, ``1h`` or plain seconds, as the command line and the dashboard take it."""
-    match = DURATION.match(text.strip())
-    if not match:
-        raise SourceSettingsError({"poll_interval": [f"{text[:20]!r} is not a duration like 30s, 5m or 1h"]})
-    amount, unit = int(match.group(1)), match.group(2) or "s"
-    return timedelta(seconds=amount * {"s": 1, "m": 60, "h": 3600}[unit])
+    """``30s``, ``5m``, ``1h30m``, ``1d`` or plain seconds, as the command line and the dashboard take it
+    (the policy file's grammar, ``durations.duration_seconds``)."""
+    seconds = duration_seconds(text)
+    if seconds is None:
+        raise SourceSettingsError({"poll_interval": [f"{text[:20]!r} is not a duration like {EXAMPLES}"]})
+    if seconds > MAX_POLL_INTERVAL.total_seconds():  # said here: nine digits of days overflow a timedelta
+        raise SourceSettingsError({"poll_interval": [INTERVAL_RANGE]})
+    return timedelta(seconds=seconds)
 
 
 # -- checking settings -------------------------------------------------------------------------
@@ -184,7 +187,7 @@ def _path_problems(path: str) -> list[str | None]:
 
 def _interval_problems(interval: timedelta) -> list[str | None]:
     if not MIN_POLL_INTERVAL <= interval <= MAX_POLL_INTERVAL:
-        return ["the poll interval must be from 5s to 24h"]
+        return [INTERVAL_RANGE]
     return []
 
 

@@ -17,6 +17,7 @@ from functools import cached_property
 from typing import Any, Final
 
 from gitops.desired.documents import Document, PathKey, Usage, dotted, load_yaml
+from gitops.desired.durations import EXAMPLES, duration_seconds
 from gitops.desired.errors import ValidationError
 from gitops.desired.limits import DEFAULT_LIMITS, Limits
 
@@ -345,9 +346,6 @@ def _check_multi_star_globs(reader: _Reader, globs: Any) -> None:
 
 
 TOP_LEVEL_FIELDS = ("targets", "allowedNamespaces", "prune", "selfHeal", "flags", "rollout", "approvals")
-# Nine digits are more than 7 days in seconds; more would only cost time (or exceed
-# Python's limit on converting long digit strings).
-DURATION = re.compile(r"^(\d{1,9})(s|m|h)?\Z")
 MAX_PAUSE_SECONDS = 7 * 24 * 3600
 # An analysis holds its source's reconcile while it waits: each call and the whole check are bounded.
 MAX_ANALYSIS_TIMEOUT_SECONDS = 30
@@ -357,14 +355,9 @@ MAX_URL_LENGTH = 2000
 
 
 def parse_duration(value: Any) -> int | None:
-    """30 -> 30, "30s" -> 30, "5m" -> 300, "1h" -> 3600; None when not a duration."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if value >= 0 else None
-    if isinstance(value, str) and (match := DURATION.match(value.strip())):
-        return int(match.group(1)) * {"s": 1, "m": 60, "h": 3600}[match.group(2) or "s"]
-    return None
+    """30 -> 30, "30s" -> 30, "5m" -> 300, "1h30m" -> 5400, "2d" -> 172800; None when not a duration
+    (``durations.duration_seconds``: one grammar for the policy file, the command line and the forms)."""
+    return duration_seconds(value)
 
 
 def _read_steps(reader: _Reader, value: Any) -> tuple[Step, ...]:
@@ -424,7 +417,7 @@ def _read_pause(reader: _Reader, body: Any, path: PathKey) -> Pause | None:
         return Pause(None)
     seconds = parse_duration(fields["duration"])
     if seconds is None or seconds > MAX_PAUSE_SECONDS:
-        reader.error((*path, "duration"), "must be a duration like 30s, 5m or 1h (at most 7 days)")
+        reader.error((*path, "duration"), f"must be a duration like {EXAMPLES} (at most 7 days)")
         return None
     return Pause(seconds)
 
@@ -460,7 +453,7 @@ def _read_analysis(reader: _Reader, body: Any, path: PathKey) -> Analysis | None
         return None
     interval = parse_duration(fields.get("interval", 10))
     if interval is None or not 1 <= interval <= MAX_ANALYSIS_INTERVAL_SECONDS:
-        reader.error((*path, "interval"), "must be a duration like 10s, at most 10m")
+        reader.error((*path, "interval"), "must be a duration like 10s or 1m30s, at most 10m")
         return None
     line = reader.document.line_of(*path, "http", "url")
     step_index = path[2] if isinstance(path[2], int) else None
@@ -479,7 +472,7 @@ def _read_rollout(reader: _Reader, value: Any) -> RolloutSpec:
         consumers = ConsumerMode.IGNORE
     timeout = parse_duration(fields.get("healthTimeout", DEFAULT_HEALTH_TIMEOUT_SECONDS))
     if timeout is None or not 1 <= timeout <= MAX_HEALTH_TIMEOUT_SECONDS:
-        reader.error(("rollout", "healthTimeout"), "must be a duration like 90s or 5m, at most 1h")
+        reader.error(("rollout", "healthTimeout"), "must be a duration like 90s, 5m or 2m30s, at most 1h")
         timeout = DEFAULT_HEALTH_TIMEOUT_SECONDS
     return RolloutSpec(
         steps=_read_steps(

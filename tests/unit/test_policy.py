@@ -160,3 +160,24 @@ def test_namespaces_refused_by_many_long_globs_cost_little_memory_each():
         f"namespace 'ns-00000' is not allowed by sluice.yaml (allowedNamespaces: {globs[0]}, "
     )
     assert first.endswith(f"{globs[4]} and 995 more)")
+
+
+@pytest.mark.parametrize(
+    ("written", "seconds"),
+    [("90", 90), ("30s", 30), ("5m", 300), ("1h30m", 5400), ("2h15m30s", 8130), ("1d", 86400), (600, 600)],
+)
+def test_a_pause_takes_durations_as_argo_rollouts_writes_them(written, seconds):
+    """Argo Rollouts reads a pause's duration with Go's ParseDuration: 1h30m was valid there and refused
+    here (one amount only), while a maintenance window took it."""
+    policy, errors = load(f"rollout:\n  steps:\n    - setWeight: 10\n    - pause: {{duration: {written}}}\n")
+    assert errors == []
+    assert policy.rollout.steps[1].seconds == seconds
+
+
+@pytest.mark.parametrize("written", ["30m1h", "5m5m", "1h 30m", "1.5h", "8d", "-5s", "soon"])
+def test_a_pause_refuses_what_is_no_duration_or_over_a_week_at_its_line(written):
+    _, errors = load(f"rollout:\n  steps:\n    - setWeight: 10\n    - pause: {{duration: {written}}}\n")
+    assert [str(error) for error in errors] == [
+        "sluice.yaml:4: rollout.steps[1].pause.duration: must be a duration like 30s, 5m, 1h or 1h30m"
+        " (at most 7 days)"
+    ]

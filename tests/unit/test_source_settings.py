@@ -71,13 +71,14 @@ def test_other_urls_are_refused(url, words):
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"), [("30s", 30), ("5m", 300), ("1h", 3600), ("90", 90), (" 2m ", 120)]
+    ("text", "seconds"),
+    [("30s", 30), ("5m", 300), ("1h", 3600), ("90", 90), (" 2m ", 120), ("1h30m", 5400), ("1d", 86400)],
 )
 def test_intervals_read_as_the_command_line_writes_them(text, seconds):
     assert parse_interval(text) == timedelta(seconds=seconds)
 
 
-@pytest.mark.parametrize("text", ["soon", "5 m", "1d", "-5s", "", "9999999s"])
+@pytest.mark.parametrize("text", ["soon", "5 m", "30m1h", "-5s", "", "9999999s", "999999999d999999999h"])
 def test_other_intervals_are_a_problem_of_that_field(text):
     with pytest.raises(SourceSettingsError) as raised:
         parse_interval(text)
