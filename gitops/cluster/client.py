@@ -94,7 +94,8 @@ class NotFoundError(PermanentError):
 
 
 class NotHeldError(PermanentError):
-    """A delete refused by Sluice itself: the object is no longer the source's that asked for it."""
+    """A delete or a release refused by Sluice itself: the object is no longer the source's that asked
+    for it."""
 
 
 class _ChangedMeanwhile(Exception):
@@ -265,6 +266,12 @@ _METADATA_FIELD = b'"metadata":{'
 _RESOURCE_VERSION_FIELD = b'"resourceVersion":"'
 
 
+# The head of an apply's answer kept while its batch runs: its resourceVersion comes before the object's
+# labels, annotations, managed fields and data, after a name (253 characters at most), a namespace (63)
+# and a uid; what is cut off gives "" (``resource_version_in``), which costs reads, never a wrong plan.
+APPLIED_ANSWER_KEPT = 2048
+
+
 def resource_version_in(answer: bytes) -> str:
     """The resourceVersion of the object in an apply's JSON answer, found without parsing it. The
     apiserver encodes ``kind``, ``apiVersion``, then ``metadata``, whose ``resourceVersion`` comes after
@@ -298,7 +305,8 @@ def _refusal(result: curl.Answer | curl.CurlError) -> Exception | None:
 
 # The answers that mean a conditional write's condition failed: a delete's precondition gives a 409; a
 # JSON patch's failed test a 422 (k8s.io/apiserver's patch handler; so does a patch the cluster finds
-# invalid, which the read that follows tells apart), or a 409 when the stored object moved meanwhile.
+# invalid, which the read that follows tells apart: ``release_configmap`` refuses it once the object
+# still holds the version tested), or a 409 when the stored object moved meanwhile.
 _CONDITION_FAILED = {
     "DELETE": frozenset({HTTPStatus.CONFLICT}),
     "PATCH": frozenset({HTTPStatus.CONFLICT, HTTPStatus.UNPROCESSABLE_ENTITY}),
@@ -701,20 +709,25 @@ class Cluster:
                 self._apply_headers(),
                 width=width,
                 gives_up=lambda result: isinstance(_refusal(result), UNAVAILABLE),
+                success_kept=APPLIED_ANSWER_KEPT,
             )
-        refusals = [_refusal(result) if result is not None else None for result in results]
+        # An apply with no answer was never known to be stored: it stays pending (it was called applied,
+        # as the conditional batch's were until be77778, though no batch ends so today).
+        refusals = [
+            _refusal(result) if result is not None else TemporaryError("the batch ended before it")
+            for result in results
+        ]
+        if len(refusals) < len(manifests):
+            refusals.append(TemporaryError(f"the batch ended after {len(refusals)} of {len(manifests)}"))
         first_unavailable = next((r for r in refusals if isinstance(r, UNAVAILABLE)), None)
         if first_unavailable is not None:
             raise first_unavailable
-        # Not sent (an earlier one gave up, which raised above): never reached here with one missing.
-        outcomes: list[Applied | PermanentError] = [
+        return [
             cast(PermanentError, refusal)
             if refusal is not None
             else Applied(resource_version_in(result.body) if isinstance(result, curl.Answer) else "")
             for result, refusal in zip(results, refusals, strict=True)
         ]
-        outcomes += [Applied("")] * (len(manifests) - len(outcomes))
-        return outcomes
 
     def delete_configmaps(
         self,
@@ -782,6 +795,7 @@ class Cluster:
                 self._request_headers(content_type),
                 width=width,
                 gives_up=lambda result: isinstance(_conditional_outcome(result, method), UNAVAILABLE),
+                success_kept=0,  # only a refusal's text is read
             )
         outcomes = [
             _conditional_outcome(result, method)
@@ -954,12 +968,20 @@ class Cluster:
         never overwritten; tried again on a race. False when the object is gone. ``fence`` is asked
         before each patch: a pass that lost its lock while it read again must not release the object
         the next pass has just applied (its patch would pass the test against the fresh read).
+
+        A patch refused with the object still at the version it tested (a 403, an admission policy's
+        422) is refused for good: only a moved version means the test failed. An object whose labels a
+        person took off (no source's) is released all the same: what is left of Sluice's on it goes.
         """
         refused: PermanentError | None = None
+        tested = ""
         for _attempt in range(RELEASE_ATTEMPTS):
             live = self.get_configmap(namespace, name)
             if live is None:
                 return False
+            if refused is not None and str((live.get("metadata") or {}).get("resourceVersion")) == tested:
+                raise refused  # it failed no test: it was refused as it is (up to 3 tries each before)
+            tested = str((live.get("metadata") or {}).get("resourceVersion"))
             owner = live_provenance(live)[0]
             if held_by is not None and owner not in (None, held_by):
                 # Taken over by another source since the listing: its labels and Sluice's entry in

@@ -13,10 +13,11 @@ certificate, and its bearer token, asked for on each request (an exec plugin's t
 it does for the client's own calls). A configuration this module does not carry over keeps the
 client's urllib3 pool: ``Transport.supports`` says which.
 
-A batch (``patch_all``, and ``send_all`` for a prune's DELETEs and a removal's JSON patches) runs on
-the calling thread through one libcurl multi handle, many requests in flight at once: a thread per
-request cost the worker about a third more CPU per object (handing work to the threads, waking them,
-and the GIL passed between 16 of them), measured on a cold apply.
+A batch (``patch_all``, and ``send_all`` for the DELETEs of a prune or a rollback and a removal's JSON
+patches) runs on the calling thread through one libcurl multi handle, many requests in flight at once:
+a thread per request cost the worker about a third more CPU per object (handing work to the threads,
+waking them, and the GIL passed between 16 of them), measured on a cold apply. Of a success's answer
+(the whole object stored) a batch keeps what its caller reads (``success_kept``) until it ends.
 The multi handle keeps its connections between batches; its easy handles never serve ``patch``.
 
 A forked child (a Celery pool process) keeps the handles it inherited unused, and makes its own; it
@@ -155,13 +156,17 @@ class Transport:
         *,
         width: int,
         gives_up: Callable[[Answer | CurlError], bool],
+        success_kept: int | None = None,
     ) -> list[Answer | CurlError | None]:
         """PATCHes each (url, body), ``width`` at a time on the calling thread: each one's answer, or
         why it got none, in order. ``requests`` is drawn as requests go out, so a lazy one holds only
         the bodies under way. Once ``gives_up`` is true of a result, no further request is drawn
         (those under way finish): the list ends there. A failed connect with nothing sent is tried
-        once more, as ``patch`` does."""
-        return self.send_all("PATCH", requests, headers, width=width, gives_up=gives_up)
+        once more, as ``patch`` does. ``success_kept``: the bytes of a 2xx answer's body kept (all of
+        an error's are), for a caller that reads no more of it: an answer holds the whole object."""
+        return self.send_all(
+            "PATCH", requests, headers, width=width, gives_up=gives_up, success_kept=success_kept
+        )
 
     def send_all(
         self,
@@ -171,6 +176,7 @@ class Transport:
         *,
         width: int,
         gives_up: Callable[[Answer | CurlError], bool],
+        success_kept: int | None = None,
     ) -> list[Answer | CurlError | None]:
         """``patch_all`` with another method (a DELETE's body is its options)."""
         results: list[Answer | CurlError | None] = []
@@ -190,7 +196,7 @@ class Transport:
                             running[handle] = flight
                             continue
                         self._multi_give_back(handle)
-                        result = _result_of(handle, flight, error)
+                        result = _result_of(handle, flight, error, success_kept)
                         results[flight.index] = result
                         if gives_up(result):
                             waiting.close()
@@ -467,10 +473,17 @@ _WATCHED = {
 }
 
 
-def _result_of(handle: pycurl.Curl, flight: _Flight, error: pycurl.error | None) -> Answer | CurlError:
+def _result_of(
+    handle: pycurl.Curl, flight: _Flight, error: pycurl.error | None, success_kept: int | None = None
+) -> Answer | CurlError:
     if error is not None:
         return CurlError(_reason(handle, error))
     status = int(handle.getinfo(pycurl.RESPONSE_CODE))
+    if status < 300 and success_kept is not None:
+        # Kept until the batch ends, every answer at once: whole, 5,000 released ConfigMaps of 100 KiB
+        # held 500 MB of answers nobody reads past their status (or, for an apply, its resourceVersion).
+        with flight.received.getbuffer() as received:  # no copy of the whole body first
+            return Answer(status, bytes(received[:success_kept]), {})
     body = flight.received.getvalue()
     return Answer(status, body, _headers(flight.header_lines) if status >= 300 else {})
 
