@@ -555,10 +555,17 @@ def main() -> int:
                 between=None if args.skip_peer else functools.partial(peer_cold, bench, size, peer_colds),
             )
             if args.skip_peer:
+                # Each list of samples after the figures (the prune's samples broke this print from
+                # 2026-12-07 until the thirty-fifth session: a list has no .3f).
+                figures = {key: value for key, value in ours.items() if not isinstance(value, list)}
+                samples = {key: value for key, value in ours.items() if isinstance(value, list)}
                 print(
                     f"sluice only, {size}: "
-                    + ", ".join(f"{key} {value:.3f}" for key, value in ours.items() if key != "cold_samples")
-                    + f"; cold samples {', '.join(f'{value:.2f}' for value in ours['cold_samples'])}"
+                    + ", ".join(f"{key} {value:.3f}" for key, value in figures.items())
+                    + "".join(
+                        f"; {key.replace('_', ' ')} {', '.join(f'{value:.2f}' for value in values)}"
+                        for key, values in samples.items()
+                    )
                 )
                 continue
             theirs = bench.kubectl(size, peer_colds)
