@@ -681,6 +681,9 @@ class ChangeFilters(Schema):
     name: str | None = Field(None, max_length=253, pattern=OBJECT_NAME)
     action: ChangeAction | None = None
     actor: str | None = Field(None, max_length=150, pattern=NO_NUL)
+    rollout: int | None = Field(
+        None, ge=1, le=MAX_ID, description="a rollout's changes: its steps, its rollback and its heals"
+    )
     since: datetime | None = Field(None, description="changes at or after this time (ISO 8601)")
     until: datetime | None = Field(None, description="changes before this time (ISO 8601)")
 
@@ -835,6 +838,16 @@ class SyncOut(Schema):
     source: str
     task_id: str
     actor: str
+    retry_failed: bool = False
+
+
+class SyncIn(Body):
+    retry_failed: bool = Field(
+        False,
+        description="also send again what a finished rollout's cluster refused for a field conflict with"
+        " another field manager (once it let go of the fields), as `gitops sync --retry-failed` does; any"
+        " other refusal is tried again at every pass anyway",
+    )
 
 
 SourceName = Annotated[str, Path(..., max_length=63, pattern=SOURCE_NAME)]
@@ -874,14 +887,7 @@ def source_or_404(name: str) -> Source:
 
 
 def rollout_or_404(rollout_id: int) -> Rollout:
-    rollout = (
-        selectors.with_approval_count(
-            Rollout.objects.select_related("source", "revision").defer(*Source.related_bulk("source"))
-        )
-        .prefetch_related("approvals", "events")
-        .filter(pk=rollout_id)
-        .first()
-    )
+    rollout = selectors.rollout_read(rollout_id)
     if rollout is None:
         raise HttpError(404, f"no rollout {rollout_id}")
     return rollout
@@ -1010,69 +1016,6 @@ def redacted_error(error: dict[str, Any]) -> dict[str, Any]:
     return {**error, "message": redact(message)} if isinstance(message, str) else error
 
 
-def redacted_steps(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rollout steps as stored; an analysis URL loses any credentials it carries, in its userinfo, and
-    its query, whatever its names (``?code=``)."""
-    shown = []
-    for step in steps:
-        analysis = step.get("analysis")
-        http = analysis.get("http") if isinstance(analysis, dict) else None
-        if isinstance(analysis, dict) and isinstance(http, dict) and isinstance(http.get("url"), str):
-            http = {**http, "url": url_without_query(http["url"])}
-            shown.append({**step, "analysis": {**analysis, "http": http}})
-        else:
-            shown.append(step)
-    return shown
-
-
-def rollout_detail(rollout: Rollout) -> dict[str, Any]:
-    revision = rollout.revision
-    approvals = list(rollout.approvals.all())
-    targets, targets_total = selectors.rollout_targets(rollout)
-    return {
-        "targets": targets,
-        "targets_total": targets_total,
-        **selectors.rollout_status(rollout),
-        "message": redact(rollout.message),
-        "revision": {
-            "commit": revision.commit,
-            "author_name": revision.author_name,
-            "author_email": revision.author_email,
-            "message": revision.message.splitlines()[0] if revision.message else "",
-        },
-        "created_by": rollout.created_by,
-        "promoted_by": rollout.promoted_by,
-        "abort_requested_by": rollout.abort_requested_by,
-        "abort_reason": redact(rollout.abort_reason),
-        "content_hash": rollout.content_hash,
-        "forbid_self_approval": rollout.forbid_self_approval,
-        "step_definitions": redacted_steps(rollout.steps),
-        "approved_by": [
-            {
-                "username": approval.username,
-                "step": approval.step_index,
-                "commit": approval.commit,
-                "content_hash": approval.content_hash,
-                "comment": approval.comment,
-                "at": approval.at,
-            }
-            for approval in approvals
-        ],
-        "events": [
-            {
-                "at": event.at,
-                "kind": event.kind,
-                "step": event.step_index,
-                "weight": event.weight,
-                "actor": event.actor,
-                "message": redact(event.message),
-                "data": event.data or {},
-            }
-            for event in rollout.events.all()
-        ],
-    }
-
-
 # -- reading ------------------------------------------------------------------------------
 
 
@@ -1195,7 +1138,7 @@ def list_rollouts(
 def get_rollout(request: HttpRequest, rollout_id: RolloutId) -> dict[str, Any]:
     """One rollout with its approvals and its timeline."""
     require(request, "gitops.view_rollout", "gitops.view_approval", "gitops.view_rolloutevent")
-    return rollout_detail(rollout_or_404(rollout_id))
+    return selectors.rollout_detail(rollout_or_404(rollout_id))
 
 
 @api.get("/changes", response={200: ChangePage, **AUTH_ERRORS}, tags=["changes"])
@@ -1225,7 +1168,7 @@ def list_changes(
 
 
 def changes_filtered(filters: ChangeFilters) -> QuerySet[Any]:
-    changes = selectors.change_log(
+    return selectors.change_log(
         source=filters.source,
         cluster=filters.cluster,
         commit=filters.commit,
@@ -1233,12 +1176,10 @@ def changes_filtered(filters: ChangeFilters) -> QuerySet[Any]:
         name=filters.name,
         action=filters.action.value if filters.action else None,
         actor=filters.actor,
+        rollout=filters.rollout,
+        since=filters.since,
+        until=filters.until,
     )
-    if filters.since is not None:
-        changes = changes.filter(at__gte=filters.since)
-    if filters.until is not None:
-        changes = changes.filter(at__lt=filters.until)
-    return changes
 
 
 def changes_window(changes: QuerySet[Any], paging: PageIn, query: ChangeQuery) -> QuerySet[Any]:
@@ -1317,16 +1258,26 @@ FLAG_FIELDS = (
 
 
 @api.post("/sources/{name}/sync", response={202: SyncOut, **READ_ONE_ERRORS, 503: ErrorOut}, tags=["sources"])
-def sync_source(request: HttpRequest, name: SourceName) -> Status[dict[str, Any]]:
-    """Queues a sync of the source on a worker (approvers and admins); the task id comes back."""
+def sync_source(request: HttpRequest, name: SourceName, body: SyncIn | None = None) -> Status[dict[str, Any]]:
+    """Queues a sync of the source on a worker (approvers and admins); the task id comes back. The body
+    may be left out; ``retry_failed`` sends the refused changes again."""
     user = caller(request)
     if not user.is_active or not (user.has_perm(APPROVE) or user.has_perm(CHANGE_SOURCE)):
         raise PermissionDenied(f"{user.get_username()} may not sync sources")
     source = source_or_404(name)
+    retry = (body or SyncIn()).retry_failed
     with transaction.atomic():  # a broker that refuses the task: 503 (``not_queued``)
-        task_ids = schedule.source_sync(source.pk, actor=user.get_username(), manual=True, result_wanted=True)
+        task_ids = schedule.source_sync(
+            source.pk, actor=user.get_username(), manual=True, result_wanted=True, retry_failed=retry
+        )
     # on_commit ran when the block above committed, so the task is queued and its id known.
-    return Status(202, {"source": source.name, "task_id": task_ids[0], "actor": user.get_username()})
+    answer = {
+        "source": source.name,
+        "task_id": task_ids[0],
+        "actor": user.get_username(),
+        "retry_failed": retry,
+    }
+    return Status(202, answer)
 
 
 @api.post(

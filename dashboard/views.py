@@ -204,9 +204,14 @@ def source_sync(request: HttpRequest, name: str) -> HttpResponse:
     if not can_sync(request.user):
         raise PermissionDenied("you may not sync sources")
     source = get_object_or_404(Source, name=name)
+    # A finished rollout's field conflicts sent again, once the other manager let go (as `gitops sync
+    # --retry-failed`): they are not tried at every poll, as other refusals are.
+    retry = request.POST.get("retry_failed") == "on"
     with transaction.atomic():
-        schedule.source_sync(source.pk, actor=request.user.get_username(), manual=True)
-    messages.success(request, f"Sync of {source.name} queued.")
+        schedule.source_sync(source.pk, actor=request.user.get_username(), manual=True, retry_failed=retry)
+    messages.success(
+        request, f"Sync of {source.name} queued" + (", retrying refused changes." if retry else ".")
+    )
     if request.headers.get("HX-Request"):
         return render(request, "dashboard/_message_area.html")  # swapped in place of #messages
     return redirect("dashboard:source", name=source.name)

@@ -233,7 +233,11 @@ def change_log(
     actor: str | None = None,
     cluster: str | None = None,
     rollout: int | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> QuerySet[Change]:
+    """The change log, newest first, narrowed by each filter given: the dashboard's, the API's and
+    ``gitops log``'s (``until`` is exclusive)."""
     changes = Change.objects.select_related("source").order_by("-at", "-id")
     if rollout is not None:  # its steps, its rollback, and its heals: what its page counts
         changes = changes.filter(rollout_id=rollout)
@@ -255,6 +259,10 @@ def change_log(
         changes = changes.filter(action=action)
     if actor:
         changes = changes.filter(actor=actor)
+    if since is not None:
+        changes = changes.filter(at__gte=since)
+    if until is not None:
+        changes = changes.filter(at__lt=until)
     return changes
 
 
@@ -869,3 +877,79 @@ def flag_keys_published_by_others(
     )
     # Clusters and namespaces are asked for apart: a pair of one cluster and another's namespace is not.
     return [PublishedElsewhere(*row) for row in rows if (row[1], row[2]) in places] + claimed
+
+
+def rollout_read(rollout_id: int) -> Rollout | None:
+    """One rollout as its page, the API and ``gitops rollout`` show it: its approvals and timeline read
+    with it, its source without the bulky columns."""
+    return (
+        with_approval_count(
+            Rollout.objects.select_related("source", "revision").defer(*Source.related_bulk("source"))
+        )
+        .prefetch_related("approvals", "events")
+        .filter(pk=rollout_id)
+        .first()
+    )
+
+
+def redacted_steps(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rollout steps as stored; an analysis URL loses any credentials it carries, in its userinfo, and
+    its query, whatever its names (``?code=``)."""
+    shown = []
+    for step in steps:
+        analysis = step.get("analysis")
+        http = analysis.get("http") if isinstance(analysis, dict) else None
+        if isinstance(analysis, dict) and isinstance(http, dict) and isinstance(http.get("url"), str):
+            http = {**http, "url": url_without_query(http["url"])}
+            shown.append({**step, "analysis": {**analysis, "http": http}})
+        else:
+            shown.append(step)
+    return shown
+
+
+def rollout_detail(rollout: Rollout) -> dict[str, Any]:
+    revision = rollout.revision
+    approvals = list(rollout.approvals.all())
+    targets, targets_total = rollout_targets(rollout)
+    return {
+        "targets": targets,
+        "targets_total": targets_total,
+        **rollout_status(rollout),
+        "message": redact(rollout.message),
+        "revision": {
+            "commit": revision.commit,
+            "author_name": revision.author_name,
+            "author_email": revision.author_email,
+            "message": revision.message.splitlines()[0] if revision.message else "",
+        },
+        "created_by": rollout.created_by,
+        "promoted_by": rollout.promoted_by,
+        "abort_requested_by": rollout.abort_requested_by,
+        "abort_reason": redact(rollout.abort_reason),
+        "content_hash": rollout.content_hash,
+        "forbid_self_approval": rollout.forbid_self_approval,
+        "step_definitions": redacted_steps(rollout.steps),
+        "approved_by": [
+            {
+                "username": approval.username,
+                "step": approval.step_index,
+                "commit": approval.commit,
+                "content_hash": approval.content_hash,
+                "comment": approval.comment,
+                "at": approval.at,
+            }
+            for approval in approvals
+        ],
+        "events": [
+            {
+                "at": event.at,
+                "kind": event.kind,
+                "step": event.step_index,
+                "weight": event.weight,
+                "actor": event.actor,
+                "message": redact(event.message),
+                "data": event.data or {},
+            }
+            for event in rollout.events.all()
+        ],
+    }

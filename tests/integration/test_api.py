@@ -377,6 +377,25 @@ def test_sync_queues_a_task_and_its_revision_appears(
     AsyncResult(queued.json()["task_id"]).get(timeout=120)
 
 
+def test_a_sync_through_the_api_may_retry_refused_changes(as_role, make_source, monkeypatch):
+    """As `gitops sync --retry-failed`: an approver in ChatOps or a pipeline had no way to send the
+    refused changes again once what refused them was mended."""
+    from tests.broker import keep_sends
+
+    source = make_source()
+    sent = keep_sends(monkeypatch)
+    approver = as_role["approver"]
+
+    retried = approver.post(f"/sources/{source.name}/sync", {"retry_failed": True})
+    plain = approver.post(f"/sources/{source.name}/sync")
+
+    assert (retried.status_code, retried.json()["retry_failed"]) == (202, True)
+    assert (plain.status_code, plain.json()["retry_failed"]) == (202, False)
+    assert [kwargs["retry_failed"] for kwargs in sent] == [True, False]
+    assert approver.post(f"/sources/{source.name}/sync", {"retry": True}).status_code == 422, "misspelt"
+    assert len(sent) == 2
+
+
 def test_missing_things_are_404_and_malformed_ids_422(as_role, make_source):
     approver = as_role["approver"]
     admin = User.objects.create_user("ada-admin", password="x")

@@ -55,10 +55,15 @@ def test_add_source_sync_diff_status_and_log(gitops, repo, make_namespaces, cele
     assert f"create configmap {canary}/app  (configmaps/app.yaml)" in planned
     assert "+ data.LOG_LEVEL: 'info'" in planned
     assert cluster.get_configmap(canary, "app") is None
+    # As kubectl diff exits 1 on a difference: 3 here (1 and 2 already say "broken" and "try again").
+    assert "2 create" in gitops("diff", "shop", "--exit-code", expect=3)
+    assert '"create": 2' in gitops("diff", "shop", "--exit-code", "--json", expect=3)
 
     synced = gitops("sync", "shop", "--wait")
     assert f"shop @ {first[:12]}: applied (2 create)" in synced
     assert cluster.get_configmap(team, "app")["data"]["LOG_LEVEL"] == "info"
+    gitops("diff", "shop", "--exit-code")  # in sync: 0
+    gitops("diff", "shop", "--exit-code", "--revision", first)
 
     repo.write("configmaps/app.yaml", configmap("app", {"LOG_LEVEL": "info", "GREETING": "hello\nthere\n"}))
     second = repo.commit("second")
@@ -83,6 +88,19 @@ def test_add_source_sync_diff_status_and_log(gitops, repo, make_namespaces, cele
     assert len(json.loads(gitops("log", "--commit", first[:10], "--json"))) == 2
     assert len(json.loads(gitops("log", "--source", "shop", "--limit", "1", "--json"))) == 1
     assert f"{first[:12]}  shop" in gitops("log")
+    # The API's filters, on the command line: an incident's first question, without the browser.
+    by_ines = json.loads(gitops("log", "--actor", "ines", "--action", "update", "--json"))
+    assert sorted((e["namespace"], e["commit"]) for e in by_ines) == sorted(
+        [(team, second), (canary, second)]
+    )
+    assert json.loads(gitops("log", "--name", "other", "--json")) == []
+    assert len(json.loads(gitops("log", "--namespace", canary, "--action", "create", "--json"))) == 1
+    split = entries[1]["at"]  # the second commit's changes: one pass logs both at one time
+    assert len(json.loads(gitops("log", "--until", split, "--json"))) == 2
+    assert len(json.loads(gitops("log", "--since", split, "--json"))) == 2
+    assert json.loads(gitops("log", "--since", "2999-01-01", "--json")) == []
+    assert json.loads(gitops("log", "--rollout", "999999", "--json")) == []
+    assert "'yesterday' is not a date" in gitops("log", "--since", "yesterday", expect=1)
     # Nobody waits for this one's result, so it is not kept: the output says where to look instead.
     assert "`gitops status shop` shows how it went" in gitops("sync", "shop")
 
@@ -196,6 +214,17 @@ def test_rollout_commands(gitops, repo, make_namespaces, celery_worker, cluster,
     listed = json.loads(gitops("rollouts", "--source", "shop", "--json"))
     assert listed[0]["commit"] == v2
     assert f"{active['id']:>5}  shop" in gitops("rollouts")
+    # Who approved, how many more are needed, the steps and the timeline, as `kubectl argo rollouts get`.
+    assert "waiting for approval (0/1 approvals)" in gitops("rollouts", "--phase", "Paused")
+    assert json.loads(gitops("rollouts", "--phase", "Completed", "--json")) == []
+    shown = gitops("rollout", str(active["id"]))
+    assert f"rollout {active['id']}  shop @ {v2[:12]}  Paused  step 1/3  weight 50%" in shown
+    assert '> step 1: {"pause": {}}' in shown and 'step 0: {"setWeight": 50}' in shown
+    assert any(" started " in line and " step 0 " in line for line in shown.splitlines()), shown
+    detail = json.loads(gitops("rollout", str(active["id"]), "--json"))
+    assert (detail["revision"]["commit"], detail["approvals_required"], detail["approved_by"]) == (v2, 1, [])
+    assert detail["events"] and all(event["at"] for event in detail["events"])
+    assert "no such rollout" in gitops("rollout", "999999", expect=1)
 
     refused = gitops("promote", str(active["id"]), "--user", "vera", expect=1)
     assert "vera may not promote" in refused
@@ -203,6 +232,8 @@ def test_rollout_commands(gitops, repo, make_namespaces, celery_worker, cluster,
 
     aborted = gitops("abort", str(active["id"]), "--user", "otto", "--reason", "bad canary")
     assert "aborted: bad canary" in aborted
+    timeline = gitops("rollout", str(active["id"]))
+    assert "abort-requested" in timeline and "otto  bad canary" in timeline
     assert cluster.get_configmap(canary, "app")["data"] == {"V": "1"}
 
     retried = gitops("retry", str(active["id"]), "--user", "otto")

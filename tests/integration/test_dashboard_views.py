@@ -682,6 +682,30 @@ def test_a_promote_sent_twice_does_not_release_the_gate_after_the_one_it_was_sho
     assert paused_rollout.approvals.count() == 1
 
 
+def test_a_person_may_retry_refused_changes_from_the_page_as_from_the_command_line(
+    make_source, people, monkeypatch
+):
+    """`gitops sync --retry-failed` sends again the changes the cluster refused, once what refused them
+    is mended; the page (a box beside Sync now) and the API could not ask for it."""
+    from tests.broker import keep_sends
+
+    source = make_source()
+    sent = keep_sends(monkeypatch)
+    client = client_for(people["approver"])
+    page = client.get(reverse("dashboard:source", args=[source.name])).content.decode()
+    assert 'name="retry_failed"' in page
+    sync = reverse("dashboard:source-sync", args=[source.name])
+
+    client.post(sync, {"retry_failed": "on"})
+    client.post(sync)
+
+    assert [(kwargs["actor"], kwargs["retry_failed"]) for kwargs in sent] == [("otto", True), ("otto", False)]
+    assert (
+        "retrying refused changes"
+        in client.get(reverse("dashboard:source", args=[source.name])).content.decode()
+    )
+
+
 def test_a_sync_or_preview_the_broker_refuses_is_said_on_the_page_it_came_from(
     make_source, people, monkeypatch
 ):

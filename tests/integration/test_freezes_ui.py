@@ -295,20 +295,27 @@ def test_the_cli_freezes_unfreezes_and_manages_windows(make_source):
     status = json.loads(gitops("status", "shop", "--json"))
     assert status["gate"]["state"] == "frozen"
     gitops("freeze", "--all", "--until", "30d", "--reason", "holidays")
-    assert Freeze.objects.filter(source=None, created_by="cli").exists()
+    # Named as every other command names its actor: --by, else cli: and the account (it was "cli").
+    assert Freeze.objects.get(source=None).created_by.startswith("cli:")
+    assert Freeze.objects.get(source=source).created_by == "ines", "--user, the older name of --by"
 
     with pytest.raises(CommandError, match="until: must lie in the future"):
         gitops("freeze", "shop", "--until", "2020-01-01", "--reason", "x")
     with pytest.raises(CommandError, match="no source named 'nope'"):
         gitops("freeze", "nope", "--until", "2h", "--reason", "x")
-    assert "lifted freeze" in gitops("unfreeze", "shop")
-    assert Freeze.objects.filter(source=source, lifted_by="cli").exists()
+    frozen = json.loads(gitops("freezes", "--json"))
+    assert [(f["source"], f["all_sources"]) for f in frozen] == [("shop", False), (None, True)]
+    assert frozen[0]["created_by"] == "ines"
+    assert "every source" in gitops("freezes") and "by ines: deploy of the database" in gitops("freezes")
+    assert "lifted freeze" in gitops("unfreeze", "shop", "--by", "otto")
+    assert Freeze.objects.filter(source=source, lifted_by="otto").exists()
     # Still held, by the every-source freeze: it said "no freeze in force on shop" (before 2026-12-07).
     said = gitops("unfreeze", "shop")
     assert "no freeze of shop alone; it is held by the freeze of every source" in said
     assert "gitops unfreeze --all lifts it" in said
     assert "every source" in gitops("unfreeze", "--all")
     assert "no freeze in force" in gitops("unfreeze", "--all")
+    assert gitops("freezes").strip() == "no freeze in force"
 
     added = gitops("window", "add", "--kind", "deny", "--schedule", "0 9 * * 1-5", "--duration", "8h",
                    "--source", "shop", "--manual-sync")  # fmt: skip

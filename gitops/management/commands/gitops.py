@@ -11,14 +11,24 @@ gitops update-source NAME [--url URL] [--branch B] ... (what is left out stays)
 gitops suspend NAME | gitops resume NAME
 gitops remove-source NAME --objects keep|prune [--wait]
 gitops sync NAME [--wait]
-gitops diff NAME [--cluster C] [--revision REF] [--json]
+gitops diff NAME [--cluster C] [--revision REF] [--json] [--exit-code]
 gitops status [NAME] [--json]
-gitops log [--source NAME] [--cluster C] [--commit SHA] [--limit N] [--json]
+gitops log [--source NAME] [--cluster C] [--commit SHA] [--namespace NS] [--name N] [--action A]
+           [--actor WHO] [--rollout ID] [--since WHEN] [--until WHEN] [--limit N] [--json]
+gitops rollouts [--source NAME] [--phase PHASE] [--limit N] [--json]
+gitops rollout ID [--json]
+gitops promote ID --user U [--full] [--step N] [--comment TEXT] [--override REASON]
+gitops abort ID --user U [--reason TEXT] [--no-wait]
+gitops retry ID --user U
+gitops waive-rollback ID --cluster NAME --user ADMIN --reason TEXT
+gitops webhook-secret NAME (--set SECRET|- | --rotate) [--by NAME]
+gitops verify-email USERNAME EMAIL --by ADMIN
 gitops purge [--dry-run]
 gitops archive-changes --before DATE --output FILE
 gitops reencrypt-secrets
-gitops freeze NAME|--all --until WHEN --reason TEXT
-gitops unfreeze NAME|--all
+gitops freeze NAME|--all --until WHEN --reason TEXT [--by NAME]
+gitops unfreeze NAME|--all [--by NAME]
+gitops freezes [--json]
 gitops window add|list|remove
 gitops validate [PATH] [--git-ref REF | --staged]
 gitops live-cache [--cluster NAME]
@@ -66,13 +76,14 @@ from gitops.desired.limits import Limits
 from gitops.errors import GitopsError, TemporaryError
 from gitops.intake import webhook_secrets
 from gitops.models import AccessAudit, Rollout, Source, SourceRemoval, known_cluster_names
-from gitops.plan import ACTIONABLE, Action, DiffItem, Plan
+from gitops.plan import ACTIONABLE, Action, DiffItem, Plan, out_of_sync
 from gitops.record.audit import Actor
 from gitops.redaction import redact, url_without_query
 from gitops.roles import ROLES
 from gitops.rollout import decisions
 from gitops.vocabulary import (
     SUCCESSFUL_OUTCOMES,
+    ChangeAction,
     ObjectsOnRemoval,
     PreviewOutcome,
     RemovalStatus,
@@ -303,9 +314,10 @@ class Command(BaseCommand):
             # A typo answered "would change nothing", exit 0 (before 2026-12-07).
             raise CommandError(f"no cluster named {options['cluster']!r} (known: {', '.join(sorted(known))})")
         if options["revision"] is not None:
-            self._diff_revision(
+            planned = self._diff_revision(
                 source, options["revision"], as_json=options["json"], cluster=options["cluster"]
             )
+            _exit_if_differs(planned, options["exit_code"])
             return
         previewed = preview.source_preview(source, cluster=options["cluster"])
         revision, plan = previewed.revision, previewed.plan
@@ -331,11 +343,14 @@ class Command(BaseCommand):
                 "consumer_problems": list(previewed.consumer_problems),
             }
             self.stdout.write(json.dumps(payload, indent=2))
-            return
-        self._print_plan(plan)
-        self._print_consumer_effects(previewed.consumers, previewed.consumer_problems)
+        else:
+            self._print_plan(plan)
+            self._print_consumer_effects(previewed.consumers, previewed.consumer_problems)
+        _exit_if_differs(plan, options["exit_code"])
 
-    def _diff_revision(self, source: Source, revision: str, *, as_json: bool, cluster: str | None) -> None:
+    def _diff_revision(
+        self, source: Source, revision: str, *, as_json: bool, cluster: str | None
+    ) -> Plan | None:
         """``diff --revision``: exit 0 when planned, 1 when rejected, not found or not a revision, 2 when
         Git or a cluster did not answer (worth trying again: a CI check tells a flaky host from a bad
         change)."""
@@ -362,6 +377,7 @@ class Command(BaseCommand):
             self._print_consumer_effects(previewed.consumers, previewed.consumer_problems)
         if previewed.outcome != PreviewOutcome.PLANNED:
             sys.exit(2 if previewed.outcome == PreviewOutcome.UNAVAILABLE else 1)
+        return previewed.plan
 
     def _print_consumer_effects(
         self, effects: tuple[preview.ConsumerEffect, ...], problems: tuple[str, ...] = ()
@@ -435,10 +451,9 @@ class Command(BaseCommand):
                 )
             rollout = status["active_rollout"]
             if rollout:
-                waiting = f", waiting for {rollout['waiting_for']}" if rollout["waiting_for"] else ""
                 self.stdout.write(
                     f"  rollout {rollout['id']}: {rollout['phase']}"
-                    f" step {rollout['step']}, weight {rollout['weight']}%{waiting}"
+                    f" step {rollout['step']}, weight {rollout['weight']}%{_waiting(rollout)}"
                 )
                 if rollout["message"]:
                     self.stdout.write(f"    {rollout['message']}")
@@ -455,6 +470,12 @@ class Command(BaseCommand):
             cluster=options["cluster"],
             commit=options["commit"],
             namespace=options["namespace"],
+            name=options["name"],
+            action=options["action"],
+            actor=options["actor"],
+            rollout=options["rollout"],
+            since=_moment(options["since"]) if options["since"] else None,
+            until=_moment(options["until"]) if options["until"] else None,
         )[: max(0, options["limit"])]
         entries = [selectors.change_as_dict(change) for change in changes]
         if options["json"]:
@@ -473,16 +494,49 @@ class Command(BaseCommand):
         )
         if options["source"]:
             found = found.filter(source__name=options["source"])
-        entries = [selectors.rollout_status(rollout) for rollout in found[: max(0, options["limit"])]]
+        if options["phase"]:
+            found = found.filter(phase=options["phase"])
+        shown = list(found[: max(0, options["limit"])])
+        selectors.strict_gates_count(shown)  # the approvals a gate counts, as the page and the API count
+        entries = [selectors.rollout_status(rollout) for rollout in shown]
         if options["json"]:
             self.stdout.write(json.dumps(entries, indent=2))
             return
         for entry in entries:
-            waiting = f", waiting for {entry['waiting_for']}" if entry["waiting_for"] else ""
             self.stdout.write(
                 f"{entry['id']:>5}  {entry['source']:<16} {entry['commit'][:12]}  {entry['phase']:<11}"
-                f" step {entry['step']}/{entry['steps']}  weight {entry['weight']}%{waiting}"
+                f" step {entry['step']}/{entry['steps']}  weight {entry['weight']}%{_waiting(entry)}"
                 + (f"  ({entry['message']})" if entry["message"] else "")
+            )
+
+    def do_rollout(self, **options: Any) -> None:
+        rollout = selectors.rollout_read(options["rollout"])
+        if rollout is None:
+            raise Rollout.DoesNotExist
+        selectors.strict_gates_count([rollout])
+        detail = selectors.rollout_detail(rollout)
+        if options["json"]:
+            self.stdout.write(json.dumps(detail, indent=2, default=_iso_default))
+            return
+        revision = detail["revision"]
+        self.stdout.write(
+            f"rollout {detail['id']}  {detail['source']} @ {revision['commit'][:12]}  {detail['phase']}"
+            f"  step {detail['step']}/{detail['steps']}  weight {detail['weight']}%{_waiting(detail)}"
+        )
+        self.stdout.write(f"  commit: {revision['message']} ({revision['author_name']})")
+        if detail["message"]:
+            self.stdout.write(f"  {detail['message']}")
+        for index, step in enumerate(detail["step_definitions"]):
+            mark = ">" if index == detail["step"] and rollout.is_active else " "
+            self.stdout.write(f"  {mark} step {index}: {json.dumps(step, separators=(', ', ': '))}")
+        for approval in detail["approved_by"]:
+            comment = f": {approval['comment']}" if approval["comment"] else ""
+            self.stdout.write(f"  approved step {approval['step']} by {approval['username']}{comment}")
+        for event in detail["events"]:
+            message = f"  {event['message']}" if event["message"] else ""
+            self.stdout.write(
+                f"  {event['at']:%Y-%m-%d %H:%M:%S}  {event['kind']:<18} step {event['step']}"
+                f"  {event['weight']}%  {event['actor']}{message}"
             )
 
     def do_promote(self, **options: Any) -> None:
@@ -705,7 +759,7 @@ class Command(BaseCommand):
     def do_freeze(self, **options: Any) -> None:
         source = None if options["all"] else self._source(options["name"])
         until = freezes.parse_until(options["until"])
-        freeze = freezes.freeze_set(source, until=until, reason=options["reason"], by=options["user"])
+        freeze = freezes.freeze_set(source, until=until, reason=options["reason"], by=_actor_name(options))
         scope = "every source" if source is None else source.name
         self.stdout.write(
             f"froze {scope} until {freeze.until.isoformat()} (freeze {freeze.pk}): {freeze.reason}"
@@ -713,7 +767,7 @@ class Command(BaseCommand):
 
     def do_unfreeze(self, **options: Any) -> None:
         source = None if options["all"] else self._source(options["name"])
-        lifted = freezes.freeze_lift(source, by=options["user"])
+        lifted = freezes.freeze_lift(source, by=_actor_name(options))
         if not lifted:
             everyone = freezes.every_source_frozen()
             if source is not None and everyone is not None:
@@ -727,6 +781,22 @@ class Command(BaseCommand):
             scope = freeze.source.name if freeze.source else "every source"
             self.stdout.write(f"lifted freeze {freeze.pk} of {scope} (until {freeze.until.isoformat()})")
 
+    def do_freezes(self, **options: Any) -> None:
+        """The freezes in force, the soonest to end first: what ``GET /api/freezes`` and the Freezes page
+        list (the command line could set and lift freezes, not see them)."""
+        entries = [selectors.freeze_as_dict(freeze) for freeze in selectors.freezes_in_force()]
+        if options["json"]:
+            self.stdout.write(json.dumps(entries, indent=2))
+            return
+        if not entries:
+            self.stdout.write("no freeze in force")
+        for entry in entries:
+            scope = "every source" if entry["all_sources"] else entry["source"]
+            self.stdout.write(
+                f"{entry['id']:>5}  {scope:<16} until {entry['until']}"
+                f"  by {entry['created_by']}: {entry['reason']}"
+            )
+
     def do_window(self, **options: Any) -> None:
         action = options["window_command"]
         if action == "add":
@@ -737,11 +807,11 @@ class Command(BaseCommand):
                 sources=options["source"] or ["*"],
                 manual_sync=options["manual_sync"],
                 time_zone=options["time_zone"],
-                by=options["user"],
+                by=_actor_name(options),
             )
             self.stdout.write(f"added sync window {window.pk}: {window}")
         elif action == "remove":
-            window = freezes.window_remove(options["id"], by=options["user"])
+            window = freezes.window_remove(options["id"], by=_actor_name(options))
             self.stdout.write(f"removed sync window {window.pk}: {window}")
         else:
             self._print_windows(json_output=options["json"])
@@ -760,6 +830,48 @@ class Command(BaseCommand):
             state = "open now" if entry["open_now"] else f"next opens {entry['next_opening'] or 'never'}"
             manual = ", manual sync allowed" if window.manual_sync else ""
             self.stdout.write(f"{window.pk:>4}  {window}{manual}  ({state})")
+
+
+# ``diff --exit-code``'s answer when the clusters differ from Git: 1 (a broken revision) and 2 (nobody
+# could tell) are taken, and a check must tell "differs" from both.
+DIFFERS_EXIT = 3
+
+
+def _exit_if_differs(plan: Plan | None, asked: bool) -> None:
+    """``diff --exit-code``: 3 when the plan differs from Git; 2 when it differs only where a cluster did
+    not answer (nobody could tell: a flaky cluster is no drift)."""
+    if not asked or plan is None:
+        return
+    summary = plan.summary()
+    if plan.actionable or out_of_sync({k: n for k, n in summary.items() if k != Action.UNREACHABLE}):
+        sys.exit(DIFFERS_EXIT)
+    if summary.get(Action.UNREACHABLE):
+        sys.exit(2)
+
+
+def _actor_name(options: dict[str, Any]) -> str:
+    """``--by``, else the operating-system account that ran the command (``cli:NAME``)."""
+    return Actor.command_line(options["by"]).name
+
+
+def _waiting(rollout: dict[str, Any]) -> str:
+    """What an active rollout waits for, and at a gate the approvals it counts of those it needs."""
+    if not rollout["waiting_for"]:
+        return ""
+    needed = rollout["approvals_required"]
+    counted = (
+        f" ({rollout['approvals']}/{needed} approvals)"
+        if rollout["waiting_for"] == "approval" and needed
+        else ""
+    )
+    return f", waiting for {rollout['waiting_for']}{counted}"
+
+
+def _iso_default(value: Any) -> str:
+    """A timeline's times in ``--json`` (ISO 8601; the API's encoder writes them to the millisecond)."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 def _positive(text: str) -> int:
@@ -840,13 +952,24 @@ def _add_reading_parsers(commands: Any) -> None:
         help="block until done; exit 1 unless it succeeded, 2 when no worker answered",
     )
     sync.add_argument("--timeout", type=float, default=600)
-    sync.add_argument("--retry-failed", action="store_true", help="also retry changes the cluster refused")
+    sync.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="also send again what a finished rollout's cluster refused for a field conflict with another"
+        " manager (other refusals are tried at every pass anyway)",
+    )
     _by_argument(sync)
 
     diff = commands.add_parser("diff", help="print the plan; applies nothing")
     diff.add_argument("name")
     diff.add_argument("--cluster", help="only this cluster's part of the plan")
     diff.add_argument("--json", action="store_true")
+    diff.add_argument(
+        "--exit-code",
+        action="store_true",
+        help=f"exit {DIFFERS_EXIT} when the clusters differ from Git (a change to make, drift, a conflict,"
+        " an orphan, a held or unreachable target), as kubectl diff exits 1; 1 and 2 keep their meaning",
+    )
     diff.add_argument(
         "--revision",
         metavar="REF",
@@ -864,13 +987,24 @@ def _add_reading_parsers(commands: Any) -> None:
     log.add_argument("--cluster")
     log.add_argument("--commit")
     log.add_argument("--namespace")
+    log.add_argument("--name", help="one object's changes, by its name")
+    log.add_argument("--action", choices=[action.value for action in ChangeAction])
+    log.add_argument("--actor", help="who made them: a person, or sluice for what the system did")
+    log.add_argument("--rollout", type=_positive, help="one rollout's changes: its steps, rollback and heals")
+    log.add_argument("--since", help="at or after this time: 2026-01-31, or an ISO time (UTC if no offset)")
+    log.add_argument("--until", help="before this time, as --since")
     log.add_argument("--limit", type=_positive, default=50)
     log.add_argument("--json", action="store_true")
 
     rollouts_parser = commands.add_parser("rollouts", help="list rollouts, newest first")
     rollouts_parser.add_argument("--source")
+    rollouts_parser.add_argument("--phase", choices=[phase.value for phase in Rollout.Phase])
     rollouts_parser.add_argument("--limit", type=_positive, default=20)
     rollouts_parser.add_argument("--json", action="store_true")
+
+    one = commands.add_parser("rollout", help="one rollout: its steps, approvals and timeline")
+    one.add_argument("rollout", type=_positive, metavar="ID")
+    one.add_argument("--json", action="store_true")
 
 
 def _add_secret_and_role_parsers(commands: Any) -> None:
@@ -964,11 +1098,14 @@ def _add_freeze_parsers(commands: Any) -> None:
         "--until", required=True, help="8h or 3d from now, a time with a zone (2026-12-24T18:00Z), a date"
     )
     freeze.add_argument("--reason", required=True, help="why; shown on every page while the freeze holds")
-    freeze.add_argument("--user", default="cli", help="who froze it, for the record (default: cli)")
+    _by_or_user(freeze, "froze it")
+
+    listed = commands.add_parser("freezes", help="the freezes in force, the soonest to end first")
+    listed.add_argument("--json", action="store_true")
 
     unfreeze = commands.add_parser("unfreeze", help="lift the freezes of a source (--all: every freeze)")
     _name_or_all(unfreeze)
-    unfreeze.add_argument("--user", default="cli", help="who lifted it, for the record (default: cli)")
+    _by_or_user(unfreeze, "lifted it")
 
     window = commands.add_parser("window", help="recurring sync windows, as Argo CD's (add, list, remove)")
     actions = window.add_subparsers(dest="window_command", required=True, metavar="ACTION")
@@ -983,12 +1120,25 @@ def _add_freeze_parsers(commands: Any) -> None:
         "--manual-sync", action="store_true", help="a person's sync may go out while this window closes"
     )
     add.add_argument("--time-zone", default="UTC", help="the schedule's time zone (default UTC)")
-    add.add_argument("--user", default="cli", help="who added it, for the record (default: cli)")
+    _by_or_user(add, "added it")
     listing = actions.add_parser("list", help="the windows in force, and whether each is open now")
     listing.add_argument("--json", action="store_true")
     remove = actions.add_parser("remove", help="remove a window")
     remove.add_argument("id", type=int)
-    remove.add_argument("--user", default="cli", help="who removed it, for the record (default: cli)")
+    _by_or_user(remove, "removed it")
+
+
+def _by_or_user(parser: ArgumentParser, doing: str) -> None:
+    """``--by``, as every other command that changes something names its actor (``--user``, its name
+    here before, is kept): the freeze banner said "by cli" for any freeze set on the command line."""
+    parser.add_argument(
+        "--by",
+        "--user",
+        dest="by",
+        default="",
+        metavar="NAME",
+        help=f"who {doing}, for the record (default: cli:$USER)",
+    )
 
 
 def _name_or_all(parser: ArgumentParser) -> None:
@@ -1214,7 +1364,7 @@ def _moment(text: str) -> datetime:
     if moment is None:
         raise CommandError(f"{text!r} is not a date like 2026-01-31 or an ISO time")
     if timezone.is_naive(moment):
-        return timezone.make_aware(moment)
+        return timezone.make_aware(moment, UTC)  # as the help says, whatever TIME_ZONE is
     try:  # PostgreSQL keeps offsets up to 15:59; ISO 8601's reach 23:59 (a traceback before)
         return moment.astimezone(UTC)
     except OverflowError:
