@@ -216,7 +216,9 @@ def test_rollout_commands(gitops, repo, make_namespaces, celery_worker, cluster,
     assert f"{active['id']:>5}  shop" in gitops("rollouts")
     # Who approved, how many more are needed, the steps and the timeline, as `kubectl argo rollouts get`.
     assert "waiting for approval (0/1 approvals)" in gitops("rollouts", "--phase", "Paused")
-    assert json.loads(gitops("rollouts", "--phase", "Completed", "--json")) == []
+    assert [r["id"] for r in json.loads(gitops("rollouts", "--phase", "Paused", "--json"))] == [active["id"]]
+    completed = json.loads(gitops("rollouts", "--phase", "Completed", "--json"))
+    assert [r["phase"] for r in completed] == ["Completed"], "v1's, not the paused one"
     shown = gitops("rollout", str(active["id"]))
     assert f"rollout {active['id']}  shop @ {v2[:12]}  Paused  step 1/3  weight 50%" in shown
     assert '> step 1: {"pause": {}}' in shown and 'step 0: {"setWeight": 50}' in shown
