@@ -178,7 +178,8 @@ def test_a_release_asks_the_fence_before_each_patch_and_uses_the_clusters_timeou
 
     cluster = Cluster.__new__(Cluster)
     cluster._core, cluster.timeout = RefusingCore(), (1.0, 2.0)
-    cluster.get_configmap = lambda namespace, name: {"metadata": {"resourceVersion": "7"}}
+    versions = iter(["7", "8", "9"])  # moved each time: a failed test, not a refusal of the patch as it is
+    cluster.get_configmap = lambda namespace, name: {"metadata": {"resourceVersion": next(versions)}}
     asked: list[int] = []
 
     def fence() -> None:

@@ -113,6 +113,7 @@ class Command(BaseCommand):
         _add_source_parsers(commands)
         _add_people_parsers(commands)
         _add_reading_parsers(commands)
+        _add_rollout_reading_parsers(commands)
         _add_rollout_parsers(commands)
         _add_secret_and_role_parsers(commands)
         _add_live_cache_parser(commands)
@@ -996,6 +997,9 @@ def _add_reading_parsers(commands: Any) -> None:
     log.add_argument("--limit", type=_positive, default=50)
     log.add_argument("--json", action="store_true")
 
+
+def _add_rollout_reading_parsers(commands: Any) -> None:
+    """rollouts, rollout."""
     rollouts_parser = commands.add_parser("rollouts", help="list rollouts, newest first")
     rollouts_parser.add_argument("--source")
     rollouts_parser.add_argument("--phase", choices=[phase.value for phase in Rollout.Phase])
