@@ -21,6 +21,7 @@ urlpatterns = [
     path("sources/<slug:name>/delete", sources.source_delete, name="source-delete"),
     path("removals/<int:removal_id>/", sources.removal_detail, name="removal"),
     path("sources/<slug:name>/preview/", previews.source_preview, name="source-preview"),
+    path("rollouts/", views.rollout_list, name="rollouts"),
     path("rollouts/<int:rollout_id>/", views.rollout_detail, name="rollout"),
     path("rollouts/<int:rollout_id>/<slug:action>", views.rollout_action, name="rollout-action"),
     path("changes/", views.change_log, name="changes"),

@@ -273,6 +273,46 @@ def _rollout_context(request: HttpRequest, rollout: Rollout) -> dict[str, Any]:
 ROLLOUT_SHOWN = Rollout.objects.select_related("source", "revision").defer(*Source.related_bulk("source"))
 
 
+ROLLOUTS_PAGE = 50
+ACTIVE = "active"  # the phase filter's "still going": progressing or paused
+
+
+@login_required
+@permission_required("gitops.view_rollout", raise_exception=True)
+@require_GET
+def rollout_list(request: HttpRequest) -> HttpResponse:
+    """Every source's rollouts, newest first, by phase and source: the paused ones waiting for an
+    approver, or what failed overnight, without opening each source (``gitops rollouts --phase``)."""
+    phase = request.GET.get("phase", "")
+    source = request.GET.get("source", "").strip()[:63]
+    found = selectors.with_approval_count(ROLLOUT_SHOWN)
+    if phase == ACTIVE:
+        found = found.filter(phase__in=Rollout.ACTIVE_PHASES)
+    elif phase in Rollout.Phase.values:
+        found = found.filter(phase=phase)
+    else:
+        phase = ""
+    if source:
+        found = found.filter(source__name=source)
+    before = whole_number(request.GET.get("before", ""))
+    if before is not None:  # keyset pages, as the change log's
+        found = found.filter(id__lt=before)
+    page = list(found.order_by("-id")[: ROLLOUTS_PAGE + 1])
+    has_more = len(page) > ROLLOUTS_PAGE
+    page = page[:ROLLOUTS_PAGE]
+    selectors.strict_gates_count(page)  # the approvals each gate counts, in one query for the page
+    context = {
+        "rollouts": [selectors.rollout_status(rollout) for rollout in page],
+        "phase": phase,
+        "source": source,
+        "phases": [ACTIVE, *Rollout.Phase.values],
+        "sources": list(Source.objects.order_by("name").values_list("name", flat=True)),
+        "query": urlencode({key: value for key, value in (("phase", phase), ("source", source)) if value}),
+        "next_before": page[-1].pk if has_more and page else None,
+    }
+    return render(request, "dashboard/rollouts.html", context)
+
+
 @login_required
 @permission_required("gitops.view_rollout", raise_exception=True)
 def rollout_detail(request: HttpRequest, rollout_id: int) -> HttpResponse:

@@ -14,7 +14,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from gitops.models import Approval, Change, Rollout, RolloutEvent, Source
+from gitops.models import Approval, Change, Revision, Rollout, RolloutEvent, Source
 from tests.rollouts import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -32,6 +32,7 @@ def pages(rollout: Rollout) -> list[str]:
         reverse("dashboard:overview"),
         reverse("dashboard:source", args=[rollout.source.name]),
         reverse("dashboard:rollout", args=[rollout.pk]),
+        reverse("dashboard:rollouts"),
         reverse("dashboard:changes"),
     ]
 
@@ -274,6 +275,55 @@ def test_pages_run_a_bounded_number_of_queries(paused_rollout, people, make_sour
 
     assert few == many, "the number of queries must not grow with the number of sources"
     assert max(many.values()) <= 20, many
+
+
+def test_the_rollouts_page_lists_every_sources_rollouts_by_phase_in_bounded_queries(paused_rollout, people):
+    """An on-call approver's first page: what waits for an approval across sources, what failed. Each
+    rollout had its source's page only (and the API)."""
+    other = Source.objects.create(name="other-shop", url="file:///nowhere.git")
+    revision = Revision.objects.create(source=other, commit="d" * 40, outcome="valid")
+    failed = Rollout.objects.create(
+        source=other,
+        revision=revision,
+        phase="Failed",
+        steps=[{"setWeight": 100}],
+        message="step 0 failed: x",
+    )
+    client = client_for(people["viewer"])
+    page = reverse("dashboard:rollouts")
+
+    def shown(**query) -> list[tuple[str, str]]:
+        html = client.get(page, query).content.decode()
+        return re.findall(r'<tr data-phase="(\w+)"><td><a href="/rollouts/(\d+)/', html)
+
+    everything = shown()
+    assert ("Failed", str(failed.pk)) in everything and ("Paused", str(paused_rollout.pk)) in everything
+    assert shown(phase="Paused") == [("Paused", str(paused_rollout.pk))]
+    assert shown(phase="active") == [("Paused", str(paused_rollout.pk))]
+    assert shown(phase="Failed", source="other-shop") == [("Failed", str(failed.pk))]
+    assert shown(phase="nonsense") == everything, "an unknown phase filters nothing"
+    paused_row = client.get(page, {"phase": "Paused"}).content.decode()
+    assert "approval (0/1)" in paused_row, "the approvals the gate counts, of those it needs"
+
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert client.get(page).status_code == 200
+        return len(captured)
+
+    # One rollout whose gate counts approvals strictly: their count is one query for the page.
+    Rollout.objects.create(
+        source=other, revision=revision, phase="Paused", waiting_for="approval", steps=[{"pause": {}}],
+        forbid_self_approval=True,
+    )  # fmt: skip
+    few = queries()
+    for index in range(30):
+        Rollout.objects.create(
+            source=other, revision=revision, phase="Paused", waiting_for="approval",
+            steps=[{"pause": {}}], forbid_self_approval=index % 2 == 0,
+        )  # fmt: skip
+    assert queries() == few, "the page's queries do not grow with its rollouts"
+    older = client.get(page, {"before": str(failed.pk + 1)}).content.decode()
+    assert f'href="/rollouts/{failed.pk}/"' in older
 
 
 def test_a_new_account_is_a_viewer_by_default(paused_rollout):
