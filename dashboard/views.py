@@ -285,7 +285,9 @@ def rollout_list(request: HttpRequest) -> HttpResponse:
     approver, or what failed overnight, without opening each source (``gitops rollouts --phase``)."""
     phase = request.GET.get("phase", "")
     source = request.GET.get("source", "").strip()[:63]
-    found = selectors.with_approval_count(ROLLOUT_SHOWN)
+    # A deleted source's rollouts stay in its history (the change log), not here: its page is gone, and a
+    # new source may have its name.
+    found = selectors.with_approval_count(ROLLOUT_SHOWN.filter(source__deleted_at__isnull=True))
     if phase == ACTIVE:
         found = found.filter(phase__in=Rollout.ACTIVE_PHASES)
     elif phase in Rollout.Phase.values:

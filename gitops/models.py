@@ -1588,3 +1588,8 @@ class SourceRemoval(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status in self.ACTIVE_STATUSES
+
+    @property
+    def objects_left_alone(self) -> int:
+        """Objects neither kept nor pruned nor failed: gone, taken over, or outside the source's scope."""
+        return 0 if self.is_active else max(0, self.objects_total - self.objects_done - self.objects_failed)

@@ -27,9 +27,9 @@ from django.db.models import F
 from django.utils import timezone
 
 from gitops import caches, schedule
-from gitops.desired.durations import EXAMPLES, duration_seconds
 from gitops.desired.policy import Pause, steps_from_json
 from gitops.desired.scope import scope_glob_problem, url_prefix_problem
+from gitops.durations import EXAMPLES, duration_seconds
 from gitops.errors import PermanentError
 from gitops.fetch.credentials import configured_scope, reference_problem
 from gitops.fetch.git import normalize_branch, repository_url_problem

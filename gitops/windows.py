@@ -30,6 +30,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterError, croniter
 
+from gitops.durations import duration_seconds
+
 ALL_SOURCES = "*"
 MAX_WINDOW_DURATION = timedelta(days=31)
 MIN_WINDOW_DURATION = timedelta(minutes=1)
@@ -289,20 +291,22 @@ def window_rule(
     return WindowRule(window_kind, schedule, duration, globs, manual_sync, time_zone)
 
 
-DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# Longer than any window (31 days) or freeze (a year ahead) may be: refused here, before a moment far
+# past year 9999 is reached (``999999d999999d999999d`` raised OverflowError: a 500 on the freeze form).
+MAX_PARSED_SECONDS = 10 * 366 * 86400
 
 
 def parse_duration(text: str, *, field_name: str = "duration") -> timedelta:
-    """``90s``, ``30m``, ``8h``, ``2d`` or a sum of them (``1h30m``)."""
-    rest, seconds = text.strip(), 0
-    if not rest:
+    """``90s``, ``30m``, ``8h``, ``2d`` or a sum of them, largest first (``1h30m``): the policy file's
+    grammar (``durations.duration_seconds``), each amount with its unit (a bare number is refused here)."""
+    stripped = text.strip()
+    if not stripped:
         raise WindowError(field_name, "empty; write a duration like 30m, 8h or 2d")
-    while rest:
-        digits = len(rest) - len(rest.lstrip("0123456789"))
-        if digits == 0 or digits > 6 or len(rest) == digits or rest[digits] not in DURATION_UNITS:
-            raise WindowError(field_name, f"{text!r} is not a duration like 30m, 8h, 2d or 1h30m")
-        seconds += int(rest[:digits]) * DURATION_UNITS[rest[digits]]
-        rest = rest[digits + 1 :]
+    seconds = None if stripped.isdigit() else duration_seconds(stripped)
+    if seconds is None:
+        raise WindowError(field_name, f"{text[:40]!r} is not a duration like 30m, 8h, 2d or 1h30m")
+    if seconds > MAX_PARSED_SECONDS:
+        raise WindowError(field_name, f"{text[:40]!r} is longer than ten years")
     return timedelta(seconds=seconds)
 
 

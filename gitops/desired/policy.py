@@ -17,9 +17,9 @@ from functools import cached_property
 from typing import Any, Final
 
 from gitops.desired.documents import Document, PathKey, Usage, dotted, load_yaml
-from gitops.desired.durations import EXAMPLES, duration_seconds
 from gitops.desired.errors import ValidationError
 from gitops.desired.limits import DEFAULT_LIMITS, Limits
+from gitops.durations import EXAMPLES, duration_seconds
 
 POLICY_FILE = "sluice.yaml"
 DEFAULT_NAMESPACE = "default"

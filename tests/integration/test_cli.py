@@ -217,6 +217,7 @@ def test_rollout_commands(gitops, repo, make_namespaces, celery_worker, cluster,
     # Who approved, how many more are needed, the steps and the timeline, as `kubectl argo rollouts get`.
     assert "waiting for approval (0/1 approvals)" in gitops("rollouts", "--phase", "Paused")
     assert [r["id"] for r in json.loads(gitops("rollouts", "--phase", "Paused", "--json"))] == [active["id"]]
+    assert [r["id"] for r in json.loads(gitops("rollouts", "--phase", "active", "--json"))] == [active["id"]]
     completed = json.loads(gitops("rollouts", "--phase", "Completed", "--json"))
     assert [r["phase"] for r in completed] == ["Completed"], "v1's, not the paused one"
     shown = gitops("rollout", str(active["id"]))

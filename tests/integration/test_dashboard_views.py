@@ -13,6 +13,7 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 
 from gitops.models import Approval, Change, Revision, Rollout, RolloutEvent, Source
 from tests.rollouts import wait_for
@@ -324,6 +325,9 @@ def test_the_rollouts_page_lists_every_sources_rollouts_by_phase_in_bounded_quer
     assert queries() == few, "the page's queries do not grow with its rollouts"
     older = client.get(page, {"before": str(failed.pk + 1)}).content.decode()
     assert f'href="/rollouts/{failed.pk}/"' in older
+    # A deleted source's rollouts leave the page with it (its link was a 404, or a new source's page).
+    Source.all_objects.filter(pk=other.pk).update(deleted_at=timezone.now())
+    assert shown(phase="Failed") == []
 
 
 def test_a_new_account_is_a_viewer_by_default(paused_rollout):

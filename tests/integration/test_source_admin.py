@@ -827,6 +827,7 @@ def test_an_object_taken_over_between_the_removals_listing_and_its_write_is_left
 
     assert calls == [["app", "app", "checkout"]], "the listing saw all three as the source's"
     assert (done.status, done.objects_total, done.objects_done, done.objects_failed) == ("done", 3, 2, 0)
+    assert done.objects_left_alone == 1, "the page's counts add up: 2 of 3, 1 left alone"
     assert "1 taken over or deleted by someone else while the removal ran, left alone" in done.message
     taken = cluster.get_configmap(targets[1], "app")
     assert taken["metadata"]["labels"][SOURCE_LABEL] == "someone-else", "its new owner's labels stay"

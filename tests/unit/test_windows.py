@@ -236,7 +236,10 @@ def test_durations(text, seconds):
     assert parse_duration(text) == timedelta(seconds=seconds)
 
 
-@pytest.mark.parametrize("text", ["", "h", "10", "1x", "1.5h", "-1h", "1h 30m", "9999999h"])
+@pytest.mark.parametrize(
+    "text",
+    ["", "h", "10", "1x", "1.5h", "-1h", "1h 30m", "9999999h", "30m1h", "5m5m", "999999d999999d999999d"],
+)
 def test_bad_durations_are_refused(text):
     with pytest.raises(WindowError):
         parse_duration(text)
@@ -249,3 +252,13 @@ def test_a_stored_window_whose_schedule_never_fires_is_never_open():
     gate = change_gate("shop", moment, [], [never])
     assert not gate.automatic and gate.until is None
     assert "none of them opens again" in gate.reason
+
+
+def test_a_freeze_far_past_the_calendars_end_is_a_problem_of_its_field_not_a_crash():
+    """``999999d999999d999999d`` was summed and added to now: OverflowError, a 500 on the freeze form."""
+    from gitops.freezes import FreezeError, parse_until
+
+    with pytest.raises(FreezeError, match="is not a duration"):
+        parse_until("999999d999999d999999d")
+    with pytest.raises(FreezeError, match="longer than ten years"):
+        parse_until("999999999d")

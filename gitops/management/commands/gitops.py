@@ -490,12 +490,15 @@ class Command(BaseCommand):
             )
 
     def do_rollouts(self, **options: Any) -> None:
-        found = selectors.with_approval_count(Rollout.objects.select_related("source", "revision")).order_by(
-            "-id"
-        )
+        found = selectors.with_approval_count(
+            # The source's stored plan and consumer map (megabytes) are never printed here.
+            Rollout.objects.select_related("source", "revision").defer(*Source.related_bulk("source"))
+        ).order_by("-id")
         if options["source"]:
             found = found.filter(source__name=options["source"])
-        if options["phase"]:
+        if options["phase"] == "active":
+            found = found.filter(phase__in=Rollout.ACTIVE_PHASES)
+        elif options["phase"]:
             found = found.filter(phase=options["phase"])
         shown = list(found[: max(0, options["limit"])])
         selectors.strict_gates_count(shown)  # the approvals a gate counts, as the page and the API count
@@ -524,7 +527,9 @@ class Command(BaseCommand):
             f"rollout {detail['id']}  {detail['source']} @ {revision['commit'][:12]}  {detail['phase']}"
             f"  step {detail['step']}/{detail['steps']}  weight {detail['weight']}%{_waiting(detail)}"
         )
-        self.stdout.write(f"  commit: {revision['message']} ({revision['author_name']})")
+        # Whoever may push writes these: no escape sequence of theirs reaches the terminal.
+        said = f"{revision['message']} ({revision['author_name']})"
+        self.stdout.write(f"  commit: {''.join(c if c.isprintable() else '?' for c in said)}")
         if detail["message"]:
             self.stdout.write(f"  {detail['message']}")
         for index, step in enumerate(detail["step_definitions"]):
@@ -969,7 +974,8 @@ def _add_reading_parsers(commands: Any) -> None:
         "--exit-code",
         action="store_true",
         help=f"exit {DIFFERS_EXIT} when the clusters differ from Git (a change to make, drift, a conflict,"
-        " an orphan, a held or unreachable target), as kubectl diff exits 1; 1 and 2 keep their meaning",
+        " an orphan, a held target), as kubectl diff exits 1; 2 when they differ only where a cluster did"
+        " not answer; 1 and 2 keep their meaning",
     )
     diff.add_argument(
         "--revision",
@@ -1002,7 +1008,11 @@ def _add_rollout_reading_parsers(commands: Any) -> None:
     """rollouts, rollout."""
     rollouts_parser = commands.add_parser("rollouts", help="list rollouts, newest first")
     rollouts_parser.add_argument("--source")
-    rollouts_parser.add_argument("--phase", choices=[phase.value for phase in Rollout.Phase])
+    rollouts_parser.add_argument(
+        "--phase",
+        choices=["active", *(phase.value for phase in Rollout.Phase)],
+        help="one phase, or active: progressing or paused (as the Rollouts page's filter)",
+    )
     rollouts_parser.add_argument("--limit", type=_positive, default=20)
     rollouts_parser.add_argument("--json", action="store_true")
 
