@@ -665,7 +665,10 @@ class FlagPage(Schema):
 
 
 # Typed query parameters for the OpenAPI document: the shared vocabulary, and the models' choices.
-RolloutPhase = StrEnum("RolloutPhase", {phase.name: phase.value for phase in Rollout.Phase})  # type: ignore[misc]
+# A filter's phase: each of the model's, or active (progressing or paused), as the page and the CLI take it.
+RolloutPhase = StrEnum(  # type: ignore[misc]
+    "RolloutPhase", {"ACTIVE": "active", **{phase.name: phase.value for phase in Rollout.Phase}}
+)
 
 
 class RolloutFilters(Schema):
@@ -1126,7 +1129,9 @@ def list_rollouts(
     )
     if filters.source:
         found = found.filter(source__name=filters.source)
-    if filters.phase:
+    if filters.phase and filters.phase.value == "active":
+        found = found.filter(phase__in=Rollout.ACTIVE_PHASES)
+    elif filters.phase:
         found = found.filter(phase=filters.phase.value)
     found = found.order_by("-created_at", "-id")
     shown = list(window(found, paging))

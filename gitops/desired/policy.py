@@ -449,7 +449,15 @@ def _read_analysis(reader: _Reader, body: Any, path: PathKey) -> Analysis | None
         or not isinstance(failure_limit, int)
         or not 1 <= failure_limit <= MAX_FAILURE_LIMIT
     ):
-        reader.error((*path, "failureLimit"), f"must be a whole number from 1 to {MAX_FAILURE_LIMIT}")
+        # Argo Rollouts counts the failures it tolerates (0: abort at the first); Sluice the failures that
+        # abort. An Argo user's 0 was refused with no word of the difference.
+        argo = (
+            ": the failed checks that abort the rollout (Argo Rollouts' failureLimit: 0, abort at the first"
+            " failure, is failureLimit: 1 here)"
+            if failure_limit == 0 and not isinstance(failure_limit, bool)
+            else ""
+        )
+        reader.error((*path, "failureLimit"), f"must be a whole number from 1 to {MAX_FAILURE_LIMIT}{argo}")
         return None
     interval = parse_duration(fields.get("interval", 10))
     if interval is None or not 1 <= interval <= MAX_ANALYSIS_INTERVAL_SECONDS:

@@ -234,6 +234,10 @@ def test_a_viewer_reads_every_endpoint_and_may_not_act(as_role, paused, people):
     assert rollouts["count"] == 2
     assert rollouts["items"][0]["id"] == paused.rollout.pk
     assert viewer.get("/rollouts", source=name, phase="Paused").json()["count"] == 1
+    # active: progressing or paused, as the Rollouts page and `gitops rollouts --phase active` take it.
+    active = viewer.get("/rollouts", source=name, phase="active").json()
+    assert [item["id"] for item in active["items"]] == [paused.rollout.pk]
+    assert viewer.get("/rollouts", phase="Waiting").status_code == 422
     assert viewer.get("/rollouts", source="elsewhere").json()["count"] == 0
 
     rollout = viewer.get(f"/rollouts/{paused.rollout.pk}").json()

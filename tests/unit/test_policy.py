@@ -181,3 +181,16 @@ def test_a_pause_refuses_what_is_no_duration_or_over_a_week_at_its_line(written)
         "sluice.yaml:4: rollout.steps[1].pause.duration: must be a duration like 30s, 5m, 1h or 1h30m"
         " (at most 7 days)"
     ]
+
+
+def test_an_argo_failure_limit_of_zero_is_refused_with_what_it_means_here():
+    """Argo Rollouts' failureLimit counts the failures tolerated (0 aborts at the first); Sluice's counts
+    the failures that abort. The 0 an Argo user writes was refused with no word of the difference."""
+    analysis = "{analysis: {http: {url: 'https://checks.example.com/ok'}, failureLimit: 0}}"
+    _, errors = load(f"rollout:\n  steps:\n    - setWeight: 10\n    - {analysis}\n")
+    assert len(errors) == 1
+    said = str(errors[0])
+    assert "rollout.steps[1].analysis.failureLimit: must be a whole number from 1 to 10" in said
+    assert "Argo Rollouts' failureLimit: 0, abort at the first failure, is failureLimit: 1 here" in said
+    _, errors = load(f"rollout:\n  steps:\n    - setWeight: 10\n    - {analysis.replace('0}}', '11}}')}\n")
+    assert "Argo" not in str(errors[0])
