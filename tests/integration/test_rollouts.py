@@ -775,8 +775,9 @@ def test_an_object_taken_over_between_the_rollbacks_read_and_its_delete_is_left_
     """Another source took over an object the rollout created after the rollback listed it as this
     source's: Sluice refused its own delete (the object is no longer the source's), and the rollout ended
     Failed, "rollback failed". It is left alone now, as one the rollback's read found taken over is."""
-    from gitops.desired.content import MANAGED_BY_LABEL, MANAGED_BY_VALUE, SOURCE_LABEL
+    from gitops.desired.content import SOURCE_LABEL
     from gitops.rollout import rollback
+    from tests.takeover import taking_over_first
 
     (namespace,) = make_namespaces("a")
     repo.write_all({"sluice.yaml": policy([namespace]), "configmaps/app.yaml": configmap("app", {"V": "1"})})
@@ -793,20 +794,9 @@ def test_an_object_taken_over_between_the_rollbacks_read_and_its_delete_is_left_
     repo.commit("v2")
     sync(source)
     paused = wait_for(source, phase="Paused", waiting_for="approval")
-    real_execute, batches = rollback.intents_execute, []
-
-    def taken_over_first(intents):
-        batches.append(sorted(intent.name for intent in intents))
-        labels = {MANAGED_BY_LABEL: MANAGED_BY_VALUE, SOURCE_LABEL: "someone-else"}
-        metadata = {"name": "created", "namespace": namespace, "labels": labels}
-        cluster.apply_configmap(
-            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": {"V": "b"}},
-            field_manager="other-sluice",
-            force=True,
-        )
-        return real_execute(intents)
-
-    monkeypatch.setattr(rollback, "intents_execute", taken_over_first)
+    batches: list[list[str]] = []
+    execute = taking_over_first(rollback.intents_execute, cluster, namespace, "created", batches)
+    monkeypatch.setattr(rollback, "intents_execute", execute)
     rollout = Rollout.objects.select_related("source", "revision").get(pk=paused.pk)
 
     failures = rollback.rollout_rollback(

@@ -803,25 +803,14 @@ def test_an_object_taken_over_between_the_removals_listing_and_its_write_is_left
     source suspended until someone deleted it again. It is left alone now, as if the listing had seen it,
     and the removal finishes in one run."""
     from gitops import source_removal
-    from gitops.desired.content import MANAGED_BY_VALUE
+    from tests.takeover import taking_over_first
 
     source, targets = applied
     keep_sends(monkeypatch)  # the removal runs here, with the takeover between its listing and its write
     removal = source_admin.source_remove(source, objects=mode)
-    real_execute, calls = source_removal.intents_execute, []
-
-    def taken_over_first(intents):
-        calls.append(sorted(intent.name for intent in intents))
-        labels = {MANAGED_BY_LABEL: MANAGED_BY_VALUE, SOURCE_LABEL: "someone-else"}
-        metadata = {"name": "app", "namespace": targets[1], "labels": labels}
-        cluster.apply_configmap(
-            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": {"V": "b"}},
-            field_manager="other-sluice",
-            force=True,
-        )
-        return real_execute(intents)
-
-    monkeypatch.setattr(source_removal, "intents_execute", taken_over_first)
+    calls: list[list[str]] = []
+    execute = taking_over_first(source_removal.intents_execute, cluster, targets[1], "app", calls)
+    monkeypatch.setattr(source_removal, "intents_execute", execute)
 
     done = removal_run_once_free(removal.pk)
 
