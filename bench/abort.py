@@ -32,6 +32,7 @@ from reconcile import (
     bench_environment,
     cpu_seconds,
     git,
+    live_cache_listing,
     manifest,
     process_tree,
 )
@@ -92,28 +93,24 @@ def sluice_abort(bench: Bench, size: int) -> dict[str, float]:
     """The abort's wall time from the request to Aborted, and the CPU per 1,000 of the rollback's deletes."""
     from django.conf import settings
 
-    from gitops.cluster import default_cluster_name, get_cluster, livestore
+    from gitops.cluster import get_cluster
     from gitops.models import Change, Rollout
     from gitops.rollout import decisions
     from gitops.tasks import sync_source
-    from tests.workers import LiveCacheProcess, WorkerProcess, poll
+    from tests.workers import WorkerProcess, poll
 
     namespaces, work, source = repository(bench, size)
     worker = WorkerProcess(
         {**bench.env, "SLUICE_DATA_DIR": str(bench.workdir / "data")}, concurrency=1
     ).start()
-    cache = LiveCacheProcess(
-        bench.env, env_overrides={"SLUICE_LIVE_CACHE_RESCAN_SECONDS": "1", "LOG_LEVEL": "INFO"}
-    ).start()
+    try:
+        cache = live_cache_listing(bench.env)
+    except BaseException:
+        worker.stop()
+        raise
     try:
         assert worker.process is not None
         worker_pid = worker.process.pid
-        poll(cache.serving, timeout=60, what="the live cache to take its lease")
-        poll(
-            lambda: livestore.watching_whole_cluster(default_cluster_name()),
-            timeout=300,
-            what="the live cache to list the cluster",
-        )
         assert sync_source.delay(source.pk).get(timeout=600)["outcome"] == "applied"
         (work / "sluice.yaml").write_text((work / "sluice.yaml").read_text() + STEPS)
         write_created(work / "configmaps", namespaces, size)

@@ -327,19 +327,19 @@ class Bench:
     ) -> dict[str, Any]:
         """Sluice's figures at ``size``. The cold apply is the median of ``cold_samples`` fresh sources;
         ``between`` runs before each one after the first (the peer's cold apply, interleaved)."""
-        from gitops.cluster import default_cluster_name, livestore
         from gitops.tasks import sync_source
-        from tests.workers import LiveCacheProcess, WorkerProcess, poll
+        from tests.workers import WorkerProcess, poll
 
         namespaces, work, source = self.source_with_repo("s", size)
         worker = WorkerProcess(
             {**self.env, "SLUICE_DATA_DIR": str(self.workdir / "data")}, concurrency=1
         ).start()
-        live_cache = LiveCacheProcess(
-            # INFO: the cache says in its log when it serves (holds the lease), which is waited for.
-            self.env,
-            env_overrides={"SLUICE_LIVE_CACHE_RESCAN_SECONDS": "1", "LOG_LEVEL": "INFO"},
-        ).start()
+        try:
+            # Its first LIST done before any apply is timed: what it costs a cold apply is its watch.
+            live_cache = live_cache_listing(self.env)
+        except BaseException:
+            worker.stop()
+            raise
         try:
 
             def timed_sync(target: Any = source) -> tuple[float, dict]:
@@ -357,13 +357,6 @@ class Bench:
 
             assert live_cache.process is not None
             cache_pid = live_cache.process.pid
-            # Its first LIST done before any apply is timed: what it costs a cold apply is its watch.
-            poll(live_cache.serving, timeout=60, what="the live cache to take its lease")
-            poll(
-                lambda: livestore.watching_whole_cluster(default_cluster_name()),
-                timeout=300,
-                what="the live cache to list the cluster",
-            )
 
             def cold_apply(target: Any) -> tuple[float, float, float, float]:
                 """Wall time, and the CPU of the worker, the apiserver and the live cache, of a first sync."""
@@ -412,15 +405,7 @@ class Bench:
             rss = peak_rss_mib(worker.process.pid)
             # After the figures of the whole repository (the no-op LIST plans every object, RSS is a
             # peak): half of it pruned, planned from a live cache started again, as the passes above.
-            live_cache = LiveCacheProcess(
-                self.env, env_overrides={"SLUICE_LIVE_CACHE_RESCAN_SECONDS": "1", "LOG_LEVEL": "INFO"}
-            ).start()
-            poll(live_cache.serving, timeout=60, what="the live cache to take its lease again")
-            poll(
-                lambda: livestore.watching_whole_cluster(default_cluster_name()),
-                timeout=300,
-                what="the live cache to list the cluster again",
-            )
+            live_cache = live_cache_listing(self.env)
             poll(
                 lambda: self.live_cache_vouches(namespaces),
                 timeout=120,
@@ -515,6 +500,29 @@ class Bench:
             "delete": statistics.median(deletes),
             "delete_samples": deletes,
         }
+
+
+def live_cache_listing(env: dict[str, str]) -> Any:
+    """A live-cache process (``gitops live-cache``, rescanning every second), once it holds its lease and
+    has listed the whole default cluster: a timed run then pays its watch alone. Stopped if it never does."""
+    from gitops.cluster import default_cluster_name, livestore
+    from tests.workers import LiveCacheProcess, poll
+
+    # INFO: the cache says in its log when it serves (holds the lease), which is waited for.
+    live_cache = LiveCacheProcess(
+        env, env_overrides={"SLUICE_LIVE_CACHE_RESCAN_SECONDS": "1", "LOG_LEVEL": "INFO"}
+    ).start()
+    try:
+        poll(live_cache.serving, timeout=60, what="the live cache to take its lease")
+        poll(
+            lambda: livestore.watching_whole_cluster(default_cluster_name()),
+            timeout=300,
+            what="the live cache to list the cluster",
+        )
+    except BaseException:
+        live_cache.stop()  # a cache left running would hold its lease against the next run's
+        raise
+    return live_cache
 
 
 def main() -> int:
